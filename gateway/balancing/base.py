@@ -1,0 +1,91 @@
+"""Shared pieces of the balancers: the protocol, weight checks, a stable hash and weighted draws."""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from collections.abc import Container, Sequence
+from hashlib import blake2b
+from itertools import accumulate
+from typing import Protocol, runtime_checkable
+
+# Rejection draws before a weighted draw falls back to an exact O(n) pass over the eligible targets.
+_REJECTION_TRIES = 8
+
+
+@runtime_checkable
+class Balancer(Protocol):
+    """What the proxy needs from every algorithm; targets are indexes into the weights list."""
+
+    def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Index of the chosen target, or None when every target is skipped or has weight 0."""
+        ...
+
+    def started(self, index: int) -> None:
+        """A request began on target `index`."""
+        ...
+
+    def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
+        """A request on target `index` ended after `latency_s` seconds."""
+        ...
+
+    def set_weight(self, index: int, weight: int) -> None:
+        """Change a target's weight live (admin channel, discovery); 0 stops its traffic."""
+        ...
+
+
+def check_weight(weight: int) -> int:
+    """Return `weight` if it is a non-negative int (Kong semantics: 0 means no traffic), else raise."""
+    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+        raise ValueError(f"weights must be non-negative integers, got {weight!r}")
+    return weight
+
+
+def check_weights(weights: Sequence[int]) -> list[int]:
+    """Validated private copy of `weights`, so callers mutating their list cannot corrupt a balancer."""
+    return [check_weight(weight) for weight in weights]
+
+
+def stable_hash(key: bytes) -> int:
+    """64-bit hash of `key` that is identical in every process (unlike the salted built-in hash())."""
+    return int.from_bytes(blake2b(key, digest_size=8).digest(), "little")
+
+
+class WeightTable:
+    """Cumulative weights for O(log n) weighted draws that honour weights among the non-skipped targets."""
+
+    def __init__(self, weights: list[int], rng: random.Random) -> None:
+        self.weights = weights
+        self._rng = rng
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Recompute the cumulative sums; only weight changes pay this O(n)."""
+        self._cumulative = list(accumulate(self.weights))
+        self._total = self._cumulative[-1] if self._cumulative else 0
+
+    def set_weight(self, index: int, weight: int) -> None:
+        """Change one weight and rebuild the cumulative sums."""
+        self.weights[index] = check_weight(weight)
+        self._rebuild()
+
+    def draw(self, skip: Container[int] = (), exclude: int = -1) -> int | None:
+        """Weighted draw among targets not in `skip` and not `exclude`; None if there are none."""
+        total = self._total
+        if not total:
+            return None
+        cumulative, randrange = self._cumulative, self._rng.randrange
+        for _ in range(_REJECTION_TRIES):
+            index = bisect_right(cumulative, randrange(total))
+            if index != exclude and index not in skip:
+                return index
+        return self._draw_exact(skip, exclude)
+
+    def _draw_exact(self, skip: Container[int], exclude: int) -> int | None:
+        """Exact weighted draw over the eligible targets, for when most of the weight is excluded."""
+        weights = self.weights
+        eligible = [i for i, weight in enumerate(weights) if weight and i != exclude and i not in skip]
+        if not eligible:
+            return None
+        cumulative = list(accumulate(weights[i] for i in eligible))
+        return eligible[bisect_right(cumulative, self._rng.randrange(cumulative[-1]))]

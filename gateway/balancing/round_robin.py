@@ -1,0 +1,69 @@
+"""nginx's smooth weighted round-robin, precomputed over one period so that a pick is O(1)."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+from math import gcd
+
+from .base import check_weight, check_weights
+
+
+def smooth_schedule(weights: Sequence[int]) -> list[int]:
+    """One period of nginx's smooth WRR (add each weight, take the max, subtract the total), weights cut by gcd."""
+    divisor = gcd(*weights)
+    if not divisor:
+        return []
+    effective = [weight // divisor for weight in weights]
+    live = [index for index, weight in enumerate(effective) if weight]
+    total = sum(effective)
+    current = [0] * len(effective)
+    schedule = []
+    for _ in range(total):
+        for index in live:
+            current[index] += effective[index]
+        best = max(live, key=current.__getitem__)  # first maximum wins, as nginx's strict '>' does
+        current[best] -= total
+        schedule.append(best)
+    return schedule
+
+
+class RoundRobin:
+    """Smooth weighted round-robin; skipped turns are passed over, so the rest keep their weight ratios."""
+
+    def __init__(self, weights: Sequence[int]) -> None:
+        self._weights = check_weights(weights)
+        self._cursor = 0
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """Precompute the schedule (O(period * n), paid only on construction and re-weighting)."""
+        self._schedule = smooth_schedule(self._weights)
+        self._live = [index for index, weight in enumerate(self._weights) if weight]
+        self._cursor %= len(self._schedule) or 1
+
+    def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Next target of the schedule that is not skipped; the key is ignored."""
+        schedule = self._schedule
+        if not schedule:
+            return None
+        cursor = self._cursor
+        index = schedule[cursor]
+        if index in skip:
+            if all(live in skip for live in self._live):
+                return None
+            while index in skip:
+                cursor = (cursor + 1) % len(schedule)
+                index = schedule[cursor]
+        self._cursor = (cursor + 1) % len(schedule)
+        return index
+
+    def started(self, index: int) -> None:
+        """Round-robin ignores load."""
+
+    def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
+        """Round-robin ignores load and latency."""
+
+    def set_weight(self, index: int, weight: int) -> None:
+        """Re-weight one target and recompute the schedule."""
+        self._weights[index] = check_weight(weight)
+        self._rebuild()

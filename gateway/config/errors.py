@@ -1,0 +1,122 @@
+"""ConfigError and the translation of msgspec's validation messages into `path: expected X, got Y` lines."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import msgspec.inspect as mi
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+
+
+class ConfigError(Exception):
+    """An invalid configuration: one message per problem, each naming the file and the field path."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+def join_path(prefix: str, suffix: str) -> str:
+    """Join field paths: ('services[0]', '.url') -> 'services[0].url'."""
+    if not prefix:
+        return suffix.lstrip(".")
+    if not suffix:
+        return prefix
+    return prefix + suffix if suffix.startswith("[") else f"{prefix}.{suffix.lstrip('.')}"
+
+
+def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, prefix: str) -> str:
+    """`prefix.path: expected int >= 0, got "ten"` from msgspec's "Expected `int`, got `str` - at `$.x`"."""
+    text = str(err)
+    m = _MSGSPEC_PATH.search(text)
+    rel = m.group("path") if m else ""
+    reason = text[: m.start()] if m else text
+    parts = [(name, int(idx) if idx else None) for name, idx in _PATH_PART.findall(rel)]
+    path = join_path(prefix, rel)
+    if reason.startswith("Object contains unknown field"):
+        field = reason.split("`")[1]
+        return f"{join_path(path, field)}: unknown field (check the spelling; see the README's config reference)"
+    if reason.startswith("Object missing required field"):
+        field = reason.split("`")[1]
+        return f"{join_path(path, field)}: required field is missing"
+    value, found = _lookup(raw, parts)
+    expected = _describe_type(_lookup_type(typ, parts)) or reason.split(",")[0].removeprefix("Expected ")
+    if reason.startswith("Invalid enum value"):
+        return f"{path}: expected one of {expected}, got {_show(value)}"
+    if found:
+        return f"{path}: expected {expected}, got {_show(value)}"
+    return f"{path}: {reason.replace('`', '')}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return '"' + value.replace('"', '\\"') + '"'
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def _lookup(raw: Any, parts: list[tuple[str, int | None]]) -> tuple[Any, bool]:
+    cur = raw
+    for name, idx in parts:
+        try:
+            cur = cur[idx] if idx is not None else cur[name]
+        except (KeyError, IndexError, TypeError):
+            return None, False
+    return cur, True
+
+
+def _lookup_type(typ: Any, parts: list[tuple[str, int | None]]) -> mi.Type | None:
+    info: mi.Type | None = mi.type_info(typ)
+    for name, idx in parts:
+        info = _unwrap(info)
+        if idx is not None and isinstance(info, mi.ListType):
+            info = info.item_type
+        elif idx is None and isinstance(info, mi.StructType):
+            info = next((f.type for f in info.fields if f.encode_name == name), None)
+        elif idx is None and isinstance(info, mi.DictType):
+            info = info.value_type
+        else:
+            return None
+    return info
+
+
+def _unwrap(info: mi.Type | None) -> mi.Type | None:
+    """A `X | None` union is described by its X."""
+    if isinstance(info, mi.UnionType):
+        rest = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(rest) == 1:
+            return rest[0]
+    return info
+
+
+def _describe_type(info: mi.Type | None) -> str | None:
+    info = _unwrap(info)
+    if isinstance(info, mi.LiteralType):
+        return ", ".join(_show(v) for v in info.values)
+    if isinstance(info, mi.IntType | mi.FloatType):
+        name = "int" if isinstance(info, mi.IntType) else "number"
+        bounds = [
+            f"{op} {v:g}" if isinstance(v, float) else f"{op} {v}"
+            for op, v in ((">=", info.ge), (">", info.gt), ("<=", info.le), ("<", info.lt))
+            if v is not None
+        ]
+        return " ".join([name, " and ".join(bounds)]) if bounds else name
+    simple = {mi.StrType: "string", mi.BoolType: "true or false", mi.ListType: "a list", mi.DictType: "a mapping",
+              mi.StructType: "a mapping"}
+    for cls, text in simple.items():
+        if isinstance(info, cls):
+            return text
+    if isinstance(info, mi.UnionType):
+        return " or ".join(filter(None, (_describe_type(t) for t in info.types)))
+    return None

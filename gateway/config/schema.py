@@ -1,0 +1,219 @@
+"""The declarative configuration as msgspec Structs: Kong's format plus a `gateway:` block.
+
+Kong's own field names and units are kept (timeouts in ms on services) so a kong.yml loads unchanged;
+fields of our own carry their unit in the name where Kong has no precedent. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 2)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=999)]
+
+
+class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=True):
+    """Every config object rejects unknown keys, so a typo is an error and not a silently ignored setting.
+
+    `dict=True` lets the loader note where each entity came from (`_path`) for error messages.
+    """
+
+
+# --- gateway: block (what Kong keeps in kong.conf) ---------------------------------------------------------------
+
+
+class GatewaySettings(Base):
+    listen: str | list[str] = "127.0.0.1:8000"
+    status_listen: str | None = "127.0.0.1:8100"
+    workers: PosInt | None = None  # None: one per CPU
+    admin: str = "ipc://run/admin.sock"
+    bus: str = "ipc://run/bus.sock"
+    pid_file: str = "run/gateway.pid"
+    http_codec: Literal["auto", "h11", "llhttp"] = "auto"
+    drain_timeout: Seconds = 30.0  # seconds old workers get to finish in-flight requests on reload/stop
+    sse_keepalive: Seconds = 15.0  # seconds of SSE silence before the gateway sends a ":" comment
+    header_timeout_s: Seconds = 10.0  # a client must send a whole request head within this (408)
+    keepalive_timeout_s: Seconds = 75.0  # idle client connection lifetime (nginx keepalive_timeout)
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16384  # request head limit (431)
+    max_connections: PosInt = 10000  # per worker; further connections wait in the kernel backlog
+    upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
+    upstream_idle_timeout_s: Seconds = 60.0
+    access_log: bool = False
+    trust_forwarded: bool = False  # keep incoming X-Forwarded-* (behind a trusted L4 balancer) instead of replacing
+
+
+# --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
+
+
+class ActiveHealthy(Base):
+    interval: NonNegInt = 0
+    successes: NonNegInt = 0
+    http_statuses: list[HttpStatus] = msgspec.field(default_factory=lambda: [200, 302])
+
+
+class ActiveUnhealthy(Base):
+    interval: NonNegInt = 0
+    http_failures: NonNegInt = 0
+    tcp_failures: NonNegInt = 0
+    timeouts: NonNegInt = 0
+    http_statuses: list[HttpStatus] = msgspec.field(default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505])
+
+
+class ActiveHealthcheck(Base):
+    type: Literal["http", "https", "tcp"] = "http"
+    http_path: str = "/"
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 1
+    concurrency: PosInt = 10
+    https_verify_certificate: bool = True
+    https_sni: str | None = None
+    headers: dict[str, list[str]] | None = None
+    healthy: ActiveHealthy = msgspec.field(default_factory=ActiveHealthy)
+    unhealthy: ActiveUnhealthy = msgspec.field(default_factory=ActiveUnhealthy)
+
+
+class PassiveHealthy(Base):
+    successes: NonNegInt = 0
+    http_statuses: list[HttpStatus] = msgspec.field(
+        default_factory=lambda: [200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305,
+                                 306, 307, 308])
+
+
+class PassiveUnhealthy(Base):
+    http_failures: NonNegInt = 0
+    tcp_failures: NonNegInt = 0
+    timeouts: NonNegInt = 0
+    http_statuses: list[HttpStatus] = msgspec.field(default_factory=lambda: [429, 500, 503])
+
+
+class PassiveHealthcheck(Base):
+    type: Literal["http", "https", "tcp"] = "http"
+    healthy: PassiveHealthy = msgspec.field(default_factory=PassiveHealthy)
+    unhealthy: PassiveUnhealthy = msgspec.field(default_factory=PassiveUnhealthy)
+
+
+class Healthchecks(Base):
+    active: ActiveHealthcheck = msgspec.field(default_factory=ActiveHealthcheck)
+    passive: PassiveHealthcheck = msgspec.field(default_factory=PassiveHealthcheck)
+    threshold: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0
+
+
+# --- entities -------------------------------------------------------------------------------------------------------
+
+HashOn = Literal["none", "consumer", "ip", "header", "cookie", "path", "query_arg", "uri_capture"]
+
+
+class Target(Base):
+    target: str
+    upstream: str | None = None  # implied when nested under an upstream
+    weight: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 100
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Upstream(Base):
+    name: str
+    algorithm: str = "round-robin"
+    hash_on: HashOn = "none"
+    hash_fallback: HashOn = "none"
+    hash_on_header: str | None = None
+    hash_fallback_header: str | None = None
+    hash_on_cookie: str | None = None
+    hash_on_cookie_path: str = "/"
+    hash_on_query_arg: str | None = None
+    hash_fallback_query_arg: str | None = None
+    hash_on_uri_capture: str | None = None
+    hash_fallback_uri_capture: str | None = None
+    host_header: str | None = None
+    healthchecks: Healthchecks = msgspec.field(default_factory=Healthchecks)
+    slots: Annotated[int, msgspec.Meta(ge=10, le=65536)] = 10000
+    targets: list[Target] = []
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Plugin(Base):
+    name: str
+    service: str | None = None
+    route: str | None = None
+    consumer: str | None = None
+    config: dict[str, Any] = {}
+    enabled: bool = True
+    protocols: list[str] = msgspec.field(default_factory=lambda: ["grpc", "grpcs", "http", "https"])
+    instance_name: str | None = None
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Route(Base):
+    name: str | None = None
+    service: str | None = None  # implied when nested under a service
+    paths: list[str] = []
+    methods: list[str] = []
+    hosts: list[str] = []
+    headers: dict[str, list[str]] = {}
+    query: dict[str, list[str]] = {}  # ours: query argument -> accepted values ([] = present with any value)
+    strip_path: bool = True
+    preserve_host: bool = False
+    regex_priority: int = 0
+    path_handling: Literal["v0", "v1"] = "v0"
+    protocols: list[Literal["http", "https"]] = msgspec.field(default_factory=lambda: ["http", "https"])
+    https_redirect_status_code: int = 426
+    request_buffering: bool = True
+    response_buffering: bool = True
+    plugins: list[Plugin] = []
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Service(Base):
+    name: str
+    url: str | None = None
+    protocol: Literal["http"] = "http"
+    host: str | None = None
+    port: Port = 80
+    path: str | None = None
+    connect_timeout: TimeoutMs = 60000
+    write_timeout: TimeoutMs = 60000
+    read_timeout: TimeoutMs = 60000
+    retries: Annotated[int, msgspec.Meta(ge=0, le=32767)] = 5
+    enabled: bool = True
+    routes: list[Route] = []
+    plugins: list[Plugin] = []
+    id: str | None = None
+    tags: list[str] = []
+
+
+class JwtSecret(Base):
+    key: str | None = None
+    secret: str | None = None
+    algorithm: str = "HS256"
+    rsa_public_key: str | None = None
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Consumer(Base):
+    username: str | None = None
+    custom_id: str | None = None
+    jwt_secrets: list[JwtSecret] = []
+    plugins: list[Plugin] = []
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Config(Base):
+    format_version: Literal["1.1", "2.1", "3.0"] = msgspec.field(default="3.0", name="_format_version")
+    transform: bool = msgspec.field(default=True, name="_transform")
+    gateway: GatewaySettings = msgspec.field(default_factory=GatewaySettings)
+    services: list[Service] = []
+    routes: list[Route] = []
+    upstreams: list[Upstream] = []
+    targets: list[Target] = []
+    plugins: list[Plugin] = []
+    consumers: list[Consumer] = []

@@ -1,0 +1,133 @@
+"""The sans-I/O HTTP/1.1 codec interface: bytes in, events out; events in, bytes out (h11's shape).
+
+Two implementations sit behind it: `codec_h11` (the reference) and `codec_llhttp` (httptools, the hot path).
+Events are deliberately cheap: a body chunk is a plain `bytes` object, the end of a message the `END` singleton.
+Both codecs apply `check_request_head`, so they accept and reject exactly the same requests.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
+
+
+class Request:
+    """A request head. `keep_alive` is the client's wish (version and Connection header)."""
+
+    __slots__ = ("method", "target", "headers", "http_version", "keep_alive")
+
+    def __init__(self, method: bytes, target: bytes, headers: Headers, http_version: bytes, keep_alive: bool):
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self.target!r}, {self.headers!r}, {self.http_version!r})"
+
+
+class Response:
+    """A final (>= 200) response head."""
+
+    __slots__ = ("status", "reason", "headers", "http_version", "keep_alive")
+
+    def __init__(self, status: int, reason: bytes, headers: Headers, http_version: bytes, keep_alive: bool):
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.http_version = http_version
+        self.keep_alive = keep_alive
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, {self.headers!r})"
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+END = _Sentinel("END")  # the current message is complete
+NEED_DATA = _Sentinel("NEED_DATA")  # feed more bytes (or b"" at EOF)
+CLOSED = _Sentinel("CLOSED")  # the peer closed the connection between messages
+
+Event = Request | Response | bytes | _Sentinel
+
+
+class ProtocolError(Exception):
+    """The peer broke HTTP/1.1. `status` is what a server should answer (400, 431, 501, ...), as h11's hint."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class ServerCodec(Protocol):
+    """One client connection seen from the server: parses requests, frames responses."""
+
+    def receive_data(self, data: bytes) -> None: ...  # b"" means the client closed its side
+    def next_event(self) -> Event: ...  # Request, bytes, END, CLOSED or NEED_DATA; raises ProtocolError
+    def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False) -> bytes: ...
+    def informational(self, status: int) -> bytes: ...  # e.g. 100 Continue
+    def body(self, data: bytes) -> bytes: ...
+    def end(self) -> bytes: ...
+    @property
+    def keep_alive(self) -> bool: ...  # may the connection carry another request after this one?
+    def start_next_cycle(self) -> None: ...
+
+
+class ClientCodec(Protocol):
+    """One upstream connection seen from the client: frames requests, parses responses."""
+
+    def request_head(self, method: bytes, target: bytes, headers: Headers) -> bytes: ...
+    def body(self, data: bytes) -> bytes: ...
+    def end(self) -> bytes: ...
+    def receive_data(self, data: bytes) -> None: ...
+    def next_event(self) -> Event: ...  # Response, bytes, END, CLOSED or NEED_DATA; raises ProtocolError
+    @property
+    def keep_alive(self) -> bool: ...
+    def start_next_cycle(self) -> None: ...
+
+
+def check_request_head(headers: Headers, http_version: bytes) -> None:
+    """Reject what request smuggling and RFC 9112 forbid, identically for every codec."""
+    content_lengths = 0
+    transfer_encoding = None
+    host = 0
+    for name, value in headers:
+        if name == b"content-length":
+            content_lengths += 1
+            if not value.isdigit():
+                raise ProtocolError("invalid Content-Length")
+        elif name == b"transfer-encoding":
+            if transfer_encoding is not None:
+                raise ProtocolError("more than one Transfer-Encoding header")
+            transfer_encoding = value
+        elif name == b"host":
+            host += 1
+    if content_lengths > 1:
+        raise ProtocolError("more than one Content-Length header")
+    if transfer_encoding is not None:
+        if content_lengths:
+            raise ProtocolError("both Content-Length and Transfer-Encoding")
+        if transfer_encoding.strip().lower() != b"chunked":
+            raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
+    if host > 1 or (host == 0 and http_version == b"1.1"):
+        raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+
+
+def message_framing(headers: Headers) -> tuple[int | None, bool]:
+    """(content_length, chunked) declared by outgoing headers; (None, False) when neither is set."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value), False
+        if name == b"transfer-encoding":
+            return None, True
+    return None, False

@@ -1,0 +1,31 @@
+"""Upstream failures in one family each, with the status a gateway answers for them (httpcore's layout)."""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """The upstream could not give a response. `sent` says whether any request byte reached it."""
+
+    status = 502
+
+    def __init__(self, message: str, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class ConnectError(UpstreamError):
+    """TCP connect refused, unreachable, or timed out: nothing was sent, so any request may be retried."""
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream stopped answering within the service's write_timeout or read_timeout."""
+
+    status = 504
+
+
+class UpstreamClosed(UpstreamError):
+    """The upstream closed or reset the connection before a complete response head."""
+
+
+class BadResponse(UpstreamError):
+    """The upstream's response broke HTTP/1.1."""

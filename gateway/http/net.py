@@ -1,0 +1,154 @@
+"""Non-blocking stdlib sockets driven by Trio's I/O waits: the thinnest stream layer we can afford.
+
+Trio's SocketStream costs several scheduler hops per operation; on the hot path we call the socket directly and
+park on `wait_readable`/`wait_writable` only when the kernel says EAGAIN. A budget forces a checkpoint now and
+then, so a peer that always has data ready cannot starve the other tasks.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import trio
+
+RECV_SIZE = 65536
+CHECKPOINT_EVERY = 32  # immediate successes allowed between forced checkpoints
+_CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
+
+
+class Conn:
+    """A connected non-blocking socket with awaitable recv/sendall; recv returns b"" at EOF or reset."""
+
+    __slots__ = ("sock", "_budget", "peer", "closed")
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.peer = peer
+        self._budget = CHECKPOINT_EVERY
+        self.closed = False
+
+    async def recv(self) -> bytes:
+        """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""
+        sock = self.sock
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = CHECKPOINT_EVERY
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+            except OSError as e:
+                if e.errno in _CLOSED_ERRNOS:
+                    return b""
+                raise
+
+    async def recv_after_wait(self) -> bytes:
+        """Like recv, but waits first: for answers that cannot have arrived yet (saves a failing syscall)."""
+        await trio.lowlevel.wait_readable(self.sock)
+        self._budget = CHECKPOINT_EVERY
+        return await self.recv()
+
+    async def sendall(self, data: bytes) -> None:
+        """Send every byte, waiting for buffer space as needed; raises BrokenPipeError if the peer is gone."""
+        sock = self.sock
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = CHECKPOINT_EVERY
+            await trio.lowlevel.checkpoint()
+        view = memoryview(data)
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            except OSError as e:
+                if e.errno in _CLOSED_ERRNOS:
+                    raise BrokenPipeError(e.errno, "peer closed the connection") from None
+                raise
+            view = view[sent:]
+
+    def close(self) -> None:
+        """Close now; wakes any task waiting on this socket."""
+        if not self.closed:
+            self.closed = True
+            trio.lowlevel.notify_closing(self.sock)
+            self.sock.close()
+
+    def abort(self) -> None:
+        """Close with a TCP reset, so the peer cannot mistake a cut-off body for a complete one."""
+        if not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+            self.close()
+
+    def is_stale(self) -> bool:
+        """True if an idle pooled connection was closed by the peer or has unexpected bytes waiting."""
+        try:
+            self.sock.recv(1, socket.MSG_PEEK)  # EOF (b"") or stray bytes: either way unusable
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        return True
+
+
+async def open_connection(host: str, port: int) -> Conn:
+    """Connect a non-blocking TCP socket (IPv4 or IPv6 literal or a name) with TCP_NODELAY and keep-alive."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if not _is_ip(host):
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(errno.EHOSTUNREACH, f"no address for {host}")
+        family, _, _, _, addr = infos[0]
+        host = addr[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        try:
+            sock.connect((host, port))
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+    except BaseException:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+        raise
+    return Conn(sock, (host, port))
+
+
+def _is_ip(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def bind_listener(host: str, port: int, reuse_port: bool = True, backlog: int = 4096) -> socket.socket:
+    """A non-blocking listening socket; SO_REUSEPORT lets every worker process bind its own on the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock

@@ -1,0 +1,347 @@
+"""The client-side connection loop: accept, parse requests, hand each to a handler, keep the connection alive.
+
+The loop knows HTTP framing, timeouts and bad input; what to do with a request is the handler's business (it is a
+parameter, so this module never imports the proxy). A handler gets an `Exchange` and must either send a complete
+response, or raise; a broken request gets its 4xx here with a JSON body, and a crash gets a 500.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
+from gateway.http.net import Conn
+
+log = logging.getLogger("gateway.http")
+
+# accept() errors that mean "out of a resource", where backing off beats crashing (trio's list)
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_BACKOFF_S = 0.1
+ACCEPT_BATCH = 64  # connections taken per wake-up of the listener
+DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
+
+JSON = b"application/json"
+
+
+def json_error_body(status: int, message: str) -> bytes:
+    """The JSON body of every error the gateway itself answers."""
+    return json.dumps({"error": message, "status": status}).encode()
+
+
+class ServerSettings:
+    """What the connection loop needs from the config, resolved once."""
+
+    __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "codec_cls", "max_connections",
+                 "connections")
+
+    def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
+                 max_header_bytes: int = 16384, max_connections: int = 10000) -> None:
+        self.codec_cls = codec_cls
+        self.header_timeout = header_timeout
+        self.keepalive_timeout = keepalive_timeout
+        self.max_header_bytes = max_header_bytes
+        self.max_connections = max_connections
+        self.connections = ConnectionSet()
+
+
+class ConnectionSet:
+    """The live client connections of one worker, so a drain can close idle ones and wait for busy ones."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.draining = False
+        self.idle_waits: set[trio.CancelScope] = set()
+        self._empty = trio.Event()
+        self._empty.set()
+
+    def opened(self) -> None:
+        self.active += 1
+        self._empty = trio.Event() if self._empty.is_set() else self._empty
+
+    def closed(self) -> None:
+        self.active -= 1
+        if self.active == 0:
+            self._empty.set()
+
+    def start_drain(self) -> None:
+        """Answer no further requests on kept-alive connections: idle ones close now, busy ones after the response."""
+        self.draining = True
+        for scope in self.idle_waits:
+            scope.cancel()
+
+    async def wait_empty(self) -> None:
+        await self._empty.wait()
+
+
+class Exchange:
+    """One request/response on a client connection, as the handler sees it."""
+
+    __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
+                 "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining")
+
+    def __init__(self, request: Request, conn: Conn, codec: ServerCodec, draining: bool = False) -> None:
+        self.request = request
+        self.draining = draining
+        self.conn = conn
+        self._codec = codec
+        self._pending: list[bytes] = []
+        self._request_done = False
+        self.response_started = False
+        self.response_done = False
+        self.close_after = False
+        self.state: dict[str, Any] | None = None  # per-request notes for policies (lazily created)
+        self._expect_continue = False
+        self.body_limit: int | None = None  # set by request-size-limiting; enforced as the body streams
+        self._body_seen = 0
+        for name, value in request.headers:
+            if name == b"expect" and value.lower() == b"100-continue":
+                self._expect_continue = True
+
+    @property
+    def client_ip(self) -> str:
+        return self.conn.peer[0] if self.conn.peer else ""
+
+    def take_buffered_body(self) -> tuple[bytes, bool]:
+        """Body bytes that arrived with the head, and whether that was all of it: lets the proxy send in one write."""
+        chunks: list[bytes] = []
+        codec = self._codec
+        while not self._request_done:
+            ev = codec.next_event()
+            if ev is NEED_DATA:
+                break
+            if ev is END:
+                self._request_done = True
+            else:
+                self._count(ev)  # type: ignore[arg-type]
+                chunks.append(ev)  # type: ignore[arg-type]
+        return b"".join(chunks), self._request_done
+
+    def _count(self, chunk: bytes) -> None:
+        if self.body_limit is not None:
+            self._body_seen += len(chunk)
+            if self._body_seen > self.body_limit:
+                self.close_after = True
+                raise ProtocolError(f"Request size limit exceeded: the body may be at most {self.body_limit} bytes",
+                                    413)
+
+    async def receive_body(self) -> bytes | None:
+        """The next chunk of the request body, or None at its end."""
+        codec = self._codec
+        while not self._request_done:
+            ev = codec.next_event()
+            if ev is END:
+                self._request_done = True
+                return None
+            if ev is NEED_DATA:
+                if self._expect_continue:
+                    self._expect_continue = False
+                    await self.conn.sendall(codec.informational(100))
+                data = await self.conn.recv()
+                codec.receive_data(data)
+                continue
+            self._count(ev)  # type: ignore[arg-type]
+            return ev  # type: ignore[return-value]
+        return None
+
+    @property
+    def request_done(self) -> bool:
+        return self._request_done
+
+    async def send_head(self, status: int, headers: Headers, body: bytes = b"", end: bool = False,
+                        reason: bytes = b"") -> None:
+        """Send the response head, optionally with the first body bytes and the end, in a single write."""
+        codec = self._codec
+        self.response_started = True
+        close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
+        data = codec.response_head(status, headers, reason, close)
+        if body:
+            data += codec.body(body)
+        if end:
+            data += codec.end()
+            self.response_done = True
+        await self.conn.sendall(data)
+
+    async def send_body(self, data: bytes) -> None:
+        if data:
+            await self.conn.sendall(self._codec.body(data))
+
+    async def end(self, last: bytes = b"") -> None:
+        codec = self._codec
+        self.response_done = True
+        await self.conn.sendall((codec.body(last) if last else b"") + codec.end())
+
+    async def respond(self, status: int, body: bytes, content_type: bytes = JSON,
+                      extra: Headers | None = None) -> None:
+        """A whole small response in one write."""
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        if extra:
+            headers += extra
+        await self.send_head(status, headers, body, end=True)
+
+    async def respond_error(self, status: int, message: str, extra: Headers | None = None) -> None:
+        await self.respond(status, json_error_body(status, message), extra=extra)
+
+
+Handler = Callable[[Exchange], Awaitable[None]]
+
+
+async def serve_listener(listener: socket.socket, handler: Handler, settings: ServerSettings,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Accept connections until cancelled; each runs `handle_connection` in this nursery."""
+    limit = trio.Semaphore(settings.max_connections)
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        while True:
+            async with limit:  # at max_connections, stop accepting: further clients wait in the backlog
+                try:
+                    await trio.lowlevel.wait_readable(listener)
+                except trio.ClosedResourceError:
+                    return  # draining: the nursery still waits for the open connections
+            for _ in range(ACCEPT_BATCH):
+                if limit.value == 0:
+                    break
+                try:
+                    sock, peer = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno == errno.EBADF:
+                        return
+                    if e.errno in ACCEPT_CAPACITY_ERRNOS:
+                        log.error("accept failed (%s); backing off %.1fs", errno.errorcode.get(e.errno),
+                                  ACCEPT_BACKOFF_S)
+                        await trio.sleep(ACCEPT_BACKOFF_S)
+                        break
+                    if e.errno in (errno.ECONNABORTED, errno.EPROTO):
+                        continue
+                    raise
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                limit.acquire_nowait()
+                nursery.start_soon(_connection_task, Conn(sock, peer), handler, settings, limit)
+
+
+async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, limit: trio.Semaphore) -> None:
+    settings.connections.opened()
+    try:
+        await handle_connection(conn, handler, settings)
+    finally:
+        conn.close()
+        limit.release()
+        settings.connections.closed()
+
+
+async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> None:
+    """Serve requests on one client connection until it closes, breaks, or idles out."""
+    codec = settings.codec_cls(settings.max_header_bytes)
+    connections = settings.connections
+    first = True
+    while True:
+        try:
+            request = await _read_request_head(conn, codec, settings, first)
+        except ProtocolError as e:
+            await _send_protocol_error(conn, codec, e.status, str(e))
+            return
+        except trio.TooSlowError:
+            await _send_protocol_error(conn, codec, 408, "request head not received in time")
+            return
+        except (BrokenPipeError, ConnectionError):
+            return
+        if request is None:
+            return
+        first = False
+        exchange = Exchange(request, conn, codec, connections.draining)
+        try:
+            await handler(exchange)
+        except ProtocolError as e:
+            if not exchange.response_started:
+                await _send_protocol_error(conn, codec, e.status, str(e))
+            return
+        except (BrokenPipeError, ConnectionError):
+            return
+        except Exception:
+            log.exception("request handler failed: %s %s", request.method, request.target)
+            if not exchange.response_started:
+                await _send_protocol_error(conn, codec, 500, "internal error in the gateway")
+            else:
+                conn.abort()
+            return
+        if not exchange.response_done:
+            conn.abort()  # the handler gave up mid-response: never let a cut body look complete
+            return
+        if not exchange.request_done and not await _drain_request(exchange):
+            return
+        if not codec.keep_alive:
+            return
+        codec.start_next_cycle()
+
+
+async def _read_request_head(conn: Conn, codec: ServerCodec, settings: ServerSettings, first: bool) \
+        -> Request | None:
+    """Wait for the next request head: idle up to keepalive_timeout, then header_timeout once bytes arrive.
+
+    A kept-alive connection waiting for its next request is closed when the worker drains; a new connection is
+    always given its first request, since the client has already committed it to us.
+    """
+    ev = codec.next_event()
+    if ev is NEED_DATA:
+        data = None
+        connections = settings.connections
+        if not first and connections.draining:
+            return None
+        with trio.CancelScope(deadline=trio.current_time() + settings.keepalive_timeout) as idle:
+            if not first:
+                connections.idle_waits.add(idle)
+            try:
+                data = await conn.recv()
+            finally:
+                connections.idle_waits.discard(idle)
+        if data is None:
+            return None  # idle keep-alive connection: close quietly
+        codec.receive_data(data)
+        ev = codec.next_event()
+        if ev is NEED_DATA:
+            with trio.fail_after(settings.header_timeout):
+                while ev is NEED_DATA:
+                    codec.receive_data(await conn.recv())
+                    ev = codec.next_event()
+    if ev is CLOSED:
+        return None
+    if isinstance(ev, Request):
+        return ev
+    raise ProtocolError(f"unexpected {ev!r} before a request head")  # pragma: no cover - codecs never do this
+
+
+async def _drain_request(exchange: Exchange) -> bool:
+    """Read and drop a small unread request body so the connection can be reused; False if it must close."""
+    total = 0
+    with trio.move_on_after(1.0):
+        while (chunk := await exchange.receive_body()) is not None:
+            total += len(chunk)
+            if total > DRAIN_LIMIT:
+                return False
+        return True
+    return False
+
+
+async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, message: str) -> None:
+    """Answer a request we could not parse (or take too long to send), then close."""
+    body = json_error_body(status, message)
+    head = (b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, _REASONS.get(status, b"Error"), len(body)))
+    try:
+        with trio.move_on_after(1.0):
+            await conn.sendall(head + body)
+    except (BrokenPipeError, ConnectionError, OSError):
+        pass
+
+
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large", 431:
+            b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
+            502: b"Bad Gateway"}

@@ -1,0 +1,1 @@
+"""The request pipeline: routing, policies, forwarding with retries, header rewriting."""

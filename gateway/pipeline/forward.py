@@ -1,0 +1,231 @@
+"""Forward one request to a target of its service and stream the response back, retrying where it is safe.
+
+Retry rule (nginx's proxy_next_upstream, made safe for POST): a failure before any response byte moves on to the
+next target when nothing was sent, or when the method is idempotent and the whole body is still in hand.
+After the response head has been sent to the client, a failing upstream aborts the client connection (a reset),
+so a cut-off body can never look complete.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
+from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError, UpstreamTimeout
+from gateway.http.pool import Pool, UpstreamConn
+from gateway.http.server import Exchange
+from gateway.pipeline.hashing import balancer_key
+from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
+from gateway.routing import Match
+from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime
+
+log = logging.getLogger("gateway.forward")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+SSE_KEEPALIVE_COMMENT = b": keepalive\n\n"
+_DROP_OUT = HOP_BY_HOP | {b"x-request-id"}
+
+
+class Forwarder:
+    """The upstream half of the pipeline for one worker: a pool and the settings that shape forwarding."""
+
+    def __init__(self, pool: Pool, listen_port: int, trust_forwarded: bool = False,
+                 sse_keepalive: float = 15.0) -> None:
+        self.pool = pool
+        self.listen_port = str(listen_port).encode()
+        self.trust_forwarded = trust_forwarded
+        self.sse_keepalive = sse_keepalive
+
+    async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime]) -> None:
+        req = ex.request
+        svc = route.service
+        group = svc.group
+        chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
+        headers, client_host, request_id = upstream_request_headers(
+            req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked)
+        target_path = svc.upstream_target(match.path, match.query)
+        body, body_done = ex.take_buffered_body()
+        replayable = body_done and req.method in IDEMPOTENT
+        hash_key = balancer_key(group, ex, match.path, match.query)
+        tried: set[int] = set()
+        error: UpstreamError | None = None
+        for _ in range(svc.retries + 1):
+            index = group.balancer.pick(hash_key, tried)
+            if index is None:
+                break
+            tried.add(index)
+            target = group.targets[index]
+            host = client_host if route.preserve_host and client_host else target.host_header
+            try:
+                uc, response, started = await self._exchange(ex, svc, target, index, req.method, target_path,
+                                                             headers + [(b"host", host)], body, body_done)
+            except UpstreamError as e:
+                error = e
+                if e.sent and not replayable:
+                    break
+                continue
+            await self._relay(ex, svc, uc, response, index, started, request_id)
+            return
+        if error is None:
+            await ex.respond_error(503, f"no available target in upstream {group.name!r}",
+                                   extra=[(b"x-request-id", request_id)])
+        else:
+            await ex.respond_error(error.status, str(error), extra=[(b"x-request-id", request_id)])
+
+    async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, index: int, method: bytes,
+                        path: bytes, headers: Headers, body: bytes, body_done: bool) \
+            -> tuple[UpstreamConn, Response, float]:
+        """Send the request and read the response head; on failure the connection is closed, never pooled."""
+        pool = self.pool
+        now = trio.current_time()
+        uc = pool.take(target.key, now)
+        if uc is None:
+            uc = await pool.connect(target.key, svc.connect_timeout)
+        codec = uc.codec
+        data = codec.request_head(method, path, headers)
+        if body:
+            data += codec.body(body)
+        if body_done:
+            data += codec.end()
+        balancer = svc.group.balancer
+        balancer.started(index)
+        try:
+            with trio.CancelScope() as scope:
+                scope.deadline = now + svc.write_timeout
+                await uc.conn.sendall(data)
+                if not body_done:
+                    while (chunk := await ex.receive_body()) is not None:
+                        scope.deadline = trio.current_time() + svc.write_timeout
+                        await uc.conn.sendall(codec.body(chunk))
+                    await uc.conn.sendall(codec.end())
+            if scope.cancelled_caught:
+                raise UpstreamTimeout(f"upstream {target.name} did not accept the request within "
+                                      f"{svc.write_timeout:g}s (write_timeout)", sent=True)
+            with trio.move_on_after(svc.read_timeout) as scope:
+                ev = codec.next_event()
+                if ev is NEED_DATA:
+                    codec.receive_data(await uc.conn.recv_after_wait())
+                    ev = codec.next_event()
+                while ev is NEED_DATA:
+                    codec.receive_data(await uc.conn.recv())
+                    ev = codec.next_event()
+            if scope.cancelled_caught:
+                raise UpstreamTimeout(f"upstream {target.name} sent no response within {svc.read_timeout:g}s "
+                                      "(read_timeout)", sent=True)
+            if ev is CLOSED:
+                raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True)
+            assert isinstance(ev, Response)
+            return uc, ev, now
+        except ProtocolError as e:
+            uc.close()
+            balancer.finished(index, trio.current_time() - now, False)
+            if ex.response_started or e.status < 500:
+                raise  # the client's own request broke (e.g. its body): not the upstream's fault
+            raise BadResponse(f"upstream {target.name}: {e}", sent=True) from None
+        except BrokenPipeError:
+            uc.close()
+            balancer.finished(index, trio.current_time() - now, False)
+            raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
+                                 sent=True) from None
+        except BaseException:
+            uc.close()
+            balancer.finished(index, trio.current_time() - now, False)
+            raise
+
+    async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, index: int,
+                     started: float, request_id: bytes) -> None:
+        """Stream the response to the client; pool the connection only after a clean, complete exchange."""
+        codec = uc.codec
+        balancer = svc.group.balancer
+        ok = False
+        try:
+            headers = _client_headers(response.headers, request_id)
+            sse = _is_event_stream(response.headers)
+            first, done = _ready_body(codec)
+            await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
+            if not done:
+                try:
+                    if sse:
+                        await self._stream_events(ex, uc, first)
+                    else:
+                        await _stream_body(ex, uc, svc.read_timeout)
+                except (ProtocolError, UpstreamError) as e:
+                    # The head is out: all we can do is cut the client off so it sees an incomplete response.
+                    log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                    return
+            ok = True
+        finally:
+            balancer.finished(index, trio.current_time() - started, ok and response.status < 500)
+            if ok and codec.keep_alive:
+                self.pool.put(uc, trio.current_time())
+            else:
+                uc.close()
+
+    async def _stream_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
+        """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.
+
+        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The comment is only
+        sent between events, so it can never split one.
+        """
+        codec = uc.codec
+        at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n"))
+        while True:
+            data = None
+            with trio.move_on_after(self.sse_keepalive):
+                data = await uc.conn.recv()
+            if data is None:
+                if at_boundary:
+                    await ex.send_body(SSE_KEEPALIVE_COMMENT)
+                continue
+            codec.receive_data(data)
+            while (ev := codec.next_event()) is not NEED_DATA:
+                if ev is END:
+                    await ex.end()
+                    return
+                await ex.send_body(ev)  # type: ignore[arg-type]
+                at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+
+
+async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
+    """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does."""
+    codec = uc.codec
+    conn = uc.conn
+    with trio.CancelScope() as scope:
+        while True:
+            scope.deadline = trio.current_time() + read_timeout
+            codec.receive_data(await conn.recv())
+            while (ev := codec.next_event()) is not NEED_DATA:
+                if ev is END:
+                    await ex.end()
+                    return
+                await ex.send_body(ev)  # type: ignore[arg-type]
+    raise UpstreamTimeout("upstream stopped sending the response body (read_timeout)", sent=True)
+
+
+def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
+    """Body bytes already parsed with the head, and whether the response is complete: one write when small."""
+    parts = []
+    while True:
+        ev = codec.next_event()
+        if ev is NEED_DATA:
+            return b"".join(parts), False
+        if ev is END:
+            return b"".join(parts), True
+        parts.append(ev)
+
+
+def _client_headers(headers: Headers, request_id: bytes) -> Headers:
+    named = connection_tokens(headers)
+    out = [hv for hv in headers if hv[0] not in _DROP_OUT and not (named and hv[0] in named)]
+    out.append((b"x-request-id", request_id))
+    return out
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value[:17].lower() == b"text/event-stream"
+    return False
+

@@ -1,0 +1,74 @@
+"""Header rewriting at the proxy boundary: hop-by-hop removal, X-Forwarded-*, request ids, Host."""
+
+from __future__ import annotations
+
+import os
+
+from gateway.http.codec import Headers
+
+# RFC 9110 7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+                        b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
+# Replaced by the gateway on the way in (unless trust_forwarded), so a client cannot spoof them.
+_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"})
+_DROP_IN = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-request-id"}
+_MAX_REQUEST_ID = 200
+
+
+def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
+    tokens = None
+    for name, value in headers:
+        if name == b"connection":
+            extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+            if extra:
+                tokens = (tokens or frozenset()) | extra
+    return tokens
+
+
+def _valid_request_id(value: bytes) -> bool:
+    return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.isprintable() and b" " not in value
+
+
+def new_request_id() -> bytes:
+    return os.urandom(16).hex().encode()
+
+
+def upstream_request_headers(headers: Headers, client_ip: bytes, listen_port: bytes, trust_forwarded: bool,
+                             chunked: bool) -> tuple[Headers, bytes, bytes]:
+    """(headers for upstream without Host, the client's Host value, the request id)."""
+    named = connection_tokens(headers)
+    out: Headers = []
+    host = b""
+    xff = b""
+    request_id = b""
+    seen_forwarded: set[bytes] = set()
+    for hv in headers:
+        name = hv[0]
+        if name in _DROP_IN or (named and name in named):
+            if name == b"host":
+                host = hv[1]
+            elif name == b"x-forwarded-for" and trust_forwarded:
+                xff = hv[1] if not xff else xff + b", " + hv[1]
+            elif name == b"x-request-id" and not request_id and _valid_request_id(hv[1]):
+                request_id = hv[1]
+            continue
+        if name in _FORWARDED:
+            if not trust_forwarded:
+                continue
+            seen_forwarded.add(name)
+        out.append(hv)
+    if not request_id:
+        request_id = new_request_id()
+    out.append((b"x-forwarded-for", xff + b", " + client_ip if xff else client_ip))
+    if b"x-forwarded-proto" not in seen_forwarded:
+        out.append((b"x-forwarded-proto", b"http"))
+    if b"x-forwarded-host" not in seen_forwarded and host:
+        out.append((b"x-forwarded-host", host))
+    if b"x-forwarded-port" not in seen_forwarded:
+        out.append((b"x-forwarded-port", listen_port))
+    if b"x-real-ip" not in seen_forwarded:
+        out.append((b"x-real-ip", client_ip))
+    out.append((b"x-request-id", request_id))
+    if chunked:
+        out.append((b"transfer-encoding", b"chunked"))
+    return out, host, request_id

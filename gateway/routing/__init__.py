@@ -1,0 +1,5 @@
+"""Request routing with Kong's matching rules."""
+
+from gateway.routing.router import Match as Match
+from gateway.routing.router import Router as Router
+from gateway.routing.router import RouteSpec as RouteSpec

@@ -1,0 +1,181 @@
+"""Kong's route matching: hosts, methods, headers, query arguments and paths (prefix or `~` regex).
+
+Precedence among routes that all match a request (documented in the README):
+1. the route that constrains more categories (hosts, methods, headers, query, paths) wins;
+2. then by path: a prefix equal to the whole path, then regexes (higher `regex_priority` first), then the longest
+   prefix;
+3. then the route defined first.
+Everything is compiled at config load; matching does no parsing beyond splitting off the query string.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Generic, TypeVar
+from urllib.parse import parse_qsl
+
+T = TypeVar("T")
+
+_EXACT, _REGEX, _PREFIX, _NO_PATH = 3, 2, 1, 0
+
+
+class RouteSpec(Generic[T]):
+    """What a route matches on, plus the payload handed back on a match (the compiled route)."""
+
+    def __init__(self, payload: T, *, paths: Sequence[str] = (), methods: Sequence[str] = (),
+                 hosts: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
+                 query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True) -> None:
+        self.payload = payload
+        self.paths = list(paths)
+        self.methods = frozenset(m.encode() for m in methods)
+        self.hosts = [h.lower() for h in hosts]
+        self.headers = {k.lower(): v for k, v in (headers or {}).items()}
+        self.query = query or {}
+        self.regex_priority = regex_priority
+        self.strip_path = strip_path
+
+
+class Match(Generic[T]):
+    """The chosen route and the request path with the matched part stripped (when strip_path)."""
+
+    __slots__ = ("payload", "path", "query")
+
+    def __init__(self, payload: T, path: bytes, query: bytes) -> None:
+        self.payload = payload
+        self.path = path
+        self.query = query
+
+
+class _Candidate(Generic[T]):
+    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "headers", "query",
+                 "order")
+
+    def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
+        self.spec = spec
+        self.order = order
+        self.prefix = b""
+        self.regex: re.Pattern[bytes] | None = None
+        if path is None:
+            self.kind = _NO_PATH
+        elif path.startswith("~"):
+            self.kind = _REGEX
+            self.regex = re.compile(path[1:].encode())
+        else:
+            self.kind = _PREFIX
+            self.prefix = path.encode()
+        categories = sum(map(bool, (spec.paths, spec.methods, spec.hosts, spec.headers, spec.query)))
+        self.rank = categories
+        self.exact_hosts = frozenset(h.encode() for h in spec.hosts if "*" not in h)
+        self.wild_hosts = [_wildcard(h) for h in spec.hosts if "*" in h]
+        self.headers = [(k.encode(), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
+        self.query = list(spec.query.items())
+
+
+def _wildcard(host: str) -> re.Pattern[bytes]:
+    return re.compile(re.escape(host.encode()).replace(rb"\*", rb"[^.]+") + rb"\Z")
+
+
+def _value_matcher(value: str) -> re.Pattern[bytes] | bytes:
+    """Kong: a header value starting with `~*` is a case-insensitive regex; others compare case-insensitively."""
+    if value.startswith("~*"):
+        return re.compile(value[2:].encode(), re.IGNORECASE)
+    return value.lower().encode()
+
+
+class Router(Generic[T]):
+    """Matches requests against compiled routes."""
+
+    def __init__(self, specs: Sequence[RouteSpec[T]]) -> None:
+        cands: list[_Candidate[T]] = []
+        for order, spec in enumerate(specs):
+            for path in spec.paths or [None]:
+                cands.append(_Candidate(spec, path, order))
+        # Highest possible score first, so the scan can stop once no later candidate could beat the best match.
+        cands.sort(key=lambda c: (-c.rank, c.order))
+        self._candidates = cands
+        self._needs_query = any(c.query for c in cands)
+
+    def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]]) -> \
+            Match[T] | None:
+        """The best route for this request, or None (the caller answers 404)."""
+        path, sep, query = target.partition(b"?")
+        hostname = _strip_port(host.lower()) if host else b""
+        qargs: dict[bytes, list[bytes]] | None = None
+        best: tuple[tuple[int, int, int, int], _Candidate[T], int] | None = None
+        for c in self._candidates:
+            if best is not None and c.rank < best[0][0]:
+                break
+            spec = c.spec
+            if spec.methods and method not in spec.methods:
+                continue
+            if (c.exact_hosts or c.wild_hosts) and not (
+                    hostname in c.exact_hosts or any(w.match(hostname) for w in c.wild_hosts)):
+                continue
+            if c.headers and not _headers_match(c.headers, headers):
+                continue
+            if c.query:
+                if qargs is None:
+                    qargs = _parse_query(query)
+                if not _query_match(c.query, qargs):
+                    continue
+            kind = c.kind
+            strip = 0
+            if kind == _PREFIX:
+                if not path.startswith(c.prefix):
+                    continue
+                strip = len(c.prefix)
+                score = (c.rank, _EXACT, 0, -c.order) if strip == len(path) else (c.rank, _PREFIX, strip, -c.order)
+            elif kind == _REGEX:
+                m = c.regex.match(path)  # type: ignore[union-attr]
+                if m is None:
+                    continue
+                strip = m.end()
+                score = (c.rank, _REGEX, spec.regex_priority, -c.order)
+            else:
+                score = (c.rank, _NO_PATH, 0, -c.order)
+            if best is None or score > best[0]:
+                best = (score, c, strip)
+        if best is None:
+            return None
+        c, strip = best[1], best[2]
+        if c.spec.strip_path and strip:
+            path = path[strip:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+        return Match(c.spec.payload, path, query if sep else b"")
+
+
+def _strip_port(host: bytes) -> bytes:
+    if host.startswith(b"["):
+        return host[: host.find(b"]") + 1]
+    return host.partition(b":")[0]
+
+
+def _headers_match(wanted: list[tuple[bytes, list[re.Pattern[bytes] | bytes]]],
+                   headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, matchers in wanted:
+        for hname, hvalue in headers:
+            if hname == name and any(
+                    m.search(hvalue) if isinstance(m, re.Pattern) else m == hvalue.lower() for m in matchers):
+                break
+        else:
+            return False
+    return True
+
+
+def _parse_query(query: bytes) -> dict[bytes, list[bytes]]:
+    out: dict[bytes, list[bytes]] = {}
+    for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        out.setdefault(k.encode("latin-1"), []).append(v.encode("latin-1"))
+    return out
+
+
+def _query_match(wanted: list[tuple[str, list[str]]], args: dict[bytes, list[bytes]]) -> bool:
+    for name, values in wanted:
+        got = args.get(name.encode())
+        if got is None:
+            return False
+        if values and not any(v.encode() in got for v in values):
+            return False
+    return True

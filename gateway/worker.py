@@ -1,0 +1,115 @@
+"""One worker process: a Trio proxy on its own SO_REUSEPORT listener(s). `gateway run` runs one in the foreground.
+
+SIGTERM/SIGINT drain it: stop accepting, finish in-flight requests (and SSE streams) for up to drain_timeout, then
+exit. The supervisor starts several of these; each reports readiness once its listeners accept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+import trio
+
+from gateway.config import Config, load_config, parse_host_port
+from gateway.http.codecs import codec_classes, resolve_codec
+from gateway.http.net import bind_listener
+from gateway.http.pool import Pool
+from gateway.http.server import ServerSettings, serve_listener
+from gateway.pipeline.forward import Forwarder
+from gateway.pipeline.handler import Pipeline
+from gateway.runtime import compile_config
+
+log = logging.getLogger("gateway.worker")
+
+POOL_SWEEP_S = 5.0
+
+
+def listen_addresses(config: Config) -> list[tuple[str, int]]:
+    listens = [config.gateway.listen] if isinstance(config.gateway.listen, str) else config.gateway.listen
+    return [parse_host_port(a, None) for a in listens]  # type: ignore[misc]  # validated at load
+
+
+def bind_all(config: Config) -> list[socket.socket]:
+    """Bind every listen address; raises OSError naming the address (e.g. port already in use)."""
+    socks = []
+    try:
+        for host, port in listen_addresses(config):
+            try:
+                socks.append(bind_listener(host, port))
+            except OSError as e:
+                raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
+    except BaseException:
+        for s in socks:
+            s.close()
+        raise
+    return socks
+
+
+async def serve_worker(config: Config, listeners: list[socket.socket], *,
+                       ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain for up to drain_timeout seconds."""
+    gw = config.gateway
+    runtime = compile_config(config)
+    codec_name = resolve_codec(gw.http_codec)
+    server_cls, client_cls = codec_classes(codec_name)
+    settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
+                              gw.max_connections)
+    pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
+    port = listeners[0].getsockname()[1]
+    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive))
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_sweep_pool, pool)
+            # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
+            # connections: those must be left to finish.
+            await nursery.start(_serve_until_drained, listeners, pipeline, settings)
+            log.info("worker %d accepting on %s (codec %s)", os.getpid(),
+                     ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
+            if ready is not None:
+                ready()
+            async for signum in signals:
+                log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
+                         gw.drain_timeout)
+                break
+            await _drain(listeners, settings, gw.drain_timeout)
+            nursery.cancel_scope.cancel()
+    pool.close_all()
+
+
+async def _serve_until_drained(listeners: list[socket.socket], pipeline: Pipeline, settings: ServerSettings,
+                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async with trio.open_nursery() as nursery:
+        for sock in listeners:
+            await nursery.start(serve_listener, sock, pipeline, settings)
+        task_status.started()
+
+
+async def _drain(listeners: list[socket.socket], settings: ServerSettings, timeout: float) -> None:
+    """Stop accepting, close idle kept-alive connections, wait for the busy ones (bounded by `timeout`)."""
+    for sock in listeners:
+        trio.lowlevel.notify_closing(sock)
+        sock.close()
+    settings.connections.start_drain()
+    with trio.move_on_after(timeout):
+        await settings.connections.wait_empty()
+        return
+    log.warning("drain timeout: closing %d connection(s) still open", settings.connections.active)
+
+
+async def _sweep_pool(pool: Pool) -> None:
+    while True:
+        await trio.sleep(POOL_SWEEP_S)
+        pool.sweep(trio.current_time())
+
+
+def run_worker(config_path: str, ready: Callable[[], None] | None = None) -> int:
+    """Load the config, bind, serve; returns a process exit code."""
+    config = load_config(config_path)
+    compile_config(config, config_path)  # report config errors before binding anything
+    listeners = bind_all(config)
+    trio.run(lambda: serve_worker(config, listeners, ready=ready))
+    return 0
