@@ -1,0 +1,69 @@
+"""The admin endpoint: a ZeroMQ ROUTER socket answering AdminRequests with a handler, one at a time.
+
+ipc endpoints are created with 0600 permissions (only the gateway's user may talk to it); a tcp endpoint needs
+CURVE keys, which this gateway does not configure yet, so it is refused at start rather than left open.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import zmq
+
+from gateway.bus.admin_protocol import AdminProtocolError, AdminReply, AdminRequest, decode_request, encode_reply
+from gateway.bus.zmq_trio import TrioSocket
+
+log = logging.getLogger("gateway.admin")
+
+AdminHandler = Callable[[AdminRequest], Awaitable[Any]]
+
+
+class AdminCommandError(Exception):
+    """Raised by a handler for a request it understood but cannot carry out; the message is the reply's error."""
+
+
+def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """Bind the ROUTER socket; raises ValueError with a readable reason for an endpoint we refuse."""
+    if endpoint.startswith("tcp://"):
+        raise ValueError(f"gateway.admin: {endpoint} is a tcp endpoint, which needs CURVE keys; use an ipc:// path")
+    if not endpoint.startswith("ipc://"):
+        raise ValueError(f"gateway.admin: expected ipc://PATH, got {endpoint!r}")
+    path = endpoint[len("ipc://"):]
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+    old = os.umask(0o177)
+    try:
+        if os.path.exists(path):
+            os.unlink(path)  # a stale socket file from a previous run
+        sock.bind(endpoint)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer requests until cancelled. REQ clients (empty delimiter frame) and DEALER clients both work."""
+    tsock = TrioSocket(sock)
+    task_status.started()
+    while True:
+        frames = await tsock.recv_multipart()
+        if len(frames) < 2:
+            continue  # not from a peer we can answer
+        envelope, payload = frames[:-1], frames[-1]
+        try:
+            request = decode_request(payload)
+            reply = AdminReply(ok=True, result=await handler(request))
+        except (AdminProtocolError, AdminCommandError) as e:
+            reply = AdminReply(ok=False, error=str(e))
+        except Exception as e:
+            log.exception("admin command failed")
+            reply = AdminReply(ok=False, error=f"internal error: {type(e).__name__}: {e}")
+        await tsock.send_multipart([*envelope, encode_reply(reply)])

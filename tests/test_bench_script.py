@@ -1,0 +1,435 @@
+"""Unit tests of scripts/bench: wrk output parsing, units, medians and ratios, the run order, targets.
+
+Fast and offline: no server and no wrk is started. The wrk outputs below were captured from wrk 4.1.0 running
+loadtest/post_1k.lua against nginx 1.22 on loopback, except where marked as crafted.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.machinery
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "bench"
+
+
+def load(name: str, path: Path):
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(name, loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
+    loader.exec_module(module)
+    return module
+
+
+bench = load("bench_script", SCRIPT)
+payloads = load("mcp_payloads_under_test", ROOT / "loadtest" / "mcp_payloads.py")
+
+
+# Real: wrk straight at the nginx backend (return 200 with the fixed JSON-RPC result).
+WRK_CLEAN = """\
+Running 2s test @ http://127.0.0.1:18081/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   330.68us  116.09us   3.16ms   95.99%
+    Req/Sec   150.69k    12.13k  159.76k    90.48%
+  Latency Distribution
+     50%  313.00us
+     75%  319.00us
+     90%  343.00us
+     99%  780.00us
+  313558 requests in 2.10s, 68.48MB read
+Requests/sec: 149243.69
+Transfer/sec:     32.59MB
+"""
+
+# Real: an nginx answering 503 with worker_connections 32, so that it also drops connections.
+WRK_ERRORS = """\
+Running 2s test @ http://127.0.0.1:18082/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   783.63us  702.09us   4.07ms   86.77%
+    Req/Sec     1.08k   792.57     2.43k    77.78%
+  Latency Distribution
+     50%  771.00us
+     75%    0.97ms
+     90%    1.84ms
+     99%    3.35ms
+  1482 requests in 2.10s, 288.01KB read
+  Socket errors: connect 0, read 59856, write 0, timeout 0
+  Non-2xx or 3xx responses: 1482
+Requests/sec:    705.47
+Transfer/sec:    137.10KB
+"""
+
+# Real: the same 503 server with enough connections: non-2xx responses only.
+WRK_NON2XX = """\
+Running 2s test @ http://127.0.0.1:18082/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   300.08us  110.27us   2.98ms   90.87%
+    Req/Sec   144.80k     8.13k  151.64k    95.00%
+  Latency Distribution
+     50%  296.00us
+     75%  317.00us
+     90%  352.00us
+     99%  584.00us
+  288013 requests in 2.00s, 54.63MB read
+  Non-2xx or 3xx responses: 288013
+Requests/sec: 143942.23
+Transfer/sec:     27.30MB
+"""
+
+# Crafted: a slow server (ms and s units, timeouts, connect errors).
+WRK_SLOW_CRAFTED = """\
+Running 10s test @ http://127.0.0.1:8080/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   412.10ms  300.02ms   1.99s    70.00%
+    Req/Sec   120.00     30.00   200.00     65.00%
+  Latency Distribution
+     50%  350.50ms
+     75%  600.00ms
+     90%  900.00ms
+     99%    1.80s
+  1200 requests in 10.01s, 300.00KB read
+  Socket errors: connect 3, read 0, write 1, timeout 17
+  Non-2xx or 3xx responses: 5
+Requests/sec:    119.88
+Transfer/sec:     29.97KB
+"""
+
+
+# --- wrk output -----------------------------------------------------------------------------------------------------
+
+
+def test_parse_clean_output():
+    result = bench.parse_wrk(WRK_CLEAN)
+    assert result.rps == pytest.approx(149243.69)
+    assert result.p50_ms == pytest.approx(0.313)
+    assert result.p99_ms == pytest.approx(0.780)
+    assert result.requests == 313558
+    assert result.non2xx == 0
+    assert result.socket_errors == {"connect": 0, "read": 0, "write": 0, "timeout": 0}
+    assert result.errors == 0
+
+
+def test_parse_output_with_non2xx_and_socket_errors():
+    result = bench.parse_wrk(WRK_ERRORS)
+    assert result.rps == pytest.approx(705.47)
+    assert result.p50_ms == pytest.approx(0.771)
+    assert result.p99_ms == pytest.approx(3.35)
+    assert result.requests == 1482
+    assert result.non2xx == 1482
+    assert result.socket_errors == {"connect": 0, "read": 59856, "write": 0, "timeout": 0}
+    assert result.errors == 1482 + 59856
+
+
+def test_parse_output_with_non2xx_only():
+    result = bench.parse_wrk(WRK_NON2XX)
+    assert result.non2xx == 288013
+    assert sum(result.socket_errors.values()) == 0
+    assert result.errors == 288013
+
+
+def test_parse_crafted_slow_output():
+    result = bench.parse_wrk(WRK_SLOW_CRAFTED)
+    assert result.rps == pytest.approx(119.88)
+    assert result.p50_ms == pytest.approx(350.5)
+    assert result.p99_ms == pytest.approx(1800.0)
+    assert result.socket_errors == {"connect": 3, "read": 0, "write": 1, "timeout": 17}
+    assert result.errors == 5 + 3 + 1 + 17
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        "",
+        "unable to connect to 127.0.0.1:1 Connection refused\n",
+        WRK_CLEAN.replace("  Latency Distribution\n", "").replace("     50%  313.00us\n", ""),  # no --latency
+    ],
+)
+def test_parse_rejects_unexpected_output(output):
+    with pytest.raises(ValueError):
+        bench.parse_wrk(output)
+
+
+@pytest.mark.parametrize(
+    ("text", "ms"),
+    [
+        ("612.00us", 0.612),
+        ("0.00us", 0.0),
+        ("1.20ms", 1.2),
+        ("  0.97ms ", 0.97),
+        ("2.00s", 2000.0),
+        ("1.50m", 90_000.0),
+        ("1.00h", 3_600_000.0),
+        ("12us", 0.012),
+    ],
+)
+def test_to_ms(text, ms):
+    assert bench.to_ms(text) == pytest.approx(ms)
+
+
+@pytest.mark.parametrize("text", ["", "12", "1.2 ms", "1.2ns", "ms", "-1.0ms", "1.2msx"])
+def test_to_ms_rejects(text):
+    with pytest.raises(ValueError):
+        bench.to_ms(text)
+
+
+def test_wrk_command_line():
+    argv = bench.wrk_argv("/usr/bin/wrk", "http://127.0.0.1:9/", 10)
+    assert argv == [
+        "/usr/bin/wrk",
+        "-t1",
+        "-c50",
+        "-d10s",
+        "--latency",
+        "-s",
+        str(ROOT / "loadtest" / "post_1k.lua"),
+        "http://127.0.0.1:9/",
+    ]
+
+
+# --- schedule, medians, ratios, targets -----------------------------------------------------------------------------
+
+
+def test_schedule_interleaves_configurations():
+    assert bench.schedule(["A", "B", "C", "D"], 3) == [
+        (1, "A"), (1, "B"), (1, "C"), (1, "D"),
+        (2, "A"), (2, "B"), (2, "C"), (2, "D"),
+        (3, "A"), (3, "B"), (3, "C"), (3, "D"),
+    ]  # fmt: skip
+    assert bench.schedule(["A"], 1) == [(1, "A")]
+
+
+def make_run(config, round_, rps, p50=1.0, p99=2.0, non2xx=0, timeouts=0):
+    result = bench.WrkResult(rps=rps, p50_ms=p50, p99_ms=p99, requests=int(rps), non2xx=non2xx)
+    result.socket_errors["timeout"] = timeouts
+    return bench.Run.of(round_, config, "2024-01-01T00:00:00+00:00", 97.25, result)
+
+
+RUNS = [
+    make_run("direct", 1, 80_000, 0.30, 0.60),
+    make_run("nginx", 1, 30_000, 0.80, 2.00),
+    make_run("gw", 1, 6_000, 8.0, 20.0, non2xx=2),
+    make_run("direct", 2, 90_000, 0.40, 0.50),
+    make_run("nginx", 2, 34_000, 0.70, 1.80),
+    make_run("gw", 2, 7_000, 7.0, 30.0),
+    make_run("direct", 3, 70_000, 0.35, 0.90),
+    make_run("nginx", 3, 32_000, 0.90, 1.90),
+    make_run("gw", 3, 8_000, 9.0, 25.0, timeouts=1),
+]
+
+
+def test_run_record():
+    run = RUNS[2]
+    assert run.config == "gw" and run.round == 1 and run.idle_pct == 97.2
+    assert run.errors == 2
+    assert json.loads(json.dumps(bench.asdict(run)))["socket_errors"]["timeout"] == 0
+
+
+def test_summarize_medians_ratios_and_errors():
+    summaries = bench.summarize(RUNS, order=["direct", "nginx", "gw"])
+    assert list(summaries) == ["direct", "nginx", "gw"]
+    nginx, gw, direct = summaries["nginx"], summaries["gw"], summaries["direct"]
+    assert nginx.rps == 32_000 and nginx.p50_ms == 0.80 and nginx.p99_ms == 1.90
+    assert nginx.ratio_vs_nginx == 1.0
+    assert direct.rps == 80_000 and direct.p50_ms == 0.35 and direct.p99_ms == 0.60
+    assert direct.ratio_vs_nginx == pytest.approx(2.5)
+    assert gw.rps == 7_000 and gw.p50_ms == 8.0 and gw.p99_ms == 25.0
+    assert gw.ratio_vs_nginx == pytest.approx(7_000 / 32_000)
+    assert gw.errors == 3 and gw.suspect and not nginx.suspect
+    assert gw.rounds == 3
+    assert gw.as_json() == {
+        "rps": 7000,
+        "p50_ms": 8.0,
+        "p99_ms": 25.0,
+        "ratio_vs_nginx": 0.2188,
+        "errors": 3,
+        "rounds": 3,
+    }
+
+
+def test_summarize_even_rounds_and_no_reference():
+    runs = [make_run("gw", 1, 100), make_run("gw", 2, 300)]
+    summary = bench.summarize(runs)["gw"]
+    assert summary.rps == 200  # median of an even count: the mean of the middle two
+    assert summary.ratio_vs_nginx is None
+
+
+def test_summarize_keeps_the_given_order():
+    assert list(bench.summarize(RUNS, order=["gw", "nginx", "missing", "direct"])) == ["gw", "nginx", "direct"]
+    assert list(bench.summarize(RUNS)) == ["direct", "nginx", "gw"]
+
+
+def test_targets():
+    summaries = bench.summarize(RUNS)
+    targets = [bench.Target("direct", 2.0), bench.Target("direct", 3.0), bench.Target("gw", 0.2)]
+    results = bench.check_targets(summaries, targets)
+    assert [r.ok for r in results] == [True, False, False]  # gw is fast enough but had errors
+    assert "errors" in results[2].detail
+    clean = {k: v for k, v in summaries.items() if k != "gw"}
+    assert bench.check_targets(clean, [bench.Target("gw", 0.2)]) == []  # gw did not run: not checked
+    no_reference = bench.summarize([r for r in RUNS if r.config != "nginx"])
+    assert bench.check_targets(no_reference, targets) == []
+
+
+def test_default_targets_name_configurations():
+    names = {c.name for c in bench.CONFIGURATIONS}
+    assert {t.config for t in bench.TARGETS} <= names
+    assert {str(t) for t in bench.TARGETS} == {"gw-llhttp-1w >= 0.20 x nginx", "gw-llhttp-2w >= 0.30 x nginx"}
+
+
+def test_markdown_table():
+    table = bench.markdown_table(bench.summarize(RUNS)).splitlines()
+    assert table[0] == "| configuration | req/s | p50 ms | p99 ms | vs nginx | errors |"
+    assert table[2] == "| direct | 80,000 | 0.35 | 0.60 | 2.50x | 0 |"
+    assert table[3] == "| nginx | 32,000 | 0.80 | 1.90 | 1.00x | 0 |"
+    assert table[4] == "| gw | 7,000 | 8.00 | 25.00 | 0.22x | 3 (suspect) |"
+    alone = bench.markdown_table(bench.summarize([make_run("gw", 1, 10)]))
+    assert "| n/a |" in alone
+
+
+# --- configurations -------------------------------------------------------------------------------------------------
+
+
+def test_configurations_are_unique_and_ordered():
+    names = [c.name for c in bench.CONFIGURATIONS]
+    assert len(names) == len(set(names))
+    assert names[:5] == ["direct", "nginx", "gw-llhttp-1w", "gw-h11-1w", "gw-llhttp-2w"]
+    assert bench.REFERENCE in names
+
+
+def test_select():
+    assert [c.name for c in bench.select(None)] == [c.name for c in bench.CONFIGURATIONS]
+    assert [c.name for c in bench.select("gw-h11-1w,direct")] == ["direct", "nginx", "gw-h11-1w"]
+    assert [c.name for c in bench.select(" nginx ")] == ["nginx"]
+    with pytest.raises(bench.BenchError, match="nope"):
+        bench.select("direct,nope")
+
+
+def test_drop_unavailable_notes_the_reason():
+    configs = [
+        bench.Configuration("a", "a"),
+        bench.Configuration("b", "b", requires=lambda: "no --workers yet"),
+        bench.Configuration("c", "c", requires=lambda: None),
+    ]
+    notes = []
+    assert [c.name for c in bench.drop_unavailable(configs, notes)] == ["a", "c"]
+    assert notes == ["skipped b: no --workers yet"]
+
+
+def test_fill_replaces_only_the_given_placeholders():
+    assert bench.fill("{a} {b} { a } {c}", a=1, b="x") == "1 x { a } {c}"
+
+
+def render(template, **extra):
+    values = {"prefix": "/tmp/p", "port": 8081, "backend_port": 9091, "result": bench.BACKEND_RESULT, **extra}
+    return bench.fill(template, **values)
+
+
+def test_nginx_configs():
+    backend = render(bench.NGINX_BACKEND_CONF)
+    proxy = render(bench.NGINX_PROXY_CONF)
+    for conf in (backend, proxy):
+        for directive in ("daemon off;", "master_process on;", "worker_processes 1;", "access_log off;"):
+            assert directive in conf
+        assert "pid /tmp/p/nginx.pid;" in conf and "error_log /tmp/p/error.log" in conf
+        assert "{prefix}" not in conf and "{port}" not in conf and conf.count("{") == conf.count("}")
+    assert "listen 127.0.0.1:8081" in backend
+    assert f"return 200 '{bench.BACKEND_RESULT}';" in backend and "default_type application/json;" in backend
+    assert json.loads(bench.BACKEND_RESULT)["result"]["content"] == [{"type": "text", "text": "ok"}]
+    assert "server 127.0.0.1:9091;" in proxy and "keepalive 64;" in proxy and "listen 127.0.0.1:8081" in proxy
+    assert "proxy_http_version 1.1;" in proxy and 'proxy_set_header Connection "";' in proxy
+
+
+def test_gateway_configs():
+    by_name = {c.name: c for c in bench.CONFIGURATIONS}
+    for name, codec in [("gw-llhttp-1w", "llhttp"), ("gw-h11-1w", "h11"), ("gw-llhttp-2w", "llhttp")]:
+        config = yaml.safe_load(render(by_name[name].config))
+        assert config == {
+            "_format_version": "3.0",
+            "gateway": {"listen": "127.0.0.1:8081", "http_codec": codec},
+            "services": [{"name": "backend", "url": "http://127.0.0.1:9091"}],
+            "routes": [{"name": "all", "service": "backend", "paths": ["/"]}],
+        }
+    argv = [bench.fill(a, python="PY", config="C") for a in by_name["gw-llhttp-1w"].argv]
+    assert argv == ["PY", "-m", "gateway", "run", "--config", "C"]
+    argv = [bench.fill(a, python="PY", config="C") for a in by_name["gw-llhttp-2w"].argv]
+    assert argv == ["PY", "-m", "gateway", "start", "--foreground", "--workers", "2", "--config", "C"]
+    assert by_name["gw-llhttp-2w"].requires is bench.gateway_supports_workers
+    assert by_name["direct"].argv is None
+    extra = yaml.safe_load(
+        render(bench.gateway_yaml("llhttp", "plugins:\n  - name: cors\n    config: {origins: ['*']}\n"))
+    )
+    assert extra["plugins"] == [{"name": "cors", "config": {"origins": ["*"]}}]
+
+
+def test_parse_args():
+    args = bench.parse_args([])
+    assert (args.rounds, args.duration, args.warmup, args.only, args.check) == (3, 10, 2, None, False)
+    assert args.json == Path("bench-results.json")
+    args = bench.parse_args(["--quick", "--rounds", "5", "--only", "direct,nginx", "--json", "x.json", "--check"])
+    assert (args.rounds, args.duration, args.only, args.json, args.check) == (
+        1,
+        2,
+        "direct,nginx",
+        Path("x.json"),
+        True,
+    )
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--rounds", "0"])
+
+
+# --- the machine ----------------------------------------------------------------------------------------------------
+
+
+def test_cpu_idle(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 7 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n")
+    assert bench.read_cpu_times(str(stat)) == (850, 1000)
+    assert bench.idle_percent((850, 1000), (1750, 2000)) == pytest.approx(90.0)
+    assert bench.idle_percent((0, 0), (0, 0)) == 100.0
+    idle, total = bench.read_cpu_times()  # the real /proc/stat
+    assert 0 <= idle <= total
+
+
+# --- loadtest/ ------------------------------------------------------------------------------------------------------
+
+
+def test_tools_call_body_is_1k_json_rpc():
+    body = payloads.tools_call_body()
+    assert len(body.encode()) == 1024
+    message = json.loads(body)
+    assert message["jsonrpc"] == "2.0" and message["method"] == "tools/call"
+    assert message["params"]["name"] == "echo" and set(message["params"]["arguments"]["text"]) == {"x"}
+    assert len(payloads.tools_call_body(2048).encode()) == 2048
+    with pytest.raises(ValueError):
+        payloads.tools_call_body(10)
+
+
+def test_wrk_script_sends_the_1k_body():
+    lua = (ROOT / "loadtest" / "post_1k.lua").read_text()
+    assert 'wrk.method = "POST"' in lua
+    assert 'wrk.headers["Content-Type"] = "application/json"' in lua
+    assert f"wrk.body = '{payloads.tools_call_body()}'" in lua
+
+
+def test_other_mcp_payloads():
+    assert json.loads(payloads.initialize_body())["method"] == "initialize"
+    assert "id" not in json.loads(payloads.initialized_notification())
+    assert json.loads(payloads.tools_list_body(7)) == {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
+
+
+def test_locustfile_is_valid_python_with_two_user_classes():
+    tree = ast.parse((ROOT / "loadtest" / "locustfile.py").read_text())
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assert {"ToolsCallUser", "McpSessionUser"} <= classes
