@@ -1,0 +1,82 @@
+"""The owner's side of a supervisor: requests travel to its loop through the inbox and wait for the reply."""
+
+import contextlib
+from collections.abc import Callable, Hashable, Sequence
+
+import trio
+
+from supervisor.actions import Action, Reply
+from supervisor.core import ChildCounts, ChildInfo, SupervisorCore
+from supervisor.errors import SupervisorNotRunning
+from supervisor.reasons import NORMAL
+from supervisor.refs import ChildRef
+from supervisor.spec import ChildSpec
+
+Request = Callable[[SupervisorCore], list[Action]]
+
+
+class Handle:
+    """The owner's side of a running supervisor: OTP's dynamic supervisor API, plus stop()."""
+
+    def __init__(self, name: str, inbox: trio.MemorySendChannel[object], stopped: trio.Event) -> None:
+        self.name = name
+        self._inbox = inbox
+        self._stopped = stopped
+
+    async def start_child(self, spec_or_args: ChildSpec | Sequence[object]) -> ChildRef:
+        """Add and start a child (simple_one_for_one: the template with extra args); its ref."""
+        return await self._call(lambda core: core.start_child(spec_or_args))
+
+    async def terminate_child(self, id_or_ref: object) -> None:
+        """Stop a child by id (simple_one_for_one: by ref), keeping its spec unless temporary."""
+        await self._call(lambda core: core.terminate_child(id_or_ref))
+
+    async def restart_child(self, child_id: Hashable) -> ChildRef:
+        """Start again a stopped child whose spec is kept; its new ref."""
+        return await self._call(lambda core: core.restart_child(child_id))
+
+    async def delete_child(self, child_id: Hashable) -> None:
+        """Forget the spec of a stopped child."""
+        await self._call(lambda core: core.delete_child(child_id))
+
+    async def which_children(self) -> list[ChildInfo]:
+        """Every child with its id, ref (os_pid, started_at, value), state, type and restart count."""
+        return await self._call(lambda core: [Reply(core.which_children())])
+
+    async def count_children(self) -> ChildCounts:
+        """Counts of specs, running children, supervisors and workers."""
+        return await self._call(lambda core: [Reply(core.count_children())])
+
+    async def stop(self) -> None:
+        """Stop all children in reverse start order, then the supervisor, which exits normally."""
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            self._inbox.send_nowait(Call(lambda core: core.shutdown(NORMAL)))
+        await self._stopped.wait()
+
+    async def _call(self, request: Request) -> object:
+        call = Call(request)
+        try:
+            self._inbox.send_nowait(call)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            raise SupervisorNotRunning(self.name) from None
+        return await call.result()
+
+
+class Call:
+    """A request from the owner, answered by the Reply action it leads to."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self._value: object = None
+        self._done = trio.Event()
+
+    def resolve(self, value: object) -> None:
+        if not self._done.is_set():
+            self._value = value
+            self._done.set()
+
+    async def result(self) -> object:
+        await self._done.wait()
+        if isinstance(self._value, BaseException):
+            raise self._value
+        return self._value

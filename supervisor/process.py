@@ -1,0 +1,122 @@
+"""OS-process children: started with trio.lowlevel.open_process, ready once they say so on a pipe."""
+
+import os
+import signal
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+import trio
+
+from supervisor.ready import READY_FD_ENV
+from supervisor.reasons import KILLED, NORMAL, SHUTDOWN
+from supervisor.refs import ChildRef, ExitCallback
+
+
+@dataclass(frozen=True)
+class Process:
+    """How to start an OS-process child; `env` replaces the inherited environment when given."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+    start_timeout: float = 5.0
+
+
+class ProcessStartError(Exception):
+    """An OS-process child did not become ready."""
+
+
+class ProcessRef(ChildRef):
+    """A running OS process. Stopping sends SIGTERM, killing sends SIGKILL.
+
+    Exit reasons: exit code 0 is normal; death by the SIGTERM (SIGKILL) this supervisor sent is
+    shutdown (killed); anything else is abnormal, e.g. "exit code 3" or "killed by signal SIGKILL".
+    """
+
+    def __init__(self, child_id: Hashable, spec: Process, args: tuple[object, ...]) -> None:
+        super().__init__(child_id)
+        self._spec = spec
+        self._argv = [*spec.argv, *map(str, args)]
+        self._process: trio.Process | None = None
+        self._sent: set[signal.Signals] = set()
+
+    async def run(self, on_exit: ExitCallback, *, task_status: trio.TaskStatus[object]) -> None:
+        read_fd, write_fd = os.pipe()
+        env = {**(os.environ if self._spec.env is None else self._spec.env), READY_FD_ENV: str(write_fd)}
+        async with trio.lowlevel.FdStream(read_fd) as pipe:
+            try:
+                process = await trio.lowlevel.open_process(
+                    self._argv, env=env, cwd=self._spec.cwd, pass_fds=(write_fd,)
+                )
+            finally:
+                os.close(write_fd)
+            self._process = process
+            self.os_pid = process.pid
+            try:
+                info = await self._wait_ready(process, pipe)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    process.kill()
+                    await process.wait()
+                raise
+        self._mark_started(task_status, info)
+        # Shielded: only this supervisor stops its children, in its own order.
+        with trio.CancelScope(shield=True):
+            await process.wait()
+        self._finish(on_exit, self._exit_reason(process.returncode))
+
+    def stop(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, signum: signal.Signals) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._sent.add(signum)
+            self._process.send_signal(signum)
+
+    async def _wait_ready(self, process: trio.Process, pipe: trio.lowlevel.FdStream) -> str:
+        """The ready info the child wrote, or ProcessStartError if it exits, lingers or writes garbage."""
+        line = None
+        with trio.move_on_after(self._spec.start_timeout):
+            line = await _read_line(pipe)
+            if line is None:
+                await process.wait()
+        if line == "ready" or (line is not None and line.startswith("ready ")):
+            return line[len("ready ") :]
+        if line is not None:
+            raise ProcessStartError(f"bad readiness line {line!r}")
+        if process.returncode is not None:
+            raise ProcessStartError(f"exited before ready: {describe_exit(process.returncode)}")
+        raise ProcessStartError(f"not ready within {self._spec.start_timeout} s")
+
+    def _exit_reason(self, returncode: int) -> object:
+        if returncode == 0:
+            return NORMAL
+        if returncode == -signal.SIGTERM and signal.SIGTERM in self._sent:
+            return SHUTDOWN
+        if returncode == -signal.SIGKILL and signal.SIGKILL in self._sent:
+            return KILLED
+        return describe_exit(returncode)
+
+
+def describe_exit(returncode: int) -> str:
+    """A readable exit status: "exit code 3" or "killed by signal SIGKILL"."""
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    try:
+        return f"killed by signal {signal.Signals(-returncode).name}"
+    except ValueError:
+        return f"killed by signal {-returncode}"
+
+
+async def _read_line(pipe: trio.lowlevel.FdStream) -> str | None:
+    """The first line read from `pipe`, or None if it closes first."""
+    data = b""
+    while b"\n" not in data:
+        chunk = await pipe.receive_some()
+        if not chunk:
+            return None
+        data += chunk
+    return data.split(b"\n", 1)[0].decode(errors="replace")
