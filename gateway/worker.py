@@ -61,23 +61,25 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
     pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive))
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_sweep_pool, pool)
-            # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
-            # connections: those must be left to finish.
-            await nursery.start(_serve_until_drained, listeners, pipeline, settings)
-            log.info("worker %d accepting on %s (codec %s)", os.getpid(),
-                     ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
-            if ready is not None:
-                ready()
-            async for signum in signals:
-                log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
-                         gw.drain_timeout)
-                break
-            await _drain(listeners, settings, gw.drain_timeout)
-            nursery.cancel_scope.cancel()
-    pool.close_all()
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_sweep_pool, pool)
+                # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
+                # connections: those must be left to finish.
+                await nursery.start(_serve_until_drained, listeners, pipeline, settings)
+                log.info("worker %d accepting on %s (codec %s)", os.getpid(),
+                         ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
+                if ready is not None:
+                    ready()
+                async for signum in signals:
+                    log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
+                             gw.drain_timeout)
+                    break
+                await _drain(listeners, settings, gw.drain_timeout)
+                nursery.cancel_scope.cancel()
+    finally:
+        pool.close_all()  # also when cancelled: no pooled upstream socket is left open
 
 
 async def _serve_until_drained(listeners: list[socket.socket], pipeline: Pipeline, settings: ServerSettings,

@@ -47,7 +47,7 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
     expected = _describe_type(_lookup_type(typ, parts)) or reason.split(",")[0].removeprefix("Expected ")
     if reason.startswith("Invalid enum value"):
         return f"{path}: expected one of {expected}, got {_show(value)}"
-    if found:
+    if found and reason.startswith("Expected"):  # not a check's own message (e.g. raised by __post_init__)
         return f"{path}: expected {expected}, got {_show(value)}"
     return f"{path}: {reason.replace('`', '')}"
 

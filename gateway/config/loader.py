@@ -69,8 +69,8 @@ def parse_config(text: str, name: str = "<config>") -> Config:
 
 
 def _kind(value: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
-        type(value), type(value).__name__)
+    kinds = {list: "a list", dict: "a mapping", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+    return kinds.get(type(value), type(value).__name__)
 
 
 def _decode(raw: dict[str, Any], errors: list[str]) -> Config:

@@ -29,7 +29,8 @@ class Request:
 
 
 class Response:
-    """A final (>= 200) response head."""
+    """A final (>= 200) response head. `keep_alive` says whether the head allows another exchange on the connection
+    (HTTP/1.1, no `Connection: close`, not delimited by close); the codec's `keep_alive` has the final word."""
 
     __slots__ = ("status", "reason", "headers", "http_version", "keep_alive")
 
@@ -98,6 +99,8 @@ class ClientCodec(Protocol):
 
 def check_request_head(headers: Headers, http_version: bytes) -> None:
     """Reject what request smuggling and RFC 9112 forbid, identically for every codec."""
+    if http_version != b"1.1" and http_version != b"1.0":
+        raise ProtocolError("unsupported HTTP version")  # llhttp's parser rejects most of these with 400 itself
     content_lengths = 0
     transfer_encoding = None
     host = 0
@@ -117,7 +120,11 @@ def check_request_head(headers: Headers, http_version: bytes) -> None:
     if transfer_encoding is not None:
         if content_lengths:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
-        if transfer_encoding.strip().lower() != b"chunked":
+        codings = transfer_encoding.lower()
+        if codings != b"chunked":
+            # RFC 9112 6.3: chunked not last -> the length is unknowable -> 400; 6.1: a coding we lack -> 501.
+            if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
+                raise ProtocolError("chunked must be the final transfer coding")
             raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
     if host > 1 or (host == 0 and http_version == b"1.1"):
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")

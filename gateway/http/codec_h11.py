@@ -1,6 +1,14 @@
-"""The reference codec: h11 on both sides, adapted to the codec interface in `gateway.http.codec`."""
+"""The reference codec: h11 on both sides, adapted to the codec interface in `gateway.http.codec`.
+
+h11 is more lenient than llhttp in a few places that matter to a proxy (it unfolds obs-fold, accepts bare LF line
+ends, merges repeated identical Content-Lengths), and it normalises what it parses. So that both codecs accept,
+reject and report the same heads, this adapter keeps a copy of the bytes of the head h11 is waiting for (its
+public `trailing_data` once per head, then what arrives) and applies the shared rules to that raw head.
+"""
 
 from __future__ import annotations
+
+import re
 
 import h11
 
@@ -15,20 +23,63 @@ from gateway.http.codec import (
     Response,
     check_request_head,
 )
-from gateway.http.codec_llhttp import _wants_keep_alive
+from gateway.http.codec_llhttp import REASONS, _close_delimited, _wants_keep_alive
+
+_BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
+
+
+def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | None:
+    """(size, start line, headers) of the head at the start of `raw`, split as llhttp splits it; None if incomplete.
+
+    Raises ProtocolError(status) for what llhttp rejects and h11 tolerates: bare LF line ends, obs-fold.
+    """
+    m = _BLANK_LINE.search(raw)
+    if m is None:
+        return None
+    size = m.end()
+    head = bytes(raw[: size - 4])
+    if raw[size - 4 : size] != b"\r\n\r\n" or head.count(b"\n") != head.count(b"\r\n"):
+        raise ProtocolError("line ends must be CRLF", status)
+    lines = head.split(b"\r\n")
+    headers = []
+    for line in lines[1:]:
+        if line[:1] == b" " or line[:1] == b"\t":
+            raise ProtocolError("obsolete line folding is not accepted", status)
+        name, _, value = line.partition(b":")
+        headers.append((name.lower(), value.strip(b" \t")))
+    return size, lines[0], headers
 
 
 class _H11Codec:
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_max", "_probe", "_eof")
 
     def __init__(self, role: type[h11.CLIENT] | type[h11.SERVER], max_header_bytes: int) -> None:
         self._conn = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
+        self._max = max_header_bytes
+        self._probe: bytearray | None = None  # the bytes of the head being waited for, when tracked
+        self._eof = False
 
     def receive_data(self, data: bytes) -> None:
+        if data:
+            if self._probe is not None:
+                self._probe += data
+        else:
+            self._eof = True
         try:
             self._conn.receive_data(data)
-        except h11.RemoteProtocolError as e:  # data after EOF
+        except h11.RemoteProtocolError as e:  # pragma: no cover - h11 raises RuntimeError for data after EOF
             raise ProtocolError(str(e), e.error_status_hint) from None
+
+    def _end(self, ev: h11.EndOfMessage, status: int) -> object:
+        # Trailers are dropped; h11 bounds them only while incomplete, llhttp also when they arrive whole.
+        if ev.headers and sum(len(n) + len(v) + 4 for n, v in ev.headers) > self._max:
+            raise ProtocolError("trailer section too large", status)
+        return END
+
+    def _watch_head(self) -> bytearray:
+        if self._probe is None:
+            self._probe = bytearray(self._conn.trailing_data[0])
+        return self._probe
 
     def body(self, data: bytes) -> bytes:
         return self._conn.send(h11.Data(data=data)) or b"" if data else b""
@@ -43,32 +94,67 @@ class _H11Codec:
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
 
-    def _next(self, error_status: int | None) -> object:
-        try:
-            return self._conn.next_event()
-        except h11.RemoteProtocolError as e:
-            raise ProtocolError(str(e), error_status or e.error_status_hint) from None
-
 
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method",)
+    __slots__ = ("_method", "_no_body")
 
     def __init__(self, max_header_bytes: int = 16384) -> None:
         super().__init__(h11.SERVER, max_header_bytes)
+        self._method = b"GET"
+        self._no_body = False
+
+    def _skip_empty_lines(self, probe: bytearray) -> None:
+        # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line; llhttp does, h11 rejects them.
+        # At the start of a cycle a fresh h11 connection is equivalent to this one, so hand it the rest.
+        probe = self._probe = probe.lstrip(b"\r\n")
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max)
+        if probe:
+            self._conn.receive_data(bytes(probe))
+        if self._eof:
+            self._conn.receive_data(b"")
+
+    def _raw_request(self) -> tuple[int, bytes, Headers, bytes] | None:
+        probe = self._probe
+        self._probe = None
+        if probe is None:
+            return None
+        head = _split_head(probe, 400)
+        if head is None:
+            return None
+        size, start, headers = head
+        version = start.rpartition(b" ")[2]
+        if not version.startswith(b"HTTP/"):
+            return None
+        if size > self._max:
+            raise ProtocolError("request head too large", 431)
+        check_request_head(headers, version[5:])
+        return size, start, headers, version[5:]
 
     def next_event(self) -> Event:
-        ev = self._next(None)
+        conn = self._conn
+        if conn.their_state is h11.IDLE and conn.our_state is h11.IDLE:
+            probe = self._watch_head()
+            if probe[:1] == b"\r" or probe[:1] == b"\n":
+                self._skip_empty_lines(probe)
+                conn = self._conn
+        try:
+            ev = conn.next_event()
+        except h11.RemoteProtocolError as e:
+            self._raw_request()  # the shared rules decide the status of a complete head h11 rejected
+            raise ProtocolError(str(e), e.error_status_hint) from None
         if type(ev) is h11.Data:
             return bytes(ev.data)
         if type(ev) is h11.Request:
-            headers = list(ev.headers)
+            raw = self._raw_request()
+            assert raw is not None
+            headers = raw[2]
             version = bytes(ev.http_version)
-            check_request_head(headers, version)
-            return Request(bytes(ev.method), bytes(ev.target), headers, version, _wants_keep_alive(version, headers))
+            self._method = bytes(ev.method)
+            return Request(self._method, bytes(ev.target), headers, version, _wants_keep_alive(version, headers))
         if type(ev) is h11.EndOfMessage:
-            return END
+            return self._end(ev, 431)
         if type(ev) is h11.ConnectionClosed:
             return CLOSED
         if ev is h11.PAUSED or ev is h11.NEED_DATA:
@@ -78,38 +164,98 @@ class H11Server(_H11Codec):
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False) -> bytes:
         if close:
             headers = [*headers, (b"connection", b"close")]
-        return self._conn.send(h11.Response(status_code=status, headers=headers, reason=reason)) or b""
+        self._no_body = self._method == b"HEAD" or status == 204 or status == 304
+        response = h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b""))
+        return self._conn.send(response) or b""
 
     def informational(self, status: int) -> bytes:
-        return self._conn.send(h11.InformationalResponse(status_code=status, headers=[])) or b""
+        response = h11.InformationalResponse(status_code=status, headers=[], reason=REASONS.get(status, b""))
+        return self._conn.send(response) or b""
+
+    def body(self, data: bytes) -> bytes:
+        if self._no_body:  # h11 would raise: a HEAD, 204 or 304 response has no body
+            return b""
+        return _H11Codec.body(self, data)
+
+
+def _check_response_head(headers: Headers) -> None:
+    """What llhttp rejects in a response head and h11 accepts (merging or preferring chunked)."""
+    lengths = 0
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            lengths += 1
+            if not value.isdigit():
+                raise ProtocolError("invalid Content-Length in upstream response", 502)
+        elif name == b"transfer-encoding":
+            chunked = True
+    if lengths > 1 or (lengths and chunked):
+        raise ProtocolError("ambiguous upstream response framing", 502)
 
 
 class H11Client(_H11Codec):
     """Client side of an upstream connection."""
 
-    __slots__ = ()
+    __slots__ = ("_method", "_closed")
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
+        self._method = b"GET"
+        self._closed = False
 
     def request_head(self, method: bytes, target: bytes, headers: Headers) -> bytes:
+        self._method = method
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
 
+    def _raw_response(self) -> Headers | None:
+        probe = self._probe
+        self._probe = None
+        head = None if probe is None else _split_head(probe, 502)
+        if head is None:
+            return None
+        size, _, headers = head
+        if size > self._max:
+            raise ProtocolError("upstream response head too large", 502)
+        _check_response_head(headers)
+        return headers
+
     def next_event(self) -> Event:
+        conn = self._conn
         while True:
-            ev = self._next(502)
+            if self._closed:
+                return CLOSED
+            if conn.their_state is h11.SEND_RESPONSE:
+                self._watch_head()
+            try:
+                ev = conn.next_event()
+            except h11.RemoteProtocolError as e:
+                if self._eof and self._probe is not None and not self._probe:
+                    self._closed = True  # EOF before any byte of a response: as llhttp, CLOSED
+                    return CLOSED
+                self._raw_response()
+                raise ProtocolError(str(e), 502) from None
             if type(ev) is h11.Data:
                 return bytes(ev.data)
             if type(ev) is h11.Response:
-                headers = list(ev.headers)
+                headers = self._raw_response()
+                assert headers is not None
                 version = bytes(ev.http_version)
-                return Response(ev.status_code, bytes(ev.reason), headers, version, _wants_keep_alive(version, headers))
+                status = ev.status_code
+                keep = version == b"1.1" and _wants_keep_alive(version, headers)
+                if keep and self._method != b"HEAD" and status != 204 and status != 304:
+                    keep = not _close_delimited(headers)
+                return Response(status, bytes(ev.reason), headers, version, keep)
             if type(ev) is h11.EndOfMessage:
-                return END
+                return self._end(ev, 502)
             if type(ev) is h11.ConnectionClosed:
-                if self._conn.our_state is h11.DONE or self._conn.our_state is h11.SEND_BODY:
-                    raise ProtocolError("upstream closed the connection mid-response", 502)
+                self._closed = True
                 return CLOSED
             if type(ev) is h11.InformationalResponse:
+                self._raw_response()
                 continue
             return NEED_DATA
+
+    @property
+    def keep_alive(self) -> bool:
+        # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for.
+        return _H11Codec.keep_alive.fget(self) and not self._eof and not self._conn.trailing_data[0]

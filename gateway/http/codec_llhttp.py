@@ -1,7 +1,8 @@
 """The hot-path codec: llhttp (via httptools) for parsing, a few byte joins for framing.
 
-httptools calls back per element; we queue events so callers see h11's pull interface. A parse error is queued
-after the events that preceded it, so a valid pipelined request is still answered before the error is raised.
+httptools calls back per element; we queue events so callers see h11's pull interface, including its flow control:
+after END, events of the next message wait until `start_next_cycle` (h11's PAUSED). A parse error is queued after
+the events that preceded it, so a valid pipelined request is still answered before the error is raised.
 """
 
 from __future__ import annotations
@@ -21,23 +22,54 @@ from gateway.http.codec import (
     Request,
     Response,
     check_request_head,
-    message_framing,
 )
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CHUNK_END = b"0\r\n\r\n"
+_OWS = b" \t"
+
+
+def _has_token(value: bytes, token: bytes) -> bool:
+    """Does a comma-separated header value (Connection, Transfer-Encoding) list `token`? Case-insensitive."""
+    return any(t.strip(_OWS) == token for t in value.lower().split(b","))
 
 
 def _wants_keep_alive(version: bytes, headers: Headers) -> bool:
-    """HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`."""
+    """HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive` (tokens)."""
+    keep = version == b"1.1"
     for name, value in headers:
         if name == b"connection":
-            tokens = value.lower()
-            if b"close" in tokens:
+            if _has_token(value, b"close"):
                 return False
-            if b"keep-alive" in tokens:
-                return True
-    return version == b"1.1"
+            if _has_token(value, b"keep-alive"):
+                keep = True
+    return keep
+
+
+def _close_delimited(headers: Headers) -> bool:
+    """Is a response body with these headers read until EOF (RFC 9112 6.3: no length, chunked not final)?"""
+    chunked = False
+    for name, value in headers:
+        if name == b"content-length":
+            return False
+        if name == b"transfer-encoding":
+            chunked = value.lower().rsplit(b",", 1)[-1].strip(_OWS) == b"chunked"
+    return not chunked
+
+
+class _Trailers:
+    """Where httptools' `on_header` calls land once a head is complete. Trailer fields are dropped, as h11 drops
+    them, so they can never leak into the head's header list; but their size is bounded like a head's."""
+
+    __slots__ = ("room",)
+
+    def __init__(self) -> None:
+        self.room = 0
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        self.room -= len(field[0]) + len(field[1]) + 4
+        if self.room < 0:
+            raise ProtocolError("trailer section too large", 431)
 
 
 class _BodyFramer:
@@ -57,252 +89,390 @@ class _BodyFramer:
         return data
 
     def end(self) -> bytes:
-        return _CHUNK_END if self._chunked and not self._no_body else b""
+        return _CHUNK_END if self._chunked else b""
 
 
-class LlhttpServer(_BodyFramer):
+class _Parsing(_BodyFramer):
+    """What both sides share: feeding httptools, the head-size limit, the event queue."""
+
+    __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_feeding", "_at_start",
+                 "_in_head", "_dead")
+
+    _MALFORMED = "malformed message"
+    _BAD = 400  # the status of a parse error
+
+    def __init__(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, max_head: int) -> None:
+        super().__init__()
+        self._parser = parser
+        self._events: deque[Event | ProtocolError] = deque()
+        self._headers: Headers | _Trailers = []
+        self._trailers = _Trailers()
+        self._max_head = max_head
+        self._head_fed = 0  # bytes of earlier chunks that belong to the head being parsed (negative: see begin)
+        self._feeding = 0  # length of the chunk being fed
+        self._at_start = True  # no message ended yet in the chunk being fed
+        self._in_head = False
+        self._dead = False  # parser retired: an error, EOF (server) or a HEAD response (client)
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._in_head = True
+        # A head that begins after another message in the same chunk is counted from the next chunk on.
+        self._head_fed = 0 if self._at_start else -self._feeding
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value.rstrip(_OWS)))  # llhttp strips OWS before a value, not after
+
+    def _head_complete(self) -> Headers:
+        """Headers of the head just parsed; from here on `on_header` collects (and bounds) trailers."""
+        self._in_head = False
+        headers = self._headers
+        self._trailers.room = self._max_head
+        self._headers = self._trailers
+        return headers
+
+    def _head_too_large(self, start: int, headers: Headers) -> bool:
+        """The head is at most what was fed for it; only when that bound exceeds the limit do we size it."""
+        fed = self._head_fed
+        if fed >= 0 and fed + self._feeding <= self._max_head:
+            return False
+        return start + sum(len(n) + len(v) + 4 for n, v in headers) + 2 > self._max_head
+
+    def _feed(self, data: bytes) -> None:
+        self._feeding = len(data)
+        self._at_start = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._upgraded(data, e.args[0])
+        except httptools.HttpParserError as e:
+            cause = e.__context__  # what a callback raised
+            if not isinstance(cause, ProtocolError):
+                cause = ProtocolError(f"{self._MALFORMED}: {e}", self._BAD)
+            self._fail(cause)
+        else:
+            if self._in_head:  # the head goes on in the next chunk: bound it (h11's max_incomplete_event_size)
+                self._head_fed += len(data)
+                if self._head_fed > self._max_head:
+                    self._fail(ProtocolError("message head too large", 431))
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        raise NotImplementedError
+
+    def _fail(self, error: ProtocolError) -> None:
+        self._events.append(error)
+        self._dead = True
+
+
+class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
-    __slots__ = ("_parser", "_events", "_headers", "_url", "_max_head", "_head_fed", "_in_head", "_error",
-                 "_method", "_version", "_client_keep_alive", "_request_done", "_close", "_started")
+    __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close")
+
+    _MALFORMED = "malformed request"
 
     def __init__(self, max_header_bytes: int = 16384) -> None:
-        super().__init__()
-        self._parser = httptools.HttpRequestParser(self)
-        self._events: deque[Event | Exception] = deque()
-        self._headers: Headers = []
+        super().__init__(httptools.HttpRequestParser(self), max_header_bytes)
         self._url = b""
-        self._max_head = max_header_bytes
-        self._head_fed = 0
-        self._in_head = True
-        self._started = False
-        self._error: Exception | None = None
+        self._started = False  # a request is being parsed: EOF now is an error, not CLOSED
         self._method = b"GET"
         self._version = b"1.1"
-        self._client_keep_alive = True
+        self._persist = False  # the current request allows another one after it (HTTP/1.1, no close)
         self._request_done = False
+        self._response_done = False
         self._close = False
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._headers = []
+        _Parsing.on_message_begin(self)
         self._url = b""
-        self._in_head = True
         self._started = True
-        self._head_fed = 0
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        headers = self._headers
-        if len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers) > self._max_head:
-            self._error = ProtocolError("request head too large", 431)
-            raise self._error
-        version = b"1.1" if self._parser.get_http_version() == "1.1" else b"1.0"
-        try:
-            check_request_head(headers, version)
-        except ProtocolError as e:
-            self._error = e
-            raise
-        self._events.append(Request(self._parser.get_method(), self._url, headers, version,
-                                    _wants_keep_alive(version, headers)))
+        headers = self._head_complete()
+        parser = self._parser
+        method = parser.get_method()
+        url = self._url
+        if self._head_too_large(len(method) + len(url) + 12, headers):
+            raise ProtocolError("request head too large", 431)
+        if parser.get_http_version() == "1.1":
+            version = b"1.1"
+            keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
+        else:
+            version = parser.get_http_version().encode()
+            keep = _wants_keep_alive(version, headers)
+        check_request_head(headers, version)
+        self._events.append(Request(method, url, headers, version, keep))
 
     def on_body(self, body: bytes) -> None:
-        if body:
-            self._events.append(body)
+        self._events.append(body)
 
     def on_message_complete(self) -> None:
         self._events.append(END)
         self._started = False
+        self._at_start = False
 
     # sans-I/O interface ----------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        if not data:
-            self._events.append(ProtocolError("client closed the connection mid-request") if self._started
-                                else CLOSED)
+        if self._dead:
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._events.append(ProtocolError("protocol upgrades are not supported", 501))
-        except httptools.HttpParserError as e:
-            err = self._error or ProtocolError(f"malformed request: {e}")
-            self._events.append(err)
-            self._error = None
+        if data:
+            self._feed(data)
         else:
-            if self._in_head and self._started:
-                self._head_fed += len(data)
-                if self._head_fed > self._max_head:
-                    self._events.append(ProtocolError("request head too large", 431))
+            self._fail(ProtocolError("client closed the connection mid-request") if self._started else CLOSED)
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        # llhttp stops after a request with Upgrade (or CONNECT), skipping any body. Like h11 we serve it as an
+        # ordinary request (answering anything but 101 declines the upgrade) and parse on after it, which httptools
+        # allows; but a body llhttp skipped cannot be recovered, so such a request is refused instead.
+        events = self._events
+        request = events[-2]
+        for name, value in request.headers:
+            if (name == b"content-length" and value.strip(b"0")) or name == b"transfer-encoding":
+                events.pop()
+                events.pop()
+                self._fail(ProtocolError("protocol upgrade with a request body is not supported", 501))
+                return
+        if offset < len(data):
+            self._feed(data[offset:])
 
     def next_event(self) -> Event:
-        if not self._events:
+        events = self._events
+        if not events:
             return NEED_DATA
-        ev = self._events.popleft()
-        if isinstance(ev, Request):
+        ev = events[0]
+        if ev is CLOSED:
+            return ev
+        if self._request_done:
+            if self._persist and not self._close:
+                return NEED_DATA  # the next request waits for start_next_cycle (h11's PAUSED)
+            if type(ev) is not ProtocolError:  # h11: "Got data when expecting EOF"
+                ev = ProtocolError("data after the last request of the connection")
+                events.clear()
+                events.append(ev)
+        if type(ev) is ProtocolError:
+            raise ev  # and again on every later call: the connection is finished
+        events.popleft()
+        if type(ev) is Request:
             self._method = ev.method
             self._version = ev.http_version
-            self._client_keep_alive = ev.keep_alive
-            self._request_done = False
+            self._persist = ev.keep_alive and ev.http_version == b"1.1"  # h11 never keeps HTTP/1.0 alive
         elif ev is END:
             self._request_done = True
-        elif isinstance(ev, Exception):
-            self._events.clear()
-            self._events.append(ev)  # every later call raises too: the connection is finished
-            raise ev
         return ev
 
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False) -> bytes:
-        length, chunked = message_framing(headers)
-        self._no_body = self._method == b"HEAD" or status in (204, 304)
-        self._chunked = chunked
-        extra = []
-        keep = self._client_keep_alive and not close
-        if not self._no_body and length is None and not chunked:
-            if self._version == b"1.1":
-                self._chunked = True
-                extra.append(b"transfer-encoding: chunked\r\n")
-            else:
-                keep = False  # close-delimited body
-        self._close = not keep
-        if not keep:
-            extra.append(b"connection: close\r\n")
-        elif self._version == b"1.0":
-            extra.append(b"connection: keep-alive\r\n")
+        http11 = self._version == b"1.1"
+        keep = self._persist and not close
+        said_close = False
+        length = chunked = False
         lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason or REASONS.get(status, b""))]
-        lines += [b"%b: %b\r\n" % hv for hv in headers]
-        lines += extra
+        for name, value in headers:
+            if name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                if not http11:
+                    continue  # an HTTP/1.0 client cannot read chunked: close-delimited instead, as h11 does
+                chunked = True
+            elif name == b"connection" and _has_token(value, b"close"):
+                keep = False
+                said_close = True
+            lines.append(b"%b: %b\r\n" % (name, value))
+        head = self._method == b"HEAD"
+        self._no_body = head or status == 204 or status == 304
+        self._chunked = False
+        if status != 204 and status != 304 and not chunked and not length:
+            # No length: chunked for HTTP/1.1 (a HEAD response gets the header a GET would), else close-delimited.
+            if http11:
+                lines.append(b"transfer-encoding: chunked\r\n")
+                chunked = True
+            elif not head:
+                keep = False
+        if chunked and not self._no_body:
+            self._chunked = True
+        self._close = not keep
+        self._response_done = False
+        if not keep and not said_close:
+            lines.append(b"connection: close\r\n")
         lines.append(b"\r\n")
         return b"".join(lines)
 
     def informational(self, status: int) -> bytes:
         return b"HTTP/1.1 %d %b\r\n\r\n" % (status, REASONS.get(status, b""))
 
+    def end(self) -> bytes:
+        self._response_done = True
+        return _CHUNK_END if self._chunked else b""
+
     @property
     def keep_alive(self) -> bool:
-        return not self._close and self._request_done
+        return self._persist and not self._close and self._request_done and self._response_done
 
     def start_next_cycle(self) -> None:
+        self._request_done = False
+        self._response_done = False
         self._close = False
 
 
-class LlhttpClient(_BodyFramer):
+class LlhttpClient(_Parsing):
     """Client side of an upstream connection."""
 
-    __slots__ = ("_parser", "_events", "_headers", "_reason", "_method", "_keep", "_in_message", "_skip",
-                 "_close_delimited", "_dead", "_max_head", "_head_fed", "_in_head")
+    __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
+                 "_request_sent", "_response_done", "_eof")
+
+    _MALFORMED = "malformed upstream response"
+    _BAD = 502
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
-        super().__init__()
-        self._parser = httptools.HttpResponseParser(self)
-        self._events: deque[Event | Exception] = deque()
-        self._headers: Headers = []
+        super().__init__(httptools.HttpResponseParser(self), max_header_bytes)
         self._reason = b""
         self._method = b"GET"
-        self._keep = True
+        self._keep = True  # the last response allows another exchange
+        self._request_close = False  # our request said Connection: close
         self._in_message = False
-        self._in_head = False
-        self._skip = False
-        self._close_delimited = False
-        self._dead = False
-        self._max_head = max_header_bytes
-        self._head_fed = 0
+        self._skip = False  # parsing a 1xx, which is not an event
+        self._response_headers: Headers = []
+        self._request_sent = False
+        self._response_done = False
+        self._eof = False
 
     def request_head(self, method: bytes, target: bytes, headers: Headers) -> bytes:
         self._method = method
-        length, self._chunked = message_framing(headers)
-        self._no_body = length is None and not self._chunked
+        self._request_sent = False
+        close = length = chunked = False
         lines = [b"%b %b HTTP/1.1\r\n" % (method, target)]
-        lines += [b"%b: %b\r\n" % hv for hv in headers]
+        for name, value in headers:
+            if name == b"content-length":
+                length = True
+            elif name == b"transfer-encoding":
+                chunked = True
+            elif name == b"connection" and _has_token(value, b"close"):
+                close = True
+            lines.append(b"%b: %b\r\n" % (name, value))
         lines.append(b"\r\n")
+        self._chunked = chunked
+        self._no_body = not chunked and not length
+        self._request_close = close
         return b"".join(lines)
 
+    def end(self) -> bytes:
+        self._request_sent = True
+        return _CHUNK_END if self._chunked else b""
+
+    # httptools callbacks -------------------------------------------------------------------------------------------
+
     def on_message_begin(self) -> None:
-        self._headers = []
+        _Parsing.on_message_begin(self)
         self._reason = b""
         self._in_message = True
-        self._in_head = True
-        self._head_fed = 0
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name.lower(), value))
-
     def on_headers_complete(self) -> None:
-        self._in_head = False
-        status = self._parser.get_status_code()
+        if self._dead:  # a response after the one to a HEAD, in the same chunk: unsolicited
+            self._keep = False
+            return
+        headers = self._head_complete()
+        parser = self._parser
+        status = parser.get_status_code()
+        reason = self._reason
+        if self._head_too_large(len(reason) + 15, headers):
+            raise ProtocolError("upstream response head too large", 502)
         if status < 200:
             self._skip = True  # 1xx: llhttp parses it as a body-less message; the final response follows
             return
-        headers = self._headers
-        length, chunked = message_framing(headers)
-        self._close_delimited = length is None and not chunked and status not in (204, 304)
-        self._keep = self._parser.should_keep_alive() and not self._close_delimited
-        version = b"1.1" if self._parser.get_http_version() == "1.1" else b"1.0"
-        self._events.append(Response(status, self._reason, headers, version, self._keep))
+        version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
+        events = self._events
         if self._method == b"HEAD":
-            # httptools cannot tell llhttp to skip the body, so end the message here and retire the parser.
-            self._events.append(END)
+            keep = version == b"1.1" and _wants_keep_alive(version, headers)
+            events.append(Response(status, reason, headers, version, keep))
+            # httptools cannot tell llhttp to skip the body it expects: end the message here and retire the parser;
+            # start_next_cycle gives the connection a fresh one.
+            events.append(END)
             self._dead = True
-            self._keep = False
             self._in_message = False
+        else:
+            keep = version == b"1.1" and parser.should_keep_alive()  # False when close-delimited, too
+            self._response_headers = headers
+            events.append(Response(status, reason, headers, version, keep))
+        self._keep = keep and not self._request_close
 
     def on_body(self, body: bytes) -> None:
-        if body and not self._dead:
+        if self._dead:
+            self._keep = False  # bytes after the head of a HEAD response
+        else:
             self._events.append(body)
 
     def on_message_complete(self) -> None:
         if self._skip:
             self._skip = False
+            self._in_message = False  # EOF after a 1xx is EOF before the response, as in h11
         elif not self._dead:
             self._events.append(END)
             self._in_message = False
 
+    # sans-I/O interface ----------------------------------------------------------------------------------------------
+
     def receive_data(self, data: bytes) -> None:
-        if self._dead:
-            return
-        if not data:
-            if self._in_message and not self._in_head and self._close_delimited:
-                self._events.append(END)
-                self._in_message = False
-            elif self._in_message:
-                self._events.append(ProtocolError("upstream closed the connection mid-response", 502))
+        if data:
+            if self._dead or self._eof:
+                self._keep = False  # unsolicited bytes: the connection cannot be trusted with another request
             else:
-                self._events.append(CLOSED)
-            self._keep = False
+                self._feed(data)
             return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserError as e:
-            self._events.append(ProtocolError(f"malformed upstream response: {e}", 502))
-        else:
-            if self._in_head and self._in_message:
-                self._head_fed += len(data)
-                if self._head_fed > self._max_head:
-                    self._events.append(ProtocolError("upstream response head too large", 502))
+        if self._eof:
+            return
+        self._eof = True
+        self._keep = False
+        events = self._events
+        if self._in_message and not self._dead:
+            if self._in_head or not _close_delimited(self._response_headers):
+                self._fail(ProtocolError("upstream closed the connection mid-response", 502))
+                return
+            events.append(END)
+            self._in_message = False
+        events.append(CLOSED)
+
+    def _upgraded(self, data: bytes, offset: int) -> None:
+        self._fail(ProtocolError("upstream switched protocols without being asked to", 502))
+
+    def _fail(self, error: ProtocolError) -> None:
+        if error.status != 502:  # a limit a callback enforced (431 on the server side)
+            error = ProtocolError(str(error), 502)
+        self._keep = False
+        _Parsing._fail(self, error)
 
     def next_event(self) -> Event:
-        if not self._events:
+        events = self._events
+        if not events:
             return NEED_DATA
-        ev = self._events.popleft()
-        if isinstance(ev, Exception):
-            self._events.appendleft(ev)
-            self._keep = False
-            raise ev
+        ev = events[0]
+        if ev is CLOSED:
+            return ev
+        if self._response_done:
+            return NEED_DATA  # anything more waits for start_next_cycle (h11's PAUSED)
+        if type(ev) is ProtocolError:
+            raise ev  # and again on every later call
+        events.popleft()
+        if ev is END:
+            self._response_done = True
         return ev
 
     @property
     def keep_alive(self) -> bool:
-        return self._keep and not self._in_message
+        # not while unsolicited bytes wait: the next exchange would read them as its response
+        return self._keep and self._response_done and self._request_sent and not self._in_message and not self._events
 
     def start_next_cycle(self) -> None:
+        self._response_done = False
+        self._request_sent = False
         self._skip = False
+        if self._dead and self._keep:  # retired after a HEAD response, cleanly
+            self._parser = httptools.HttpResponseParser(self)
+            self._dead = False

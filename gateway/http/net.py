@@ -115,11 +115,12 @@ async def open_connection(host: str, port: int) -> Conn:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         try:
             sock.connect((host, port))
+            err = 0
         except BlockingIOError:
             await trio.lowlevel.wait_writable(sock)
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err:
-                raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
+        if err:
+            raise OSError(err, f"connect to {host}:{port}: {errno.errorcode.get(err, err)}")
     except BaseException:
         trio.lowlevel.notify_closing(sock)
         sock.close()

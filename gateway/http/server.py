@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -238,84 +239,78 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
 
 
 async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> None:
-    """Serve requests on one client connection until it closes, breaks, or idles out."""
+    """Serve requests on one client connection until it closes, breaks, or idles out.
+
+    One cancel scope per connection serves every client-side timeout: its deadline follows the phase (a new
+    connection's header_timeout, keepalive_timeout between requests, header_timeout once a head starts, none while
+    a request is handled), which costs a deadline update per phase instead of a scope per wait. A kept-alive
+    connection waiting for its next request is closed when the worker drains; a new connection is always given its
+    first request, since the client has already committed it to us.
+    """
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
-    first = True
-    while True:
-        try:
-            request = await _read_request_head(conn, codec, settings, first)
-        except ProtocolError as e:
-            await _send_protocol_error(conn, codec, e.status, str(e))
-            return
-        except trio.TooSlowError:
-            await _send_protocol_error(conn, codec, 408, "request head not received in time")
-            return
-        except (BrokenPipeError, ConnectionError):
-            return
-        if request is None:
-            return
-        first = False
-        exchange = Exchange(request, conn, codec, connections.draining)
-        try:
-            await handler(exchange)
-        except ProtocolError as e:
-            if not exchange.response_started:
-                await _send_protocol_error(conn, codec, e.status, str(e))
-            return
-        except (BrokenPipeError, ConnectionError):
-            return
-        except Exception:
-            log.exception("request handler failed: %s %s", request.method, request.target)
-            if not exchange.response_started:
-                await _send_protocol_error(conn, codec, 500, "internal error in the gateway")
-            else:
-                conn.abort()
-            return
-        if not exchange.response_done:
-            conn.abort()  # the handler gave up mid-response: never let a cut body look complete
-            return
-        if not exchange.request_done and not await _drain_request(exchange):
-            return
-        if not codec.keep_alive:
-            return
-        codec.start_next_cycle()
-
-
-async def _read_request_head(conn: Conn, codec: ServerCodec, settings: ServerSettings, first: bool) \
-        -> Request | None:
-    """Wait for the next request head: idle up to keepalive_timeout, then header_timeout once bytes arrive.
-
-    A kept-alive connection waiting for its next request is closed when the worker drains; a new connection is
-    always given its first request, since the client has already committed it to us.
-    """
-    ev = codec.next_event()
-    if ev is NEED_DATA:
-        data = None
-        connections = settings.connections
-        if not first and connections.draining:
-            return None
-        with trio.CancelScope(deadline=trio.current_time() + settings.keepalive_timeout) as idle:
-            if not first:
-                connections.idle_waits.add(idle)
+    idle_waits = connections.idle_waits
+    timer = trio.CancelScope(deadline=trio.current_time() + settings.header_timeout)
+    in_head = False  # part of a request head has arrived: a timeout now is answered with 408
+    served = False
+    with timer:
+        while True:
             try:
-                data = await conn.recv()
-            finally:
-                connections.idle_waits.discard(idle)
-        if data is None:
-            return None  # idle keep-alive connection: close quietly
-        codec.receive_data(data)
-        ev = codec.next_event()
-        if ev is NEED_DATA:
-            with trio.fail_after(settings.header_timeout):
+                ev = codec.next_event()
+                if ev is NEED_DATA and served:
+                    if connections.draining:
+                        return
+                    idle_waits.add(timer)
+                    try:
+                        data = await conn.recv()
+                    finally:
+                        idle_waits.discard(timer)
+                    codec.receive_data(data)
+                    ev = codec.next_event()
+                    if ev is NEED_DATA:
+                        timer.deadline = trio.current_time() + settings.header_timeout
                 while ev is NEED_DATA:
+                    in_head = True
                     codec.receive_data(await conn.recv())
                     ev = codec.next_event()
-    if ev is CLOSED:
-        return None
-    if isinstance(ev, Request):
-        return ev
-    raise ProtocolError(f"unexpected {ev!r} before a request head")  # pragma: no cover - codecs never do this
+            except ProtocolError as e:
+                await _send_protocol_error(conn, codec, e.status, str(e))
+                return
+            except (BrokenPipeError, ConnectionError):
+                return
+            if ev is CLOSED:
+                return
+            timer.deadline = math.inf
+            in_head = False
+            served = True
+            request: Request = ev  # type: ignore[assignment]
+            exchange = Exchange(request, conn, codec, connections.draining)
+            try:
+                await handler(exchange)
+            except ProtocolError as e:
+                if not exchange.response_started:
+                    await _send_protocol_error(conn, codec, e.status, str(e))
+                return
+            except (BrokenPipeError, ConnectionError):
+                return
+            except Exception:
+                log.exception("request handler failed: %s %s", request.method, request.target)
+                if not exchange.response_started:
+                    await _send_protocol_error(conn, codec, 500, "internal error in the gateway")
+                else:
+                    conn.abort()
+                return
+            if not exchange.response_done:
+                conn.abort()  # the handler gave up mid-response: never let a cut body look complete
+                return
+            if not exchange.request_done and not await _drain_request(exchange):
+                return
+            if not codec.keep_alive:
+                return
+            codec.start_next_cycle()
+            timer.deadline = trio.current_time() + settings.keepalive_timeout
+    if timer.cancelled_caught and in_head:
+        await _send_protocol_error(conn, codec, 408, "request head not received in time")
 
 
 async def _drain_request(exchange: Exchange) -> bool:

@@ -92,18 +92,17 @@ class Forwarder:
         balancer = svc.group.balancer
         balancer.started(index)
         try:
-            with trio.CancelScope() as scope:
-                scope.deadline = now + svc.write_timeout
+            # One scope for both phases; its deadline moves from write_timeout (per write) to read_timeout.
+            reading = False
+            with trio.CancelScope(deadline=now + svc.write_timeout) as scope:
                 await uc.conn.sendall(data)
                 if not body_done:
                     while (chunk := await ex.receive_body()) is not None:
                         scope.deadline = trio.current_time() + svc.write_timeout
                         await uc.conn.sendall(codec.body(chunk))
                     await uc.conn.sendall(codec.end())
-            if scope.cancelled_caught:
-                raise UpstreamTimeout(f"upstream {target.name} did not accept the request within "
-                                      f"{svc.write_timeout:g}s (write_timeout)", sent=True)
-            with trio.move_on_after(svc.read_timeout) as scope:
+                reading = True
+                scope.deadline = trio.current_time() + svc.read_timeout
                 ev = codec.next_event()
                 if ev is NEED_DATA:
                     codec.receive_data(await uc.conn.recv_after_wait())
@@ -112,8 +111,11 @@ class Forwarder:
                     codec.receive_data(await uc.conn.recv())
                     ev = codec.next_event()
             if scope.cancelled_caught:
-                raise UpstreamTimeout(f"upstream {target.name} sent no response within {svc.read_timeout:g}s "
-                                      "(read_timeout)", sent=True)
+                if reading:
+                    raise UpstreamTimeout(f"upstream {target.name} sent no response within {svc.read_timeout:g}s "
+                                          "(read_timeout)", sent=True)
+                raise UpstreamTimeout(f"upstream {target.name} did not accept the request within "
+                                      f"{svc.write_timeout:g}s (write_timeout)", sent=True)
             if ev is CLOSED:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True)
             assert isinstance(ev, Response)
