@@ -1,4 +1,4 @@
-"""The `gateway` command: run, check-config (and, with the supervisor, start/stop/reload/status)."""
+"""The `gateway` command: start, stop, reload, status, admin, check-config, run (one worker, no supervisor)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,38 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("check-config", help="validate a config file without starting anything")
     c.add_argument("file")
+    s = sub.add_parser("start", help="start the gateway (supervisor and workers); returns once all accept")
+    s.add_argument("--config", "-c", required=True)
+    s.add_argument("--workers", "-w", type=_positive, help="worker processes (default: gateway.workers or CPUs)")
+    s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (for systemd, tests)")
+    s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    st = sub.add_parser("stop", help="stop gracefully (workers drain); forced after --timeout")
+    st.add_argument("--config", "-c")
+    st.add_argument("--timeout", type=float, default=60.0, help="seconds before the stop is forced (default 60)")
+    rl = sub.add_parser("reload", help="re-read the config; a bad one is rejected and the old one keeps serving")
+    rl.add_argument("--config", "-c")
+    ss = sub.add_parser("status", help="the supervision tree with pids, uptime and restart counts")
+    ss.add_argument("--config", "-c")
+    ss.add_argument("--json", action="store_true")
+    a = sub.add_parser("admin", help="send one command to the admin channel and print the JSON reply")
+    a.add_argument("--config", "-c")
+    a.add_argument("cmd")
+    a.add_argument("args", nargs="*", help="KEY=VALUE arguments")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
+    w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
+    w.add_argument("--config", required=True)
+    w.add_argument("--fds", required=True)
+    w.add_argument("--generation", type=int, default=1)
+    w.add_argument("--index", type=int, default=0)
     return p
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,6 +61,29 @@ def main(argv: list[str] | None = None) -> int:
         return check_config(args.file)
     if args.command == "run":
         return run(args.config)
+    from gateway.node import control
+
+    try:
+        if args.command == "start":
+            if args.foreground:
+                return control.start_foreground(args.config, args.workers, args.ready_fd)
+            return control.start_daemon(args.config, args.workers)
+        if args.command == "stop":
+            return control.stop(args.config, args.timeout)
+        if args.command == "reload":
+            return control.admin(args.config, "reload", as_json=False)
+        if args.command == "status":
+            return control.admin(args.config, "status", as_json=args.json)
+        if args.command == "admin":
+            return control.admin(args.config, args.cmd, dict(kv.split("=", 1) for kv in args.args if "=" in kv))
+        if args.command == "worker":
+            from gateway.worker import run_supervised_worker
+
+            return run_supervised_worker(args.config, [int(fd) for fd in args.fds.split(",") if fd])
+    except ConfigError as e:
+        for message in e.messages:
+            print(message, file=sys.stderr)
+        return EXIT_CONFIG
     return EXIT_FAILURE  # pragma: no cover - argparse rejects unknown commands
 
 

@@ -108,6 +108,35 @@ async def _sweep_pool(pool: Pool) -> None:
         pool.sweep(trio.current_time())
 
 
+def run_supervised_worker(config_path: str, fds: list[int]) -> int:
+    """A worker under the root supervisor: serve on the inherited listener slots, report ready on the pipe."""
+    from supervisor import notify_ready
+
+    _die_with_parent()
+    config = load_config(config_path)
+    listeners = []
+    for fd in fds:
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        listeners.append(sock)
+    trio.run(lambda: serve_worker(config, listeners, ready=notify_ready))
+    return 0
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM us if the root dies, so a killed root cannot leave workers holding the port."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops us
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        raise SystemExit("gateway worker: the root process is gone")
+
+
 def run_worker(config_path: str, ready: Callable[[], None] | None = None) -> int:
     """Load the config, bind, serve; returns a process exit code."""
     config = load_config(config_path)

@@ -20,6 +20,7 @@ class Process:
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     start_timeout: float = 5.0
+    pass_fds: Sequence[int] = ()  # file descriptors the child inherits (e.g. listening sockets)
 
 
 class ProcessStartError(Exception):
@@ -29,8 +30,9 @@ class ProcessStartError(Exception):
 class ProcessRef(ChildRef):
     """A running OS process. Stopping sends SIGTERM, killing sends SIGKILL.
 
-    Exit reasons: exit code 0 is normal; death by the SIGTERM (SIGKILL) this supervisor sent is
-    shutdown (killed); anything else is abnormal, e.g. "exit code 3" or "killed by signal SIGKILL".
+    Exit reasons: after the SIGTERM this supervisor sent, exit code 0 or death by SIGTERM is shutdown; death by
+    its SIGKILL is killed; otherwise exit code 0 is normal and anything else is abnormal, e.g. "exit code 3" or
+    "killed by signal SIGKILL".
     """
 
     def __init__(self, child_id: Hashable, spec: Process, args: tuple[object, ...]) -> None:
@@ -46,7 +48,7 @@ class ProcessRef(ChildRef):
         async with trio.lowlevel.FdStream(read_fd) as pipe:
             try:
                 process = await trio.lowlevel.open_process(
-                    self._argv, env=env, cwd=self._spec.cwd, pass_fds=(write_fd,)
+                    self._argv, env=env, cwd=self._spec.cwd, pass_fds=(write_fd, *self._spec.pass_fds)
                 )
             finally:
                 os.close(write_fd)
@@ -92,10 +94,10 @@ class ProcessRef(ChildRef):
         raise ProcessStartError(f"not ready within {self._spec.start_timeout} s")
 
     def _exit_reason(self, returncode: int) -> object:
+        if signal.SIGTERM in self._sent and returncode in (0, -signal.SIGTERM):
+            return SHUTDOWN  # asked to stop, and it did: whether it trapped SIGTERM or died of it
         if returncode == 0:
             return NORMAL
-        if returncode == -signal.SIGTERM and signal.SIGTERM in self._sent:
-            return SHUTDOWN
         if returncode == -signal.SIGKILL and signal.SIGKILL in self._sent:
             return KILLED
         return describe_exit(returncode)

@@ -44,6 +44,12 @@ class GatewaySettings(Base):
     max_connections: PosInt = 10000  # per worker; further connections wait in the kernel backlog
     upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
     upstream_idle_timeout_s: Seconds = 60.0
+    log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log
+    restart_intensity: NonNegInt = 5  # root supervisor: more than this many restarts ...
+    restart_period_s: PosInt = 60  # ... within this many seconds stops the gateway (erlmcp's 5 in 60)
+    worker_restart_intensity: NonNegInt = 5  # workers supervisor, per generation; escalates to the root
+    worker_restart_period_s: PosInt = 10
+    worker_start_timeout_s: Seconds = 15.0
     access_log: bool = False
     trust_forwarded: bool = False  # keep incoming X-Forwarded-* (behind a trusted L4 balancer) instead of replacing
 

@@ -26,6 +26,7 @@ log = logging.getLogger("gateway.http")
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_BACKOFF_S = 0.1
 ACCEPT_BATCH = 64  # connections taken per wake-up of the listener
+DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may still bring one more request
 DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
 
 JSON = b"application/json"
@@ -72,10 +73,13 @@ class ConnectionSet:
             self._empty.set()
 
     def start_drain(self) -> None:
-        """Answer no further requests on kept-alive connections: idle ones close now, busy ones after the response."""
+        """Wind down kept-alive connections: busy ones close after their response (which says Connection: close);
+        idle ones get DRAIN_IDLE_GRACE_S for a request already on its way, which is then answered the same way.
+        Closing idle ones at once would race with a client sending its next request on them."""
         self.draining = True
+        deadline = trio.current_time() + DRAIN_IDLE_GRACE_S
         for scope in self.idle_waits:
-            scope.cancel()
+            scope.deadline = min(scope.deadline, deadline)
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
@@ -244,8 +248,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     One cancel scope per connection serves every client-side timeout: its deadline follows the phase (a new
     connection's header_timeout, keepalive_timeout between requests, header_timeout once a head starts, none while
     a request is handled), which costs a deadline update per phase instead of a scope per wait. A kept-alive
-    connection waiting for its next request is closed when the worker drains; a new connection is always given its
-    first request, since the client has already committed it to us.
+    connection waiting for its next request is closed soon after the worker starts draining; a new connection is
+    always given its first request, since the client has already committed it to us.
     """
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
@@ -259,7 +263,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                 ev = codec.next_event()
                 if ev is NEED_DATA and served:
                     if connections.draining:
-                        return
+                        timer.deadline = min(timer.deadline, trio.current_time() + DRAIN_IDLE_GRACE_S)
                     idle_waits.add(timer)
                     try:
                         data = await conn.recv()

@@ -1,0 +1,298 @@
+"""The root process (`gateway start --foreground`): the supervision tree, listener slots, signals, admin endpoint.
+
+SIGTERM/SIGINT or admin `stop`: graceful stop (workers drain); a second one forces it (workers are killed).
+SIGHUP or admin `reload`: re-read and validate the config; a bad one is rejected and the running generation keeps
+serving untouched; a good one starts generation G+1 on the same listener slots, then retires G, whose workers
+finish their in-flight requests and SSE streams (up to drain_timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import trio
+import zmq
+
+from gateway import __version__
+from gateway.bus.admin_protocol import AdminRequest
+from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
+from gateway.config import Config, ConfigError, parse_config
+from gateway.node import tree
+from gateway.node.slots import ListenerSlots
+from gateway.runtime import compile_config
+from gateway.worker import listen_addresses
+from supervisor import ChildInfo, Handle, RestartIntensityExceeded, StartError, serve
+
+log = logging.getLogger("gateway.node")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class StartupError(Exception):
+    """The gateway could not start; the message says why (printed by `gateway start`)."""
+
+
+def load_validated(path: str) -> tuple[str, Config]:
+    """The config text and its validated Config; ConfigError lists every problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
+    config = parse_config(text, path)
+    compile_config(config, path)
+    return text, config
+
+
+class Node:
+    """One running gateway: owns the listener slots, the root supervisor and the admin endpoint."""
+
+    def __init__(self, config_path: str, workers: int | None, ready: Callable[[str], None] | None = None) -> None:
+        self.config_path = os.path.abspath(config_path)
+        self.workers_override = workers
+        self.ready = ready
+        self.slots = ListenerSlots()
+        self.generation = 0
+        self.config: Config | None = None
+        self.root: Handle | None = None
+        self.started_at = time.time()
+        self.run_dir = ""
+        self._stop = trio.Event()
+        self._forced = False
+        self._reload_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------------
+
+    def worker_count(self, config: Config) -> int:
+        return self.workers_override or config.gateway.workers or os.cpu_count() or 1
+
+    async def run(self) -> int:
+        """Run until stopped; the exit code says how it ended."""
+        try:
+            text, config = load_validated(self.config_path)
+        except ConfigError as e:
+            raise StartupError("\n".join(e.messages)) from None
+        self.config = config
+        gw = config.gateway
+        self.run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
+        os.makedirs(self.run_dir, exist_ok=True)
+        count = self.worker_count(config)
+        try:
+            self.slots.ensure(listen_addresses(config), count)
+        except OSError as e:
+            raise StartupError(str(e.strerror or e)) from None
+        ctx = zmq.Context()
+        try:
+            admin = bind_admin(ctx, _absolute_endpoint(gw.admin))
+        except (ValueError, zmq.ZMQError) as e:
+            self.slots.close()
+            ctx.term()
+            raise StartupError(f"gateway.admin: cannot bind {gw.admin}: {e}") from None
+        try:
+            return await self._serve(text, config, admin)
+        finally:
+            admin.close(linger=0)
+            ctx.term()
+            self.slots.close()
+            _remove(gw.pid_file)
+            _remove(_absolute_endpoint(gw.admin)[len("ipc://"):])
+            _remove(os.path.join(self.run_dir, f"config.gen{self.generation}.yaml"))
+
+    async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
+        self.generation = 1
+        first = self._generation_spec(1, text, config)
+        exit_code = EXIT_OK
+        startup_error: StartupError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                try:
+                    self.root = await nursery.start(serve, tree.root_spec(config, [first]))
+                except StartError as e:
+                    raise StartupError(f"workers failed to start: {e}") from None
+                await nursery.start(serve_admin, admin, self.handle_admin)
+                nursery.start_soon(self._signals)
+                _write_pid(config.gateway.pid_file)
+                log.info("gateway %s started: pid %d, %d workers on %s", __version__, os.getpid(),
+                         self.worker_count(config), ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)))
+                if self.ready:
+                    self.ready(f"pid {os.getpid()}, {self.worker_count(config)} workers")
+                await self._stop.wait()
+                if self._forced:
+                    await self._kill_everything()
+                else:
+                    log.info("stopping: workers drain for up to %gs", config.gateway.drain_timeout)
+                    with trio.move_on_after(config.gateway.drain_timeout + 10):
+                        await self.root.stop()
+                nursery.cancel_scope.cancel()
+        except* RestartIntensityExceeded as group:
+            log.critical("root supervisor gave up: more than %d restarts in %ds (last: %s); the gateway exits",
+                         config.gateway.restart_intensity, config.gateway.restart_period_s, group.exceptions[0])
+            exit_code = EXIT_FAILURE
+        except* StartupError as group:
+            startup_error = group.exceptions[0]  # type: ignore[assignment]
+        if startup_error is not None:
+            raise startup_error
+        log.info("gateway stopped" if exit_code == EXIT_OK else "gateway exited after a failure")
+        return exit_code
+
+    async def _signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
+                elif self._stop.is_set():
+                    log.warning("second %s: forcing the stop", signal.Signals(signum).name)
+                    self._forced = True
+                    await self._kill_everything()  # the graceful stop in progress now ends at once
+                else:
+                    log.info("%s: graceful stop", signal.Signals(signum).name)
+                    self._stop.set()
+
+    async def _kill_everything(self) -> None:
+        for info in await self._all_workers():
+            if info.pid is not None and info.pid.os_pid:
+                try:
+                    os.kill(info.pid.os_pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    # ---- generations --------------------------------------------------------------------------------------------
+
+    def _generation_spec(self, generation: int, text: str, config: Config) -> Any:
+        """Write the config snapshot the generation's workers load, and its supervisor spec."""
+        snapshot = os.path.join(self.run_dir, f"config.gen{generation}.yaml")
+        with open(snapshot, "w", encoding="utf-8") as f:
+            f.write(text)
+        addresses = listen_addresses(config)
+        count = self.worker_count(config)
+        workers = [tree.worker_spec(snapshot, generation, i, self.slots.fds_for(addresses, i, count), config)
+                   for i in range(count)]
+        return tree.workers_supervisor(generation, workers, config)
+
+    async def reload(self) -> dict[str, Any]:
+        """Apply the config file again: the new generation accepts before the old one stops."""
+        async with self._reload_lock:
+            try:
+                text, config = load_validated(self.config_path)
+            except ConfigError as e:
+                raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
+                    from None
+            addresses = listen_addresses(config)
+            try:
+                self.slots.ensure(addresses, self.worker_count(config))
+            except OSError as e:
+                raise AdminCommandError(f"config rejected, still serving the previous one: {e.strerror}") from None
+            old = self.generation
+            new = old + 1
+            try:
+                await self.root.start_child(self._generation_spec(new, text, config))  # type: ignore[union-attr]
+            except Exception as e:
+                raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
+                    from None
+            self.generation = new
+            self.config = config
+            log.info("reload: generation %d accepting; generation %d draining", new, old)
+            self._nursery.start_soon(self._retire, old, addresses)  # type: ignore[union-attr]
+            return {"generation": new, "retiring": old}
+
+    async def _reload_logged(self) -> None:
+        try:
+            await self.reload()
+        except AdminCommandError as e:
+            log.error("reload (SIGHUP) failed: %s", e)
+
+    async def _retire(self, generation: int, addresses: list[tuple[str, int]]) -> None:
+        root = self.root
+        assert root is not None
+        await root.terminate_child(f"workers@{generation}")
+        await root.delete_child(f"workers@{generation}")
+        _remove(os.path.join(self.run_dir, f"config.gen{generation}.yaml"))
+        if generation == self.generation - 1:
+            self.slots.retain_only(addresses)
+        log.info("generation %d has stopped", generation)
+
+    # ---- admin --------------------------------------------------------------------------------------------------
+
+    async def handle_admin(self, request: AdminRequest) -> Any:
+        cmd = request.cmd
+        if cmd == "status":
+            return await self.status()
+        if cmd == "reload":
+            return await self.reload()
+        if cmd == "stop":
+            self._stop.set()
+            return {"stopping": True}
+        if cmd == "workers":
+            return [_child_json(info, trio.current_time()) for info in await self._all_workers()]
+        raise AdminCommandError(f"unknown command {cmd!r}; try: status, reload, stop, workers")
+
+    async def _all_workers(self) -> list[ChildInfo]:
+        if self.root is None:
+            return []
+        out = []
+        for info in await self.root.which_children():
+            if info.pid is not None and isinstance(info.pid.value, Handle):
+                out += await info.pid.value.which_children()
+        return out
+
+    async def status(self) -> dict[str, Any]:
+        assert self.root is not None and self.config is not None
+        gw = self.config.gateway
+        now = trio.current_time()
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "config": self.config_path,
+            "generation": self.generation,
+            "listen": [f"{h}:{p}" for h, p in listen_addresses(self.config)],
+            "tree": {"id": "root", "type": "supervisor", "strategy": "one_for_one",
+                     "intensity": gw.restart_intensity, "period_s": gw.restart_period_s,
+                     "children": [await _tree_json(info, now) for info in await self.root.which_children()]},
+        }
+
+
+async def _tree_json(info: ChildInfo, now: float) -> dict[str, Any]:
+    out = _child_json(info, now)
+    ref = info.pid
+    if ref is not None and isinstance(ref.value, Handle):
+        out["children"] = [await _tree_json(child, now) for child in await ref.value.which_children()]
+    return out
+
+
+def _child_json(info: ChildInfo, now: float) -> dict[str, Any]:
+    ref = info.pid
+    started = ref.started_at if ref is not None else None
+    return {"id": info.id, "type": str(getattr(info.type, "value", info.type)),
+            "state": str(getattr(info.state, "value", info.state)),
+            "pid": ref.os_pid if ref is not None else None,
+            "uptime_s": round(now - started, 3) if started is not None else None,
+            "restarts": info.restart_count}
+
+
+def _absolute_endpoint(endpoint: str) -> str:
+    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc:///"):
+        return "ipc://" + os.path.abspath(endpoint[len("ipc://"):])
+    return endpoint
+
+
+def _write_pid(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    os.replace(tmp, path)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,38 @@
+"""The gateway's supervision tree as OTP child specs (drawn in the README).
+
+    root  one_for_one, intensity 5 / 60 s (erlmcp's)
+     └─ workers@G   one_for_one supervisor of generation G (a reload starts G+1 beside it, then retires G)
+          ├─ worker-1   OS process: `gateway worker`, inheriting its listener slots
+          └─ worker-N
+The state keeper, health checker, discovery and status server hang under root, before the workers, when they exist.
+"""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+from gateway.config import Config
+from supervisor import ChildSpec, Process, Restart, SupervisorSpec, SupFlags, serve
+
+SHUTDOWN_MARGIN_MS = 5000  # beyond drain_timeout, before a draining worker is killed
+
+
+def worker_spec(snapshot_path: str, generation: int, index: int, fds: list[int], config: Config) -> ChildSpec:
+    gw = config.gateway
+    argv = [sys.executable, "-m", "gateway", "worker", "--config", snapshot_path,
+            "--fds", ",".join(map(str, fds)), "--generation", str(generation), "--index", str(index)]
+    return ChildSpec(f"worker-{index + 1}", Process(argv, start_timeout=gw.worker_start_timeout_s, pass_fds=fds),
+                     restart=Restart.PERMANENT, shutdown=int(gw.drain_timeout * 1000) + SHUTDOWN_MARGIN_MS)
+
+
+def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> ChildSpec:
+    gw = config.gateway
+    spec = SupervisorSpec(SupFlags("one_for_one", gw.worker_restart_intensity, gw.worker_restart_period_s),
+                          workers, name=f"workers@{generation}")
+    return ChildSpec(f"workers@{generation}", partial(serve, spec), restart=Restart.PERMANENT, type="supervisor")
+
+
+def root_spec(config: Config, children: list[ChildSpec]) -> SupervisorSpec:
+    gw = config.gateway
+    return SupervisorSpec(SupFlags("one_for_one", gw.restart_intensity, gw.restart_period_s), children, name="root")
