@@ -4,7 +4,7 @@
     demo_backend.py --port 9001 --name alpha
 
 POST /mcp (or any path): JSON-RPC `initialize`, `tools/list`, `tools/call` (tool `whoami` returns the name);
-GET /health: {"status": "healthy"}; GET /events: a text/event-stream tick every second, ten times.
+GET /health: {"status": "healthy"}; GET /events?count=10&interval=1: a text/event-stream of `count` ticks.
 It uses h11 directly, independent of the gateway's own HTTP code.
 """
 
@@ -42,9 +42,10 @@ async def handle(stream: trio.SocketStream, name: str) -> None:
                 break
         if request is None:
             return
-        path = request.target.decode().split("?")[0]
+        path, _, query = request.target.decode().partition("?")
         if request.method == b"GET" and path == "/events":
-            await _events(stream, conn, name)
+            params = dict(p.split("=", 1) for p in query.split("&") if "=" in p)
+            await _events(stream, conn, name, int(params.get("count", 10)), float(params.get("interval", 1)))
             return
         status, payload = _answer(request.method, path, body, name)
         data = json.dumps(payload).encode()
@@ -80,12 +81,12 @@ def _answer(method: bytes, path: str, body: bytes, name: str) -> tuple[int, dict
     return 200, {"jsonrpc": "2.0", "id": rpc_id, "result": result}
 
 
-async def _events(stream: trio.SocketStream, conn: h11.Connection, name: str) -> None:
+async def _events(stream: trio.SocketStream, conn: h11.Connection, name: str, count: int, interval: float) -> None:
     headers = [("content-type", "text/event-stream"), ("cache-control", "no-cache"), ("x-backend", name)]
     await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
-    for i in range(10):
+    for i in range(count):
         await stream.send_all(conn.send(h11.Data(data=f"id: {i}\ndata: tick {i} from {name}\n\n".encode())))
-        await trio.sleep(1)
+        await trio.sleep(interval)
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 

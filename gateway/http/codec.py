@@ -3,6 +3,11 @@
 Two implementations sit behind it: `codec_h11` (the reference) and `codec_llhttp` (httptools, the hot path).
 Events are deliberately cheap: a body chunk is a plain `bytes` object, the end of a message the `END` singleton.
 Both codecs apply `check_request_head`, so they accept and reject exactly the same requests.
+
+Flow control is h11's: after a message's END, `next_event` returns NEED_DATA until `start_next_cycle` (h11's
+PAUSED), except that the peer's EOF still shows as CLOSED. CLOSED and errors are sticky. `keep_alive` is True only
+once both messages of the exchange are complete and the connection may carry another; HTTP/1.0 never persists (as
+in h11). tests/http/test_codec_conformance.py pins all of this for both codecs.
 """
 
 from __future__ import annotations

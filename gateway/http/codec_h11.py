@@ -51,13 +51,26 @@ def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | Non
 
 
 class _H11Codec:
-    __slots__ = ("_conn", "_max", "_probe", "_eof")
+    __slots__ = ("_conn", "_max", "_probe", "_eof", "_error")
 
     def __init__(self, role: type[h11.CLIENT] | type[h11.SERVER], max_header_bytes: int) -> None:
         self._conn = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
         self._max = max_header_bytes
         self._probe: bytearray | None = None  # the bytes of the head being waited for, when tracked
         self._eof = False
+        self._error: ProtocolError | None = None  # raised again by every later next_event, as h11 does
+
+    def next_event(self) -> Event:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next_event()
+        except ProtocolError as e:
+            self._error = e
+            raise
+
+    def _next_event(self) -> Event:
+        raise NotImplementedError
 
     def receive_data(self, data: bytes) -> None:
         if data:
@@ -89,7 +102,8 @@ class _H11Codec:
 
     @property
     def keep_alive(self) -> bool:
-        return self._conn.our_state is h11.DONE and self._conn.their_state is h11.DONE
+        conn = self._conn
+        return conn.our_state is h11.DONE and conn.their_state is h11.DONE and self._error is None
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
@@ -132,7 +146,7 @@ class H11Server(_H11Codec):
         check_request_head(headers, version[5:])
         return size, start, headers, version[5:]
 
-    def next_event(self) -> Event:
+    def _next_event(self) -> Event:
         conn = self._conn
         if conn.their_state is h11.IDLE and conn.our_state is h11.IDLE:
             probe = self._watch_head()
@@ -219,7 +233,7 @@ class H11Client(_H11Codec):
         _check_response_head(headers)
         return headers
 
-    def next_event(self) -> Event:
+    def _next_event(self) -> Event:
         conn = self._conn
         while True:
             if self._closed:

@@ -95,8 +95,8 @@ class _BodyFramer:
 class _Parsing(_BodyFramer):
     """What both sides share: feeding httptools, the head-size limit, the event queue."""
 
-    __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_feeding", "_at_start",
-                 "_in_head", "_dead")
+    __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial", "_feeding",
+                 "_at_start", "_in_head", "_dead")
 
     _MALFORMED = "malformed message"
     _BAD = 400  # the status of a parse error
@@ -108,7 +108,8 @@ class _Parsing(_BodyFramer):
         self._headers: Headers | _Trailers = []
         self._trailers = _Trailers()
         self._max_head = max_head
-        self._head_fed = 0  # bytes of earlier chunks that belong to the head being parsed (negative: see begin)
+        self._head_fed = 0  # bytes of earlier chunks that belong to the head being parsed (see on_message_begin)
+        self._head_partial = False  # the head began mid-chunk, so _head_fed undercounts it
         self._feeding = 0  # length of the chunk being fed
         self._at_start = True  # no message ended yet in the chunk being fed
         self._in_head = False
@@ -118,7 +119,12 @@ class _Parsing(_BodyFramer):
         self._headers = []
         self._in_head = True
         # A head that begins after another message in the same chunk is counted from the next chunk on.
-        self._head_fed = 0 if self._at_start else -self._feeding
+        if self._at_start:
+            self._head_fed = 0
+            self._head_partial = False
+        else:
+            self._head_fed = -self._feeding
+            self._head_partial = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name.lower(), value.rstrip(_OWS)))  # llhttp strips OWS before a value, not after
@@ -133,8 +139,7 @@ class _Parsing(_BodyFramer):
 
     def _head_too_large(self, start: int, headers: Headers) -> bool:
         """The head is at most what was fed for it; only when that bound exceeds the limit do we size it."""
-        fed = self._head_fed
-        if fed >= 0 and fed + self._feeding <= self._max_head:
+        if not self._head_partial and self._head_fed + self._feeding <= self._max_head:
             return False
         return start + sum(len(n) + len(v) + 4 for n, v in headers) + 2 > self._max_head
 

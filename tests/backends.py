@@ -1,0 +1,408 @@
+"""Small Trio HTTP/1.1 test backends and a tiny client, built on h11 (independent of the gateway's own codecs).
+
+Backends are started in a test's nursery: `port = await nursery.start(backend.serve)`. Each one binds 127.0.0.1 on
+a free port and counts the connections it accepted and the requests it saw, so tests can check keep-alive,
+retries and balancing from the upstream's side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+
+MAX_EVENT = 1 << 20
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then closed): connecting to it is refused."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pattern_bytes(n: int) -> bytes:
+    """Deterministic, non-repeating-looking content of length n (so a shifted or lost chunk changes the hash)."""
+    block = hashlib.sha256(b"gateway-test").digest() * 64  # 2048 bytes
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += i.to_bytes(4, "big") + block
+        i += 1
+    return bytes(out[:n])
+
+
+@dataclass
+class Seen:
+    """One request as a backend received it."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+
+class _Backend:
+    """Common plumbing: listen on 127.0.0.1:0, count connections, run `handle_conn` per connection."""
+
+    def __init__(self, name: str = "backend") -> None:
+        self.name = name
+        self.port = 0
+        self.connections = 0
+        self.requests: list[Seen] = []
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            await trio.serve_listeners(self._on_conn, listeners, handler_nursery=nursery)
+
+    async def _on_conn(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        try:
+            await self.handle_conn(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def _read_request(self, stream: trio.SocketStream, conn: h11.Connection) -> Seen | None:
+        """The next whole request on `conn`, or None when the client closed."""
+        req = None
+        body = bytearray()
+        while True:
+            ev = conn.next_event()
+            if ev is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+                continue
+            if isinstance(ev, h11.Request):
+                req = ev
+            elif isinstance(ev, h11.Data):
+                body += ev.data
+                self.on_body_data()
+            elif isinstance(ev, h11.EndOfMessage):
+                assert req is not None
+                seen = Seen(req.method.decode(), req.target.decode(),
+                            [(k.decode(), v.decode("latin-1")) for k, v in req.headers], bytes(body))
+                self.requests.append(seen)
+                return seen
+            elif isinstance(ev, h11.ConnectionClosed):
+                return None
+            elif ev is h11.PAUSED:
+                return None
+
+    def on_body_data(self) -> None:
+        """Hook: a piece of request body arrived."""
+
+
+class EchoBackend(_Backend):
+    """Answers every request with JSON describing it (name, method, path, headers, body).
+
+    The query string steers the answer:
+      status=N        answer with status N (204 gets no body)
+      bytes=N         answer with N bytes of `pattern_bytes` instead of JSON
+      reflect=1       answer with the request body itself
+      framing=length|chunked|close   how the body is framed (default length)
+      delay=S         sleep S seconds before answering
+      hold=1          wait until `release` is set before answering
+    """
+
+    def __init__(self, name: str = "echo") -> None:
+        super().__init__(name)
+        self.release = trio.Event()
+        self.body_started = trio.Event()
+        self.active = 0
+        self.max_active = 0
+
+    def on_body_data(self) -> None:
+        self.body_started.set()
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_EVENT)
+        while True:
+            seen = await self._read_request(stream, conn)
+            if seen is None:
+                return
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+            try:
+                keep = await self._answer(stream, conn, seen)
+            finally:
+                self.active -= 1
+            if not keep or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+    async def _answer(self, stream: trio.SocketStream, conn: h11.Connection, seen: Seen) -> bool:
+        query = {k: v[0] for k, v in parse_qs(urlsplit(seen.target).query).items()}
+        if "delay" in query:
+            await trio.sleep(float(query["delay"]))
+        if query.get("hold") == "1":
+            await self.release.wait()
+        status = int(query.get("status", "200"))
+        if "bytes" in query:
+            body, ctype = pattern_bytes(int(query["bytes"])), b"application/octet-stream"
+        elif query.get("reflect") == "1":
+            body, ctype = seen.body, b"application/octet-stream"
+        else:
+            body = json.dumps({
+                "name": self.name,
+                "method": seen.method,
+                "path": seen.target,
+                "headers": seen.headers,
+                "body": seen.body.decode("latin-1") if len(seen.body) <= 65536 else None,
+                "body_len": len(seen.body),
+                "body_sha256": hashlib.sha256(seen.body).hexdigest(),
+            }).encode()
+            ctype = b"application/json"
+        no_body = seen.method == "HEAD" or status in (204, 304)
+        framing = query.get("framing", "length")
+        headers = [(b"content-type", ctype), (b"x-backend", self.name.encode())]
+        if framing == "close":
+            # Close-delimited: no Content-Length, no chunking; the end of the body is the end of the connection.
+            head = b"HTTP/1.1 %d OK\r\ncontent-type: %b\r\nx-backend: %b\r\nconnection: close\r\n\r\n" % (
+                status, ctype, self.name.encode())
+            await stream.send_all(head + (b"" if no_body else body))
+            return False
+        if framing == "length" and status != 204:
+            headers.append((b"content-length", b"%d" % len(body)))
+        await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)))
+        if not no_body:
+            step = 65536 if framing == "length" else 4096
+            for i in range(0, len(body), step):
+                await stream.send_all(conn.send(h11.Data(data=body[i:i + step])))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        return True
+
+
+class SseBackend(_Backend):
+    """Sends a `text/event-stream` response: `events` events `gap` seconds apart, recording when each was sent."""
+
+    def __init__(self, events: int = 3, gap: float = 1.2, name: str = "sse") -> None:
+        super().__init__(name)
+        self.events = events
+        self.gap = gap
+        self.sent_at: list[float] = []
+
+    @staticmethod
+    def event(i: int) -> bytes:
+        return b"id: %d\nevent: message\ndata: {\"n\": %d}\n\n" % (i, i)
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        seen = await self._read_request(stream, conn)
+        if seen is None:
+            return
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])))
+        for i in range(self.events):
+            if i:
+                await trio.sleep(self.gap)
+            self.sent_at.append(trio.current_time())
+            await stream.send_all(conn.send(h11.Data(data=self.event(i))))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+class BadBackend(_Backend):
+    """A misbehaving upstream. Modes, after reading a whole request:
+      close     close the connection without answering
+      truncate  send `Content-Length: 1000`, then 10 bytes, then close
+      truncate-chunked  send a chunked head and one 10-byte chunk, then close (no last chunk)
+      stall     send `Content-Length: 1000` and 10 bytes, then nothing more (until the test ends)
+      hang      never answer (until the test ends)
+    """
+
+    def __init__(self, mode: str, name: str = "bad") -> None:
+        super().__init__(name)
+        self.mode = mode
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        seen = await self._read_request(stream, conn)
+        if seen is None:
+            return
+        if self.mode == "close":
+            return
+        if self.mode == "truncate":
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n"
+                                  + b"x" * 10)
+            await trio.sleep(0.05)
+            return
+        if self.mode == "truncate-chunked":
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"a\r\n0123456789\r\n")
+            await trio.sleep(0.05)
+            return
+        if self.mode == "stall":
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n"
+                                  + b"x" * 10)
+            await trio.sleep_forever()
+        if self.mode == "hang":
+            await trio.sleep_forever()
+        raise ValueError(f"unknown mode {self.mode}")
+
+
+# --- config helpers -------------------------------------------------------------------------------------------------
+
+
+def service(name: str, url: str, routes: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+    """A service dict with nested routes (default: one route for every path)."""
+    return {"name": name, "url": url, **fields, "routes": routes if routes is not None else [{"paths": ["/"]}]}
+
+
+def upstream(name: str, ports: list[int], weights: list[int] | None = None, **fields: Any) -> dict[str, Any]:
+    """An upstream dict with nested targets on 127.0.0.1."""
+    weights = weights or [100] * len(ports)
+    return {"name": name, **fields,
+            "targets": [{"target": f"127.0.0.1:{p}", "weight": w} for p, w in zip(ports, weights, strict=True)]}
+
+
+# --- client ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    chunks: list[tuple[float, bytes]] = field(default_factory=list)  # (arrival time, data) as received
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def json(self):  # noqa: ANN201 - any JSON value
+        return json.loads(self.body)
+
+
+class Client:
+    """One HTTP/1.1 client connection (h11), for several requests in a row (keep-alive)."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_EVENT)
+
+    @classmethod
+    async def connect(cls, port: int) -> Client:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def request(self, method: str, target: str, headers: list[tuple[str, str]] | None = None,
+                      body: bytes | list[bytes] = b"", host: str = "gateway.test") -> Reply:
+        """Send a request (a list body is sent chunked, piece by piece) and read the whole response."""
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        hdrs = [("host", host)] + list(headers or [])
+        names = {k.lower() for k, _ in hdrs}
+        if isinstance(body, list):
+            if "transfer-encoding" not in names:
+                hdrs.append(("transfer-encoding", "chunked"))
+        elif body and "content-length" not in names:
+            hdrs.append(("content-length", str(len(body))))
+        head = self.conn.send(h11.Request(method=method, target=target, headers=hdrs))
+        if isinstance(body, bytes) and len(body) <= 65536:
+            # A small request goes out in one write, as real clients send it: the gateway sees it whole.
+            await self.stream.send_all(head + self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage()))
+            return await self.read_response()
+        await self.stream.send_all(head)
+        for piece in body if isinstance(body, list) else [body]:
+            for i in range(0, len(piece), 1 << 20):
+                await self.stream.send_all(self.conn.send(h11.Data(data=piece[i:i + (1 << 20)])))
+        await self.stream.send_all(self.conn.send(h11.EndOfMessage()))
+        return await self.read_response()
+
+    async def read_response(self) -> Reply:
+        reply: Reply | None = None
+        body = bytearray()
+        while True:
+            ev = self.conn.next_event()
+            if ev is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+                continue
+            if isinstance(ev, h11.InformationalResponse):
+                continue
+            if isinstance(ev, h11.Response):
+                reply = Reply(ev.status_code, [(k.decode(), v.decode("latin-1")) for k, v in ev.headers], b"")
+            elif isinstance(ev, h11.Data):
+                assert reply is not None
+                reply.chunks.append((trio.current_time(), bytes(ev.data)))
+                body += ev.data
+            elif isinstance(ev, h11.EndOfMessage):
+                assert reply is not None
+                reply.body = bytes(body)
+                return reply
+            else:
+                raise AssertionError(f"unexpected {ev!r}")
+
+
+async def request(port: int, method: str = "GET", target: str = "/", **kwargs) -> Reply:  # noqa: ANN003
+    """One request on a fresh connection."""
+    async with await Client.connect(port) as client:
+        return await client.request(method, target, **kwargs)
+
+
+async def raw_exchange(port: int, data: bytes | list[bytes], pause: float = 0.0,
+                       timeout: float = 5.0) -> tuple[bytes, bool]:
+    """Send raw bytes (pieces `pause` seconds apart), then read until the gateway closes.
+
+    Returns (everything received, whether the connection ended with a reset rather than a clean close).
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = bytearray()
+    reset = False
+    try:
+        with trio.fail_after(timeout):
+            for i, piece in enumerate(data if isinstance(data, list) else [data]):
+                if i and pause:
+                    await trio.sleep(pause)
+                await stream.send_all(piece)
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    reset = True
+                    break
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        await trio.aclose_forcefully(stream)
+    return bytes(received), reset
+
+
+def parse_raw_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body bytes after the head) of a raw response; the body is not de-chunked."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, headers, body

@@ -1,0 +1,58 @@
+"""Shared fixtures: run the gateway in-process, in the test's nursery, on a free 127.0.0.1 port, per codec.
+
+`gateway` is a factory: `port = await gateway(doc, **gateway_settings)` takes a Kong-format config as a Python
+dict (so tests can put their backends' ports in it), adds a `gateway:` block with the codec under test, validates
+it with `parse_config` exactly as a YAML file would be, and serves it with `serve_worker` until the test ends.
+"""
+
+from __future__ import annotations
+
+import copy
+import socket
+from typing import Any
+
+import pytest
+import trio
+import yaml
+
+from gateway.config import Config, parse_config
+from gateway.http.net import bind_listener
+from gateway.worker import serve_worker
+
+CODECS = ["h11", "llhttp"]
+
+
+@pytest.fixture(params=CODECS)
+def http_codec(request: pytest.FixtureRequest) -> str:
+    """The server/client codec pair the gateway runs with; every proxy test runs once per codec."""
+    return request.param
+
+
+def build_config(doc: dict[str, Any], codec: str, **settings: Any) -> Config:
+    """A validated Config from a dict, with `gateway.http_codec` and any other gateway settings filled in."""
+    doc = copy.deepcopy(doc)
+    gw = doc.setdefault("gateway", {})
+    gw.setdefault("http_codec", codec)
+    gw.update(settings)
+    return parse_config(yaml.safe_dump(doc, sort_keys=False), "<test config>")
+
+
+async def _run_gateway(config: Config, listener: socket.socket,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    try:
+        await serve_worker(config, [listener], ready=task_status.started)
+    finally:
+        listener.close()
+
+
+@pytest.fixture
+async def gateway(nursery: trio.Nursery, http_codec: str):  # noqa: ANN201 - returns the factory
+    async def start(doc: dict[str, Any], **settings: Any) -> int:
+        config = build_config(doc, http_codec, **settings)
+        listener = bind_listener("127.0.0.1", 0, reuse_port=False)
+        port = listener.getsockname()[1]
+        await nursery.start(_run_gateway, config, listener)
+        return port
+
+    return start
+

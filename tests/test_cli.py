@@ -1,0 +1,167 @@
+"""The `gateway` command as an operator runs it: `python -m gateway ...` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+from backends import EchoBackend, free_port, request
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+BROKEN = """\
+services:
+  - name: s
+    url: http://127.0.0.1:9000
+upstreams:
+  - name: u
+    healthchecks:
+      active:
+        healthy:
+          interval: ten
+"""
+
+
+def gateway_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "gateway", *args]
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(gateway_cmd(*args), cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def test_check_config_accepts_the_reference_kong_yml():
+    result = run_cli("check-config", "configs/kong.yml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "configs/kong.yml: OK: 1 services, 1 routes, 1 upstreams, 3 targets, 4 plugins"]
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_reports_a_broken_file_with_the_field_path(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text(BROKEN)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f'{path}: upstreams[0].healthchecks.active.healthy.interval: expected int >= 0, got "ten"']
+
+
+def test_check_config_reports_every_error_one_per_line(tmp_path):
+    path = tmp_path / "two.yml"
+    path.write_text("services: [{name: s, url: 'http://a:1', colour: red}]\nupstreams: [{name: u, slots: 1}]\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}: services[0].colour: unknown field")
+    assert lines[1].startswith(f"{path}: upstreams[0].slots: expected int >= 10")
+
+
+def test_check_config_reports_compile_stage_errors(tmp_path):
+    path = tmp_path / "plugin.yml"
+    path.write_text("plugins: [{name: request-size-limiting, config: {size_unit: tb}}]\n"
+                    "upstreams: [{name: u, algorithm: fastest}]\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "upstreams[0].algorithm: unknown algorithm 'fastest'" in result.stderr
+    assert 'plugins[0].config.size_unit: expected one of "bytes", "kilobytes", "megabytes", got "tb"' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "cannot read the config file"),
+    ("services: [\n", "YAML syntax error"),
+    ("- just\n- a list\n", "the document must be a mapping"),
+], ids=["missing", "yaml-syntax", "not-a-mapping"])
+def test_check_config_unreadable_files_get_a_clear_message(tmp_path, content, expected):
+    path = tmp_path / "config.yml"
+    if content is not None:
+        path.write_text(content)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert str(path) in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_broken_config_exits_2_without_serving(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text(BROKEN)
+    result = run_cli("run", "--config", str(path))
+    assert result.returncode == 2
+    assert "upstreams[0].healthchecks.active.healthy.interval" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def wait_listening(port: int, proc: trio.Process, timeout: float = 15) -> None:
+    with trio.fail_after(timeout):
+        while True:
+            assert proc.returncode is None, "the gateway exited before listening"
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return
+
+
+async def test_run_serves_and_exits_0_on_sigterm(nursery, tmp_path):
+    backend = EchoBackend("cli-backend")
+    await nursery.start(backend.serve)
+    port = free_port()
+    config = tmp_path / "gw.yml"
+    config.write_text(f"""
+gateway:
+  listen: "127.0.0.1:{port}"
+  http_codec: llhttp
+services:
+  - name: s
+    url: http://127.0.0.1:{backend.port}
+    routes: [{{paths: [/]}}]
+""")
+    log = (tmp_path / "stderr.log").open("wb")
+    proc = await trio.lowlevel.open_process(gateway_cmd("run", "--config", str(config)), cwd=REPO, env=ENV,
+                                            stdout=log, stderr=log)
+    try:
+        await wait_listening(port, proc)
+        with trio.fail_after(10):
+            reply = await request(port, "GET", "/hello")
+        assert reply.status == 200
+        assert reply.json()["name"] == "cli-backend"
+        proc.send_signal(signal.SIGTERM)
+        with trio.fail_after(10):
+            code = await proc.wait()
+        assert code == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            with trio.move_on_after(5):
+                await proc.wait()
+        log.close()
+    stderr = (tmp_path / "stderr.log").read_text()
+    assert "Traceback" not in stderr
+    assert "SIGTERM" in stderr
+
+
+def test_run_on_a_port_already_in_use_fails_with_a_clear_message(tmp_path):
+    with socket.socket() as holder:  # no SO_REUSEPORT: the gateway cannot share this port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "gw.yml"
+        config.write_text(f'gateway: {{listen: "127.0.0.1:{port}"}}\n'
+                          "services: [{name: s, url: 'http://127.0.0.1:9', routes: [{paths: [/]}]}]\n")
+        result = run_cli("run", "--config", str(config))
+    assert result.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr

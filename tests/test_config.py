@@ -1,0 +1,298 @@
+"""Config loading: Kong's declarative format into msgspec Structs, and one clear message per error, naming the field
+path. Validation runs the same stages as `gateway check-config`: `parse_config` (or `load_config`), then
+`compile_config` (plugins, algorithms)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, load_config, parse_config
+from gateway.runtime import compile_config
+
+REPO = Path(__file__).resolve().parent.parent
+KONG_YML = REPO / "configs" / "kong.yml"
+NAME = "test.yml"
+
+
+def validate(text: str):  # noqa: ANN201
+    config = parse_config(text, NAME)
+    compile_config(config, NAME)
+    return config
+
+
+def errors(text: str) -> list[str]:
+    """The messages of the ConfigError that `text` raises, without the file-name prefix."""
+    with pytest.raises(ConfigError) as info:
+        validate(text)
+    prefix = f"{NAME}: "
+    assert all(m.startswith(prefix) for m in info.value.messages), info.value.messages
+    return [m[len(prefix):] for m in info.value.messages]
+
+
+SERVICE = "services: [{name: s, url: 'http://127.0.0.1:9000', routes: [{paths: [/]}]}]\n"
+
+
+# --- valid configs -------------------------------------------------------------------------------------------------
+
+
+def test_reference_kong_yml_loads_unchanged():
+    config = load_config(KONG_YML)
+    runtime = compile_config(config, str(KONG_YML))
+    assert [s.name for s in config.services] == ["erlmcp-service"]
+    assert [r.name for r in config.routes] == ["erlmcp-route"]
+    assert [u.name for u in config.upstreams] == ["erlmcp-cluster"]
+    assert [t.target for t in config.targets] == [f"erlmcp{i}.example.com:8080" for i in (1, 2, 3)]
+    assert sorted(p.name for p in config.plugins) == ["circuit-breaker", "jwt", "rate-limiting",
+                                                      "request-size-limiting"]
+    svc = config.services[0]
+    assert (svc.url, svc.retries, svc.read_timeout) == ("http://erlmcp-cluster:8080", 3, 60000)
+    up = config.upstreams[0]
+    assert up.healthchecks.active.http_path == "/health"
+    assert up.healthchecks.active.unhealthy.http_failures == 3
+    assert up.slots == 100
+    # the service's host names the upstream, whose `leastConn` is Kong's spelling of least-connections
+    group = runtime.services["erlmcp-service"].group
+    assert group.algorithm == "least-connections"
+    assert [t.name for t in group.targets] == [f"erlmcp{i}.example.com:8080" for i in (1, 2, 3)]
+
+
+def test_empty_document_is_a_valid_empty_config():
+    config = validate("")
+    assert config.services == [] and config.routes == []
+    assert config.format_version == "3.0"
+
+
+def test_nested_routes_and_targets_are_flattened_with_their_parent_named():
+    config = validate("""
+_format_version: "3.0"
+services:
+  - name: mcp
+    url: http://cluster
+    routes:
+      - name: mcp-route
+        paths: [/mcp]
+    plugins:
+      - name: request-size-limiting
+        config: {allowed_payload_size: 1}
+upstreams:
+  - name: cluster
+    targets:
+      - target: 10.0.0.1:8080
+      - target: 10.0.0.2
+        weight: 50
+""")
+    assert [(r.name, r.service) for r in config.routes] == [("mcp-route", "mcp")]
+    assert [(t.target, t.upstream, t.weight) for t in config.targets] == [
+        ("10.0.0.1:8080", "cluster", 100), ("10.0.0.2", "cluster", 50)]
+    assert [(p.name, p.service) for p in config.plugins] == [("request-size-limiting", "mcp")]
+    runtime = compile_config(config)
+    assert [t.name for t in runtime.services["mcp"].group.targets] == ["10.0.0.1:8080", "10.0.0.2:8000"]
+
+
+def test_gateway_block_is_decoded():
+    config = validate("gateway: {listen: ['127.0.0.1:8001', '[::1]:8002'], workers: 2, http_codec: h11, "
+                      "sse_keepalive: 2.5}\n")
+    assert config.gateway.listen == ["127.0.0.1:8001", "[::1]:8002"]
+    assert config.gateway.workers == 2
+    assert config.gateway.http_codec == "h11"
+    assert config.gateway.sse_keepalive == 2.5
+
+
+def test_algorithm_aliases_are_accepted():
+    config = validate("upstreams: [{name: a, algorithm: round_robin}, {name: b, algorithm: consistent-hashing, "
+                      "hash_on: header, hash_on_header: x-user}]\n")
+    runtime = compile_config(config)
+    assert runtime.groups["a"].algorithm == "round-robin"
+    assert runtime.groups["b"].hash_on == ("header", b"x-user")
+
+
+# --- error messages ------------------------------------------------------------------------------------------------
+
+
+def test_wrong_type_names_the_full_field_path():
+    text = "upstreams:\n  - name: u\n    healthchecks: {active: {healthy: {interval: ten}}}\n"
+    assert errors(text) == ['upstreams[0].healthchecks.active.healthy.interval: expected int >= 0, got "ten"']
+
+
+def test_out_of_range_number_is_an_error():
+    assert errors("services: [{name: s, url: 'http://a:1', retries: -1}]") == [
+        "services[0].retries: expected int >= 0 and <= 32767, got -1"]
+
+
+def test_unknown_top_level_key_is_an_error():
+    [message] = errors(SERVICE + "servcies: []\n")
+    assert message.startswith("servcies: unknown top-level key")
+
+
+def test_unknown_field_in_an_entity_is_an_error():
+    [message] = errors("services: [{name: s, url: 'http://a:1', read_timeuot: 5}]")
+    assert message.startswith("services[0].read_timeuot: unknown field")
+
+
+def test_unknown_field_in_a_nested_route_names_the_nested_path():
+    [message] = errors("services: [{name: s, url: 'http://a:1', routes: [{paths: [/], stirp_path: true}]}]")
+    assert message.startswith("services[0].routes[0].stirp_path: unknown field")
+
+
+def test_unknown_field_in_the_gateway_block_is_an_error():
+    [message] = errors("gateway: {listen: '127.0.0.1:8000', wokers: 4}")
+    assert message.startswith("gateway.wokers: unknown field")
+
+
+def test_each_bad_entity_gets_its_own_message():
+    messages = errors("services:\n  - {name: a, url: 'http://a:1', retries: x}\n  - {name: b, url: 'http://b:1', "
+                      "colour: red}\nupstreams: [{name: u, slots: 1}]\n")
+    assert len(messages) == 3
+    assert messages[0].startswith("services[0].retries: expected int")
+    assert messages[1].startswith("services[1].colour: unknown field")
+    assert messages[2].startswith("upstreams[0].slots: expected int >= 10")
+
+
+def test_bad_enum_value_lists_the_choices():
+    assert errors("gateway: {http_codec: fast}") == [
+        'gateway.http_codec: expected one of "auto", "h11", "llhttp", got "fast"']
+
+
+def test_missing_required_field_is_named():
+    assert errors("services: [{url: 'http://a:1'}]") == ["services[0].name: required field is missing"]
+
+
+def test_missing_file_gets_a_clear_message(tmp_path):
+    missing = tmp_path / "nope.yml"
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert info.value.messages == [f"{missing}: cannot read the config file: No such file or directory"]
+
+
+def test_yaml_syntax_error_names_the_line():
+    with pytest.raises(ConfigError) as info:
+        parse_config("services:\n  - name: s\n    url: [unclosed\n", NAME)
+    [message] = info.value.messages
+    assert message.startswith(f"{NAME}:4:1: YAML syntax error: ")
+    assert "Traceback" not in message
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "a list"), ("hello\n", "a string"), ("42\n", "a number")])
+def test_non_mapping_document_gets_a_clear_message(text, kind):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, NAME)
+    assert info.value.messages == [f"{NAME}: the document must be a mapping (services:, routes:, ...), got {kind}"]
+
+
+def test_section_that_is_not_a_list_is_an_error():
+    assert errors("services: {name: s}") == ["services: expected a list, got a mapping"]
+
+
+def test_unknown_plugin_name_is_an_error():
+    [message] = errors(SERVICE + "plugins: [{name: rate-limiter, service: s}]\n")
+    assert message.startswith("plugins[0].name: unknown plugin 'rate-limiter'; known: ")
+    assert "rate-limiting" in message
+
+
+def test_rate_limiting_without_limits_is_an_error():
+    assert errors(SERVICE + "plugins: [{name: rate-limiting, config: {policy: local}}]\n") == [
+        "plugins[0].config: set at least one of second, minute, hour, day, month, year"]
+
+
+def test_request_size_limiting_with_an_unknown_unit_is_an_error():
+    assert errors(SERVICE + "plugins: [{name: request-size-limiting, config: {size_unit: tb}}]\n") == [
+        'plugins[0].config.size_unit: expected one of "bytes", "kilobytes", "megabytes", got "tb"']
+
+
+def test_unknown_plugin_config_field_is_an_error():
+    [message] = errors(SERVICE + "plugins: [{name: request-size-limiting, config: {max_size: 5}}]\n")
+    assert message.startswith("plugins[0].config.max_size: unknown field")
+
+
+def test_plugin_nested_under_a_service_names_its_nested_path():
+    [message] = errors("services: [{name: s, url: 'http://a:1', plugins: [{name: rate-limiting, config: "
+                       "{minute: 0}}]}]")
+    assert message == "services[0].plugins[0].config.minute: expected number > 0, got 0"
+
+
+def test_route_referencing_a_missing_service_is_an_error():
+    assert errors(SERVICE + "routes: [{name: r, service: nope, paths: [/x]}]\n") == [
+        "routes[0].service: no service named 'nope'"]
+
+
+def test_plugin_referencing_a_missing_service_is_an_error():
+    assert errors(SERVICE + "plugins: [{name: request-size-limiting, service: nope}]\n") == [
+        "plugins[0].service: no service named 'nope'"]
+
+
+def test_target_referencing_a_missing_upstream_is_an_error():
+    assert errors("targets: [{target: '10.0.0.1:80', upstream: nope}]") == [
+        "targets[0].upstream: no upstream named 'nope'"]
+
+
+def test_duplicate_service_names_are_an_error():
+    assert errors("services: [{name: s, url: 'http://a:1'}, {name: s, url: 'http://b:1'}]") == [
+        "services[1].name: 's' is already used by services[0]"]
+
+
+def test_duplicate_upstream_and_route_names_are_errors():
+    messages = errors("services: [{name: s, url: 'http://a:1', routes: [{name: r, paths: [/a]}, "
+                      "{name: r, paths: [/b]}]}]\nupstreams: [{name: u}, {name: u}]\n")
+    assert "services[0].routes[1].name: 'r' is already used by services[0].routes[0]" in messages
+    assert "upstreams[1].name: 'u' is already used by upstreams[0]" in messages
+
+
+def test_bad_regex_path_is_an_error():
+    [message] = errors("services: [{name: s, url: 'http://a:1', routes: [{paths: ['~/v(\\d+']}]}]")
+    assert message.startswith('services[0].routes[0].paths[0]: invalid regex "/v(\\d+":')
+
+
+def test_path_without_slash_or_tilde_is_an_error():
+    assert errors("services: [{name: s, url: 'http://a:1', routes: [{paths: [api]}]}]") == [
+        'services[0].routes[0].paths[0]: a path starts with "/" (prefix) or "~" (regex), got "api"']
+
+
+def test_route_without_any_matching_field_is_an_error():
+    assert errors("services: [{name: s, url: 'http://a:1', routes: [{name: r}]}]") == [
+        "services[0].routes[0]: set at least one of paths, methods, hosts, headers, query"]
+
+
+def test_lower_case_method_is_an_error():
+    assert errors("services: [{name: s, url: 'http://a:1', routes: [{methods: [get]}]}]") == [
+        'services[0].routes[0].methods[0]: expected an upper-case HTTP method, got "get"']
+
+
+def test_unknown_algorithm_is_an_error():
+    [message] = errors("upstreams: [{name: u, algorithm: fastest}]")
+    assert message.startswith("upstreams[0].algorithm: unknown algorithm 'fastest'; expected one of: round-robin")
+
+
+def test_header_hashing_without_a_header_name_is_an_error():
+    assert errors("upstreams: [{name: u, algorithm: consistent-hashing, hash_on: header}]") == [
+        "upstreams[0].hash_on is header: set upstreams[0].hash_on_header"]
+
+
+def test_bad_target_address_is_an_error():
+    assert errors("upstreams: [{name: u, targets: [{target: '10.0.0.1:99999'}]}]") == [
+        'upstreams[0].targets[0].target: expected "host:port", got "10.0.0.1:99999"']
+
+
+def test_non_http_service_url_is_an_error():
+    assert errors("services: [{name: s, url: 'ftp://a:1'}]") == [
+        'services[0].url: only http:// upstreams are supported, got "ftp://a:1"']
+
+
+def test_service_with_url_and_host_is_an_error():
+    assert errors("services: [{name: s, url: 'http://a:1', host: b}]") == [
+        "services[0].url and services[0].host: set one of them, not both"]
+
+
+def test_bad_listen_address_is_an_error():
+    assert errors("gateway: {listen: 'localhost'}") == [
+        'gateway.listen: expected "host:port" (e.g. "127.0.0.1:8000"), got "localhost"']
+
+
+def test_config_error_is_raised_whole_never_half_applied():
+    """Several problems in one file: one exception carrying every message, and no Config is returned."""
+    with pytest.raises(ConfigError) as info:
+        validate("services: [{name: s, url: 'http://a:1', routes: [{paths: [x]}]}]\n"
+                 "routes: [{service: nope, paths: [/y]}]\n")
+    assert len(info.value.messages) == 2
+    assert str(info.value) == "\n".join(info.value.messages)

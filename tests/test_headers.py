@@ -1,0 +1,145 @@
+"""Header rewriting on the way upstream (unit): hop-by-hop removal, X-Forwarded-*, X-Real-IP, request ids."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.pipeline.headers import connection_tokens, upstream_request_headers
+
+CLIENT_IP = b"203.0.113.7"
+PORT = b"8000"
+
+
+def rewrite(headers: list[tuple[str, str]], trust: bool = False, chunked: bool = False):  # noqa: ANN201
+    """(upstream headers as a list of str pairs, client Host, request id)."""
+    hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
+    out, host, rid = upstream_request_headers(hdrs, CLIENT_IP, PORT, trust, chunked)
+    return [(k.decode(), v.decode()) for k, v in out], host, rid
+
+
+def values(out: list[tuple[str, str]], name: str) -> list[str]:
+    return [v for k, v in out if k == name]
+
+
+def test_hop_by_hop_headers_are_removed():
+    out, _, _ = rewrite([("host", "gw"), ("connection", "keep-alive"), ("keep-alive", "timeout=5"), ("te", "trailers"),
+                         ("trailer", "x-sum"), ("upgrade", "websocket"), ("proxy-connection", "keep-alive"),
+                         ("proxy-authorization", "Basic eA=="), ("transfer-encoding", "chunked"),
+                         ("accept", "application/json")])
+    names = {k for k, _ in out}
+    assert names.isdisjoint({"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection",
+                             "proxy-authorization", "transfer-encoding"})
+    assert values(out, "accept") == ["application/json"]
+
+
+def test_headers_named_in_connection_are_removed():
+    out, _, _ = rewrite([("host", "gw"), ("connection", "close, X-Internal-Token"), ("connection", "x-debug"),
+                         ("x-internal-token", "s3cret"), ("x-debug", "1"), ("x-keep", "yes")])
+    assert values(out, "x-internal-token") == []
+    assert values(out, "x-debug") == []
+    assert values(out, "x-keep") == ["yes"]
+
+
+def test_connection_tokens_ignore_close_and_keep_alive():
+    assert connection_tokens([(b"connection", b"close")]) is None
+    assert connection_tokens([(b"connection", b"Keep-Alive, X-A , x-b")]) == {b"x-a", b"x-b"}
+
+
+def test_chunked_body_is_reframed_upstream():
+    out, _, _ = rewrite([("host", "gw"), ("transfer-encoding", "chunked")], chunked=True)
+    assert values(out, "transfer-encoding") == ["chunked"]
+
+
+def test_host_is_returned_separately_and_not_forwarded():
+    out, host, _ = rewrite([("host", "public.example.com:8443"), ("expect", "100-continue")])
+    assert host == b"public.example.com:8443"
+    assert values(out, "host") == []
+    assert values(out, "expect") == []  # the gateway answers 100-continue itself
+
+
+def test_x_forwarded_for_is_set_to_the_client_address():
+    out, _, _ = rewrite([("host", "gw")])
+    assert values(out, "x-forwarded-for") == ["203.0.113.7"]
+
+
+def test_x_forwarded_for_from_an_untrusted_client_is_replaced():
+    out, _, _ = rewrite([("host", "gw"), ("x-forwarded-for", "10.9.9.9")])
+    assert values(out, "x-forwarded-for") == ["203.0.113.7"]
+
+
+def test_x_forwarded_for_is_appended_when_forwarded_headers_are_trusted():
+    out, _, _ = rewrite([("host", "gw"), ("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "198.51.100.2")],
+                        trust=True)
+    assert values(out, "x-forwarded-for") == ["198.51.100.1, 198.51.100.2, 203.0.113.7"]
+
+
+def test_forwarded_proto_host_port_and_real_ip_are_set():
+    out, _, _ = rewrite([("host", "public.example.com")])
+    assert values(out, "x-forwarded-proto") == ["http"]
+    assert values(out, "x-forwarded-host") == ["public.example.com"]
+    assert values(out, "x-forwarded-port") == ["8000"]
+    assert values(out, "x-real-ip") == ["203.0.113.7"]
+
+
+SPOOFED = [("x-forwarded-proto", "https"), ("x-forwarded-host", "evil.example"), ("x-forwarded-port", "443"),
+           ("x-real-ip", "10.0.0.66")]
+
+
+def test_client_supplied_forwarded_headers_are_replaced():
+    out, _, _ = rewrite([("host", "public.example.com"), *SPOOFED])
+    assert values(out, "x-forwarded-proto") == ["http"]
+    assert values(out, "x-forwarded-host") == ["public.example.com"]
+    assert values(out, "x-forwarded-port") == ["8000"]
+    assert values(out, "x-real-ip") == ["203.0.113.7"]
+
+
+def test_client_supplied_forwarded_headers_are_kept_when_trusted():
+    out, _, _ = rewrite([("host", "public.example.com"), *SPOOFED], trust=True)
+    assert values(out, "x-forwarded-proto") == ["https"]
+    assert values(out, "x-forwarded-host") == ["evil.example"]
+    assert values(out, "x-forwarded-port") == ["443"]
+    assert values(out, "x-real-ip") == ["10.0.0.66"]
+
+
+def test_valid_request_id_is_passed_through():
+    out, _, rid = rewrite([("host", "gw"), ("x-request-id", "req-2024-abc_DEF.1")])
+    assert rid == b"req-2024-abc_DEF.1"
+    assert values(out, "x-request-id") == ["req-2024-abc_DEF.1"]
+
+
+def test_request_id_is_generated_when_missing():
+    out, _, rid = rewrite([("host", "gw")])
+    assert re.fullmatch(rb"[0-9a-f]{32}", rid)
+    assert values(out, "x-request-id") == [rid.decode()]
+    _, _, other = rewrite([("host", "gw")])
+    assert other != rid
+
+
+@pytest.mark.parametrize("bad", ["", "has space", "x" * 201, "tab\there"], ids=["empty", "space", "long", "tab"])
+def test_invalid_request_id_is_replaced(bad):
+    out, _, rid = rewrite([("host", "gw"), ("x-request-id", bad)])
+    assert re.fullmatch(rb"[0-9a-f]{32}", rid)
+    assert values(out, "x-request-id") == [rid.decode()]
+
+
+def test_non_ascii_request_id_is_replaced():
+    hdrs = [(b"host", b"gw"), (b"x-request-id", "réq".encode())]
+    out, _, rid = upstream_request_headers(hdrs, CLIENT_IP, PORT, False, False)
+    assert re.fullmatch(rb"[0-9a-f]{32}", rid)
+    assert [v for k, v in out if k == b"x-request-id"] == [rid]
+
+
+def test_only_one_request_id_is_forwarded():
+    out, _, rid = rewrite([("host", "gw"), ("x-request-id", "first"), ("x-request-id", "second")])
+    assert rid == b"first"
+    assert values(out, "x-request-id") == ["first"]
+
+
+def test_traceparent_and_end_to_end_headers_pass_unchanged_in_order():
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    given = [("traceparent", tp), ("tracestate", "vendor=1"), ("authorization", "Bearer t"),
+             ("mcp-session-id", "abc"), ("mcp-protocol-version", "2025-06-18"), ("cookie", "a=1")]
+    out, _, _ = rewrite([("host", "gw"), *given])
+    assert [hv for hv in out if hv[0] in dict(given)] == given

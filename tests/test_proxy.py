@@ -1,0 +1,391 @@
+"""The proxy over real loopback sockets, once per codec (h11 and llhttp): framing, keep-alive, streaming, Host,
+paths, balancing, SSE.
+
+The gateway runs in-process (see conftest.py); backends are the small h11 servers in backends.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import h11
+import trio
+from backends import Client, EchoBackend, SseBackend, pattern_bytes, request, service, upstream
+
+TIMEOUT = 10
+
+
+async def start_echo(nursery: trio.Nursery, name: str = "echo") -> EchoBackend:
+    backend = EchoBackend(name)
+    await nursery.start(backend.serve)
+    return backend
+
+
+async def one_service(nursery: trio.Nursery, gateway, routes=None, path: str = "", **fields):  # noqa: ANN001,ANN201
+    """An echo backend behind one service; returns (backend, gateway port)."""
+    backend = await start_echo(nursery)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}{path}", routes, **fields)]})
+    return backend, port
+
+
+# --- basic requests ---------------------------------------------------------------------------------------------
+
+
+async def test_get_reaches_upstream_with_method_path_and_query(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/tools/list?cursor=abc&n=2")
+    assert reply.status == 200
+    seen = reply.json()
+    assert seen["method"] == "GET"
+    assert seen["path"] == "/tools/list?cursor=abc&n=2"
+    assert seen["body_len"] == 0
+    assert reply.header("x-backend") == "echo"
+    assert len(backend.requests) == 1
+
+
+async def test_post_with_content_length_body_reaches_upstream(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "POST", "/mcp", body=body, headers=[("content-type", "application/json")])
+    assert reply.status == 200
+    seen = backend.requests[0]
+    assert seen.method == "POST"
+    assert seen.body == body
+    assert seen.header("content-length") == str(len(body))
+    assert seen.header("content-type") == "application/json"
+
+
+async def test_chunked_request_body_is_streamed_to_upstream(nursery, gateway):
+    """The upstream gets the first chunk while the client is still holding back the rest: nothing is buffered."""
+    backend, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            conn, stream = client.conn, client.stream
+            await stream.send_all(conn.send(h11.Request(method="POST", target="/upload", headers=[
+                ("host", "gw"), ("transfer-encoding", "chunked")])))
+            await stream.send_all(conn.send(h11.Data(data=b"first-part;")))
+            await backend.body_started.wait()  # would hang (and fail_after fire) if the gateway buffered the body
+            assert backend.requests == []  # the request is not complete yet at the upstream
+            await stream.send_all(conn.send(h11.Data(data=b"second-part;")))
+            await stream.send_all(conn.send(h11.Data(data=b"third-part")))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            reply = await client.read_response()
+    assert reply.status == 200
+    seen = backend.requests[0]
+    assert seen.body == b"first-part;second-part;third-part"
+    assert seen.header("transfer-encoding") == "chunked"
+    assert seen.header("content-length") is None
+
+
+async def test_chunked_upstream_response_is_reframed(nursery, gateway):
+    _, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            reply = await client.request("GET", "/data?bytes=300000&framing=chunked")
+            again = await client.request("GET", "/again")  # the connection is still usable afterwards
+    assert reply.status == 200
+    assert reply.header("transfer-encoding") == "chunked"
+    assert reply.body == pattern_bytes(300000)
+    assert again.status == 200
+
+
+async def test_close_delimited_upstream_response_is_reframed_and_client_kept_alive(nursery, gateway):
+    """An upstream body that ends with the connection becomes a chunked body for an HTTP/1.1 client, so the
+    client's connection survives it."""
+    _, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            reply = await client.request("GET", "/data?bytes=100000&framing=close")
+            again = await client.request("GET", "/data?bytes=10&framing=close")
+    assert reply.status == 200
+    assert reply.header("transfer-encoding") == "chunked"
+    assert reply.header("connection") is None
+    assert reply.body == pattern_bytes(100000)
+    assert again.body == pattern_bytes(10)
+
+
+async def test_keepalive_reuses_one_upstream_connection(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            replies = [await client.request("POST" if i % 2 else "GET", f"/r{i}", body=b"x" * i) for i in range(6)]
+    assert [r.status for r in replies] == [200] * 6
+    assert [r.json()["path"] for r in replies] == [f"/r{i}" for i in range(6)]
+    assert backend.connections == 1
+    assert len(backend.requests) == 6
+
+
+async def test_five_megabyte_bodies_stream_both_ways_intact(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    payload = pattern_bytes(5 * 1024 * 1024 + 7)
+    with trio.fail_after(30):
+        reply = await request(port, "POST", "/reflect?reflect=1", body=payload)
+    assert reply.status == 200
+    assert backend.requests[0].body == payload
+    assert len(reply.body) == len(payload)
+    assert hashlib.sha256(reply.body).digest() == hashlib.sha256(payload).digest()
+
+
+async def test_five_megabyte_chunked_upload_and_chunked_download_intact(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    payload = pattern_bytes(5 * 1024 * 1024)
+    pieces = [payload[i:i + 300_000] for i in range(0, len(payload), 300_000)]
+    with trio.fail_after(30):
+        reply = await request(port, "POST", "/reflect?reflect=1&framing=chunked", body=pieces)
+    assert reply.status == 200
+    assert reply.header("transfer-encoding") == "chunked"
+    assert hashlib.sha256(backend.requests[0].body).digest() == hashlib.sha256(payload).digest()
+    assert reply.body == payload
+
+
+async def test_head_response_has_no_body(nursery, gateway):
+    _, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            head = await client.request("HEAD", "/data?bytes=100")
+            after = await client.request("GET", "/data?bytes=5")  # stray body bytes would break this response
+    assert head.status == 200
+    assert head.header("content-length") == "100"
+    assert head.body == b""
+    assert after.body == pattern_bytes(5)
+
+
+async def test_204_response_has_no_body(nursery, gateway):
+    _, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            reply = await client.request("DELETE", "/mcp?status=204")
+            after = await client.request("GET", "/data?bytes=5")
+    assert reply.status == 204
+    assert reply.body == b""
+    assert reply.header("content-length") is None
+    assert reply.header("transfer-encoding") is None
+    assert after.body == pattern_bytes(5)
+
+
+async def test_no_route_gets_404_json(nursery, gateway):
+    backend, port = await one_service(nursery, gateway, routes=[{"paths": ["/api"]}])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/other")
+    assert reply.status == 404
+    assert reply.header("content-type") == "application/json"
+    assert reply.json() == {"error": "no route matched the request", "status": 404}
+    assert backend.requests == []
+
+
+# --- headers sent upstream -----------------------------------------------------------------------------------------
+
+
+async def test_host_sent_upstream_is_the_targets_host_and_port(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        await request(port, "GET", "/", host="public.example.com")
+    seen = backend.requests[0]
+    assert [v for k, v in seen.headers if k == "host"] == [f"127.0.0.1:{backend.port}"]
+    assert seen.header("x-forwarded-host") == "public.example.com"
+
+
+async def test_preserve_host_sends_the_clients_host(nursery, gateway):
+    backend, port = await one_service(nursery, gateway, routes=[{"paths": ["/"], "preserve_host": True}])
+    with trio.fail_after(TIMEOUT):
+        await request(port, "GET", "/", host="public.example.com:8443")
+    assert [v for k, v in backend.requests[0].headers if k == "host"] == ["public.example.com:8443"]
+
+
+async def test_upstream_host_header_setting_is_sent(nursery, gateway):
+    backend = await start_echo(nursery)
+    port = await gateway({"services": [service("svc", "http://mcp-cluster")],
+                          "upstreams": [upstream("mcp-cluster", [backend.port], host_header="mcp.internal")]})
+    with trio.fail_after(TIMEOUT):
+        await request(port, "GET", "/")
+    assert backend.requests[0].header("host") == "mcp.internal"
+
+
+async def test_forwarding_headers_and_request_id(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/", headers=[
+            ("x-request-id", "req-42"), ("traceparent", traceparent), ("connection", "keep-alive, x-hop"),
+            ("x-hop", "secret"), ("x-forwarded-for", "6.6.6.6")])
+    seen = backend.requests[0]
+    assert seen.header("x-request-id") == "req-42"
+    assert reply.header("x-request-id") == "req-42"
+    assert seen.header("traceparent") == traceparent
+    assert seen.header("x-hop") is None
+    assert seen.header("x-forwarded-for") == "127.0.0.1"  # a client's own value is not trusted by default
+    assert seen.header("x-real-ip") == "127.0.0.1"
+    assert seen.header("x-forwarded-proto") == "http"
+    assert seen.header("x-forwarded-port") == str(port)
+
+
+async def test_request_id_is_generated_when_absent(nursery, gateway):
+    backend, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/")
+    rid = reply.header("x-request-id")
+    assert rid is not None and len(rid) == 32 and int(rid, 16) >= 0
+    assert backend.requests[0].header("x-request-id") == rid
+
+
+# --- paths ---------------------------------------------------------------------------------------------------------
+
+
+async def test_strip_path_true_removes_the_matched_prefix(nursery, gateway):
+    backend, port = await one_service(nursery, gateway, routes=[{"paths": ["/api"], "strip_path": True}])
+    with trio.fail_after(TIMEOUT):
+        a = await request(port, "GET", "/api/items?x=1")
+        b = await request(port, "GET", "/api")
+    assert a.json()["path"] == "/items?x=1"
+    assert b.json()["path"] == "/"
+
+
+async def test_strip_path_false_keeps_the_path(nursery, gateway):
+    backend, port = await one_service(nursery, gateway, routes=[{"paths": ["/api"], "strip_path": False}])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/api/items?x=1")
+    assert reply.json()["path"] == "/api/items?x=1"
+
+
+async def test_regex_route_strips_the_matched_part(nursery, gateway):
+    backend, port = await one_service(nursery, gateway, routes=[{"paths": [r"~/v\d+"], "strip_path": True}])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/v12/tools")
+    assert reply.json()["path"] == "/tools"
+
+
+async def test_service_path_is_joined_with_the_stripped_path(nursery, gateway):
+    _, port = await one_service(nursery, gateway, routes=[{"paths": ["/api"]}], path="/base")
+    with trio.fail_after(TIMEOUT):
+        paths = [(await request(port, "GET", p)).json()["path"] for p in ("/api", "/api/", "/api/items", "/api/a?q=1")]
+    assert paths == ["/base", "/base", "/base/items", "/base/a?q=1"]
+
+
+async def test_service_path_with_trailing_slash_is_joined_without_doubling(nursery, gateway):
+    _, port = await one_service(nursery, gateway, routes=[{"paths": ["/api"], "strip_path": False}], path="/base/")
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/api/items")
+    assert reply.json()["path"] == "/base/api/items"
+
+
+async def test_header_route_selects_the_v2_service(nursery, gateway):
+    """The reference guide's versioning: `api-version: v2` goes to the v2 service, everything else to v1."""
+    v1 = await start_echo(nursery, "v1")
+    v2 = await start_echo(nursery, "v2")
+    port = await gateway({"services": [
+        service("mcp-v1", f"http://127.0.0.1:{v1.port}", [{"name": "v1", "paths": ["/mcp"]}]),
+        service("mcp-v2", f"http://127.0.0.1:{v2.port}",
+                [{"name": "v2", "paths": ["/mcp"], "headers": {"api-version": ["v2"]}}]),
+    ]})
+    with trio.fail_after(TIMEOUT):
+        plain = await request(port, "POST", "/mcp", body=b"{}")
+        versioned = await request(port, "POST", "/mcp", body=b"{}", headers=[("api-version", "v2")])
+        other = await request(port, "POST", "/mcp", body=b"{}", headers=[("api-version", "v3")])
+    assert plain.json()["name"] == "v1"
+    assert versioned.json()["name"] == "v2"
+    assert other.json()["name"] == "v1"
+
+
+# --- balancing -----------------------------------------------------------------------------------------------------
+
+
+async def start_cluster(nursery, gateway, count: int, weights=None, **up_fields):  # noqa: ANN001,ANN201
+    backends = [await start_echo(nursery, f"b{i}") for i in range(count)]
+    port = await gateway({"services": [service("svc", "http://cluster")],
+                          "upstreams": [upstream("cluster", [b.port for b in backends], weights, **up_fields)]})
+    return backends, port
+
+
+async def test_round_robin_follows_weights(nursery, gateway):
+    _, port = await start_cluster(nursery, gateway, 3, [100, 100, 200], algorithm="round-robin")
+    with trio.fail_after(TIMEOUT):
+        names = [(await request(port, "GET", "/")).json()["name"] for _ in range(12)]
+    assert Counter(names) == {"b0": 3, "b1": 3, "b2": 6}
+    assert len(set(names[:4])) == 3  # smooth: every target appears within one period
+
+
+async def test_round_robin_on_one_client_connection_spreads_requests(nursery, gateway):
+    backends, port = await start_cluster(nursery, gateway, 2)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            names = [(await client.request("GET", "/")).json()["name"] for _ in range(6)]
+    assert Counter(names) == {"b0": 3, "b1": 3}
+    assert [b.connections for b in backends] == [1, 1]  # one pooled upstream connection per target
+
+
+async def test_least_connections_avoids_the_busy_target(nursery, gateway):
+    backends, port = await start_cluster(nursery, gateway, 2, algorithm="least-connections")
+    held: list = []
+
+    async def held_request() -> None:
+        held.append(await request(port, "GET", "/?hold=1"))
+
+    with trio.fail_after(TIMEOUT):
+        nursery.start_soon(held_request)
+        while not any(b.active for b in backends):
+            await trio.sleep(0.01)
+        busy = next(b for b in backends if b.active)
+        idle = next(b for b in backends if not b.active)
+        names = [(await request(port, "GET", "/")).json()["name"] for _ in range(4)]
+        assert names == [idle.name] * 4
+        for b in backends:
+            b.release.set()
+        while not held:
+            await trio.sleep(0.01)
+    assert held[0].json()["name"] == busy.name
+
+
+async def test_consistent_hashing_on_a_header_keeps_a_key_on_one_target(nursery, gateway):
+    _, port = await start_cluster(nursery, gateway, 3, algorithm="consistent-hashing", hash_on="header",
+                                  hash_on_header="x-session")
+    by_key: dict[str, set[str]] = {}
+    with trio.fail_after(TIMEOUT):
+        for key in range(10):
+            for _ in range(3):
+                reply = await request(port, "GET", "/", headers=[("x-session", f"session-{key}")])
+                by_key.setdefault(f"session-{key}", set()).add(reply.json()["name"])
+    assert all(len(names) == 1 for names in by_key.values()), by_key
+    assert len(set().union(*by_key.values())) >= 2  # keys do spread over the targets
+
+
+# --- server-sent events --------------------------------------------------------------------------------------------
+
+
+async def test_sse_events_stream_as_sent_with_keepalive_comments(nursery, gateway):
+    """Three events 1.2 s apart through a gateway with sse_keepalive 0.5 s and a service read_timeout of 500 ms.
+
+    Each event must reach the client when the backend sends it (not when the stream ends), whole and in order,
+    with `: keepalive` comments in the gaps. The silences between events (1.2 s) are longer than read_timeout
+    (0.5 s), and still the stream is not cut: for `text/event-stream` responses the gateway replaces the read
+    timeout with its keep-alive timer (an idle event stream is healthy; a stalled plain body is not), so a
+    read_timeout shorter than the event gap must not turn into a 504 or a reset.
+    """
+    backend = SseBackend(events=3, gap=1.2)
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}", read_timeout=500)]},
+                         sse_keepalive=0.5)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/mcp", headers=[("accept", "text/event-stream")])
+    assert reply.status == 200
+    assert reply.header("content-type") == "text/event-stream"
+
+    # Split what arrived into blank-line-terminated blocks, each stamped with the time its last byte arrived.
+    blocks: list[tuple[float, bytes]] = []
+    pending = b""
+    for at, data in reply.chunks:
+        pending += data
+        while b"\n\n" in pending:
+            block, pending = pending.split(b"\n\n", 1)
+            blocks.append((at, block + b"\n\n"))
+    assert pending == b""
+    events = [(at, b) for at, b in blocks if not b.startswith(b":")]
+    comments = [(at, b) for at, b in blocks if b.startswith(b":")]
+    assert [b for _, b in events] == [SseBackend.event(i) for i in range(3)]
+    assert {b for _, b in comments} == {b": keepalive\n\n"}
+    for (arrived, _), sent in zip(events, backend.sent_at, strict=True):
+        assert 0 <= arrived - sent < 0.4, "an event was held back instead of flushed as it was sent"
+    for (before, _), (after, _) in zip(events, events[1:], strict=False):
+        assert any(before < at < after for at, _ in comments), "no keep-alive comment in a gap between events"

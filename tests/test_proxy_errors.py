@@ -1,0 +1,309 @@
+"""What the gateway answers when an upstream or a client misbehaves, once per codec; and that the worker survives.
+
+Every gateway here also routes `/ok` to a healthy echo backend, and each test ends by checking that a normal
+request still works on a new connection after the failure.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from backends import (
+    BadBackend,
+    EchoBackend,
+    free_port,
+    parse_raw_response,
+    raw_exchange,
+    request,
+    service,
+    upstream,
+)
+
+TIMEOUT = 10
+
+
+class Setup:
+    def __init__(self, port: int, healthy: EchoBackend) -> None:
+        self.port = port
+        self.healthy = healthy
+
+    async def assert_alive(self) -> None:
+        with trio.fail_after(TIMEOUT):
+            reply = await request(self.port, "GET", "/ok")
+        assert reply.status == 200
+        assert reply.json()["name"] == "healthy"
+
+
+async def start(nursery: trio.Nursery, gateway, services: list[dict[str, Any]],  # noqa: ANN001
+                upstreams: list[dict[str, Any]] | None = None, plugins: list[dict[str, Any]] | None = None,
+                **settings: Any) -> Setup:
+    """A gateway with the test's services plus `/ok` -> a healthy echo backend."""
+    healthy = EchoBackend("healthy")
+    await nursery.start(healthy.serve)
+    doc = {"services": [*services, service("healthy", f"http://127.0.0.1:{healthy.port}", [{"paths": ["/ok"]}])],
+           "upstreams": upstreams or [], "plugins": plugins or []}
+    return Setup(await gateway(doc, **settings), healthy)
+
+
+async def start_backend(nursery: trio.Nursery, backend):  # noqa: ANN001,ANN201
+    await nursery.start(backend.serve)
+    return backend
+
+
+def assert_json_error(reply, status: int) -> dict:  # noqa: ANN001
+    assert reply.status == status
+    assert reply.header("content-type") == "application/json"
+    body = reply.json()
+    assert body["status"] == status
+    assert isinstance(body["error"], str) and body["error"]
+    return body
+
+
+# --- upstream failures ---------------------------------------------------------------------------------------------
+
+
+async def test_refused_upstream_gets_502_json(nursery, gateway):
+    setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=2)])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/x")
+    body = assert_json_error(reply, 502)
+    assert "connection refused" in body["error"]
+    assert reply.header("x-request-id")
+    await setup.assert_alive()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_refused_target_is_skipped_so_every_request_succeeds(nursery, gateway, method):
+    """Nothing was sent to a target that refused the connection, so even a POST moves on to the next target."""
+    echo = await start_backend(nursery, EchoBackend("alive"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair")],
+                        [upstream("pair", [free_port(), echo.port])])
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(setup.port, method, f"/r{i}", body=b"payload") for i in range(6)]
+    assert [r.status for r in replies] == [200] * 6
+    assert [r.json()["name"] for r in replies] == ["alive"] * 6
+    assert len(echo.requests) == 6
+    await setup.assert_alive()
+
+
+async def test_silent_upstream_gets_504_json_after_read_timeout(nursery, gateway):
+    hang = await start_backend(nursery, BadBackend("hang"))
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=300)])
+    with trio.fail_after(TIMEOUT):
+        started = trio.current_time()
+        reply = await request(setup.port, "GET", "/x")
+        elapsed = trio.current_time() - started
+    body = assert_json_error(reply, 504)
+    assert "read_timeout" in body["error"]
+    assert 0.29 <= elapsed < 2.0
+    assert len(hang.requests) == 1
+    await setup.assert_alive()
+
+
+async def test_body_stalling_longer_than_read_timeout_aborts_the_client_connection(nursery, gateway):
+    """read_timeout also bounds the silence between two reads of a (non-SSE) body; the head is already out, so
+    the gateway can only cut the client off."""
+    stall = await start_backend(nursery, BadBackend("stall"))
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{stall.port}", read_timeout=300)])
+    started = trio.current_time()
+    data, reset = await raw_exchange(setup.port, b"GET /x HTTP/1.1\r\nhost: gw\r\n\r\n")
+    elapsed = trio.current_time() - started
+    status, headers, body = parse_raw_response(data)
+    assert (status, headers["content-length"], body) == (200, "1000", b"x" * 10)
+    assert reset
+    assert 0.29 <= elapsed < 2.0
+    await setup.assert_alive()
+
+
+@pytest.mark.parametrize("weights", [[], [0, 0]], ids=["no-targets", "all-weight-0"])
+async def test_upstream_without_usable_targets_gets_503_json(nursery, gateway, weights):
+    echo = await start_backend(nursery, EchoBackend())
+    up = upstream("empty", [echo.port] * len(weights), weights or None)
+    setup = await start(nursery, gateway, [service("svc", "http://empty")], [up])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/x")
+    body = assert_json_error(reply, 503)
+    assert "empty" in body["error"]
+    assert echo.requests == []
+    await setup.assert_alive()
+
+
+async def test_upstream_dying_mid_response_aborts_the_client_connection(nursery, gateway):
+    """Content-Length 1000, 10 bytes, then close: the client must see a cut-off response, never a complete one."""
+    bad = await start_backend(nursery, BadBackend("truncate"))
+    setup = await start(nursery, gateway, [service("cut", f"http://127.0.0.1:{bad.port}")])
+    data, reset = await raw_exchange(setup.port, b"GET /x HTTP/1.1\r\nhost: gw\r\n\r\n")
+    status, headers, body = parse_raw_response(data)
+    assert status == 200
+    assert headers["content-length"] == "1000"
+    assert len(body) < 1000
+    assert reset, "the gateway must reset the connection so the client cannot take the response as complete"
+    await setup.assert_alive()
+
+
+async def test_chunked_upstream_dying_mid_response_never_gets_a_last_chunk(nursery, gateway):
+    """A chunked body cut off upstream must not be completed by the gateway's own `0` chunk."""
+    bad = await start_backend(nursery, BadBackend("truncate-chunked"))
+    setup = await start(nursery, gateway, [service("cut", f"http://127.0.0.1:{bad.port}")])
+    data, reset = await raw_exchange(setup.port, b"GET /x HTTP/1.1\r\nhost: gw\r\n\r\n")
+    status, headers, body = parse_raw_response(data)
+    assert status == 200
+    assert headers["transfer-encoding"] == "chunked"
+    assert b"0123456789" in body
+    assert not body.endswith(b"0\r\n\r\n")
+    assert reset
+    await setup.assert_alive()
+
+
+async def test_post_is_not_retried_after_the_upstream_received_it(nursery, gateway):
+    """The upstream read the POST and closed without answering: it may have acted on it, so no retry -> 502."""
+    closer = await start_backend(nursery, BadBackend("close"))
+    echo = await start_backend(nursery, EchoBackend("other"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair", retries=5)],
+                        [upstream("pair", [closer.port, echo.port])])
+    with trio.fail_after(TIMEOUT):
+        statuses = sorted([(await request(setup.port, "POST", "/rpc", body=b'{"id": 1}')).status for _ in range(2)])
+    assert statuses == [200, 502]
+    assert len(closer.requests) == 1  # the failed POST reached the closing upstream exactly once ...
+    assert len(echo.requests) == 1  # ... and was not replayed on the other target
+    await setup.assert_alive()
+
+
+async def test_single_target_post_gets_502_and_upstream_saw_one_request(nursery, gateway):
+    closer = await start_backend(nursery, BadBackend("close"))
+    setup = await start(nursery, gateway, [service("svc", f"http://127.0.0.1:{closer.port}", retries=5)])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "POST", "/rpc", body=b'{"id": 1}')
+    assert_json_error(reply, 502)
+    assert len(closer.requests) == 1
+    await setup.assert_alive()
+
+
+async def test_get_is_retried_after_the_upstream_closed_without_answering(nursery, gateway):
+    """An idempotent request whose body is in hand is safe to replay on the next target."""
+    closer = await start_backend(nursery, BadBackend("close"))
+    echo = await start_backend(nursery, EchoBackend("other"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair")], [upstream("pair", [closer.port, echo.port])])
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(setup.port, "GET", "/x") for _ in range(4)]
+    assert [r.status for r in replies] == [200] * 4
+    assert len(echo.requests) == 4
+    assert len(closer.requests) >= 1
+    await setup.assert_alive()
+
+
+# --- broken client requests ----------------------------------------------------------------------------------------
+
+
+async def assert_rejected(setup: Setup, data: bytes | list[bytes], status: int, pause: float = 0.0) -> None:
+    """The gateway answers `status` with a JSON body and `connection: close`, then closes the connection."""
+    received, _ = await raw_exchange(setup.port, data, pause=pause)  # returns only once the gateway closed
+    got, headers, body = parse_raw_response(received)
+    assert got == status, received
+    assert headers["connection"] == "close"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body)["status"] == status
+
+
+async def test_malformed_request_gets_400_and_the_connection_closes(nursery, gateway):
+    setup = await start(nursery, gateway, [])
+    await assert_rejected(setup, b"THIS IS NOT HTTP\r\n\r\n", 400)
+    await setup.assert_alive()
+
+
+async def test_content_length_with_transfer_encoding_gets_400(nursery, gateway):
+    setup = await start(nursery, gateway, [])
+    await assert_rejected(setup, b"POST /ok HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\n"
+                                 b"transfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 400)
+    assert setup.healthy.requests == []  # a smuggling attempt never reaches an upstream
+    await setup.assert_alive()
+
+
+async def test_two_different_content_lengths_get_400(nursery, gateway):
+    setup = await start(nursery, gateway, [])
+    await assert_rejected(setup, b"POST /ok HTTP/1.1\r\nhost: gw\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n"
+                                 b"hello!", 400)
+    assert setup.healthy.requests == []
+    await setup.assert_alive()
+
+
+async def test_headers_over_max_header_bytes_get_431(nursery, gateway):
+    setup = await start(nursery, gateway, [], max_header_bytes=2048)
+    await assert_rejected(setup, b"GET /ok HTTP/1.1\r\nhost: gw\r\nx-big: " + b"a" * 3000 + b"\r\n\r\n", 431)
+    await setup.assert_alive()
+
+
+async def test_headers_just_under_max_header_bytes_are_accepted(nursery, gateway):
+    setup = await start(nursery, gateway, [], max_header_bytes=2048)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/ok", headers=[("x-big", "a" * 1500)])
+    assert reply.status == 200
+
+
+async def test_slow_request_head_gets_408_after_header_timeout(nursery, gateway):
+    setup = await start(nursery, gateway, [], header_timeout_s=0.5)
+    started = trio.current_time()
+    await assert_rejected(setup, b"GET /ok HTTP/1.1\r\nhost: gw\r\n", 408)  # the head never ends
+    elapsed = trio.current_time() - started
+    assert 0.45 <= elapsed < 3.0
+    assert setup.healthy.requests == []
+    await setup.assert_alive()
+
+
+# --- request-size-limiting -----------------------------------------------------------------------------------------
+
+LIMIT_PLUGIN = {"name": "request-size-limiting", "service": "limited",
+                "config": {"allowed_payload_size": 1, "size_unit": "kilobytes"}}
+
+
+async def start_limited(nursery: trio.Nursery, gateway) -> tuple[Setup, EchoBackend]:  # noqa: ANN001
+    echo = await start_backend(nursery, EchoBackend("limited"))
+    setup = await start(nursery, gateway, [service("limited", f"http://127.0.0.1:{echo.port}", [{"paths": ["/up"]}])],
+                        plugins=[LIMIT_PLUGIN])
+    return setup, echo
+
+
+async def test_body_within_the_size_limit_is_forwarded(nursery, gateway):
+    setup, echo = await start_limited(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        fixed = await request(setup.port, "POST", "/up", body=b"a" * 1024)
+        chunked = await request(setup.port, "POST", "/up", body=[b"a" * 500, b"b" * 524])
+    assert (fixed.status, chunked.status) == (200, 200)
+    assert [len(r.body) for r in echo.requests] == [1024, 1024]
+
+
+async def test_content_length_over_the_size_limit_gets_413_json(nursery, gateway):
+    setup, echo = await start_limited(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "POST", "/up", body=b"a" * 1025)
+    body = assert_json_error(reply, 413)
+    assert "1024 bytes" in body["error"]
+    assert reply.header("connection") == "close"
+    assert echo.requests == []
+    await setup.assert_alive()
+
+
+async def test_chunked_body_over_the_size_limit_gets_413_and_the_connection_closes(nursery, gateway):
+    """A chunked body is counted as it arrives: all of it in the first read here."""
+    setup, echo = await start_limited(nursery, gateway)
+    await assert_rejected(setup, b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"800\r\n" + b"a" * 2048 + b"\r\n0\r\n\r\n", 413)
+    assert echo.requests == []
+    await setup.assert_alive()
+
+
+async def test_streamed_chunked_body_over_the_size_limit_gets_413_and_the_connection_closes(nursery, gateway):
+    """The first 600 bytes are already on their way upstream when the next 600 pass the 1 KB limit. The upstream
+    has not answered (it waits for the whole body), so the client still gets a 413 head, then the close; the
+    upstream never sees a complete request."""
+    setup, echo = await start_limited(nursery, gateway)
+    head = b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunk = b"258\r\n" + b"a" * 600 + b"\r\n"
+    await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2)
+    with trio.fail_after(TIMEOUT):
+        await echo.body_started.wait()  # the first chunk was streamed upstream before the limit was passed
+    assert echo.requests == []
+    await setup.assert_alive()

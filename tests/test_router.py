@@ -1,0 +1,212 @@
+"""Kong's route matching, as a unit (no sockets): paths, methods, hosts, headers, query, precedence, strip_path.
+
+Precedence (gateway/routing/router.py): more constrained categories first; then by path: a prefix equal to the
+whole path, then regexes by regex_priority, then the longest prefix; then the route defined first.
+"""
+
+from __future__ import annotations
+
+from gateway.routing import Router, RouteSpec
+
+
+def router(*routes: tuple[str, dict]) -> Router[str]:
+    return Router([RouteSpec(name, **fields) for name, fields in routes])
+
+
+def pick(r: Router[str], target: str = "/", method: str = "GET", host: str | None = "gw.test",
+         headers: list[tuple[str, str]] | None = None) -> str | None:
+    hdrs = [(k.lower().encode(), v.encode()) for k, v in headers or []]
+    m = r.match(method.encode(), target.encode(), host.encode() if host is not None else None, hdrs)
+    return None if m is None else m.payload
+
+
+def matched_path(r: Router[str], target: str) -> tuple[bytes, bytes]:
+    m = r.match(b"GET", target.encode(), b"gw.test", [])
+    assert m is not None
+    return m.path, m.query
+
+
+# --- paths ---------------------------------------------------------------------------------------------------------
+
+
+def test_prefix_path_matches_the_path_and_below():
+    r = router(("api", {"paths": ["/api"]}))
+    assert pick(r, "/api") == "api"
+    assert pick(r, "/api/tools") == "api"
+    assert pick(r, "/api?x=1") == "api"
+
+
+def test_no_match_returns_none():
+    r = router(("api", {"paths": ["/api"]}))
+    assert pick(r, "/other") is None
+    assert pick(r, "/") is None
+    assert router().match(b"GET", b"/", None, []) is None
+
+
+def test_query_string_is_not_part_of_the_path():
+    r = router(("api", {"paths": ["/api"]}))
+    assert pick(r, "/x?next=/api") is None
+
+
+def test_longest_prefix_wins():
+    r = router(("short", {"paths": ["/"]}), ("long", {"paths": ["/api/v1"]}), ("mid", {"paths": ["/api"]}))
+    assert pick(r, "/api/v1/tools") == "long"
+    assert pick(r, "/api/v2") == "mid"
+    assert pick(r, "/health") == "short"
+
+
+def test_regex_path_matches_from_the_start():
+    r = router(("re", {"paths": [r"~/v\d+/tools$"]}))
+    assert pick(r, "/v1/tools") == "re"
+    assert pick(r, "/v10/tools") == "re"
+    assert pick(r, "/x/v1/tools") is None
+    assert pick(r, "/v1/tools/extra") is None
+
+
+def test_regex_beats_a_longer_prefix():
+    r = router(("prefix", {"paths": ["/users/profile"]}), ("regex", {"paths": [r"~/users/\w+"]}))
+    assert pick(r, "/users/profile/photo") == "regex"
+
+
+def test_prefix_equal_to_the_whole_path_beats_a_regex():
+    r = router(("regex", {"paths": [r"~/users/\w+"], "regex_priority": 100}), ("exact", {"paths": ["/users/me"]}))
+    assert pick(r, "/users/me") == "exact"
+    assert pick(r, "/users/you") == "regex"
+
+
+def test_higher_regex_priority_wins():
+    r = router(("low", {"paths": [r"~/items/\d+"], "regex_priority": 1}),
+               ("high", {"paths": [r"~/items/"], "regex_priority": 5}))
+    assert pick(r, "/items/42") == "high"
+
+
+def test_equal_regex_priority_goes_to_the_route_defined_first():
+    r = router(("first", {"paths": [r"~/items/"]}), ("second", {"paths": [r"~/items/\d+"]}))
+    assert pick(r, "/items/42") == "first"
+
+
+def test_identical_routes_go_to_the_one_defined_first():
+    r = router(("a", {"paths": ["/x"]}), ("b", {"paths": ["/x"]}))
+    assert pick(r, "/x/y") == "a"
+
+
+def test_route_with_several_paths_matches_any_of_them():
+    r = router(("multi", {"paths": ["/mcp", "/sse"]}))
+    assert pick(r, "/mcp") == "multi"
+    assert pick(r, "/sse/stream") == "multi"
+    assert pick(r, "/other") is None
+
+
+# --- methods, hosts ------------------------------------------------------------------------------------------------
+
+
+def test_methods_restrict_a_route():
+    r = router(("rw", {"paths": ["/mcp"], "methods": ["POST", "GET"]}))
+    assert pick(r, "/mcp", "POST") == "rw"
+    assert pick(r, "/mcp", "GET") == "rw"
+    assert pick(r, "/mcp", "DELETE") is None
+
+
+def test_route_constraining_more_categories_wins_over_a_longer_path():
+    r = router(("deep", {"paths": ["/mcp/tools"]}), ("post", {"paths": ["/mcp"], "methods": ["POST"]}))
+    assert pick(r, "/mcp/tools", "POST") == "post"
+    assert pick(r, "/mcp/tools", "GET") == "deep"
+
+
+def test_exact_host_matches_case_insensitively():
+    r = router(("h", {"hosts": ["api.example.com"]}))
+    assert pick(r, host="api.example.com") == "h"
+    assert pick(r, host="API.Example.COM") == "h"
+    assert pick(r, host="other.example.com") is None
+    assert pick(r, host=None) is None
+
+
+def test_host_with_a_port_matches_the_host():
+    r = router(("h", {"hosts": ["api.example.com"]}), ("v6", {"hosts": ["[::1]"]}))
+    assert pick(r, host="api.example.com:8443") == "h"
+    assert pick(r, host="[::1]:8000") == "v6"
+
+
+def test_wildcard_host_matches_one_label():
+    r = router(("wild", {"hosts": ["*.example.com"]}), ("suffix", {"hosts": ["mcp.*"]}))
+    assert pick(r, host="a.example.com") == "wild"
+    assert pick(r, host="b.example.com:80") == "wild"
+    assert pick(r, host="example.com") is None
+    assert pick(r, host="a.b.example.com") is None
+    assert pick(r, host="mcp.internal") == "suffix"
+
+
+def test_host_route_beats_a_catch_all():
+    r = router(("all", {"paths": ["/"]}), ("tenant", {"paths": ["/"], "hosts": ["tenant.example.com"]}))
+    assert pick(r, host="tenant.example.com") == "tenant"
+    assert pick(r, host="other.example.com") == "all"
+
+
+# --- headers, query ------------------------------------------------------------------------------------------------
+
+
+def test_header_selects_the_v2_service_over_the_default():
+    """The reference guide: `api-version: v2` routes to the v2 service, all other requests to the default."""
+    r = router(("v1", {"paths": ["/mcp"]}), ("v2", {"paths": ["/mcp"], "headers": {"api-version": ["v2"]}}))
+    assert pick(r, "/mcp", "POST", headers=[("api-version", "v2")]) == "v2"
+    assert pick(r, "/mcp", "POST", headers=[("Api-Version", "V2")]) == "v2"  # names and values: any case
+    assert pick(r, "/mcp", "POST", headers=[("api-version", "v1")]) == "v1"
+    assert pick(r, "/mcp", "POST") == "v1"
+
+
+def test_header_with_several_values_matches_any_of_them():
+    r = router(("h", {"headers": {"x-tier": ["gold", "silver"]}}))
+    assert pick(r, headers=[("x-tier", "silver")]) == "h"
+    assert pick(r, headers=[("x-tier", "bronze")]) is None
+
+
+def test_header_regex_value():
+    r = router(("re", {"headers": {"user-agent": ["~*^mcp-client/\\d"]}}))
+    assert pick(r, headers=[("user-agent", "MCP-Client/2.1")]) == "re"
+    assert pick(r, headers=[("user-agent", "curl/8")]) is None
+
+
+def test_every_listed_header_must_match():
+    r = router(("both", {"headers": {"x-a": ["1"], "x-b": ["2"]}}))
+    assert pick(r, headers=[("x-a", "1"), ("x-b", "2")]) == "both"
+    assert pick(r, headers=[("x-a", "1")]) is None
+
+
+def test_query_argument_with_a_value():
+    r = router(("any", {"paths": ["/mcp"]}), ("beta", {"paths": ["/mcp"], "query": {"channel": ["beta"]}}))
+    assert pick(r, "/mcp?channel=beta") == "beta"
+    assert pick(r, "/mcp?x=1&channel=beta") == "beta"
+    assert pick(r, "/mcp?channel=stable") == "any"
+    assert pick(r, "/mcp") == "any"
+
+
+def test_query_argument_present_with_any_value():
+    r = router(("debug", {"query": {"debug": []}}))
+    assert pick(r, "/?debug") == "debug"
+    assert pick(r, "/?debug=1") == "debug"
+    assert pick(r, "/?nodebug=1") is None
+
+
+# --- strip_path ----------------------------------------------------------------------------------------------------
+
+
+def test_strip_path_removes_the_matched_prefix():
+    r = router(("api", {"paths": ["/api"], "strip_path": True}))
+    assert matched_path(r, "/api/tools?x=1") == (b"/tools", b"x=1")
+    assert matched_path(r, "/api") == (b"/", b"")
+    assert matched_path(r, "/api/") == (b"/", b"")
+
+
+def test_strip_path_false_keeps_the_whole_path():
+    r = router(("api", {"paths": ["/api"], "strip_path": False}))
+    assert matched_path(r, "/api/tools?x=1") == (b"/api/tools", b"x=1")
+
+
+def test_strip_path_with_a_regex_removes_the_matched_part():
+    r = router(("re", {"paths": [r"~/v\d+"], "strip_path": True}))
+    assert matched_path(r, "/v2/tools") == (b"/tools", b"")
+
+
+def test_strip_path_without_paths_keeps_the_path():
+    r = router(("host-only", {"hosts": ["gw.test"], "strip_path": True}))
+    assert matched_path(r, "/a/b") == (b"/a/b", b"")
