@@ -357,7 +357,7 @@ def test_gateway_configs():
         config = yaml.safe_load(render(by_name[name].config))
         assert config == {
             "_format_version": "3.0",
-            "gateway": {"listen": "127.0.0.1:8081", "http_codec": codec},
+            "gateway": {"listen": "127.0.0.1:8081", "status_listen": None, "http_codec": codec},
             "services": [{"name": "backend", "url": "http://127.0.0.1:9091"}],
             "routes": [{"name": "all", "service": "backend", "paths": ["/"]}],
         }
