@@ -65,6 +65,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
+                nursery.start_soon(settings.connections.timers.expire_forever)
                 # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
                 # connections: those must be left to finish.
                 await nursery.start(_serve_until_drained, listeners, pipeline, settings)

@@ -59,18 +59,27 @@ class Conn:
         if self._budget <= 0:
             self._budget = CHECKPOINT_EVERY
             await trio.lowlevel.checkpoint()
-        view = memoryview(data)
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as e:
+            if e.errno in _CLOSED_ERRNOS:
+                raise BrokenPipeError(e.errno, "peer closed the connection") from None
+            raise
+        if sent == len(data):
+            return  # the common case: the kernel took it all
+        view = memoryview(data)[sent:]
         while view:
+            await trio.lowlevel.wait_writable(sock)
             try:
-                sent = sock.send(view)
+                view = view[sock.send(view):]
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
                 continue
             except OSError as e:
                 if e.errno in _CLOSED_ERRNOS:
                     raise BrokenPipeError(e.errno, "peer closed the connection") from None
                 raise
-            view = view[sent:]
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,6 +18,7 @@ import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
 from gateway.http.net import Conn
+from gateway.http.timers import ConnTimer, Phase, Timers
 
 log = logging.getLogger("gateway.http")
 
@@ -54,12 +54,12 @@ class ServerSettings:
 
 
 class ConnectionSet:
-    """The live client connections of one worker, so a drain can close idle ones and wait for busy ones."""
+    """The live client connections of one worker: their timers, and what a drain needs to close and wait for."""
 
     def __init__(self) -> None:
         self.active = 0
         self.draining = False
-        self.idle_waits: set[trio.CancelScope] = set()
+        self.timers = Timers()
         self._empty = trio.Event()
         self._empty.set()
 
@@ -78,8 +78,9 @@ class ConnectionSet:
         Closing idle ones at once would race with a client sending its next request on them."""
         self.draining = True
         deadline = trio.current_time() + DRAIN_IDLE_GRACE_S
-        for scope in self.idle_waits:
-            scope.deadline = min(scope.deadline, deadline)
+        for timer in self.timers.live:
+            if timer.phase == Phase.IDLE:
+                timer.at = min(timer.at, deadline)
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
@@ -89,11 +90,15 @@ class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
-                 "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining")
+                 "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
+                 "request_id")
 
-    def __init__(self, request: Request, conn: Conn, codec: ServerCodec, draining: bool = False) -> None:
+    def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
+                 draining: bool = False) -> None:
         self.request = request
         self.draining = draining
+        self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
+        self.request_id = b""  # echoed on errors when the handler has set one
         self.conn = conn
         self._codec = codec
         self._pending: list[bytes] = []
@@ -190,7 +195,8 @@ class Exchange:
             headers += extra
         await self.send_head(status, headers, body, end=True)
 
-    async def respond_error(self, status: int, message: str, extra: Headers | None = None) -> None:
+    async def respond_error(self, status: int, message: str) -> None:
+        extra = [(b"x-request-id", self.request_id)] if self.request_id else None
         await self.respond(status, json_error_body(status, message), extra=extra)
 
 
@@ -245,76 +251,101 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
 async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> None:
     """Serve requests on one client connection until it closes, breaks, or idles out.
 
-    One cancel scope per connection serves every client-side timeout: its deadline follows the phase (a new
-    connection's header_timeout, keepalive_timeout between requests, header_timeout once a head starts, none while
-    a request is handled), which costs a deadline update per phase instead of a scope per wait. A kept-alive
-    connection waiting for its next request is closed soon after the worker starts draining; a new connection is
-    always given its first request, since the client has already committed it to us.
+    One coarse timer per connection serves every timeout (see gateway.http.timers): a new connection's
+    header_timeout, keepalive_timeout between requests, header_timeout once a head starts, and whatever the handler
+    sets while it waits for an upstream. A kept-alive connection waiting for its next request is closed soon after
+    the worker starts draining; a new connection is always given its first request, since the client has already
+    committed it to us.
     """
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
-    idle_waits = connections.idle_waits
-    timer = trio.CancelScope(deadline=trio.current_time() + settings.header_timeout)
-    in_head = False  # part of a request head has arrived: a timeout now is answered with 408
+    timer = ConnTimer(trio.current_time() + settings.header_timeout, Phase.NEW)
+    live = connections.timers.live
+    live.add(timer)
+    try:
+        with timer.scope:
+            await _serve_requests(conn, codec, handler, settings, timer)
+    finally:
+        live.discard(timer)
+    if timer.scope.cancelled_caught:
+        await _timed_out(conn, codec, timer)
+
+
+async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, settings: ServerSettings,
+                          timer: ConnTimer) -> None:
+    connections = settings.connections
     served = False
-    with timer:
-        while True:
-            try:
+    while True:
+        try:
+            ev = codec.next_event()
+            if ev is NEED_DATA and served:
+                if connections.draining:
+                    timer.at = min(timer.at, trio.current_time() + DRAIN_IDLE_GRACE_S)
+                codec.receive_data(await conn.recv())
                 ev = codec.next_event()
-                if ev is NEED_DATA and served:
-                    if connections.draining:
-                        timer.deadline = min(timer.deadline, trio.current_time() + DRAIN_IDLE_GRACE_S)
-                    idle_waits.add(timer)
-                    try:
-                        data = await conn.recv()
-                    finally:
-                        idle_waits.discard(timer)
-                    codec.receive_data(data)
-                    ev = codec.next_event()
-                    if ev is NEED_DATA:
-                        timer.deadline = trio.current_time() + settings.header_timeout
-                while ev is NEED_DATA:
-                    in_head = True
-                    codec.receive_data(await conn.recv())
-                    ev = codec.next_event()
-            except ProtocolError as e:
+                if ev is NEED_DATA:
+                    timer.set(settings.header_timeout, Phase.HEAD)
+            while ev is NEED_DATA:
+                if timer.phase == Phase.NEW:
+                    timer.phase = Phase.HEAD
+                codec.receive_data(await conn.recv())
+                ev = codec.next_event()
+        except ProtocolError as e:
+            await _send_protocol_error(conn, codec, e.status, str(e))
+            return
+        except (BrokenPipeError, ConnectionError):
+            return
+        if ev is CLOSED:
+            return
+        timer.clear()
+        served = True
+        request: Request = ev  # type: ignore[assignment]
+        exchange = Exchange(request, conn, codec, timer, connections.draining)
+        timer.exchange = exchange
+        try:
+            await handler(exchange)
+        except ProtocolError as e:
+            if not exchange.response_started:
                 await _send_protocol_error(conn, codec, e.status, str(e))
-                return
-            except (BrokenPipeError, ConnectionError):
-                return
-            if ev is CLOSED:
-                return
-            timer.deadline = math.inf
-            in_head = False
-            served = True
-            request: Request = ev  # type: ignore[assignment]
-            exchange = Exchange(request, conn, codec, connections.draining)
-            try:
-                await handler(exchange)
-            except ProtocolError as e:
-                if not exchange.response_started:
-                    await _send_protocol_error(conn, codec, e.status, str(e))
-                return
-            except (BrokenPipeError, ConnectionError):
-                return
-            except Exception:
-                log.exception("request handler failed: %s %s", request.method, request.target)
-                if not exchange.response_started:
-                    await _send_protocol_error(conn, codec, 500, "internal error in the gateway")
-                else:
-                    conn.abort()
-                return
-            if not exchange.response_done:
-                conn.abort()  # the handler gave up mid-response: never let a cut body look complete
-                return
-            if not exchange.request_done and not await _drain_request(exchange):
-                return
-            if not codec.keep_alive:
-                return
-            codec.start_next_cycle()
-            timer.deadline = trio.current_time() + settings.keepalive_timeout
-    if timer.cancelled_caught and in_head:
+            return
+        except (BrokenPipeError, ConnectionError):
+            return
+        except Exception:
+            log.exception("request handler failed: %s %s", request.method, request.target)
+            if not exchange.response_started:
+                await _send_protocol_error(conn, codec, 500, "internal error in the gateway")
+            else:
+                conn.abort()
+            return
+        if not exchange.response_done:
+            conn.abort()  # the handler gave up mid-response: never let a cut body look complete
+            return
+        if not exchange.request_done and not await _drain_request(exchange):
+            return
+        if not codec.keep_alive:
+            return
+        codec.start_next_cycle()
+        timer.set(settings.keepalive_timeout, Phase.IDLE)
+
+
+async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
+    """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole."""
+    phase = timer.phase
+    exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
+    if phase == Phase.HEAD:
         await _send_protocol_error(conn, codec, 408, "request head not received in time")
+    elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
+        target, seconds = timer.detail or ("?", 0.0)
+        verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
+        setting = "write_timeout" if phase == Phase.UPSTREAM_WRITE else "read_timeout"
+        exchange.close_after = True
+        try:
+            with trio.move_on_after(1.0):
+                await exchange.respond_error(504, f"upstream {target} did not {verb} within {seconds:g}s ({setting})")
+        except (BrokenPipeError, ConnectionError, OSError):
+            pass
+    elif exchange is not None and exchange.response_started and not exchange.response_done:
+        conn.abort()
 
 
 async def _drain_request(exchange: Exchange) -> bool:

@@ -13,9 +13,10 @@ import logging
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
-from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError, UpstreamTimeout
+from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
+from gateway.http.timers import Phase
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.routing import Match
@@ -45,6 +46,7 @@ class Forwarder:
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
         headers, client_host, request_id = upstream_request_headers(
             req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked)
+        ex.request_id = request_id
         target_path = svc.upstream_target(match.path, match.query)
         body, body_done = ex.take_buffered_body()
         replayable = body_done and req.method in IDEMPOTENT
@@ -69,10 +71,9 @@ class Forwarder:
             await self._relay(ex, svc, uc, response, index, started, request_id)
             return
         if error is None:
-            await ex.respond_error(503, f"no available target in upstream {group.name!r}",
-                                   extra=[(b"x-request-id", request_id)])
+            await ex.respond_error(503, f"no available target in upstream {group.name!r}")
         else:
-            await ex.respond_error(error.status, str(error), extra=[(b"x-request-id", request_id)])
+            await ex.respond_error(error.status, str(error))
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, index: int, method: bytes,
                         path: bytes, headers: Headers, body: bytes, body_done: bool) \
@@ -92,30 +93,26 @@ class Forwarder:
         balancer = svc.group.balancer
         balancer.started(index)
         try:
-            # One scope for both phases; its deadline moves from write_timeout (per write) to read_timeout.
-            reading = False
-            with trio.CancelScope(deadline=now + svc.write_timeout) as scope:
-                await uc.conn.sendall(data)
-                if not body_done:
-                    while (chunk := await ex.receive_body()) is not None:
-                        scope.deadline = trio.current_time() + svc.write_timeout
-                        await uc.conn.sendall(codec.body(chunk))
-                    await uc.conn.sendall(codec.end())
-                reading = True
-                scope.deadline = trio.current_time() + svc.read_timeout
+            # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
+            # answers 504, and the cleanup below runs as the cancellation passes through.
+            timer = ex.timer
+            detail = (target.name, svc.write_timeout)
+            timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+            await uc.conn.sendall(data)
+            if not body_done:
+                while (chunk := await ex.receive_body()) is not None:
+                    timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+                    await uc.conn.sendall(codec.body(chunk))
+                await uc.conn.sendall(codec.end())
+            timer.set(svc.read_timeout, Phase.UPSTREAM_READ, (detail[0], svc.read_timeout))
+            ev = codec.next_event()
+            if ev is NEED_DATA:
+                codec.receive_data(await uc.conn.recv_after_wait())
                 ev = codec.next_event()
-                if ev is NEED_DATA:
-                    codec.receive_data(await uc.conn.recv_after_wait())
-                    ev = codec.next_event()
-                while ev is NEED_DATA:
-                    codec.receive_data(await uc.conn.recv())
-                    ev = codec.next_event()
-            if scope.cancelled_caught:
-                if reading:
-                    raise UpstreamTimeout(f"upstream {target.name} sent no response within {svc.read_timeout:g}s "
-                                          "(read_timeout)", sent=True)
-                raise UpstreamTimeout(f"upstream {target.name} did not accept the request within "
-                                      f"{svc.write_timeout:g}s (write_timeout)", sent=True)
+            while ev is NEED_DATA:
+                codec.receive_data(await uc.conn.recv())
+                ev = codec.next_event()
+            timer.clear()
             if ev is CLOSED:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True)
             assert isinstance(ev, Response)
@@ -194,16 +191,16 @@ async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> N
     """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does."""
     codec = uc.codec
     conn = uc.conn
-    with trio.CancelScope() as scope:
-        while True:
-            scope.deadline = trio.current_time() + read_timeout
-            codec.receive_data(await conn.recv())
-            while (ev := codec.next_event()) is not NEED_DATA:
-                if ev is END:
-                    await ex.end()
-                    return
-                await ex.send_body(ev)  # type: ignore[arg-type]
-    raise UpstreamTimeout("upstream stopped sending the response body (read_timeout)", sent=True)
+    timer = ex.timer
+    while True:
+        timer.set(read_timeout, Phase.UPSTREAM_BODY)
+        codec.receive_data(await conn.recv())
+        while (ev := codec.next_event()) is not NEED_DATA:
+            if ev is END:
+                timer.clear()
+                await ex.end()
+                return
+            await ex.send_body(ev)  # type: ignore[arg-type]
 
 
 def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
