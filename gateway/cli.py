@@ -38,11 +38,15 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("args", nargs="*", help="KEY=VALUE arguments")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
+    k = sub.add_parser("keeper", help=argparse.SUPPRESS)  # started by the supervisor
+    k.add_argument("--config", required=True)
+    k.add_argument("--workers", type=int, default=1)
     w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
     w.add_argument("--config", required=True)
     w.add_argument("--fds", required=True)
     w.add_argument("--generation", type=int, default=1)
     w.add_argument("--index", type=int, default=0)
+    w.add_argument("--workers", type=int, default=1)
     return p
 
 
@@ -76,10 +80,15 @@ def main(argv: list[str] | None = None) -> int:
             return control.admin(args.config, "status", as_json=args.json)
         if args.command == "admin":
             return control.admin(args.config, args.cmd, dict(kv.split("=", 1) for kv in args.args if "=" in kv))
+        if args.command == "keeper":
+            from gateway.node.keeper import run_keeper
+
+            return run_keeper(args.config, args.workers)
         if args.command == "worker":
             from gateway.worker import run_supervised_worker
 
-            return run_supervised_worker(args.config, [int(fd) for fd in args.fds.split(",") if fd])
+            return run_supervised_worker(args.config, [int(fd) for fd in args.fds.split(",") if fd],
+                                         f"{args.generation}.{args.index}", args.workers)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)

@@ -14,10 +14,12 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
+from gateway.breaker.config import BreakerConfig
 from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.errors import describe_validation_error
 from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.mcp.step import McpRoute, McpShared
 from gateway.policies import REGISTRY
 from gateway.policies.base import Policy
 from gateway.routing import Router, RouteSpec
@@ -43,7 +45,8 @@ class TargetRuntime:
 class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
-    __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback")
+    __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
+                 "breakers")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -53,6 +56,9 @@ class UpstreamGroup:
         self.balancer = balancer
         self.hash_on = hash_on  # (kind, header/cookie/query name as bytes)
         self.hash_fallback = hash_fallback
+        self.keys = [f"{name}|{t.name}" for t in targets]  # the targets' names on the bus and the admin channel
+        self.unusable: frozenset[int] = frozenset()  # drained by an operator, or circuit open (gateway.state)
+        self.breakers = False  # a circuit-breaker plugin covers this upstream: report outcomes
 
 
 class ServiceRuntime:
@@ -81,45 +87,67 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies")
+    __slots__ = ("name", "service", "preserve_host", "policies", "mcp")
 
-    def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy]) -> None:
+    def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
+                 mcp: McpRoute | None = None) -> None:
         self.name = name
         self.service = service
         self.preserve_host = preserve_host
         self.policies = policies
+        self.mcp = mcp  # an MCP endpoint: session affinity, header checks, Origin policy (gateway.mcp.step)
 
 
 class Runtime:
     """Everything one config load produces for the data plane."""
 
     def __init__(self, config: Config, router: Router[RouteRuntime], services: dict[str, ServiceRuntime],
-                 groups: dict[str, UpstreamGroup]) -> None:
+                 groups: dict[str, UpstreamGroup], mcp: McpShared | None = None) -> None:
         self.config = config
         self.router = router
         self.services = services
         self.groups = groups
+        self.mcp = mcp
+        self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
+
+    def all_groups(self) -> list[UpstreamGroup]:
+        """Named upstreams and the one-target groups of services that name a host directly."""
+        groups = {id(g): g for g in self.groups.values()}
+        for svc in self.services.values():
+            groups.setdefault(id(svc.group), svc.group)
+        return list(groups.values())
 
 
-def compile_config(config: Config, name: str = "<config>") -> Runtime:
-    """Build the runtime, or raise ConfigError listing every problem found at this stage."""
+def compile_config(config: Config, name: str = "<config>", shared: Any = None) -> Runtime:
+    """Build the runtime, or raise ConfigError listing every problem found at this stage.
+
+    `shared` is the worker's view of the bus state (gateway.state.SharedState) for the policies that need it;
+    None when only validating (check-config) or in the keeper."""
     errors: list[str] = []
     groups = {up.name: _group(up, config, errors) for up in config.upstreams}
     services = {svc.name: _service(svc, groups, errors) for svc in config.services}
-    plugin_objs = _plugins(config, errors)
+    plugin_objs = _plugins(config, errors, shared)
+    gw = config.gateway
+    mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors)
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
         if svc is None:
             continue
         rname = route.name or f"routes[{i}]"
-        runtime = RouteRuntime(rname, svc, route.preserve_host, _policies_for(route, plugin_objs))
+        mcp_route = None
+        if route.mcp or route.mcp_methods or route.mcp_tools:
+            mcp_route = McpRoute(mcp, svc.group, route.mcp_methods, route.mcp_tools)
+        runtime = RouteRuntime(rname, svc, route.preserve_host, _policies_for(route, plugin_objs), mcp_route)
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
-                               strip_path=route.strip_path))
+                               strip_path=route.strip_path, mcp_methods=route.mcp_methods,
+                               mcp_tools=route.mcp_tools))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
-    return Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups)
+    runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp)
+    runtime.breakers = _breakers(config, services, plugin_objs)
+    return runtime
 
 
 def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
@@ -162,8 +190,37 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str]) 
                           svc.write_timeout / 1000, svc.read_timeout / 1000, svc.retries)
 
 
-def _plugins(config: Config, errors: list[str]) -> list[tuple[Plugin, Policy | None]]:
-    built: list[tuple[Plugin, Policy | None]] = []
+def _breakers(config: Config, services: dict[str, ServiceRuntime],
+              plugins: list[tuple[Plugin, Any, Policy | None]]) -> dict[str, BreakerConfig]:
+    """One breaker per target of every upstream a circuit-breaker plugin covers (a service's or a route's
+    instance beats a global one), keyed as on the bus: "<upstream>|<host:port>"."""
+    routes = {r.name: r.service for r in config.routes if r.name}
+    chosen: dict[str, tuple[int, Any]] = {}
+    for plugin, cfg, _ in plugins:
+        if plugin.name != "circuit-breaker":
+            continue
+        if plugin.route is not None or plugin.service is not None:
+            svc = services.get(plugin.service or routes.get(plugin.route or "") or "")
+            targets = [svc.group] if svc else []
+            rank = 2
+        else:
+            targets = list({id(s.group): s.group for s in services.values()}.values())  # every service's upstream
+            rank = 1
+        for group in targets:
+            if rank > chosen.get(group.name, (0, None))[0]:
+                chosen[group.name] = (rank, (group, cfg))
+    out: dict[str, BreakerConfig] = {}
+    for _, (group, cfg) in chosen.values():
+        group.breakers = True
+        config_ = BreakerConfig.from_plugin(cfg)
+        for key in group.keys:
+            out[key] = config_
+    return out
+
+
+def _plugins(config: Config, errors: list[str], shared: Any) -> list[tuple[Plugin, Any, Policy | None]]:
+    """(plugin, its validated config, its policy object or None) for every enabled plugin."""
+    built: list[tuple[Plugin, Any, Policy | None]] = []
     for plugin in config.plugins:
         where = path_of(plugin)
         module: Any = REGISTRY.get(plugin.name)
@@ -182,14 +239,15 @@ def _plugins(config: Config, errors: list[str]) -> list[tuple[Plugin, Policy | N
             continue
         if not module.enforced:
             log.warning("plugin %s (%s) is validated but not enforced yet", plugin.name, where)
-        built.append((plugin, module.build(cfg)))
+        plugin_id = plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
+        built.append((plugin, cfg, module.build(cfg, plugin_id, shared)))
     return built
 
 
-def _policies_for(route: Route, plugins: list[tuple[Plugin, Policy | None]]) -> list[Policy]:
+def _policies_for(route: Route, plugins: list[tuple[Plugin, Any, Policy | None]]) -> list[Policy]:
     """Kong's scoping: per plugin name, a route's instance beats its service's, which beats a global one."""
     chosen: dict[str, tuple[int, Policy | None]] = {}
-    for plugin, policy in plugins:
+    for plugin, _, policy in plugins:
         if plugin.consumer is not None:
             continue
         if plugin.route is not None:

@@ -13,15 +13,19 @@ import socket
 from collections.abc import Callable
 
 import trio
+import zmq
 
 from gateway.config import Config, load_config, parse_host_port
 from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
+from gateway.node.keeper import Keeper
+from gateway.node.paths import absolute_endpoint
 from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.handler import Pipeline
 from gateway.runtime import compile_config
+from gateway.state.shared import SharedState
 
 log = logging.getLogger("gateway.worker")
 
@@ -50,10 +54,17 @@ def bind_all(config: Config) -> list[socket.socket]:
 
 
 async def serve_worker(config: Config, listeners: list[socket.socket], *,
-                       ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then drain for up to drain_timeout seconds."""
+                       ready: Callable[[], None] | None = None, bus: str | None = None, worker_id: str = "1.0",
+                       workers: int = 1) -> None:
+    """Serve until SIGTERM/SIGINT, then drain for up to drain_timeout seconds.
+
+    With `bus` (under the supervisor) shared state comes from the state keeper; without it (`gateway run`, tests)
+    the keeper's logic runs in this process, exact for this one worker.
+    """
     gw = config.gateway
-    runtime = compile_config(config)
+    shared = SharedState(worker_id, workers)
+    runtime = compile_config(config, shared=shared)
+    shared.attach(runtime)
     codec_name = resolve_codec(gw.http_codec)
     server_cls, client_cls = codec_classes(codec_name)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
@@ -61,11 +72,16 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
     pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive))
+    ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(settings.connections.timers.expire_forever)
+                if ctx is not None:
+                    await nursery.start(shared.run_bus, ctx, bus)
+                else:
+                    await nursery.start(shared.run_local, Keeper(config, 1))
                 # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
                 # connections: those must be left to finish.
                 await nursery.start(_serve_until_drained, listeners, pipeline, settings)
@@ -81,6 +97,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.cancel_scope.cancel()
     finally:
         pool.close_all()  # also when cancelled: no pooled upstream socket is left open
+        if ctx is not None:
+            ctx.term()
 
 
 async def _serve_until_drained(listeners: list[socket.socket], pipeline: Pipeline, settings: ServerSettings,
@@ -109,22 +127,24 @@ async def _sweep_pool(pool: Pool) -> None:
         pool.sweep(trio.current_time())
 
 
-def run_supervised_worker(config_path: str, fds: list[int]) -> int:
+def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.0", workers: int = 1) -> int:
     """A worker under the root supervisor: serve on the inherited listener slots, report ready on the pipe."""
     from supervisor import notify_ready
 
-    _die_with_parent()
+    die_with_parent()
     config = load_config(config_path)
     listeners = []
     for fd in fds:
         sock = socket.socket(fileno=fd)
         sock.setblocking(False)
         listeners.append(sock)
-    trio.run(lambda: serve_worker(config, listeners, ready=notify_ready))
+    bus = absolute_endpoint(config.gateway.bus)
+    trio.run(lambda: serve_worker(config, listeners, ready=notify_ready, bus=bus, worker_id=worker_id,
+                                  workers=workers))
     return 0
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGTERM us if the root dies, so a killed root cannot leave workers holding the port."""
     try:
         import ctypes

@@ -151,7 +151,9 @@ def test_start_status_stop(node):
     assert started.returncode == 0, started.stderr
     assert "gateway started" in started.stdout
     status = node.status()
-    workers = status["tree"]["children"][0]["children"]
+    children = status["tree"]["children"]
+    assert [c["id"] for c in children] == ["keeper", "workers@1"]
+    workers = children[1]["children"]
     assert [w["id"] for w in workers] == ["worker-1", "worker-2"]
     assert all(alive(w["pid"]) and w["restarts"] == 0 for w in workers)
     text = node.cli("status").stdout

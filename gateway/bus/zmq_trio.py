@@ -7,6 +7,8 @@ arrived meanwhile) and only then park on the fd. One task owns each socket, so t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import trio
 import zmq
 
@@ -43,6 +45,61 @@ class TrioSocket:
             if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
                 continue
             await trio.lowlevel.wait_readable(self._fd)  # the fd signals any change, POLLOUT included
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+
+
+class PumpedSocket:
+    """A zmq socket whose incoming messages are handed to a synchronous callback, sendable from any task.
+
+    Any operation on the socket may consume ZMQ_FD's edge, so whoever sends also pumps what has arrived; the one
+    `run` task parks on the fd only when ZMQ_EVENTS says nothing is waiting. No wake-up is ever lost, and no task
+    but `run` waits on the fd.
+    """
+
+    __slots__ = ("sock", "_fd", "_on_message", "_pumping")
+
+    def __init__(self, sock: zmq.Socket, on_message: Callable[[list[bytes]], None]) -> None:
+        self.sock = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._on_message = on_message
+        self._pumping = False
+
+    def send(self, frames: list[bytes]) -> bool:
+        """Queue a message without blocking; False when zmq's queue is full (the peer is gone or slow)."""
+        try:
+            self.sock.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        finally:
+            self.pump()
+        return True
+
+    def pump(self) -> None:
+        """Dispatch every message that has arrived (a callback that sends does not recurse: the loop goes on)."""
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            sock = self.sock
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    return
+                self._on_message(frames)
+        finally:
+            self._pumping = False
+
+    async def run(self) -> None:
+        """Receive until cancelled."""
+        sock = self.sock
+        while True:
+            self.pump()
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                continue
+            await trio.lowlevel.wait_readable(self._fd)
 
     def close(self) -> None:
         self.sock.close(linger=0)

@@ -10,6 +10,9 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
+from gateway.config.mcp import McpSettings
+
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -52,6 +55,8 @@ class GatewaySettings(Base):
     worker_start_timeout_s: Seconds = 15.0
     access_log: bool = False
     trust_forwarded: bool = False  # keep incoming X-Forwarded-* (behind a trusted L4 balancer) instead of replacing
+    registration: RegistrationSettings | None = None  # self-registration in Consul/etcd (config/discovery.py)
+    mcp: McpSettings = msgspec.field(default_factory=McpSettings)  # session ids, Origin policy (config/mcp.py)
 
 
 # --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
@@ -107,6 +112,7 @@ class Healthchecks(Base):
     active: ActiveHealthcheck = msgspec.field(default_factory=ActiveHealthcheck)
     passive: PassiveHealthcheck = msgspec.field(default_factory=PassiveHealthcheck)
     threshold: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0
+    check: HealthcheckAliases | None = None  # nginx/HAProxy terms: interval rise fall timeout (config/discovery.py)
 
 
 # --- entities -------------------------------------------------------------------------------------------------------
@@ -138,6 +144,7 @@ class Upstream(Base):
     host_header: str | None = None
     healthchecks: Healthchecks = msgspec.field(default_factory=Healthchecks)
     slots: Annotated[int, msgspec.Meta(ge=10, le=65536)] = 10000
+    discovery: DiscoverySettings | None = None  # ours: static / etcd / consul targets (config/discovery.py)
     targets: list[Target] = []
     id: str | None = None
     tags: list[str] = []
@@ -167,6 +174,9 @@ class Route(Base):
     strip_path: bool = True
     preserve_host: bool = False
     regex_priority: int = 0
+    mcp: bool = False  # ours: an MCP Streamable HTTP endpoint (session affinity, header checks, Origin)
+    mcp_methods: list[str] = []  # ours: match the JSON-RPC method (Mcp-Method, or the body); implies mcp
+    mcp_tools: list[str] = []  # ours: match the tool name of tools/call (Mcp-Name, or the body); implies mcp
     path_handling: Literal["v0", "v1"] = "v0"
     protocols: list[Literal["http", "https"]] = msgspec.field(default_factory=lambda: ["http", "https"])
     https_redirect_status_code: int = 426

@@ -91,7 +91,7 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id")
+                 "request_id", "response_headers")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False) -> None:
@@ -99,6 +99,7 @@ class Exchange:
         self.draining = draining
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
         self.request_id = b""  # echoed on errors when the handler has set one
+        self.response_headers: Headers | None = None  # added to the response by policies (e.g. rate-limit headers)
         self.conn = conn
         self._codec = codec
         self._pending: list[bytes] = []
@@ -113,6 +114,12 @@ class Exchange:
         for name, value in request.headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 self._expect_continue = True
+
+    def add_response_headers(self, headers: Headers) -> None:
+        if self.response_headers is None:
+            self.response_headers = list(headers)
+        else:
+            self.response_headers += headers
 
     @property
     def client_ip(self) -> str:
@@ -170,6 +177,8 @@ class Exchange:
         codec = self._codec
         self.response_started = True
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
+        if self.response_headers:
+            headers = headers + self.response_headers
         data = codec.response_head(status, headers, reason, close)
         if body:
             data += codec.body(body)

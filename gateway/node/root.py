@@ -21,8 +21,10 @@ import zmq
 from gateway import __version__
 from gateway.bus.admin_protocol import AdminRequest
 from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
+from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.config import Config, ConfigError, parse_config
 from gateway.node import tree
+from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
 from gateway.runtime import compile_config
 from gateway.worker import listen_addresses
@@ -31,6 +33,7 @@ from supervisor import ChildInfo, Handle, RestartIntensityExceeded, StartError, 
 log = logging.getLogger("gateway.node")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets"})  # answered by the state keeper
 
 
 class StartupError(Exception):
@@ -89,34 +92,39 @@ class Node:
             raise StartupError(str(e.strerror or e)) from None
         ctx = zmq.Context()
         try:
-            admin = bind_admin(ctx, _absolute_endpoint(gw.admin))
+            admin = bind_admin(ctx, absolute_endpoint(gw.admin))
         except (ValueError, zmq.ZMQError) as e:
             self.slots.close()
             ctx.term()
             raise StartupError(f"gateway.admin: cannot bind {gw.admin}: {e}") from None
+        self.keeper = KeeperLink(ctx, absolute_endpoint(gw.bus))
         try:
             return await self._serve(text, config, admin)
         finally:
             admin.close(linger=0)
+            self.keeper.close()
             ctx.term()
             self.slots.close()
             _remove(gw.pid_file)
-            _remove(_absolute_endpoint(gw.admin)[len("ipc://"):])
+            _remove(absolute_endpoint(gw.admin)[len("ipc://"):])
             _remove(os.path.join(self.run_dir, f"config.gen{self.generation}.yaml"))
+            _remove(os.path.join(self.run_dir, "config.current.yaml"))
 
     async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
         self.generation = 1
         first = self._generation_spec(1, text, config)
+        keeper = tree.keeper_spec(self._write_current(text), self.worker_count(config), config)
         exit_code = EXIT_OK
         startup_error: StartupError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    self.root = await nursery.start(serve, tree.root_spec(config, [first]))
+                    self.root = await nursery.start(serve, tree.root_spec(config, [keeper, first]))
                 except StartError as e:
                     raise StartupError(f"workers failed to start: {e}") from None
                 await nursery.start(serve_admin, admin, self.handle_admin)
+                nursery.start_soon(self.keeper.run)
                 nursery.start_soon(self._signals)
                 _write_pid(config.gateway.pid_file)
                 log.info("gateway %s started: pid %d, %d workers on %s", __version__, os.getpid(),
@@ -165,6 +173,15 @@ class Node:
 
     # ---- generations --------------------------------------------------------------------------------------------
 
+    def _write_current(self, text: str) -> str:
+        """The config the keeper reads (at start, on reload_config, and after a restart)."""
+        path = os.path.join(self.run_dir, "config.current.yaml")
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+
     def _generation_spec(self, generation: int, text: str, config: Config) -> Any:
         """Write the config snapshot the generation's workers load, and its supervisor spec."""
         snapshot = os.path.join(self.run_dir, f"config.gen{generation}.yaml")
@@ -172,7 +189,7 @@ class Node:
             f.write(text)
         addresses = listen_addresses(config)
         count = self.worker_count(config)
-        workers = [tree.worker_spec(snapshot, generation, i, self.slots.fds_for(addresses, i, count), config)
+        workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config)
                    for i in range(count)]
         return tree.workers_supervisor(generation, workers, config)
 
@@ -198,6 +215,11 @@ class Node:
                     from None
             self.generation = new
             self.config = config
+            self._write_current(text)
+            try:
+                await self.keeper.call("reload_config", {})
+            except KeeperUnavailable:
+                log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
             log.info("reload: generation %d accepting; generation %d draining", new, old)
             self._nursery.start_soon(self._retire, old, addresses)  # type: ignore[union-attr]
             return {"generation": new, "retiring": old}
@@ -231,7 +253,16 @@ class Node:
             return {"stopping": True}
         if cmd == "workers":
             return [_child_json(info, trio.current_time()) for info in await self._all_workers()]
-        raise AdminCommandError(f"unknown command {cmd!r}; try: status, reload, stop, workers")
+        if cmd in KEEPER_COMMANDS:
+            try:
+                reply = await self.keeper.call(cmd, request.args)
+            except KeeperUnavailable as e:
+                raise AdminCommandError(str(e)) from None
+            if not reply.ok:
+                raise AdminCommandError(reply.error or "failed")
+            return reply.result
+        raise AdminCommandError(f"unknown command {cmd!r}; try: status, reload, stop, workers, "
+                                f"{', '.join(sorted(KEEPER_COMMANDS))}")
 
     async def _all_workers(self) -> list[ChildInfo]:
         if self.root is None:
@@ -275,12 +306,6 @@ def _child_json(info: ChildInfo, now: float) -> dict[str, Any]:
             "pid": ref.os_pid if ref is not None else None,
             "uptime_s": round(now - started, 3) if started is not None else None,
             "restarts": info.restart_count}
-
-
-def _absolute_endpoint(endpoint: str) -> str:
-    if endpoint.startswith("ipc://") and not endpoint.startswith("ipc:///"):
-        return "ipc://" + os.path.abspath(endpoint[len("ipc://"):])
-    return endpoint
 
 
 def _write_pid(path: str) -> None:

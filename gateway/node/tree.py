@@ -1,10 +1,11 @@
 """The gateway's supervision tree as OTP child specs (drawn in the README).
 
     root  one_for_one, intensity 5 / 60 s (erlmcp's)
+     ├─ keeper      OS process: `gateway keeper`, the bus owner (rate-limit ledgers, breakers, target overrides)
      └─ workers@G   one_for_one supervisor of generation G (a reload starts G+1 beside it, then retires G)
           ├─ worker-1   OS process: `gateway worker`, inheriting its listener slots
           └─ worker-N
-The state keeper, health checker, discovery and status server hang under root, before the workers, when they exist.
+The health checker, discovery and status server hang under root, between the keeper and the workers.
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from supervisor import ChildSpec, Process, Restart, SupervisorSpec, SupFlags, se
 SHUTDOWN_MARGIN_MS = 5000  # beyond drain_timeout, before a draining worker is killed
 
 
-def worker_spec(snapshot_path: str, generation: int, index: int, fds: list[int], config: Config) -> ChildSpec:
+def worker_spec(snapshot_path: str, generation: int, index: int, workers: int, fds: list[int],
+                config: Config) -> ChildSpec:
     gw = config.gateway
-    argv = [sys.executable, "-m", "gateway", "worker", "--config", snapshot_path,
-            "--fds", ",".join(map(str, fds)), "--generation", str(generation), "--index", str(index)]
+    argv = [sys.executable, "-m", "gateway", "worker", "--config", snapshot_path, "--fds", ",".join(map(str, fds)),
+            "--generation", str(generation), "--index", str(index), "--workers", str(workers)]
     return ChildSpec(f"worker-{index + 1}", Process(argv, start_timeout=gw.worker_start_timeout_s, pass_fds=fds),
                      restart=Restart.PERMANENT, shutdown=int(gw.drain_timeout * 1000) + SHUTDOWN_MARGIN_MS)
+
+
+def keeper_spec(snapshot_path: str, workers: int, config: Config) -> ChildSpec:
+    argv = [sys.executable, "-m", "gateway", "keeper", "--config", snapshot_path, "--workers", str(workers)]
+    return ChildSpec("keeper", Process(argv, start_timeout=config.gateway.worker_start_timeout_s),
+                     restart=Restart.PERMANENT, shutdown=5000)
 
 
 def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> ChildSpec:

@@ -17,6 +17,7 @@ from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase
+from gateway.mcp.step import McpRequest, session_not_found
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.routing import Match
@@ -39,7 +40,8 @@ class Forwarder:
         self.trust_forwarded = trust_forwarded
         self.sse_keepalive = sse_keepalive
 
-    async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime]) -> None:
+    async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
+                      mcp: McpRequest | None = None) -> None:
         req = ex.request
         svc = route.service
         group = svc.group
@@ -48,29 +50,41 @@ class Forwarder:
             req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked)
         ex.request_id = request_id
         target_path = svc.upstream_target(match.path, match.query)
-        body, body_done = ex.take_buffered_body()
+        pinned = None
+        if mcp is None:
+            body, body_done = ex.take_buffered_body()
+        else:  # MCP: body bytes the step may have read, the session's upstream id, its pinned target
+            body, body_done = mcp.take_body(ex)
+            headers = mcp.upstream_headers(headers)
+            pinned = mcp.pinned
         replayable = body_done and req.method in IDEMPOTENT
-        hash_key = balancer_key(group, ex, match.path, match.query)
+        hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None else None
         tried: set[int] = set()
         error: UpstreamError | None = None
-        for _ in range(svc.retries + 1):
-            index = group.balancer.pick(hash_key, tried)
+        for _ in range(svc.retries + 1 if pinned is None else 1):  # a pinned session never moves
+            index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
             if index is None:
                 break
             tried.add(index)
             target = group.targets[index]
             host = client_host if route.preserve_host and client_host else target.host_header
+            extra = [(b"host", host)]
+            if mcp is not None and mcp.rewrite_origin:
+                extra.append((b"origin", b"http://" + target.host_header))
             try:
                 uc, response, started = await self._exchange(ex, svc, target, index, req.method, target_path,
-                                                             headers + [(b"host", host)], body, body_done)
+                                                             headers + extra, body, body_done)
             except UpstreamError as e:
                 error = e
                 if e.sent and not replayable:
                     break
                 continue
-            await self._relay(ex, svc, uc, response, index, started, request_id)
+            await self._relay(ex, svc, uc, response, index, started, request_id, mcp)
             return
-        if error is None:
+        if pinned is not None and error is not None and not error.sent:
+            log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
+            await session_not_found(ex)
+        elif error is None:
             await ex.respond_error(503, f"no available target in upstream {group.name!r}")
         else:
             await ex.respond_error(error.status, str(error))
@@ -134,13 +148,15 @@ class Forwarder:
             raise
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, index: int,
-                     started: float, request_id: bytes) -> None:
+                     started: float, request_id: bytes, mcp: McpRequest | None = None) -> None:
         """Stream the response to the client; pool the connection only after a clean, complete exchange."""
         codec = uc.codec
         balancer = svc.group.balancer
         ok = False
         try:
             headers = _client_headers(response.headers, request_id)
+            if mcp is not None:
+                mcp.client_headers(headers, svc.group.targets[index].name)
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason)

@@ -1,9 +1,11 @@
-"""The request pipeline: route, run the route's policies in priority order, forward."""
+"""The request pipeline: route, run the route's policies in priority order, the MCP step on MCP routes, forward."""
 
 from __future__ import annotations
 
 from gateway.http.server import Exchange, json_error_body
+from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
+from gateway.routing import NEEDS_MCP
 from gateway.runtime import Runtime
 
 NO_ROUTE = json_error_body(404, "no route matched the request")
@@ -23,7 +25,14 @@ class Pipeline:
             if name == b"host":
                 host = value
                 break
-        match = self.runtime.router.match(req.method, req.target, host, req.headers)
+        runtime = self.runtime
+        match = runtime.router.match(req.method, req.target, host, req.headers)
+        mcp = None
+        if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
+            mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
+            if mcp is None:
+                return
+            match = runtime.router.match(req.method, req.target, host, req.headers, routing_key(mcp))
         if match is None:
             await ex.respond(404, NO_ROUTE)
             return
@@ -31,4 +40,8 @@ class Pipeline:
         for policy in route.policies:
             if await policy.access(ex):
                 return
-        await self.forwarder.forward(ex, route, match)
+        if route.mcp is not None:
+            mcp = await route.mcp.inbound(ex, mcp)
+            if mcp is None:
+                return
+        await self.forwarder.forward(ex, route, match, mcp)

@@ -6,6 +6,12 @@ Precedence among routes that all match a request (documented in the README):
    prefix;
 3. then the route defined first.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string.
+
+MCP routes may also match the JSON-RPC method (`mcp_methods`) and the tool of a tools/call (`mcp_tools`), each one
+more category (a tool implies the method tools/call, so it counts for both). Those need the request's method and
+tool name: when a route constraining them could match and the caller passed no `mcp` key, `match` returns
+NEEDS_MCP, and the caller looks (headers, or a bounded read of the body) and matches again with
+`mcp=(method, tool)`. Requests that no such route could match never pay for that look.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ class RouteSpec(Generic[T]):
 
     def __init__(self, payload: T, *, paths: Sequence[str] = (), methods: Sequence[str] = (),
                  hosts: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
-                 query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True) -> None:
+                 query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True,
+                 mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = ()) -> None:
         self.payload = payload
         self.paths = list(paths)
         self.methods = frozenset(m.encode() for m in methods)
@@ -34,6 +41,8 @@ class RouteSpec(Generic[T]):
         self.query = query or {}
         self.regex_priority = regex_priority
         self.strip_path = strip_path
+        self.mcp_methods = frozenset(mcp_methods)
+        self.mcp_tools = frozenset(mcp_tools)
 
 
 class Match(Generic[T]):
@@ -47,9 +56,12 @@ class Match(Generic[T]):
         self.query = query
 
 
+NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again with mcp=(method, tool)
+
+
 class _Candidate(Generic[T]):
     __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "headers", "query",
-                 "order")
+                 "order", "mcp")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
@@ -64,7 +76,10 @@ class _Candidate(Generic[T]):
         else:
             self.kind = _PREFIX
             self.prefix = path.encode()
-        categories = sum(map(bool, (spec.paths, spec.methods, spec.hosts, spec.headers, spec.query)))
+        # mcp_tools implies the method tools/call: it counts as the method category too, so it beats mcp_methods
+        categories = sum(map(bool, (spec.paths, spec.methods, spec.hosts, spec.headers, spec.query,
+                                    spec.mcp_methods or spec.mcp_tools, spec.mcp_tools)))
+        self.mcp = bool(spec.mcp_methods or spec.mcp_tools)
         self.rank = categories
         self.exact_hosts = frozenset(h.encode() for h in spec.hosts if "*" not in h)
         self.wild_hosts = [_wildcard(h) for h in spec.hosts if "*" in h]
@@ -96,9 +111,9 @@ class Router(Generic[T]):
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
 
-    def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]]) -> \
-            Match[T] | None:
-        """The best route for this request, or None (the caller answers 404)."""
+    def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
+              mcp: tuple[str | None, str | None] | None = None) -> Match[T] | None:
+        """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc)."""
         path, sep, query = target.partition(b"?")
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
@@ -134,6 +149,11 @@ class Router(Generic[T]):
                 score = (c.rank, _REGEX, spec.regex_priority, -c.order)
             else:
                 score = (c.rank, _NO_PATH, 0, -c.order)
+            if c.mcp:
+                if mcp is None:
+                    return NEEDS_MCP
+                if not _mcp_match(spec, mcp):
+                    continue
             if best is None or score > best[0]:
                 best = (score, c, strip)
         if best is None:
@@ -144,6 +164,13 @@ class Router(Generic[T]):
             if not path.startswith(b"/"):
                 path = b"/" + path
         return Match(c.spec.payload, path, query if sep else b"")
+
+
+def _mcp_match(spec: RouteSpec[T], mcp: tuple[str | None, str | None]) -> bool:
+    method, tool = mcp
+    if spec.mcp_methods and method not in spec.mcp_methods:
+        return False
+    return not spec.mcp_tools or (method == "tools/call" and tool in spec.mcp_tools)
 
 
 def _strip_port(host: bytes) -> bytes:

@@ -8,5 +8,5 @@ schema = JwtConfig
 enforced = False
 
 
-def build(config: JwtConfig) -> None:
+def build(config: JwtConfig, plugin_id: str, shared: object) -> None:
     return None

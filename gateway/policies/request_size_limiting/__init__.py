@@ -9,5 +9,5 @@ schema = RequestSizeLimitingConfig
 enforced = True
 
 
-def build(config: RequestSizeLimitingConfig) -> RequestSizeLimiting:
+def build(config: RequestSizeLimitingConfig, plugin_id: str, shared: object) -> RequestSizeLimiting:
     return RequestSizeLimiting(config)

@@ -1,0 +1,91 @@
+"""The keeper's breakers, one per target: outcomes in, transitions to publish and probe permits to hand out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from gateway.breaker.config import BreakerConfig
+from gateway.breaker.machine import Breaker
+from gateway.breaker.messages import BreakerUpdate, Outcome
+from gateway.breaker.state import State
+
+
+class BreakerBoard:
+    """All breakers of the gateway. Each call returns (updates to publish to every worker, permits to send).
+
+    A permit is a target name: whoever receives it may send one probe. Permits freed by a probe's outcome go back
+    to the worker that reported it (it has traffic for the target); those of a breaker just half-open, or lapsed
+    after probe_ttl_s, come out of `tick` for the keeper to spread over the workers.
+    """
+
+    def __init__(self, configs: Mapping[str, BreakerConfig]) -> None:
+        self._breakers = {target: Breaker(target, config) for target, config in configs.items()}
+
+    def record(self, outcomes: Iterable[Outcome], now: float) -> tuple[list[BreakerUpdate], list[str]]:
+        """Count a worker's outcomes (unknown targets are ignored)."""
+        touched: dict[str, Breaker] = {}
+        permits: list[str] = []
+        for outcome in outcomes:
+            breaker = self._breakers.get(outcome.target)
+            if breaker is not None:
+                breaker.record_outcome(outcome, now)
+                permits += _probes(breaker, now)
+                touched[outcome.target] = breaker
+        return _drain(touched.values()), permits
+
+    def tick(self, now: float) -> tuple[list[BreakerUpdate], list[str]]:
+        """Open timeouts and lapsed permits, checked on the keeper's timer."""
+        permits: list[str] = []
+        for breaker in self._breakers.values():
+            breaker.tick(now)
+            permits += _probes(breaker, now)
+        return _drain(self._breakers.values()), permits
+
+    def adopt(self, old: BreakerBoard) -> None:
+        """Keep the breakers (and so the states) of targets whose config did not change: a reload."""
+        for target, breaker in old._breakers.items():
+            mine = self._breakers.get(target)
+            if mine is not None and mine.config == breaker.config:
+                self._breakers[target] = breaker
+
+    def reset(self, target: str) -> BreakerUpdate:
+        """Operator: close `target`'s breaker."""
+        breaker = self._get(target)
+        breaker.reset()
+        breaker.drain()
+        return breaker.update()
+
+    def force_open(self, target: str, now: float) -> BreakerUpdate:
+        """Operator: open `target`'s breaker until reset."""
+        breaker = self._get(target)
+        breaker.force_open(now)
+        breaker.drain()
+        return breaker.update()
+
+    def states(self) -> list[BreakerUpdate]:
+        """Every breaker's state (the snapshot a worker gets when it connects)."""
+        return [breaker.update() for breaker in self._breakers.values()]
+
+    def describe(self, now: float, target: str | None = None) -> dict[str, dict[str, Any]]:
+        """State and counters of one breaker, or of all, for the admin channel."""
+        targets = [target] if target is not None else list(self._breakers)
+        return {name: self._get(name).describe(now) for name in targets}
+
+    def _get(self, target: str) -> Breaker:
+        breaker = self._breakers.get(target)
+        if breaker is None:
+            raise KeyError(f"no circuit breaker for target {target!r}")
+        return breaker
+
+
+def _probes(breaker: Breaker, now: float) -> list[str]:
+    """Permits the breaker can grant now (none unless half-open)."""
+    permits = []
+    while breaker.state is State.HALF_OPEN and breaker.grant_probe(now):
+        permits.append(breaker.target)
+    return permits
+
+
+def _drain(breakers: Iterable[Breaker]) -> list[BreakerUpdate]:
+    return [update for breaker in breakers for update in breaker.drain()]

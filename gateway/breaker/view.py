@@ -1,0 +1,92 @@
+"""A worker's copy of the keeper's breaker states (the balancer's skip set), its probe permits and its outcomes."""
+
+from __future__ import annotations
+
+from gateway.breaker.messages import BreakerUpdate, Outcome, single
+from gateway.breaker.state import State
+
+
+class _Tally:
+    """Results to one target since the last batch, with the failure runs the keeper needs."""
+
+    __slots__ = ("successes", "failures", "lead", "run", "tail")
+
+    def __init__(self) -> None:
+        self.successes = self.failures = self.lead = self.run = self.tail = 0
+
+    def add(self, ok: bool) -> None:
+        if ok:
+            self.successes += 1
+            self.tail = 0
+        else:
+            self.failures += 1
+            self.tail += 1
+            if not self.successes:
+                self.lead += 1
+            if self.tail > self.run:
+                self.run = self.tail
+
+
+class BreakerView:
+    """Last published state per target; a target is skipped unless closed, or half-open with a permit held here."""
+
+    def __init__(self) -> None:
+        self._states: dict[str, State] = {}
+        self._skip: set[str] = set()
+        self._permits: dict[str, int] = {}
+        self._tallies: dict[str, _Tally] = {}
+
+    def is_open(self, target: str) -> bool:
+        """Should the balancer skip `target`? O(1)."""
+        return target in self._skip
+
+    def state(self, target: str) -> State:
+        """Last published state (closed for a target never heard of)."""
+        return self._states.get(target, State.CLOSED)
+
+    def apply(self, update: BreakerUpdate) -> None:
+        """A state published by the keeper; permits survive only into half-open (they may arrive before it)."""
+        target, state = update.target, update.state
+        self._states[target] = state
+        if state is not State.HALF_OPEN:
+            self._permits.pop(target, None)
+        self._resort(target)
+
+    def permit(self, target: str) -> None:
+        """The keeper granted this worker one half-open probe to `target`."""
+        self._permits[target] = self._permits.get(target, 0) + 1
+        self._resort(target)
+
+    def started(self, target: str) -> bool:
+        """A request is being sent to `target`: True if it is a probe, which spends a permit."""
+        held = self._permits.get(target)
+        if not held or self._states.get(target) is State.CLOSED:
+            return False
+        if held == 1:
+            del self._permits[target]
+            self._resort(target)
+        else:
+            self._permits[target] = held - 1
+        return True
+
+    def record(self, target: str, ok: bool, probe: bool = False) -> Outcome | None:
+        """Count a request's result: a probe's comes back at once to be sent; the others wait for the batch."""
+        if probe:
+            return single(target, ok, probe=True)
+        tally = self._tallies.get(target)
+        if tally is None:
+            tally = self._tallies[target] = _Tally()
+        tally.add(ok)
+        return None
+
+    def drain_outcomes(self) -> list[Outcome]:
+        """The batched results since the last call, one Outcome per target."""
+        tallies, self._tallies = self._tallies, {}
+        return [Outcome(target, t.successes, t.failures, t.lead, t.run, t.tail) for target, t in tallies.items()]
+
+    def _resort(self, target: str) -> None:
+        """Recompute whether `target` is in the skip set."""
+        if self._states.get(target, State.CLOSED) is State.CLOSED or self._permits.get(target):
+            self._skip.discard(target)
+        else:
+            self._skip.add(target)

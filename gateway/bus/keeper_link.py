@@ -1,0 +1,59 @@
+"""The root's request/reply line to the state keeper, for operators' commands on shared state."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import trio
+import zmq
+
+from gateway.bus import protocol as p
+from gateway.bus.zmq_trio import PumpedSocket
+
+
+class KeeperUnavailable(Exception):
+    """The keeper did not answer in time (it may be restarting)."""
+
+
+class KeeperLink:
+    """A DEALER to the keeper's ROUTER; `run` must be running in a nursery for replies to arrive."""
+
+    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 100)
+        sock.connect(endpoint)
+        self._sock = PumpedSocket(sock, self._on_message)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list[p.AdminResult]]] = {}
+
+    async def run(self) -> None:
+        await self._sock.run()
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        try:
+            msg = p.decode(frames[-1])
+        except p.BadMessage:
+            return
+        if isinstance(msg, p.AdminResult) and msg.id in self._waiting:
+            event, box = self._waiting[msg.id]
+            box.append(msg)
+            event.set()
+
+    async def call(self, cmd: str, args: dict[str, Any], timeout: float = 2.0) -> p.AdminResult:
+        call_id = next(self._ids)
+        event, box = trio.Event(), []
+        self._waiting[call_id] = (event, box)
+        try:
+            if not self._sock.send([p.encode(p.AdminOp(cmd=cmd, args=args, id=call_id))]):
+                raise KeeperUnavailable("the state keeper is not reachable")
+            with trio.move_on_after(timeout):
+                await event.wait()
+                return box[0]
+            raise KeeperUnavailable(f"the state keeper did not answer within {timeout:g}s (it may be restarting)")
+        finally:
+            del self._waiting[call_id]
+
+    def close(self) -> None:
+        self._sock.close()

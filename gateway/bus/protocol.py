@@ -1,0 +1,144 @@
+"""The shared-state bus between the state keeper and the workers, sans-I/O: message types and their encoding.
+
+Two ZeroMQ sockets, both bound by the keeper:
+- ROUTER `gateway.bus` (workers connect DEALERs): requests from a worker and the keeper's direct replies;
+- PUB `gateway.bus` + "-pub" (workers SUBscribe): heartbeats and state every worker must see at once.
+Every message is one msgpack frame of a tagged msgspec Struct carrying the protocol version `v`; a message of
+another version is dropped with a log line, so a mixed-version restart cannot corrupt state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from gateway.breaker.messages import BreakerUpdate, Outcome
+from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
+
+VERSION = 1
+
+
+class Msg(msgspec.Struct, tag_field="t", omit_defaults=True):
+    v: int = VERSION
+
+
+# ---- worker -> keeper --------------------------------------------------------------------------------------------
+
+
+class Hello(Msg, tag="hello"):
+    """A worker (re)connected: the keeper answers with a Snapshot."""
+
+    worker: str = ""
+    pid: int = 0
+
+
+class AskLeases(Msg, tag="ask"):
+    requests: list[LeaseRequest] = []
+
+
+class GiveBack(Msg, tag="giveback"):
+    """Unused tokens of ended windows, and what a worker admitted on its own while the keeper was away."""
+
+    returned: list[ReturnedLease] = []
+    fallback: list[FallbackUsage] = []
+
+
+class Outcomes(Msg, tag="outcomes"):
+    items: list[Outcome] = []
+
+
+class AdminOp(Msg, tag="admin"):
+    """From the root: an operator's command on shared state (breakers, limits, targets)."""
+
+    cmd: str = ""
+    args: dict[str, Any] = {}
+    id: int = 0
+
+
+# ---- keeper -> worker (direct) -----------------------------------------------------------------------------------
+
+
+class Grants(Msg, tag="grants"):
+    grants: list[Grant] = []
+
+
+class ProbePermit(Msg, tag="probe"):
+    """The bearer may send one half-open probe to `target`."""
+
+    target: str = ""
+
+
+class AdminResult(Msg, tag="admin_result"):
+    id: int = 0
+    ok: bool = True
+    result: Any = None
+    error: str | None = None
+
+
+# ---- keeper -> all workers (PUB) ---------------------------------------------------------------------------------
+
+
+class TargetState(msgspec.Struct, array_like=True):
+    """Operator state of one target: `key` is "<upstream>|<host:port>"."""
+
+    key: str
+    drained: bool = False
+    weight: int | None = None  # None: as configured
+
+
+class Heartbeat(Msg, tag="hb"):
+    incarnation: str = ""
+    seq: int = 0
+
+
+class Snapshot(Msg, tag="snapshot"):
+    """Everything a worker needs after (re)connecting, or after the keeper restarted."""
+
+    incarnation: str = ""
+    breakers: list[BreakerUpdate] = []
+    targets: list[TargetState] = []
+
+
+class BreakersChanged(Msg, tag="breakers"):
+    updates: list[BreakerUpdate] = []
+
+
+class TargetsChanged(Msg, tag="targets"):
+    targets: list[TargetState] = []
+
+
+AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | AdminOp | Grants | ProbePermit | AdminResult | Heartbeat |
+          Snapshot | BreakersChanged | TargetsChanged)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyMsg)
+
+
+class BadMessage(Exception):
+    """A frame that is not a message of this protocol version."""
+
+
+def encode(msg: Msg) -> bytes:
+    return _encoder.encode(msg)
+
+
+def decode(frame: bytes) -> Msg:
+    try:
+        msg = _decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise BadMessage(f"undecodable bus message ({len(frame)} bytes): {e}") from None
+    if msg.v != VERSION:
+        raise BadMessage(f"bus message of protocol version {msg.v}; this gateway speaks {VERSION}")
+    return msg
+
+
+def pub_endpoint(bus: str) -> str:
+    """The PUB endpoint beside the ROUTER one: ipc://run/bus.sock -> ipc://run/bus-pub.sock."""
+    if bus.startswith("ipc://"):
+        base, dot, ext = bus.rpartition(".")
+        return f"{base}-pub.{ext}" if dot and "/" not in ext else f"{bus}-pub"
+    if bus.startswith("tcp://"):
+        host, _, port = bus.rpartition(":")
+        return f"{host}:{int(port) + 1}"
+    raise ValueError(f"gateway.bus: expected ipc://PATH or tcp://HOST:PORT, got {bus!r}")

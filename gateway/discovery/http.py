@@ -1,0 +1,201 @@
+"""A small HTTP/1.1 client on Trio + h11 for the registries' JSON APIs (etcd's gRPC gateway, Consul's agent).
+
+One connection per request (`Connection: close`): registry calls are rare (a blocking query or a watch stream
+lasts seconds to minutes), so pooling would buy nothing. Streams (etcd's /v3/watch) get TCP keep-alive so a
+silently vanished peer is noticed without a read timeout cutting a legitimately idle watch.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import h11
+import trio
+
+MAX_BODY = 64 << 20  # a registry answer larger than this is refused (a broken or hostile peer)
+_RECV = 65536
+
+
+class TransportError(Exception):
+    """The registry could not be reached or answered something that is not HTTP: retry later."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Endpoint:
+        """'host:port', 'http://host:port' or 'http://[v6]:port'."""
+        rest = text.strip().removeprefix("http://").rstrip("/")
+        host, _, port = rest.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f'expected "host:port" or "http://host:port", got "{text}"')
+        return cls(host.strip("[]"), int(port))
+
+    @property
+    def authority(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"http://{self.authority}"
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names; a repeated header keeps the last
+    body: bytes = b""
+
+
+def _keepalive(stream: trio.SocketStream) -> None:
+    sock = stream.socket
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, opt):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), value)
+    except OSError:
+        pass
+
+
+class _Conn:
+    def __init__(self, stream: trio.SocketStream, endpoint: Endpoint) -> None:
+        self.stream = stream
+        self.endpoint = endpoint
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.eof = False
+
+    async def send_request(self, method: str, target: str, body: bytes | None, headers: list[tuple[str, str]]) -> None:
+        hdrs = [("Host", self.endpoint.authority), ("Connection", "close"), ("User-Agent", "mcp-gateway")]
+        hdrs += headers
+        if body is not None:
+            hdrs += [("Content-Length", str(len(body)))]
+            if not any(k.lower() == "content-type" for k, _ in headers):
+                hdrs.append(("Content-Type", "application/json"))
+        data = self.h11.send(h11.Request(method=method, target=target, headers=hdrs))
+        if body:
+            data += self.h11.send(h11.Data(data=body))
+        data += self.h11.send(h11.EndOfMessage())
+        await self.stream.send_all(data)
+
+    async def next_event(self) -> h11.Event:
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as e:
+                if self.eof:
+                    raise TransportError(f"{self.endpoint}: connection closed mid-response") from None
+                raise TransportError(f"{self.endpoint}: bad HTTP response: {e}") from None
+            if event is h11.NEED_DATA:
+                chunk = await self.stream.receive_some(_RECV)
+                self.eof = not chunk
+                self.h11.receive_data(chunk)
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                raise TransportError(f"{self.endpoint}: connection closed mid-response")
+            return event
+
+    async def response_head(self) -> Response:
+        while True:
+            event = await self.next_event()
+            if isinstance(event, h11.Response):
+                return Response(event.status_code, {k.decode().lower(): v.decode("latin-1") for k, v in event.headers})
+            # h11.InformationalResponse (100 Continue): keep reading
+
+
+async def _connect(endpoint: Endpoint) -> trio.SocketStream:
+    try:
+        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+    except OSError as e:
+        raise TransportError(f"{endpoint}: cannot connect: {e.strerror or e}") from None
+
+
+async def request(endpoint: Endpoint, method: str, target: str, *, body: bytes | None = None,
+                  headers: list[tuple[str, str]] | None = None, timeout: float = 5.0) -> Response:
+    """One whole request and response within `timeout` seconds; TransportError on any network problem."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await _connect(endpoint)
+            async with stream:
+                conn = _Conn(stream, endpoint)
+                await conn.send_request(method, target, body, headers or [])
+                resp = await conn.response_head()
+                parts: list[bytes] = []
+                size = 0
+                while True:
+                    event = await conn.next_event()
+                    if isinstance(event, h11.Data):
+                        size += len(event.data)
+                        if size > MAX_BODY:
+                            raise TransportError(f"{endpoint}: response body over {MAX_BODY} bytes")
+                        parts.append(bytes(event.data))
+                    elif isinstance(event, h11.EndOfMessage):
+                        resp.body = b"".join(parts)
+                        return resp
+    except trio.TooSlowError:
+        raise TransportError(f"{endpoint}: no complete answer within {timeout:g}s") from None
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+        raise TransportError(f"{endpoint}: {e.__class__.__name__}: {e}") from None
+
+
+class StreamResponse:
+    """A response whose body is consumed as it arrives (etcd's watch: one JSON object per line)."""
+
+    def __init__(self, conn: _Conn, head: Response) -> None:
+        self._conn = conn
+        self.status = head.status
+        self.headers = head.headers
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            while True:
+                event = await self._conn.next_event()
+                if isinstance(event, h11.Data):
+                    yield bytes(event.data)
+                elif isinstance(event, h11.EndOfMessage):
+                    return
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise TransportError(f"{self._conn.endpoint}: {e.__class__.__name__}: {e}") from None
+
+    async def lines(self, max_line: int = MAX_BODY) -> AsyncIterator[bytes]:
+        """Newline-delimited records; the last one may end without a newline."""
+        buf = b""
+        async for chunk in self.chunks():
+            buf += chunk
+            *complete, buf = buf.split(b"\n")
+            for line in complete:
+                if line.strip():
+                    yield line
+            if len(buf) > max_line:
+                raise TransportError(f"{self._conn.endpoint}: stream record over {max_line} bytes")
+        if buf.strip():
+            yield buf
+
+
+@asynccontextmanager
+async def open_stream(endpoint: Endpoint, method: str, target: str, *, body: bytes | None = None,
+                      headers: list[tuple[str, str]] | None = None,
+                      timeout: float = 5.0) -> AsyncIterator[StreamResponse]:
+    """Send a request and yield its response once the head arrived (within `timeout`); the body has no deadline."""
+    try:
+        with trio.fail_after(timeout):
+            stream = await _connect(endpoint)
+    except trio.TooSlowError:
+        raise TransportError(f"{endpoint}: cannot connect within {timeout:g}s") from None
+    async with stream:
+        _keepalive(stream)
+        conn = _Conn(stream, endpoint)
+        try:
+            with trio.fail_after(timeout):
+                await conn.send_request(method, target, body, headers or [])
+                head = await conn.response_head()
+        except trio.TooSlowError:
+            raise TransportError(f"{endpoint}: no response within {timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise TransportError(f"{endpoint}: {e.__class__.__name__}: {e}") from None
+        yield StreamResponse(conn, head)

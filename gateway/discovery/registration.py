@@ -1,0 +1,227 @@
+"""Self-registration: the gateway announces itself in Consul or etcd on start and withdraws on stop.
+
+The guide's Erlang client, `register_service()` / `deregister_service()`, done for the gateway:
+- consul: PUT /v1/agent/service/register {ID, Name, Address, Port, Tags, Meta, Weights, Check{HTTP, Interval,
+  Timeout}} and PUT /v1/agent/service/deregister/<id>. The registration is re-checked every `refresh_s`
+  (GET /v1/agent/service/<id>) and made again if the agent lost it.
+- etcd: a lease of `ttl_s` seconds, the key `<prefix><id>` = {"target": "host:port", "weight": ...} attached to
+  it, kept alive every ttl/3; revoking the lease on stop removes the key, and a gateway that dies without
+  deregistering disappears when the lease runs out. Other gateways discover it with `discovery: {type: etcd}`.
+
+`run_registration` is the supervised service: it registers (retrying with backoff while the registry is down),
+keeps the registration alive, and deregisters when cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from gateway.config.discovery import RegistrationSettings
+from gateway.config.schema import GatewaySettings
+from gateway.discovery.backoff import Backoff, LinkState
+from gateway.discovery.consul import ConsulClient, ConsulError
+from gateway.discovery.etcd import EtcdClient, EtcdError
+from gateway.discovery.http import TransportError
+from gateway.discovery.types import parse_host_port
+
+log = logging.getLogger("gateway.discovery.registration")
+
+_WILDCARDS = {"0.0.0.0", "::", "", "*"}
+DEREGISTER_TIMEOUT_S = 5.0
+
+
+@dataclass
+class Registration:
+    """RegistrationSettings resolved against the gateway block: what is actually sent."""
+
+    backend: str
+    endpoints: list[str]
+    service: str
+    id: str
+    host: str  # "" lets Consul use its node's address
+    port: int
+    check_url: str | None
+    check_interval: str
+    check_timeout: str
+    deregister_critical_after: str | None
+    tags: list[str]
+    meta: dict[str, str]
+    weight: int
+    prefix: str
+    ttl_s: int
+    refresh_s: float
+    token: str | None
+    timeout_s: float
+    retry_initial_s: float
+    retry_max_s: float
+    lease: int | None = field(default=None)  # etcd, while registered
+
+    @property
+    def key(self) -> str:
+        return self.prefix + self.id
+
+    @property
+    def target(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def consul_payload(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"ID": self.id, "Name": self.service, "Tags": list(self.tags),
+                                   "Address": self.host, "Port": self.port, "Meta": dict(self.meta),
+                                   "Weights": {"Passing": self.weight, "Warning": 1}}
+        if self.check_url:
+            check: dict[str, Any] = {"HTTP": self.check_url, "Interval": self.check_interval,
+                                     "Timeout": self.check_timeout}
+            if self.deregister_critical_after:
+                check["DeregisterCriticalServiceAfter"] = self.deregister_critical_after
+            payload["Check"] = check
+        return payload
+
+    def etcd_value(self) -> bytes:
+        doc: dict[str, Any] = {"target": self.target, "weight": self.weight, "id": self.id, "service": self.service}
+        if self.tags:
+            doc["tags"] = list(self.tags)
+        if self.meta:
+            doc["meta"] = dict(self.meta)
+        if self.check_url:
+            doc["check"] = self.check_url
+        return json.dumps(doc).encode()
+
+
+def _first_listen(gateway: GatewaySettings) -> str:
+    return gateway.listen if isinstance(gateway.listen, str) else gateway.listen[0]
+
+
+def resolve_registration(settings: RegistrationSettings, gateway: GatewaySettings) -> Registration:
+    """Fill in the defaults: advertise = first listen address, check = the status server's /health, id."""
+    hp = parse_host_port(settings.advertise or _first_listen(gateway))
+    if hp is None:  # the loader validated gateway.listen; a bare port is the only other shape
+        raise ValueError(f"cannot tell the address to register from {settings.advertise or gateway.listen!r}")
+    host, port = hp
+    if host in _WILDCARDS:
+        host = "" if settings.backend == "consul" else socket.gethostname()
+    check_url = settings.check
+    if check_url is None and gateway.status_listen:
+        shp = parse_host_port(gateway.status_listen)
+        if shp is not None:
+            chost = shp[0] if shp[0] not in _WILDCARDS else (host or "127.0.0.1")
+            shown = f"[{chost}]" if ":" in chost else chost
+            check_url = f"http://{shown}:{shp[1]}/health"
+    return Registration(
+        backend=settings.backend, endpoints=settings.address_list(), service=settings.service,
+        id=settings.id or f"{settings.service}-{socket.gethostname()}-{port}", host=host, port=port,
+        check_url=check_url or None, check_interval=settings.check_interval, check_timeout=settings.check_timeout,
+        deregister_critical_after=settings.deregister_critical_after, tags=list(settings.tags),
+        meta=dict(settings.meta), weight=settings.weight, prefix=settings.etcd_prefix(), ttl_s=settings.ttl_s,
+        refresh_s=settings.refresh_s, token=settings.token, timeout_s=settings.timeout_s,
+        retry_initial_s=settings.retry_initial_s, retry_max_s=settings.retry_max_s)
+
+
+def _consul(reg: Registration) -> ConsulClient:
+    return ConsulClient(reg.endpoints, reg.timeout_s, reg.token)
+
+
+def _etcd(reg: Registration) -> EtcdClient:
+    return EtcdClient(reg.endpoints, reg.timeout_s)
+
+
+async def register_service(reg: Registration, *, client: ConsulClient | EtcdClient | None = None) -> None:
+    """Register once (TransportError / ConsulError / EtcdError on failure). etcd: sets `reg.lease`."""
+    if reg.backend == "consul":
+        await (client or _consul(reg)).put("/v1/agent/service/register", reg.consul_payload())  # type: ignore[union-attr]
+        return
+    etcd = client or _etcd(reg)
+    assert isinstance(etcd, EtcdClient)
+    if reg.lease is not None:  # registering again (the key vanished): drop the old lease first
+        try:
+            await etcd.lease_revoke(reg.lease)
+        except EtcdError:
+            pass  # already expired
+        reg.lease = None
+    lease = await etcd.lease_grant(reg.ttl_s)
+    try:
+        await etcd.put(reg.key, reg.etcd_value(), lease)
+    except BaseException:
+        with trio.CancelScope(shield=True), trio.move_on_after(reg.timeout_s):
+            try:
+                await etcd.lease_revoke(lease)
+            except (TransportError, EtcdError):
+                pass
+        raise
+    reg.lease = lease
+
+
+async def deregister_service(reg: Registration, *, client: ConsulClient | EtcdClient | None = None) -> None:
+    """Remove the registration (consul: deregister; etcd: revoke the lease, which deletes the key)."""
+    if reg.backend == "consul":
+        await (client or _consul(reg)).put(f"/v1/agent/service/deregister/{reg.id}")  # type: ignore[union-attr]
+        return
+    etcd = client or _etcd(reg)
+    assert isinstance(etcd, EtcdClient)
+    if reg.lease is not None:
+        await etcd.lease_revoke(reg.lease)
+        reg.lease = None
+    else:
+        await etcd.delete(reg.key)
+
+
+async def _still_registered(reg: Registration, client: ConsulClient | EtcdClient) -> bool:
+    """consul: the agent still has our service; etcd: the lease is alive (renewed) and the key still there."""
+    if isinstance(client, ConsulClient):
+        status, _ = await client.get_json(f"/v1/agent/service/{reg.id}")
+        return status == 200
+    assert reg.lease is not None
+    if await client.lease_keepalive(reg.lease) <= 0:
+        return False
+    return await client.get(reg.key) is not None
+
+
+async def run_registration(settings: RegistrationSettings, gateway: GatewaySettings, *,
+                           task_status: trio.TaskStatus[LinkState] = trio.TASK_STATUS_IGNORED) -> None:
+    """Register, keep registered, deregister on cancellation. started(link state) after the first attempt."""
+    reg = resolve_registration(settings, gateway)
+    client: ConsulClient | EtcdClient = _consul(reg) if reg.backend == "consul" else _etcd(reg)
+    link = LinkState(f"registration: {reg.service} id {reg.id} in {reg.backend}", log)
+    link.extra.update({"backend": reg.backend, "id": reg.id, "service": reg.service, "registered": False})
+    backoff = Backoff(reg.retry_initial_s, reg.retry_max_s)
+    refresh = reg.refresh_s if reg.backend == "consul" else max(reg.ttl_s / 3, 0.5)
+    registered = False
+    started = False
+    try:
+        while True:
+            try:
+                if registered and not await _still_registered(reg, client):
+                    log.warning("registration: %s is no longer registered in %s; registering again", reg.id,
+                                reg.backend)
+                    registered = False
+                if not registered:
+                    await register_service(reg, client=client)
+                    registered = True
+                    link.extra["registered"] = True
+                    log.info("registration: registered %s (%s) in %s at %s", reg.id, reg.target, reg.backend,
+                             client.endpoint)
+                link.up(str(client.endpoint))
+                backoff.reset()
+                delay = refresh
+            except (TransportError, ConsulError, EtcdError) as e:
+                link.down(str(client.endpoint), str(e))
+                client.rotate()
+                delay = backoff.next_delay()
+            if not started:
+                started = True
+                task_status.started(link)
+            await trio.sleep(delay)
+    finally:
+        if registered:
+            with trio.CancelScope(shield=True), trio.move_on_after(min(reg.timeout_s, DEREGISTER_TIMEOUT_S)):
+                try:
+                    await deregister_service(reg, client=client)
+                    log.info("registration: deregistered %s from %s", reg.id, reg.backend)
+                except (TransportError, ConsulError, EtcdError) as e:
+                    log.error("registration: could not deregister %s: %s", reg.id, e)
+

@@ -1,0 +1,101 @@
+"""The discovery service: one source per upstream that has a `discovery:` block, all in one Trio task tree.
+
+    status = await nursery.start(run_discovery, config, on_change)
+
+`on_change(upstream, targets)` receives each upstream's full current list whenever it changes (the first call
+per upstream is its initial list). `status.check()` summarises every source for the status server.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import trio
+
+from gateway.config.discovery import DiscoverySettings
+from gateway.config.schema import Config, Upstream
+from gateway.discovery.backoff import LinkState
+from gateway.discovery.consul import run_consul
+from gateway.discovery.etcd import run_etcd
+from gateway.discovery.types import OnChange, TargetInfo, normalise, parse_host_port
+
+log = logging.getLogger("gateway.discovery")
+
+DEFAULT_TARGET_PORT = 8000  # Kong's, as in gateway.config.loader
+
+
+def config_targets(config: Config, upstream: str) -> list[TargetInfo]:
+    """The targets the config lists for an upstream (after the loader moved nested targets to config.targets)."""
+    out = []
+    for t in config.targets:
+        if t.upstream == upstream:
+            text = t.target if parse_host_port(t.target) else f"{t.target}:{DEFAULT_TARGET_PORT}"
+            hp = parse_host_port(text)
+            if hp is not None:
+                out.append(TargetInfo(hp[0], hp[1], t.weight))
+    return normalise(out)
+
+
+async def run_static(upstream: str, targets: list[TargetInfo], on_change: OnChange, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Report a fixed list once, then wait (so every source has the same shape)."""
+    on_change(upstream, normalise(list(targets)))
+    task_status.started()
+    await trio.sleep_forever()
+
+
+class DiscoveryStatus:
+    """Per-upstream source state, for the status server's `discovery` check."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, LinkState] = {}
+        self.static: dict[str, int] = {}
+
+    def check(self) -> tuple[str, dict[str, Any]]:
+        """("healthy" | "degraded" | "unhealthy", details): degraded while some registry is unreachable (the
+        gateway keeps serving the last known targets), unhealthy when every dynamic source is down."""
+        details: dict[str, Any] = {name: link.details() for name, link in self.links.items()}
+        for name, count in self.static.items():
+            details[name] = {"state": "ok", "type": "static", "targets": count}
+        down = [name for name, link in self.links.items() if link.state == "down"]
+        if not down:
+            return "healthy", details
+        return ("unhealthy" if len(down) == len(self.links) else "degraded"), details
+
+
+def discovered_upstreams(config: Config) -> list[Upstream]:
+    return [up for up in config.upstreams if up.discovery is not None]
+
+
+async def run_source(upstream: Upstream, config: Config, on_change: OnChange, *, status: DiscoveryStatus,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    settings: DiscoverySettings = upstream.discovery  # type: ignore[assignment]
+    name = upstream.name
+    if settings.type == "static":
+        targets = config_targets(config, name)
+        status.static[name] = len(targets)
+        await run_static(name, targets, on_change, task_status=task_status)
+        return
+    runner = run_etcd if settings.type == "etcd" else run_consul
+    what = (f"etcd {settings.etcd_prefix(name)}" if settings.type == "etcd"
+            else f"consul service {settings.consul_service(name)}")
+    link = LinkState(f"discovery: upstream {name} ({what})", log)
+    status.links[name] = link
+    await runner(name, settings, on_change, link=link, task_status=task_status)
+
+
+async def run_discovery(config: Config, on_change: OnChange, *,
+                        task_status: trio.TaskStatus[DiscoveryStatus] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every upstream's source until cancelled; started(status) once each source made its first attempt.
+
+    Upstreams without a `discovery:` block are not reported: their config targets are already in the runtime.
+    """
+    status = DiscoveryStatus()
+    async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as starting:  # first attempts in parallel: one slow registry delays no other
+            for up in discovered_upstreams(config):
+                starting.start_soon(nursery.start, partial(run_source, up, config, on_change, status=status))
+        task_status.started(status)
+        await trio.sleep_forever()

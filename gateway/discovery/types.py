@@ -1,0 +1,46 @@
+"""What discovery reports: an upstream's full current target list, and the callback that receives it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import msgspec
+
+_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s]+)):(?P<port>\d{1,5})$")
+
+
+class TargetInfo(msgspec.Struct, frozen=True, order=True):
+    """One target of an upstream: where it is and its balancing weight (0 = no traffic, as in Kong)."""
+
+    host: str
+    port: int
+    weight: int = 100
+
+    @property
+    def name(self) -> str:
+        """'host:port' ('[v6]:port'), the same spelling as the runtime's TargetRuntime.name."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+OnChange = Callable[[str, list[TargetInfo]], None]
+"""on_change(upstream name, full current target list): called whenever the list differs from the last one reported."""
+
+
+def parse_host_port(text: str) -> tuple[str, int] | None:
+    """'host:port' or '[v6]:port' -> (host, port); None when malformed or the port is out of range."""
+    m = _HOST_PORT.match(text.strip())
+    if not m:
+        return None
+    port = int(m.group("port"))
+    if not 0 < port < 65536:
+        return None
+    return m.group("v6") or m.group("host"), port
+
+
+def normalise(targets: list[TargetInfo]) -> list[TargetInfo]:
+    """One entry per address (the last one wins), sorted: two reports of the same set compare equal."""
+    by_addr: dict[tuple[str, int], TargetInfo] = {}
+    for t in targets:
+        by_addr[(t.host, t.port)] = t
+    return sorted(by_addr.values())

@@ -1,0 +1,184 @@
+"""The active health checker: one Trio task per target, probing at the interval its current state asks for.
+
+    checker = await nursery.start(run_checks, upstreams_from_config(config), on_change)
+    checker.update_targets("erlmcp-cluster", targets)   # from discovery's on_change
+    checker.set_health("erlmcp-cluster", "10.0.1.10:8080", False)   # from passive checks / an operator
+
+`on_change(upstream, "host:port", healthy)` is called when a target starts or stops getting traffic (its
+state machine crosses between healthy/mostly_healthy and unhealthy/mostly_unhealthy). As in Kong, a target is
+healthy until probes say otherwise; a target with weight 0 gets no traffic and is not probed. At most
+`concurrency` probes per upstream run at once; each is bounded by `timeout`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from gateway.config.schema import Config
+from gateway.discovery.service import config_targets
+from gateway.discovery.types import TargetInfo
+from gateway.health.machine import Event, State, TargetHealth
+from gateway.health.passive import HealthCallback
+from gateway.health.policy import ActivePolicy
+from gateway.health.probe import probe
+
+log = logging.getLogger("gateway.health")
+
+
+@dataclass
+class UpstreamChecks:
+    """What the checker needs about one upstream."""
+
+    name: str
+    policy: ActivePolicy
+    targets: list[TargetInfo] = field(default_factory=list)
+    host_header: str | None = None
+
+
+def upstreams_from_config(config: Config) -> list[UpstreamChecks]:
+    """Every upstream whose active checks are on (an interval > 0), with the config's targets as a start."""
+    out = []
+    for up in config.upstreams:
+        policy = ActivePolicy.from_config(up.healthchecks)
+        if policy.enabled:
+            out.append(UpstreamChecks(up.name, policy, config_targets(config, up.name), up.host_header))
+    return out
+
+
+class _Target:
+    __slots__ = ("info", "health", "scope", "wake", "last_event", "last_probe")
+
+    def __init__(self, info: TargetInfo) -> None:
+        self.info = info
+        self.health = TargetHealth()
+        self.scope = trio.CancelScope()
+        self.wake = trio.Event()
+        self.last_event: Event | None = None
+        self.last_probe: float | None = None
+
+    def poke(self) -> None:
+        self.wake.set()
+        self.wake = trio.Event()
+
+
+class _Upstream:
+    def __init__(self, spec: UpstreamChecks) -> None:
+        self.spec = spec
+        self.limiter = trio.CapacityLimiter(spec.policy.concurrency)
+        self.targets: dict[str, _Target] = {}
+
+
+class HealthChecker:
+    def __init__(self, upstreams: list[UpstreamChecks], on_change: HealthCallback) -> None:
+        self.upstreams = {u.name: _Upstream(u) for u in upstreams}
+        self.on_change = on_change
+        self._nursery: trio.Nursery | None = None
+
+    # ---- the service --------------------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[HealthChecker] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            for name, up in self.upstreams.items():
+                self._apply_targets(name, up.spec.targets)
+            task_status.started(self)
+            await trio.sleep_forever()
+
+    def update_targets(self, upstream: str, targets: list[TargetInfo]) -> None:
+        """The upstream's full current target list (discovery). New targets start healthy; gone ones are dropped."""
+        up = self.upstreams.get(upstream)
+        if up is None:
+            return  # no active checks for this upstream
+        up.spec.targets = list(targets)
+        if self._nursery is not None:
+            self._apply_targets(upstream, targets)
+
+    def set_health(self, upstream: str, target: str, healthy: bool) -> None:
+        """Another source decided (passive checks, an operator): probing continues from that state."""
+        up = self.upstreams.get(upstream)
+        t = up.targets.get(target) if up else None
+        if t is None:
+            return
+        if t.health.force(healthy) is not None:
+            t.poke()  # its interval may have changed (healthy.interval vs unhealthy.interval)
+
+    def snapshot(self) -> dict[str, dict[str, bool]]:
+        return {name: {key: t.health.healthy for key, t in up.targets.items()} for name, up in self.upstreams.items()}
+
+    def state(self, upstream: str, target: str) -> State | None:
+        up = self.upstreams.get(upstream)
+        t = up.targets.get(target) if up else None
+        return t.health.state if t else None
+
+    def check(self) -> tuple[str, dict[str, Any]]:
+        """For the status server: unhealthy when an upstream with targets has none healthy, degraded when some
+        target is down, else healthy."""
+        status = "healthy"
+        details: dict[str, Any] = {}
+        for name, up in self.upstreams.items():
+            healthy = [k for k, t in up.targets.items() if t.health.healthy]
+            down = [k for k, t in up.targets.items() if not t.health.healthy]
+            details[name] = {"healthy": len(healthy), "unhealthy": len(down), "down": sorted(down)}
+            if down:
+                status = "unhealthy" if not healthy else ("degraded" if status == "healthy" else status)
+        return status, details
+
+    # ---- per target ---------------------------------------------------------------------------------------------
+
+    def _apply_targets(self, upstream: str, targets: list[TargetInfo]) -> None:
+        up = self.upstreams[upstream]
+        wanted = {t.name: t for t in targets if t.weight > 0}
+        for key in [k for k in up.targets if k not in wanted]:
+            up.targets.pop(key).scope.cancel()
+        assert self._nursery is not None
+        for key, info in wanted.items():
+            current = up.targets.get(key)
+            if current is not None:
+                current.info = info  # re-weighted: same state
+                continue
+            t = _Target(info)
+            up.targets[key] = t
+            self._nursery.start_soon(self._run_target, up, key, t)
+
+    async def _run_target(self, up: _Upstream, key: str, t: _Target) -> None:
+        policy = up.spec.policy
+        with t.scope:
+            # Spread the first probes of many targets over a moment instead of one burst.
+            await trio.sleep(random.random() * min(0.05, policy.interval_for(True) or 0.05))
+            next_at = trio.current_time()
+            while True:
+                interval = policy.interval_for(t.health.healthy)
+                if interval <= 0:
+                    await t.wake.wait()  # nothing to do in this state until someone else changes it
+                    next_at = trio.current_time()
+                    continue
+                wake = t.wake
+                with trio.move_on_at(next_at):
+                    await wake.wait()
+                    # state changed from outside: re-plan with the interval of the new state
+                    base = t.last_probe if t.last_probe is not None else trio.current_time()
+                    next_at = base + policy.interval_for(t.health.healthy)
+                    continue
+                started = trio.current_time()
+                async with up.limiter:
+                    event = await probe(t.info.host, t.info.port, policy, up.spec.host_header)
+                t.last_probe = started
+                t.last_event = event
+                if event is not None:
+                    transition = t.health.record(event, policy.thresholds)
+                    if transition is not None and transition.changed:
+                        log.warning("upstream %s: target %s is now %s (active check: %s)", up.spec.name, key,
+                                    "healthy" if transition.new.healthy else "unhealthy", event.value)
+                        self.on_change(up.spec.name, key, transition.new.healthy)
+                next_at = started + policy.interval_for(t.health.healthy)
+
+
+async def run_checks(upstreams: list[UpstreamChecks], on_change: HealthCallback, *,
+                     task_status: trio.TaskStatus[HealthChecker] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run active checks until cancelled; task_status.started(checker) once every target's task is scheduled."""
+    await HealthChecker(upstreams, on_change).run(task_status=task_status)

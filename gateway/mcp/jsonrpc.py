@@ -1,0 +1,290 @@
+"""A bounded look into a JSON-RPC request body (sans-I/O): its method, tool name, id, and whether it is a batch.
+
+Only what routing and the 2026-07-28 header checks need is extracted. A whole body is decoded with msgspec into a
+small Struct (unknown fields skipped in C); a body cut at the peek limit is scanned as a prefix: members of the
+top-level object and of `params` are walked, any other value is skipped without being decoded (strings in C), so
+`method` and `params.name` are found as long as they appear within the bytes read.
+
+The header check follows the spec (SEP-2243; error -32020 HeaderMismatch, HTTP 400): `Mcp-Method` must equal the
+body's `method`; for tools/call and prompts/get `Mcp-Name` must equal `params.name`, for resources/read (and
+subscribe/unsubscribe) `params.uri`; `MCP-Protocol-Version` must equal `params._meta`'s protocol version when the
+body carries one. Mcp-Name values may use the `=?base64?...?=` sentinel for values that are not plain ASCII.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from json.decoder import scanstring
+from typing import Any
+
+import msgspec
+
+HEADER_MISMATCH = -32020
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+SESSION_NOT_FOUND = -32001
+
+# Method -> the params member mirrored in Mcp-Name.
+NAME_BEARING = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri",
+                "resources/subscribe": "uri", "resources/unsubscribe": "uri"}
+PROTOCOL_VERSION_META = "io.modelcontextprotocol/protocolVersion"
+
+
+class RpcInfo:
+    """What a peek found. `method`/`name`/`version` are None when absent, not strings, or beyond the bytes read."""
+
+    __slots__ = ("method", "name", "version", "id", "batch", "valid")
+
+    def __init__(self, method: str | None = None, name: str | None = None, version: str | None = None,
+                 id: Any = None, batch: bool = False, valid: bool = True) -> None:  # noqa: A002 - JSON-RPC's name
+        self.method = method
+        self.name = name  # params.name or params.uri, whichever the method mirrors in Mcp-Name
+        self.version = version  # params._meta["io.modelcontextprotocol/protocolVersion"]
+        self.id = id
+        self.batch = batch
+        self.valid = valid  # False: not JSON (as far as it was read)
+
+    @property
+    def tool(self) -> str | None:
+        return self.name if self.method == "tools/call" else None
+
+    def __repr__(self) -> str:
+        return (f"RpcInfo(method={self.method!r}, name={self.name!r}, version={self.version!r}, id={self.id!r}, "
+                f"batch={self.batch}, valid={self.valid})")
+
+
+NOT_JSON = RpcInfo(valid=False)
+BATCH = RpcInfo(batch=True)
+
+
+class _Params(msgspec.Struct):
+    name: Any = None
+    uri: Any = None
+    meta: Any = msgspec.field(default=None, name="_meta")
+
+
+class _Request(msgspec.Struct):
+    method: Any = None
+    id: Any = None
+    params: _Params | list[msgspec.Raw] | None = None
+
+
+_decoder = msgspec.json.Decoder(_Request | list[msgspec.Raw])
+
+
+def peek(body: bytes, complete: bool) -> RpcInfo:
+    """Inspect `body`: the whole request body when `complete`, else its first bytes."""
+    if complete:
+        try:
+            msg = _decoder.decode(body)
+        except msgspec.DecodeError:
+            pass  # invalid JSON, or a shape the Struct does not take: the scanner decides
+        else:
+            if isinstance(msg, list):
+                return BATCH
+            return _info(msg.method, msg.id, msg.params)
+    return _scan(body, complete)
+
+
+def _info(method: Any, rpc_id: Any, params: Any) -> RpcInfo:
+    method = method if isinstance(method, str) else None
+    name = version = None
+    if isinstance(params, _Params):
+        key = NAME_BEARING.get(method) if method else None
+        value = (params.name if key == "name" else params.uri) if key else None
+        name = value if isinstance(value, str) else None
+        meta = params.meta
+        if isinstance(meta, dict):
+            v = meta.get(PROTOCOL_VERSION_META)
+            version = v if isinstance(v, str) else None
+    if not isinstance(rpc_id, (str, int)) or isinstance(rpc_id, bool):
+        rpc_id = None
+    return RpcInfo(method, name, version, rpc_id)
+
+
+# --- prefix scanner ---------------------------------------------------------------------------------------------
+
+_WS = re.compile(r"[ \t\n\r]*")
+_NESTED = re.compile(r'["{}\[\]]')
+_SCALAR_END = re.compile(r"[,}\]\s]")
+
+
+class _End(Exception):
+    """The text ended (or broke) before the value did."""
+
+
+def _scan(body: bytes, complete: bool) -> RpcInfo:
+    text = body.decode("utf-8", errors="ignore" if not complete else "replace")
+    i = _WS.match(text).end()  # type: ignore[union-attr]
+    if i >= len(text):
+        return NOT_JSON
+    if text[i] == "[":
+        return BATCH
+    if text[i] != "{":
+        return NOT_JSON
+    found: dict[str, Any] = {}
+    try:
+        _object(text, i, _top_member, found)
+    except _End:
+        if complete:
+            return NOT_JSON
+    except ValueError:
+        return NOT_JSON
+    params = _Params(found.get("name"), found.get("uri"), found.get("meta"))
+    return _info(found.get("method"), found.get("id"), params)
+
+
+def _object(s: str, i: int, member, found: dict[str, Any]) -> int:  # noqa: ANN001 - member: a callback
+    """Walk the object starting at s[i] == '{'; `member(key, s, j, found)` consumes each value, returns its end."""
+    i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+    if i >= len(s):
+        raise _End
+    if s[i] == "}":
+        return i + 1
+    while True:
+        if i >= len(s):
+            raise _End
+        if s[i] != '"':
+            raise ValueError("expected a member name")
+        key, i = _string(s, i)
+        i = _WS.match(s, i).end()  # type: ignore[union-attr]
+        if i >= len(s):
+            raise _End
+        if s[i] != ":":
+            raise ValueError("expected ':'")
+        i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+        i = member(key, s, i, found)
+        i = _WS.match(s, i).end()  # type: ignore[union-attr]
+        if i >= len(s):
+            raise _End
+        if s[i] == "}":
+            return i + 1
+        if s[i] != ",":
+            raise ValueError("expected ',' or '}'")
+        i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
+
+
+def _top_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
+    if key == "method" and i < len(s) and s[i] == '"':
+        found["method"], i = _string(s, i)
+        return i
+    if key == "params" and i < len(s) and s[i] == "{":
+        return _object(s, i, _params_member, found)
+    if key == "id":
+        end = _skip(s, i)
+        try:
+            found["id"] = json.loads(s[i:end])
+        except ValueError:
+            pass
+        return end
+    return _skip(s, i)
+
+
+def _params_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
+    if key in ("name", "uri") and i < len(s) and s[i] == '"':
+        found[key], i = _string(s, i)
+        return i
+    if key == "_meta" and i < len(s) and s[i] == "{":
+        meta: dict[str, Any] = {}
+        found["meta"] = meta
+        return _object(s, i, _meta_member, meta)
+    return _skip(s, i)
+
+
+def _meta_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
+    if key == PROTOCOL_VERSION_META and i < len(s) and s[i] == '"':
+        found[key], i = _string(s, i)
+        return i
+    return _skip(s, i)
+
+
+def _string(s: str, i: int) -> tuple[str, int]:
+    try:
+        return scanstring(s, i + 1)
+    except ValueError:
+        raise _End from None  # unterminated (cut by the peek limit) or a bad escape
+
+
+def _skip(s: str, i: int) -> int:
+    """The end of the JSON value starting at s[i], without decoding it."""
+    if i >= len(s):
+        raise _End
+    c = s[i]
+    if c == '"':
+        return _string(s, i)[1]
+    if c in "{[":
+        depth = 0
+        while True:
+            m = _NESTED.search(s, i)
+            if m is None:
+                raise _End
+            i = m.start()
+            ch = s[i]
+            if ch == '"':
+                i = _string(s, i)[1]
+                continue
+            depth += 1 if ch in "{[" else -1
+            i += 1
+            if depth == 0:
+                return i
+    m = _SCALAR_END.search(s, i)
+    if m is None:
+        raise _End
+    if m.start() == i:
+        raise ValueError("expected a value")
+    return m.start()
+
+
+# --- the header check -------------------------------------------------------------------------------------------
+
+_B64_SENTINEL = re.compile(rb"^=\?base64\?(.*)\?=$")
+
+
+def decode_header_value(value: bytes) -> str | None:
+    """An Mcp-Name value as text: verbatim, or decoded from the `=?base64?...?=` sentinel (None if malformed)."""
+    m = _B64_SENTINEL.match(value)
+    if m is None:
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    payload = m.group(1)
+    try:
+        raw = base64.b64decode(payload, validate=True)
+        if base64.b64encode(raw) != payload:
+            return None
+        return raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, version: bytes | None) -> str | None:
+    """Why the Mcp-Method / Mcp-Name / MCP-Protocol-Version headers disagree with the body, or None if they agree.
+
+    `method`/`name` are the header values (None: absent); a present header must be confirmed by the body.
+    """
+    if info.batch:
+        return "Mcp-Method header on a JSON-RPC batch (the 2026-07-28 revision has no batches)"
+    if info.method is None:
+        return "the body has no JSON-RPC method to confirm the Mcp-Method header (within the bytes the gateway reads)"
+    if method is not None and method.decode("latin-1") != info.method:
+        return f"Mcp-Method header does not match the body's method {info.method!r}"
+    key = NAME_BEARING.get(info.method)
+    if name is not None or (key is not None and info.name is not None and method is not None):
+        if key is None:
+            return f"Mcp-Name header on a request whose method {info.method!r} names nothing"
+        if name is None:
+            return f"Mcp-Name header missing, the body's {key!r} is {info.name!r}"
+        if info.name is None or decode_header_value(name) != info.name:
+            return f"Mcp-Name header does not match the body's {key!r} parameter"
+    if version is not None and info.version is not None and version.decode("latin-1") != info.version:
+        return "MCP-Protocol-Version header does not match the protocol version in the body's params._meta"
+    return None
+
+
+def error_body(code: int, message: str, rpc_id: Any = None) -> bytes:
+    """A JSON-RPC error response body (id null when the request's id is unknown)."""
+    return msgspec.json.encode({"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": message}})

@@ -1,0 +1,110 @@
+"""Gateway session ids (sans-I/O): the upstream's `Mcp-Session-Id` and its target, sealed with an HMAC.
+
+The gateway hands the client its own session id instead of the upstream's. The id carries the target that created
+the session ("host:port") and the upstream's own id, authenticated with HMAC-SHA256, so any worker process, and the
+gateway after a restart, can route a request to its session's target without a shared store.
+
+    <key id> "." base64url( version(1) | len(target)(1) | target | upstream id | mac(16) )
+
+- The key id names the key that signed; verification uses that key. The first configured key signs, every key
+  verifies, so a key is rotated by putting a new one first and keeping the old one until its sessions are gone.
+- The mac is HMAC-SHA256(key, "mcp-gw-session\\0" | key id | "\\0" | payload) truncated to 128 bits.
+- Every character is visible ASCII (the spec's rule for session ids); ids are at most MAX_ID bytes.
+- The upstream id is authenticated, not hidden: the client could have seen it anyway without the gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+
+VERSION = 1
+MAC_BYTES = 16
+MAX_ID = 1024  # longer incoming ids are refused without decoding
+MAX_UPSTREAM_ID = 512
+MIN_SECRET_BYTES = 16
+_DOMAIN = b"mcp-gw-session\x00"
+_KEY_ID = re.compile(rb"^[A-Za-z0-9_-]{1,32}$")
+
+
+class SessionCodec:
+    """Seals and opens gateway session ids with a list of (key id, secret); the first key signs."""
+
+    __slots__ = ("_signer", "_keys")
+
+    def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
+        if not keys:
+            raise ValueError("at least one session key is needed")
+        table: dict[bytes, bytes] = {}
+        for kid, secret in keys:
+            kid_b = kid.encode()
+            if not _KEY_ID.match(kid_b):
+                raise ValueError(f"session key id {kid!r}: use 1-32 of A-Z a-z 0-9 _ -")
+            if len(secret) < MIN_SECRET_BYTES:
+                raise ValueError(f"session key {kid!r}: the secret must be at least {MIN_SECRET_BYTES} bytes")
+            if kid_b in table:
+                raise ValueError(f"session key id {kid!r} is used twice")
+            table[kid_b] = secret
+        self._keys = table
+        first = keys[0][0].encode()
+        self._signer = (first, table[first])
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [k.decode() for k in self._keys]
+
+    def encode(self, target: str, upstream_id: bytes) -> bytes:
+        """The gateway's id for the session `upstream_id` created by `target` ("host:port")."""
+        t = target.encode()
+        if not 0 < len(t) < 256:
+            raise ValueError("target name must be 1-255 bytes")
+        if len(upstream_id) > MAX_UPSTREAM_ID:
+            raise ValueError(f"upstream session id longer than {MAX_UPSTREAM_ID} bytes")
+        kid, secret = self._signer
+        payload = bytes((VERSION, len(t))) + t + upstream_id
+        mac = _mac(secret, kid, payload)
+        return kid + b"." + base64.urlsafe_b64encode(payload + mac).rstrip(b"=")
+
+    def decode(self, session_id: bytes) -> tuple[str, bytes] | None:
+        """(target, upstream id) of a gateway session id, or None when it is malformed, forged or signed by a key
+        that is no longer configured."""
+        if len(session_id) > MAX_ID:
+            return None
+        kid, dot, body = session_id.partition(b".")
+        if not dot:
+            return None
+        secret = self._keys.get(kid)
+        if secret is None:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) < 2 + MAC_BYTES or base64.urlsafe_b64encode(raw).rstrip(b"=") != body:
+            return None  # too short, or not the one canonical spelling (so no two ids name one session)
+        payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
+        if not hmac.compare_digest(mac, _mac(secret, kid, payload)):
+            return None
+        if payload[0] != VERSION:
+            return None
+        tlen = payload[1]
+        if tlen == 0 or len(payload) < 2 + tlen:
+            return None
+        try:
+            target = payload[2:2 + tlen].decode()
+        except UnicodeDecodeError:
+            return None
+        return target, payload[2 + tlen:]
+
+
+def _mac(secret: bytes, kid: bytes, payload: bytes) -> bytes:
+    return hmac.new(secret, _DOMAIN + kid + b"\x00" + payload, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def valid_header_value(value: bytes) -> bool:
+    """An upstream session id we can carry: visible ASCII only (0x21-0x7E), as the spec requires."""
+    return 0 < len(value) <= MAX_UPSTREAM_ID and all(0x21 <= b <= 0x7E for b in value)

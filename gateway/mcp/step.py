@@ -1,0 +1,269 @@
+"""The MCP step of the request pipeline, run only for MCP routes (route `mcp: true`, `mcp_methods`, `mcp_tools`).
+
+    route ─▶ policies ─▶ MCP step ─▶ forward (pinned target or balancer) ─▶ relay (session id sealed)
+
+The step, in order: the Origin check (403), the 2026-07-28 header check (Mcp-Method / Mcp-Name against the body,
+400 with JSON-RPC error -32020), and session affinity: a gateway session id is opened (see sessions.py) into the
+upstream's id and the target that created it, which the forwarder uses instead of the balancer's pick and never
+retries elsewhere. An id that does not open (forged, tampered, signed by a key no longer configured), or whose target
+is not in the route's upstream (any more), or whose target cannot be reached, gets 404 with a JSON-RPC error, the
+spec's signal for the client to initialise a new session. On the way back, an `Mcp-Session-Id` from the upstream
+(the answer to `initialize`) is sealed into a gateway id.
+
+Bodies are read only when needed (routing on method/tool, or a request with Mcp-Method/Mcp-Name headers), and then
+at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from gateway.config.mcp import McpSettings
+from gateway.http.codec import Headers
+from gateway.http.server import Exchange
+from gateway.mcp import jsonrpc
+from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
+from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
+from gateway.mcp.sessions import SessionCodec, valid_header_value
+
+log = logging.getLogger("gateway.mcp")
+
+SESSION_NOT_FOUND = jsonrpc.error_body(jsonrpc.SESSION_NOT_FOUND, "Session not found")
+ORIGIN_FORBIDDEN = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Origin not allowed")
+BODY_TIMEOUT = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "request body not received in time")
+
+
+class McpShared:
+    """The gateway-wide MCP settings of one config load: keys (the codec), Origin policy, peek bound."""
+
+    def __init__(self, settings: McpSettings, pid_file: str, body_timeout: float, errors: list[str]) -> None:
+        self.peek_bytes = settings.peek_bytes
+        self.body_timeout = body_timeout
+        self.key_file = settings.session_key_file or default_key_file(pid_file)
+        self._codec: SessionCodec | None = None
+        keys: list[tuple[str, bytes]] = []
+        for i, key in enumerate(settings.session_keys):
+            try:
+                keys.append((key.id, resolve_secret(key.secret)))
+            except ValueError as e:
+                errors.append(f"gateway.mcp.session_keys[{i}].secret: {e}")
+        if keys and len(keys) == len(settings.session_keys):
+            try:
+                self._codec = SessionCodec(keys)
+            except ValueError as e:
+                errors.append(f"gateway.mcp.session_keys: {e}")
+        origin = settings.origin
+        for i, entry in enumerate(origin.allow):
+            if (why := check_entry(entry)) is not None:
+                errors.append(f"gateway.mcp.origin.allow[{i}]: {why}")
+        if origin.upstream != PASS and not origin.allow:
+            errors.append(f"gateway.mcp.origin.upstream is {origin.upstream}: it hides the client's Origin from the "
+                          'upstream, so set gateway.mcp.origin.allow (["*"] accepts any origin)')
+        self.origin = OriginPolicy(origin.allow, origin.upstream)
+
+    @property
+    def codec(self) -> SessionCodec:
+        """The session-id codec; with no configured keys, the key file is read (or created) on first use."""
+        codec = self._codec
+        if codec is None:
+            codec = self._codec = SessionCodec([file_or_random_key(self.key_file)])
+        return codec
+
+
+class McpRequest:
+    """What the MCP step learnt about one request, for the forwarder: body bytes already read, the pinned target."""
+
+    __slots__ = ("body", "body_done", "info", "peeked", "route", "pinned", "upstream_sid", "origin_mode")
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
+        self.body_done = False
+        self.info: jsonrpc.RpcInfo | None = None
+        self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
+        self.route: McpRoute | None = None  # None when the request was peeked for routing but is not on an MCP route
+        self.pinned: int | None = None  # target index in the route's upstream
+        self.upstream_sid: bytes | None = None
+        self.origin_mode = PASS
+
+    def take_body(self, ex: Exchange) -> tuple[bytes, bool]:
+        if self.body is None:
+            return ex.take_buffered_body()
+        body, self.body = self.body, b""
+        return body, self.body_done
+
+    def upstream_headers(self, headers: Headers) -> Headers:
+        """Restore the upstream's session id; drop the client's Origin when the policy strips or rewrites it."""
+        sid = self.upstream_sid
+        drop_origin = self.origin_mode != PASS
+        if sid is None and not drop_origin:
+            return headers
+        out: Headers = []
+        for hv in headers:
+            name = hv[0]
+            if name == b"mcp-session-id":
+                if sid is not None:
+                    out.append((name, sid))
+                continue
+            if name == b"origin" and drop_origin:
+                continue
+            out.append(hv)
+        return out
+
+    @property
+    def rewrite_origin(self) -> bool:
+        return self.origin_mode == REWRITE
+
+    def client_headers(self, headers: Headers, target_name: str) -> None:
+        """Seal an upstream `Mcp-Session-Id` (in place) into the gateway's id naming `target_name`."""
+        route = self.route
+        if route is None:
+            return
+        for i, (name, value) in enumerate(headers):
+            if name == b"mcp-session-id":
+                if not valid_header_value(value):
+                    log.warning("upstream %s sent an unusable Mcp-Session-Id (%d bytes): passed on unsealed",
+                                target_name, len(value))
+                    continue
+                headers[i] = (name, route.shared.codec.encode(target_name, value))
+
+
+class McpRoute:
+    """The MCP side of one route: its method/tool match (used by the router) and the inbound step."""
+
+    __slots__ = ("shared", "methods", "tools", "_group", "_index", "_index_of")
+
+    def __init__(self, shared: McpShared, group: Any, methods: Sequence[str] = (), tools: Sequence[str] = ()) -> None:
+        self.shared = shared
+        self.methods = frozenset(methods)
+        self.tools = frozenset(tools)
+        self._group = group  # an UpstreamGroup: .targets, each with .name
+        self._index: dict[str, int] = {}
+        self._index_of: object = None
+
+    def target_index(self, name: str) -> int | None:
+        targets = self._group.targets
+        if self._index_of is not targets or len(self._index) != len(targets):
+            self._index = {t.name: i for i, t in enumerate(targets)}
+            self._index_of = targets
+        return self._index.get(name)
+
+    async def inbound(self, ex: Exchange, mcp: McpRequest | None) -> McpRequest | None:
+        """Check the request and find its pinned target; None when it has been answered here (403/400/404)."""
+        req = ex.request
+        origin = sid = h_method = h_name = h_version = None
+        for name, value in req.headers:
+            if name[:4] == b"mcp-":
+                if name == b"mcp-session-id":
+                    sid = value
+                elif name == b"mcp-method":
+                    h_method = value
+                elif name == b"mcp-name":
+                    h_name = value
+                elif name == b"mcp-protocol-version":
+                    h_version = value
+            elif name == b"origin":
+                origin = value
+        shared = self.shared
+        if mcp is None:
+            mcp = McpRequest()
+        mcp.route = self
+        if origin is not None:
+            if not shared.origin.allowed(origin):
+                await ex.respond(403, ORIGIN_FORBIDDEN)
+                return None
+            mcp.origin_mode = shared.origin.upstream
+        if (h_method is not None or h_name is not None) and req.method == b"POST":
+            if not await read_peek(ex, mcp, shared):
+                return None
+            why = jsonrpc.header_mismatch(mcp.info, h_method, h_name, h_version)  # type: ignore[arg-type]
+            if why is not None:
+                rpc_id = mcp.info.id if mcp.info is not None else None
+                await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, rpc_id))
+                return None
+        if sid is not None:
+            opened = shared.codec.decode(sid)
+            if opened is None:
+                log.info("MCP session id refused (not issued by this gateway's keys, or altered)")
+                await session_not_found(ex)
+                return None
+            target, upstream_sid = opened
+            index = self.target_index(target)
+            if index is None:
+                log.info("MCP session of target %s refused: not a target of this route's upstream", target)
+                await session_not_found(ex)
+                return None
+            mcp.pinned = index
+            mcp.upstream_sid = upstream_sid
+        return mcp
+
+
+async def session_not_found(ex: Exchange) -> None:
+    """404 with a JSON-RPC error: the spec's answer to an unknown session; the client initialises a new one."""
+    await ex.respond(404, SESSION_NOT_FOUND)
+
+
+async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None:
+    """Read (at most peek_bytes of) the body to find the method and tool a route may match; None if answered."""
+    mcp = McpRequest()
+    req = ex.request
+    h_method = h_name = None
+    for name, value in req.headers:
+        if name == b"mcp-method":
+            h_method = value
+        elif name == b"mcp-name":
+            h_name = value
+    if h_method is not None:
+        # 2026-07-28: the headers say it (the MCP step checks them against the body before forwarding).
+        method = h_method.decode("latin-1")
+        name = jsonrpc.decode_header_value(h_name) if h_name is not None else None
+        mcp.info = jsonrpc.RpcInfo(method, name)  # not from the body: the step reads it to check the headers
+        return mcp
+    if req.method != b"POST":
+        mcp.info = jsonrpc.NOT_JSON
+        return mcp
+    if not await read_peek(ex, mcp, shared):
+        return None
+    return mcp
+
+
+def routing_key(mcp: McpRequest) -> tuple[str | None, str | None]:
+    """(method, tool name) for the router."""
+    info = mcp.info
+    if info is None:
+        return None, None
+    return info.method, info.tool
+
+
+async def read_peek(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
+    """Read the body up to peek_bytes (it stays in `mcp` for the forwarder) and inspect it; False if answered."""
+    if mcp.peeked:
+        return True
+    limit = shared.peek_bytes
+    body, done = ex.take_buffered_body() if mcp.body is None else (mcp.body, mcp.body_done)
+    if not done and len(body) < limit:
+        parts = [body]
+        size = len(body)
+        with trio.move_on_after(shared.body_timeout) as scope:
+            while size < limit:
+                chunk = await ex.receive_body()
+                if chunk is None:
+                    done = True
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        if scope.cancelled_caught:
+            ex.close_after = True
+            await ex.respond(408, BODY_TIMEOUT)
+            return False
+        body = b"".join(parts)
+    mcp.body, mcp.body_done = body, done
+    mcp.peeked = True
+    if done and len(body) <= limit:
+        mcp.info = jsonrpc.peek(body, True)
+    else:
+        mcp.info = jsonrpc.peek(body[:limit], False)
+    return True

@@ -1,0 +1,244 @@
+"""The state keeper process (`gateway keeper`): owner of the bus and of the state all workers share.
+
+It holds the authoritative rate-limit ledgers, one circuit breaker per target, and the operators' target
+overrides (drained, weight). Workers never wait on it in the common case: they hold token leases and the last
+published breaker and target states, and fall back to local shares while it is away (it is restarted by the root
+supervisor; a new incarnation id tells workers to resynchronise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import trio
+import zmq
+
+from gateway.breaker.keeper import BreakerBoard
+from gateway.bus import protocol as p
+from gateway.bus.zmq_trio import PumpedSocket
+from gateway.config import Config, load_config
+from gateway.ratelimit.ledger import Ledger
+from gateway.runtime import compile_config
+
+log = logging.getLogger("gateway.keeper")
+
+HEARTBEAT_S = 0.1  # workers declare the keeper lost after KEEPER_LOST_S without one (gateway/state/client.py)
+TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often
+
+
+class Keeper:
+    """The keeper's state and message handling, independent of the sockets (tested directly)."""
+
+    def __init__(self, config: Config, workers: int, config_path: str | None = None) -> None:
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.workers = workers
+        self.config_path = config_path
+        self.ledger = Ledger(workers=workers)
+        self.breakers = BreakerBoard({})
+        self.targets: dict[str, p.TargetState] = {}
+        self.seen_workers: set[bytes] = set()
+        self.seq = 0
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """(Re)build breakers and targets from a config; states of targets that stay are kept."""
+        runtime = compile_config(config)
+        old = self.breakers
+        self.breakers = BreakerBoard(runtime.breakers)
+        self.breakers.adopt(old)
+        self.targets = {key: self.targets.get(key) or p.TargetState(key)
+                        for group in runtime.all_groups() for key in group.keys}
+
+    # Each handler returns (replies to the sender, broadcasts to all).
+
+    def handle(self, sender: bytes, msg: p.Msg, now: float, wall: float) -> tuple[list[p.Msg], list[p.Msg]]:
+        if isinstance(msg, p.AskLeases):
+            self.seen_workers.add(sender)
+            grants = [self.ledger.grant_request(r, now, wall) for r in msg.requests]
+            return [p.Grants(grants=grants)], []
+        if isinstance(msg, p.Outcomes):
+            updates, permits = self.breakers.record(msg.items, now)
+            return [p.ProbePermit(target=t) for t in permits], ([p.BreakersChanged(updates=updates)] if updates else [])
+        if isinstance(msg, p.GiveBack):
+            for r in msg.returned:
+                self.ledger.return_unused(r)
+            for f in msg.fallback:
+                self.ledger.report_fallback(f, now)
+            return [], []
+        if isinstance(msg, p.Hello):
+            self.seen_workers.add(sender)
+            return [self.snapshot()], []
+        if isinstance(msg, p.AdminOp):
+            try:
+                result, broadcasts = self.admin(msg.cmd, msg.args, now, wall)
+            except (KeyError, ValueError) as e:
+                return [p.AdminResult(id=msg.id, ok=False, error=str(e).strip("'\""))], []
+            return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
+        return [], []
+
+    def snapshot(self) -> p.Snapshot:
+        return p.Snapshot(incarnation=self.incarnation, breakers=self.breakers.states(),
+                          targets=list(self.targets.values()))
+
+    def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
+        """Breaker timers: open -> half-open, with probe permits spread over the workers."""
+        updates, permits = self.breakers.tick(now)
+        workers = sorted(self.seen_workers)
+        direct = [(workers[i % len(workers)], p.ProbePermit(target=t)) for i, t in enumerate(permits) if workers]
+        return direct, ([p.BreakersChanged(updates=updates)] if updates else [])
+
+    def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
+        """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight]."""
+        action = args.get("action", "list")
+        if cmd == "breakers":
+            if action == "list":
+                return self.breakers.describe(now), []
+            target = _need(args, "target")
+            if action == "reset":
+                update = self.breakers.reset(target)
+            elif action == "open":
+                update = self.breakers.force_open(target, now)
+            else:
+                _bad(cmd, action)
+            return self.breakers.describe(now, target), [p.BreakersChanged(updates=[update])]
+        if cmd == "limits":
+            if action in ("list", "show") and "key" not in args:
+                return {"keys": self.ledger.keys()}, []
+            if action in ("list", "show"):
+                key = args["key"]
+                if key not in self.ledger.keys():
+                    raise KeyError(f"no rate-limit state for key {key!r}; `limits` lists the keys")
+                return {"key": key, "usage": self.ledger.usage(key, now, wall)}, []
+            if action == "reset":
+                return {"reset": self.ledger.reset(_need(args, "key"))}, []
+            _bad(cmd, action)
+        if cmd == "targets":
+            if action == "list":
+                return [{"key": t.key, "drained": t.drained, "weight": t.weight} for t in self.targets.values()], []
+            key = _need(args, "target")
+            if key not in self.targets:
+                raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")
+            state = self.targets[key]
+            if action == "drain":
+                state.drained = True
+            elif action == "enable":
+                state.drained = False
+            elif action == "weight":
+                weight = int(_need(args, "weight"))
+                if not 0 <= weight <= 65535:
+                    raise ValueError("weight must be 0..65535")
+                state.weight = weight
+            else:
+                _bad(cmd, action)
+            return {"key": state.key, "drained": state.drained, "weight": state.weight}, \
+                [p.TargetsChanged(targets=[state])]
+        if cmd == "reload_config":
+            if self.config_path is None:
+                raise ValueError("this keeper was started without a config path")
+            self.configure(load_config(self.config_path))
+            return {"incarnation": self.incarnation}, [self.snapshot()]
+        raise ValueError(f"unknown command {cmd!r} for the state keeper")
+
+
+def _need(args: dict[str, Any], name: str) -> Any:
+    if name not in args:
+        raise ValueError(f"missing argument {name}=...")
+    return args[name]
+
+
+def _bad(cmd: str, action: str) -> Any:
+    raise ValueError(f"unknown action {action!r} for {cmd}")
+
+
+async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None) -> None:
+    """Bind the bus sockets and serve until SIGTERM."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    pub = ctx.socket(zmq.PUB)
+    for sock in (router, pub):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    old = os.umask(0o177)
+    try:
+        for sock, endpoint in ((router, bus), (pub, p.pub_endpoint(bus))):
+            if endpoint.startswith("ipc://"):
+                path = endpoint[len("ipc://"):]
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                if os.path.exists(path):
+                    os.unlink(path)
+            sock.bind(endpoint)
+    finally:
+        os.umask(old)
+
+    def publish(msg: p.Msg) -> None:
+        pub.send(p.encode(msg), zmq.NOBLOCK)
+
+    def on_message(frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return
+        sender, frame = frames
+        try:
+            msg = p.decode(frame)
+        except p.BadMessage as e:
+            log.warning("dropped a message from a worker: %s", e)
+            return
+        replies, broadcasts = keeper.handle(sender, msg, trio.current_time(), time.time())
+        for reply in replies:
+            routed.send([sender, p.encode(reply)])
+        for b in broadcasts:
+            publish(b)
+
+    routed = PumpedSocket(router, on_message)
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(routed.run)
+                nursery.start_soon(_heartbeats, keeper, publish)
+                nursery.start_soon(_ticks, keeper, routed, publish)
+                publish(keeper.snapshot())
+                log.info("state keeper %s serving the bus on %s", keeper.incarnation, bus)
+                if ready is not None:
+                    ready()
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+    finally:
+        routed.close()
+        pub.close(linger=0)
+        ctx.term()
+
+
+async def _heartbeats(keeper: Keeper, publish: Any) -> None:
+    while True:
+        keeper.seq += 1
+        publish(p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
+        await trio.sleep(HEARTBEAT_S)
+
+
+async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any) -> None:
+    while True:
+        await trio.sleep(TICK_S)
+        direct, broadcasts = keeper.tick(trio.current_time())
+        for worker, msg in direct:
+            routed.send([worker, p.encode(msg)])
+        for b in broadcasts:
+            publish(b)
+
+
+def run_keeper(config_path: str, workers: int) -> int:
+    """`gateway keeper`: the process the root supervises."""
+    from gateway.node.paths import absolute_endpoint
+    from gateway.worker import die_with_parent
+    from supervisor import notify_ready
+
+    die_with_parent()
+    config = load_config(config_path)
+    keeper = Keeper(config, workers, config_path)
+    trio.run(lambda: serve_keeper(keeper, absolute_endpoint(config.gateway.bus), notify_ready))
+    return 0

@@ -1,0 +1,78 @@
+"""Kong's rate-limiting, cluster-exact: tokens come from leases the worker holds (gateway.ratelimit), never from
+a round trip per request. Over the limit: 429 (error_code) with Retry-After and a JSON body."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import trio
+
+from gateway.http.server import Exchange
+from gateway.policies.rate_limiting.schema import RateLimitingConfig
+from gateway.ratelimit.headers import rate_limit_headers
+from gateway.ratelimit.lease import Status
+from gateway.ratelimit.spec import LimitSpec
+
+GRANT_WAIT_S = 0.02  # the most a request waits for a lease when this worker has no token left
+
+
+class RateLimiting:
+    name = "rate-limiting"
+    priority = 910  # Kong's
+
+    def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object) -> None:
+        self.spec = LimitSpec.from_plugin(config)
+        self.shared = shared
+        self.prefix = plugin_id + "|"
+        self.limit_by = config.limit_by
+        self.header = (config.header_name or "").lower().encode()
+        self.path = config.path or ""
+        self.hide = config.hide_client_headers
+        self.error_code = config.error_code
+        self.body = json.dumps({"error": config.error_message}).encode()
+
+    def key(self, ex: Exchange) -> str:
+        """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP."""
+        by = self.limit_by
+        if by == "service":
+            return self.prefix + "service"
+        if by == "path":
+            return self.prefix + self.path
+        if by == "header" or by == "mcp-method" or by == "mcp-tool":
+            name = self.header if by == "header" else (b"mcp-method" if by == "mcp-method" else b"mcp-name")
+            for hname, value in ex.request.headers:
+                if hname == name:
+                    return self.prefix + value.decode("latin-1")
+            mcp = ex.state.get("mcp") if ex.state else None  # the JSON-RPC method/tool read from the body
+            if mcp is not None and by != "header":
+                value = mcp[0] if by == "mcp-method" else mcp[1]
+                if value:
+                    return self.prefix + value
+        return self.prefix + ex.client_ip
+
+    async def access(self, ex: Exchange) -> bool:
+        shared = self.shared
+        if shared is None:
+            return False
+        key = self.key(ex)
+        leases = shared.leases  # type: ignore[attr-defined]
+        decision = leases.take(key, self.spec, trio.current_time(), time.time())
+        if decision.status == Status.WAIT:
+            await shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
+            decision = leases.take(key, self.spec, trio.current_time(), time.time(), waited=True)
+        if decision.status == Status.ADMIT:
+            if decision.delay:
+                await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject
+            if not self.hide:
+                ex.add_response_headers(rate_limit_headers(decision))
+            return False
+        if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
+            await ex.respond_error(500, "rate limiting is unavailable (fault_tolerant is off)")
+            return True
+        extra = [] if self.hide else rate_limit_headers(decision)
+        if self.hide:
+            extra.append((b"Retry-After", b"%d" % decision.retry_after))
+        ex.close_after = not ex.request_done
+        await ex.respond(self.error_code, self.body, extra=extra)
+        return True

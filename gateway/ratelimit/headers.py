@@ -1,0 +1,37 @@
+"""Kong's rate-limiting response headers for a Decision, built when the response is written (off the take path)."""
+
+from __future__ import annotations
+
+from math import ceil
+
+from gateway.ratelimit.lease import Decision
+from gateway.ratelimit.windows import PERIODS, window_bounds
+
+_LIMIT = {period: f"X-RateLimit-Limit-{period.capitalize()}".encode() for period in PERIODS}
+_REMAINING = {period: f"X-RateLimit-Remaining-{period.capitalize()}".encode() for period in PERIODS}
+
+
+def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """Headers for an admitted or denied request, as Kong sends them.
+
+    X-RateLimit-Limit-<Period> and X-RateLimit-Remaining-<Period> for every window; RateLimit-Limit, -Remaining and
+    -Reset (seconds to the window's end, at least 1) for the tightest window: fewest remaining, the longer one on a
+    tie (windows are in PERIODS order); Retry-After when denied. Bucket-only limits send only Retry-After, as nginx
+    sends none. hide_client_headers is the caller's business.
+    """
+    headers: list[tuple[bytes, bytes]] = []
+    tightest, least = -1, 0
+    for index, window in enumerate(decision.spec.windows):
+        remaining = decision.remaining(index)
+        headers.append((_LIMIT[window.period], b"%d" % window.limit))
+        headers.append((_REMAINING[window.period], b"%d" % remaining))
+        if tightest < 0 or remaining <= least:
+            tightest, least = index, remaining
+    if tightest >= 0:
+        window = decision.spec.windows[tightest]
+        reset = max(1, ceil(window_bounds(window.period, decision.wall)[1] - decision.wall))
+        headers += [(b"RateLimit-Limit", b"%d" % window.limit), (b"RateLimit-Remaining", b"%d" % least),
+                    (b"RateLimit-Reset", b"%d" % reset)]
+    if not decision.admitted:
+        headers.append((b"Retry-After", b"%d" % decision.retry_after))
+    return headers

@@ -1,0 +1,311 @@
+"""Worker side of rate limiting: leases of the keeper's tokens, spent on the request path without a round trip.
+
+Rules:
+1. A request spends one local token. When the lease falls below LOW_WATER of its last grant, or is empty, the key
+   is due, and `refills` asks the keeper for LEAD_S worth of the key's recent demand, ahead of need. One request
+   per key is in flight at a time (re-sent after RESEND_S without an answer).
+2. Tokens belong to the windows current when they were granted and expire when the shortest of them ends; bucket
+   tokens expire after the keeper's lease TTL. A grant for newer windows voids older tokens. Expired tokens are
+   given back by `sweep` (ReturnedLease), so the keeper credits the windows still current and the bucket.
+3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
+   asking. Otherwise the answer is WAIT: the caller waits up to WAIT_S for the grant (`apply`), calls `take` again,
+   and once its wait is over calls it with `waited=True`, which never answers WAIT.
+4. The keeper unreachable (`fallback(True, n)`), or silent on this key for WAIT_S while a request waits: the
+   worker admits on a local share, per window limit // n (at least 1) counting all it admitted in that window, and
+   a bucket of capacity / n refilled at rate / n. `reports` hands what it admitted so to the keeper once it is back.
+   With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from math import ceil, inf
+
+from gateway.ratelimit.bucket import Bucket
+from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
+from gateway.ratelimit.spec import LimitSpec
+from gateway.ratelimit.windows import window_bounds
+
+LOW_WATER = 0.5  # ask for more once a lease is below this share of its last grant
+LEAD_S = 0.05  # ask for this many seconds of the key's recent demand
+RATE_SPAN_MIN_S = 0.01  # shortest span a demand rate is measured over (the first request of a key)
+MAX_WANT = 10_000  # tokens one request may ask for
+WAIT_S = 0.02  # longest a request waits for a grant; a keeper silent this long on a key counts as unreachable
+RESEND_S = 0.25  # a lease request unanswered this long is sent again
+IDLE_S = 60.0  # a key idle this long with nothing to give back is forgotten
+
+
+class Status(IntEnum):
+    ADMIT = 0
+    DENY = 1
+    WAIT = 2  # no token here yet, a grant is on its way: wait for it (at most WAIT_S), then take again
+    UNAVAILABLE = 3  # keeper unreachable and fault_tolerant is off: answer 500 as Kong does
+
+
+class Decision:
+    """One `take`'s answer and a snapshot of what the rate-limit headers report (WAIT and UNAVAILABLE are shared)."""
+
+    __slots__ = ("status", "spec", "grant", "tokens", "local", "delay", "retry_after", "wall")
+
+    def __init__(self, status: Status, spec: LimitSpec | None, grant: Grant | None, tokens: int,
+                 local: tuple[int, ...] | None, delay: float, retry_after: int, wall: float) -> None:
+        self.status = status
+        self.spec = spec
+        self.grant = grant  # the keeper's last word on the key (per-window remaining)
+        self.tokens = tokens  # tokens left here after this request
+        self.local = local  # per-window remaining of the local share, when decided on it
+        self.delay = delay  # seconds to hold an admitted request (limit-req without nodelay)
+        self.retry_after = retry_after  # seconds, when denied
+        self.wall = wall
+
+    @property
+    def admitted(self) -> bool:
+        return self.status is Status.ADMIT
+
+    def remaining(self, index: int) -> int:
+        """Requests left in the spec's window `index` across the gateway, as far as this worker knows."""
+        if self.local is not None:
+            return self.local[index]
+        if self.grant is None:
+            return self.spec.windows[index].limit
+        return max(0, self.grant.remaining[index] + self.tokens)
+
+
+WAIT = Decision(Status.WAIT, None, None, 0, None, 0.0, 0, 0.0)
+UNAVAILABLE = Decision(Status.UNAVAILABLE, None, None, 0, None, 0.0, 0, 0.0)
+
+
+class _Lease:
+    """One key's tokens at this worker, its request state and its per-window counts."""
+
+    __slots__ = ("key", "spec", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due", "in_flight",
+                 "asked_at", "sent_at", "demand", "demand_since", "touched", "used", "unused", "unused_grant",
+                 "release_next", "counts", "ends", "next_roll", "unreported", "unreported_total", "flagged", "local")
+
+    def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
+        self.key = key
+        self.spec = spec
+        self.pace = 1.0 / spec.rate if spec.paced else 0.0
+        self.tokens = 0
+        self.low = 0.0
+        self.expires = 0.0  # monotonic
+        self.grant: Grant | None = None
+        self.blocked_until = 0.0  # monotonic; while empty, deny until then
+        self.due = False  # listed for the next `refills`
+        self.in_flight = False
+        self.asked_at = 0.0  # first unanswered request
+        self.sent_at = 0.0  # last (re)sent request
+        self.demand = 0  # takes since the last request
+        self.demand_since = now
+        self.touched = now
+        self.used = 0  # tokens spent since last told to the keeper
+        self.unused = 0  # expired tokens to give back
+        self.unused_grant: Grant | None = None
+        self.release_next = 0.0  # monotonic time the next paced token may go
+        self.ends = [window_bounds(w.period, wall)[1] for w in spec.windows]  # local windows (wall)
+        self.next_roll = min(self.ends, default=inf)
+        self.counts = [0] * len(spec.windows)  # admitted here in the local window
+        self.unreported = [0] * len(spec.windows)  # admitted on the local share, not yet reported
+        self.unreported_total = 0
+        self.flagged = False  # listed for the next `reports`
+        self.local: Bucket | None = None  # the local bucket share
+
+
+class LeaseTable:
+    """Every key's lease at one worker; `take` is the hot path, the rest runs on the worker's bus task."""
+
+    def __init__(self, worker: str, workers: int) -> None:
+        self.worker = worker
+        self._workers = max(1, workers)
+        self._fallback = False
+        self._leases: dict[str, _Lease] = {}
+        self._due: list[_Lease] = []
+        self._flagged: list[_Lease] = []
+
+    def take(self, key: str, spec: LimitSpec, now: float, wall: float, waited: bool = False) -> Decision:
+        """Admit, deny or ask to wait for one request of `key`: O(1), allocating only the Decision.
+
+        Pass the same LimitSpec object every time (it is compared by identity first); a different spec starts a
+        new lease. Send `reports` before the next `refills` so the keeper counts fallback use first.
+        """
+        lease = self._leases.get(key)
+        if lease is None or (lease.spec is not spec and lease.spec != spec):
+            lease = self._leases[key] = _Lease(key, spec, now, wall)  # a changed spec starts afresh
+        lease.demand += 1
+        lease.touched = now
+        if lease.tokens:
+            if now < lease.expires:
+                return self._spend(lease, now, wall)
+            self._void(lease)
+        if now < lease.blocked_until:
+            return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, ceil(lease.blocked_until - now), wall)
+        if self._fallback or (waited and lease.in_flight and now - lease.asked_at >= WAIT_S):
+            return self._local_share(lease, now, wall) if spec.fault_tolerant else UNAVAILABLE
+        if not lease.due:
+            lease.due = True
+            self._due.append(lease)
+        if waited:  # the keeper answers but had nothing for us in time: the limit's tail is being handed out
+            return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
+        return WAIT
+
+    def apply(self, grant: Grant, now: float, wall: float) -> None:
+        """Add the keeper's grant to the key's lease (tokens of older windows are voided first)."""
+        lease = self._leases.get(grant.key)
+        if lease is None:
+            return
+        lease.in_flight = False
+        if lease.tokens and (now >= lease.expires or grant.resets != lease.grant.resets):
+            self._void(lease)
+        if grant.granted:
+            if lease.pace and not lease.tokens:
+                lease.release_next = now + grant.delay
+            lease.tokens += grant.granted
+            lease.low = grant.granted * LOW_WATER
+            lease.expires = now + (grant.expires - wall)
+        lease.grant = grant
+        lease.blocked_until = now + grant.retry if grant.retry else 0.0
+
+    def refills(self, now: float) -> list[LeaseRequest]:
+        """Requests for the keys that fell below their low-water mark, have none in flight and are not exhausted."""
+        requests = []
+        due, self._due = self._due, []
+        for lease in due:
+            lease.due = False
+            if self._fallback or now < lease.blocked_until or self._leases.get(lease.key) is not lease:
+                continue
+            if lease.in_flight and now - lease.sent_at < RESEND_S:
+                continue  # the answer is on its way; spending more marks the key due again
+            span = max(now - lease.demand_since, RATE_SPAN_MIN_S)
+            want = min(MAX_WANT, max(1, ceil(lease.demand * LEAD_S / span)))
+            requests.append(LeaseRequest(lease.key, lease.spec, self.worker, want, lease.used))
+            lease.demand = lease.used = 0
+            lease.demand_since = lease.sent_at = now
+            if not lease.in_flight:
+                lease.asked_at = now
+            lease.in_flight = True
+        return requests
+
+    def sweep(self, now: float) -> list[ReturnedLease]:
+        """Give back expired tokens (and bucket tokens spent since last told); forget keys idle for IDLE_S."""
+        returned = []
+        for key, lease in list(self._leases.items()):
+            if lease.tokens and now >= lease.expires:
+                self._void(lease)
+            if lease.unused or (lease.used and lease.spec.bucketed):
+                returned.append(self._give_back(lease))
+            elif now - lease.touched >= IDLE_S and not (lease.tokens or lease.in_flight or lease.unreported_total):
+                del self._leases[key]
+        return returned
+
+    def release(self) -> list[ReturnedLease]:
+        """Give every token back and forget all leases (the worker is stopping)."""
+        returned = []
+        for lease in self._leases.values():
+            self._void(lease)
+            if lease.unused or (lease.used and lease.spec.bucketed):
+                returned.append(self._give_back(lease))
+        self._leases.clear()
+        self._due.clear()
+        return returned
+
+    def fallback(self, enabled: bool, workers: int) -> None:
+        """Enter or leave local-share mode (keeper unreachable / back); `workers` sets the share (limit // workers)."""
+        self._workers = max(1, workers)
+        if enabled != self._fallback:
+            self._fallback = enabled
+            for lease in self._leases.values():
+                lease.in_flight = False  # whatever was asked is lost, or stale
+
+    def reports(self, wall: float) -> list[FallbackUsage]:
+        """What was admitted on local shares, per window still current, for the keeper (nothing while in fallback)."""
+        if self._fallback:
+            return []
+        usages = []
+        flagged, self._flagged = self._flagged, []
+        for lease in flagged:
+            lease.flagged = False
+            if wall >= lease.next_roll:
+                self._roll(lease, wall)
+            usages.append(FallbackUsage(lease.key, self.worker, lease.spec, tuple(lease.unreported),
+                                        lease.unreported_total, wall))
+            lease.unreported = [0] * len(lease.unreported)
+            lease.unreported_total = 0
+        return usages
+
+    def _spend(self, lease: _Lease, now: float, wall: float) -> Decision:
+        """Spend one leased token."""
+        lease.tokens -= 1
+        lease.used += 1
+        if wall >= lease.next_roll:
+            self._roll(lease, wall)
+        counts = lease.counts
+        for i in range(len(counts)):
+            counts[i] += 1
+        if lease.tokens < lease.low and not lease.due:
+            lease.due = True
+            self._due.append(lease)
+        delay = 0.0
+        if lease.pace:
+            delay = max(0.0, lease.release_next - now)
+            lease.release_next += lease.pace
+        return Decision(Status.ADMIT, lease.spec, lease.grant, lease.tokens, None, delay, 0, wall)
+
+    def _local_share(self, lease: _Lease, now: float, wall: float) -> Decision:
+        """Admit on this worker's share of every limit, counting it for `reports`."""
+        spec, workers = lease.spec, self._workers
+        if wall >= lease.next_roll:
+            self._roll(lease, wall)
+        shares = [max(1, w.limit // workers) for w in spec.windows]
+        retry = max((lease.ends[i] - wall for i, share in enumerate(shares) if lease.counts[i] >= share), default=0.0)
+        bucket, delay = lease.local, 0.0
+        if spec.bucketed:
+            rate, capacity = spec.rate / workers, max(1.0, spec.capacity / workers)
+            if bucket is None:
+                bucket = lease.local = Bucket(capacity, now)
+            level = bucket.refill(now, rate, capacity)
+            if level < 1:
+                retry = max(retry, (1 - level) / rate)
+            elif not retry:
+                if spec.paced:
+                    delay = (capacity - level) / rate
+                bucket.level -= 1
+        if not retry:
+            for i in range(len(shares)):
+                lease.counts[i] += 1
+                lease.unreported[i] += 1
+            lease.unreported_total += 1
+            if not lease.flagged:
+                lease.flagged = True
+                self._flagged.append(lease)
+        left = tuple(max(0, share - count) for share, count in zip(shares, lease.counts, strict=True))
+        if retry:
+            return Decision(Status.DENY, spec, lease.grant, 0, left, 0.0, ceil(retry), wall)
+        return Decision(Status.ADMIT, spec, lease.grant, 0, left, delay, 0, wall)
+
+    @staticmethod
+    def _roll(lease: _Lease, wall: float) -> None:
+        """Start the local windows that `wall` has moved into."""
+        for i, w in enumerate(lease.spec.windows):
+            if wall >= lease.ends[i]:
+                lease.ends[i] = window_bounds(w.period, wall)[1]
+                lease.counts[i] = lease.unreported[i] = 0
+        lease.next_roll = min(lease.ends)
+
+    @staticmethod
+    def _void(lease: _Lease) -> None:
+        """The lease's tokens expire; keep them to give back (older ones from other windows are dropped)."""
+        if lease.tokens:
+            if lease.unused and lease.unused_grant.resets != lease.grant.resets:
+                lease.unused = 0
+            lease.unused += lease.tokens
+            lease.unused_grant = lease.grant
+            lease.tokens = 0
+
+    def _give_back(self, lease: _Lease) -> ReturnedLease:
+        """A ReturnedLease of the lease's expired tokens and unreported spending."""
+        wall = lease.unused_grant.wall if lease.unused_grant is not None else 0.0
+        returned = ReturnedLease(lease.key, self.worker, lease.unused, lease.used if lease.spec.bucketed else 0, wall)
+        lease.unused = 0
+        if lease.spec.bucketed:
+            lease.used = 0
+        return returned

@@ -1,0 +1,57 @@
+"""Rate-limit payloads between the workers and the keeper (the bus wraps them in versioned messages)."""
+
+from __future__ import annotations
+
+import msgspec
+
+from gateway.ratelimit.spec import LimitSpec
+
+
+class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
+    """Worker -> keeper: `want` more tokens of `key`; `used` counts tokens spent since the last request."""
+
+    key: str
+    spec: LimitSpec
+    worker: str
+    want: int
+    used: int = 0
+
+
+class Grant(msgspec.Struct, frozen=True, array_like=True):
+    """Keeper -> worker: `granted` tokens (maybe 0) and the keeper's view of every window after granting them.
+
+    remaining/resets are per window of the spec (wall-clock ends); `wall` is the keeper's clock at the grant and
+    names the windows the tokens belong to; the tokens are void from `expires` (wall) on. `retry` > 0 means a limit
+    is exhausted: asking again sooner than `retry` seconds cannot succeed. `delay` (limit-req without nodelay) is how
+    long after the grant the first token may be used; the next ones follow 1 / rate apart.
+    """
+
+    key: str
+    granted: int
+    remaining: tuple[int, ...]
+    resets: tuple[float, ...]
+    wall: float
+    expires: float
+    retry: float = 0.0
+    delay: float = 0.0
+
+
+class ReturnedLease(msgspec.Struct, frozen=True, array_like=True):
+    """Worker -> keeper: `unused` tokens of a grant made at `wall` that expired unspent, and `used` since last told."""
+
+    key: str
+    worker: str
+    unused: int
+    used: int
+    wall: float
+
+
+class FallbackUsage(msgspec.Struct, frozen=True, array_like=True):
+    """Worker -> keeper after an outage: requests it admitted on its local share, per window current at `wall`."""
+
+    key: str
+    worker: str
+    spec: LimitSpec
+    windows: tuple[int, ...]
+    total: int
+    wall: float

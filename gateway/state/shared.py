@@ -1,0 +1,233 @@
+"""A worker's view of the state shared through the keeper, and its line to it.
+
+The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
+`unusable` set (drained or circuit-open targets), kept current by messages from the keeper. This task talks to the
+keeper: it asks for leases ahead of need, sends outcomes in batches every FLUSH_S, and watches the keeper's
+heartbeat. Without one for KEEPER_LOST_S, rate limits fall back to local shares (limit / workers) and breakers keep
+their last published states; when a keeper (possibly a new incarnation) is heard again, the worker resynchronises.
+
+`gateway run` (no supervisor, no bus) uses the same class with the keeper's logic in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import trio
+import zmq
+
+from gateway.breaker.view import BreakerView
+from gateway.bus import protocol as p
+from gateway.bus.zmq_trio import PumpedSocket
+from gateway.ratelimit.lease import LeaseTable
+from gateway.runtime import Runtime, UpstreamGroup
+
+log = logging.getLogger("gateway.state")
+
+FLUSH_S = 0.01  # outcomes and lease requests leave at most this late
+KEEPER_LOST_S = 0.5  # no heartbeat for this long: the keeper is gone, use local shares
+SWEEP_S = 1.0  # expired leases are given back this often
+
+
+class SharedState:
+    """Leases, breakers and target overrides for one worker process."""
+
+    def __init__(self, worker_id: str, workers: int) -> None:
+        self.worker_id = worker_id
+        self.workers = workers
+        self.leases = LeaseTable(worker_id, workers)
+        self.breakers = BreakerView()
+        self.keeper_up = False
+        self.incarnation = ""
+        self._last_heartbeat = -1e9
+        self._waiters: dict[str, trio.Event] = {}
+        self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
+        self._drained: set[str] = set()
+        self._send: Callable[[p.Msg], bool] = lambda msg: False
+        self._local = None  # the keeper's logic, in-process, when there is no bus
+
+    def attach(self, runtime: Runtime) -> None:
+        """Learn the runtime's targets, so published states reach their upstream groups."""
+        self._groups.clear()
+        for group in runtime.all_groups():
+            for index, key in enumerate(group.keys):
+                self._groups.setdefault(key, []).append((group, index))
+
+    # ---- hot path helpers ---------------------------------------------------------------------------------------
+
+    async def wait_grant(self, key: str, timeout: float) -> None:
+        """Wait (bounded) for the keeper's answer to a lease request for `key`."""
+        event = self._waiters.get(key)
+        if event is None:
+            event = self._waiters[key] = trio.Event()
+        with trio.move_on_after(timeout):
+            await event.wait()
+
+    def outcome(self, group: UpstreamGroup, index: int, ok: bool, probe: bool) -> None:
+        """A request to a breaker-covered target ended: batch it, or send a probe's result at once."""
+        single = self.breakers.record(group.keys[index], ok, probe)
+        if single is not None:
+            self._send(p.Outcomes(items=[single]))
+
+    # ---- messages from the keeper -------------------------------------------------------------------------------
+
+    def on_message(self, msg: p.Msg) -> None:
+        now = trio.current_time()
+        if isinstance(msg, p.Heartbeat):
+            self._last_heartbeat = now
+            if msg.incarnation != self.incarnation or not self.keeper_up:
+                self._keeper_found(msg.incarnation)
+        elif isinstance(msg, p.Grants):
+            wall = time.time()
+            for grant in msg.grants:
+                self.leases.apply(grant, now, wall)
+                event = self._waiters.pop(grant.key, None)
+                if event is not None:
+                    event.set()
+        elif isinstance(msg, p.BreakersChanged):
+            for update in msg.updates:
+                self.breakers.apply(update)
+                self._recompute(update.target)
+        elif isinstance(msg, p.ProbePermit):
+            self.breakers.permit(msg.target)
+            self._recompute(msg.target)
+        elif isinstance(msg, p.TargetsChanged):
+            self._apply_targets(msg.targets)
+        elif isinstance(msg, p.Snapshot):
+            for update in msg.breakers:
+                self.breakers.apply(update)
+            self._apply_targets(msg.targets)
+            for key in self._groups:
+                self._recompute(key)
+
+    def _keeper_found(self, incarnation: str) -> None:
+        if self.incarnation and incarnation != self.incarnation:
+            log.info("worker %s: state keeper %s replaced %s; resynchronising", self.worker_id, incarnation,
+                     self.incarnation)
+        elif not self.keeper_up and self.incarnation:
+            log.info("worker %s: state keeper %s is back; resynchronising", self.worker_id, incarnation)
+        self.incarnation = incarnation
+        self.keeper_up = True
+        self.leases.fallback(False, self.workers)
+        self._send(p.Hello(worker=self.worker_id, pid=os.getpid()))
+        self._send(p.GiveBack(fallback=self.leases.reports(time.time())))
+
+    def _apply_targets(self, targets: list[p.TargetState]) -> None:
+        for state in targets:
+            if state.drained:
+                self._drained.add(state.key)
+            else:
+                self._drained.discard(state.key)
+            for group, index in self._groups.get(state.key, ()):
+                weight = state.weight if state.weight is not None else group.targets[index].weight
+                group.balancer.set_weight(index, weight)
+            self._recompute(state.key)
+
+    def _recompute(self, key: str) -> None:
+        for group, _ in self._groups.get(key, ()):
+            group.unusable = frozenset(i for i, k in enumerate(group.keys)
+                                       if k in self._drained or self.breakers.is_open(k))
+
+    # ---- the periodic work --------------------------------------------------------------------------------------
+
+    def flush(self, now: float) -> None:
+        """Send what is due: fallback reports, lease requests, outcome batches; notice a silent keeper."""
+        if self.keeper_up and now - self._last_heartbeat > KEEPER_LOST_S:
+            self.keeper_up = False
+            self.leases.fallback(True, self.workers)
+            log.warning("worker %s: no heartbeat from the state keeper for %.1fs; rate limits use local shares "
+                        "(limit / %d) and breakers keep their last states until it is back", self.worker_id,
+                        KEEPER_LOST_S, self.workers)
+            for event in self._waiters.values():
+                event.set()
+            self._waiters.clear()
+        if not self.keeper_up:
+            self.breakers.drain_outcomes()  # nobody to tell; the keeper starts fresh counts anyway
+            return
+        wall = time.time()
+        reports = self.leases.reports(wall)
+        if reports:
+            self._send(p.GiveBack(fallback=reports))
+        requests = self.leases.refills(now)
+        if requests:
+            self._send(p.AskLeases(requests=requests))
+        outcomes = self.breakers.drain_outcomes()
+        if outcomes:
+            self._send(p.Outcomes(items=outcomes))
+
+    def sweep(self, now: float) -> None:
+        returned = self.leases.sweep(now)
+        if returned and self.keeper_up:
+            self._send(p.GiveBack(returned=returned))
+
+    async def run_bus(self, ctx: zmq.Context, endpoint: str,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Talk to the keeper over ZeroMQ until cancelled."""
+        dealer = ctx.socket(zmq.DEALER)
+        sub = ctx.socket(zmq.SUB)
+        for sock in (dealer, sub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
+        dealer.setsockopt(zmq.SNDHWM, 10000)
+        dealer.connect(endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(p.pub_endpoint(endpoint))
+        direct = PumpedSocket(dealer, self._on_frames)
+        broadcast = PumpedSocket(sub, self._on_frames)
+        self._send = lambda msg: direct.send([p.encode(msg)])
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(direct.run)
+                nursery.start_soon(broadcast.run)
+                nursery.start_soon(self._periodic)
+                task_status.started()
+        finally:
+            self._send = lambda msg: False
+            direct.close()
+            broadcast.close()
+
+    async def run_local(self, keeper: object, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """No bus (`gateway run`): the keeper's logic runs here, exact for this one process."""
+        from gateway.node.keeper import Keeper
+
+        assert isinstance(keeper, Keeper)
+
+        def send(msg: p.Msg) -> bool:
+            replies, broadcasts = keeper.handle(b"local", msg, trio.current_time(), time.time())
+            for m in (*replies, *broadcasts):
+                self.on_message(m)
+            return True
+
+        self._send = send
+        self._local = keeper
+        keeper.seen_workers.add(b"local")
+        self.on_message(p.Heartbeat(incarnation=keeper.incarnation))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._periodic)
+            task_status.started()
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg = p.decode(frames[-1])
+        except p.BadMessage as e:
+            log.warning("worker %s: dropped a bus message: %s", self.worker_id, e)
+            return
+        self.on_message(msg)
+
+    async def _periodic(self) -> None:
+        next_sweep = trio.current_time() + SWEEP_S
+        while True:
+            await trio.sleep(FLUSH_S)
+            now = trio.current_time()
+            if self._local is not None:
+                self._last_heartbeat = now
+                direct, broadcasts = self._local.tick(now)
+                for m in (*(m for _, m in direct), *broadcasts):
+                    self.on_message(m)
+            self.flush(now)
+            if now >= next_sweep:
+                next_sweep = now + SWEEP_S
+                self.sweep(now)

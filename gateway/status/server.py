@@ -1,0 +1,59 @@
+"""Serving the status app with hypercorn's Trio worker on `gateway.status_listen`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve
+
+log = logging.getLogger("gateway.status")
+
+
+def hypercorn_config(host: str, port: int) -> HypercornConfig:
+    cfg = HypercornConfig()
+    cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    cfg.accesslog = None
+    cfg.errorlog = log  # hypercorn's own messages go through our logging
+    cfg.include_server_header = False
+    cfg.graceful_timeout = 1.0  # on stop, open probe connections get this long
+    cfg.keep_alive_timeout = 5.0
+    cfg.backlog = 128
+    return cfg
+
+
+async def serve_status(app: Any, host: str, port: int, *,
+                       task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve `app` on host:port until cancelled; task_status.started((host, bound port)) once listening.
+
+    Port 0 picks a free port (tests). A bind failure (port in use) raises OSError before started().
+    """
+    cfg = hypercorn_config(host, port)
+
+    started = False
+
+    class _Status:
+        def started(self, binds: list[str] | None = None) -> None:
+            nonlocal started
+            bound = (binds or [""])[0]
+            hostport = bound.split("://", 1)[-1]
+            h, _, p = hostport.rpartition(":")
+            started = True
+            task_status.started((h.strip("[]") or host, int(p) if p.isdigit() else port))
+
+    try:
+        await serve(app, cfg, task_status=_Status())  # type: ignore[arg-type]
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if not started and len(leaves) == 1 and isinstance(leaves[0], OSError):
+            raise leaves[0] from None  # hypercorn nests a bind error in two nurseries: give the caller the OSError
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out

@@ -1,0 +1,261 @@
+"""The active checker against real sockets: a backend whose /health fails then recovers, TCP checks, timeouts,
+the concurrency limit, target updates from discovery, and the nginx aliases end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import h11
+import pytest
+import trio
+from backends import free_port
+
+from gateway.config import parse_config
+from gateway.discovery import TargetInfo
+from gateway.health import ActivePolicy, Event, State, Thresholds, probe, run_checks, upstreams_from_config
+from gateway.health.checker import UpstreamChecks
+
+TIMEOUT = 10
+
+
+class Gauge:
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+
+
+class HealthBackend:
+    """Answers GET <anything> with `status`; `hang` makes it accept and never answer; records requests.
+    Connections in progress are counted on `gauge` (shared by several backends to see a whole upstream)."""
+
+    def __init__(self, gauge: Gauge | None = None) -> None:
+        self.gauge = gauge or Gauge()
+        self.status = 200
+        self.hang = False
+        self.delay = 0.0
+        self.port = 0
+        self.requests: list[tuple[str, dict[str, str]]] = []
+
+    async def serve(self, port: int = 0, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(port, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            await trio.serve_listeners(self._conn, listeners, handler_nursery=nursery)
+
+    async def _conn(self, stream: trio.SocketStream) -> None:
+        self.gauge.active += 1
+        self.gauge.peak = max(self.gauge.peak, self.gauge.active)
+        try:
+            conn = h11.Connection(h11.SERVER)
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                    continue
+                if isinstance(event, h11.Request):
+                    self.requests.append((event.target.decode(),
+                                          {k.decode(): v.decode() for k, v in event.headers}))
+                if isinstance(event, h11.EndOfMessage):
+                    break
+            if self.hang:
+                await trio.sleep_forever()
+            await trio.sleep(self.delay)
+            head = conn.send(h11.Response(status_code=self.status, headers=[("Content-Length", "0")]))
+            await stream.send_all(head + conn.send(h11.EndOfMessage()))
+        except (trio.BrokenResourceError, h11.ProtocolError):
+            pass
+        finally:
+            self.gauge.active -= 1
+            await trio.aclose_forcefully(stream)
+
+
+class Changes:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, bool]] = []
+        self._changed = trio.Event()
+
+    def __call__(self, upstream: str, target: str, healthy: bool) -> None:
+        self.events.append((upstream, target, healthy))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, pred: Callable[[list[tuple[str, str, bool]]], bool]) -> None:
+        with trio.fail_after(TIMEOUT):
+            while not pred(self.events):
+                await self._changed.wait()
+
+    async def wait_event(self, event: tuple[str, str, bool], count: int = 1) -> None:
+        await self.wait_for(lambda evs: evs.count(event) >= count)
+
+
+def policy(**kw: object) -> ActivePolicy:
+    base: dict[str, object] = {"type": "http", "http_path": "/health", "timeout_s": 0.5, "healthy_interval_s": 0.05,
+                               "unhealthy_interval_s": 0.05,
+                               "thresholds": Thresholds(successes=2, http_failures=2, tcp_failures=2, timeouts=2)}
+    base.update(kw)
+    return ActivePolicy(**base)  # type: ignore[arg-type]
+
+
+def tgt(port: int, weight: int = 100) -> TargetInfo:
+    return TargetInfo("127.0.0.1", port, weight)
+
+
+async def test_target_goes_down_and_comes_back(nursery: trio.Nursery) -> None:
+    backend = HealthBackend()
+    port = await nursery.start(backend.serve)
+    changes = Changes()
+    name = f"127.0.0.1:{port}"
+    checker = await nursery.start(run_checks, [UpstreamChecks("erl", policy(), [tgt(port)])], changes)
+    with trio.fail_after(TIMEOUT):
+        while len(backend.requests) < 3:
+            await trio.sleep(0.01)
+    assert changes.events == [] and checker.state("erl", name) is State.HEALTHY
+    target, headers = backend.requests[0]
+    assert target == "/health" and headers["host"] == name and headers["user-agent"] == "mcp-gateway-healthcheck"
+
+    backend.status = 503  # /health starts failing
+    await changes.wait_event(("erl", name, False))
+    assert checker.snapshot() == {"erl": {name: False}}
+    assert checker.check() == ("unhealthy", {"erl": {"healthy": 0, "unhealthy": 1, "down": [name]}})
+    backend.status = 200  # and recovers
+    await changes.wait_event(("erl", name, True))
+    assert changes.events == [("erl", name, False), ("erl", name, True)]
+    assert checker.check()[0] == "healthy"
+
+
+async def test_tcp_check_and_connection_failures(nursery: trio.Nursery) -> None:
+    port = free_port()
+    changes = Changes()
+    name = f"127.0.0.1:{port}"
+    await nursery.start(run_checks, [UpstreamChecks("t", policy(type="tcp"), [tgt(port)])], changes)
+    await changes.wait_event(("t", name, False))  # refused twice: tcp_failures 2
+    backend = HealthBackend()
+    await nursery.start(backend.serve, port)
+    await changes.wait_event(("t", name, True))  # connects twice: successes 2
+
+
+async def test_timeouts_count(nursery: trio.Nursery) -> None:
+    backend = HealthBackend()
+    backend.hang = True
+    port = await nursery.start(backend.serve)
+    changes = Changes()
+    p = policy(timeout_s=0.1, thresholds=Thresholds(successes=1, timeouts=2))
+    checker = await nursery.start(run_checks, [UpstreamChecks("slow", p, [tgt(port)])], changes)
+    t0 = trio.current_time()
+    await changes.wait_event(("slow", f"127.0.0.1:{port}", False))
+    assert trio.current_time() - t0 < 2
+    assert checker.upstreams["slow"].targets[f"127.0.0.1:{port}"].last_event is Event.TIMEOUT
+
+
+async def test_concurrency_limit(nursery: trio.Nursery) -> None:
+    gauge = Gauge()
+    backends = [HealthBackend(gauge) for _ in range(5)]
+    ports = []
+    for b in backends:
+        b.delay = 0.15
+        ports.append(await nursery.start(b.serve))
+    p = policy(concurrency=2, timeout_s=1.0, healthy_interval_s=0.01)
+    await nursery.start(run_checks, [UpstreamChecks("c", p, [tgt(port) for port in ports])], Changes())
+    await trio.sleep(0.8)
+    assert sum(len(b.requests) for b in backends) >= 6
+    assert gauge.peak == 2, "never more than `concurrency` probes of one upstream at once"
+
+
+async def test_target_updates_from_discovery(nursery: trio.Nursery) -> None:
+    a, b = HealthBackend(), HealthBackend()
+    pa = await nursery.start(a.serve)
+    pb = await nursery.start(b.serve)
+    changes = Changes()
+    checker = await nursery.start(run_checks, [UpstreamChecks("u", policy(), [tgt(pa)])], changes)
+    checker.update_targets("u", [tgt(pa), tgt(pb)])
+    checker.update_targets("elsewhere", [tgt(pb)])  # an upstream without active checks: ignored
+    with trio.fail_after(TIMEOUT):
+        while not b.requests:
+            await trio.sleep(0.01)
+    checker.update_targets("u", [tgt(pb, weight=5), tgt(pa, weight=0)])  # a re-weighted, b stays
+    await trio.sleep(0.1)
+    seen = len(a.requests)
+    await trio.sleep(0.3)
+    assert len(a.requests) == seen, "a weight-0 (or removed) target is not probed"
+    assert checker.snapshot() == {"u": {f"127.0.0.1:{pb}": True}}
+    checker.update_targets("u", [])
+    await trio.sleep(0.1)
+    seen_b = len(b.requests)
+    await trio.sleep(0.2)
+    assert len(b.requests) == seen_b and checker.snapshot() == {"u": {}}
+    assert changes.events == []
+
+
+async def test_set_health_from_outside_and_per_state_intervals(nursery: trio.Nursery) -> None:
+    """Kong's passive-with-active-recovery pattern: healthy targets are not probed (healthy.interval 0); once
+    passive checks mark one unhealthy, probes start at unhealthy.interval and bring it back."""
+    backend = HealthBackend()
+    port = await nursery.start(backend.serve)
+    name = f"127.0.0.1:{port}"
+    changes = Changes()
+    p = policy(healthy_interval_s=0, unhealthy_interval_s=0.05)
+    checker = await nursery.start(run_checks, [UpstreamChecks("u", p, [tgt(port)])], changes)
+    await trio.sleep(0.2)
+    assert backend.requests == [], "healthy targets are not probed with healthy.interval 0"
+    checker.set_health("u", name, False)
+    await changes.wait_event(("u", name, True))
+    assert 2 <= len(backend.requests) <= 4
+    seen = len(backend.requests)
+    await trio.sleep(0.2)
+    assert len(backend.requests) == seen, "healthy again: probing stops"
+    checker.set_health("u", "127.0.0.1:1", False)  # unknown target: ignored
+
+
+async def test_nginx_aliases_end_to_end(nursery: trio.Nursery) -> None:
+    backend = HealthBackend()
+    port = await nursery.start(backend.serve)
+    config = parse_config(f"""
+upstreams:
+  - name: erlmcp_cluster
+    host_header: mcp.internal
+    healthchecks:
+      active: {{headers: {{X-Probe: ["1"]}}}}
+      check: {{interval: 50, rise: 1, fall: 2, timeout: 500, path: /ping, expect_status: [200]}}
+    targets: [{{target: "127.0.0.1:{port}"}}]
+  - name: no_checks
+    targets: [{{target: "127.0.0.1:1"}}]
+""")
+    ups = upstreams_from_config(config)
+    assert [u.name for u in ups] == ["erlmcp_cluster"] and ups[0].targets == [tgt(port)]
+    changes = Changes()
+    await nursery.start(run_checks, ups, changes)
+    name = f"127.0.0.1:{port}"
+    backend.status = 204  # a 2xx, but not the expected 200: a failure with expect_status
+    await changes.wait_event(("erlmcp_cluster", name, False))
+    backend.status = 200
+    await changes.wait_event(("erlmcp_cluster", name, True))  # rise 1
+    target, headers = backend.requests[-1]
+    assert target == "/ping" and headers["host"] == "mcp.internal" and headers["x-probe"] == "1"
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("refused", Event.TCP_FAILURE), ("close", Event.TCP_FAILURE), ("garbage", Event.HTTP_FAILURE),
+    ("200", Event.SUCCESS), ("503", Event.HTTP_FAILURE), ("418", None), ("silent", Event.TIMEOUT),
+])
+async def test_probe_outcomes(mode: str, expected: Event | None, nursery: trio.Nursery) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.receive_some(65536)
+            if mode == "garbage":
+                await stream.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+            elif mode.isdigit():
+                await stream.send_all(f"HTTP/1.1 {mode} X\r\nContent-Length: 0\r\n\r\n".encode())
+            elif mode == "silent":
+                await trio.sleep_forever()
+
+    if mode == "refused":
+        port = free_port()
+    else:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, handler, listeners)
+    assert await probe("127.0.0.1", port, policy(timeout_s=0.2)) is expected

@@ -1,0 +1,114 @@
+"""Reading Kong's healthchecks (and the nginx/HAProxy aliases) into policies; passive checks fed with outcomes."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.config import parse_config
+from gateway.config.schema import Healthchecks
+from gateway.health import TCP_FAILURE, TIMEOUT, ActivePolicy, Event, PassiveChecker, PassivePolicy, State, Thresholds
+
+
+def healthchecks(yaml_block: str) -> Healthchecks:
+    return parse_config(f"upstreams:\n  - name: u\n    healthchecks: {yaml_block}\n").upstreams[0].healthchecks
+
+
+def test_kong_defaults_leave_active_checks_off() -> None:
+    p = ActivePolicy.from_config(Healthchecks())
+    assert not p.enabled and p.type == "http" and p.http_path == "/" and p.timeout_s == 1 and p.concurrency == 10
+    assert p.thresholds == Thresholds()
+    assert p.classify_status(200) is Event.SUCCESS and p.classify_status(302) is Event.SUCCESS
+    assert p.classify_status(500) is Event.HTTP_FAILURE and p.classify_status(404) is Event.HTTP_FAILURE
+    assert p.classify_status(418) is None, "a status in neither list says nothing (Kong)"
+
+
+def test_the_guides_kong_block() -> None:
+    config = parse_config(open("configs/kong.yml", encoding="utf-8").read())
+    p = ActivePolicy.from_config(config.upstreams[0].healthchecks)
+    assert p.enabled and p.http_path == "/health"
+    assert (p.healthy_interval_s, p.unhealthy_interval_s) == (10, 5)
+    assert p.interval_for(True) == 10 and p.interval_for(False) == 5
+    assert p.thresholds == Thresholds(successes=2, http_failures=3)
+
+
+def test_kong_fields() -> None:
+    p = ActivePolicy.from_config(healthchecks("""
+      active:
+        type: tcp
+        timeout: 0.5
+        concurrency: 3
+        headers: {X-Probe: [a, b]}
+        healthy: {interval: 0, successes: 1, http_statuses: [204]}
+        unhealthy: {interval: 2, http_failures: 1, tcp_failures: 4, timeouts: 5, http_statuses: [500]}
+"""))
+    assert p.enabled and (p.healthy_interval_s, p.unhealthy_interval_s) == (0, 2), "probe only unhealthy targets"
+    assert p.type == "tcp" and p.timeout_s == 0.5 and p.concurrency == 3
+    assert p.headers == (("X-Probe", "a"), ("X-Probe", "b"))
+    assert p.thresholds == Thresholds(successes=1, http_failures=1, tcp_failures=4, timeouts=5)
+    assert p.classify_status(204) is Event.SUCCESS and p.classify_status(200) is None
+
+
+def test_nginx_aliases() -> None:
+    p = ActivePolicy.from_config(healthchecks(
+        "{check: {interval: 3000, rise: 2, fall: 3, timeout: 1000, path: /health, expect_status: [200]}}"))
+    assert (p.healthy_interval_s, p.unhealthy_interval_s, p.timeout_s, p.http_path) == (3, 3, 1, "/health")
+    assert p.thresholds == Thresholds(successes=2, failures=3)
+    assert p.classify_status(200) is Event.SUCCESS
+    assert p.classify_status(302) is Event.HTTP_FAILURE and p.classify_status(418) is Event.HTTP_FAILURE, \
+        "HAProxy's `http-check expect status 200`: anything else fails"
+
+
+def test_aliases_override_kong_fields_and_default_to_nginx() -> None:
+    p = ActivePolicy.from_config(healthchecks("""
+      active: {http_path: /k, healthy: {interval: 10, successes: 4}, unhealthy: {interval: 5, timeouts: 2}}
+      check: {rise: 1, type: tcp}
+"""))
+    assert p.type == "tcp" and p.http_path == "/k" and (p.healthy_interval_s, p.unhealthy_interval_s) == (10, 5)
+    assert p.thresholds == Thresholds(successes=1, timeouts=2), "Kong's failure counters stay; no nginx fall added"
+    bare = ActivePolicy.from_config(healthchecks("{check: {}}"))
+    assert bare.enabled and (bare.healthy_interval_s, bare.thresholds) == (30, Thresholds(successes=2, failures=5))
+
+
+def test_passive_policy() -> None:
+    p = PassivePolicy.from_config(healthchecks("{passive: {unhealthy: {http_failures: 2, timeouts: 1}}}"))
+    assert p.enabled and p.thresholds == Thresholds(http_failures=2, timeouts=1)
+    assert p.classify(500) is Event.HTTP_FAILURE and p.classify(429) is Event.HTTP_FAILURE
+    assert p.classify(200) is Event.SUCCESS and p.classify(418) is None
+    assert p.classify(TCP_FAILURE) is Event.TCP_FAILURE and p.classify(TIMEOUT) is Event.TIMEOUT
+    tcp = PassivePolicy.from_config(healthchecks("{passive: {type: tcp, unhealthy: {tcp_failures: 1}}}"))
+    assert tcp.classify(500) is Event.SUCCESS, "a tcp check only looks at the connection"
+    assert not PassivePolicy.from_config(Healthchecks()).enabled
+    with pytest.raises(ValueError):
+        p.classify("weird")
+
+
+def test_passive_checker() -> None:
+    config = parse_config("""
+upstreams:
+  - name: erl
+    healthchecks:
+      passive:
+        healthy: {successes: 2}
+        unhealthy: {http_failures: 3, tcp_failures: 1, timeouts: 2}
+  - name: unchecked
+""")
+    changes: list[tuple[str, str, bool]] = []
+    passive = PassiveChecker.from_config(config, lambda u, t, h: changes.append((u, t, h)))
+    assert set(passive.policies) == {"erl"}
+    a, b = "10.0.1.10:8080", "10.0.1.11:8080"
+    assert passive.report("erl", a, 500) is None and passive.report("erl", a, 503) is None
+    assert passive.state("erl", a) is State.MOSTLY_HEALTHY and passive.healthy("erl", a)
+    assert passive.report("erl", a, 200) is None, "a success in between starts the count over"
+    for _ in range(2):
+        passive.report("erl", a, 500)
+    assert passive.report("erl", a, 500) is False and changes == [("erl", a, False)]
+    assert passive.report("erl", a, 500) is None, "already unhealthy"
+    assert passive.report("erl", b, TCP_FAILURE) is False, "tcp_failures: 1"
+    assert passive.report("erl", a, 200) is None and passive.report("erl", a, 201) is True
+    assert changes[-1] == ("erl", a, True)
+    assert passive.report("erl", a, 418) is None and passive.report("unchecked", a, 500) is None
+    passive.set_health("erl", b, True)
+    assert passive.healthy("erl", b)
+    passive.report("erl", b, TIMEOUT)
+    passive.retain("erl", {a})
+    assert passive.state("erl", b) is State.HEALTHY, "forgotten"

@@ -1,0 +1,135 @@
+"""MCP sessions through the supervised gateway (real processes): two workers, then `gateway stop` + `gateway start`.
+
+No session key is configured: the workers share the generated key file (run/mcp-session.key), so a session id
+sealed by one worker opens in the other, and in the workers of the restarted gateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+from backends import Client as HttpClient
+from backends import free_port
+from mcp_helpers import JSON_HEADERS, SdkServers, bounded, mcp_config, sdk_client, whoami
+
+NAMES = ["alpha", "beta", "gamma"]
+
+
+class Node:
+    """`python -m gateway` CLI calls in a scratch directory (run/ there holds pid file, admin socket, key file)."""
+
+    def __init__(self, workdir: Path, doc: dict) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.config = workdir / "gateway.json"
+        doc = {**doc, "gateway": {"listen": f"127.0.0.1:{self.port}", "status_listen": None, "drain_timeout": 1}}
+        self.config.write_text(json.dumps(doc))
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=self.dir, capture_output=True, text=True,
+                              timeout=timeout)
+
+    def start(self, workers: int = 2) -> None:
+        out = self.cli("start", "--config", str(self.config), "--workers", str(workers))
+        assert out.returncode == 0, out.stderr
+
+    def stop(self) -> None:
+        out = self.cli("stop", "--config", str(self.config), "--timeout", "10")
+        assert out.returncode == 0, out.stderr
+
+    def worker_pids(self) -> list[int]:
+        out = self.cli("status", "--config", str(self.config), "--json")
+        generation = json.loads(out.stdout)["tree"]["children"][-1]
+        return [w["pid"] for w in generation["children"] if w["pid"]]
+
+    def kill(self) -> None:
+        try:
+            pid = int((self.dir / "run" / "gateway.pid").read_text())
+        except (OSError, ValueError):
+            return
+        for _ in range(2):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                return
+            time.sleep(0.5)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    servers = SdkServers()
+    node = None
+    try:
+        servers.start(*NAMES)
+        node = Node(tmp_path, mcp_config([servers.ports[n] for n in NAMES]))
+        yield servers, node
+    finally:
+        if node is not None:
+            node.kill()
+        servers.stop_all()
+
+
+def test_session_survives_workers_and_a_restart(cluster):
+    servers, node = cluster
+    node.start(workers=2)
+    assert len(node.worker_pids()) == 2
+    key_file = node.dir / "run" / "mcp-session.key"
+    url = f"http://127.0.0.1:{node.port}/mcp"
+
+    async def scenario() -> tuple[str, list[str], list[str]]:
+        # A new connection per request, so the kernel spreads them over both workers' listeners.
+        async with sdk_client(url, fresh_connections=True) as (client, ids):
+            first = client.server_info.name
+            before = [await whoami(client) for _ in range(20)]
+            await trio.to_thread.run_sync(node.stop)
+            await trio.to_thread.run_sync(node.start)
+            after = [await whoami(client) for _ in range(20)]
+            assert len(set(ids.seen)) == 1  # one session id, sealed once, used throughout
+            sid = ids.seen[0]
+        # The id also opens on a fresh connection of its own (whichever worker takes it).
+        async with await HttpClient.connect(node.port) as http:
+            reply = await http.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid),
+                                                        ("mcp-protocol-version", "2025-06-18")],
+                                       b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"whoami"}}')
+        # The client's DELETE on leaving ended the session upstream: the upstream itself says so now.
+        assert reply.status == 404
+        return first, before, after
+
+    first, before, after = trio.run(bounded(60)(scenario))
+    assert first in NAMES
+    assert before == [first] * 20
+    assert after == [first] * 20
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    node.stop()
+
+
+def test_sessions_of_many_clients_across_workers(cluster):
+    servers, node = cluster
+    node.start(workers=2)
+    url = f"http://127.0.0.1:{node.port}/mcp"
+    firsts: list[str] = []
+
+    async def session() -> None:
+        async with sdk_client(url, fresh_connections=True) as (client, _):
+            first = client.server_info.name
+            firsts.append(first)
+            for _ in range(5):
+                assert await whoami(client) == first
+
+    async def scenario() -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(session)
+
+    trio.run(bounded(40)(scenario))
+    assert len(firsts) == 6
+    node.stop()

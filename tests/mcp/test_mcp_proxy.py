@@ -1,0 +1,270 @@
+"""The MCP step in the proxy, against scripted MCP upstreams (FakeMcp) and the in-process gateway, per codec:
+session ids sealed and restored, pinning, 404s, retries that never move a session, header checks (-32020),
+routing on JSON-RPC method and tool, batches, SSE (keep-alive, headers, Last-Event-ID), the Origin policy."""
+
+from __future__ import annotations
+
+import json
+
+from backends import Client, free_port, request
+from mcp_helpers import INIT_BODY, JSON_HEADERS, TEST_KEY, FakeMcp, bounded, header, mcp_config, session_keys
+
+from gateway.mcp.sessions import SessionCodec
+
+CODEC = SessionCodec([(TEST_KEY[0], TEST_KEY[1].encode())])
+NOT_FOUND = {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": "Session not found"}}
+
+
+async def start_fakes(nursery, *names: str, **kwargs) -> list[FakeMcp]:  # noqa: ANN001, ANN003
+    fakes = [FakeMcp(n, **kwargs) for n in names]
+    for f in fakes:
+        await nursery.start(f.serve)
+    return fakes
+
+
+def rpc(method: str, rpc_id: int = 1, **params) -> bytes:  # noqa: ANN003
+    return json.dumps({"jsonrpc": "2.0", "id": rpc_id, "method": method, "params": params}).encode()
+
+
+async def initialize(client: Client) -> tuple[str, str]:
+    """(gateway session id, name of the backend that answered)."""
+    reply = await client.request("POST", "/mcp", JSON_HEADERS, json.dumps(INIT_BODY).encode())
+    assert reply.status == 200, reply.body
+    return reply.header("mcp-session-id"), reply.json()["result"]["name"]
+
+
+@bounded(20)
+async def test_session_id_is_sealed_and_restored_and_pinned(gateway, nursery):
+    a, b, c = await start_fakes(nursery, "a", "b", "c")
+    port = await gateway(mcp_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port) as client:
+        sid, first = await initialize(client)
+        target, upstream_sid = CODEC.decode(sid.encode())
+        backend = {"a": a, "b": b, "c": c}[first]
+        assert target == f"127.0.0.1:{backend.port}"
+        assert upstream_sid == f"up-{first}-1".encode()
+        assert "up-" not in sid  # the client never sees the upstream's own id in the clear form it was sent
+        for i in range(6):  # round-robin would move unpinned requests; these stay
+            reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list", i))
+            assert reply.status == 200
+            result = reply.json()["result"]
+            assert result["name"] == first
+            assert header(result["headers"], "mcp-session-id") == f"up-{first}-1"
+        deleted = await client.request("DELETE", "/mcp", [("mcp-session-id", sid)])
+        assert deleted.status == 204
+    assert backend.requests[-1].method == "DELETE"
+    assert backend.requests[-1].header("mcp-session-id") == f"up-{first}-1"
+
+
+@bounded(20)
+async def test_unknown_tampered_and_foreign_ids_get_404(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY))
+    sealed = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
+    gone = CODEC.encode("127.0.0.1:1", b"up-x-1").decode()  # a target that is not (or no longer) in the upstream
+    other_key = SessionCodec([("k1", b"another-secret-0123456789")]).encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
+    flipped = sealed[:-1] + ("A" if sealed[-1] != "A" else "B")
+    async with await Client.connect(port) as client:
+        ok = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sealed)], rpc("ping"))
+        assert ok.status == 200
+        for bad in (flipped, gone, other_key, "up-a-1", "k1.", "k9." + sealed[3:], sealed + "x" * 2000):
+            reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", bad)], rpc("ping"))
+            assert reply.status == 404, bad
+            assert reply.json() == NOT_FOUND
+            assert reply.header("content-type") == "application/json"
+    assert len(a.requests) == 1
+
+
+@bounded(20)
+async def test_key_rotation_old_ids_still_open(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    old = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-7").decode()
+    keys = session_keys(("k2", "the-new-secret-0123456789"), TEST_KEY)  # k2 signs, k1 still verifies
+    port = await gateway(mcp_config([a.port]), mcp=keys)
+    async with await Client.connect(port) as client:
+        reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", old)], rpc("ping"))
+        assert reply.status == 200
+        assert header(reply.json()["result"]["headers"], "mcp-session-id") == "up-a-7"
+        sid, _ = await initialize(client)
+        assert sid.startswith("k2.")
+    port = await gateway(mcp_config([a.port]), mcp=session_keys(("k2", "the-new-secret-0123456789")))
+    async with await Client.connect(port) as client:  # k1 retired: its ids no longer open
+        reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", old)], rpc("ping"))
+        assert reply.status == 404
+
+
+@bounded(20)
+async def test_pinned_target_down_is_404_and_never_retried_elsewhere(gateway, nursery):
+    a, b = await start_fakes(nursery, "a", "b")
+    dead = free_port()
+    port = await gateway(mcp_config([dead, a.port, b.port]), mcp=session_keys(TEST_KEY))
+    sid = CODEC.encode(f"127.0.0.1:{dead}", b"up-dead-1").decode()
+    async with await Client.connect(port) as client:
+        reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list"))
+        assert reply.status == 404
+        assert reply.json() == NOT_FOUND
+        get = await client.request("GET", "/mcp", [("accept", "text/event-stream"), ("mcp-session-id", sid)])
+        assert get.status == 404
+        # Without a session the dead target is skipped as usual (nothing was sent to it).
+        _, name = await initialize(client)
+        assert name in ("a", "b")
+    assert sum(len(f.requests) for f in (a, b)) == 1  # only the initialize reached a live target
+
+
+@bounded(20)
+async def test_header_body_mismatch_is_400_with_32020(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY))
+    modern = [*JSON_HEADERS, ("mcp-protocol-version", "2026-07-28")]
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    call = rpc("tools/call", 7, name="whoami", arguments={}, _meta=meta)
+    bad_cases = [
+        ([("mcp-method", "tools/list"), ("mcp-name", "whoami")], call),  # method differs
+        ([("mcp-method", "tools/call"), ("mcp-name", "other")], call),  # name differs
+        ([("mcp-method", "tools/call")], call),  # name missing
+        ([("mcp-method", "tools/call"), ("mcp-name", "whoami")], b"[" + call + b"]"),  # a batch
+        ([("mcp-method", "tools/call"), ("mcp-name", "whoami")], b"not json"),
+        ([("mcp-method", "resources/read"), ("mcp-name", "file:///a")], rpc("resources/read", 7, uri="file:///b")),
+    ]
+    async with await Client.connect(port) as client:
+        for extra, body in bad_cases:
+            reply = await client.request("POST", "/mcp", modern + extra, body)
+            assert reply.status == 400, (extra, body)
+            error = reply.json()["error"]
+            assert error["code"] == -32020, error
+        mixed_version = [*JSON_HEADERS, ("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/call"),
+                         ("mcp-name", "whoami")]
+        reply = await client.request("POST", "/mcp", mixed_version, call)
+        assert reply.status == 400 and reply.json()["id"] == 7
+        good = [("mcp-method", "tools/call"), ("mcp-name", "whoami")]
+        assert (await client.request("POST", "/mcp", modern + good, call)).status == 200
+        sentinel = [("mcp-method", "tools/call"), ("mcp-name", "=?base64?d2hvYW1p?=")]  # "whoami"
+        assert (await client.request("POST", "/mcp", modern + sentinel, call)).status == 200
+    assert len(a.requests) == 2  # only the two consistent requests reached the upstream
+
+
+@bounded(20)
+async def test_routes_on_method_and_tool(gateway, nursery):
+    default, tools, prompts = await start_fakes(nursery, "default", "tools", "prompts")
+    doc = mcp_config([default.port], extra_routes=[
+        {"name": "special-tool", "service": "tools-svc", "paths": ["/mcp"], "strip_path": False,
+         "mcp_tools": ["special"]},
+    ])
+    doc["services"].append({"name": "tools-svc", "url": f"http://127.0.0.1:{tools.port}"})
+    doc["services"].append({"name": "prompts-svc", "url": f"http://127.0.0.1:{prompts.port}", "routes": [
+        {"name": "prompts", "paths": ["/mcp"], "strip_path": False, "mcp_methods": ["prompts/get", "prompts/list"]}]})
+    doc["services"][1]["routes"] = []
+    doc["routes"] = [doc["services"][0]["routes"].pop()]  # the special-tool route, at the top level
+    port = await gateway(doc, mcp=session_keys(TEST_KEY))
+
+    async def served_by(headers, body) -> str:  # noqa: ANN001
+        async with await Client.connect(port) as client:
+            reply = await client.request("POST", "/mcp", JSON_HEADERS + headers, body)
+        assert reply.status == 200, reply.body
+        return reply.json()["result"]["name"]
+
+    # 2025 clients: from the body, whole, in pieces, or beyond the first read
+    assert await served_by([], rpc("tools/call", name="special", arguments={})) == "tools"
+    assert await served_by([], rpc("tools/call", name="whoami", arguments={})) == "default"
+    assert await served_by([], rpc("prompts/get", name="p")) == "prompts"
+    assert await served_by([], rpc("tools/list")) == "default"
+    assert await served_by([], b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}') == "default"
+    big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                      "params": {"name": "special", "arguments": {"blob": "x" * 200_000}}}).encode()
+    async with await Client.connect(port) as client:
+        reply = await client.request("POST", "/mcp", JSON_HEADERS, [big[:100], big[100:70_000], big[70_000:]])
+    assert reply.status == 200 and reply.json()["result"] == {**reply.json()["result"], "name": "tools",
+                                                               "body_len": len(big)}
+    # 2026-07-28 clients: from the headers (checked against the body)
+    modern = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "special")]
+    assert await served_by(modern, rpc("tools/call", name="special")) == "tools"
+    # non-POSTs never match a method route and are not read
+    async with await Client.connect(port) as client:
+        reply = await client.request("DELETE", "/mcp")
+    assert reply.status == 204 and default.requests[-1].method == "DELETE"
+
+
+@bounded(20)
+async def test_batch_goes_whole_to_one_target(gateway, nursery):
+    a, b = await start_fakes(nursery, "a", "b")
+    port = await gateway(mcp_config([a.port, b.port], extra_routes=[
+        {"name": "tools", "paths": ["/mcp"], "strip_path": False, "mcp_methods": ["tools/call"]}]),
+        mcp=session_keys(TEST_KEY))
+    batch = b"[" + rpc("tools/list", 1) + b"," + rpc("ping", 2) + b"]"
+    async with await Client.connect(port) as client:
+        sid, first = await initialize(client)
+        for _ in range(4):
+            reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], batch)
+            assert reply.status == 200
+            assert reply.json()["result"]["batch"] is True
+            assert reply.json()["result"]["name"] == first  # pinned, whole
+
+
+@bounded(20)
+async def test_sse_get_stream_keepalive_headers_and_last_event_id(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a", events=3, gap=0.7)
+    port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY), sse_keepalive=0.25)
+    async with await Client.connect(port) as client:
+        sid, _ = await initialize(client)
+        reply = await client.request("GET", "/mcp", [("accept", "text/event-stream"), ("mcp-session-id", sid),
+                                                     ("last-event-id", "41")])
+    assert reply.status == 200
+    assert reply.header("x-accel-buffering") == "no"
+    assert reply.header("cache-control") == "no-cache"
+    assert reply.header("content-type") == "text/event-stream"
+    body = reply.body
+    assert body.count(b": keepalive\n\n") >= 3
+    events = [part for part in body.split(b"\n\n") if part.startswith(b"id:")]
+    assert [e.split(b"\n")[0] for e in events] == [b"id: 0", b"id: 1", b"id: 2"]
+    seen = a.requests[-1]
+    assert seen.method == "GET"
+    assert seen.header("last-event-id") == "41"
+    assert seen.header("mcp-session-id") == "up-a-1"
+    # keep-alive comments only between events: every chunk the client got is whole events or a comment
+    for _, chunk in reply.chunks:
+        assert chunk.endswith(b"\n\n"), chunk
+
+
+@bounded(20)
+async def test_non_mcp_routes_are_left_alone(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    doc = mcp_config([a.port])
+    doc["services"][0]["routes"][0]["mcp"] = False
+    port = await gateway(doc, mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port) as client:
+        init = await client.request("POST", "/mcp", JSON_HEADERS, json.dumps(INIT_BODY).encode())
+        assert init.header("mcp-session-id") == "up-a-1"  # passed through unsealed
+        reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", "anything"),
+                                                      ("mcp-method", "tools/list")], rpc("ping"))
+        assert reply.status == 200  # no header check, no session check
+        assert header(reply.json()["result"]["headers"], "mcp-session-id") == "anything"
+
+
+@bounded(20)
+async def test_origin_allow_list_and_upstream_modes(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    doc = mcp_config([a.port])
+    allow = ["https://app.example.com", "http://localhost:*"]
+
+    async def seen_origin(port: int, origin: str | None) -> tuple[int, str | None]:
+        headers = JSON_HEADERS + ([("origin", origin)] if origin else [])
+        reply = await request(port, "POST", "/mcp", headers=headers, body=rpc("ping"))
+        if reply.status != 200:
+            assert reply.json()["error"] == {"code": -32600, "message": "Origin not allowed"}
+            return reply.status, None
+        return 200, header(reply.json()["result"]["headers"], "origin")
+
+    port = await gateway(doc, mcp={**session_keys(TEST_KEY), "origin": {"allow": allow, "upstream": "rewrite"}})
+    assert await seen_origin(port, "https://app.example.com") == (200, f"http://127.0.0.1:{a.port}")
+    assert await seen_origin(port, "http://localhost:3000") == (200, f"http://127.0.0.1:{a.port}")
+    assert await seen_origin(port, "https://APP.example.com") == (200, f"http://127.0.0.1:{a.port}")
+    assert await seen_origin(port, "https://evil.example.com") == (403, None)
+    assert await seen_origin(port, "http://localhost.evil:3000") == (403, None)
+    assert await seen_origin(port, None) == (200, None)  # non-browser clients send none
+    port = await gateway(doc, mcp={**session_keys(TEST_KEY), "origin": {"allow": allow, "upstream": "strip"}})
+    assert await seen_origin(port, "https://app.example.com") == (200, None)
+    port = await gateway(doc, mcp={**session_keys(TEST_KEY), "origin": {"allow": allow}})  # pass
+    assert await seen_origin(port, "https://app.example.com") == (200, "https://app.example.com")
+    assert await seen_origin(port, "https://evil.example.com") == (403, None)
+    port = await gateway(doc, mcp=session_keys(TEST_KEY))  # no allow list: pass, unchecked
+    assert await seen_origin(port, "https://evil.example.com") == (200, "https://evil.example.com")

@@ -1,0 +1,260 @@
+"""Sans-I/O parts of the MCP support: the session-id codec, the JSON-RPC peek and header check, the Origin policy,
+the session key file, config validation, and the router's method/tool category."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+
+import pytest
+from mcp_helpers import TEST_KEY, mcp_config
+
+from gateway.config import ConfigError
+from gateway.mcp import jsonrpc
+from gateway.mcp.keys import load_or_create_key_file, resolve_secret
+from gateway.mcp.origin import OriginPolicy, check_entry
+from gateway.mcp.sessions import MAX_ID, SessionCodec
+from gateway.routing import NEEDS_MCP, Router, RouteSpec
+from gateway.runtime import compile_config
+
+K1 = ("k1", b"first-secret-0123456789")
+K2 = ("k2", b"second-secret-0123456789")
+
+
+# --- session ids ------------------------------------------------------------------------------------------------
+
+def test_codec_round_trip_and_shape():
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7")
+    assert sid.startswith(b"k1.")
+    assert all(0x21 <= c <= 0x7E for c in sid) and b"=" not in sid  # visible ASCII, URL-safe, unpadded
+    assert codec.decode(sid) == ("127.0.0.1:9001", b"3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7")
+    assert codec.decode(codec.encode("[::1]:80", b"")) == ("[::1]:80", b"")
+
+
+def test_codec_rejects_every_single_byte_change():
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"abc")
+    alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+    for i in range(len(sid)):
+        for c in alphabet[:8] + alphabet[-4:]:
+            if c != sid[i]:
+                forged = sid[:i] + bytes([c]) + sid[i + 1:]
+                assert codec.decode(forged) is None, forged
+
+
+@pytest.mark.parametrize("bad", [b"", b"k1", b"k1.", b"k1.!!!!", b"nokey.AAAA", b"k1.AAAAAAAAAAAAAAAAAAAAAAAA",
+                                 b"k1." + b"A" * MAX_ID, "k1.é".encode()])
+def test_codec_rejects_garbage(bad):
+    assert SessionCodec([K1]).decode(bad) is None
+
+
+def test_codec_rotation_first_signs_all_verify():
+    old = SessionCodec([K1])
+    rotated = SessionCodec([K2, K1])
+    retired = SessionCodec([K2])
+    sid_old = old.encode("t:1", b"u")
+    assert rotated.decode(sid_old) == ("t:1", b"u")
+    sid_new = rotated.encode("t:1", b"u")
+    assert sid_new.startswith(b"k2.")
+    assert retired.decode(sid_new) == ("t:1", b"u")
+    assert retired.decode(sid_old) is None
+    # same key id, different secret: refused
+    assert SessionCodec([("k1", b"another-secret-01234567")]).decode(sid_old) is None
+
+
+def test_codec_validates_keys():
+    with pytest.raises(ValueError, match="at least 16"):
+        SessionCodec([("k1", b"short")])
+    with pytest.raises(ValueError, match="used twice"):
+        SessionCodec([K1, K1])
+    with pytest.raises(ValueError, match="key id"):
+        SessionCodec([("bad id", b"0123456789abcdef")])
+    with pytest.raises(ValueError):
+        SessionCodec([])
+
+
+# --- JSON-RPC peek ----------------------------------------------------------------------------------------------
+
+CALL = {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": {"name": "whoami", "arguments": {"x": [1, {"y": "}"}]},
+                   "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}
+
+
+@pytest.mark.parametrize("complete", [True, False])
+def test_peek_whole_and_prefix_agree(complete):
+    info = jsonrpc.peek(json.dumps(CALL).encode(), complete)
+    assert (info.method, info.name, info.tool, info.version, info.id, info.batch) == (
+        "tools/call", "whoami", "whoami", "2026-07-28", 3, False)
+
+
+def test_peek_prefix_finds_what_comes_before_the_cut():
+    body = json.dumps({"jsonrpc": "2.0", "id": "a", "method": "tools/call",
+                       "params": {"name": "big", "arguments": {"blob": "x" * 100_000, "s": "\\\"}{"}}}).encode()
+    info = jsonrpc.peek(body[:65536], False)
+    assert (info.method, info.name, info.id) == ("tools/call", "big", "a")
+    late = json.dumps({"params": {"arguments": {"blob": "y" * 100_000}, "name": "late"}, "method": "tools/call"})
+    info = jsonrpc.peek(late.encode()[:65536], False)
+    assert info.method is None and info.name is None  # beyond the bytes read: unknown, never guessed
+    cut_in_name = b'{"method":"tools/call","params":{"name":"who'
+    info = jsonrpc.peek(cut_in_name, False)
+    assert info.method == "tools/call" and info.name is None
+
+
+def test_peek_batches_and_non_json():
+    assert jsonrpc.peek(b'[{"jsonrpc":"2.0","id":1,"method":"ping"}]', True).batch
+    assert jsonrpc.peek(b'  [{"jsonrpc":"2.0","id":1,"meth', False).batch
+    for body in (b"", b"not json", b'{"method": }', b'"string"', b"{"):
+        info = jsonrpc.peek(body, True)
+        assert info.method is None and not info.batch, body
+    odd = jsonrpc.peek(b'{"method":"tools/call","params":["positional"],"id":true}', True)
+    assert (odd.method, odd.name, odd.id) == ("tools/call", None, None)
+    uri = jsonrpc.peek(b'{"method":"resources/read","params":{"uri":"file:///x","name":"n"}}', True)
+    assert uri.name == "file:///x" and uri.tool is None
+
+
+def test_header_check():
+    info = jsonrpc.peek(json.dumps(CALL).encode(), True)
+    ok = jsonrpc.header_mismatch
+    assert ok(info, b"tools/call", b"whoami", b"2026-07-28") is None
+    assert ok(info, b"tools/call", b"=?base64?d2hvYW1p?=", None) is None
+    assert ok(info, b"tools/list", None, None) is not None
+    assert ok(info, b"tools/call", b"other", None) is not None
+    assert ok(info, b"tools/call", None, None) is not None  # Mcp-Name is required for a name-bearing method
+    assert ok(info, b"tools/call", b"whoami", b"2025-11-25") is not None
+    assert ok(info, b"tools/call", b"=?base64?not-base64?=", None) is not None
+    assert ok(info, None, b"whoami", None) is None  # Mcp-Name alone, agreeing
+    listing = jsonrpc.peek(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', True)
+    assert ok(listing, b"tools/list", None, None) is None
+    assert ok(listing, b"tools/list", b"x", None) is not None  # Mcp-Name on a method that names nothing
+    assert ok(jsonrpc.BATCH, b"tools/list", None, None) is not None
+    assert ok(jsonrpc.NOT_JSON, b"tools/list", None, None) is not None
+    assert jsonrpc.decode_header_value(b"=?base64?w6k=?=") == "é"
+
+
+def test_error_body():
+    assert json.loads(jsonrpc.error_body(-32020, "m", 5)) == {"jsonrpc": "2.0", "id": 5,
+                                                              "error": {"code": -32020, "message": "m"}}
+
+
+# --- Origin -----------------------------------------------------------------------------------------------------
+
+def test_origin_policy():
+    policy = OriginPolicy(["https://app.example.com", "http://localhost:*", "null"], "rewrite")
+    assert policy.allowed(None)
+    assert policy.allowed(b"https://app.example.com")
+    assert policy.allowed(b"HTTPS://App.Example.com")
+    assert policy.allowed(b"http://localhost")
+    assert policy.allowed(b"http://localhost:5173")
+    assert policy.allowed(b"null")
+    assert not policy.allowed(b"http://localhost.evil.com:80")
+    assert not policy.allowed(b"https://app.example.com.evil.com")
+    assert not policy.allowed(b"http://app.example.com")
+    assert OriginPolicy([], "pass").allowed(b"https://anything")
+    assert OriginPolicy(["*"], "strip").allowed(b"https://anything")
+    assert check_entry("https://app.example.com:8443") is None
+    assert check_entry("http://[::1]:*") is None
+    assert check_entry("app.example.com") is not None
+    assert check_entry("https://a.example.com/path") is not None
+
+
+# --- keys -------------------------------------------------------------------------------------------------------
+
+def test_key_file_is_created_once_with_0600(tmp_path):
+    path = str(tmp_path / "run" / "mcp-session.key")
+    results: list[bytes] = []
+    threads = [threading.Thread(target=lambda: results.append(load_or_create_key_file(path))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert len(results) == 8 and len(set(results)) == 1  # racing creators all end up with the same key
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_or_create_key_file(path) == results[0]
+    assert not [p for p in os.listdir(tmp_path / "run") if p.endswith(".tmp")]
+
+
+def test_resolve_secret(monkeypatch):
+    monkeypatch.setenv("GW_TEST_MCP_KEY", "from-the-environment-123")
+    assert resolve_secret("env:GW_TEST_MCP_KEY") == b"from-the-environment-123"
+    assert resolve_secret("a-literal-secret-of-length") == b"a-literal-secret-of-length"
+    with pytest.raises(ValueError, match="not set"):
+        resolve_secret("env:GW_TEST_MCP_KEY_MISSING")
+    with pytest.raises(ValueError, match="at least 16"):
+        resolve_secret("short")
+
+
+# --- config -----------------------------------------------------------------------------------------------------
+
+def compile_doc(doc: dict, **mcp) -> None:  # noqa: ANN003
+    from conftest import build_config
+
+    compile_config(build_config(doc, "h11", mcp=mcp), "<test>")
+
+
+def test_config_accepts_mcp_settings(monkeypatch):
+    monkeypatch.setenv("GW_TEST_MCP_KEY", "from-the-environment-123")
+    compile_doc(mcp_config([9001], route={"mcp_methods": ["tools/call"], "mcp_tools": ["x"]}),
+                session_keys=[{"id": "new", "secret": "env:GW_TEST_MCP_KEY"}, {"id": "old", "secret": TEST_KEY[1]}],
+                origin={"allow": ["https://app.example.com", "*"], "upstream": "strip"}, peek_bytes=8192)
+
+
+@pytest.mark.parametrize(("mcp", "message"), [
+    ({"session_keys": [{"id": "k1", "secret": "short"}]}, "gateway.mcp.session_keys[0].secret: the secret must be"),
+    ({"session_keys": [{"id": "k1", "secret": "env:GW_TEST_NOPE"}]}, "environment variable GW_TEST_NOPE is not set"),
+    ({"session_keys": [{"id": "k1", "secret": TEST_KEY[1]}, {"id": "k1", "secret": TEST_KEY[1]}]}, "used twice"),
+    ({"origin": {"upstream": "rewrite"}}, "gateway.mcp.origin.upstream is rewrite"),
+    ({"origin": {"allow": ["example.com"]}}, "gateway.mcp.origin.allow[0]: expected"),
+])
+def test_config_errors_name_the_field(mcp, message):
+    with pytest.raises(ConfigError) as err:
+        compile_doc(mcp_config([9001]), **mcp)
+    assert message in "\n".join(err.value.messages)
+
+
+@pytest.mark.parametrize(("mcp", "path"), [
+    ({"session_keys": [{"id": "bad id!", "secret": TEST_KEY[1]}]}, "gateway.mcp.session_keys[0].id"),
+    ({"origin": {"upstream": "maybe"}}, "gateway.mcp.origin.upstream"),
+    ({"peek_bytes": 10}, "gateway.mcp.peek_bytes"),
+    ({"sesion_keys": []}, "gateway.mcp.sesion_keys"),
+])
+def test_schema_errors_name_the_field(mcp, path):
+    with pytest.raises(ConfigError) as err:
+        compile_doc(mcp_config([9001]), **mcp)
+    assert path in "\n".join(err.value.messages)
+
+
+# --- router -----------------------------------------------------------------------------------------------------
+
+def test_router_method_and_tool_category():
+    router = Router([
+        RouteSpec("default", paths=["/mcp"]),
+        RouteSpec("calls", paths=["/mcp"], mcp_methods=["tools/call"]),
+        RouteSpec("special", paths=["/mcp"], mcp_tools=["special"]),
+        RouteSpec("other-path", paths=["/other"]),
+    ])
+    assert router.match(b"POST", b"/other", None, []).payload == "other-path"  # no MCP route could match: no look
+    assert router.match(b"POST", b"/mcp", None, []) is NEEDS_MCP
+
+    def route(method, tool=None) -> str:  # noqa: ANN001
+        return router.match(b"POST", b"/mcp", None, [], (method, tool)).payload
+
+    assert route("tools/call", "special") == "special"  # the tool category outranks the method category
+    assert route("tools/call", "whoami") == "calls"
+    assert route("tools/list") == "default"
+    assert route(None) == "default"
+    only_methods = Router([RouteSpec("m", paths=["/mcp"], mcp_methods=["prompts/get"])])
+    assert only_methods.match(b"POST", b"/mcp", None, [], ("tools/call", None)) is None
+
+
+def test_demo_config_is_valid_and_mcp():
+    from mcp_helpers import ROOT
+
+    from gateway.config import load_config
+
+    runtime = compile_config(load_config(ROOT / "configs" / "demo.yaml"))
+    routes = [c.spec.payload for c in runtime.router._candidates]
+    assert routes and all(r.mcp is not None for r in routes)
+    assert runtime.mcp.origin.upstream == "rewrite"

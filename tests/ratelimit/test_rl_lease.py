@@ -1,0 +1,285 @@
+"""The worker's LeaseTable: spending leases, asking ahead of need, expiry, waiting, and the local-share fallback."""
+
+from math import ceil
+
+import pytest
+
+from gateway.ratelimit import FallbackUsage, Grant, LeaseTable, Ledger, LimitSpec, ReturnedLease, Status, Window
+from gateway.ratelimit.lease import LEAD_S, RESEND_S, WAIT_S
+
+T0 = 1_700_000_040.0  # a whole minute (UTC)
+SECOND = LimitSpec(windows=(Window("second", 100),))
+
+
+def grant(granted, remaining=(50,), resets=(T0 + 1,), wall=T0, expires=T0 + 1, retry=0.0, delay=0.0, key="k"):
+    return Grant(key, granted, remaining, resets, wall, expires, retry, delay)
+
+
+def ready(spec=SECOND, granted=10, workers=2, **kw):
+    """A table that took one request of "k" (WAIT) and received `granted` tokens."""
+    table = LeaseTable("w1", workers)
+    table.take("k", spec, 0.0, T0)
+    table.refills(0.0)
+    table.apply(grant(granted, **kw), 0.001, T0 + 0.001)
+    return table
+
+
+def takes(table, count, spec=SECOND, now=0.01, wall=T0 + 0.01, **kw):
+    return [table.take("k", spec, now, wall, **kw).status for _ in range(count)]
+
+
+def test_the_first_request_of_a_key_waits_and_asks_the_keeper():
+    table = LeaseTable("w1", 2)
+    assert table.take("k", SECOND, 0.0, T0).status is Status.WAIT
+    [request] = table.refills(0.0)
+    assert (request.key, request.spec, request.worker, request.want) == ("k", SECOND, "w1", 5)
+
+
+def test_leased_tokens_are_spent_without_asking():
+    table = ready(granted=10)
+    assert takes(table, 5) == [Status.ADMIT] * 5
+    assert table.refills(0.01) == []
+
+
+def test_below_half_of_the_last_grant_the_key_asks_ahead_of_need():
+    table = ready(granted=10)
+    takes(table, 6)
+    [request] = table.refills(0.01)
+    assert request.used == 6
+    assert takes(table, 4) == [Status.ADMIT] * 4
+
+
+def test_one_request_per_key_is_in_flight():
+    table = ready(granted=10)
+    takes(table, 6)
+    table.refills(0.01)
+    takes(table, 4)
+    assert takes(table, 1) == [Status.WAIT]
+    assert table.refills(0.02) == []
+
+
+def test_an_unanswered_request_is_sent_again():
+    table = LeaseTable("w1", 2)
+    table.take("k", SECOND, 0.0, T0)
+    table.refills(0.0)
+    table.take("k", SECOND, RESEND_S, T0 + RESEND_S)
+    assert len(table.refills(RESEND_S)) == 1
+
+
+def test_the_request_asks_for_lead_time_of_recent_demand():
+    table = ready(granted=1000)  # asked at 0.0
+    for i in range(501):  # 501 requests in 0.1 s: 5010/s; the last one crosses the low-water mark
+        table.take("k", SECOND, 0.1 * (i + 1) / 501, T0 + 0.1 * (i + 1) / 501)
+    [request] = table.refills(0.1)
+    assert request.want == ceil(501 / 0.1 * LEAD_S)
+
+
+def test_an_exhausted_limit_is_denied_here_until_it_resets():
+    table = ready(granted=2, remaining=(0,), retry=0.5)
+    assert takes(table, 3) == [Status.ADMIT, Status.ADMIT, Status.DENY]
+    assert table.take("k", SECOND, 0.4, T0 + 0.4).retry_after == 1
+    assert table.refills(0.4) == []
+    assert table.take("k", SECOND, 0.51, T0 + 0.51).status is Status.WAIT
+
+
+def test_tokens_expire_when_their_window_ends_and_are_given_back():
+    table = ready(granted=10)
+    takes(table, 3)
+    assert table.take("k", SECOND, 1.001, T0 + 1.001).status is Status.WAIT
+    assert table.sweep(1.001) == [ReturnedLease("k", "w1", 7, 0, T0)]
+
+
+def test_sweep_expires_tokens_of_an_idle_key():
+    table = ready(granted=10)
+    assert table.sweep(0.5) == []
+    assert table.sweep(1.001) == [ReturnedLease("k", "w1", 10, 0, T0)]
+
+
+def test_a_grant_for_newer_windows_voids_older_tokens():
+    table = ready(granted=10)
+    table.take("k", SECOND, 0.99, T0 + 0.99)
+    table.apply(grant(4, resets=(T0 + 2,), wall=T0 + 1, expires=T0 + 2), 0.995, T0 + 0.995)
+    assert takes(table, 5, now=0.996, wall=T0 + 0.996) == [Status.ADMIT] * 4 + [Status.WAIT]
+    assert table.sweep(0.996) == [ReturnedLease("k", "w1", 9, 0, T0)]
+
+
+def test_after_waiting_a_key_the_keeper_answers_for_is_denied():
+    table = ready(granted=1)
+    takes(table, 1)
+    table.refills(0.01)
+    table.apply(grant(1), 0.015, T0 + 0.015)
+    table.take("k", SECOND, 0.016, T0 + 0.016)
+    decision = table.take("k", SECOND, 0.02, T0 + 0.02, waited=True)
+    assert (decision.status, decision.retry_after) == (Status.DENY, 1)
+
+
+def test_a_keeper_silent_for_the_wait_admits_on_the_local_share():
+    table = LeaseTable("w1", 2)
+    table.take("k", SECOND, 0.0, T0)
+    table.refills(0.0)
+    assert table.take("k", SECOND, WAIT_S, T0 + WAIT_S, waited=True).status is Status.ADMIT
+    [usage] = table.reports(T0 + WAIT_S)
+    assert (usage.windows, usage.total) == ((1,), 1)
+
+
+def test_a_silent_keeper_without_fault_tolerance_is_unavailable():
+    spec = LimitSpec(windows=(Window("second", 100),), fault_tolerant=False)
+    table = LeaseTable("w1", 2)
+    table.take("k", spec, 0.0, T0)
+    table.refills(0.0)
+    assert table.take("k", spec, WAIT_S, T0 + WAIT_S, waited=True).status is Status.UNAVAILABLE
+
+
+def test_in_fallback_each_worker_admits_its_share_of_the_limit():
+    table = LeaseTable("w1", 4)
+    table.fallback(True, 4)
+    statuses = takes(table, 30)
+    assert statuses == [Status.ADMIT] * 25 + [Status.DENY] * 5
+    assert table.take("k", SECOND, 0.5, T0 + 0.5).retry_after == 1
+
+
+def test_the_local_share_is_at_least_one():
+    table = LeaseTable("w1", 8)
+    table.fallback(True, 8)
+    assert takes(table, 2, spec=LimitSpec(windows=(Window("second", 5),))) == [Status.ADMIT, Status.DENY]
+
+
+def test_the_local_share_counts_what_leases_admitted_in_the_window():
+    table = ready(granted=20, workers=4)
+    takes(table, 20)
+    table.fallback(True, 4)
+    assert takes(table, 30).count(Status.ADMIT) == 25 - 20
+
+
+def test_the_local_share_renews_with_the_window():
+    table = LeaseTable("w1", 4)
+    table.fallback(True, 4)
+    takes(table, 30)
+    assert takes(table, 30, now=1.01, wall=T0 + 1.01).count(Status.ADMIT) == 25
+
+
+def test_fallback_admissions_are_reported_once_the_keeper_is_back():
+    table = LeaseTable("w1", 4)
+    table.fallback(True, 4)
+    takes(table, 10)
+    assert table.reports(T0 + 0.5) == []
+    table.fallback(False, 4)
+    [usage] = table.reports(T0 + 0.5)
+    assert usage == FallbackUsage("k", "w1", SECOND, (10,), 10, T0 + 0.5)
+    assert table.reports(T0 + 0.5) == []
+
+
+def test_reports_leave_out_windows_that_have_ended():
+    spec = LimitSpec(windows=(Window("second", 100), Window("minute", 1000)))
+    table = LeaseTable("w1", 4)
+    table.fallback(True, 4)
+    takes(table, 10, spec=spec)
+    table.fallback(False, 4)
+    [usage] = table.reports(T0 + 1.5)
+    assert (usage.windows, usage.total) == ((0, 10), 10)
+
+
+def test_no_lease_requests_are_made_in_fallback():
+    table = LeaseTable("w1", 2)
+    table.fallback(True, 2)
+    takes(table, 3)
+    assert table.refills(0.01) == []
+
+
+def test_leaving_fallback_asks_again_at_once():
+    table = LeaseTable("w1", 2)
+    table.take("k", SECOND, 0.0, T0)
+    table.refills(0.0)
+    table.fallback(True, 2)
+    table.fallback(False, 2)
+    table.take("k", SECOND, 0.01, T0 + 0.01)
+    assert len(table.refills(0.01)) == 1
+
+
+def test_leased_tokens_are_still_spent_in_fallback():
+    table = ready(granted=10, workers=100)
+    table.fallback(True, 100)
+    assert takes(table, 11) == [Status.ADMIT] * 10 + [Status.DENY]  # beyond the share of 1, but granted
+    table.fallback(False, 100)
+    assert table.reports(T0) == []
+
+
+def test_a_bucket_falls_back_to_its_share_of_capacity_and_rate():
+    spec = LimitSpec(algorithm="token-bucket", rate=40, burst=20)
+    table = LeaseTable("w1", 4)
+    table.fallback(True, 4)
+    assert takes(table, 6, spec=spec, now=0.0) == [Status.ADMIT] * 5 + [Status.DENY]
+    assert takes(table, 2, spec=spec, now=0.1) == [Status.ADMIT, Status.DENY]
+
+
+def test_limit_req_tokens_are_released_on_the_keepers_schedule():
+    spec = LimitSpec(algorithm="limit-req", rate=10, burst=5, nodelay=False)
+    table = ready(spec=spec, granted=3, remaining=(), resets=(), delay=0.1)
+    delays = [table.take("k", spec, 0.001, T0).delay for _ in range(3)]
+    assert delays == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_limit_req_with_nodelay_releases_at_once():
+    spec = LimitSpec(algorithm="limit-req", rate=10, burst=5, nodelay=True)
+    table = ready(spec=spec, granted=3, remaining=(), resets=())
+    assert {table.take("k", spec, 0.001, T0).delay for _ in range(3)} == {0.0}
+
+
+def test_limit_req_in_fallback_delays_on_the_local_share():
+    spec = LimitSpec(algorithm="limit-req", rate=20, burst=7, nodelay=False)  # 8 tokens: 4 here at 10/s
+    table = LeaseTable("w1", 2)
+    table.fallback(True, 2)
+    delays = [table.take("k", spec, 0.0, T0).delay for _ in range(4)]
+    assert delays == pytest.approx([0.0, 0.1, 0.2, 0.3])
+
+
+def test_sweep_tells_the_keeper_what_bucket_tokens_were_spent():
+    spec = LimitSpec(algorithm="token-bucket", rate=10, burst=20)
+    table = ready(spec=spec, granted=10, remaining=(), resets=(), expires=T0 + 1)
+    takes(table, 3, spec=spec)
+    assert table.sweep(0.5) == [ReturnedLease("k", "w1", 0, 3, 0.0)]
+
+
+def test_idle_keys_are_forgotten():
+    table = ready(granted=2)
+    takes(table, 2)
+    table.apply(grant(0), 0.02, T0 + 0.02)
+    table.sweep(100.0)
+    assert table.take("k", SECOND, 100.0, T0 + 100).status is Status.WAIT
+    assert table.refills(100.0)[0].used == 0
+
+
+def test_release_gives_every_token_back():
+    table = ready(granted=10)
+    takes(table, 4)
+    assert table.release() == [ReturnedLease("k", "w1", 6, 0, T0)]
+    assert table.take("k", SECOND, 0.02, T0 + 0.02).status is Status.WAIT
+
+
+def test_a_changed_spec_starts_a_fresh_lease():
+    table = ready(granted=10)
+    assert table.take("k", LimitSpec(windows=(Window("second", 50),)), 0.01, T0 + 0.01).status is Status.WAIT
+
+
+def test_a_grant_for_a_forgotten_key_is_ignored():
+    table = LeaseTable("w1", 2)
+    table.apply(grant(5, key="gone"), 0.0, T0)
+    assert table.take("gone", SECOND, 0.0, T0).status is Status.WAIT
+
+
+def test_decisions_carry_remaining_per_window_across_the_gateway():
+    table = ready(granted=10, remaining=(50,))
+    decision = table.take("k", SECOND, 0.01, T0 + 0.01)
+    assert (decision.admitted, decision.remaining(0), decision.tokens) == (True, 59, 9)
+
+
+def test_the_lease_table_and_the_ledger_work_together():
+    ledger, table = Ledger(), LeaseTable("w1", 1)
+    admitted = 0
+    for i in range(300):
+        now = i * 0.001
+        decision = table.take("k", SECOND, now, T0 + now)
+        admitted += decision.admitted
+        for request in table.refills(now):
+            table.apply(ledger.grant_request(request, now, T0 + now), now, T0 + now)
+    assert admitted == 100
