@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keeper", help=argparse.SUPPRESS)  # started by the supervisor
     k.add_argument("--config", required=True)
     k.add_argument("--workers", type=int, default=1)
+    for kind in ("health", "discovery"):
+        sat = sub.add_parser(kind, help=argparse.SUPPRESS)  # started by the supervisor
+        sat.add_argument("--config", required=True)
     w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
     w.add_argument("--config", required=True)
     w.add_argument("--fds", required=True)
@@ -84,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
             from gateway.node.keeper import run_keeper
 
             return run_keeper(args.config, args.workers)
+        if args.command in ("health", "discovery"):
+            from gateway.node.satellites import run_satellite
+
+            return run_satellite(args.command, args.config)
         if args.command == "worker":
             from gateway.worker import run_supervised_worker
 

@@ -46,7 +46,7 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers")
+                 "breakers", "passive", "panic", "slots", "host_header")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -59,6 +59,17 @@ class UpstreamGroup:
         self.keys = [f"{name}|{t.name}" for t in targets]  # the targets' names on the bus and the admin channel
         self.unusable: frozenset[int] = frozenset()  # drained by an operator, or circuit open (gateway.state)
         self.breakers = False  # a circuit-breaker plugin covers this upstream: report outcomes
+        self.passive = False  # passive health checks can trip: report outcomes
+        self.panic = False  # all targets unhealthy: send to all of them rather than answer 503 (Envoy's panic)
+        self.slots = 10000
+        self.host_header: str | None = None  # the upstream's host_header, for targets discovery adds
+
+    def replace_targets(self, targets: list[TargetRuntime]) -> None:
+        """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs)."""
+        self.targets = targets
+        self.keys = [f"{self.name}|{t.name}" for t in targets]
+        self.balancer = make_balancer(self.algorithm, [t.weight for t in targets], slots=self.slots)
+        self.unusable = frozenset()
 
 
 class ServiceRuntime:
@@ -163,8 +174,14 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
             host, port = parse_host_port(t.target, DEFAULT_TARGET_PORT)  # type: ignore[misc]
             targets.append(TargetRuntime(host, port, t.weight, up.host_header))  # type: ignore[arg-type]
     balancer = make_balancer(algorithm, [t.weight for t in targets], slots=up.slots)
-    return UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),
-                         _hash_key(up.hash_fallback, up, "fallback"))
+    group = UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),
+                          _hash_key(up.hash_fallback, up, "fallback"))
+    passive = up.healthchecks.passive.unhealthy
+    group.passive = bool(passive.http_failures or passive.tcp_failures or passive.timeouts)
+    group.panic = up.panic_mode
+    group.slots = up.slots
+    group.host_header = up.host_header
+    return group
 
 
 def _hash_key(kind: str, up: Upstream, which: str) -> tuple[str, bytes]:

@@ -21,6 +21,7 @@ from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
 from gateway.node.keeper import Keeper
+from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
 from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.handler import Pipeline
@@ -55,7 +56,7 @@ def bind_all(config: Config) -> list[socket.socket]:
 
 async def serve_worker(config: Config, listeners: list[socket.socket], *,
                        ready: Callable[[], None] | None = None, bus: str | None = None, worker_id: str = "1.0",
-                       workers: int = 1) -> None:
+                       workers: int = 1, parent: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT, then drain for up to drain_timeout seconds.
 
     With `bus` (under the supervisor) shared state comes from the state keeper; without it (`gateway run`, tests)
@@ -71,13 +72,15 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               gw.max_connections)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
-    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive))
+    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive, shared))
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(settings.connections.timers.expire_forever)
+                if parent is not None:
+                    nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:
                     await nursery.start(shared.run_bus, ctx, bus)
                 else:
@@ -131,7 +134,7 @@ def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.
     """A worker under the root supervisor: serve on the inherited listener slots, report ready on the pipe."""
     from supervisor import notify_ready
 
-    die_with_parent()
+    parent = parent_or_exit()
     config = load_config(config_path)
     listeners = []
     for fd in fds:
@@ -140,22 +143,8 @@ def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.
         listeners.append(sock)
     bus = absolute_endpoint(config.gateway.bus)
     trio.run(lambda: serve_worker(config, listeners, ready=notify_ready, bus=bus, worker_id=worker_id,
-                                  workers=workers))
+                                  workers=workers, parent=parent))
     return 0
-
-
-def die_with_parent() -> None:
-    """Ask Linux to SIGTERM us if the root dies, so a killed root cannot leave workers holding the port."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: the supervisor's own shutdown still stops us
-        return
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        raise SystemExit("gateway worker: the root process is gone")
 
 
 def run_worker(config_path: str, ready: Callable[[], None] | None = None) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from gateway.breaker.messages import BreakerUpdate, Outcome
+from gateway.discovery.types import TargetInfo
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
 
 VERSION = 1
@@ -46,6 +47,25 @@ class GiveBack(Msg, tag="giveback"):
 
 class Outcomes(Msg, tag="outcomes"):
     items: list[Outcome] = []
+
+
+class PassiveOutcomes(Msg, tag="passive"):
+    """Results of real traffic for passive health checks: (upstream, host:port, status or TCP_FAILURE/TIMEOUT)."""
+
+    items: list[tuple[str, str, int]] = []
+
+
+class HealthReport(Msg, tag="health"):
+    """From the active health checker: targets that became healthy or unhealthy."""
+
+    items: list[tuple[str, str, bool]] = []
+
+
+class Discovered(Msg, tag="discovered"):
+    """From discovery: an upstream's full current target list."""
+
+    upstream: str = ""
+    targets: list[TargetInfo] = []
 
 
 class AdminOp(Msg, tag="admin"):
@@ -85,6 +105,7 @@ class TargetState(msgspec.Struct, array_like=True):
     key: str
     drained: bool = False
     weight: int | None = None  # None: as configured
+    healthy: bool = True  # active and passive health checks
 
 
 class Heartbeat(Msg, tag="hb"):
@@ -98,6 +119,7 @@ class Snapshot(Msg, tag="snapshot"):
     incarnation: str = ""
     breakers: list[BreakerUpdate] = []
     targets: list[TargetState] = []
+    upstreams: list[UpstreamTargets] = []  # discovered target lists (upstreams from the config are not listed)
 
 
 class BreakersChanged(Msg, tag="breakers"):
@@ -108,8 +130,15 @@ class TargetsChanged(Msg, tag="targets"):
     targets: list[TargetState] = []
 
 
-AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | AdminOp | Grants | ProbePermit | AdminResult | Heartbeat |
-          Snapshot | BreakersChanged | TargetsChanged)
+class UpstreamTargets(Msg, tag="upstream_targets"):
+    """Discovery changed an upstream's target list: workers rebuild its balancer, the checker its probes."""
+
+    upstream: str = ""
+    targets: list[TargetInfo] = []
+
+
+AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | Discovered | AdminOp | Grants |
+          ProbePermit | AdminResult | Heartbeat | Snapshot | BreakersChanged | TargetsChanged | UpstreamTargets)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMsg)

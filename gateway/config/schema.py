@@ -142,6 +142,7 @@ class Upstream(Base):
     hash_on_uri_capture: str | None = None
     hash_fallback_uri_capture: str | None = None
     host_header: str | None = None
+    panic_mode: bool = False  # ours (Envoy's panic): when every target is unhealthy, use them all instead of 503
     healthchecks: Healthchecks = msgspec.field(default_factory=Healthchecks)
     slots: Annotated[int, msgspec.Meta(ge=10, le=65536)] = 10000
     discovery: DiscoverySettings | None = None  # ours: static / etcd / consul targets (config/discovery.py)

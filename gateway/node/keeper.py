@@ -22,6 +22,9 @@ from gateway.breaker.keeper import BreakerBoard
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
+from gateway.health.passive import PassiveChecker
+from gateway.health.policy import TCP_FAILURE, TIMEOUT
+from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.ratelimit.ledger import Ledger
 from gateway.runtime import compile_config
 
@@ -29,6 +32,7 @@ log = logging.getLogger("gateway.keeper")
 
 HEARTBEAT_S = 0.1  # workers declare the keeper lost after KEEPER_LOST_S without one (gateway/state/client.py)
 TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often
+PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
 
 
 class Keeper:
@@ -43,6 +47,8 @@ class Keeper:
         self.targets: dict[str, p.TargetState] = {}
         self.seen_workers: set[bytes] = set()
         self.seq = 0
+        self.discovered: dict[str, list[p.TargetInfo]] = {}
+        self._flips: list[p.TargetState] = []
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -53,6 +59,26 @@ class Keeper:
         self.breakers.adopt(old)
         self.targets = {key: self.targets.get(key) or p.TargetState(key)
                         for group in runtime.all_groups() for key in group.keys}
+        for upstream, infos in self.discovered.items():
+            for info in infos:
+                key = f"{upstream}|{info.name}"
+                self.targets.setdefault(key, p.TargetState(key))
+        self.passive = PassiveChecker.from_config(config, self._passive_flip)
+
+    def _passive_flip(self, upstream: str, target: str, healthy: bool) -> None:
+        self._set_health(f"{upstream}|{target}", healthy, "passive checks")
+
+    def _set_health(self, key: str, healthy: bool, source: str) -> None:
+        state = self.targets.get(key)
+        if state is None or state.healthy == healthy:
+            return
+        state.healthy = healthy
+        log.warning("target %s is now %s (%s)", key, "healthy" if healthy else "unhealthy", source)
+        self._flips.append(state)
+
+    def _flushed_flips(self) -> list[p.Msg]:
+        flips, self._flips = self._flips, []
+        return [p.TargetsChanged(targets=flips)] if flips else []
 
     # Each handler returns (replies to the sender, broadcasts to all).
 
@@ -70,6 +96,17 @@ class Keeper:
             for f in msg.fallback:
                 self.ledger.report_fallback(f, now)
             return [], []
+        if isinstance(msg, p.PassiveOutcomes):
+            for upstream, target, code in msg.items:
+                self.passive.report(upstream, target, PASSIVE_CODES.get(code, code))
+            return [], self._flushed_flips()
+        if isinstance(msg, p.HealthReport):
+            for upstream, target, healthy in msg.items:
+                self.passive.set_health(upstream, target, healthy)
+                self._set_health(f"{upstream}|{target}", healthy, "active checks")
+            return [], self._flushed_flips()
+        if isinstance(msg, p.Discovered):
+            return [], self.discover(msg.upstream, msg.targets)
         if isinstance(msg, p.Hello):
             self.seen_workers.add(sender)
             return [self.snapshot()], []
@@ -83,7 +120,24 @@ class Keeper:
 
     def snapshot(self) -> p.Snapshot:
         return p.Snapshot(incarnation=self.incarnation, breakers=self.breakers.states(),
-                          targets=list(self.targets.values()))
+                          targets=list(self.targets.values()),
+                          upstreams=[p.UpstreamTargets(upstream=u, targets=t) for u, t in self.discovered.items()])
+
+    def discover(self, upstream: str, targets: list[p.TargetInfo]) -> list[p.Msg]:
+        """Discovery's new list for an upstream: remember it, and tell workers and the checker."""
+        if self.discovered.get(upstream) == targets:
+            return []
+        self.discovered[upstream] = list(targets)
+        names = {t.name for t in targets}
+        for t in targets:
+            key = f"{upstream}|{t.name}"
+            self.targets.setdefault(key, p.TargetState(key))
+        for key in [k for k in self.targets if k.startswith(upstream + "|") and k.split("|", 1)[1] not in names]:
+            del self.targets[key]
+        self.passive.retain(upstream, names)
+        log.info("discovery: upstream %s now has %d target(s): %s", upstream, len(targets),
+                 ", ".join(t.name for t in targets) or "none")
+        return [p.UpstreamTargets(upstream=upstream, targets=list(targets))]
 
     def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
         """Breaker timers: open -> half-open, with probe permits spread over the workers."""
@@ -119,7 +173,8 @@ class Keeper:
             _bad(cmd, action)
         if cmd == "targets":
             if action == "list":
-                return [{"key": t.key, "drained": t.drained, "weight": t.weight} for t in self.targets.values()], []
+                return [{"key": t.key, "drained": t.drained, "weight": t.weight, "healthy": t.healthy}
+                        for t in self.targets.values()], []
             key = _need(args, "target")
             if key not in self.targets:
                 raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")
@@ -135,8 +190,12 @@ class Keeper:
                 state.weight = weight
             else:
                 _bad(cmd, action)
-            return {"key": state.key, "drained": state.drained, "weight": state.weight}, \
+            return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
                 [p.TargetsChanged(targets=[state])]
+        if cmd == "health":
+            return {"incarnation": self.incarnation, "workers_seen": len(self.seen_workers),
+                    "targets": {t.key: t.healthy for t in self.targets.values()},
+                    "discovered": {u: len(t) for u, t in self.discovered.items()}}, []
         if cmd == "reload_config":
             if self.config_path is None:
                 raise ValueError("this keeper was started without a config path")
@@ -155,7 +214,7 @@ def _bad(cmd: str, action: str) -> Any:
     raise ValueError(f"unknown action {action!r} for {cmd}")
 
 
-async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None) -> None:
+async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None) -> None:
     """Bind the bus sockets and serve until SIGTERM."""
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
@@ -201,6 +260,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None) -> None:
                 nursery.start_soon(routed.run)
                 nursery.start_soon(_heartbeats, keeper, publish)
                 nursery.start_soon(_ticks, keeper, routed, publish)
+                if parent is not None:
+                    nursery.start_soon(stop_when_orphaned, parent)
                 publish(keeper.snapshot())
                 log.info("state keeper %s serving the bus on %s", keeper.incarnation, bus)
                 if ready is not None:
@@ -234,11 +295,10 @@ async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any) -> None:
 def run_keeper(config_path: str, workers: int) -> int:
     """`gateway keeper`: the process the root supervises."""
     from gateway.node.paths import absolute_endpoint
-    from gateway.worker import die_with_parent
     from supervisor import notify_ready
 
-    die_with_parent()
+    parent = parent_or_exit()
     config = load_config(config_path)
     keeper = Keeper(config, workers, config_path)
-    trio.run(lambda: serve_keeper(keeper, absolute_endpoint(config.gateway.bus), notify_ready))
+    trio.run(lambda: serve_keeper(keeper, absolute_endpoint(config.gateway.bus), notify_ready, parent))
     return 0

@@ -13,6 +13,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import trio
@@ -22,13 +23,16 @@ from gateway import __version__
 from gateway.bus.admin_protocol import AdminRequest
 from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
-from gateway.config import Config, ConfigError, parse_config
+from gateway.config import Config, ConfigError, parse_config, parse_host_port
+from gateway.discovery.registration import run_registration
 from gateway.node import tree
 from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
+from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
+from gateway.status import StatusApp, serve_status
 from gateway.worker import listen_addresses
-from supervisor import ChildInfo, Handle, RestartIntensityExceeded, StartError, serve
+from supervisor import ChildInfo, ChildSpec, Handle, RestartIntensityExceeded, StartError, serve
 
 log = logging.getLogger("gateway.node")
 
@@ -113,14 +117,24 @@ class Node:
     async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
         self.generation = 1
         first = self._generation_spec(1, text, config)
-        keeper = tree.keeper_spec(self._write_current(text), self.worker_count(config), config)
+        current = self._write_current(text)
+        children = [tree.keeper_spec(current, self.worker_count(config), config), *self._satellites(current, config)]
+        gw = config.gateway
+        if gw.status_listen:
+            host, port = parse_host_port(gw.status_listen, None)  # type: ignore[misc]  # validated at load
+            app = StatusApp(NodeStatus(self), version=__version__, started_at=self.started_at)
+            children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
+        children.append(first)
+        if gw.registration is not None:
+            children.append(ChildSpec("registration", partial(run_registration, gw.registration, gw),
+                                      shutdown=6000))
         exit_code = EXIT_OK
         startup_error: StartupError | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 try:
-                    self.root = await nursery.start(serve, tree.root_spec(config, [keeper, first]))
+                    self.root = await nursery.start(serve, tree.root_spec(config, children))
                 except StartError as e:
                     raise StartupError(f"workers failed to start: {e}") from None
                 await nursery.start(serve_admin, admin, self.handle_admin)
@@ -173,6 +187,39 @@ class Node:
 
     # ---- generations --------------------------------------------------------------------------------------------
 
+    def _satellites(self, current: str, config: Config) -> list[ChildSpec]:
+        """The health checker and discovery processes, when the config has something for them to do."""
+        kinds = [kind for kind, needed in (("health", tree.needs_health(config)),
+                                           ("discovery", tree.needs_discovery(config))) if needed]
+        return [tree.satellite_spec(kind, current, config) for kind in kinds]
+
+    async def _restart_satellites(self, current: str, config: Config) -> None:
+        """They read the config at start: replace them with ones started on the new config."""
+        root = self.root
+        assert root is not None
+        for kind in ("health", "discovery"):
+            if await self.child(kind) is not None:
+                await root.terminate_child(kind)
+                await root.delete_child(kind)
+        for spec in self._satellites(current, config):
+            try:
+                await root.start_child(spec)
+            except Exception as e:
+                log.error("reload: %s did not start on the new config: %s", spec.id, e)
+
+    async def child(self, child_id: str) -> ChildInfo | None:
+        """The root's child `child_id`, if it has one."""
+        if self.root is None:
+            return None
+        return next((i for i in await self.root.which_children() if i.id == child_id), None)
+
+    async def current_workers(self) -> list[ChildInfo]:
+        """The workers of the generation now serving."""
+        info = await self.child(f"workers@{self.generation}")
+        if info is None or info.pid is None or not isinstance(info.pid.value, Handle):
+            return []
+        return await info.pid.value.which_children()
+
     def _write_current(self, text: str) -> str:
         """The config the keeper reads (at start, on reload_config, and after a restart)."""
         path = os.path.join(self.run_dir, "config.current.yaml")
@@ -215,11 +262,12 @@ class Node:
                     from None
             self.generation = new
             self.config = config
-            self._write_current(text)
+            current = self._write_current(text)
             try:
                 await self.keeper.call("reload_config", {})
             except KeeperUnavailable:
                 log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
+            await self._restart_satellites(current, config)
             log.info("reload: generation %d accepting; generation %d draining", new, old)
             self._nursery.start_soon(self._retire, old, addresses)  # type: ignore[union-attr]
             return {"generation": new, "retiring": old}

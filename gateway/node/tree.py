@@ -1,11 +1,14 @@
 """The gateway's supervision tree as OTP child specs (drawn in the README).
 
     root  one_for_one, intensity 5 / 60 s (erlmcp's)
-     ├─ keeper      OS process: `gateway keeper`, the bus owner (rate-limit ledgers, breakers, target overrides)
+     ├─ keeper      OS process: `gateway keeper`, the bus owner (rate-limit ledgers, breakers, target states)
+     ├─ health      OS process: `gateway health`, active checks (when an upstream has them)
+     ├─ discovery   OS process: `gateway discovery`, etcd / Consul watches (when an upstream has them)
+     ├─ status      Trio task in the root: hypercorn serving /health /ready /live /metrics on status_listen
      └─ workers@G   one_for_one supervisor of generation G (a reload starts G+1 beside it, then retires G)
           ├─ worker-1   OS process: `gateway worker`, inheriting its listener slots
           └─ worker-N
-The health checker, discovery and status server hang under root, between the keeper and the workers.
+     └─ registration  Trio task in the root: the gateway's own entry in Consul or etcd (when configured)
 """
 
 from __future__ import annotations
@@ -32,6 +35,22 @@ def keeper_spec(snapshot_path: str, workers: int, config: Config) -> ChildSpec:
     argv = [sys.executable, "-m", "gateway", "keeper", "--config", snapshot_path, "--workers", str(workers)]
     return ChildSpec("keeper", Process(argv, start_timeout=config.gateway.worker_start_timeout_s),
                      restart=Restart.PERMANENT, shutdown=5000)
+
+
+def satellite_spec(kind: str, config_path: str, config: Config) -> ChildSpec:
+    """`gateway health` or `gateway discovery`: one process for the whole gateway, reporting to the keeper."""
+    argv = [sys.executable, "-m", "gateway", kind, "--config", config_path]
+    return ChildSpec(kind, Process(argv, start_timeout=config.gateway.worker_start_timeout_s),
+                     restart=Restart.PERMANENT, shutdown=5000)
+
+
+def needs_health(config: Config) -> bool:
+    return any(up.healthchecks.active.healthy.interval or up.healthchecks.active.unhealthy.interval
+               or up.healthchecks.check is not None for up in config.upstreams)
+
+
+def needs_discovery(config: Config) -> bool:
+    return any(up.discovery is not None for up in config.upstreams)
 
 
 def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> ChildSpec:

@@ -21,21 +21,39 @@ from gateway.mcp.step import McpRequest, session_not_found
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.routing import Match
-from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime
+from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
+from gateway.state.shared import SharedState
 
 log = logging.getLogger("gateway.forward")
 
+TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 SSE_KEEPALIVE_COMMENT = b": keepalive\n\n"
 _DROP_OUT = HOP_BY_HOP | {b"x-request-id"}
+
+
+class Attempt:
+    """One try of one target, with what its end must be reported to (captured at the start, so a target list
+    replaced by discovery meanwhile cannot misdirect the report)."""
+
+    __slots__ = ("group", "balancer", "index", "key", "probe", "started")
+
+    def __init__(self, group: UpstreamGroup, index: int) -> None:
+        self.group = group
+        self.balancer = group.balancer
+        self.index = index
+        self.key = group.keys[index]
+        self.probe = False
+        self.started = 0.0
 
 
 class Forwarder:
     """The upstream half of the pipeline for one worker: a pool and the settings that shape forwarding."""
 
     def __init__(self, pool: Pool, listen_port: int, trust_forwarded: bool = False,
-                 sse_keepalive: float = 15.0) -> None:
+                 sse_keepalive: float = 15.0, shared: SharedState | None = None) -> None:
         self.pool = pool
+        self.shared = shared
         self.listen_port = str(listen_port).encode()
         self.trust_forwarded = trust_forwarded
         self.sse_keepalive = sse_keepalive
@@ -59,7 +77,7 @@ class Forwarder:
             pinned = mcp.pinned
         replayable = body_done and req.method in IDEMPOTENT
         hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None else None
-        tried: set[int] = set()
+        tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
         error: UpstreamError | None = None
         for _ in range(svc.retries + 1 if pinned is None else 1):  # a pinned session never moves
             index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
@@ -71,15 +89,16 @@ class Forwarder:
             extra = [(b"host", host)]
             if mcp is not None and mcp.rewrite_origin:
                 extra.append((b"origin", b"http://" + target.host_header))
+            attempt = Attempt(group, index)
             try:
-                uc, response, started = await self._exchange(ex, svc, target, index, req.method, target_path,
-                                                             headers + extra, body, body_done)
+                uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
+                                                    headers + extra, body, body_done)
             except UpstreamError as e:
                 error = e
                 if e.sent and not replayable:
                     break
                 continue
-            await self._relay(ex, svc, uc, response, index, started, request_id, mcp)
+            await self._relay(ex, svc, uc, response, attempt, request_id, mcp)
             return
         if pinned is not None and error is not None and not error.sent:
             log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
@@ -89,23 +108,28 @@ class Forwarder:
         else:
             await ex.respond_error(error.status, str(error))
 
-    async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, index: int, method: bytes,
-                        path: bytes, headers: Headers, body: bytes, body_done: bool) \
-            -> tuple[UpstreamConn, Response, float]:
+    async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
+                        method: bytes, path: bytes, headers: Headers, body: bytes, body_done: bool) \
+            -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled."""
         pool = self.pool
-        now = trio.current_time()
+        now = attempt.started = trio.current_time()
         uc = pool.take(target.key, now)
         if uc is None:
-            uc = await pool.connect(target.key, svc.connect_timeout)
+            try:
+                uc = await pool.connect(target.key, svc.connect_timeout)
+            except UpstreamError:
+                self._finished(attempt, False, TCP_FAILURE)
+                raise
         codec = uc.codec
         data = codec.request_head(method, path, headers)
         if body:
             data += codec.body(body)
         if body_done:
             data += codec.end()
-        balancer = svc.group.balancer
-        balancer.started(index)
+        group = attempt.group
+        attempt.balancer.started(attempt.index)
+        attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
         try:
             # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
             # answers 504, and the cleanup below runs as the cancellation passes through.
@@ -130,33 +154,35 @@ class Forwarder:
             if ev is CLOSED:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True)
             assert isinstance(ev, Response)
-            return uc, ev, now
+            return uc, ev
         except ProtocolError as e:
             uc.close()
-            balancer.finished(index, trio.current_time() - now, False)
+            self._finished(attempt, False, 502 if e.status >= 500 else 0)
             if ex.response_started or e.status < 500:
                 raise  # the client's own request broke (e.g. its body): not the upstream's fault
             raise BadResponse(f"upstream {target.name}: {e}", sent=True) from None
         except BrokenPipeError:
             uc.close()
-            balancer.finished(index, trio.current_time() - now, False)
+            self._finished(attempt, False, TCP_FAILURE)
             raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
                                  sent=True) from None
         except BaseException:
             uc.close()
-            balancer.finished(index, trio.current_time() - now, False)
+            timer = ex.timer
+            timed_out = timer.phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and timer.at <= trio.current_time()
+            self._finished(attempt, False, TIMEOUT if timed_out else 0)
             raise
 
-    async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, index: int,
-                     started: float, request_id: bytes, mcp: McpRequest | None = None) -> None:
+    async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
+                     request_id: bytes, mcp: McpRequest | None = None) -> None:
         """Stream the response to the client; pool the connection only after a clean, complete exchange."""
         codec = uc.codec
-        balancer = svc.group.balancer
         ok = False
+        failed = 0  # TCP_FAILURE when the upstream broke mid-response
         try:
             headers = _client_headers(response.headers, request_id)
             if mcp is not None:
-                mcp.client_headers(headers, svc.group.targets[index].name)
+                mcp.client_headers(headers, attempt.key.split("|", 1)[1])
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
@@ -169,14 +195,29 @@ class Forwarder:
                 except (ProtocolError, UpstreamError) as e:
                     # The head is out: all we can do is cut the client off so it sees an incomplete response.
                     log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                    failed = TCP_FAILURE
                     return
             ok = True
         finally:
-            balancer.finished(index, trio.current_time() - started, ok and response.status < 500)
+            self._finished(attempt, ok and response.status < 500, response.status if ok else failed)
             if ok and codec.keep_alive:
                 self.pool.put(uc, trio.current_time())
             else:
                 uc.close()
+
+    def _finished(self, attempt: Attempt, ok: bool, code: int) -> None:
+        """A request to a target ended: tell the balancer, the breaker and passive health checks that cover it.
+
+        `code` is the HTTP status, TCP_FAILURE or TIMEOUT, or 0 when the request ended for another reason
+        (the client went away) and says nothing about the target."""
+        attempt.balancer.finished(attempt.index, trio.current_time() - attempt.started, ok)
+        shared = self.shared
+        if shared is not None and code:
+            group = attempt.group
+            if group.breakers:
+                shared.outcome(attempt.key, ok, attempt.probe)
+            if group.passive:
+                shared.passive(attempt.key, code)
 
     async def _stream_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.

@@ -23,7 +23,7 @@ from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
 from gateway.ratelimit.lease import LeaseTable
-from gateway.runtime import Runtime, UpstreamGroup
+from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 
 log = logging.getLogger("gateway.state")
 
@@ -45,16 +45,26 @@ class SharedState:
         self._last_heartbeat = -1e9
         self._waiters: dict[str, trio.Event] = {}
         self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
+        self._by_name: dict[str, list[UpstreamGroup]] = {}
         self._drained: set[str] = set()
+        self._unhealthy: set[str] = set()
+        self._passive: list[tuple[str, str, int]] = []
         self._send: Callable[[p.Msg], bool] = lambda msg: False
         self._local = None  # the keeper's logic, in-process, when there is no bus
 
     def attach(self, runtime: Runtime) -> None:
         """Learn the runtime's targets, so published states reach their upstream groups."""
-        self._groups.clear()
+        self._by_name.clear()
         for group in runtime.all_groups():
-            for index, key in enumerate(group.keys):
-                self._groups.setdefault(key, []).append((group, index))
+            self._by_name.setdefault(group.name, []).append(group)
+        self._index_targets()
+
+    def _index_targets(self) -> None:
+        self._groups.clear()
+        for groups in self._by_name.values():
+            for group in groups:
+                for index, key in enumerate(group.keys):
+                    self._groups.setdefault(key, []).append((group, index))
 
     # ---- hot path helpers ---------------------------------------------------------------------------------------
 
@@ -66,11 +76,24 @@ class SharedState:
         with trio.move_on_after(timeout):
             await event.wait()
 
-    def outcome(self, group: UpstreamGroup, index: int, ok: bool, probe: bool) -> None:
+    def begin(self, group: UpstreamGroup, index: int) -> bool:
+        """A request goes to a breaker-covered target: True if it is a half-open probe (spending our permit)."""
+        key = group.keys[index]
+        if self.breakers.started(key):
+            self._recompute(key)
+            return True
+        return False
+
+    def outcome(self, key: str, ok: bool, probe: bool) -> None:
         """A request to a breaker-covered target ended: batch it, or send a probe's result at once."""
-        single = self.breakers.record(group.keys[index], ok, probe)
+        single = self.breakers.record(key, ok, probe)
         if single is not None:
             self._send(p.Outcomes(items=[single]))
+
+    def passive(self, key: str, code: int) -> None:
+        """A result for passive health checks (status, or -1 TCP failure, -2 timeout), sent with the next batch."""
+        upstream, _, target = key.partition("|")
+        self._passive.append((upstream, target, code))
 
     # ---- messages from the keeper -------------------------------------------------------------------------------
 
@@ -96,11 +119,15 @@ class SharedState:
             self._recompute(msg.target)
         elif isinstance(msg, p.TargetsChanged):
             self._apply_targets(msg.targets)
+        elif isinstance(msg, p.UpstreamTargets):
+            self._replace_targets(msg.upstream, msg.targets)
         elif isinstance(msg, p.Snapshot):
+            for up in msg.upstreams:
+                self._replace_targets(up.upstream, up.targets)
             for update in msg.breakers:
                 self.breakers.apply(update)
             self._apply_targets(msg.targets)
-            for key in self._groups:
+            for key in list(self._groups):
                 self._recompute(key)
 
     def _keeper_found(self, incarnation: str) -> None:
@@ -115,21 +142,34 @@ class SharedState:
         self._send(p.Hello(worker=self.worker_id, pid=os.getpid()))
         self._send(p.GiveBack(fallback=self.leases.reports(time.time())))
 
+    def _replace_targets(self, upstream: str, infos: list[p.TargetInfo]) -> None:
+        groups = self._by_name.get(upstream, ())
+        for group in groups:
+            group.replace_targets([TargetRuntime(t.host, t.port, t.weight, group.host_header) for t in infos])
+        if groups:
+            self._index_targets()
+            for key in {k for g in groups for k in g.keys}:
+                self._recompute(key)
+
     def _apply_targets(self, targets: list[p.TargetState]) -> None:
         for state in targets:
-            if state.drained:
-                self._drained.add(state.key)
-            else:
-                self._drained.discard(state.key)
+            (self._drained.add if state.drained else self._drained.discard)(state.key)
+            (self._unhealthy.discard if state.healthy else self._unhealthy.add)(state.key)
             for group, index in self._groups.get(state.key, ()):
                 weight = state.weight if state.weight is not None else group.targets[index].weight
                 group.balancer.set_weight(index, weight)
             self._recompute(state.key)
 
     def _recompute(self, key: str) -> None:
+        """A target's group skips what is drained, circuit-open or unhealthy; with panic_mode, an upstream whose
+        every remaining target is unhealthy uses them anyway (Envoy's panic threshold at 100%)."""
         for group, _ in self._groups.get(key, ()):
-            group.unusable = frozenset(i for i, k in enumerate(group.keys)
-                                       if k in self._drained or self.breakers.is_open(k))
+            keys = group.keys
+            blocked = {i for i, k in enumerate(keys) if k in self._drained or self.breakers.is_open(k)}
+            sick = {i for i, k in enumerate(keys) if k in self._unhealthy} - blocked
+            if group.panic and sick and len(sick) + len(blocked) == len(keys):
+                sick = set()
+            group.unusable = frozenset(blocked | sick)
 
     # ---- the periodic work --------------------------------------------------------------------------------------
 
@@ -146,6 +186,7 @@ class SharedState:
             self._waiters.clear()
         if not self.keeper_up:
             self.breakers.drain_outcomes()  # nobody to tell; the keeper starts fresh counts anyway
+            self._passive.clear()
             return
         wall = time.time()
         reports = self.leases.reports(wall)
@@ -157,6 +198,9 @@ class SharedState:
         outcomes = self.breakers.drain_outcomes()
         if outcomes:
             self._send(p.Outcomes(items=outcomes))
+        if self._passive:
+            passive, self._passive = self._passive, []
+            self._send(p.PassiveOutcomes(items=passive))
 
     def sweep(self, now: float) -> None:
         returned = self.leases.sweep(now)

@@ -1,0 +1,36 @@
+"""Children of the root stop when the root is gone, so a killed root cannot leave processes holding the port.
+
+Linux's PR_SET_PDEATHSIG looks right but is tied to the *thread* that forked the child, and Trio starts children
+from cached threads that exit when idle: children were signalled ten seconds after start. So each child watches
+its parent pid instead, and on a change sends itself SIGTERM, which its normal graceful path handles.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import trio
+
+PARENT_CHECK_S = 0.5
+
+log = logging.getLogger("gateway.orphan")
+
+
+async def stop_when_orphaned(parent: int) -> None:
+    """Run in a child's nursery: SIGTERM ourselves when `parent` (our ppid at start) is no longer our parent."""
+    while True:
+        await trio.sleep(PARENT_CHECK_S)
+        if os.getppid() != parent:
+            log.warning("process %d: the root process %d is gone; stopping", os.getpid(), parent)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
+def parent_or_exit() -> int:
+    """The parent pid to watch; exit at once if the root already died (we were re-parented)."""
+    parent = os.getppid()
+    if parent == 1:
+        raise SystemExit("the root process is gone")
+    return parent

@@ -1,0 +1,75 @@
+"""The root's live data for the status server: the supervision tree, the keeper, discovery, upstream health."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gateway.bus.keeper_link import KeeperUnavailable
+from gateway.status import BaseStatusSource, CheckResult
+
+if TYPE_CHECKING:
+    from gateway.node.root import Node
+
+KEEPER_TIMEOUT_S = 0.5
+
+
+class NodeStatus(BaseStatusSource):
+    """Each check answers from state the root already has, or one short question to the keeper."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def _keeper_health(self) -> dict[str, Any]:
+        reply = await self.node.keeper.call("health", {}, timeout=KEEPER_TIMEOUT_S)
+        if not reply.ok:
+            raise KeeperUnavailable(reply.error or "the keeper refused")
+        return reply.result
+
+    async def workers(self) -> CheckResult:
+        infos = await self.node.current_workers()
+        expected = self.node.worker_count(self.node.config)  # type: ignore[arg-type]
+        running = [i for i in infos if i.pid is not None and i.pid.os_pid]
+        details = {"expected": expected, "running": len(running), "generation": self.node.generation,
+                   "pids": [i.pid.os_pid for i in running], "restarts": sum(i.restart_count for i in infos)}
+        if len(running) == expected:
+            return CheckResult("healthy", details)
+        return CheckResult("degraded" if running else "unhealthy", details)
+
+    async def bus(self) -> CheckResult:
+        try:
+            health = await self._keeper_health()
+        except KeeperUnavailable as e:
+            return CheckResult("unhealthy", {"keeper": "not answering", "reason": str(e)})
+        return CheckResult("healthy", {"keeper": health["incarnation"], "workers_connected": health["workers_seen"]})
+
+    async def discovery(self) -> CheckResult:
+        child = await self.node.child("discovery")
+        if child is None:
+            return CheckResult("healthy", {"note": "no discovery configured"})
+        if child.pid is None or not child.pid.os_pid:
+            return CheckResult("unhealthy", {"process": "not running"})
+        try:
+            health = await self._keeper_health()
+        except KeeperUnavailable:
+            return CheckResult("degraded", {"process": child.pid.os_pid, "note": "keeper not answering"})
+        return CheckResult("healthy", {"process": child.pid.os_pid, "upstreams": health["discovered"]})
+
+    async def upstreams(self) -> CheckResult:
+        health = await self._keeper_health()
+        per: dict[str, dict[str, int]] = {}
+        for key, healthy in health["targets"].items():
+            upstream = key.split("|", 1)[0]
+            counts = per.setdefault(upstream, {"healthy": 0, "total": 0})
+            counts["total"] += 1
+            counts["healthy"] += healthy
+        if any(c["total"] and not c["healthy"] for c in per.values()):
+            return CheckResult("unhealthy", per)
+        if any(c["healthy"] < c["total"] for c in per.values()):
+            return CheckResult("degraded", per)
+        return CheckResult("healthy", per)
+
+    async def readiness(self) -> dict[str, bool]:
+        infos = await self.node.current_workers()
+        expected = self.node.worker_count(self.node.config)  # type: ignore[arg-type]
+        running = sum(1 for i in infos if i.pid is not None and i.pid.os_pid)
+        return {"config": self.node.config is not None, "workers": running == expected}
