@@ -46,7 +46,7 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers", "passive", "panic", "slots", "host_header")
+                 "breakers", "passive", "panic", "slots", "host_header", "discovered")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -63,6 +63,7 @@ class UpstreamGroup:
         self.panic = False  # all targets unhealthy: send to all of them rather than answer 503 (Envoy's panic)
         self.slots = 10000
         self.host_header: str | None = None  # the upstream's host_header, for targets discovery adds
+        self.discovered = False  # its targets come from etcd or Consul at run time
 
     def replace_targets(self, targets: list[TargetRuntime]) -> None:
         """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs)."""
@@ -181,6 +182,7 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
     group.panic = up.panic_mode
     group.slots = up.slots
     group.host_header = up.host_header
+    group.discovered = up.discovery is not None and up.discovery.type != "static"
     return group
 
 
@@ -201,7 +203,7 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str]) 
     if group is None:  # a plain host:port: an implicit upstream of one target
         group = UpstreamGroup(f"{svc.name}:{host}:{port}", [TargetRuntime(host, port, 100)], "round-robin",
                               make_balancer("round-robin", [100]), ("none", b""), ("none", b""))
-    elif not group.targets:
+    elif not group.targets and not group.discovered:
         log.warning("upstream %r of service %r has no targets: its requests will get 503", host, svc.name)
     return ServiceRuntime(svc.name, (path or "").encode(), group, svc.connect_timeout / 1000,
                           svc.write_timeout / 1000, svc.read_timeout / 1000, svc.retries)

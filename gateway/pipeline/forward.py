@@ -79,6 +79,12 @@ class Forwarder:
         hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None else None
         tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
         error: UpstreamError | None = None
+        if pinned is not None and pinned in group.unusable and not (
+                self.shared is not None and self.shared.is_drained(group.keys[pinned])):
+            # The session's server is circuit-open or unhealthy: the client had better start a new session
+            # elsewhere. A drained target keeps its sessions: draining stops new ones, as connection draining does.
+            await session_not_found(ex)
+            return
         for _ in range(svc.retries + 1 if pinned is None else 1):  # a pinned session never moves
             index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
             if index is None:

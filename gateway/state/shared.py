@@ -76,6 +76,9 @@ class SharedState:
         with trio.move_on_after(timeout):
             await event.wait()
 
+    def is_drained(self, key: str) -> bool:
+        return key in self._drained
+
     def begin(self, group: UpstreamGroup, index: int) -> bool:
         """A request goes to a breaker-covered target: True if it is a half-open probe (spending our permit)."""
         key = group.keys[index]
