@@ -35,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("admin", help="send one command to the admin channel and print the JSON reply")
     a.add_argument("--config", "-c")
     a.add_argument("cmd")
-    a.add_argument("args", nargs="*", help="KEY=VALUE arguments")
+    a.add_argument("args", nargs="*", help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
     k = sub.add_parser("keeper", help=argparse.SUPPRESS)  # started by the supervisor
@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--index", type=int, default=0)
     w.add_argument("--workers", type=int, default=1)
     return p
+
+
+def _admin_args(words: list[str]) -> dict[str, str]:
+    """KEY=VALUE words as a dict; a bare word is the action (`breakers open target=K`), not silently dropped."""
+    return {key: value for key, _, value in (w.partition("=") if "=" in w else ("action", "", w) for w in words)}
 
 
 def _positive(text: str) -> int:
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             return control.admin(args.config, "status", as_json=args.json)
         if args.command == "admin":
-            return control.admin(args.config, args.cmd, dict(kv.split("=", 1) for kv in args.args if "=" in kv))
+            return control.admin(args.config, args.cmd, _admin_args(args.args))
         if args.command == "keeper":
             from gateway.node.keeper import run_keeper
 

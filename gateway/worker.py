@@ -31,6 +31,7 @@ from gateway.state.shared import SharedState
 log = logging.getLogger("gateway.worker")
 
 POOL_SWEEP_S = 5.0
+KEEPER_SYNC_TIMEOUT_S = 2.0  # a starting worker waits this long at most for the keeper's first snapshot
 
 
 def listen_addresses(config: Config) -> list[tuple[str, int]]:
@@ -83,6 +84,11 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                     nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:
                     await nursery.start(shared.run_bus, ctx, bus)
+                    # Accept only once the keeper's snapshot is in: before it, an upstream whose targets come from
+                    # discovery has none (503), and unhealthy or drained targets look usable. Bounded: without a
+                    # keeper, serve on the config's state (the fault_tolerant fallback).
+                    with trio.move_on_after(KEEPER_SYNC_TIMEOUT_S):
+                        await shared.synced.wait()
                 else:
                     await nursery.start(shared.run_local, Keeper(config, 1))
                 # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the

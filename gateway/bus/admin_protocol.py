@@ -53,7 +53,8 @@ def encode_request(cmd: str, args: dict[str, Any] | None = None) -> bytes:
 
 
 def encode_reply(reply: AdminReply) -> bytes:
-    return _encoder.encode(reply)
+    """The reply's JSON: `v` always (omit_defaults alone would drop it), then ok and result or error."""
+    return _encoder.encode({"v": reply.v, **msgspec.to_builtins(reply)})
 
 
 def decode_reply(data: bytes) -> AdminReply:

@@ -19,6 +19,7 @@ import trio
 import zmq
 
 from gateway.breaker.keeper import BreakerBoard
+from gateway.breaker.state import State
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
@@ -46,8 +47,11 @@ class Keeper:
         self.breakers = BreakerBoard({})
         self.targets: dict[str, p.TargetState] = {}
         self.seen_workers: set[bytes] = set()
+        self.reporters: dict[str, dict[bytes, None]] = {}  # target -> workers that sent its outcomes, latest last
+        self._turns: dict[str, int] = {}  # target -> the candidate its next half-open permit goes to
         self.seq = 0
         self.discovered: dict[str, list[p.TargetInfo]] = {}
+        self._early_health: dict[str, bool] = {}  # verdicts on targets of upstreams discovery has not reported yet
         self._flips: list[p.TargetState] = []
         self.configure(config)
 
@@ -70,6 +74,11 @@ class Keeper:
 
     def _set_health(self, key: str, healthy: bool, source: str) -> None:
         state = self.targets.get(key)
+        if state is None and key.split("|", 1)[0] not in self.discovered:
+            # A restarted keeper hears the checker's re-sent verdicts and discovery's re-sent lists in either
+            # order: a verdict on a target of a list not known yet applies when the list arrives (`discover`).
+            self._early_health[key] = healthy
+            return
         if state is None or state.healthy == healthy:
             return
         state.healthy = healthy
@@ -88,6 +97,10 @@ class Keeper:
             grants = [self.ledger.grant_request(r, now, wall) for r in msg.requests]
             return [p.Grants(grants=grants)], []
         if isinstance(msg, p.Outcomes):
+            for item in msg.items:
+                reporters = self.reporters.setdefault(item.target, {})
+                reporters.pop(sender, None)
+                reporters[sender] = None
             updates, permits = self.breakers.record(msg.items, now)
             return [p.ProbePermit(target=t) for t in permits], ([p.BreakersChanged(updates=updates)] if updates else [])
         if isinstance(msg, p.GiveBack):
@@ -115,6 +128,8 @@ class Keeper:
                 result, broadcasts = self.admin(msg.cmd, msg.args, now, wall)
             except (KeyError, ValueError) as e:
                 return [p.AdminResult(id=msg.id, ok=False, error=str(e).strip("'\""))], []
+            except (TypeError, ArithmeticError) as e:  # e.g. a list as target: it must not kill the keeper
+                return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
             return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
         return [], []
 
@@ -129,21 +144,40 @@ class Keeper:
             return []
         self.discovered[upstream] = list(targets)
         names = {t.name for t in targets}
+        added = []
         for t in targets:
             key = f"{upstream}|{t.name}"
-            self.targets.setdefault(key, p.TargetState(key))
+            if key not in self.targets:
+                state = self.targets[key] = p.TargetState(key)
+                state.healthy = self._early_health.get(key, True)
+                added.append(state)
+        for key in [k for k in self._early_health if k.startswith(upstream + "|")]:
+            del self._early_health[key]
         for key in [k for k in self.targets if k.startswith(upstream + "|") and k.split("|", 1)[1] not in names]:
             del self.targets[key]
         self.passive.retain(upstream, names)
         log.info("discovery: upstream %s now has %d target(s): %s", upstream, len(targets),
                  ", ".join(t.name for t in targets) or "none")
-        return [p.UpstreamTargets(upstream=upstream, targets=list(targets))]
+        # The new targets' states go out too: workers may still hold older verdicts on them (from before a keeper
+        # restart), and the keeper only publishes flips, so a stale "unhealthy" would otherwise never be corrected.
+        return [p.UpstreamTargets(upstream=upstream, targets=list(targets))] + \
+            ([p.TargetsChanged(targets=added)] if added else [])
 
     def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
         """Breaker timers: open -> half-open, with probe permits spread over the workers."""
         updates, permits = self.breakers.tick(now)
-        workers = sorted(self.seen_workers)
-        direct = [(workers[i % len(workers)], p.ProbePermit(target=t)) for i, t in enumerate(permits) if workers]
+        for update in updates:
+            if update.state is State.HALF_OPEN:
+                self._turns[update.target] = 0
+        direct = []
+        for target in permits:
+            # To the workers that sent this target traffic, the latest first: an idle worker would sit on its permit
+            # until it lapses. A lapsed permit goes to the next candidate.
+            workers = list(reversed(self.reporters.get(target, {}))) or sorted(self.seen_workers)
+            if workers:
+                turn = self._turns.get(target, 0)
+                direct.append((workers[turn % len(workers)], p.ProbePermit(target=target)))
+                self._turns[target] = turn + 1
         return direct, ([p.BreakersChanged(updates=updates)] if updates else [])
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:

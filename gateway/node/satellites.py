@@ -14,7 +14,7 @@ import trio
 import zmq
 
 from gateway.bus import protocol as p
-from gateway.bus.zmq_trio import PumpedSocket
+from gateway.bus.channel import KeeperChannel
 from gateway.config import Config, load_config
 from gateway.discovery import run_discovery
 from gateway.health.checker import HealthChecker, run_checks, upstreams_from_config
@@ -24,47 +24,26 @@ from gateway.node.paths import absolute_endpoint
 log = logging.getLogger("gateway.satellite")
 
 
-class KeeperChannel:
-    """A satellite's line to the keeper: a DEALER to send reports, a SUB to hear heartbeats and published state."""
+class _Reporter:
+    """A satellite's channel to the keeper that notices a new keeper incarnation (to re-send its whole view)."""
 
-    def __init__(self, ctx: zmq.Context, bus: str, on_message: Callable[[p.Msg], None],
+    def __init__(self, ctx: zmq.Context, config: Config, on_message: Callable[[p.Msg], None],
                  on_new_keeper: Callable[[], None]) -> None:
-        dealer = ctx.socket(zmq.DEALER)
-        sub = ctx.socket(zmq.SUB)
-        for sock in (dealer, sub):
-            sock.setsockopt(zmq.LINGER, 0)
-        dealer.connect(bus)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(p.pub_endpoint(bus))
-        self._dealer = PumpedSocket(dealer, lambda frames: None)
-        self._sub = PumpedSocket(sub, self._on_frames)
-        self._on_message = on_message
+        self.channel = KeeperChannel(ctx, absolute_endpoint(config.gateway.bus), self._on_message)
+        self._forward = on_message
         self._on_new_keeper = on_new_keeper
         self.incarnation = ""
 
     def send(self, msg: p.Msg) -> None:
-        self._dealer.send([p.encode(msg)])
+        self.channel.send(msg)
 
-    def _on_frames(self, frames: list[bytes]) -> None:
-        try:
-            msg = p.decode(frames[-1])
-        except p.BadMessage:
-            return
+    def _on_message(self, msg: p.Msg) -> None:
         if isinstance(msg, p.Heartbeat):
             if msg.incarnation != self.incarnation:
                 self.incarnation = msg.incarnation
                 self._on_new_keeper()
-            return
-        self._on_message(msg)
-
-    async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._dealer.run)
-            nursery.start_soon(self._sub.run)
-
-    def close(self) -> None:
-        self._dealer.close()
-        self._sub.close()
+        else:
+            self._forward(msg)
 
 
 async def _serve_until_sigterm(config: Config, service: Callable[[zmq.Context, trio.Nursery], object],
@@ -111,8 +90,8 @@ async def _health(config: Config, ctx: zmq.Context, nursery: trio.Nursery) -> No
         if unhealthy:
             channel.send(p.HealthReport(items=[(u, t, False) for u, t in sorted(unhealthy)]))
 
-    channel = KeeperChannel(ctx, absolute_endpoint(config.gateway.bus), on_message, on_new_keeper)
-    nursery.start_soon(channel.run)
+    channel = _Reporter(ctx, config, on_message, on_new_keeper)
+    nursery.start_soon(channel.channel.run)
     checker = await nursery.start(run_checks, upstreams_from_config(config), on_change)
 
 
@@ -127,8 +106,8 @@ async def _discovery(config: Config, ctx: zmq.Context, nursery: trio.Nursery) ->
         for upstream, targets in known.items():
             channel.send(p.Discovered(upstream=upstream, targets=targets))
 
-    channel = KeeperChannel(ctx, absolute_endpoint(config.gateway.bus), lambda msg: None, on_new_keeper)
-    nursery.start_soon(channel.run)
+    channel = _Reporter(ctx, config, lambda msg: None, on_new_keeper)
+    nursery.start_soon(channel.channel.run)
     await nursery.start(run_discovery, config, on_targets)
 
 

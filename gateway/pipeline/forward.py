@@ -120,6 +120,10 @@ class Forwarder:
         """Send the request and read the response head; on failure the connection is closed, never pooled."""
         pool = self.pool
         now = attempt.started = trio.current_time()
+        group = attempt.group
+        # Spend a half-open probe permit before the first await: otherwise another request of this worker could
+        # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
+        attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
         uc = pool.take(target.key, now)
         if uc is None:
             try:
@@ -133,9 +137,7 @@ class Forwarder:
             data += codec.body(body)
         if body_done:
             data += codec.end()
-        group = attempt.group
         attempt.balancer.started(attempt.index)
-        attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
         try:
             # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
             # answers 504, and the cleanup below runs as the cancellation passes through.

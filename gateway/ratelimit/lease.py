@@ -139,12 +139,18 @@ class LeaseTable:
             self._void(lease)
         if now < lease.blocked_until:
             return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, ceil(lease.blocked_until - now), wall)
-        if self._fallback or (waited and lease.in_flight and now - lease.asked_at >= WAIT_S):
+        if self._fallback or (waited and lease.in_flight):  # the keeper stayed silent through the caller's wait
             return self._local_share(lease, now, wall) if spec.fault_tolerant else UNAVAILABLE
         if not lease.due:
             lease.due = True
             self._due.append(lease)
-        if waited:  # the keeper answers but had nothing for us in time: the limit's tail is being handed out
+        if waited:
+            grant = lease.grant
+            if grant is not None and grant.granted and min(grant.remaining, default=1) > 0 and spec.fault_tolerant:
+                # The keeper had room and gave tokens, but they were spent by this worker's other requests or
+                # ran out with their window while we waited: a timing artefact, not the limit. Local share.
+                return self._local_share(lease, now, wall)
+            # The keeper answers but had nothing for us in time: the limit's tail is being handed out.
             return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
         return WAIT
 

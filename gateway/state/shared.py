@@ -21,7 +21,7 @@ import zmq
 
 from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
-from gateway.bus.zmq_trio import PumpedSocket
+from gateway.bus.channel import KeeperChannel
 from gateway.ratelimit.lease import LeaseTable
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 
@@ -42,6 +42,7 @@ class SharedState:
         self.breakers = BreakerView()
         self.keeper_up = False
         self.incarnation = ""
+        self.synced = trio.Event()  # set by the first snapshot from a keeper (targets discovered, health, drains)
         self._last_heartbeat = -1e9
         self._waiters: dict[str, trio.Event] = {}
         self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
@@ -69,10 +70,14 @@ class SharedState:
     # ---- hot path helpers ---------------------------------------------------------------------------------------
 
     async def wait_grant(self, key: str, timeout: float) -> None:
-        """Wait (bounded) for the keeper's answer to a lease request for `key`."""
+        """Ask for due leases now (not at the next flush) and wait, bounded, for the answer for `key`."""
         event = self._waiters.get(key)
         if event is None:
             event = self._waiters[key] = trio.Event()
+        if self.keeper_up:
+            requests = self.leases.refills(trio.current_time())
+            if requests:
+                self._send(p.AskLeases(requests=requests))  # in-process keeper: answered (event set) right here
         with trio.move_on_after(timeout):
             await event.wait()
 
@@ -132,6 +137,7 @@ class SharedState:
             self._apply_targets(msg.targets)
             for key in list(self._groups):
                 self._recompute(key)
+            self.synced.set()
 
     def _keeper_found(self, incarnation: str) -> None:
         if self.incarnation and incarnation != self.incarnation:
@@ -213,28 +219,15 @@ class SharedState:
     async def run_bus(self, ctx: zmq.Context, endpoint: str,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Talk to the keeper over ZeroMQ until cancelled."""
-        dealer = ctx.socket(zmq.DEALER)
-        sub = ctx.socket(zmq.SUB)
-        for sock in (dealer, sub):
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
-        dealer.setsockopt(zmq.SNDHWM, 10000)
-        dealer.connect(endpoint)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        sub.connect(p.pub_endpoint(endpoint))
-        direct = PumpedSocket(dealer, self._on_frames)
-        broadcast = PumpedSocket(sub, self._on_frames)
-        self._send = lambda msg: direct.send([p.encode(msg)])
+        channel = KeeperChannel(ctx, endpoint, self.on_message)
+        self._send = channel.send
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(direct.run)
-                nursery.start_soon(broadcast.run)
+                nursery.start_soon(channel.run)
                 nursery.start_soon(self._periodic)
                 task_status.started()
         finally:
             self._send = lambda msg: False
-            direct.close()
-            broadcast.close()
 
     async def run_local(self, keeper: object, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """No bus (`gateway run`): the keeper's logic runs here, exact for this one process."""
@@ -255,14 +248,6 @@ class SharedState:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._periodic)
             task_status.started()
-
-    def _on_frames(self, frames: list[bytes]) -> None:
-        try:
-            msg = p.decode(frames[-1])
-        except p.BadMessage as e:
-            log.warning("worker %s: dropped a bus message: %s", self.worker_id, e)
-            return
-        self.on_message(msg)
 
     async def _periodic(self) -> None:
         next_sweep = trio.current_time() + SWEEP_S

@@ -1,0 +1,54 @@
+"""A process's line to the state keeper: a DEALER for its requests and reports, a SUB for what the keeper publishes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import trio
+import zmq
+
+from gateway.bus import protocol as p
+from gateway.bus.zmq_trio import PumpedSocket
+
+log = logging.getLogger("gateway.bus")
+
+
+class KeeperChannel:
+    """Both sockets, with every decoded message (direct or published) handed to `on_message`."""
+
+    def __init__(self, ctx: zmq.Context, bus: str, on_message: Callable[[p.Msg], None]) -> None:
+        dealer = ctx.socket(zmq.DEALER)
+        sub = ctx.socket(zmq.SUB)
+        for sock in (dealer, sub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
+        dealer.setsockopt(zmq.SNDHWM, 10000)
+        dealer.connect(bus)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sub.connect(p.pub_endpoint(bus))
+        self._on_message = on_message
+        self._dealer = PumpedSocket(dealer, self._on_frames)
+        self._sub = PumpedSocket(sub, self._on_frames)
+
+    def send(self, msg: p.Msg) -> bool:
+        """Queue a message for the keeper; False when zmq's queue is full (the keeper is gone)."""
+        return self._dealer.send([p.encode(msg)])
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        try:
+            msg = p.decode(frames[-1])
+        except p.BadMessage as e:
+            log.warning("dropped a bus message: %s", e)
+            return
+        self._on_message(msg)
+
+    async def run(self) -> None:
+        """Receive until cancelled; the sockets are closed on the way out."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._dealer.run)
+                nursery.start_soon(self._sub.run)
+        finally:
+            self._dealer.close()
+            self._sub.close()
