@@ -20,6 +20,7 @@ from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
+from gateway.metrics import RequestStats
 from gateway.node.keeper import Keeper
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
@@ -73,13 +74,15 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               gw.max_connections)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
-    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive, shared))
+    stats = RequestStats()
+    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive, shared), stats)
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(settings.connections.timers.expire_forever)
+                nursery.start_soon(stats.flush_forever)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:

@@ -91,7 +91,7 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id", "response_headers")
+                 "request_id", "response_headers", "status")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False) -> None:
@@ -100,6 +100,7 @@ class Exchange:
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
         self.request_id = b""  # echoed on errors when the handler has set one
         self.response_headers: Headers | None = None  # added to the response by policies (e.g. rate-limit headers)
+        self.status = 0  # of the response, once its head is sent
         self.conn = conn
         self._codec = codec
         self._pending: list[bytes] = []
@@ -176,6 +177,7 @@ class Exchange:
         """Send the response head, optionally with the first body bytes and the end, in a single write."""
         codec = self._codec
         self.response_started = True
+        self.status = status
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
         if self.response_headers:
             headers = headers + self.response_headers

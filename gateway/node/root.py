@@ -25,6 +25,7 @@ from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.discovery.registration import run_registration
+from gateway.metrics import multiprocess_registry, prepare_multiprocess_dir
 from gateway.node import tree
 from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
@@ -90,6 +91,7 @@ class Node:
         self.run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
         os.makedirs(self.run_dir, exist_ok=True)
         count = self.worker_count(config)
+        prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit where to write metrics
         try:
             self.slots.ensure(listen_addresses(config), count)
         except OSError as e:
@@ -122,7 +124,8 @@ class Node:
         gw = config.gateway
         if gw.status_listen:
             host, port = parse_host_port(gw.status_listen, None)  # type: ignore[misc]  # validated at load
-            app = StatusApp(NodeStatus(self), version=__version__, started_at=self.started_at)
+            app = StatusApp(NodeStatus(self), multiprocess_registry(), version=__version__,
+                            started_at=self.started_at)
             children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
         children.append(first)
         if gw.registration is not None:
