@@ -222,6 +222,8 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
         task_status.started()
         while True:
             async with limit:  # at max_connections, stop accepting: further clients wait in the backlog
+                if listener.fileno() < 0:
+                    return  # the drain closed it while we were not waiting on it (e.g. in acquire's checkpoint)
                 try:
                     await trio.lowlevel.wait_readable(listener)
                 except trio.ClosedResourceError:

@@ -1,0 +1,563 @@
+"""Helpers for the end-to-end health and discovery tests (tests/test_health_discovery_e2e.py).
+
+- `Backend`: a Trio/h11 upstream in the test's own nursery whose /health can be switched to fail, whose normal
+  answers can be switched to 500, that can hold requests (`/slow?s=2`), and that counts what it received.
+- `GatewayNode`: `gateway start --workers 2` in a scratch directory, its CLI (status, admin, stop), and a cleanup
+  that stops it by pid (root first; then any child it recorded that is still alive).
+- `Load`: a stoppable load generator (loadgen's request code), on kept-alive or new connections.
+- `EtcdProcess`: a single-member etcd on free loopback ports (the approach of tests/discovery/test_disc_etcd.py).
+- `/proc` helpers: which gateway worker owns a TCP connection (to show that *every* worker behaves).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+import trio
+from loadgen import BODY, LoadResult
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- backends --------------------------------------------------------------------------------------------------------
+
+
+class Backend:
+    """An upstream whose behaviour a test switches while the gateway runs.
+
+    health_status   status of GET /health (the active checks' path)
+    status          status of every other answer (e.g. 500 for passive checks)
+    delay           seconds every other answer waits (so requests are in flight when a test changes something)
+    `/slow?s=S`     the answer waits S seconds (a slow in-flight request)
+    hits            requests other than /health; `in_flight` of them are being answered now
+    peers           remote ports of the connections open now (the gateway side of each upstream connection)
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.port = 0
+        self.health_status = 200
+        self.status = 200
+        self.delay = 0.0
+        self.hits = 0
+        self.health_hits = 0
+        self.in_flight = 0
+        self.peers: set[int] = set()
+        self.arrived: list[float] = []  # trio time of each counted request
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            await trio.serve_listeners(self._on_conn, listeners, handler_nursery=nursery)
+
+    async def _on_conn(self, stream: trio.SocketStream) -> None:
+        peer = stream.socket.getpeername()[1]
+        self.peers.add(peer)
+        try:
+            await self._serve_conn(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
+            pass
+        finally:
+            self.peers.discard(peer)
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while True:
+            request = None
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(await stream.receive_some(65536))
+                    continue
+                if isinstance(event, h11.Request):
+                    request = event
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    return
+            assert request is not None
+            url = urlsplit(request.target.decode())
+            if url.path == "/health":
+                self.health_hits += 1
+                status = self.health_status
+            else:
+                self.hits += 1
+                self.arrived.append(trio.current_time())
+                status = self.status
+                self.in_flight += 1
+                try:
+                    if url.path == "/slow":
+                        await trio.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
+                    elif self.delay:
+                        await trio.sleep(self.delay)
+                finally:
+                    self.in_flight -= 1
+            body = json.dumps({"backend": self.name, "path": url.path}).encode()
+            headers = [("content-type", "application/json"), ("content-length", str(len(body))),
+                       ("x-backend", self.name)]
+            await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) +
+                                  conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+
+def counts(backends: list[Backend]) -> dict[str, int]:
+    return {b.name: b.hits for b in backends}
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    return {name: after[name] - before.get(name, 0) for name in after}
+
+
+# ---- one HTTP request (h11) ------------------------------------------------------------------------------------------
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpConn:
+    """One kept-alive client connection (the tests pick which worker it landed on)."""
+
+    def __init__(self, stream: trio.SocketStream, port: int) -> None:
+        self.stream = stream
+        self.port = port
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, port: int) -> HttpConn:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port), port)
+
+    @property
+    def local_port(self) -> int:
+        return self.stream.socket.getsockname()[1]
+
+    async def request(self, method: str = "GET", target: str = "/", body: bytes = b"",
+                      timeout: float = 10.0) -> Reply:
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        headers = [("host", f"127.0.0.1:{self.port}"), ("content-length", str(len(body)))]
+        if body:
+            headers.append(("content-type", "application/json"))
+        with trio.fail_after(timeout):
+            await self.stream.send_all(self.conn.send(h11.Request(method=method, target=target, headers=headers)) +
+                                       self.conn.send(h11.Data(data=body)) + self.conn.send(h11.EndOfMessage()))
+            status, head, data = 0, {}, bytearray()
+            while True:
+                event = self.conn.next_event()
+                if event is h11.NEED_DATA:
+                    chunk = await self.stream.receive_some(65536)
+                    if not chunk:
+                        raise ConnectionError("closed before a complete response")
+                    self.conn.receive_data(chunk)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    head = {k.decode().lower(): v.decode("latin-1") for k, v in event.headers}
+                elif isinstance(event, h11.Data):
+                    data += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    return Reply(status, head, bytes(data))
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self.stream)
+
+
+async def request(port: int, method: str = "GET", target: str = "/", body: bytes = b"",
+                  timeout: float = 10.0) -> Reply:
+    """One request on a new connection."""
+    conn = await HttpConn.open(port)
+    try:
+        return await conn.request(method, target, body, timeout)
+    finally:
+        await conn.aclose()
+
+
+# ---- load --------------------------------------------------------------------------------------------------------
+
+
+async def _one_request(stream: trio.SocketStream, conn: h11.Connection, port: int, path: str, close: bool) -> int:
+    """loadgen's request (a small JSON-RPC POST) to `path`; the status of the complete response."""
+    headers = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json"),
+               ("content-length", str(len(BODY)))]
+    if close:
+        headers.append(("connection", "close"))
+    await stream.send_all(conn.send(h11.Request(method="POST", target=path, headers=headers)) +
+                          conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage()))
+    status = 0
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("closed before a complete response")
+            conn.receive_data(data)
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.EndOfMessage):
+            return status
+
+
+class Load:
+    """`concurrency` clients POSTing to `path` until stop(): loadgen's requests and counting (tests/loadgen.py), but
+    stoppable, so one load can run across every step of a scenario.
+
+        load = Load(port, concurrency=4, keepalive=False)
+        nursery.start_soon(load.run)
+        ...
+        await load.stop()       # returns once every client finished its request in progress
+    """
+
+    def __init__(self, port: int, *, concurrency: int = 4, keepalive: bool = True, path: str = "/") -> None:
+        self.port = port
+        self.path = path
+        self.concurrency = concurrency
+        self.keepalive = keepalive
+        self.result = LoadResult()
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self._stop = trio.Event()
+        self._done = trio.Event()
+        self._started = time.monotonic()
+
+    async def run(self) -> None:
+        self._started = time.monotonic()
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self.concurrency):
+                    nursery.start_soon(self._client)
+        finally:
+            self._done.set()
+
+    async def stop(self) -> LoadResult:
+        self._stop.set()
+        with trio.fail_after(15):
+            await self._done.wait()
+        return self.result
+
+    async def _client(self) -> None:
+        result = self.result
+        stream: trio.SocketStream | None = None
+        conn: h11.Connection | None = None
+        while not self._stop.is_set():
+            try:
+                if stream is None:
+                    stream = await trio.open_tcp_stream("127.0.0.1", self.port)
+                    conn = h11.Connection(h11.CLIENT)
+                with trio.fail_after(10):
+                    status = await _one_request(stream, conn, self.port, self.path, not self.keepalive)  # type: ignore
+                self.statuses[status] += 1
+                if status == 200:
+                    result.ok += 1
+                else:
+                    result.fail(f"status {status}", self._started)
+                if self.keepalive and conn.our_state is h11.DONE and conn.their_state is h11.DONE:  # type: ignore
+                    conn.start_next_cycle()  # type: ignore[union-attr]
+                else:
+                    await stream.aclose()
+                    stream = None
+            except (OSError, ConnectionError, trio.BrokenResourceError, h11.ProtocolError, trio.TooSlowError) as e:
+                result.fail(type(e).__name__, self._started)
+                if stream is not None:
+                    await stream.aclose()
+                stream = None
+                await trio.sleep(0.01)
+        if stream is not None:
+            await stream.aclose()
+
+
+# ---- the gateway as real processes -------------------------------------------------------------------------------
+
+
+class GatewayNode:
+    """`gateway` CLI calls in a scratch directory; the config is JSON (which is YAML)."""
+
+    def __init__(self, workdir: Path, doc: dict[str, Any], **gateway: Any) -> None:
+        self.dir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.status_port = free_port()
+        settings = {"listen": f"127.0.0.1:{self.port}", "status_listen": f"127.0.0.1:{self.status_port}",
+                    "drain_timeout": 3, "upstream_idle_timeout_s": 60, **gateway}
+        self.doc = {"_format_version": "3.0", "gateway": settings, **doc}
+        self.config = workdir / "gateway.yaml"
+        self.config.write_text(json.dumps(self.doc, indent=1))
+        self.pids: set[int] = set()  # every process of this gateway we have seen (cleanup kills by these pids)
+        self.root: int | None = None
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=self.dir, capture_output=True,
+                              text=True, timeout=timeout)
+
+    async def acli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return await trio.to_thread.run_sync(lambda: self.cli(*args, timeout=timeout))
+
+    async def start(self, workers: int = 2) -> None:
+        out = await self.acli("start", "--config", str(self.config), "--workers", str(workers))
+        self.root = self.root_pid()
+        if self.root:
+            self.pids.add(self.root)
+        assert out.returncode == 0, f"gateway start failed: {out.stdout}{out.stderr}\n{self.log()[-3000:]}"
+        await self.status()
+
+    def root_pid(self) -> int | None:
+        try:
+            return int((self.dir / "run" / "gateway.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    async def status(self) -> dict[str, Any]:
+        out = await self.acli("status", "--json", timeout=20)
+        assert out.returncode == 0, out.stderr
+        doc = json.loads(out.stdout)
+
+        def walk(node: dict[str, Any]) -> None:
+            if node.get("pid"):
+                self.pids.add(node["pid"])
+            for child in node.get("children", []):
+                walk(child)
+
+        walk(doc["tree"])
+        return doc
+
+    async def child_pid(self, child_id: str) -> int | None:
+        doc = await self.status()
+        return next((c["pid"] for c in doc["tree"]["children"] if c["id"] == child_id), None)
+
+    async def worker_pids(self) -> list[int]:
+        doc = await self.status()
+        generation = next(c for c in doc["tree"]["children"] if c["id"].startswith("workers@"))
+        return [w["pid"] for w in generation["children"] if w["pid"]]
+
+    async def admin(self, cmd: str, **args: Any) -> Any:
+        out = await self.acli("admin", cmd, *(f"{k}={v}" for k, v in args.items()), timeout=20)
+        assert out.returncode == 0, f"admin {cmd} {args}: {out.stderr}"
+        return json.loads(out.stdout)
+
+    async def targets(self) -> dict[str, dict[str, Any]]:
+        """The keeper's view: {"upstream|host:port": {"drained", "weight", "healthy"}}."""
+        return {t["key"]: t for t in await self.admin("targets")}
+
+    async def stop(self) -> subprocess.CompletedProcess[str]:
+        return await self.acli("stop", "--timeout", "20", timeout=40)
+
+    def log(self) -> str:
+        path = self.dir / "run" / "gateway.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cleanup(self) -> None:
+        """Stop whatever is left of this gateway, by pid: SIGTERM to the root, then SIGKILL to stragglers."""
+        root = self.root or self.root_pid()
+        if root and _is_gateway(root):
+            try:
+                os.kill(root, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            _wait_gone([root], 15)
+        _wait_gone(list(self.pids), 3)  # children stop by themselves when the root is gone
+        for pid in [root, *self.pids]:
+            if pid and _is_gateway(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+
+def _is_gateway(pid: int) -> bool:
+    """Alive and still one of ours (a gateway process), so a recycled pid is never signalled."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return b"gateway" in cmdline and state != b"Z"
+
+
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_is_gateway(p) for p in pids):
+        time.sleep(0.05)
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> float:
+    """Seconds until `await predicate()` (or predicate()) is true; fails the test on timeout."""
+    start = trio.current_time()
+    with trio.move_on_after(timeout):
+        while True:
+            value = predicate()
+            if hasattr(value, "__await__"):
+                value = await value
+            if value:
+                return trio.current_time() - start
+            await trio.sleep(interval)
+    raise AssertionError(f"not reached within {timeout}s: {what}")
+
+
+# ---- which worker owns a connection (/proc) ----------------------------------------------------------------------
+
+
+def _tcp_sockets() -> list[tuple[int, int, int]]:
+    """(local port, remote port, inode) of every IPv4/IPv6 TCP socket."""
+    out = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], int(fields[9])
+            out.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), inode))
+    return out
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(int(link[8:-1]))
+    except OSError:
+        pass
+    return inodes
+
+
+def owners(pids: list[int], local_port: int | None = None,
+           remote_port: int | None = None) -> dict[tuple[int, int], int]:
+    """{(local port, remote port): pid} for the TCP sockets of `pids` matching the given ports."""
+    by_inode = {inode: pid for pid in pids for inode in _socket_inodes(pid)}
+    return {(lp, rp): by_inode[inode] for lp, rp, inode in _tcp_sockets()
+            if inode in by_inode and (local_port is None or lp == local_port)
+            and (remote_port is None or rp == remote_port)}
+
+
+def upstream_conn_workers(backend: Backend, workers: list[int]) -> collections.Counter[int]:
+    """How many of the backend's open connections each worker holds (the worker's side: local port = our peer)."""
+    found = owners(workers, remote_port=backend.port)
+    return collections.Counter(pid for (lp, _), pid in found.items() if lp in backend.peers)
+
+
+async def conns_per_worker(port: int, workers: list[int], want: int = 1, tries: int = 40) -> dict[int, list[HttpConn]]:
+    """Open connections to the gateway until each worker has accepted `want` of them: {worker pid: [conn, ...]}."""
+    by_worker: dict[int, list[HttpConn]] = {pid: [] for pid in workers}
+    spare: list[HttpConn] = []
+    for _ in range(tries):
+        if all(len(v) >= want for v in by_worker.values()):
+            break
+        conn = await HttpConn.open(port)
+        owner = None
+        for _ in range(100):  # the worker accepts it within moments
+            owner = owners(workers, local_port=port, remote_port=conn.local_port).get((port, conn.local_port))
+            if owner is not None:
+                break
+            await trio.sleep(0.01)
+        if owner is not None and len(by_worker[owner]) < want:
+            by_worker[owner].append(conn)
+        else:
+            spare.append(conn)
+    for conn in spare:
+        await conn.aclose()
+    assert all(len(v) >= want for v in by_worker.values()), f"could not reach every worker: {by_worker}"
+    return by_worker
+
+
+# ---- etcd ----------------------------------------------------------------------------------------------------------
+
+
+def etcd_binary() -> str | None:
+    """`etcd` on PATH, installing Debian's etcd-server as tests/discovery does when we are root and it is missing."""
+    path = shutil.which("etcd")
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        cmd = ["apt-get", "install", "-y", "-q", "etcd-server"]
+        if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
+        path = shutil.which("etcd")
+    return path
+
+
+class EtcdProcess:
+    """One single-member etcd on 127.0.0.1, restartable on the same ports and data; stopped by pid."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.client_port = free_port()
+        self.peer_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        client = f"http://127.0.0.1:{self.client_port}"
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        argv = [self.binary, "--name", "gw-e2e", "--data-dir", str(self.workdir / "etcd-data"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"gw-e2e={peer}", "--log-level", "error"]
+        with open(self.workdir / "etcd.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.proc.returncode}")
+            try:
+                with urllib.request.urlopen(f"{client}/health", timeout=0.5) as resp:
+                    if json.loads(resp.read()).get("health") == "true":
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("etcd did not become healthy")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
