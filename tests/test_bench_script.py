@@ -284,8 +284,22 @@ def test_targets():
 
 def test_default_targets_name_configurations():
     names = {c.name for c in bench.CONFIGURATIONS}
-    assert {t.config for t in bench.TARGETS} <= names
-    assert {str(t) for t in bench.TARGETS} == {"gw-llhttp-1w >= 0.20 x nginx", "gw-llhttp-2w >= 0.30 x nginx"}
+    assert {t.config for t in bench.TARGETS} | {t.reference for t in bench.TARGETS} <= names
+    assert {str(t) for t in bench.TARGETS} == {
+        "gw-llhttp-1w >= 0.20 x nginx",
+        "gw-llhttp-2w >= 0.30 x nginx",
+        "gw-llhttp-1w-rl-cb >= 0.90 x gw-llhttp-1w-sup",
+    }
+
+
+def test_targets_against_another_configuration():
+    runs = [make_run("nginx", 1, 30_000), make_run("sup", 1, 10_000), make_run("plugins", 1, 9_500)]
+    target = bench.Target("plugins", 0.90, reference="sup")
+    [result] = bench.check_targets(bench.summarize(runs), [target])
+    assert result.ok and result.detail == "0.95 x sup"
+    [result] = bench.check_targets(bench.summarize(runs[:2] + [make_run("plugins", 1, 8_000)]), [target])
+    assert not result.ok and result.detail == "0.80 x sup"
+    assert bench.check_targets(bench.summarize([runs[0], runs[2]]), [target]) == []  # the reference did not run
 
 
 def test_markdown_table():
@@ -371,6 +385,23 @@ def test_gateway_configs():
         render(bench.gateway_yaml("llhttp", "plugins:\n  - name: cors\n    config: {origins: ['*']}\n"))
     )
     assert extra["plugins"] == [{"name": "cors", "config": {"origins": ["*"]}}]
+
+
+def test_supervised_gateway_configs_with_and_without_plugins():
+    by_name = {c.name: c for c in bench.CONFIGURATIONS}
+    sup, plugins = by_name["gw-llhttp-1w-sup"], by_name["gw-llhttp-1w-rl-cb"]
+    for config in (sup, plugins):
+        argv = [bench.fill(a, python="PY", config="C") for a in config.argv]
+        assert argv == ["PY", "-m", "gateway", "start", "--foreground", "--workers", "1", "--config", "C"]
+        assert config.gateway and config.requires is bench.gateway_supports_workers
+    base = yaml.safe_load(render(sup.config))
+    assert base == yaml.safe_load(render(by_name["gw-llhttp-1w"].config))
+    with_plugins = yaml.safe_load(render(plugins.config))
+    assert with_plugins.pop("plugins") == [
+        {"name": "rate-limiting", "service": "backend", "config": {"second": 10000000, "limit_by": "service"}},
+        {"name": "circuit-breaker", "service": "backend", "config": {}},
+    ]
+    assert with_plugins == base
 
 
 def test_parse_args():

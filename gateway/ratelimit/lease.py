@@ -9,7 +9,9 @@ Rules:
    given back by `sweep` (ReturnedLease), so the keeper credits the windows still current and the bucket.
 3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
    asking. Otherwise the answer is WAIT: the caller waits up to WAIT_S for the grant (`apply`), calls `take` again,
-   and once its wait is over calls it with `waited=True`, which never answers WAIT.
+   and once its wait is over calls it with `waited=True`, which never answers WAIT, except with `again=True` when
+   the keeper had room but this worker's other requests took the grant: then the caller waits once more for the
+   grant already asked for, and its last call (`again` off) is denied if the tokens went to others again.
 4. The keeper unreachable (`fallback(True, n)`), or silent on this key for WAIT_S while a request waits: the
    worker admits on a local share, per window limit // n (at least 1) counting all it admitted in that window, and
    a bucket of capacity / n refilled at rate / n. `reports` hands what it admitted so to the keeper once it is back.
@@ -122,7 +124,8 @@ class LeaseTable:
         self._due: list[_Lease] = []
         self._flagged: list[_Lease] = []
 
-    def take(self, key: str, spec: LimitSpec, now: float, wall: float, waited: bool = False) -> Decision:
+    def take(self, key: str, spec: LimitSpec, now: float, wall: float, waited: bool = False,
+             again: bool = False) -> Decision:
         """Admit, deny or ask to wait for one request of `key`: O(1), allocating only the Decision.
 
         Pass the same LimitSpec object every time (it is compared by identity first); a different spec starts a
@@ -146,10 +149,11 @@ class LeaseTable:
             self._due.append(lease)
         if waited:
             grant = lease.grant
-            if grant is not None and grant.granted and min(grant.remaining, default=1) > 0 and spec.fault_tolerant:
-                # The keeper had room and gave tokens, but they were spent by this worker's other requests or
-                # ran out with their window while we waited: a timing artefact, not the limit. Local share.
-                return self._local_share(lease, now, wall)
+            if again and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
+                # The keeper had room and gave tokens, but they were spent by this worker's other requests or ran
+                # out with their window while we waited: a race, not the limit. Wait for the next grant (rule 3).
+                # Not the local share: the keeper would count it only afterwards, past the limit near its end.
+                return WAIT
             # The keeper answers but had nothing for us in time: the limit's tail is being handed out.
             return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
         return WAIT

@@ -113,14 +113,25 @@ def test_after_waiting_a_key_the_keeper_has_no_room_for_is_denied():
     assert (decision.status, decision.retry_after) == (Status.DENY, 1)
 
 
-def test_after_waiting_a_key_the_keeper_had_room_for_admits_on_the_local_share():
-    """The tokens granted went to this worker's other requests while we waited: not the limit, a race."""
+def test_after_waiting_a_key_the_keeper_had_room_for_waits_once_more_for_the_next_grant():
+    """The tokens granted went to this worker's other requests while we waited: not the limit, a race. The caller
+    waits again (not the local share, which the keeper would count only afterwards, past the limit near its end)."""
     table = ready(granted=1)
     takes(table, 1)
     table.refills(0.01)
     table.apply(grant(1), 0.015, T0 + 0.015)
     table.take("k", SECOND, 0.016, T0 + 0.016)
-    assert table.take("k", SECOND, 0.02, T0 + 0.02, waited=True).status is Status.ADMIT
+    assert table.take("k", SECOND, 0.02, T0 + 0.02, waited=True, again=True).status is Status.WAIT
+    assert len(table.refills(0.02)) == 1  # the next grant was asked for
+    table.apply(grant(3), 0.021, T0 + 0.021)
+    assert table.take("k", SECOND, 0.022, T0 + 0.022, waited=True).status is Status.ADMIT
+    takes(table, 2, now=0.023, wall=T0 + 0.023)
+    assert table.take("k", SECOND, 0.03, T0 + 0.03, waited=True, again=True).status is Status.WAIT
+    table.refills(0.03)
+    table.apply(grant(1), 0.031, T0 + 0.031)
+    table.take("k", SECOND, 0.032, T0 + 0.032)  # the other request again
+    decision = table.take("k", SECOND, 0.04, T0 + 0.04, waited=True)  # the last call: denied, never over the limit
+    assert (decision.status, decision.retry_after) == (Status.DENY, 1)
 
 
 def test_a_keeper_silent_for_the_wait_admits_on_the_local_share():

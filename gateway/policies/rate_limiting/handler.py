@@ -60,7 +60,10 @@ class RateLimiting:
         decision = leases.take(key, self.spec, trio.current_time(), time.time())
         if decision.status == Status.WAIT:
             await shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
-            decision = leases.take(key, self.spec, trio.current_time(), time.time(), waited=True)
+            decision = leases.take(key, self.spec, trio.current_time(), time.time(), waited=True, again=True)
+            if decision.status == Status.WAIT:  # the grant went to this worker's other requests: once more
+                await shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
+                decision = leases.take(key, self.spec, trio.current_time(), time.time(), waited=True)
         if decision.status == Status.ADMIT:
             if decision.delay:
                 await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject

@@ -1,0 +1,252 @@
+"""The admin channel under abuse, on a real supervised gateway, and the ops scripts that use it (scripts/ops/).
+
+Every request that arrives as a well-formed ZeroMQ message, whatever its content (random bytes, broken JSON,
+JSON of the wrong shape, unknown commands and actions, arguments of the wrong type, oversized), gets an error reply
+(ok false, with a message); nothing crashes: afterwards `gateway status` answers, requests are proxied, and no
+process of the tree was replaced. A message over the socket's 1 MiB cap is dropped by ZeroMQ (the peer is
+disconnected) without harm. A tcp:// admin endpoint is refused at start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+import subprocess
+import sys
+
+import pytest
+import trio
+import zmq
+from test_shared_state import ENV, ROOT, Backends, Gateway, config, free_port, http, key, route
+
+OPS = ROOT / "scripts" / "ops"
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """1 worker (and the keeper); upstream `up` of two targets behind a circuit breaker."""
+    with Backends("a", "b") as (a, b):
+        targets = [{"target": f"127.0.0.1:{x.port}"} for x in (a, b)]
+        doc = config(free_port(), [{"name": "cb", "url": "http://up"}], [route("cb", "cb")],
+                     [{"name": "circuit-breaker", "service": "cb", "config": {}}],
+                     [{"name": "up", "targets": targets}])
+        gw = Gateway(tmp_path_factory.mktemp("admin"), doc, workers=1)
+        try:
+            gw.start()
+            yield gw, a, b
+        finally:
+            gw.stop()
+
+
+def dealer(gw: Gateway) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RCVTIMEO, 5000)
+    sock.connect(gw.endpoint)
+    return sock
+
+
+def error_reply(frame: bytes) -> str:
+    reply = json.loads(frame)
+    assert reply["v"] == 1 and reply["ok"] is False, reply
+    assert isinstance(reply["error"], str) and reply["error"], reply
+    return reply["error"]
+
+
+def tree(gw: Gateway) -> dict[str, tuple[int, int]]:
+    """{child id: (pid, restarts)} for the keeper and every worker."""
+    children = gw.children()
+    out = {"keeper": (children["keeper"]["pid"], children["keeper"]["restarts"])}
+    for name, child in children.items():
+        if name.startswith("workers@"):
+            out |= {w["id"]: (w["pid"], w["restarts"]) for w in child["children"]}
+    return out
+
+
+def still_serving(gw: Gateway, before: dict[str, tuple[int, int]]) -> None:
+    status = gw.cli("status", "--config", str(gw.config))
+    assert status.returncode == 0 and "keeper" in status.stdout, status.stderr
+    assert int((gw.dir / "run" / "gateway.pid").read_text()) == gw.root
+    assert tree(gw) == before
+    reply = trio.run(http, gw.port, "/cb")
+    assert reply.status == 200, reply
+
+
+def test_admin_socket_is_private(gateway):
+    gw, _, _ = gateway
+    mode = os.stat(gw.dir / "run" / "admin.sock").st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+
+
+def test_every_malformed_request_gets_an_error_and_nothing_breaks(gateway):
+    gw, a, _ = gateway
+    before = tree(gw)
+    target = key("up", a)
+    rng = random.Random(5)
+    garbage = [rng.randbytes(n) for n in (1, 2, 7, 64, 500, 4096, 60000)]
+    garbage += [bytes(rng.randrange(32, 127) for _ in range(n)) for n in (3, 40, 300)]  # printable noise
+    malformed = [b"{", b"}", b'{"cmd":', b'{"cmd": "status"', b"nul", b"\xff\xfe{}", b'{"cmd": "status"}}',
+                 b'{"cmd": "status", "cmd": 1}', b"\x00", b'"', b"[", b"{'cmd': 'status'}", b"NaN"]
+    wrong_shape = [[], 1, "status", None, True, {}, {"args": {}}, {"cmd": 5}, {"cmd": None}, {"cmd": ["status"]},
+                   {"cmd": "status", "args": []}, {"cmd": "status", "args": "x"}, {"cmd": "status", "args": None},
+                   {"v": 2, "cmd": "status"}, {"v": "1", "cmd": "status"}, {"cmd": "status", "extra": 1},
+                   {"cmd": "status", "args": {"k": 1}, "id": 7}]
+    unknown = [{"cmd": "frobnicate"}, {"cmd": ""}, {"cmd": "STATUS"}, {"cmd": "status "}, {"cmd": "x" * 5000},
+               {"cmd": "reload_config"}, {"cmd": "breakers", "args": {"action": "explode"}},
+               {"cmd": "limits", "args": {"action": "explode"}}, {"cmd": "targets", "args": {"action": "explode",
+                                                                                             "target": target}}]
+    bad_args = [{"cmd": "breakers", "args": {"action": "reset"}},
+                {"cmd": "breakers", "args": {"action": "open", "target": "nope|1.2.3.4:5"}},
+                {"cmd": "breakers", "args": {"action": "open", "target": ["a", "b"]}},
+                {"cmd": "breakers", "args": {"action": "reset", "target": {"a": 1}}},
+                {"cmd": "breakers", "args": {"action": ["list"]}},
+                {"cmd": "limits", "args": {"key": "nope"}},
+                {"cmd": "limits", "args": {"key": ["x"]}},
+                {"cmd": "limits", "args": {"action": "reset"}},
+                {"cmd": "targets", "args": {"action": "drain"}},
+                {"cmd": "targets", "args": {"action": "drain", "target": "nope"}},
+                {"cmd": "targets", "args": {"action": "drain", "target": [target]}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target, "weight": "abc"}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target, "weight": 70000}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target, "weight": -1}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target, "weight": [1]}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target, "weight": {"w": 1}}},
+                {"cmd": "targets", "args": {"action": "weight", "target": target, "weight": 2 ** 70}},
+                {"cmd": "breakers", "args": {"action": "open", "target": 2 ** 70}}]
+    payloads = garbage + malformed + [json.dumps(x).encode() for x in wrong_shape + unknown + bad_args]
+    payloads.append(b'{"cmd": "targets", "args": {"action": "weight", "target": "%s", "weight": 1e400}}'
+                    % target.encode())
+    payloads.append(json.dumps({"cmd": "status", "args": {"pad": "x" * (70 * 1024)}}).encode())  # > 64 KiB
+    sock = dealer(gw)
+    try:
+        errors = []
+        for payload in payloads:
+            sock.send_multipart([b"", payload])
+            delimiter, reply = sock.recv_multipart()
+            assert delimiter == b""
+            errors.append(error_reply(reply))
+        assert any("too large" in e for e in errors)
+        assert any("unknown command 'frobnicate'" in e for e in errors)
+        assert any("malformed request" in e for e in errors)
+        assert any("unsupported protocol version 2" in e for e in errors)
+        assert any("missing argument target" in e for e in errors)
+        # empty frames: an empty payload, an empty message behind the delimiter
+        for frames in ([b""], [b"", b""], [b"", b"", b""]):
+            sock.send_multipart(frames)
+            *envelope, reply = sock.recv_multipart()
+            assert envelope == frames[:-1]
+            error_reply(reply)
+        # multi-frame garbage: the reply comes back behind the same envelope
+        sock.send_multipart([b"junk-1", b"\x00\xff", b"{not json"])
+        assert sock.recv_multipart()[:2] == [b"junk-1", b"\x00\xff"]
+    finally:
+        sock.close()
+    # a DEALER without the empty delimiter frame is answered too (and a good request works)
+    bare = dealer(gw)
+    try:
+        bare.send(b"\x01garbage")
+        error_reply(bare.recv())
+        bare.send(b'{"cmd": "status"}')
+        assert json.loads(bare.recv())["ok"] is True
+    finally:
+        bare.close()
+    # a REQ socket with an empty request
+    req = zmq.Context.instance().socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.setsockopt(zmq.RCVTIMEO, 5000)
+    try:
+        req.connect(gw.endpoint)
+        req.send(b"")
+        error_reply(req.recv())
+    finally:
+        req.close()
+    print(f"\nadmin fuzz: {len(payloads) + 7} malformed requests, each answered with an error")
+    still_serving(gw, before)
+    assert {t["key"]: t["drained"] for t in gw.admin("targets")}[target] is False  # type: ignore[union-attr]
+
+
+def test_a_message_over_the_size_cap_is_dropped_harmlessly(gateway):
+    gw, _, _ = gateway
+    before = tree(gw)
+    sock = dealer(gw)
+    sock.setsockopt(zmq.RCVTIMEO, 500)
+    try:
+        sock.send_multipart([b"", b"x" * (2 << 20)])  # over MAXMSGSIZE (1 MiB): ZeroMQ disconnects the peer
+        with pytest.raises(zmq.Again):
+            sock.recv_multipart()
+    finally:
+        sock.close()
+    still_serving(gw, before)
+
+
+def test_a_tcp_admin_endpoint_is_refused_at_start(tmp_path):
+    port = free_port()
+    doc = config(port, [{"name": "s", "url": "http://127.0.0.1:9"}], [route("s", "s")])
+    doc["gateway"]["admin"] = f"tcp://127.0.0.1:{free_port()}"
+    gw = Gateway(tmp_path, doc, workers=1)
+    try:
+        out = gw.cli("start", "--config", str(gw.config), "--workers", "1")
+        assert out.returncode != 0
+        assert "tcp" in out.stderr and "CURVE" in out.stderr and "ipc://" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr + gw.log()
+        assert not (tmp_path / "run" / "gateway.pid").exists()
+    finally:
+        gw.stop()
+
+
+def ops(gw: Gateway, script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(OPS / script), *args], cwd=gw.dir, env=ENV, capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_ops_scripts_against_a_live_gateway(gateway):
+    gw, a, b = gateway
+    for script in ("breakers", "drain-target"):
+        assert os.access(OPS / script, os.X_OK)
+        helped = ops(gw, script, "--help")
+        assert helped.returncode == 0 and "--admin" in helped.stdout
+        assert len((OPS / script).read_text().splitlines()) <= 65
+        assert "gateway" not in {line.split()[1].split(".")[0] for line in (OPS / script).read_text().splitlines()
+                                 if line.startswith(("import ", "from "))}
+    ka, kb = key("up", a), key("up", b)
+    table = ops(gw, "breakers")  # default endpoint: ipc://run/admin.sock in the cwd
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[0].split() == ["TARGET", "STATE", "REQUESTS", "FAILURES", "PROBES"]
+    assert {line.split()[0]: line.split()[1] for line in lines[1:]} == {ka: "closed", kb: "closed"}
+    opened = ops(gw, "breakers", "--admin", gw.endpoint, "--open", kb)
+    assert opened.returncode == 0, opened.stderr
+    assert f"{kb}  forced_open" in opened.stdout
+    assert gw.admin("breakers")[kb]["state"] == "forced_open"  # type: ignore[index]
+    assert ops(gw, "breakers", "--reset", kb).returncode == 0
+    assert gw.admin("breakers")[kb]["state"] == "closed"  # type: ignore[index]
+    unknown = ops(gw, "breakers", "--reset", "nope")
+    assert unknown.returncode == 1 and "no circuit breaker for target" in unknown.stderr
+    nobody = ops(gw, "breakers", "--admin", f"ipc://{gw.dir}/run/nobody.sock", "--timeout", "0.3")
+    assert nobody.returncode == 1 and "no answer" in nobody.stderr
+
+    drained = ops(gw, "drain-target", ka)
+    assert drained.returncode == 0, drained.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in drained.stdout.splitlines()[1:]}
+    assert rows[ka] == ["yes", "config"] and rows[kb] == ["no", "config"]
+    replies = trio.run(lambda: _burst(gw))
+    assert {r.headers["x-backend"] for r in replies} == {"b"}  # the drained target gets nothing new
+    assert ops(gw, "drain-target", "--enable", ka).returncode == 0
+    weighted = ops(gw, "drain-target", "--weight", "0", kb)
+    assert weighted.returncode == 0, weighted.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in weighted.stdout.splitlines()[1:]}
+    assert rows[ka] == ["no", "config"] and rows[kb] == ["no", "0"]
+    replies = trio.run(lambda: _burst(gw))
+    assert {r.headers["x-backend"] for r in replies} == {"a"}
+    assert ops(gw, "drain-target", "--weight", "100", kb).returncode == 0
+    assert ops(gw, "drain-target", "--list").returncode == 0
+    refused = ops(gw, "drain-target", "--weight", "-3", kb)
+    assert refused.returncode == 1 and "weight must be 0..65535" in refused.stderr
+    assert ops(gw, "drain-target").returncode == 2  # no target: usage error
+
+
+async def _burst(gw: Gateway) -> list:
+    return [await http(gw.port, "/cb") for _ in range(6)]
