@@ -19,19 +19,26 @@ def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     tie (windows are in PERIODS order); Retry-After when denied. Bucket-only limits send only Retry-After, as nginx
     sends none. hide_client_headers is the caller's business.
     """
+    spec = decision.spec
+    names = _names.get(spec)
+    if names is None:
+        names = _names[spec] = [(_LIMIT[w.period], b"%d" % w.limit, _REMAINING[w.period]) for w in spec.windows]
     headers: list[tuple[bytes, bytes]] = []
     tightest, least = -1, 0
-    for index, window in enumerate(decision.spec.windows):
+    for index, (limit_name, limit, remaining_name) in enumerate(names):
         remaining = decision.remaining(index)
-        headers.append((_LIMIT[window.period], b"%d" % window.limit))
-        headers.append((_REMAINING[window.period], b"%d" % remaining))
+        headers.append((limit_name, limit))
+        headers.append((remaining_name, b"%d" % remaining))
         if tightest < 0 or remaining <= least:
             tightest, least = index, remaining
     if tightest >= 0:
-        window = decision.spec.windows[tightest]
+        window = spec.windows[tightest]
         reset = max(1, ceil(window_bounds(window.period, decision.wall)[1] - decision.wall))
-        headers += [(b"RateLimit-Limit", b"%d" % window.limit), (b"RateLimit-Remaining", b"%d" % least),
+        headers += [(b"RateLimit-Limit", names[tightest][1]), (b"RateLimit-Remaining", b"%d" % least),
                     (b"RateLimit-Reset", b"%d" % reset)]
     if not decision.admitted:
         headers.append((b"Retry-After", b"%d" % decision.retry_after))
     return headers
+
+
+_names: dict[object, list[tuple[bytes, bytes, bytes]]] = {}  # per LimitSpec: its windows' header names and limits

@@ -31,14 +31,14 @@ class RateLimiting:
         self.hide = config.hide_client_headers
         self.error_code = config.error_code
         self.body = json.dumps({"error": config.error_message}).encode()
+        # limit_by service or path: one key for every request, built once
+        self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
 
     def key(self, ex: Exchange) -> str:
         """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP."""
+        if self.fixed_key is not None:
+            return self.fixed_key
         by = self.limit_by
-        if by == "service":
-            return self.prefix + "service"
-        if by == "path":
-            return self.prefix + self.path
         if by == "header" or by == "mcp-method" or by == "mcp-tool":
             name = self.header if by == "header" else (b"mcp-method" if by == "mcp-method" else b"mcp-name")
             for hname, value in ex.request.headers:
