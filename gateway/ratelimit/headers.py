@@ -20,6 +20,13 @@ def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
     sends none. hide_client_headers is the caller's business.
     """
     spec = decision.spec
+    if decision.admitted and len(spec.windows) == 1:  # the common case, in a few operations
+        limit_name, limit, remaining_name = _single(spec)
+        remaining = decision.remaining(0)
+        reset = max(1, ceil(window_bounds(spec.windows[0].period, decision.wall)[1] - decision.wall))
+        rem = b"%d" % remaining
+        return [(limit_name, limit), (remaining_name, rem), (b"RateLimit-Limit", limit), (b"RateLimit-Remaining", rem),
+                (b"RateLimit-Reset", b"%d" % reset)]
     names = _names.get(spec)
     if names is None:
         names = _names[spec] = [(_LIMIT[w.period], b"%d" % w.limit, _REMAINING[w.period]) for w in spec.windows]
@@ -42,3 +49,11 @@ def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
 
 
 _names: dict[object, list[tuple[bytes, bytes, bytes]]] = {}  # per LimitSpec: its windows' header names and limits
+
+
+def _single(spec: object) -> tuple[bytes, bytes, bytes]:
+    names = _names.get(spec)
+    if names is None:
+        names = _names[spec] = [(_LIMIT[w.period], b"%d" % w.limit, _REMAINING[w.period])
+                                for w in spec.windows]  # type: ignore[attr-defined]
+    return names[0]

@@ -27,7 +27,7 @@ from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 
 log = logging.getLogger("gateway.state")
 
-FLUSH_S = 0.01  # outcomes and lease requests leave at most this late
+FLUSH_S = 0.02  # outcomes and lease requests leave at most this late (a request never waits on it: see wait_grant)
 KEEPER_LOST_S = 0.5  # no heartbeat for this long: the keeper is gone, use local shares
 SWEEP_S = 1.0  # expired leases are given back this often
 
