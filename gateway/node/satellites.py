@@ -23,6 +23,16 @@ from gateway.node.paths import absolute_endpoint
 
 log = logging.getLogger("gateway.satellite")
 
+# The whole view is sent again this often: reports are idempotent, and one sent while the keeper's sockets were
+# coming back (a restart) may be lost, which would leave the new keeper with a wrong view until the next change.
+RESEND_S = 1.0
+
+
+async def _every(seconds: float, action: Callable[[], None]) -> None:
+    while True:
+        await trio.sleep(seconds)
+        action()
+
 
 class _Reporter:
     """A satellite's channel to the keeper that notices a new keeper incarnation (to re-send its whole view)."""
@@ -92,6 +102,7 @@ async def _health(config: Config, ctx: zmq.Context, nursery: trio.Nursery) -> No
 
     channel = _Reporter(ctx, config, on_message, on_new_keeper)
     nursery.start_soon(channel.channel.run)
+    nursery.start_soon(_every, RESEND_S, on_new_keeper)
     checker = await nursery.start(run_checks, upstreams_from_config(config), on_change)
 
 
@@ -108,6 +119,7 @@ async def _discovery(config: Config, ctx: zmq.Context, nursery: trio.Nursery) ->
 
     channel = _Reporter(ctx, config, lambda msg: None, on_new_keeper)
     nursery.start_soon(channel.channel.run)
+    nursery.start_soon(_every, RESEND_S, on_new_keeper)
     await nursery.start(run_discovery, config, on_targets)
 
 
