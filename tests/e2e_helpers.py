@@ -5,7 +5,7 @@
 - `GatewayNode`: `gateway start --workers 2` in a scratch directory, its CLI (status, admin, stop), and a cleanup
   that stops it by pid (root first; then any child it recorded that is still alive).
 - `Load`: a stoppable load generator (loadgen's request code), on kept-alive or new connections.
-- `EtcdProcess`: a single-member etcd on free loopback ports (the approach of tests/discovery/test_disc_etcd.py).
+- `EtcdProcess`: a single-member etcd on free loopback ports (tests/etcd_server.py).
 - `/proc` helpers: which gateway worker owns a TCP connection (to show that *every* worker behaves).
 """
 
@@ -14,13 +14,11 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
+from etcd_server import EtcdProcess as EtcdProcess
+from etcd_server import find_etcd
 from loadgen import BODY, LoadResult
 
 
@@ -502,62 +502,7 @@ async def conns_per_worker(port: int, workers: list[int], want: int = 1, tries: 
 
 
 def etcd_binary() -> str | None:
-    """`etcd` on PATH, installing Debian's etcd-server as tests/discovery does when we are root and it is missing."""
-    path = shutil.which("etcd")
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "install", "-y", "-q", "etcd-server"]
-        if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            subprocess.run(cmd, env=env, capture_output=True, timeout=600)
-        path = shutil.which("etcd")
-    return path
+    """`etcd` on PATH, installed as tests/etcd_server.py does when we are root and it is missing."""
+    return find_etcd()[0]
 
 
-class EtcdProcess:
-    """One single-member etcd on 127.0.0.1, restartable on the same ports and data; stopped by pid."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.client_port = free_port()
-        self.peer_port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.client_port}"
-
-    def start(self) -> None:
-        client = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
-        argv = [self.binary, "--name", "gw-e2e", "--data-dir", str(self.workdir / "etcd-data"),
-                "--listen-client-urls", client, "--advertise-client-urls", client,
-                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-                "--initial-cluster", f"gw-e2e={peer}", "--log-level", "error"]
-        with open(self.workdir / "etcd.log", "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"etcd exited with {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{client}/health", timeout=0.5) as resp:
-                    if json.loads(resp.read()).get("health") == "true":
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("etcd did not become healthy")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
