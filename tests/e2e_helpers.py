@@ -15,7 +15,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,16 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 import trio
+from backends import free_port as free_port
 from etcd_server import EtcdProcess as EtcdProcess
 from etcd_server import find_etcd
 from loadgen import BODY, LoadResult
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 # ---- backends --------------------------------------------------------------------------------------------------------
 

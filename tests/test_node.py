@@ -13,27 +13,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from backends import free_port, wait_port
 from loadgen import run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_BACKEND = ROOT / "scripts" / "demo_backend.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {port}")
 
 
 @pytest.fixture

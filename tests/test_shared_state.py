@@ -37,20 +37,13 @@ import h11
 import pytest
 import trio
 import zmq
+from backends import free_port
 from loadgen import run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
 BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}'
 PROPAGATION_S = 0.05  # a breaker transition or target override reaches every worker within this
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- backends ------------------------------------------------------------------------------------------------------

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
-import socket
 import subprocess
 import sys
-import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import h11
 import httpx2
 import trio
-from backends import Seen, _Backend, free_port
+from backends import Seen, _Backend, free_port, wait_port
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -47,17 +45,6 @@ def bounded(seconds: float):  # noqa: ANN201 - a decorator
     return decorate
 
 
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
-
-
 class SdkServers:
     """`mcp` SDK servers (scripts/mcp_demo_server.py) as subprocesses, by name."""
 
@@ -73,7 +60,7 @@ class SdkServers:
                 [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--name", name, *extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name in names:
-            wait_port(self.ports[name])
+            wait_port(self.ports[name], timeout=15.0)
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
