@@ -1,6 +1,6 @@
 """Cluster-exact rate limiting: the keeper's Ledger, the workers' LeaseTable, and what they exchange on the bus."""
 
-from .headers import rate_limit_headers as rate_limit_headers
+from .headers import RateLimitHeaders as RateLimitHeaders
 from .lease import Decision as Decision
 from .lease import LeaseTable as LeaseTable
 from .lease import Status as Status

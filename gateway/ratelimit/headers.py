@@ -1,59 +1,76 @@
-"""Kong's rate-limiting response headers for a Decision, built when the response is written (off the take path)."""
+"""Kong's rate-limiting response headers, with everything constant built once per LimitSpec at config load."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import ceil
 
-from gateway.ratelimit.lease import Decision
+from gateway.ratelimit.lease import Decision, Lease
+from gateway.ratelimit.spec import LimitSpec
 from gateway.ratelimit.windows import PERIODS, window_bounds
+
+Headers = list[tuple[bytes, bytes]]
 
 _LIMIT = {period: f"X-RateLimit-Limit-{period.capitalize()}".encode() for period in PERIODS}
 _REMAINING = {period: f"X-RateLimit-Remaining-{period.capitalize()}".encode() for period in PERIODS}
 
 
-def rate_limit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
-    """Headers for an admitted or denied request, as Kong sends them.
+class RateLimitHeaders:
+    """What a response of one LimitSpec reports, as Kong sends it.
 
     X-RateLimit-Limit-<Period> and X-RateLimit-Remaining-<Period> for every window; RateLimit-Limit, -Remaining and
     -Reset (seconds to the window's end, at least 1) for the tightest window: fewest remaining, the longer one on a
     tie (windows are in PERIODS order); Retry-After when denied. Bucket-only limits send only Retry-After, as nginx
     sends none. hide_client_headers is the caller's business.
     """
-    spec = decision.spec
-    if decision.admitted and len(spec.windows) == 1:  # the common case, in a few operations
-        limit_name, limit, remaining_name = _single(spec)
-        remaining = decision.remaining(0)
-        reset = max(1, ceil(window_bounds(spec.windows[0].period, decision.wall)[1] - decision.wall))
-        rem = b"%d" % remaining
-        return [(limit_name, limit), (remaining_name, rem), (b"RateLimit-Limit", limit), (b"RateLimit-Remaining", rem),
-                (b"RateLimit-Reset", b"%d" % reset)]
-    names = _names.get(spec)
-    if names is None:
-        names = _names[spec] = [(_LIMIT[w.period], b"%d" % w.limit, _REMAINING[w.period]) for w in spec.windows]
-    headers: list[tuple[bytes, bytes]] = []
-    tightest, least = -1, 0
-    for index, (limit_name, limit, remaining_name) in enumerate(names):
-        remaining = decision.remaining(index)
-        headers.append((limit_name, limit))
-        headers.append((remaining_name, b"%d" % remaining))
-        if tightest < 0 or remaining <= least:
-            tightest, least = index, remaining
-    if tightest >= 0:
-        window = spec.windows[tightest]
-        reset = max(1, ceil(window_bounds(window.period, decision.wall)[1] - decision.wall))
-        headers += [(b"RateLimit-Limit", names[tightest][1]), (b"RateLimit-Remaining", b"%d" % least),
-                    (b"RateLimit-Reset", b"%d" % reset)]
-    if not decision.admitted:
-        headers.append((b"Retry-After", b"%d" % decision.retry_after))
-    return headers
 
+    def __init__(self, spec: LimitSpec) -> None:
+        self.spec = spec
+        self._limits = [(_LIMIT[w.period], b"%d" % w.limit) for w in spec.windows]
+        self._standard = [(b"RateLimit-Limit", limit) for _, limit in self._limits]
+        self._remaining = [_REMAINING[w.period] for w in spec.windows]
+        self._single = len(spec.windows) == 1
 
-_names: dict[object, list[tuple[bytes, bytes, bytes]]] = {}  # per LimitSpec: its windows' header names and limits
+    def admitted(self, lease: Lease, wall: float) -> Headers:
+        """Headers of a request just admitted on a token of `lease` (LeaseTable.spend): the hot path."""
+        tokens = lease.tokens
+        remaining = lease.grant.remaining  # type: ignore[union-attr]  # a lease with tokens has had a grant
+        if self._single:
+            left = b"%d" % max(0, remaining[0] + tokens)
+            return [self._limits[0], (self._remaining[0], left), self._standard[0], (b"RateLimit-Remaining", left),
+                    (b"RateLimit-Reset", b"%d" % max(1, ceil(lease.next_roll - wall)))]
+        if not remaining:
+            return []  # a bucket-only limit
+        lefts = [max(0, r + tokens) for r in remaining]
+        tightest = self._tightest(lefts)
+        return self._build(lefts, tightest, lease.ends[tightest] - wall)
 
+    def decided(self, decision: Decision) -> Headers:
+        """Headers of any other decision: denied, admitted on the local share, or after a wait."""
+        lefts = [decision.remaining(index) for index in range(len(self._limits))]
+        headers: Headers = []
+        if lefts:
+            tightest = self._tightest(lefts)
+            window = self.spec.windows[tightest]
+            headers = self._build(lefts, tightest, window_bounds(window.period, decision.wall)[1] - decision.wall)
+        if not decision.admitted:
+            headers.append((b"Retry-After", b"%d" % decision.retry_after))
+        return headers
 
-def _single(spec: object) -> tuple[bytes, bytes, bytes]:
-    names = _names.get(spec)
-    if names is None:
-        names = _names[spec] = [(_LIMIT[w.period], b"%d" % w.limit, _REMAINING[w.period])
-                                for w in spec.windows]  # type: ignore[attr-defined]
-    return names[0]
+    @staticmethod
+    def _tightest(lefts: Sequence[int]) -> int:
+        """The window with the fewest requests left; the longer window on a tie."""
+        tightest = 0
+        for index, left in enumerate(lefts):
+            if left <= lefts[tightest]:
+                tightest = index
+        return tightest
+
+    def _build(self, lefts: Sequence[int], tightest: int, reset: float) -> Headers:
+        headers: Headers = []
+        for limit, name, left in zip(self._limits, self._remaining, lefts, strict=True):
+            headers.append(limit)
+            headers.append((name, b"%d" % left))
+        headers += [self._standard[tightest], (b"RateLimit-Remaining", b"%d" % lefts[tightest]),
+                    (b"RateLimit-Reset", b"%d" % max(1, ceil(reset)))]
+        return headers

@@ -77,7 +77,7 @@ WAIT = Decision(Status.WAIT, None, None, 0, None, 0.0, 0, 0.0)
 UNAVAILABLE = Decision(Status.UNAVAILABLE, None, None, 0, None, 0.0, 0, 0.0)
 
 
-class _Lease:
+class Lease:
     """One key's tokens at this worker, its request state and its per-window counts."""
 
     __slots__ = ("key", "spec", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due", "in_flight",
@@ -120,9 +120,9 @@ class LeaseTable:
         self.worker = worker
         self._workers = max(1, workers)
         self._fallback = False
-        self._leases: dict[str, _Lease] = {}
-        self._due: list[_Lease] = []
-        self._flagged: list[_Lease] = []
+        self._leases: dict[str, Lease] = {}
+        self._due: list[Lease] = []
+        self._flagged: list[Lease] = []
 
     def take(self, key: str, spec: LimitSpec, now: float, wall: float, waited: bool = False,
              again: bool = False) -> Decision:
@@ -133,12 +133,13 @@ class LeaseTable:
         """
         lease = self._leases.get(key)
         if lease is None or (lease.spec is not spec and lease.spec != spec):
-            lease = self._leases[key] = _Lease(key, spec, now, wall)  # a changed spec starts afresh
+            lease = self._leases[key] = Lease(key, spec, now, wall)  # a changed spec starts afresh
         lease.demand += 1
         lease.touched = now
         if lease.tokens:
             if now < lease.expires:
-                return self._spend(lease, now, wall)
+                delay = self._spend(lease, now, wall)
+                return Decision(Status.ADMIT, spec, lease.grant, lease.tokens, None, delay, 0, wall)
             self._void(lease)
         if now < lease.blocked_until:
             return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, ceil(lease.blocked_until - now), wall)
@@ -157,6 +158,17 @@ class LeaseTable:
             # The keeper answers but had nothing for us in time: the limit's tail is being handed out.
             return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
         return WAIT
+
+    def spend(self, key: str, spec: LimitSpec, now: float, wall: float) -> Lease | None:
+        """`take`'s common case without a Decision: the key's lease (to read the headers from) when one of its
+        tokens was spent; None when `take` must decide (no valid token here, a new spec, or a paced limit)."""
+        lease = self._leases.get(key)
+        if lease is None or lease.spec is not spec or not lease.tokens or now >= lease.expires or lease.pace:
+            return None
+        lease.demand += 1
+        lease.touched = now
+        self._spend(lease, now, wall)
+        return lease
 
     def apply(self, grant: Grant, now: float, wall: float) -> None:
         """Add the keeper's grant to the key's lease (tokens of older windows are voided first)."""
@@ -242,8 +254,8 @@ class LeaseTable:
             lease.unreported_total = 0
         return usages
 
-    def _spend(self, lease: _Lease, now: float, wall: float) -> Decision:
-        """Spend one leased token."""
+    def _spend(self, lease: Lease, now: float, wall: float) -> float:
+        """Spend one leased token; returns how long to hold the request (limit-req without nodelay)."""
         lease.tokens -= 1
         lease.used += 1
         if wall >= lease.next_roll:
@@ -254,13 +266,13 @@ class LeaseTable:
         if lease.tokens < lease.low and not lease.due:
             lease.due = True
             self._due.append(lease)
-        delay = 0.0
-        if lease.pace:
-            delay = max(0.0, lease.release_next - now)
-            lease.release_next += lease.pace
-        return Decision(Status.ADMIT, lease.spec, lease.grant, lease.tokens, None, delay, 0, wall)
+        if not lease.pace:
+            return 0.0
+        delay = max(0.0, lease.release_next - now)
+        lease.release_next += lease.pace
+        return delay
 
-    def _local_share(self, lease: _Lease, now: float, wall: float) -> Decision:
+    def _local_share(self, lease: Lease, now: float, wall: float) -> Decision:
         """Admit on this worker's share of every limit, counting it for `reports`."""
         spec, workers = lease.spec, self._workers
         if wall >= lease.next_roll:
@@ -293,7 +305,7 @@ class LeaseTable:
         return Decision(Status.ADMIT, spec, lease.grant, 0, left, delay, 0, wall)
 
     @staticmethod
-    def _roll(lease: _Lease, wall: float) -> None:
+    def _roll(lease: Lease, wall: float) -> None:
         """Start the local windows that `wall` has moved into."""
         for i, w in enumerate(lease.spec.windows):
             if wall >= lease.ends[i]:
@@ -302,7 +314,7 @@ class LeaseTable:
         lease.next_roll = min(lease.ends)
 
     @staticmethod
-    def _void(lease: _Lease) -> None:
+    def _void(lease: Lease) -> None:
         """The lease's tokens expire; keep them to give back (older ones from other windows are dropped)."""
         if lease.tokens:
             if lease.unused and lease.unused_grant.resets != lease.grant.resets:
@@ -311,7 +323,7 @@ class LeaseTable:
             lease.unused_grant = lease.grant
             lease.tokens = 0
 
-    def _give_back(self, lease: _Lease) -> ReturnedLease:
+    def _give_back(self, lease: Lease) -> ReturnedLease:
         """A ReturnedLease of the lease's expired tokens and unreported spending."""
         wall = lease.unused_grant.wall if lease.unused_grant is not None else 0.0
         returned = ReturnedLease(lease.key, self.worker, lease.unused, lease.used if lease.spec.bucketed else 0, wall)

@@ -304,3 +304,38 @@ def test_the_lease_table_and_the_ledger_work_together():
         for request in table.refills(now):
             table.apply(ledger.grant_request(request, now, T0 + now), now, T0 + now)
     assert admitted == 100
+
+
+def test_spend_takes_a_leased_token_like_take_does():
+    table = ready(granted=10)
+    lease = table.spend("k", SECOND, 0.01, T0 + 0.01)
+    assert lease is not None and lease.tokens == 9
+    assert takes(table, 9) == [Status.ADMIT] * 9
+    assert table.spend("k", SECOND, 0.01, T0 + 0.01) is None  # empty: take must decide (WAIT)
+
+
+def test_spend_leaves_expired_tokens_to_take():
+    table = ready(granted=10)
+    assert table.spend("k", SECOND, 1.5, T0 + 1.5) is None
+    assert table.take("k", SECOND, 1.5, T0 + 1.5).status is Status.WAIT
+
+
+def test_spend_leaves_a_changed_spec_and_an_unknown_key_to_take():
+    table = ready(granted=10)
+    assert table.spend("k", LimitSpec(windows=(Window("second", 100),)), 0.01, T0 + 0.01) is None  # equal, not same
+    assert table.spend("other", SECOND, 0.01, T0 + 0.01) is None
+
+
+def test_spend_leaves_paced_limits_to_take_for_their_delay():
+    paced = LimitSpec(algorithm="limit-req", rate=10, burst=5, nodelay=False)
+    table = ready(spec=paced, granted=3, remaining=(), resets=())
+    assert table.spend("k", paced, 0.01, T0 + 0.01) is None
+    assert table.take("k", paced, 0.01, T0 + 0.01).status is Status.ADMIT
+
+
+def test_spending_below_half_the_grant_asks_ahead_of_need():
+    table = ready(granted=10)
+    for _ in range(6):
+        table.spend("k", SECOND, 0.01, T0 + 0.01)
+    [request] = table.refills(0.01)
+    assert request.used == 6

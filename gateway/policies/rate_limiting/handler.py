@@ -10,8 +10,8 @@ import trio
 
 from gateway.http.server import Exchange
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
-from gateway.ratelimit.headers import rate_limit_headers
-from gateway.ratelimit.lease import Status
+from gateway.ratelimit.headers import RateLimitHeaders
+from gateway.ratelimit.lease import Decision, LeaseTable, Status
 from gateway.ratelimit.spec import LimitSpec
 
 GRANT_WAIT_S = 0.02  # the most a request waits for a lease when this worker has no token left
@@ -24,11 +24,12 @@ class RateLimiting:
     def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object) -> None:
         self.spec = LimitSpec.from_plugin(config)
         self.shared = shared
+        self.leases: LeaseTable | None = getattr(shared, "leases", None)
         self.prefix = plugin_id + "|"
         self.limit_by = config.limit_by
         self.header = (config.header_name or "").lower().encode()
         self.path = config.path or ""
-        self.hide = config.hide_client_headers
+        self.headers = None if config.hide_client_headers else RateLimitHeaders(self.spec)
         self.error_code = config.error_code
         self.body = json.dumps({"error": config.error_message}).encode()
         # limit_by service or path: one key for every request, built once
@@ -52,30 +53,42 @@ class RateLimiting:
         return self.prefix + ex.client_ip
 
     async def access(self, ex: Exchange) -> bool:
-        shared = self.shared
-        if shared is None:
+        leases = self.leases
+        if leases is None:
             return False
-        key = self.key(ex)
-        leases = shared.leases  # type: ignore[attr-defined]
-        decision = leases.take(key, self.spec, trio.current_time(), time.time())
+        key = self.fixed_key or self.key(ex)
+        now, wall = trio.current_time(), time.time()
+        lease = leases.spend(key, self.spec, now, wall)
+        if lease is not None:  # the common case: a leased token, no Decision to build
+            if self.headers is not None:
+                ex.add_response_headers(self.headers.admitted(lease, wall))
+            return False
+        return await self._decide(ex, leases, key, now, wall)
+
+    async def _decide(self, ex: Exchange, leases: LeaseTable, key: str, now: float, wall: float) -> bool:
+        """Everything but a leased token: wait for a grant, the local share, a delay, a denial or a 500."""
+        decision = leases.take(key, self.spec, now, wall)
         if decision.status == Status.WAIT:
-            await shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
-            decision = leases.take(key, self.spec, trio.current_time(), time.time(), waited=True, again=True)
+            decision = await self._after_grant(leases, key, again=True)
             if decision.status == Status.WAIT:  # the grant went to this worker's other requests: once more
-                await shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
-                decision = leases.take(key, self.spec, trio.current_time(), time.time(), waited=True)
+                decision = await self._after_grant(leases, key, again=False)
         if decision.status == Status.ADMIT:
             if decision.delay:
                 await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject
-            if not self.hide:
-                ex.add_response_headers(rate_limit_headers(decision))
+            if self.headers is not None:
+                ex.add_response_headers(self.headers.decided(decision))
             return False
         if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
             await ex.respond_error(500, "rate limiting is unavailable (fault_tolerant is off)")
             return True
-        extra = [] if self.hide else rate_limit_headers(decision)
-        if self.hide:
-            extra.append((b"Retry-After", b"%d" % decision.retry_after))
+        if self.headers is not None:
+            extra = self.headers.decided(decision)
+        else:
+            extra = [(b"Retry-After", b"%d" % decision.retry_after)]
         ex.close_after = not ex.request_done
         await ex.respond(self.error_code, self.body, extra=extra)
         return True
+
+    async def _after_grant(self, leases: LeaseTable, key: str, again: bool) -> Decision:
+        await self.shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
+        return leases.take(key, self.spec, trio.current_time(), time.time(), waited=True, again=again)
