@@ -534,10 +534,10 @@ class FakeExchange:
     close_after = False
     status = 0
 
-    def add_response_headers(self, headers: list) -> None:
+    def add_response_lines(self, lines: bytes) -> None:
         pass
 
-    async def respond(self, status: int, body: bytes, extra: list | None = None) -> None:
+    async def respond(self, status: int, body: bytes) -> None:
         self.status = status
 
 

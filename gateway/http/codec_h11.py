@@ -175,7 +175,10 @@ class H11Server(_H11Codec):
             return NEED_DATA
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
 
-    def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False) -> bytes:
+    def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
+                      lines: bytes = b"") -> bytes:
+        if lines:  # h11 frames only (name, value) pairs
+            headers = [*headers, *(_split_line(line) for line in lines.split(b"\r\n")[:-1])]
         if close:
             headers = [*headers, (b"connection", b"close")]
         self._no_body = self._method == b"HEAD" or status == 204 or status == 304
@@ -190,6 +193,11 @@ class H11Server(_H11Codec):
         if self._no_body:  # h11 would raise: a HEAD, 204 or 304 response has no body
             return b""
         return _H11Codec.body(self, data)
+
+
+def _split_line(line: bytes) -> tuple[bytes, bytes]:
+    name, _, value = line.partition(b":")
+    return name, value.strip()
 
 
 def _check_response_head(headers: Headers) -> None:

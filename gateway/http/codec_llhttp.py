@@ -271,12 +271,13 @@ class LlhttpServer(_Parsing):
             self._request_done = True
         return ev
 
-    def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False) -> bytes:
+    def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
+                      lines: bytes = b"") -> bytes:
         http11 = self._version == b"1.1"
         keep = self._persist and not close
         said_close = False
         length = chunked = False
-        lines = [b"HTTP/1.1 %d %b\r\n" % (status, reason or REASONS.get(status, b""))]
+        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or REASONS.get(status, b""))]
         for name, value in headers:
             if name == b"content-length":
                 length = True
@@ -287,14 +288,16 @@ class LlhttpServer(_Parsing):
             elif name == b"connection" and _has_token(value, b"close"):
                 keep = False
                 said_close = True
-            lines.append(b"%b: %b\r\n" % (name, value))
+            parts.append(b"%b: %b\r\n" % (name, value))
+        if lines:
+            parts.append(lines)
         head = self._method == b"HEAD"
         self._no_body = head or status == 204 or status == 304
         self._chunked = False
         if status != 204 and status != 304 and not chunked and not length:
             # No length: chunked for HTTP/1.1 (a HEAD response gets the header a GET would), else close-delimited.
             if http11:
-                lines.append(b"transfer-encoding: chunked\r\n")
+                parts.append(b"transfer-encoding: chunked\r\n")
                 chunked = True
             elif not head:
                 keep = False
@@ -303,9 +306,9 @@ class LlhttpServer(_Parsing):
         self._close = not keep
         self._response_done = False
         if not keep and not said_close:
-            lines.append(b"connection: close\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            parts.append(b"connection: close\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def informational(self, status: int) -> bytes:
         return b"HTTP/1.1 %d %b\r\n\r\n" % (status, REASONS.get(status, b""))

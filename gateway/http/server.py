@@ -91,7 +91,7 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id", "response_headers", "status")
+                 "request_id", "response_lines", "status")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False) -> None:
@@ -99,7 +99,7 @@ class Exchange:
         self.draining = draining
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
         self.request_id = b""  # echoed on errors when the handler has set one
-        self.response_headers: Headers | None = None  # added to the response by policies (e.g. rate-limit headers)
+        self.response_lines = b""  # header lines policies add to the response (e.g. rate-limit headers)
         self.status = 0  # of the response, once its head is sent
         self.conn = conn
         self._codec = codec
@@ -117,10 +117,12 @@ class Exchange:
                 self._expect_continue = True
 
     def add_response_headers(self, headers: Headers) -> None:
-        if self.response_headers is None:
-            self.response_headers = list(headers)
-        else:
-            self.response_headers += headers
+        """Headers for whatever response this request gets (an answer from upstream or the gateway's own)."""
+        self.response_lines += b"".join([b"%b: %b\r\n" % (name, value) for name, value in headers])
+
+    def add_response_lines(self, lines: bytes) -> None:
+        """Like add_response_headers, already formatted (b"Name: value\r\n" each): for what every request adds."""
+        self.response_lines += lines
 
     @property
     def client_ip(self) -> str:
@@ -179,9 +181,7 @@ class Exchange:
         self.response_started = True
         self.status = status
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
-        if self.response_headers:
-            headers = headers + self.response_headers
-        data = codec.response_head(status, headers, reason, close)
+        data = codec.response_head(status, headers, reason, close, self.response_lines)
         if body:
             data += codec.body(body)
         if end:

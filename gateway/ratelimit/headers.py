@@ -1,4 +1,5 @@
-"""Kong's rate-limiting response headers, with everything constant built once per LimitSpec at config load."""
+"""Kong's rate-limiting response headers as formatted header lines (Exchange.add_response_lines), with everything
+constant built once per LimitSpec at config load."""
 
 from __future__ import annotations
 
@@ -29,24 +30,27 @@ class RateLimitHeaders:
         self._limits = [(_LIMIT[w.period], b"%d" % w.limit) for w in spec.windows]
         self._standard = [(b"RateLimit-Limit", limit) for _, limit in self._limits]
         self._remaining = [_REMAINING[w.period] for w in spec.windows]
-        self._single = len(spec.windows) == 1
+        self._single = None  # one window: every header line in one format, remaining twice and the reset
+        if len(spec.windows) == 1:
+            (limit_name, limit), = self._limits
+            self._single = b"%b: %b\r\n%b: %%d\r\nRateLimit-Limit: %b\r\nRateLimit-Remaining: %%d\r\n" \
+                b"RateLimit-Reset: %%d\r\n" % (limit_name, limit, self._remaining[0], limit)
 
-    def admitted(self, lease: Lease, wall: float) -> Headers:
-        """Headers of a request just admitted on a token of `lease` (LeaseTable.spend): the hot path."""
+    def admitted(self, lease: Lease, wall: float) -> bytes:
+        """Header lines of a request just admitted on a token of `lease` (LeaseTable.spend): the hot path."""
         tokens = lease.tokens
         remaining = lease.grant.remaining  # type: ignore[union-attr]  # a lease with tokens has had a grant
-        if self._single:
-            left = b"%d" % max(0, remaining[0] + tokens)
-            return [self._limits[0], (self._remaining[0], left), self._standard[0], (b"RateLimit-Remaining", left),
-                    (b"RateLimit-Reset", b"%d" % max(1, ceil(lease.next_roll - wall)))]
+        if self._single is not None:
+            left = max(0, remaining[0] + tokens)
+            return self._single % (left, left, max(1, ceil(lease.next_roll - wall)))
         if not remaining:
-            return []  # a bucket-only limit
+            return b""  # a bucket-only limit
         lefts = [max(0, r + tokens) for r in remaining]
         tightest = self._tightest(lefts)
-        return self._build(lefts, tightest, lease.ends[tightest] - wall)
+        return _lines(self._build(lefts, tightest, lease.ends[tightest] - wall))
 
-    def decided(self, decision: Decision) -> Headers:
-        """Headers of any other decision: denied, admitted on the local share, or after a wait."""
+    def decided(self, decision: Decision) -> bytes:
+        """Header lines of any other decision: denied, admitted on the local share, or after a wait."""
         lefts = [decision.remaining(index) for index in range(len(self._limits))]
         headers: Headers = []
         if lefts:
@@ -55,7 +59,7 @@ class RateLimitHeaders:
             headers = self._build(lefts, tightest, window_bounds(window.period, decision.wall)[1] - decision.wall)
         if not decision.admitted:
             headers.append((b"Retry-After", b"%d" % decision.retry_after))
-        return headers
+        return _lines(headers)
 
     @staticmethod
     def _tightest(lefts: Sequence[int]) -> int:
@@ -74,3 +78,12 @@ class RateLimitHeaders:
         headers += [self._standard[tightest], (b"RateLimit-Remaining", b"%d" % lefts[tightest]),
                     (b"RateLimit-Reset", b"%d" % max(1, ceil(reset)))]
         return headers
+
+
+def retry_after(decision: Decision) -> bytes:
+    """The one header line a denial sends with hide_client_headers."""
+    return b"Retry-After: %d\r\n" % decision.retry_after
+
+
+def _lines(headers: Headers) -> bytes:
+    return b"".join([b"%b: %b\r\n" % (name, value) for name, value in headers])

@@ -768,6 +768,22 @@ def test_response_content_length_kept(codec: str) -> None:
     assert keep
 
 
+def test_preformatted_header_lines_follow_the_headers(codec: str) -> None:
+    lines = b"RateLimit-Limit: 10\r\nRateLimit-Remaining: 9\r\n"
+    raw, keep = serve(codec, GET11, 200, [(b"content-length", b"2")], [b"ok"], lines=lines)
+    events, delimited = h11_read_response(raw)
+    assert events == [("response", 200, b"OK", [(b"content-length", b"2"), (b"ratelimit-limit", b"10"),
+                                                (b"ratelimit-remaining", b"9")]), ("data", b"ok"), "end"]
+    assert delimited and keep
+
+
+def test_preformatted_header_lines_come_before_connection_close(codec: str) -> None:
+    raw, keep = serve(codec, GET11, 429, [(b"content-length", b"0")], [], close=True, lines=b"Retry-After: 1\r\n")
+    events, _ = h11_read_response(raw)
+    assert events[0][3] == [(b"content-length", b"0"), (b"retry-after", b"1"), (b"connection", b"close")]
+    assert keep is False
+
+
 def test_response_without_length_on_http11_is_chunked(codec: str) -> None:
     raw, keep = serve(codec, GET11, 200, [(b"content-type", b"text/plain")], [b"hello", b"", b" world"])
     events, delimited = h11_read_response(raw)

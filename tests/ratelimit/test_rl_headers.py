@@ -18,15 +18,21 @@ def decide(spec=SPEC, granted=3, remaining=(7, 50), resets=(T0 + 1, T0 + 60), re
     return granted_table(spec, granted, remaining, resets, retry).take("k", spec, wall - T0, wall)
 
 
+def pairs(lines):
+    """Header lines back to (name, value) pairs, checking they are well-formed lines."""
+    assert lines == b"" or lines.endswith(b"\r\n")
+    return [tuple(line.split(b": ", 1)) for line in lines.split(b"\r\n")[:-1]]
+
+
 def rate_limit_headers(decision):
-    return RateLimitHeaders(decision.spec).decided(decision)
+    return pairs(RateLimitHeaders(decision.spec).decided(decision))
 
 
 def spent(spec=SPEC, granted=3, remaining=(7, 50), resets=(T0 + 1, T0 + 60), wall=T0 + 0.2):
     """Headers of the fast path: a token spent from the lease, no Decision."""
     lease = granted_table(spec, granted, remaining, resets, 0.0).spend("k", spec, wall - T0, wall)
     assert lease is not None
-    return RateLimitHeaders(spec).admitted(lease, wall)
+    return pairs(RateLimitHeaders(spec).admitted(lease, wall))
 
 
 def test_admitted_request_gets_kongs_per_window_headers_and_the_tightest_window():
@@ -73,4 +79,4 @@ def test_on_a_tie_the_lease_path_reports_the_longer_window_too():
 def test_a_bucket_only_limit_spent_from_the_lease_sends_nothing():
     spec = LimitSpec(algorithm="token-bucket", rate=1, burst=1)
     lease = granted_table(spec, 2, (), (), 0.0).spend("k", spec, 0.2, T0 + 0.2)
-    assert lease is not None and RateLimitHeaders(spec).admitted(lease, T0 + 0.2) == []
+    assert lease is not None and RateLimitHeaders(spec).admitted(lease, T0 + 0.2) == b""

@@ -10,7 +10,7 @@ import trio
 
 from gateway.http.server import Exchange
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
-from gateway.ratelimit.headers import RateLimitHeaders
+from gateway.ratelimit.headers import RateLimitHeaders, retry_after
 from gateway.ratelimit.lease import Decision, LeaseTable, Status
 from gateway.ratelimit.spec import LimitSpec
 
@@ -61,7 +61,7 @@ class RateLimiting:
         lease = leases.spend(key, self.spec, now, wall)
         if lease is not None:  # the common case: a leased token, no Decision to build
             if self.headers is not None:
-                ex.add_response_headers(self.headers.admitted(lease, wall))
+                ex.add_response_lines(self.headers.admitted(lease, wall))
             return False
         return await self._decide(ex, leases, key, now, wall)
 
@@ -76,17 +76,14 @@ class RateLimiting:
             if decision.delay:
                 await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject
             if self.headers is not None:
-                ex.add_response_headers(self.headers.decided(decision))
+                ex.add_response_lines(self.headers.decided(decision))
             return False
         if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
             await ex.respond_error(500, "rate limiting is unavailable (fault_tolerant is off)")
             return True
-        if self.headers is not None:
-            extra = self.headers.decided(decision)
-        else:
-            extra = [(b"Retry-After", b"%d" % decision.retry_after)]
+        ex.add_response_lines(self.headers.decided(decision) if self.headers is not None else retry_after(decision))
         ex.close_after = not ex.request_done
-        await ex.respond(self.error_code, self.body, extra=extra)
+        await ex.respond(self.error_code, self.body)
         return True
 
     async def _after_grant(self, leases: LeaseTable, key: str, again: bool) -> Decision:
