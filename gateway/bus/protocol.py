@@ -56,7 +56,8 @@ class PassiveOutcomes(Msg, tag="passive"):
 
 
 class HealthReport(Msg, tag="health"):
-    """From the active health checker: targets that became healthy or unhealthy."""
+    """From the active health checker: targets that became healthy or unhealthy; to a new keeper, every target it
+    holds unhealthy (possibly none: a new keeper publishes no health verdicts until this first report)."""
 
     items: list[tuple[str, str, bool]] = []
 
@@ -105,7 +106,7 @@ class TargetState(msgspec.Struct, array_like=True):
     key: str
     drained: bool = False
     weight: int | None = None  # None: as configured
-    healthy: bool = True  # active and passive health checks
+    healthy: bool | None = True  # active and passive health checks; None: no verdict yet, keep the one you have
 
 
 class Heartbeat(Msg, tag="hb"):

@@ -26,6 +26,7 @@ from gateway.config import Config, load_config
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
+from gateway.node.tree import needs_health
 from gateway.ratelimit.ledger import Ledger
 from gateway.runtime import compile_config
 
@@ -33,6 +34,7 @@ log = logging.getLogger("gateway.keeper")
 
 HEARTBEAT_S = 0.1  # workers declare the keeper lost after KEEPER_LOST_S without one (gateway/state/client.py)
 TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often
+HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's
 PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
 
 
@@ -53,6 +55,10 @@ class Keeper:
         self.discovered: dict[str, list[p.TargetInfo]] = {}
         self._early_health: dict[str, bool] = {}  # verdicts on targets of upstreams discovery has not reported yet
         self._flips: list[p.TargetState] = []
+        # A new keeper knows no verdicts: until the checker's first report (re-sent to every new keeper), it
+        # publishes targets without one, so workers keep theirs rather than send traffic to a target known down.
+        self.health_pending = needs_health(config)
+        self._pending_since: float | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -117,6 +123,8 @@ class Keeper:
             for upstream, target, healthy in msg.items:
                 self.passive.set_health(upstream, target, healthy)
                 self._set_health(f"{upstream}|{target}", healthy, "active checks")
+            if self.health_pending:
+                return [], self._verdicts_known()
             return [], self._flushed_flips()
         if isinstance(msg, p.Discovered):
             return [], self.discover(msg.upstream, msg.targets)
@@ -133,9 +141,21 @@ class Keeper:
             return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
         return [], []
 
+    def _verdicts_known(self) -> list[p.Msg]:
+        """The checker has spoken (or the grace is over): from now on every target's verdict is published."""
+        self.health_pending = False
+        self._flips.clear()
+        return [p.TargetsChanged(targets=list(self.targets.values()))] if self.targets else []
+
+    def _published(self, states: list[p.TargetState]) -> list[p.TargetState]:
+        """`states` as workers may see them: without a health verdict while the checker has not reported yet."""
+        if not self.health_pending:
+            return states
+        return [p.TargetState(s.key, s.drained, s.weight, None) for s in states]
+
     def snapshot(self) -> p.Snapshot:
         return p.Snapshot(incarnation=self.incarnation, breakers=self.breakers.states(),
-                          targets=list(self.targets.values()),
+                          targets=self._published(list(self.targets.values())),
                           upstreams=[p.UpstreamTargets(upstream=u, targets=t) for u, t in self.discovered.items()])
 
     def discover(self, upstream: str, targets: list[p.TargetInfo]) -> list[p.Msg]:
@@ -161,10 +181,18 @@ class Keeper:
         # The new targets' states go out too: workers may still hold older verdicts on them (from before a keeper
         # restart), and the keeper only publishes flips, so a stale "unhealthy" would otherwise never be corrected.
         return [p.UpstreamTargets(upstream=upstream, targets=list(targets))] + \
-            ([p.TargetsChanged(targets=added)] if added else [])
+            ([p.TargetsChanged(targets=self._published(added))] if added else [])
 
     def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
-        """Breaker timers: open -> half-open, with probe permits spread over the workers."""
+        """Breaker timers: open -> half-open, with probe permits spread over the workers; the health grace."""
+        verdicts: list[p.Msg] = []
+        if self.health_pending:
+            if self._pending_since is None:
+                self._pending_since = now
+            elif now - self._pending_since >= HEALTH_GRACE_S:
+                log.warning("no report from the health checker %.0fs after start: publishing health verdicts "
+                            "without it", HEALTH_GRACE_S)
+                verdicts = self._verdicts_known()
         updates, permits = self.breakers.tick(now)
         for update in updates:
             if update.state is State.HALF_OPEN:
@@ -178,7 +206,7 @@ class Keeper:
                 turn = self._turns.get(target, 0)
                 direct.append((workers[turn % len(workers)], p.ProbePermit(target=target)))
                 self._turns[target] = turn + 1
-        return direct, ([p.BreakersChanged(updates=updates)] if updates else [])
+        return direct, verdicts + ([p.BreakersChanged(updates=updates)] if updates else [])
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
         """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight]."""
@@ -225,7 +253,7 @@ class Keeper:
             else:
                 _bad(cmd, action)
             return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
-                [p.TargetsChanged(targets=[state])]
+                [p.TargetsChanged(targets=self._published([state]))]
         if cmd == "health":
             return {"incarnation": self.incarnation, "workers_seen": len(self.seen_workers),
                     "targets": {t.key: t.healthy for t in self.targets.values()},

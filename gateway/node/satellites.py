@@ -92,13 +92,12 @@ async def _health(config: Config, ctx: zmq.Context, nursery: trio.Nursery) -> No
             for state in msg.targets:
                 upstream, _, target = state.key.partition("|")
                 ours = (upstream, target) not in unhealthy
-                if checker.state(upstream, target) is not None and ours != state.healthy:
+                if state.healthy is not None and checker.state(upstream, target) is not None and ours != state.healthy:
                     (unhealthy.discard if state.healthy else unhealthy.add)((upstream, target))
                     checker.set_health(upstream, target, state.healthy)
 
-    def on_new_keeper() -> None:
-        if unhealthy:
-            channel.send(p.HealthReport(items=[(u, t, False) for u, t in sorted(unhealthy)]))
+    def on_new_keeper() -> None:  # sent even when empty: the keeper waits for it before publishing verdicts
+        channel.send(p.HealthReport(items=[(u, t, False) for u, t in sorted(unhealthy)]))
 
     channel = _Reporter(ctx, config, on_message, on_new_keeper)
     nursery.start_soon(channel.channel.run)

@@ -163,7 +163,8 @@ class SharedState:
     def _apply_targets(self, targets: list[p.TargetState]) -> None:
         for state in targets:
             (self._drained.add if state.drained else self._drained.discard)(state.key)
-            (self._unhealthy.discard if state.healthy else self._unhealthy.add)(state.key)
+            if state.healthy is not None:
+                (self._unhealthy.discard if state.healthy else self._unhealthy.add)(state.key)
             for group, index in self._groups.get(state.key, ()):
                 weight = state.weight if state.weight is not None else group.targets[index].weight
                 group.balancer.set_weight(index, weight)

@@ -1,0 +1,110 @@
+"""What a new state keeper publishes about target health before and after the health checker's first report.
+
+A keeper that has just (re)started knows no verdicts. Publishing every target as healthy would send traffic to a
+target the workers know is down until the checker's re-sent view arrives; so until then it publishes no verdict
+(healthy=None) and workers keep theirs.
+"""
+
+from __future__ import annotations
+
+from gateway.bus import protocol as p
+from gateway.config import parse_config
+from gateway.discovery.types import TargetInfo
+from gateway.node.keeper import HEALTH_GRACE_S, Keeper
+from gateway.state.shared import SharedState
+
+ACTIVE = """
+    healthchecks:
+      active:
+        http_path: /health
+        healthy: {interval: 1, successes: 1}
+        unhealthy: {interval: 1, http_failures: 1}
+"""
+
+
+def keeper(checked: bool = True, discovered: bool = False) -> Keeper:
+    targets = "" if discovered else "    targets: [{target: '127.0.0.1:9001'}, {target: '127.0.0.1:9002'}]\n"
+    discovery = "    discovery: {type: consul, endpoints: ['127.0.0.1:8500'], service: svc}\n" if discovered else ""
+    text = (
+        "_format_version: '3.0'\n"
+        "upstreams:\n"
+        "  - name: up\n" + targets + discovery + (ACTIVE if checked else "") +
+        "services:\n"
+        "  - {name: s, host: up}\n"
+        "routes:\n"
+        "  - {name: r, service: s, paths: ['/']}\n"
+    )
+    return Keeper(parse_config(text), workers=2)
+
+
+def verdicts(states: list[p.TargetState]) -> dict[str, bool | None]:
+    return {s.key: s.healthy for s in states}
+
+
+def published(broadcasts: list[p.Msg]) -> dict[str, bool | None]:
+    out: dict[str, bool | None] = {}
+    for msg in broadcasts:
+        if isinstance(msg, p.TargetsChanged):
+            out.update(verdicts(msg.targets))
+    return out
+
+
+A, B = "up|127.0.0.1:9001", "up|127.0.0.1:9002"
+
+
+def test_a_new_keeper_with_health_checks_gives_no_verdict_in_its_snapshot():
+    assert verdicts(keeper().snapshot().targets) == {A: None, B: None}
+
+
+def test_the_checkers_first_report_publishes_every_verdict():
+    k = keeper()
+    _, broadcasts = k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9002", False)]), 0.0, 0.0)
+    assert published(broadcasts) == {A: True, B: False}
+    assert verdicts(k.snapshot().targets) == {A: True, B: False}
+
+
+def test_an_empty_first_report_means_every_target_is_healthy():
+    _, broadcasts = keeper().handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
+    assert published(broadcasts) == {A: True, B: True}
+
+
+def test_after_the_first_report_only_flips_are_published():
+    k = keeper()
+    k.handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
+    _, broadcasts = k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9001", False)]), 0.0, 0.0)
+    assert published(broadcasts) == {A: False}
+
+
+def test_discovery_before_the_checker_adds_targets_without_a_verdict():
+    k = keeper(discovered=True)
+    broadcasts = k.discover("up", [TargetInfo("127.0.0.1", 9001), TargetInfo("127.0.0.1", 9002)])
+    assert published(broadcasts) == {A: None, B: None}
+    _, broadcasts = k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9002", False)]), 0.0, 0.0)
+    assert published(broadcasts) == {A: True, B: False}
+
+
+def test_without_active_checks_verdicts_are_published_from_the_start():
+    assert verdicts(keeper(checked=False).snapshot().targets) == {A: True, B: True}
+
+
+def test_a_silent_checker_ends_the_wait_after_the_grace():
+    k = keeper()
+    assert published(k.tick(100.0)[1]) == {}
+    assert published(k.tick(100.0 + HEALTH_GRACE_S - 0.01)[1]) == {}
+    assert published(k.tick(100.0 + HEALTH_GRACE_S)[1]) == {A: True, B: True}
+    assert verdicts(k.snapshot().targets) == {A: True, B: True}
+
+
+def test_a_drain_while_waiting_carries_no_verdict():
+    k = keeper()
+    _, broadcasts = k.admin("targets", {"action": "drain", "target": B}, 0.0, 0.0)
+    assert published(broadcasts) == {B: None}
+
+
+async def test_a_worker_keeps_its_verdict_when_the_keeper_gives_none():
+    shared = SharedState("w1", 1)
+    shared.on_message(p.TargetsChanged(targets=[p.TargetState(B, healthy=False)]))
+    shared.on_message(p.TargetsChanged(targets=[p.TargetState(B, healthy=None)]))
+    assert B in shared._unhealthy
+    shared.on_message(p.TargetsChanged(targets=[p.TargetState(B, healthy=True)]))
+    assert B not in shared._unhealthy
