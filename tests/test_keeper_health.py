@@ -108,3 +108,11 @@ async def test_a_worker_keeps_its_verdict_when_the_keeper_gives_none():
     assert B in shared._unhealthy
     shared.on_message(p.TargetsChanged(targets=[p.TargetState(B, healthy=True)]))
     assert B not in shared._unhealthy
+
+
+def test_the_keeper_ticks_fast_while_it_waits_for_the_checkers_first_report():
+    k = keeper()
+    assert k.ticking()  # waiting for the checker's first report
+    k.handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
+    assert not k.ticking()
+    assert not keeper(checked=False).ticking()

@@ -42,6 +42,10 @@ class BreakerBoard:
             permits += _probes(breaker, now)
         return _drain(self._breakers.values()), permits
 
+    def all_closed(self) -> bool:
+        """No breaker has a timer running (open) or probes out (half-open): `tick` has nothing to do."""
+        return all(breaker.state is State.CLOSED for breaker in self._breakers.values())
+
     def adopt(self, old: BreakerBoard) -> None:
         """Keep the breakers (and so the states) of targets whose config did not change: a reload."""
         for target, breaker in old._breakers.items():

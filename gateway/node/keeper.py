@@ -33,7 +33,8 @@ from gateway.runtime import compile_config
 log = logging.getLogger("gateway.keeper")
 
 HEARTBEAT_S = 0.1  # workers declare the keeper lost after KEEPER_LOST_S without one (gateway/state/client.py)
-TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often
+TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often while a breaker is not closed
+IDLE_TICK_S = 0.5  # and this often otherwise (a breaker leaving closed wakes the timer at once)
 HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's
 PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
 
@@ -183,6 +184,10 @@ class Keeper:
         return [p.UpstreamTargets(upstream=upstream, targets=list(targets))] + \
             ([p.TargetsChanged(targets=self._published(added))] if added else [])
 
+    def ticking(self) -> bool:
+        """Has `tick` work due within TICK_S: a breaker not closed, or the wait for the checker's first report?"""
+        return self.health_pending or not self.breakers.all_closed()
+
     def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
         """Breaker timers: open -> half-open, with probe permits spread over the workers; the health grace."""
         verdicts: list[p.Msg] = []
@@ -314,14 +319,17 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
             routed.send([sender, p.encode(reply)])
         for b in broadcasts:
             publish(b)
+            if isinstance(b, p.BreakersChanged):  # maybe one opened: its timer runs from now
+                timer.wake()
 
     routed = PumpedSocket(router, on_message)
+    timer = _Timer()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(routed.run)
                 nursery.start_soon(_heartbeats, keeper, publish)
-                nursery.start_soon(_ticks, keeper, routed, publish)
+                nursery.start_soon(_ticks, keeper, routed, publish, timer)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 publish(keeper.snapshot())
@@ -344,9 +352,29 @@ async def _heartbeats(keeper: Keeper, publish: Any) -> None:
         await trio.sleep(HEARTBEAT_S)
 
 
-async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any) -> None:
+class _Timer:
+    """The keeper's tick: every TICK_S while it has timers running, else every IDLE_TICK_S unless woken."""
+
+    def __init__(self) -> None:
+        self._woken = trio.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def wait(self, keeper: Keeper) -> None:
+        if keeper.ticking():
+            await trio.sleep(TICK_S)
+            return
+        with trio.move_on_after(IDLE_TICK_S):
+            await self._woken.wait()
+        if self._woken.is_set():
+            self._woken = trio.Event()
+            await trio.sleep(TICK_S)  # the first due time is at least one tick away
+
+
+async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any, timer: _Timer) -> None:
     while True:
-        await trio.sleep(TICK_S)
+        await timer.wait(keeper)
         direct, broadcasts = keeper.tick(trio.current_time())
         for worker, msg in direct:
             routed.send([worker, p.encode(msg)])

@@ -88,3 +88,14 @@ def test_board_messages_are_msgpack_encodable():
     update = BreakerUpdate("a", State.HALF_OPEN)
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(update), type=BreakerUpdate) == update
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(update)) == ["a", 2]
+
+
+def test_the_board_has_timers_running_only_while_a_breaker_is_not_closed():
+    breakers = board()
+    assert breakers.all_closed()
+    trip(breakers)
+    assert not breakers.all_closed()  # open: its timeout runs
+    breakers.tick(5.0)
+    assert not breakers.all_closed()  # half-open: probes are out
+    breakers.reset("a")
+    assert breakers.all_closed()
