@@ -9,6 +9,7 @@ import time
 import trio
 
 from gateway.http.server import Exchange
+from gateway.metrics import LOCAL_SHARE
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, retry_after
 from gateway.ratelimit.lease import Decision, LeaseTable, Status
@@ -25,6 +26,7 @@ class RateLimiting:
         self.spec = LimitSpec.from_plugin(config)
         self.shared = shared
         self.leases: LeaseTable | None = getattr(shared, "leases", None)
+        self.local_share = LOCAL_SHARE.labels(plugin_id)
         self.prefix = plugin_id + "|"
         self.limit_by = config.limit_by
         self.header = (config.header_name or "").lower().encode()
@@ -73,6 +75,8 @@ class RateLimiting:
             if decision.status == Status.WAIT:  # the grant went to this worker's other requests: once more
                 decision = await self._after_grant(leases, key, again=False)
         if decision.status == Status.ADMIT:
+            if decision.local is not None:
+                self.local_share.inc()
             if decision.delay:
                 await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject
             if self.headers is not None:
