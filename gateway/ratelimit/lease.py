@@ -14,7 +14,8 @@ Rules:
    grant already asked for, and its last call (`again` off) is denied if the tokens went to others again.
 4. The keeper unreachable (`fallback(True, n)`), or silent on this key for WAIT_S while a request waits: the
    worker admits on a local share, per window limit // n (at least 1) counting all it admitted in that window, and
-   a bucket of capacity / n refilled at rate / n. `reports` hands what it admitted so to the keeper once it is back.
+   a bucket of capacity / n refilled at rate / n that leased tokens spent here drain too (so a keeper late on one
+   request does not open a fresh burst). `reports` hands what it admitted so to the keeper once it is back.
    With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500).
 """
 
@@ -266,6 +267,9 @@ class LeaseTable:
         if lease.tokens < lease.low and not lease.due:
             lease.due = True
             self._due.append(lease)
+        if lease.spec.bucketed:  # the local share counts what leases admitted, as the windows' counts do
+            bucket = self._local_bucket(lease, now)
+            bucket.level = max(0.0, bucket.level - 1)
         if not lease.pace:
             return 0.0
         delay = max(0.0, lease.release_next - now)
@@ -279,12 +283,10 @@ class LeaseTable:
             self._roll(lease, wall)
         shares = [max(1, w.limit // workers) for w in spec.windows]
         retry = max((lease.ends[i] - wall for i, share in enumerate(shares) if lease.counts[i] >= share), default=0.0)
-        bucket, delay = lease.local, 0.0
+        delay = 0.0
         if spec.bucketed:
-            rate, capacity = spec.rate / workers, max(1.0, spec.capacity / workers)
-            if bucket is None:
-                bucket = lease.local = Bucket(capacity, now)
-            level = bucket.refill(now, rate, capacity)
+            bucket = self._local_bucket(lease, now)
+            rate, capacity, level = spec.rate / workers, max(1.0, spec.capacity / workers), bucket.level
             if level < 1:
                 retry = max(retry, (1 - level) / rate)
             elif not retry:
@@ -303,6 +305,16 @@ class LeaseTable:
         if retry:
             return Decision(Status.DENY, spec, lease.grant, 0, left, 0.0, ceil(retry), wall)
         return Decision(Status.ADMIT, spec, lease.grant, 0, left, delay, 0, wall)
+
+    def _local_bucket(self, lease: Lease, now: float) -> Bucket:
+        """The key's local share of the bucket (capacity / n refilled at rate / n; full when first needed), refilled."""
+        spec, workers = lease.spec, self._workers
+        capacity = max(1.0, spec.capacity / workers)
+        bucket = lease.local
+        if bucket is None:
+            bucket = lease.local = Bucket(capacity, now)
+        bucket.refill(now, spec.rate / workers, capacity)
+        return bucket
 
     @staticmethod
     def _roll(lease: Lease, wall: float) -> None:

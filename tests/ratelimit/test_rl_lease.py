@@ -233,6 +233,24 @@ def test_a_bucket_falls_back_to_its_share_of_capacity_and_rate():
     assert takes(table, 2, spec=spec, now=0.1) == [Status.ADMIT, Status.DENY]
 
 
+def test_the_local_bucket_share_counts_what_leases_admitted():
+    spec = LimitSpec(algorithm="token-bucket", rate=40, burst=20)  # a share of 5 tokens, 10/s, with 4 workers
+    table = ready(spec=spec, granted=4, workers=4, remaining=(), resets=())
+    assert takes(table, 4, spec=spec, now=0.01) == [Status.ADMIT] * 4
+    table.fallback(True, 4)
+    assert takes(table, 2, spec=spec, now=0.01) == [Status.ADMIT, Status.DENY]  # 5 - 4 left, not a full share
+
+
+def test_a_keeper_slow_on_a_bucket_key_admits_only_what_the_share_has_left():
+    spec = LimitSpec(algorithm="token-bucket", rate=40, burst=20)
+    table = ready(spec=spec, granted=5, workers=4, remaining=(), resets=())
+    takes(table, 5, spec=spec, now=0.01)
+    assert table.take("k", spec, 0.01, T0 + 0.01).status is Status.WAIT
+    table.refills(0.01)
+    late = table.take("k", spec, 0.01 + WAIT_S, T0 + 0.01 + WAIT_S, waited=True)  # silent for the whole wait
+    assert late.status is Status.DENY  # the share was spent from the lease; refilling at 10/s, not a new burst
+
+
 def test_limit_req_tokens_are_released_on_the_keepers_schedule():
     spec = LimitSpec(algorithm="limit-req", rate=10, burst=5, nodelay=False)
     table = ready(spec=spec, granted=3, remaining=(), resets=(), delay=0.1)
