@@ -10,6 +10,7 @@ import ast
 import importlib.machinery
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -210,23 +211,40 @@ def test_schedule_interleaves_configurations():
     assert bench.schedule(["A"], 1) == [(1, "A")]
 
 
-def make_run(config, round_, rps, p50=1.0, p99=2.0, non2xx=0, timeouts=0):
+def make_run(config, round_, rps, p50=1.0, p99=2.0, non2xx=0, timeouts=0, cpu_s=None):
     result = bench.WrkResult(rps=rps, p50_ms=p50, p99_ms=p99, requests=int(rps), non2xx=non2xx)
     result.socket_errors["timeout"] = timeouts
-    return bench.Run.of(round_, config, "2024-01-01T00:00:00+00:00", 97.25, result)
+    return bench.Run.of(round_, config, "2024-01-01T00:00:00+00:00", 97.25, result, cpu_s)
 
 
 RUNS = [
     make_run("direct", 1, 80_000, 0.30, 0.60),
-    make_run("nginx", 1, 30_000, 0.80, 2.00),
-    make_run("gw", 1, 6_000, 8.0, 20.0, non2xx=2),
+    make_run("nginx", 1, 30_000, 0.80, 2.00, cpu_s=0.75),
+    make_run("gw", 1, 6_000, 8.0, 20.0, non2xx=2, cpu_s=0.9),
     make_run("direct", 2, 90_000, 0.40, 0.50),
-    make_run("nginx", 2, 34_000, 0.70, 1.80),
-    make_run("gw", 2, 7_000, 7.0, 30.0),
+    make_run("nginx", 2, 34_000, 0.70, 1.80, cpu_s=0.85),
+    make_run("gw", 2, 7_000, 7.0, 30.0, cpu_s=1.12),
     make_run("direct", 3, 70_000, 0.35, 0.90),
-    make_run("nginx", 3, 32_000, 0.90, 1.90),
-    make_run("gw", 3, 8_000, 9.0, 25.0, timeouts=1),
+    make_run("nginx", 3, 32_000, 0.90, 1.90, cpu_s=0.8),
+    make_run("gw", 3, 8_000, 9.0, 25.0, timeouts=1, cpu_s=1.2),
 ]
+
+
+def test_run_record_has_cpu_per_request():
+    assert RUNS[1].cpu_us_per_req == 25.0  # 0.75 s over 30,000 requests
+    assert RUNS[0].cpu_us_per_req is None
+
+
+def test_group_cpu_seconds_counts_the_process_group(tmp_path):
+    proc = tmp_path / "proc"
+    for pid, pgrp, utime, stime in ((10, 10, 300, 100), (11, 10, 50, 50), (12, 99, 1000, 1000)):
+        (proc / str(pid)).mkdir(parents=True)
+        fields = ["S", "1", str(pgrp)] + ["0"] * 8 + [str(utime), str(stime)] + ["0"] * 10
+        (proc / str(pid) / "stat").write_text(f"{pid} (name with ) paren) " + " ".join(fields) + "\n")
+    (proc / "self").mkdir()
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert bench.group_cpu_seconds(10, str(proc)) == pytest.approx(500 / ticks)
+    assert bench.group_cpu_seconds(77, str(proc)) == 0.0
 
 
 def test_run_record():
@@ -255,7 +273,9 @@ def test_summarize_medians_ratios_and_errors():
         "ratio_vs_nginx": 0.2188,
         "errors": 3,
         "rounds": 3,
+        "cpu_us_per_req": 150.0,
     }
+    assert direct.cpu_us is None  # nothing of ours ran: wrk hit the backend
 
 
 def test_summarize_even_rounds_and_no_reference():
@@ -304,10 +324,10 @@ def test_targets_against_another_configuration():
 
 def test_markdown_table():
     table = bench.markdown_table(bench.summarize(RUNS)).splitlines()
-    assert table[0] == "| configuration | req/s | p50 ms | p99 ms | vs nginx | errors |"
-    assert table[2] == "| direct | 80,000 | 0.35 | 0.60 | 2.50x | 0 |"
-    assert table[3] == "| nginx | 32,000 | 0.80 | 1.90 | 1.00x | 0 |"
-    assert table[4] == "| gw | 7,000 | 8.00 | 25.00 | 0.22x | 3 (suspect) |"
+    assert table[0] == "| configuration | req/s | p50 ms | p99 ms | vs nginx | CPU µs/req | errors |"
+    assert table[2] == "| direct | 80,000 | 0.35 | 0.60 | 2.50x | n/a | 0 |"
+    assert table[3] == "| nginx | 32,000 | 0.80 | 1.90 | 1.00x | 25.0 | 0 |"
+    assert table[4] == "| gw | 7,000 | 8.00 | 25.00 | 0.22x | 150.0 | 3 (suspect) |"
     alone = bench.markdown_table(bench.summarize([make_run("gw", 1, 10)]))
     assert "| n/a |" in alone
 

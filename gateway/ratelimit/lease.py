@@ -81,13 +81,15 @@ UNAVAILABLE = Decision(Status.UNAVAILABLE, None, None, 0, None, 0.0, 0, 0.0)
 class Lease:
     """One key's tokens at this worker, its request state and its per-window counts."""
 
-    __slots__ = ("key", "spec", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due", "in_flight",
-                 "asked_at", "sent_at", "demand", "demand_since", "touched", "used", "unused", "unused_grant",
-                 "release_next", "counts", "ends", "next_roll", "unreported", "unreported_total", "flagged", "local")
+    __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
+                 "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "used", "unused",
+                 "unused_grant", "release_next", "counts", "ends", "next_roll", "unreported", "unreported_total",
+                 "flagged", "local")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
         self.key = key
         self.spec = spec
+        self.bucketed = spec.bucketed
         self.pace = 1.0 / spec.rate if spec.paced else 0.0
         self.tokens = 0
         self.low = 0.0
@@ -267,7 +269,7 @@ class LeaseTable:
         if lease.tokens < lease.low and not lease.due:
             lease.due = True
             self._due.append(lease)
-        if lease.spec.bucketed:  # the local share counts what leases admitted, as the windows' counts do
+        if lease.bucketed:  # the local share counts what leases admitted, as the windows' counts do
             bucket = self._local_bucket(lease, now)
             bucket.level = max(0.0, bucket.level - 1)
         if not lease.pace:
