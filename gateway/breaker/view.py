@@ -33,7 +33,7 @@ class BreakerView:
     def __init__(self) -> None:
         self._states: dict[str, State] = {}
         self._skip: set[str] = set()
-        self._permits: dict[str, int] = {}
+        self.permits: dict[str, int] = {}  # half-open probe permits held here (read-only outside this class)
         self._tallies: dict[str, _Tally] = {}
 
     def is_open(self, target: str) -> bool:
@@ -49,24 +49,24 @@ class BreakerView:
         target, state = update.target, update.state
         self._states[target] = state
         if state is not State.HALF_OPEN:
-            self._permits.pop(target, None)
+            self.permits.pop(target, None)
         self._resort(target)
 
     def permit(self, target: str) -> None:
         """The keeper granted this worker one half-open probe to `target`."""
-        self._permits[target] = self._permits.get(target, 0) + 1
+        self.permits[target] = self.permits.get(target, 0) + 1
         self._resort(target)
 
     def started(self, target: str) -> bool:
         """A request is being sent to `target`: True if it is a probe, which spends a permit."""
-        held = self._permits.get(target)
+        held = self.permits.get(target)
         if not held or self._states.get(target) is State.CLOSED:
             return False
         if held == 1:
-            del self._permits[target]
+            del self.permits[target]
             self._resort(target)
         else:
-            self._permits[target] = held - 1
+            self.permits[target] = held - 1
         return True
 
     def record(self, target: str, ok: bool, probe: bool = False) -> Outcome | None:
@@ -76,7 +76,11 @@ class BreakerView:
         tally = self._tallies.get(target)
         if tally is None:
             tally = self._tallies[target] = _Tally()
-        tally.add(ok)
+        if ok:  # the common case, inline
+            tally.successes += 1
+            tally.tail = 0
+        else:
+            tally.add(ok)
         return None
 
     def drain_outcomes(self) -> list[Outcome]:
@@ -86,7 +90,7 @@ class BreakerView:
 
     def _resort(self, target: str) -> None:
         """Recompute whether `target` is in the skip set."""
-        if self._states.get(target, State.CLOSED) is State.CLOSED or self._permits.get(target):
+        if self._states.get(target, State.CLOSED) is State.CLOSED or self.permits.get(target):
             self._skip.discard(target)
         else:
             self._skip.add(target)

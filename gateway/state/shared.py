@@ -86,6 +86,8 @@ class SharedState:
 
     def begin(self, group: UpstreamGroup, index: int) -> bool:
         """A request goes to a breaker-covered target: True if it is a half-open probe (spending our permit)."""
+        if not self.breakers.permits:  # no breaker half-open here: the common case
+            return False
         key = group.keys[index]
         if self.breakers.started(key):
             self._recompute(key)
