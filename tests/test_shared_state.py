@@ -530,13 +530,13 @@ class HeldKeeper:
         self.pending = []
 
     def deliver(self) -> None:
-        now, wall = trio.current_time(), time.time()
+        now, wall = time.monotonic(), time.time()  # the lease table's clocks (the ledger may use any monotonic one)
         for request in self.pending:
             self.leases.apply(self.ledger.grant_request(request, now, wall), now, wall)
         self.pending = []
 
     async def wait_grant(self, key: str, timeout: float) -> None:
-        self.pending += self.leases.refills(trio.current_time())  # what the worker's bus task sends meanwhile
+        self.pending += self.leases.refills(time.monotonic())  # what the worker's bus task sends meanwhile
         if not self.release.is_set():
             await self.release.wait()
         self.deliver()

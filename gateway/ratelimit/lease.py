@@ -83,8 +83,8 @@ class Lease:
 
     __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
                  "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "used", "unused",
-                 "unused_grant", "release_next", "counts", "ends", "next_roll", "unreported", "unreported_total",
-                 "flagged", "local")
+                 "unused_grant", "release_next", "admitted", "bases", "ends", "next_roll", "unreported",
+                 "unreported_total", "flagged", "local")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
         self.key = key
@@ -109,15 +109,23 @@ class Lease:
         self.release_next = 0.0  # monotonic time the next paced token may go
         self.ends = [window_bounds(w.period, wall)[1] for w in spec.windows]  # local windows (wall)
         self.next_roll = min(self.ends, default=inf)
-        self.counts = [0] * len(spec.windows)  # admitted here in the local window
+        self.admitted = 0  # requests admitted here, ever; in local window i: admitted - bases[i] (see counts)
+        self.bases = [0] * len(spec.windows)
         self.unreported = [0] * len(spec.windows)  # admitted on the local share, not yet reported
         self.unreported_total = 0
         self.flagged = False  # listed for the next `reports`
         self.local: Bucket | None = None  # the local bucket share
 
+    def counts(self) -> list[int]:
+        """Requests admitted here in each local window (spent leased tokens and local-share admissions)."""
+        return [self.admitted - base for base in self.bases]
+
 
 class LeaseTable:
-    """Every key's lease at one worker; `take` is the hot path, the rest runs on the worker's bus task."""
+    """Every key's lease at one worker; `spend` and `take` are the hot path, the rest runs on the worker's bus task.
+
+    `now` is time.monotonic() (a C call, where trio's clock costs three Python frames), `wall` time.time().
+    """
 
     def __init__(self, worker: str, workers: int) -> None:
         self.worker = worker
@@ -263,9 +271,7 @@ class LeaseTable:
         lease.used += 1
         if wall >= lease.next_roll:
             self._roll(lease, wall)
-        counts = lease.counts
-        for i in range(len(counts)):
-            counts[i] += 1
+        lease.admitted += 1
         if lease.tokens < lease.low and not lease.due:
             lease.due = True
             self._due.append(lease)
@@ -284,7 +290,8 @@ class LeaseTable:
         if wall >= lease.next_roll:
             self._roll(lease, wall)
         shares = [max(1, w.limit // workers) for w in spec.windows]
-        retry = max((lease.ends[i] - wall for i, share in enumerate(shares) if lease.counts[i] >= share), default=0.0)
+        counts = lease.counts()
+        retry = max((lease.ends[i] - wall for i, share in enumerate(shares) if counts[i] >= share), default=0.0)
         delay = 0.0
         if spec.bucketed:
             bucket = self._local_bucket(lease, now)
@@ -296,14 +303,15 @@ class LeaseTable:
                     delay = (capacity - level) / rate
                 bucket.level -= 1
         if not retry:
+            lease.admitted += 1
+            counts = lease.counts()
             for i in range(len(shares)):
-                lease.counts[i] += 1
                 lease.unreported[i] += 1
             lease.unreported_total += 1
             if not lease.flagged:
                 lease.flagged = True
                 self._flagged.append(lease)
-        left = tuple(max(0, share - count) for share, count in zip(shares, lease.counts, strict=True))
+        left = tuple(max(0, share - count) for share, count in zip(shares, counts, strict=True))
         if retry:
             return Decision(Status.DENY, spec, lease.grant, 0, left, 0.0, ceil(retry), wall)
         return Decision(Status.ADMIT, spec, lease.grant, 0, left, delay, 0, wall)
@@ -324,7 +332,8 @@ class LeaseTable:
         for i, w in enumerate(lease.spec.windows):
             if wall >= lease.ends[i]:
                 lease.ends[i] = window_bounds(w.period, wall)[1]
-                lease.counts[i] = lease.unreported[i] = 0
+                lease.bases[i] = lease.admitted
+                lease.unreported[i] = 0
         lease.next_roll = min(lease.ends)
 
     @staticmethod

@@ -75,7 +75,7 @@ class SharedState:
         if event is None:
             event = self._waiters[key] = trio.Event()
         if self.keeper_up:
-            requests = self.leases.refills(trio.current_time())
+            requests = self.leases.refills(time.monotonic())
             if requests:
                 self._send(p.AskLeases(requests=requests))  # in-process keeper: answered (event set) right here
         with trio.move_on_after(timeout):
@@ -114,9 +114,9 @@ class SharedState:
             if msg.incarnation != self.incarnation or not self.keeper_up:
                 self._keeper_found(msg.incarnation)
         elif isinstance(msg, p.Grants):
-            wall = time.time()
+            mono, wall = time.monotonic(), time.time()
             for grant in msg.grants:
-                self.leases.apply(grant, now, wall)
+                self.leases.apply(grant, mono, wall)
                 event = self._waiters.pop(grant.key, None)
                 if event is not None:
                     event.set()
@@ -204,7 +204,7 @@ class SharedState:
         reports = self.leases.reports(wall)
         if reports:
             self._send(p.GiveBack(fallback=reports))
-        requests = self.leases.refills(now)
+        requests = self.leases.refills(time.monotonic())
         if requests:
             self._send(p.AskLeases(requests=requests))
         outcomes = self.breakers.drain_outcomes()
@@ -215,7 +215,7 @@ class SharedState:
             self._send(p.PassiveOutcomes(items=passive))
 
     def sweep(self, now: float) -> None:
-        returned = self.leases.sweep(now)
+        returned = self.leases.sweep(time.monotonic())
         if returned and self.keeper_up:
             self._send(p.GiveBack(returned=returned))
 

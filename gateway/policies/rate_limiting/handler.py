@@ -4,7 +4,7 @@ a round trip per request. Over the limit: 429 (error_code) with Retry-After and 
 from __future__ import annotations
 
 import json
-import time
+from time import monotonic, time
 
 import trio
 
@@ -59,7 +59,7 @@ class RateLimiting:
         if leases is None:
             return False
         key = self.fixed_key or self.key(ex)
-        now, wall = trio.current_time(), time.time()
+        now, wall = monotonic(), time()  # the lease table's clocks
         lease = leases.spend(key, self.spec, now, wall)
         if lease is not None:  # the common case: a leased token, no Decision to build
             if self.headers is not None:
@@ -92,4 +92,4 @@ class RateLimiting:
 
     async def _after_grant(self, leases: LeaseTable, key: str, again: bool) -> Decision:
         await self.shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
-        return leases.take(key, self.spec, trio.current_time(), time.time(), waited=True, again=again)
+        return leases.take(key, self.spec, monotonic(), time(), waited=True, again=again)
