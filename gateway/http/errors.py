@@ -24,7 +24,12 @@ class UpstreamTimeout(UpstreamError):
 
 
 class UpstreamClosed(UpstreamError):
-    """The upstream closed or reset the connection before a complete response head."""
+    """The upstream closed or reset the connection before a complete response head; `reused`: on a connection taken
+    from the pool (it may have died while idle, with the upstream itself)."""
+
+    def __init__(self, message: str, sent: bool = False, reused: bool = False) -> None:
+        super().__init__(message, sent)
+        self.reused = reused
 
 
 class BadResponse(UpstreamError):

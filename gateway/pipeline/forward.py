@@ -106,7 +106,8 @@ class Forwarder:
                 continue
             await self._relay(ex, svc, uc, response, attempt, request_id, mcp)
             return
-        if pinned is not None and error is not None and not error.sent:
+        if pinned is not None and error is not None and (
+                not error.sent or await self._gone(error, svc, group.targets[pinned])):
             log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
             await session_not_found(ex)
         elif error is None:
@@ -160,7 +161,8 @@ class Forwarder:
                 ev = codec.next_event()
             timer.clear()
             if ev is CLOSED:
-                raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True)
+                raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True,
+                                     reused=uc.reused)
             assert isinstance(ev, Response)
             return uc, ev
         except ProtocolError as e:
@@ -173,7 +175,7 @@ class Forwarder:
             uc.close()
             self._finished(attempt, False, TCP_FAILURE)
             raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
-                                 sent=True) from None
+                                 sent=True, reused=uc.reused) from None
         except BaseException:
             uc.close()
             timer = ex.timer
@@ -212,6 +214,20 @@ class Forwarder:
                 self.pool.put(uc, trio.current_time())
             else:
                 uc.close()
+
+    async def _gone(self, error: UpstreamError, svc: ServiceRuntime, target: TargetRuntime) -> bool:
+        """After a pooled connection closed on us: is the target itself gone (a fresh connect fails)?
+
+        A server that died takes its idle connections with it; the session's client should hear "session not found"
+        and start a new one elsewhere, not a 502. The request is never sent again (it may have been processed)."""
+        if not (isinstance(error, UpstreamClosed) and error.reused):
+            return False
+        try:
+            uc = await self.pool.connect(target.key, svc.connect_timeout)
+        except UpstreamError:
+            return True
+        uc.close()
+        return False
 
     def _finished(self, attempt: Attempt, ok: bool, code: int) -> None:
         """A request to a target ended: tell the balancer, the breaker and passive health checks that cover it.

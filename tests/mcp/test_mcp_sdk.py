@@ -196,6 +196,25 @@ async def test_pinned_server_stopped_then_reinitialise_elsewhere(gateway):
 
 
 @bounded(30)
+async def test_pinned_server_stopped_the_next_call_at_once_is_session_not_found(gateway):
+    """Within the pool's stale check: the pooled connection to the dead server fails, a fresh connect is refused,
+    so the client hears "Session not found" (and may re-initialise), not a 502."""
+    sdk = SdkServers()
+    try:
+        sdk.start("one", "two")
+        port = await gateway(mcp_config([sdk.ports["one"], sdk.ports["two"]]), mcp=session_keys(TEST_KEY))
+        async with sdk_client(f"http://127.0.0.1:{port}/mcp") as (client, _):
+            first = client.server_info.name
+            assert await whoami(client) == first  # leaves a pooled connection to it
+            sdk.stop(first)
+            with pytest.raises(MCPError) as err:
+                await whoami(client)
+            assert err.value.error.message == "Session not found"
+    finally:
+        sdk.stop_all()
+
+
+@bounded(30)
 async def test_host_is_the_targets_own(gateway, servers):
     """The SDK server answers 421 to a foreign Host: the gateway sends the target's host:port unless preserve_host."""
     doc = mcp_config(ports(servers)[:1])
