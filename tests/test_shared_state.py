@@ -373,7 +373,7 @@ LIMIT = 200
 
 def rate_limit_config(port: int, backend: Backend) -> dict:
     url = f"http://127.0.0.1:{backend.port}"
-    names = ["rl", "hdr", "hide", "tb"]
+    names = ["rl", "hdr", "hide", "tb", "stall"]
     plugins = [
         {"name": "rate-limiting", "service": "rl", "config": {"minute": LIMIT, "limit_by": "service"}},
         {"name": "rate-limiting", "service": "hdr",
@@ -382,6 +382,7 @@ def rate_limit_config(port: int, backend: Backend) -> dict:
          "config": {"minute": 5, "limit_by": "service", "hide_client_headers": True}},
         {"name": "rate-limiting", "service": "tb",
          "config": {"algorithm": "token-bucket", "rate": 20, "burst": 40, "limit_by": "service"}},
+        {"name": "rate-limiting", "service": "stall", "config": {"minute": LIMIT, "limit_by": "service"}},
     ]
     return config(port, [{"name": n, "url": url} for n in names], [route(n, n) for n in names], plugins)
 
@@ -398,12 +399,35 @@ def limited(tmp_path_factory):
             gw.stop()
 
 
-async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda i: (), tenants: int = 1) -> float:
-    """Load `path` with 3x its limit (per tenant) within one minute window; admitted / LIMIT per tenant."""
+def local_share_admits(gw: Gateway) -> int:
+    """Requests the gateway's workers admitted on their local shares so far (gateway_ratelimit_local_share_total)."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(gw.dir / "run" / "metrics"))
+    return int(sum(sample.value for metric in registry.collect() if metric.name == "gateway_ratelimit_local_share"
+                   for sample in metric.samples if sample.name.endswith("_total")))
+
+
+async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda i: (), tenants: int = 1,
+                       meanwhile=None) -> float:
+    """Load `path` with 3x its limit (per tenant) within one minute window; admitted / LIMIT per tenant.
+    `meanwhile`, an async function, runs alongside the load. The keeper is alive throughout, so every admission
+    is one of its tokens: none is made on a local share."""
     await fresh_minute(need_s=5)
+    local_before = local_share_admits(gw)
     wall0 = time.time()
     since = time.monotonic()
-    replies = await load(gw.port, path, clients=8, duration=4, max_requests=3 * LIMIT * tenants, headers=headers)
+    replies = []
+
+    async def run() -> None:
+        replies.extend(await load(gw.port, path, clients=8, duration=4, max_requests=3 * LIMIT * tenants,
+                                  headers=headers))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        if meanwhile is not None:
+            nursery.start_soon(meanwhile)
     wall1 = time.time()
     assert int(wall0 // 60) == int(wall1 // 60), "the load crossed a minute boundary"
     statuses = Counter(r.status for r in replies)
@@ -418,6 +442,7 @@ async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda 
           f"admitted {statuses[200]} ({ratio:.3f} x L), 429 {statuses[429]}, per worker {sorted(served.values())}, "
           f"{wall1 - wall0:.2f}s")
     assert LIMIT * tenants * 0.95 <= statuses[200] <= LIMIT * tenants * 1.01
+    assert local_share_admits(gw) == local_before
     return ratio
 
 
@@ -433,6 +458,28 @@ async def test_rate_limit_by_header_is_exact_per_header_value(limited):
     # each value had its own limit: the keeper holds one key per tenant
     keys = gw.admin("limits")["keys"]  # type: ignore[index]
     assert {k.rsplit("|", 1)[1] for k in keys if "hdr" in k} >= set(tenants)
+
+
+async def test_a_keeper_stalled_for_less_than_keeper_lost_s_does_not_let_the_limit_be_exceeded(limited):
+    """The keeper stops answering for 0.2 s (SIGSTOP) while the load runs: workers wait for it rather than admit
+    on local shares it would count only afterwards; the limit holds as exactly as with a prompt keeper."""
+    from gateway.state.shared import KEEPER_LOST_S
+
+    gw, backend = limited
+    keeper = gw.keeper()["pid"]
+    stall_s = 0.2
+    assert stall_s < KEEPER_LOST_S
+
+    async def stall() -> None:
+        await trio.sleep(0.03)
+        os.kill(keeper, signal.SIGSTOP)
+        try:
+            await trio.sleep(stall_s)
+        finally:
+            os.kill(keeper, signal.SIGCONT)
+
+    await assert_exact(gw, backend, "/stall", meanwhile=stall)
+    assert "rate limits use local shares" not in gw.log()
 
 
 async def test_429_carries_retry_after_json_and_rate_limit_headers(limited):
@@ -467,16 +514,6 @@ async def test_hide_client_headers_hides_them_but_keeps_retry_after(limited):
         else:
             assert int(reply.headers["retry-after"]) >= 1
             assert json.loads(reply.body) == {"error": "Rate limit exceeded"}
-
-
-def local_share_admits(gw: Gateway) -> int:
-    """Requests the gateway's workers admitted on their local shares so far (gateway_ratelimit_local_share_total)."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(gw.dir / "run" / "metrics"))
-    return int(sum(sample.value for metric in registry.collect() if metric.name == "gateway_ratelimit_local_share"
-                   for sample in metric.samples if sample.name.endswith("_total")))
 
 
 async def test_token_bucket_admits_the_burst_then_the_rate(limited):

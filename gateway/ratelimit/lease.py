@@ -8,14 +8,17 @@ Rules:
    tokens expire after the keeper's lease TTL. A grant for newer windows voids older tokens. Expired tokens are
    given back by `sweep` (ReturnedLease), so the keeper credits the windows still current and the bucket.
 3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
-   asking. Otherwise the answer is WAIT: the caller waits up to WAIT_S for the grant (`apply`), calls `take` again,
-   and once its wait is over calls it with `waited=True`, which never answers WAIT, except with `again=True` when
-   the keeper had room but this worker's other requests took the grant: then the caller waits once more for the
-   grant already asked for, and its last call (`again` off) is denied if the tokens went to others again.
-4. The keeper unreachable (`fallback(True, n)`), or silent on this key for WAIT_S while a request waits: the
-   worker admits on a local share, per window limit // n (at least 1) counting all it admitted in that window, and
-   a bucket of capacity / n refilled at rate / n that leased tokens spent here drain too (so a keeper late on one
-   request does not open a fresh burst). `reports` hands what it admitted so to the keeper once it is back.
+   asking. Otherwise the answer is WAIT: the caller waits for the grant (`apply`) and calls `take` again with
+   `waited=True`, as often as it answers WAIT, until its wait of WAIT_S is over; its last call has `final=True`,
+   which never answers WAIT. WAIT again means the grant is still on its way, or the keeper had room but this
+   worker's other requests took the tokens (a race, not the limit: the next grant is asked for). After that race
+   a last call is denied, never admitted over the limit.
+4. The keeper lost (`fallback(True, n)`: no heartbeat for KEEPER_LOST_S, gateway/state/shared.py), or silent on
+   this key through a whole wait of WAIT_S (longer than that): the worker admits on a local share, per window
+   limit // n (at least 1) counting all it admitted in that window, and a bucket of capacity / n refilled at
+   rate / n that leased tokens spent here drain too (so a keeper late on one request does not open a fresh burst).
+   `reports` hands what it admitted so to the keeper once it is back. A keeper that is merely slow is waited for:
+   what a worker admits on its own the keeper counts only afterwards, on top of what it already handed out.
    With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500).
 """
 
@@ -33,7 +36,7 @@ LOW_WATER = 0.5  # ask for more once a lease is below this share of its last gra
 LEAD_S = 0.05  # ask for this many seconds of the key's recent demand
 RATE_SPAN_MIN_S = 0.01  # shortest span a demand rate is measured over (the first request of a key)
 MAX_WANT = 10_000  # tokens one request may ask for
-WAIT_S = 0.02  # longest a request waits for a grant; a keeper silent this long on a key counts as unreachable
+WAIT_S = 1.0  # longest a request waits for a grant: longer than a lost keeper takes to be noticed (rule 4)
 RESEND_S = 0.25  # a lease request unanswered this long is sent again
 IDLE_S = 60.0  # a key idle this long with nothing to give back is forgotten
 
@@ -41,7 +44,7 @@ IDLE_S = 60.0  # a key idle this long with nothing to give back is forgotten
 class Status(IntEnum):
     ADMIT = 0
     DENY = 1
-    WAIT = 2  # no token here yet, a grant is on its way: wait for it (at most WAIT_S), then take again
+    WAIT = 2  # no token here yet, a grant is on its way: wait for it, then take again (rule 3)
     UNAVAILABLE = 3  # keeper unreachable and fault_tolerant is off: answer 500 as Kong does
 
 
@@ -136,9 +139,10 @@ class LeaseTable:
         self._flagged: list[Lease] = []
 
     def take(self, key: str, spec: LimitSpec, now: float, wall: float, waited: bool = False,
-             again: bool = False) -> Decision:
+             final: bool = False) -> Decision:
         """Admit, deny or ask to wait for one request of `key`: O(1), allocating only the Decision.
 
+        `waited`: the caller has waited for a grant since its first call; `final`: its wait is over (rule 3).
         Pass the same LimitSpec object every time (it is compared by identity first); a different spec starts a
         new lease. Send `reports` before the next `refills` so the keeper counts fallback use first.
         """
@@ -154,21 +158,18 @@ class LeaseTable:
             self._void(lease)
         if now < lease.blocked_until:
             return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, ceil(lease.blocked_until - now), wall)
-        if self._fallback or (waited and lease.in_flight):  # the keeper stayed silent through the caller's wait
+        if self._fallback or (final and lease.in_flight):  # the keeper is lost, or silent on this key all along
             return self._local_share(lease, now, wall) if spec.fault_tolerant else UNAVAILABLE
         if not lease.due:
             lease.due = True
             self._due.append(lease)
-        if waited:
-            grant = lease.grant
-            if again and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
-                # The keeper had room and gave tokens, but they were spent by this worker's other requests or ran
-                # out with their window while we waited: a race, not the limit. Wait for the next grant (rule 3).
-                # Not the local share: the keeper would count it only afterwards, past the limit near its end.
-                return WAIT
-            # The keeper answers but had nothing for us in time: the limit's tail is being handed out.
-            return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
-        return WAIT
+        if not waited or lease.in_flight:
+            return WAIT
+        grant = lease.grant
+        if not final and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
+            return WAIT  # the keeper had room, this worker's other requests took it: wait for the next grant
+        # The keeper answers but had nothing for us: the limit's tail is being handed out.
+        return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
 
     def spend(self, key: str, spec: LimitSpec, now: float, wall: float) -> Lease | None:
         """`take`'s common case without a Decision: the key's lease (to read the headers from) when one of its
@@ -248,6 +249,16 @@ class LeaseTable:
             self._fallback = enabled
             for lease in self._leases.values():
                 lease.in_flight = False  # whatever was asked is lost, or stale
+
+    def requests_lost(self) -> None:
+        """A new keeper replaced the one the requests in flight went to: ask again at the next `refills`, so a
+        request waiting for one of them is answered by the new keeper, not at the end of its wait."""
+        for lease in self._leases.values():
+            if lease.in_flight:
+                lease.in_flight = False
+                if not lease.due:
+                    lease.due = True
+                    self._due.append(lease)
 
     def reports(self, wall: float) -> list[FallbackUsage]:
         """What was admitted on local shares, per window still current, for the keeper (nothing while in fallback)."""

@@ -147,11 +147,17 @@ class SharedState:
                      self.incarnation)
         elif not self.keeper_up and self.incarnation:
             log.info("worker %s: state keeper %s is back; resynchronising", self.worker_id, incarnation)
+        replaced = self.incarnation and incarnation != self.incarnation
         self.incarnation = incarnation
         self.keeper_up = True
         self.leases.fallback(False, self.workers)
         self._send(p.Hello(worker=self.worker_id, pid=os.getpid()))
         self._send(p.GiveBack(fallback=self.leases.reports(time.time())))
+        if replaced:  # what was asked of the old keeper, ask of this one (after the reports, as always)
+            self.leases.requests_lost()
+            requests = self.leases.refills(time.monotonic())
+            if requests:
+                self._send(p.AskLeases(requests=requests))
 
     def _replace_targets(self, upstream: str, infos: list[p.TargetInfo]) -> None:
         groups = self._by_name.get(upstream, ())

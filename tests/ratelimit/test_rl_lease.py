@@ -113,7 +113,7 @@ def test_after_waiting_a_key_the_keeper_has_no_room_for_is_denied():
     assert (decision.status, decision.retry_after) == (Status.DENY, 1)
 
 
-def test_after_waiting_a_key_the_keeper_had_room_for_waits_once_more_for_the_next_grant():
+def test_after_waiting_a_key_the_keeper_had_room_for_waits_for_the_next_grant():
     """The tokens granted went to this worker's other requests while we waited: not the limit, a race. The caller
     waits again (not the local share, which the keeper would count only afterwards, past the limit near its end)."""
     table = ready(granted=1)
@@ -121,24 +121,41 @@ def test_after_waiting_a_key_the_keeper_had_room_for_waits_once_more_for_the_nex
     table.refills(0.01)
     table.apply(grant(1), 0.015, T0 + 0.015)
     table.take("k", SECOND, 0.016, T0 + 0.016)
-    assert table.take("k", SECOND, 0.02, T0 + 0.02, waited=True, again=True).status is Status.WAIT
+    assert table.take("k", SECOND, 0.02, T0 + 0.02, waited=True).status is Status.WAIT
     assert len(table.refills(0.02)) == 1  # the next grant was asked for
     table.apply(grant(3), 0.021, T0 + 0.021)
     assert table.take("k", SECOND, 0.022, T0 + 0.022, waited=True).status is Status.ADMIT
-    takes(table, 2, now=0.023, wall=T0 + 0.023)
-    assert table.take("k", SECOND, 0.03, T0 + 0.03, waited=True, again=True).status is Status.WAIT
-    table.refills(0.03)
-    table.apply(grant(1), 0.031, T0 + 0.031)
-    table.take("k", SECOND, 0.032, T0 + 0.032)  # the other request again
-    decision = table.take("k", SECOND, 0.04, T0 + 0.04, waited=True)  # the last call: denied, never over the limit
+
+
+def test_the_final_call_after_a_race_is_denied_never_over_the_limit():
+    table = ready(granted=1)
+    takes(table, 1)
+    table.refills(0.01)
+    table.apply(grant(1), 0.015, T0 + 0.015)
+    table.take("k", SECOND, 0.016, T0 + 0.016)  # another request takes the grant
+    decision = table.take("k", SECOND, 1.0, T0 + 1.0, waited=True, final=True)
     assert (decision.status, decision.retry_after) == (Status.DENY, 1)
+    assert table.reports(T0 + 1.0) == []
 
 
-def test_a_keeper_silent_for_the_wait_admits_on_the_local_share():
+def test_a_slow_keeper_is_waited_for_not_bypassed_on_the_local_share():
+    """Until the wait is over, a request whose grant is still on its way waits: what the worker admitted on its
+    own the keeper would count only afterwards, on top of the tokens it handed out meanwhile."""
     table = LeaseTable("w1", 2)
     table.take("k", SECOND, 0.0, T0)
     table.refills(0.0)
-    assert table.take("k", SECOND, WAIT_S, T0 + WAIT_S, waited=True).status is Status.ADMIT
+    for t in (0.02, 0.1, 0.4, 0.8):
+        assert table.take("k", SECOND, t, T0 + t, waited=True).status is Status.WAIT
+    table.apply(grant(2), 0.85, T0 + 0.85)
+    assert table.take("k", SECOND, 0.86, T0 + 0.86, waited=True).status is Status.ADMIT
+    assert table.reports(T0 + 0.86) == []
+
+
+def test_a_keeper_silent_on_a_key_for_the_whole_wait_admits_on_the_local_share():
+    table = LeaseTable("w1", 2)
+    table.take("k", SECOND, 0.0, T0)
+    table.refills(0.0)
+    assert table.take("k", SECOND, WAIT_S, T0 + WAIT_S, waited=True, final=True).status is Status.ADMIT
     [usage] = table.reports(T0 + WAIT_S)
     assert (usage.windows, usage.total) == ((1,), 1)
 
@@ -148,7 +165,23 @@ def test_a_silent_keeper_without_fault_tolerance_is_unavailable():
     table = LeaseTable("w1", 2)
     table.take("k", spec, 0.0, T0)
     table.refills(0.0)
-    assert table.take("k", spec, WAIT_S, T0 + WAIT_S, waited=True).status is Status.UNAVAILABLE
+    assert table.take("k", spec, WAIT_S, T0 + WAIT_S, waited=True, final=True).status is Status.UNAVAILABLE
+
+
+def test_a_request_waits_longer_than_a_lost_keeper_takes_to_be_noticed():
+    from gateway.state.shared import FLUSH_S, KEEPER_LOST_S
+
+    assert WAIT_S > KEEPER_LOST_S + 2 * FLUSH_S
+
+
+def test_requests_in_flight_to_a_replaced_keeper_are_asked_again_at_once():
+    table = LeaseTable("w1", 2)
+    table.take("k", SECOND, 0.0, T0)
+    [first] = table.refills(0.0)
+    assert table.refills(0.01) == []  # in flight
+    table.requests_lost()
+    [again] = table.refills(0.01)
+    assert (again.key, again.worker) == (first.key, first.worker)
 
 
 def test_in_fallback_each_worker_admits_its_share_of_the_limit():
@@ -247,7 +280,7 @@ def test_a_keeper_slow_on_a_bucket_key_admits_only_what_the_share_has_left():
     takes(table, 5, spec=spec, now=0.01)
     assert table.take("k", spec, 0.01, T0 + 0.01).status is Status.WAIT
     table.refills(0.01)
-    late = table.take("k", spec, 0.01 + WAIT_S, T0 + 0.01 + WAIT_S, waited=True)  # silent for the whole wait
+    late = table.take("k", spec, 0.02, T0 + 0.02, waited=True, final=True)  # the keeper silent all along
     assert late.status is Status.DENY  # the share was spent from the lease; refilling at 10/s, not a new burst
 
 

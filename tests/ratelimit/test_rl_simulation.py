@@ -1,8 +1,9 @@
 """Exactness across workers: LeaseTables and one Ledger over a simulated bus with latency, in a discrete-event loop.
 
 Each worker gets Poisson arrivals (together 2.5x the limit, spread unevenly); a request that must WAIT is retried
-when a grant arrives and decided with waited=True after WAIT_S. Messages take 1-5 ms and each worker's channel to
-the keeper keeps order, as a ZeroMQ DEALER/ROUTER pair does. Admissions are counted per wall-clock second.
+when a grant arrives, when the keeper is found lost, and finally after WAIT_S. Messages take 1-5 ms and each
+worker's channel to the keeper keeps order, as a ZeroMQ DEALER/ROUTER pair does. Admissions are counted per
+wall-clock second.
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ class Sim:
             action(now, *args)
         return {second - floor(T0): count for second, count in sorted(self.admitted.items())}
 
-    def decide(self, now: float, worker: int, waited: bool = False) -> Status:
-        decision = self.tables[worker].take("k", self.spec, now, T0 + now, waited)
+    def decide(self, now: float, worker: int, waited: bool = False, final: bool = False) -> Status:
+        decision = self.tables[worker].take("k", self.spec, now, T0 + now, waited, final)
         if decision.admitted:
             self.admitted[floor(T0 + now)] += 1
         return decision.status
@@ -83,7 +84,7 @@ class Sim:
         if not flag[0]:
             flag[0] = True
             self.waiting[worker].remove(flag)
-            self.decide(now, worker, waited=True)
+            self.decide(now, worker, waited=True, final=True)
             self.ask(now, worker)
 
     def send(self, now: float, worker: int, action, payload) -> None:
@@ -125,6 +126,11 @@ class Sim:
 
     def detect(self, now: float, worker: int, lost: bool) -> None:
         self.tables[worker].fallback(lost, len(self.tables))
+        if lost:  # the waits end (gateway/state/shared.py sets every waiter's event): local shares
+            for flag in self.waiting[worker]:
+                flag[0] = True
+                self.decide(now, worker, waited=True)
+            self.waiting[worker].clear()
         self.ask(now, worker)
 
 

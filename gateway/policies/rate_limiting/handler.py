@@ -12,10 +12,8 @@ from gateway.http.server import Exchange
 from gateway.metrics import LOCAL_SHARE
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, retry_after
-from gateway.ratelimit.lease import Decision, LeaseTable, Status
+from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
 from gateway.ratelimit.spec import LimitSpec
-
-GRANT_WAIT_S = 0.02  # the most a request waits for a lease when this worker has no token left
 
 
 class RateLimiting:
@@ -71,9 +69,7 @@ class RateLimiting:
         """Everything but a leased token: wait for a grant, the local share, a delay, a denial or a 500."""
         decision = leases.take(key, self.spec, now, wall)
         if decision.status == Status.WAIT:
-            decision = await self._after_grant(leases, key, again=True)
-            if decision.status == Status.WAIT:  # the grant went to this worker's other requests: once more
-                decision = await self._after_grant(leases, key, again=False)
+            decision = await self._wait_grant(leases, key, now + WAIT_S)
         if decision.status == Status.ADMIT:
             if decision.local is not None:
                 self.local_share.inc()
@@ -90,6 +86,11 @@ class RateLimiting:
         await ex.respond(self.error_code, self.body)
         return True
 
-    async def _after_grant(self, leases: LeaseTable, key: str, again: bool) -> Decision:
-        await self.shared.wait_grant(key, GRANT_WAIT_S)  # type: ignore[attr-defined]
-        return leases.take(key, self.spec, monotonic(), time(), waited=True, again=again)
+    async def _wait_grant(self, leases: LeaseTable, key: str, deadline: float) -> Decision:
+        """Wait for the keeper's grant until `deadline` (a lost keeper ends the wait sooner: local shares)."""
+        while True:
+            await self.shared.wait_grant(key, max(0.0, deadline - monotonic()))  # type: ignore[attr-defined]
+            now = monotonic()
+            decision = leases.take(key, self.spec, now, time(), waited=True, final=now >= deadline)
+            if decision.status != Status.WAIT:
+                return decision
