@@ -1,4 +1,8 @@
-"""A process's line to the state keeper: a DEALER for its requests and reports, a SUB for what the keeper publishes."""
+"""A process's line to the state keeper: a DEALER for its requests and reports, a SUB for what the keeper publishes.
+
+The DEALER is monitored: when its connection closes (over ipc, the keeper process exited), `on_disconnect` is
+called at once, so a worker need not wait for the missing heartbeats to notice a keeper that died.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Callable
 
 import trio
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
@@ -17,13 +22,18 @@ log = logging.getLogger("gateway.bus")
 class KeeperChannel:
     """Both sockets, with every decoded message (direct or published) handed to `on_message`."""
 
-    def __init__(self, ctx: zmq.Context, bus: str, on_message: Callable[[p.Msg], None]) -> None:
+    def __init__(self, ctx: zmq.Context, bus: str, on_message: Callable[[p.Msg], None],
+                 on_disconnect: Callable[[], None] | None = None) -> None:
         dealer = ctx.socket(zmq.DEALER)
         sub = ctx.socket(zmq.SUB)
         for sock in (dealer, sub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
         dealer.setsockopt(zmq.SNDHWM, 10000)
+        self._on_disconnect = on_disconnect
+        self._monitor = None
+        if on_disconnect is not None:
+            self._monitor = PumpedSocket(dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED), self._on_event)
         dealer.connect(bus)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         sub.connect(p.pub_endpoint(bus))
@@ -43,12 +53,21 @@ class KeeperChannel:
             return
         self._on_message(msg)
 
+    def _on_event(self, frames: list[bytes]) -> None:
+        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+            self._on_disconnect()
+
     async def run(self) -> None:
         """Receive until cancelled; the sockets are closed on the way out."""
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._dealer.run)
                 nursery.start_soon(self._sub.run)
+                if self._monitor is not None:
+                    nursery.start_soon(self._monitor.run)
         finally:
+            if self._monitor is not None:
+                self._dealer.sock.disable_monitor()
+                self._monitor.close()
             self._dealer.close()
             self._sub.close()

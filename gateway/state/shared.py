@@ -3,8 +3,9 @@
 The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
 `unusable` set (drained or circuit-open targets), kept current by messages from the keeper. This task talks to the
 keeper: it asks for leases ahead of need, sends outcomes in batches every FLUSH_S, and watches the keeper's
-heartbeat. Without one for KEEPER_LOST_S, rate limits fall back to local shares (limit / workers) and breakers keep
-their last published states; when a keeper (possibly a new incarnation) is heard again, the worker resynchronises.
+heartbeat. When its connection closes (the keeper exited) or no heartbeat came for KEEPER_LOST_S (it hangs), rate
+limits fall back to local shares (limit / workers) and breakers keep their last published states; when a keeper
+(possibly a new incarnation) is heard again, the worker resynchronises.
 
 `gateway run` (no supervisor, no bus) uses the same class with the keeper's logic in-process.
 """
@@ -44,6 +45,7 @@ class SharedState:
         self.incarnation = ""
         self.synced = trio.Event()  # set by the first snapshot from a keeper (targets discovered, health, drains)
         self._last_heartbeat = -1e9
+        self._gone = ("", 0.0)  # the incarnation whose connection closed, and until when its heartbeats are stale
         self._waiters: dict[str, trio.Event] = {}
         self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
         self._by_name: dict[str, list[UpstreamGroup]] = {}
@@ -110,6 +112,8 @@ class SharedState:
     def on_message(self, msg: p.Msg) -> None:
         now = trio.current_time()
         if isinstance(msg, p.Heartbeat):
+            if msg.incarnation == self._gone[0] and now < self._gone[1]:
+                return  # sent before that keeper exited, read after its connection closed
             self._last_heartbeat = now
             if msg.incarnation != self.incarnation or not self.keeper_up:
                 self._keeper_found(msg.incarnation)
@@ -159,6 +163,22 @@ class SharedState:
             if requests:
                 self._send(p.AskLeases(requests=requests))
 
+    def keeper_disconnected(self) -> None:
+        """The connection to the keeper closed: it exited (the supervisor restarts it). No need to wait for the
+        heartbeats to stop."""
+        if self.keeper_up:
+            self._gone = (self.incarnation, trio.current_time() + KEEPER_LOST_S)
+            self._keeper_lost("the state keeper's connection closed")
+
+    def _keeper_lost(self, why: str) -> None:
+        self.keeper_up = False
+        self.leases.fallback(True, self.workers)
+        log.warning("worker %s: %s; rate limits use local shares (limit / %d) and breakers keep their last states "
+                    "until it is back", self.worker_id, why, self.workers)
+        for event in self._waiters.values():  # the requests waiting for grants decide on the local shares
+            event.set()
+        self._waiters.clear()
+
     def _replace_targets(self, upstream: str, infos: list[p.TargetInfo]) -> None:
         groups = self._by_name.get(upstream, ())
         for group in groups:
@@ -194,14 +214,7 @@ class SharedState:
     def flush(self, now: float) -> None:
         """Send what is due: fallback reports, lease requests, outcome batches; notice a silent keeper."""
         if self.keeper_up and now - self._last_heartbeat > KEEPER_LOST_S:
-            self.keeper_up = False
-            self.leases.fallback(True, self.workers)
-            log.warning("worker %s: no heartbeat from the state keeper for %.1fs; rate limits use local shares "
-                        "(limit / %d) and breakers keep their last states until it is back", self.worker_id,
-                        KEEPER_LOST_S, self.workers)
-            for event in self._waiters.values():
-                event.set()
-            self._waiters.clear()
+            self._keeper_lost(f"no heartbeat from the state keeper for {KEEPER_LOST_S:.1f}s")
         if not self.keeper_up:
             self.breakers.drain_outcomes()  # nobody to tell; the keeper starts fresh counts anyway
             self._passive.clear()
@@ -228,7 +241,7 @@ class SharedState:
     async def run_bus(self, ctx: zmq.Context, endpoint: str,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Talk to the keeper over ZeroMQ until cancelled."""
-        channel = KeeperChannel(ctx, endpoint, self.on_message)
+        channel = KeeperChannel(ctx, endpoint, self.on_message, self.keeper_disconnected)
         self._send = channel.send
         try:
             async with trio.open_nursery() as nursery:
