@@ -21,8 +21,8 @@ _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 REQUESTS = Counter("gateway_requests_total", "Requests answered by the gateway, by route and status class",
                    ["route", "code"])
 LOCAL_SHARE = Counter("gateway_ratelimit_local_share_total",
-                      "Requests a worker admitted on its local share of a rate limit (the state keeper unreachable "
-                      "or silent for 20 ms), by plugin", ["plugin"])
+                      "Requests a worker admitted on its local share of a rate limit (the state keeper exited, "
+                      "hung, or was silent on the key for 1 s), by plugin", ["plugin"])
 
 
 class RequestStats:
