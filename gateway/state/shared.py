@@ -2,7 +2,8 @@
 
 The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
 `unusable` set (drained or circuit-open targets), kept current by messages from the keeper. This task talks to the
-keeper: it asks for leases ahead of need, sends outcomes in batches every FLUSH_S, and watches the keeper's
+keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S, successes alone
+every SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and watches the keeper's
 heartbeat. When its connection closes (the keeper exited) or no heartbeat came for KEEPER_LOST_S (it hangs), rate
 limits fall back to local shares (limit / workers) and breakers keep their last published states; when a keeper
 (possibly a new incarnation) is heard again, the worker resynchronises.
@@ -29,6 +30,7 @@ from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 log = logging.getLogger("gateway.state")
 
 FLUSH_S = 0.02  # outcomes and lease requests leave at most this late (a request never waits on it: see wait_grant)
+SUCCESS_BATCHES = 10  # a target's outcomes without a failure go with every 10th flush only (0.2 s)
 KEEPER_LOST_S = 0.5  # no heartbeat for this long: the keeper is gone, use local shares
 SWEEP_S = 1.0  # expired leases are given back this often
 
@@ -45,6 +47,7 @@ class SharedState:
         self.incarnation = ""
         self.synced = trio.Event()  # set by the first snapshot from a keeper (targets discovered, health, drains)
         self._last_heartbeat = -1e9
+        self._flushes = 0
         self._gone = ("", 0.0)  # the incarnation whose connection closed, and until when its heartbeats are stale
         self._waiters: dict[str, trio.Event] = {}
         self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
@@ -226,7 +229,8 @@ class SharedState:
         requests = self.leases.refills(time.monotonic())
         if requests:
             self._send(p.AskLeases(requests=requests))
-        outcomes = self.breakers.drain_outcomes()
+        self._flushes += 1
+        outcomes = self.breakers.drain_outcomes(successes=self._flushes % SUCCESS_BATCHES == 0)
         if outcomes:
             self._send(p.Outcomes(items=outcomes))
         if self._passive:

@@ -70,6 +70,20 @@ def test_results_are_batched_per_target_with_their_failure_runs():
     assert view.drain_outcomes() == []
 
 
+def test_successes_alone_wait_for_a_batch_with_successes_but_a_failure_goes_at_once_with_them():
+    view = BreakerView()
+    view.record("a", True)
+    view.record("b", True)
+    view.record("b", False)
+    assert view.drain_outcomes(successes=False) == [Outcome("b", 1, 1, 0, 1, 1)]
+    view.record("a", True)
+    assert view.drain_outcomes(successes=False) == []
+    view.record("a", False)  # in order after the two successes: no leading failure
+    assert view.drain_outcomes(successes=False) == [Outcome("a", 2, 1, 0, 1, 1)]
+    view.record("a", True)
+    assert view.drain_outcomes(successes=True) == [Outcome("a", 1, 0, 0, 0, 0)]
+
+
 def test_a_run_without_successes_is_lead_run_and_tail_at_once():
     view = BreakerView()
     for _ in range(3):
