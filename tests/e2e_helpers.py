@@ -28,7 +28,7 @@ import trio
 from backends import free_port as free_port
 from etcd_server import EtcdProcess as EtcdProcess
 from etcd_server import find_etcd
-from loadgen import BODY, LoadResult
+from loadgen import LoadResult, one_request
 
 # ---- backends --------------------------------------------------------------------------------------------------------
 
@@ -200,28 +200,6 @@ async def request(port: int, method: str = "GET", target: str = "/", body: bytes
 # ---- load --------------------------------------------------------------------------------------------------------
 
 
-async def _one_request(stream: trio.SocketStream, conn: h11.Connection, port: int, path: str, close: bool) -> int:
-    """loadgen's request (a small JSON-RPC POST) to `path`; the status of the complete response."""
-    headers = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json"),
-               ("content-length", str(len(BODY)))]
-    if close:
-        headers.append(("connection", "close"))
-    await stream.send_all(conn.send(h11.Request(method="POST", target=path, headers=headers)) +
-                          conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage()))
-    status = 0
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
-            if not data:
-                raise ConnectionError("closed before a complete response")
-            conn.receive_data(data)
-        elif isinstance(event, h11.Response):
-            status = event.status_code
-        elif isinstance(event, h11.EndOfMessage):
-            return status
-
-
 class Load:
     """`concurrency` clients POSTing to `path` until stop(): loadgen's requests and counting (tests/loadgen.py), but
     stoppable, so one load can run across every step of a scenario.
@@ -268,7 +246,7 @@ class Load:
                     stream = await trio.open_tcp_stream("127.0.0.1", self.port)
                     conn = h11.Connection(h11.CLIENT)
                 with trio.fail_after(10):
-                    status = await _one_request(stream, conn, self.port, self.path, not self.keepalive)  # type: ignore
+                    status = await one_request(stream, conn, self.port, not self.keepalive, self.path)  # type: ignore
                 self.statuses[status] += 1
                 if status == 200:
                     result.ok += 1

@@ -29,12 +29,14 @@ class LoadResult:
         self.failure_times.append(time.monotonic() - started)
 
 
-async def _one_request(stream: trio.SocketStream, conn: h11.Connection, port: int, close: bool) -> int:
+async def one_request(stream: trio.SocketStream, conn: h11.Connection, port: int, close: bool,
+                      path: str = "/") -> int:
+    """One small JSON-RPC POST to `path` on an open connection; the status of the complete response."""
     headers = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json"),
                ("content-length", str(len(BODY)))]
     if close:
         headers.append(("connection", "close"))
-    await stream.send_all(conn.send(h11.Request(method="POST", target="/", headers=headers)) +
+    await stream.send_all(conn.send(h11.Request(method="POST", target=path, headers=headers)) +
                           conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage()))
     status = 0
     while True:
@@ -59,7 +61,7 @@ async def _client(port: int, deadline: float, keepalive: bool, result: LoadResul
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 conn = h11.Connection(h11.CLIENT)
             with trio.fail_after(10):
-                status = await _one_request(stream, conn, port, not keepalive)  # type: ignore[arg-type]
+                status = await one_request(stream, conn, port, not keepalive)  # type: ignore[arg-type]
             if status == 200:
                 result.ok += 1
             else:
