@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM a child process, SIGKILL it if it is still there after 5 s, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def pattern_bytes(n: int) -> bytes:

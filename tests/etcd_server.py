@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from backends import free_port
+from backends import free_port, stop_process
 
 
 def find_etcd() -> tuple[str | None, str]:
@@ -71,14 +71,8 @@ class EtcdProcess:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc)
 
     def log_tail(self) -> str:
         try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from backends import free_port, wait_port
+from backends import free_port, stop_process, wait_port
 from loadgen import run_load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,8 +29,7 @@ def backend():
         wait_port(port)
         yield port
     finally:
-        proc.terminate()
-        proc.wait(5)
+        stop_process(proc)
 
 
 def gateway_config(port: int, backend_port: int, **gateway: object) -> str:

@@ -86,13 +86,13 @@ class BreakerView:
     def drain_outcomes(self, successes: bool = True) -> list[Outcome]:
         """The batched results since the last call, one Outcome per target; with `successes` off, only the targets
         that had a failure (the keeper needs those soon; successes alone can wait for a later batch)."""
-        tallies = self._tallies
         if successes:
-            self._tallies = {}
-            return [Outcome(target, t.successes, t.failures, t.lead, t.run, t.tail) for target, t in tallies.items()]
-        failed = [target for target, t in tallies.items() if t.failures]
-        return [Outcome(target, t.successes, t.failures, t.lead, t.run, t.tail)
-                for target in failed for t in (tallies.pop(target),)]
+            drained, self._tallies = self._tallies, {}
+        else:
+            drained = {target: t for target, t in self._tallies.items() if t.failures}
+            for target in drained:
+                del self._tallies[target]
+        return [Outcome(target, t.successes, t.failures, t.lead, t.run, t.tail) for target, t in drained.items()]
 
     def _resort(self, target: str) -> None:
         """Recompute whether `target` is in the skip set."""

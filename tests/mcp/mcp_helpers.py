@@ -18,7 +18,7 @@ from typing import Any
 import h11
 import httpx2
 import trio
-from backends import Seen, _Backend, free_port, wait_port
+from backends import Seen, _Backend, free_port, stop_process, wait_port
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -64,14 +64,8 @@ class SdkServers:
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if proc is not None:
+            stop_process(proc)
 
     def stop_all(self) -> None:
         for name in list(self.procs):
