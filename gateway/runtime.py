@@ -19,6 +19,7 @@ from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.errors import describe_validation_error
 from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
 from gateway.policies import REGISTRY
 from gateway.policies.base import Policy
@@ -99,15 +100,16 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "mcp")
+    __slots__ = ("name", "service", "preserve_host", "policies", "mcp", "affinity")
 
     def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
-                 mcp: McpRoute | None = None) -> None:
+                 mcp: McpRoute | None = None, affinity: SessionAffinity | None = None) -> None:
         self.name = name
         self.service = service
         self.preserve_host = preserve_host
         self.policies = policies
-        self.mcp = mcp  # an MCP endpoint: session affinity, header checks, Origin policy (gateway.mcp.step)
+        self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
+        self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
 
 
 class Runtime:
@@ -149,8 +151,10 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         rname = route.name or f"routes[{i}]"
         mcp_route = None
         if route.mcp or route.mcp_methods or route.mcp_tools:
-            mcp_route = McpRoute(mcp, svc.group, route.mcp_methods, route.mcp_tools)
-        runtime = RouteRuntime(rname, svc, route.preserve_host, _policies_for(route, plugin_objs), mcp_route)
+            mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
+        affinity = None if route.mcp is False else SessionAffinity(mcp, svc.group)
+        runtime = RouteRuntime(rname, svc, route.preserve_host, _policies_for(route, plugin_objs), mcp_route,
+                               affinity)
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,

@@ -484,3 +484,37 @@ def test_locustfile_is_valid_python_with_two_user_classes():
     tree = ast.parse((ROOT / "loadtest" / "locustfile.py").read_text())
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
     assert {"ToolsCallUser", "McpSessionUser"} <= classes
+
+
+def test_baseline_twins_follow_each_gateway_configuration_and_run_the_other_tree(tmp_path):
+    configs = bench.select("gw-llhttp-1w,gw-llhttp-1w-sup")
+    twins = bench.with_baseline(configs, tmp_path)
+    assert [c.name for c in twins] == ["nginx", "gw-llhttp-1w", "gw-llhttp-1w@base", "gw-llhttp-1w-sup",
+                                       "gw-llhttp-1w-sup@base"]
+    base = twins[2]
+    assert base.root == tmp_path and base.argv == twins[1].argv and base.config == twins[1].config
+    assert bench.gateway_env(tmp_path)["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path)
+
+
+def test_baseline_table_gives_the_ratio_and_cpu_delta_against_the_twin():
+    def summary(name, rps, cpu):  # noqa: ANN001, ANN202
+        return bench.Summary(name, rps, 1.0, 2.0, None, 0, 3, cpu)
+
+    table = bench.baseline_table({"gw": summary("gw", 9800, 71.5), "gw@base": summary("gw@base", 10000, 70.0)})
+    assert table.splitlines()[-1] == "| gw | 0.980x | 71.5 | 70.0 | +1.5 |"
+
+
+def test_export_tree_refuses_an_unknown_revision(tmp_path):
+    with pytest.raises(bench.BenchError, match="not a commit"):
+        bench.export_tree("no-such-rev-xyz", tmp_path / "t")
+
+
+def test_instructions_table_compares_each_round_with_its_baseline_twin():
+    table = bench.instructions_table({"gw": [300_000, 280_000, 320_000], "gw@base": [298_000, 279_000, 317_000]})
+    assert table.splitlines()[2] == "| gw | 300,000 | 13.3% | +2,000 (+0.67%) |"
+
+
+def test_valgrind_argv_follows_children_with_a_file_per_pid(tmp_path):
+    argv = bench.valgrind_argv(["python", "-m", "gateway", "run"], tmp_path)
+    assert argv[:3] == ["valgrind", "--tool=callgrind", "--trace-children=yes"]
+    assert argv[3] == f"--callgrind-out-file={tmp_path}/callgrind.%p" and argv[4:] == ["python", "-m", "gateway", "run"]

@@ -296,3 +296,17 @@ def test_config_error_is_raised_whole_never_half_applied():
                  "routes: [{service: nope, paths: [/y]}]\n")
     assert len(info.value.messages) == 2
     assert str(info.value) == "\n".join(info.value.messages)
+
+
+def test_mcp_false_with_mcp_tools_is_an_error_naming_both_fields():
+    doc = """
+services:
+  - name: s
+    url: http://127.0.0.1:9
+    routes:
+      - {name: r, paths: [/mcp], mcp: false, mcp_tools: [search]}
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, "c.yml")
+    assert e.value.messages == ["c.yml: services[0].routes[0].mcp is false but services[0].routes[0].mcp_tools is "
+                                "set: routing on MCP methods or tools needs the MCP layer (remove mcp: false)"]

@@ -15,7 +15,7 @@ PORT = b"8000"
 def rewrite(headers: list[tuple[str, str]], trust: bool = False, chunked: bool = False):  # noqa: ANN201
     """(upstream headers as a list of str pairs, client Host, request id)."""
     hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
-    out, host, rid = upstream_request_headers(hdrs, CLIENT_IP, PORT, trust, chunked)
+    out, host, rid, _ = upstream_request_headers(hdrs, CLIENT_IP, PORT, trust, chunked)
     return [(k.decode(), v.decode()) for k, v in out], host, rid
 
 
@@ -126,7 +126,7 @@ def test_invalid_request_id_is_replaced(bad):
 
 def test_non_ascii_request_id_is_replaced():
     hdrs = [(b"host", b"gw"), (b"x-request-id", "réq".encode())]
-    out, _, rid = upstream_request_headers(hdrs, CLIENT_IP, PORT, False, False)
+    out, _, rid, _ = upstream_request_headers(hdrs, CLIENT_IP, PORT, False, False)
     assert re.fullmatch(rb"[0-9a-f]{32}", rid)
     assert [v for k, v in out if k == b"x-request-id"] == [rid]
 

@@ -240,6 +240,10 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str]) 
     for i, m in enumerate(route.methods):
         if not _METHOD.match(m):
             errors.append(f'{where}.methods[{i}]: expected an upper-case HTTP method, got "{m}"')
+    if route.mcp is False and (route.mcp_methods or route.mcp_tools):
+        field = "mcp_methods" if route.mcp_methods else "mcp_tools"
+        errors.append(f"{where}.mcp is false but {where}.{field} is set: routing on MCP methods or tools needs the "
+                      "MCP layer (remove mcp: false)")
     for name, values in route.headers.items():
         if name.lower() == "host":
             errors.append(f"{where}.headers.{name}: match hosts with the route's hosts field")

@@ -175,7 +175,9 @@ class Route(Base):
     strip_path: bool = True
     preserve_host: bool = False
     regex_priority: int = 0
-    mcp: bool = False  # ours: an MCP Streamable HTTP endpoint (session affinity, header checks, Origin)
+    # ours: None (default) = MCP session affinity only; true = also header checks, Origin policy, method/tool
+    # routing; false = a plain proxy, even Mcp-Session-Id passes untouched
+    mcp: bool | None = None
     mcp_methods: list[str] = []  # ours: match the JSON-RPC method (Mcp-Method, or the body); implies mcp
     mcp_tools: list[str] = []  # ours: match the tool name of tools/call (Mcp-Name, or the body); implies mcp
     path_handling: Literal["v0", "v1"] = "v0"

@@ -2,13 +2,9 @@
 
     route ─▶ policies ─▶ MCP step ─▶ forward (pinned target or balancer) ─▶ relay (session id sealed)
 
-The step, in order: the Origin check (403), the 2026-07-28 header check (Mcp-Method / Mcp-Name against the body,
-400 with JSON-RPC error -32020), and session affinity: a gateway session id is opened (see sessions.py) into the
-upstream's id and the target that created it, which the forwarder uses instead of the balancer's pick and never
-retries elsewhere. An id that does not open (forged, tampered, signed by a key no longer configured), or whose target
-is not in the route's upstream (any more), or whose target cannot be reached, gets 404 with a JSON-RPC error, the
-spec's signal for the client to initialise a new session. On the way back, an `Mcp-Session-Id` from the upstream
-(the answer to `initialize`) is sealed into a gateway id.
+The step, in order: the Origin check (403) and the 2026-07-28 header check (Mcp-Method / Mcp-Name against the body,
+400 with JSON-RPC error -32020). Session affinity is not part of it: every route has it unless `mcp: false`
+(gateway.mcp.affinity, applied by the forwarder).
 
 Bodies are read only when needed (routing on method/tool, or a request with Mcp-Method/Mcp-Name headers), and then
 at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first.
@@ -18,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import trio
 
@@ -28,7 +23,7 @@ from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
 from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
 from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
-from gateway.mcp.sessions import SessionCodec, valid_header_value
+from gateway.mcp.sessions import SessionCodec
 
 log = logging.getLogger("gateway.mcp")
 
@@ -75,18 +70,15 @@ class McpShared:
 
 
 class McpRequest:
-    """What the MCP step learnt about one request, for the forwarder: body bytes already read, the pinned target."""
+    """What the MCP step learnt about one request, for the forwarder: body bytes already read, the Origin policy."""
 
-    __slots__ = ("body", "body_done", "info", "peeked", "route", "pinned", "upstream_sid", "origin_mode")
+    __slots__ = ("body", "body_done", "info", "peeked", "origin_mode")
 
     def __init__(self) -> None:
         self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
         self.body_done = False
         self.info: jsonrpc.RpcInfo | None = None
         self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
-        self.route: McpRoute | None = None  # None when the request was peeked for routing but is not on an MCP route
-        self.pinned: int | None = None  # target index in the route's upstream
-        self.upstream_sid: bytes | None = None
         self.origin_mode = PASS
 
     def take_body(self, ex: Exchange) -> tuple[bytes, bool]:
@@ -96,70 +88,34 @@ class McpRequest:
         return body, self.body_done
 
     def upstream_headers(self, headers: Headers) -> Headers:
-        """Restore the upstream's session id; drop the client's Origin when the policy strips or rewrites it."""
-        sid = self.upstream_sid
-        drop_origin = self.origin_mode != PASS
-        if sid is None and not drop_origin:
+        """Drop the client's Origin when the policy strips or rewrites it."""
+        if self.origin_mode == PASS:
             return headers
-        out: Headers = []
-        for hv in headers:
-            name = hv[0]
-            if name == b"mcp-session-id":
-                if sid is not None:
-                    out.append((name, sid))
-                continue
-            if name == b"origin" and drop_origin:
-                continue
-            out.append(hv)
-        return out
+        return [hv for hv in headers if hv[0] != b"origin"]
 
     @property
     def rewrite_origin(self) -> bool:
         return self.origin_mode == REWRITE
 
-    def client_headers(self, headers: Headers, target_name: str) -> None:
-        """Seal an upstream `Mcp-Session-Id` (in place) into the gateway's id naming `target_name`."""
-        route = self.route
-        if route is None:
-            return
-        for i, (name, value) in enumerate(headers):
-            if name == b"mcp-session-id":
-                if not valid_header_value(value):
-                    log.warning("upstream %s sent an unusable Mcp-Session-Id (%d bytes): passed on unsealed",
-                                target_name, len(value))
-                    continue
-                headers[i] = (name, route.shared.codec.encode(target_name, value))
-
 
 class McpRoute:
-    """The MCP side of one route: its method/tool match (used by the router) and the inbound step."""
+    """The MCP side of a route with `mcp: true` (or mcp_methods / mcp_tools): its method/tool match (used by the
+    router) and the inbound step."""
 
-    __slots__ = ("shared", "methods", "tools", "_group", "_index", "_index_of")
+    __slots__ = ("shared", "methods", "tools")
 
-    def __init__(self, shared: McpShared, group: Any, methods: Sequence[str] = (), tools: Sequence[str] = ()) -> None:
+    def __init__(self, shared: McpShared, methods: Sequence[str] = (), tools: Sequence[str] = ()) -> None:
         self.shared = shared
         self.methods = frozenset(methods)
         self.tools = frozenset(tools)
-        self._group = group  # an UpstreamGroup: .targets, each with .name
-        self._index: dict[str, int] = {}
-        self._index_of: object = None
-
-    def target_index(self, name: str) -> int | None:
-        targets = self._group.targets
-        if self._index_of is not targets or len(self._index) != len(targets):
-            self._index = {t.name: i for i, t in enumerate(targets)}
-            self._index_of = targets
-        return self._index.get(name)
 
     async def inbound(self, ex: Exchange, mcp: McpRequest | None) -> McpRequest | None:
-        """Check the request and find its pinned target; None when it has been answered here (403/400/404)."""
+        """Check the request's Origin and MCP headers; None when it has been answered here (403/400)."""
         req = ex.request
-        origin = sid = h_method = h_name = h_version = None
+        origin = h_method = h_name = h_version = None
         for name, value in req.headers:
             if name[:4] == b"mcp-":
-                if name == b"mcp-session-id":
-                    sid = value
-                elif name == b"mcp-method":
+                if name == b"mcp-method":
                     h_method = value
                 elif name == b"mcp-name":
                     h_name = value
@@ -170,7 +126,6 @@ class McpRoute:
         shared = self.shared
         if mcp is None:
             mcp = McpRequest()
-        mcp.route = self
         if origin is not None:
             if not shared.origin.allowed(origin):
                 await ex.respond(403, ORIGIN_FORBIDDEN)
@@ -184,20 +139,6 @@ class McpRoute:
                 rpc_id = mcp.info.id if mcp.info is not None else None
                 await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, rpc_id))
                 return None
-        if sid is not None:
-            opened = shared.codec.decode(sid)
-            if opened is None:
-                log.info("MCP session id refused (not issued by this gateway's keys, or altered)")
-                await session_not_found(ex)
-                return None
-            target, upstream_sid = opened
-            index = self.target_index(target)
-            if index is None:
-                log.info("MCP session of target %s refused: not a target of this route's upstream", target)
-                await session_not_found(ex)
-                return None
-            mcp.pinned = index
-            mcp.upstream_sid = upstream_sid
         return mcp
 
 

@@ -17,6 +17,7 @@ from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase
+from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
@@ -29,20 +30,21 @@ log = logging.getLogger("gateway.forward")
 TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
 SSE_KEEPALIVE_COMMENT = b": keepalive\n\n"
-_DROP_OUT = HOP_BY_HOP | {b"x-request-id"}
+_SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id"}
 
 
 class Attempt:
     """One try of one target, with what its end must be reported to (captured at the start, so a target list
     replaced by discovery meanwhile cannot misdirect the report)."""
 
-    __slots__ = ("group", "balancer", "index", "key", "probe", "started")
+    __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started")
 
     def __init__(self, group: UpstreamGroup, index: int) -> None:
         self.group = group
         self.balancer = group.balancer
         self.index = index
         self.key = group.keys[index]
+        self.target = group.targets[index]
         self.probe = False
         self.started = 0.0
 
@@ -63,18 +65,25 @@ class Forwarder:
         req = ex.request
         svc = route.service
         group = svc.group
+        affinity = route.affinity
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
-        headers, client_host, request_id = upstream_request_headers(
-            req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked)
+        headers, client_host, request_id, session_id = upstream_request_headers(
+            req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked, affinity is not None)
         ex.request_id = request_id
-        target_path = svc.upstream_target(match.path, match.query)
         pinned = None
+        if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
+            opened = affinity.open(session_id)  # type: ignore[union-attr]
+            if opened is None:
+                await session_not_found(ex)
+                return
+            pinned, upstream_sid = opened
+            headers.append((b"mcp-session-id", upstream_sid))
+        target_path = svc.upstream_target(match.path, match.query)
         if mcp is None:
             body, body_done = ex.take_buffered_body()
-        else:  # MCP: body bytes the step may have read, the session's upstream id, its pinned target
+        else:  # MCP: body bytes the step may have read, its Origin policy
             body, body_done = mcp.take_body(ex)
             headers = mcp.upstream_headers(headers)
-            pinned = mcp.pinned
         replayable = body_done and req.method in IDEMPOTENT
         hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None else None
         tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
@@ -104,7 +113,7 @@ class Forwarder:
                 if e.sent and not replayable:
                     break
                 continue
-            await self._relay(ex, svc, uc, response, attempt, request_id, mcp)
+            await self._relay(ex, svc, uc, response, attempt, request_id, affinity)
             return
         if pinned is not None and error is not None and (
                 not error.sent or await self._gone(error, svc, group.targets[pinned])):
@@ -184,15 +193,13 @@ class Forwarder:
             raise
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
-                     request_id: bytes, mcp: McpRequest | None = None) -> None:
+                     request_id: bytes, affinity: SessionAffinity | None) -> None:
         """Stream the response to the client; pool the connection only after a clean, complete exchange."""
         codec = uc.codec
         ok = False
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
         try:
-            headers = _client_headers(response.headers, request_id)
-            if mcp is not None:
-                mcp.client_headers(headers, attempt.key.split("|", 1)[1])
+            headers = _client_headers(response.headers, request_id, affinity, attempt.target)
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
@@ -296,9 +303,24 @@ def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
         parts.append(ev)
 
 
-def _client_headers(headers: Headers, request_id: bytes) -> Headers:
-    named = connection_tokens(headers)
-    out = [hv for hv in headers if hv[0] not in _DROP_OUT and not (named and hv[0] in named)]
+def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,
+                    target: TargetRuntime) -> Headers:
+    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed."""
+    out: Headers = []
+    named = None
+    for hv in headers:
+        name = hv[0]
+        if name in _SPECIAL_OUT:
+            if name == b"mcp-session-id":
+                if affinity is not None:
+                    hv = (name, affinity.seal(target.name, hv[1]))
+            else:
+                if name == b"connection":
+                    named = connection_tokens(headers)
+                continue  # hop-by-hop, x-request-id
+        out.append(hv)
+    if named:  # rare: end-to-end headers the upstream named in Connection
+        out = [hv for hv in out if hv[0] not in named]
     out.append((b"x-request-id", request_id))
     return out
 

@@ -13,6 +13,7 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
 # Replaced by the gateway on the way in (unless trust_forwarded), so a client cannot spoof them.
 _FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"})
 _DROP_IN = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-request-id"}
+_SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id"}  # one set lookup per header sorts out the rest
 _MAX_REQUEST_ID = 200
 
 
@@ -49,28 +50,44 @@ new_request_id = _RequestIds()
 
 
 def upstream_request_headers(headers: Headers, client_ip: bytes, listen_port: bytes, trust_forwarded: bool,
-                             chunked: bool) -> tuple[Headers, bytes, bytes]:
-    """(headers for upstream without Host, the client's Host value, the request id)."""
+                             chunked: bool, affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None]:
+    """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id).
+
+    With `affinity` the client's Mcp-Session-Id is taken out (the caller puts the upstream's own id back);
+    otherwise it passes through like any header and None is returned for it."""
     named = connection_tokens(headers)
     out: Headers = []
     host = b""
     xff = b""
     request_id = b""
+    session_id = None
     seen_forwarded: set[bytes] = set()
     for hv in headers:
         name = hv[0]
-        if name in _DROP_IN or (named and name in named):
+        if name in _SPECIAL_IN:
             if name == b"host":
                 host = hv[1]
-            elif name == b"x-forwarded-for" and trust_forwarded:
-                xff = hv[1] if not xff else xff + b", " + hv[1]
-            elif name == b"x-request-id" and not request_id and _valid_request_id(hv[1]):
-                request_id = hv[1]
-            continue
-        if name in _FORWARDED:
-            if not trust_forwarded:
                 continue
-            seen_forwarded.add(name)
+            if name == b"x-forwarded-for":
+                if trust_forwarded:
+                    xff = hv[1] if not xff else xff + b", " + hv[1]
+                continue
+            if name == b"x-request-id":
+                if not request_id and _valid_request_id(hv[1]):
+                    request_id = hv[1]
+                continue
+            if name == b"mcp-session-id":
+                if affinity:
+                    session_id = hv[1]
+                    continue
+            elif name in _FORWARDED:
+                if not trust_forwarded or (named and name in named):
+                    continue
+                seen_forwarded.add(name)
+            else:
+                continue  # hop-by-hop, expect
+        if named and name in named:
+            continue
         out.append(hv)
     if not request_id:
         request_id = new_request_id()
@@ -86,4 +103,4 @@ def upstream_request_headers(headers: Headers, client_ip: bytes, listen_port: by
     out.append((b"x-request-id", request_id))
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
-    return out, host, request_id
+    return out, host, request_id, session_id

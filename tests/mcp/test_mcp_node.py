@@ -133,3 +133,70 @@ def test_sessions_of_many_clients_across_workers(cluster):
     trio.run(bounded(40)(scenario))
     assert len(firsts) == 6
     node.stop()
+
+
+def plain_kong_config(ports: list[int]) -> dict:
+    """What a new user writes: one service, one route /mcp with no MCP key, an upstream of three servers."""
+    return {"_format_version": "3.0",
+            "services": [{"name": "mcp", "url": "http://mcp-cluster",
+                          "routes": [{"name": "mcp", "paths": ["/mcp"], "strip_path": False}]}],
+            "upstreams": [{"name": "mcp-cluster", "targets": [{"target": f"127.0.0.1:{p}"} for p in ports]}]}
+
+
+@pytest.fixture
+def plain_cluster(tmp_path):
+    servers = SdkServers()
+    node = None
+    try:
+        servers.start(*NAMES)
+        node = Node(tmp_path, plain_kong_config([servers.ports[n] for n in NAMES]))
+        yield servers, node
+    finally:
+        if node is not None:
+            node.kill()
+        servers.stop_all()
+
+
+def test_plain_route_pins_ten_concurrent_sessions_across_workers_and_a_restart(plain_cluster):
+    servers, node = plain_cluster
+    node.start(workers=2)
+    url = f"http://127.0.0.1:{node.port}/mcp"
+    firsts: list[str] = []
+    sids: list[str] = []
+
+    async def session(calls: list[str], restarted: trio.Event, started: list[int]) -> None:
+        async with sdk_client(url, fresh_connections=True) as (client, ids):
+            first = client.server_info.name
+            firsts.append(first)
+            calls.extend([await whoami(client) for _ in range(5)])
+            started.append(1)
+            await restarted.wait()  # the gateway is stopped and started again meanwhile
+            calls.extend([await whoami(client) for _ in range(5)])
+            assert calls == [first] * 10
+            assert len(set(ids.seen)) == 1
+            sids.append(ids.seen[0])
+
+    async def scenario() -> None:
+        restarted = trio.Event()
+        started: list[int] = []
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(session, [], restarted, started)
+            while len(started) < 10:
+                await trio.sleep(0.05)
+            await trio.to_thread.run_sync(node.stop)
+            await trio.to_thread.run_sync(node.start)
+            restarted.set()
+        # A tampered id is refused with the spec's 404, so the client initialises again.
+        tampered = sids[0][:-2] + ("AA" if not sids[0].endswith("AA") else "BB")
+        async with await HttpClient.connect(node.port) as http:
+            reply = await http.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", tampered),
+                                                        ("mcp-protocol-version", "2025-06-18")],
+                                       b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"whoami"}}')
+        assert reply.status == 404
+        assert reply.json()["error"]["message"] == "Session not found"
+
+    trio.run(bounded(90)(scenario))
+    assert len(firsts) == 10 and len(set(sids)) == 10
+    assert len(set(firsts)) >= 2, firsts  # round-robin spread the sessions over the servers
+    node.stop()

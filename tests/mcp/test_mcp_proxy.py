@@ -268,3 +268,54 @@ async def test_origin_allow_list_and_upstream_modes(gateway, nursery):
     assert await seen_origin(port, "https://evil.example.com") == (403, None)
     port = await gateway(doc, mcp=session_keys(TEST_KEY))  # no allow list: pass, unchecked
     assert await seen_origin(port, "https://evil.example.com") == (200, "https://evil.example.com")
+
+
+def plain_config(ports: list[int], **route_fields) -> dict:  # noqa: ANN003
+    """A Kong config as a user writes it: a service, a route on /mcp with no MCP key, an upstream of `ports`."""
+    return {"_format_version": "3.0",
+            "services": [{"name": "mcp", "url": "http://mcp-cluster",
+                          "routes": [{"name": "mcp", "paths": ["/mcp"], "strip_path": False, **route_fields}]}],
+            "upstreams": [{"name": "mcp-cluster", "targets": [{"target": f"127.0.0.1:{p}"} for p in ports]}]}
+
+
+@bounded(20)
+async def test_a_route_without_mcp_keys_seals_and_pins_sessions(gateway, nursery):
+    a, b, c = await start_fakes(nursery, "a", "b", "c")
+    port = await gateway(plain_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port) as client:
+        sid, first = await initialize(client)
+        target, upstream_sid = CODEC.decode(sid.encode())
+        assert upstream_sid == f"up-{first}-1".encode()
+        for i in range(6):
+            reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list", i))
+            assert reply.status == 200
+            assert reply.json()["result"]["name"] == first
+            assert header(reply.json()["result"]["headers"], "mcp-session-id") == f"up-{first}-1"
+
+
+@bounded(20)
+async def test_a_route_without_mcp_keys_answers_404_to_an_id_the_gateway_did_not_seal(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    port = await gateway(plain_config([a.port]), mcp=session_keys(TEST_KEY))
+    sealed = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
+    async with await Client.connect(port) as client:
+        for bad in ("up-a-1", sealed[:-1] + ("A" if sealed[-1] != "A" else "B")):
+            reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", bad)], rpc("ping"))
+            assert reply.status == 404
+            assert reply.json() == NOT_FOUND
+        plain = await client.request("GET", "/mcp/anything", [])  # no session header: proxied as usual
+        assert plain.status == 200
+    assert len(a.requests) == 1
+
+
+@bounded(20)
+async def test_mcp_false_passes_session_ids_through_untouched(gateway, nursery):
+    (a,) = await start_fakes(nursery, "a")
+    port = await gateway(plain_config([a.port], mcp=False), mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port) as client:
+        sid, _ = await initialize(client)
+        assert sid == "up-a-1"  # the upstream's own id, not sealed
+        reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", "client-made-id")],
+                                     rpc("ping"))
+        assert reply.status == 200
+        assert header(reply.json()["result"]["headers"], "mcp-session-id") == "client-made-id"
