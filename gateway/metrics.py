@@ -23,6 +23,10 @@ REQUESTS = Counter("gateway_requests_total", "Requests answered by the gateway, 
 LOCAL_SHARE = Counter("gateway_ratelimit_local_share_total",
                       "Requests a worker admitted on its local share of a rate limit (the state keeper exited, "
                       "hung, or was silent on the key for 1 s), by plugin", ["plugin"])
+TIMEOUTS = Counter("gateway_timeouts_total",
+                   "Connections a timeout ended, by what timed out: client_header, client_body (a stalled upload: "
+                   "408), client_send (a client not reading: send_timeout_s), client_keepalive, upstream_write, "
+                   "upstream_read", ["kind"])
 
 
 class RequestStats:

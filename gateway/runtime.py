@@ -142,7 +142,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     services = {svc.name: _service(svc, groups, errors) for svc in config.services}
     plugin_objs = _plugins(config, errors, shared)
     gw = config.gateway
-    mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors)
+    listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
+    listen_hosts = [hp[0] for hp in (parse_host_port(a, None) for a in listens) if hp is not None]
+    mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")

@@ -71,7 +71,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     codec_name = resolve_codec(gw.http_codec)
     server_cls, client_cls = codec_classes(codec_name)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
-                              gw.max_connections)
+                              gw.max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
     stats = RequestStats()
@@ -81,6 +81,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
+                nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 nursery.start_soon(stats.flush_forever)
                 if parent is not None:

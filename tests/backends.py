@@ -322,13 +322,14 @@ class Reply:
 class Client:
     """One HTTP/1.1 client connection (h11), for several requests in a row (keep-alive)."""
 
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.SocketStream, host: str = "gateway.test") -> None:
         self.stream = stream
+        self.host = host  # the Host header of requests that name none
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_EVENT)
 
     @classmethod
-    async def connect(cls, port: int) -> Client:
-        return cls(await trio.open_tcp_stream("127.0.0.1", port))
+    async def connect(cls, port: int, host: str = "gateway.test") -> Client:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port), host)
 
     async def aclose(self) -> None:
         await trio.aclose_forcefully(self.stream)
@@ -340,11 +341,11 @@ class Client:
         await self.aclose()
 
     async def request(self, method: str, target: str, headers: list[tuple[str, str]] | None = None,
-                      body: bytes | list[bytes] = b"", host: str = "gateway.test") -> Reply:
+                      body: bytes | list[bytes] = b"", host: str | None = None) -> Reply:
         """Send a request (a list body is sent chunked, piece by piece) and read the whole response."""
         if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
             self.conn.start_next_cycle()
-        hdrs = [("host", host)] + list(headers or [])
+        hdrs = [("host", host or self.host)] + list(headers or [])
         names = {k.lower() for k, _ in hdrs}
         if isinstance(body, list):
             if "transfer-encoding" not in names:

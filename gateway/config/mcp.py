@@ -43,5 +43,8 @@ class McpSettings(_Base):
     session_keys: list[McpSessionKey] = []
     session_key_file: str | None = None  # default: mcp-session.key beside gateway.pid_file (run/)
     origin: McpOrigin = msgspec.field(default_factory=McpOrigin)
+    # Host values MCP routes (`mcp: true`) accept, else 421 (DNS rebinding, gateway.mcp.hosts); not set: on a
+    # loopback-only listener the loopback names and listen addresses (as the SDK), elsewhere any.
+    allowed_hosts: list[str] | None = None
     # At most this much of a JSON-RPC body is read to find its method and tool name (routing, header checks).
     peek_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 << 20)] = 65536

@@ -12,6 +12,7 @@ in h11). tests/http/test_codec_conformance.py pins all of this for both codecs.
 
 from __future__ import annotations
 
+import re
 from typing import Protocol
 
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
@@ -105,14 +106,23 @@ class ClientCodec(Protocol):
     def start_next_cycle(self) -> None: ...
 
 
-def check_request_head(headers: Headers, http_version: bytes) -> None:
-    """Reject what request smuggling and RFC 9112 forbid, identically for every codec."""
+# RFC 3986 host [":" port]: reg-name (unreserved, pct-encoded, sub-delims), IPv4, or an IP literal in brackets.
+# Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
+_AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
+
+
+def check_request_head(method: bytes, target: bytes, headers: Headers, http_version: bytes) -> bytes:
+    """Reject what request smuggling and RFC 9112 forbid, identically for every codec; returns the target in origin
+    form. An absolute-form target (RFC 9112 3.2.2) names the host: its authority replaces the Host header."""
     if http_version != b"1.1" and http_version != b"1.0":
         raise ProtocolError("unsupported HTTP version")  # llhttp's parser rejects most of these with 400 itself
+    if method == b"CONNECT":
+        raise ProtocolError("CONNECT is not allowed: the gateway is not a tunnel", 405)  # nginx >= 1.21.1
     content_lengths = 0
     transfer_encoding = None
-    host = 0
-    for name, value in headers:
+    host = -1
+    for i, (name, value) in enumerate(headers):
         if name == b"content-length":
             content_lengths += 1
             if not value.isdigit():
@@ -122,7 +132,9 @@ def check_request_head(headers: Headers, http_version: bytes) -> None:
                 raise ProtocolError("more than one Transfer-Encoding header")
             transfer_encoding = value
         elif name == b"host":
-            host += 1
+            if host != -1:
+                raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+            host = i
     if content_lengths > 1:
         raise ProtocolError("more than one Content-Length header")
     if transfer_encoding is not None:
@@ -134,8 +146,32 @@ def check_request_head(headers: Headers, http_version: bytes) -> None:
             if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
                 raise ProtocolError("chunked must be the final transfer coding")
             raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
-    if host > 1 or (host == 0 and http_version == b"1.1"):
+    if host == -1 and http_version == b"1.1":
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+    if target[:1] != b"/":
+        target = _origin_form(target, headers, host)
+    elif host != -1 and _AUTHORITY.fullmatch(headers[host][1]) is None:
+        raise ProtocolError("invalid Host header")
+    return target
+
+
+def _origin_form(target: bytes, headers: Headers, host: int) -> bytes:
+    """The origin-form of an absolute-form target, its authority set as Host (in place); 400 for anything else."""
+    if target == b"*":
+        raise ProtocolError("asterisk-form request targets (OPTIONS *) are not supported")
+    m = _ABSOLUTE.fullmatch(target)
+    if m is None:
+        raise ProtocolError("invalid request target: expected a path or an absolute http(s) URI")
+    authority, path = m.group(1), m.group(2)
+    if not authority or b"@" in authority or _AUTHORITY.fullmatch(authority) is None:
+        raise ProtocolError("invalid authority in the request target")
+    if host == -1:
+        headers.append((b"host", authority))
+    else:
+        headers[host] = (b"host", authority)
+    if not path:
+        return b"/"
+    return path if path[:1] == b"/" else b"/" + path  # "http://h?q" -> "/?q"
 
 
 def message_framing(headers: Headers) -> tuple[int | None, bool]:

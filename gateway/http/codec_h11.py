@@ -130,6 +130,7 @@ class H11Server(_H11Codec):
             self._conn.receive_data(b"")
 
     def _raw_request(self) -> tuple[int, bytes, Headers, bytes] | None:
+        """(head size, request target in origin form, headers, version) of the head h11 parsed, checked."""
         probe = self._probe
         self._probe = None
         if probe is None:
@@ -143,8 +144,9 @@ class H11Server(_H11Codec):
             return None
         if size > self._max:
             raise ProtocolError("request head too large", 431)
-        check_request_head(headers, version[5:])
-        return size, start, headers, version[5:]
+        method, _, rest = start.partition(b" ")
+        target = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
+        return size, target, headers, version[5:]
 
     def _next_event(self) -> Event:
         conn = self._conn
@@ -166,7 +168,7 @@ class H11Server(_H11Codec):
             headers = raw[2]
             version = bytes(ev.http_version)
             self._method = bytes(ev.method)
-            return Request(self._method, bytes(ev.target), headers, version, _wants_keep_alive(version, headers))
+            return Request(self._method, raw[1], headers, version, _wants_keep_alive(version, headers))
         if type(ev) is h11.EndOfMessage:
             return self._end(ev, 431)
         if type(ev) is h11.ConnectionClosed:

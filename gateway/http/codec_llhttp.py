@@ -210,7 +210,7 @@ class LlhttpServer(_Parsing):
         else:
             version = parser.get_http_version().encode()
             keep = _wants_keep_alive(version, headers)
-        check_request_head(headers, version)
+        url = check_request_head(method, url, headers, version)
         self._events.append(Request(method, url, headers, version, keep))
 
     def on_body(self, body: bytes) -> None:

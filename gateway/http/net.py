@@ -12,15 +12,20 @@ import socket
 
 import trio
 
+from gateway.http.timers import ConnTimer, Phase
+
 RECV_SIZE = 65536
 CHECKPOINT_EVERY = 32  # immediate successes allowed between forced checkpoints
 _CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
 
 
 class Conn:
-    """A connected non-blocking socket with awaitable recv/sendall; recv returns b"" at EOF or reset."""
+    """A connected non-blocking socket with awaitable recv/sendall; recv returns b"" at EOF or reset.
 
-    __slots__ = ("sock", "_budget", "peer", "closed")
+    With a `send_timer`, a write that has to wait for the peer to read is bounded by `send_timeout` seconds (the
+    timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
+
+    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout")
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)
@@ -28,6 +33,8 @@ class Conn:
         self.peer = peer
         self._budget = CHECKPOINT_EVERY
         self.closed = False
+        self.send_timer: ConnTimer | None = None
+        self.send_timeout = 60.0
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""
@@ -69,7 +76,17 @@ class Conn:
             raise
         if sent == len(data):
             return  # the common case: the kernel took it all
-        view = memoryview(data)[sent:]
+        timer = self.send_timer
+        if timer is None:
+            await self._send_rest(memoryview(data)[sent:])
+            return
+        saved = timer.at, timer.phase, timer.detail
+        timer.set(self.send_timeout, Phase.CLIENT_WRITE)
+        await self._send_rest(memoryview(data)[sent:])
+        timer.at, timer.phase, timer.detail = saved  # not reached when the timer fired: the scope is cancelled
+
+    async def _send_rest(self, view: memoryview) -> None:
+        sock = self.sock
         while view:
             await trio.lowlevel.wait_writable(sock)
             try:
@@ -96,16 +113,6 @@ class Conn:
             except OSError:
                 pass
             self.close()
-
-    def is_stale(self) -> bool:
-        """True if an idle pooled connection was closed by the peer or has unexpected bytes waiting."""
-        try:
-            self.sock.recv(1, socket.MSG_PEEK)  # EOF (b"") or stray bytes: either way unusable
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        return True
 
 
 async def open_connection(host: str, port: int) -> Conn:

@@ -2,12 +2,23 @@
 
 The bookkeeping is synchronous (httpcore's lesson): taking and returning a connection never awaits, so
 cancellation cannot leave the pool inconsistent. Only opening a new connection does I/O.
+
+No byte that arrives on an idle connection is ever delivered to a client. A backend may answer twice, or late, or
+close its side while the connection waits in the pool; the next request on it would then read those bytes as its
+response (another client's, perhaps). So, as nginx does:
+- a connection goes back to the pool only when its response ended exactly at a message boundary with nothing after
+  it (the codec's `keep_alive`), and `take` refuses one with anything to read (one poll of that socket, no
+  exception: about a microsecond);
+- idle connections that become readable (a stray byte, or the peer's FIN) are closed by `watch`, which the worker
+  runs every WATCH_S: every connection is registered once, edge-triggered, in the pool's own epoll, so watching
+  costs no system call per request; those with activity since the last look are checked and closed if idle.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import select
 
 import trio
 
@@ -15,23 +26,36 @@ from gateway.http.codec import ClientCodec
 from gateway.http.errors import ConnectError
 from gateway.http.net import Conn, open_connection
 
-STALE_CHECK_AFTER_S = 1.0  # an idle connection older than this is checked for a peer close before reuse
+WATCH_S = 0.1  # how often idle connections that became readable are looked for (the timer resolution)
+_READABLE = select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 
 
 class UpstreamConn:
     """A connection to one target with its codec; `reused` tells a retry policy it may have gone stale."""
 
-    __slots__ = ("conn", "codec", "key", "idle_since", "reused")
+    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "_poller", "_pool")
 
-    def __init__(self, conn: Conn, codec: ClientCodec, key: tuple[str, int]) -> None:
+    def __init__(self, conn: Conn, codec: ClientCodec, key: tuple[str, int], pool: Pool | None = None) -> None:
         self.conn = conn
         self.codec = codec
         self.key = key
         self.idle_since = 0.0
         self.reused = False
+        self.idle = False  # waiting in the pool
+        self._poller = select.poll()
+        self._poller.register(conn.sock, _READABLE)
+        self._pool = pool
+
+    def has_input(self) -> bool:
+        """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout."""
+        return bool(self._poller.poll(0))
 
     def close(self) -> None:
-        self.conn.close()
+        if not self.conn.closed:
+            if self._pool is not None:
+                self._pool.forget(self)
+            self.conn.close()
 
 
 class Pool:
@@ -42,14 +66,16 @@ class Pool:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
+        self._watch = select.epoll()
+        self._open: dict[int, UpstreamConn] = {}  # by fd: every open connection of this pool, idle or busy
 
     def take(self, key: tuple[str, int], now: float) -> UpstreamConn | None:
-        """A reusable idle connection to `key`, or None; expired or peer-closed ones are closed on the way."""
+        """A reusable idle connection to `key`, or None; expired or readable ones are closed on the way."""
         idle = self._idle.get(key)
         while idle:
             uc = idle.pop()
-            age = now - uc.idle_since
-            if age > self._idle_timeout or (age > STALE_CHECK_AFTER_S and uc.conn.is_stale()):
+            uc.idle = False
+            if now - uc.idle_since > self._idle_timeout or uc.has_input():
                 uc.close()
                 continue
             uc.reused = True
@@ -64,18 +90,33 @@ class Pool:
             return
         uc.codec.start_next_cycle()
         uc.idle_since = now
+        uc.idle = True
         idle.append(uc)
+
+    def watch(self) -> int:
+        """Close idle connections that became readable since the last call (a stray byte, or the peer's FIN); returns
+        how many. Busy ones that received their responses show up too, and are left alone."""
+        closed = 0
+        for fd, _ in self._watch.poll(0):
+            uc = self._open.get(fd)
+            if uc is not None and uc.idle and uc.has_input():
+                self._idle[uc.key].remove(uc)
+                uc.idle = False
+                uc.close()
+                closed += 1
+        return closed
 
     def sweep(self, now: float) -> int:
         """Close idle connections past the idle timeout; returns how many were closed."""
         closed = 0
         for idle in self._idle.values():
-            keep = [uc for uc in idle if now - uc.idle_since <= self._idle_timeout]
-            for uc in idle:
-                if now - uc.idle_since > self._idle_timeout:
+            expired = [uc for uc in idle if now - uc.idle_since > self._idle_timeout]
+            if expired:
+                idle[:] = [uc for uc in idle if now - uc.idle_since <= self._idle_timeout]
+                for uc in expired:
+                    uc.idle = False
                     uc.close()
-                    closed += 1
-            idle[:] = keep
+                closed += len(expired)
         return closed
 
     def idle_count(self, key: tuple[str, int] | None = None) -> int:
@@ -83,11 +124,16 @@ class Pool:
             return len(self._idle.get(key, ()))
         return sum(map(len, self._idle.values()))
 
+    def forget(self, uc: UpstreamConn) -> None:
+        """A connection is closing: it leaves the watch (the kernel drops its epoll entry with the last fd)."""
+        self._open.pop(uc.conn.sock.fileno(), None)
+
     def close_all(self) -> None:
         for idle in self._idle.values():
             for uc in idle:
                 uc.close()
         self._idle.clear()
+        self._watch.close()
 
     async def connect(self, key: tuple[str, int], timeout: float) -> UpstreamConn:
         """Open a new connection to `key` within `timeout` seconds, or raise ConnectError."""
@@ -99,5 +145,15 @@ class Pool:
                 if e.errno == errno.ECONNREFUSED:
                     reason = "connection refused"
                 raise ConnectError(f"cannot connect to {key[0]}:{key[1]}: {reason}") from None
-            return UpstreamConn(conn, self._codec_cls(), key)
+            uc = UpstreamConn(conn, self._codec_cls(), key, self)
+            fd = conn.sock.fileno()
+            self._watch.register(fd, _WATCH)
+            self._open[fd] = uc
+            return uc
         raise ConnectError(f"connect to {key[0]}:{key[1]} timed out after {timeout:g}s")
+
+    async def watch_forever(self) -> None:
+        """Run `watch` every WATCH_S (a worker's background task)."""
+        while True:
+            await trio.sleep(WATCH_S)
+            self.watch()

@@ -19,6 +19,7 @@ import trio
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
+from gateway.metrics import TIMEOUTS
 
 log = logging.getLogger("gateway.http")
 
@@ -30,6 +31,10 @@ DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may
 DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
 
 JSON = b"application/json"
+_TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
+                  Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
+                  Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
+                  Phase.IDLE: "client_keepalive"}
 
 
 def json_error_body(status: int, message: str) -> bytes:
@@ -41,15 +46,18 @@ class ServerSettings:
     """What the connection loop needs from the config, resolved once."""
 
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "codec_cls", "max_connections",
-                 "connections")
+                 "connections", "send_timeout", "body_timeout")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
-                 max_header_bytes: int = 16384, max_connections: int = 10000) -> None:
+                 max_header_bytes: int = 16384, max_connections: int = 10000, send_timeout: float = 60.0,
+                 body_timeout: float = 60.0) -> None:
         self.codec_cls = codec_cls
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
+        self.send_timeout = send_timeout  # a write to a client that does not read is cut after this (nginx)
+        self.body_timeout = body_timeout  # between two reads of a request body (nginx's client_body_timeout)
         self.connections = ConnectionSet()
 
 
@@ -91,12 +99,13 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id", "response_lines", "status")
+                 "request_id", "response_lines", "status", "body_timeout")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
-                 draining: bool = False) -> None:
+                 draining: bool = False, body_timeout: float = 60.0) -> None:
         self.request = request
         self.draining = draining
+        self.body_timeout = body_timeout
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
         self.request_id = b""  # echoed on errors when the handler has set one
         self.response_lines = b""  # header lines policies add to the response (e.g. rate-limit headers)
@@ -160,7 +169,11 @@ class Exchange:
                 if self._expect_continue:
                     self._expect_continue = False
                     await self.conn.sendall(codec.informational(100))
+                timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
+                saved = timer.at, timer.phase, timer.detail
+                timer.set(self.body_timeout, Phase.CLIENT_BODY)
                 data = await self.conn.recv()
+                timer.at, timer.phase, timer.detail = saved
                 codec.receive_data(data)
                 continue
             self._count(ev)  # type: ignore[arg-type]
@@ -270,6 +283,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
     timer = ConnTimer(trio.current_time() + settings.header_timeout, Phase.NEW)
+    conn.send_timer = timer
+    conn.send_timeout = settings.send_timeout
     live = connections.timers.live
     live.add(timer)
     try:
@@ -310,7 +325,7 @@ async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, sett
         timer.clear()
         served = True
         request: Request = ev  # type: ignore[assignment]
-        exchange = Exchange(request, conn, codec, timer, connections.draining)
+        exchange = Exchange(request, conn, codec, timer, connections.draining, settings.body_timeout)
         timer.exchange = exchange
         try:
             await handler(exchange)
@@ -342,8 +357,17 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
     """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole."""
     phase = timer.phase
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
+    TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
         await _send_protocol_error(conn, codec, 408, "request head not received in time")
+    elif phase == Phase.CLIENT_WRITE:
+        log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
+                 conn.peer, conn.send_timeout)
+        conn.abort()
+    elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
+        log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
+                 conn.peer, exchange.body_timeout)
+        await _send_protocol_error(conn, codec, 408, "request body not received in time")
     elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
@@ -382,6 +406,6 @@ async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, mess
         pass
 
 
-_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large", 431:
+_REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large", 431:
             b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
             502: b"Bad Gateway"}

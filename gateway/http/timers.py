@@ -24,6 +24,8 @@ class Phase(enum.IntEnum):
     UPSTREAM_WRITE = 4  # sending the request upstream (write_timeout)
     UPSTREAM_READ = 5  # waiting for the response head (read_timeout)
     UPSTREAM_BODY = 6  # relaying the response body (read_timeout between reads)
+    CLIENT_BODY = 7  # waiting for the next piece of the request body (client_body_timeout_s between reads)
+    CLIENT_WRITE = 8  # a write to the client waits for it to read (send_timeout_s, as nginx's send_timeout)
 
 
 class ConnTimer:

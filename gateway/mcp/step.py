@@ -2,9 +2,9 @@
 
     route ─▶ policies ─▶ MCP step ─▶ forward (pinned target or balancer) ─▶ relay (session id sealed)
 
-The step, in order: the Origin check (403) and the 2026-07-28 header check (Mcp-Method / Mcp-Name against the body,
-400 with JSON-RPC error -32020). Session affinity is not part of it: every route has it unless `mcp: false`
-(gateway.mcp.affinity, applied by the forwarder).
+The step, in order: the Host check (421, gateway.mcp.hosts), the Origin check (403) and the 2026-07-28 header
+check (Mcp-Method / Mcp-Name against the body, 400 with JSON-RPC error -32020). Session affinity is not part of it:
+every route has it unless `mcp: false` (gateway.mcp.affinity, applied by the forwarder).
 
 Bodies are read only when needed (routing on method/tool, or a request with Mcp-Method/Mcp-Name headers), and then
 at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first.
@@ -21,6 +21,7 @@ from gateway.config.mcp import McpSettings
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
+from gateway.mcp.hosts import HostPolicy, check_host_entry, default_allowed_hosts
 from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
 from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
 from gateway.mcp.sessions import SessionCodec
@@ -29,13 +30,15 @@ log = logging.getLogger("gateway.mcp")
 
 SESSION_NOT_FOUND = jsonrpc.error_body(jsonrpc.SESSION_NOT_FOUND, "Session not found")
 ORIGIN_FORBIDDEN = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Origin not allowed")
+HOST_MISDIRECTED = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Host header")
 BODY_TIMEOUT = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "request body not received in time")
 
 
 class McpShared:
     """The gateway-wide MCP settings of one config load: keys (the codec), Origin policy, peek bound."""
 
-    def __init__(self, settings: McpSettings, pid_file: str, body_timeout: float, errors: list[str]) -> None:
+    def __init__(self, settings: McpSettings, pid_file: str, body_timeout: float, errors: list[str],
+                 listen_hosts: Sequence[str] = ("127.0.0.1",)) -> None:
         self.peek_bytes = settings.peek_bytes
         self.body_timeout = body_timeout
         self.key_file = settings.session_key_file or default_key_file(pid_file)
@@ -59,6 +62,11 @@ class McpShared:
             errors.append(f"gateway.mcp.origin.upstream is {origin.upstream}: it hides the client's Origin from the "
                           'upstream, so set gateway.mcp.origin.allow (["*"] accepts any origin)')
         self.origin = OriginPolicy(origin.allow, origin.upstream)
+        allowed = settings.allowed_hosts
+        for i, entry in enumerate(allowed or ()):
+            if (why := check_host_entry(entry)) is not None:
+                errors.append(f"gateway.mcp.allowed_hosts[{i}]: {why}")
+        self.hosts = HostPolicy(default_allowed_hosts(listen_hosts) if allowed is None else allowed)
 
     @property
     def codec(self) -> SessionCodec:
@@ -110,9 +118,9 @@ class McpRoute:
         self.tools = frozenset(tools)
 
     async def inbound(self, ex: Exchange, mcp: McpRequest | None) -> McpRequest | None:
-        """Check the request's Origin and MCP headers; None when it has been answered here (403/400)."""
+        """Check the request's Host, Origin and MCP headers; None when it has been answered here (421/403/400)."""
         req = ex.request
-        origin = h_method = h_name = h_version = None
+        origin = h_method = h_name = h_version = host = None
         for name, value in req.headers:
             if name[:4] == b"mcp-":
                 if name == b"mcp-method":
@@ -123,7 +131,13 @@ class McpRoute:
                     h_version = value
             elif name == b"origin":
                 origin = value
+            elif name == b"host":
+                host = value
         shared = self.shared
+        if not shared.hosts.allowed(host):
+            log.info("MCP request with Host %r refused (421): not in gateway.mcp.allowed_hosts", host)
+            await ex.respond(421, HOST_MISDIRECTED)
+            return None
         if mcp is None:
             mcp = McpRequest()
         if origin is not None:

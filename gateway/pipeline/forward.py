@@ -9,11 +9,13 @@ so a cut-off body can never look complete.
 from __future__ import annotations
 
 import logging
+import socket
 
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
 from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
+from gateway.http.net import Conn
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase
@@ -251,6 +253,26 @@ class Forwarder:
                 shared.passive(attempt.key, code)
 
     async def _stream_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
+        """Relay an SSE stream event by event while watching the client: a client that closes the stream ends it
+        upstream at once (MCP: closing the stream cancels the request), not at the next write.
+
+        Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
+        gone = False
+
+        async def watch_client() -> None:
+            nonlocal gone
+            if await _client_closed(ex.conn):
+                gone = True
+                nursery.cancel_scope.cancel()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_client)
+            await self._relay_events(ex, uc, first)
+            nursery.cancel_scope.cancel()
+        if gone:
+            raise BrokenPipeError("the client closed the event stream")
+
+    async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.
 
         No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The comment is only
@@ -273,6 +295,19 @@ class Forwarder:
                     return
                 await ex.send_body(ev)  # type: ignore[arg-type]
                 at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+
+
+async def _client_closed(conn: Conn) -> bool:
+    """Wait until the client's socket is readable: True if it closed (EOF or reset), False if it sent bytes (a
+    pipelined request, read after this response; watching stops there)."""
+    while True:
+        await trio.lowlevel.wait_readable(conn.sock)
+        try:
+            return conn.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            continue  # woken for nothing
+        except OSError:
+            return True
 
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:

@@ -17,11 +17,18 @@ _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id"}  # one set lookup per 
 _MAX_REQUEST_ID = 200
 
 
+# Never dropped because a Connection header names them: removing a framing header would change where the message
+# ends (a body sent on without its Content-Length is lost, or worse, read as the next request), so they are not
+# connection options whatever the peer says; nginx forwards the body too.
+_NOT_OPTIONS = frozenset({b"close", b"keep-alive", b"", b"content-length", b"transfer-encoding", b"host"})
+
+
 def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
+    """The header names listed as connection options in Connection headers (to drop at the hop), or None."""
     tokens = None
     for name, value in headers:
         if name == b"connection":
-            extra = {t.strip().lower() for t in value.split(b",")} - {b"close", b"keep-alive", b""}
+            extra = {t.strip().lower() for t in value.split(b",")} - _NOT_OPTIONS
             if extra:
                 tokens = (tokens or frozenset()) | extra
     return tokens

@@ -412,14 +412,63 @@ def test_repeated_headers_kept_in_order(codec: str) -> None:
         b"/a/../b/./c//d?x=%zz&y=+",
         b"/path;param=1?a=1&a=2",
         b"/a|b{c}",
-        b"http://example.com:8080/p?q",
-        b"*",
     ],
 )
 def test_request_target_kept_exactly(codec: str, target: bytes) -> None:
-    method = b"OPTIONS" if target == b"*" else b"GET"
-    raw = b"%s %s HTTP/1.1\r\nHost: a\r\n\r\n" % (method, target)
-    assert parse_requests(codec, raw, every_offset=False) == [req(method, target, [(b"host", b"a")]), END]
+    raw = b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target
+    assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", target, [(b"host", b"a")]), END]
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "host"),
+    [
+        (b"http://example.com:8080/p?q", b"/p?q", b"example.com:8080"),
+        (b"HTTP://Example.com/a/b", b"/a/b", b"Example.com"),
+        (b"https://[::1]:9/x", b"/x", b"[::1]:9"),
+        (b"http://h", b"/", b"h"),
+        (b"http://h?q=1", b"/?q=1", b"h"),
+    ],
+)
+def test_absolute_form_target_becomes_origin_form_and_its_authority_the_host(codec: str, target: bytes, path: bytes,
+                                                                              host: bytes) -> None:
+    # RFC 9112 3.2.2: the authority of an absolute-form target replaces Host; upstream gets origin form.
+    raw = b"GET %s HTTP/1.1\r\nHost: good.test\r\nAccept: x\r\n\r\n" % target
+    assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", path, [(b"host", host), (b"accept", b"x")]),
+                                                              END]
+
+
+def test_absolute_form_target_on_http10_without_host_adds_it(codec: str) -> None:
+    raw = b"GET http://h:81/x HTTP/1.0\r\n\r\n"
+    assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", b"/x", [(b"host", b"h:81")], b"1.0", False),
+                                                              END]
+
+
+@pytest.mark.parametrize("target", [b"http://user@evil/x", b"ftp://h/x", b"http:///x", b"http://a b/x", b"h/x"])
+def test_bad_absolute_form_targets_are_400(codec: str, target: bytes) -> None:
+    assert_rejected(codec, b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target, 400, every_offset=False)
+
+
+@pytest.mark.parametrize("method", [b"OPTIONS", b"GET"])
+def test_asterisk_form_is_400(codec: str, method: bytes) -> None:
+    assert_rejected(codec, b"%s * HTTP/1.1\r\nHost: a\r\n\r\n" % method, 400, every_offset=False)
+
+
+@pytest.mark.parametrize("target", [b"127.0.0.1:22", b"good.test:443"])
+def test_connect_is_405_and_nothing_after_it_is_parsed(codec: str, target: bytes) -> None:
+    raw = b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n" % (target, target)
+    assert parse_requests(codec, raw, every_offset=False) == [("error", 405)]
+
+
+@pytest.mark.parametrize("host", [b"a b/c@d", b"a/b", b"user@h", b"h:8x", b"[::1", b"\xff"])
+def test_host_that_is_not_a_valid_authority_is_400(codec: str, host: bytes) -> None:
+    assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host, 400, every_offset=False)
+
+
+@pytest.mark.parametrize("host", [b"example.com", b"EXAMPLE.com:8000", b"127.0.0.1:1", b"[2001:db8::1]:443", b"a_b.c-d",
+                                  b""])
+def test_valid_hosts_are_accepted(codec: str, host: bytes) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host
+    assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", b"/", [(b"host", host)]), END]
 
 
 def test_empty_lines_before_request_line_are_ignored(codec: str) -> None:

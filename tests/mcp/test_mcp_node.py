@@ -96,7 +96,7 @@ def test_session_survives_workers_and_a_restart(cluster):
             assert len(set(ids.seen)) == 1  # one session id, sealed once, used throughout
             sid = ids.seen[0]
         # The id also opens on a fresh connection of its own (whichever worker takes it).
-        async with await HttpClient.connect(node.port) as http:
+        async with await HttpClient.connect(node.port, host="localhost") as http:
             reply = await http.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid),
                                                         ("mcp-protocol-version", "2025-06-18")],
                                        b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"whoami"}}')
@@ -189,7 +189,7 @@ def test_plain_route_pins_ten_concurrent_sessions_across_workers_and_a_restart(p
             restarted.set()
         # A tampered id is refused with the spec's 404, so the client initialises again.
         tampered = sids[0][:-2] + ("AA" if not sids[0].endswith("AA") else "BB")
-        async with await HttpClient.connect(node.port) as http:
+        async with await HttpClient.connect(node.port, host="localhost") as http:
             reply = await http.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", tampered),
                                                         ("mcp-protocol-version", "2025-06-18")],
                                        b'{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"whoami"}}')

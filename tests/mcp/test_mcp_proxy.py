@@ -37,7 +37,7 @@ async def initialize(client: Client) -> tuple[str, str]:
 async def test_session_id_is_sealed_and_restored_and_pinned(gateway, nursery):
     a, b, c = await start_fakes(nursery, "a", "b", "c")
     port = await gateway(mcp_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
         target, upstream_sid = CODEC.decode(sid.encode())
         backend = {"a": a, "b": b, "c": c}[first]
@@ -64,7 +64,7 @@ async def test_unknown_tampered_and_foreign_ids_get_404(gateway, nursery):
     gone = CODEC.encode("127.0.0.1:1", b"up-x-1").decode()  # a target that is not (or no longer) in the upstream
     other_key = SessionCodec([("k1", b"another-secret-0123456789")]).encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
     flipped = sealed[:-1] + ("A" if sealed[-1] != "A" else "B")
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         ok = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sealed)], rpc("ping"))
         assert ok.status == 200
         for bad in (flipped, gone, other_key, "up-a-1", "k1.", "k9." + sealed[3:], sealed + "x" * 2000):
@@ -81,14 +81,14 @@ async def test_key_rotation_old_ids_still_open(gateway, nursery):
     old = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-7").decode()
     keys = session_keys(("k2", "the-new-secret-0123456789"), TEST_KEY)  # k2 signs, k1 still verifies
     port = await gateway(mcp_config([a.port]), mcp=keys)
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", old)], rpc("ping"))
         assert reply.status == 200
         assert header(reply.json()["result"]["headers"], "mcp-session-id") == "up-a-7"
         sid, _ = await initialize(client)
         assert sid.startswith("k2.")
     port = await gateway(mcp_config([a.port]), mcp=session_keys(("k2", "the-new-secret-0123456789")))
-    async with await Client.connect(port) as client:  # k1 retired: its ids no longer open
+    async with await Client.connect(port, host="localhost") as client:  # k1 retired: its ids no longer open
         reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", old)], rpc("ping"))
         assert reply.status == 404
 
@@ -99,7 +99,7 @@ async def test_pinned_target_down_is_404_and_never_retried_elsewhere(gateway, nu
     dead = free_port()
     port = await gateway(mcp_config([dead, a.port, b.port]), mcp=session_keys(TEST_KEY))
     sid = CODEC.encode(f"127.0.0.1:{dead}", b"up-dead-1").decode()
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list"))
         assert reply.status == 404
         assert reply.json() == NOT_FOUND
@@ -126,7 +126,7 @@ async def test_header_body_mismatch_is_400_with_32020(gateway, nursery):
         ([("mcp-method", "tools/call"), ("mcp-name", "whoami")], b"not json"),
         ([("mcp-method", "resources/read"), ("mcp-name", "file:///a")], rpc("resources/read", 7, uri="file:///b")),
     ]
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         for extra, body in bad_cases:
             reply = await client.request("POST", "/mcp", modern + extra, body)
             assert reply.status == 400, (extra, body)
@@ -158,7 +158,7 @@ async def test_routes_on_method_and_tool(gateway, nursery):
     port = await gateway(doc, mcp=session_keys(TEST_KEY))
 
     async def served_by(headers, body) -> str:  # noqa: ANN001
-        async with await Client.connect(port) as client:
+        async with await Client.connect(port, host="localhost") as client:
             reply = await client.request("POST", "/mcp", JSON_HEADERS + headers, body)
         assert reply.status == 200, reply.body
         return reply.json()["result"]["name"]
@@ -171,7 +171,7 @@ async def test_routes_on_method_and_tool(gateway, nursery):
     assert await served_by([], b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}') == "default"
     big = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
                       "params": {"name": "special", "arguments": {"blob": "x" * 200_000}}}).encode()
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         reply = await client.request("POST", "/mcp", JSON_HEADERS, [big[:100], big[100:70_000], big[70_000:]])
     assert reply.status == 200 and reply.json()["result"] == {**reply.json()["result"], "name": "tools",
                                                                "body_len": len(big)}
@@ -179,7 +179,7 @@ async def test_routes_on_method_and_tool(gateway, nursery):
     modern = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "special")]
     assert await served_by(modern, rpc("tools/call", name="special")) == "tools"
     # non-POSTs never match a method route and are not read
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         reply = await client.request("DELETE", "/mcp")
     assert reply.status == 204 and default.requests[-1].method == "DELETE"
 
@@ -191,7 +191,7 @@ async def test_batch_goes_whole_to_one_target(gateway, nursery):
         {"name": "tools", "paths": ["/mcp"], "strip_path": False, "mcp_methods": ["tools/call"]}]),
         mcp=session_keys(TEST_KEY))
     batch = b"[" + rpc("tools/list", 1) + b"," + rpc("ping", 2) + b"]"
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
         for _ in range(4):
             reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], batch)
@@ -204,7 +204,7 @@ async def test_batch_goes_whole_to_one_target(gateway, nursery):
 async def test_sse_get_stream_keepalive_headers_and_last_event_id(gateway, nursery):
     (a,) = await start_fakes(nursery, "a", events=3, gap=0.7)
     port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY), sse_keepalive=0.25)
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         sid, _ = await initialize(client)
         reply = await client.request("GET", "/mcp", [("accept", "text/event-stream"), ("mcp-session-id", sid),
                                                      ("last-event-id", "41")])
@@ -231,7 +231,7 @@ async def test_non_mcp_routes_are_left_alone(gateway, nursery):
     doc = mcp_config([a.port])
     doc["services"][0]["routes"][0]["mcp"] = False
     port = await gateway(doc, mcp=session_keys(TEST_KEY))
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         init = await client.request("POST", "/mcp", JSON_HEADERS, json.dumps(INIT_BODY).encode())
         assert init.header("mcp-session-id") == "up-a-1"  # passed through unsealed
         reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", "anything"),
@@ -248,7 +248,7 @@ async def test_origin_allow_list_and_upstream_modes(gateway, nursery):
 
     async def seen_origin(port: int, origin: str | None) -> tuple[int, str | None]:
         headers = JSON_HEADERS + ([("origin", origin)] if origin else [])
-        reply = await request(port, "POST", "/mcp", headers=headers, body=rpc("ping"))
+        reply = await request(port, "POST", "/mcp", headers=headers, body=rpc("ping"), host="localhost")
         if reply.status != 200:
             assert reply.json()["error"] == {"code": -32600, "message": "Origin not allowed"}
             return reply.status, None
@@ -282,7 +282,7 @@ def plain_config(ports: list[int], **route_fields) -> dict:  # noqa: ANN003
 async def test_a_route_without_mcp_keys_seals_and_pins_sessions(gateway, nursery):
     a, b, c = await start_fakes(nursery, "a", "b", "c")
     port = await gateway(plain_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
         target, upstream_sid = CODEC.decode(sid.encode())
         assert upstream_sid == f"up-{first}-1".encode()
@@ -298,7 +298,7 @@ async def test_a_route_without_mcp_keys_answers_404_to_an_id_the_gateway_did_not
     (a,) = await start_fakes(nursery, "a")
     port = await gateway(plain_config([a.port]), mcp=session_keys(TEST_KEY))
     sealed = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         for bad in ("up-a-1", sealed[:-1] + ("A" if sealed[-1] != "A" else "B")):
             reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", bad)], rpc("ping"))
             assert reply.status == 404
@@ -312,7 +312,7 @@ async def test_a_route_without_mcp_keys_answers_404_to_an_id_the_gateway_did_not
 async def test_mcp_false_passes_session_ids_through_untouched(gateway, nursery):
     (a,) = await start_fakes(nursery, "a")
     port = await gateway(plain_config([a.port], mcp=False), mcp=session_keys(TEST_KEY))
-    async with await Client.connect(port) as client:
+    async with await Client.connect(port, host="localhost") as client:
         sid, _ = await initialize(client)
         assert sid == "up-a-1"  # the upstream's own id, not sealed
         reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", "client-made-id")],

@@ -97,7 +97,7 @@ async def test_progress_streams_in_order_with_keepalives(gateway, servers):
 async def test_keepalive_comments_on_the_wire(gateway, servers):
     """A raw client sees the gateway's `: keepalive` comments between the slow tool's progress events."""
     port = await gateway(mcp_config(ports(servers)), mcp=session_keys(TEST_KEY), sse_keepalive=0.3)
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         init = await http.request("POST", "/mcp", JSON_HEADERS, json.dumps({
             "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                 "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
@@ -128,7 +128,7 @@ async def test_tampered_session_id_gets_404(gateway, servers):
         await whoami(client)
         sid = ids.seen[-1]
     tampered = sid[:-3] + ("A" if sid[-3] != "A" else "B") + sid[-2:]
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         for bad in (tampered, "k1.bm90LWEtc2Vzc2lvbg", "0123456789abcdef0123456789abcdef"):
             reply = await http.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", bad)],
                                        b'{"jsonrpc":"2.0","id":5,"method":"tools/list"}')
@@ -146,7 +146,7 @@ async def test_delete_ends_the_session_upstream(gateway, servers):
         sid = ids.seen[-1]
     # Leaving the client sent DELETE with the gateway's id; the upstream ended the session, so it is now unknown
     # there: the upstream's own 404 comes back through the gateway.
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         reply = await http.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid),
                                                     ("mcp-protocol-version", "2025-06-18")],
                                    b'{"jsonrpc":"2.0","id":7,"method":"tools/list"}')
@@ -157,7 +157,7 @@ async def test_delete_ends_the_session_upstream(gateway, servers):
 @bounded(30)
 async def test_explicit_delete(gateway, servers):
     port = await gateway(mcp_config(ports(servers)), mcp=session_keys(TEST_KEY))
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         init = await http.request("POST", "/mcp", JSON_HEADERS, json.dumps({
             "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
                 "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}
@@ -218,8 +218,9 @@ async def test_pinned_server_stopped_the_next_call_at_once_is_session_not_found(
 async def test_host_is_the_targets_own(gateway, servers):
     """The SDK server answers 421 to a foreign Host: the gateway sends the target's host:port unless preserve_host."""
     doc = mcp_config(ports(servers)[:1])
-    port = await gateway(doc, mcp=session_keys(TEST_KEY))
-    async with await HttpClient.connect(port) as http:
+    allowed = {**session_keys(TEST_KEY), "allowed_hosts": ["mcp.example.com"]}  # the gateway's own Host check
+    port = await gateway(doc, mcp=allowed)
+    async with await HttpClient.connect(port, host="localhost") as http:
         ok = await http.request("POST", "/mcp", MODERN, json.dumps(_modern_call("echo_headers")).encode(),
                                 host="mcp.example.com")
     assert ok.status == 200, ok.body
@@ -227,8 +228,8 @@ async def test_host_is_the_targets_own(gateway, servers):
     assert seen["host"] == f"127.0.0.1:{servers.ports['alpha']}"
     assert seen["x-forwarded-host"] == "mcp.example.com"
     doc["services"][0]["routes"][0]["preserve_host"] = True
-    port = await gateway(doc, mcp=session_keys(TEST_KEY))
-    async with await HttpClient.connect(port) as http:
+    port = await gateway(doc, mcp=allowed)
+    async with await HttpClient.connect(port, host="localhost") as http:
         refused = await http.request("POST", "/mcp", MODERN, json.dumps(_modern_call("echo_headers")).encode(),
                                      host="mcp.example.com")
     assert refused.status == 421
@@ -240,11 +241,11 @@ async def test_origin_policy_with_a_real_server(gateway, servers):
     body = json.dumps(_modern_call("echo_headers")).encode()
     foreign = [*MODERN, ("origin", "https://app.example.com")]
     port = await gateway(doc, mcp=session_keys(TEST_KEY))  # default: pass, no check at the gateway
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         assert (await http.request("POST", "/mcp", foreign, body)).status == 403  # the SDK server refuses it
     port = await gateway(doc, mcp={**session_keys(TEST_KEY),
                                    "origin": {"allow": ["https://app.example.com"], "upstream": "rewrite"}})
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         ok = await http.request("POST", "/mcp", foreign, body)
         assert ok.status == 200, ok.body
         assert _headers_seen(ok)["origin"] == f"http://127.0.0.1:{servers.ports['alpha']}"
@@ -253,7 +254,7 @@ async def test_origin_policy_with_a_real_server(gateway, servers):
         assert evil.json()["error"]["message"] == "Origin not allowed"
     port = await gateway(doc, mcp={**session_keys(TEST_KEY),
                                    "origin": {"allow": ["https://app.example.com"], "upstream": "strip"}})
-    async with await HttpClient.connect(port) as http:
+    async with await HttpClient.connect(port, host="localhost") as http:
         ok = await http.request("POST", "/mcp", foreign, body)
         assert ok.status == 200, ok.body
         assert "origin" not in _headers_seen(ok)

@@ -1,0 +1,75 @@
+"""The Host policy of MCP routes (sans-I/O): the DNS-rebinding defence MCP servers apply, moved to the gateway.
+
+A browser tricked by DNS rebinding sends requests for `evil.example:8000` to a local server; MCP servers bound to
+loopback answer 421 to a Host that is not theirs (the Python SDK allows `127.0.0.1:*`, `localhost:*`, `[::1]:*`).
+Behind the gateway the server sees the target's own host:port, so its check always passes: the gateway checks the
+client's Host instead. Entries: `host` (any port), `host:port`, `host:*`, `*.domain` (its subdomains, any port),
+or `*` (anything). By default (`allowed_hosts` not set) a gateway listening only on loopback allows the loopback
+names and its listen addresses, as the SDK does; one listening elsewhere allows any Host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+_ENTRY = re.compile(r"^(\*|\*\.[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:(\d{1,5}|\*))?$")
+
+
+class HostPolicy:
+    """Which Host header values may reach an MCP route's servers."""
+
+    __slots__ = ("any", "hosts", "host_ports", "suffixes")
+
+    def __init__(self, allow: Sequence[str]) -> None:
+        self.any = "*" in allow
+        hosts: set[bytes] = set()
+        host_ports: set[bytes] = set()
+        suffixes: list[bytes] = []
+        for entry in allow:
+            value = entry.strip().lower()
+            host, _, port = value.rpartition(":") if not value.endswith("]") and ":" in value else (value, "", "")
+            if host.startswith("*."):
+                suffixes.append(host[1:].encode())
+            elif port and port != "*":
+                host_ports.add(value.encode())
+            elif host != "*":
+                hosts.add(host.encode())
+        self.hosts = frozenset(hosts)
+        self.host_ports = frozenset(host_ports)
+        self.suffixes = tuple(suffixes)
+
+    def allowed(self, host: bytes | None) -> bool:
+        """May a request with this Host header (None: absent, HTTP/1.0) pass the gateway?"""
+        if self.any:
+            return True
+        if host is None:
+            return False
+        value = host.lower()
+        if value in self.host_ports:
+            return True
+        name = value[: value.index(b"]") + 1] if value.startswith(b"[") and b"]" in value else value.partition(b":")[0]
+        return name in self.hosts or (bool(self.suffixes) and name.endswith(self.suffixes))
+
+
+def check_host_entry(entry: str) -> str | None:
+    """Why an allowed_hosts entry is malformed, or None."""
+    if _ENTRY.match(entry.strip()) is None:
+        return f'expected "host", "host:port", "host:*", "*.domain" or "*", got "{entry}"'
+    return None
+
+
+def default_allowed_hosts(listen_hosts: Sequence[str]) -> list[str]:
+    """The SDK's default for a server bound to loopback, when every listen address is loopback; else any Host."""
+    names: list[str] = list(LOOPBACK_NAMES)
+    for host in listen_hosts:
+        try:
+            if not ipaddress.ip_address(host).is_loopback:
+                return ["*"]
+        except ValueError:
+            if host != "localhost":
+                return ["*"]
+        names.append(f"[{host}]" if ":" in host else host)
+    return names
