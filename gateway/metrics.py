@@ -23,6 +23,9 @@ REQUESTS = Counter("gateway_requests_total", "Requests answered by the gateway, 
 LOCAL_SHARE = Counter("gateway_ratelimit_local_share_total",
                       "Requests a worker admitted on its local share of a rate limit (the state keeper exited, "
                       "hung, or was silent on the key for 1 s), by plugin", ["plugin"])
+REDIS_FALLBACK = Counter("gateway_ratelimit_redis_fallback_total",
+                         "Tokens a host's state keeper granted on its fallback share of a policy redis limit "
+                         "because Redis was unreachable or too slow, by plugin", ["plugin"])
 
 
 class RequestStats:
