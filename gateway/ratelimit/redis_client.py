@@ -90,6 +90,8 @@ class RedisStore:
         """Keep a client open (it connects lazily), replacing it whenever a call asks for a fresh one."""
         import coredis  # here: only keepers with a policy redis plugin pay for the import
 
+        logging.getLogger("coredis").setLevel(logging.WARNING)  # its retries and reconnections: ours are logged
+
         s = self.settings
         started = False
         while True:
