@@ -123,6 +123,7 @@ class Runtime:
         self.groups = groups
         self.mcp = mcp
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
+        self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
 
     def all_groups(self) -> list[UpstreamGroup]:
         """Named upstreams and the one-target groups of services that name a host directly."""
@@ -165,6 +166,10 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp)
     runtime.breakers = _breakers(config, services, plugin_objs)
+    for _, _, policy in plugin_objs:
+        store = getattr(policy, "store", None)
+        if store is not None:
+            runtime.stores[store.name] = store
     return runtime
 
 

@@ -309,6 +309,7 @@ def test_default_targets_name_configurations():
         "gw-llhttp-1w >= 0.20 x nginx",
         "gw-llhttp-2w >= 0.30 x nginx",
         "gw-llhttp-1w-rl-cb >= 0.90 x gw-llhttp-1w-sup",
+        "gw-llhttp-1w-rl-redis >= 0.95 x gw-llhttp-1w-rl-cb",
     }
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -25,9 +27,14 @@ from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
+from gateway.metrics import REDIS_FALLBACK
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.tree import needs_health
 from gateway.ratelimit.ledger import Ledger
+from gateway.ratelimit.messages import LeaseRequest
+from gateway.ratelimit.redis_client import RedisStore, StoreError
+from gateway.ratelimit.redis_script import Call
+from gateway.ratelimit.remote import PENDING_S
 from gateway.runtime import compile_config
 
 log = logging.getLogger("gateway.keeper")
@@ -37,16 +44,22 @@ TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often while
 IDLE_TICK_S = 0.5  # and this often otherwise (a breaker leaving closed wakes the timer at once)
 HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's
 PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
+REDIS_PREFIX = "gateway:rl:"  # every key policy redis keeps in Redis starts with this
+REDIS_TICK_S = 0.05  # the Redis level looks for due calls, overdue requests and expired pools this often
 
 
 class Keeper:
     """The keeper's state and message handling, independent of the sockets (tested directly)."""
 
-    def __init__(self, config: Config, workers: int, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, workers: int, config_path: str | None = None, host: str | None = None) -> None:
         self.incarnation = uuid.uuid4().hex[:12]
         self.workers = workers
         self.config_path = config_path
-        self.ledger = Ledger(workers=workers)
+        # `host` names this gateway host in Redis: the same across keeper restarts, distinct per host.
+        self.ledger = Ledger(workers=workers, host=host or f"{socket.gethostname()}:{os.getpid()}")
+        self.stores: dict[str, Any] = {}  # plugin id -> SharedStore (rate-limiting policy redis)
+        self.pending: dict[str, list[tuple[bytes, LeaseRequest, float]]] = {}  # key -> requests waiting for a block
+        self.redis_wake = trio.Event()  # a key's call is due: the Redis level runs it now, not at its next tick
         self.breakers = BreakerBoard({})
         self.targets: dict[str, p.TargetState] = {}
         self.seen_workers: set[bytes] = set()
@@ -65,6 +78,11 @@ class Keeper:
     def configure(self, config: Config) -> None:
         """(Re)build breakers and targets from a config; states of targets that stay are kept."""
         runtime = compile_config(config)
+        self.stores = runtime.stores
+        for name, store in self.stores.items():
+            self.ledger.add_store(name, REDIS_PREFIX, store.fault_tolerant, store.sync_rate)
+        if self.stores:
+            self.redis_wake.set()
         old = self.breakers
         self.breakers = BreakerBoard(runtime.breakers)
         self.breakers.adopt(old)
@@ -101,8 +119,16 @@ class Keeper:
     def handle(self, sender: bytes, msg: p.Msg, now: float, wall: float) -> tuple[list[p.Msg], list[p.Msg]]:
         if isinstance(msg, p.AskLeases):
             self.seen_workers.add(sender)
-            grants = [self.ledger.grant_request(r, now, wall) for r in msg.requests]
-            return [p.Grants(grants=grants)], []
+            grants = []
+            for r in msg.requests:
+                grant = self.ledger.grant_request(r, now, wall)
+                if grant is None:  # policy redis: answered when the key's next block arrives
+                    waiting = LeaseRequest(r.key, r.spec, r.worker, r.want, 0)
+                    self.pending.setdefault(r.key, []).append((sender, waiting, now))
+                    self.redis_wake.set()
+                else:
+                    grants.append(grant)
+            return ([p.Grants(grants=grants)] if grants else []), []
         if isinstance(msg, p.Outcomes):
             for item in msg.items:
                 reporters = self.reporters.setdefault(item.target, {})
@@ -141,6 +167,28 @@ class Keeper:
                 return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
             return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
         return [], []
+
+    def answer_pending(self, keys: list[str], now: float, wall: float) -> list[tuple[bytes, p.Msg]]:
+        """Grant what waits on `keys` (a block arrived, or Redis is away); what still cannot be served waits on."""
+        by_sender: dict[bytes, list] = {}
+        for key in keys:
+            for sender, request, since in self.pending.pop(key, ()):
+                grant = self.ledger.grant_request(request, now, wall)
+                if grant is None:
+                    self.pending.setdefault(key, []).append((sender, request, since))
+                else:
+                    by_sender.setdefault(sender, []).append(grant)
+        return [(sender, p.Grants(grants=grants)) for sender, grants in by_sender.items()]
+
+    def overdue(self, now: float, wall: float) -> list[tuple[bytes, p.Msg]]:
+        """A request waited PENDING_S for a block: its Redis is too slow, so its hosts use their shares."""
+        late = {waiting[0][1].spec.store for waiting in self.pending.values() if now - waiting[0][2] >= PENDING_S}
+        answers = []
+        for store in late:
+            if self.ledger.store_down(store, f"no answer from Redis within {PENDING_S:g}s"):
+                log_store_down(self, store)
+            answers += self.answer_pending(self.ledger.remote_keys(store), now, wall)
+        return answers
 
     def _verdicts_known(self) -> list[p.Msg]:
         """The checker has spoken (or the grace is over): from now on every target's verdict is published."""
@@ -271,6 +319,83 @@ class Keeper:
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
 
 
+def log_store_down(keeper: Keeper, name: str) -> None:
+    store, shared = keeper.ledger.stores[name], keeper.stores.get(name)
+    where = shared.settings.address if shared is not None else "?"
+    if store.fault_tolerant:
+        log.warning("rate-limiting %s: Redis at %s is unreachable (%s); this host admits its share of each limit "
+                    "(limit / %d hosts) until it is back", name, where, store.why, store.hosts)
+    else:
+        log.warning("rate-limiting %s: Redis at %s is unreachable (%s); requests get 500 (fault_tolerant is off) "
+                    "until it is back", name, where, store.why)
+
+
+async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None],
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The keeper's Redis level (policy redis): runs the due block calls off every worker's request path, answers
+    the requests that waited for them, and notices a Redis that is too slow. One client per plugin's Redis."""
+    clients: dict[str, tuple[Any, RedisStore, trio.CancelScope]] = {}
+    reported: dict[str, int] = {}
+    async with trio.open_nursery() as nursery:
+        task_status.started()
+        next_tick = 0.0
+        while True:
+            for name, shared in keeper.stores.items():
+                known = clients.get(name)
+                if known is None or known[0] != shared.settings:
+                    if known is not None:
+                        known[2].cancel()
+                    client = RedisStore(shared.settings)
+                    scope = trio.CancelScope()
+                    nursery.start_soon(_serve_client, client, scope)
+                    clients[name] = (shared.settings, client, scope)
+            if not keeper.stores:  # no policy redis: sleep until a reload brings one (configure wakes us)
+                await keeper.redis_wake.wait()
+            with trio.move_on_after(REDIS_TICK_S):
+                await keeper.redis_wake.wait()
+            keeper.redis_wake = trio.Event()
+            now, wall = trio.current_time(), time.time()
+            if now >= next_tick and keeper.stores:
+                next_tick = now + REDIS_TICK_S
+                keeper.ledger.remote_tick(now, wall)
+                for sender, msg in keeper.overdue(now, wall):
+                    deliver(sender, msg)
+                for name, total in keeper.ledger.fallback_granted().items():
+                    if total > reported.get(name, 0):
+                        REDIS_FALLBACK.labels(name).inc(total - reported.get(name, 0))
+                        reported[name] = total
+            for key, store, call in keeper.ledger.remote_calls(now, wall):
+                client = clients.get(store)
+                if client is not None:
+                    nursery.start_soon(_remote_call, keeper, client[1], store, key, call, deliver)
+
+
+async def _serve_client(client: RedisStore, scope: trio.CancelScope) -> None:
+    with scope:
+        await client.serve()
+
+
+async def _remote_call(keeper: Keeper, client: RedisStore, store: str, key: str, call: Call,
+                       deliver: Callable[[bytes, p.Msg], None]) -> None:
+    """One block call; its outcome is applied to the ledger and the requests waiting on the key are answered."""
+    try:
+        reply = await client.take(call, len(call.keys) - 3)
+    except StoreError as e:
+        now, wall = trio.current_time(), time.time()
+        if keeper.ledger.remote_failed(key, str(e), now):
+            log_store_down(keeper, store)
+        answers = keeper.answer_pending(keeper.ledger.remote_keys(store), now, wall)
+    else:
+        now, wall = trio.current_time(), time.time()
+        if keeper.ledger.remote_applied(key, reply, now, wall):
+            log.warning("rate-limiting %s: Redis at %s answers again; resynchronising", store,
+                        client.settings.address)
+        answers = keeper.answer_pending([key], now, wall)
+    for sender, msg in answers:
+        deliver(sender, msg)
+    keeper.redis_wake.set()
+
+
 def _need(args: dict[str, Any], name: str) -> Any:
     if name not in args:
         raise ValueError(f"missing argument {name}=...")
@@ -305,6 +430,9 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
     def publish(msg: p.Msg) -> None:
         pub.send(p.encode(msg), zmq.NOBLOCK)
 
+    def deliver(sender: bytes, msg: p.Msg) -> None:
+        routed.send([sender, p.encode(msg)])
+
     def on_message(frames: list[bytes]) -> None:
         if len(frames) != 2:
             return
@@ -330,6 +458,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 nursery.start_soon(routed.run)
                 nursery.start_soon(_heartbeats, keeper, publish)
                 nursery.start_soon(_ticks, keeper, routed, publish, timer)
+                nursery.start_soon(run_redis_level, keeper, deliver)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 publish(keeper.snapshot())
@@ -389,6 +518,7 @@ def run_keeper(config_path: str, workers: int) -> int:
 
     parent = parent_or_exit()
     config = load_config(config_path)
-    keeper = Keeper(config, workers, config_path)
-    trio.run(lambda: serve_keeper(keeper, absolute_endpoint(config.gateway.bus), notify_ready, parent))
+    bus = absolute_endpoint(config.gateway.bus)
+    keeper = Keeper(config, workers, config_path, host=f"{socket.gethostname()}:{bus}")
+    trio.run(lambda: serve_keeper(keeper, bus, notify_ready, parent))
     return 0

@@ -19,7 +19,9 @@ Rules:
    rate / n that leased tokens spent here drain too (so a keeper late on one request does not open a fresh burst).
    `reports` hands what it admitted so to the keeper once it is back. A keeper that is merely slow is waited for:
    what a worker admits on its own the keeper counts only afterwards, on top of what it already handed out.
-   With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500).
+   With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500). Under policy redis the
+   share is limit // (n x hosts), hosts as the keeper last heard from Redis (Grant.hosts); a grant that says
+   Redis is away with fault_tolerant off (Grant.unavailable) is answered UNAVAILABLE too.
 """
 
 from __future__ import annotations
@@ -166,6 +168,8 @@ class LeaseTable:
         if not waited or lease.in_flight:
             return WAIT
         grant = lease.grant
+        if grant is not None and grant.unavailable:  # policy redis: Redis is away and fault_tolerant is off
+            return UNAVAILABLE
         if not final and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
             return WAIT  # the keeper had room, this worker's other requests took it: wait for the next grant
         # The keeper answers but had nothing for us: the limit's tail is being handed out.
@@ -297,7 +301,7 @@ class LeaseTable:
 
     def _local_share(self, lease: Lease, now: float, wall: float) -> Decision:
         """Admit on this worker's share of every limit, counting it for `reports`."""
-        spec, workers = lease.spec, self._workers
+        spec, workers = lease.spec, self._workers * (lease.grant.hosts if lease.grant is not None else 1)
         if wall >= lease.next_roll:
             self._roll(lease, wall)
         shares = [max(1, w.limit // workers) for w in spec.windows]
@@ -329,7 +333,7 @@ class LeaseTable:
 
     def _local_bucket(self, lease: Lease, now: float) -> Bucket:
         """The key's local share of the bucket (capacity / n refilled at rate / n; full when first needed), refilled."""
-        spec, workers = lease.spec, self._workers
+        spec, workers = lease.spec, self._workers * (lease.grant.hosts if lease.grant is not None else 1)
         capacity = max(1.0, spec.capacity / workers)
         bucket = lease.local
         if bucket is None:

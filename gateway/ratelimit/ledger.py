@@ -18,6 +18,10 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    still be on the way. A worker's reports precede its next lease request on its channel, so a request from a
    worker counts as "heard from". A grant held back only by that reserve tells the worker to retry in
    RESYNC_RETRY_S, not at the end of the window.
+7. Keys of policy redis (spec.store) are shared by several gateway hosts: this host grants only the tokens it took
+   from Redis in blocks (each window's `held`), as remote.py describes. A request the host cannot serve from what it
+   holds, while Redis may still have room, gets no Grant yet (`grant` returns None): the keeper answers it once the
+   key's next block (or the news that Redis is away) arrives.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from math import floor, inf
 
 from gateway.ratelimit.bucket import Bucket
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
+from gateway.ratelimit.redis_script import Call, Reply
+from gateway.ratelimit.remote import LEAD_S, LOW_WATER, RemoteKey, Store, window_rolled
 from gateway.ratelimit.spec import LimitSpec
 from gateway.ratelimit.windows import window_bounds
 
@@ -37,18 +43,19 @@ RESYNC_RETRY_S = 0.02  # when to ask again after a grant held back only by that 
 
 
 class _Window:
-    __slots__ = ("start", "end", "used", "resync_until", "heard")
+    __slots__ = ("start", "end", "used", "resync_until", "heard", "held")
 
-    def __init__(self, start: float, end: float) -> None:
+    def __init__(self, start: float, end: float, held: float = inf) -> None:
         self.start = start
         self.end = end
         self.used = 0
         self.resync_until = 0.0  # wall; see rule 6
         self.heard: set[str] = set()  # workers heard from since the resynchronisation began
+        self.held = held  # tokens taken from Redis for this window (rule 7); inf: this host owns the limit
 
-    def room(self, limit: int, wall: float, worker: str, workers: int) -> int:
+    def room(self, limit: int, wall: float, worker: str, workers: int, share: int = 0) -> int:
         """What is left to grant to `worker`, less the shares reserved while resynchronising."""
-        left = limit - self.used
+        left = int(min(limit, max(self.held, share))) - self.used
         if wall < self.resync_until:
             self.heard.add(worker)
             left -= max(0, workers - len(self.heard)) * max(1, limit // workers)
@@ -63,31 +70,49 @@ class _Window:
 
 
 class _Key:
-    __slots__ = ("spec", "windows", "bucket", "outstanding", "seen")
+    __slots__ = ("spec", "windows", "bucket", "outstanding", "seen", "remote")
 
-    def __init__(self, spec: LimitSpec, now: float) -> None:
+    def __init__(self, spec: LimitSpec, now: float, remote: RemoteKey | None = None) -> None:
         self.spec = spec
         self.windows: dict[str, _Window] = {}
-        self.bucket = Bucket(spec.capacity, now) if spec.bucketed else None
+        self.remote = remote
+        self.bucket = Bucket(spec.capacity, now) if spec.bucketed and remote is None else None
         self.outstanding: dict[str, int] = {}  # bucket tokens leased per worker, not yet reported spent
         self.seen: dict[str, float] = {}  # worker -> last request (monotonic)
 
 
 class Ledger:
-    """All keys' authoritative state; one per gateway, in the state keeper, which knows the number of workers."""
+    """All keys' authoritative state; one per gateway, in the state keeper, which knows the number of workers.
 
-    def __init__(self, workers: int = 1) -> None:
+    `host` names this gateway host in Redis (rule 7); `stores` maps a spec's store to its Redis.
+    """
+
+    def __init__(self, workers: int = 1, host: str = "") -> None:
         self.workers = max(1, workers)
+        self.host = host
+        self.stores: dict[str, Store] = {}
         self._keys: dict[str, _Key] = {}
+        self._remote: dict[str, _Key] = {}  # the keys of policy redis
+        self._due: list[str] = []  # remote keys whose next call is due
 
     def grant(self, key: str, spec: LimitSpec, want: int, now: float, wall: float, worker: str,
-              used: int = 0) -> Grant:
-        """Up to `want` tokens of `key` for `worker` (0 when a limit is exhausted); `used` settles its bucket lease."""
+              used: int = 0) -> Grant | None:
+        """Up to `want` tokens of `key` for `worker` (0 when a limit is exhausted); `used` settles its bucket lease.
+
+        None: a key of policy redis needs the next block first (rule 7); ask again after `remote_applied` or
+        `remote_failed` for it, with used=0.
+        """
         state = self._state(key, spec, now)
         state.seen[worker] = now
+        remote = state.remote
         if used:
-            _settle(state, worker, used)
-        windows = [_current(state, w.period, wall) for w in spec.windows]
+            if remote is not None:
+                remote.spent += used
+            else:
+                _settle(state, worker, used)
+        windows = [self._current(state, w.period, wall) for w in spec.windows]
+        if remote is not None:
+            return self._grant_remote(state, remote, windows, want, now, wall, worker)
         room = min((win.room(w.limit, wall, worker, self.workers) for w, win in zip(spec.windows, windows,
                                                                                      strict=True)), default=inf)
         bucket = state.bucket
@@ -115,19 +140,192 @@ class Ledger:
             retry = RESYNC_RETRY_S  # held back only by the shares reserved while resynchronising
         return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry, delay)
 
-    def grant_request(self, request: LeaseRequest, now: float, wall: float) -> Grant:
+    def _grant_remote(self, state: _Key, remote: RemoteKey, windows: list[_Window], want: int, now: float,
+                      wall: float, worker: str) -> Grant | None:
+        """`grant` for a key shared through Redis: from what this host holds (or its fallback share, rule 7)."""
+        spec, key = state.spec, remote.key
+        down = remote.store.down
+        if down and not spec.fault_tolerant:
+            self._check_due(state, remote, windows, now)
+            return Grant(key, 0, tuple(w.limit for w in spec.windows), tuple(win.end for win in windows), wall,
+                         wall, retry=0.0, hosts=remote.hosts(), unavailable=True)
+        shares = [remote.share(w.limit) if down else 0 for w in spec.windows]
+        rooms = [win.room(w.limit, wall, worker, self.workers, share)
+                 for w, win, share in zip(spec.windows, windows, shares, strict=True)]
+        room = min(rooms, default=inf)
+        bucket_room = remote.bucket_room(spec, now) if spec.bucketed else inf
+        if spec.bucketed:
+            room = min(room, floor(bucket_room))
+        granted = 0
+        if want > 0 and room >= 1:
+            granted = min(want, max(1, int(room) // (2 * self._active(state, now))))
+            for win in windows:
+                win.used += granted
+            if spec.bucketed:
+                remote.take_bucket(spec, granted, now)
+            remote.granted += granted
+            if down:
+                remote.fallback_granted += granted
+        if down:
+            remaining = tuple(max(0, int(min(w.limit, max(win.held, share))) - win.used)
+                              for w, win, share in zip(spec.windows, windows, shares, strict=True))
+        else:
+            remaining = tuple(max(0, min(w.limit - win.used, remote.left(w.period, win.start, w.limit) +
+                                         int(win.held) - win.used)) for w, win in zip(spec.windows, windows,
+                                                                                       strict=True))
+        retry = 0.0
+        if want > 0 and not granted:
+            for win, left, host_room in zip(windows, remaining, rooms, strict=True):
+                if host_room < 1 and (down or not left):
+                    retry = max(retry, win.end - wall)
+            if bucket_room < 1:
+                if down:
+                    retry = max(retry, (1 - bucket_room) / (spec.rate / remote.hosts()))
+                elif remote.level is not None and remote.level < 1:
+                    retry = max(retry, (1 - remote.level) / spec.rate)
+            if not retry:
+                if down:
+                    retry = RESYNC_RETRY_S
+                else:  # Redis may have room: wait for the next block
+                    remote.waiting += want
+                    self._check_due(state, remote, windows, now, force=True)
+                    return None
+        self._check_due(state, remote, windows, now)
+        expires = min((win.end for win in windows), default=inf)
+        if spec.bucketed:
+            expires = min(expires, wall + LEASE_TTL_S)
+        return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry,
+                     hosts=remote.hosts())
+
+    def _check_due(self, state: _Key, remote: RemoteKey, windows: list[_Window], now: float,
+                   force: bool = False) -> None:
+        """List the key for a call when it runs low (rule 1 of remote.py), owes Redis something, or `force`."""
+        if remote.due or remote.in_flight:
+            return
+        if not force:
+            left = min((win.held - win.used for win in windows), default=inf)
+            if state.spec.bucketed:
+                left = min(left, remote.pool)
+            owes = remote.owes([(w.period, win) for w, win in zip(state.spec.windows, windows, strict=True)])
+            if not owes and left >= max(1.0, remote.last_block * LOW_WATER):
+                return
+        remote.due = True
+        self._due.append(remote.key)
+
+    def grant_request(self, request: LeaseRequest, now: float, wall: float) -> Grant | None:
         """`grant` for a worker's LeaseRequest."""
         return self.grant(request.key, request.spec, request.want, now, wall, request.worker, request.used)
+
+    # ---- the Redis level (rule 7): calls are built here, run by the keeper, and their outcomes applied here -----
+
+    def add_store(self, name: str, prefix: str, fault_tolerant: bool = True, lead_s: float = 0.0) -> Store:
+        """Register the Redis of plugin `name` (keys under `prefix`); an existing one is kept, with its state."""
+        store = self.stores.get(name)
+        if store is None:
+            store = self.stores[name] = Store(name, prefix)
+        store.prefix = prefix
+        store.fault_tolerant = fault_tolerant
+        store.lead_s = lead_s if lead_s > 0 else LEAD_S
+        return store
+
+    def remote_calls(self, now: float, wall: float) -> list[tuple[str, str, Call]]:
+        """(key, store, call) for every remote key due; each is in flight until applied or failed."""
+        calls: list[tuple[str, str, Call]] = []
+        due, self._due = self._due, []
+        for key in due:
+            state = self._keys.get(key)
+            remote = state.remote if state is not None else None
+            if remote is None or remote.in_flight:
+                continue
+            if remote.store.down and now < remote.next_try:
+                self._due.append(key)  # stays due until its retry time
+                continue
+            remote.due = False
+            spec = state.spec
+            windows = [self._current(state, w.period, wall) for w in spec.windows]
+            remote.bucket_room(spec, now) if spec.bucketed else None  # an expired pool is given back
+            calls.append((key, remote.store.name, remote.build(self.host, spec, windows, now)))
+        return calls
+
+    def remote_tick(self, now: float, wall: float) -> None:
+        """Periodic: list the remote keys that owe Redis something (an ended window, an expired pool, a fallback)."""
+        for state in self._remote.values():
+            remote = state.remote
+            if remote is None or remote.due or remote.in_flight:
+                continue
+            spec = state.spec
+            windows = [self._current(state, w.period, wall) for w in spec.windows]
+            if spec.bucketed:
+                remote.bucket_room(spec, now)
+            if remote.owes([(w.period, win) for w, win in zip(spec.windows, windows, strict=True)]):
+                self._check_due(state, remote, windows, now, force=True)
+
+    def remote_applied(self, key: str, reply: Reply, now: float, wall: float) -> bool:
+        """Redis answered the key's call: take the block; the store is up. True if the store was down."""
+        state = self._keys.get(key)
+        if state is None or state.remote is None:
+            return False
+        remote, spec = state.remote, state.spec
+        windows = [self._current(state, w.period, wall) for w in spec.windows]
+        was_down = remote.store.down
+        remote.store.down = False
+        remote.waiting = 0
+        remote.applied(reply, spec, windows, now)
+        self._check_due(state, remote, windows, now)
+        return was_down
+
+    def remote_failed(self, key: str, why: str, now: float) -> bool:
+        """The key's call failed (`why`): its store is down (rule 4 of remote.py). True if it just went down."""
+        state = self._keys.get(key)
+        if state is None or state.remote is None:
+            return False
+        remote = state.remote
+        remote.failed(now)
+        remote.waiting = 0
+        if not remote.due:
+            remote.due = True
+            self._due.append(key)
+        return self.store_down(remote.store.name, why)
+
+    def store_down(self, name: str, why: str) -> bool:
+        """Mark a store down (a failure, or a request waited too long for a block). True if it was up."""
+        store = self.stores.get(name)
+        if store is None or store.down:
+            return False
+        store.down, store.why = True, why
+        return True
+
+    def remote_keys(self, store: str) -> list[str]:
+        """Keys of a store (the keeper answers their waiting requests when it goes down)."""
+        return [k for k, s in self._remote.items() if s.remote is not None and s.remote.store.name == store]
+
+    def fallback_granted(self) -> dict[str, int]:
+        """Tokens granted on fallback shares, per store, ever (for the metric)."""
+        totals: dict[str, int] = {}
+        for state in self._remote.values():
+            if state.remote is not None:
+                name = state.remote.store.name
+                totals[name] = totals.get(name, 0) + state.remote.fallback_granted
+        return totals
 
     def return_unused(self, returned: ReturnedLease) -> None:
         """Credit tokens a worker gave back unspent to the windows they were charged to, if still current."""
         state = self._keys.get(returned.key)
         if state is None:
             return
+        remote, spec = state.remote, state.spec
+        shortest = state.windows.get(spec.windows[0].period) if spec.windows else None
+        lapsed = shortest is None or not shortest.start <= returned.wall < shortest.end
         for win in state.windows.values():
             if win.start <= returned.wall < win.end:
                 win.used = max(0, win.used - returned.unused)
-        if state.bucket is not None:
+                if remote is not None and lapsed:  # a longer window's tokens go back to Redis (the next claim)
+                    win.held = max(0.0, win.held - returned.unused)
+        if remote is not None:
+            if spec.bucketed:
+                remote.back_bucket += returned.unused
+                remote.spent += returned.used
+        elif state.bucket is not None:
             state.bucket.level += returned.unused
             _settle(state, returned.worker, returned.unused + returned.used)
 
@@ -136,10 +334,14 @@ class Ledger:
         spec = usage.spec
         state = self._state(usage.key, spec, now)
         for w, count in zip(spec.windows, usage.windows, strict=True):
-            win = _current(state, w.period, usage.wall)
+            win = self._current(state, w.period, usage.wall)
             if count and win.start <= usage.wall:  # a report from an already replaced window is dropped
                 win.used += count
                 win.reported(usage.worker, usage.wall)
+        if state.remote is not None:  # confessed to Redis with the key's next call (rule 4 of remote.py)
+            if spec.bucketed:
+                state.remote.force_bucket += usage.total
+            return
         bucket = state.bucket
         if bucket is not None and usage.total:
             bucket.refill(now, spec.rate, spec.capacity - sum(state.outstanding.values()))
@@ -163,7 +365,12 @@ class Ledger:
         return list(self._keys)
 
     def reset(self, key: str) -> bool:
-        """Forget a key's usage (an operator's `limits reset`); True if it had any."""
+        """Forget a key's usage (an operator's `limits reset`); True if it had any. (Under policy redis this
+        host's part only: the counts in Redis stay.)"""
+        return self._drop(key)
+
+    def _drop(self, key: str) -> bool:
+        self._remote.pop(key, None)
         return self._keys.pop(key, None) is not None
 
     def expire(self, now: float, wall: float) -> int:
@@ -172,41 +379,62 @@ class Ledger:
         for key, state in list(self._keys.items()):
             for period, win in list(state.windows.items()):
                 if wall >= win.end:
+                    if state.remote is not None:
+                        self._rolled(state, period, win, wall)
                     del state.windows[period]
             for worker, seen in list(state.seen.items()):
                 if now - seen >= WORKER_STALE_S:
                     del state.seen[worker]
                     state.outstanding.pop(worker, None)
-            spec, bucket = state.spec, state.bucket
+            spec, bucket, remote = state.spec, state.bucket, state.remote
+            if remote is not None and (remote.in_flight or remote.due or remote.back_bucket or remote.force_bucket or
+                                       remote.spent or remote.pool):
+                continue
             if not state.windows and not state.outstanding and (
                     bucket is None or bucket.refill(now, spec.rate, spec.capacity) >= spec.capacity):
-                del self._keys[key]
+                self._drop(key)
                 dropped += 1
         return dropped
 
     def _state(self, key: str, spec: LimitSpec, now: float) -> _Key:
-        """The key's state, created on first use; a changed spec keeps the windows' counts (a reload)."""
+        """The key's state, created on first use; a changed spec keeps the windows' counts (a reload), unless it
+        moves the key to or from Redis (then it starts afresh)."""
         state = self._keys.get(key)
+        if state is not None and state.spec != spec and (state.remote is not None or spec.remote):
+            self._drop(key)
+            state = None
         if state is None:
-            state = self._keys[key] = _Key(spec, now)
+            store = self.stores.get(spec.store) if spec.remote else None
+            remote = RemoteKey(key, spec, store, now) if store is not None else None
+            state = self._keys[key] = _Key(spec, now, remote)
+            if remote is not None:
+                self._remote[key] = state
         elif state.spec != spec:
             state.spec = spec
             if spec.bucketed and state.bucket is None:
                 state.bucket = Bucket(spec.capacity, now)
         return state
 
+    def _current(self, state: _Key, period: str, wall: float) -> _Window:
+        """The key's `period` window, replaced by the one holding `wall` when that is a later one."""
+        win = state.windows.get(period)
+        if win is None or wall >= win.end:
+            if win is not None and state.remote is not None:
+                self._rolled(state, period, win, wall)
+            win = state.windows[period] = _Window(*window_bounds(period, wall),
+                                                  held=0.0 if state.remote is not None else inf)
+        return win
+
+    @staticmethod
+    def _rolled(state: _Key, period: str, old: _Window, wall: float) -> None:
+        """A remote key's window ended: its unspent tokens go back to the longer windows still current."""
+        others = [w for p, w in state.windows.items() if p != period and w.start <= wall < w.end]
+        window_rolled(old.held, old.used, others)
+
     @staticmethod
     def _active(state: _Key, now: float) -> int:
         """Workers that asked for this key within ACTIVE_S (at least 1)."""
         return max(1, sum(1 for seen in state.seen.values() if now - seen < ACTIVE_S))
-
-
-def _current(state: _Key, period: str, wall: float) -> _Window:
-    """The key's `period` window, replaced by the one holding `wall` when that is a later one."""
-    win = state.windows.get(period)
-    if win is None or wall >= win.end:
-        win = state.windows[period] = _Window(*window_bounds(period, wall))
-    return win
 
 
 def _settle(state: _Key, worker: str, count: int) -> None:

@@ -23,7 +23,9 @@ class Grant(msgspec.Struct, frozen=True, array_like=True):
     remaining/resets are per window of the spec (wall-clock ends); `wall` is the keeper's clock at the grant and
     names the windows the tokens belong to; the tokens are void from `expires` (wall) on. `retry` > 0 means a limit
     is exhausted: asking again sooner than `retry` seconds cannot succeed. `delay` (limit-req without nodelay) is how
-    long after the grant the first token may be used; the next ones follow 1 / rate apart.
+    long after the grant the first token may be used; the next ones follow 1 / rate apart. `hosts` is how many
+    gateway hosts share the limit (policy redis), so a worker's local share is limit / (workers x hosts);
+    `unavailable`: the shared store is unreachable and fault_tolerant is off (Kong answers 500).
     """
 
     key: str
@@ -34,6 +36,8 @@ class Grant(msgspec.Struct, frozen=True, array_like=True):
     expires: float
     retry: float = 0.0
     delay: float = 0.0
+    hosts: int = 1
+    unavailable: bool = False
 
 
 class ReturnedLease(msgspec.Struct, frozen=True, array_like=True):

@@ -39,6 +39,7 @@ class LimitSpec(msgspec.Struct, frozen=True, array_like=True):
     burst: int = 0
     nodelay: bool = True
     fault_tolerant: bool = True
+    store: str = ""  # policy redis: the plugin whose Redis holds the counters shared by every host ("": this host)
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -63,9 +64,15 @@ class LimitSpec(msgspec.Struct, frozen=True, array_like=True):
         """True for limit-req without nodelay: admitted excess requests are delayed, not sent at once."""
         return self.algorithm == LIMIT_REQ and not self.nodelay
 
+    @property
+    def remote(self) -> bool:
+        """True when the counters are shared by every gateway host (policy redis)."""
+        return bool(self.store)
+
     @classmethod
-    def from_plugin(cls, cfg: RateLimitingConfig) -> LimitSpec:
+    def from_plugin(cls, cfg: RateLimitingConfig, plugin_id: str = "") -> LimitSpec:
         """Spec of a validated plugin config; a limit of 2.5 admits 3, as Kong admits while usage < limit."""
         windows = tuple(Window(period, ceil(getattr(cfg, period))) for period in PERIODS if getattr(cfg, period))
         return cls(windows=windows, algorithm=cfg.algorithm, rate=float(cfg.rate or 0.0), burst=cfg.burst,
-                   nodelay=cfg.nodelay, fault_tolerant=cfg.fault_tolerant)
+                   nodelay=cfg.nodelay, fault_tolerant=cfg.fault_tolerant,
+                   store=plugin_id if cfg.policy == "redis" else "")

@@ -257,7 +257,7 @@ class SharedState:
 
     async def run_local(self, keeper: object, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """No bus (`gateway run`): the keeper's logic runs here, exact for this one process."""
-        from gateway.node.keeper import Keeper
+        from gateway.node.keeper import Keeper, run_redis_level
 
         assert isinstance(keeper, Keeper)
 
@@ -273,6 +273,7 @@ class SharedState:
         self.on_message(p.Heartbeat(incarnation=keeper.incarnation))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._periodic)
+            nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
             task_status.started()
 
     async def _periodic(self) -> None:

@@ -3,7 +3,7 @@
 import msgspec
 import pytest
 
-from gateway.policies.rate_limiting.schema import RateLimitingConfig
+from gateway.policies.rate_limiting.schema import RateLimitingConfig, RedisConfig
 from gateway.ratelimit import FallbackUsage, Grant, LeaseRequest, LimitSpec, ReturnedLease, Window
 
 
@@ -67,3 +67,20 @@ def test_a_bucket_without_a_rate_is_refused():
 def test_an_unknown_algorithm_is_refused_with_the_known_ones_named():
     with pytest.raises(ValueError, match="fixed-window, token-bucket, limit-req"):
         LimitSpec(windows=(Window("second", 1),), algorithm="sliding")
+
+
+def test_policy_cluster_is_refused_with_a_pointer_to_redis():
+    with pytest.raises(ValueError, match="use policy redis"):
+        RateLimitingConfig(minute=10, policy="cluster")
+
+
+def test_kong_redis_shorthands_fill_the_nested_record_and_may_not_disagree_with_it():
+    cfg = RateLimitingConfig(minute=10, policy="redis", redis_host="r1", redis_port=6380, redis_database=2)
+    assert (cfg.redis.host, cfg.redis.port, cfg.redis.database) == ("r1", 6380, 2)
+    assert LimitSpec.from_plugin(cfg, "p").store == "p"
+    with pytest.raises(ValueError, match="redis_port .* and redis.port .* disagree"):
+        RateLimitingConfig(minute=10, policy="redis", redis_port=6380, redis=RedisConfig(host="r", port=6381))
+    with pytest.raises(ValueError, match="set redis.host"):
+        RateLimitingConfig(minute=10, policy="redis")
+    with pytest.raises(ValueError, match="sync_rate can only be used with the redis policy"):
+        RateLimitingConfig(minute=10, sync_rate=1)

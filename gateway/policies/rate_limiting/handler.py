@@ -13,7 +13,22 @@ from gateway.metrics import LOCAL_SHARE
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, retry_after
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
+from gateway.ratelimit.redis_client import RedisSettings
 from gateway.ratelimit.spec import LimitSpec
+
+
+class SharedStore:
+    """A plugin's Redis (policy redis), as the state keeper needs it: where, and whether to fail open."""
+
+    __slots__ = ("name", "settings", "fault_tolerant", "sync_rate")
+
+    def __init__(self, name: str, config: RateLimitingConfig) -> None:
+        r = config.redis
+        self.name = name
+        self.settings = RedisSettings(r.host or "", r.port, r.timeout, r.username, r.password, r.database, r.ssl,
+                                      r.ssl_verify, r.server_name)
+        self.fault_tolerant = config.fault_tolerant
+        self.sync_rate = config.sync_rate
 
 
 class RateLimiting:
@@ -21,7 +36,8 @@ class RateLimiting:
     priority = 910  # Kong's
 
     def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object) -> None:
-        self.spec = LimitSpec.from_plugin(config)
+        self.spec = LimitSpec.from_plugin(config, plugin_id)
+        self.store = SharedStore(plugin_id, config) if config.policy == "redis" else None
         self.shared = shared
         self.leases: LeaseTable | None = getattr(shared, "leases", None)
         self.local_share = LOCAL_SHARE.labels(plugin_id)

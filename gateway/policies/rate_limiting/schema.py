@@ -1,11 +1,33 @@
-"""Kong's rate-limiting config, plus the reference guide's token bucket and nginx's limit_req as algorithms."""
+"""Kong's rate-limiting config, plus the reference guide's token bucket and nginx's limit_req as algorithms.
+
+Redis settings: Kong 3.6+'s nested `redis: {host, port, ...}` record, or the older `redis_host`, `redis_port`, ...
+shorthands (still accepted by Kong 3.x); both forms fill `redis`. Kong's `cluster` policy keeps counters in Kong's
+database, which this gateway does not have: it is refused with a pointer to `redis`.
+"""
 
 from typing import Annotated, Literal
 
 import msgspec
 
 Limit = Annotated[float, msgspec.Meta(gt=0)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 WINDOWS = ("second", "minute", "hour", "day", "month", "year")
+SYNC_RATE_REALTIME = -1.0
+SHORTHANDS = ("host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify", "server_name")
+
+
+class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """Kong's `redis` record (kong/tools/redis/schema.lua): where the counters shared by every gateway host live."""
+
+    host: str | None = None
+    port: Port = 6379
+    timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] = 2000  # ms, for connecting and for each command
+    username: str | None = None  # Redis 6+ ACL user; without it AUTH sends the password alone
+    password: str | None = None
+    database: Annotated[int, msgspec.Meta(ge=0)] = 0
+    ssl: bool = False
+    ssl_verify: bool = False  # against the system's CAs (or SSL_CERT_FILE; Kong: lua_ssl_trusted_certificate)
+    server_name: str | None = None  # SNI, and the name the certificate must carry when ssl_verify is on
 
 
 class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -28,15 +50,16 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
     rate: Limit | None = None  # token-bucket / limit-req: tokens per second
     burst: Annotated[int, msgspec.Meta(ge=0)] = 0
     nodelay: bool = True
-    sync_rate: float = -1
+    sync_rate: float = SYNC_RATE_REALTIME
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
     redis_host: str | None = None
-    redis_port: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 6379
+    redis_port: Port | None = None
     redis_password: str | None = None
     redis_username: str | None = None
-    redis_database: Annotated[int, msgspec.Meta(ge=0)] = 0
-    redis_timeout: Annotated[int, msgspec.Meta(ge=0)] = 2000
-    redis_ssl: bool = False
-    redis_ssl_verify: bool = False
+    redis_database: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    redis_timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] | None = None
+    redis_ssl: bool | None = None
+    redis_ssl_verify: bool | None = None
     redis_server_name: str | None = None
 
     def __post_init__(self) -> None:
@@ -48,5 +71,33 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("limit_by is header: set header_name")
         if self.limit_by == "path" and not self.path:
             raise ValueError("limit_by is path: set path")
-        if self.policy == "redis" and not self.redis_host:
-            raise ValueError("policy is redis: set redis_host")
+        self._merge_shorthands()
+        if self.policy == "cluster":
+            raise ValueError("policy cluster keeps counters in Kong's database, which this gateway does not have; "
+                             "use policy redis (exact across gateway hosts) or local (exact across this host's "
+                             "workers)")
+        if self.policy != "redis" and self.sync_rate != SYNC_RATE_REALTIME:
+            raise ValueError("sync_rate can only be used with the redis policy")
+        if self.policy == "redis":
+            if not self.redis.host:
+                raise ValueError("policy is redis: set redis.host (or redis_host)")
+            if self.sync_rate != SYNC_RATE_REALTIME and self.sync_rate < 0.02:
+                raise ValueError("sync_rate must be greater than 0.02, or -1 to disable")
+            if self.algorithm == "limit-req" and not self.nodelay:
+                raise ValueError("algorithm limit-req without nodelay delays requests by the host's own bucket; "
+                                 "with policy redis set nodelay: true (or use policy local)")
+            if self.redis.server_name and not self.redis.ssl:
+                raise ValueError("redis.server_name is the TLS server name: it needs redis.ssl: true")
+
+    def _merge_shorthands(self) -> None:
+        """Kong's deprecated `redis_<field>` shorthands fill `redis.<field>`; both forms disagreeing is an error."""
+        for field in SHORTHANDS:
+            value = getattr(self, "redis_" + field)
+            if value is None:
+                continue
+            nested = getattr(self.redis, field)
+            default = getattr(RedisConfig(), field)
+            if nested != default and nested != value:
+                raise ValueError(f"redis_{field} ({value!r}) and redis.{field} ({nested!r}) disagree; set one of "
+                                 f"them (redis.{field} is Kong 3.6's form)")
+            setattr(self.redis, field, value)

@@ -1,0 +1,144 @@
+"""The state keeper's line to one Redis: coredis (it runs on Trio through anyio), bounded in time, never raising
+anything but StoreError, and replacing its connection after any failure.
+
+coredis is imported only when a plugin uses policy redis (it takes about half a second to import).
+Found by testing coredis 6.9 on Trio (tests/ratelimit/test_rl_redis_client.py keeps the cases): a malformed reply
+raises ValueError or InvalidResponse rather than a RedisError, and after a command times out on a connection that
+never answers, later commands on it time out too. So every failure is mapped here, and after a timeout or a broken
+reply the client is closed and a new one made.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from typing import Any
+
+import msgspec
+import trio
+
+from gateway.ratelimit.redis_script import TAKE_BLOCK, BadReply, Call, Reply, parse_reply
+
+log = logging.getLogger("gateway.ratelimit.redis")
+
+NO_TIMEOUT_BOUND_S = 5.0  # redis.timeout 0 (none, in lua-resty-redis) still ends a call after this
+
+
+class RedisSettings(msgspec.Struct, frozen=True):
+    """Kong's `redis` record as the keeper uses it (timeout in ms, for connecting and for each command)."""
+
+    host: str
+    port: int = 6379
+    timeout: int = 2000
+    username: str | None = None
+    password: str | None = None
+    database: int = 0
+    ssl: bool = False
+    ssl_verify: bool = False
+    server_name: str | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{'rediss' if self.ssl else 'redis'}://{self.host}:{self.port}/{self.database}"
+
+    @property
+    def timeout_s(self) -> float:
+        return self.timeout / 1000 if self.timeout > 0 else NO_TIMEOUT_BOUND_S
+
+
+class StoreError(Exception):
+    """Redis did not answer usefully: unreachable, too slow, refused the command, or a reply that makes no sense."""
+
+
+class _NamedContext(ssl.SSLContext):
+    """An SSLContext that sends `server_name` as SNI (and checks the certificate against it) whatever host the
+    connection was made to: Kong's redis.server_name. anyio passes the host it connected to otherwise."""
+
+    server_name: str | None = None
+
+    def wrap_bio(self, incoming: Any, outgoing: Any, server_side: bool = False, server_hostname: Any = None,
+                 session: Any = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name or server_hostname, session)
+
+
+def tls_context(settings: RedisSettings) -> ssl.SSLContext | None:
+    """The TLS context for `redis.ssl`: verified against the system's CAs (or SSL_CERT_FILE) with ssl_verify."""
+    if not settings.ssl:
+        return None
+    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.server_name = settings.server_name
+    if settings.ssl_verify:
+        context.load_default_certs()
+        context.check_hostname = True
+        context.verify_mode = ssl.CERT_REQUIRED
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class RedisStore:
+    """One Redis for the keeper. `serve` owns the client (in the keeper's nursery); `take` runs the block script."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        self.settings = settings
+        self._script: Any = None
+        self._renew = trio.Event()
+        self._ready = trio.Event()
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep a client open (it connects lazily), replacing it whenever a call asks for a fresh one."""
+        import coredis  # here: only keepers with a policy redis plugin pay for the import
+
+        logging.getLogger("coredis").setLevel(logging.WARNING)  # its retries and reconnections: ours are logged
+
+        s = self.settings
+        started = False
+        while True:
+            client = coredis.Redis(host=s.host, port=s.port, db=s.database, username=s.username,
+                                   password=s.password, stream_timeout=s.timeout_s, connect_timeout=s.timeout_s,
+                                   ssl_context=tls_context(s), client_name="mcp-gateway")
+            try:
+                async with client:
+                    self._script = client.register_script(TAKE_BLOCK)
+                    self._ready.set()
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._renew.wait()
+            except Exception as e:  # noqa: BLE001 - closing a broken client may raise anything; we replace it
+                log.debug("closing the Redis client for %s: %r", s.address, e)
+            self._renew = trio.Event()
+            await trio.sleep(0)
+
+    def _discard(self) -> None:
+        """The client failed: calls from now on wait for the next one, which `serve` makes at once."""
+        if self._ready.is_set():
+            self._ready = trio.Event()
+            self._script = None
+            self._renew.set()
+
+    async def take(self, call: Call, windows: int) -> Reply:
+        """Run the block script once, within the configured timeout; any failure is a StoreError."""
+        bound = self.settings.timeout_s
+        try:
+            with trio.fail_after(bound):
+                await self._ready.wait()
+                value = await self._script(keys=call.keys, args=call.args)
+            return parse_reply(_plain(value), windows)
+        except trio.TooSlowError:
+            self._discard()
+            raise StoreError(f"no answer from Redis at {self.settings.address} within {bound:g}s") from None
+        except BadReply as e:
+            self._discard()
+            raise StoreError(f"Redis at {self.settings.address}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - coredis raises RedisError, ValueError, TimeoutError, OSError...
+            self._discard()
+            raise StoreError(f"Redis at {self.settings.address}: {type(e).__name__}: {e}") from None
+
+
+def _plain(value: object) -> object:
+    """coredis answers a Lua table as a list (RESP3) or tuple; integers stay integers."""
+    if isinstance(value, tuple):
+        return list(value)
+    return value

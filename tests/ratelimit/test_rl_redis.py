@@ -1,0 +1,321 @@
+"""Policy redis against a real redis-server: the block script, the client's failure modes, and hosts (Ledger +
+LeaseTables) sharing one limit through it.
+
+A redis-server (Debian's, on a free loopback port, no persistence) is started per test that needs one and stopped
+by pid. Broken Redis behaviour (garbage replies, a connection that never answers) comes from a small TCP proxy in
+front of it that the test scripts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+from redis_server import RedisProcess, find_redis
+
+from gateway.ratelimit import LeaseTable, Ledger, LimitSpec, Status, Window
+from gateway.ratelimit.redis_client import RedisSettings, RedisStore, StoreError
+from gateway.ratelimit.redis_script import BadReply, WindowArgs, build_call, parse_reply
+from gateway.ratelimit.remote import PENDING_S
+
+PREFIX = "gateway:rl:"
+
+
+@pytest.fixture(scope="session")
+def redis_binary() -> str:
+    path, why = find_redis()
+    if path is None:
+        pytest.skip(why)
+    return path
+
+
+@pytest.fixture
+def redis(redis_binary: str, tmp_path: Path) -> Iterator[RedisProcess]:
+    server = RedisProcess(redis_binary, tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def open_store(nursery: trio.Nursery, port: int, timeout_ms: int = 500) -> RedisStore:
+    store = RedisStore(RedisSettings("127.0.0.1", port, timeout_ms))
+    await nursery.start(store.serve)
+    return store
+
+
+def window_call(host: str, want: int, claim: int = 0, limit: int = 100, key: str = "k"):
+    wall = time.time()
+    start = int(wall // 60) * 60
+    return build_call(PREFIX, key, host, want, [WindowArgs(f"{key}|minute|{start}", limit, start + 60, claim)],
+                      active_s=2.0, seen_s=60.0, stale_s=10.0)
+
+
+# ---- the script's reply, sans I/O ------------------------------------------------------------------------------------
+
+
+def test_a_reply_of_the_wrong_shape_is_a_bad_reply_not_a_crash():
+    assert parse_reply([3, 2, 1, -1, 97], 1).block == 3
+    for value in (None, b"OK", [1, 2, 3], [1, 2, 3, -1, b"x"], [-1, 1, 1, -1, 5], [True, 1, 1, -1, 5], {"a": 1}):
+        with pytest.raises(BadReply):
+            parse_reply(value, 1)
+
+
+# ---- the script on a real Redis -------------------------------------------------------------------------------------
+
+
+async def test_blocks_shrink_as_the_window_nears_its_limit_and_never_pass_it(nursery, redis):
+    store = await open_store(nursery, redis.port)
+    held = {"a": 0, "b": 0}
+    blocks = []
+    for _ in range(40):
+        for host in ("a", "b"):
+            reply = await store.take(window_call(host, 50, claim=held[host]), 1)
+            held[host] += reply.block
+            blocks.append(reply.block)
+    assert sum(held.values()) == 100  # exactly the limit, handed out to two hosts
+    assert blocks[0] == 50 and min(b for b in blocks if b) == 1  # big while there is room, single tokens at the end
+    assert reply.remaining == (0,) and reply.hosts == 2 and reply.active == 2
+
+
+async def test_a_claim_restates_what_a_host_holds_so_redis_repairs_after_losing_its_data(nursery, redis):
+    store = await open_store(nursery, redis.port)
+    first = await store.take(window_call("a", 80), 1)
+    assert first.block == 50  # half the room: a block never takes more than room // (2 x active hosts)
+    redis.command("FLUSHALL")  # a restarted Redis without persistence
+    again = await store.take(window_call("b", 80), 1)
+    assert again.block == 50 and again.remaining == (50,)  # a's 50 were forgotten
+    after = await store.take(window_call("a", 0, claim=50), 1)  # a's next call restates its 50
+    assert after.remaining == (0,)
+
+
+async def test_a_host_over_its_claim_is_counted_in_full_and_blocks_the_others(nursery, redis):
+    store = await open_store(nursery, redis.port)
+    await store.take(window_call("a", 0, claim=80), 1)  # admitted 80 on its fallback share while Redis was away
+    reply = await store.take(window_call("b", 50, claim=30), 1)  # b admitted 30 on its share
+    assert reply.block == 0 and reply.remaining == (0,)
+
+
+async def test_the_bucket_refills_at_its_rate_and_counts_tokens_hosts_hold(nursery, redis):
+    store = await open_store(nursery, redis.port)
+
+    def bucket_call(host: str, want: int, spent: int = 0, back: int = 0):
+        return build_call(PREFIX, "tb", host, want, [], active_s=2.0, seen_s=60.0, stale_s=10.0, rate=100.0,
+                          capacity=20.0, spent=spent, back=back)
+
+    assert (await store.take(bucket_call("a", 20), 0)).block == 10  # room 20 // (2 x 1 host)
+    assert (await store.take(bucket_call("a", 20), 0)).block == 5  # a now holds 15
+    await trio.sleep(0.2)  # 20 tokens' worth of time, but the 15 a holds stay taken: the level stops at 5
+    held_back = await store.take(bucket_call("b", 20), 0)
+    assert held_back.level + held_back.block <= 5.5
+    await store.take(bucket_call("a", 0, spent=12, back=3), 0)  # a spent 12 and gives 3 back: holds none
+    await trio.sleep(0.2)
+    refilled = await store.take(bucket_call("b", 20), 0)
+    assert refilled.level + refilled.block >= 19  # full again (capacity 20, less what b holds)
+
+
+# ---- the client's failure modes: StoreError, bounded in time, and it recovers ---------------------------------------
+
+
+async def test_a_dead_redis_is_a_store_error_and_a_restarted_one_is_used_again(nursery, redis):
+    store = await open_store(nursery, redis.port)
+    assert (await store.take(window_call("a", 5), 1)).block == 5
+    redis.kill()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="Redis at redis://127.0.0.1"):
+        await store.take(window_call("a", 5), 1)
+    assert time.monotonic() - started < 1.0
+    redis.start()
+    assert (await store.take(window_call("a", 5), 1)).block == 5
+
+
+async def test_a_slow_redis_is_a_store_error_within_the_timeout_then_answers_again(nursery, redis):
+    store = await open_store(nursery, redis.port, timeout_ms=300)
+    await store.take(window_call("a", 1), 1)
+    redis.command("CLIENT", "PAUSE", "1000", "ALL")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="within 0.3s"):
+        await store.take(window_call("a", 1), 1)
+    assert time.monotonic() - started < 0.6
+    await trio.sleep(1.0)
+    with trio.fail_after(2):
+        assert (await store.take(window_call("a", 1), 1)).block == 1
+
+
+class Proxy:
+    """TCP proxy to Redis; `mode` garbage replaces the next reply with bytes that are not RESP, swallow drops it."""
+
+    def __init__(self, upstream: int) -> None:
+        self.upstream = upstream
+        self.mode = ""
+        self.port = 0
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self.handle, listeners)
+
+    async def handle(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.upstream) as server:
+            async def up() -> None:
+                async for data in client:
+                    await server.send_all(data)
+
+            async def down() -> None:
+                async for data in server:
+                    if self.mode == "garbage" and b"\r\n" in data and not data.startswith(b"%"):
+                        self.mode = ""
+                        data = b"%zz\r\n"
+                    elif self.mode == "swallow" and not data.startswith(b"%"):
+                        self.mode = ""
+                        continue
+                    await client.send_all(data)
+
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(up)
+                    nursery.start_soon(down)
+            except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+
+@pytest.mark.parametrize("mode", ["garbage", "swallow"])
+async def test_a_broken_or_lost_reply_is_a_store_error_and_a_fresh_connection_answers_the_next_call(
+        nursery, redis, mode):
+    proxy = Proxy(redis.port)
+    await nursery.start(proxy.serve)
+    store = await open_store(nursery, proxy.port, timeout_ms=300)
+    assert (await store.take(window_call("a", 1), 1)).block == 1
+    proxy.mode = mode
+    with pytest.raises(StoreError):
+        await store.take(window_call("a", 1), 1)
+    for _ in range(3):  # coredis alone would time out on every later call after a lost reply
+        with trio.fail_after(2):
+            assert (await store.take(window_call("a", 1), 1)).block == 1
+
+
+# ---- hosts sharing a limit: Ledgers and LeaseTables, calls run on the real Redis -----------------------------------
+
+
+class Host:
+    """One gateway host in miniature: a Ledger with a store, its workers' LeaseTables, run in-process."""
+
+    def __init__(self, name: str, store: RedisStore, workers: int, spec: LimitSpec) -> None:
+        self.ledger = Ledger(workers=workers, host=name)
+        self.ledger.add_store("rl", PREFIX)
+        self.store = store
+        self.spec = spec
+        self.tables = [LeaseTable(f"{name}-w{i}", workers) for i in range(workers)]
+        self.pending: list = []
+        self.admitted = 0
+
+    async def calls(self) -> None:
+        """Run the due calls, as the keeper's Redis level does (sequentially here)."""
+        now, wall = time.monotonic(), time.time()
+        for key, _, call in self.ledger.remote_calls(now, wall):
+            try:
+                reply = await self.store.take(call, len(call.keys) - 3)
+            except StoreError as e:
+                self.ledger.remote_failed(key, str(e), time.monotonic())
+            else:
+                self.ledger.remote_applied(key, reply, time.monotonic(), time.time())
+        self.answer()
+
+    def answer(self) -> None:
+        pending, self.pending = self.pending, []
+        for table, request in pending:
+            grant = self.ledger.grant_request(request, time.monotonic(), time.time())
+            if grant is None:
+                self.pending.append((table, request))
+            else:
+                table.apply(grant, time.monotonic(), time.time())
+
+    def request(self, worker: int) -> Status:
+        table = self.tables[worker]
+        now, wall = time.monotonic(), time.time()
+        decision = table.take("rl|k", self.spec, now, wall)
+        if decision.status is Status.WAIT:
+            for request in table.refills(now):
+                grant = self.ledger.grant_request(request, now, wall)
+                if grant is None:
+                    self.pending.append((table, request))
+                else:
+                    table.apply(grant, now, wall)
+            decision = table.take("rl|k", self.spec, now, wall, waited=True, final=False)
+        else:
+            for request in table.refills(now):
+                grant = self.ledger.grant_request(request, now, wall)
+                if grant is None:
+                    self.pending.append((table, request))
+                else:
+                    table.apply(grant, now, wall)
+        if decision.admitted:
+            self.admitted += 1
+        return decision.status
+
+
+def second_spec(limit: int) -> LimitSpec:
+    return LimitSpec(windows=(Window("second", limit),), store="rl")
+
+
+async def drive(hosts: list[Host], seconds: float, per_round: int = 8) -> None:
+    """Requests round-robin over every worker of every host, Redis calls between rounds, until `seconds` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        for host in hosts:
+            for worker in range(len(host.tables)):
+                for _ in range(per_round):
+                    host.request(worker)
+        for host in hosts:
+            await host.calls()
+        if time.monotonic() >= deadline:
+            return
+        await trio.sleep(0.002)
+
+
+async def test_two_hosts_of_two_workers_admit_the_limit_of_each_second_within_one_percent(nursery, redis):
+    store = await open_store(nursery, redis.port)
+    spec = second_spec(500)
+    hosts = [Host(name, store, 2, spec) for name in ("h1", "h2")]
+    # start at a whole second, run three whole seconds, count per second
+    await trio.sleep(1 - time.time() % 1 + 0.01)
+    counts = []
+    for _ in range(3):
+        before = sum(h.admitted for h in hosts)
+        await drive(hosts, 1 - time.time() % 1 - 0.005)
+        counts.append(sum(h.admitted for h in hosts) - before)
+        await trio.sleep(1 - time.time() % 1 + 0.005)  # skip the boundary: a round may straddle it
+    ratios = [c / 500 for c in counts]
+    assert all(0.95 <= r <= 1.01 for r in ratios), ratios
+
+
+async def test_with_redis_gone_each_host_admits_its_share_and_confesses_when_it_returns(nursery, redis):
+    store = await open_store(nursery, redis.port, timeout_ms=300)
+    spec = LimitSpec(windows=(Window("minute", 400),), store="rl")
+    hosts = [Host(name, store, 2, spec) for name in ("h1", "h2")]
+    if time.time() % 60 > 50:
+        await trio.sleep(60 - time.time() % 60 + 0.1)  # stay within one minute window
+    for _ in range(10):
+        await drive(hosts, 0.0, per_round=2)  # one round each
+    before = sum(h.admitted for h in hosts)
+    assert 0 < before < 400
+    redis.kill()
+    await drive(hosts, 0.6)
+    for host in hosts:  # each host: at most its share (400 / 2 hosts), counting what it admitted before
+        assert host.admitted <= 200 + 1
+        assert host.ledger.stores["rl"].down
+    total_down = sum(h.admitted for h in hosts)
+    assert total_down <= 401
+    redis.start()
+    await trio.sleep(PENDING_S)
+    await drive(hosts, 0.6)
+    assert not any(h.ledger.stores["rl"].down for h in hosts)
+    # Redis (restarted empty) holds every host's claim again, and no more is admitted than the limit
+    store_view = await store.take(window_call("probe", 0, limit=400, key="rl|k"), 1)
+    assert store_view.remaining[0] <= 400 - total_down
+    assert sum(h.admitted for h in hosts) <= 404
