@@ -50,12 +50,11 @@ class Attempt:
 class Forwarder:
     """The upstream half of the pipeline for one worker: a pool and the settings that shape forwarding."""
 
-    def __init__(self, pool: Pool, listen_port: int, trust_forwarded: bool = False,
-                 sse_keepalive: float = 15.0, shared: SharedState | None = None) -> None:
+    def __init__(self, pool: Pool, listen_port: int, sse_keepalive: float = 15.0,
+                 shared: SharedState | None = None) -> None:
         self.pool = pool
         self.shared = shared
         self.listen_port = str(listen_port).encode()
-        self.trust_forwarded = trust_forwarded
         self.sse_keepalive = sse_keepalive
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
@@ -64,8 +63,7 @@ class Forwarder:
         svc = route.service
         group = svc.group
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
-        headers, client_host, request_id = upstream_request_headers(
-            req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked)
+        headers, client_host, request_id = upstream_request_headers(ex, self.listen_port, chunked)
         ex.request_id = request_id
         target_path = svc.upstream_target(match.path, match.query)
         pinned = None

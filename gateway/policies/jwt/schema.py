@@ -1,4 +1,4 @@
-"""Kong's jwt plugin config."""
+"""Kong's jwt plugin config (kong/plugins/jwt/schema.lua)."""
 
 from typing import Annotated, Literal
 
@@ -16,3 +16,7 @@ class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
     run_on_preflight: bool = True
     maximum_expiration: Annotated[float, msgspec.Meta(ge=0, le=31536000)] = 0
     realm: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.maximum_expiration > 0 and "exp" not in self.claims_to_verify:
+            raise ValueError("maximum_expiration needs claims_to_verify to include exp (as Kong's schema requires)")
