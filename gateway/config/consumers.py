@@ -16,9 +16,11 @@ import hmac
 import os
 import secrets
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
+
+from gateway.config.errors import CONTROL_FREE
 
 if TYPE_CHECKING:
     from gateway.config.schema import Config
@@ -32,6 +34,8 @@ _OWN_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "mcp-gateway")
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
                        "PS384", "PS512", "EdDSA"]
 JWT_ALGORITHMS = frozenset(JwtAlgorithm.__args__)  # type: ignore[attr-defined]
+# Text a plugin sends in a header (a realm in WWW-Authenticate): no control characters, so no header injection.
+HeaderText = Annotated[str, msgspec.Meta(pattern=CONTROL_FREE)]
 CREDENTIALS = ("jwt_secrets", "keyauth_credentials", "basicauth_credentials", "acls")
 
 
@@ -115,6 +119,13 @@ class Acl(_Base):
     tags: list[str] = []
 
 
+_UNSAFE = {chr(c) for c in range(32) if c != 9} | {"\x7f"}  # control characters cannot go into a header value
+
+
+def _header_safe(value: str | None) -> bool:
+    return value is None or _UNSAFE.isdisjoint(value)
+
+
 def path_of(obj: Any) -> str:
     return getattr(obj, "_path", "?")
 
@@ -159,6 +170,8 @@ def check_consumers(config: Config, errors: list[str]) -> None:
             value = getattr(consumer, field)
             if value is None:
                 continue
+            if not _header_safe(value):
+                errors.append(f"{where}.{field}: control characters are not allowed (it is sent upstream in a header)")
             other = seen.get((field, value))
             if other is not None:
                 errors.append(f"{where}.{field}: {value!r} is already used by {path_of(other)}")
@@ -186,6 +199,11 @@ def check_consumers(config: Config, errors: list[str]) -> None:
                 errors.append(f"{where}.consumer: no consumer with id or username {cred.consumer!r}")
                 continue
             cred.consumer = consumer.id
+            for field in ("id", "key", "username", "group"):
+                value = getattr(cred, field, None)
+                if isinstance(value, str) and not _header_safe(value):
+                    errors.append(f"{where}.{field}: control characters are not allowed (it is sent upstream in a "
+                                  "header)")
             n = counters[(attr, consumer.id)] = counters.get((attr, consumer.id), -1) + 1
             if cred.id is None:
                 cred.id = str(uuid.uuid5(_OWN_NAMESPACE, f"{attr}:{consumer.id}:{n}"))

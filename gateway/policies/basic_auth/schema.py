@@ -2,8 +2,10 @@
 
 import msgspec
 
+from gateway.config.consumers import HeaderText
+
 
 class BasicAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
     anonymous: str | None = None
     hide_credentials: bool = False
-    realm: str = "service"
+    realm: HeaderText = "service"

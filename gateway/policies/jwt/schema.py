@@ -4,6 +4,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.consumers import HeaderText
+
 
 class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
     uri_param_names: list[str] = msgspec.field(default_factory=lambda: ["jwt"])
@@ -15,7 +17,7 @@ class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
     anonymous: str | None = None
     run_on_preflight: bool = True
     maximum_expiration: Annotated[float, msgspec.Meta(ge=0, le=31536000)] = 0
-    realm: str | None = None
+    realm: HeaderText | None = None
 
     def __post_init__(self) -> None:
         if self.maximum_expiration > 0 and "exp" not in self.claims_to_verify:

@@ -4,6 +4,8 @@ from typing import Annotated
 
 import msgspec
 
+from gateway.config.consumers import HeaderText
+
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")]  # Kong's typedefs.header_name
 
 
@@ -16,7 +18,7 @@ class KeyAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
     key_in_query: bool = True
     key_in_body: bool = False
     run_on_preflight: bool = True
-    realm: str | None = None
+    realm: HeaderText | None = None
 
     def __post_init__(self) -> None:
         if self.key_in_body:
