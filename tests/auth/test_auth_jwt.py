@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import json
 import time
+from pathlib import Path
 
 import pytest
+import trio
 from auth_helpers import (
     ALGORITHMS,
     call,
@@ -22,6 +24,9 @@ from auth_helpers import (
 )
 
 import gateway.policies.jwt.handler as jwt_handler
+from gateway.config import load_config
+from gateway.http.net import bind_listener
+from gateway.worker import serve_worker
 
 OTHER_SECRET = "another-secret-long-enough-for-hs512-which-wants-64-bytes-of-it!"
 
@@ -397,3 +402,29 @@ async def test_anonymous_with_wrong_or_no_credentials_is_the_anonymous_consumer(
         assert seen["x-consumer-username"] == "no-body"
         assert seen["x-consumer-id"] == consumer_id("no-body")
         assert "x-credential-identifier" not in seen
+
+
+# --- the reference guide's configs/kong.yml ------------------------------------------------------------------------
+
+
+async def _serve_kong_yml(listener, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    config = load_config(Path(__file__).resolve().parents[2] / "configs" / "kong.yml")
+    try:
+        await serve_worker(config, [listener], ready=task_status.started)
+    finally:
+        listener.close()
+
+
+async def test_the_reference_kong_yml_refuses_requests_without_a_valid_token(nursery):
+    """The guide's kong.yml puts jwt on its service and names no consumer: every request gets Kong's 401."""
+    listener = bind_listener("127.0.0.1", 0, reuse_port=False)
+    port = listener.getsockname()[1]
+    await nursery.start(_serve_kong_yml, listener)
+    body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
+    reply = await call(port, "/v1", method="POST", body=body, headers=[("content-type", "application/json")])
+    assert (reply.status, reply.body, reply.header("www-authenticate")) == (
+        401, b'{"message": "Unauthorized"}', "Bearer")
+    reply = await call(port, "/v1?jwt=garbage")
+    assert (reply.status, message(reply)) == (401, {"message": "Bad token; invalid JSON"})
+    reply = await call(port, "/v1", headers=bearer(make_token("anyone")))
+    assert (reply.status, message(reply)) == (401, {"message": "No credentials found for given 'iss'"})
