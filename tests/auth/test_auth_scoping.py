@@ -212,3 +212,28 @@ async def test_acl_after_logical_or_sees_the_anonymous_consumer(nursery, gateway
     reply = await call(port)
     assert (reply.status, message(reply)) == (403, {"message": "You cannot consume this service"})
     assert (await call(port, headers=[("apikey", "Mouse")])).status == 200
+
+
+# --- consistent hashing on the consumer ----------------------------------------------------------------------------
+
+
+async def test_hash_on_consumer_keeps_each_consumer_on_one_target(nursery, gateway):
+    from backends import EchoBackend
+    from backends import upstream as upstream_doc
+    backends = [EchoBackend(f"t{i}") for i in range(3)]
+    for b in backends:
+        await nursery.start(b.serve)
+    consumers = [{"username": f"user{i}", "keyauth_credentials": [{"key": f"key{i}"}]} for i in range(5)]
+    port = await gateway({
+        "upstreams": [upstream_doc("pool", [b.port for b in backends], algorithm="consistent-hashing",
+                                   hash_on="consumer")],
+        "services": [{"name": "svc", "host": "pool", "routes": [{"paths": ["/"], "plugins": [{"name": "key-auth"}]}]}],
+        "consumers": consumers})
+    chosen = {}
+    for _ in range(3):
+        for i in range(5):  # not a multiple of 3: round-robin (what a missing hash key gets) would move them
+            reply = await call(port, headers=[("apikey", f"key{i}")])
+            assert reply.status == 200
+            chosen.setdefault(i, set()).add(reply.header("x-backend"))
+    assert all(len(targets) == 1 for targets in chosen.values()), chosen
+    assert len(set().union(*chosen.values())) > 1  # the consumers are spread, not all on one target
