@@ -144,7 +144,7 @@ async def test_untrusted_forwarded_headers_are_replaced_upstream(nursery, gatewa
 
 async def test_rate_limiting_by_ip_counts_the_client_address(nursery, gateway):
     routes = [{"paths": ["/"], "plugins": [{"name": "rate-limiting",
-                                            "config": {"minute": 1, "limit_by": "ip"}}]}]
+                                            "config": {"day": 1, "limit_by": "ip"}}]}]
     _, port = await start(nursery, gateway, routes, settings=TRUSTED)
     assert (await call(port, headers=[("x-forwarded-for", "10.0.0.1")])).status == 200
     assert (await call(port, headers=[("x-forwarded-for", "10.0.0.2")])).status == 200

@@ -147,7 +147,7 @@ async def test_a_trusted_balancers_x_forwarded_for_is_the_client_address_in_ever
     await nursery.start(backend.serve)
     routes = [{"paths": ["/"], "plugins": [
         {"name": "ip-restriction", "config": {"allow": ["10.0.0.0/8"]}},
-        {"name": "rate-limiting", "config": {"minute": 1, "limit_by": "ip"}}]}]
+        {"name": "rate-limiting", "config": {"day": 1, "limit_by": "ip"}}]}]
     gw = node({"services": [service("svc", f"http://127.0.0.1:{backend.port}", routes)]},
               trusted_ips=["127.0.0.0/8"], real_ip_header="X-Forwarded-For", real_ip_recursive=True)
     await gw.start(workers=2)
@@ -158,7 +158,7 @@ async def test_a_trusted_balancers_x_forwarded_for_is_the_client_address_in_ever
     assert seen["x-forwarded-for"] == "10.1.1.1, 127.0.0.5, 127.0.0.1"
     reply = await send("127.0.0.1", port, "/", [("x-forwarded-for", "8.8.8.8")])
     assert (reply.status, reply.json()) == (403, {"message": "IP address not allowed: 8.8.8.8"})
-    # the same client through both workers: 1 per minute for the gateway as a whole, keyed by its address
+    # the same client through both workers: 1 a day for the gateway as a whole, keyed by its address
     statuses = []
     for client in await clients_per_worker(port, gw):
         async with client:

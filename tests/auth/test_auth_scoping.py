@@ -97,7 +97,7 @@ def test_a_plugin_for_stream_protocols_only_never_runs_on_http():
 
 CONSUMERS = [
     {"username": "bob", "keyauth_credentials": [{"key": "bob-1"}, {"key": "bob-2"}],
-     "plugins": [{"name": "rate-limiting", "config": {"minute": 1, "limit_by": "consumer"}}]},
+     "plugins": [{"name": "rate-limiting", "config": {"day": 1, "limit_by": "consumer"}}]},
     {"username": "alice", "keyauth_credentials": [{"key": "alice-1"}]},
     {"username": "guest", "plugins": [{"name": "request-size-limiting",
                                        "config": {"allowed_payload_size": 4, "size_unit": "bytes"}}]},
@@ -107,14 +107,14 @@ CONSUMERS = [
 async def test_a_consumer_scoped_plugin_applies_once_the_consumer_is_authenticated(nursery, gateway):
     routes = [{"paths": ["/"], "plugins": [{"name": "key-auth", "config": {"anonymous": "guest"}}]}]
     _, port = await start(nursery, gateway, routes, consumers=CONSUMERS,
-                          plugins=[{"name": "rate-limiting", "config": {"minute": 100, "limit_by": "consumer"}}])
+                          plugins=[{"name": "rate-limiting", "config": {"day": 100, "limit_by": "consumer"}}])
     assert (await call(port, headers=[("apikey", "bob-1")])).status == 200
     reply = await call(port, headers=[("apikey", "bob-2")])  # bob's own limit (per consumer: both keys count)
     assert reply.status == 429
-    assert reply.header("x-ratelimit-limit-minute") == "1"
+    assert reply.header("x-ratelimit-limit-day") == "1"
     for _ in range(3):
         alice = await call(port, headers=[("apikey", "alice-1")])
-        assert (alice.status, alice.header("x-ratelimit-limit-minute")) == (200, "100")
+        assert (alice.status, alice.header("x-ratelimit-limit-day")) == (200, "100")
     # the anonymous consumer's own request-size-limiting
     assert (await call(port, method="POST", body=b"12345")).status == 413
     assert (await call(port, method="POST", body=b"12345", headers=[("apikey", "alice-1")])).status == 200
@@ -122,7 +122,7 @@ async def test_a_consumer_scoped_plugin_applies_once_the_consumer_is_authenticat
 
 async def test_rate_limiting_by_credential_counts_each_key(nursery, gateway):
     routes = [{"paths": ["/"], "plugins": [{"name": "key-auth"}, {
-        "name": "rate-limiting", "config": {"minute": 1, "limit_by": "credential"}}]}]
+        "name": "rate-limiting", "config": {"day": 1, "limit_by": "credential"}}]}]
     _, port = await start(nursery, gateway, routes, consumers=CONSUMERS[1:2] + [
         {"username": "carol", "keyauth_credentials": [{"key": "carol-1"}, {"key": "carol-2"}]}])
     assert (await call(port, headers=[("apikey", "carol-1")])).status == 200
@@ -132,7 +132,7 @@ async def test_rate_limiting_by_credential_counts_each_key(nursery, gateway):
 
 async def test_rate_limiting_by_consumer_counts_each_consumer(nursery, gateway):
     routes = [{"paths": ["/"], "plugins": [{"name": "key-auth"}, {
-        "name": "rate-limiting", "config": {"minute": 1, "limit_by": "consumer"}}]}]
+        "name": "rate-limiting", "config": {"day": 1, "limit_by": "consumer"}}]}]
     _, port = await start(nursery, gateway, routes, consumers=[
         {"username": "carol", "keyauth_credentials": [{"key": "carol-1"}, {"key": "carol-2"}]},
         {"username": "dave", "keyauth_credentials": [{"key": "dave-1"}]}])
