@@ -336,7 +336,7 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
 def _route_key(plugin: Plugin) -> Any:
     """What a plugin's route scope names: the route itself when nested under it (routes may be unnamed)."""
     owner = getattr(plugin, "_route", None)
-    return id(owner) if owner is not None else plugin.route
+    return plugin.route if owner is None or owner.name is not None else id(owner)
 
 
 def _scope(plugin: Plugin, route: Route) -> tuple[bool, bool, bool] | None:

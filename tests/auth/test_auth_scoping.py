@@ -85,6 +85,23 @@ def test_two_instances_of_a_plugin_in_the_same_scope_are_refused():
            "plugins[0]" in str(info.value)
 
 
+def test_a_nested_and_a_top_level_instance_for_the_same_route_are_refused():
+    text = ("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{name: r, paths: [/], plugins: "
+            "[{name: jwt}]}]}]\nplugins: [{name: jwt, route: r}]")
+    with pytest.raises(ConfigError) as info:
+        compile_config(parse_config(text))
+    assert "a jwt plugin is already configured for the same route" in str(info.value)
+
+
+def test_plugins_nested_under_unnamed_routes_stay_on_their_route():
+    text = ("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/a], plugins: [{name: key-auth}]}, "
+            "{paths: [/b], plugins: [{name: key-auth}]}, {paths: [/c]}]}]")
+    runtime = compile_config(parse_config(text))
+    names = {path: [p.name for p in runtime.router.match(b"GET", path, None, []).payload.policies]
+             for path in (b"/a", b"/b", b"/c")}
+    assert names == {b"/a": ["key-auth"], b"/b": ["key-auth"], b"/c": []}
+
+
 def test_a_plugin_for_stream_protocols_only_never_runs_on_http():
     text = ("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{name: r, paths: [/]}]}]\n"
             "plugins: [{name: ip-restriction, protocols: [tcp], config: {deny: [0.0.0.0/0]}}]")
