@@ -33,6 +33,8 @@ class Consumer:
         self._anonymous: Identity | None = None
 
     def identity(self, credential_id: str | None, identifier: str | None) -> Identity:
+        """This consumer as a credential authenticates it: Kong's credential id, and what X-Credential-Identifier
+        says (jwt: the key; key-auth: the credential id; basic-auth: the username)."""
         return Identity(self, credential_id, identifier)
 
     @property
