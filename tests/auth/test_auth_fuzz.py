@@ -31,7 +31,7 @@ from gateway.policies.jwt.schema import JwtConfig
 from gateway.policies.key_auth.handler import KeyAuth
 from gateway.policies.key_auth.schema import KeyAuthConfig
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 DIRECTORY = Directory(parse_config(
     "consumers:\n"
     "- username: alice\n"
