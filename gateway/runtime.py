@@ -7,6 +7,7 @@ Problems found here (an unknown algorithm, a bad plugin config) are config error
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,10 +20,13 @@ from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.errors import describe_validation_error
 from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.http.realip import ClientAddress
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
 from gateway.policies import REGISTRY
 from gateway.policies.base import Policy
+from gateway.policies.consumers import Directory
+from gateway.policies.jwt.keys import check_keys
 from gateway.routing import Router, RouteSpec
 
 log = logging.getLogger("gateway.runtime")
@@ -100,14 +104,18 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "mcp", "affinity")
+    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity")
 
     def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
-                 mcp: McpRoute | None = None, affinity: SessionAffinity | None = None) -> None:
+                 mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
+                 affinity: SessionAffinity | None = None) -> None:
         self.name = name
         self.service = service
         self.preserve_host = preserve_host
-        self.policies = policies
+        self.policies = policies  # in priority order, as resolved for a request with no consumer
+        # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
+        # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
+        self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
 
@@ -116,14 +124,20 @@ class Runtime:
     """Everything one config load produces for the data plane."""
 
     def __init__(self, config: Config, router: Router[RouteRuntime], services: dict[str, ServiceRuntime],
-                 groups: dict[str, UpstreamGroup], mcp: McpShared | None = None) -> None:
+                 groups: dict[str, UpstreamGroup], mcp: McpShared | None = None,
+                 consumers: Directory | None = None) -> None:
         self.config = config
         self.router = router
         self.services = services
         self.groups = groups
         self.mcp = mcp
+        self.consumers = consumers
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
+        gw = config.gateway
+        # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
+        self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
+            if gw.trusted_ips else None
 
     def all_groups(self) -> list[UpstreamGroup]:
         """Named upstreams and the one-target groups of services that name a host directly."""
@@ -141,7 +155,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     errors: list[str] = []
     groups = {up.name: _group(up, config, errors) for up in config.upstreams}
     services = {svc.name: _service(svc, groups, errors) for svc in config.services}
-    plugin_objs = _plugins(config, errors, shared)
+    consumers = Directory(config)
+    errors += check_keys(consumers)
+    plugin_objs = _plugins(config, errors, shared, consumers)
     gw = config.gateway
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
     listen_hosts = [hp[0] for hp in (parse_host_port(a, None) for a in listens) if hp is not None]
@@ -156,15 +172,15 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         if route.mcp or route.mcp_methods or route.mcp_tools:
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
         affinity = None if route.mcp is False else SessionAffinity(mcp, svc.group)
-        runtime = RouteRuntime(rname, svc, route.preserve_host, _policies_for(route, plugin_objs), mcp_route,
-                               affinity)
+        policies, consumer_policies = _policies_for(route, plugin_objs)
+        runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
                                mcp_tools=route.mcp_tools))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
-    runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp)
+    runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)
     runtime.breakers = _breakers(config, services, plugin_objs)
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
@@ -229,8 +245,10 @@ def _breakers(config: Config, services: dict[str, ServiceRuntime],
     for plugin, cfg, _ in plugins:
         if plugin.name != "circuit-breaker":
             continue
-        if plugin.route is not None or plugin.service is not None:
-            svc = services.get(plugin.service or routes.get(plugin.route or "") or "")
+        owner = getattr(plugin, "_route", None)
+        if owner is not None or plugin.route is not None or plugin.service is not None:
+            svc = services.get(plugin.service or (owner.service if owner is not None else None)
+                               or routes.get(plugin.route or "") or "")
             targets = [svc.group] if svc else []
             rank = 2
         else:
@@ -248,49 +266,125 @@ def _breakers(config: Config, services: dict[str, ServiceRuntime],
     return out
 
 
-def _plugins(config: Config, errors: list[str], shared: Any) -> list[tuple[Plugin, Any, Policy | None]]:
-    """(plugin, its validated config, its policy object or None) for every enabled plugin."""
-    built: list[tuple[Plugin, Any, Policy | None]] = []
+# Kong's PROTOCOLS_WITH_SUBSYSTEM: a plugin runs on HTTP requests when one of its protocols is of the http subsystem.
+_HTTP_PROTOCOLS = frozenset({"http", "https", "grpc", "grpcs", "ws", "wss"})
+_PROTOCOLS = _HTTP_PROTOCOLS | {"tcp", "tls", "tls_passthrough", "udp"}
+# Kong's lookup order for a plugin's instance (kong/runloop/plugins_iterator.lua lookup_cfg): the first of these
+# (route, service, consumer) scopes that has one wins.
+_SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
+    (True, True, True), (True, False, True), (False, True, True), (True, True, False),
+    (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
+
+Built = tuple[Plugin, Any, Policy | None]
+
+
+def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory) -> list[Built]:
+    """(plugin, its validated config, its policy object or None) for every enabled plugin that runs on HTTP."""
+    built: list[Built] = []
+    scopes: dict[tuple[str, Any, Any, Any], str] = {}
     for plugin in config.plugins:
         where = path_of(plugin)
         module: Any = REGISTRY.get(plugin.name)
         if module is None:
-            errors.append(f"{where}.name: unknown plugin {plugin.name!r}; known: {', '.join(sorted(REGISTRY))}")
+            errors.append(f"{where}.name: plugin {plugin.name!r} is not supported; supported: "
+                          f"{', '.join(sorted(REGISTRY))}")
             continue
-        try:
-            cfg = msgspec.convert(plugin.config, module.schema)
-        except msgspec.ValidationError as e:
-            errors.append(describe_validation_error(e, plugin.config, module.schema, f"{where}.config"))
+        cfg = _plugin_config(plugin, module, where, errors)
+        if cfg is None:
             continue
-        except ValueError as e:
-            errors.append(f"{where}.config: {e}")
+        if plugin.consumer is not None and not getattr(module, "consumer_scoped", True):
+            errors.append(f"{where}.consumer: the {plugin.name} plugin cannot be configured for a consumer (as in "
+                          "Kong, it applies to whoever the request is)")
             continue
-        if not plugin.enabled:
+        for i, protocol in enumerate(plugin.protocols):
+            if protocol not in _PROTOCOLS:
+                errors.append(f"{where}.protocols[{i}]: expected one of {', '.join(sorted(_PROTOCOLS))}, "
+                              f"got {protocol!r}")
+        scope = (plugin.name, _route_key(plugin), plugin.service, plugin.consumer)
+        if scope in scopes:
+            errors.append(f"{where}: a {plugin.name} plugin is already configured for the same route, service and "
+                          f"consumer at {scopes[scope]}")
             continue
-        if not module.enforced:
-            log.warning("plugin %s (%s) is validated but not enforced yet", plugin.name, where)
+        scopes[scope] = where
+        if not plugin.enabled or _HTTP_PROTOCOLS.isdisjoint(plugin.protocols):
+            continue  # Kong skips it: disabled, or for stream protocols only
         plugin_id = plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
-        built.append((plugin, cfg, module.build(cfg, plugin_id, shared)))
+        try:
+            if "consumers" in inspect.signature(module.build).parameters:
+                policy = module.build(cfg, plugin_id, shared, consumers)
+            else:
+                policy = module.build(cfg, plugin_id, shared)
+        except ValueError as e:
+            errors.append(f"{where}.{e}")
+            continue
+        built.append((plugin, cfg, policy))
     return built
 
 
-def _policies_for(route: Route, plugins: list[tuple[Plugin, Any, Policy | None]]) -> list[Policy]:
-    """Kong's scoping: per plugin name, a route's instance beats its service's, which beats a global one."""
+def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -> Any:
+    """The plugin's config decoded with its schema; a key the gateway does not enforce is refused by name."""
+    fields = msgspec.structs.fields(module.schema)
+    known = {f.encode_name for f in fields}
+    unknown = [k for k in plugin.config if k not in known]
+    for key in unknown:
+        errors.append(f"{where}.config.{key} is not supported by the gateway's {plugin.name} plugin (it takes: "
+                      f"{', '.join(sorted(known))})")
+    if unknown:
+        return None
+    try:
+        return msgspec.convert(plugin.config, module.schema)
+    except msgspec.ValidationError as e:
+        message = describe_validation_error(e, plugin.config, module.schema, f"{where}.config")
+        field, sep, rest = message.removeprefix(f"{where}.config: ").partition(": ")
+        if message.startswith(f"{where}.config: ") and sep and field.split("[")[0] in known:
+            message = f"{where}.config.{field}: {rest}"  # a check's message that names its field
+        errors.append(message)
+    except ValueError as e:
+        errors.append(f"{where}.config: {e}")
+    return None
+
+
+def _route_key(plugin: Plugin) -> Any:
+    """What a plugin's route scope names: the route itself when nested under it (routes may be unnamed)."""
+    owner = getattr(plugin, "_route", None)
+    return plugin.route if owner is None or owner.name is not None else id(owner)
+
+
+def _scope(plugin: Plugin, route: Route) -> tuple[bool, bool, bool] | None:
+    """Which of (route, service, consumer) the plugin is scoped to, if it can apply to `route` at all."""
+    owner = getattr(plugin, "_route", None)
+    if owner is not None:
+        if owner is not route:
+            return None
+    elif plugin.route is not None and plugin.route != route.name:
+        return None
+    if plugin.service is not None and plugin.service != route.service:
+        return None
+    return (owner is not None or plugin.route is not None, plugin.service is not None, plugin.consumer is not None)
+
+
+def _policies_for(route: Route, plugins: list[Built]) -> tuple[list[Policy], dict[str, list[Policy]] | None]:
+    """Kong's scoping for one route: the chain for a request with no consumer, and per consumer that some plugin
+    is scoped to, the chain resolved with that consumer (None when there is none)."""
+    candidates = [(plugin, scope, policy) for plugin, _, policy in plugins
+                  if (scope := _scope(plugin, route)) is not None]
+    default = _chain(candidates, None)
+    chains: dict[str, list[Policy]] = {}
+    for consumer in {p.consumer for p, _, _ in candidates if p.consumer is not None}:
+        chain = _chain(candidates, consumer)
+        if [id(p) for p in chain] != [id(p) for p in default]:
+            chains[consumer] = chain
+    return default, chains or None
+
+
+def _chain(candidates: list[tuple[Plugin, tuple[bool, bool, bool], Policy | None]],
+           consumer: str | None) -> list[Policy]:
     chosen: dict[str, tuple[int, Policy | None]] = {}
-    for plugin, _, policy in plugins:
-        if plugin.consumer is not None:
+    for plugin, scope, policy in candidates:
+        if plugin.consumer is not None and plugin.consumer != consumer:
             continue
-        if plugin.route is not None:
-            if plugin.route != route.name:
-                continue
-            rank = 3
-        elif plugin.service is not None:
-            if plugin.service != route.service:
-                continue
-            rank = 2
-        else:
-            rank = 1
-        if rank > chosen.get(plugin.name, (0, None))[0]:
+        rank = _SCOPE_ORDER[scope]
+        if plugin.name not in chosen or rank < chosen[plugin.name][0]:
             chosen[plugin.name] = (rank, policy)
     policies = [p for _, p in chosen.values() if p is not None]
     return sorted(policies, key=lambda p: (-p.priority, p.name))

@@ -75,7 +75,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
     stats = RequestStats()
-    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.trust_forwarded, gw.sse_keepalive, shared), stats)
+    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.sse_keepalive, shared), stats)
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -1,21 +1,33 @@
-"""Header rewriting on the way upstream (unit): hop-by-hop removal, X-Forwarded-*, X-Real-IP, request ids."""
+"""Header rewriting on the way upstream (unit): hop-by-hop removal, X-Forwarded-*, X-Real-IP, request ids, consumer
+headers."""
 
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from gateway.pipeline.headers import connection_tokens, upstream_request_headers
+from gateway.policies.consumers import Consumer
 
-CLIENT_IP = b"203.0.113.7"
+CLIENT_IP = "203.0.113.7"
+PEER_IP = "10.0.0.2"  # a balancer, when the tests say the peer is trusted
 PORT = b"8000"
 
 
-def rewrite(headers: list[tuple[str, str]], trust: bool = False, chunked: bool = False):  # noqa: ANN201
+def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: Any = None) -> Any:
+    """What upstream_request_headers reads of an Exchange."""
+    return SimpleNamespace(request=SimpleNamespace(headers=headers), client_ip=CLIENT_IP, peer_trusted=trust,
+                           peer_ip=PEER_IP if trust else CLIENT_IP, consumer=consumer)
+
+
+def rewrite(headers: list[tuple[str, str]], trust: bool = False, chunked: bool = False,  # noqa: ANN201
+            consumer: Any = None):
     """(upstream headers as a list of str pairs, client Host, request id)."""
     hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
-    out, host, rid, _ = upstream_request_headers(hdrs, CLIENT_IP, PORT, trust, chunked)
+    out, host, rid, _ = upstream_request_headers(exchange(hdrs, trust, consumer), PORT, chunked)
     return [(k.decode(), v.decode()) for k, v in out], host, rid
 
 
@@ -69,10 +81,15 @@ def test_x_forwarded_for_from_an_untrusted_client_is_replaced():
     assert values(out, "x-forwarded-for") == ["203.0.113.7"]
 
 
-def test_x_forwarded_for_is_appended_when_forwarded_headers_are_trusted():
+def test_x_forwarded_for_from_a_trusted_peer_gets_the_peer_appended():
     out, _, _ = rewrite([("host", "gw"), ("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "198.51.100.2")],
                         trust=True)
-    assert values(out, "x-forwarded-for") == ["198.51.100.1, 198.51.100.2, 203.0.113.7"]
+    assert values(out, "x-forwarded-for") == ["198.51.100.1, 198.51.100.2, 10.0.0.2"]
+
+
+def test_x_forwarded_for_from_a_trusted_peer_without_one_is_the_client_address():
+    out, _, _ = rewrite([("host", "gw")], trust=True)
+    assert values(out, "x-forwarded-for") == ["203.0.113.7"]
 
 
 def test_forwarded_proto_host_port_and_real_ip_are_set():
@@ -95,12 +112,47 @@ def test_client_supplied_forwarded_headers_are_replaced():
     assert values(out, "x-real-ip") == ["203.0.113.7"]
 
 
-def test_client_supplied_forwarded_headers_are_kept_when_trusted():
+def test_forwarded_headers_of_a_trusted_peer_are_kept_but_x_real_ip_is_the_client_address():
     out, _, _ = rewrite([("host", "public.example.com"), *SPOOFED], trust=True)
     assert values(out, "x-forwarded-proto") == ["https"]
     assert values(out, "x-forwarded-host") == ["evil.example"]
     assert values(out, "x-forwarded-port") == ["443"]
-    assert values(out, "x-real-ip") == ["10.0.0.66"]
+    assert values(out, "x-real-ip") == ["203.0.113.7"]
+
+
+CONSUMER_SPOOF = [("x-consumer-id", "x"), ("X-Consumer-Username", "admin"), ("x-consumer-custom-id", "c"),
+                  ("x-credential-identifier", "k"), ("x-consumer-groups", "admins"), ("x-anonymous-consumer", "false"),
+                  ("x-authenticated-groups", "admins")]
+
+
+def test_client_supplied_consumer_headers_are_stripped():
+    out, _, _ = rewrite([("host", "gw"), *CONSUMER_SPOOF, ("x-keep", "1")])
+    assert {k for k, _ in out}.isdisjoint({k.lower() for k, _ in CONSUMER_SPOOF})
+    assert values(out, "x-keep") == ["1"]
+
+
+def test_client_supplied_consumer_headers_are_stripped_from_a_trusted_peer_too():
+    out, _, _ = rewrite([("host", "gw"), *CONSUMER_SPOOF], trust=True)
+    assert {k for k, _ in out}.isdisjoint({k.lower() for k, _ in CONSUMER_SPOOF})
+
+
+def test_the_requests_consumer_is_sent_in_kongs_headers():
+    bob = Consumer("4f1c", "bob", "c-7").identity("cred-1", "bob-key")
+    out, _, _ = rewrite([("host", "gw"), ("x-consumer-username", "admin")], consumer=bob)
+    assert values(out, "x-consumer-id") == ["4f1c"]
+    assert values(out, "x-consumer-username") == ["bob"]
+    assert values(out, "x-consumer-custom-id") == ["c-7"]
+    assert values(out, "x-credential-identifier") == ["bob-key"]
+    assert values(out, "x-anonymous-consumer") == []
+
+
+def test_an_anonymous_consumer_is_marked_and_has_no_credential_header():
+    anon = Consumer("9a9a", "guest", None).anonymous
+    out, _, _ = rewrite([("host", "gw")], consumer=anon)
+    assert values(out, "x-consumer-username") == ["guest"]
+    assert values(out, "x-anonymous-consumer") == ["true"]
+    assert values(out, "x-credential-identifier") == []
+    assert values(out, "x-consumer-custom-id") == []
 
 
 def test_valid_request_id_is_passed_through():
@@ -126,7 +178,7 @@ def test_invalid_request_id_is_replaced(bad):
 
 def test_non_ascii_request_id_is_replaced():
     hdrs = [(b"host", b"gw"), (b"x-request-id", "réq".encode())]
-    out, _, rid, _ = upstream_request_headers(hdrs, CLIENT_IP, PORT, False, False)
+    out, _, rid, _ = upstream_request_headers(exchange(hdrs), PORT, False)
     assert re.fullmatch(rb"[0-9a-f]{32}", rid)
     assert [v for k, v in out if k == b"x-request-id"] == [rid]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -9,6 +10,7 @@ import msgspec
 import msgspec.inspect as mi
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+CONTROL_FREE = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"  # the pattern of gateway.config.consumers.HeaderText
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 
 
@@ -54,7 +56,7 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
 
 def _show(value: Any) -> str:
     if isinstance(value, str):
-        return '"' + value.replace('"', '\\"') + '"'
+        return json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped: the message is one line
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -112,6 +114,8 @@ def _describe_type(info: mi.Type | None) -> str | None:
             if v is not None
         ]
         return " ".join([name, " and ".join(bounds)]) if bounds else name
+    if isinstance(info, mi.StrType) and info.pattern:
+        return "text without control characters" if info.pattern == CONTROL_FREE else f"string matching {info.pattern}"
     simple = {mi.StrType: "string", mi.BoolType: "true or false", mi.ListType: "a list", mi.DictType: "a mapping",
               mi.StructType: "a mapping"}
     for cls, text in simple.items():

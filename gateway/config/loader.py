@@ -7,6 +7,7 @@ their parent named, so later stages see one shape. Each entity remembers its sou
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from typing import Any
@@ -15,6 +16,16 @@ from urllib.parse import urlsplit
 import msgspec
 import yaml
 
+from gateway.config.consumers import (
+    CREDENTIALS,
+    Acl,
+    BasicAuthCredential,
+    JwtSecret,
+    KeyAuthCredential,
+    check_consumers,
+    decode_hook,
+    flatten_consumers,
+)
 from gateway.config.errors import ConfigError, describe_validation_error
 from gateway.config.schema import Config, Consumer, GatewaySettings, Plugin, Route, Service, Target, Upstream
 
@@ -25,9 +36,19 @@ _SECTIONS: dict[str, Any] = {
     "targets": Target,
     "plugins": Plugin,
     "consumers": Consumer,
+    "jwt_secrets": JwtSecret,
+    "keyauth_credentials": KeyAuthCredential,
+    "basicauth_credentials": BasicAuthCredential,
+    "acls": Acl,
 }
 _SCALARS = {"_format_version", "_transform"}
 _METHOD = re.compile(r"^[A-Z]+$")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110 token)
+_REMOVED_GATEWAY_KEYS = {
+    "trust_forwarded": "removed: list the addresses of the balancers in front of the gateway in gateway.trusted_ips "
+                       "(IPs or CIDRs) and name the header they set in gateway.real_ip_header (e.g. X-Forwarded-For, "
+                       "with real_ip_recursive: true), as Kong's kong.conf does; their X-Forwarded-* are then kept",
+}
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$")
 DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
 
@@ -94,7 +115,13 @@ def _decode(raw: dict[str, Any], errors: list[str]) -> Config:
                 decoded.append(obj)
         fields[key] = decoded
     if "gateway" in raw:
-        gw = _convert(raw["gateway"] or {}, GatewaySettings, "gateway", errors)
+        gw_raw = raw["gateway"] or {}
+        if isinstance(gw_raw, dict):
+            for key, why in _REMOVED_GATEWAY_KEYS.items():
+                if key in gw_raw:
+                    errors.append(f"gateway.{key}: {why}")
+                    gw_raw = {k: v for k, v in gw_raw.items() if k != key}
+        gw = _convert(gw_raw, GatewaySettings, "gateway", errors)
         if gw is not None:
             fields["gateway"] = gw
     scalars = {k: raw[k] for k in _SCALARS if k in raw}
@@ -104,7 +131,7 @@ def _decode(raw: dict[str, Any], errors: list[str]) -> Config:
 
 def _convert(item: Any, typ: Any, path: str, errors: list[str]) -> Any:
     try:
-        obj = msgspec.convert(item, typ)
+        obj = msgspec.convert(item, typ, dec_hook=decode_hook)
     except msgspec.ValidationError as e:
         errors.append(describe_validation_error(e, item, typ, path))
         return None
@@ -115,7 +142,7 @@ def _convert(item: Any, typ: Any, path: str, errors: list[str]) -> Any:
 def _mark(obj: Any, path: str) -> None:
     """Record each nested entity's source path (routes under a service, targets under an upstream, ...)."""
     obj._path = path
-    for attr in ("routes", "targets", "plugins"):
+    for attr in ("routes", "targets", "plugins", *CREDENTIALS):
         for i, child in enumerate(getattr(obj, attr, ()) or ()):
             _mark(child, f"{path}.{attr}[{i}]")
 
@@ -137,6 +164,7 @@ def _flatten(config: Config) -> None:
     for route in config.routes:
         for plugin in route.plugins:
             plugin.route = route.name
+            plugin._route = route  # routes need no name: the runtime matches a nested plugin by its route
             config.plugins.append(plugin)
         route.plugins = []
     for up in config.upstreams:
@@ -144,16 +172,14 @@ def _flatten(config: Config) -> None:
             target.upstream = up.name
             config.targets.append(target)
         up.targets = []
-    for consumer in config.consumers:
-        for plugin in consumer.plugins:
-            plugin.consumer = consumer.username or consumer.custom_id
-            config.plugins.append(plugin)
-        consumer.plugins = []
+    flatten_consumers(config)
 
 
 def _check(config: Config, errors: list[str]) -> None:
     """Cross-field and cross-entity rules; each message names every field involved."""
     _check_listen(config.gateway, errors)
+    _check_client_address(config.gateway, errors)
+    check_consumers(config, errors)
     services = _unique(config.services, "services", errors)
     routes = _unique([r for r in config.routes if r.name], "routes", errors)
     upstreams = _unique(config.upstreams, "upstreams", errors)
@@ -197,6 +223,24 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
         hp = parse_host_port(gw.status_listen, None)
         if hp is None or hp[1] is None:
             errors.append(f'gateway.status_listen: expected "host:port", got "{gw.status_listen}"')
+
+
+def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
+    for i, entry in enumerate(gw.trusted_ips):
+        if entry.startswith("unix:"):
+            errors.append(f"gateway.trusted_ips[{i}]: unix: is not supported (the gateway listens on TCP only)")
+            continue
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            errors.append(f'gateway.trusted_ips[{i}]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", "::1"), '
+                          f'got "{entry}"')
+    if gw.real_ip_header.lower() == "proxy_protocol":
+        errors.append("gateway.real_ip_header: proxy_protocol is not supported (the gateway does not read the PROXY "
+                      "protocol); name a header such as X-Forwarded-For or X-Real-IP")
+    elif not _TOKEN.match(gw.real_ip_header):
+        errors.append(f'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
+                      f'got "{gw.real_ip_header}"')
 
 
 def _check_service(svc: Service, errors: list[str]) -> None:

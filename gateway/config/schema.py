@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.config.consumers import Acl, BasicAuthCredential, JwtSecret, KeyAuthCredential
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
 
@@ -56,7 +57,12 @@ class GatewaySettings(Base):
     worker_restart_period_s: PosInt = 10
     worker_start_timeout_s: Seconds = 15.0
     access_log: bool = False
-    trust_forwarded: bool = False  # keep incoming X-Forwarded-* (behind a trusted L4 balancer) instead of replacing
+    # The client address, as kong.conf's settings of the same names (nginx's realip module): a request from a peer
+    # in trusted_ips (IPs or CIDRs) takes its client address from real_ip_header (the last address in it, or with
+    # real_ip_recursive the last one not itself trusted), and keeps its X-Forwarded-Proto/Host/Port/For.
+    trusted_ips: list[str] = []
+    real_ip_header: str = "X-Real-IP"
+    real_ip_recursive: bool = False
     registration: RegistrationSettings | None = None  # self-registration in Consul/etcd (config/discovery.py)
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)  # session ids, Origin policy (config/mcp.py)
 
@@ -210,19 +216,15 @@ class Service(Base):
     tags: list[str] = []
 
 
-class JwtSecret(Base):
-    key: str | None = None
-    secret: str | None = None
-    algorithm: str = "HS256"
-    rsa_public_key: str | None = None
-    id: str | None = None
-    tags: list[str] = []
-
-
 class Consumer(Base):
+    """Kong's consumer, with its credentials and plugins nested or top-level (gateway.config.consumers)."""
+
     username: str | None = None
     custom_id: str | None = None
     jwt_secrets: list[JwtSecret] = []
+    keyauth_credentials: list[KeyAuthCredential] = []
+    basicauth_credentials: list[BasicAuthCredential] = []
+    acls: list[Acl] = []
     plugins: list[Plugin] = []
     id: str | None = None
     tags: list[str] = []
@@ -238,3 +240,7 @@ class Config(Base):
     targets: list[Target] = []
     plugins: list[Plugin] = []
     consumers: list[Consumer] = []
+    jwt_secrets: list[JwtSecret] = []
+    keyauth_credentials: list[KeyAuthCredential] = []
+    basicauth_credentials: list[BasicAuthCredential] = []
+    acls: list[Acl] = []

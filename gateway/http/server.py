@@ -99,7 +99,7 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id", "response_lines", "status", "body_timeout")
+                 "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False, body_timeout: float = 60.0) -> None:
@@ -110,6 +110,11 @@ class Exchange:
         self.request_id = b""  # echoed on errors when the handler has set one
         self.response_lines = b""  # header lines policies add to the response (e.g. rate-limit headers)
         self.status = 0  # of the response, once its head is sent
+        # The client's address: the socket peer's, or from gateway.real_ip_header when the peer is in
+        # gateway.trusted_ips (then peer_trusted); what ip-restriction, rate limiting and X-Real-IP use.
+        self.client_ip = conn.peer[0] if conn.peer else ""
+        self.peer_trusted = False
+        self.consumer: Any = None  # set by authentication policies: who the request is (gateway.policies.consumers)
         self.conn = conn
         self._codec = codec
         self._pending: list[bytes] = []
@@ -131,7 +136,8 @@ class Exchange:
         self.response_lines += lines
 
     @property
-    def client_ip(self) -> str:
+    def peer_ip(self) -> str:
+        """The socket peer's address (nginx's $realip_remote_addr), whatever client_ip says."""
         return self.conn.peer[0] if self.conn.peer else ""
 
     def take_buffered_body(self) -> tuple[bytes, bool]:

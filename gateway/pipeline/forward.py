@@ -54,12 +54,11 @@ class Attempt:
 class Forwarder:
     """The upstream half of the pipeline for one worker: a pool and the settings that shape forwarding."""
 
-    def __init__(self, pool: Pool, listen_port: int, trust_forwarded: bool = False,
-                 sse_keepalive: float = 15.0, shared: SharedState | None = None) -> None:
+    def __init__(self, pool: Pool, listen_port: int, sse_keepalive: float = 15.0,
+                 shared: SharedState | None = None) -> None:
         self.pool = pool
         self.shared = shared
         self.listen_port = str(listen_port).encode()
-        self.trust_forwarded = trust_forwarded
         self.sse_keepalive = sse_keepalive
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
@@ -69,8 +68,8 @@ class Forwarder:
         group = svc.group
         affinity = route.affinity
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
-        headers, client_host, request_id, session_id = upstream_request_headers(
-            req.headers, ex.client_ip.encode(), self.listen_port, self.trust_forwarded, chunked, affinity is not None)
+        headers, client_host, request_id, session_id = upstream_request_headers(ex, self.listen_port, chunked,
+                                                                                affinity is not None)
         ex.request_id = request_id
         pinned = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target

@@ -1,4 +1,5 @@
-"""The request pipeline: route, run the route's policies in priority order, the MCP step on MCP routes, forward."""
+"""The request pipeline: the client address, route, the route's policies in priority order (switching to the
+consumer's chain once one is authenticated), the MCP step on MCP routes, forward."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from gateway.http.server import Exchange, json_error_body
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.metrics import RequestStats
 from gateway.pipeline.forward import Forwarder
+from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP
 from gateway.runtime import Runtime
 
@@ -31,12 +33,14 @@ class Pipeline:
     async def _handle(self, ex: Exchange) -> str:
         """Route, run policies, forward; returns the route's name (for metrics)."""
         req = ex.request
+        runtime = self.runtime
+        if runtime.client_address is not None:
+            ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
         host = None
         for name, value in req.headers:
             if name == b"host":
                 host = value
                 break
-        runtime = self.runtime
         match = runtime.router.match(req.method, req.target, host, req.headers)
         mcp = None
         if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
@@ -48,12 +52,39 @@ class Pipeline:
             await ex.respond(404, NO_ROUTE)
             return "-"
         route = match.payload
-        for policy in route.policies:
-            if await policy.access(ex):
-                return route.name
+        target = req.target
+        if route.consumer_policies is None:
+            for policy in route.policies:
+                if await policy.access(ex):
+                    return route.name
+        elif await _run_scoped(ex, route.policies, route.consumer_policies):
+            return route.name
+        if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
+            match.query = req.target.partition(b"?")[2]
         if route.mcp is not None:
             mcp = await route.mcp.inbound(ex, mcp)
             if mcp is None:
                 return route.name
         await self.forwarder.forward(ex, route, match, mcp)
         return route.name
+
+
+async def _run_scoped(ex: Exchange, policies: list[Policy], by_consumer: dict[str, list[Policy]]) -> bool:
+    """Run the chain, moving to the consumer's own chain (at the same point in priority order) whenever a policy
+    changes who the request is: Kong looks each plugin up when its turn comes. True if a policy answered."""
+    chain = policies
+    consumer = None
+    i = 0
+    while i < len(chain):
+        policy = chain[i]
+        i += 1
+        if await policy.access(ex):
+            return True
+        if ex.consumer is not consumer:
+            consumer = ex.consumer
+            new = by_consumer.get(consumer.id, policies) if consumer is not None else policies
+            if new is not chain:
+                done = (-policy.priority, policy.name)
+                i = next((j for j, p in enumerate(new) if (-p.priority, p.name) > done), len(new))
+                chain = new
+    return False

@@ -23,6 +23,8 @@ def _key(spec: tuple[str, bytes], ex: Exchange, path: bytes, query: bytes) -> by
     kind, name = spec
     if kind == "ip":
         return ex.client_ip.encode()
+    if kind == "consumer":  # the authenticated (or anonymous) consumer's id; none: hash_fallback, as in Kong
+        return ex.consumer.id.encode() if ex.consumer is not None else None
     if kind == "path":
         return path
     if kind == "header":

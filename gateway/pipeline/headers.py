@@ -1,4 +1,4 @@
-"""Header rewriting at the proxy boundary: hop-by-hop removal, X-Forwarded-*, request ids, Host."""
+"""Header rewriting at the proxy boundary: hop-by-hop removal, X-Forwarded-*, request ids, Host, consumer headers."""
 
 from __future__ import annotations
 
@@ -6,13 +6,19 @@ import itertools
 import os
 
 from gateway.http.codec import Headers
+from gateway.http.server import Exchange
 
 # RFC 9110 7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
-# Replaced by the gateway on the way in (unless trust_forwarded), so a client cannot spoof them.
-_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-real-ip"})
-_DROP_IN = HOP_BY_HOP | {b"host", b"expect", b"x-forwarded-for", b"x-request-id"}
+# Kept from a peer in gateway.trusted_ips, replaced by the gateway's own otherwise (Kong's rule), so a client cannot
+# spoof them; X-Real-IP is always the client address.
+_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})
+# Kong's upstream headers about the consumer: only the gateway's authentication policies say who the client is.
+CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
+                              b"x-credential-identifier", b"x-consumer-groups", b"x-authenticated-groups",
+                              b"x-anonymous-consumer"})
+_DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-for", b"x-request-id", b"x-real-ip"}
 _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id"}  # one set lookup per header sorts out the rest
 _MAX_REQUEST_ID = 200
 
@@ -56,12 +62,18 @@ class _RequestIds:
 new_request_id = _RequestIds()
 
 
-def upstream_request_headers(headers: Headers, client_ip: bytes, listen_port: bytes, trust_forwarded: bool,
-                             chunked: bool, affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None]:
+def upstream_request_headers(ex: Exchange, listen_port: bytes, chunked: bool,
+                             affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None]:
     """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id).
 
-    With `affinity` the client's Mcp-Session-Id is taken out (the caller puts the upstream's own id back);
-    otherwise it passes through like any header and None is returned for it."""
+    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port are kept and its X-Forwarded-For gets
+    the peer appended; otherwise they are the gateway's own, X-Forwarded-For being the client address. X-Real-IP is
+    the client address. Consumer headers come only from the request's consumer (ex.consumer). With `affinity` the
+    client's Mcp-Session-Id is taken out (the caller puts the upstream's own id back); otherwise it passes through
+    like any header and None is returned for it."""
+    headers = ex.request.headers
+    trusted = ex.peer_trusted
+    client_ip = ex.client_ip.encode()
     named = connection_tokens(headers)
     out: Headers = []
     host = b""
@@ -76,7 +88,7 @@ def upstream_request_headers(headers: Headers, client_ip: bytes, listen_port: by
                 host = hv[1]
                 continue
             if name == b"x-forwarded-for":
-                if trust_forwarded:
+                if trusted:
                     xff = hv[1] if not xff else xff + b", " + hv[1]
                 continue
             if name == b"x-request-id":
@@ -88,26 +100,28 @@ def upstream_request_headers(headers: Headers, client_ip: bytes, listen_port: by
                     session_id = hv[1]
                     continue
             elif name in _FORWARDED:
-                if not trust_forwarded or (named and name in named):
+                if not trusted or (named and name in named):
                     continue
                 seen_forwarded.add(name)
             else:
-                continue  # hop-by-hop, expect
+                continue  # hop-by-hop, consumer headers, expect, x-real-ip
         if named and name in named:
             continue
         out.append(hv)
     if not request_id:
         request_id = new_request_id()
-    out.append((b"x-forwarded-for", xff + b", " + client_ip if xff else client_ip))
+    out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
     if b"x-forwarded-proto" not in seen_forwarded:
         out.append((b"x-forwarded-proto", b"http"))
     if b"x-forwarded-host" not in seen_forwarded and host:
         out.append((b"x-forwarded-host", host))
     if b"x-forwarded-port" not in seen_forwarded:
         out.append((b"x-forwarded-port", listen_port))
-    if b"x-real-ip" not in seen_forwarded:
-        out.append((b"x-real-ip", client_ip))
+    out.append((b"x-real-ip", client_ip))
     out.append((b"x-request-id", request_id))
+    consumer = ex.consumer
+    if consumer is not None:
+        out += consumer.upstream_headers
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
     return out, host, request_id, session_id

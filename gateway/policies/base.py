@@ -23,7 +23,10 @@ class PolicyType(Protocol):
 
     name: str
     priority: int  # Kong's PRIORITY: higher runs first; ties broken by name
-    schema: type
-    enforced: bool  # False for a policy that parses and validates but is not applied yet (logged at start)
+    schema: type  # its config; a key the schema does not list is refused ("config.K is not supported")
+    consumer_scoped: bool  # may be configured for a consumer (default True; False is Kong's no_consumer)
 
-    def build(self, config: Any) -> Policy | None: ...
+    def build(self, config: Any, plugin_id: str, shared: Any) -> Policy | None:
+        """The policy for one plugin entry (None: nothing to run per request); authentication policies also take
+        `consumers` (gateway.policies.consumers.Directory). ValueError("field: reason") is a config error."""
+        ...

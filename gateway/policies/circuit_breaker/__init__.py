@@ -7,7 +7,7 @@ from gateway.policies.circuit_breaker.schema import CircuitBreakerConfig
 name = "circuit-breaker"
 priority = 920
 schema = CircuitBreakerConfig
-enforced = True
+consumer_scoped = False  # one breaker per target, for every client
 
 
 def build(config: CircuitBreakerConfig, plugin_id: str, shared: object) -> None:

@@ -1,8 +1,10 @@
-"""Kong's jwt plugin config."""
+"""Kong's jwt plugin config (kong/plugins/jwt/schema.lua)."""
 
 from typing import Annotated, Literal
 
 import msgspec
+
+from gateway.config.consumers import HeaderText
 
 
 class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -15,4 +17,8 @@ class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
     anonymous: str | None = None
     run_on_preflight: bool = True
     maximum_expiration: Annotated[float, msgspec.Meta(ge=0, le=31536000)] = 0
-    realm: str | None = None
+    realm: HeaderText | None = None
+
+    def __post_init__(self) -> None:
+        if self.maximum_expiration > 0 and "exp" not in self.claims_to_verify:
+            raise ValueError("maximum_expiration needs claims_to_verify to include exp (as Kong's schema requires)")

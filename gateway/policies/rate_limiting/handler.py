@@ -52,11 +52,20 @@ class RateLimiting:
         self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
 
     def key(self, ex: Exchange) -> str:
-        """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP."""
+        """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP.
+
+        consumer: the authenticated (or anonymous) consumer's id; credential: the id of the credential it
+        authenticated with (the anonymous consumer has none)."""
         if self.fixed_key is not None:
             return self.fixed_key
         by = self.limit_by
-        if by == "header" or by == "mcp-method" or by == "mcp-tool":
+        if by == "consumer" or by == "credential":
+            who = ex.consumer
+            if who is not None:
+                ident = who.id if by == "consumer" else who.credential_id
+                if ident is not None:
+                    return self.prefix + ident
+        elif by == "header" or by == "mcp-method" or by == "mcp-tool":
             name = self.header if by == "header" else (b"mcp-method" if by == "mcp-method" else b"mcp-name")
             for hname, value in ex.request.headers:
                 if hname == name:

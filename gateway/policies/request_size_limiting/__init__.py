@@ -6,7 +6,7 @@ from gateway.policies.request_size_limiting.schema import RequestSizeLimitingCon
 name = "request-size-limiting"
 priority = RequestSizeLimiting.priority
 schema = RequestSizeLimitingConfig
-enforced = True
+consumer_scoped = True
 
 
 def build(config: RequestSizeLimitingConfig, plugin_id: str, shared: object) -> RequestSizeLimiting:

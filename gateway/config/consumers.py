@@ -1,0 +1,251 @@
+"""Kong's consumers and their credentials, in Kong's declarative form.
+
+Credentials are `jwt_secrets`, `keyauth_credentials`, `basicauth_credentials` and `acls`, nested under a consumer or
+top-level with `consumer: <id or username>`. After loading, every credential and consumer-scoped plugin names its
+consumer by id, and every consumer has an id: the one given, else Kong's own (a UUIDv5 of the username, as Kong's
+declarative loader makes it), so X-Consumer-ID is the same in every worker and across reloads.
+
+Secrets (a jwt secret, an API key) are `Secret` objects whose repr never shows them, and a basic-auth password is
+hashed as it is decoded (`PasswordHash`): neither can reach a log line, a status page or an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import uuid
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import msgspec
+
+from gateway.config.errors import CONTROL_FREE
+
+if TYPE_CHECKING:
+    from gateway.config.schema import Config
+
+# Kong's declarative config derives entity ids from this namespace (kong/db/schema/others/declarative_config.lua).
+_KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
+_CONSUMERS_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "consumers")
+# Ours, for what Kong would make random (an id must agree between workers that each load the file).
+_OWN_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "mcp-gateway")
+
+JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
+                       "PS384", "PS512", "EdDSA"]
+JWT_ALGORITHMS = frozenset(JwtAlgorithm.__args__)  # type: ignore[attr-defined]
+# Text a plugin sends in a header (a realm in WWW-Authenticate): no control characters, so no header injection.
+HeaderText = Annotated[str, msgspec.Meta(pattern=CONTROL_FREE)]
+CREDENTIALS = ("jwt_secrets", "keyauth_credentials", "basicauth_credentials", "acls")
+
+
+class Secret:
+    """A secret string from the config (a jwt secret, an API key): usable as `.value`, never shown."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+
+class PasswordHash:
+    """A basic-auth password, kept only as an HMAC-SHA256 under a random salt; compared in constant time."""
+
+    __slots__ = ("_salt", "_digest")
+
+    def __init__(self, password: str) -> None:
+        self._salt = os.urandom(16)
+        self._digest = hmac.new(self._salt, password.encode(), hashlib.sha256).digest()
+
+    def matches(self, candidate: bytes) -> bool:
+        return hmac.compare_digest(hmac.new(self._salt, candidate, hashlib.sha256).digest(), self._digest)
+
+    def __repr__(self) -> str:
+        return "<password hash>"
+
+    __str__ = __repr__
+
+
+SECRET_TYPES = (Secret, PasswordHash)
+
+
+def decode_hook(typ: type, value: Any) -> Any:
+    """msgspec's dec_hook for the secret types: a string, wrapped (or hashed) at once; the value is never quoted."""
+    if typ in SECRET_TYPES:
+        if not isinstance(value, str):
+            raise TypeError("expected a string (the value is not shown: it is a secret)")
+        return typ(value)
+    raise NotImplementedError
+
+
+class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=True):
+    """Unknown keys are errors; `dict=True` lets the loader note each entity's source path."""
+
+
+class JwtSecret(_Base):
+    consumer: str | None = None  # top-level only: the consumer's id or username
+    key: str | None = None  # what the token's key_claim_name (iss) names; Kong makes a random one when absent
+    secret: Secret | None = None  # HS*: the shared secret; Kong makes a random one when absent
+    algorithm: JwtAlgorithm = "HS256"
+    rsa_public_key: str | None = None  # RS*, PS*, ES*, EdDSA: the public key (PEM)
+    id: str | None = None
+    tags: list[str] = []
+
+
+class KeyAuthCredential(_Base):
+    consumer: str | None = None
+    key: Secret | None = None  # Kong makes a random one when absent
+    id: str | None = None
+    tags: list[str] = []
+
+
+class BasicAuthCredential(_Base):
+    username: str
+    password: PasswordHash
+    consumer: str | None = None
+    id: str | None = None
+    tags: list[str] = []
+
+
+class Acl(_Base):
+    group: str
+    consumer: str | None = None
+    id: str | None = None
+    tags: list[str] = []
+
+
+_UNSAFE = {chr(c) for c in range(32) if c != 9} | {"\x7f"}  # control characters cannot go into a header value
+
+
+def _header_safe(value: str | None) -> bool:
+    return value is None or _UNSAFE.isdisjoint(value)
+
+
+def path_of(obj: Any) -> str:
+    return getattr(obj, "_path", "?")
+
+
+def kong_consumer_id(username: str) -> str:
+    """The id Kong's declarative loader gives a consumer that has a username and no id."""
+    return str(uuid.uuid5(_CONSUMERS_NAMESPACE, username))
+
+
+def flatten_consumers(config: Config) -> None:
+    """Give every consumer an id, and move its nested credentials and plugins to the top-level lists, naming it."""
+    for consumer in config.consumers:
+        if consumer.id is None:
+            if consumer.username is not None:
+                consumer.id = kong_consumer_id(consumer.username)
+            elif consumer.custom_id is not None:
+                consumer.id = str(uuid.uuid5(_OWN_NAMESPACE, "consumers:custom_id:" + consumer.custom_id))
+        for attr in CREDENTIALS:
+            nested = getattr(consumer, attr)
+            for cred in nested:
+                cred._nested = cred.consumer or True  # check_consumers refuses a nested credential naming one
+                cred.consumer = consumer.id  # None when the consumer has neither username nor custom_id (an error)
+            getattr(config, attr).extend(nested)
+            setattr(consumer, attr, [])
+        for plugin in consumer.plugins:
+            plugin.consumer = consumer.id
+            config.plugins.append(plugin)
+        consumer.plugins = []
+
+
+def check_consumers(config: Config, errors: list[str]) -> None:
+    """Consumers are identifiable and unique; every credential names a consumer that exists (then by its id);
+    keys and usernames that identify a credential are unique. Secret values are never quoted."""
+    by_ref: dict[str, Any] = {}
+    seen: dict[tuple[str, str], Any] = {}
+    for consumer in config.consumers:
+        where = path_of(consumer)
+        if consumer.username is None and consumer.custom_id is None:
+            errors.append(f"{where}: set username or custom_id (or both)")
+            continue
+        for field in ("id", "username", "custom_id"):
+            value = getattr(consumer, field)
+            if value is None:
+                continue
+            if not _header_safe(value):
+                errors.append(f"{where}.{field}: control characters are not allowed (it is sent upstream in a header)")
+            other = seen.get((field, value))
+            if other is not None:
+                errors.append(f"{where}.{field}: {value!r} is already used by {path_of(other)}")
+            seen[(field, value)] = consumer
+        by_ref.setdefault(consumer.id, consumer)
+        if consumer.username is not None:
+            by_ref.setdefault(consumer.username, consumer)
+    counters: dict[tuple[str, str], int] = {}
+    unique: dict[tuple[str, str], Any] = {}
+    for attr in CREDENTIALS:
+        for cred in getattr(config, attr):
+            where = path_of(cred)
+            nested = getattr(cred, "_nested", None)
+            if isinstance(nested, str):
+                errors.append(f"{where}.consumer: remove it; a credential nested under a consumer belongs to it")
+                continue
+            if cred.consumer is None:
+                if nested:
+                    continue  # its consumer has neither username nor custom_id: reported above
+                errors.append(f"{where}.consumer: name the consumer (its id or username), or nest the credential "
+                              "under it")
+                continue
+            consumer = by_ref.get(cred.consumer)
+            if consumer is None:
+                errors.append(f"{where}.consumer: no consumer with id or username {cred.consumer!r}")
+                continue
+            cred.consumer = consumer.id
+            for field in ("id", "key", "username", "group"):
+                value = getattr(cred, field, None)
+                if isinstance(value, str) and not _header_safe(value):
+                    errors.append(f"{where}.{field}: control characters are not allowed (it is sent upstream in a "
+                                  "header)")
+            n = counters[(attr, consumer.id)] = counters.get((attr, consumer.id), -1) + 1
+            if cred.id is None:
+                cred.id = str(uuid.uuid5(_OWN_NAMESPACE, f"{attr}:{consumer.id}:{n}"))
+            _check_credential(attr, cred, where, unique, errors)
+    for plugin in config.plugins:
+        if plugin.consumer is not None:
+            consumer = by_ref.get(plugin.consumer)
+            if consumer is None:
+                errors.append(f"{path_of(plugin)}.consumer: no consumer with id or username {plugin.consumer!r}")
+            else:
+                plugin.consumer = consumer.id
+
+
+def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, str], Any],
+                      errors: list[str]) -> None:
+    if attr == "jwt_secrets":
+        if cred.key is None:
+            cred.key = secrets.token_hex(16)  # as Kong: a random key (that no token can name unless told)
+        if cred.algorithm.startswith("HS"):
+            if cred.secret is None:
+                cred.secret = Secret(secrets.token_hex(16))
+        elif not cred.rsa_public_key:
+            errors.append(f"{where}.rsa_public_key: algorithm {cred.algorithm} needs the consumer's public key (PEM)")
+        _unique(unique, ("jwt key", cred.key), cred, f"{where}.key: {cred.key!r}", errors)
+    elif attr == "keyauth_credentials":
+        if cred.key is None:
+            cred.key = Secret(secrets.token_hex(16))
+        elif not cred.key.value:
+            errors.append(f"{where}.key: must not be empty")
+        _unique(unique, ("api key", cred.key.value), cred, f"{where}.key: this key", errors)
+    elif attr == "basicauth_credentials":
+        if not cred.username:
+            errors.append(f"{where}.username: must not be empty")
+        _unique(unique, ("basic-auth username", cred.username), cred, f"{where}.username: {cred.username!r}", errors)
+    elif not cred.group:
+        errors.append(f"{where}.group: must not be empty")
+
+
+def _unique(unique: dict[tuple[str, str], Any], key: tuple[str, str], cred: Any, what: str,
+            errors: list[str]) -> None:
+    other = unique.get(key)
+    if other is not None:
+        errors.append(f"{what} is already used by {path_of(other)}")
+    else:
+        unique[key] = cred

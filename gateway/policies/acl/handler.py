@@ -1,0 +1,50 @@
+"""Kong's acl: the consumer's groups (its `acls`) against an allow or a deny list; it needs an authenticated
+consumer, so it runs after the authentication policies (priority 950).
+
+No consumer: 401 "Unauthorized". A consumer outside `allow` (or inside `deny`): 403 "You cannot consume this
+service"; with an allow list, a consumer with no groups at all gets 403 when it came with a credential and 401 when
+it is the anonymous consumer. Admitted: `X-Consumer-Groups: a, b` upstream unless `hide_groups_header`.
+No plugin of this gateway sets Kong's "authenticated groups" (LDAP, OAuth2 scopes), so the consumer's own groups always
+decide, which is also what `always_use_authenticated_groups` falls back to.
+"""
+
+from __future__ import annotations
+
+from gateway.http.server import Exchange
+from gateway.policies.acl.schema import AclConfig
+from gateway.policies.consumers import Rejection
+
+FORBIDDEN = Rejection(403, "You cannot consume this service")
+UNAUTHORIZED = Rejection(401, "Unauthorized")
+
+
+class Acl:
+    name = "acl"
+    priority = 950  # Kong's
+    __slots__ = ("deny", "groups", "hide", "_decided")
+
+    def __init__(self, config: AclConfig) -> None:
+        self.deny = bool(config.deny)
+        self.groups = frozenset(config.deny if self.deny else config.allow or ())
+        self.hide = config.hide_groups_header
+        self._decided: dict[tuple[str, ...], bool] = {}  # a consumer's groups -> admitted (per config load)
+
+    async def access(self, ex: Exchange) -> bool:
+        who = ex.consumer
+        if who is None:
+            await UNAUTHORIZED.send(ex)
+            return True
+        groups = who.groups
+        if not groups and not self.deny:
+            await (UNAUTHORIZED if who.credential_id is None else FORBIDDEN).send(ex)
+            return True
+        admitted = self._decided.get(groups)
+        if admitted is None:
+            member = not self.groups.isdisjoint(groups)
+            admitted = self._decided[groups] = member != self.deny
+        if not admitted:
+            await FORBIDDEN.send(ex)
+            return True
+        if not self.hide and groups:
+            ex.consumer = who.with_groups_header()
+        return False

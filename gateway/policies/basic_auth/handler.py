@@ -1,0 +1,80 @@
+"""Kong's basic-auth: `Authorization: Basic base64(username:password)` (or Proxy-Authorization) against the
+consumers' basicauth credentials, whose passwords are only kept hashed (gateway.config.consumers.PasswordHash).
+
+Every failure is 401 "Unauthorized" with `WWW-Authenticate: Basic realm="<realm>"`, as Kong answers.
+"""
+
+from __future__ import annotations
+
+import binascii
+import re
+from base64 import b64decode
+
+from gateway.config.consumers import PasswordHash
+from gateway.http.server import Exchange
+from gateway.policies.basic_auth.schema import BasicAuthConfig
+from gateway.policies.consumers import AuthPolicy, Directory, Identity, Rejection, header_value, remove_header
+
+_BASIC = re.compile(rb"\s*[Bb]asic\s*(.+)")  # Kong's patterns (PCRE, unanchored, "." stops at a newline)
+_PARTS = re.compile(rb"([^:]+):(.*)")
+_B64 = re.compile(rb"[A-Za-z0-9+/]*")
+_DECOY = PasswordHash("")  # checked against when the username is unknown, so both cases cost the same
+
+
+def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
+    """(username, password) from a Basic credentials header value, as Kong reads it; None if it has none."""
+    m = _BASIC.search(header)
+    if m is None:
+        return None
+    encoded = m.group(1).partition(b"=")[0]  # ngx.decode_base64 reads up to the first "="
+    if not _B64.fullmatch(encoded) or len(encoded) % 4 == 1:
+        return None
+    try:
+        decoded = b64decode(encoded + b"=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    parts = _PARTS.search(decoded)
+    if parts is None:
+        return None
+    return parts.group(1), parts.group(2)
+
+
+class BasicAuth(AuthPolicy):
+    name = "basic-auth"
+    priority = 1100  # Kong's
+    __slots__ = ("hide", "credentials", "unauthorized")
+
+    def __init__(self, config: BasicAuthConfig, directory: Directory) -> None:
+        super().__init__(directory.anonymous(config.anonymous), True)
+        self.hide = config.hide_credentials
+        self.credentials = {user.encode(): found for user, found in directory.basic.items()}
+        self.unauthorized = Rejection(401, "Unauthorized", f'Basic realm="{config.realm}"')
+
+    def _read(self, ex: Exchange, name: bytes, value: bytes | None) -> tuple[bytes, bytes] | None:
+        if value is None:
+            return None
+        given = decode_basic(value)
+        if self.hide:
+            remove_header(ex, name)
+        return given
+
+    def authenticate(self, ex: Exchange) -> Identity | Rejection:
+        headers = ex.request.headers
+        authorization = header_value(headers, b"authorization")
+        proxy_authorization = header_value(headers, b"proxy-authorization")
+        if authorization is None and proxy_authorization is None:
+            return self.unauthorized
+        found = None
+        given = self._read(ex, b"proxy-authorization", proxy_authorization)
+        if given is not None:
+            found = self.credentials.get(given[0])
+        if found is None:
+            given = self._read(ex, b"authorization", authorization)
+            if given is None:
+                return self.unauthorized
+            found = self.credentials.get(given[0])
+        if found is None:
+            _DECOY.matches(given[1])
+            return self.unauthorized
+        password, who = found
+        return who if password.matches(given[1]) else self.unauthorized

@@ -1,0 +1,273 @@
+"""Who a request is: the consumers and credentials of one config load, the `Identity` that authentication policies put
+on `Exchange.consumer`, and the flow every authentication policy shares (Kong's logical AND / OR with `anonymous`).
+
+Everything per consumer and per credential is built here once per config load: the upstream header lines
+(X-Consumer-ID, -Username, -Custom-ID, X-Credential-Identifier, X-Anonymous-Consumer), so a request pays one
+attribute assignment to be authenticated.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from gateway.config import Config, path_of
+from gateway.config.consumers import PasswordHash
+from gateway.http.codec import Headers
+from gateway.http.server import Exchange
+
+JSON_UTF8 = b"application/json; charset=utf-8"  # Kong's content type for its error bodies
+
+
+class Consumer:
+    """One consumer: its identifiers and ACL groups (in config order)."""
+
+    __slots__ = ("id", "username", "custom_id", "groups", "_anonymous")
+
+    def __init__(self, id: str, username: str | None, custom_id: str | None) -> None:  # noqa: A002 - Kong's name
+        self.id = id
+        self.username = username
+        self.custom_id = custom_id
+        self.groups: tuple[str, ...] = ()
+        self._anonymous: Identity | None = None
+
+    def identity(self, credential_id: str | None, identifier: str | None) -> Identity:
+        """This consumer as a credential authenticates it: Kong's credential id, and what X-Credential-Identifier
+        says (jwt: the key; key-auth: the credential id; basic-auth: the username)."""
+        return Identity(self, credential_id, identifier)
+
+    @property
+    def anonymous(self) -> Identity:
+        """This consumer as an `anonymous` fallback: no credential, X-Anonymous-Consumer: true."""
+        if self._anonymous is None:
+            self._anonymous = Identity(self, None, None)
+        return self._anonymous
+
+
+class Identity:
+    """A consumer as one credential authenticated it, or (credential_id None) as the anonymous consumer.
+
+    Later policies, logs and metrics read `ex.consumer`: `id`, `username`, `custom_id`, `groups`, `credential_id`
+    (Kong's credential id, for rate limiting by credential), `anonymous`."""
+
+    __slots__ = ("consumer", "id", "username", "custom_id", "groups", "credential_id", "anonymous",
+                 "upstream_headers", "_with_groups")
+
+    def __init__(self, consumer: Consumer, credential_id: str | None, identifier: str | None) -> None:
+        self.consumer = consumer
+        self.id = consumer.id
+        self.username = consumer.username
+        self.custom_id = consumer.custom_id
+        self.groups = consumer.groups
+        self.credential_id = credential_id
+        self.anonymous = credential_id is None
+        headers: Headers = [(b"x-consumer-id", consumer.id.encode())]
+        if consumer.custom_id is not None:
+            headers.append((b"x-consumer-custom-id", consumer.custom_id.encode()))
+        if consumer.username is not None:
+            headers.append((b"x-consumer-username", consumer.username.encode()))
+        if identifier is not None:
+            headers.append((b"x-credential-identifier", identifier.encode()))
+        if self.anonymous:
+            headers.append((b"x-anonymous-consumer", b"true"))
+        self.upstream_headers = headers
+        self._with_groups: Identity | None = None
+
+    def with_groups_header(self) -> Identity:
+        """The same identity, whose upstream headers also carry X-Consumer-Groups (what acl adds when it admits)."""
+        if self._with_groups is None:
+            twin = Identity.__new__(Identity)
+            for name in Identity.__slots__:
+                setattr(twin, name, getattr(self, name))
+            twin.upstream_headers = [*self.upstream_headers, (b"x-consumer-groups", ", ".join(self.groups).encode())]
+            twin._with_groups = twin
+            self._with_groups = twin
+        return self._with_groups
+
+
+class JwtCredential:
+    """A jwt secret: whose it is, its algorithm, and its key material as configured (the jwt policy prepares it)."""
+
+    __slots__ = ("identity", "key", "algorithm", "secret", "public_key", "where")
+
+    def __init__(self, identity: Identity, key: str, algorithm: str, secret: str | None, public_key: str | None,
+                 where: str) -> None:
+        self.identity = identity
+        self.key = key
+        self.algorithm = algorithm
+        self.secret = secret
+        self.public_key = public_key
+        self.where = where
+
+
+class Directory:
+    """The consumers and credentials of one config load, indexed as the authentication policies look them up."""
+
+    def __init__(self, config: Config) -> None:
+        self.consumers: dict[str, Consumer] = {}
+        self._by_ref: dict[str, Consumer] = {}
+        for c in config.consumers:
+            if c.id is None:
+                continue
+            consumer = Consumer(c.id, c.username, c.custom_id)
+            self.consumers[c.id] = consumer
+            self._by_ref.setdefault(c.id, consumer)
+            if c.username is not None:
+                self._by_ref.setdefault(c.username, consumer)
+        groups: dict[str, list[str]] = {}
+        for acl in config.acls:
+            if acl.consumer in self.consumers and acl.group not in groups.setdefault(acl.consumer, []):
+                groups[acl.consumer].append(acl.group)
+        for cid, names in groups.items():
+            self.consumers[cid].groups = tuple(names)
+        self.jwt: dict[str, JwtCredential] = {}
+        for s in config.jwt_secrets:
+            owner = self.consumers.get(s.consumer or "")
+            if owner is not None and s.key is not None:
+                self.jwt[s.key] = JwtCredential(owner.identity(s.id, s.key), s.key, s.algorithm,
+                                                s.secret.value if s.secret else None, s.rsa_public_key, path_of(s))
+        self.api_keys: dict[str, Identity] = {}
+        for k in config.keyauth_credentials:
+            owner = self.consumers.get(k.consumer or "")
+            if owner is not None and k.key is not None:
+                self.api_keys[k.key.value] = owner.identity(k.id, k.id)
+        self.basic: dict[str, tuple[PasswordHash, Identity]] = {}
+        for b in config.basicauth_credentials:
+            owner = self.consumers.get(b.consumer or "")
+            if owner is not None:
+                self.basic[b.username] = (b.password, owner.identity(b.id, b.username))
+
+    def find(self, ref: str) -> Consumer | None:
+        """A consumer by id or username (Kong's `anonymous` and plugin `consumer` references)."""
+        return self._by_ref.get(ref)
+
+    def anonymous(self, ref: str | None) -> Identity | None:
+        """The identity for a plugin's `anonymous` setting; ValueError (a config error) when it names no one."""
+        if ref is None:
+            return None
+        consumer = self.find(ref)
+        if consumer is None:
+            raise ValueError(f"config.anonymous: no consumer with id or username {ref!r} (Kong answers every request "
+                             "it would admit anonymously with 500)")
+        return consumer.anonymous
+
+
+class Rejection:
+    """A failed authentication's answer, formatted once: status, JSON body, WWW-Authenticate."""
+
+    __slots__ = ("status", "body", "extra")
+
+    def __init__(self, status: int, body: Any, www_authenticate: str | None = None) -> None:
+        self.status = status
+        self.body = json.dumps(body if isinstance(body, dict) else {"message": body}).encode()
+        self.extra = [(b"www-authenticate", www_authenticate.encode())] if www_authenticate else None
+
+    async def send(self, ex: Exchange) -> None:
+        await ex.respond(self.status, self.body, JSON_UTF8, self.extra)
+
+
+class AuthPolicy:
+    """Kong's flow for an authentication plugin.
+
+    Without `anonymous` (logical AND): a failure answers the request (401, 403, ...). With it (logical OR): a request
+    that another policy already authenticated with a credential passes as it is; otherwise a failure lets it through
+    as the anonymous consumer. `run_on_preflight: false` lets OPTIONS requests through untouched."""
+
+    name = ""
+    priority = 0
+    __slots__ = ("anon", "run_on_preflight")
+
+    def __init__(self, anonymous: Identity | None, run_on_preflight: bool) -> None:
+        self.anon = anonymous
+        self.run_on_preflight = run_on_preflight
+
+    def authenticate(self, ex: Exchange) -> Identity | Rejection:  # pragma: no cover - each policy's own
+        raise NotImplementedError
+
+    async def access(self, ex: Exchange) -> bool:
+        if not self.run_on_preflight and ex.request.method == b"OPTIONS":
+            return False
+        anon = self.anon
+        if anon is not None:
+            current = ex.consumer
+            if current is not None and current.credential_id is not None:
+                return False
+            found = self.authenticate(ex)
+            ex.consumer = found if isinstance(found, Identity) else anon
+            return False
+        found = self.authenticate(ex)
+        if isinstance(found, Identity):
+            ex.consumer = found
+            return False
+        await found.send(ex)
+        return True
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """The first value of a header (Kong's kong.request.get_header)."""
+    for n, v in headers:
+        if n == name:
+            return v
+    return None
+
+
+def header_values(headers: Headers, name: bytes) -> list[bytes]:
+    return [v for n, v in headers if n == name]
+
+
+def remove_header(ex: Exchange, name: bytes) -> None:
+    """Kong's kong.service.request.clear_header: the upstream request goes without it."""
+    ex.request.headers = [hv for hv in ex.request.headers if hv[0] != name]
+
+
+def header_key(name: str) -> bytes:
+    """A configured header name as the request's (lower-cased) names are compared with it; like ngx's
+    get_headers(), an underscore in the configured name stands for a hyphen."""
+    return name.lower().replace("_", "-").encode()
+
+
+def query_values(target: bytes, name: str) -> list[str | None]:
+    """The decoded values of query argument `name` (None for a bare `?name`), as Kong's kong.request.get_query()
+    reads them: split on "&", names and values percent-decoded with "+" as a space."""
+    _, sep, query = target.partition(b"?")
+    if not sep or not query:
+        return []
+    raw = name.encode()
+    if raw not in query and b"%" not in query and b"+" not in query:
+        return []
+    out: list[str | None] = []
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        k, eq, v = part.partition(b"=")
+        if _unquote(k) == name:
+            out.append(_unquote(v) if eq else None)
+    return out
+
+
+def remove_query_arg(ex: Exchange, name: str) -> None:
+    """Kong's kong.service.request.clear_query_arg: the upstream request goes without `name`; the other arguments
+    keep their order and their encoding."""
+    target = ex.request.target
+    path, sep, query = target.partition(b"?")
+    if not sep:
+        return
+    kept = [p for p in query.split(b"&") if p and _unquote(p.partition(b"=")[0]) != name]
+    ex.request.target = path + b"?" + b"&".join(kept) if kept else path
+
+
+def cookie_value(headers: Headers, name: bytes) -> bytes | None:
+    """nginx's $cookie_NAME: the first cookie of that name (compared case-insensitively) in the Cookie headers."""
+    for n, v in headers:
+        if n != b"cookie":
+            continue
+        for part in v.replace(b",", b";").split(b";"):
+            k, eq, value = part.strip().partition(b"=")
+            if eq and k.lower() == name:
+                return value
+    return None
+
+
+def _unquote(raw: bytes) -> str:
+    return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8", "surrogateescape")

@@ -1,0 +1,24 @@
+"""Kong's ip-restriction plugin config (kong/plugins/ip-restriction/schema.lua)."""
+
+from typing import Annotated
+
+import msgspec
+
+from gateway.http.realip import parse_network
+
+
+class IpRestrictionConfig(msgspec.Struct, forbid_unknown_fields=True):
+    allow: list[str] | None = None
+    deny: list[str] | None = None
+    status: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None  # Kong's kong.response.error bounds
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.allow and not self.deny:
+            raise ValueError("at least one of allow and deny must be non-empty (IPs or CIDRs)")
+        for field in ("allow", "deny"):
+            for i, entry in enumerate(getattr(self, field) or ()):
+                try:
+                    parse_network(entry)
+                except ValueError:
+                    raise ValueError(f"{field}[{i}]: invalid ip or cidr range: {entry!r}") from None

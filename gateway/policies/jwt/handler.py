@@ -1,0 +1,198 @@
+"""Kong's jwt: a token from the query string, a cookie or a header; its `key_claim_name` claim (or header field)
+names a consumer's jwt secret, whose algorithm the token must use and whose key must verify its signature; then the
+registered claims named in `claims_to_verify` (exp, nbf) and `maximum_expiration`.
+
+PyJWT parses the token and its algorithm objects check the signature; nothing here decodes base64 or compares
+signatures. Kong's answers, all 401 with `WWW-Authenticate: Bearer` (+ `error="invalid_token"` once a token was
+found): "Unauthorized", "Multiple tokens provided", "Unrecognizable token", "Bad token; invalid JSON" (also invalid
+base64), "Bad token; invalid alg", "Bad token; invalid signature" (a signature that is not base64), "No mandatory
+'iss' in claims", "Invalid 'iss' in claims", "No credentials found for given 'iss'", "Invalid algorithm",
+"Invalid key/secret", "Invalid signature"; claim failures as a JSON object ({"exp": "token expired"}).
+
+Verified tokens are cached (bounded, FIFO) with their exp/nbf, so a token seen again costs a dict lookup and the
+time checks; failures are never cached.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from jwt.api_jwt import PyJWT
+from jwt.exceptions import PyJWTError
+
+from gateway.config.consumers import JWT_ALGORITHMS as SUPPORTED
+from gateway.http.server import Exchange
+from gateway.policies.consumers import (
+    AuthPolicy,
+    Directory,
+    Identity,
+    Rejection,
+    cookie_value,
+    header_key,
+    header_value,
+    query_values,
+)
+from gateway.policies.jwt.keys import ALGORITHMS, prepare
+from gateway.policies.jwt.schema import JwtConfig
+
+CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance
+CACHE_TOKEN_BYTES = 4096  # longer tokens are verified every time (bounds the cache's memory to ~16 MiB)
+_BEARER = re.compile(rb"\s*[Bb]earer\s+(.+)")  # Kong's pattern (PCRE, unanchored)
+_PARSER = PyJWT()
+_UNVERIFIED = {"verify_signature": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
+               "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False}
+_BARE = object()  # a bare `?jwt` query argument: Kong's `true`, an unrecognizable token
+
+
+class _Key:
+    """A jwt secret as one plugin instance verifies with it."""
+
+    __slots__ = ("identity", "algorithm", "verifier", "key")
+
+    def __init__(self, identity: Identity, algorithm: str, key: Any) -> None:
+        self.identity = identity
+        self.algorithm = algorithm
+        self.verifier = ALGORITHMS[algorithm]
+        self.key = key  # None: Kong's "Invalid key/secret"
+
+
+class Jwt(AuthPolicy):
+    name = "jwt"
+    priority = 1450  # Kong's
+    __slots__ = ("params", "cookies", "headers", "claim", "claims_to_verify", "max_exp", "keys", "cache", "www",
+                 "www_error", "missing", "errors")
+
+    def __init__(self, config: JwtConfig, directory: Directory) -> None:
+        super().__init__(directory.anonymous(config.anonymous), config.run_on_preflight)
+        self.params = list(dict.fromkeys(config.uri_param_names))
+        self.cookies = [c.lower().encode() for c in dict.fromkeys(config.cookie_names)]
+        self.headers = [header_key(h) for h in dict.fromkeys(config.header_names)]
+        self.claim = config.key_claim_name
+        self.claims_to_verify = list(dict.fromkeys(config.claims_to_verify))
+        self.max_exp = config.maximum_expiration
+        self.keys = {key: _Key(cred.identity, cred.algorithm, prepare(cred, config.secret_is_base64))
+                     for key, cred in directory.jwt.items()}
+        self.cache: dict[bytes, tuple[Identity, Any, Any]] = {}
+        if config.realm is not None:
+            self.www = f'Bearer realm="{config.realm}"'
+            self.www_error = f'{self.www}, error="invalid_token"'
+        else:
+            self.www, self.www_error = "Bearer", 'Bearer error="invalid_token"'
+        self.missing = Rejection(401, "Unauthorized", self.www)
+        claim = self.claim
+        self.errors = {message: Rejection(401, message, self.www_error) for message in (
+            "Multiple tokens provided", "Unrecognizable token", "Bad token; invalid JSON", "Bad token; invalid alg",
+            "Bad token; invalid claims", "Bad token; invalid signature", f"No mandatory '{claim}' in claims",
+            f"Invalid '{claim}' in claims", f"No credentials found for given '{claim}'", "Invalid algorithm",
+            "Invalid key/secret", "Invalid signature")}
+
+    def authenticate(self, ex: Exchange) -> Identity | Rejection:
+        token = self._token(ex)
+        if isinstance(token, Rejection):
+            return token
+        now = int(time.time())  # Kong compares with ngx.time(), whole seconds
+        entry = self.cache.get(token)
+        if entry is not None and self._in_time(entry[1], entry[2], now) is None:
+            return entry[0]
+        return self._verify(token, now)
+
+    def _token(self, ex: Exchange) -> bytes | Rejection:
+        """Kong's retrieve_tokens: every distinct non-empty token found; exactly one is wanted."""
+        req = ex.request
+        found: dict[Any, None] = {}
+        for name in self.params:
+            for value in query_values(req.target, name):
+                if value is None:
+                    found[_BARE] = None
+                elif value:
+                    found[value.encode("utf-8", "surrogateescape")] = None
+        for name in self.cookies:
+            cookie = cookie_value(req.headers, name)
+            if cookie:
+                found[cookie] = None
+        for name in self.headers:
+            value = header_value(req.headers, name)
+            if value is not None:
+                m = _BEARER.search(value)
+                if m is not None:
+                    found[m.group(1)] = None
+        if not found:
+            return self.missing
+        if len(found) > 1:
+            return self.errors["Multiple tokens provided"]
+        token = next(iter(found))
+        return token if token is not _BARE else self.errors["Unrecognizable token"]
+
+    def _verify(self, token: bytes, now: int) -> Identity | Rejection:
+        errors = self.errors
+        try:
+            decoded = _PARSER.decode_complete(token, options=_UNVERIFIED)  # type: ignore[arg-type]
+        except PyJWTError as e:
+            text = str(e)
+            if "crypto" in text:
+                return errors["Bad token; invalid signature"]
+            if "payload" in text and "json object" in text:
+                return errors["Bad token; invalid claims"]
+            return errors["Bad token; invalid JSON"]
+        except Exception:  # noqa: BLE001 - whatever a hostile token makes the parser raise is a bad token
+            return errors["Bad token; invalid JSON"]
+        header, claims = decoded["header"], decoded["payload"]
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in SUPPORTED:
+            return errors["Bad token; invalid alg"]
+        claim = self.claim
+        name = claims.get(claim)
+        if name is None or name is False:
+            name = header.get(claim)
+        if name is None or name is False:
+            return errors[f"No mandatory '{claim}' in claims"]
+        if name == "":
+            return errors[f"Invalid '{claim}' in claims"]
+        key = self.keys.get(name) if isinstance(name, str) else None
+        if key is None:
+            return errors[f"No credentials found for given '{claim}'"]
+        if alg != key.algorithm:
+            return errors["Invalid algorithm"]
+        if key.key is None:
+            return errors["Invalid key/secret"]
+        signing_input = token.rpartition(b".")[0]
+        try:
+            valid = key.verifier.verify(signing_input, key.key, decoded["signature"])
+        except Exception:  # noqa: BLE001 - a malformed signature is an invalid one
+            valid = False
+        if not valid:
+            return errors["Invalid signature"]
+        exp, nbf = claims.get("exp"), claims.get("nbf")
+        failed = self._in_time(exp, nbf, now)
+        if failed is not None:
+            return Rejection(401, failed, self.www_error)
+        if len(token) <= CACHE_TOKEN_BYTES:
+            cache = self.cache
+            if len(cache) >= CACHE_ENTRIES:
+                del cache[next(iter(cache))]
+            cache[token] = (key.identity, exp, nbf)
+        return key.identity
+
+    def _in_time(self, exp: Any, nbf: Any, now: int) -> dict[str, str] | None:
+        """Kong's verify_registered_claims (each of claims_to_verify must be a number, and in time), then
+        check_maximum_expiration; None when they pass, else the JSON body of the 401."""
+        failed = {}
+        for claim in self.claims_to_verify:
+            value = exp if claim == "exp" else nbf
+            if not _is_number(value):
+                failed[claim] = "must be a number"
+            elif claim == "exp" and value <= now:
+                failed[claim] = "token expired"
+            elif claim == "nbf" and value > now:
+                failed[claim] = "token not valid yet"
+        if failed:
+            return failed
+        if self.max_exp > 0 and (not _is_number(exp) or exp - now > self.max_exp):
+            return {"exp": "exceeds maximum allowed expiration"}
+        return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,0 +1,111 @@
+"""Kong's basic-auth through the in-process gateway: kong/plugins/basic-auth's answers and the upstream's view."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from auth_helpers import (
+    call,
+    http_codec,  # noqa: F401 - the fixture: one codec
+    message,
+    start,
+    upstream,
+)
+
+from gateway.policies.basic_auth.handler import decode_basic
+
+CONSUMERS = [
+    {"username": "bob", "basicauth_credentials": [{"username": "bob", "password": "kong"},
+                                                   {"username": "user123", "password": "password123"},
+                                                   {"username": "user321", "password": "password:123"}]},
+    {"username": "no-body"},
+]
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+async def basic_gateway(nursery, gateway, **config):  # noqa: ANN001,ANN003,ANN201
+    routes = [{"paths": ["/"], "plugins": [{"name": "basic-auth", "config": config}]}]
+    return await start(nursery, gateway, routes, consumers=CONSUMERS)
+
+
+async def test_missing_credentials_are_401_with_the_default_realm(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway)
+    reply = await call(port)
+    assert (reply.status, message(reply)) == (401, {"message": "Unauthorized"})
+    assert reply.header("www-authenticate") == 'Basic realm="service"'
+
+
+@pytest.mark.parametrize("value", [
+    "foobar", "Basic a29uZw==", "Basic Ym9i", "Basic adXNlcjEyMzpwYXNzd29yZDEyMw==", "Basic !!!!",
+    basic("bob", "wrong"), basic("nobody", "kong"), "Basic " + "A" * 4097, "Bearer " + basic("bob", "kong")[6:]],
+    ids=["not-basic", "password-only", "username-only", "bad-base64", "not-base64", "wrong-password",
+         "unknown-user", "long", "bearer"])
+async def test_bad_credentials_are_401_unauthorized(nursery, gateway, value):
+    _, port = await basic_gateway(nursery, gateway, realm="test-realm")
+    for header in ("authorization", "proxy-authorization"):
+        reply = await call(port, headers=[(header, value)])
+        assert (reply.status, message(reply)) == (401, {"message": "Unauthorized"})
+        assert reply.header("www-authenticate") == 'Basic realm="test-realm"'
+
+
+async def test_valid_credentials_reach_upstream_with_the_username_as_credential_identifier(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway)
+    seen = upstream(await call(port, headers=[("authorization", basic("user123", "password123"))]))
+    assert seen["x-consumer-username"] == "bob"
+    assert seen["x-credential-identifier"] == "user123"
+    assert seen["authorization"] == basic("user123", "password123")
+    assert "x-anonymous-consumer" not in seen
+
+
+async def test_a_password_may_contain_a_colon(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway)
+    seen = upstream(await call(port, headers=[("authorization", basic("user321", "password:123"))]))
+    assert seen["x-credential-identifier"] == "user321"
+
+
+async def test_proxy_authorization_is_read_and_never_forwarded(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway)
+    seen = upstream(await call(port, headers=[("proxy-authorization", basic("bob", "kong"))]))
+    assert seen["x-credential-identifier"] == "bob"
+    assert "proxy-authorization" not in seen
+
+
+async def test_authorization_is_tried_when_proxy_authorization_names_no_one(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway)
+    reply = await call(port, headers=[("proxy-authorization", basic("ghost", "x")),
+                                      ("authorization", basic("bob", "kong"))])
+    assert upstream(reply)["x-credential-identifier"] == "bob"
+
+
+async def test_hide_credentials_strips_authorization(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway, hide_credentials=True)
+    seen = upstream(await call(port, headers=[("authorization", basic("bob", "kong"))]))
+    assert "authorization" not in seen
+    assert seen["x-consumer-username"] == "bob"
+
+
+async def test_anonymous(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway, anonymous="no-body")
+    seen = upstream(await call(port, headers=[("authorization", basic("user123", "password123"))]))
+    assert (seen["x-consumer-username"], seen["x-credential-identifier"]) == ("bob", "user123")
+    seen = upstream(await call(port, headers=[("authorization", basic("bob", "nope"))]))
+    assert (seen["x-consumer-username"], seen["x-anonymous-consumer"]) == ("no-body", "true")
+    assert "x-credential-identifier" not in seen
+
+
+@pytest.mark.parametrize(("header", "expected"), [
+    (b"Basic Ym9iOmtvbmc=", (b"bob", b"kong")),
+    (b"basic Ym9iOmtvbmc", (b"bob", b"kong")),  # no padding: ngx.decode_base64 takes it
+    (b"  Basic   Ym9iOmtvbmc=", (b"bob", b"kong")),
+    (b"Basic Ym9iOmtvbmc=garbage", (b"bob", b"kong")),  # read up to the first "="
+    (b"Basic Og==", None),  # ":" alone: no username
+    (b"Basic Omtvbmc6eA==", (b"kong", b"x")),  # ":kong:x": Kong's unanchored pattern finds "kong:x"
+    (b"Basic", None),
+    (b"Basic Y", None),
+])
+def test_decode_basic_reads_the_header_as_kong_does(header, expected):
+    assert decode_basic(header) == expected

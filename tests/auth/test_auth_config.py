@@ -1,0 +1,216 @@
+"""Consumers and credentials in Kong's declarative form, the client-address settings, and what check-config refuses:
+every message names the field, and no secret ever appears in one."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from gateway.config import ConfigError, parse_config
+from gateway.config.consumers import PasswordHash, Secret, kong_consumer_id
+from gateway.policies.consumers import Directory
+from gateway.runtime import compile_config
+
+SERVICE = "services: [{name: s, url: 'http://127.0.0.1:1', routes: [{name: r, paths: [/]}]}]\n"
+
+
+def errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        compile_config(parse_config(SERVICE + text, "t.yml"), "t.yml")
+    return [m.removeprefix("t.yml: ") for m in info.value.messages]
+
+
+def load(text: str):  # noqa: ANN201
+    config = parse_config(SERVICE + text, "t.yml")
+    compile_config(config, "t.yml")
+    return config
+
+
+# --- consumers -----------------------------------------------------------------------------------------------------
+
+
+def test_consumer_ids_are_kongs_declarative_ids():
+    """Kong makes a consumer's id a UUIDv5 of its username (kong/db/schema/others/declarative_config.lua)."""
+    ns = uuid.uuid5(uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5"), "consumers")
+    config = load("consumers: [{username: bob}, {username: carol, id: 0b9a5c1e-0000-4000-8000-000000000001}]")
+    assert config.consumers[0].id == str(uuid.uuid5(ns, "bob")) == kong_consumer_id("bob")
+    assert config.consumers[1].id == "0b9a5c1e-0000-4000-8000-000000000001"
+
+
+def test_a_consumer_with_only_a_custom_id_gets_a_stable_id():
+    a = load("consumers: [{custom_id: c-1}]").consumers[0].id
+    b = load("consumers: [{custom_id: c-1}]").consumers[0].id
+    assert a == b and uuid.UUID(a)
+
+
+def test_nested_and_top_level_credentials_end_up_the_same():
+    nested = load("consumers: [{username: bob, keyauth_credentials: [{key: k1}], acls: [{group: g}], "
+                  "jwt_secrets: [{key: iss-1, secret: s}], basicauth_credentials: [{username: u, password: p}]}]")
+    top = load("consumers: [{username: bob}]\nkeyauth_credentials: [{consumer: bob, key: k1}]\n"
+               "acls: [{consumer: bob, group: g}]\njwt_secrets: [{consumer: bob, key: iss-1, secret: s}]\n"
+               f"basicauth_credentials: [{{consumer: {kong_consumer_id('bob')}, username: u, password: p}}]")
+    for config in (nested, top):
+        bob = kong_consumer_id("bob")
+        assert [c.consumer for c in config.keyauth_credentials + config.acls + config.jwt_secrets
+                + config.basicauth_credentials] == [bob] * 4
+        directory = Directory(config)
+        assert directory.api_keys["k1"].username == "bob"
+        assert directory.consumers[bob].groups == ("g",)
+    assert [c.id for c in nested.keyauth_credentials] == [c.id for c in top.keyauth_credentials]
+
+
+def test_consumer_plugins_are_scoped_to_the_consumers_id():
+    config = load("consumers: [{username: bob, plugins: [{name: rate-limiting, config: {minute: 5}}]}]")
+    assert config.plugins[0].consumer == kong_consumer_id("bob")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("consumers: [{tags: [x]}]", "consumers[0]: set username or custom_id (or both)"),
+    ("consumers: [{username: a}, {username: a}]", "consumers[1].username: 'a' is already used by consumers[0]"),
+    ("consumers: [{custom_id: a}, {custom_id: a}]", "consumers[1].custom_id: 'a' is already used by consumers[0]"),
+    ("keyauth_credentials: [{consumer: ghost, key: k}]",
+     "keyauth_credentials[0].consumer: no consumer with id or username 'ghost'"),
+    ("acls: [{group: g}]", "acls[0].consumer: name the consumer (its id or username), or nest the credential under it"),
+    ("consumers: [{username: a, acls: [{consumer: b, group: g}]}]",
+     "consumers[0].acls[0].consumer: remove it; a credential nested under a consumer belongs to it"),
+    ("consumers: [{username: a, acls: [{group: ''}]}]", "consumers[0].acls[0].group: must not be empty"),
+    ("consumers: [{username: a, jwt_secrets: [{key: k, secret: s}, {key: k, secret: t}]}]",
+     "consumers[0].jwt_secrets[1].key: 'k' is already used by consumers[0].jwt_secrets[0]"),
+    ("consumers: [{username: a, basicauth_credentials: [{username: u, password: p}]}, "
+     "{username: b, basicauth_credentials: [{username: u, password: q}]}]",
+     "consumers[1].basicauth_credentials[0].username: 'u' is already used by consumers[0].basicauth_credentials[0]"),
+    ("consumers: [{username: a, jwt_secrets: [{key: k, algorithm: RS256}]}]",
+     "consumers[0].jwt_secrets[0].rsa_public_key: algorithm RS256 needs the consumer's public key (PEM)"),
+    ("consumers: [{username: a, jwt_secrets: [{key: k, algorithm: HS999}]}]",
+     'consumers[0].jwt_secrets[0].algorithm: expected one of "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", '
+     '"HS512", "PS256", "PS384", "PS512", "RS256", "RS384", "RS512", got "HS999"'),
+    ("consumers: [{username: a, basicauth_credentials: [{username: u}]}]",
+     "consumers[0].basicauth_credentials[0].password: required field is missing"),
+    ("consumers: [{username: a, keyauth_credentials: [{key: k, ttl: 60}]}]",
+     "consumers[0].keyauth_credentials[0].ttl: unknown field (check the spelling; see the README's config reference)"),
+    ('consumers: [{username: "a\\r\\nX-Admin: 1"}]',
+     "consumers[0].username: control characters are not allowed (it is sent upstream in a header)"),
+])
+def test_consumer_errors_name_the_field(text, expected):
+    assert expected in errors(text)
+
+
+def test_an_asymmetric_key_that_is_not_a_key_is_an_error():
+    [message] = errors("consumers: [{username: a, jwt_secrets: [{key: k, algorithm: ES256, rsa_public_key: nope}]}]")
+    assert message.startswith("consumers[0].jwt_secrets[0].rsa_public_key: not usable as a ES256 public key (PEM)")
+
+
+def test_a_key_of_the_wrong_family_is_an_error():
+    from auth_helpers import key_pair
+    pem = json.dumps(key_pair("ES256")[1])
+    [message] = errors(f"consumers: [{{username: a, jwt_secrets: [{{key: k, algorithm: RS256, "
+                       f"rsa_public_key: {pem}}}]}}]")
+    assert message.startswith("consumers[0].jwt_secrets[0].rsa_public_key: not usable as a RS256 public key")
+
+
+def test_an_hmac_secret_pyjwt_refuses_is_an_error_that_does_not_quote_it():
+    from auth_helpers import key_pair
+    pem = json.dumps(key_pair("RS256")[1])
+    [message] = errors(f"consumers: [{{username: a, jwt_secrets: [{{key: k, secret: {pem}}}]}}]")
+    assert message.startswith("consumers[0].jwt_secrets[0].secret: not usable as an HMAC secret")
+    assert "BEGIN" not in message
+
+
+# --- secrets never shown -------------------------------------------------------------------------------------------
+
+
+SECRET = "hunter2-s3cr3t-value"
+
+
+@pytest.mark.parametrize("text", [
+    f"consumers: [{{username: a, keyauth_credentials: [{{key: {SECRET}}}, {{key: {SECRET}}}]}}]",
+    f"consumers: [{{username: a, keyauth_credentials: [{{key: [{SECRET}]}}]}}]",
+    f"consumers: [{{username: a, basicauth_credentials: [{{username: u, password: [{SECRET}]}}]}}]",
+    f"consumers: [{{username: a, jwt_secrets: [{{key: k, secret: {{x: {SECRET}}}}}]}}]",
+    f"keyauth_credentials: [{{consumer: ghost, key: {SECRET}}}]",
+    f"consumers: [{{username: a, keyauth_credentials: [{{key: {SECRET}, bogus: 1}}]}}]",
+])
+def test_secrets_never_appear_in_error_messages(text):
+    messages = errors(text)
+    assert messages
+    assert not any(SECRET in m for m in messages), messages
+
+
+def test_secrets_never_appear_in_the_config_objects_repr():
+    config = load(f"consumers: [{{username: a, keyauth_credentials: [{{key: {SECRET}}}], "
+                  f"basicauth_credentials: [{{username: u, password: {SECRET}}}], "
+                  f"jwt_secrets: [{{key: k, secret: {SECRET}}}]}}]")
+    everything = repr(config) + repr(config.keyauth_credentials) + repr(config.basicauth_credentials) + repr(
+        config.jwt_secrets)
+    assert SECRET not in everything
+    assert isinstance(config.keyauth_credentials[0].key, Secret)
+
+
+def test_basic_auth_passwords_are_only_kept_hashed():
+    config = load(f"consumers: [{{username: a, basicauth_credentials: [{{username: u, password: {SECRET}}}]}}]")
+    password = config.basicauth_credentials[0].password
+    assert isinstance(password, PasswordHash)
+    assert SECRET.encode() not in b"".join(getattr(password, s) for s in PasswordHash.__slots__)
+    assert password.matches(SECRET.encode()) and not password.matches(b"hunter2")
+
+
+# --- plugins: what is not enforced is refused ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["cors", "correlation-id", "request-transformer", "response-transformer",
+                                  "request-termination", "bot-detection", "oauth2", "hmac-auth", "ldap-auth"])
+def test_plugins_the_gateway_does_not_enforce_are_not_supported(name):
+    [message] = errors(f"plugins: [{{name: {name}}}]")
+    assert message.startswith(f"plugins[0].name: plugin '{name}' is not supported; supported: acl, basic-auth, ")
+
+
+@pytest.mark.parametrize(("plugin", "key"), [("jwt", "header_name"), ("key-auth", "key_in_cookie"),
+                                             ("basic-auth", "brute_force_protection"), ("acl", "whitelist"),
+                                             ("ip-restriction", "whitelist")])
+def test_config_keys_the_gateway_does_not_enforce_are_not_supported(plugin, key):
+    [message] = errors(f"plugins: [{{name: {plugin}, config: {{{key}: x}}}}]")
+    assert message.startswith(f"plugins[0].config.{key} is not supported by the gateway's {plugin} plugin (it takes: ")
+
+
+def test_the_reference_kong_yml_still_checks():
+    from pathlib import Path
+
+    from gateway.config import load_config
+    path = Path(__file__).resolve().parents[2] / "configs" / "kong.yml"
+    runtime = compile_config(load_config(path), str(path))
+    route = runtime.router.match(b"POST", b"/v1", None, []).payload
+    assert [p.name for p in route.policies][:1] == ["jwt"]
+
+
+# --- the client address --------------------------------------------------------------------------------------------
+
+
+def test_trust_forwarded_is_gone_with_a_message_saying_what_replaces_it():
+    [message] = errors("gateway: {trust_forwarded: true}")
+    assert message.startswith("gateway.trust_forwarded: removed: list the addresses of the balancers in front of the "
+                              "gateway in gateway.trusted_ips")
+    assert "real_ip_header" in message
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ("trusted_ips: [10.0.0.0/40]", 'gateway.trusted_ips[0]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", '
+                                   '"::1"), got "10.0.0.0/40"'),
+    ("trusted_ips: ['unix:']", "gateway.trusted_ips[0]: unix: is not supported (the gateway listens on TCP only)"),
+    ("real_ip_header: proxy_protocol", "gateway.real_ip_header: proxy_protocol is not supported"),
+    ("real_ip_header: 'X Forwarded'", 'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
+                                      'got "X Forwarded"'),
+])
+def test_client_address_settings_are_checked(setting, expected):
+    [message] = errors(f"gateway: {{{setting}}}")
+    assert message.startswith(expected)
+
+
+def test_client_address_settings_as_kong_conf_spells_them():
+    config = load("gateway: {trusted_ips: [10.0.0.0/8, '::1'], real_ip_header: X-Forwarded-For, "
+                  "real_ip_recursive: on}")
+    assert config.gateway.real_ip_recursive is True
+    runtime = compile_config(config)
+    assert runtime.client_address is not None
+    assert compile_config(load("")).client_address is None  # the socket peer, at no cost per request
