@@ -13,6 +13,7 @@ import msgspec
 from gateway.config.consumers import Acl, BasicAuthCredential, JwtSecret, KeyAuthCredential
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
+from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -65,6 +66,15 @@ class GatewaySettings(Base):
     real_ip_recursive: bool = False
     registration: RegistrationSettings | None = None  # self-registration in Consul/etcd (config/discovery.py)
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)  # session ids, Origin policy (config/mcp.py)
+    # TLS on listeners with ` ssl` (config/tls.py), as kong.conf names it: the default certificate (PEM files, for
+    # clients without SNI or with an unknown one), protocols, Mozilla's cipher suites or a custom list, tickets.
+    ssl_cert: str | None = None
+    ssl_cert_key: str | None = None
+    ssl_protocols: str = "TLSv1.2 TLSv1.3"
+    ssl_cipher_suite: CipherSuite = "intermediate"
+    ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2, with ssl_cipher_suite: custom
+    ssl_session_tickets: bool = True
+    ssl_handshake_timeout_s: Seconds = 10.0  # ours: a TLS handshake slower than this is dropped
 
 
 # --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
@@ -190,7 +200,8 @@ class Route(Base):
     mcp_tools: list[str] = []  # ours: match the tool name of tools/call (Mcp-Name, or the body); implies mcp
     path_handling: Literal["v0", "v1"] = "v0"
     protocols: list[Literal["http", "https"]] = msgspec.field(default_factory=lambda: ["http", "https"])
-    https_redirect_status_code: int = 426
+    # a route without http among its protocols: a plain HTTP request gets 426, or this redirect to https (Kong)
+    https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
     request_buffering: bool = True
     response_buffering: bool = True
     plugins: list[Plugin] = []
@@ -201,14 +212,20 @@ class Route(Base):
 class Service(Base):
     name: str
     url: str | None = None
-    protocol: Literal["http"] = "http"
+    protocol: Literal["http", "https"] = "http"
     host: str | None = None
-    port: Port = 80
+    port: Port | None = None  # default 80, or 443 for https
     path: str | None = None
     connect_timeout: TimeoutMs = 60000
     write_timeout: TimeoutMs = 60000
     read_timeout: TimeoutMs = 60000
     retries: Annotated[int, msgspec.Meta(ge=0, le=32767)] = 5
+    # protocol https only (Kong's): verify the upstream's certificate (default: no, as Kong's proxy_ssl_verify),
+    # against these CA certificates (ids; default: the system's), how deep; the certificate (id) to present.
+    tls_verify: bool | None = None
+    tls_verify_depth: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+    ca_certificates: list[str] | None = None
+    client_certificate: str | Ref | None = None
     enabled: bool = True
     routes: list[Route] = []
     plugins: list[Plugin] = []
@@ -244,3 +261,6 @@ class Config(Base):
     keyauth_credentials: list[KeyAuthCredential] = []
     basicauth_credentials: list[BasicAuthCredential] = []
     acls: list[Acl] = []
+    certificates: list[CertificateEntity] = []
+    snis: list[SniEntity] = []
+    ca_certificates: list[CaCertificateEntity] = []

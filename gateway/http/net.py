@@ -25,7 +25,9 @@ class Conn:
     With a `send_timer`, a write that has to wait for the peer to read is bounded by `send_timeout` seconds (the
     timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
 
-    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout")
+    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout", "listen_port")
+
+    scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)
@@ -35,6 +37,7 @@ class Conn:
         self.closed = False
         self.send_timer: ConnTimer | None = None
         self.send_timeout = 60.0
+        self.listen_port = b""  # a client connection: the port it came in on (X-Forwarded-Port)
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""
@@ -97,6 +100,19 @@ class Conn:
                 if e.errno in _CLOSED_ERRNOS:
                     raise BrokenPipeError(e.errno, "peer closed the connection") from None
                 raise
+
+    async def wait_closed(self) -> bool:
+        """Wait until the peer's side is readable: True if it closed (EOF or reset), False if it sent bytes (left
+        unread, for whoever reads next)."""
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                continue  # woken for nothing
+            except OSError:
+                return True
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket."""

@@ -19,6 +19,8 @@ import trio
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
+from gateway.http.tls import TlsError, server_handshake
+from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import TIMEOUTS
 
 log = logging.getLogger("gateway.http")
@@ -231,9 +233,12 @@ Handler = Callable[[Exchange], Awaitable[None]]
 
 
 async def serve_listener(listener: socket.socket, handler: Handler, settings: ServerSettings,
+                         tls: ServerTls | None = None,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Accept connections until cancelled; each runs `handle_connection` in this nursery."""
+    """Accept connections until cancelled; each runs `handle_connection` in this nursery (after a TLS handshake on
+    a listener with `tls`)."""
     limit = trio.Semaphore(settings.max_connections)
+    listen_port = b"%d" % listener.getsockname()[1]
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
@@ -264,12 +269,25 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                     raise
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 limit.acquire_nowait()
-                nursery.start_soon(_connection_task, Conn(sock, peer), handler, settings, limit)
+                conn = Conn(sock, peer)
+                conn.listen_port = listen_port
+                nursery.start_soon(_connection_task, conn, handler, settings, limit, tls)
 
 
-async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, limit: trio.Semaphore) -> None:
+async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, limit: trio.Semaphore,
+                           tls: ServerTls | None) -> None:
     settings.connections.opened()
     try:
+        if tls is not None:
+            tls_conn = None
+            with trio.move_on_after(tls.handshake_timeout):
+                try:
+                    tls_conn = await server_handshake(tls.context, conn)
+                except TlsError as e:
+                    log.debug("TLS handshake with %s failed: %s", conn.peer, e)
+            if tls_conn is None:
+                return
+            conn = tls_conn
         await handle_connection(conn, handler, settings)
     finally:
         conn.close()

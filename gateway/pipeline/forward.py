@@ -9,13 +9,11 @@ so a cut-off body can never look complete.
 from __future__ import annotations
 
 import logging
-import socket
 
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
 from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
-from gateway.http.net import Conn
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase
@@ -54,11 +52,10 @@ class Attempt:
 class Forwarder:
     """The upstream half of the pipeline for one worker: a pool and the settings that shape forwarding."""
 
-    def __init__(self, pool: Pool, listen_port: int, sse_keepalive: float = 15.0,
+    def __init__(self, pool: Pool, sse_keepalive: float = 15.0,
                  shared: SharedState | None = None) -> None:
         self.pool = pool
         self.shared = shared
-        self.listen_port = str(listen_port).encode()
         self.sse_keepalive = sse_keepalive
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
@@ -68,8 +65,7 @@ class Forwarder:
         group = svc.group
         affinity = route.affinity
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
-        headers, client_host, request_id, session_id = upstream_request_headers(ex, self.listen_port, chunked,
-                                                                                affinity is not None)
+        headers, client_host, request_id, session_id = upstream_request_headers(ex, chunked, affinity is not None)
         ex.request_id = request_id
         pinned = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
@@ -135,10 +131,12 @@ class Forwarder:
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
-        uc = pool.take(target.key, now)
+        tls = svc.tls
+        key = target.key if tls is None else (target.host, target.port, tls)
+        uc = pool.take(key, now)
         if uc is None:
             try:
-                uc = await pool.connect(target.key, svc.connect_timeout)
+                uc = await pool.connect(key, svc.connect_timeout, tls, target.server_name)
             except UpstreamError:
                 self._finished(attempt, False, TCP_FAILURE)
                 raise
@@ -230,8 +228,10 @@ class Forwarder:
         and start a new one elsewhere, not a 502. The request is never sent again (it may have been processed)."""
         if not (isinstance(error, UpstreamClosed) and error.reused):
             return False
+        tls = svc.tls
+        key = target.key if tls is None else (target.host, target.port, tls)
         try:
-            uc = await self.pool.connect(target.key, svc.connect_timeout)
+            uc = await self.pool.connect(key, svc.connect_timeout, tls, target.server_name)
         except UpstreamError:
             return True
         uc.close()
@@ -260,7 +260,7 @@ class Forwarder:
 
         async def watch_client() -> None:
             nonlocal gone
-            if await _client_closed(ex.conn):
+            if await ex.conn.wait_closed():
                 gone = True
                 nursery.cancel_scope.cancel()
 
@@ -294,19 +294,6 @@ class Forwarder:
                     return
                 await ex.send_body(ev)  # type: ignore[arg-type]
                 at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
-
-
-async def _client_closed(conn: Conn) -> bool:
-    """Wait until the client's socket is readable: True if it closed (EOF or reset), False if it sent bytes (a
-    pipelined request, read after this response; watching stops there)."""
-    while True:
-        await trio.lowlevel.wait_readable(conn.sock)
-        try:
-            return conn.sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            continue  # woken for nothing
-        except OSError:
-            return True
 
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
