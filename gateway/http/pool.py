@@ -156,7 +156,7 @@ class Pool:
             if tls is not None:
                 try:
                     conn = await client_handshake(tls.context, conn, server_name or key[0])
-                except TlsError as e:
+                except (TlsError, OSError) as e:
                     conn.close()
                     raise ConnectError(f"TLS with {key[0]}:{key[1]} failed: {e}") from None
                 except BaseException:

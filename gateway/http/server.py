@@ -283,12 +283,17 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
             with trio.move_on_after(tls.handshake_timeout):
                 try:
                     tls_conn = await server_handshake(tls.context, conn)
-                except TlsError as e:
+                except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
                     log.debug("TLS handshake with %s failed: %s", conn.peer, e)
             if tls_conn is None:
                 return
             conn = tls_conn
         await handle_connection(conn, handler, settings)
+    except OSError as e:  # the peer went away in a place that did not expect it: this connection ends, not the worker
+        log.debug("connection from %s ended: %s", conn.peer, e)
+    except Exception:
+        log.exception("connection from %s failed; closing it (the worker goes on)", conn.peer)
+        conn.abort()
     finally:
         conn.close()
         limit.release()
