@@ -537,3 +537,16 @@ def test_tls_configurations_listen_with_ssl_and_a_certificate():
     assert gw.tls and '  listen: "127.0.0.1:{port} ssl"' in gw.config and "ssl_cert_key" in gw.config
     nginx = next(c for c in bench.CONFIGURATIONS if c.name == "nginx-tls")
     assert "listen 127.0.0.1:{port} ssl backlog=4096;" in nginx.config and "ssl_certificate {tls_cert};" in nginx.config
+
+
+def test_cpu_targets_compare_with_the_floor():
+    def summary(name, cpu):  # noqa: ANN001, ANN202
+        return bench.Summary(name, 1000, 1.0, 2.0, 0.5, 0, 3, cpu)
+
+    results = bench.check_targets({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0),
+                                   "gw-llhttp-1w-rl-cb": summary("gw-llhttp-1w-rl-cb", 150.0)}, targets=[])
+    assert [(str(r.target), r.ok, r.detail) for r in results] == [
+        ("gw-llhttp-1w CPU <= 1.30 x floor", True, "CPU 1.25 x floor"),
+        ("gw-llhttp-1w-rl-cb CPU <= 1.40 x floor", False, "CPU 1.50 x floor")]
+    table = bench.markdown_table({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0)})
+    assert table.splitlines()[-1].endswith("| 125.0 | 0 | 1.25x |")
