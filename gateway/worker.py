@@ -19,6 +19,7 @@ import zmq
 from gateway.config import Config, load_config, parse_host_port
 from gateway.config.tls import listen_flags
 from gateway.http.codecs import codec_classes, resolve_codec
+from gateway.http.limits import derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
@@ -74,8 +75,9 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     shared.attach(runtime)
     codec_name = resolve_codec(gw.http_codec)
     server_cls, client_cls = codec_classes(codec_name)
+    max_connections = gw.max_connections or derived_max_connections(raise_nofile_limit())
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
-                              gw.max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
+                              max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     stats = RequestStats()
     pipeline = Pipeline(runtime, Forwarder(pool, gw.sse_keepalive, shared), stats)

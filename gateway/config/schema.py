@@ -48,7 +48,9 @@ class GatewaySettings(Base):
     client_body_timeout_s: Seconds = 60.0  # between two reads of a request body, else 408 (nginx client_body_timeout)
     send_timeout_s: Seconds = 60.0  # a client that reads nothing of its response for this long is cut (nginx)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16384  # request head limit (431)
-    max_connections: PosInt = 10000  # per worker; further connections wait in the kernel backlog
+    # per worker; beyond it new connections get a fast 503. Not set: derived from the descriptors the worker may open
+    # (the soft RLIMIT_NOFILE, raised to the hard one at start): two per connection, some kept back
+    max_connections: PosInt | None = None
     upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
     upstream_idle_timeout_s: Seconds = 60.0
     log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log

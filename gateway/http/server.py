@@ -17,11 +17,12 @@ from typing import Any
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
+from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
 from gateway.http.tls import TlsError, server_handshake
 from gateway.http.tls_contexts import ServerTls
-from gateway.metrics import TIMEOUTS
+from gateway.metrics import SHED, TIMEOUTS
 
 log = logging.getLogger("gateway.http")
 
@@ -69,9 +70,16 @@ class ConnectionSet:
     def __init__(self) -> None:
         self.active = 0
         self.draining = False
+        self._spare: SpareFd | None = None
         self.timers = Timers()
         self._empty = trio.Event()
         self._empty.set()
+
+    def spare_fd(self) -> SpareFd:
+        """The worker's spare descriptor (gateway.http.limits), opened on first use."""
+        if self._spare is None:
+            self._spare = SpareFd()
+        return self._spare
 
     def opened(self) -> None:
         self.active += 1
@@ -236,22 +244,21 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                          tls: ServerTls | None = None,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Accept connections until cancelled; each runs `handle_connection` in this nursery (after a TLS handshake on
-    a listener with `tls`)."""
-    limit = trio.Semaphore(settings.max_connections)
+    a listener with `tls`). Beyond max_connections (all listeners of the worker together), or out of descriptors,
+    a connection is answered a fast 503 and closed (gateway.http.limits), never left waiting in the queue."""
+    connections = settings.connections
+    spare = connections.spare_fd()
     listen_port = b"%d" % listener.getsockname()[1]
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
-            async with limit:  # at max_connections, stop accepting: further clients wait in the backlog
-                if listener.fileno() < 0:
-                    return  # the drain closed it while we were not waiting on it (e.g. in acquire's checkpoint)
-                try:
-                    await trio.lowlevel.wait_readable(listener)
-                except trio.ClosedResourceError:
-                    return  # draining: the nursery still waits for the open connections
+            if listener.fileno() < 0:
+                return  # the drain closed it while we were not waiting on it
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except trio.ClosedResourceError:
+                return  # draining: the nursery still waits for the open connections
             for _ in range(ACCEPT_BATCH):
-                if limit.value == 0:
-                    break
                 try:
                     sock, peer = listener.accept()
                 except BlockingIOError:
@@ -260,23 +267,42 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                     if e.errno == errno.EBADF:
                         return
                     if e.errno in ACCEPT_CAPACITY_ERRNOS:
-                        log.error("accept failed (%s); backing off %.1fs", errno.errorcode.get(e.errno),
-                                  ACCEPT_BACKOFF_S)
+                        if _shed_with_spare(listener, spare):
+                            continue
+                        log.error("accept failed (%s) and no spare descriptor; backing off %.1fs",
+                                  errno.errorcode.get(e.errno), ACCEPT_BACKOFF_S)
                         await trio.sleep(ACCEPT_BACKOFF_S)
                         break
                     if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue
                     raise
+                if connections.active >= settings.max_connections:
+                    shed(sock)
+                    SHED.labels("max_connections").inc()
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                limit.acquire_nowait()
                 conn = Conn(sock, peer)
                 conn.listen_port = listen_port
-                nursery.start_soon(_connection_task, conn, handler, settings, limit, tls)
+                connections.opened()
+                nursery.start_soon(_connection_task, conn, handler, settings, tls)
 
 
-async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, limit: trio.Semaphore,
-                           tls: ServerTls | None) -> None:
-    settings.connections.opened()
+def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool:
+    """Out of descriptors: free the spare, refuse one connection with 503, take the spare again."""
+    if not spare.release():
+        return False
+    try:
+        sock, _ = listener.accept()
+    except OSError:
+        spare.take()
+        return False
+    shed(sock)  # first: its descriptor is the one the spare takes back
+    spare.take()
+    SHED.labels("nofile").inc()
+    return True
+
+
+async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None) -> None:
     try:
         if tls is not None:
             tls_conn = None
@@ -296,7 +322,6 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
         conn.abort()
     finally:
         conn.close()
-        limit.release()
         settings.connections.closed()
 
 
