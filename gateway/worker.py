@@ -80,13 +80,15 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     stats = RequestStats()
-    pipeline = Pipeline(runtime, Forwarder(pool, gw.sse_keepalive, shared), stats)
+    forwarder = Forwarder(pool, gw.sse_keepalive, shared)
+    pipeline = Pipeline(runtime, forwarder, stats)
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
+                nursery.start_soon(forwarder.keepalives.run_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 nursery.start_soon(stats.flush_forever)
                 if parent is not None:

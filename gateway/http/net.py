@@ -56,6 +56,21 @@ class Conn:
                     return b""
                 raise
 
+    def recv_ready(self) -> bytes | None:
+        """Bytes already readable, b"" at EOF or reset, None if the read would have to wait (no await at all)."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in _CLOSED_ERRNOS:
+                return b""
+            raise
+
+    async def wait_readable(self) -> None:
+        """Park until the socket is readable (the only checkpoint: a cancel scope around it interrupts nothing else)."""
+        await trio.lowlevel.wait_readable(self.sock)
+
     async def recv_after_wait(self) -> bytes:
         """Like recv, but waits first: for answers that cannot have arrived yet (saves a failing syscall)."""
         await trio.lowlevel.wait_readable(self.sock)
@@ -83,10 +98,10 @@ class Conn:
         if timer is None:
             await self._send_rest(memoryview(data)[sent:])
             return
-        saved = timer.at, timer.phase, timer.detail
+        saved = timer.save()
         timer.set(self.send_timeout, Phase.CLIENT_WRITE)
         await self._send_rest(memoryview(data)[sent:])
-        timer.at, timer.phase, timer.detail = saved  # not reached when the timer fired: the scope is cancelled
+        timer.restore(saved)  # not reached when the timer fired: the scope is cancelled
 
     async def _send_rest(self, view: memoryview) -> None:
         sock = self.sock

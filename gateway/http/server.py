@@ -98,7 +98,7 @@ class ConnectionSet:
         deadline = trio.current_time() + DRAIN_IDLE_GRACE_S
         for timer in self.timers.live:
             if timer.phase == Phase.IDLE:
-                timer.at = min(timer.at, deadline)
+                timer.shorten(deadline)
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
@@ -186,10 +186,10 @@ class Exchange:
                     self._expect_continue = False
                     await self.conn.sendall(codec.informational(100))
                 timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
-                saved = timer.at, timer.phase, timer.detail
+                saved = timer.save()
                 timer.set(self.body_timeout, Phase.CLIENT_BODY)
                 data = await self.conn.recv()
-                timer.at, timer.phase, timer.detail = saved
+                timer.restore(saved)
                 codec.receive_data(data)
                 continue
             self._count(ev)  # type: ignore[arg-type]
@@ -339,13 +339,13 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     timer = ConnTimer(trio.current_time() + settings.header_timeout, Phase.NEW)
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
-    live = connections.timers.live
-    live.add(timer)
+    timers = connections.timers
+    timers.add(timer)
     try:
         with timer.scope:
             await _serve_requests(conn, codec, handler, settings, timer)
     finally:
-        live.discard(timer)
+        timers.discard(timer)
     if timer.scope.cancelled_caught:
         await _timed_out(conn, codec, timer)
 
@@ -359,7 +359,7 @@ async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, sett
             ev = codec.next_event()
             if ev is NEED_DATA and served:
                 if connections.draining:
-                    timer.at = min(timer.at, trio.current_time() + DRAIN_IDLE_GRACE_S)
+                    timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
                 codec.receive_data(await conn.recv())
                 ev = codec.next_event()
                 if ev is NEED_DATA:

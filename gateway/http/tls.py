@@ -82,6 +82,26 @@ class TlsConn(Conn):
             await trio.lowlevel.wait_readable(self.sock)
         return await self.recv()
 
+    def recv_ready(self) -> bytes | None:
+        """Plaintext already readable (or b"" at the end), None if it would have to wait for the socket; records that
+        carry no data (tickets) are consumed on the way."""
+        if self._pushback:
+            data, self._pushback = self._pushback, b""
+            return data
+        tls = self._tls
+        while True:
+            try:
+                return tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                raw = Conn.recv_ready(self)
+                if raw is None:
+                    return None
+                if not raw:
+                    return b""
+                self._in.write(raw)
+            except (ssl.SSLZeroReturnError, ssl.SSLError):
+                return b""
+
     async def wait_closed(self) -> bool:
         """Conn.wait_closed through TLS: a close_notify or EOF is the end; session housekeeping is not; plaintext
         (a pipelined request) is kept for the next recv."""

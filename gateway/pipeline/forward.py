@@ -21,6 +21,7 @@ from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
+from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.routing import Match
 from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
 from gateway.state.shared import SharedState
@@ -57,6 +58,7 @@ class Forwarder:
         self.pool = pool
         self.shared = shared
         self.sse_keepalive = sse_keepalive
+        self.keepalives = StreamKeepAlives(sse_keepalive)  # its run_forever is one of the worker's tasks
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
                       mcp: McpRequest | None = None) -> None:
@@ -274,26 +276,39 @@ class Forwarder:
     async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.
 
-        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The comment is only
-        sent between events, so it can never split one.
+        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The worker's one
+        keep-alive task (gateway.pipeline.keepalive) interrupts a stream silent for sse_keepalive: a cancel scope
+        surrounds only the wait for the upstream (no timer per read, and an interruption can never land in a write),
+        and the comment goes only between events, so it can never split one.
         """
         codec = uc.codec
+        conn = uc.conn
         at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n"))
-        while True:
-            data = None
-            with trio.move_on_after(self.sse_keepalive):
-                data = await uc.conn.recv()
-            if data is None:
-                if at_boundary:
-                    await ex.send_body(SSE_KEEPALIVE_COMMENT)
-                continue
-            codec.receive_data(data)
-            while (ev := codec.next_event()) is not NEED_DATA:
-                if ev is END:
-                    await ex.end()
-                    return
-                await ex.send_body(ev)  # type: ignore[arg-type]
-                at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+        wheel = self.keepalives
+        stream = wheel.open()
+        try:
+            while True:
+                data = conn.recv_ready()
+                if data is None:
+                    with trio.CancelScope() as scope:
+                        stream.scope = scope
+                        await conn.wait_readable()
+                    stream.scope = None
+                    if scope.cancelled_caught:  # silent for the interval
+                        stream.last = wheel.now
+                        if at_boundary:
+                            await ex.send_body(SSE_KEEPALIVE_COMMENT)
+                    continue
+                stream.last = wheel.now
+                codec.receive_data(data)
+                while (ev := codec.next_event()) is not NEED_DATA:
+                    if ev is END:
+                        await ex.end()
+                        return
+                    await ex.send_body(ev)  # type: ignore[arg-type]
+                    at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+        finally:
+            wheel.close(stream)
 
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
