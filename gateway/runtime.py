@@ -23,6 +23,7 @@ from gateway.config.schema import Plugin, Route, Service, Upstream
 from gateway.http.realip import ClientAddress
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
+from gateway.pipeline.phases import ResponsePhases
 from gateway.policies import REGISTRY
 from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
@@ -104,7 +105,8 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity")
+    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
+                 "consumer_phases")
 
     def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
@@ -118,6 +120,10 @@ class RouteRuntime:
         self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
+        # The response phases (header_filter, body_filter) of the chain, and of each consumer's chain; None when
+        # no plugin of the chain has one (gateway.pipeline.phases).
+        self.phases = ResponsePhases.of(policies)
+        self.consumer_phases = {cid: ResponsePhases.of(chain) for cid, chain in (consumer_policies or {}).items()}
 
 
 class Runtime:
@@ -134,6 +140,7 @@ class Runtime:
         self.consumers = consumers
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
+        self.global_phases: ResponsePhases | None = None  # global plugins' response phases: for a 404 (no route)
         gw = config.gateway
         # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
         self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
@@ -182,6 +189,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)
     runtime.breakers = _breakers(config, services, plugin_objs)
+    runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
+                                                     if _is_global(p)], None))
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
         if store is not None:
@@ -342,6 +351,10 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
     except ValueError as e:
         errors.append(f"{where}.config: {e}")
     return None
+
+
+def _is_global(plugin: Plugin) -> bool:
+    return getattr(plugin, "_route", None) is None and plugin.route is plugin.service is plugin.consumer is None
 
 
 def _route_key(plugin: Plugin) -> Any:

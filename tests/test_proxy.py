@@ -171,8 +171,8 @@ async def test_no_route_gets_404_json(nursery, gateway):
     with trio.fail_after(TIMEOUT):
         reply = await request(port, "GET", "/other")
     assert reply.status == 404
-    assert reply.header("content-type") == "application/json"
-    assert reply.json() == {"error": "no route matched the request", "status": 404}
+    assert reply.header("content-type") == "application/json; charset=utf-8"
+    assert reply.json()["message"] == "no Route matched with those values"
     assert backend.requests == []
 
 
