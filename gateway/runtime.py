@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -114,16 +115,22 @@ class RouteRuntime:
         self.name = name
         self.service = service
         self.preserve_host = preserve_host
-        self.policies = policies  # in priority order, as resolved for a request with no consumer
+        # The response phases (header_filter, body_filter) of the chain, and of each consumer's chain; None when
+        # no plugin of the chain has one (gateway.pipeline.phases).
+        self.phases = ResponsePhases.of(policies)
+        self.consumer_phases = {cid: ResponsePhases.of(chain) for cid, chain in (consumer_policies or {}).items()}
+        # What runs in the access phase: the chain's policies that have one, in priority order, as resolved for a
+        # request with no consumer
+        policies = [p for p in policies if hasattr(p, "access")]
+        if consumer_policies is not None:
+            consumer_policies = {cid: [p for p in chain if hasattr(p, "access")]
+                                 for cid, chain in consumer_policies.items()}
+        self.policies = policies
         # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
         self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
-        # The response phases (header_filter, body_filter) of the chain, and of each consumer's chain; None when
-        # no plugin of the chain has one (gateway.pipeline.phases).
-        self.phases = ResponsePhases.of(policies)
-        self.consumer_phases = {cid: ResponsePhases.of(chain) for cid, chain in (consumer_policies or {}).items()}
 
 
 class Runtime:
@@ -285,6 +292,7 @@ _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
     (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
 
 Built = tuple[Plugin, Any, Policy | None]
+_CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])*): (?P<rest>.*)$", re.DOTALL)
 
 
 def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory) -> list[Built]:
@@ -344,9 +352,9 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
         return msgspec.convert(plugin.config, module.schema)
     except msgspec.ValidationError as e:
         message = describe_validation_error(e, plugin.config, module.schema, f"{where}.config")
-        field, sep, rest = message.removeprefix(f"{where}.config: ").partition(": ")
-        if message.startswith(f"{where}.config: ") and sep and field.split("[")[0] in known:
-            message = f"{where}.config.{field}: {rest}"  # a check's message that names its field
+        m = _CHECK_MESSAGE.match(message)
+        if m is not None:  # a check's own message that names its field: "path: field[0]: why" -> "path.field[0]: why"
+            message = f"{m['path']}.{m['field']}: {m['rest']}"
         errors.append(message)
     except ValueError as e:
         errors.append(f"{where}.config: {e}")
