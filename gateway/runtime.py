@@ -96,10 +96,7 @@ class ServiceRuntime:
         self.retries = retries
 
     def upstream_target(self, path: bytes, query: bytes) -> bytes:
-        """The request target sent upstream: the service path joined with the (stripped) request path."""
-        base = self.path
-        if base and base != b"/":
-            path = base if path == b"/" else base.rstrip(b"/") + path
+        """The request target sent upstream: the path the router joined (service path included) and the query."""
         return path + b"?" + query if query else path
 
 
@@ -191,7 +188,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
-                               mcp_tools=route.mcp_tools))
+                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None,
+                               path_handling=route.path_handling))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)

@@ -40,13 +40,15 @@ class Pipeline:
             if name == b"host":
                 host = value
                 break
-        match = runtime.router.match(req.method, req.target, host, req.headers)
+        router = runtime.router
+        port = ex.conn.sock.getsockname()[1] if router.needs_port else None  # routes on host:port only
+        match = router.match(req.method, req.target, host, req.headers, None, port)
         mcp = None
         if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
             mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
             if mcp is None:
                 return "-"
-            match = runtime.router.match(req.method, req.target, host, req.headers, routing_key(mcp))
+            match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
         if match is None:
             ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
             await ex.respond_error(404, NO_ROUTE)
