@@ -18,8 +18,8 @@ import msgspec
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
 from gateway.breaker.config import BreakerConfig
 from gateway.config import Config, ConfigError, parse_host_port, path_of
-from gateway.config.errors import describe_validation_error
-from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.config.errors import describe_validation_error, in_file_order
+from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
 from gateway.http.realip import ClientAddress
 from gateway.mcp.affinity import SessionAffinity
@@ -201,6 +201,25 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         if store is not None:
             runtime.stores[store.name] = store
     return runtime
+
+
+def check_file(path: str) -> Runtime:
+    """Load and compile the file at `path` (what check-config does), or raise ConfigError with every problem of
+    both stages at once, in file order: a file refused by the loader is still compiled as far as it decoded."""
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        if e.partial is None:
+            raise
+        messages = list(e.messages)
+        try:
+            compile_config(e.partial, path)
+        except ConfigError as later:
+            messages += [m for m in later.messages if m not in messages]
+        except Exception:  # noqa: BLE001 - a half-decoded config may trip a later stage: its first errors stand
+            log.debug("compiling the decodable part of %s failed", path, exc_info=True)
+        raise ConfigError(in_file_order(messages, e.order, f"{path}: "), e.partial, e.order) from None
+    return compile_config(config, path)
 
 
 def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:

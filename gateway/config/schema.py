@@ -199,7 +199,7 @@ class Route(Base):
 
 
 class Service(Base):
-    name: str
+    name: str | None = None  # Kong's services need no name: an unnamed one is known by its id (or its path)
     url: str | None = None
     protocol: Literal["http"] = "http"
     host: str | None = None
