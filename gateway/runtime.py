@@ -106,11 +106,11 @@ class RouteRuntime:
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
                  "consumer_phases")
 
-    def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
+    def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
                  affinity: SessionAffinity | None = None) -> None:
         self.name = name
-        self.service = service
+        self.service = service  # None: Kong's route without a service (503 unless a plugin answers)
         self.preserve_host = preserve_host
         # The response phases (header_filter, body_filter) of the chain, and of each consumer's chain; None when
         # no plugin of the chain has one (gateway.pipeline.phases).
@@ -176,19 +176,19 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
-        if svc is None:
-            continue
+        if svc is None and route.service is not None:
+            continue  # an unknown service: reported by the loader
         rname = route.name or f"routes[{i}]"
         mcp_route = None
         if route.mcp or route.mcp_methods or route.mcp_tools:
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
-        affinity = None if route.mcp is False else SessionAffinity(mcp, svc.group)
+        affinity = None if route.mcp is False or svc is None else SessionAffinity(mcp, svc.group)
         policies, consumer_policies = _policies_for(route, plugin_objs)
         runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
-                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None,
+                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None,
                                path_handling=route.path_handling))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])

@@ -277,7 +277,7 @@ def test_bad_target_address_is_an_error():
 
 def test_non_http_service_url_is_an_error():
     assert errors("services: [{name: s, url: 'ftp://a:1'}]") == [
-        'services[0].url: only http:// upstreams are supported, got "ftp://a:1"']
+        'services[0].url: ftp:// is not supported by the gateway (http:// upstreams only), got "ftp://a:1"']
 
 
 def test_service_with_url_and_host_is_an_error():

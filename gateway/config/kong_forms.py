@@ -67,7 +67,7 @@ _UNSUPPORTED_NESTED_CREDENTIALS = {k: v for k, v in UNSUPPORTED_SECTIONS.items()
 _UPSTREAM_TLS = "upstream TLS is not supported by the gateway (it proxies to http:// services)"
 UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
     "services": {"client_certificate": _UPSTREAM_TLS, "tls_verify": _UPSTREAM_TLS, "tls_verify_depth": _UPSTREAM_TLS,
-                 "ca_certificates": _UPSTREAM_TLS},
+                 "ca_certificates": _UPSTREAM_TLS, "tls_sans": _UPSTREAM_TLS},
     "routes": {"snis": f"routing on SNI is {_TLS}", "sources": f"sources (stream routes) {_NOT_BUILT}",
                "destinations": f"destinations (stream routes) {_NOT_BUILT}",
                "expression": f"expression routes (router_flavor expressions) {_NOT_BUILT}",
@@ -75,7 +75,16 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
     "upstreams": {"client_certificate": _UPSTREAM_TLS,
                   "use_srv_name": f"use_srv_name (DNS SRV targets) {_NOT_BUILT}"},
     "consumers": _UNSUPPORTED_NESTED_CREDENTIALS,
+    "plugins": {"consumer_group": f"consumer groups {_NOT_BUILT} (Kong Enterprise)",
+                "partials": f"partials {_NOT_BUILT} (Kong Enterprise)",
+                "ordering": f"dynamic plugin ordering {_NOT_BUILT} (Kong Enterprise)",
+                "condition": f"conditional plugins {_NOT_BUILT}"},
+    "targets": {"failover": f"failover targets {_NOT_BUILT}"},
 }
+for _section in ("services", "routes"):
+    UNSUPPORTED_FIELDS[_section]["filter_chains"] = f"filter_chains (WebAssembly) {_NOT_BUILT}"
+for _field in ("sticky_sessions_cookie", "sticky_sessions_cookie_path"):
+    UNSUPPORTED_FIELDS["upstreams"][_field] = f"sticky sessions (algorithm sticky-sessions) {_NOT_BUILT}"
 _DEFAULTS_OK = {("upstreams", "use_srv_name"): False}
 _ROUTE_PROTOCOLS = {"http", "https"}
 
@@ -122,6 +131,11 @@ def _entity(section: str, item: Any, path: str, errors: list[str]) -> Any:
             value = item.pop(field)
             if value not in (None, [], {}) and _DEFAULTS_OK.get((section, field), object()) != value:
                 errors.append(f"{path}.{field}: {why}")
+    if section == "services" and isinstance(item.get("protocol"), str) and item["protocol"] != "http":
+        protocol = item.pop("protocol")
+        tls = protocol in ("https", "grpcs", "tls")
+        why = _UPSTREAM_TLS if tls else f"{protocol} services {_NOT_BUILT} (http only)"
+        errors.append(f"{path}.protocol: {why}")
     if section == "routes" and isinstance(item.get("protocols"), list):
         others = [p for p in item["protocols"] if isinstance(p, str) and p not in _ROUTE_PROTOCOLS]
         if others:

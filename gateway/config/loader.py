@@ -141,7 +141,8 @@ def _note_failed(section: str, item: dict[str, Any], failed: set[tuple[str, str]
         if isinstance(item.get(field), str):
             failed.add((section, item[field]))
     for child in NESTED.get(section, ()):
-        for nested in item.get(child) or ():
+        nested_items = item.get(child)
+        for nested in nested_items if isinstance(nested_items, list) else ():
             if isinstance(nested, dict):
                 _note_failed(child, nested, failed)
 
@@ -324,7 +325,8 @@ def _check_service(svc: Service, errors: list[str]) -> None:
             errors.append(f'{where}.url: invalid URL "{svc.url}": {e}')
             return
         if parts.scheme != "http":
-            errors.append(f'{where}.url: only http:// upstreams are supported, got "{svc.url}"')
+            errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// upstreams only), '
+                          f'got "{svc.url}"')
         elif not parts.hostname:
             errors.append(f'{where}.url: no host in "{svc.url}"')
         elif port == 0:
@@ -337,7 +339,7 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
                  failed: set[tuple[str, str]]) -> None:
     where = path_of(route)
     if route.service is None:
-        errors.append(f"{where}.service: every route needs a service")
+        pass  # as Kong: answered 503 "no Service found with those values" unless a plugin answers
     elif route.service in services:
         route.service = services[route.service].name
     elif ("services", route.service) not in failed:

@@ -31,6 +31,7 @@ HTTP_ERROR_MESSAGES = {
 
 # Kong's own texts for what the gateway answers itself (the router, the balancer, bundled plugins).
 NO_ROUTE = "no Route matched with those values"
+NO_SERVICE = "no Service found with those values"
 NO_PEER = "failure to get a peer from the ring-balancer"
 RATE_LIMITED = "API rate limit exceeded"
 SIZE_LIMITED = "Request size limit exceeded"

@@ -3,7 +3,7 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
-from gateway.http.kong_errors import NO_ROUTE
+from gateway.http.kong_errors import NO_ROUTE, NO_SERVICE
 from gateway.http.server import Exchange
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.metrics import RequestStats
@@ -64,6 +64,9 @@ class Pipeline:
             return route.name
         if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
             match.query = req.target.partition(b"?")[2]
+        if route.service is None:  # Kong: a route without a service, that no plugin answered
+            await ex.respond_error(503, NO_SERVICE)
+            return route.name
         if route.mcp is not None:
             mcp = await route.mcp.inbound(ex, mcp)
             if mcp is None:
