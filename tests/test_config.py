@@ -272,7 +272,8 @@ def test_header_hashing_without_a_header_name_is_an_error():
 
 def test_bad_target_address_is_an_error():
     assert errors("upstreams: [{name: u, targets: [{target: '10.0.0.1:99999'}]}]") == [
-        'upstreams[0].targets[0].target: expected "host", "host:port", "[IPv6]:port" or an IP address, got "10.0.0.1:99999"']
+        'upstreams[0].targets[0].target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
+        'got "10.0.0.1:99999"']
 
 
 def test_non_http_service_url_is_an_error():

@@ -53,7 +53,7 @@ def _check(value: Any, typ: Any, path: str, found: list[str], dec_hook: Any,
             return
         except msgspec.ValidationError as e:
             err = e
-    inner = _unwrap(typ, value)
+    inner = _unwrap(typ)
     if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, msgspec.Struct):
         before = len(found)
         _check_struct(value, inner, path, found, dec_hook)
@@ -84,8 +84,8 @@ def _check_struct(value: dict[str, Any], cls: type[msgspec.Struct], path: str, f
             found.append(f"{join_path(path, name)}: required field is missing")
 
 
-def _unwrap(typ: Any, value: Any) -> Any:
-    """The type to look into: Annotated and `X | None` stripped (when the value is not None)."""
+def _unwrap(typ: Any) -> Any:
+    """The type to look into: Annotated and `X | None` stripped."""
     while True:
         origin = typing.get_origin(typ)
         if origin is Annotated:

@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from gateway.config import ConfigError, parse_config
 from gateway.cli import check_config
+from gateway.config import ConfigError, parse_config
 from gateway.runtime import check_file, compile_config
 
 SVC_ID = "8b4c0a3e-5a51-4bb0-9a2c-7d2f8e9d1c01"
@@ -29,10 +29,10 @@ def errors(text: str) -> list[str]:
 
 
 def test_comments_and_ignored_values_are_accepted_everywhere():
-    config = load(f"""
+    config = load("""
         _format_version: "3.0"
         _comment: a top-level comment
-        _ignore: [anything, {{at: all}}]
+        _ignore: [anything, {at: all}]
         services:
         - name: s
           _comment: on a service
@@ -110,7 +110,8 @@ def test_a_bad_or_repeated_id_is_an_error():
     ("snis: [{name: a.test, certificate: x}]", "snis: Kong's snis are not supported until the gateway terminates TLS"),
     ("consumer_groups: [{name: gold}]", "consumer_groups: Kong's consumer_groups is not supported"),
     ("vaults: [{name: env, prefix: e}]", "vaults: Kong's vaults is not supported"),
-    ("services: [{name: s, url: 'http://a', tls_verify: true}]", "services[0].tls_verify: upstream TLS is not supported"),
+    ("services: [{name: s, url: 'http://a', tls_verify: true}]",
+     "services[0].tls_verify: upstream TLS is not supported"),
     ("services: [{name: s, url: 'http://a', routes: [{paths: [/], snis: [a.test]}]}]",
      "services[0].routes[0].snis: routing on SNI is not supported until the gateway terminates TLS"),
     ("services: [{name: s, url: 'http://a', routes: [{paths: [/], protocols: [grpc]}]}]",
@@ -163,7 +164,8 @@ def test_a_file_with_seven_problems_prints_seven_lines_in_file_order(tmp_path):
         "plugins[0].name: plugin 'no-such-plugin' is not supported; supported: " + found[5].split("supported: ")[-1],
         'plugins[1].config.origins: expected a list, got "not a list"',
     ]
-    assert found[5].split("supported: ")[-1].startswith("acl, basic-auth, bot-detection, circuit-breaker, correlation-id, cors")
+    assert found[5].split("supported: ")[-1].startswith("acl, basic-auth, bot-detection, circuit-breaker, "
+                                                        "correlation-id, cors")
 
 
 def test_check_config_prints_one_line_per_problem_and_exits_2(tmp_path, capsys):

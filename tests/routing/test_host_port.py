@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import trio
 from backends import Client, EchoBackend, service
-
 from conftest import _run_gateway, build_config
 
 from gateway.http.net import bind_listener
