@@ -21,6 +21,7 @@ from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.errors import describe_validation_error, in_file_order
 from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.http import kong_errors
 from gateway.http.realip import ClientAddress
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
@@ -130,6 +131,20 @@ class RouteRuntime:
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
 
 
+class _NoService:
+    """The last step of a route without a service (Kong's): 503 "no Service found with those values"."""
+
+    name = "no-service"
+    priority = -(2**31)  # after every plugin
+
+    async def access(self, ex: Any) -> bool:
+        await ex.respond_error(503, kong_errors.NO_SERVICE)
+        return True
+
+
+NO_SERVICE = _NoService()
+
+
 class Runtime:
     """Everything one config load produces for the data plane."""
 
@@ -184,6 +199,10 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
         affinity = None if route.mcp is False or svc is None else SessionAffinity(mcp, svc.group)
         policies, consumer_policies = _policies_for(route, plugin_objs)
+        if svc is None:  # Kong's route without a service: 503 after every plugin that could answer
+            policies = [*policies, NO_SERVICE]
+            consumer_policies = {cid: [*chain, NO_SERVICE] for cid, chain in (consumer_policies or {}).items()} \
+                or None
         runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,

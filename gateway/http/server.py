@@ -99,7 +99,7 @@ class ConnectionSet:
 class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
-    __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
+    __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
                  "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer",
                  "phases", "_held")
@@ -124,7 +124,6 @@ class Exchange:
         self._held: bytes | None = None  # body bytes a policy read ahead (read_body) or replaced (replace_body)
         self.conn = conn
         self._codec = codec
-        self._pending: list[bytes] = []
         self._request_done = False
         self.response_started = False
         self.response_done = False

@@ -3,7 +3,7 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
-from gateway.http.kong_errors import NO_ROUTE, NO_SERVICE
+from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import Exchange
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.metrics import RequestStats
@@ -41,13 +41,16 @@ class Pipeline:
                 host = value
                 break
         router = runtime.router
-        port = ex.conn.sock.getsockname()[1] if router.needs_port else None  # routes on host:port only
-        match = router.match(req.method, req.target, host, req.headers, None, port)
+        if router.needs_port:  # a route's hosts name a port: the listener port the request arrived on
+            match = router.match(req.method, req.target, host, req.headers, None, ex.conn.sock.getsockname()[1])
+        else:
+            match = router.match(req.method, req.target, host, req.headers)
         mcp = None
         if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
             mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
             if mcp is None:
                 return "-"
+            port = ex.conn.sock.getsockname()[1] if router.needs_port else None
             match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
         if match is None:
             ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
@@ -64,9 +67,6 @@ class Pipeline:
             return route.name
         if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
             match.query = req.target.partition(b"?")[2]
-        if route.service is None:  # Kong: a route without a service, that no plugin answered
-            await ex.respond_error(503, NO_SERVICE)
-            return route.name
         if route.mcp is not None:
             mcp = await route.mcp.inbound(ex, mcp)
             if mcp is None:

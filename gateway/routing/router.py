@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
-from gateway.routing.paths import sanitize_postfix, upstream_path
+from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
 
@@ -69,8 +69,8 @@ NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again
 
 
 class _Candidate(Generic[T]):
-    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "headers",
-                 "query", "order", "mcp")
+    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
+                 "headers", "query", "order", "mcp")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
@@ -95,6 +95,7 @@ class _Candidate(Generic[T]):
         self.wild_hosts = [_wildcard(h) for h, p in plain if "*" in h and p is None]
         # Kong: a host with a port matches that host on a request that arrived on that (listener) port
         self.port_hosts = [(h.encode(), _wildcard(h) if "*" in h else None, p) for h, p in plain if p is not None]
+        self.any_hosts = bool(spec.hosts)
         self.headers = [(k.encode(), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
         self.query = list(spec.query.items())
 
@@ -152,7 +153,7 @@ class Router(Generic[T]):
             spec = c.spec
             if spec.methods and method not in spec.methods:
                 continue
-            if (c.exact_hosts or c.wild_hosts or c.port_hosts) and not (
+            if c.any_hosts and not (
                     hostname in c.exact_hosts or any(w.match(hostname) for w in c.wild_hosts)
                     or (c.port_hosts and _port_host_match(c.port_hosts, hostname, port))):
                 continue
@@ -191,12 +192,12 @@ class Router(Generic[T]):
         spec = c.spec
         if spec.join is not None:
             path = upstream_path(spec.join[0], path, strip, spec.strip_path, spec.join[1])
-        elif spec.strip_path and strip:
+        elif strip and spec.strip_path:
             path = path[strip:]
-            if path[:1] == b".":
-                path = sanitize_postfix(path)
-            if not path.startswith(b"/"):
-                path = b"/" + path
+            if not path:
+                path = b"/"
+            elif path[0] != SLASH:
+                path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
         return Match(spec.payload, path, query if sep else b"")
 
 

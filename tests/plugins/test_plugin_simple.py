@@ -152,3 +152,16 @@ async def test_two_user_agents_get_400(nursery, gateway):
 
 def test_bot_detection_refuses_an_invalid_regex():
     assert "config.deny[0]: not a valid regex" in refused(plugin("bot-detection", deny=["("]))
+
+
+# --- a route without a service (Kong's) -----------------------------------------------------------------------------
+
+
+async def test_a_route_without_a_service_answers_503_unless_a_plugin_does(nursery, gateway):
+    port = await gateway({"routes": [{"name": "bare", "paths": ["/bare"]},
+                                     {"name": "ended", "paths": ["/ended"],
+                                      "plugins": [plugin("request-termination", status_code=200, message="ok")]}]})
+    bare = await call(port, "/bare")
+    assert (bare.status, body_json(bare)["message"]) == (503, "no Service found with those values")
+    ended = await call(port, "/ended")
+    assert (ended.status, body_json(ended)) == (200, {"message": "ok"})
