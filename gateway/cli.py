@@ -7,7 +7,7 @@ import logging
 import sys
 
 from gateway import __version__
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -110,11 +110,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def check_config(path: str) -> int:
     """Validate `path` through every stage a start would run; print a summary or every error."""
-    from gateway.runtime import compile_config
+    from gateway.runtime import check_file
 
     try:
-        config = load_config(path)
-        compile_config(config, path)
+        config = check_file(path).config
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)

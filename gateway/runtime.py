@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,13 +18,15 @@ import msgspec
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
 from gateway.breaker.config import BreakerConfig
 from gateway.config import Config, ConfigError, parse_host_port, path_of
-from gateway.config.errors import describe_validation_error
-from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.config.errors import describe_validation_error, in_file_order
+from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.http import kong_errors
 from gateway.http.realip import ClientAddress
 from gateway.http.tls_contexts import ClientTls, ServerTls
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
+from gateway.pipeline.phases import ResponsePhases
 from gateway.policies import REGISTRY
 from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
@@ -106,32 +109,53 @@ class ServiceRuntime:
         self.tls = tls  # protocol https: how to speak TLS to the targets (gateway.tls_runtime)
 
     def upstream_target(self, path: bytes, query: bytes) -> bytes:
-        """The request target sent upstream: the service path joined with the (stripped) request path."""
-        base = self.path
-        if base and base != b"/":
-            path = base if path == b"/" else base.rstrip(b"/") + path
+        """The request target sent upstream: the path the router joined (service path included) and the query."""
         return path + b"?" + query if query else path
 
 
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity",
-                 "https_redirect")
+    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
+                 "consumer_phases", "https_redirect")
 
-    def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
+    def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
                  affinity: SessionAffinity | None = None) -> None:
         self.name = name
-        self.service = service
+        self.service = service  # None: Kong's route without a service (503 unless a plugin answers)
         self.preserve_host = preserve_host
-        self.policies = policies  # in priority order, as resolved for a request with no consumer
+        # The response phases (header_filter, body_filter) of the chain, and of each consumer's chain; None when
+        # no plugin of the chain has one (gateway.pipeline.phases).
+        self.phases = ResponsePhases.of(policies)
+        self.consumer_phases = {cid: ResponsePhases.of(chain) for cid, chain in (consumer_policies or {}).items()}
+        # What runs in the access phase: the chain's policies that have one, in priority order, as resolved for a
+        # request with no consumer
+        policies = [p for p in policies if hasattr(p, "access")]
+        if consumer_policies is not None:
+            consumer_policies = {cid: [p for p in chain if hasattr(p, "access")]
+                                 for cid, chain in consumer_policies.items()}
+        self.policies = policies
         # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
         self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
+
+
+class _NoService:
+    """The last step of a route without a service (Kong's): 503 "no Service found with those values"."""
+
+    name = "no-service"
+    priority = -(2**31)  # after every plugin
+
+    async def access(self, ex: Any) -> bool:
+        await ex.respond_error(503, kong_errors.NO_SERVICE)
+        return True
+
+
+NO_SERVICE = _NoService()
 
 
 class Runtime:
@@ -149,6 +173,7 @@ class Runtime:
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
         self.server_tls: ServerTls | None = None  # the certificates of listeners with `ssl` (gateway.tls_runtime)
+        self.global_phases: ResponsePhases | None = None  # global plugins' response phases: for a 404 (no route)
         gw = config.gateway
         # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
         self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
@@ -183,31 +208,57 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
-        if svc is None:
-            continue
+        if svc is None and route.service is not None:
+            continue  # an unknown service: reported by the loader
         rname = route.name or f"routes[{i}]"
         mcp_route = None
         if route.mcp or route.mcp_methods or route.mcp_tools:
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
-        affinity = None if route.mcp is False else SessionAffinity(mcp, svc.group)
+        affinity = None if route.mcp is False or svc is None else SessionAffinity(mcp, svc.group)
         policies, consumer_policies = _policies_for(route, plugin_objs)
+        if svc is None:  # Kong's route without a service: 503 after every plugin that could answer
+            policies = [*policies, NO_SERVICE]
+            consumer_policies = {cid: [*chain, NO_SERVICE] for cid, chain in (consumer_policies or {}).items()} \
+                or None
         runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
         if "http" not in route.protocols:
             runtime.https_redirect = route.https_redirect_status_code
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
-                               mcp_tools=route.mcp_tools))
+                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None,
+                               path_handling=route.path_handling))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)
     runtime.breakers = _breakers(config, services, plugin_objs)
     runtime.server_tls = server_tls
+    runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
+                                                     if _is_global(p)], None))
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
         if store is not None:
             runtime.stores[store.name] = store
     return runtime
+
+
+def check_file(path: str) -> Runtime:
+    """Load and compile the file at `path` (what check-config does), or raise ConfigError with every problem of
+    both stages at once, in file order: a file refused by the loader is still compiled as far as it decoded."""
+    try:
+        config = load_config(path)
+    except ConfigError as e:
+        if e.partial is None:
+            raise
+        messages = list(e.messages)
+        try:
+            compile_config(e.partial, path)
+        except ConfigError as later:
+            messages += [m for m in later.messages if m not in messages]
+        except Exception:  # noqa: BLE001 - a half-decoded config may trip a later stage: its first errors stand
+            log.debug("compiling the decodable part of %s failed", path, exc_info=True)
+        raise ConfigError(in_file_order(messages, e.order, f"{path}: "), e.partial, e.order) from None
+    return compile_config(config, path)
 
 
 def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
@@ -299,6 +350,7 @@ _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
     (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
 
 Built = tuple[Plugin, Any, Policy | None]
+_CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])*): (?P<rest>.*)$", re.DOTALL)
 
 
 def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory) -> list[Built]:
@@ -358,13 +410,17 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
         return msgspec.convert(plugin.config, module.schema)
     except msgspec.ValidationError as e:
         message = describe_validation_error(e, plugin.config, module.schema, f"{where}.config")
-        field, sep, rest = message.removeprefix(f"{where}.config: ").partition(": ")
-        if message.startswith(f"{where}.config: ") and sep and field.split("[")[0] in known:
-            message = f"{where}.config.{field}: {rest}"  # a check's message that names its field
+        m = _CHECK_MESSAGE.match(message)
+        if m is not None:  # a check's own message that names its field: "path: field[0]: why" -> "path.field[0]: why"
+            message = f"{m['path']}.{m['field']}: {m['rest']}"
         errors.append(message)
     except ValueError as e:
         errors.append(f"{where}.config: {e}")
     return None
+
+
+def _is_global(plugin: Plugin) -> bool:
+    return getattr(plugin, "_route", None) is None and plugin.route is plugin.service is plugin.consumer is None
 
 
 def _route_key(plugin: Plugin) -> Any:

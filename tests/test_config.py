@@ -156,7 +156,7 @@ def test_bad_enum_value_lists_the_choices():
 
 
 def test_missing_required_field_is_named():
-    assert errors("services: [{url: 'http://a:1'}]") == ["services[0].name: required field is missing"]
+    assert errors("upstreams: [{algorithm: round-robin}]") == ["upstreams[0].name: required field is missing"]
 
 
 def test_missing_file_gets_a_clear_message(tmp_path):
@@ -215,17 +215,17 @@ def test_plugin_nested_under_a_service_names_its_nested_path():
 
 def test_route_referencing_a_missing_service_is_an_error():
     assert errors(SERVICE + "routes: [{name: r, service: nope, paths: [/x]}]\n") == [
-        "routes[0].service: no service named 'nope'"]
+        "routes[0].service: no service with id or name 'nope'"]
 
 
 def test_plugin_referencing_a_missing_service_is_an_error():
     assert errors(SERVICE + "plugins: [{name: request-size-limiting, service: nope}]\n") == [
-        "plugins[0].service: no service named 'nope'"]
+        "plugins[0].service: no service with id or name 'nope'"]
 
 
 def test_target_referencing_a_missing_upstream_is_an_error():
     assert errors("targets: [{target: '10.0.0.1:80', upstream: nope}]") == [
-        "targets[0].upstream: no upstream named 'nope'"]
+        "targets[0].upstream: no upstream with id or name 'nope'"]
 
 
 def test_duplicate_service_names_are_an_error():
@@ -272,12 +272,14 @@ def test_header_hashing_without_a_header_name_is_an_error():
 
 def test_bad_target_address_is_an_error():
     assert errors("upstreams: [{name: u, targets: [{target: '10.0.0.1:99999'}]}]") == [
-        'upstreams[0].targets[0].target: expected "host:port", got "10.0.0.1:99999"']
+        'upstreams[0].targets[0].target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
+        'got "10.0.0.1:99999"']
 
 
 def test_non_http_service_url_is_an_error():
     assert errors("services: [{name: s, url: 'ftp://a:1'}]") == [
-        'services[0].url: expected an http:// or https:// URL, got "ftp://a:1"']
+        'services[0].url: ftp:// is not supported by the gateway (http:// and https:// upstreams only), got '
+        '"ftp://a:1"']
 
 
 def test_service_with_url_and_host_is_an_error():

@@ -127,12 +127,13 @@ def test_host_with_a_port_matches_the_host():
     assert pick(r, host="[::1]:8000") == "v6"
 
 
-def test_wildcard_host_matches_one_label():
+def test_wildcard_host_matches_by_suffix_or_prefix_as_kong():
+    """Kong (both router flavors): "*.example.com" is any host ending in ".example.com", so deeper labels too."""
     r = router(("wild", {"hosts": ["*.example.com"]}), ("suffix", {"hosts": ["mcp.*"]}))
     assert pick(r, host="a.example.com") == "wild"
     assert pick(r, host="b.example.com:80") == "wild"
     assert pick(r, host="example.com") is None
-    assert pick(r, host="a.b.example.com") is None
+    assert pick(r, host="a.b.example.com") == "wild"
     assert pick(r, host="mcp.internal") == "suffix"
 
 

@@ -16,6 +16,8 @@ from gateway.config import ConfigError, parse_config
 from gateway.runtime import compile_config
 
 TIMEOUT = 10
+CA_GOOD, CA_OTHER, CLIENT_CERT = ("0b0c6f3e-0d55-4b4c-9d6f-3a8a4a1c0001", "0b0c6f3e-0d55-4b4c-9d6f-3a8a4a1c0002",
+                                  "0b0c6f3e-0d55-4b4c-9d6f-3a8a4a1c0003")
 
 
 @pytest.fixture(scope="module")
@@ -164,16 +166,18 @@ async def test_tls_verify_with_the_right_ca_passes_and_with_another_fails(gatewa
     other = Pki()
     doc = {"services": [
         service("good", f"https://127.0.0.1:{backend.port}", [{"paths": ["/good"]}], tls_verify=True,
-                ca_certificates=["ca-good"]),
+                ca_certificates=[CA_GOOD]),
         service("bad", f"https://127.0.0.1:{backend.port}", [{"paths": ["/bad"]}], tls_verify=True,
-                ca_certificates=["ca-other"], retries=0)],
-        "ca_certificates": [{"id": "ca-good", "cert": pki.ca_pem}, {"id": "ca-other", "cert": other.ca_pem}]}
+                ca_certificates=[CA_OTHER], retries=0)],
+        "ca_certificates": [{"id": CA_GOOD, "cert": pki.ca_pem}, {"id": CA_OTHER, "cert": other.ca_pem}]}
     port = await gateway(doc)
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/good")).status == 200
         bad = await request(port, "GET", "/bad")
-    assert bad.status == 502
-    assert "certificate verify" in bad.body.decode() or "TLS" in bad.body.decode()
+    assert bad.status == 502  # the gateway refused the upstream's certificate: the backend saw its handshake fail
+    with trio.fail_after(5):
+        while backend.handshake_failures == 0:
+            await trio.sleep(0.01)
 
 
 async def test_client_certificate_is_presented_to_an_upstream_that_requires_one(gateway, nursery, pki):
@@ -181,9 +185,9 @@ async def test_client_certificate_is_presented_to_an_upstream_that_requires_one(
     cert, key = pki.issue("gateway-client.test")
     doc = {"services": [
         service("with", f"https://127.0.0.1:{backend.port}", [{"paths": ["/with"]}],
-                client_certificate={"id": "client"}),
+                client_certificate={"id": CLIENT_CERT}),
         service("without", f"https://127.0.0.1:{backend.port}", [{"paths": ["/without"]}], retries=0)],
-        "certificates": [{"id": "client", "cert": cert, "key": key}]}
+        "certificates": [{"id": CLIENT_CERT, "cert": cert, "key": key}]}
     port = await gateway(doc)
     with trio.fail_after(TIMEOUT):
         ok = await request(port, "GET", "/with")
@@ -226,13 +230,13 @@ def test_expired_certificate_is_a_config_error(pki):
     doc = json.dumps({"certificates": [{"cert": cert, "key": key, "snis": ["e.test"]}],
                       "gateway": {"listen": "127.0.0.1:8443 ssl"}})
     (message,) = config_errors(doc)
-    assert message.startswith("c.yml: certificates[0].cert expired on ")
+    assert message.startswith("c.yml: certificates[0].cert: the certificate expired on ")
 
 
 def test_key_that_does_not_match_is_a_config_error(pki):
     cert, _ = pki.issue("a.test")
     _, other_key = pki.issue("b.test")
-    doc = json.dumps({"certificates": [{"id": "x", "cert": cert, "key": other_key}]})
+    doc = json.dumps({"certificates": [{"cert": cert, "key": other_key}]})
     assert config_errors(doc) == ["c.yml: certificates[0]: the key does not match the certificate"]
 
 

@@ -17,9 +17,26 @@ _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 class ConfigError(Exception):
     """An invalid configuration: one message per problem, each naming the file and the field path."""
 
-    def __init__(self, messages: list[str]) -> None:
+    def __init__(self, messages: list[str], partial: Any = None, order: list[str] | None = None) -> None:
         super().__init__("\n".join(messages))
         self.messages = messages
+        # What did decode of a refused file, and its top-level keys in file order, so that later stages can report
+        # their problems in the same pass (gateway.runtime.check_file).
+        self.partial = partial
+        self.order = order or []
+
+
+def in_file_order(messages: list[str], order: list[str], prefix: str = "") -> list[str]:
+    """Messages sorted as the fields they name appear in the file: by top-level key (`order`), then by the indices
+    in the path (stable, so the problems of one field keep the order they were found in)."""
+    rank = {key: i for i, key in enumerate(order)}
+
+    def key(message: str) -> tuple[int, tuple[int, ...]]:
+        path = message.removeprefix(prefix).split(": ", 1)[0].split(" and ", 1)[0]
+        top = re.match(r"[A-Za-z_]+", path)
+        return rank.get(top.group(0) if top else "", len(rank)), tuple(int(n) for n in re.findall(r"\[(\d+)\]", path))
+
+    return sorted(messages, key=key)
 
 
 def join_path(prefix: str, suffix: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import uuid
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,7 +27,9 @@ from gateway.config.consumers import (
     decode_hook,
     flatten_consumers,
 )
-from gateway.config.errors import ConfigError, describe_validation_error
+from gateway.config.decode import convert_all, salvage
+from gateway.config.errors import ConfigError, in_file_order
+from gateway.config.kong_forms import NESTED, prepare
 from gateway.config.schema import Config, Consumer, GatewaySettings, Plugin, Route, Service, Target, Upstream
 from gateway.config.tls import (
     LISTEN_FLAGS,
@@ -65,6 +68,7 @@ _REMOVED_GATEWAY_KEYS = {
 }
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$")
 DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
+_EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -94,12 +98,14 @@ def parse_config(text: str, name: str = "<config>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError([f"{name}: the document must be a mapping (services:, routes:, ...), got {_kind(raw)}"])
     errors: list[str] = []
-    config = _decode(raw, errors)
-    if not errors:
-        _flatten(config)
-        _check(config, errors)
+    original = raw
+    raw = prepare(raw, tuple(_SECTIONS), errors)
+    failed: set[tuple[str, str]] = set()  # (section, name or id) of entities that did not decode
+    config = _decode(raw, errors, failed)
+    _flatten(config)
+    _check(config, errors, failed)
     if errors:
-        raise ConfigError([f"{name}: {e}" for e in errors])
+        raise ConfigError([f"{name}: {e}" for e in in_file_order(errors, list(original))], config, list(original))
     return config
 
 
@@ -108,8 +114,9 @@ def _kind(value: Any) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _decode(raw: dict[str, Any], errors: list[str]) -> Config:
-    """Decode section by section, so one bad entity does not hide the errors of the others."""
+def _decode(raw: dict[str, Any], errors: list[str], failed: set[tuple[str, str]]) -> Config:
+    """Decode section by section, so one bad entity does not hide the errors of the others; `failed` gets the names
+    and ids of those that did not decode (references to them are not reported again)."""
     known = set(_SECTIONS) | _SCALARS | {"gateway"}
     for key in raw:
         if key not in known:
@@ -124,7 +131,7 @@ def _decode(raw: dict[str, Any], errors: list[str]) -> Config:
             continue
         decoded = []
         for i, item in enumerate(items):
-            obj = _convert(item, typ, f"{key}[{i}]", errors)
+            obj = _convert(item, typ, f"{key}[{i}]", errors, failed, key)
             if obj is not None:
                 decoded.append(obj)
         fields[key] = decoded
@@ -143,13 +150,31 @@ def _decode(raw: dict[str, Any], errors: list[str]) -> Config:
     return msgspec.structs.replace(shell, **fields)
 
 
-def _convert(item: Any, typ: Any, path: str, errors: list[str]) -> Any:
-    try:
-        obj = msgspec.convert(item, typ, dec_hook=decode_hook)
-    except msgspec.ValidationError as e:
-        errors.append(describe_validation_error(e, item, typ, path))
-        return None
-    _mark(obj, path)
+def _note_failed(section: str, item: dict[str, Any], failed: set[tuple[str, str]]) -> None:
+    for field in ("name", "id", "username"):
+        if isinstance(item.get(field), str):
+            failed.add((section, item[field]))
+    for child in NESTED.get(section, ()):
+        nested_items = item.get(child)
+        for nested in nested_items if isinstance(nested_items, list) else ():
+            if isinstance(nested, dict):
+                _note_failed(child, nested, failed)
+
+
+def _convert(item: Any, typ: Any, path: str, errors: list[str], failed: set[tuple[str, str]] | None = None,
+             section: str = "") -> Any:
+    """The entity decoded; for one with errors, what `salvage` can decode of it, marked `_broken` (its other
+    checks still run; the file is refused anyway), and its names and ids noted in `failed`."""
+    before = len(errors)
+    obj = convert_all(item, typ, path, errors, decode_hook)
+    if obj is None and failed is not None:
+        if isinstance(item, dict):
+            _note_failed(section, item, failed)
+        obj = salvage(item, typ, path, errors[before:], decode_hook)
+        if obj is not None:
+            obj._broken = True
+    if obj is not None:
+        _mark(obj, path)
     return obj
 
 
@@ -168,6 +193,9 @@ def path_of(obj: Any) -> str:
 
 def _flatten(config: Config) -> None:
     for svc in config.services:
+        if svc.name is None:
+            svc.name = svc.id or path_of(svc)  # how routes, plugins and metrics name it
+            svc._unnamed = True
         for route in svc.routes:
             route.service = svc.name
             config.routes.append(route)
@@ -190,14 +218,23 @@ def _flatten(config: Config) -> None:
     flatten_tls(config.certificates, config.snis)
 
 
-def _check(config: Config, errors: list[str]) -> None:
-    """Cross-field and cross-entity rules; each message names every field involved."""
+def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> None:
+    """Cross-field and cross-entity rules; each message names every field involved. References by id or name are
+    resolved to the entity's name (or, for an unnamed route, to the route itself)."""
     _check_listen(config.gateway, errors)
     _check_client_address(config.gateway, errors)
-    check_consumers(config, errors)
-    services = _unique(config.services, "services", errors)
+    _check_ids(config, errors)
+    consumer_errors: list[str] = []
+    check_consumers(config, consumer_errors)
+    gone = {ref for section, ref in failed if section == "consumers"}
+    errors += [e for e in consumer_errors if not any(e.endswith(f"username {ref!r}") for ref in gone)]
+    services = _unique([s for s in config.services if not getattr(s, "_unnamed", False)], "services", errors)
+    services.update({s.name: s for s in config.services if getattr(s, "_unnamed", False)})
+    services.update({s.id: s for s in config.services if s.id})
     routes = _unique([r for r in config.routes if r.name], "routes", errors)
+    routes.update({r.id: r for r in config.routes if r.id})
     upstreams = _unique(config.upstreams, "upstreams", errors)
+    upstreams.update({u.id: u for u in config.upstreams if u.id})
     certificates = {certificate_key(c, i): c for i, c in enumerate(config.certificates)}
     ca_certificates = {c.id for c in config.ca_certificates if c.id}
     for svc in config.services:
@@ -205,21 +242,54 @@ def _check(config: Config, errors: list[str]) -> None:
         _check_service_tls(svc, certificates, ca_certificates, errors)
     _check_snis(config, certificates, errors)
     for route in config.routes:
-        _check_route(route, services, errors)
+        _check_route(route, services, errors, failed)
     for up in config.upstreams:
         _check_upstream(up, errors)
     for target in config.targets:
         where = path_of(target)
-        if target.upstream not in upstreams:
-            errors.append(f"{where}.upstream: no upstream named {target.upstream!r}")
+        up = upstreams.get(target.upstream or "")
+        if up is not None:
+            target.upstream = up.name
+        elif ("upstreams", target.upstream) not in failed:
+            errors.append(f"{where}.upstream: no upstream with id or name {target.upstream!r}")
         if parse_host_port(target.target, DEFAULT_TARGET_PORT) is None:
-            errors.append(f'{where}.target: expected "host:port", got "{target.target}"')
+            errors.append(f'{where}.target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
+                          f'got "{target.target}"')
     for plugin in config.plugins:
         where = path_of(plugin)
-        if plugin.service is not None and plugin.service not in services:
-            errors.append(f"{where}.service: no service named {plugin.service!r}")
-        if plugin.route is not None and plugin.route not in routes:
-            errors.append(f"{where}.route: no route named {plugin.route!r}")
+        if plugin.service is not None:
+            svc = services.get(plugin.service)
+            if svc is not None:
+                plugin.service = svc.name
+            elif ("services", plugin.service) not in failed:
+                errors.append(f"{where}.service: no service with id or name {plugin.service!r}")
+        if plugin.route is not None and getattr(plugin, "_route", None) is None:
+            route = routes.get(plugin.route)
+            if route is None:
+                if ("routes", plugin.route) not in failed:
+                    errors.append(f"{where}.route: no route with id or name {plugin.route!r}")
+            elif route.name is None:
+                plugin._route = route  # an unnamed route named by its id: scoped to the route itself
+            else:
+                plugin.route = route.name
+
+
+def _check_ids(config: Config, errors: list[str]) -> None:
+    """Kong's ids are UUIDs, unique per kind of entity."""
+    for section in ("services", "routes", "upstreams", "targets", "plugins", "consumers", *CREDENTIALS,
+                    "certificates", "snis", "ca_certificates"):
+        seen: dict[str, Any] = {}
+        for obj in getattr(config, section):
+            if obj.id is None:
+                continue
+            try:
+                uuid.UUID(obj.id)
+            except ValueError:
+                errors.append(f'{path_of(obj)}.id: expected a UUID (e.g. "{_EXAMPLE_ID}"), got "{obj.id}"')
+                continue
+            if obj.id in seen:
+                errors.append(f"{path_of(obj)}.id: {obj.id!r} is already used by {path_of(seen[obj.id])}")
+            seen.setdefault(obj.id, obj)
 
 
 def _unique(items: list[Any], section: str, errors: list[str]) -> dict[str, Any]:
@@ -291,7 +361,8 @@ def _check_service(svc: Service, errors: list[str]) -> None:
             errors.append(f'{where}.url: invalid URL "{svc.url}": {e}')
             return
         if parts.scheme not in ("http", "https"):
-            errors.append(f'{where}.url: expected an http:// or https:// URL, got "{svc.url}"')
+            errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// and https:// '
+                          f'upstreams only), got "{svc.url}"')
         elif not parts.hostname:
             errors.append(f'{where}.url: no host in "{svc.url}"')
         elif port == 0:
@@ -333,12 +404,15 @@ def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str])
         seen.setdefault(name, where)
 
 
-def _check_route(route: Route, services: dict[str, Service], errors: list[str]) -> None:
+def _check_route(route: Route, services: dict[str, Service], errors: list[str],
+                 failed: set[tuple[str, str]]) -> None:
     where = path_of(route)
     if route.service is None:
-        errors.append(f"{where}.service: every route needs a service")
-    elif route.service not in services:
-        errors.append(f"{where}.service: no service named {route.service!r}")
+        pass  # as Kong: answered 503 "no Service found with those values" unless a plugin answers
+    elif route.service in services:
+        route.service = services[route.service].name
+    elif ("services", route.service) not in failed:
+        errors.append(f"{where}.service: no service with id or name {route.service!r}")
     if not (route.paths or route.methods or route.hosts or route.headers or route.query):
         errors.append(f"{where}: set at least one of paths, methods, hosts, headers, query")
     for i, p in enumerate(route.paths):
@@ -382,8 +456,15 @@ def _check_upstream(up: Upstream, errors: list[str]) -> None:
 
 
 def parse_host_port(text: str, default_port: int | None) -> tuple[str, int | None] | None:
-    """'host:port' or '[v6]:port' -> (host, port); None when malformed or the port is out of range."""
-    m = _HOST_PORT.match(text.strip())
+    """'host:port', '[v6]:port' or a bare IPv6 address -> (host, port); None when malformed or the port is out of
+    range."""
+    text = text.strip()
+    if text.count(":") > 1 and not text.startswith("["):
+        try:
+            return str(ipaddress.IPv6Address(text)), default_port  # Kong: a bare IPv6 target takes the default port
+        except ValueError:
+            return None
+    m = _HOST_PORT.match(text)
     if not m:
         return None
     host = m.group("v6") or m.group("host")

@@ -212,7 +212,7 @@ class Route(Base):
 
 
 class Service(Base):
-    name: str
+    name: str | None = None  # Kong's services need no name: an unnamed one is known by its id (or its path)
     url: str | None = None
     protocol: Literal["http", "https"] = "http"
     host: str | None = None

@@ -8,7 +8,6 @@ response, or raise; a broken request gets its 4xx here with a JSON body, and a c
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -17,6 +16,7 @@ from typing import Any
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
+from gateway.http.kong_errors import SIZE_LIMITED, error_body, error_message, new_error_id, response_type
 from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
@@ -40,9 +40,11 @@ _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase
                   Phase.IDLE: "client_keepalive"}
 
 
-def json_error_body(status: int, message: str) -> bytes:
-    """The JSON body of every error the gateway itself answers."""
-    return json.dumps({"error": message, "status": status}).encode()
+def error_response(status: int, message: str | None, request_id: bytes, accept: bytes | None = None) \
+        -> tuple[bytes, bytes]:
+    """(content type, body) of an error the gateway answers itself, as Kong's (gateway.http.kong_errors)."""
+    content_type = response_type(accept)
+    return content_type, error_body(message or error_message(status), request_id, content_type)
 
 
 class ServerSettings:
@@ -107,9 +109,10 @@ class ConnectionSet:
 class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
-    __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
+    __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer")
+                 "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer",
+                 "phases", "_held")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False, body_timeout: float = 60.0) -> None:
@@ -125,9 +128,12 @@ class Exchange:
         self.client_ip = conn.peer[0] if conn.peer else ""
         self.peer_trusted = False
         self.consumer: Any = None  # set by authentication policies: who the request is (gateway.policies.consumers)
+        # The response phases of the request's plugins (gateway.pipeline.phases.ResponsePhases), run on whatever
+        # response this request gets; None (the common case) costs nothing.
+        self.phases: Any = None
+        self._held: bytes | None = None  # body bytes a policy read ahead (read_body) or replaced (replace_body)
         self.conn = conn
         self._codec = codec
-        self._pending: list[bytes] = []
         self._request_done = False
         self.response_started = False
         self.response_done = False
@@ -153,6 +159,9 @@ class Exchange:
     def take_buffered_body(self) -> tuple[bytes, bool]:
         """Body bytes that arrived with the head, and whether that was all of it: lets the proxy send in one write."""
         chunks: list[bytes] = []
+        if self._held is not None:
+            chunks.append(self._held)
+            self._held = None
         codec = self._codec
         while not self._request_done:
             ev = codec.next_event()
@@ -170,11 +179,30 @@ class Exchange:
             self._body_seen += len(chunk)
             if self._body_seen > self.body_limit:
                 self.close_after = True
-                raise ProtocolError(f"Request size limit exceeded: the body may be at most {self.body_limit} bytes",
-                                    413)
+                raise ProtocolError(SIZE_LIMITED, 413)
+
+    async def read_body(self, limit: int) -> tuple[bytes, bool]:
+        """Read the request body to its end, or until more than `limit` bytes: (the bytes, whether that is all of
+        it). They are kept: the forwarder sends them (or what replace_body put instead) before the rest."""
+        chunks = [self._held] if self._held else []
+        size = len(self._held or b"")
+        self._held = None
+        while size <= limit and (chunk := await self.receive_body()) is not None:
+            chunks.append(chunk)
+            size += len(chunk)
+        self._held = b"".join(chunks)
+        return self._held, self._request_done
+
+    def replace_body(self, body: bytes) -> None:
+        """Send `body` upstream instead of what read_body returned (a whole body; the caller fixes the headers)."""
+        self._held = body
 
     async def receive_body(self) -> bytes | None:
         """The next chunk of the request body, or None at its end."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            if held:
+                return held
         codec = self._codec
         while not self._request_done:
             ev = codec.next_event()
@@ -206,6 +234,8 @@ class Exchange:
         codec = self._codec
         self.response_started = True
         self.status = status
+        if self.phases is not None:
+            headers, body = self.phases.filter(self, status, headers, body, end)
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
         data = codec.response_head(status, headers, reason, close, self.response_lines)
         if body:
@@ -232,9 +262,19 @@ class Exchange:
             headers += extra
         await self.send_head(status, headers, body, end=True)
 
-    async def respond_error(self, status: int, message: str) -> None:
-        extra = [(b"x-request-id", self.request_id)] if self.request_id else None
-        await self.respond(status, json_error_body(status, message), extra=extra)
+    async def respond_error(self, status: int, message: str | None = None, extra: Headers | None = None) -> None:
+        """Kong's kong.response.error: `message` (Kong's text for the status when None) and the request id, in the
+        format the client's Accept prefers (JSON by default)."""
+        if not self.request_id:
+            self.request_id = new_error_id()
+        accept = None
+        for name, value in self.request.headers:
+            if name == b"accept":
+                accept = value
+                break
+        content_type, body = error_response(status, message, self.request_id, accept)
+        rid = [(b"x-request-id", self.request_id)]
+        await self.respond(status, body, content_type, rid + extra if extra else rid)
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -370,7 +410,8 @@ async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, sett
                 codec.receive_data(await conn.recv())
                 ev = codec.next_event()
         except ProtocolError as e:
-            await _send_protocol_error(conn, codec, e.status, str(e))
+            log.debug("bad request from %s: %s", conn.peer, e)
+            await _send_protocol_error(conn, codec, e.status)
             return
         except (BrokenPipeError, ConnectionError):
             return
@@ -385,14 +426,16 @@ async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, sett
             await handler(exchange)
         except ProtocolError as e:
             if not exchange.response_started:
-                await _send_protocol_error(conn, codec, e.status, str(e))
+                log.debug("bad request from %s: %s", conn.peer, e)
+                await _send_protocol_error(conn, codec, e.status, str(e) if str(e) == SIZE_LIMITED else None,
+                                           exchange.request_id)
             return
         except (BrokenPipeError, ConnectionError):
             return
         except Exception:
             log.exception("request handler failed: %s %s", request.method, request.target)
             if not exchange.response_started:
-                await _send_protocol_error(conn, codec, 500, "internal error in the gateway")
+                await _send_protocol_error(conn, codec, 500, None, exchange.request_id)
             else:
                 conn.abort()
             return
@@ -413,7 +456,7 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        await _send_protocol_error(conn, codec, 408, "request head not received in time")
+        await _send_protocol_error(conn, codec, 408)
     elif phase == Phase.CLIENT_WRITE:
         log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
                  conn.peer, conn.send_timeout)
@@ -421,15 +464,16 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
     elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
         log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
                  conn.peer, exchange.body_timeout)
-        await _send_protocol_error(conn, codec, 408, "request body not received in time")
+        await _send_protocol_error(conn, codec, 408, None, exchange.request_id)
     elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
         setting = "write_timeout" if phase == Phase.UPSTREAM_WRITE else "read_timeout"
         exchange.close_after = True
+        log.info("upstream %s did not %s within %gs (%s): 504", target, verb, seconds, setting)
         try:
             with trio.move_on_after(1.0):
-                await exchange.respond_error(504, f"upstream {target} did not {verb} within {seconds:g}s ({setting})")
+                await exchange.respond_error(504)
         except (BrokenPipeError, ConnectionError, OSError):
             pass
     elif exchange is not None and exchange.response_started and not exchange.response_done:
@@ -448,11 +492,13 @@ async def _drain_request(exchange: Exchange) -> bool:
     return False
 
 
-async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, message: str) -> None:
-    """Answer a request we could not parse (or take too long to send), then close."""
-    body = json_error_body(status, message)
-    head = (b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, _REASONS.get(status, b"Error"), len(body)))
+async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, message: str | None = None,
+                               request_id: bytes = b"") -> None:
+    """Answer a request we could not parse (or take too long to send), then close: Kong's text for the status
+    unless `message` is given."""
+    content_type, body = error_response(status, message, request_id or new_error_id())
+    head = (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, _REASONS.get(status, b"Error"), content_type, len(body)))
     try:
         with trio.move_on_after(1.0):
             await conn.sendall(head + body)

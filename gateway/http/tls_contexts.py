@@ -44,14 +44,14 @@ def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> li
     """The certificates of a PEM chain; ValueError if there is none, or the first has expired or is not yet valid."""
     try:
         chain = x509.load_pem_x509_certificates(pem.encode())
-    except ValueError as e:
-        raise ValueError(f"{what} is not a PEM certificate: {e}") from None
+    except ValueError:
+        raise ValueError(f"{what}: not a PEM certificate (expected -----BEGIN CERTIFICATE----- ...)") from None
     now = now or dt.datetime.now(dt.UTC)
     leaf = chain[0]
     if leaf.not_valid_after_utc < now:
-        raise ValueError(f"{what} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+        raise ValueError(f"{what}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
-        raise ValueError(f"{what} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        raise ValueError(f"{what}: the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
     return chain
 
 

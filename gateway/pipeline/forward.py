@@ -14,6 +14,7 @@ import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
 from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
+from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase
@@ -22,6 +23,7 @@ from gateway.mcp.step import McpRequest, session_not_found
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
+from gateway.pipeline.phases import read_whole_body
 from gateway.routing import Match
 from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
 from gateway.state.shared import SharedState
@@ -119,9 +121,11 @@ class Forwarder:
             log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
             await session_not_found(ex)
         elif error is None:
-            await ex.respond_error(503, f"no available target in upstream {group.name!r}")
+            log.info("no available target in upstream %r: 503", group.name)
+            await ex.respond_error(503, NO_PEER)
         else:
-            await ex.respond_error(error.status, str(error))
+            log.info("%s: %d", error, error.status)
+            await ex.respond_error(error.status)
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
                         method: bytes, path: bytes, headers: Headers, body: bytes, body_done: bool) \
@@ -203,6 +207,8 @@ class Forwarder:
             headers = _client_headers(response.headers, request_id, affinity, attempt.target)
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
+            if not done and ex.phases is not None and ex.phases.buffers(ex, response.status, headers):
+                first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)  # a body filter's
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
             if not done:
                 try:

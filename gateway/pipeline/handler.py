@@ -3,15 +3,14 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
-from gateway.http.server import Exchange, json_error_body
+from gateway.http.kong_errors import NO_ROUTE
+from gateway.http.server import Exchange
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.metrics import RequestStats
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP
-from gateway.runtime import Runtime
-
-NO_ROUTE = json_error_body(404, "no route matched the request")
+from gateway.runtime import RouteRuntime, Runtime
 
 
 class Pipeline:
@@ -41,26 +40,33 @@ class Pipeline:
             if name == b"host":
                 host = value
                 break
-        match = runtime.router.match(req.method, req.target, host, req.headers)
+        router = runtime.router
+        if router.needs_port:  # a route's hosts name a port: the listener port the request arrived on
+            match = router.match(req.method, req.target, host, req.headers, None, ex.conn.sock.getsockname()[1])
+        else:
+            match = router.match(req.method, req.target, host, req.headers)
         mcp = None
         if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
             mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
             if mcp is None:
                 return "-"
-            match = runtime.router.match(req.method, req.target, host, req.headers, routing_key(mcp))
+            port = ex.conn.sock.getsockname()[1] if router.needs_port else None
+            match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
         if match is None:
-            await ex.respond(404, NO_ROUTE)
+            ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
+            await ex.respond_error(404, NO_ROUTE)
             return "-"
         route = match.payload
         if route.https_redirect is not None and _scheme(ex) != b"https":
             await _use_https(ex, route.https_redirect, host)
             return route.name
         target = req.target
+        ex.phases = route.phases
         if route.consumer_policies is None:
             for policy in route.policies:
                 if await policy.access(ex):
                     return route.name
-        elif await _run_scoped(ex, route.policies, route.consumer_policies):
+        elif await _run_scoped(ex, route):
             return route.name
         if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
             match.query = req.target.partition(b"?")[2]
@@ -72,9 +78,12 @@ class Pipeline:
         return route.name
 
 
-async def _run_scoped(ex: Exchange, policies: list[Policy], by_consumer: dict[str, list[Policy]]) -> bool:
-    """Run the chain, moving to the consumer's own chain (at the same point in priority order) whenever a policy
-    changes who the request is: Kong looks each plugin up when its turn comes. True if a policy answered."""
+async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
+    """Run the chain, moving to the consumer's own chain (at the same point in priority order, with its response
+    phases) whenever a policy changes who the request is: Kong looks each plugin up when its turn comes. True if a
+    policy answered."""
+    policies = route.policies
+    by_consumer: dict[str, list[Policy]] = route.consumer_policies  # type: ignore[assignment]
     chain = policies
     consumer = None
     i = 0
@@ -87,6 +96,7 @@ async def _run_scoped(ex: Exchange, policies: list[Policy], by_consumer: dict[st
             consumer = ex.consumer
             new = by_consumer.get(consumer.id, policies) if consumer is not None else policies
             if new is not chain:
+                ex.phases = route.consumer_phases.get(consumer.id, route.phases) if consumer else route.phases
                 done = (-policy.priority, policy.name)
                 i = next((j for j, p in enumerate(new) if (-p.priority, p.name) > done), len(new))
                 chain = new
@@ -102,13 +112,11 @@ def _scheme(ex: Exchange) -> bytes:
     return ex.conn.scheme
 
 
-HTTPS_REQUIRED = json_error_body(426, "Please use HTTPS protocol")
-
-
 async def _use_https(ex: Exchange, status: int, host: bytes | None) -> None:
     """Kong's answer to plain HTTP on an https-only route: 426 with Upgrade, or a redirect to the https URL."""
     if status == 426:
-        await ex.respond(426, HTTPS_REQUIRED, extra=[(b"connection", b"Upgrade"), (b"upgrade", b"TLS/1.2, HTTP/1.1")])
+        await ex.respond_error(426, "Please use HTTPS protocol",
+                               [(b"connection", b"Upgrade"), (b"upgrade", b"TLS/1.2, HTTP/1.1")])
         return
     location = b"https://" + (host or b"") + ex.request.target
     await ex.respond(status, b"", extra=[(b"location", location)])

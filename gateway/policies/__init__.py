@@ -10,13 +10,20 @@ from types import ModuleType
 from gateway.policies import (
     acl,
     basic_auth,
+    bot_detection,
     circuit_breaker,
+    correlation_id,
+    cors,
     ip_restriction,
     jwt,
     key_auth,
     rate_limiting,
     request_size_limiting,
+    request_termination,
+    request_transformer,
+    response_transformer,
 )
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
-    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker)}
+    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker, cors,
+    correlation_id, request_termination, bot_detection, request_transformer, response_transformer)}

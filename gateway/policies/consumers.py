@@ -154,17 +154,24 @@ class Directory:
 
 
 class Rejection:
-    """A failed authentication's answer, formatted once: status, JSON body, WWW-Authenticate."""
+    """A failed authentication's answer: status, message, WWW-Authenticate. As Kong's kong.response.error (the
+    message with the request id, in the client's preferred format) unless `exit`, which is kong.response.exit's
+    plain JSON body (what the jwt plugin sends), formatted once."""
 
-    __slots__ = ("status", "body", "extra")
+    __slots__ = ("status", "message", "body", "extra")
 
-    def __init__(self, status: int, body: Any, www_authenticate: str | None = None) -> None:
+    def __init__(self, status: int, body: Any, www_authenticate: str | None = None, exit: bool = False) -> None:
         self.status = status
-        self.body = json.dumps(body if isinstance(body, dict) else {"message": body}).encode()
+        self.message = body if isinstance(body, str) else None
+        self.body = json.dumps(body if isinstance(body, dict) else {"message": body}).encode() \
+            if exit or self.message is None else None
         self.extra = [(b"www-authenticate", www_authenticate.encode())] if www_authenticate else None
 
     async def send(self, ex: Exchange) -> None:
-        await ex.respond(self.status, self.body, JSON_UTF8, self.extra)
+        if self.body is None:
+            await ex.respond_error(self.status, self.message, self.extra)
+        else:
+            await ex.respond(self.status, self.body, JSON_UTF8, self.extra)
 
 
 class AuthPolicy:

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
+from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
+
 T = TypeVar("T")
 
 _EXACT, _REGEX, _PREFIX, _NO_PATH = 3, 2, 1, 0
@@ -32,7 +34,8 @@ class RouteSpec(Generic[T]):
     def __init__(self, payload: T, *, paths: Sequence[str] = (), methods: Sequence[str] = (),
                  hosts: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
                  query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True,
-                 mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = ()) -> None:
+                 mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = (), service_path: str | None = None,
+                 path_handling: str = "v0") -> None:
         self.payload = payload
         self.paths = list(paths)
         self.methods = frozenset(m.encode() for m in methods)
@@ -43,10 +46,16 @@ class RouteSpec(Generic[T]):
         self.strip_path = strip_path
         self.mcp_methods = frozenset(mcp_methods)
         self.mcp_tools = frozenset(mcp_tools)
+        # Kong's join of service path, route path and request path (gateway.routing.paths); None: the common case
+        # (no service path, v0), where the upstream path is the request path less a stripped prefix
+        base = (service_path or "/").encode()
+        self.join: tuple[bytes, bool] | None = None if base == b"/" and path_handling == "v0" else (
+            base, path_handling == "v1")
 
 
 class Match(Generic[T]):
-    """The chosen route and the request path with the matched part stripped (when strip_path)."""
+    """The chosen route and the path to send upstream: Kong's join of the service path and the request path (the
+    matched part stripped when strip_path), per the route's path_handling."""
 
     __slots__ = ("payload", "path", "query")
 
@@ -60,8 +69,8 @@ NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again
 
 
 class _Candidate(Generic[T]):
-    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "headers", "query",
-                 "order", "mcp")
+    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
+                 "headers", "query", "order", "mcp")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
@@ -81,14 +90,33 @@ class _Candidate(Generic[T]):
                                     spec.mcp_methods or spec.mcp_tools, spec.mcp_tools)))
         self.mcp = bool(spec.mcp_methods or spec.mcp_tools)
         self.rank = categories
-        self.exact_hosts = frozenset(h.encode() for h in spec.hosts if "*" not in h)
-        self.wild_hosts = [_wildcard(h) for h in spec.hosts if "*" in h]
+        plain = [split_host_port(h) for h in spec.hosts]
+        self.exact_hosts = frozenset(h.encode() for h, p in plain if "*" not in h and p is None)
+        self.wild_hosts = [_wildcard(h) for h, p in plain if "*" in h and p is None]
+        # Kong: a host with a port matches that host on a request that arrived on that (listener) port
+        self.port_hosts = [(h.encode(), _wildcard(h) if "*" in h else None, p) for h, p in plain if p is not None]
+        self.any_hosts = bool(spec.hosts)
         self.headers = [(k.encode(), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
         self.query = list(spec.query.items())
 
 
 def _wildcard(host: str) -> re.Pattern[bytes]:
-    return re.compile(re.escape(host.encode()).replace(rb"\*", rb"[^.]+") + rb"\Z")
+    """Kong: "*.example.com" matches any host ending in ".example.com", "example.*" any starting "example."."""
+    return re.compile(re.escape(host.encode()).replace(rb"\*", rb".+") + rb"\Z")
+
+
+def split_host_port(host: str) -> tuple[str, int | None]:
+    """Kong's split_host_port: "example.test:8000" -> ("example.test", 8000); "[::1]" and bare IPv6 keep no port."""
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1:]
+        if rest.startswith(":") and rest[1:].isdigit():
+            return host[: end + 1], int(rest[1:])
+        return host, None
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit() and ":" not in name:
+        return name, int(port)
+    return host, None
 
 
 def _value_matcher(value: str) -> re.Pattern[bytes] | bytes:
@@ -110,9 +138,10 @@ class Router(Generic[T]):
         cands.sort(key=lambda c: (-c.rank, c.order))
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
+        self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
 
     def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
-              mcp: tuple[str | None, str | None] | None = None) -> Match[T] | None:
+              mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
         """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc)."""
         path, sep, query = target.partition(b"?")
         hostname = _strip_port(host.lower()) if host else b""
@@ -124,8 +153,9 @@ class Router(Generic[T]):
             spec = c.spec
             if spec.methods and method not in spec.methods:
                 continue
-            if (c.exact_hosts or c.wild_hosts) and not (
-                    hostname in c.exact_hosts or any(w.match(hostname) for w in c.wild_hosts)):
+            if c.any_hosts and not (
+                    hostname in c.exact_hosts or any(w.match(hostname) for w in c.wild_hosts)
+                    or (c.port_hosts and _port_host_match(c.port_hosts, hostname, port))):
                 continue
             if c.headers and not _headers_match(c.headers, headers):
                 continue
@@ -159,11 +189,21 @@ class Router(Generic[T]):
         if best is None:
             return None
         c, strip = best[1], best[2]
-        if c.spec.strip_path and strip:
+        spec = c.spec
+        if spec.join is not None:
+            path = upstream_path(spec.join[0], path, strip, spec.strip_path, spec.join[1])
+        elif strip and spec.strip_path:
             path = path[strip:]
-            if not path.startswith(b"/"):
-                path = b"/" + path
-        return Match(c.spec.payload, path, query if sep else b"")
+            if not path:
+                path = b"/"
+            elif path[0] != SLASH:
+                path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
+        return Match(spec.payload, path, query if sep else b"")
+
+
+def _port_host_match(hosts: list[tuple[bytes, re.Pattern[bytes] | None, int]], hostname: bytes,
+                     port: int | None) -> bool:
+    return any(p == port and (hostname == h if w is None else w.match(hostname) is not None) for h, w, p in hosts)
 
 
 def _mcp_match(spec: RouteSpec[T], mcp: tuple[str | None, str | None]) -> bool:

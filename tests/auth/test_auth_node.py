@@ -14,7 +14,7 @@ from typing import Any
 import h11
 import pytest
 import trio
-from auth_helpers import consumer_id, jwt_secret, make_token
+from auth_helpers import consumer_id, jwt_secret, make_token, message
 from backends import Client, EchoBackend, Reply, service
 from e2e_helpers import GatewayNode, conns_per_worker
 
@@ -117,7 +117,7 @@ async def test_every_plugin_from_ipv4_and_ipv6_with_two_workers(nursery, node):
         assert seen["x-consumer-id"] == consumer_id("alice") and seen["x-consumer-custom-id"] == "A-1"
         assert "apikey" not in seen
         reply = await send(host, port, "/key", [("apikey", "nope")])
-        assert (reply.status, reply.json(), reply.header("www-authenticate")) == (401, {"message": "Unauthorized"},
+        assert (reply.status, message(reply), reply.header("www-authenticate")) == (401, {"message": "Unauthorized"},
                                                                                  "Key")
         assert seen_headers(await send(host, port, "/basic", [("authorization", basic)]))["x-credential-identifier"] \
             == "alice"
@@ -126,11 +126,11 @@ async def test_every_plugin_from_ipv4_and_ipv6_with_two_workers(nursery, node):
         assert seen_headers(await send(host, port, "/acl", [("apikey", "alice-api-key")]))["x-consumer-groups"] \
             == "admins"
         reply = await send(host, port, "/acl", [("apikey", "bob-api-key")])
-        assert (reply.status, reply.json()) == (403, {"message": "You cannot consume this service"})
+        assert (reply.status, message(reply)) == (403, {"message": "You cannot consume this service"})
         v4, v6 = await send(host, port, "/v4-only"), await send(host, port, "/v6-only")
         mine, other = (v4, v6) if host == "127.0.0.1" else (v6, v4)
         assert seen_headers(mine)["x-real-ip"] == host
-        assert (other.status, other.json()) == (403, {"message": f"IP address not allowed: {host}"})
+        assert (other.status, message(other)) == (403, {"message": f"IP address not allowed: {host}"})
 
     # every worker: the same consumer id, and the same id for a key-auth credential Kong would make random
     identities = set()
@@ -157,7 +157,7 @@ async def test_a_trusted_balancers_x_forwarded_for_is_the_client_address_in_ever
     assert seen["x-real-ip"] == "10.1.1.1"
     assert seen["x-forwarded-for"] == "10.1.1.1, 127.0.0.5, 127.0.0.1"
     reply = await send("127.0.0.1", port, "/", [("x-forwarded-for", "8.8.8.8")])
-    assert (reply.status, reply.json()) == (403, {"message": "IP address not allowed: 8.8.8.8"})
+    assert (reply.status, message(reply)) == (403, {"message": "IP address not allowed: 8.8.8.8"})
     # the same client through both workers: 1 a day for the gateway as a whole, keyed by its address
     statuses = []
     for client in await clients_per_worker(port, gw):
@@ -167,5 +167,5 @@ async def test_a_trusted_balancers_x_forwarded_for_is_the_client_address_in_ever
     assert (await send("127.0.0.1", port, "/", [("x-forwarded-for", "10.4.4.4")])).status == 200  # its own count
     if "::1" in HOSTS:  # ::1 is not trusted: its spoofed header changes nothing
         reply = await send("::1", port, "/", [("x-forwarded-for", "10.1.1.1")])
-        assert (reply.status, reply.json()) == (403, {"message": "IP address not allowed: ::1"})
+        assert (reply.status, message(reply)) == (403, {"message": "IP address not allowed: ::1"})
 

@@ -21,6 +21,7 @@ from mcp_helpers import SERVER_SCRIPT, bounded, whoami
 from tls_helpers import Pki
 
 NAMES = ["alpha", "beta"]
+TEST_CA = "5a1c8e8e-7f6e-4c43-a2a1-0c0ffee00002"
 OPENSSL = shutil.which("openssl")
 CURL = shutil.which("curl")
 
@@ -42,10 +43,10 @@ class TlsNode:
         doc = {
             "gateway": {"listen": f"127.0.0.1:{self.port} ssl", "status_listen": None, "drain_timeout": 1,
                         "mcp": {"allowed_hosts": ["mcp.test", "localhost"]}},
-            "certificates": [{"id": "main", "cert": cert[0], "key": cert[1], "snis": ["mcp.test", "localhost"]}],
-            "ca_certificates": [{"id": "test-ca", "cert": self.pki.ca_pem}],
+            "certificates": [{"cert": cert[0], "key": cert[1], "snis": ["mcp.test", "localhost"]}],
+            "ca_certificates": [{"id": TEST_CA, "cert": self.pki.ca_pem}],
             "services": [{"name": "mcp", "url": "https://mcp-cluster", "tls_verify": True,
-                          "ca_certificates": ["test-ca"], "read_timeout": 10000,
+                          "ca_certificates": [TEST_CA], "read_timeout": 10000,
                           "routes": [{"name": "mcp", "paths": ["/mcp"], "strip_path": False, "mcp": True}]}],
             "upstreams": [{"name": "mcp-cluster",
                            "targets": [{"target": f"127.0.0.1:{p}"} for p in self.upstream_ports]}],

@@ -80,9 +80,9 @@ class Jwt(AuthPolicy):
             self.www_error = f'{self.www}, error="invalid_token"'
         else:
             self.www, self.www_error = "Bearer", 'Bearer error="invalid_token"'
-        self.missing = Rejection(401, "Unauthorized", self.www)
+        self.missing = Rejection(401, "Unauthorized", self.www, exit=True)
         claim = self.claim
-        self.errors = {message: Rejection(401, message, self.www_error) for message in (
+        self.errors = {message: Rejection(401, message, self.www_error, exit=True) for message in (
             "Multiple tokens provided", "Unrecognizable token", "Bad token; invalid JSON", "Bad token; invalid alg",
             "Bad token; invalid claims", "Bad token; invalid signature", f"No mandatory '{claim}' in claims",
             f"Invalid '{claim}' in claims", f"No credentials found for given '{claim}'", "Invalid algorithm",
@@ -167,7 +167,7 @@ class Jwt(AuthPolicy):
         exp, nbf = claims.get("exp"), claims.get("nbf")
         failed = self._in_time(exp, nbf, now)
         if failed is not None:
-            return Rejection(401, failed, self.www_error)
+            return Rejection(401, failed, self.www_error, exit=True)
         if len(token) <= CACHE_TOKEN_BYTES:
             cache = self.cache
             if len(cache) >= CACHE_ENTRIES:

@@ -3,7 +3,6 @@ a round trip per request. Over the limit: 429 (error_code) with Retry-After and 
 
 from __future__ import annotations
 
-import json
 from time import monotonic, time
 
 import trio
@@ -47,7 +46,7 @@ class RateLimiting:
         self.path = config.path or ""
         self.headers = None if config.hide_client_headers else RateLimitHeaders(self.spec)
         self.error_code = config.error_code
-        self.body = json.dumps({"error": config.error_message}).encode()
+        self.error_message = config.error_message
         # limit_by service or path: one key for every request, built once
         self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
 
@@ -104,11 +103,10 @@ class RateLimiting:
                 ex.add_response_lines(self.headers.decided(decision))
             return False
         if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
-            await ex.respond_error(500, "rate limiting is unavailable (fault_tolerant is off)")
+            await ex.respond_error(500)  # Kong: "An unexpected error occurred"
             return True
         ex.add_response_lines(self.headers.decided(decision) if self.headers is not None else retry_after(decision))
-        ex.close_after = not ex.request_done
-        await ex.respond(self.error_code, self.body)
+        await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
         return True
 
     async def _wait_grant(self, leases: LeaseTable, key: str, deadline: float) -> Decision:

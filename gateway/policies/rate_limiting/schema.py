@@ -45,7 +45,7 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
     fault_tolerant: bool = True
     hide_client_headers: bool = False
     error_code: Annotated[int, msgspec.Meta(ge=400, le=599)] = 429
-    error_message: str = "Rate limit exceeded"
+    error_message: str = "API rate limit exceeded"
     algorithm: Literal["fixed-window", "token-bucket", "limit-req"] = "fixed-window"
     rate: Limit | None = None  # token-bucket / limit-req: tokens per second
     burst: Annotated[int, msgspec.Meta(ge=0)] = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway.http.kong_errors import SIZE_LIMITED
 from gateway.http.server import Exchange
 from gateway.policies.request_size_limiting.schema import RequestSizeLimitingConfig
 
@@ -13,24 +14,24 @@ class RequestSizeLimiting:
     def __init__(self, config: RequestSizeLimitingConfig) -> None:
         self.limit = config.limit_bytes
         self.require_content_length = config.require_content_length
-        self._message = f"Request size limit exceeded: the body may be at most {self.limit} bytes"
 
     async def access(self, exchange: Exchange) -> bool:
         length = None
-        chunked = False
+        chunked = expect = False
         for name, value in exchange.request.headers:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":
-                chunked = True
+                chunked = value.strip().lower() == b"chunked"
+            elif name == b"expect":
+                expect = value.strip().lower() == b"100-continue"
         if length is not None and length > self.limit:
             exchange.close_after = not exchange.request_done
-            await exchange.respond_error(413, self._message)
+            await exchange.respond_error(417 if expect else 413, SIZE_LIMITED)  # Kong's, 417 with Expect
             return True
-        if length is None and self.require_content_length and (chunked or exchange.request.method in
-                                                                  (b"POST", b"PUT", b"PATCH")):
+        if length is None and self.require_content_length and not chunked:  # Kong: chunked bodies are exempt
             exchange.close_after = not exchange.request_done
-            await exchange.respond_error(411, "A Content-Length header is required")
+            await exchange.respond_error(411, "A valid Content-Length header is required")
             return True
         exchange.body_limit = self.limit  # enforced on the bytes as they stream
         return False

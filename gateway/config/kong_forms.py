@@ -1,0 +1,160 @@
+"""The forms of Kong's declarative format that are not entity fields, handled on the raw document before decoding.
+
+- `_comment` (a string) and `_ignore` (a list) at the top and on every entity, and Kong's `created_at` /
+  `updated_at` timestamps, are annotations: checked for their type and dropped.
+- A reference to another entity may be a mapping (`service: {id: ...}` or `{name: ...}`, as decK writes them): it
+  becomes the plain id or name.
+- Kong entities and fields the gateway does not build are refused with a message that says so (never "unknown
+  key"); a field set to null (or to Kong's default) configures nothing and passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Entities that may nest others, and where (Kong's declarative nesting).
+NESTED = {
+    "services": ("routes", "plugins"),
+    "routes": ("plugins",),
+    "upstreams": ("targets",),
+    "consumers": ("plugins", "jwt_secrets", "keyauth_credentials", "basicauth_credentials", "acls"),
+}
+# entity -> its reference fields and the entity each names
+REFERENCES = {
+    "routes": {"service": ("id", "name")},
+    "plugins": {"service": ("id", "name"), "route": ("id", "name"), "consumer": ("id", "username")},
+    "targets": {"upstream": ("id", "name")},
+    "jwt_secrets": {"consumer": ("id", "username")},
+    "keyauth_credentials": {"consumer": ("id", "username")},
+    "basicauth_credentials": {"consumer": ("id", "username")},
+    "acls": {"consumer": ("id", "username")},
+    "snis": {"certificate": ("id",)},
+    "services": {"client_certificate": ("id",)},
+}
+ANNOTATIONS = ("_comment", "_ignore", "created_at", "updated_at")
+
+_NOT_BUILT = "is not supported by the gateway"
+UNSUPPORTED_SECTIONS = {
+    "consumer_groups": f"Kong's consumer_groups {_NOT_BUILT} (Kong Enterprise)",
+    "vaults": f"Kong's vaults {_NOT_BUILT}; put the values in the file",
+    "key_sets": f"Kong's key_sets {_NOT_BUILT}",
+    "keys": f"Kong's keys {_NOT_BUILT}",
+    "filter_chains": f"Kong's filter_chains (WebAssembly) {_NOT_BUILT}",
+    "partials": f"Kong's partials {_NOT_BUILT} (Kong Enterprise)",
+    "workspaces": f"Kong's workspaces {_NOT_BUILT}",
+    "parameters": f"Kong's parameters {_NOT_BUILT}",
+    "hmacauth_credentials": f"hmac-auth credentials: the hmac-auth plugin {_NOT_BUILT}",
+    "oauth2_credentials": f"oauth2 credentials: the oauth2 plugin {_NOT_BUILT}",
+    "oauth2_tokens": f"oauth2 tokens: the oauth2 plugin {_NOT_BUILT}",
+    "oauth2_authorization_codes": f"oauth2 codes: the oauth2 plugin {_NOT_BUILT}",
+    "mtls_auth_credentials": f"mtls-auth credentials: the mtls-auth plugin {_NOT_BUILT} (Kong Enterprise)",
+    "degraphql_routes": f"degraphql routes: the degraphql plugin {_NOT_BUILT} (Kong Enterprise)",
+    "graphql_ratelimiting_advanced_cost_decoration":
+        f"graphql-rate-limiting-advanced {_NOT_BUILT} (Kong Enterprise)",
+    "custom_entities": f"custom entities {_NOT_BUILT}",
+    "licenses": f"Kong's licenses {_NOT_BUILT} (Kong Enterprise)",
+    "rbac_roles": f"Kong's RBAC {_NOT_BUILT} (Kong Enterprise)",
+    "_workspace": f"Kong's workspaces {_NOT_BUILT}",
+    "_konnect": f"Konnect settings {_NOT_BUILT}",
+    "_info": "decK's _info (select_tags, defaults) is not supported by the gateway; remove it",
+    "_plugin_configs": f"decK's _plugin_configs {_NOT_BUILT}",
+}
+# consumer-nested credentials of plugins the gateway does not build, by key
+_UNSUPPORTED_NESTED_CREDENTIALS = {k: v for k, v in UNSUPPORTED_SECTIONS.items() if "credentials" in k or k.startswith(
+    "oauth2")} | {"groups": f"consumer groups {_NOT_BUILT} (Kong Enterprise)"}
+UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
+    "services": {"tls_sans": f"tls_sans (the names an upstream certificate may carry) {_NOT_BUILT}"},
+    "routes": {"snis": f"routing on SNI {_NOT_BUILT}", "sources": f"sources (stream routes) {_NOT_BUILT}",
+               "destinations": f"destinations (stream routes) {_NOT_BUILT}",
+               "expression": f"expression routes (router_flavor expressions) {_NOT_BUILT}",
+               "priority": f"priority (router_flavor expressions) {_NOT_BUILT}"},
+    "upstreams": {"client_certificate": f"an upstream's client_certificate (for its health checks) {_NOT_BUILT}; "
+                                        "set the service's client_certificate",
+                  "use_srv_name": f"use_srv_name (DNS SRV targets) {_NOT_BUILT}"},
+    "consumers": _UNSUPPORTED_NESTED_CREDENTIALS,
+    "plugins": {"consumer_group": f"consumer groups {_NOT_BUILT} (Kong Enterprise)",
+                "partials": f"partials {_NOT_BUILT} (Kong Enterprise)",
+                "ordering": f"dynamic plugin ordering {_NOT_BUILT} (Kong Enterprise)",
+                "condition": f"conditional plugins {_NOT_BUILT}"},
+    "targets": {"failover": f"failover targets {_NOT_BUILT}"},
+}
+for _section in ("services", "routes"):
+    UNSUPPORTED_FIELDS[_section]["filter_chains"] = f"filter_chains (WebAssembly) {_NOT_BUILT}"
+for _field in ("sticky_sessions_cookie", "sticky_sessions_cookie_path"):
+    UNSUPPORTED_FIELDS["upstreams"][_field] = f"sticky sessions (algorithm sticky-sessions) {_NOT_BUILT}"
+_DEFAULTS_OK = {("upstreams", "use_srv_name"): False}
+_ROUTE_PROTOCOLS = {"http", "https"}
+
+
+def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -> dict[str, Any]:
+    """The document with annotations dropped, references made plain and unsupported Kong keys refused (removed, so
+    what remains is still checked). Messages are appended to `errors` with their field paths."""
+    doc = _annotations(raw, "", errors)
+    for key, why in UNSUPPORTED_SECTIONS.items():
+        if key in doc:
+            value = doc.pop(key)
+            if value not in (None, [], {}):
+                errors.append(f"{key}: {why}")
+    for section in sections:
+        items = doc.get(section)
+        if isinstance(items, list):
+            doc[section] = [_entity(section, item, f"{section}[{i}]", errors) for i, item in enumerate(items)]
+    return doc
+
+
+def _annotations(obj: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, value in obj.items():
+        if key == "_comment":
+            if not isinstance(value, str):
+                errors.append(f"{_join(path, key)}: expected a string")
+        elif key == "_ignore":
+            if not isinstance(value, list):
+                errors.append(f"{_join(path, key)}: expected a list")
+        elif key in ("created_at", "updated_at") and path:
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                errors.append(f"{_join(path, key)}: expected a number (a Unix time)")
+        else:
+            out[key] = value
+    return out
+
+
+def _entity(section: str, item: Any, path: str, errors: list[str]) -> Any:
+    if not isinstance(item, dict):
+        return item
+    item = _annotations(item, path, errors)
+    for field, why in UNSUPPORTED_FIELDS.get(section, {}).items():
+        if field in item:
+            value = item.pop(field)
+            if value not in (None, [], {}) and _DEFAULTS_OK.get((section, field), object()) != value:
+                errors.append(f"{path}.{field}: {why}")
+    if section == "services" and isinstance(item.get("protocol"), str) and item["protocol"] not in ("http",
+                                                                                                    "https"):
+        protocol = item.pop("protocol")
+        errors.append(f"{path}.protocol: {protocol} services {_NOT_BUILT} (http and https only)")
+    if section == "routes" and isinstance(item.get("protocols"), list):
+        others = [p for p in item["protocols"] if isinstance(p, str) and p not in _ROUTE_PROTOCOLS]
+        if others:
+            errors.append(f"{path}.protocols: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not supported "
+                          "by the gateway (HTTP routes only: http, https)")
+            item["protocols"] = [p for p in item["protocols"] if p not in others] or ["http", "https"]
+    for field, keys in REFERENCES.get(section, {}).items():
+        ref = item.get(field)
+        if isinstance(ref, dict):
+            named = [ref[k] for k in keys if ref.get(k) is not None]
+            extra = [k for k in ref if k not in keys]
+            if extra or len(named) != 1:
+                errors.append(f"{path}.{field}: a reference is a {' or '.join(keys)} (a string, or a mapping with one "
+                              f"of them), got keys {', '.join(sorted(map(str, ref)))}")
+                item.pop(field)
+            else:
+                item[field] = named[0]
+    for child in NESTED.get(section, ()):
+        nested = item.get(child)
+        if isinstance(nested, list):
+            item[child] = [_entity(child, c, f"{path}.{child}[{j}]", errors) for j, c in enumerate(nested)]
+    return item
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

@@ -1,0 +1,127 @@
+"""The response phases of a request's plugins, as Kong runs them after access: header_filter and body_filter.
+
+- header_filter runs on every response the request gets, proxied or answered by the gateway itself (a 401 from an
+  authentication plugin, a 429, a 404 with no route: then the global plugins' filters run, as in Kong), before the
+  head is written, so the head stays one write. Like Kong, it runs for every plugin of the request's chain, also
+  those after the one that answered.
+- body_filter sees a whole, non-streaming body: the gateway's own answers, and upstream bodies that a filter asks
+  for (`wants_body`), read whole up to RESPONSE_BODY_LIMIT. text/event-stream is never buffered. A body over the
+  limit is streamed unchanged (logged), as Kong leaves a request body it did not buffer in memory.
+- event_filter is the place for filters over single SSE events (a later MCP plugin filtering `tools/list`
+  results): policies would provide `event_filter(ex, event: bytes) -> bytes`, and the forwarder's SSE relay would
+  split the stream at blank lines and run `ResponsePhases.filter_event` on each event. Nothing uses it yet.
+
+A route whose plugins have no such phase gets None (Exchange.phases), and the connection loop pays one attribute
+test per response for all of this.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from gateway.http.codec import END, NEED_DATA, Headers
+from gateway.http.server import Exchange
+from gateway.http.timers import Phase
+
+log = logging.getLogger("gateway.phases")
+
+RESPONSE_BODY_LIMIT = 8 * 1024 * 1024  # bytes of an upstream body a body filter may hold in memory
+
+
+class HeaderFilter(Protocol):
+    name: str
+    priority: int
+
+    def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        """Return the response headers (the list may be changed in place); names are lower case."""
+        ...
+
+
+class BodyFilter(Protocol):
+    name: str
+    priority: int
+
+    def wants_body(self, ex: Exchange, status: int, headers: Headers) -> bool:
+        """Whether this response's body must be read whole for `body_filter` (after the header filters ran)."""
+        ...
+
+    def body_filter(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> bytes:
+        """The new body (return `body` itself when unchanged)."""
+        ...
+
+
+class ResponsePhases:
+    """The response filters of one plugin chain, in the chain's (priority) order."""
+
+    __slots__ = ("header_filters", "body_filters", "event_filters")
+
+    def __init__(self, policies: Sequence[Any]) -> None:
+        self.header_filters = [p for p in policies if hasattr(p, "header_filter")]
+        self.body_filters = [p for p in policies if hasattr(p, "body_filter")]
+        self.event_filters = [p for p in policies if hasattr(p, "event_filter")]
+
+    @classmethod
+    def of(cls, policies: Sequence[Any]) -> ResponsePhases | None:
+        """The phases of a chain, or None when none of its policies has a response phase."""
+        phases = cls(policies)
+        return phases if phases.header_filters or phases.body_filters or phases.event_filters else None
+
+    def filter(self, ex: Exchange, status: int, headers: Headers, body: bytes, end: bool) -> tuple[Headers, bytes]:
+        """Run the header filters, then (when `body` is the whole body) the body filters; called by
+        Exchange.send_head just before the head is written."""
+        for f in self.header_filters:
+            headers = f.header_filter(ex, status, headers)
+        if end and self.body_filters and ex.request.method != b"HEAD":
+            new = body
+            for f in self.body_filters:
+                if f.wants_body(ex, status, headers):
+                    new = f.body_filter(ex, status, headers, new)
+            if new is not body:
+                headers = [hv for hv in headers if hv[0] != b"content-length"]
+                headers.append((b"content-length", b"%d" % len(new)))
+                body = new
+        return headers, body
+
+    def buffers(self, ex: Exchange, status: int, headers: Headers) -> bool:
+        """Whether an upstream response must be read whole before its head goes out (a body filter wants it)."""
+        if not self.body_filters or ex.request.method == b"HEAD" or _is_event_stream(headers):
+            return False
+        return any(f.wants_body(ex, status, headers) for f in self.body_filters)
+
+    def filter_event(self, ex: Exchange, event: bytes) -> bytes:
+        """One whole SSE event through the event filters (see the module doc: not wired into the relay yet)."""
+        for f in self.event_filters:
+            event = f.event_filter(ex, event)
+        return event
+
+
+async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, read_timeout: float,
+                          limit: int = RESPONSE_BODY_LIMIT) -> tuple[bytes, bool]:
+    """Read an upstream body to its end for the body filters: (body, True), or (what was read, False) once it
+    passes `limit`, for the caller to stream on unchanged. read_timeout applies between reads, as when streaming."""
+    parts = [first]
+    size = len(first)
+    timer = ex.timer
+    while True:
+        timer.set(read_timeout, Phase.UPSTREAM_BODY)
+        codec.receive_data(await conn.recv())
+        while (ev := codec.next_event()) is not NEED_DATA:
+            if ev is END:
+                timer.clear()
+                return b"".join(parts), True
+            parts.append(ev)
+            size += len(ev)
+        if size > limit:
+            timer.clear()
+            log.warning("response body of %s %s is over %d bytes: sent unfiltered", ex.request.method.decode(),
+                        ex.request.target[:200].decode("latin-1"), limit)
+            return b"".join(parts), False
+
+
+def _is_event_stream(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value[:17].lower() == b"text/event-stream"
+    return False

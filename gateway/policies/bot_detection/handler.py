@@ -1,0 +1,51 @@
+"""Kong's bot-detection (kong/plugins/bot-detection/handler.lua): the User-Agent (stripped) is let through when an
+`allow` regex finds it, refused 403 when a `deny` regex or one of Kong's bot patterns (rules.py) does. No User-Agent
+passes; two of them get 400 "Only one User-Agent header allowed". Verdicts are cached per User-Agent (10,000)."""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+
+from gateway.http.server import Exchange
+from gateway.policies.bot_detection.rules import BOTS
+from gateway.policies.bot_detection.schema import BotDetectionConfig
+
+CACHE_SIZE = 10000
+_BOTS = [re.compile(r) for r in BOTS]
+
+
+class BotDetection:
+    name = "bot-detection"
+    priority = 2500  # Kong's
+
+    def __init__(self, config: BotDetectionConfig) -> None:
+        self.allow = [re.compile(r) for r in config.allow]
+        self.deny = [re.compile(r) for r in config.deny]
+        self.cache: OrderedDict[bytes, bool] = OrderedDict()  # User-Agent -> refused
+
+    def refused(self, agent: str) -> bool:
+        agent = agent.strip()
+        if any(r.search(agent) for r in self.allow):
+            return False
+        return any(r.search(agent) for r in self.deny) or any(r.search(agent) for r in _BOTS)
+
+    async def access(self, ex: Exchange) -> bool:
+        agent = None
+        for name, value in ex.request.headers:
+            if name == b"user-agent":
+                if agent is not None:
+                    await ex.respond_error(400, "Only one User-Agent header allowed")
+                    return True
+                agent = value
+        if agent is None:
+            return False
+        verdict = self.cache.get(agent)
+        if verdict is None:
+            verdict = self.cache[agent] = self.refused(agent.decode("latin-1"))
+            if len(self.cache) > CACHE_SIZE:
+                self.cache.popitem(last=False)
+        if verdict:
+            await ex.respond_error(403)
+            return True
+        return False

@@ -1,0 +1,20 @@
+"""Kong's bot-detection plugin config (kong/plugins/bot-detection/schema.lua)."""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+
+class BotDetectionConfig(msgspec.Struct, forbid_unknown_fields=True):
+    allow: list[str] = []  # User-Agent regexes let through even if they look like bots
+    deny: list[str] = []  # User-Agent regexes refused (403)
+
+    def __post_init__(self) -> None:
+        for field in ("allow", "deny"):
+            for i, rule in enumerate(getattr(self, field)):
+                try:
+                    re.compile(rule)
+                except re.error as e:
+                    raise ValueError(f"{field}[{i}]: not a valid regex: {e}") from None

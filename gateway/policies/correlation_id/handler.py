@@ -1,0 +1,84 @@
+"""Kong's correlation-id (kong/plugins/correlation-id/handler.lua): a request without the header (or with it empty)
+gets one, sent upstream; with echo_downstream the response carries it too (the client's own, or the new one).
+
+Generators: uuid (a random UUID), uuid#counter (a UUID per worker process, "#", a counter), tracker (Kong's
+server address-port-worker pid-connection-request on it-time; the connection is identified by its socket number).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+
+from gateway.http.codec import Headers
+from gateway.http.server import Exchange
+from gateway.policies.correlation_id.schema import CorrelationIdConfig
+from gateway.policies.header_list import get_header, set_header
+
+_STATE = "correlation-id"  # ex.state key: the id of this request, for header_filter
+
+
+class _WorkerIds:
+    """uuid#counter: one UUID per process (new after a fork), then a counter."""
+
+    def __init__(self) -> None:
+        self.reset()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.prefix = str(uuid.uuid4())
+        self.counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self.prefix}#{next(self.counter)}"
+
+
+_worker_ids = _WorkerIds()
+
+
+def _tracker(ex: Exchange) -> str:
+    sock = ex.conn.sock
+    try:
+        addr, port = sock.getsockname()[:2]
+    except OSError:
+        addr, port = "", 0
+    return f"{addr}-{port}-{os.getpid()}-{sock.fileno()}-{id(ex.request) & 0xFFFF}-{time.time():.3f}"
+
+
+class CorrelationId:
+    name = "correlation-id"
+    priority = 100001  # Kong's: before everything else
+
+    def __init__(self, config: CorrelationIdConfig) -> None:
+        self.header = config.header_name.lower().encode()
+        self.generator = config.generator
+        self.echo = config.echo_downstream
+
+    def generate(self, ex: Exchange) -> bytes:
+        if self.generator == "uuid":
+            return str(uuid.uuid4()).encode()
+        if self.generator == "uuid#counter":
+            return _worker_ids().encode()
+        return _tracker(ex).encode()
+
+    async def access(self, ex: Exchange) -> bool:
+        headers = ex.request.headers
+        value = get_header(headers, self.header)
+        if not value:
+            value = self.generate(ex)
+            ex.request.headers = set_header(list(headers), self.header, value)
+        if self.echo:
+            if ex.state is None:
+                ex.state = {}
+            ex.state[_STATE] = value
+        return False
+
+    def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        if not self.echo:
+            return headers
+        value = ex.state.get(_STATE) if ex.state is not None else None
+        if not value:  # the request was answered before access ran (Kong generates one then)
+            value = get_header(ex.request.headers, self.header) or self.generate(ex)
+        return set_header(headers, self.header, value)

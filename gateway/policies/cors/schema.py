@@ -1,0 +1,32 @@
+"""Kong's cors plugin config (kong/plugins/cors/schema.lua)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+import msgspec
+
+Method = Literal["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+METHODS: list[Method] = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+
+
+class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
+    origins: list[str] | None = None  # "*", plain origins or regexes; none: every origin
+    headers: list[str] | None = None
+    exposed_headers: list[str] | None = None
+    methods: list[Method] = msgspec.field(default_factory=lambda: list(METHODS))
+    max_age: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    credentials: bool = False
+    private_network: bool = False
+    preflight_continue: bool = False
+    allow_origin_absent: bool = True
+
+    def __post_init__(self) -> None:
+        for i, origin in enumerate(self.origins or ()):
+            if origin == "*":
+                continue
+            try:
+                re.compile(origin)
+            except re.error as e:
+                raise ValueError(f"origins[{i}]: '{origin}' is not a valid regex ({e})") from None

@@ -1,0 +1,232 @@
+"""Kong's request-transformer (kong/plugins/request-transformer/access.lua), in Kong's order: the method, then the
+headers, the body, the query string; each as remove, rename, replace (only present names), add (only absent
+names), append.
+
+Bodies: JSON (an object) and application/x-www-form-urlencoded, read whole up to REQUEST_BODY_LIMIT; a larger body
+is forwarded unchanged, as Kong leaves a body it did not keep in memory. A multipart body is forwarded unchanged
+(Kong rewrites it). Values may use the templates $(headers.NAME) and $(query_params.NAME) (empty when absent).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qsl, quote
+
+from gateway.http.codec import Headers
+from gateway.http.server import Exchange
+from gateway.policies.header_list import get_header, set_header
+from gateway.policies.request_transformer.schema import TEMPLATE, RequestTransformerConfig
+from gateway.policies.response_transformer.schema import split_pair
+
+REQUEST_BODY_LIMIT = 1024 * 1024  # bytes of a request body the plugin reads to transform it
+_JSON, _FORM = "json", "form"
+Args = dict[str, Any]  # name -> str, True (no "="), or a list of them
+
+
+def _pairs(entries: list[str]) -> list[tuple[str, str]]:
+    return [(name, value or "") for name, value in map(split_pair, entries)]
+
+
+def _content_kind(content_type: bytes | None) -> str | None:
+    if content_type is None:
+        return None
+    lowered = content_type.lower()
+    if b"application/json" in lowered:
+        return _JSON
+    if b"application/x-www-form-urlencoded" in lowered:
+        return _FORM
+    return None
+
+
+def decode_args(text: str) -> Args:
+    """ngx.decode_args: repeated names become lists; a name without "=" is true."""
+    out: Args = {}
+    for part in text.split("&"):
+        if not part:
+            continue
+        if "=" in part:
+            pair = parse_qsl(part, keep_blank_values=True)
+            if not pair:
+                continue
+            name, value = pair[0]
+        else:
+            name, value = parse_qsl(part + "=", keep_blank_values=True)[0][0], True
+        prev = out.get(name)
+        out[name] = value if prev is None else ([*prev, value] if isinstance(prev, list) else [prev, value])
+    return out
+
+
+def encode_args(args: Args) -> str:
+    """ngx.encode_args: percent-encoded, lists repeated, true as a bare name, false dropped."""
+    parts = []
+    for name, value in args.items():
+        for v in value if isinstance(value, list) else [value]:
+            if v is True:
+                parts.append(quote(name, safe="-_.~"))
+            elif v is not False and v is not None:
+                parts.append(f"{quote(name, safe='-_.~')}={quote(str(v), safe='-_.~')}")
+    return "&".join(parts)
+
+
+def _append(current: Any, value: Any) -> Any:
+    if isinstance(current, list):
+        current.append(value)
+        return current
+    return [value] if current is None else [current, value]
+
+
+class _Ops:
+    """One target's (headers, querystring or body) remove, rename, replace, add and append lists."""
+
+    __slots__ = ("remove", "rename", "replace", "add", "append")
+
+    def __init__(self, config: RequestTransformerConfig, field: str) -> None:
+        self.remove = list(getattr(config.remove, field))
+        self.rename = _pairs(getattr(config.rename, field))
+        self.replace = _pairs(getattr(config.replace, field))
+        self.add = _pairs(getattr(config.add, field))
+        self.append = _pairs(getattr(config.append, field))
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.rename or self.replace or self.add or self.append)
+
+
+class RequestTransformer:
+    name = "request-transformer"
+    priority = 801  # Kong's
+
+    def __init__(self, config: RequestTransformerConfig) -> None:
+        self.method = config.http_method.encode() if config.http_method else None
+        self.headers = _Ops(config, "headers")
+        self.query = _Ops(config, "querystring")
+        self.body = _Ops(config, "body")
+
+    async def access(self, ex: Exchange) -> bool:
+        req = ex.request
+        original_query = decode_args(req.target.partition(b"?")[2].decode("latin-1"))
+        env = (req.headers, original_query)
+        if self.method is not None:
+            await self._method(ex, original_query)
+        if self.headers:
+            req.headers = self._headers(list(req.headers), env)
+        if self.body:
+            await self._body(ex, env)
+        if self.query:
+            args = self._apply(dict(original_query), self.query, env, from_body=False)
+            path = req.target.partition(b"?")[0]
+            query = encode_args(args).encode("latin-1")
+            req.target = path + b"?" + query if query else path
+        return False
+
+    async def _method(self, ex: Exchange, query: Args) -> None:
+        req = ex.request
+        req.method = self.method  # type: ignore[assignment]
+        if self.method in (b"GET", b"HEAD", b"TRACE") and \
+                _content_kind(get_header(req.headers, b"content-type")) == _FORM:
+            raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
+            if whole and raw:
+                for name, value in decode_args(raw.decode("latin-1")).items():
+                    query[name] = _append(query[name], value) if name in query else value
+                path = req.target.partition(b"?")[0]
+                req.target = path + b"?" + encode_args(query).encode("latin-1")
+
+    def _headers(self, headers: Headers, env: tuple[Headers, Args]) -> Headers:
+        ops = self.headers
+        for name in ops.remove:
+            key = name.lower().encode()
+            headers = [hv for hv in headers if hv[0] != key or key == b"host"]
+        for old, new in ops.rename:
+            okey, nkey = old.lower().encode(), _render(new, env).lower().encode()
+            if okey == b"host" or okey == nkey:
+                continue
+            values = [v for n, v in headers if n == okey]
+            if values:
+                headers = [hv for hv in headers if hv[0] != okey] + [(nkey, v) for v in values]
+        for name, value in ops.replace:
+            key = name.lower().encode()
+            if any(n == key for n, _ in headers):
+                set_header(headers, key, _render(value, env).encode("latin-1"))
+        for name, value in ops.add:
+            key = name.lower().encode()
+            if key != b"host" and not any(n == key for n, _ in headers):
+                headers.append((key, _render(value, env).encode("latin-1")))
+        for name, value in ops.append:
+            key = name.lower().encode()
+            if key != b"host":
+                headers.append((key, _render(value, env).encode("latin-1")))
+        return headers
+
+    async def _body(self, ex: Exchange, env: tuple[Headers, Args]) -> None:
+        req = ex.request
+        kind = _content_kind(get_header(req.headers, b"content-type"))
+        if kind is None:
+            return
+        raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
+        if not whole:
+            return  # over the limit: forwarded unchanged
+        if kind == _JSON:
+            try:
+                doc = json.loads(raw) if raw else {}
+            except ValueError:
+                return
+            if not isinstance(doc, dict):
+                return
+            new = self._apply(doc, self.body, env, from_body=bool(raw))
+            if new is None:
+                return
+            body = json.dumps(new, separators=(",", ":"), ensure_ascii=False).encode()
+        else:
+            new = self._apply(decode_args(raw.decode("latin-1")), self.body, env, from_body=bool(raw))
+            if new is None:
+                return
+            body = encode_args(new).encode("latin-1")
+        ex.replace_body(body)
+        headers = [hv for hv in req.headers if hv[0] != b"transfer-encoding"]
+        req.headers = set_header(headers, b"content-length", b"%d" % len(body))
+
+    def _apply(self, args: Args, ops: _Ops, env: tuple[Headers, Args], from_body: bool) -> Args | None:
+        """The ops on a name -> value mapping; for a body, None when nothing changed (Kong keeps the body then).
+        remove, rename and replace need a non-empty body (Kong's content_length > 0)."""
+        changed = False
+        if from_body or ops is self.query:
+            for name in ops.remove:
+                args.pop(name, None)
+                changed = True
+            for old, new in ops.rename:
+                target = _render(new, env)
+                if old in args and old != target:
+                    args[target] = args.pop(old)
+                    changed = True
+            for name, value in ops.replace:
+                current = args.get(name)
+                if current is not None and current is not False:  # Lua truthiness: 0 and "" count
+                    args[name] = _render(value, env)
+                    changed = True
+        for name, value in ops.add:
+            if args.get(name) is None:
+                args[name] = _render(value, env)
+                changed = True
+        for name, value in ops.append:
+            args[name] = _append(args.get(name), _render(value, env))
+            changed = True
+        return args if changed or ops is self.query else None
+
+
+def _render(value: str, env: tuple[Headers, Args]) -> str:
+    if "$(" not in value:
+        return value
+    headers, query = env
+
+    def lookup(m: Any) -> str:
+        name = m.group(2) or m.group(4)
+        if m.group(1) == "headers":
+            key = (name.replace("_", "-") if m.group(2) else name).lower().encode()
+            found = get_header(headers, key)
+            return found.decode("latin-1") if found is not None else ""
+        found = query.get(name)
+        if isinstance(found, list):
+            found = found[0]
+        return "" if found is None or found is True else str(found)
+
+    return TEMPLATE.sub(lookup, value)

@@ -1,0 +1,80 @@
+"""Kong's request-transformer plugin config (kong/plugins/request-transformer/schema.lua)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+import msgspec
+
+from gateway.policies.response_transformer.schema import check_pairs
+
+# The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ... Kong runs any
+# Lua expression in its sandbox; other expressions are refused at load.
+TEMPLATE = re.compile(r"""\$\(\s*(headers|query_params)\s*(?:\.\s*([A-Za-z0-9_]+)|\[\s*(["'])([^"']+)\3\s*\])\s*\)""")
+_ANY_TEMPLATE = re.compile(r"\$\(.*\)")
+
+
+def check_templates(where: str, entries: list[str]) -> None:
+    for i, entry in enumerate(entries):
+        rest = TEMPLATE.sub("", entry)
+        if _ANY_TEMPLATE.search(rest):
+            raise ValueError(f"{where}[{i}]: only the templates $(headers.NAME), $(headers[\"NAME\"]), "
+                             f"$(query_params.NAME) and $(query_params[\"NAME\"]) are supported by the gateway, "
+                             f"got '{entry}'")
+
+
+class Names(msgspec.Struct, forbid_unknown_fields=True):
+    body: list[str] = []
+    headers: list[str] = []
+    querystring: list[str] = []
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.headers):
+            if not re.match(r"^[A-Za-z0-9_-]+$", name.partition(":")[0]):
+                raise ValueError(f"headers[{i}]: '{name}' is not a valid header")
+
+
+class Pairs(msgspec.Struct, forbid_unknown_fields=True):
+    body: list[str] = []
+    headers: list[str] = []
+    querystring: list[str] = []
+
+    def __post_init__(self) -> None:
+        for field in ("body", "querystring"):
+            entries = getattr(self, field)
+            for i, entry in enumerate(entries):
+                name, _, value = entry.partition(":")
+                if not value.lstrip(":"):
+                    raise ValueError(f"{field}[{i}]: key '{name}' has no value")
+            check_templates(field, entries)
+        check_pairs("headers", self.headers, headers=True)
+        check_templates("headers", self.headers)
+
+
+class Renames(Pairs):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_pairs("headers", self.headers, headers=True, both=True)
+
+
+class Replaces(Pairs):
+    uri: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.uri is not None:
+            raise ValueError("uri: replacing the upstream path is not supported by the gateway")
+        for i, entry in enumerate(self.headers):
+            if entry.partition(":")[0].lower() == "host":
+                raise ValueError(f"headers[{i}]: replacing Host is not supported by the gateway (set the route's "
+                                 "preserve_host, or the upstream's host_header)")
+
+
+class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    http_method: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]+$")] | None = None
+    remove: Names = msgspec.field(default_factory=Names)
+    rename: Renames = msgspec.field(default_factory=Renames)
+    replace: Replaces = msgspec.field(default_factory=Replaces)
+    add: Pairs = msgspec.field(default_factory=Pairs)
+    append: Pairs = msgspec.field(default_factory=Pairs)

@@ -1,0 +1,61 @@
+"""Kong's response-transformer plugin config (kong/plugins/response-transformer/schema.lua)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import msgspec
+
+_PAIR = re.compile(r"^[^:]+:.*$")
+_HEADER = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def split_pair(entry: str) -> tuple[str, str | None]:
+    """Kong's "name:value" split (`^([^:]+):*(.-)$`): an empty value is None."""
+    name, _, rest = entry.partition(":")
+    value = rest.lstrip(":")
+    return name, value or None
+
+
+def check_pairs(where: str, entries: list[str], headers: bool = False, both: bool = False) -> None:
+    for i, entry in enumerate(entries):
+        if not _PAIR.match(entry):
+            raise ValueError(f"{where}[{i}]: should match the pattern '^[^:]+:.*$'")
+        name, value = split_pair(entry)
+        if headers and not _HEADER.match(name):
+            raise ValueError(f"{where}[{i}]: '{name}' is not a valid header")
+        if both and not _HEADER.match(value or ""):
+            raise ValueError(f"{where}[{i}]: '{value}' is not a valid header")
+
+
+class Names(msgspec.Struct, forbid_unknown_fields=True):
+    json: list[str] = []
+    headers: list[str] = []
+
+
+class Renames(msgspec.Struct, forbid_unknown_fields=True):
+    json: list[str] = []
+    headers: list[str] = []
+
+    def __post_init__(self) -> None:
+        check_pairs("json", self.json)
+        check_pairs("headers", self.headers, headers=True, both=True)
+
+
+class Values(msgspec.Struct, forbid_unknown_fields=True):
+    json: list[str] = []
+    json_types: list[Literal["boolean", "number", "string"]] = []
+    headers: list[str] = []
+
+    def __post_init__(self) -> None:
+        check_pairs("json", self.json)
+        check_pairs("headers", self.headers)
+
+
+class ResponseTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
+    remove: Names = msgspec.field(default_factory=Names)
+    rename: Renames = msgspec.field(default_factory=Renames)
+    replace: Values = msgspec.field(default_factory=Values)
+    add: Values = msgspec.field(default_factory=Values)
+    append: Values = msgspec.field(default_factory=Values)

@@ -1,0 +1,40 @@
+"""Kong's error bodies: the texts per status, the templates, and the content type chosen by Accept."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gateway.http.kong_errors import JSON_TYPE, error_body, error_message, response_type
+
+
+@pytest.mark.parametrize(("status", "text"), [
+    (404, "Not found"), (429, "Too many requests"), (502, "An invalid response was received from the upstream server"),
+    (503, "The upstream server is currently unavailable"), (504, "The upstream server is timing out"),
+    (599, "The upstream server responded with 599")])
+def test_kongs_default_messages(status, text):
+    assert error_message(status) == text
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    (None, JSON_TYPE), (b"*/*", JSON_TYPE), (b"text/html", b"text/html; charset=utf-8"),
+    (b"text/html;q=0.5, application/xml", b"application/xml; charset=utf-8"),
+    (b"text/*", b"text/plain; charset=utf-8"), (b"application/json, text/event-stream", JSON_TYPE),
+    (b"image/png", JSON_TYPE), (b"garbage", JSON_TYPE)])
+def test_the_content_type_follows_accept_as_kongs_get_response_type(accept, expected):
+    assert response_type(accept) == expected
+
+
+def test_the_json_body_is_kongs_template_with_the_message_escaped():
+    body = error_body('say "hi"\n', b"abc")
+    assert body == b'{\n  "message":"say \\"hi\\"\\n",\n  "request_id":"abc"\n}'
+    assert json.loads(body) == {"message": 'say "hi"\n', "request_id": "abc"}
+
+
+@pytest.mark.parametrize(("content_type", "expected"), [
+    (b"text/plain; charset=utf-8", b"no <route>\nrequest_id: r1\n"),
+    (b"application/xml; charset=utf-8", b"<message>no &lt;route&gt;</message>"),
+    (b"text/html; charset=utf-8", b"<p>no &lt;route&gt;.</p>")])
+def test_other_templates_escape_the_message(content_type, expected):
+    assert expected in error_body("no <route>", b"r1", content_type)

@@ -1,0 +1,167 @@
+"""Kong's correlation-id, request-termination and bot-detection over the real gateway."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from plugin_helpers import (
+    body_json,
+    call,
+    http_codec,  # noqa: F401 - the fixture: one codec
+    seen,
+    start,
+)
+
+from gateway.config import ConfigError, parse_config
+from gateway.runtime import compile_config
+
+
+def plugin(name: str, **config: object) -> dict:
+    return {"name": name, "config": config}
+
+
+def refused(plugin_doc: dict) -> str:
+    config = parse_config(json.dumps({"services": [{"name": "s", "url": "http://127.0.0.1:1",
+                                                    "routes": [{"paths": ["/"]}]}], "plugins": [plugin_doc]}))
+    with pytest.raises(ConfigError) as err:
+        compile_config(config)
+    return str(err.value)
+
+
+# --- correlation-id -------------------------------------------------------------------------------------------------
+
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+async def test_a_request_without_the_header_gets_a_uuid_counter_id_upstream(nursery, gateway):
+    _, port = await start(nursery, gateway, plugins=[plugin("correlation-id")])
+    first = seen(await call(port))["headers"]["kong-request-id"][0]
+    second = seen(await call(port))["headers"]["kong-request-id"][0]
+    assert re.fullmatch(UUID + r"#\d+", first) and re.fullmatch(UUID + r"#\d+", second)
+    assert first.split("#")[0] == second.split("#")[0]
+    assert int(second.split("#")[1]) == int(first.split("#")[1]) + 1
+
+
+async def test_a_clients_id_is_kept_and_echoed_downstream(nursery, gateway):
+    cid = plugin("correlation-id", header_name="X-Correlation-ID", generator="uuid", echo_downstream=True)
+    _, port = await start(nursery, gateway, plugins=[cid])
+    reply = await call(port, "/", [("x-correlation-id", "abc-123")])
+    assert seen(reply)["headers"]["x-correlation-id"] == ["abc-123"]
+    assert reply.header("x-correlation-id") == "abc-123"
+    fresh = await call(port)
+    assert re.fullmatch(UUID, fresh.header("x-correlation-id"))
+    assert seen(fresh)["headers"]["x-correlation-id"] == [fresh.header("x-correlation-id")]
+
+
+async def test_an_answer_of_the_gateway_also_echoes_the_id(nursery, gateway):
+    routes = [{"paths": ["/"], "plugins": [{"name": "key-auth"},
+                                           plugin("correlation-id", echo_downstream=True, generator="tracker")]}]
+    _, port = await start(nursery, gateway, routes)
+    reply = await call(port)
+    assert reply.status == 401 and re.fullmatch(r"127\.0\.0\.1-\d+-\d+-\d+-\d+-\d+\.\d{3}",
+                                                reply.header("kong-request-id"))
+
+
+def test_correlation_id_refuses_an_unknown_generator():
+    assert "config.generator: expected one of" in refused(plugin("correlation-id", generator="snowflake"))
+
+
+# --- request-termination --------------------------------------------------------------------------------------------
+
+
+async def test_request_termination_answers_503_with_kongs_default_message(nursery, gateway):
+    backend, port = await start(nursery, gateway, plugins=[plugin("request-termination")])
+    reply = await call(port, "/x")
+    assert (reply.status, body_json(reply)) == (503, {"message": "Service unavailable"})
+    assert backend.requests == []
+
+
+async def test_request_termination_sends_a_raw_body_with_its_content_type(nursery, gateway):
+    rt = plugin("request-termination", status_code=418, body="<h1>no</h1>", content_type="text/html")
+    _, port = await start(nursery, gateway, plugins=[rt])
+    reply = await call(port, "/x")
+    assert (reply.status, reply.body, reply.header("content-type")) == (418, b"<h1>no</h1>", "text/html")
+
+
+async def test_request_termination_without_a_default_message_sends_no_body(nursery, gateway):
+    _, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=410)])
+    reply = await call(port, "/x")
+    assert (reply.status, reply.body) == (410, b"")
+
+
+async def test_a_trigger_terminates_only_requests_that_carry_it(nursery, gateway):
+    rt = plugin("request-termination", status_code=403, message="maintenance", trigger="x-maint")
+    backend, port = await start(nursery, gateway, plugins=[rt])
+    assert (await call(port, "/x")).status == 200
+    assert body_json(await call(port, "/x", [("x-maint", "1")])) == {"message": "maintenance"}
+    assert (await call(port, "/x?x-maint")).status == 403
+    assert len(backend.requests) == 1
+
+
+async def test_echo_returns_the_request(nursery, gateway):
+    _, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=200, echo=True)])
+    reply = await call(port, "/x?a=1&a=2", [("x-h", "v"), ("content-type", "application/json")], method="POST",
+                       body=b'{"k": 1}')
+    doc = body_json(reply)["request"]
+    assert (doc["method"], doc["path"], doc["query"], doc["body"]) == ("POST", "/x", {"a": ["1", "2"]}, {"k": 1})
+    assert doc["headers"]["x-h"] == "v" and doc["raw_body"] == '{"k": 1}'
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"message": "m", "body": "b"}, "message cannot be used with content_type or body"),
+    ({"content_type": "text/plain"}, "content_type requires a body"),
+    ({"echo": True, "body": "b"}, "echo cannot be used with content_type and body"),
+    ({"status_code": 600}, "config.status_code: expected int >= 100 and <= 599, got 600"),
+])
+def test_request_termination_config_errors(config, message):
+    assert message in refused({"name": "request-termination", "config": config})
+
+
+# --- bot-detection --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("agent", "status"), [
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36", 200),
+    ("curl/8.4.0", 200),
+    ("Googlebot/2.1 (+http://www.google.com/bot.html)", 403),
+    ("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)", 403),
+    ("facebookexternalhit/1.1", 403),
+])
+async def test_known_bots_are_refused_and_browsers_pass(nursery, gateway, agent, status):
+    _, port = await start(nursery, gateway, plugins=[plugin("bot-detection")])
+    reply = await call(port, "/x", [("user-agent", agent)])
+    assert reply.status == status
+    if status == 403:
+        assert body_json(reply)["message"] == "Forbidden"
+
+
+async def test_allow_beats_the_bot_list_and_deny_refuses_more(nursery, gateway):
+    _, port = await start(nursery, gateway, plugins=[plugin("bot-detection", allow=["Googlebot"], deny=["^curl/"])])
+    assert (await call(port, "/x", [("user-agent", "Googlebot/2.1")])).status == 200
+    assert (await call(port, "/x", [("user-agent", "curl/8.4.0")])).status == 403
+    assert (await call(port, "/x")).status == 200  # no User-Agent
+
+
+async def test_two_user_agents_get_400(nursery, gateway):
+    _, port = await start(nursery, gateway, plugins=[plugin("bot-detection")])
+    reply = await call(port, "/x", [("user-agent", "a"), ("user-agent", "b")])
+    assert (reply.status, body_json(reply)["message"]) == (400, "Only one User-Agent header allowed")
+
+
+def test_bot_detection_refuses_an_invalid_regex():
+    assert "config.deny[0]: not a valid regex" in refused(plugin("bot-detection", deny=["("]))
+
+
+# --- a route without a service (Kong's) -----------------------------------------------------------------------------
+
+
+async def test_a_route_without_a_service_answers_503_unless_a_plugin_does(nursery, gateway):
+    port = await gateway({"routes": [{"name": "bare", "paths": ["/bare"]},
+                                     {"name": "ended", "paths": ["/ended"],
+                                      "plugins": [plugin("request-termination", status_code=200, message="ok")]}]})
+    bare = await call(port, "/bare")
+    assert (bare.status, body_json(bare)["message"]) == (503, "no Service found with those values")
+    ended = await call(port, "/ended")
+    assert (ended.status, body_json(ended)) == (200, {"message": "ok"})

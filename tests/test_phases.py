@@ -1,0 +1,68 @@
+"""The response phases as units: header filters in chain order, body filters only on whole bodies (Content-Length
+then follows), nothing for a chain without response phases, never a buffered event stream."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from gateway.pipeline.phases import ResponsePhases
+
+
+class Tag:
+    priority = 1
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def header_filter(self, ex, status, headers):  # noqa: ANN001,ANN201
+        headers.append((b"x-order", self.name.encode()))
+        return headers
+
+
+class Upper:
+    name = "upper"
+    priority = 1
+
+    def wants_body(self, ex, status, headers):  # noqa: ANN001,ANN201
+        return True
+
+    def body_filter(self, ex, status, headers, body):  # noqa: ANN001,ANN201
+        return body.upper() + b"!"
+
+
+class AccessOnly:
+    name = "access"
+    priority = 1
+
+    async def access(self, ex):  # noqa: ANN001,ANN201
+        return False
+
+
+def exchange(method: bytes = b"GET") -> SimpleNamespace:
+    return SimpleNamespace(request=SimpleNamespace(method=method))
+
+
+def test_a_chain_without_response_phases_has_none():
+    assert ResponsePhases.of([AccessOnly()]) is None
+
+
+def test_header_filters_run_in_chain_order():
+    phases = ResponsePhases.of([Tag("a"), AccessOnly(), Tag("b")])
+    headers, _ = phases.filter(exchange(), 200, [], b"", False)
+    assert headers == [(b"x-order", b"a"), (b"x-order", b"b")]
+
+
+def test_a_body_filter_sees_only_a_whole_body_and_the_length_follows():
+    phases = ResponsePhases.of([Upper()])
+    head = [(b"content-length", b"3")]
+    assert phases.filter(exchange(), 200, list(head), b"abc", False) == (head, b"abc")
+    headers, body = phases.filter(exchange(), 200, list(head), b"abc", True)
+    assert (headers, body) == ([(b"content-length", b"4")], b"ABC!")
+    assert phases.filter(exchange(b"HEAD"), 200, list(head), b"", True) == (head, b"")
+
+
+def test_an_event_stream_is_never_buffered():
+    phases = ResponsePhases.of([Upper()])
+    assert phases.buffers(exchange(), 200, [(b"content-type", b"application/json")])
+    assert not phases.buffers(exchange(), 200, [(b"content-type", b"text/event-stream; charset=utf-8")])
+    assert not phases.buffers(exchange(b"HEAD"), 200, [(b"content-type", b"application/json")])
