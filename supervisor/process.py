@@ -1,9 +1,11 @@
-"""OS-process children: started with trio.lowlevel.open_process, ready once they say so on a pipe."""
+"""OS-process children: started with trio.lowlevel.open_process (or forked by a spawner), ready once they say so on a
+pipe."""
 
 import os
 import signal
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -12,15 +14,48 @@ from supervisor.reasons import KILLED, NORMAL, SHUTDOWN
 from supervisor.refs import ChildRef, ExitCallback
 
 
+class OsProcess(Protocol):
+    """What ProcessRef needs of a started process (trio.Process has it, so does forkserver.ForkedProcess)."""
+
+    pid: int
+    returncode: int | None
+
+    async def wait(self) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+class Spawner(Protocol):
+    """Starts a process some other way than exec (e.g. supervisor.forkserver.ForkServer); None means "use exec"."""
+
+    async def spawn(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
+                    pass_fds: Sequence[int]) -> OsProcess | None: ...
+
+
 @dataclass(frozen=True)
 class Process:
-    """How to start an OS-process child; `env` replaces the inherited environment when given."""
+    """How to start an OS-process child; `env` replaces the inherited environment when given.
+
+    With a `spawner`, the child is started by it when it can (e.g. forked from a pre-imported template process) and
+    with exec otherwise; the child sees the same argv, environment and descriptors either way.
+    """
 
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
     cwd: str | None = None
     start_timeout: float = 5.0
     pass_fds: Sequence[int] = ()  # file descriptors the child inherits (e.g. listening sockets)
+    spawner: Spawner | None = field(default=None, compare=False)
+
+
+_managed: set[int] = set()  # pids of running OS-process children, whoever started them
+
+
+def managed_pids() -> set[int]:
+    """Pids of the OS-process children some ProcessRef is waiting for (a subreaper's stray sweep leaves them)."""
+    return set(_managed)
 
 
 class ProcessStartError(Exception):
@@ -39,33 +74,44 @@ class ProcessRef(ChildRef):
         super().__init__(child_id)
         self._spec = spec
         self._argv = [*spec.argv, *map(str, args)]
-        self._process: trio.Process | None = None
+        self._process: OsProcess | None = None
         self._sent: set[signal.Signals] = set()
+        self.started_by: str | None = None  # "fork" (by the spec's spawner) or "exec"
 
     async def run(self, on_exit: ExitCallback, *, task_status: trio.TaskStatus[object]) -> None:
         read_fd, write_fd = os.pipe()
         env = {**(os.environ if self._spec.env is None else self._spec.env), READY_FD_ENV: str(write_fd)}
         async with trio.lowlevel.FdStream(read_fd) as pipe:
             try:
-                process = await trio.lowlevel.open_process(
-                    self._argv, env=env, cwd=self._spec.cwd, pass_fds=(write_fd, *self._spec.pass_fds)
-                )
+                process = await self._spawn(env, (write_fd, *self._spec.pass_fds))
             finally:
                 os.close(write_fd)
             self._process = process
             self.os_pid = process.pid
+            _managed.add(process.pid)
             try:
                 info = await self._wait_ready(process, pipe)
             except BaseException:
                 with trio.CancelScope(shield=True):
                     process.kill()
                     await process.wait()
+                _managed.discard(process.pid)
                 raise
         self._mark_started(task_status, info)
         # Shielded: only this supervisor stops its children, in its own order.
         with trio.CancelScope(shield=True):
-            await process.wait()
-        self._finish(on_exit, self._exit_reason(process.returncode))
+            returncode = await process.wait()
+        _managed.discard(process.pid)
+        self._finish(on_exit, self._exit_reason(returncode))
+
+    async def _spawn(self, env: Mapping[str, str], fds: tuple[int, ...]) -> OsProcess:
+        if self._spec.spawner is not None:
+            process = await self._spec.spawner.spawn(self._argv, env, self._spec.cwd, fds)
+            if process is not None:
+                self.started_by = "fork"
+                return process
+        self.started_by = "exec"
+        return await trio.lowlevel.open_process(self._argv, env=env, cwd=self._spec.cwd, pass_fds=fds)
 
     def stop(self) -> None:
         self._signal(signal.SIGTERM)
@@ -78,7 +124,7 @@ class ProcessRef(ChildRef):
             self._sent.add(signum)
             self._process.send_signal(signum)
 
-    async def _wait_ready(self, process: trio.Process, pipe: trio.lowlevel.FdStream) -> str:
+    async def _wait_ready(self, process: OsProcess, pipe: trio.lowlevel.FdStream) -> str:
         """The ready info the child wrote, or ProcessStartError if it exits, lingers or writes garbage."""
         line = None
         with trio.move_on_after(self._spec.start_timeout):
