@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 
@@ -12,7 +13,8 @@ from gateway.config import ConfigError
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 
-def _parser() -> argparse.ArgumentParser:
+@functools.cache  # built once: the zygote's forked children reuse it (building it costs milliseconds)
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="A Trio-based L7 gateway for clusters of MCP servers.")
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -44,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     for kind in ("health", "discovery"):
         sat = sub.add_parser(kind, help=argparse.SUPPRESS)  # started by the supervisor
         sat.add_argument("--config", required=True)
+    z = sub.add_parser("zygote", help=argparse.SUPPRESS)  # started by the supervisor: the template children fork from
+    z.add_argument("--control-fd", type=int, required=True)
     w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
     w.add_argument("--config", required=True)
     w.add_argument("--fds", required=True)
@@ -66,16 +70,18 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if args.command == "check-config":
         return check_config(args.file)
     if args.command == "run":
         return run(args.config)
-    from gateway.node import control
-
     try:
+        if args.command in CHILD_COMMANDS:
+            return _child(args)
+        from gateway.node import control  # not imported by children: it pulls in the root (hypercorn, ...)
+
         if args.command == "start":
             if args.foreground:
                 return control.start_foreground(args.config, args.workers, args.ready_fd)
@@ -88,24 +94,34 @@ def main(argv: list[str] | None = None) -> int:
             return control.admin(args.config, "status", as_json=args.json)
         if args.command == "admin":
             return control.admin(args.config, args.cmd, _admin_args(args.args))
-        if args.command == "keeper":
-            from gateway.node.keeper import run_keeper
-
-            return run_keeper(args.config, args.workers)
-        if args.command in ("health", "discovery"):
-            from gateway.node.satellites import run_satellite
-
-            return run_satellite(args.command, args.config)
-        if args.command == "worker":
-            from gateway.worker import run_supervised_worker
-
-            return run_supervised_worker(args.config, [int(fd) for fd in args.fds.split(",") if fd],
-                                         f"{args.generation}.{args.index}", args.workers)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_FAILURE  # pragma: no cover - argparse rejects unknown commands
+
+
+CHILD_COMMANDS = frozenset({"keeper", "health", "discovery", "zygote", "worker"})  # started by the root
+
+
+def _child(args: argparse.Namespace) -> int:
+    """The processes the root supervises (forked from the zygote, or executed when it is not running)."""
+    if args.command == "keeper":
+        from gateway.node.keeper import run_keeper
+
+        return run_keeper(args.config, args.workers)
+    if args.command in ("health", "discovery"):
+        from gateway.node.satellites import run_satellite
+
+        return run_satellite(args.command, args.config)
+    if args.command == "zygote":
+        from gateway.node.zygote import run_zygote
+
+        return run_zygote(args.control_fd)
+    from gateway.worker import run_supervised_worker
+
+    return run_supervised_worker(args.config, [int(fd) for fd in args.fds.split(",") if fd],
+                                 f"{args.generation}.{args.index}", args.workers)
 
 
 def check_config(path: str) -> int:

@@ -18,6 +18,10 @@ from gateway.bus.zmq_trio import PumpedSocket
 
 log = logging.getLogger("gateway.bus")
 
+# How soon a lost connection to the keeper is tried again (ZeroMQ's default is 100 ms): a restarted keeper is up in
+# tens of milliseconds, and over ipc a refused attempt costs a syscall.
+RECONNECT_IVL_MS = 10
+
 
 class KeeperChannel:
     """Both sockets, with every decoded message (direct or published) handed to `on_message`."""
@@ -29,6 +33,7 @@ class KeeperChannel:
         for sock in (dealer, sub):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         dealer.setsockopt(zmq.SNDHWM, 10000)
         self._on_disconnect = on_disconnect
         self._monitor = None

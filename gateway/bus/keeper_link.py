@@ -9,6 +9,7 @@ import trio
 import zmq
 
 from gateway.bus import protocol as p
+from gateway.bus.channel import RECONNECT_IVL_MS
 from gateway.bus.zmq_trio import PumpedSocket
 
 
@@ -23,6 +24,7 @@ class KeeperLink:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, 100)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.connect(endpoint)
         self._sock = PumpedSocket(sock, self._on_message)
         self._ids = itertools.count(1)

@@ -2,7 +2,9 @@
 
 Linux's PR_SET_PDEATHSIG looks right but is tied to the *thread* that forked the child, and Trio starts children
 from cached threads that exit when idle: children were signalled ten seconds after start. So each child watches
-its parent pid instead, and on a change sends itself SIGTERM, which its normal graceful path handles.
+its parent pid instead, and on a change sends itself SIGTERM, which its normal graceful path handles. The root
+names itself in GATEWAY_ROOT_PID, so a child started after the root died (and re-parented to init or to another
+subreaper) knows at once.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import signal
 import trio
 
 PARENT_CHECK_S = 0.5
+ROOT_PID_ENV = "GATEWAY_ROOT_PID"
 
 log = logging.getLogger("gateway.orphan")
 
@@ -31,6 +34,7 @@ async def stop_when_orphaned(parent: int) -> None:
 def parent_or_exit() -> int:
     """The parent pid to watch; exit at once if the root already died (we were re-parented)."""
     parent = os.getppid()
-    if parent == 1:
-        raise SystemExit("the root process is gone")
+    root = os.environ.get(ROOT_PID_ENV)
+    if parent == 1 or (root is not None and root.isdigit() and int(root) != parent):
+        raise SystemExit(f"the root process {root or ''} is gone".replace("  ", " "))
     return parent

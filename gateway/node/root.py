@@ -27,6 +27,7 @@ from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.discovery.registration import run_registration
 from gateway.metrics import multiprocess_registry, prepare_multiprocess_dir
 from gateway.node import tree
+from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
 from gateway.node.status_source import NodeStatus
@@ -34,6 +35,8 @@ from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
 from gateway.worker import listen_addresses
 from supervisor import ChildInfo, ChildSpec, Handle, RestartIntensityExceeded, StartError, serve
+from supervisor.forkserver import ForkServer
+from supervisor.process import ProcessRef
 
 log = logging.getLogger("gateway.node")
 
@@ -74,6 +77,7 @@ class Node:
         self._forced = False
         self._reload_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.fork_server: ForkServer | None = None
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -104,9 +108,12 @@ class Node:
             ctx.term()
             raise StartupError(f"gateway.admin: cannot bind {gw.admin}: {e}") from None
         self.keeper = KeeperLink(ctx, absolute_endpoint(gw.bus))
+        os.environ[ROOT_PID_ENV] = str(os.getpid())  # children check it is their parent (orphan.py)
+        self.fork_server = ForkServer()
         try:
             return await self._serve(text, config, admin)
         finally:
+            self.fork_server.close()
             admin.close(linger=0)
             self.keeper.close()
             ctx.term()
@@ -120,7 +127,11 @@ class Node:
         self.generation = 1
         first = self._generation_spec(1, text, config)
         current = self._write_current(text)
-        children = [tree.keeper_spec(current, self.worker_count(config), config), *self._satellites(current, config)]
+        spawner = self._spawner()
+        children = [tree.keeper_spec(current, self.worker_count(config), config, spawner),
+                    *self._satellites(current, config)]
+        if spawner is not None:
+            children.insert(0, tree.zygote_spec(spawner, config))
         gw = config.gateway
         if gw.status_listen:
             host, port = parse_host_port(gw.status_listen, None)  # type: ignore[misc]  # validated at load
@@ -141,6 +152,8 @@ class Node:
                 except StartError as e:
                     raise StartupError(f"workers failed to start: {e}") from None
                 await nursery.start(serve_admin, admin, self.handle_admin)
+                if self.fork_server is not None and self.fork_server.enabled:
+                    nursery.start_soon(self.fork_server.run)
                 nursery.start_soon(self.keeper.run)
                 nursery.start_soon(self._signals)
                 _write_pid(config.gateway.pid_file)
@@ -190,11 +203,15 @@ class Node:
 
     # ---- generations --------------------------------------------------------------------------------------------
 
+    def _spawner(self) -> ForkServer | None:
+        """The fork server children start through, when this platform lets the root be their subreaper."""
+        return self.fork_server if self.fork_server is not None and self.fork_server.enabled else None
+
     def _satellites(self, current: str, config: Config) -> list[ChildSpec]:
         """The health checker and discovery processes, when the config has something for them to do."""
         kinds = [kind for kind, needed in (("health", tree.needs_health(config)),
                                            ("discovery", tree.needs_discovery(config))) if needed]
-        return [tree.satellite_spec(kind, current, config) for kind in kinds]
+        return [tree.satellite_spec(kind, current, config, self._spawner()) for kind in kinds]
 
     async def _restart_satellites(self, current: str, config: Config) -> None:
         """They read the config at start: replace them with ones started on the new config."""
@@ -239,7 +256,8 @@ class Node:
             f.write(text)
         addresses = listen_addresses(config)
         count = self.worker_count(config)
-        workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config)
+        workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config,
+                                    self._spawner())
                    for i in range(count)]
         return tree.workers_supervisor(generation, workers, config)
 
@@ -356,7 +374,8 @@ def _child_json(info: ChildInfo, now: float) -> dict[str, Any]:
             "state": str(getattr(info.state, "value", info.state)),
             "pid": ref.os_pid if ref is not None else None,
             "uptime_s": round(now - started, 3) if started is not None else None,
-            "restarts": info.restart_count}
+            "restarts": info.restart_count,
+            **({"started_by": ref.started_by} if isinstance(ref, ProcessRef) else {})}
 
 
 def _write_pid(path: str) -> None:

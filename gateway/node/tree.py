@@ -1,6 +1,7 @@
 """The gateway's supervision tree as OTP child specs (drawn in the README).
 
     root  one_for_one, intensity 5 / 60 s (erlmcp's)
+     ├─ zygote      OS process: `gateway zygote`, the pre-imported template the others are forked from (exec without it)
      ├─ keeper      OS process: `gateway keeper`, the bus owner (rate-limit ledgers, breakers, target states)
      ├─ health      OS process: `gateway health`, active checks (when an upstream has them)
      ├─ discovery   OS process: `gateway discovery`, etcd / Consul watches (when an upstream has them)
@@ -18,29 +19,40 @@ from functools import partial
 
 from gateway.config import Config
 from supervisor import ChildSpec, Process, Restart, SupervisorSpec, SupFlags, serve
+from supervisor.forkserver import ForkServer
 
 SHUTDOWN_MARGIN_MS = 5000  # beyond drain_timeout, before a draining worker is killed
+ZYGOTE_SHUTDOWN_MS = 2000  # it holds nothing to clean up
+
+
+def zygote_spec(fork_server: ForkServer, config: Config) -> ChildSpec:
+    """`gateway zygote`: always started with exec; while it is down the others are too."""
+    fd = fork_server.zygote_fd
+    argv = [sys.executable, "-m", "gateway", "zygote", "--control-fd", str(fd)]
+    return ChildSpec("zygote", Process(argv, start_timeout=config.gateway.worker_start_timeout_s, pass_fds=(fd,)),
+                     restart=Restart.PERMANENT, shutdown=ZYGOTE_SHUTDOWN_MS)
 
 
 def worker_spec(snapshot_path: str, generation: int, index: int, workers: int, fds: list[int],
-                config: Config) -> ChildSpec:
+                config: Config, spawner: ForkServer | None = None) -> ChildSpec:
     gw = config.gateway
     argv = [sys.executable, "-m", "gateway", "worker", "--config", snapshot_path, "--fds", ",".join(map(str, fds)),
             "--generation", str(generation), "--index", str(index), "--workers", str(workers)]
-    return ChildSpec(f"worker-{index + 1}", Process(argv, start_timeout=gw.worker_start_timeout_s, pass_fds=fds),
-                     restart=Restart.PERMANENT, shutdown=int(gw.drain_timeout * 1000) + SHUTDOWN_MARGIN_MS)
+    start = Process(argv, start_timeout=gw.worker_start_timeout_s, pass_fds=fds, spawner=spawner)
+    return ChildSpec(f"worker-{index + 1}", start, restart=Restart.PERMANENT,
+                     shutdown=int(gw.drain_timeout * 1000) + SHUTDOWN_MARGIN_MS)
 
 
-def keeper_spec(snapshot_path: str, workers: int, config: Config) -> ChildSpec:
+def keeper_spec(snapshot_path: str, workers: int, config: Config, spawner: ForkServer | None = None) -> ChildSpec:
     argv = [sys.executable, "-m", "gateway", "keeper", "--config", snapshot_path, "--workers", str(workers)]
-    return ChildSpec("keeper", Process(argv, start_timeout=config.gateway.worker_start_timeout_s),
+    return ChildSpec("keeper", Process(argv, start_timeout=config.gateway.worker_start_timeout_s, spawner=spawner),
                      restart=Restart.PERMANENT, shutdown=5000)
 
 
-def satellite_spec(kind: str, config_path: str, config: Config) -> ChildSpec:
+def satellite_spec(kind: str, config_path: str, config: Config, spawner: ForkServer | None = None) -> ChildSpec:
     """`gateway health` or `gateway discovery`: one process for the whole gateway, reporting to the keeper."""
     argv = [sys.executable, "-m", "gateway", kind, "--config", config_path]
-    return ChildSpec(kind, Process(argv, start_timeout=config.gateway.worker_start_timeout_s),
+    return ChildSpec(kind, Process(argv, start_timeout=config.gateway.worker_start_timeout_s, spawner=spawner),
                      restart=Restart.PERMANENT, shutdown=5000)
 
 

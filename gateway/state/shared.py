@@ -140,6 +140,11 @@ class SharedState:
         elif isinstance(msg, p.UpstreamTargets):
             self._replace_targets(msg.upstream, msg.targets)
         elif isinstance(msg, p.Snapshot):
+            if not self.incarnation:  # the answer to the Hello sent at start: the keeper is up, no need to wait for
+                self.incarnation = msg.incarnation  # its next heartbeat (up to HEARTBEAT_S) to know it
+                self.keeper_up = True
+                self._last_heartbeat = now
+                self.leases.fallback(False, self.workers)
             for up in msg.upstreams:
                 self._replace_targets(up.upstream, up.targets)
             for update in msg.breakers:
@@ -251,6 +256,7 @@ class SharedState:
         channel = KeeperChannel(ctx, endpoint, self.on_message, self.keeper_disconnected)
         self._send = channel.send
         self._pump = channel.pump
+        channel.send(p.Hello(worker=self.worker_id, pid=os.getpid()))  # answered with a snapshot: `synced`
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.run)

@@ -1,0 +1,62 @@
+"""The gateway's zygote (`gateway zygote`, a child of the root): the template its other children are forked from.
+
+It imports the worker, state keeper and satellite code once, then forks a child per request from the root
+(supervisor.zygote), so a killed worker or keeper is replaced in milliseconds instead of the second a fresh
+interpreter spends on imports. It runs no Trio loop and holds no socket but its control socket; listener slots and
+the readiness pipe arrive with each request. A child runs what `python -m gateway <command> ...` would run, with the
+same argv, environment and descriptors. A reload forks from the same template, so it applies a new config, not new
+code on disk (as nginx's reload): restart the gateway to run an upgraded version.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Sequence
+
+from supervisor.zygote import Entry, serve, set_process_name
+
+WARM_UP_CONFIG = "_format_version: '3.0'\nservices: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
+FORKABLE = frozenset({"worker", "keeper", "health", "discovery"})  # the commands a zygote's fork can run
+
+
+def preload() -> None:
+    """Import what the forked commands run, including what they would import lazily at start."""
+    import gateway.cli
+    import gateway.http.codec_h11  # noqa: F401
+    import gateway.http.codec_llhttp  # noqa: F401
+    import gateway.node.keeper  # noqa: F401
+    import gateway.node.satellites  # noqa: F401
+    import gateway.worker  # noqa: F401
+    import supervisor  # noqa: F401
+    from gateway.config import parse_config
+    from gateway.runtime import compile_config
+
+    # msgspec builds its decoders' type information on first use (~12 ms for the config schema): do it here, once;
+    # likewise the CLI's argument parser.
+    compile_config(parse_config(WARM_UP_CONFIG, "<zygote warm-up>"))
+    gateway.cli.parser()
+
+
+def resolve(argv: Sequence[str]) -> Entry | None:
+    """`[sys.executable, "-m", "gateway", COMMAND, ...]` for a forkable command: run the CLI on it; else None."""
+    if len(argv) < 4 or list(argv[:3]) != [sys.executable, "-m", "gateway"] or argv[3] not in FORKABLE:
+        return None
+    args = list(argv[3:])
+
+    def entry() -> int:
+        from gateway.cli import main
+
+        set_process_name(f"gateway {args[0]}")
+        return main(args)
+
+    return entry
+
+
+def run_zygote(control_fd: int) -> int:
+    """Preload, then serve fork requests until the root is gone. Ctrl-C in a terminal reaches the whole process group:
+    the zygote leaves the stop to the root, which stops it last."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    preload()
+    set_process_name("gateway zygote")
+    return serve(control_fd, resolve)
