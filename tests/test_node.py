@@ -271,6 +271,56 @@ def test_a_killed_worker_accepts_again_and_a_killed_keeper_serves_again_within_m
     assert min(keeper_ms) < 250 and max(keeper_ms) < 2000, keeper_ms
 
 
+def test_losing_the_zygote_falls_back_to_exec_until_it_is_back(node):
+    assert node.start(workers=2).returncode == 0
+
+    def children() -> dict[str, dict]:
+        tree = admin_status(node)["tree"]["children"]
+        return {c["id"]: c for c in [*tree, *tree[-1]["children"]]}
+
+    before = children()
+    zygote, victim = before["zygote"], before["worker-1"]["pid"]
+    os.kill(zygote["pid"], signal.SIGKILL)
+    wait_until(lambda: dead(zygote["pid"]), timeout=5, interval=0.001)
+    os.kill(victim, signal.SIGKILL)  # while the new zygote is still importing (about a second)
+    wait_until(lambda: children()["worker-1"]["pid"] not in (None, victim), timeout=10)
+    assert children()["worker-1"]["started_by"] == "exec"
+    wait_until(lambda: children()["zygote"]["pid"] not in (None, zygote["pid"]), timeout=20)
+    time.sleep(0.5)  # its hello is in
+    victim = children()["worker-2"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: children()["worker-2"]["pid"] not in (None, victim), timeout=10)
+    after = children()
+    assert after["worker-2"]["started_by"] == "fork"
+    assert after["zygote"]["restarts"] == 1
+    assert get_status(node.port) == 200
+
+
+def test_every_child_stops_when_the_root_is_killed(node):
+    assert node.start(workers=2).returncode == 0
+    tree = admin_status(node)["tree"]["children"]
+    pids = [c["pid"] for c in [*tree, *tree[-1]["children"]] if c.get("pid")]
+    root = node.root_pid()
+    spares = [p for p in _children_of(root) if p not in pids]  # the zygote's spare, forked ahead
+    os.kill(root, signal.SIGKILL)
+    wait_until(lambda: all(dead(p) for p in [*pids, *spares]), timeout=15)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    if int(f.read().rsplit(b")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except OSError:
+                pass
+    return out
+
+
 def test_reload_under_load_fails_no_request(node, backend):
     assert node.start(workers=2).returncode == 0
     before = set(node.worker_pids())
