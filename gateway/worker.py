@@ -46,12 +46,13 @@ def listen_addresses(config: Config) -> list[tuple[str, int]]:
 
 
 def bind_all(config: Config) -> list[socket.socket]:
-    """Bind every listen address; raises OSError naming the address (e.g. port already in use)."""
+    """Bind every listen address, exclusively (one process: no SO_REUSEPORT, so nothing can share the port with it);
+    raises OSError naming the address (e.g. port already in use)."""
     socks = []
     try:
         for host, port in listen_addresses(config):
             try:
-                socks.append(bind_listener(host, port))
+                socks.append(bind_listener(host, port, reuse_port=False))
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
     except BaseException:

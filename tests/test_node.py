@@ -164,6 +164,32 @@ def test_start_reports_a_port_in_use(node):
     assert "Traceback" not in out.stderr
 
 
+def test_a_second_gateway_on_the_same_address_is_refused_with_the_first_ones_pid(node, tmp_path, backend):
+    assert node.start(workers=2).returncode == 0
+    (tmp_path / "other").mkdir()
+    other = Gateway(tmp_path / "other", node.port, backend)
+    try:
+        out = other.start(workers=1)
+        assert out.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{node.port}: address in use by gateway pid {node.root_pid()}" in out.stderr
+        assert "Traceback" not in out.stderr + other.log()
+        run = other.cli("run", "--config", str(other.config))  # one process without a supervisor: refused too
+        assert run.returncode == 1 and "Address already in use" in run.stderr
+        assert get_status(node.port) == 200
+    finally:
+        other.kill_all()
+
+
+def test_start_refuses_an_address_that_another_program_holds_with_so_reuseport(node):
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        squatter.bind(("127.0.0.1", node.port))
+        squatter.listen()
+        out = node.start()
+    assert out.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{node.port}: address in use (by another program)" in out.stderr
+
+
 def test_start_rejects_an_invalid_config(node):
     node.config.write_text(node.config.read_text().replace('"workers', '"wurkers').replace(
         '"drain_timeout"', '"drain_timeout_typo"'))

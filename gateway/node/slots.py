@@ -5,13 +5,33 @@ queue. If each worker bound its own, every reload (old workers closing) and ever
 Instead the root binds slot i and hands it to worker i; a replacement worker (after a crash) or the next
 generation (after a reload) inherits the very same socket, so its queue is never closed while the gateway runs.
 The kernel still shards connections across the N sockets, each worker accepting from its own.
+
+One gateway per address: SO_REUSEPORT would let a second gateway of the same user bind the same port and take half
+of the connections. So before binding its slots the root claims each address with an abstract Unix socket named
+after it (released by the kernel when the process dies, whatever kills it), and checks with a plain bind, without
+SO_REUSEPORT, that nothing else listens there. A second gateway learns the first one's pid from its claim.
 """
 
 from __future__ import annotations
 
+import errno
 import socket
+import struct
 
 from gateway.http.net import bind_listener
+
+CLAIM_PREFIX = "mcp-gateway/listen/"
+WILDCARDS = ("0.0.0.0", "::")
+
+
+class AddressInUse(OSError):
+    """Another gateway (`pid`) or another program listens on an address this gateway is configured for."""
+
+    def __init__(self, host: str, port: int, pid: int | None) -> None:
+        where = f"{_display(host)}:{port}"
+        super().__init__(errno.EADDRINUSE, f"cannot listen on {where}: address in use"
+                         + (f" by gateway pid {pid}" if pid else " (by another program)"))
+        self.pid = pid
 
 
 class ListenerSlots:
@@ -19,22 +39,30 @@ class ListenerSlots:
 
     def __init__(self) -> None:
         self._sockets: dict[tuple[str, int], list[socket.socket]] = {}
+        self._claims: dict[tuple[str, int], socket.socket] = {}
 
     def ensure(self, addresses: list[tuple[str, int]], count: int) -> None:
-        """Bind what is missing so every address has at least `count` slots; all-or-nothing on failure."""
+        """Claim and bind what is missing so every address has at least `count` slots; all-or-nothing on failure."""
+        claimed: list[tuple[str, int]] = []
         added: list[tuple[tuple[str, int], socket.socket]] = []
         try:
             for addr in addresses:
+                if addr not in self._claims:
+                    self._claims[addr] = _claim(*addr)
+                    claimed.append(addr)
                 have = len(self._sockets.get(addr, ()))
                 for _ in range(count - have):
                     try:
                         sock = bind_listener(*addr)
                     except OSError as e:
-                        raise OSError(e.errno, f"cannot listen on {addr[0]}:{addr[1]}: {e.strerror}") from None
+                        raise OSError(e.errno, f"cannot listen on {_display(addr[0])}:{addr[1]}: {e.strerror}") \
+                            from None
                     added.append((addr, sock))
         except BaseException:
             for _, sock in added:
                 sock.close()
+            for addr in claimed:
+                self._claims.pop(addr).close()
             raise
         for addr, sock in added:
             self._sockets.setdefault(addr, []).append(sock)
@@ -49,6 +77,62 @@ class ListenerSlots:
             if addr not in addresses:
                 for sock in self._sockets.pop(addr):
                     sock.close()
+        for addr in list(self._claims):
+            if addr not in addresses:
+                self._claims.pop(addr).close()
 
     def close(self) -> None:
         self.retain_only([])
+
+
+def _claim(host: str, port: int) -> socket.socket:
+    """Hold the address's claim, after checking nothing else listens there; AddressInUse otherwise."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        claim.bind(_claim_name(host, port))
+        claim.listen(1)  # never accepted: a connection only serves to read our pid (SO_PEERCRED)
+    except OSError as e:
+        claim.close()
+        if e.errno == errno.EADDRINUSE:
+            raise AddressInUse(host, port, claimant(host, port)) from None
+        raise
+    try:
+        probe = bind_listener(host, port, reuse_port=False)  # fails if anyone else listens, SO_REUSEPORT or not
+    except OSError as e:
+        claim.close()
+        if e.errno == errno.EADDRINUSE:
+            raise AddressInUse(host, port, _overlapping_claimant(host, port)) from None
+        raise OSError(e.errno, f"cannot listen on {_display(host)}:{port}: {e.strerror}") from None
+    probe.close()
+    return claim
+
+
+def claimant(host: str, port: int) -> int | None:
+    """The pid of the gateway holding this address's claim, if one does."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(_claim_name(host, port))
+            creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        except OSError:
+            return None
+    pid, _, _ = struct.unpack("3i", creds)
+    return pid or None
+
+
+def _overlapping_claimant(host: str, port: int) -> int | None:
+    """A gateway on the wildcard address holds every specific address of the port (and the other way round, only
+    the wildcard's claimant can be named)."""
+    for other in (host, *WILDCARDS):
+        pid = claimant(other, port)
+        if pid:
+            return pid
+    return None
+
+
+def _claim_name(host: str, port: int) -> str:
+    return f"\0{CLAIM_PREFIX}{host}:{port}"
+
+
+def _display(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
