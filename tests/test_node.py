@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -188,6 +189,27 @@ def test_start_refuses_an_address_that_another_program_holds_with_so_reuseport(n
         out = node.start()
     assert out.returncode == 1
     assert f"cannot listen on 127.0.0.1:{node.port}: address in use (by another program)" in out.stderr
+
+
+def test_files_holding_config_or_secrets_are_private(tmp_path, backend):
+    gw = Gateway(tmp_path, free_port(), backend)
+    doc = json.loads(gw.config.read_text())
+    doc["routes"].append({"name": "mcp", "service": "b", "paths": ["/mcp"], "strip_path": False, "mcp": True})
+    gw.config.write_text(json.dumps(doc))
+    try:
+        assert gw.start(workers=1).returncode == 0
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:  # reads (creates) the key file
+            sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: k.forged\r\nConnection: close\r\n\r\n")
+            assert b" 404 " in sock.recv(65536)
+        run = tmp_path / "run"
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [run, *run.iterdir()] if not p.is_socket()}
+        assert modes["run"] & 0o007 == 0 and modes["run"] & 0o700 == 0o700, oct(modes["run"])  # 0750 or 0700
+        for name in ("config.current.yaml", "config.gen1.yaml", "mcp-session.key"):
+            assert modes[name] == 0o600, (name, oct(modes[name]))
+        assert modes["gateway.log"] & ~0o640 == 0, oct(modes["gateway.log"])
+        assert modes["gateway.pid"] & 0o022 == 0
+    finally:
+        gw.kill_all()
 
 
 def test_start_rejects_an_invalid_config(node):

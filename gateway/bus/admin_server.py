@@ -33,7 +33,7 @@ def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     if not endpoint.startswith("ipc://"):
         raise ValueError(f"gateway.admin: expected ipc://PATH, got {endpoint!r}")
     path = endpoint[len("ipc://"):]
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(path) or ".", mode=0o750, exist_ok=True)
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)

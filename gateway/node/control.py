@@ -17,6 +17,7 @@ from typing import Any
 from gateway.bus.admin_client import AdminUnavailable, admin_call
 from gateway.config import ConfigError
 from gateway.config.schema import GatewaySettings
+from gateway.node.files import open_log
 from gateway.node.root import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_validated
 
 START_TIMEOUT_S = 60.0
@@ -97,13 +98,17 @@ def start_daemon(config_path: str, workers: int | None) -> int:
     if pid is not None:
         print(f"gateway: already running (pid {pid}, pid file {gw.pid_file})", file=sys.stderr)
         return EXIT_FAILURE
-    os.makedirs(os.path.dirname(os.path.abspath(gw.log_file)), exist_ok=True)
+    try:
+        log_fd = open_log(gw.log_file)
+    except OSError as e:
+        print(f"gateway: cannot open the log file {gw.log_file}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILURE
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "gateway", "start", "--foreground", "--config", os.path.abspath(config_path),
             "--ready-fd", str(write_fd)]
     if workers:
         argv += ["--workers", str(workers)]
-    with open(gw.log_file, "ab") as log:
+    with os.fdopen(log_fd, "ab") as log:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,),
                                 start_new_session=True)
     os.close(write_fd)

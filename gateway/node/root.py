@@ -27,6 +27,7 @@ from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.discovery.registration import run_registration
 from gateway.metrics import multiprocess_registry, prepare_multiprocess_dir
 from gateway.node import tree
+from gateway.node.files import PID_MODE, make_run_dir, write_atomically
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
@@ -92,8 +93,7 @@ class Node:
             raise StartupError("\n".join(e.messages)) from None
         self.config = config
         gw = config.gateway
-        self.run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
-        os.makedirs(self.run_dir, exist_ok=True)
+        self.run_dir = make_run_dir(os.path.dirname(os.path.abspath(gw.pid_file)))
         count = self.worker_count(config)
         prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit where to write metrics
         try:
@@ -241,19 +241,15 @@ class Node:
         return await info.pid.value.which_children()
 
     def _write_current(self, text: str) -> str:
-        """The config the keeper reads (at start, on reload_config, and after a restart)."""
+        """The config the keeper reads (at start, on reload_config, and after a restart); 0600."""
         path = os.path.join(self.run_dir, "config.current.yaml")
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        write_atomically(path, text)
         return path
 
     def _generation_spec(self, generation: int, text: str, config: Config) -> Any:
         """Write the config snapshot the generation's workers load, and its supervisor spec."""
         snapshot = os.path.join(self.run_dir, f"config.gen{generation}.yaml")
-        with open(snapshot, "w", encoding="utf-8") as f:
-            f.write(text)
+        write_atomically(snapshot, text)
         addresses = listen_addresses(config)
         count = self.worker_count(config)
         workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config,
@@ -379,11 +375,8 @@ def _child_json(info: ChildInfo, now: float) -> dict[str, Any]:
 
 
 def _write_pid(path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{os.getpid()}\n")
-    os.replace(tmp, path)
+    make_run_dir(os.path.dirname(os.path.abspath(path)))
+    write_atomically(path, f"{os.getpid()}\n", PID_MODE)
 
 
 def _remove(path: str) -> None:

@@ -1,0 +1,57 @@
+"""The files the gateway writes, with modes that keep the operator's config and secrets private.
+
+Config copies (run/config.current.yaml, run/config.genN.yaml) may hold literal secrets, so they are 0600; the log
+file is 0640; the run directory the gateway creates is 0750 (never world-writable: a file planted there would be
+read as config). Files are replaced atomically, through a new temporary file that is never a symlink.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+
+log = logging.getLogger("gateway.node")
+
+DIR_MODE = 0o750
+PRIVATE_MODE = 0o600
+LOG_MODE = 0o640
+PID_MODE = 0o644
+
+
+def make_run_dir(path: str) -> str:
+    """Create `path` (and its parents) 0750 if missing; warn about an existing one that anyone may write to."""
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        os.makedirs(path, mode=DIR_MODE, exist_ok=True)  # the umask may take more away, never add
+    elif os.stat(path).st_mode & stat.S_IWOTH and not os.stat(path).st_mode & stat.S_ISVTX:
+        log.warning("%s is writable by every user: anyone could replace the gateway's files in it; "
+                    "use a directory only this user can write to (chmod 750)", path)
+    return path
+
+
+def write_atomically(path: str, text: str, mode: int = PRIVATE_MODE) -> None:
+    """Replace `path` with `text`: a new file with `mode` (O_EXCL, so never through a planted symlink), renamed."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.unlink(tmp)  # left by a process that had our pid and died mid-write
+    except FileNotFoundError:
+        pass
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def open_log(path: str) -> int:
+    """A descriptor appending to the log file, which is created 0640."""
+    make_run_dir(os.path.dirname(os.path.abspath(path)))
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, LOG_MODE)
+
