@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 
 from gateway import __version__
@@ -26,16 +27,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", "-w", type=_positive, help="worker processes (default: gateway.workers or CPUs)")
     s.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground (for systemd, tests)")
     s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-    st = sub.add_parser("stop", help="stop gracefully (workers drain); forced after --timeout")
-    st.add_argument("--config", "-c")
+    locating, by_pid = _locating(admin=True), _locating(admin=False)
+    st = sub.add_parser("stop", parents=[by_pid], help="stop gracefully (workers drain); forced after --timeout")
     st.add_argument("--timeout", type=float, default=60.0, help="seconds before the stop is forced (default 60)")
-    rl = sub.add_parser("reload", help="re-read the config; a bad one is rejected and the old one keeps serving")
-    rl.add_argument("--config", "-c")
-    ss = sub.add_parser("status", help="the supervision tree with pids, uptime and restart counts")
-    ss.add_argument("--config", "-c")
+    sub.add_parser("reload", parents=[_locating(True, "the config to reload from, kept for later reloads; without "
+                                                      "it, the gateway re-reads the file it runs from")],
+                   help="re-read the config (with --config F: switch to F); a bad one is rejected and the running one "
+                        "keeps serving")
+    ss = sub.add_parser("status", parents=[locating], help="the supervision tree with pids, uptime and restart counts")
     ss.add_argument("--json", action="store_true")
-    a = sub.add_parser("admin", help="send one command to the admin channel and print the JSON reply")
-    a.add_argument("--config", "-c")
+    a = sub.add_parser("admin", parents=[locating], help="send one command to the admin channel, print the JSON reply")
     a.add_argument("cmd")
     a.add_argument("args", nargs="*", help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
@@ -57,6 +58,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _locating(admin: bool, config_help: str = "its config file") -> argparse.ArgumentParser:
+    """The options that say which running gateway stop / reload / status / admin talk to."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("which gateway (default: as --config names it, else run/gateway.pid"
+                                      + (" and ipc://run/admin.sock)" if admin else ")"))
+    group.add_argument("--config", "-c", help=f"{config_help} (read for gateway.pid_file"
+                       + (" and gateway.admin" if admin else "") + ", even if it is invalid elsewhere)")
+    group.add_argument("--pid-file", help="its pid file (overrides the config's)")
+    if admin:
+        group.add_argument("--admin", help="its admin endpoint, ipc://PATH (overrides the config's)")
+    return parent
+
+
 def _admin_args(words: list[str]) -> dict[str, str]:
     """KEY=VALUE words as a dict; a bare word is the action (`breakers open target=K`), not silently dropped."""
     return {key: value for key, _, value in (w.partition("=") if "=" in w else ("action", "", w) for w in words)}
@@ -70,6 +84,17 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, where a closed pipe can still be handled
+        return code
+    except BrokenPipeError:  # `gateway status | head -1`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit does not fail again
+        return EXIT_FAILURE
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
@@ -87,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
                 return control.start_foreground(args.config, args.workers, args.ready_fd)
             return control.start_daemon(args.config, args.workers)
         if args.command == "stop":
-            return control.stop(args.config, args.timeout)
+            return control.stop(args.config, args.timeout, args.pid_file)
         if args.command == "reload":
-            return control.admin(args.config, "reload", as_json=False)
+            return control.reload(args.config, args.pid_file, args.admin)
         if args.command == "status":
-            return control.admin(args.config, "status", as_json=args.json)
+            return control.admin(args.config, "status", as_json=args.json, pid_file=args.pid_file,
+                                 endpoint=args.admin)
         if args.command == "admin":
-            return control.admin(args.config, args.cmd, _admin_args(args.args))
+            return control.admin(args.config, args.cmd, _admin_args(args.args), pid_file=args.pid_file,
+                                 endpoint=args.admin)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)

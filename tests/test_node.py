@@ -101,11 +101,8 @@ def node(tmp_path, backend):
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Running: a zombie (exited, its parent has not reaped it yet) is not."""
+    return not dead(pid)
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> float:
@@ -470,3 +467,101 @@ def test_killing_workers_faster_than_the_intensity_stops_the_gateway(tmp_path, b
         if root.poll() is None:
             root.kill()
             root.wait()
+
+
+# ---- finding the running gateway: stop / status / reload with a broken config, a stale pid file, a closed pipe ----
+
+
+def test_stop_status_and_reload_find_the_gateway_through_a_config_that_is_now_invalid(node):
+    assert node.start(workers=1).returncode == 0
+    root = node.root_pid()
+    node.config.write_text(node.config.read_text().replace('"routes"', '"rootes"'))
+    status = node.cli("status", "--config", str(node.config))
+    assert status.returncode == 0 and f"pid {root}" in status.stdout
+    assert "is not a valid config (1 problem; `gateway check-config" in status.stderr
+    reload = node.cli("reload", "--config", str(node.config))
+    assert reload.returncode == 2 and "rootes: unknown top-level key" in reload.stderr
+    stop = node.cli("stop", "--config", str(node.config))
+    assert stop.returncode == 0, stop.stderr
+    assert f"gateway stopped (pid {root})" in stop.stdout and not alive(root)
+
+
+def test_a_config_without_a_readable_gateway_block_asks_for_the_pid_file(node):
+    assert node.start(workers=1).returncode == 0
+    root = node.root_pid()
+    node.config.write_text("gateway: [\n")
+    out = node.cli("stop", "--config", str(node.config))
+    assert out.returncode == 2 and "pass --pid-file" in out.stderr and "Traceback" not in out.stderr
+    assert alive(root)
+    out = node.cli("status", "--pid-file", "run/gateway.pid", "--admin", "ipc://run/admin.sock")
+    assert out.returncode == 0 and f"pid {root}" in out.stdout
+    out = node.cli("stop", "--pid-file", "run/gateway.pid")
+    assert out.returncode == 0 and not alive(root)
+
+
+def test_reload_with_another_config_switches_to_it_and_later_reloads_reread_it(node, backend):
+    assert node.start(workers=1).returncode == 0
+    other = node.dir / "other.yaml"
+    other.write_text(node.config.read_text().replace('"name": "all"', '"name": "other-route"'))
+    out = node.cli("reload", "--config", str(other))
+    assert out.returncode == 0, out.stderr
+    assert f"reloaded {other}: generation 2 serving" in out.stdout
+    assert node.status()["config"] == str(other)
+    other.write_text(other.read_text().replace('"routes"', '"rootes"'))
+    out = node.cli("reload")  # no --config: the file it now runs from
+    assert out.returncode == 2 and "rootes: unknown top-level key" in out.stderr
+    assert f"reload of {other} rejected: config rejected, still serving the previous one" in node.log()
+    assert "rootes: unknown top-level key" in node.log()
+    assert node.status()["generation"] == 2
+
+
+def test_a_reload_of_a_start_only_setting_says_it_needs_a_restart(node, backend):
+    assert node.start(workers=1).returncode == 0
+    node.write_config(backend, restart_intensity=9)
+    out = node.cli("reload")
+    assert out.returncode == 0, out.stderr
+    assert "note: gateway.restart_intensity changed; it takes effect at the next start" in out.stderr
+    assert "gateway.restart_intensity changed; it takes effect at the next start" in node.log()
+
+
+def test_status_into_a_pipe_closed_early_is_no_traceback(node):
+    assert node.start(workers=1).returncode == 0
+    out = subprocess.run(f"{sys.executable} -m gateway status | head -c 10", shell=True, cwd=node.dir,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("gateway ") and out.stderr == "", out.stderr
+
+
+def test_commands_after_the_root_was_killed_say_it_is_not_running_at_once(node):
+    assert node.start(workers=1).returncode == 0
+    root = node.root_pid()
+    os.kill(root, signal.SIGKILL)
+    wait_until(lambda: dead(root), timeout=10)
+    began = time.monotonic()
+    out = node.cli("status")
+    assert out.returncode == 1
+    assert out.stderr.strip() == (f"gateway: not running (run/gateway.pid names pid {root}, which has exited; "
+                                  "removed the stale pid file)")
+    assert time.monotonic() - began < 4  # not an admin timeout
+    assert not (node.dir / "run" / "gateway.pid").exists()
+    out = node.cli("stop")
+    assert out.returncode == 1 and out.stderr.strip() == "gateway: not running (no pid file run/gateway.pid)"
+
+
+SUBREAPER = """\
+import ctypes, subprocess, sys, time
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: the daemonised root becomes our child
+gateway = [sys.executable, "-m", "gateway"]
+assert subprocess.run([*gateway, "start", "--config", sys.argv[1], "--workers", "1"]).returncode == 0
+began = time.monotonic()
+out = subprocess.run([*gateway, "stop", "--timeout", "30"], capture_output=True, text=True)
+print(round(time.monotonic() - began, 2), out.returncode, out.stdout.strip())
+"""  # and it never reaps the root: the root stays a zombie until this process exits
+
+
+def test_stop_does_not_wait_for_a_root_that_is_a_zombie_under_a_subreaper(node):
+    out = subprocess.run([sys.executable, "-c", SUBREAPER, str(node.config)], cwd=node.dir, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seconds, code, said = out.stdout.splitlines()[-1].split(maxsplit=2)
+    assert code == "0" and said.startswith("gateway stopped (pid ")
+    assert float(seconds) < 15, out.stdout  # the drain is quick; waiting for the zombie would take the whole 30 s

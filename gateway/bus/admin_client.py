@@ -24,7 +24,6 @@ def admin_call(endpoint: str, cmd: str, args: dict[str, Any] | None = None, time
         sock.send(encode_request(cmd, args))
         return decode_reply(sock.recv())
     except zmq.Again:
-        raise AdminUnavailable(f"no answer from the gateway at {endpoint} within {timeout:g}s "
-                               "(is it running? `gateway status` checks)") from None
+        raise AdminUnavailable(f"no answer on {endpoint} within {timeout:g}s") from None
     finally:
         sock.close()

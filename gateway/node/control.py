@@ -1,7 +1,7 @@
 """The CLI's side of operations: start (daemonised or not), stop, reload, status, admin calls.
 
-Where a running gateway is found: the pid file and admin endpoint named in the config's `gateway:` block
-(`--config FILE`), or the defaults (run/gateway.pid, ipc://run/admin.sock) relative to the working directory.
+Where a running gateway is found: see gateway.node.locate (`--pid-file` / `--admin`, else the config named by
+`--config`, even an invalid one, else run/gateway.pid and ipc://run/admin.sock relative to the working directory).
 """
 
 from __future__ import annotations
@@ -16,41 +16,30 @@ from typing import Any
 
 from gateway.bus.admin_client import AdminUnavailable, admin_call
 from gateway.config import ConfigError
-from gateway.config.schema import GatewaySettings
 from gateway.node.files import open_log
+from gateway.node.locate import Location, NotRunning, alive, locate
+from gateway.node.locate import running_pid as _running_pid
 from gateway.node.root import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_validated
 
 START_TIMEOUT_S = 60.0
+ADMIN_TIMEOUT_S = 5.0
+RELOAD_TIMEOUT_S = 120.0  # a reload waits for the new generation to accept (worker_start_timeout_s per worker)
+FORCED_STOP_WAIT_S = 10.0
 
 
-def _settings(config_path: str | None) -> GatewaySettings:
-    if config_path is None:
-        return GatewaySettings()
-    _, config = load_validated(config_path)
-    return config.gateway
-
-
-def _endpoint(gw: GatewaySettings) -> str:
-    ep = gw.admin
-    if ep.startswith("ipc://") and not ep.startswith("ipc:///"):
-        return "ipc://" + os.path.abspath(ep[len("ipc://"):])
-    return ep
-
-
-def running_pid(gw: GatewaySettings) -> int | None:
-    """The pid in the pid file if that process is alive."""
+def running_pid(pid_file: str) -> int | None:
+    """The pid of the gateway whose pid file this is, if it runs (a stale pid file is removed)."""
     try:
-        with open(gw.pid_file) as f:
-            pid = int(f.read().strip())
-    except (OSError, ValueError):
+        return _running_pid(pid_file)
+    except NotRunning:
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    return pid
+
+
+def _located(config_path: str | None, pid_file: str | None, admin: str | None) -> Location:
+    where = locate(config_path, pid_file, admin)
+    if where.note:
+        print(where.note, file=sys.stderr)
+    return where
 
 
 def start_foreground(config_path: str, workers: int | None, ready_fd: int | None) -> int:
@@ -69,7 +58,7 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
     except ConfigError as e:
         print("\n".join(e.messages), file=sys.stderr)
         return EXIT_CONFIG
-    pid = running_pid(config.gateway)
+    pid = running_pid(config.gateway.pid_file)
     if pid is not None and pid != os.getpid():
         print(f"gateway: already running (pid {pid}, pid file {config.gateway.pid_file})", file=sys.stderr)
         return EXIT_FAILURE
@@ -94,7 +83,7 @@ def start_daemon(config_path: str, workers: int | None) -> int:
         print("\n".join(e.messages), file=sys.stderr)
         return EXIT_CONFIG
     gw = config.gateway
-    pid = running_pid(gw)
+    pid = running_pid(gw.pid_file)
     if pid is not None:
         print(f"gateway: already running (pid {pid}, pid file {gw.pid_file})", file=sys.stderr)
         return EXIT_FAILURE
@@ -142,43 +131,59 @@ def _read_line(fd: int, timeout: float) -> str:
     return data.decode(errors="replace").split("\n", 1)[0]
 
 
-def stop(config_path: str | None, timeout: float) -> int:
+def stop(config_path: str | None, timeout: float, pid_file: str | None = None) -> int:
     """Graceful stop (SIGTERM); after `timeout` seconds, a second SIGTERM forces it."""
-    gw = _settings(config_path)
-    pid = running_pid(gw)
-    if pid is None:
-        print(f"gateway: not running (no live pid in {gw.pid_file})", file=sys.stderr)
+    where = _located(config_path, pid_file, None)
+    try:
+        pid = _running_pid(where.pid_file)
+    except NotRunning as e:
+        print(f"gateway: {e}", file=sys.stderr)
         return EXIT_FAILURE
     os.kill(pid, signal.SIGTERM)
     if _wait_gone(pid, timeout):
         print(f"gateway stopped (pid {pid})")
         return EXIT_OK
     print(f"gateway: still draining after {timeout:g}s; forcing the stop", file=sys.stderr)
-    os.kill(pid, signal.SIGTERM)
-    if _wait_gone(pid, 10):
+    _signal(pid, signal.SIGTERM)
+    if _wait_gone(pid, FORCED_STOP_WAIT_S):
+        print(f"gateway stopped (pid {pid}), forced")
         return EXIT_OK
-    os.kill(pid, signal.SIGKILL)
+    _signal(pid, signal.SIGKILL)
+    print(f"gateway: pid {pid} did not stop; killed it (its children stop when they see it gone)", file=sys.stderr)
     return EXIT_FAILURE
 
 
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
 def _wait_gone(pid: int, timeout: float) -> bool:
+    """Until `pid` has exited: a zombie counts as gone (under a subreaper that has not reaped it yet)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not alive(pid):
             return True
         time.sleep(0.05)
-    return False
+    return not alive(pid)
 
 
-def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None, as_json: bool = True) -> int:
-    """Send one admin command and print the reply."""
-    gw = _settings(config_path)
+def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None, as_json: bool = True,
+          pid_file: str | None = None, endpoint: str | None = None) -> int:
+    """Send one admin command and print the reply; say so at once when no gateway runs."""
+    where = _located(config_path, pid_file, endpoint)
     try:
-        reply = admin_call(_endpoint(gw), cmd, args, timeout=60 if cmd == "reload" else 5)
-    except AdminUnavailable as e:
+        pid = _running_pid(where.pid_file)
+    except NotRunning as e:
         print(f"gateway: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    timeout = RELOAD_TIMEOUT_S if cmd == "reload" else ADMIN_TIMEOUT_S
+    try:
+        reply = admin_call(where.admin, cmd, args, timeout=timeout)
+    except AdminUnavailable as e:
+        print(f"gateway: pid {pid} is running, but {e}; see its log ({where.log_file})", file=sys.stderr)
         return EXIT_FAILURE
     if not reply.ok:
         print(f"gateway: {cmd} failed: {reply.error}", file=sys.stderr)
@@ -188,11 +193,21 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
     elif cmd == "status":
         print(render_status(reply.result))
     elif cmd == "reload":
-        print(f"reloaded: generation {reply.result['generation']} serving, "
-              f"generation {reply.result['retiring']} draining")
+        result = reply.result
+        print(f"reloaded {result['config']}: generation {result['generation']} serving, "
+              f"generation {result['retiring']} draining")
+        for key in result.get("restart_needed", []):
+            print(f"note: gateway.{key} changed; it takes effect at the next start", file=sys.stderr)
     else:
         print(json.dumps(reply.result, indent=2))
     return EXIT_OK
+
+
+def reload(config_path: str | None, pid_file: str | None = None, endpoint: str | None = None) -> int:
+    """Reload the running gateway: with --config F, from F (which it then keeps: later reloads and SIGHUP re-read F,
+    as `kong reload -c` does); without, from the file it was started with or last reloaded from."""
+    args = {"config": os.path.abspath(config_path)} if config_path else None
+    return admin(config_path, "reload", args, as_json=False, pid_file=pid_file, endpoint=endpoint)
 
 
 def render_status(status: dict[str, Any]) -> str:

@@ -257,43 +257,59 @@ class Node:
                    for i in range(count)]
         return tree.workers_supervisor(generation, workers, config)
 
-    async def reload(self) -> dict[str, Any]:
-        """Apply the config file again: the new generation accepts before the old one stops."""
+    async def reload(self, config_path: str | None = None) -> dict[str, Any]:
+        """Apply the config file again (or `config_path`, which it then runs from): the new generation accepts before
+        the old one stops accepting. A rejected config changes nothing; why is logged and raised."""
         async with self._reload_lock:
+            path = os.path.abspath(config_path) if config_path else self.config_path
             try:
-                text, config = load_validated(self.config_path)
-            except ConfigError as e:
-                raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
-                    from None
-            addresses = listen_addresses(config)
-            try:
-                self.slots.ensure(addresses, self.worker_count(config))
-            except OSError as e:
-                raise AdminCommandError(f"config rejected, still serving the previous one: {e.strerror}") from None
-            old = self.generation
-            new = old + 1
-            try:
-                await self.root.start_child(self._generation_spec(new, text, config))  # type: ignore[union-attr]
-            except Exception as e:
-                raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
-                    from None
-            self.generation = new
-            self.config = config
-            current = self._write_current(text)
-            try:
-                await self.keeper.call("reload_config", {})
-            except KeeperUnavailable:
-                log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
-            await self._restart_satellites(current, config)
-            log.info("reload: generation %d accepting; generation %d draining", new, old)
-            self._nursery.start_soon(self._retire, old, addresses)  # type: ignore[union-attr]
-            return {"generation": new, "retiring": old}
+                return await self._reload(path)
+            except AdminCommandError as e:
+                log.error("reload of %s rejected: %s", path, e)
+                raise
+
+    async def _reload(self, path: str) -> dict[str, Any]:
+        try:
+            text, config = load_validated(path)
+        except ConfigError as e:
+            raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
+                from None
+        addresses = listen_addresses(config)
+        try:
+            self.slots.ensure(addresses, self.worker_count(config))
+        except OSError as e:
+            raise AdminCommandError(f"config rejected, still serving the previous one: {e.strerror}") from None
+        old = self.generation
+        new = old + 1
+        try:
+            await self.root.start_child(self._generation_spec(new, text, config))  # type: ignore[union-attr]
+        except Exception as e:
+            raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
+                from None
+        previous = self.config
+        self.generation = new
+        self.config = config
+        if path != self.config_path:
+            log.info("reload: the gateway now runs from %s (was %s)", path, self.config_path)
+            self.config_path = path
+        current = self._write_current(text)
+        try:
+            await self.keeper.call("reload_config", {})
+        except KeeperUnavailable:
+            log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
+        await self._restart_satellites(current, config)
+        restart_needed = _start_only_changes(previous, config)
+        for key in restart_needed:
+            log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
+        log.info("reload: generation %d accepting; generation %d draining", new, old)
+        self._nursery.start_soon(self._retire, old, addresses)  # type: ignore[union-attr]
+        return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
 
     async def _reload_logged(self) -> None:
         try:
             await self.reload()
-        except AdminCommandError as e:
-            log.error("reload (SIGHUP) failed: %s", e)
+        except AdminCommandError:
+            pass  # logged by reload
 
     async def _retire(self, generation: int, addresses: list[tuple[str, int]]) -> None:
         root = self.root
@@ -312,7 +328,10 @@ class Node:
         if cmd == "status":
             return await self.status()
         if cmd == "reload":
-            return await self.reload()
+            path = request.args.get("config")
+            if path is not None and not isinstance(path, str):
+                raise AdminCommandError("reload: config=PATH must be a string")
+            return await self.reload(path)
         if cmd == "stop":
             self._stop.set()
             return {"stopping": True}
@@ -372,6 +391,16 @@ def _child_json(info: ChildInfo, now: float) -> dict[str, Any]:
             "uptime_s": round(now - started, 3) if started is not None else None,
             "restarts": info.restart_count,
             **({"started_by": ref.started_by} if isinstance(ref, ProcessRef) else {})}
+
+
+START_ONLY = ("admin", "bus", "pid_file", "log_file", "status_listen", "restart_intensity", "restart_period_s",
+              "registration")  # the root applies these when it starts; a reload leaves them as they were
+
+
+def _start_only_changes(old: Config | None, new: Config) -> list[str]:
+    if old is None:
+        return []
+    return [key for key in START_ONLY if getattr(old.gateway, key) != getattr(new.gateway, key)]
 
 
 def _write_pid(path: str) -> None:

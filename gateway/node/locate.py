@@ -1,0 +1,129 @@
+"""Where a running gateway is, for `gateway stop | status | reload | admin`: its pid file and admin endpoint.
+
+They come from `--pid-file` / `--admin`, else from the config named by `--config` (read leniently: a file that is
+invalid elsewhere still names them, so a gateway can be stopped through its own broken config), else the defaults
+(run/gateway.pid, ipc://run/admin.sock). Relative paths are relative to the working directory.
+
+A pid file whose process has exited (or is a zombie: its parent has not reaped it yet), or now belongs to another
+program, is stale: it is removed, and the gateway is reported as not running.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import yaml
+
+from gateway.config import ConfigError
+from gateway.config.schema import GatewaySettings
+from gateway.node.paths import absolute_endpoint
+
+DEFAULTS = GatewaySettings()
+
+
+class NotRunning(Exception):
+    """No gateway runs at this pid file; the message says what was found (and what was cleaned up)."""
+
+
+@dataclass(frozen=True)
+class Location:
+    pid_file: str
+    admin: str  # absolute endpoint
+    log_file: str
+    note: str | None = None  # e.g. that the config is invalid but still named these
+
+
+def locate(config_path: str | None, pid_file: str | None = None, admin: str | None = None) -> Location:
+    """The pid file, admin endpoint and log file to use; ConfigError when the config cannot even name them."""
+    found: dict[str, str] = {}
+    note = None
+    if config_path is not None:
+        found, note = _read_gateway_block(config_path)
+    return Location(pid_file=pid_file or found.get("pid_file", DEFAULTS.pid_file),
+                    admin=absolute_endpoint(admin or found.get("admin", DEFAULTS.admin)),
+                    log_file=found.get("log_file", DEFAULTS.log_file), note=note)
+
+
+def _read_gateway_block(path: str) -> tuple[dict[str, str], str | None]:
+    """`gateway.pid_file`, `admin` and `log_file` as the file spells them, and a note if the file is not valid."""
+    from gateway.node.root import load_validated  # the full validation, to say whether the file is valid
+
+    try:
+        _, config = load_validated(path)
+        gw = config.gateway
+        return {"pid_file": gw.pid_file, "admin": gw.admin, "log_file": gw.log_file}, None
+    except ConfigError as e:
+        problems = e.messages
+    hint = "pass --pid-file (and --admin) to name the running gateway"
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        raise ConfigError([*problems, f"{path}: cannot find gateway.pid_file and gateway.admin in it; {hint}"]) \
+            from None
+    block = doc.get("gateway", {}) if isinstance(doc, dict) else None
+    if not isinstance(block, dict):
+        raise ConfigError([*problems, f"{path}: no gateway: mapping to find the pid file and admin endpoint in; "
+                                      f"{hint}"])
+    found = {}
+    for key in ("pid_file", "admin", "log_file"):
+        value = block.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError([*problems, f"{path}: gateway.{key}: expected a string; {hint}"])
+        if value is not None:
+            found[key] = value
+    count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
+    return found, (f"note: {path} is not a valid config ({count}; `gateway check-config {path}` lists them); "
+                   "using the pid file and admin endpoint it names")
+
+
+def running_pid(pid_file: str, remove_stale: bool = True) -> int:
+    """The pid of the gateway that wrote `pid_file`, if it runs; NotRunning otherwise (a stale file is removed)."""
+    try:
+        with open(pid_file) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        raise NotRunning(f"not running (no pid file {pid_file})") from None
+    except OSError as e:
+        raise NotRunning(f"cannot read the pid file {pid_file}: {e.strerror or e}") from None
+    if not text.isdigit():
+        why = f"{pid_file} holds no pid"
+    elif not alive(pid := int(text)):
+        why = f"{pid_file} names pid {pid}, which has exited"
+    elif not is_gateway(pid):
+        why = f"{pid_file} names pid {pid}, which is not a gateway (the pid was reused)"
+    else:
+        return pid
+    if remove_stale:
+        try:
+            os.unlink(pid_file)
+            why += "; removed the stale pid file"
+        except OSError:
+            pass
+    raise NotRunning(f"not running ({why})")
+
+
+def alive(pid: int) -> bool:
+    """The process exists and has not exited: a zombie (exited, not reaped yet) is not alive."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)  # no /proc: ask the kernel
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return state not in (b"Z", b"X")
+
+
+def is_gateway(pid: int) -> bool:
+    """The process runs the gateway (its command line names it); True where /proc cannot tell."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"gateway" in f.read()
+    except OSError:
+        return True
