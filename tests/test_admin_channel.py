@@ -250,3 +250,30 @@ def test_ops_scripts_against_a_live_gateway(gateway):
 
 async def _burst(gw: Gateway) -> list:
     return [await http(gw.port, "/cb") for _ in range(6)]
+
+
+def test_deeply_nested_huge_or_out_of_range_requests_get_a_clear_error_and_log_no_traceback(gateway):
+    gw, _, _ = gateway
+    before = tree(gw)
+    deep = 100_000
+    payloads = {
+        "nested argument": b'{"cmd": "status", "args": {"a": ' + b"[" * deep + b"]" * deep + b"}}",
+        "nested object argument": b'{"cmd": "status", "args": {"a": ' + b'{"b": ' * deep + b"1" + b"}" * deep + b"}}",
+        "nested document": b"[" * deep + b"]" * deep,
+        "nested command": b'{"cmd": ' + b"[" * deep + b"]" * deep + b"}",
+        "nested unknown field": b'{"cmd": "status", "x": ' + b"[" * deep + b"]" * deep + b"}",
+        "huge": json.dumps({"cmd": "status", "args": {"pad": "x" * (900 * 1024)}}).encode(),
+        "integer beyond 64 bits": b'{"cmd": "targets", "args": {"action": "weight", "target": "x", "weight": '
+                                  + str(2**70).encode() + b"}}",
+    }
+    sock = dealer(gw)
+    try:
+        for what, payload in payloads.items():
+            sock.send_multipart([b"", payload])
+            _, reply = sock.recv_multipart()
+            error = error_reply(reply)
+            assert error.startswith(("malformed request", "request too large")), (what, error)
+    finally:
+        sock.close()
+    still_serving(gw, before)
+    assert "Traceback" not in gw.log() and "internal error" not in gw.log()
