@@ -11,6 +11,8 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -439,6 +441,46 @@ def test_parse_args():
     )
     with pytest.raises(SystemExit):
         bench.parse_args(["--rounds", "0"])
+    assert bench.parse_args([]).restarts == 5 and bench.parse_args(["--quick"]).restarts == 3
+    assert bench.parse_args(["--restarts", "0"]).restarts == 0
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--restarts", "-1"])
+
+
+def test_restart_targets_and_report_line():
+    restarts = {"count": 3, "worker_ms": [31.0, 45.5, 38.0], "keeper_ms": [40.0, 130.0, 120.0],
+                "median_ms": {"worker": 38.0, "keeper": 120.0}}
+    results = bench.check_restarts(restarts)
+    assert [(str(r.target), r.ok, r.detail) for r in results] == [
+        ("worker restart <= 50 ms", True, "median 38 ms"),
+        ("keeper restart <= 100 ms", False, "median 120 ms"),
+    ]
+    assert bench.check_restarts(None) == []
+    assert bench.restarts_line(restarts) == ("kill -9 -> serving again (median of 3): worker 38 ms (31, 46, 38), "
+                                             "keeper 120 ms (40, 130, 120); targets 50 and 100 ms")
+
+
+def test_a_gateway_that_cannot_start_is_skipped_with_what_it_said(tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\necho 'Traceback ...' >&2\necho \"ModuleNotFoundError: No module named 'msgspec'\" >&2\n"
+                    "exit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    reason = bench.gateway_supports_workers.__wrapped__()
+    assert reason == (f"`-m gateway start --help` exited 1 with {fake}: ModuleNotFoundError: No module named "
+                      "'msgspec'")
+
+
+def test_started_by_another_python_the_bench_runs_itself_with_the_projects(tmp_path):
+    other = shutil.which("python3", path="/usr/bin:/usr/local/bin")
+    if other is None or Path(other).resolve() == Path(sys.executable).resolve():
+        pytest.skip("no python3 other than the project's")
+    out = subprocess.run([other, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "GATEWAY_BENCH_REEXEC"})
+    assert out.returncode == 0, out.stderr
+    assert f"bench: running with {ROOT / '.venv' / 'bin' / 'python'} (the project's environment), not {other}" \
+        in out.stderr
+    assert "--restarts N" in out.stdout
 
 
 # --- the machine ----------------------------------------------------------------------------------------------------
