@@ -523,10 +523,11 @@ def test_other_mcp_payloads():
     assert json.loads(payloads.tools_list_body(7)) == {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
 
 
-def test_locustfile_is_valid_python_with_two_user_classes():
+def test_locustfile_is_valid_python_with_the_two_user_classes_scripts_load_runs():
     tree = ast.parse((ROOT / "loadtest" / "locustfile.py").read_text())
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    assert {"ToolsCallUser", "McpSessionUser"} <= classes
+    assert {"McpSessionUser", "StatelessUser"} <= classes
+    assert "McpSessionUser StatelessUser" in (ROOT / "scripts" / "load").read_text()
 
 
 def test_baseline_twins_follow_each_gateway_configuration_and_run_the_other_tree(tmp_path):
@@ -592,3 +593,27 @@ def test_cpu_targets_compare_with_the_floor():
         ("gw-llhttp-1w-rl-cb CPU <= 1.40 x floor", False, "CPU 1.50 x floor")]
     table = bench.markdown_table({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0)})
     assert table.splitlines()[-1].endswith("| 125.0 | 0 | 1.25x |")
+
+
+def test_mcp_answers_are_read_from_json_or_event_streams():
+    sse = ('event: message\r\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":1}}\r\n\r\n'
+           'event: message\ndata: {"jsonrpc":"2.0","id":4,\ndata: "result":{"ok":true}}\n\n')
+    answer = payloads.messages("text/event-stream", sse)
+    assert [m.get("method") for m in answer] == ["notifications/progress", None]
+    assert payloads.response_to(4, answer) == {"jsonrpc": "2.0", "id": 4, "result": {"ok": True}}
+    assert payloads.messages("application/json; charset=utf-8", '{"jsonrpc":"2.0","id":1,"result":{}}')[0]["id"] == 1
+    with pytest.raises(ValueError, match="no response with id 5"):
+        payloads.response_to(5, answer)
+    with pytest.raises(ValueError, match="not an MCP answer: Content-Type text/html"):
+        payloads.messages("text/html", "<p>")
+
+
+def test_session_and_stateless_tool_calls():
+    call = json.loads(payloads.call_body("slow", {"steps": 2}, 3, progress_token=9))
+    assert call == {"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                    "params": {"name": "slow", "arguments": {"steps": 2}, "_meta": {"progressToken": 9}}}
+    headers, body = payloads.stateless_call("whoami", request_id=2)
+    assert headers["Mcp-Method"] == "tools/call" and headers["Mcp-Name"] == "whoami"
+    assert headers["MCP-Protocol-Version"] == "2026-07-28" == payloads.STATELESS_VERSION
+    assert json.loads(body)["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
+    assert json.loads(payloads.initialize_body())["params"]["protocolVersion"] == "2025-06-18"
