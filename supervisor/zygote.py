@@ -51,15 +51,17 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode()
 
 
-def serve(control_fd: int, resolve: Resolve, ready: Callable[[], None] = notify_ready) -> int:
+def serve(control_fd: int, resolve: Resolve, ready: Callable[[], None] = notify_ready,
+          spare_name: str | None = None) -> int:
     """Run the zygote until its supervisor is gone (the control socket closes); returns the exit code (0).
 
     `resolve(argv)` says what a child started with `argv` runs (a callable returning its exit code), or None when
-    this template cannot run it (the supervisor then executes argv itself).
+    this template cannot run it (the supervisor then executes argv itself). `spare_name`: the process name of the
+    spare waiting for a request (set_process_name), so that `ps` tells it from the zygote.
     """
     control = socket.socket(fileno=control_fd)
     control.setblocking(True)
-    zygote = _Zygote(control, resolve, os.getppid())
+    zygote = _Zygote(control, resolve, os.getppid(), spare_name)
     control.send(encode({"hello": os.getpid()}))
     ready()
     gc.freeze()  # what the template imported stays out of the collector's way, so its pages stay shared
@@ -86,10 +88,11 @@ class _Spare:
 class _Zygote:
     """The request loop's state: one spare child kept ready, so a request costs a message, not a fork."""
 
-    def __init__(self, control: socket.socket, resolve: Resolve, supervisor: int) -> None:
+    def __init__(self, control: socket.socket, resolve: Resolve, supervisor: int, spare_name: str | None) -> None:
         self.control = control
         self.resolve = resolve
         self.supervisor = supervisor
+        self.spare_name = spare_name
         self.spare: _Spare | None = None
 
     def answer(self, data: bytes, fds: list[int]) -> None:
@@ -155,6 +158,8 @@ class _Zygote:
                 if child == 0:
                     for fd in (pid_r, pid_w, ours.fileno(), self.control.fileno()):
                         os.close(fd)
+                    if self.spare_name:
+                        set_process_name(self.spare_name)
                     _wait_for_work(theirs, self.resolve, self.supervisor)  # never returns
                 os.write(pid_w, b"%d" % child)
                 code = 0

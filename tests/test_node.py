@@ -565,3 +565,27 @@ def test_stop_does_not_wait_for_a_root_that_is_a_zombie_under_a_subreaper(node):
     seconds, code, said = out.stdout.splitlines()[-1].split(maxsplit=2)
     assert code == "0" and said.startswith("gateway stopped (pid ")
     assert float(seconds) < 15, out.stdout  # the drain is quick; waiting for the zombie would take the whole 30 s
+
+
+def test_ctrl_c_in_a_terminal_stops_the_whole_tree_in_order(tmp_path, backend):
+    """The terminal sends SIGINT to the whole process group: only the root acts on it (children block it) and stops
+    the others in order, so no child exits on its own and is restarted meanwhile, and nothing is forced."""
+    gw = Gateway(tmp_path, free_port(), backend)
+    root = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--foreground", "--workers", "2", "--config",
+                             str(gw.config)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        wait_until(lambda: gw.root_pid() == root.pid, timeout=30)
+        pids = [c["pid"] for c in admin_status(gw)["tree"]["children"][-1]["children"]]
+        os.killpg(root.pid, signal.SIGINT)
+        output, _ = root.communicate(timeout=30)
+    finally:
+        if root.poll() is None:
+            root.kill()
+            root.wait()
+    assert root.returncode == 0, output
+    assert "SIGINT: graceful stop" in output and "gateway stopped" in output
+    assert "child_terminated" not in output and "shutdown_error" not in output and "forcing" not in output, output
+    assert "Traceback" not in output
+    assert output.count(": SIGTERM, draining") == 2  # each worker stopped by the root, not by the terminal's SIGINT
+    assert all(dead(pid) for pid in pids)

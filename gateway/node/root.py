@@ -35,7 +35,15 @@ from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
 from gateway.worker import listen_addresses
-from supervisor import ChildInfo, ChildSpec, Handle, RestartIntensityExceeded, StartError, serve
+from supervisor import (
+    ChildInfo,
+    ChildSpec,
+    Handle,
+    RestartIntensityExceeded,
+    StartError,
+    SupervisorNotRunning,
+    serve,
+)
 from supervisor.forkserver import ForkServer
 from supervisor.process import ProcessRef
 
@@ -194,7 +202,11 @@ class Node:
                     self._stop.set()
 
     async def _kill_everything(self) -> None:
-        for info in await self._all_workers():
+        try:
+            infos = await self._all_workers()
+        except SupervisorNotRunning:
+            return  # the tree has stopped already
+        for info in infos:
             if info.pid is not None and info.pid.os_pid:
                 try:
                     os.kill(info.pid.os_pid, signal.SIGKILL)

@@ -59,4 +59,4 @@ def run_zygote(control_fd: int) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     preload()
     set_process_name("gateway zygote")
-    return serve(control_fd, resolve)
+    return serve(control_fd, resolve, spare_name="gateway spare")
