@@ -1,6 +1,7 @@
 """Erlang/OTP supervisors for Trio: a pure restart policy (`SupervisorCore`) and a runtime (`serve`).
 
-Children are Trio tasks, OS processes (`Process`, ready via `notify_ready`) or nested supervisors.
+Children are Trio tasks, OS processes (`Process`, ready via `notify_ready`) or nested supervisors. OS processes can be
+forked from a pre-imported template process instead of executed (`ForkServer`, `supervisor.zygote`).
 """
 
 from supervisor.actions import Action as Action
@@ -22,9 +23,11 @@ from supervisor.errors import RestartIntensityExceeded as RestartIntensityExceed
 from supervisor.errors import StartError as StartError
 from supervisor.errors import SupervisorError as SupervisorError
 from supervisor.errors import SupervisorNotRunning as SupervisorNotRunning
+from supervisor.forkserver import ForkServer as ForkServer
 from supervisor.handle import Handle as Handle
 from supervisor.process import Process as Process
 from supervisor.process import ProcessStartError as ProcessStartError
+from supervisor.process import Spawner as Spawner
 from supervisor.ready import READY_FD_ENV as READY_FD_ENV
 from supervisor.ready import notify_ready as notify_ready
 from supervisor.reasons import KILLED as KILLED
