@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
 from supervisor.actions import (
     Action,
@@ -50,12 +51,16 @@ class ChildState(Enum):
     STOPPED = "stopped"
 
 
+PidT = TypeVar("PidT")
+
+
 @dataclass(frozen=True)
-class ChildInfo:
-    """One entry of which_children(); `id` is None for simple_one_for_one children, as in OTP."""
+class ChildInfo(Generic[PidT]):
+    """One entry of which_children(); `id` is None for simple_one_for_one children, as in OTP. `pid` is what the
+    runtime passed to started() (the runtime's handle says which type: a ChildRef)."""
 
     id: Hashable | None
-    pid: object | None
+    pid: PidT | None
     state: ChildState
     type: ChildType
     restart_count: int
@@ -250,7 +255,7 @@ class SupervisorCore:
         """Start again a child whose spec is kept but which is not running."""
         self._expect_idle(Phase.RUNNING)
         child, error = self._stopped_child(child_id)
-        if error is not None:
+        if child is None:
             return [Reply(error)]
         return self._run(_Job(_JobKind.RESTART_CHILD, deque([(_Op.START, child)])))
 
@@ -258,13 +263,13 @@ class SupervisorCore:
         """Forget the spec of a child that is not running."""
         self._expect_idle(Phase.RUNNING)
         child, error = self._stopped_child(child_id)
-        if error is None:
+        if child is not None:
             del self._children[child.key]
         return [Reply(error)]
 
     # Queries.
 
-    def which_children(self) -> list[ChildInfo]:
+    def which_children(self) -> list[ChildInfo[object]]:
         """Every child in start order, with its pid (None unless running), state, type and restart count."""
         return [
             ChildInfo(None if self._simple else c.spec.id, c.pid, c.state, c.spec.type, c.restart_count)
@@ -324,7 +329,9 @@ class SupervisorCore:
                 actions.append(Start(child.key, child.spec, child.args))
             elif child.state is ChildState.RUNNING:
                 job.waiting += 1
-                actions.append(Terminate(child.spec.id, child.pid, child.spec.shutdown))
+                shutdown = child.spec.shutdown
+                assert shutdown is not None  # ChildSpec.__post_init__ sets the default
+                actions.append(Terminate(child.spec.id, child.pid, shutdown))
             else:
                 self._delete(child)
         if job.waiting == 0:

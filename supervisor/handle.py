@@ -2,6 +2,7 @@
 
 import contextlib
 from collections.abc import Callable, Hashable, Sequence
+from typing import cast
 
 import trio
 
@@ -25,7 +26,7 @@ class Handle:
 
     async def start_child(self, spec_or_args: ChildSpec | Sequence[object]) -> ChildRef:
         """Add and start a child (simple_one_for_one: the template with extra args); its ref."""
-        return await self._call(lambda core: core.start_child(spec_or_args))
+        return cast(ChildRef, await self._call(lambda core: core.start_child(spec_or_args)))
 
     async def terminate_child(self, id_or_ref: object) -> None:
         """Stop a child by id (simple_one_for_one: by ref), keeping its spec unless temporary."""
@@ -33,19 +34,19 @@ class Handle:
 
     async def restart_child(self, child_id: Hashable) -> ChildRef:
         """Start again a stopped child whose spec is kept; its new ref."""
-        return await self._call(lambda core: core.restart_child(child_id))
+        return cast(ChildRef, await self._call(lambda core: core.restart_child(child_id)))
 
     async def delete_child(self, child_id: Hashable) -> None:
         """Forget the spec of a stopped child."""
         await self._call(lambda core: core.delete_child(child_id))
 
-    async def which_children(self) -> list[ChildInfo]:
+    async def which_children(self) -> list[ChildInfo[ChildRef]]:
         """Every child with its id, ref (os_pid, started_at, value), state, type and restart count."""
-        return await self._call(lambda core: [Reply(core.which_children())])
+        return cast(list[ChildInfo[ChildRef]], await self._call(lambda core: [Reply(core.which_children())]))
 
     async def count_children(self) -> ChildCounts:
         """Counts of specs, running children, supervisors and workers."""
-        return await self._call(lambda core: [Reply(core.count_children())])
+        return cast(ChildCounts, await self._call(lambda core: [Reply(core.count_children())]))
 
     async def stop(self) -> None:
         """Stop all children in reverse start order, then the supervisor, which exits normally."""

@@ -17,8 +17,11 @@ from supervisor.refs import ChildRef, ExitCallback
 class OsProcess(Protocol):
     """What ProcessRef needs of a started process (trio.Process has it, so does forkserver.ForkedProcess)."""
 
-    pid: int
-    returncode: int | None
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
 
     async def wait(self) -> int: ...
 

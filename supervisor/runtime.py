@@ -10,8 +10,9 @@ import contextlib
 import logging
 import math
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import trio
 
@@ -125,7 +126,7 @@ class _Runtime:
                 case Terminate() as terminate:
                     batch = [terminate]
                     while pending and isinstance(pending[0], Terminate):
-                        batch.append(pending.popleft())
+                        batch.append(cast(Terminate, pending.popleft()))
                     pending.extend(await self._terminate(batch))
                 case Report() as report:
                     self._log(report)
@@ -152,7 +153,7 @@ class _Runtime:
         actions: list[Action] = []
 
         async def terminate(action: Terminate) -> None:
-            reason = await action.pid.terminate(action.shutdown)
+            reason = await cast(ChildRef, action.pid).terminate(action.shutdown)
             actions.extend(self._core.terminated(action.pid, reason))
 
         async with trio.open_nursery() as nursery:
@@ -195,4 +196,4 @@ class _Runtime:
 def _make_ref(start: Start) -> ChildRef:
     if isinstance(start.spec.start, Process):
         return ProcessRef(start.spec.id, start.spec.start, start.args)
-    return TaskRef(start.spec.id, start.spec.start, start.args)
+    return TaskRef(start.spec.id, cast(Callable[..., Awaitable[Any]], start.spec.start), start.args)

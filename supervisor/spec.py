@@ -84,4 +84,6 @@ def _is_int(value: object) -> bool:
 
 
 def _valid_shutdown(value: object) -> bool:
-    return value in (BRUTAL_KILL, INFINITY) if isinstance(value, str) else _is_int(value) and value >= 0
+    if isinstance(value, str):
+        return value in (BRUTAL_KILL, INFINITY)
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -14,8 +14,7 @@ class AdminUnavailable(Exception):
 
 
 def admin_call(endpoint: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 5.0) -> AdminReply:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.REQ)
+    sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.REQ)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, int(timeout * 1000))
     sock.setsockopt(zmq.SNDTIMEO, int(timeout * 1000))

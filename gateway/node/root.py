@@ -46,6 +46,7 @@ from supervisor import (
 )
 from supervisor.forkserver import ForkServer
 from supervisor.process import ProcessRef
+from supervisor.refs import ChildRef
 
 log = logging.getLogger("gateway.node")
 
@@ -141,8 +142,10 @@ class Node:
         if spawner is not None:
             children.insert(0, tree.zygote_spec(spawner, config))
         gw = config.gateway
-        if gw.status_listen:
-            host, port = parse_host_port(gw.status_listen, None)  # type: ignore[misc]  # validated at load
+        status_at = parse_host_port(gw.status_listen, None) if gw.status_listen else None
+        if status_at is not None:
+            host, port = status_at
+            assert port is not None  # validated at load: status_listen names a port
             app = StatusApp(NodeStatus(self), multiprocess_registry(), version=__version__,
                             started_at=self.started_at)
             children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
@@ -239,13 +242,13 @@ class Node:
             except Exception as e:
                 log.error("reload: %s did not start on the new config: %s", spec.id, e)
 
-    async def child(self, child_id: str) -> ChildInfo | None:
+    async def child(self, child_id: str) -> ChildInfo[ChildRef] | None:
         """The root's child `child_id`, if it has one."""
         if self.root is None:
             return None
         return next((i for i in await self.root.which_children() if i.id == child_id), None)
 
-    async def current_workers(self) -> list[ChildInfo]:
+    async def current_workers(self) -> list[ChildInfo[ChildRef]]:
         """The workers of the generation now serving."""
         info = await self.child(f"workers@{self.generation}")
         if info is None or info.pid is None or not isinstance(info.pid.value, Handle):
@@ -360,7 +363,7 @@ class Node:
         raise AdminCommandError(f"unknown command {cmd!r}; try: status, reload, stop, workers, "
                                 f"{', '.join(sorted(KEEPER_COMMANDS))}")
 
-    async def _all_workers(self) -> list[ChildInfo]:
+    async def _all_workers(self) -> list[ChildInfo[ChildRef]]:
         if self.root is None:
             return []
         out = []
@@ -386,7 +389,7 @@ class Node:
         }
 
 
-async def _tree_json(info: ChildInfo, now: float) -> dict[str, Any]:
+async def _tree_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
     out = _child_json(info, now)
     ref = info.pid
     if ref is not None and isinstance(ref.value, Handle):
@@ -394,7 +397,7 @@ async def _tree_json(info: ChildInfo, now: float) -> dict[str, Any]:
     return out
 
 
-def _child_json(info: ChildInfo, now: float) -> dict[str, Any]:
+def _child_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
     ref = info.pid
     started = ref.started_at if ref is not None else None
     return {"id": info.id, "type": str(getattr(info.type, "value", info.type)),

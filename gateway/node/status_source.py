@@ -28,9 +28,9 @@ class NodeStatus(BaseStatusSource):
     async def workers(self) -> CheckResult:
         infos = await self.node.current_workers()
         expected = self.node.worker_count(self.node.config)  # type: ignore[arg-type]
-        running = [i for i in infos if i.pid is not None and i.pid.os_pid]
+        running = [i.pid.os_pid for i in infos if i.pid is not None and i.pid.os_pid]
         details = {"expected": expected, "running": len(running), "generation": self.node.generation,
-                   "pids": [i.pid.os_pid for i in running], "restarts": sum(i.restart_count for i in infos)}
+                   "pids": running, "restarts": sum(i.restart_count for i in infos)}
         if len(running) == expected:
             return CheckResult("healthy", details)
         return CheckResult("degraded" if running else "unhealthy", details)

@@ -18,7 +18,7 @@ import sys
 from functools import partial
 
 from gateway.config import Config
-from supervisor import ChildSpec, Process, Restart, SupervisorSpec, SupFlags, serve
+from supervisor import ChildSpec, ChildType, Process, Restart, Strategy, SupervisorSpec, SupFlags, serve
 from supervisor.forkserver import ForkServer
 
 SHUTDOWN_MARGIN_MS = 5000  # beyond drain_timeout, before a draining worker is killed
@@ -67,11 +67,13 @@ def needs_discovery(config: Config) -> bool:
 
 def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> ChildSpec:
     gw = config.gateway
-    spec = SupervisorSpec(SupFlags("one_for_one", gw.worker_restart_intensity, gw.worker_restart_period_s),
+    spec = SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, gw.worker_restart_intensity, gw.worker_restart_period_s),
                           workers, name=f"workers@{generation}")
-    return ChildSpec(f"workers@{generation}", partial(serve, spec), restart=Restart.PERMANENT, type="supervisor")
+    return ChildSpec(f"workers@{generation}", partial(serve, spec), restart=Restart.PERMANENT,
+                     type=ChildType.SUPERVISOR)
 
 
 def root_spec(config: Config, children: list[ChildSpec]) -> SupervisorSpec:
     gw = config.gateway
-    return SupervisorSpec(SupFlags("one_for_one", gw.restart_intensity, gw.restart_period_s), children, name="root")
+    return SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, gw.restart_intensity, gw.restart_period_s), children,
+                          name="root")
