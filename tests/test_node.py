@@ -196,7 +196,8 @@ def test_files_holding_config_or_secrets_are_private(tmp_path, backend):
     try:
         assert gw.start(workers=1).returncode == 0
         with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:  # reads (creates) the key file
-            sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: x\r\nMcp-Session-Id: k.forged\r\nConnection: close\r\n\r\n")
+            sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nMcp-Session-Id: k.forged\r\n"
+                         b"Connection: close\r\n\r\n" % gw.port)
             assert b" 404 " in sock.recv(65536)
         run = tmp_path / "run"
         modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [run, *run.iterdir()] if not p.is_socket()}
