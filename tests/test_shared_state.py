@@ -411,17 +411,17 @@ def local_share_admits(gw: Gateway) -> int:
 
 async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda i: (), tenants: int = 1,
                        meanwhile=None) -> float:
-    """Load `path` with 3x its limit (per tenant) within one minute window; admitted / LIMIT per tenant.
+    """Load `path` with 3x its limit (per tenant; at least 2x) within one minute window; admitted / LIMIT per tenant.
     `meanwhile`, an async function, runs alongside the load. The keeper is alive throughout, so every admission
     is one of its tokens: none is made on a local share."""
-    await fresh_minute(need_s=5)
+    await fresh_minute(need_s=10)
     local_before = local_share_admits(gw)
     wall0 = time.time()
     since = time.monotonic()
     replies = []
 
     async def run() -> None:
-        replies.extend(await load(gw.port, path, clients=8, duration=4, max_requests=3 * LIMIT * tenants,
+        replies.extend(await load(gw.port, path, clients=8, duration=8, max_requests=3 * LIMIT * tenants,
                                   headers=headers))
 
     async with trio.open_nursery() as nursery:
@@ -432,13 +432,14 @@ async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda 
     assert int(wall0 // 60) == int(wall1 // 60), "the load crossed a minute boundary"
     statuses = Counter(r.status for r in replies)
     assert set(statuses) <= {200, 429}, statuses
-    assert statuses[200] + statuses[429] == 3 * LIMIT * tenants
+    # On a busy machine the clients may not send all 3x within the time: at least 2x the limit is demand enough.
+    assert 2 * LIMIT * tenants <= statuses[200] + statuses[429] <= 3 * LIMIT * tenants, statuses
     await thread(backend.attribute, gw.worker_pids())
     served = backend.by_worker(backend.hits(path, since=since))
     assert sum(served.values()) == statuses[200]
     assert len([pid for pid in served if pid]) == gw.workers, f"not every worker served: {served}"
     ratio = statuses[200] / (LIMIT * tenants)
-    print(f"\n{path}: {gw.workers} workers, limit {LIMIT}/min x {tenants}, demand {3 * LIMIT * tenants}: "
+    print(f"\n{path}: {gw.workers} workers, limit {LIMIT}/min x {tenants}, demand {statuses[200] + statuses[429]}: "
           f"admitted {statuses[200]} ({ratio:.3f} x L), 429 {statuses[429]}, per worker {sorted(served.values())}, "
           f"{wall1 - wall0:.2f}s")
     assert LIMIT * tenants * 0.95 <= statuses[200] <= LIMIT * tenants * 1.01
