@@ -220,10 +220,10 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
             policies = [*policies, NO_SERVICE]
             consumer_policies = {cid: [*chain, NO_SERVICE] for cid, chain in (consumer_policies or {}).items()} \
                 or None
-        runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
+        route_runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
         if "http" not in route.protocols:
-            runtime.https_redirect = route.https_redirect_status_code
-        specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
+            route_runtime.https_redirect = route.https_redirect_status_code
+        specs.append(RouteSpec(route_runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
                                mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None,

@@ -37,9 +37,10 @@ class LeastConnections:
             return None
         index = heap[0]
         if index in skip:
-            index = self._best_not_skipped(skip)
-            if index is None:
+            best = self._best_not_skipped(skip)
+            if best is None:
                 return None
+            index = best
         # A target that lagged (it was busier or re-joined) restarts from now instead of banking turns.
         start = max(self._pass[index], self._vtime)
         self._vtime = start

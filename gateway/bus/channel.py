@@ -65,7 +65,7 @@ class KeeperChannel:
         self._on_message(msg)
 
     def _on_event(self, frames: list[bytes]) -> None:
-        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED:
+        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED and self._on_disconnect is not None:
             self._on_disconnect()
 
     async def run(self) -> None:

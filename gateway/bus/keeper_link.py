@@ -45,7 +45,8 @@ class KeeperLink:
 
     async def call(self, cmd: str, args: dict[str, Any], timeout: float = 2.0) -> p.AdminResult:
         call_id = next(self._ids)
-        event, box = trio.Event(), []
+        event = trio.Event()
+        box: list[p.AdminResult] = []
         self._waiting[call_id] = (event, box)
         try:
             if not self._sock.send([p.encode(p.AdminOp(cmd=cmd, args=args, id=call_id))]):

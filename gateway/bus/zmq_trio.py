@@ -20,7 +20,7 @@ class TrioSocket:
 
     def __init__(self, sock: zmq.Socket) -> None:
         self.sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # ZMQ_FD is an int option
 
     async def recv_multipart(self) -> list[bytes]:
         sock = self.sock
@@ -29,7 +29,7 @@ class TrioSocket:
                 return sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 pass
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type, operator]  # an int option
                 continue
             await trio.lowlevel.wait_readable(self._fd)
 
@@ -42,7 +42,7 @@ class TrioSocket:
                 return
             except zmq.Again:
                 pass
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLOUT:  # type: ignore[arg-type, operator]  # an int option
                 continue
             await trio.lowlevel.wait_readable(self._fd)  # the fd signals any change, POLLOUT included
 
@@ -62,7 +62,7 @@ class PumpedSocket:
 
     def __init__(self, sock: zmq.Socket, on_message: Callable[[list[bytes]], None]) -> None:
         self.sock = sock
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # ZMQ_FD is an int option
         self._on_message = on_message
         self._pumping = False
 
@@ -97,7 +97,7 @@ class PumpedSocket:
         sock = self.sock
         while True:
             self.pump()
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type, operator]  # an int option
                 continue
             await trio.lowlevel.wait_readable(self._fd)
 

@@ -159,7 +159,7 @@ def flatten_consumers(config: Config) -> None:
 def check_consumers(config: Config, errors: list[str]) -> None:
     """Consumers are identifiable and unique; every credential names a consumer that exists (then by its id);
     keys and usernames that identify a credential are unique. Secret values are never quoted."""
-    by_ref: dict[str, Any] = {}
+    by_ref: dict[str | None, Any] = {}
     seen: dict[tuple[str, str], Any] = {}
     for consumer in config.consumers:
         where = path_of(consumer)
@@ -179,7 +179,7 @@ def check_consumers(config: Config, errors: list[str]) -> None:
         by_ref.setdefault(consumer.id, consumer)
         if consumer.username is not None:
             by_ref.setdefault(consumer.username, consumer)
-    counters: dict[tuple[str, str], int] = {}
+    counters: dict[tuple[str, str | None], int] = {}
     unique: dict[tuple[str, str], Any] = {}
     for attr in CREDENTIALS:
         for cred in getattr(config, attr):
@@ -194,27 +194,27 @@ def check_consumers(config: Config, errors: list[str]) -> None:
                 errors.append(f"{where}.consumer: name the consumer (its id or username), or nest the credential "
                               "under it")
                 continue
-            consumer = by_ref.get(cred.consumer)
-            if consumer is None:
+            owner = by_ref.get(cred.consumer)
+            if owner is None:
                 errors.append(f"{where}.consumer: no consumer with id or username {cred.consumer!r}")
                 continue
-            cred.consumer = consumer.id
+            cred.consumer = owner.id
             for field in ("id", "key", "username", "group"):
                 value = getattr(cred, field, None)
                 if isinstance(value, str) and not _header_safe(value):
                     errors.append(f"{where}.{field}: control characters are not allowed (it is sent upstream in a "
                                   "header)")
-            n = counters[(attr, consumer.id)] = counters.get((attr, consumer.id), -1) + 1
+            n = counters[(attr, owner.id)] = counters.get((attr, owner.id), -1) + 1
             if cred.id is None:
-                cred.id = str(uuid.uuid5(_OWN_NAMESPACE, f"{attr}:{consumer.id}:{n}"))
+                cred.id = str(uuid.uuid5(_OWN_NAMESPACE, f"{attr}:{owner.id}:{n}"))
             _check_credential(attr, cred, where, unique, errors)
     for plugin in config.plugins:
         if plugin.consumer is not None:
-            consumer = by_ref.get(plugin.consumer)
-            if consumer is None:
+            owner = by_ref.get(plugin.consumer)
+            if owner is None:
                 errors.append(f"{path_of(plugin)}.consumer: no consumer with id or username {plugin.consumer!r}")
             else:
-                plugin.consumer = consumer.id
+                plugin.consumer = owner.id
 
 
 def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, str], Any],

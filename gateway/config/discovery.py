@@ -44,7 +44,7 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 def valid_endpoint(text: str) -> bool:
     """'host:port' or 'http://host:port' with a port in 1..65535."""
     m = _ENDPOINT.match(text.strip())
-    return bool(m) and 0 < int(m.group(1)) < 65536
+    return m is not None and 0 < int(m.group(1)) < 65536
 
 
 def parse_duration(value: int | float | str, number_unit: float = 1.0) -> float:

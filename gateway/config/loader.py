@@ -206,7 +206,7 @@ def _flatten(config: Config) -> None:
     for route in config.routes:
         for plugin in route.plugins:
             plugin.route = route.name
-            plugin._route = route  # routes need no name: the runtime matches a nested plugin by its route
+            plugin._route = route  # type: ignore[attr-defined]  # routes need no name: matched by this route
             config.plugins.append(plugin)
         route.plugins = []
     for up in config.upstreams:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -104,7 +104,8 @@ class EtcdClient:
                for kv in doc.get("kvs", [])]
         return revision, kvs
 
-    async def watch_prefix(self, prefix: str, start_revision: int) -> AsyncIterator[tuple[int, list[WatchEvent]]]:
+    async def watch_prefix(self, prefix: str,
+                           start_revision: int) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
         """(revision, events) per watch response, from `start_revision` on; raises Compacted or TransportError."""
         key = prefix.encode()
         body = {"create_request": {"key": b64(key), "range_end": b64(prefix_range_end(key)),

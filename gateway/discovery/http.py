@@ -98,7 +98,7 @@ class _Conn:
                 continue
             if isinstance(event, h11.ConnectionClosed):
                 raise TransportError(f"{self.endpoint}: connection closed mid-response")
-            return event
+            return event  # type: ignore[return-value]  # not PAUSED: one response is read per request
 
     async def response_head(self) -> Response:
         while True:

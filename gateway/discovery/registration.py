@@ -133,7 +133,9 @@ def _etcd(reg: Registration) -> EtcdClient:
 async def register_service(reg: Registration, *, client: ConsulClient | EtcdClient | None = None) -> None:
     """Register once (TransportError / ConsulError / EtcdError on failure). etcd: sets `reg.lease`."""
     if reg.backend == "consul":
-        await (client or _consul(reg)).put("/v1/agent/service/register", reg.consul_payload())  # type: ignore[union-attr]
+        consul = client or _consul(reg)
+        assert isinstance(consul, ConsulClient)
+        await consul.put("/v1/agent/service/register", reg.consul_payload())
         return
     etcd = client or _etcd(reg)
     assert isinstance(etcd, EtcdClient)
@@ -159,7 +161,9 @@ async def register_service(reg: Registration, *, client: ConsulClient | EtcdClie
 async def deregister_service(reg: Registration, *, client: ConsulClient | EtcdClient | None = None) -> None:
     """Remove the registration (consul: deregister; etcd: revoke the lease, which deletes the key)."""
     if reg.backend == "consul":
-        await (client or _consul(reg)).put(f"/v1/agent/service/deregister/{reg.id}")  # type: ignore[union-attr]
+        consul = client or _consul(reg)
+        assert isinstance(consul, ConsulClient)
+        await consul.put(f"/v1/agent/service/deregister/{reg.id}")
         return
     etcd = client or _etcd(reg)
     assert isinstance(etcd, EtcdClient)

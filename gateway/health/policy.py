@@ -67,9 +67,9 @@ class ActivePolicy:
                 healthy_interval = unhealthy_interval = alias.interval_s
             elif not healthy_interval and not unhealthy_interval:
                 healthy_interval = unhealthy_interval = NGINX_DEFAULTS["interval_s"]
-            successes = alias.rise or successes or NGINX_DEFAULTS["rise"]
+            successes = int(alias.rise or successes or NGINX_DEFAULTS["rise"])
             kong_failures = a.unhealthy.http_failures or a.unhealthy.tcp_failures or a.unhealthy.timeouts
-            failures = alias.fall or (0 if kong_failures else NGINX_DEFAULTS["fall"])
+            failures = int(alias.fall or (0 if kong_failures else NGINX_DEFAULTS["fall"]))
             expected = alias.expected_statuses()
             if expected is not None:
                 healthy_statuses, unhealthy_statuses = frozenset(expected), None

@@ -47,7 +47,7 @@ async def _status_line(stream: trio.abc.Stream, policy: ActivePolicy, host_heade
         if event is h11.NEED_DATA:
             chunk = await stream.receive_some(16384)
             eof = not chunk
-            conn.receive_data(chunk)
+            conn.receive_data(bytes(chunk))
             continue
         if isinstance(event, h11.Response):
             return event.status_code

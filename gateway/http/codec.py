@@ -13,7 +13,7 @@ in h11). tests/http/test_codec_conformance.py pins all of this for both codecs.
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Protocol, final
 
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
 
@@ -68,6 +68,7 @@ CLOSED = _Sentinel("CLOSED")  # the peer closed the connection between messages
 Event = Request | Response | bytes | _Sentinel
 
 
+@final  # codecs test `type(ev) is ProtocolError` (faster than isinstance): no subclass may exist
 class ProtocolError(Exception):
     """The peer broke HTTP/1.1. `status` is what a server should answer (400, 431, 501, ...), as h11's hint."""
 
@@ -79,6 +80,7 @@ class ProtocolError(Exception):
 class ServerCodec(Protocol):
     """One client connection seen from the server: parses requests, frames responses."""
 
+    def __init__(self, max_header_bytes: int = 16384) -> None: ...
     def receive_data(self, data: bytes) -> None: ...  # b"" means the client closed its side
     def next_event(self) -> Event: ...  # Request, bytes, END, CLOSED or NEED_DATA; raises ProtocolError
     # `lines`: header lines formatted by the gateway itself (b"Name: value\r\n" each, never a framing header),

@@ -83,7 +83,7 @@ class _H11Codec:
         except h11.RemoteProtocolError as e:  # pragma: no cover - h11 raises RuntimeError for data after EOF
             raise ProtocolError(str(e), e.error_status_hint) from None
 
-    def _end(self, ev: h11.EndOfMessage, status: int) -> object:
+    def _end(self, ev: h11.EndOfMessage, status: int) -> Event:
         # Trailers are dropped; h11 bounds them only while incomplete, llhttp also when they arrive whole.
         if ev.headers and sum(len(n) + len(v) + 4 for n, v in ev.headers) > self._max:
             raise ProtocolError("trailer section too large", status)
@@ -282,4 +282,5 @@ class H11Client(_H11Codec):
     @property
     def keep_alive(self) -> bool:
         # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for.
-        return _H11Codec.keep_alive.fget(self) and not self._eof and not self._conn.trailing_data[0]
+        keep = _H11Codec.keep_alive.fget(self)  # type: ignore[attr-defined]  # mypy: a property has fget
+        return keep and not self._eof and not self._conn.trailing_data[0]

@@ -135,7 +135,7 @@ class _Parsing(_BodyFramer):
         headers = self._headers
         self._trailers.room = self._max_head
         self._headers = self._trailers
-        return headers
+        return headers  # type: ignore[return-value]  # a plain list while a head is parsed (on_message_begin)
 
     def _head_too_large(self, start: int, headers: Headers) -> bool:
         """The head is at most what was fed for it; only when that bound exceeds the limit do we size it."""
@@ -169,10 +169,12 @@ class _Parsing(_BodyFramer):
         self._dead = True
 
 
+
 class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close")
+    _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
 
@@ -228,8 +230,11 @@ class LlhttpServer(_Parsing):
             return
         if data:
             self._feed(data)
-        else:
-            self._fail(ProtocolError("client closed the connection mid-request") if self._started else CLOSED)
+        elif self._started:
+            self._fail(ProtocolError("client closed the connection mid-request"))
+        else:  # between requests: the client is done
+            self._events.append(CLOSED)
+            self._dead = True
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         # llhttp stops after a request with Upgrade (or CONNECT), skipping any body. Like h11 we serve it as an
@@ -237,6 +242,7 @@ class LlhttpServer(_Parsing):
         # allows; but a body llhttp skipped cannot be recovered, so such a request is refused instead.
         events = self._events
         request = events[-2]
+        assert type(request) is Request  # the head llhttp parsed before it stopped
         for name, value in request.headers:
             if (name == b"content-length" and value.strip(b"0")) or name == b"transfer-encoding":
                 events.pop()
@@ -332,6 +338,7 @@ class LlhttpClient(_Parsing):
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
                  "_request_sent", "_response_done", "_eof")
+    _parser: httptools.HttpResponseParser
 
     _MALFORMED = "malformed upstream response"
     _BAD = 502

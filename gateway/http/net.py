@@ -154,7 +154,7 @@ async def open_connection(host: str, port: int) -> Conn:
         if not infos:
             raise OSError(errno.EHOSTUNREACH, f"no address for {host}")
         family, _, _, _, addr = infos[0]
-        host = addr[0]
+        host = str(addr[0])
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

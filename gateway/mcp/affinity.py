@@ -35,7 +35,7 @@ class SessionAffinity:
 
     def target_index(self, name: str) -> int | None:
         """The index of target `name` ("host:port") in the group's current target list."""
-        targets = self._group.targets
+        targets: list[Any] = self._group.targets
         if self._index_of is not targets or len(self._index) != len(targets):
             self._index = {t.name: i for i, t in enumerate(targets)}
             self._index_of = targets

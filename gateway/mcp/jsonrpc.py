@@ -17,7 +17,7 @@ import base64
 import binascii
 import json
 import re
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]  # there, though typeshed does not say so
 from typing import Any
 
 import msgspec

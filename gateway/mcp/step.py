@@ -174,8 +174,8 @@ async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None
     if h_method is not None:
         # 2026-07-28: the headers say it (the MCP step checks them against the body before forwarding).
         method = h_method.decode("latin-1")
-        name = jsonrpc.decode_header_value(h_name) if h_name is not None else None
-        mcp.info = jsonrpc.RpcInfo(method, name)  # not from the body: the step reads it to check the headers
+        tool = jsonrpc.decode_header_value(h_name) if h_name is not None else None
+        mcp.info = jsonrpc.RpcInfo(method, tool)  # not from the body: the step reads it to check the headers
         return mcp
     if req.method != b"POST":
         mcp.info = jsonrpc.NOT_JSON

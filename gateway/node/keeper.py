@@ -137,8 +137,8 @@ class Keeper:
             updates, permits = self.breakers.record(msg.items, now)
             return [p.ProbePermit(target=t) for t in permits], ([p.BreakersChanged(updates=updates)] if updates else [])
         if isinstance(msg, p.GiveBack):
-            for r in msg.returned:
-                self.ledger.return_unused(r)
+            for back in msg.returned:
+                self.ledger.return_unused(back)
             for f in msg.fallback:
                 self.ledger.report_fallback(f, now)
             return [], []
@@ -250,7 +250,7 @@ class Keeper:
         for update in updates:
             if update.state is State.HALF_OPEN:
                 self._turns[update.target] = 0
-        direct = []
+        direct: list[tuple[bytes, p.Msg]] = []
         for target in permits:
             # To the workers that sent this target traffic, the latest first: an idle worker would sit on its permit
             # until it lapses. A lapsed permit goes to the next candidate.
@@ -365,9 +365,9 @@ async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None
                         REDIS_FALLBACK.labels(name).inc(total - reported.get(name, 0))
                         reported[name] = total
             for key, store, call in keeper.ledger.remote_calls(now, wall):
-                client = clients.get(store)
-                if client is not None:
-                    nursery.start_soon(_remote_call, keeper, client[1], store, key, call, deliver)
+                entry = clients.get(store)
+                if entry is not None:
+                    nursery.start_soon(_remote_call, keeper, entry[1], store, key, call, deliver)
 
 
 async def _serve_client(client: RedisStore, scope: trio.CancelScope) -> None:

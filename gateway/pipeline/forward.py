@@ -335,7 +335,7 @@ async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> N
 
 def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
     """Body bytes already parsed with the head, and whether the response is complete: one write when small."""
-    parts = []
+    parts: list[bytes] = []
     while True:
         ev = codec.next_event()
         if ev is NEED_DATA:

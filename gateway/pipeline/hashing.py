@@ -42,7 +42,7 @@ def _key(spec: tuple[str, bytes], ex: Exchange, path: bytes, query: bytes) -> by
         return None
     if kind == "query_arg" and query:
         wanted = name.decode("latin-1")
-        for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if k == wanted:
-                return v.encode("latin-1")
+        for arg, arg_value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if arg == wanted:
+                return arg_value.encode("latin-1")
     return None

@@ -75,7 +75,7 @@ class Decision:
         if self.local is not None:
             return self.local[index]
         if self.grant is None:
-            return self.spec.windows[index].limit
+            return self.spec.windows[index].limit  # type: ignore[union-attr]  # a decision with a limit has its spec
         return max(0, self.grant.remaining[index] + self.tokens)
 
 
@@ -192,7 +192,7 @@ class LeaseTable:
         if lease is None:
             return
         lease.in_flight = False
-        if lease.tokens and (now >= lease.expires or grant.resets != lease.grant.resets):
+        if lease.tokens and (now >= lease.expires or grant.resets != lease.grant.resets):  # type: ignore[union-attr]
             self._void(lease)
         if grant.granted:
             if lease.pace and not lease.tokens:
@@ -355,7 +355,7 @@ class LeaseTable:
     def _void(lease: Lease) -> None:
         """The lease's tokens expire; keep them to give back (older ones from other windows are dropped)."""
         if lease.tokens:
-            if lease.unused and lease.unused_grant.resets != lease.grant.resets:
+            if lease.unused and lease.unused_grant.resets != lease.grant.resets:  # type: ignore[union-attr]
                 lease.unused = 0
             lease.unused += lease.tokens
             lease.unused_grant = lease.grant

@@ -235,7 +235,7 @@ class Ledger:
         for key in due:
             state = self._keys.get(key)
             remote = state.remote if state is not None else None
-            if remote is None or remote.in_flight:
+            if state is None or remote is None or remote.in_flight:
                 continue
             if remote.store.down and now < remote.next_try:
                 self._due.append(key)  # stays due until its retry time

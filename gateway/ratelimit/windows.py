@@ -14,8 +14,8 @@ def window_bounds(period: str, wall: float) -> tuple[float, float]:
     """[start, end) in Unix seconds of the `period` window holding `wall`; month and year follow the UTC calendar."""
     size = FIXED_SECONDS.get(period)
     if size is not None:
-        start = floor(wall / size) * size
-        return float(start), float(start + size)
+        first = floor(wall / size) * size
+        return float(first), float(first + size)
     moment = datetime.fromtimestamp(wall, UTC)
     if period == "month":
         start = datetime(moment.year, moment.month, 1, tzinfo=UTC)

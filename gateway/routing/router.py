@@ -132,7 +132,8 @@ class Router(Generic[T]):
     def __init__(self, specs: Sequence[RouteSpec[T]]) -> None:
         cands: list[_Candidate[T]] = []
         for order, spec in enumerate(specs):
-            for path in spec.paths or [None]:
+            paths: Sequence[str | None] = spec.paths or [None]
+            for path in paths:
                 cands.append(_Candidate(spec, path, order))
         # Highest possible score first, so the scan can stop once no later candidate could beat the best match.
         cands.sort(key=lambda c: (-c.rank, c.order))

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import trio
 import zmq
@@ -57,7 +58,7 @@ class SharedState:
         self._passive: list[tuple[str, str, int]] = []
         self._send: Callable[[p.Msg], bool] = lambda msg: False
         self._pump: Callable[[], None] = _nothing  # hands over what the bus has received, now
-        self._local = None  # the keeper's logic, in-process, when there is no bus
+        self._local: Any = None  # the keeper's logic (node.keeper.Keeper), in-process, when there is no bus
 
     def attach(self, runtime: Runtime) -> None:
         """Learn the runtime's targets, so published states reach their upstream groups."""

@@ -25,7 +25,7 @@ class Acl:
 
     def __init__(self, config: AclConfig) -> None:
         self.deny = bool(config.deny)
-        self.groups = frozenset(config.deny if self.deny else config.allow or ())
+        self.groups = frozenset((config.deny if self.deny else config.allow) or ())
         self.hide = config.hide_groups_header
         self._decided: dict[tuple[str, ...], bool] = {}  # a consumer's groups -> admitted (per config load)
 

@@ -108,14 +108,14 @@ class Jwt(AuthPolicy):
                     found[_BARE] = None
                 elif value:
                     found[value.encode("utf-8", "surrogateescape")] = None
-        for name in self.cookies:
-            cookie = cookie_value(req.headers, name)
+        for cookie_name in self.cookies:
+            cookie = cookie_value(req.headers, cookie_name)
             if cookie:
                 found[cookie] = None
-        for name in self.headers:
-            value = header_value(req.headers, name)
-            if value is not None:
-                m = _BEARER.search(value)
+        for header_name in self.headers:
+            header = header_value(req.headers, header_name)
+            if header is not None:
+                m = _BEARER.search(header)
                 if m is not None:
                     found[m.group(1)] = None
         if not found:
@@ -178,7 +178,7 @@ class Jwt(AuthPolicy):
     def _in_time(self, exp: Any, nbf: Any, now: int) -> dict[str, str] | None:
         """Kong's verify_registered_claims (each of claims_to_verify must be a number, and in time), then
         check_maximum_expiration; None when they pass, else the JSON body of the 401."""
-        failed = {}
+        failed: dict[str, str] = {}
         for claim in self.claims_to_verify:
             value = exp if claim == "exp" else nbf
             if not _is_number(value):
