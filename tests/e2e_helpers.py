@@ -308,7 +308,7 @@ class GatewayNode:
             return None
 
     async def status(self) -> dict[str, Any]:
-        out = await self.acli("status", "--json", timeout=20)
+        out = await self.acli("status", "--json", timeout=60)
         assert out.returncode == 0, out.stderr
         doc = json.loads(out.stdout)
 
@@ -331,7 +331,7 @@ class GatewayNode:
         return [w["pid"] for w in generation["children"] if w["pid"]]
 
     async def admin(self, cmd: str, **args: Any) -> Any:
-        out = await self.acli("admin", cmd, *(f"{k}={v}" for k, v in args.items()), timeout=20)
+        out = await self.acli("admin", cmd, *(f"{k}={v}" for k, v in args.items()), timeout=60)
         assert out.returncode == 0, f"admin {cmd} {args}: {out.stderr}"
         return json.loads(out.stdout)
 

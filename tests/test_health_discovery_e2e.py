@@ -399,6 +399,13 @@ class Phases:
         self.mark = counts(self.backends)
         return row
 
+    async def each_more_than(self, hits: int, at_least_s: float, timeout: float) -> None:
+        """At least `at_least_s`, then until every backend has more than `hits` in this phase (a busy machine serves
+        fewer requests a second; bounded by `timeout`)."""
+        await trio.sleep(at_least_s)
+        await wait_for(lambda: min(delta(counts(self.backends), self.mark).values()) > hits, timeout,
+                       what=f"more than {hits} requests to each backend")
+
 
 async def test_etcd_discovery_add_remove_reweight_and_outage_under_load(backends, gateway, etcd, nursery) -> None:
     from gateway.discovery.etcd import EtcdClient
@@ -429,7 +436,7 @@ async def test_etcd_discovery_add_remove_reweight_and_outage_under_load(backends
     # add c: traffic within moments
     await client.put(prefix + "c", etcd_value(c))
     timings["c first request after put"] = await wait_for(lambda: c.hits > 0, 5, interval=0.01, what="c traffic")
-    await trio.sleep(0.6)
+    await phases.each_more_than(20, 0.6, timeout=15)
     added = phases.end("added c")
     assert min(added.values()) > 20, added
 
@@ -525,7 +532,7 @@ async def test_consul_discovery_add_remove_and_agent_outage_under_load(backends,
     register(c)
     timings["c first request after register"] = await wait_for(lambda: c.hits > 0, 5, interval=0.01,
                                                                what="c traffic")
-    await trio.sleep(0.6)
+    await phases.each_more_than(20, 0.6, timeout=15)
     added = phases.end("added c")
     assert min(added.values()) > 20, added
 
@@ -624,7 +631,7 @@ async def test_drained_target_gets_no_new_requests_and_finishes_in_flight_ones(b
     slow: dict[str, Any] = {}
 
     async def slow_request() -> None:
-        reply = await request(gw.port, "POST", "/slow?s=2.5", b"{}", timeout=15)
+        reply = await request(gw.port, "POST", "/slow?s=5", b"{}", timeout=30)
         slow.update(status=reply.status, backend=reply.headers.get("x-backend"), done=trio.current_time())
 
     nursery.start_soon(slow_request)
@@ -643,7 +650,7 @@ async def test_drained_target_gets_no_new_requests_and_finishes_in_flight_ones(b
     await trio.sleep(1.0)
     results = [await load.stop() for load in loads]
     during = delta(counts([a, b]), mark)
-    await wait_for(lambda: "done" in slow, 10, what="the slow request finished")
+    await wait_for(lambda: "done" in slow, 20, what="the slow request finished")
     listed = {t["key"]: t for t in await gw.admin("targets")}
     await gw.admin("targets", action="enable", target=f"pool|{holder.target}")
     await trio.sleep(0.1)

@@ -13,9 +13,11 @@ from backends import free_port, stop_process, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = ("alpha", "beta", "gamma")
-REQUESTS = ["DELETE", "GET stream", "after DELETE", "initialize", "notifications/initialized",
-            "tools/call echo_headers", "tools/call slow", "tools/call whoami", "tools/call whoami (stateless)",
-            "tools/list"]
+# A session's life (each user's) and a stateless call run in any case; which of a session's tools/ calls (picked at
+# random, by weight) fit in the time depends on the machine's speed.
+LIFECYCLE = ["DELETE", "GET stream", "after DELETE", "initialize", "notifications/initialized",
+             "tools/call whoami (stateless)"]
+SESSION_CALLS = ["tools/call echo_headers", "tools/call slow", "tools/call whoami", "tools/list"]
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def demo(tmp_path):
     gateway = [sys.executable, "-m", "gateway"]
     try:
         for port in ports:
-            wait_port(port, timeout=20)
+            wait_port(port, timeout=60)  # the SDK's imports take seconds on a busy machine
         out = subprocess.run([*gateway, "start", "--config", "demo.yaml", "--workers", "2"], cwd=tmp_path,
                              capture_output=True, text=True, timeout=90)
         assert out.returncode == 0, out.stderr
@@ -46,11 +48,12 @@ def demo(tmp_path):
 
 
 def test_the_mcp_load_scenarios_run_against_the_demo_without_a_failure(demo):
-    out = subprocess.run([str(ROOT / "scripts" / "load"), "--host", demo, "--time", "6s", "--users", "4",
-                          "--spawn-rate", "4"], capture_output=True, text=True, timeout=180)
+    out = subprocess.run([str(ROOT / "scripts" / "load"), "--host", demo, "--time", "10s", "--users", "4",
+                          "--spawn-rate", "4"], capture_output=True, text=True, timeout=240)
     report = out.stdout + out.stderr
     assert out.returncode == 0, report
     rows = {m[1].strip(): (int(m[2]), int(m[3])) for m in
             re.finditer(r"^(?:GET|POST|DELETE)\s+(.+?)\s{2,}(\d+)\s+(\d+)\(", report, re.M)}
-    assert sorted(rows) == sorted(REQUESTS), report
+    assert set(LIFECYCLE) <= set(rows) <= set(LIFECYCLE + SESSION_CALLS), report
+    assert set(rows) & set(SESSION_CALLS), report
     assert all(count > 0 and failures == 0 for count, failures in rows.values()), rows

@@ -411,17 +411,17 @@ def local_share_admits(gw: Gateway) -> int:
 
 async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda i: (), tenants: int = 1,
                        meanwhile=None) -> float:
-    """Load `path` with 3x its limit (per tenant; at least 2x) within one minute window; admitted / LIMIT per tenant.
+    """Load `path` with 3x its limit (per tenant; at least 1.5x) in one minute window; admitted / LIMIT per tenant.
     `meanwhile`, an async function, runs alongside the load. The keeper is alive throughout, so every admission
     is one of its tokens: none is made on a local share."""
-    await fresh_minute(need_s=10)
+    await fresh_minute(need_s=15)
     local_before = local_share_admits(gw)
     wall0 = time.time()
     since = time.monotonic()
     replies = []
 
     async def run() -> None:
-        replies.extend(await load(gw.port, path, clients=8, duration=8, max_requests=3 * LIMIT * tenants,
+        replies.extend(await load(gw.port, path, clients=8, duration=12, max_requests=3 * LIMIT * tenants,
                                   headers=headers))
 
     async with trio.open_nursery() as nursery:
@@ -432,8 +432,8 @@ async def assert_exact(gw: Gateway, backend: Backend, path: str, headers=lambda 
     assert int(wall0 // 60) == int(wall1 // 60), "the load crossed a minute boundary"
     statuses = Counter(r.status for r in replies)
     assert set(statuses) <= {200, 429}, statuses
-    # On a busy machine the clients may not send all 3x within the time: at least 2x the limit is demand enough.
-    assert 2 * LIMIT * tenants <= statuses[200] + statuses[429] <= 3 * LIMIT * tenants, statuses
+    # On a busy machine the clients may not send all 3x within the time: 1.5x the limit is demand enough.
+    assert 1.5 * LIMIT * tenants <= statuses[200] + statuses[429] <= 3 * LIMIT * tenants, statuses
     await thread(backend.attribute, gw.worker_pids())
     served = backend.by_worker(backend.hits(path, since=since))
     assert sum(served.values()) == statuses[200]
@@ -667,7 +667,7 @@ async def test_killing_the_state_keeper_under_load_fails_no_request(tmp_path):
             print(f"\nkeeper kill -9 (then hung and killed) under load: {ok} ok, {failed} failed "
                   f"{[dict(r.errors) for r in results]}; new keeper seen {back * 1000:.0f} ms after the kill -9")
             assert failed == 0, [dict(r.errors) for r in results]
-            assert ok > 1000
+            assert ok > 200  # a load, even on a busy machine (about 1,000 on an idle one)
             assert resynced < 5.0  # the load went on after the last replacement
             assert (first["restarts"], second["restarts"], third["restarts"]) == (0, 1, 2)
             assert log.count("child_terminated: child='keeper'") == 2 and "killed by signal SIGKILL" in log

@@ -60,7 +60,7 @@ class SdkServers:
                 [sys.executable, str(SERVER_SCRIPT), "--port", str(port), "--name", name, *extra],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for name in names:
-            wait_port(self.ports[name], timeout=15.0)
+            wait_port(self.ports[name], timeout=60.0)  # the SDK's imports take seconds on a busy machine
 
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name, None)

@@ -30,7 +30,7 @@ SLEEP = "import time; time.sleep(30)\n"
 IGNORE_SIGTERM = "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
 
 
-def python(code: str, start_timeout: float = 5.0) -> Process:
+def python(code: str, start_timeout: float = 30.0) -> Process:  # an interpreter importing trio: slow when busy
     return Process([sys.executable, "-c", code], env=ENV, start_timeout=start_timeout)
 
 
@@ -47,7 +47,7 @@ def messages(caplog: pytest.LogCaptureFixture, kind: str) -> list[str]:
 
 
 async def wait_for(handle: Handle, predicate: Callable[[list[ChildInfo]], bool]) -> list[ChildInfo]:
-    with trio.fail_after(5):
+    with trio.fail_after(60):  # restarts start interpreters: seconds each on a busy machine
         while not predicate(children := await handle.which_children()):
             await trio.sleep(0.01)
     return children
