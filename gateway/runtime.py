@@ -230,8 +230,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                                path_handling=route.path_handling))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
-    runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)
-    runtime.breakers = _breakers(config, services, plugin_objs)
+    runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp,  # type: ignore[misc]
+                      consumers)
+    runtime.breakers = _breakers(config, services, plugin_objs)  # type: ignore[arg-type]  # the loader names services
     runtime.server_tls = server_tls
     runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
                                                      if _is_global(p)], None))
@@ -306,7 +307,8 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
                               make_balancer("round-robin", [100]), ("none", b""), ("none", b""))
     elif not group.targets and not group.discovered:
         log.warning("upstream %r of service %r has no targets: its requests will get 503", host, svc.name)
-    return ServiceRuntime(svc.name, (path or "").encode(), group, svc.connect_timeout / 1000,
+    name: str = svc.name  # type: ignore[assignment]  # the loader names every service
+    return ServiceRuntime(name, (path or "").encode(), group, svc.connect_timeout / 1000,
                           svc.write_timeout / 1000, svc.read_timeout / 1000, svc.retries, tls)
 
 

@@ -6,6 +6,7 @@ a config error naming the entity, so `gateway check-config` reports an expired o
 
 from __future__ import annotations
 
+import ssl
 from urllib.parse import urlsplit
 
 from gateway.config import Config
@@ -62,9 +63,9 @@ def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
         return None
 
 
-def _certificate_contexts(config: Config, options: ServerOptions, errors: list[str]) -> dict[str, object]:
+def _certificate_contexts(config: Config, options: ServerOptions, errors: list[str]) -> dict[str, ssl.SSLContext]:
     """A server context per certificate entity (checked even when no listener uses it: check-config says so)."""
-    contexts = {}
+    contexts: dict[str, ssl.SSLContext] = {}
     for i, cert in enumerate(config.certificates):
         where = path_of(cert) if path_of(cert) != "?" else f"certificates[{i}]"
         try:

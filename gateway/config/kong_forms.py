@@ -20,7 +20,7 @@ NESTED = {
     "consumers": ("plugins", "jwt_secrets", "keyauth_credentials", "basicauth_credentials", "acls"),
 }
 # entity -> its reference fields and the entity each names
-REFERENCES = {
+REFERENCES: dict[str, dict[str, tuple[str, ...]]] = {
     "routes": {"service": ("id", "name")},
     "plugins": {"service": ("id", "name"), "route": ("id", "name"), "consumer": ("id", "username")},
     "targets": {"upstream": ("id", "name")},

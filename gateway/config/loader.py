@@ -195,7 +195,7 @@ def _flatten(config: Config) -> None:
     for svc in config.services:
         if svc.name is None:
             svc.name = svc.id or path_of(svc)  # how routes, plugins and metrics name it
-            svc._unnamed = True
+            svc._unnamed = True  # type: ignore[attr-defined]
         for route in svc.routes:
             route.service = svc.name
             config.routes.append(route)
@@ -229,7 +229,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     gone = {ref for section, ref in failed if section == "consumers"}
     errors += [e for e in consumer_errors if not any(e.endswith(f"username {ref!r}") for ref in gone)]
     services = _unique([s for s in config.services if not getattr(s, "_unnamed", False)], "services", errors)
-    services.update({s.name: s for s in config.services if getattr(s, "_unnamed", False)})
+    services.update({s.name: s for s in config.services if getattr(s, "_unnamed", False)})  # type: ignore[misc]
     services.update({s.id: s for s in config.services if s.id})
     routes = _unique([r for r in config.routes if r.name], "routes", errors)
     routes.update({r.id: r for r in config.routes if r.id})
@@ -247,9 +247,9 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
         _check_upstream(up, errors)
     for target in config.targets:
         where = path_of(target)
-        up = upstreams.get(target.upstream or "")
-        if up is not None:
-            target.upstream = up.name
+        upstream = upstreams.get(target.upstream or "")
+        if upstream is not None:
+            target.upstream = upstream.name
         elif ("upstreams", target.upstream) not in failed:
             errors.append(f"{where}.upstream: no upstream with id or name {target.upstream!r}")
         if parse_host_port(target.target, DEFAULT_TARGET_PORT) is None:
@@ -258,20 +258,20 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     for plugin in config.plugins:
         where = path_of(plugin)
         if plugin.service is not None:
-            svc = services.get(plugin.service)
-            if svc is not None:
-                plugin.service = svc.name
+            service = services.get(plugin.service)
+            if service is not None:
+                plugin.service = service.name
             elif ("services", plugin.service) not in failed:
                 errors.append(f"{where}.service: no service with id or name {plugin.service!r}")
         if plugin.route is not None and getattr(plugin, "_route", None) is None:
-            route = routes.get(plugin.route)
-            if route is None:
+            named = routes.get(plugin.route)
+            if named is None:
                 if ("routes", plugin.route) not in failed:
                     errors.append(f"{where}.route: no route with id or name {plugin.route!r}")
-            elif route.name is None:
-                plugin._route = route  # an unnamed route named by its id: scoped to the route itself
+            elif named.name is None:
+                plugin._route = named  # type: ignore[attr-defined]  # an unnamed route named by its id: scoped to it
             else:
-                plugin.route = route.name
+                plugin.route = named.name
 
 
 def _check_ids(config: Config, errors: list[str]) -> None:

@@ -65,7 +65,7 @@ class Forwarder:
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
                       mcp: McpRequest | None = None) -> None:
         req = ex.request
-        svc = route.service
+        svc: ServiceRuntime = route.service  # type: ignore[assignment]  # a route without one ends at its 503 step
         group = svc.group
         affinity = route.affinity
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)

@@ -45,6 +45,7 @@ def decode_args(text: str) -> Args:
     for part in text.split("&"):
         if not part:
             continue
+        value: str | bool
         if "=" in part:
             pair = parse_qsl(part, keep_blank_values=True)
             if not pair:
@@ -115,7 +116,7 @@ class RequestTransformer:
         if self.query:
             args = self._apply(dict(original_query), self.query, env, from_body=False)
             path = req.target.partition(b"?")[0]
-            query = encode_args(args).encode("latin-1")
+            query = encode_args(args).encode("latin-1")  # type: ignore[arg-type]  # None only for a body
             req.target = path + b"?" + query if query else path
         return False
 
