@@ -28,6 +28,7 @@ from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
 from gateway.policies.jwt.keys import check_keys
 from gateway.routing import Router, RouteSpec
+from gateway.telemetry.entities import RouteFacts
 
 log = logging.getLogger("gateway.runtime")
 
@@ -104,20 +105,28 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity")
+    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "facts",
+                 "loggers", "consumer_loggers")
 
     def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
-                 affinity: SessionAffinity | None = None) -> None:
+                 affinity: SessionAffinity | None = None, facts: RouteFacts | None = None) -> None:
         self.name = name
         self.service = service
         self.preserve_host = preserve_host
-        self.policies = policies  # in priority order, as resolved for a request with no consumer
+        # In priority order, as resolved for a request with no consumer: the policies with an access step here,
+        # those with a log step (run after the response, gateway.telemetry) in `loggers`.
+        self.policies = [p for p in policies if hasattr(p, "access")]
+        self.loggers = [p for p in policies if hasattr(p, "log")]
         # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
-        self.consumer_policies = consumer_policies
+        self.consumer_policies = None if consumer_policies is None else {
+            c: [p for p in chain if hasattr(p, "access")] for c, chain in consumer_policies.items()}
+        self.consumer_loggers = None if consumer_policies is None else {
+            c: [p for p in chain if hasattr(p, "log")] for c, chain in consumer_policies.items()}
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
+        self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
 
 
 class Runtime:
@@ -134,6 +143,7 @@ class Runtime:
         self.consumers = consumers
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
+        self.global_loggers: list[Any] = []  # log steps of global plugins: what logs a request no route matched
         gw = config.gateway
         # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
         self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
@@ -162,6 +172,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
     listen_hosts = [hp[0] for hp in (parse_host_port(a, None) for a in listens) if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
+    services_by_name = {svc.name: svc for svc in config.services}
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
@@ -173,7 +184,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
         affinity = None if route.mcp is False else SessionAffinity(mcp, svc.group)
         policies, consumer_policies = _policies_for(route, plugin_objs)
-        runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
+        facts = RouteFacts(route, rname, services_by_name.get(route.service or ""))
+        runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity,
+                               facts)
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
@@ -182,6 +195,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)
     runtime.breakers = _breakers(config, services, plugin_objs)
+    runtime.global_loggers = _global_loggers(plugin_objs)
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
         if store is not None:
@@ -342,6 +356,15 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
     except ValueError as e:
         errors.append(f"{where}.config: {e}")
     return None
+
+
+def _global_loggers(plugins: list[Built]) -> list[Any]:
+    """The log steps of global plugins (no route, service or consumer), in priority order: Kong runs them for a
+    request no route matched."""
+    chosen = [policy for plugin, _, policy in plugins
+              if policy is not None and hasattr(policy, "log") and getattr(plugin, "_route", None) is None
+              and plugin.route is None and plugin.service is None and plugin.consumer is None]
+    return sorted(chosen, key=lambda p: (-p.priority, p.name))
 
 
 def _route_key(plugin: Plugin) -> Any:

@@ -20,7 +20,6 @@ from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
-from gateway.metrics import RequestStats
 from gateway.node.keeper import Keeper
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
@@ -28,6 +27,7 @@ from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.handler import Pipeline
 from gateway.runtime import compile_config
 from gateway.state.shared import SharedState
+from gateway.telemetry.service import WorkerTelemetry
 
 log = logging.getLogger("gateway.worker")
 
@@ -74,8 +74,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               gw.max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     port = listeners[0].getsockname()[1]
-    stats = RequestStats()
-    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.sse_keepalive, shared), stats)
+    telemetry = WorkerTelemetry(config, settings.connections, port)
+    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.sse_keepalive, shared), telemetry.log_phase)
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -83,7 +83,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
-                nursery.start_soon(stats.flush_forever)
+                await nursery.start(telemetry.run)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:
@@ -107,6 +107,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                              gw.drain_timeout)
                     break
                 await _drain(listeners, settings, gw.drain_timeout)
+                await telemetry.drain()
                 nursery.cancel_scope.cancel()
     finally:
         pool.close_all()  # also when cancelled: no pooled upstream socket is left open

@@ -66,12 +66,14 @@ class ConnectionSet:
 
     def __init__(self) -> None:
         self.active = 0
+        self.accepted = 0  # ever (metrics: kong_nginx_connections_total{state="accepted"})
         self.draining = False
         self.timers = Timers()
         self._empty = trio.Event()
         self._empty.set()
 
     def opened(self) -> None:
+        self.accepted += 1
         self.active += 1
         self._empty = trio.Event() if self._empty.is_set() else self._empty
 
@@ -99,7 +101,8 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
-                 "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer")
+                 "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer",
+                 "route", "tries", "sent", "response_headers", "mcp")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False, body_timeout: float = 60.0) -> None:
@@ -115,6 +118,13 @@ class Exchange:
         self.client_ip = conn.peer[0] if conn.peer else ""
         self.peer_trusted = False
         self.consumer: Any = None  # set by authentication policies: who the request is (gateway.policies.consumers)
+        # What the log phase reads after the response (gateway.telemetry): the matched route, the upstream tries
+        # (the forwarder's attempts, in order), bytes written to the client, the response headers, the MCP request.
+        self.route: Any = None
+        self.tries: list[Any] | None = None
+        self.sent = 0
+        self.response_headers: Headers | None = None
+        self.mcp: Any = None
         self.conn = conn
         self._codec = codec
         self._pending: list[bytes] = []
@@ -155,9 +165,14 @@ class Exchange:
                 chunks.append(ev)  # type: ignore[arg-type]
         return b"".join(chunks), self._request_done
 
+    @property
+    def body_received(self) -> int:
+        """Request body bytes read so far (decoded, without chunked framing)."""
+        return self._body_seen
+
     def _count(self, chunk: bytes) -> None:
+        self._body_seen += len(chunk)
         if self.body_limit is not None:
-            self._body_seen += len(chunk)
             if self._body_seen > self.body_limit:
                 self.close_after = True
                 raise ProtocolError(f"Request size limit exceeded: the body may be at most {self.body_limit} bytes",
@@ -196,6 +211,7 @@ class Exchange:
         codec = self._codec
         self.response_started = True
         self.status = status
+        self.response_headers = headers
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
         data = codec.response_head(status, headers, reason, close, self.response_lines)
         if body:
@@ -203,16 +219,21 @@ class Exchange:
         if end:
             data += codec.end()
             self.response_done = True
+        self.sent += len(data)
         await self.conn.sendall(data)
 
     async def send_body(self, data: bytes) -> None:
         if data:
-            await self.conn.sendall(self._codec.body(data))
+            data = self._codec.body(data)
+            self.sent += len(data)
+            await self.conn.sendall(data)
 
     async def end(self, last: bytes = b"") -> None:
         codec = self._codec
         self.response_done = True
-        await self.conn.sendall((codec.body(last) if last else b"") + codec.end())
+        data = (codec.body(last) if last else b"") + codec.end()
+        self.sent += len(data)
+        await self.conn.sendall(data)
 
     async def respond(self, status: int, body: bytes, content_type: bytes = JSON,
                       extra: Headers | None = None) -> None:

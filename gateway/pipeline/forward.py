@@ -21,6 +21,7 @@ from gateway.http.server import Exchange
 from gateway.http.timers import Phase
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRequest, session_not_found
+from gateway.metrics import MCP_SESSIONS, RECORDER
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.routing import Match
@@ -37,11 +38,13 @@ _SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id"}
 
 class Attempt:
     """One try of one target, with what its end must be reported to (captured at the start, so a target list
-    replaced by discovery meanwhile cannot misdirect the report)."""
+    replaced by discovery meanwhile cannot misdirect the report), and what the log phase reads of it: when it
+    started, when its response head came (0.0: none), when it ended and how (`code`, as `_finished` says)."""
 
-    __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started")
+    __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started", "head_at", "ended", "code",
+                 "uri")
 
-    def __init__(self, group: UpstreamGroup, index: int) -> None:
+    def __init__(self, group: UpstreamGroup, index: int, uri: bytes = b"") -> None:
         self.group = group
         self.balancer = group.balancer
         self.index = index
@@ -49,6 +52,10 @@ class Attempt:
         self.target = group.targets[index]
         self.probe = False
         self.started = 0.0
+        self.head_at = 0.0
+        self.ended = 0.0
+        self.code = 0
+        self.uri = uri  # the request target sent upstream
 
 
 class Forwarder:
@@ -105,7 +112,11 @@ class Forwarder:
             extra = [(b"host", host)]
             if mcp is not None and mcp.rewrite_origin:
                 extra.append((b"origin", b"http://" + target.host_header))
-            attempt = Attempt(group, index)
+            attempt = Attempt(group, index, target_path)
+            if ex.tries is None:
+                ex.tries = [attempt]
+            else:
+                ex.tries.append(attempt)
             try:
                 uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                     headers + extra, body, body_done)
@@ -114,7 +125,8 @@ class Forwarder:
                 if e.sent and not replayable:
                     break
                 continue
-            await self._relay(ex, svc, uc, response, attempt, request_id, affinity)
+            await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
+                              route.name if session_id is None else None)
             return
         if pinned is not None and error is not None and (
                 not error.sent or await self._gone(error, svc, group.targets[pinned])):
@@ -174,6 +186,7 @@ class Forwarder:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True,
                                      reused=uc.reused)
             assert isinstance(ev, Response)
+            attempt.head_at = trio.current_time()
             return uc, ev
         except ProtocolError as e:
             uc.close()
@@ -194,13 +207,14 @@ class Forwarder:
             raise
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
-                     request_id: bytes, affinity: SessionAffinity | None) -> None:
-        """Stream the response to the client; pool the connection only after a clean, complete exchange."""
+                     request_id: bytes, affinity: SessionAffinity | None, new_session: str | None = None) -> None:
+        """Stream the response to the client; pool the connection only after a clean, complete exchange.
+        `new_session`: the route's name when the request had no session id (an id in the response opens one)."""
         codec = uc.codec
         ok = False
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
         try:
-            headers = _client_headers(response.headers, request_id, affinity, attempt.target)
+            headers = _client_headers(response.headers, request_id, affinity, attempt.target, new_session)
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
@@ -242,7 +256,9 @@ class Forwarder:
 
         `code` is the HTTP status, TCP_FAILURE or TIMEOUT, or 0 when the request ended for another reason
         (the client went away) and says nothing about the target."""
-        attempt.balancer.finished(attempt.index, trio.current_time() - attempt.started, ok)
+        now = attempt.ended = trio.current_time()
+        attempt.code = code
+        attempt.balancer.finished(attempt.index, now - attempt.started, ok)
         shared = self.shared
         if shared is not None and code:
             group = attempt.group
@@ -338,8 +354,9 @@ def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,
-                    target: TargetRuntime) -> Headers:
-    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed."""
+                    target: TargetRuntime, new_session: str | None = None) -> Headers:
+    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed (and
+    counted as opened on route `new_session` when the request had none)."""
     out: Headers = []
     named = None
     for hv in headers:
@@ -348,6 +365,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
             if name == b"mcp-session-id":
                 if affinity is not None:
                     hv = (name, affinity.seal(target.name, hv[1]))
+                    if new_session is not None:
+                        RECORDER.count(MCP_SESSIONS, (new_session,))
             else:
                 if name == b"connection":
                     named = connection_tokens(headers)
