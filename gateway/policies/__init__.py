@@ -11,12 +11,15 @@ from gateway.policies import (
     acl,
     basic_auth,
     circuit_breaker,
+    file_log,
     ip_restriction,
     jwt,
     key_auth,
+    prometheus,
     rate_limiting,
     request_size_limiting,
 )
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
-    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker)}
+    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
+    prometheus, file_log)}

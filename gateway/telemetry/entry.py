@@ -30,10 +30,12 @@ _encode = msgspec.json.Encoder().encode
 class Entry:
     """A finished request: the Exchange, when it started and ended (Trio clock), its final status."""
 
-    __slots__ = ("ex", "started", "ended", "status", "wall", "trace_id", "_latencies")
+    __slots__ = ("ex", "started", "ended", "status", "wall", "port", "trace_id", "_latencies")
 
-    def __init__(self, ex: Exchange, started: float, ended: float, status: int, wall: float) -> None:
+    def __init__(self, ex: Exchange, started: float, ended: float, status: int, wall: float = 0.0,
+                 port: int = 0) -> None:
         self.ex = ex
+        self.port = port  # the listening port the request came in on (the url's)
         self.started = started
         self.ended = ended
         self.status = status
@@ -84,9 +86,8 @@ class Entry:
             size += len(name) + len(value) + 4
         return size + self.ex.body_received
 
-    def serialize(self, port: int = 0) -> dict[str, Any]:
-        """Kong's serializer: the table its log plugins encode as JSON, from what the gateway knows; `port` is the
-        listening port the request came in on (the url's)."""
+    def serialize(self) -> dict[str, Any]:
+        """Kong's serializer: the table its log plugins encode as JSON, from what the gateway knows."""
         ex = self.ex
         req = ex.request
         if not self.wall:
@@ -104,7 +105,7 @@ class Entry:
             "request": {
                 "id": ex.request_id.decode("latin-1"),
                 "uri": target,
-                "url": f"http://{hostname or '-'}:{port}{target}",
+                "url": f"http://{hostname or '-'}:{self.port}{target}",
                 "querystring": _querystring(query),
                 "method": req.method.decode("latin-1"),
                 "headers": _headers(req.headers, _REDACTED),
@@ -146,8 +147,9 @@ class Entry:
             doc["mcp"] = mcp
         return doc
 
-    def json_line(self, port: int = 0) -> bytes:
-        return _encode(self.serialize(port)) + b"\n"
+    def json_line(self) -> bytes:
+        """The serializer's table as one JSON line (what file-log and the access log write)."""
+        return _encode(self.serialize()) + b"\n"
 
     def _response_headers(self) -> dict[str, Any]:
         ex = self.ex

@@ -83,15 +83,11 @@ class LogPhase:
             loggers = runtime.global_loggers if runtime is not None else ()
         access_log = self.access_log
         if loggers or access_log is not None:
-            entry = Entry(ex, started, ended, status, 0.0)
+            entry = Entry(ex, started, ended, status, 0.0, self.port)
             for logger in loggers:
                 logger.log(entry)
             if access_log is not None:
-                access_log.defer(self.format, entry)
-
-    def format(self, entry: Entry) -> bytes:
-        """An access-log line: Kong's serializer as JSON (what file-log writes)."""
-        return entry.json_line(self.port)
+                access_log.defer(Entry.json_line, entry)
 
 
 def _closing_status(ex: Exchange, now: float) -> int:
