@@ -88,8 +88,9 @@ RATELIMIT_REJECTED = Counter("gateway_ratelimit_rejected_total", "Requests a rat
 LOCAL_SHARE = Counter("gateway_ratelimit_local_share_total",
                       "Requests a worker admitted on its local share of a rate limit (the state keeper exited, "
                       "hung, or was silent on the key for 1 s), by plugin", ["plugin"])
-LEASE_ROUND_TRIPS = Histogram("gateway_keeper_lease_round_trip_ms", "Time from a worker's lease request to the "
-                              "state keeper's grant", [], buckets=(0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000))
+LEASE_BUCKETS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+LEASE_ROUND_TRIPS = Histogram("gateway_keeper_lease_round_trip_ms", "Time from a worker's rate-limit lease request "
+                              "to the state keeper's grant", [], buckets=LEASE_BUCKETS)
 TIMEOUTS = Counter("gateway_timeouts_total",
                    "Connections a timeout ended, by what timed out: client_header, client_body (a stalled upload: "
                    "408), client_send (a client not reading: send_timeout_s), client_keepalive, upstream_write, "
@@ -157,7 +158,7 @@ class Recorder:
             for (service, route, direction, consumer), n in bandwidth.items():
                 KONG_BANDWIDTH.labels(service, route, direction, WORKSPACE, consumer).inc(n)
             for (family, labels), row in histograms.items():
-                add_observations(family.labels(*labels), row)
+                add_observations(family.labels(*labels) if labels else family, row)
             for (counter, labels), amount in counts.items():
                 (counter.labels(*labels) if labels else counter).inc(amount)
             for sampler in self.samplers:

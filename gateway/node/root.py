@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,13 +26,15 @@ from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.discovery.registration import run_registration
-from gateway.metrics import multiprocess_registry, prepare_multiprocess_dir
+from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
 from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
+from gateway.status.collect import gateway_registry
+from gateway.telemetry.supervision import install_restart_counter
 from gateway.worker import listen_addresses
 from supervisor import ChildInfo, ChildSpec, Handle, RestartIntensityExceeded, StartError, serve
 
@@ -70,6 +73,7 @@ class Node:
         self.root: Handle | None = None
         self.started_at = time.time()
         self.run_dir = ""
+        self.metrics_dir = ""
         self._stop = trio.Event()
         self._forced = False
         self._reload_lock = trio.Lock()
@@ -91,7 +95,8 @@ class Node:
         self.run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
         os.makedirs(self.run_dir, exist_ok=True)
         count = self.worker_count(config)
-        prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit where to write metrics
+        self.metrics_dir = prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit it
+        install_restart_counter()  # gateway_supervisor_restarts_total, from the supervisor's reports
         try:
             self.slots.ensure(listen_addresses(config), count)
         except OSError as e:
@@ -122,10 +127,13 @@ class Node:
         current = self._write_current(text)
         children = [tree.keeper_spec(current, self.worker_count(config), config), *self._satellites(current, config)]
         gw = config.gateway
+        metrics_dir = self.metrics_dir
         if gw.status_listen:
             host, port = parse_host_port(gw.status_listen, None)  # type: ignore[misc]  # validated at load
-            app = StatusApp(NodeStatus(self), multiprocess_registry(), version=__version__,
-                            started_at=self.started_at)
+            registry, collector = gateway_registry(metrics_dir, node=f"{socket.gethostname()}:{self.run_dir}",
+                                                   version=__version__, kong_enabled=self._prometheus_enabled)
+            app = StatusApp(NodeStatus(self), registry, version=__version__, started_at=self.started_at,
+                            prepare=collector.prepare)
             children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
         children.append(first)
         if gw.registration is not None:
@@ -167,11 +175,18 @@ class Node:
         log.info("gateway stopped" if exit_code == EXIT_OK else "gateway exited after a failure")
         return exit_code
 
+    def _prometheus_enabled(self) -> bool:
+        """Kong's node-level families (connections, node info) are exported while a prometheus plugin is on."""
+        config = self.config
+        return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
+
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
+                elif signum == signal.SIGUSR1:  # nginx's reopen: the workers reopen their log files
+                    await self._signal_workers(signal.SIGUSR1)
                 elif self._stop.is_set():
                     log.warning("second %s: forcing the stop", signal.Signals(signum).name)
                     self._forced = True
@@ -179,6 +194,14 @@ class Node:
                 else:
                     log.info("%s: graceful stop", signal.Signals(signum).name)
                     self._stop.set()
+
+    async def _signal_workers(self, signum: signal.Signals) -> None:
+        for info in await self._all_workers():
+            if info.pid is not None and info.pid.os_pid:
+                try:
+                    os.kill(info.pid.os_pid, signum)
+                except ProcessLookupError:
+                    pass
 
     async def _kill_everything(self) -> None:
         for info in await self._all_workers():
