@@ -12,9 +12,11 @@ from gateway.policies import (
     basic_auth,
     circuit_breaker,
     file_log,
+    http_log,
     ip_restriction,
     jwt,
     key_auth,
+    opentelemetry,
     prometheus,
     rate_limiting,
     request_size_limiting,
@@ -22,4 +24,4 @@ from gateway.policies import (
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
-    prometheus, file_log)}
+    prometheus, file_log, http_log, opentelemetry)}

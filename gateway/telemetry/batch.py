@@ -29,6 +29,7 @@ log = logging.getLogger("gateway.telemetry")
 
 DROPPED = Counter("gateway_log_queue_dropped_total", "Entries a log or trace queue dropped: full (the oldest went "
                   "to make room) or retries (the batch failed for max_retry_time)", ["queue", "reason"])
+WARN_EVERY_S = 10.0  # a full queue is logged at most this often (every drop is counted)
 SENT = Counter("gateway_log_queue_sent_total", "Entries a log or trace queue delivered", ["queue"])
 
 
@@ -63,6 +64,8 @@ class BatchQueue:
         self._first_at = 0.0  # when the oldest waiting entry came (Trio clock)
         self._wake: trio.Event | None = None
         self._busy = 0  # batches being sent (or retried)
+        self._dropped = 0  # entries dropped since the last warning
+        self._warned_at = -WARN_EVERY_S
         self._idle: trio.Event | None = None
 
     def put(self, entry: Any) -> None:
@@ -103,7 +106,11 @@ class BatchQueue:
                 self._bytes -= len(old)
         if dropped:
             RECORDER.count(DROPPED, (self.name, "full"), dropped)
-            log.warning("queue %s: full, dropped the %d oldest entries", self.name, dropped)
+            self._dropped += dropped
+            if now >= self._warned_at + WARN_EVERY_S:
+                log.warning("queue %s: full (max_entries %d): dropped the %d oldest entries since the last warning",
+                            self.name, config.max_entries, self._dropped)
+                self._warned_at, self._dropped = now, 0
 
     def _batch(self) -> list[Any]:
         entries = self._entries

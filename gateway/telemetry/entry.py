@@ -30,7 +30,7 @@ _encode = msgspec.json.Encoder().encode
 class Entry:
     """A finished request: the Exchange, when it started and ended (Trio clock), its final status."""
 
-    __slots__ = ("ex", "started", "ended", "status", "wall", "port", "trace_id", "_latencies")
+    __slots__ = ("ex", "started", "ended", "status", "wall", "port", "trace", "_latencies")
 
     def __init__(self, ex: Exchange, started: float, ended: float, status: int, wall: float = 0.0,
                  port: int = 0) -> None:
@@ -40,7 +40,7 @@ class Entry:
         self.ended = ended
         self.status = status
         self.wall = wall  # time.time() - trio.current_time(): Trio clock -> Unix time (0.0: read when needed)
-        self.trace_id: dict[str, str] | None = None  # set by the opentelemetry plugin (Kong's serialized trace_id)
+        self.trace: Any = None  # set by the opentelemetry plugin: its Trace (Kong's serialized trace_id)
         self._latencies: tuple[float, float, float, float] | None = None
 
     @property
@@ -140,8 +140,8 @@ class Entry:
                                                  ("custom_id", consumer.custom_id)) if v is not None}
             if consumer.credential_id is not None:
                 doc["authenticated_entity"] = {"id": consumer.credential_id, "consumer_id": consumer.id}
-        if self.trace_id is not None:
-            doc["trace_id"] = self.trace_id
+        if self.trace is not None:
+            doc["trace_id"] = self.trace.serialized()
         mcp = _mcp(ex)
         if mcp:
             doc["mcp"] = mcp
