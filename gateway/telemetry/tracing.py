@@ -13,10 +13,12 @@ next format is tried.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from gateway.http.codec import Headers
 
 W3C, B3, B3_SINGLE, JAEGER = "w3c", "b3", "b3-single", "jaeger"
+SERVER, CLIENT = 2, 3  # OTLP's SpanKind values
 FORMATS = (W3C, B3, B3_SINGLE, JAEGER)
 # The header names each format reads and writes (lower case, as the codecs give them).
 HEADERS = {
@@ -176,3 +178,21 @@ def sample(trace_id: int, rate: float) -> bool:
         return False
     head = int.from_bytes((trace_id >> 64).to_bytes(8, "big"), "little")
     return head < rate * 18446744073709551616.0
+
+
+class SpanRecord:
+    """One finished span as the log step records it: ids, name, kind, times (ns since the epoch), attributes."""
+
+    __slots__ = ("trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "end_ns", "attributes", "error")
+
+    def __init__(self, trace_id: int, span_id: int, parent_id: int, name: str, kind: int, start_ns: int,
+                 end_ns: int, attributes: list[tuple[str, Any]], error: str | None = None) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.attributes = attributes
+        self.error = error  # a description when the span failed (status ERROR)

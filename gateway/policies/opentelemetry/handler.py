@@ -24,14 +24,16 @@ from gateway.metrics import wall_offset
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.entry import Entry
-from gateway.telemetry.otlp import CLIENT, CONTENT_TYPE, SERVER, SpanRecord, export_request, resource, span_message
 from gateway.telemetry.sender import Endpoint, HttpSender
 from gateway.telemetry.tracing import (
     B3,
     B3_SINGLE,
+    CLIENT,
     HEADERS,
     JAEGER,
+    SERVER,
     W3C,
+    SpanRecord,
     extract,
     inject,
     new_span_id,
@@ -87,6 +89,9 @@ class OpenTelemetry:
     priority = 14  # Kong's
 
     def __init__(self, config: OpenTelemetryConfig, plugin_id: str, queues: Queues = QUEUES) -> None:
+        from gateway.telemetry import otlp  # protobuf: only where the plugin is configured
+
+        self.otlp = otlp
         self.extract, self.inject, self.clear, self.default_format = resolve_propagation(config)
         self.rate = config.sampling_rate if config.sampling_rate is not None else DEFAULT_SAMPLING_RATE
         # What injection may replace: every format it can write (with preserve, any it can read), both b3 forms
@@ -105,11 +110,11 @@ class OpenTelemetry:
         attributes: dict[str, Any] = {"service.name": "kong", "service.version": __version__,
                                       "service.instance.id": f"{socket.gethostname()}:{os.getpid()}"}
         attributes.update(config.resource_attributes or {})
-        self.resource = resource(attributes)
+        self.resource = otlp.resource(attributes)
         # Kong names the queue after the plugin instance; ours also after where it sends (an instance without an
         # id is named after its scope, which two configs may share)
         self.queue: BatchQueue = queues.queue_for(f"opentelemetry:{plugin_id}:{config.traces_endpoint}:traces",
-                                                  config.queue, self.send, span_message)
+                                                  config.queue, self.send, otlp.span_message)
 
     # ---- access: propagation ------------------------------------------------------------------------------------
 
@@ -230,4 +235,5 @@ class OpenTelemetry:
 
     async def send(self, batch: list[Any]) -> None:
         """One batch of encoded spans as an OTLP/HTTP export."""
-        await self.sender.send(export_request(batch, self.resource, __version__), CONTENT_TYPE)
+        otlp = self.otlp
+        await self.sender.send(otlp.export_request(batch, self.resource, __version__), otlp.CONTENT_TYPE)
