@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import values as prometheus_values
 
 log = logging.getLogger("gateway.metrics")
 
@@ -191,11 +192,14 @@ RECORDER = Recorder()
 
 
 def prepare_multiprocess_dir(run_dir: str) -> str:
-    """An empty run/metrics, exported to every child the root starts from now on."""
+    """An empty run/metrics, exported to every child the root starts from now on, and used by the root itself for
+    the metric values it makes from now on (prometheus_client chose its value class when it was imported, before
+    the root knew its run directory; children made later look the class up again)."""
     path = os.path.join(run_dir, "metrics")
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
     os.environ[MULTIPROC_ENV] = path
+    prometheus_values.ValueClass = prometheus_values.get_value_class()
     return path
 
 

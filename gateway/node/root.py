@@ -34,6 +34,7 @@ from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
 from gateway.status.collect import gateway_registry
+from gateway.status.page import StatusPage
 from gateway.telemetry.supervision import install_restart_counter
 from gateway.worker import listen_addresses
 from supervisor import ChildInfo, ChildSpec, Handle, RestartIntensityExceeded, StartError, serve
@@ -132,8 +133,10 @@ class Node:
             host, port = parse_host_port(gw.status_listen, None)  # type: ignore[misc]  # validated at load
             registry, collector = gateway_registry(metrics_dir, node=f"{socket.gethostname()}:{self.run_dir}",
                                                    version=__version__, kong_enabled=self._prometheus_enabled)
-            app = StatusApp(NodeStatus(self), registry, version=__version__, started_at=self.started_at,
-                            prepare=collector.prepare)
+            source = NodeStatus(self)
+            page = StatusPage(source, collector.families, prepare=collector.prepare)
+            app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
+                            prepare=collector.prepare, page=page)
             children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
         children.append(first)
         if gw.registration is not None:

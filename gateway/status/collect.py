@@ -43,8 +43,12 @@ class GatewayCollector:
         RECORDER.flush()
         sweep_dead_processes(self.path)
 
+    def families(self) -> list[Metric]:
+        """Every process's families as the files hold them (what the status page reads)."""
+        return list(self._files.collect())
+
     def collect(self) -> Iterator[Metric]:
-        families = list(self._files.collect())
+        families = self.families()
         yield from families
         if self.kong_enabled():
             yield from self._kong_node(families)
