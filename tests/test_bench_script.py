@@ -519,3 +519,23 @@ def test_valgrind_argv_follows_children_with_a_file_per_pid(tmp_path):
     argv = bench.valgrind_argv(["python", "-m", "gateway", "run"], tmp_path)
     assert argv[:3] == ["valgrind", "--tool=callgrind", "--trace-children=yes"]
     assert argv[3] == f"--callgrind-out-file={tmp_path}/callgrind.%p" and argv[4:] == ["python", "-m", "gateway", "run"]
+
+
+def test_observability_configs_are_valid_gateway_configs():
+    """gw-metrics and gw-otel-*: the gateway accepts them (check-config's compile), with the plugin as described."""
+    from gateway.config import parse_config
+    from gateway.runtime import compile_config
+
+    by_name = {c.name: c for c in bench.CONFIGURATIONS}
+    for name, plugin in [("gw-metrics", "prometheus"), ("gw-otel-0.01", "opentelemetry"),
+                         ("gw-otel-1", "opentelemetry")]:
+        text = render(by_name[name].config)
+        config = parse_config(text, name)
+        compile_config(config, name)
+        assert [p.name for p in config.plugins] == [plugin]
+    rates = {name: yaml.safe_load(render(by_name[name].config))["plugins"][0]["config"]["sampling_rate"]
+             for name in ("gw-otel-0.01", "gw-otel-1")}
+    assert rates == {"gw-otel-0.01": 0.01, "gw-otel-1": 1}
+    metrics = yaml.safe_load(render(by_name["gw-metrics"].config))["plugins"][0]["config"]
+    assert all(metrics[k] for k in ("status_code_metrics", "latency_metrics", "bandwidth_metrics",
+                                    "upstream_health_metrics"))
