@@ -210,12 +210,14 @@ class Queues:
         self.queues: dict[str, BatchQueue] = {}
         self._nursery: trio.Nursery | None = None
 
-    def queue_for(self, name: str, config: QueueConfig, handler: Handler,
-                  formatter: Formatter | None = None) -> BatchQueue:
-        """The queue named `name` (an existing one is shared, as Kong shares queues by name)."""
-        queue = self.queues.get(name)
+    def queue_for(self, name: str, config: QueueConfig, handler: Handler, formatter: Formatter | None = None,
+                  settings: object = None) -> BatchQueue:
+        """The queue named `name` for these settings: plugin instances with the same name and settings (the queue's
+        and the sender's, `settings`) share one, as Kong shares queues by name; other settings get their own."""
+        key = f"{name}\0{msgspec.json.encode(config).decode()}\0{msgspec.json.encode(settings).decode()}"
+        queue = self.queues.get(key)
         if queue is None:
-            queue = self.queues[name] = BatchQueue(name, config, handler, formatter)
+            queue = self.queues[key] = BatchQueue(name, config, handler, formatter)
             if self._nursery is not None:
                 self._nursery.start_soon(queue.run)
         return queue

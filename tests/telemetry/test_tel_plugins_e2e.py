@@ -91,7 +91,7 @@ async def test_http_log_collector_down_never_slows_requests_and_the_queue_is_bou
                                                                             "initial_retry_delay": 0.05}}}]})
     from gateway.telemetry.batch import QUEUES
 
-    (name,) = [n for n in QUEUES.queues if endpoint in n]
+    (name,) = [q.name for q in QUEUES.queues.values() if endpoint in q.name]
     RECORDER.flush()
     before = DROPPED.labels(name, "full")._value.get()
     started = trio.current_time()

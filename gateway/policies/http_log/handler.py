@@ -26,7 +26,8 @@ class HttpLog:
         # Kong's queue name: instances sending to the same place with the same settings share a queue
         name = ":".join(str(x) for x in ("http-log", config.http_endpoint, config.method, config.content_type,
                                          config.timeout, config.keepalive))
-        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json_line)
+        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json_line,
+                                                  settings=config.headers)
 
     def log(self, entry: Entry) -> None:
         self.queue.put(entry)

@@ -114,7 +114,7 @@ class OpenTelemetry:
         # Kong names the queue after the plugin instance; ours also after where it sends (an instance without an
         # id is named after its scope, which two configs may share)
         self.queue: BatchQueue = queues.queue_for(f"opentelemetry:{plugin_id}:{config.traces_endpoint}:traces",
-                                                  config.queue, self.send, otlp.span_message)
+                                                  config.queue, self.send, otlp.span_message, settings=config)
 
     # ---- access: propagation ------------------------------------------------------------------------------------
 
