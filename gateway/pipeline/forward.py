@@ -18,7 +18,7 @@ from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.net import Conn
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
-from gateway.http.timers import Phase
+from gateway.http.timers import Phase, run_clock
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
@@ -67,6 +67,7 @@ class Forwarder:
         self.shared = shared
         self.listen_port = str(listen_port).encode()
         self.sse_keepalive = sse_keepalive
+        self.clock = run_clock()
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
                       mcp: McpRequest | None = None) -> None:
@@ -142,7 +143,7 @@ class Forwarder:
             -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled."""
         pool = self.pool
-        now = attempt.started = trio.current_time()
+        now = attempt.started = self.clock()
         group = attempt.group
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
@@ -186,7 +187,7 @@ class Forwarder:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True,
                                      reused=uc.reused)
             assert isinstance(ev, Response)
-            attempt.head_at = trio.current_time()
+            attempt.head_at = self.clock()
             return uc, ev
         except ProtocolError as e:
             uc.close()
@@ -233,7 +234,7 @@ class Forwarder:
         finally:
             self._finished(attempt, ok and response.status < 500, response.status if ok else failed)
             if ok and codec.keep_alive:
-                self.pool.put(uc, trio.current_time())
+                self.pool.put(uc, self.clock())
             else:
                 uc.close()
 
@@ -256,7 +257,7 @@ class Forwarder:
 
         `code` is the HTTP status, TCP_FAILURE or TIMEOUT, or 0 when the request ended for another reason
         (the client went away) and says nothing about the target."""
-        now = attempt.ended = trio.current_time()
+        now = attempt.ended = self.clock()
         attempt.code = code
         attempt.balancer.finished(attempt.index, now - attempt.started, ok)
         shared = self.shared

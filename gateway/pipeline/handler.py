@@ -3,10 +3,9 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
-import trio
-
 from gateway.http.codec import ProtocolError
 from gateway.http.server import Exchange, json_error_body
+from gateway.http.timers import run_clock
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
@@ -24,9 +23,10 @@ class Pipeline:
         self.runtime = runtime
         self.forwarder = forwarder
         self.log_phase = log_phase if log_phase is not None else LogPhase()
+        self.clock = run_clock()
 
     async def __call__(self, ex: Exchange) -> None:
-        started = trio.current_time()
+        started = self.clock()
         failed = 0  # the status the connection loop answers when _handle raises
         try:
             await self._handle(ex)

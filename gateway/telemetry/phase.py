@@ -15,10 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import trio
-
 from gateway.http.server import Exchange
-from gateway.http.timers import Phase
+from gateway.http.timers import Phase, run_clock
 from gateway.metrics import (
     MCP_TOOL_CALLS,
     METRIC_ERRORS,
@@ -44,6 +42,7 @@ class LogPhase:
         self.recorder = recorder
         self.access_log = access_log
         self.port = port  # the listening port, for the url in log lines
+        self.clock = run_clock()
 
     def done(self, ex: Exchange, started: float, runtime: Any, failed: int = 0) -> None:
         """`failed`: the status the connection loop answers when the handler raised (0: none, or cancelled)."""
@@ -54,7 +53,7 @@ class LogPhase:
             METRIC_ERRORS.inc()
 
     def _done(self, ex: Exchange, started: float, runtime: Any, failed: int) -> None:
-        ended = trio.current_time()
+        ended = self.clock()
         status = ex.status if ex.response_started else (failed or _closing_status(ex, ended))
         route = ex.route
         rec = self.recorder
@@ -65,7 +64,7 @@ class LogPhase:
             for attempt in tries:
                 labels = (attempt.group.name, attempt.target.name)
                 code = attempt.code or (status if attempt.head_at else 0)  # 0: the client left mid-response
-                counts[(TARGET_REQUESTS, (*labels, str(code) if code > 0 else _OUTCOMES.get(code, "error")))] += 1
+                counts[(TARGET_REQUESTS, (*labels, code if code > 0 else _OUTCOMES.get(code, "error")))] += 1
                 if attempt.head_at:
                     rec.observe(TARGET_LATENCY, TARGET_LATENCY_BUCKETS, labels,
                                 (attempt.head_at - attempt.started) * 1000.0)
