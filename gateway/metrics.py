@@ -23,8 +23,10 @@ import os
 import shutil
 import time
 from bisect import bisect_left
+from collections import Counter as Counter_
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -114,52 +116,146 @@ def bucket_row(bounds: Sequence[float]) -> HistogramRow:
     return [0] * (len(bounds) + 1) + [0.0]
 
 
-class Recorder:
-    """One process's counts since the last flush. Everything here is a plain dict or int: no locks, no files."""
+def bulk_row(upper_bounds: Sequence[float], values: list[float]) -> HistogramRow:
+    """A histogram row of many observations at once: bucketed and summed by C loops (bisect, Counter, sum), which
+    is why the request path only appends raw values to a list."""
+    row: HistogramRow = [0] * len(upper_bounds) + [0.0]
+    for index, n in Counter_(map(partial(bisect_left, upper_bounds), values)).items():
+        row[index] = n
+    row[-1] = sum(values)
+    return row
+
+
+class Observed:
+    """Raw observations of one labelled thing (a route, a target) since the last flush. The request path appends to
+    its lists (the cheapest thing Python does) and, the first time after a flush, puts it on the recorder's dirty
+    list; the flush counts and buckets the lists in bulk."""
+
+    __slots__ = ("dirty",)
 
     def __init__(self) -> None:
-        self.requests: defaultdict[tuple[str, int], int] = defaultdict(int)
-        # (service, route, status, source, consumer) -> n
-        self.kong_requests: defaultdict[tuple[str, str, int, str, str], int] = defaultdict(int)
-        # (service, route, direction, consumer) -> bytes
-        self.bandwidth: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
-        # (family, label values) -> bucket counts and sum; each family's bounds are its prometheus_client buckets
-        self.histograms: dict[tuple[Histogram, tuple[str, ...]], HistogramRow] = {}
+        self.dirty = False
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+
+class RouteObservations(Observed):
+    """One route: statuses (gateway_requests_total) and what its prometheus plugin observes (Kong's families)."""
+
+    __slots__ = ("name", "service", "route", "labels", "statuses", "kong", "kong_by_consumer", "request", "upstream",
+                 "kong_latency", "ingress", "egress", "by_consumer")
+
+    def __init__(self, name: str, service: str, route: str) -> None:
+        super().__init__()
+        self.name = name  # gateway_requests_total's route label
+        self.service = service  # Kong's labels: service name (or host), route name (or id)
+        self.route = route
+        self.labels = (service, route, WORKSPACE)
+        self.statuses: list[int] = []
+        self.kong: list[int] = []  # status * 2 + 1 when the upstream answered (source "service"), + 0 otherwise
+        self.kong_by_consumer: list[tuple[int, str]] = []  # (the same, consumer) with per_consumer
+        self.request: list[float] = []  # ms
+        self.upstream: list[float] = []
+        self.kong_latency: list[float] = []
+        self.ingress = 0  # bytes, without per_consumer
+        self.egress = 0
+        self.by_consumer: defaultdict[tuple[str, str], int] = defaultdict(int)  # (direction, consumer) -> bytes
+
+    def flush(self) -> None:
+        statuses, self.statuses = self.statuses, []
+        kong, self.kong = self.kong, []
+        by_consumer_codes, self.kong_by_consumer = self.kong_by_consumer, []
+        for status, n in Counter_(statuses).items():
+            REQUESTS.labels(self.name, str(status)).inc(n)
+        for code, n in Counter_(kong).items():
+            KONG_REQUESTS.labels(self.service, self.route, str(code >> 1), _SOURCES[code & 1], WORKSPACE, "").inc(n)
+        for (code, who), n in Counter_(by_consumer_codes).items():
+            KONG_REQUESTS.labels(self.service, self.route, str(code >> 1), _SOURCES[code & 1], WORKSPACE, who).inc(n)
+        for family, attr in ((KONG_REQUEST_LATENCY, "request"), (KONG_UPSTREAM_LATENCY, "upstream"),
+                             (KONG_LATENCY, "kong_latency")):
+            values = getattr(self, attr)
+            if values:
+                setattr(self, attr, [])
+                add_observations(family.labels(*self.labels), bulk_row(family._upper_bounds, values))
+        ingress, egress, self.ingress, self.egress = self.ingress, self.egress, 0, 0
+        for direction, n in (("ingress", ingress), ("egress", egress)):
+            if n:
+                KONG_BANDWIDTH.labels(self.service, self.route, direction, WORKSPACE, "").inc(n)
+        if self.by_consumer:
+            by_consumer, self.by_consumer = self.by_consumer, defaultdict(int)
+            for (direction, who), n in by_consumer.items():
+                KONG_BANDWIDTH.labels(self.service, self.route, direction, WORKSPACE, who).inc(n)
+
+
+_SOURCES = ("kong", "service")
+
+
+class TargetObservations(Observed):
+    """One upstream target: the outcome of each try, and the time to each response head (ms)."""
+
+    __slots__ = ("upstream", "target", "codes", "latency")
+
+    def __init__(self, upstream: str, target: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.target = target
+        self.codes: list[int | str] = []  # the status, or connect_failure / timeout / error
+        self.latency: list[float] = []
+
+    def flush(self) -> None:
+        codes, self.codes = self.codes, []
+        latency, self.latency = self.latency, []
+        for code, n in Counter_(codes).items():
+            TARGET_REQUESTS.labels(self.upstream, self.target, str(code)).inc(n)
+        if latency:
+            add_observations(TARGET_LATENCY.labels(self.upstream, self.target),
+                             bulk_row(TARGET_LATENCY._upper_bounds, latency))
+
+
+class Recorder:
+    """One process's counts since the last flush. Everything here is a plain dict, list or int: no locks, no files,
+    no bucketing on the request path."""
+
+    def __init__(self) -> None:
+        self.dirty: list[Observed] = []  # routes and targets observed since the last flush
+        self.unrouted: list[int] = []  # statuses of requests no route matched
+        # (family, label values) -> raw observations (rarer histograms: lease round trips)
+        self.histograms: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
         # (counter, label values) -> amount: everything else that is counted
         self.counts: defaultdict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
         # called at each flush to set gauges (connections, active requests): no work on the request path
         self.samplers: list[Callable[[], None]] = []
 
     def request(self, route: str, status: int) -> None:
-        self.requests[(route, status)] += 1
+        """A request counted by route name (tests, and callers without a route's observations)."""
+        self.count(REQUESTS, (route, str(status)))
 
     def count(self, counter: Counter, labels: tuple[str, ...], amount: float = 1) -> None:
         self.counts[(counter, labels)] += amount
 
-    def observe(self, family: Histogram, bounds: Sequence[float], labels: tuple[str, ...], value: float) -> None:
+    def observe(self, family: Histogram, labels: tuple[str, ...], value: float) -> None:
         key = (family, labels)
-        row = self.histograms.get(key)
-        if row is None:
-            row = self.histograms[key] = bucket_row(bounds)
-        row[bisect_left(bounds, value)] += 1
-        row[-1] += value
+        values = self.histograms.get(key)
+        if values is None:
+            values = self.histograms[key] = []
+        values.append(value)
 
     def flush(self) -> None:
         """Hand everything counted since the last flush to prometheus_client."""
-        requests, self.requests = self.requests, defaultdict(int)
-        kong, self.kong_requests = self.kong_requests, defaultdict(int)
-        bandwidth, self.bandwidth = self.bandwidth, defaultdict(int)
+        dirty, self.dirty = self.dirty, []
+        unrouted, self.unrouted = self.unrouted, []
         histograms, self.histograms = self.histograms, {}
         counts, self.counts = self.counts, defaultdict(float)
         try:
-            for (route, status), n in requests.items():
-                REQUESTS.labels(route, str(status)).inc(n)
-            for (service, route, status, source, consumer), n in kong.items():
-                KONG_REQUESTS.labels(service, route, str(status), source, WORKSPACE, consumer).inc(n)
-            for (service, route, direction, consumer), n in bandwidth.items():
-                KONG_BANDWIDTH.labels(service, route, direction, WORKSPACE, consumer).inc(n)
-            for (family, labels), row in histograms.items():
-                add_observations(family.labels(*labels) if labels else family, row)
+            for obs in dirty:
+                obs.dirty = False
+                obs.flush()
+            for status, n in Counter_(unrouted).items():
+                REQUESTS.labels("-", str(status)).inc(n)
+            for (family, labels), values in histograms.items():
+                add_observations(family.labels(*labels) if labels else family, bulk_row(family._upper_bounds,
+                                                                                        values))
             for (counter, labels), amount in counts.items():
                 (counter.labels(*labels) if labels else counter).inc(amount)
             for sampler in self.samplers:

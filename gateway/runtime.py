@@ -36,9 +36,10 @@ log = logging.getLogger("gateway.runtime")
 class TargetRuntime:
     """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
 
-    __slots__ = ("host", "port", "key", "name", "host_header", "weight")
+    __slots__ = ("host", "port", "key", "name", "host_header", "weight", "obs")
 
     def __init__(self, host: str, port: int, weight: int, host_header: str | None = None) -> None:
+        self.obs: Any = None  # its tries' outcomes and latencies for metrics (made by the log phase when first used)
         self.host = host
         self.port = port
         self.key = (host, port)
@@ -115,15 +116,16 @@ class RouteRuntime:
         self.service = service
         self.preserve_host = preserve_host
         # In priority order, as resolved for a request with no consumer: the policies with an access step here,
-        # those with a log step (run after the response, gateway.telemetry) in `loggers`.
+        # those with a log step (run after the response; `entries` says how they take it: gateway.telemetry.phase)
+        # in `loggers`.
         self.policies = [p for p in policies if hasattr(p, "access")]
-        self.loggers = [p for p in policies if hasattr(p, "log")]
+        self.loggers = [p for p in policies if hasattr(p, "entries")]
         # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
         self.consumer_policies = None if consumer_policies is None else {
             c: [p for p in chain if hasattr(p, "access")] for c, chain in consumer_policies.items()}
         self.consumer_loggers = None if consumer_policies is None else {
-            c: [p for p in chain if hasattr(p, "log")] for c, chain in consumer_policies.items()}
+            c: [p for p in chain if hasattr(p, "entries")] for c, chain in consumer_policies.items()}
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
@@ -362,7 +364,7 @@ def _global_loggers(plugins: list[Built]) -> list[Any]:
     """The log steps of global plugins (no route, service or consumer), in priority order: Kong runs them for a
     request no route matched."""
     chosen = [policy for plugin, _, policy in plugins
-              if policy is not None and hasattr(policy, "log") and getattr(plugin, "_route", None) is None
+              if policy is not None and hasattr(policy, "entries") and getattr(plugin, "_route", None) is None
               and plugin.route is None and plugin.service is None and plugin.consumer is None]
     return sorted(chosen, key=lambda p: (-p.priority, p.name))
 

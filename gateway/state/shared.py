@@ -24,7 +24,7 @@ import zmq
 from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
 from gateway.bus.channel import KeeperChannel
-from gateway.metrics import LEASE_BUCKETS, LEASE_ROUND_TRIPS, RECORDER
+from gateway.metrics import LEASE_ROUND_TRIPS, RECORDER
 from gateway.ratelimit.lease import LeaseTable
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 
@@ -134,7 +134,7 @@ class SharedState:
             for grant in msg.grants:
                 asked = self._asked.pop(grant.key, None)
                 if asked is not None:
-                    RECORDER.observe(LEASE_ROUND_TRIPS, LEASE_BUCKETS, (), (mono - asked) * 1000.0)
+                    RECORDER.observe(LEASE_ROUND_TRIPS, (), (mono - asked) * 1000.0)
                 self.leases.apply(grant, mono, wall)
                 event = self._waiters.pop(grant.key, None)
                 if event is not None:

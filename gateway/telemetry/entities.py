@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.config.schema import Route, Service
+from gateway.metrics import RouteObservations
 
 # Kong's declarative config derives entity ids from this namespace (kong/db/schema/others/declarative_config.lua).
 _KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
@@ -37,7 +38,8 @@ def entity_id(kind: str, name: str | None, fallback: str) -> str:
 class RouteFacts:
     """A route's names for labels and its entity JSON for log lines."""
 
-    __slots__ = ("service", "route", "labels", "route_json", "service_json", "http_route", "route_id", "service_id")
+    __slots__ = ("service", "route", "labels", "route_json", "service_json", "http_route", "route_id", "service_id",
+                 "obs")
 
     def __init__(self, route: Route, route_name: str, service: Service | None) -> None:
         self.route_id = route.id or entity_id("routes", route.name, route_name)
@@ -47,6 +49,8 @@ class RouteFacts:
         self.route = route.name or self.route_id
         self.labels = (self.service, self.route, "default")  # the latency histograms' (service, route, workspace)
         self.http_route = route.paths[0] if route.paths else ""  # OpenTelemetry's http.route (Kong's: paths[1])
+        # what the log phase and the prometheus plugin observe of the route, flushed by gateway.metrics
+        self.obs = RouteObservations(route_name, self.service, self.route)
         doc = _entity(route, "routes")
         doc["id"] = self.route_id
         if service is not None:

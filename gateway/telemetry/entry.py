@@ -14,6 +14,7 @@ Kong's latencies, in ms, from the Trio clock readings the pipeline and the forwa
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
@@ -25,6 +26,15 @@ from gateway.metrics import wall_offset
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
 _WORKSPACE = "default"
 _encode = msgspec.json.Encoder().encode
+
+
+def request_size(ex: Exchange) -> int:
+    """Bytes of the request as sent (nginx's $request_length): request line, headers (as the client wrote them
+    when it wrote them the usual way, "name: value\r\n"), body. Summed by C loops."""
+    req = ex.request
+    headers = req.headers
+    return (len(req.method) + len(req.target) + len(req.http_version) + 9  # "M T HTTP/v\r\n" and the blank line
+            + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) + ex.body_received)
 
 
 class Entry:
@@ -40,7 +50,7 @@ class Entry:
         self.ended = ended
         self.status = status
         self.wall = wall  # time.time() - trio.current_time(): Trio clock -> Unix time (0.0: read when needed)
-        self.trace: Any = None  # set by the opentelemetry plugin: its Trace (Kong's serialized trace_id)
+        self.trace: Any = None  # the opentelemetry plugin's Trace, when not in ex.state (Kong's serialized trace_id)
         self._latencies: tuple[float, float, float, float] | None = None
 
     @property
@@ -79,12 +89,7 @@ class Entry:
         return (consumer.username or "") if consumer is not None else ""
 
     def request_size(self) -> int:
-        """Bytes of the request as sent (nginx's $request_length): request line, headers, body."""
-        req = self.ex.request
-        size = len(req.method) + len(req.target) + len(req.http_version) + 9  # "M T HTTP/v\r\n" + the blank line
-        for name, value in req.headers:
-            size += len(name) + len(value) + 4
-        return size + self.ex.body_received
+        return request_size(self.ex)
 
     def serialize(self) -> dict[str, Any]:
         """Kong's serializer: the table its log plugins encode as JSON, from what the gateway knows."""
@@ -140,8 +145,11 @@ class Entry:
                                                  ("custom_id", consumer.custom_id)) if v is not None}
             if consumer.credential_id is not None:
                 doc["authenticated_entity"] = {"id": consumer.credential_id, "consumer_id": consumer.id}
-        if self.trace is not None:
-            doc["trace_id"] = self.trace.serialized()
+        trace = self.trace
+        if trace is None and ex.state:
+            trace = ex.state.get("opentelemetry")  # the opentelemetry plugin's Trace of this request
+        if trace is not None:
+            doc["trace_id"] = trace.serialized()
         mcp = _mcp(ex)
         if mcp:
             doc["mcp"] = mcp

@@ -11,9 +11,10 @@ from gateway.telemetry.lines import LineWriter, writer_for
 class FileLog:
     name = "file-log"
     priority = 9  # Kong's
+    entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
 
     def __init__(self, config: FileLogConfig, writer: LineWriter | None = None) -> None:
         self.writer = writer if writer is not None else writer_for(config.path, config.reopen)
 
-    def log(self, entry: Entry) -> None:
+    def log_entry(self, entry: Entry) -> None:
         self.writer.defer(Entry.json_line, entry)

@@ -14,6 +14,7 @@ from gateway.telemetry.sender import Endpoint, HttpSender
 class HttpLog:
     name = "http-log"
     priority = 12  # Kong's
+    entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
 
     def __init__(self, config: HttpLogConfig, queues: Queues = QUEUES) -> None:
         timeout = config.timeout / 1000
@@ -29,7 +30,7 @@ class HttpLog:
         self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json_line,
                                                   settings=config.headers)
 
-    def log(self, entry: Entry) -> None:
+    def log_entry(self, entry: Entry) -> None:
         self.queue.put(entry)
 
     async def send(self, batch: list[Any]) -> None:

@@ -23,7 +23,6 @@ from gateway.http.server import Exchange
 from gateway.metrics import wall_offset
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
-from gateway.telemetry.entry import Entry
 from gateway.telemetry.sender import Endpoint, HttpSender
 from gateway.telemetry.tracing import (
     B3,
@@ -57,10 +56,15 @@ class Trace:
     def __init__(self, trace_id: int, parent_id: int, sampled: bool, formats: tuple[str, ...]) -> None:
         self.trace_id = trace_id
         self.parent_id = parent_id  # the caller's span (0: this request starts the trace)
-        self.server_id = new_span_id()
+        self.server_id = 0  # the request's own span: drawn when something needs it (a sampled trace, b3, jaeger)
         self.client_id = new_span_id()  # the last upstream try's span: the one propagated upstream
         self.sampled = sampled
         self.formats = formats
+
+    def server(self) -> int:
+        if not self.server_id:
+            self.server_id = new_span_id()
+        return self.server_id
 
     def serialized(self) -> dict[str, str]:
         """Kong's serialized trace_id: the trace id per injected format."""
@@ -87,6 +91,7 @@ def resolve_propagation(config: OpenTelemetryConfig) -> tuple[tuple[str, ...], t
 class OpenTelemetry:
     name = "opentelemetry"
     priority = 14  # Kong's
+    entries = False  # its log step takes the raw facts (gateway.telemetry.phase)
 
     def __init__(self, config: OpenTelemetryConfig, plugin_id: str, queues: Queues = QUEUES) -> None:
         from gateway.telemetry import otlp  # protobuf: only where the plugin is configured
@@ -101,6 +106,8 @@ class OpenTelemetry:
         if formats & {B3, B3_SINGLE}:
             formats |= {B3, B3_SINGLE}
         self.replaced = frozenset(name for f in formats for name in HEADERS[f]) | self.clear
+        self.new_formats = self._formats(None)  # what a request without a trace context gets: decided once
+        self.w3c_only = self.new_formats == (W3C,)
         header = config.http_response_header_for_traceid
         self.response_header = header.encode() if header else None
         headers = [(k.encode(), v.encode()) for k, v in (config.headers or {}).items()]
@@ -120,15 +127,19 @@ class OpenTelemetry:
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
-        found, present = extract(req.headers, self.extract) if self.extract else (None, True)
-        trace = self._trace(found)
         headers = req.headers
+        found, present = extract(headers, self.extract) if self.extract else (None, True)
+        trace = self._trace(found)
         if (present and self.replaced) or self.clear:
             replaced = self.replaced
             headers = req.headers = [hv for hv in headers if hv[0] not in replaced]
-        parent = trace.server_id
-        for fmt in trace.formats:
-            headers += inject(fmt, trace.trace_id, trace.client_id, parent, trace.sampled)
+        if found is None and self.w3c_only:  # the common case, without a call per header format
+            headers.append((b"traceparent", b"00-%032x-%016x-%s" % (trace.trace_id, trace.client_id,
+                                                                    b"01" if trace.sampled else b"00")))
+        else:
+            for fmt in trace.formats:
+                headers += inject(fmt, trace.trace_id, trace.client_id, 0 if fmt == W3C else trace.server(),
+                                  trace.sampled)
         state = ex.state
         if state is None:
             ex.state = {STATE_KEY: trace}
@@ -139,13 +150,16 @@ class OpenTelemetry:
         return False
 
     def _trace(self, found: Any) -> Trace:
-        if found is not None:
-            trace_id, parent_id = found.trace_id, found.span_id
-            sampled = False if found.sampled is False else sample(trace_id, self.rate)
-        else:
-            trace_id, parent_id = new_trace_id(), 0
-            sampled = sample(trace_id, self.rate)
-        formats = []
+        if found is None:
+            trace_id = new_trace_id()
+            return Trace(trace_id, 0, sample(trace_id, self.rate), self.new_formats)
+        trace_id = found.trace_id
+        sampled = False if found.sampled is False else sample(trace_id, self.rate)
+        return Trace(trace_id, found.span_id, sampled, self._formats(found))
+
+    def _formats(self, found: Any) -> tuple[str, ...]:
+        """The formats a request's context goes upstream in: "preserve" is the one it came in (or the default)."""
+        formats: list[str] = []
         for fmt in self.inject:
             if fmt == "preserve":
                 fmt = found.format if found is not None else self.default_format
@@ -153,33 +167,34 @@ class OpenTelemetry:
                     fmt = B3_SINGLE
             if fmt not in formats:
                 formats.append(fmt)
-        return Trace(trace_id, parent_id, sampled, tuple(formats))
+        return tuple(formats)
 
     # ---- log: spans ---------------------------------------------------------------------------------------------
 
-    def log(self, entry: Entry) -> None:
-        ex = entry.ex
+    def log(self, ex: Exchange, started: float, ended: float, status: int) -> None:
         state = ex.state
         trace = state.get(STATE_KEY) if state is not None else None
         if trace is None:  # answered before the access step: the trace starts (and ends) here
             found = extract(ex.request.headers, self.extract)[0] if self.extract else None
             trace = self._trace(found)
-        entry.trace = trace
+            if state is None:
+                ex.state = {STATE_KEY: trace}
+            else:
+                state[STATE_KEY] = trace
         if not trace.sampled:
             return
-        wall = entry.wall or wall_offset()
-        entry.wall = wall
+        wall = wall_offset()
         put = self.queue.put
-        put(self._server_span(entry, trace, wall))
+        put(self._server_span(ex, started, ended, status, trace, wall))
         tries = ex.tries
         if tries:
             last = len(tries) - 1
             for i, attempt in enumerate(tries):
-                put(self._client_span(entry, trace, attempt, i, trace.client_id if i == last else new_span_id(),
-                                      wall))
+                put(self._client_span(ex, ended, status, trace, attempt, i,
+                                      trace.client_id if i == last else new_span_id(), wall))
 
-    def _server_span(self, entry: Entry, trace: Trace, wall: float) -> SpanRecord:
-        ex = entry.ex
+    def _server_span(self, ex: Exchange, started: float, ended: float, status: int, trace: Trace,
+                     wall: float) -> SpanRecord:
         req = ex.request
         method = req.method.decode("latin-1")
         path, _, query = req.target.decode("latin-1").partition("?")
@@ -189,17 +204,18 @@ class OpenTelemetry:
                 host = value.decode("latin-1")
             elif name == b"user-agent":
                 user_agent = value.decode("latin-1")
+        address, port = host, None
+        if host and not host.endswith("]") and ":" in host:
+            address, _, p = host.rpartition(":")
+            port = int(p) if p.isdigit() else None
         route = ex.route
         http_route = route.facts.http_route if route is not None else ""
-        status = entry.status
         attributes: list[tuple[str, Any]] = [
             ("http.request.method", method), ("url.scheme", "http"), ("url.path", path),
-            ("url.query", query or None),
-            ("server.address", host.rsplit(":", 1)[0] if host and not host.endswith("]") else host),
-            ("server.port", entry.port or None), ("client.address", ex.client_ip),
-            ("network.peer.address", ex.peer_ip), ("network.protocol.version", req.http_version.decode()),
-            ("user_agent.original", user_agent), ("http.route", http_route or None),
-            ("http.response.status_code", status),
+            ("url.query", query or None), ("server.address", address), ("server.port", port),
+            ("client.address", ex.client_ip), ("network.peer.address", ex.peer_ip),
+            ("network.protocol.version", req.http_version.decode()), ("user_agent.original", user_agent),
+            ("http.route", http_route or None), ("http.response.status_code", status),
             ("gateway.request.id", ex.request_id.decode("latin-1") or None),
         ]
         error = None
@@ -207,14 +223,14 @@ class OpenTelemetry:
             error = str(status)
             attributes.append(("error.type", error))
         name = f"{method} {http_route}" if http_route else method
-        return SpanRecord(trace.trace_id, trace.server_id, trace.parent_id, name, SERVER,
-                          round((entry.started + wall) * 1e9), round((entry.ended + wall) * 1e9), attributes, error)
+        return SpanRecord(trace.trace_id, trace.server(), trace.parent_id, name, SERVER,
+                          round((started + wall) * 1e9), round((ended + wall) * 1e9), attributes, error)
 
-    def _client_span(self, entry: Entry, trace: Trace, attempt: Any, index: int, span_id: int,
-                     wall: float) -> SpanRecord:
-        method = entry.ex.request.method.decode("latin-1")
+    def _client_span(self, ex: Exchange, ended: float, status: int, trace: Trace, attempt: Any, index: int,
+                     span_id: int, wall: float) -> SpanRecord:
+        method = ex.request.method.decode("latin-1")
         host, port = attempt.target.key
-        code = attempt.code or (entry.status if attempt.head_at else 0)
+        code = attempt.code or (status if attempt.head_at else 0)
         attributes: list[tuple[str, Any]] = [
             ("http.request.method", method), ("server.address", host), ("server.port", port),
             ("network.peer.address", host), ("url.full", f"http://{attempt.target.name}"
@@ -229,8 +245,8 @@ class OpenTelemetry:
             error = str(code)
         if error is not None:
             attributes.append(("error.type", error))
-        end = attempt.ended or entry.ended
-        return SpanRecord(trace.trace_id, span_id, trace.server_id, method, CLIENT,
+        end = attempt.ended or ended
+        return SpanRecord(trace.trace_id, span_id, trace.server(), method, CLIENT,
                           round((attempt.started + wall) * 1e9), round((end + wall) * 1e9), attributes, error)
 
     async def send(self, batch: list[Any]) -> None:
