@@ -100,7 +100,7 @@ class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
     __slots__ = ("request", "conn", "_codec", "_pending", "_request_done", "response_started", "response_done",
-                 "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
+                 "_expect_continue", "close_after", "state", "body_limit", "body_received", "draining", "timer",
                  "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer",
                  "route", "tries", "sent", "response_headers", "mcp")
 
@@ -135,7 +135,7 @@ class Exchange:
         self.state: dict[str, Any] | None = None  # per-request notes for policies (lazily created)
         self._expect_continue = False
         self.body_limit: int | None = None  # set by request-size-limiting; enforced as the body streams
-        self._body_seen = 0
+        self.body_received = 0  # request body bytes read so far (decoded, without chunked framing)
         for name, value in request.headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 self._expect_continue = True
@@ -165,15 +165,10 @@ class Exchange:
                 chunks.append(ev)  # type: ignore[arg-type]
         return b"".join(chunks), self._request_done
 
-    @property
-    def body_received(self) -> int:
-        """Request body bytes read so far (decoded, without chunked framing)."""
-        return self._body_seen
-
     def _count(self, chunk: bytes) -> None:
-        self._body_seen += len(chunk)
+        self.body_received += len(chunk)
         if self.body_limit is not None:
-            if self._body_seen > self.body_limit:
+            if self.body_received > self.body_limit:
                 self.close_after = True
                 raise ProtocolError(f"Request size limit exceeded: the body may be at most {self.body_limit} bytes",
                                     413)

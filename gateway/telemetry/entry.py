@@ -14,14 +14,13 @@ Kong's latencies, in ms, from the Trio clock readings the pipeline and the forwa
 
 from __future__ import annotations
 
-from itertools import chain
 from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
 from gateway.http.server import Exchange
-from gateway.metrics import wall_offset
+from gateway.metrics import head_size, wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
 _WORKSPACE = "default"
@@ -29,12 +28,8 @@ _encode = msgspec.json.Encoder().encode
 
 
 def request_size(ex: Exchange) -> int:
-    """Bytes of the request as sent (nginx's $request_length): request line, headers (as the client wrote them
-    when it wrote them the usual way, "name: value\r\n"), body. Summed by C loops."""
-    req = ex.request
-    headers = req.headers
-    return (len(req.method) + len(req.target) + len(req.http_version) + 9  # "M T HTTP/v\r\n" and the blank line
-            + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) + ex.body_received)
+    """Bytes of the request as sent (nginx's $request_length): request line, headers, body."""
+    return head_size(ex.request) + ex.body_received
 
 
 class Entry:

@@ -68,10 +68,12 @@ class LogPhase:
                     if not tobs.dirty:
                         tobs.dirty = True
                         rec.dirty.append(tobs)
-                    code = attempt.code or (status if attempt.head_at else 0)  # 0: the client left mid-response
+                    head = attempt.head_at
+                    code = attempt.code or (status if head else 0)  # 0: the client left mid-response
                     tobs.codes.append(code if code > 0 else _OUTCOMES.get(code, "error"))
-                    if attempt.head_at:
-                        tobs.latency.append((attempt.head_at - attempt.started) * 1000.0)
+                    if head:
+                        tobs.sents.append(attempt.started)
+                        tobs.heads.append(head)
             mcp = ex.mcp
             if mcp is not None:
                 info = mcp.info

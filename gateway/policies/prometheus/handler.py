@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.metrics import head_size
 from gateway.policies.prometheus.schema import PrometheusConfig
-from gateway.telemetry.entry import request_size
 
 
 class Prometheus:
@@ -25,38 +25,39 @@ class Prometheus:
         self.bandwidth = config.bandwidth_metrics
 
     def log(self, ex: Any, started: float, ended: float, status: int) -> None:
-        """Append what Kong's exporter observes: raw values, counted and bucketed in bulk at the flush."""
+        """Append what Kong's exporter observes: objects that exist already (clock readings, the status, the
+        request), counted, subtracted and bucketed in bulk at the flush (gateway.metrics.RouteObservations)."""
         route = ex.route
         if route is None:
             return
         obs = route.facts.obs  # the log phase has put it on the recorder's dirty list already
         tries = ex.tries
-        last = tries[-1] if tries else None
-        head = last.head_at if last is not None else 0.0
-        who = ""
-        if self.per_consumer:
-            consumer = ex.consumer
-            if consumer is not None:
-                who = consumer.username or ""
-        if self.status:
-            code = status * 2 + 1 if head else status * 2  # the source: service (the upstream answered) or kong
-            if who:
-                obs.kong_by_consumer.append((code, who))
-            else:
-                obs.kong.append(code)
+        head = tries[-1].head_at if tries else 0.0
+        if self.per_consumer and ex.consumer is not None:
+            self._by_consumer(obs, ex, status, head)
+        else:
+            if self.status:
+                (obs.from_service if head else obs.from_kong).append(status)
+            if self.bandwidth:
+                obs.requests.append(ex.request)
+                obs.bodies.append(ex.body_received)
+                obs.sent.append(ex.sent)
         if self.latency:
-            obs.request.append((ended - started) * 1000.0)
+            obs.starts.append(started)
+            obs.ends.append(ended)
             if head:
-                sent = last.started  # type: ignore[union-attr]
-                obs.upstream.append((head - sent) * 1000.0)
-                obs.kong_latency.append((sent - started) * 1000.0)
+                sent = tries[-1].started
+                obs.kong_ends.append(sent)
+                obs.sents.append(sent)
+                obs.heads.append(head)
             else:
-                obs.kong_latency.append((ended - started) * 1000.0)
+                obs.kong_ends.append(ended)
+
+    def _by_consumer(self, obs: Any, ex: Any, status: int, head: float) -> None:
+        """per_consumer with an authenticated consumer: the consumer label is its username."""
+        who = ex.consumer.username or ""
+        if self.status:
+            obs.by_consumer.append((status, "service" if head else "kong", who))
         if self.bandwidth:
-            ingress = request_size(ex)
-            if who:
-                obs.by_consumer[("ingress", who)] += ingress
-                obs.by_consumer[("egress", who)] += ex.sent
-            else:
-                obs.ingress += ingress
-                obs.egress += ex.sent
+            obs.bytes_by_consumer[("ingress", who)] += head_size(ex.request) + ex.body_received
+            obs.bytes_by_consumer[("egress", who)] += ex.sent
