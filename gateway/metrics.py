@@ -1,28 +1,101 @@
-"""Prometheus metrics for the whole gateway, summed across worker processes (prometheus_client's multiprocess mode).
+"""Prometheus metrics for the whole gateway, summed across processes (prometheus_client's multiprocess mode).
 
-The root points PROMETHEUS_MULTIPROC_DIR at run/metrics before it starts any child, so every process's metrics
-land in files there and the status server's /metrics reads them all. On the hot path a worker only adds to a plain
-dict; a task hands the sums to prometheus_client every FLUSH_S (its multiprocess values are file-backed).
+The root points PROMETHEUS_MULTIPROC_DIR at run/metrics before it starts any child, so every process's metrics land
+in files there and the status server's /metrics reads them all (gateway.status.collect). Counter and histogram files
+of processes that have exited stay and keep counting in the sums, so totals survive worker crashes and reloads;
+gauges are of live processes only (the status server removes a dead process's gauge files before each scrape).
+
+On the request path a worker only adds to plain dicts (`Recorder`); a task hands the sums to prometheus_client
+every FLUSH_S, whose multiprocess values are file-backed. A worker killed with SIGKILL loses at most its last
+FLUSH_S of counts (Kong's counters, synced from worker memory to the shared dict every second, lose the same).
+
+Two sets of families:
+- Kong's (kong_*), with the names, labels and buckets of Kong's prometheus plugin (kong/plugins/prometheus/
+  exporter.lua), recorded for the requests a `prometheus` plugin applies to, family by family as its config says.
+- The gateway's own (gateway_*), always on: requests by route and status, upstream targets, connections,
+  breakers, rate limits, the keeper's leases, supervisor restarts, MCP sessions and tool calls.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import time
+from bisect import bisect_left
+from collections import Counter as Counter_
 from collections import defaultdict
+from collections.abc import Callable, Sequence
+from functools import partial
+from itertools import chain
+from operator import sub
+from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, Counter, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
+from prometheus_client import values as prometheus_values
+
+log = logging.getLogger("gateway.metrics")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 FLUSH_S = 1.0
-_CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+WORKSPACE = "default"  # Kong's label for the (only) workspace of a DB-less node
 
-REQUESTS = Counter("gateway_requests_total", "Requests answered by the gateway, by route and status class",
+# Kong's buckets (exporter.lua), in ms.
+KONG_LATENCY_BUCKETS = (1, 2, 5, 7, 10, 15, 20, 30, 50, 75, 100, 200, 500, 750, 1000, 3000, 6000)
+UPSTREAM_LATENCY_BUCKETS = (25, 50, 80, 100, 250, 400, 700, 1000, 2000, 5000, 10000, 30000, 60000)
+# Ours, per target: fine enough below 25 ms for the status page's p50 / p99 of a fast local upstream.
+TARGET_LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+
+_ROUTE = ["service", "route", "workspace"]
+
+# --- Kong's families ------------------------------------------------------------------------------------------------
+
+KONG_REQUESTS = Counter("kong_http_requests_total", "HTTP status codes per consumer/service/route in Kong",
+                        ["service", "route", "code", "source", "workspace", "consumer"])
+KONG_LATENCY = Histogram("kong_kong_latency_ms", "Latency added by Kong and enabled plugins for each service/route "
+                         "in Kong", _ROUTE, buckets=KONG_LATENCY_BUCKETS)
+KONG_UPSTREAM_LATENCY = Histogram("kong_upstream_latency_ms", "Latency added by upstream response for each "
+                                  "service/route in Kong", _ROUTE, buckets=UPSTREAM_LATENCY_BUCKETS)
+KONG_REQUEST_LATENCY = Histogram("kong_request_latency_ms", "Total latency incurred during requests for each "
+                                 "service/route in Kong", _ROUTE, buckets=UPSTREAM_LATENCY_BUCKETS)
+# Kong's name has no _total, which prometheus_client adds to every counter: a gauge summed over every process that
+# ever ran (mode "sum") exposes the exact name and only ever grows, as Kong's counter does.
+KONG_BANDWIDTH = Gauge("kong_bandwidth_bytes", "Total bandwidth (ingress/egress) throughput in bytes",
+                       ["service", "route", "direction", "workspace", "consumer"], multiprocess_mode="sum")
+KONG_TARGET_HEALTH = Gauge("kong_upstream_target_health", "Health status of targets of upstream. States = "
+                           "healthchecks_off|healthy|unhealthy|dns_error, value is 1 when state is populated.",
+                           ["upstream", "target", "address", "state", "subsystem"], multiprocess_mode="livemax")
+METRIC_ERRORS = Counter("kong_nginx_metric_errors_total", "Number of errors while recording or exporting metrics")
+
+# --- the gateway's own ----------------------------------------------------------------------------------------------
+
+REQUESTS = Counter("gateway_requests_total", "Requests answered by the gateway (routed or not), by route and status",
                    ["route", "code"])
+TARGET_REQUESTS = Counter("gateway_upstream_requests_total", "Tries of upstream targets, by outcome: the response "
+                          "status, or connect_failure / timeout / error", ["upstream", "target", "code"])
+TARGET_LATENCY = Histogram("gateway_upstream_latency_ms", "Time from sending a request to a target to its response "
+                           "head, by target", ["upstream", "target"], buckets=TARGET_LATENCY_BUCKETS)
+TARGET_ACTIVE = Gauge("gateway_upstream_active_requests", "Requests in progress on a target (sum over workers, "
+                      "sampled every second)", ["upstream", "target"], multiprocess_mode="livesum")
+CONNECTIONS = Gauge("gateway_connections", "Client connections by state: active, reading (a request head), "
+                    "writing (a request in progress), waiting (idle keep-alive)", ["state"],
+                    multiprocess_mode="livesum")
+ACCEPTED = Counter("gateway_connections_accepted_total", "Client connections accepted")
+BREAKER_STATE = Gauge("gateway_circuit_breaker_state", "Circuit breaker state per target: 1 for the current state "
+                      "(closed, open, half_open)", ["target", "state"], multiprocess_mode="livemax")
+BREAKER_TRANSITIONS = Counter("gateway_circuit_breaker_transitions_total", "Circuit breaker transitions per target",
+                              ["target", "from_state", "to_state"])
+RATELIMIT_ADMITTED = Counter("gateway_ratelimit_admitted_total", "Requests a rate-limiting plugin admitted (each "
+                             "passed every window of the plugin), by plugin and window", ["plugin", "window"])
+RATELIMIT_REJECTED = Counter("gateway_ratelimit_rejected_total", "Requests a rate-limiting plugin rejected, by "
+                             "plugin and the window that was exhausted", ["plugin", "window"])
 LOCAL_SHARE = Counter("gateway_ratelimit_local_share_total",
                       "Requests a worker admitted on its local share of a rate limit (the state keeper exited, "
                       "hung, or was silent on the key for 1 s), by plugin", ["plugin"])
+LEASE_BUCKETS = (0.5, 1, 2, 5, 10, 25, 50, 100, 250, 500, 1000)
+LEASE_ROUND_TRIPS = Histogram("gateway_keeper_lease_round_trip_ms", "Time from a worker's rate-limit lease request "
+                              "to the state keeper's grant", [], buckets=LEASE_BUCKETS)
 TIMEOUTS = Counter("gateway_timeouts_total",
                    "Connections a timeout ended, by what timed out: client_header, client_body (a stalled upload: "
                    "408), client_send (a client not reading: send_timeout_s), client_keepalive, upstream_write, "
@@ -33,21 +106,201 @@ SHED = Counter("gateway_connections_shed_total",
 REDIS_FALLBACK = Counter("gateway_ratelimit_redis_fallback_total",
                          "Tokens a host's state keeper granted on its fallback share of a policy redis limit "
                          "because Redis was unreachable or too slow, by plugin", ["plugin"])
+SUPERVISOR_RESTARTS = Counter("gateway_supervisor_restarts_total", "Children that exited on their own and were "
+                              "restarted by their supervisor, by supervisor, child and exit reason",
+                              ["supervisor", "child", "reason"])
+MCP_SESSIONS = Counter("gateway_mcp_sessions_opened_total", "MCP sessions an upstream opened through the gateway "
+                       "(a response carrying a new Mcp-Session-Id), by route", ["route"])
+MCP_TOOL_CALLS = Counter("gateway_mcp_tool_calls_total", "MCP tools/call requests by tool and outcome (ok: a 2xx "
+                         "answer, else the status code)", ["tool", "outcome"])
+
+HistogramRow = list  # per label set: counts per bucket (the last is +Inf), then the sum
 
 
-class RequestStats:
-    """Per-worker counts since the last flush."""
+def bucket_row(bounds: Sequence[float]) -> HistogramRow:
+    return [0] * (len(bounds) + 1) + [0.0]
+
+
+def bulk_row(upper_bounds: Sequence[float], values: list[float]) -> HistogramRow:
+    """A histogram row of many observations at once: bucketed and summed by C loops (bisect, Counter, sum), which
+    is why the request path only appends raw values to a list."""
+    row: HistogramRow = [0] * len(upper_bounds) + [0.0]
+    for index, n in Counter_(map(partial(bisect_left, upper_bounds), values)).items():
+        row[index] = n
+    row[-1] = sum(values)
+    return row
+
+
+class Observed:
+    """Raw observations of one labelled thing (a route, a target) since the last flush. The request path appends to
+    its lists (the cheapest thing Python does) and, the first time after a flush, puts it on the recorder's dirty
+    list; the flush counts and buckets the lists in bulk."""
+
+    __slots__ = ("dirty",)
 
     def __init__(self) -> None:
-        self.counts: defaultdict[tuple[str, int], int] = defaultdict(int)
-
-    def record(self, route: str, status: int) -> None:
-        self.counts[(route, status // 100)] += 1
+        self.dirty = False
 
     def flush(self) -> None:
-        counts, self.counts = self.counts, defaultdict(int)
-        for (route, klass), n in counts.items():
-            REQUESTS.labels(route, _CLASSES.get(klass, "other")).inc(n)
+        raise NotImplementedError
+
+
+class RouteObservations(Observed):
+    """One route: statuses (gateway_requests_total) and what its prometheus plugin observes (Kong's families).
+
+    The request path appends objects that already exist (clock readings, statuses, the request): no arithmetic,
+    no allocation; the flush subtracts and sums them in bulk."""
+
+    __slots__ = ("name", "service", "route", "labels", "statuses", "from_service", "from_kong", "by_consumer",
+                 "starts", "ends", "sents", "heads", "kong_ends", "requests", "bodies", "sent", "bytes_by_consumer")
+
+    def __init__(self, name: str, service: str, route: str) -> None:
+        super().__init__()
+        self.name = name  # gateway_requests_total's route label
+        self.service = service  # Kong's labels: service name (or host), route name (or id)
+        self.route = route
+        self.labels = (service, route, WORKSPACE)
+        self.statuses: list[int] = []
+        self.from_service: list[int] = []  # kong_http_requests_total: statuses the upstream answered ...
+        self.from_kong: list[int] = []  # ... and the gateway's own
+        self.by_consumer: list[tuple[int, str, str]] = []  # (status, source, consumer) with per_consumer
+        self.starts: list[float] = []  # request latency: ends - starts; kong latency: kong_ends - starts
+        self.ends: list[float] = []
+        self.kong_ends: list[float] = []  # when the request went upstream (or the gateway answered)
+        self.sents: list[float] = []  # upstream latency: heads - sents
+        self.heads: list[float] = []
+        self.requests: list[Any] = []  # bandwidth: the Requests (their heads' sizes), bodies' sizes, bytes sent
+        self.bodies: list[int] = []
+        self.sent: list[int] = []
+        self.bytes_by_consumer: defaultdict[tuple[str, str], int] = defaultdict(int)  # (direction, consumer)
+
+    def flush(self) -> None:
+        statuses, self.statuses = self.statuses, []
+        for status, n in Counter_(statuses).items():
+            REQUESTS.labels(self.name, str(status)).inc(n)
+        service, route = self.service, self.route
+        for source, values in (("service", self.from_service), ("kong", self.from_kong)):
+            for status, n in Counter_(values).items():
+                KONG_REQUESTS.labels(service, route, str(status), source, WORKSPACE, "").inc(n)
+        self.from_service, self.from_kong = [], []
+        if self.by_consumer:
+            by_consumer, self.by_consumer = self.by_consumer, []
+            for (status, source, who), n in Counter_(by_consumer).items():
+                KONG_REQUESTS.labels(service, route, str(status), source, WORKSPACE, who).inc(n)
+        if self.starts:
+            starts, ends, kong_ends, self.starts, self.ends, self.kong_ends = self.starts, self.ends, \
+                self.kong_ends, [], [], []
+            _observe_ms(KONG_REQUEST_LATENCY.labels(*self.labels), KONG_REQUEST_LATENCY, starts, ends)
+            _observe_ms(KONG_LATENCY.labels(*self.labels), KONG_LATENCY, starts, kong_ends)
+        if self.sents:
+            sents, heads, self.sents, self.heads = self.sents, self.heads, [], []
+            _observe_ms(KONG_UPSTREAM_LATENCY.labels(*self.labels), KONG_UPSTREAM_LATENCY, sents, heads)
+        if self.requests:
+            requests, bodies, sent = self.requests, self.bodies, self.sent
+            self.requests, self.bodies, self.sent = [], [], []
+            ingress = sum(map(_head_size, requests)) + sum(bodies)
+            KONG_BANDWIDTH.labels(service, route, "ingress", WORKSPACE, "").inc(ingress)
+            KONG_BANDWIDTH.labels(service, route, "egress", WORKSPACE, "").inc(sum(sent))
+        if self.bytes_by_consumer:
+            by_consumer_bytes, self.bytes_by_consumer = self.bytes_by_consumer, defaultdict(int)
+            for (direction, who), n in by_consumer_bytes.items():
+                KONG_BANDWIDTH.labels(service, route, direction, WORKSPACE, who).inc(n)
+
+
+def head_size(request: Any) -> int:
+    """Bytes of a request head as the client sent it the usual way ("name: value\\r\\n" per header): nginx's
+    $request_length less the body. Summed by C loops."""
+    headers = request.headers
+    return (len(request.method) + len(request.target) + len(request.http_version) + 9  # "M T HTTP/v\\r\\n", blank
+            + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers))
+
+
+_head_size = head_size
+
+
+def _observe_ms(child: Any, family: Histogram, starts: list[float], ends: list[float]) -> None:
+    """Observe ends[i] - starts[i] (seconds on the Trio clock) in ms, all at once: the bounds are scaled to
+    seconds rather than every value to ms."""
+    row = bulk_row([bound / 1000.0 for bound in family._upper_bounds], list(map(sub, ends, starts)))
+    row[-1] *= 1000.0
+    add_observations(child, row)
+
+
+_SOURCES = ("kong", "service")
+
+
+class TargetObservations(Observed):
+    """One upstream target: the outcome of each try, and the time to each response head."""
+
+    __slots__ = ("upstream", "target", "codes", "sents", "heads")
+
+    def __init__(self, upstream: str, target: str) -> None:
+        super().__init__()
+        self.upstream = upstream
+        self.target = target
+        self.codes: list[int | str] = []  # the status, or connect_failure / timeout / error
+        self.sents: list[float] = []  # latency: heads - sents (Trio clock)
+        self.heads: list[float] = []
+
+    def flush(self) -> None:
+        codes, self.codes = self.codes, []
+        for code, n in Counter_(codes).items():
+            TARGET_REQUESTS.labels(self.upstream, self.target, str(code)).inc(n)
+        if self.sents:
+            sents, heads, self.sents, self.heads = self.sents, self.heads, [], []
+            _observe_ms(TARGET_LATENCY.labels(self.upstream, self.target), TARGET_LATENCY, sents, heads)
+
+
+class Recorder:
+    """One process's counts since the last flush. Everything here is a plain dict, list or int: no locks, no files,
+    no bucketing on the request path."""
+
+    def __init__(self) -> None:
+        self.dirty: list[Observed] = []  # routes and targets observed since the last flush
+        self.unrouted: list[int] = []  # statuses of requests no route matched
+        # (family, label values) -> raw observations (rarer histograms: lease round trips)
+        self.histograms: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+        # (counter, label values) -> amount: everything else that is counted
+        self.counts: defaultdict[tuple[Counter, tuple[str, ...]], float] = defaultdict(float)
+        # called at each flush to set gauges (connections, active requests): no work on the request path
+        self.samplers: list[Callable[[], None]] = []
+
+    def request(self, route: str, status: int) -> None:
+        """A request counted by route name (tests, and callers without a route's observations)."""
+        self.count(REQUESTS, (route, str(status)))
+
+    def count(self, counter: Counter, labels: tuple[str, ...], amount: float = 1) -> None:
+        self.counts[(counter, labels)] += amount
+
+    def observe(self, family: Histogram, labels: tuple[str, ...], value: float) -> None:
+        key = (family, labels)
+        values = self.histograms.get(key)
+        if values is None:
+            values = self.histograms[key] = []
+        values.append(value)
+
+    def flush(self) -> None:
+        """Hand everything counted since the last flush to prometheus_client."""
+        dirty, self.dirty = self.dirty, []
+        unrouted, self.unrouted = self.unrouted, []
+        histograms, self.histograms = self.histograms, {}
+        counts, self.counts = self.counts, defaultdict(float)
+        try:
+            for obs in dirty:
+                obs.dirty = False
+                obs.flush()
+            for status, n in Counter_(unrouted).items():
+                REQUESTS.labels("-", str(status)).inc(n)
+            for (family, labels), values in histograms.items():
+                add_observations(family.labels(*labels) if labels else family, bulk_row(family._upper_bounds,
+                                                                                        values))
+            for (counter, labels), amount in counts.items():
+                (counter.labels(*labels) if labels else counter).inc(amount)
+            for sampler in self.samplers:
+                sampler()
+        except Exception:  # a metric must never take the worker down: count it, as Kong's metric errors are
+            log.exception("metrics: flush failed")
+            METRIC_ERRORS.inc()
 
     async def flush_forever(self) -> None:
         try:
@@ -58,17 +311,88 @@ class RequestStats:
             self.flush()
 
 
+def add_observations(child: Any, row: HistogramRow) -> None:
+    """Add a row of bucket counts and a sum to a prometheus_client histogram child at once (observe() is one at a
+    time). Its buckets are stored per bucket, not cumulated, in both value classes (prometheus_client 0.20+)."""
+    buckets = child._buckets
+    for i, n in enumerate(row[:-1]):
+        if n:
+            buckets[i].inc(n)
+    child._sum.inc(row[-1])
+
+
+# The process-wide recorder: workers record into it, the keeper and the root count their rare events in it too.
+RECORDER = Recorder()
+
+
 def prepare_multiprocess_dir(run_dir: str) -> str:
-    """An empty run/metrics, exported to every child the root starts from now on."""
+    """An empty run/metrics, exported to every child the root starts from now on, and used by the root itself for
+    the metric values it makes from now on (prometheus_client chose its value class when it was imported, before
+    the root knew its run directory; children made later look the class up again)."""
     path = os.path.join(run_dir, "metrics")
     shutil.rmtree(path, ignore_errors=True)
     os.makedirs(path, exist_ok=True)
     os.environ[MULTIPROC_ENV] = path
+    prometheus_values.ValueClass = prometheus_values.get_value_class()
     return path
 
 
-def multiprocess_registry() -> CollectorRegistry:
+def release_metric_files() -> None:
+    """For a fork template (the zygote): close the metric files its imports opened and forget its pid, so each forked
+    child opens files of its own on its first metric update. prometheus_client would do this itself on seeing a new
+    pid, but by closing the inherited files, which a child started with only its own descriptors no longer has."""
+    check = getattr(prometheus_values.ValueClass, "_MmapedValue__check_for_pid_change", None)
+    if check is None or check.__closure__ is None:  # not in multiprocess mode: nothing is open
+        return
+    cells = dict(zip(check.__code__.co_freevars, check.__closure__, strict=True))
+    files, pid = cells["files"].cell_contents, cells["pid"].cell_contents
+    for f in files.values():
+        f.close()
+    files.clear()
+    pid["value"] = None  # never a pid: the next update anywhere reopens
+
+
+def sweep_dead_processes(path: str) -> list[int]:
+    """Remove the live-gauge files of processes that have exited (their counters stay); returns their pids."""
+    dead: list[int] = []
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return dead
+    for name in names:
+        if not (name.startswith("gauge_live") and name.endswith(".db")):
+            continue
+        try:
+            pid = int(name.rsplit("_", 1)[1][:-3])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            multiprocess.mark_process_dead(pid, path)
+            dead.append(pid)
+    return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its supervisor) is dead for metrics
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
     """A registry that reads every process's metric files (for /metrics in the root)."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    multiprocess.MultiProcessCollector(registry, path=path)
     return registry
+
+
+def wall_offset() -> float:
+    """time.time() - trio.current_time(): turns Trio clock readings into Unix time."""
+    return time.time() - trio.current_time()

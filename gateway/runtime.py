@@ -32,6 +32,7 @@ from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
 from gateway.policies.jwt.keys import check_keys
 from gateway.routing import Router, RouteSpec
+from gateway.telemetry.entities import RouteFacts
 from gateway.tls_runtime import compile_client_tls, compile_server_tls
 
 log = logging.getLogger("gateway.runtime")
@@ -40,9 +41,10 @@ log = logging.getLogger("gateway.runtime")
 class TargetRuntime:
     """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
 
-    __slots__ = ("host", "port", "key", "name", "host_header", "weight", "server_name")
+    __slots__ = ("host", "port", "key", "name", "host_header", "weight", "server_name", "obs")
 
     def __init__(self, host: str, port: int, weight: int, host_header: str | None = None) -> None:
+        self.obs: Any = None  # its tries' outcomes and latencies for metrics (made by the log phase when first used)
         self.host = host
         self.port = port
         self.key = (host, port)
@@ -117,11 +119,11 @@ class RouteRuntime:
     """A route as the pipeline uses it."""
 
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
-                 "consumer_phases", "https_redirect")
+                 "consumer_phases", "https_redirect", "facts", "loggers", "consumer_loggers")
 
     def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
-                 affinity: SessionAffinity | None = None) -> None:
+                 affinity: SessionAffinity | None = None, facts: RouteFacts | None = None) -> None:
         self.name = name
         self.service = service  # None: Kong's route without a service (503 unless a plugin answers)
         self.preserve_host = preserve_host
@@ -129,19 +131,21 @@ class RouteRuntime:
         # no plugin of the chain has one (gateway.pipeline.phases).
         self.phases = ResponsePhases.of(policies)
         self.consumer_phases = {cid: ResponsePhases.of(chain) for cid, chain in (consumer_policies or {}).items()}
-        # What runs in the access phase: the chain's policies that have one, in priority order, as resolved for a
-        # request with no consumer
-        policies = [p for p in policies if hasattr(p, "access")]
-        if consumer_policies is not None:
-            consumer_policies = {cid: [p for p in chain if hasattr(p, "access")]
-                                 for cid, chain in consumer_policies.items()}
-        self.policies = policies
+        # In priority order, as resolved for a request with no consumer: the policies with an access step here,
+        # those with a log step (run after the response; `entries` says how they take it: gateway.telemetry.phase)
+        # in `loggers`.
+        self.policies = [p for p in policies if hasattr(p, "access")]
+        self.loggers = [p for p in policies if hasattr(p, "entries")]
         # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
-        self.consumer_policies = consumer_policies
+        self.consumer_policies = None if consumer_policies is None else {
+            c: [p for p in chain if hasattr(p, "access")] for c, chain in consumer_policies.items()}
+        self.consumer_loggers = None if consumer_policies is None else {
+            c: [p for p in chain if hasattr(p, "entries")] for c, chain in consumer_policies.items()}
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
+        self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
 
 
 class _NoService:
@@ -174,6 +178,7 @@ class Runtime:
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
         self.server_tls: ServerTls | None = None  # the certificates of listeners with `ssl` (gateway.tls_runtime)
         self.global_phases: ResponsePhases | None = None  # global plugins' response phases: for a 404 (no route)
+        self.global_loggers: list[Any] = []  # log steps of global plugins: what logs a request no route matched
         gw = config.gateway
         # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
         self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
@@ -205,6 +210,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     listen_hosts = [hp[0] for hp in (parse_host_port(a.split()[0], None) for a in listens if a.split())
                     if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
+    services_by_name = {svc.name: svc for svc in config.services}
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
@@ -220,7 +226,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
             policies = [*policies, NO_SERVICE]
             consumer_policies = {cid: [*chain, NO_SERVICE] for cid, chain in (consumer_policies or {}).items()} \
                 or None
-        route_runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
+        facts = RouteFacts(route, rname, services_by_name.get(route.service or ""))
+        route_runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity,
+                                     facts)
         if "http" not in route.protocols:
             route_runtime.https_redirect = route.https_redirect_status_code
         specs.append(RouteSpec(route_runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
@@ -236,6 +244,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     runtime.server_tls = server_tls
     runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
                                                      if _is_global(p)], None))
+    runtime.global_loggers = _global_loggers(plugin_objs)
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
         if store is not None:
@@ -423,6 +432,14 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
 
 def _is_global(plugin: Plugin) -> bool:
     return getattr(plugin, "_route", None) is None and plugin.route is plugin.service is plugin.consumer is None
+
+
+def _global_loggers(plugins: list[Built]) -> list[Any]:
+    """The log steps of global plugins (no route, service or consumer), in priority order: Kong runs them for a
+    request no route matched."""
+    chosen = [policy for plugin, _, policy in plugins if policy is not None and hasattr(policy, "entries")
+              and _is_global(plugin)]
+    return sorted(chosen, key=lambda p: (-p.priority, p.name))
 
 
 def _route_key(plugin: Plugin) -> Any:

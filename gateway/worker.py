@@ -24,7 +24,6 @@ from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
 from gateway.http.tls_contexts import ServerTls
-from gateway.metrics import RequestStats
 from gateway.node.keeper import Keeper
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
@@ -32,6 +31,7 @@ from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.handler import Pipeline
 from gateway.runtime import compile_config
 from gateway.state.shared import SharedState
+from gateway.telemetry.service import WorkerTelemetry
 
 log = logging.getLogger("gateway.worker")
 
@@ -80,9 +80,9 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
-    stats = RequestStats()
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
-    pipeline = Pipeline(runtime, forwarder, stats)
+    telemetry = WorkerTelemetry(config, settings.connections)
+    pipeline = Pipeline(runtime, forwarder, telemetry.log_phase)
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -91,7 +91,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(forwarder.keepalives.run_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
-                nursery.start_soon(stats.flush_forever)
+                await nursery.start(telemetry.run)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:
@@ -116,6 +116,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                              gw.drain_timeout)
                     break
                 await _drain(listeners, settings, gw.drain_timeout)
+                shared.release()
+                await telemetry.drain()
                 nursery.cancel_scope.cancel()
     finally:
         pool.close_all()  # also when cancelled: no pooled upstream socket is left open

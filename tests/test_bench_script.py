@@ -617,3 +617,23 @@ def test_session_and_stateless_tool_calls():
     assert headers["MCP-Protocol-Version"] == "2026-07-28" == payloads.STATELESS_VERSION
     assert json.loads(body)["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"] == "2026-07-28"
     assert json.loads(payloads.initialize_body())["params"]["protocolVersion"] == "2025-06-18"
+
+
+def test_observability_configs_are_valid_gateway_configs():
+    """gw-metrics and gw-otel-*: the gateway accepts them (check-config's compile), with the plugin as described."""
+    from gateway.config import parse_config
+    from gateway.runtime import compile_config
+
+    by_name = {c.name: c for c in bench.CONFIGURATIONS}
+    for name, plugin in [("gw-metrics", "prometheus"), ("gw-otel-0.01", "opentelemetry"),
+                         ("gw-otel-1", "opentelemetry")]:
+        text = render(by_name[name].config)
+        config = parse_config(text, name)
+        compile_config(config, name)
+        assert [p.name for p in config.plugins] == [plugin]
+    rates = {name: yaml.safe_load(render(by_name[name].config))["plugins"][0]["config"]["sampling_rate"]
+             for name in ("gw-otel-0.01", "gw-otel-1")}
+    assert rates == {"gw-otel-0.01": 0.01, "gw-otel-1": 1}
+    metrics = yaml.safe_load(render(by_name["gw-metrics"].config))["plugins"][0]["config"]
+    assert all(metrics[k] for k in ("status_code_metrics", "latency_metrics", "bandwidth_metrics",
+                                    "upstream_health_metrics"))

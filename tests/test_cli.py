@@ -165,12 +165,3 @@ def test_run_on_a_port_already_in_use_fails_with_a_clear_message(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_check_config_refuses_access_log_which_is_not_built(tmp_path):
-    path = tmp_path / "log.yml"
-    path.write_text("gateway: {access_log: true}\nservices: [{name: s, url: 'http://127.0.0.1:9'}]\n")
-    result = run_cli("check-config", str(path))
-    assert result.returncode == 2
-    assert result.stderr.splitlines() == [
-        f"{path}: gateway.access_log: access logs are not built yet; remove the key (or set it to false)"]

@@ -369,11 +369,12 @@ async def thread(fn, *args, **kwargs):  # noqa: ANN001, ANN201
 
 
 LIMIT = 200
+DAY_LIMIT = 6
 
 
 def rate_limit_config(port: int, backend: Backend) -> dict:
     url = f"http://127.0.0.1:{backend.port}"
-    names = ["rl", "hdr", "hide", "tb", "stall"]
+    names = ["rl", "hdr", "hide", "tb", "stall", "day"]
     plugins = [
         {"name": "rate-limiting", "service": "rl", "config": {"minute": LIMIT, "limit_by": "service"}},
         {"name": "rate-limiting", "service": "hdr",
@@ -383,6 +384,7 @@ def rate_limit_config(port: int, backend: Backend) -> dict:
         {"name": "rate-limiting", "service": "tb",
          "config": {"algorithm": "token-bucket", "rate": 20, "burst": 40, "limit_by": "service"}},
         {"name": "rate-limiting", "service": "stall", "config": {"minute": LIMIT, "limit_by": "service"}},
+        {"name": "rate-limiting", "service": "day", "config": {"day": DAY_LIMIT, "limit_by": "service"}},
     ]
     return config(port, [{"name": n, "url": url} for n in names], [route(n, n) for n in names], plugins)
 
@@ -516,6 +518,23 @@ async def test_hide_client_headers_hides_them_but_keeps_retry_after(limited):
         else:
             assert int(reply.headers["retry-after"]) >= 1
             assert json.loads(reply.body)["message"] == "API rate limit exceeded"
+
+
+async def test_workers_retired_by_a_reload_give_back_their_unspent_tokens(limited):
+    """A worker leases more than one token at a time; the generation a reload retires gives back what it did not
+    spend, so a day's limit still admits exactly its count (the tokens would be lost until midnight otherwise)."""
+    gw, _ = limited
+    first = await http(gw.port, "/day")
+    assert first.status == 200
+    old = set(gw.worker_pids())
+    out = gw.cli("reload", "--config", str(gw.config))
+    assert out.returncode == 0, out.stdout + out.stderr
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (any(_alive(pid) for pid in old) or set(gw.worker_pids()) & old):
+        await trio.sleep(0.05)
+    assert not any(_alive(pid) for pid in old), "the retired workers did not exit"
+    replies = [await http(gw.port, "/day") for _ in range(2 * DAY_LIMIT)]
+    assert Counter(r.status for r in replies) == {200: DAY_LIMIT - 1, 429: DAY_LIMIT + 1}
 
 
 async def test_token_bucket_admits_the_burst_then_the_rate(limited):

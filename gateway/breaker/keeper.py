@@ -9,6 +9,9 @@ from gateway.breaker.config import BreakerConfig
 from gateway.breaker.machine import Breaker
 from gateway.breaker.messages import BreakerUpdate, Outcome
 from gateway.breaker.state import State
+from gateway.metrics import BREAKER_STATE, BREAKER_TRANSITIONS, RECORDER
+
+_NAMES = {State.CLOSED: "closed", State.OPEN: "open", State.HALF_OPEN: "half_open", State.FORCED_OPEN: "forced_open"}
 
 
 class BreakerBoard:
@@ -21,6 +24,7 @@ class BreakerBoard:
 
     def __init__(self, configs: Mapping[str, BreakerConfig]) -> None:
         self._breakers = {target: Breaker(target, config) for target, config in configs.items()}
+        self._last: dict[str, State] = {}  # the state last published per target, to count transitions from it
 
     def record(self, outcomes: Iterable[Outcome], now: float) -> tuple[list[BreakerUpdate], list[str]]:
         """Count a worker's outcomes (unknown targets are ignored)."""
@@ -32,7 +36,7 @@ class BreakerBoard:
                 breaker.record_outcome(outcome, now)
                 permits += _probes(breaker, now)
                 touched[outcome.target] = breaker
-        return _drain(touched.values()), permits
+        return self._counted(_drain(touched.values())), permits
 
     def tick(self, now: float) -> tuple[list[BreakerUpdate], list[str]]:
         """Open timeouts and lapsed permits, checked on the keeper's timer."""
@@ -40,7 +44,7 @@ class BreakerBoard:
         for breaker in self._breakers.values():
             breaker.tick(now)
             permits += _probes(breaker, now)
-        return _drain(self._breakers.values()), permits
+        return self._counted(_drain(self._breakers.values())), permits
 
     def all_closed(self) -> bool:
         """No breaker has a timer running (open) or probes out (half-open): `tick` has nothing to do."""
@@ -52,19 +56,21 @@ class BreakerBoard:
             mine = self._breakers.get(target)
             if mine is not None and mine.config == breaker.config:
                 self._breakers[target] = breaker
+                if target in old._last:
+                    self._last[target] = old._last[target]
 
     def reset(self, target: str) -> BreakerUpdate:
         """Operator: close `target`'s breaker."""
         breaker = self._get(target)
         breaker.reset()
-        breaker.drain()
+        self._counted(breaker.drain())
         return breaker.update()
 
     def force_open(self, target: str, now: float) -> BreakerUpdate:
         """Operator: open `target`'s breaker until reset."""
         breaker = self._get(target)
         breaker.force_open(now)
-        breaker.drain()
+        self._counted(breaker.drain())
         return breaker.update()
 
     def states(self) -> list[BreakerUpdate]:
@@ -75,6 +81,24 @@ class BreakerBoard:
         """State and counters of one breaker, or of all, for the admin channel."""
         targets = [target] if target is not None else list(self._breakers)
         return {name: self._get(name).describe(now) for name in targets}
+
+    def sample_states(self) -> None:
+        """gateway_circuit_breaker_state: 1 for each breaker's current state, 0 for the others (metrics flush)."""
+        for target, breaker in self._breakers.items():
+            for state in State:
+                BREAKER_STATE.labels(target, _NAMES[state]).set(1 if breaker.state is state else 0)
+        for labels in list(BREAKER_STATE._metrics):
+            if labels[0] not in self._breakers:  # a target the config no longer has
+                BREAKER_STATE.remove(*labels)
+
+    def _counted(self, updates: list[BreakerUpdate]) -> list[BreakerUpdate]:
+        """Count each transition (gateway_circuit_breaker_transitions_total) as it is published."""
+        for update in updates:
+            before = self._last.get(update.target, State.CLOSED)
+            if update.state is not before:
+                RECORDER.count(BREAKER_TRANSITIONS, (update.target, _NAMES[before], _NAMES[update.state]))
+            self._last[update.target] = update.state
+        return updates
 
     def _get(self, target: str) -> Breaker:
         breaker = self._breakers.get(target)

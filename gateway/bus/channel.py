@@ -21,6 +21,7 @@ log = logging.getLogger("gateway.bus")
 # How soon a lost connection to the keeper is tried again (ZeroMQ's default is 100 ms): a restarted keeper is up in
 # tens of milliseconds, and over ipc a refused attempt costs a syscall.
 RECONNECT_IVL_MS = 10
+CLOSE_LINGER_MS = 200  # at close, how long messages still queued for the keeper may take to leave
 
 
 class KeeperChannel:
@@ -80,5 +81,5 @@ class KeeperChannel:
             if self._monitor is not None:
                 self._dealer.sock.disable_monitor()
                 self._monitor.close()
-            self._dealer.close()
+            self._dealer.close(linger=CLOSE_LINGER_MS)  # what was queued last (tokens given back) still leaves
             self._sub.close()

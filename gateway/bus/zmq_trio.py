@@ -101,5 +101,6 @@ class PumpedSocket:
                 continue
             await trio.lowlevel.wait_readable(self._fd)
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger: int = 0) -> None:
+        """Close; `linger` ms for queued messages to leave (0: dropped)."""
+        self.sock.close(linger=linger)

@@ -302,8 +302,6 @@ def _unique(items: list[Any], section: str, errors: list[str]) -> dict[str, Any]
 
 
 def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
-    if gw.access_log:  # configured means enforced: nothing writes access logs yet
-        errors.append("gateway.access_log: access logs are not built yet; remove the key (or set it to false)")
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
     tls = False
     for i, entry in enumerate(listens):

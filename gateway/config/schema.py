@@ -59,7 +59,9 @@ class GatewaySettings(Base):
     worker_restart_intensity: NonNegInt = 5  # workers supervisor, per generation; escalates to the root
     worker_restart_period_s: PosInt = 10
     worker_start_timeout_s: Seconds = 15.0
-    access_log: bool = False
+    # A JSON line per request in the shape of Kong's log plugins (gateway.telemetry): false (off), true (access.log
+    # beside pid_file) or a file path. Every worker appends to the same file; SIGUSR1 reopens it (log rotation).
+    access_log: bool | str = False
     # The client address, as kong.conf's settings of the same names (nginx's realip module): a request from a peer
     # in trusted_ips (IPs or CIDRs) takes its client address from real_ip_header (the last address in it, or with
     # real_ip_recursive the last one not itself trusted), and keeps its X-Forwarded-Proto/Host/Port/For.

@@ -71,6 +71,7 @@ class ConnectionSet:
 
     def __init__(self) -> None:
         self.active = 0
+        self.accepted = 0  # ever (metrics: kong_nginx_connections_total{state="accepted"})
         self.draining = False
         self._spare: SpareFd | None = None
         self.timers = Timers()
@@ -84,6 +85,7 @@ class ConnectionSet:
         return self._spare
 
     def opened(self) -> None:
+        self.accepted += 1
         self.active += 1
         self._empty = trio.Event() if self._empty.is_set() else self._empty
 
@@ -110,9 +112,9 @@ class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
     __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
-                 "_expect_continue", "close_after", "state", "body_limit", "_body_seen", "draining", "timer",
+                 "_expect_continue", "close_after", "state", "body_limit", "body_received", "draining", "timer",
                  "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer",
-                 "phases", "_held")
+                 "phases", "_held", "route", "tries", "sent", "response_headers", "mcp")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  draining: bool = False, body_timeout: float = 60.0) -> None:
@@ -132,6 +134,13 @@ class Exchange:
         # response this request gets; None (the common case) costs nothing.
         self.phases: Any = None
         self._held: bytes | None = None  # body bytes a policy read ahead (read_body) or replaced (replace_body)
+        # What the log phase reads after the response (gateway.telemetry): the matched route, the upstream tries
+        # (the forwarder's attempts, in order), bytes written to the client, the response headers, the MCP request.
+        self.route: Any = None
+        self.tries: list[Any] | None = None
+        self.sent = 0
+        self.response_headers: Headers | None = None
+        self.mcp: Any = None
         self.conn = conn
         self._codec = codec
         self._request_done = False
@@ -141,7 +150,7 @@ class Exchange:
         self.state: dict[str, Any] | None = None  # per-request notes for policies (lazily created)
         self._expect_continue = False
         self.body_limit: int | None = None  # set by request-size-limiting; enforced as the body streams
-        self._body_seen = 0
+        self.body_received = 0  # request body bytes read so far (decoded, without chunked framing)
         for name, value in request.headers:
             if name == b"expect" and value.lower() == b"100-continue":
                 self._expect_continue = True
@@ -175,9 +184,9 @@ class Exchange:
         return b"".join(chunks), self._request_done
 
     def _count(self, chunk: bytes) -> None:
+        self.body_received += len(chunk)
         if self.body_limit is not None:
-            self._body_seen += len(chunk)
-            if self._body_seen > self.body_limit:
+            if self.body_received > self.body_limit:
                 self.close_after = True
                 raise ProtocolError(SIZE_LIMITED, 413)
 
@@ -236,6 +245,7 @@ class Exchange:
         self.status = status
         if self.phases is not None:
             headers, body = self.phases.filter(self, status, headers, body, end)
+        self.response_headers = headers
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
         data = codec.response_head(status, headers, reason, close, self.response_lines)
         if body:
@@ -243,16 +253,21 @@ class Exchange:
         if end:
             data += codec.end()
             self.response_done = True
+        self.sent += len(data)
         await self.conn.sendall(data)
 
     async def send_body(self, data: bytes) -> None:
         if data:
-            await self.conn.sendall(self._codec.body(data))
+            data = self._codec.body(data)
+            self.sent += len(data)
+            await self.conn.sendall(data)
 
     async def end(self, last: bytes = b"") -> None:
         codec = self._codec
         self.response_done = True
-        await self.conn.sendall((codec.body(last) if last else b"") + codec.end())
+        data = (codec.body(last) if last else b"") + codec.end()
+        self.sent += len(data)
+        await self.conn.sendall(data)
 
     async def respond(self, status: int, body: bytes, content_type: bytes = JSON,
                       extra: Headers | None = None) -> None:

@@ -18,10 +18,20 @@ import enum
 import heapq
 import itertools
 import math
+from collections.abc import Callable
 
 import trio
 
 TIMER_RESOLUTION_S = 0.1
+
+
+def run_clock() -> Callable[[], float]:
+    """The running Trio clock's `current_time`, bound: the same readings as trio.current_time() for a fraction of
+    its cost (what the request path reads several times per request). Outside Trio: trio.current_time."""
+    try:
+        return trio.lowlevel.current_clock().current_time
+    except RuntimeError:
+        return trio.current_time
 
 
 class Phase(enum.IntEnum):

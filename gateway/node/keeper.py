@@ -27,7 +27,7 @@ from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
-from gateway.metrics import REDIS_FALLBACK
+from gateway.metrics import RECORDER, REDIS_FALLBACK
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.tree import needs_health
 from gateway.ratelimit.ledger import Ledger
@@ -36,6 +36,7 @@ from gateway.ratelimit.redis_client import RedisStore, StoreError
 from gateway.ratelimit.redis_script import Call
 from gateway.ratelimit.remote import PENDING_S
 from gateway.runtime import compile_config
+from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
 
@@ -93,6 +94,12 @@ class Keeper:
                 key = f"{upstream}|{info.name}"
                 self.targets.setdefault(key, p.TargetState(key))
         self.passive = PassiveChecker.from_config(config, self._passive_flip)
+        self.health_metrics = TargetHealthMetrics(config)
+
+    def sample_metrics(self) -> None:
+        """At each metrics flush: breaker states and Kong's target health gauges."""
+        self.breakers.sample_states()
+        self.health_metrics.sample(self.targets)
 
     def _passive_flip(self, upstream: str, target: str, healthy: bool) -> None:
         self._set_health(f"{upstream}|{target}", healthy, "passive checks")
@@ -459,6 +466,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 nursery.start_soon(_heartbeats, keeper, publish)
                 nursery.start_soon(_ticks, keeper, routed, publish, timer)
                 nursery.start_soon(run_redis_level, keeper, deliver)
+                RECORDER.samplers.append(keeper.sample_metrics)
+                nursery.start_soon(RECORDER.flush_forever)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 publish(keeper.snapshot())

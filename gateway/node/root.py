@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from functools import partial
@@ -25,7 +26,7 @@ from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.discovery.registration import run_registration
-from gateway.metrics import multiprocess_registry, prepare_multiprocess_dir
+from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
 from gateway.node.files import PID_MODE, make_run_dir, write_atomically
 from gateway.node.orphan import ROOT_PID_ENV
@@ -34,6 +35,9 @@ from gateway.node.slots import ListenerSlots
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
+from gateway.status.collect import gateway_registry
+from gateway.status.page import StatusPage
+from gateway.telemetry.supervision import install_restart_counter
 from gateway.worker import listen_addresses
 from supervisor import (
     ChildInfo,
@@ -83,6 +87,7 @@ class Node:
         self.root: Handle | None = None
         self.started_at = time.time()
         self.run_dir = ""
+        self.metrics_dir = ""
         self._stop = trio.Event()
         self._forced = False
         self._reload_lock = trio.Lock()
@@ -104,7 +109,8 @@ class Node:
         gw = config.gateway
         self.run_dir = make_run_dir(os.path.dirname(os.path.abspath(gw.pid_file)))
         count = self.worker_count(config)
-        prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit where to write metrics
+        self.metrics_dir = prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit it
+        install_restart_counter()  # gateway_supervisor_restarts_total, from the supervisor's reports
         try:
             self.slots.ensure(listen_addresses(config), count)
         except OSError as e:
@@ -146,8 +152,12 @@ class Node:
         if status_at is not None:
             host, port = status_at
             assert port is not None  # validated at load: status_listen names a port
-            app = StatusApp(NodeStatus(self), multiprocess_registry(), version=__version__,
-                            started_at=self.started_at)
+            registry, collector = gateway_registry(self.metrics_dir, node=f"{socket.gethostname()}:{self.run_dir}",
+                                                   version=__version__, kong_enabled=self._prometheus_enabled)
+            source = NodeStatus(self)
+            page = StatusPage(source, collector.families, prepare=collector.prepare)
+            app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
+                            prepare=collector.prepare, page=page)
             children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
         children.append(first)
         if gw.registration is not None:
@@ -191,11 +201,18 @@ class Node:
         log.info("gateway stopped" if exit_code == EXIT_OK else "gateway exited after a failure")
         return exit_code
 
+    def _prometheus_enabled(self) -> bool:
+        """Kong's node-level families (connections, node info) are exported while a prometheus plugin is on."""
+        config = self.config
+        return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
+
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
+                elif signum == signal.SIGUSR1:  # nginx's reopen: the workers reopen their log files
+                    await self._signal_workers(signal.SIGUSR1)
                 elif self._stop.is_set():
                     log.warning("second %s: forcing the stop", signal.Signals(signum).name)
                     self._forced = True
@@ -203,6 +220,14 @@ class Node:
                 else:
                     log.info("%s: graceful stop", signal.Signals(signum).name)
                     self._stop.set()
+
+    async def _signal_workers(self, signum: signal.Signals) -> None:
+        for info in await self._all_workers():
+            if info.pid is not None and info.pid.os_pid:
+                try:
+                    os.kill(info.pid.os_pid, signum)
+                except ProcessLookupError:
+                    pass
 
     async def _kill_everything(self) -> None:
         try:

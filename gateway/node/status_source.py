@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.bus.keeper_link import KeeperUnavailable
+from gateway.config import parse_host_port
+from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.status import BaseStatusSource, CheckResult
 
 if TYPE_CHECKING:
@@ -67,6 +69,33 @@ class NodeStatus(BaseStatusSource):
         if any(c["healthy"] < c["total"] for c in per.values()):
             return CheckResult("degraded", per)
         return CheckResult("healthy", per)
+
+    async def overview(self) -> dict[str, Any]:
+        """For the status page (gateway.status.page): the tree, the keeper's targets and breakers, the config's
+        upstreams (targets, weights, whether anything checks their health)."""
+        from gateway.telemetry.health_metrics import has_checks
+
+        node = self.node
+        targets = breakers = None
+        try:
+            reply = await node.keeper.call("targets", {}, timeout=KEEPER_TIMEOUT_S)
+            targets = reply.result if reply.ok else None
+            reply = await node.keeper.call("breakers", {}, timeout=KEEPER_TIMEOUT_S)
+            breakers = reply.result if reply.ok else None
+        except KeeperUnavailable:
+            pass
+        upstreams: dict[str, Any] = {}
+        config = node.config
+        if config is not None:
+            for up in config.upstreams:
+                upstreams[up.name] = {"checked": has_checks(up), "targets": {}}
+            for t in config.targets:
+                hostport = parse_host_port(t.target, DEFAULT_TARGET_PORT)
+                if t.upstream in upstreams and hostport is not None:
+                    host, port = hostport
+                    name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as TargetRuntime names it
+                    upstreams[t.upstream]["targets"][name] = t.weight
+        return {"status": await node.status(), "targets": targets, "breakers": breakers, "upstreams": upstreams}
 
     async def readiness(self) -> dict[str, bool]:
         infos = await self.node.current_workers()

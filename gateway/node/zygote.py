@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from gateway.metrics import release_metric_files
 from supervisor.zygote import Entry, serve, set_process_name
 
 WARM_UP_CONFIG = "_format_version: '3.0'\nservices: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
@@ -58,5 +59,6 @@ def run_zygote(control_fd: int) -> int:
     the zygote leaves the stop to the root, which stops it last."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     preload()
+    release_metric_files()
     set_process_name("gateway zygote")
     return serve(control_fd, resolve, spare_name="gateway spare")

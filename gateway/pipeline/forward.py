@@ -17,9 +17,10 @@ from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
-from gateway.http.timers import Phase
+from gateway.http.timers import Phase, run_clock
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRequest, session_not_found
+from gateway.metrics import MCP_SESSIONS, RECORDER
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
@@ -38,11 +39,13 @@ _SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id"}
 
 class Attempt:
     """One try of one target, with what its end must be reported to (captured at the start, so a target list
-    replaced by discovery meanwhile cannot misdirect the report)."""
+    replaced by discovery meanwhile cannot misdirect the report), and what the log phase reads of it: when it
+    started, when its response head came (0.0: none), when it ended and how (`code`, as `_finished` says)."""
 
-    __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started")
+    __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started", "head_at", "ended", "code",
+                 "uri")
 
-    def __init__(self, group: UpstreamGroup, index: int) -> None:
+    def __init__(self, group: UpstreamGroup, index: int, uri: bytes = b"") -> None:
         self.group = group
         self.balancer = group.balancer
         self.index = index
@@ -50,6 +53,10 @@ class Attempt:
         self.target = group.targets[index]
         self.probe = False
         self.started = 0.0
+        self.head_at = 0.0
+        self.ended = 0.0
+        self.code = 0
+        self.uri = uri  # the request target sent upstream
 
 
 class Forwarder:
@@ -61,6 +68,7 @@ class Forwarder:
         self.shared = shared
         self.sse_keepalive = sse_keepalive
         self.keepalives = StreamKeepAlives(sse_keepalive)  # its run_forever is one of the worker's tasks
+        self.clock = run_clock()
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
                       mcp: McpRequest | None = None) -> None:
@@ -105,7 +113,11 @@ class Forwarder:
             extra = [(b"host", host)]
             if mcp is not None and mcp.rewrite_origin:
                 extra.append((b"origin", b"http://" + target.host_header))
-            attempt = Attempt(group, index)
+            attempt = Attempt(group, index, target_path)
+            if ex.tries is None:
+                ex.tries = [attempt]
+            else:
+                ex.tries.append(attempt)
             try:
                 uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                     headers + extra, body, body_done)
@@ -114,7 +126,8 @@ class Forwarder:
                 if e.sent and not replayable:
                     break
                 continue
-            await self._relay(ex, svc, uc, response, attempt, request_id, affinity)
+            await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
+                              route.name if session_id is None else None)
             return
         if pinned is not None and error is not None and (
                 not error.sent or await self._gone(error, svc, group.targets[pinned])):
@@ -132,7 +145,7 @@ class Forwarder:
             -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled."""
         pool = self.pool
-        now = attempt.started = trio.current_time()
+        now = attempt.started = self.clock()
         group = attempt.group
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
@@ -178,6 +191,7 @@ class Forwarder:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True,
                                      reused=uc.reused)
             assert isinstance(ev, Response)
+            attempt.head_at = self.clock()
             return uc, ev
         except ProtocolError as e:
             uc.close()
@@ -198,13 +212,14 @@ class Forwarder:
             raise
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
-                     request_id: bytes, affinity: SessionAffinity | None) -> None:
-        """Stream the response to the client; pool the connection only after a clean, complete exchange."""
+                     request_id: bytes, affinity: SessionAffinity | None, new_session: str | None = None) -> None:
+        """Stream the response to the client; pool the connection only after a clean, complete exchange.
+        `new_session`: the route's name when the request had no session id (an id in the response opens one)."""
         codec = uc.codec
         ok = False
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
         try:
-            headers = _client_headers(response.headers, request_id, affinity, attempt.target)
+            headers = _client_headers(response.headers, request_id, affinity, attempt.target, new_session)
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
             if not done and ex.phases is not None and ex.phases.buffers(ex, response.status, headers):
@@ -225,7 +240,7 @@ class Forwarder:
         finally:
             self._finished(attempt, ok and response.status < 500, response.status if ok else failed)
             if ok and codec.keep_alive:
-                self.pool.put(uc, trio.current_time())
+                self.pool.put(uc, self.clock())
             else:
                 uc.close()
 
@@ -250,7 +265,9 @@ class Forwarder:
 
         `code` is the HTTP status, TCP_FAILURE or TIMEOUT, or 0 when the request ended for another reason
         (the client went away) and says nothing about the target."""
-        attempt.balancer.finished(attempt.index, trio.current_time() - attempt.started, ok)
+        now = attempt.ended = self.clock()
+        attempt.code = code
+        attempt.balancer.finished(attempt.index, now - attempt.started, ok)
         shared = self.shared
         if shared is not None and code:
             group = attempt.group
@@ -346,8 +363,9 @@ def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,
-                    target: TargetRuntime) -> Headers:
-    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed."""
+                    target: TargetRuntime, new_session: str | None = None) -> Headers:
+    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed (and
+    counted as opened on route `new_session` when the request had none)."""
     out: Headers = []
     named = None
     for hv in headers:
@@ -356,6 +374,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
             if name == b"mcp-session-id":
                 if affinity is not None:
                     hv = (name, affinity.seal(target.name, hv[1]))
+                    if new_session is not None:
+                        RECORDER.count(MCP_SESSIONS, (new_session,))
             else:
                 if name == b"connection":
                     named = connection_tokens(headers)

@@ -3,34 +3,46 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
+from gateway.http.codec import ProtocolError
 from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import Exchange
+from gateway.http.timers import run_clock
 from gateway.mcp.step import peek_for_routing, routing_key
-from gateway.metrics import RequestStats
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP
 from gateway.runtime import RouteRuntime, Runtime
+from gateway.telemetry.phase import CLIENT_CLOSED, LogPhase
 
 
 class Pipeline:
     """The handler the connection loop calls for every request. `runtime` is swapped whole on reload."""
 
-    def __init__(self, runtime: Runtime, forwarder: Forwarder, stats: RequestStats | None = None) -> None:
+    def __init__(self, runtime: Runtime, forwarder: Forwarder, log_phase: LogPhase | None = None) -> None:
         self.runtime = runtime
         self.forwarder = forwarder
-        self.stats = stats if stats is not None else RequestStats()
+        self.log_phase = log_phase if log_phase is not None else LogPhase()
+        self.clock = run_clock()
 
     async def __call__(self, ex: Exchange) -> None:
-        route_name = "-"
+        started = self.clock()
+        failed = 0  # the status the connection loop answers when _handle raises
         try:
-            route_name = await self._handle(ex)
+            await self._handle(ex)
+        except ProtocolError as e:
+            failed = e.status
+            raise
+        except (BrokenPipeError, ConnectionError):
+            failed = CLIENT_CLOSED
+            raise
+        except Exception:
+            failed = 500
+            raise
         finally:
-            if ex.response_started:
-                self.stats.record(route_name, ex.status)
+            self.log_phase.done(ex, started, self.runtime, failed)
 
-    async def _handle(self, ex: Exchange) -> str:
-        """Route, run policies, forward; returns the route's name (for metrics)."""
+    async def _handle(self, ex: Exchange) -> None:
+        """Route, run policies, forward; the log phase reads the route and MCP request from the Exchange."""
         req = ex.request
         runtime = self.runtime
         if runtime.client_address is not None:
@@ -47,35 +59,34 @@ class Pipeline:
             match = router.match(req.method, req.target, host, req.headers)
         mcp = None
         if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
-            mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
+            mcp = ex.mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
             if mcp is None:
-                return "-"
+                return
             port = ex.conn.sock.getsockname()[1] if router.needs_port else None
             match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
         if match is None:
             ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
             await ex.respond_error(404, NO_ROUTE)
-            return "-"
-        route = match.payload
+            return
+        route = ex.route = match.payload
         if route.https_redirect is not None and _scheme(ex) != b"https":
             await _use_https(ex, route.https_redirect, host)
-            return route.name
+            return
         target = req.target
         ex.phases = route.phases
         if route.consumer_policies is None:
             for policy in route.policies:
                 if await policy.access(ex):
-                    return route.name
+                    return
         elif await _run_scoped(ex, route):
-            return route.name
+            return
         if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
             match.query = req.target.partition(b"?")[2]
         if route.mcp is not None:
-            mcp = await route.mcp.inbound(ex, mcp)
+            mcp = ex.mcp = await route.mcp.inbound(ex, mcp)
             if mcp is None:
-                return route.name
+                return
         await self.forwarder.forward(ex, route, match, mcp)
-        return route.name
 
 
 async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:

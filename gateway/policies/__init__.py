@@ -14,9 +14,13 @@ from gateway.policies import (
     circuit_breaker,
     correlation_id,
     cors,
+    file_log,
+    http_log,
     ip_restriction,
     jwt,
     key_auth,
+    opentelemetry,
+    prometheus,
     rate_limiting,
     request_size_limiting,
     request_termination,
@@ -26,4 +30,5 @@ from gateway.policies import (
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker, cors,
-    correlation_id, request_termination, bot_detection, request_transformer, response_transformer)}
+    correlation_id, request_termination, bot_detection, request_transformer, response_transformer,
+    prometheus, file_log, http_log, opentelemetry)}

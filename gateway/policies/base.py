@@ -18,6 +18,16 @@ class Policy(Protocol):
         ...
 
 
+class LogStep(Protocol):
+    """A policy with a log step (prometheus, opentelemetry, file-log, http-log), run after every response by
+    gateway.telemetry.phase: `log(ex, started, ended, status)` when `entries` is False, else `log_entry(entry)`
+    with the request's Entry (Kong's serializer, made once per request for all who want it)."""
+
+    name: str
+    priority: int
+    entries: bool
+
+
 class PolicyType(Protocol):
     """A policy's module-level description, registered in gateway.policies.REGISTRY."""
 

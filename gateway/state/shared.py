@@ -25,6 +25,7 @@ import zmq
 from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
 from gateway.bus.channel import KeeperChannel
+from gateway.metrics import LEASE_ROUND_TRIPS, RECORDER
 from gateway.ratelimit.lease import LeaseTable
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 
@@ -56,6 +57,7 @@ class SharedState:
         self._drained: set[str] = set()
         self._unhealthy: set[str] = set()
         self._passive: list[tuple[str, str, int]] = []
+        self._asked: dict[str, float] = {}  # key -> when its oldest unanswered lease request left (monotonic)
         self._send: Callable[[p.Msg], bool] = lambda msg: False
         self._pump: Callable[[], None] = _nothing  # hands over what the bus has received, now
         self._local: Any = None  # the keeper's logic (node.keeper.Keeper), in-process, when there is no bus
@@ -84,9 +86,16 @@ class SharedState:
         if self.keeper_up:
             requests = self.leases.refills(time.monotonic())
             if requests:
-                self._send(p.AskLeases(requests=requests))  # in-process keeper: answered (event set) right here
+                self._ask(requests)  # in-process keeper: answered (event set) right here
         with trio.move_on_after(timeout):
             await event.wait()
+
+    def _ask(self, requests: list) -> None:  # type: ignore[type-arg]
+        """Send lease requests, noting when, for the round-trip metric (gateway_keeper_lease_round_trip_ms)."""
+        now = time.monotonic()
+        for r in requests:
+            self._asked.setdefault(r.key, now)
+        self._send(p.AskLeases(requests=requests))
 
     def is_drained(self, key: str) -> bool:
         return key in self._drained
@@ -125,6 +134,9 @@ class SharedState:
         elif isinstance(msg, p.Grants):
             mono, wall = time.monotonic(), time.time()
             for grant in msg.grants:
+                asked = self._asked.pop(grant.key, None)
+                if asked is not None:
+                    RECORDER.observe(LEASE_ROUND_TRIPS, (), (mono - asked) * 1000.0)
                 self.leases.apply(grant, mono, wall)
                 event = self._waiters.pop(grant.key, None)
                 if event is not None:
@@ -171,7 +183,7 @@ class SharedState:
             self.leases.requests_lost()
             requests = self.leases.refills(time.monotonic())
             if requests:
-                self._send(p.AskLeases(requests=requests))
+                self._ask(requests)
 
     def keeper_disconnected(self) -> None:
         """The connection to the keeper closed: it exited (the supervisor restarts it). No need to wait for the
@@ -185,6 +197,7 @@ class SharedState:
         self.leases.fallback(True, self.workers)
         log.warning("worker %s: %s; rate limits use local shares (limit / %d) and breakers keep their last states "
                     "until it is back", self.worker_id, why, self.workers)
+        self._asked.clear()
         for event in self._waiters.values():  # the requests waiting for grants decide on the local shares
             event.set()
         self._waiters.clear()
@@ -237,7 +250,7 @@ class SharedState:
             self._send(p.GiveBack(fallback=reports))
         requests = self.leases.refills(time.monotonic())
         if requests:
-            self._send(p.AskLeases(requests=requests))
+            self._ask(requests)
         self._flushes += 1
         outcomes = self.breakers.drain_outcomes(successes=self._flushes % SUCCESS_BATCHES == 0)
         if outcomes:
@@ -248,6 +261,13 @@ class SharedState:
 
     def sweep(self, now: float) -> None:
         returned = self.leases.sweep(time.monotonic())
+        if returned and self.keeper_up:
+            self._send(p.GiveBack(returned=returned))
+
+    def release(self) -> None:
+        """The worker is stopping (its connections are done): give back every unspent token, which an exact limit
+        would otherwise lose until its window ends."""
+        returned = self.leases.release()
         if returned and self.keeper_up:
             self._send(p.GiveBack(returned=returned))
 

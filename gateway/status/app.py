@@ -1,10 +1,12 @@
 """The status server's ASGI app: /health, /ready, /live and /metrics, in erlmcp's shapes.
 
     GET /health  -> 200 | 503  {"status": "healthy"|"degraded"|"unhealthy", "version", "uptime", "node",
-                                "timestamp", "checks": {"workers": {"status", "details"}, "bus": ..., ...}}
+                                "timestamp" (ms since the epoch, as the guide's erlang:system_time(millisecond)),
+                                "time" (the same, ISO 8601), "checks": {"workers": {"status", "details"}, ...}}
     GET /ready   -> 200 | 503  {"ready": bool, "node", "timestamp", "checks": {name: "ready"|"not_ready"}}
     GET /live    -> 200        {"alive": true, "node", "uptime", "timestamp"}
     GET /metrics -> 200        Prometheus text (OpenMetrics when the scraper asks for it) from the registry given
+    GET /status  -> 200        the status page (gateway.status.page), when the app has one; /status.json its data
 
 /health answers 200 only when every check is healthy: degraded counts as not healthy (503), so a load balancer
 in front takes a degraded gateway out. Checks run concurrently, each bounded by `check_timeout`; a check that
@@ -139,15 +141,21 @@ class StatusApp:
     """ASGI 3 app (run by hypercorn's trio worker: the checks use trio)."""
 
     def __init__(self, source: StatusSource, registry: CollectorRegistry | None = None, *, version: str = "",
-                 node: str | None = None, started_at: float | None = None, check_timeout: float = 2.0) -> None:
+                 node: str | None = None, started_at: float | None = None, check_timeout: float = 2.0,
+                 prepare: Callable[[], None] | None = None, page: Any = None) -> None:
         self.source = source
         self.registry = registry if registry is not None else REGISTRY
+        self.prepare = prepare  # run before each scrape, in this thread (flush the root's counts, sweep dead pids)
         self.version = version
         self.node = node or f"gateway@{socket.gethostname()}:{os.getpid()}"
         self.started_at = started_at if started_at is not None else time.time()
         self.check_timeout = check_timeout
         self.routes: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]] = {
             "/health": self.health, "/ready": self.ready, "/live": self.live, "/metrics": self.metrics}
+        self.page = page  # gateway.status.page.StatusPage: /status (HTML) and /status.json
+        if page is not None:
+            self.routes["/status"] = self.status_page
+            self.routes["/status.json"] = self.status_data
 
     @property
     def uptime(self) -> int:
@@ -207,7 +215,7 @@ class StatusApp:
         results = await self.checks()
         status = overall([r.status for r in results.values()])
         doc = {"status": status, "version": self.version, "uptime": self.uptime, "node": self.node,
-               "timestamp": _timestamp(),
+               "timestamp": int(time.time() * 1000), "time": _timestamp(),
                "checks": {name: {"status": r.status, "details": r.details} for name, r in results.items()}}
         return _json(200 if status == "healthy" else 503, doc)
 
@@ -234,8 +242,18 @@ class StatusApp:
     async def metrics(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         accept = ",".join(v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"accept")
         encoder, content_type = choose_encoder(accept)
+        if self.prepare is not None:
+            self.prepare()
         body = await trio.to_thread.run_sync(encoder, self.registry)  # collectors may read files (multiprocess)
         return 200, [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")], body
+
+
+    async def status_page(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        body = await self.page.html()
+        return 200, [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")], body
+
+    async def status_data(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        return _json(200, await self.page.data())
 
 
 def _json(status: int, doc: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

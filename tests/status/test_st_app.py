@@ -70,10 +70,11 @@ async def test_health_all_healthy(served: tuple[FakeSource, CollectorRegistry, i
     reply = await request(port, "GET", "/health")
     assert reply.status == 200 and reply.header("content-type") == "application/json"
     doc = reply.json()
-    assert list(doc) == ["status", "version", "uptime", "node", "timestamp", "checks"]
+    assert list(doc) == ["status", "version", "uptime", "node", "timestamp", "time", "checks"]
     assert doc["status"] == "healthy" and doc["version"] == "1.2.3" and doc["node"] == "gateway@test"
     assert isinstance(doc["uptime"], int) and doc["uptime"] > 1000
-    datetime.fromisoformat(doc["timestamp"].replace("Z", "+00:00"))
+    parsed = datetime.fromisoformat(doc["time"].replace("Z", "+00:00"))
+    assert isinstance(doc["timestamp"], int) and abs(doc["timestamp"] - parsed.timestamp() * 1000) < 1000
     assert doc["checks"] == {name: {"status": "healthy", "details": {"n": 1}} for name in CHECKS}
 
 

@@ -8,7 +8,7 @@ from time import monotonic, time
 import trio
 
 from gateway.http.server import Exchange
-from gateway.metrics import LOCAL_SHARE
+from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, retry_after
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
@@ -40,6 +40,11 @@ class RateLimiting:
         self.shared = shared
         self.leases: LeaseTable | None = getattr(shared, "leases", None)
         self.local_share = LOCAL_SHARE.labels(plugin_id)
+        # gateway_ratelimit_admitted_total / _rejected_total: one count per window (an admitted request passed
+        # them all; a rejected one is counted against the window that was exhausted, or the bucket)
+        self.windows = [w.period for w in self.spec.windows] + (["bucket"] if self.spec.bucketed else [])
+        self.admitted = [(RATELIMIT_ADMITTED, (plugin_id, w)) for w in self.windows]
+        self.plugin_id = plugin_id
         self.prefix = plugin_id + "|"
         self.limit_by = config.limit_by
         self.header = (config.header_name or "").lower().encode()
@@ -84,6 +89,9 @@ class RateLimiting:
         now, wall = monotonic(), time()  # the lease table's clocks
         lease = leases.spend(key, self.spec, now, wall)
         if lease is not None:  # the common case: a leased token, no Decision to build
+            counts = RECORDER.counts
+            for admitted in self.admitted:
+                counts[admitted] += 1
             if self.headers is not None:
                 ex.add_response_lines(self.headers.admitted(lease, wall))
             return False
@@ -95,6 +103,8 @@ class RateLimiting:
         if decision.status == Status.WAIT:
             decision = await self._wait_grant(leases, key, now + WAIT_S)
         if decision.status == Status.ADMIT:
+            for admitted in self.admitted:
+                RECORDER.counts[admitted] += 1
             if decision.local is not None:
                 self.local_share.inc()
             if decision.delay:
@@ -105,9 +115,18 @@ class RateLimiting:
         if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
             await ex.respond_error(500)  # Kong: "An unexpected error occurred"
             return True
+        RECORDER.count(RATELIMIT_REJECTED, (self.plugin_id, self._exhausted(decision)))
         ex.add_response_lines(self.headers.decided(decision) if self.headers is not None else retry_after(decision))
         await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
         return True
+
+    def _exhausted(self, decision: Decision) -> str:
+        """The window a denial is for: the first with nothing left, else the token bucket."""
+        if decision.spec is not None:
+            for i, window in enumerate(decision.spec.windows):
+                if decision.remaining(i) <= 0:
+                    return window.period
+        return "bucket" if self.spec.bucketed else (self.windows[0] if self.windows else "")
 
     async def _wait_grant(self, leases: LeaseTable, key: str, deadline: float) -> Decision:
         """Wait for the keeper's grant until `deadline` (a lost keeper ends the wait sooner: local shares)."""

@@ -1,0 +1,42 @@
+"""Kong's http-log: every request's serialized entry, JSON, sent to a collector in batches (Kong's queue: bounded,
+retried, never waited for by a request). A batch of one is the entry itself; a larger one is a JSON array."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.policies.http_log.schema import HttpLogConfig
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.entry import Entry
+from gateway.telemetry.sender import Endpoint, HttpSender
+
+
+class HttpLog:
+    name = "http-log"
+    priority = 12  # Kong's
+    entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
+
+    def __init__(self, config: HttpLogConfig, queues: Queues = QUEUES) -> None:
+        timeout = config.timeout / 1000
+        headers = [(k.encode(), v.encode()) for k, v in (config.headers or {}).items()]
+        self.sender = HttpSender(Endpoint(config.http_endpoint), headers, connect_timeout=timeout,
+                                 send_timeout=timeout, read_timeout=timeout, keepalive=config.keepalive / 1000)
+        self.method = config.method.encode()
+        self.content_type = config.content_type.encode()
+        self.single = config.queue.max_batch_size == 1
+        # Kong's queue name: instances sending to the same place with the same settings share a queue
+        name = ":".join(str(x) for x in ("http-log", config.http_endpoint, config.method, config.content_type,
+                                         config.timeout, config.keepalive))
+        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json_line,
+                                                  settings=config.headers)
+
+    def log_entry(self, entry: Entry) -> None:
+        self.queue.put(entry)
+
+    async def send(self, batch: list[Any]) -> None:
+        """One batch of JSON lines (the queue formatted them): the entry alone, or a JSON array of them."""
+        if self.single and len(batch) == 1:
+            body = batch[0].rstrip(b"\n")
+        else:
+            body = b"[" + b",".join(line.rstrip(b"\n") for line in batch) + b"]"
+        await self.sender.send(body, self.content_type, self.method)

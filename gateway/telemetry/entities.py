@@ -1,0 +1,80 @@
+"""What logs, metrics and traces say about a route and its service, computed once per config load.
+
+Kong's serializer copies the route and service entities into every log line, and its prometheus plugin labels by
+service name (or host) and route name (or id). Entities without an id get the one Kong's declarative loader would
+give them (a UUIDv5 of the name), so log lines and labels agree across workers, reloads and with Kong.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgspec
+
+from gateway.config.schema import Route, Service
+from gateway.metrics import RouteObservations
+
+# Kong's declarative config derives entity ids from this namespace (kong/db/schema/others/declarative_config.lua).
+_KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
+_OWN_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "mcp-gateway")  # for what Kong would make random
+_ENTITY_FIELDS = {
+    "services": ("id", "name", "protocol", "host", "port", "path", "retries", "connect_timeout", "write_timeout",
+                 "read_timeout", "enabled", "tags"),
+    "routes": ("id", "name", "protocols", "methods", "hosts", "paths", "headers", "strip_path", "preserve_host",
+               "regex_priority", "path_handling", "https_redirect_status_code", "request_buffering",
+               "response_buffering", "tags"),
+}
+
+
+def entity_id(kind: str, name: str | None, fallback: str) -> str:
+    """Kong's declarative id for a named entity (uuid5 of the name in the kind's namespace); ours otherwise."""
+    if name:
+        return str(uuid.uuid5(uuid.uuid5(_KONG_NAMESPACE, kind), name))
+    return str(uuid.uuid5(_OWN_NAMESPACE, f"{kind}:{fallback}"))
+
+
+class RouteFacts:
+    """A route's names for labels and its entity JSON for log lines."""
+
+    __slots__ = ("service", "route", "labels", "route_json", "service_json", "http_route", "route_id", "service_id",
+                 "obs")
+
+    def __init__(self, route: Route, route_name: str, service: Service | None) -> None:
+        self.route_id = route.id or entity_id("routes", route.name, route_name)
+        self.service_id = (service.id or entity_id("services", service.name, service.name or "")) if service else ""
+        # Kong's labels: service name (or host), route name (or id)
+        self.service = (service.name or service.host or "") if service is not None else ""
+        self.route = route.name or self.route_id
+        self.labels = (self.service, self.route, "default")  # the latency histograms' (service, route, workspace)
+        self.http_route = route.paths[0] if route.paths else ""  # OpenTelemetry's http.route (Kong's: paths[1])
+        # what the log phase and the prometheus plugin observe of the route, flushed by gateway.metrics
+        self.obs = RouteObservations(route_name, self.service, self.route)
+        doc = _entity(route, "routes")
+        doc["id"] = self.route_id
+        if service is not None:
+            doc["service"] = {"id": self.service_id}
+        self.route_json = msgspec.Raw(msgspec.json.encode(doc))
+        if service is not None:
+            sdoc = _entity(service, "services")
+            sdoc["id"] = self.service_id
+            self.service_json: msgspec.Raw | None = msgspec.Raw(msgspec.json.encode(sdoc))
+        else:
+            self.service_json = None
+
+
+def _entity(entity: Any, kind: str) -> dict[str, Any]:
+    out = {}
+    for name in _ENTITY_FIELDS[kind]:
+        value = getattr(entity, name, None)
+        if value is not None and value != [] and value != {}:
+            out[name] = value
+    url = getattr(entity, "url", None)
+    if url:  # Kong stores a service's url as its parts
+        parts = urlsplit(url)
+        out.update(protocol=parts.scheme, host=parts.hostname, port=parts.port or (443 if parts.scheme == "https"
+                                                                                   else 80))
+        if parts.path:
+            out["path"] = parts.path
+    return msgspec.to_builtins(out)  # type: ignore[no-any-return]

@@ -1,0 +1,249 @@
+"""One finished request as the log phase sees it, and Kong's log serializer (kong/pdk/log.lua `serialize`).
+
+An `Entry` is made only when something logs the request (the access log, a log plugin, the prometheus plugin);
+everything in it is computed when first asked for. The JSON line is built by the line writer's task, off the
+request path: an Entry holds the finished Exchange until then (what it reads is final once the response is sent).
+
+Kong's latencies, in ms, from the Trio clock readings the pipeline and the forwarder took:
+    request  from the request head to the end of the response ($request_time)
+    kong     the gateway's own time: until the request went to the target that answered (Kong's proxy latency),
+             or until the gateway answered itself (Kong's response latency)
+    proxy    from sending the request to that target to its response head (Kong's waiting time); -1 if none
+    receive  from the response head to the end of the response
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import msgspec
+
+from gateway.http.server import Exchange
+from gateway.metrics import head_size, wall_offset
+
+_REDACTED = frozenset({b"authorization", b"proxy-authorization"})
+_WORKSPACE = "default"
+_encode = msgspec.json.Encoder().encode
+
+
+def request_size(ex: Exchange) -> int:
+    """Bytes of the request as sent (nginx's $request_length): request line, headers, body."""
+    return head_size(ex.request) + ex.body_received
+
+
+class Entry:
+    """A finished request: the Exchange, when it started and ended (Trio clock), its final status."""
+
+    __slots__ = ("ex", "started", "ended", "status", "wall", "trace", "_latencies")
+
+    def __init__(self, ex: Exchange, started: float, ended: float, status: int, wall: float = 0.0) -> None:
+        self.ex = ex
+        self.started = started
+        self.ended = ended
+        self.status = status
+        self.wall = wall  # time.time() - trio.current_time(): Trio clock -> Unix time (0.0: read when needed)
+        self.trace: Any = None  # the opentelemetry plugin's Trace, when not in ex.state (Kong's serialized trace_id)
+        self._latencies: tuple[float, float, float, float] | None = None
+
+    @property
+    def route(self) -> Any:
+        return self.ex.route
+
+    def latencies(self) -> tuple[float, float, float, float]:
+        """(kong, proxy, request, receive) in ms; proxy is -1 when no target answered."""
+        lat = self._latencies
+        if lat is None:
+            started, ended = self.started, self.ended
+            request = (ended - started) * 1000.0
+            tries = self.ex.tries
+            last = tries[-1] if tries else None
+            head = last.head_at if last is not None else 0.0
+            if head:
+                lat = ((last.started - started) * 1000.0, (head - last.started) * 1000.0, request,  # type: ignore
+                       (ended - head) * 1000.0)
+            else:
+                lat = (request, -1.0, request, 0.0)
+            self._latencies = lat
+        return lat
+
+    @property
+    def source(self) -> str:
+        """Kong's kong.response.get_source(): service (the upstream answered), error (the gateway failed to get
+        an answer: 5xx of its own), exit (a plugin or the router answered)."""
+        tries = self.ex.tries
+        if tries and tries[-1].head_at:
+            return "service"
+        return "error" if self.status >= 500 else "exit"
+
+    @property
+    def consumer_username(self) -> str:
+        consumer = self.ex.consumer
+        return (consumer.username or "") if consumer is not None else ""
+
+    def request_size(self) -> int:
+        return request_size(self.ex)
+
+    def serialize(self) -> dict[str, Any]:
+        """Kong's serializer: the table its log plugins encode as JSON, from what the gateway knows."""
+        ex = self.ex
+        req = ex.request
+        if not self.wall:
+            self.wall = wall_offset()
+        kong, proxy, request, receive = self.latencies()
+        target = req.target.decode("latin-1")
+        path, _, query = target.partition("?")
+        host = ""
+        for name, value in req.headers:
+            if name == b"host":
+                host = value.decode("latin-1")
+                break
+        conn = ex.conn
+        scheme = conn.scheme.decode()
+        port = conn.listen_port.decode() or "-"
+        hostname = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
+        doc: dict[str, Any] = {
+            "request": {
+                "id": ex.request_id.decode("latin-1"),
+                "uri": target,
+                "url": f"{scheme}://{hostname or '-'}:{port}{target}",
+                "querystring": _querystring(query),
+                "method": req.method.decode("latin-1"),
+                "headers": _headers(req.headers, _REDACTED),
+                "size": self.request_size(),
+            },
+            "upstream_uri": "",
+            "upstream_status": "",
+            "response": {"status": self.status, "headers": self._response_headers(), "size": ex.sent},
+            "latencies": {"kong": round(kong), "proxy": round(proxy), "request": round(request),
+                          "receive": round(receive)},
+            "client_ip": ex.client_ip,
+            "started_at": round((self.started + self.wall) * 1000),
+            "source": self.source,
+            "workspace": _WORKSPACE,
+            "workspace_name": _WORKSPACE,
+        }
+        tries = ex.tries
+        if tries:
+            doc["tries"] = [_try(t, self.wall) for t in tries]
+            last = tries[-1]
+            doc["upstream_uri"] = last.uri.decode("latin-1")
+            doc["upstream_status"] = ", ".join(str(_status_of(t.code)) for t in tries if t.code)
+        route = ex.route
+        if route is not None:
+            facts = route.facts
+            doc["route"] = facts.route_json
+            if facts.service_json is not None:
+                doc["service"] = facts.service_json
+        consumer = ex.consumer
+        if consumer is not None:
+            doc["consumer"] = {k: v for k, v in (("id", consumer.id), ("username", consumer.username),
+                                                 ("custom_id", consumer.custom_id)) if v is not None}
+            if consumer.credential_id is not None:
+                doc["authenticated_entity"] = {"id": consumer.credential_id, "consumer_id": consumer.id}
+        trace = self.trace
+        if trace is None and ex.state:
+            trace = ex.state.get("opentelemetry")  # the opentelemetry plugin's Trace of this request
+        if trace is not None:
+            doc["trace_id"] = trace.serialized()
+        mcp = _mcp(ex)
+        if mcp:
+            doc["mcp"] = mcp
+        return doc
+
+    def json_line(self) -> bytes:
+        """The serializer's table as one JSON line (what file-log and the access log write)."""
+        return _encode(self.serialize()) + b"\n"
+
+    def _response_headers(self) -> dict[str, Any]:
+        ex = self.ex
+        out = _headers(ex.response_headers or (), frozenset())
+        lines = ex.response_lines
+        if lines:  # header lines policies added (rate limits), pre-formatted
+            for line in lines.split(b"\r\n"):
+                name, sep, value = line.partition(b":")
+                if sep:
+                    _add(out, name.strip().lower().decode("latin-1"), value.strip().decode("latin-1"))
+        return out
+
+
+def _add(out: dict[str, Any], name: str, value: str) -> None:
+    old = out.get(name)
+    if old is None:
+        out[name] = value
+    elif isinstance(old, list):
+        old.append(value)
+    else:
+        out[name] = [old, value]
+
+
+def _headers(headers: Any, redacted: frozenset[bytes]) -> dict[str, Any]:
+    """Kong's header table: lower-case names, a list for a repeated header, credentials REDACTED."""
+    out: dict[str, Any] = {}
+    for name, value in headers:
+        _add(out, name.decode("latin-1").lower(), "REDACTED" if name in redacted else value.decode("latin-1"))
+    return out
+
+
+def _querystring(query: str) -> dict[str, Any]:
+    """Kong's kong.request.get_query(): an argument without a value is true; repeated ones are lists."""
+    out: dict[str, Any] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        value: str | bool
+        if "=" not in part:
+            name, value = unquote(part.replace("+", " ")), True
+        else:
+            pairs = parse_qsl(part, keep_blank_values=True)
+            if not pairs:
+                continue
+            name, value = pairs[0]
+        old = out.get(name)
+        if old is None:
+            out[name] = value
+        elif isinstance(old, list):
+            old.append(value)
+        else:
+            out[name] = [old, value]
+    return out
+
+
+def _try(attempt: Any, wall: float) -> dict[str, Any]:
+    """Kong's balancer try: where, when, and for a failed one its state and code."""
+    host, port = attempt.target.key
+    start = (attempt.started + wall) * 1000
+    out: dict[str, Any] = {"ip": host, "port": port, "balancer_start": round(start),
+                           "balancer_start_ns": round(start * 1e6), "balancer_latency": 0, "balancer_latency_ns": 0}
+    if not attempt.head_at and attempt.code:  # no response: connection failure, timeout, garbage
+        out["state"] = "failed"
+        out["code"] = _status_of(attempt.code)
+    return out
+
+
+def _status_of(code: int) -> int:
+    """A try's outcome as nginx's $upstream_status says it: the status, 502 for a TCP failure, 504 a timeout."""
+    return 504 if code == -2 else 502 if code < 0 else code
+
+
+def _mcp(ex: Exchange) -> dict[str, Any] | None:
+    """The MCP method and tool, from what the MCP step read or the 2026-07-28 headers."""
+    mcp = ex.mcp
+    info = mcp.info if mcp is not None else None
+    method = tool = None
+    if info is not None and info.method is not None:
+        method, tool = info.method, info.tool
+    else:
+        for name, value in ex.request.headers:
+            if name == b"mcp-method":
+                method = value.decode("latin-1")
+            elif name == b"mcp-name":
+                tool = value.decode("latin-1")
+        if method != "tools/call":
+            tool = None
+    if method is None:
+        return None
+    out = {"method": method}
+    if tool is not None:
+        out["tool"] = tool
+    return out

@@ -1,0 +1,170 @@
+"""Sending a batch to a collector over HTTP/1.1 (http-log, OTLP/HTTP): h11 on a Trio stream, TLS with Trio's SSL
+stream for https, one kept-alive connection per sender.
+
+Each phase has its own bound, as Kong's senders do: connecting (connect_timeout), sending the request
+(send_timeout), reading the response (read_timeout). A 2xx answer is success; anything else, a timeout or a broken
+connection raises SendError, which the batch queue retries. The connection is reused for the next batch when the
+exchange ended cleanly and it was idle less than `keepalive` seconds; otherwise a new one is opened.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+from urllib.parse import unquote, urlsplit
+
+import h11
+import trio
+
+MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) and discarded up to this much
+
+
+class SendError(Exception):
+    """A batch could not be delivered; the message says where and why."""
+
+
+class Endpoint:
+    """A parsed collector URL: scheme, host, port, request target, and Basic credentials from its userinfo."""
+
+    __slots__ = ("url", "scheme", "host", "port", "target", "authorization", "host_header")
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
+        self.url = url
+        self.scheme = parts.scheme
+        self.host = parts.hostname
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError(f"invalid port in {url!r}") from None
+        self.port = port or (443 if parts.scheme == "https" else 80)
+        self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        self.authorization: bytes | None = None
+        if parts.username is not None:  # Kong's http-log: userinfo becomes Basic authentication
+            userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self.authorization = b"Basic " + base64.b64encode(userinfo.encode())
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if parts.scheme == "https" else 80
+        self.host_header = (shown if self.port == default else f"{shown}:{self.port}").encode()
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}{self.target.split('?', 1)[0]}"
+
+
+class HttpSender:
+    """POSTs (or PUTs, PATCHes) bodies to one endpoint; not safe for concurrent use (one batch at a time)."""
+
+    def __init__(self, endpoint: Endpoint, headers: list[tuple[bytes, bytes]] | None = None, *,
+                 connect_timeout: float = 10.0, send_timeout: float = 10.0, read_timeout: float = 10.0,
+                 keepalive: float = 60.0, verify: bool = False) -> None:
+        self.endpoint = endpoint
+        self.headers = headers or []
+        self.connect_timeout = connect_timeout
+        self.send_timeout = send_timeout
+        self.read_timeout = read_timeout
+        self.keepalive = keepalive
+        self.verify = verify  # Kong's http-log sends with ssl_verify = false
+        self._stream: trio.abc.Stream | None = None
+        self._conn: h11.Connection | None = None
+        self._idle_since = 0.0
+
+    async def send(self, body: bytes, content_type: bytes, method: bytes = b"POST") -> int:
+        """Send one request; returns the 2xx status, or raises SendError."""
+        ep = self.endpoint
+        headers = [(b"host", ep.host_header), (b"content-type", content_type),
+                   (b"content-length", b"%d" % len(body))]
+        if ep.authorization is not None:
+            headers.append((b"authorization", ep.authorization))
+        taken = {name.lower() for name, _ in headers}
+        headers += [(n, v) for n, v in self.headers if n.lower() not in taken]
+        reused = self._stream is not None and trio.current_time() - self._idle_since < self.keepalive
+        if not reused:
+            await self.close()
+        try:
+            return await self._exchange(method, headers, body)
+        except SendError:
+            await self.close()
+            if not reused:
+                raise
+        except BaseException:
+            await self.close()
+            raise
+        return await self._exchange(method, headers, body)  # a kept-alive connection the collector had closed
+
+    async def _exchange(self, method: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+        ep = self.endpoint
+        if self._stream is None:
+            self._stream = await self._connect()
+            self._conn = h11.Connection(h11.CLIENT)
+        stream, conn = self._stream, self._conn
+        assert conn is not None
+        try:
+            with trio.fail_after(self.send_timeout):
+                data = conn.send(h11.Request(method=method, target=ep.target.encode(), headers=headers))
+                data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())  # type: ignore[operator]
+                await stream.send_all(data)
+        except trio.TooSlowError:
+            raise SendError(f"{ep}: the request was not accepted within {self.send_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as e:
+            raise SendError(f"{ep}: sending failed: {e}") from None
+        status = 0
+        size = 0
+        try:
+            with trio.fail_after(self.read_timeout):
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        chunk = await stream.receive_some(65536)
+                        conn.receive_data(bytes(chunk))
+                        size += len(chunk)
+                        if size > MAX_RESPONSE_BYTES:
+                            raise SendError(f"{ep}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+                        continue
+                    if isinstance(event, h11.Response):
+                        status = event.status_code
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    elif isinstance(event, h11.ConnectionClosed):
+                        raise SendError(f"{ep}: the collector closed the connection without an answer")
+        except trio.TooSlowError:
+            raise SendError(f"{ep}: no answer within {self.read_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as e:
+            raise SendError(f"{ep}: reading the answer failed: {e}") from None
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            self._idle_since = trio.current_time()
+        else:
+            await self.close()
+        if not 200 <= status < 300:
+            raise SendError(f"{ep}: the collector answered {status}")
+        return status
+
+    async def _connect(self) -> trio.abc.Stream:
+        ep = self.endpoint
+        try:
+            with trio.fail_after(self.connect_timeout):
+                stream: trio.abc.Stream = await trio.open_tcp_stream(ep.host, ep.port)
+                if ep.scheme == "https":
+                    context = ssl.create_default_context()
+                    if not self.verify:
+                        context.check_hostname = False
+                        context.verify_mode = ssl.CERT_NONE
+                    tls = trio.SSLStream(stream, context, server_hostname=ep.host)
+                    await tls.do_handshake()
+                    stream = tls
+                return stream
+        except trio.TooSlowError:
+            raise SendError(f"{ep}: could not connect within {self.connect_timeout:g}s") from None
+        except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
+            raise SendError(f"{ep}: could not connect: {e}") from None
+
+    async def close(self) -> None:
+        stream, self._stream, self._conn = self._stream, None, None
+        if stream is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
+                try:
+                    await stream.aclose()
+                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
+                    pass

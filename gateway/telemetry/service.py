@@ -1,0 +1,100 @@
+"""A worker's telemetry tasks: the line writers, the metric flushes and samples, the log plugins' queues, and the
+SIGUSR1 handler that reopens log files (as nginx's `reopen` does, for log rotation)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+
+import trio
+
+from gateway.config import Config
+from gateway.http.server import ConnectionSet
+from gateway.http.timers import Phase
+from gateway.metrics import ACCEPTED, CONNECTIONS, RECORDER, TARGET_ACTIVE, Recorder
+from gateway.telemetry.batch import QUEUES
+from gateway.telemetry.lines import LINES, Lines
+from gateway.telemetry.phase import LogPhase
+
+log = logging.getLogger("gateway.telemetry")
+
+DRAIN_S = 2.0  # at the end of a worker's drain, the log plugins' queues get this long to send what they hold
+_READING = (Phase.NEW, Phase.HEAD)
+
+
+def access_log_path(config: Config) -> str | None:
+    """gateway.access_log as a path: true is access.log beside the pid file."""
+    gw = config.gateway
+    if gw.access_log is False:
+        return None
+    if gw.access_log is True:
+        return os.path.join(os.path.dirname(os.path.abspath(gw.pid_file)), "access.log")
+    return os.path.abspath(gw.access_log)
+
+
+class WorkerTelemetry:
+    """What one worker runs beside its connections: made before serving, `run` in the worker's nursery."""
+
+    def __init__(self, config: Config, connections: ConnectionSet, recorder: Recorder = RECORDER,
+                 lines: Lines = LINES) -> None:
+        self.connections = connections
+        self.recorder = recorder
+        self.lines = lines
+        path = access_log_path(config)
+        self.log_phase = LogPhase(recorder, lines.writer_for(path) if path else None)
+        self._accepted = 0
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Until cancelled; on the way out, what is counted and written so far is flushed."""
+        self.recorder.samplers.append(self.sample)
+        try:
+            with trio.open_signal_receiver(signal.SIGUSR1) as reopen:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.lines.run)
+                    nursery.start_soon(self.recorder.flush_forever)
+                    await nursery.start(QUEUES.run)
+                    task_status.started()
+                    async for _ in reopen:
+                        log.info("worker %d: SIGUSR1, reopening log files", os.getpid())
+                        self.lines.reopen()
+        finally:
+            self.recorder.samplers.remove(self.sample)
+
+    async def drain(self, timeout: float = DRAIN_S) -> None:
+        """Write the pending lines and give the log plugins' queues up to `timeout` to send what they hold."""
+        self.lines.flush()
+        with trio.move_on_after(timeout):
+            await QUEUES.drain()
+
+    def sample(self) -> None:
+        """At each flush: connections by state and requests in progress per target (never on the request path)."""
+        connections = self.connections
+        reading = waiting = 0
+        active: dict[tuple[str, str], int] = {}
+        for timer in connections.timers.live:
+            phase = timer.phase
+            if phase in _READING:
+                reading += 1
+            elif phase == Phase.IDLE:
+                waiting += 1
+            else:
+                ex = timer.exchange
+                tries = getattr(ex, "tries", None)
+                if tries and not tries[-1].ended:
+                    attempt = tries[-1]
+                    key = (attempt.group.name, attempt.target.name)
+                    active[key] = active.get(key, 0) + 1
+        total = connections.active
+        CONNECTIONS.labels("active").set(total)
+        CONNECTIONS.labels("reading").set(reading)
+        CONNECTIONS.labels("waiting").set(waiting)
+        CONNECTIONS.labels("writing").set(max(0, total - reading - waiting))
+        if connections.accepted > self._accepted:
+            ACCEPTED.inc(connections.accepted - self._accepted)
+            self._accepted = connections.accepted
+        for labels in list(TARGET_ACTIVE._metrics):  # targets no longer busy go back to 0
+            if labels not in active:
+                TARGET_ACTIVE.labels(*labels).set(0)
+        for (upstream, target), n in active.items():
+            TARGET_ACTIVE.labels(upstream, target).set(n)

@@ -1,0 +1,83 @@
+"""gateway.access_log and the file-log plugin end to end (the gateway in-process, real sockets): one JSON line per
+request in the shape of Kong's serializer, proxied or answered by the gateway itself."""
+
+from __future__ import annotations
+
+import json
+
+import trio
+from backends import EchoBackend, request, service
+
+TIMEOUT = 10
+
+
+async def _lines(path, n: int) -> list[dict]:  # noqa: ANN001
+    """The first n lines of a log file, waiting (bounded) for the writer task to write them."""
+    with trio.fail_after(TIMEOUT):
+        while True:
+            text = path.read_text() if path.exists() else ""
+            lines = text.splitlines()
+            if len(lines) >= n:
+                return [json.loads(line) for line in lines]
+            await trio.sleep(0.02)
+
+
+async def test_access_log_has_one_kong_shaped_line_per_request(nursery, gateway, tmp_path):
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}/base", [
+        {"name": "api", "paths": ["/api"]}])]}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        ok = await request(port, "GET", "/api/items?x=1&flag&x=2", headers=[("authorization", "Bearer secret")])
+        missing = await request(port, "GET", "/nowhere")
+    assert ok.status == 200 and missing.status == 404
+    first, second = await _lines(log, 2)
+    assert first["request"]["method"] == "GET"
+    assert first["request"]["uri"] == "/api/items?x=1&flag&x=2"
+    assert first["request"]["querystring"] == {"x": ["1", "2"], "flag": True}
+    assert first["request"]["headers"]["authorization"] == "REDACTED"
+    assert first["request"]["id"] == ok.header("x-request-id")
+    assert first["upstream_uri"] == "/base/items?x=1&flag&x=2"
+    assert first["upstream_status"] == "200"
+    assert first["response"]["status"] == 200
+    assert first["response"]["headers"]["x-backend"] == "echo"
+    assert first["response"]["size"] > len(ok.body)
+    assert first["route"]["name"] == "api" and first["service"]["name"] == "svc"
+    assert first["service"]["host"] == "127.0.0.1" and first["service"]["port"] == backend.port
+    assert first["source"] == "service"
+    assert first["client_ip"] == "127.0.0.1"
+    assert set(first["latencies"]) == {"kong", "proxy", "request", "receive"}
+    assert 0 <= first["latencies"]["proxy"] <= first["latencies"]["request"]
+    assert first["tries"][0]["ip"] == "127.0.0.1" and first["tries"][0]["port"] == backend.port
+    assert isinstance(first["started_at"], int) and first["started_at"] > 1_600_000_000_000
+    assert second["response"]["status"] == 404 and second["source"] == "exit"
+    assert "route" not in second and second["latencies"]["proxy"] == -1
+
+
+async def test_a_failed_upstream_is_logged_with_its_tries(nursery, gateway, tmp_path):
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("dead", "http://127.0.0.1:9", retries=1)]}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/")
+    assert reply.status == 502
+    (line,) = await _lines(log, 1)
+    assert line["response"]["status"] == 502 and line["source"] == "error"
+    assert [t["state"] for t in line["tries"]] == ["failed"]
+    assert line["upstream_status"] == "502"
+
+
+async def test_file_log_plugin_writes_the_routes_requests_only(nursery, gateway, tmp_path):
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "file.log"
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [
+        {"name": "logged", "paths": ["/logged"], "plugins": [{"name": "file-log", "config": {"path": str(log)}}]},
+        {"name": "quiet", "paths": ["/quiet"]}])]})
+    with trio.fail_after(TIMEOUT):
+        for target in ("/logged/1", "/quiet", "/logged/2"):
+            assert (await request(port, "GET", target)).status == 200
+    lines = await _lines(log, 2)
+    await trio.sleep(0.1)
+    assert [line["request"]["uri"] for line in lines] == ["/logged/1", "/logged/2"]
+    assert len(log.read_text().splitlines()) == 2

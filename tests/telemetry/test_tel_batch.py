@@ -1,0 +1,176 @@
+"""Kong's queue semantics (kong/tools/queue.lua) on a mock clock: batching, bounds, retries, concurrency, drain."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.metrics import RECORDER
+from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig
+
+
+class Collector:
+    """A handler that records batches (with the time) and fails while `down`."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[float, list]] = []
+        self.attempts: list[float] = []
+        self.down = False
+        self.hold: trio.Event | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
+
+    async def __call__(self, batch: list) -> None:
+        self.attempts.append(trio.current_time())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.down:
+                raise ConnectionError("collector down")
+            self.batches.append((trio.current_time(), list(batch)))
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.fixture
+def autojump(autojump_clock):  # noqa: ANN001,ANN201
+    return autojump_clock
+
+
+async def _run(queue: BatchQueue, nursery: trio.Nursery) -> None:
+    await nursery.start(queue.run)
+
+
+async def test_a_full_batch_goes_at_once(nursery, autojump):
+    sink = Collector()
+    queue = BatchQueue("q", QueueConfig(max_batch_size=3, max_coalescing_delay=60), sink)
+    await _run(queue, nursery)
+    start = trio.current_time()
+    for i in range(3):
+        queue.put(i)
+    await trio.sleep(0.001)
+    assert [b for _, b in sink.batches] == [[0, 1, 2]] and sink.batches[0][0] - start < 0.01
+
+
+async def test_a_partial_batch_waits_the_coalescing_delay(nursery, autojump):
+    sink = Collector()
+    queue = BatchQueue("q", QueueConfig(max_batch_size=10, max_coalescing_delay=2), sink)
+    await _run(queue, nursery)
+    start = trio.current_time()
+    queue.put("a")
+    await trio.sleep(1)
+    queue.put("b")
+    await trio.sleep(5)
+    assert [b for _, b in sink.batches] == [["a", "b"]]
+    assert sink.batches[0][0] - start == pytest.approx(2, abs=0.01)  # from the first entry, not the last
+
+
+async def test_beyond_max_entries_the_oldest_are_dropped_and_counted(nursery, autojump):
+    sink = Collector()
+    sink.down = True
+    queue = BatchQueue("bounded", QueueConfig(max_batch_size=1, max_entries=5, max_retry_time=1000,
+                                              initial_retry_delay=100, max_retry_delay=100), sink)
+    await _run(queue, nursery)
+    RECORDER.flush()
+    before = DROPPED.labels("bounded", "full")._value.get()
+    for i in range(20):
+        queue.put(i)
+        await trio.sleep(0.01)
+    assert len(queue) == 5  # one batch is being retried; five wait: the newest
+    RECORDER.flush()
+    assert DROPPED.labels("bounded", "full")._value.get() - before == 20 - 5 - 1
+    sink.down = False
+    await trio.sleep(500)
+    assert [b[0] for _, b in sink.batches] == [0, 15, 16, 17, 18, 19]
+
+
+async def test_a_failed_batch_is_retried_with_doubling_delays_then_dropped(nursery, autojump):
+    sink = Collector()
+    sink.down = True
+    queue = BatchQueue("retry", QueueConfig(max_retry_time=20, initial_retry_delay=1, max_retry_delay=4), sink)
+    await _run(queue, nursery)
+    RECORDER.flush()
+    before = DROPPED.labels("retry", "retries")._value.get()
+    start = trio.current_time()
+    queue.put("x")
+    await trio.sleep(60)
+    gaps = [round(b - a, 3) for a, b in zip(sink.attempts, sink.attempts[1:], strict=False)]
+    assert round(sink.attempts[0] - start, 3) == 0
+    assert gaps == [1, 2, 4, 4, 4, 4]  # doubling, capped at max_retry_delay; a 7th try would pass max_retry_time
+    RECORDER.flush()
+    assert DROPPED.labels("retry", "retries")._value.get() - before == 1
+
+
+async def test_negative_max_retry_time_means_no_retry(nursery, autojump):
+    sink = Collector()
+    sink.down = True
+    queue = BatchQueue("noretry", QueueConfig(max_retry_time=-1), sink)
+    await _run(queue, nursery)
+    queue.put("x")
+    await trio.sleep(10)
+    assert len(sink.attempts) == 1
+
+
+async def test_concurrency_limit_one_sends_in_order_one_at_a_time(nursery, autojump):
+    sink = Collector()
+    sink.hold = trio.Event()
+    queue = BatchQueue("serial", QueueConfig(max_batch_size=1), sink)
+    await _run(queue, nursery)
+    for i in range(3):
+        queue.put(i)
+    await trio.sleep(1)
+    assert sink.in_flight == 1
+    sink.hold.set()
+    await trio.sleep(1)
+    assert [b for _, b in sink.batches] == [[0], [1], [2]] and sink.max_in_flight == 1
+
+
+async def test_concurrency_limit_minus_one_sends_batches_in_parallel(nursery, autojump):
+    sink = Collector()
+    sink.hold = trio.Event()
+    queue = BatchQueue("parallel", QueueConfig(max_batch_size=1, concurrency_limit=-1), sink)
+    await _run(queue, nursery)
+    for i in range(3):
+        queue.put(i)
+    await trio.sleep(1)
+    assert sink.in_flight == 3
+    sink.hold.set()
+    await trio.sleep(1)
+    assert sorted(b[0] for _, b in sink.batches) == [0, 1, 2]
+
+
+async def test_drain_sends_what_waits_without_the_delay(nursery, autojump):
+    sink = Collector()
+    queue = BatchQueue("drain", QueueConfig(max_batch_size=100, max_coalescing_delay=3600), sink)
+    await _run(queue, nursery)
+    for i in range(5):
+        queue.put(i)
+    start = trio.current_time()
+    await queue.drain()
+    assert [b for _, b in sink.batches] == [[0, 1, 2, 3, 4]] and trio.current_time() - start < 1
+
+
+async def test_entries_are_formatted_by_the_queue_not_by_put(nursery, autojump):
+    sink = Collector()
+    formatted = []
+    queue = BatchQueue("fmt", QueueConfig(), sink, formatter=lambda x: formatted.append(x) or f"<{x}>")
+    queue.put(1)
+    assert formatted == []
+    await _run(queue, nursery)
+    await trio.sleep(2)
+    assert formatted == [1] and [b for _, b in sink.batches] == [["<1>"]]
+
+
+async def test_max_bytes_bounds_formatted_entries(nursery, autojump):
+    sink = Collector()
+    sink.down = True
+    queue = BatchQueue("bytes", QueueConfig(max_bytes=10, initial_retry_delay=100, max_retry_time=1000,
+                                            max_retry_delay=100), sink, formatter=lambda x: x)
+    await _run(queue, nursery)
+    for item in (b"aaaa", b"bbbb", b"cccc", b"dddd"):
+        queue.put(item)
+        await trio.sleep(0.01)
+    assert len(queue) == 2  # "aaaa" in flight; of the rest only 8 bytes fit in 10

@@ -1,0 +1,103 @@
+"""The metrics machinery: the recorder's flush, files of exited processes, Kong's node families, restarts counted
+from the supervisor's reports, and the prometheus plugin's switches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import trio
+from prometheus_client import CollectorRegistry, Histogram
+
+from gateway.metrics import RECORDER, SUPERVISOR_RESTARTS, Recorder, add_observations, sweep_dead_processes
+from gateway.status.collect import gateway_registry
+from gateway.telemetry.supervision import install_restart_counter
+from supervisor import ChildSpec, Restart, SupervisorSpec, SupFlags, serve
+
+
+def test_a_histogram_row_lands_in_prometheus_buckets():
+    registry = CollectorRegistry()
+    hist = Histogram("t_latency_ms", "test", ["route"], buckets=(1, 5, 10), registry=registry)
+    rec = Recorder()
+    for value in (0.5, 0.7, 4, 11, 50):
+        rec.observe(hist, ("r",), value)
+    rec.flush()
+    get = registry.get_sample_value
+    assert [get("t_latency_ms_bucket", {"route": "r", "le": le}) for le in ("1.0", "5.0", "10.0", "+Inf")] == \
+        [2, 3, 3, 5]
+    assert get("t_latency_ms_count", {"route": "r"}) == 5 and get("t_latency_ms_sum", {"route": "r"}) == 66.2
+    add_observations(hist.labels("r"), [1, 0, 0, 0, 2.0])  # rows add up across flushes
+    assert get("t_latency_ms_count", {"route": "r"}) == 6
+
+
+WRITER = textwrap.dedent("""
+    import os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from gateway.metrics import ACCEPTED, CONNECTIONS, RECORDER
+    RECORDER.request("api", 200)
+    RECORDER.request("api", 503)
+    ACCEPTED.inc(3)
+    CONNECTIONS.labels("active").set(2)
+    RECORDER.flush()
+""")
+
+
+def _run_writer(path: str) -> int:
+    proc = subprocess.run([sys.executable, "-c", WRITER, path], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return 0
+
+
+def test_an_exited_process_keeps_its_counts_but_not_its_gauges(tmp_path):
+    path = str(tmp_path)
+    _run_writer(path)
+    _run_writer(path)
+    registry, collector = gateway_registry(path, node="n", version="9", kong_enabled=lambda: True)
+    before = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in collector.families() for s in f.samples}
+    assert before[("gateway_connections", (("state", "active"),))] == 4  # both still on file
+    assert sweep_dead_processes(path)  # both writers have exited
+    get = registry.get_sample_value
+    assert get("gateway_requests_total", {"route": "api", "code": "200"}) == 2
+    assert get("gateway_requests_total", {"route": "api", "code": "503"}) == 2
+    assert get("gateway_connections", {"state": "active"}) is None
+    node = {"node_id": collector.node_id, "subsystem": "http"}
+    assert get("kong_nginx_connections_total", {**node, "state": "accepted"}) == 6
+    assert get("kong_nginx_connections_total", {**node, "state": "active"}) == 0
+    assert get("kong_nginx_requests_total", node) == 4
+    assert get("kong_node_info", {"node_id": collector.node_id, "version": "9"}) == 1
+    assert get("kong_datastore_reachable") == 1
+
+
+def test_kong_node_families_only_with_a_prometheus_plugin(tmp_path):
+    _run_writer(str(tmp_path))
+    registry, _ = gateway_registry(str(tmp_path), kong_enabled=lambda: False)
+    assert registry.get_sample_value("kong_nginx_requests_total", {"node_id": "", "subsystem": "http"}) is None
+    assert registry.get_sample_value("gateway_requests_total", {"route": "api", "code": "200"}) == 1
+
+
+async def test_a_crashed_child_is_counted_with_its_exit_reason():
+    install_restart_counter()
+    crashes = []
+
+    async def child(task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        task_status.started()
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("boom")
+        await trio.sleep_forever()
+
+    labels = ("sup@7", "c1")
+    RECORDER.flush()
+    before = SUPERVISOR_RESTARTS.labels("sup", "c1", "boom")._value.get()
+    spec = SupervisorSpec(SupFlags("one_for_one", 5, 10), [ChildSpec("c1", child, restart=Restart.PERMANENT)],
+                          name=labels[0])
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(serve, spec)
+        with trio.fail_after(5):
+            while not crashes or (await handle.which_children())[0].restart_count < 1:
+                await trio.sleep(0.01)
+        await handle.stop()
+    RECORDER.flush()
+    after = {k: c._value.get() for k, c in SUPERVISOR_RESTARTS._metrics.items() if k[0] == "sup"}
+    assert after == {("sup", "c1", "boom"): before + 1}  # "sup@7" is counted as "sup"; the reason as reported
