@@ -134,6 +134,11 @@ class Runtime:
         self.consumers = consumers
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
+        # Documents answered before routing, without authentication: path -> JSON body (ai-mcp-oauth2's RFC 9728
+        # protected resource metadata); None when no plugin serves one.
+        self.well_known: dict[bytes, bytes] | None = None
+        # Background tasks of policies (ai-mcp-oauth2's JWKS refresh), run in each worker's nursery.
+        self.background: list[Any] = []
         gw = config.gateway
         # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
         self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
@@ -186,7 +191,26 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         store = getattr(policy, "store", None)
         if store is not None:
             runtime.stores[store.name] = store
+        runtime.background += getattr(policy, "background", ())
+    runtime.well_known = _well_known(plugin_objs, name)
     return runtime
+
+
+def _well_known(plugins: list[Built], name: str) -> dict[bytes, bytes] | None:
+    """The documents policies serve at fixed paths (path -> body); two different ones at one path are an error."""
+    served: dict[bytes, tuple[bytes, str]] = {}
+    errors = []
+    for plugin, _, policy in plugins:
+        for path, body in getattr(policy, "well_known", {}).items():
+            where = path_of(plugin)
+            if path in served and served[path][0] != body:
+                errors.append(f"{name}: {where}: its metadata document would be served at {path.decode()}, where "
+                              f"{served[path][1]} serves a different one (set metadata_endpoint on one of them)")
+                continue
+            served.setdefault(path, (body, where))
+    if errors:
+        raise ConfigError(errors)
+    return {path: body for path, (body, _) in served.items()} or None
 
 
 def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:

@@ -84,6 +84,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 nursery.start_soon(stats.flush_forever)
+                for service in runtime.background:  # policies' background work (ai-mcp-oauth2's JWKS refresh)
+                    nursery.start_soon(service)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:

@@ -4,6 +4,7 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 from __future__ import annotations
 
 from gateway.http.server import Exchange, json_error_body
+from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.metrics import RequestStats
 from gateway.pipeline.forward import Forwarder
@@ -36,6 +37,12 @@ class Pipeline:
         runtime = self.runtime
         if runtime.client_address is not None:
             ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
+        well_known = runtime.well_known
+        if well_known is not None:  # ai-mcp-oauth2's metadata documents, public and answered before routing
+            document = well_known.get(req.target.partition(b"?")[0])
+            if document is not None:
+                await answer_metadata(ex, document)
+                return "-"
         host = None
         for name, value in req.headers:
             if name == b"host":

@@ -9,6 +9,7 @@ from types import ModuleType
 
 from gateway.policies import (
     acl,
+    ai_mcp_oauth2,
     basic_auth,
     circuit_breaker,
     ip_restriction,
@@ -19,4 +20,5 @@ from gateway.policies import (
 )
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
-    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker)}
+    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
+    ai_mcp_oauth2)}

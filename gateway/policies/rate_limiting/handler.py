@@ -54,15 +54,16 @@ class RateLimiting:
     def key(self, ex: Exchange) -> str:
         """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP.
 
-        consumer: the authenticated (or anonymous) consumer's id; credential: the id of the credential it
-        authenticated with (the anonymous consumer has none)."""
+        consumer: the authenticated (or anonymous) consumer's id, else the credential's (a token that names no
+        consumer, ai-mcp-oauth2), as Kong's get_identifier; credential: the id of the credential it authenticated
+        with (the anonymous consumer has none)."""
         if self.fixed_key is not None:
             return self.fixed_key
         by = self.limit_by
         if by == "consumer" or by == "credential":
             who = ex.consumer
             if who is not None:
-                ident = who.id if by == "consumer" else who.credential_id
+                ident = who.credential_id if by == "credential" or who.id is None else who.id
                 if ident is not None:
                     return self.prefix + ident
         elif by == "header" or by == "mcp-method" or by == "mcp-tool":
