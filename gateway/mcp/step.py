@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -78,9 +79,10 @@ class McpShared:
 
 
 class McpRequest:
-    """What the MCP step learnt about one request, for the forwarder: body bytes already read, the Origin policy."""
+    """What the MCP step (and the policies that read MCP bodies) learnt about one request, for the forwarder: body
+    bytes already read, the Origin policy, edits its answer needs (ai-mcp-proxy: gateway.mcp.governance)."""
 
-    __slots__ = ("body", "body_done", "info", "peeked", "origin_mode")
+    __slots__ = ("body", "body_done", "info", "peeked", "origin_mode", "edit")
 
     def __init__(self) -> None:
         self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
@@ -88,6 +90,7 @@ class McpRequest:
         self.info: jsonrpc.RpcInfo | None = None
         self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
         self.origin_mode = PASS
+        self.edit: Any = None  # a gateway.mcp.governance.ResponseEdit for the answer, or None
 
     def take_body(self, ex: Exchange) -> tuple[bytes, bool]:
         if self.body is None:

@@ -4,6 +4,7 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 from __future__ import annotations
 
 from gateway.http.server import Exchange, json_error_body
+from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.metrics import RequestStats
@@ -54,6 +55,7 @@ class Pipeline:
             mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
             if mcp is None:
                 return "-"
+            attach(ex, mcp)  # policies reading the body go on from what the peek read
             match = runtime.router.match(req.method, req.target, host, req.headers, routing_key(mcp))
         if match is None:
             await ex.respond(404, NO_ROUTE)
@@ -68,6 +70,8 @@ class Pipeline:
             return route.name
         if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
             match.query = req.target.partition(b"?")[2]
+        if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
+            mcp = current(ex)
         if route.mcp is not None:
             mcp = await route.mcp.inbound(ex, mcp)
             if mcp is None:

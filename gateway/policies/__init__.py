@@ -10,6 +10,7 @@ from types import ModuleType
 from gateway.policies import (
     acl,
     ai_mcp_oauth2,
+    ai_mcp_proxy,
     basic_auth,
     circuit_breaker,
     ip_restriction,
@@ -21,4 +22,4 @@ from gateway.policies import (
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
-    ai_mcp_oauth2)}
+    ai_mcp_oauth2, ai_mcp_proxy)}

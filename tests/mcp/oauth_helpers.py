@@ -112,3 +112,82 @@ def upstream(reply: Reply) -> dict[str, str]:
 
 def consumer_id(username: str) -> str:
     return kong_consumer_id(username)
+
+
+# ---- a scripted MCP server with tools ---------------------------------------------------------------------------
+
+
+class ToolServer(_Backend):
+    """Answers JSON-RPC POSTs as an MCP server with `tools` would: tools/list lists them, tools/call echoes the tool
+    name (and records it in `called`), a batch gets an array; `mode` "json" answers application/json, "sse" an
+    event stream, "sse-split" an event stream whose events arrive in 7-byte pieces 5 ms apart. A body of
+    notifications only gets 202. GET gets a stream of `replay` (raw JSON messages, as a replaying server sends)."""
+
+    def __init__(self, tools: list[str], mode: str = "json") -> None:
+        super().__init__("tools")
+        self.tools = tools
+        self.mode = mode
+        self.called: list[str] = []
+        self.bodies: list[bytes] = []
+        self.replay: list[bytes] = []
+
+    def _answer_one(self, msg: Any) -> dict[str, Any] | None:
+        if not isinstance(msg, dict) or "id" not in msg:
+            return None
+        method = msg.get("method")
+        if method == "tools/list":
+            result: Any = {"tools": [{"name": t, "description": f"the {t} tool", "inputSchema": {"type": "object"}}
+                                     for t in self.tools]}
+        elif method == "tools/call":
+            name = msg["params"]["name"]
+            self.called.append(name)
+            result = {"content": [{"type": "text", "text": f"called {name}"}], "isError": False}
+        else:
+            result = {}
+        return {"jsonrpc": "2.0", "id": msg["id"], "result": result}
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 22)
+        while True:
+            seen = await self._read_request(stream, conn)
+            if seen is None:
+                return
+            if seen.method == "GET":
+                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+                    (b"content-type", b"text/event-stream")])))
+                for raw in self.replay:
+                    await stream.send_all(conn.send(h11.Data(data=b"event: message\ndata: " + raw + b"\n\n")))
+                await stream.send_all(conn.send(h11.EndOfMessage()))
+                return
+            self.bodies.append(seen.body)
+            msg = json.loads(seen.body)
+            answers = [a for a in (map(self._answer_one, msg) if isinstance(msg, list) else [self._answer_one(msg)])
+                       if a is not None]
+            if not answers:
+                await stream.send_all(conn.send(h11.Response(status_code=202, headers=[(b"content-length", b"0")]))
+                                      + conn.send(h11.EndOfMessage()))
+            elif self.mode == "json":
+                body = json.dumps(answers if isinstance(msg, list) else answers[0]).encode()
+                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+                    (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]))
+                    + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            else:
+                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+                    (b"content-type", b"text/event-stream")])))
+                for i, answer in enumerate(answers):
+                    event = b"id: %d\nevent: message\ndata: %s\n\n" % (i, json.dumps(answer).encode())
+                    if self.mode == "sse-split":
+                        for j in range(0, len(event), 7):
+                            await stream.send_all(conn.send(h11.Data(data=event[j:j + 7])))
+                            await trio.sleep(0.005)
+                    else:
+                        await stream.send_all(conn.send(h11.Data(data=event)))
+                await stream.send_all(conn.send(h11.EndOfMessage()))
+            if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                return
+            conn.start_next_cycle()
+
+
+def sse_messages(body: bytes) -> list[Any]:
+    """The JSON messages of an event-stream body (one per `data:` line)."""
+    return [json.loads(line[5:]) for line in body.split(b"\n") if line.startswith(b"data:")]

@@ -1,0 +1,63 @@
+"""An MCP request's body as the policies that judge it read it, shared with the rest of the pipeline.
+
+The first reader of a body (the router's peek, rate limiting by MCP method or tool, ai-mcp-proxy) keeps what it read
+in the request's `McpRequest` (gateway.mcp.step), found on the exchange under `state["mcp"]`; later readers go on
+from there, and the forwarder sends those bytes first, so a body is read once and reaches the upstream unchanged.
+"""
+
+from __future__ import annotations
+
+from gateway.http.server import Exchange
+from gateway.mcp import jsonrpc
+from gateway.mcp.step import McpRequest, McpShared, read_peek
+
+
+def current(ex: Exchange) -> McpRequest | None:
+    """The request's McpRequest, if something made one."""
+    state = ex.state
+    return state.get("mcp") if state is not None else None
+
+
+def attach(ex: Exchange, mcp: McpRequest) -> McpRequest:
+    if ex.state is None:
+        ex.state = {"mcp": mcp}
+    else:
+        ex.state["mcp"] = mcp
+    return mcp
+
+
+async def peeked(ex: Exchange, shared: McpShared) -> McpRequest | None:
+    """The request with its method and tool read from the body (at most peek_bytes of it); None if answered."""
+    mcp = current(ex) or attach(ex, McpRequest())
+    if not mcp.peeked and ex.request.method == b"POST":
+        if not await read_peek(ex, mcp, shared):
+            return None
+    return mcp
+
+
+async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
+    """The request with its whole body read, and False when the body is longer than `limit` bytes (then what was
+    read stays in `mcp.body`). A client stalling mid-body gets 408 from the connection loop (client_body_timeout)."""
+    mcp = current(ex) or attach(ex, McpRequest())
+    if mcp.body is None:
+        body, done = ex.take_buffered_body()
+    else:
+        body, done = mcp.body, mcp.body_done
+    if not done and len(body) <= limit:
+        parts = [body]
+        size = len(body)
+        while size <= limit:
+            chunk = await ex.receive_body()
+            if chunk is None:
+                done = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        body = b"".join(parts)
+    mcp.body, mcp.body_done = body, done
+    if not done or len(body) > limit:
+        return mcp, False
+    if not mcp.peeked:
+        mcp.info = jsonrpc.peek(body, True)
+        mcp.peeked = True
+    return mcp, True
