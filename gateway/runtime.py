@@ -162,11 +162,11 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     services = {svc.name: _service(svc, groups, errors) for svc in config.services}
     consumers = Directory(config)
     errors += check_keys(consumers)
-    plugin_objs = _plugins(config, errors, shared, consumers)
     gw = config.gateway
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
     listen_hosts = [hp[0] for hp in (parse_host_port(a, None) for a in listens) if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
+    plugin_objs = _plugins(config, errors, shared, consumers, mcp)
     specs = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
@@ -302,7 +302,8 @@ _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
 Built = tuple[Plugin, Any, Policy | None]
 
 
-def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory) -> list[Built]:
+def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory,
+             mcp: McpShared) -> list[Built]:
     """(plugin, its validated config, its policy object or None) for every enabled plugin that runs on HTTP."""
     built: list[Built] = []
     scopes: dict[tuple[str, Any, Any, Any], str] = {}
@@ -333,11 +334,10 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         if not plugin.enabled or _HTTP_PROTOCOLS.isdisjoint(plugin.protocols):
             continue  # Kong skips it: disabled, or for stream protocols only
         plugin_id = plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
+        params = inspect.signature(module.build).parameters  # what else the plugin needs: the consumers, MCP's
+        extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp)) if name in params}
         try:
-            if "consumers" in inspect.signature(module.build).parameters:
-                policy = module.build(cfg, plugin_id, shared, consumers)
-            else:
-                policy = module.build(cfg, plugin_id, shared)
+            policy = module.build(cfg, plugin_id, shared, **extra)
         except ValueError as e:
             errors.append(f"{where}.{e}")
             continue

@@ -57,7 +57,7 @@ async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
     mcp.body, mcp.body_done = body, done
     if not done or len(body) > limit:
         return mcp, False
-    if not mcp.peeked:
+    if not mcp.whole_info:  # nothing looked at it yet, or only at its first peek_bytes
         mcp.info = jsonrpc.peek(body, True)
-        mcp.peeked = True
+        mcp.peeked = mcp.whole_info = True
     return mcp, True
