@@ -104,7 +104,7 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity")
+    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "audit")
 
     def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
@@ -118,6 +118,10 @@ class RouteRuntime:
         self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
+        # ai-mcp-proxy's audit (logging.log_audits): a line per tools/call when the request ends (gateway.mcp.audit)
+        chains = [policies, *(consumer_policies or {}).values()]
+        self.audit = next((p.audit for chain in chains for p in chain if getattr(p, "audit", None) is not None),
+                          None)
 
 
 class Runtime:

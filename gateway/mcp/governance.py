@@ -45,7 +45,7 @@ class Verdict:
 
     forward   the body to send upstream (None: nothing goes upstream, the gateway answers alone)
     errors    the gateway's JSON-RPC error responses (bytes each), for denied requests
-    calls     (tool name, Denial or None) per tools/call judged, for the audit log
+    calls     (tool name, Denial or None, JSON-RPC id) per tools/call judged, for the audit log
     list_ids  ids of the tools/list requests forwarded (their results are filtered)
     batch     the body was a batch
     denial    the Denial of a single refused request (its HTTP answer may depend on it)
@@ -56,7 +56,7 @@ class Verdict:
     def __init__(self) -> None:
         self.forward: bytes | None = None
         self.errors: list[bytes] = []
-        self.calls: list[tuple[str | None, Denial | None]] = []
+        self.calls: list[tuple[str | None, Denial | None, Any]] = []
         self.list_ids: set[Any] | None = None
         self.batch = False
         self.denial: Denial | None = None
@@ -80,7 +80,7 @@ def judge(messages: list[Message], batch: bool, decide: Callable[[str], Denial |
         method = m.method
         if method == "tools/call":
             denial = decide(m.name) if m.name is not None else Denial("tools/call needs params.name, a string")
-            verdict.calls.append((m.name, denial))
+            verdict.calls.append((m.name, denial, m.answer_id))
             if denial is not None:
                 if m.has_id:
                     data = {"tool": m.name} if m.name is not None else None

@@ -13,6 +13,7 @@ at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, wh
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from gateway.mcp.sessions import SessionCodec
 
 log = logging.getLogger("gateway.mcp")
 
+AUDIT_LOG_NAME = "mcp-audit.log"  # ai-mcp-proxy's audit lines, beside the pid file unless gateway.mcp.audit_log
 SESSION_NOT_FOUND = jsonrpc.error_body(jsonrpc.SESSION_NOT_FOUND, "Session not found")
 ORIGIN_FORBIDDEN = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Origin not allowed")
 HOST_MISDIRECTED = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Host header")
@@ -43,6 +45,8 @@ class McpShared:
         self.peek_bytes = settings.peek_bytes
         self.body_timeout = body_timeout
         self.key_file = settings.session_key_file or default_key_file(pid_file)
+        self.audit_log = settings.audit_log or os.path.join(os.path.dirname(os.path.abspath(pid_file)),
+                                                            AUDIT_LOG_NAME)
         self._codec: SessionCodec | None = None
         keys: list[tuple[str, bytes]] = []
         for i, key in enumerate(settings.session_keys):

@@ -103,6 +103,8 @@ class Forwarder:
                 break
             tried.add(index)
             target = group.targets[index]
+            if ex.state is not None:  # for the MCP audit log: where the call went
+                ex.state["upstream"] = target.name
             host = client_host if route.preserve_host and client_host else target.host_header
             extra = [(b"host", host)]
             if mcp is not None and mcp.rewrite_origin:

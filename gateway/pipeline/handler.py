@@ -3,6 +3,8 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
+import trio
+
 from gateway.http.server import Exchange, json_error_body
 from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
@@ -26,11 +28,15 @@ class Pipeline:
 
     async def __call__(self, ex: Exchange) -> None:
         route_name = "-"
+        started = trio.current_time()
         try:
             route_name = await self._handle(ex)
         finally:
             if ex.response_started:
                 self.stats.record(route_name, ex.status)
+            state = ex.state
+            if state is not None and (audit := state.get("audit")) is not None:
+                audit.record(ex, started, route_name)
 
     async def _handle(self, ex: Exchange) -> str:
         """Route, run policies, forward; returns the route's name (for metrics)."""
@@ -61,6 +67,10 @@ class Pipeline:
             await ex.respond(404, NO_ROUTE)
             return "-"
         route = match.payload
+        if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
+            if ex.state is None:
+                ex.state = {}
+            ex.state["audit"] = route.audit
         target = req.target
         if route.consumer_policies is None:
             for policy in route.policies:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 import yaml
 from oauth_helpers import JwksServer, call
 
@@ -42,13 +43,14 @@ def test_both_configurations_are_in_the_bench():
     assert CONFIGS["gw-mcp-gov"].headers[0].startswith("Authorization: Bearer ey")
 
 
-async def test_the_governance_configuration_admits_the_bench_call_only(nursery, gateway):
+async def test_the_governance_configuration_admits_the_bench_call_only(nursery, gateway, tmp_path):
     backend = JwksServer()
     backend.body = bench.BENCH_JWKS.encode()  # /jwks; every other path gets the same 200, as the echo would
     await nursery.start(backend.serve)
-    doc = yaml.safe_load(bench.fill(CONFIGS["gw-mcp-gov"].config, port=0, backend_port=backend.port))
-    doc.pop("gateway")
-    port = await gateway(doc)
+    doc = yaml.safe_load(bench.fill(CONFIGS["gw-mcp-gov"].config, port=0, backend_port=backend.port,
+                                    prefix=tmp_path))
+    settings = doc.pop("gateway")
+    port = await gateway(doc, mcp=settings["mcp"])
     headers = [tuple(h.split(": ", 1)) for h in CONFIGS["gw-mcp-gov"].headers]
     body = bench.load_payloads().tools_call_body().encode()
     rpc = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
@@ -57,6 +59,11 @@ async def test_the_governance_configuration_admits_the_bench_call_only(nursery, 
     refused = await call(port, "/", [*rpc, *headers], "POST", "127.0.0.1", other)
     assert json.loads(refused.body)["error"]["message"] == "tool 'other' is not allowed"
     assert (await call(port, "/", rpc, "POST", "127.0.0.1", body)).status == 401
+    with trio.fail_after(5):
+        while not (tmp_path / "mcp-audit.log").exists() or b"other" not in (tmp_path / "mcp-audit.log").read_bytes():
+            await trio.sleep(0.02)
+    assert [json.loads(line)["decision"] for line in (tmp_path / "mcp-audit.log").read_bytes().splitlines()] == \
+        ["allowed", "denied"]
 
 
 @pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")

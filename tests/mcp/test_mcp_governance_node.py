@@ -7,6 +7,7 @@ per-tool limit exact across both workers."""
 from __future__ import annotations
 
 import json
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from mcp_helpers import JSON_HEADERS, SdkServers, bounded
 from oauth_server import AuthServer
 
 LIMIT = 120  # calls of `whoami` per day on /mcp, across both workers
-ACL = {"mode": "passthrough-listener",
+ACL = {"mode": "passthrough-listener", "logging": {"log_audits": True},
        "default_acl": [{"scope": "tools", "allow": ["alice", "bob"]}],
        "tools": [{"name": "echo_headers", "description": "alice only", "acl": {"allow": ["alice"]}},
                  {"name": "slow", "description": "not bob", "acl": {"deny": ["bob"]}}]}
@@ -123,6 +124,7 @@ def world(tmp_path: Path, sdk_servers):  # noqa: ANN001, ANN201 - a gateway node
             made.append(gw)
             return gw
 
+        node.servers = servers  # type: ignore[attr-defined]
         yield node
     finally:
         for gw in made:
@@ -182,8 +184,25 @@ def test_the_sdk_client_authorizes_and_tools_are_governed_across_two_workers(wor
                     await bob_json.call_tool("echo_headers", {})
 
             nursery.cancel_scope.cancel()
+            return gw
 
-    trio.run(bounded(120)(scenario))
+    gw = trio.run(bounded(120)(scenario))
+    audit = audit_lines(gw, 4)
+    assert [(a["consumer"], a["tool"], a["decision"], a["route"]) for a in audit] == [
+        ("alice", "echo_headers", "allowed", "sse"), ("bob", "slow", "denied", "sse"),
+        ("bob", "whoami", "allowed", "sse"), ("bob", "echo_headers", "denied", "json")]
+    assert all(a["session"] and a["status"] == 200 and a["latency_ms"] > 0 for a in audit)
+    assert audit[0]["upstream"] in {f"127.0.0.1:{p}" for p in world.servers.ports.values()}
+    assert audit[1]["upstream"] is None and audit[1]["reason"] == "tool 'slow' is not allowed"
+
+
+def audit_lines(gw: GatewayNode, count: int) -> list[dict[str, Any]]:
+    """The gateway's audit lines (run/mcp-audit.log), once `count` are there (workers write them as they go)."""
+    path = gw.dir / "run" / "mcp-audit.log"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and (not path.exists() or path.read_bytes().count(b"\n") < count):
+        time.sleep(0.05)
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
 
 
 def test_a_per_tool_limit_is_exact_across_two_workers(world):
@@ -213,10 +232,16 @@ def test_a_per_tool_limit_is_exact_across_two_workers(world):
             async with oauth_client(url, "alice") as (client, _):
                 assert json.loads((await client.call_tool("echo_headers", {})).content[0].text)
             nursery.cancel_scope.cancel()
-            return outcomes["ok"], outcomes["limited"], outcomes["other"]
+            return outcomes["ok"], outcomes["limited"], outcomes["other"], gw
 
-    ok, limited, other = trio.run(bounded(150)(scenario))
+    ok, limited, other, gw = trio.run(bounded(150)(scenario))
     print(f"\nper-tool limit {LIMIT}/day across 2 workers: {ok} admitted, {limited} limited, {other} other")
     assert other == 0
     assert LIMIT * 0.99 <= ok <= LIMIT * 1.01, ok
     assert ok + limited == 180
+    audit = audit_lines(gw, 181)
+    whoami = [a for a in audit if a["tool"] == "whoami"]
+    assert len(audit) == 181 and len(whoami) == 180  # a line for every call, from both workers
+    assert sum(a["decision"] == "allowed" for a in whoami) == ok
+    assert sum(a["decision"] == "limited" and a["status"] == 429 for a in whoami) == limited
+    assert len({a["worker"] for a in audit}) == 2

@@ -48,7 +48,7 @@ def judged(body: bytes, filter_lists: bool = True):  # noqa: ANN201
 def test_an_allowed_body_is_forwarded_as_the_same_bytes():
     body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"ok"}}'
     verdict = judged(body)
-    assert verdict.forward is body and not verdict.errors and verdict.calls == [("ok", None)]
+    assert verdict.forward is body and not verdict.errors and verdict.calls == [("ok", None, 1)]
 
 
 def test_a_batch_keeps_the_exact_bytes_of_what_remains():

@@ -22,6 +22,7 @@ import logging
 from gateway.http.server import Exchange
 from gateway.mcp import body as mcp_body
 from gateway.mcp import jsonrpc
+from gateway.mcp.audit import ToolAudit, audit_log_for
 from gateway.mcp.bearer import challenge, claim_at
 from gateway.mcp.governance import ANY_ID, Denial, ResponseEdit, Verdict, error_response, judge
 from gateway.mcp.toolacl import SPACE_SEPARATED, Rule, ToolAcl, claim_path, claim_subjects
@@ -38,7 +39,7 @@ class AiMcpProxy:
     name = "ai-mcp-proxy"
     priority = 820  # Kong's
 
-    def __init__(self, config: AiMcpProxyConfig, plugin_id: str) -> None:
+    def __init__(self, config: AiMcpProxyConfig, plugin_id: str, audit_log: str = "-") -> None:
         default = next((Rule(d.allow, d.deny) for d in config.default_acl), None)
         self.acl = ToolAcl({t.name: Rule(t.acl.allow, t.acl.deny) for t in config.tools if t.acl is not None},
                            default)
@@ -49,6 +50,8 @@ class AiMcpProxy:
             if config.acl_attribute_type == "oauth_access_token" and config.access_token_claim_field else None
         # Refusals by a rule on the token's scopes are the spec's insufficient_scope (403), so clients can step up.
         self.scoped = self.claim is not None and bool(self.claim) and self.claim[-1] in SPACE_SEPARATED
+        self.audit = ToolAudit(audit_log_for(audit_log)) if config.logging.log_audits else None
+        self.background = [self.audit.log.run] if self.audit is not None else []  # the audit writer's task
         self.too_large = error_response(None, jsonrpc.INVALID_REQUEST,
                                         f"request body larger than max_request_body_size ({self.limit} bytes)")
 

@@ -33,14 +33,15 @@ class DefaultAcl(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Logging(msgspec.Struct, forbid_unknown_fields=True):
-    log_audits: bool = False  # an audit line per tools/call (gateway.mcp.audit)
+    log_audits: bool = False  # an audit line per tools/call (gateway.mcp.audit, to gateway.mcp.audit_log)
     log_payloads: bool = False
     log_statistics: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("log_audits", "log_payloads", "log_statistics"):
+        for name in ("log_payloads", "log_statistics"):
             if getattr(self, name):
-                raise ValueError(f"logging.{name}: not supported yet")
+                raise ValueError(f"logging.{name}: not supported (the gateway writes one audit line per tools/call "
+                                 "with logging.log_audits, to gateway.mcp.audit_log, without payloads)")
 
 
 class AiMcpProxyConfig(msgspec.Struct, forbid_unknown_fields=True):
