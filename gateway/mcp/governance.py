@@ -121,8 +121,8 @@ class ResponseEdit:
         """The whole JSON answer, edited; unchanged bytes when nothing had to change (or it is not JSON)."""
         try:
             doc = _decode(body)
-        except msgspec.DecodeError:
-            return body
+        except (msgspec.DecodeError, RecursionError):
+            return self._unfilterable(body)
         changed = False
         if isinstance(doc, list):
             for item in doc:
@@ -150,12 +150,13 @@ class ResponseEdit:
         if self.list_ids is None:
             return event
         data = data_of(event)
-        if data is None or b'"tools"' not in data:
+        if data is None or (b'"tools"' not in data and b"\\u" not in data):  # (an escaped key is still "tools")
             return event
         try:
             doc = _decode(data)
-        except msgspec.DecodeError:
-            return event
+        except (msgspec.DecodeError, RecursionError):
+            unfilterable = self._unfilterable(data)
+            return event if unfilterable is data else with_data(event, unfilterable)
         changed = False
         if isinstance(doc, list):
             for item in doc:
@@ -163,6 +164,15 @@ class ResponseEdit:
         else:
             changed = self._filter(doc)
         return with_data(event, _encode(doc)) if changed else event
+
+    def _unfilterable(self, data: bytes) -> bytes:
+        """What replaces an answer the gateway cannot decode: itself when it cannot be a tools list (no "tools" in
+        it), else an error, never the tools unfiltered (JSON nested deeper than the decoder goes, say)."""
+        if self.list_ids is None or (b"tools" not in data and b"\\u" not in data):
+            return data
+        ids = [i for i in self.list_ids if i is not ANY_ID]
+        return error_response(ids[0] if len(ids) == 1 else None, -32603,
+                              "the server's answer could not be filtered for this caller")
 
     # --- the filter -----------------------------------------------------------------------------------------------
 

@@ -80,8 +80,8 @@ def peek(body: bytes, complete: bool) -> RpcInfo:
     if complete:
         try:
             msg = _decoder.decode(body)
-        except msgspec.DecodeError:
-            pass  # invalid JSON, or a shape the Struct does not take: the scanner decides
+        except (msgspec.DecodeError, RecursionError):
+            pass  # invalid JSON, a shape the Struct does not take, or nested too deep: the scanner decides
         else:
             if isinstance(msg, list):
                 return BATCH
@@ -344,7 +344,7 @@ def decode_messages(body: bytes) -> tuple[list[Message], bool] | None:
                 out.append(message)
             return out, True
         message = _message(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested deeper than msgspec decodes
         return None
     return ([message], False) if message is not None else None
 
@@ -352,8 +352,8 @@ def decode_messages(body: bytes) -> tuple[list[Message], bool] | None:
 def _message(raw: bytes) -> Message | None:
     try:
         env = _envelope.decode(raw)
-    except msgspec.DecodeError:
-        return None  # not an object (or not JSON)
+    except (msgspec.DecodeError, RecursionError):
+        return None  # not an object (or not JSON, or nested too deep)
     method = env.method if isinstance(env.method, str) else None
     has_id = env.id is not msgspec.UNSET
     rpc_id = env.id if has_id else None
@@ -361,7 +361,7 @@ def _message(raw: bytes) -> Message | None:
     if method == "tools/call":
         try:
             params = _params.decode(env.params)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             params = None
         if params is not None and isinstance(params.name, str):
             name = params.name

@@ -134,7 +134,7 @@ def _unreadable(body: bytes) -> bytes:
     """The JSON-RPC error for a body the gateway cannot judge: not JSON (-32700), or not JSON-RPC (-32600)."""
     try:
         jsonrpc.msgspec.json.decode(body)
-    except jsonrpc.msgspec.DecodeError:
+    except (jsonrpc.msgspec.DecodeError, RecursionError):
         return error_response(None, jsonrpc.PARSE_ERROR, "Parse error: the body is not JSON")
     return error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: expected a JSON-RPC message or a batch "
                           f"of at most {jsonrpc.MAX_BATCH} of them")
