@@ -31,7 +31,6 @@ import msgspec
 import trio
 
 from gateway.http.server import Exchange
-from gateway.mcp import jsonrpc
 
 log = logging.getLogger("gateway.mcp")
 
@@ -150,12 +149,34 @@ _FIELDS = ("time", "route", "consumer", "credential", "client_ip", "session", "r
            "reason", "status", "rpc_id", "upstream", "latency_ms")
 
 
+class _Clock:
+    """The second part of an ISO time, formatted once per second; the pid, read once per process."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+    def iso(self, wall: float) -> str:
+        second = int(wall)
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.text}.{int((wall - second) * 1000):03d}Z"
+
+
+_CLOCK = _Clock()
+
+
 def format_line(record: tuple[Any, ...]) -> bytes:
     """One record as a JSON line (with the pid of the worker that served the request)."""
     fields = dict(zip(_FIELDS, record, strict=True))
-    wall = fields["time"]
-    fields["time"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
-    fields["worker"] = os.getpid()
+    fields["time"] = _CLOCK.iso(fields["time"])
+    fields["worker"] = _CLOCK.pid
     return _encode(fields) + b"\n"
 
 
@@ -217,14 +238,11 @@ class ToolAudit:
 
 def _calls_read(mcp: Any) -> list[tuple[str | None, None, Any]]:
     """The tools/calls of a body that some reader (rate limiting by tool, the router's peek) looked at."""
-    if mcp is None or mcp.info is None:
+    if mcp is None:
         return []
+    if mcp.decoded:
+        return [(m.name, None, m.answer_id) for m in mcp.decoded[0] if m.method == "tools/call"]
     info = mcp.info
-    if info.batch:
-        decoded = jsonrpc.decode_messages(mcp.body) if mcp.body_done and mcp.body else None
-        if decoded is None:
-            return []
-        return [(m.name, None, m.answer_id) for m in decoded[0] if m.method == "tools/call"]
-    if info.method != "tools/call":
+    if info is None or info.method != "tools/call":
         return []
     return [(info.name, None, info.id)]

@@ -3,13 +3,14 @@
 The first reader of a body (the router's peek, rate limiting by MCP method or tool, ai-mcp-proxy) keeps what it read
 in the request's `McpRequest` (gateway.mcp.step), found on the exchange under `state["mcp"]`; later readers go on
 from there, and the forwarder sends those bytes first, so a body is read once and reaches the upstream unchanged.
+A whole body is decoded once (`messages`), however many policies look at its messages.
 """
 
 from __future__ import annotations
 
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
-from gateway.mcp.step import McpRequest, McpShared, read_peek
+from gateway.mcp.step import McpRequest
 
 
 def current(ex: Exchange) -> McpRequest | None:
@@ -23,15 +24,6 @@ def attach(ex: Exchange, mcp: McpRequest) -> McpRequest:
         ex.state = {"mcp": mcp}
     else:
         ex.state["mcp"] = mcp
-    return mcp
-
-
-async def peeked(ex: Exchange, shared: McpShared) -> McpRequest | None:
-    """The request with its method and tool read from the body (at most peek_bytes of it); None if answered."""
-    mcp = current(ex) or attach(ex, McpRequest())
-    if not mcp.peeked and ex.request.method == b"POST":
-        if not await read_peek(ex, mcp, shared):
-            return None
     return mcp
 
 
@@ -55,9 +47,12 @@ async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
             size += len(chunk)
         body = b"".join(parts)
     mcp.body, mcp.body_done = body, done
-    if not done or len(body) > limit:
-        return mcp, False
-    if not mcp.whole_info:  # nothing looked at it yet, or only at its first peek_bytes
-        mcp.info = jsonrpc.peek(body, True)
-        mcp.peeked = mcp.whole_info = True
-    return mcp, True
+    return mcp, done and len(body) <= limit
+
+
+def messages(mcp: McpRequest) -> tuple[list[jsonrpc.Message], bool] | None:
+    """The messages of a whole body (see jsonrpc.decode_messages), decoded once per request."""
+    decoded = mcp.decoded
+    if decoded is None:
+        decoded = mcp.decoded = jsonrpc.decode_messages(mcp.body or b"") or False
+    return decoded or None

@@ -86,14 +86,14 @@ class McpRequest:
     """What the MCP step (and the policies that read MCP bodies) learnt about one request, for the forwarder: body
     bytes already read, the Origin policy, edits its answer needs (ai-mcp-proxy: gateway.mcp.governance)."""
 
-    __slots__ = ("body", "body_done", "info", "peeked", "whole_info", "origin_mode", "edit")
+    __slots__ = ("body", "body_done", "info", "peeked", "decoded", "origin_mode", "edit")
 
     def __init__(self) -> None:
         self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
         self.body_done = False
         self.info: jsonrpc.RpcInfo | None = None
         self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
-        self.whole_info = False  # info comes from the whole body (not from its first peek_bytes)
+        self.decoded: Any = None  # the whole body's messages, once decoded (gateway.mcp.body.messages)
         self.origin_mode = PASS
         self.edit: Any = None  # a gateway.mcp.governance.ResponseEdit for the answer, or None
 
@@ -227,7 +227,6 @@ async def read_peek(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
     mcp.peeked = True
     if done and len(body) <= limit:
         mcp.info = jsonrpc.peek(body, True)
-        mcp.whole_info = True
     else:
         mcp.info = jsonrpc.peek(body[:limit], False)
     return True

@@ -36,7 +36,7 @@ class Pipeline:
                 self.stats.record(route_name, ex.status)
             state = ex.state
             if state is not None and (audit := state.get("audit")) is not None:
-                audit.record(ex, started, route_name)
+                audit[0].record(ex, started, audit[1])  # also when the client left mid-answer
 
     async def _handle(self, ex: Exchange) -> str:
         """Route, run policies, forward; returns the route's name (for metrics)."""
@@ -70,7 +70,7 @@ class Pipeline:
         if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
             if ex.state is None:
                 ex.state = {}
-            ex.state["audit"] = route.audit
+            ex.state["audit"] = (route.audit, route.name)
         target = req.target
         if route.consumer_policies is None:
             for policy in route.policies:

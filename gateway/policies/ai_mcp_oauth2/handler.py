@@ -140,15 +140,18 @@ class AiMcpOauth2:
                 break
             if preflight and name == b"access-control-request-method":
                 return False  # a CORS preflight carries no MCP message and never a token
-        token = bearer_token(authorization)
-        if token is None:
+        if authorization is None:
             await self.missing.send(ex)
             return True
         now = time.time()
-        entry = self.cache.get(token)
+        entry = self.cache.get(authorization)  # keyed by the header as sent: a token seen again skips its parsing
         if entry is None or entry.keyset is not self.jwks.keyset or not entry.exp > now or (
                 entry.nbf is not None and entry.nbf > now):
-            found = await self._verify(token, now)
+            token = bearer_token(authorization)
+            if token is None:
+                await self.missing.send(ex)
+                return True
+            found = await self._verify(token, authorization, now)
             if isinstance(found, Rejection):
                 await found.send(ex)
                 return True
@@ -163,7 +166,7 @@ class AiMcpOauth2:
             req.headers = [hv for hv in req.headers if hv[0] not in names]
         return False
 
-    async def _verify(self, token: bytes, now: float) -> TokenEntry | Rejection:
+    async def _verify(self, token: bytes, authorization: bytes, now: float) -> TokenEntry | Rejection:
         """Check a token not in the cache; refetch the keys once when its key id is unknown."""
         keyset = self.jwks.keyset
         try:
@@ -183,11 +186,11 @@ class AiMcpOauth2:
         if isinstance(identity, Rejection):
             return identity
         entry = TokenEntry(identity, claims, keyset, self.metadata_url, self.leeway)
-        if len(token) <= CACHE_TOKEN_BYTES:
+        if len(authorization) <= CACHE_TOKEN_BYTES:
             cache = self.cache
             if len(cache) >= CACHE_ENTRIES:
                 del cache[next(iter(cache))]
-            cache[token] = entry
+            cache[authorization] = entry
         return entry
 
     def _identity(self, claims: dict[str, Any]) -> Any:

@@ -25,6 +25,7 @@ from gateway.mcp import jsonrpc
 from gateway.mcp.audit import ToolAudit, audit_log_for
 from gateway.mcp.bearer import challenge, claim_at
 from gateway.mcp.governance import ANY_ID, Denial, ResponseEdit, Verdict, error_response, judge
+from gateway.mcp.step import McpRequest
 from gateway.mcp.toolacl import SPACE_SEPARATED, Rule, ToolAcl, claim_path, claim_subjects
 from gateway.policies.ai_mcp_proxy.schema import AiMcpProxyConfig
 
@@ -75,7 +76,7 @@ class AiMcpProxy:
         if method != b"POST":
             if method == b"GET" and not acl.open:  # the server's stream may replay a tools/list answer
                 subjects = self.subjects(ex)
-                mcp = mcp_body.current(ex) or mcp_body.attach(ex, mcp_body.McpRequest())
+                mcp = mcp_body.current(ex) or mcp_body.attach(ex, McpRequest())
                 mcp.edit = ResponseEdit({ANY_ID}, lambda tool: acl.allowed(tool, subjects), [], False)
             return False
         mcp, whole = await mcp_body.whole(ex, self.limit)
@@ -84,7 +85,7 @@ class AiMcpProxy:
             await ex.respond(413, self.too_large)
             return True
         body = mcp.body or b""
-        decoded = jsonrpc.decode_messages(body)
+        decoded = mcp_body.messages(mcp)
         if decoded is None:
             await ex.respond(400, _unreadable(body))
             return True

@@ -1,7 +1,6 @@
 """rate-limiting: Kong's plugin, exact across the workers of a host through the state keeper's leases, and across
 hosts through Redis (policy redis: the keepers take blocks of each limit from Redis)."""
 
-from gateway.mcp.step import McpShared
 from gateway.policies.rate_limiting.handler import RateLimiting
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 
@@ -11,5 +10,5 @@ schema = RateLimitingConfig
 enforced = True
 
 
-def build(config: RateLimitingConfig, plugin_id: str, shared: object, mcp: McpShared) -> RateLimiting:
-    return RateLimiting(config, plugin_id, shared, mcp)
+def build(config: RateLimitingConfig, plugin_id: str, shared: object) -> RateLimiting:
+    return RateLimiting(config, plugin_id, shared)

@@ -12,7 +12,6 @@ import trio
 from gateway.http.server import Exchange
 from gateway.mcp.governance import error_response
 from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, WHOLE_LIMIT, counted
-from gateway.mcp.step import McpShared
 from gateway.metrics import LOCAL_SHARE
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, retry_after
@@ -42,8 +41,7 @@ class RateLimiting:
     name = "rate-limiting"
     priority = 910  # Kong's
 
-    def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object,
-                 mcp: McpShared | None = None) -> None:
+    def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object) -> None:
         self.spec = LimitSpec.from_plugin(config, plugin_id)
         self.store = SharedStore(plugin_id, config) if config.policy == "redis" else None
         self.shared = shared
@@ -58,7 +56,7 @@ class RateLimiting:
         self.error_message = config.error_message
         self.body = json.dumps({"error": config.error_message}).encode()
         # limit_by mcp-method / mcp-tool: what the body calls is counted (gateway.mcp.ratekeys)
-        self.mcp = mcp if config.limit_by in ("mcp-method", "mcp-tool") else None
+        self.mcp = config.limit_by in ("mcp-method", "mcp-tool")
         self.tools = config.limit_by == "mcp-tool"
         # limit_by service or path: one key for every request, built once
         self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
@@ -89,7 +87,7 @@ class RateLimiting:
         leases = self.leases
         if leases is None:
             return False
-        if self.mcp is not None:
+        if self.mcp:
             return await self._access_mcp(ex, leases)
         key = self.fixed_key or self.key(ex)
         now, wall = monotonic(), time()  # the lease table's clocks
@@ -102,9 +100,7 @@ class RateLimiting:
 
     async def _access_mcp(self, ex: Exchange, leases: LeaseTable) -> bool:
         """limit_by mcp-method / mcp-tool: one token per method or tool the body calls (a batch: per element)."""
-        found = await counted(ex, self.mcp, self.tools)  # type: ignore[arg-type]
-        if found is None:
-            return True  # answered while reading the body
+        found = await counted(ex, self.tools)
         if found is TOO_LARGE:
             ex.close_after = True
             await ex.respond(413, error_response(None, -32600, "a body whose method or tool lies past "
