@@ -45,7 +45,7 @@ class AuditLog:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[Record] = []
         self._wake = trio.Event()
         self._running = False
         self._fd = -1
@@ -53,7 +53,7 @@ class AuditLog:
         self._failed: str | None = None
         self.dropped = 0
 
-    def put(self, record: tuple[Any, ...]) -> None:
+    def put(self, record: Record) -> None:
         """Queue one record (formatted later, off the request path)."""
         self._pending.append(record)
         if len(self._pending) == 1:
@@ -145,8 +145,24 @@ def audit_log_for(path: str) -> AuditLog:
 
 # ---- records ------------------------------------------------------------------------------------------------------
 
-_FIELDS = ("time", "route", "consumer", "credential", "client_ip", "session", "request_id", "tool", "decision",
-           "reason", "status", "rpc_id", "upstream", "latency_ms")
+class Record(msgspec.Struct):
+    """One audit line's fields, in the line's order (`time` is the wall clock until formatted)."""
+
+    time: Any
+    route: str
+    consumer: str | None
+    credential: str | None
+    client_ip: str
+    session: str | None
+    request_id: str | None
+    tool: str | None
+    decision: str
+    reason: str | None
+    status: int
+    rpc_id: Any
+    upstream: str | None
+    latency_ms: float
+    worker: int = 0
 
 
 class _Clock:
@@ -172,12 +188,11 @@ class _Clock:
 _CLOCK = _Clock()
 
 
-def format_line(record: tuple[Any, ...]) -> bytes:
+def format_line(record: Record) -> bytes:
     """One record as a JSON line (with the pid of the worker that served the request)."""
-    fields = dict(zip(_FIELDS, record, strict=True))
-    fields["time"] = _CLOCK.iso(fields["time"])
-    fields["worker"] = _CLOCK.pid
-    return _encode(fields) + b"\n"
+    record.time = _CLOCK.iso(record.time)
+    record.worker = _CLOCK.pid
+    return _encode(record) + b"\n"
 
 
 class ToolAudit:
@@ -230,10 +245,10 @@ class ToolAudit:
                 target = upstream if denial is None else None
             else:
                 this, reason, target = decision, None, upstream if decision == "allowed" else None
-            self.log.put((wall, route, consumer, credential, ex.client_ip, session, request_id,
-                          tool[:MAX_TOOL] if tool is not None else None, this, reason, status,
-                          rpc_id if rpc_id is None or isinstance(rpc_id, (str, int, float)) else None, target,
-                          round(latency * 1000, 3)))
+            self.log.put(Record(wall, route, consumer, credential, ex.client_ip, session, request_id,
+                                tool[:MAX_TOOL] if tool is not None else None, this, reason, status,
+                                rpc_id if rpc_id is None or isinstance(rpc_id, (str, int, float)) else None, target,
+                                round(latency * 1000, 3)))
 
 
 def _calls_read(mcp: Any) -> list[tuple[str | None, None, Any]]:

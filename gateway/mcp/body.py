@@ -27,6 +27,17 @@ def attach(ex: Exchange, mcp: McpRequest) -> McpRequest:
     return mcp
 
 
+def buffered(ex: Exchange, limit: int) -> tuple[McpRequest, bool] | None:
+    """`whole`'s answer when it needs no wait (the body came with the head, or is known to be too long); None when
+    more of the body must be read first (then await `whole`)."""
+    mcp = current(ex) or attach(ex, McpRequest())
+    if mcp.body is None:
+        mcp.body, mcp.body_done = ex.take_buffered_body()
+    if mcp.body_done:
+        return mcp, len(mcp.body) <= limit
+    return (mcp, False) if len(mcp.body) > limit else None
+
+
 async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
     """The request with its whole body read, and False when the body is longer than `limit` bytes (then what was
     read stays in `mcp.body`). A client stalling mid-body gets 408 from the connection loop (client_body_timeout)."""

@@ -321,6 +321,15 @@ class _Envelope(msgspec.Struct):
     params: msgspec.Raw = msgspec.Raw(b"null")
 
 
+class _Call(msgspec.Struct):
+    """The common case in one decode: a message whose params (if any) is an object."""
+
+    method: Any = None
+    id: Any = msgspec.UNSET
+    params: _Params | None = None
+
+
+_call = msgspec.json.Decoder(_Call)
 _envelope = msgspec.json.Decoder(_Envelope)
 _elements = msgspec.json.Decoder(list[msgspec.Raw])
 _params = msgspec.json.Decoder(_Params)
@@ -330,7 +339,9 @@ MAX_BATCH = 1000  # longer batches are refused whole (-32600)
 def decode_messages(body: bytes) -> tuple[list[Message], bool] | None:
     """(the messages of a whole body, whether it is a batch); None when it is not JSON, not an object or array of
     objects, or a batch longer than MAX_BATCH."""
-    start = body.lstrip()[:1]
+    start = body[:1]
+    if start in _WHITESPACE:
+        start = body.lstrip()[:1]
     try:
         if start == b"[":
             elements = _elements.decode(body)
@@ -349,7 +360,21 @@ def decode_messages(body: bytes) -> tuple[list[Message], bool] | None:
     return ([message], False) if message is not None else None
 
 
+_WHITESPACE = (b" ", b"\t", b"\r", b"\n")
+
+
 def _message(raw: bytes) -> Message | None:
+    try:
+        call = _call.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass  # params is not an object, or it is not a message at all: the envelope decides
+    else:
+        method = call.method if isinstance(call.method, str) else None
+        has_id = call.id is not msgspec.UNSET
+        params = call.params
+        name = params.name if method == "tools/call" and params is not None and isinstance(params.name, str) \
+            else None
+        return Message(raw, method, call.id if has_id else None, has_id, name)
     try:
         env = _envelope.decode(raw)
     except (msgspec.DecodeError, RecursionError):

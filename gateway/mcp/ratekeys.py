@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
-from gateway.mcp.body import messages, whole
+from gateway.mcp.body import buffered, messages, whole
 
 MAX_NAME = 128
 WHOLE_LIMIT = 1 << 20  # bodies up to this are read whole; of longer ones this much is scanned
@@ -33,7 +33,7 @@ async def counted(ex: Exchange, tools: bool) -> list[tuple[str, Any]] | object:
     to count lies past WHOLE_LIMIT."""
     if ex.request.method != b"POST":
         return []
-    mcp, complete = await whole(ex, WHOLE_LIMIT)
+    mcp, complete = buffered(ex, WHOLE_LIMIT) or await whole(ex, WHOLE_LIMIT)
     if not complete:
         info = jsonrpc.peek((mcp.body or b"")[:WHOLE_LIMIT], False)
         if not info.valid or info.batch or info.method is None or (tools and info.method == "tools/call"

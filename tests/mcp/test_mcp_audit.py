@@ -13,7 +13,7 @@ import trio
 from backends import service
 from oauth_helpers import ToolServer, call
 
-from gateway.mcp.audit import AuditLog, format_line
+from gateway.mcp.audit import AuditLog, Record, format_line
 
 RPC_HEADERS = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
 CONSUMERS = [{"username": "alice", "keyauth_credentials": [{"key": "alice-key"}]},
@@ -28,20 +28,22 @@ def http_codec() -> str:
 
 
 def test_a_record_is_one_json_line():
-    record = (1767225600.25, "mcp", "alice", "cred", "127.0.0.1", "k1.x", "rid", "delete", "denied",
-              "tool 'delete' is not allowed", 200, 4, None, 0.5)
+    record = Record(1767225600.25, "mcp", "alice", "cred", "127.0.0.1", "k1.x", "rid", "delete", "denied",
+                    "tool 'delete' is not allowed", 200, 4, None, 0.5)
     line = format_line(record)
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     doc = json.loads(line)
     assert doc["time"] == "2026-01-01T00:00:00.250Z"
     assert doc["tool"] == "delete" and doc["decision"] == "denied" and doc["rpc_id"] == 4 and doc["upstream"] is None
+    assert list(doc) == ["time", "route", "consumer", "credential", "client_ip", "session", "request_id", "tool",
+                         "decision", "reason", "status", "rpc_id", "upstream", "latency_ms", "worker"]
 
 
 def _writer(path: str, name: str, count: int) -> None:
     audit = AuditLog(path)
     for i in range(count):
-        audit.put((1767225600.0, "r", name, None, "127.0.0.1", None, None, "t" * (i % 300), "allowed", None, 200, i,
-                   "127.0.0.1:1", 0.1))
+        audit.put(Record(1767225600.0, "r", name, None, "127.0.0.1", None, None, "t" * (i % 300), "allowed", None,
+                         200, i, "127.0.0.1:1", 0.1))
         if i % 37 == 0:
             audit.flush()
     audit.flush()

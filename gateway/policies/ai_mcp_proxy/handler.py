@@ -79,7 +79,7 @@ class AiMcpProxy:
                 mcp = mcp_body.current(ex) or mcp_body.attach(ex, McpRequest())
                 mcp.edit = ResponseEdit({ANY_ID}, lambda tool: acl.allowed(tool, subjects), [], False)
             return False
-        mcp, whole = await mcp_body.whole(ex, self.limit)
+        mcp, whole = mcp_body.buffered(ex, self.limit) or await mcp_body.whole(ex, self.limit)
         if not whole:
             ex.close_after = True
             await ex.respond(413, self.too_large)
