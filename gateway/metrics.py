@@ -27,6 +27,9 @@ TIMEOUTS = Counter("gateway_timeouts_total",
                    "Connections a timeout ended, by what timed out: client_header, client_body (a stalled upload: "
                    "408), client_send (a client not reading: send_timeout_s), client_keepalive, upstream_write, "
                    "upstream_read", ["kind"])
+SHED = Counter("gateway_connections_shed_total",
+               "Connections a worker answered with a fast 503 and closed at once: at its max_connections, or out of "
+               "file descriptors (nofile)", ["reason"])
 REDIS_FALLBACK = Counter("gateway_ratelimit_redis_fallback_total",
                          "Tokens a host's state keeper granted on its fallback share of a policy redis limit "
                          "because Redis was unreachable or too slow, by plugin", ["plugin"])

@@ -21,6 +21,7 @@ from gateway.config.errors import describe_validation_error
 from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.config.schema import Plugin, Route, Service, Upstream
 from gateway.http.realip import ClientAddress
+from gateway.http.tls_contexts import ClientTls, ServerTls
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
 from gateway.policies import REGISTRY
@@ -28,6 +29,7 @@ from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
 from gateway.policies.jwt.keys import check_keys
 from gateway.routing import Router, RouteSpec
+from gateway.tls_runtime import compile_client_tls, compile_server_tls
 
 log = logging.getLogger("gateway.runtime")
 
@@ -35,7 +37,7 @@ log = logging.getLogger("gateway.runtime")
 class TargetRuntime:
     """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
 
-    __slots__ = ("host", "port", "key", "name", "host_header", "weight")
+    __slots__ = ("host", "port", "key", "name", "host_header", "weight", "server_name")
 
     def __init__(self, host: str, port: int, weight: int, host_header: str | None = None) -> None:
         self.host = host
@@ -45,6 +47,15 @@ class TargetRuntime:
         shown = f"[{host}]" if ":" in host else host
         self.name = f"{shown}:{port}"
         self.host_header = (host_header or (shown if port == 80 else self.name)).encode()
+        # TLS: the name sent as SNI and verified in the certificate (the upstream's host_header, else the target)
+        self.server_name = _without_port(host_header) if host_header else host
+
+
+def _without_port(authority: str) -> str:
+    """'api.example.com:8443' -> 'api.example.com'; '[::1]:443' -> '::1'."""
+    if authority.startswith("["):
+        return authority[1:authority.find("]")]
+    return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
 class UpstreamGroup:
@@ -81,10 +92,10 @@ class UpstreamGroup:
 class ServiceRuntime:
     """A service: where requests go and with which timeouts (seconds) and retries."""
 
-    __slots__ = ("name", "path", "group", "connect_timeout", "write_timeout", "read_timeout", "retries")
+    __slots__ = ("name", "path", "group", "connect_timeout", "write_timeout", "read_timeout", "retries", "tls")
 
     def __init__(self, name: str, path: bytes, group: UpstreamGroup, connect_timeout: float, write_timeout: float,
-                 read_timeout: float, retries: int) -> None:
+                 read_timeout: float, retries: int, tls: ClientTls | None = None) -> None:
         self.name = name
         self.path = path
         self.group = group
@@ -92,6 +103,7 @@ class ServiceRuntime:
         self.write_timeout = write_timeout
         self.read_timeout = read_timeout
         self.retries = retries
+        self.tls = tls  # protocol https: how to speak TLS to the targets (gateway.tls_runtime)
 
     def upstream_target(self, path: bytes, query: bytes) -> bytes:
         """The request target sent upstream: the service path joined with the (stripped) request path."""
@@ -104,7 +116,8 @@ class ServiceRuntime:
 class RouteRuntime:
     """A route as the pipeline uses it."""
 
-    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "audit")
+    __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity",
+                 "https_redirect", "audit")
 
     def __init__(self, name: str, service: ServiceRuntime, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
@@ -118,6 +131,7 @@ class RouteRuntime:
         self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
+        self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
         # ai-mcp-proxy's audit (logging.log_audits): a line per tools/call when the request ends (gateway.mcp.audit)
         chains = [policies, *(consumer_policies or {}).values()]
         self.audit = next((p.audit for chain in chains for p in chain if getattr(p, "audit", None) is not None),
@@ -138,6 +152,7 @@ class Runtime:
         self.consumers = consumers
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
+        self.server_tls: ServerTls | None = None  # the certificates of listeners with `ssl` (gateway.tls_runtime)
         # Documents answered before routing, without authentication: path -> JSON body (ai-mcp-oauth2's RFC 9728
         # protected resource metadata); None when no plugin serves one.
         self.well_known: dict[bytes, bytes] | None = None
@@ -163,12 +178,15 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     None when only validating (check-config) or in the keeper."""
     errors: list[str] = []
     groups = {up.name: _group(up, config, errors) for up in config.upstreams}
-    services = {svc.name: _service(svc, groups, errors) for svc in config.services}
+    services = {svc.name: _service(svc, groups, errors, compile_client_tls(svc, config, errors))
+                for svc in config.services}
+    server_tls = compile_server_tls(config, errors)
     consumers = Directory(config)
     errors += check_keys(consumers)
     gw = config.gateway
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
-    listen_hosts = [hp[0] for hp in (parse_host_port(a, None) for a in listens) if hp is not None]
+    listen_hosts = [hp[0] for hp in (parse_host_port(a.split()[0], None) for a in listens if a.split())
+                    if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
     plugin_objs = _plugins(config, errors, shared, consumers, mcp)
     specs = []
@@ -183,6 +201,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         affinity = None if route.mcp is False else SessionAffinity(mcp, svc.group)
         policies, consumer_policies = _policies_for(route, plugin_objs)
         runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity)
+        if "http" not in route.protocols:
+            runtime.https_redirect = route.https_redirect_status_code
         specs.append(RouteSpec(runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                headers=route.headers, query=route.query, regex_priority=route.regex_priority,
                                strip_path=route.strip_path, mcp_methods=route.mcp_methods,
@@ -191,6 +211,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp, consumers)
     runtime.breakers = _breakers(config, services, plugin_objs)
+    runtime.server_tls = server_tls
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
         if store is not None:
@@ -248,12 +269,14 @@ def _hash_key(kind: str, up: Upstream, which: str) -> tuple[str, bytes]:
     return kind, name.lower().encode() if kind == "header" else name.encode()
 
 
-def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str]) -> ServiceRuntime:
+def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
+             tls: ClientTls | None = None) -> ServiceRuntime:
+    default_port = 443 if tls is not None else 80
     if svc.url is not None:
         parts = urlsplit(svc.url)
-        host, port, path = parts.hostname or "", parts.port or 80, parts.path or None
+        host, port, path = parts.hostname or "", parts.port or default_port, parts.path or None
     else:
-        host, port, path = svc.host or "", svc.port, svc.path
+        host, port, path = svc.host or "", svc.port or default_port, svc.path
     group = groups.get(host)
     if group is None:  # a plain host:port: an implicit upstream of one target
         group = UpstreamGroup(f"{svc.name}:{host}:{port}", [TargetRuntime(host, port, 100)], "round-robin",
@@ -261,7 +284,7 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str]) 
     elif not group.targets and not group.discovered:
         log.warning("upstream %r of service %r has no targets: its requests will get 503", host, svc.name)
     return ServiceRuntime(svc.name, (path or "").encode(), group, svc.connect_timeout / 1000,
-                          svc.write_timeout / 1000, svc.read_timeout / 1000, svc.retries)
+                          svc.write_timeout / 1000, svc.read_timeout / 1000, svc.retries, tls)
 
 
 def _breakers(config: Config, services: dict[str, ServiceRuntime],

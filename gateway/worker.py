@@ -6,6 +6,7 @@ exit. The supervisor starts several of these; each reports readiness once its li
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -16,10 +17,13 @@ import trio
 import zmq
 
 from gateway.config import Config, load_config, parse_host_port
+from gateway.config.tls import listen_flags
 from gateway.http.codecs import codec_classes, resolve_codec
+from gateway.http.limits import derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
+from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import RequestStats
 from gateway.node.keeper import Keeper
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
@@ -36,8 +40,9 @@ KEEPER_SYNC_TIMEOUT_S = 2.0  # a starting worker waits this long at most for the
 
 
 def listen_addresses(config: Config) -> list[tuple[str, int]]:
+    """The (host, port) of every listen entry, in order (an entry may end with flags: "0.0.0.0:8443 ssl")."""
     listens = [config.gateway.listen] if isinstance(config.gateway.listen, str) else config.gateway.listen
-    return [parse_host_port(a, None) for a in listens]  # type: ignore[misc]  # validated at load
+    return [parse_host_port(a.split()[0], None) for a in listens]  # type: ignore[misc]  # validated at load
 
 
 def bind_all(config: Config) -> list[socket.socket]:
@@ -70,18 +75,20 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     shared.attach(runtime)
     codec_name = resolve_codec(gw.http_codec)
     server_cls, client_cls = codec_classes(codec_name)
+    max_connections = gw.max_connections or derived_max_connections(raise_nofile_limit())
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
-                              gw.max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
+                              max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
-    port = listeners[0].getsockname()[1]
     stats = RequestStats()
-    pipeline = Pipeline(runtime, Forwarder(pool, port, gw.sse_keepalive, shared), stats)
+    forwarder = Forwarder(pool, gw.sse_keepalive, shared)
+    pipeline = Pipeline(runtime, forwarder, stats)
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
+                nursery.start_soon(forwarder.keepalives.run_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 nursery.start_soon(stats.flush_forever)
                 for service in runtime.background:  # policies' background work (ai-mcp-oauth2's JWKS refresh)
@@ -99,7 +106,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                     await nursery.start(shared.run_local, Keeper(config, 1))
                 # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
                 # connections: those must be left to finish.
-                await nursery.start(_serve_until_drained, listeners, pipeline, settings)
+                await nursery.start(_serve_until_drained, listeners, pipeline, settings,
+                                    _tls_of(config, listeners, runtime.server_tls))
                 log.info("worker %d accepting on %s (codec %s)", os.getpid(),
                          ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
                 if ready is not None:
@@ -117,11 +125,39 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
 
 
 async def _serve_until_drained(listeners: list[socket.socket], pipeline: Pipeline, settings: ServerSettings,
+                               tls: list[ServerTls | None],
                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     async with trio.open_nursery() as nursery:
-        for sock in listeners:
-            await nursery.start(serve_listener, sock, pipeline, settings)
+        for sock, sock_tls in zip(listeners, tls, strict=True):
+            await nursery.start(serve_listener, sock, pipeline, settings, sock_tls)
         task_status.started()
+
+
+def _tls_of(config: Config, listeners: list[socket.socket], server_tls: ServerTls | None) -> list[ServerTls | None]:
+    """Per listener socket, the certificates it serves when its listen entry says `ssl`, else None."""
+    listens = [config.gateway.listen] if isinstance(config.gateway.listen, str) else config.gateway.listen
+    ssl_ports: dict[int, set[str]] = {}
+    for entry in listens:
+        addr, flags = listen_flags(entry)
+        host, port = parse_host_port(addr, None)  # type: ignore[misc]  # validated at load
+        if "ssl" in flags:
+            ssl_ports.setdefault(port, set()).add(_normal_host(host))  # type: ignore[arg-type]
+    out: list[ServerTls | None] = []
+    for sock in listeners:
+        host, port = sock.getsockname()[:2]
+        hosts = ssl_ports.get(port, set())
+        out.append(server_tls if _normal_host(host) in hosts or (hosts and len(listens) == 1) else None)
+    return out
+
+
+def _normal_host(host: str) -> str:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        try:
+            return str(ipaddress.ip_address(socket.gethostbyname(host)))
+        except OSError:
+            return host
 
 
 async def _drain(listeners: list[socket.socket], settings: ServerSettings, timeout: float) -> None:

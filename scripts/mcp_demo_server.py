@@ -64,6 +64,8 @@ def main() -> None:
     p.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")
     p.add_argument("--allowed-origin", action="append", default=None,
                    help="an Origin the server accepts (repeatable; default: http://127.0.0.1:*, http://localhost:*)")
+    p.add_argument("--certfile", help="serve HTTPS with this PEM certificate (chain)")
+    p.add_argument("--keyfile", help="and this PEM key")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     security = None
@@ -75,7 +77,8 @@ def main() -> None:
         )
     app = build(args.name).streamable_http_app(json_response=args.json_response, host=args.host,
                                                transport_security=security, session_idle_timeout=None)
-    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=1,
+                            ssl_certfile=args.certfile, ssl_keyfile=args.keyfile)
     try:
         uvicorn.Server(config).run()
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ import yaml
 
 from gateway.config import Config, parse_config
 from gateway.http.net import bind_listener
-from gateway.worker import serve_worker
+from gateway.worker import bind_all, serve_worker
 
 CODECS = ["h11", "llhttp"]
 
@@ -37,21 +37,26 @@ def build_config(doc: dict[str, Any], codec: str, **settings: Any) -> Config:
     return parse_config(yaml.safe_dump(doc, sort_keys=False), "<test config>")
 
 
-async def _run_gateway(config: Config, listener: socket.socket,
+async def _run_gateway(config: Config, listeners: list[socket.socket],
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     try:
-        await serve_worker(config, [listener], ready=task_status.started)
+        await serve_worker(config, listeners, ready=task_status.started)
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
 
 
 @pytest.fixture
 async def gateway(nursery: trio.Nursery, http_codec: str):  # noqa: ANN201 - returns the factory
     async def start(doc: dict[str, Any], **settings: Any) -> int:
+        """Serve `doc` on a free port (returned); with a `listen` setting, on those addresses (the first's port)."""
         config = build_config(doc, http_codec, **settings)
-        listener = bind_listener("127.0.0.1", 0, reuse_port=False)
-        port = listener.getsockname()[1]
-        await nursery.start(_run_gateway, config, listener)
+        if "listen" in settings:
+            listeners = bind_all(config)
+        else:
+            listeners = [bind_listener("127.0.0.1", 0, reuse_port=False)]
+        port = listeners[0].getsockname()[1]
+        await nursery.start(_run_gateway, config, listeners)
         return port
 
     return start

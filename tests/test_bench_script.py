@@ -519,3 +519,34 @@ def test_valgrind_argv_follows_children_with_a_file_per_pid(tmp_path):
     argv = bench.valgrind_argv(["python", "-m", "gateway", "run"], tmp_path)
     assert argv[:3] == ["valgrind", "--tool=callgrind", "--trace-children=yes"]
     assert argv[3] == f"--callgrind-out-file={tmp_path}/callgrind.%p" and argv[4:] == ["python", "-m", "gateway", "run"]
+
+
+def test_tls_table_compares_the_tls_ratio_with_the_plaintext_one():
+    def summary(name, rps, ratio=None, hs=None):  # noqa: ANN001, ANN202
+        return bench.Summary(name, rps, 1.0, 2.0, ratio, 0, 3, None, hs)
+
+    table = bench.tls_table({"nginx": summary("nginx", 40000, 1.0),
+                             "gw-llhttp-1w": summary("gw-llhttp-1w", 10000, 0.25),
+                             "nginx-tls": summary("nginx-tls", 30000, 0.75, 2000.0),
+                             "gw-tls-1w": summary("gw-tls-1w", 6900, 0.17, 900.0)})
+    assert table.splitlines()[-1] == "| gw-tls-1w / nginx-tls | 0.23 | 0.25 | 0.92 | 900 vs 2,000 | 0.45 |"
+
+
+def test_tls_configurations_listen_with_ssl_and_a_certificate():
+    (gw,) = bench.select("gw-tls-1w")[1:]
+    assert gw.tls and '  listen: "127.0.0.1:{port} ssl"' in gw.config and "ssl_cert_key" in gw.config
+    nginx = next(c for c in bench.CONFIGURATIONS if c.name == "nginx-tls")
+    assert "listen 127.0.0.1:{port} ssl backlog=4096;" in nginx.config and "ssl_certificate {tls_cert};" in nginx.config
+
+
+def test_cpu_targets_compare_with_the_floor():
+    def summary(name, cpu):  # noqa: ANN001, ANN202
+        return bench.Summary(name, 1000, 1.0, 2.0, 0.5, 0, 3, cpu)
+
+    results = bench.check_targets({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0),
+                                   "gw-llhttp-1w-rl-cb": summary("gw-llhttp-1w-rl-cb", 150.0)}, targets=[])
+    assert [(str(r.target), r.ok, r.detail) for r in results] == [
+        ("gw-llhttp-1w CPU <= 1.30 x floor", True, "CPU 1.25 x floor"),
+        ("gw-llhttp-1w-rl-cb CPU <= 1.40 x floor", False, "CPU 1.50 x floor")]
+    table = bench.markdown_table({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0)})
+    assert table.splitlines()[-1].endswith("| 125.0 | 0 | 1.25x |")

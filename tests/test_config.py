@@ -277,7 +277,7 @@ def test_bad_target_address_is_an_error():
 
 def test_non_http_service_url_is_an_error():
     assert errors("services: [{name: s, url: 'ftp://a:1'}]") == [
-        'services[0].url: only http:// upstreams are supported, got "ftp://a:1"']
+        'services[0].url: expected an http:// or https:// URL, got "ftp://a:1"']
 
 
 def test_service_with_url_and_host_is_an_error():
@@ -287,7 +287,7 @@ def test_service_with_url_and_host_is_an_error():
 
 def test_bad_listen_address_is_an_error():
     assert errors("gateway: {listen: 'localhost'}") == [
-        'gateway.listen: expected "host:port" (e.g. "127.0.0.1:8000"), got "localhost"']
+        'gateway.listen: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got "localhost"']
 
 
 def test_config_error_is_raised_whole_never_half_applied():

@@ -20,14 +20,15 @@ PORT = b"8000"
 def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: Any = None) -> Any:
     """What upstream_request_headers reads of an Exchange."""
     return SimpleNamespace(request=SimpleNamespace(headers=headers), client_ip=CLIENT_IP, peer_trusted=trust,
-                           peer_ip=PEER_IP if trust else CLIENT_IP, consumer=consumer)
+                           peer_ip=PEER_IP if trust else CLIENT_IP, consumer=consumer,
+                           conn=SimpleNamespace(scheme=b"http", listen_port=PORT))
 
 
 def rewrite(headers: list[tuple[str, str]], trust: bool = False, chunked: bool = False,  # noqa: ANN201
             consumer: Any = None):
     """(upstream headers as a list of str pairs, client Host, request id)."""
     hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
-    out, host, rid, _ = upstream_request_headers(exchange(hdrs, trust, consumer), PORT, chunked)
+    out, host, rid, _ = upstream_request_headers(exchange(hdrs, trust, consumer), chunked)
     return [(k.decode(), v.decode()) for k, v in out], host, rid
 
 
@@ -178,7 +179,7 @@ def test_invalid_request_id_is_replaced(bad):
 
 def test_non_ascii_request_id_is_replaced():
     hdrs = [(b"host", b"gw"), (b"x-request-id", "réq".encode())]
-    out, _, rid, _ = upstream_request_headers(exchange(hdrs), PORT, False)
+    out, _, rid, _ = upstream_request_headers(exchange(hdrs), False)
     assert re.fullmatch(rb"[0-9a-f]{32}", rid)
     assert [v for k, v in out if k == b"x-request-id"] == [rid]
 

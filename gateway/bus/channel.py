@@ -45,6 +45,12 @@ class KeeperChannel:
         """Queue a message for the keeper; False when zmq's queue is full (the keeper is gone)."""
         return self._dealer.send([p.encode(msg)])
 
+    def pump(self) -> None:
+        """Hand over whatever has arrived, now (e.g. before judging the keeper silent: a worker that was busy for a
+        while has heartbeats waiting that its receiving task did not get to run for)."""
+        self._sub.pump()
+        self._dealer.pump()
+
     def _on_frames(self, frames: list[bytes]) -> None:
         try:
             msg = p.decode(frames[-1])

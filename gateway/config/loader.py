@@ -28,6 +28,16 @@ from gateway.config.consumers import (
 )
 from gateway.config.errors import ConfigError, describe_validation_error
 from gateway.config.schema import Config, Consumer, GatewaySettings, Plugin, Route, Service, Target, Upstream
+from gateway.config.tls import (
+    LISTEN_FLAGS,
+    CaCertificateEntity,
+    CertificateEntity,
+    SniEntity,
+    certificate_key,
+    flatten_tls,
+    listen_flags,
+    ref_id,
+)
 
 _SECTIONS: dict[str, Any] = {
     "services": Service,
@@ -40,9 +50,13 @@ _SECTIONS: dict[str, Any] = {
     "keyauth_credentials": KeyAuthCredential,
     "basicauth_credentials": BasicAuthCredential,
     "acls": Acl,
+    "certificates": CertificateEntity,
+    "snis": SniEntity,
+    "ca_certificates": CaCertificateEntity,
 }
 _SCALARS = {"_format_version", "_transform"}
 _METHOD = re.compile(r"^[A-Z]+$")
+_SNI = re.compile(r"^(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*(\.\*)?$")
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110 token)
 _REMOVED_GATEWAY_KEYS = {
     "trust_forwarded": "removed: list the addresses of the balancers in front of the gateway in gateway.trusted_ips "
@@ -173,6 +187,7 @@ def _flatten(config: Config) -> None:
             config.targets.append(target)
         up.targets = []
     flatten_consumers(config)
+    flatten_tls(config.certificates, config.snis)
 
 
 def _check(config: Config, errors: list[str]) -> None:
@@ -183,8 +198,12 @@ def _check(config: Config, errors: list[str]) -> None:
     services = _unique(config.services, "services", errors)
     routes = _unique([r for r in config.routes if r.name], "routes", errors)
     upstreams = _unique(config.upstreams, "upstreams", errors)
+    certificates = {certificate_key(c, i): c for i, c in enumerate(config.certificates)}
+    ca_certificates = {c.id for c in config.ca_certificates if c.id}
     for svc in config.services:
         _check_service(svc, errors)
+        _check_service_tls(svc, certificates, ca_certificates, errors)
+    _check_snis(config, certificates, errors)
     for route in config.routes:
         _check_route(route, services, errors)
     for up in config.upstreams:
@@ -214,11 +233,27 @@ def _unique(items: list[Any], section: str, errors: list[str]) -> dict[str, Any]
 
 def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
-    for i, addr in enumerate(listens):
+    tls = False
+    for i, entry in enumerate(listens):
+        where = "gateway.listen" if isinstance(gw.listen, str) else f"gateway.listen[{i}]"
+        addr, flags = listen_flags(entry)
         hp = parse_host_port(addr, None)
         if hp is None or hp[1] is None:
-            where = "gateway.listen" if isinstance(gw.listen, str) else f"gateway.listen[{i}]"
-            errors.append(f'{where}: expected "host:port" (e.g. "127.0.0.1:8000"), got "{addr}"')
+            errors.append(f'{where}: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got '
+                          f'"{entry}"')
+        for flag in sorted(flags - LISTEN_FLAGS):
+            errors.append(f'{where}: the listen option "{flag}" is not supported (only "ssl" is)')
+        tls = tls or "ssl" in flags
+    if (gw.ssl_cert is None) != (gw.ssl_cert_key is None):
+        errors.append("gateway.ssl_cert and gateway.ssl_cert_key: set both (the default certificate and its key)")
+    if gw.ssl_ciphers is not None and gw.ssl_cipher_suite != "custom":
+        errors.append("gateway.ssl_ciphers: only used with gateway.ssl_cipher_suite: custom")
+    if gw.ssl_cipher_suite == "custom" and not gw.ssl_ciphers:
+        errors.append("gateway.ssl_cipher_suite is custom: set gateway.ssl_ciphers")
+    protocols = gw.ssl_protocols.split()
+    if not protocols or any(p not in ("TLSv1.2", "TLSv1.3") for p in protocols):
+        errors.append(f'gateway.ssl_protocols: expected TLSv1.2 and/or TLSv1.3 (e.g. "TLSv1.2 TLSv1.3"), got '
+                      f'"{gw.ssl_protocols}"')
     if gw.status_listen is not None:
         hp = parse_host_port(gw.status_listen, None)
         if hp is None or hp[1] is None:
@@ -255,14 +290,47 @@ def _check_service(svc: Service, errors: list[str]) -> None:
         except ValueError as e:
             errors.append(f'{where}.url: invalid URL "{svc.url}": {e}')
             return
-        if parts.scheme != "http":
-            errors.append(f'{where}.url: only http:// upstreams are supported, got "{svc.url}"')
+        if parts.scheme not in ("http", "https"):
+            errors.append(f'{where}.url: expected an http:// or https:// URL, got "{svc.url}"')
         elif not parts.hostname:
             errors.append(f'{where}.url: no host in "{svc.url}"')
         elif port == 0:
             errors.append(f'{where}.url: port must be 1-65535 in "{svc.url}"')
     elif svc.host is None:
         errors.append(f"{where}: set url, or host (with port and path)")
+
+
+def _check_service_tls(svc: Service, certificates: dict[str, Any], ca_certificates: set[str],
+                       errors: list[str]) -> None:
+    """Kong's rules: the TLS fields need protocol https; what they name must exist."""
+    where = path_of(svc)
+    https = svc.protocol == "https" or (svc.url or "").lower().startswith("https://")
+    for field in ("tls_verify", "tls_verify_depth", "ca_certificates", "client_certificate"):
+        if getattr(svc, field) is not None and not https:
+            errors.append(f"{where}.{field}: only for protocol https (the service's protocol is http)")
+    for i, ca in enumerate(svc.ca_certificates or ()):
+        if ca not in ca_certificates:
+            errors.append(f"{where}.ca_certificates[{i}]: no ca_certificate with id {ca!r}")
+    client = ref_id(svc.client_certificate)
+    if client is not None and client not in certificates:
+        errors.append(f"{where}.client_certificate: no certificate with id {client!r}")
+
+
+def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for i, sni in enumerate(config.snis):
+        where = getattr(sni, "_path", f"snis[{i}]")
+        cert = ref_id(sni.certificate)
+        if cert is None:
+            errors.append(f"{where}.certificate: required (the id of a certificate)")
+        elif cert not in certificates:
+            errors.append(f"{where}.certificate: no certificate with id {cert!r}")
+        name = sni.name.lower()
+        if not _SNI.match(name):
+            errors.append(f'{where}.name: expected a host name, "*.domain" or "name.*", got "{sni.name}"')
+        elif name in seen:
+            errors.append(f"{where}.name: {sni.name!r} is already used by {seen[name]}")
+        seen.setdefault(name, where)
 
 
 def _check_route(route: Route, services: dict[str, Service], errors: list[str]) -> None:

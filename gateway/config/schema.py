@@ -13,6 +13,7 @@ import msgspec
 from gateway.config.consumers import Acl, BasicAuthCredential, JwtSecret, KeyAuthCredential
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
+from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -47,7 +48,9 @@ class GatewaySettings(Base):
     client_body_timeout_s: Seconds = 60.0  # between two reads of a request body, else 408 (nginx client_body_timeout)
     send_timeout_s: Seconds = 60.0  # a client that reads nothing of its response for this long is cut (nginx)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16384  # request head limit (431)
-    max_connections: PosInt = 10000  # per worker; further connections wait in the kernel backlog
+    # per worker; beyond it new connections get a fast 503. Not set: derived from the descriptors the worker may open
+    # (the soft RLIMIT_NOFILE, raised to the hard one at start): two per connection, some kept back
+    max_connections: PosInt | None = None
     upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
     upstream_idle_timeout_s: Seconds = 60.0
     log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log
@@ -65,6 +68,15 @@ class GatewaySettings(Base):
     real_ip_recursive: bool = False
     registration: RegistrationSettings | None = None  # self-registration in Consul/etcd (config/discovery.py)
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)  # session ids, Origin policy (config/mcp.py)
+    # TLS on listeners with ` ssl` (config/tls.py), as kong.conf names it: the default certificate (PEM files, for
+    # clients without SNI or with an unknown one), protocols, Mozilla's cipher suites or a custom list, tickets.
+    ssl_cert: str | None = None
+    ssl_cert_key: str | None = None
+    ssl_protocols: str = "TLSv1.2 TLSv1.3"
+    ssl_cipher_suite: CipherSuite = "intermediate"
+    ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2, with ssl_cipher_suite: custom
+    ssl_session_tickets: bool = True
+    ssl_handshake_timeout_s: Seconds = 10.0  # ours: a TLS handshake slower than this is dropped
 
 
 # --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
@@ -190,7 +202,8 @@ class Route(Base):
     mcp_tools: list[str] = []  # ours: match the tool name of tools/call (Mcp-Name, or the body); implies mcp
     path_handling: Literal["v0", "v1"] = "v0"
     protocols: list[Literal["http", "https"]] = msgspec.field(default_factory=lambda: ["http", "https"])
-    https_redirect_status_code: int = 426
+    # a route without http among its protocols: a plain HTTP request gets 426, or this redirect to https (Kong)
+    https_redirect_status_code: Literal[426, 301, 302, 307, 308] = 426
     request_buffering: bool = True
     response_buffering: bool = True
     plugins: list[Plugin] = []
@@ -201,14 +214,20 @@ class Route(Base):
 class Service(Base):
     name: str
     url: str | None = None
-    protocol: Literal["http"] = "http"
+    protocol: Literal["http", "https"] = "http"
     host: str | None = None
-    port: Port = 80
+    port: Port | None = None  # default 80, or 443 for https
     path: str | None = None
     connect_timeout: TimeoutMs = 60000
     write_timeout: TimeoutMs = 60000
     read_timeout: TimeoutMs = 60000
     retries: Annotated[int, msgspec.Meta(ge=0, le=32767)] = 5
+    # protocol https only (Kong's): verify the upstream's certificate (default: no, as Kong's proxy_ssl_verify),
+    # against these CA certificates (ids; default: the system's), how deep; the certificate (id) to present.
+    tls_verify: bool | None = None
+    tls_verify_depth: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = None
+    ca_certificates: list[str] | None = None
+    client_certificate: str | Ref | None = None
     enabled: bool = True
     routes: list[Route] = []
     plugins: list[Plugin] = []
@@ -244,3 +263,6 @@ class Config(Base):
     keyauth_credentials: list[KeyAuthCredential] = []
     basicauth_credentials: list[BasicAuthCredential] = []
     acls: list[Acl] = []
+    certificates: list[CertificateEntity] = []
+    snis: list[SniEntity] = []
+    ca_certificates: list[CaCertificateEntity] = []

@@ -25,7 +25,9 @@ class Conn:
     With a `send_timer`, a write that has to wait for the peer to read is bounded by `send_timeout` seconds (the
     timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
 
-    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout")
+    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout", "listen_port")
+
+    scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)
@@ -35,6 +37,7 @@ class Conn:
         self.closed = False
         self.send_timer: ConnTimer | None = None
         self.send_timeout = 60.0
+        self.listen_port = b""  # a client connection: the port it came in on (X-Forwarded-Port)
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""
@@ -52,6 +55,21 @@ class Conn:
                 if e.errno in _CLOSED_ERRNOS:
                     return b""
                 raise
+
+    def recv_ready(self) -> bytes | None:
+        """Bytes already readable, b"" at EOF or reset, None if the read would have to wait (no await at all)."""
+        try:
+            return self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            if e.errno in _CLOSED_ERRNOS:
+                return b""
+            raise
+
+    async def wait_readable(self) -> None:
+        """Park until the socket is readable (the only checkpoint: a cancel scope around it interrupts nothing else)."""
+        await trio.lowlevel.wait_readable(self.sock)
 
     async def recv_after_wait(self) -> bytes:
         """Like recv, but waits first: for answers that cannot have arrived yet (saves a failing syscall)."""
@@ -80,10 +98,10 @@ class Conn:
         if timer is None:
             await self._send_rest(memoryview(data)[sent:])
             return
-        saved = timer.at, timer.phase, timer.detail
+        saved = timer.save()
         timer.set(self.send_timeout, Phase.CLIENT_WRITE)
         await self._send_rest(memoryview(data)[sent:])
-        timer.at, timer.phase, timer.detail = saved  # not reached when the timer fired: the scope is cancelled
+        timer.restore(saved)  # not reached when the timer fired: the scope is cancelled
 
     async def _send_rest(self, view: memoryview) -> None:
         sock = self.sock
@@ -97,6 +115,19 @@ class Conn:
                 if e.errno in _CLOSED_ERRNOS:
                     raise BrokenPipeError(e.errno, "peer closed the connection") from None
                 raise
+
+    async def wait_closed(self) -> bool:
+        """Wait until the peer's side is readable: True if it closed (EOF or reset), False if it sent bytes (left
+        unread, for whoever reads next)."""
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(1, socket.MSG_PEEK) == b""
+            except BlockingIOError:
+                continue  # woken for nothing
+            except OSError:
+                return True
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket."""

@@ -25,6 +25,8 @@ import trio
 from gateway.http.codec import ClientCodec
 from gateway.http.errors import ConnectError
 from gateway.http.net import Conn, open_connection
+from gateway.http.tls import TlsConn, TlsError, client_handshake
+from gateway.http.tls_contexts import ClientTls
 
 WATCH_S = 0.1  # how often idle connections that became readable are looked for (the timer resolution)
 _READABLE = select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR
@@ -36,7 +38,7 @@ class UpstreamConn:
 
     __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "_poller", "_pool")
 
-    def __init__(self, conn: Conn, codec: ClientCodec, key: tuple[str, int], pool: Pool | None = None) -> None:
+    def __init__(self, conn: Conn, codec: ClientCodec, key: tuple, pool: Pool | None = None) -> None:
         self.conn = conn
         self.codec = codec
         self.key = key
@@ -48,8 +50,12 @@ class UpstreamConn:
         self._pool = pool
 
     def has_input(self) -> bool:
-        """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout."""
-        return bool(self._poller.poll(0))
+        """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout. On a TLS connection,
+        records that carry no data (a session ticket) do not count."""
+        if not self._poller.poll(0):
+            return False
+        conn = self.conn
+        return conn.pending_input() is not False if isinstance(conn, TlsConn) else True
 
     def close(self) -> None:
         if not self.conn.closed:
@@ -65,11 +71,11 @@ class Pool:
         self._codec_cls = codec_cls
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
-        self._idle: dict[tuple[str, int], list[UpstreamConn]] = {}
+        self._idle: dict[tuple, list[UpstreamConn]] = {}  # (host, port) or (host, port, ClientTls)
         self._watch = select.epoll()
         self._open: dict[int, UpstreamConn] = {}  # by fd: every open connection of this pool, idle or busy
 
-    def take(self, key: tuple[str, int], now: float) -> UpstreamConn | None:
+    def take(self, key: tuple, now: float) -> UpstreamConn | None:
         """A reusable idle connection to `key`, or None; expired or readable ones are closed on the way."""
         idle = self._idle.get(key)
         while idle:
@@ -119,7 +125,7 @@ class Pool:
                 closed += len(expired)
         return closed
 
-    def idle_count(self, key: tuple[str, int] | None = None) -> int:
+    def idle_count(self, key: tuple | None = None) -> int:
         if key is not None:
             return len(self._idle.get(key, ()))
         return sum(map(len, self._idle.values()))
@@ -135,16 +141,27 @@ class Pool:
         self._idle.clear()
         self._watch.close()
 
-    async def connect(self, key: tuple[str, int], timeout: float) -> UpstreamConn:
-        """Open a new connection to `key` within `timeout` seconds, or raise ConnectError."""
+    async def connect(self, key: tuple, timeout: float, tls: ClientTls | None = None,
+                      server_name: str | None = None) -> UpstreamConn:
+        """Open a new connection to `key` ((host, port), or (host, port, tls) for TLS) within `timeout` seconds,
+        the TLS handshake included, or raise ConnectError."""
         with trio.move_on_after(timeout):
             try:
-                conn = await open_connection(*key)
+                conn = await open_connection(key[0], key[1])
             except OSError as e:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 if e.errno == errno.ECONNREFUSED:
                     reason = "connection refused"
                 raise ConnectError(f"cannot connect to {key[0]}:{key[1]}: {reason}") from None
+            if tls is not None:
+                try:
+                    conn = await client_handshake(tls.context, conn, server_name or key[0])
+                except (TlsError, OSError) as e:
+                    conn.close()
+                    raise ConnectError(f"TLS with {key[0]}:{key[1]} failed: {e}") from None
+                except BaseException:
+                    conn.close()
+                    raise
             uc = UpstreamConn(conn, self._codec_cls(), key, self)
             fd = conn.sock.fileno()
             self._watch.register(fd, _WATCH)

@@ -17,9 +17,12 @@ from typing import Any
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
+from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
-from gateway.metrics import TIMEOUTS
+from gateway.http.tls import TlsError, server_handshake
+from gateway.http.tls_contexts import ServerTls
+from gateway.metrics import SHED, TIMEOUTS
 
 log = logging.getLogger("gateway.http")
 
@@ -67,9 +70,16 @@ class ConnectionSet:
     def __init__(self) -> None:
         self.active = 0
         self.draining = False
+        self._spare: SpareFd | None = None
         self.timers = Timers()
         self._empty = trio.Event()
         self._empty.set()
+
+    def spare_fd(self) -> SpareFd:
+        """The worker's spare descriptor (gateway.http.limits), opened on first use."""
+        if self._spare is None:
+            self._spare = SpareFd()
+        return self._spare
 
     def opened(self) -> None:
         self.active += 1
@@ -88,7 +98,7 @@ class ConnectionSet:
         deadline = trio.current_time() + DRAIN_IDLE_GRACE_S
         for timer in self.timers.live:
             if timer.phase == Phase.IDLE:
-                timer.at = min(timer.at, deadline)
+                timer.shorten(deadline)
 
     async def wait_empty(self) -> None:
         await self._empty.wait()
@@ -176,10 +186,10 @@ class Exchange:
                     self._expect_continue = False
                     await self.conn.sendall(codec.informational(100))
                 timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
-                saved = timer.at, timer.phase, timer.detail
+                saved = timer.save()
                 timer.set(self.body_timeout, Phase.CLIENT_BODY)
                 data = await self.conn.recv()
-                timer.at, timer.phase, timer.detail = saved
+                timer.restore(saved)
                 codec.receive_data(data)
                 continue
             self._count(ev)  # type: ignore[arg-type]
@@ -231,22 +241,24 @@ Handler = Callable[[Exchange], Awaitable[None]]
 
 
 async def serve_listener(listener: socket.socket, handler: Handler, settings: ServerSettings,
+                         tls: ServerTls | None = None,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Accept connections until cancelled; each runs `handle_connection` in this nursery."""
-    limit = trio.Semaphore(settings.max_connections)
+    """Accept connections until cancelled; each runs `handle_connection` in this nursery (after a TLS handshake on
+    a listener with `tls`). Beyond max_connections (all listeners of the worker together), or out of descriptors,
+    a connection is answered a fast 503 and closed (gateway.http.limits), never left waiting in the queue."""
+    connections = settings.connections
+    spare = connections.spare_fd()
+    listen_port = b"%d" % listener.getsockname()[1]
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
-            async with limit:  # at max_connections, stop accepting: further clients wait in the backlog
-                if listener.fileno() < 0:
-                    return  # the drain closed it while we were not waiting on it (e.g. in acquire's checkpoint)
-                try:
-                    await trio.lowlevel.wait_readable(listener)
-                except trio.ClosedResourceError:
-                    return  # draining: the nursery still waits for the open connections
+            if listener.fileno() < 0:
+                return  # the drain closed it while we were not waiting on it
+            try:
+                await trio.lowlevel.wait_readable(listener)
+            except trio.ClosedResourceError:
+                return  # draining: the nursery still waits for the open connections
             for _ in range(ACCEPT_BATCH):
-                if limit.value == 0:
-                    break
                 try:
                     sock, peer = listener.accept()
                 except BlockingIOError:
@@ -255,25 +267,61 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                     if e.errno == errno.EBADF:
                         return
                     if e.errno in ACCEPT_CAPACITY_ERRNOS:
-                        log.error("accept failed (%s); backing off %.1fs", errno.errorcode.get(e.errno),
-                                  ACCEPT_BACKOFF_S)
+                        if _shed_with_spare(listener, spare):
+                            continue
+                        log.error("accept failed (%s) and no spare descriptor; backing off %.1fs",
+                                  errno.errorcode.get(e.errno), ACCEPT_BACKOFF_S)
                         await trio.sleep(ACCEPT_BACKOFF_S)
                         break
                     if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue
                     raise
+                if connections.active >= settings.max_connections:
+                    shed(sock)
+                    SHED.labels("max_connections").inc()
+                    continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                limit.acquire_nowait()
-                nursery.start_soon(_connection_task, Conn(sock, peer), handler, settings, limit)
+                conn = Conn(sock, peer)
+                conn.listen_port = listen_port
+                connections.opened()
+                nursery.start_soon(_connection_task, conn, handler, settings, tls)
 
 
-async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, limit: trio.Semaphore) -> None:
-    settings.connections.opened()
+def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool:
+    """Out of descriptors: free the spare, refuse one connection with 503, take the spare again."""
+    if not spare.release():
+        return False
     try:
+        sock, _ = listener.accept()
+    except OSError:
+        spare.take()
+        return False
+    shed(sock)  # first: its descriptor is the one the spare takes back
+    spare.take()
+    SHED.labels("nofile").inc()
+    return True
+
+
+async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None) -> None:
+    try:
+        if tls is not None:
+            tls_conn = None
+            with trio.move_on_after(tls.handshake_timeout):
+                try:
+                    tls_conn = await server_handshake(tls.context, conn)
+                except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
+                    log.debug("TLS handshake with %s failed: %s", conn.peer, e)
+            if tls_conn is None:
+                return
+            conn = tls_conn
         await handle_connection(conn, handler, settings)
+    except OSError as e:  # the peer went away in a place that did not expect it: this connection ends, not the worker
+        log.debug("connection from %s ended: %s", conn.peer, e)
+    except Exception:
+        log.exception("connection from %s failed; closing it (the worker goes on)", conn.peer)
+        conn.abort()
     finally:
         conn.close()
-        limit.release()
         settings.connections.closed()
 
 
@@ -291,13 +339,13 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     timer = ConnTimer(trio.current_time() + settings.header_timeout, Phase.NEW)
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
-    live = connections.timers.live
-    live.add(timer)
+    timers = connections.timers
+    timers.add(timer)
     try:
         with timer.scope:
             await _serve_requests(conn, codec, handler, settings, timer)
     finally:
-        live.discard(timer)
+        timers.discard(timer)
     if timer.scope.cancelled_caught:
         await _timed_out(conn, codec, timer)
 
@@ -311,7 +359,7 @@ async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, sett
             ev = codec.next_event()
             if ev is NEED_DATA and served:
                 if connections.draining:
-                    timer.at = min(timer.at, trio.current_time() + DRAIN_IDLE_GRACE_S)
+                    timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
                 codec.receive_data(await conn.recv())
                 ev = codec.next_event()
                 if ev is NEED_DATA:

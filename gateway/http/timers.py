@@ -4,11 +4,19 @@ Trio's deadlines update a heap on every change, and a proxy changes its deadline
 measured, that cost a quarter of a worker's throughput. Like nginx's timer_resolution, we trade precision
 (up to TIMER_RESOLUTION_S late) for a plain attribute store per phase. When a timer fires, the connection's whole
 scope is cancelled; `phase` (and `detail`) tell the connection loop what timed out, so it can answer 408 or 504.
+
+The sweeper does not walk every connection: timers wait in a min-heap by the deadline they were queued under, and
+a phase change pushes an entry only when it brings the deadline earlier than that (lazy deletion: an entry whose
+time is no longer the timer's queued time is stale and dropped when popped; a popped timer whose deadline moved
+later is queued again). So a request costs a comparison or two, and a sweep looks only at what is due: tens of
+thousands of idle streams (no deadline) cost nothing.
 """
 
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import math
 
 import trio
@@ -31,7 +39,7 @@ class Phase(enum.IntEnum):
 class ConnTimer:
     """The deadline of one connection's current phase; `at` is on Trio's clock, math.inf for none."""
 
-    __slots__ = ("scope", "at", "phase", "detail", "exchange")
+    __slots__ = ("scope", "at", "phase", "detail", "exchange", "queued", "timers")
 
     def __init__(self, at: float, phase: Phase) -> None:
         self.scope = trio.CancelScope()
@@ -39,11 +47,32 @@ class ConnTimer:
         self.phase = phase
         self.detail: tuple[str, float] | None = None  # (what, seconds) for the timeout message
         self.exchange: object = None  # the request being served, for the connection loop to answer
+        self.queued = math.inf  # the deadline this timer waits in the heap under (inf: not queued)
+        self.timers: Timers | None = None
 
     def set(self, seconds: float, phase: Phase, detail: tuple[str, float] | None = None) -> None:
-        self.at = trio.current_time() + seconds
+        at = self.at = trio.current_time() + seconds
         self.phase = phase
         self.detail = detail
+        if at < self.queued and self.timers is not None:
+            self.timers.push(self, at)
+
+    def shorten(self, at: float) -> None:
+        """Bring the deadline forward to `at` if it is later (a drain)."""
+        if at < self.at:
+            self.at = at
+            if at < self.queued and self.timers is not None:
+                self.timers.push(self, at)
+
+    def save(self) -> tuple[float, Phase, tuple[str, float] | None]:
+        """The current deadline, phase and detail, for `restore` after a nested wait (a slow write, a body read)."""
+        return self.at, self.phase, self.detail
+
+    def restore(self, saved: tuple[float, Phase, tuple[str, float] | None]) -> None:
+        at, self.phase, self.detail = saved
+        self.at = at
+        if at < self.queued and self.timers is not None:
+            self.timers.push(self, at)
 
     def clear(self, phase: Phase = Phase.BUSY) -> None:
         self.at = math.inf
@@ -51,15 +80,45 @@ class ConnTimer:
 
 
 class Timers:
-    """The live timers of a worker and the task that expires them."""
+    """The timers of a worker's live connections and the task that expires them."""
 
     def __init__(self) -> None:
         self.live: set[ConnTimer] = set()
+        self._heap: list[tuple[float, int, ConnTimer]] = []
+        self._order = itertools.count()  # ties never compare timers
+
+    def add(self, timer: ConnTimer) -> None:
+        self.live.add(timer)
+        timer.timers = self
+        if timer.at < timer.queued:
+            self.push(timer, timer.at)
+
+    def discard(self, timer: ConnTimer) -> None:
+        self.live.discard(timer)
+        timer.timers = None
+        timer.queued = math.inf  # whatever it left in the heap is stale now
+
+    def push(self, timer: ConnTimer, at: float) -> None:
+        timer.queued = at
+        heapq.heappush(self._heap, (at, next(self._order), timer))
+
+    def expire(self, now: float) -> int:
+        """Cancel the scopes of timers that are due; returns how many fired."""
+        heap = self._heap
+        fired = 0
+        while heap and heap[0][0] <= now:
+            at, _, timer = heapq.heappop(heap)
+            if at != timer.queued:
+                continue  # stale: the timer was queued again earlier, or its connection ended
+            timer.queued = math.inf
+            if timer.at <= now:
+                timer.scope.cancel()
+                fired += 1
+            elif timer.at != math.inf:
+                self.push(timer, timer.at)  # its deadline moved later meanwhile
+        return fired
 
     async def expire_forever(self) -> None:
         while True:
             await trio.sleep(TIMER_RESOLUTION_S)
-            now = trio.current_time()
-            for timer in self.live:
-                if timer.at <= now:
-                    timer.scope.cancel()
+            self.expire(trio.current_time())

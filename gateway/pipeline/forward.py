@@ -9,13 +9,11 @@ so a cut-off body can never look complete.
 from __future__ import annotations
 
 import logging
-import socket
 
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
 from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
-from gateway.http.net import Conn
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase
@@ -25,6 +23,7 @@ from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
+from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.routing import Match
 from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
 from gateway.state.shared import SharedState
@@ -56,12 +55,12 @@ class Attempt:
 class Forwarder:
     """The upstream half of the pipeline for one worker: a pool and the settings that shape forwarding."""
 
-    def __init__(self, pool: Pool, listen_port: int, sse_keepalive: float = 15.0,
+    def __init__(self, pool: Pool, sse_keepalive: float = 15.0,
                  shared: SharedState | None = None) -> None:
         self.pool = pool
         self.shared = shared
-        self.listen_port = str(listen_port).encode()
         self.sse_keepalive = sse_keepalive
+        self.keepalives = StreamKeepAlives(sse_keepalive)  # its run_forever is one of the worker's tasks
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
                       mcp: McpRequest | None = None) -> None:
@@ -70,8 +69,7 @@ class Forwarder:
         group = svc.group
         affinity = route.affinity
         chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
-        headers, client_host, request_id, session_id = upstream_request_headers(ex, self.listen_port, chunked,
-                                                                                affinity is not None)
+        headers, client_host, request_id, session_id = upstream_request_headers(ex, chunked, affinity is not None)
         ex.request_id = request_id
         pinned = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
@@ -140,10 +138,12 @@ class Forwarder:
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
-        uc = pool.take(target.key, now)
+        tls = svc.tls
+        key = target.key if tls is None else (target.host, target.port, tls)
+        uc = pool.take(key, now)
         if uc is None:
             try:
-                uc = await pool.connect(target.key, svc.connect_timeout)
+                uc = await pool.connect(key, svc.connect_timeout, tls, target.server_name)
             except UpstreamError:
                 self._finished(attempt, False, TCP_FAILURE)
                 raise
@@ -265,8 +265,10 @@ class Forwarder:
         and start a new one elsewhere, not a 502. The request is never sent again (it may have been processed)."""
         if not (isinstance(error, UpstreamClosed) and error.reused):
             return False
+        tls = svc.tls
+        key = target.key if tls is None else (target.host, target.port, tls)
         try:
-            uc = await self.pool.connect(target.key, svc.connect_timeout)
+            uc = await self.pool.connect(key, svc.connect_timeout, tls, target.server_name)
         except UpstreamError:
             return True
         uc.close()
@@ -296,7 +298,7 @@ class Forwarder:
 
         async def watch_client() -> None:
             nonlocal gone
-            if await _client_closed(ex.conn):
+            if await ex.conn.wait_closed():
                 gone = True
                 nursery.cancel_scope.cancel()
 
@@ -311,48 +313,48 @@ class Forwarder:
                             edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.
 
-        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The comment is only
-        sent between events, so it can never split one. With `edit`, whole events only are passed on (each edited),
-        so a piece of one is held until the rest arrives.
+        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The worker's one
+        keep-alive task (gateway.pipeline.keepalive) interrupts a stream silent for sse_keepalive: a cancel scope
+        surrounds only the wait for the upstream (no timer per read, and an interruption can never land in a write),
+        and the comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole
+        events only are passed on, each edited, so a piece of one is held until the rest arrives.
         """
         codec = uc.codec
+        conn = uc.conn
         at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
-        while True:
-            data = None
-            with trio.move_on_after(self.sse_keepalive):
-                data = await uc.conn.recv()
-            if data is None:
-                if at_boundary:
-                    await ex.send_body(SSE_KEEPALIVE_COMMENT)
-                continue
-            codec.receive_data(data)
-            while (ev := codec.next_event()) is not NEED_DATA:
-                if ev is END:
-                    await ex.end(splitter.pending if splitter is not None else b"")
-                    return
-                if splitter is not None:
-                    try:
-                        events = splitter.feed(ev)  # type: ignore[arg-type]
-                    except EventTooLarge as e:
-                        raise BadResponse(f"upstream {uc.conn.peer}: {e}") from None
-                    if events:
-                        await ex.send_body(b"".join(edit.event(e) for e in events))  # type: ignore[union-attr]
-                    continue
-                await ex.send_body(ev)  # type: ignore[arg-type]
-                at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
-
-
-async def _client_closed(conn: Conn) -> bool:
-    """Wait until the client's socket is readable: True if it closed (EOF or reset), False if it sent bytes (a
-    pipelined request, read after this response; watching stops there)."""
-    while True:
-        await trio.lowlevel.wait_readable(conn.sock)
+        wheel = self.keepalives
+        stream = wheel.open()
         try:
-            return conn.sock.recv(1, socket.MSG_PEEK) == b""
-        except BlockingIOError:
-            continue  # woken for nothing
-        except OSError:
-            return True
+            while True:
+                data = conn.recv_ready()
+                if data is None:
+                    with trio.CancelScope() as scope:
+                        stream.scope = scope
+                        await conn.wait_readable()
+                    stream.scope = None
+                    if scope.cancelled_caught:  # silent for the interval
+                        stream.last = wheel.now
+                        if at_boundary:
+                            await ex.send_body(SSE_KEEPALIVE_COMMENT)
+                    continue
+                stream.last = wheel.now
+                codec.receive_data(data)
+                while (ev := codec.next_event()) is not NEED_DATA:
+                    if ev is END:
+                        await ex.end(splitter.pending if splitter is not None else b"")
+                        return
+                    if splitter is not None:
+                        try:
+                            events = splitter.feed(ev)  # type: ignore[arg-type]
+                        except EventTooLarge as e:
+                            raise BadResponse(f"upstream {uc.conn.peer}: {e}") from None
+                        if events:
+                            await ex.send_body(b"".join(edit.event(e) for e in events))  # type: ignore[union-attr]
+                        continue
+                    await ex.send_body(ev)  # type: ignore[arg-type]
+                    at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+        finally:
+            wheel.close(stream)
 
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:

@@ -67,6 +67,9 @@ class Pipeline:
             await ex.respond(404, NO_ROUTE)
             return "-"
         route = match.payload
+        if route.https_redirect is not None and _scheme(ex) != b"https":
+            await _use_https(ex, route.https_redirect, host)
+            return route.name
         if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
             if ex.state is None:
                 ex.state = {}
@@ -109,3 +112,24 @@ async def _run_scoped(ex: Exchange, policies: list[Policy], by_consumer: dict[st
                 i = next((j for j, p in enumerate(new) if (-p.priority, p.name) > done), len(new))
                 chain = new
     return False
+
+
+def _scheme(ex: Exchange) -> bytes:
+    """The client's scheme: the connection's, or the X-Forwarded-Proto of a trusted balancer (Kong's rule)."""
+    if ex.peer_trusted:
+        for name, value in ex.request.headers:
+            if name == b"x-forwarded-proto":
+                return value.lower()
+    return ex.conn.scheme
+
+
+HTTPS_REQUIRED = json_error_body(426, "Please use HTTPS protocol")
+
+
+async def _use_https(ex: Exchange, status: int, host: bytes | None) -> None:
+    """Kong's answer to plain HTTP on an https-only route: 426 with Upgrade, or a redirect to the https URL."""
+    if status == 426:
+        await ex.respond(426, HTTPS_REQUIRED, extra=[(b"connection", b"Upgrade"), (b"upgrade", b"TLS/1.2, HTTP/1.1")])
+        return
+    location = b"https://" + (host or b"") + ex.request.target
+    await ex.respond(status, b"", extra=[(b"location", location)])

@@ -62,7 +62,7 @@ class _RequestIds:
 new_request_id = _RequestIds()
 
 
-def upstream_request_headers(ex: Exchange, listen_port: bytes, chunked: bool,
+def upstream_request_headers(ex: Exchange, chunked: bool,
                              affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None]:
     """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id).
 
@@ -112,11 +112,11 @@ def upstream_request_headers(ex: Exchange, listen_port: bytes, chunked: bool,
         request_id = new_request_id()
     out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
     if b"x-forwarded-proto" not in seen_forwarded:
-        out.append((b"x-forwarded-proto", b"http"))
+        out.append((b"x-forwarded-proto", ex.conn.scheme))
     if b"x-forwarded-host" not in seen_forwarded and host:
         out.append((b"x-forwarded-host", host))
     if b"x-forwarded-port" not in seen_forwarded:
-        out.append((b"x-forwarded-port", listen_port))
+        out.append((b"x-forwarded-port", ex.conn.listen_port))
     out.append((b"x-real-ip", client_ip))
     out.append((b"x-request-id", request_id))
     consumer = ex.consumer

@@ -56,6 +56,7 @@ class SharedState:
         self._unhealthy: set[str] = set()
         self._passive: list[tuple[str, str, int]] = []
         self._send: Callable[[p.Msg], bool] = lambda msg: False
+        self._pump: Callable[[], None] = _nothing  # hands over what the bus has received, now
         self._local = None  # the keeper's logic, in-process, when there is no bus
 
     def attach(self, runtime: Runtime) -> None:
@@ -217,7 +218,9 @@ class SharedState:
     def flush(self, now: float) -> None:
         """Send what is due: fallback reports, lease requests, outcome batches; notice a silent keeper."""
         if self.keeper_up and now - self._last_heartbeat > KEEPER_LOST_S:
-            self._keeper_lost(f"no heartbeat from the state keeper for {KEEPER_LOST_S:.1f}s")
+            self._pump()  # heartbeats may be waiting, unread while this worker was busy (a burst of connections)
+            if self.keeper_up and now - self._last_heartbeat > KEEPER_LOST_S:
+                self._keeper_lost(f"no heartbeat from the state keeper for {KEEPER_LOST_S:.1f}s")
         if not self.keeper_up:
             self.breakers.drain_outcomes()  # nobody to tell; the keeper starts fresh counts anyway
             self._passive.clear()
@@ -247,6 +250,7 @@ class SharedState:
         """Talk to the keeper over ZeroMQ until cancelled."""
         channel = KeeperChannel(ctx, endpoint, self.on_message, self.keeper_disconnected)
         self._send = channel.send
+        self._pump = channel.pump
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.run)
@@ -254,6 +258,7 @@ class SharedState:
                 task_status.started()
         finally:
             self._send = lambda msg: False
+            self._pump = _nothing
 
     async def run_local(self, keeper: object, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """No bus (`gateway run`): the keeper's logic runs here, exact for this one process."""
@@ -290,3 +295,7 @@ class SharedState:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_S
                 self.sweep(now)
+
+
+def _nothing() -> None:
+    """No bus to pump (gateway run, or not connected yet)."""

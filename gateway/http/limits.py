@@ -1,0 +1,78 @@
+"""File-descriptor limits and load shedding: what a worker does when it cannot take one more connection.
+
+- At start the soft RLIMIT_NOFILE is raised to the hard one (nginx's worker_rlimit_nofile), and, unless configured,
+  `max_connections` is derived from it: each proxied connection needs two descriptors (client and upstream), and
+  RESERVED_FDS stay free for listeners, the bus, logs and the health of the process.
+- A worker at max_connections still accepts, answers a fast 503 and closes (counted): a client is refused at once
+  instead of waiting in an accept queue the worker is not reading (the other workers may well be idle).
+- Out of descriptors anyway (EMFILE/ENFILE), the worker gives back a spare descriptor it kept for the purpose, accepts,
+  answers the same 503, closes and takes the spare again (nginx's and libuv's trick), so the queue drains instead of
+  the accept loop spinning on EMFILE while clients hang.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+
+RESERVED_FDS = 256  # descriptors never used for client connections
+SHED_BODY = b'{"message":"The gateway is at its connection limit, try again later"}'
+SHED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                 b"retry-after: 1\r\nconnection: close\r\n\r\n%b" % (len(SHED_BODY), SHED_BODY))
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = max(soft, 1 << 20)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def derived_max_connections(nofile: int) -> int:
+    """Client connections a worker can serve with `nofile` descriptors: two each, RESERVED_FDS kept back."""
+    return max(16, (nofile - RESERVED_FDS) // 2)
+
+
+def shed(sock: socket.socket) -> None:
+    """Refuse an accepted connection at once: the canned 503 if the kernel takes it without waiting, then close."""
+    try:
+        sock.setblocking(False)
+        sock.send(SHED_RESPONSE)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class SpareFd:
+    """A descriptor held back so that, out of descriptors, one connection at a time can still be refused cleanly."""
+
+    def __init__(self) -> None:
+        self._fd: int | None = None
+        self.take()
+
+    def take(self) -> None:
+        if self._fd is None:
+            try:
+                self._fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                self._fd = None
+
+    def release(self) -> bool:
+        """Give the spare back to the kernel; False if there was none to give."""
+        if self._fd is None:
+            return False
+        os.close(self._fd)
+        self._fd = None
+        return True
+
+    def close(self) -> None:
+        self.release()

@@ -1,0 +1,233 @@
+"""TLS as one more layer between the socket and the codec: `ssl.SSLObject` over two `ssl.MemoryBIO`s.
+
+The standard library's SSLObject does the TLS work in OpenSSL (C) and no I/O of its own: bytes from the socket go
+into the incoming BIO, records to send come out of the outgoing one. `TlsConn` drives it with the same raw,
+non-blocking socket loop as `Conn` (no thread, no blocking handshake, no trio.SSLStream), so the codec, timers and
+send deadlines above it do not know whether a connection is encrypted.
+
+Server side: `server_handshake` reads the first bytes itself, so that a plain HTTP request on a TLS port gets nginx's
+400 ("The plain HTTP request was sent to HTTPS port") and garbage is dropped without a traceback. Client side:
+`client_handshake` for upstream connections. Either way a handshake that fails raises TlsError with the reason.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+
+import trio
+
+from gateway.http.net import RECV_SIZE, Conn
+
+TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
+PLAIN_HTTP_BODY = b'{"message":"The plain HTTP request was sent to HTTPS port"}'
+PLAIN_HTTP_RESPONSE = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                       b"connection: close\r\n\r\n%b" % (len(PLAIN_HTTP_BODY), PLAIN_HTTP_BODY))
+
+
+class TlsError(Exception):
+    """A TLS handshake that did not complete (bad input, a certificate refused, the peer gone)."""
+
+
+class PlainHttpOnTlsPort(TlsError):
+    """The client spoke plain HTTP to a TLS listener (answered with nginx's 400 before closing)."""
+
+
+class TlsConn(Conn):
+    """A Conn whose bytes are TLS records: recv returns plaintext, sendall takes plaintext."""
+
+    __slots__ = ("_tls", "_in", "_out", "_pushback")
+
+    scheme = b"https"
+
+    def __init__(self, sock: socket.socket, peer: tuple[str, int] | None, tls: ssl.SSLObject, incoming: ssl.MemoryBIO,
+                 outgoing: ssl.MemoryBIO) -> None:
+        super().__init__(sock, peer)
+        self._tls = tls
+        self._in = incoming
+        self._out = outgoing
+        self._pushback = b""  # plaintext wait_closed read while watching (a pipelined request)
+
+    @property
+    def tls(self) -> ssl.SSLObject:
+        return self._tls
+
+    async def recv(self) -> bytes:
+        """Plaintext that is ready, waiting for records if none is; b"" at close_notify, EOF, reset or a TLS error
+        (a record that does not decrypt is a broken connection, as a reset is)."""
+        if self._pushback:
+            data, self._pushback = self._pushback, b""
+            return data
+        tls = self._tls
+        while True:
+            try:
+                data = tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                if self._out.pending:  # e.g. a KeyUpdate answer
+                    await Conn.sendall(self, self._out.read())
+                raw = await Conn.recv(self)
+                if not raw:
+                    return b""
+                self._in.write(raw)
+                continue
+            except (ssl.SSLZeroReturnError, ssl.SSLError):
+                return b""
+            if self._out.pending:
+                await Conn.sendall(self, self._out.read())
+            return data
+
+    async def recv_after_wait(self) -> bytes:
+        """Like recv, but a socket read waits for readability first (the answer cannot be there yet)."""
+        if not (self._pushback or self._in.pending or self._tls.pending()):
+            await trio.lowlevel.wait_readable(self.sock)
+        return await self.recv()
+
+    def recv_ready(self) -> bytes | None:
+        """Plaintext already readable (or b"" at the end), None if it would have to wait for the socket; records that
+        carry no data (tickets) are consumed on the way."""
+        if self._pushback:
+            data, self._pushback = self._pushback, b""
+            return data
+        tls = self._tls
+        while True:
+            try:
+                return tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                raw = Conn.recv_ready(self)
+                if raw is None:
+                    return None
+                if not raw:
+                    return b""
+                self._in.write(raw)
+            except (ssl.SSLZeroReturnError, ssl.SSLError):
+                return b""
+
+    async def wait_closed(self) -> bool:
+        """Conn.wait_closed through TLS: a close_notify or EOF is the end; session housekeeping is not; plaintext
+        (a pipelined request) is kept for the next recv."""
+        sock = self.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                raw = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return True
+            if not raw:
+                return True
+            self._in.write(raw)
+            try:
+                self._pushback += self._tls.read(RECV_SIZE)
+            except ssl.SSLWantReadError:
+                continue
+            except ssl.SSLError:
+                return True
+            return False
+
+    async def sendall(self, data: bytes) -> None:
+        """Encrypt and send every byte (bounded by the send timer like any Conn write)."""
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as e:
+            raise BrokenPipeError(f"TLS connection no longer writable: {e.reason or e}") from None
+        await Conn.sendall(self, self._out.read())
+
+    def pending_input(self) -> bool | None:
+        """For an idle pooled connection that the socket says is readable: True if application data (or the end of
+        the connection) waits, False if the records were only TLS housekeeping (a session ticket)."""
+        try:
+            raw = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        if not raw:
+            return True
+        self._in.write(raw)
+        try:
+            self._tls.read(RECV_SIZE)
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError:
+            return True
+        return True
+
+    def close(self) -> None:
+        """Send close_notify when the socket takes it at once, then close (never waits on a peer)."""
+        if not self.closed:
+            try:
+                self._tls.unwrap()
+            except (ssl.SSLError, ValueError):
+                pass
+            if self._out.pending:
+                try:
+                    self.sock.send(self._out.read())
+                except OSError:
+                    pass
+            Conn.close(self)
+
+
+def _new(ctx: ssl.SSLContext, conn: Conn, server_side: bool, server_hostname: str | None) -> TlsConn:
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_hostname)
+    tconn = TlsConn(conn.sock, conn.peer, tls, incoming, outgoing)
+    tconn.send_timer = conn.send_timer
+    tconn.send_timeout = conn.send_timeout
+    tconn.listen_port = conn.listen_port
+    return tconn
+
+
+async def _drive(tconn: TlsConn, first: bytes = b"") -> None:
+    """Run the handshake to its end, reading and writing through the raw socket."""
+    tls = tconn.tls
+    if first:
+        tconn._in.write(first)
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if tconn._out.pending:
+                await Conn.sendall(tconn, tconn._out.read())
+            raw = await Conn.recv(tconn)
+            if not raw:
+                raise TlsError("the peer closed the connection during the TLS handshake") from None
+            tconn._in.write(raw)
+        except ssl.SSLCertVerificationError as e:
+            raise TlsError(f"certificate verification failed: {e.verify_message}") from None
+        except ssl.SSLError as e:
+            if tconn._out.pending:  # an alert for the peer
+                try:
+                    tconn.sock.send(tconn._out.read())
+                except OSError:
+                    pass
+            raise TlsError(f"TLS handshake failed: {e.reason or e}") from None
+    if tconn._out.pending:
+        await Conn.sendall(tconn, tconn._out.read())
+
+
+async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
+    """The server side of a handshake on an accepted connection; PlainHttpOnTlsPort (after answering nginx's 400)
+    or TlsError otherwise. Bounded by the caller's timer."""
+    first = await Conn.recv(conn)
+    if not first:
+        raise TlsError("the peer closed the connection before a ClientHello")
+    if first[0] != TLS_HANDSHAKE_RECORD:
+        if first[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
+            try:
+                await conn.sendall(PLAIN_HTTP_RESPONSE)
+            except OSError:
+                pass
+            raise PlainHttpOnTlsPort("a plain HTTP request on a TLS port")
+        raise TlsError("not a TLS ClientHello")
+    tconn = _new(ctx, conn, True, None)
+    await _drive(tconn, first)
+    return tconn
+
+
+async def client_handshake(ctx: ssl.SSLContext, conn: Conn, server_hostname: str | None) -> TlsConn:
+    """The client side of a handshake on a connected upstream socket (SNI = server_hostname)."""
+    tconn = _new(ctx, conn, False, server_hostname)
+    await _drive(tconn)
+    return tconn

@@ -1,0 +1,184 @@
+"""SSL contexts built once per config load: the listeners' certificates chosen by SNI, and upstream clients.
+
+Certificates arrive as PEM text (Kong's declarative `certificates`) or files (kong.conf's `ssl_cert`); the ssl
+module loads chains only from files, so PEM text goes through an anonymous in-memory file (memfd): no key is ever
+written to disk. Every problem (expired, key not matching, unreadable, not PEM) is a ValueError whose message says
+what and which; the caller prefixes the entity's path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import ssl
+from collections.abc import Sequence
+
+from cryptography import x509
+
+ALPN = ["http/1.1"]
+# Mozilla's server-side TLS recommendations (v5.7), as Kong's ssl_cipher_suite: TLS 1.2 ciphers; TLS 1.3 suites are
+# OpenSSL's defaults (all of them recommended).
+CIPHERS = {
+    "intermediate": "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305",
+    "modern": None,  # TLS 1.3 only
+}
+_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+
+
+class ServerOptions:
+    """kong.conf's TLS settings for listeners."""
+
+    __slots__ = ("protocols", "cipher_suite", "ciphers", "tickets")
+
+    def __init__(self, protocols: str = "TLSv1.2 TLSv1.3", cipher_suite: str = "intermediate",
+                 ciphers: str | None = None, tickets: bool = True) -> None:
+        self.protocols = protocols.split()
+        self.cipher_suite = cipher_suite
+        self.ciphers = ciphers
+        self.tickets = tickets
+
+
+def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> list[x509.Certificate]:
+    """The certificates of a PEM chain; ValueError if there is none, or the first has expired or is not yet valid."""
+    try:
+        chain = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError as e:
+        raise ValueError(f"{what} is not a PEM certificate: {e}") from None
+    now = now or dt.datetime.now(dt.UTC)
+    leaf = chain[0]
+    if leaf.not_valid_after_utc < now:
+        raise ValueError(f"{what} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        raise ValueError(f"{what} is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    return chain
+
+
+def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> None:
+    """Load a PEM certificate chain and key given as text (through memfds, never on disk)."""
+    fds = []
+    try:
+        paths = []
+        for text in (cert_pem, key_pem):
+            fd = os.memfd_create("gateway-tls", os.MFD_CLOEXEC)
+            fds.append(fd)
+            os.write(fd, text.encode())
+            paths.append(f"/proc/self/fd/{fd}")
+        try:
+            ctx.load_cert_chain(paths[0], paths[1])
+        except ssl.SSLError as e:
+            reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(e) else \
+                f"the certificate or key cannot be loaded ({e.reason or e})"
+            raise ValueError(f"{what}: {reason}") from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def read_pem_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+
+
+def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], what: str) -> ssl.SSLContext:
+    """A listener context serving `pairs` of (certificate PEM, key PEM) (e.g. an RSA and an ECDSA one)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    versions = sorted(_VERSIONS[p] for p in options.protocols)
+    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
+    ciphers = options.ciphers if options.cipher_suite == "custom" else CIPHERS[options.cipher_suite]
+    if options.cipher_suite == "modern":
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if ciphers:
+        try:
+            ctx.set_ciphers(ciphers)
+        except ssl.SSLError:
+            raise ValueError(f'gateway.ssl_ciphers: OpenSSL knows none of "{ciphers}"') from None
+    ctx.set_alpn_protocols(ALPN)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    if not options.tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+        ctx.num_tickets = 0
+    for i, (cert_pem, key_pem) in enumerate(pairs):
+        check_certificate(cert_pem, f"{what}.cert" if i == 0 else f"{what}.cert_alt")
+        _load_chain(ctx, cert_pem, key_pem, what)
+    return ctx
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and "." not in name[: -len(pattern) + 1]
+    if pattern.endswith(".*"):
+        return name.startswith(pattern[:-1]) and "." not in name[len(pattern) - 1:]
+    return pattern == name
+
+
+class ServerTls:
+    """The certificates of the TLS listeners: one context per certificate, picked by the client's SNI (exact names
+    first, then `*.domain`, then `name.*`, as Kong), else the default certificate; with no default, a client whose
+    SNI matches nothing gets the unrecognized_name alert."""
+
+    def __init__(self, default: ssl.SSLContext | None, by_sni: dict[str, ssl.SSLContext],
+                 options: ServerOptions, handshake_timeout: float = 10.0) -> None:
+        self.exact = {n: c for n, c in by_sni.items() if "*" not in n}
+        self.leading = [(n, c) for n, c in by_sni.items() if n.startswith("*.")]
+        self.trailing = [(n, c) for n, c in by_sni.items() if n.endswith(".*")]
+        self.default = default
+        self.handshake_timeout = handshake_timeout
+        # The context every handshake starts with: the default certificate's, or one with none of its own.
+        self.context = default if default is not None else server_context(options, [], "gateway")
+        self.context.sni_callback = self._pick
+
+    def select(self, name: str | None) -> ssl.SSLContext | None:
+        """The context for an SNI name (None: no match)."""
+        if name is None:
+            return self.default
+        name = name.lower()
+        ctx = self.exact.get(name)
+        if ctx is not None:
+            return ctx
+        for pattern, ctx in self.leading:
+            if _name_matches(pattern, name):
+                return ctx
+        for pattern, ctx in self.trailing:
+            if _name_matches(pattern, name):
+                return ctx
+        return self.default
+
+    def _pick(self, tls: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> int | None:
+        chosen = self.select(name)
+        if chosen is None:
+            return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
+        if chosen is not ctx:
+            tls.context = chosen
+        return None
+
+
+class ClientTls:
+    """How a service speaks TLS to its targets (hashable by identity: part of the pool's connection keys)."""
+
+    __slots__ = ("context", "verify")
+
+    def __init__(self, verify: bool, ca_pems: Sequence[str] = (),
+                 client_pair: tuple[str, str] | None = None, what: str = "service") -> None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_alpn_protocols(ALPN)
+        if verify:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.check_hostname = True
+            if ca_pems:
+                ctx.load_verify_locations(cadata="\n".join(ca_pems))
+            else:
+                ctx.load_default_certs()
+        else:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if client_pair is not None:
+            check_certificate(client_pair[0], f"{what}.client_certificate")
+            _load_chain(ctx, client_pair[0], client_pair[1], f"{what}.client_certificate")
+        self.context = ctx
+        self.verify = verify

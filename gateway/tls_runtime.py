@@ -1,0 +1,118 @@
+"""Compile the TLS parts of a Config: the listeners' certificates (by SNI) and each https service's client side.
+
+Kept apart from gateway.runtime so that the certificate work (PEM parsing, contexts) is in one place; every problem is
+a config error naming the entity, so `gateway check-config` reports an expired or mismatched certificate too.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from gateway.config import Config
+from gateway.config.loader import path_of
+from gateway.config.schema import Service
+from gateway.config.tls import CertificateEntity, certificate_key, listen_flags, ref_id
+from gateway.http.tls_contexts import (
+    ClientTls,
+    ServerOptions,
+    ServerTls,
+    check_certificate,
+    read_pem_file,
+    server_context,
+)
+
+
+def tls_listens(config: Config) -> list[str]:
+    """The listen entries that terminate TLS (`host:port ssl`)."""
+    listens = [config.gateway.listen] if isinstance(config.gateway.listen, str) else config.gateway.listen
+    return [addr for addr, flags in map(listen_flags, listens) if "ssl" in flags]
+
+
+def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
+    """The certificates listeners serve, or None when no listener has `ssl`; problems are appended to `errors`."""
+    gw = config.gateway
+    options = ServerOptions(gw.ssl_protocols, gw.ssl_cipher_suite, gw.ssl_ciphers, gw.ssl_session_tickets)
+    before = len(errors)
+    contexts = _certificate_contexts(config, options, errors)
+    if not tls_listens(config):
+        return None
+    default = None
+    if gw.ssl_cert and gw.ssl_cert_key:
+        try:
+            pair = (read_pem_file(gw.ssl_cert, "gateway.ssl_cert"),
+                    read_pem_file(gw.ssl_cert_key, "gateway.ssl_cert_key"))
+            default = server_context(options, [pair], "gateway.ssl_cert")
+        except ValueError as e:
+            errors.append(str(e))
+    by_sni = {}
+    for sni in config.snis:
+        ctx = contexts.get(ref_id(sni.certificate) or "")
+        if ctx is not None:
+            by_sni[sni.name.lower()] = ctx
+    if default is None and not by_sni:
+        if len(errors) > before:
+            return None  # the certificates given are broken: that was said
+        errors.append(f"gateway.listen: {', '.join(tls_listens(config))} terminates TLS but there is no certificate: "
+                      "set gateway.ssl_cert and gateway.ssl_cert_key, or add certificates with snis")
+        return None
+    try:
+        return ServerTls(default, by_sni, options, gw.ssl_handshake_timeout_s)
+    except ValueError as e:
+        errors.append(str(e))
+        return None
+
+
+def _certificate_contexts(config: Config, options: ServerOptions, errors: list[str]) -> dict[str, object]:
+    """A server context per certificate entity (checked even when no listener uses it: check-config says so)."""
+    contexts = {}
+    for i, cert in enumerate(config.certificates):
+        where = path_of(cert) if path_of(cert) != "?" else f"certificates[{i}]"
+        try:
+            contexts[certificate_key(cert, i)] = server_context(options, _pairs(cert), where)
+        except ValueError as e:
+            errors.append(str(e))
+    return contexts
+
+
+def _pairs(cert: CertificateEntity) -> list[tuple[str, str]]:
+    pairs = [(cert.cert, cert.key)]
+    if cert.cert_alt and cert.key_alt:
+        pairs.append((cert.cert_alt, cert.key_alt))
+    return pairs
+
+
+def is_https(svc: Service) -> bool:
+    return svc.protocol == "https" or (svc.url is not None and urlsplit(svc.url).scheme == "https")
+
+
+def compile_client_tls(svc: Service, config: Config, errors: list[str]) -> ClientTls | None:
+    """How an https service speaks TLS to its targets; None for http."""
+    if not is_https(svc):
+        return None
+    where = path_of(svc)
+    if svc.tls_verify_depth is not None:
+        errors.append(f"{where}.tls_verify_depth: not supported (Python's ssl module cannot limit the chain depth); "
+                      "remove it, the whole chain is verified")
+    cas = {c.id: c for c in config.ca_certificates if c.id}
+    ca_pems = []
+    for i, ca_id in enumerate(svc.ca_certificates or ()):
+        ca = cas.get(ca_id)
+        if ca is None:
+            continue  # reported by the loader
+        try:
+            check_certificate(ca.cert, f"{path_of(ca)} (ca_certificates[{i}] of {where})")
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        ca_pems.append(ca.cert)
+    pair = None
+    client = ref_id(svc.client_certificate)
+    if client is not None:
+        for i, cert in enumerate(config.certificates):
+            if certificate_key(cert, i) == client:
+                pair = (cert.cert, cert.key)
+    try:
+        return ClientTls(bool(svc.tls_verify), ca_pems, pair, where)
+    except ValueError as e:
+        errors.append(str(e))
+        return None

@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Idle SSE streams through the gateway: how many a host holds, at what memory, idle CPU and latency (issue 19).
+
+Starts, all on loopback and stopped by pid at the end:
+  - `--backends` SSE upstream processes (this file, `backend` mode): a GET gets an event-stream head and one event,
+    then nothing (an idle stream); any other request gets a small JSON answer at once;
+  - the supervised gateway (`gateway start --foreground --workers W`) with one upstream over those backends;
+  - `--clients` client processes (`client` mode), each opening its share of the streams from its own loopback source
+    address (127.0.0.2, .3, ...: one address has ~28k ephemeral ports) and holding them.
+Then it reports: the time to open them all, the gateway's total RSS, its idle CPU over `--idle` seconds (as % of one
+core), the p50/p99 of `--probes` ordinary requests made while the streams stay open, and whether any worker lost the
+state keeper's heartbeat meanwhile (its log says so). A process here has at most 20,000 descriptors (the hard limit),
+and a proxied stream takes two in the gateway: 50,000 streams need at least 5 workers.
+
+    .venv/bin/python loadtest/streams.py --streams 10000 --workers 2
+    .venv/bin/python loadtest/streams.py --streams 50000 --workers 6 --clients 4 --backends 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+               b"transfer-encoding: chunked\r\n\r\n")
+EVENT = b"data: {\"ready\": true}\n\n"
+PONG = b'{"ok":true}'
+
+
+# --- backend ---------------------------------------------------------------------------------------------------------
+
+
+def run_backend(port: int) -> None:
+    import trio
+
+    async def serve(stream: trio.SocketStream) -> None:
+        data = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, data = data.partition(b"\r\n\r\n")
+                if head.startswith(b"GET /events"):
+                    await stream.send_all(STREAM_HEAD + b"%x\r\n%b\r\n" % (len(EVENT), EVENT))
+                    await stream.receive_some(1)  # held until the gateway closes it
+                    return
+                await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                                      b"\r\n%b" % (len(PONG), PONG))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+
+    async def main() -> None:
+        await trio.serve_tcp(serve, port, host="127.0.0.1", backlog=4096)
+
+    _raise_nofile()
+    trio.run(main)
+
+
+# --- client ----------------------------------------------------------------------------------------------------------
+
+
+def run_client(port: int, count: int, source: str) -> None:
+    """Open `count` streams from `source`, print "opened N" when every one has its first event, hold until killed."""
+    import trio
+
+    _raise_nofile()
+    opened = 0
+    failed = 0
+
+    async def one(done: trio.Event) -> None:
+        nonlocal opened, failed
+        sock = trio.socket.socket()
+        try:
+            await sock.bind((source, 0))
+            await sock.connect(("127.0.0.1", port))
+            stream = trio.SocketStream(sock)
+            await stream.send_all(b"GET /events HTTP/1.1\r\nHost: streams.test\r\nAccept: text/event-stream\r\n\r\n")
+            data = b""
+            while b"ready" not in data:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    raise OSError("closed")
+                data += chunk
+        except OSError:
+            failed += 1
+            return
+        finally:
+            if opened + failed + 1 >= count:
+                done.set()
+        opened += 1
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+            for i in range(count):
+                nursery.start_soon(one, done)
+                if i % 500 == 499:
+                    await trio.sleep(0)
+            while opened + failed < count:
+                await trio.sleep(0.2)
+            print(json.dumps({"opened": opened, "failed": failed}), flush=True)
+            await trio.sleep_forever()
+
+    trio.run(main)
+
+
+# --- the run ---------------------------------------------------------------------------------------------------------
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def group_pids(pgid: int) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[2]) == pgid:
+                        pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def rss_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def probe_latencies(port: int, count: int) -> list[float]:
+    out = []
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            sock.sendall(b"GET /ping HTTP/1.1\r\nHost: streams.test\r\n\r\n")
+            data = b""
+            while not data.endswith(PONG):
+                data += sock.recv(65536)
+            out.append((time.perf_counter() - started) * 1000)
+    finally:
+        sock.close()
+    return out
+
+
+def stop(proc: subprocess.Popen, group: bool = True) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM) if group else proc.terminate()
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL) if group else proc.kill()
+            proc.wait(10)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("mode", nargs="?", default="run", choices=["run", "backend", "client"])
+    p.add_argument("--streams", type=int, default=1000)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--clients", type=int, default=0, help="client processes (default: 1 per 12,000 streams)")
+    p.add_argument("--backends", type=int, default=0, help="backend processes (default: 1 per 12,000 streams)")
+    p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
+    p.add_argument("--probes", type=int, default=500, help="ordinary requests for the latency figures")
+    p.add_argument("--port", type=int)
+    p.add_argument("--count", type=int)
+    p.add_argument("--source")
+    args = p.parse_args()
+    if args.mode == "backend":
+        run_backend(args.port)
+        return 0
+    if args.mode == "client":
+        run_client(args.port, args.count, args.source)
+        return 0
+    per_process = 12000
+    clients = args.clients or max(1, -(-args.streams // per_process))
+    backends = args.backends or max(1, -(-args.streams // per_process))
+    procs: list[subprocess.Popen] = []
+    gateway = None
+    with tempfile.TemporaryDirectory(prefix="gateway-streams-") as tmp:
+        try:
+            ports = [free_port() for _ in range(backends)]
+            for port in ports:
+                procs.append(subprocess.Popen([sys.executable, __file__, "backend", "--port", str(port)],
+                                              start_new_session=True))
+            for port in ports:
+                wait_port(port)
+            gw_port = free_port()
+            config = Path(tmp) / "gateway.json"
+            config.write_text(json.dumps({
+                "gateway": {"listen": f"127.0.0.1:{gw_port}", "status_listen": None, "drain_timeout": 1,
+                            "log_file": str(Path(tmp) / "gateway.log"), "pid_file": str(Path(tmp) / "gateway.pid"),
+                            "admin": f"ipc://{tmp}/admin.sock", "bus": f"ipc://{tmp}/bus.sock",
+                            "header_timeout_s": 60},
+                "services": [{"name": "streams", "url": "http://streams-up", "read_timeout": 600000,
+                              "routes": [{"name": "all", "paths": ["/"], "strip_path": False}]}],
+                "upstreams": [{"name": "streams-up", "targets": [{"target": f"127.0.0.1:{p}"} for p in ports]}]}))
+            log = open(Path(tmp) / "gateway.out", "wb")
+            gateway = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--foreground", "--workers",
+                                        str(args.workers), "--config", str(config)], cwd=ROOT, stdout=log,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+            wait_port(gw_port)
+            time.sleep(2)  # every worker accepting
+            pids = group_pids(gateway.pid)
+            rss_before = rss_bytes(pids)
+            started = time.monotonic()
+            share = -(-args.streams // clients)
+            for i in range(clients):
+                count = min(share, args.streams - i * share)
+                procs.append(subprocess.Popen([sys.executable, __file__, "client", "--port", str(gw_port), "--count",
+                                               str(count), "--source", f"127.0.0.{2 + i}"], stdout=subprocess.PIPE,
+                                              start_new_session=True))
+            opened = failed = 0
+            for proc in procs[-clients:]:
+                line = proc.stdout.readline()  # type: ignore[union-attr]
+                result = json.loads(line)
+                opened += result["opened"]
+                failed += result["failed"]
+            open_s = time.monotonic() - started
+            time.sleep(2)
+            pids = group_pids(gateway.pid)
+            rss = rss_bytes(pids)
+            cpu_before = cpu_seconds(pids)
+            time.sleep(args.idle)
+            idle_cpu = (cpu_seconds(pids) - cpu_before) / args.idle * 100
+            latencies = probe_latencies(gw_port, args.probes)
+            lost = (Path(tmp) / "gateway.out").read_text(errors="replace").count("no heartbeat from the state keeper")
+            report = {
+                "streams": args.streams, "opened": opened, "failed": failed, "workers": args.workers,
+                "open_all_s": round(open_s, 2),
+                "gateway_rss_mib": round(rss / 2**20, 1),
+                "rss_per_stream_kib": round((rss - rss_before) / max(1, opened) / 1024, 2),
+                "idle_cpu_pct_of_one_core": round(idle_cpu, 2),
+                "probe_p50_ms": round(statistics.median(latencies), 3),
+                "probe_p99_ms": round(sorted(latencies)[int(len(latencies) * 0.99) - 1], 3),
+                "keeper_heartbeats_missed": lost,
+            }
+            print(json.dumps(report, indent=2))
+            return 0 if failed == 0 else 1
+        finally:
+            for proc in reversed(procs):
+                stop(proc)
+            if gateway is not None:
+                stop(gateway)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The coarse connection timers (gateway.http.timers): a lazy min-heap of deadlines, driven here by hand with
+`expire(now)` on Trio's mock clock."""
+
+from __future__ import annotations
+
+import math
+
+import trio
+import trio.testing
+
+from gateway.http.timers import ConnTimer, Phase, Timers
+
+
+def run(fn):  # noqa: ANN001, ANN201
+    return trio.run(fn, clock=trio.testing.MockClock())
+
+
+def test_a_due_timer_fires_and_cancels_its_scope():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(trio.current_time() + 5, Phase.NEW)
+        timers.add(timer)
+        assert timers.expire(trio.current_time() + 4.9) == 0
+        assert timers.expire(trio.current_time() + 5) == 1
+        assert timer.scope.cancel_called
+
+    run(main)
+
+
+def test_a_later_deadline_pushes_nothing_and_the_timer_is_requeued_when_popped():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(trio.current_time() + 5, Phase.NEW)
+        timers.add(timer)
+        timer.set(60, Phase.UPSTREAM_READ)  # later than the queued 5 s: no new heap entry
+        assert len(timers._heap) == 1
+        assert timers.expire(trio.current_time() + 5) == 0  # popped, requeued at 60
+        assert timer.queued == trio.current_time() + 60
+        assert timers.expire(trio.current_time() + 60) == 1
+
+    run(main)
+
+
+def test_an_earlier_deadline_is_pushed_and_the_old_entry_goes_stale():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(trio.current_time() + 60, Phase.IDLE)
+        timers.add(timer)
+        timer.set(1, Phase.UPSTREAM_WRITE)
+        assert timer.queued == trio.current_time() + 1
+        assert timers.expire(trio.current_time() + 1) == 1
+        timer.scope = trio.CancelScope()
+        assert timers.expire(trio.current_time() + 60) == 0  # the stale 60 s entry is dropped, not fired
+
+    run(main)
+
+
+def test_a_cleared_timer_never_fires_and_leaves_the_heap():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(trio.current_time() + 1, Phase.NEW)
+        timers.add(timer)
+        timer.clear()
+        assert timers.expire(trio.current_time() + 100) == 0
+        assert timers._heap == [] and timer.queued == math.inf
+
+    run(main)
+
+
+def test_shorten_and_restore_bring_a_deadline_forward_at_once():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(trio.current_time() + 75, Phase.IDLE)
+        timers.add(timer)
+        timer.shorten(trio.current_time() + 1)  # a drain
+        assert timers.expire(trio.current_time() + 1) == 1
+        other = ConnTimer(trio.current_time() + 10, Phase.UPSTREAM_BODY)
+        timers.add(other)
+        saved = other.save()
+        other.set(60, Phase.CLIENT_WRITE)
+        timers.expire(trio.current_time() + 10)  # requeued at 60 while the write waits
+        other.restore(saved)  # the 10 s deadline is back (and past): it fires at the next sweep
+        assert other.phase == Phase.UPSTREAM_BODY
+        assert timers.expire(trio.current_time() + 10) == 1
+
+    run(main)
+
+
+def test_a_discarded_timer_never_fires():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(trio.current_time() + 1, Phase.NEW)
+        timers.add(timer)
+        timers.discard(timer)
+        assert timers.expire(trio.current_time() + 2) == 0
+        assert not timer.scope.cancel_called
+
+    run(main)
+
+
+def test_idle_streams_without_deadlines_cost_the_sweep_nothing():
+    async def main() -> None:
+        timers = Timers()
+        for _ in range(10000):
+            timer = ConnTimer(trio.current_time() + 10, Phase.NEW)
+            timers.add(timer)
+            timer.clear()  # streaming: no deadline
+        timers.expire(trio.current_time() + 11)
+        assert timers._heap == []  # the next sweeps have nothing to look at
+
+    run(main)

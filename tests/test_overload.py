@@ -1,0 +1,149 @@
+"""Overload (issue 19): a worker at its connection limit answers a fast 503 and closes, never leaving a client in its
+accept queue; out of file descriptors it drains the queue the same way instead of spinning on EMFILE; the other
+worker of the gateway serves normally meanwhile."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+
+import pytest
+import trio
+from backends import EchoBackend, free_port, parse_raw_response, raw_exchange, request, service, stop_process, wait_port
+from e2e_helpers import Backend, GatewayNode, HttpConn, owners
+from e2e_helpers import request as http_request
+
+from gateway.http.limits import RESERVED_FDS, derived_max_connections, raise_nofile_limit
+
+TIMEOUT = 10
+
+
+async def http_get(port: int, path: str) -> bytes:
+    return (await http_request(port, "GET", path)).body
+
+
+async def test_beyond_max_connections_a_new_connection_gets_a_fast_503(gateway, nursery):
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, max_connections=3)
+    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+    await trio.sleep(0.1)  # the worker has accepted them
+    started = trio.current_time()
+    data, _ = await raw_exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", timeout=TIMEOUT)
+    status, headers, body = parse_raw_response(data)
+    assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1"
+    assert "connection limit" in json.loads(body)["message"]
+    assert trio.current_time() - started < 1.0
+    await held.pop().aclose()
+    await trio.sleep(0.1)
+    assert (await request(port, "GET", "/x")).status == 200  # room again
+    for stream in held:
+        await stream.aclose()
+
+
+def test_the_descriptor_limit_is_raised_and_max_connections_derived_from_it():
+    nofile = raise_nofile_limit()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert soft == nofile and (soft == hard or hard == resource.RLIM_INFINITY)
+    assert derived_max_connections(20000) == (20000 - RESERVED_FDS) // 2
+
+
+async def test_a_full_worker_sheds_while_the_other_worker_serves(tmp_path):
+    backend = Backend("b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.serve)
+        node = GatewayNode(tmp_path, {"services": [service("s", f"http://127.0.0.1:{backend.port}")]},
+                           max_connections=4)
+        try:
+            await node.start(workers=2)
+            workers = await node.worker_pids()
+            full, other = workers[0], workers[1]
+            held: list[HttpConn] = []
+            with trio.fail_after(30):
+                while len(held) < 4:  # keep the connections the kernel gives the first worker, until it is full
+                    conn = await HttpConn.open(node.port)
+                    assert (await conn.request("GET", "/x")).status == 200
+                    owner = owners(workers, local_port=node.port).get((node.port, conn.local_port))
+                    if owner == full:
+                        held.append(conn)
+                    else:
+                        await conn.aclose()
+                shed = served = 0
+                while not (shed and served) or shed + served < 20:
+                    conn = await HttpConn.open(node.port)
+                    try:
+                        reply = await conn.request("GET", "/x", timeout=5)
+                        if reply.status == 200:  # served: by the other worker, whose connection it still is
+                            assert owners(workers, local_port=node.port)[(node.port, conn.local_port)] == other
+                            served += 1
+                        else:
+                            assert reply.status == 503 and reply.headers["connection"] == "close"
+                            shed += 1
+                    finally:
+                        await conn.aclose()
+                await trio.sleep(1.5)  # the workers' metrics reach the status server
+                text = (await http_get(node.status_port, "/metrics")).decode()
+            assert f'gateway_connections_shed_total{{reason="max_connections"}} {float(shed)}' in text
+        finally:
+            node.cleanup()
+            nursery.cancel_scope.cancel()
+
+
+async def test_out_of_descriptors_a_worker_refuses_with_503_instead_of_spinning(tmp_path):
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    backend = Backend("b")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.serve)
+        port = free_port()
+        config = tmp_path / "gateway.json"
+        config.write_text(json.dumps({  # max_connections far above what 64 descriptors allow: EMFILE comes first
+            "gateway": {"listen": f"127.0.0.1:{port}", "status_listen": None, "max_connections": 10000,
+                        "header_timeout_s": 120},  # the idle connections held must outlive the test
+            "services": [service("s", f"http://127.0.0.1:{backend.port}")]}))
+        proc = subprocess.Popen([prlimit, "--nofile=64:64", sys.executable, "-m", "gateway", "run", "--config",
+                                 str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        held: list[trio.SocketStream] = []
+        try:
+            await trio.to_thread.run_sync(wait_port, port, 30.0)
+            refused = idle = 0
+            with trio.fail_after(60):
+                for _ in range(80):
+                    stream = await trio.open_tcp_stream("127.0.0.1", port)
+                    held.append(stream)
+                    data = b""
+                    with trio.move_on_after(0.2):  # a shed connection hears at once; an accepted one hears nothing
+                        while chunk := await stream.receive_some(65536):
+                            data += chunk
+                    if data:
+                        assert parse_raw_response(data)[0] == 503
+                        refused += 1
+                    else:
+                        idle += 1
+                cpu_before = _cpu_ticks(proc.pid)
+                await trio.sleep(1.0)
+                spinning = _cpu_ticks(proc.pid) - cpu_before
+                for stream in held:
+                    await stream.aclose()
+                held.clear()
+                await trio.sleep(0.3)
+                reply = await http_request(port, "GET", "/x")
+            assert refused >= 10 and idle >= 10, (refused, idle)
+            assert spinning < 20  # clock ticks in a second of holding: not looping on EMFILE
+            assert reply.status == 200  # serving again once descriptors are back
+            assert proc.poll() is None
+        finally:
+            for stream in held:
+                await stream.aclose()
+            stop_process(proc)
+            nursery.cancel_scope.cancel()
+
+
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])

@@ -1,0 +1,299 @@
+"""TLS on both sides (issue 18), in-process, once per codec: listeners with certificates chosen by SNI, bad input on a
+TLS port, https upstreams with verification and client certificates, https-only routes, certificate errors."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+
+import pytest
+import trio
+from backends import EchoBackend, free_port, parse_raw_response, raw_exchange, request, service
+from tls_helpers import HttpsEcho, Pki, expired_pair, https_get
+
+from gateway.config import ConfigError, parse_config
+from gateway.runtime import compile_config
+
+TIMEOUT = 10
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki()
+
+
+async def tls_gateway(gateway, nursery, pki: Pki, tmp_path, certificates=None, default=True, **settings):  # noqa: ANN001, ANN003, ANN201
+    """A gateway listening on plain HTTP and TLS, in front of an echo backend; returns (http port, tls port, echo)."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    http_port, tls_port = free_port(), free_port()
+    gw = {"listen": [f"127.0.0.1:{http_port}", f"127.0.0.1:{tls_port} ssl"], **settings}
+    if default:
+        gw["ssl_cert"], gw["ssl_cert_key"] = pki.files(tmp_path, "default", "default.test")
+    doc = {"services": [service("s", f"http://127.0.0.1:{echo.port}")], "certificates": certificates or []}
+    await gateway(doc, **gw)
+    return http_port, tls_port, echo
+
+
+def get(port: int, ctx: ssl.SSLContext, server_name: str | None, **kw):  # noqa: ANN003, ANN201
+    return trio.to_thread.run_sync(lambda: https_get(port, ctx, server_name, **kw))
+
+
+# --- listener -------------------------------------------------------------------------------------------------------
+
+
+async def test_https_listener_serves_and_tells_the_upstream_it_was_https(gateway, nursery, pki, tmp_path):
+    _, tls_port, echo = await tls_gateway(gateway, nursery, pki, tmp_path)
+    with trio.fail_after(TIMEOUT):
+        status, _, body, name = await get(tls_port, pki.client_context(), "default.test")
+    assert status == 200 and name == "default.test"
+    seen = dict(json.loads(body)["headers"])
+    assert seen["x-forwarded-proto"] == "https"
+    assert seen["x-forwarded-port"] == str(tls_port)
+
+
+async def test_plain_listener_beside_it_still_says_http(gateway, nursery, pki, tmp_path):
+    http_port, _, echo = await tls_gateway(gateway, nursery, pki, tmp_path)
+    reply = await request(http_port, "GET", "/x")
+    seen = dict(reply.json()["headers"])
+    assert seen["x-forwarded-proto"] == "http" and seen["x-forwarded-port"] == str(http_port)
+
+
+async def test_certificate_is_chosen_by_sni_exact_then_wildcards_else_the_default(gateway, nursery, pki, tmp_path):
+    a_cert, a_key = pki.issue("a.example.com")
+    w_cert, w_key = pki.issue("*.wild.example.com")
+    t_cert, t_key = pki.issue("tail.example.net")
+    certificates = [{"cert": a_cert, "key": a_key, "snis": ["a.example.com"]},
+                    {"cert": w_cert, "key": w_key, "snis": [{"name": "*.wild.example.com"}]},
+                    {"cert": t_cert, "key": t_key, "snis": ["tail.*"]}]
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, certificates)
+    ctx = pki.client_context()
+    ctx.check_hostname = False
+    with trio.fail_after(TIMEOUT):
+        assert (await get(tls_port, ctx, "a.example.com"))[3] == "a.example.com"
+        assert (await get(tls_port, ctx, "x.wild.example.com"))[3] == "*.wild.example.com"
+        assert (await get(tls_port, ctx, "tail.example"))[3] == "tail.example.net"
+        assert (await get(tls_port, ctx, "unknown.test"))[3] == "default.test"
+        assert (await get(tls_port, ctx, None))[3] == "default.test"  # no SNI at all
+
+
+async def test_unknown_sni_without_a_default_certificate_gets_an_alert(gateway, nursery, pki, tmp_path):
+    a_cert, a_key = pki.issue("a.example.com")
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path,
+                                       [{"cert": a_cert, "key": a_key, "snis": ["a.example.com"]}], default=False)
+    with trio.fail_after(TIMEOUT):
+        assert (await get(tls_port, pki.client_context(), "a.example.com"))[0] == 200
+        with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
+            await get(tls_port, pki.client_context(), "other.example.com")
+
+
+async def test_plain_http_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, tmp_path):
+    _, tls_port, echo = await tls_gateway(gateway, nursery, pki, tmp_path)
+    data, _ = await raw_exchange(tls_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, _, body = parse_raw_response(data)
+    assert status == 400
+    assert json.loads(body)["message"] == "The plain HTTP request was sent to HTTPS port"
+    assert echo.requests == []
+
+
+@pytest.mark.parametrize("junk", [b"\x16\x03\x01\x00\x05hello", b"\x00\x01\x02garbage\xff" * 10,
+                                  b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20])
+async def test_garbage_and_truncated_client_hellos_are_dropped_and_the_worker_lives(gateway, nursery, pki, tmp_path,
+                                                                                     junk):
+    http_port, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_handshake_timeout_s=1)
+    data, _ = await raw_exchange(tls_port, junk, timeout=5)  # a truncated hello waits for the handshake timeout
+    assert b"HTTP/1.1 200" not in data
+    assert (await get(tls_port, pki.client_context(), "default.test"))[0] == 200
+    assert (await request(http_port, "GET", "/x")).status == 200
+
+
+async def test_a_slow_handshake_is_closed_at_the_handshake_timeout(gateway, nursery, pki, tmp_path):
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_handshake_timeout_s=0.5)
+    stream = await trio.open_tcp_stream("127.0.0.1", tls_port)
+    started = trio.current_time()
+    with trio.fail_after(TIMEOUT):
+        await stream.send_all(b"\x16\x03\x01")  # the start of a ClientHello, then nothing
+        assert await stream.receive_some(100) == b""
+    assert 0.4 <= trio.current_time() - started < 3
+    await stream.aclose()
+
+
+async def test_alpn_is_http_1_1(gateway, nursery, pki, tmp_path):
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path)
+
+    def alpn() -> str | None:
+        ctx = pki.client_context(alpn=False)
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
+        with socket.create_connection(("127.0.0.1", tls_port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+                return tls.selected_alpn_protocol()
+
+    assert await trio.to_thread.run_sync(alpn) == "http/1.1"
+
+
+async def test_tls13_only_refuses_a_tls12_client(gateway, nursery, pki, tmp_path):
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_protocols="TLSv1.3")
+    ctx = pki.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    with pytest.raises(ssl.SSLError):
+        await get(tls_port, ctx, "default.test")
+
+
+# --- upstreams --------------------------------------------------------------------------------------------------------
+
+
+async def https_upstream(nursery, pki: Pki, client_ca: str | None = None) -> HttpsEcho:  # noqa: ANN001
+    backend = HttpsEcho(pki.issue("upstream.test", "127.0.0.1"), client_ca)
+    await nursery.start(backend.serve)
+    return backend
+
+
+async def test_https_service_is_proxied_over_pooled_tls_connections(gateway, nursery, pki):
+    backend = await https_upstream(nursery, pki)
+    port = await gateway({"services": [service("s", f"https://127.0.0.1:{backend.port}")]})
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(port, "GET", f"/r{i}") for i in range(5)]
+    assert [r.status for r in replies] == [200] * 5, replies[0].body
+    assert [r.json()["path"] for r in replies] == [f"/r{i}" for i in range(5)]
+    assert backend.connections == 1  # keep-alive TLS connection reused
+
+
+async def test_tls_verify_with_the_right_ca_passes_and_with_another_fails(gateway, nursery, pki):
+    backend = await https_upstream(nursery, pki)
+    other = Pki()
+    doc = {"services": [
+        service("good", f"https://127.0.0.1:{backend.port}", [{"paths": ["/good"]}], tls_verify=True,
+                ca_certificates=["ca-good"]),
+        service("bad", f"https://127.0.0.1:{backend.port}", [{"paths": ["/bad"]}], tls_verify=True,
+                ca_certificates=["ca-other"], retries=0)],
+        "ca_certificates": [{"id": "ca-good", "cert": pki.ca_pem}, {"id": "ca-other", "cert": other.ca_pem}]}
+    port = await gateway(doc)
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/good")).status == 200
+        bad = await request(port, "GET", "/bad")
+    assert bad.status == 502
+    assert "certificate verify" in bad.body.decode() or "TLS" in bad.body.decode()
+
+
+async def test_client_certificate_is_presented_to_an_upstream_that_requires_one(gateway, nursery, pki):
+    backend = await https_upstream(nursery, pki, client_ca=pki.ca_pem)
+    cert, key = pki.issue("gateway-client.test")
+    doc = {"services": [
+        service("with", f"https://127.0.0.1:{backend.port}", [{"paths": ["/with"]}],
+                client_certificate={"id": "client"}),
+        service("without", f"https://127.0.0.1:{backend.port}", [{"paths": ["/without"]}], retries=0)],
+        "certificates": [{"id": "client", "cert": cert, "key": key}]}
+    port = await gateway(doc)
+    with trio.fail_after(TIMEOUT):
+        ok = await request(port, "GET", "/with")
+        refused = await request(port, "GET", "/without")
+    assert ok.status == 200 and ok.json()["client_cert"] == "gateway-client.test"
+    assert refused.status == 502
+
+
+# --- https-only routes -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("code", "location"), [(426, None), (301, "https://gw.test/x?y=1"),
+                                                (308, "https://gw.test/x?y=1")])
+async def test_https_only_route_refuses_or_redirects_plain_http(gateway, nursery, pki, tmp_path, code, location):
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    route = {"paths": ["/"], "protocols": ["https"], "https_redirect_status_code": code}
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", [route])]})
+    reply = await request(port, "GET", "/x?y=1", host="gw.test")
+    assert reply.status == code
+    if code == 426:
+        assert reply.json()["message" if "message" in reply.json() else "error"] == "Please use HTTPS protocol"
+        assert reply.header("upgrade") == "TLS/1.2, HTTP/1.1"
+    else:
+        assert reply.header("location") == location
+    assert echo.requests == []
+
+
+# --- certificate errors are config errors naming the entity ----------------------------------------------------------
+
+
+def config_errors(doc: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        compile_config(parse_config(doc, "c.yml"), "c.yml")
+    return e.value.messages
+
+
+def test_expired_certificate_is_a_config_error(pki):
+    cert, key = expired_pair()
+    doc = json.dumps({"certificates": [{"cert": cert, "key": key, "snis": ["e.test"]}],
+                      "gateway": {"listen": "127.0.0.1:8443 ssl"}})
+    (message,) = config_errors(doc)
+    assert message.startswith("c.yml: certificates[0].cert expired on ")
+
+
+def test_key_that_does_not_match_is_a_config_error(pki):
+    cert, _ = pki.issue("a.test")
+    _, other_key = pki.issue("b.test")
+    doc = json.dumps({"certificates": [{"id": "x", "cert": cert, "key": other_key}]})
+    assert config_errors(doc) == ["c.yml: certificates[0]: the key does not match the certificate"]
+
+
+def test_unreadable_default_certificate_is_a_config_error(tmp_path):
+    doc = json.dumps({"gateway": {"listen": "127.0.0.1:8443 ssl", "ssl_cert": str(tmp_path / "none.crt"),
+                                  "ssl_cert_key": str(tmp_path / "none.key")}})
+    assert config_errors(doc)[0].startswith(f"c.yml: gateway.ssl_cert: cannot read {tmp_path / 'none.crt'}")
+
+
+def test_tls_listener_without_any_certificate_is_a_config_error():
+    doc = json.dumps({"gateway": {"listen": ["127.0.0.1:8000", "127.0.0.1:8443 ssl"]}})
+    assert "there is no certificate" in config_errors(doc)[0]
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"url": "http://a:1", "tls_verify": True}, "services[0].tls_verify: only for protocol https"),
+    ({"url": "https://a:1", "ca_certificates": ["nope"]}, "services[0].ca_certificates[0]: no ca_certificate"),
+    ({"url": "https://a:1", "client_certificate": {"id": "nope"}}, "services[0].client_certificate: no certificate"),
+    ({"url": "https://a:1", "tls_verify_depth": 2}, "services[0].tls_verify_depth: not supported"),
+])
+def test_service_tls_fields_are_checked(fields, message):
+    doc = json.dumps({"services": [{"name": "s", **fields}]})
+    with pytest.raises(ConfigError) as e:
+        compile_config(parse_config(doc, "c.yml"), "c.yml")
+    assert any(message in m for m in e.value.messages), e.value.messages
+
+
+def test_unknown_listen_option_is_refused():
+    with pytest.raises(ConfigError) as e:
+        parse_config(json.dumps({"gateway": {"listen": "127.0.0.1:8443 ssl http2"}}), "c.yml")
+    assert e.value.messages == ['c.yml: gateway.listen: the listen option "http2" is not supported (only "ssl" is)']
+
+
+# --- active health checks over TLS ------------------------------------------------------------------------------------
+
+
+async def test_https_health_probe_succeeds_and_fails_verification_as_configured(nursery, pki):
+    from gateway.health.machine import Event
+    from gateway.health.policy import ActivePolicy
+    from gateway.health.probe import probe
+
+    backend = await https_upstream(nursery, pki)
+    unverified = ActivePolicy(type="https", https_verify_certificate=False, timeout_s=5)
+    verified = ActivePolicy(type="https", https_verify_certificate=True, https_sni="upstream.test", timeout_s=5)
+    assert await probe("127.0.0.1", backend.port, unverified) == Event.SUCCESS
+    assert await probe("127.0.0.1", backend.port, verified) == Event.TCP_FAILURE  # the test CA is not trusted
+    with trio.fail_after(5):  # the backend saw the client give up its handshake
+        while backend.handshake_failures == 0:
+            await trio.sleep(0.01)
+
+
+async def test_a_client_that_resets_right_after_its_handshake_does_not_harm_the_worker(gateway, nursery, pki, tmp_path):
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path)
+
+    def handshake_then_reset() -> None:
+        ctx = pki.client_context()
+        for _ in range(20):
+            raw = socket.create_connection(("127.0.0.1", tls_port), timeout=5)
+            tls = ctx.wrap_socket(raw, server_hostname="default.test")  # takes over raw's descriptor
+            tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            tls.close()  # no close_notify; linger 0: a reset while the server still sends its tickets
+
+    await trio.to_thread.run_sync(handshake_then_reset)
+    assert (await get(tls_port, pki.client_context(), "default.test"))[0] == 200
