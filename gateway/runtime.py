@@ -119,7 +119,7 @@ class RouteRuntime:
     """A route as the pipeline uses it."""
 
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
-                 "consumer_phases", "https_redirect", "facts", "loggers", "consumer_loggers")
+                 "consumer_phases", "https_redirect", "facts", "loggers", "consumer_loggers", "audit")
 
     def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
@@ -146,6 +146,10 @@ class RouteRuntime:
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
         self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
+        # ai-mcp-proxy's audit (logging.log_audits): a line per tools/call when the request ends (gateway.mcp.audit)
+        chains = [policies, *(consumer_policies or {}).values()]
+        audits = (getattr(p, "audit", None) for chain in chains for p in chain)
+        self.audit = next((audit for audit in audits if audit is not None), None)
 
 
 class _NoService:
@@ -179,6 +183,11 @@ class Runtime:
         self.server_tls: ServerTls | None = None  # the certificates of listeners with `ssl` (gateway.tls_runtime)
         self.global_phases: ResponsePhases | None = None  # global plugins' response phases: for a 404 (no route)
         self.global_loggers: list[Any] = []  # log steps of global plugins: what logs a request no route matched
+        # Documents answered before routing, without authentication: path -> JSON body (ai-mcp-oauth2's RFC 9728
+        # protected resource metadata); None when no plugin serves one.
+        self.well_known: dict[bytes, bytes] | None = None
+        # Background tasks of policies (ai-mcp-oauth2's JWKS refresh), run in each worker's nursery.
+        self.background: list[Any] = []
         gw = config.gateway
         # The client address from a trusted balancer's header (gateway.trusted_ips); None: the socket peer's.
         self.client_address = ClientAddress(gw.trusted_ips, gw.real_ip_header, gw.real_ip_recursive) \
@@ -204,12 +213,12 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     server_tls = compile_server_tls(config, errors)
     consumers = Directory(config)
     errors += check_keys(consumers)
-    plugin_objs = _plugins(config, errors, shared, consumers)
     gw = config.gateway
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
     listen_hosts = [hp[0] for hp in (parse_host_port(a.split()[0], None) for a in listens if a.split())
                     if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
+    plugin_objs = _plugins(config, errors, shared, consumers, mcp)
     services_by_name = {svc.name: svc for svc in config.services}
     specs = []
     for i, route in enumerate(config.routes):
@@ -249,6 +258,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         store = getattr(policy, "store", None)
         if store is not None:
             runtime.stores[store.name] = store
+        runtime.background += getattr(policy, "background", ())
+    runtime.well_known = _well_known(plugin_objs, name)
     return runtime
 
 
@@ -269,6 +280,23 @@ def check_file(path: str) -> Runtime:
             log.debug("compiling the decodable part of %s failed", path, exc_info=True)
         raise ConfigError(in_file_order(messages, e.order, f"{path}: "), e.partial, e.order) from None
     return compile_config(config, path)
+
+
+def _well_known(plugins: list[Built], name: str) -> dict[bytes, bytes] | None:
+    """The documents policies serve at fixed paths (path -> body); two different ones at one path are an error."""
+    served: dict[bytes, tuple[bytes, str]] = {}
+    errors = []
+    for plugin, _, policy in plugins:
+        for path, body in getattr(policy, "well_known", {}).items():
+            where = path_of(plugin)
+            if path in served and served[path][0] != body:
+                errors.append(f"{name}: {where}: its metadata document would be served at {path.decode()}, where "
+                              f"{served[path][1]} serves a different one (set metadata_endpoint on one of them)")
+                continue
+            served.setdefault(path, (body, where))
+    if errors:
+        raise ConfigError(errors)
+    return {path: body for path, (body, _) in served.items()} or None
 
 
 def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
@@ -364,7 +392,8 @@ Built = tuple[Plugin, Any, Policy | None]
 _CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])*): (?P<rest>.*)$", re.DOTALL)
 
 
-def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory) -> list[Built]:
+def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory,
+             mcp: McpShared) -> list[Built]:
     """(plugin, its validated config, its policy object or None) for every enabled plugin that runs on HTTP."""
     built: list[Built] = []
     scopes: dict[tuple[str, Any, Any, Any], str] = {}
@@ -395,11 +424,10 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         if not plugin.enabled or _HTTP_PROTOCOLS.isdisjoint(plugin.protocols):
             continue  # Kong skips it: disabled, or for stream protocols only
         plugin_id = plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
+        params = inspect.signature(module.build).parameters  # what else the plugin needs: the consumers, MCP's
+        extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp)) if name in params}
         try:
-            if "consumers" in inspect.signature(module.build).parameters:
-                policy = module.build(cfg, plugin_id, shared, consumers)
-            else:
-                policy = module.build(cfg, plugin_id, shared)
+            policy = module.build(cfg, plugin_id, shared, **extra)
         except ValueError as e:
             errors.append(f"{where}.{e}")
             continue

@@ -92,6 +92,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.start_soon(forwarder.keepalives.run_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 await nursery.start(telemetry.run)
+                for service in runtime.background:  # policies' background work (ai-mcp-oauth2's JWKS refresh)
+                    nursery.start_soon(service)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
                 if ctx is not None:

@@ -48,3 +48,6 @@ class McpSettings(_Base):
     allowed_hosts: list[str] | None = None
     # At most this much of a JSON-RPC body is read to find its method and tool name (routing, header checks).
     peek_bytes: Annotated[int, msgspec.Meta(ge=1024, le=16 << 20)] = 65536
+    # Where ai-mcp-proxy's audit lines go (logging.log_audits): a file, or "-" / "stdout"; default: mcp-audit.log
+    # beside gateway.pid_file (run/).
+    audit_log: str | None = None

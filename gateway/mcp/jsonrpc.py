@@ -80,8 +80,8 @@ def peek(body: bytes, complete: bool) -> RpcInfo:
     if complete:
         try:
             msg = _decoder.decode(body)
-        except msgspec.DecodeError:
-            pass  # invalid JSON, or a shape the Struct does not take: the scanner decides
+        except (msgspec.DecodeError, RecursionError):
+            pass  # invalid JSON, a shape the Struct does not take, or nested too deep: the scanner decides
         else:
             if isinstance(msg, list):
                 return BATCH
@@ -288,3 +288,106 @@ def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, ver
 def error_body(code: int, message: str, rpc_id: Any = None) -> bytes:
     """A JSON-RPC error response body (id null when the request's id is unknown)."""
     return msgspec.json.encode({"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": message}})
+
+
+# --- whole bodies, message by message (ai-mcp-proxy's judgement) -------------------------------------------------
+
+
+class Message:
+    """One JSON-RPC message of a body the gateway governs. `raw` is its exact bytes; `method` is None for a
+    response (or a message without a string method); `has_id` tells a request from a notification, `id` is the id
+    as sent (any JSON value); `name` is a tools/call's params.name when it is a string."""
+
+    __slots__ = ("raw", "method", "id", "has_id", "name")
+
+    def __init__(self, raw: bytes, method: str | None, rpc_id: Any, has_id: bool, name: str | None) -> None:
+        self.raw = raw
+        self.method = method
+        self.id = rpc_id
+        self.has_id = has_id
+        self.name = name
+
+    @property
+    def answer_id(self) -> Any:
+        """The id to answer with: the request's, when it is one JSON-RPC allows (string, number or null)."""
+        rpc_id = self.id
+        return rpc_id if rpc_id is None or isinstance(rpc_id, (str, int, float)) and not isinstance(rpc_id, bool) \
+            else None
+
+
+class _Envelope(msgspec.Struct):
+    method: Any = None
+    id: Any = msgspec.UNSET
+    params: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _Call(msgspec.Struct):
+    """The common case in one decode: a message whose params (if any) is an object."""
+
+    method: Any = None
+    id: Any = msgspec.UNSET
+    params: _Params | None = None
+
+
+_call = msgspec.json.Decoder(_Call)
+_envelope = msgspec.json.Decoder(_Envelope)
+_elements = msgspec.json.Decoder(list[msgspec.Raw])
+_params = msgspec.json.Decoder(_Params)
+MAX_BATCH = 1000  # longer batches are refused whole (-32600)
+
+
+def decode_messages(body: bytes) -> tuple[list[Message], bool] | None:
+    """(the messages of a whole body, whether it is a batch); None when it is not JSON, not an object or array of
+    objects, or a batch longer than MAX_BATCH."""
+    start = body[:1]
+    if start in _WHITESPACE:
+        start = body.lstrip()[:1]
+    try:
+        if start == b"[":
+            elements = _elements.decode(body)
+            if not elements or len(elements) > MAX_BATCH:
+                return None
+            out = []
+            for raw in elements:
+                message = _message(bytes(raw))
+                if message is None:
+                    return None
+                out.append(message)
+            return out, True
+        message = _message(body)
+    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested deeper than msgspec decodes
+        return None
+    return ([message], False) if message is not None else None
+
+
+_WHITESPACE = (b" ", b"\t", b"\r", b"\n")
+
+
+def _message(raw: bytes) -> Message | None:
+    try:
+        call = _call.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        pass  # params is not an object, or it is not a message at all: the envelope decides
+    else:
+        method = call.method if isinstance(call.method, str) else None
+        has_id = call.id is not msgspec.UNSET
+        params = call.params
+        name = params.name if method == "tools/call" and params is not None and isinstance(params.name, str) \
+            else None
+        return Message(raw, method, call.id if has_id else None, has_id, name)
+    try:
+        env = _envelope.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None  # not an object (or not JSON, or nested too deep)
+    method = env.method if isinstance(env.method, str) else None
+    has_id = env.id is not msgspec.UNSET
+    rpc_id = env.id if has_id else None
+    name = None
+    if method == "tools/call":
+        try:
+            params = _params.decode(env.params)
+        except (msgspec.DecodeError, RecursionError):
+            params = None
+        if params is not None and isinstance(params.name, str):
+            name = params.name
+    return Message(raw, method, rpc_id, has_id, name)

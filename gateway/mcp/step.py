@@ -13,7 +13,9 @@ at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, wh
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
+from typing import Any
 
 import trio
 
@@ -28,6 +30,7 @@ from gateway.mcp.sessions import SessionCodec
 
 log = logging.getLogger("gateway.mcp")
 
+AUDIT_LOG_NAME = "mcp-audit.log"  # ai-mcp-proxy's audit lines, beside the pid file unless gateway.mcp.audit_log
 SESSION_NOT_FOUND = jsonrpc.error_body(jsonrpc.SESSION_NOT_FOUND, "Session not found")
 ORIGIN_FORBIDDEN = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Origin not allowed")
 HOST_MISDIRECTED = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Host header")
@@ -42,6 +45,8 @@ class McpShared:
         self.peek_bytes = settings.peek_bytes
         self.body_timeout = body_timeout
         self.key_file = settings.session_key_file or default_key_file(pid_file)
+        self.audit_log = settings.audit_log or os.path.join(os.path.dirname(os.path.abspath(pid_file)),
+                                                            AUDIT_LOG_NAME)
         self._codec: SessionCodec | None = None
         keys: list[tuple[str, bytes]] = []
         for i, key in enumerate(settings.session_keys):
@@ -78,16 +83,19 @@ class McpShared:
 
 
 class McpRequest:
-    """What the MCP step learnt about one request, for the forwarder: body bytes already read, the Origin policy."""
+    """What the MCP step (and the policies that read MCP bodies) learnt about one request, for the forwarder: body
+    bytes already read, the Origin policy, edits its answer needs (ai-mcp-proxy: gateway.mcp.governance)."""
 
-    __slots__ = ("body", "body_done", "info", "peeked", "origin_mode")
+    __slots__ = ("body", "body_done", "info", "peeked", "decoded", "origin_mode", "edit")
 
     def __init__(self) -> None:
         self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
         self.body_done = False
         self.info: jsonrpc.RpcInfo | None = None
         self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
+        self.decoded: Any = None  # the whole body's messages, once decoded (gateway.mcp.body.messages)
         self.origin_mode = PASS
+        self.edit: Any = None  # a gateway.mcp.governance.ResponseEdit for the answer, or None
 
     def take_body(self, ex: Exchange) -> tuple[bytes, bool]:
         if self.body is None:

@@ -19,6 +19,8 @@ from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase, run_clock
 from gateway.mcp.affinity import SessionAffinity
+from gateway.mcp.governance import ResponseEdit, error_response
+from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
 from gateway.pipeline.hashing import balancer_key
@@ -109,6 +111,8 @@ class Forwarder:
                 break
             tried.add(index)
             target = group.targets[index]
+            if ex.state is not None:  # for the MCP audit log: where the call went
+                ex.state["upstream"] = target.name
             host = client_host if route.preserve_host and client_host else target.host_header
             extra = [(b"host", host)]
             if mcp is not None and mcp.rewrite_origin:
@@ -127,7 +131,7 @@ class Forwarder:
                     break
                 continue
             await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
-                              route.name if session_id is None else None)
+                              route.name if session_id is None else None, mcp.edit if mcp is not None else None)
             return
         if pinned is not None and error is not None and (
                 not error.sent or await self._gone(error, svc, group.targets[pinned])):
@@ -212,9 +216,13 @@ class Forwarder:
             raise
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
-                     request_id: bytes, affinity: SessionAffinity | None, new_session: str | None = None) -> None:
+                     request_id: bytes, affinity: SessionAffinity | None, new_session: str | None = None,
+                     edit: ResponseEdit | None = None) -> None:
         """Stream the response to the client; pool the connection only after a clean, complete exchange.
-        `new_session`: the route's name when the request had no session id (an id in the response opens one)."""
+        `new_session`: the route's name when the request had no session id (an id in the response opens one).
+
+        With `edit` (ai-mcp-proxy: tools/list results to filter, a batch's errors to add) a JSON answer is read
+        whole (bounded) and edited, an event stream is edited event by event (gateway.mcp.governance)."""
         codec = uc.codec
         ok = False
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
@@ -222,13 +230,40 @@ class Forwarder:
             headers = _client_headers(response.headers, request_id, affinity, attempt.target, new_session)
             sse = _is_event_stream(response.headers)
             first, done = _ready_body(codec)
+            if edit is not None and not sse:
+                try:
+                    status, headers, first = await _edited_body(ex, uc, response.status, headers, first, done,
+                                                                 edit, (attempt.target.name, svc.read_timeout))
+                except (ProtocolError, UpstreamError) as e:
+                    log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                    failed = TCP_FAILURE
+                    await ex.respond_error(502, f"upstream {attempt.target.name} broke off its answer")
+                    return
+                except AnswerTooLarge as e:
+                    failed = TCP_FAILURE  # the rest of its body is unread: the connection is closed, not pooled
+                    await ex.respond(502, e.body)
+                    return
+                await ex.send_head(status, headers, first, end=True, reason=response.reason)
+                ok = True
+                return
             if not done and ex.phases is not None and ex.phases.buffers(ex, response.status, headers):
                 first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)  # a body filter's
+            splitter = None
+            if edit is not None:  # an event stream: the gateway's errors first, then whole events, edited
+                headers = [hv for hv in headers if hv[0] != b"content-length"]
+                splitter = EventSplitter()
+                try:
+                    events = splitter.feed(first)
+                except EventTooLarge:
+                    events = []  # only with a 16 MiB event read at once; the stream fails at the next read
+                first = edit.first_events() + b"".join(edit.event(e) for e in events)
+                if done:
+                    first += splitter.pending
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
             if not done:
                 try:
                     if sse:
-                        await self._stream_events(ex, uc, first)
+                        await self._stream_events(ex, uc, first, edit, splitter)
                     else:
                         await _stream_body(ex, uc, svc.read_timeout)
                 except (ProtocolError, UpstreamError) as e:
@@ -276,7 +311,8 @@ class Forwarder:
             if group.passive:
                 shared.passive(attempt.key, code)
 
-    async def _stream_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
+    async def _stream_events(self, ex: Exchange, uc: UpstreamConn, first: bytes,
+                             edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:
         """Relay an SSE stream event by event while watching the client: a client that closes the stream ends it
         upstream at once (MCP: closing the stream cancels the request), not at the next write.
 
@@ -291,22 +327,24 @@ class Forwarder:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_client)
-            await self._relay_events(ex, uc, first)
+            await self._relay_events(ex, uc, first, edit, splitter)
             nursery.cancel_scope.cancel()
         if gone:
             raise BrokenPipeError("the client closed the event stream")
 
-    async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes) -> None:
+    async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes,
+                            edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.
 
         No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The worker's one
         keep-alive task (gateway.pipeline.keepalive) interrupts a stream silent for sse_keepalive: a cancel scope
         surrounds only the wait for the upstream (no timer per read, and an interruption can never land in a write),
-        and the comment goes only between events, so it can never split one.
+        and the comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole
+        events only are passed on, each edited, so a piece of one is held until the rest arrives.
         """
         codec = uc.codec
         conn = uc.conn
-        at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n"))
+        at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
         wheel = self.keepalives
         stream = wheel.open()
         try:
@@ -326,8 +364,16 @@ class Forwarder:
                 codec.receive_data(data)
                 while (ev := codec.next_event()) is not NEED_DATA:
                     if ev is END:
-                        await ex.end()
+                        await ex.end(splitter.pending if splitter is not None else b"")
                         return
+                    if splitter is not None:
+                        try:
+                            events = splitter.feed(ev)  # type: ignore[arg-type]
+                        except EventTooLarge as e:
+                            raise BadResponse(f"upstream {uc.conn.peer}: {e}") from None
+                        if events:
+                            await ex.send_body(b"".join(edit.event(e) for e in events))  # type: ignore[union-attr]
+                        continue
                     await ex.send_body(ev)  # type: ignore[arg-type]
                     at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
         finally:
@@ -348,6 +394,56 @@ async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> N
                 await ex.end()
                 return
             await ex.send_body(ev)  # type: ignore[arg-type]
+
+
+MAX_EDITED_BODY = 16 << 20  # a JSON answer the gateway must edit is read whole, up to this size
+
+
+class AnswerTooLarge(Exception):
+    """A JSON answer to edit is larger than MAX_EDITED_BODY: it is refused rather than passed on unfiltered."""
+
+    def __init__(self, rpc_error: bytes) -> None:
+        super().__init__("answer too large to edit")
+        self.body = rpc_error
+
+
+async def _edited_body(ex: Exchange, uc: UpstreamConn, status: int, headers: Headers, first: bytes, done: bool,
+                       edit: ResponseEdit, detail: tuple[str, float]) -> tuple[int, Headers, bytes]:
+    """Read a (non-event-stream) answer whole and edit it: (status, headers with the new length, body). The client
+    has seen nothing yet, so an upstream too slow between two reads gets the client a 504 (read_timeout)."""
+    parts = [first]
+    size = len(first)
+    codec = uc.codec
+    timer = ex.timer
+    while not done:
+        timer.set(detail[1], Phase.UPSTREAM_READ, detail)
+        data = await uc.conn.recv()
+        timer.clear()
+        codec.receive_data(data)
+        while (ev := codec.next_event()) is not NEED_DATA:
+            if ev is END:
+                done = True
+                break
+            parts.append(ev)  # type: ignore[arg-type]
+            size += len(ev)  # type: ignore[arg-type]
+            if size > MAX_EDITED_BODY:
+                raise AnswerTooLarge(error_response(None, -32603, "the upstream's answer is too large for the "
+                                                    f"gateway to filter ({MAX_EDITED_BODY} bytes at most)"))
+    body = b"".join(parts)
+    if status == 202 and edit.errors:  # the server accepted the forwarded part: the gateway's errors are the answer
+        status, body = 200, edit.accepted_body()
+        headers = [hv for hv in headers if hv[0] != b"content-type"] + [(b"content-type", b"application/json")]
+    elif _is_json(headers):
+        body = edit.json_body(body)
+    headers = [hv for hv in headers if hv[0] != b"content-length"] + [(b"content-length", b"%d" % len(body))]
+    return status, headers, body
+
+
+def _is_json(headers: Headers) -> bool:
+    for name, value in headers:
+        if name == b"content-type":
+            return value[:16].lower() == b"application/json"
+    return False
 
 
 def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec

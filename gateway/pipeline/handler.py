@@ -7,6 +7,8 @@ from gateway.http.codec import ProtocolError
 from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import Exchange
 from gateway.http.timers import run_clock
+from gateway.mcp.body import attach, current
+from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
@@ -40,6 +42,9 @@ class Pipeline:
             raise
         finally:
             self.log_phase.done(ex, started, self.runtime, failed)
+            state = ex.state
+            if state is not None and (audit := state.get("audit")) is not None:
+                audit[0].record(ex, started, audit[1])  # also when the client left mid-answer
 
     async def _handle(self, ex: Exchange) -> None:
         """Route, run policies, forward; the log phase reads the route and MCP request from the Exchange."""
@@ -47,6 +52,12 @@ class Pipeline:
         runtime = self.runtime
         if runtime.client_address is not None:
             ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
+        well_known = runtime.well_known
+        if well_known is not None:  # ai-mcp-oauth2's metadata documents, public and answered before routing
+            document = well_known.get(req.target.partition(b"?")[0])
+            if document is not None:
+                await answer_metadata(ex, document)
+                return
         host = None
         for name, value in req.headers:
             if name == b"host":
@@ -62,6 +73,7 @@ class Pipeline:
             mcp = ex.mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
             if mcp is None:
                 return
+            attach(ex, mcp)  # policies reading the body go on from what the peek read
             port = ex.conn.sock.getsockname()[1] if router.needs_port else None
             match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
         if match is None:
@@ -72,6 +84,10 @@ class Pipeline:
         if route.https_redirect is not None and _scheme(ex) != b"https":
             await _use_https(ex, route.https_redirect, host)
             return
+        if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
+            if ex.state is None:
+                ex.state = {}
+            ex.state["audit"] = (route.audit, route.name)
         target = req.target
         ex.phases = route.phases
         if route.consumer_policies is None:
@@ -82,6 +98,8 @@ class Pipeline:
             return
         if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
             match.query = req.target.partition(b"?")[2]
+        if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
+            mcp = ex.mcp = current(ex)
         if route.mcp is not None:
             mcp = ex.mcp = await route.mcp.inbound(ex, mcp)
             if mcp is None:

@@ -23,8 +23,12 @@ def _key(spec: tuple[str, bytes], ex: Exchange, path: bytes, query: bytes) -> by
     kind, name = spec
     if kind == "ip":
         return ex.client_ip.encode()
-    if kind == "consumer":  # the authenticated (or anonymous) consumer's id; none: hash_fallback, as in Kong
-        return ex.consumer.id.encode() if ex.consumer is not None else None
+    if kind == "consumer":  # the consumer's id, else the credential's; none: hash_fallback, as in Kong
+        who = ex.consumer
+        if who is None:
+            return None
+        ident = who.id if who.id is not None else who.credential_id
+        return ident.encode() if ident else None
     if kind == "path":
         return path
     if kind == "header":

@@ -9,6 +9,8 @@ from types import ModuleType
 
 from gateway.policies import (
     acl,
+    ai_mcp_oauth2,
+    ai_mcp_proxy,
     basic_auth,
     bot_detection,
     circuit_breaker,
@@ -31,4 +33,4 @@ from gateway.policies import (
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker, cors,
     correlation_id, request_termination, bot_detection, request_transformer, response_transformer,
-    prometheus, file_log, http_log, opentelemetry)}
+    prometheus, file_log, http_log, opentelemetry, ai_mcp_oauth2, ai_mcp_proxy)}

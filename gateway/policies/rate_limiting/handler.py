@@ -1,5 +1,6 @@
 """Kong's rate-limiting, cluster-exact: tokens come from leases the worker holds (gateway.ratelimit), never from
-a round trip per request. Over the limit: 429 (error_code) with Retry-After and a JSON body."""
+a round trip per request. Over the limit: 429 (error_code) with Retry-After and a JSON body; a JSON-RPC request
+limited by MCP method or tool gets a JSON-RPC error instead (with its id, code RATE_LIMITED, data.retry_after)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from time import monotonic, time
 import trio
 
 from gateway.http.server import Exchange
+from gateway.mcp.governance import error_response
+from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, WHOLE_LIMIT, counted
 from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, retry_after
@@ -28,6 +31,9 @@ class SharedStore:
                                       r.ssl_verify, r.server_name)
         self.fault_tolerant = config.fault_tolerant
         self.sync_rate = config.sync_rate
+
+
+RATE_LIMITED = -32029  # the JSON-RPC error code of a call refused by a limit (429 in the server-error range)
 
 
 class RateLimiting:
@@ -52,39 +58,40 @@ class RateLimiting:
         self.headers = None if config.hide_client_headers else RateLimitHeaders(self.spec)
         self.error_code = config.error_code
         self.error_message = config.error_message
+        # limit_by mcp-method / mcp-tool: what the body calls is counted (gateway.mcp.ratekeys)
+        self.mcp = config.limit_by in ("mcp-method", "mcp-tool")
+        self.tools = config.limit_by == "mcp-tool"
         # limit_by service or path: one key for every request, built once
         self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
 
     def key(self, ex: Exchange) -> str:
         """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP.
 
-        consumer: the authenticated (or anonymous) consumer's id; credential: the id of the credential it
-        authenticated with (the anonymous consumer has none)."""
+        consumer: the authenticated (or anonymous) consumer's id, else the credential's (a token that names no
+        consumer, ai-mcp-oauth2), as Kong's get_identifier; credential: the id of the credential it authenticated
+        with (the anonymous consumer has none)."""
         if self.fixed_key is not None:
             return self.fixed_key
         by = self.limit_by
         if by == "consumer" or by == "credential":
             who = ex.consumer
             if who is not None:
-                ident = who.id if by == "consumer" else who.credential_id
+                ident = who.credential_id if by == "credential" or who.id is None else who.id
                 if ident is not None:
                     return self.prefix + ident
-        elif by == "header" or by == "mcp-method" or by == "mcp-tool":
-            name = self.header if by == "header" else (b"mcp-method" if by == "mcp-method" else b"mcp-name")
+        elif by == "header":
+            name = self.header
             for hname, value in ex.request.headers:
                 if hname == name:
                     return self.prefix + value.decode("latin-1")
-            mcp = ex.state.get("mcp") if ex.state else None  # the JSON-RPC method/tool read from the body
-            if mcp is not None and by != "header":
-                value = mcp[0] if by == "mcp-method" else mcp[1]
-                if value:
-                    return self.prefix + value
         return self.prefix + ex.client_ip
 
     async def access(self, ex: Exchange) -> bool:
         leases = self.leases
         if leases is None:
             return False
+        if self.mcp:
+            return await self._access_mcp(ex, leases)
         key = self.fixed_key or self.key(ex)
         now, wall = monotonic(), time()  # the lease table's clocks
         lease = leases.spend(key, self.spec, now, wall)
@@ -97,7 +104,30 @@ class RateLimiting:
             return False
         return await self._decide(ex, leases, key, now, wall)
 
-    async def _decide(self, ex: Exchange, leases: LeaseTable, key: str, now: float, wall: float) -> bool:
+    async def _access_mcp(self, ex: Exchange, leases: LeaseTable) -> bool:
+        """limit_by mcp-method / mcp-tool: one token per method or tool the body calls (a batch: per element)."""
+        found = await counted(ex, self.tools)
+        if found is TOO_LARGE:
+            ex.close_after = True
+            await ex.respond(413, error_response(None, -32600, "a body whose method or tool lies past "
+                                                 f"{WHOLE_LIMIT} bytes cannot be rate limited"))
+            return True
+        assert isinstance(found, list)  # TOO_LARGE is the only other answer
+        last = len(found) - 1
+        for i, (name, rpc_id) in enumerate(found):
+            key = self.prefix + name
+            now, wall = monotonic(), time()
+            lease = leases.spend(key, self.spec, now, wall)
+            if lease is not None:
+                if self.headers is not None and i == last:
+                    ex.add_response_lines(self.headers.admitted(lease, wall))
+                continue
+            if await self._decide(ex, leases, key, now, wall, rpc_id, headers=i == last):
+                return True
+        return False
+
+    async def _decide(self, ex: Exchange, leases: LeaseTable, key: str, now: float, wall: float,
+                      rpc_id: object = NOT_RPC, headers: bool = True) -> bool:
         """Everything but a leased token: wait for a grant, the local share, a delay, a denial or a 500."""
         decision = leases.take(key, self.spec, now, wall)
         if decision.status == Status.WAIT:
@@ -109,7 +139,7 @@ class RateLimiting:
                 self.local_share.inc()
             if decision.delay:
                 await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject
-            if self.headers is not None:
+            if self.headers is not None and headers:
                 ex.add_response_lines(self.headers.decided(decision))
             return False
         if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
@@ -117,7 +147,12 @@ class RateLimiting:
             return True
         RECORDER.count(RATELIMIT_REJECTED, (self.plugin_id, self._exhausted(decision)))
         ex.add_response_lines(self.headers.decided(decision) if self.headers is not None else retry_after(decision))
-        await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
+        if rpc_id is NOT_RPC:
+            await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
+            return True
+        ex.close_after = not ex.request_done
+        await ex.respond(self.error_code, error_response(rpc_id, RATE_LIMITED, self.error_message,
+                                                         {"retry_after": decision.retry_after}))
         return True
 
     def _exhausted(self, decision: Decision) -> str:

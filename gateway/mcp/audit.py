@@ -1,0 +1,263 @@
+"""The MCP audit log: one JSON line per tools/call on a route whose ai-mcp-proxy has `logging.log_audits`.
+
+    {"time": "2026-12-04T10:00:00.123Z", "route": "mcp", "consumer": "alice", "credential": "user-7",
+     "client_ip": "10.0.0.5", "session": "k1.AbC...", "request_id": "…", "tool": "delete_flight",
+     "decision": "denied", "reason": "tool 'delete_flight' is not allowed", "status": 200, "rpc_id": 4,
+     "upstream": null, "latency_ms": 0.41, "worker": 4711}
+
+`decision`: allowed (the gateway let the call reach a server; `status` and `upstream` say what came of it), denied
+(the tool ACL), limited (rate limiting, 429), refused (answered by the gateway for another reason: a body too
+large, authentication, ...). A batch gives one line per tools/call in it. Only calls the gateway read from a body
+are logged: a request refused before anything read its body (a missing token) has no tool to log.
+
+Lines are put in the worker's queue at the end of the request and formatted and written by a task of their own,
+one write() per batch on a file opened with O_APPEND (line by line to a pipe or terminal, where a write is atomic
+only up to PIPE_BUF): lines from several workers never interleave. `-` or `stdout` writes to standard output. A
+file that cannot be written is logged once per reason and its lines are dropped, never waited for.
+
+This writer is the MCP layer's own until the access log's writer (the observability work) is merged; it keeps the
+same properties, so moving to it changes no line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from typing import Any
+
+import msgspec
+import trio
+
+from gateway.http.server import Exchange
+
+log = logging.getLogger("gateway.mcp")
+
+FILE_MODE = 0o640
+MAX_TOOL = 256  # longer tool names are cut in the line (a name is the client's to choose)
+PIPE_BUF = 4096
+_encode = msgspec.json.Encoder().encode
+
+
+class AuditLog:
+    """One audit destination in this process: pending records, and the task that writes them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._pending: list[Record] = []
+        self._wake = trio.Event()
+        self._running = False
+        self._fd = -1
+        self._regular = True
+        self._failed: str | None = None
+        self.dropped = 0
+
+    def put(self, record: Record) -> None:
+        """Queue one record (formatted later, off the request path)."""
+        self._pending.append(record)
+        if len(self._pending) == 1:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Write what is pending as soon as the request tasks of the moment have run; in the worker's nursery."""
+        if self._running:
+            return  # one task per destination, however many plugins write to it
+        self._running = True
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake = trio.Event()
+                await trio.lowlevel.checkpoint()  # let the other requests finishing now add theirs: one write
+                self.flush()
+        finally:
+            self.flush()
+            self._close()
+            self._running = False
+
+    def flush(self) -> int:
+        pending, self._pending = self._pending, []
+        if not pending:
+            return 0
+        lines = [format_line(record) for record in pending]
+        fd = self._open()
+        if fd < 0:
+            self.dropped += len(lines)
+            return 0
+        try:
+            if self._regular:
+                _write_all(fd, b"".join(lines))
+            else:
+                for line in lines:
+                    _write_all(fd, line)
+        except OSError as e:
+            self._report(f"cannot write: {e.strerror or e}")
+            self.dropped += len(lines)
+            self._close()
+            return 0
+        self._failed = None
+        return len(lines)
+
+    def _open(self) -> int:
+        if self._fd >= 0:
+            return self._fd
+        if self.path in ("-", "stdout"):
+            self._fd, self._regular = 1, False
+            return 1
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        except OSError as e:
+            self._report(f"cannot open: {e.strerror or e}")
+            return -1
+        self._fd = fd
+        self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        return fd
+
+    def _close(self) -> None:
+        if self._fd > 2:
+            os.close(self._fd)
+        self._fd = -1
+
+    def _report(self, why: str) -> None:
+        if why != self._failed:
+            log.warning("MCP audit log %s: %s; its lines are dropped until it works", self.path, why)
+            self._failed = why
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+_LOGS: dict[str, AuditLog] = {}
+
+
+def audit_log_for(path: str) -> AuditLog:
+    """The process's one AuditLog for `path` (relative paths from the working directory)."""
+    key = path if path in ("-", "stdout") else os.path.abspath(path)
+    found = _LOGS.get(key)
+    if found is None:
+        found = _LOGS[key] = AuditLog(key)
+    return found
+
+
+# ---- records ------------------------------------------------------------------------------------------------------
+
+class Record(msgspec.Struct):
+    """One audit line's fields, in the line's order (`time` is the wall clock until formatted)."""
+
+    time: Any
+    route: str
+    consumer: str | None
+    credential: str | None
+    client_ip: str
+    session: str | None
+    request_id: str | None
+    tool: str | None
+    decision: str
+    reason: str | None
+    status: int
+    rpc_id: Any
+    upstream: str | None
+    latency_ms: float
+    worker: int = 0
+
+
+class _Clock:
+    """The second part of an ISO time, formatted once per second; the pid, read once per process."""
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.text = ""
+        self.pid = os.getpid()
+        os.register_at_fork(after_in_child=self._forked)
+
+    def _forked(self) -> None:
+        self.pid = os.getpid()
+
+    def iso(self, wall: float) -> str:
+        second = int(wall)
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.text}.{int((wall - second) * 1000):03d}Z"
+
+
+_CLOCK = _Clock()
+
+
+def format_line(record: Record) -> bytes:
+    """One record as a JSON line (with the pid of the worker that served the request)."""
+    record.time = _CLOCK.iso(record.time)
+    record.worker = _CLOCK.pid
+    return _encode(record) + b"\n"
+
+
+class ToolAudit:
+    """What ai-mcp-proxy's `logging.log_audits` adds to a route: a record per tools/call at the end of a request."""
+
+    __slots__ = ("log",)
+
+    def __init__(self, audit_log: AuditLog) -> None:
+        self.log = audit_log
+
+    def record(self, ex: Exchange, started: float, route: str) -> None:
+        """Called by the pipeline once the request is over; never raises."""
+        try:
+            self._record(ex, started, route)
+        except Exception:  # the audit must never break a request's end
+            log.exception("MCP audit record failed")
+
+    def _record(self, ex: Exchange, started: float, route: str) -> None:
+        state = ex.state or {}
+        calls = state.get("mcp_calls")  # ai-mcp-proxy's judgement: [(tool, Denial | None, rpc id)]
+        status = ex.status if ex.response_started else 499  # nginx's code for a client gone before the answer
+        if calls is None:
+            calls = _calls_read(state.get("mcp"))
+            if not calls:
+                return
+            decision = "limited" if status == 429 else "refused" if ex.response_started and "upstream" not in state \
+                else "allowed"
+        else:
+            decision = None
+        latency = trio.current_time() - started
+        wall = time.time() - latency
+        who = ex.consumer
+        consumer = credential = None
+        if who is not None:
+            consumer = who.username or who.id
+            credential = who.credential_id
+        session = request_id = None
+        for name, value in ex.request.headers:
+            if name == b"mcp-session-id":
+                session = value.decode("latin-1")
+            elif name == b"x-request-id" and request_id is None:
+                request_id = value.decode("latin-1")  # what the client sent, when the gateway answered itself
+        if ex.request_id:
+            request_id = ex.request_id.decode("latin-1")  # the id the upstream was sent
+        upstream = state.get("upstream")
+        for tool, denial, rpc_id in calls:
+            if decision is None:
+                this = "denied" if denial is not None else "allowed"
+                reason = denial.message if denial is not None else None
+                target = upstream if denial is None else None
+            else:
+                this, reason, target = decision, None, upstream if decision == "allowed" else None
+            self.log.put(Record(wall, route, consumer, credential, ex.client_ip, session, request_id,
+                                tool[:MAX_TOOL] if tool is not None else None, this, reason, status,
+                                rpc_id if rpc_id is None or isinstance(rpc_id, (str, int, float)) else None, target,
+                                round(latency * 1000, 3)))
+
+
+def _calls_read(mcp: Any) -> list[tuple[str | None, None, Any]]:
+    """The tools/calls of a body that some reader (rate limiting by tool, the router's peek) looked at."""
+    if mcp is None:
+        return []
+    if mcp.decoded:
+        return [(m.name, None, m.answer_id) for m in mcp.decoded[0] if m.method == "tools/call"]
+    info = mcp.info
+    if info is None or info.method != "tools/call":
+        return []
+    return [(info.name, None, info.id)]

@@ -1,0 +1,69 @@
+"""An MCP request's body as the policies that judge it read it, shared with the rest of the pipeline.
+
+The first reader of a body (the router's peek, rate limiting by MCP method or tool, ai-mcp-proxy) keeps what it read
+in the request's `McpRequest` (gateway.mcp.step), found on the exchange under `state["mcp"]`; later readers go on
+from there, and the forwarder sends those bytes first, so a body is read once and reaches the upstream unchanged.
+A whole body is decoded once (`messages`), however many policies look at its messages.
+"""
+
+from __future__ import annotations
+
+from gateway.http.server import Exchange
+from gateway.mcp import jsonrpc
+from gateway.mcp.step import McpRequest
+
+
+def current(ex: Exchange) -> McpRequest | None:
+    """The request's McpRequest, if something made one."""
+    state = ex.state
+    return state.get("mcp") if state is not None else None
+
+
+def attach(ex: Exchange, mcp: McpRequest) -> McpRequest:
+    if ex.state is None:
+        ex.state = {"mcp": mcp}
+    else:
+        ex.state["mcp"] = mcp
+    return mcp
+
+
+def buffered(ex: Exchange, limit: int) -> tuple[McpRequest, bool] | None:
+    """`whole`'s answer when it needs no wait (the body came with the head, or is known to be too long); None when
+    more of the body must be read first (then await `whole`)."""
+    mcp = current(ex) or attach(ex, McpRequest())
+    if mcp.body is None:
+        mcp.body, mcp.body_done = ex.take_buffered_body()
+    if mcp.body_done:
+        return mcp, len(mcp.body) <= limit
+    return (mcp, False) if len(mcp.body) > limit else None
+
+
+async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
+    """The request with its whole body read, and False when the body is longer than `limit` bytes (then what was
+    read stays in `mcp.body`). A client stalling mid-body gets 408 from the connection loop (client_body_timeout)."""
+    mcp = current(ex) or attach(ex, McpRequest())
+    if mcp.body is None:
+        body, done = ex.take_buffered_body()
+    else:
+        body, done = mcp.body, mcp.body_done
+    if not done and len(body) <= limit:
+        parts = [body]
+        size = len(body)
+        while size <= limit:
+            chunk = await ex.receive_body()
+            if chunk is None:
+                done = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        body = b"".join(parts)
+    mcp.body, mcp.body_done = body, done
+    return mcp, done and len(body) <= limit
+
+
+def messages(mcp: McpRequest) -> tuple[list[jsonrpc.Message], bool] | None:
+    """The messages of a whole body (see jsonrpc.decode_messages), decoded once per request."""
+    decoded = mcp.decoded
+    if decoded is None:
+        decoded = mcp.decoded = jsonrpc.decode_messages(mcp.body or b"") or False
+    return decoded or None

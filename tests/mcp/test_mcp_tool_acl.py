@@ -1,0 +1,230 @@
+"""ai-mcp-proxy (passthrough-listener) in the gateway, in front of a scripted MCP server: a refused tools/call never
+reaches the server and gets a JSON-RPC error with its id; tools/list answers are filtered per caller in JSON and in
+event streams (also when events arrive in pieces); batches are judged element by element; bodies are bounded; what
+cannot be judged is not forwarded."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from backends import Reply, service
+from oauth_helpers import JwksServer, ToolServer, call, oauth_plugin, sse_messages, token
+
+TOOLS = ["search", "book", "delete", "admin_reset"]
+CONSUMERS = [
+    {"username": "alice", "custom_id": "c-alice", "keyauth_credentials": [{"key": "alice-key"}],
+     "acls": [{"group": "admins"}]},
+    {"username": "bob", "keyauth_credentials": [{"key": "bob-key"}], "acls": [{"group": "developers"}]},
+    {"username": "carol", "keyauth_credentials": [{"key": "carol-key"}], "acls": [{"group": "suspended"}]},
+]
+PROXY = {"mode": "passthrough-listener",
+         "default_acl": [{"scope": "tools", "allow": ["alice", "bob", "carol"]}],
+         "tools": [{"name": "search", "description": "anyone", "acl": {"deny": ["carol"]}},
+                   {"name": "delete", "description": "alice only", "acl": {"allow": ["alice"]}},
+                   {"name": "admin_reset", "description": "nobody but admins", "acl": {"allow": ["admins"]}}]}
+RPC_HEADERS = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+
+
+@pytest.fixture
+def http_codec() -> str:
+    return "llhttp"
+
+
+async def setup(nursery: trio.Nursery, gateway: Any, mode: str = "json", proxy: dict | None = None,
+                auth: list | None = None, **doc: Any) -> tuple[ToolServer, int]:
+    server = ToolServer(TOOLS, mode)
+    await nursery.start(server.serve)
+    plugins = auth if auth is not None else [{"name": "key-auth", "config": {"key_names": ["apikey"]}}]
+    port = await gateway({
+        "services": [service("mcp", f"http://127.0.0.1:{server.port}", [
+            {"name": "mcp", "paths": ["/mcp"], "strip_path": False}])],
+        "consumers": CONSUMERS,
+        "plugins": [*plugins, {"name": "ai-mcp-proxy", "config": proxy or PROXY}], **doc})
+    return server, port
+
+
+async def rpc(port: int, body: Any, key: str | None = "alice-key", headers: list | None = None) -> Reply:
+    extra = [("apikey", key)] if key else []
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return await call(port, "/mcp", [*RPC_HEADERS, *extra, *(headers or [])], "POST", body=raw)
+
+
+def tool_call(name: Any, rpc_id: Any = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": name, "arguments": {}}}
+
+
+LIST = {"jsonrpc": "2.0", "id": 7, "method": "tools/list", "params": {}}
+
+
+def listed(message: dict[str, Any]) -> list[str]:
+    return [t["name"] for t in message["result"]["tools"]]
+
+
+async def test_an_allowed_tool_call_reaches_the_server(nursery, gateway):
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, tool_call("delete"), "alice-key")
+    assert reply.status == 200 and reply.json()["result"]["content"][0]["text"] == "called delete"
+    assert server.called == ["delete"]
+
+
+async def test_a_refused_tool_call_is_answered_by_the_gateway_and_never_reaches_the_server(nursery, gateway):
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, tool_call("delete", "req-9"), "bob-key")
+    assert reply.status == 200
+    assert reply.json() == {"jsonrpc": "2.0", "id": "req-9", "error": {
+        "code": -32602, "message": "tool 'delete' is not allowed", "data": {"tool": "delete"}}}
+    assert server.called == [] and server.bodies == []
+
+
+@pytest.mark.parametrize(("key", "tool", "allowed"), [
+    ("carol-key", "search", False),  # deny wins over the default allow
+    ("carol-key", "book", True),  # the default ACL admits her
+    ("bob-key", "admin_reset", False),  # groups are subjects only with include_consumer_groups
+    ("alice-key", "admin_reset", False),
+    (None, "book", False),  # no consumer: nobody is in an allow list
+])
+async def test_the_tools_acl_then_the_default_decide(nursery, gateway, key, tool, allowed):
+    server, port = await setup(nursery, gateway, auth=[] if key is None else None)
+    reply = await rpc(port, tool_call(tool), key)
+    assert ("result" in reply.json()) is allowed, reply.json()
+    assert server.called == ([tool] if allowed else [])
+
+
+async def test_include_consumer_groups_makes_groups_subjects(nursery, gateway):
+    server, port = await setup(nursery, gateway, proxy={**PROXY, "include_consumer_groups": True})
+    assert "result" in (await rpc(port, tool_call("admin_reset"), "alice-key")).json()
+    assert "error" in (await rpc(port, tool_call("admin_reset"), "bob-key")).json()
+    assert server.called == ["admin_reset"]
+
+
+async def test_consumer_identifier_custom_id(nursery, gateway):
+    proxy = {"mode": "passthrough-listener", "consumer_identifier": "custom_id",
+             "tools": [{"name": "delete", "description": "d", "acl": {"allow": ["c-alice"]}}]}
+    _, port = await setup(nursery, gateway, proxy=proxy)
+    assert "result" in (await rpc(port, tool_call("delete"), "alice-key")).json()
+    assert "error" in (await rpc(port, tool_call("delete"), "bob-key")).json()
+
+
+@pytest.mark.parametrize("mode", ["json", "sse", "sse-split"])
+async def test_tools_list_is_filtered_per_caller(nursery, gateway, mode):
+    _, port = await setup(nursery, gateway, mode)
+    for key, expected in (("alice-key", ["search", "book", "delete"]), ("bob-key", ["search", "book"]),
+                          ("carol-key", ["book"])):
+        reply = await rpc(port, LIST, key)
+        assert reply.status == 200
+        message = reply.json() if mode == "json" else sse_messages(reply.body)[0]
+        assert message["id"] == 7 and listed(message) == expected, (key, message)
+        assert message["result"]["tools"][0]["description"].startswith("the ")  # the rest is untouched
+
+
+async def test_an_unchanged_answer_passes_byte_for_byte(nursery, gateway):
+    proxy = {"mode": "passthrough-listener", "tools": [{"name": "nothing-here", "description": "x",
+                                                        "acl": {"allow": ["alice"]}}]}
+    server, port = await setup(nursery, gateway, proxy=proxy)
+    reply = await rpc(port, LIST, "bob-key")
+    assert listed(reply.json()) == TOOLS
+    assert reply.body == json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"tools": [
+        {"name": t, "description": f"the {t} tool", "inputSchema": {"type": "object"}} for t in TOOLS]}}).encode()
+
+
+@pytest.mark.parametrize("mode", ["json", "sse"])
+async def test_a_batch_is_judged_element_by_element(nursery, gateway, mode):
+    server, port = await setup(nursery, gateway, mode)
+    batch = [tool_call("search", 1), tool_call("delete", 2), LIST,
+             {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete"}},  # a refused notification
+             {"jsonrpc": "2.0", "method": "notifications/initialized"}]
+    reply = await rpc(port, batch, "bob-key")
+    assert reply.status == 200
+    messages = reply.json() if mode == "json" else sse_messages(reply.body)
+    by_id = {m["id"]: m for m in messages}
+    assert set(by_id) == {1, 2, 7}
+    assert by_id[1]["result"]["content"][0]["text"] == "called search"
+    assert by_id[2]["error"]["message"] == "tool 'delete' is not allowed"
+    assert listed(by_id[7]) == ["search", "book"]
+    assert server.called == ["search"]
+    forwarded = json.loads(server.bodies[0])
+    assert [m.get("id") for m in forwarded] == [1, 7, None]  # the refused ones never left the gateway
+
+
+async def test_a_batch_refused_whole_is_answered_by_the_gateway(nursery, gateway):
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, [tool_call("delete", 1), tool_call("admin_reset", 2)], "bob-key")
+    assert [m["error"]["code"] for m in reply.json()] == [-32602, -32602]
+    assert server.bodies == []
+
+
+async def test_a_batch_whose_rest_is_notifications_gets_the_gateways_errors(nursery, gateway):
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, [tool_call("delete", 1), {"jsonrpc": "2.0", "method": "notifications/initialized"}],
+                      "bob-key")
+    assert reply.status == 200 and [m["id"] for m in reply.json()] == [1]
+    assert len(server.bodies) == 1  # the notification went on (the server answered it 202)
+
+
+async def test_a_refused_notification_alone_gets_202(nursery, gateway):
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete"}}, "bob-key")
+    assert reply.status == 202 and server.bodies == []
+
+
+@pytest.mark.parametrize(("body", "status", "code"), [
+    (b"{not json", 400, -32700),
+    (b"[1, 2]", 400, -32600),
+    (b"[]", 400, -32600),
+    (json.dumps([tool_call("search", i) for i in range(1001)]).encode(), 400, -32600),
+    (json.dumps(tool_call(42)).encode(), 200, -32602),
+    (json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ["search"]}).encode(), 200, -32602),
+])
+async def test_what_cannot_be_judged_is_answered_not_forwarded(nursery, gateway, body, status, code):
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, body, "alice-key")
+    assert reply.status == status
+    assert reply.json()["error"]["code"] == code
+    assert server.bodies == []
+
+
+async def test_bodies_over_max_request_body_size_get_413(nursery, gateway):
+    server, port = await setup(nursery, gateway, proxy={**PROXY, "max_request_body_size": 2048})
+    big = tool_call("search")
+    big["params"]["arguments"] = {"q": "x" * 3000}
+    reply = await rpc(port, big, "alice-key")
+    assert reply.status == 413 and reply.json()["error"]["code"] == -32600
+    assert "max_request_body_size" in reply.json()["error"]["message"]
+    small = tool_call("search")
+    small["params"]["arguments"] = {"q": "x" * 1500}
+    assert (await rpc(port, small, "alice-key")).status == 200
+    assert server.called == ["search"]
+
+
+async def test_a_get_stream_replaying_a_tools_list_answer_is_filtered(nursery, gateway):
+    server, port = await setup(nursery, gateway)
+    server.replay = [json.dumps({"jsonrpc": "2.0", "id": 3, "result": {"tools": [{"name": t} for t in TOOLS]}})
+                     .encode(), b'{"jsonrpc":"2.0","method":"notifications/tools/list_changed"}']
+    reply = await call(port, "/mcp", [("accept", "text/event-stream"), ("apikey", "bob-key")])
+    first, second = sse_messages(reply.body)
+    assert listed(first) == ["search", "book"]
+    assert second["method"] == "notifications/tools/list_changed"
+
+
+async def test_scope_based_acls_answer_insufficient_scope(nursery, gateway):
+    jwks = JwksServer()
+    await nursery.start(jwks.serve)
+    resource = "http://gateway.test/mcp"
+    proxy = {"mode": "passthrough-listener", "acl_attribute_type": "oauth_access_token",
+             "access_token_claim_field": "scope",
+             "tools": [{"name": "delete", "description": "d", "acl": {"allow": ["mcp:write", "mcp:admin"]}}]}
+    server, port = await setup(nursery, gateway, proxy=proxy, auth=[oauth_plugin(resource, jwks.url)])
+    read_only = [("authorization", "Bearer " + token(resource, scope="mcp:read"))]
+    reply = await rpc(port, tool_call("delete"), None, read_only)
+    assert reply.status == 403
+    www = reply.header("www-authenticate")
+    assert 'error="insufficient_scope"' in www and 'scope="mcp:admin mcp:write"' in www
+    assert 'resource_metadata="http://gateway.test/.well-known/oauth-protected-resource/mcp"' in www
+    assert reply.json()["error"]["code"] == -32602
+    writer = [("authorization", "Bearer " + token(resource, scope="mcp:read mcp:write"))]
+    assert (await rpc(port, tool_call("delete"), None, writer)).status == 200
+    assert listed((await rpc(port, LIST, None, read_only)).json()) == ["search", "book", "admin_reset"]
+    assert server.called == ["delete"]
