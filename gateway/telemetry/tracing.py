@@ -12,6 +12,7 @@ next format is tried.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -32,6 +33,7 @@ _MAX_TRACE = (1 << 128) - 1
 _MAX_SPAN = (1 << 64) - 1
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _random = random.Random()  # ids need to be unique, not secret (the OpenTelemetry SDK draws them the same way)
+os.register_at_fork(after_in_child=_random.seed)  # a forked worker (the zygote's) must not repeat its siblings' ids
 
 
 def new_trace_id() -> int:

@@ -3,12 +3,14 @@ resolution (header_type vs propagation)."""
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 import pytest
 
 from gateway.policies.opentelemetry.handler import resolve_propagation
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
-from gateway.telemetry.tracing import B3, B3_SINGLE, JAEGER, W3C, extract, inject, sample
+from gateway.telemetry.tracing import B3, B3_SINGLE, JAEGER, W3C, extract, inject, new_span_id, sample
 
 TID = 0x0AF7651916CD43DD8448EB211C80319C
 SID = 0xB7AD6B7169203331
@@ -106,3 +108,19 @@ def test_an_explicit_propagation_block_wins_over_header_type():
                                                   "clear": ["X-Trace-Secret"]})
     extract_, inject_, clear, default = resolve_propagation(config)
     assert (extract_, inject_, clear, default) == (("w3c",), ("b3-single",), frozenset({b"x-trace-secret"}), "w3c")
+
+
+def test_forked_processes_draw_different_span_ids():
+    """Workers are forked from one template process (the zygote): each must draw its own ids, or their spans collide."""
+    ids = []
+    for _ in range(2):
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, b"%d" % new_span_id())
+            os._exit(0)
+        os.close(write)
+        ids.append(os.read(read, 64))
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert ids[0] != ids[1]
