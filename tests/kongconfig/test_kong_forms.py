@@ -161,8 +161,9 @@ def test_a_file_with_seven_problems_prints_seven_lines_in_file_order(tmp_path):
         "plugins[0].name: plugin 'no-such-plugin' is not supported; supported: " + found[5].split("supported: ")[-1],
         'plugins[1].config.origins: expected a list, got "not a list"',
     ]
-    assert found[5].split("supported: ")[-1].startswith("acl, basic-auth, bot-detection, circuit-breaker, "
-                                                        "correlation-id, cors")
+    supported = found[5].split("supported: ")[-1]
+    assert supported.startswith("acl, ai-mcp-oauth2, ai-mcp-proxy, basic-auth, bot-detection, circuit-breaker, "
+                                "correlation-id, cors")
 
 
 def test_check_config_prints_one_line_per_problem_and_exits_2(tmp_path, capsys):

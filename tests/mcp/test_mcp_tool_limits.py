@@ -56,7 +56,7 @@ async def test_a_limited_call_gets_a_json_rpc_error_with_its_id_and_retry_after(
     assert reply.status == 429
     body = reply.json()
     assert body["id"] == "call-42" and body["error"]["code"] == -32029
-    assert body["error"]["message"] == "Rate limit exceeded"
+    assert body["error"]["message"] == "API rate limit exceeded"  # Kong's error_message
     assert body["error"]["data"]["retry_after"] == int(reply.header("retry-after")) > 0
     assert reply.header("x-ratelimit-remaining-day") == "0"
 
