@@ -8,9 +8,7 @@ here runs for a request that is proxied normally.
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
 import re
 from html import escape
 
@@ -87,22 +85,3 @@ def error_body(message: str, request_id: bytes, content_type: bytes = JSON_TYPE)
         return (f'<?xml version="1.0" encoding="UTF-8"?>\n<error>\n  <message>{escape(message)}</message>\n'
                 f'  <requestid>{escape(rid)}</requestid>\n</error>\n').encode()
     return f"{message}\nrequest_id: {rid}\n".encode()
-
-
-class _ErrorIds:
-    """Request ids for errors answered before the request got one: 32 hex characters, as Kong's; 12 random bytes
-    per process (new after a fork) and a counter, so a flood of 429s costs no system call per answer."""
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(12).hex().encode()
-        self.counter = itertools.count(1)
-
-    def __call__(self) -> bytes:
-        return b"%s%08x" % (self.prefix, next(self.counter) & 0xFFFFFFFF)
-
-
-new_error_id = _ErrorIds()

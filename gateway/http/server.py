@@ -16,7 +16,8 @@ from typing import Any
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
-from gateway.http.kong_errors import SIZE_LIMITED, error_body, error_message, new_error_id, response_type
+from gateway.http.ids import new_request_id
+from gateway.http.kong_errors import SIZE_LIMITED, error_body, error_message, response_type
 from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
@@ -281,7 +282,7 @@ class Exchange:
         """Kong's kong.response.error: `message` (Kong's text for the status when None) and the request id, in the
         format the client's Accept prefers (JSON by default)."""
         if not self.request_id:
-            self.request_id = new_error_id()
+            self.request_id = new_request_id()
         accept = None
         for name, value in self.request.headers:
             if name == b"accept":
@@ -511,7 +512,7 @@ async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, mess
                                request_id: bytes = b"") -> None:
     """Answer a request we could not parse (or take too long to send), then close: Kong's text for the status
     unless `message` is given."""
-    content_type, body = error_response(status, message, request_id or new_error_id())
+    content_type, body = error_response(status, message, request_id or new_request_id())
     head = (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % (status, _REASONS.get(status, b"Error"), content_type, len(body)))
     try:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-import os
-
 from gateway.http.codec import Headers
+from gateway.http.ids import new_request_id
 from gateway.http.server import Exchange
 
 # RFC 9110 7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
@@ -42,24 +40,6 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
 
 def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
-
-
-class _RequestIds:
-    """Unique ids without a syscall per request: 12 random bytes per process, then a counter (32 hex chars)."""
-
-    def __init__(self) -> None:
-        self.reseed()
-        os.register_at_fork(after_in_child=self.reseed)
-
-    def reseed(self) -> None:
-        self.prefix = os.urandom(12).hex().encode()
-        self.counter = itertools.count(1)
-
-    def __call__(self) -> bytes:
-        return b"%s%08x" % (self.prefix, next(self.counter) & 0xFFFFFFFF)
-
-
-new_request_id = _RequestIds()
 
 
 def upstream_request_headers(ex: Exchange, chunked: bool,
