@@ -355,6 +355,13 @@ async def test_mcp_sessions_through_haproxy_stay_on_their_server_whichever_host_
                 assert len(set(ids.seen)) == 1 and 404 not in ids.statuses
     assert all(len(names) == 1 for names in seen.values()), seen  # every session stayed on its server
     assert set().union(*seen.values()) <= {"s1", "s2"}
-    served = [sum(float(v) for v in re.findall(r'^gateway_requests_total\{code="2\d\d",route="mcp"\} (\S+)$',
-                                                 host.metrics(), re.M)) for host in deployment.hosts]
-    assert all(served), served  # both hosts served the sessions' requests
+    def served() -> list[float]:
+        return [sum(float(v) for v in re.findall(r'^gateway_requests_total\{code="2\d\d",route="mcp"\} (\S+)$',
+                                                  host.metrics(), re.M)) for host in deployment.hosts]
+
+    counts = served()
+    deadline = time.monotonic() + 5
+    while not all(counts) and time.monotonic() < deadline:  # workers write their counts at each 1 s flush
+        await trio.sleep(0.2)
+        counts = served()
+    assert all(counts), counts  # both hosts served the sessions' requests
