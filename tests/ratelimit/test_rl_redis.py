@@ -42,7 +42,8 @@ def redis(redis_binary: str, tmp_path: Path) -> Iterator[RedisProcess]:
         server.stop()
 
 
-async def open_store(nursery: trio.Nursery, port: int, timeout_ms: int = 500) -> RedisStore:
+async def open_store(nursery: trio.Nursery, port: int, timeout_ms: int = 5000) -> RedisStore:
+    """A store with a timeout a loaded machine never reaches, unless the test is about timeouts."""
     store = RedisStore(RedisSettings("127.0.0.1", port, timeout_ms))
     await nursery.start(store.serve)
     return store
