@@ -7,7 +7,6 @@ the events that preceded it, so a valid pipelined request is still answered befo
 
 from __future__ import annotations
 
-from collections import deque
 from http import HTTPStatus
 
 import httptools
@@ -95,8 +94,8 @@ class _BodyFramer:
 class _Parsing(_BodyFramer):
     """What both sides share: feeding httptools, the head-size limit, the event queue."""
 
-    __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial", "_feeding",
-                 "_at_start", "_in_head", "_dead")
+    __slots__ = ("_parser", "_events", "_next", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial",
+                 "_feeding", "_at_start", "_in_head", "_dead")
 
     _MALFORMED = "malformed message"
     _BAD = 400  # the status of a parse error
@@ -104,7 +103,10 @@ class _Parsing(_BodyFramer):
     def __init__(self, parser: httptools.HttpRequestParser | httptools.HttpResponseParser, max_head: int) -> None:
         super().__init__()
         self._parser = parser
-        self._events: deque[Event | ProtocolError] = deque()
+        # The queue is a list read from index `_next`, emptied once read through: a deque costs 700 bytes per
+        # connection, which 50,000 idle streams feel (issue 19). Empty, or `_next` < its length.
+        self._events: list[Event | ProtocolError] = []
+        self._next = 0
         self._headers: Headers | _Trailers = []
         self._trailers = _Trailers()
         self._max_head = max_head
@@ -256,7 +258,8 @@ class LlhttpServer(_Parsing):
         events = self._events
         if not events:
             return NEED_DATA
-        ev = events[0]
+        i = self._next
+        ev = events[i]
         if ev is CLOSED:
             return ev
         if self._request_done:
@@ -264,11 +267,15 @@ class LlhttpServer(_Parsing):
                 return NEED_DATA  # the next request waits for start_next_cycle (h11's PAUSED)
             if type(ev) is not ProtocolError:  # h11: "Got data when expecting EOF"
                 ev = ProtocolError("data after the last request of the connection")
-                events.clear()
-                events.append(ev)
+                events[:] = (ev,)
+                self._next = 0
         if type(ev) is ProtocolError:
             raise ev  # and again on every later call: the connection is finished
-        events.popleft()
+        i += 1
+        if i == len(events):
+            events.clear()
+            i = 0
+        self._next = i
         if type(ev) is Request:
             self._method = ev.method
             self._version = ev.http_version
@@ -467,14 +474,19 @@ class LlhttpClient(_Parsing):
         events = self._events
         if not events:
             return NEED_DATA
-        ev = events[0]
+        i = self._next
+        ev = events[i]
         if ev is CLOSED:
             return ev
         if self._response_done:
             return NEED_DATA  # anything more waits for start_next_cycle (h11's PAUSED)
         if type(ev) is ProtocolError:
             raise ev  # and again on every later call
-        events.popleft()
+        i += 1
+        if i == len(events):
+            events.clear()
+            i = 0
+        self._next = i
         if ev is END:
             self._response_done = True
         return ev
