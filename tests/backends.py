@@ -433,3 +433,26 @@ def parse_raw_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
         k, _, v = line.partition(":")
         headers[k.strip().lower()] = v.strip()
     return status, headers, body
+
+
+class EndlessSse(_Backend):
+    """One event, then silence until the gateway closes the connection; records when that happened."""
+
+    def __init__(self) -> None:
+        super().__init__("sse")
+        self.closed_at: float | None = None
+        self.seen: list[Seen] = []
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        seen = await self._read_request(stream, conn)
+        if seen is None:
+            return
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+            (b"content-type", b"text/event-stream")])) + conn.send(h11.Data(data=b"data: one\n\n")))
+        try:
+            while await stream.receive_some(1024):
+                pass
+        except trio.BrokenResourceError:
+            pass
+        self.closed_at = trio.current_time()

@@ -10,7 +10,7 @@ import json
 import h11
 import pytest
 import trio
-from backends import EchoBackend, Seen, _Backend, parse_raw_response, raw_exchange, request, service
+from backends import EchoBackend, EndlessSse, _Backend, parse_raw_response, raw_exchange, request, service
 
 TIMEOUT = 10
 STRAY = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nSTRAY"
@@ -230,29 +230,6 @@ async def test_a_client_stalling_mid_upload_gets_408_not_504(nursery, gateway):
 
 
 # --- 9. an SSE stream whose client goes away is closed upstream at once -----------------------------------------------
-
-
-class EndlessSse(_Backend):
-    """One event, then silence until the gateway closes the connection; records when that happened."""
-
-    def __init__(self) -> None:
-        super().__init__("sse")
-        self.closed_at: float | None = None
-        self.seen: list[Seen] = []
-
-    async def handle_conn(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        seen = await self._read_request(stream, conn)
-        if seen is None:
-            return
-        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-            (b"content-type", b"text/event-stream")])) + conn.send(h11.Data(data=b"data: one\n\n")))
-        try:
-            while await stream.receive_some(1024):
-                pass
-        except trio.BrokenResourceError:
-            pass
-        self.closed_at = trio.current_time()
 
 
 async def test_closing_an_sse_response_closes_the_upstream_stream_at_once(nursery, gateway):

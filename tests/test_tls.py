@@ -9,7 +9,7 @@ import ssl
 
 import pytest
 import trio
-from backends import EchoBackend, free_port, parse_raw_response, raw_exchange, request, service
+from backends import EchoBackend, EndlessSse, free_port, parse_raw_response, raw_exchange, request, service
 from tls_helpers import HttpsEcho, Pki, expired_pair, https_get
 
 from gateway.config import ConfigError, parse_config
@@ -301,3 +301,29 @@ async def test_a_client_that_resets_right_after_its_handshake_does_not_harm_the_
 
     await trio.to_thread.run_sync(handshake_then_reset)
     assert (await get(tls_port, pki.client_context(), "default.test"))[0] == 200
+
+
+@pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify", "bare_eof"])
+async def test_closing_an_sse_response_over_tls_closes_the_upstream_stream_at_once(gateway, nursery, pki, tmp_path,
+                                                                                    close_notify):
+    sse = EndlessSse()
+    await nursery.start(sse.serve)
+    tls_port = free_port()
+    cert, key = pki.files(tmp_path, "default", "default.test")
+    await gateway({"services": [service("s", f"http://127.0.0.1:{sse.port}")]},
+                  listen=[f"127.0.0.1:{tls_port} ssl"], ssl_cert=cert, ssl_cert_key=key, sse_keepalive=30)
+    with trio.fail_after(TIMEOUT):
+        client = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", tls_port), pki.client_context(),
+                                server_hostname="default.test", https_compatible=True)
+        await client.send_all(b"GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
+        received = b""
+        while b"data: one" not in received:
+            received += await client.receive_some(4096)
+        if close_notify:
+            await client.aclose()
+        else:
+            await client.transport_stream.aclose()
+        closed_at = trio.current_time()
+        while sse.closed_at is None:
+            await trio.sleep(0.01)
+    assert sse.closed_at - closed_at < 1.0  # not at the next keep-alive comment (30 s)

@@ -116,18 +116,15 @@ class Conn:
                     raise BrokenPipeError(e.errno, "peer closed the connection") from None
                 raise
 
-    async def wait_closed(self) -> bool:
-        """Wait until the peer's side is readable: True if it closed (EOF or reset), False if it sent bytes (left
-        unread, for whoever reads next)."""
-        sock = self.sock
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                return sock.recv(1, socket.MSG_PEEK) == b""
-            except BlockingIOError:
-                continue  # woken for nothing
-            except OSError:
-                return True
+    def peer_closed(self) -> bool | None:
+        """Once the socket polled readable, with no read under way: True if the peer closed (EOF or reset), False
+        if it sent bytes (left unread, for whoever reads next), None if there was nothing to read after all."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            return None
+        except OSError:
+            return True
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket."""

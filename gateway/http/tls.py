@@ -46,7 +46,7 @@ class TlsConn(Conn):
         self._tls = tls
         self._in = incoming
         self._out = outgoing
-        self._pushback = b""  # plaintext wait_closed read while watching (a pipelined request)
+        self._pushback = b""  # plaintext peer_closed read while watching (a pipelined request)
 
     @property
     def tls(self) -> ssl.SSLObject:
@@ -102,28 +102,28 @@ class TlsConn(Conn):
             except (ssl.SSLZeroReturnError, ssl.SSLError):
                 return b""
 
-    async def wait_closed(self) -> bool:
-        """Conn.wait_closed through TLS: a close_notify or EOF is the end; session housekeeping is not; plaintext
-        (a pipelined request) is kept for the next recv."""
-        sock = self.sock
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            try:
-                raw = sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue
-            except OSError:
-                return True
-            if not raw:
-                return True
-            self._in.write(raw)
-            try:
-                self._pushback += self._tls.read(RECV_SIZE)
-            except ssl.SSLWantReadError:
-                continue
-            except ssl.SSLError:
-                return True
-            return False
+    def peer_closed(self) -> bool | None:
+        """Conn.peer_closed through TLS: a close_notify or EOF is the end; session housekeeping is not (None);
+        plaintext (a pipelined request) is kept for the next recv."""
+        try:
+            raw = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return True
+        if not raw:
+            return True
+        self._in.write(raw)
+        try:
+            data = self._tls.read(RECV_SIZE)
+        except ssl.SSLWantReadError:
+            return None
+        except ssl.SSLError:
+            return True
+        if not data:  # close_notify
+            return True
+        self._pushback += data
+        return False
 
     async def sendall(self, data: bytes) -> None:
         """Encrypt and send every byte (bounded by the send timer like any Conn write)."""

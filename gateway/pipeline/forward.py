@@ -23,6 +23,7 @@ from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
+from gateway.pipeline.hangups import Hangups
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
@@ -70,6 +71,7 @@ class Forwarder:
         self.shared = shared
         self.sse_keepalive = sse_keepalive
         self.keepalives = StreamKeepAlives(sse_keepalive)  # its run_forever is one of the worker's tasks
+        self.hangups = Hangups()  # and so is this one's
         self.clock = run_clock()
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
@@ -263,7 +265,7 @@ class Forwarder:
             if not done:
                 try:
                     if sse:
-                        await self._stream_events(ex, uc, first, edit, splitter)
+                        await self._relay_events(ex, uc, first, edit, splitter)
                     else:
                         await _stream_body(ex, uc, svc.read_timeout)
                 except (ProtocolError, UpstreamError) as e:
@@ -311,51 +313,37 @@ class Forwarder:
             if group.passive:
                 shared.passive(attempt.key, code)
 
-    async def _stream_events(self, ex: Exchange, uc: UpstreamConn, first: bytes,
-                             edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:
-        """Relay an SSE stream event by event while watching the client: a client that closes the stream ends it
-        upstream at once (MCP: closing the stream cancels the request), not at the next write.
-
-        Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
-        gone = False
-
-        async def watch_client() -> None:
-            nonlocal gone
-            if await ex.conn.wait_closed():
-                gone = True
-                nursery.cancel_scope.cancel()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_client)
-            await self._relay_events(ex, uc, first, edit, splitter)
-            nursery.cancel_scope.cancel()
-        if gone:
-            raise BrokenPipeError("the client closed the event stream")
-
     async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes,
                             edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:
-        """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open.
+        """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open; a
+        client that hangs up ends the stream upstream at once (MCP: closing the stream cancels the request).
 
-        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The worker's one
-        keep-alive task (gateway.pipeline.keepalive) interrupts a stream silent for sse_keepalive: a cancel scope
-        surrounds only the wait for the upstream (no timer per read, and an interruption can never land in a write),
-        and the comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole
-        events only are passed on, each edited, so a piece of one is held until the rest arrives.
-        """
+        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. Two worker-wide
+        tasks interrupt the one wait of an idle stream (a cancel scope around the wait for the upstream only, so an
+        interruption can never land in a write): the keep-alive wheel (gateway.pipeline.keepalive) when the stream
+        was silent for sse_keepalive, and the hang-up watch (gateway.pipeline.hangups) when the client left. The
+        comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole events
+        only are passed on, each edited, so a piece of one is held until the rest arrives.
+
+        Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
         codec = uc.codec
         conn = uc.conn
         at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
         wheel = self.keepalives
         stream = wheel.open()
+        hangups = self.hangups
+        hangups.watch(ex.conn, stream)
         try:
             while True:
+                if stream.gone:
+                    raise BrokenPipeError("the client closed the event stream")
                 data = conn.recv_ready()
                 if data is None:
                     with trio.CancelScope() as scope:
                         stream.scope = scope
                         await conn.wait_readable()
                     stream.scope = None
-                    if scope.cancelled_caught:  # silent for the interval
+                    if scope.cancelled_caught and not stream.gone:  # silent for the interval
                         stream.last = wheel.now
                         if at_boundary:
                             await ex.send_body(SSE_KEEPALIVE_COMMENT)
@@ -377,6 +365,7 @@ class Forwarder:
                     await ex.send_body(ev)  # type: ignore[arg-type]
                     at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
         finally:
+            hangups.unwatch(stream)
             wheel.close(stream)
 
 

@@ -20,12 +20,14 @@ MAX_TICK_S = 1.0
 class Stream:
     """One relayed SSE stream as the wheel sees it."""
 
-    __slots__ = ("last", "interval", "scope")
+    __slots__ = ("last", "interval", "scope", "gone", "fd")
 
     def __init__(self, now: float, interval: float) -> None:
         self.last = now
         self.interval = interval
-        self.scope: trio.CancelScope | None = None
+        self.scope: trio.CancelScope | None = None  # around the stream's wait for its upstream, while it waits
+        self.gone = False  # its client hung up (gateway.pipeline.hangups)
+        self.fd = -1  # its client's socket, while watched
 
 
 class StreamKeepAlives:
