@@ -7,10 +7,12 @@ Starts, all on loopback and stopped by pid at the end:
   - the supervised gateway (`gateway start --foreground --workers W`) with one upstream over those backends;
   - `--clients` client processes (`client` mode), each opening its share of the streams from its own loopback source
     address (127.0.0.2, .3, ...: one address has ~28k ephemeral ports) and holding them.
-Then it reports: the time to open them all, the gateway's total RSS, its idle CPU over `--idle` seconds (as % of one
-core), the p50/p99 of `--probes` ordinary requests made while the streams stay open, and whether any worker lost the
-state keeper's heartbeat meanwhile (its log says so). A process here has at most 20,000 descriptors (the hard limit),
-and a proxied stream takes two in the gateway: 50,000 streams need at least 5 workers.
+Then it reports: the time to open them all, the gateway's total memory (summed RSS, which counts the pages the
+processes share once per process, and summed PSS, which counts them once), its idle CPU over `--idle` seconds (as
+% of one core, in all and by process name), the p50/p99 of `--probes` ordinary requests made while the streams stay
+open, and whether any worker lost the state keeper's heartbeat meanwhile (its log says so). A process here has at
+most 20,000 descriptors (the hard limit), and a proxied stream takes two in the gateway: 50,000 streams need at
+least 5 workers.
 
     .venv/bin/python loadtest/streams.py --streams 10000 --workers 2
     .venv/bin/python loadtest/streams.py --streams 50000 --workers 6 --clients 4 --backends 4
@@ -170,16 +172,42 @@ def rss_bytes(pids: list[int]) -> int:
     return total
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    ticks = 0
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size: each page shared by n processes (the workers' copy-on-write heap, forked from one
+    template) counted 1/n in each, so the sum is the memory the gateway really holds; summed RSS counts it n times."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) used so far, per process."""
+    used = {}
     for pid in pids:
         try:
             with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
+            used[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         except OSError:
             pass
-    return ticks / os.sysconf("SC_CLK_TCK")
+    return used
+
+
+def role(pid: int) -> str:
+    """What a gateway process is: its name as ps -o comm shows it ("gateway worker", "gateway keeper", ...)."""
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "gone"
 
 
 def probe_latencies(port: int, count: int) -> list[float]:
@@ -261,6 +289,7 @@ def main() -> int:
             time.sleep(2)  # every worker accepting
             pids = group_pids(gateway.pid)
             rss_before = rss_bytes(pids)
+            pss_before = pss_bytes(pids)
             started = time.monotonic()
             share = -(-args.streams // clients)
             for i in range(clients):
@@ -278,17 +307,26 @@ def main() -> int:
             time.sleep(2)
             pids = group_pids(gateway.pid)
             rss = rss_bytes(pids)
+            pss = pss_bytes(pids)
             cpu_before = cpu_seconds(pids)
             time.sleep(args.idle)
-            idle_cpu = (cpu_seconds(pids) - cpu_before) / args.idle * 100
+            cpu_after = cpu_seconds(pids)
+            by_role: dict[str, float] = {}
+            for pid, used in cpu_after.items():
+                name = role(pid)
+                by_role[name] = by_role.get(name, 0.0) + (used - cpu_before.get(pid, used)) / args.idle * 100
+            idle_cpu = sum(by_role.values())
             latencies = probe_latencies(gw_port, args.probes)
             lost = (Path(tmp) / "gateway.out").read_text(errors="replace").count("no heartbeat from the state keeper")
             report = {
                 "streams": args.streams, "opened": opened, "failed": failed, "workers": args.workers,
                 "open_all_s": round(open_s, 2),
                 "gateway_rss_mib": round(rss / 2**20, 1),
+                "gateway_pss_mib": round(pss / 2**20, 1),
                 "rss_per_stream_kib": round((rss - rss_before) / max(1, opened) / 1024, 2),
+                "pss_per_stream_kib": round((pss - pss_before) / max(1, opened) / 1024, 2),
                 "idle_cpu_pct_of_one_core": round(idle_cpu, 2),
+                "idle_cpu_pct_by_process": {name: round(pct, 2) for name, pct in sorted(by_role.items())},
                 "probe_p50_ms": round(statistics.median(latencies), 3),
                 "probe_p99_ms": round(sorted(latencies)[int(len(latencies) * 0.99) - 1], 3),
                 "keeper_heartbeats_missed": lost,

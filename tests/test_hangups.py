@@ -22,7 +22,7 @@ def pair():
 
 def test_a_client_that_closes_marks_its_stream_gone_and_is_no_longer_watched(pair):
     conn, client = pair
-    watch, stream = Hangups(), Stream(0.0, 15.0)
+    watch, stream = Hangups(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     client.close()
     assert watch.check() == 1
@@ -35,7 +35,7 @@ def test_a_client_that_resets_is_gone_too():
     client = socket.create_connection(listener.getsockname())
     ours, _ = listener.accept()
     conn = Conn(ours)
-    watch, stream = Hangups(), Stream(0.0, 15.0)
+    watch, stream = Hangups(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     client.close()  # linger 0: RST
@@ -49,7 +49,7 @@ def test_a_client_that_resets_is_gone_too():
 
 def test_a_quiet_client_is_left_alone(pair):
     conn, _ = pair
-    watch, stream = Hangups(), Stream(0.0, 15.0)
+    watch, stream = Hangups(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     assert watch.check() == 0
     assert not stream.gone
@@ -58,7 +58,7 @@ def test_a_quiet_client_is_left_alone(pair):
 
 def test_bytes_from_the_client_stop_the_watch_and_stay_unread(pair):
     conn, client = pair
-    watch, stream = Hangups(), Stream(0.0, 15.0)
+    watch, stream = Hangups(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     client.sendall(b"GET /next HTTP/1.1\r\n\r\n")
     assert watch.check() == 0
@@ -69,7 +69,7 @@ def test_bytes_from_the_client_stop_the_watch_and_stay_unread(pair):
 
 def test_unwatch_forgets_the_stream_and_a_later_close_is_not_reported(pair):
     conn, client = pair
-    watch, stream = Hangups(), Stream(0.0, 15.0)
+    watch, stream = Hangups(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     watch.unwatch(stream)
     client.close()
@@ -79,7 +79,7 @@ def test_unwatch_forgets_the_stream_and_a_later_close_is_not_reported(pair):
 
 def test_unwatch_of_a_closed_stream_spares_a_later_stream_on_the_same_descriptor_number():
     first, first_peer = socket.socketpair()
-    watch, old = Hangups(), Stream(0.0, 15.0)
+    watch, old = Hangups(), Stream(None, 0.0, 15.0)
     watch.watch(Conn(first), old)
     fd = first.fileno()
     first.close()  # the kernel drops it from the set; the number is free for the next socket
@@ -88,7 +88,7 @@ def test_unwatch_of_a_closed_stream_spares_a_later_stream_on_the_same_descriptor
         if second.fileno() != fd and second_peer.fileno() == fd:
             second, second_peer = second_peer, second
         assert second.fileno() == fd
-        new = Stream(0.0, 15.0)
+        new = Stream(None, 0.0, 15.0)
         watch.watch(Conn(second), new)
         watch.unwatch(old)  # the closed stream's cleanup comes late
         second_peer.close()
@@ -102,7 +102,7 @@ def test_unwatch_of_a_closed_stream_spares_a_later_stream_on_the_same_descriptor
 
 async def test_a_hang_up_interrupts_the_streams_wait_at_once(pair):
     conn, client = pair
-    watch, stream = Hangups(), Stream(0.0, 15.0)
+    watch, stream = Hangups(), Stream(None, 0.0, 15.0)
     upstream, _upstream_peer = socket.socketpair()  # never readable: the stream waits for it
     async with trio.open_nursery() as nursery:
         nursery.start_soon(watch.run_forever)

@@ -327,3 +327,22 @@ async def test_closing_an_sse_response_over_tls_closes_the_upstream_stream_at_on
         while sse.closed_at is None:
             await trio.sleep(0.01)
     assert sse.closed_at - closed_at < 1.0  # not at the next keep-alive comment (30 s)
+
+
+async def test_an_idle_sse_stream_over_tls_gets_its_keepalive_comments(gateway, nursery, pki, tmp_path):
+    """TLS records are written by the stream's own task, so the wheel wakes it to send what it owes."""
+    sse = EndlessSse()
+    await nursery.start(sse.serve)
+    tls_port = free_port()
+    cert, key = pki.files(tmp_path, "default", "default.test")
+    await gateway({"services": [service("s", f"http://127.0.0.1:{sse.port}")]},
+                  listen=[f"127.0.0.1:{tls_port} ssl"], ssl_cert=cert, ssl_cert_key=key, sse_keepalive=0.2)
+    with trio.fail_after(TIMEOUT):
+        client = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", tls_port), pki.client_context(),
+                                server_hostname="default.test", https_compatible=True)
+        await client.send_all(b"GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
+        received = b""
+        while received.count(b": keepalive\n\n") < 3:
+            received += await client.receive_some(4096)
+        await client.aclose()
+    assert b"data: one\n\n" in received

@@ -103,6 +103,14 @@ class Conn:
         await self._send_rest(memoryview(data)[sent:])
         timer.restore(saved)  # not reached when the timer fired: the scope is cancelled
 
+    def send_now(self, data: bytes) -> int:
+        """Send what the kernel takes at once; returns how many bytes (0 when it takes none or the peer is gone:
+        the next sendall of the rest tells which)."""
+        try:
+            return self.sock.send(data)
+        except OSError:
+            return 0
+
     async def _send_rest(self, view: memoryview) -> None:
         sock = self.sock
         while view:

@@ -263,6 +263,14 @@ class Exchange:
             self.sent += len(data)
             await self.conn.sendall(data)
 
+    def send_now(self, data: bytes) -> bytes:
+        """Send a body piece only as far as the kernel takes it at once (no await: for a worker-wide task writing
+        to a connection whose own task is parked between writes). Returns the framed bytes still to send, in order
+        and before anything else: b"" when it all went, all of them when the connection cannot write this way."""
+        data = self._codec.body(data)
+        self.sent += len(data)
+        return data[self.conn.send_now(data):]
+
     async def end(self, last: bytes = b"") -> None:
         codec = self._codec
         self.response_done = True

@@ -1,4 +1,5 @@
-"""Coarse per-connection timers: one cancel scope per connection, expired by a sweeper every TIMER_RESOLUTION_S.
+"""Coarse per-connection timers: one cancel scope per connection, expired by a sweeper that wakes when the earliest
+deadline is due, at most every TIMER_RESOLUTION_S and at least every IDLE_SWEEP_S.
 
 Trio's deadlines update a heap on every change, and a proxy changes its deadline several times per request:
 measured, that cost a quarter of a worker's throughput. Like nginx's timer_resolution, we trade precision
@@ -9,7 +10,8 @@ The sweeper does not walk every connection: timers wait in a min-heap by the dea
 a phase change pushes an entry only when it brings the deadline earlier than that (lazy deletion: an entry whose
 time is no longer the timer's queued time is stale and dropped when popped; a popped timer whose deadline moved
 later is queued again). So a request costs a comparison or two, and a sweep looks only at what is due: tens of
-thousands of idle streams (no deadline) cost nothing.
+thousands of idle streams (no deadline) cost nothing, and an idle worker's sweeper wakes once a second, not ten
+times (a push of a deadline earlier than the sweeper's next wake-up wakes it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections.abc import Callable
 import trio
 
 TIMER_RESOLUTION_S = 0.1
+IDLE_SWEEP_S = 1.0
 
 
 def run_clock() -> Callable[[], float]:
@@ -96,6 +99,8 @@ class Timers:
         self.live: set[ConnTimer] = set()
         self._heap: list[tuple[float, int, ConnTimer]] = []
         self._order = itertools.count()  # ties never compare timers
+        self._wake: trio.Event | None = None  # the sleeping sweeper's alarm
+        self._wake_at = math.inf  # when it wakes by itself (-inf: already woken)
 
     def add(self, timer: ConnTimer) -> None:
         self.live.add(timer)
@@ -111,6 +116,9 @@ class Timers:
     def push(self, timer: ConnTimer, at: float) -> None:
         timer.queued = at
         heapq.heappush(self._heap, (at, next(self._order), timer))
+        if at < self._wake_at and self._wake is not None:
+            self._wake_at = -math.inf
+            self._wake.set()
 
     def expire(self, now: float) -> int:
         """Cancel the scopes of timers that are due; returns how many fired."""
@@ -129,6 +137,12 @@ class Timers:
         return fired
 
     async def expire_forever(self) -> None:
+        heap = self._heap
         while True:
-            await trio.sleep(TIMER_RESOLUTION_S)
-            self.expire(trio.current_time())
+            now = trio.current_time()
+            self.expire(now)
+            at = min(heap[0][0] if heap else math.inf, now + IDLE_SWEEP_S)
+            self._wake_at = at = max(at, now + TIMER_RESOLUTION_S)
+            self._wake = alarm = trio.Event()
+            with trio.move_on_at(at):
+                await alarm.wait()

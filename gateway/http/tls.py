@@ -125,6 +125,10 @@ class TlsConn(Conn):
         self._pushback += data
         return False
 
+    def send_now(self, data: bytes) -> int:
+        """Nothing goes out this way: ciphertext half-sent would have to be finished before any other record."""
+        return 0
+
     async def sendall(self, data: bytes) -> None:
         """Encrypt and send every byte (bounded by the send timer like any Conn write)."""
         try:

@@ -36,7 +36,6 @@ log = logging.getLogger("gateway.forward")
 
 TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
-SSE_KEEPALIVE_COMMENT = b": keepalive\n\n"
 _SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id"}
 
 
@@ -328,9 +327,9 @@ class Forwarder:
         Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
         codec = uc.codec
         conn = uc.conn
-        at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
         wheel = self.keepalives
-        stream = wheel.open()
+        stream = wheel.open(ex)
+        stream.at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
         hangups = self.hangups
         hangups.watch(ex.conn, stream)
         try:
@@ -343,10 +342,9 @@ class Forwarder:
                         stream.scope = scope
                         await conn.wait_readable()
                     stream.scope = None
-                    if scope.cancelled_caught and not stream.gone:  # silent for the interval
-                        stream.last = wheel.now
-                        if at_boundary:
-                            await ex.send_body(SSE_KEEPALIVE_COMMENT)
+                    if stream.owed and not stream.gone:  # a comment the wheel could not write at once
+                        owed, stream.owed = stream.owed, b""
+                        await ex.conn.sendall(owed)
                     continue
                 stream.last = wheel.now
                 codec.receive_data(data)
@@ -363,7 +361,7 @@ class Forwarder:
                             await ex.send_body(b"".join(edit.event(e) for e in events))  # type: ignore[union-attr]
                         continue
                     await ex.send_body(ev)  # type: ignore[arg-type]
-                    at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+                    stream.at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
         finally:
             hangups.unwatch(stream)
             wheel.close(stream)

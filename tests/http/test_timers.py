@@ -8,7 +8,7 @@ import math
 import trio
 import trio.testing
 
-from gateway.http.timers import ConnTimer, Phase, Timers
+from gateway.http.timers import TIMER_RESOLUTION_S, ConnTimer, Phase, Timers
 
 
 def run(fn):  # noqa: ANN001, ANN201
@@ -109,3 +109,63 @@ def test_idle_streams_without_deadlines_cost_the_sweep_nothing():
         assert timers._heap == []  # the next sweeps have nothing to look at
 
     run(main)
+
+
+def run_autojump(fn):  # noqa: ANN001, ANN201
+    return trio.run(fn, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class CountingTimers(Timers):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sweeps = 0
+
+    def expire(self, now: float) -> int:
+        self.sweeps += 1
+        return super().expire(now)
+
+
+def test_an_idle_sweeper_wakes_once_a_second():
+    async def main() -> None:
+        timers = CountingTimers()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timers.expire_forever)
+            await trio.sleep(10.05)
+            nursery.cancel_scope.cancel()
+        assert timers.sweeps == 11  # at 0, 1, ..., 10
+
+    run_autojump(main)
+
+
+def test_a_deadline_set_while_the_sweeper_idles_wakes_it_and_fires_within_the_resolution():
+    async def main() -> None:
+        timers = CountingTimers()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timers.expire_forever)
+            await trio.sleep(0.5)  # the sweeper now sleeps until 1.0
+            timer = ConnTimer(math.inf, Phase.BUSY)
+            timers.add(timer)
+            timer.set(0.25, Phase.UPSTREAM_READ)
+            with timer.scope:
+                await trio.sleep(100)
+            assert timer.scope.cancelled_caught
+            assert 0.75 <= trio.current_time() <= 0.75 + TIMER_RESOLUTION_S
+            nursery.cancel_scope.cancel()
+
+    run_autojump(main)
+
+
+def test_a_sweeper_under_many_deadlines_sweeps_at_most_every_resolution():
+    async def main() -> None:
+        timers = CountingTimers()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timers.expire_forever)
+            for i in range(100):  # deadlines 10 ms apart for a second
+                timer = ConnTimer(math.inf, Phase.BUSY)
+                timers.add(timer)
+                timer.set(0.01 * (i + 1), Phase.HEAD)
+            await trio.sleep(1.005)
+            nursery.cancel_scope.cancel()
+        assert timers.sweeps <= 1 + 1.005 / TIMER_RESOLUTION_S + 1
+
+    run_autojump(main)

@@ -1,0 +1,95 @@
+"""The keep-alive wheel of idle SSE streams (gateway.pipeline.keepalive): who gets a comment, and who writes it."""
+
+from __future__ import annotations
+
+import trio
+
+from gateway.pipeline.keepalive import COMMENT, StreamKeepAlives
+
+
+class Client:
+    """A response that takes `room` bytes at once, recording what it took."""
+
+    def __init__(self, room: int = 1 << 20) -> None:
+        self.room = room
+        self.written = b""
+
+    def send_now(self, data: bytes) -> bytes:
+        taken = data[:self.room]
+        self.room -= len(taken)
+        self.written += taken
+        return data[len(taken):]
+
+
+def parked(wheel: StreamKeepAlives, client: Client):  # noqa: ANN201
+    """A stream opened at time 0 whose task waits for its upstream."""
+    stream = wheel.open(client)
+    stream.scope = trio.CancelScope()
+    return stream
+
+
+async def test_a_stream_silent_for_its_interval_gets_a_comment_written_by_the_wheel_without_waking_its_task():
+    wheel, client = StreamKeepAlives(15.0), Client()
+    stream = parked(wheel, client)
+    assert wheel.due(15.0) == 1
+    assert client.written == COMMENT
+    assert not stream.scope.cancel_called
+    assert stream.last == 15.0
+
+
+async def test_a_stream_that_heard_from_its_upstream_within_the_interval_gets_none():
+    wheel, client = StreamKeepAlives(15.0), Client()
+    stream = parked(wheel, client)
+    stream.last = 10.0
+    assert wheel.due(15.0) == 0
+    assert client.written == b""
+
+
+async def test_intervals_are_jittered_by_at_most_a_tenth_so_streams_opened_together_do_not_speak_at_once():
+    wheel = StreamKeepAlives(15.0)
+    streams = [parked(wheel, Client()) for _ in range(200)]
+    intervals = {s.interval for s in streams}
+    assert len(intervals) > 150
+    assert all(13.5 <= i <= 15.0 for i in intervals)
+
+
+async def test_a_comment_the_kernel_takes_only_in_part_is_owed_and_the_streams_task_woken_to_send_the_rest():
+    wheel, client = StreamKeepAlives(15.0), Client(room=4)
+    stream = parked(wheel, client)
+    scope = stream.scope
+    assert wheel.due(15.0) == 1
+    assert client.written == COMMENT[:4]
+    assert stream.owed == COMMENT[4:]
+    assert scope.cancel_called and stream.scope is None
+
+
+async def test_a_connection_that_cannot_write_at_once_owes_the_whole_comment():
+    wheel, client = StreamKeepAlives(15.0), Client(room=0)
+    stream = parked(wheel, client)
+    wheel.due(15.0)
+    assert stream.owed == COMMENT
+
+
+async def test_a_stream_whose_task_is_writing_is_left_alone():
+    wheel, client = StreamKeepAlives(15.0), Client()
+    stream = wheel.open(client)  # no scope: not parked at its wait
+    assert wheel.due(15.0) == 0
+    assert client.written == b""
+    assert stream.last == 0.0
+
+
+async def test_a_stream_in_the_middle_of_an_event_gets_no_comment_that_would_split_it():
+    wheel, client = StreamKeepAlives(15.0), Client()
+    stream = parked(wheel, client)
+    stream.at_boundary = False
+    assert wheel.due(15.0) == 0
+    assert client.written == b""
+    assert not stream.scope.cancel_called
+
+
+async def test_a_closed_stream_is_forgotten():
+    wheel, client = StreamKeepAlives(15.0), Client()
+    stream = parked(wheel, client)
+    wheel.close(stream)
+    assert wheel.due(15.0) == 0
+    assert not wheel.streams
