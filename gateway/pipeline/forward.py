@@ -69,6 +69,7 @@ class Forwarder:
         self.pool = pool
         self.shared = shared
         self.sse_keepalive = sse_keepalive
+        self.active: dict[str, int] = {}  # requests in progress per target key ("upstream|target"), for metrics
         self.keepalives = StreamKeepAlives(sse_keepalive)  # its run_forever is one of the worker's tasks
         self.hangups = Hangups()  # and so is this one's
         self.clock = run_clock()
@@ -152,6 +153,8 @@ class Forwarder:
         pool = self.pool
         now = attempt.started = self.clock()
         group = attempt.group
+        active = self.active
+        active[attempt.key] = active.get(attempt.key, 0) + 1  # until _finished
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
@@ -303,6 +306,12 @@ class Forwarder:
         (the client went away) and says nothing about the target."""
         now = attempt.ended = self.clock()
         attempt.code = code
+        active = self.active
+        left = active[attempt.key] - 1
+        if left:
+            active[attempt.key] = left
+        else:
+            del active[attempt.key]
         attempt.balancer.finished(attempt.index, now - attempt.started, ok)
         shared = self.shared
         if shared is not None and code:

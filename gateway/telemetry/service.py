@@ -20,7 +20,8 @@ from gateway.telemetry.phase import LogPhase
 log = logging.getLogger("gateway.telemetry")
 
 DRAIN_S = 2.0  # at the end of a worker's drain, the log plugins' queues get this long to send what they hold
-_READING = (Phase.NEW, Phase.HEAD)
+_LAST_READING = Phase.HEAD  # NEW and HEAD: reading a request head
+_IDLE = Phase.IDLE
 
 
 def access_log_path(config: Config) -> str | None:
@@ -36,9 +37,10 @@ def access_log_path(config: Config) -> str | None:
 class WorkerTelemetry:
     """What one worker runs beside its connections: made before serving, `run` in the worker's nursery."""
 
-    def __init__(self, config: Config, connections: ConnectionSet, recorder: Recorder = RECORDER,
-                 lines: Lines = LINES) -> None:
+    def __init__(self, config: Config, connections: ConnectionSet, active: dict[str, int] | None = None,
+                 recorder: Recorder = RECORDER, lines: Lines = LINES) -> None:
         self.connections = connections
+        self.active = active if active is not None else {}  # the forwarder's requests in progress per target key
         self.recorder = recorder
         self.lines = lines
         path = access_log_path(config)
@@ -68,23 +70,16 @@ class WorkerTelemetry:
             await QUEUES.drain()
 
     def sample(self) -> None:
-        """At each flush: connections by state and requests in progress per target (never on the request path)."""
+        """At each flush: connections by state and requests in progress per target (never on the request path).
+        One pass over the connections, comparing small ints: 50,000 idle streams make it the biggest idle cost."""
         connections = self.connections
         reading = waiting = 0
-        active: dict[tuple[str, str], int] = {}
         for timer in connections.timers.live:
             phase = timer.phase
-            if phase in _READING:
+            if phase <= _LAST_READING:
                 reading += 1
-            elif phase == Phase.IDLE:
+            elif phase == _IDLE:
                 waiting += 1
-            else:
-                ex = timer.exchange
-                tries = getattr(ex, "tries", None)
-                if tries and not tries[-1].ended:
-                    attempt = tries[-1]
-                    key = (attempt.group.name, attempt.target.name)
-                    active[key] = active.get(key, 0) + 1
         total = connections.active
         CONNECTIONS.labels("active").set(total)
         CONNECTIONS.labels("reading").set(reading)
@@ -93,6 +88,7 @@ class WorkerTelemetry:
         if connections.accepted > self._accepted:
             ACCEPTED.inc(connections.accepted - self._accepted)
             self._accepted = connections.accepted
+        active = {tuple(key.split("|", 1)): n for key, n in self.active.items()}
         for labels in list(TARGET_ACTIVE._metrics):  # targets no longer busy go back to 0
             if labels not in active:
                 TARGET_ACTIVE.labels(*labels).set(0)
