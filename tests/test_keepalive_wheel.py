@@ -92,4 +92,33 @@ async def test_a_closed_stream_is_forgotten():
     stream = parked(wheel, client)
     wheel.close(stream)
     assert wheel.due(15.0) == 0
-    assert not wheel.streams
+    assert wheel.open_streams == 0
+
+
+async def test_a_tick_looks_only_at_the_streams_due_then():
+    wheel = StreamKeepAlives(15.0)
+    looked = []
+
+    class Watched(Client):
+        def send_now(self, data: bytes) -> bytes:
+            looked.append(self)
+            return super().send_now(data)
+
+    streams = [parked(wheel, Watched()) for _ in range(100)]
+    for now in range(1, 13):
+        assert wheel.due(float(now)) == 0  # none due before 13.5 s
+    assert sum(len(b) for b in wheel._buckets.values()) == 100  # each still queued once
+    assert wheel.due(15.0) == 100
+    assert len(looked) == 100
+    assert all(s.last == 15.0 for s in streams)
+
+
+async def test_a_stream_that_heard_from_its_upstream_is_requeued_for_its_new_due_time():
+    wheel, client = StreamKeepAlives(15.0), Client()
+    stream = parked(wheel, client)
+    stream.interval = 15.0
+    stream.last = 10.0  # the upstream spoke at 10 s
+    assert wheel.due(15.0) == 0
+    assert wheel.due(24.0) == 0
+    assert wheel.due(25.0) == 1
+    assert client.written == COMMENT
