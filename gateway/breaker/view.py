@@ -83,6 +83,11 @@ class BreakerView:
             tally.add(ok)
         return None
 
+    @property
+    def pending(self) -> bool:
+        """Are outcomes waiting for drain_outcomes?"""
+        return bool(self._tallies)
+
     def drain_outcomes(self, successes: bool = True) -> list[Outcome]:
         """The batched results since the last call, one Outcome per target; with `successes` off, only the targets
         that had a failure (the keeper needs those soon; successes alone can wait for a later batch)."""

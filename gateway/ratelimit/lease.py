@@ -203,6 +203,11 @@ class LeaseTable:
         lease.grant = grant
         lease.blocked_until = now + grant.retry if grant.retry else 0.0
 
+    @property
+    def pending(self) -> bool:
+        """Are refills or fallback reports waiting for the next flush?"""
+        return bool(self._due or self._flagged)
+
     def refills(self, now: float) -> list[LeaseRequest]:
         """Requests for the keys that fell below their low-water mark, have none in flight and are not exhausted."""
         requests = []

@@ -2,11 +2,11 @@
 
 The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
 `unusable` set (drained or circuit-open targets), kept current by messages from the keeper. This task talks to the
-keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S, successes alone
-every SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and watches the keeper's
-heartbeat. When its connection closes (the keeper exited) or no heartbeat came for KEEPER_LOST_S (it hangs), rate
-limits fall back to local shares (limit / workers) and breakers keep their last published states; when a keeper
-(possibly a new incarnation) is heard again, the worker resynchronises.
+keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S, IDLE_FLUSH_S after a
+quiet spell; successes alone every SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and
+watches the keeper's heartbeat. When its connection closes (the keeper exited) or no heartbeat came for
+KEEPER_LOST_S (it hangs), rate limits fall back to local shares (limit / workers) and breakers keep their last
+published states; when a keeper (possibly a new incarnation) is heard again, the worker resynchronises.
 
 `gateway run` (no supervisor, no bus) uses the same class with the keeper's logic in-process.
 """
@@ -32,6 +32,7 @@ from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 log = logging.getLogger("gateway.state")
 
 FLUSH_S = 0.02  # outcomes and lease requests leave at most this late (a request never waits on it: see wait_grant)
+IDLE_FLUSH_S = 0.1  # ... once the worker has been quiet a while (the first after a pause at most this late)
 SUCCESS_BATCHES = 10  # a target's outcomes without a failure go with every 10th flush only (0.2 s)
 KEEPER_LOST_S = 0.5  # no heartbeat for this long: the keeper is gone, use local shares
 SWEEP_S = 1.0  # expired leases are given back this often
@@ -308,10 +309,17 @@ class SharedState:
             nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
             task_status.started()
 
+    def _pending(self) -> bool:
+        """Is anything waiting for a flush (outcomes, passive results, lease refills or reports)?"""
+        return bool(self.breakers.pending or self._passive or self.leases.pending)
+
     async def _periodic(self) -> None:
+        """Flush every FLUSH_S while there is traffic; a quiet worker backs off to IDLE_FLUSH_S, so that a host
+        of idle workers is not woken 50 times a second each for nothing (issue 19)."""
         next_sweep = trio.current_time() + SWEEP_S
+        pause = FLUSH_S
         while True:
-            await trio.sleep(FLUSH_S)
+            await trio.sleep(pause)
             now = trio.current_time()
             if self._local is not None:
                 self._last_heartbeat = now
@@ -322,6 +330,7 @@ class SharedState:
             if now >= next_sweep:
                 next_sweep = now + SWEEP_S
                 self.sweep(now)
+            pause = FLUSH_S if self._pending() else min(pause * 2, IDLE_FLUSH_S)
 
 
 def _nothing() -> None:
