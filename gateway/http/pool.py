@@ -29,6 +29,7 @@ from gateway.http.tls import TlsConn, TlsError, client_handshake
 from gateway.http.tls_contexts import ClientTls
 
 WATCH_S = 0.1  # how often idle connections that became readable are looked for (the timer resolution)
+EMPTY_WATCH_S = 1.0  # while none is idle, the watch waits this long, or until one is put back
 _READABLE = select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 
@@ -74,6 +75,7 @@ class Pool:
         self._idle: dict[tuple, list[UpstreamConn]] = {}  # (host, port) or (host, port, ClientTls)
         self._watch = select.epoll()
         self._open: dict[int, UpstreamConn] = {}  # by fd: every open connection of this pool, idle or busy
+        self._first_idle: trio.Event | None = None  # set when a connection is put back while none was idle
 
     def take(self, key: tuple, now: float) -> UpstreamConn | None:
         """A reusable idle connection to `key`, or None; expired or readable ones are closed on the way."""
@@ -98,6 +100,8 @@ class Pool:
         uc.idle_since = now
         uc.idle = True
         idle.append(uc)
+        if self._first_idle is not None:
+            self._first_idle.set()
 
     def watch(self) -> int:
         """Close idle connections that became readable since the last call (a stray byte, or the peer's FIN); returns
@@ -170,7 +174,13 @@ class Pool:
         raise ConnectError(f"connect to {key[0]}:{key[1]} timed out after {timeout:g}s")
 
     async def watch_forever(self) -> None:
-        """Run `watch` every WATCH_S (a worker's background task)."""
+        """Run `watch` every WATCH_S while connections are idle; with none, wait for the first (a worker's task)."""
         while True:
-            await trio.sleep(WATCH_S)
+            if any(self._idle.values()):
+                await trio.sleep(WATCH_S)
+            else:
+                self._first_idle = trio.Event()
+                with trio.move_on_after(EMPTY_WATCH_S):
+                    await self._first_idle.wait()
+                self._first_idle = None
             self.watch()
