@@ -248,6 +248,8 @@ def main() -> int:
     p.add_argument("--backends", type=int, default=0, help="backend processes (default: 1 per 12,000 streams)")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     p.add_argument("--probes", type=int, default=500, help="ordinary requests for the latency figures")
+    p.add_argument("--sse-keepalive", type=float, default=15.0,
+                   help="gateway.sse_keepalive: seconds of silence before a stream gets a comment (default 15)")
     p.add_argument("--port", type=int)
     p.add_argument("--count", type=int)
     p.add_argument("--source")
@@ -277,7 +279,7 @@ def main() -> int:
                 "gateway": {"listen": f"127.0.0.1:{gw_port}", "status_listen": None, "drain_timeout": 1,
                             "log_file": str(Path(tmp) / "gateway.log"), "pid_file": str(Path(tmp) / "gateway.pid"),
                             "admin": f"ipc://{tmp}/admin.sock", "bus": f"ipc://{tmp}/bus.sock",
-                            "header_timeout_s": 60},
+                            "header_timeout_s": 60, "sse_keepalive": args.sse_keepalive},
                 "services": [{"name": "streams", "url": "http://streams-up", "read_timeout": 600000,
                               "routes": [{"name": "all", "paths": ["/"], "strip_path": False}]}],
                 "upstreams": [{"name": "streams-up", "targets": [{"target": f"127.0.0.1:{p}"} for p in ports]}]}))
@@ -320,6 +322,7 @@ def main() -> int:
             lost = (Path(tmp) / "gateway.out").read_text(errors="replace").count("no heartbeat from the state keeper")
             report = {
                 "streams": args.streams, "opened": opened, "failed": failed, "workers": args.workers,
+                "sse_keepalive_s": args.sse_keepalive,
                 "open_all_s": round(open_s, 2),
                 "gateway_rss_mib": round(rss / 2**20, 1),
                 "gateway_pss_mib": round(pss / 2**20, 1),
