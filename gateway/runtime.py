@@ -67,7 +67,7 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers", "passive", "panic", "slots", "host_header", "discovered")
+                 "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -80,6 +80,7 @@ class UpstreamGroup:
         self.keys = [f"{name}|{t.name}" for t in targets]  # the targets' names on the bus and the admin channel
         self.unusable: frozenset[int] = frozenset()  # drained by an operator, or circuit open (gateway.state)
         self.breakers = False  # a circuit-breaker plugin covers this upstream: report outcomes
+        self.sweep = False  # its sweep_force_shutdown: a circuit that opens closes the target's connections
         self.passive = False  # passive health checks can trip: report outcomes
         self.panic = False  # all targets unhealthy: send to all of them rather than answer 503 (Envoy's panic)
         self.slots = 10000
@@ -373,6 +374,7 @@ def _breakers(config: Config, services: dict[str, ServiceRuntime],
     out: dict[str, BreakerConfig] = {}
     for _, (group, cfg) in chosen.values():
         group.breakers = True
+        group.sweep = cfg.sweep_force_shutdown
         config_ = BreakerConfig.from_plugin(cfg)
         for key in group.keys:
             out[key] = config_

@@ -81,6 +81,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
+    shared.on_sweep = forwarder.sweep
     telemetry = WorkerTelemetry(config, settings.connections, forwarder.active)
     pipeline = Pipeline(runtime, forwarder, telemetry.log_phase)
     ctx = zmq.Context() if bus is not None else None

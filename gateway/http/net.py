@@ -16,7 +16,8 @@ from gateway.http.timers import ConnTimer, Phase
 
 RECV_SIZE = 65536
 CHECKPOINT_EVERY = 32  # immediate successes allowed between forced checkpoints
-_CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
+# EBADF: closed by the gateway itself under a task that was about to read or write (Pool.close_target)
+_CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN, errno.EBADF}
 
 
 class Conn:
@@ -50,7 +51,10 @@ class Conn:
             try:
                 return sock.recv(RECV_SIZE)
             except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+                try:
+                    await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    return b""  # closed under us (Pool.close_target)
             except OSError as e:
                 if e.errno in _CLOSED_ERRNOS:
                     return b""
@@ -68,12 +72,19 @@ class Conn:
             raise
 
     async def wait_readable(self) -> None:
-        """Park until the socket is readable (the only checkpoint: a cancel scope around it interrupts nothing else)."""
-        await trio.lowlevel.wait_readable(self.sock)
+        """Park until the socket is readable (the only checkpoint: a cancel scope around it interrupts nothing else),
+        or closed under us (then the next read says so)."""
+        try:
+            await trio.lowlevel.wait_readable(self.sock)
+        except trio.ClosedResourceError:
+            pass
 
     async def recv_after_wait(self) -> bytes:
         """Like recv, but waits first: for answers that cannot have arrived yet (saves a failing syscall)."""
-        await trio.lowlevel.wait_readable(self.sock)
+        try:
+            await trio.lowlevel.wait_readable(self.sock)
+        except trio.ClosedResourceError:
+            return b""  # closed under us (Pool.close_target)
         self._budget = CHECKPOINT_EVERY
         return await self.recv()
 
@@ -114,7 +125,10 @@ class Conn:
     async def _send_rest(self, view: memoryview) -> None:
         sock = self.sock
         while view:
-            await trio.lowlevel.wait_writable(sock)
+            try:
+                await trio.lowlevel.wait_writable(sock)
+            except trio.ClosedResourceError:
+                raise BrokenPipeError(errno.EBADF, "connection closed by the gateway") from None
             try:
                 view = view[sock.send(view):]
             except BlockingIOError:

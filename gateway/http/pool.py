@@ -37,7 +37,7 @@ _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 class UpstreamConn:
     """A connection to one target with its codec; `reused` tells a retry policy it may have gone stale."""
 
-    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "_poller", "_pool")
+    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "_poller", "_pool")
 
     def __init__(self, conn: Conn, codec: ClientCodec, key: tuple, pool: Pool | None = None) -> None:
         self.conn = conn
@@ -46,6 +46,7 @@ class UpstreamConn:
         self.idle_since = 0.0
         self.reused = False
         self.idle = False  # waiting in the pool
+        self.swept = False  # closed by the gateway under a request (close_target): not the target's failure
         self._poller = select.poll()
         self._poller.register(conn.sock, _READABLE)
         self._pool = pool
@@ -137,6 +138,19 @@ class Pool:
     def forget(self, uc: UpstreamConn) -> None:
         """A connection is closing: it leaves the watch (the kernel drops its epoll entry with the last fd)."""
         self._open.pop(uc.conn.sock.fileno(), None)
+
+    def close_target(self, host: str, port: int) -> int:
+        """Close every connection to a target, idle or carrying a request (circuit-breaker's sweep_force_shutdown:
+        a request in flight ends as if the target had closed it); returns how many."""
+        doomed = [uc for uc in self._open.values() if uc.key[0] == host and uc.key[1] == port]
+        for uc in doomed:
+            if uc.idle:
+                self._idle[uc.key].remove(uc)
+                uc.idle = False
+            else:
+                uc.swept = True
+            uc.close()
+        return len(doomed)
 
     def close_all(self) -> None:
         for idle in self._idle.values():

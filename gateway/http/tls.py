@@ -15,8 +15,6 @@ from __future__ import annotations
 import socket
 import ssl
 
-import trio
-
 from gateway.http.net import RECV_SIZE, Conn
 
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
@@ -79,7 +77,7 @@ class TlsConn(Conn):
     async def recv_after_wait(self) -> bytes:
         """Like recv, but a socket read waits for readability first (the answer cannot be there yet)."""
         if not (self._pushback or self._in.pending or self._tls.pending()):
-            await trio.lowlevel.wait_readable(self.sock)
+            await Conn.wait_readable(self)
         return await self.recv()
 
     def recv_ready(self) -> bytes | None:

@@ -203,13 +203,13 @@ class Forwarder:
             return uc, ev
         except ProtocolError as e:
             uc.close()
-            self._finished(attempt, False, 502 if e.status >= 500 else 0)
+            self._finished(attempt, False, _blame(uc, 502 if e.status >= 500 else 0))
             if ex.response_started or e.status < 500:
                 raise  # the client's own request broke (e.g. its body): not the upstream's fault
             raise BadResponse(f"upstream {target.name}: {e}", sent=True) from None
         except BrokenPipeError:
             uc.close()
-            self._finished(attempt, False, TCP_FAILURE)
+            self._finished(attempt, False, _blame(uc, TCP_FAILURE))
             raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
                                  sent=True, reused=uc.reused) from None
         except BaseException:
@@ -277,7 +277,7 @@ class Forwarder:
                     return
             ok = True
         finally:
-            self._finished(attempt, ok and response.status < 500, response.status if ok else failed)
+            self._finished(attempt, ok and response.status < 500, response.status if ok else _blame(uc, failed))
             if ok and codec.keep_alive:
                 self.pool.put(uc, self.clock())
             else:
@@ -298,6 +298,14 @@ class Forwarder:
             return True
         uc.close()
         return False
+
+    def sweep(self, group: UpstreamGroup, index: int) -> None:
+        """The circuit of a target whose breaker has sweep_force_shutdown opened: close its connections, idle and
+        busy (a request in flight ends as if the target had closed it: 502, or a cut response)."""
+        target = group.targets[index]
+        closed = self.pool.close_target(target.host, target.port)
+        log.warning("circuit open for %s: closed its %d connection(s) (sweep_force_shutdown)", group.keys[index],
+                    closed)
 
     def _finished(self, attempt: Attempt, ok: bool, code: int) -> None:
         """A request to a target ended: tell the balancer, the breaker and passive health checks that cover it.
@@ -433,6 +441,12 @@ async def _edited_body(ex: Exchange, uc: UpstreamConn, status: int, headers: Hea
         body = edit.json_body(body)
     headers = [hv for hv in headers if hv[0] != b"content-length"] + [(b"content-length", b"%d" % len(body))]
     return status, headers, body
+
+
+def _blame(uc: UpstreamConn, code: int) -> int:
+    """The outcome to report for a failed exchange: none when the gateway itself closed the connection (a circuit's
+    sweep), which says nothing new about the target."""
+    return 0 if uc.swept else code
 
 
 def _is_json(headers: Headers) -> bool:

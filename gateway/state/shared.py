@@ -22,6 +22,7 @@ from typing import Any
 import trio
 import zmq
 
+from gateway.breaker.state import State
 from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
 from gateway.bus.channel import KeeperChannel
@@ -62,6 +63,8 @@ class SharedState:
         self._send: Callable[[p.Msg], bool] = lambda msg: False
         self._pump: Callable[[], None] = _nothing  # hands over what the bus has received, now
         self._local: Any = None  # the keeper's logic (node.keeper.Keeper), in-process, when there is no bus
+        # Called when a breaker opens on a target of a group with sweep_force_shutdown (the forwarder's sweep).
+        self.on_sweep: Callable[[UpstreamGroup, int], None] | None = None
 
     def attach(self, runtime: Runtime) -> None:
         """Learn the runtime's targets, so published states reach their upstream groups."""
@@ -146,6 +149,10 @@ class SharedState:
             for update in msg.updates:
                 self.breakers.apply(update)
                 self._recompute(update.target)
+                if update.state in _OPEN and self.on_sweep is not None:
+                    for group, index in self._groups.get(update.target, ()):
+                        if group.sweep:
+                            self.on_sweep(group, index)
         elif isinstance(msg, p.ProbePermit):
             self.breakers.permit(msg.target)
             self._recompute(msg.target)
@@ -331,6 +338,9 @@ class SharedState:
                 next_sweep = now + SWEEP_S
                 self.sweep(now)
             pause = FLUSH_S if self._pending() else min(pause * 2, IDLE_FLUSH_S)
+
+
+_OPEN = (State.OPEN, State.FORCED_OPEN)
 
 
 def _nothing() -> None:
