@@ -159,33 +159,29 @@ def group_pids(pgid: int) -> list[int]:
     return pids
 
 
-def rss_bytes(pids: list[int]) -> int:
+def _summed_kib(pids: list[int], path: str, field: str) -> int:
+    """The sum over `pids` of a "Field:  N kB" line of /proc/PID/`path`, in bytes."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/{path}") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1]) * 1024
-        except OSError:
-            pass
-    return total
-
-
-def pss_bytes(pids: list[int]) -> int:
-    """Proportional set size: each page shared by n processes (the workers' copy-on-write heap, forked from one
-    template) counted 1/n in each, so the sum is the memory the gateway really holds; summed RSS counts it n times."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
+                    if line.startswith(field):
                         total += int(line.split()[1]) * 1024
                         break
         except OSError:
             pass
     return total
+
+
+def rss_bytes(pids: list[int]) -> int:
+    return _summed_kib(pids, "status", "VmRSS:")
+
+
+def pss_bytes(pids: list[int]) -> int:
+    """Proportional set size: each page shared by n processes (the workers' copy-on-write heap, forked from one
+    template) counted 1/n in each, so the sum is the memory the gateway really holds; summed RSS counts it n times."""
+    return _summed_kib(pids, "smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:

@@ -303,19 +303,26 @@ async def test_a_client_that_resets_right_after_its_handshake_does_not_harm_the_
     assert (await get(tls_port, pki.client_context(), "default.test"))[0] == 200
 
 
-@pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify", "bare_eof"])
-async def test_closing_an_sse_response_over_tls_closes_the_upstream_stream_at_once(gateway, nursery, pki, tmp_path,
-                                                                                    close_notify):
+async def sse_over_tls(gateway, nursery, pki: Pki, tmp_path, sse_keepalive: float):  # noqa: ANN001, ANN201
+    """An endless SSE backend behind a TLS listener, and a TLS client that has asked it for its stream."""
     sse = EndlessSse()
     await nursery.start(sse.serve)
     tls_port = free_port()
     cert, key = pki.files(tmp_path, "default", "default.test")
     await gateway({"services": [service("s", f"http://127.0.0.1:{sse.port}")]},
-                  listen=[f"127.0.0.1:{tls_port} ssl"], ssl_cert=cert, ssl_cert_key=key, sse_keepalive=30)
+                  listen=[f"127.0.0.1:{tls_port} ssl"], ssl_cert=cert, ssl_cert_key=key, sse_keepalive=sse_keepalive)
     with trio.fail_after(TIMEOUT):
         client = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", tls_port), pki.client_context(),
                                 server_hostname="default.test", https_compatible=True)
         await client.send_all(b"GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
+    return sse, client
+
+
+@pytest.mark.parametrize("close_notify", [True, False], ids=["close_notify", "bare_eof"])
+async def test_closing_an_sse_response_over_tls_closes_the_upstream_stream_at_once(gateway, nursery, pki, tmp_path,
+                                                                                    close_notify):
+    sse, client = await sse_over_tls(gateway, nursery, pki, tmp_path, sse_keepalive=30)
+    with trio.fail_after(TIMEOUT):
         received = b""
         while b"data: one" not in received:
             received += await client.receive_some(4096)
@@ -331,16 +338,8 @@ async def test_closing_an_sse_response_over_tls_closes_the_upstream_stream_at_on
 
 async def test_an_idle_sse_stream_over_tls_gets_its_keepalive_comments(gateway, nursery, pki, tmp_path):
     """TLS records are written by the stream's own task, so the wheel wakes it to send what it owes."""
-    sse = EndlessSse()
-    await nursery.start(sse.serve)
-    tls_port = free_port()
-    cert, key = pki.files(tmp_path, "default", "default.test")
-    await gateway({"services": [service("s", f"http://127.0.0.1:{sse.port}")]},
-                  listen=[f"127.0.0.1:{tls_port} ssl"], ssl_cert=cert, ssl_cert_key=key, sse_keepalive=0.2)
+    sse, client = await sse_over_tls(gateway, nursery, pki, tmp_path, sse_keepalive=0.2)
     with trio.fail_after(TIMEOUT):
-        client = trio.SSLStream(await trio.open_tcp_stream("127.0.0.1", tls_port), pki.client_context(),
-                                server_hostname="default.test", https_compatible=True)
-        await client.send_all(b"GET /events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n")
         received = b""
         while received.count(b": keepalive\n\n") < 3:
             received += await client.receive_some(4096)

@@ -57,7 +57,7 @@ class UpstreamConn:
         if not self._poller.poll(0):
             return False
         conn = self.conn
-        return conn.pending_input() is not False if isinstance(conn, TlsConn) else True
+        return conn.pending_input() if isinstance(conn, TlsConn) else True
 
     def close(self) -> None:
         if not self.conn.closed:

@@ -44,7 +44,7 @@ class TlsConn(Conn):
         self._tls = tls
         self._in = incoming
         self._out = outgoing
-        self._pushback = b""  # plaintext peer_closed read while watching (a pipelined request)
+        self._pushback = b""  # plaintext _poll_records read while watching (a pipelined request)
 
     @property
     def tls(self) -> ssl.SSLObject:
@@ -100,28 +100,33 @@ class TlsConn(Conn):
             except (ssl.SSLZeroReturnError, ssl.SSLError):
                 return b""
 
-    def peer_closed(self) -> bool | None:
-        """Conn.peer_closed through TLS: a close_notify or EOF is the end; session housekeeping is not (None);
-        plaintext (a pipelined request) is kept for the next recv."""
+    def _poll_records(self) -> bytes | None:
+        """Once the socket polled readable, with no read under way: the plaintext its records carry (kept for the
+        next recv), b"" at the end (EOF, reset, close_notify or a broken record), None if there was nothing, or
+        only TLS housekeeping (a session ticket)."""
         try:
             raw = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
             return None
         except OSError:
-            return True
+            return b""
         if not raw:
-            return True
+            return b""
         self._in.write(raw)
         try:
             data = self._tls.read(RECV_SIZE)
         except ssl.SSLWantReadError:
             return None
         except ssl.SSLError:
-            return True
-        if not data:  # close_notify
-            return True
+            return b""
         self._pushback += data
-        return False
+        return data
+
+    def peer_closed(self) -> bool | None:
+        """Conn.peer_closed through TLS: a close_notify or EOF is the end; session housekeeping is not (None);
+        plaintext (a pipelined request) is kept for the next recv."""
+        data = self._poll_records()
+        return None if data is None else not data
 
     def send_now(self, data: bytes) -> int:
         """Nothing goes out this way: ciphertext half-sent would have to be finished before any other record."""
@@ -135,25 +140,10 @@ class TlsConn(Conn):
             raise BrokenPipeError(f"TLS connection no longer writable: {e.reason or e}") from None
         await Conn.sendall(self, self._out.read())
 
-    def pending_input(self) -> bool | None:
+    def pending_input(self) -> bool:
         """For an idle pooled connection that the socket says is readable: True if application data (or the end of
         the connection) waits, False if the records were only TLS housekeeping (a session ticket)."""
-        try:
-            raw = self.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
-        if not raw:
-            return True
-        self._in.write(raw)
-        try:
-            self._tls.read(RECV_SIZE)
-        except ssl.SSLWantReadError:
-            return False
-        except ssl.SSLError:
-            return True
-        return True
+        return self._poll_records() is not None
 
     def close(self) -> None:
         """Send close_notify when the socket takes it at once, then close (never waits on a peer)."""
