@@ -49,6 +49,7 @@ def parser() -> argparse.ArgumentParser:
         sat.add_argument("--config", required=True)
     z = sub.add_parser("zygote", help=argparse.SUPPRESS)  # started by the supervisor: the template children fork from
     z.add_argument("--control-fd", type=int, required=True)
+    z.add_argument("--preload", default="", help="optional libraries to import (gateway.node.zygote)")
     w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
     w.add_argument("--config", required=True)
     w.add_argument("--fds", required=True)
@@ -144,7 +145,7 @@ def _child(args: argparse.Namespace) -> int:
     if args.command == "zygote":
         from gateway.node.zygote import run_zygote
 
-        return run_zygote(args.control_fd)
+        return run_zygote(args.control_fd, [name for name in args.preload.split(",") if name])
     from gateway.worker import run_supervised_worker
 
     return run_supervised_worker(args.config, [int(fd) for fd in args.fds.split(",") if fd],

@@ -7,11 +7,11 @@ called at once, so a worker need not wait for the missing heartbeats to notice a
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 
 import trio
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
@@ -66,7 +66,9 @@ class KeeperChannel:
         self._on_message(msg)
 
     def _on_event(self, frames: list[bytes]) -> None:
-        if parse_monitor_message(frames)["event"] == zmq.EVENT_DISCONNECTED and self._on_disconnect is not None:
+        # A monitor event's first frame: the event (uint16) and its value (uint32), native order (ZMQ's
+        # zmq_socket_monitor). Parsed here: zmq.utils.monitor would import zmq.asyncio, and asyncio with it.
+        if int.from_bytes(frames[0][:2], sys.byteorder) == zmq.EVENT_DISCONNECTED and self._on_disconnect is not None:
             self._on_disconnect()
 
     async def run(self) -> None:

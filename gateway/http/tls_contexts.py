@@ -12,8 +12,10 @@ import datetime as dt
 import os
 import ssl
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from cryptography import x509
+if TYPE_CHECKING:
+    from cryptography import x509
 
 ALPN = ["http/1.1"]
 # Mozilla's server-side TLS recommendations (v5.7), as Kong's ssl_cipher_suite: TLS 1.2 ciphers; TLS 1.3 suites are
@@ -41,7 +43,10 @@ class ServerOptions:
 
 
 def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> list[x509.Certificate]:
-    """The certificates of a PEM chain; ValueError if there is none, or the first has expired or is not yet valid."""
+    """The certificates of a PEM chain; ValueError if there is none, or the first has expired or is not yet valid.
+    `cryptography` is imported here, on first use: a process without certificates never loads it (issue 19)."""
+    from cryptography import x509
+
     try:
         chain = x509.load_pem_x509_certificates(pem.encode())
     except ValueError:

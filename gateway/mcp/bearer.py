@@ -20,16 +20,13 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from jwt.api_jwt import PyJWT
-from jwt.exceptions import PyJWTError
-
-from gateway.mcp.jwks import ALGORITHMS, KeySet
+from gateway.jwtlib import algorithms, parser
+from gateway.mcp.jwks import KeySet
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "ES256K",
                         "EdDSA"})
 _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  # RFC 6750's b64token
-_PARSER = PyJWT()
 _UNVERIFIED = {"verify_signature": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False}
 UNKNOWN_KID = "unknown key id"
@@ -67,8 +64,10 @@ class TokenRules:
 
 def decode(token: bytes) -> tuple[dict[str, Any], dict[str, Any], bytes]:
     """(header, claims, signature) of a JWT, unverified; TokenError when it is not one."""
+    from jwt.exceptions import PyJWTError
+
     try:
-        decoded = _PARSER.decode_complete(token, options=_UNVERIFIED)  # type: ignore[arg-type]
+        decoded = parser().decode_complete(token, options=_UNVERIFIED)  # type: ignore[arg-type]
     except PyJWTError as e:
         raise TokenError(f"malformed token: {e}") from None
     except Exception:  # noqa: BLE001 - whatever a hostile token makes the parser raise is a malformed token
@@ -89,7 +88,7 @@ def verify(token: bytes, keyset: KeySet | None, rules: TokenRules, now: float) -
     if keys is None:
         raise TokenError(UNKNOWN_KID)
     signing_input = token.rpartition(b".")[0]
-    verifier = ALGORITHMS[alg]
+    verifier = algorithms()[alg]
     for key in keys:
         try:
             if verifier.verify(signing_input, key.key, signature):

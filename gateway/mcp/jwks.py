@@ -18,10 +18,8 @@ import logging
 from typing import Any
 
 import trio
-from jwt.algorithms import get_default_algorithms
-from jwt.api_jwk import PyJWK
-from jwt.exceptions import PyJWKError, PyJWTError
 
+from gateway.jwtlib import algorithms
 from gateway.mcp.httpget import FetchError, Url, get
 
 log = logging.getLogger("gateway.mcp.oauth")
@@ -31,7 +29,6 @@ MAX_KEYS = 64  # keys past this many are ignored
 REFETCH_MIN_S = 1.0  # an unknown key id triggers at most one fetch per this many seconds
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)  # retry delays after consecutive failures
 
-ALGORITHMS = get_default_algorithms()
 # The asymmetric algorithms a key type (and EC curve) can verify; symmetric keys never come from a JWKS here.
 _FAMILIES = {"RSA": ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512"), "P-256": ("ES256",),
              "P-384": ("ES384",), "P-521": ("ES512",), "secp256k1": ("ES256K",), "Ed25519": ("EdDSA",),
@@ -88,6 +85,9 @@ def parse_jwks(body: bytes) -> KeySet:
 
 
 def _key(entry: Any) -> Key | None:
+    from jwt.api_jwk import PyJWK
+    from jwt.exceptions import PyJWKError, PyJWTError
+
     if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or entry.get("kty") not in ("RSA", "EC", "OKP"):
         return None
     ops = entry.get("key_ops")
@@ -101,7 +101,7 @@ def _key(entry: Any) -> Key | None:
         family = (alg,)
     try:
         jwk = PyJWK(entry, algorithm=family[0] if family else None)
-        prepared = ALGORITHMS[family[0]].prepare_key(jwk.key) if family else None
+        prepared = algorithms()[family[0]].prepare_key(jwk.key) if family else None
     except (PyJWKError, PyJWTError, ValueError, TypeError, KeyError):
         return None
     if prepared is None:

@@ -18,6 +18,7 @@ import sys
 from functools import partial
 
 from gateway.config import Config
+from gateway.node.zygote import needed_libraries
 from supervisor import ChildSpec, ChildType, Process, Restart, Strategy, SupervisorSpec, SupFlags, serve
 from supervisor.forkserver import ForkServer
 
@@ -29,6 +30,9 @@ def zygote_spec(fork_server: ForkServer, config: Config) -> ChildSpec:
     """`gateway zygote`: always started with exec; while it is down the others are too."""
     fd = fork_server.zygote_fd
     argv = [sys.executable, "-m", "gateway", "zygote", "--control-fd", str(fd)]
+    libraries = needed_libraries()  # the root has compiled the config: what it imported, the children will
+    if libraries:
+        argv += ["--preload", ",".join(libraries)]
     return ChildSpec("zygote", Process(argv, start_timeout=config.gateway.worker_start_timeout_s, pass_fds=(fd,)),
                      restart=Restart.PERMANENT, shutdown=ZYGOTE_SHUTDOWN_MS)
 

@@ -10,6 +10,7 @@ code on disk (as nginx's reload): restart the gateway to run an upgraded version
 
 from __future__ import annotations
 
+import importlib
 import signal
 import sys
 from collections.abc import Sequence
@@ -19,10 +20,19 @@ from supervisor.zygote import Entry, serve, set_process_name
 
 WARM_UP_CONFIG = "_format_version: '3.0'\nservices: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
 FORKABLE = frozenset({"worker", "keeper", "health", "discovery"})  # the commands a zygote's fork can run
+# Libraries the gateway imports only when a config needs them (gateway.jwtlib; TLS certificates): about 10 MiB a
+# process. The root names those its config used (`needed_libraries`), and the zygote imports them for every child.
+OPTIONAL_LIBRARIES = ("jwt", "cryptography.x509")
 
 
-def preload() -> None:
-    """Import what the forked commands run, including what they would import lazily at start."""
+def needed_libraries() -> list[str]:
+    """The optional libraries this process has imported so far: after compiling a config, those it needs."""
+    return [name for name in OPTIONAL_LIBRARIES if name in sys.modules]
+
+
+def preload(libraries: Sequence[str] = ()) -> None:
+    """Import what the forked commands run, including what they would import lazily at start, and `libraries`
+    (names from OPTIONAL_LIBRARIES)."""
     import gateway.cli
     import gateway.http.codec_h11  # noqa: F401
     import gateway.http.codec_llhttp  # noqa: F401
@@ -37,6 +47,9 @@ def preload() -> None:
     # likewise the CLI's argument parser.
     compile_config(parse_config(WARM_UP_CONFIG, "<zygote warm-up>"))
     gateway.cli.parser()
+    for name in libraries:
+        if name in OPTIONAL_LIBRARIES:
+            importlib.import_module(name)
 
 
 def resolve(argv: Sequence[str]) -> Entry | None:
@@ -54,11 +67,11 @@ def resolve(argv: Sequence[str]) -> Entry | None:
     return entry
 
 
-def run_zygote(control_fd: int) -> int:
+def run_zygote(control_fd: int, libraries: Sequence[str] = ()) -> int:
     """Preload, then serve fork requests until the root is gone. Ctrl-C in a terminal reaches the whole process group:
     the zygote leaves the stop to the root, which stops it last."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    preload()
+    preload(libraries)
     release_metric_files()
     set_process_name("gateway zygote")
     return serve(control_fd, resolve, spare_name="gateway spare")

@@ -19,8 +19,6 @@ import re
 import time
 from typing import Any
 
-from jwt.api_jwt import PyJWT
-from jwt.exceptions import PyJWTError
 
 from gateway.config.consumers import JWT_ALGORITHMS as SUPPORTED
 from gateway.http.server import Exchange
@@ -34,13 +32,13 @@ from gateway.policies.consumers import (
     header_value,
     query_values,
 )
-from gateway.policies.jwt.keys import ALGORITHMS, prepare
+from gateway.jwtlib import algorithms, parser
+from gateway.policies.jwt.keys import prepare
 from gateway.policies.jwt.schema import JwtConfig
 
 CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance
 CACHE_TOKEN_BYTES = 4096  # longer tokens are verified every time (bounds the cache's memory to ~16 MiB)
 _BEARER = re.compile(rb"\s*[Bb]earer\s+(.+)")  # Kong's pattern (PCRE, unanchored)
-_PARSER = PyJWT()
 _UNVERIFIED = {"verify_signature": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False}
 _BARE = object()  # a bare `?jwt` query argument: Kong's `true`, an unrecognizable token
@@ -54,7 +52,7 @@ class _Key:
     def __init__(self, identity: Identity, algorithm: str, key: Any) -> None:
         self.identity = identity
         self.algorithm = algorithm
-        self.verifier = ALGORITHMS[algorithm]
+        self.verifier = algorithms()[algorithm]
         self.key = key  # None: Kong's "Invalid key/secret"
 
 
@@ -126,9 +124,11 @@ class Jwt(AuthPolicy):
         return token if token is not _BARE else self.errors["Unrecognizable token"]
 
     def _verify(self, token: bytes, now: int) -> Identity | Rejection:
+        from jwt.exceptions import PyJWTError
+
         errors = self.errors
         try:
-            decoded = _PARSER.decode_complete(token, options=_UNVERIFIED)  # type: ignore[arg-type]
+            decoded = parser().decode_complete(token, options=_UNVERIFIED)  # type: ignore[arg-type]
         except PyJWTError as e:
             text = str(e)
             if "crypto" in text:

@@ -8,14 +8,10 @@ import binascii
 import logging
 from typing import Any
 
-from jwt.algorithms import Algorithm, get_default_algorithms
-from jwt.exceptions import InvalidKeyError, PyJWTError
-
+from gateway.jwtlib import algorithms
 from gateway.policies.consumers import Directory, JwtCredential
 
 log = logging.getLogger("gateway.policies")
-
-ALGORITHMS: dict[str, Algorithm] = get_default_algorithms()
 
 
 class KeyMaterialError(ValueError):
@@ -25,7 +21,9 @@ class KeyMaterialError(ValueError):
 def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
     """The verifying key, or None when `secret_is_base64` is set and the secret is not base64 (Kong then answers
     "Invalid key/secret"). Raises KeyMaterialError for key material that can never verify anything."""
-    alg = ALGORITHMS[cred.algorithm]
+    from jwt.exceptions import InvalidKeyError, PyJWTError
+
+    alg = algorithms()[cred.algorithm]
     try:
         if cred.algorithm.startswith("HS"):
             secret = (cred.secret or "").encode()
@@ -53,7 +51,7 @@ def check_keys(directory: Directory) -> list[str]:
         except KeyMaterialError as e:
             errors.append(str(e))
             continue
-        weak = ALGORITHMS[cred.algorithm].check_key_length(key)
+        weak = algorithms()[cred.algorithm].check_key_length(key)
         if weak:
             log.warning("%s: %s", cred.where, weak)
     return errors
