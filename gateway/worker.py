@@ -91,7 +91,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(forwarder.keepalives.run_forever)
-                nursery.start_soon(forwarder.hangups.run_forever)
+                nursery.start_soon(forwarder.streams.run_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 await nursery.start(telemetry.run)
                 for service in runtime.background:  # policies' background work (ai-mcp-oauth2's JWKS refresh)

@@ -16,7 +16,7 @@ from gateway.http.timers import ConnTimer, Phase
 
 RECV_SIZE = 65536
 CHECKPOINT_EVERY = 32  # immediate successes allowed between forced checkpoints
-# EBADF: closed by the gateway itself under a task that was about to read or write (Pool.close_target)
+# EBADF: the socket was closed by the gateway itself under a task that was about to read or write it
 _CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN, errno.EBADF}
 
 
@@ -147,6 +147,13 @@ class Conn:
             return None
         except OSError:
             return True
+
+    def shutdown(self) -> None:
+        """End both directions, leaving the descriptor open: whoever waits on it sees EOF (or EPIPE) and closes it."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket."""

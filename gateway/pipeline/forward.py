@@ -23,11 +23,11 @@ from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
-from gateway.pipeline.hangups import Hangups
 from gateway.pipeline.hashing import balancer_key
 from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
+from gateway.pipeline.streamwatch import StreamWatch
 from gateway.routing import Match
 from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
 from gateway.state.shared import SharedState
@@ -71,7 +71,7 @@ class Forwarder:
         self.sse_keepalive = sse_keepalive
         self.active: dict[str, int] = {}  # requests in progress per target key ("upstream|target"), for metrics
         self.keepalives = StreamKeepAlives(sse_keepalive)  # its run_forever is one of the worker's tasks
-        self.hangups = Hangups()  # and so is this one's
+        self.streams = StreamWatch()  # and so is this one's
         self.clock = run_clock()
 
     async def forward(self, ex: Exchange, route: RouteRuntime, match: Match[RouteRuntime],
@@ -334,11 +334,10 @@ class Forwarder:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open; a
         client that hangs up ends the stream upstream at once (MCP: closing the stream cancels the request).
 
-        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. Two worker-wide
-        tasks interrupt the one wait of an idle stream (a cancel scope around the wait for the upstream only, so an
-        interruption can never land in a write): the keep-alive wheel (gateway.pipeline.keepalive) when the stream
-        was silent for sse_keepalive, and the hang-up watch (gateway.pipeline.hangups) when the client left. The
-        comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole events
+        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The one wait of an
+        idle stream is parked in the worker's stream watch (gateway.pipeline.streamwatch), resumed when its upstream
+        speaks, when its client left, or when the keep-alive wheel (gateway.pipeline.keepalive) owes it the rest of
+        a comment; nothing interrupts a write. The comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole events
         only are passed on, each edited, so a piece of one is held until the rest arrives.
 
         Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
@@ -347,18 +346,15 @@ class Forwarder:
         wheel = self.keepalives
         stream = wheel.open(ex)
         stream.at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
-        hangups = self.hangups
-        hangups.watch(ex.conn, stream)
+        watch = self.streams
+        watch.watch(ex.conn, stream)
         try:
             while True:
                 if stream.gone:
                     raise BrokenPipeError("the client closed the event stream")
                 data = conn.recv_ready()
                 if data is None:
-                    with trio.CancelScope() as scope:
-                        stream.scope = scope
-                        await conn.wait_readable()
-                    stream.scope = None
+                    await watch.wait_upstream(stream, conn)
                     if stream.owed and not stream.gone:  # a comment the wheel could not write at once
                         owed, stream.owed = stream.owed, b""
                         await ex.conn.sendall(owed)
@@ -380,7 +376,7 @@ class Forwarder:
                     await ex.send_body(ev)  # type: ignore[arg-type]
                     stream.at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
         finally:
-            hangups.unwatch(stream)
+            watch.unwatch(stream)
             wheel.close(stream)
 
 

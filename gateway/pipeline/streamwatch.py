@@ -1,0 +1,125 @@
+"""Relayed SSE streams wait here: one epoll set per worker watches every stream's client (hanging up) and, while the
+stream is parked, its upstream (speaking).
+
+An idle stream costs what its wait costs, times 50,000 on a host (issue 19). A Trio wait on the upstream needs a
+cancel scope, so the keep-alive wheel and the hang-up watch can interrupt it, and Trio's waiter records: about 2 KiB
+a stream. Here a stream's task parks with nothing but `wait_task_rescheduled`, its upstream socket armed one-shot in
+this set, and is resumed by whoever has news: this set's task when the upstream is readable, the same task when the
+client closed (`gone`), the keep-alive wheel when a comment is owed (gateway.pipeline.keepalive). The set's own
+descriptor is the one thing Trio waits on, as nginx watches all its connections in one epoll.
+
+A client that sends bytes instead of closing (a pipelined request) stops being watched, and its bytes stay for the
+next read. The gateway never closes an upstream socket under a parked stream (the kernel would drop it from the set
+without a word): a circuit's sweep shuts it down instead (gateway.http.pool), which reads as the upstream's EOF.
+"""
+
+from __future__ import annotations
+
+import select
+
+import trio
+
+from gateway.http.net import Conn
+from gateway.pipeline.keepalive import Stream
+
+_CLIENT = select.EPOLLIN | select.EPOLLRDHUP
+_UPSTREAM = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+_MAX_EVENTS = 1024  # per poll; the rest are reported by the next one, as the set stays readable
+
+
+class StreamWatch:
+    """The worker's watch over its relayed streams; `run_forever` is one of the worker's tasks."""
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._clients: dict[int, tuple[Conn, Stream]] = {}
+        self._upstreams: dict[int, Stream] = {}
+
+    def __len__(self) -> int:
+        """Clients watched."""
+        return len(self._clients)
+
+    def watch(self, conn: Conn, stream: Stream) -> None:
+        """Watch client `conn` for the life of `stream` (until `unwatch`, or until it hangs up or sends something)."""
+        fd = stream.fd = conn.sock.fileno()
+        self._add(fd, _CLIENT)
+        self._clients[fd] = (conn, stream)
+
+    async def wait_upstream(self, stream: Stream, upstream: Conn) -> None:
+        """Park the stream's task until its upstream is readable, its client hangs up, or the wheel owes it a
+        comment (the caller looks at `gone` and `owed`). The only checkpoint of an idle stream."""
+        fd = upstream.sock.fileno()
+        if stream.up_fd == fd:
+            try:
+                self._epoll.modify(fd, _UPSTREAM)  # re-arm: one-shot, it disarmed when it last fired
+            except FileNotFoundError:
+                self._add(fd, _UPSTREAM)
+        else:
+            self._add(fd, _UPSTREAM)
+            stream.up_fd = fd
+            self._upstreams[fd] = stream
+        stream.task = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            stream.task = None  # cancelled (a drain, the worker stopping); a later wake finds no task
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def unwatch(self, stream: Stream) -> None:
+        """The stream ended: forget its client and its upstream (either socket may be closed by now)."""
+        fd = stream.fd
+        entry = self._clients.get(fd)
+        if entry is not None and entry[1] is stream:  # not a later stream that reuses the descriptor number
+            del self._clients[fd]
+            self._remove(fd)
+        fd = stream.up_fd
+        if self._upstreams.get(fd) is stream:
+            del self._upstreams[fd]
+            self._remove(fd)
+
+    def _add(self, fd: int, events: int) -> None:
+        try:
+            self._epoll.register(fd, events)
+        except FileExistsError:  # a closed socket's registration outlived it (a dup somewhere): take it over
+            self._epoll.modify(fd, events)
+
+    def _remove(self, fd: int) -> None:
+        try:
+            self._epoll.unregister(fd)
+        except OSError:  # closed already: the kernel dropped it from the set with its last reference
+            pass
+
+    def check(self) -> int:
+        """Resume the streams whose upstream spoke; judge every client the kernel reports (a hang-up resumes its
+        stream too). Returns how many clients hung up."""
+        gone = 0
+        for fd, _ in self._epoll.poll(0, _MAX_EVENTS):
+            stream = self._upstreams.get(fd)
+            if stream is not None:
+                stream.wake()
+                continue
+            entry = self._clients.get(fd)
+            if entry is None:
+                continue
+            conn, stream = entry
+            closed = conn.peer_closed()
+            if closed is None:
+                continue  # woken for nothing (TLS housekeeping): keep watching
+            del self._clients[fd]
+            self._remove(fd)
+            if closed:
+                stream.gone = True
+                stream.wake()
+                gone += 1
+        return gone
+
+    async def run_forever(self) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                self.check()
+        finally:  # the worker is stopping: parked streams are cancelled with it (their abort forgets the task)
+            self._clients.clear()
+            self._upstreams.clear()
+            self._epoll.close()

@@ -1,0 +1,187 @@
+"""The worker's watch over relayed streams (gateway.pipeline.streamwatch), on real socket pairs: clients that hang up,
+upstreams that speak to a parked stream."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import trio
+
+from gateway.http.net import Conn
+from gateway.pipeline.streamwatch import StreamWatch
+from gateway.pipeline.keepalive import Stream
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    yield Conn(ours), theirs
+    ours.close()
+    theirs.close()
+
+
+def test_a_client_that_closes_marks_its_stream_gone_and_is_no_longer_watched(pair):
+    conn, client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    watch.watch(conn, stream)
+    client.close()
+    assert watch.check() == 1
+    assert stream.gone
+    assert len(watch) == 0
+
+
+def test_a_client_that_resets_is_gone_too():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    conn = Conn(ours)
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    watch.watch(conn, stream)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    client.close()  # linger 0: RST
+    try:
+        assert watch.check() == 1
+        assert stream.gone
+    finally:
+        ours.close()
+        listener.close()
+
+
+def test_a_quiet_client_is_left_alone(pair):
+    conn, _ = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    watch.watch(conn, stream)
+    assert watch.check() == 0
+    assert not stream.gone
+    assert len(watch) == 1
+
+
+def test_bytes_from_the_client_stop_the_watch_and_stay_unread(pair):
+    conn, client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    watch.watch(conn, stream)
+    client.sendall(b"GET /next HTTP/1.1\r\n\r\n")
+    assert watch.check() == 0
+    assert not stream.gone
+    assert len(watch) == 0
+    assert conn.sock.recv(100) == b"GET /next HTTP/1.1\r\n\r\n"
+
+
+def test_unwatch_forgets_the_stream_and_a_later_close_is_not_reported(pair):
+    conn, client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    watch.watch(conn, stream)
+    watch.unwatch(stream)
+    client.close()
+    assert watch.check() == 0
+    assert not stream.gone
+
+
+def test_unwatch_of_a_closed_stream_spares_a_later_stream_on_the_same_descriptor_number():
+    first, first_peer = socket.socketpair()
+    watch, old = StreamWatch(), Stream(None, 0.0, 15.0)
+    watch.watch(Conn(first), old)
+    fd = first.fileno()
+    first.close()  # the kernel drops it from the set; the number is free for the next socket
+    second, second_peer = socket.socketpair()
+    try:
+        if second.fileno() != fd and second_peer.fileno() == fd:
+            second, second_peer = second_peer, second
+        assert second.fileno() == fd
+        new = Stream(None, 0.0, 15.0)
+        watch.watch(Conn(second), new)
+        watch.unwatch(old)  # the closed stream's cleanup comes late
+        second_peer.close()
+        assert watch.check() == 1
+        assert new.gone
+    finally:
+        first_peer.close()
+        second.close()
+        second_peer.close()
+
+
+async def test_a_hang_up_resumes_the_parked_stream_at_once(pair):
+    conn, client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    upstream, upstream_peer = socket.socketpair()  # never readable: the stream waits for it
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run_forever)
+        watch.watch(conn, stream)
+        nursery.start_soon(_close_soon, client)
+        with trio.fail_after(5):
+            await watch.wait_upstream(stream, Conn(upstream))
+        assert stream.gone
+        nursery.cancel_scope.cancel()
+    upstream.close()
+    upstream_peer.close()
+
+
+async def test_an_upstream_that_speaks_resumes_the_parked_stream_each_time(pair):
+    conn, _client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    upstream, upstream_peer = socket.socketpair()
+    up = Conn(upstream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run_forever)
+        watch.watch(conn, stream)
+        for n in range(3):  # one-shot: re-armed by every wait
+            nursery.start_soon(_send_soon, upstream_peer, b"data: %d\n\n" % n)
+            with trio.fail_after(5):
+                await watch.wait_upstream(stream, up)
+            assert up.recv_ready() == b"data: %d\n\n" % n
+            assert not stream.gone and stream.task is None
+        nursery.cancel_scope.cancel()
+    upstream.close()
+    upstream_peer.close()
+
+
+async def test_an_upstream_shut_down_by_the_gateway_resumes_the_parked_stream_with_eof(pair):
+    conn, _client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    upstream, upstream_peer = socket.socketpair()
+    up = Conn(upstream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run_forever)
+        watch.watch(conn, stream)
+
+        async def sweep() -> None:
+            await trio.sleep(0.05)
+            up.shutdown()  # what a circuit's sweep does to a busy connection (gateway.http.pool.close_target)
+
+        nursery.start_soon(sweep)
+        with trio.fail_after(5):
+            await watch.wait_upstream(stream, up)
+        assert up.recv_ready() == b""
+        nursery.cancel_scope.cancel()
+    upstream.close()
+    upstream_peer.close()
+
+
+async def test_a_parked_stream_can_be_cancelled_and_its_later_news_is_ignored(pair):
+    conn, _client = pair
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    upstream, upstream_peer = socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch.run_forever)
+        watch.watch(conn, stream)
+        with trio.move_on_after(0.05) as scope:
+            await watch.wait_upstream(stream, Conn(upstream))
+        assert scope.cancelled_caught and stream.task is None
+        upstream_peer.sendall(b"late")
+        await trio.sleep(0.05)  # the watch reports it to nobody
+        watch.unwatch(stream)
+        assert len(watch) == 0
+        nursery.cancel_scope.cancel()
+    upstream.close()
+    upstream_peer.close()
+
+
+async def _close_soon(sock: socket.socket) -> None:
+    await trio.sleep(0.05)
+    sock.close()
+
+
+async def _send_soon(sock: socket.socket, data: bytes) -> None:
+    await trio.sleep(0.02)
+    sock.sendall(data)
