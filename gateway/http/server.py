@@ -396,7 +396,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     header_timeout, keepalive_timeout between requests, header_timeout once a head starts, and whatever the handler
     sets while it waits for an upstream. A kept-alive connection waiting for its next request is closed soon after
     the worker starts draining; a new connection is always given its first request, since the client has already
-    committed it to us.
+    committed it to us. (One coroutine for the loop and its timer: every open connection holds its frame.)
     """
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
@@ -405,73 +405,67 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     conn.send_timeout = settings.send_timeout
     timers = connections.timers
     timers.add(timer)
+    served = False
     try:
         with timer.scope:
-            await _serve_requests(conn, codec, handler, settings, timer)
+            while True:
+                try:
+                    ev = codec.next_event()
+                    if ev is NEED_DATA and served:
+                        if connections.draining:
+                            timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
+                        codec.receive_data(await conn.recv())
+                        ev = codec.next_event()
+                        if ev is NEED_DATA:
+                            timer.set(settings.header_timeout, Phase.HEAD)
+                    while ev is NEED_DATA:
+                        if timer.phase == Phase.NEW:
+                            timer.phase = Phase.HEAD
+                        codec.receive_data(await conn.recv())
+                        ev = codec.next_event()
+                except ProtocolError as e:
+                    log.debug("bad request from %s: %s", conn.peer, e)
+                    await _send_protocol_error(conn, codec, e.status)
+                    return
+                except (BrokenPipeError, ConnectionError):
+                    return
+                if ev is CLOSED:
+                    return
+                timer.clear()
+                served = True
+                request: Request = ev  # type: ignore[assignment]
+                exchange = Exchange(request, conn, codec, timer, connections.draining, settings.body_timeout)
+                timer.exchange = exchange
+                try:
+                    await handler(exchange)
+                except ProtocolError as e:
+                    if not exchange.response_started:
+                        log.debug("bad request from %s: %s", conn.peer, e)
+                        await _send_protocol_error(conn, codec, e.status, str(e) if str(e) == SIZE_LIMITED else None,
+                                                   exchange.request_id)
+                    return
+                except (BrokenPipeError, ConnectionError):
+                    return
+                except Exception:
+                    log.exception("request handler failed: %s %s", request.method, request.target)
+                    if not exchange.response_started:
+                        await _send_protocol_error(conn, codec, 500, None, exchange.request_id)
+                    else:
+                        conn.abort()
+                    return
+                if not exchange.response_done:
+                    conn.abort()  # the handler gave up mid-response: never let a cut body look complete
+                    return
+                if not exchange.request_done and not await _drain_request(exchange):
+                    return
+                if not codec.keep_alive:
+                    return
+                codec.start_next_cycle()
+                timer.set(settings.keepalive_timeout, Phase.IDLE)
     finally:
         timers.discard(timer)
     if timer.scope.cancelled_caught:
         await _timed_out(conn, codec, timer)
-
-
-async def _serve_requests(conn: Conn, codec: ServerCodec, handler: Handler, settings: ServerSettings,
-                          timer: ConnTimer) -> None:
-    connections = settings.connections
-    served = False
-    while True:
-        try:
-            ev = codec.next_event()
-            if ev is NEED_DATA and served:
-                if connections.draining:
-                    timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
-                codec.receive_data(await conn.recv())
-                ev = codec.next_event()
-                if ev is NEED_DATA:
-                    timer.set(settings.header_timeout, Phase.HEAD)
-            while ev is NEED_DATA:
-                if timer.phase == Phase.NEW:
-                    timer.phase = Phase.HEAD
-                codec.receive_data(await conn.recv())
-                ev = codec.next_event()
-        except ProtocolError as e:
-            log.debug("bad request from %s: %s", conn.peer, e)
-            await _send_protocol_error(conn, codec, e.status)
-            return
-        except (BrokenPipeError, ConnectionError):
-            return
-        if ev is CLOSED:
-            return
-        timer.clear()
-        served = True
-        request: Request = ev  # type: ignore[assignment]
-        exchange = Exchange(request, conn, codec, timer, connections.draining, settings.body_timeout)
-        timer.exchange = exchange
-        try:
-            await handler(exchange)
-        except ProtocolError as e:
-            if not exchange.response_started:
-                log.debug("bad request from %s: %s", conn.peer, e)
-                await _send_protocol_error(conn, codec, e.status, str(e) if str(e) == SIZE_LIMITED else None,
-                                           exchange.request_id)
-            return
-        except (BrokenPipeError, ConnectionError):
-            return
-        except Exception:
-            log.exception("request handler failed: %s %s", request.method, request.target)
-            if not exchange.response_started:
-                await _send_protocol_error(conn, codec, 500, None, exchange.request_id)
-            else:
-                conn.abort()
-            return
-        if not exchange.response_done:
-            conn.abort()  # the handler gave up mid-response: never let a cut body look complete
-            return
-        if not exchange.request_done and not await _drain_request(exchange):
-            return
-        if not codec.keep_alive:
-            return
-        codec.start_next_cycle()
-        timer.set(settings.keepalive_timeout, Phase.IDLE)
 
 
 async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:

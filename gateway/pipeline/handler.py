@@ -27,10 +27,68 @@ class Pipeline:
         self.clock = run_clock()
 
     async def __call__(self, ex: Exchange) -> None:
+        """Route, run policies, forward; then the log phase, which reads the route and MCP request from the Exchange
+        (one coroutine, not two: its frame is held by every open stream, and its call is made for every request)."""
         started = self.clock()
-        failed = 0  # the status the connection loop answers when _handle raises
+        failed = 0  # the status the connection loop answers when the handling raises
         try:
-            await self._handle(ex)
+            req = ex.request
+            runtime = self.runtime
+            if runtime.client_address is not None:
+                ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
+            well_known = runtime.well_known
+            if well_known is not None:  # ai-mcp-oauth2's metadata documents, public and answered before routing
+                document = well_known.get(req.target.partition(b"?")[0])
+                if document is not None:
+                    await answer_metadata(ex, document)
+                    return
+            host = None
+            for name, value in req.headers:
+                if name == b"host":
+                    host = value
+                    break
+            router = runtime.router
+            if router.needs_port:  # a route's hosts name a port: the listener port the request arrived on
+                match = router.match(req.method, req.target, host, req.headers, None, ex.conn.sock.getsockname()[1])
+            else:
+                match = router.match(req.method, req.target, host, req.headers)
+            mcp = None
+            if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
+                mcp = ex.mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
+                if mcp is None:
+                    return
+                attach(ex, mcp)  # policies reading the body go on from what the peek read
+                port = ex.conn.sock.getsockname()[1] if router.needs_port else None
+                match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
+            if match is None:
+                ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
+                await ex.respond_error(404, NO_ROUTE)
+                return
+            route = ex.route = match.payload
+            if route.https_redirect is not None and _scheme(ex) != b"https":
+                await _use_https(ex, route.https_redirect, host)
+                return
+            if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
+                if ex.state is None:
+                    ex.state = {}
+                ex.state["audit"] = (route.audit, route.name)
+            target = req.target
+            ex.phases = route.phases
+            if route.consumer_policies is None:
+                for policy in route.policies:
+                    if await policy.access(ex):
+                        return
+            elif await _run_scoped(ex, route):
+                return
+            if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
+                match.query = req.target.partition(b"?")[2]
+            if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
+                mcp = ex.mcp = current(ex)
+            if route.mcp is not None:
+                mcp = ex.mcp = await route.mcp.inbound(ex, mcp)
+                if mcp is None:
+                    return
+            await self.forwarder.forward(ex, route, match, mcp)
         except ProtocolError as e:
             failed = e.status
             raise
@@ -45,66 +103,6 @@ class Pipeline:
             state = ex.state
             if state is not None and (audit := state.get("audit")) is not None:
                 audit[0].record(ex, started, audit[1])  # also when the client left mid-answer
-
-    async def _handle(self, ex: Exchange) -> None:
-        """Route, run policies, forward; the log phase reads the route and MCP request from the Exchange."""
-        req = ex.request
-        runtime = self.runtime
-        if runtime.client_address is not None:
-            ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
-        well_known = runtime.well_known
-        if well_known is not None:  # ai-mcp-oauth2's metadata documents, public and answered before routing
-            document = well_known.get(req.target.partition(b"?")[0])
-            if document is not None:
-                await answer_metadata(ex, document)
-                return
-        host = None
-        for name, value in req.headers:
-            if name == b"host":
-                host = value
-                break
-        router = runtime.router
-        if router.needs_port:  # a route's hosts name a port: the listener port the request arrived on
-            match = router.match(req.method, req.target, host, req.headers, None, ex.conn.sock.getsockname()[1])
-        else:
-            match = router.match(req.method, req.target, host, req.headers)
-        mcp = None
-        if match is NEEDS_MCP:  # a route on JSON-RPC method / tool name could match: look (bounded), match again
-            mcp = ex.mcp = await peek_for_routing(ex, runtime.mcp)  # type: ignore[arg-type]
-            if mcp is None:
-                return
-            attach(ex, mcp)  # policies reading the body go on from what the peek read
-            port = ex.conn.sock.getsockname()[1] if router.needs_port else None
-            match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
-        if match is None:
-            ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
-            await ex.respond_error(404, NO_ROUTE)
-            return
-        route = ex.route = match.payload
-        if route.https_redirect is not None and _scheme(ex) != b"https":
-            await _use_https(ex, route.https_redirect, host)
-            return
-        if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
-            if ex.state is None:
-                ex.state = {}
-            ex.state["audit"] = (route.audit, route.name)
-        target = req.target
-        ex.phases = route.phases
-        if route.consumer_policies is None:
-            for policy in route.policies:
-                if await policy.access(ex):
-                    return
-        elif await _run_scoped(ex, route):
-            return
-        if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
-            match.query = req.target.partition(b"?")[2]
-        if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
-            mcp = ex.mcp = current(ex)
-        if route.mcp is not None:
-            mcp = ex.mcp = await route.mcp.inbound(ex, mcp)
-            if mcp is None:
-                return
-        await self.forwarder.forward(ex, route, match, mcp)
 
 
 async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
