@@ -400,7 +400,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     """
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
-    timer = ConnTimer(trio.current_time() + settings.header_timeout, Phase.NEW)
+    timer = ConnTimer(connections.timers.clock() + settings.header_timeout, Phase.NEW)
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
     timers = connections.timers

@@ -64,11 +64,12 @@ class ConnTimer:
         self.timers: Timers | None = None
 
     def set(self, seconds: float, phase: Phase, detail: tuple[str, float] | None = None) -> None:
-        at = self.at = trio.current_time() + seconds
+        timers = self.timers
+        at = self.at = (timers.clock if timers is not None else trio.current_time)() + seconds
         self.phase = phase
         self.detail = detail
-        if at < self.queued and self.timers is not None:
-            self.timers.push(self, at)
+        if at < self.queued and timers is not None:
+            timers.push(self, at)
 
     def shorten(self, at: float) -> None:
         """Bring the deadline forward to `at` if it is later (a drain)."""
@@ -96,6 +97,9 @@ class Timers:
     """The timers of a worker's live connections and the task that expires them."""
 
     def __init__(self) -> None:
+        # The running clock's reading, bound once the sweeper runs (gateway.http.timers.run_clock): a phase change
+        # reads it, several times per request.
+        self.clock: Callable[[], float] = trio.current_time
         self.live: set[ConnTimer] = set()
         self._heap: list[tuple[float, int, ConnTimer]] = []
         self._order = itertools.count()  # ties never compare timers
@@ -138,6 +142,7 @@ class Timers:
 
     async def expire_forever(self) -> None:
         heap = self._heap
+        self.clock = run_clock()
         while True:
             now = trio.current_time()
             self.expire(now)
