@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from gateway.http.codec import CHUNKED, LENGTH, NO_BODY
 from gateway.pipeline.headers import connection_tokens, upstream_request_headers
 from gateway.policies.consumers import Consumer
 
@@ -24,11 +25,10 @@ def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: 
                            conn=SimpleNamespace(scheme=b"http", listen_port=PORT))
 
 
-def rewrite(headers: list[tuple[str, str]], trust: bool = False, chunked: bool = False,  # noqa: ANN201
-            consumer: Any = None):
+def rewrite(headers: list[tuple[str, str]], trust: bool = False, consumer: Any = None):  # noqa: ANN201
     """(upstream headers as a list of str pairs, client Host, request id)."""
     hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
-    out, host, rid, _ = upstream_request_headers(exchange(hdrs, trust, consumer), chunked)
+    out, host, rid, _, _ = upstream_request_headers(exchange(hdrs, trust, consumer))
     return [(k.decode(), v.decode()) for k, v in out], host, rid
 
 
@@ -43,7 +43,9 @@ def test_hop_by_hop_headers_are_removed():
                          ("accept", "application/json")])
     names = {k for k, _ in out}
     assert names.isdisjoint({"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection",
-                             "proxy-authorization", "transfer-encoding"})
+                             "proxy-authorization"})
+    assert values(out, "transfer-encoding") == ["chunked"]  # the gateway's own framing, once, last
+    assert out[-1] == ("transfer-encoding", "chunked")
     assert values(out, "accept") == ["application/json"]
 
 
@@ -60,8 +62,17 @@ def test_connection_tokens_ignore_close_and_keep_alive():
     assert connection_tokens([(b"connection", b"Keep-Alive, X-A , x-b")]) == {b"x-a", b"x-b"}
 
 
+def test_the_framing_of_the_body_is_told_with_the_headers():
+    def framing(headers: list[tuple[bytes, bytes]]) -> int:
+        return upstream_request_headers(exchange([(b"host", b"gw"), *headers]))[4]
+
+    assert framing([]) == NO_BODY
+    assert framing([(b"content-length", b"12")]) == LENGTH
+    assert framing([(b"transfer-encoding", b"chunked")]) == CHUNKED
+
+
 def test_chunked_body_is_reframed_upstream():
-    out, _, _ = rewrite([("host", "gw"), ("transfer-encoding", "chunked")], chunked=True)
+    out, _, _ = rewrite([("host", "gw"), ("transfer-encoding", "chunked")])
     assert values(out, "transfer-encoding") == ["chunked"]
 
 
@@ -179,7 +190,7 @@ def test_invalid_request_id_is_replaced(bad):
 
 def test_non_ascii_request_id_is_replaced():
     hdrs = [(b"host", b"gw"), (b"x-request-id", "réq".encode())]
-    out, _, rid, _ = upstream_request_headers(exchange(hdrs), False)
+    out, _, rid, _, _ = upstream_request_headers(exchange(hdrs))
     assert re.fullmatch(rb"[0-9a-f]{32}", rid)
     assert [v for k, v in out if k == b"x-request-id"] == [rid]
 

@@ -16,6 +16,8 @@ import re
 from typing import Protocol, final
 
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
+# How a request's headers frame its body, when the caller knows already (ClientCodec.request_head's `framing`).
+NO_BODY, LENGTH, CHUNKED = 0, 1, 2
 
 
 class Request:
@@ -98,7 +100,9 @@ class ServerCodec(Protocol):
 class ClientCodec(Protocol):
     """One upstream connection seen from the client: frames requests, parses responses."""
 
-    def request_head(self, method: bytes, target: bytes, headers: Headers) -> bytes: ...
+    # `framing` (NO_BODY, LENGTH, CHUNKED): what `headers` declare, when the caller knows it from building them and
+    # they carry no Connection field (the proxy's own); None: the codec reads them.
+    def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes: ...
     def body(self, data: bytes) -> bytes: ...
     def end(self) -> bytes: ...
     def receive_data(self, data: bytes) -> None: ...

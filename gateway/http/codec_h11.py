@@ -227,7 +227,7 @@ class H11Client(_H11Codec):
         self._method = b"GET"
         self._closed = False
 
-    def request_head(self, method: bytes, target: bytes, headers: Headers) -> bytes:
+    def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
 

@@ -12,9 +12,12 @@ from http import HTTPStatus
 import httptools
 
 from gateway.http.codec import (
+    CHUNKED,
     CLOSED,
     END,
+    LENGTH,
     NEED_DATA,
+    NO_BODY,
     Event,
     Headers,
     ProtocolError,
@@ -357,17 +360,20 @@ class LlhttpClient(_Parsing):
         self._response_done = False
         self._eof = False
 
-    def request_head(self, method: bytes, target: bytes, headers: Headers) -> bytes:
+    def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
         self._request_sent = False
-        # Two comprehensions (the names, the lines) cost a third of a loop that tests each name as it formats it,
-        # with the dozen headers a proxied request carries (a response's handful gains nothing: see response_head).
-        names = {hv[0] for hv in headers}
-        chunked = b"transfer-encoding" in names
-        self._chunked = chunked
-        self._no_body = not chunked and b"content-length" not in names
-        self._request_close = b"connection" in names and any(
-            _has_token(v, b"close") for n, v in headers if n == b"connection")
+        if framing is None:
+            # Two comprehensions (the names, the lines) cost a third of a loop that tests each name as it formats it,
+            # with the dozen headers a proxied request carries.
+            names = {hv[0] for hv in headers}
+            framing = CHUNKED if b"transfer-encoding" in names else LENGTH if b"content-length" in names else NO_BODY
+            self._request_close = b"connection" in names and any(
+                _has_token(v, b"close") for n, v in headers if n == b"connection")
+        else:
+            self._request_close = False  # the caller's word: no Connection field
+        self._chunked = framing == CHUNKED
+        self._no_body = framing == NO_BODY
         lines = [b"%b %b HTTP/1.1\r\n" % (method, target)]
         lines += [b"%b: %b\r\n" % hv for hv in headers]
         lines.append(b"\r\n")

@@ -80,8 +80,7 @@ class Forwarder:
         svc: ServiceRuntime = route.service  # type: ignore[assignment]  # a route without one ends at its 503 step
         group = svc.group
         affinity = route.affinity
-        chunked = any(name == b"transfer-encoding" for name, _ in req.headers)
-        headers, client_host, request_id, session_id = upstream_request_headers(ex, chunked, affinity is not None)
+        headers, client_host, request_id, session_id, framing = upstream_request_headers(ex, affinity is not None)
         ex.request_id = request_id
         pinned = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
@@ -126,7 +125,7 @@ class Forwarder:
                 ex.tries.append(attempt)
             try:
                 uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
-                                                    headers + extra, body, body_done)
+                                                    headers + extra, framing, body, body_done)
             except UpstreamError as e:
                 error = e
                 if e.sent and not replayable:
@@ -147,7 +146,7 @@ class Forwarder:
             await ex.respond_error(error.status)
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
-                        method: bytes, path: bytes, headers: Headers, body: bytes, body_done: bool) \
+                        method: bytes, path: bytes, headers: Headers, framing: int, body: bytes, body_done: bool) \
             -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled."""
         pool = self.pool
@@ -168,7 +167,7 @@ class Forwarder:
                 self._finished(attempt, False, TCP_FAILURE)
                 raise
         codec = uc.codec
-        data = codec.request_head(method, path, headers)
+        data = codec.request_head(method, path, headers, framing)
         if body:
             data += codec.body(body)
         if body_done:

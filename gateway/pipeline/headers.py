@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.http.codec import Headers
+from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers
 from gateway.http.ids import new_request_id
 from gateway.http.server import Exchange
 
@@ -17,7 +17,8 @@ CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-con
                               b"x-credential-identifier", b"x-consumer-groups", b"x-authenticated-groups",
                               b"x-anonymous-consumer"})
 _DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-for", b"x-request-id", b"x-real-ip"}
-_SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id"}  # one set lookup per header sorts out the rest
+# One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
+_SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length"}
 _MAX_REQUEST_ID = 200
 
 
@@ -42,9 +43,9 @@ def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
 
 
-def upstream_request_headers(ex: Exchange, chunked: bool,
-                             affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None]:
-    """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id).
+def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None, int]:
+    """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id,
+    how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked).
 
     Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port are kept and its X-Forwarded-For gets
     the peer appended; otherwise they are the gateway's own, X-Forwarded-For being the client address. X-Real-IP is
@@ -54,7 +55,8 @@ def upstream_request_headers(ex: Exchange, chunked: bool,
     headers = ex.request.headers
     trusted = ex.peer_trusted
     client_ip = ex.client_ip.encode()
-    named = connection_tokens(headers)
+    connection = False  # a Connection header: the headers it names are dropped too (after the loop: it is rare)
+    chunked = length = False
     out: Headers = []
     host = b""
     xff = b""
@@ -79,15 +81,22 @@ def upstream_request_headers(ex: Exchange, chunked: bool,
                 if affinity:
                     session_id = hv[1]
                     continue
+            elif name == b"content-length":
+                length = True
             elif name in _FORWARDED:
-                if not trusted or (named and name in named):
+                if not trusted:
                     continue
                 seen_forwarded.add(name)
             else:
+                if name == b"connection":
+                    connection = True
+                elif name == b"transfer-encoding":
+                    chunked = True  # chunked, and nothing else: gateway.http.codec.check_request_head
                 continue  # hop-by-hop, consumer headers, expect, x-real-ip
-        if named and name in named:
-            continue
         out.append(hv)
+    if connection and (named := connection_tokens(headers)):
+        out = [hv for hv in out if hv[0] not in named]
+        seen_forwarded -= named
     if not request_id:
         request_id = new_request_id()
     out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
@@ -104,4 +113,5 @@ def upstream_request_headers(ex: Exchange, chunked: bool,
         out += consumer.upstream_headers
     if chunked:
         out.append((b"transfer-encoding", b"chunked"))
-    return out, host, request_id, session_id
+        return out, host, request_id, session_id, CHUNKED
+    return out, host, request_id, session_id, LENGTH if length else NO_BODY
