@@ -97,6 +97,8 @@ class Timers:
     """The timers of a worker's live connections and the task that expires them."""
 
     def __init__(self) -> None:
+        # The live connections' timers, but for those relaying a stream (`park`): what a drain and the count of
+        # connections by state walk, which tens of thousands of idle streams would make the biggest idle cost.
         # The running clock's reading, bound once the sweeper runs (gateway.http.timers.run_clock): a phase change
         # reads it, several times per request.
         self.clock: Callable[[], float] = trio.current_time
@@ -116,6 +118,15 @@ class Timers:
         self.live.discard(timer)
         timer.timers = None
         timer.queued = math.inf  # whatever it left in the heap is stale now
+
+    def park(self, timer: ConnTimer) -> None:
+        """The connection relays a stream for as long as it lasts: out of `live` (it counts as writing, and no drain
+        shortens it), still timed (a write that waits for the client sets a deadline as ever)."""
+        self.live.discard(timer)
+
+    def unpark(self, timer: ConnTimer) -> None:
+        if timer.timers is self:
+            self.live.add(timer)
 
     def push(self, timer: ConnTimer, at: float) -> None:
         timer.queued = at

@@ -347,6 +347,9 @@ class Forwarder:
         stream.at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
         watch = self.streams
         watch.watch(ex.conn, stream)
+        timers = ex.timer.timers
+        if timers is not None:
+            timers.park(ex.timer)
         try:
             while True:
                 if stream.gone:
@@ -375,6 +378,8 @@ class Forwarder:
                     await ex.send_body(ev)  # type: ignore[arg-type]
                     stream.at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
         finally:
+            if timers is not None:
+                timers.unpark(ex.timer)
             watch.unwatch(stream)
             wheel.close(stream)
 

@@ -71,7 +71,7 @@ class WorkerTelemetry:
 
     def sample(self) -> None:
         """At each flush: connections by state and requests in progress per target (never on the request path).
-        One pass over the connections, comparing small ints: 50,000 idle streams make it the biggest idle cost."""
+        One pass over the connections, comparing small ints; those relaying a stream are not in it (they write)."""
         connections = self.connections
         reading = waiting = 0
         for timer in connections.timers.live:

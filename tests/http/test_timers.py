@@ -98,6 +98,34 @@ def test_a_discarded_timer_never_fires():
     run(main)
 
 
+def test_a_parked_timer_leaves_the_live_set_and_still_fires():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(math.inf, Phase.BUSY)
+        timers.add(timer)
+        timers.park(timer)  # its connection relays a stream
+        assert timer not in timers.live
+        timer.set(60, Phase.CLIENT_WRITE)  # a write that waits for the client is still bounded
+        assert timers.expire(trio.current_time() + 60) == 1
+        timers.unpark(timer)
+        assert timer in timers.live
+
+    run(main)
+
+
+def test_unpark_after_discard_does_not_bring_a_closed_connection_back():
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(math.inf, Phase.BUSY)
+        timers.add(timer)
+        timers.park(timer)
+        timers.discard(timer)
+        timers.unpark(timer)
+        assert timer not in timers.live
+
+    run(main)
+
+
 def test_idle_streams_without_deadlines_cost_the_sweep_nothing():
     async def main() -> None:
         timers = Timers()
