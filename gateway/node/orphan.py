@@ -3,9 +3,11 @@ they leave terminal interrupts to the root.
 
 Linux's PR_SET_PDEATHSIG looks right but is tied to the *thread* that forked the child, and Trio starts children
 from cached threads that exit when idle: children were signalled ten seconds after start. So each child watches
-its parent pid instead, and on a change sends itself SIGTERM, which its normal graceful path handles. The root
-names itself in GATEWAY_ROOT_PID, so a child started after the root died (and re-parented to init or to another
-subreaper) knows at once.
+its parent instead, through a pidfd (readable once the process has exited: no wake-up while it lives; an idle host
+of workers is woken by nothing it does not need), and then sends itself SIGTERM, which its normal graceful path
+handles. Without pidfds (Linux < 5.3) it polls its parent pid every PARENT_CHECK_S. The root names itself in
+GATEWAY_ROOT_PID, so a child started after the root died (and re-parented to init or to another subreaper) knows
+at once.
 
 Ctrl-C in a terminal sends SIGINT to the whole process group, children included. A child that drained and exited on
 it would be restarted by its supervisor before the root, stopping, got to it; so children block SIGINT (the root,
@@ -28,12 +30,20 @@ log = logging.getLogger("gateway.orphan")
 
 async def stop_when_orphaned(parent: int) -> None:
     """Run in a child's nursery: SIGTERM ourselves when `parent` (our ppid at start) is no longer our parent."""
-    while True:
-        await trio.sleep(PARENT_CHECK_S)
-        if os.getppid() != parent:
-            log.warning("process %d: the root process %d is gone; stopping", os.getpid(), parent)
-            os.kill(os.getpid(), signal.SIGTERM)
-            return
+    try:
+        pidfd = os.pidfd_open(parent)
+    except OSError:  # it is gone already (ESRCH), or the kernel has no pidfds
+        pidfd = -1
+    try:
+        if pidfd >= 0 and os.getppid() == parent:  # the pidfd is our parent's, not a later process's with its pid
+            await trio.lowlevel.wait_readable(pidfd)
+        while os.getppid() == parent:
+            await trio.sleep(PARENT_CHECK_S)
+    finally:
+        if pidfd >= 0:
+            os.close(pidfd)
+    log.warning("process %d: the root process %d is gone; stopping", os.getpid(), parent)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def parent_or_exit() -> int:
