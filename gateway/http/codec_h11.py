@@ -178,7 +178,7 @@ class H11Server(_H11Codec):
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
 
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
-                      lines: bytes = b"") -> bytes:
+                      lines: bytes = b"", framing: int | None = None) -> bytes:
         if lines:  # h11 frames only (name, value) pairs
             headers = [*headers, *(_split_line(line) for line in lines.split(b"\r\n")[:-1])]
         if close:

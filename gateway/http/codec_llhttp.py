@@ -282,23 +282,27 @@ class LlhttpServer(_Parsing):
         return ev
 
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
-                      lines: bytes = b"") -> bytes:
+                      lines: bytes = b"", framing: int | None = None) -> bytes:
         http11 = self._version == b"1.1"
         keep = self._persist and not close
         said_close = False
         length = chunked = False
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or REASONS.get(status, b""))]
-        for name, value in headers:
-            if name == b"content-length":
-                length = True
-            elif name == b"transfer-encoding":
-                if not http11:
-                    continue  # an HTTP/1.0 client cannot read chunked: close-delimited instead, as h11 does
-                chunked = True
-            elif name == b"connection" and _has_token(value, b"close"):
-                keep = False
-                said_close = True
-            parts.append(b"%b: %b\r\n" % (name, value))
+        if framing is None:
+            for name, value in headers:
+                if name == b"content-length":
+                    length = True
+                elif name == b"transfer-encoding":
+                    if not http11:
+                        continue  # an HTTP/1.0 client cannot read chunked: close-delimited instead, as h11 does
+                    chunked = True
+                elif name == b"connection" and _has_token(value, b"close"):
+                    keep = False
+                    said_close = True
+                parts.append(b"%b: %b\r\n" % (name, value))
+        else:  # the caller's word: no Connection or Transfer-Encoding field to look for
+            length = framing == LENGTH
+            parts += [b"%b: %b\r\n" % hv for hv in headers]
         if lines:
             parts.append(lines)
         head = self._method == b"HEAD"

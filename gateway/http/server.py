@@ -239,16 +239,18 @@ class Exchange:
         return self._request_done
 
     async def send_head(self, status: int, headers: Headers, body: bytes = b"", end: bool = False,
-                        reason: bytes = b"") -> None:
-        """Send the response head, optionally with the first body bytes and the end, in a single write."""
+                        reason: bytes = b"", framing: int | None = None) -> None:
+        """Send the response head, optionally with the first body bytes and the end, in a single write. `framing`:
+        see ServerCodec.response_head (ignored when the request's plugins filter the headers)."""
         codec = self._codec
         self.response_started = True
         self.status = status
         if self.phases is not None:
             headers, body = self.phases.filter(self, status, headers, body, end)
+            framing = None
         self.response_headers = headers
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
-        data = codec.response_head(status, headers, reason, close, self.response_lines)
+        data = codec.response_head(status, headers, reason, close, self.response_lines, framing)
         if body:
             data += codec.body(body)
         if end:

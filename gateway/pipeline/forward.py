@@ -12,7 +12,7 @@ import logging
 
 import trio
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Response
+from gateway.http.codec import CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
 from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
@@ -36,7 +36,7 @@ log = logging.getLogger("gateway.forward")
 
 TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
-_SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id"}
+_SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
 
 
 class Attempt:
@@ -230,8 +230,8 @@ class Forwarder:
         ok = False
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
         try:
-            headers = _client_headers(response.headers, request_id, affinity, attempt.target, new_session)
-            sse = _is_event_stream(response.headers)
+            headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target,
+                                                    new_session)
             first, done = _ready_body(codec)
             if edit is not None and not sse:
                 try:
@@ -262,7 +262,8 @@ class Forwarder:
                 first = edit.first_events() + b"".join(edit.event(e) for e in events)
                 if done:
                     first += splitter.pending
-            await ex.send_head(response.status, headers, first, end=done, reason=response.reason)
+            await ex.send_head(response.status, headers, first, end=done, reason=response.reason,
+                               framing=framing if splitter is None else None)
             if not done:
                 try:
                     if sse:
@@ -469,15 +470,23 @@ def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,
-                    target: TargetRuntime, new_session: str | None = None) -> Headers:
+                    target: TargetRuntime, new_session: str | None = None) -> tuple[Headers, int, bool]:
     """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed (and
-    counted as opened on route `new_session` when the request had none)."""
+    counted as opened on route `new_session` when the request had none); with their framing (LENGTH, or NO_BODY
+    for none: the codec frames the body) and whether the body is an event stream."""
     out: Headers = []
     named = None
+    framing = NO_BODY
+    content_type = None
     for hv in headers:
         name = hv[0]
         if name in _SPECIAL_OUT:
-            if name == b"mcp-session-id":
+            if name == b"content-length":
+                framing = LENGTH
+            elif name == b"content-type":
+                if content_type is None:
+                    content_type = hv[1]
+            elif name == b"mcp-session-id":
                 if affinity is not None:
                     hv = (name, affinity.seal(target.name, hv[1]))
                     if new_session is not None:
@@ -490,12 +499,7 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
     if named:  # rare: end-to-end headers the upstream named in Connection
         out = [hv for hv in out if hv[0] not in named]
     out.append((b"x-request-id", request_id))
-    return out
+    return out, framing, content_type is not None and content_type[:17].lower() == b"text/event-stream"
 
 
-def _is_event_stream(headers: Headers) -> bool:
-    for name, value in headers:
-        if name == b"content-type":
-            return value[:17].lower() == b"text/event-stream"
-    return False
 

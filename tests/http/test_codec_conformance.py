@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import h11
 import pytest
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, ProtocolError, Request, Response
+from gateway.http.codec import CLOSED, END, LENGTH, NEED_DATA, NO_BODY, ProtocolError, Request, Response
 from gateway.http.codecs import codec_classes
 
 CODECS = ["h11", "llhttp"]
@@ -815,6 +815,17 @@ def test_response_content_length_kept(codec: str) -> None:
                       ("data", b"hello world"), "end"]
     assert delimited
     assert keep
+
+
+@pytest.mark.parametrize("request_head", [GET11, GET10, HEAD11])
+@pytest.mark.parametrize("headers", [[(b"content-type", b"text/plain"), (b"content-length", b"11")],
+                                     [(b"content-type", b"text/plain")]])
+def test_a_response_framed_by_the_callers_word_is_the_same_as_one_the_codec_reads(
+        codec: str, request_head: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    framing = LENGTH if any(n == b"content-length" for n, _ in headers) else NO_BODY
+    body = [b"hello", b" world"]
+    assert serve(codec, request_head, 200, headers, body, framing=framing) == serve(codec, request_head, 200,
+                                                                                       headers, body)
 
 
 def test_preformatted_header_lines_follow_the_headers(codec: str) -> None:
