@@ -118,6 +118,7 @@ class ClientCodec(Protocol):
 # Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
 _AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
+_CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 
 def check_request_head(method: bytes, target: bytes, headers: Headers, http_version: bytes) -> bytes:
@@ -129,20 +130,21 @@ def check_request_head(method: bytes, target: bytes, headers: Headers, http_vers
         raise ProtocolError("CONNECT is not allowed: the gateway is not a tunnel", 405)  # nginx >= 1.21.1
     content_lengths = 0
     transfer_encoding = None
-    host = -1
-    for i, (name, value) in enumerate(headers):
-        if name == b"content-length":
-            content_lengths += 1
-            if not value.isdigit():
-                raise ProtocolError("invalid Content-Length")
-        elif name == b"transfer-encoding":
-            if transfer_encoding is not None:
-                raise ProtocolError("more than one Transfer-Encoding header")
-            transfer_encoding = value
-        elif name == b"host":
-            if host != -1:
-                raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
-            host = i
+    host = None
+    for name, value in headers:
+        if name in _CHECKED:  # one set lookup for the many headers that are none of these
+            if name == b"content-length":
+                content_lengths += 1
+                if not value.isdigit():
+                    raise ProtocolError("invalid Content-Length")
+            elif name == b"transfer-encoding":
+                if transfer_encoding is not None:
+                    raise ProtocolError("more than one Transfer-Encoding header")
+                transfer_encoding = value
+            else:
+                if host is not None:
+                    raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+                host = value
     if content_lengths > 1:
         raise ProtocolError("more than one Content-Length header")
     if transfer_encoding is not None:
@@ -154,16 +156,16 @@ def check_request_head(method: bytes, target: bytes, headers: Headers, http_vers
             if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
                 raise ProtocolError("chunked must be the final transfer coding")
             raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
-    if host == -1 and http_version == b"1.1":
+    if host is None and http_version == b"1.1":
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
     if target[:1] != b"/":
-        target = _origin_form(target, headers, host)
-    elif host != -1 and _AUTHORITY.fullmatch(headers[host][1]) is None:
+        target = _origin_form(target, headers)
+    elif host is not None and _AUTHORITY.fullmatch(host) is None:
         raise ProtocolError("invalid Host header")
     return target
 
 
-def _origin_form(target: bytes, headers: Headers, host: int) -> bytes:
+def _origin_form(target: bytes, headers: Headers) -> bytes:
     """The origin-form of an absolute-form target, its authority set as Host (in place); 400 for anything else."""
     if target == b"*":
         raise ProtocolError("asterisk-form request targets (OPTIONS *) are not supported")
@@ -173,7 +175,8 @@ def _origin_form(target: bytes, headers: Headers, host: int) -> bytes:
     authority, path = m.group(1), m.group(2)
     if not authority or b"@" in authority or _AUTHORITY.fullmatch(authority) is None:
         raise ProtocolError("invalid authority in the request target")
-    if host == -1:
+    host = next((i for i, hv in enumerate(headers) if hv[0] == b"host"), None)
+    if host is None:
         headers.append((b"host", authority))
     else:
         headers[host] = (b"host", authority)
