@@ -85,6 +85,8 @@ class ServerCodec(Protocol):
     def __init__(self, max_header_bytes: int = 16384) -> None: ...
     def receive_data(self, data: bytes) -> None: ...  # b"" means the client closed its side
     def next_event(self) -> Event: ...  # Request, bytes, END, CLOSED or NEED_DATA; raises ProtocolError
+    # After the Request: the body chunks parsed so far and whether END came with them (next_event in a loop).
+    def take_body(self) -> tuple[list[bytes], bool]: ...
     # `lines`: header lines formatted by the gateway itself (b"Name: value\r\n" each, never a framing header),
     # sent after `headers` as they are: what policies add to every response costs no per-header work.
     # `framing` (LENGTH, or NO_BODY for "no length: the codec frames it"): what `headers` declare, when the caller

@@ -72,6 +72,14 @@ class _H11Codec:
     def _next_event(self) -> Event:
         raise NotImplementedError
 
+    def take_body(self) -> tuple[list[bytes], bool]:
+        chunks: list[bytes] = []
+        while (ev := self.next_event()) is not NEED_DATA:
+            if ev is END:
+                return chunks, True
+            chunks.append(ev)  # type: ignore[arg-type]
+        return chunks, False
+
     def receive_data(self, data: bytes) -> None:
         if data:
             if self._probe is not None:

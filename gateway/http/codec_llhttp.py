@@ -281,6 +281,24 @@ class LlhttpServer(_Parsing):
             self._request_done = True
         return ev
 
+    def take_body(self) -> tuple[list[bytes], bool]:
+        """next_event's loop over the body events in one call (the proxy's path: a body read with its head)."""
+        events = self._events
+        chunks: list[bytes] = []
+        while events:
+            ev = events[0]
+            if type(ev) is bytes:
+                chunks.append(ev)
+                del events[0]
+            elif ev is END:
+                del events[0]
+                self._request_done = True
+                return chunks, True
+            else:
+                self.next_event()  # raises the error queued after the chunks, as it would
+                break
+        return chunks, False
+
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
                       lines: bytes = b"", framing: int | None = None) -> bytes:
         http11 = self._version == b"1.1"

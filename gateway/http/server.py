@@ -172,16 +172,12 @@ class Exchange:
         if self._held is not None:
             chunks.append(self._held)
             self._held = None
-        codec = self._codec
-        while not self._request_done:
-            ev = codec.next_event()
-            if ev is NEED_DATA:
-                break
-            if ev is END:
-                self._request_done = True
-            else:
-                self._count(ev)  # type: ignore[arg-type]
-                chunks.append(ev)  # type: ignore[arg-type]
+        if not self._request_done:
+            more, self._request_done = self._codec.take_body()
+            if more:
+                body = b"".join(more)
+                self._count(body)
+                chunks.append(body)
         return b"".join(chunks), self._request_done
 
     def _count(self, chunk: bytes) -> None:

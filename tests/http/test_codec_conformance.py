@@ -234,6 +234,25 @@ def test_post_with_content_length_body(codec: str) -> None:
     ]
 
 
+def test_take_body_gives_the_chunks_parsed_so_far_and_whether_the_request_ended(codec: str) -> None:
+    server = new_server(codec)
+    server.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n")
+    assert type(server.next_event()) is Request
+    chunks, done = server.take_body()
+    assert b"".join(chunks) == b"abcde" and not done
+    server.receive_data(b"0\r\n\r\nGET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert server.take_body() == ([], True)
+    assert server.next_event() is NEED_DATA  # the pipelined request waits for start_next_cycle
+
+
+def test_take_body_raises_a_broken_body_as_next_event_would(codec: str) -> None:
+    server = new_server(codec)
+    server.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+    assert type(server.next_event()) is Request
+    with pytest.raises(ProtocolError):
+        server.take_body()
+
+
 def test_content_length_zero_body(codec: str) -> None:
     raw = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"
     assert parse_requests(codec, raw) == [req(b"POST", b"/", [(b"host", b"a"), (b"content-length", b"0")]), END]
