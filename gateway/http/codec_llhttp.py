@@ -505,6 +505,24 @@ class LlhttpClient(_Parsing):
             self._response_done = True
         return ev
 
+    def take_body(self) -> tuple[list[bytes], bool]:
+        """next_event's loop over the body events in one call (the proxy's path: a body read with its head)."""
+        events = self._events
+        chunks: list[bytes] = []
+        while events and not self._response_done:
+            ev = events[0]
+            if type(ev) is bytes:
+                chunks.append(ev)
+                del events[0]
+            elif ev is END:
+                del events[0]
+                self._response_done = True
+                return chunks, True
+            else:
+                self.next_event()  # raises the error queued after the chunks, as it would
+                break
+        return chunks, False
+
     @property
     def keep_alive(self) -> bool:
         # not while unsolicited bytes wait: the next exchange would read them as its response

@@ -459,14 +459,8 @@ def _is_json(headers: Headers) -> bool:
 
 def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
     """Body bytes already parsed with the head, and whether the response is complete: one write when small."""
-    parts: list[bytes] = []
-    while True:
-        ev = codec.next_event()
-        if ev is NEED_DATA:
-            return b"".join(parts), False
-        if ev is END:
-            return b"".join(parts), True
-        parts.append(ev)
+    parts, done = codec.take_body()
+    return b"".join(parts), done
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,

@@ -245,6 +245,19 @@ def test_take_body_gives_the_chunks_parsed_so_far_and_whether_the_request_ended(
     assert server.next_event() is NEED_DATA  # the pipelined request waits for start_next_cycle
 
 
+def test_a_client_takes_the_response_body_parsed_with_its_head(codec: str) -> None:
+    client = new_client(codec)
+    client.request_head(b"GET", b"/", [(b"host", b"up")])
+    client.end()
+    client.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab")
+    assert type(client.next_event()) is Response
+    assert client.take_body() == ([b"ab"], False)
+    client.receive_data(b"cde")
+    chunks, done = client.take_body()
+    assert chunks == [b"cde"] and done
+    assert client.keep_alive
+
+
 def test_take_body_raises_a_broken_body_as_next_event_would(codec: str) -> None:
     server = new_server(codec)
     server.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
