@@ -21,16 +21,21 @@ NO_BODY, LENGTH, CHUNKED = 0, 1, 2
 
 
 class Request:
-    """A request head. `keep_alive` is the client's wish (version and Connection header)."""
+    """A request head. `keep_alive` is the client's wish (version and Connection header). `host` (the Host header,
+    or the authority of an absolute-form target) and `expect_continue` are what check_request_head found on its way
+    through the headers as they arrived: what routing reads, before any policy may rewrite the headers."""
 
-    __slots__ = ("method", "target", "headers", "http_version", "keep_alive")
+    __slots__ = ("method", "target", "headers", "http_version", "keep_alive", "host", "expect_continue")
 
-    def __init__(self, method: bytes, target: bytes, headers: Headers, http_version: bytes, keep_alive: bool):
+    def __init__(self, method: bytes, target: bytes, headers: Headers, http_version: bytes, keep_alive: bool,
+                 host: bytes | None = None, expect_continue: bool = False):
         self.method = method
         self.target = target
         self.headers = headers
         self.http_version = http_version
         self.keep_alive = keep_alive
+        self.host = host
+        self.expect_continue = expect_continue
 
     def __repr__(self) -> str:
         return f"Request({self.method!r}, {self.target!r}, {self.headers!r}, {self.http_version!r})"
@@ -122,12 +127,14 @@ class ClientCodec(Protocol):
 # Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
 _AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
-_CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host"})
+_CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})
 
 
-def check_request_head(method: bytes, target: bytes, headers: Headers, http_version: bytes) -> bytes:
+def check_request_head(method: bytes, target: bytes, headers: Headers,
+                       http_version: bytes) -> tuple[bytes, bytes | None, bool]:
     """Reject what request smuggling and RFC 9112 forbid, identically for every codec; returns the target in origin
-    form. An absolute-form target (RFC 9112 3.2.2) names the host: its authority replaces the Host header."""
+    form, the host (Host, or the authority of an absolute-form target, which replaces the Host header, RFC 9112
+    3.2.2) and whether the client expects 100-continue."""
     if http_version != b"1.1" and http_version != b"1.0":
         raise ProtocolError("unsupported HTTP version")  # llhttp's parser rejects most of these with 400 itself
     if method == b"CONNECT":
@@ -135,6 +142,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers, http_vers
     content_lengths = 0
     transfer_encoding = None
     host = None
+    expect = False
     for name, value in headers:
         if name in _CHECKED:  # one set lookup for the many headers that are none of these
             if name == b"content-length":
@@ -145,6 +153,8 @@ def check_request_head(method: bytes, target: bytes, headers: Headers, http_vers
                 if transfer_encoding is not None:
                     raise ProtocolError("more than one Transfer-Encoding header")
                 transfer_encoding = value
+            elif name == b"expect":
+                expect = expect or value.lower() == b"100-continue"
             else:
                 if host is not None:
                     raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
@@ -163,14 +173,15 @@ def check_request_head(method: bytes, target: bytes, headers: Headers, http_vers
     if host is None and http_version == b"1.1":
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
     if target[:1] != b"/":
-        target = _origin_form(target, headers)
+        target, host = _origin_form(target, headers)
     elif host is not None and _AUTHORITY.fullmatch(host) is None:
         raise ProtocolError("invalid Host header")
-    return target
+    return target, host, expect
 
 
-def _origin_form(target: bytes, headers: Headers) -> bytes:
-    """The origin-form of an absolute-form target, its authority set as Host (in place); 400 for anything else."""
+def _origin_form(target: bytes, headers: Headers) -> tuple[bytes, bytes]:
+    """The origin-form of an absolute-form target and its authority, set as Host (in place); 400 for anything
+    else."""
     if target == b"*":
         raise ProtocolError("asterisk-form request targets (OPTIONS *) are not supported")
     m = _ABSOLUTE.fullmatch(target)
@@ -185,8 +196,8 @@ def _origin_form(target: bytes, headers: Headers) -> bytes:
     else:
         headers[host] = (b"host", authority)
     if not path:
-        return b"/"
-    return path if path[:1] == b"/" else b"/" + path  # "http://h?q" -> "/?q"
+        return b"/", authority
+    return (path if path[:1] == b"/" else b"/" + path), authority  # "http://h?q" -> "/?q"
 
 
 def message_framing(headers: Headers) -> tuple[int | None, bool]:

@@ -137,8 +137,9 @@ class H11Server(_H11Codec):
         if self._eof:
             self._conn.receive_data(b"")
 
-    def _raw_request(self) -> tuple[int, bytes, Headers, bytes] | None:
-        """(head size, request target in origin form, headers, version) of the head h11 parsed, checked."""
+    def _raw_request(self) -> tuple[int, tuple[bytes, bytes | None, bool], Headers, bytes] | None:
+        """(head size, check_request_head's (target in origin form, host, expect), headers, version) of the head h11
+        parsed, checked."""
         probe = self._probe
         self._probe = None
         if probe is None:
@@ -153,8 +154,8 @@ class H11Server(_H11Codec):
         if size > self._max:
             raise ProtocolError("request head too large", 431)
         method, _, rest = start.partition(b" ")
-        target = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
-        return size, target, headers, version[5:]
+        checked = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
+        return size, checked, headers, version[5:]
 
     def _next_event(self) -> Event:
         conn = self._conn
@@ -176,7 +177,8 @@ class H11Server(_H11Codec):
             headers = raw[2]
             version = bytes(ev.http_version)
             self._method = bytes(ev.method)
-            return Request(self._method, raw[1], headers, version, _wants_keep_alive(version, headers))
+            target, host, expect = raw[1]
+            return Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host, expect)
         if type(ev) is h11.EndOfMessage:
             return self._end(ev, 431)
         if type(ev) is h11.ConnectionClosed:

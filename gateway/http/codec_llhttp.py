@@ -217,8 +217,8 @@ class LlhttpServer(_Parsing):
         else:
             version = parser.get_http_version().encode()
             keep = _wants_keep_alive(version, headers)
-        url = check_request_head(method, url, headers, version)
-        self._events.append(Request(method, url, headers, version, keep))
+        url, host, expect = check_request_head(method, url, headers, version)
+        self._events.append(Request(method, url, headers, version, keep, host, expect))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)

@@ -149,12 +149,9 @@ class Exchange:
         self.response_done = False
         self.close_after = False
         self.state: dict[str, Any] | None = None  # per-request notes for policies (lazily created)
-        self._expect_continue = False
+        self._expect_continue = request.expect_continue
         self.body_limit: int | None = None  # set by request-size-limiting; enforced as the body streams
         self.body_received = 0  # request body bytes read so far (decoded, without chunked framing)
-        for name, value in request.headers:
-            if name == b"expect" and value.lower() == b"100-continue":
-                self._expect_continue = True
 
     def add_response_lines(self, lines: bytes) -> None:
         """Header lines, formatted (b"Name: value\r\n" each), for whatever response this request gets (an answer

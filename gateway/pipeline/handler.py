@@ -42,11 +42,7 @@ class Pipeline:
                 if document is not None:
                     await answer_metadata(ex, document)
                     return
-            host = None
-            for name, value in req.headers:
-                if name == b"host":
-                    host = value
-                    break
+            host = req.host  # as it arrived: policies run after routing
             router = runtime.router
             if router.needs_port:  # a route's hosts name a port: the listener port the request arrived on
                 match = router.match(req.method, req.target, host, req.headers, None, ex.conn.sock.getsockname()[1])

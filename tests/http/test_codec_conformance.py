@@ -234,6 +234,21 @@ def test_post_with_content_length_body(codec: str) -> None:
     ]
 
 
+@pytest.mark.parametrize(("head", "host", "expect"), [
+    (b"GET / HTTP/1.1\r\nHost: a.test:8000\r\n\r\n", b"a.test:8000", False),
+    (b"GET http://b.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n", b"b.test", False),  # the authority wins
+    (b"GET / HTTP/1.0\r\n\r\n", None, False),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n", b"a", True),
+])
+def test_a_request_carries_its_host_and_expectation_as_they_arrived(codec: str, head: bytes, host: bytes | None,
+                                                                   expect: bool) -> None:
+    server = new_server(codec)
+    server.receive_data(head)
+    request = server.next_event()
+    assert type(request) is Request
+    assert (request.host, request.expect_continue) == (host, expect)
+
+
 def test_take_body_gives_the_chunks_parsed_so_far_and_whether_the_request_ended(codec: str) -> None:
     server = new_server(codec)
     server.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n")
