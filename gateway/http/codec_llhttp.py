@@ -166,6 +166,25 @@ class _Parsing(_BodyFramer):
                 if self._head_fed > self._max_head:
                     self._fail(ProtocolError("message head too large", 431))
 
+    def take_body(self) -> tuple[list[bytes], bool]:
+        """After the head, before its END: the body chunks parsed so far, and whether the message ended with them
+        (next_event's loop in one call, the proxy's path: a body read with its head)."""
+        events = self._events
+        chunks: list[bytes] = []
+        while events and type(events[0]) is bytes:
+            chunks.append(events.pop(0))
+        if events and events[0] is END:
+            del events[0]
+            self._message_done()
+            return chunks, True
+        if events:
+            self.next_event()  # raises the error queued after the chunks, as it would
+        return chunks, False
+
+    def _message_done(self) -> None:
+        """The END of the message being parsed was taken (what next_event does when it returns END)."""
+        raise NotImplementedError
+
     def _upgraded(self, data: bytes, offset: int) -> None:
         raise NotImplementedError
 
@@ -281,23 +300,8 @@ class LlhttpServer(_Parsing):
             self._request_done = True
         return ev
 
-    def take_body(self) -> tuple[list[bytes], bool]:
-        """next_event's loop over the body events in one call (the proxy's path: a body read with its head)."""
-        events = self._events
-        chunks: list[bytes] = []
-        while events:
-            ev = events[0]
-            if type(ev) is bytes:
-                chunks.append(ev)
-                del events[0]
-            elif ev is END:
-                del events[0]
-                self._request_done = True
-                return chunks, True
-            else:
-                self.next_event()  # raises the error queued after the chunks, as it would
-                break
-        return chunks, False
+    def _message_done(self) -> None:
+        self._request_done = True
 
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
                       lines: bytes = b"", framing: int | None = None) -> bytes:
@@ -505,23 +509,8 @@ class LlhttpClient(_Parsing):
             self._response_done = True
         return ev
 
-    def take_body(self) -> tuple[list[bytes], bool]:
-        """next_event's loop over the body events in one call (the proxy's path: a body read with its head)."""
-        events = self._events
-        chunks: list[bytes] = []
-        while events and not self._response_done:
-            ev = events[0]
-            if type(ev) is bytes:
-                chunks.append(ev)
-                del events[0]
-            elif ev is END:
-                del events[0]
-                self._response_done = True
-                return chunks, True
-            else:
-                self.next_event()  # raises the error queued after the chunks, as it would
-                break
-        return chunks, False
+    def _message_done(self) -> None:
+        self._response_done = True
 
     @property
     def keep_alive(self) -> bool:
