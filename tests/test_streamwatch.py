@@ -4,6 +4,8 @@ upstreams that speak to a parked stream."""
 from __future__ import annotations
 
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -101,80 +103,70 @@ def test_unwatch_of_a_closed_stream_spares_a_later_stream_on_the_same_descriptor
         second_peer.close()
 
 
+class Relayed:
+    """A stream watched by a running StreamWatch: its client (the `pair` fixture) and an upstream socket pair."""
+
+    def __init__(self, watch: StreamWatch, stream: Stream, up: Conn, upstream_peer: socket.socket,
+                 nursery: trio.Nursery) -> None:
+        self.watch, self.stream, self.up, self.upstream_peer, self.nursery = watch, stream, up, upstream_peer, nursery
+
+
+@asynccontextmanager
+async def relayed(conn: Conn) -> AsyncIterator[Relayed]:
+    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
+    upstream, upstream_peer = socket.socketpair()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch.run_forever)
+            watch.watch(conn, stream)
+            yield Relayed(watch, stream, Conn(upstream), upstream_peer, nursery)
+            nursery.cancel_scope.cancel()
+    finally:
+        upstream.close()
+        upstream_peer.close()
+
+
 async def test_a_hang_up_resumes_the_parked_stream_at_once(pair):
     conn, client = pair
-    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
-    upstream, upstream_peer = socket.socketpair()  # never readable: the stream waits for it
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch.run_forever)
-        watch.watch(conn, stream)
-        nursery.start_soon(_close_soon, client)
+    async with relayed(conn) as r:  # the upstream is never readable: the stream waits for it
+        r.nursery.start_soon(_close_soon, client)
         with trio.fail_after(5):
-            await watch.wait_upstream(stream, Conn(upstream))
-        assert stream.gone
-        nursery.cancel_scope.cancel()
-    upstream.close()
-    upstream_peer.close()
+            await r.watch.wait_upstream(r.stream, r.up)
+        assert r.stream.gone
 
 
 async def test_an_upstream_that_speaks_resumes_the_parked_stream_each_time(pair):
-    conn, _client = pair
-    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
-    upstream, upstream_peer = socket.socketpair()
-    up = Conn(upstream)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch.run_forever)
-        watch.watch(conn, stream)
+    async with relayed(pair[0]) as r:
         for n in range(3):  # one-shot: re-armed by every wait
-            nursery.start_soon(_send_soon, upstream_peer, b"data: %d\n\n" % n)
+            r.nursery.start_soon(_send_soon, r.upstream_peer, b"data: %d\n\n" % n)
             with trio.fail_after(5):
-                await watch.wait_upstream(stream, up)
-            assert up.recv_ready() == b"data: %d\n\n" % n
-            assert not stream.gone and stream.task is None
-        nursery.cancel_scope.cancel()
-    upstream.close()
-    upstream_peer.close()
+                await r.watch.wait_upstream(r.stream, r.up)
+            assert r.up.recv_ready() == b"data: %d\n\n" % n
+            assert not r.stream.gone and r.stream.task is None
 
 
 async def test_an_upstream_shut_down_by_the_gateway_resumes_the_parked_stream_with_eof(pair):
-    conn, _client = pair
-    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
-    upstream, upstream_peer = socket.socketpair()
-    up = Conn(upstream)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch.run_forever)
-        watch.watch(conn, stream)
+    async with relayed(pair[0]) as r:
 
         async def sweep() -> None:
             await trio.sleep(0.05)
-            up.shutdown()  # what a circuit's sweep does to a busy connection (gateway.http.pool.close_target)
+            r.up.shutdown()  # what a circuit's sweep does to a busy connection (gateway.http.pool.close_target)
 
-        nursery.start_soon(sweep)
+        r.nursery.start_soon(sweep)
         with trio.fail_after(5):
-            await watch.wait_upstream(stream, up)
-        assert up.recv_ready() == b""
-        nursery.cancel_scope.cancel()
-    upstream.close()
-    upstream_peer.close()
+            await r.watch.wait_upstream(r.stream, r.up)
+        assert r.up.recv_ready() == b""
 
 
 async def test_a_parked_stream_can_be_cancelled_and_its_later_news_is_ignored(pair):
-    conn, _client = pair
-    watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
-    upstream, upstream_peer = socket.socketpair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(watch.run_forever)
-        watch.watch(conn, stream)
+    async with relayed(pair[0]) as r:
         with trio.move_on_after(0.05) as scope:
-            await watch.wait_upstream(stream, Conn(upstream))
-        assert scope.cancelled_caught and stream.task is None
-        upstream_peer.sendall(b"late")
+            await r.watch.wait_upstream(r.stream, r.up)
+        assert scope.cancelled_caught and r.stream.task is None
+        r.upstream_peer.sendall(b"late")
         await trio.sleep(0.05)  # the watch reports it to nobody
-        watch.unwatch(stream)
-        assert len(watch) == 0
-        nursery.cancel_scope.cancel()
-    upstream.close()
-    upstream_peer.close()
+        r.watch.unwatch(r.stream)
+        assert len(r.watch) == 0
 
 
 async def _close_soon(sock: socket.socket) -> None:
