@@ -386,10 +386,32 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+class FilesCollector(multiprocess.MultiProcessCollector):
+    """prometheus_client's collector over every process's metric files, minus a file another process is creating at
+    that instant: it is created empty and sized a moment later, and reading it then raises struct.error, which
+    would fail a scrape made while a worker or the keeper restarts."""
+
+    def __init__(self, registry: CollectorRegistry | None, path: str) -> None:
+        super().__init__(registry, path=path)
+        self.files_path = path
+
+    def collect(self):  # noqa: ANN201 - prometheus_client's Collector interface
+        files = []
+        for name in os.listdir(self.files_path):
+            if name.endswith(".db"):
+                path = os.path.join(self.files_path, name)
+                try:
+                    if os.path.getsize(path) >= 8:  # the header: how much of the file is used
+                        files.append(path)
+                except OSError:  # removed meanwhile (a dead process's live gauges)
+                    pass
+        return self.merge(files, accumulate=True)
+
+
+def multiprocess_registry(path: str) -> CollectorRegistry:
     """A registry that reads every process's metric files (for /metrics in the root)."""
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=path)
+    FilesCollector(registry, path)
     return registry
 
 

@@ -403,10 +403,9 @@ def limited(tmp_path_factory):
 
 def local_share_admits(gw: Gateway) -> int:
     """Requests the gateway's workers admitted on their local shares so far (gateway_ratelimit_local_share_total)."""
-    from prometheus_client import CollectorRegistry, multiprocess
+    from gateway.metrics import multiprocess_registry  # the gateway's own reading: a file being created is skipped
 
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry, path=str(gw.dir / "run" / "metrics"))
+    registry = multiprocess_registry(str(gw.dir / "run" / "metrics"))
     return int(sum(sample.value for metric in registry.collect() if metric.name == "gateway_ratelimit_local_share"
                    for sample in metric.samples if sample.name.endswith("_total")))
 

@@ -14,9 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
 
-from gateway.metrics import RECORDER, sweep_dead_processes
+from gateway.metrics import RECORDER, FilesCollector, sweep_dead_processes
 
 _NODE_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
 CONNECTION_STATES = ("active", "reading", "writing", "waiting")
@@ -36,7 +35,7 @@ class GatewayCollector:
         self.node_id = node_id(node) if node else ""
         self.version = version
         self.kong_enabled = kong_enabled
-        self._files = MultiProcessCollector(None, path=path)
+        self._files = FilesCollector(None, path)
 
     def prepare(self) -> None:
         """Flush this process's counts and forget the live gauges of exited processes (cheap; Trio thread)."""

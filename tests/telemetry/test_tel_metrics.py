@@ -69,6 +69,13 @@ def test_an_exited_process_keeps_its_counts_but_not_its_gauges(tmp_path):
     assert get("kong_datastore_reachable") == 1
 
 
+def test_a_scrape_skips_a_metric_file_another_process_is_creating_at_that_instant(tmp_path):
+    _run_writer(str(tmp_path))
+    (tmp_path / "counter_99999.db").write_bytes(b"")  # created, not yet sized: reading it would raise struct.error
+    registry, _ = gateway_registry(str(tmp_path))
+    assert registry.get_sample_value("gateway_requests_total", {"route": "api", "code": "200"}) == 1
+
+
 def test_kong_node_families_only_with_a_prometheus_plugin(tmp_path):
     _run_writer(str(tmp_path))
     registry, _ = gateway_registry(str(tmp_path), kong_enabled=lambda: False)
