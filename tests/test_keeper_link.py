@@ -3,7 +3,9 @@ for KEEPER_LOST_S), falling back to local shares, and resynchronising with the n
 
 from __future__ import annotations
 
+import pytest
 import trio
+import trio.testing
 import zmq
 
 from gateway.bus import protocol as p
@@ -85,6 +87,30 @@ async def test_a_hanging_keeper_is_lost_after_keeper_lost_s_without_heartbeat(au
     await trio.sleep(KEEPER_LOST_S)
     shared.flush(trio.current_time())
     assert not shared.keeper_up
+
+
+async def test_a_quiet_worker_flushes_when_the_keepers_heartbeat_wakes_it_and_when_one_is_overdue(autojump_clock):
+    shared, _ = connected()
+    start = trio.current_time()
+    flushes: list[float] = []
+    flush = shared.flush
+    shared.flush = lambda now: (flushes.append(now - start), flush(now))  # type: ignore[method-assign]
+    beats = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared._periodic)
+        for _ in range(10):  # a second of heartbeats, 0.1 s apart
+            await trio.sleep(0.1)
+            beats.append(trio.current_time() - start)
+            shared.on_message(p.Heartbeat(incarnation="k1"))
+            await trio.testing.wait_all_tasks_blocked()
+        settled = [t for t in flushes if t > 0.15]  # after the back-off from FLUSH_S (0.02, 0.06, 0.14)
+        assert settled == pytest.approx(beats[1:])  # no wake-up of its own between two heartbeats
+        await trio.sleep(KEEPER_LOST_S - 0.05)  # the keeper hangs: nothing until its heartbeat is overdue
+        assert flushes[-1] == pytest.approx(beats[-1]) and shared.keeper_up
+        await trio.sleep(0.1)
+        assert flushes[-1] == pytest.approx(beats[-1] + KEEPER_LOST_S + 0.01)
+        assert not shared.keeper_up
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_channel_reports_the_keepers_socket_closing(tmp_path):

@@ -36,6 +36,7 @@ FLUSH_S = 0.02  # outcomes and lease requests leave at most this late (a request
 IDLE_FLUSH_S = 0.1  # ... once the worker has been quiet a while (the first after a pause at most this late)
 SUCCESS_BATCHES = 10  # a target's outcomes without a failure go with every 10th flush only (0.2 s)
 KEEPER_LOST_S = 0.5  # no heartbeat for this long: the keeper is gone, use local shares
+LOST_SLACK_S = 0.01  # a quiet worker looks for the keeper's next heartbeat until KEEPER_LOST_S and this after the last
 SWEEP_S = 1.0  # expired leases are given back this often
 
 
@@ -51,6 +52,7 @@ class SharedState:
         self.incarnation = ""
         self.synced = trio.Event()  # set by the first snapshot from a keeper (targets discovered, health, drains)
         self._last_heartbeat = -1e9
+        self._beat: trio.Event | None = None  # while a quiet worker's flush waits for the keeper's next heartbeat
         self._flushes = 0
         self._gone = ("", 0.0)  # the incarnation whose connection closed, and until when its heartbeats are stale
         self._waiters: dict[str, trio.Event] = {}
@@ -135,6 +137,8 @@ class SharedState:
             self._last_heartbeat = now
             if msg.incarnation != self.incarnation or not self.keeper_up:
                 self._keeper_found(msg.incarnation)
+            if self._beat is not None:
+                self._beat.set()
         elif isinstance(msg, p.Grants):
             mono, wall = time.monotonic(), time.time()
             for grant in msg.grants:
@@ -321,12 +325,20 @@ class SharedState:
         return bool(self.breakers.pending or self._passive or self.leases.pending)
 
     async def _periodic(self) -> None:
-        """Flush every FLUSH_S while there is traffic; a quiet worker backs off to IDLE_FLUSH_S, so that a host
-        of idle workers is not woken 50 times a second each for nothing (issue 19)."""
+        """Flush every FLUSH_S while there is traffic; a quiet worker backs off to IDLE_FLUSH_S, and then flushes
+        when the keeper's next heartbeat (every HEARTBEAT_S, 0.1 s) wakes it anyway, or when that heartbeat is
+        overdue: a host of idle workers is not woken 50 times a second each for nothing, nor twice for one thing
+        (issue 19)."""
         next_sweep = trio.current_time() + SWEEP_S
         pause = FLUSH_S
         while True:
-            await trio.sleep(pause)
+            if pause < IDLE_FLUSH_S or self._local is not None or not self.keeper_up:
+                await trio.sleep(pause)
+            else:
+                self._beat = beat = trio.Event()
+                with trio.move_on_at(self._last_heartbeat + KEEPER_LOST_S + LOST_SLACK_S):
+                    await beat.wait()
+                self._beat = None
             now = trio.current_time()
             if self._local is not None:
                 self._last_heartbeat = now
