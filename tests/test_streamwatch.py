@@ -11,8 +11,8 @@ import pytest
 import trio
 
 from gateway.http.net import Conn
-from gateway.pipeline.streamwatch import StreamWatch
 from gateway.pipeline.keepalive import Stream
+from gateway.pipeline.streamwatch import StreamWatch
 
 
 @pytest.fixture

@@ -337,8 +337,9 @@ class Forwarder:
         No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The one wait of an
         idle stream is parked in the worker's stream watch (gateway.pipeline.streamwatch), resumed when its upstream
         speaks, when its client left, or when the keep-alive wheel (gateway.pipeline.keepalive) owes it the rest of
-        a comment; nothing interrupts a write. The comment goes only between events, so it can never split one. With `edit` (and its `splitter`), whole events
-        only are passed on, each edited, so a piece of one is held until the rest arrives.
+        a comment; nothing interrupts a write. The comment goes only between events, so it can never split one.
+        With `edit` (and its `splitter`), whole events only are passed on, each edited, so a piece of one is held
+        until the rest arrives.
 
         Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
         codec = uc.codec

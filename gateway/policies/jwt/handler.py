@@ -19,9 +19,9 @@ import re
 import time
 from typing import Any
 
-
 from gateway.config.consumers import JWT_ALGORITHMS as SUPPORTED
 from gateway.http.server import Exchange
+from gateway.jwtlib import algorithms, parser
 from gateway.policies.consumers import (
     AuthPolicy,
     Directory,
@@ -32,7 +32,6 @@ from gateway.policies.consumers import (
     header_value,
     query_values,
 )
-from gateway.jwtlib import algorithms, parser
 from gateway.policies.jwt.keys import prepare
 from gateway.policies.jwt.schema import JwtConfig
 
