@@ -637,3 +637,22 @@ def test_observability_configs_are_valid_gateway_configs():
     metrics = yaml.safe_load(render(by_name["gw-metrics"].config))["plugins"][0]["config"]
     assert all(metrics[k] for k in ("status_code_metrics", "latency_metrics", "bandwidth_metrics",
                                     "upstream_health_metrics"))
+
+
+def test_the_bench_starts_no_redis_server_for_a_selection_without_the_redis_configuration(monkeypatch):
+    started = []
+    monkeypatch.setattr(bench.subprocess, "Popen", lambda *a, **k: started.append(a) or pytest.fail("started"))
+    with bench.bench_redis("gw-llhttp-1w,floor"):
+        pass
+    assert started == []
+
+
+@pytest.mark.skipif(not shutil.which("redis-server", path="/usr/bin:/usr/sbin:/usr/local/bin"),
+                    reason="redis-server is not installed")
+def test_the_bench_starts_a_redis_server_for_the_redis_configuration_and_stops_it(monkeypatch):
+    if bench.redis_answers() is None:
+        pytest.skip("a redis-server already answers on 127.0.0.1:6379")
+    monkeypatch.setattr(bench, "log", lambda message: None)
+    with bench.bench_redis(bench.REDIS_CONFIG):
+        assert bench.redis_answers() is None
+    assert bench.redis_answers() is not None
