@@ -198,13 +198,3 @@ def _origin_form(target: bytes, headers: Headers) -> tuple[bytes, bytes]:
     if not path:
         return b"/", authority
     return (path if path[:1] == b"/" else b"/" + path), authority  # "http://h?q" -> "/?q"
-
-
-def message_framing(headers: Headers) -> tuple[int | None, bool]:
-    """(content_length, chunked) declared by outgoing headers; (None, False) when neither is set."""
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value), False
-        if name == b"transfer-encoding":
-            return None, True
-    return None, False

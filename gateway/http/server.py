@@ -165,17 +165,14 @@ class Exchange:
 
     def take_buffered_body(self) -> tuple[bytes, bool]:
         """Body bytes that arrived with the head, and whether that was all of it: lets the proxy send in one write."""
-        chunks: list[bytes] = []
-        if self._held is not None:
-            chunks.append(self._held)
-            self._held = None
-        if not self._request_done:
-            more, self._request_done = self._codec.take_body()
-            if more:
-                body = b"".join(more)
-                self._count(body)
-                chunks.append(body)
-        return b"".join(chunks), self._request_done
+        held, self._held = self._held or b"", None
+        if self._request_done:
+            return held, True
+        chunks, self._request_done = self._codec.take_body()
+        body = b"".join(chunks)
+        if body:
+            self._count(body)
+        return (held + body if held else body), self._request_done
 
     def _count(self, chunk: bytes) -> None:
         self.body_received += len(chunk)
