@@ -171,8 +171,9 @@ class _Parsing(_BodyFramer):
         (next_event's loop in one call, the proxy's path: a body read with its head)."""
         events = self._events
         chunks: list[bytes] = []
-        while events and type(events[0]) is bytes:
-            chunks.append(events.pop(0))
+        while events and type(chunk := events[0]) is bytes:
+            chunks.append(chunk)
+            del events[0]
         if events and events[0] is END:
             del events[0]
             self._message_done()
@@ -180,6 +181,9 @@ class _Parsing(_BodyFramer):
         if events:
             self.next_event()  # raises the error queued after the chunks, as it would
         return chunks, False
+
+    def next_event(self) -> Event:
+        raise NotImplementedError
 
     def _message_done(self) -> None:
         """The END of the message being parsed was taken (what next_event does when it returns END)."""
