@@ -113,6 +113,22 @@ async def test_a_quiet_worker_flushes_when_the_keepers_heartbeat_wakes_it_and_wh
         nursery.cancel_scope.cancel()
 
 
+async def test_a_quiet_worker_sends_the_first_outcome_after_a_quiet_spell_at_once(autojump_clock):
+    """Waiting for the keeper's next heartbeat is for a worker with nothing to say: a failure (a breaker may be
+    about to open) does not wait for it."""
+    shared, sent = connected()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared._periodic)
+        await trio.sleep(0.3)  # backed off: now waiting for a heartbeat
+        assert shared._beat is not None
+        failed_at = trio.current_time()
+        shared.outcome("up|127.0.0.1:1", ok=False, probe=False)
+        await trio.testing.wait_all_tasks_blocked()
+        [outcomes] = [m for m in sent if isinstance(m, p.Outcomes)]
+        assert outcomes.items[0].failures == 1 and trio.current_time() == failed_at
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_channel_reports_the_keepers_socket_closing(tmp_path):
     """Real sockets: a ROUTER standing in for the keeper is closed; the worker's channel calls on_disconnect."""
     ctx = zmq.Context()

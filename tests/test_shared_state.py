@@ -639,6 +639,8 @@ async def test_killing_the_state_keeper_under_load_fails_no_request(tmp_path):
     """kill -9 of the keeper under load (it is back in ~0.3-0.6 s; the workers see its connection close); then a
     keeper that hangs (SIGSTOP) for longer than KEEPER_LOST_S before it is killed, so that the workers notice the
     missing heartbeats. Both times they fall back to local shares."""
+    from gateway.state.shared import KEEPER_LOST_S
+
     with Backends("ok") as (backend,):
         doc = config(free_port(), [{"name": "b", "url": f"http://127.0.0.1:{backend.port}"}],
                      [{"name": "all", "service": "b", "paths": ["/"], "strip_path": False}],
@@ -675,7 +677,7 @@ async def test_killing_the_state_keeper_under_load_fails_no_request(tmp_path):
                 back = time.monotonic() - killed
                 await trio.sleep(1.0)
                 os.kill(second["pid"], signal.SIGSTOP)
-                await trio.sleep(0.8)
+                await trio.sleep(KEEPER_LOST_S + 0.4)
                 os.kill(second["pid"], signal.SIGKILL)
                 with trio.fail_after(10):
                     third = await thread(replaced, second["pid"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gateway.breaker.messages import BreakerUpdate, Outcome, single
 from gateway.breaker.state import State
 
@@ -30,7 +32,8 @@ class _Tally:
 class BreakerView:
     """Last published state per target; a target is skipped unless closed, or half-open with a permit held here."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_pending: Callable[[], None] = lambda: None) -> None:
+        self._on_pending = on_pending  # outcomes are waiting again (once per target between two drains)
         self._states: dict[str, State] = {}
         self._skip: set[str] = set()
         self.permits: dict[str, int] = {}  # half-open probe permits held here (read-only outside this class)
@@ -76,6 +79,7 @@ class BreakerView:
         tally = self._tallies.get(target)
         if tally is None:
             tally = self._tallies[target] = _Tally()
+            self._on_pending()
         if ok:  # the common case, inline
             tally.successes += 1
             tally.tail = 0

@@ -40,7 +40,7 @@ from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
 
-HEARTBEAT_S = 0.1  # workers declare the keeper lost after KEEPER_LOST_S without one (gateway/state/client.py)
+HEARTBEAT_S = 0.25  # workers declare the keeper lost after KEEPER_LOST_S (three) without one (gateway/state/shared.py)
 TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often while a breaker is not closed
 IDLE_TICK_S = 0.5  # and this often otherwise (a breaker leaving closed wakes the timer at once)
 HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's

@@ -2,11 +2,11 @@
 
 The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
 `unusable` set (drained or circuit-open targets), kept current by messages from the keeper. This task talks to the
-keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S, IDLE_FLUSH_S after a
-quiet spell; successes alone every SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and
-watches the keeper's heartbeat. When its connection closes (the keeper exited) or no heartbeat came for
-KEEPER_LOST_S (it hangs), rate limits fall back to local shares (limit / workers) and breakers keep their last
-published states; when a keeper (possibly a new incarnation) is heard again, the worker resynchronises.
+keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S; successes alone every
+SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and watches the keeper's heartbeat. When its
+connection closes (the keeper exited) or no heartbeat came for KEEPER_LOST_S (it hangs), rate limits fall back to
+local shares (limit / workers) and breakers keep their last published states; when a keeper (possibly a new
+incarnation) is heard again, the worker resynchronises.
 
 `gateway run` (no supervisor, no bus) uses the same class with the keeper's logic in-process.
 """
@@ -35,7 +35,7 @@ log = logging.getLogger("gateway.state")
 FLUSH_S = 0.02  # outcomes and lease requests leave at most this late (a request never waits on it: see wait_grant)
 IDLE_FLUSH_S = 0.1  # ... once the worker has been quiet a while (the first after a pause at most this late)
 SUCCESS_BATCHES = 10  # a target's outcomes without a failure go with every 10th flush only (0.2 s)
-KEEPER_LOST_S = 0.5  # no heartbeat for this long: the keeper is gone, use local shares
+KEEPER_LOST_S = 0.75  # no heartbeat for this long (3 of HEARTBEAT_S): the keeper is gone, use local shares
 LOST_SLACK_S = 0.01  # a quiet worker looks for the keeper's next heartbeat until KEEPER_LOST_S and this after the last
 SWEEP_S = 1.0  # expired leases are given back this often
 
@@ -47,7 +47,7 @@ class SharedState:
         self.worker_id = worker_id
         self.workers = workers
         self.leases = LeaseTable(worker_id, workers)
-        self.breakers = BreakerView()
+        self.breakers = BreakerView(self._wake_flush)
         self.keeper_up = False
         self.incarnation = ""
         self.synced = trio.Event()  # set by the first snapshot from a keeper (targets discovered, health, drains)
@@ -126,6 +126,7 @@ class SharedState:
         """A result for passive health checks (status, or -1 TCP failure, -2 timeout), sent with the next batch."""
         upstream, _, target = key.partition("|")
         self._passive.append((upstream, target, code))
+        self._wake_flush()
 
     # ---- messages from the keeper -------------------------------------------------------------------------------
 
@@ -320,15 +321,20 @@ class SharedState:
             nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
             task_status.started()
 
+    def _wake_flush(self) -> None:
+        """Something is waiting to be sent: a quiet worker waiting for the keeper's heartbeat flushes now."""
+        if self._beat is not None:
+            self._beat.set()
+
     def _pending(self) -> bool:
         """Is anything waiting for a flush (outcomes, passive results, lease refills or reports)?"""
         return bool(self.breakers.pending or self._passive or self.leases.pending)
 
     async def _periodic(self) -> None:
         """Flush every FLUSH_S while there is traffic; a quiet worker backs off to IDLE_FLUSH_S, and then flushes
-        when the keeper's next heartbeat (every HEARTBEAT_S, 0.1 s) wakes it anyway, or when that heartbeat is
-        overdue: a host of idle workers is not woken 50 times a second each for nothing, nor twice for one thing
-        (issue 19)."""
+        when the keeper's next heartbeat (every HEARTBEAT_S, 0.25 s) wakes it anyway, when that heartbeat is overdue,
+        or at once when traffic brings outcomes again: a host of idle workers is not woken 50 times a second each
+        for nothing, nor twice for one thing (issue 19), and the first failure after a quiet spell is not late."""
         next_sweep = trio.current_time() + SWEEP_S
         pause = FLUSH_S
         while True:
