@@ -121,6 +121,11 @@ def test_out_of_range_number_is_an_error():
         "services[0].retries: expected int >= 0 and <= 32767, got -1"]
 
 
+def test_a_worker_rlimit_nofile_below_1024_is_an_error():
+    assert errors("gateway: {worker_rlimit_nofile: 100}") == [
+        "gateway.worker_rlimit_nofile: expected int >= 1024 and <= 1073741824, got 100"]
+
+
 def test_unknown_top_level_key_is_an_error():
     [message] = errors(SERVICE + "servcies: []\n")
     assert message.startswith("servcies: unknown top-level key")

@@ -51,6 +51,48 @@ def test_the_descriptor_limit_is_raised_and_max_connections_derived_from_it():
     assert derived_max_connections(20000) == (20000 - RESERVED_FDS) // 2
 
 
+def _in_subprocess(code: str) -> subprocess.CompletedProcess:
+    """Limits set in a process of its own (the test process keeps its own)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_worker_rlimit_nofile_sets_the_soft_and_the_hard_limit_as_nginx_does():
+    done = _in_subprocess("import resource; from gateway.http.limits import raise_nofile_limit; "
+                          "n = raise_nofile_limit(4096); print(n, *resource.getrlimit(resource.RLIMIT_NOFILE))")
+    assert done.stdout.split() == ["4096", "4096", "4096"]
+
+
+def test_a_worker_rlimit_nofile_that_cannot_be_set_is_logged_and_the_hard_limit_used():
+    with open("/proc/sys/fs/nr_open") as f:
+        beyond = int(f.read()) + 1  # more than the kernel allows anyone
+    done = _in_subprocess(f"import logging, resource; logging.basicConfig(); "
+                          f"from gateway.http.limits import raise_nofile_limit; "
+                          f"print(raise_nofile_limit({beyond}), resource.getrlimit(resource.RLIMIT_NOFILE)[1])")
+    used, hard = done.stdout.split()
+    assert used == hard
+    assert f"gateway.worker_rlimit_nofile: cannot set this worker's descriptor limit to {beyond}" in done.stderr
+
+
+async def test_worker_rlimit_nofile_is_the_limit_of_a_running_worker(tmp_path):
+    """Started under a soft limit of 1,024 (the hard one 8,192), the worker runs with 6,000 for both, as configured."""
+    prlimit = shutil.which("prlimit")
+    if prlimit is None:
+        pytest.skip("prlimit (util-linux) is not installed")
+    port = free_port()
+    config = tmp_path / "gateway.json"
+    config.write_text(json.dumps({"gateway": {"listen": f"127.0.0.1:{port}", "status_listen": None,
+                                              "worker_rlimit_nofile": 6000}, "services": []}))
+    proc = subprocess.Popen([prlimit, "--nofile=1024:8192", sys.executable, "-m", "gateway", "run", "--config",
+                             str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        await trio.to_thread.run_sync(wait_port, port, 30.0)
+        with open(f"/proc/{proc.pid}/limits") as f:
+            [line] = [line for line in f if line.startswith("Max open files")]
+        assert line.split()[3:5] == ["6000", "6000"]
+    finally:
+        stop_process(proc)
+
+
 async def test_a_full_worker_sheds_while_the_other_worker_serves(tmp_path):
     backend = Backend("b")
     async with trio.open_nursery() as nursery:

@@ -51,6 +51,9 @@ class GatewaySettings(Base):
     # per worker; beyond it new connections get a fast 503. Not set: derived from the descriptors the worker may open
     # (the soft RLIMIT_NOFILE, raised to the hard one at start): two per connection, some kept back
     max_connections: PosInt | None = None
+    # nginx's worker_rlimit_nofile: each worker's RLIMIT_NOFILE (soft and hard) at start; above the hard limit it
+    # needs root (CAP_SYS_RESOURCE) and at most fs.nr_open. Not set: the soft limit is raised to the hard one
+    worker_rlimit_nofile: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] | None = None
     upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
     upstream_idle_timeout_s: Seconds = 60.0
     log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log

@@ -1,6 +1,7 @@
 """File-descriptor limits and load shedding: what a worker does when it cannot take one more connection.
 
-- At start the soft RLIMIT_NOFILE is raised to the hard one (nginx's worker_rlimit_nofile), and, unless configured,
+- At start a worker's RLIMIT_NOFILE is set to `worker_rlimit_nofile` (as nginx's directive: soft and hard), or, not
+  set, the soft limit is raised to the hard one; and, unless configured,
   `max_connections` is derived from it: each proxied connection needs two descriptors (client and upstream), and
   RESERVED_FDS stay free for listeners, the bus, logs and the health of the process.
 - A worker at max_connections still accepts, answers a fast 503 and closes (counted): a client is refused at once
@@ -12,9 +13,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import socket
+
+log = logging.getLogger("gateway.limits")
 
 RESERVED_FDS = 256  # descriptors never used for client connections
 SHED_BODY = b'{"message":"The gateway is at its connection limit, try again later"}'
@@ -22,8 +26,18 @@ SHED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application
                  b"retry-after: 1\r\nconnection: close\r\n\r\n%b" % (len(SHED_BODY), SHED_BODY))
 
 
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; returns the soft limit now in force."""
+def raise_nofile_limit(wanted: int | None = None) -> int:
+    """Set RLIMIT_NOFILE to `wanted` (soft and hard, as nginx's worker_rlimit_nofile), or without it raise the soft
+    limit to the hard one; returns the soft limit now in force. A limit the process may not set is logged (as nginx
+    does) and the hard one used instead."""
+    if wanted is not None:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        except (ValueError, OSError) as e:
+            log.error("gateway.worker_rlimit_nofile: cannot set this worker's descriptor limit to %d (%s): above the "
+                      "hard limit (%d) it needs root, and at most fs.nr_open (%s); using the hard limit", wanted, e,
+                      resource.getrlimit(resource.RLIMIT_NOFILE)[1], _nr_open())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY:
         hard = max(soft, 1 << 20)
@@ -34,6 +48,14 @@ def raise_nofile_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
+
+
+def _nr_open() -> str:
+    try:
+        with open("/proc/sys/fs/nr_open") as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
 
 
 def derived_max_connections(nofile: int) -> int:
