@@ -15,13 +15,14 @@ import re
 from collections.abc import Sequence
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+VERDICTS_KEPT = 1024  # distinct Host values remembered; past that the memory starts again (random Hosts are cheap)
 _ENTRY = re.compile(r"^(\*|\*\.[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:(\d{1,5}|\*))?$")
 
 
 class HostPolicy:
     """Which Host header values may reach an MCP route's servers."""
 
-    __slots__ = ("any", "hosts", "host_ports", "suffixes")
+    __slots__ = ("any", "hosts", "host_ports", "suffixes", "_verdicts")
 
     def __init__(self, allow: Sequence[str]) -> None:
         self.any = "*" in allow
@@ -40,6 +41,7 @@ class HostPolicy:
         self.hosts = frozenset(hosts)
         self.host_ports = frozenset(host_ports)
         self.suffixes = tuple(suffixes)
+        self._verdicts: dict[bytes, bool] = {}  # Host values seen lately (clients send the same few again and again)
 
     def allowed(self, host: bytes | None) -> bool:
         """May a request with this Host header (None: absent, HTTP/1.0) pass the gateway?"""
@@ -47,6 +49,15 @@ class HostPolicy:
             return True
         if host is None:
             return False
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            verdict = self._judge(host)
+            if len(self._verdicts) >= VERDICTS_KEPT:
+                self._verdicts.clear()
+            self._verdicts[host] = verdict
+        return verdict
+
+    def _judge(self, host: bytes) -> bool:
         value = host.lower()
         if value in self.host_ports:
             return True

@@ -29,12 +29,13 @@ MAX_UPSTREAM_ID = 512
 MIN_SECRET_BYTES = 16
 _DOMAIN = b"mcp-gw-session\x00"
 _KEY_ID = re.compile(rb"^[A-Za-z0-9_-]{1,32}$")
+OPENED_CACHE = 4096  # ids verified lately, per codec (a client sends its session's id with every call)
 
 
 class SessionCodec:
     """Seals and opens gateway session ids with a list of (key id, secret); the first key signs."""
 
-    __slots__ = ("_signer", "_keys")
+    __slots__ = ("_signer", "_keys", "_opened")
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
@@ -52,6 +53,7 @@ class SessionCodec:
         self._keys = table
         first = keys[0][0].encode()
         self._signer = (first, table[first])
+        self._opened: dict[bytes, tuple[str, bytes]] = {}  # id -> what it opened to; the oldest leaves first
 
     @property
     def key_ids(self) -> list[str]:
@@ -71,7 +73,20 @@ class SessionCodec:
 
     def decode(self, session_id: bytes) -> tuple[str, bytes] | None:
         """(target, upstream id) of a gateway session id, or None when it is malformed, forged or signed by a key
-        that is no longer configured."""
+        that is no longer configured. An id verified lately is looked up, not verified again: the HMAC and base64
+        work is done once per session, not per call (only valid ids are kept, so forged ones cannot fill it)."""
+        opened = self._opened.get(session_id)
+        if opened is not None:
+            return opened
+        opened = self._open(session_id)
+        if opened is not None:
+            cache = self._opened
+            if len(cache) >= OPENED_CACHE:
+                del cache[next(iter(cache))]
+            cache[session_id] = opened
+        return opened
+
+    def _open(self, session_id: bytes) -> tuple[str, bytes] | None:
         if len(session_id) > MAX_ID:
             return None
         kid, dot, body = session_id.partition(b".")

@@ -35,6 +35,7 @@ SESSION_NOT_FOUND = jsonrpc.error_body(jsonrpc.SESSION_NOT_FOUND, "Session not f
 ORIGIN_FORBIDDEN = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Origin not allowed")
 HOST_MISDIRECTED = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Host header")
 BODY_TIMEOUT = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "request body not received in time")
+_INBOUND = {b"origin": 0, b"mcp-method": 1, b"mcp-name": 2, b"mcp-protocol-version": 3}  # what inbound reads
 
 
 class McpShared:
@@ -128,22 +129,16 @@ class McpRoute:
     async def inbound(self, ex: Exchange, mcp: McpRequest | None) -> McpRequest | None:
         """Check the request's Host, Origin and MCP headers; None when it has been answered here (421/403/400)."""
         req = ex.request
-        origin = h_method = h_name = h_version = host = None
+        found: list[bytes | None] = [None, None, None, None]
+        slots = _INBOUND
         for name, value in req.headers:
-            if name[:4] == b"mcp-":
-                if name == b"mcp-method":
-                    h_method = value
-                elif name == b"mcp-name":
-                    h_name = value
-                elif name == b"mcp-protocol-version":
-                    h_version = value
-            elif name == b"origin":
-                origin = value
-            elif name == b"host":
-                host = value
+            slot = slots.get(name)
+            if slot is not None:
+                found[slot] = value
+        origin, h_method, h_name, h_version = found
         shared = self.shared
-        if not shared.hosts.allowed(host):
-            log.info("MCP request with Host %r refused (421): not in gateway.mcp.allowed_hosts", host)
+        if not shared.hosts.allowed(req.host):
+            log.info("MCP request with Host %r refused (421): not in gateway.mcp.allowed_hosts", req.host)
             await ex.respond(421, HOST_MISDIRECTED)
             return None
         if mcp is None:

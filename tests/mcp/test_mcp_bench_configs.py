@@ -30,7 +30,7 @@ def load_bench():  # noqa: ANN201 - the script as a module
 
 
 bench = load_bench()
-CONFIGS = {c.name: c for c in bench.CONFIGURATIONS if c.name in ("gw-mcp", "gw-mcp-gov")}
+CONFIGS = {c.name: c for c in bench.CONFIGURATIONS if c.name in ("gw-mcp", "gw-mcp-session", "gw-mcp-gov")}
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def http_codec() -> str:
 
 
 def test_both_configurations_are_in_the_bench():
-    assert set(CONFIGS) == {"gw-mcp", "gw-mcp-gov"}
+    assert set(CONFIGS) == {"gw-mcp", "gw-mcp-session", "gw-mcp-gov"}
     assert CONFIGS["gw-mcp-gov"].headers[0].startswith("Authorization: Bearer ey")
 
 
@@ -73,3 +73,25 @@ def test_the_backend_config_with_the_jwks_passes_nginx_t(tmp_path):
     out = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "e.log")],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
+
+
+async def test_the_session_configurations_id_opens_to_the_backends_own_session(nursery, gateway):
+    """gw-mcp-session's header is a session id this gateway sealed: each request goes to the backend with the
+    backend's own id restored (not refused with 404 as an id the gateway did not seal is)."""
+    from backends import EchoBackend
+
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    doc = yaml.safe_load(bench.fill(CONFIGS["gw-mcp-session"].config, port=0, backend_port=backend.port))
+    settings = doc.pop("gateway")
+    port = await gateway(doc, mcp=settings["mcp"])
+    [header] = [bench.fill(h, mcp_session=bench.sealed_session_id(backend.port))
+                for h in CONFIGS["gw-mcp-session"].headers]
+    name, value = header.split(": ", 1)
+    body = bench.load_payloads().tools_call_body().encode()
+    rpc = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+    reply = await call(port, "/", [*rpc, (name, value)], "POST", "127.0.0.1", body)
+    assert reply.status == 200
+    assert dict(json.loads(reply.body)["headers"])["mcp-session-id"] == "bench-upstream-session-1"
+    tampered = value[:-1] + ("A" if value[-1] != "A" else "B")
+    assert (await call(port, "/", [*rpc, (name, tampered)], "POST", "127.0.0.1", body)).status == 404

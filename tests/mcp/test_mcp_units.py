@@ -12,10 +12,10 @@ import pytest
 from mcp_helpers import TEST_KEY, mcp_config
 
 from gateway.config import ConfigError
-from gateway.mcp import jsonrpc
+from gateway.mcp import jsonrpc, sessions
 from gateway.mcp.keys import load_or_create_key_file, resolve_secret
 from gateway.mcp.origin import OriginPolicy, check_entry
-from gateway.mcp.sessions import MAX_ID, SessionCodec
+from gateway.mcp.sessions import MAX_ID, OPENED_CACHE, SessionCodec
 from gateway.routing import NEEDS_MCP, Router, RouteSpec
 from gateway.runtime import compile_config
 
@@ -63,6 +63,35 @@ def test_codec_rotation_first_signs_all_verify():
     assert retired.decode(sid_old) is None
     # same key id, different secret: refused
     assert SessionCodec([("k1", b"another-secret-01234567")]).decode(sid_old) is None
+
+
+def test_an_id_verified_once_is_not_verified_again(monkeypatch):
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"abc")
+    macs = []
+    real = sessions._mac
+    monkeypatch.setattr(sessions, "_mac", lambda *a: macs.append(a) or real(*a))
+    assert codec.decode(sid) == codec.decode(sid) == ("127.0.0.1:9001", b"abc")
+    assert len(macs) == 1
+
+
+def test_forged_ids_are_verified_every_time_and_never_kept():
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"abc")
+    forged = sid[:-1] + (b"A" if sid[-1:] != b"A" else b"B")
+    for _ in range(3):
+        assert codec.decode(forged) is None
+    assert codec._opened == {}
+
+
+def test_the_verified_ids_kept_are_bounded_and_the_oldest_leaves_first():
+    codec = SessionCodec([K1])
+    ids = [codec.encode("t:1", b"s%d" % i) for i in range(OPENED_CACHE + 1)]
+    for sid in ids:
+        codec.decode(sid)
+    assert len(codec._opened) == OPENED_CACHE
+    assert ids[0] not in codec._opened and ids[-1] in codec._opened
+    assert codec.decode(ids[0]) == ("t:1", b"s0")  # verified again, still valid
 
 
 def test_codec_validates_keys():
@@ -258,3 +287,19 @@ def test_demo_config_is_valid_and_mcp():
     routes = [c.spec.payload for c in runtime.router._candidates]
     assert routes and all(r.mcp is not None for r in routes)
     assert runtime.mcp.origin.upstream == "rewrite"
+
+
+# --- Host policy ---------------------------------------------------------------------------------------------------
+
+
+def test_a_host_verdict_is_remembered_and_the_memory_is_bounded():
+    from gateway.mcp.hosts import VERDICTS_KEPT, HostPolicy
+
+    policy = HostPolicy(["localhost", "*.example.com"])
+    for _ in range(2):
+        assert policy.allowed(b"localhost:8000") and policy.allowed(b"api.example.com")
+        assert not policy.allowed(b"evil.test:8000") and not policy.allowed(None)
+    for i in range(VERDICTS_KEPT + 1):
+        assert not policy.allowed(b"h%d.test" % i)
+    assert len(policy._verdicts) <= VERDICTS_KEPT
+    assert policy.allowed(b"LOCALHOST")  # judged again after the memory started over
