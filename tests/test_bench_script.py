@@ -591,6 +591,9 @@ def test_cpu_targets_compare_with_the_floor():
     assert [(str(r.target), r.ok, r.detail) for r in results] == [
         ("gw-llhttp-1w CPU <= 1.30 x floor", True, "CPU 1.25 x floor"),
         ("gw-llhttp-1w-rl-cb CPU <= 1.40 x floor", False, "CPU 1.50 x floor")]
+    [budget] = bench.check_targets({"gw-mcp-session": summary("gw-mcp-session", 310.0)}, targets=[])
+    assert (str(budget.target), budget.ok, budget.detail) == ("gw-mcp-session CPU <= 300 µs/req", False,
+                                                              "CPU 310 µs/req")
     table = bench.markdown_table({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0)})
     assert table.splitlines()[-1].endswith("| 125.0 | 0 | 1.25x |")
 
