@@ -85,13 +85,16 @@ async def test_the_session_configurations_id_opens_to_the_backends_own_session(n
     doc = yaml.safe_load(bench.fill(CONFIGS["gw-mcp-session"].config, port=0, backend_port=backend.port))
     settings = doc.pop("gateway")
     port = await gateway(doc, mcp=settings["mcp"])
-    [header] = [bench.fill(h, mcp_session=bench.sealed_session_id(backend.port))
-                for h in CONFIGS["gw-mcp-session"].headers]
-    name, value = header.split(": ", 1)
+    session, *mcp_headers = [tuple(bench.fill(h, mcp_session=bench.sealed_session_id(backend.port)).split(": ", 1))
+                             for h in CONFIGS["gw-mcp-session"].headers]
+    name, value = session
+    assert name == "Mcp-Session-Id" and [n for n, _ in mcp_headers] == ["Mcp-Method", "Mcp-Name"]
     body = bench.load_payloads().tools_call_body().encode()
-    rpc = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+    rpc = [("content-type", "application/json"), ("accept", "application/json, text/event-stream"), *mcp_headers]
     reply = await call(port, "/", [*rpc, (name, value)], "POST", "127.0.0.1", body)
-    assert reply.status == 200
+    assert reply.status == 200  # the headers match the body: checked and passed
     assert dict(json.loads(reply.body)["headers"])["mcp-session-id"] == "bench-upstream-session-1"
     tampered = value[:-1] + ("A" if value[-1] != "A" else "B")
     assert (await call(port, "/", [*rpc, (name, tampered)], "POST", "127.0.0.1", body)).status == 404
+    other = body.replace(b'"name":"echo"', b'"name":"other"')
+    assert (await call(port, "/", [*rpc, (name, value)], "POST", "127.0.0.1", other)).status == 400  # peeked
