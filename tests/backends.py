@@ -218,12 +218,14 @@ class EchoBackend(_Backend):
 
 
 class SseBackend(_Backend):
-    """Sends a `text/event-stream` response: `events` events `gap` seconds apart, recording when each was sent."""
+    """Sends a `text/event-stream` response: `events` events `gap` seconds apart, recording when each was sent;
+    with `length`, framed by a Content-Length of them all (chunked otherwise)."""
 
-    def __init__(self, events: int = 3, gap: float = 1.2, name: str = "sse") -> None:
+    def __init__(self, events: int = 3, gap: float = 1.2, name: str = "sse", length: bool = False) -> None:
         super().__init__(name)
         self.events = events
         self.gap = gap
+        self.length = length
         self.sent_at: list[float] = []
 
     @staticmethod
@@ -235,8 +237,10 @@ class SseBackend(_Backend):
         seen = await self._read_request(stream, conn)
         if seen is None:
             return
-        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-            (b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")])))
+        headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        if self.length:
+            headers.append((b"content-length", b"%d" % sum(len(self.event(i)) for i in range(self.events))))
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)))
         for i in range(self.events):
             if i:
                 await trio.sleep(self.gap)

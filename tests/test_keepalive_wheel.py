@@ -9,11 +9,16 @@ from gateway.pipeline.keepalive import COMMENT, Stream, StreamKeepAlives
 
 
 class Client:
-    """A response that takes `room` bytes at once, recording what it took."""
+    """A response that takes `room` bytes at once, recording what it took; its body is open-ended (chunked or ended
+    by close: the comment goes as it is here) unless `fixed_length`."""
 
-    def __init__(self, room: int = 1 << 20) -> None:
+    def __init__(self, room: int = 1 << 20, fixed_length: bool = False) -> None:
         self.room = room
+        self.fixed_length = fixed_length
         self.written = b""
+
+    def extra_body(self, data: bytes) -> bytes | None:
+        return None if self.fixed_length else bytes(bytearray(data))  # a new object, as a codec's framing is
 
     def send_now(self, data: bytes) -> bytes:
         taken = data[:self.room]
@@ -135,3 +140,18 @@ async def test_a_stream_that_heard_from_its_upstream_is_requeued_for_its_new_due
     assert wheel.due(24.0) == 0
     assert wheel.due(25.0) == 1
     assert client.written == COMMENT
+
+
+async def test_a_response_of_fixed_length_is_never_given_a_comment(nursery):
+    wheel, client = StreamKeepAlives(15.0), Client(fixed_length=True)
+    stream = await parked(wheel, client, nursery)
+    assert stream.comment == b""
+    assert wheel.due(15.0) == wheel.due(30.0) == 0 and client.written == b""
+    assert wheel.open_streams == 1  # still an open stream (the watch and the metrics count it)
+    wheel.close(stream)
+    assert wheel.open_streams == 0
+
+
+async def test_streams_share_one_framed_comment():
+    first, second = StreamKeepAlives(15.0).open(Client()), StreamKeepAlives(15.0).open(Client())
+    assert first.comment == COMMENT and first.comment is second.comment

@@ -389,3 +389,19 @@ async def test_sse_events_stream_as_sent_with_keepalive_comments(nursery, gatewa
         assert 0 <= arrived - sent < 0.4, "an event was held back instead of flushed as it was sent"
     for (before, _), (after, _) in zip(events, events[1:], strict=False):
         assert any(before < at < after for at, _ in comments), "no keep-alive comment in a gap between events"
+
+
+async def test_an_event_stream_of_fixed_length_gets_no_comments_that_would_break_its_framing(nursery, gateway):
+    """An upstream event stream with a Content-Length keeps it (no re-framing): a comment in one of its silences
+    would add bytes the length does not count, a corrupt body and the start of a bogus next response on the
+    connection. Its silences get none; the body arrives as sent and the connection serves the next request."""
+    backend = SseBackend(events=2, gap=1.2, length=True)
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}")]}, sse_keepalive=0.3)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            reply = await client.request("GET", "/mcp", headers=[("accept", "text/event-stream")])
+            assert reply.status == 200
+            assert reply.body == SseBackend.event(0) + SseBackend.event(1)
+            assert reply.header("content-length") == str(len(reply.body))
+            assert (await client.request("GET", "/mcp", headers=[("accept", "text/event-stream")])).status == 200

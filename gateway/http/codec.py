@@ -101,6 +101,9 @@ class ServerCodec(Protocol):
     def informational(self, status: int) -> bytes: ...  # e.g. 100 Continue
     def body(self, data: bytes) -> bytes: ...
     def end(self) -> bytes: ...
+    # May the response being sent carry bytes its head did not announce (chunked, or ended by close)? Not with a
+    # Content-Length, nor without a body: where the gateway adds its own (SSE keep-alive comments).
+    open_ended: bool
     @property
     def keep_alive(self) -> bool: ...  # may the connection carry another request after this one?
     def start_next_cycle(self) -> None: ...

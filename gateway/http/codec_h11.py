@@ -120,12 +120,13 @@ class _H11Codec:
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method", "_no_body")
+    __slots__ = ("_method", "_no_body", "open_ended")
 
     def __init__(self, max_header_bytes: int = 16384) -> None:
         super().__init__(h11.SERVER, max_header_bytes)
         self._method = b"GET"
         self._no_body = False
+        self.open_ended = False
 
     def _skip_empty_lines(self, probe: bytearray) -> None:
         # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line; llhttp does, h11 rejects them.
@@ -194,6 +195,7 @@ class H11Server(_H11Codec):
         if close:
             headers = [*headers, (b"connection", b"close")]
         self._no_body = self._method == b"HEAD" or status == 204 or status == 304
+        self.open_ended = not self._no_body and all(name.lower() != b"content-length" for name, _ in headers)
         response = h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b""))
         return self._conn.send(response) or b""
 

@@ -77,11 +77,12 @@ class _Trailers:
 class _BodyFramer:
     """Frames an outgoing body: chunked, fixed length, or nothing (HEAD, 204, 304)."""
 
-    __slots__ = ("_chunked", "_no_body")
+    __slots__ = ("_chunked", "_no_body", "open_ended")
 
     def __init__(self) -> None:
         self._chunked = False
         self._no_body = False
+        self.open_ended = False  # the body takes bytes its head did not announce: chunked or ended by close
 
     def body(self, data: bytes) -> bytes:
         if self._no_body or not data:
@@ -343,6 +344,7 @@ class LlhttpServer(_Parsing):
                 keep = False
         if chunked and not self._no_body:
             self._chunked = True
+        self.open_ended = not length and not self._no_body
         self._close = not keep
         self._response_done = False
         if not keep and not said_close:

@@ -255,13 +255,20 @@ class Exchange:
             self.sent += len(data)
             await self.conn.sendall(data)
 
-    def send_now(self, data: bytes) -> bytes:
-        """Send a body piece only as far as the kernel takes it at once (no await: for a worker-wide task writing
-        to a connection whose own task is parked between writes). Returns the framed bytes still to send, in order
-        and before anything else: b"" when it all went, all of them when the connection cannot write this way."""
-        data = self._codec.body(data)
-        self.sent += len(data)
-        return data[self.conn.send_now(data):]
+    def extra_body(self, data: bytes) -> bytes | None:
+        """`data` framed as body bytes of the gateway's own in the response being sent (an SSE comment), for
+        `send_now`; None when the response cannot take any: its length is fixed (Content-Length), or it has no
+        body."""
+        codec = self._codec
+        return codec.body(data) if codec.open_ended else None
+
+    def send_now(self, framed: bytes) -> bytes:
+        """Send framed body bytes (`extra_body`) only as far as the kernel takes them at once (no await: for a
+        worker-wide task writing to a connection whose own task is parked between writes). Returns the bytes still
+        to send, in order and before anything else: b"" when all went, all of them when the connection cannot write
+        this way."""
+        self.sent += len(framed)
+        return framed[self.conn.send_now(framed):]
 
     async def end(self, last: bytes = b"") -> None:
         codec = self._codec
