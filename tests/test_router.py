@@ -211,3 +211,53 @@ def test_strip_path_with_a_regex_removes_the_matched_part():
 def test_strip_path_without_paths_keeps_the_path():
     r = router(("host-only", {"hosts": ["gw.test"], "strip_path": True}))
     assert matched_path(r, "/a/b") == (b"/a/b", b"")
+
+
+# --- remembered answers (as Kong's router's LRU cache) ---------------------------------------------------------------
+
+
+def counting(r: Router[str]) -> list[bytes]:
+    """The targets `r` really matches from now on (not answered from its memory)."""
+    calls: list[bytes] = []
+    real = r._match
+    r._match = lambda method, target, *rest: calls.append(target) or real(method, target, *rest)  # type: ignore[method-assign]
+    return calls
+
+
+def test_an_answer_is_remembered_by_method_target_and_host():
+    r = router(("api", {"paths": ["/api"], "strip_path": True}),
+               ("other", {"hosts": ["other.test"], "paths": ["/api"]}))
+    calls = counting(r)
+    first = r.match(b"GET", b"/api/x?q=1", b"gw.test", [])
+    assert r.match(b"GET", b"/api/x?q=1", b"gw.test", []) is first and calls == [b"/api/x?q=1"]
+    assert (first.payload, first.path, first.query) == ("api", b"/x", b"q=1")
+    assert pick(r, "/api/x?q=1", host="other.test") == "other"  # another Host: matched, not taken from memory
+    assert pick(r, "/api/x?q=1", method="POST") == "api" and len(calls) == 3
+
+
+def test_no_route_is_remembered_too():
+    r = router(("api", {"paths": ["/api"]}))
+    calls = counting(r)
+    assert pick(r, "/nothing") is None and pick(r, "/nothing") is None
+    assert calls == [b"/nothing"]
+
+
+def test_routes_on_headers_or_query_arguments_are_matched_every_time():
+    for fields in ({"paths": ["/"], "headers": {"x-version": ["2"]}}, {"paths": ["/"], "query": {"v": ["2"]}}):
+        r = router(("v2", fields), ("any", {"paths": ["/"]}))
+        calls = counting(r)
+        assert pick(r, "/x?v=2", headers=[("x-version", "2")]) == "v2"
+        assert pick(r, "/x?v=2") == ("v2" if "query" in fields else "any")
+        assert len(calls) == 2
+
+
+def test_the_memory_is_bounded_and_long_targets_are_not_kept():
+    from gateway.routing.router import MATCH_CACHE, MAX_CACHED_TARGET
+
+    r = router(("api", {"paths": ["/"]}))
+    for i in range(MATCH_CACHE + 10):
+        pick(r, f"/{i}")
+    assert len(r._answers) <= MATCH_CACHE  # type: ignore[arg-type]
+    calls = counting(r)
+    long = "/" + "a" * MAX_CACHED_TARGET
+    assert pick(r, long) == pick(r, long) == "api" and len(calls) == 2

@@ -12,7 +12,7 @@ from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
-from gateway.routing import NEEDS_MCP
+from gateway.routing import NEEDS_MCP, Match
 from gateway.runtime import RouteRuntime, Runtime
 from gateway.telemetry.phase import CLIENT_CLOSED, LogPhase
 
@@ -77,7 +77,7 @@ class Pipeline:
             elif await _run_scoped(ex, route):
                 return
             if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
-                match.query = req.target.partition(b"?")[2]
+                match = Match(match.payload, match.path, req.target.partition(b"?")[2])  # (matches are shared)
             if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
                 mcp = ex.mcp = current(ex)
             if route.mcp is not None:

@@ -5,7 +5,10 @@ Precedence among routes that all match a request (documented in the README):
 2. then by path: a prefix equal to the whole path, then regexes (higher `regex_priority` first), then the longest
    prefix;
 3. then the route defined first.
-Everything is compiled at config load; matching does no parsing beyond splitting off the query string.
+Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
+router does, recent answers are remembered (MATCH_CACHE of them, for targets up to MAX_CACHED_TARGET bytes), keyed
+by what they depend on: method, target and Host, when no route looks at headers, query arguments, the listener
+port or the MCP method and tool (a new config builds a new router, and a new memory).
 
 MCP routes may also match the JSON-RPC method (`mcp_methods`) and the tool of a tools/call (`mcp_tools`), each one
 more category (a tool implies the method tools/call, so it counts for both). Those need the request's method and
@@ -24,6 +27,8 @@ from urllib.parse import parse_qsl
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
+MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000); past that it starts over
+MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
 
 _EXACT, _REGEX, _PREFIX, _NO_PATH = 3, 2, 1, 0
 
@@ -66,6 +71,7 @@ class Match(Generic[T]):
 
 
 NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again with mcp=(method, tool)
+_NO_ROUTE: Match = Match(None, b"", b"")  # a remembered None
 
 
 class _Candidate(Generic[T]):
@@ -140,10 +146,27 @@ class Router(Generic[T]):
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
+        # (method, target, Host) -> the answer (_NO_ROUTE for None), while nothing else can change it
+        self._answers: dict[tuple[bytes, bytes, bytes | None], Match[T]] | None = (
+            None if any(c.headers or c.query or c.port_hosts or c.mcp for c in cands) else {})
 
     def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
               mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
-        """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc)."""
+        """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc).
+        The Match may be shared with other requests: read it, do not change it."""
+        answers = self._answers
+        if answers is None or len(target) > MAX_CACHED_TARGET:
+            return self._match(method, target, host, headers, mcp, port)
+        key = (method, target, host)
+        found = answers.get(key)
+        if found is None:
+            if len(answers) >= MATCH_CACHE:
+                answers.clear()
+            found = answers[key] = self._match(method, target, host, headers, mcp, port) or _NO_ROUTE
+        return None if found is _NO_ROUTE else found
+
+    def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
+               mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
         path, sep, query = target.partition(b"?")
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
