@@ -252,7 +252,7 @@ def test_routes_on_headers_or_query_arguments_are_matched_every_time():
 
 
 def test_the_memory_is_bounded_and_long_targets_are_not_kept():
-    from gateway.routing.router import MATCH_CACHE, MAX_CACHED_TARGET
+    from gateway.routing.router import MATCH_CACHE, MAX_CACHED_HOST, MAX_CACHED_TARGET
 
     r = router(("api", {"paths": ["/"]}))
     for i in range(MATCH_CACHE + 10):
@@ -261,3 +261,5 @@ def test_the_memory_is_bounded_and_long_targets_are_not_kept():
     calls = counting(r)
     long = "/" + "a" * MAX_CACHED_TARGET
     assert pick(r, long) == pick(r, long) == "api" and len(calls) == 2
+    long_host = "h" * (MAX_CACHED_HOST + 1)
+    assert pick(r, "/x", host=long_host) == pick(r, "/x", host=long_host) == "api" and len(calls) == 4

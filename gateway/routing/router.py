@@ -6,7 +6,7 @@ Precedence among routes that all match a request (documented in the README):
    prefix;
 3. then the route defined first.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
-router does, recent answers are remembered (MATCH_CACHE of them, for targets up to MAX_CACHED_TARGET bytes), keyed
+router does, recent answers are remembered (MATCH_CACHE of them, for targets and Hosts of bounded length), keyed
 by what they depend on: method, target and Host, when no route looks at headers, query arguments, the listener
 port or the MCP method and tool (a new config builds a new router, and a new memory).
 
@@ -29,6 +29,7 @@ from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 T = TypeVar("T")
 MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000); past that it starts over
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
+MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
 
 _EXACT, _REGEX, _PREFIX, _NO_PATH = 3, 2, 1, 0
 
@@ -155,7 +156,7 @@ class Router(Generic[T]):
         """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc).
         The Match may be shared with other requests: read it, do not change it."""
         answers = self._answers
-        if answers is None or len(target) > MAX_CACHED_TARGET:
+        if answers is None or len(target) > MAX_CACHED_TARGET or (host is not None and len(host) > MAX_CACHED_HOST):
             return self._match(method, target, host, headers, mcp, port)
         key = (method, target, host)
         found = answers.get(key)
