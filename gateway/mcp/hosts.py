@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 VERDICTS_KEPT = 1024  # distinct Host values remembered; past that the memory starts again (random Hosts are cheap)
+MAX_KEPT_HOST = 300  # longer values are judged every time (a DNS name is at most 253 bytes)
 _ENTRY = re.compile(r"^(\*|\*\.[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:(\d{1,5}|\*))?$")
 
 
@@ -52,6 +53,8 @@ class HostPolicy:
         verdict = self._verdicts.get(host)
         if verdict is None:
             verdict = self._judge(host)
+            if len(host) > MAX_KEPT_HOST:
+                return verdict
             if len(self._verdicts) >= VERDICTS_KEPT:
                 self._verdicts.clear()
             self._verdicts[host] = verdict

@@ -303,3 +303,4 @@ def test_a_host_verdict_is_remembered_and_the_memory_is_bounded():
         assert not policy.allowed(b"h%d.test" % i)
     assert len(policy._verdicts) <= VERDICTS_KEPT
     assert policy.allowed(b"LOCALHOST")  # judged again after the memory started over
+    assert not policy.allowed(b"h" * 301) and b"h" * 301 not in policy._verdicts  # long values are not kept
