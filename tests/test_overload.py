@@ -85,7 +85,8 @@ async def test_worker_rlimit_nofile_is_the_limit_of_a_running_worker(tmp_path):
     proc = subprocess.Popen([prlimit, "--nofile=1024:8192", sys.executable, "-m", "gateway", "run", "--config",
                              str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        await trio.to_thread.run_sync(wait_port, port, 30.0)
+        await trio.to_thread.run_sync(wait_port, port, 30.0)  # bound: the worker may not be serving yet
+        assert (await http_request(port, "GET", "/x")).status == 404  # served: it set its limit before that
         with open(f"/proc/{proc.pid}/limits") as f:
             [line] = [line for line in f if line.startswith("Max open files")]
         assert line.split()[3:5] == ["6000", "6000"]
