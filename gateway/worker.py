@@ -76,7 +76,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     shared.attach(runtime)
     codec_name = resolve_codec(gw.http_codec)
     server_cls, client_cls = codec_classes(codec_name)
-    max_connections = gw.max_connections or derived_max_connections(raise_nofile_limit(gw.worker_rlimit_nofile))
+    nofile = raise_nofile_limit(gw.worker_rlimit_nofile)  # whether or not max_connections is set
+    max_connections = gw.max_connections or derived_max_connections(nofile)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)

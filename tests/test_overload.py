@@ -73,15 +73,18 @@ def test_a_worker_rlimit_nofile_that_cannot_be_set_is_logged_and_the_hard_limit_
     assert f"gateway.worker_rlimit_nofile: cannot set this worker's descriptor limit to {beyond}" in done.stderr
 
 
-async def test_worker_rlimit_nofile_is_the_limit_of_a_running_worker(tmp_path):
-    """Started under a soft limit of 1,024 (the hard one 8,192), the worker runs with 6,000 for both, as configured."""
+@pytest.mark.parametrize("max_connections", [None, 100])
+async def test_worker_rlimit_nofile_is_the_limit_of_a_running_worker(tmp_path, max_connections):
+    """Started under a soft limit of 1,024 (the hard one 8,192), the worker runs with 6,000 for both, as configured
+    (whether max_connections is set or derived from it)."""
     prlimit = shutil.which("prlimit")
     if prlimit is None:
         pytest.skip("prlimit (util-linux) is not installed")
     port = free_port()
     config = tmp_path / "gateway.json"
     config.write_text(json.dumps({"gateway": {"listen": f"127.0.0.1:{port}", "status_listen": None,
-                                              "worker_rlimit_nofile": 6000}, "services": []}))
+                                              "worker_rlimit_nofile": 6000, "max_connections": max_connections},
+                                  "services": []}))
     proc = subprocess.Popen([prlimit, "--nofile=1024:8192", sys.executable, "-m", "gateway", "run", "--config",
                              str(config)], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
