@@ -16,6 +16,7 @@ import ipaddress
 from collections.abc import Iterable
 
 from gateway.http.codec import Headers
+from gateway.memo import Memo
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,17 +55,14 @@ class AddressSet:
 
     def __init__(self, networks: Iterable[Network]) -> None:
         self.networks = tuple(networks)
-        self._memo: dict[str, bool] = {}
+        self._memo: Memo[str, bool] = Memo(TRUST_CACHE)
 
     def __contains__(self, ip: str) -> bool:
         memo = self._memo
         found = memo.get(ip)
         if found is None:
             addr = parse_address(ip)
-            found = addr is not None and any(addr in net for net in self.networks)
-            if len(memo) >= TRUST_CACHE:
-                memo.clear()
-            memo[ip] = found
+            found = memo.keep(ip, addr is not None and any(addr in net for net in self.networks))
         return found
 
     def contains_address(self, addr: Address) -> bool:

@@ -14,8 +14,10 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
+from gateway.memo import Memo
+
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
-VERDICTS_KEPT = 1024  # distinct Host values remembered; past that the memory starts again (random Hosts are cheap)
+VERDICTS_KEPT = 1024  # distinct Host values remembered (random Hosts are cheap to judge again)
 MAX_KEPT_HOST = 300  # longer values are judged every time (a DNS name is at most 253 bytes)
 _ENTRY = re.compile(r"^(\*|\*\.[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)(:(\d{1,5}|\*))?$")
 
@@ -42,7 +44,7 @@ class HostPolicy:
         self.hosts = frozenset(hosts)
         self.host_ports = frozenset(host_ports)
         self.suffixes = tuple(suffixes)
-        self._verdicts: dict[bytes, bool] = {}  # Host values seen lately (clients send the same few again and again)
+        self._verdicts: Memo[bytes, bool] = Memo(VERDICTS_KEPT)  # Host values seen lately (the same few, in practice)
 
     def allowed(self, host: bytes | None) -> bool:
         """May a request with this Host header (None: absent, HTTP/1.0) pass the gateway?"""
@@ -53,11 +55,8 @@ class HostPolicy:
         verdict = self._verdicts.get(host)
         if verdict is None:
             verdict = self._judge(host)
-            if len(host) > MAX_KEPT_HOST:
-                return verdict
-            if len(self._verdicts) >= VERDICTS_KEPT:
-                self._verdicts.clear()
-            self._verdicts[host] = verdict
+            if len(host) <= MAX_KEPT_HOST:
+                self._verdicts.keep(host, verdict)
         return verdict
 
     def _judge(self, host: bytes) -> bool:

@@ -22,6 +22,8 @@ import hmac
 import re
 from collections.abc import Sequence
 
+from gateway.memo import Memo
+
 VERSION = 1
 MAC_BYTES = 16
 MAX_ID = 1024  # longer incoming ids are refused without decoding
@@ -53,7 +55,7 @@ class SessionCodec:
         self._keys = table
         first = keys[0][0].encode()
         self._signer = (first, table[first])
-        self._opened: dict[bytes, tuple[str, bytes]] = {}  # id -> what it opened to; the oldest leaves first
+        self._opened: Memo[bytes, tuple[str, bytes]] = Memo(OPENED_CACHE)  # id -> what it opened to
 
     @property
     def key_ids(self) -> list[str]:
@@ -80,10 +82,7 @@ class SessionCodec:
             return opened
         opened = self._open(session_id)
         if opened is not None:
-            cache = self._opened
-            if len(cache) >= OPENED_CACHE:
-                del cache[next(iter(cache))]
-            cache[session_id] = opened
+            self._opened.keep(session_id, opened)
         return opened
 
     def _open(self, session_id: bytes) -> tuple[str, bytes] | None:

@@ -24,10 +24,11 @@ from collections.abc import Sequence
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
+from gateway.memo import Memo
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
-MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000); past that it starts over
+MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000)
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
 MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
 
@@ -148,8 +149,8 @@ class Router(Generic[T]):
         self._needs_query = any(c.query for c in cands)
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
         # (method, target, Host) -> the answer (_NO_ROUTE for None), while nothing else can change it
-        self._answers: dict[tuple[bytes, bytes, bytes | None], Match[T]] | None = (
-            None if any(c.headers or c.query or c.port_hosts or c.mcp for c in cands) else {})
+        self._answers: Memo[tuple[bytes, bytes, bytes | None], Match[T]] | None = (
+            None if any(c.headers or c.query or c.port_hosts or c.mcp for c in cands) else Memo(MATCH_CACHE))
 
     def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
               mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
@@ -161,9 +162,7 @@ class Router(Generic[T]):
         key = (method, target, host)
         found = answers.get(key)
         if found is None:
-            if len(answers) >= MATCH_CACHE:
-                answers.clear()
-            found = answers[key] = self._match(method, target, host, headers, mcp, port) or _NO_ROUTE
+            found = answers.keep(key, self._match(method, target, host, headers, mcp, port) or _NO_ROUTE)
         return None if found is _NO_ROUTE else found
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],

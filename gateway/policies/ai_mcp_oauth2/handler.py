@@ -37,6 +37,7 @@ from gateway.mcp.bearer import (
     verify,
 )
 from gateway.mcp.jwks import JwksSource
+from gateway.memo import Memo
 from gateway.policies.ai_mcp_oauth2.schema import AiMcpOauth2Config
 from gateway.policies.consumers import Consumer, Directory, Identity, Rejection
 
@@ -128,7 +129,7 @@ class AiMcpOauth2:
                 self.index["username"][consumer.username] = consumer
             if consumer.custom_id is not None:
                 self.index["custom_id"][consumer.custom_id] = consumer
-        self.cache: dict[bytes, TokenEntry] = {}
+        self.cache: Memo[bytes, TokenEntry] = Memo(CACHE_ENTRIES)
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
@@ -187,10 +188,7 @@ class AiMcpOauth2:
             return identity
         entry = TokenEntry(identity, claims, keyset, self.metadata_url, self.leeway)
         if len(authorization) <= CACHE_TOKEN_BYTES:
-            cache = self.cache
-            if len(cache) >= CACHE_ENTRIES:
-                del cache[next(iter(cache))]
-            cache[authorization] = entry
+            self.cache.keep(authorization, entry)
         return entry
 
     def _identity(self, claims: dict[str, Any]) -> Any:

@@ -5,9 +5,9 @@ passes; two of them get 400 "Only one User-Agent header allowed". Verdicts are c
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 
 from gateway.http.server import Exchange
+from gateway.memo import Memo
 from gateway.policies.bot_detection.rules import BOTS
 from gateway.policies.bot_detection.schema import BotDetectionConfig
 
@@ -22,7 +22,7 @@ class BotDetection:
     def __init__(self, config: BotDetectionConfig) -> None:
         self.allow = [re.compile(r) for r in config.allow]
         self.deny = [re.compile(r) for r in config.deny]
-        self.cache: OrderedDict[bytes, bool] = OrderedDict()  # User-Agent -> refused
+        self.cache: Memo[bytes, bool] = Memo(CACHE_SIZE)  # User-Agent -> refused
 
     def refused(self, agent: str) -> bool:
         agent = agent.strip()
@@ -42,9 +42,7 @@ class BotDetection:
             return False
         verdict = self.cache.get(agent)
         if verdict is None:
-            verdict = self.cache[agent] = self.refused(agent.decode("latin-1"))
-            if len(self.cache) > CACHE_SIZE:
-                self.cache.popitem(last=False)
+            verdict = self.cache.keep(agent, self.refused(agent.decode("latin-1")))
         if verdict:
             await ex.respond_error(403)
             return True

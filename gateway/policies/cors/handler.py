@@ -11,11 +11,11 @@ regex entry (anchored at both ends; against the host alone when the entry has no
 from __future__ import annotations
 
 import re
-from collections import OrderedDict
 from urllib.parse import urlsplit
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.memo import Memo
 from gateway.policies.cors.schema import METHODS, CorsConfig
 from gateway.policies.header_list import add_header, clear_header, get_header, set_header
 
@@ -79,7 +79,7 @@ class Cors:
         self.private_network = config.private_network
         self.preflight_continue = config.preflight_continue
         self.allow_origin_absent = config.allow_origin_absent
-        self._normalized: OrderedDict[str, _Origin] = OrderedDict()
+        self._normalized: Memo[str, _Origin] = Memo(_CACHE_SIZE)
 
     async def access(self, ex: Exchange) -> bool:
         headers = ex.request.headers
@@ -164,7 +164,5 @@ class Cors:
         cache = self._normalized
         found = cache.get(origin)
         if found is None:
-            found = cache[origin] = normalize_origin(origin)
-            if len(cache) > _CACHE_SIZE:
-                cache.popitem(last=False)
+            found = cache.keep(origin, normalize_origin(origin))
         return found

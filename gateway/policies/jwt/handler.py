@@ -22,6 +22,7 @@ from typing import Any
 from gateway.config.consumers import JWT_ALGORITHMS as SUPPORTED
 from gateway.http.server import Exchange
 from gateway.jwtlib import algorithms, parser
+from gateway.memo import Memo
 from gateway.policies.consumers import (
     AuthPolicy,
     Directory,
@@ -71,7 +72,7 @@ class Jwt(AuthPolicy):
         self.max_exp = config.maximum_expiration
         self.keys = {key: _Key(cred.identity, cred.algorithm, prepare(cred, config.secret_is_base64))
                      for key, cred in directory.jwt.items()}
-        self.cache: dict[bytes, tuple[Identity, Any, Any]] = {}
+        self.cache: Memo[bytes, tuple[Identity, Any, Any]] = Memo(CACHE_ENTRIES)
         if config.realm is not None:
             self.www = f'Bearer realm="{config.realm}"'
             self.www_error = f'{self.www}, error="invalid_token"'
@@ -168,10 +169,7 @@ class Jwt(AuthPolicy):
         if failed is not None:
             return Rejection(401, failed, self.www_error, exit=True)
         if len(token) <= CACHE_TOKEN_BYTES:
-            cache = self.cache
-            if len(cache) >= CACHE_ENTRIES:
-                del cache[next(iter(cache))]
-            cache[token] = (key.identity, exp, nbf)
+            self.cache.keep(token, (key.identity, exp, nbf))
         return key.identity
 
     def _in_time(self, exp: Any, nbf: Any, now: int) -> dict[str, str] | None:

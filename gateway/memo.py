@@ -1,0 +1,26 @@
+"""A bounded memo of answers: what a worker remembers per key (a verified token, a route, a Host verdict) so that
+repeated requests skip the work, at most `size` of them so that a client's distinct keys cannot grow it."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Memo(dict[K, V]):
+    """Look up with the dict's own `get` (the hot path, no Python call); `keep` stores an answer, the oldest
+    leaving first once `size` are kept."""
+
+    __slots__ = ("size",)
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def keep(self, key: K, value: V) -> V:
+        if len(self) >= self.size:
+            del self[next(iter(self))]
+        self[key] = value
+        return value

@@ -1,0 +1,18 @@
+"""The bounded memo the caches of the request path share (gateway.memo)."""
+
+from __future__ import annotations
+
+from gateway.memo import Memo
+
+
+def test_a_kept_answer_is_found_again():
+    memo: Memo[str, int] = Memo(2)
+    assert memo.keep("a", 1) == 1
+    assert memo.get("a") == 1 and memo.get("b") is None
+
+
+def test_past_its_size_the_oldest_answer_leaves_first():
+    memo: Memo[str, int] = Memo(2)
+    for i, key in enumerate("abc"):
+        memo.keep(key, i)
+    assert list(memo) == ["b", "c"]
