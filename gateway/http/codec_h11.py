@@ -72,13 +72,13 @@ class _H11Codec:
     def _next_event(self) -> Event:
         raise NotImplementedError
 
-    def take_body(self) -> tuple[list[bytes], bool]:
+    def take_body(self) -> tuple[bytes, bool]:
         chunks: list[bytes] = []
         while (ev := self.next_event()) is not NEED_DATA:
             if ev is END:
-                return chunks, True
+                return b"".join(chunks), True
             chunks.append(ev)  # type: ignore[arg-type]
-        return chunks, False
+        return b"".join(chunks), False
 
     def receive_data(self, data: bytes) -> None:
         if data:

@@ -167,10 +167,14 @@ class _Parsing(_BodyFramer):
                 if self._head_fed > self._max_head:
                     self._fail(ProtocolError("message head too large", 431))
 
-    def take_body(self) -> tuple[list[bytes], bool]:
-        """After the head, before its END: the body chunks parsed so far, and whether the message ended with them
+    def take_body(self) -> tuple[bytes, bool]:
+        """After the head, before its END: the body bytes parsed so far, and whether the message ended with them
         (next_event's loop in one call, the proxy's path: a body read with its head)."""
         events = self._events
+        if len(events) == 2 and events[1] is END and type(body := events[0]) is bytes:  # the usual: all of it
+            events.clear()
+            self._message_done()
+            return body, True
         chunks: list[bytes] = []
         while events and type(chunk := events[0]) is bytes:
             chunks.append(chunk)
@@ -178,10 +182,10 @@ class _Parsing(_BodyFramer):
         if events and events[0] is END:
             del events[0]
             self._message_done()
-            return chunks, True
+            return b"".join(chunks), True
         if events:
             self.next_event()  # raises the error queued after the chunks, as it would
-        return chunks, False
+        return b"".join(chunks), False
 
     def next_event(self) -> Event:
         raise NotImplementedError

@@ -168,8 +168,7 @@ class Exchange:
         held, self._held = self._held or b"", None
         if self._request_done:
             return held, True
-        chunks, self._request_done = self._codec.take_body()
-        body = b"".join(chunks)
+        body, self._request_done = self._codec.take_body()
         if body:
             self._count(body)
         return (held + body if held else body), self._request_done

@@ -71,6 +71,14 @@ class ConnTimer:
         if at < self.queued and timers is not None:
             timers.push(self, at)
 
+    def set_until(self, at: float, phase: Phase, detail: tuple[str, float] | None = None) -> None:
+        """Like `set`, with the deadline itself, for a caller that read the clock a moment ago."""
+        self.at = at
+        self.phase = phase
+        self.detail = detail
+        if at < self.queued and self.timers is not None:
+            self.timers.push(self, at)
+
     def shorten(self, at: float) -> None:
         """Bring the deadline forward to `at` if it is later (a drain)."""
         if at < self.at:

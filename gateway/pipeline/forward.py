@@ -166,6 +166,7 @@ class Forwarder:
             except UpstreamError:
                 self._finished(attempt, False, TCP_FAILURE)
                 raise
+            now = self.clock()
         codec = uc.codec
         data = codec.request_head(method, path, headers, framing)
         if body:
@@ -178,7 +179,7 @@ class Forwarder:
             # answers 504, and the cleanup below runs as the cancellation passes through.
             timer = ex.timer
             detail = (target.name, svc.write_timeout)
-            timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+            timer.set_until(now + svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
             await uc.conn.sendall(data)
             if not body_done:
                 while (chunk := await ex.receive_body()) is not None:
@@ -232,7 +233,7 @@ class Forwarder:
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target,
                                                     new_session)
-            first, done = _ready_body(codec)
+            first, done = codec.take_body()  # what came with the head: one write when the answer is small
             if edit is not None and not sse:
                 try:
                     status, headers, first = await _edited_body(ex, uc, response.status, headers, first, done,
@@ -279,7 +280,7 @@ class Forwarder:
         finally:
             self._finished(attempt, ok and response.status < 500, response.status if ok else _blame(uc, failed))
             if ok and codec.keep_alive:
-                self.pool.put(uc, self.clock())
+                self.pool.put(uc, attempt.ended)
             else:
                 uc.close()
 
@@ -456,12 +457,6 @@ def _is_json(headers: Headers) -> bool:
         if name == b"content-type":
             return value[:16].lower() == b"application/json"
     return False
-
-
-def _ready_body(codec) -> tuple[bytes, bool]:  # noqa: ANN001 - a ClientCodec
-    """Body bytes already parsed with the head, and whether the response is complete: one write when small."""
-    parts, done = codec.take_body()
-    return b"".join(parts), done
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,

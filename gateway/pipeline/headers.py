@@ -5,6 +5,7 @@ from __future__ import annotations
 from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers
 from gateway.http.ids import new_request_id
 from gateway.http.server import Exchange
+from gateway.memo import Memo
 
 # RFC 9110 7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
@@ -20,6 +21,10 @@ _DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-fo
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
 _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length"}
 _MAX_REQUEST_ID = 200
+# What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port and X-Real-IP, built once per client
+# address, scheme and listener port (a few, in practice) instead of four tuples per request.
+_OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
+_NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer sent that are kept: none (never added to)
 
 
 # Never dropped because a Connection header names them: removing a framing header would change where the message
@@ -54,7 +59,6 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
     like any header and None is returned for it."""
     headers = ex.request.headers
     trusted = ex.peer_trusted
-    client_ip = ex.client_ip.encode()
     connection = False  # a Connection header: the headers it names are dropped too (after the loop: it is rare)
     chunked = length = False
     out: Headers = []
@@ -62,7 +66,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
     xff = b""
     request_id = b""
     session_id = None
-    seen_forwarded: set[bytes] = set()
+    seen_forwarded = set() if trusted else _NOTHING_SEEN
     for hv in headers:
         name = hv[0]
         if name in _SPECIAL_IN:
@@ -96,17 +100,31 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
         out.append(hv)
     if connection and (named := connection_tokens(headers)):
         out = [hv for hv in out if hv[0] not in named]
-        seen_forwarded -= named
+        if trusted:
+            seen_forwarded -= named
     if not request_id:
         request_id = new_request_id()
-    out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
-    if b"x-forwarded-proto" not in seen_forwarded:
-        out.append((b"x-forwarded-proto", ex.conn.scheme))
-    if b"x-forwarded-host" not in seen_forwarded and host:
-        out.append((b"x-forwarded-host", host))
-    if b"x-forwarded-port" not in seen_forwarded:
-        out.append((b"x-forwarded-port", ex.conn.listen_port))
-    out.append((b"x-real-ip", client_ip))
+    if trusted:
+        client_ip = ex.client_ip.encode()
+        out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
+        if b"x-forwarded-proto" not in seen_forwarded:
+            out.append((b"x-forwarded-proto", ex.conn.scheme))
+        if b"x-forwarded-host" not in seen_forwarded and host:
+            out.append((b"x-forwarded-host", host))
+        if b"x-forwarded-port" not in seen_forwarded:
+            out.append((b"x-forwarded-port", ex.conn.listen_port))
+        out.append((b"x-real-ip", client_ip))
+    else:
+        conn = ex.conn
+        key = (ex.client_ip, conn.scheme, conn.listen_port)
+        own = _OWN_FORWARDED.get(key)
+        if own is None:
+            ip = key[0].encode()
+            own = _OWN_FORWARDED.keep(key, [(b"x-forwarded-for", ip), (b"x-forwarded-proto", key[1]),
+                                            (b"x-forwarded-port", key[2]), (b"x-real-ip", ip)])
+        out += own
+        if host:
+            out.append((b"x-forwarded-host", host))
     out.append((b"x-request-id", request_id))
     consumer = ex.consumer
     if consumer is not None:
