@@ -67,7 +67,7 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered")
+                 "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered", "hashing")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -77,6 +77,7 @@ class UpstreamGroup:
         self.balancer = balancer
         self.hash_on = hash_on  # (kind, header/cookie/query name as bytes)
         self.hash_fallback = hash_fallback
+        self.hashing = algorithm in ("consistent-hashing", "ip-hash")  # the balancer needs a key from the request
         self.keys = [f"{name}|{t.name}" for t in targets]  # the targets' names on the bus and the admin channel
         self.unusable: frozenset[int] = frozenset()  # drained by an operator, or circuit open (gateway.state)
         self.breakers = False  # a circuit-breaker plugin covers this upstream: report outcomes

@@ -17,6 +17,9 @@ _REJECTION_TRIES = 8
 class Balancer(Protocol):
     """What the proxy needs from every algorithm; targets are indexes into the weights list."""
 
+    # Whether `started` and `finished` matter to it (they are not called otherwise: two calls a request saved).
+    follows_load: bool
+
     def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
         """Index of the chosen target, or None when every target is skipped or has weight 0."""
         ...

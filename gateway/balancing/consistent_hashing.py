@@ -23,6 +23,8 @@ class ConsistentHashing:
     an int seed and blake2b are both fixed). Without a key, picks fall back to round-robin.
     """
 
+    follows_load = False
+
     def __init__(self, weights: Sequence[int], *, slots: int = 10000) -> None:
         if not MIN_SLOTS <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be between {MIN_SLOTS} and {MAX_SLOTS}, got {slots}")

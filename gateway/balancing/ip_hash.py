@@ -21,6 +21,8 @@ class IpHash:
     same sequence of targets; after MAX_REHASHES misses, or without a key, it falls back to round-robin.
     """
 
+    follows_load = False
+
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)
         self._round_robin = RoundRobin(self._weights)

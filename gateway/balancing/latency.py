@@ -22,6 +22,8 @@ class PeakEwma:
     draw, so equally fast targets split traffic by weight. Time comes from `clock` (e.g. trio.current_time).
     """
 
+    follows_load = True
+
     def __init__(
         self,
         weights: Sequence[int],

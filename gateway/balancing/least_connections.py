@@ -17,6 +17,8 @@ class LeastConnections:
     set_weight are all O(log n).
     """
 
+    follows_load = True
+
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)
         count = len(self._weights)

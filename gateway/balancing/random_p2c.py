@@ -14,6 +14,8 @@ class RandomTwoChoices:
     A tie goes to the first draw, so an idle pool is split exactly by weight.
     """
 
+    follows_load = True
+
     def __init__(self, weights: Sequence[int], *, rng: random.Random | None = None) -> None:
         self._table = WeightTable(check_weights(weights), rng or random.Random())
         self._active = [0] * len(self._table.weights)

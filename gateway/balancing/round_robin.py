@@ -30,6 +30,8 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
 class RoundRobin:
     """Smooth weighted round-robin; skipped turns are passed over, so the rest keep their weight ratios."""
 
+    follows_load = False
+
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)
         self._cursor = 0

@@ -97,7 +97,7 @@ class Forwarder:
             body, body_done = mcp.take_body(ex)
             headers = mcp.upstream_headers(headers)
         replayable = body_done and req.method in IDEMPOTENT
-        hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None else None
+        hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None and group.hashing else None
         tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
         error: UpstreamError | None = None
         if pinned is not None and pinned in group.unusable and not (
@@ -106,6 +106,7 @@ class Forwarder:
             # elsewhere. A drained target keeps its sessions: draining stops new ones, as connection draining does.
             await session_not_found(ex)
             return
+        host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry
         for _ in range(svc.retries + 1 if pinned is None else 1):  # a pinned session never moves
             index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
             if index is None:
@@ -115,9 +116,10 @@ class Forwarder:
             if ex.state is not None:  # for the MCP audit log: where the call went
                 ex.state["upstream"] = target.name
             host = client_host if route.preserve_host and client_host else target.host_header
-            extra = [(b"host", host)]
+            del headers[host_at:]
+            headers.append((b"host", host))
             if mcp is not None and mcp.rewrite_origin:
-                extra.append((b"origin", b"http://" + target.host_header))
+                headers.append((b"origin", b"http://" + target.host_header))
             attempt = Attempt(group, index, target_path)
             if ex.tries is None:
                 ex.tries = [attempt]
@@ -125,7 +127,7 @@ class Forwarder:
                 ex.tries.append(attempt)
             try:
                 uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
-                                                    headers + extra, framing, body, body_done)
+                                                    headers, framing, body, body_done)
             except UpstreamError as e:
                 error = e
                 if e.sent and not replayable:
@@ -173,7 +175,8 @@ class Forwarder:
             data += codec.body(body)
         if body_done:
             data += codec.end()
-        attempt.balancer.started(attempt.index)
+        if attempt.balancer.follows_load:
+            attempt.balancer.started(attempt.index)
         try:
             # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
             # answers 504, and the cleanup below runs as the cancellation passes through.
@@ -321,7 +324,9 @@ class Forwarder:
             active[attempt.key] = left
         else:
             del active[attempt.key]
-        attempt.balancer.finished(attempt.index, now - attempt.started, ok)
+        balancer = attempt.balancer
+        if balancer.follows_load:
+            balancer.finished(attempt.index, now - attempt.started, ok)
         shared = self.shared
         if shared is not None and code:
             group = attempt.group
