@@ -276,6 +276,7 @@ def test_summarize_medians_ratios_and_errors():
         "errors": 3,
         "rounds": 3,
         "cpu_us_per_req": 150.0,
+        "cpu_us_per_req_by_round": {"1": 150.0, "2": 160.0, "3": 150.0},
     }
     assert direct.cpu_us is None  # nothing of ours ran: wrk hit the backend
 
@@ -545,7 +546,16 @@ def test_baseline_table_gives_the_ratio_and_cpu_delta_against_the_twin():
         return bench.Summary(name, rps, 1.0, 2.0, None, 0, 3, cpu)
 
     table = bench.baseline_table({"gw": summary("gw", 9800, 71.5), "gw@base": summary("gw@base", 10000, 70.0)})
-    assert table.splitlines()[-1] == "| gw | 0.980x | 71.5 | 70.0 | +1.5 |"
+    assert table.splitlines()[-1] == "| gw | 0.980x | 71.5 | 70.0 | +1.5 | n/a |"
+
+
+def test_baseline_table_pairs_each_round_with_its_twin():
+    runs = [make_run("gw", 1, 1000, cpu_s=0.100), make_run("gw@base", 1, 1000, cpu_s=0.102),
+            make_run("gw", 2, 1000, cpu_s=0.200), make_run("gw@base", 2, 1000, cpu_s=0.204),
+            make_run("gw", 3, 1000, cpu_s=0.150), make_run("gw@base", 3, 1000, cpu_s=0.149)]
+    row = bench.baseline_table(bench.summarize(runs)).splitlines()[-1]
+    # the medians (150 against 149 µs) say "slower"; round by round it was faster twice
+    assert row == "| gw | 1.000x | 150.0 | 149.0 | +1.0 | -2.0, -4.0, +1.0 (-2.0) |"
 
 
 def test_export_tree_refuses_an_unknown_revision(tmp_path):
@@ -596,6 +606,25 @@ def test_cpu_targets_compare_with_the_floor():
                                                               "CPU 310 µs/req")
     table = bench.markdown_table({"floor": summary("floor", 100.0), "gw-llhttp-1w": summary("gw-llhttp-1w", 125.0)})
     assert table.splitlines()[-1].endswith("| 125.0 | 0 | 1.25x |")
+
+
+FLOOR_ROUNDS = [make_run("floor", 1, 1000, cpu_s=0.100), make_run("gw-llhttp-1w", 1, 1000, cpu_s=0.210),
+                make_run("floor", 2, 1000, cpu_s=0.060), make_run("gw-llhttp-1w", 2, 1000, cpu_s=0.132),
+                make_run("floor", 3, 1000, cpu_s=0.080), make_run("gw-llhttp-1w", 3, 1000, cpu_s=0.184)]
+
+
+def test_the_floor_ratio_is_the_median_of_the_rounds_ratios():
+    summaries = bench.summarize(FLOOR_ROUNDS)
+    # the ratio of the medians would be 184 / 80 = 2.30; each round against its own floor: 2.10, 2.20, 2.30
+    assert bench.markdown_table(summaries).splitlines()[-1].endswith("| 184.0 | 0 | 2.20x |")
+    [result] = bench.check_targets(summaries, targets=[], cpu_targets=[bench.CpuTarget("gw-llhttp-1w", 2.25)])
+    assert result.ok and result.detail == "CPU 2.20 x floor (by round: 2.10, 2.20, 2.30)"
+
+
+def test_the_floor_rounds_table_lists_each_rounds_ratio():
+    table = bench.floor_rounds_table(bench.summarize(FLOOR_ROUNDS)).splitlines()
+    assert table[-1] == "| gw-llhttp-1w | 2.10x, 2.20x, 2.30x | 2.20x |"
+    assert bench.floor_rounds_table(bench.summarize(FLOOR_ROUNDS[:2])) == ""  # one round: nothing to spread
 
 
 def test_mcp_answers_are_read_from_json_or_event_streams():
