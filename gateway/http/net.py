@@ -80,13 +80,23 @@ class Conn:
             pass
 
     async def recv_after_wait(self) -> bytes:
-        """Like recv, but waits first: for answers that cannot have arrived yet (saves a failing syscall)."""
-        try:
-            await trio.lowlevel.wait_readable(self.sock)
-        except trio.ClosedResourceError:
-            return b""  # closed under us (Pool.close_target)
+        """Like recv, but waits first: for answers that cannot have arrived yet (saves a failing syscall). The wait
+        was a checkpoint, so the budget starts again."""
+        sock = self.sock
         self._budget = CHECKPOINT_EVERY
-        return await self.recv()
+        while True:
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                return b""  # closed under us (Pool.close_target)
+            try:
+                return sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue  # woken for nothing (it happens with epoll): wait again
+            except OSError as e:
+                if e.errno in _CLOSED_ERRNOS:
+                    return b""
+                raise
 
     async def sendall(self, data: bytes) -> None:
         """Send every byte, waiting for buffer space as needed; raises BrokenPipeError if the peer is gone."""

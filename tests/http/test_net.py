@@ -1,0 +1,85 @@
+"""The thin stream layer (gateway.http.net.Conn) on real socket pairs: what a read returns when the peer speaks,
+closes, resets, or the gateway closes the socket under a waiting task."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+import trio
+import trio.testing
+
+from gateway.http.net import Conn
+
+
+@pytest.fixture
+def pair():
+    ours, theirs = socket.socketpair()
+    yield Conn(ours), theirs
+    ours.close()
+    theirs.close()
+
+
+async def test_recv_after_wait_returns_what_the_peer_sends_once_it_sends_it(pair):
+    conn, peer = pair
+    async with trio.open_nursery() as nursery:
+        got: list[bytes] = []
+
+        async def read() -> None:
+            got.append(await conn.recv_after_wait())
+
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == []  # parked: nothing to read yet
+        peer.send(b"HTTP/1.1 200 OK\r\n")
+    assert got == [b"HTTP/1.1 200 OK\r\n"]
+
+
+async def test_recv_after_wait_reads_data_already_there(pair):
+    conn, peer = pair
+    peer.send(b"ready")
+    assert await conn.recv_after_wait() == b"ready"
+
+
+async def test_recv_after_wait_gives_empty_bytes_at_eof(pair):
+    conn, peer = pair
+    peer.close()
+    assert await conn.recv_after_wait() == b""
+
+
+async def test_recv_after_wait_gives_empty_bytes_on_a_reset():
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    ours, _ = listener.accept()
+    conn = Conn(client)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ours.close()  # RST
+    listener.close()
+    try:
+        assert await conn.recv_after_wait() == b""
+    finally:
+        conn.close()
+
+
+async def test_recv_after_wait_gives_empty_bytes_when_the_gateway_closes_the_socket_under_it(pair):
+    conn, _ = pair
+    async with trio.open_nursery() as nursery:
+        got: list[bytes] = []
+
+        async def read() -> None:
+            got.append(await conn.recv_after_wait())
+
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        conn.close()  # as Pool.close_target does
+    assert got == [b""]
+
+
+async def test_recv_returns_at_once_when_data_is_there_and_waits_otherwise(pair):
+    conn, peer = pair
+    peer.send(b"one")
+    assert await conn.recv() == b"one"
+    with trio.move_on_after(0.05) as scope:
+        await conn.recv()
+    assert scope.cancelled_caught  # nothing more: it waited
