@@ -342,7 +342,7 @@ def test_markdown_table():
 def test_configurations_are_unique_and_ordered():
     names = [c.name for c in bench.CONFIGURATIONS]
     assert len(names) == len(set(names))
-    assert names[:5] == ["direct", "nginx", "gw-llhttp-1w", "gw-h11-1w", "gw-llhttp-2w"]
+    assert names[:7] == ["direct", "nginx", "floor", "gw-llhttp-1w", "gw-h11-1w", "floor-2p", "gw-llhttp-2w"]
     assert bench.REFERENCE in names
 
 
