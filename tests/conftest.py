@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,10 +17,19 @@ import trio
 import yaml
 
 from gateway.config import Config, parse_config
-from gateway.http.net import bind_listener
+from gateway.http.net import Conn, bind_listener
 from gateway.worker import bind_all, serve_worker
 
 CODECS = ["h11", "llhttp"]
+
+
+@pytest.fixture
+def conn_pair() -> Iterator[tuple[Conn, socket.socket]]:
+    """A connected socket pair: ours wrapped in a Conn (gateway.http.net), and the peer's plain socket."""
+    ours, theirs = socket.socketpair()
+    yield Conn(ours), theirs
+    ours.close()
+    theirs.close()
 
 
 @pytest.fixture(params=CODECS)

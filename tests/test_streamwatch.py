@@ -7,7 +7,6 @@ import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import pytest
 import trio
 
 from gateway.http.net import Conn
@@ -15,16 +14,8 @@ from gateway.pipeline.keepalive import Stream
 from gateway.pipeline.streamwatch import StreamWatch
 
 
-@pytest.fixture
-def pair():
-    ours, theirs = socket.socketpair()
-    yield Conn(ours), theirs
-    ours.close()
-    theirs.close()
-
-
-def test_a_client_that_closes_marks_its_stream_gone_and_is_no_longer_watched(pair):
-    conn, client = pair
+def test_a_client_that_closes_marks_its_stream_gone_and_is_no_longer_watched(conn_pair):
+    conn, client = conn_pair
     watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     client.close()
@@ -50,8 +41,8 @@ def test_a_client_that_resets_is_gone_too():
         listener.close()
 
 
-def test_a_quiet_client_is_left_alone(pair):
-    conn, _ = pair
+def test_a_quiet_client_is_left_alone(conn_pair):
+    conn, _ = conn_pair
     watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     assert watch.check() == 0
@@ -59,8 +50,8 @@ def test_a_quiet_client_is_left_alone(pair):
     assert len(watch) == 1
 
 
-def test_bytes_from_the_client_stop_the_watch_and_stay_unread(pair):
-    conn, client = pair
+def test_bytes_from_the_client_stop_the_watch_and_stay_unread(conn_pair):
+    conn, client = conn_pair
     watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     client.sendall(b"GET /next HTTP/1.1\r\n\r\n")
@@ -70,8 +61,8 @@ def test_bytes_from_the_client_stop_the_watch_and_stay_unread(pair):
     assert conn.sock.recv(100) == b"GET /next HTTP/1.1\r\n\r\n"
 
 
-def test_unwatch_forgets_the_stream_and_a_later_close_is_not_reported(pair):
-    conn, client = pair
+def test_unwatch_forgets_the_stream_and_a_later_close_is_not_reported(conn_pair):
+    conn, client = conn_pair
     watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     watch.unwatch(stream)
@@ -126,8 +117,8 @@ async def relayed(conn: Conn) -> AsyncIterator[Relayed]:
         upstream_peer.close()
 
 
-async def test_a_hang_up_resumes_the_parked_stream_at_once(pair):
-    conn, client = pair
+async def test_a_hang_up_resumes_the_parked_stream_at_once(conn_pair):
+    conn, client = conn_pair
     async with relayed(conn) as r:  # the upstream is never readable: the stream waits for it
         r.nursery.start_soon(_close_soon, client)
         with trio.fail_after(5):
@@ -135,8 +126,8 @@ async def test_a_hang_up_resumes_the_parked_stream_at_once(pair):
         assert r.stream.gone
 
 
-async def test_an_upstream_that_speaks_resumes_the_parked_stream_each_time(pair):
-    async with relayed(pair[0]) as r:
+async def test_an_upstream_that_speaks_resumes_the_parked_stream_each_time(conn_pair):
+    async with relayed(conn_pair[0]) as r:
         for n in range(3):  # one-shot: re-armed by every wait
             r.nursery.start_soon(_send_soon, r.upstream_peer, b"data: %d\n\n" % n)
             with trio.fail_after(5):
@@ -145,8 +136,8 @@ async def test_an_upstream_that_speaks_resumes_the_parked_stream_each_time(pair)
             assert not r.stream.gone and r.stream.task is None
 
 
-async def test_an_upstream_shut_down_by_the_gateway_resumes_the_parked_stream_with_eof(pair):
-    async with relayed(pair[0]) as r:
+async def test_an_upstream_shut_down_by_the_gateway_resumes_the_parked_stream_with_eof(conn_pair):
+    async with relayed(conn_pair[0]) as r:
 
         async def sweep() -> None:
             await trio.sleep(0.05)
@@ -158,8 +149,8 @@ async def test_an_upstream_shut_down_by_the_gateway_resumes_the_parked_stream_wi
         assert r.up.recv_ready() == b""
 
 
-async def test_a_parked_stream_can_be_cancelled_and_its_later_news_is_ignored(pair):
-    async with relayed(pair[0]) as r:
+async def test_a_parked_stream_can_be_cancelled_and_its_later_news_is_ignored(conn_pair):
+    async with relayed(conn_pair[0]) as r:
         with trio.move_on_after(0.05) as scope:
             await r.watch.wait_upstream(r.stream, r.up)
         assert scope.cancelled_caught and r.stream.task is None

@@ -89,14 +89,10 @@ class Conn:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
                 return b""  # closed under us (Pool.close_target)
-            try:
-                return sock.recv(RECV_SIZE)
-            except BlockingIOError:
-                continue  # woken for nothing (it happens with epoll): wait again
-            except OSError as e:
-                if e.errno in _CLOSED_ERRNOS:
-                    return b""
-                raise
+            data = self.recv_ready()
+            if data is not None:
+                return data
+            # woken for nothing (it happens with epoll): wait again
 
     async def sendall(self, data: bytes) -> None:
         """Send every byte, waiting for buffer space as needed; raises BrokenPipeError if the peer is gone."""

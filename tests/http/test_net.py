@@ -5,45 +5,42 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 
-import pytest
 import trio
 import trio.testing
 
 from gateway.http.net import Conn
 
 
-@pytest.fixture
-def pair():
-    ours, theirs = socket.socketpair()
-    yield Conn(ours), theirs
-    ours.close()
-    theirs.close()
+async def read_parked(conn: Conn, then: Callable[[], object]) -> list[bytes]:
+    """What recv_after_wait returns when `then` runs while it is parked (asserted parked: nothing read yet)."""
+    got: list[bytes] = []
 
+    async def read() -> None:
+        got.append(await conn.recv_after_wait())
 
-async def test_recv_after_wait_returns_what_the_peer_sends_once_it_sends_it(pair):
-    conn, peer = pair
     async with trio.open_nursery() as nursery:
-        got: list[bytes] = []
-
-        async def read() -> None:
-            got.append(await conn.recv_after_wait())
-
         nursery.start_soon(read)
         await trio.testing.wait_all_tasks_blocked()
-        assert got == []  # parked: nothing to read yet
-        peer.send(b"HTTP/1.1 200 OK\r\n")
-    assert got == [b"HTTP/1.1 200 OK\r\n"]
+        assert got == []
+        then()
+    return got
 
 
-async def test_recv_after_wait_reads_data_already_there(pair):
-    conn, peer = pair
+async def test_recv_after_wait_returns_what_the_peer_sends_once_it_sends_it(conn_pair):
+    conn, peer = conn_pair
+    assert await read_parked(conn, lambda: peer.send(b"HTTP/1.1 200 OK\r\n")) == [b"HTTP/1.1 200 OK\r\n"]
+
+
+async def test_recv_after_wait_reads_data_already_there(conn_pair):
+    conn, peer = conn_pair
     peer.send(b"ready")
     assert await conn.recv_after_wait() == b"ready"
 
 
-async def test_recv_after_wait_gives_empty_bytes_at_eof(pair):
-    conn, peer = pair
+async def test_recv_after_wait_gives_empty_bytes_at_eof(conn_pair):
+    conn, peer = conn_pair
     peer.close()
     assert await conn.recv_after_wait() == b""
 
@@ -62,22 +59,13 @@ async def test_recv_after_wait_gives_empty_bytes_on_a_reset():
         conn.close()
 
 
-async def test_recv_after_wait_gives_empty_bytes_when_the_gateway_closes_the_socket_under_it(pair):
-    conn, _ = pair
-    async with trio.open_nursery() as nursery:
-        got: list[bytes] = []
-
-        async def read() -> None:
-            got.append(await conn.recv_after_wait())
-
-        nursery.start_soon(read)
-        await trio.testing.wait_all_tasks_blocked()
-        conn.close()  # as Pool.close_target does
-    assert got == [b""]
+async def test_recv_after_wait_gives_empty_bytes_when_the_gateway_closes_the_socket_under_it(conn_pair):
+    conn, _ = conn_pair
+    assert await read_parked(conn, conn.close) == [b""]  # closed as Pool.close_target does
 
 
-async def test_recv_returns_at_once_when_data_is_there_and_waits_otherwise(pair):
-    conn, peer = pair
+async def test_recv_returns_at_once_when_data_is_there_and_waits_otherwise(conn_pair):
+    conn, peer = conn_pair
     peer.send(b"one")
     assert await conn.recv() == b"one"
     with trio.move_on_after(0.05) as scope:
