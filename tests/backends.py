@@ -147,6 +147,7 @@ class EchoBackend(_Backend):
       framing=length|chunked|close   how the body is framed (default length)
       delay=S         sleep S seconds before answering
       hold=1          wait until `release` is set before answering
+      hop=1           name a header of the answer in its Connection header (x-upstream-hop: a hop-by-hop one)
     """
 
     def __init__(self, name: str = "echo") -> None:
@@ -200,6 +201,8 @@ class EchoBackend(_Backend):
         no_body = seen.method == "HEAD" or status in (204, 304)
         framing = query.get("framing", "length")
         headers = [(b"content-type", ctype), (b"x-backend", self.name.encode())]
+        if query.get("hop") == "1":
+            headers += [(b"connection", b"keep-alive, X-Upstream-Hop"), (b"x-upstream-hop", b"secret")]
         if framing == "close":
             # Close-delimited: no Content-Length, no chunking; the end of the body is the end of the connection.
             head = b"HTTP/1.1 %d OK\r\ncontent-type: %b\r\nx-backend: %b\r\nconnection: close\r\n\r\n" % (

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.http.codec import CHUNKED, LENGTH, NO_BODY
-from gateway.pipeline.headers import connection_tokens, upstream_request_headers
+from gateway.pipeline.headers import connection_options, connection_tokens, upstream_request_headers
 from gateway.policies.consumers import Consumer
 
 CLIENT_IP = "203.0.113.7"
@@ -60,6 +60,13 @@ def test_headers_named_in_connection_are_removed():
 def test_connection_tokens_ignore_close_and_keep_alive():
     assert connection_tokens([(b"connection", b"close")]) is None
     assert connection_tokens([(b"connection", b"Keep-Alive, X-A , x-b")]) == {b"x-a", b"x-b"}
+
+
+def test_connection_options_are_worked_out_once_per_value():
+    assert connection_options(b"keep-alive") == frozenset()
+    first = connection_options(b"keep-alive, X-Trace")
+    assert first == {b"x-trace"}
+    assert connection_options(b"keep-alive, X-Trace") is first  # the upstream's next response: remembered
 
 
 def test_the_framing_of_the_body_is_told_with_the_headers():

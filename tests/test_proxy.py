@@ -222,6 +222,17 @@ async def test_forwarding_headers_and_request_id(nursery, gateway):
     assert seen.header("x-forwarded-port") == str(port)
 
 
+async def test_response_headers_the_upstream_names_in_connection_stay_at_the_hop(nursery, gateway):
+    _, port = await one_service(nursery, gateway)
+    async with await Client.connect(port) as client:
+        for _ in range(2):  # the second answer's Connection value is one the gateway has seen
+            with trio.fail_after(TIMEOUT):
+                reply = await client.request("GET", "/?hop=1")
+            assert reply.status == 200
+            assert reply.header("x-upstream-hop") is None
+            assert reply.header("x-backend") == "echo"
+
+
 async def test_request_id_is_generated_when_absent(nursery, gateway):
     backend, port = await one_service(nursery, gateway)
     with trio.fail_after(TIMEOUT):

@@ -24,7 +24,7 @@ from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
 from gateway.pipeline.hashing import balancer_key
-from gateway.pipeline.headers import HOP_BY_HOP, connection_tokens, upstream_request_headers
+from gateway.pipeline.headers import HOP_BY_HOP, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
 from gateway.pipeline.streamwatch import StreamWatch
@@ -487,8 +487,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     if new_session is not None:
                         RECORDER.count(MCP_SESSIONS, (new_session,))
             else:
-                if name == b"connection":
-                    named = connection_tokens(headers)
+                if name == b"connection" and (options := connection_options(hv[1])):
+                    named = options if named is None else named | options
                 continue  # hop-by-hop, x-request-id
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection

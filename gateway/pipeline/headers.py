@@ -33,14 +33,24 @@ _NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer s
 _NOT_OPTIONS = frozenset({b"close", b"keep-alive", b"", b"content-length", b"transfer-encoding", b"host"})
 
 
+_OPTIONS: Memo[bytes, frozenset[bytes]] = Memo(256)  # a Connection value -> the options it names
+
+
+def connection_options(value: bytes) -> frozenset[bytes]:
+    """The header names one Connection value lists as connection options (none for `keep-alive` or `close`),
+    worked out once per value: an upstream sends the same one with every response."""
+    options = _OPTIONS.get(value)
+    if options is None:
+        options = _OPTIONS.keep(value, frozenset({t.strip().lower() for t in value.split(b",")} - _NOT_OPTIONS))
+    return options
+
+
 def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
     """The header names listed as connection options in Connection headers (to drop at the hop), or None."""
     tokens = None
     for name, value in headers:
-        if name == b"connection":
-            extra = {t.strip().lower() for t in value.split(b",")} - _NOT_OPTIONS
-            if extra:
-                tokens = (tokens or frozenset()) | extra
+        if name == b"connection" and (options := connection_options(value)):
+            tokens = options if tokens is None else tokens | options
     return tokens
 
 
