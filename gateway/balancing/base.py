@@ -37,6 +37,19 @@ class Balancer(Protocol):
         ...
 
 
+class IgnoresLoad:
+    """For the balancers whose choice does not depend on load (round-robin, the hashes): the proxy does not tell them
+    of a request's start and end."""
+
+    follows_load = False
+
+    def started(self, index: int) -> None:
+        """Load is not looked at."""
+
+    def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
+        """Nor is latency."""
+
+
 def check_weight(weight: int) -> int:
     """Return `weight` if it is a non-negative int (Kong semantics: 0 means no traffic), else raise."""
     if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:

@@ -6,14 +6,14 @@ import random
 from collections.abc import Container, Sequence
 from math import inf, log
 
-from .base import check_weight, check_weights, stable_hash
+from .base import IgnoresLoad, check_weight, check_weights, stable_hash
 from .round_robin import RoundRobin
 
 MIN_SLOTS = 10
 MAX_SLOTS = 65536
 
 
-class ConsistentHashing:
+class ConsistentHashing(IgnoresLoad):
     """Key -> slot -> target; a skipped target's keys walk on to the next slot whose target is usable.
 
     Every slot goes to the target with the smallest E / weight, where E is an Exp(1) variate fixed per
@@ -23,7 +23,6 @@ class ConsistentHashing:
     an int seed and blake2b are both fixed). Without a key, picks fall back to round-robin.
     """
 
-    follows_load = False
 
     def __init__(self, weights: Sequence[int], *, slots: int = 10000) -> None:
         if not MIN_SLOTS <= slots <= MAX_SLOTS:
@@ -66,12 +65,6 @@ class ConsistentHashing:
                 slot = (slot + 1) % len(table)
                 index = table[slot]
         return index
-
-    def started(self, index: int) -> None:
-        """Hashing ignores load."""
-
-    def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
-        """Hashing ignores load and latency."""
 
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target; only the slots it gains or loses change owner."""

@@ -6,14 +6,14 @@ from bisect import bisect_right
 from collections.abc import Container, Sequence
 from itertools import accumulate
 
-from .base import check_weight, check_weights, stable_hash
+from .base import IgnoresLoad, check_weight, check_weights, stable_hash
 from .round_robin import RoundRobin
 
 # nginx gives up rehashing after 20 tries and falls back to round-robin.
 MAX_REHASHES = 20
 
 
-class IpHash:
+class IpHash(IgnoresLoad):
     """The same address always lands on the same target while the weights stay the same.
 
     Unlike consistent hashing, changing the target list remaps most addresses (as nginx does). When the
@@ -21,7 +21,6 @@ class IpHash:
     same sequence of targets; after MAX_REHASHES misses, or without a key, it falls back to round-robin.
     """
 
-    follows_load = False
 
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)
@@ -44,12 +43,6 @@ class IpHash:
                 return index
             digest = stable_hash(digest.to_bytes(8, "little"))
         return self._round_robin.pick(None, skip)
-
-    def started(self, index: int) -> None:
-        """Hashing ignores load."""
-
-    def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
-        """Hashing ignores load and latency."""
 
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target (most addresses remap, as with nginx)."""

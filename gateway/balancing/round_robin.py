@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from math import gcd
 
-from .base import check_weight, check_weights
+from .base import IgnoresLoad, check_weight, check_weights
 
 
 def smooth_schedule(weights: Sequence[int]) -> list[int]:
@@ -27,10 +27,9 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
     return schedule
 
 
-class RoundRobin:
+class RoundRobin(IgnoresLoad):
     """Smooth weighted round-robin; skipped turns are passed over, so the rest keep their weight ratios."""
 
-    follows_load = False
 
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)
@@ -58,12 +57,6 @@ class RoundRobin:
                 index = schedule[cursor]
         self._cursor = (cursor + 1) % len(schedule)
         return index
-
-    def started(self, index: int) -> None:
-        """Round-robin ignores load."""
-
-    def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
-        """Round-robin ignores load and latency."""
 
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target and recompute the schedule."""

@@ -167,7 +167,8 @@ class Entry:
         return out
 
 
-def _add(out: dict[str, Any], name: str, value: str) -> None:
+def _add(out: dict[str, Any], name: str, value: str | bool) -> None:
+    """A repeated name turns into a list of its values, as in Kong's tables."""
     old = out.get(name)
     if old is None:
         out[name] = value
@@ -199,13 +200,7 @@ def _querystring(query: str) -> dict[str, Any]:
             if not pairs:
                 continue
             name, value = pairs[0]
-        old = out.get(name)
-        if old is None:
-            out[name] = value
-        elif isinstance(old, list):
-            old.append(value)
-        else:
-            out[name] = [old, value]
+        _add(out, name, value)
     return out
 
 
