@@ -123,12 +123,7 @@ class ResponseEdit:
             doc = _decode(body)
         except (msgspec.DecodeError, RecursionError):
             return self._unfilterable(body)
-        changed = False
-        if isinstance(doc, list):
-            for item in doc:
-                changed = self._filter(item) or changed
-        else:
-            changed = self._filter(doc)
+        changed = self._filter_all(doc)
         if self.errors:
             extra = [_decode(e) for e in self.errors]
             doc = [*doc, *extra] if isinstance(doc, list) else [doc, *extra]
@@ -157,13 +152,7 @@ class ResponseEdit:
         except (msgspec.DecodeError, RecursionError):
             unfilterable = self._unfilterable(data)
             return event if unfilterable is data else with_data(event, unfilterable)
-        changed = False
-        if isinstance(doc, list):
-            for item in doc:
-                changed = self._filter(item) or changed
-        else:
-            changed = self._filter(doc)
-        return with_data(event, _encode(doc)) if changed else event
+        return with_data(event, _encode(doc)) if self._filter_all(doc) else event
 
     def _unfilterable(self, data: bytes) -> bytes:
         """What replaces an answer the gateway cannot decode: itself when it cannot be a tools list (no "tools" in
@@ -175,6 +164,15 @@ class ResponseEdit:
                               "the server's answer could not be filtered for this caller")
 
     # --- the filter -----------------------------------------------------------------------------------------------
+
+    def _filter_all(self, doc: Any) -> bool:
+        """`_filter` on a message, or on each message of a batch; True if any was changed."""
+        if not isinstance(doc, list):
+            return self._filter(doc)
+        changed = False
+        for item in doc:
+            changed = self._filter(item) or changed
+        return changed
 
     def _filter(self, message: Any) -> bool:
         """Drop the tools the caller may not use from a tools/list result in place; True if any was dropped."""
