@@ -133,6 +133,22 @@ _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
 _CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})
 
 
+_NOT_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def check_reason(reason: bytes) -> None:
+    """A reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 4): a control character in one is a broken
+    response, never relayed to a client."""
+    if _NOT_REASON.search(reason) is not None:
+        raise ProtocolError("control character in the upstream's reason phrase", 502)
+
+
+def length_in_range(digits: bytes) -> bool:
+    """A Content-Length of at most 19 digits and below 2**63 (nginx's off_t bound): a larger one is refused, so it
+    can never wrap in a 64-bit parser down the line and frame the message differently there."""
+    return len(digits) <= 19 and int(digits) < 1 << 63
+
+
 def check_request_head(method: bytes, target: bytes, headers: Headers,
                        http_version: bytes) -> tuple[bytes, bytes | None, bool]:
     """Reject what request smuggling and RFC 9112 forbid, identically for every codec; returns the target in origin
@@ -150,7 +166,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
         if name in _CHECKED:  # one set lookup for the many headers that are none of these
             if name == b"content-length":
                 content_lengths += 1
-                if not value.isdigit():
+                if not value.isdigit() or (len(value) > 18 and not length_in_range(value)):
                     raise ProtocolError("invalid Content-Length")
             elif name == b"transfer-encoding":
                 if transfer_encoding is not None:

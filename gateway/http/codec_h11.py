@@ -21,17 +21,20 @@ from gateway.http.codec import (
     ProtocolError,
     Request,
     Response,
+    check_reason,
     check_request_head,
 )
 from gateway.http.codec_llhttp import REASONS, _close_delimited, _wants_keep_alive
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
+_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")  # no field-vchar (RFC 9110 5.5); llhttp refuses them, h11 not
 
 
 def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | None:
     """(size, start line, headers) of the head at the start of `raw`, split as llhttp splits it; None if incomplete.
 
-    Raises ProtocolError(status) for what llhttp rejects and h11 tolerates: bare LF line ends, obs-fold.
+    Raises ProtocolError(status) for what llhttp rejects and h11 tolerates: bare LF line ends, obs-fold, control
+    characters in a field.
     """
     m = _BLANK_LINE.search(raw)
     if m is None:
@@ -40,6 +43,9 @@ def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | Non
     head = bytes(raw[: size - 4])
     if raw[size - 4 : size] != b"\r\n\r\n" or head.count(b"\n") != head.count(b"\r\n"):
         raise ProtocolError("line ends must be CRLF", status)
+    fields = head.find(b"\r\n")  # where the header lines begin (-1: there are none)
+    if fields >= 0 and _CONTROL.search(head, fields) is not None:
+        raise ProtocolError("control character in a header field", status)
     lines = head.split(b"\r\n")
     headers = []
     for line in lines[1:]:
@@ -221,7 +227,7 @@ def _check_response_head(headers: Headers) -> None:
     for name, value in headers:
         if name == b"content-length":
             lengths += 1
-            if not value.isdigit():
+            if not value.isdigit() or int(value) >> 64:  # llhttp refuses what overflows 64 bits
                 raise ProtocolError("invalid Content-Length in upstream response", 502)
         elif name == b"transfer-encoding":
             chunked = True
@@ -249,9 +255,10 @@ class H11Client(_H11Codec):
         head = None if probe is None else _split_head(probe, 502)
         if head is None:
             return None
-        size, _, headers = head
+        size, start, headers = head
         if size > self._max:
             raise ProtocolError("upstream response head too large", 502)
+        check_reason(start.partition(b" ")[2].partition(b" ")[2])
         _check_response_head(headers)
         return headers
 

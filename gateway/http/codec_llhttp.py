@@ -23,6 +23,7 @@ from gateway.http.codec import (
     ProtocolError,
     Request,
     Response,
+    check_reason,
     check_request_head,
 )
 
@@ -57,6 +58,12 @@ def _close_delimited(headers: Headers) -> bool:
         if name == b"transfer-encoding":
             chunked = value.lower().rsplit(b",", 1)[-1].strip(_OWS) == b"chunked"
     return not chunked
+
+
+def _declares_body(headers: Headers) -> bool:
+    """Does a head announce body bytes (chunked, or a length above 0)?"""
+    return any(name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0"))
+               for name, value in headers)
 
 
 class _Trailers:
@@ -377,7 +384,7 @@ class LlhttpClient(_Parsing):
     """Client side of an upstream connection."""
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
-                 "_request_sent", "_response_done", "_eof")
+                 "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked")
     _parser: httptools.HttpResponseParser
 
     _MALFORMED = "malformed upstream response"
@@ -395,6 +402,10 @@ class LlhttpClient(_Parsing):
         self._request_sent = False
         self._response_done = False
         self._eof = False
+        # After the head of a response to HEAD, in the chunk that brought it: llhttp reads on for the body the head
+        # announces, and a chunk-size line it takes without a word must not go unnoticed (see receive_data).
+        self._head_answered = False
+        self._head_chunked = False  # that response said chunked: llhttp ending its "body" means bytes came after
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
@@ -439,8 +450,14 @@ class LlhttpClient(_Parsing):
         reason = self._reason
         if self._head_too_large(len(reason) + 15, headers):
             raise ProtocolError("upstream response head too large", 502)
+        if reason and reason != b"OK":
+            check_reason(reason)
         if status < 200:
-            self._skip = True  # 1xx: llhttp parses it as a body-less message; the final response follows
+            if status < 100 or (status > 103 and _declares_body(headers)):
+                # A 1xx has no body (RFC 9112 6.3), but llhttp reads the one the head of any but 100-103 declares:
+                # what follows it could not be framed as the upstream meant. (A 0xx is no status at all.)
+                raise ProtocolError(f"upstream sent status {status} with a body, or no valid status", 502)
+            self._skip = True  # llhttp parsed it as a body-less message; the final response follows
             return
         version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
         events = self._events
@@ -452,6 +469,8 @@ class LlhttpClient(_Parsing):
             events.append(END)
             self._dead = True
             self._in_message = False
+            self._head_answered = True
+            self._head_chunked = any(name == b"transfer-encoding" for name, _ in headers)
         else:
             keep = version == b"1.1" and parser.should_keep_alive()  # False when close-delimited, too
             self._response_headers = headers
@@ -471,6 +490,8 @@ class LlhttpClient(_Parsing):
         elif not self._dead:
             self._events.append(END)
             self._in_message = False
+        elif self._head_chunked:
+            self._keep = False  # the end of a chunked body after a HEAD response: bytes nobody asked for
 
     # sans-I/O interface ----------------------------------------------------------------------------------------------
 
@@ -480,6 +501,13 @@ class LlhttpClient(_Parsing):
                 self._keep = False  # unsolicited bytes: the connection cannot be trusted with another request
             else:
                 self._feed(data)
+                if self._head_answered:
+                    # A head ends with its blank line: the chunk ending otherwise means more came after the head
+                    # of the response to HEAD (a chunk-size line llhttp took silently, say). A head cut just
+                    # before its last bytes (a chunk of under 4) cannot tell: not pooling is the safe side.
+                    self._head_answered = False
+                    if len(data) < 4 or data[-4:] != b"\r\n\r\n":
+                        self._keep = False
             return
         if self._eof:
             return
@@ -534,3 +562,4 @@ class LlhttpClient(_Parsing):
         if self._dead and self._keep:  # retired after a HEAD response, cleanly
             self._parser = httptools.HttpResponseParser(self)
             self._dead = False
+            self._head_chunked = False
