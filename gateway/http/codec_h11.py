@@ -12,6 +12,7 @@ import re
 
 import h11
 
+from gateway.http.chunked import ChunkedFraming
 from gateway.http.codec import (
     CLOSED,
     END,
@@ -57,7 +58,7 @@ def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | Non
 
 
 class _H11Codec:
-    __slots__ = ("_conn", "_max", "_probe", "_eof", "_error")
+    __slots__ = ("_conn", "_max", "_probe", "_eof", "_error", "_after_head", "_chunks", "_body_given")
 
     def __init__(self, role: type[h11.CLIENT] | type[h11.SERVER], max_header_bytes: int) -> None:
         self._conn = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
@@ -65,6 +66,9 @@ class _H11Codec:
         self._probe: bytearray | None = None  # the bytes of the head being waited for, when tracked
         self._eof = False
         self._error: ProtocolError | None = None  # raised again by every later next_event, as h11 does
+        self._after_head = b""  # the bytes that came after the head just split, with it
+        self._chunks: ChunkedFraming | None = None  # a chunked body's framing, checked (gateway.http.chunked)
+        self._body_given = 0  # body bytes handed over for the current message
 
     def next_event(self) -> Event:
         if self._error is not None:
@@ -90,6 +94,8 @@ class _H11Codec:
         if data:
             if self._probe is not None:
                 self._probe += data
+            elif self._chunks is not None:
+                self._chunks.feed(data)
         else:
             self._eof = True
         try:
@@ -97,7 +103,29 @@ class _H11Codec:
         except h11.RemoteProtocolError as e:  # pragma: no cover - h11 raises RuntimeError for data after EOF
             raise ProtocolError(str(e), e.error_status_hint) from None
 
+    def _check_chunks(self, status: int) -> None:
+        """A chunked body follows the head just split: check its framing from its first byte on."""
+        self._chunks = ChunkedFraming(status, self._max)
+        self._chunks.feed(self._after_head)
+
+    def _body(self, data: bytes) -> bytes:
+        """Body bytes h11 parsed, as far as their framing held (the fault raised once they are handed over)."""
+        chunks = self._chunks
+        if chunks is not None and chunks.error is not None:
+            room = chunks.body_ok - self._body_given
+            if room <= 0:
+                raise chunks.error
+            data = data[:room]
+        self._body_given += len(data)
+        return data
+
+    def _framing_fault(self) -> None:
+        """Raise the chunked framing's fault, if any: h11 has nothing more to give before it."""
+        if self._chunks is not None and self._chunks.error is not None:
+            raise self._chunks.error
+
     def _end(self, ev: h11.EndOfMessage, status: int) -> Event:
+        self._framing_fault()
         # Trailers are dropped; h11 bounds them only while incomplete, llhttp also when they arrive whole.
         if ev.headers and sum(len(n) + len(v) + 4 for n, v in ev.headers) > self._max:
             raise ProtocolError("trailer section too large", status)
@@ -121,6 +149,9 @@ class _H11Codec:
 
     def start_next_cycle(self) -> None:
         self._conn.start_next_cycle()
+        self._chunks = None
+        self._body_given = 0
+        self._after_head = b""
 
 
 class H11Server(_H11Codec):
@@ -155,6 +186,7 @@ class H11Server(_H11Codec):
         if head is None:
             return None
         size, start, headers = head
+        self._after_head = bytes(probe[size:])
         version = start.rpartition(b" ")[2]
         if not version.startswith(b"HTTP/"):
             return None
@@ -177,11 +209,13 @@ class H11Server(_H11Codec):
             self._raw_request()  # the shared rules decide the status of a complete head h11 rejected
             raise ProtocolError(str(e), e.error_status_hint) from None
         if type(ev) is h11.Data:
-            return bytes(ev.data)
+            return self._body(bytes(ev.data))
         if type(ev) is h11.Request:
             raw = self._raw_request()
             assert raw is not None
             headers = raw[2]
+            if any(name == b"transfer-encoding" for name, _ in headers):  # chunked (check_request_head)
+                self._check_chunks(400)
             version = bytes(ev.http_version)
             self._method = bytes(ev.method)
             target, host, expect = raw[1]
@@ -190,7 +224,10 @@ class H11Server(_H11Codec):
             return self._end(ev, 431)
         if type(ev) is h11.ConnectionClosed:
             return CLOSED
-        if ev is h11.PAUSED or ev is h11.NEED_DATA:
+        if ev is h11.NEED_DATA:
+            self._framing_fault()
+            return NEED_DATA
+        if ev is h11.PAUSED:
             return NEED_DATA
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
 
@@ -256,6 +293,7 @@ class H11Client(_H11Codec):
         if head is None:
             return None
         size, start, headers = head
+        self._after_head = bytes(probe[size:])  # type: ignore[index]  # not None: head is
         if size > self._max:
             raise ProtocolError("upstream response head too large", 502)
         check_reason(start.partition(b" ")[2].partition(b" ")[2])
@@ -278,12 +316,15 @@ class H11Client(_H11Codec):
                 self._raw_response()
                 raise ProtocolError(str(e), 502) from None
             if type(ev) is h11.Data:
-                return bytes(ev.data)
+                return self._body(bytes(ev.data))
             if type(ev) is h11.Response:
                 headers = self._raw_response()
                 assert headers is not None
                 version = bytes(ev.http_version)
                 status = ev.status_code
+                if self._method != b"HEAD" and status != 204 and status != 304 and not _close_delimited(headers) \
+                        and all(name != b"content-length" for name, _ in headers):  # chunked, then
+                    self._check_chunks(502)
                 keep = version == b"1.1" and _wants_keep_alive(version, headers)
                 if keep and self._method != b"HEAD" and status != 204 and status != 304:
                     keep = not _close_delimited(headers)
@@ -296,6 +337,8 @@ class H11Client(_H11Codec):
             if type(ev) is h11.InformationalResponse:
                 self._raw_response()
                 continue
+            if ev is h11.NEED_DATA:
+                self._framing_fault()
             return NEED_DATA
 
     @property

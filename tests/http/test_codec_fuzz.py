@@ -390,13 +390,6 @@ def _any(pattern: bytes, flags: int = 0) -> Check:
 
 LLHTTP_METHODS = {b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"QUERY"}
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length:[ \t]*([0-9]+)[ \t]*\r")
-_CHUNK_SIZE = re.compile(rb"\n([0-9A-Fa-f]+)[;\r]")
-_CHUNK_EXT = re.compile(rb"\n[0-9A-Fa-f]+(;[^\n]*)\n")
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_EXT_VALUE = rb'(?:' + _TOKEN + rb'|"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*")'
-_STRICT_EXT = re.compile(rb"(?:;" + _TOKEN + rb"(?:=" + _EXT_VALUE + rb")?)+\r")  # what llhttp accepts
-_RFC_EXT = re.compile(rb"(?:[ \t]*;[ \t]*" + _TOKEN + rb"(?:[ \t]*=[ \t]*" + _EXT_VALUE + rb")?)+\r")  # RFC 9112 7.1.1
-_LAST_CHUNK = rb"\n0+(?:;[^\r\n]*)?\r\n(?:[^\r\n]+\r\n)*"  # the last chunk and the complete trailer lines after it
 _TRANSFER_ENCODING = re.compile(rb"(?im)^transfer-encoding:[ \t]*([^\r\n]*?)[ \t]*\r?$")
 _INTERIM_WITH_LENGTH = (rb"(?m)^HTTP/1\.[01] 1(?:0[4-9]|[1-9][0-9])[^\r\n]*\r\n(?:[^\r\n]*\r\n)*?"
                         rb"(?i:content-length:[ \t]*0*[1-9]|transfer-encoding:)")
@@ -426,8 +419,6 @@ KNOWN: dict[str, Known] = {
                                                                   and e[1] not in LLHTTP_METHODS for e in h11)),
     "inherent-extra-spaces": Known("server", "llhttp accepts runs of spaces in the request line, h11 does not",
                                    _any(rb"(?:^|\n)[A-Z]+ [^\r\n]*  |(?:^|\n)[A-Z]+  ")),
-    "inherent-space-after-chunk-size": Known("both", "h11 accepts whitespace after a chunk size, llhttp does not",
-                                             _any(rb"\n[0-9A-Fa-f]+(?:;[^\r\n]*)?[ \t]+\r?\n")),
     "inherent-upgrade-with-body": Known("server", "llhttp cannot read the body of an Upgrade request (501)",
                                         lambda raw, h11, llhttp: bool(llhttp) and llhttp[-1] == ("error", 501)
                                         and re.search(rb"(?i)\nupgrade:", raw) is not None),
@@ -442,20 +433,6 @@ KNOWN: dict[str, Known] = {
                                           "so the llhttp codec refuses it (502); h11 ignores the length",
                                           _any(_INTERIM_WITH_LENGTH)),
     # --- bugs found by this fuzz (minimized in BUGS below) ----------------------------------------------------------
-    "chunk-size-overflow": Known("both", "h11 takes a chunk size of 2**64 or more",
-                                 lambda raw, h11, llhttp: any(len(v.lstrip(b"0")) > 16
-                                                              for v in _CHUNK_SIZE.findall(raw))),
-    "chunk-extension-invalid": Known("both", "h11 takes any bytes but LF after ';' in a chunk line",
-                                     lambda raw, h11, llhttp: any(_RFC_EXT.fullmatch(ext) is None
-                                                                  for ext in _CHUNK_EXT.findall(raw))),
-    "chunk-extension-bws": Known("both", "llhttp refuses the whitespace RFC 9112 allows around ';' and '='",
-                                 lambda raw, h11, llhttp: any(_STRICT_EXT.fullmatch(ext) is None
-                                                              for ext in _CHUNK_EXT.findall(raw))),
-    "trailer-bare-lf": Known("both", "h11 ends a trailer line or section at a bare LF",
-                             _any(_LAST_CHUNK + rb"[^\r\n]*(?<!\r)\n")),
-    "trailer-obs-fold": Known("both", "h11 unfolds obs-fold in trailers", _any(_LAST_CHUNK + rb"[ \t]")),
-    "trailer-framing-field": Known("both", "llhttp refuses Content-Length or Transfer-Encoding in trailers",
-                                   _any(_LAST_CHUNK + rb"(?:content-length|transfer-encoding):", re.I)),
     "error-status-precedence": Known("server", "a malformed head the shared rules refuse with 501/405: h11 says "
                                      "501/405, llhttp 400", _ends_apart((405, 501), (400,))),
     "empty-line-after-last-request": Known("server", "h11 refuses an empty line after the last request, llhttp "
@@ -575,23 +552,6 @@ class Bug(NamedTuple):
 
 
 BUGS = [
-    Bug("server", CHUNKED_POST + b"10000000000000000\r\nx", "chunk-size-overflow",
-        "llhttp refuses it (400); h11 streams the rest of the connection as body (RFC 9112 7.1)"),
-    Bug("server", CHUNKED_POST + b"0;\r\n\r\n", "chunk-extension-invalid",
-        "an empty extension name is not RFC 9112 7.1.1 chunk-ext; llhttp refuses it, h11 ends the request"),
-    Bug("server", CHUNKED_POST + b"1;a\rb\r\nx\r\n0\r\n\r\n", "chunk-extension-invalid",
-        "a bare CR inside a chunk line (a line end to some parsers); llhttp refuses it, h11 reads on"),
-    Bug("server", CHUNKED_POST + b"0; a\r\n\r\n", "chunk-extension-bws",
-        "RFC 9112 7.1.1 allows BWS around ';' (h11 is right), llhttp refuses it (400)"),
-    Bug("server", CHUNKED_POST + b"0\r\n\n", "trailer-bare-lf",
-        "the codecs refuse bare LF line ends (llhttp 400s here); h11 ends the message there, and serves what "
-        "follows as the next request, where a CRLF-only front end sees more trailer (RFC 9112 7.1.2, 2.2)"),
-    Bug("client", CHUNKED_200 + b"0\r\n\n", "trailer-bare-lf",
-        "h11 ends the response at the bare LF (and would pool), llhttp 502s (RFC 9112 7.1.2, 2.2)"),
-    Bug("server", CHUNKED_POST + b"0\r\nX: a\r\n b\r\n\r\n", "trailer-obs-fold",
-        "heads with obs-fold are refused (400, RFC 9112 5.2) and llhttp refuses it in trailers; h11 unfolds it"),
-    Bug("server", CHUNKED_POST + b"0\r\nContent-Length: 5\r\n\r\n", "trailer-framing-field",
-        "llhttp 400s, h11 drops the field (RFC 9110 6.5.1 forbids sending it, does not require refusing it)"),
     Bug("server", b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,chunked\r\n\r\n", "error-status-precedence",
         "chunked twice is malformed (RFC 9112 6.1): llhttp 400, the h11 codec 501"),
     Bug("server", b"CONNECT a:1 HTTP/1.1\r\nHost : a\r\n\r\n", "error-status-precedence",
@@ -633,6 +593,24 @@ FIXED = [
     Bug("client", CHUNKED_200 + b"3", "head-response-chunk-line-pooled", "not pooled: half a chunk-size line", b"HEAD"),
     Bug("client", CHUNKED_200 + b"0\r\n\r\n", "head-response-chunk-line-pooled",
         "not pooled: a whole empty chunked body after the head", b"HEAD"),
+    Bug("server", CHUNKED_POST + b"10000000000000000\r\nx", "chunk-size-overflow",
+        "400: a chunk size past 64 bits (RFC 9112 7.1); h11 streamed the rest of the connection as body"),
+    Bug("server", CHUNKED_POST + b"0;\r\n\r\n", "chunk-extension-invalid",
+        "400: an empty extension name is no chunk-ext (RFC 9112 7.1.1)"),
+    Bug("server", CHUNKED_POST + b"1;a\rb\r\nx\r\n0\r\n\r\n", "chunk-extension-invalid",
+        "400: a bare CR inside a chunk line (a line end to some parsers); h11 read on"),
+    Bug("server", CHUNKED_POST + b"0; a\r\n\r\n", "chunk-extension-bws",
+        "400: RFC 9112 7.1.1 allows BWS around ';', but llhttp (the hot path) refuses it, and so does the h11 codec"),
+    Bug("server", CHUNKED_POST + b"5 \r\nhello\r\n0\r\n\r\n", "chunk-size-whitespace",
+        "400: no whitespace after a chunk size (RFC 9112 7.1)"),
+    Bug("server", CHUNKED_POST + b"0\r\n\n", "trailer-bare-lf",
+        "400: h11 ended the message at the bare LF and served what followed as the next request, where a CRLF-only "
+        "front end sees more trailer (RFC 9112 7.1.2, 2.2)"),
+    Bug("client", CHUNKED_200 + b"0\r\n\n", "trailer-bare-lf", "502: h11 ended the response there (and pooled)"),
+    Bug("server", CHUNKED_POST + b"0\r\nX: a\r\n b\r\n\r\n", "trailer-obs-fold",
+        "400: obs-fold is refused in trailers as in heads (RFC 9112 5.2); h11 unfolded it"),
+    Bug("server", CHUNKED_POST + b"0\r\nContent-Length: 5\r\n\r\n", "trailer-framing-field",
+        "400: a framing field in trailers (RFC 9110 6.5.1 allows refusing it; llhttp does)"),
 ]
 
 
