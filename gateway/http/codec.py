@@ -185,9 +185,11 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
             raise ProtocolError("both Content-Length and Transfer-Encoding")
         codings = transfer_encoding.lower()
         if codings != b"chunked":
-            # RFC 9112 6.3: chunked not last -> the length is unknowable -> 400; 6.1: a coding we lack -> 501.
-            if codings.rsplit(b",", 1)[-1].strip(b" \t") != b"chunked":
-                raise ProtocolError("chunked must be the final transfer coding")
+            # RFC 9112 6.3: chunked not last (or applied twice, 6.1) -> the length is unknowable -> 400; a coding
+            # we lack -> 501.
+            applied = [c.strip(b" \t") for c in codings.split(b",")]
+            if applied[-1] != b"chunked" or b"chunked" in applied[:-1]:
+                raise ProtocolError("chunked must be the final transfer coding, applied once")
             raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
     if host is None and http_version == b"1.1":
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")

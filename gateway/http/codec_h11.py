@@ -53,6 +53,8 @@ def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | Non
         if line[:1] == b" " or line[:1] == b"\t":
             raise ProtocolError("obsolete line folding is not accepted", status)
         name, _, value = line.partition(b":")
+        if name[-1:] == b" " or name[-1:] == b"\t":
+            raise ProtocolError("whitespace before the colon of a header field", status)  # RFC 9112 5.1
         headers.append((name.lower(), value.strip(b" \t")))
     return size, lines[0], headers
 
