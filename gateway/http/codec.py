@@ -82,6 +82,7 @@ class ProtocolError(Exception):
     def __init__(self, message: str, status: int = 400):
         super().__init__(message)
         self.status = status
+        self.method = b""  # of a request head refused: the answer to a HEAD has no body, an error's neither
 
 
 class ServerCodec(Protocol):
@@ -106,6 +107,10 @@ class ServerCodec(Protocol):
     open_ended: bool
     @property
     def keep_alive(self) -> bool: ...  # may the connection carry another request after this one?
+    # Once the response is sent: does the connection end with it (it said close, or the client's version or
+    # Connection header allows no other)? Then an unread request body is not worth reading.
+    @property
+    def closing(self) -> bool: ...
     def start_next_cycle(self) -> None: ...
 
 
@@ -197,7 +202,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
         target, host = _origin_form(target, headers)
     elif host is not None and _AUTHORITY.fullmatch(host) is None:
         raise ProtocolError("invalid Host header")
-    return target, host, expect
+    return target, host, expect and http_version == b"1.1"  # RFC 9110 10.1.1: an HTTP/1.0 one is ignored
 
 
 def _origin_form(target: bytes, headers: Headers) -> tuple[bytes, bytes]:

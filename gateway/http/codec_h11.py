@@ -184,18 +184,22 @@ class H11Server(_H11Codec):
         self._probe = None
         if probe is None:
             return None
-        head = _split_head(probe, 400)
-        if head is None:
-            return None
-        size, start, headers = head
-        self._after_head = bytes(probe[size:])
-        version = start.rpartition(b" ")[2]
-        if not version.startswith(b"HTTP/"):
-            return None
-        if size > self._max:
-            raise ProtocolError("request head too large", 431)
-        method, _, rest = start.partition(b" ")
-        checked = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
+        try:
+            head = _split_head(probe, 400)
+            if head is None:
+                return None
+            size, start, headers = head
+            self._after_head = bytes(probe[size:])
+            version = start.rpartition(b" ")[2]
+            if not version.startswith(b"HTTP/"):
+                return None
+            if size > self._max:
+                raise ProtocolError("request head too large", 431)
+            method, _, rest = start.partition(b" ")
+            checked = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
+        except ProtocolError as e:
+            e.method = _method_of(probe)
+            raise
         return size, checked, headers, version[5:]
 
     def _next_event(self) -> Event:
@@ -208,8 +212,11 @@ class H11Server(_H11Codec):
         try:
             ev = conn.next_event()
         except h11.RemoteProtocolError as e:
+            head = self._probe
             self._raw_request()  # the shared rules decide the status of a complete head h11 rejected
-            raise ProtocolError(str(e), e.error_status_hint) from None
+            error = ProtocolError(str(e), e.error_status_hint)
+            error.method = _method_of(head) if head is not None else b""
+            raise error from None
         if type(ev) is h11.Data:
             return self._body(bytes(ev.data))
         if type(ev) is h11.Request:
@@ -244,6 +251,10 @@ class H11Server(_H11Codec):
         response = h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b""))
         return self._conn.send(response) or b""
 
+    @property
+    def closing(self) -> bool:
+        return self._conn.our_state is h11.MUST_CLOSE  # what h11 does once a response that ends it is sent
+
     def informational(self, status: int) -> bytes:
         response = h11.InformationalResponse(status_code=status, headers=[], reason=REASONS.get(status, b""))
         return self._conn.send(response) or b""
@@ -252,6 +263,11 @@ class H11Server(_H11Codec):
         if self._no_body:  # h11 would raise: a HEAD, 204 or 304 response has no body
             return b""
         return _H11Codec.body(self, data)
+
+
+def _method_of(raw: bytearray) -> bytes:
+    """What the gateway's answer to a head it refused needs of its method: whether it is HEAD (then no body)."""
+    return b"HEAD" if raw[:5] == b"HEAD " else b""
 
 
 def _split_line(line: bytes) -> tuple[bytes, bytes]:

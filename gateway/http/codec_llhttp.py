@@ -244,15 +244,19 @@ class LlhttpServer(_Parsing):
         parser = self._parser
         method = parser.get_method()
         url = self._url
-        if self._head_too_large(len(method) + len(url) + 12, headers):
-            raise ProtocolError("request head too large", 431)
-        if parser.get_http_version() == "1.1":
-            version = b"1.1"
-            keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
-        else:
-            version = parser.get_http_version().encode()
-            keep = _wants_keep_alive(version, headers)
-        url, host, expect = check_request_head(method, url, headers, version)
+        try:
+            if self._head_too_large(len(method) + len(url) + 12, headers):
+                raise ProtocolError("request head too large", 431)
+            if parser.get_http_version() == "1.1":
+                version = b"1.1"
+                keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
+            else:
+                version = parser.get_http_version().encode()
+                keep = _wants_keep_alive(version, headers)
+            url, host, expect = check_request_head(method, url, headers, version)
+        except ProtocolError as e:
+            e.method = method
+            raise
         self._events.append(Request(method, url, headers, version, keep, host, expect))
 
     def on_body(self, body: bytes) -> None:
@@ -270,6 +274,10 @@ class LlhttpServer(_Parsing):
             return
         if data:
             self._feed(data)
+            if self._dead and self._in_head and self._url:  # llhttp refused a head past its request target:
+                error = self._events[-1]  # its method was read (the answer to a HEAD has no body)
+                if type(error) is ProtocolError and not error.method:
+                    error.method = self._parser.get_method()
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))
         else:  # between requests: the client is done
@@ -373,6 +381,10 @@ class LlhttpServer(_Parsing):
     @property
     def keep_alive(self) -> bool:
         return self._persist and not self._close and self._request_done and self._response_done
+
+    @property
+    def closing(self) -> bool:
+        return self._close  # set by response_head: not the client's wish, or the response said close
 
     def start_next_cycle(self) -> None:
         self._request_done = False

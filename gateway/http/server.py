@@ -211,7 +211,8 @@ class Exchange:
             if ev is NEED_DATA:
                 if self._expect_continue:
                     self._expect_continue = False
-                    await self.conn.sendall(codec.informational(100))
+                    if not self.response_started:  # never a 1xx after the final response
+                        await self.conn.sendall(codec.informational(100))
                 timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
                 saved = timer.save()
                 timer.set(self.body_timeout, Phase.CLIENT_BODY)
@@ -423,7 +424,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         ev = codec.next_event()
                 except ProtocolError as e:
                     log.debug("bad request from %s: %s", conn.peer, e)
-                    await _send_protocol_error(conn, codec, e.status)
+                    await _send_protocol_error(conn, codec, e.status, head_only=e.method == b"HEAD")
                     return
                 except (BrokenPipeError, ConnectionError):
                     return
@@ -440,22 +441,23 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     if not exchange.response_started:
                         log.debug("bad request from %s: %s", conn.peer, e)
                         await _send_protocol_error(conn, codec, e.status, str(e) if str(e) == SIZE_LIMITED else None,
-                                                   exchange.request_id)
+                                                   exchange.request_id, request.method == b"HEAD")
                     return
                 except (BrokenPipeError, ConnectionError):
                     return
                 except Exception:
                     log.exception("request handler failed: %s %s", request.method, request.target)
                     if not exchange.response_started:
-                        await _send_protocol_error(conn, codec, 500, None, exchange.request_id)
+                        await _send_protocol_error(conn, codec, 500, None, exchange.request_id,
+                                                   request.method == b"HEAD")
                     else:
                         conn.abort()
                     return
                 if not exchange.response_done:
                     conn.abort()  # the handler gave up mid-response: never let a cut body look complete
                     return
-                if not exchange.request_done and not await _drain_request(exchange):
-                    return
+                if not exchange.request_done and (codec.closing or not await _drain_request(exchange)):
+                    return  # (an answer before the body: the body is read only to keep the connection)
                 if not codec.keep_alive:
                     return
                 codec.start_next_cycle()
@@ -480,7 +482,7 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
     elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
         log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
                  conn.peer, exchange.body_timeout)
-        await _send_protocol_error(conn, codec, 408, None, exchange.request_id)
+        await _send_protocol_error(conn, codec, 408, None, exchange.request_id, exchange.request.method == b"HEAD")
     elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
@@ -497,27 +499,32 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
 
 
 async def _drain_request(exchange: Exchange) -> bool:
-    """Read and drop a small unread request body so the connection can be reused; False if it must close."""
+    """Read and drop a small unread request body so the connection can be reused; False if it must close (also
+    when the body turns out broken: its answer is out already, so there is no one left to tell)."""
     total = 0
     with trio.move_on_after(1.0):
-        while (chunk := await exchange.receive_body()) is not None:
-            total += len(chunk)
-            if total > DRAIN_LIMIT:
-                return False
+        try:
+            while (chunk := await exchange.receive_body()) is not None:
+                total += len(chunk)
+                if total > DRAIN_LIMIT:
+                    return False
+        except ProtocolError as e:
+            log.debug("unread request body from %s broken after its answer: %s", exchange.conn.peer, e)
+            return False
         return True
     return False
 
 
 async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, message: str | None = None,
-                               request_id: bytes = b"") -> None:
+                               request_id: bytes = b"", head_only: bool = False) -> None:
     """Answer a request we could not parse (or take too long to send), then close: Kong's text for the status
-    unless `message` is given."""
+    unless `message` is given; to a HEAD, the head a GET would get (RFC 9110 9.3.2)."""
     content_type, body = error_response(status, message, request_id or new_request_id())
     head = (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % (status, _REASONS.get(status, b"Error"), content_type, len(body)))
     try:
         with trio.move_on_after(1.0):
-            await conn.sendall(head + body)
+            await conn.sendall(head if head_only else head + body)
     except (BrokenPipeError, ConnectionError, OSError):
         pass
 

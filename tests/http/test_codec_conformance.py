@@ -832,6 +832,53 @@ def test_whitespace_after_chunk_size_is_refused(codec: str) -> None:
     assert parse_requests(codec, raw) == [head, ("error", 400)]
 
 
+def test_expect_continue_of_an_http10_request_is_ignored(codec: str) -> None:
+    # RFC 9110 10.1.1: a server MUST ignore it (and 15.2: never send a 1xx to an HTTP/1.0 client).
+    server = new_server(codec)
+    server.receive_data(b"POST / HTTP/1.0\r\nContent-Length: 1\r\nExpect: 100-continue\r\n\r\n")
+    request = server.next_event()
+    assert isinstance(request, Request)
+    assert request.expect_continue is False
+
+
+@pytest.mark.parametrize(("raw", "method"), [
+    (b"HEAD / HTTP/1.1\r\n\r\n", b"HEAD"),  # no Host: the shared rules refuse it
+    (b"HEAD / HTTP/1\r\nHost: a\r\n\r\n", b"HEAD"),  # the parser itself refuses the version
+    (b"GET / HTTP/1.1\r\n\r\n", b"GET"),
+])
+def test_a_refused_head_says_whether_it_was_a_head(codec: str, raw: bytes, method: bytes) -> None:
+    # The gateway's own error answer to a HEAD has no body (RFC 9110 9.3.2): it needs to know.
+    server = new_server(codec)
+    server.receive_data(raw)
+    with pytest.raises(ProtocolError) as refused:
+        server.next_event()
+    assert (refused.value.method == b"HEAD") == (method == b"HEAD")
+
+
+@pytest.mark.parametrize(("head", "closing"), [
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", False),
+    (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\n", True),
+    (b"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\n", True),
+])
+def test_closing_tells_whether_the_connection_ends_with_the_response(codec: str, head: bytes, closing: bool) -> None:
+    # Answered before its body came: the body is worth reading only when the connection goes on.
+    server = new_server(codec)
+    server.receive_data(head)
+    assert isinstance(server.next_event(), Request)
+    server.response_head(404, [(b"content-length", b"0")])
+    server.end()
+    assert server.closing is closing
+
+
+def test_a_response_that_says_close_is_closing(codec: str) -> None:
+    server = new_server(codec)
+    server.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n")
+    assert isinstance(server.next_event(), Request)
+    server.response_head(413, [(b"content-length", b"0")], close=True)
+    server.end()
+    assert server.closing
+
+
 # --- INHERENT request-parsing differences ---------------------------------------------------------------------------
 
 
