@@ -21,9 +21,11 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import show
+from gateway.config.units import Seconds
+
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
 Weight = Annotated[int, msgspec.Meta(ge=0, le=65535)]
-PosSeconds = Annotated[float, msgspec.Meta(gt=0)]
 
 DEFAULT_ENDPOINTS = {"etcd": "127.0.0.1:2379", "consul": "127.0.0.1:8500"}
 DEFAULT_ETCD_PREFIX = "/gateway/upstreams/{name}/"
@@ -59,7 +61,7 @@ def parse_duration(value: int | float | str, number_unit: float = 1.0) -> float:
     else:
         m = _DURATION.match(value)
         if not m:
-            raise ValueError(f'expected a duration like "10s", "500ms" or "5m", got "{value}"')
+            raise ValueError(f'expected a duration like "10s", "500ms" or "5m", got {show(value)}')
         unit = m.group(2)
         seconds = float(m.group(1)) * (_DURATION_UNITS[unit] if unit else number_unit)
     if seconds <= 0:
@@ -78,7 +80,7 @@ def _check_endpoints(endpoints: list[str], field: str) -> None:
         raise ValueError(f"{field}: expected at least one endpoint")
     for i, ep in enumerate(endpoints):
         if not valid_endpoint(ep):
-            raise ValueError(f'{field}[{i}]: expected "host:port" or "http://host:port", got "{ep}"')
+            raise ValueError(f'{field}[{i}]: expected "host:port" or "http://host:port", got {show(ep)}')
 
 
 def _check_retry(initial: float, maximum: float) -> None:
@@ -110,9 +112,9 @@ class DiscoverySettings(_Base):
     wait_s: Annotated[float, msgspec.Meta(gt=0, le=600)] | None = None  # consul: blocking query wait (default 60)
     token: str | None = None  # consul: X-Consul-Token
     default_weight: Weight = 100  # for values that carry no weight
-    timeout_s: PosSeconds = 5.0  # per request (a consul blocking query gets wait_s on top)
-    retry_initial_s: PosSeconds = 0.5  # first retry delay after the registry is lost; doubles up to retry_max_s
-    retry_max_s: PosSeconds = 30.0
+    timeout_s: Seconds = 5.0  # per request (a consul blocking query gets wait_s on top)
+    retry_initial_s: Seconds = 0.5  # first retry delay after the registry is lost; doubles up to retry_max_s
+    retry_max_s: Seconds = 30.0
 
     def __post_init__(self) -> None:
         if self.type == "static":
@@ -176,11 +178,11 @@ class RegistrationSettings(_Base):
     weight: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 100
     prefix: str | None = None  # etcd; default /gateway/upstreams/<service>/
     ttl_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 10  # etcd lease
-    refresh_s: PosSeconds = 30.0  # consul: how often the registration is verified (re-registered if gone)
+    refresh_s: Seconds = 30.0  # consul: how often the registration is verified (re-registered if gone)
     token: str | None = None  # consul X-Consul-Token
-    timeout_s: PosSeconds = 5.0
-    retry_initial_s: PosSeconds = 0.5
-    retry_max_s: PosSeconds = 30.0
+    timeout_s: Seconds = 5.0
+    retry_initial_s: Seconds = 0.5
+    retry_max_s: Seconds = 30.0
 
     def __post_init__(self) -> None:
         if self.address is not None:
@@ -192,9 +194,9 @@ class RegistrationSettings(_Base):
         if self.advertise is not None:
             m = re.match(r"^(?:\[[0-9a-fA-F:.]+\]|[^:\[\]/]+):(\d{1,5})$", self.advertise)
             if not m or not 0 < int(m.group(1)) < 65536:
-                raise ValueError(f'advertise: expected "host:port", got "{self.advertise}"')
+                raise ValueError(f'advertise: expected "host:port", got {show(self.advertise)}')
         if self.check and not self.check.startswith(("http://", "https://")):
-            raise ValueError(f'check: expected an http:// or https:// URL, got "{self.check}"')
+            raise ValueError(f'check: expected an http:// or https:// URL, got {show(self.check)}')
         for field in ("check_interval", "check_timeout", "deregister_critical_after"):
             value = getattr(self, field)
             if value is not None:
@@ -253,7 +255,7 @@ class HealthcheckAliases(_Base):
                 except ValueError as e:
                     raise ValueError(f"{field}: {e}") from None
         if self.path is not None and not self.path.startswith("/"):
-            raise ValueError(f'path: expected a path starting with "/", got "{self.path}"')
+            raise ValueError(f'path: expected a path starting with "/", got {show(self.path)}')
         if self.expect_status is not None:
             self.expected_statuses()  # raises on a bad entry
 

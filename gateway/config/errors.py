@@ -65,13 +65,13 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
     value, found = _lookup(raw, parts)
     expected = _describe_type(_lookup_type(typ, parts)) or reason.split(",")[0].removeprefix("Expected ")
     if reason.startswith("Invalid enum value"):
-        return f"{path}: expected one of {expected}, got {_show(value)}"
+        return f"{path}: expected one of {expected}, got {show(value)}"
     if found and reason.startswith("Expected"):  # not a check's own message (e.g. raised by __post_init__)
-        return f"{path}: expected {expected}, got {_show(value)}"
+        return f"{path}: expected {expected}, got {show(value)}"
     return f"{path}: {reason.replace('`', '')}"
 
 
-def _show(value: Any) -> str:
+def show(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped: the message is one line
     if value is None:
@@ -122,11 +122,11 @@ def _unwrap(info: mi.Type | None) -> mi.Type | None:
 def _describe_type(info: mi.Type | None) -> str | None:
     info = _unwrap(info)
     if isinstance(info, mi.LiteralType):
-        return ", ".join(_show(v) for v in info.values)
+        return ", ".join(show(v) for v in info.values)
     if isinstance(info, mi.IntType | mi.FloatType):
         name = "int" if isinstance(info, mi.IntType) else "number"
         bounds = [
-            f"{op} {v:g}" if isinstance(v, float) else f"{op} {v}"
+            f"{op} {v:.15g}" if isinstance(v, float) else f"{op} {v}"
             for op, v in ((">=", info.ge), (">", info.gt), ("<=", info.le), ("<", info.lt))
             if v is not None
         ]

@@ -15,7 +15,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
-import yaml
 
 from gateway.config.consumers import (
     CREDENTIALS,
@@ -28,8 +27,10 @@ from gateway.config.consumers import (
     flatten_consumers,
 )
 from gateway.config.decode import convert_all, salvage
-from gateway.config.errors import ConfigError, in_file_order
+from gateway.config.document import read_document, read_text
+from gateway.config.errors import ConfigError, in_file_order, show
 from gateway.config.kong_forms import NESTED, prepare
+from gateway.config.patterns import regex_problem
 from gateway.config.schema import Config, Consumer, GatewaySettings, Plugin, Route, Service, Target, Upstream
 from gateway.config.tls import (
     LISTEN_FLAGS,
@@ -73,26 +74,12 @@ _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Load and validate the file at `path`."""
-    name = os.fspath(path)
-    try:
-        with open(name, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError([f"{name}: cannot read the config file: {e.strerror or e}"]) from None
-    except UnicodeDecodeError as e:
-        raise ConfigError([f"{name}: not UTF-8 text: {e.reason} at byte {e.start}"]) from None
-    return parse_config(text, name)
+    return parse_config(read_text(path), os.fspath(path))
 
 
 def parse_config(text: str, name: str = "<config>") -> Config:
     """Validate YAML text; `name` prefixes every error message."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError([f"{name}{where}: YAML syntax error: {problem}"]) from None
+    raw = read_document(text, name)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -136,7 +123,7 @@ def _decode(raw: dict[str, Any], errors: list[str], failed: set[tuple[str, str]]
                 decoded.append(obj)
         fields[key] = decoded
     if "gateway" in raw:
-        gw_raw = raw["gateway"] or {}
+        gw_raw = {} if raw["gateway"] is None else raw["gateway"]  # null configures nothing; false is an error
         if isinstance(gw_raw, dict):
             for key, why in _REMOVED_GATEWAY_KEYS.items():
                 if key in gw_raw:
@@ -254,7 +241,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
             errors.append(f"{where}.upstream: no upstream with id or name {target.upstream!r}")
         if parse_host_port(target.target, DEFAULT_TARGET_PORT) is None:
             errors.append(f'{where}.target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
-                          f'got "{target.target}"')
+                          f'got {show(target.target)}')
     for plugin in config.plugins:
         where = path_of(plugin)
         if plugin.service is not None:
@@ -285,7 +272,7 @@ def _check_ids(config: Config, errors: list[str]) -> None:
             try:
                 uuid.UUID(obj.id)
             except ValueError:
-                errors.append(f'{path_of(obj)}.id: expected a UUID (e.g. "{_EXAMPLE_ID}"), got "{obj.id}"')
+                errors.append(f'{path_of(obj)}.id: expected a UUID (e.g. "{_EXAMPLE_ID}"), got {show(obj.id)}')
                 continue
             if obj.id in seen:
                 errors.append(f"{path_of(obj)}.id: {obj.id!r} is already used by {path_of(seen[obj.id])}")
@@ -310,9 +297,9 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
         hp = parse_host_port(addr, None)
         if hp is None or hp[1] is None:
             errors.append(f'{where}: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got '
-                          f'"{entry}"')
+                          f'{show(entry)}')
         for flag in sorted(flags - LISTEN_FLAGS):
-            errors.append(f'{where}: the listen option "{flag}" is not supported (only "ssl" is)')
+            errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" is)')
         tls = tls or "ssl" in flags
     if (gw.ssl_cert is None) != (gw.ssl_cert_key is None):
         errors.append("gateway.ssl_cert and gateway.ssl_cert_key: set both (the default certificate and its key)")
@@ -323,11 +310,11 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
     protocols = gw.ssl_protocols.split()
     if not protocols or any(p not in ("TLSv1.2", "TLSv1.3") for p in protocols):
         errors.append(f'gateway.ssl_protocols: expected TLSv1.2 and/or TLSv1.3 (e.g. "TLSv1.2 TLSv1.3"), got '
-                      f'"{gw.ssl_protocols}"')
+                      f'{show(gw.ssl_protocols)}')
     if gw.status_listen is not None:
         hp = parse_host_port(gw.status_listen, None)
         if hp is None or hp[1] is None:
-            errors.append(f'gateway.status_listen: expected "host:port", got "{gw.status_listen}"')
+            errors.append(f'gateway.status_listen: expected "host:port", got {show(gw.status_listen)}')
 
 
 def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
@@ -339,13 +326,13 @@ def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             errors.append(f'gateway.trusted_ips[{i}]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", "::1"), '
-                          f'got "{entry}"')
+                          f'got {show(entry)}')
     if gw.real_ip_header.lower() == "proxy_protocol":
         errors.append("gateway.real_ip_header: proxy_protocol is not supported (the gateway does not read the PROXY "
                       "protocol); name a header such as X-Forwarded-For or X-Real-IP")
     elif not _TOKEN.match(gw.real_ip_header):
         errors.append(f'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
-                      f'got "{gw.real_ip_header}"')
+                      f'got {show(gw.real_ip_header)}')
 
 
 def _check_service(svc: Service, errors: list[str]) -> None:
@@ -358,15 +345,15 @@ def _check_service(svc: Service, errors: list[str]) -> None:
             parts = urlsplit(svc.url)
             port = parts.port
         except ValueError as e:
-            errors.append(f'{where}.url: invalid URL "{svc.url}": {e}')
+            errors.append(f'{where}.url: invalid URL {show(svc.url)}: {e}')
             return
         if parts.scheme not in ("http", "https"):
             errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// and https:// '
-                          f'upstreams only), got "{svc.url}"')
+                          f'upstreams only), got {show(svc.url)}')
         elif not parts.hostname:
-            errors.append(f'{where}.url: no host in "{svc.url}"')
+            errors.append(f'{where}.url: no host in {show(svc.url)}')
         elif port == 0:
-            errors.append(f'{where}.url: port must be 1-65535 in "{svc.url}"')
+            errors.append(f'{where}.url: port must be 1-65535 in {show(svc.url)}')
     elif svc.host is None:
         errors.append(f"{where}: set url, or host (with port and path)")
 
@@ -398,7 +385,7 @@ def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str])
             errors.append(f"{where}.certificate: no certificate with id {cert!r}")
         name = sni.name.lower()
         if not _SNI.match(name):
-            errors.append(f'{where}.name: expected a host name, "*.domain" or "name.*", got "{sni.name}"')
+            errors.append(f'{where}.name: expected a host name, "*.domain" or "name.*", got {show(sni.name)}')
         elif name in seen:
             errors.append(f"{where}.name: {sni.name!r} is already used by {seen[name]}")
         seen.setdefault(name, where)
@@ -417,15 +404,14 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         errors.append(f"{where}: set at least one of paths, methods, hosts, headers, query")
     for i, p in enumerate(route.paths):
         if p.startswith("~"):
-            try:
-                re.compile(p[1:])
-            except re.error as e:
-                errors.append(f'{where}.paths[{i}]: invalid regex "{p[1:]}": {e}')
+            problem = regex_problem(p[1:].encode())  # as the router compiles it
+            if problem is not None:
+                errors.append(f"{where}.paths[{i}]: invalid regex {show(p[1:])}: {problem}")
         elif not p.startswith("/"):
-            errors.append(f'{where}.paths[{i}]: a path starts with "/" (prefix) or "~" (regex), got "{p}"')
+            errors.append(f'{where}.paths[{i}]: a path starts with "/" (prefix) or "~" (regex), got {show(p)}')
     for i, m in enumerate(route.methods):
         if not _METHOD.match(m):
-            errors.append(f'{where}.methods[{i}]: expected an upper-case HTTP method, got "{m}"')
+            errors.append(f'{where}.methods[{i}]: expected an upper-case HTTP method, got {show(m)}')
     if route.mcp is False and (route.mcp_methods or route.mcp_tools):
         field = "mcp_methods" if route.mcp_methods else "mcp_tools"
         errors.append(f"{where}.mcp is false but {where}.{field} is set: routing on MCP methods or tools needs the "
@@ -435,6 +421,10 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
             errors.append(f"{where}.headers.{name}: match hosts with the route's hosts field")
         if not values:
             errors.append(f"{where}.headers.{name}: expected at least one value")
+        for i, value in enumerate(values):
+            problem = regex_problem(value[2:].encode(), re.IGNORECASE) if value.startswith("~*") else None
+            if problem is not None:
+                errors.append(f"{where}.headers.{name}[{i}]: invalid regex {show(value[2:])}: {problem}")
 
 
 def _check_upstream(up: Upstream, errors: list[str]) -> None:

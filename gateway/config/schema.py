@@ -14,12 +14,11 @@ from gateway.config.consumers import Acl, BasicAuthCredential, JwtSecret, KeyAut
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
+from gateway.config.units import Seconds, TimeoutMs
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
-TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=2**31 - 2)]
-Seconds = Annotated[float, msgspec.Meta(gt=0)]
 HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=999)]
 
 
@@ -104,7 +103,7 @@ class ActiveUnhealthy(Base):
 class ActiveHealthcheck(Base):
     type: Literal["http", "https", "tcp"] = "http"
     http_path: str = "/"
-    timeout: Annotated[float, msgspec.Meta(gt=0)] = 1
+    timeout: Seconds = 1
     concurrency: PosInt = 10
     https_verify_certificate: bool = True
     https_sni: str | None = None

@@ -23,6 +23,7 @@ import msgspec
 import trio
 
 from gateway.config.discovery import DiscoverySettings
+from gateway.config.errors import show
 from gateway.discovery.backoff import Backoff, LinkState
 from gateway.discovery.http import Endpoint, TransportError, open_stream, request
 from gateway.discovery.types import OnChange, TargetInfo, normalise, parse_host_port
@@ -196,7 +197,7 @@ def parse_target_value(value: bytes, default_weight: int) -> TargetInfo:
             raise ValueError(f"invalid JSON: {e}") from None
     hp = parse_host_port(text)
     if hp is None:
-        raise ValueError(f'expected "host:port", got "{text[:100]}"')
+        raise ValueError(f'expected "host:port", got {show(text[:100])}')
     return TargetInfo(hp[0], hp[1], weight)
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from gateway.config.errors import show
+
 MAX_BODY = 64 << 20  # a registry answer larger than this is refused (a broken or hostile peer)
 _RECV = 65536
 
@@ -34,7 +36,7 @@ class Endpoint:
         rest = text.strip().removeprefix("http://").rstrip("/")
         host, _, port = rest.rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f'expected "host:port" or "http://host:port", got "{text}"')
+            raise ValueError(f'expected "host:port" or "http://host:port", got {show(text)}')
         return cls(host.strip("[]"), int(port))
 
     @property

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 
+from gateway.config.errors import show
 from gateway.memo import Memo
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -70,7 +71,7 @@ class HostPolicy:
 def check_host_entry(entry: str) -> str | None:
     """Why an allowed_hosts entry is malformed, or None."""
     if _ENTRY.match(entry.strip()) is None:
-        return f'expected "host", "host:port", "host:*", "*.domain" or "*", got "{entry}"'
+        return f'expected "host", "host:port", "host:*", "*.domain" or "*", got {show(entry)}'
     return None
 
 

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 
+from gateway.config.errors import show
+
 _RECV = 65536
 
 
@@ -28,11 +30,11 @@ class Url:
     def __init__(self, text: str) -> None:
         parts = urlsplit(text)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f'expected an absolute http:// or https:// URL, got "{text}"')
+            raise ValueError(f'expected an absolute http:// or https:// URL, got {show(text)}')
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f'bad port in "{text}"') from None
+            raise ValueError(f'bad port in {show(text)}') from None
         self.text = text
         self.tls = parts.scheme == "https"
         self.host = parts.hostname

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from gateway.config.errors import show
+
 PASS, STRIP, REWRITE = "pass", "strip", "rewrite"
 
 
@@ -56,5 +58,5 @@ def check_entry(entry: str) -> str | None:
         return None  # the opaque origin of sandboxed frames and file: pages, allowed only when listed
     m = re.match(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\s\[\]]+)(:(\d{1,5}|\*))?/?$", entry)
     if m is None:
-        return f'expected "*", "null" or "scheme://host[:port]" (port may be "*"), got "{entry}"'
+        return f'expected "*", "null" or "scheme://host[:port]" (port may be "*"), got {show(entry)}'
     return None

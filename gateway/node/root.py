@@ -25,6 +25,7 @@ from gateway.bus.admin_protocol import AdminRequest
 from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
+from gateway.config.document import read_text
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
@@ -64,11 +65,7 @@ class StartupError(Exception):
 
 def load_validated(path: str) -> tuple[str, Config]:
     """The config text and its validated Config; ConfigError lists every problem."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError([f"{path}: cannot read the config file: {e.strerror or e}"]) from None
+    text = read_text(path)
     config = parse_config(text, path)
     compile_config(config, path)
     return text, config

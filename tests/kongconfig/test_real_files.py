@@ -36,6 +36,8 @@ def test_a_real_file_loads_or_is_refused_line_by_line(path: Path):
         assert e.messages
         for message in e.messages:
             assert "\n" not in message
+            if re.match(re.escape(str(path)) + r":\d+:\d+: YAML error: the key ", message):
+                continue  # a key given twice (YAML 1.2: keys are unique), named by its line and column
             rest = message.removeprefix(f"{path}: ")
             assert re.match(_PATH + r"(?: and " + _PATH + r")?(?:: \S| is not supported)", rest), message
         return

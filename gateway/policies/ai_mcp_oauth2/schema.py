@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import show
 from gateway.mcp.httpget import Url
 
 HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")]
@@ -67,8 +68,8 @@ class AiMcpOauth2Config(msgspec.Struct, forbid_unknown_fields=True):
             try:
                 Url(endpoint)
             except ValueError:
-                raise ValueError(f'metadata_endpoint: expected a path ("/...") or an absolute URL, got "{endpoint}"') \
-                    from None
+                raise ValueError('metadata_endpoint: expected a path ("/...") or an absolute URL, '
+                                 f'got {show(endpoint)}') from None
         if self.claim_to_header and self.upstream_headers:
             raise ValueError("claim_to_header and upstream_headers: set only one of them (as in Kong)")
         for i, scope in enumerate(self.scopes_supported or ()):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import re
-
 import msgspec
+
+from gateway.config.patterns import regex_problem
 
 
 class BotDetectionConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -14,7 +14,6 @@ class BotDetectionConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         for field in ("allow", "deny"):
             for i, rule in enumerate(getattr(self, field)):
-                try:
-                    re.compile(rule)
-                except re.error as e:
-                    raise ValueError(f"{field}[{i}]: not a valid regex: {e}") from None
+                problem = regex_problem(rule)
+                if problem is not None:
+                    raise ValueError(f"{field}[{i}]: not a valid regex: {problem}")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 import msgspec
+
+from gateway.config.errors import show
+from gateway.config.patterns import regex_problem
 
 Method = Literal["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 METHODS: list[Method] = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
@@ -16,7 +18,7 @@ class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
     headers: list[str] | None = None
     exposed_headers: list[str] | None = None
     methods: list[Method] = msgspec.field(default_factory=lambda: list(METHODS))
-    max_age: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    max_age: Annotated[float, msgspec.Meta(ge=0, le=2**31)] | None = None  # RFC 9111 1.2.2's largest delta-seconds
     credentials: bool = False
     private_network: bool = False
     preflight_continue: bool = False
@@ -26,7 +28,6 @@ class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
         for i, origin in enumerate(self.origins or ()):
             if origin == "*":
                 continue
-            try:
-                re.compile(origin)
-            except re.error as e:
-                raise ValueError(f"origins[{i}]: '{origin}' is not a valid regex ({e})") from None
+            problem = regex_problem(origin)
+            if problem is not None:
+                raise ValueError(f"origins[{i}]: {show(origin)} is not a valid regex ({problem})")

@@ -9,7 +9,9 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Limit = Annotated[float, msgspec.Meta(gt=0)]
+# Up to 2**53, the largest count a double (Kong's number) holds exactly; the state keeper's counters carry it whole
+MAX_COUNT = 2**53
+Limit = Annotated[float, msgspec.Meta(gt=0, le=MAX_COUNT)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 WINDOWS = ("second", "minute", "hour", "day", "month", "year")
 SYNC_RATE_REALTIME = -1.0
@@ -48,7 +50,7 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
     error_message: str = "API rate limit exceeded"
     algorithm: Literal["fixed-window", "token-bucket", "limit-req"] = "fixed-window"
     rate: Limit | None = None  # token-bucket / limit-req: tokens per second
-    burst: Annotated[int, msgspec.Meta(ge=0)] = 0
+    burst: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
     nodelay: bool = True
     sync_rate: float = SYNC_RATE_REALTIME
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)

@@ -1,0 +1,131 @@
+"""A config file's text into plain data, strictly: what YAML would let through silently is an error here.
+
+PyYAML's safe loader keeps the last of two equal keys (YAML 1.2 says keys are unique: a second `plugins:` would drop
+the first, and the plugins in it would not run), recurses once per level of nesting (a deep file overflows the
+stack), reads `!!set` in hash order (messages change from run to run), and reads `.inf`, `.nan` and `1e999` as
+numbers no setting can use. Each is refused with the line and column, or the field path, where it is.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import yaml
+
+from gateway.config.errors import ConfigError, show
+
+MAX_DEPTH = 64  # levels of nesting; a Kong config needs about 10
+_MERGE = "tag:yaml.org,2002:merge"
+_ANNOTATIONS = ("_comment", "_ignore")  # Kong's free-form annotations: dropped unread, so not checked
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A document PyYAML would read that the gateway does not."""
+
+    def __init__(self, problem: str, mark: yaml.Mark) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, refusing duplicate keys, nesting deeper than MAX_DEPTH and `!!set`."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} levels deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE or not isinstance(key_node, yaml.ScalarNode):
+                continue  # a merge's keys may be overridden; a collection as a key is refused by the constructor
+            key = self.construct_object(key_node)
+            seen = first.setdefault(key, key_node)
+            if seen is not key_node:
+                mark = seen.start_mark
+                raise _Refused(f"the key {show(key)} is given twice in one mapping (first at line {mark.line + 1}, "
+                               f"column {mark.column + 1}); YAML keys are unique: keep one", key_node.start_mark)
+        return super().construct_mapping(node, deep)  # type: ignore[no-any-return]
+
+    def refuse_set(self, node: yaml.Node) -> None:
+        raise _Refused("a !!set has no order; write a list", node.start_mark)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:set", _StrictLoader.refuse_set)
+
+
+def read_text(path: str | os.PathLike[str]) -> str:
+    """The file's text; a file that cannot be read or is not UTF-8 is a ConfigError naming it."""
+    name = os.fspath(path)
+    try:
+        with open(name, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError([f"{name}: cannot read the config file: {e.strerror or e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{name}: not UTF-8 text: {e.reason} at byte {e.start}"]) from None
+
+
+def read_document(text: str, name: str) -> Any:
+    """The YAML document in `text` as plain data, its numbers finite and its keys strings; ConfigError otherwise."""
+    try:
+        loader = _StrictLoader(text)  # the reader checks every character here
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        raise ConfigError([_located(e, text, name)]) from None
+    errors = _scalar_problems(raw)
+    if errors:
+        raise ConfigError([f"{name}: {e}" for e in errors])
+    return raw
+
+
+def _located(e: yaml.YAMLError, text: str, name: str) -> str:
+    """One line: 'file:line:column: YAML syntax error: what' (PyYAML's own text spans several, with a caret)."""
+    if isinstance(e, yaml.reader.ReaderError):  # a character YAML does not allow; PyYAML gives only its offset
+        line = text.count("\n", 0, e.position) + 1
+        column = e.position - (text.rfind("\n", 0, e.position) + 1) + 1
+        what = "a byte order mark inside the text" if e.character == 0xFEFF else \
+            f"the character U+{e.character:04X}, which YAML does not allow in a document"
+        return f"{name}:{line}:{column}: YAML syntax error: {what}"
+    mark = getattr(e, "problem_mark", None)
+    where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+    problem = getattr(e, "problem", None) or str(e)
+    kind = "YAML error" if isinstance(e, _Refused) else "YAML syntax error"
+    return f"{name}{where}: {kind}: {' '.join(problem.split())}"
+
+
+def _scalar_problems(raw: Any) -> list[str]:
+    """Infinite or NaN numbers and keys that are not strings, by field path. Iterative, and each shared node
+    (a YAML alias) is visited once, so neither a deep document nor an alias bomb costs more than its text."""
+    errors: list[str] = []
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", raw)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, float) and not math.isfinite(node):
+            yaml_name = ".nan" if math.isnan(node) else ".inf" if node > 0 else "-.inf"
+            errors.append(f"{path}: expected a finite number, got {yaml_name}")
+        if not isinstance(node, dict | list) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(node))))
+            continue
+        for key, value in reversed(list(node.items())):
+            if not isinstance(key, str):
+                if path:  # at the top, an unknown key like any other (the loader lists the known ones)
+                    errors.append(f"{path}: a key must be a string, got {show(key)} (quote it)")
+            elif key not in _ANNOTATIONS:
+                stack.append((f"{path}.{key}" if path else key, value))
+    return errors
