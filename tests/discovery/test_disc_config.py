@@ -68,7 +68,8 @@ upstreams:
     ('{type: static, endpoints: ["a:1"]}',
      "upstreams[0].discovery: endpoints: not used with type static (targets come from the config)"),
     ('{type: consul, wait_s: 601}', "upstreams[0].discovery.wait_s: expected number > 0 and <= 600, got 601"),
-    ('{type: etcd, timeout_s: 0}', "upstreams[0].discovery.timeout_s: expected number > 0, got 0"),
+    ('{type: etcd, timeout_s: 0}', "upstreams[0].discovery.timeout_s: expected number >= 0.001 and <= 2147483.646, "
+                                   "got 0"),
     ('{type: etcd, default_weight: -1}', "upstreams[0].discovery.default_weight: expected int >= 0 and <= 65535, "
                                          "got -1"),
     ('{type: etcd, retry_initial_s: 2, retry_max_s: 1}',

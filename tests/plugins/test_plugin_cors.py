@@ -117,7 +117,7 @@ def test_an_invalid_origin_regex_is_refused_naming_the_field():
                           'plugins: [{name: cors, config: {origins: ["http://(a"]}}]\n')
     with pytest.raises(ConfigError) as err:
         compile_config(config)
-    assert "plugins[0].config.origins[0]: 'http://(a' is not a valid regex" in str(err.value)
+    assert "plugins[0].config.origins[0]: \"http://(a\" is not a valid regex" in str(err.value)
 
 
 def test_cors_cannot_be_configured_for_a_consumer():
