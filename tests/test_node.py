@@ -410,6 +410,25 @@ def test_reload_with_an_invalid_config_keeps_serving(node, backend):
     assert result.ok > 0 and result.failed == 0
 
 
+def test_sighup_with_a_file_that_is_not_utf8_keeps_serving_and_the_fixed_file_reloads(node, backend):
+    """SIGHUP reads the file the gateway runs from: a broken one is logged as rejected (the root lives on, the same
+    generation serves), and the next SIGHUP after it is fixed applies it."""
+    assert node.start(workers=1).returncode == 0
+    root, pids = node.root_pid(), node.worker_pids()
+    good = node.config.read_bytes()
+    node.config.write_bytes(b'_comment: "\xff"\n' + good)
+    os.kill(root, signal.SIGHUP)
+    wait_until(lambda: "not UTF-8 text" in node.log(), timeout=15)
+    assert "config rejected, still serving the previous one" in node.log()
+    assert "Traceback" not in node.log()
+    assert alive(root) and node.status()["generation"] == 1 and node.worker_pids() == pids
+    assert get_status(node.port) == 200
+    node.config.write_bytes(good)
+    os.kill(root, signal.SIGHUP)
+    wait_until(lambda: node.status()["generation"] == 2, timeout=30, interval=0.2)
+    assert get_status(node.port) == 200
+
+
 def test_sse_stream_opened_before_a_reload_keeps_receiving_events(node):
     assert node.start(workers=2).returncode == 0
 
