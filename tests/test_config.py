@@ -113,7 +113,8 @@ def test_algorithm_aliases_are_accepted():
 
 def test_wrong_type_names_the_full_field_path():
     text = "upstreams:\n  - name: u\n    healthchecks: {active: {healthy: {interval: ten}}}\n"
-    assert errors(text) == ['upstreams[0].healthchecks.active.healthy.interval: expected int >= 0, got "ten"']
+    assert errors(text) == [
+        'upstreams[0].healthchecks.active.healthy.interval: expected number >= 0 and <= 65535, got "ten"']
 
 
 def test_out_of_range_number_is_an_error():

@@ -86,25 +86,31 @@ class GatewaySettings(Base):
 # --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
 
 
+# Kong's upstream schema: intervals and the probe timeout are seconds, a number from 0 to 65535; the counts are
+# integers from 0 (the check is off) to 2**31
+HealthSeconds = Annotated[float, msgspec.Meta(ge=0, le=65535)]
+HealthCount = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+
+
 class ActiveHealthy(Base):
-    interval: NonNegInt = 0
-    successes: NonNegInt = 0
+    interval: HealthSeconds = 0  # 0: healthy targets are not probed
+    successes: HealthCount = 0
     http_statuses: list[HttpStatus] = msgspec.field(default_factory=lambda: [200, 302])
 
 
 class ActiveUnhealthy(Base):
-    interval: NonNegInt = 0
-    http_failures: NonNegInt = 0
-    tcp_failures: NonNegInt = 0
-    timeouts: NonNegInt = 0
+    interval: HealthSeconds = 0
+    http_failures: HealthCount = 0
+    tcp_failures: HealthCount = 0
+    timeouts: HealthCount = 0
     http_statuses: list[HttpStatus] = msgspec.field(default_factory=lambda: [429, 404, 500, 501, 502, 503, 504, 505])
 
 
 class ActiveHealthcheck(Base):
     type: Literal["http", "https", "tcp"] = "http"
     http_path: str = "/"
-    timeout: Seconds = 1
-    concurrency: PosInt = 10
+    timeout: Annotated[float, msgspec.Meta(ge=0.001, le=65535)] = 1  # Kong's seconds; 0 would fail every probe
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=2**31)] = 10
     https_verify_certificate: bool = True
     https_sni: str | None = None
     headers: dict[str, list[str]] | None = None
@@ -113,16 +119,16 @@ class ActiveHealthcheck(Base):
 
 
 class PassiveHealthy(Base):
-    successes: NonNegInt = 0
+    successes: HealthCount = 0
     http_statuses: list[HttpStatus] = msgspec.field(
         default_factory=lambda: [200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305,
                                  306, 307, 308])
 
 
 class PassiveUnhealthy(Base):
-    http_failures: NonNegInt = 0
-    tcp_failures: NonNegInt = 0
-    timeouts: NonNegInt = 0
+    http_failures: HealthCount = 0
+    tcp_failures: HealthCount = 0
+    timeouts: HealthCount = 0
     http_statuses: list[HttpStatus] = msgspec.field(default_factory=lambda: [429, 500, 503])
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 from gateway.config.schema import Healthchecks
 from gateway.health import TCP_FAILURE, TIMEOUT, ActivePolicy, Event, PassiveChecker, PassivePolicy, State, Thresholds
 
@@ -46,6 +46,17 @@ def test_kong_fields() -> None:
     assert p.headers == (("X-Probe", "a"), ("X-Probe", "b"))
     assert p.thresholds == Thresholds(successes=1, http_failures=1, tcp_failures=4, timeouts=5)
     assert p.classify_status(204) is Event.SUCCESS and p.classify_status(200) is None
+
+
+def test_intervals_are_kongs_seconds_a_number_up_to_65535() -> None:
+    p = ActivePolicy.from_config(healthchecks("{active: {healthy: {interval: 0.5}, unhealthy: {interval: 0.25}}}"))
+    assert (p.healthy_interval_s, p.unhealthy_interval_s) == (0.5, 0.25)
+    with pytest.raises(ConfigError) as err:
+        healthchecks("{active: {healthy: {interval: 65536, successes: 2147483649}}}")
+    assert err.value.messages == [
+        "<config>: upstreams[0].healthchecks.active.healthy.interval: expected number >= 0 and <= 65535, got 65536",
+        "<config>: upstreams[0].healthchecks.active.healthy.successes: expected int >= 0 and <= 2147483648, "
+        "got 2147483649"]
 
 
 def test_nginx_aliases() -> None:
