@@ -51,7 +51,7 @@ def test_check_config_reports_a_broken_file_with_the_field_path(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        f'{path}: upstreams[0].healthchecks.active.healthy.interval: expected int >= 0, got "ten"']
+        f'{path}: upstreams[0].healthchecks.active.healthy.interval: expected number >= 0 and <= 65535, got "ten"']
 
 
 def test_check_config_reports_every_error_one_per_line(tmp_path):

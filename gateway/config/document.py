@@ -2,8 +2,10 @@
 
 PyYAML's safe loader keeps the last of two equal keys (YAML 1.2 says keys are unique: a second `plugins:` would drop
 the first, and the plugins in it would not run), recurses once per level of nesting (a deep file overflows the
-stack), reads `!!set` in hash order (messages change from run to run), and reads `.inf`, `.nan` and `1e999` as
-numbers no setting can use. Each is refused with the line and column, or the field path, where it is.
+stack), reads `!!set` in hash order (messages change from run to run), reads `.inf`, `.nan` and `1e999` as
+numbers no setting can use, and raises a bare ValueError for a scalar its tag cannot read (`!!int x`). Each is
+refused with the line and column, or the field path, where it is. An unquoted date stays text, as in YAML 1.2 and
+Kong (PyYAML 1.1 would make `tags: [2024-01-01]` a date, and `2024-02-30` a crash).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from gateway.config.errors import ConfigError, show
 
 MAX_DEPTH = 64  # levels of nesting; a Kong config needs about 10
 _MERGE = "tag:yaml.org,2002:merge"
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _ANNOTATIONS = ("_comment", "_ignore")  # Kong's free-form annotations: dropped unread, so not checked
 
 
@@ -42,6 +45,13 @@ class _StrictLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, OverflowError) as e:  # a scalar its tag cannot read: !!int x, !!timestamp 2024-13-01
+            raise _Refused(f"cannot read {show(str(node.value))} as {node.tag.rsplit(':', 1)[-1]}: {e}",
+                           node.start_mark) from None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
@@ -60,6 +70,9 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:set", _StrictLoader.refuse_set)
+_StrictLoader.yaml_implicit_resolvers = {  # every implicit type of the safe loader but the timestamp
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != _TIMESTAMP]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def read_text(path: str | os.PathLike[str]) -> str:

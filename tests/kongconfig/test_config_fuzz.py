@@ -452,7 +452,8 @@ IGNORED_BOMB = "_ignore:\n" + "".join(f"- &i{i} [" + ",".join([f"*i{i - 1}"] * 8
                                       for i in range(6))
 TAGS = ["!!python/object/apply:os.system ['true']", "!!python/name:os.system", "!!python/object:object {}",
         "!!binary aGVsbG8=", "!!set {a, b}", "!!timestamp 2001-12-14", "!custom x", "!!float 1", "!!int '12'",
-        "!!omap [{a: 1}]", "!!str 5", "2001-12-14", "!!python/tuple [1, 2]", "!!null ''", "!!bool yes"]
+        "!!omap [{a: 1}]", "!!str 5", "2001-12-14", "!!python/tuple [1, 2]", "!!null ''", "!!bool yes",
+        "2024-02-30", "2001-13-45 25:00:00", "!!int x", "!!float x", "!!timestamp 2001-13-45", "!!int 1e999"]
 
 
 def mutate_text(name: str, text: str, rng: random.Random) -> tuple[Mutation, bytes] | None:
@@ -626,7 +627,11 @@ def message_problems(path: Path, messages: list[str]) -> list[str]:
 
 
 class _DuplicateKeys(yaml.SafeLoader):
-    """safe_load, noting mapping keys given twice in one mapping (YAML 1.2: keys are unique)."""
+    """safe_load with dates left as text (as the gateway reads them), noting mapping keys given twice in one mapping
+    (YAML 1.2: keys are unique)."""
+
+    yaml_implicit_resolvers = {first: [(tag, pattern) for tag, pattern in resolvers if not tag.endswith(":timestamp")]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
     duplicates: list[str]
 
@@ -915,3 +920,19 @@ def test_a_yaml_set_is_refused_for_it_has_no_order(tmp_path: Path):
     """A !!set loaded in hash order: PYTHONHASHSEED changed the order and the messages' indices from run to run."""
     assert refused((ROUTE % "paths: !!set {/a, b, c}").encode(), tmp_path) == [
         ":1:56: YAML error: a !!set has no order; write a list"]
+
+
+def test_an_unquoted_date_is_text_as_in_kong(tmp_path: Path):
+    """PyYAML's YAML 1.1 made `2024-01-01` a date (refused where text is expected) and `2024-02-30` a ValueError."""
+    data = b"services: [{name: 2024-01-01, url: 'http://h', tags: [2024-02-30]}]\n"
+    assert problems_of(data, tmp_path) == []
+    service = load(tmp_path / "case0.yaml")[1].services[0]
+    assert (service.name, service.tags) == ("2024-01-01", ["2024-02-30"])
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("!!int x", ':1:11: YAML error: cannot read "x" as int: invalid literal for int() with base 10: \'x\''),
+    ("!!timestamp 2001-13-45", ':1:11: YAML error: cannot read "2001-13-45" as timestamp: month must be in 1..12'),
+])
+def test_a_scalar_its_tag_cannot_read_is_refused_with_its_place(value: str, message: str, tmp_path: Path):
+    assert refused(f"_comment: {value}\n".encode(), tmp_path) == [message]
