@@ -7,26 +7,34 @@ clients, the index is reset to 0 when it goes backwards, kept >= 1 once set, and
 
 An instance's address is Service.Address, or Node.Address when that is empty; its weight is
 Service.Weights.Passing (Weights.Warning for an instance in warning state when `passing_only: false`).
+
+An answer that is not a JSON list, or comes without a usable X-Consul-Index, is refused as a whole (the last
+targets stay, as when Consul is lost). An entry that is not a usable instance (not an object, no valid host or
+port, a weight that is not an int 0..65535, checks that cannot be read) is left out with a warning naming its
+position and ID; the other entries apply.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote, urlencode
 
 import trio
 
 from gateway.config.discovery import DiscoverySettings, consul_duration
+from gateway.config.errors import show
 from gateway.discovery.backoff import Backoff, LinkState
-from gateway.discovery.http import Endpoint, TransportError, request
-from gateway.discovery.types import OnChange, TargetInfo, normalise
+from gateway.discovery.http import Endpoint, TransportError, excerpt, request
+from gateway.discovery.types import OnChange, TargetInfo, normalise, valid_host
 
 log = logging.getLogger("gateway.discovery.consul")
 
 MIN_QUERY_INTERVAL = 0.1  # seconds between the starts of two blocking queries (Consul's advice: rate-limit the loop)
+_INDEX = re.compile(r"[0-9]{1,20}")  # a uint64 in ASCII digits (str.isdigit also takes "²", which int() refuses)
 
 
 class ConsulError(Exception):
@@ -35,42 +43,74 @@ class ConsulError(Exception):
 
 def next_index(old: int, header: str | None) -> int:
     """The index for the next blocking query from the X-Consul-Index just received (Consul's rules)."""
-    if header is None or not header.strip().isdigit():
-        raise TransportError(f"no usable X-Consul-Index header ({header!r}): is this Consul?")
+    if header is None or not _INDEX.fullmatch(header.strip()) or int(header) >= 2**64:
+        raise TransportError(f"no usable X-Consul-Index header ({excerpt(show(header), 40)}): is this Consul?")
     new = int(header)
     if new < old:  # the index went backwards (e.g. a snapshot restore): start over with a non-blocking query
         return 0
     return max(new, 1)  # an index of 0 would make every query return at once
 
 
-def parse_health_entries(entries: Any, default_weight: int, passing_only: bool) -> list[TargetInfo]:
-    """Targets from a /v1/health/service answer (a list of {Node, Service, Checks})."""
+def _is_int(value: Any, low: int, high: int) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _instance(entry: Any, default_weight: int, passing_only: bool) -> TargetInfo | None:
+    """One health entry's target; None when it is not passing (left out quietly); ValueError when unusable."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"expected an object, got {show(entry)}")
+    svc, node, checks = entry.get("Service"), entry.get("Node"), entry.get("Checks")
+    if not isinstance(svc, dict):
+        raise ValueError(f"Service: expected an object, got {show(svc)}")
+    if checks is None:
+        checks = []
+    if not isinstance(checks, list) or not all(isinstance(c, dict) for c in checks):
+        raise ValueError("Checks: expected a list of objects")
+    statuses = [c.get("Status") for c in checks]
+    if not all(isinstance(st, str) for st in statuses):
+        raise ValueError("Checks: a Status that is not a string")
+    if "critical" in statuses or "maintenance" in statuses:
+        return None  # (?passing already left these out; without it we still never send traffic to them)
+    warning = "warning" in statuses
+    if passing_only and warning:
+        return None
+    host = svc.get("Address") or (node.get("Address") if isinstance(node, dict) else None)
+    if not isinstance(host, str) or not valid_host(host):
+        raise ValueError(f"no usable address (Service.Address {excerpt(show(svc.get('Address')), 80)}, "
+                         f"Node.Address {excerpt(show(node.get('Address') if isinstance(node, dict) else node), 80)})")
+    port = svc.get("Port")
+    if not _is_int(port, 1, 65535):
+        raise ValueError(f"Port: expected an int 1..65535, got {excerpt(show(port), 80)}")
+    weight = default_weight
+    weights = svc.get("Weights")
+    if weights is not None:
+        w = weights.get("Warning" if warning else "Passing", default_weight) if isinstance(weights, dict) else None
+        if not _is_int(w, 0, 65535):
+            raise ValueError(f"Weights: expected ints 0..65535, got {excerpt(show(weights), 80)}")
+        weight = w
+    return TargetInfo(host, port, weight)
+
+
+def parse_health_entries(entries: Any, default_weight: int, passing_only: bool, *,
+                         service: str = "") -> list[TargetInfo]:
+    """Targets from a /v1/health/service answer (a list of {Node, Service, Checks}).
+
+    TransportError when `entries` is not a list; an unusable entry is left out with a warning naming it.
+    """
     if not isinstance(entries, list):
         raise TransportError(f"expected a JSON list from /v1/health/service, got {type(entries).__name__}")
     out: list[TargetInfo] = []
-    for entry in entries:
-        if not isinstance(entry, dict):
+    for i, entry in enumerate(entries):
+        try:
+            target = _instance(entry, default_weight, passing_only)
+        except ValueError as e:
+            svc = entry.get("Service") if isinstance(entry, dict) else None
+            sid = svc.get("ID") if isinstance(svc, dict) else None
+            name = f" (ID {excerpt(show(sid), 80)})" if sid is not None else ""
+            log.warning("consul service %s: ignoring entry %d%s: %s", service or "?", i, name, e)
             continue
-        svc = entry.get("Service") or {}
-        node = entry.get("Node") or {}
-        statuses = {c.get("Status") for c in entry.get("Checks") or [] if isinstance(c, dict)}
-        if "critical" in statuses or "maintenance" in statuses:
-            continue  # (?passing already left these out; without it we still never send traffic to them)
-        warning = "warning" in statuses
-        if passing_only and warning:
-            continue
-        host = svc.get("Address") or node.get("Address")
-        port = svc.get("Port")
-        if not isinstance(host, str) or not host or not isinstance(port, int) or not 0 < port < 65536:
-            log.warning("consul: ignoring instance %s without a usable address/port", svc.get("ID"))
-            continue
-        weights = svc.get("Weights")
-        weight = default_weight
-        if isinstance(weights, dict):
-            w = weights.get("Warning" if warning else "Passing")
-            if isinstance(w, int) and not isinstance(w, bool) and 0 <= w <= 65535:
-                weight = w
-        out.append(TargetInfo(host, port, weight))
+        if target is not None:
+            out.append(target)
     return normalise(out)
 
 
@@ -109,13 +149,13 @@ class ConsulClient:
         timeout = self.timeout + (wait_s * 17 / 16 if index > 0 else 0)
         resp = await request(self.endpoint, "GET", target, headers=self._headers(), timeout=timeout)
         if resp.status != 200:
-            message = resp.body[:200].decode("utf-8", "replace").strip()
+            message = excerpt(resp.body)
             if resp.status >= 500:
                 raise TransportError(f"{self.endpoint}: HTTP {resp.status}: {message}")
             raise ConsulError(f"{target}: HTTP {resp.status}: {message}")
         try:
             body = json.loads(resp.body or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise TransportError(f"{self.endpoint}: non-JSON answer to {target}") from None
         return next_index(index, resp.headers.get("x-consul-index")), body
 
@@ -126,7 +166,7 @@ class ConsulClient:
         if resp.status >= 500:
             raise TransportError(f"{self.endpoint}: {target}: HTTP {resp.status}")
         if resp.status != 200:
-            raise ConsulError(f"{target}: HTTP {resp.status}: {resp.body[:200].decode('utf-8', 'replace')}")
+            raise ConsulError(f"{target}: HTTP {resp.status}: {excerpt(resp.body)}")
         return resp.status
 
     async def get_json(self, target: str) -> tuple[int, Any]:
@@ -135,7 +175,7 @@ class ConsulClient:
             raise TransportError(f"{self.endpoint}: {target}: HTTP {resp.status}")
         try:
             return resp.status, json.loads(resp.body) if resp.status == 200 else None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise TransportError(f"{self.endpoint}: non-JSON answer to {target}") from None
 
 
@@ -161,7 +201,8 @@ async def run_consul(upstream: str, settings: DiscoverySettings, on_change: OnCh
             index, body = await client.health_service(
                 service, index=index, wait_s=settings.consul_wait_s, passing=settings.consul_passing_only,
                 tag=settings.tag, dc=settings.datacenter)
-            current = parse_health_entries(body, settings.default_weight, settings.consul_passing_only)
+            current = parse_health_entries(body, settings.default_weight, settings.consul_passing_only,
+                                           service=service)
             link.up(str(client.endpoint), f" ({len(current)} instances of {service})")
             link.extra.update({"targets": len(current), "index": index})
             backoff.reset()

@@ -8,6 +8,11 @@ response streams one JSON object per line: `{"result": {"header": ..., "events":
 "weight": 100}` or plain "host:port". It reads the prefix (range), reports, then watches from the revision after
 the one it read. Losing etcd keeps the last known targets; it retries with capped, jittered backoff, then reads the
 prefix again (changes made meanwhile are reported) and watches anew.
+
+An answer is decoded whole (msgspec Structs: base64 keys and values, revisions as int64) before any of it is
+applied: one that is malformed anywhere (a wrong JSON shape, invalid base64, a revision that is not an integer, a
+key outside the prefix) is refused as a whole, like a lost etcd. A well-formed key whose value is not a target is
+one bad entry: it is left out with a warning naming the key, and the other keys apply.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 import trio
@@ -25,7 +30,7 @@ import trio
 from gateway.config.discovery import DiscoverySettings
 from gateway.config.errors import show
 from gateway.discovery.backoff import Backoff, LinkState
-from gateway.discovery.http import Endpoint, TransportError, open_stream, request
+from gateway.discovery.http import Endpoint, TransportError, excerpt, open_stream, request
 from gateway.discovery.types import OnChange, TargetInfo, normalise, parse_host_port
 
 log = logging.getLogger("gateway.discovery.etcd")
@@ -57,15 +62,60 @@ def prefix_range_end(prefix: bytes) -> bytes:
     return b"\x00"  # all keys
 
 
+Revision = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # an int64 (a JSON string, through the gateway)
+
+
 class KeyValue(msgspec.Struct):
-    key: bytes
-    value: bytes
-    mod_revision: int = 0
+    key: bytes  # base64 in JSON
+    value: bytes = b""  # (the JSON gateway leaves out empty fields)
+    mod_revision: Revision = 0
 
 
 class WatchEvent(msgspec.Struct):
-    type: str  # "PUT" | "DELETE"
     kv: KeyValue
+    type: Literal["PUT", "DELETE"] = "PUT"  # PUT is the enum's zero value, so it is left out
+
+
+class ResponseHeader(msgspec.Struct):
+    revision: Revision = 0
+
+
+class RangeResponse(msgspec.Struct):
+    header: ResponseHeader  # always sent: without it, an empty body or {} would read as "no keys"
+    kvs: list[KeyValue] = []
+
+
+class WatchResult(msgspec.Struct):
+    header: ResponseHeader = msgspec.field(default_factory=ResponseHeader)
+    events: list[WatchEvent] = []
+    canceled: bool = False
+    compact_revision: Revision = 0
+    cancel_reason: str = ""
+
+
+Answer = TypeVar("Answer", RangeResponse, WatchResult)
+
+
+def decode_answer(doc: Any, shape: type[Answer], what: str, prefix: bytes) -> Answer:
+    """`doc` (decoded JSON) as a `shape` Struct, every key under `prefix`; TransportError naming the first defect."""
+    try:
+        answer = msgspec.convert(doc, shape, strict=False)
+    except msgspec.ValidationError as e:
+        raise TransportError(f"{what}: malformed answer: {excerpt(e)}") from None
+    kvs = answer.kvs if isinstance(answer, RangeResponse) else [ev.kv for ev in answer.events]
+    for kv in kvs:
+        if not kv.key.startswith(prefix):
+            raise TransportError(f"{what}: malformed answer: key {excerpt(show(kv.key.decode('utf-8', 'replace')))} "
+                                 f"is not under {prefix.decode('utf-8', 'replace')}")
+    return answer
+
+
+def loads(data: bytes) -> Any:
+    """json.loads, with nesting too deep for the parser (RecursionError) reported as the ValueError it is."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class EtcdClient:
@@ -86,11 +136,13 @@ class EtcdClient:
     async def call(self, path: str, payload: dict[str, Any]) -> dict[str, Any]:
         resp = await request(self.endpoint, "POST", path, body=json.dumps(payload).encode(), timeout=self.timeout)
         try:
-            doc = json.loads(resp.body or b"{}")
+            doc = loads(resp.body or b"{}")
         except ValueError:
             raise TransportError(f"{self.endpoint}: {path} answered {resp.status} with non-JSON") from None
+        if not isinstance(doc, dict):
+            raise TransportError(f"{self.endpoint}: {path} answered {resp.status} with JSON that is not an object")
         if resp.status != 200 or "error" in doc:
-            message = doc.get("message") or doc.get("error") or resp.body[:200].decode("utf-8", "replace")
+            message = excerpt(doc.get("message") or doc.get("error") or resp.body)
             if resp.status >= 500 or resp.status == 404:
                 raise TransportError(f"{self.endpoint}: {path}: HTTP {resp.status}: {message}")
             raise EtcdError(f"{path}: HTTP {resp.status}: {message}")
@@ -100,10 +152,8 @@ class EtcdClient:
         """(revision, key-values) of every key under `prefix`."""
         key = prefix.encode()
         doc = await self.call("/v3/kv/range", {"key": b64(key), "range_end": b64(prefix_range_end(key))})
-        revision = int(doc.get("header", {}).get("revision", 0))
-        kvs = [KeyValue(unb64(kv.get("key", "")), unb64(kv.get("value", "")), int(kv.get("mod_revision", 0)))
-               for kv in doc.get("kvs", [])]
-        return revision, kvs
+        answer = decode_answer(doc, RangeResponse, f"{self.endpoint}: /v3/kv/range", key)
+        return answer.header.revision, answer.kvs
 
     async def watch_prefix(self, prefix: str,
                            start_revision: int) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
@@ -117,25 +167,23 @@ class EtcdClient:
                 raise TransportError(f"{self.endpoint}: /v3/watch: HTTP {resp.status}")
             async for line in resp.lines():
                 try:
-                    doc = json.loads(line)
+                    doc = loads(line)
                 except ValueError:
                     raise TransportError(f"{self.endpoint}: /v3/watch sent non-JSON: {line[:100]!r}") from None
+                if not isinstance(doc, dict):
+                    raise TransportError(f"{self.endpoint}: /v3/watch sent JSON that is not an object: "
+                                         f"{line[:100]!r}")
                 if "error" in doc:
                     err = doc["error"]
                     message = err.get("message", err) if isinstance(err, dict) else err
-                    raise TransportError(f"{self.endpoint}: /v3/watch: {message}")
-                result = doc.get("result", {})
-                if result.get("compact_revision") and result.get("canceled"):
-                    raise Compacted(f"revision {start_revision} compacted (now {result['compact_revision']})")
-                if result.get("canceled"):
-                    raise TransportError(f"{self.endpoint}: watch canceled: {result.get('cancel_reason', '')}")
-                events = [WatchEvent(ev.get("type", "PUT"),
-                                     KeyValue(unb64(ev["kv"].get("key", "")), unb64(ev["kv"].get("value", "")),
-                                              int(ev["kv"].get("mod_revision", 0))))
-                          for ev in result.get("events", [])]
-                revision = int(result.get("header", {}).get("revision", 0))
-                if events:
-                    yield revision, events
+                    raise TransportError(f"{self.endpoint}: /v3/watch: {excerpt(message)}")
+                result = decode_answer(doc.get("result", {}), WatchResult, f"{self.endpoint}: /v3/watch", key)
+                if result.compact_revision and result.canceled:
+                    raise Compacted(f"revision {start_revision} compacted (now {result.compact_revision})")
+                if result.canceled:
+                    raise TransportError(f"{self.endpoint}: watch canceled: {excerpt(result.cancel_reason)}")
+                if result.events:
+                    yield result.header.revision, result.events
             raise TransportError(f"{self.endpoint}: the watch stream ended")
 
     # -- leases and writes (self-registration) ---------------------------------------------------------------------
@@ -174,11 +222,14 @@ def parse_target_value(value: bytes, default_weight: int) -> TargetInfo:
 
     Raises ValueError with a reason for anything else.
     """
-    text = value.decode("utf-8", "replace").strip()
+    try:
+        text = value.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"not UTF-8: {value[:100]!r}") from None
     weight = default_weight
     if text.startswith("{"):
         try:
-            doc = json.loads(text)
+            doc = loads(text.encode())
         except ValueError as e:
             raise ValueError(f"invalid JSON: {e}") from None
         target = doc.get("target")
@@ -187,12 +238,12 @@ def parse_target_value(value: bytes, default_weight: int) -> TargetInfo:
         if "weight" in doc:
             w = doc["weight"]
             if not isinstance(w, int) or isinstance(w, bool) or not 0 <= w <= 65535:
-                raise ValueError(f"weight: expected an int 0..65535, got {w!r}")
+                raise ValueError(f"weight: expected an int 0..65535, got {excerpt(show(w), 100)}")
             weight = w
         text = target
     elif text.startswith('"'):  # a JSON string
         try:
-            text = json.loads(text)
+            text = loads(text.encode())
         except ValueError as e:
             raise ValueError(f"invalid JSON: {e}") from None
     hp = parse_host_port(text)
@@ -217,7 +268,8 @@ class _PrefixState:
         except ValueError as e:
             self.targets.pop(key, None)
             if self.bad.get(key) != value:
-                log.warning("upstream %s: ignoring etcd key %s: %s", self.upstream, key.decode("utf-8", "replace"), e)
+                log.warning("upstream %s: ignoring etcd key %s: %s", self.upstream,
+                            excerpt(show(key.decode("utf-8", "replace"))), e)
             self.bad[key] = value
 
     def delete(self, key: bytes) -> None:
@@ -252,6 +304,7 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
     state = _PrefixState(upstream, settings.default_weight)
     reported: list[TargetInfo] | None = None
     started = False
+    compactions = 0  # in a row, without a watch event between them
 
     def report() -> None:
         nonlocal reported
@@ -273,6 +326,7 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
                 task_status.started()
             async with aclosing(client.watch_prefix(prefix, revision + 1)) as watch:
                 async for revision, events in watch:
+                    compactions = 0
                     for ev in events:
                         if ev.type == "DELETE":
                             state.delete(ev.kv.key)
@@ -282,7 +336,10 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
                     report()
         except Compacted as e:
             log.info("upstream %s: %s; reading %s again", upstream, e, prefix)
-            continue
+            compactions += 1
+            if compactions == 1:
+                continue
+            # again before any event: a broken etcd (or proxy) would make this a hot loop; wait as after a failure
         except (TransportError, EtcdError) as e:
             kept = f"; keeping {len(reported)} last known targets" if reported is not None else ""
             link.down(str(client.endpoint), str(e), kept)

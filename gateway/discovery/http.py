@@ -7,6 +7,7 @@ silently vanished peer is noticed without a read timeout cutting a legitimately 
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,8 +22,24 @@ MAX_BODY = 64 << 20  # a registry answer larger than this is refused (a broken o
 _RECV = 65536
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
 class TransportError(Exception):
     """The registry could not be reached or answered something that is not HTTP: retry later."""
+
+
+def excerpt(data: object, limit: int = 200) -> str:
+    """At most `limit` characters of what a registry said, on one line (control characters escaped).
+
+    Registry answers end up in log lines and in /health details: a hostile or broken one must not make them
+    multi-line or unbounded.
+    """
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else str(data)
+    text = text.strip()
+    cut = text[:limit]
+    cut = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), cut)
+    return cut + ("..." if len(text) > limit else "")
 
 
 @dataclass(frozen=True)
@@ -164,19 +181,25 @@ class StreamResponse:
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
             raise TransportError(f"{self._conn.endpoint}: {e.__class__.__name__}: {e}") from None
 
-    async def lines(self, max_line: int = MAX_BODY) -> AsyncIterator[bytes]:
-        """Newline-delimited records; the last one may end without a newline."""
-        buf = b""
+    async def lines(self, max_line: int | None = None) -> AsyncIterator[bytes]:
+        """Newline-delimited records of at most `max_line` bytes (default MAX_BODY, read at call time); the last
+        one may end without a newline. A record is split out once, when its newline arrives (a long record
+        costs linear time, not a copy and a scan of all of it per chunk)."""
+        limit = MAX_BODY if max_line is None else max_line
+        buf = bytearray()
         async for chunk in self.chunks():
-            buf += chunk
-            *complete, buf = buf.split(b"\n")
-            for line in complete:
-                if line.strip():
-                    yield line
-            if len(buf) > max_line:
-                raise TransportError(f"{self._conn.endpoint}: stream record over {max_line} bytes")
+            if b"\n" in chunk:
+                *complete, rest = (bytes(buf) + chunk).split(b"\n")
+                buf = bytearray(rest)
+                for line in complete:
+                    if line.strip():
+                        yield line
+            else:
+                buf += chunk
+            if len(buf) > limit:
+                raise TransportError(f"{self._conn.endpoint}: stream record over {limit} bytes")
         if buf.strip():
-            yield buf
+            yield bytes(buf)
 
 
 @asynccontextmanager

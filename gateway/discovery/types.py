@@ -7,7 +7,10 @@ from collections.abc import Callable
 
 import msgspec
 
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s]+)):(?P<port>\d{1,5})$")
+# A host is a bracketed IPv6 address or a name/IPv4 address without ':', brackets, '/', whitespace or control
+# characters; the port is ASCII digits (str's \d would take "٨٠" or, through int(), fail on "²").
+_HOST_PORT = re.compile(
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s\x00-\x1f\x7f]+)):(?P<port>[0-9]{1,5})$")
 
 
 class TargetInfo(msgspec.Struct, frozen=True, order=True):
@@ -36,6 +39,12 @@ def parse_host_port(text: str) -> tuple[str, int] | None:
     if not 0 < port < 65536:
         return None
     return m.group("v6") or m.group("host"), port
+
+
+def valid_host(host: str) -> bool:
+    """Whether a bare host (a registry's address field: a name, an IPv4 or an unbracketed IPv6 address) is one
+    parse_host_port accepts, so a target from a registry follows the same rules as one from a key's value."""
+    return parse_host_port(f"[{host}]:1" if ":" in host else f"{host}:1") is not None
 
 
 def normalise(targets: list[TargetInfo]) -> list[TargetInfo]:
