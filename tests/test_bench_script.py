@@ -12,6 +12,7 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -370,7 +371,8 @@ def test_fill_replaces_only_the_given_placeholders():
 
 
 def render(template, **extra):
-    values = {"prefix": "/tmp/p", "port": 8081, "backend_port": 9091, "result": bench.BACKEND_RESULT, **extra}
+    values = {"prefix": "/tmp/p", "port": 8081, "backend_port": 9091, "result": bench.BACKEND_RESULT,
+              "log_sink_port": 9092, **extra}
     return bench.fill(template, **values)
 
 
@@ -652,13 +654,14 @@ def test_session_and_stateless_tool_calls():
 
 
 def test_observability_configs_are_valid_gateway_configs():
-    """gw-metrics and gw-otel-*: the gateway accepts them (check-config's compile), with the plugin as described."""
+    """gw-metrics, gw-otel-* and gw-tcp-log: the gateway accepts them (check-config's compile), with the plugin as
+    described."""
     from gateway.config import parse_config
     from gateway.runtime import compile_config
 
     by_name = {c.name: c for c in bench.CONFIGURATIONS}
     for name, plugin in [("gw-metrics", "prometheus"), ("gw-otel-0.01", "opentelemetry"),
-                         ("gw-otel-1", "opentelemetry")]:
+                         ("gw-otel-1", "opentelemetry"), ("gw-tcp-log", "tcp-log")]:
         text = render(by_name[name].config)
         config = parse_config(text, name)
         compile_config(config, name)
@@ -669,6 +672,14 @@ def test_observability_configs_are_valid_gateway_configs():
     metrics = yaml.safe_load(render(by_name["gw-metrics"].config))["plugins"][0]["config"]
     assert all(metrics[k] for k in ("status_code_metrics", "latency_metrics", "bandwidth_metrics",
                                     "upstream_health_metrics"))
+
+
+def test_the_log_sink_takes_and_discards_lines_while_open():
+    with bench.LogSink() as sink:
+        with socket.create_connection(("127.0.0.1", sink.port), timeout=5) as conn:
+            conn.sendall(b'{"a": 1}\n' * 1000)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", sink.port), timeout=1).close()
 
 
 def test_the_bench_starts_no_redis_server_for_a_selection_without_the_redis_configuration(monkeypatch):

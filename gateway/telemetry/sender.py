@@ -53,6 +53,34 @@ class Endpoint:
         return f"{self.scheme}://{self.host}:{self.port}{self.target.split('?', 1)[0]}"
 
 
+def kept_alive(idle_since: float, keepalive: float) -> bool:
+    """Whether a connection idle since `idle_since` may be reused: idle less than `keepalive` seconds, or forever
+    with 0 (ngx_lua's setkeepalive(0), which Kong's senders call with the plugin's keepalive)."""
+    return keepalive == 0 or trio.current_time() - idle_since < keepalive
+
+
+async def connect(host: str, port: int, *, tls: bool, server_hostname: str | None, verify: bool, timeout: float,
+                  where: str) -> trio.abc.Stream:
+    """A TCP stream to a collector, TLS when `tls` (SNI `server_hostname`, certificate checked only with `verify`,
+    as Kong's log senders do not); SendError naming `where` when it cannot be had within `timeout` seconds."""
+    try:
+        with trio.fail_after(timeout):
+            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            if tls:
+                context = ssl.create_default_context()
+                if not verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                secure = trio.SSLStream(stream, context, server_hostname=server_hostname)
+                await secure.do_handshake()
+                stream = secure
+            return stream
+    except trio.TooSlowError:
+        raise SendError(f"{where}: could not connect within {timeout:g}s") from None
+    except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
+        raise SendError(f"{where}: could not connect: {e}") from None
+
+
 class HttpSender:
     """POSTs (or PUTs, PATCHes) bodies to one endpoint; not safe for concurrent use (one batch at a time)."""
 
@@ -79,7 +107,7 @@ class HttpSender:
             headers.append((b"authorization", ep.authorization))
         taken = {name.lower() for name, _ in headers}
         headers += [(n, v) for n, v in self.headers if n.lower() not in taken]
-        reused = self._stream is not None and trio.current_time() - self._idle_since < self.keepalive
+        reused = self._stream is not None and kept_alive(self._idle_since, self.keepalive)
         if not reused:
             await self.close()
         try:
@@ -143,22 +171,8 @@ class HttpSender:
 
     async def _connect(self) -> trio.abc.Stream:
         ep = self.endpoint
-        try:
-            with trio.fail_after(self.connect_timeout):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(ep.host, ep.port)
-                if ep.scheme == "https":
-                    context = ssl.create_default_context()
-                    if not self.verify:
-                        context.check_hostname = False
-                        context.verify_mode = ssl.CERT_NONE
-                    tls = trio.SSLStream(stream, context, server_hostname=ep.host)
-                    await tls.do_handshake()
-                    stream = tls
-                return stream
-        except trio.TooSlowError:
-            raise SendError(f"{ep}: could not connect within {self.connect_timeout:g}s") from None
-        except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
-            raise SendError(f"{ep}: could not connect: {e}") from None
+        return await connect(ep.host, ep.port, tls=ep.scheme == "https", server_hostname=ep.host,
+                             verify=self.verify, timeout=self.connect_timeout, where=str(ep))
 
     async def close(self) -> None:
         stream, self._stream, self._conn = self._stream, None, None

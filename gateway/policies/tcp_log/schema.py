@@ -1,0 +1,49 @@
+"""Kong's tcp-log plugin config (kong/plugins/tcp-log/schema.lua)."""
+
+import ipaddress
+from typing import Annotated
+
+import msgspec
+
+from gateway.config.errors import show
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Milliseconds = Annotated[float, msgspec.Meta(ge=0, le=2**31 - 2)]
+# Kong's typedefs.host: a host name (letters, digits, "-", "_", dots) or an IP address
+_NAME = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?$")]
+
+
+class TcpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
+    host: str
+    port: Port
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=2**31 - 2)] = 10000  # ms, to connect, handshake and send
+    keepalive: Milliseconds = 60000  # ms an idle connection to the collector is kept (0: as long as it lives)
+    tls: bool = False  # TLS to the collector (its certificate is not checked, as in Kong)
+    tls_sni: str | None = None  # the server name sent in the TLS handshake
+    custom_fields_by_lua: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_host(self.host):
+            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        if self.tls_sni is not None and not (_is_host(self.tls_sni) and not _is_ip(self.tls_sni)):
+            raise ValueError(f"tls_sni: expected a host name, got {show(self.tls_sni)}")
+        if self.tls_sni is not None and not self.tls:
+            raise ValueError("tls_sni: only used with tls: true")
+        if self.custom_fields_by_lua:
+            raise ValueError("custom_fields_by_lua: the gateway runs no Lua; remove it")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_host(text: str) -> bool:
+    try:
+        msgspec.convert(text, _NAME)
+    except msgspec.ValidationError:
+        return _is_ip(text)
+    return True
