@@ -14,7 +14,7 @@ import ssl
 
 import trio
 
-from gateway.telemetry.sender import SendError, connect, kept_alive
+from gateway.telemetry.sender import SendError, close_quietly, connect, kept_alive
 
 _SHUT = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -61,8 +61,4 @@ class TcpSender:
     async def close(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:
-            with trio.CancelScope(shield=True), trio.move_on_after(0.5):
-                try:
-                    await stream.aclose()
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError):
-                    pass
+            await close_quietly(stream)
