@@ -32,7 +32,8 @@ class _Refused(yaml.MarkedYAMLError):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """safe_load, refusing duplicate keys, nesting deeper than MAX_DEPTH and `!!set`."""
+    """safe_load, refusing duplicate keys, nesting deeper than MAX_DEPTH, `!!set` and scalars their tag cannot read,
+    and leaving unquoted dates as text."""
 
     _depth = 0
 
@@ -97,7 +98,7 @@ def read_document(text: str, name: str) -> Any:
             loader.dispose()
     except yaml.YAMLError as e:
         raise ConfigError([_located(e, text, name)]) from None
-    errors = _scalar_problems(raw)
+    errors = _scalar_problems(raw) if isinstance(raw, dict) else []  # anything else: not a config (the loader says)
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
     return raw
