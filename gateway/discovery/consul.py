@@ -40,6 +40,10 @@ _INDEX = re.compile(r"[0-9]{1,20}")  # a uint64 in ASCII digits (str.isdigit als
 class ConsulError(Exception):
     """Consul answered, but with an error status (bad request, ACL denied, ...)."""
 
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 def next_index(old: int, header: str | None) -> int:
     """The index for the next blocking query from the X-Consul-Index just received (Consul's rules)."""
@@ -166,13 +170,16 @@ class ConsulClient:
         if resp.status >= 500:
             raise TransportError(f"{self.endpoint}: {target}: HTTP {resp.status}")
         if resp.status != 200:
-            raise ConsulError(f"{target}: HTTP {resp.status}: {excerpt(resp.body)}")
+            raise ConsulError(f"{target}: HTTP {resp.status}: {excerpt(resp.body)}", resp.status)
         return resp.status
 
     async def get_json(self, target: str) -> tuple[int, Any]:
+        """(200, decoded body) or (404, None): the agent does not know it. ConsulError for another 4xx."""
         resp = await request(self.endpoint, "GET", target, headers=self._headers(), timeout=self.timeout)
         if resp.status >= 500:
             raise TransportError(f"{self.endpoint}: {target}: HTTP {resp.status}")
+        if resp.status not in (200, 404):  # (ACL denied, rate-limited: says nothing about what the agent has)
+            raise ConsulError(f"{target}: HTTP {resp.status}: {excerpt(resp.body)}", resp.status)
         try:
             return resp.status, json.loads(resp.body) if resp.status == 200 else None
         except (ValueError, RecursionError):

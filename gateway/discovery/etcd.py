@@ -7,7 +7,8 @@ response streams one JSON object per line: `{"result": {"header": ..., "events":
 `run_etcd` serves one upstream: every key under its prefix is a target, value `{"target": "host:port",
 "weight": 100}` or plain "host:port". It reads the prefix (range), reports, then watches from the revision after
 the one it read. Losing etcd keeps the last known targets; it retries with capped, jittered backoff, then reads the
-prefix again (changes made meanwhile are reported) and watches anew.
+prefix again (changes made meanwhile are reported) and watches anew. etcd counts as back once a watch is created
+(or delivers events): a range that works while every watch fails keeps backing off.
 
 An answer is decoded whole (msgspec Structs: base64 keys and values, revisions as int64) before any of it is
 applied: one that is malformed anywhere (a wrong JSON shape, invalid base64, a revision that is not an integer, a
@@ -48,10 +49,6 @@ def b64(data: str | bytes) -> str:
     return base64.b64encode(data.encode() if isinstance(data, str) else data).decode()
 
 
-def unb64(text: str) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
 def prefix_range_end(prefix: bytes) -> bytes:
     """The range_end that selects every key starting with `prefix` (etcd's GetPrefixRangeEnd)."""
     end = bytearray(prefix)
@@ -63,6 +60,8 @@ def prefix_range_end(prefix: bytes) -> bytes:
 
 
 Revision = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]  # an int64 (a JSON string, through the gateway)
+LeaseID = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]  # etcd grants ids 1..2**63-1 (0 is "no lease")
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
 
 
 class KeyValue(msgspec.Struct):
@@ -88,21 +87,50 @@ class RangeResponse(msgspec.Struct):
 class WatchResult(msgspec.Struct):
     header: ResponseHeader = msgspec.field(default_factory=ResponseHeader)
     events: list[WatchEvent] = []
+    created: bool = False
     canceled: bool = False
     compact_revision: Revision = 0
     cancel_reason: str = ""
 
 
-Answer = TypeVar("Answer", RangeResponse, WatchResult)
+# Self-registration's answers: every field registration relies on is required, so a truncated or empty answer is
+# refused rather than read as "no lease" or "done".
 
 
-def decode_answer(doc: Any, shape: type[Answer], what: str, prefix: bytes) -> Answer:
+class Acknowledged(msgspec.Struct):
+    """A put, revoke or delete: etcd always sends the header."""
+
+    header: ResponseHeader
+    deleted: Revision = 0  # (deleterange)
+
+
+class LeaseGrant(msgspec.Struct):
+    header: ResponseHeader
+    ID: LeaseID
+    TTL: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
+class LeaseKeepAliveResult(msgspec.Struct):
+    header: ResponseHeader
+    ID: LeaseID
+    TTL: Int64 = 0  # (left out when the lease is gone)
+
+
+class LeaseKeepAlive(msgspec.Struct):
+    result: LeaseKeepAliveResult
+
+
+Answer = TypeVar("Answer", bound=msgspec.Struct)
+
+
+def decode_answer(doc: Any, shape: type[Answer], what: str, prefix: bytes = b"") -> Answer:
     """`doc` (decoded JSON) as a `shape` Struct, every key under `prefix`; TransportError naming the first defect."""
     try:
         answer = msgspec.convert(doc, shape, strict=False)
     except msgspec.ValidationError as e:
         raise TransportError(f"{what}: malformed answer: {excerpt(e)}") from None
-    kvs = answer.kvs if isinstance(answer, RangeResponse) else [ev.kv for ev in answer.events]
+    kvs = (answer.kvs if isinstance(answer, RangeResponse) else
+           [ev.kv for ev in answer.events] if isinstance(answer, WatchResult) else [])
     for kv in kvs:
         if not kv.key.startswith(prefix):
             raise TransportError(f"{what}: malformed answer: key {excerpt(show(kv.key.decode('utf-8', 'replace')))} "
@@ -143,7 +171,8 @@ class EtcdClient:
             raise TransportError(f"{self.endpoint}: {path} answered {resp.status} with JSON that is not an object")
         if resp.status != 200 or "error" in doc:
             message = excerpt(doc.get("message") or doc.get("error") or resp.body)
-            if resp.status >= 500 or resp.status == 404:
+            # a 404 is a wrong path or a proxy, unless it is etcd's own (a gRPC code: "requested lease not found")
+            if resp.status >= 500 or (resp.status == 404 and not isinstance(doc.get("code"), int)):
                 raise TransportError(f"{self.endpoint}: {path}: HTTP {resp.status}: {message}")
             raise EtcdError(f"{path}: HTTP {resp.status}: {message}")
         return doc
@@ -157,7 +186,8 @@ class EtcdClient:
 
     async def watch_prefix(self, prefix: str,
                            start_revision: int) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
-        """(revision, events) per watch response, from `start_revision` on; raises Compacted or TransportError."""
+        """(revision, events) per watch response with events, from `start_revision` on, and (revision, []) for the
+        one saying the watch was created; raises Compacted or TransportError."""
         key = prefix.encode()
         body = {"create_request": {"key": b64(key), "range_end": b64(prefix_range_end(key)),
                                    "start_revision": str(start_revision)}}
@@ -182,39 +212,45 @@ class EtcdClient:
                     raise Compacted(f"revision {start_revision} compacted (now {result.compact_revision})")
                 if result.canceled:
                     raise TransportError(f"{self.endpoint}: watch canceled: {excerpt(result.cancel_reason)}")
-                if result.events:
+                if result.events or result.created:
                     yield result.header.revision, result.events
             raise TransportError(f"{self.endpoint}: the watch stream ended")
 
     # -- leases and writes (self-registration) ---------------------------------------------------------------------
 
+    async def _decoded(self, path: str, payload: dict[str, Any], shape: type[Answer], prefix: bytes = b"") -> Answer:
+        return decode_answer(await self.call(path, payload), shape, f"{self.endpoint}: {path}", prefix)
+
     async def lease_grant(self, ttl: int) -> int:
-        doc = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
-        return int(doc["ID"])
+        return (await self._decoded("/v3/lease/grant", {"TTL": str(ttl)}, LeaseGrant)).ID
 
     async def lease_keepalive(self, lease: int) -> int:
-        """The lease's remaining TTL; 0 when it no longer exists."""
-        doc = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
-        return int(doc.get("result", {}).get("TTL", 0))
+        """The lease's remaining TTL; 0 (or less) when it no longer exists."""
+        result = (await self._decoded("/v3/lease/keepalive", {"ID": str(lease)}, LeaseKeepAlive)).result
+        if result.ID != lease:
+            raise TransportError(f"{self.endpoint}: /v3/lease/keepalive: malformed answer: about lease {result.ID}, "
+                                 f"not {lease}")
+        return result.TTL
 
     async def lease_revoke(self, lease: int) -> None:
-        await self.call("/v3/lease/revoke", {"ID": str(lease)})
+        await self._decoded("/v3/lease/revoke", {"ID": str(lease)}, Acknowledged)
 
     async def put(self, key: str, value: bytes, lease: int | None = None) -> int:
         payload: dict[str, Any] = {"key": b64(key), "value": b64(value)}
         if lease:
             payload["lease"] = str(lease)
-        doc = await self.call("/v3/kv/put", payload)
-        return int(doc.get("header", {}).get("revision", 0))
+        return (await self._decoded("/v3/kv/put", payload, Acknowledged)).header.revision
 
     async def delete(self, key: str) -> int:
-        doc = await self.call("/v3/kv/deleterange", {"key": b64(key)})
-        return int(doc.get("deleted", 0))
+        return (await self._decoded("/v3/kv/deleterange", {"key": b64(key)}, Acknowledged)).deleted
 
     async def get(self, key: str) -> bytes | None:
-        doc = await self.call("/v3/kv/range", {"key": b64(key)})
-        kvs = doc.get("kvs", [])
-        return unb64(kvs[0].get("value", "")) if kvs else None
+        """The value of `key`, None when there is no such key."""
+        raw = key.encode()
+        kvs = (await self._decoded("/v3/kv/range", {"key": b64(raw)}, RangeResponse, raw)).kvs
+        if len(kvs) > 1 or (kvs and kvs[0].key != raw):
+            raise TransportError(f"{self.endpoint}: /v3/kv/range: malformed answer: not just the key asked for")
+        return kvs[0].value if kvs else None
 
 
 def parse_target_value(value: bytes, default_weight: int) -> TargetInfo:
@@ -318,14 +354,18 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
         try:
             revision, kvs = await client.range_prefix(prefix)
             state.reset(kvs)
-            link.up(str(client.endpoint), f" ({len(state.targets)} targets under {prefix})")
-            backoff.reset()
             report()
             if not started:
                 started = True
                 task_status.started()
             async with aclosing(client.watch_prefix(prefix, revision + 1)) as watch:
                 async for revision, events in watch:
+                    # Only a watch that etcd created (or that delivers) makes etcd "back": a range that works before
+                    # a watch that fails at once is a failed attempt, retried with growing delays, logged once.
+                    link.up(str(client.endpoint), f" ({len(state.targets)} targets under {prefix})")
+                    backoff.reset()
+                    if not events:
+                        continue
                     compactions = 0
                     for ev in events:
                         if ev.type == "DELETE":

@@ -109,7 +109,7 @@ class _Conn:
             except h11.RemoteProtocolError as e:
                 if self.eof:
                     raise TransportError(f"{self.endpoint}: connection closed mid-response") from None
-                raise TransportError(f"{self.endpoint}: bad HTTP response: {e}") from None
+                raise TransportError(f"{self.endpoint}: bad HTTP response: {excerpt(e)}") from None  # (quotes it)
             if event is h11.NEED_DATA:
                 chunk = await self.stream.receive_some(_RECV)
                 self.eof = not chunk

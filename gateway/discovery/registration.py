@@ -19,6 +19,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import trio
 
@@ -163,7 +164,11 @@ async def deregister_service(reg: Registration, *, client: ConsulClient | EtcdCl
     if reg.backend == "consul":
         consul = client or _consul(reg)
         assert isinstance(consul, ConsulClient)
-        await consul.put(f"/v1/agent/service/deregister/{reg.id}")
+        try:
+            await consul.put(f"/v1/agent/service/deregister/{quote(reg.id, safe='')}")
+        except ConsulError as e:
+            if e.status != 404:  # 404: the agent does not have it (any more); nothing to remove
+                raise
         return
     etcd = client or _etcd(reg)
     assert isinstance(etcd, EtcdClient)
@@ -175,9 +180,16 @@ async def deregister_service(reg: Registration, *, client: ConsulClient | EtcdCl
 
 
 async def _still_registered(reg: Registration, client: ConsulClient | EtcdClient) -> bool:
-    """consul: the agent still has our service; etcd: the lease is alive (renewed) and the key still there."""
+    """consul: the agent still has our service; etcd: the lease is alive (renewed) and the key still there.
+
+    False only when the registry said so (a 404; a lease without TTL, no key); an answer that is neither a yes nor
+    a no raises, and is retried with backoff like a lost registry.
+    """
     if isinstance(client, ConsulClient):
-        status, _ = await client.get_json(f"/v1/agent/service/{reg.id}")
+        target = f"/v1/agent/service/{quote(reg.id, safe='')}"
+        status, body = await client.get_json(target)
+        if status == 200 and not (isinstance(body, dict) and body.get("ID") == reg.id):
+            raise TransportError(f"{client.endpoint}: {target}: malformed answer: not the service {reg.id}")
         return status == 200
     assert reg.lease is not None
     if await client.lease_keepalive(reg.lease) <= 0:
@@ -195,6 +207,7 @@ async def run_registration(settings: RegistrationSettings, gateway: GatewaySetti
     backoff = Backoff(reg.retry_initial_s, reg.retry_max_s)
     refresh = reg.refresh_s if reg.backend == "consul" else max(reg.ttl_s / 3, 0.5)
     registered = False
+    unsure = False  # a registration was sent and not answered: the registry may have it
     started = False
     try:
         while True:
@@ -213,6 +226,7 @@ async def run_registration(settings: RegistrationSettings, gateway: GatewaySetti
                 backoff.reset()
                 delay = refresh
             except (TransportError, ConsulError, EtcdError) as e:
+                unsure = unsure or (not registered and isinstance(e, TransportError))
                 link.down(str(client.endpoint), str(e))
                 client.rotate()
                 delay = backoff.next_delay()
@@ -221,11 +235,15 @@ async def run_registration(settings: RegistrationSettings, gateway: GatewaySetti
                 task_status.started(link)
             await trio.sleep(delay)
     finally:
-        if registered:
-            with trio.CancelScope(shield=True), trio.move_on_after(min(reg.timeout_s, DEREGISTER_TIMEOUT_S)):
-                try:
-                    await deregister_service(reg, client=client)
-                    log.info("registration: deregistered %s from %s", reg.id, reg.backend)
-                except (TransportError, ConsulError, EtcdError) as e:
-                    log.error("registration: could not deregister %s: %s", reg.id, e)
+        if registered or unsure:
+            limit = min(reg.timeout_s, DEREGISTER_TIMEOUT_S)
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(limit) as scope:
+                    try:
+                        await deregister_service(reg, client=client)
+                        log.info("registration: deregistered %s from %s", reg.id, reg.backend)
+                    except (TransportError, ConsulError, EtcdError) as e:
+                        log.error("registration: could not deregister %s: %s", reg.id, e)
+                if scope.cancelled_caught:
+                    log.error("registration: could not deregister %s: no answer within %gs", reg.id, limit)
 

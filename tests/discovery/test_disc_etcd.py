@@ -21,7 +21,7 @@ from gateway.config import parse_config
 from gateway.config.discovery import DiscoverySettings, RegistrationSettings
 from gateway.config.schema import GatewaySettings
 from gateway.discovery import TargetInfo, run_discovery, run_etcd, run_registration
-from gateway.discovery.etcd import Compacted, EtcdClient
+from gateway.discovery.etcd import Compacted, EtcdClient, b64
 
 TIMEOUT = 10
 
@@ -313,3 +313,26 @@ async def test_registration_appears_and_disappears(shared_etcd: EtcdProcess) -> 
             assert await client.get("/gateway/upstreams/mcp-gateway/gw-1") is None
             await rec.wait_equal("gateways", [])
             nursery.cancel_scope.cancel()
+
+
+async def test_registration_comes_back_after_its_lease_is_revoked(shared_etcd: EtcdProcess) -> None:
+    """Its lease gone (expired while etcd was unreachable, or revoked), the gateway registers again. Revoking the
+    old lease answers 404 "requested lease not found", which was taken for "not etcd": it retried that forever."""
+    client = EtcdClient([shared_etcd.endpoint])
+    key = "/gateway/upstreams/mcp-gateway/gw-revoked"
+    reg = RegistrationSettings(backend="etcd", address=shared_etcd.endpoint, service="mcp-gateway", id="gw-revoked",
+                               ttl_s=2, retry_initial_s=0.05, retry_max_s=0.1)
+    gw = GatewaySettings(listen="127.0.0.1:8081")
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_registration, reg, gw)
+            doc = await client.call("/v3/kv/range", {"key": b64(key)})
+            lease = int(doc["kvs"][0]["lease"])
+            await client.lease_revoke(lease)  # the key goes with it
+            assert await client.get(key) is None
+            while await client.get(key) is None:
+                await trio.sleep(0.05)
+            doc = await client.call("/v3/kv/range", {"key": b64(key)})
+            assert int(doc["kvs"][0]["lease"]) != lease
+            nursery.cancel_scope.cancel()
+    assert await client.get(key) is None

@@ -971,3 +971,58 @@ async def test_repeated_compaction_backs_off(caplog: pytest.LogCaptureFixture) -
         nursery.cancel_scope.cancel()
     assert recorder.reports == [("fz", [TargetInfo("10.0.0.1", 80, 7)])]
     assert 3 <= len(fake.served) <= 25, f"{len(fake.served)} compacted watches in 0.5 s"
+
+
+async def test_a_watch_that_keeps_failing_backs_off(caplog: pytest.LogCaptureFixture) -> None:
+    """A range that works before a watch that always fails (an HTTP error, or garbage before `created`) counted as
+    etcd being back: the backoff was reset every cycle, so run_etcd read the prefix every retry_initial_s forever and
+    logged a "connected again" and an "unreachable" line each time. Now only a created watch (or events) resets
+    it; a watch that was created and then breaks is still retried at the initial delay."""
+    caplog.set_level(logging.INFO)
+    fake = Fake("etcd", [Entry("t1", TargetInfo("10.0.0.1", 80, 7), etcd_value=b"10.0.0.1:80")], random.Random(1))
+    failing = [Mutation("watch_500", "watch", True, send(http(500, etcd_status_body(500)))),
+               Mutation("watch_garbage", "watch", True, send(http(200, b"garbage\n", framing="chunked")))]
+
+    async def created_then_error(f: Fake, stream: trio.SocketStream, req: Request) -> None:
+        created = {"result": {"header": f.header(), "created": True}}
+        error = {"error": {"grpc_code": 14, "message": "etcdserver: no leader"}}
+        await stream.send_all(http(200, b"", framing="chunked")[:-5] + chunk(json.dumps(created).encode() + b"\n")
+                              + chunk(json.dumps(error).encode() + b"\n") + b"0\r\n\r\n")
+
+    def lines(text: str) -> int:
+        return sum(text in r.getMessage() for r in caplog.records)
+
+    recorder = Recorder()
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(fake.serve)
+        fake.begin([failing[i % 2] for i in range(10_000)])
+        config = discovery_config("etcd", port, retry_initial_s=0.01, retry_max_s=0.4)
+        await nursery.start(run_discovery, config, recorder)
+        await trio.sleep(1.0)
+        ranges = sum(where == "range" for _, where in fake.requests)
+        # 0.01 s doubling to 0.4 s, each scaled by [0.5, 1]: at most about 10 attempts in a second (it was ~100)
+        assert 3 <= ranges <= 15, f"{ranges} range requests in 1 s while every watch failed"
+        assert lines("unreachable") == 1 and lines("connected") == 0, [r.getMessage() for r in caplog.records]
+        assert recorder.reports == [("fz", [TargetInfo("10.0.0.1", 80, 7)])]  # (the ranges still report)
+
+        fake.plan.clear()  # healed: the next watch is created
+        with trio.fail_after(2.0):
+            while not lines("connected again"):
+                await trio.sleep(0.01)
+        assert lines("connected again") == 1
+        fake.begin([Mutation("created_then_error", "watch", True, created_then_error)])
+        served = len(fake.requests)
+
+        def after_break() -> tuple[float, float] | None:
+            if fake.served[-1] != "created_then_error":
+                return None
+            watches = [i for i, (_, where) in enumerate(fake.requests) if i >= served and where == "watch"]
+            ranges = [t for t, where in fake.requests[watches[0]:] if where == "range"] if watches else []
+            return (fake.requests[watches[0]][0], ranges[0]) if ranges else None
+
+        with trio.fail_after(2.0):
+            while (times := after_break()) is None:
+                await trio.sleep(0.005)
+        broken, again = times
+        assert again - broken < 0.1, f"an established watch that broke was retried after {again - broken:.3f}s"
+        nursery.cancel_scope.cancel()
