@@ -38,7 +38,11 @@ log = logging.getLogger("gateway.discovery.etcd")
 
 
 class EtcdError(Exception):
-    """etcd answered, but with an error (bad request, permission, ...)."""
+    """etcd answered, but with an error (bad request, permission, a lease not found, ...); `status` is the HTTP one."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Compacted(Exception):
@@ -174,7 +178,7 @@ class EtcdClient:
             # a 404 is a wrong path or a proxy, unless it is etcd's own (a gRPC code: "requested lease not found")
             if resp.status >= 500 or (resp.status == 404 and not isinstance(doc.get("code"), int)):
                 raise TransportError(f"{self.endpoint}: {path}: HTTP {resp.status}: {message}")
-            raise EtcdError(f"{path}: HTTP {resp.status}: {message}")
+            raise EtcdError(f"{path}: HTTP {resp.status}: {message}", resp.status)
         return doc
 
     async def range_prefix(self, prefix: str) -> tuple[int, list[KeyValue]]:

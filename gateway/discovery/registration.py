@@ -173,7 +173,11 @@ async def deregister_service(reg: Registration, *, client: ConsulClient | EtcdCl
     etcd = client or _etcd(reg)
     assert isinstance(etcd, EtcdClient)
     if reg.lease is not None:
-        await etcd.lease_revoke(reg.lease)
+        try:
+            await etcd.lease_revoke(reg.lease)
+        except EtcdError as e:
+            if e.status != 404:  # 404: etcd's "lease not found": it expired, and the key went with it
+                raise
         reg.lease = None
     else:
         await etcd.delete(reg.key)

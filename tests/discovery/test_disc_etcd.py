@@ -22,6 +22,7 @@ from gateway.config.discovery import DiscoverySettings, RegistrationSettings
 from gateway.config.schema import GatewaySettings
 from gateway.discovery import TargetInfo, run_discovery, run_etcd, run_registration
 from gateway.discovery.etcd import Compacted, EtcdClient, b64
+from gateway.discovery.registration import deregister_service, register_service, resolve_registration
 
 TIMEOUT = 10
 
@@ -336,3 +337,16 @@ async def test_registration_comes_back_after_its_lease_is_revoked(shared_etcd: E
             assert int(doc["kvs"][0]["lease"]) != lease
             nursery.cancel_scope.cancel()
     assert await client.get(key) is None
+
+
+async def test_deregistering_after_the_lease_expired_is_done_quietly(shared_etcd: EtcdProcess) -> None:
+    """etcd answers a revoke of an expired lease 404 "requested lease not found": its key went with it."""
+    client = EtcdClient([shared_etcd.endpoint])
+    settings = RegistrationSettings(backend="etcd", address=shared_etcd.endpoint, service="mcp-gateway",
+                                    id="gw-expired", ttl_s=2)
+    reg = resolve_registration(settings, GatewaySettings(listen="127.0.0.1:8082"))
+    with trio.fail_after(TIMEOUT):
+        await register_service(reg, client=client)
+        await client.lease_revoke(reg.lease)  # as if it had expired
+        await deregister_service(reg, client=client)
+    assert reg.lease is None and await client.get(reg.key) is None
