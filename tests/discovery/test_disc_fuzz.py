@@ -299,7 +299,22 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-class Fake:
+class LoopbackServer:
+    """A fake registry's listener on 127.0.0.1: `serve` (nursery.start) gives the port; `handle` serves a stream."""
+
+    port = 0
+
+    async def handle(self, stream: trio.SocketStream) -> None:
+        raise NotImplementedError
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self.handle, listeners)
+
+
+class Fake(LoopbackServer):
     """A registry whose good answers follow `entries`, and which answers the requests a plan names with mutations."""
 
     def __init__(self, kind: str, entries: list[Entry], rng: random.Random) -> None:
@@ -445,12 +460,6 @@ class Fake:
                     await self.good(stream, req, where)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self.handle, listeners)
 
 
 # ---- mutations ----------------------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ import trio
 import trio.testing
 from test_disc_fuzz import (
     MAX_BODY,
+    LoopbackServer,
     Request,
     http,
     one_line_problems,
@@ -106,7 +107,7 @@ def etcd_error(status: int, message: str, code: int) -> bytes:
 LEASE_NOT_FOUND = etcd_error(404, "etcdserver: requested lease not found", 5)  # what etcd 3.5 answers
 
 
-class Registry:
+class Registry(LoopbackServer):
     """An etcd (leases, keys) or a Consul agent (services) answering the registration's calls; a plan of mutations
     answers the requests it names, in order, and what every request carried is checked as it arrives."""
 
@@ -313,12 +314,6 @@ class Registry:
                     await stream.send_all(self.good(req, where))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self.handle, listeners)
 
 
 # ---- mutations ----------------------------------------------------------------------------------------------------
