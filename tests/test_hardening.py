@@ -102,6 +102,42 @@ async def test_an_idle_connection_the_upstream_closed_is_not_reused(nursery, gat
             await trio.sleep(0.05)
 
 
+class CrossingBackend(_Backend):
+    """Answers the first request on each connection with keep-alive and closes the connection when a second one
+    arrives on it: its idle close crossing the gateway's next request, which the pool's look before reuse cannot
+    see coming."""
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        if await self._read_request(stream, h11.Connection(h11.SERVER)) is None:
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await self._read_request(stream, h11.Connection(h11.SERVER))  # (recorded) and left unanswered
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+async def test_a_get_crossing_the_upstreams_idle_close_is_sent_again_on_a_new_connection(nursery, gateway, retries):
+    backend = CrossingBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}", retries=retries)]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/first")).status == 200
+        second = await request(port, "GET", "/second")
+    assert (second.status, second.body) == (200, b"ok")  # a single target, and no retry spent: nginx does the same
+    assert [seen.target for seen in backend.requests] == ["/first", "/second", "/second"]
+    assert backend.connections == 2
+
+
+async def test_a_post_crossing_the_upstreams_idle_close_is_not_sent_again(nursery, gateway):
+    backend = CrossingBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}")]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/first")).status == 200
+        second = await request(port, "POST", "/second", body=b"data")
+    assert second.status == 502  # it reached the upstream, which may have acted on it
+    assert [seen.target for seen in backend.requests] == ["/first", "/second"]
+
+
 # --- 2. CONNECT and asterisk-form -------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
 """Forward one request to a target of its service and stream the response back, retrying where it is safe.
 
 Retry rule (nginx's proxy_next_upstream, made safe for POST): a failure before any response byte moves on to the
-next target when nothing was sent, or when the method is idempotent and the whole body is still in hand.
+next target when nothing was sent, or when the method is idempotent and the whole body is still in hand. A pooled
+connection that the upstream closed as the request crossed it (no response byte) is not the target's failure: the
+same target is tried again on another connection, and that costs no try (nginx's cached-peer rule).
 After the response head has been sent to the client, a failing upstream aborts the client connection (a reset),
 so a cut-off body can never look complete.
 """
@@ -107,10 +109,16 @@ class Forwarder:
             await session_not_found(ex)
             return
         host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry
-        for _ in range(svc.retries + 1 if pinned is None else 1):  # a pinned session never moves
-            index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
-            if index is None:
-                break
+        tries = svc.retries + 1 if pinned is None else 1  # a pinned session never moves
+        stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
+        while tries or stale is not None:
+            if stale is None:
+                index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
+                if index is None:
+                    break
+                tries -= 1
+            else:  # nginx's u->peer.cached: that failure cost no try
+                index, stale = stale, None
             tried.add(index)
             target = group.targets[index]
             if ex.state is not None:  # for the MCP audit log: where the call went
@@ -132,6 +140,8 @@ class Forwarder:
                 error = e
                 if e.sent and not replayable:
                     break
+                if isinstance(e, UpstreamClosed) and e.reused:
+                    stale = index  # it closed while idle, as the request crossed it: the target said nothing
                 continue
             await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
                               route.name if session_id is None else None, mcp.edit if mcp is not None else None)
@@ -212,7 +222,7 @@ class Forwarder:
             raise BadResponse(f"upstream {target.name}: {e}", sent=True) from None
         except BrokenPipeError:
             uc.close()
-            self._finished(attempt, False, _blame(uc, TCP_FAILURE))
+            self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
             raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
                                  sent=True, reused=uc.reused) from None
         except BaseException:
