@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import msgspec
 
-from gateway.config.errors import CONTROL_FREE
+from gateway.config.errors import CONTROL_FREE, show
 
 if TYPE_CHECKING:
     from gateway.config.schema import Config
@@ -146,7 +146,9 @@ def flatten_consumers(config: Config) -> None:
         for attr in CREDENTIALS:
             nested = getattr(consumer, attr)
             for cred in nested:
-                cred._nested = cred.consumer or True  # check_consumers refuses a nested credential naming one
+                # As Kong's flatten: a nested credential may name its consumer (by id or username), no other
+                named = cred.consumer
+                cred._nested = named if named is not None and named not in (consumer.id, consumer.username) else True
                 cred.consumer = consumer.id  # None when the consumer has neither username nor custom_id (an error)
             getattr(config, attr).extend(nested)
             setattr(consumer, attr, [])
@@ -186,7 +188,8 @@ def check_consumers(config: Config, errors: list[str]) -> None:
             where = path_of(cred)
             nested = getattr(cred, "_nested", None)
             if isinstance(nested, str):
-                errors.append(f"{where}.consumer: remove it; a credential nested under a consumer belongs to it")
+                errors.append(f"{where}.consumer: {show(nested)} is not the consumer it is nested under; name that "
+                              "one (its id or username) or remove the field")
                 continue
             if cred.consumer is None:
                 if nested:

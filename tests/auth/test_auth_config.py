@@ -61,6 +61,14 @@ def test_nested_and_top_level_credentials_end_up_the_same():
     assert [c.id for c in nested.keyauth_credentials] == [c.id for c in top.keyauth_credentials]
 
 
+@pytest.mark.parametrize("named", ["0fe87b4a-ce29-515a-88ec-8547e66550b9", "bob"])
+def test_a_nested_credential_may_name_its_own_consumer_by_id_or_username(named):
+    """Kong's flatten_spec: "accepts as a nested entity by id" and "... by username"."""
+    config = load("consumers: [{id: 0fe87b4a-ce29-515a-88ec-8547e66550b9, username: bob, "
+                  f"basicauth_credentials: [{{username: u, password: p, consumer: {named}}}]}}]")
+    assert config.basicauth_credentials[0].consumer == "0fe87b4a-ce29-515a-88ec-8547e66550b9"
+
+
 def test_consumer_plugins_are_scoped_to_the_consumers_id():
     config = load("consumers: [{username: bob, plugins: [{name: rate-limiting, config: {minute: 5}}]}]")
     assert config.plugins[0].consumer == kong_consumer_id("bob")
@@ -74,7 +82,8 @@ def test_consumer_plugins_are_scoped_to_the_consumers_id():
      "keyauth_credentials[0].consumer: no consumer with id or username 'ghost'"),
     ("acls: [{group: g}]", "acls[0].consumer: name the consumer (its id or username), or nest the credential under it"),
     ("consumers: [{username: a, acls: [{consumer: b, group: g}]}]",
-     "consumers[0].acls[0].consumer: remove it; a credential nested under a consumer belongs to it"),
+     'consumers[0].acls[0].consumer: "b" is not the consumer it is nested under; name that one (its id or '
+     'username) or remove the field'),
     ("consumers: [{username: a, acls: [{group: ''}]}]", "consumers[0].acls[0].group: must not be empty"),
     ("consumers: [{username: a, jwt_secrets: [{key: k, secret: s}, {key: k, secret: t}]}]",
      "consumers[0].jwt_secrets[1].key: 'k' is already used by consumers[0].jwt_secrets[0]"),
