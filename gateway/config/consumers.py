@@ -1,12 +1,14 @@
 """Kong's consumers and their credentials, in Kong's declarative form.
 
-Credentials are `jwt_secrets`, `keyauth_credentials`, `basicauth_credentials` and `acls`, nested under a consumer or
-top-level with `consumer: <id or username>`. After loading, every credential and consumer-scoped plugin names its
-consumer by id, and every consumer has an id: the one given, else Kong's own (a UUIDv5 of the username, as Kong's
-declarative loader makes it), so X-Consumer-ID is the same in every worker and across reloads.
+Credentials are `jwt_secrets`, `keyauth_credentials`, `basicauth_credentials`, `hmacauth_credentials` and `acls`,
+nested under a consumer or top-level with `consumer: <id or username>`. After loading, every credential and
+consumer-scoped plugin names its consumer by id, and every consumer has an id: the one given, else Kong's own (a
+UUIDv5 of the username, as Kong's declarative loader makes it), so X-Consumer-ID is the same in every worker and
+across reloads.
 
-Secrets (a jwt secret, an API key) are `Secret` objects whose repr never shows them, and a basic-auth password is
-hashed as it is decoded (`PasswordHash`): neither can reach a log line, a status page or an error message.
+Secrets (a jwt secret, an API key, an hmac-auth secret) are `Secret` objects whose repr never shows them, and a
+basic-auth password is hashed as it is decoded (`PasswordHash`): neither can reach a log line, a status page or an
+error message.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import string
 import uuid
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -34,9 +37,10 @@ _OWN_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "mcp-gateway")
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
                        "PS384", "PS512", "EdDSA"]
 JWT_ALGORITHMS = frozenset(JwtAlgorithm.__args__)  # type: ignore[attr-defined]
-# Text a plugin sends in a header (a realm in WWW-Authenticate): no control characters, so no header injection.
-HeaderText = Annotated[str, msgspec.Meta(pattern=CONTROL_FREE)]
-CREDENTIALS = ("jwt_secrets", "keyauth_credentials", "basicauth_credentials", "acls")
+# Text a plugin sends in a header (a realm in WWW-Authenticate): no control characters, so no header injection;
+# not empty (Kong's strings are at least one character).
+HeaderText = Annotated[str, msgspec.Meta(pattern=CONTROL_FREE, min_length=1)]
+CREDENTIALS = ("jwt_secrets", "keyauth_credentials", "basicauth_credentials", "hmacauth_credentials", "acls")
 
 
 class Secret:
@@ -107,6 +111,14 @@ class KeyAuthCredential(_Base):
 class BasicAuthCredential(_Base):
     username: str
     password: PasswordHash
+    consumer: str | None = None
+    id: str | None = None
+    tags: list[str] = []
+
+
+class HmacAuthCredential(_Base):
+    username: str
+    secret: Secret | None = None  # Kong makes a random one when absent
     consumer: str | None = None
     id: str | None = None
     tags: list[str] = []
@@ -241,8 +253,21 @@ def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, 
         if not cred.username:
             errors.append(f"{where}.username: must not be empty")
         _unique(unique, ("basic-auth username", cred.username), cred, f"{where}.username: {cred.username!r}", errors)
+    elif attr == "hmacauth_credentials":
+        if not cred.username:
+            errors.append(f"{where}.username: must not be empty")
+        if cred.secret is None:
+            cred.secret = Secret(_random_string())
+        elif not cred.secret.value:
+            errors.append(f"{where}.secret: must not be empty")
+        _unique(unique, ("hmac-auth username", cred.username), cred, f"{where}.username: {cred.username!r}", errors)
     elif not cred.group:
         errors.append(f"{where}.group: must not be empty")
+
+
+def _random_string() -> str:
+    """Kong's kong.tools.rand.random_string: 32 letters and digits."""
+    return "".join(secrets.choice(string.ascii_letters + string.digits) for _ in range(32))
 
 
 def _unique(unique: dict[tuple[str, str], Any], key: tuple[str, str], cred: Any, what: str,

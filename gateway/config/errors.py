@@ -131,8 +131,11 @@ def _describe_type(info: mi.Type | None) -> str | None:
             if v is not None
         ]
         return " ".join([name, " and ".join(bounds)]) if bounds else name
-    if isinstance(info, mi.StrType) and info.pattern:
-        return "text without control characters" if info.pattern == CONTROL_FREE else f"string matching {info.pattern}"
+    if isinstance(info, mi.StrType) and (info.pattern or info.min_length):
+        text = "text" if info.pattern in (None, CONTROL_FREE) else f"string matching {info.pattern}"
+        if info.pattern == CONTROL_FREE:
+            text += " without control characters"
+        return "non-empty " + text if info.min_length == 1 else text
     simple = {mi.StrType: "string", mi.BoolType: "true or false", mi.ListType: "a list", mi.DictType: "a mapping",
               mi.StructType: "a mapping"}
     for cls, text in simple.items():

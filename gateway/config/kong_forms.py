@@ -17,7 +17,8 @@ NESTED = {
     "services": ("routes", "plugins"),
     "routes": ("plugins",),
     "upstreams": ("targets",),
-    "consumers": ("plugins", "jwt_secrets", "keyauth_credentials", "basicauth_credentials", "acls"),
+    "consumers": ("plugins", "jwt_secrets", "keyauth_credentials", "basicauth_credentials", "hmacauth_credentials",
+                  "acls"),
 }
 # entity -> its reference fields and the entity each names
 REFERENCES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -27,6 +28,7 @@ REFERENCES: dict[str, dict[str, tuple[str, ...]]] = {
     "jwt_secrets": {"consumer": ("id", "username")},
     "keyauth_credentials": {"consumer": ("id", "username")},
     "basicauth_credentials": {"consumer": ("id", "username")},
+    "hmacauth_credentials": {"consumer": ("id", "username")},
     "acls": {"consumer": ("id", "username")},
     "snis": {"certificate": ("id",)},
     "services": {"client_certificate": ("id",)},
@@ -43,7 +45,6 @@ UNSUPPORTED_SECTIONS = {
     "partials": f"Kong's partials {_NOT_BUILT} (Kong Enterprise)",
     "workspaces": f"Kong's workspaces {_NOT_BUILT}",
     "parameters": f"Kong's parameters {_NOT_BUILT}",
-    "hmacauth_credentials": f"hmac-auth credentials: the hmac-auth plugin {_NOT_BUILT}",
     "oauth2_credentials": f"oauth2 credentials: the oauth2 plugin {_NOT_BUILT}",
     "oauth2_tokens": f"oauth2 tokens: the oauth2 plugin {_NOT_BUILT}",
     "oauth2_authorization_codes": f"oauth2 codes: the oauth2 plugin {_NOT_BUILT}",

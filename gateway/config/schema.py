@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from gateway.config.consumers import Acl, BasicAuthCredential, JwtSecret, KeyAuthCredential
+from gateway.config.consumers import Acl, BasicAuthCredential, HmacAuthCredential, JwtSecret, KeyAuthCredential
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
@@ -253,6 +253,7 @@ class Consumer(Base):
     jwt_secrets: list[JwtSecret] = []
     keyauth_credentials: list[KeyAuthCredential] = []
     basicauth_credentials: list[BasicAuthCredential] = []
+    hmacauth_credentials: list[HmacAuthCredential] = []
     acls: list[Acl] = []
     plugins: list[Plugin] = []
     id: str | None = None
@@ -272,6 +273,7 @@ class Config(Base):
     jwt_secrets: list[JwtSecret] = []
     keyauth_credentials: list[KeyAuthCredential] = []
     basicauth_credentials: list[BasicAuthCredential] = []
+    hmacauth_credentials: list[HmacAuthCredential] = []
     acls: list[Acl] = []
     certificates: list[CertificateEntity] = []
     snis: list[SniEntity] = []

@@ -17,6 +17,7 @@ from gateway.policies import (
     correlation_id,
     cors,
     file_log,
+    hmac_auth,
     http_log,
     ip_restriction,
     jwt,
@@ -32,6 +33,6 @@ from gateway.policies import (
 )
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
-    jwt, key_auth, basic_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker, cors,
-    correlation_id, request_termination, bot_detection, request_transformer, response_transformer,
+    jwt, key_auth, basic_auth, hmac_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
+    cors, correlation_id, request_termination, bot_detection, request_transformer, response_transformer,
     prometheus, file_log, http_log, tcp_log, opentelemetry, ai_mcp_oauth2, ai_mcp_proxy)}

@@ -1,5 +1,6 @@
-"""The bench's authentication configurations (scripts/bench gw-jwt, gw-key-auth) are valid configs, and the
-credentials wrk sends with every request are accepted (checked through the in-process gateway, not benchmarked)."""
+"""The bench's authentication configurations (scripts/bench gw-jwt, gw-key-auth, gw-hmac-auth) are valid configs,
+and the credentials wrk sends with every request are accepted (checked through the in-process gateway, not
+benchmarked)."""
 
 from __future__ import annotations
 
@@ -26,18 +27,19 @@ def load_bench():  # noqa: ANN201 - the script as a module
 
 
 bench = load_bench()
-CONFIGS = {c.name: c for c in bench.CONFIGURATIONS if c.name in ("gw-jwt", "gw-key-auth")}
+NAMES = ["gw-jwt", "gw-key-auth", "gw-hmac-auth"]
+CONFIGS = {c.name: c for c in bench.CONFIGURATIONS if c.name in NAMES}
 
 
-def test_both_configurations_are_in_the_bench_and_send_credentials():
-    assert set(CONFIGS) == {"gw-jwt", "gw-key-auth"}
+def test_the_configurations_are_in_the_bench_and_send_credentials():
+    assert set(CONFIGS) == set(NAMES)
     for config in CONFIGS.values():
         assert config.headers
         argv = bench.wrk_argv("wrk", "http://127.0.0.1:9/", 10, config.headers)
         assert argv[argv.index("-H") + 1] == config.headers[0]
 
 
-@pytest.mark.parametrize("name", ["gw-jwt", "gw-key-auth"])
+@pytest.mark.parametrize("name", NAMES)
 async def test_the_credentials_are_accepted_and_a_request_without_them_is_not(nursery, gateway, name):
     backend = EchoBackend()
     await nursery.start(backend.serve)

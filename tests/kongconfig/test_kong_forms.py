@@ -113,8 +113,8 @@ def test_a_bad_or_repeated_id_is_an_error():
      "services[0].routes[0].snis: routing on SNI is not supported by the gateway"),
     ("services: [{name: s, url: 'http://a', routes: [{paths: [/], protocols: [grpc]}]}]",
      "services[0].routes[0].protocols: grpc is not supported by the gateway (HTTP routes only"),
-    ("consumers: [{username: u, hmacauth_credentials: [{username: a, secret: b}]}]",
-     "consumers[0].hmacauth_credentials: hmac-auth credentials: the hmac-auth plugin is not supported"),
+    ("consumers: [{username: u, oauth2_credentials: [{name: a, redirect_uris: ['https://a.test']}]}]",
+     "consumers[0].oauth2_credentials: oauth2 credentials: the oauth2 plugin is not supported"),
 ])
 def test_kong_entities_the_gateway_does_not_build_are_refused_by_name(doc, message):
     [got] = errors(doc)

@@ -6,18 +6,23 @@ Every failure is 401 "Unauthorized" with `WWW-Authenticate: Basic realm="<realm>
 
 from __future__ import annotations
 
-import binascii
 import re
-from base64 import b64decode
 
 from gateway.config.consumers import PasswordHash
 from gateway.http.server import Exchange
 from gateway.policies.basic_auth.schema import BasicAuthConfig
-from gateway.policies.consumers import AuthPolicy, Directory, Identity, Rejection, header_value, remove_header
+from gateway.policies.consumers import (
+    AuthPolicy,
+    Directory,
+    Identity,
+    Rejection,
+    decode_base64,
+    header_value,
+    remove_header,
+)
 
 _BASIC = re.compile(rb"\s*[Bb]asic\s*(.+)")  # Kong's patterns (PCRE, unanchored, "." stops at a newline)
 _PARTS = re.compile(rb"([^:]+):(.*)")
-_B64 = re.compile(rb"[A-Za-z0-9+/]*")
 _DECOY = PasswordHash("")  # checked against when the username is unknown, so both cases cost the same
 
 
@@ -26,12 +31,8 @@ def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
     m = _BASIC.search(header)
     if m is None:
         return None
-    encoded = m.group(1).partition(b"=")[0]  # ngx.decode_base64 reads up to the first "="
-    if not _B64.fullmatch(encoded) or len(encoded) % 4 == 1:
-        return None
-    try:
-        decoded = b64decode(encoded + b"=" * (-len(encoded) % 4))
-    except (binascii.Error, ValueError):
+    decoded = decode_base64(m.group(1))
+    if decoded is None:
         return None
     parts = _PARTS.search(decoded)
     if parts is None:
