@@ -23,11 +23,12 @@ import hmac
 import re
 import time
 from base64 import b64encode
-from collections.abc import Callable
+from binascii import b2a_base64
 
 from gateway.http.codec import Request
 from gateway.http.dates import parse_http_time
 from gateway.http.server import Exchange
+from gateway.memo import Memo
 from gateway.policies.consumers import (
     AuthPolicy,
     Directory,
@@ -41,8 +42,13 @@ from gateway.policies.hmac_auth.schema import HmacAuthConfig
 
 # Kong's pattern (PCRE, unanchored, "." stops at a newline): the four fields in this order, each quoted and non-empty
 _HMAC = re.compile(rb'\s*[Hh]mac\s*username="(.+)",\s*algorithm="(.+)",\s*headers="(.+)",\s*signature="(.+)"')
-_HASHES: dict[str, Callable[[], object]] = {"hmac-sha1": hashlib.sha1, "hmac-sha256": hashlib.sha256,
-                                            "hmac-sha384": hashlib.sha384, "hmac-sha512": hashlib.sha512}
+# The same, for a value with exactly the 8 quotes of the fields: no value can then hold a quote, so what the greedy
+# pattern finds by backtracking is the only reading, and this finds it in one pass (a third of the time).
+_HMAC_8 = re.compile(
+    rb'\s*[Hh]mac\s*username="([^"\n]+)",\s*algorithm="([^"\n]+)",\s*headers="([^"\n]+)",\s*signature="([^"\n]+)"')
+_DIGESTS = {"hmac-sha1": "sha1", "hmac-sha256": "sha256", "hmac-sha384": "sha384", "hmac-sha512": "sha512"}
+# Dates as read: the clients of one second send the same few (a client's distinct dates cannot grow it past the bound)
+_DATES: Memo[bytes, int | None] = Memo(256)
 BODY_LIMIT = 1024 * 1024  # bytes of body whose digest is checked; a longer one fails, as Kong's over its buffer
 
 
@@ -62,7 +68,7 @@ def parse_signature(value: bytes | None) -> Signature | None:
     """The fields of an hmac credentials header, as Kong's pattern finds them; None if it does not match."""
     if value is None:
         return None
-    m = _HMAC.search(value)
+    m = (_HMAC_8 if value.count(b'"') == 8 else _HMAC).search(value)
     if m is None:
         return None
     return Signature(m.group(1), m.group(2), m.group(3).split(b" "), m.group(4))
@@ -92,8 +98,8 @@ def body_digest(body: bytes) -> bytes:
 class HmacAuth(AuthPolicy):
     name = "hmac-auth"
     priority = 1030  # Kong's
-    __slots__ = ("hide", "skew", "reads_body", "enforce", "algorithms", "credentials", "unauthorized", "no_date",
-                 "unverified", "mismatch")
+    __slots__ = ("hide", "skew", "reads_body", "enforce", "algorithms", "credentials", "keyed", "unauthorized",
+                 "no_date", "unverified", "mismatch")
 
     def __init__(self, config: HmacAuthConfig, directory: Directory) -> None:
         super().__init__(directory.anonymous(config.anonymous), True)
@@ -101,8 +107,9 @@ class HmacAuth(AuthPolicy):
         self.skew = config.clock_skew
         self.reads_body = config.validate_request_body
         self.enforce = [name.encode() for name in config.enforce_headers]
-        self.algorithms = {name.encode(): _HASHES[name] for name in config.algorithms}
+        self.algorithms = {name.encode(): _DIGESTS[name] for name in config.algorithms}
         self.credentials = {user.encode(): (secret.encode(), who) for user, (secret, who) in directory.hmac.items()}
+        self.keyed: Memo[tuple[bytes, str], hmac.HMAC] = Memo(1024)
         realm = f'hmac realm="{config.realm}"' if config.realm is not None else "hmac"
         self.unauthorized = Rejection(401, "Unauthorized", realm)
         self.no_date = Rejection(401, "HMAC signature cannot be verified, a valid date or x-date header is required "
@@ -116,7 +123,7 @@ class HmacAuth(AuthPolicy):
         for name in (b"x-date", b"date"):
             value = header_value(headers, name)
             if value is not None:
-                when = parse_http_time(value)
+                when = _DATES[value] if value in _DATES else _DATES.keep(value, parse_http_time(value))
                 if when is not None and abs(now - when) <= self.skew:
                     return True
         return False
@@ -137,14 +144,24 @@ class HmacAuth(AuthPolicy):
                 remove_header(ex, b"authorization")  # (Kong's order: before it is checked, parsed or not)
         elif self.hide:
             remove_header(ex, b"proxy-authorization")
-        if given is None or any(name not in given.headers for name in self.enforce):
+        if given is None or (self.enforce and any(name not in given.headers for name in self.enforce)):
             return self.unverified
         digest = self.algorithms.get(given.algorithm)
         found = self.credentials.get(given.username)
         if digest is None or found is None:
             return self.unverified
         secret, who = found
-        expected = hmac.new(secret, signing_string(req, given.headers), digest).digest()  # type: ignore[arg-type]
+        key = (given.username, digest)
+        keyed = self.keyed.get(key)
+        if keyed is None:  # the key schedule, done once per credential and algorithm: each request copies it
+            keyed = self.keyed.keep(key, hmac.new(secret, digestmod=digest))
+        mac = keyed.copy()
+        mac.update(signing_string(req, given.headers))
+        expected = mac.digest()
+        # The canonical base64 is what clients send: compared as text, no decoding; any other spelling nginx's
+        # decoder reads (bits past the last byte, no padding, text after "=") is decoded and compared as bytes.
+        if hmac.compare_digest(given.signature.partition(b"=")[0], b2a_base64(expected, newline=False).rstrip(b"=")):
+            return who
         signature = decode_base64(given.signature)
         if signature is None or not hmac.compare_digest(expected, signature):
             return self.mismatch
