@@ -12,6 +12,7 @@ from email.utils import formatdate
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 from auth_helpers import (
     call,
@@ -158,6 +159,28 @@ def test_hmac_auth_reads_hostile_headers_in_linear_time():
         assert time.perf_counter() - started < 1.0, value[:60]  # (about a millisecond each; not a speed target)
 
 
+KONG_BASIC_PARTS = re.compile(rb"([^:]+):(.*)")  # Kong's, which the gateway does not run (quadratic)
+
+
+@FUZZ
+@given(decoded=st.lists(st.sampled_from([b":", b"a", b"b", b"\n", b" ", b"::"]), max_size=16).map(b"".join))
+def test_basic_auth_splits_credentials_as_kongs_pattern_does(decoded):
+    m = KONG_BASIC_PARTS.search(decoded)
+    assert decode_basic(b"Basic " + base64.b64encode(decoded)) == (None if m is None else m.groups())
+
+
+@pytest.mark.parametrize("value", [
+    b"x" + b" " * 60000 + b"y",  # Kong's patterns with their leading \s*: seconds (quadratic)
+    b"Basic " + base64.b64encode(b"a" * 45000),  # no colon: Kong's ([^:]+):(.*) searched, seconds
+    b"x" + b"\t" * 60000 + b"Bearer",
+], ids=["spaces", "no-colon", "tabs"])
+def test_basic_and_jwt_read_hostile_headers_in_linear_time(value):
+    started = time.perf_counter()
+    decode_basic(value)
+    assert answered(JWT.authenticate(exchange([(b"authorization", value)])))
+    assert time.perf_counter() - started < 1.0  # (a few milliseconds; not a speed target)
+
+
 ADDRESS = ClientAddress(["10.0.0.0/8", "::1"], "X-Forwarded-For", True)
 
 
@@ -201,7 +224,8 @@ async def test_hostile_requests_never_get_a_500_and_the_worker_keeps_serving(nur
              b"Bearer " + make_token("alice-key", secret="w" * 64).encode(),
              b'hmac username="x", algorithm="hmac-sha1", headers="date", signature=' * 900,  # Kong's pattern: hours
              b'hmac username="x' + b'", algorithm="x", headers="x' * 2000, b'hmac username="x", algorithm="hmac-sha1", '
-             b'headers="' + b" " * 20000 + b'", signature="AAAA"']
+             b'headers="' + b" " * 20000 + b'", signature="AAAA"',
+             b"x" + b" " * 60000 + b"y", b"Basic " + base64.b64encode(b"a" * 45000)]
     date = formatdate(usegmt=True).encode()
     for value in junk:
         for path in ("/jwt", "/key", "/basic", "/ip", "/hmac"):

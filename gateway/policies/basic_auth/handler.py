@@ -21,8 +21,9 @@ from gateway.policies.consumers import (
     remove_header,
 )
 
-_BASIC = re.compile(rb"\s*[Bb]asic\s*(.+)")  # Kong's patterns (PCRE, unanchored, "." stops at a newline)
-_PARTS = re.compile(rb"([^:]+):(.*)")
+# Kong's pattern (PCRE, unanchored, "." stops at a newline) \s*[Bb]asic\s*(.+), without its leading \s*: that changes
+# no capture, and costs a scan per space (a quadratic search: 1.4 s for 20 KB of spaces inside a header)
+_BASIC = re.compile(rb"[Bb]asic\s*(.+)")
 _DECOY = PasswordHash("")  # checked against when the username is unknown, so both cases cost the same
 
 
@@ -34,10 +35,13 @@ def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
     decoded = decode_base64(m.group(1))
     if decoded is None:
         return None
-    parts = _PARTS.search(decoded)
-    if parts is None:
+    # Kong's ([^:]+):(.*), searched: from the first character that is not a colon to the next colon, and the rest of
+    # that line. (As a regex search it is quadratic in a decoded value without a colon.)
+    start = len(decoded) - len(decoded.lstrip(b":"))
+    colon = decoded.find(b":", start)
+    if colon < 0:
         return None
-    return parts.group(1), parts.group(2)
+    return decoded[start:colon], decoded[colon + 1:].partition(b"\n")[0]
 
 
 class BasicAuth(AuthPolicy):

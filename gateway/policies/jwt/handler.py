@@ -38,7 +38,9 @@ from gateway.policies.jwt.schema import JwtConfig
 
 CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance
 CACHE_TOKEN_BYTES = 4096  # longer tokens are verified every time (bounds the cache's memory to ~16 MiB)
-_BEARER = re.compile(rb"\s*[Bb]earer\s+(.+)")  # Kong's pattern (PCRE, unanchored)
+# Kong's pattern (PCRE, unanchored) \s*[Bb]earer\s+(.+), without its leading \s*: that changes no capture, and
+# costs a scan per space (a quadratic search: 1.2 s for 20 KB of spaces inside a header)
+_BEARER = re.compile(rb"[Bb]earer\s+(.+)")
 _UNVERIFIED = {"verify_signature": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False}
 _BARE = object()  # a bare `?jwt` query argument: Kong's `true`, an unrecognizable token
