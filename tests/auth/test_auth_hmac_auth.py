@@ -862,6 +862,19 @@ async def test_logical_and_passes_with_both_credentials_as_the_hmac_consumer(nur
     assert (seen["x-consumer-username"], seen["x-credential-identifier"]) == ("bob", "bob")
 
 
+async def test_the_request_line_is_signed_as_sent_when_key_auth_hid_a_query_key(nursery, gateway):
+    """kong.request.get_path_with_query() is $request_uri: key-auth's hide_credentials changes what goes upstream,
+    not what the client signed."""
+    routes = [{"paths": ["/"], "plugins": [{"name": "key-auth", "config": {"hide_credentials": True}},
+                                           {"name": "hmac-auth"}]}]
+    _, port = await start(nursery, gateway, routes, consumers=CONSUMERS)
+    date = now()
+    auth = hmac_header(sign(f"date: {date}\nGET /request?apikey=alice-key&a=1 HTTP/1.1"))
+    seen = upstream(await call(port, "/request?apikey=alice-key&a=1", [("date", date), ("authorization", auth)]))
+    assert seen[":path"] == "/request?a=1"
+    assert seen["x-credential-identifier"] == "bob"
+
+
 async def test_logical_and_with_only_the_hmac_credentials_is_key_auths_401(nursery, gateway):
     """logical AND / fails 401, with only the second credential provided"""
     port = await key_and_hmac_gateway(nursery, gateway)

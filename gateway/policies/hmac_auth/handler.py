@@ -30,6 +30,7 @@ from gateway.http.dates import parse_http_time
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.policies.consumers import (
+    REQUEST_URI,
     AuthPolicy,
     Directory,
     Identity,
@@ -111,17 +112,19 @@ def _greedy_fields(value: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     return None
 
 
-def signing_string(request: Request, names: list[bytes]) -> bytes:
-    """Kong's signing string for the headers `names` lists (see the module's docstring)."""
+def signing_string(request: Request, names: list[bytes], request_uri: bytes | None = None) -> bytes:
+    """Kong's signing string for the headers `names` lists (see the module's docstring); `request_uri`: the target
+    as the client sent it, when a policy before this one (key-auth's hide_credentials) rewrote the request's."""
+    target = request.target if request_uri is None else request_uri
     lines = []
     for name in names:
         value = header_value(request.headers, name.lower().replace(b"_", b"-"))
         if value is not None:
             lines.append(name + b": " + value)
         elif name == b"request-line":
-            lines.append(b"%s %s HTTP/%s" % (request.method, request.target, request.http_version))
+            lines.append(b"%s %s HTTP/%s" % (request.method, target, request.http_version))
         elif name == b"@request-target":
-            lines.append(b"@request-target: %s %s" % (request.method.lower(), request.target))
+            lines.append(b"@request-target: %s %s" % (request.method.lower(), target))
         else:
             lines.append(name + b":")
     return b"\n".join(lines)
@@ -193,7 +196,7 @@ class HmacAuth(AuthPolicy):
         if keyed is None:  # the key schedule, done once per credential and algorithm: each request copies it
             keyed = self.keyed.keep(key, hmac.new(secret, digestmod=digest))
         mac = keyed.copy()
-        mac.update(signing_string(req, given.headers))
+        mac.update(signing_string(req, given.headers, ex.state.get(REQUEST_URI) if ex.state else None))
         expected = mac.digest()
         # The canonical base64 is what clients send: compared as text, no decoding; any other spelling nginx's
         # decoder reads (bits past the last byte, no padding, text after "=") is decoded and compared as bytes.
