@@ -53,7 +53,8 @@ header_bytes = st.binary(max_size=600).map(lambda b: b.replace(b"\r", b"").repla
 
 
 def exchange(headers: list[tuple[bytes, bytes]], target: bytes = b"/", method: bytes = b"GET") -> Any:
-    return SimpleNamespace(request=SimpleNamespace(headers=headers, target=target, method=method), consumer=None)
+    return SimpleNamespace(request=SimpleNamespace(headers=headers, target=target, method=method), consumer=None,
+                           state=None)
 
 
 def answered(result: Any) -> bool:
