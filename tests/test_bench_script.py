@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -372,7 +373,7 @@ def test_fill_replaces_only_the_given_placeholders():
 
 def render(template, **extra):
     values = {"prefix": "/tmp/p", "port": 8081, "backend_port": 9091, "result": bench.BACKEND_RESULT,
-              "log_sink_port": 9092, **extra}
+              "log_sink_port": 9092, "udp_sink_port": 9093, **extra}
     return bench.fill(template, **values)
 
 
@@ -654,14 +655,14 @@ def test_session_and_stateless_tool_calls():
 
 
 def test_observability_configs_are_valid_gateway_configs():
-    """gw-metrics, gw-otel-* and gw-tcp-log: the gateway accepts them (check-config's compile), with the plugin as
-    described."""
+    """gw-metrics, gw-otel-*, gw-tcp-log and gw-udp-log: the gateway accepts them (check-config's compile), with the
+    plugin as described."""
     from gateway.config import parse_config
     from gateway.runtime import compile_config
 
     by_name = {c.name: c for c in bench.CONFIGURATIONS}
     for name, plugin in [("gw-metrics", "prometheus"), ("gw-otel-0.01", "opentelemetry"),
-                         ("gw-otel-1", "opentelemetry"), ("gw-tcp-log", "tcp-log")]:
+                         ("gw-otel-1", "opentelemetry"), ("gw-tcp-log", "tcp-log"), ("gw-udp-log", "udp-log")]:
         text = render(by_name[name].config)
         config = parse_config(text, name)
         compile_config(config, name)
@@ -680,6 +681,21 @@ def test_the_log_sink_takes_and_discards_lines_while_open():
             conn.sendall(b'{"a": 1}\n' * 1000)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", sink.port), timeout=1).close()
+
+
+def test_the_log_sink_takes_datagrams_while_open():
+    with bench.LogSink() as sink, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("127.0.0.1", sink.udp_port))
+        for _ in range(100):
+            udp.send(b'{"a": 1}')
+        time.sleep(0.05)
+        udp.send(b"{}")  # no ICMP port unreachable came back: something listens
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.connect(("127.0.0.1", sink.udp_port))
+        udp.send(b"{}")
+        time.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):  # closed: the port answers unreachable
+            udp.send(b"{}")
 
 
 def test_the_bench_starts_no_redis_server_for_a_selection_without_the_redis_configuration(monkeypatch):

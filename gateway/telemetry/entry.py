@@ -155,6 +155,10 @@ class Entry:
         """The serializer's table as one JSON line (what file-log and the access log write)."""
         return _encode(self.serialize()) + b"\n"
 
+    def json(self) -> bytes:
+        """The serializer's table as JSON, no newline (what udp-log sends as a datagram)."""
+        return _encode(self.serialize())
+
     def _response_headers(self) -> dict[str, Any]:
         ex = self.ex
         out = _headers(ex.response_headers or (), frozenset())

@@ -24,9 +24,9 @@ class TcpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
     custom_fields_by_lua: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if not _is_host(self.host):
+        if not is_host(self.host):
             raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
-        if self.tls_sni is not None and not (_is_host(self.tls_sni) and not _is_ip(self.tls_sni)):
+        if self.tls_sni is not None and not (is_host(self.tls_sni) and not _is_ip(self.tls_sni)):
             raise ValueError(f"tls_sni: expected a host name, got {show(self.tls_sni)}")
         if self.tls_sni is not None and not self.tls:
             raise ValueError("tls_sni: only used with tls: true")
@@ -42,5 +42,5 @@ def _is_ip(text: str) -> bool:
     return True
 
 
-def _is_host(text: str) -> bool:
+def is_host(text: str) -> bool:
     return _NAME.fullmatch(text) is not None or _is_ip(text)

@@ -1,0 +1,152 @@
+"""udp-log through the gateway (in-process, real sockets) to a datagram collector in the test: Kong's JSON entry,
+no newline, in a datagram of its own per request, never in a request's way."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+
+import msgspec
+import pytest
+import trio
+from backends import EchoBackend, request, service
+
+from gateway.policies.udp_log.schema import UdpLogConfig
+from gateway.telemetry.sender import SendError
+from gateway.telemetry.udp_sender import MAX_DATAGRAM, UdpSender
+
+TIMEOUT = 10
+
+
+class Collector:
+    """Receives datagrams on a UDP port; `close` stops listening (the port then answers ICMP port unreachable)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.datagrams: list[bytes] = []
+        self._socket: trio.socket.SocketType | None = None
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = self._socket = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind(("127.0.0.1", self.port))
+            self.port = sock.getsockname()[1]
+            task_status.started()
+            try:
+                while True:
+                    self.datagrams.append(await sock.recv(MAX_DATAGRAM + 1))
+            except (OSError, trio.ClosedResourceError):  # closed
+                pass
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+
+    @property
+    def entries(self) -> list[dict]:
+        return [json.loads(d) for d in self.datagrams]
+
+
+async def _wait(predicate, what: str):  # noqa: ANN001,ANN201
+    with trio.fail_after(TIMEOUT):
+        while not (result := predicate()):
+            await trio.sleep(0.02)
+    return result
+
+
+async def _proxied(nursery: trio.Nursery, gateway, collector: Collector, **settings) -> int:  # noqa: ANN001,ANN003
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    await nursery.start(collector.serve)
+    return await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")], "plugins": [
+        {"name": "udp-log", "config": {"host": "127.0.0.1", "port": collector.port}}]}, **settings)
+
+
+async def test_each_entry_is_kongs_json_in_a_datagram_of_its_own(nursery, gateway):
+    collector = Collector()
+    port = await _proxied(nursery, gateway, collector)
+    with trio.fail_after(TIMEOUT):
+        for i in range(3):
+            assert (await request(port, "GET", f"/item/{i}")).status == 200
+    await _wait(lambda: len(collector.datagrams) >= 3, "3 datagrams")
+    assert not any(d.endswith(b"\n") for d in collector.datagrams)
+    entries = collector.entries
+    assert [e["request"]["uri"] for e in entries] == ["/item/0", "/item/1", "/item/2"]
+    assert {e["response"]["status"] for e in entries} == {200}
+    assert entries[0]["service"]["name"] == "svc"
+    assert entries[0]["request"]["method"] == "GET"
+
+
+async def test_a_collector_that_is_down_slows_no_request_and_gets_the_entries_after_it_is_back(nursery, gateway,
+                                                                                                caplog):
+    """As Kong's: what is sent while the collector is down is lost (each send the kernel refuses is logged), and
+    nothing is sent twice."""
+    collector = Collector()
+    port = await _proxied(nursery, gateway, collector)
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/up")).status == 200
+        await _wait(lambda: collector.datagrams, "the first entry")
+        collector.close()
+        await trio.sleep(0.05)
+        started = trio.current_time()
+        for i in range(4):
+            assert (await request(port, "GET", f"/down/{i}")).status == 200
+            await trio.sleep(0.05)  # the ICMP answer to the previous datagram comes back meanwhile
+        assert trio.current_time() - started < 2  # no request waited for the collector
+    await _wait(lambda: any("could not send" in r.getMessage() for r in caplog.records), "a refused send logged")
+    back = Collector(collector.port)
+    await nursery.start(back.serve)
+    with trio.fail_after(TIMEOUT):
+        for i in range(2):
+            assert (await request(port, "GET", f"/back/{i}")).status == 200
+    await _wait(lambda: len(back.datagrams) >= 2, "the entries after it is back")
+    await trio.sleep(0.1)
+    assert [e["request"]["uri"] for e in back.entries] == ["/back/0", "/back/1"]
+
+
+async def test_an_entry_too_large_for_a_datagram_is_dropped_and_the_next_is_sent(nursery, gateway, caplog):
+    collector = Collector()
+    port = await _proxied(nursery, gateway, collector, max_header_bytes=1 << 20)
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/big", headers=[("x-big", "b" * 70000)])).status == 200
+        assert (await request(port, "GET", "/small")).status == 200
+    await _wait(lambda: collector.datagrams, "the small entry")
+    await trio.sleep(0.1)
+    assert [e["request"]["uri"] for e in collector.entries] == ["/small"]
+    assert any("does not fit in a datagram" in r.getMessage() and r.levelno == logging.WARNING
+               for r in caplog.records)
+
+
+async def test_the_sender_resolves_a_host_name(nursery):
+    collector = Collector()
+    await nursery.start(collector.serve)
+    sender = UdpSender("localhost", collector.port)
+    await sender.send(b"{}")
+    await _wait(lambda: collector.datagrams, "the datagram")
+    assert collector.datagrams == [b"{}"]
+    sender.close()
+
+
+async def test_the_sender_says_why_it_could_not_send():
+    sender = UdpSender("name.invalid", 9, timeout=5)
+    with pytest.raises(SendError, match=r"^udp://name\.invalid:9: cannot resolve name\.invalid: "):
+        await sender.send(b"{}")
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"host": "a b", "port": 1}, 'host: expected a host name or an IP address, got "a b"'),
+    ({"host": "h", "port": 0}, "Expected `int` >= 1"),
+    ({"host": "h", "port": 1, "timeout": 0}, "Expected `float` > 0"),
+    ({"host": "h", "port": 1, "custom_fields_by_lua": {"a": "return 1"}},
+     "custom_fields_by_lua: the gateway runs no Lua; remove it"),
+    ({"host": "h", "port": 1, "keepalive": 1}, "unknown field `keepalive`"),
+])
+def test_config_errors_name_the_field(config: dict, message: str):
+    with pytest.raises(msgspec.ValidationError, match=message):
+        msgspec.convert(config, UdpLogConfig)
+
+
+def test_kongs_defaults():
+    config = UdpLogConfig(host="::1", port=9999)
+    assert (config.timeout, config.custom_fields_by_lua) == (10000, None)
