@@ -25,6 +25,7 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from gateway.memo import Memo
+from gateway.routing.normalize import escape_path, normalize_path
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
@@ -92,7 +93,7 @@ class _Candidate(Generic[T]):
             self.regex = re.compile(path[1:].encode())
         else:
             self.kind = _PREFIX
-            self.prefix = path.encode()
+            self.prefix = normalize_path(path.encode())  # as Kong: compared with normalized request paths
         # mcp_tools implies the method tools/call: it counts as the method category too, so it beats mcp_methods
         categories = sum(map(bool, (spec.paths, spec.methods, spec.hosts, spec.headers, spec.query,
                                     spec.mcp_methods or spec.mcp_tools, spec.mcp_tools)))
@@ -167,7 +168,9 @@ class Router(Generic[T]):
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
                mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
-        path, sep, query = target.partition(b"?")
+        raw, sep, query = target.partition(b"?")
+        path = normalize_path(raw)  # Kong routes (and strips) the normalized path
+        normalized = path is not raw
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
         best: tuple[tuple[int, int, int, int], _Candidate[T], int] | None = None
@@ -222,6 +225,8 @@ class Router(Generic[T]):
                 path = b"/"
             elif path[0] != SLASH:
                 path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
+        if normalized:  # what normalizing decoded is escaped again, as Kong sends it upstream
+            path = escape_path(path)
         return Match(spec.payload, path, query if sep else b"")
 
 

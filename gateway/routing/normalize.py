@@ -1,0 +1,49 @@
+"""Request paths as Kong routes them (kong/tools/uri.lua), sans-I/O: `normalize_path` before matching, so that
+`/%61dmin`, `/public/../admin` and `//admin` reach the route (and its plugins) that `/admin` reaches, and
+`escape_path` for the path then sent upstream.
+
+Normalizing: percent-encoded octets are decoded, except those of reserved characters (RFC 3986 gen-delims and
+sub-delims, and "%"), whose triplets are upper-cased; dot segments are removed; and runs of slashes are merged.
+"""
+
+from __future__ import annotations
+
+import re
+
+_RESERVED = frozenset(b"!#$%&'()*+,/:;=?@[]")
+_TRIPLET = re.compile(rb"%([0-9A-Fa-f]{2})")
+# What escape_path leaves as it is (Kong's escape: everything else becomes %XX)
+_UNSAFE = re.compile(rb"[^!#$&'()*+,/:;=?@\[\]A-Za-z0-9\-_.~%]")
+
+
+def _decode(m: re.Match[bytes]) -> bytes:
+    octet = int(m.group(1), 16)
+    return m.group(0).upper() if octet in _RESERVED else bytes((octet,))
+
+
+def normalize_path(path: bytes) -> bytes:
+    """Kong's normalize(path, merge_slashes=true). A path with no "%", no "/." and no "//" is returned as it is (the
+    same object: the router tells by `is` that nothing changed)."""
+    if b"%" in path:
+        path = _TRIPLET.sub(_decode, path)
+    if b"/." not in path and b"//" not in path and path[:1] != b".":  # (a dot segment starts after a slash)
+        return path
+    kept: list[bytes] = []  # segments, each with the slash that ended it
+    start = 1 if path[:1] == b"/" else 0
+    while True:
+        end = path.find(b"/", start)
+        segment = path[start:] if end < 0 else path[start:end]
+        if segment == b"..":
+            if kept:
+                kept.pop()
+        elif segment not in (b"", b"."):
+            kept.append(segment if end < 0 else path[start:end + 1])
+        if end < 0:
+            break
+        start = end + 1
+    return (b"/" if path[:1] == b"/" else b"") + b"".join(kept)
+
+
+def escape_path(path: bytes) -> bytes:
+    """Kong's escape: any octet outside the unreserved and reserved characters (and "%") as an upper-case %XX."""
+    return _UNSAFE.sub(lambda m: b"%%%02X" % m.group(0)[0], path)
