@@ -44,6 +44,11 @@ def normalize_path(path: bytes) -> bytes:
     return (b"/" if path[:1] == b"/" else b"") + b"".join(kept)
 
 
+def needs_escape(path: bytes) -> bool:
+    """Whether `escape_path` would change `path`."""
+    return _UNSAFE.search(path) is not None
+
+
 def escape_path(path: bytes) -> bytes:
     """Kong's escape: any octet outside the unreserved and reserved characters (and "%") as an upper-case %XX."""
     return _UNSAFE.sub(lambda m: b"%%%02X" % m.group(0)[0], path)

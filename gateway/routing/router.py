@@ -25,7 +25,7 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from gateway.memo import Memo
-from gateway.routing.normalize import escape_path, normalize_path
+from gateway.routing.normalize import escape_path, needs_escape, normalize_path
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
@@ -170,7 +170,7 @@ class Router(Generic[T]):
                mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
         raw, sep, query = target.partition(b"?")
         path = normalize_path(raw)  # Kong routes (and strips) the normalized path
-        normalized = path is not raw
+        escape = path is not raw or needs_escape(raw)  # (the router remembers its answers: once per target)
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
         best: tuple[tuple[int, int, int, int], _Candidate[T], int] | None = None
@@ -225,7 +225,7 @@ class Router(Generic[T]):
                 path = b"/"
             elif path[0] != SLASH:
                 path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
-        if normalized:  # what normalizing decoded is escaped again, as Kong sends it upstream
+        if escape:  # what normalizing decoded, and what the client sent unescaped, is escaped, as Kong sends it
             path = escape_path(path)
         return Match(spec.payload, path, query if sep else b"")
 
