@@ -25,6 +25,7 @@ from gateway.policies import (
     opentelemetry,
     prometheus,
     rate_limiting,
+    redirect,
     request_size_limiting,
     request_termination,
     request_transformer,
@@ -35,5 +36,5 @@ from gateway.policies import (
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, hmac_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
-    cors, correlation_id, request_termination, bot_detection, request_transformer, response_transformer,
+    cors, correlation_id, request_termination, redirect, bot_detection, request_transformer, response_transformer,
     prometheus, file_log, http_log, tcp_log, udp_log, opentelemetry, ai_mcp_oauth2, ai_mcp_proxy)}

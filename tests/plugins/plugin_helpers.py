@@ -9,6 +9,9 @@ import pytest
 import trio
 from backends import Client, EchoBackend, Reply, service
 
+from gateway.config import ConfigError, parse_config
+from gateway.runtime import compile_config
+
 TIMEOUT = 10
 
 
@@ -16,6 +19,19 @@ TIMEOUT = 10
 def http_codec() -> str:
     """One codec for the plugin tests (imported by each module): what they check is above HTTP framing."""
     return "llhttp"
+
+
+def plugin(name: str, **config: object) -> dict:
+    return {"name": name, "config": config}
+
+
+def refused(plugin_doc: dict) -> str:
+    """The config error of a config with just this plugin (global) on a one-route service."""
+    config = parse_config(json.dumps({"services": [{"name": "s", "url": "http://127.0.0.1:1",
+                                                    "routes": [{"paths": ["/"]}]}], "plugins": [plugin_doc]}))
+    with pytest.raises(ConfigError) as err:
+        compile_config(config)
+    return str(err.value)
 
 
 async def start(nursery: trio.Nursery, gateway: Any, routes: list[dict[str, Any]] | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
@@ -12,28 +11,15 @@ from plugin_helpers import (
     body_json,
     call,
     http_codec,  # noqa: F401 - the fixture: one codec
+    plugin,
+    refused,
     seen,
     start,
 )
 
-from gateway.config import ConfigError, parse_config
 from gateway.policies.bot_detection import handler as bot_detection
 from gateway.policies.bot_detection.rules import BOTS
 from gateway.policies.bot_detection.schema import BotDetectionConfig
-from gateway.runtime import compile_config
-
-
-def plugin(name: str, **config: object) -> dict:
-    return {"name": name, "config": config}
-
-
-def refused(plugin_doc: dict) -> str:
-    config = parse_config(json.dumps({"services": [{"name": "s", "url": "http://127.0.0.1:1",
-                                                    "routes": [{"paths": ["/"]}]}], "plugins": [plugin_doc]}))
-    with pytest.raises(ConfigError) as err:
-        compile_config(config)
-    return str(err.value)
-
 
 # --- correlation-id -------------------------------------------------------------------------------------------------
 
