@@ -13,25 +13,11 @@ from plugin_helpers import (
     call,
     headers_of,
     http_codec,  # noqa: F401 - the fixture: one codec
+    plugin,
+    refused,
     seen,
     start,
 )
-
-from gateway.config import ConfigError, parse_config
-from gateway.runtime import compile_config
-
-
-def plugin(name: str, **config: object) -> dict:
-    return {"name": name, "config": config}
-
-
-def refused(plugin_doc: dict) -> str:
-    config = parse_config(json.dumps({"services": [{"name": "s", "url": "http://127.0.0.1:1",
-                                                    "routes": [{"paths": ["/"]}]}], "plugins": [plugin_doc]}))
-    with pytest.raises(ConfigError) as err:
-        compile_config(config)
-    return str(err.value)
-
 
 # --- request-transformer --------------------------------------------------------------------------------------------
 
