@@ -306,6 +306,14 @@ def upstream(name: str, ports: list[int], weights: list[int] | None = None, **fi
             "targets": [{"target": f"127.0.0.1:{p}", "weight": w} for p, w in zip(ports, weights, strict=True)]}
 
 
+async def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> Any:
+    """The first true value of `predicate()`, polled every 20 ms; fails the test after `timeout` seconds."""
+    with trio.fail_after(timeout):
+        while not (result := predicate()):
+            await trio.sleep(0.02)
+    return result
+
+
 # --- client ---------------------------------------------------------------------------------------------------------
 
 

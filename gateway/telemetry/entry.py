@@ -153,7 +153,7 @@ class Entry:
 
     def json_line(self) -> bytes:
         """The serializer's table as one JSON line (what file-log and the access log write)."""
-        return _encode(self.serialize()) + b"\n"
+        return self.json() + b"\n"
 
     def json(self) -> bytes:
         """The serializer's table as JSON, no newline (what udp-log sends as a datagram)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import trio
-from backends import EchoBackend, request, service, upstream
+from backends import EchoBackend, request, service, upstream, wait_until
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
@@ -16,13 +16,6 @@ async def _collector(nursery: trio.Nursery) -> EchoBackend:
     backend = EchoBackend("collector")
     await nursery.start(backend.serve)
     return backend
-
-
-async def _wait(predicate, what: str):  # noqa: ANN001,ANN201
-    with trio.fail_after(TIMEOUT):
-        while not (result := predicate()):
-            await trio.sleep(0.02)
-    return result
 
 
 def _spans(collector: EchoBackend) -> list[Span]:
@@ -52,7 +45,7 @@ async def test_http_log_sends_each_entry_as_kong_json(nursery, gateway):
     with trio.fail_after(TIMEOUT):
         for i in range(3):
             assert (await request(port, "GET", f"/item/{i}")).status == 200
-    await _wait(lambda: len(collector.requests) >= 3, "3 log posts")
+    await wait_until(lambda: len(collector.requests) >= 3, "3 log posts")
     first = collector.requests[0]
     assert first.method == "POST" and first.target == "/logs"
     assert first.header("content-type") == "application/json"
@@ -71,7 +64,7 @@ async def test_http_log_batches_entries_into_a_json_array(nursery, gateway):
     with trio.fail_after(TIMEOUT):
         for i in range(5):
             assert (await request(port, "GET", f"/{i}")).status == 200
-    await _wait(lambda: collector.requests, "a batch")
+    await wait_until(lambda: collector.requests, "a batch")
     batch = json.loads(collector.requests[0].body)
     assert isinstance(batch, list) and [e["request"]["uri"] for e in batch] == ["/0", "/1", "/2", "/3", "/4"]
 
@@ -124,7 +117,7 @@ async def test_spans_have_the_callers_trace_and_the_upstream_is_the_client_spans
     upstream_tp = backend.requests[0].header("traceparent")
     version, tid, parent, flags = upstream_tp.split("-")
     assert (version, tid, flags) == ("00", trace_id, "01")
-    spans = await _wait(lambda: len(_spans(collector)) >= 2 and _spans(collector), "2 spans")
+    spans = await wait_until(lambda: len(_spans(collector)) >= 2 and _spans(collector), "2 spans")
     server = next(s for s in spans if s.kind == Span.SPAN_KIND_SERVER)
     client = next(s for s in spans if s.kind == Span.SPAN_KIND_CLIENT)
     assert server.trace_id.hex() == trace_id == client.trace_id.hex()
@@ -170,7 +163,7 @@ async def test_b3_in_b3_out_and_a_failed_try_gets_its_own_error_span(nursery, ga
             assert reply.status == 200
     assert all(seen.header("x-b3-traceid") == tid and seen.header("traceparent") is None
                for seen in backend.requests)
-    spans = await _wait(lambda: len(_spans(collector)) >= 5 and _spans(collector), "5 spans")
+    spans = await wait_until(lambda: len(_spans(collector)) >= 5 and _spans(collector), "5 spans")
     await trio.sleep(0.2)
     spans = _spans(collector)
     servers = [s for s in spans if s.kind == Span.SPAN_KIND_SERVER]

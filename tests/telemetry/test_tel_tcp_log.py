@@ -9,7 +9,7 @@ import ssl
 import msgspec
 import pytest
 import trio
-from backends import EchoBackend, free_port, request, service
+from backends import EchoBackend, free_port, request, service, wait_until
 from tls_helpers import Pki
 
 from gateway.policies.tcp_log.schema import TcpLogConfig
@@ -61,13 +61,6 @@ class Collector:
         self._streams.clear()
 
 
-async def _wait(predicate, what: str):  # noqa: ANN001,ANN201
-    with trio.fail_after(TIMEOUT):
-        while not (result := predicate()):
-            await trio.sleep(0.02)
-    return result
-
-
 async def _proxied(nursery: trio.Nursery, gateway, collector: Collector, **config) -> int:  # noqa: ANN001,ANN003
     backend = EchoBackend()
     await nursery.start(backend.serve)
@@ -82,7 +75,7 @@ async def test_each_entry_is_kongs_json_and_a_newline_over_one_kept_connection(n
     with trio.fail_after(TIMEOUT):
         for i in range(3):
             assert (await request(port, "GET", f"/item/{i}")).status == 200
-    await _wait(lambda: len(collector.lines) >= 3, "3 lines")
+    await wait_until(lambda: len(collector.lines) >= 3, "3 lines")
     entries = [json.loads(line) for line in collector.lines]
     assert [e["request"]["uri"] for e in entries] == ["/item/0", "/item/1", "/item/2"]
     assert {e["response"]["status"] for e in entries} == {200}
@@ -98,7 +91,7 @@ async def test_tls_sends_the_configured_server_name(nursery, gateway, tmp_path):
     with trio.fail_after(TIMEOUT):
         for i in range(2):
             assert (await request(port, "GET", f"/tls/{i}")).status == 200
-    await _wait(lambda: len(collector.lines) >= 2, "2 lines over TLS")
+    await wait_until(lambda: len(collector.lines) >= 2, "2 lines over TLS")
     assert [json.loads(line)["request"]["uri"] for line in collector.lines] == ["/tls/0", "/tls/1"]
     assert collector.server_names == ["logs.test"] and len(collector.connections) == 1
 
@@ -108,11 +101,11 @@ async def test_a_connection_the_collector_closed_while_idle_is_replaced_and_no_l
     port = await _proxied(nursery, gateway, collector)
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/before")).status == 200
-        await _wait(lambda: collector.lines, "the first line")
+        await wait_until(lambda: collector.lines, "the first line")
         await collector.hang_up()
         await trio.sleep(0.1)  # the FIN reaches the gateway's side
         assert (await request(port, "GET", "/after")).status == 200
-    await _wait(lambda: len(collector.lines) >= 2, "the line after the hang-up")
+    await wait_until(lambda: len(collector.lines) >= 2, "the line after the hang-up")
     assert [json.loads(line)["request"]["uri"] for line in collector.lines] == ["/before", "/after"]
     assert len(collector.connections) == 2
 
@@ -122,10 +115,10 @@ async def test_an_idle_connection_is_kept_only_for_keepalive_ms(nursery, gateway
     port = await _proxied(nursery, gateway, collector, keepalive=100)
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/1")).status == 200
-        await _wait(lambda: collector.lines, "the first line")
+        await wait_until(lambda: collector.lines, "the first line")
         await trio.sleep(0.3)
         assert (await request(port, "GET", "/2")).status == 200
-    await _wait(lambda: len(collector.lines) >= 2, "the second line")
+    await wait_until(lambda: len(collector.lines) >= 2, "the second line")
     assert len(collector.connections) == 2
 
 
@@ -141,7 +134,7 @@ async def test_a_collector_that_is_down_slows_no_request_and_gets_the_lines_when
             assert (await request(port, "GET", f"/down/{i}")).status == 200
         assert trio.current_time() - started < 2
     await nursery.start(collector.serve)
-    await _wait(lambda: len(collector.lines) >= 5, "the 5 lines, once the collector is up")
+    await wait_until(lambda: len(collector.lines) >= 5, "the 5 lines, once the collector is up")
     assert sorted(json.loads(line)["request"]["uri"] for line in collector.lines) == [f"/down/{i}" for i in range(5)]
 
 
@@ -153,7 +146,7 @@ async def test_keepalive_0_keeps_the_connection_for_as_long_as_it_lives(nursery)
     await sender.send(b"1\n")
     await trio.sleep(0.2)
     await sender.send(b"2\n")
-    await _wait(lambda: len(collector.lines) >= 2, "both lines")
+    await wait_until(lambda: len(collector.lines) >= 2, "both lines")
     assert collector.lines == [b"1", b"2"] and len(collector.connections) == 1
     await sender.close()
 

@@ -10,7 +10,7 @@ import socket
 import msgspec
 import pytest
 import trio
-from backends import EchoBackend, request, service
+from backends import EchoBackend, request, service, wait_until
 
 from gateway.policies.udp_log.schema import UdpLogConfig
 from gateway.telemetry.sender import SendError
@@ -48,13 +48,6 @@ class Collector:
         return [json.loads(d) for d in self.datagrams]
 
 
-async def _wait(predicate, what: str):  # noqa: ANN001,ANN201
-    with trio.fail_after(TIMEOUT):
-        while not (result := predicate()):
-            await trio.sleep(0.02)
-    return result
-
-
 async def _proxied(nursery: trio.Nursery, gateway, collector: Collector, **settings) -> int:  # noqa: ANN001,ANN003
     backend = EchoBackend()
     await nursery.start(backend.serve)
@@ -69,7 +62,7 @@ async def test_each_entry_is_kongs_json_in_a_datagram_of_its_own(nursery, gatewa
     with trio.fail_after(TIMEOUT):
         for i in range(3):
             assert (await request(port, "GET", f"/item/{i}")).status == 200
-    await _wait(lambda: len(collector.datagrams) >= 3, "3 datagrams")
+    await wait_until(lambda: len(collector.datagrams) >= 3, "3 datagrams")
     assert not any(d.endswith(b"\n") for d in collector.datagrams)
     entries = collector.entries
     assert [e["request"]["uri"] for e in entries] == ["/item/0", "/item/1", "/item/2"]
@@ -86,7 +79,7 @@ async def test_a_collector_that_is_down_slows_no_request_and_gets_the_entries_af
     port = await _proxied(nursery, gateway, collector)
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/up")).status == 200
-        await _wait(lambda: collector.datagrams, "the first entry")
+        await wait_until(lambda: collector.datagrams, "the first entry")
         collector.close()
         await trio.sleep(0.05)
         started = trio.current_time()
@@ -94,13 +87,13 @@ async def test_a_collector_that_is_down_slows_no_request_and_gets_the_entries_af
             assert (await request(port, "GET", f"/down/{i}")).status == 200
             await trio.sleep(0.05)  # the ICMP answer to the previous datagram comes back meanwhile
         assert trio.current_time() - started < 2  # no request waited for the collector
-    await _wait(lambda: any("could not send" in r.getMessage() for r in caplog.records), "a refused send logged")
+    await wait_until(lambda: any("could not send" in r.getMessage() for r in caplog.records), "a refused send logged")
     back = Collector(collector.port)
     await nursery.start(back.serve)
     with trio.fail_after(TIMEOUT):
         for i in range(2):
             assert (await request(port, "GET", f"/back/{i}")).status == 200
-    await _wait(lambda: len(back.datagrams) >= 2, "the entries after it is back")
+    await wait_until(lambda: len(back.datagrams) >= 2, "the entries after it is back")
     await trio.sleep(0.1)
     assert [e["request"]["uri"] for e in back.entries] == ["/back/0", "/back/1"]
 
@@ -111,7 +104,7 @@ async def test_an_entry_too_large_for_a_datagram_is_dropped_and_the_next_is_sent
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/big", headers=[("x-big", "b" * 70000)])).status == 200
         assert (await request(port, "GET", "/small")).status == 200
-    await _wait(lambda: collector.datagrams, "the small entry")
+    await wait_until(lambda: collector.datagrams, "the small entry")
     await trio.sleep(0.1)
     assert [e["request"]["uri"] for e in collector.entries] == ["/small"]
     assert any("does not fit in a datagram" in r.getMessage() and r.levelno == logging.WARNING
@@ -123,7 +116,7 @@ async def test_the_sender_resolves_a_host_name(nursery):
     await nursery.start(collector.serve)
     sender = UdpSender("localhost", collector.port)
     await sender.send(b"{}")
-    await _wait(lambda: collector.datagrams, "the datagram")
+    await wait_until(lambda: collector.datagrams, "the datagram")
     assert collector.datagrams == [b"{}"]
     sender.close()
 
