@@ -35,6 +35,7 @@ DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may
 DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
 
 JSON = b"application/json"
+REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
                   Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
@@ -157,6 +158,19 @@ class Exchange:
         """Header lines, formatted (b"Name: value\r\n" each), for whatever response this request gets (an answer
         from upstream or the gateway's own): what a policy adds to every response costs no per-header work."""
         self.response_lines += lines
+
+    def rewrite_target(self, target: bytes) -> None:
+        """Send the request upstream with `target`; the one the client sent stays the request_uri()."""
+        if self.state is None:
+            self.state = {REQUEST_URI: self.request.target}
+        else:
+            self.state.setdefault(REQUEST_URI, self.request.target)
+        self.request.target = target
+
+    def request_uri(self) -> bytes:
+        """The target as the client sent it (nginx's $request_uri), whatever policies rewrote since."""
+        state = self.state
+        return state.get(REQUEST_URI, self.request.target) if state else self.request.target
 
     @property
     def peer_ip(self) -> str:

@@ -20,7 +20,6 @@ from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 
 JSON_UTF8 = b"application/json; charset=utf-8"  # Kong's content type for its error bodies
-REQUEST_URI = "request_uri"  # ex.state: the target as sent (nginx's $request_uri), once a policy has rewritten it
 _B64 = re.compile(rb"[A-Za-z0-9+/]*")
 
 
@@ -278,17 +277,12 @@ def query_values(target: bytes, name: str) -> list[str | None]:
 
 def remove_query_arg(ex: Exchange, name: str) -> None:
     """Kong's kong.service.request.clear_query_arg: the upstream request goes without `name`; the other arguments
-    keep their order and their encoding. The target as the client sent it stays in `ex.state[REQUEST_URI]`."""
-    target = ex.request.target
-    path, sep, query = target.partition(b"?")
+    keep their order and their encoding. The target as the client sent it stays the request's request_uri()."""
+    path, sep, query = ex.request.target.partition(b"?")
     if not sep:
         return
-    if ex.state is None:
-        ex.state = {REQUEST_URI: target}
-    else:
-        ex.state.setdefault(REQUEST_URI, target)
     kept = [p for p in query.split(b"&") if p and _unquote(p.partition(b"=")[0]) != name]
-    ex.request.target = path + b"?" + b"&".join(kept) if kept else path
+    ex.rewrite_target(path + b"?" + b"&".join(kept) if kept else path)
 
 
 def cookie_value(headers: Headers, name: bytes) -> bytes | None:

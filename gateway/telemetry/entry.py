@@ -91,8 +91,8 @@ class Entry:
         if not self.wall:
             self.wall = wall_offset()
         kong, proxy, request, receive = self.latencies()
-        target = req.target.decode("latin-1")
-        path, _, query = target.partition("?")
+        target = ex.request_uri().decode("latin-1")  # Kong's uri and url: $request_uri, as the client sent it
+        query = req.target.partition(b"?")[2].decode("latin-1")  # its querystring: the arguments as rewritten
         host = ""
         for name, value in req.headers:
             if name == b"host":

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.config import parse_config
 from gateway.http.realip import ClientAddress, parse_address
+from gateway.http.server import Exchange
 from gateway.policies.basic_auth.handler import BasicAuth, decode_basic
 from gateway.policies.basic_auth.schema import BasicAuthConfig
 from gateway.policies.consumers import Directory, Identity, Rejection, cookie_value, query_values
@@ -52,9 +53,15 @@ HMAC_AUTH = HmacAuth(HmacAuthConfig(hide_credentials=True, enforce_headers=["dat
 header_bytes = st.binary(max_size=600).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b""))
 
 
+class _Exchange(SimpleNamespace):
+    """What the policies use of gateway.http.server.Exchange, without a connection."""
+
+    rewrite_target = Exchange.rewrite_target
+    request_uri = Exchange.request_uri
+
+
 def exchange(headers: list[tuple[bytes, bytes]], target: bytes = b"/", method: bytes = b"GET") -> Any:
-    return SimpleNamespace(request=SimpleNamespace(headers=headers, target=target, method=method), consumer=None,
-                           state=None)
+    return _Exchange(request=SimpleNamespace(headers=headers, target=target, method=method), consumer=None, state=None)
 
 
 def answered(result: Any) -> bool:

@@ -81,3 +81,23 @@ async def test_file_log_plugin_writes_the_routes_requests_only(nursery, gateway,
     await trio.sleep(0.1)
     assert [line["request"]["uri"] for line in lines] == ["/logged/1", "/logged/2"]
     assert len(log.read_text().splitlines()) == 2
+
+
+async def test_the_logged_uri_is_the_one_sent_and_the_querystring_the_one_forwarded(nursery, gateway, tmp_path):
+    """Kong's serializer: request.uri and request.url are $request_uri (with key-auth's query key still in it), the
+    querystring is the arguments after hide_credentials took the key out, as upstream_uri is."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({
+        "services": [service("svc", f"http://127.0.0.1:{backend.port}", [
+            {"name": "api", "paths": ["/api"],
+             "plugins": [{"name": "key-auth", "config": {"hide_credentials": True}}]}])],
+        "consumers": [{"username": "bob", "keyauth_credentials": [{"key": "kong"}]}]}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/api/x?a=1&apikey=kong&b=2")).status == 200
+    (line,) = await _lines(log, 1)
+    assert line["request"]["uri"] == "/api/x?a=1&apikey=kong&b=2"
+    assert line["request"]["url"].endswith(f":{port}/api/x?a=1&apikey=kong&b=2")
+    assert line["request"]["querystring"] == {"a": "1", "b": "2"}
+    assert line["upstream_uri"] == "/x?a=1&b=2"  # strip_path

@@ -30,7 +30,6 @@ from gateway.http.dates import parse_http_time
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.policies.consumers import (
-    REQUEST_URI,
     AuthPolicy,
     Directory,
     Identity,
@@ -112,10 +111,9 @@ def _greedy_fields(value: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     return None
 
 
-def signing_string(request: Request, names: list[bytes], request_uri: bytes | None = None) -> bytes:
-    """Kong's signing string for the headers `names` lists (see the module's docstring); `request_uri`: the target
-    as the client sent it, when a policy before this one (key-auth's hide_credentials) rewrote the request's."""
-    target = request.target if request_uri is None else request_uri
+def signing_string(request: Request, names: list[bytes], target: bytes) -> bytes:
+    """Kong's signing string for the headers `names` lists (see the module's docstring); `target`: the one the
+    client sent, even when a policy before this one (key-auth's hide_credentials) rewrote the request's."""
     lines = []
     for name in names:
         value = header_value(request.headers, name.lower().replace(b"_", b"-"))
@@ -196,7 +194,7 @@ class HmacAuth(AuthPolicy):
         if keyed is None:  # the key schedule, done once per credential and algorithm: each request copies it
             keyed = self.keyed.keep(key, hmac.new(secret, digestmod=digest))
         mac = keyed.copy()
-        mac.update(signing_string(req, given.headers, ex.state.get(REQUEST_URI) if ex.state else None))
+        mac.update(signing_string(req, given.headers, ex.request_uri()))
         expected = mac.digest()
         # The canonical base64 is what clients send: compared as text, no decoding; any other spelling nginx's
         # decoder reads (bits past the last byte, no padding, text after "=") is decoded and compared as bytes.

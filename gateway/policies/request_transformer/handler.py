@@ -117,7 +117,7 @@ class RequestTransformer:
             args = self._apply(dict(original_query), self.query, env, from_body=False)
             path = req.target.partition(b"?")[0]
             query = encode_args(args).encode("latin-1")  # type: ignore[arg-type]  # None only for a body
-            req.target = path + b"?" + query if query else path
+            ex.rewrite_target(path + b"?" + query if query else path)
         return False
 
     async def _method(self, ex: Exchange, query: Args) -> None:
@@ -130,7 +130,7 @@ class RequestTransformer:
                 for name, value in decode_args(raw.decode("latin-1")).items():
                     query[name] = _append(query[name], value) if name in query else value
                 path = req.target.partition(b"?")[0]
-                req.target = path + b"?" + encode_args(query).encode("latin-1")
+                ex.rewrite_target(path + b"?" + encode_args(query).encode("latin-1"))
 
     def _headers(self, headers: Headers, env: tuple[Headers, Args]) -> Headers:
         ops = self.headers
