@@ -428,7 +428,8 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
             continue  # Kong skips it: disabled, or for stream protocols only
         plugin_id = plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
         params = inspect.signature(module.build).parameters  # what else the plugin needs: the consumers, MCP's
-        extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp)) if name in params}
+        extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp), ("gateway", config.gateway))
+                 if name in params}
         try:
             policy = module.build(cfg, plugin_id, shared, **extra)
         except ValueError as e:

@@ -373,7 +373,7 @@ def test_fill_replaces_only_the_given_placeholders():
 
 def render(template, **extra):
     values = {"prefix": "/tmp/p", "port": 8081, "backend_port": 9091, "result": bench.BACKEND_RESULT,
-              "log_sink_port": 9092, "udp_sink_port": 9093, **extra}
+              "log_sink_port": 9092, "udp_sink_port": 9093, "syslog_socket": "/tmp/p/log", **extra}
     return bench.fill(template, **values)
 
 
@@ -655,18 +655,20 @@ def test_session_and_stateless_tool_calls():
 
 
 def test_observability_configs_are_valid_gateway_configs():
-    """gw-metrics, gw-otel-*, gw-tcp-log and gw-udp-log: the gateway accepts them (check-config's compile), with the
-    plugin as described."""
+    """gw-metrics, gw-otel-*, gw-tcp-log, gw-udp-log and gw-syslog: the gateway accepts them (check-config's
+    compile), with the plugin as described."""
     from gateway.config import parse_config
     from gateway.runtime import compile_config
 
     by_name = {c.name: c for c in bench.CONFIGURATIONS}
     for name, plugin in [("gw-metrics", "prometheus"), ("gw-otel-0.01", "opentelemetry"),
-                         ("gw-otel-1", "opentelemetry"), ("gw-tcp-log", "tcp-log"), ("gw-udp-log", "udp-log")]:
+                         ("gw-otel-1", "opentelemetry"), ("gw-tcp-log", "tcp-log"), ("gw-udp-log", "udp-log"),
+                         ("gw-syslog", "syslog")]:
         text = render(by_name[name].config)
         config = parse_config(text, name)
         compile_config(config, name)
         assert [p.name for p in config.plugins] == [plugin]
+    assert yaml.safe_load(render(by_name["gw-syslog"].config))["gateway"]["syslog_socket"] == "/tmp/p/log"
     rates = {name: yaml.safe_load(render(by_name[name].config))["plugins"][0]["config"]["sampling_rate"]
              for name in ("gw-otel-0.01", "gw-otel-1")}
     assert rates == {"gw-otel-0.01": 0.01, "gw-otel-1": 1}
@@ -691,6 +693,16 @@ def test_the_log_sink_takes_datagrams_while_open():
         time.sleep(0.05)
         udp.send(b"{}")  # no ICMP port unreachable came back: something listens
     assert _refused_within(sink.udp_port, seconds=5), "the closed sink's UDP port still takes datagrams"
+
+
+def test_the_log_sink_takes_syslog_datagrams_while_open_and_removes_its_socket():
+    with bench.LogSink() as sink, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unix:
+        path = sink.unix_path
+        unix.settimeout(5)  # a send that waits longer: nothing reads
+        unix.connect(path)
+        for _ in range(1000):  # more than a Unix socket's queue holds: someone reads them
+            unix.send(b"<14>Dec  4 16:25:37 kong[1]: {}")
+    assert not os.path.exists(path)
 
 
 def _refused_within(udp_port: int, seconds: float) -> bool:

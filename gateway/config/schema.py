@@ -29,6 +29,9 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=
     """
 
 
+MAX_UNIX_PATH = 107  # bytes in a Unix socket's path (sun_path holds 108, with the terminating NUL)
+
+
 # --- gateway: block (what Kong keeps in kong.conf) ---------------------------------------------------------------
 
 
@@ -64,6 +67,7 @@ class GatewaySettings(Base):
     # A JSON line per request in the shape of Kong's log plugins (gateway.telemetry): false (off), true (access.log
     # beside pid_file) or a file path. Every worker appends to the same file; SIGUSR1 reopens it (log rotation).
     access_log: bool | str = False
+    syslog_socket: str = "/dev/log"  # where the syslog plugin sends (a Unix datagram socket; syslog(3)'s is /dev/log)
     # The client address, as kong.conf's settings of the same names (nginx's realip module): a request from a peer
     # in trusted_ips (IPs or CIDRs) takes its client address from real_ip_header (the last address in it, or with
     # real_ip_recursive the last one not itself trusted), and keeps its X-Forwarded-Proto/Host/Port/For.
@@ -81,6 +85,11 @@ class GatewaySettings(Base):
     ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2, with ssl_cipher_suite: custom
     ssl_session_tickets: bool = True
     ssl_handshake_timeout_s: Seconds = 10.0  # ours: a TLS handshake slower than this is dropped
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.syslog_socket.encode()) <= MAX_UNIX_PATH:
+            raise ValueError(f"syslog_socket: expected the path of a Unix socket, 1 to {MAX_UNIX_PATH} bytes, got "
+                             f"{len(self.syslog_socket.encode())} bytes")
 
 
 # --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
