@@ -736,3 +736,21 @@ def test_the_bench_starts_a_redis_server_for_the_redis_configuration_and_stops_i
     with bench.bench_redis(bench.REDIS_CONFIG):
         assert bench.redis_answers() is None
     assert bench.redis_answers() is not None
+
+
+def test_the_standard_webhooks_configuration_signs_the_body_wrk_sends():
+    """gw-standard-webhooks: its headers are what the plugin admits for post_1k.lua's body (else every request would
+    be a 400 and the bench would measure the refusal)."""
+    from gateway.config import parse_config
+    from gateway.policies.standard_webhooks.handler import signature
+    from gateway.runtime import compile_config
+
+    by_name = {c.name: c for c in bench.CONFIGURATIONS}
+    config = by_name["gw-standard-webhooks"]
+    compile_config(parse_config(render(config.config), "gw-standard-webhooks"))
+    headers = dict(h.split(": ", 1) for h in config.headers)
+    body = bench.load_payloads().tools_call_body().encode()
+    assert body in (bench.ROOT / "loadtest" / "post_1k.lua").read_bytes()
+    expected = signature(b"bench-webhook-secret", headers["webhook-id"].encode(),
+                         headers["webhook-timestamp"].encode(), body)
+    assert headers["webhook-signature"].encode() == expected
