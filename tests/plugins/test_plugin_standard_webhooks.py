@@ -112,6 +112,15 @@ async def test_the_timestamp_is_signed_as_lua_writes_the_number_it_read(nursery,
     seen(await post(port, {"webhook-id": MESSAGE_ID, "webhook-signature": sign(16), "webhook-timestamp": "0x10"}))
 
 
+async def test_the_first_of_repeated_headers_is_the_one_read_as_in_kong(nursery, gateway):
+    port = await webhooks_gateway(nursery, gateway)
+    ts = int(time.time())
+    reply = await call(port, "/", [("webhook-id", MESSAGE_ID), ("webhook-id", "msg_other"),
+                                   ("webhook-timestamp", str(ts)), ("webhook-timestamp", "1"),
+                                   ("webhook-signature", sign(ts)), ("webhook-signature", "v1,AAAA")], "POST", BODY)
+    seen(reply)
+
+
 async def test_a_body_over_the_limit_is_refused_as_a_missing_one(nursery, gateway):
     port = await webhooks_gateway(nursery, gateway)
     ts = int(time.time())
@@ -137,7 +146,9 @@ def test_numbers_are_written_as_lua_writes_them(number: float, text: bytes):
 
 
 def test_the_signature_is_v1_and_the_base64_of_the_hmac():
-    assert signature(SECRET.encode(), MESSAGE_ID.encode(), b"1700000000", BODY).decode() == sign(1700000000)
+    keyed = hmac.new(SECRET.encode(), digestmod=hashlib.sha256)
+    assert signature(keyed, MESSAGE_ID.encode(), b"1700000000", BODY).decode() == sign(1700000000)
+    assert signature(keyed, MESSAGE_ID.encode(), b"1700000000", BODY).decode() == sign(1700000000)  # unchanged
 
 
 def test_the_plugin_cannot_be_configured_for_a_consumer():
