@@ -192,6 +192,7 @@ class AuthPolicy:
     name = ""
     priority = 0
     reads_body = False  # True: `check_body` has the last word on what `authenticate` admitted (hmac-auth's digest)
+    searches_body = False  # True: `authenticate_body` (which may read the body) is asked instead of `authenticate`
     __slots__ = ("anon", "run_on_preflight")
 
     def __init__(self, anonymous: Identity | None, run_on_preflight: bool) -> None:
@@ -204,6 +205,9 @@ class AuthPolicy:
     async def check_body(self, ex: Exchange, found: Identity) -> Identity | Rejection:  # pragma: no cover
         raise NotImplementedError
 
+    async def authenticate_body(self, ex: Exchange) -> Identity | Rejection:  # pragma: no cover
+        raise NotImplementedError
+
     async def access(self, ex: Exchange) -> bool:
         if not self.run_on_preflight and ex.request.method == b"OPTIONS":
             return False
@@ -212,7 +216,7 @@ class AuthPolicy:
             current = ex.consumer
             if current is not None and current.credential_id is not None:
                 return False
-        found = self.authenticate(ex)
+        found = await self.authenticate_body(ex) if self.searches_body else self.authenticate(ex)
         if self.reads_body and isinstance(found, Identity):
             found = await self.check_body(ex, found)
         if isinstance(found, Identity):

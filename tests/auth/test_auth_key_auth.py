@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from urllib.parse import urlencode
+
 import pytest
 from auth_helpers import (
     call,
@@ -11,9 +14,6 @@ from auth_helpers import (
     start,
     upstream,
 )
-
-from gateway.config import parse_config
-from gateway.runtime import compile_config
 
 CONSUMERS = [
     {"username": "bob", "keyauth_credentials": [{"key": "kong", "id": "4fd6b3d8-6c3e-4a5a-9d09-0b6c1b2a9c01"}]},
@@ -141,9 +141,144 @@ async def test_anonymous_lets_a_failed_request_through_as_the_anonymous_consumer
         assert "x-credential-identifier" not in seen
 
 
-def test_key_in_body_is_refused_as_not_supported():
-    config = parse_config("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/], plugins: "
-                          "[{name: key-auth, config: {key_in_body: true}}]}]}]")
-    with pytest.raises(Exception) as info:
-        compile_config(config, "t.yml")
-    assert "services[0].routes[0].plugins[0].config.key_in_body: true is not supported" in str(info.value)
+# --- key_in_body (Kong's spec: "key in request body", "config.hide_credentials") ----------------------------------
+
+FORM, JSON_TYPE, MULTIPART = "application/x-www-form-urlencoded", "application/json", "multipart/form-data"
+BOUNDARY = "xYzZY"
+
+
+def encoded(kind: str, fields: dict) -> tuple[str, bytes]:
+    """(Content-Type, body) of `fields` as a client encodes them."""
+    if kind == FORM:
+        return kind, urlencode(fields, doseq=True).encode()
+    if kind == JSON_TYPE:
+        return kind, json.dumps(fields).encode()
+    parts = b"".join(b'--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n' % (
+        BOUNDARY.encode(), k.encode(), v.encode()) for k, v in fields.items())
+    return f"{MULTIPART}; boundary={BOUNDARY}", parts + b"--%s--\r\n" % BOUNDARY.encode()
+
+
+async def post(port: int, kind: str, fields: dict, target: str = "/", headers: list | None = None):  # noqa: ANN201
+    content_type, body = encoded(kind, fields)
+    return await call(port, target, [("content-type", content_type), *(headers or [])], "POST", body=body)
+
+
+def body_seen(reply) -> bytes:  # noqa: ANN001
+    assert reply.status == 200, (reply.status, reply.body)
+    return reply.json()["body"].encode()
+
+
+@pytest.mark.parametrize("kind", [FORM, JSON_TYPE, MULTIPART])
+async def test_key_in_body_authenticates_valid_credentials(nursery, gateway, kind):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    seen = upstream(await post(port, kind, {"apikey": "kong"}))
+    assert seen["x-consumer-username"] == "bob"
+
+
+@pytest.mark.parametrize("kind", [FORM, JSON_TYPE, MULTIPART])
+@pytest.mark.parametrize("where", ["query", "header"])
+async def test_key_in_body_still_authenticates_credentials_in_query_or_header(nursery, gateway, kind, where):
+    """authenticates valid credentials in query / in header (the body holding another name)"""
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    reply = await post(port, kind, {"non_apikey": "kong"}, "/?apikey=kong" if where == "query" else "/",
+                       [("apikey", "kong")] if where == "header" else [])
+    assert upstream(reply)["x-consumer-username"] == "bob"
+
+
+@pytest.mark.parametrize("kind", [FORM, JSON_TYPE, MULTIPART])
+async def test_key_in_body_returns_401_unauthorized_on_invalid_key(nursery, gateway, kind):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    reply = await post(port, kind, {"apikey": "123"})
+    assert (reply.status, message(reply)) == (401, {"message": "Unauthorized"})
+    assert reply.header("www-authenticate") == "Key"
+
+
+@pytest.mark.parametrize(("kind", "body"), [(JSON_TYPE, b'{"apikey": ["kong", "kong"]}'),
+                                            (FORM, b"apikey=kong&apikey=kong"),
+                                            (f"{MULTIPART}; boundary=b", b'--b\r\nContent-Disposition: form-data; '
+                                             b'name="apikey"\r\n\r\nkong\r\n--b\r\nContent-Disposition: '
+                                             b'form-data; name="apikey"\r\n\r\nkong\r\n--b--\r\n')])
+async def test_key_in_body_handles_a_duplicated_key(nursery, gateway, kind, body):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    reply = await call(port, "/", [("content-type", kind)], "POST", body=body)
+    assert (reply.status, message(reply)) == (401, {"message": "Duplicate API key found"})
+
+
+@pytest.mark.parametrize("body", [b"apikey[]=kong&apikey[]=kong", b"apikey[1]=kong&apikey[1]=kong"])
+async def test_key_in_body_does_not_identify_indexed_names_as_api_keys(nursery, gateway, body):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    reply = await call(port, "/", [("content-type", FORM)], "POST", body=body)
+    assert (reply.status, message(reply)) == (401, {"message": "No API key found in request"})
+
+
+@pytest.mark.parametrize(("content_type", "body"), [("text/plain", b"foobar"), ("text/plain", b"apikey=kong"),
+                                                    (JSON_TYPE, b"{not json"), (JSON_TYPE, b'"kong"'),
+                                                    (JSON_TYPE, b'{"apikey": 12}'), (None, b"apikey=kong")])
+async def test_key_in_body_finds_no_key_in_a_body_kong_cannot_read_as_arguments(nursery, gateway, content_type,
+                                                                                 body):
+    """fails with 'key_in_body' and unsupported content type (and what else get_body refuses)"""
+    _, port = await key_gateway(nursery, gateway, key_in_body=True, hide_credentials=True)
+    headers = [("content-type", content_type)] if content_type else []
+    reply = await call(port, "/", headers, "POST", body=body)
+    assert (reply.status, message(reply)) == (401, {"message": "No API key found in request"})
+
+
+async def test_key_in_body_ignores_a_body_over_the_limit(nursery, gateway):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    body = b"apikey=kong&pad=" + b"x" * (1024 * 1024)
+    reply = await call(port, "/", [("content-type", FORM)], "POST", body=body)
+    assert (reply.status, message(reply)) == (401, {"message": "No API key found in request"})
+
+
+async def test_without_key_in_body_a_key_in_the_body_is_not_read(nursery, gateway):
+    _, port = await key_gateway(nursery, gateway)
+    reply = await post(port, FORM, {"apikey": "kong"})
+    assert (reply.status, message(reply)) == (401, {"message": "No API key found in request"})
+
+
+@pytest.mark.parametrize("kind", [FORM, JSON_TYPE, MULTIPART])
+async def test_hide_credentials_false_sends_the_body_key_to_upstream_as_sent(nursery, gateway, kind):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True)
+    content_type, body = encoded(kind, {"apikey": "kong", "foo": "bar"})
+    reply = await call(port, "/", [("content-type", content_type)], "POST", body=body)
+    assert body_seen(reply) == body
+
+
+async def test_hide_credentials_takes_the_key_out_of_a_form_and_writes_it_as_kong_does(nursery, gateway):
+    """true doesn't send key to upstream; true preserves body MIME type (names in lexicographic order)"""
+    _, port = await key_gateway(nursery, gateway, key_in_body=True, hide_credentials=True)
+    reply = await call(port, "/", [("content-type", FORM)], "POST", body=b"zeta=1&apikey=kong&alpha=a+b&flag")
+    assert body_seen(reply) == b"alpha=a%20b&flag&zeta=1"
+    seen = upstream(reply)
+    assert seen["content-type"] == FORM and seen["x-consumer-username"] == "bob"
+
+
+async def test_hide_credentials_takes_the_key_out_of_a_json_body(nursery, gateway):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True, hide_credentials=True)
+    reply = await call(port, "/", [("content-type", "application/json; charset=utf-8")], "POST",
+                       body=b'{"apikey": "kong", "foo": "bar", "n": [1, 2]}')
+    assert json.loads(body_seen(reply)) == {"foo": "bar", "n": [1, 2]}
+    assert upstream(reply)["content-type"] == "application/json; charset=utf-8"
+
+
+async def test_hide_credentials_takes_the_key_out_of_a_multipart_body(nursery, gateway):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True, hide_credentials=True)
+    content_type, body = encoded(MULTIPART, {"zeta": "1", "apikey": "kong", "foo": "bar"})
+    reply = await call(port, "/", [("content-type", content_type)], "POST", body=body)
+    assert body_seen(reply) == (b'--xYzZY\r\nContent-Disposition: form-data; name="foo"\r\n\r\nbar\r\n'
+                                b'--xYzZY\r\nContent-Disposition: form-data; name="zeta"\r\n\r\n1\r\n--xYzZY--\r\n')
+    assert upstream(reply)["content-type"] == "multipart/form-data; boundary=xYzZY"
+
+
+async def test_hide_credentials_takes_the_name_out_of_the_body_when_the_key_came_in_a_header(nursery, gateway):
+    """Kong's handler: with key_in_body, the body is written without the name whichever place gave the key."""
+    _, port = await key_gateway(nursery, gateway, key_in_body=True, hide_credentials=True)
+    reply = await call(port, "/", [("content-type", FORM), ("apikey", "kong")], "POST", body=b"b=2&apikey=x&a=1")
+    assert body_seen(reply) == b"a=1&b=2"
+    assert "apikey" not in upstream(reply)
+
+
+async def test_the_content_length_sent_upstream_is_the_rewritten_bodys(nursery, gateway):
+    _, port = await key_gateway(nursery, gateway, key_in_body=True, hide_credentials=True)
+    reply = await call(port, "/", [("content-type", FORM)], "POST", body=b"apikey=kong&a=1")
+    assert upstream(reply)["content-length"] == "3"

@@ -1,10 +1,20 @@
-"""Kong's key-auth: an API key from a header or the query string names a consumer's keyauth credential.
+"""Kong's key-auth: an API key from a header, the query string or (key_in_body) the body names a consumer's keyauth
+credential. Each of `key_names` in turn is looked for in the headers, then the query, then the body; the first
+found is the key.
 
 Kong's answers: 401 "No API key found in request", "Duplicate API key found" (the same name given twice),
 "Unauthorized" (no such key), each with `WWW-Authenticate: Key` (or `Key realm="..."`).
+
+The body is read only when a name is in neither the headers nor the query, or to take the key out of it
+(hide_credentials), and as Kong's kong.request.get_body reads it (gateway.policies.request_body): a form, JSON or
+multipart body, read whole up to BODY_LIMIT (Kong's buffer is 8 KiB). One that cannot be read so holds no key.
+With hide_credentials the name is taken out of the body and the body written again in its type, as Kong's
+kong.service.request.set_body writes it, whichever of the three places the key came from.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from gateway.http.server import Exchange
 from gateway.policies.consumers import (
@@ -13,24 +23,31 @@ from gateway.policies.consumers import (
     Identity,
     Rejection,
     header_key,
+    header_value,
     header_values,
     query_values,
     remove_header,
     remove_query_arg,
 )
+from gateway.policies.header_list import set_header
 from gateway.policies.key_auth.schema import KeyAuthConfig
+from gateway.policies.request_body import get_body, set_body
+
+BODY_LIMIT = 1024 * 1024  # bytes of a body searched for a key; a larger one holds none (Kong: over its buffer)
+_UNREAD: Any = object()
 
 
 class KeyAuth(AuthPolicy):
     name = "key-auth"
     priority = 1250  # Kong's
-    __slots__ = ("names", "in_header", "in_query", "hide", "keys", "no_key", "duplicate", "invalid")
+    __slots__ = ("names", "in_header", "in_query", "searches_body", "hide", "keys", "no_key", "duplicate", "invalid")
 
     def __init__(self, config: KeyAuthConfig, directory: Directory) -> None:
         super().__init__(directory.anonymous(config.anonymous), config.run_on_preflight)
         self.names = [(name, header_key(name)) for name in config.key_names]
         self.in_header = config.key_in_header
         self.in_query = config.key_in_query
+        self.searches_body = config.key_in_body
         self.hide = config.hide_credentials
         self.keys = {key.encode("utf-8", "surrogateescape"): who for key, who in directory.api_keys.items()}
         realm = f'Key realm="{config.realm}"' if config.realm is not None else "Key"
@@ -55,7 +72,59 @@ class KeyAuth(AuthPolicy):
                 remove_query_arg(ex, name)
                 remove_header(ex, hname)
             break
+        return self._identify(key)
+
+    def _identify(self, key: bytes | None) -> Identity | Rejection:
         if not key:
             return self.no_key
         who = self.keys.get(key)
         return who if who is not None else self.invalid
+
+    async def authenticate_body(self, ex: Exchange) -> Identity | Rejection:
+        """key_in_body: the same search, the body as the third place (read when first needed)."""
+        req = ex.request
+        body: Any = _UNREAD  # (media type, arguments) once read; None: no arguments in it
+        key: bytes | None = None
+        for name, hname in self.names:
+            values: list[Any] = header_values(req.headers, hname) if self.in_header else []
+            if not values and self.in_query:
+                values = query_values(req.target, name)
+            if not values:
+                if body is _UNREAD:
+                    body = await _read_body(ex)
+                found = body[1].get(name) if body is not None and isinstance(body[1], dict) else None
+                if isinstance(found, (list, dict)):
+                    return self.duplicate
+                values = [found] if isinstance(found, str) else []
+            if len(values) > 1:
+                return self.duplicate
+            if not values or not isinstance(values[0], (str, bytes)):  # absent, a bare `?apikey`, a JSON number
+                continue
+            value = values[0]
+            key = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
+            if self.hide:
+                remove_query_arg(ex, name)
+                remove_header(ex, hname)
+                if body is _UNREAD:
+                    body = await _read_body(ex)
+                if body is not None:
+                    _rewrite_body(ex, body[0], body[1], name)
+            break
+        return self._identify(key)
+
+
+async def _read_body(ex: Exchange) -> tuple[str, Any] | None:
+    raw, whole = await ex.read_body(BODY_LIMIT)
+    return get_body(header_value(ex.request.headers, b"content-type"), raw) if whole else None
+
+
+def _rewrite_body(ex: Exchange, kind: str, args: Any, name: str) -> None:
+    """The body goes upstream without `name`, written again as Kong's set_body writes a body of its type."""
+    if isinstance(args, dict):
+        args.pop(name, None)
+    req = ex.request
+    body, content_type = set_body(kind, args, header_value(req.headers, b"content-type") or b"")
+    ex.replace_body(body)
+    headers = [hv for hv in req.headers if hv[0] != b"transfer-encoding"]
+    headers = set_header(headers, b"content-length", b"%d" % len(body))
+    req.headers = set_header(headers, b"content-type", content_type)

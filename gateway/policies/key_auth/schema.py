@@ -19,8 +19,3 @@ class KeyAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
     key_in_body: bool = False
     run_on_preflight: bool = True
     realm: HeaderText | None = None
-
-    def __post_init__(self) -> None:
-        if self.key_in_body:
-            raise ValueError("key_in_body: true is not supported: the gateway reads API keys from headers and the "
-                             "query string only (key_in_header, key_in_query)")

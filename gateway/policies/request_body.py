@@ -1,0 +1,153 @@
+"""Kong's kong.request.get_body and kong.service.request.set_body (kong/pdk/request.lua, kong/pdk/service/request.lua):
+a request body read as arguments by its Content-Type, and arguments written back as a body of that type. Sans-I/O.
+
+Reading, by the media type the Content-Type starts with (lower-cased, parameters cut):
+    application/x-www-form-urlencoded  ngx.req.get_post_args: the first 100 arguments; a repeated name is a list,
+                                       a name without "=" is True
+    application/json                   the decoded document, if it is an object or an array
+    multipart/form-data                each part's value by its Content-Disposition name (lua-multipart's
+                                       get_all_with_arrays: a repeated name is a list)
+Anything else, a missing Content-Type or a body that does not parse reads as nothing (None), as Kong's callers that
+log the error and go on see it.
+
+Writing follows set_body: a form's `name=value` pieces in lexicographic order; JSON compact; multipart one simple part
+per name, names sorted, with the request's boundary (a new one when a value holds it), so the Content-Type may change.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from typing import Any
+from urllib.parse import quote, unquote_to_bytes
+
+FORM, JSON, MULTIPART = "application/x-www-form-urlencoded", "application/json", "multipart/form-data"
+MAX_POST_ARGS = 100  # ngx.req.get_post_args' default, which Kong's get_body keeps
+Args = dict[str, Any]  # name -> str, True, a list of them (repeated), or for JSON any decoded value
+_BOUNDARY = re.compile(rb';\s*boundary=("[^"]*"|[^;\s]+)')  # case-sensitive, as lua-multipart's
+_NAME = re.compile(rb'\bname="([^"]*)"|\bname=([^;\s]+)', re.IGNORECASE)
+
+
+def media_type(content_type: bytes | None) -> str | None:
+    """FORM, JSON or MULTIPART when the Content-Type starts with one of them (Kong's find(...) == 1), else None."""
+    if content_type is None:
+        return None
+    lowered = content_type.partition(b";")[0].lower().decode("latin-1")
+    for kind in (FORM, JSON, MULTIPART):
+        if lowered.startswith(kind):
+            return kind
+    return None
+
+
+def get_body(content_type: bytes | None, raw: bytes) -> tuple[str, Any] | None:
+    """(the media type, the arguments or JSON document) of a whole body; None when Kong's get_body gives an error."""
+    kind = media_type(content_type)
+    if kind == FORM:
+        return kind, _post_args(raw)
+    if kind == JSON:
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            return None
+        return (kind, doc) if isinstance(doc, (dict, list)) else None
+    if kind == MULTIPART:
+        boundary = _boundary(content_type)  # type: ignore[arg-type]  # a media type was found in it
+        return (kind, _multipart(raw, boundary)) if boundary else (kind, {})
+    return None
+
+
+def set_body(kind: str, args: Any, content_type: bytes) -> tuple[bytes, bytes]:
+    """(the body, its Content-Type) for `args` written as `kind`."""
+    if kind == FORM:
+        pieces = sorted(filter(None, (_encode_arg(name, value) for name, value in args.items())))
+        return "&".join(pieces).encode("utf-8", "surrogateescape"), content_type
+    if kind == JSON:
+        return json.dumps(args, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogateescape"), \
+            content_type
+    values = {name: _text(value).encode("utf-8", "surrogateescape") for name, value in args.items()}
+    boundary = _boundary(content_type)
+    if boundary is None or any(b"\n--" + boundary in value for value in values.values()):
+        boundary = b"%d" % (secrets.randbelow(10**10) + 1)
+    out = []
+    for name in sorted(values):
+        out.append(b"--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n%s\r\n" % (
+            boundary, name.encode("utf-8", "surrogateescape"), values[name]))
+    out.append(b"--%s--\r\n" % boundary)
+    return b"".join(out), b"multipart/form-data; boundary=" + boundary
+
+
+def _post_args(raw: bytes) -> Args:
+    out: Args = {}
+    count = 0
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        count += 1
+        if count > MAX_POST_ARGS:
+            break
+        name_raw, eq, value_raw = part.partition(b"=")
+        name = _unquote(name_raw)
+        value: str | bool = _unquote(value_raw) if eq else True
+        prev = out.get(name)
+        out[name] = value if prev is None else ([*prev, value] if isinstance(prev, list) else [prev, value])
+    return out
+
+
+def _unquote(raw: bytes) -> str:
+    """ngx.unescape_uri with "+" as a space, as get_post_args decodes."""
+    return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8", "surrogateescape")
+
+
+def _boundary(content_type: bytes) -> bytes | None:
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return None
+    boundary = found[1]
+    if len(boundary) > 1 and boundary[:1] == b'"' and boundary[-1:] == b'"':
+        return boundary[1:-1]
+    return boundary
+
+
+def _multipart(raw: bytes, boundary: bytes) -> Args:
+    out: Args = {}
+    delimiter = b"--" + boundary
+    for chunk in raw.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):  # the close delimiter: the rest is epilogue
+            break
+        head, sep, value = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        name = None
+        for line in head.split(b"\r\n"):
+            if line[:20].lower() == b"content-disposition:":
+                found = _NAME.search(line)
+                if found is not None:
+                    name = (found[1] if found[1] is not None else found[2]).decode("utf-8", "surrogateescape")
+        if name is None:
+            continue
+        text = (value[:-2] if value.endswith(b"\r\n") else value).decode("utf-8", "surrogateescape")
+        prev = out.get(name)
+        out[name] = text if prev is None else ([*prev, text] if isinstance(prev, list) else [prev, text])
+    return out
+
+
+def _encode_arg(name: str, value: Any) -> str:
+    """ngx.encode_args({name = value}): `name=value` escaped, a list repeated, True a bare name, False nothing."""
+    key = quote(name, safe="-_.~", errors="surrogateescape")
+    parts = []
+    for v in value if isinstance(value, list) else [value]:
+        if v is True:
+            parts.append(key)
+        elif v is not False and v is not None:
+            parts.append(f"{key}={quote(_text(v), safe='-_.~', errors='surrogateescape')}")
+    return "&".join(parts)
+
+
+def _text(value: Any) -> str:
+    """A value as Lua's tostring writes it into a body (true/false, numbers as written)."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return value if isinstance(value, str) else str(value)
