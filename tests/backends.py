@@ -314,6 +314,44 @@ async def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> Any:
     return result
 
 
+class UdpCollector:
+    """A log or metrics collector stand-in on a UDP port (udp-log, statsd, datadog): the datagrams it received;
+    `close` stops listening (the port then answers ICMP port unreachable)."""
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.datagrams: list[bytes] = []
+        self._socket: trio.socket.SocketType | None = None
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = self._socket = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind(("127.0.0.1", self.port))
+            self.port = sock.getsockname()[1]
+            task_status.started()
+            try:
+                while True:
+                    self.datagrams.append(await sock.recv(65536))
+            except (OSError, trio.ClosedResourceError):  # closed
+                pass
+
+    def close(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+
+    @property
+    def entries(self) -> list[Any]:
+        """The datagrams as JSON documents (udp-log's)."""
+        return [json.loads(d) for d in self.datagrams]
+
+    async def received(self, n: int) -> list[str]:
+        """The first `n` datagrams as text, once they came, after a pause in which no more may come."""
+        await wait_until(lambda: len(self.datagrams) >= n, f"{n} datagrams")
+        await trio.sleep(0.2)
+        assert len(self.datagrams) == n, self.datagrams
+        return [d.decode() for d in self.datagrams]
+
+
 # --- client ---------------------------------------------------------------------------------------------------------
 
 

@@ -46,6 +46,15 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     concurrency_limit: Literal[-1, 1] = 1
 
 
+def apply_legacy_queue(queue: QueueConfig, queue_size: int | None, flush_timeout: float | None) -> None:
+    """Kong's Queue.get_plugin_params for the deprecated log-plugin fields: a queue_size other than its old default
+    (1) is the queue's max_batch_size, a flush_timeout other than 2 its max_coalescing_delay."""
+    if queue_size is not None and queue_size != 1:
+        queue.max_batch_size = queue_size
+    if flush_timeout is not None and flush_timeout != 2:
+        queue.max_coalescing_delay = flush_timeout
+
+
 Handler = Callable[[list[Any]], Awaitable[None]]  # sends a batch; raises (any Exception) when it failed
 Formatter = Callable[[Any], Any]
 

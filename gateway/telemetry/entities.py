@@ -44,8 +44,14 @@ class RouteFacts:
     def __init__(self, route: Route, route_name: str, service: Service | None) -> None:
         self.route_id = route.id or entity_id("routes", route.name, route_name)
         self.service_id = (service.id or entity_id("services", service.name, service.name or "")) if service else ""
+        sdoc: dict[str, Any] | None = None
+        if service is not None:
+            sdoc = _entity(service, "services")
+            sdoc["id"] = self.service_id
+            if getattr(service, "_unnamed", False):  # the loader's name for it (its id or path): Kong's has none
+                sdoc.pop("name", None)
         # Kong's labels: service name (or host), route name (or id)
-        self.service = (service.name or service.host or "") if service is not None else ""
+        self.service = (sdoc.get("name") or sdoc.get("host") or "") if sdoc is not None else ""
         self.route = route.name or self.route_id
         self.labels = (self.service, self.route, "default")  # the latency histograms' (service, route, workspace)
         self.http_route = route.paths[0] if route.paths else ""  # OpenTelemetry's http.route (Kong's: paths[1])
@@ -56,12 +62,7 @@ class RouteFacts:
         if service is not None:
             doc["service"] = {"id": self.service_id}
         self.route_json = msgspec.Raw(msgspec.json.encode(doc))
-        if service is not None:
-            sdoc = _entity(service, "services")
-            sdoc["id"] = self.service_id
-            self.service_json: msgspec.Raw | None = msgspec.Raw(msgspec.json.encode(sdoc))
-        else:
-            self.service_json = None
+        self.service_json: msgspec.Raw | None = msgspec.Raw(msgspec.json.encode(sdoc)) if sdoc is not None else None
 
 
 def _entity(entity: Any, kind: str) -> dict[str, Any]:

@@ -101,3 +101,17 @@ async def test_the_logged_uri_is_the_one_sent_and_the_querystring_the_one_forwar
     assert line["request"]["url"].endswith(f":{port}/api/x?a=1&apikey=kong&b=2")
     assert line["request"]["querystring"] == {"a": "1", "b": "2"}
     assert line["upstream_uri"] == "/x?a=1&b=2"  # strip_path
+
+
+async def test_an_unnamed_service_is_logged_without_a_name_as_kong_logs_it(nursery, gateway, tmp_path):
+    """The loader names an unnamed service after its path for its own use; Kong's serializer has no name for it."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [{"url": f"http://127.0.0.1:{backend.port}", "routes": [{"paths": ["/"]}]}]},
+                         access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/x")).status == 200
+    (line,) = await _lines(log, 1)
+    assert "name" not in line["service"]
+    assert line["service"]["host"] == "127.0.0.1" and line["service"]["port"] == backend.port

@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from gateway.metrics import RECORDER
-from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig
+from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig, apply_legacy_queue
 
 
 class Collector:
@@ -174,3 +174,20 @@ async def test_max_bytes_bounds_formatted_entries(nursery, autojump):
         queue.put(item)
         await trio.sleep(0.01)
     assert len(queue) == 2  # "aaaa" in flight; of the rest only 8 bytes fit in 10
+
+
+@pytest.mark.parametrize(("queue_size", "flush_timeout", "expected"), [
+    (None, None, (1, 1.0)), (7, 3, (7, 3)), (1, 2, (1, 1.0)),  # the old defaults change nothing
+    (1, 0, (1, 0)), (5, 2, (5, 1.0)),
+])
+def test_the_deprecated_queue_fields_apply_as_kongs_get_plugin_params_applies_them(queue_size, flush_timeout,
+                                                                                    expected):
+    queue = QueueConfig()
+    apply_legacy_queue(queue, queue_size, flush_timeout)
+    assert (queue.max_batch_size, queue.max_coalescing_delay) == expected
+
+
+def test_the_deprecated_queue_fields_win_over_the_queue_as_in_kong():
+    queue = QueueConfig(max_batch_size=50, max_coalescing_delay=5)
+    apply_legacy_queue(queue, 7, 3)
+    assert (queue.max_batch_size, queue.max_coalescing_delay) == (7, 3)

@@ -3,49 +3,19 @@ no newline, in a datagram of its own per request, never in a request's way."""
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
 
 import msgspec
 import pytest
 import trio
 from backends import EchoBackend, request, service, wait_until
+from backends import UdpCollector as Collector
 
 from gateway.policies.udp_log.schema import UdpLogConfig
 from gateway.telemetry.sender import SendError
-from gateway.telemetry.udp_sender import MAX_DATAGRAM, UdpSender
+from gateway.telemetry.udp_sender import UdpSender
 
 TIMEOUT = 10
-
-
-class Collector:
-    """Receives datagrams on a UDP port; `close` stops listening (the port then answers ICMP port unreachable)."""
-
-    def __init__(self, port: int = 0) -> None:
-        self.port = port
-        self.datagrams: list[bytes] = []
-        self._socket: trio.socket.SocketType | None = None
-
-    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = self._socket = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind(("127.0.0.1", self.port))
-            self.port = sock.getsockname()[1]
-            task_status.started()
-            try:
-                while True:
-                    self.datagrams.append(await sock.recv(MAX_DATAGRAM + 1))
-            except (OSError, trio.ClosedResourceError):  # closed
-                pass
-
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-
-    @property
-    def entries(self) -> list[dict]:
-        return [json.loads(d) for d in self.datagrams]
 
 
 async def _proxied(nursery: trio.Nursery, gateway, collector: Collector, **settings) -> int:  # noqa: ANN001,ANN003

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.telemetry.batch import QueueConfig
+from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.sender import Endpoint
 
 _FORBIDDEN_HEADERS = {"host": "Host", "content-length": "Content-Length", "content-type": "Content-Type"}
@@ -43,7 +43,4 @@ class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
                                  "allowed")
             if not name or any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n\0"):
                 raise ValueError(f"headers: invalid header {name!r}")
-        if self.queue_size is not None and self.queue.max_batch_size == 1:
-            self.queue.max_batch_size = self.queue_size
-        if self.flush_timeout is not None and self.queue.max_coalescing_delay == 1.0:
-            self.queue.max_coalescing_delay = self.flush_timeout
+        apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)
