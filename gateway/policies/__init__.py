@@ -16,6 +16,7 @@ from gateway.policies import (
     circuit_breaker,
     correlation_id,
     cors,
+    datadog,
     file_log,
     hmac_auth,
     http_log,
@@ -31,6 +32,7 @@ from gateway.policies import (
     request_transformer,
     response_transformer,
     standard_webhooks,
+    statsd,
     syslog,
     tcp_log,
     udp_log,
@@ -39,5 +41,5 @@ from gateway.policies import (
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, hmac_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
     cors, correlation_id, request_termination, redirect, bot_detection, request_transformer, response_transformer,
-    standard_webhooks, prometheus, file_log, http_log, tcp_log, udp_log, syslog, opentelemetry, ai_mcp_oauth2,
-    ai_mcp_proxy)}
+    standard_webhooks, prometheus, file_log, http_log, statsd, datadog, tcp_log, udp_log, syslog, opentelemetry,
+    ai_mcp_oauth2, ai_mcp_proxy)}

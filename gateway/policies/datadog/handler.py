@@ -1,0 +1,95 @@
+"""Kong's datadog: for every request, each configured metric as a DogStatsD line in a datagram of its own to the
+agent, `<prefix>.<stat>:<value>|<type>[|@<rate>]|#<tags>`. The tags: `<service_name_tag>:<service name (or host),
+dots as "_">`, `<status_tag>:<status>`, `<consumer_tag>:<the consumer's id, custom_id or username>` when the metric
+names a consumer_identifier and the consumer has it, then the metric's own tags. Values from Kong's serializer:
+request.count 1, latency (request), upstream_latency (proxy, -1 when no upstream answered), kong_latency,
+request.size and response.size. Sent through Kong's queue off the request path; a datagram the agent's port
+refused is lost, as in Kong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.policies.datadog.schema import DatadogConfig, DatadogMetric
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.entry import Entry, summary
+from gateway.telemetry.udp_sender import UdpSender
+
+_TYPES = {"gauge": "g", "counter": "c", "timer": "ms", "histogram": "h", "meter": "m", "set": "s",
+          "distribution": "d"}
+_STATS = {"request_size": "request.size", "response_size": "response.size", "latency": "latency",
+          "upstream_latency": "upstream_latency", "kong_latency": "kong_latency", "request_count": "request.count"}
+
+
+def lua_number(value: float) -> str:
+    """A number as Lua's tostring writes it ("%.14g"): 1 not 1.0."""
+    return f"{value:.14g}"
+
+
+class _Metric:
+    """What one configured metric needs per request, built at config load."""
+
+    __slots__ = ("name", "stat", "suffix", "consumer", "tags")
+
+    def __init__(self, metric: DatadogMetric, prefix: str) -> None:
+        self.name = metric.name
+        rate = metric.sample_rate
+        self.stat = f"{prefix}.{_STATS[metric.name]}:"
+        self.suffix = "|" + _TYPES[metric.stat_type] + (f"|@{lua_number(rate)}" if rate is not None and rate != 1
+                                                          else "")
+        self.consumer = metric.consumer_identifier
+        self.tags = metric.tags or []
+
+
+class Datadog:
+    name = "datadog"
+    priority = 10  # Kong's
+    entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
+
+    def __init__(self, config: DatadogConfig, plugin_id: str, queues: Queues = QUEUES) -> None:
+        assert config.host is not None and config.port is not None  # the schema resolved a null
+        self.sender = UdpSender(config.host, config.port)
+        self.metrics = [_Metric(m, config.prefix) for m in config.metrics]
+        self.tag_names = (config.service_name_tag + ":", config.status_tag + ":", config.consumer_tag + ":")
+        # Kong names the queue after the plugin instance
+        self.queue: BatchQueue = queues.queue_for(f"datadog:{plugin_id}", config.queue, self.send, self.lines,
+                                                  settings=(config.host, config.port))
+
+    def log_entry(self, entry: Entry) -> None:
+        self.queue.put(entry)
+
+    def lines(self, entry: Entry) -> list[bytes]:
+        """The request's datagrams, one per metric (the queue's formatter: it holds these, not the request)."""
+        doc = summary(entry)
+        latencies = doc["latencies"]
+        values = {"request_size": doc["request"]["size"], "response_size": doc["response"]["size"],
+                  "latency": latencies["request"], "upstream_latency": latencies["proxy"],
+                  "kong_latency": latencies["kong"], "request_count": 1}
+        service = doc.get("service")
+        service_name = (service.get("name") or service.get("host") or "").replace(".", "_") if service else ""
+        name_tag, status_tag, consumer_tag = self.tag_names
+        common = f"{name_tag}{service_name},{status_tag}{doc['response']['status']}"
+        consumer = doc.get("consumer")
+        out = []
+        for metric in self.metrics:
+            tags = [common]
+            if metric.consumer is not None and consumer is not None:
+                who = _consumer_id(consumer, metric.consumer)
+                if who is not None:
+                    tags.append(consumer_tag + who)
+            tags += metric.tags
+            out.append(f"{metric.stat}{values[metric.name]}{metric.suffix}|#{','.join(tags)}".encode())
+        return out
+
+    async def send(self, batch: list[Any]) -> None:
+        for lines in batch:
+            for line in lines:
+                await self.sender.send(line)
+
+
+def _consumer_id(consumer: dict[str, Any], identifier: str) -> str | None:
+    if identifier == "consumer_id":
+        return str(consumer["id"]).replace("-", "_") if consumer.get("id") else None
+    value = consumer.get(identifier)
+    return str(value) if value is not None else None

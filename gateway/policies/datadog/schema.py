@@ -1,0 +1,76 @@
+"""Kong's datadog plugin config (kong/plugins/datadog/schema.lua), with Kong's queue (typedefs.queue)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+import msgspec
+
+from gateway.config.errors import show
+from gateway.policies.tcp_log.schema import Port, is_host
+from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
+
+StatName = Literal["kong_latency", "latency", "request_count", "request_size", "response_size", "upstream_latency"]
+StatType = Literal["counter", "gauge", "histogram", "meter", "set", "timer", "distribution"]
+ConsumerIdentifier = Literal["consumer_id", "custom_id", "username"]
+
+
+class DatadogMetric(msgspec.Struct, forbid_unknown_fields=True):
+    name: StatName
+    stat_type: StatType
+    tags: list[str] | None = None
+    sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    consumer_identifier: ConsumerIdentifier | None = None
+
+    def __post_init__(self) -> None:
+        if self.stat_type in ("counter", "gauge") and self.sample_rate is None:
+            raise ValueError(f"sample_rate: required when stat_type is {self.stat_type} (as in Kong)")
+        for tag in self.tags or ():
+            if not tag or tag.endswith(":"):  # Kong's match "^.*[^:]$"
+                raise ValueError(f"tags: expected a tag that does not end with ':', got {show(tag)}")
+            if "\n" in tag:
+                raise ValueError(f"tags: a tag cannot hold a line break (DogStatsD reads lines), got {show(tag)}")
+
+
+def _default_metrics() -> list[DatadogMetric]:
+    """Kong's DEFAULT_METRICS: each tagged app:kong and with the consumer's custom_id."""
+    kinds: list[tuple[StatName, StatType]] = [("request_count", "counter"), ("latency", "timer"),
+                                              ("request_size", "timer"), ("response_size", "timer"),
+                                              ("upstream_latency", "timer"), ("kong_latency", "timer")]
+    return [DatadogMetric(name=name, stat_type=kind, tags=["app:kong"], consumer_identifier="custom_id",
+                          sample_rate=1 if kind == "counter" else None) for name, kind in kinds]
+
+
+class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: the agent named by KONG_DATADOG_AGENT_HOST / KONG_DATADOG_AGENT_PORT in the gateway's environment
+    host: str | None = "localhost"
+    port: Port | None = 8125
+    prefix: str = "kong"
+    service_name_tag: str = "name"
+    status_tag: str = "status"
+    consumer_tag: str = "consumer"
+    metrics: list[DatadogMetric] = msgspec.field(default_factory=_default_metrics)
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    # Kong 3.x's deprecated forms: queue_size and flush_timeout still map onto the queue (Kong's
+    # Queue.get_plugin_params); retry_count "no longer works" in Kong, so it is refused here.
+    queue_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    flush_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    retry_count: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.host is None:
+            self.host = os.environ.get("KONG_DATADOG_AGENT_HOST")
+            if not self.host:
+                raise ValueError("host: null takes the agent's host from KONG_DATADOG_AGENT_HOST, which is not set")
+        if not is_host(self.host):
+            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        if self.port is None:
+            text = os.environ.get("KONG_DATADOG_AGENT_PORT", "")
+            if not text.isdigit() or not 0 < int(text) < 65536:
+                raise ValueError("port: null takes the agent's port from KONG_DATADOG_AGENT_PORT, which is not a port "
+                                 f"({show(text) if text else 'not set'})")
+            self.port = int(text)
+        if self.retry_count is not None:
+            raise ValueError("retry_count: it no longer works in Kong 3.x; use queue.max_retry_time")
+        apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)
