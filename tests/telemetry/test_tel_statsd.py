@@ -497,6 +497,13 @@ async def test_a_line_the_kernel_refuses_is_logged_and_the_next_request_is_sent(
     await trio.sleep(0.2)
     back = Collector(collector.port)
     await nursery.start(back.serve)
+    # The socket may still hold the error of a line sent while the server was down (only the next send hears of it,
+    # and that line is lost): a first request clears it, the next one's lines all arrive.
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", KEY)).status == 200
+    await wait_until(lambda: back.datagrams, "the server hears from the gateway again")
+    await trio.sleep(0.2)
+    back.datagrams.clear()
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", KEY)).status == 200
     matches(await back.received(12), DEFAULT_LINES)
