@@ -655,15 +655,16 @@ def test_session_and_stateless_tool_calls():
 
 
 def test_observability_configs_are_valid_gateway_configs():
-    """gw-metrics, gw-otel-*, gw-tcp-log, gw-udp-log, gw-statsd, gw-datadog and gw-syslog: the gateway accepts
-    them (check-config's compile), with the plugin as described."""
+    """gw-metrics, gw-otel-*, gw-tcp-log, gw-udp-log, gw-statsd, gw-datadog, gw-syslog, gw-loggly and gw-zipkin:
+    the gateway accepts them (check-config's compile), with the plugin as described."""
     from gateway.config import parse_config
     from gateway.runtime import compile_config
 
     by_name = {c.name: c for c in bench.CONFIGURATIONS}
     for name, plugin in [("gw-metrics", "prometheus"), ("gw-otel-0.01", "opentelemetry"),
                          ("gw-otel-1", "opentelemetry"), ("gw-tcp-log", "tcp-log"), ("gw-udp-log", "udp-log"),
-                         ("gw-statsd", "statsd"), ("gw-datadog", "datadog"), ("gw-syslog", "syslog")]:
+                         ("gw-statsd", "statsd"), ("gw-datadog", "datadog"), ("gw-syslog", "syslog"),
+                         ("gw-loggly", "loggly"), ("gw-zipkin", "zipkin")]:
         text = render(by_name[name].config)
         config = parse_config(text, name)
         compile_config(config, name)

@@ -23,6 +23,7 @@ from gateway.policies import (
     ip_restriction,
     jwt,
     key_auth,
+    loggly,
     opentelemetry,
     prometheus,
     rate_limiting,
@@ -36,10 +37,11 @@ from gateway.policies import (
     syslog,
     tcp_log,
     udp_log,
+    zipkin,
 )
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, basic_auth, hmac_auth, ip_restriction, acl, request_size_limiting, rate_limiting, circuit_breaker,
     cors, correlation_id, request_termination, redirect, bot_detection, request_transformer, response_transformer,
-    standard_webhooks, prometheus, file_log, http_log, statsd, datadog, tcp_log, udp_log, syslog, opentelemetry,
-    ai_mcp_oauth2, ai_mcp_proxy)}
+    standard_webhooks, prometheus, file_log, http_log, statsd, datadog, tcp_log, udp_log, syslog, loggly, opentelemetry,
+    zipkin, ai_mcp_oauth2, ai_mcp_proxy)}

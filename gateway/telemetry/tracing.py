@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterable
 from typing import Any
 
 from gateway.http.codec import Headers
@@ -198,3 +199,18 @@ class SpanRecord:
         self.end_ns = end_ns
         self.attributes = attributes
         self.error = error  # a description when the span failed (status ERROR)
+
+
+def formats_out(inject: Iterable[str], default_format: str, found: Any) -> tuple[str, ...]:
+    """The formats a request's context goes upstream in (Kong's propagation.inject): "preserve" is the one it came
+    in (b3 as it came: single or multi), or `default_format` when none was read (`found`: the context read, with
+    its .format and .single)."""
+    out: list[str] = []
+    for fmt in inject:
+        if fmt == "preserve":
+            fmt = found.format if found is not None else default_format
+            if fmt == B3 and found is not None and found.single:
+                fmt = B3_SINGLE
+        if fmt not in out:
+            out.append(fmt)
+    return tuple(out)

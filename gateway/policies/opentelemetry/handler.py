@@ -34,6 +34,7 @@ from gateway.telemetry.tracing import (
     W3C,
     SpanRecord,
     extract,
+    formats_out,
     inject,
     new_span_id,
     new_trace_id,
@@ -159,15 +160,7 @@ class OpenTelemetry:
 
     def _formats(self, found: Any) -> tuple[str, ...]:
         """The formats a request's context goes upstream in: "preserve" is the one it came in (or the default)."""
-        formats: list[str] = []
-        for fmt in self.inject:
-            if fmt == "preserve":
-                fmt = found.format if found is not None else self.default_format
-                if fmt == B3 and found is not None and found.single:
-                    fmt = B3_SINGLE
-            if fmt not in formats:
-                formats.append(fmt)
-        return tuple(formats)
+        return formats_out(self.inject, self.default_format, found)
 
     # ---- log: spans ---------------------------------------------------------------------------------------------
 

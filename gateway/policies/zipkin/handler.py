@@ -1,0 +1,313 @@
+"""Kong's zipkin plugin (priority 100000: its access step runs before every other plugin's).
+
+access: read the caller's context with Kong's propagation rules (gateway.policies.zipkin.propagation), decide
+sampling (the caller's decision, else a random draw against sample_ratio, as Kong's math.random), start the trace
+(the caller's id, else one of traceid_byte_count bytes), then clear the configured headers and inject the context
+upstream in the configured formats: the proxy span's id, with the request span as its parent.
+
+header_filter (only with http_response_header_for_traceid): the trace id on every response the request gets.
+
+log: for a sampled request, when there is an http_endpoint, one queue entry per span (a span per balancer try, the
+proxy span, the request span: Kong's batch sizes count spans); the queue's task reads the finished request, builds
+and encodes the spans (gateway.policies.zipkin.spans) and POSTs them as JSON arrays. An unsampled request costs its
+ids and headers only. A request answered before the access step ran (no route matched) gets its trace where Kong's
+header_filter or log step would start it: from the request's headers.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from functools import lru_cache
+
+import msgspec
+
+from gateway.http.codec import Headers
+from gateway.http.server import Exchange
+from gateway.metrics import wall_offset
+from gateway.policies.zipkin import propagation, spans
+from gateway.policies.zipkin.propagation import TRACE_HEADERS, Context, extract, formats_for, inject, scan
+from gateway.policies.zipkin.schema import ZipkinConfig
+from gateway.routing.normalize import normalize_path
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.sender import Endpoint, HttpSender
+from gateway.telemetry.tracing import new_span_id, new_trace_id
+
+log = logging.getLogger("gateway.telemetry")
+
+STATE_KEY = "zipkin"
+CONTENT_TYPE = b"application/json"
+SERVER_NAME = "kong"  # Kong's nginx server_name: the host of a request that names none
+_TIMEOUT = -2  # a try's code when it timed out (gateway.pipeline.forward)
+
+
+class _Named(msgspec.Struct):
+    name: str | None = None
+    port: int | None = None
+
+
+_NAMED = msgspec.json.Decoder(_Named)
+
+
+class Trace:
+    """One request's trace: the trace id (`size` bytes: Kong's own are traceid_byte_count, a caller's 16), the
+    request span and its parent, the proxy span, the sampling decision, and what Kong reads of the request when the
+    trace starts (the method, the tags header's values). `accessed`: started by the access step."""
+
+    __slots__ = ("trace_id", "size", "span_id", "parent_id", "proxy_id", "sampled", "accessed", "method",
+                 "tag_values")
+
+    def __init__(self, trace_id: int, size: int, span_id: int, parent_id: int | None, sampled: bool, method: bytes,
+                 tag_values: list[bytes] | None) -> None:
+        self.trace_id = trace_id
+        self.size = size
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.proxy_id = new_span_id()
+        self.sampled = sampled
+        self.accessed = False
+        self.method = method
+        self.tag_values = tag_values
+
+    def hex_id(self) -> str:
+        return f"{self.trace_id:0{self.size * 2}x}"
+
+
+class Zipkin:
+    name = "zipkin"
+    priority = 100000  # Kong's: first, so its timestamps are taken at the start of each phase
+    entries = False  # its log step takes the raw facts (gateway.telemetry.phase)
+
+    def __init__(self, config: ZipkinConfig, plugin_id: str, node_id: str = "", queues: Queues = QUEUES) -> None:
+        self.params = propagation.plugin_params(config.propagation, config.header_type, config.default_header_type)
+        self.new_formats = formats_for(self.params, None)  # what a request without a context gets: decided once
+        self.ratio = config.sample_ratio
+        self.trace_bytes = config.traceid_byte_count
+        # ngx.req.get_headers()'s lookup: case-insensitive, "_" as "-"
+        self.tags_header = config.tags_header.lower().replace("_", "-").encode()
+        self.scanned = TRACE_HEADERS | {self.tags_header}
+        self.settings = spans.Settings(config)
+        self.node_id = node_id
+        header = config.http_response_header_for_traceid
+        self.response_header = header.lower().encode() if header else b""
+        self.sender: HttpSender | None = None
+        self.queue: BatchQueue | None = None
+        if config.http_endpoint is not None:  # null: Kong's reporter sends nothing, so nothing is built
+            self.sender = HttpSender(Endpoint(config.http_endpoint), connect_timeout=config.connect_timeout / 1000,
+                                     send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000)
+            # Kong names the queue after the plugin instance; ours also after where it sends
+            self.queue = queues.queue_for(f"zipkin:{plugin_id}:{config.http_endpoint}", config.queue, self.send,
+                                          self.format, settings=config)
+
+    # ---- access: propagation ------------------------------------------------------------------------------------
+
+    async def access(self, ex: Exchange) -> bool:
+        req = ex.request
+        headers = req.headers
+        values = scan(headers, self.scanned)
+        found = None
+        present = False  # a trace header is there: what injection writes may have to replace it
+        if values is not None:
+            present = len(values) > 1 or self.tags_header not in values
+            if present and self.params.extract:
+                found = extract(values, headers, self.params.extract)
+        trace = self._start(req.method, found, values)
+        trace.accessed = True
+        formats = self.new_formats if found is None else formats_for(self.params, found)
+        clear = self.params.clear
+        if formats:
+            sampled = True if trace.sampled else None  # Kong: the proxy span's decision, or the caller's if truthy
+            size, flags, baggage = 0, None, None
+            if found is not None:  # what Kong's inject context keeps of the extracted one
+                size, flags, baggage = found.trace_size, found.flags, found.baggage
+            out: Headers = []
+            for fmt in formats:
+                out += inject(fmt, trace.trace_id, size, trace.proxy_id, trace.span_id, sampled, flags, baggage)
+            if present or clear:  # Kong clears, then sets (replaces) each header it writes
+                drop = clear.union(name for name, _ in out)
+                headers = req.headers = [hv for hv in headers if hv[0] not in drop]
+            headers += out
+        elif clear:
+            req.headers = [hv for hv in headers if hv[0] not in clear]
+        _keep(ex, trace)
+        return False
+
+    def _start(self, method: bytes, found: Context | None, values: propagation.Values | None) -> Trace:
+        """Kong's initialize_request: the caller's ids and decision where it gave them, new ones otherwise."""
+        trace_id = parent_id = span_id = sampled = None
+        if found is not None:
+            trace_id, sampled = found.trace_id, found.sampled
+            if found.reuse:  # b3, jaeger: the caller's span is the request's own
+                span_id, parent_id = found.span_id, found.parent_id
+            else:
+                parent_id = found.span_id
+        if sampled is None:
+            sampled = random.random() < self.ratio
+        size = 16
+        if trace_id is None:
+            size = self.trace_bytes
+            trace_id = new_trace_id() if size == 16 else new_span_id()
+        return Trace(trace_id, size, span_id if span_id is not None else new_span_id(), parent_id, sampled, method,
+                     values.get(self.tags_header) if values is not None else None)
+
+    def current(self, ex: Exchange) -> Trace:
+        """The request's trace; started from its headers when the access step did not run."""
+        state = ex.state
+        trace = state.get(STATE_KEY) if state is not None else None
+        if trace is None:
+            req = ex.request
+            values = scan(req.headers, self.scanned)
+            extractors = self.params.extract
+            found = extract(values, req.headers, extractors) if values is not None and extractors else None
+            trace = self._start(req.method, found, values)
+            _keep(ex, trace)
+        return trace
+
+    # ---- log: spans ---------------------------------------------------------------------------------------------
+
+    def log(self, ex: Exchange, started: float, ended: float, status: int) -> None:
+        queue = self.queue
+        if queue is None:
+            return
+        trace = self.current(ex)
+        if not trace.sampled:
+            return
+        report = _Report(self, trace, ex, started, ended, status)
+        for i in range(report.count):
+            queue.put((report, i))
+
+    def format(self, item: tuple[_Report, int]) -> bytes:
+        """One span as JSON (the queue's formatter: runs in the queue's task, off the request path)."""
+        report, i = item
+        return report.span(i)
+
+    def facts(self, trace: Trace, ex: Exchange, started: float, ended: float, status: int) -> spans.Facts:
+        """What Kong's log step reads of the finished request, its times as µs since the epoch."""
+        wall = wall_offset()
+
+        def us(t: float) -> int:
+            return int((t + wall) * 1e6)
+
+        req = ex.request
+        path = normalize_path(ex.request_uri().partition(b"?")[0]).decode("utf-8", "replace")
+        tries = ex.tries or []
+        end = us(ended)
+        header_start = None
+        if ex.response_started:  # right after the upstream's head came, or when the gateway answered
+            last_head = tries[-1].head_at if tries else 0.0
+            header_start = us(last_head) if last_head else end
+        facts = spans.Facts(method=trace.method.decode("latin-1"), path=path, host=_host(req.host), status=status,
+                            start=us(started), end=end, protocol=_protocol(req.http_version),
+                            client_ip=ex.client_ip or None, client_port=ex.conn.peer[1] if ex.conn.peer else None,
+                            node_id=self.node_id, header_start=header_start)
+        if trace.accessed:  # Kong's access phase starts before routing, as the gateway's pipeline does
+            facts.access_start = us(started)
+            facts.access_end = us(tries[0].started) if tries else header_start if header_start is not None else end
+        if trace.tag_values:
+            tags, errors = spans.parse_tags([v.decode("utf-8", "replace") for v in trace.tag_values])
+            if errors:
+                log.warning("Could not parse the following Zipkin tags: %s", ", ".join(errors))
+            facts.request_tags = tags
+        consumer = ex.consumer
+        if consumer is not None:
+            facts.consumer_id, facts.credential_id = consumer.id, consumer.credential_id
+        route = ex.route
+        if route is not None:
+            facts.routed = route.service is not None  # Kong's balancer_data: the count of spans (_Report)
+            rf = route.facts
+            if rf is not None:
+                facts.route_id, facts.route_name = rf.route_id, _NAMED.decode(rf.route_json).name
+                if rf.service_json is not None:
+                    service = _NAMED.decode(rf.service_json)
+                    facts.service_id, facts.service_name, facts.peer_port = rf.service_id, service.name, service.port
+        for i, attempt in enumerate(tries):
+            host, port = attempt.target.key
+            failed = i < len(tries) - 1
+            code = attempt.code
+            facts.tries.append(spans.Try(_ip(host), port, us(attempt.started), "failed" if failed else None,
+                                         (504 if code == _TIMEOUT else code if code > 0 else 502) if failed else None))
+            facts.peer_hostname, facts.peer_ip, facts.peer_port = host, _ip(host), port
+        return facts
+
+    async def send(self, batch: list[bytes]) -> None:
+        """One batch of encoded spans as Zipkin's JSON array (POST, Content-Type application/json)."""
+        assert self.sender is not None
+        log.debug("zipkin batch size: %d", len(batch))
+        await self.sender.send(spans.batch(batch), CONTENT_TYPE)
+
+
+class ZipkinWithHeader(Zipkin):
+    """The plugin with http_response_header_for_traceid: a response phase only then (a route's plugins without one
+    pay nothing per response)."""
+
+    def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        trace = self.current(ex)
+        headers.append((self.response_header, trace.hex_id().encode()))  # Kong's kong.response.add_header
+        return headers
+
+
+class _Report:
+    """A sampled request's spans, built and encoded together when the queue's task formats the first of them; the
+    finished Exchange is held until then (what it reads is final once the response is sent)."""
+
+    __slots__ = ("plugin", "trace", "ex", "started", "ended", "status", "count", "encoded")
+
+    def __init__(self, plugin: Zipkin, trace: Trace, ex: Exchange, started: float, ended: float, status: int) -> None:
+        self.plugin = plugin
+        self.trace = trace
+        self.ex: Exchange | None = ex
+        self.started = started
+        self.ended = ended
+        self.status = status
+        route = ex.route
+        self.count = 2 + (len(ex.tries or ()) if route is not None and route.service is not None else 0)
+        self.encoded: list[bytes] | None = None
+
+    def span(self, i: int) -> bytes:
+        encoded = self.encoded
+        if encoded is None:
+            plugin, trace, ex = self.plugin, self.trace, self.ex
+            assert ex is not None
+            self.ex = None
+            facts = plugin.facts(trace, ex, self.started, self.ended, self.status)
+            settings = plugin.settings
+            built = spans.build(settings, facts, trace.hex_id(), trace.span_id, trace.parent_id, trace.proxy_id)
+            encoded = self.encoded = [spans.encode(span, settings) for span in built]
+        return encoded[i]
+
+
+def _keep(ex: Exchange, trace: Trace) -> None:
+    state = ex.state
+    if state is None:
+        ex.state = {STATE_KEY: trace}
+    else:
+        state[STATE_KEY] = trace
+
+
+def _host(host: bytes | None) -> str:
+    """nginx's $host: the request's host without its port, in lower case; the server name when it has none."""
+    if not host:
+        return SERVER_NAME
+    text = host.decode("latin-1").lower()
+    if text.startswith("["):
+        return text[:text.find("]") + 1] or text
+    return text.rsplit(":", 1)[0] if ":" in text else text
+
+
+def _protocol(version: bytes) -> str | None:
+    """Kong's "HTTP/" .. kong.request.get_http_version(), a Lua number: HTTP/1.1, HTTP/1 (for 1.0), HTTP/2."""
+    try:
+        return f"HTTP/{float(version):.14g}"
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=1024)
+def _ip(host: str) -> str | None:
+    """A target's address for the span's remote end; None for a host name (the gateway does not record the address
+    it resolved, where Kong's balancer has it)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

@@ -1,0 +1,95 @@
+"""Kong's zipkin plugin config (kong/plugins/zipkin/schema.lua), with Kong's queue (typedefs.queue) and propagation
+(typedefs.propagation, default_format b3). The trace header formats the gateway does not read or write (ot, aws,
+datadog, gcp, instana) are refused wherever they can be named."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs
+from gateway.telemetry.batch import QueueConfig
+from gateway.telemetry.sender import Endpoint
+from gateway.telemetry.tracing import FORMATS
+
+UNSUPPORTED_FORMATS = ("ot", "aws", "datadog", "gcp", "instana")
+# Tags the plugin sets itself: a static tag may not take their names (Kong's PROTECTED_TAGS)
+PROTECTED_TAGS = ("error", "http.method", "http.path", "http.status_code", "kong.balancer.state", "kong.balancer.try",
+                  "kong.consumer", "kong.credential", "kong.node.id", "kong.route", "kong.service", "lc",
+                  "peer.hostname")
+_HEADER_CHARS = frozenset(" :\r\n\t\0")
+
+
+def unsupported_format(field: str, value: str, extra: tuple[str, ...] = ()) -> ValueError:
+    return ValueError(f"{field}: the {value} trace header format is not supported by the gateway; use one of "
+                      f"{', '.join(extra + FORMATS)}")
+
+
+class StaticTag(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    value: str
+
+    def __post_init__(self) -> None:
+        if self.name in PROTECTED_TAGS:
+            raise ValueError(f"name: must not be one of: {', '.join(PROTECTED_TAGS)}")
+
+
+class ZipkinPropagation(Propagation, forbid_unknown_fields=True):
+    """Kong's typedefs.propagation as the zipkin schema defaults it (default_format b3)."""
+
+    default_format: str = "b3"
+
+    def __post_init__(self) -> None:
+        for field, values in (("extract", self.extract), ("inject", self.inject)):
+            for i, fmt in enumerate(values or ()):
+                if fmt in UNSUPPORTED_FORMATS:
+                    raise unsupported_format(f"{field}[{i}]", fmt)
+        if self.default_format in UNSUPPORTED_FORMATS:
+            raise unsupported_format("default_format", self.default_format)
+        try:
+            super().__post_init__()
+        except ValueError as e:  # "propagation.extract[0]: ..." -> "extract[0]: ...": the loader names the path
+            raise ValueError(str(e).removeprefix("propagation.")) from None
+
+
+class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
+    local_service_name: str = "kong"  # localEndpoint.serviceName of every span
+    http_endpoint: str | None = None  # Zipkin's POST /api/v2/spans; null: headers are propagated, nothing is sent
+    sample_ratio: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.001  # for requests whose caller did not decide
+    default_service_name: str | None = None  # remoteEndpoint.serviceName of spans without a named service
+    include_credential: bool = True  # tag kong.credential
+    traceid_byte_count: Literal[8, 16] = 16  # the size of the trace ids the plugin starts
+    header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "datadog", "gcp",
+                         "instana"] = "preserve"  # deprecated: propagation
+    default_header_type: Literal["b3", "b3-single", "w3c", "jaeger", "ot", "aws", "datadog", "gcp",
+                                 "instana"] = "b3"  # deprecated: propagation.default_format
+    tags_header: str = "Zipkin-Tags"  # "name=value; name=value" tags a request brings for its span
+    static_tags: list[StaticTag] | None = None
+    http_span_name: Literal["method", "method_path"] = "method"
+    connect_timeout: TimeoutMs = 2000
+    send_timeout: TimeoutMs = 5000
+    read_timeout: TimeoutMs = 5000
+    http_response_header_for_traceid: str | None = None
+    phase_duration_flavor: Literal["annotations", "tags"] = "annotations"
+    queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
+    propagation: ZipkinPropagation = msgspec.field(default_factory=ZipkinPropagation)
+
+    def __post_init__(self) -> None:
+        if self.http_endpoint is not None:
+            try:
+                Endpoint(self.http_endpoint)
+            except ValueError as e:
+                raise ValueError(f"http_endpoint: {e}") from None
+        if self.header_type in UNSUPPORTED_FORMATS:
+            raise unsupported_format("header_type", self.header_type, ("preserve", "ignore"))
+        if self.default_header_type in UNSUPPORTED_FORMATS:
+            raise unsupported_format("default_header_type", self.default_header_type)
+        seen: set[str] = set()
+        for tag in self.static_tags or ():
+            if tag.name in seen:
+                raise ValueError(f"static_tags: repeated tags are not allowed: {tag.name}")
+            seen.add(tag.name)
+        header = self.http_response_header_for_traceid
+        if header is not None and (not header or _HEADER_CHARS.intersection(header)):
+            raise ValueError(f"http_response_header_for_traceid: invalid header name {header!r}")

@@ -1,0 +1,259 @@
+"""Kong's zipkin spans (kong/plugins/zipkin/span.lua, reporter.lua, request_tags.lua and handler.lua's log step) as
+Zipkin v2 JSON, sans-I/O: the facts of a finished request in, the spans Kong's reporter would POST out.
+
+A request gives, in Kong's order: one CLIENT span per balancer try ("GET (balancer try 1)"), the proxy span
+("GET (proxy)", CLIENT) and the request span ("GET", SERVER, whose id is the caller's with b3 and jaeger). Tags are
+Kong's (lc, http.method, http.host, http.path, http.protocol, http.status_code, kong.node.id, kong.consumer,
+kong.credential, kong.route, kong.route_name, kong.service, kong.service_name, peer.hostname, kong.balancer.try,
+and error, kong.balancer.state, http.status_code on a try that failed), set in Kong's order so that a static or
+Zipkin-Tags tag of the same name wins or loses as in Kong; the phases are annotations (krs/krf on the request span,
+kas/kaf/khs/khf/kbs/kbf on the proxy span) or `kong.<phase>.duration_ms` tags. Times are integer microseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from gateway.telemetry.tracing import new_span_id
+
+_encode = msgspec.json.Encoder().encode
+_TAG = re.compile(r"\s*(\S+)\s*=\s*(.*\S)\s*", re.ASCII | re.DOTALL)  # request_tags.lua's pattern
+
+
+class Span:
+    """A span as Kong's span.lua holds it: hex trace id, integer span ids, times in µs, tags in the order set."""
+
+    __slots__ = ("kind", "name", "trace_id", "span_id", "parent_id", "timestamp", "duration", "tags", "annotations",
+                 "ip", "port", "service_name")
+
+    def __init__(self, kind: str, name: str, trace_id: str, span_id: int, parent_id: int | None,
+                 timestamp: int) -> None:
+        self.kind = kind
+        self.name = name
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.timestamp = timestamp
+        self.duration = 0
+        self.tags: dict[str, Any] = {}
+        self.annotations: list[dict[str, Any]] = []
+        self.ip: str | None = None  # the remote end: the client's address, or the try's target
+        self.port: int | None = None
+        self.service_name: str | None = None
+
+    def child(self, kind: str, name: str, timestamp: int, span_id: int) -> Span:
+        return Span(kind, name, self.trace_id, span_id, self.span_id, timestamp)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Kong's set_tag: None takes the tag away."""
+        if value is None:
+            self.tags.pop(key, None)
+        else:
+            self.tags[key] = value
+
+    def annotate(self, value: str, timestamp: int) -> None:
+        self.annotations.append({"value": value, "timestamp": timestamp})
+
+    def finish(self, end: int) -> None:
+        self.duration = max(end - self.timestamp, 0)
+
+
+class Settings:
+    """What the spans take from the plugin's config (resolved once)."""
+
+    __slots__ = ("method_path", "annotations", "tags_flavor", "include_credential", "static_tags",
+                 "local_service_name", "default_service_name")
+
+    def __init__(self, config: Any) -> None:
+        self.method_path = config.http_span_name == "method_path"
+        self.annotations = config.phase_duration_flavor == "annotations"
+        self.tags_flavor = config.phase_duration_flavor == "tags"
+        self.include_credential = config.include_credential
+        self.static_tags = [(tag.name, tag.value) for tag in config.static_tags or ()]
+        self.local_service_name = config.local_service_name
+        self.default_service_name = config.default_service_name
+
+
+class Try(msgspec.Struct):
+    """A balancer try: its target (`ip` None when the target is a host name), when it started, and for a try that
+    failed Kong's balancer state and status."""
+
+    ip: str | None
+    port: int
+    start: int
+    state: str | None = None
+    code: int | None = None
+
+
+class Facts(msgspec.Struct, kw_only=True):
+    """A finished request as the zipkin log step reads it. Times in µs since the epoch: `start` (the request),
+    `access_start` / `access_end` (None: the plugin's access step did not run), `header_start` (the response head
+    went out: Kong's header_filter; None: no response), `end` (the log step). `routed`: a route with a service
+    matched (Kong's balancer_data), then `peer_*` is where the last try went (or the service's port)."""
+
+    method: str
+    path: str
+    host: str
+    status: int
+    start: int
+    end: int
+    protocol: str | None = None
+    client_ip: str | None = None
+    client_port: int | None = None
+    consumer_id: str | None = None
+    credential_id: str | None = None
+    node_id: str = ""
+    route_id: str | None = None
+    route_name: str | None = None
+    service_id: str | None = None
+    service_name: str | None = None
+    routed: bool = False
+    peer_hostname: str | None = None
+    peer_ip: str | None = None
+    peer_port: int | None = None
+    request_tags: dict[str, str] = {}
+    access_start: int | None = None
+    access_end: int | None = None
+    header_start: int | None = None
+    tries: list[Try] = []
+
+
+def build(settings: Settings, facts: Facts, trace_id: str, span_id: int, parent_id: int | None, proxy_id: int,
+          new_id: Callable[[], int] = new_span_id) -> list[Span]:
+    """The request's spans in the order Kong reports them: balancer tries, proxy, request."""
+    f = facts
+    name = f"{f.method} {f.path}" if settings.method_path else f.method
+    request = Span("SERVER", name, trace_id, span_id, parent_id, f.start)
+    request.ip, request.port = f.client_ip, f.client_port
+    for key, value in (("lc", "kong"), ("http.method", f.method), ("http.host", f.host), ("http.path", f.path),
+                       ("http.protocol", f.protocol), *settings.static_tags, *f.request_tags.items()):
+        request.set_tag(key, value)
+    # the proxy span starts with Kong's access phase, else with the response (a request no route matched)
+    started = f.access_start if f.access_start is not None else f.header_start if f.header_start is not None \
+        else f.end
+    proxy = request.child("CLIENT", f"{name} (proxy)", started, proxy_id)
+    head = f.header_start
+    responded = head is not None
+    if settings.annotations:
+        if head is not None:  # header_filter, then body_filter's first call (the gateway writes head and body at once)
+            for value in ("khs", "khf", "kbs"):
+                proxy.annotate(value, head)
+        request.annotate("krf", f.start)  # Kong's rewrite phase: the gateway has none, it starts and ends at once
+        request.annotate("krs", f.start)
+        proxy.annotate("kas", f.access_start if f.access_start is not None else proxy.timestamp)
+        proxy.annotate("kaf", f.access_end if f.access_end is not None else f.end)
+        if not responded:
+            proxy.annotate("khf", f.end)
+        proxy.annotate("kbf", f.end)
+    elif settings.tags_flavor:
+        request.set_tag("kong.rewrite.duration_ms", 0)
+        proxy.set_tag("kong.access.duration_ms", _ms(f.access_end, f.access_start))
+        proxy.set_tag("kong.header_filter.duration_ms", 0 if responded else None)
+        proxy.set_tag("kong.body_filter.duration_ms", _ms(f.end, f.header_start))
+    out = []
+    if f.routed:
+        last = len(f.tries)
+        for i, attempt in enumerate(f.tries, 1):
+            span = request.child("CLIENT", f"{name} (balancer try {i})", attempt.start, new_id())
+            span.ip, span.port = attempt.ip, attempt.port
+            span.set_tag("kong.balancer.try", i)
+            if i < last:
+                span.set_tag("error", True)
+                span.set_tag("kong.balancer.state", attempt.state)
+                span.set_tag("http.status_code", attempt.code)
+            _service_and_route(span, f)
+            span.finish(attempt.start)  # Kong: the balancer's latency and the connect time (see the README)
+            out.append(span)
+        proxy.set_tag("peer.hostname", f.peer_hostname)
+        proxy.ip, proxy.port = f.peer_ip, f.peer_port
+    request.set_tag("http.status_code", f.status)
+    request.set_tag("kong.consumer", f.consumer_id)
+    if settings.include_credential and f.credential_id is not None:
+        request.set_tag("kong.credential", f.credential_id)
+    request.set_tag("kong.node.id", f.node_id)
+    _service_and_route(proxy, f)
+    proxy.finish(f.end)
+    request.finish(f.end)
+    out += (proxy, request)
+    return out
+
+
+def _ms(end: int | None, start: int | None) -> int | None:
+    return None if end is None or start is None else round((end - start) / 1000)
+
+
+def _service_and_route(span: Span, f: Facts) -> None:
+    """Kong's tag_with_service_and_route: ids and names, and the service's name as the remote service."""
+    if f.service_id is not None:
+        span.set_tag("kong.service", f.service_id)
+        if f.service_name is not None:
+            span.service_name = f.service_name
+            span.set_tag("kong.service_name", f.service_name)
+    if f.route_id is not None:
+        span.set_tag("kong.route", f.route_id)
+        if f.route_name is not None:
+            span.set_tag("kong.route_name", f.route_name)
+
+
+def to_json(span: Span, settings: Settings) -> dict[str, Any]:
+    """The span as Kong's reporter hands it to the queue: tags as strings (empty ones left out), remoteEndpoint null
+    when neither a port nor a service name is known, parentId, tags and annotations only when there are some."""
+    service = span.service_name if span.service_name is not None else settings.default_service_name
+    remote: dict[str, Any] | None = None
+    if span.port is not None or service is not None:
+        remote = {}
+        if service is not None:
+            remote["serviceName"] = service
+        if span.port is not None:
+            remote["port"] = span.port
+        if span.ip is not None:
+            remote["ipv6" if ":" in span.ip else "ipv4"] = span.ip
+    out: dict[str, Any] = {"traceId": span.trace_id, "name": span.name}
+    if span.parent_id is not None:
+        out["parentId"] = f"{span.parent_id:016x}"
+    out.update(id=f"{span.span_id:016x}", kind=span.kind, timestamp=span.timestamp, duration=span.duration,
+               localEndpoint={"serviceName": settings.local_service_name}, remoteEndpoint=remote)
+    tags = {key: text for key, value in span.tags.items() if (text := tag_string(value)) != ""}
+    if tags:
+        out["tags"] = tags
+    if span.annotations:
+        out["annotations"] = span.annotations
+    return out
+
+
+def encode(span: Span, settings: Settings) -> bytes:
+    return _encode(to_json(span, settings))
+
+
+def batch(spans: list[bytes]) -> bytes:
+    """The body of one POST to Zipkin: a JSON array of encoded spans."""
+    return b"[" + b",".join(spans) + b"]"
+
+
+def tag_string(value: Any) -> str:
+    """Lua's tostring of a tag value (Zipkin's tag values are strings): true, 200, 1.5."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:.14g}"
+    return str(value)
+
+
+def parse_tags(values: list[str]) -> tuple[dict[str, str], list[str]]:
+    """Kong's request_tags.parse over the values of the tags header: `name=value` items separated by ";" (spaces
+    around either side dropped, none inside a name); (the tags, the items that did not parse)."""
+    tags: dict[str, str] = {}
+    errors: list[str] = []
+    for header in values:
+        for item in header.split(";"):
+            if item:
+                m = _TAG.fullmatch(item)
+                if m is None:
+                    errors.append(item)
+                else:
+                    tags[m[1]] = m[2]
+    return tags, errors
