@@ -143,10 +143,12 @@ class Entry:
             if consumer.credential_id is not None:
                 doc["authenticated_entity"] = {"id": consumer.credential_id, "consumer_id": consumer.id}
         trace = self.trace
-        if trace is None and ex.state:
-            trace = ex.state.get("opentelemetry")  # the opentelemetry plugin's Trace of this request
+        if trace is None and ex.state:  # the tracing plugin's Trace of this request
+            trace = ex.state.get("opentelemetry") or ex.state.get("zipkin")
         if trace is not None:
-            doc["trace_id"] = trace.serialized()
+            trace_id = trace.serialized()
+            if trace_id:
+                doc["trace_id"] = trace_id
         mcp = _mcp(ex)
         if mcp:
             doc["mcp"] = mcp

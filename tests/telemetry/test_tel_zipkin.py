@@ -661,3 +661,22 @@ async def test_a_collector_that_is_down_never_slows_a_request(nursery, gateway):
     for _ in range(40):
         assert (await _get(port)).status == 200
     assert trio.current_time() - started < 5
+
+
+async def test_the_log_entry_carries_the_trace_id_each_injected_format_carried(nursery, gateway, tmp_path):
+    """Kong's propagation.propagate: kong.log.set_serialize_value("trace_id", ...) with the id per injected format
+    (b3-single's under "b3"), so a log line can be joined with the trace."""
+    log = tmp_path / "access.log"
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [{"paths": ["/"]}])],
+                          "plugins": [_zipkin(None, sample_ratio=0, propagation={
+                              "extract": ["b3"], "inject": ["b3-single", "w3c"], "default_format": "b3"})]},
+                         access_log=str(log))
+    assert (await _get(port, "/", x_b3_traceid="0af7651916cd43dd", x_b3_spanid=SID1)).status == 200
+    with trio.fail_after(TIMEOUT):
+        while not log.exists() or not log.read_text():
+            await trio.sleep(0.02)
+    line = json.loads(log.read_text().splitlines()[0])
+    assert line["trace_id"] == {"b3": "0af7651916cd43dd", "w3c": "0000000000000000" + "0af7651916cd43dd"}
+    assert _upstream(backend).header("b3").startswith("0af7651916cd43dd-")

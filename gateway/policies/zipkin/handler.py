@@ -27,12 +27,20 @@ from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.metrics import wall_offset
 from gateway.policies.zipkin import propagation, spans
-from gateway.policies.zipkin.propagation import TRACE_HEADERS, Context, extract, formats_for, inject, scan
+from gateway.policies.zipkin.propagation import (
+    TRACE_HEADERS,
+    Context,
+    extract,
+    formats_for,
+    inject,
+    injected_size,
+    scan,
+)
 from gateway.policies.zipkin.schema import ZipkinConfig
 from gateway.routing.normalize import normalize_path
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.sender import Endpoint, HttpSender
-from gateway.telemetry.tracing import new_span_id, new_trace_id
+from gateway.telemetry.tracing import B3_SINGLE, new_span_id, new_trace_id
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -56,7 +64,7 @@ class Trace:
     trace starts (the method, the tags header's values). `accessed`: started by the access step."""
 
     __slots__ = ("trace_id", "size", "span_id", "parent_id", "proxy_id", "sampled", "accessed", "method",
-                 "tag_values")
+                 "tag_values", "formats", "inject_size")
 
     def __init__(self, trace_id: int, size: int, span_id: int, parent_id: int | None, sampled: bool, method: bytes,
                  tag_values: list[bytes] | None) -> None:
@@ -69,9 +77,19 @@ class Trace:
         self.accessed = False
         self.method = method
         self.tag_values = tag_values
+        self.formats: tuple[str, ...] = ()  # the formats the access step injected, and the incoming id's size
+        self.inject_size = 0
 
     def hex_id(self) -> str:
         return f"{self.trace_id:0{self.size * 2}x}"
+
+    def serialized(self) -> dict[str, str] | None:
+        """Kong's serialized trace_id (propagation.propagate): the trace id as each injected format carried it."""
+        out = {}
+        for fmt in self.formats:
+            width = injected_size(fmt, self.inject_size)
+            out["b3" if fmt == B3_SINGLE else fmt] = f"{self.trace_id & ((1 << (width * 8)) - 1):0{width * 2}x}"
+        return out or None
 
 
 class Zipkin:
@@ -124,6 +142,7 @@ class Zipkin:
             out: Headers = []
             for fmt in formats:
                 out += inject(fmt, trace.trace_id, size, trace.proxy_id, trace.span_id, sampled, flags, baggage)
+            trace.formats, trace.inject_size = formats, size
             if present or clear:  # Kong clears, then sets (replaces) each header it writes
                 drop = clear.union(name for name, _ in out)
                 headers = req.headers = [hv for hv in headers if hv[0] not in drop]

@@ -243,12 +243,17 @@ def formats_for(params: Params, found: Context | None) -> tuple[str, ...]:
     return formats_out(params.inject or (), params.default_format, found)
 
 
+def injected_size(fmt: str, trace_size: int) -> int:
+    """The bytes of the trace id `fmt` carries: the incoming id's 8 where the format allows them, else 16."""
+    return trace_size if trace_size == 8 and fmt in _SIZED else 16
+
+
 def inject(fmt: str, trace_id: int, trace_size: int, span_id: int, parent_id: int | None, sampled: bool | None,
            flags: bytes | None = None, baggage: list[tuple[bytes, bytes]] | None = None) -> Headers:
     """Kong's injector for `fmt`: the headers that carry (trace_id, span_id) upstream. The trace id goes out in
     `trace_size` bytes where the format allows 8 (b3, b3-single, jaeger), else in 16 (as Kong's
     trace_id_allowed_sizes); `sampled` None leaves b3-single's flag out."""
-    width = trace_size if trace_size == 8 and fmt in _SIZED else 16
+    width = injected_size(fmt, trace_size)
     if fmt == W3C:
         return [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id & MAX_TRACE, span_id, b"01" if sampled else b"00"))]
     trace = b"%0*x" % (width * 2, trace_id & ((1 << (width * 8)) - 1))
