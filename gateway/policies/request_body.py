@@ -53,7 +53,14 @@ def get_body(content_type: bytes | None, raw: bytes) -> tuple[str, Any] | None:
         return (kind, doc) if isinstance(doc, (dict, list)) else None
     if kind == MULTIPART:
         boundary = _boundary(content_type)  # type: ignore[arg-type]  # a media type was found in it
-        return (kind, _multipart(raw, boundary)) if boundary else (kind, {})
+        if not boundary:
+            return kind, {}
+        args: Args = {}
+        for name, _, value in Multipart(raw, boundary).parts:
+            text = value.decode("utf-8", "surrogateescape")
+            prev = args.get(name)
+            args[name] = text if prev is None else ([*prev, text] if isinstance(prev, list) else [prev, text])
+        return kind, args
     return None
 
 
@@ -109,27 +116,60 @@ def _boundary(content_type: bytes) -> bytes | None:
     return boundary
 
 
-def _multipart(raw: bytes, boundary: bytes) -> Args:
-    out: Args = {}
-    delimiter = b"--" + boundary
-    for chunk in raw.split(delimiter)[1:]:
-        if chunk.startswith(b"--"):  # the close delimiter: the rest is epilogue
-            break
-        head, sep, value = chunk.partition(b"\r\n\r\n")
-        if not sep:
-            continue
-        name = None
-        for line in head.split(b"\r\n"):
-            if line[:20].lower() == b"content-disposition:":
-                found = _NAME.search(line)
-                if found is not None:
-                    name = (found[1] if found[1] is not None else found[2]).decode("utf-8", "surrogateescape")
-        if name is None:
-            continue
-        text = (value[:-2] if value.endswith(b"\r\n") else value).decode("utf-8", "surrogateescape")
-        prev = out.get(name)
-        out[name] = text if prev is None else ([*prev, text] if isinstance(prev, list) else [prev, text])
-    return out
+class Multipart:
+    """A multipart/form-data body as lua-multipart's MultipartData holds it, for request-transformer: its parts in
+    order (each with its own header lines and value), changed by name and written back with the same boundary."""
+
+    def __init__(self, raw: bytes, boundary: bytes) -> None:
+        self.boundary = boundary
+        self.parts: list[tuple[str, list[bytes], bytes]] = []  # (name, header lines, value)
+        for chunk in raw.split(b"--" + boundary)[1:]:
+            if chunk.startswith(b"--"):
+                break
+            head, sep, value = chunk.partition(b"\r\n\r\n")
+            if not sep:
+                continue
+            lines = [line for line in head.split(b"\r\n") if line]
+            name = None
+            for line in lines:
+                if line[:20].lower() == b"content-disposition:":
+                    found = _NAME.search(line)
+                    if found is not None:
+                        name = (found[1] if found[1] is not None else found[2]).decode("utf-8", "surrogateescape")
+            if name is not None:
+                self.parts.append((name, lines, value[:-2] if value.endswith(b"\r\n") else value))
+
+    @classmethod
+    def of(cls, content_type: bytes, raw: bytes) -> Multipart | None:
+        """The body's parts, or None when its Content-Type names no boundary."""
+        boundary = _boundary(content_type)
+        return cls(raw, boundary) if boundary else None
+
+    def get(self, name: str) -> bytes | None:
+        """The value of the first part named `name`."""
+        for part_name, _, value in self.parts:
+            if part_name == name:
+                return value
+        return None
+
+    def set_simple(self, name: str, value: bytes) -> None:
+        """A plain part `name` (only a Content-Disposition): in place of the first of that name, else at the end."""
+        part = (name, [b'Content-Disposition: form-data; name="%s"' % name.encode("utf-8", "surrogateescape")], value)
+        for i, (part_name, _, _) in enumerate(self.parts):
+            if part_name == name:
+                self.parts[i] = part
+                return
+        self.parts.append(part)
+
+    def delete(self, name: str) -> None:
+        self.parts = [part for part in self.parts if part[0] != name]
+
+    def tostring(self) -> bytes:
+        delimiter = b"--" + self.boundary
+        out = [delimiter + b"\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n" + value + b"\r\n"
+               for _, lines, value in self.parts]
+        out.append(delimiter + b"--\r\n")
+        return b"".join(out)
 
 
 def _encode_arg(name: str, value: Any) -> str:

@@ -1,5 +1,5 @@
 """Kong's request-transformer and response-transformer over the real gateway, with the examples of Kong's docs:
-headers, query strings and bodies (JSON and form) on the way in; headers and JSON bodies on the way out."""
+headers, query strings and bodies (JSON, form and multipart) on the way in; headers and JSON bodies on the way out."""
 
 from __future__ import annotations
 
@@ -70,6 +70,49 @@ async def test_a_form_body_is_transformed(nursery, gateway):
     got = seen(await call(port, "/x", [("content-type", "application/x-www-form-urlencoded")], method="POST",
                           body=b"a=1&b=2"))
     assert sorted(got["body"].split("&")) == ["a=1", "a=9", "c=3"]
+
+
+MULTIPART = "multipart/form-data; boundary=xYzZY"
+
+
+def multipart(*parts: tuple[str, str, str]) -> bytes:
+    """A multipart/form-data body of (name, extra header line or "", value) parts."""
+    out = b"".join(b'--xYzZY\r\nContent-Disposition: form-data; name="%s"%s\r\n\r\n%s\r\n' % (
+        name.encode(), extra.encode(), value.encode()) for name, extra, value in parts)
+    return out + b"--xYzZY--\r\n"
+
+
+async def test_a_multipart_body_is_transformed_as_kongs_lua_multipart_does(nursery, gateway):
+    """transform_multipart_body: rename and replace write a plain part (a replaced one moves to the end), remove
+    drops every part of the name, add appends a part, append does nothing; untouched parts keep their headers."""
+    rt = plugin("request-transformer", remove={"body": ["drop"]}, rename={"body": ["old:new"]},
+                replace={"body": ["rep:R", "missing:M"]}, add={"body": ["added:yes", "keep:no"]},
+                append={"body": ["keep:appended"]})
+    _, port = await start(nursery, gateway, plugins=[rt])
+    body = multipart(("keep", '; filename="a.txt"\r\nContent-Type: text/plain', "file"), ("rep", "", "r"),
+                     ("old", "", "o"), ("drop", "", "1"), ("drop", "", "2"))
+    got = seen(await call(port, "/x", [("content-type", MULTIPART)], method="POST", body=body))
+    assert got["body"].encode() == multipart(("keep", '; filename="a.txt"\r\nContent-Type: text/plain', "file"),
+                                              ("new", "", "o"), ("rep", "", "R"), ("added", "", "yes"))
+    assert got["headers"]["content-length"] == [str(len(got["body"]))]
+    assert got["headers"]["content-type"] == [MULTIPART]
+
+
+async def test_a_multipart_body_is_written_again_on_any_remove_and_never_appended_to(nursery, gateway):
+    """Kong sets `removed` for every configured name, present or not, so the body is written again (its preamble
+    gone); append is not applied to a multipart body."""
+    rt = plugin("request-transformer", remove={"body": ["absent"]}, append={"body": ["a:2"]})
+    _, port = await start(nursery, gateway, plugins=[rt])
+    body = b"preamble\r\n" + multipart(("a", "", "1"))
+    got = seen(await call(port, "/x", [("content-type", MULTIPART)], method="POST", body=body))
+    assert got["body"].encode() == multipart(("a", "", "1"))
+
+
+async def test_a_multipart_body_only_appended_to_is_forwarded_as_sent(nursery, gateway):
+    _, port = await start(nursery, gateway, plugins=[plugin("request-transformer", append={"body": ["a:2"]})])
+    body = b"preamble\r\n" + multipart(("a", "", "1"))
+    got = seen(await call(port, "/x", [("content-type", MULTIPART)], method="POST", body=body))
+    assert got["body"].encode() == body
 
 
 async def test_an_empty_json_body_only_gets_added_keys(nursery, gateway):

@@ -2,9 +2,11 @@
 headers, the body, the query string; each as remove, rename, replace (only present names), add (only absent
 names), append.
 
-Bodies: JSON (an object) and application/x-www-form-urlencoded, read whole up to REQUEST_BODY_LIMIT; a larger body
-is forwarded unchanged, as Kong leaves a body it did not keep in memory. A multipart body is forwarded unchanged
-(Kong rewrites it). Values may use the templates $(headers.NAME) and $(query_params.NAME) (empty when absent).
+Bodies: JSON (an object), application/x-www-form-urlencoded and multipart/form-data, read whole up to
+REQUEST_BODY_LIMIT; a larger body is forwarded unchanged, as Kong leaves a body it did not keep in memory. A multipart
+body is changed as Kong's lua-multipart changes it: rename, remove, replace, add (no append), each part kept with its
+own headers, a new or replaced one a plain part at the end. Values may use the templates $(headers.NAME) and
+$(query_params.NAME) (empty when absent).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from urllib.parse import parse_qsl, quote
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.policies.header_list import get_header, set_header
+from gateway.policies.request_body import Multipart
 from gateway.policies.request_transformer.schema import TEMPLATE, RequestTransformerConfig
 from gateway.policies.response_transformer.schema import split_pair
 
 REQUEST_BODY_LIMIT = 1024 * 1024  # bytes of a request body the plugin reads to transform it
-_JSON, _FORM = "json", "form"
+_JSON, _FORM, _MULTIPART = "json", "form", "multipart"
 Args = dict[str, Any]  # name -> str, True (no "="), or a list of them
 
 
@@ -34,6 +37,8 @@ def _content_kind(content_type: bytes | None) -> str | None:
     lowered = content_type.lower()
     if b"application/json" in lowered:
         return _JSON
+    if b"multipart/form-data" in lowered:  # Kong's get_content_type: in this order
+        return _MULTIPART
     if b"application/x-www-form-urlencoded" in lowered:
         return _FORM
     return None
@@ -166,7 +171,12 @@ class RequestTransformer:
         raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
         if not whole:
             return  # over the limit: forwarded unchanged
-        if kind == _JSON:
+        if kind == _MULTIPART:
+            multipart = Multipart.of(get_header(req.headers, b"content-type") or b"", raw)
+            if multipart is None or not self._multipart(multipart, env, bool(raw)):
+                return
+            body = multipart.tostring()
+        elif kind == _JSON:
             try:
                 doc = json.loads(raw) if raw else {}
             except ValueError:
@@ -185,6 +195,32 @@ class RequestTransformer:
         ex.replace_body(body)
         headers = [hv for hv in req.headers if hv[0] != b"transfer-encoding"]
         req.headers = set_header(headers, b"content-length", b"%d" % len(body))
+
+    def _multipart(self, parts: Multipart, env: tuple[Headers, Args], from_body: bool) -> bool:
+        """Kong's transform_multipart_body: rename, remove, replace (need a body), add; whether anything changed."""
+        ops = self.body
+        changed = False
+        if from_body:
+            for old, new in ops.rename:
+                target = _render(new, env)
+                found = parts.get(old)
+                if found is not None and old != target:
+                    parts.set_simple(target, found)
+                    parts.delete(old)
+                    changed = True
+            for name in ops.remove:
+                parts.delete(name)
+                changed = True
+            for name, value in ops.replace:
+                if parts.get(name) is not None:
+                    parts.delete(name)
+                    parts.set_simple(name, _render(value, env).encode("utf-8", "surrogateescape"))
+                    changed = True
+        for name, value in ops.add:
+            if parts.get(name) is None:
+                parts.set_simple(name, _render(value, env).encode("utf-8", "surrogateescape"))
+                changed = True
+        return changed
 
     def _apply(self, args: Args, ops: _Ops, env: tuple[Headers, Args], from_body: bool) -> Args | None:
         """The ops on a name -> value mapping; for a body, None when nothing changed (Kong keeps the body then).
