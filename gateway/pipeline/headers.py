@@ -7,9 +7,11 @@ from gateway.http.ids import new_request_id
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 
-# RFC 9110 7.6.1 connection-specific fields, plus the legacy ones every proxy strips.
+# RFC 9110 7.6.1 connection-specific fields, and the legacy Proxy-Connection. Proxy-Authorization and
+# Proxy-Authenticate pass, as nginx and Kong pass them (a gateway is the origin to its clients): an authentication
+# plugin's hide_credentials is what takes a credential away.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-                        b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
+                        b"upgrade"})
 # Kept from a peer in gateway.trusted_ips, replaced by the gateway's own otherwise (Kong's rule), so a client cannot
 # spoof them; X-Real-IP is always the client address.
 _FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})

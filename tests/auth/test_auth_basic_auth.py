@@ -67,8 +67,15 @@ async def test_a_password_may_contain_a_colon(nursery, gateway):
     assert seen["x-credential-identifier"] == "user321"
 
 
-async def test_proxy_authorization_is_read_and_never_forwarded(nursery, gateway):
+async def test_proxy_authorization_is_read_and_forwarded_as_kong_forwards_it(nursery, gateway):
     _, port = await basic_gateway(nursery, gateway)
+    seen = upstream(await call(port, headers=[("proxy-authorization", basic("bob", "kong"))]))
+    assert seen["x-credential-identifier"] == "bob"
+    assert seen["proxy-authorization"] == basic("bob", "kong")
+
+
+async def test_hide_credentials_strips_the_proxy_authorization_it_used(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway, hide_credentials=True)
     seen = upstream(await call(port, headers=[("proxy-authorization", basic("bob", "kong"))]))
     assert seen["x-credential-identifier"] == "bob"
     assert "proxy-authorization" not in seen

@@ -652,16 +652,15 @@ async def test_a_proxy_authorization_that_parses_wins_even_when_wrong(nursery, g
     assert_401(reply, MISMATCH)
 
 
-async def test_without_hide_credentials_authorization_is_forwarded_but_proxy_authorization_is_not(nursery, gateway):
-    """Kong forwards both; this gateway drops Proxy-Authorization as hop-by-hop on every route (the basic-auth tests
-    check the same), whatever hide_credentials says."""
+async def test_without_hide_credentials_authorization_and_proxy_authorization_are_forwarded(nursery, gateway):
+    """As Kong (nginx) forwards them."""
     _, port = await hmac_gateway(nursery, gateway)
     date = now()
     auth = hmac_header(sign(f"date: {date}"), headers="date")
     seen = upstream(await call(port, "/request", [("date", date), ("authorization", auth),
                                                   ("proxy-authorization", "hmac username")]))
     assert seen["authorization"] == auth
-    assert "proxy-authorization" not in seen
+    assert seen["proxy-authorization"] == "hmac username"
 
 
 async def test_hide_credentials_removes_the_authorization_it_used(nursery, gateway):
