@@ -27,6 +27,23 @@ _MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep
 log = logging.getLogger("gateway.telemetry")
 
 
+class Priorities:
+    """Kong's syslog and loggly rule: the PRI of a request's message by its response's class (below 400, 4xx, 5xx),
+    each class with its configured severity; None when that severity is less severe than `log_level`."""
+
+    __slots__ = ("by_class",)
+
+    def __init__(self, facility: str, log_level: str, successful: str, client_errors: str,
+                 server_errors: str) -> None:
+        least = SEVERITIES[log_level]
+        base = FACILITIES[facility] * 8
+        self.by_class = tuple(base + SEVERITIES[s] if SEVERITIES[s] <= least else None
+                              for s in (successful, client_errors, server_errors))
+
+    def of(self, status: int) -> int | None:
+        return self.by_class[0 if status < 400 else 1 if status < 500 else 2]
+
+
 def header(pri: int, ident: bytes, pid: int, when: float) -> bytes:
     """What syslog(3) puts before the message: `<PRI>`, strftime's "%h %e %T " in the C locale, `ident[pid]: `."""
     t = time.localtime(when)

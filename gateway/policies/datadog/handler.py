@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.policies.datadog.schema import DatadogConfig, DatadogMetric
+from gateway.policies.statsd.lines import rate_suffix
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.entry import Entry, summary
 from gateway.telemetry.udp_sender import UdpSender
@@ -22,11 +23,6 @@ _STATS = {"request_size": "request.size", "response_size": "response.size", "lat
           "upstream_latency": "upstream_latency", "kong_latency": "kong_latency", "request_count": "request.count"}
 
 
-def lua_number(value: float) -> str:
-    """A number as Lua's tostring writes it ("%.14g"): 1 not 1.0."""
-    return f"{value:.14g}"
-
-
 class _Metric:
     """What one configured metric needs per request, built at config load."""
 
@@ -34,10 +30,8 @@ class _Metric:
 
     def __init__(self, metric: DatadogMetric, prefix: str) -> None:
         self.name = metric.name
-        rate = metric.sample_rate
         self.stat = f"{prefix}.{_STATS[metric.name]}:"
-        self.suffix = "|" + _TYPES[metric.stat_type] + (f"|@{lua_number(rate)}" if rate is not None and rate != 1
-                                                          else "")
+        self.suffix = "|" + _TYPES[metric.stat_type] + rate_suffix(metric.sample_rate)
         self.consumer = metric.consumer_identifier
         self.tags = metric.tags or []
 

@@ -12,7 +12,7 @@ import time
 from gateway.policies.loggly.schema import LogglyConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, QueueConfig, Queues
 from gateway.telemetry.entry import Entry
-from gateway.telemetry.syslog_sender import FACILITIES, SEVERITIES
+from gateway.telemetry.syslog_sender import Priorities
 from gateway.telemetry.udp_sender import UdpSender
 
 QUEUE = QueueConfig(max_batch_size=1, max_coalescing_delay=0, max_retry_time=-1)  # a datagram each, at once, once
@@ -25,16 +25,8 @@ class Loggly:
     entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
 
     def __init__(self, config: LogglyConfig, queues: Queues = QUEUES) -> None:
-        least = SEVERITIES[config.log_level]
-        user = FACILITIES["user"] * 8
-
-        def pri(severity: str) -> int | None:
-            level = SEVERITIES[severity]
-            return user + level if level <= least else None
-
-        # the PRI of a response below 400, of a 4xx, of a 5xx; None: not sent
-        self.pris = (pri(config.successful_severity), pri(config.client_errors_severity),
-                     pri(config.server_errors_severity))
+        self.pris = Priorities("user", config.log_level, config.successful_severity,
+                               config.client_errors_severity, config.server_errors_severity)
         tags = " ".join(f'tag="{tag}"' for tag in config.tags)
         self.structured = f" {HOSTNAME} kong - - [{config.key}@41058 {tags}] ".encode()
         self.sender = UdpSender(config.host, config.port, timeout=config.timeout / 1000)
@@ -43,8 +35,7 @@ class Loggly:
                                                   settings=[config.key, config.tags])
 
     def log_entry(self, entry: Entry) -> None:
-        status = entry.status
-        pri = self.pris[0 if status < 400 else 1 if status < 500 else 2]
+        pri = self.pris.of(entry.status)
         if pri is not None:
             self.queue.put((pri, entry))
 

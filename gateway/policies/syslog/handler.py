@@ -12,7 +12,7 @@ import time
 from gateway.policies.syslog.schema import SyslogConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, QueueConfig, Queues
 from gateway.telemetry.entry import Entry
-from gateway.telemetry.syslog_sender import FACILITIES, SEVERITIES, SyslogSender, header
+from gateway.telemetry.syslog_sender import Priorities, SyslogSender, header
 
 QUEUE = QueueConfig(max_batch_size=1, max_coalescing_delay=0, max_retry_time=-1)  # a message each, at once, once
 IDENT = b"kong"  # Kong's SENDER_NAME
@@ -24,22 +24,13 @@ class Syslog:
     entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
 
     def __init__(self, config: SyslogConfig, socket_path: str, queues: Queues = QUEUES) -> None:
-        facility = FACILITIES[config.facility] * 8
-        least = SEVERITIES[config.log_level]
-
-        def pri(severity: str) -> int | None:
-            level = SEVERITIES[severity]
-            return facility + level if level <= least else None
-
-        # the PRI of a response below 400, of a 4xx, of a 5xx; None: not sent
-        self.pris = (pri(config.successful_severity), pri(config.client_errors_severity),
-                     pri(config.server_errors_severity))
+        self.pris = Priorities(config.facility, config.log_level, config.successful_severity,
+                               config.client_errors_severity, config.server_errors_severity)
         self.sender = SyslogSender(socket_path)
         self.queue: BatchQueue = queues.queue_for(f"syslog:{socket_path}", QUEUE, self.send, message)
 
     def log_entry(self, entry: Entry) -> None:
-        status = entry.status
-        pri = self.pris[0 if status < 400 else 1 if status < 500 else 2]
+        pri = self.pris.of(entry.status)
         if pri is not None:
             self.queue.put((pri, entry))
 
