@@ -33,7 +33,7 @@ class KeeperChannel:
         sub = ctx.socket(zmq.SUB)
         for sock in (dealer, sub):
             sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
+            sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         dealer.setsockopt(zmq.SNDHWM, 10000)
         self._on_disconnect = on_disconnect

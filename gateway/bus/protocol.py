@@ -18,6 +18,7 @@ from gateway.discovery.types import TargetInfo
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
 
 VERSION = 1
+MAX_MESSAGE = 16 << 20  # bytes of one frame (ZMQ_MAXMSGSIZE on every bus socket): a cache entry fits in it
 
 
 class Msg(msgspec.Struct, tag_field="t", omit_defaults=True):
@@ -77,6 +78,43 @@ class AdminOp(Msg, tag="admin"):
     id: int = 0
 
 
+class CacheFetch(Msg, tag="cache_fetch"):
+    """An entry of a host-wide cache dictionary (proxy-cache): answered with a CacheEntry of the same id."""
+
+    id: int = 0
+    dictionary: str = ""
+    key: str = ""
+
+
+class CacheStore(Msg, tag="cache_store"):
+    """Store an entry for `ttl` seconds (0: until evicted), as ngx.shared.DICT:set does."""
+
+    dictionary: str = ""
+    key: str = ""
+    entry: bytes = b""
+    ttl: float = 0.0
+
+
+class CachePurge(Msg, tag="cache_purge"):
+    """Delete one entry, or (key None) every entry of the dictionary."""
+
+    dictionary: str = ""
+    key: str | None = None
+
+
+class CountersGet(Msg, tag="counters_get"):
+    """Current values of host-wide counters (response-ratelimiting): answered with CounterValues of the same id."""
+
+    id: int = 0
+    keys: list[str] = []
+
+
+class CountersAdd(Msg, tag="counters_add"):
+    """(key, increment, seconds a key lives from its first increment) per counter, as ngx.shared.DICT:incr."""
+
+    items: list[tuple[str, int, float]] = []
+
+
 # ---- keeper -> worker (direct) -----------------------------------------------------------------------------------
 
 
@@ -88,6 +126,16 @@ class ProbePermit(Msg, tag="probe"):
     """The bearer may send one half-open probe to `target`."""
 
     target: str = ""
+
+
+class CacheEntry(Msg, tag="cache_entry"):
+    id: int = 0
+    entry: bytes | None = None  # None: absent or expired
+
+
+class CounterValues(Msg, tag="counter_values"):
+    id: int = 0
+    values: list[int] = []
 
 
 class AdminResult(Msg, tag="admin_result"):
@@ -138,8 +186,9 @@ class UpstreamTargets(Msg, tag="upstream_targets"):
     targets: list[TargetInfo] = []
 
 
-AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | Discovered | AdminOp | Grants |
-          ProbePermit | AdminResult | Heartbeat | Snapshot | BreakersChanged | TargetsChanged | UpstreamTargets)
+AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | Discovered | AdminOp | CacheFetch |
+          CacheStore | CachePurge | CountersGet | CountersAdd | Grants | ProbePermit | CacheEntry | CounterValues |
+          AdminResult | Heartbeat | Snapshot | BreakersChanged | TargetsChanged | UpstreamTargets)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMsg)

@@ -36,6 +36,7 @@ from gateway.ratelimit.redis_client import RedisStore, StoreError
 from gateway.ratelimit.redis_script import Call
 from gateway.ratelimit.remote import PENDING_S
 from gateway.runtime import compile_config
+from gateway.stores import Counters, HostCache
 from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
@@ -74,6 +75,8 @@ class Keeper:
         # publishes targets without one, so workers keep theirs rather than send traffic to a target known down.
         self.health_pending = needs_health(config)
         self._pending_since: float | None = None
+        self.caches: dict[str, HostCache] = {}  # proxy-cache's dictionaries (Kong's shared dicts), made when used
+        self.counters = Counters()  # response-ratelimiting's policy local
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -165,6 +168,28 @@ class Keeper:
         if isinstance(msg, p.Hello):
             self.seen_workers.add(sender)
             return [self.snapshot()], []
+        if isinstance(msg, p.CacheFetch):
+            cache = self.caches.get(msg.dictionary)
+            return [p.CacheEntry(id=msg.id, entry=cache.get(msg.key, now) if cache is not None else None)], []
+        if isinstance(msg, p.CacheStore):
+            cache = self.caches.get(msg.dictionary) or self.caches.setdefault(msg.dictionary, HostCache())
+            if not cache.set(msg.key, msg.entry, msg.ttl, now):
+                log.warning("proxy-cache: an entry of %d bytes is larger than the whole dictionary %s (%d bytes): "
+                            "not stored", len(msg.entry), msg.dictionary, cache.capacity)
+            return [], []
+        if isinstance(msg, p.CachePurge):
+            cache = self.caches.get(msg.dictionary)
+            if cache is not None and msg.key is not None:
+                cache.delete(msg.key)
+            elif cache is not None:
+                cache.flush()
+            return [], []
+        if isinstance(msg, p.CountersGet):
+            return [p.CounterValues(id=msg.id, values=[self.counters.get(k, now) for k in msg.keys])], []
+        if isinstance(msg, p.CountersAdd):
+            for key, n, ttl in msg.items:
+                self.counters.add(key, n, ttl, now)
+            return [], []
         if isinstance(msg, p.AdminOp):
             try:
                 result, broadcasts = self.admin(msg.cmd, msg.args, now, wall)
@@ -420,7 +445,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
     pub = ctx.socket(zmq.PUB)
     for sock in (router, pub):
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, 4 << 20)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
     router.setsockopt(zmq.ROUTER_MANDATORY, 0)
     old = os.umask(0o177)
     try:

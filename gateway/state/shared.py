@@ -13,6 +13,7 @@ incarnation) is heard again, the worker resynchronises.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -38,6 +39,8 @@ SUCCESS_BATCHES = 10  # a target's outcomes without a failure go with every 10th
 KEEPER_LOST_S = 0.75  # no heartbeat for this long (3 of HEARTBEAT_S): the keeper is gone, use local shares
 LOST_SLACK_S = 0.01  # a quiet worker looks for the keeper's next heartbeat until KEEPER_LOST_S and this after the last
 SWEEP_S = 1.0  # expired leases are given back this often
+CALL_TIMEOUT_S = 0.25  # a host-wide store's answer later than this counts as none (the keeper is busy or gone)
+CACHE_ENTRY_LIMIT = p.MAX_MESSAGE - (64 << 10)  # bytes of one proxy-cache entry: one bus frame, with room to spare
 
 
 class SharedState:
@@ -56,6 +59,8 @@ class SharedState:
         self._flushes = 0
         self._gone = ("", 0.0)  # the incarnation whose connection closed, and until when its heartbeats are stale
         self._waiters: dict[str, trio.Event] = {}
+        self._calls: dict[int, list[Any]] = {}  # store call id -> [event, answer], while it waits
+        self._call_ids = itertools.count(1)
         self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
         self._by_name: dict[str, list[UpstreamGroup]] = {}
         self._drained: set[str] = set()
@@ -150,6 +155,11 @@ class SharedState:
                 event = self._waiters.pop(grant.key, None)
                 if event is not None:
                     event.set()
+        elif isinstance(msg, (p.CacheEntry, p.CounterValues)):
+            slot = self._calls.get(msg.id)
+            if slot is not None:
+                slot[1] = msg
+                slot[0].set()
         elif isinstance(msg, p.BreakersChanged):
             for update in msg.updates:
                 self.breakers.apply(update)
@@ -276,6 +286,56 @@ class SharedState:
         returned = self.leases.sweep(time.monotonic())
         if returned and self.keeper_up:
             self._send(p.GiveBack(returned=returned))
+
+    # ---- host-wide stores: Kong's shared dicts, held by the keeper (gateway.stores) --------------------------------
+
+    async def cache_fetch(self, dictionary: str, key: str) -> bytes | None:
+        """An entry of the host's cache dictionary; None when absent, expired, or the keeper did not answer in
+        CALL_TIMEOUT_S (a cache that cannot be read is a miss)."""
+        call_id = next(self._call_ids)
+        reply = await self._call(call_id, p.CacheFetch(id=call_id, dictionary=dictionary, key=key))
+        return reply.entry if isinstance(reply, p.CacheEntry) else None
+
+    def cache_store(self, dictionary: str, key: str, entry: bytes, ttl: float) -> None:
+        """Store an entry for `ttl` seconds (0: until evicted); entries over CACHE_ENTRY_LIMIT are the caller's to
+        refuse. Not acknowledged, as a shared dict's set is not awaited."""
+        if self.keeper_up and len(entry) <= CACHE_ENTRY_LIMIT:
+            self._send(p.CacheStore(dictionary=dictionary, key=key, entry=entry, ttl=ttl))
+
+    def cache_purge(self, dictionary: str, key: str) -> None:
+        if self.keeper_up:
+            self._send(p.CachePurge(dictionary=dictionary, key=key))
+
+    def cache_flush(self, dictionary: str) -> None:
+        if self.keeper_up:
+            self._send(p.CachePurge(dictionary=dictionary))
+
+    async def counters_get(self, keys: list[str]) -> list[int] | None:
+        """Current values of host-wide counters (0: absent or expired); None when the keeper is away or did not
+        answer in CALL_TIMEOUT_S."""
+        call_id = next(self._call_ids)
+        reply = await self._call(call_id, p.CountersGet(id=call_id, keys=keys))
+        return reply.values if isinstance(reply, p.CounterValues) else None
+
+    def counters_add(self, items: list[tuple[str, int, float]]) -> None:
+        """(key, increment, seconds a key lives from its first increment) each; not acknowledged."""
+        if self.keeper_up and items:
+            self._send(p.CountersAdd(items=items))
+
+    async def _call(self, call_id: int, msg: p.Msg) -> p.Msg | None:
+        if not self.keeper_up:
+            return None
+        slot: list[Any] = [trio.Event(), None]
+        self._calls[call_id] = slot  # before sending: an in-process keeper answers within the send
+        try:
+            if not self._send(msg):
+                return None
+            if slot[1] is None:
+                with trio.move_on_after(CALL_TIMEOUT_S):
+                    await slot[0].wait()
+            return slot[1]
+        finally:
+            del self._calls[call_id]
 
     def release(self) -> None:
         """The worker is stopping (its connections are done): give back every unspent token, which an exact limit

@@ -1,0 +1,260 @@
+"""Host-wide stores (Kong's shared dicts) held by the state keeper: the sans-I/O structures, the keeper's handling of
+their messages, and a worker's calls to them, in-process and over a real ZeroMQ bus shared by two workers."""
+
+from __future__ import annotations
+
+from math import inf
+
+import pytest
+import trio
+import zmq
+
+import gateway.stores.counters as counters_module
+from gateway.bus import protocol as p
+from gateway.config import parse_config
+from gateway.node.keeper import Keeper, serve_keeper
+from gateway.state import shared as shared_module
+from gateway.state.shared import CALL_TIMEOUT_S, SharedState
+from gateway.stores import Counters, HostCache
+from gateway.stores.cache import ENTRY_OVERHEAD
+
+CONFIG = """
+_format_version: '3.0'
+services: [{name: s, url: 'http://127.0.0.1:9'}]
+routes: [{name: r, service: s, paths: ['/']}]
+"""
+
+
+def cost(key: str, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD
+
+
+# ---- HostCache: an nginx shared dict --------------------------------------------------------------------------------
+
+
+def test_an_absent_key_is_none():
+    assert HostCache().get("k", 0.0) is None
+
+
+def test_a_stored_entry_is_read_back_until_its_ttl_ends():
+    cache = HostCache()
+    assert cache.set("k", b"v", 10.0, now=100.0)
+    assert cache.get("k", 109.9) == b"v"
+    assert cache.get("k", 110.0) is None
+    assert len(cache) == 0 and cache.size == 0  # an expired entry found is dropped
+
+
+def test_ttl_zero_never_expires():
+    cache = HostCache()
+    cache.set("k", b"v", 0, now=0.0)
+    assert cache.get("k", 1e12) == b"v"
+
+
+def test_a_set_replaces_the_value_and_its_ttl():
+    cache = HostCache()
+    cache.set("k", b"old", 1.0, now=0.0)
+    cache.set("k", b"newer", 10.0, now=0.0)
+    assert cache.get("k", 5.0) == b"newer"
+    assert cache.size == cost("k", b"newer")
+
+
+def test_a_full_cache_evicts_the_least_recently_used_first():
+    one = cost("a", b"x" * 100)
+    cache = HostCache(capacity=3 * one)
+    for key in "abc":
+        cache.set(key, b"x" * 100, 0, now=0.0)
+    assert cache.get("a", 0.0) is not None  # a is now the most recently used; b the least
+    cache.set("d", b"x" * 100, 0, now=0.0)
+    assert [cache.get(k, 0.0) is not None for k in "abcd"] == [True, False, True, True]
+    assert cache.size == 3 * one
+
+
+def test_an_entry_larger_than_the_whole_cache_is_refused_and_evicts_nothing():
+    cache = HostCache(capacity=1000)
+    cache.set("a", b"x", 0, now=0.0)
+    assert not cache.set("big", b"x" * 1000, 0, now=0.0)
+    assert cache.get("a", 0.0) == b"x" and cache.get("big", 0.0) is None
+
+
+def test_delete_and_flush_remove_entries_and_their_size():
+    cache = HostCache()
+    for key in "abc":
+        cache.set(key, b"v", 0, now=0.0)
+    assert cache.delete("a") and not cache.delete("a")
+    assert cache.flush() == 2
+    assert len(cache) == 0 and cache.size == 0
+
+
+# ---- Counters: shared dict incr with init_ttl -----------------------------------------------------------------------
+
+
+def test_a_counter_starts_at_its_first_increment_and_accumulates():
+    counters = Counters()
+    assert counters.get("k", 0.0) == 0
+    assert counters.add("k", 3, 60.0, now=0.0) == 3
+    assert counters.add("k", 2, 60.0, now=1.0) == 5
+    assert counters.get("k", 1.0) == 5
+
+
+def test_a_later_increment_does_not_move_the_end_of_a_counter():
+    counters = Counters()
+    counters.add("k", 1, 10.0, now=0.0)
+    counters.add("k", 1, 10.0, now=9.0)
+    assert counters.get("k", 9.9) == 2
+    assert counters.get("k", 10.0) == 0
+
+
+def test_an_expired_counter_starts_again_from_the_increment():
+    counters = Counters()
+    counters.add("k", 5, 1.0, now=0.0)
+    assert counters.add("k", 2, 1.0, now=1.5) == 2
+    assert counters.get("k", 2.4) == 2 and counters.get("k", 2.5) == 0
+
+
+def test_a_counter_with_ttl_zero_never_ends():
+    counters = Counters()
+    counters.add("k", 1, 0, now=0.0)
+    assert counters.get("k", inf) == 0 and counters.get("k", 1e15) == 1
+
+
+def test_sweep_forgets_expired_counters_only():
+    counters = Counters()
+    counters.add("old", 1, 1.0, now=0.0)
+    counters.add("live", 1, 100.0, now=0.0)
+    assert counters.sweep(5.0) == 1
+    assert len(counters) == 1 and counters.get("live", 5.0) == 1
+
+
+def test_adding_sweeps_expired_counters_every_sweep_every_adds(monkeypatch):
+    monkeypatch.setattr(counters_module, "SWEEP_EVERY", 3)
+    counters = Counters()
+    counters.add("a", 1, 1.0, now=0.0)
+    counters.add("b", 1, 1.0, now=0.0)
+    counters.add("c", 1, 1.0, now=5.0)  # the third add sweeps a and b first
+    assert len(counters) == 1
+
+
+def test_past_max_keys_the_oldest_counter_is_dropped(monkeypatch):
+    monkeypatch.setattr(counters_module, "MAX_KEYS", 2)
+    counters = Counters()
+    for key in "abc":
+        counters.add(key, 1, 60.0, now=0.0)
+    assert [counters.get(k, 0.0) for k in "abc"] == [0, 1, 1]
+
+
+# ---- the keeper's handling ------------------------------------------------------------------------------------------
+
+
+def keeper() -> Keeper:
+    return Keeper(parse_config(CONFIG), workers=2)
+
+
+def test_the_keeper_answers_a_fetch_with_the_entry_stored_by_another_worker():
+    k = keeper()
+    assert k.handle(b"w1", p.CacheStore(dictionary="kong_db_cache", key="x", entry=b"e", ttl=5), 0.0, 0.0) == ([], [])
+    replies, _ = k.handle(b"w2", p.CacheFetch(id=7, dictionary="kong_db_cache", key="x"), 1.0, 0.0)
+    assert replies == [p.CacheEntry(id=7, entry=b"e")]
+
+
+def test_the_keeper_answers_none_for_an_unknown_dictionary_or_key():
+    k = keeper()
+    replies, _ = k.handle(b"w1", p.CacheFetch(id=1, dictionary="nope", key="x"), 0.0, 0.0)
+    assert replies == [p.CacheEntry(id=1, entry=None)]
+
+
+def test_the_keeper_purges_one_entry_or_flushes_the_dictionary():
+    k = keeper()
+    for key in ("a", "b"):
+        k.handle(b"w1", p.CacheStore(dictionary="d", key=key, entry=b"e"), 0.0, 0.0)
+    k.handle(b"w1", p.CachePurge(dictionary="d", key="a"), 0.0, 0.0)
+    assert len(k.caches["d"]) == 1
+    k.handle(b"w1", p.CachePurge(dictionary="d"), 0.0, 0.0)
+    assert len(k.caches["d"]) == 0
+
+
+def test_the_keeper_adds_counters_from_every_worker_and_reports_them():
+    k = keeper()
+    k.handle(b"w1", p.CountersAdd(items=[("a", 2, 60.0), ("b", 1, 60.0)]), 0.0, 0.0)
+    k.handle(b"w2", p.CountersAdd(items=[("a", 3, 60.0)]), 1.0, 0.0)
+    replies, _ = k.handle(b"w1", p.CountersGet(id=4, keys=["a", "b", "c"]), 2.0, 0.0)
+    assert replies == [p.CounterValues(id=4, values=[5, 1, 0])]
+
+
+def test_store_messages_survive_the_bus_encoding():
+    for msg in (p.CacheFetch(id=1, dictionary="d", key="k"), p.CacheStore(dictionary="d", key="k", entry=b"\0\xff",
+                ttl=1.5), p.CachePurge(dictionary="d"), p.CountersGet(id=2, keys=["a"]),
+                p.CountersAdd(items=[("a", 1, 2.0)]), p.CacheEntry(id=3), p.CounterValues(id=4, values=[1])):
+        assert p.decode(p.encode(msg)) == msg
+
+
+# ---- a worker's calls -----------------------------------------------------------------------------------------------
+
+
+async def test_a_worker_with_its_keeper_in_process_stores_and_reads_back():
+    shared = SharedState("local", 1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(shared.run_local, keeper())
+        shared.cache_store("kong_db_cache", "k", b"entry", 5.0)
+        assert await shared.cache_fetch("kong_db_cache", "k") == b"entry"
+        shared.cache_purge("kong_db_cache", "k")
+        assert await shared.cache_fetch("kong_db_cache", "k") is None
+        shared.counters_add([("c", 2, 60.0)])
+        shared.counters_add([("c", 1, 60.0)])
+        assert await shared.counters_get(["c", "d"]) == [3, 0]
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_keeper_a_fetch_is_a_miss_and_counters_are_unknown_at_once():
+    shared = SharedState("w1", 2)  # never heard a keeper
+    with trio.fail_after(0.05):
+        assert await shared.cache_fetch("kong_db_cache", "k") is None
+        assert await shared.counters_get(["c"]) is None
+
+
+async def test_a_keeper_that_does_not_answer_is_waited_for_call_timeout_s_only(autojump_clock):
+    shared = SharedState("w1", 2)
+    shared._send = lambda msg: True  # sent, never answered
+    shared.on_message(p.Heartbeat(incarnation="k1"))
+    start = trio.current_time()
+    assert await shared.counters_get(["c"]) is None
+    assert trio.current_time() - start == pytest.approx(CALL_TIMEOUT_S)
+    assert shared._calls == {}
+
+
+async def test_an_entry_over_the_limit_is_not_sent(monkeypatch):
+    shared = SharedState("w1", 2)
+    sent: list[p.Msg] = []
+    shared._send = lambda msg: sent.append(msg) or True
+    shared.on_message(p.Heartbeat(incarnation="k1"))
+    monkeypatch.setattr(shared_module, "CACHE_ENTRY_LIMIT", 10)
+    shared.cache_store("d", "k", b"x" * 11, 1.0)
+    shared.cache_store("d", "k", b"x" * 10, 1.0)
+    assert [len(m.entry) for m in sent if isinstance(m, p.CacheStore)] == [10]
+
+
+async def test_two_workers_share_cache_entries_and_counters_over_the_bus(tmp_path):
+    bus = f"ipc://{tmp_path}/bus.sock"
+    ctx = zmq.Context()
+    ready = trio.Event()
+    one, two = SharedState("w1", 2), SharedState("w2", 2)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_keeper, keeper(), bus, ready.set)
+            await ready.wait()
+            for worker in (one, two):
+                await nursery.start(worker.run_bus, ctx, bus)
+            with trio.fail_after(5):
+                await one.synced.wait()
+                await two.synced.wait()
+            one.cache_store("kong_db_cache", "key", b"from w1" * 1000, 10.0)
+            one.counters_add([("n", 4, 60.0)])
+            two.counters_add([("n", 1, 60.0)])
+            with trio.fail_after(5):  # the stores are not acknowledged: read until they have arrived
+                while await two.cache_fetch("kong_db_cache", "key") is None:
+                    await trio.sleep(0.01)
+                while await one.counters_get(["n"]) != [5]:
+                    await trio.sleep(0.01)
+            assert await two.cache_fetch("kong_db_cache", "key") == b"from w1" * 1000
+            nursery.cancel_scope.cancel()
+    finally:
+        ctx.term()
