@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from gateway.pipeline.phases import ResponsePhases
+from gateway.pipeline.phases import Exit, ResponsePhases
 
 
 class Tag:
@@ -48,17 +48,41 @@ def test_a_chain_without_response_phases_has_none():
 
 def test_header_filters_run_in_chain_order():
     phases = ResponsePhases.of([Tag("a"), AccessOnly(), Tag("b")])
-    headers, _ = phases.filter(exchange(), 200, [], b"", False)
+    _, headers, _, _ = phases.filter(exchange(), 200, [], b"", False)
     assert headers == [(b"x-order", b"a"), (b"x-order", b"b")]
 
 
 def test_a_body_filter_sees_only_a_whole_body_and_the_length_follows():
     phases = ResponsePhases.of([Upper()])
     head = [(b"content-length", b"3")]
-    assert phases.filter(exchange(), 200, list(head), b"abc", False) == (head, b"abc")
-    headers, body = phases.filter(exchange(), 200, list(head), b"abc", True)
-    assert (headers, body) == ([(b"content-length", b"4")], b"ABC!")
-    assert phases.filter(exchange(b"HEAD"), 200, list(head), b"", True) == (head, b"")
+    assert phases.filter(exchange(), 200, list(head), b"abc", False) == (200, head, b"abc", False)
+    assert phases.filter(exchange(), 200, list(head), b"abc", True) == (200, [(b"content-length", b"4")], b"ABC!", True)
+    assert phases.filter(exchange(b"HEAD"), 200, list(head), b"", True) == (200, head, b"", True)
+
+
+class Answer:
+    """Answers 429 in the response's place, as response-ratelimiting's header filter does."""
+
+    name = "answer"
+    priority = 1
+
+    def header_filter(self, ex, status, headers):  # noqa: ANN001,ANN201
+        headers.append((b"x-answered", b"1"))
+        raise Exit(429, headers)
+
+
+def test_a_header_filter_exit_answers_its_status_without_a_body_and_ends_the_response():
+    phases = ResponsePhases.of([Answer()])
+    head = [(b"content-type", b"application/json"), (b"content-length", b"3")]
+    assert phases.filter(exchange(), 200, list(head), b"abc", False) == (
+        429, [(b"content-type", b"application/json"), (b"x-answered", b"1"), (b"content-length", b"0")], b"", True)
+
+
+def test_a_header_filter_exit_skips_the_later_header_filters_and_the_body_filters():
+    phases = ResponsePhases.of([Tag("a"), Answer(), Tag("b"), Upper()])
+    status, headers, body, end = phases.filter(exchange(), 200, [], b"abc", True)
+    assert (status, body, end) == (429, b"", True)
+    assert headers == [(b"x-order", b"a"), (b"x-answered", b"1"), (b"content-length", b"0")]
 
 
 def test_an_event_stream_is_never_buffered():

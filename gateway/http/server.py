@@ -248,10 +248,10 @@ class Exchange:
         see ServerCodec.response_head (ignored when the request's plugins filter the headers)."""
         codec = self._codec
         self.response_started = True
-        self.status = status
-        if self.phases is not None:
-            headers, body = self.phases.filter(self, status, headers, body, end)
+        if self.phases is not None:  # a header filter may answer in the response's place (phases.Exit)
+            status, headers, body, end = self.phases.filter(self, status, headers, body, end)
             framing = None
+        self.status = status
         self.response_headers = headers
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
         data = codec.response_head(status, headers, reason, close, self.response_lines, framing)

@@ -243,6 +243,7 @@ class Forwarder:
         codec = uc.codec
         ok = False
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
+        unread = False  # the rest of the body was not read: a header filter answered in its place (phases.Exit)
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target,
                                                     new_session)
@@ -278,7 +279,8 @@ class Forwarder:
                     first += splitter.pending
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason,
                                framing=framing if splitter is None else None)
-            if not done:
+            unread = not done and ex.response_done
+            if not done and not unread:
                 try:
                     if sse:
                         await self._relay_events(ex, uc, first, edit, splitter)
@@ -292,7 +294,7 @@ class Forwarder:
             ok = True
         finally:
             self._finished(attempt, ok and response.status < 500, response.status if ok else _blame(uc, failed))
-            if ok and codec.keep_alive:
+            if ok and codec.keep_alive and not unread:
                 self.pool.put(uc, attempt.ended)
             else:
                 uc.close()

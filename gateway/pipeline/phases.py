@@ -3,7 +3,8 @@
 - header_filter runs on every response the request gets, proxied or answered by the gateway itself (a 401 from an
   authentication plugin, a 429, a 404 with no route: then the global plugins' filters run, as in Kong), before the
   head is written, so the head stays one write. Like Kong, it runs for every plugin of the request's chain, also
-  those after the one that answered.
+  those after the one that answered. A header filter may answer in the response's place by raising Exit (Kong's
+  kong.response.exit(status) in header_filter: response-ratelimiting's 429).
 - body_filter sees a whole, non-streaming body: the gateway's own answers, and upstream bodies that a filter asks
   for (`wants_body`), read whole up to RESPONSE_BODY_LIMIT. text/event-stream is never buffered. A body over the
   limit is streamed unchanged (logged), as Kong leaves a request body it did not buffer in memory.
@@ -30,12 +31,26 @@ log = logging.getLogger("gateway.phases")
 RESPONSE_BODY_LIMIT = 8 * 1024 * 1024  # bytes of an upstream body a body filter may hold in memory
 
 
+class Exit(Exception):  # noqa: N818 - named for Kong's kong.response.exit
+    """Raised by a header filter to answer `status` without a body in place of the response: Kong's
+    kong.response.exit(status) in header_filter (which Kong allows only without a body). The head keeps `headers`
+    (as filtered so far) with Content-Length: 0; the header filters after it do not run (ngx.exit(ngx.OK) leaves
+    nginx's header filter phase), nor do the body filters (there is no body). The upstream's body is not sent: the
+    forwarder closes the upstream connection rather than read it (Exchange.response_done is set)."""
+
+    def __init__(self, status: int, headers: Headers) -> None:
+        super().__init__(status)
+        self.status = status
+        self.headers = headers
+
+
 class HeaderFilter(Protocol):
     name: str
     priority: int
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        """Return the response headers (the list may be changed in place); names are lower case."""
+        """Return the response headers (the list may be changed in place); names are lower case. Raise Exit to
+        answer in the response's place."""
         ...
 
 
@@ -68,11 +83,18 @@ class ResponsePhases:
         phases = cls(policies)
         return phases if phases.header_filters or phases.body_filters or phases.event_filters else None
 
-    def filter(self, ex: Exchange, status: int, headers: Headers, body: bytes, end: bool) -> tuple[Headers, bytes]:
+    def filter(self, ex: Exchange, status: int, headers: Headers, body: bytes,
+               end: bool) -> tuple[int, Headers, bytes, bool]:
         """Run the header filters, then (when `body` is the whole body) the body filters; called by
-        Exchange.send_head just before the head is written."""
-        for f in self.header_filters:
-            headers = f.header_filter(ex, status, headers)
+        Exchange.send_head just before the head is written. Returns the (status, headers, body, end) to send: those
+        given, filtered, or a header filter's Exit (its status, no body, the end)."""
+        try:
+            for f in self.header_filters:
+                headers = f.header_filter(ex, status, headers)
+        except Exit as e:
+            headers = [hv for hv in e.headers if hv[0] != b"content-length" and hv[0] != b"transfer-encoding"]
+            headers.append((b"content-length", b"0"))
+            return e.status, headers, b"", True
         if end and self.body_filters and ex.request.method != b"HEAD":
             new = body
             for f in self.body_filters:
@@ -82,7 +104,7 @@ class ResponsePhases:
                 headers = [hv for hv in headers if hv[0] != b"content-length"]
                 headers.append((b"content-length", b"%d" % len(new)))
                 body = new
-        return headers, body
+        return status, headers, body, end
 
     def buffers(self, ex: Exchange, status: int, headers: Headers) -> bool:
         """Whether an upstream response must be read whole before its head goes out (a body filter wants it)."""

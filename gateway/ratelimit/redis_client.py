@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 import ssl
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import msgspec
 import trio
@@ -20,6 +21,8 @@ import trio
 from gateway.ratelimit.redis_script import TAKE_BLOCK, BadReply, Call, Reply, parse_reply
 
 log = logging.getLogger("gateway.ratelimit.redis")
+
+T = TypeVar("T")
 
 NO_TIMEOUT_BOUND_S = 5.0  # redis.timeout 0 (none, in lua-resty-redis) still ends a call after this
 
@@ -78,10 +81,12 @@ def tls_context(settings: RedisSettings) -> ssl.SSLContext | None:
 
 
 class RedisStore:
-    """One Redis for the keeper. `serve` owns the client (in the keeper's nursery); `take` runs the block script."""
+    """One Redis for the keeper. `serve` owns the client (in the keeper's nursery); `take` runs the block script,
+    `run` any commands (a worker's: response-ratelimiting's policy redis)."""
 
     def __init__(self, settings: RedisSettings) -> None:
         self.settings = settings
+        self._client: Any = None
         self._script: Any = None
         self._renew = trio.Event()
         self._ready = trio.Event()
@@ -100,6 +105,7 @@ class RedisStore:
                                    ssl_context=tls_context(s), client_name="mcp-gateway")
             try:
                 async with client:
+                    self._client = client
                     self._script = client.register_script(TAKE_BLOCK)
                     self._ready.set()
                     if not started:
@@ -115,23 +121,29 @@ class RedisStore:
         """The client failed: calls from now on wait for the next one, which `serve` makes at once."""
         if self._ready.is_set():
             self._ready = trio.Event()
-            self._script = None
+            self._client = self._script = None
             self._renew.set()
 
     async def take(self, call: Call, windows: int) -> Reply:
         """Run the block script once, within the configured timeout; any failure is a StoreError."""
+        value = await self.run(lambda client: self._script(keys=call.keys, args=call.args))
+        try:
+            return parse_reply(_plain(value), windows)
+        except BadReply as e:
+            self._discard()
+            raise StoreError(f"Redis at {self.settings.address}: {e}") from None
+
+    async def run(self, commands: Callable[[Any], Awaitable[T]]) -> T:
+        """`commands(client)` once, within the configured timeout; any failure is a StoreError (and the next call
+        gets a new client)."""
         bound = self.settings.timeout_s
         try:
             with trio.fail_after(bound):
                 await self._ready.wait()
-                value = await self._script(keys=call.keys, args=call.args)
-            return parse_reply(_plain(value), windows)
+                return await commands(self._client)
         except trio.TooSlowError:
             self._discard()
             raise StoreError(f"no answer from Redis at {self.settings.address} within {bound:g}s") from None
-        except BadReply as e:
-            self._discard()
-            raise StoreError(f"Redis at {self.settings.address}: {e}") from None
         except Exception as e:  # noqa: BLE001 - coredis raises RedisError, ValueError, TimeoutError, OSError...
             self._discard()
             raise StoreError(f"Redis at {self.settings.address}: {type(e).__name__}: {e}") from None

@@ -33,6 +33,21 @@ class SharedStore:
         self.sync_rate = config.sync_rate
 
 
+def identifier(ex: Exchange, limit_by: str) -> str:
+    """Kong's get_identifier for limit_by consumer, credential and ip (rate-limiting's and response-ratelimiting's).
+
+    consumer: the authenticated (or anonymous) consumer's id, else the credential's (a token that names no consumer,
+    ai-mcp-oauth2); credential: the id of the credential it authenticated with (the anonymous consumer has none);
+    either missing, and ip: the client's address (a trusted balancer's forwarded one: Exchange.client_ip)."""
+    if limit_by == "consumer" or limit_by == "credential":
+        who = ex.consumer
+        if who is not None:
+            ident = who.credential_id if limit_by == "credential" or who.id is None else who.id
+            if ident is not None:
+                return ident
+    return ex.client_ip
+
+
 RATE_LIMITED = -32029  # the JSON-RPC error code of a call refused by a limit (429 in the server-error range)
 
 
@@ -65,26 +80,16 @@ class RateLimiting:
         self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
 
     def key(self, ex: Exchange) -> str:
-        """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP.
-
-        consumer: the authenticated (or anonymous) consumer's id, else the credential's (a token that names no
-        consumer, ai-mcp-oauth2), as Kong's get_identifier; credential: the id of the credential it authenticated
-        with (the anonymous consumer has none)."""
+        """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP."""
         if self.fixed_key is not None:
             return self.fixed_key
-        by = self.limit_by
-        if by == "consumer" or by == "credential":
-            who = ex.consumer
-            if who is not None:
-                ident = who.credential_id if by == "credential" or who.id is None else who.id
-                if ident is not None:
-                    return self.prefix + ident
-        elif by == "header":
+        if self.limit_by == "header":
             name = self.header
             for hname, value in ex.request.headers:
                 if hname == name:
                     return self.prefix + value.decode("latin-1")
-        return self.prefix + ex.client_ip
+            return self.prefix + ex.client_ip
+        return self.prefix + identifier(ex, self.limit_by)
 
     async def access(self, ex: Exchange) -> bool:
         leases = self.leases

@@ -5,7 +5,7 @@ shorthands (still accepted by Kong 3.x); both forms fill `redis`. Kong's `cluste
 database, which this gateway does not have: it is refused with a pointer to `redis`.
 """
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -73,7 +73,7 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("limit_by is header: set header_name")
         if self.limit_by == "path" and not self.path:
             raise ValueError("limit_by is path: set path")
-        self._merge_shorthands()
+        merge_redis_shorthands(self)
         if self.policy == "cluster":
             raise ValueError("policy cluster keeps counters in Kong's database, which this gateway does not have; "
                              "use policy redis (exact across gateway hosts) or local (exact across this host's "
@@ -91,15 +91,18 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
             if self.redis.server_name and not self.redis.ssl:
                 raise ValueError("redis.server_name is the TLS server name: it needs redis.ssl: true")
 
-    def _merge_shorthands(self) -> None:
-        """Kong's deprecated `redis_<field>` shorthands fill `redis.<field>`; both forms disagreeing is an error."""
-        for field in SHORTHANDS:
-            value = getattr(self, "redis_" + field)
-            if value is None:
-                continue
-            nested = getattr(self.redis, field)
-            default = getattr(RedisConfig(), field)
-            if nested != default and nested != value:
-                raise ValueError(f"redis_{field} ({value!r}) and redis.{field} ({nested!r}) disagree; set one of "
-                                 f"them (redis.{field} is Kong 3.6's form)")
-            setattr(self.redis, field, value)
+
+def merge_redis_shorthands(config: Any) -> None:
+    """Kong's deprecated `redis_<field>` shorthands fill `redis.<field>`; both forms disagreeing is an error.
+    `config`: a plugin config with `redis` (RedisConfig) and a `redis_<field>` for each of SHORTHANDS (rate-limiting's,
+    response-ratelimiting's)."""
+    for field in SHORTHANDS:
+        value = getattr(config, "redis_" + field)
+        if value is None:
+            continue
+        nested = getattr(config.redis, field)
+        default = getattr(RedisConfig(), field)
+        if nested != default and nested != value:
+            raise ValueError(f"redis_{field} ({value!r}) and redis.{field} ({nested!r}) disagree; set one of "
+                             f"them (redis.{field} is Kong 3.6's form)")
+        setattr(config.redis, field, value)
