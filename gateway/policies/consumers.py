@@ -193,6 +193,7 @@ class AuthPolicy:
     priority = 0
     reads_body = False  # True: `check_body` has the last word on what `authenticate` admitted (hmac-auth's digest)
     searches_body = False  # True: `authenticate_body` (which may read the body) is asked instead of `authenticate`
+    awaited = False  # True: `authenticate_awaited` (which may wait on the network: ldap-auth's bind) is asked instead
     __slots__ = ("anon", "run_on_preflight")
 
     def __init__(self, anonymous: Identity | None, run_on_preflight: bool) -> None:
@@ -208,6 +209,9 @@ class AuthPolicy:
     async def authenticate_body(self, ex: Exchange) -> Identity | Rejection:  # pragma: no cover
         raise NotImplementedError
 
+    async def authenticate_awaited(self, ex: Exchange) -> Identity | Rejection:  # pragma: no cover
+        raise NotImplementedError
+
     async def access(self, ex: Exchange) -> bool:
         if not self.run_on_preflight and ex.request.method == b"OPTIONS":
             return False
@@ -216,7 +220,12 @@ class AuthPolicy:
             current = ex.consumer
             if current is not None and current.credential_id is not None:
                 return False
-        found = await self.authenticate_body(ex) if self.searches_body else self.authenticate(ex)
+        if self.searches_body:
+            found = await self.authenticate_body(ex)
+        elif self.awaited:
+            found = await self.authenticate_awaited(ex)
+        else:
+            found = self.authenticate(ex)
         if self.reads_body and isinstance(found, Identity):
             found = await self.check_body(ex, found)
         if isinstance(found, Identity):

@@ -1,0 +1,234 @@
+"""Kong's ldap-auth (kong/plugins/ldap-auth/access.lua): `Authorization: <header_type> base64(username:password)`
+(or Proxy-Authorization, tried first) checked by a simple bind to the LDAP server as `<attribute>=<username>,<base_dn>`.
+
+Answers, as Kong's:
+- no credentials, credentials that do not parse, a refused bind: 401 "Unauthorized" with `WWW-Authenticate:
+  LDAP` (the configured header_type, "ldap" written "LDAP"), followed by ` realm="<realm>"` when a realm is set;
+  with `anonymous`, the request goes on as that consumer instead.
+- the LDAP server cannot be reached or fails mid-bind (gateway.policies.ldap_auth.client): 500 "An unexpected error
+  occurred", anonymous or not (Kong's plugin raises, and its runloop answers so).
+- a bind that succeeds: the request goes on authenticated by a credential with no consumer (Kong's
+  kong.client.authenticate(nil, credential)): upstream, X-Credential-Identifier is the username and the consumer
+  headers are absent (also those an earlier plugin set). The credential's id is Kong's cache key, so rate limiting
+  by credential counts per username and password. With hide_credentials, Authorization and Proxy-Authorization are
+  both removed, on success only.
+
+A bind's outcome is remembered for cache_ttl seconds (0: until the config is reloaded, as Kong's cache is purged
+then) under Kong's key, a SHA-256 of ldap_host, ldap_port, base_dn, attribute, cache_ttl, username and password,
+shared by the ldap-auth plugins of the config: success, refusal, and the misses Kong caches too (no connection, or
+StartTLS declined: the same 500 again until the TTL ends, without contacting the server). Concurrent requests with
+the same credentials wait for one bind. Kong's cache is per node; this one is per worker process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import weakref
+from math import inf
+
+import trio
+
+from gateway.http.server import Exchange
+from gateway.memo import Memo
+from gateway.policies.consumers import (
+    AuthPolicy,
+    Directory,
+    Identity,
+    Rejection,
+    decode_base64,
+    header_value,
+    remove_header,
+)
+from gateway.policies.ldap_auth import client
+from gateway.policies.ldap_auth.client import Server, Unavailable
+from gateway.policies.ldap_auth.schema import LdapAuthConfig
+
+log = logging.getLogger("gateway.policies")
+
+CACHE_ENTRIES = 16384  # outcomes remembered per worker and config load; the oldest leaves first
+DEFAULT_SOCKET_TIMEOUT_S = 60.0  # ngx's lua_socket_*_timeout: what a timeout of 0 (or null) means
+DEFAULT_KEEPALIVE_S = 60.0  # ngx's lua_socket_keepalive_timeout: what a null keepalive means
+# Kong's "^(.*?):(.+)$" (PCRE without flags: "." stops at a newline, "$" also before a final newline)
+_USER_PASSWORD = re.compile(rb"(.*?):(.+)$")
+_UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # escaped as %XX in a header value, as ngx_lua's set_header does
+
+ACCEPTED, REFUSED, UNAVAILABLE = "accepted", "refused", "unavailable"
+
+
+class CredentialIdentity(Identity):
+    """A request authenticated by a credential that names no consumer: Kong's kong.client.authenticate(nil,
+    credential). Later policies read it as any identity (id, username and custom_id None; no groups)."""
+
+    __slots__ = ()
+
+    def __init__(self, credential_id: str, identifier: bytes) -> None:  # no consumer: Identity's own is not called
+        self.consumer = None  # type: ignore[assignment]
+        self.id = None  # type: ignore[assignment]
+        self.username = None
+        self.custom_id = None
+        self.groups = ()
+        self.credential_id = credential_id
+        self.anonymous = False
+        self.upstream_headers = [(b"x-credential-identifier", _UNSAFE.sub(_escape, identifier))]
+        self._with_groups = None
+
+
+class BindCache:
+    """Bind outcomes by Kong's cache key, each until an instant (trio.current_time), and the binds under way."""
+
+    __slots__ = ("entries", "pending")
+
+    def __init__(self, size: int = CACHE_ENTRIES) -> None:
+        self.entries: Memo[str, tuple[str, float]] = Memo(size)
+        self.pending: dict[str, trio.Event] = {}
+
+    def get(self, key: str, now: float) -> str | None:
+        found = self.entries.get(key)
+        if found is None:
+            return None
+        if found[1] <= now:
+            del self.entries[key]
+            return None
+        return found[0]
+
+    def keep(self, key: str, outcome: str, ttl: float, now: float) -> None:
+        self.entries.keep(key, (outcome, now + ttl if ttl > 0 else inf))
+
+
+_CACHES: weakref.WeakKeyDictionary[Directory, BindCache] = weakref.WeakKeyDictionary()
+
+
+def cache_for(directory: Directory) -> BindCache:
+    """The bind cache of one config load (its Directory): Kong purges its cache when a config is loaded."""
+    cache = _CACHES.get(directory)
+    if cache is None:
+        cache = _CACHES[directory] = BindCache()
+    return cache
+
+
+def read_credentials(value: bytes, scheme: re.Pattern[bytes]) -> tuple[bytes, bytes] | None:
+    """(username, password) from an Authorization value, as Kong's retrieve_credentials reads it: the lower-cased
+    value must start with the scheme pattern (optional whitespace, header_type, whitespace); the rest is base64
+    (ngx.decode_base64) of `username:password`, split at the first colon, the password not empty."""
+    m = scheme.match(value.lower())
+    if m is None:
+        return None
+    decoded = decode_base64(value[m.end():])
+    if decoded is None:
+        return None
+    found = _USER_PASSWORD.match(decoded)
+    if found is None:
+        return None
+    return found.group(1), found.group(2)
+
+
+def scheme_pattern(header_type: str) -> re.Pattern[bytes]:
+    """Kong's "^\\s*<lower(header_type)>\\s+" (header_type is taken as a regular expression, as Kong takes it)."""
+    return re.compile(rb"\s*" + header_type.lower().encode() + rb"\s+")
+
+
+def www_authenticate(header_type: str, realm: str | None) -> str:
+    scheme = "LDAP" if header_type == "ldap" else header_type  # Kong keeps "LDAP" for configs that predate header_type
+    return f'{scheme} realm="{realm}"' if realm is not None else scheme
+
+
+class LdapAuth(AuthPolicy):
+    name = "ldap-auth"
+    priority = 1200  # Kong's
+    awaited = True
+    __slots__ = ("server", "hide", "scheme", "dn_prefix", "dn_suffix", "key_prefix", "ttl", "cache",
+                 "unauthorized", "failed")
+
+    def __init__(self, config: LdapAuthConfig, directory: Directory, cache: BindCache | None = None) -> None:
+        super().__init__(directory.anonymous(config.anonymous), True)
+        timeout_ms = int(config.timeout or 0)  # ngx truncates to whole milliseconds; 0 means its default
+        keepalive_ms = config.keepalive
+        self.server = Server(config.ldap_host, config.ldap_port, ldaps=config.ldaps, start_tls=config.start_tls,
+                             verify=config.verify_ldap_host,
+                             timeout=timeout_ms / 1000 if timeout_ms > 0 else DEFAULT_SOCKET_TIMEOUT_S,
+                             keepalive=keepalive_ms / 1000 if keepalive_ms is not None else DEFAULT_KEEPALIVE_S)
+        self.hide = config.hide_credentials
+        self.scheme = scheme_pattern(config.header_type)
+        self.dn_prefix = config.attribute.encode() + b"="
+        self.dn_suffix = b"," + config.base_dn.encode()
+        self.ttl = config.cache_ttl
+        self.key_prefix = b"%s:%d:%s:%s:%d:" % (config.ldap_host.lower().encode(), config.ldap_port,
+                                                config.base_dn.encode(), config.attribute.encode(),
+                                                int(config.cache_ttl))
+        self.cache = cache if cache is not None else cache_for(directory)
+        self.unauthorized = Rejection(401, "Unauthorized", www_authenticate(config.header_type, config.realm))
+        self.failed = Rejection(500, "An unexpected error occurred")
+
+    async def access(self, ex: Exchange) -> bool:
+        try:
+            return await super().access(ex)
+        except Unavailable as e:
+            log.error("ldap-auth: %s", e)
+            await self.failed.send(ex)
+            return True
+
+    async def authenticate_awaited(self, ex: Exchange) -> Identity | Rejection:
+        headers = ex.request.headers
+        authorization = header_value(headers, b"authorization")
+        proxy_authorization = header_value(headers, b"proxy-authorization")
+        if authorization is None and proxy_authorization is None:
+            return self.unauthorized
+        found = None
+        if proxy_authorization is not None:
+            found = await self._check(proxy_authorization)
+        if found is None and authorization is not None:
+            found = await self._check(authorization)
+        if found is None:
+            return self.unauthorized
+        if self.hide:
+            remove_header(ex, b"authorization")
+            remove_header(ex, b"proxy-authorization")
+        return found
+
+    def cache_key(self, username: bytes, password: bytes) -> str:
+        """Kong's: "ldap_auth_cache:" and the SHA-256 (hex) of host:port:base_dn:attribute:cache_ttl:user:password."""
+        return "ldap_auth_cache:" + hashlib.sha256(self.key_prefix + username + b":" + password).hexdigest()
+
+    async def _check(self, value: bytes) -> CredentialIdentity | None:
+        """The identity the credentials in one header value stand for; None if they do not parse or bind."""
+        given = read_credentials(value, self.scheme)
+        if given is None:
+            return None
+        username, password = given
+        key = self.cache_key(username, password)
+        outcome = await self._outcome(key, username, password)
+        if outcome == UNAVAILABLE:
+            raise Unavailable(f"{self.server.where}: the last bind with these credentials failed to connect or to "
+                              "start TLS (remembered for cache_ttl, as Kong's cache remembers it)", True)
+        return CredentialIdentity(key, username) if outcome == ACCEPTED else None
+
+    async def _outcome(self, key: str, username: bytes, password: bytes) -> str:
+        cache = self.cache
+        while True:
+            outcome = cache.get(key, trio.current_time())
+            if outcome is not None:
+                return outcome
+            underway = cache.pending.get(key)
+            if underway is None:
+                break
+            await underway.wait()  # then the cache has its outcome, unless that bind failed uncached: ours then
+        done = cache.pending[key] = trio.Event()
+        try:
+            try:
+                ok = await client.bind(self.server, self.dn_prefix + username + self.dn_suffix, password)
+            except Unavailable as e:
+                if e.remembered:
+                    cache.keep(key, UNAVAILABLE, self.ttl, trio.current_time())
+                raise
+            outcome = ACCEPTED if ok else REFUSED
+            cache.keep(key, outcome, self.ttl, trio.current_time())
+            return outcome
+        finally:
+            del cache.pending[key]
+            done.set()
+
+
+def _escape(m: re.Match[bytes]) -> bytes:
+    return b"%%%02X" % m.group()[0]
