@@ -395,6 +395,11 @@ Built = tuple[Plugin, Any, Policy | None]
 _CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])*): (?P<rest>.*)$", re.DOTALL)
 
 
+def id_of(plugin: Plugin) -> str:
+    """A plugin's id: its own, or one made of its name and scope (stable across reloads and processes)."""
+    return plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
+
+
 def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory,
              mcp: McpShared) -> list[Built]:
     """(plugin, its validated config, its policy object or None) for every enabled plugin that runs on HTTP."""
@@ -426,7 +431,7 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         scopes[scope] = where
         if not plugin.enabled or _HTTP_PROTOCOLS.isdisjoint(plugin.protocols):
             continue  # Kong skips it: disabled, or for stream protocols only
-        plugin_id = plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
+        plugin_id = id_of(plugin)
         params = inspect.signature(module.build).parameters  # what else the plugin needs: the consumers, MCP's
         extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp), ("gateway", config.gateway))
                  if name in params}

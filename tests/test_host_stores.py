@@ -13,6 +13,7 @@ import gateway.stores.counters as counters_module
 from gateway.bus import protocol as p
 from gateway.config import parse_config
 from gateway.node.keeper import Keeper, serve_keeper
+from gateway.policies.proxy_cache.entry import Entry, encode
 from gateway.state import shared as shared_module
 from gateway.state.shared import CALL_TIMEOUT_S, SharedState
 from gateway.stores import Counters, HostCache
@@ -258,3 +259,62 @@ async def test_two_workers_share_cache_entries_and_counters_over_the_bus(tmp_pat
             nursery.cancel_scope.cancel()
     finally:
         ctx.term()
+
+
+# ---- the operator's proxy-cache commands (Kong's Admin API /proxy-cache endpoints) -----------------------------------
+
+CACHED = CONFIG + """
+plugins:
+  - {name: proxy-cache, id: 3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42, route: r, config: {strategy: memory}}
+  - {name: proxy-cache, id: 7c9e6679-7425-40de-944b-e07fc1f90ae7, service: s,
+     config: {strategy: memory, memory: {dictionary_name: kong}}}
+"""
+PC_A, PC_B = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42", "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+
+
+def cached_keeper() -> Keeper:
+    k = Keeper(parse_config(CACHED), workers=2)
+    entry = encode(Entry(status=200, headers=[(b"content-type", b"text/plain")], body=b"hello", timestamp=1, ttl=300))
+    k.handle(b"w1", p.CacheStore(dictionary="kong_db_cache", key="k1", entry=entry, ttl=300), 0.0, 0.0)
+    k.handle(b"w1", p.CacheStore(dictionary="kong", key="k1", entry=entry, ttl=300), 0.0, 0.0)
+    k.handle(b"w1", p.CacheStore(dictionary="kong", key="k2", entry=entry, ttl=300), 0.0, 0.0)
+    return k
+
+
+def test_proxy_cache_list_shows_each_plugin_and_its_dictionary():
+    result, _ = cached_keeper().admin("proxy-cache", {}, 1.0, 0.0)
+    assert [(r["plugin"], r["dictionary"], r["entries"]) for r in result] == [(PC_A, "kong_db_cache", 1),
+                                                                                (PC_B, "kong", 2)]
+
+
+def test_proxy_cache_get_shows_the_entry_as_kong_does():
+    result, _ = cached_keeper().admin("proxy-cache", {"action": "get", "key": "k2"}, 1.0, 0.0)
+    assert result["plugin"] == PC_B
+    assert result["entry"]["status"] == 200 and result["entry"]["body"] == "hello"
+
+
+def test_proxy_cache_get_of_an_absent_key_is_an_error_naming_it():
+    with pytest.raises(KeyError, match="no cached entry for key 'nope'"):
+        cached_keeper().admin("proxy-cache", {"action": "get", "key": "nope"}, 1.0, 0.0)
+
+
+def test_proxy_cache_purge_removes_the_key_from_every_plugin():
+    k = cached_keeper()
+    assert k.admin("proxy-cache", {"action": "purge", "key": "k1"}, 1.0, 0.0)[0] == {"purged": "k1"}
+    assert k.caches["kong_db_cache"].get("k1", 1.0) is None and k.caches["kong"].get("k1", 1.0) is None
+    with pytest.raises(KeyError):
+        k.admin("proxy-cache", {"action": "purge", "key": "k1"}, 1.0, 0.0)
+
+
+def test_proxy_cache_flush_of_one_plugin_leaves_the_others():
+    k = cached_keeper()
+    assert k.admin("proxy-cache", {"action": "flush", "plugin": PC_B}, 1.0, 0.0)[0] == {"flushed": 2}
+    assert len(k.caches["kong_db_cache"]) == 1
+
+
+def test_proxy_cache_commands_refuse_an_unknown_plugin_or_action():
+    k = cached_keeper()
+    with pytest.raises(KeyError, match="no proxy-cache plugin 'x'"):
+        k.admin("proxy-cache", {"action": "list", "plugin": "x"}, 1.0, 0.0)
+    with pytest.raises(ValueError):
+        k.admin("proxy-cache", {"action": "explode", "key": "k1"}, 1.0, 0.0)

@@ -30,13 +30,15 @@ from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.metrics import RECORDER, REDIS_FALLBACK
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.tree import needs_health
+from gateway.policies.proxy_cache import render_entry
 from gateway.ratelimit.ledger import Ledger
 from gateway.ratelimit.messages import LeaseRequest
 from gateway.ratelimit.redis_client import RedisStore, StoreError
 from gateway.ratelimit.redis_script import Call
 from gateway.ratelimit.remote import PENDING_S
-from gateway.runtime import compile_config
+from gateway.runtime import compile_config, id_of
 from gateway.stores import Counters, HostCache
+from gateway.stores.cache import DEFAULT_DICTIONARY
 from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
@@ -83,6 +85,8 @@ class Keeper:
         """(Re)build breakers and targets from a config; states of targets that stay are kept."""
         runtime = compile_config(config)
         self.stores = runtime.stores
+        self.cached = {id_of(plugin): (plugin.config.get("memory") or {}).get("dictionary_name") or DEFAULT_DICTIONARY
+                       for plugin in config.plugins if plugin.name == "proxy-cache" and plugin.enabled}
         for name, store in self.stores.items():
             self.ledger.add_store(name, REDIS_PREFIX, store.fault_tolerant, store.sync_rate)
         if self.stores:
@@ -294,7 +298,8 @@ class Keeper:
         return direct, verdicts + ([p.BreakersChanged(updates=updates)] if updates else [])
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
-        """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight]."""
+        """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight],
+        proxy-cache [list|get|purge|flush] [key=] [plugin=]."""
         action = args.get("action", "list")
         if cmd == "breakers":
             if action == "list":
@@ -339,6 +344,8 @@ class Keeper:
                 _bad(cmd, action)
             return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
                 [p.TargetsChanged(targets=self._published([state]))]
+        if cmd == "proxy-cache":
+            return _proxy_cache_admin(self, action, args, now), []
         if cmd == "health":
             return {"incarnation": self.incarnation, "workers_seen": len(self.seen_workers),
                     "targets": {t.key: t.healthy for t in self.targets.values()},
@@ -349,6 +356,39 @@ class Keeper:
             self.configure(load_config(self.config_path))
             return {"incarnation": self.incarnation}, [self.snapshot()]
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
+
+
+def _proxy_cache_admin(keeper: Keeper, action: str, args: dict[str, Any], now: float) -> Any:
+    """Kong's Admin API /proxy-cache endpoints: get (GET /proxy-cache/{key}), purge (DELETE /proxy-cache/{key}) and
+    flush (DELETE /proxy-cache), over every proxy-cache plugin or the one `plugin=` names (/proxy-cache/{plugin
+    id}/caches/{key}); list: the plugins, their dictionaries and what those hold."""
+    plugins = keeper.cached
+    if "plugin" in args:
+        if args["plugin"] not in plugins:
+            raise KeyError(f"no proxy-cache plugin {args['plugin']!r}; `proxy-cache` lists them")
+        plugins = {args["plugin"]: plugins[args["plugin"]]}
+    caches = [(pid, name, keeper.caches.get(name)) for pid, name in plugins.items()]
+    if action == "list":
+        return [{"plugin": pid, "dictionary": name, "entries": len(c) if c else 0, "bytes": c.size if c else 0}
+                for pid, name, c in caches]
+    if action == "flush":
+        return {"flushed": sum(c.flush() for _, _, c in caches if c is not None)}
+    key = _need(args, "key")
+    for pid, _, cache in caches:
+        raw = cache.get(key, now) if cache is not None else None
+        if raw is None:
+            continue
+        if action == "get":
+            return {"plugin": pid, "entry": render_entry(raw)}
+        if action == "purge":
+            for _, _, other in caches:  # as Kong: from every plugin's dictionary that has it
+                if other is not None:
+                    other.delete(key)
+            return {"purged": key}
+        _bad("proxy-cache", action)
+    if action not in ("get", "purge"):
+        _bad("proxy-cache", action)
+    raise KeyError(f"no cached entry for key {key!r} (in the dictionaries of {len(caches)} proxy-cache plugin(s))")
 
 
 def log_store_down(keeper: Keeper, name: str) -> None:

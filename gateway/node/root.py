@@ -56,7 +56,7 @@ from supervisor.refs import ChildRef
 log = logging.getLogger("gateway.node")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets"})  # answered by the state keeper
+KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets", "proxy-cache"})  # answered by the state keeper
 
 
 class StartupError(Exception):

@@ -30,6 +30,7 @@ from gateway.bus.channel import KeeperChannel
 from gateway.metrics import LEASE_ROUND_TRIPS, RECORDER
 from gateway.ratelimit.lease import LeaseTable
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
+from gateway.stores.cache import ENTRY_LIMIT as CACHE_ENTRY_LIMIT
 
 log = logging.getLogger("gateway.state")
 
@@ -40,7 +41,6 @@ KEEPER_LOST_S = 0.75  # no heartbeat for this long (3 of HEARTBEAT_S): the keepe
 LOST_SLACK_S = 0.01  # a quiet worker looks for the keeper's next heartbeat until KEEPER_LOST_S and this after the last
 SWEEP_S = 1.0  # expired leases are given back this often
 CALL_TIMEOUT_S = 0.25  # a host-wide store's answer later than this counts as none (the keeper is busy or gone)
-CACHE_ENTRY_LIMIT = p.MAX_MESSAGE - (64 << 10)  # bytes of one proxy-cache entry: one bus frame, with room to spare
 
 
 class SharedState:

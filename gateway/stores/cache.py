@@ -13,6 +13,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from math import inf
 
+from gateway.bus.protocol import MAX_MESSAGE
+
+DEFAULT_DICTIONARY = "kong_db_cache"  # proxy-cache's memory.dictionary_name default
+ENTRY_LIMIT = MAX_MESSAGE - (64 << 10)  # bytes of one entry: it travels in one bus frame, with room to spare
 DEFAULT_CAPACITY = 128 << 20  # Kong's kong_db_cache: mem_cache_size, 128m by default
 ENTRY_OVERHEAD = 64  # bytes charged per entry beyond key and value (the shm's node), so tiny entries are bounded too
 

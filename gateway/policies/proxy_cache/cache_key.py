@@ -1,0 +1,163 @@
+"""Kong's proxy-cache key (kong/plugins/proxy-cache/cache_key.lua), byte for byte, and the request facts it is made
+of, read as OpenResty reads them. Sans-I/O.
+
+The key is the hex SHA-256 of `prefix|method|uri|params|headers`:
+    prefix   "consumer_id:route_id", "route_id" or "default"
+    method   the request's method (kong.request.get_method)
+    uri      nginx's $request (the request line as the client sent it: "GET /path?q HTTP/1.1") cut at its first
+             "?": so "GET /path" with a query string, the whole line "GET /path HTTP/1.1" without one; lower-cased
+             (ASCII) with ignore_uri_case
+    params   "name=value" pieces joined by ":" for the vary_query_params present in the request (all arguments,
+             sorted by name, when none are configured); a bare argument is its name alone, a repeated one its values
+             sorted and joined by ","
+    headers  the same for vary_headers (nothing when none are configured); a name is looked up as configured, then
+             lower-cased with "_" as "-" (ngx.req.get_headers' table)
+
+Arguments come from the query string as it is when the plugin runs (after plugins of higher priority changed it),
+parsed as ngx.req.get_uri_args parses them: the first 100, unescaped with "+" as a space, "=value" without a name
+dropped. Headers are the first 100 (ngx.req.get_headers), names lower-cased. Everything is bytes, compared as C's
+strcmp compares them, so keys agree with Kong's for any input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+
+from gateway.http.codec import Headers
+
+MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: kong.request.get_query's default
+MAX_REQ_HEADERS = 100  # Kong's lua_max_req_headers: kong.request.get_headers' default
+
+Arg = bytes | bool  # True: an argument without "="
+Args = dict[bytes, Arg | list[Arg]]
+
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+
+
+def unescape(raw: bytes) -> bytes:
+    """ngx_http_lua_unescape_uri for URI components: %XX decoded, "+" a space. A broken escape loses its "%" (and its
+    first hex digit when the second is not one), as nginx's state machine drops them."""
+    if b"%" not in raw and b"+" not in raw:
+        return raw
+    out = bytearray()
+    state = 0  # 0: usual, 1: after "%", 2: after "%" and one hex digit
+    decoded = 0
+    for ch in raw:
+        if state == 0:
+            if ch == 0x25:  # %
+                state = 1
+            elif ch == 0x2B:  # +
+                out.append(0x20)
+            else:
+                out.append(ch)
+        else:
+            digit = _HEX.get(ch)
+            if digit is None:
+                state = 0
+                out.append(ch)
+            elif state == 1:
+                decoded = digit
+                state = 2
+            else:
+                out.append(decoded << 4 | digit)
+                state = 0
+    return bytes(out)
+
+
+def _add(args: Args, name: bytes, value: Arg) -> None:
+    prev = args.get(name)
+    if prev is None:
+        args[name] = value
+    elif isinstance(prev, list):
+        prev.append(value)
+    else:
+        args[name] = [prev, value]
+
+
+def uri_args(query: bytes, limit: int = MAX_URI_ARGS) -> Args:
+    """ngx.req.get_uri_args(limit): name -> value, True for a bare name, a list when repeated."""
+    args: Args = {}
+    count = 0
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        name, eq, value = part.partition(b"=")
+        name = unescape(name)
+        if not name:
+            continue  # "=value" (and "=") are dropped
+        _add(args, name, unescape(value) if eq else True)
+        count += 1
+        if count == limit:
+            break
+    return args
+
+
+def header_args(headers: Headers, limit: int = MAX_REQ_HEADERS) -> Args:
+    """ngx.req.get_headers(limit): lower-case name -> value, a list when repeated."""
+    args: Args = {}
+    for name, value in headers[:limit]:
+        _add(args, name, value)
+    return args
+
+
+def request_uri(method: bytes, target: bytes, http_version: bytes, ignore_case: bool = False) -> bytes:
+    """What Kong hashes as the uri: the request line up to its first "?"."""
+    line = b"%b %b HTTP/%b" % (method, target, http_version)
+    uri = line.partition(b"?")[0]
+    return uri.lower() if ignore_case else uri
+
+
+def prefix_uuid(consumer_id: str | None = None, route_id: str | None = None) -> str:
+    if consumer_id is not None and route_id is not None:
+        return f"{consumer_id}:{route_id}"
+    if route_id is not None:
+        return route_id
+    return "default"
+
+
+def _joined(values: list[Arg]) -> bytes:
+    # Kong sorts the list and concatenates it; a bare argument among them makes its sort fail (a Lua error): here it
+    # counts as an empty value.
+    return b",".join(sorted(v if isinstance(v, bytes) else b"" for v in values))
+
+
+def _key_from(args: Args, fields: Iterable[bytes], normalize: bool = False) -> bytes:
+    parts = []
+    for field in fields:
+        arg = args.get(field)
+        if arg is None and normalize:
+            arg = args.get(field.lower().replace(b"_", b"-"))
+        if arg is None or arg is False:
+            continue
+        if isinstance(arg, list):
+            parts.append(field + b"=" + _joined(arg))
+        elif arg is True:
+            parts.append(field)
+        else:
+            parts.append(field + b"=" + arg)
+    return b":".join(parts)
+
+
+def _names(configured: Sequence[str] | None) -> list[bytes]:
+    return [name.encode() for name in configured or ()]
+
+
+def params_key(params: Args, vary_query_params: Sequence[str] | None = None) -> bytes:
+    if not vary_query_params:
+        return _key_from(params, sorted(params))
+    return _key_from(params, _names(vary_query_params))
+
+
+def headers_key(headers: Args, vary_headers: Sequence[str] | None = None) -> bytes:
+    if not vary_headers:
+        return b""
+    return _key_from(headers, _names(vary_headers), normalize=True)
+
+
+def build_cache_key(consumer_id: str | None, route_id: str | None, method: bytes, uri: bytes, params: Args,
+                    headers: Args, vary_query_params: Sequence[str] | None = None,
+                    vary_headers: Sequence[str] | None = None) -> str:
+    material = b"|".join((prefix_uuid(consumer_id, route_id).encode(), method, uri,
+                          params_key(params, vary_query_params), headers_key(headers, vary_headers)))
+    return hashlib.sha256(material).hexdigest()

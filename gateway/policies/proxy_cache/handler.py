@@ -1,0 +1,231 @@
+"""Kong's proxy-cache (kong/plugins/proxy-cache/handler.lua), strategy memory: responses kept in a host-wide cache
+dictionary of the state keeper (Kong's shared dict, which all nginx workers of a host share).
+
+access: a request that cannot be cached gets X-Cache-Status: Bypass. Otherwise its key (gateway.policies.proxy_cache
+.cache_key) is set as X-Cache-Key and looked up: a fresh entry is the answer (X-Cache-Status: Hit, Age), the upstream
+is not contacted and no later plugin's access step runs (their header and body filters do, on the cached response);
+no entry: X-Cache-Status: Miss, or Kong's 504 for Cache-Control: only-if-cached (with cache_control); a stale one:
+Refresh. An entry that cannot be read is left alone (logged; no X-Cache-Status); one of another format version is
+purged (Bypass). Miss, Refresh and that Bypass go upstream, and the response may be stored.
+
+header_filter: the response is stored only when cacheable (gateway.policies.proxy_cache.rules), else X-Cache-Status
+becomes Bypass. Its headers are kept as they are at this point (the gateway's X-Request-Id apart: Kong adds its
+request id after the plugins); its body, read whole for body_filter (up to RESPONSE_BODY_LIMIT; a longer one streams
+unchanged and is not stored), is stored with them for storage_ttl, else the Cache-Control TTL (cache_control), else
+cache_ttl. As in nginx, a HEAD request's, a 204's and a 304's response has no body for body_filter, so is never
+stored. An entry over gateway.stores.cache.ENTRY_LIMIT is not stored (logged): the response goes out as the
+Miss it said it was, as Kong's does when the shared dict refuses it.
+
+On a hit the stored headers are sent without the hop-by-hop ones, Content-Length (the body's own is set) and any
+"ratelimit-remaining" header (Kong's rule); Age, X-Cache-Status and X-Cache-Key are set again. The diagnostic
+headers follow response_headers (age, X-Cache-Status, X-Cache-Key), or are all sent when the request has a
+Kong-Debug header.
+
+What access sets for the response (X-Cache-Key, X-Cache-Status) is added when this plugin's header_filter runs:
+Kong sets it in access, where the header filters of plugins of higher priority see it too. The answer of a plugin
+after this one (request-termination) is a response like any: it may be stored, as in Kong.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from gateway.http.codec import Headers
+from gateway.http.ids import new_request_id
+from gateway.http.server import Exchange
+from gateway.policies.header_list import set_header
+from gateway.policies.proxy_cache import cache_key
+from gateway.policies.proxy_cache.entry import VERSION, Entry, decode, encode
+from gateway.policies.proxy_cache.rules import Rules, header_value, parse_directives
+from gateway.policies.proxy_cache.schema import ProxyCacheConfig
+from gateway.stores.cache import ENTRY_LIMIT
+
+log = logging.getLogger("gateway.policies.proxy_cache")
+
+STATE_KEY = "proxy-cache"  # ex.state: the request's _Pending
+REQUEST_BODY_LIMIT = 8192  # a request body Kong keeps in the entry: nginx's client_body_buffer_size (8k)
+# Not served from a stored entry (Kong's hop_by_hop_headers, with content-length), nor the headers the plugin sets
+_NOT_SERVED = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
+                         b"trailers", b"transfer-encoding", b"upgrade", b"content-length", b"age", b"x-cache-status",
+                         b"x-cache-key", b"x-request-id"})
+_NO_BODY = frozenset({204, 304})  # nginx's header_only statuses: no body filter runs for them
+_STATUS, _KEY, _AGE = b"x-cache-status", b"x-cache-key", b"age"
+
+
+def now() -> int:
+    """ngx.time(): the wall clock in whole seconds (a module function, so tests can move it)."""
+    return int(time.time())
+
+
+class _Pending:
+    """One request's dealings with the plugin, from access to body_filter."""
+
+    __slots__ = ("headers", "key", "debug", "req_body", "decided", "cacheable", "res_headers", "res_ttl")
+
+    def __init__(self, debug: bool) -> None:
+        self.headers: Headers = []  # what access set (X-Cache-Key, X-Cache-Status), for whatever response comes
+        self.key: str | None = None  # set when the response may be stored under this key
+        self.debug = debug
+        self.req_body: bytes | None = None
+        self.decided = False  # header_filter ran
+        self.cacheable = False
+        self.res_headers: Headers = []
+        self.res_ttl: float = 0
+
+
+def _debug(headers: Headers) -> bool:
+    """$http_kong_debug is set: a Kong-Debug header, whatever its value."""
+    return any(len(n) == 10 and n.replace(b"_", b"-") == b"kong-debug" for n, _ in headers)
+
+
+def _state(ex: Exchange) -> _Pending | None:
+    state = ex.state
+    return state.get(STATE_KEY) if state is not None else None
+
+
+class ProxyCache:
+    name = "proxy-cache"
+    priority = 100  # Kong's
+
+    def __init__(self, config: ProxyCacheConfig, shared: Any = None) -> None:
+        self.entry_limit = ENTRY_LIMIT  # the largest entry the keeper takes
+        self.rules = Rules(config)
+        self.shared = shared
+        self.dictionary = config.memory.dictionary_name
+        self.cache_control = config.cache_control
+        self.ignore_uri_case = config.ignore_uri_case
+        self.storage_ttl = config.storage_ttl
+        self.vary_query_params = config.vary_query_params
+        self.vary_headers = config.vary_headers
+        shown = config.response_headers
+        self.show_age, self.show_status, self.show_key = shown.age, shown.x_cache_status, shown.x_cache_key
+
+    def key_of(self, ex: Exchange) -> str:
+        req = ex.request
+        consumer = ex.consumer
+        route = ex.route
+        facts = route.facts if route is not None else None
+        uri = cache_key.request_uri(req.method, ex.request_uri(), req.http_version, self.ignore_uri_case)
+        return cache_key.build_cache_key(
+            consumer.id if consumer is not None else None, facts.route_id if facts is not None else None,
+            req.method, uri, cache_key.uri_args(req.target.partition(b"?")[2]),
+            cache_key.header_args(req.headers) if self.vary_headers else {}, self.vary_query_params,
+            self.vary_headers)
+
+    async def access(self, ex: Exchange) -> bool:
+        req = ex.request
+        pending = _Pending(_debug(req.headers))
+        if ex.state is None:
+            ex.state = {}
+        ex.state[STATE_KEY] = pending
+        cc = parse_directives(header_value(req.headers, b"cache-control"))
+        if not self.rules.cacheable_request(req.method, cc):
+            if pending.debug or self.show_status:
+                pending.headers.append((_STATUS, b"Bypass"))
+            return False
+        key = self.key_of(ex)
+        if pending.debug or self.show_key:
+            pending.headers.append((_KEY, key.encode()))
+        raw = await self.shared.cache_fetch(self.dictionary, key) if self.shared is not None else None
+        if raw is None:
+            if self.cache_control and b"only-if-cached" in cc:
+                ex.close_after = ex.close_after or not ex.request_done
+                await ex.respond_error(504)
+                return True
+            body, whole = await ex.read_body(REQUEST_BODY_LIMIT)
+            pending.req_body = body if whole else None
+            self._signal(pending, key, b"Miss")
+            return False
+        entry = decode(raw)
+        if entry is None:
+            log.error("proxy-cache: could not decode request object %s in %s", key, self.dictionary)
+            return False
+        if entry.version != VERSION:
+            log.info("proxy-cache: cache format mismatch, purging %s", key)
+            if self.shared is not None:
+                self.shared.cache_purge(self.dictionary, key)
+            self._signal(pending, key, b"Bypass")
+            return False
+        t = now()
+        if self.rules.freshness(entry.timestamp, entry.ttl, t, cc) == "Refresh":
+            self._signal(pending, key, b"Refresh")
+            return False
+        del ex.state[STATE_KEY]  # the answer carries its own X-Cache-* headers
+        await self._answer(ex, entry, key, t, pending.debug)
+        return True
+
+    def _signal(self, pending: _Pending, key: str, status: bytes) -> None:
+        """Kong's signal_cache_req: the response may be stored; X-Cache-Status says why it was fetched."""
+        pending.key = key
+        if pending.debug or self.show_status:
+            pending.headers.append((_STATUS, status))
+
+    async def _answer(self, ex: Exchange, entry: Entry, key: str, t: int, debug: bool) -> None:
+        headers: Headers = [hv for hv in entry.headers
+                            if hv[0] not in _NOT_SERVED and b"ratelimit-remaining" not in hv[0]]
+        if debug or self.show_age:
+            headers.append((_AGE, b"%d" % (t - entry.timestamp)))
+        if debug or self.show_status:
+            headers.append((_STATUS, b"Hit"))
+        if debug or self.show_key:
+            headers.append((_KEY, key.encode()))
+        headers.append((b"content-length", b"%d" % len(entry.body)))
+        if not ex.request_id:
+            ex.request_id = new_request_id()
+        headers.append((b"x-request-id", ex.request_id))
+        ex.close_after = ex.close_after or not ex.request_done
+        await ex.send_head(entry.status, headers, entry.body, end=True)
+
+    def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        pending = _state(ex)
+        if pending is None:
+            return headers
+        if pending.headers:
+            headers += pending.headers
+            pending.headers = []
+        if pending.key is None or pending.decided:
+            return headers
+        pending.decided = True
+        t = now()
+        if self.rules.cacheable_response(status, headers, t):
+            pending.cacheable = True
+            pending.res_headers = [hv for hv in headers if hv[0] != b"x-request-id"]
+            pending.res_ttl = self.rules.response_ttl(headers, t)
+        else:
+            pending.key = None
+            if pending.debug or self.show_status:
+                set_header(headers, _STATUS, b"Bypass")
+        return headers
+
+    def wants_body(self, ex: Exchange, status: int, headers: Headers) -> bool:
+        pending = _state(ex)
+        if pending is None or pending.key is None:
+            return False
+        if pending.decided:
+            return pending.cacheable
+        # asked before the header filters ran (whether to read an upstream body whole): the upstream's headers say
+        return self.rules.cacheable_response(status, headers, now())
+
+    def body_filter(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> bytes:
+        pending = _state(ex)
+        if pending is None or not pending.cacheable or pending.key is None:
+            return body
+        key, pending.key = pending.key, None
+        if status in _NO_BODY:
+            return body
+        ttl = self.storage_ttl if self.storage_ttl is not None else \
+            pending.res_ttl if self.cache_control else self.rules.cache_ttl
+        if ttl < 0:
+            log.warning("proxy-cache: storage_ttl %s is negative: %s not stored", ttl, key)
+            return body
+        raw = encode(Entry(status=status, headers=pending.res_headers, body=body, timestamp=now(),
+                           ttl=pending.res_ttl, req_body=pending.req_body))
+        if len(raw) > self.entry_limit:
+            log.warning("proxy-cache: could not store %s in %s: no memory (an entry of %d bytes, %d at most)", key,
+                        self.dictionary, len(raw), self.entry_limit)
+            return body
+        if self.shared is not None:
+            self.shared.cache_store(self.dictionary, key, raw, ttl)
+        return body

@@ -1,0 +1,230 @@
+"""proxy-cache's handler over a stand-in exchange and host store (no sockets): what it stores, for how long, what a
+hit sends, and the store's failures."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.http.codec import Request
+from gateway.policies.proxy_cache import handler as handler_module
+from gateway.policies.proxy_cache.entry import Entry, decode, encode
+from gateway.policies.proxy_cache.handler import ProxyCache
+from gateway.policies.proxy_cache.schema import ProxyCacheConfig
+
+NOW = 1_700_000_000
+JSON = [(b"content-type", b"application/json")]
+
+
+class Store:
+    """SharedState's cache calls, in memory; `stored` records (dictionary, key, ttl) of every store."""
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[str, str], bytes] = {}
+        self.stored: list[tuple[str, str, float]] = []
+        self.purged: list[str] = []
+
+    async def cache_fetch(self, dictionary: str, key: str) -> bytes | None:
+        return self.entries.get((dictionary, key))
+
+    def cache_store(self, dictionary: str, key: str, entry: bytes, ttl: float) -> None:
+        self.entries[(dictionary, key)] = entry
+        self.stored.append((dictionary, key, ttl))
+
+    def cache_purge(self, dictionary: str, key: str) -> None:
+        self.entries.pop((dictionary, key), None)
+        self.purged.append(key)
+
+
+class Ex:
+    """What the handler uses of an Exchange; `sent` is the answer it gave itself (status, headers, body)."""
+
+    def __init__(self, method: bytes = b"GET", target: bytes = b"/x", headers: list | None = None,
+                 body: bytes = b"") -> None:
+        self.request = Request(method, target, [(b"host", b"h")] + (headers or []), b"1.1", True)
+        self.consumer = None
+        self.route = None
+        self.state: dict[str, Any] | None = None
+        self.request_done = True
+        self.close_after = False
+        self.request_id = b""
+        self.body = body
+        self.sent: tuple[int, list, bytes] | None = None
+
+    def request_uri(self) -> bytes:
+        return self.request.target
+
+    async def read_body(self, limit: int) -> tuple[bytes, bool]:
+        return self.body[:limit + 1], len(self.body) <= limit
+
+    async def send_head(self, status: int, headers: list, body: bytes = b"", end: bool = False) -> None:
+        self.sent = (status, headers, body)
+
+    async def respond_error(self, status: int) -> None:
+        self.sent = (status, [], b"error")
+
+
+@pytest.fixture(autouse=True)
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    now = [NOW]
+    monkeypatch.setattr(handler_module, "now", lambda: now[0])
+    return now
+
+
+def cache(store: Store, **config: Any) -> ProxyCache:
+    return ProxyCache(msgspec.convert({"strategy": "memory", **config}, ProxyCacheConfig), store)
+
+
+async def miss(policy: ProxyCache, ex: Ex, status: int = 200, headers: list | None = None,
+               body: bytes = b"{}") -> list:
+    """A request that goes upstream: access, then the response phases as the pipeline runs them."""
+    assert await policy.access(ex) is False  # type: ignore[arg-type]
+    headers = list(headers if headers is not None else JSON)
+    policy.wants_body(ex, status, headers)  # type: ignore[arg-type]
+    headers = policy.header_filter(ex, status, headers)  # type: ignore[arg-type]
+    if policy.wants_body(ex, status, headers):  # type: ignore[arg-type]
+        policy.body_filter(ex, status, headers, body)  # type: ignore[arg-type]
+    return headers
+
+
+async def test_a_cacheable_response_is_stored_as_kong_stores_it():
+    store = Store()
+    policy = cache(store)
+    ex = Ex(headers=[(b"x-in", b"1")])
+    headers = await miss(policy, ex, headers=JSON + [(b"x-request-id", b"r1"), (b"content-length", b"2")])
+    assert (b"x-cache-status", b"Miss") in headers
+    [(dictionary, key, ttl)] = store.stored
+    assert dictionary == "kong_db_cache" and ttl == 300
+    entry = decode(store.entries[(dictionary, key)])
+    assert entry == Entry(status=200, headers=JSON + [(b"content-length", b"2"), (b"x-cache-key", key.encode()),
+                                                      (b"x-cache-status", b"Miss")],
+                          body=b"{}", timestamp=NOW, ttl=300, req_body=b"")
+
+
+async def test_storage_ttl_is_the_storage_time_and_cache_ttl_the_entrys():
+    store = Store()
+    await miss(cache(store, cache_ttl=2, storage_ttl=60), Ex())
+    [(_, key, ttl)] = store.stored
+    assert ttl == 60 and decode(store.entries[("kong_db_cache", key)]).ttl == 2  # type: ignore[union-attr]
+
+
+async def test_with_cache_control_the_response_ttl_is_the_storage_time():
+    store = Store()
+    await miss(cache(store, cache_control=True), Ex(), headers=JSON + [(b"cache-control", b"max-age=0.5")])
+    assert store.stored[0][2] == 0.5
+
+
+async def test_a_zero_storage_ttl_stores_for_good():
+    store = Store()
+    await miss(cache(store, storage_ttl=0), Ex())
+    assert store.stored[0][2] == 0
+
+
+async def test_a_request_body_is_kept_up_to_8_kib():
+    store = Store()
+    policy = cache(store, request_method=["POST"])
+    await miss(policy, Ex(b"POST", body=b"a=1"))
+    await miss(policy, Ex(b"POST", b"/y", body=b"x" * 9000))
+    first, second = (decode(store.entries[("kong_db_cache", key)]) for _, key, _ in store.stored)
+    assert first.req_body == b"a=1" and second.req_body is None  # type: ignore[union-attr]
+
+
+async def test_204_and_304_responses_are_never_stored():
+    store = Store()
+    policy = cache(store, response_code=[204, 304])
+    await miss(policy, Ex(), status=204)
+    await miss(policy, Ex(b"GET", b"/y"), status=304)
+    assert store.stored == []
+
+
+async def test_an_entry_over_the_limit_is_not_stored_and_logged(caplog: pytest.LogCaptureFixture):
+    store = Store()
+    policy = cache(store)
+    policy.entry_limit = 1000
+    with caplog.at_level(logging.WARNING, "gateway.policies.proxy_cache"):
+        headers = await miss(policy, Ex(), body=b"x" * 1000)
+    assert store.stored == []
+    assert (b"x-cache-status", b"Miss") in headers
+    assert "no memory" in caplog.text
+
+
+async def test_a_hit_sends_the_stored_response_without_hop_by_hop_headers():
+    store = Store()
+    policy = cache(store)
+    stored = JSON + [(b"content-length", b"999"), (b"te", b"x"), (b"upgrade", b"y"), (b"x-ratelimit-remaining-minute",
+                                                                                        b"4"),
+                     (b"x-ratelimit-limit-minute", b"5"), (b"age", b"77"), (b"x-cache-status", b"Miss"),
+                     (b"x-request-id", b"old"), (b"x-kept", b"1")]
+    await miss(policy, Ex(), headers=stored, body=b'{"a":1}')
+    ex = Ex()
+    assert await policy.access(ex) is True  # type: ignore[arg-type]
+    status, headers, body = ex.sent  # type: ignore[misc]
+    names = [n for n, _ in headers]
+    assert status == 200 and body == b'{"a":1}'
+    assert (b"content-length", b"7") in headers and names.count(b"content-length") == 1
+    assert b"te" not in names and b"upgrade" not in names and b"x-ratelimit-remaining-minute" not in names
+    assert (b"x-ratelimit-limit-minute", b"5") in headers and (b"x-kept", b"1") in headers
+    assert (b"age", b"0") in headers and (b"x-cache-status", b"Hit") in headers
+    assert names.count(b"x-cache-status") == 1 and names.count(b"age") == 1
+    assert (b"x-request-id", b"old") not in headers and names.count(b"x-request-id") == 1
+
+
+async def test_a_hit_says_how_old_the_entry_is_in_whole_seconds(clock: list[int]):
+    store = Store()
+    policy = cache(store)
+    await miss(policy, Ex())
+    clock[0] += 42
+    ex = Ex()
+    await policy.access(ex)  # type: ignore[arg-type]
+    assert (b"age", b"42") in ex.sent[1]  # type: ignore[index]
+
+
+async def test_an_entry_of_another_version_is_purged_and_fetched_again_as_a_bypass():
+    store = Store()
+    policy = cache(store)
+    key = policy.key_of(Ex())  # type: ignore[arg-type]
+    store.entries[("kong_db_cache", key)] = encode(Entry(status=200, headers=JSON, body=b"{}", timestamp=NOW,
+                                                         ttl=300, version=0))
+    headers = await miss(policy, Ex())
+    assert store.purged == [key]
+    assert (b"x-cache-status", b"Bypass") in headers
+    assert decode(store.entries[("kong_db_cache", key)]).version == 1  # type: ignore[union-attr]
+
+
+async def test_an_entry_that_cannot_be_read_is_left_alone_without_a_cache_status(caplog: pytest.LogCaptureFixture):
+    store = Store()
+    policy = cache(store)
+    key = policy.key_of(Ex())  # type: ignore[arg-type]
+    store.entries[("kong_db_cache", key)] = b"\x00not an entry"
+    with caplog.at_level(logging.ERROR, "gateway.policies.proxy_cache"):
+        headers = await miss(policy, Ex())
+    assert [n for n, _ in headers if n.startswith(b"x-cache")] == [b"x-cache-key"]
+    assert store.stored == [] and "could not decode" in caplog.text
+
+
+async def test_an_uncacheable_response_turns_miss_into_bypass_and_is_not_read_whole():
+    store = Store()
+    policy = cache(store)
+    ex = Ex()
+    await policy.access(ex)  # type: ignore[arg-type]
+    xml = [(b"content-type", b"application/xml"), (b"x-cache-status", b"upstream's")]
+    assert policy.wants_body(ex, 200, xml) is False  # type: ignore[arg-type]
+    headers = policy.header_filter(ex, 200, xml)  # type: ignore[arg-type]
+    assert [v for n, v in headers if n == b"x-cache-status"] == [b"Bypass"]
+    assert policy.wants_body(ex, 200, headers) is False  # type: ignore[arg-type]
+
+
+async def test_only_if_cached_without_an_entry_is_a_504():
+    policy = cache(Store(), cache_control=True)
+    ex = Ex(headers=[(b"cache-control", b"only-if-cached")])
+    assert await policy.access(ex) is True  # type: ignore[arg-type]
+    assert ex.sent[0] == 504  # type: ignore[index]
+
+
+async def test_without_a_host_store_every_request_is_a_miss():
+    policy = ProxyCache(msgspec.convert({"strategy": "memory"}, ProxyCacheConfig), None)
+    headers = await miss(policy, Ex())
+    assert (b"x-cache-status", b"Miss") in headers
