@@ -1,0 +1,104 @@
+"""response-ratelimiting's handler with policy local against a stand-in for the state keeper's counters (no sockets):
+what access, header_filter and the log step ask of the keeper, and what happens when it does not answer."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
+import pytest
+
+from gateway.pipeline.phases import Exit
+from gateway.policies.response_ratelimiting.handler import ResponseRateLimiting
+from gateway.policies.response_ratelimiting.schema import ResponseRateLimitingConfig
+
+
+class Keeper:
+    """SharedState's counters API: every counter at `count` (None: the keeper did not answer); adds recorded."""
+
+    def __init__(self, count: int | None = 0) -> None:
+        self.count = count
+        self.asked: list[list[str]] = []
+        self.added: list[tuple[str, int, float]] = []
+
+    async def counters_get(self, keys: list[str]) -> list[int] | None:
+        self.asked.append(keys)
+        return None if self.count is None else [self.count] * len(keys)
+
+    def counters_add(self, items: list[tuple[str, int, float]]) -> None:
+        self.added += items
+
+
+class Exchange(SimpleNamespace):
+    def __init__(self) -> None:
+        super().__init__(consumer=None, client_ip="10.0.0.1", request=SimpleNamespace(headers=[]), state=None,
+                         answered=None)
+
+    async def respond_error(self, status: int, message: str | None = None, extra: Any = None) -> None:
+        self.answered = (status, message)
+
+
+def policy(keeper: Keeper, **config: Any) -> ResponseRateLimiting:
+    cfg = msgspec.convert({"limits": {"video": {"second": 2}}, **config}, ResponseRateLimitingConfig)
+    return ResponseRateLimiting(cfg, "pid", keeper)
+
+
+async def test_a_keeper_that_does_not_answer_is_kongs_500_without_fault_tolerance():
+    ex = Exchange()
+    assert await policy(Keeper(None), fault_tolerant=False).access(ex)
+    assert ex.answered == (500, None)  # respond_error's text for 500: "An unexpected error occurred"
+
+
+async def test_a_keeper_that_does_not_answer_lets_the_request_through_unlimited_with_fault_tolerance():
+    ex = Exchange()
+    p = policy(Keeper(None))
+    assert not await p.access(ex)
+    assert ex.answered is None and ex.request.headers == []
+    headers = [(b"x-kong-limit", b"video=1")]
+    assert p.header_filter(ex, 200, headers) == [(b"x-kong-limit", b"video=1")]  # Kong: no usage, nothing done
+
+
+async def test_access_reads_every_configured_counter_of_the_client_once():
+    keeper = Keeper()
+    await policy(keeper, limits={"video": {"second": 2, "hour": 5}, "image": {"day": 1}}).access(Exchange())
+    assert len(keeper.asked) == 1
+    assert [k.rsplit(":", 2)[1:] for k in keeper.asked[0]] == [["video", "second"], ["video", "hour"], ["image", "day"]]
+    assert all(k.startswith("response-ratelimit:pid:10.0.0.1:") for k in keeper.asked[0])
+
+
+async def test_the_log_step_adds_the_increments_to_the_keepers_counters():
+    keeper = Keeper()
+    p = policy(keeper)
+    ex = Exchange()
+    await p.access(ex)
+    p.header_filter(ex, 200, [(b"x-kong-limit", b"video=2")])
+    assert keeper.added == []  # counted after the response, in the log step
+    p.log(ex, 0.0, 0.0, 200)
+    assert [(k.rsplit(":", 1)[1], n) for k, n, _ in keeper.added] == [
+        ("second", 2), ("minute", 2), ("hour", 2), ("day", 2), ("month", 2), ("year", 2)]
+    assert all(ttl >= 1 for _, _, ttl in keeper.added)
+
+
+async def test_the_header_name_is_found_whatever_its_case_and_with_underscores_for_dashes():
+    keeper = Keeper()
+    p = policy(keeper, header_name="X_Cost")
+    ex = Exchange()
+    await p.access(ex)
+    headers = p.header_filter(ex, 200, [(b"x-cost", b"video=1")])
+    assert (b"x-cost", b"video=1") not in headers
+    assert (b"x-ratelimit-remaining-video-second", b"1") in headers
+
+
+async def test_a_used_up_limit_turns_the_response_into_a_429_and_nothing_is_counted():
+    keeper = Keeper(2)
+    p = policy(keeper)
+    ex = Exchange()
+    assert not await p.access(ex)
+    with pytest.raises(Exit) as stop:
+        p.header_filter(ex, 200, [(b"x-kong-limit", b"video=1"), (b"content-type", b"text/plain")])
+    assert stop.value.status == 429
+    assert (b"x-ratelimit-remaining-video-second", b"0") in stop.value.headers
+    assert all(name != b"x-kong-limit" for name, _ in stop.value.headers)
+    p.log(ex, 0.0, 0.0, 429)
+    assert keeper.added == []
