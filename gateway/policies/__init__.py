@@ -35,6 +35,7 @@ from gateway.policies import (
     request_transformer,
     response_ratelimiting,
     response_transformer,
+    session,
     standard_webhooks,
     statsd,
     syslog,
@@ -44,7 +45,7 @@ from gateway.policies import (
 )
 
 REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
-    jwt, key_auth, ldap_auth, basic_auth, hmac_auth, ip_restriction, acl, request_size_limiting, rate_limiting,
-    response_ratelimiting, circuit_breaker, cors, correlation_id, request_termination, redirect, bot_detection,
-    request_transformer, response_transformer, proxy_cache, standard_webhooks, prometheus, file_log, http_log,
-    statsd, datadog, tcp_log, udp_log, syslog, loggly, opentelemetry, zipkin, ai_mcp_oauth2, ai_mcp_proxy)}
+    jwt, key_auth, ldap_auth, basic_auth, hmac_auth, session, ip_restriction, acl, request_size_limiting,
+    rate_limiting, response_ratelimiting, circuit_breaker, cors, correlation_id, request_termination, redirect,
+    bot_detection, request_transformer, response_transformer, proxy_cache, standard_webhooks, prometheus, file_log,
+    http_log, statsd, datadog, tcp_log, udp_log, syslog, loggly, opentelemetry, zipkin, ai_mcp_oauth2, ai_mcp_proxy)}
