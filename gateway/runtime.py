@@ -392,6 +392,20 @@ _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
     (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
 
 Built = tuple[Plugin, Any, Policy | None]
+_LLM = "it calls LLM providers; the gateway's AI plugins are ai-mcp-proxy and ai-mcp-oauth2"
+NOT_BUILT = {  # Kong's bundled plugins this gateway refuses, and why (any other unknown name: a typo, or custom)
+    "oauth2": "it issues and keeps tokens in Kong's database, which this gateway does not have (Kong refuses it "
+              "without a database too)",
+    "acme": "it obtains certificates from an ACME CA; give the certificate files in `certificates` instead",
+    "pre-function": "it runs Lua code, which this gateway cannot run",
+    "post-function": "it runs Lua code, which this gateway cannot run",
+    "aws-lambda": "it invokes AWS Lambda functions in place of an upstream; not built",
+    "azure-functions": "it invokes Azure Functions in place of an upstream; not built",
+    "grpc-gateway": "it needs gRPC (HTTP/2) upstreams; this gateway forwards HTTP/1.1",
+    "grpc-web": "it needs gRPC (HTTP/2) upstreams; this gateway forwards HTTP/1.1",
+    **{name: _LLM for name in ("ai-proxy", "ai-prompt-decorator", "ai-prompt-template", "ai-prompt-guard",
+                               "ai-request-transformer", "ai-response-transformer")},
+}
 _CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])*): (?P<rest>.*)$", re.DOTALL)
 
 
@@ -409,8 +423,9 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         where = path_of(plugin)
         module: Any = REGISTRY.get(plugin.name)
         if module is None:
-            errors.append(f"{where}.name: plugin {plugin.name!r} is not supported; supported: "
-                          f"{', '.join(sorted(REGISTRY))}")
+            why = NOT_BUILT.get(plugin.name)
+            errors.append(f"{where}.name: plugin {plugin.name!r} is not supported" + (f" ({why})" if why else "")
+                          + f"; supported: {', '.join(sorted(REGISTRY))}")
             continue
         cfg = _plugin_config(plugin, module, where, errors)
         if cfg is None:

@@ -197,6 +197,29 @@ def test_unknown_plugin_name_is_an_error():
     assert "rate-limiting" in message
 
 
+@pytest.mark.parametrize(("name", "why"), [("oauth2", "Kong's database"), ("pre-function", "Lua code"),
+                                           ("grpc-web", "HTTP/2"), ("ai-proxy", "LLM providers")])
+def test_a_kong_plugin_not_built_is_refused_saying_why(name, why):
+    [message] = errors(SERVICE + f"plugins: [{{name: {name}, service: s}}]\n")
+    assert message.startswith(f"plugins[0].name: plugin '{name}' is not supported (it ")
+    assert why in message and "; supported: acl, " in message
+
+
+def test_every_bundled_kong_plugin_is_built_or_refused_with_a_reason():
+    from gateway.policies import REGISTRY
+    from gateway.runtime import NOT_BUILT
+    bundled = {"jwt", "acl", "correlation-id", "cors", "oauth2", "tcp-log", "udp-log", "file-log", "http-log",
+               "key-auth", "hmac-auth", "basic-auth", "ip-restriction", "request-transformer", "response-transformer",
+               "request-size-limiting", "rate-limiting", "response-ratelimiting", "syslog", "loggly", "datadog",
+               "ldap-auth", "statsd", "bot-detection", "aws-lambda", "request-termination", "prometheus",
+               "proxy-cache", "session", "acme", "grpc-gateway", "grpc-web", "pre-function", "post-function",
+               "azure-functions", "zipkin", "opentelemetry", "ai-proxy", "ai-prompt-decorator", "ai-prompt-template",
+               "ai-prompt-guard", "ai-request-transformer", "ai-response-transformer", "standard-webhooks",
+               "redirect"}  # Kong 3.x's kong/constants.lua
+    assert bundled - set(REGISTRY) - set(NOT_BUILT) == set()
+    assert set(REGISTRY) & set(NOT_BUILT) == set()
+
+
 def test_rate_limiting_without_limits_is_an_error():
     assert errors(SERVICE + "plugins: [{name: rate-limiting, config: {policy: local}}]\n") == [
         "plugins[0].config: set at least one of second, minute, hour, day, month, year"]
