@@ -32,7 +32,21 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     server_name: str | None = None  # SNI, and the name the certificate must carry when ssl_verify is on
 
 
-class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
+class RedisShorthands(msgspec.Struct, kw_only=True):
+    """Kong's deprecated `redis_<field>` settings, still accepted beside `redis` (merge_redis_shorthands)."""
+
+    redis_host: str | None = None
+    redis_port: Port | None = None
+    redis_password: str | None = None
+    redis_username: str | None = None
+    redis_database: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    redis_timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] | None = None
+    redis_ssl: bool | None = None
+    redis_ssl_verify: bool | None = None
+    redis_server_name: str | None = None
+
+
+class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     second: Limit | None = None
     minute: Limit | None = None
     hour: Limit | None = None
@@ -54,15 +68,6 @@ class RateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
     nodelay: bool = True
     sync_rate: float = SYNC_RATE_REALTIME
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
-    redis_host: str | None = None
-    redis_port: Port | None = None
-    redis_password: str | None = None
-    redis_username: str | None = None
-    redis_database: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    redis_timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] | None = None
-    redis_ssl: bool | None = None
-    redis_ssl_verify: bool | None = None
-    redis_server_name: str | None = None
 
     def __post_init__(self) -> None:
         if self.algorithm == "fixed-window" and not any(getattr(self, w) for w in WINDOWS):

@@ -9,11 +9,11 @@ counters in Kong's database, which this gateway does not have: it is refused wit
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
-from gateway.policies.rate_limiting.schema import Limit, Port, RedisConfig, merge_redis_shorthands
+from gateway.policies.rate_limiting.schema import Limit, RedisConfig, RedisShorthands, merge_redis_shorthands
 
 PERIODS = ("second", "minute", "hour", "day", "month", "year")
 _HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # kong.tools.http validate_header_name (schema_types.HeaderName)
@@ -46,7 +46,7 @@ class PeriodLimits(msgspec.Struct, forbid_unknown_fields=True):
         return [(p, v) for p in PERIODS if (v := getattr(self, p)) is not None]
 
 
-class ResponseRateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
+class ResponseRateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     limits: dict[str, PeriodLimits]
     header_name: str = "x-kong-limit"
     limit_by: Literal["consumer", "credential", "ip"] = "consumer"
@@ -55,15 +55,6 @@ class ResponseRateLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
     block_on_first_violation: bool = False
     hide_client_headers: bool = False
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
-    redis_host: str | None = None
-    redis_port: Port | None = None
-    redis_password: str | None = None
-    redis_username: str | None = None
-    redis_database: Annotated[int, msgspec.Meta(ge=0)] | None = None
-    redis_timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] | None = None
-    redis_ssl: bool | None = None
-    redis_ssl_verify: bool | None = None
-    redis_server_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.limits:
