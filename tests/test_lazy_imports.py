@@ -52,3 +52,9 @@ def test_the_zygote_preloads_only_libraries_it_knows() -> None:
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.split() == ["True", "False"]
+
+
+def test_a_session_config_loads_cryptography_and_names_it_for_the_zygote_to_preload() -> None:
+    result = _compile_in_fresh_process(PLAIN + "plugins: [{name: session, route: r, config: {secret: s3cret}}]\n")
+    assert "cryptography" in result["loaded"]
+    assert "cryptography.hazmat.primitives.ciphers.aead" in result["needed"]

@@ -20,9 +20,9 @@ from supervisor.zygote import Entry, serve, set_process_name
 
 WARM_UP_CONFIG = "_format_version: '3.0'\nservices: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
 FORKABLE = frozenset({"worker", "keeper", "health", "discovery"})  # the commands a zygote's fork can run
-# Libraries the gateway imports only when a config needs them (gateway.jwtlib; TLS certificates): about 10 MiB a
+# Libraries the gateway imports only when a config needs them (gateway.jwtlib; TLS certificates; session): ~10 MiB a
 # process. The root names those its config used (`needed_libraries`), and the zygote imports them for every child.
-OPTIONAL_LIBRARIES = ("jwt", "cryptography.x509")
+OPTIONAL_LIBRARIES = ("jwt", "cryptography.x509", "cryptography.hazmat.primitives.ciphers.aead")
 
 
 def needed_libraries() -> list[str]:

@@ -26,9 +26,10 @@ import hmac
 import math
 import re
 import zlib
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 COOKIE_TYPE = 1
 SID_SIZE = 32
@@ -143,9 +144,15 @@ def start_header(flags: int, sid: bytes, creation_time: int, rolling_offset: int
 class Keys:
     """The keys of one secret: per session id, its encryption key and IV, and its mac key."""
 
-    __slots__ = ("ikm", "prk")
+    __slots__ = ("ikm", "prk", "aead", "invalid")
 
     def __init__(self, secret: str) -> None:
+        # cryptography (~10 MiB a process) is imported only by a config with a session plugin: here, at its load
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        self.aead = AESGCM
+        self.invalid = InvalidTag
         self.ikm = hashlib.sha256(secret.encode()).digest()
         self.prk = hmac.digest(b"", self.ikm, "sha256")  # HKDF-Extract, empty salt
 
@@ -167,7 +174,7 @@ class Keys:
             material = hashlib.pbkdf2_hmac("sha256", self.ikm, b"encryption:" + sid, REMEMBER_ROUNDS, 44)
         else:
             material = self._expand(b"encryption", sid, 44)
-        return AESGCM(material[:32]), material[32:44]
+        return self.aead(material[:32]), material[32:44]
 
     def mac(self, sid: bytes, message: bytes) -> bytes:
         return hmac.digest(self._expand(b"authentication", sid, 32), message, "sha256")[:MAC_SIZE]
@@ -200,7 +207,7 @@ def unseal(keys: Keys, header: Header, ciphertext: bytes, remember: bool) -> byt
     aead, iv = keys.cipher(header.sid, remember)
     try:
         plaintext = aead.decrypt(iv, ciphertext + header.tag, header.raw[:HEADER_TAG_SIZE])
-    except InvalidTag:
+    except keys.invalid:
         return None
     if header.flags & FLAG_DEFLATE:
         inflater = zlib.decompressobj(wbits=-15)
