@@ -343,6 +343,18 @@ async def test_post_is_cached_when_listed(nursery, gateway):
     assert status_of(await get(port, "/post", ct, "POST", b'{"foo": "bar"}')) == "Hit"
 
 
+async def test_a_hit_on_a_post_drops_its_body_and_keeps_the_connection(nursery, gateway):
+    """nginx discards the body of a request Kong answers from the cache; the connection goes on."""
+    backend, port = await start(nursery, gateway, cache(request_method=["POST"]))
+    ct = [("content-type", "application/json")]
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            replies = [await client.request("POST", "/post", headers=ct, body=b'{"n": %d}' % i) for i in range(3)]
+    assert [status_of(r) for r in replies] == ["Miss", "Hit", "Hit"]
+    assert [r.header("connection") for r in replies] == [None, None, None]
+    assert len(backend.requests) == 1
+
+
 async def test_head_requests_are_never_stored(nursery, gateway):
     """nginx runs no body filter for a HEAD request: Kong's plugin never gets a body to store."""
     backend, port = await start(nursery, gateway, cache())

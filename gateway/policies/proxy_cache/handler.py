@@ -131,7 +131,6 @@ class ProxyCache:
         raw = await self.shared.cache_fetch(self.dictionary, key) if self.shared is not None else None
         if raw is None:
             if self.cache_control and b"only-if-cached" in cc:
-                ex.close_after = ex.close_after or not ex.request_done
                 await ex.respond_error(504)
                 return True
             body, whole = await ex.read_body(REQUEST_BODY_LIMIT)
@@ -175,7 +174,8 @@ class ProxyCache:
         if not ex.request_id:
             ex.request_id = new_request_id()
         headers.append((b"x-request-id", ex.request_id))
-        ex.close_after = ex.close_after or not ex.request_done
+        # an unread request body is read and dropped after the answer (up to server.DRAIN_LIMIT, else the connection
+        # closes), as nginx discards it when Kong answers from the cache: the connection stays kept alive
         await ex.send_head(entry.status, headers, entry.body, end=True)
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
