@@ -66,6 +66,26 @@ def test_a_saved_session_opens_with_its_data_audience_and_subject():
     assert (session.get_data(), session.data[session.index][1:]) == (DATA, ["default", "coop"])
 
 
+def test_a_cookie_sent_again_is_not_decrypted_again(monkeypatch):
+    s = settings()
+    browser = saved(s)
+    calls: list[bytes] = []
+    cipher = seal.Keys.cipher
+    monkeypatch.setattr(seal.Keys, "cipher",
+                        lambda keys, sid, remember: calls.append(sid) or cipher(keys, sid, remember))
+    for later in (1, 2, 3):
+        session, err = opened(s, browser, T0 + later)
+        assert err is None and session.get_data() == DATA
+    assert len(calls) == 1
+
+
+def test_a_remembered_opening_still_meets_the_timeouts():
+    s = settings(idling_timeout=10)
+    browser = saved(s)
+    assert opened(s, browser, T0 + 5)[1] is None
+    assert opened(s, browser, T0 + 11)[1] == "session idling timeout exceeded"
+
+
 def test_the_cookie_value_is_a_110_character_header_then_the_ciphertext():
     s = settings()
     value = saved(s).jar["session"]
