@@ -224,13 +224,62 @@ async def test_a_keeper_that_does_not_answer_is_waited_for_call_timeout_s_only(a
 
 async def test_an_entry_over_the_limit_is_not_sent(monkeypatch):
     shared = SharedState("w1", 2)
-    sent: list[p.Msg] = []
-    shared._send = lambda msg: sent.append(msg) or True
     shared.on_message(p.Heartbeat(incarnation="k1"))
     monkeypatch.setattr(shared_module, "CACHE_ENTRY_LIMIT", 10)
     shared.cache_store("d", "k", b"x" * 11, 1.0)
     shared.cache_store("d", "k", b"x" * 10, 1.0)
-    assert [len(m.entry) for m in sent if isinstance(m, p.CacheStore)] == [10]
+    assert [len(m.entry) for m in shared._outbox if isinstance(m, p.CacheStore)] == [10]
+
+
+async def test_the_store_calls_of_one_scheduler_turn_leave_in_one_message():
+    shared = SharedState("w1", 2)
+    sent: list[p.Msg] = []
+    shared._send = lambda msg: sent.append(msg) or True
+    shared.on_message(p.Heartbeat(incarnation="k1"))
+    go = trio.Event()
+
+    async def request(n: int) -> None:
+        await go.wait()  # all three wake in the same turn, as requests whose data came in one epoll wait
+        if n == 0:
+            shared.counters_add([("k0", 1, 60.0)])
+        await shared.counters_get([f"k{n}"])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared._send_outbox)
+        for n in range(3):
+            nursery.start_soon(request, n)
+        await trio.sleep(0.01)
+        sent.clear()  # the Hello and GiveBack a keeper's first heartbeat brings
+        go.set()
+        await trio.sleep(0.01)
+        assert len(sent) == 1 and isinstance(sent[0], p.StoreBatch)
+        assert sorted(type(m).__name__ for m in sent[0].items) == ["CountersAdd", "CountersGet", "CountersGet",
+                                                                    "CountersGet"]
+        shared.on_message(p.StoreBatch(items=[p.CounterValues(id=m.id, values=[7]) for m in sent[0].items
+                                              if isinstance(m, p.CountersGet)]))
+        await trio.sleep(0.01)
+        assert shared._calls == {}  # every call had its answer, and ended
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_the_bus_refuses_ends_its_calls_at_once():
+    shared = SharedState("w1", 2)
+    shared._send = lambda msg: False  # zmq's queue is full: the keeper is gone
+    shared.on_message(p.Heartbeat(incarnation="k1"))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(shared._send_outbox)
+        with trio.fail_after(CALL_TIMEOUT_S / 2):
+            assert await shared.cache_fetch("d", "k") is None
+        nursery.cancel_scope.cancel()
+
+
+def test_the_keeper_answers_a_batch_with_one_batch_of_the_answers_in_order():
+    k = keeper()
+    batch = p.StoreBatch(items=[p.CountersAdd(items=[("a", 2, 60.0)]), p.CountersGet(id=1, keys=["a"]),
+                                p.CacheStore(dictionary="d", key="x", entry=b"e"),
+                                p.CacheFetch(id=2, dictionary="d", key="x")])
+    assert k.handle(b"w1", batch, 0.0, 0.0) == ([p.StoreBatch(items=[p.CounterValues(id=1, values=[2]),
+                                                                     p.CacheEntry(id=2, entry=b"e")])], [])
 
 
 async def test_two_workers_share_cache_entries_and_counters_over_the_bus(tmp_path):

@@ -138,6 +138,13 @@ class CounterValues(Msg, tag="counter_values"):
     values: list[int] = []
 
 
+class StoreBatch(Msg, tag="store_batch"):
+    """Store calls and stores of one worker's scheduler turn in one message, both ways (the keeper answers the calls
+    with one StoreBatch of their answers): one wake-up of each side for all the requests that asked at once."""
+
+    items: list[CacheFetch | CacheStore | CachePurge | CountersGet | CountersAdd | CacheEntry | CounterValues] = []
+
+
 class AdminResult(Msg, tag="admin_result"):
     id: int = 0
     ok: bool = True
@@ -188,7 +195,7 @@ class UpstreamTargets(Msg, tag="upstream_targets"):
 
 AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | Discovered | AdminOp | CacheFetch |
           CacheStore | CachePurge | CountersGet | CountersAdd | Grants | ProbePermit | CacheEntry | CounterValues |
-          AdminResult | Heartbeat | Snapshot | BreakersChanged | TargetsChanged | UpstreamTargets)
+          StoreBatch | AdminResult | Heartbeat | Snapshot | BreakersChanged | TargetsChanged | UpstreamTargets)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMsg)

@@ -172,6 +172,13 @@ class Keeper:
         if isinstance(msg, p.Hello):
             self.seen_workers.add(sender)
             return [self.snapshot()], []
+        if isinstance(msg, p.StoreBatch):
+            answers: list[p.CacheEntry | p.CounterValues] = []
+            for call in msg.items:
+                for reply in self.handle(sender, call, now, wall)[0]:
+                    assert isinstance(reply, (p.CacheEntry, p.CounterValues))
+                    answers.append(reply)
+            return ([p.StoreBatch(items=list(answers))] if answers else []), []
         if isinstance(msg, p.CacheFetch):
             cache = self.caches.get(msg.dictionary)
             return [p.CacheEntry(id=msg.id, entry=cache.get(msg.key, now) if cache is not None else None)], []

@@ -61,6 +61,8 @@ class SharedState:
         self._waiters: dict[str, trio.Event] = {}
         self._calls: dict[int, list[Any]] = {}  # store call id -> [event, answer], while it waits
         self._call_ids = itertools.count(1)
+        self._outbox: list[Any] = []  # store calls and stores of this scheduler turn (StoreBatch's items)
+        self._outbox_ready = trio.Event()  # set when the outbox has something: its task sends it on the next turn
         self._groups: dict[str, list[tuple[UpstreamGroup, int]]] = {}
         self._by_name: dict[str, list[UpstreamGroup]] = {}
         self._drained: set[str] = set()
@@ -155,6 +157,9 @@ class SharedState:
                 event = self._waiters.pop(grant.key, None)
                 if event is not None:
                     event.set()
+        elif isinstance(msg, p.StoreBatch):
+            for answer in msg.items:
+                self.on_message(answer)
         elif isinstance(msg, (p.CacheEntry, p.CounterValues)):
             slot = self._calls.get(msg.id)
             if slot is not None:
@@ -300,15 +305,15 @@ class SharedState:
         """Store an entry for `ttl` seconds (0: until evicted); entries over CACHE_ENTRY_LIMIT are the caller's to
         refuse. Not acknowledged, as a shared dict's set is not awaited."""
         if self.keeper_up and len(entry) <= CACHE_ENTRY_LIMIT:
-            self._send(p.CacheStore(dictionary=dictionary, key=key, entry=entry, ttl=ttl))
+            self._post(p.CacheStore(dictionary=dictionary, key=key, entry=entry, ttl=ttl))
 
     def cache_purge(self, dictionary: str, key: str) -> None:
         if self.keeper_up:
-            self._send(p.CachePurge(dictionary=dictionary, key=key))
+            self._post(p.CachePurge(dictionary=dictionary, key=key))
 
     def cache_flush(self, dictionary: str) -> None:
         if self.keeper_up:
-            self._send(p.CachePurge(dictionary=dictionary))
+            self._post(p.CachePurge(dictionary=dictionary))
 
     async def counters_get(self, keys: list[str]) -> list[int] | None:
         """Current values of host-wide counters (0: absent or expired); None when the keeper is away or did not
@@ -320,7 +325,7 @@ class SharedState:
     def counters_add(self, items: list[tuple[str, int, float]]) -> None:
         """(key, increment, seconds a key lives from its first increment) each; not acknowledged."""
         if self.keeper_up and items:
-            self._send(p.CountersAdd(items=items))
+            self._post(p.CountersAdd(items=items))
 
     async def _call(self, call_id: int, msg: p.Msg) -> p.Msg | None:
         if not self.keeper_up:
@@ -328,7 +333,7 @@ class SharedState:
         slot: list[Any] = [trio.Event(), None]
         self._calls[call_id] = slot  # before sending: an in-process keeper answers within the send
         try:
-            if not self._send(msg):
+            if not self._post(msg):
                 return None
             if slot[1] is None:
                 with trio.move_on_after(CALL_TIMEOUT_S):
@@ -336,6 +341,28 @@ class SharedState:
             return slot[1]
         finally:
             del self._calls[call_id]
+
+    def _post(self, msg: p.Msg) -> bool:
+        """A store message: sent at once to an in-process keeper; over the bus, with the others of this scheduler
+        turn in one StoreBatch (_send_outbox runs on the next turn, after every task that is running now)."""
+        if self._local is not None:
+            return self._send(msg)
+        if not self._outbox:
+            self._outbox_ready.set()
+        self._outbox.append(msg)
+        return True
+
+    async def _send_outbox(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready = trio.Event()
+            batch, self._outbox = self._outbox, []
+            if self._send(batch[0] if len(batch) == 1 else p.StoreBatch(items=batch)):
+                continue
+            for msg in batch:  # the keeper cannot be reached: the calls among them end now, unanswered
+                slot = self._calls.get(getattr(msg, "id", 0))
+                if slot is not None:
+                    slot[0].set()
 
     def release(self) -> None:
         """The worker is stopping (its connections are done): give back every unspent token, which an exact limit
@@ -355,6 +382,7 @@ class SharedState:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(channel.run)
                 nursery.start_soon(self._periodic)
+                nursery.start_soon(self._send_outbox)
                 task_status.started()
         finally:
             self._send = lambda msg: False
