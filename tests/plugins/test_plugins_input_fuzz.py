@@ -1,0 +1,143 @@
+"""Bounded fuzzing of what the session, proxy-cache, response-ratelimiting and ldap-auth plugins parse from the wire
+(cookies, Cache-Control and query strings, X-Kong-Limit, an LDAP server's answers): any input ends in a value or the
+plugin's own refusal, never an exception; a session cookie changed anywhere never opens."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gateway.policies.ldap_auth.protocol import LdapResult, ProtocolError, ResponseDecoder
+from gateway.policies.proxy_cache import cache_key
+from gateway.policies.proxy_cache.entry import decode
+from gateway.policies.proxy_cache.rules import Rules, parse_directives, resource_ttl
+from gateway.policies.proxy_cache.schema import ProxyCacheConfig
+from gateway.policies.response_ratelimiting.usage import parse_increments
+from gateway.policies.session import seal
+from gateway.policies.session.lifecycle import Session, Settings
+from gateway.policies.session.schema import SessionConfig
+
+FUZZ = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+header_bytes = st.binary(max_size=200) | st.lists(st.sampled_from(
+    [b"max-age", b"=", b"60", b",", b" ", b"no-store", b"s-maxage", b"\"", b"-1", b"1e400", b"private", b"\t",
+     b"min-fresh", b"max-stale", b"only-if-cached", b"nan", b"0x10"]), max_size=20).map(b"".join)
+NOW = 1_800_000_000
+SESSION = Settings(msgspec.convert({"secret": "fuzz-secret"}, SessionConfig))
+RULES = Rules(msgspec.convert({"strategy": "memory", "cache_control": True}, ProxyCacheConfig))
+
+
+def sealed_cookie() -> str:
+    session = Session(SESSION, lambda name: None)
+    session.open(NOW)
+    session.set_data(["consumer", "credential", None])
+    assert session.save(NOW) is None
+    return session.set_cookies["session"].split(";", 1)[0].split("=", 1)[1]
+
+
+GOOD = sealed_cookie()
+
+
+def opened(cookie: str, remember: str | None = None) -> str | None:
+    jar = {"session": cookie, "remember": remember}
+    return Session(SESSION, jar.get).open(NOW + 1)
+
+
+# ---- session -------------------------------------------------------------------------------------------------------
+
+
+def test_the_fuzzed_cookie_opens_unchanged():
+    assert opened(GOOD) is None
+
+
+@FUZZ
+@given(cookie=st.text(max_size=400), remember=st.one_of(st.none(), st.text(max_size=200)))
+def test_any_session_cookie_is_opened_or_refused_with_a_reason(cookie, remember):
+    result = opened(cookie, remember)
+    assert result is None or isinstance(result, str)
+
+
+@FUZZ
+@given(position=st.integers(0, len(GOOD) - 1), replacement=st.sampled_from("ABCXYZabcxyz0189-_"))
+def test_a_session_cookie_changed_anywhere_never_opens(position, replacement):
+    changed = GOOD[:position] + replacement + GOOD[position + 1:]
+    if decoded(changed) != decoded(GOOD):  # (the last character of a base64 run may carry unused bits only)
+        assert opened(changed) is not None
+
+
+def decoded(cookie: str) -> tuple[bytes | None, bytes | None]:
+    """The header's and the ciphertext's bytes (the header is the first 110 characters)."""
+    size = seal.HEADER_ENCODED_SIZE
+    return seal.b64url_decode(cookie[:size]), seal.b64url_decode(cookie[size:])
+
+
+# ---- proxy-cache ---------------------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(value=header_bytes, expires=st.one_of(st.none(), header_bytes))
+def test_any_cache_control_and_expires_give_a_ttl(value, expires):
+    directives = parse_directives(value)
+    assert isinstance(resource_ttl(directives, expires, NOW), int | float)
+
+
+@FUZZ
+@given(status=st.integers(100, 599), headers=st.lists(st.tuples(
+    st.sampled_from([b"cache-control", b"content-type", b"expires", b"vary", b"set-cookie"]), header_bytes),
+    max_size=6))
+def test_any_response_is_judged_cacheable_or_not(status, headers):
+    assert RULES.cacheable_response(status, headers, NOW) in (True, False)
+    RULES.response_ttl(headers, NOW)
+
+
+@FUZZ
+@given(query=st.binary(max_size=300))
+def test_any_query_string_makes_a_cache_key(query):
+    key = cache_key.build_cache_key(None, None, b"GET", b"GET /p HTTP/1.1", cache_key.uri_args(query), {}, None,
+                                    None)
+    assert len(key) == 64 and int(key, 16) >= 0
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300))
+def test_any_stored_bytes_decode_to_an_entry_or_none(raw):
+    entry = decode(raw)
+    assert entry is None or entry.status >= 0
+
+
+# ---- response-ratelimiting -----------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(value=st.binary(max_size=200) | st.lists(st.sampled_from(
+    [b"video", b"image", b"=", b",", b" ", b"1", b"-2", b"0x1f", b"1e3", b"nan", b"inf", b"1.5"]), max_size=16
+).map(b"".join))
+def test_any_x_kong_limit_gives_whole_increments_of_configured_names(value):
+    increments = parse_increments(value, {b"video": "video", b"image": "image"})
+    assert set(increments) <= {"video", "image"}
+    assert all(isinstance(n, int) and abs(n) <= 2**53 for n in increments.values())
+
+
+# ---- ldap-auth -----------------------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(chunks=st.lists(st.binary(max_size=64), max_size=8))
+def test_any_bytes_from_an_ldap_server_give_results_or_a_protocol_error(chunks):
+    decoder = ResponseDecoder()
+    try:
+        for chunk in chunks:
+            decoder.receive_data(chunk)
+            while (result := decoder.next_result()) is not None:
+                assert isinstance(result, LdapResult)
+    except ProtocolError:
+        pass
+
+
+@pytest.mark.parametrize("prefix", [b"\x30\x84\xff\xff\xff\xff", b"\x30\x80", b"\x30\x89" + b"\xff" * 9])
+def test_an_ldap_answer_claiming_an_absurd_length_is_refused_not_awaited(prefix):
+    decoder = ResponseDecoder()
+    with pytest.raises(ProtocolError):
+        decoder.receive_data(prefix)
+        decoder.next_result()
