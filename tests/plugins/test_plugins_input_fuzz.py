@@ -4,10 +4,17 @@ plugin's own refusal, never an exception; a session cookie changed anywhere neve
 
 from __future__ import annotations
 
+import contextlib
+import random
+
+import h11
 import msgspec
 import pytest
+import trio
+from backends import raw_exchange
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plugin_helpers import call, http_codec  # noqa: F401 - the fixture: one codec
 
 from gateway.policies.ldap_auth.protocol import LdapResult, ProtocolError, ResponseDecoder
 from gateway.policies.proxy_cache import cache_key
@@ -141,3 +148,84 @@ def test_an_ldap_answer_claiming_an_absurd_length_is_refused_not_awaited(prefix)
     with pytest.raises(ProtocolError):
         decoder.receive_data(prefix)
         decoder.next_result()
+
+
+# ---- hostile requests and answers through the real gateway ---------------------------------------------------------
+
+
+class MirrorBackend:
+    """An upstream that answers with the X-Kong-Limit, Cache-Control and Expires the request asks for (in its
+    x-limit, x-cc and x-expires headers): the hostile answers come from the test's own inputs."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._serve, listeners)
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        with contextlib.suppress(h11.RemoteProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Request):
+                    asked = dict(event.headers)
+                    headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+                    headers += [(name, asked[ask]) for ask, name in MIRRORED if ask in asked]
+                    await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) +
+                                          conn.send(h11.Data(data=b"{}")) + conn.send(h11.EndOfMessage()))
+                elif isinstance(event, h11.EndOfMessage):
+                    conn.start_next_cycle()
+                else:
+                    return
+
+
+MIRRORED = ((b"x-limit", b"x-kong-limit"), (b"x-cc", b"cache-control"), (b"x-expires", b"expires"))
+ALLOWED = {200, 400, 401, 403, 404, 429, 504}  # never a 500 or a 502: each plugin answers what it is given
+
+
+async def test_hostile_cookies_cache_control_and_limits_never_get_a_500(nursery, gateway):
+    backend = MirrorBackend()
+    await nursery.start(backend.serve)
+    routes = [
+        {"paths": ["/session"], "plugins": [{"name": "key-auth", "config": {"anonymous": "anon"}},
+                                            {"name": "session", "config": {"secret": "fuzz-secret"}}]},
+        {"paths": ["/cache"], "plugins": [{"name": "proxy-cache",
+                                           "config": {"strategy": "memory", "cache_control": True}}]},
+        {"paths": ["/limit"], "plugins": [{"name": "response-ratelimiting",
+                                           "config": {"limits": {"video": {"second": 5}, "image": {"minute": 9}},
+                                                      "block_on_first_violation": True}}]}]
+    port = await gateway({"services": [{"name": "svc", "url": f"http://127.0.0.1:{backend.port}", "routes": routes}],
+                          "consumers": [{"username": "anon"},
+                                        {"username": "u", "keyauth_credentials": [{"key": "k"}]}]})
+    rng = random.Random(19)
+    seen: set[tuple[bytes, int]] = set()
+    pieces = [b"max-age=", b"60", b"-1", b"1e400", b",", b" ", b"no-store", b"only-if-cached", b"min-fresh=",
+              b"max-stale", b'"', b"=", b"video", b"image", b"0x10", b"nan", b"session=", GOOD.encode()[:40], b";",
+              b"video=3", b"image=4"]
+    parts = [b"video=3", b" image = 4 ", b"video", b"=", b"video==1", b"image=-7", b"video=1e2", b"video=0x1",
+             b"image=nan", b"other=5", b"", b"video=9007199254740993"]
+    for n in range(120):
+        junk = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 12)))
+        limit = b",".join(rng.choice(parts) for _ in range(rng.randrange(1, 4)))
+        for path in (b"/session", b"/cache", b"/limit"):
+            head = (b"GET %b?n=%d&apikey=%b HTTP/1.1\r\nhost: t\r\ncookie: session=%b\r\ncache-control: %b\r\n"
+                    b"x-limit: %b\r\nx-cc: %b\r\nx-expires: %b\r\nconnection: close\r\n\r\n"
+                    % (path, n, b"k" if rng.random() < 0.3 else b"x", junk, junk, limit, junk, junk))
+            data, _ = await raw_exchange(port, head)
+            status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+            assert status in ALLOWED, (path, junk, data[:300])
+            seen.add((path, status))
+    # the inputs reach the plugins' answers: limits refused and cache-only requests unanswered, not only passed
+    assert {(b"/limit", 429), (b"/cache", 504), (b"/session", 200), (b"/limit", 200)} <= seen
+    with trio.fail_after(10):
+        good = await call(port, "/session?apikey=k")
+    assert good.status == 200 and good.header("set-cookie") is not None
