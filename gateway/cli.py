@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     ss = sub.add_parser("status", parents=[locating], help="the supervision tree with pids, uptime and restart counts")
     ss.add_argument("--json", action="store_true")
     a = sub.add_parser("admin", parents=[locating], help="send one command to the admin channel, print the JSON reply")
-    a.add_argument("cmd")
+    a.add_argument("cmd", help="status, reload, stop, workers; the state keeper's breakers, limits, targets, "
+                   "proxy-cache (README: CLI, Shared state)")
     a.add_argument("args", nargs="*", help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
