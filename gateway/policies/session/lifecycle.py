@@ -158,8 +158,12 @@ class Session:
 
     def save(self, now: int) -> str | None:
         """Save the session (a new cookie, and with `remember` a new remember cookie); None, or why it failed."""
+        return self._save_both(now, None)
+
+    def _save_both(self, now: int, state: str | None) -> str | None:
+        """The session cookie (in `state`), then with `remember` the remember cookie; None, or why the first failed."""
         try:
-            self._save(now, False, None)
+            self._save(now, False, state)
         except Failed as e:
             return str(e)
         if self.settings.remember:
@@ -204,17 +208,7 @@ class Session:
         if len(self.data) == 1:
             return self.destroy(now)
         del self.data[self.index]
-        try:
-            self._save(now, False, CLOSED)
-        except Failed as e:
-            return str(e)
-        if self.settings.remember:
-            self._remember_meta(now)
-            try:
-                self._save(now, True, None)
-            except Failed:
-                pass
-        return None
+        return self._save_both(now, CLOSED)
 
     def destroy(self, now: int) -> str | None:
         """Expire the session's cookies (and the remember cookie's, when the request has a valid one)."""
