@@ -224,11 +224,24 @@ async def test_a_keeper_that_does_not_answer_is_waited_for_call_timeout_s_only(a
 
 async def test_an_entry_over_the_limit_is_not_sent(monkeypatch):
     shared = SharedState("w1", 2)
+    sent: list[p.Msg] = []
+    shared._send = lambda msg: sent.append(msg) or True
     shared.on_message(p.Heartbeat(incarnation="k1"))
     monkeypatch.setattr(shared_module, "CACHE_ENTRY_LIMIT", 10)
     shared.cache_store("d", "k", b"x" * 11, 1.0)
     shared.cache_store("d", "k", b"x" * 10, 1.0)
-    assert [len(m.entry) for m in shared._outbox if isinstance(m, p.CacheStore)] == [10]
+    assert [len(m.entry) for m in sent if isinstance(m, p.CacheStore)] == [10]
+
+
+async def test_a_cache_entry_leaves_at_once_not_with_the_turns_batch():
+    shared = SharedState("w1", 2)
+    sent: list[p.Msg] = []
+    shared._send = lambda msg: sent.append(msg) or True
+    shared.on_message(p.Heartbeat(incarnation="k1"))
+    sent.clear()
+    shared.counters_add([("c", 1, 60.0)])  # batched: Kong adds response costs on a timer too
+    shared.cache_store("d", "k", b"entry", 1.0)
+    assert [type(m) for m in sent] == [p.CacheStore] and len(shared._outbox) == 1
 
 
 async def test_the_store_calls_of_one_scheduler_turn_leave_in_one_message():

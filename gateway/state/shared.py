@@ -304,16 +304,18 @@ class SharedState:
     def cache_store(self, dictionary: str, key: str, entry: bytes, ttl: float) -> None:
         """Store an entry for `ttl` seconds (0: until evicted); entries over CACHE_ENTRY_LIMIT are the caller's to
         refuse. Not acknowledged, as a shared dict's set is not awaited."""
+        # Sent at once, not with the turn's batch: before the response it was made from reaches the client, so that
+        # the client's next request, whichever worker takes it, finds it (as a shared dict's set is seen at once)
         if self.keeper_up and len(entry) <= CACHE_ENTRY_LIMIT:
-            self._post(p.CacheStore(dictionary=dictionary, key=key, entry=entry, ttl=ttl))
+            self._send(p.CacheStore(dictionary=dictionary, key=key, entry=entry, ttl=ttl))
 
     def cache_purge(self, dictionary: str, key: str) -> None:
         if self.keeper_up:
-            self._post(p.CachePurge(dictionary=dictionary, key=key))
+            self._send(p.CachePurge(dictionary=dictionary, key=key))
 
     def cache_flush(self, dictionary: str) -> None:
         if self.keeper_up:
-            self._post(p.CachePurge(dictionary=dictionary))
+            self._send(p.CachePurge(dictionary=dictionary))
 
     async def counters_get(self, keys: list[str]) -> list[int] | None:
         """Current values of host-wide counters (0: absent or expired); None when the keeper is away or did not
@@ -343,8 +345,8 @@ class SharedState:
             del self._calls[call_id]
 
     def _post(self, msg: p.Msg) -> bool:
-        """A store message: sent at once to an in-process keeper; over the bus, with the others of this scheduler
-        turn in one StoreBatch (_send_outbox runs on the next turn, after every task that is running now)."""
+        """A store call or counters_add: sent at once to an in-process keeper; over the bus, with the others of this
+        scheduler turn in one StoreBatch (_send_outbox runs on the next turn, after every task running now)."""
         if self._local is not None:
             return self._send(msg)
         if not self._outbox:
