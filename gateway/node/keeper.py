@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import trio
 import zmq
 
@@ -30,7 +31,7 @@ from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.metrics import RECORDER, REDIS_FALLBACK
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.tree import needs_health
-from gateway.policies.proxy_cache import render_entry
+from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
 from gateway.ratelimit.messages import LeaseRequest
 from gateway.ratelimit.redis_client import RedisStore, StoreError
@@ -38,7 +39,6 @@ from gateway.ratelimit.redis_script import Call
 from gateway.ratelimit.remote import PENDING_S
 from gateway.runtime import compile_config, id_of
 from gateway.stores import Counters, HostCache
-from gateway.stores.cache import DEFAULT_DICTIONARY
 from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
@@ -85,7 +85,7 @@ class Keeper:
         """(Re)build breakers and targets from a config; states of targets that stay are kept."""
         runtime = compile_config(config)
         self.stores = runtime.stores
-        self.cached = {id_of(plugin): (plugin.config.get("memory") or {}).get("dictionary_name") or DEFAULT_DICTIONARY
+        self.cached = {id_of(plugin): msgspec.convert(plugin.config, ProxyCacheConfig).memory.dictionary_name
                        for plugin in config.plugins if plugin.name == "proxy-cache" and plugin.enabled}
         for name, store in self.stores.items():
             self.ledger.add_store(name, REDIS_PREFIX, store.fault_tolerant, store.sync_rate)

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.stores.cache import DEFAULT_DICTIONARY
+
 # kong/templates/nginx_kong.lua's lua_shared_dict lines (http), plus prometheus_metrics, which kong/conf_loader
 # adds when the prometheus plugin is loaded (it is, with `plugins = bundled`). kong_dns_cache exists only with
 # new_dns_client = on (off by default).
@@ -24,7 +26,7 @@ Method = Literal["HEAD", "GET", "POST", "PATCH", "PUT"]
 
 
 class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True):
-    dictionary_name: str = "kong_db_cache"
+    dictionary_name: str = DEFAULT_DICTIONARY
 
     def __post_init__(self) -> None:
         if self.dictionary_name not in DICTIONARIES:
