@@ -32,6 +32,9 @@ def find_redis() -> tuple[str | None, str]:
     return path, "" if path else "redis-server installed but not on PATH"
 
 
+_NOAUTH = b"-NOAUTH Authentication required.\r\n"
+
+
 class RedisProcess:
     """One redis-server on 127.0.0.1 without persistence, restartable on the same port (empty again)."""
 
@@ -53,7 +56,7 @@ class RedisProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"redis-server exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                if self.command("PING") == b"+PONG\r\n":
+                if self.command("PING") in (b"+PONG\r\n", _NOAUTH):  # NOAUTH: up, with --requirepass
                     return
             except OSError:
                 pass

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.config.vaults import Vaults, read_vaults, resolve_certificate, resolve_plugin
+
 # Entities that may nest others, and where (Kong's declarative nesting).
 NESTED = {
     "services": ("routes", "plugins"),
@@ -38,7 +40,6 @@ ANNOTATIONS = ("_comment", "_ignore", "created_at", "updated_at")
 _NOT_BUILT = "is not supported by the gateway"
 UNSUPPORTED_SECTIONS = {
     "consumer_groups": f"Kong's consumer_groups {_NOT_BUILT} (Kong Enterprise)",
-    "vaults": f"Kong's vaults {_NOT_BUILT}; put the values in the file",
     "key_sets": f"Kong's key_sets {_NOT_BUILT}",
     "keys": f"Kong's keys {_NOT_BUILT}",
     "filter_chains": f"Kong's filter_chains (WebAssembly) {_NOT_BUILT}",
@@ -91,6 +92,7 @@ def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -
     """The document with annotations dropped, references made plain and unsupported Kong keys refused (removed, so
     what remains is still checked). Messages are appended to `errors` with their field paths."""
     doc = _annotations(raw, "", errors)
+    vaults = read_vaults(doc.pop("vaults", None), errors)
     for key, why in UNSUPPORTED_SECTIONS.items():
         if key in doc:
             value = doc.pop(key)
@@ -99,7 +101,8 @@ def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -
     for section in sections:
         items = doc.get(section)
         if isinstance(items, list):
-            doc[section] = [_entity(section, item, f"{section}[{i}]", errors) for i, item in enumerate(items)]
+            doc[section] = [_entity(section, item, f"{section}[{i}]", errors, vaults)
+                            for i, item in enumerate(items)]
     return doc
 
 
@@ -120,7 +123,7 @@ def _annotations(obj: dict[str, Any], path: str, errors: list[str]) -> dict[str,
     return out
 
 
-def _entity(section: str, item: Any, path: str, errors: list[str]) -> Any:
+def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vaults) -> Any:
     if not isinstance(item, dict):
         return item
     item = _annotations(item, path, errors)
@@ -153,7 +156,11 @@ def _entity(section: str, item: Any, path: str, errors: list[str]) -> Any:
     for child in NESTED.get(section, ()):
         nested = item.get(child)
         if isinstance(nested, list):
-            item[child] = [_entity(child, c, f"{path}.{child}[{j}]", errors) for j, c in enumerate(nested)]
+            item[child] = [_entity(child, c, f"{path}.{child}[{j}]", errors, vaults) for j, c in enumerate(nested)]
+    if section == "plugins":
+        resolve_plugin(item, path, vaults, errors)
+    elif section == "certificates":
+        resolve_certificate(item, path, vaults, errors)
     return item
 
 

@@ -74,9 +74,6 @@ class SessionConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(KONG_STORAGE)
         if self.secret is None:
             raise ValueError(NO_SECRET)
-        if self.secret.startswith("{vault://") and self.secret.endswith("}"):  # Kong's kong.vault.is_reference
-            raise ValueError("secret: a vault reference; Kong's vaults are not supported by the gateway, put the "
-                             "secret itself in the file")
         for name in SECONDS:
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: expected a finite number of seconds")

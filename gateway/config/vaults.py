@@ -1,0 +1,247 @@
+"""Kong's vault references, `{vault://env/NAME}`, resolved from the environment as the file is loaded.
+
+Kong OSS bundles one vault, `env` (kong/vaults/env): `{vault://env/my-secret}` is the environment variable
+MY_SECRET (upper case, dashes as underscores, after the vault's `prefix`); `{vault://env/creds/password}` reads
+CREDS as a JSON object and takes its "password" string; `?prefix=P_` overrides the prefix for one reference and
+`#2` asks for the previous version (`<NAME>_PREVIOUS`). A `vaults` entity names a configured env vault:
+`{prefix: my-env, name: env, config: {prefix: APP_}}` makes `{vault://my-env/token}` read APP_TOKEN.
+
+References are resolved only in the fields Kong's schemas mark `referenceable` (REFERENCEABLE); anywhere else a
+reference is the literal text, as in Kong. Where Kong logs a reference it cannot resolve and goes on with the
+field unset, the file is refused here, naming the field, the reference and the variable: a secret that silently
+becomes nothing (no Redis AUTH, no session secret) is a failure found later, at a request. Every process of the
+gateway resolves its references itself, from the environment the gateway was started with (the config snapshots
+it writes keep the references, never the secrets); `gateway check-config` resolves them from its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import SplitResult, unquote, urlsplit
+
+# Kong's referenceable fields of the plugins the gateway builds: paths into `config`; "*" is every value of a
+# mapping (header values). A deprecated shorthand (redis_password, endpoint) moves to a referenceable field in Kong
+# before references are resolved, so it is one too.
+_REDIS = (("redis", "username"), ("redis", "password"), ("redis_username",), ("redis_password",))
+REFERENCEABLE: dict[str, tuple[tuple[str, ...], ...]] = {
+    "datadog": (("host",),),
+    "http-log": (("http_endpoint",), ("headers", "*")),
+    "loggly": (("key",),),
+    "opentelemetry": (("traces_endpoint",), ("logs_endpoint",), ("endpoint",), ("headers", "*")),
+    "rate-limiting": _REDIS,
+    "response-ratelimiting": _REDIS,
+    "session": (("secret",),),
+    "standard-webhooks": (("secret_v1",),),
+}
+CERTIFICATE_FIELDS = ("cert", "key", "cert_alt", "key_alt")  # kong/db/schema/entities/certificates.lua
+
+BUNDLED = "env"  # the vaults Kong OSS bundles (kong.constants.BUNDLED_VAULTS)
+_VAULT_PREFIX = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")  # the vaults entity's prefix (Kong's Lua pattern)
+_ENV_PREFIX = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*")  # the env vault's config.prefix
+_VAULT_FIELDS = {"id", "prefix", "name", "description", "config", "tags"}
+
+
+class VaultError(ValueError):
+    """A reference that cannot be resolved; the message says why (without any secret)."""
+
+
+class Unresolved(Exception):
+    """A reference to a vault entry that was itself refused (already reported)."""
+
+
+BROKEN = "\0broken"  # a vaults entry with errors: its prefix is known, its references are left as they are
+
+
+def is_reference(value: Any) -> bool:
+    """Kong's kong.vault.is_reference: a string that starts with `{vault://` and ends with `}`."""
+    return isinstance(value, str) and value.startswith("{vault://") and value.endswith("}")
+
+
+class Vaults:
+    """The env vaults a file configures (by prefix) and the environment they read."""
+
+    def __init__(self, configured: Mapping[str, str | None] | None = None,
+                 environ: Mapping[str, str] | None = None) -> None:
+        self.configured = dict(configured or {})  # a vaults entity's prefix -> its config.prefix
+        self.environ = os.environ if environ is None else environ
+
+    def resolve(self, reference: str) -> str:
+        """The secret a reference names; VaultError says why there is none."""
+        url = _parse(reference)
+        name = url.netloc
+        if name in self.configured:
+            prefix = self.configured[name]
+            if prefix == BROKEN:
+                raise Unresolved
+        elif name == BUNDLED:
+            prefix = None
+        else:
+            raise VaultError(f"no vault {name!r}: the gateway has Kong OSS's env vault ({{vault://env/...}}) and "
+                                 "the `vaults` entries that configure it (by their prefix)")
+        resource, key = _resource_and_key(url.path, reference)
+        version = _version(url.fragment, reference)
+        for option, values in _query(url.query).items():
+            if option != "prefix":
+                raise VaultError(f"{reference}: unknown option {option!r} (the env vault takes prefix)")
+            prefix = _env_prefix(values[-1], f"{reference}: prefix")
+        variable = _variable((prefix or "") + resource, version)
+        value = self.environ.get(variable)
+        if value is None:
+            raise VaultError(f"{reference}: the environment variable {variable} is not set")
+        return value if key is None else _json_key(value, key, variable, reference)
+
+
+def _parse(reference: str) -> SplitResult:
+    try:
+        url = urlsplit(reference[1:-1])
+    except ValueError as e:
+        raise VaultError(f"{reference}: not a vault URL ({e})") from None
+    if not url.netloc:
+        raise VaultError(f"{reference}: no vault named (expected {{vault://<vault>/<secret>}})")
+    return url
+
+
+def _resource_and_key(path: str, reference: str) -> tuple[str, str | None]:
+    """kong.pdk.vault's parse_reference: `/a` is resource a; `/a/b` resource a, key b; `/a/b/` the resource a/b."""
+    parts = [p for p in path[1:].split("/") if p]
+    if not parts:
+        raise VaultError(f"{reference}: no secret named (expected {{vault://<vault>/<secret>}})")
+    if len(parts) == 1 or path.endswith("/"):
+        return unquote("/".join(parts)), None
+    return unquote("/".join(parts[:-1])), unquote(parts[-1])
+
+
+def _version(fragment: str, reference: str) -> int | None:
+    if not fragment:
+        return None
+    if not fragment.isdigit():
+        raise VaultError(f"{reference}: the version (#{fragment}) must be a number")
+    return int(fragment)
+
+
+def _query(query: str) -> dict[str, list[str]]:
+    options: dict[str, list[str]] = {}
+    for pair in query.split("&") if query else ():
+        name, _, value = pair.partition("=")
+        options.setdefault(unquote(name), []).append(unquote(value))
+    return options
+
+
+def _env_prefix(value: Any, where: str) -> str:
+    if not isinstance(value, str) or _ENV_PREFIX.fullmatch(value) is None:
+        raise VaultError(f"{where}: expected letters, digits, _ and - (not starting with a digit), got "
+                             f"{value!r}")
+    return value
+
+
+def _variable(resource: str, version: int | None) -> str:
+    """kong/vaults/env's name: dashes as underscores, upper case (ASCII only, as Lua's string.upper)."""
+    name = resource.replace("-", "_").encode().upper().decode()
+    return name + "_PREVIOUS" if version == 2 else name
+
+
+def _json_key(value: str, key: str, variable: str, reference: str) -> str:
+    try:
+        document = json.loads(value)
+    except ValueError:
+        raise VaultError(f"{reference}: the environment variable {variable} is not JSON, so it has no key "
+                             f"{key!r}") from None
+    if not isinstance(document, dict) or key not in document:
+        raise VaultError(f"{reference}: the JSON in {variable} has no key {key!r}")
+    found = document[key]
+    if not isinstance(found, str):
+        raise VaultError(f"{reference}: {variable}[{key!r}] is a {type(found).__name__}, not a string")
+    return found
+
+
+def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None = None) -> Vaults:
+    """The `vaults` section (Kong's vaults entities): only the bundled env vault can be configured."""
+    configured: dict[str, str | None] = {}
+    if items is None:
+        return Vaults(configured, environ)
+    if not isinstance(items, list):
+        errors.append("vaults: expected a list")
+        return Vaults(configured, environ)
+    for i, item in enumerate(items):
+        where = f"vaults[{i}]"
+        if not isinstance(item, dict):
+            errors.append(f"{where}: expected a mapping (prefix, name, config)")
+            continue
+        unknown = sorted(str(k) for k in item if k not in _VAULT_FIELDS)
+        if unknown:
+            errors.append(f"{where}: unknown keys {', '.join(unknown)} (a vault takes "
+                          f"{', '.join(sorted(_VAULT_FIELDS))})")
+        name, prefix = item.get("name"), item.get("prefix")
+        if name != BUNDLED:
+            errors.append(f"{where}.name: vault {name!r} is not supported by the gateway (Kong OSS bundles the env "
+                          "vault only)")
+            continue
+        if not isinstance(prefix, str) or _VAULT_PREFIX.fullmatch(prefix) is None:
+            errors.append(f"{where}.prefix: expected lower-case letters, digits and dashes, starting with a letter, "
+                          f"got {prefix!r}")
+            continue
+        if prefix == BUNDLED:
+            errors.append(f"{where}.prefix: 'env' is the bundled vault's own name; choose another prefix")
+            continue
+        if prefix in configured:
+            errors.append(f"{where}.prefix: vault prefix {prefix!r} is already used")
+            continue
+        configured[prefix] = BROKEN  # until its config is read: references to it are not reported again
+        config = item.get("config") or {}
+        if not isinstance(config, dict):
+            errors.append(f"{where}.config: expected a mapping (prefix)")
+            continue
+        others = sorted(str(k) for k in config if k != "prefix")
+        if others:
+            errors.append(f"{where}.config: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not supported "
+                          "(Kong OSS's env vault takes prefix only)")
+            continue
+        try:
+            configured[prefix] = None if config.get("prefix") is None else _env_prefix(config["prefix"],
+                                                                                       f"{where}.config.prefix")
+        except VaultError as e:
+            errors.append(str(e))
+    return Vaults(configured, environ)
+
+
+def resolve_plugin(item: dict[str, Any], path: str, vaults: Vaults, errors: list[str]) -> None:
+    """Replace the references in a plugin entity's referenceable config fields by their secrets (in place)."""
+    paths = REFERENCEABLE.get(item.get("name"))  # type: ignore[arg-type]
+    config = item.get("config")
+    if paths is None or not isinstance(config, dict):
+        return
+    for fields in paths:
+        _resolve_at(config, fields, f"{path}.config", vaults, errors)
+
+
+def resolve_certificate(item: dict[str, Any], path: str, vaults: Vaults, errors: list[str]) -> None:
+    """Replace the references in a certificate entity's PEM fields (in place)."""
+    for field in CERTIFICATE_FIELDS:
+        _resolve_at(item, (field,), path, vaults, errors)
+
+
+def _resolve_at(obj: dict[str, Any], fields: tuple[str, ...], path: str, vaults: Vaults, errors: list[str]) -> None:
+    first, rest = fields[0], fields[1:]
+    if first == "*":
+        keys = list(obj)
+    elif first in obj:
+        keys = [first]
+    else:
+        return
+    for key in keys:
+        value = obj[key]
+        where = f"{path}.{key}"
+        if rest:
+            if isinstance(value, dict):
+                _resolve_at(value, rest, where, vaults, errors)
+        elif is_reference(value):
+            try:
+                obj[key] = vaults.resolve(value)
+            except VaultError as e:
+                errors.append(f"{where}: {e}")
+            except Unresolved:
+                pass
