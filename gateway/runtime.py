@@ -243,8 +243,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         if "http" not in route.protocols:
             route_runtime.https_redirect = route.https_redirect_status_code
         specs.append(RouteSpec(route_runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
-                               headers=route.headers, query=route.query, regex_priority=route.regex_priority,
-                               strip_path=route.strip_path, mcp_methods=route.mcp_methods,
+                               snis=route.snis or (), headers=route.headers, query=route.query,
+                               regex_priority=route.regex_priority, strip_path=route.strip_path,
+                               mcp_methods=route.mcp_methods,
                                mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None,
                                path_handling=route.path_handling))
     if errors:

@@ -281,7 +281,7 @@ def test_path_without_slash_or_tilde_is_an_error():
 
 def test_route_without_any_matching_field_is_an_error():
     assert errors("services: [{name: s, url: 'http://a:1', routes: [{name: r}]}]") == [
-        "services[0].routes[0]: set at least one of paths, methods, hosts, headers, query"]
+        "services[0].routes[0]: set at least one of paths, methods, hosts, headers, query, snis"]
 
 
 def test_lower_case_method_is_an_error():

@@ -66,7 +66,7 @@ _UNSUPPORTED_NESTED_CREDENTIALS = {k: v for k, v in UNSUPPORTED_SECTIONS.items()
     "oauth2")} | {"groups": f"consumer groups {_NOT_BUILT} (Kong Enterprise)"}
 UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
     "services": {"tls_sans": f"tls_sans (the names an upstream certificate may carry) {_NOT_BUILT}"},
-    "routes": {"snis": f"routing on SNI {_NOT_BUILT}", "sources": f"sources (stream routes) {_NOT_BUILT}",
+    "routes": {"sources": f"sources (stream routes) {_NOT_BUILT}",
                "destinations": f"destinations (stream routes) {_NOT_BUILT}",
                "expression": f"expression routes (router_flavor expressions) {_NOT_BUILT}",
                "priority": f"priority (router_flavor expressions) {_NOT_BUILT}"},

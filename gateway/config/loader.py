@@ -402,8 +402,14 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         route.service = services[route.service].name
     elif ("services", route.service) not in failed:
         errors.append(f"{where}.service: no service with id or name {route.service!r}")
-    if not (route.paths or route.methods or route.hosts or route.headers or route.query):
-        errors.append(f"{where}: set at least one of paths, methods, hosts, headers, query")
+    if not (route.paths or route.methods or route.hosts or route.headers or route.query or route.snis):
+        errors.append(f"{where}: set at least one of paths, methods, hosts, headers, query, snis")
+    if route.snis and "https" not in route.protocols:
+        errors.append(f"{where}.snis: can only be set when protocols includes https (Kong's rule: a plain HTTP "
+                      "request has no SNI)")
+    for i, sni in enumerate(route.snis or ()):
+        if not _SNI.match(sni.lower().removesuffix(".")):
+            errors.append(f'{where}.snis[{i}]: expected a host name, "*.domain" or "name.*", got {show(sni)}')
     for i, p in enumerate(route.paths):
         if p.startswith("~"):
             problem = regex_problem(p[1:].encode())  # as the router compiles it

@@ -209,6 +209,8 @@ class Route(Base):
     paths: list[str] = []
     methods: list[str] = []
     hosts: list[str] = []
+    # the TLS server names an https request may have come with (a plain one is not asked); null: none, as in Kong
+    snis: list[str] | None = None
     headers: dict[str, list[str]] = {}
     query: dict[str, list[str]] = {}  # ours: query argument -> accepted values ([] = present with any value)
     strip_path: bool = True

@@ -29,6 +29,7 @@ class Conn:
     __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout", "listen_port")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
+    server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)

@@ -34,7 +34,7 @@ class PlainHttpOnTlsPort(TlsError):
 class TlsConn(Conn):
     """A Conn whose bytes are TLS records: recv returns plaintext, sendall takes plaintext."""
 
-    __slots__ = ("_tls", "_in", "_out", "_pushback")
+    __slots__ = ("_tls", "_in", "_out", "_pushback", "server_name")
 
     scheme = b"https"
 
@@ -45,6 +45,7 @@ class TlsConn(Conn):
         self._in = incoming
         self._out = outgoing
         self._pushback = b""  # plaintext _poll_records read while watching (a pipelined request)
+        self.server_name: bytes | None = b""  # a client's SNI, once server_handshake has read it
 
     @property
     def tls(self) -> ssl.SSLObject:
@@ -160,6 +161,11 @@ class TlsConn(Conn):
             Conn.close(self)
 
 
+# Where a server context's sni_callback leaves the name the client sent, on the SSLObject (Python's ssl module
+# hands the name only to that callback)
+SEEN_SNI = "_gateway_server_name"
+
+
 def _new(ctx: ssl.SSLContext, conn: Conn, server_side: bool, server_hostname: str | None) -> TlsConn:
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_hostname)
@@ -215,6 +221,9 @@ async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
         raise TlsError("not a TLS ClientHello")
     tconn = _new(ctx, conn, True, None)
     await _drive(tconn, first)
+    name = getattr(tconn.tls, SEEN_SNI, None)
+    if name:
+        tconn.server_name = name.lower().encode()
     return tconn
 
 

@@ -14,6 +14,8 @@ import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from gateway.http.tls import SEEN_SNI
+
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -154,6 +156,7 @@ class ServerTls:
         return self.default
 
     def _pick(self, tls: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> int | None:
+        setattr(tls, SEEN_SNI, name)  # for routing on it (a route's snis)
         chosen = self.select(name)
         if chosen is None:
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME

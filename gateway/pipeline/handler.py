@@ -12,7 +12,7 @@ from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
-from gateway.routing import NEEDS_MCP, Match
+from gateway.routing import NEEDS_MCP, Match, Router
 from gateway.runtime import RouteRuntime, Runtime
 from gateway.telemetry.phase import CLIENT_CLOSED, LogPhase
 
@@ -44,8 +44,9 @@ class Pipeline:
                     return
             host = req.host  # as it arrived: policies run after routing
             router = runtime.router
-            if router.needs_port:  # a route's hosts name a port: the listener port the request arrived on
-                match = router.match(req.method, req.target, host, req.headers, None, ex.conn.sock.getsockname()[1])
+            if router.needs_conn:  # a route's hosts name a port (the listener's), or a route has snis
+                port, sni = _conn_facts(ex, router)
+                match = router.match(req.method, req.target, host, req.headers, None, port, sni)
             else:
                 match = router.match(req.method, req.target, host, req.headers)
             mcp = None
@@ -54,8 +55,8 @@ class Pipeline:
                 if mcp is None:
                     return
                 attach(ex, mcp)  # policies reading the body go on from what the peek read
-                port = ex.conn.sock.getsockname()[1] if router.needs_port else None
-                match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port)
+                port, sni = _conn_facts(ex, router) if router.needs_conn else (None, None)
+                match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port, sni)
             if match is None:
                 ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
                 await ex.respond_error(404, NO_ROUTE)
@@ -99,6 +100,12 @@ class Pipeline:
             state = ex.state
             if state is not None and (audit := state.get("audit")) is not None:
                 audit[0].record(ex, started, audit[1])  # also when the client left mid-answer
+
+
+def _conn_facts(ex: Exchange, router: Router[RouteRuntime]) -> tuple[int | None, bytes | None]:
+    """What the router needs of the connection: the listener port, and the TLS server name (None: plain HTTP)."""
+    conn = ex.conn
+    return conn.sock.getsockname()[1] if router.needs_port else None, conn.server_name if router.needs_sni else None
 
 
 async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:

@@ -1,14 +1,19 @@
-"""Kong's route matching: hosts, methods, headers, query arguments and paths (prefix or `~` regex).
+"""Kong's route matching: hosts, methods, headers, query arguments, TLS server names (snis) and paths (prefix or `~`
+regex).
 
 Precedence among routes that all match a request (documented in the README):
-1. the route that constrains more categories (hosts, methods, headers, query, paths) wins;
+1. the route that constrains more categories (hosts, methods, headers, query, snis, paths) wins;
 2. then by path: a prefix equal to the whole path, then regexes (higher `regex_priority` first), then the longest
    prefix;
 3. then the route defined first.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
 router does, recent answers are remembered (MATCH_CACHE of them, for targets and Hosts of bounded length), keyed
 by what they depend on: method, target and Host, when no route looks at headers, query arguments, the listener
-port or the MCP method and tool (a new config builds a new router, and a new memory).
+port, the SNI or the MCP method and tool (a new config builds a new router, and a new memory).
+
+A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
+over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
+none), and a plain HTTP request is not asked.
 
 MCP routes may also match the JSON-RPC method (`mcp_methods`) and the tool of a tools/call (`mcp_tools`), each one
 more category (a tool implies the method tools/call, so it counts for both). Those need the request's method and
@@ -40,7 +45,7 @@ class RouteSpec(Generic[T]):
     """What a route matches on, plus the payload handed back on a match (the compiled route)."""
 
     def __init__(self, payload: T, *, paths: Sequence[str] = (), methods: Sequence[str] = (),
-                 hosts: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
+                 hosts: Sequence[str] = (), snis: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
                  query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True,
                  mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = (), service_path: str | None = None,
                  path_handling: str = "v0") -> None:
@@ -48,6 +53,8 @@ class RouteSpec(Generic[T]):
         self.paths = list(paths)
         self.methods = frozenset(m.encode() for m in methods)
         self.hosts = [h.lower() for h in hosts]
+        # Kong: a final dot of a name is not used for routing
+        self.snis = [s.lower() if s.endswith(".*") else s.lower().removesuffix(".") for s in snis]
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}
         self.query = query or {}
         self.regex_priority = regex_priority
@@ -79,7 +86,7 @@ _NO_ROUTE: Match = Match(None, b"", b"")  # a remembered None
 
 class _Candidate(Generic[T]):
     __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
-                 "headers", "query", "order", "mcp")
+                 "exact_snis", "wild_snis", "headers", "query", "order", "mcp")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
@@ -95,7 +102,7 @@ class _Candidate(Generic[T]):
             self.kind = _PREFIX
             self.prefix = normalize_path(path.encode())  # as Kong: compared with normalized request paths
         # mcp_tools implies the method tools/call: it counts as the method category too, so it beats mcp_methods
-        categories = sum(map(bool, (spec.paths, spec.methods, spec.hosts, spec.headers, spec.query,
+        categories = sum(map(bool, (spec.paths, spec.methods, spec.hosts, spec.headers, spec.query, spec.snis,
                                     spec.mcp_methods or spec.mcp_tools, spec.mcp_tools)))
         self.mcp = bool(spec.mcp_methods or spec.mcp_tools)
         self.rank = categories
@@ -105,6 +112,8 @@ class _Candidate(Generic[T]):
         # Kong: a host with a port matches that host on a request that arrived on that (listener) port
         self.port_hosts = [(h.encode(), _wildcard(h) if "*" in h else None, p) for h, p in plain if p is not None]
         self.any_hosts = bool(spec.hosts)
+        self.exact_snis = frozenset(s.encode() for s in spec.snis if "*" not in s) if spec.snis else None
+        self.wild_snis = [_wildcard(s) for s in spec.snis if "*" in s]
         self.headers = [(k.encode(), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
         self.query = list(spec.query.items())
 
@@ -149,17 +158,22 @@ class Router(Generic[T]):
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
+        self.needs_sni = any(c.exact_snis is not None for c in cands)  # and the connection's SNI only then
+        self.needs_conn = self.needs_port or self.needs_sni
         # (method, target, Host) -> the answer (_NO_ROUTE for None), while nothing else can change it
         self._answers: Memo[tuple[bytes, bytes, bytes | None], Match[T]] | None = (
-            None if any(c.headers or c.query or c.port_hosts or c.mcp for c in cands) else Memo(MATCH_CACHE))
+            None if any(c.headers or c.query or c.port_hosts or c.mcp or c.exact_snis is not None for c in cands)
+            else Memo(MATCH_CACHE))
 
     def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
-              mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
+              mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
+              sni: bytes | None = None) -> Match[T] | None:
         """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc).
-        The Match may be shared with other requests: read it, do not change it."""
+        `port` is the listener's (with needs_port), `sni` the TLS server name in lower case (b"": none; None: not
+        TLS; with needs_sni). The Match may be shared with other requests: read it, do not change it."""
         answers = self._answers
         if answers is None or len(target) > MAX_CACHED_TARGET or (host is not None and len(host) > MAX_CACHED_HOST):
-            return self._match(method, target, host, headers, mcp, port)
+            return self._match(method, target, host, headers, mcp, port, sni)
         key = (method, target, host)
         found = answers.get(key)
         if found is None:
@@ -167,7 +181,8 @@ class Router(Generic[T]):
         return None if found is _NO_ROUTE else found
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
-               mcp: tuple[str | None, str | None] | None = None, port: int | None = None) -> Match[T] | None:
+               mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
+               sni: bytes | None = None) -> Match[T] | None:
         raw, sep, query = target.partition(b"?")
         path = normalize_path(raw)  # Kong routes (and strips) the normalized path
         escape = path is not raw or needs_escape(raw)  # (the router remembers its answers: once per target)
@@ -185,6 +200,9 @@ class Router(Generic[T]):
                     or (c.port_hosts and _port_host_match(c.port_hosts, hostname, port))):
                 continue
             if c.headers and not _headers_match(c.headers, headers):
+                continue
+            if c.exact_snis is not None and sni is not None and not (
+                    sni in c.exact_snis or any(w.match(sni) for w in c.wild_snis)):
                 continue
             if c.query:
                 if qargs is None:
