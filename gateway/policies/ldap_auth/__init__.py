@@ -11,4 +11,4 @@ consumer_scoped = False  # it finds who the request is
 
 
 def build(config: LdapAuthConfig, plugin_id: str, shared: object, consumers: Directory) -> LdapAuth:
-    return LdapAuth(config, consumers)
+    return LdapAuth(config, consumers, shared=shared)

@@ -16,8 +16,28 @@ Answers, as Kong's:
 A bind's outcome is remembered for cache_ttl seconds (0: until the config is reloaded, as Kong's cache is purged
 then) under Kong's key, a SHA-256 of ldap_host, ldap_port, base_dn, attribute, cache_ttl, username and password,
 shared by the ldap-auth plugins of the config: success, refusal, and the misses Kong caches too (no connection, or
-StartTLS declined: the same 500 again until the TTL ends, without contacting the server). Concurrent requests with
-the same credentials wait for one bind. Kong's cache is per node; this one is per worker process.
+StartTLS declined: the same 500 again until the TTL ends, without contacting the server).
+
+The cache is per host, as Kong's kong.cache is per node (lua-resty-mlcache: an LRU per nginx worker over the
+kong_db_cache shared dict all workers of the node see), in two levels:
+1. L1, per worker process and config load (BindCache): an outcome found here costs no message to anyone. Concurrent
+   requests of the worker with the same credentials wait for one look-up below (and one bind).
+2. L2, the state keeper's host-wide dictionary kong_db_cache (gateway.stores, what proxy-cache uses too), read with
+   one bus round trip (SharedState.cache_fetch) when L1 misses, before binding. A bind's outcome goes to both levels
+   (the unavailable miss too, as Kong's neg_ttl is cache_ttl). The L2 value carries the wall-clock instant
+   (time.time(): the workers are processes of one host) at which it ends, so an L1 entry filled from L2 ends with it,
+   as mlcache gives an L1 entry set from the shm the rest of the shm entry's TTL.
+3. Kong flips its cache when a config is loaded; here a config load is the workers' generation: `gateway start`
+   runs generation 1, each reload starts generation G+1 (gateway/node/root.py), and a worker's SharedState.worker_id
+   is "<G>.<index>" (gateway/cli.py), the same G for every worker of one load. The L2 key is Kong's key prefixed by
+   "g<G>:", so a reload's workers never find what an older load's workers stored (those entries stay unreachable
+   until their TTL ends or the dictionary's LRU evicts them). A digest of the config would not do: Kong forgets on
+   every reload, also of an unchanged file, and so does L1 (one per Directory). Generations are counted by the
+   root, which outlives every keeper (a restarted keeper starts empty), so a G is never reused for another load
+   while its entries exist. A worker restarted within its generation shares them, as nginx's respawned worker still
+   sees the shared dict.
+4. Without a keeper (it is away, late past 0.25 s, or `shared` is None in unit tests) an L2 look-up is a miss and
+   the store is dropped: the cache is then the worker's L1 alone. A failing L2 is never a 500.
 """
 
 from __future__ import annotations
@@ -25,8 +45,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 import weakref
 from math import inf
+from typing import Any
 
 import trio
 
@@ -44,6 +66,7 @@ from gateway.policies.consumers import (
 from gateway.policies.ldap_auth import client
 from gateway.policies.ldap_auth.client import Server, Unavailable
 from gateway.policies.ldap_auth.schema import LdapAuthConfig
+from gateway.stores.cache import DEFAULT_DICTIONARY
 
 log = logging.getLogger("gateway.policies")
 
@@ -54,7 +77,11 @@ DEFAULT_KEEPALIVE_S = 60.0  # ngx's lua_socket_keepalive_timeout: what a null ke
 _USER_PASSWORD = re.compile(rb"(.*?):(.+)$")
 _UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # escaped as %XX in a header value, as ngx_lua's set_header does
 
+HOST_DICTIONARY = DEFAULT_DICTIONARY  # L2: the shared dict of Kong's kong.cache, kong_db_cache
+
 ACCEPTED, REFUSED, UNAVAILABLE = "accepted", "refused", "unavailable"
+_CODES = {ACCEPTED: b"a", REFUSED: b"r", UNAVAILABLE: b"u"}  # an outcome's letter in an L2 value
+_OUTCOMES = {code: outcome for outcome, code in _CODES.items()}
 
 
 class CredentialIdentity(Identity):
@@ -96,6 +123,10 @@ class BindCache:
     def keep(self, key: str, outcome: str, ttl: float, now: float) -> None:
         self.entries.keep(key, (outcome, now + ttl if ttl > 0 else inf))
 
+    def keep_until(self, key: str, outcome: str, until: float) -> None:
+        """Remember an outcome until an instant (trio.current_time; inf: until the config is reloaded)."""
+        self.entries.keep(key, (outcome, until))
+
 
 _CACHES: weakref.WeakKeyDictionary[Directory, BindCache] = weakref.WeakKeyDictionary()
 
@@ -106,6 +137,31 @@ def cache_for(directory: Directory) -> BindCache:
     if cache is None:
         cache = _CACHES[directory] = BindCache()
     return cache
+
+
+def encode_entry(outcome: str, expires: float) -> bytes:
+    """An L2 value: the outcome's letter, a space, and the wall-clock instant (time.time()) it ends, 0 for never."""
+    return _CODES[outcome] + b" " + repr(float(expires)).encode()
+
+
+def decode_entry(raw: bytes) -> tuple[str, float] | None:
+    """(outcome, wall-clock end or 0) from an L2 value; None for a value that is not one (a miss, then)."""
+    code, _, expires = raw.partition(b" ")
+    outcome = _OUTCOMES.get(code)
+    if outcome is None:
+        return None
+    try:
+        end = float(expires)
+    except ValueError:
+        return None
+    return (outcome, end) if 0 <= end < inf else None  # not nan, inf or negative: 0 is the only "never"
+
+
+def config_load(shared: Any) -> str:
+    """What names this config load on the host (the module docstring, 3): "g" and the generation, the part of the
+    worker id before its dot."""
+    worker_id = getattr(shared, "worker_id", None)
+    return "g" + (worker_id.partition(".")[0] if isinstance(worker_id, str) else "")
 
 
 def read_credentials(value: bytes, scheme: re.Pattern[bytes]) -> tuple[bytes, bytes] | None:
@@ -138,10 +194,11 @@ class LdapAuth(AuthPolicy):
     name = "ldap-auth"
     priority = 1200  # Kong's
     awaited = True
-    __slots__ = ("server", "hide", "scheme", "dn_prefix", "dn_suffix", "key_prefix", "ttl", "cache",
-                 "unauthorized", "failed")
+    __slots__ = ("server", "hide", "scheme", "dn_prefix", "dn_suffix", "key_prefix", "ttl", "cache", "shared",
+                 "host_prefix", "unauthorized", "failed")
 
-    def __init__(self, config: LdapAuthConfig, directory: Directory, cache: BindCache | None = None) -> None:
+    def __init__(self, config: LdapAuthConfig, directory: Directory, cache: BindCache | None = None,
+                 shared: Any = None) -> None:
         super().__init__(directory.anonymous(config.anonymous), True)
         timeout_ms = int(config.timeout or 0)  # ngx truncates to whole milliseconds; 0 means its default
         keepalive_ms = config.keepalive
@@ -158,6 +215,8 @@ class LdapAuth(AuthPolicy):
                                                 config.base_dn.encode(), config.attribute.encode(),
                                                 int(config.cache_ttl))
         self.cache = cache if cache is not None else cache_for(directory)
+        self.shared = shared  # the worker's SharedState (L2, the keeper's kong_db_cache); None: L1 only
+        self.host_prefix = config_load(shared) + ":"
         self.unauthorized = Rejection(401, "Unauthorized", www_authenticate(config.header_type, config.realm))
         self.failed = Rejection(500, "An unexpected error occurred")
 
@@ -216,18 +275,58 @@ class LdapAuth(AuthPolicy):
             await underway.wait()  # then the cache has its outcome, unless that bind failed uncached: ours then
         done = cache.pending[key] = trio.Event()
         try:
+            outcome = await self._fetch_host(key)
+            if outcome is not None:
+                return outcome
             try:
                 ok = await client.bind(self.server, self.dn_prefix + username + self.dn_suffix, password)
             except Unavailable as e:
                 if e.remembered:
-                    cache.keep(key, UNAVAILABLE, self.ttl, trio.current_time())
+                    self._remember(key, UNAVAILABLE)
                 raise
             outcome = ACCEPTED if ok else REFUSED
-            cache.keep(key, outcome, self.ttl, trio.current_time())
+            self._remember(key, outcome)
             return outcome
         finally:
             del cache.pending[key]
             done.set()
+
+    async def _fetch_host(self, key: str) -> str | None:
+        """L2: an outcome another worker of this config load stored, now also in L1 until its end; None if none
+        (or no keeper: then the bind decides, as before there was an L2)."""
+        shared = self.shared
+        if shared is None:
+            return None
+        try:
+            raw = await shared.cache_fetch(HOST_DICTIONARY, self.host_prefix + key)
+        except Exception as e:  # noqa: BLE001 - a cache that cannot be read is a miss, never a 500
+            log.warning("ldap-auth: the host cache could not be read (%r); binding", e)
+            return None
+        found = decode_entry(raw) if raw is not None else None
+        if found is None:
+            return None
+        outcome, expires = found
+        if expires > 0:
+            left = expires - time.time()
+            if left <= 0:  # ended since the keeper looked (its clock and ours differ by a bus hop)
+                return None
+            self.cache.keep_until(key, outcome, trio.current_time() + left)
+        else:
+            self.cache.keep_until(key, outcome, inf)
+        return outcome
+
+    def _remember(self, key: str, outcome: str) -> None:
+        """A bind's outcome, in L1 and L2, for cache_ttl (0: until the config is reloaded)."""
+        ttl = self.ttl
+        self.cache.keep(key, outcome, ttl, trio.current_time())
+        shared = self.shared
+        if shared is None:
+            return
+        try:
+            shared.cache_store(HOST_DICTIONARY, self.host_prefix + key,
+                               encode_entry(outcome, time.time() + ttl if ttl > 0 else 0), ttl)
+        except Exception as e:  # noqa: BLE001 - L1 has it; the other workers will bind for themselves
+            log.warning("ldap-auth: the host cache could not be written (%r)", e)
 
 
 def _escape(m: re.Match[bytes]) -> bytes:
