@@ -92,7 +92,11 @@ def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -
     """The document with annotations dropped, references made plain and unsupported Kong keys refused (removed, so
     what remains is still checked). Messages are appended to `errors` with their field paths."""
     doc = _annotations(raw, "", errors)
-    vaults = read_vaults(doc.pop("vaults", None), errors)
+    vault_items = doc.pop("vaults", None)
+    if isinstance(vault_items, list):
+        vault_items = [_annotations(v, f"vaults[{i}]", errors) if isinstance(v, dict) else v
+                       for i, v in enumerate(vault_items)]
+    vaults = read_vaults(vault_items, errors)
     for key, why in UNSUPPORTED_SECTIONS.items():
         if key in doc:
             value = doc.pop(key)

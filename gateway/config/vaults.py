@@ -176,6 +176,9 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
             errors.append(f"{where}: unknown keys {', '.join(unknown)} (a vault takes "
                           f"{', '.join(sorted(_VAULT_FIELDS))})")
         name, prefix = item.get("name"), item.get("prefix")
+        if name is None:
+            errors.append(f"{where}.name: required (env, the vault Kong OSS bundles)")
+            continue
         if name != BUNDLED:
             errors.append(f"{where}.name: vault {name!r} is not supported by the gateway (Kong OSS bundles the env "
                           "vault only)")
@@ -210,7 +213,8 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
 
 def resolve_plugin(item: dict[str, Any], path: str, vaults: Vaults, errors: list[str]) -> None:
     """Replace the references in a plugin entity's referenceable config fields by their secrets (in place)."""
-    paths = REFERENCEABLE.get(item.get("name"))  # type: ignore[arg-type]
+    name = item.get("name")
+    paths = REFERENCEABLE.get(name) if isinstance(name, str) else None
     config = item.get("config")
     if paths is None or not isinstance(config, dict):
         return

@@ -170,6 +170,7 @@ def test_a_reference_nested_in_a_service_plugin_is_resolved_and_named_by_its_pat
      "vaults[0].config: base64_decode is not supported (Kong OSS's env vault takes prefix only)"),
     ({"name": "env", "prefix": "e2", "config": {"prefix": "9X"}}, "vaults[0].config.prefix: expected letters"),
     ({"name": "env", "prefix": "e2", "secret": "x"}, "vaults[0]: unknown keys secret"),
+    ({"prefix": "e2"}, "vaults[0].name: required"),
 ])
 def test_a_vaults_entry_the_gateway_cannot_use_is_refused(vault, message):
     [got] = errors({"vaults": [vault]})
@@ -179,6 +180,18 @@ def test_a_vaults_entry_the_gateway_cannot_use_is_refused(vault, message):
 def test_a_reference_to_a_refused_vaults_entry_is_not_reported_twice():
     doc = session_doc("{vault://e2/s}", vaults=[{"name": "env", "prefix": "e2", "config": {"ttl": 60}}])
     assert [m.split(":")[0] for m in errors(doc)] == ["vaults[0].config"]
+
+
+def test_a_plugin_whose_name_is_not_text_is_refused_for_that_not_for_its_references():
+    [message] = errors({"plugins": [{"name": ["session"], "config": {"secret": "{vault://env/x}"}}]})
+    assert message.startswith("plugins[0].name: ")
+
+
+def test_a_vaults_entry_takes_kongs_annotations(monkeypatch):
+    monkeypatch.setenv("E2_S", SECRET)
+    doc = session_doc("{vault://e2/s}", vaults=[{"name": "env", "prefix": "e2", "config": {"prefix": "E2_"},
+                                                 "created_at": 1700000000, "_comment": "from decK"}])
+    assert plugin_config(load(doc))["secret"] == SECRET
 
 
 def test_two_vaults_entries_with_one_prefix_are_refused():
