@@ -8,8 +8,8 @@ Precedence among routes that all match a request (documented in the README):
 3. then the route defined first.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
 router does, recent answers are remembered (MATCH_CACHE of them, for targets and Hosts of bounded length), keyed
-by what they depend on: method, target and Host, when no route looks at headers, query arguments, the listener
-port, the SNI or the MCP method and tool (a new config builds a new router, and a new memory).
+by what they depend on: method, target, Host and SNI, when no route looks at headers, query arguments, the
+listener port or the MCP method and tool (a new config builds a new router, and a new memory).
 
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
 over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
@@ -160,10 +160,9 @@ class Router(Generic[T]):
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
         self.needs_sni = any(c.exact_snis is not None for c in cands)  # and the connection's SNI only then
         self.needs_conn = self.needs_port or self.needs_sni
-        # (method, target, Host) -> the answer (_NO_ROUTE for None), while nothing else can change it
-        self._answers: Memo[tuple[bytes, bytes, bytes | None], Match[T]] | None = (
-            None if any(c.headers or c.query or c.port_hosts or c.mcp or c.exact_snis is not None for c in cands)
-            else Memo(MATCH_CACHE))
+        # (method, target, Host, SNI) -> the answer (_NO_ROUTE for None), while nothing else can change it
+        self._answers: Memo[tuple[bytes, bytes, bytes | None, bytes | None], Match[T]] | None = (
+            None if any(c.headers or c.query or c.port_hosts or c.mcp for c in cands) else Memo(MATCH_CACHE))
 
     def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
               mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
@@ -174,7 +173,7 @@ class Router(Generic[T]):
         answers = self._answers
         if answers is None or len(target) > MAX_CACHED_TARGET or (host is not None and len(host) > MAX_CACHED_HOST):
             return self._match(method, target, host, headers, mcp, port, sni)
-        key = (method, target, host)
+        key = (method, target, host, sni)
         found = answers.get(key)
         if found is None:
             found = answers.keep(key, self._match(method, target, host, headers, mcp, port) or _NO_ROUTE)

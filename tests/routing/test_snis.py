@@ -42,6 +42,14 @@ def test_snis_are_one_more_category_in_precedence():
     assert router.match(b"GET", b"/v1", None, [], None, None, b"web.test").payload == "paths"  # type: ignore[union-attr]
 
 
+def test_remembered_answers_are_kept_apart_by_server_name():
+    router = Router([RouteSpec("api", paths=["/"], snis=["api.test"]), RouteSpec("any", paths=["/"])])
+    for _ in range(2):  # the second round is answered from memory
+        assert router.match(b"GET", b"/", b"h", [], None, None, b"api.test").payload == "api"  # type: ignore[union-attr]
+        assert router.match(b"GET", b"/", b"h", [], None, None, b"web.test").payload == "any"  # type: ignore[union-attr]
+        assert router.match(b"GET", b"/", b"h", [], None, None, None).payload == "api"  # type: ignore[union-attr]
+
+
 def test_a_router_without_snis_does_not_ask_for_the_server_name():
     router = Router([RouteSpec("r", paths=["/"])])
     assert not router.needs_sni and not router.needs_conn
