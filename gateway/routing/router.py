@@ -176,7 +176,7 @@ class Router(Generic[T]):
         key = (method, target, host, sni)
         found = answers.get(key)
         if found is None:
-            found = answers.keep(key, self._match(method, target, host, headers, mcp, port) or _NO_ROUTE)
+            found = answers.keep(key, self._match(method, target, host, headers, mcp, port, sni) or _NO_ROUTE)
         return None if found is _NO_ROUTE else found
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
