@@ -227,6 +227,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         svc = services.get(route.service or "")
         if svc is None and route.service is not None:
             continue  # an unknown service: reported by the loader
+        if route.service is not None and not services_by_name[route.service].enabled:
+            continue  # Kong: the routes of a disabled service are not put in the router (their requests get 404)
         rname = route.name or f"routes[{i}]"
         mcp_route = None
         if route.mcp or route.mcp_methods or route.mcp_tools:

@@ -176,6 +176,22 @@ async def test_no_route_gets_404_json(nursery, gateway):
     assert backend.requests == []
 
 
+async def test_the_routes_of_a_disabled_service_are_not_routed(nursery, gateway):
+    """Kong: a service with enabled: false keeps its routes out of the router; another route may take the request."""
+    off, on = EchoBackend("off"), EchoBackend("on")
+    await nursery.start(off.serve)
+    await nursery.start(on.serve)
+    port = await gateway({"services": [
+        service("off", f"http://127.0.0.1:{off.port}", routes=[{"paths": ["/api"]}], enabled=False),
+        service("on", f"http://127.0.0.1:{on.port}", routes=[{"paths": ["/api/v2"]}])]})
+    with trio.fail_after(TIMEOUT):
+        missed = await request(port, "GET", "/api/v1")
+        other = await request(port, "GET", "/api/v2")
+    assert missed.status == 404 and missed.json()["message"] == "no Route matched with those values"
+    assert other.status == 200 and other.json()["name"] == "on"
+    assert off.requests == []
+
+
 # --- headers sent upstream -----------------------------------------------------------------------------------------
 
 
