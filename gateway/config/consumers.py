@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 import string
 import uuid
@@ -75,12 +76,53 @@ class PasswordHash:
     __str__ = __repr__
 
 
+class KongPasswordHash(PasswordHash):
+    """A basic-auth password as Kong stores it, in a file exported with `_transform: false`: the hex SHA-1 of the
+    password followed by the consumer's id (kong/plugins/basic-auth/crypto.lua). A candidate is hashed the same way
+    and compared in constant time; `bound` gives the copy that knows its consumer's id."""
+
+    __slots__ = ("stored", "consumer_id")
+
+    def __init__(self, stored: str, consumer_id: str = "") -> None:
+        self.stored = stored.encode()
+        self.consumer_id = consumer_id.encode()
+
+    def bound(self, consumer_id: str) -> KongPasswordHash:
+        return KongPasswordHash(self.stored.decode(), consumer_id)
+
+    def matches(self, candidate: bytes) -> bool:
+        return hmac.compare_digest(hashlib.sha1(candidate + self.consumer_id).hexdigest().encode(), self.stored)
+
+
+STORED_HASH = re.compile(r"[0-9a-f]{40}")  # what Kong's hash gives: SHA-1, lower-case hex
 SECRET_TYPES = (Secret, PasswordHash)
+
+
+def stored_passwords(raw: dict[str, Any], errors: list[str]) -> None:
+    """For a file with `_transform: false` (Kong's export): its basic-auth passwords are Kong's stored hashes, not
+    passwords; each is wrapped (KongPasswordHash) before decoding, or refused when it cannot be one."""
+    places: list[tuple[str, Any]] = [("basicauth_credentials", raw.get("basicauth_credentials"))]
+    consumers = raw.get("consumers")
+    for i, consumer in enumerate(consumers if isinstance(consumers, list) else ()):
+        if isinstance(consumer, dict):
+            places.append((f"consumers[{i}].basicauth_credentials", consumer.get("basicauth_credentials")))
+    for where, creds in places:
+        for j, cred in enumerate(creds if isinstance(creds, list) else ()):
+            if not isinstance(cred, dict) or not isinstance(cred.get("password"), str):
+                continue
+            if STORED_HASH.fullmatch(cred["password"]) is None:
+                errors.append(f"{where}[{j}].password: with _transform: false a password is Kong's stored hash (40 "
+                              "lower-case hex digits: SHA-1 of the password and the consumer id); remove "
+                              "_transform: false to give the password itself")
+                continue
+            cred["password"] = KongPasswordHash(cred["password"])
 
 
 def decode_hook(typ: type, value: Any) -> Any:
     """msgspec's dec_hook for the secret types: a string, wrapped (or hashed) at once; the value is never quoted."""
     if typ in SECRET_TYPES:
+        if isinstance(value, typ):  # already wrapped (stored_passwords)
+            return value
         if not isinstance(value, str):
             raise TypeError("expected a string (the value is not shown: it is a secret)")
         return typ(value)

@@ -26,6 +26,7 @@ from gateway.config.consumers import (
     check_consumers,
     decode_hook,
     flatten_consumers,
+    stored_passwords,
 )
 from gateway.config.decode import convert_all, salvage
 from gateway.config.document import read_document, read_text
@@ -89,6 +90,8 @@ def parse_config(text: str, name: str = "<config>") -> Config:
     errors: list[str] = []
     original = raw
     raw = prepare(raw, tuple(_SECTIONS), errors)
+    if raw.get("_transform") is False:
+        stored_passwords(raw, errors)
     failed: set[tuple[str, str]] = set()  # (section, name or id) of entities that did not decode
     config = _decode(raw, errors, failed)
     _flatten(config)

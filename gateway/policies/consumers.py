@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from gateway.config import Config, path_of
-from gateway.config.consumers import PasswordHash
+from gateway.config.consumers import KongPasswordHash, PasswordHash
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 
@@ -139,7 +139,8 @@ class Directory:
         for b in config.basicauth_credentials:
             owner = self.consumers.get(b.consumer or "")
             if owner is not None:
-                self.basic[b.username] = (b.password, owner.identity(b.id, b.username))
+                password = b.password.bound(owner.id) if isinstance(b.password, KongPasswordHash) else b.password
+                self.basic[b.username] = (password, owner.identity(b.id, b.username))
         self.hmac: dict[str, tuple[str, Identity]] = {}
         for h in config.hmacauth_credentials:
             owner = self.consumers.get(h.consumer or "")

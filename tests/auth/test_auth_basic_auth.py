@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 
 import pytest
 from auth_helpers import (
@@ -13,6 +15,7 @@ from auth_helpers import (
     upstream,
 )
 
+from gateway.config import ConfigError, parse_config
 from gateway.policies.basic_auth.handler import decode_basic
 
 CONSUMERS = [
@@ -116,3 +119,43 @@ async def test_anonymous(nursery, gateway):
 ])
 def test_decode_basic_reads_the_header_as_kong_does(header, expected):
     assert decode_basic(header) == expected
+
+
+# --- a file Kong exported (_transform: false): passwords are Kong's stored hashes ----------------------------------
+
+BOB_ID = "0c9d6b1a-5b8e-4a52-8c3d-2f1e6a7b8c90"
+
+
+def kong_hash(password: str, consumer_id: str) -> str:
+    """kong/plugins/basic-auth/crypto.lua: the hex SHA-1 of the password followed by the consumer id."""
+    return hashlib.sha1((password + consumer_id).encode()).hexdigest()
+
+
+async def exported_gateway(nursery, gateway, password: str):  # noqa: ANN001,ANN201
+    routes = [{"paths": ["/"], "plugins": [{"name": "basic-auth"}]}]
+    consumers = [{"id": BOB_ID, "username": "bob",
+                  "basicauth_credentials": [{"username": "bob", "password": password}]}]
+    return await start(nursery, gateway, routes, consumers=consumers, _transform=False)
+
+
+async def test_with_transform_false_the_stored_hash_checks_the_password_it_was_made_from(nursery, gateway):
+    _, port = await exported_gateway(nursery, gateway, kong_hash("kong", BOB_ID))
+    assert (await call(port, headers=[("authorization", basic("bob", "kong"))])).status == 200
+    assert (await call(port, headers=[("authorization", basic("bob", "wrong"))])).status == 401
+
+
+async def test_with_transform_false_the_stored_hash_itself_is_no_password(nursery, gateway):
+    stored = kong_hash("kong", BOB_ID)
+    _, port = await exported_gateway(nursery, gateway, stored)
+    assert (await call(port, headers=[("authorization", basic("bob", stored))])).status == 401
+
+
+def test_with_transform_false_a_password_that_is_not_a_stored_hash_is_refused():
+    doc = {"_transform": False, "consumers": [
+        {"username": "bob", "basicauth_credentials": [{"username": "bob", "password": "kong"}]}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(json.dumps(doc), "kong.yml")
+    assert e.value.messages == [
+        "kong.yml: consumers[0].basicauth_credentials[0].password: with _transform: false a password is Kong's stored "
+        "hash (40 lower-case hex digits: SHA-1 of the password and the consumer id); remove _transform: false to give "
+        "the password itself"]
