@@ -10,6 +10,7 @@ import hashlib
 from collections import Counter
 
 import h11
+import pytest
 import trio
 from backends import Client, EchoBackend, SseBackend, pattern_bytes, request, service, upstream
 
@@ -365,9 +366,11 @@ async def test_least_connections_avoids_the_busy_target(nursery, gateway):
     assert held[0].json()["name"] == busy.name
 
 
-async def test_consistent_hashing_on_a_header_keeps_a_key_on_one_target(nursery, gateway):
-    _, port = await start_cluster(nursery, gateway, 3, algorithm="consistent-hashing", hash_on="header",
-                                  hash_on_header="x-session")
+@pytest.mark.parametrize("algorithm", [{"algorithm": "consistent-hashing"}, {}, {"algorithm": "round-robin"}],
+                         ids=["consistent-hashing", "hash_on-alone", "round-robin-as-kong-overrides"])
+async def test_consistent_hashing_on_a_header_keeps_a_key_on_one_target(nursery, gateway, algorithm):
+    """Kong's upstream shorthand: a hash_on other than none makes the algorithm consistent-hashing."""
+    _, port = await start_cluster(nursery, gateway, 3, hash_on="header", hash_on_header="x-session", **algorithm)
     by_key: dict[str, set[str]] = {}
     with trio.fail_after(TIMEOUT):
         for key in range(10):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.balancing.registry import ALGORITHMS
 from gateway.config.vaults import Vaults, read_vaults, resolve_certificate, resolve_plugin
 
 # Entities that may nest others, and where (Kong's declarative nesting).
@@ -161,11 +162,40 @@ def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vault
         nested = item.get(child)
         if isinstance(nested, list):
             item[child] = [_entity(child, c, f"{path}.{child}[{j}]", errors, vaults) for j, c in enumerate(nested)]
+    if section == "upstreams":
+        _upstream_shorthands(item, path, errors)
     if section == "plugins":
         resolve_plugin(item, path, vaults, errors)
     elif section == "certificates":
         resolve_certificate(item, path, vaults, errors)
     return item
+
+
+def _upstream_shorthands(item: dict[str, Any], path: str, errors: list[str]) -> None:
+    """Kong's shorthand_fields of upstreams (kong/db/schema/entities/upstreams.lua), in its order: least-connections
+    and latency drop hash_on; then a hash_on given sets the algorithm: none makes consistent-hashing round-robin,
+    anything else makes the algorithm consistent-hashing. The gateway's own random and ip-hash do not hash on
+    hash_on: with one, a hash_on is refused rather than silently changing the algorithm."""
+    given = item.get("algorithm", "round-robin")
+    algorithm = ALGORITHMS.get(given) if isinstance(given, str) else None
+    if algorithm is None:
+        return  # an unknown algorithm: the runtime says so
+    if algorithm in ("least-connections", "latency"):
+        if item.get("hash_on") is not None:
+            item["hash_on"] = "none"
+        return
+    hash_on = item.get("hash_on")
+    if hash_on is None or not isinstance(hash_on, str):
+        return
+    if hash_on == "none":
+        if algorithm == "consistent-hashing":
+            item["algorithm"] = "round-robin"
+    elif algorithm in ("round-robin", "consistent-hashing"):
+        item["algorithm"] = "consistent-hashing"
+    else:
+        errors.append(f"{path}.hash_on: {given} does not hash on hash_on (use algorithm consistent-hashing, which "
+                      "Kong sets for any hash_on)")
+        item.pop("hash_on")
 
 
 def _join(path: str, key: str) -> str:

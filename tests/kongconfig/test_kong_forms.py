@@ -3,6 +3,7 @@ targets, unsupported Kong entities refused with a message that says so, and ever
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -171,3 +172,29 @@ def test_check_config_prints_one_line_per_problem_and_exits_2(tmp_path, capsys):
     path.write_text(SEVEN)
     assert check_config(str(path)) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 7
+
+
+def upstream_after_load(**fields: object) -> tuple[str, str]:
+    doc = f"upstreams: [{json.dumps({'name': 'u', **fields})}]"
+    config = load(doc)
+    (up,) = config.upstreams  # type: ignore[attr-defined]
+    return up.algorithm, up.hash_on
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    ({"hash_on": "header", "hash_on_header": "x-a"}, ("consistent-hashing", "header")),
+    ({"algorithm": "round-robin", "hash_on": "ip"}, ("consistent-hashing", "ip")),
+    ({"algorithm": "consistent-hashing", "hash_on": "none"}, ("round-robin", "none")),
+    ({"algorithm": "least-connections", "hash_on": "ip"}, ("least-connections", "none")),
+    ({"algorithm": "latency", "hash_on": "consumer"}, ("latency", "none")),
+    ({"algorithm": "consistent-hashing"}, ("consistent-hashing", "none")),
+    ({"algorithm": "random"}, ("random", "none")),
+])
+def test_kongs_upstream_shorthands_set_the_algorithm_from_hash_on(fields, expected):
+    assert upstream_after_load(**fields) == expected
+
+
+def test_hash_on_with_an_algorithm_that_does_not_hash_on_it_is_refused():
+    assert errors('upstreams: [{name: u, algorithm: ip-hash, hash_on: header, hash_on_header: x-a}]') == [
+        "upstreams[0].hash_on: ip-hash does not hash on hash_on (use algorithm consistent-hashing, which Kong sets for "
+        "any hash_on)"]
