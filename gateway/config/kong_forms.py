@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from gateway.balancing.registry import ALGORITHMS
@@ -103,12 +104,50 @@ def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -
             value = doc.pop(key)
             if value not in (None, [], {}):
                 errors.append(f"{key}: {why}")
+    if doc.get("_format_version") in ("1.1", "2.1"):
+        _migrate_route_paths(doc)
     for section in sections:
         items = doc.get(section)
         if isinstance(items, list):
             doc[section] = [_entity(section, item, f"{section}[{i}]", errors, vaults)
                             for i, item in enumerate(items)]
     return doc
+
+
+# kong/db/migrations/migrate_path_280_300.lua: a 2.x path with a character outside these was a regex
+_PLAIN_PATH = re.compile(r"[a-zA-Z0-9.\-_~/%]*")
+_TRIPLET = re.compile(r"%([0-9A-Fa-f]{2})")
+_RESERVED = frozenset("!#$%&'()*+,/:;=?@[]")
+_META = {".": r"\.", "^": r"\^", "-": r"\-", "{": r"\{", "}": r"\}", "\\": r"\\", "|": r"\|"}
+
+
+def _migrate_route_paths(doc: dict[str, Any]) -> None:
+    """Kong 3.x reading a `_format_version` 1.1 or 2.1 file (kong/db/declarative/migrations/route_path.lua): a
+    route path that is not plain (letters, digits, `.-_~/%`) was a regex in Kong 2.x and becomes `~` and the regex,
+    its %XX triplets decoded as Kong decodes them; top-level routes and routes nested in services, as Kong."""
+    routes = [doc.get("routes")]
+    services = doc.get("services")
+    routes += [s.get("routes") for s in (services if isinstance(services, list) else ()) if isinstance(s, dict)]
+    for group in routes:
+        for route in group if isinstance(group, list) else ():
+            paths = route.get("paths") if isinstance(route, dict) else None
+            if isinstance(paths, list):
+                route["paths"] = [_migrated_path(p) if isinstance(p, str) else p for p in paths]
+
+
+def _migrated_path(path: str) -> str:
+    if _PLAIN_PATH.fullmatch(path):
+        return path  # the router normalizes plain paths as Kong's migration does
+    return "~" + _TRIPLET.sub(_decode_in_regex, path)
+
+
+def _decode_in_regex(m: re.Match[str]) -> str:
+    """Kong's normalize_regex: a reserved character stays a triplet (upper case), a regex metacharacter is escaped,
+    any other character is decoded."""
+    char = chr(int(m.group(1), 16))
+    if char in _RESERVED:
+        return m.group(0).upper()
+    return _META.get(char, char)
 
 
 def _annotations(obj: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:

@@ -198,3 +198,25 @@ def test_hash_on_with_an_algorithm_that_does_not_hash_on_it_is_refused():
     assert errors('upstreams: [{name: u, algorithm: ip-hash, hash_on: header, hash_on_header: x-a}]') == [
         "upstreams[0].hash_on: ip-hash does not hash on hash_on (use algorithm consistent-hashing, which Kong sets for "
         "any hash_on)"]
+
+
+def test_a_2x_file_s_regex_path_is_a_regex_as_kong_3_migrates_it():
+    """kong/db/declarative/migrations/route_path.lua: a 1.1 or 2.1 file's non-plain path becomes `~` and the
+    regex; in a 3.0 file it stays a prefix."""
+    for version, expected in (("2.1", ["~/users/\\d+$", "/plain"]), ("1.1", ["~/a\\.b(x)", "/plain"]),
+                              ("3.0", ["/users/\\d+$", "/plain"])):
+        path = "/a%2Eb(x)" if version == "1.1" else "/users/\\d+$"
+        route = {"paths": [path, "/plain"]}
+        config = load(f"""
+            _format_version: "{version}"
+            services: [{{name: s, url: "http://127.0.0.1:1", routes: [{json.dumps(route)}]}}]
+        """)
+        assert config.routes[0].paths == expected, version  # type: ignore[attr-defined]
+
+
+def test_a_2x_regex_path_that_does_not_compile_is_refused_as_kong_refuses_it():
+    assert errors("""
+        _format_version: "2.1"
+        services: [{name: s, url: "http://127.0.0.1:1", routes: [{paths: ["/regex.+(", /prefix]}]}]
+    """) == ['services[0].routes[0].paths[0]: invalid regex "/regex.+(": missing ), unterminated subpattern at '
+             'position 8']
