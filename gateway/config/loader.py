@@ -267,7 +267,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
 
 
 def _check_ids(config: Config, errors: list[str]) -> None:
-    """Kong's ids are UUIDs, unique per kind of entity."""
+    """Kong's ids are UUIDs, unique per kind of entity; so are plugins' instance names."""
     for section in ("services", "routes", "upstreams", "targets", "plugins", "consumers", *CREDENTIALS,
                     "certificates", "snis", "ca_certificates"):
         seen: dict[str, Any] = {}
@@ -282,6 +282,13 @@ def _check_ids(config: Config, errors: list[str]) -> None:
             if obj.id in seen:
                 errors.append(f"{path_of(obj)}.id: {obj.id!r} is already used by {path_of(seen[obj.id])}")
             seen.setdefault(obj.id, obj)
+    named: dict[str, Any] = {}  # Kong's plugins.instance_name is unique too
+    for plugin in config.plugins:
+        name = plugin.instance_name
+        if name is not None and name in named:
+            errors.append(f"{path_of(plugin)}.instance_name: {name!r} is already used by {path_of(named[name])}")
+        elif name is not None:
+            named[name] = plugin
 
 
 def _unique(items: list[Any], section: str, errors: list[str]) -> dict[str, Any]:

@@ -220,3 +220,11 @@ def test_a_2x_regex_path_that_does_not_compile_is_refused_as_kong_refuses_it():
         services: [{name: s, url: "http://127.0.0.1:1", routes: [{paths: ["/regex.+(", /prefix]}]}]
     """) == ['services[0].routes[0].paths[0]: invalid regex "/regex.+(": missing ), unterminated subpattern at '
              'position 8']
+
+
+def test_a_plugins_instance_name_is_unique_as_in_kong():
+    assert errors("""
+        plugins:
+        - {name: cors, instance_name: edge}
+        - {name: correlation-id, instance_name: edge}
+    """) == ["plugins[1].instance_name: 'edge' is already used by plugins[0]"]
