@@ -1,7 +1,8 @@
 """A worker's view of the state shared through the keeper, and its line to it.
 
 The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
-`unusable` set (drained or circuit-open targets), kept current by messages from the keeper. This task talks to the
+`unusable` set (drained, circuit-open or unhealthy targets; all of them when the upstream is below its healthchecks
+threshold), kept current by messages from the keeper. This task talks to the
 keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S; successes alone every
 SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and watches the keeper's heartbeat. When its
 connection closes (the keeper exited) or no heartbeat came for KEEPER_LOST_S (it hangs), rate limits fall back to
@@ -27,6 +28,7 @@ from gateway.breaker.state import State
 from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
 from gateway.bus.channel import KeeperChannel
+from gateway.health.threshold import unusable_targets
 from gateway.metrics import LEASE_ROUND_TRIPS, RECORDER
 from gateway.ratelimit.lease import LeaseTable
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
@@ -67,6 +69,8 @@ class SharedState:
         self._by_name: dict[str, list[UpstreamGroup]] = {}
         self._drained: set[str] = set()
         self._unhealthy: set[str] = set()
+        self._weights: dict[str, int] = {}  # the admin channel's weights (key -> weight), over the config's
+        self._thresholds: dict[str, float] = {}  # upstream name -> its healthchecks.threshold, when not 0
         self._passive: list[tuple[str, str, int]] = []
         self._asked: dict[str, float] = {}  # key -> when its oldest unanswered lease request left (monotonic)
         self._send: Callable[[p.Msg], bool] = lambda msg: False
@@ -81,6 +85,11 @@ class SharedState:
         for group in runtime.all_groups():
             self._by_name.setdefault(group.name, []).append(group)
         self._index_targets()
+        self._thresholds = {up.name: up.healthchecks.threshold for up in runtime.config.upstreams
+                            if up.healthchecks.threshold}
+        for name in self._thresholds:  # a threshold of 100 (or any, with no target) is unhealthy from the start
+            for group in self._by_name.get(name, ()):
+                self._recompute_group(group)
 
     def _index_targets(self) -> None:
         self._groups.clear()
@@ -244,21 +253,31 @@ class SharedState:
             (self._drained.add if state.drained else self._drained.discard)(state.key)
             if state.healthy is not None:
                 (self._unhealthy.discard if state.healthy else self._unhealthy.add)(state.key)
+            if state.weight is None:
+                self._weights.pop(state.key, None)
+            else:
+                self._weights[state.key] = state.weight
             for group, index in self._groups.get(state.key, ()):
                 weight = state.weight if state.weight is not None else group.targets[index].weight
                 group.balancer.set_weight(index, weight)
             self._recompute(state.key)
 
     def _recompute(self, key: str) -> None:
-        """A target's group skips what is drained, circuit-open or unhealthy; with panic_mode, an upstream whose
-        every remaining target is unhealthy uses them anyway (Envoy's panic threshold at 100%)."""
         for group, _ in self._groups.get(key, ()):
-            keys = group.keys
-            blocked = {i for i, k in enumerate(keys) if k in self._drained or self.breakers.is_open(k)}
-            sick = {i for i, k in enumerate(keys) if k in self._unhealthy} - blocked
-            if group.panic and sick and len(sick) + len(blocked) == len(keys):
-                sick = set()
-            group.unusable = frozenset(blocked | sick)
+            self._recompute_group(group)
+
+    def _recompute_group(self, group: UpstreamGroup) -> None:
+        """A group skips what is drained, circuit-open or unhealthy, and every target when its healthy weight is
+        not above its healthchecks.threshold (Kong's unhealthy balancer: 503); with panic_mode, an unhealthy
+        upstream uses its unhealthy targets anyway (Envoy's panic mode). gateway.health.threshold has the rules."""
+        keys = group.keys
+        weights = self._weights
+        unhealthy = self._unhealthy
+        group.unusable = unusable_targets(
+            [weights.get(k, t.weight) for k, t in zip(keys, group.targets, strict=True)],
+            {i for i, k in enumerate(keys) if k in unhealthy},
+            {i for i, k in enumerate(keys) if k in self._drained or self.breakers.is_open(k)},
+            self._thresholds.get(group.name, 0), group.panic)
 
     # ---- the periodic work --------------------------------------------------------------------------------------
 
