@@ -604,6 +604,8 @@ class FakeExchange:
     request_done = True
     close_after = False
     status = 0
+    route = None  # (limit_by service: no route, so the key is the client's IP, the same for every one)
+    client_ip = "127.0.0.1"
 
     def add_response_lines(self, lines: bytes) -> None:
         pass

@@ -4,6 +4,7 @@ limited by MCP method or tool gets a JSON-RPC error instead (with its id, code R
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from time import monotonic, time
 
 import trio
@@ -17,6 +18,7 @@ from gateway.ratelimit.headers import RateLimitHeaders, retry_after
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
 from gateway.ratelimit.redis_client import RedisSettings
 from gateway.ratelimit.spec import LimitSpec
+from gateway.routing.normalize import normalize_path
 
 
 class SharedStore:
@@ -76,20 +78,60 @@ class RateLimiting:
         # limit_by mcp-method / mcp-tool: what the body calls is counted (gateway.mcp.ratekeys)
         self.mcp = config.limit_by in ("mcp-method", "mcp-tool")
         self.tools = config.limit_by == "mcp-tool"
-        # limit_by service or path: one key for every request, built once
-        self.fixed_key = {"service": self.prefix + "service", "path": self.prefix + self.path}.get(self.limit_by)
+        # How a request's counter key is made (Kong's get_identifier, after the plugin's prefix): a function of
+        # the class, not a bound method, so that the plugin holds no reference cycle
+        self.by: Callable[[RateLimiting, Exchange], str] = {
+            "service": RateLimiting._by_service, "path": RateLimiting._by_path,
+            "header": RateLimiting._by_header}.get(config.limit_by, RateLimiting._by_identity)
+        # limit_by path: the configured path (Kong's typedefs.path, so ASCII) and its key, built once
+        self.path_bytes = self.path.encode("ascii", "replace")
+        self.path_key = self.prefix + self.path
+        # limit_by service: service id -> its key (built on first use; as many as the config has services)
+        self.service_keys: dict[str, str] = {}
 
     def key(self, ex: Exchange) -> str:
-        """Kong's limit_by; like Kong, a missing consumer, credential or header falls back to the client's IP."""
-        if self.fixed_key is not None:
-            return self.fixed_key
-        if self.limit_by == "header":
-            name = self.header
-            for hname, value in ex.request.headers:
-                if hname == name:
-                    return self.prefix + value.decode("latin-1")
-            return self.prefix + ex.client_ip
+        """The counter key of a request (not for limit_by mcp-method / mcp-tool, which count what the body calls):
+        the plugin's prefix and Kong's identifier for limit_by, which falls back to the client's IP."""
+        return self.by(self, ex)
+
+    def _by_identity(self, ex: Exchange) -> str:
+        """consumer, credential, ip: like Kong, a missing consumer or credential falls back to the client's IP."""
         return self.prefix + identifier(ex, self.limit_by)
+
+    def _by_header(self, ex: Exchange) -> str:
+        """The first `header_name` header's value; without one, the client's IP."""
+        name = self.header
+        for hname, value in ex.request.headers:
+            if hname == name:
+                return self.prefix + value.decode("latin-1")
+        return self.prefix + ex.client_ip
+
+    def _by_service(self, ex: Exchange) -> str:
+        """Kong's kong.router.get_service().id: the matched route's service (its configured id, else the one the
+        gateway derives from its name, gateway.telemetry.entities: the same on every worker and host, and the id
+        logs show); a route without a service: the client's IP. A plugin on a service or a route thus has one counter
+        (per scope); a global one, or one on a consumer, counts each service apart."""
+        route = ex.route
+        facts = route.facts if route is not None else None
+        service_id = facts.service_id if facts is not None else ""
+        if not service_id:
+            return self.prefix + ex.client_ip
+        key = self.service_keys.get(service_id)
+        if key is None:
+            key = self.service_keys[service_id] = self.prefix + service_id
+        return key
+
+    def _by_path(self, ex: Exchange) -> str:
+        """Kong's: the path is the identifier only for a request whose kong.request.get_path() (the path of the
+        target the client sent, without the query, normalized as the router normalizes it) is `path`, exactly;
+        any other request is counted by the client's IP."""
+        uri = ex.request_uri()
+        if uri == self.path_bytes:  # the common case of the configured path: nothing to normalize
+            return self.path_key
+        query = uri.find(b"?")
+        if normalize_path(uri if query < 0 else uri[:query]) == self.path_bytes:
+            return self.path_key
+        return self.prefix + ex.client_ip
 
     async def access(self, ex: Exchange) -> bool:
         leases = self.leases
@@ -97,7 +139,7 @@ class RateLimiting:
             return False
         if self.mcp:
             return await self._access_mcp(ex, leases)
-        key = self.fixed_key or self.key(ex)
+        key = self.by(self, ex)
         now, wall = monotonic(), time()  # the lease table's clocks
         lease = leases.spend(key, self.spec, now, wall)
         if lease is not None:  # the common case: a leased token, no Decision to build

@@ -5,6 +5,7 @@ shorthands (still accepted by Kong 3.x); both forms fill `redis`. Kong's `cluste
 database, which this gateway does not have: it is refused with a pointer to `redis`.
 """
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,6 +16,9 @@ Limit = Annotated[float, msgspec.Meta(gt=0, le=MAX_COUNT)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 WINDOWS = ("second", "minute", "hour", "day", "month", "year")
 SYNC_RATE_REALTIME = -1.0
+# Kong's typedefs.path (validate_path): RFC 3986 unreserved and reserved characters, "%" only in %XX escapes
+_PATH_CHARS = re.compile(r"/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*")
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 SHORTHANDS = ("host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify", "server_name")
 
 
@@ -78,6 +82,8 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
             raise ValueError("limit_by is header: set header_name")
         if self.limit_by == "path" and not self.path:
             raise ValueError("limit_by is path: set path")
+        if self.path is not None:
+            check_path(self.path)
         merge_redis_shorthands(self)
         if self.policy == "cluster":
             raise ValueError("policy cluster keeps counters in Kong's database, which this gateway does not have; "
@@ -95,6 +101,22 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
                                  "with policy redis set nodelay: true (or use policy local)")
             if self.redis.server_name and not self.redis.ssl:
                 raise ValueError("redis.server_name is the TLS server name: it needs redis.ssl: true")
+
+
+def check_path(path: str) -> None:
+    """Kong's typedefs.path, with its messages: what `path` may be (matched with the request's normalized path)."""
+    if not path:
+        raise ValueError("path: length must be at least 1")
+    if not path.startswith("/"):
+        raise ValueError("path: should start with: /")
+    if "//" in path:
+        raise ValueError("path: must not have empty segments")
+    if _PATH_CHARS.fullmatch(path) is None:
+        raise ValueError(f"path: invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)")
+    raw = _ESCAPE.sub("___", path)
+    if "%" in raw:
+        at = raw.index("%")
+        raise ValueError(f"path: invalid url-encoded value: '{raw[at:at + 3]}'")
 
 
 def merge_redis_shorthands(config: Any) -> None:
