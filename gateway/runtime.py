@@ -67,7 +67,8 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered", "hashing")
+                 "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered", "hashing",
+                 "cookie_path")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -77,6 +78,7 @@ class UpstreamGroup:
         self.balancer = balancer
         self.hash_on = hash_on  # (kind, header/cookie/query name as bytes)
         self.hash_fallback = hash_fallback
+        self.cookie_path = "/"  # the upstream's hash_on_cookie_path: the Path of the cookie hash_on cookie sets
         self.hashing = algorithm in ("consistent-hashing", "ip-hash")  # the balancer needs a key from the request
         self.keys = [f"{name}|{t.name}" for t in targets]  # the targets' names on the bus and the admin channel
         self.unusable: frozenset[int] = frozenset()  # drained by an operator, or circuit open (gateway.state)
@@ -324,13 +326,15 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
     group.panic = up.panic_mode
     group.slots = up.slots
     group.host_header = up.host_header
+    group.cookie_path = up.hash_on_cookie_path
     group.discovered = up.discovery is not None and up.discovery.type != "static"
     return group
 
 
 def _hash_key(kind: str, up: Upstream, which: str) -> tuple[str, bytes]:
     names = {"header": getattr(up, f"hash_{which}_header"), "cookie": up.hash_on_cookie,
-             "query_arg": getattr(up, f"hash_{which}_query_arg")}
+             "query_arg": getattr(up, f"hash_{which}_query_arg"),
+             "uri_capture": getattr(up, f"hash_{which}_uri_capture")}
     name = names.get(kind) or ""
     return kind, name.lower().encode() if kind == "header" else name.encode()
 

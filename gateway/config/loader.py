@@ -44,6 +44,7 @@ from gateway.config.tls import (
     listen_flags,
     ref_id,
 )
+from gateway.routing.router import python_regex
 
 _SECTIONS: dict[str, Any] = {
     "services": Service,
@@ -422,7 +423,7 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
             errors.append(f'{where}.snis[{i}]: expected a host name, "*.domain" or "name.*", got {show(sni)}')
     for i, p in enumerate(route.paths):
         if p.startswith("~"):
-            problem = regex_problem(p[1:].encode())  # as the router compiles it
+            problem = regex_problem(python_regex(p[1:]).encode())  # as the router compiles it
             if problem is not None:
                 errors.append(f"{where}.paths[{i}]: invalid regex {show(p[1:])}: {problem}")
         elif not p.startswith("/"):
@@ -451,8 +452,13 @@ def _check_upstream(up: Upstream, errors: list[str]) -> None:
         value = getattr(up, field)
         if value == "header" and not getattr(up, needs):
             errors.append(f"{where}.{field} is header: set {where}.{needs}")
-    if up.hash_on == "cookie" and not up.hash_on_cookie:
-        errors.append(f"{where}.hash_on is cookie: set {where}.hash_on_cookie")
+    for field in ("hash_on", "hash_fallback"):
+        if getattr(up, field) == "cookie" and not up.hash_on_cookie:
+            errors.append(f"{where}.{field} is cookie: set {where}.hash_on_cookie")
+        if getattr(up, field) == "uri_capture" and not getattr(up, f"{field}_uri_capture"):
+            errors.append(f"{where}.{field} is uri_capture: set {where}.{field}_uri_capture")
+    if up.hash_on_uri_capture is not None and up.hash_on_uri_capture == up.hash_fallback_uri_capture:
+        errors.append(f"{where}.hash_fallback_uri_capture: must differ from {where}.hash_on_uri_capture")
     if up.hash_on == "query_arg" and not up.hash_on_query_arg:
         errors.append(f"{where}.hash_on is query_arg: set {where}.hash_on_query_arg")
     if up.hash_fallback == "query_arg" and not up.hash_fallback_query_arg:

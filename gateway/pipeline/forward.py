@@ -25,7 +25,7 @@ from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
-from gateway.pipeline.hashing import balancer_key
+from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import HOP_BY_HOP, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
@@ -99,7 +99,7 @@ class Forwarder:
             body, body_done = mcp.take_body(ex)
             headers = mcp.upstream_headers(headers)
         replayable = body_done and req.method in IDEMPOTENT
-        hash_key = balancer_key(group, ex, match.path, match.query) if pinned is None and group.hashing else None
+        hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
         tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
         error: UpstreamError | None = None
         if pinned is not None and pinned in group.unusable and not (
@@ -152,6 +152,8 @@ class Forwarder:
             await session_not_found(ex)
         elif error is None:
             log.info("no available target in upstream %r: 503", group.name)
+            if hash_key is not None:  # Kong's balancer failed before proxying: no cookie of hash_on cookie
+                drop_new_cookie(group, ex)
             await ex.respond_error(503, NO_PEER)
         else:
             log.info("%s: %d", error, error.status)

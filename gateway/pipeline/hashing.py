@@ -1,25 +1,37 @@
-"""The hash key a consistent-hashing or ip-hash balancer needs, taken from the request as `hash_on` says."""
+"""The hash key a consistent-hashing or ip-hash balancer needs, taken from the request as `hash_on` says: Kong's
+get_value_to_hash (kong/runloop/balancer/init.lua).
+
+As in Kong, a value that is present but empty is a key (hash_fallback is for a value that is absent), and
+`hash_on: cookie` always yields one: without the cookie a new UUID is the key, and the response (whichever target,
+or the gateway itself after failed tries, answers) carries `Set-Cookie: <name>=<uuid>; Path=<hash_on_cookie_path>;
+Same-Site=Lax; HttpOnly`, so the client's next requests go where this one went.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl
+import uuid
+from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
+from gateway.routing import Match
 from gateway.runtime import UpstreamGroup
 
 _HASHING = frozenset({"consistent-hashing", "ip-hash"})
+MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: the query arguments looked at
 
 
-def balancer_key(group: UpstreamGroup, ex: Exchange, path: bytes, query: bytes) -> bytes | None:
-    """Kong's hash_on, then hash_fallback when the first yields nothing; ip-hash always hashes the client address."""
+def balancer_key(group: UpstreamGroup, ex: Exchange, match: Match) -> bytes | None:
+    """Kong's hash_on, then hash_fallback when the first yields nothing; ip-hash always hashes the client address.
+    None: nothing to hash (the balancer goes round-robin)."""
     if group.algorithm not in _HASHING:
         return None
     if group.algorithm == "ip-hash":
         return ex.client_ip.encode()
-    return _key(group.hash_on, ex, path, query) or _key(group.hash_fallback, ex, path, query)
+    key = _key(group.hash_on, group, ex, match)
+    return _key(group.hash_fallback, group, ex, match) if key is None else key
 
 
-def _key(spec: tuple[str, bytes], ex: Exchange, path: bytes, query: bytes) -> bytes | None:
+def _key(spec: tuple[str, bytes], group: UpstreamGroup, ex: Exchange, match: Match) -> bytes | None:
     kind, name = spec
     if kind == "ip":
         return ex.client_ip.encode()
@@ -30,23 +42,84 @@ def _key(spec: tuple[str, bytes], ex: Exchange, path: bytes, query: bytes) -> by
         ident = who.id if who.id is not None else who.credential_id
         return ident.encode() if ident else None
     if kind == "path":
-        return path
+        return match.path
     if kind == "header":
-        for hname, value in ex.request.headers:
-            if hname == name:
-                return value
-        return None
+        return _header(ex.request.headers, name)
     if kind == "cookie":
-        for hname, value in ex.request.headers:
-            if hname == b"cookie":
-                for part in value.split(b";"):
-                    k, _, v = part.strip().partition(b"=")
-                    if k == name:
-                        return v
-        return None
-    if kind == "query_arg" and query:
-        wanted = name.decode("latin-1")
-        for arg, arg_value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-            if arg == wanted:
-                return arg_value.encode("latin-1")
+        value = _cookie(ex.request.headers, name)
+        return _new_cookie(group, ex, name) if value is None else value
+    if kind == "query_arg":
+        return _query_arg(match.query, name) if match.query else None
+    if kind == "uri_capture":  # a named group of the matched route's regex path (Kong's router_matches.uri_captures)
+        captures = match.captures
+        return captures.get(name.decode()) if captures is not None else None
     return None
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """nginx's $http_<name> (1.23 and later, so Kong 3.x): every field of that name, joined with ", " ("; " for
+    Cookie)."""
+    found: bytes | None = None
+    for hname, value in headers:
+        if hname == name:
+            found = value if found is None else found + (b"; " if name == b"cookie" else b", ") + value
+    return found
+
+
+def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """nginx's $cookie_<name>: the first cookie of that name (compared ignoring case) in the Cookie fields; its value
+    runs to the next ";"."""
+    wanted = name.lower()
+    for hname, value in headers:
+        if hname == b"cookie":
+            for part in value.split(b";"):
+                k, eq, v = part.lstrip(b" ").partition(b"=")
+                if eq and k.rstrip(b" ").lower() == wanted:
+                    return v.lstrip(b" ")
+    return None
+
+
+def _new_cookie(group: UpstreamGroup, ex: Exchange, name: bytes) -> bytes:
+    """No cookie: a new UUID is the key, and the response sets it (Kong's balancer.set_cookie, its attributes)."""
+    value = str(uuid.uuid4()).encode()
+    ex.add_response_lines(b"Set-Cookie: %s=%s; Path=%s; Same-Site=Lax; HttpOnly\r\n"
+                          % (_safe(name), value, _safe(group.cookie_path.encode())))
+    return value
+
+
+def drop_new_cookie(group: UpstreamGroup, ex: Exchange) -> None:
+    """No target could be picked: the 503 goes without the cookie _new_cookie set (in Kong the balancer fails before
+    the request counts as proxied, and only a proxied request's response gets it)."""
+    if "cookie" in (group.hash_on[0], group.hash_fallback[0]) and ex.response_lines:
+        start = b"Set-Cookie: %s=" % _safe(group.hash_on[1])
+        ex.response_lines = b"".join(line for line in ex.response_lines.splitlines(keepends=True)
+                                     if not line.startswith(start))
+
+
+def _safe(text: bytes) -> bytes:
+    """What a header line may carry: printable ASCII (the name and path come from the config, not the client, but
+    a line break must never split the header)."""
+    return bytes(c for c in text if 32 <= c < 127)
+
+
+def _query_arg(query: bytes, name: bytes) -> bytes | None:
+    """Kong's get_query_arg: OpenResty's ngx.req.get_uri_args (the first MAX_URI_ARGS arguments; "+" is a space; an
+    argument without "=" is true), several values sorted and joined with ","."""
+    values: list[bytes] = []
+    for arg in query.split(b"&")[:MAX_URI_ARGS]:
+        if not arg:
+            continue
+        k, eq, v = arg.partition(b"=")
+        if _unescape(k) == name:
+            values.append(_unescape(v) if eq else b"true")
+    if not values:
+        return None
+    if len(values) > 1:
+        values.sort()
+    return b",".join(values)
+
+
+def _unescape(text: bytes) -> bytes:
+    if b"%" in text or b"+" in text:
+        return unquote_to_bytes(text.replace(b"+", b" "))
+    return text

@@ -11,6 +11,10 @@ router does, recent answers are remembered (MATCH_CACHE of them, for targets and
 by what they depend on: method, target, Host and SNI, when no route looks at headers, query arguments, the
 listener port or the MCP method and tool (a new config builds a new router, and a new memory).
 
+A `~` path is Kong's PCRE: its named groups `(?<name>...)` are read as Python's `(?P<name>...)` (python_regex). When
+the winning path is a regex with named groups, the Match is a CaptureMatch whose `captures` are their values, Kong's
+`router_matches.uri_captures` (what `hash_on: uri_capture` hashes); other matches cost nothing more.
+
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
 over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
 none), and a plain HTTP request is not asked.
@@ -73,11 +77,23 @@ class Match(Generic[T]):
     matched part stripped when strip_path), per the route's path_handling."""
 
     __slots__ = ("payload", "path", "query")
+    captures: dict[str, bytes | None] | None = None  # a regex path's named groups (CaptureMatch)
 
     def __init__(self, payload: T, path: bytes, query: bytes) -> None:
         self.payload = payload
         self.path = path
         self.query = query
+
+
+class CaptureMatch(Match[T]):
+    """A match of a regex path with named groups: also their values, Kong's `router_matches.uri_captures` (a group
+    that took no part: None). Only such routes make one; for the others `captures` is Match's class-level None."""
+
+    __slots__ = ("captures",)
+
+    def __init__(self, payload: T, path: bytes, query: bytes, captures: dict[str, bytes | None]) -> None:
+        super().__init__(payload, path, query)
+        self.captures = captures
 
 
 NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again with mcp=(method, tool)
@@ -97,7 +113,7 @@ class _Candidate(Generic[T]):
             self.kind = _NO_PATH
         elif path.startswith("~"):
             self.kind = _REGEX
-            self.regex = re.compile(path[1:].encode())
+            self.regex = re.compile(python_regex(path[1:]).encode())
         else:
             self.kind = _PREFIX
             self.prefix = normalize_path(path.encode())  # as Kong: compared with normalized request paths
@@ -187,7 +203,7 @@ class Router(Generic[T]):
         escape = path is not raw or needs_escape(raw)  # (the router remembers its answers: once per target)
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
-        best: tuple[tuple[int, int, int, int], _Candidate[T], int] | None = None
+        best: tuple[tuple[int, int, int, int], _Candidate[T], int, re.Match[bytes] | None] | None = None
         for c in self._candidates:
             if best is not None and c.rank < best[0][0]:
                 break
@@ -229,10 +245,10 @@ class Router(Generic[T]):
                 if not _mcp_match(spec, mcp):
                     continue
             if best is None or score > best[0]:
-                best = (score, c, strip)
+                best = (score, c, strip, m if kind == _REGEX else None)
         if best is None:
             return None
-        c, strip = best[1], best[2]
+        _, c, strip, m = best
         spec = c.spec
         if spec.join is not None:
             path = upstream_path(spec.join[0], path, strip, spec.strip_path, spec.join[1])
@@ -244,7 +260,54 @@ class Router(Generic[T]):
                 path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
         if escape:  # what normalizing decoded, and what the client sent unescaped, is escaped, as Kong sends it
             path = escape_path(path)
+        if m is not None and c.regex.groupindex:  # type: ignore[union-attr]
+            return CaptureMatch(spec.payload, path, query if sep else b"", m.groupdict())
         return Match(spec.payload, path, query if sep else b"")
+
+
+def python_regex(pattern: str) -> str:
+    """A Kong regex path (PCRE) as Python's re reads it: the named groups `(?<name>...)` and `(?'name'...)` become
+    `(?P<name>...)`, and the named back references `\\k<name>`, `\\k'name'`, `\\k{name}` and `\\g{name}` become
+    `(?P=name)`; escapes and character classes are left as they are, and so is the rest."""
+    if "(?" not in pattern and "\\k" not in pattern and "\\g" not in pattern:
+        return pattern
+    out: list[str] = []
+    i, n, in_class = 0, len(pattern), False
+    while i < n:
+        ch = pattern[i]
+        if ch == "\\":
+            ref = None if in_class else _PCRE_BACKREF.match(pattern, i)
+            if ref is not None:
+                out.append(f"(?P={ref.group(ref.lastindex or 1)})")
+                i = ref.end()
+            else:
+                out.append(pattern[i:i + 2])
+                i += 2
+            continue
+        if in_class:
+            in_class = ch != "]"
+        elif ch == "[":
+            in_class = True
+            out.append(ch)
+            i += 1
+            if pattern.startswith("^", i):
+                out.append("^")
+                i += 1
+            if pattern.startswith("]", i):  # a "]" first in a class is one of its characters
+                out.append("]")
+                i += 1
+            continue
+        elif ch == "(" and (named := _PCRE_GROUP.match(pattern, i)) is not None:
+            out.append(f"(?P<{named.group(named.lastindex or 1)}>")
+            i = named.end()
+            continue
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+_PCRE_GROUP = re.compile(r"\(\?(?:<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
+_PCRE_BACKREF = re.compile(r"\\(?:k<([A-Za-z_]\w*)>|k'([A-Za-z_]\w*)'|k\{([A-Za-z_]\w*)\}|g\{([A-Za-z_]\w*)\})")
 
 
 def _port_host_match(hosts: list[tuple[bytes, re.Pattern[bytes] | None, int]], hostname: bytes,

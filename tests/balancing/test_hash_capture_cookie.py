@@ -1,0 +1,259 @@
+"""Consistent hashing on `uri_capture` and on `cookie`, and the hash keys of `header` and `query_arg`, as Kong's
+get_value_to_hash (kong/runloop/balancer/init.lua) takes them; the cookie as Kong's balancer.set_cookie sets it.
+
+The first part runs the gateway in-process (see conftest.py) over echo backends; the second calls the hashing code
+directly.
+"""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+from backends import EchoBackend, request, service, upstream
+
+from gateway.pipeline.hashing import balancer_key, drop_new_cookie
+from gateway.routing import Router, RouteSpec
+
+TIMEOUT = 10
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+
+
+async def cluster(nursery: trio.Nursery, gateway: Any, count: int, routes: list[dict[str, Any]] | None = None,
+                  ports: list[int] | None = None, **up_fields: Any) -> tuple[list[EchoBackend], int]:
+    backends = []
+    for i in range(count):
+        backend = EchoBackend(f"b{i}")
+        await nursery.start(backend.serve)
+        backends.append(backend)
+    port = await gateway({"services": [service("svc", "http://cluster", routes)],
+                          "upstreams": [upstream("cluster", (ports or []) + [b.port for b in backends],
+                                                 **up_fields)]})
+    return backends, port
+
+
+async def names_by_key(port: int, requests: list[tuple[str, str, list[tuple[str, str]]]]) -> dict[str, set[str]]:
+    """key -> the backends that answered the requests (target, headers) made for that key."""
+    seen: dict[str, set[str]] = {}
+    with trio.fail_after(TIMEOUT):
+        for key, target, headers in requests:
+            reply = await request(port, "GET", target, headers=headers)
+            assert reply.status == 200, reply.body
+            seen.setdefault(key, set()).add(reply.json()["name"])
+    return seen
+
+
+def set_cookies(reply: Any) -> list[str]:
+    return [v for k, v in reply.headers if k == "set-cookie"]
+
+
+# --- uri_capture ----------------------------------------------------------------------------------------------------
+
+CAPTURE_ROUTES = [{"paths": ["~/users/(?<uid>[^/]+)(/(?<tab>[a-z]+))?"]}, {"paths": ["~/plain/\\d+"]},
+                  {"paths": ["/prefix"]}]
+
+
+async def test_uri_capture_keeps_a_capture_value_on_one_target_and_spreads_values(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 4, CAPTURE_ROUTES, algorithm="consistent-hashing",
+                            hash_on="uri_capture", hash_on_uri_capture="uid")
+    # the rest of the path and the query differ; only the capture is the key
+    plan = [(f"u{n}", f"/users/u{n}{rest}", []) for n in range(24) for rest in ("", "/posts", "/likes?page=2")]
+    seen = await names_by_key(port, plan)
+    assert all(len(names) == 1 for names in seen.values()), seen
+    assert len(set().union(*seen.values())) >= 3  # 24 values over 4 targets: a fixed hash, and no single bucket
+
+
+async def test_uri_capture_falls_back_when_the_route_is_no_regex_or_lacks_the_group(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 4, CAPTURE_ROUTES, algorithm="consistent-hashing",
+                            hash_on="uri_capture", hash_on_uri_capture="tab", hash_fallback="header",
+                            hash_fallback_header="x-key")
+    plan = []
+    for n in range(12):
+        key = [("x-key", f"k{n}")]
+        plan += [(f"prefix k{n}", f"/prefix/{i}", key) for i in range(3)]  # a prefix route: no captures
+        plan += [(f"plain k{n}", f"/plain/{i}", key) for i in range(3)]  # a regex without the group
+        plan += [(f"absent k{n}", f"/users/{i}", key) for i in range(3)]  # the group took no part in the match
+    seen = await names_by_key(port, plan)
+    assert all(len(names) == 1 for names in seen.values()), seen
+    for n in range(12):  # the fallback key alone decides: the same target whatever the route
+        assert seen[f"prefix k{n}"] == seen[f"plain k{n}"] == seen[f"absent k{n}"]
+    # the capture wins over the fallback once the group takes part
+    tabs = await names_by_key(port, [(t, f"/users/{i}/{t}", [("x-key", f"k{i}")]) for t in ("ab", "cd", "ef")
+                                     for i in range(4)])
+    assert all(len(names) == 1 for names in tabs.values()), tabs
+
+
+async def test_uri_capture_without_a_fallback_spreads_requests(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 3, CAPTURE_ROUTES, algorithm="consistent-hashing",
+                            hash_on="uri_capture", hash_on_uri_capture="uid")
+    seen = await names_by_key(port, [("prefix", "/prefix", []) for _ in range(6)])
+    assert len(seen["prefix"]) == 3  # no key: round-robin
+
+
+# --- cookie ---------------------------------------------------------------------------------------------------------
+
+async def test_cookie_is_created_and_sticks(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 4, algorithm="consistent-hashing", hash_on="cookie",
+                            hash_on_cookie="sticky")
+    with trio.fail_after(TIMEOUT):
+        firsts = []
+        for _ in range(12):
+            first = await request(port, "GET", "/a")
+            assert first.status == 200
+            [cookie] = set_cookies(first)
+            m = re.fullmatch(rf"sticky=({UUID}); Path=/; Same-Site=Lax; HttpOnly", cookie)
+            assert m, cookie
+            firsts.append((m.group(1), first.json()["name"]))
+        assert len({value for value, _ in firsts}) == 12  # a new value each time
+        for value, name in firsts:
+            for target in ("/a", "/b?x=1", "/c/d"):
+                again = await request(port, "GET", target, headers=[("cookie", f"other=1; sticky={value}")])
+                assert again.json()["name"] == name  # where the first request went
+                assert set_cookies(again) == []  # the client has it: nothing to set
+                sent = [v for k, v in again.json()["headers"] if k == "cookie"]
+                assert sent == [f"other=1; sticky={value}"]  # and it reaches the upstream as sent
+    assert len({name for _, name in firsts}) >= 2  # 12 random values over 4 targets
+
+
+async def test_a_given_cookie_value_sticks(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 4, algorithm="consistent-hashing", hash_on="cookie",
+                            hash_on_cookie="sticky")
+    plan = [(f"v{n}", "/", [("cookie", f"sticky=v{n}")]) for n in range(16) for _ in range(3)]
+    plan += [(f"v{n}", "/", [("cookie", "a=b"), ("cookie", f"STICKY=v{n}; c=d")]) for n in range(16)]
+    seen = await names_by_key(port, plan)
+    assert all(len(names) == 1 for names in seen.values()), seen
+    assert len(set().union(*seen.values())) >= 2
+
+
+async def test_cookie_path_and_fallback_cookie(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 2, algorithm="consistent-hashing", hash_on="header",
+                            hash_on_header="x-user", hash_fallback="cookie", hash_on_cookie="sticky",
+                            hash_on_cookie_path="/api")
+    with trio.fail_after(TIMEOUT):
+        keyed = await request(port, "GET", "/", headers=[("x-user", "alice")])
+        assert set_cookies(keyed) == []  # hash_on found its key
+        fresh = await request(port, "GET", "/")
+    [cookie] = set_cookies(fresh)
+    assert re.fullmatch(rf"sticky={UUID}; Path=/api; Same-Site=Lax; HttpOnly", cookie), cookie
+
+
+async def test_cookie_set_once_when_a_try_moves_to_another_target(nursery, gateway):
+    with trio.socket.socket() as closed:  # a port nothing listens on: the tries there fail at connect
+        await closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    _, port = await cluster(nursery, gateway, 1, ports=[dead], algorithm="consistent-hashing", hash_on="cookie",
+                            hash_on_cookie="sticky")
+    with trio.fail_after(TIMEOUT):
+        for _ in range(6):
+            reply = await request(port, "GET", "/")
+            assert reply.status == 200 and reply.json()["name"] == "b0"
+            [cookie] = set_cookies(reply)  # one cookie, whichever try answered
+            value = cookie.split(";")[0]
+            again = await request(port, "GET", "/", headers=[("cookie", value)])
+            assert again.status == 200 and set_cookies(again) == []
+
+
+async def test_no_cookie_when_no_target_can_be_picked(nursery, gateway):
+    port = await gateway({"services": [service("svc", "http://idle")],
+                          "upstreams": [upstream("idle", [1, 2], [0, 0], algorithm="consistent-hashing",
+                                                 hash_on="cookie", hash_on_cookie="sticky")]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/")
+    assert reply.status == 503
+    assert set_cookies(reply) == []  # Kong's balancer fails before the request counts as proxied
+
+
+# --- header -------------------------------------------------------------------------------------------------------
+
+async def test_repeated_header_is_hashed_joined(nursery, gateway):
+    _, port = await cluster(nursery, gateway, 4, algorithm="consistent-hashing", hash_on="header",
+                            hash_on_header="x-key")
+    plan = []
+    for n in range(12):
+        plan += [(f"k{n}", "/", [("x-key", f"a{n}"), ("x-key", f"b{n}")]), (f"k{n}", "/", [("x-key", f"a{n}, b{n}")])]
+    seen = await names_by_key(port, plan)
+    assert all(len(names) == 1 for names in seen.values()), seen
+
+
+# --- the keys, directly --------------------------------------------------------------------------------------------
+
+class FakeExchange:
+    def __init__(self, headers: list[tuple[bytes, bytes]] | None = None, client_ip: str = "10.0.0.1") -> None:
+        self.request = SimpleNamespace(headers=headers or [])
+        self.client_ip = client_ip
+        self.consumer = None
+        self.response_lines = b""
+
+    def add_response_lines(self, lines: bytes) -> None:
+        self.response_lines += lines
+
+
+def group(hash_on: tuple[str, bytes], fallback: tuple[str, bytes] = ("none", b""), cookie_path: str = "/") -> Any:
+    return SimpleNamespace(algorithm="consistent-hashing", hash_on=hash_on, hash_fallback=fallback,
+                           cookie_path=cookie_path)
+
+
+def match_for(target: bytes, *paths: str) -> Any:
+    router = Router([RouteSpec("r", paths=list(paths))])
+    return router.match(b"GET", target, b"h", [])
+
+
+def test_uri_capture_key_and_fallback():
+    m = match_for(b"/u/42/x?q=1", "~/u/(?<id>\\d+)/(?<a>[a-z])?")
+    assert balancer_key(group(("uri_capture", b"id")), FakeExchange(), m) == b"42"
+    assert balancer_key(group(("uri_capture", b"nope"), ("ip", b"")), FakeExchange(), m) == b"10.0.0.1"
+    empty = match_for(b"/u/42/", "~/u/(?<id>\\d+)/(?<a>[a-z]?)")
+    assert balancer_key(group(("uri_capture", b"a"), ("ip", b"")), FakeExchange(), empty) == b""  # Lua's "" is true
+    prefix = match_for(b"/u/42", "/u")
+    assert balancer_key(group(("uri_capture", b"id"), ("path", b"")), FakeExchange(), prefix) == prefix.path
+
+
+def test_header_key_joins_repeats_and_keeps_empty_values():
+    m = match_for(b"/", "/")
+    ex = FakeExchange([(b"x-k", b"a"), (b"other", b"z"), (b"x-k", b"b")])
+    assert balancer_key(group(("header", b"x-k")), ex, m) == b"a, b"
+    assert balancer_key(group(("header", b"x-k"), ("ip", b"")), FakeExchange([(b"x-k", b"")]), m) == b""
+    assert balancer_key(group(("header", b"x-k"), ("ip", b"")), FakeExchange(), m) == b"10.0.0.1"
+
+
+def test_query_arg_key_as_openresty_reads_it():
+    g = group(("query_arg", b"k"), ("ip", b""))
+    ex = FakeExchange()
+    assert balancer_key(g, ex, match_for(b"/?k=b&x=1&k=a", "/")) == b"a,b"  # sorted, joined
+    assert balancer_key(g, ex, match_for(b"/?k", "/")) == b"true"  # no "=": true
+    assert balancer_key(g, ex, match_for(b"/?k=", "/")) == b""
+    assert balancer_key(g, ex, match_for(b"/?k=a+b%2C", "/")) == b"a b,"
+    assert balancer_key(g, ex, match_for(b"/?kk=1", "/")) == b"10.0.0.1"
+    # Kong's spec (03-consistent-hashing_spec.lua): mixed and repeated arguments
+    foo = group(("query_arg", b"foo"))
+    assert balancer_key(foo, ex, match_for(b"/?foo=s&foo&foo=1&foo=", "/")) == b",1,s,true"
+    assert balancer_key(foo, ex, match_for(b"/?foo&foo&", "/")) == b"true,true"
+    assert balancer_key(foo, ex, match_for(b"/?foo=b&foo=a&foo=c", "/")) == b"a,b,c"
+    odd = group(("query_arg", b"a&b=c d"))  # an escaped name
+    assert balancer_key(odd, ex, match_for(b"/?a%26b%3Dc%20d=1", "/")) == b"1"
+
+
+def test_uri_capture_as_kong_spec_routes_it():
+    m = match_for(b"/my-namespace/123?a=1&b=2", "~/(?<namespace>[^/]+)/(?<id>[0-9]+)/?")
+    assert balancer_key(group(("query_arg", b"hashme"), ("uri_capture", b"namespace")), FakeExchange(), m) \
+        == b"my-namespace"
+    assert balancer_key(group(("uri_capture", b"id")), FakeExchange(), m) == b"123"
+
+
+def test_cookie_key_reads_the_cookie_or_makes_one():
+    m = match_for(b"/", "/")
+    g = group(("cookie", b"sticky"), cookie_path="/app")
+    ex = FakeExchange([(b"cookie", b"a=1;  Sticky=v1; sticky=v2")])
+    assert balancer_key(g, ex, m) == b"v1"  # nginx's $cookie_: the first, its name compared ignoring case
+    assert ex.response_lines == b""
+    empty = FakeExchange([(b"cookie", b"sticky=")])
+    assert balancer_key(g, empty, m) == b"" and empty.response_lines == b""  # present, empty: still the key
+    ex = FakeExchange([(b"cookie", b"other=1")])
+    value = balancer_key(g, ex, m)
+    assert value is not None and re.fullmatch(UUID.encode(), value)
+    assert ex.response_lines == b"Set-Cookie: sticky=%s; Path=/app; Same-Site=Lax; HttpOnly\r\n" % value
+    ex.response_lines = b"X-Other: 1\r\n" + ex.response_lines
+    drop_new_cookie(g, ex)
+    assert ex.response_lines == b"X-Other: 1\r\n"

@@ -1,0 +1,66 @@
+"""The named groups of a matched regex route path (Kong's `router_matches.uri_captures`), and Kong's PCRE named
+group syntax read by Python's re."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from gateway.routing import Match, Router, RouteSpec
+from gateway.routing.router import CaptureMatch, python_regex
+
+
+def router(*paths: str, **fields) -> Router:  # noqa: ANN003
+    return Router([RouteSpec(p, paths=[p], **fields) for p in paths])
+
+
+def test_named_groups_of_the_matched_regex_path():
+    r = router("~/users/(?<uid>[^/]+)(/(?<tab>[a-z]+))?", "/users")
+    m = r.match(b"GET", b"/users/42/posts?x=1", b"h", [])
+    assert isinstance(m, CaptureMatch)
+    assert m.payload == "~/users/(?<uid>[^/]+)(/(?<tab>[a-z]+))?"
+    assert m.captures == {"uid": b"42", "tab": b"posts"}
+    assert m.query == b"x=1"
+    other = r.match(b"GET", b"/users/7", b"h", [])
+    assert other.captures == {"uid": b"7", "tab": None}  # a group that took no part
+
+
+def test_prefix_routes_and_regexes_without_names_have_no_captures():
+    r = router("~/n/(\\d+)$", "/p", "/")
+    for target in (b"/n/1", b"/p/x", b"/other"):
+        m = r.match(b"GET", target, b"h", [])
+        assert type(m) is Match and m.captures is None, target
+
+
+def test_captures_are_of_the_normalized_path_and_remembered_per_target():
+    r = router("~/f/(?<name>[^/]+)$")
+    first = r.match(b"GET", b"/f/%61b", b"h", [])
+    assert first.captures == {"name": b"ab"}  # Kong matches (and captures from) the normalized path
+    assert r.match(b"GET", b"/f/%61b", b"h", []) is first  # the memory: the same answer for the same target
+    assert r.match(b"GET", b"/f/cd", b"h", []).captures == {"name": b"cd"}
+    assert first.captures == {"name": b"ab"}
+
+
+def test_a_prefix_route_that_wins_over_a_regex_has_no_captures():
+    r = Router([RouteSpec("regex", paths=["~/a/(?<x>.*)"]), RouteSpec("exact", paths=["/a/b"])])
+    m = r.match(b"GET", b"/a/b", b"h", [])
+    assert m.payload == "exact" and m.captures is None  # a prefix equal to the whole path beats regexes
+    m = r.match(b"GET", b"/a/c", b"h", [])
+    assert m.payload == "regex" and m.captures == {"x": b"c"}
+
+
+@pytest.mark.parametrize(("kong", "python"), [
+    ("/u/(?<id>\\d+)", "/u/(?P<id>\\d+)"),
+    ("/u/(?'id'\\d+)", "/u/(?P<id>\\d+)"),
+    ("/u/(?P<id>\\d+)", "/u/(?P<id>\\d+)"),
+    ("/(?<w>a)-\\k<w>-\\k'w'-\\k{w}-\\g{w}", "/(?P<w>a)-(?P=w)-(?P=w)-(?P=w)-(?P=w)"),
+    ("/(?<=a)b(?<!c)", "/(?<=a)b(?<!c)"),  # lookbehinds stay
+    ("/\\(?<x>\\)", "/\\(?<x>\\)"),  # an escaped parenthesis is no group
+    ("/[(?<x>]", "/[(?<x>]"),  # nor is one in a character class
+    ("/[]\\]](?<x>a+)", "/[]\\]](?P<x>a+)"),  # a class's first "]" and an escaped one do not end it
+    ("/plain/\\d+", "/plain/\\d+"),
+])
+def test_python_regex_reads_pcre_named_groups(kong: str, python: str):
+    assert python_regex(kong) == python
+    re.compile(python_regex(kong))
