@@ -123,7 +123,8 @@ class RouteRuntime:
     """A route as the pipeline uses it."""
 
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
-                 "consumer_phases", "https_redirect", "facts", "loggers", "consumer_loggers", "audit")
+                 "consumer_phases", "https_redirect", "facts", "loggers", "consumer_loggers", "audit",
+                 "request_buffering")
 
     def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
@@ -149,6 +150,7 @@ class RouteRuntime:
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
+        self.request_buffering = True  # Kong's default: the whole body is read before an upstream is contacted
         self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
         # ai-mcp-proxy's audit (logging.log_audits): a line per tools/call when the request ends (gateway.mcp.audit)
         chains = [policies, *(consumer_policies or {}).values()]
@@ -246,6 +248,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                                      facts)
         if "http" not in route.protocols:
             route_runtime.https_redirect = route.https_redirect_status_code
+        route_runtime.request_buffering = route.request_buffering
         specs.append(RouteSpec(route_runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                snis=route.snis or (), headers=route.headers, query=route.query,
                                regex_priority=route.regex_priority, strip_path=route.strip_path,

@@ -14,6 +14,8 @@ import pytest
 import trio
 from backends import Client, EchoBackend, SseBackend, pattern_bytes, request, service, upstream
 
+from gateway.pipeline import request_buffer
+
 TIMEOUT = 10
 
 
@@ -59,9 +61,10 @@ async def test_post_with_content_length_body_reaches_upstream(nursery, gateway):
     assert seen.header("content-type") == "application/json"
 
 
-async def test_chunked_request_body_is_streamed_to_upstream(nursery, gateway):
-    """The upstream gets the first chunk while the client is still holding back the rest: nothing is buffered."""
-    backend, port = await one_service(nursery, gateway)
+async def test_with_request_buffering_false_a_chunked_body_is_streamed_to_upstream(nursery, gateway):
+    """nginx's proxy_request_buffering off: the upstream gets the first chunk while the client is still holding back
+    the rest."""
+    backend, port = await one_service(nursery, gateway, routes=[{"paths": ["/"], "request_buffering": False}])
     with trio.fail_after(TIMEOUT):
         async with await Client.connect(port) as client:
             conn, stream = client.conn, client.stream
@@ -79,6 +82,41 @@ async def test_chunked_request_body_is_streamed_to_upstream(nursery, gateway):
     assert seen.body == b"first-part;second-part;third-part"
     assert seen.header("transfer-encoding") == "chunked"
     assert seen.header("content-length") is None
+
+
+async def test_by_default_the_whole_body_is_read_before_the_upstream_and_sent_with_its_length(nursery, gateway):
+    """Kong's request_buffering (true by default; nginx's proxy_request_buffering on): no byte reaches the upstream
+    while the client is still sending, and a chunked body arrives with a Content-Length."""
+    backend, port = await one_service(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            conn, stream = client.conn, client.stream
+            await stream.send_all(conn.send(h11.Request(method="POST", target="/upload", headers=[
+                ("host", "gw"), ("transfer-encoding", "chunked")])))
+            await stream.send_all(conn.send(h11.Data(data=b"first-part;")))
+            await trio.sleep(0.3)
+            assert backend.connections == 0 and not backend.body_started.is_set()
+            await stream.send_all(conn.send(h11.Data(data=b"second-part")))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            reply = await client.read_response()
+    assert reply.status == 200
+    seen = backend.requests[0]
+    assert seen.body == b"first-part;second-part"
+    assert seen.header("content-length") == "22"
+    assert seen.header("transfer-encoding") is None
+
+
+async def test_a_buffered_body_larger_than_memory_holds_is_spooled_and_sent_whole(nursery, gateway, monkeypatch):
+    monkeypatch.setattr(request_buffer, "MEMORY_LIMIT", 1000)
+    monkeypatch.setattr(request_buffer, "CHUNK", 700)
+    backend, port = await one_service(nursery, gateway)
+    body = [pattern_bytes(900), pattern_bytes(900)[::-1], b"end"]
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "POST", "/upload", body=body)
+    assert reply.status == 200
+    seen = backend.requests[0]
+    assert seen.body == b"".join(body)
+    assert seen.header("content-length") == "1803"
 
 
 async def test_chunked_upstream_response_is_reframed(nursery, gateway):

@@ -257,11 +257,22 @@ LIMIT_PLUGIN = {"name": "request-size-limiting", "service": "limited",
                 "config": {"allowed_payload_size": 1, "size_unit": "kilobytes"}}
 
 
-async def start_limited(nursery: trio.Nursery, gateway) -> tuple[Setup, EchoBackend]:  # noqa: ANN001
+async def start_limited(nursery: trio.Nursery, gateway, buffering: bool = True) -> tuple[Setup, EchoBackend]:  # noqa: ANN001
     echo = await start_backend(nursery, EchoBackend("limited"))
-    setup = await start(nursery, gateway, [service("limited", f"http://127.0.0.1:{echo.port}", [{"paths": ["/up"]}])],
+    routes = [{"paths": ["/up"], "request_buffering": buffering}]
+    setup = await start(nursery, gateway, [service("limited", f"http://127.0.0.1:{echo.port}", routes)],
                         plugins=[LIMIT_PLUGIN])
     return setup, echo
+
+
+async def test_a_buffered_chunked_body_over_the_size_limit_never_reaches_the_upstream(nursery, gateway):
+    """With request_buffering (the default) the body is read before any upstream: the 413 comes first."""
+    setup, echo = await start_limited(nursery, gateway)
+    head = b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
+    chunk = b"258\r\n" + b"a" * 600 + b"\r\n"
+    await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2)
+    assert echo.connections == 0 and echo.requests == []
+    await setup.assert_alive()
 
 
 async def test_body_within_the_size_limit_is_forwarded(nursery, gateway):
@@ -293,10 +304,10 @@ async def test_chunked_body_over_the_size_limit_gets_413_and_the_connection_clos
 
 
 async def test_streamed_chunked_body_over_the_size_limit_gets_413_and_the_connection_closes(nursery, gateway):
-    """The first 600 bytes are already on their way upstream when the next 600 pass the 1 KB limit. The upstream
-    has not answered (it waits for the whole body), so the client still gets a 413 head, then the close; the
-    upstream never sees a complete request."""
-    setup, echo = await start_limited(nursery, gateway)
+    """With request_buffering false, the first 600 bytes are already on their way upstream when the next 600 pass
+    the 1 KB limit. The upstream has not answered (it waits for the whole body), so the client still gets a 413
+    head, then the close; the upstream never sees a complete request."""
+    setup, echo = await start_limited(nursery, gateway, buffering=False)
     head = b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
     chunk = b"258\r\n" + b"a" * 600 + b"\r\n"
     await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2)

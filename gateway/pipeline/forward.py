@@ -14,7 +14,7 @@ import logging
 
 import trio
 
-from gateway.http.codec import CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
+from gateway.http.codec import CHUNKED, CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
 from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
@@ -29,6 +29,7 @@ from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import HOP_BY_HOP, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
+from gateway.pipeline.request_buffer import SpooledBody, read_whole, with_length
 from gateway.pipeline.streamwatch import StreamWatch
 from gateway.routing import Match
 from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
@@ -98,71 +99,85 @@ class Forwarder:
         else:  # MCP: body bytes the step may have read, its Origin policy
             body, body_done = mcp.take_body(ex)
             headers = mcp.upstream_headers(headers)
-        replayable = body_done and req.method in IDEMPOTENT
-        hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
-        tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
-        error: UpstreamError | None = None
-        if pinned is not None and pinned in group.unusable and not (
-                self.shared is not None and self.shared.is_drained(group.keys[pinned])):
-            # The session's server is circuit-open or unhealthy: the client had better start a new session
-            # elsewhere. A drained target keeps its sessions: draining stops new ones, as connection draining does.
-            await session_not_found(ex)
-            return
-        host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry
-        tries = svc.retries + 1 if pinned is None else 1  # a pinned session never moves
-        stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
-        while tries or stale is not None:
-            if stale is None:
-                index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
-                if index is None:
-                    break
-                tries -= 1
-            else:  # nginx's u->peer.cached: that failure cost no try
-                index, stale = stale, None
-            tried.add(index)
-            target = group.targets[index]
-            if ex.state is not None:  # for the MCP audit log: where the call went
-                ex.state["upstream"] = target.name
-            host = client_host if route.preserve_host and client_host else target.host_header
-            del headers[host_at:]
-            headers.append((b"host", host))
-            if mcp is not None and mcp.rewrite_origin:
-                headers.append((b"origin", b"http://" + target.host_header))
-            attempt = Attempt(group, index, target_path)
-            if ex.tries is None:
-                ex.tries = [attempt]
+        spooled: SpooledBody | None = None
+        if not body_done and route.request_buffering:  # Kong's default: the whole body before any upstream
+            whole = await read_whole(ex, body)
+            size = len(whole) if type(whole) is bytes else whole.size  # type: ignore[union-attr]
+            if framing == CHUNKED:
+                headers, framing = with_length(headers, size), LENGTH
+            if type(whole) is not bytes:
+                spooled = whole  # type: ignore[assignment]
+            body, body_done = whole, True  # type: ignore[assignment]  # _exchange sends a SpooledBody from its file
+        try:
+            replayable = body_done and req.method in IDEMPOTENT
+            hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
+            tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
+            error: UpstreamError | None = None
+            if pinned is not None and pinned in group.unusable and not (
+                    self.shared is not None and self.shared.is_drained(group.keys[pinned])):
+                # The session's server is circuit-open or unhealthy: the client had better start a new session
+                # elsewhere. A drained target keeps its sessions: draining stops new ones, as connection draining does.
+                await session_not_found(ex)
+                return
+            host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry
+            tries = svc.retries + 1 if pinned is None else 1  # a pinned session never moves
+            stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
+            while tries or stale is not None:
+                if stale is None:
+                    index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
+                    if index is None:
+                        break
+                    tries -= 1
+                else:  # nginx's u->peer.cached: that failure cost no try
+                    index, stale = stale, None
+                tried.add(index)
+                target = group.targets[index]
+                if ex.state is not None:  # for the MCP audit log: where the call went
+                    ex.state["upstream"] = target.name
+                host = client_host if route.preserve_host and client_host else target.host_header
+                del headers[host_at:]
+                headers.append((b"host", host))
+                if mcp is not None and mcp.rewrite_origin:
+                    headers.append((b"origin", b"http://" + target.host_header))
+                attempt = Attempt(group, index, target_path)
+                if ex.tries is None:
+                    ex.tries = [attempt]
+                else:
+                    ex.tries.append(attempt)
+                try:
+                    uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
+                                                        headers, framing, body, body_done)
+                except UpstreamError as e:
+                    error = e
+                    if e.sent and not replayable:
+                        break
+                    if isinstance(e, UpstreamClosed) and e.reused:
+                        stale = index  # it closed while idle, as the request crossed it: the target said nothing
+                    continue
+                await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
+                                  route.name if session_id is None else None, mcp.edit if mcp is not None else None)
+                return
+            if pinned is not None and error is not None and (
+                    not error.sent or await self._gone(error, svc, group.targets[pinned])):
+                log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
+                await session_not_found(ex)
+            elif error is None:
+                log.info("no available target in upstream %r: 503", group.name)
+                if hash_key is not None:  # Kong's balancer failed before proxying: no cookie of hash_on cookie
+                    drop_new_cookie(group, ex)
+                await ex.respond_error(503, NO_PEER)
             else:
-                ex.tries.append(attempt)
-            try:
-                uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
-                                                    headers, framing, body, body_done)
-            except UpstreamError as e:
-                error = e
-                if e.sent and not replayable:
-                    break
-                if isinstance(e, UpstreamClosed) and e.reused:
-                    stale = index  # it closed while idle, as the request crossed it: the target said nothing
-                continue
-            await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
-                              route.name if session_id is None else None, mcp.edit if mcp is not None else None)
-            return
-        if pinned is not None and error is not None and (
-                not error.sent or await self._gone(error, svc, group.targets[pinned])):
-            log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
-            await session_not_found(ex)
-        elif error is None:
-            log.info("no available target in upstream %r: 503", group.name)
-            if hash_key is not None:  # Kong's balancer failed before proxying: no cookie of hash_on cookie
-                drop_new_cookie(group, ex)
-            await ex.respond_error(503, NO_PEER)
-        else:
-            log.info("%s: %d", error, error.status)
-            await ex.respond_error(error.status)
+                log.info("%s: %d", error, error.status)
+                await ex.respond_error(error.status)
+        finally:
+            if spooled is not None:
+                spooled.close()
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
-                        method: bytes, path: bytes, headers: Headers, framing: int, body: bytes, body_done: bool) \
-            -> tuple[UpstreamConn, Response]:
-        """Send the request and read the response head; on failure the connection is closed, never pooled."""
+                        method: bytes, path: bytes, headers: Headers, framing: int, body: bytes | SpooledBody,
+                        body_done: bool) -> tuple[UpstreamConn, Response]:
+        """Send the request and read the response head; on failure the connection is closed, never pooled. `body`:
+        what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one."""
         pool = self.pool
         now = attempt.started = self.clock()
         group = attempt.group
@@ -183,10 +198,15 @@ class Forwarder:
             now = self.clock()
         codec = uc.codec
         data = codec.request_head(method, path, headers, framing)
-        if body:
-            data += codec.body(body)
-        if body_done:
-            data += codec.end()
+        spooled = None
+        if type(body) is bytes:
+            if body:
+                data += codec.body(body)
+            if body_done:
+                data += codec.end()
+        else:
+            spooled = body
+            spooled.rewind()  # type: ignore[union-attr]  # (a try after a failed one starts over)
         if attempt.balancer.follows_load:
             attempt.balancer.started(attempt.index)
         try:
@@ -196,7 +216,12 @@ class Forwarder:
             detail = (target.name, svc.write_timeout)
             timer.set_until(now + svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
             await uc.conn.sendall(data)
-            if not body_done:
+            if spooled is not None:
+                while chunk := spooled.read():  # type: ignore[union-attr]
+                    timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+                    await uc.conn.sendall(codec.body(chunk))
+                await uc.conn.sendall(codec.end())
+            elif not body_done:
                 while (chunk := await ex.receive_body()) is not None:
                     timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
                     await uc.conn.sendall(codec.body(chunk))

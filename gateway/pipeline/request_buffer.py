@@ -1,0 +1,73 @@
+"""A route's `request_buffering` (Kong's default, true; nginx's `proxy_request_buffering on`): the whole request
+body is read from the client before an upstream is contacted, and sent with a Content-Length.
+
+A body that came with its head (the common case: small JSON-RPC calls) is already whole and costs nothing here. A
+body still arriving is read to its end first, so a slow or stalled client holds no upstream connection, and a
+client that gives up mid-body never reaches the upstream; a chunked body is re-framed with its length, as nginx
+sends a buffered body. Up to MEMORY_LIMIT it stays in memory; beyond, it goes to an unnamed temporary file (nginx's
+client_body_temp_path), read back for each try. With `request_buffering: false` the body streams to the upstream
+as it arrives (nginx's `off`, what Kong's unbuffered proxying does).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import IO
+
+from gateway.http.codec import Headers
+from gateway.http.server import Exchange
+
+MEMORY_LIMIT = 1 << 20  # bytes of a body kept in memory; the rest of a larger one is spooled to a temporary file
+CHUNK = 1 << 16  # what a spooled body is read back (and sent) in
+
+
+class SpooledBody:
+    """A whole body too large for memory, in an unnamed temporary file; `rewind` before each try."""
+
+    __slots__ = ("file", "size")
+
+    def __init__(self, file: IO[bytes], size: int) -> None:
+        self.file = file
+        self.size = size
+
+    def rewind(self) -> None:
+        self.file.seek(0)
+
+    def read(self) -> bytes:
+        """The next CHUNK of the body; b"" at its end."""
+        return self.file.read(CHUNK)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+async def read_whole(ex: Exchange, first: bytes) -> bytes | SpooledBody:
+    """The rest of the request body after `first`, read to its end: bytes, or a SpooledBody over MEMORY_LIMIT."""
+    parts = [first]
+    size = len(first)
+    while (chunk := await ex.receive_body()) is not None:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MEMORY_LIMIT:
+            return await _spool(ex, parts, size)
+    return b"".join(parts)
+
+
+async def _spool(ex: Exchange, parts: list[bytes], size: int) -> SpooledBody:
+    file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, closed by the forwarder
+    try:
+        file.writelines(parts)
+        while (chunk := await ex.receive_body()) is not None:
+            file.write(chunk)
+            size += len(chunk)
+    except BaseException:
+        file.close()
+        raise
+    return SpooledBody(file, size)
+
+
+def with_length(headers: Headers, size: int) -> Headers:
+    """The upstream headers of a chunked request whose body is now whole: Content-Length instead of chunked."""
+    out = [hv for hv in headers if hv[0] != b"transfer-encoding"]
+    out.append((b"content-length", b"%d" % size))
+    return out
