@@ -88,7 +88,8 @@ class NodeStatus(BaseStatusSource):
         config = node.config
         if config is not None:
             for up in config.upstreams:
-                upstreams[up.name] = {"checked": has_checks(up), "targets": {}}
+                upstreams[up.name] = {"checked": has_checks(up), "targets": {},
+                                      "threshold": up.healthchecks.threshold}
             for t in config.targets:
                 hostport = parse_host_port(t.target, DEFAULT_TARGET_PORT)
                 if t.upstream in upstreams and hostport is not None:

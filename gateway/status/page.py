@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 import trio
 
+from gateway.health.threshold import upstream_healthy
+
 RATE_WINDOW_S = 10.0
 REFRESH_S = 2
 ERROR_RATE_WARN = 0.05  # a target or route above this share of 5xx (or failed tries) is listed as a problem
@@ -174,6 +176,15 @@ def _rate(now: Sample, base: Sample | None, key: tuple[str, ...]) -> float | Non
     return max(0.0, now.counters.get(key, 0.0) - base.counters.get(key, 0.0)) / elapsed if elapsed > 0 else None
 
 
+def _above_threshold(rows: list[dict[str, Any]], threshold: float) -> bool:
+    """Kong's balancer health over the page's rows (gateway.health.threshold): drained and circuit-open targets
+    count in neither sum."""
+    weights = [r["weight"] if isinstance(r["weight"], int) else 0 for r in rows]
+    unhealthy = {i for i, r in enumerate(rows) if r["health"] == "unhealthy"}
+    excluded = {i for i, r in enumerate(rows) if r["drained"] or r["breaker"] in ("open", "forced_open")}
+    return upstream_healthy(weights, unhealthy, excluded, threshold)
+
+
 def build(overview: dict[str, Any], now: Sample, base: Sample | None, gauges: dict[str, Any]) -> dict[str, Any]:
     """The page's data: every number the HTML shows, and the problems at the top."""
     problems: list[str] = []
@@ -226,6 +237,9 @@ def build(overview: dict[str, Any], now: Sample, base: Sample | None, gauges: di
     for upstream, rows in upstreams.items():
         if rows and all(r["status"] in ("DOWN", "DRAINED") for r in rows):
             problems.insert(0, f"upstream {upstream} has no target UP: its requests get 503")
+        elif (threshold := upstream_conf.get(upstream, {}).get("threshold")) and not _above_threshold(rows, threshold):
+            problems.insert(0, f"upstream {upstream} is UNHEALTHY: its healthy targets' weight is not above its "
+                               f"healthchecks.threshold of {threshold:g}%, so its requests get 503")
     routes = []
     for route_key in sorted(k for k in now.counters if k[0] == "route"):
         name = route_key[1]

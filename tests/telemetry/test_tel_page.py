@@ -55,6 +55,18 @@ def test_an_open_breaker_is_down_and_every_target_down_is_an_upstream_problem():
     assert "target up|a:1 is DOWN (circuit breaker open)" in data["problems"]
 
 
+@pytest.mark.parametrize(("threshold", "unhealthy"), [(70, True), (60, False), (0, False)])
+def test_an_upstream_below_its_healthchecks_threshold_is_an_unhealthy_upstream_problem(threshold, unhealthy):
+    """a:1 (weight 100) healthy, b:2 (weight 50) not: 66.7% of the weight is healthy."""
+    ov = overview()
+    ov["upstreams"]["up"]["threshold"] = threshold
+    problems = build(ov, sample(1), None, gauges())["problems"]
+    message = ("upstream up is UNHEALTHY: its healthy targets' weight is not above its healthchecks.threshold of "
+               f"{threshold}%, so its requests get 503")
+    assert (problems[0] == message) == unhealthy
+    assert "target up|b:2 is DOWN (unhealthy)" in problems
+
+
 def test_rates_and_error_rates_come_from_two_samples():
     history = RateHistory()
     first = sample(100, {("target", "up|a:1"): 100, ("target_err", "up|a:1"): 0, ("route", "api"): 100,
