@@ -86,8 +86,9 @@ class RateLimiting:
         # limit_by path: the configured path (Kong's typedefs.path, so ASCII) and its key, built once
         self.path_bytes = self.path.encode("ascii", "replace")
         self.path_key = self.prefix + self.path
-        # limit_by service: service id -> its key (built on first use; as many as the config has services)
-        self.service_keys: dict[str, str] = {}
+        # limit_by service: route -> its service's key (built on a route's first request; as many as the config has
+        # routes, and gone with the config)
+        self.route_keys: dict[object, str] = {}
 
     def key(self, ex: Exchange) -> str:
         """The counter key of a request (not for limit_by mcp-method / mcp-tool, which count what the body calls):
@@ -111,14 +112,14 @@ class RateLimiting:
         gateway derives from its name, gateway.telemetry.entities: the same on every worker and host, and the id
         logs show); a route without a service: the client's IP. A plugin on a service or a route thus has one counter
         (per scope); a global one, or one on a consumer, counts each service apart."""
-        route = ex.route
-        facts = route.facts if route is not None else None
-        service_id = facts.service_id if facts is not None else ""
-        if not service_id:
-            return self.prefix + ex.client_ip
-        key = self.service_keys.get(service_id)
+        key = self.route_keys.get(ex.route)
         if key is None:
-            key = self.service_keys[service_id] = self.prefix + service_id
+            route = ex.route
+            facts = route.facts if route is not None else None
+            service_id = facts.service_id if facts is not None else ""
+            if not service_id:
+                return self.prefix + ex.client_ip
+            key = self.route_keys[route] = self.prefix + service_id
         return key
 
     def _by_path(self, ex: Exchange) -> str:
