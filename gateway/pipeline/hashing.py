@@ -14,6 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
 from gateway.routing import Match
+from gateway.routing.normalize import normalize_path
 from gateway.runtime import UpstreamGroup
 
 _HASHING = frozenset({"consistent-hashing", "ip-hash"})
@@ -21,14 +22,17 @@ MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: the query arguments looked at
 
 
 def balancer_key(group: UpstreamGroup, ex: Exchange, match: Match) -> bytes | None:
-    """Kong's hash_on, then hash_fallback when the first yields nothing; ip-hash always hashes the client address.
-    None: nothing to hash (the balancer goes round-robin)."""
+    """Kong's hash_on, then hash_fallback when the first yields nothing, and "" when neither does (Kong's
+    `get_value_to_hash(...) or ""`: such requests all go to one target); ip-hash always hashes the client address.
+    None (another algorithm): nothing to hash."""
     if group.algorithm not in _HASHING:
         return None
     if group.algorithm == "ip-hash":
         return ex.client_ip.encode()
     key = _key(group.hash_on, group, ex, match)
-    return _key(group.hash_fallback, group, ex, match) if key is None else key
+    if key is None:
+        key = _key(group.hash_fallback, group, ex, match)
+    return b"" if key is None else key
 
 
 def _key(spec: tuple[str, bytes], group: UpstreamGroup, ex: Exchange, match: Match) -> bytes | None:
@@ -41,8 +45,8 @@ def _key(spec: tuple[str, bytes], group: UpstreamGroup, ex: Exchange, match: Mat
             return None
         ident = who.id if who.id is not None else who.credential_id
         return ident.encode() if ident else None
-    if kind == "path":
-        return match.path
+    if kind == "path":  # nginx's $uri: the request's path, normalized (not the upstream path a route strips)
+        return normalize_path(ex.request.target.partition(b"?")[0])
     if kind == "header":
         return _header(ex.request.headers, name)
     if kind == "cookie":

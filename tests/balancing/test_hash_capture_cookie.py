@@ -85,11 +85,12 @@ async def test_uri_capture_falls_back_when_the_route_is_no_regex_or_lacks_the_gr
     assert all(len(names) == 1 for names in tabs.values()), tabs
 
 
-async def test_uri_capture_without_a_fallback_spreads_requests(nursery, gateway):
+async def test_uri_capture_without_a_fallback_hashes_the_empty_key_as_kong_does(nursery, gateway):
+    """Kong's `get_value_to_hash(...) or ""`: every request without a key goes to the one target "" hashes to."""
     _, port = await cluster(nursery, gateway, 3, CAPTURE_ROUTES, algorithm="consistent-hashing",
                             hash_on="uri_capture", hash_on_uri_capture="uid")
     seen = await names_by_key(port, [("prefix", "/prefix", []) for _ in range(6)])
-    assert len(seen["prefix"]) == 3  # no key: round-robin
+    assert len(seen["prefix"]) == 1
 
 
 # --- cookie ---------------------------------------------------------------------------------------------------------
@@ -180,8 +181,9 @@ async def test_repeated_header_is_hashed_joined(nursery, gateway):
 # --- the keys, directly --------------------------------------------------------------------------------------------
 
 class FakeExchange:
-    def __init__(self, headers: list[tuple[bytes, bytes]] | None = None, client_ip: str = "10.0.0.1") -> None:
-        self.request = SimpleNamespace(headers=headers or [])
+    def __init__(self, headers: list[tuple[bytes, bytes]] | None = None, client_ip: str = "10.0.0.1",
+                 target: bytes = b"/") -> None:
+        self.request = SimpleNamespace(headers=headers or [], target=target)
         self.client_ip = client_ip
         self.consumer = None
         self.response_lines = b""
@@ -207,7 +209,8 @@ def test_uri_capture_key_and_fallback():
     empty = match_for(b"/u/42/", "~/u/(?<id>\\d+)/(?<a>[a-z]?)")
     assert balancer_key(group(("uri_capture", b"a"), ("ip", b"")), FakeExchange(), empty) == b""  # Lua's "" is true
     prefix = match_for(b"/u/42", "/u")
-    assert balancer_key(group(("uri_capture", b"id"), ("path", b"")), FakeExchange(), prefix) == prefix.path
+    assert balancer_key(group(("uri_capture", b"id"), ("path", b"")), FakeExchange(target=b"/u/42"), prefix) == \
+        b"/u/42"  # the request's path (nginx's $uri), not the stripped upstream path
 
 
 def test_header_key_joins_repeats_and_keeps_empty_values():
@@ -257,3 +260,13 @@ def test_cookie_key_reads_the_cookie_or_makes_one():
     ex.response_lines = b"X-Other: 1\r\n" + ex.response_lines
     drop_new_cookie(g, ex)
     assert ex.response_lines == b"X-Other: 1\r\n"
+
+
+# --- path -----------------------------------------------------------------------------------------------------------
+
+def test_hash_on_path_is_the_normalized_request_path_not_the_stripped_upstream_path():
+    """Kong hashes nginx's $uri: /a/x and /b/x are two keys even when both routes strip to the upstream path /x."""
+    match = SimpleNamespace(path=b"/x", query=b"", captures=None)
+    keys = [balancer_key(group(("path", b"")), FakeExchange(target=target), match)  # type: ignore[arg-type]
+            for target in (b"/a/x?q=1", b"/b//x", b"/a/./x")]
+    assert keys == [b"/a/x", b"/b/x", b"/a/x"]
