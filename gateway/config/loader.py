@@ -238,6 +238,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
         _check_route(route, services, errors, failed)
     for up in config.upstreams:
         _check_upstream(up, errors)
+    seen_targets: dict[tuple[str | None, str, int | None], Target] = {}  # Kong: unique per upstream and target
     for target in config.targets:
         where = path_of(target)
         upstream = upstreams.get(target.upstream or "")
@@ -245,9 +246,17 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
             target.upstream = upstream.name
         elif ("upstreams", target.upstream) not in failed:
             errors.append(f"{where}.upstream: no upstream with id or name {target.upstream!r}")
-        if parse_host_port(target.target, DEFAULT_TARGET_PORT) is None:
+        address = parse_host_port(target.target, DEFAULT_TARGET_PORT)
+        if address is None:
             errors.append(f'{where}.target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
                           f'got {show(target.target)}')
+            continue
+        same = (target.upstream, address[0].lower(), address[1])
+        if same in seen_targets:
+            errors.append(f"{where}.target: {target.target!r} is already a target of upstream {target.upstream!r} "
+                          f"({path_of(seen_targets[same])}); give it one entry with the weight it should have")
+        else:
+            seen_targets[same] = target
     for plugin in config.plugins:
         where = path_of(plugin)
         if plugin.service is not None:

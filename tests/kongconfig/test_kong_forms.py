@@ -228,3 +228,12 @@ def test_a_plugins_instance_name_is_unique_as_in_kong():
         - {name: cors, instance_name: edge}
         - {name: correlation-id, instance_name: edge}
     """) == ["plugins[1].instance_name: 'edge' is already used by plugins[0]"]
+
+
+def test_a_target_listed_twice_in_one_upstream_is_refused_as_kong_refuses_it():
+    assert errors("""
+        upstreams:
+        - name: u
+          targets: [{target: "10.0.0.1:8000"}, {target: "10.0.0.2"}, {target: "10.0.0.1"}]
+    """) == ["upstreams[0].targets[2].target: '10.0.0.1' is already a target of upstream 'u' "
+             "(upstreams[0].targets[0]); give it one entry with the weight it should have"]
