@@ -216,6 +216,17 @@ async def test_https_only_route_refuses_or_redirects_plain_http(gateway, nursery
     assert echo.requests == []
 
 
+@pytest.mark.parametrize(("host", "location"), [("GW.test:8000", "https://gw.test/x"), ("[::1]:8000", "https://[::1]/x")])
+async def test_a_redirect_to_https_drops_the_plain_listeners_port(gateway, nursery, host, location):
+    """Kong's Location is https:// and nginx's $host (no port, lower case): the plain port would not speak TLS."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    route = {"paths": ["/"], "protocols": ["https"], "https_redirect_status_code": 301}
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", [route])]})
+    reply = await request(port, "GET", "/x", host=host)
+    assert (reply.status, reply.header("location")) == (301, location)
+
+
 # --- certificate errors are config errors naming the entity ----------------------------------------------------------
 
 

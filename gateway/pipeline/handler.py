@@ -148,5 +148,20 @@ async def _use_https(ex: Exchange, status: int, host: bytes | None) -> None:
         await ex.respond_error(426, "Please use HTTPS protocol",
                                [(b"connection", b"Upgrade"), (b"upgrade", b"TLS/1.2, HTTP/1.1")])
         return
-    location = b"https://" + (host or b"") + ex.request.target
+    location = b"https://" + _forwarded_host(ex, host) + ex.request.target
     await ex.respond(status, b"", extra=[(b"location", location)])
+
+
+def _forwarded_host(ex: Exchange, host: bytes | None) -> bytes:
+    """Kong's forwarded_host: a trusted balancer's X-Forwarded-Host, else nginx's $host (the Host without its port,
+    in lower case), so a redirect to https does not keep the plain listener's port."""
+    if ex.peer_trusted:
+        for name, value in ex.request.headers:
+            if name == b"x-forwarded-host":
+                return value
+    if not host:
+        return b""
+    host = host.lower()
+    if host.startswith(b"["):
+        return host[:host.find(b"]") + 1]
+    return host.partition(b":")[0]
