@@ -57,7 +57,9 @@ async def _status_line(stream: trio.abc.Stream, policy: ActivePolicy, host_heade
 
 
 async def probe(host: str, port: int, policy: ActivePolicy, host_header: str | None = None) -> Event | None:
-    """Probe once; the event it stands for (None: a status the policy ignores)."""
+    """Probe once; the event it stands for (None: a status the policy ignores). As lua-resty-healthcheck: the Host
+    is the upstream's host_header, else the target's host, without a port; the TLS name is https_sni, else the
+    host_header, else the target's host."""
     shown = f"[{host}]" if ":" in host else host
     try:
         with trio.fail_after(policy.timeout_s):
@@ -69,13 +71,14 @@ async def probe(host: str, port: int, policy: ActivePolicy, host_header: str | N
                 if policy.type == "tcp":
                     return Event.SUCCESS
                 if policy.type == "https":
-                    stream = trio.SSLStream(stream, _ssl_context(policy), server_hostname=policy.https_sni or host)
+                    stream = trio.SSLStream(stream, _ssl_context(policy),
+                                            server_hostname=policy.https_sni or host_header or host)
                     try:
                         await stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError):
                         return Event.TCP_FAILURE
                 try:
-                    status = await _status_line(stream, policy, host_header or f"{shown}:{port}")
+                    status = await _status_line(stream, policy, host_header or shown)
                 except h11.RemoteProtocolError:
                     return Event.HTTP_FAILURE
                 except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):

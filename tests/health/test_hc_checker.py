@@ -115,7 +115,7 @@ async def test_target_goes_down_and_comes_back(nursery: trio.Nursery) -> None:
             await trio.sleep(0.01)
     assert changes.events == [] and checker.state("erl", name) is State.HEALTHY
     target, headers = backend.requests[0]
-    assert target == "/health" and headers["host"] == name and headers["user-agent"] == "mcp-gateway-healthcheck"
+    assert target == "/health" and headers["host"] == "127.0.0.1" and headers["user-agent"] == "mcp-gateway-healthcheck"
 
     backend.status = 503  # /health starts failing
     await changes.wait_event(("erl", name, False))
@@ -259,3 +259,13 @@ async def test_probe_outcomes(mode: str, expected: Event | None, nursery: trio.N
         port = listeners[0].socket.getsockname()[1]
         nursery.start_soon(trio.serve_listeners, handler, listeners)
     assert await probe("127.0.0.1", port, policy(timeout_s=0.2)) is expected
+
+
+@pytest.mark.parametrize(("host_header", "expected"), [(None, "127.0.0.1"), ("mcp.internal", "mcp.internal")])
+async def test_a_probe_sends_lua_resty_healthchecks_host_without_a_port(host_header: str | None, expected: str,
+                                                                         nursery: trio.Nursery) -> None:
+    backend = HealthBackend()
+    port = await nursery.start(backend.serve)
+    assert await probe("127.0.0.1", port, policy(timeout_s=2), host_header) is Event.SUCCESS
+    _, headers = backend.requests[-1]
+    assert headers["host"] == expected
