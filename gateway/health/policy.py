@@ -99,7 +99,7 @@ class PassivePolicy:
         """The event a proxied request's outcome stands for; None when it says nothing about health."""
         if outcome == TCP_FAILURE:
             return Event.TCP_FAILURE
-        if outcome == TIMEOUT:
+        if outcome == TIMEOUT or outcome == 504:  # Kong's log phase: an upstream's 504 is reported as a timeout
             return Event.TIMEOUT
         if not isinstance(outcome, int) or isinstance(outcome, bool):
             raise ValueError(f"unknown outcome {outcome!r}")

@@ -93,6 +93,12 @@ def test_passive_policy() -> None:
         p.classify("weird")
 
 
+def test_an_upstreams_504_counts_as_a_timeout_as_kongs_log_phase_reports_it() -> None:
+    for type_ in ("http", "tcp"):
+        policy = PassivePolicy.from_config(healthchecks(f"{{passive: {{type: {type_}, unhealthy: {{timeouts: 1}}}}}}"))
+        assert policy.classify(504) is Event.TIMEOUT
+
+
 def test_passive_checker() -> None:
     config = parse_config("""
 upstreams:
