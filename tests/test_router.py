@@ -68,10 +68,37 @@ def test_regex_beats_a_longer_prefix():
     assert pick(r, "/users/profile/photo") == "regex"
 
 
-def test_prefix_equal_to_the_whole_path_beats_a_regex():
-    r = router(("regex", {"paths": [r"~/users/\w+"], "regex_priority": 100}), ("exact", {"paths": ["/users/me"]}))
-    assert pick(r, "/users/me") == "exact"
-    assert pick(r, "/users/you") == "regex"
+def test_a_regex_beats_any_prefix_even_one_equal_to_the_whole_path():
+    """Kong 3.x's REGEX_URL_BIT: a regex path outranks every prefix path (nginx's `location =` rule is not Kong's)."""
+    r = router(("regex", {"paths": [r"~/users/\w+$"]}), ("exact", {"paths": ["/users/me"]}))
+    assert pick(r, "/users/me") == "regex"
+    assert pick(r, "/users/me/") == "exact"  # the regex does not match this one
+
+
+def test_plain_hosts_beat_a_wildcard_host():
+    """Kong's PLAIN_HOST_ONLY_BIT: with the same categories, a route whose hosts are all plain wins."""
+    r = router(("wild", {"hosts": ["*.example.test"], "paths": ["/"]}),
+               ("plain", {"hosts": ["api.example.test"], "paths": ["/"]}))
+    assert pick(r, "/", host="api.example.test") == "plain"
+    assert pick(r, "/", host="web.example.test") == "wild"
+
+
+def test_more_headers_beat_fewer():
+    """Kong ranks by the number of header conditions, within the same categories."""
+    r = router(("one", {"headers": {"x-a": ["1"]}, "paths": ["/"]}),
+               ("two", {"headers": {"x-a": ["1"], "x-b": ["2"]}, "paths": ["/"]}))
+    assert pick(r, "/", headers=[("x-a", "1"), ("x-b", "2")]) == "two"
+    assert pick(r, "/", headers=[("x-a", "1")]) == "one"
+
+
+def test_plain_hosts_outrank_more_headers_and_headers_outrank_a_regex():
+    r = router(("regex", {"hosts": ["*.t"], "headers": {"x-a": ["1"]}, "paths": [r"~/r"]}),
+               ("headers", {"hosts": ["*.t"], "headers": {"x-a": ["1"], "x-b": ["1"]}, "paths": ["/"]}),
+               ("plain", {"hosts": ["a.t"], "headers": {"x-a": ["1"]}, "paths": ["/"]}))
+    both = [("x-a", "1"), ("x-b", "1")]
+    assert pick(r, "/r", host="a.t", headers=both) == "plain"
+    assert pick(r, "/r", host="b.t", headers=both) == "headers"
+    assert pick(r, "/r", host="b.t", headers=[("x-a", "1")]) == "regex"
 
 
 def test_higher_regex_priority_wins():

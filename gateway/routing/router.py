@@ -1,11 +1,14 @@
 """Kong's route matching: hosts, methods, headers, query arguments, TLS server names (snis) and paths (prefix or `~`
 regex).
 
-Precedence among routes that all match a request (documented in the README):
+Precedence among routes that all match a request is Kong 3.x's (its default router, traditional_compatible:
+kong/router/transform.lua get_priority; documented in the README):
 1. the route that constrains more categories (hosts, methods, headers, query, snis, paths) wins;
-2. then by path: a prefix equal to the whole path, then regexes (higher `regex_priority` first), then the longest
-   prefix;
-3. then the route defined first.
+2. then one whose hosts are all plain (no wildcard);
+3. then the one with more headers;
+4. then by path: any regex above any prefix, regexes by `regex_priority`, prefixes by length;
+5. then the route defined first.
+Candidates are sorted in that order once, so the first that matches is the answer.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
 router does, recent answers are remembered (MATCH_CACHE of them, for targets and Hosts of bounded length), keyed
 by what they depend on: method, target, Host and SNI, when no route looks at headers, query arguments, the
@@ -42,7 +45,7 @@ MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE 
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
 MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
 
-_EXACT, _REGEX, _PREFIX, _NO_PATH = 3, 2, 1, 0
+_REGEX, _PREFIX, _NO_PATH = 2, 1, 0
 
 
 class RouteSpec(Generic[T]):
@@ -102,7 +105,7 @@ _NO_ROUTE: Match = Match(None, b"", b"")  # a remembered None
 
 class _Candidate(Generic[T]):
     __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
-                 "exact_snis", "wild_snis", "headers", "query", "order", "mcp")
+                 "exact_snis", "wild_snis", "headers", "query", "order", "mcp", "priority")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
@@ -132,6 +135,13 @@ class _Candidate(Generic[T]):
         self.wild_snis = [_wildcard(s) for s in spec.snis if "*" in s]
         self.headers = [(k.encode(), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
         self.query = list(spec.query.items())
+        # Kong 3.x's route priority (kong/router/transform.lua get_priority), highest first: the categories; hosts
+        # that are all plain (no wildcard); the number of headers; a regex path above any prefix, by regex_priority;
+        # a longer prefix; then the route defined first.
+        plain_hosts = bool(spec.hosts) and not any("*" in h for h in spec.hosts)
+        self.priority = (categories, plain_hosts, min(len(spec.headers), 255), self.kind == _REGEX,
+                         spec.regex_priority if self.kind == _REGEX else 0,
+                         len(path) if self.kind == _PREFIX else 0, -order)  # type: ignore[arg-type]
 
 
 def _wildcard(host: str) -> re.Pattern[bytes]:
@@ -169,8 +179,8 @@ class Router(Generic[T]):
             paths: Sequence[str | None] = spec.paths or [None]
             for path in paths:
                 cands.append(_Candidate(spec, path, order))
-        # Highest possible score first, so the scan can stop once no later candidate could beat the best match.
-        cands.sort(key=lambda c: (-c.rank, c.order))
+        # Kong's priority order: the first candidate that matches is the answer.
+        cands.sort(key=lambda c: c.priority, reverse=True)
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
@@ -203,10 +213,7 @@ class Router(Generic[T]):
         escape = path is not raw or needs_escape(raw)  # (the router remembers its answers: once per target)
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
-        best: tuple[tuple[int, int, int, int], _Candidate[T], int, re.Match[bytes] | None] | None = None
-        for c in self._candidates:
-            if best is not None and c.rank < best[0][0]:
-                break
+        for c in self._candidates:  # in Kong's priority order: the first that matches wins
             spec = c.spec
             if spec.methods and method not in spec.methods:
                 continue
@@ -225,30 +232,26 @@ class Router(Generic[T]):
                 if not _query_match(c.query, qargs):
                     continue
             kind = c.kind
-            strip = 0
+            m = None
             if kind == _PREFIX:
                 if not path.startswith(c.prefix):
                     continue
                 strip = len(c.prefix)
-                score = (c.rank, _EXACT, 0, -c.order) if strip == len(path) else (c.rank, _PREFIX, strip, -c.order)
             elif kind == _REGEX:
                 m = c.regex.match(path)  # type: ignore[union-attr]
                 if m is None:
                     continue
                 strip = m.end()
-                score = (c.rank, _REGEX, spec.regex_priority, -c.order)
             else:
-                score = (c.rank, _NO_PATH, 0, -c.order)
+                strip = 0
             if c.mcp:
                 if mcp is None:
                     return NEEDS_MCP
                 if not _mcp_match(spec, mcp):
                     continue
-            if best is None or score > best[0]:
-                best = (score, c, strip, m if kind == _REGEX else None)
-        if best is None:
+            break
+        else:
             return None
-        _, c, strip, m = best
         spec = c.spec
         if spec.join is not None:
             path = upstream_path(spec.join[0], path, strip, spec.strip_path, spec.join[1])
