@@ -66,6 +66,34 @@ def assert_json_error(reply, status: int, message: str) -> dict:  # noqa: ANN001
 # --- upstream failures ---------------------------------------------------------------------------------------------
 
 
+async def test_a_connect_timeout_gets_504_as_nginx_answers_it(nursery, gateway):
+    """A TLS upstream that accepts the connection and never answers the ClientHello: the connect (handshake
+    included) passes connect_timeout; nginx's answer is 504, not 502."""
+    silent = trio.socket.socket()
+    await silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    held = []
+
+    async def hold() -> None:
+        while True:
+            conn, _ = await silent.accept()
+            held.append(conn)
+
+    dead = service("silent", f"https://127.0.0.1:{silent.getsockname()[1]}", [{"paths": ["/x"]}],
+                   connect_timeout=200, retries=0)
+    setup = await start(nursery, gateway, [dead])
+    async with trio.open_nursery() as holding:
+        holding.start_soon(hold)
+        with trio.fail_after(TIMEOUT):
+            reply = await request(setup.port, "GET", "/x")
+        holding.cancel_scope.cancel()
+    for conn in held:
+        conn.close()
+    silent.close()
+    assert_json_error(reply, 504, "The upstream server is timing out")
+    await setup.assert_alive()
+
+
 async def test_refused_upstream_gets_502_json(nursery, gateway):
     setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=2)])
     with trio.fail_after(TIMEOUT):
@@ -120,7 +148,7 @@ async def test_body_stalling_longer_than_read_timeout_aborts_the_client_connecti
 @pytest.mark.parametrize("weights", [[], [0, 0]], ids=["no-targets", "all-weight-0"])
 async def test_upstream_without_usable_targets_gets_503_json(nursery, gateway, weights):
     echo = await start_backend(nursery, EchoBackend())
-    up = upstream("empty", [echo.port] * len(weights), weights or None)
+    up = upstream("empty", [echo.port, free_port()][:len(weights)], weights or None)  # (a target once per upstream)
     setup = await start(nursery, gateway, [service("svc", "http://empty")], [up])
     with trio.fail_after(TIMEOUT):
         reply = await request(setup.port, "GET", "/x")

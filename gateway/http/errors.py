@@ -17,6 +17,13 @@ class ConnectError(UpstreamError):
     """TCP connect refused, unreachable, or timed out: nothing was sent, so any request may be retried."""
 
 
+class ConnectTimeout(ConnectError):
+    """The connect (or the TLS handshake) took longer than connect_timeout: nginx's 504, a timeout for passive
+    health checks, as in Kong."""
+
+    status = 504
+
+
 class UpstreamTimeout(UpstreamError):
     """The upstream stopped answering within the service's write_timeout or read_timeout."""
 

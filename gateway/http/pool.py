@@ -23,7 +23,7 @@ import select
 import trio
 
 from gateway.http.codec import ClientCodec
-from gateway.http.errors import ConnectError
+from gateway.http.errors import ConnectError, ConnectTimeout
 from gateway.http.net import Conn, open_connection
 from gateway.http.tls import TlsConn, TlsError, client_handshake
 from gateway.http.tls_contexts import ClientTls
@@ -196,7 +196,7 @@ class Pool:
             self._watch.register(fd, _WATCH)
             self._open[fd] = uc
             return uc
-        raise ConnectError(f"connect to {key[0]}:{key[1]} timed out after {timeout:g}s")
+        raise ConnectTimeout(f"connect to {key[0]}:{key[1]} timed out after {timeout:g}s")
 
     async def watch_forever(self) -> None:
         """Run `watch` every WATCH_S while connections are idle; with none, wait for the first (a worker's task)."""
