@@ -25,7 +25,7 @@ from gateway.http.codec import (
     check_reason,
     check_request_head,
 )
-from gateway.http.codec_llhttp import REASONS, _close_delimited, _wants_keep_alive
+from gateway.http.codec_llhttp import REASONS, _close_delimited, _has_token, _wants_keep_alive
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")  # no field-vchar (RFC 9110 5.5); llhttp refuses them, h11 not
@@ -259,6 +259,15 @@ class H11Server(_H11Codec):
         response = h11.InformationalResponse(status_code=status, headers=[], reason=REASONS.get(status, b""))
         return self._conn.send(response) or b""
 
+    def switch_protocols(self, headers: Headers, reason: bytes = b"", lines: bytes = b"") -> bytes:
+        if lines:
+            headers = [*headers, *(_split_line(line) for line in lines.split(b"\r\n")[:-1])]
+        response = h11.InformationalResponse(status_code=101, headers=headers, reason=reason or b"Switching Protocols")
+        return self._conn.send(response) or b""  # h11 switches: keep_alive is False from here on
+
+    def take_upgraded(self) -> bytes:
+        return bytes(self._conn.trailing_data[0])  # what h11 left unparsed after the request (it pauses there)
+
     def body(self, data: bytes) -> bytes:
         if self._no_body:  # h11 would raise: a HEAD, 204 or 304 response has no body
             return b""
@@ -293,16 +302,29 @@ def _check_response_head(headers: Headers) -> None:
 class H11Client(_H11Codec):
     """Client side of an upstream connection."""
 
-    __slots__ = ("_method", "_closed")
+    __slots__ = ("_method", "_closed", "_upgrade")
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
         self._method = b"GET"
         self._closed = False
+        self._upgrade = False  # an Upgrade header was sent: h11 accepts a 101 (never reset: not reused after it)
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
+        if framing is None and any(name == b"upgrade" for name, _ in headers):
+            self._upgrade = True
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+
+    def take_upgraded(self) -> bytes:
+        return bytes(self._conn.trailing_data[0])  # what h11 left unparsed after the 101 (it pauses there)
+
+    def _switched(self, ev: h11.InformationalResponse, headers: Headers) -> Response:
+        """The 101 h11 accepted (to a request with Upgrade): as llhttp, only with Upgrade and Connection: upgrade."""
+        if not any(name == b"upgrade" for name, _ in headers) or not any(
+                name == b"connection" and _has_token(value, b"upgrade") for name, value in headers):
+            raise ProtocolError("upstream switched protocols without Upgrade and Connection: upgrade", 502)
+        return Response(101, bytes(ev.reason), headers, bytes(ev.http_version), False)
 
     def _raw_response(self) -> Headers | None:
         probe = self._probe
@@ -353,7 +375,9 @@ class H11Client(_H11Codec):
                 self._closed = True
                 return CLOSED
             if type(ev) is h11.InformationalResponse:
-                self._raw_response()
+                headers = self._raw_response()
+                if ev.status_code == 101:  # h11 raised already if the request had no Upgrade header
+                    return self._switched(ev, headers or [])
                 continue
             if ev is h11.NEED_DATA:
                 self._framing_fault()
@@ -363,4 +387,4 @@ class H11Client(_H11Codec):
     def keep_alive(self) -> bool:
         # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for.
         keep = _H11Codec.keep_alive.fget(self)  # type: ignore[attr-defined]  # mypy: a property has fget
-        return keep and not self._eof and not self._conn.trailing_data[0]
+        return keep and not self._eof and not self._conn.trailing_data[0] and not self._upgrade

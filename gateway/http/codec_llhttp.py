@@ -106,7 +106,7 @@ class _Parsing(_BodyFramer):
     """What both sides share: feeding httptools, the head-size limit, the event queue."""
 
     __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial", "_feeding",
-                 "_at_start", "_in_head", "_dead")
+                 "_at_start", "_in_head", "_dead", "_tunnel")
 
     _MALFORMED = "malformed message"
     _BAD = 400  # the status of a parse error
@@ -127,6 +127,7 @@ class _Parsing(_BodyFramer):
         self._at_start = True  # no message ended yet in the chunk being fed
         self._in_head = False
         self._dead = False  # parser retired: an error, EOF (server) or a HEAD response (client)
+        self._tunnel = b""  # what came after the head of a protocol switch (see _upgraded): take_upgraded
 
     def on_message_begin(self) -> None:
         self._headers = []
@@ -203,6 +204,10 @@ class _Parsing(_BodyFramer):
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         raise NotImplementedError
+
+    def take_upgraded(self) -> bytes:
+        rest, self._tunnel = self._tunnel, b""
+        return rest
 
     def _fail(self, error: ProtocolError) -> None:
         self._events.append(error)
@@ -287,7 +292,10 @@ class LlhttpServer(_Parsing):
     def _upgraded(self, data: bytes, offset: int) -> None:
         # llhttp stops after a request with Upgrade (or CONNECT), skipping any body. Like h11 we serve it as an
         # ordinary request (answering anything but 101 declines the upgrade) and parse on after it, which httptools
-        # allows; but a body llhttp skipped cannot be recovered, so such a request is refused instead.
+        # allows; but a body llhttp skipped cannot be recovered, so such a request is refused instead. What came
+        # after its head is also kept as it is: when the answer is a 101 (switch_protocols), those bytes are the
+        # new protocol's (take_upgraded). (A second upgrade request in the same chunk, pipelined after a first
+        # one, keeps the first one's: a client waits for the switch before it speaks the new protocol.)
         events = self._events
         request = events[-2]
         assert type(request) is Request  # the head llhttp parsed before it stopped
@@ -297,8 +305,10 @@ class LlhttpServer(_Parsing):
                 events.pop()
                 self._fail(ProtocolError("protocol upgrade with a request body is not supported", 501))
                 return
-        if offset < len(data):
-            self._feed(data[offset:])
+        rest = data[offset:]
+        if rest:
+            self._feed(rest)
+        self._tunnel = rest
 
     def next_event(self) -> Event:
         events = self._events
@@ -374,6 +384,15 @@ class LlhttpServer(_Parsing):
     def informational(self, status: int) -> bytes:
         return b"HTTP/1.1 %d %b\r\n\r\n" % (status, REASONS.get(status, b""))
 
+    def switch_protocols(self, headers: Headers, reason: bytes = b"", lines: bytes = b"") -> bytes:
+        self._close = True  # the connection is the new protocol's now: no other HTTP message on it
+        self._response_done = True
+        parts = [b"HTTP/1.1 101 %b\r\n" % (reason or b"Switching Protocols")]
+        parts += [b"%b: %b\r\n" % hv for hv in headers]
+        parts.append(lines)
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
     def end(self) -> bytes:
         self._response_done = True
         return _CHUNK_END if self._chunked else b""
@@ -396,7 +415,8 @@ class LlhttpClient(_Parsing):
     """Client side of an upstream connection."""
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
-                 "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked")
+                 "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked", "_upgrade",
+                 "_switched")
     _parser: httptools.HttpResponseParser
 
     _MALFORMED = "malformed upstream response"
@@ -418,6 +438,9 @@ class LlhttpClient(_Parsing):
         # announces, and a chunk-size line it takes without a word must not go unnoticed (see receive_data).
         self._head_answered = False
         self._head_chunked = False  # that response said chunked: llhttp ending its "body" means bytes came after
+        self._upgrade = False  # the request asked to switch protocols: a 101 may answer it (never reset: such a
+        # connection is not reused)
+        self._switched: Response | None = None  # that 101, until llhttp stops for the switch (_upgraded)
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
@@ -429,6 +452,9 @@ class LlhttpClient(_Parsing):
             framing = CHUNKED if b"transfer-encoding" in names else LENGTH if b"content-length" in names else NO_BODY
             self._request_close = b"connection" in names and any(
                 _has_token(v, b"close") for n, v in headers if n == b"connection")
+            if b"upgrade" in names and b"connection" in names and any(
+                    _has_token(v, b"upgrade") for n, v in headers if n == b"connection"):
+                self._upgrade = self._request_close = True  # whatever the answer, the connection is not reused
         else:
             self._request_close = False  # the caller's word: no Connection field
         self._chunked = framing == CHUNKED
@@ -465,6 +491,12 @@ class LlhttpClient(_Parsing):
         if reason and reason != b"OK":
             check_reason(reason)
         if status < 200:
+            if status == 101 and self._upgrade:  # the switch asked for: queued once llhttp stops for it (_upgraded)
+                version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
+                self._switched = Response(status, reason, headers, version, False)
+                self._skip = True
+                self._keep = False
+                return
             if status < 100 or (status > 103 and _declares_body(headers)):
                 # A 1xx has no body (RFC 9112 6.3), but llhttp reads the one the head of any but 100-103 declares:
                 # what follows it could not be framed as the upstream meant. (A 0xx is no status at all.)
@@ -535,7 +567,17 @@ class LlhttpClient(_Parsing):
         events.append(CLOSED)
 
     def _upgraded(self, data: bytes, offset: int) -> None:
-        self._fail(ProtocolError("upstream switched protocols without being asked to", 502))
+        switched = self._switched
+        if switched is None:
+            self._fail(ProtocolError("upstream switched protocols without being asked to", 502))
+            return
+        # The 101 to our upgrade request (llhttp stops only for one with Upgrade and Connection: upgrade): the rest
+        # is the new protocol's. The parser is retired; nothing on this connection is HTTP any more.
+        self._switched = None
+        self._events.append(switched)
+        self._tunnel = data[offset:]
+        self._dead = True
+        self._keep = False
 
     def _fail(self, error: ProtocolError) -> None:
         if error.status != 502:  # a limit a callback enforced (431 on the server side)

@@ -263,6 +263,30 @@ class Exchange:
         self.sent += len(data)
         await self.conn.sendall(data)
 
+    async def switch_protocols(self, headers: Headers, reason: bytes = b"") -> bytes | None:
+        """Send a 101 head (an upstream's switch, proxied; `headers` with its Upgrade and Connection): from then on
+        the connection carries the new protocol and ends with it (the connection loop closes it once the handler
+        returns). Returns the bytes the client sent after its request head (the new protocol's first), or None when
+        a header filter answered in the 101's place (phases.Exit: that answer was sent, the request is over)."""
+        codec = self._codec
+        self.response_started = True
+        status = 101
+        if self.phases is not None:
+            status, headers, _, _ = self.phases.filter(self, 101, headers, b"", False)
+        self.status = status
+        self.response_headers = headers
+        self.response_done = True  # the HTTP response is complete (what follows a 101 is not HTTP)
+        if status != 101:  # a header filter's Exit (Content-Length: 0): its answer, and the connection ends with it
+            self.close_after = True
+            data = codec.response_head(status, headers, b"", True, self.response_lines) + codec.end()
+            self.sent += len(data)
+            await self.conn.sendall(data)
+            return None
+        data = codec.switch_protocols(headers, reason, self.response_lines)
+        self.sent += len(data)
+        await self.conn.sendall(data)
+        return codec.take_upgraded()
+
     async def send_body(self, data: bytes) -> None:
         if data:
             data = self._codec.body(data)

@@ -26,11 +26,12 @@ from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
-from gateway.pipeline.headers import HOP_BY_HOP, connection_options, upstream_request_headers
+from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
 from gateway.pipeline.request_buffer import SpooledBody, read_whole, with_length
 from gateway.pipeline.streamwatch import StreamWatch
+from gateway.pipeline.tunnel import relay
 from gateway.routing import Match
 from gateway.runtime import RouteRuntime, ServiceRuntime, TargetRuntime, UpstreamGroup
 from gateway.state.shared import SharedState
@@ -85,6 +86,10 @@ class Forwarder:
         affinity = route.affinity
         headers, client_host, request_id, session_id, framing = upstream_request_headers(ex, affinity is not None)
         ex.request_id = request_id
+        upgrade = framing == UPGRADE  # a WebSocket handshake, say: no body; a 101 makes a tunnel (_tunnel)
+        if upgrade:
+            framing = None  # type: ignore[assignment]  # the codec reads the headers, and so expects the 101
+            session_id = None  # a tunnel is not an MCP transport: its session id is neither passed on nor pinned
         pinned = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
             opened = affinity.open(session_id)  # type: ignore[union-attr]
@@ -154,6 +159,9 @@ class Forwarder:
                     if isinstance(e, UpstreamClosed) and e.reused:
                         stale = index  # it closed while idle, as the request crossed it: the target said nothing
                     continue
+                if upgrade and response.status == 101:
+                    await self._tunnel(ex, svc, uc, response, attempt, request_id)
+                    return
                 await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
                                   route.name if session_id is None else None, mcp.edit if mcp is not None else None)
                 return
@@ -174,7 +182,7 @@ class Forwarder:
                 spooled.close()
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
-                        method: bytes, path: bytes, headers: Headers, framing: int, body: bytes | SpooledBody,
+                        method: bytes, path: bytes, headers: Headers, framing: int | None, body: bytes | SpooledBody,
                         body_done: bool) -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled. `body`:
         what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one."""
@@ -258,6 +266,36 @@ class Forwarder:
             timed_out = timer.phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and timer.at <= trio.current_time()
             self._finished(attempt, False, TIMEOUT if timed_out else 0)
             raise
+
+    async def _tunnel(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response,
+                      attempt: Attempt, request_id: bytes) -> None:
+        """The upstream switched protocols: its 101 to the client (response headers handled as any answer's, with
+        its Upgrade and `Connection: upgrade`), then bytes relayed both ways (gateway.pipeline.tunnel) until either
+        side closes or a timeout of the service ends it. Both connections are closed after it, neither reused; the
+        target's request lasts as long as the tunnel (the balancer counts it as active meanwhile)."""
+        timers = ex.timer.timers
+        switched = False
+        try:
+            headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target)[0]
+                       if hv[0] != b"content-length"]
+            headers += [(b"upgrade", b", ".join(v for n, v in response.headers if n == b"upgrade")),
+                        (b"connection", b"upgrade")]
+            to_upstream = await ex.switch_protocols(headers, response.reason)
+            switched = True
+            if to_upstream is None:
+                return  # a header filter answered in the 101's place
+            if timers is not None:
+                timers.park(ex.timer)  # as an SSE stream: busy for as long as it lasts, no drain shortens it
+            why, down, up = await relay(ex.conn, uc.conn, to_upstream, uc.codec.take_upgraded(), svc.read_timeout,
+                                        svc.write_timeout)
+            log.debug("tunnel %s <-> %s ended, %s (%d bytes to the client, %d to the upstream)", ex.conn.peer,
+                      uc.conn.peer, why, down, up)
+            ex.sent += down
+        finally:
+            if timers is not None:
+                timers.unpark(ex.timer)
+            self._finished(attempt, switched, 101 if switched else 0)
+            uc.close()
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
                      request_id: bytes, affinity: SessionAffinity | None, new_session: str | None = None,

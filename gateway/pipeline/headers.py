@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers
+from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers, Request
 from gateway.http.ids import new_request_id
 from gateway.http.server import Exchange
 from gateway.memo import Memo
@@ -27,6 +27,11 @@ _MAX_REQUEST_ID = 200
 # address, scheme and listener port (a few, in practice) instead of four tuples per request.
 _OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
 _NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer sent that are kept: none (never added to)
+# upstream_request_headers' framing for a request that asks to switch protocols (a WebSocket handshake): no body,
+# sent with the client's Upgrade and Kong's `Connection: keep-alive, Upgrade` (the forwarder's upgrade path; never
+# given to a codec, which reads such headers itself).
+UPGRADE = 3
+_UPGRADE_CONNECTION = (b"connection", b"keep-alive, Upgrade")
 
 
 # Never dropped because a Connection header names them: removing a framing header would change where the message
@@ -56,13 +61,29 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
     return tokens
 
 
+def upgrade_asked(request: Request) -> bytes | None:
+    """The Upgrade value of a request whose Connection header names `upgrade`, when it may switch protocols: an
+    HTTP/1.1 GET with `Upgrade: websocket` (Kong's rule: only a WebSocket upgrade is passed on) and no body; None
+    otherwise (then it is an ordinary request, Upgrade dropped as hop-by-hop)."""
+    if request.method != b"GET" or request.http_version != b"1.1":
+        return None
+    values = []
+    for name, value in request.headers:
+        if name == b"upgrade":
+            values.append(value)
+        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
+            return None
+    return values[0] if len(values) == 1 and values[0].strip().lower() == b"websocket" else None
+
+
 def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
 
 
 def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None, int]:
     """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id,
-    how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked).
+    how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked; or
+    UPGRADE for a request that asks to switch protocols, with Kong's Upgrade and Connection headers added).
 
     Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port are kept and its X-Forwarded-For gets
     the peer appended; otherwise they are the gateway's own, X-Forwarded-For being the client address. X-Real-IP is
@@ -72,7 +93,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
     headers = ex.request.headers
     trusted = ex.peer_trusted
     connection = False  # a Connection header: the headers it names are dropped too (after the loop: it is rare)
-    chunked = length = False
+    framing = NO_BODY
     out: Headers = []
     host = b""
     xff = b""
@@ -98,7 +119,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
                     session_id = hv[1]
                     continue
             elif name == b"content-length":
-                length = True
+                framing = LENGTH
             elif name in _FORWARDED:
                 if not trusted:
                     continue
@@ -107,13 +128,17 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
                 if name == b"connection":
                     connection = True
                 elif name == b"transfer-encoding":
-                    chunked = True  # chunked, and nothing else: gateway.http.codec.check_request_head
+                    framing = CHUNKED  # chunked, and nothing else: gateway.http.codec.check_request_head
                 continue  # hop-by-hop, consumer headers, expect, x-real-ip
         out.append(hv)
     if connection and (named := connection_tokens(headers)):
         out = [hv for hv in out if hv[0] not in named]
         if trusted:
             seen_forwarded -= named
+        if b"upgrade" in named and (upgrade := upgrade_asked(ex.request)) is not None:
+            out.append((b"upgrade", upgrade))  # Kong's upstream_upgrade and upstream_connection
+            out.append(_UPGRADE_CONNECTION)
+            framing = UPGRADE
     if not request_id:
         request_id = new_request_id()
     if trusted:
@@ -141,7 +166,6 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
     consumer = ex.consumer
     if consumer is not None:
         out += consumer.upstream_headers
-    if chunked:
+    if framing == CHUNKED:
         out.append((b"transfer-encoding", b"chunked"))
-        return out, host, request_id, session_id, CHUNKED
-    return out, host, request_id, session_id, LENGTH if length else NO_BODY
+    return out, host, request_id, session_id, framing
