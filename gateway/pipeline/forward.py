@@ -15,7 +15,7 @@ import logging
 import trio
 
 from gateway.http.codec import CHUNKED, CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
-from gateway.http.errors import BadResponse, UpstreamClosed, UpstreamError
+from gateway.http.errors import BadResponse, ConnectTimeout, UpstreamClosed, UpstreamError
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
@@ -116,7 +116,8 @@ class Forwarder:
         try:
             replayable = body_done and req.method in IDEMPOTENT
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
-            tried = set(group.unusable)  # drained, or circuit open (kept current by gateway.state)
+            unusable = group.unusable  # drained, circuit open or unhealthy (kept current by gateway.state)
+            tried = set(unusable)
             error: UpstreamError | None = None
             if pinned is not None and pinned in group.unusable and not (
                     self.shared is not None and self.shared.is_drained(group.keys[pinned])):
@@ -131,7 +132,10 @@ class Forwarder:
                 if stale is None:
                     index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
                     if index is None:
-                        break
+                        if len(tried) == len(unusable):
+                            break  # nothing to pick at all
+                        tried = set(unusable)  # every target tried: Kong's balancer goes round again
+                        continue
                     tries -= 1
                 else:  # nginx's u->peer.cached: that failure cost no try
                     index, stale = stale, None
@@ -200,8 +204,8 @@ class Forwarder:
         if uc is None:
             try:
                 uc = await pool.connect(key, svc.connect_timeout, tls, target.server_name)
-            except UpstreamError:
-                self._finished(attempt, False, TCP_FAILURE)
+            except UpstreamError as e:
+                self._finished(attempt, False, TIMEOUT if isinstance(e, ConnectTimeout) else TCP_FAILURE)
                 raise
             now = self.clock()
         codec = uc.codec

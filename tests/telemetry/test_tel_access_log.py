@@ -63,8 +63,8 @@ async def test_a_failed_upstream_is_logged_with_its_tries(nursery, gateway, tmp_
     assert reply.status == 502
     (line,) = await _lines(log, 1)
     assert line["response"]["status"] == 502 and line["source"] == "error"
-    assert [t["state"] for t in line["tries"]] == ["failed"]
-    assert line["upstream_status"] == "502"
+    assert [t["state"] for t in line["tries"]] == ["failed", "failed"]  # retries: 1, one target tried again
+    assert line["upstream_status"] == "502, 502"  # nginx's $upstream_status: each try's
 
 
 async def test_file_log_plugin_writes_the_routes_requests_only(nursery, gateway, tmp_path):
