@@ -41,7 +41,7 @@ log = logging.getLogger("gateway.runtime")
 class TargetRuntime:
     """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
 
-    __slots__ = ("host", "port", "key", "name", "host_header", "weight", "server_name", "obs")
+    __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs")
 
     def __init__(self, host: str, port: int, weight: int, host_header: str | None = None) -> None:
         self.obs: Any = None  # its tries' outcomes and latencies for metrics (made by the log phase when first used)
@@ -51,7 +51,11 @@ class TargetRuntime:
         self.weight = weight
         shown = f"[{host}]" if ":" in host else host
         self.name = f"{shown}:{port}"
-        self.host_header = (host_header or (shown if port == 80 else self.name)).encode()
+        # Kong's set_host_header: the upstream's host_header, else the target's host, and its port unless it is the
+        # scheme's own (80 for http, 443 for https)
+        name = host_header or shown
+        self.host_header = (name if port == 80 else f"{name}:{port}").encode()
+        self.host_header_tls = (name if port == 443 else f"{name}:{port}").encode()
         # TLS: the name sent as SNI and verified in the certificate (the upstream's host_header, else the target)
         self.server_name = _without_port(host_header) if host_header else host
 

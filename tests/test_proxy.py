@@ -15,6 +15,7 @@ import trio
 from backends import Client, EchoBackend, SseBackend, pattern_bytes, request, service, upstream
 
 from gateway.pipeline import request_buffer
+from gateway.runtime import TargetRuntime
 
 TIMEOUT = 10
 
@@ -256,7 +257,17 @@ async def test_upstream_host_header_setting_is_sent(nursery, gateway):
                           "upstreams": [upstream("mcp-cluster", [backend.port], host_header="mcp.internal")]})
     with trio.fail_after(TIMEOUT):
         await request(port, "GET", "/")
-    assert backend.requests[0].header("host") == "mcp.internal"
+    assert backend.requests[0].header("host") == f"mcp.internal:{backend.port}"  # Kong adds the target's port
+
+
+@pytest.mark.parametrize(("port", "host_header", "http", "https"), [
+    (80, None, "a.test", "a.test:80"), (443, None, "a.test:443", "a.test"), (8080, None, "a.test:8080", "a.test:8080"),
+    (443, "in.test", "in.test:443", "in.test"), (8080, "in.test", "in.test:8080", "in.test:8080")])
+def test_the_upstream_host_omits_only_the_schemes_own_port(port, host_header, http, https):
+    """Kong's set_host_header: the target's host (or the upstream's host_header) and its port, unless it is 80 for
+    an http service or 443 for an https one."""
+    target = TargetRuntime("a.test", port, 100, host_header)
+    assert (target.host_header, target.host_header_tls) == (http.encode(), https.encode())
 
 
 async def test_forwarding_headers_and_request_id(nursery, gateway):

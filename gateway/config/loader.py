@@ -44,7 +44,7 @@ from gateway.config.tls import (
     listen_flags,
     ref_id,
 )
-from gateway.routing.router import python_regex
+from gateway.routing.router import python_regex, split_host_port
 
 _SECTIONS: dict[str, Any] = {
     "services": Service,
@@ -457,6 +457,9 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
 
 def _check_upstream(up: Upstream, errors: list[str]) -> None:
     where = path_of(up)
+    if up.host_header is not None and split_host_port(up.host_header)[1] is not None:
+        errors.append(f"{where}.host_header: a host name without a port, as in Kong (the target's port is added to "
+                      f"it unless it is the scheme's own), got {show(up.host_header)}")
     for field, needs in (("hash_on", "hash_on_header"), ("hash_fallback", "hash_fallback_header")):
         value = getattr(up, field)
         if value == "header" and not getattr(up, needs):

@@ -143,7 +143,8 @@ class Forwarder:
                 target = group.targets[index]
                 if ex.state is not None:  # for the MCP audit log: where the call went
                     ex.state["upstream"] = target.name
-                host = client_host if route.preserve_host and client_host else target.host_header
+                host = client_host if route.preserve_host and client_host else \
+                    target.host_header if svc.tls is None else target.host_header_tls
                 del headers[host_at:]
                 headers.append((b"host", host))
                 if mcp is not None and mcp.rewrite_origin:
