@@ -98,9 +98,16 @@ def test_x_forwarded_for_is_set_to_the_client_address():
     assert values(out, "x-forwarded-for") == ["203.0.113.7"]
 
 
-def test_x_forwarded_for_from_an_untrusted_client_is_replaced():
+def test_x_forwarded_for_from_an_untrusted_client_gets_the_peer_appended_as_kong_does():
+    """kong/runloop/handler.lua: a request's X-Forwarded-For always gets $realip_remote_addr appended."""
     out, _, _ = rewrite([("host", "gw"), ("x-forwarded-for", "10.9.9.9")])
-    assert values(out, "x-forwarded-for") == ["203.0.113.7"]
+    assert values(out, "x-forwarded-for") == ["10.9.9.9, 203.0.113.7"]
+    assert values(out, "x-real-ip") == ["203.0.113.7"]
+
+
+def test_x_forwarded_host_is_nginxs_host_without_the_port_in_lower_case():
+    out, _, _ = rewrite([("host", "Public.Example.com:8443")])
+    assert values(out, "x-forwarded-host") == ["public.example.com"]
 
 
 def test_x_forwarded_for_from_a_trusted_peer_gets_the_peer_appended():

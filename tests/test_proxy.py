@@ -282,8 +282,8 @@ async def test_forwarding_headers_and_request_id(nursery, gateway):
     assert reply.header("x-request-id") == "req-42"
     assert seen.header("traceparent") == traceparent
     assert seen.header("x-hop") is None
-    assert seen.header("x-forwarded-for") == "127.0.0.1"  # a client's own value is not trusted by default
-    assert seen.header("x-real-ip") == "127.0.0.1"
+    assert seen.header("x-forwarded-for") == "6.6.6.6, 127.0.0.1"  # kept with the peer appended, as Kong does
+    assert seen.header("x-real-ip") == "127.0.0.1"  # the client address: a client's own value is not believed
     assert seen.header("x-forwarded-proto") == "http"
     assert seen.header("x-forwarded-port") == str(port)
 

@@ -76,6 +76,19 @@ def upgrade_asked(request: Request) -> bytes | None:
     return values[0] if len(values) == 1 and values[0].strip().lower() == b"websocket" else None
 
 
+_NGINX_HOSTS: Memo[bytes, bytes] = Memo(4096)  # a Host value -> nginx's $host
+
+
+def nginx_host(host: bytes) -> bytes:
+    """nginx's $host, what Kong's X-Forwarded-Host is: the Host without its port, in lower case."""
+    found = _NGINX_HOSTS.get(host)
+    if found is None:
+        lowered = host.lower()
+        bare = lowered[:lowered.find(b"]") + 1] if lowered.startswith(b"[") else lowered.partition(b":")[0]
+        found = _NGINX_HOSTS.keep(host, bare)
+    return found
+
+
 def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
 
@@ -85,11 +98,12 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
     how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked; or
     UPGRADE for a request that asks to switch protocols, with Kong's Upgrade and Connection headers added).
 
-    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port are kept and its X-Forwarded-For gets
-    the peer appended; otherwise they are the gateway's own, X-Forwarded-For being the client address. X-Real-IP is
-    the client address. Consumer headers come only from the request's consumer (ex.consumer). With `affinity` the
-    client's Mcp-Session-Id is taken out (the caller puts the upstream's own id back); otherwise it passes through
-    like any header and None is returned for it."""
+    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port are kept; otherwise they are the
+    gateway's own (X-Forwarded-Host nginx's $host: the Host without its port, in lower case). An X-Forwarded-For the
+    request has gets the peer appended, from any peer as Kong does (the last hop is the one to believe); without
+    one it is the client address. X-Real-IP is the client address. Consumer headers come only from the request's
+    consumer (ex.consumer). With `affinity` the client's Mcp-Session-Id is taken out (the caller puts the upstream's
+    own id back); otherwise it passes through like any header and None is returned for it."""
     headers = ex.request.headers
     trusted = ex.peer_trusted
     connection = False  # a Connection header: the headers it names are dropped too (after the loop: it is rare)
@@ -106,9 +120,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
             if name == b"host":
                 host = hv[1]
                 continue
-            if name == b"x-forwarded-for":
-                if trusted:
-                    xff = hv[1] if not xff else xff + b", " + hv[1]
+            if name == b"x-forwarded-for":  # kept, the peer appended (Kong: a client's too, the last hop being ours)
+                xff = hv[1] if not xff else xff + b", " + hv[1]
                 continue
             if name == b"x-request-id":
                 if not request_id and _valid_request_id(hv[1]):
@@ -147,7 +160,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
         if b"x-forwarded-proto" not in seen_forwarded:
             out.append((b"x-forwarded-proto", ex.conn.scheme))
         if b"x-forwarded-host" not in seen_forwarded and host:
-            out.append((b"x-forwarded-host", host))
+            out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
         if b"x-forwarded-port" not in seen_forwarded:
             out.append((b"x-forwarded-port", ex.conn.listen_port))
         out.append((b"x-real-ip", client_ip))
@@ -159,9 +172,13 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
             ip = key[0].encode()
             own = _OWN_FORWARDED.keep(key, [(b"x-forwarded-for", ip), (b"x-forwarded-proto", key[1]),
                                             (b"x-forwarded-port", key[2]), (b"x-real-ip", ip)])
-        out += own
+        if xff:  # rare: a client (or a balancer not in trusted_ips) sent one
+            out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()))
+            out += own[1:]
+        else:
+            out += own
         if host:
-            out.append((b"x-forwarded-host", host))
+            out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
     out.append((b"x-request-id", request_id))
     consumer = ex.consumer
     if consumer is not None:
