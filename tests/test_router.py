@@ -290,3 +290,13 @@ def test_the_memory_is_bounded_and_long_targets_are_not_kept():
     assert pick(r, long) == pick(r, long) == "api" and len(calls) == 2
     long_host = "h" * (MAX_CACHED_HOST + 1)
     assert pick(r, "/x", host=long_host) == pick(r, "/x", host=long_host) == "api" and len(calls) == 4
+
+
+def test_a_star_inside_a_host_is_a_literal_character_as_in_kong():
+    """Kong's host_op_transform: only a leading or trailing `*` is a wildcard."""
+    r = router(("inner", {"hosts": ["a.*.test"], "paths": ["/"]}), ("suffix", {"hosts": ["*.b.test"], "paths": ["/"]}),
+               ("prefix", {"hosts": ["c.*"], "paths": ["/"]}))
+    assert pick(r, "/", host="a.x.test") is None
+    assert pick(r, "/", host="a.*.test") == "inner"
+    assert pick(r, "/", host="x.y.b.test") == "suffix"
+    assert pick(r, "/", host="c.internal") == "prefix"

@@ -126,10 +126,11 @@ class _Candidate(Generic[T]):
         self.mcp = bool(spec.mcp_methods or spec.mcp_tools)
         self.rank = categories
         plain = [split_host_port(h) for h in spec.hosts]
-        self.exact_hosts = frozenset(h.encode() for h, p in plain if "*" not in h and p is None)
-        self.wild_hosts = [_wildcard(h) for h, p in plain if "*" in h and p is None]
+        self.exact_hosts = frozenset(h.encode() for h, p in plain if not _is_wildcard(h) and p is None)
+        self.wild_hosts = [_wildcard(h) for h, p in plain if _is_wildcard(h) and p is None]
         # Kong: a host with a port matches that host on a request that arrived on that (listener) port
-        self.port_hosts = [(h.encode(), _wildcard(h) if "*" in h else None, p) for h, p in plain if p is not None]
+        self.port_hosts = [(h.encode(), _wildcard(h) if _is_wildcard(h) else None, p) for h, p in plain
+                           if p is not None]
         self.any_hosts = bool(spec.hosts)
         self.exact_snis = frozenset(s.encode() for s in spec.snis if "*" not in s) if spec.snis else None
         self.wild_snis = [_wildcard(s) for s in spec.snis if "*" in s]
@@ -144,9 +145,17 @@ class _Candidate(Generic[T]):
                          len(path) if self.kind == _PREFIX else 0, -order)  # type: ignore[arg-type]
 
 
+def _is_wildcard(host: str) -> bool:
+    """Kong's host_op_transform: a `*` first or last makes a suffix or prefix match; anywhere else it is a literal
+    character (such a host matches only itself)."""
+    return host[:1] == "*" or host[-1:] == "*"
+
+
 def _wildcard(host: str) -> re.Pattern[bytes]:
     """Kong: "*.example.com" matches any host ending in ".example.com", "example.*" any starting "example."."""
-    return re.compile(re.escape(host.encode()).replace(rb"\*", rb".+") + rb"\Z")
+    if host[:1] == "*":
+        return re.compile(rb".+" + re.escape(host[1:].encode()) + rb"\Z")
+    return re.compile(re.escape(host[:-1].encode()) + rb".+\Z")
 
 
 def split_host_port(host: str) -> tuple[str, int | None]:
