@@ -18,17 +18,22 @@ PEER_IP = "10.0.0.2"  # a balancer, when the tests say the peer is trusted
 PORT = b"8000"
 
 
+TARGET = b"/api/v1/items?page=2"
+
+
 def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: Any = None) -> Any:
     """What upstream_request_headers reads of an Exchange."""
-    return SimpleNamespace(request=SimpleNamespace(headers=headers), client_ip=CLIENT_IP, peer_trusted=trust,
+    return SimpleNamespace(request=SimpleNamespace(headers=headers, target=TARGET), client_ip=CLIENT_IP,
+                           peer_trusted=trust,
                            peer_ip=PEER_IP if trust else CLIENT_IP, consumer=consumer,
                            conn=SimpleNamespace(scheme=b"http", listen_port=PORT))
 
 
-def rewrite(headers: list[tuple[str, str]], trust: bool = False, consumer: Any = None):  # noqa: ANN201
+def rewrite(headers: list[tuple[str, str]], trust: bool = False, consumer: Any = None,  # noqa: ANN201
+            prefix: bytes = b""):
     """(upstream headers as a list of str pairs, client Host, request id)."""
     hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
-    out, host, rid, _, _ = upstream_request_headers(exchange(hdrs, trust, consumer))
+    out, host, rid, _, _ = upstream_request_headers(exchange(hdrs, trust, consumer), False, prefix)
     return [(k.decode(), v.decode()) for k, v in out], host, rid
 
 
@@ -119,6 +124,19 @@ def test_x_forwarded_for_from_a_trusted_peer_gets_the_peer_appended():
 def test_x_forwarded_for_from_a_trusted_peer_without_one_is_the_client_address():
     out, _, _ = rewrite([("host", "gw")], trust=True)
     assert values(out, "x-forwarded-for") == ["203.0.113.7"]
+
+
+def test_x_forwarded_path_and_prefix_are_kongs():
+    """kong/runloop/handler.lua: the request's path (no query), and the part a strip_path route matched unless "/";
+    a client's own are replaced, a trusted balancer's kept."""
+    out, _, _ = rewrite([("host", "gw"), ("x-forwarded-path", "/evil"), ("x-forwarded-prefix", "/evil")],
+                        prefix=b"/api")
+    assert (values(out, "x-forwarded-path"), values(out, "x-forwarded-prefix")) == (["/api/v1/items"], ["/api"])
+    out, _, _ = rewrite([("host", "gw")], prefix=b"/")
+    assert values(out, "x-forwarded-prefix") == []
+    out, _, _ = rewrite([("host", "gw"), ("x-forwarded-path", "/outer"), ("x-forwarded-prefix", "/lb")], trust=True,
+                        prefix=b"/api")
+    assert (values(out, "x-forwarded-path"), values(out, "x-forwarded-prefix")) == (["/outer"], ["/lb"])
 
 
 def test_forwarded_proto_host_port_and_real_ip_are_set():

@@ -300,3 +300,10 @@ def test_a_star_inside_a_host_is_a_literal_character_as_in_kong():
     assert pick(r, "/", host="a.*.test") == "inner"
     assert pick(r, "/", host="x.y.b.test") == "suffix"
     assert pick(r, "/", host="c.internal") == "prefix"
+
+
+def test_the_matched_prefix_is_kept_for_a_strip_path_route_only():
+    """Kong's match_t.prefix (X-Forwarded-Prefix): the part of the request path the route matched, with strip_path."""
+    r = router(("strip", {"paths": ["/api"]}), ("keep", {"paths": ["/raw"], "strip_path": False}),
+               ("regex", {"paths": [r"~/v\d+"]}))
+    assert [r.match(b"GET", t, b"h", []).prefix for t in (b"/api/x", b"/raw/x", b"/v2/x")] == [b"/api", b"", b"/v2"]

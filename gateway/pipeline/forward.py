@@ -84,7 +84,8 @@ class Forwarder:
         svc: ServiceRuntime = route.service  # type: ignore[assignment]  # a route without one ends at its 503 step
         group = svc.group
         affinity = route.affinity
-        headers, client_host, request_id, session_id, framing = upstream_request_headers(ex, affinity is not None)
+        headers, client_host, request_id, session_id, framing = upstream_request_headers(ex, affinity is not None,
+                                                                                         match.prefix)
         ex.request_id = request_id
         upgrade = framing == UPGRADE  # a WebSocket handshake, say: no body; a 101 makes a tunnel (_tunnel)
         if upgrade:

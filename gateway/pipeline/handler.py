@@ -78,7 +78,7 @@ class Pipeline:
             elif await _run_scoped(ex, route):
                 return
             if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
-                match = Match(match.payload, match.path, req.target.partition(b"?")[2])  # (matches are shared)
+                match = Match(match.payload, match.path, req.target.partition(b"?")[2], match.prefix)  # (shared)
             if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
                 mcp = ex.mcp = current(ex)
             if route.mcp is not None:

@@ -14,7 +14,8 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"upgrade"})
 # Kept from a peer in gateway.trusted_ips, replaced by the gateway's own otherwise (Kong's rule), so a client cannot
 # spoof them; X-Real-IP is always the client address.
-_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port"})
+_FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-forwarded-path",
+                        b"x-forwarded-prefix"})
 # Kong's upstream headers about the consumer: only the gateway's authentication policies say who the client is.
 CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
                               b"x-credential-identifier", b"x-consumer-groups", b"x-authenticated-groups",
@@ -93,13 +94,15 @@ def _valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
 
 
-def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Headers, bytes, bytes, bytes | None, int]:
+def upstream_request_headers(ex: Exchange, affinity: bool = False,
+                             prefix: bytes = b"") -> tuple[Headers, bytes, bytes, bytes | None, int]:
     """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id,
     how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked; or
     UPGRADE for a request that asks to switch protocols, with Kong's Upgrade and Connection headers added).
 
-    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port are kept; otherwise they are the
-    gateway's own (X-Forwarded-Host nginx's $host: the Host without its port, in lower case). An X-Forwarded-For the
+    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port/Path/Prefix are kept; otherwise they
+    are the gateway's own (X-Forwarded-Host nginx's $host: the Host without its port, in lower case; -Path the
+    request's path; -Prefix `prefix`, the part a strip_path route matched, unless empty or "/"). An X-Forwarded-For the
     request has gets the peer appended, from any peer as Kong does (the last hop is the one to believe); without
     one it is the client address. X-Real-IP is the client address. Consumer headers come only from the request's
     consumer (ex.consumer). With `affinity` the client's Mcp-Session-Id is taken out (the caller puts the upstream's
@@ -163,6 +166,10 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
             out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
         if b"x-forwarded-port" not in seen_forwarded:
             out.append((b"x-forwarded-port", ex.conn.listen_port))
+        if b"x-forwarded-path" not in seen_forwarded:
+            out.append((b"x-forwarded-path", ex.request.target.partition(b"?")[0]))
+        if b"x-forwarded-prefix" not in seen_forwarded and prefix and prefix != b"/":
+            out.append((b"x-forwarded-prefix", prefix))
         out.append((b"x-real-ip", client_ip))
     else:
         conn = ex.conn
@@ -179,6 +186,9 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False) -> tuple[Head
             out += own
         if host:
             out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
+        out.append((b"x-forwarded-path", ex.request.target.partition(b"?")[0]))
+        if prefix and prefix != b"/":
+            out.append((b"x-forwarded-prefix", prefix))
     out.append((b"x-request-id", request_id))
     consumer = ex.consumer
     if consumer is not None:

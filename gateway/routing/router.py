@@ -79,13 +79,14 @@ class Match(Generic[T]):
     """The chosen route and the path to send upstream: Kong's join of the service path and the request path (the
     matched part stripped when strip_path), per the route's path_handling."""
 
-    __slots__ = ("payload", "path", "query")
+    __slots__ = ("payload", "path", "query", "prefix")
     captures: dict[str, bytes | None] | None = None  # a regex path's named groups (CaptureMatch)
 
-    def __init__(self, payload: T, path: bytes, query: bytes) -> None:
+    def __init__(self, payload: T, path: bytes, query: bytes, prefix: bytes = b"") -> None:
         self.payload = payload
         self.path = path
         self.query = query
+        self.prefix = prefix  # the part of the request path a strip_path route matched (Kong's match_t.prefix)
 
 
 class CaptureMatch(Match[T]):
@@ -94,8 +95,9 @@ class CaptureMatch(Match[T]):
 
     __slots__ = ("captures",)
 
-    def __init__(self, payload: T, path: bytes, query: bytes, captures: dict[str, bytes | None]) -> None:
-        super().__init__(payload, path, query)
+    def __init__(self, payload: T, path: bytes, query: bytes, prefix: bytes,
+                 captures: dict[str, bytes | None]) -> None:
+        super().__init__(payload, path, query, prefix)
         self.captures = captures
 
 
@@ -262,6 +264,7 @@ class Router(Generic[T]):
         else:
             return None
         spec = c.spec
+        prefix = path[:strip] if strip and spec.strip_path else b""
         if spec.join is not None:
             path = upstream_path(spec.join[0], path, strip, spec.strip_path, spec.join[1])
         elif strip and spec.strip_path:
@@ -273,8 +276,8 @@ class Router(Generic[T]):
         if escape:  # what normalizing decoded, and what the client sent unescaped, is escaped, as Kong sends it
             path = escape_path(path)
         if m is not None and c.regex.groupindex:  # type: ignore[union-attr]
-            return CaptureMatch(spec.payload, path, query if sep else b"", m.groupdict())
-        return Match(spec.payload, path, query if sep else b"")
+            return CaptureMatch(spec.payload, path, query if sep else b"", prefix, m.groupdict())
+        return Match(spec.payload, path, query if sep else b"", prefix)
 
 
 def python_regex(pattern: str) -> str:
