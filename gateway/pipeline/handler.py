@@ -11,6 +11,7 @@ from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
+from gateway.pipeline.headers import nginx_host
 from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP, Match, Router
 from gateway.runtime import RouteRuntime, Runtime
@@ -159,9 +160,4 @@ def _forwarded_host(ex: Exchange, host: bytes | None) -> bytes:
         for name, value in ex.request.headers:
             if name == b"x-forwarded-host":
                 return value
-    if not host:
-        return b""
-    host = host.lower()
-    if host.startswith(b"["):
-        return host[:host.find(b"]") + 1]
-    return host.partition(b":")[0]
+    return nginx_host(host) if host else b""
