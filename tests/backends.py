@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import socket
 import subprocess
 import time
@@ -22,11 +23,38 @@ import trio
 MAX_EVENT = 1 << 20
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_FREE_PORTS = range(10000, _EPHEMERAL_LOW) if _EPHEMERAL_LOW > 11000 else range(0)
+_issued: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on (bound, then closed): connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nothing listens on: connecting to it is refused until a test starts a server there.
+
+    It is taken below the kernel's ephemeral range, so a later bind to port 0 (a test's own server) or an outgoing
+    connection's source port can never land on it; a port bound to 0 and closed could be handed out again at once.
+    """
+    for _ in range(200):
+        port = random.choice(_FREE_PORTS) if _FREE_PORTS else 0
+        if port in _issued:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = s.getsockname()[1]
+        _issued.add(port)
+        return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
