@@ -13,6 +13,7 @@ import pytest
 import trio
 from backends import (
     BadBackend,
+    Client,
     EchoBackend,
     free_port,
     parse_raw_response,
@@ -119,7 +120,8 @@ async def test_refused_target_is_skipped_so_every_request_succeeds(nursery, gate
 
 async def test_silent_upstream_gets_504_json_after_read_timeout(nursery, gateway):
     hang = await start_backend(nursery, BadBackend("hang"))
-    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=300)])
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=300,
+                                                   retries=0)])
     with trio.fail_after(TIMEOUT):
         started = trio.current_time()
         reply = await request(setup.port, "GET", "/x")
@@ -128,6 +130,88 @@ async def test_silent_upstream_gets_504_json_after_read_timeout(nursery, gateway
     assert 0.29 <= elapsed < 2.0
     assert len(hang.requests) == 1
     await setup.assert_alive()
+
+
+async def test_a_get_that_timed_out_is_tried_retries_more_times_then_504(nursery, gateway):
+    """nginx's default proxy_next_upstream is `error timeout`: Kong's balancer gives a timed-out idempotent request
+    its `retries`, on the same target when there is only one."""
+    hang = await start_backend(nursery, BadBackend("hang"))
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=200,
+                                                   retries=2)])
+    with trio.fail_after(TIMEOUT):
+        started = trio.current_time()
+        reply = await request(setup.port, "GET", "/x")
+        elapsed = trio.current_time() - started
+    assert_json_error(reply, 504, "The upstream server is timing out")
+    assert len(hang.requests) == 3
+    assert 0.59 <= elapsed < 3.0
+    await setup.assert_alive()
+
+
+async def test_a_get_that_timed_out_moves_on_to_the_next_target(nursery, gateway):
+    hang = await start_backend(nursery, BadBackend("hang"))
+    echo = await start_backend(nursery, EchoBackend("alive"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair", read_timeout=200)],
+                        [upstream("pair", [hang.port, echo.port], algorithm="round-robin")])
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(setup.port, "GET", f"/r{i}") for i in range(2)]  # at least one tries `hang` first
+    assert [(r.status, r.json()["name"]) for r in replies] == [(200, "alive")] * 2
+    assert len(hang.requests) >= 1
+    assert len(echo.requests) == 2
+
+
+async def test_a_post_that_timed_out_is_not_sent_again(nursery, gateway):
+    """It may have been processed: nginx passes a non-idempotent request to no other server once it was sent."""
+    hang = await start_backend(nursery, BadBackend("hang"))
+    echo = await start_backend(nursery, EchoBackend("alive"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair", read_timeout=200)],
+                        [upstream("pair", [hang.port, echo.port], algorithm="round-robin")])
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(setup.port, "POST", f"/r{i}", body=b"order") for i in range(2)]
+    assert sorted(r.status for r in replies) == [200, 504]
+    assert len(hang.requests) == 1
+    assert len(echo.requests) == 1
+
+
+async def test_the_client_connection_stays_open_after_a_timed_out_get(nursery, gateway):
+    hang = await start_backend(nursery, BadBackend("hang"))
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=200,
+                                                   retries=0)])
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(setup.port) as client:
+            first = await client.request("GET", "/x")
+            second = await client.request("GET", "/ok")
+    assert first.status == 504
+    assert (second.status, second.json()["name"]) == (200, "healthy")
+
+
+async def test_a_put_an_upstream_does_not_read_within_write_timeout_moves_on_to_the_next_target(nursery, gateway):
+    """write_timeout bounds each wait for the upstream to take more of the request; the whole body is in hand
+    (request_buffering), so the idempotent PUT is sent again, whole, to the next target."""
+    deaf = trio.socket.socket()  # accepts, never reads
+    await deaf.bind(("127.0.0.1", 0))
+    deaf.listen(8)
+    held = []
+
+    async def hold() -> None:
+        while True:
+            held.append((await deaf.accept())[0])
+
+    echo = await start_backend(nursery, EchoBackend("alive"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair", write_timeout=200)],
+                        [upstream("pair", [deaf.getsockname()[1], echo.port], algorithm="round-robin")])
+    body = b"x" * (16 << 20)  # more than loopback's socket buffers take
+    async with trio.open_nursery() as holding:
+        holding.start_soon(hold)
+        with trio.fail_after(TIMEOUT):  # at least one of the two tries `deaf` first
+            replies = [await request(setup.port, "PUT", f"/r{i}", body=body) for i in range(2)]
+        holding.cancel_scope.cancel()
+    for conn in held:
+        conn.close()
+    deaf.close()
+    assert [(r.status, r.json()["name"]) for r in replies] == [(200, "alive")] * 2
+    assert [len(seen.body) for seen in echo.requests] == [len(body)] * 2
+    assert len(held) >= 1
 
 
 async def test_body_stalling_longer_than_read_timeout_aborts_the_client_connection(nursery, gateway):

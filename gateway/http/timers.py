@@ -4,7 +4,8 @@ deadline is due, at most every TIMER_RESOLUTION_S and at least every IDLE_SWEEP_
 Trio's deadlines update a heap on every change, and a proxy changes its deadline several times per request:
 measured, that cost a quarter of a worker's throughput. Like nginx's timer_resolution, we trade precision
 (up to TIMER_RESOLUTION_S late) for a plain attribute store per phase. When a timer fires, the connection's whole
-scope is cancelled; `phase` (and `detail`) tell the connection loop what timed out, so it can answer 408 or 504.
+scope is cancelled; `phase` (and `detail`) tell the connection loop what timed out, so it can answer 408 or 504. A
+try that may be retried registers its upstream connection instead: the timer closes that, and the forwarder moves on.
 
 The sweeper does not walk every connection: timers wait in a min-heap by the deadline they were queued under, and
 a phase change pushes an entry only when it brings the deadline earlier than that (lazy deletion: an entry whose
@@ -21,6 +22,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable
+from typing import Protocol
 
 import trio
 
@@ -35,6 +37,10 @@ def run_clock() -> Callable[[], float]:
         return trio.lowlevel.current_clock().current_time
     except RuntimeError:
         return trio.current_time
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
 
 
 class Phase(enum.IntEnum):
@@ -52,7 +58,7 @@ class Phase(enum.IntEnum):
 class ConnTimer:
     """The deadline of one connection's current phase; `at` is on Trio's clock, math.inf for none."""
 
-    __slots__ = ("scope", "at", "phase", "detail", "exchange", "queued", "timers")
+    __slots__ = ("scope", "at", "phase", "detail", "exchange", "queued", "timers", "upstream")
 
     def __init__(self, at: float, phase: Phase) -> None:
         self.scope = trio.CancelScope()
@@ -62,6 +68,9 @@ class ConnTimer:
         self.exchange: object = None  # the request being served, for the connection loop to answer
         self.queued = math.inf  # the deadline this timer waits in the heap under (inf: not queued)
         self.timers: Timers | None = None
+        # A try that may go to another target (nginx's proxy_next_upstream timeout): its upstream connection, which
+        # the timer closes instead of cancelling the whole client connection; the forwarder sees why and moves on.
+        self.upstream: Closable | None = None
 
     def set(self, seconds: float, phase: Phase, detail: tuple[str, float] | None = None) -> None:
         timers = self.timers
@@ -153,7 +162,12 @@ class Timers:
                 continue  # stale: the timer was queued again earlier, or its connection ended
             timer.queued = math.inf
             if timer.at <= now:
-                timer.scope.cancel()
+                upstream = timer.upstream
+                if upstream is None:
+                    timer.scope.cancel()
+                else:
+                    timer.upstream = None
+                    upstream.close()
                 fired += 1
             elif timer.at != math.inf:
                 self.push(timer, timer.at)  # its deadline moved later meanwhile

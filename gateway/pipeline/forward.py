@@ -1,7 +1,8 @@
 """Forward one request to a target of its service and stream the response back, retrying where it is safe.
 
 Retry rule (nginx's proxy_next_upstream, made safe for POST): a failure before any response byte moves on to the
-next target when nothing was sent, or when the method is idempotent and the whole body is still in hand. A pooled
+next target when nothing was sent, or when the method is idempotent and the whole body is still in hand; a
+write_timeout or read_timeout is such a failure (nginx's default `proxy_next_upstream error timeout`). A pooled
 connection that the upstream closed as the request crossed it (no response byte) is not the target's failure: the
 same target is tried again on another connection, and that costs no try (nginx's cached-peer rule).
 After the response head has been sent to the client, a failing upstream aborts the client connection (a reset),
@@ -15,16 +16,16 @@ import logging
 import trio
 
 from gateway.http.codec import CHUNKED, CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
-from gateway.http.errors import BadResponse, ConnectTimeout, UpstreamClosed, UpstreamError
+from gateway.http.errors import BadResponse, ConnectTimeout, UpstreamClosed, UpstreamError, UpstreamTimeout
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
-from gateway.http.timers import Phase, run_clock
+from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
-from gateway.metrics import MCP_SESSIONS, RECORDER
+from gateway.metrics import MCP_SESSIONS, RECORDER, TIMEOUTS
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
@@ -40,6 +41,7 @@ log = logging.getLogger("gateway.forward")
 
 TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+_TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
 _SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
 
 
@@ -229,6 +231,8 @@ class Forwarder:
             timer = ex.timer
             detail = (target.name, svc.write_timeout)
             timer.set_until(now + svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+            if body_done and method in IDEMPOTENT:  # a timeout ends this try, not the client's connection
+                timer.upstream = uc.conn
             await uc.conn.sendall(data)
             if spooled is not None:
                 while chunk := spooled.read():  # type: ignore[union-attr]
@@ -248,30 +252,51 @@ class Forwarder:
             while ev is NEED_DATA:
                 codec.receive_data(await uc.conn.recv())
                 ev = codec.next_event()
-            timer.clear()
             if ev is CLOSED:
                 raise UpstreamClosed(f"upstream {target.name} closed the connection without a response", sent=True,
                                      reused=uc.reused)
+            timer.upstream = None
+            timer.clear()
             assert isinstance(ev, Response)
             attempt.head_at = self.clock()
             return uc, ev
-        except ProtocolError as e:
+        except (ProtocolError, BrokenPipeError, UpstreamClosed) as e:
+            timer = ex.timer
+            if timer.upstream is None and uc.conn.closed and timer.phase in _TRY_PHASES and timer.at <= self.clock():
+                raise self._try_timed_out(timer, uc, attempt) from None  # the timer closed it (see ConnTimer)
+            timer.upstream = None
+            timer.clear()
             uc.close()
+            if isinstance(e, UpstreamClosed):
+                self._finished(attempt, False, 0)
+                raise
+            if isinstance(e, BrokenPipeError):
+                self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
+                raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
+                                     sent=True, reused=uc.reused) from None
             self._finished(attempt, False, _blame(uc, 502 if e.status >= 500 else 0))
             if ex.response_started or e.status < 500:
                 raise  # the client's own request broke (e.g. its body): not the upstream's fault
             raise BadResponse(f"upstream {target.name}: {e}", sent=True) from None
-        except BrokenPipeError:
-            uc.close()
-            self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
-            raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
-                                 sent=True, reused=uc.reused) from None
         except BaseException:
             uc.close()
             timer = ex.timer
-            timed_out = timer.phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and timer.at <= trio.current_time()
+            timer.upstream = None
+            timed_out = timer.phase in _TRY_PHASES and timer.at <= trio.current_time()
             self._finished(attempt, False, TIMEOUT if timed_out else 0)
             raise
+
+    def _try_timed_out(self, timer: ConnTimer, uc: UpstreamConn, attempt: Attempt) -> UpstreamTimeout:
+        """The timer closed a retryable try's connection (write_timeout or read_timeout): a timeout for passive
+        checks, and an error the retry loop moves on from, as nginx's proxy_next_upstream timeout."""
+        write = timer.phase == Phase.UPSTREAM_WRITE
+        target, seconds = timer.detail or ("?", 0.0)
+        timer.clear()
+        uc.close()
+        self._finished(attempt, False, TIMEOUT)
+        TIMEOUTS.labels("upstream_write" if write else "upstream_read").inc()
+        what, setting = ("accept the request", "write_timeout") if write else ("send a response", "read_timeout")
+        return UpstreamTimeout(f"upstream {target} did not {what} within {seconds:g}s ({setting})", sent=True)
 
     async def _tunnel(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response,
                       attempt: Attempt, request_id: bytes) -> None:

@@ -27,6 +27,26 @@ def test_a_due_timer_fires_and_cancels_its_scope():
     run(main)
 
 
+def test_a_due_timer_with_a_retryable_upstream_closes_that_and_leaves_the_connection_alone():
+    class Upstream:
+        closed = 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    async def main() -> None:
+        timers = Timers()
+        timer = ConnTimer(math.inf, Phase.BUSY)
+        timers.add(timer)
+        timer.set(1, Phase.UPSTREAM_READ)
+        timer.upstream = upstream = Upstream()
+        assert timers.expire(trio.current_time() + 1) == 1
+        assert upstream.closed == 1 and timer.upstream is None
+        assert not timer.scope.cancel_called
+
+    run(main)
+
+
 def test_a_later_deadline_pushes_nothing_and_the_timer_is_requeued_when_popped():
     async def main() -> None:
         timers = Timers()
