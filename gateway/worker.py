@@ -19,6 +19,7 @@ import zmq
 from gateway.config import Config, load_config, parse_host_port
 from gateway.config.tls import listen_flags
 from gateway.http.codecs import codec_classes, resolve_codec
+from gateway.http.kong_errors import ERROR_DEFAULT_TYPES
 from gateway.http.limits import derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
@@ -79,7 +80,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     nofile = raise_nofile_limit(gw.worker_rlimit_nofile)  # whether or not max_connections is set
     max_connections = gw.max_connections or derived_max_connections(nofile)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
-                              max_connections, gw.send_timeout_s, gw.client_body_timeout_s)
+                              max_connections, gw.send_timeout_s, gw.client_body_timeout_s,
+                              ERROR_DEFAULT_TYPES[gw.error_default_type])
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
     shared.on_sweep = forwarder.sweep

@@ -150,7 +150,7 @@ async def test_connect_gets_405_and_what_follows_is_never_parsed(nursery, gatewa
     status, headers, body = parse_raw_response(data)
     assert status == 405
     assert headers["connection"] == "close"
-    assert json.loads(body)["message"] == "Method not allowed"
+    assert body.startswith(b"Method not allowed\nrequest_id: ")  # nginx's own error: Kong's text page
     assert data.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
     assert echo.requests == []
 
@@ -260,7 +260,7 @@ async def test_a_client_stalling_mid_upload_gets_408_not_504(nursery, gateway):
     status, headers, body = parse_raw_response(data)
     assert status == 408
     assert headers["connection"] == "close"
-    assert json.loads(body)["message"] == "Request timeout"
+    assert body.startswith(b"Request timeout\nrequest_id: ")  # nginx's own error: Kong's text page
     assert 0.4 <= elapsed < 3.0
     assert echo.requests == []  # the upstream got a partial request and a closed connection, never a whole one
 

@@ -7,6 +7,7 @@ request still works on a new connection after the failure.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -64,6 +65,13 @@ def assert_json_error(reply, status: int, message: str) -> dict:  # noqa: ANN001
     return body
 
 
+def assert_text_error(reply, status: int, message: str) -> None:  # noqa: ANN001
+    """Kong's error handler's page for an error nginx makes itself, to a request with no Accept or Content-Type."""
+    assert reply.status == status
+    assert reply.header("content-type") == "text/plain; charset=utf-8"
+    assert reply.body.decode() == f"{message}\nrequest_id: {reply.header('x-request-id')}\n"
+
+
 # --- upstream failures ---------------------------------------------------------------------------------------------
 
 
@@ -91,16 +99,15 @@ async def test_a_connect_timeout_gets_504_as_nginx_answers_it(nursery, gateway):
     for conn in held:
         conn.close()
     silent.close()
-    assert_json_error(reply, 504, "The upstream server is timing out")
+    assert_text_error(reply, 504, "The upstream server is timing out")
     await setup.assert_alive()
 
 
-async def test_refused_upstream_gets_502_json(nursery, gateway):
+async def test_refused_upstream_gets_502(nursery, gateway):
     setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=2)])
     with trio.fail_after(TIMEOUT):
         reply = await request(setup.port, "GET", "/x")
-    assert_json_error(reply, 502, "An invalid response was received from the upstream server")
-    assert reply.header("x-request-id")
+    assert_text_error(reply, 502, "An invalid response was received from the upstream server")
     await setup.assert_alive()
 
 
@@ -118,7 +125,7 @@ async def test_refused_target_is_skipped_so_every_request_succeeds(nursery, gate
     await setup.assert_alive()
 
 
-async def test_silent_upstream_gets_504_json_after_read_timeout(nursery, gateway):
+async def test_silent_upstream_gets_504_after_read_timeout(nursery, gateway):
     hang = await start_backend(nursery, BadBackend("hang"))
     setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=300,
                                                    retries=0)])
@@ -126,7 +133,7 @@ async def test_silent_upstream_gets_504_json_after_read_timeout(nursery, gateway
         started = trio.current_time()
         reply = await request(setup.port, "GET", "/x")
         elapsed = trio.current_time() - started
-    assert_json_error(reply, 504, "The upstream server is timing out")
+    assert_text_error(reply, 504, "The upstream server is timing out")
     assert 0.29 <= elapsed < 2.0
     assert len(hang.requests) == 1
     await setup.assert_alive()
@@ -142,7 +149,7 @@ async def test_a_get_that_timed_out_is_tried_retries_more_times_then_504(nursery
         started = trio.current_time()
         reply = await request(setup.port, "GET", "/x")
         elapsed = trio.current_time() - started
-    assert_json_error(reply, 504, "The upstream server is timing out")
+    assert_text_error(reply, 504, "The upstream server is timing out")
     assert len(hang.requests) == 3
     assert 0.59 <= elapsed < 3.0
     await setup.assert_alive()
@@ -287,7 +294,7 @@ async def test_single_target_post_gets_502_and_upstream_saw_one_request(nursery,
     setup = await start(nursery, gateway, [service("svc", f"http://127.0.0.1:{closer.port}", retries=5)])
     with trio.fail_after(TIMEOUT):
         reply = await request(setup.port, "POST", "/rpc", body=b'{"id": 1}')
-    assert_json_error(reply, 502, "An invalid response was received from the upstream server")
+    assert_text_error(reply, 502, "An invalid response was received from the upstream server")
     assert len(closer.requests) == 1
     await setup.assert_alive()
 
@@ -308,14 +315,21 @@ async def test_get_is_retried_after_the_upstream_closed_without_answering(nurser
 # --- broken client requests ----------------------------------------------------------------------------------------
 
 
-async def assert_rejected(setup: Setup, data: bytes | list[bytes], status: int, pause: float = 0.0) -> None:
-    """The gateway answers `status` with a JSON body and `connection: close`, then closes the connection."""
+async def assert_rejected(setup: Setup, data: bytes | list[bytes], status: int, pause: float = 0.0,
+                          page: bool = True) -> None:
+    """The gateway answers `status` and `connection: close`, then closes the connection: with Kong's text page for an
+    error nginx makes itself (nothing says which format the client wants), else (`page` false: a plugin's
+    kong.response.error) with the JSON body."""
     received, _ = await raw_exchange(setup.port, data, pause=pause)  # returns only once the gateway closed
     got, headers, body = parse_raw_response(received)
     assert got == status, received
     assert headers["connection"] == "close"
-    assert headers["content-type"] == "application/json; charset=utf-8"
-    assert set(json.loads(body)) == {"message", "request_id"}
+    if page:
+        assert headers["content-type"] == "text/plain; charset=utf-8"
+        assert re.fullmatch(rb"[A-Z][^\n]+\nrequest_id: [0-9a-f]{16,}\n", body), body
+    else:
+        assert headers["content-type"] == "application/json; charset=utf-8"
+        assert set(json.loads(body)) == {"message", "request_id"}
 
 
 async def test_malformed_request_gets_400_and_the_connection_closes(nursery, gateway):
@@ -382,7 +396,7 @@ async def test_a_buffered_chunked_body_over_the_size_limit_never_reaches_the_ups
     setup, echo = await start_limited(nursery, gateway)
     head = b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
     chunk = b"258\r\n" + b"a" * 600 + b"\r\n"
-    await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2)
+    await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2, page=False)
     assert echo.connections == 0 and echo.requests == []
     await setup.assert_alive()
 
@@ -410,7 +424,7 @@ async def test_chunked_body_over_the_size_limit_gets_413_and_the_connection_clos
     """A chunked body is counted as it arrives: all of it in the first read here."""
     setup, echo = await start_limited(nursery, gateway)
     await assert_rejected(setup, b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
-                                 b"800\r\n" + b"a" * 2048 + b"\r\n0\r\n\r\n", 413)
+                                 b"800\r\n" + b"a" * 2048 + b"\r\n0\r\n\r\n", 413, page=False)
     assert echo.requests == []
     await setup.assert_alive()
 
@@ -422,8 +436,71 @@ async def test_streamed_chunked_body_over_the_size_limit_gets_413_and_the_connec
     setup, echo = await start_limited(nursery, gateway, buffering=False)
     head = b"POST /up HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: chunked\r\n\r\n"
     chunk = b"258\r\n" + b"a" * 600 + b"\r\n"
-    await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2)
+    await assert_rejected(setup, [head + chunk, chunk], 413, pause=0.2, page=False)
     with trio.fail_after(TIMEOUT):
         await echo.body_started.wait()  # the first chunk was streamed upstream before the limit was passed
     assert echo.requests == []
     await setup.assert_alive()
+
+
+# --- the format of nginx's own errors (Kong's error handler) -------------------------------------------------------
+
+
+async def test_an_upstream_failure_is_kongs_text_page_to_a_request_that_names_no_format(nursery, gateway):
+    """Kong's error handler: no Accept and no Content-Type, so kong.conf's error_default_type (text/plain)."""
+    setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=0)])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/x")
+    assert_text_error(reply, 502, "An invalid response was received from the upstream server")
+
+
+async def test_an_upstream_failure_page_takes_the_format_of_the_requests_content_type(nursery, gateway):
+    setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=0)])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "POST", "/x", headers=[("content-type", "application/json")], body=b"{}")
+    assert_json_error(reply, 502, "An invalid response was received from the upstream server")
+
+
+async def test_an_upstream_failure_page_takes_the_format_of_accept_first(nursery, gateway):
+    setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=0)])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "POST", "/x", headers=[("content-type", "application/json"),
+                                                                 ("accept", "text/html")], body=b"{}")
+    assert (reply.status, reply.header("content-type")) == (502, "text/html; charset=utf-8")
+    assert b"<p>An invalid response was received from the upstream server.</p>" in reply.body
+
+
+async def test_error_default_type_sets_the_format_of_a_page_to_a_request_that_names_none(nursery, gateway):
+    setup = await start(nursery, gateway, [service("dead", f"http://127.0.0.1:{free_port()}", retries=0)],
+                        error_default_type="application/json")
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/x")
+    assert_json_error(reply, 502, "An invalid response was received from the upstream server")
+
+
+async def test_a_read_timeout_page_is_text_unless_the_request_names_a_format(nursery, gateway):
+    """A POST is not retried: the connection's timer answers it (its own path)."""
+    hang = await start_backend(nursery, BadBackend("hang"))
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{hang.port}", read_timeout=200)])
+    with trio.fail_after(TIMEOUT):
+        plain = await request(setup.port, "POST", "/x", body=b"1")
+        named = await request(setup.port, "POST", "/x", headers=[("content-type", "application/json")], body=b"1")
+    assert_text_error(plain, 504, "The upstream server is timing out")
+    assert_json_error(named, 504, "The upstream server is timing out")
+
+
+async def test_errors_kong_answers_with_kong_response_error_stay_json_without_accept(nursery, gateway):
+    """The router's 404 is kong.response.error, which reads Accept only: JSON by default."""
+    setup = await start(nursery, gateway, [service("svc", f"http://127.0.0.1:{free_port()}", [{"paths": ["/api"]}])])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/nothing-here")
+    assert_json_error(reply, 404, "no Route matched with those values")
+
+
+async def test_a_request_the_gateway_cannot_read_gets_a_text_400(nursery, gateway):
+    setup = await start(nursery, gateway, [])
+    data, _ = await raw_exchange(setup.port, b"GET /x HTTP/1.1\r\nhost: gw\r\ncontent-length: 1\r\n"
+                                             b"content-length: 2\r\n\r\n")
+    status, headers, body = parse_raw_response(data)
+    assert (status, headers["content-type"]) == (400, "text/plain; charset=utf-8")
+    assert body.startswith(b"Bad request\nrequest_id: ")

@@ -264,8 +264,19 @@ class Wire:
         return self.buf[self.pos:]
 
 
-def is_json_error(resp: Resp) -> bool:
-    if not (resp.header(b"content-type") or b"").startswith(b"application/json"):
+KONG_ERROR_TYPES = (b"text/plain; charset=utf-8", b"application/json; charset=utf-8")
+_TEXT_ERROR = re.compile(rb"[^\n]+\nrequest_id: [0-9a-f]+\n")
+
+
+def is_kong_error(resp: Resp) -> bool:
+    """One of Kong's error bodies: JSON, or the text page an nginx-made error gets when the request names no format
+    (kong/error_handlers.lua, error_default_type), or HTML / XML when it asked for one."""
+    content_type = resp.header(b"content-type") or b""
+    if content_type.startswith(b"text/plain"):
+        return _TEXT_ERROR.fullmatch(resp.body) is not None
+    if content_type.startswith((b"text/html", b"application/xml")):
+        return b"request_id: " in resp.body or b"<requestid>" in resp.body
+    if not content_type.startswith(b"application/json"):
         return False
     try:
         body = json.loads(resp.body)
@@ -1106,7 +1117,7 @@ def judge_client_case(case: ClientCase, responses: list[Resp], wire: Wire) -> li
         if resp.status == 500:
             problems.append(("500", f"response {n}: {resp.body[:200]!r}"))
         headless = n == 0 and case.requests[0].is_head and not resp.body  # a response to HEAD has no body
-        if own and resp.status >= 400 and not (headless or is_json_error(resp)):
+        if own and resp.status >= 400 and not (headless or is_kong_error(resp)):
             problems.append(("json", f"response {n}: {resp.status} {resp.headers} {resp.body[:200]!r}"))
         if own and resp.status >= 500 and resp.status not in (501, 505):
             problems.append(("5xx", f"response {n}: {resp.status} {resp.body[:200]!r}"))
@@ -1264,8 +1275,9 @@ async def run_upstream_case(port: int, script: Script, lane: int, stats: Counter
         if resp is None and not script.client_abort:
             problems.append(("no-answer", f"closed without a response (reset={wire.reset})"))
         elif resp is not None:
-            own = resp.header(b"x-hostile") is None and (resp.header(b"content-type") or b"").startswith(
-                b"application/json")  # the gateway's own error (the hostile backend never sends JSON)
+            # the gateway's own error (the hostile backend never sends one of Kong's error bodies)
+            own = resp.header(b"x-hostile") is None and (is_kong_error(resp) or (  # (the backend's: "text/plain")
+                script.method == b"HEAD" and resp.header(b"content-type") in KONG_ERROR_TYPES))
             stats[f"own {resp.status}" if own else "relayed" if resp.complete else "relayed, cut"] += 1
             if own or not resp.complete:
                 script.broken = f"the gateway answered {resp.status}" if own else "the gateway cut the response"
@@ -1273,7 +1285,7 @@ async def run_upstream_case(port: int, script: Script, lane: int, stats: Counter
                 problems.append(("500", f"{resp.body[:200]!r}"))
             if own:
                 headless = script.method == b"HEAD" and not resp.body  # (a response to HEAD has no body)
-                if resp.status not in (502, 504) or not (headless or is_json_error(resp)) or not resp.complete:
+                if resp.status not in (502, 504) or not (headless or is_kong_error(resp)) or not resp.complete:
                     problems.append(("own", f"gateway answered {resp.status} {resp.body[:200]!r}"))
                 if script.valid:
                     problems.append(("refused", f"a valid response got {resp.status} {resp.body[:200]!r}"))
@@ -1368,7 +1380,7 @@ NOT_ROUTED = b"POST /nope HTTP/1.1\r\nHost: a\r\n"
 async def test_a_bad_unread_body_after_the_gateways_own_answer_logs_no_traceback(client_setup, request_bytes, eof):
     data, reset, logged = await exchange(client_setup, [(0.0, request_bytes)], eof)
     resp, rest = one_response(data)
-    assert (resp.status, is_json_error(resp), rest) == (404, True, b"")
+    assert (resp.status, is_kong_error(resp), rest) == (404, True, b"")
     assert logged == []  # it was: "connection from ... failed", ProtocolError raised in _drain_request
     assert not reset  # it was: the connection reset after the 404
 
@@ -1378,7 +1390,7 @@ async def test_expect_continue_answered_by_the_gateway_gets_no_100_after_it(clie
     data, reset, logged = await exchange(
         client_setup, [(0.0, NOT_ROUTED + b"Content-Length: 1\r\nExpect: 100-continue\r\n\r\n")], eof=False)
     resp, rest = one_response(data)
-    assert (resp.status, is_json_error(resp)) == (404, True)
+    assert (resp.status, is_kong_error(resp)) == (404, True)
     assert rest == b""  # it was (llhttp): b"HTTP/1.1 100 Continue\r\n\r\n" after the final response
     assert logged == []  # it was (h11): LocalProtocolError (InformationalResponse in state MUST_CLOSE)
     assert not reset

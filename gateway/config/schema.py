@@ -85,6 +85,9 @@ class GatewaySettings(Base):
     ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2, with ssl_cipher_suite: custom
     ssl_session_tickets: bool = True
     ssl_handshake_timeout_s: Seconds = 10.0  # ours: a TLS handshake slower than this is dropped
+    # kong.conf's: the format of the errors nginx itself answers (502, 504, 400...) to a request with neither an
+    # Accept nor a Content-Type header (gateway.http.kong_errors.page_type)
+    error_default_type: Literal["text/plain", "text/html", "application/json", "application/xml"] = "text/plain"
 
     def __post_init__(self) -> None:
         if not 0 < len(self.syslog_socket.encode()) <= MAX_UNIX_PATH:

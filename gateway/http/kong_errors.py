@@ -1,9 +1,11 @@
 """Kong's error responses: the texts for each status and the body templates, chosen by the request's Accept header.
 
-Kong 3.x answers every error it makes itself (`kong.response.error`, its nginx error pages) with
-`{"message": "...", "request_id": "..."}` in JSON by default, or the same two facts as HTML, plain text or XML when
-the client's Accept prefers one of those (kong/pdk/response.lua, kong/tools/http.lua). Error paths only: nothing
-here runs for a request that is proxied normally.
+Kong 3.x answers every error it makes itself with `{"message": "...", "request_id": "..."}` in JSON by default, or
+the same two facts as HTML, plain text or XML when the client's Accept prefers one of those (kong.response.error:
+kong/pdk/response.lua, kong/tools/http.lua). The errors nginx makes itself (an upstream that failed or timed out, a
+request it could not read) go through Kong's error handler, which reads the Content-Type when there is no Accept,
+and answers in kong.conf's error_default_type (text/plain) when there is neither (kong/error_handlers.lua). Error
+paths only: nothing here runs for a request that is proxied normally.
 """
 
 from __future__ import annotations
@@ -36,11 +38,11 @@ RATE_LIMITED = "API rate limit exceeded"
 SIZE_LIMITED = "Request size limit exceeded"
 
 JSON_TYPE = b"application/json; charset=utf-8"
-_MIME_TYPES = {
-    "application/json": JSON_TYPE, "text/html": b"text/html; charset=utf-8",
-    "text/plain": b"text/plain; charset=utf-8", "application/xml": b"application/xml; charset=utf-8",
-    "application": JSON_TYPE, "text": b"text/plain; charset=utf-8",
-}
+TEXT_TYPE = b"text/plain; charset=utf-8"
+# kong.conf's error_default_type: what nginx's own error pages are when the request says nothing
+ERROR_DEFAULT_TYPES = {"text/plain": TEXT_TYPE, "text/html": b"text/html; charset=utf-8",
+                       "application/json": JSON_TYPE, "application/xml": b"application/xml; charset=utf-8"}
+_MIME_TYPES = {**ERROR_DEFAULT_TYPES, "application": JSON_TYPE, "text": TEXT_TYPE}
 _ACCEPT = re.compile(r"^\s*([a-z0-9][a-z0-9!#$&^_+.-]*|\*)/([a-z0-9][a-z0-9!#$&^_+.-]*|\*)(.*)$", re.IGNORECASE)
 _QUALITY = re.compile(r";\s*q\s*=\s*(1(?:\.0{0,3})?|0(?:\.\d{0,3})?)\s*(?:;|$)", re.IGNORECASE)
 
@@ -70,6 +72,19 @@ def response_type(accept: bytes | None) -> bytes:
             else:
                 content_type = _MIME_TYPES.get(f"{kind}/{sub}", JSON_TYPE)
     return content_type
+
+
+def page_type(headers: list[tuple[bytes, bytes]], default: bytes) -> bytes:
+    """The format of an error nginx answers itself (Kong's error_page statuses: 400, 408, 413, 500, 502, 504...),
+    as kong/error_handlers.lua picks it: from the Accept header, else from the Content-Type, else `default`
+    (error_default_type). kong.response.error (the router's 404, a plugin's 401 or 429) reads Accept only."""
+    content_type = None
+    for name, value in headers:
+        if name == b"accept":
+            return response_type(value)
+        if name == b"content-type" and content_type is None:
+            content_type = value
+    return default if content_type is None else response_type(content_type)
 
 
 def error_body(message: str, request_id: bytes, content_type: bytes = JSON_TYPE) -> bytes:

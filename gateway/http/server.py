@@ -17,7 +17,7 @@ import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
 from gateway.http.ids import new_request_id
-from gateway.http.kong_errors import SIZE_LIMITED, error_body, error_message, response_type
+from gateway.http.kong_errors import SIZE_LIMITED, TEXT_TYPE, error_body, error_message, page_type, response_type
 from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
@@ -49,15 +49,22 @@ def error_response(status: int, message: str | None, request_id: bytes, accept: 
     return content_type, error_body(message or error_message(status), request_id, content_type)
 
 
+def _accept(headers: Headers) -> bytes | None:
+    for name, value in headers:
+        if name == b"accept":
+            return value
+    return None
+
+
 class ServerSettings:
     """What the connection loop needs from the config, resolved once."""
 
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "codec_cls", "max_connections",
-                 "connections", "send_timeout", "body_timeout")
+                 "connections", "send_timeout", "body_timeout", "error_type")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 16384, max_connections: int = 10000, send_timeout: float = 60.0,
-                 body_timeout: float = 60.0) -> None:
+                 body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE) -> None:
         self.codec_cls = codec_cls
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -65,6 +72,7 @@ class ServerSettings:
         self.max_connections = max_connections
         self.send_timeout = send_timeout  # a write to a client that does not read is cut after this (nginx)
         self.body_timeout = body_timeout  # between two reads of a request body (nginx's client_body_timeout)
+        self.error_type = error_type  # kong.conf's error_default_type: the format of nginx's own error pages
         self.connections = ConnectionSet()
 
 
@@ -115,14 +123,14 @@ class Exchange:
 
     __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "body_received", "draining", "timer",
-                 "request_id", "response_lines", "status", "body_timeout", "client_ip", "peer_trusted", "consumer",
+                 "request_id", "response_lines", "status", "settings", "client_ip", "peer_trusted", "consumer",
                  "phases", "_held", "route", "tries", "sent", "response_headers", "mcp")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
-                 draining: bool = False, body_timeout: float = 60.0) -> None:
+                 settings: ServerSettings, draining: bool = False) -> None:
         self.request = request
         self.draining = draining
-        self.body_timeout = body_timeout
+        self.settings = settings
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
         self.request_id = b""  # echoed on errors when the handler has set one
         self.response_lines = b""  # header lines policies add to the response (e.g. rate-limit headers)
@@ -229,7 +237,7 @@ class Exchange:
                         await self.conn.sendall(codec.informational(100))
                 timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
                 saved = timer.save()
-                timer.set(self.body_timeout, Phase.CLIENT_BODY)
+                timer.set(self.settings.body_timeout, Phase.CLIENT_BODY)
                 data = await self.conn.recv()
                 timer.restore(saved)
                 codec.receive_data(data)
@@ -328,14 +336,19 @@ class Exchange:
         format the client's Accept prefers (JSON by default)."""
         if not self.request_id:
             self.request_id = new_request_id()
-        accept = None
-        for name, value in self.request.headers:
-            if name == b"accept":
-                accept = value
-                break
-        content_type, body = error_response(status, message, self.request_id, accept)
+        content_type, body = error_response(status, message, self.request_id, _accept(self.request.headers))
         rid = [(b"x-request-id", self.request_id)]
         await self.respond(status, body, content_type, rid + extra if extra else rid)
+
+    async def respond_error_page(self, status: int) -> None:
+        """An error nginx itself answers (an upstream that failed or timed out), as Kong's error handler answers it:
+        Kong's text for the status in the format of the Accept header, else of the Content-Type, else of
+        error_default_type (text/plain unless configured)."""
+        if not self.request_id:
+            self.request_id = new_request_id()
+        content_type = page_type(self.request.headers, self.settings.error_type)
+        body = error_body(error_message(status), self.request_id, content_type)
+        await self.respond(status, body, content_type, [(b"x-request-id", self.request_id)])
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -462,7 +475,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         ev = codec.next_event()
                 except ProtocolError as e:
                     log.debug("bad request from %s: %s", conn.peer, e)
-                    await _send_protocol_error(conn, codec, e.status, head_only=e.method == b"HEAD")
+                    await _send_protocol_error(conn, codec, e.status, settings.error_type,
+                                               head_only=e.method == b"HEAD")
                     return
                 except (BrokenPipeError, ConnectionError):
                     return
@@ -471,23 +485,27 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                 timer.clear()
                 served = True
                 request: Request = ev  # type: ignore[assignment]
-                exchange = Exchange(request, conn, codec, timer, connections.draining, settings.body_timeout)
+                exchange = Exchange(request, conn, codec, timer, settings, connections.draining)
                 timer.exchange = exchange
                 try:
                     await handler(exchange)
                 except ProtocolError as e:
                     if not exchange.response_started:
                         log.debug("bad request from %s: %s", conn.peer, e)
-                        await _send_protocol_error(conn, codec, e.status, str(e) if str(e) == SIZE_LIMITED else None,
-                                                   exchange.request_id, request.method == b"HEAD")
+                        limited = str(e) == SIZE_LIMITED  # request-size-limiting's kong.response.error
+                        content_type = response_type(_accept(request.headers)) if limited else \
+                            page_type(request.headers, settings.error_type)
+                        await _send_protocol_error(conn, codec, e.status, content_type,
+                                                   SIZE_LIMITED if limited else None, exchange.request_id,
+                                                   request.method == b"HEAD")
                     return
                 except (BrokenPipeError, ConnectionError):
                     return
                 except Exception:
                     log.exception("request handler failed: %s %s", request.method, request.target)
                     if not exchange.response_started:
-                        await _send_protocol_error(conn, codec, 500, None, exchange.request_id,
-                                                   request.method == b"HEAD")
+                        await _send_protocol_error(conn, codec, 500, page_type(request.headers, settings.error_type),
+                                                   None, exchange.request_id, request.method == b"HEAD")
                     else:
                         conn.abort()
                     return
@@ -503,24 +521,25 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     finally:
         timers.discard(timer)
     if timer.scope.cancelled_caught:
-        await _timed_out(conn, codec, timer)
+        await _timed_out(conn, codec, timer, settings.error_type)
 
 
-async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
+async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, error_type: bytes) -> None:
     """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole."""
     phase = timer.phase
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        await _send_protocol_error(conn, codec, 408)
+        await _send_protocol_error(conn, codec, 408, error_type)
     elif phase == Phase.CLIENT_WRITE:
         log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
                  conn.peer, conn.send_timeout)
         conn.abort()
     elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
         log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
-                 conn.peer, exchange.body_timeout)
-        await _send_protocol_error(conn, codec, 408, None, exchange.request_id, exchange.request.method == b"HEAD")
+                 conn.peer, exchange.settings.body_timeout)
+        await _send_protocol_error(conn, codec, 408, page_type(exchange.request.headers, error_type), None,
+                                   exchange.request_id, exchange.request.method == b"HEAD")
     elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
@@ -529,7 +548,7 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer) -> None:
         log.info("upstream %s did not %s within %gs (%s): 504", target, verb, seconds, setting)
         try:
             with trio.move_on_after(1.0):
-                await exchange.respond_error(504)
+                await exchange.respond_error_page(504)
         except (BrokenPipeError, ConnectionError, OSError):
             pass
     elif exchange is not None and exchange.response_started and not exchange.response_done:
@@ -553,11 +572,12 @@ async def _drain_request(exchange: Exchange) -> bool:
     return False
 
 
-async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, message: str | None = None,
-                               request_id: bytes = b"", head_only: bool = False) -> None:
+async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, content_type: bytes,
+                               message: str | None = None, request_id: bytes = b"", head_only: bool = False) -> None:
     """Answer a request we could not parse (or take too long to send), then close: Kong's text for the status
-    unless `message` is given; to a HEAD, the head a GET would get (RFC 9110 9.3.2)."""
-    content_type, body = error_response(status, message, request_id or new_request_id())
+    unless `message` is given, as `content_type` (see page_type); to a HEAD, the head a GET would get (RFC 9110
+    9.3.2)."""
+    body = error_body(message or error_message(status), request_id or new_request_id(), content_type)
     head = (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % (status, _REASONS.get(status, b"Error"), content_type, len(body)))
     try:

@@ -184,7 +184,7 @@ class Forwarder:
                 await ex.respond_error(503, NO_PEER)
             else:
                 log.info("%s: %d", error, error.status)
-                await ex.respond_error(error.status)
+                await ex.respond_error_page(error.status)  # nginx's own 502 / 504, through Kong's error handler
         finally:
             if spooled is not None:
                 spooled.close()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gateway.http.kong_errors import JSON_TYPE, error_body, error_message, response_type
+from gateway.http.kong_errors import JSON_TYPE, TEXT_TYPE, error_body, error_message, page_type, response_type
 
 
 @pytest.mark.parametrize(("status", "text"), [
@@ -24,6 +24,27 @@ def test_kongs_default_messages(status, text):
     (b"image/png", JSON_TYPE), (b"garbage", JSON_TYPE)])
 def test_the_content_type_follows_accept_as_kongs_get_response_type(accept, expected):
     assert response_type(accept) == expected
+
+
+HTML = b"text/html; charset=utf-8"
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ([], TEXT_TYPE),
+    ([(b"accept", b"text/html")], HTML),
+    ([(b"content-type", b"application/json"), (b"accept", b"text/html")], HTML),  # Accept first, wherever it is
+    ([(b"content-type", b"application/json")], JSON_TYPE),
+    ([(b"content-type", b"application/xml; charset=utf-8")], b"application/xml; charset=utf-8"),
+    ([(b"content-type", b"multipart/form-data; boundary=x")], JSON_TYPE),  # get_response_type's default
+    ([(b"accept", b"")], JSON_TYPE),  # an empty Accept is there: not error_default_type
+    ([(b"accept", b"*/*")], JSON_TYPE)], ids=["nothing", "accept", "accept-over-content-type", "content-type",
+                                              "xml", "unknown-type", "empty-accept", "curl"])
+def test_nginx_error_pages_take_accept_then_content_type_then_error_default_type(headers, expected):
+    assert page_type(headers, TEXT_TYPE) == expected
+
+
+def test_error_default_type_is_the_format_of_a_request_that_says_nothing():
+    assert page_type([(b"user-agent", b"x")], HTML) == HTML
 
 
 def test_the_json_body_is_kongs_template_with_the_message_escaped():
