@@ -20,6 +20,7 @@ from gateway.config import Config, load_config, parse_host_port
 from gateway.config.tls import listen_flags
 from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.kong_errors import ERROR_DEFAULT_TYPES
+from gateway.http.kong_headers import KongHeaders, enabled
 from gateway.http.limits import derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
@@ -81,7 +82,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     max_connections = gw.max_connections or derived_max_connections(nofile)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s,
-                              ERROR_DEFAULT_TYPES[gw.error_default_type])
+                              ERROR_DEFAULT_TYPES[gw.error_default_type], KongHeaders.from_setting(gw.headers),
+                              "x-kong-request-id" in enabled(gw.headers_upstream))
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
     shared.on_sweep = forwarder.sweep

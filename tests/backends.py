@@ -184,6 +184,7 @@ class EchoBackend(_Backend):
         self.body_started = trio.Event()
         self.active = 0
         self.max_active = 0
+        self.extra_headers: list[tuple[bytes, bytes]] = []  # on every answer (framing=close apart)
 
     def on_body_data(self) -> None:
         self.body_started.set()
@@ -228,7 +229,7 @@ class EchoBackend(_Backend):
             ctype = b"application/json"
         no_body = seen.method == "HEAD" or status in (204, 304)
         framing = query.get("framing", "length")
-        headers = [(b"content-type", ctype), (b"x-backend", self.name.encode())]
+        headers = [(b"content-type", ctype), (b"x-backend", self.name.encode()), *self.extra_headers]
         if query.get("hop") == "1":
             headers += [(b"connection", b"keep-alive, X-Upstream-Hop"), (b"x-upstream-hop", b"secret")]
         if framing == "close":

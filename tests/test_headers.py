@@ -21,12 +21,15 @@ PORT = b"8000"
 TARGET = b"/api/v1/items?page=2"
 
 
-def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: Any = None) -> Any:
-    """What upstream_request_headers reads of an Exchange."""
+def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: Any = None,
+             kong_request_id: bool = False) -> Any:
+    """What upstream_request_headers reads of an Exchange (`kong_request_id`: headers_upstream's X-Kong-Request-Id,
+    off here unless asked for)."""
     return SimpleNamespace(request=SimpleNamespace(headers=headers, target=TARGET), client_ip=CLIENT_IP,
                            peer_trusted=trust,
                            peer_ip=PEER_IP if trust else CLIENT_IP, consumer=consumer,
-                           conn=SimpleNamespace(scheme=b"http", listen_port=PORT))
+                           conn=SimpleNamespace(scheme=b"http", listen_port=PORT),
+                           settings=SimpleNamespace(request_id_upstream=kong_request_id))
 
 
 def rewrite(headers: list[tuple[str, str]], trust: bool = False, consumer: Any = None,  # noqa: ANN201
@@ -242,3 +245,15 @@ def test_traceparent_and_end_to_end_headers_pass_unchanged_in_order():
              ("mcp-session-id", "abc"), ("mcp-protocol-version", "2025-06-18"), ("cookie", "a=1")]
     out, _, _ = rewrite([("host", "gw"), *given])
     assert [hv for hv in out if hv[0] in dict(given)] == given
+
+
+def test_headers_upstream_sends_the_request_id_as_x_kong_request_id_replacing_the_clients():
+    hdrs = [(b"host", b"gw"), (b"x-request-id", b"req-1"), (b"x-kong-request-id", b"forged")]
+    out, _, rid, _, _ = upstream_request_headers(exchange(hdrs, kong_request_id=True))
+    assert [v for k, v in out if k == b"x-kong-request-id"] == [rid] == [b"req-1"]
+
+
+def test_without_headers_upstream_a_clients_x_kong_request_id_passes_as_any_header():
+    hdrs = [(b"host", b"gw"), (b"x-kong-request-id", b"client's")]
+    out, _, _, _, _ = upstream_request_headers(exchange(hdrs))
+    assert [v for k, v in out if k == b"x-kong-request-id"] == [b"client's"]

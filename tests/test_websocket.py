@@ -358,7 +358,8 @@ async def test_the_tunnel_is_logged_as_a_101_and_header_filters_apply_to_its_hea
 def _headers_of(method: bytes, version: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[list, int]:
     ex = SimpleNamespace(request=Request(method, b"/", headers, version, True), client_ip="203.0.113.7",
                          peer_trusted=False, peer_ip="203.0.113.7", consumer=None,
-                         conn=SimpleNamespace(scheme=b"http", listen_port=b"8000"))
+                         conn=SimpleNamespace(scheme=b"http", listen_port=b"8000"),
+                         settings=SimpleNamespace(request_id_upstream=False))
     out, _, _, _, framing = upstream_request_headers(ex)
     return out, framing
 

@@ -15,6 +15,7 @@ from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, Regi
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 from gateway.config.units import Seconds, TimeoutMs
+from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -88,8 +89,16 @@ class GatewaySettings(Base):
     # kong.conf's: the format of the errors nginx itself answers (502, 504, 400...) to a request with neither an
     # Accept nor a Content-Type header (gateway.http.kong_errors.page_type)
     error_default_type: Literal["text/plain", "text/html", "application/json", "application/xml"] = "text/plain"
+    # kong.conf's: the headers added to responses and to proxied requests (gateway.http.kong_headers), a list or
+    # Kong's comma-separated string; "off" for none
+    headers: list[str] | str = msgspec.field(default_factory=lambda: ["server_tokens", "latency_tokens",
+                                                                      "X-Kong-Request-Id"])
+    headers_upstream: list[str] | str = msgspec.field(default_factory=lambda: ["X-Kong-Request-Id"])
 
     def __post_init__(self) -> None:
+        for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
+            if bad := invalid_entries(getattr(self, name), known):
+                raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")
         if not 0 < len(self.syslog_socket.encode()) <= MAX_UNIX_PATH:
             raise ValueError(f"syslog_socket: expected the path of a Unix socket, 1 to {MAX_UNIX_PATH} bytes, got "
                              f"{len(self.syslog_socket.encode())} bytes")

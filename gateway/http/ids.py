@@ -23,3 +23,19 @@ class _RequestIds:
 
 
 new_request_id = _RequestIds()
+
+MAX_REQUEST_ID = 200
+
+
+def valid_request_id(value: bytes) -> bool:
+    """A client's X-Request-Id the gateway takes as the request's id: printable ASCII, no space, 1 to 200 bytes."""
+    return 0 < len(value) <= MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The id of a request the gateway answers itself: its X-Request-Id when sane (as a proxied request's), else
+    a new one."""
+    for name, value in headers:
+        if name == b"x-request-id" and valid_request_id(value):
+            return value
+    return new_request_id()

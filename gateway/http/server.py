@@ -16,8 +16,9 @@ from typing import Any
 import trio
 
 from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
-from gateway.http.ids import new_request_id
+from gateway.http.ids import new_request_id, request_id_of
 from gateway.http.kong_errors import SIZE_LIMITED, TEXT_TYPE, error_body, error_message, page_type, response_type
+from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
@@ -60,11 +61,13 @@ class ServerSettings:
     """What the connection loop needs from the config, resolved once."""
 
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "codec_cls", "max_connections",
-                 "connections", "send_timeout", "body_timeout", "error_type")
+                 "connections", "send_timeout", "body_timeout", "error_type", "kong_headers",
+                 "request_id_upstream")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 16384, max_connections: int = 10000, send_timeout: float = 60.0,
-                 body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE) -> None:
+                 body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE,
+                 kong_headers: KongHeaders | None = None, request_id_upstream: bool = True) -> None:
         self.codec_cls = codec_cls
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -73,6 +76,8 @@ class ServerSettings:
         self.send_timeout = send_timeout  # a write to a client that does not read is cut after this (nginx)
         self.body_timeout = body_timeout  # between two reads of a request body (nginx's client_body_timeout)
         self.error_type = error_type  # kong.conf's error_default_type: the format of nginx's own error pages
+        self.kong_headers = kong_headers  # kong.conf's `headers` (None: none at all)
+        self.request_id_upstream = request_id_upstream  # `headers_upstream`: X-Kong-Request-Id sent upstream
         self.connections = ConnectionSet()
 
 
@@ -124,7 +129,7 @@ class Exchange:
     __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_limit", "body_received", "draining", "timer",
                  "request_id", "response_lines", "status", "settings", "client_ip", "peer_trusted", "consumer",
-                 "phases", "_held", "route", "tries", "sent", "response_headers", "mcp")
+                 "phases", "_held", "route", "tries", "sent", "response_headers", "mcp", "started")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  settings: ServerSettings, draining: bool = False) -> None:
@@ -151,6 +156,7 @@ class Exchange:
         self.sent = 0
         self.response_headers: Headers | None = None
         self.mcp: Any = None
+        self.started = 0.0  # when the handler took the request (Trio clock), for latencies
         self.conn = conn
         self._codec = codec
         self._request_done = False
@@ -256,13 +262,18 @@ class Exchange:
         see ServerCodec.response_head (ignored when the request's plugins filter the headers)."""
         codec = self._codec
         self.response_started = True
+        upstream_status = status
         if self.phases is not None:  # a header filter may answer in the response's place (phases.Exit)
             status, headers, body, end = self.phases.filter(self, status, headers, body, end)
             framing = None
         self.status = status
+        lines = self.response_lines
+        kong = self.settings.kong_headers
+        if kong is not None:  # Kong's, after the plugins' header filters (and in the log's response headers)
+            lines = self.response_lines = lines + kong.add(self, headers, upstream_status)
         self.response_headers = headers
         close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
-        data = codec.response_head(status, headers, reason, close, self.response_lines, framing)
+        data = codec.response_head(status, headers, reason, close, lines, framing)
         if body:
             data += codec.body(body)
         if end:
@@ -282,15 +293,19 @@ class Exchange:
         if self.phases is not None:
             status, headers, _, _ = self.phases.filter(self, 101, headers, b"", False)
         self.status = status
+        lines = self.response_lines
+        kong = self.settings.kong_headers
+        if kong is not None:
+            lines = self.response_lines = lines + kong.add(self, headers, 101)
         self.response_headers = headers
         self.response_done = True  # the HTTP response is complete (what follows a 101 is not HTTP)
         if status != 101:  # a header filter's Exit (Content-Length: 0): its answer, and the connection ends with it
             self.close_after = True
-            data = codec.response_head(status, headers, b"", True, self.response_lines) + codec.end()
+            data = codec.response_head(status, headers, b"", True, lines) + codec.end()
             self.sent += len(data)
             await self.conn.sendall(data)
             return None
-        data = codec.switch_protocols(headers, reason, self.response_lines)
+        data = codec.switch_protocols(headers, reason, lines)
         self.sent += len(data)
         await self.conn.sendall(data)
         return codec.take_upgraded()
@@ -335,7 +350,7 @@ class Exchange:
         """Kong's kong.response.error: `message` (Kong's text for the status when None) and the request id, in the
         format the client's Accept prefers (JSON by default)."""
         if not self.request_id:
-            self.request_id = new_request_id()
+            self.request_id = request_id_of(self.request.headers)
         content_type, body = error_response(status, message, self.request_id, _accept(self.request.headers))
         rid = [(b"x-request-id", self.request_id)]
         await self.respond(status, body, content_type, rid + extra if extra else rid)
@@ -345,7 +360,7 @@ class Exchange:
         Kong's text for the status in the format of the Accept header, else of the Content-Type, else of
         error_default_type (text/plain unless configured)."""
         if not self.request_id:
-            self.request_id = new_request_id()
+            self.request_id = request_id_of(self.request.headers)
         content_type = page_type(self.request.headers, self.settings.error_type)
         body = error_body(error_message(status), self.request_id, content_type)
         await self.respond(status, body, content_type, [(b"x-request-id", self.request_id)])

@@ -30,7 +30,7 @@ class Pipeline:
     async def __call__(self, ex: Exchange) -> None:
         """Route, run policies, forward; then the log phase, which reads the route and MCP request from the Exchange
         (one coroutine, not two: its frame is held by every open stream, and its call is made for every request)."""
-        started = self.clock()
+        started = ex.started = self.clock()
         failed = 0  # the status the connection loop answers when the handling raises
         try:
             req = ex.request

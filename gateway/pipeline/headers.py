@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers, Request
-from gateway.http.ids import new_request_id
+from gateway.http.ids import new_request_id, valid_request_id
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 
@@ -22,8 +22,7 @@ CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-con
                               b"x-anonymous-consumer"})
 _DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-for", b"x-request-id", b"x-real-ip"}
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
-_SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length"}
-_MAX_REQUEST_ID = 200
+_SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x-kong-request-id"}
 # What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port and X-Real-IP, built once per client
 # address, scheme and listener port (a few, in practice) instead of four tuples per request.
 _OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
@@ -90,10 +89,6 @@ def nginx_host(host: bytes) -> bytes:
     return found
 
 
-def _valid_request_id(value: bytes) -> bool:
-    return 0 < len(value) <= _MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
-
-
 def upstream_request_headers(ex: Exchange, affinity: bool = False,
                              prefix: bytes = b"") -> tuple[Headers, bytes, bytes, bytes | None, int]:
     """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id,
@@ -127,7 +122,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 xff = hv[1] if not xff else xff + b", " + hv[1]
                 continue
             if name == b"x-request-id":
-                if not request_id and _valid_request_id(hv[1]):
+                if not request_id and valid_request_id(hv[1]):
                     request_id = hv[1]
                 continue
             if name == b"mcp-session-id":
@@ -136,6 +131,9 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                     continue
             elif name == b"content-length":
                 framing = LENGTH
+            elif name == b"x-kong-request-id":
+                if ex.settings.request_id_upstream:
+                    continue  # replaced by ours (headers_upstream)
             elif name in _FORWARDED:
                 if not trusted:
                     continue
@@ -190,6 +188,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))
     out.append((b"x-request-id", request_id))
+    if ex.settings.request_id_upstream:  # kong.conf's headers_upstream
+        out.append((b"x-kong-request-id", request_id))
     consumer = ex.consumer
     if consumer is not None:
         out += consumer.upstream_headers

@@ -1,0 +1,125 @@
+"""The headers Kong adds to every response (kong.conf's `headers`) and to every proxied request (`headers_upstream`).
+
+Kong's defaults, `headers = server_tokens, latency_tokens, X-Kong-Request-Id` (kong/runloop/handler.lua, the header
+filter's last step, after the plugins'):
+    an upstream's answer  Via: <its Via, >1.1 <token>; Server: <token> when the upstream sent none;
+                          X-Kong-Upstream-Latency (request sent upstream -> response head, ms);
+                          X-Kong-Proxy-Latency (request head -> sent upstream, ms)
+    the gateway's own     Server: <token>; X-Kong-Response-Latency (request head -> answer, ms)
+    both                  X-Kong-Request-Id (the id the request is logged and answered under)
+`X-Kong-Upstream-Status` (the upstream's status) is off by default. The token names this gateway, not Kong:
+`mcp-gateway/<version>`. The settings are parsed once (KongHeaders); a response costs one call that returns the
+lines to add, formatted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway import __version__
+from gateway.http.ids import request_id_of
+from gateway.http.timers import run_clock
+
+SERVER_TOKEN = f"mcp-gateway/{__version__}".encode()
+_VIA = b"1.1 " + SERVER_TOKEN
+_VIA_LINE = b"Via: " + _VIA + b"\r\n"
+_SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
+
+# kong/conf_loader/constants.lua HEADER_KEY_TO_NAME (lower case); X-Kong-Admin-Latency has no place here (no Admin
+# API): accepted, as Kong accepts it, and never sent, as by Kong's proxy.
+RESPONSE_HEADERS = ("server_tokens", "latency_tokens", "via", "server", "x-kong-proxy-latency",
+                    "x-kong-response-latency", "x-kong-admin-latency", "x-kong-upstream-latency",
+                    "x-kong-upstream-status", "x-kong-request-id")
+UPSTREAM_HEADERS = ("x-kong-request-id",)
+
+
+def entries(setting: list[str] | str) -> list[str]:
+    """The entries of a `headers` / `headers_upstream` setting: a list, or kong.conf's comma-separated string."""
+    if isinstance(setting, str):
+        return [t.strip() for t in setting.split(",") if t.strip()]
+    return setting
+
+
+def invalid_entries(setting: list[str] | str, known: tuple[str, ...]) -> list[str]:
+    """The entries Kong's conf loader refuses."""
+    return [t for t in entries(setting) if t.lower() != "off" and t.lower() not in known]
+
+
+def enabled(setting: list[str] | str) -> set[str]:
+    """Kong's enabled_headers: nothing when the list is empty or starts with "off"; the two groups expanded."""
+    tokens = entries(setting)
+    if not tokens or tokens[0].lower() == "off":
+        return set()
+    on = {t.lower() for t in tokens} - {"off"}
+    if "server_tokens" in on:
+        on |= {"via", "server"}
+    if "latency_tokens" in on:
+        on |= {"x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency"}
+    return on
+
+
+class KongHeaders:
+    """The response headers a gateway's `headers` setting turns on (None stands for none at all), with their lines
+    formatted by one %-format per response: the one for an upstream's answer and the one for our own are built
+    here, from the headers that are on."""
+
+    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_own", "_clock")
+
+    def __init__(self, on: set[str]) -> None:
+        self.via = "via" in on
+        self.server = "server" in on
+        self.upstream_status = "x-kong-upstream-status" in on
+        self.request_id = "x-kong-request-id" in on
+        proxied = own = b""
+        if "x-kong-upstream-latency" in on:
+            proxied += b"X-Kong-Upstream-Latency: %(u)d\r\n"
+        if "x-kong-proxy-latency" in on:
+            proxied += b"X-Kong-Proxy-Latency: %(p)d\r\n"
+        if self.upstream_status:
+            proxied += b"X-Kong-Upstream-Status: %(s)d\r\n"
+        if "x-kong-response-latency" in on:
+            own += b"X-Kong-Response-Latency: %(l)d\r\n"
+        if self.server:
+            own += b"Server: " + SERVER_TOKEN.replace(b"%", b"%%") + b"\r\n"
+        if self.request_id:
+            proxied += b"X-Kong-Request-Id: %(r)b\r\n"
+            own += b"X-Kong-Request-Id: %(r)b\r\n"
+        self._proxied = proxied
+        self._own = own
+        self._clock: Callable[[], float] = run_clock()
+
+    @classmethod
+    def from_setting(cls, setting: list[str] | str) -> KongHeaders | None:
+        on = enabled(setting) - {"server_tokens", "latency_tokens", "x-kong-admin-latency"}
+        return cls(on) if on else None
+
+    def add(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
+        """The lines to add to the response `ex` is sending (`headers`, edited in place as Kong leaves them): an
+        upstream's answer when the last try got a response head, else our own (`upstream_status`: what the upstream
+        said)."""
+        rid = ex.request_id
+        if not rid and self.request_id:
+            rid = ex.request_id = request_id_of(ex.request.headers)
+        tries = ex.tries
+        if tries and (last := tries[-1]).head_at:
+            sent = last.started
+            lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
+                                     b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
+            if self.via or self.server:
+                seen = dict(headers)  # (one C call: the names an upstream sent, the last value of each)
+                if self.via:
+                    via = seen.get(b"via")
+                    if via is None:
+                        lines += _VIA_LINE
+                    else:
+                        headers[:] = [hv for hv in headers if hv[0] != b"via"]
+                        headers.append((b"via", via + b", " + _VIA))
+                if self.server and b"server" not in seen:
+                    lines += _SERVER_LINE
+            return lines
+        started = ex.started
+        lines = self._own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
+        if any(hv[0] == b"server" for hv in headers):  # (a plugin's): Kong's replaces it, or removes it when off
+            headers[:] = [hv for hv in headers if hv[0] != b"server"]
+        return lines

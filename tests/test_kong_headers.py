@@ -1,0 +1,148 @@
+"""kong.conf's `headers` and `headers_upstream`: what Kong adds to every response and to every proxied request
+(kong/runloop/handler.lua), through the gateway on real sockets, and the setting's checks."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import trio
+from backends import EchoBackend, free_port, request, service, wait_until
+from conftest import build_config
+
+from gateway.config import ConfigError
+from gateway.http.kong_headers import SERVER_TOKEN, KongHeaders, enabled
+
+TIMEOUT = 10
+TOKEN = SERVER_TOKEN.decode()
+
+
+async def _gateway(nursery, gateway, backend=None, **settings):  # noqa: ANN001, ANN003, ANN202
+    backend = backend or EchoBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [{"paths": ["/api"]}])]},
+                         **settings)
+    return port, backend
+
+
+# --- defaults: server_tokens, latency_tokens, X-Kong-Request-Id -----------------------------------------------------
+
+
+async def test_a_proxied_answer_gets_via_server_and_both_latencies_by_default(nursery, gateway):
+    port, _ = await _gateway(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/api/x")
+    assert reply.status == 200
+    assert reply.header("via") == f"1.1 {TOKEN}"
+    assert reply.header("server") == TOKEN  # the upstream sent none
+    assert re.fullmatch(r"\d+", reply.header("x-kong-upstream-latency"))
+    assert re.fullmatch(r"\d+", reply.header("x-kong-proxy-latency"))
+    assert reply.header("x-kong-response-latency") is None
+    assert reply.header("x-kong-upstream-status") is None  # not among the defaults
+
+
+async def test_an_upstreams_via_is_extended_and_its_server_kept(nursery, gateway):
+    backend = EchoBackend()
+    backend.extra_headers = [(b"via", b"1.1 upstream-proxy"), (b"server", b"uvicorn")]
+    port, _ = await _gateway(nursery, gateway, backend)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/api/x")
+    assert [v for k, v in reply.headers if k == "via"] == [f"1.1 upstream-proxy, 1.1 {TOKEN}"]
+    assert [v for k, v in reply.headers if k == "server"] == ["uvicorn"]
+
+
+async def test_an_answer_of_the_gateways_own_gets_server_and_response_latency(nursery, gateway):
+    port, _ = await _gateway(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/nowhere")
+    assert reply.status == 404
+    assert reply.header("server") == TOKEN
+    assert re.fullmatch(r"\d+", reply.header("x-kong-response-latency"))
+    assert reply.header("via") is None and reply.header("x-kong-upstream-latency") is None
+
+
+async def test_an_upstream_failure_is_the_gateways_own_answer(nursery, gateway):
+    port = await gateway({"services": [service("dead", f"http://127.0.0.1:{free_port()}", retries=0)]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/")
+    assert reply.status == 502
+    assert reply.header("server") == TOKEN and reply.header("x-kong-response-latency") is not None
+    assert reply.header("x-kong-proxy-latency") is None
+
+
+async def test_x_kong_request_id_is_the_id_of_the_request_both_ways(nursery, gateway):
+    port, backend = await _gateway(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/api/x", headers=[("x-kong-request-id", "forged")])
+    rid = reply.header("x-kong-request-id")
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)
+    assert rid == reply.header("x-request-id")
+    assert backend.requests[0].header("x-kong-request-id") == rid  # the client's was replaced
+
+
+# --- the setting --------------------------------------------------------------------------------------------------
+
+
+async def test_headers_off_adds_nothing(nursery, gateway):
+    port, backend = await _gateway(nursery, gateway, headers="off", headers_upstream="off")
+    with trio.fail_after(TIMEOUT):
+        proxied = await request(port, "GET", "/api/x", headers=[("x-kong-request-id", "client's")])
+        own = await request(port, "GET", "/nowhere")
+    for reply in (proxied, own):
+        names = {k for k, _ in reply.headers}
+        assert not names & {"via", "server", "x-kong-request-id", "x-kong-upstream-latency",
+                            "x-kong-proxy-latency", "x-kong-response-latency"}
+    assert backend.requests[0].header("x-kong-request-id") == "client's"  # passed on as any header
+
+
+async def test_single_headers_can_be_chosen_in_kongs_comma_separated_form(nursery, gateway):
+    port, _ = await _gateway(nursery, gateway, headers="Via, X-Kong-Upstream-Status")
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/api/x")
+    assert reply.header("via") == f"1.1 {TOKEN}"
+    assert reply.header("x-kong-upstream-status") == "200"
+    assert reply.header("server") is None and reply.header("x-kong-upstream-latency") is None
+    assert reply.header("x-kong-request-id") is None
+
+
+def test_an_unknown_header_name_is_refused_naming_it():
+    with pytest.raises(ConfigError, match=r"headers: invalid entry 'X-Kong-Nonsense'"):
+        build_config({"services": []}, "h11", headers=["server_tokens", "X-Kong-Nonsense"])
+
+
+def test_headers_upstream_takes_only_x_kong_request_id():
+    with pytest.raises(ConfigError, match=r"headers_upstream: invalid entry 'Via'"):
+        build_config({"services": []}, "h11", headers_upstream="Via")
+
+
+@pytest.mark.parametrize(("setting", "expected"), [
+    ([], set()), (["off"], set()), (["off", "Via"], set()), ("Server", {"server"}),
+    (["server_tokens"], {"server_tokens", "via", "server"}),
+    (["latency_tokens"], {"latency_tokens", "x-kong-proxy-latency", "x-kong-response-latency",
+                          "x-kong-upstream-latency"}),
+    (["Via", "off"], {"via"})])
+def test_enabled_headers_are_kongs(setting, expected):
+    """kong/conf_loader/init.lua: off first means none; the two groups stand for their members."""
+    assert enabled(setting) == expected
+
+
+def test_no_header_enabled_means_no_per_response_work():
+    assert KongHeaders.from_setting("off") is None
+    assert KongHeaders.from_setting(["X-Kong-Admin-Latency"]) is None  # no Admin API here: nothing to send
+
+
+async def test_a_log_plugin_sees_the_headers_kong_added(nursery, gateway):
+    """Kong's serializer reads the response headers as sent: Via, the latencies and the request id among them."""
+    backend, collector = EchoBackend(), EchoBackend("collector")
+    await nursery.start(backend.serve)
+    await nursery.start(collector.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")], "plugins": [
+        {"name": "http-log", "config": {"http_endpoint": f"http://127.0.0.1:{collector.port}/logs"}}]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/x")
+    await wait_until(lambda: collector.requests, "a log entry")
+    logged = json.loads(collector.requests[0].body)["response"]["headers"]
+    assert logged["x-kong-request-id"] == reply.header("x-kong-request-id")
+    assert logged["via"] == f"1.1 {TOKEN}"
+    assert logged["x-kong-upstream-latency"] == reply.header("x-kong-upstream-latency")
