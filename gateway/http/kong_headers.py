@@ -25,6 +25,8 @@ SERVER_TOKEN = f"mcp-gateway/{__version__}".encode()
 _VIA = b"1.1 " + SERVER_TOKEN
 _VIA_LINE = b"Via: " + _VIA + b"\r\n"
 _SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
+_DEFAULT_PROXIED = b"X-Kong-Upstream-Latency: %(u)d\r\nX-Kong-Proxy-Latency: %(p)d\r\nX-Kong-Request-Id: %(r)b\r\n"
+_DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n"
 
 # kong/conf_loader/constants.lua HEADER_KEY_TO_NAME (lower case); X-Kong-Admin-Latency has no place here (no Admin
 # API): accepted, as Kong accepts it, and never sent, as by Kong's proxy.
@@ -64,7 +66,7 @@ class KongHeaders:
     formatted by one %-format per response: the one for an upstream's answer and the one for our own are built
     here, from the headers that are on."""
 
-    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_own", "_clock")
+    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_own", "_clock", "_default")
 
     def __init__(self, on: set[str]) -> None:
         self.via = "via" in on
@@ -87,6 +89,8 @@ class KongHeaders:
             own += b"X-Kong-Request-Id: %(r)b\r\n"
         self._proxied = proxied
         self._own = own
+        # Kong's defaults, formatted positionally (a mapping costs a dict per response)
+        self._default = proxied == _DEFAULT_PROXIED
         self._clock: Callable[[], float] = run_clock()
 
     @classmethod
@@ -104,8 +108,11 @@ class KongHeaders:
         tries = ex.tries
         if tries and (last := tries[-1]).head_at:
             sent = last.started
-            lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
-                                     b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
+            if self._default:
+                lines = _DEFAULT_LINES % ((last.head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid)
+            else:
+                lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
+                                         b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             if self.via or self.server:
                 seen = dict(headers)  # (one C call: the names an upstream sent, the last value of each)
                 if self.via:
