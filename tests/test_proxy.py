@@ -158,6 +158,29 @@ async def test_keepalive_reuses_one_upstream_connection(nursery, gateway):
     assert len(backend.requests) == 6
 
 
+async def test_the_request_that_reaches_keepalive_requests_is_the_connections_last(nursery, gateway):
+    """nginx's keepalive_requests: its answer says `Connection: close`, and the connection ends after it."""
+    backend = await start_echo(nursery)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")]}, keepalive_requests=3)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            replies = [await client.request("GET", f"/r{i}") for i in range(3)]
+            assert await client.stream.receive_some(1) == b""  # closed by the gateway
+    assert [(r.status, r.header("connection")) for r in replies] == [(200, None), (200, None), (200, "close")]
+
+
+async def test_the_first_request_after_keepalive_time_is_the_connections_last(nursery, gateway):
+    backend = await start_echo(nursery)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")]}, keepalive_time_s=0.3)
+    with trio.fail_after(TIMEOUT):
+        async with await Client.connect(port) as client:
+            first = await client.request("GET", "/first")
+            await trio.sleep(0.4)
+            second = await client.request("GET", "/second")
+            assert await client.stream.receive_some(1) == b""
+    assert (first.header("connection"), second.header("connection")) == (None, "close")
+
+
 async def test_five_megabyte_bodies_stream_both_ways_intact(nursery, gateway):
     backend, port = await one_service(nursery, gateway)
     payload = pattern_bytes(5 * 1024 * 1024 + 7)

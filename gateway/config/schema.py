@@ -48,6 +48,10 @@ class GatewaySettings(Base):
     sse_keepalive: Seconds = 15.0  # seconds of SSE silence before the gateway sends a ":" comment
     header_timeout_s: Seconds = 10.0  # a client must send a whole request head within this (408)
     keepalive_timeout_s: Seconds = 75.0  # idle client connection lifetime (nginx keepalive_timeout)
+    # nginx's keepalive_requests (Kong's nginx_http_keepalive_requests: 10000) and keepalive_time: the request that
+    # reaches either is answered with `Connection: close`, so long-lived clients are spread again over the workers
+    keepalive_requests: PosInt = 10000
+    keepalive_time_s: Seconds = 3600.0
     client_body_timeout_s: Seconds = 60.0  # between two reads of a request body, else 408 (nginx client_body_timeout)
     send_timeout_s: Seconds = 60.0  # a client that reads nothing of its response for this long is cut (nginx)
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 16384  # request head limit (431)

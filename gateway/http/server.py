@@ -62,12 +62,13 @@ class ServerSettings:
 
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "codec_cls", "max_connections",
                  "connections", "send_timeout", "body_timeout", "error_type", "kong_headers",
-                 "request_id_upstream")
+                 "request_id_upstream", "keepalive_requests", "keepalive_time")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 16384, max_connections: int = 10000, send_timeout: float = 60.0,
                  body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE,
-                 kong_headers: KongHeaders | None = None, request_id_upstream: bool = True) -> None:
+                 kong_headers: KongHeaders | None = None, request_id_upstream: bool = True,
+                 keepalive_requests: int = 10000, keepalive_time: float = 3600.0) -> None:
         self.codec_cls = codec_cls
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -78,6 +79,8 @@ class ServerSettings:
         self.error_type = error_type  # kong.conf's error_default_type: the format of nginx's own error pages
         self.kong_headers = kong_headers  # kong.conf's `headers` (None: none at all)
         self.request_id_upstream = request_id_upstream  # `headers_upstream`: X-Kong-Request-Id sent upstream
+        self.keepalive_requests = keepalive_requests  # nginx's: the last request a connection serves ...
+        self.keepalive_time = keepalive_time  # ... or the first one after this many seconds
         self.connections = ConnectionSet()
 
 
@@ -465,12 +468,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     """
     codec = settings.codec_cls(settings.max_header_bytes)
     connections = settings.connections
-    timer = ConnTimer(connections.timers.clock() + settings.header_timeout, Phase.NEW)
+    born = connections.timers.clock()
+    timer = ConnTimer(born + settings.header_timeout, Phase.NEW)
+    old_at = born + settings.keepalive_time  # from then on, the next request is the last (nginx's keepalive_time)
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
     timers = connections.timers
     timers.add(timer)
-    served = False
+    served = 0
     try:
         with timer.scope:
             while True:
@@ -497,10 +502,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     return
                 if ev is CLOSED:
                     return
+                idle_until = timer.at  # the previous request's end + keepalive_timeout: later than now
                 timer.clear()
-                served = True
+                served += 1
                 request: Request = ev  # type: ignore[assignment]
                 exchange = Exchange(request, conn, codec, timer, settings, connections.draining)
+                if served >= settings.keepalive_requests or (
+                        served > 1 and idle_until >= old_at and connections.timers.clock() >= old_at):
+                    exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
                 timer.exchange = exchange
                 try:
                     await handler(exchange)
