@@ -109,16 +109,18 @@ class Seen:
 
 
 class _Backend:
-    """Common plumbing: listen on 127.0.0.1:0, count connections, run `handle_conn` per connection."""
+    """Common plumbing: listen on 127.0.0.1:0 (or `host` and `port` when set before `serve`), count connections,
+    run `handle_conn` per connection."""
 
     def __init__(self, name: str = "backend") -> None:
         self.name = name
+        self.host = "127.0.0.1"
         self.port = 0
         self.connections = 0
         self.requests: list[Seen] = []
 
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        listeners = await trio.open_tcp_listeners(self.port, host=self.host)
         self.port = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)

@@ -24,6 +24,13 @@ class ConnectTimeout(ConnectError):
     status = 504
 
 
+class NameResolutionFailed(ConnectError):
+    """The target's host name has no address: Kong answers 503 "name resolution failed" (kong.response.error), and
+    no health check counts it against the target."""
+
+    status = 503
+
+
 class UpstreamTimeout(UpstreamError):
     """The upstream stopped answering within the service's write_timeout or read_timeout."""
 

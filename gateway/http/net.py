@@ -179,15 +179,37 @@ class Conn:
             self.close()
 
 
+class NameNotResolved(OSError):
+    """A host name with no address: it does not exist, or the resolver failed."""
+
+
+_turns: dict[str, int] = {}  # per host name: how many connections it has had (its addresses take turns)
+
+
+async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """(family, address) for a connection to `host`: a name's addresses take turns, connection by connection, as
+    Kong's DNS client rotates a name's records; IPv4 ones when it has any (Kong asks for A records before AAAA)."""
+    try:
+        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise NameNotResolved(errno.EHOSTUNREACH, f"{host}: {e.strerror}") from None
+    addresses = [(socket.AddressFamily(info[0]), str(info[4][0])) for info in infos]
+    v4 = [a for a in addresses if a[0] == socket.AF_INET]
+    if v4:
+        addresses = v4
+    if not addresses:
+        raise NameNotResolved(errno.EHOSTUNREACH, f"{host}: no address")
+    turn = _turns.get(host, 0)
+    _turns[host] = turn + 1
+    return addresses[turn % len(addresses)]
+
+
 async def open_connection(host: str, port: int) -> Conn:
-    """Connect a non-blocking TCP socket (IPv4 or IPv6 literal or a name) with TCP_NODELAY and keep-alive."""
+    """Connect a non-blocking TCP socket (IPv4 or IPv6 literal or a name: see `resolve`) with TCP_NODELAY and
+    keep-alive."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if not _is_ip(host):
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if not infos:
-            raise OSError(errno.EHOSTUNREACH, f"no address for {host}")
-        family, _, _, _, addr = infos[0]
-        host = str(addr[0])
+        family, host = await resolve(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)

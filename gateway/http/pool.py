@@ -23,8 +23,8 @@ import select
 import trio
 
 from gateway.http.codec import ClientCodec
-from gateway.http.errors import ConnectError, ConnectTimeout
-from gateway.http.net import Conn, open_connection
+from gateway.http.errors import ConnectError, ConnectTimeout, NameResolutionFailed
+from gateway.http.net import Conn, NameNotResolved, open_connection
 from gateway.http.tls import TlsConn, TlsError, client_handshake
 from gateway.http.tls_contexts import ClientTls
 
@@ -177,6 +177,8 @@ class Pool:
         with trio.move_on_after(timeout):
             try:
                 conn = await open_connection(key[0], key[1])
+            except NameNotResolved as e:
+                raise NameResolutionFailed(f"cannot resolve {e.strerror}") from None
             except OSError as e:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 if e.errno == errno.ECONNREFUSED:

@@ -16,7 +16,14 @@ import logging
 import trio
 
 from gateway.http.codec import CHUNKED, CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
-from gateway.http.errors import BadResponse, ConnectTimeout, UpstreamClosed, UpstreamError, UpstreamTimeout
+from gateway.http.errors import (
+    BadResponse,
+    ConnectTimeout,
+    NameResolutionFailed,
+    UpstreamClosed,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
@@ -184,7 +191,10 @@ class Forwarder:
                 await ex.respond_error(503, NO_PEER)
             else:
                 log.info("%s: %d", error, error.status)
-                await ex.respond_error_page(error.status)  # nginx's own 502 / 504, through Kong's error handler
+                if isinstance(error, NameResolutionFailed):  # Kong's balancer: kong.response.error
+                    await ex.respond_error(503, "name resolution failed")
+                else:
+                    await ex.respond_error_page(error.status)  # nginx's own 502 / 504, through Kong's error handler
         finally:
             if spooled is not None:
                 spooled.close()
@@ -209,7 +219,8 @@ class Forwarder:
             try:
                 uc = await pool.connect(key, svc.connect_timeout, tls, target.server_name)
             except UpstreamError as e:
-                self._finished(attempt, False, TIMEOUT if isinstance(e, ConnectTimeout) else TCP_FAILURE)
+                self._finished(attempt, False, TIMEOUT if isinstance(e, ConnectTimeout) else
+                               0 if isinstance(e, NameResolutionFailed) else TCP_FAILURE)
                 raise
             now = self.clock()
         codec = uc.codec
