@@ -471,6 +471,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     born = connections.timers.clock()
     timer = ConnTimer(born + settings.header_timeout, Phase.NEW)
     old_at = born + settings.keepalive_time  # from then on, the next request is the last (nginx's keepalive_time)
+    last_request = settings.keepalive_requests
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
     timers = connections.timers
@@ -507,8 +508,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                 served += 1
                 request: Request = ev  # type: ignore[assignment]
                 exchange = Exchange(request, conn, codec, timer, settings, connections.draining)
-                if served >= settings.keepalive_requests or (
-                        served > 1 and idle_until >= old_at and connections.timers.clock() >= old_at):
+                if (served >= last_request or idle_until >= old_at) and (
+                        served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
                     exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
                 timer.exchange = exchange
                 try:
