@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -146,3 +147,19 @@ async def test_a_log_plugin_sees_the_headers_kong_added(nursery, gateway):
     assert logged["x-kong-request-id"] == reply.header("x-kong-request-id")
     assert logged["via"] == f"1.1 {TOKEN}"
     assert logged["x-kong-upstream-latency"] == reply.header("x-kong-upstream-latency")
+
+
+@pytest.mark.parametrize("upstream", [[], [(b"server", b"uvicorn")], [(b"via", b"1.1 lb")],
+                                      [(b"via", b"1.1 lb"), (b"server", b"uvicorn")]],
+                         ids=["bare", "server", "via", "both"])
+@pytest.mark.parametrize("answered", [True, False], ids=["proxied", "own"])
+def test_the_defaults_own_code_says_what_the_general_code_says(upstream, answered):
+    kong = KongHeaders.from_setting(["server_tokens", "latency_tokens", "X-Kong-Request-Id"])
+    assert kong.add == kong._add_defaults
+    last = SimpleNamespace(head_at=10.0042 if answered else 0.0, started=10.0011)
+    results = []
+    for add in (kong._add_defaults, kong._add_any):
+        ex = SimpleNamespace(request_id=b"rid", tries=[last], started=10.0 if answered else 0.0, request=None)
+        headers = [(b"content-type", b"text/plain"), *upstream]
+        results.append((add(ex, headers, 200), headers))
+    assert results[0] == results[1]

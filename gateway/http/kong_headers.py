@@ -25,8 +25,10 @@ SERVER_TOKEN = f"mcp-gateway/{__version__}".encode()
 _VIA = b"1.1 " + SERVER_TOKEN
 _VIA_LINE = b"Via: " + _VIA + b"\r\n"
 _SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
-_DEFAULT_PROXIED = b"X-Kong-Upstream-Latency: %(u)d\r\nX-Kong-Proxy-Latency: %(p)d\r\nX-Kong-Request-Id: %(r)b\r\n"
-_DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n"
+_VIA_AND_SERVER = _VIA_LINE + _SERVER_LINE
+_DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n%b"
+_DEFAULTS = {"via", "server", "x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency",
+             "x-kong-request-id"}
 
 # kong/conf_loader/constants.lua HEADER_KEY_TO_NAME (lower case); X-Kong-Admin-Latency has no place here (no Admin
 # API): accepted, as Kong accepts it, and never sent, as by Kong's proxy.
@@ -64,9 +66,10 @@ def enabled(setting: list[str] | str) -> set[str]:
 class KongHeaders:
     """The response headers a gateway's `headers` setting turns on (None stands for none at all), with their lines
     formatted by one %-format per response: the one for an upstream's answer and the one for our own are built
-    here, from the headers that are on."""
+    here, from the headers that are on. `add` is Kong's defaults' own code when those are what is on (the usual
+    case, on every response), else the general one."""
 
-    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_own", "_clock", "_default")
+    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_own", "_clock", "add")
 
     def __init__(self, on: set[str]) -> None:
         self.via = "via" in on
@@ -89,30 +92,25 @@ class KongHeaders:
             own += b"X-Kong-Request-Id: %(r)b\r\n"
         self._proxied = proxied
         self._own = own
-        # Kong's defaults, formatted positionally (a mapping costs a dict per response)
-        self._default = proxied == _DEFAULT_PROXIED
         self._clock: Callable[[], float] = run_clock()
+        self.add: Callable[[Any, list[tuple[bytes, bytes]], int], bytes] = \
+            self._add_defaults if on == _DEFAULTS else self._add_any
 
     @classmethod
     def from_setting(cls, setting: list[str] | str) -> KongHeaders | None:
         on = enabled(setting) - {"server_tokens", "latency_tokens", "x-kong-admin-latency"}
         return cls(on) if on else None
 
-    def add(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
+    def _add_any(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
         """The lines to add to the response `ex` is sending (`headers`, edited in place as Kong leaves them): an
         upstream's answer when the last try got a response head, else our own (`upstream_status`: what the upstream
         said)."""
-        rid = ex.request_id
-        if not rid and self.request_id:
-            rid = ex.request_id = request_id_of(ex.request.headers)
+        rid = ex.request_id or self._new_id(ex)
         tries = ex.tries
         if tries and (last := tries[-1]).head_at:
             sent = last.started
-            if self._default:
-                lines = _DEFAULT_LINES % ((last.head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid)
-            else:
-                lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
-                                         b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
+            lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
+                                     b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             if self.via or self.server:
                 seen = dict(headers)  # (one C call: the names an upstream sent, the last value of each)
                 if self.via:
@@ -120,13 +118,49 @@ class KongHeaders:
                     if via is None:
                         lines += _VIA_LINE
                     else:
-                        headers[:] = [hv for hv in headers if hv[0] != b"via"]
-                        headers.append((b"via", via + b", " + _VIA))
+                        _append_via(headers, via)
                 if self.server and b"server" not in seen:
                     lines += _SERVER_LINE
             return lines
+        return self._own_lines(ex, headers, rid)
+
+    def _add_defaults(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
+        """`_add_any` for Kong's defaults, in one format per response."""
+        rid = ex.request_id or self._new_id(ex)
+        tries = ex.tries
+        if tries:
+            last = tries[-1]
+            head_at = last.head_at
+            if head_at:
+                sent = last.started
+                seen = dict(headers)
+                via = seen.get(b"via")
+                if via is None:
+                    tail = _VIA_LINE if b"server" in seen else _VIA_AND_SERVER
+                else:
+                    _append_via(headers, via)
+                    tail = b"" if b"server" in seen else _SERVER_LINE
+                return _DEFAULT_LINES % ((head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid,
+                                         tail)
+        return self._own_lines(ex, headers, rid)
+
+    def _own_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes) -> bytes:
+        """For an answer of the gateway's own: Server (replacing one a plugin set) and the response latency."""
         started = ex.started
         lines = self._own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
         if any(hv[0] == b"server" for hv in headers):  # (a plugin's): Kong's replaces it, or removes it when off
             headers[:] = [hv for hv in headers if hv[0] != b"server"]
         return lines
+
+    def _new_id(self, ex: Any) -> bytes:
+        """The request's id, for an answer of our own given before anything named it (b"" when not sent)."""
+        if not self.request_id:
+            return b""
+        rid = ex.request_id = request_id_of(ex.request.headers)
+        return rid
+
+
+def _append_via(headers: list[tuple[bytes, bytes]], via: bytes) -> None:
+    """Kong's Via after an upstream's own: `its, 1.1 <token>`, one header."""
+    headers[:] = [hv for hv in headers if hv[0] != b"via"]
+    headers.append((b"via", via + b", " + _VIA))
