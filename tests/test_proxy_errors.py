@@ -515,3 +515,57 @@ async def test_an_answer_of_the_gateways_own_keeps_the_clients_request_id(nurser
     body = assert_json_error(reply, 404, "no Route matched with those values")
     assert body["request_id"] == reply.header("x-request-id") == reply.header("x-kong-request-id") \
         == "client-request-0007"
+
+
+class RawBackend:
+    """Reads a request head, sends `answer` as it is, closes: a response broken on purpose."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.port = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started(self.port)
+        await trio.serve_listeners(self._answer, listeners)
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return
+            data += chunk
+        self.requests += 1
+        await stream.send_all(self.answer)
+        await trio.aclose_forcefully(stream)
+
+
+async def _pair_behind(nursery, gateway, answer: bytes):  # noqa: ANN001, ANN202
+    broken = RawBackend(answer)
+    await nursery.start(broken.serve)
+    echo = await start_backend(nursery, EchoBackend("alive"))
+    setup = await start(nursery, gateway, [service("svc", "http://pair")],
+                        [upstream("pair", [broken.port, echo.port], algorithm="round-robin")])
+    return setup, broken, echo
+
+
+async def test_an_invalid_response_head_is_answered_502_and_not_sent_elsewhere(nursery, gateway):
+    """nginx's default proxy_next_upstream (error timeout) has no invalid_header."""
+    setup, broken, echo = await _pair_behind(nursery, gateway, b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n")
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(setup.port, "GET", f"/r{i}") for i in range(2)]  # at least one tries `broken` first
+    assert sorted(r.status for r in replies)[-1] == 502
+    assert broken.requests == sum(r.status == 502 for r in replies)
+    assert len(echo.requests) == sum(r.status == 200 for r in replies)
+
+
+async def test_a_response_head_cut_off_by_the_upstream_closing_is_retried(nursery, gateway):
+    """nginx's "upstream prematurely closed connection": an error, so an idempotent request goes to the next try."""
+    setup, broken, echo = await _pair_behind(nursery, gateway, b"HTTP/1.1 200 OK\r\ncontent-le")
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(setup.port, "GET", f"/r{i}") for i in range(2)]
+    assert [(r.status, r.json()["name"]) for r in replies] == [(200, "alive")] * 2
+    assert broken.requests >= 1

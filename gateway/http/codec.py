@@ -79,10 +79,11 @@ Event = Request | Response | bytes | _Sentinel
 class ProtocolError(Exception):
     """The peer broke HTTP/1.1. `status` is what a server should answer (400, 431, 501, ...), as h11's hint."""
 
-    def __init__(self, message: str, status: int = 400):
+    def __init__(self, message: str, status: int = 400, cut: bool = False):
         super().__init__(message)
         self.status = status
         self.method = b""  # of a request head refused: the answer to a HEAD has no body, an error's neither
+        self.cut = cut  # the peer closed the connection mid-message: nothing it sent was wrong in itself
 
 
 class ServerCodec(Protocol):

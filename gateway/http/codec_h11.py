@@ -354,7 +354,7 @@ class H11Client(_H11Codec):
                     self._closed = True  # EOF before any byte of a response: as llhttp, CLOSED
                     return CLOSED
                 self._raw_response()
-                raise ProtocolError(str(e), 502) from None
+                raise ProtocolError(str(e), 502, cut=self._eof) from None
             if type(ev) is h11.Data:
                 return self._body(bytes(ev.data))
             if type(ev) is h11.Response:

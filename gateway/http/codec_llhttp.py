@@ -560,7 +560,7 @@ class LlhttpClient(_Parsing):
         events = self._events
         if self._in_message and not self._dead:
             if self._in_head or not _close_delimited(self._response_headers):
-                self._fail(ProtocolError("upstream closed the connection mid-response", 502))
+                self._fail(ProtocolError("upstream closed the connection mid-response", 502, cut=True))
                 return
             events.append(END)
             self._in_message = False

@@ -2,7 +2,8 @@
 
 Retry rule (nginx's proxy_next_upstream, made safe for POST): a failure before any response byte moves on to the
 next target when nothing was sent, or when the method is idempotent and the whole body is still in hand; a
-write_timeout or read_timeout is such a failure (nginx's default `proxy_next_upstream error timeout`). A pooled
+write_timeout or read_timeout is such a failure (nginx's default `proxy_next_upstream error timeout`), and an
+invalid response head is not (no invalid_header in that default): it is answered 502 at once. A pooled
 connection that the upstream closed as the request crossed it (no response byte) is not the target's failure: the
 same target is tried again on another connection, and that costs no try (nginx's cached-peer rule).
 After the response head has been sent to the client, a failing upstream aborts the client connection (a reset),
@@ -169,8 +170,8 @@ class Forwarder:
                                                         headers, framing, body, body_done)
                 except UpstreamError as e:
                     error = e
-                    if e.sent and not replayable:
-                        break
+                    if (e.sent and not replayable) or type(e) is BadResponse:
+                        break  # (nginx's default proxy_next_upstream has no invalid_header)
                     if isinstance(e, UpstreamClosed) and e.reused:
                         stale = index  # it closed while idle, as the request crossed it: the target said nothing
                     continue
@@ -285,6 +286,9 @@ class Forwarder:
                 self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
                 raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
                                      sent=True, reused=uc.reused) from None
+            if e.cut and e.status >= 500 and not ex.response_started:  # nginx's "prematurely closed": an error
+                self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
+                raise UpstreamClosed(f"upstream {target.name}: {e}", sent=True) from None
             self._finished(attempt, False, _blame(uc, 502 if e.status >= 500 else 0))
             if ex.response_started or e.status < 500:
                 raise  # the client's own request broke (e.g. its body): not the upstream's fault
