@@ -354,6 +354,17 @@ async def test_two_different_content_lengths_get_400(nursery, gateway):
     await setup.assert_alive()
 
 
+async def test_a_head_of_24_kb_in_lines_under_8_kb_passes_by_default(nursery, gateway):
+    """As through nginx's default large_client_header_buffers (4 8k): a few large cookies or tokens."""
+    setup = await start(nursery, gateway, [])
+    lines = [(f"x-big-{i}", "a" * 7000) for i in range(3)]
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/ok", headers=lines)
+    assert reply.status == 200
+    seen = setup.healthy.requests[0]
+    assert [seen.header(name) for name, _ in lines] == ["a" * 7000] * 3
+
+
 async def test_headers_over_max_header_bytes_get_431(nursery, gateway):
     setup = await start(nursery, gateway, [], max_header_bytes=2048)
     await assert_rejected(setup, b"GET /ok HTTP/1.1\r\nhost: gw\r\nx-big: " + b"a" * 3000 + b"\r\n\r\n", 431)

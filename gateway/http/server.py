@@ -65,7 +65,7 @@ class ServerSettings:
                  "request_id_upstream", "keepalive_requests", "keepalive_time")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
-                 max_header_bytes: int = 16384, max_connections: int = 10000, send_timeout: float = 60.0,
+                 max_header_bytes: int = 32768, max_connections: int = 10000, send_timeout: float = 60.0,
                  body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE,
                  kong_headers: KongHeaders | None = None, request_id_upstream: bool = True,
                  keepalive_requests: int = 10000, keepalive_time: float = 3600.0) -> None:
