@@ -82,3 +82,16 @@ async def test_a_name_without_an_address_is_kongs_503_name_resolution_failed(nur
     assert reply.status == 503
     assert reply.header("content-type") == "application/json; charset=utf-8"
     assert reply.json() == {"message": "name resolution failed", "request_id": reply.header("x-request-id")}
+
+
+async def test_the_names_whose_turns_are_kept_are_bounded(monkeypatch):
+    from gateway.http import net
+
+    monkeypatch.setattr(net, "_MAX_TURNS", 3)
+    monkeypatch.setattr(net, "_turns", {})
+    trio.socket.set_custom_hostname_resolver(Names({f"n{i}.test": ["127.0.0.2", "127.0.0.3"] for i in range(5)}))
+    for i in range(5):
+        await net.resolve(f"n{i}.test", 80)
+    assert len(net._turns) <= 3
+    assert [await net.resolve("n4.test", 80) for _ in range(2)] == [(socket.AF_INET, "127.0.0.3"),
+                                                                     (socket.AF_INET, "127.0.0.2")]

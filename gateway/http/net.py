@@ -184,6 +184,7 @@ class NameNotResolved(OSError):
 
 
 _turns: dict[str, int] = {}  # per host name: how many connections it has had (its addresses take turns)
+_MAX_TURNS = 4096  # names remembered; past it they start again (discovery may bring new names for ever)
 
 
 async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
@@ -200,6 +201,8 @@ async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
     if not addresses:
         raise NameNotResolved(errno.EHOSTUNREACH, f"{host}: no address")
     turn = _turns.get(host, 0)
+    if not turn and len(_turns) >= _MAX_TURNS:
+        _turns.clear()
     _turns[host] = turn + 1
     return addresses[turn % len(addresses)]
 
