@@ -84,12 +84,13 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s,
                               ERROR_DEFAULT_TYPES[gw.error_default_type], KongHeaders.from_setting(gw.headers),
                               "x-kong-request-id" in enabled(gw.headers_upstream), gw.keepalive_requests,
-                              gw.keepalive_time_s)
+                              gw.keepalive_time_s, gw.max_header_line_bytes)
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
     shared.on_sweep = forwarder.sweep
     telemetry = WorkerTelemetry(config, settings.connections, forwarder.active)
     pipeline = Pipeline(runtime, forwarder, telemetry.log_phase)
+    settings.log_refused = pipeline.log_refused
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

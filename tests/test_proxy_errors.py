@@ -365,10 +365,57 @@ async def test_a_head_of_24_kb_in_lines_under_8_kb_passes_by_default(nursery, ga
     assert [seen.header(name) for name, _ in lines] == ["a" * 7000] * 3
 
 
-async def test_headers_over_max_header_bytes_get_431(nursery, gateway):
+async def test_headers_over_max_header_bytes_get_400_request_header_or_cookie_too_large(nursery, gateway):
+    """nginx's 494, which Kong's error handler answers 400 with its own text."""
     setup = await start(nursery, gateway, [], max_header_bytes=2048)
-    await assert_rejected(setup, b"GET /ok HTTP/1.1\r\nhost: gw\r\nx-big: " + b"a" * 3000 + b"\r\n\r\n", 431)
+    lines = b"".join(b"x-big-%d: %b\r\n" % (i, b"a" * 500) for i in range(5))
+    received, _ = await raw_exchange(setup.port, b"GET /ok HTTP/1.1\r\nhost: gw\r\n" + lines + b"\r\n")
+    status, headers, body = parse_raw_response(received)
+    assert (status, headers["connection"]) == (400, "close")
+    assert body.decode().startswith("Request header or cookie too large\nrequest_id: ")
+    assert setup.healthy.requests == []
     await setup.assert_alive()
+
+
+async def test_a_header_line_over_8_kb_gets_400_under_the_head_limit(nursery, gateway):
+    """Kong's spec (04-plugins_triggering): one X-Large header of 10 KB, past large_client_header_buffers' 8k."""
+    setup = await start(nursery, gateway, [])
+    received, _ = await raw_exchange(setup.port, b"POST /ok?foo=bar HTTP/1.1\r\nhost: gw\r\nx-large: "
+                                     + b"a" * 10240 + b"\r\ncontent-length: 0\r\n\r\n")
+    status, headers, body = parse_raw_response(received)
+    assert status == 400
+    assert body.decode() == f"Request header or cookie too large\nrequest_id: {headers['x-kong-request-id']}\n"
+    assert setup.healthy.requests == []
+    await setup.assert_alive()
+
+
+async def test_a_request_line_over_8_kb_gets_414_uri_too_long(nursery, gateway):
+    setup = await start(nursery, gateway, [])
+    received, _ = await raw_exchange(setup.port, b"GET /ok?foo=" + b"a" * 10240 + b" HTTP/1.1\r\nhost: gw\r\n\r\n")
+    status, headers, body = parse_raw_response(received)
+    assert (status, headers["connection"]) == (414, "close")
+    assert body.decode() == f"URI too long\nrequest_id: {headers['x-kong-request-id']}\n"
+    assert setup.healthy.requests == []
+    await setup.assert_alive()
+
+
+async def test_max_header_line_bytes_lets_a_longer_line_through(nursery, gateway):
+    setup = await start(nursery, gateway, [], max_header_line_bytes=16384)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/ok", headers=[("cookie", "c" * 12000)])
+    assert reply.status == 200
+    assert setup.healthy.requests[0].header("cookie") == "c" * 12000
+
+
+async def test_an_unreadable_request_is_answered_with_kongs_response_headers(nursery, gateway):
+    """Kong's error handler runs the header filter: Server, the response latency and the request id."""
+    setup = await start(nursery, gateway, [])
+    received, _ = await raw_exchange(setup.port, b"THIS IS NOT HTTP\r\n\r\n")
+    status, headers, body = parse_raw_response(received)
+    assert status == 400
+    assert headers["server"].startswith("mcp-gateway/")
+    assert int(headers["x-kong-response-latency"]) >= 0
+    assert body.decode() == f"Bad request\nrequest_id: {headers['x-kong-request-id']}\n"
 
 
 async def test_headers_just_under_max_header_bytes_are_accepted(nursery, gateway):

@@ -54,8 +54,11 @@ class GatewaySettings(Base):
     keepalive_time_s: Seconds = 3600.0
     client_body_timeout_s: Seconds = 60.0  # between two reads of a request body, else 408 (nginx client_body_timeout)
     send_timeout_s: Seconds = 60.0  # a client that reads nothing of its response for this long is cut (nginx)
-    # request head limit (431); nginx's default large_client_header_buffers (4 8k, Kong's) let 32 KB through
+    # nginx's large_client_header_buffers (Kong's: 4 8k): a request head longer than max_header_bytes, or with a
+    # header line longer than max_header_line_bytes, gets 400 "Request header or cookie too large"; a request line
+    # longer than max_header_line_bytes gets 414
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 32768
+    max_header_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 8192
     # per worker; beyond it new connections get a fast 503. Not set: derived from the descriptors the worker may open
     # (the soft RLIMIT_NOFILE, raised to the hard one at start): two per connection, some kept back
     max_connections: PosInt | None = None

@@ -18,6 +18,9 @@ from typing import Protocol, final
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
 # How a request's headers frame its body, when the caller knows already (ClientCodec.request_head's `framing`).
 NO_BODY, LENGTH, CHUNKED = 0, 1, 2
+# nginx's large_client_header_buffers is 4 buffers of 8k (Kong's default): a request line or header line must fit
+# one (the server codecs' max_line_bytes), the whole head all four (max_header_bytes, 32768).
+MAX_LINE_BYTES = 8192
 
 
 class Request:
@@ -77,19 +80,22 @@ Event = Request | Response | bytes | _Sentinel
 
 @final  # codecs test `type(ev) is ProtocolError` (faster than isinstance): no subclass may exist
 class ProtocolError(Exception):
-    """The peer broke HTTP/1.1. `status` is what a server should answer (400, 431, 501, ...), as h11's hint."""
+    """The peer broke HTTP/1.1. `status` is what a server should answer (400, 414, 501, ...), as h11's hint, or
+    HEAD_TOO_LARGE."""
 
     def __init__(self, message: str, status: int = 400, cut: bool = False):
         super().__init__(message)
         self.status = status
         self.method = b""  # of a request head refused: the answer to a HEAD has no body, an error's neither
+        self.target = b""  # ... and its target, when its request line was whole (what the log shows)
         self.cut = cut  # the peer closed the connection mid-message: nothing it sent was wrong in itself
 
 
 class ServerCodec(Protocol):
     """One client connection seen from the server: parses requests, frames responses."""
 
-    def __init__(self, max_header_bytes: int = 16384) -> None: ...
+    # Limits of a request head: all of it, and each of its lines (at most the whole: see MAX_LINE_BYTES).
+    def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None: ...
     def receive_data(self, data: bytes) -> None: ...  # b"" means the client closed its side
     def next_event(self) -> Event: ...  # Request, bytes, END, CLOSED or NEED_DATA; raises ProtocolError
     # After the Request: the body bytes parsed so far and whether END came with them (next_event in a loop).
@@ -146,6 +152,39 @@ class ClientCodec(Protocol):
 
 # RFC 3986 host [":" port]: reg-name (unreserved, pct-encoded, sub-delims), IPv4, or an IP literal in brackets.
 # Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
+# nginx's status for a request head past large_client_header_buffers, answered 400 "Request header or cookie too
+# large" (Kong's error handler turns 494 back into 400): a ProtocolError's status, never one on the wire
+HEAD_TOO_LARGE = 494
+
+
+def answered_status(status: int) -> int:
+    """The status a ProtocolError's is answered and logged as."""
+    return 400 if status == HEAD_TOO_LARGE else status
+
+
+def check_head_size(start: int, headers: Headers, max_head: int, max_line: int) -> None:
+    """nginx's limits on a request head whose request line is `start` bytes: that line (414), each header line
+    (494) and the whole head (494). Codecs call it only when the head may be longer than `max_line`."""
+    if start > max_line:
+        raise ProtocolError("request line too long", 414)
+    total = start + 4
+    for name, value in headers:
+        size = len(name) + len(value) + 4
+        if size > max_line:
+            raise ProtocolError("request header line too long", HEAD_TOO_LARGE)
+        total += size
+    if total > max_head:
+        raise ProtocolError("request head too large", HEAD_TOO_LARGE)
+
+
+def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
+    """A request head went past its limit before it ended: 414 while its request line is longer than `max_line`
+    (it did not end, or ended too long), else 494."""
+    if start_so_far > max_line:
+        return ProtocolError("request line too long", 414)
+    return ProtocolError("request head too large", HEAD_TOO_LARGE)
+
+
 _AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
 _CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})

@@ -16,14 +16,18 @@ from gateway.http.chunked import ChunkedFraming
 from gateway.http.codec import (
     CLOSED,
     END,
+    HEAD_TOO_LARGE,
+    MAX_LINE_BYTES,
     NEED_DATA,
     Event,
     Headers,
     ProtocolError,
     Request,
     Response,
+    check_head_size,
     check_reason,
     check_request_head,
+    overflow_error,
 )
 from gateway.http.codec_llhttp import REASONS, _close_delimited, _has_token, _wants_keep_alive
 
@@ -159,10 +163,11 @@ class _H11Codec:
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method", "_no_body", "open_ended")
+    __slots__ = ("_method", "_no_body", "open_ended", "_max_line")
 
-    def __init__(self, max_header_bytes: int = 16384) -> None:
+    def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         super().__init__(h11.SERVER, max_header_bytes)
+        self._max_line = min(max_line_bytes, max_header_bytes)
         self._method = b"GET"
         self._no_body = False
         self.open_ended = False
@@ -193,12 +198,12 @@ class H11Server(_H11Codec):
             version = start.rpartition(b" ")[2]
             if not version.startswith(b"HTTP/"):
                 return None
-            if size > self._max:
-                raise ProtocolError("request head too large", 431)
+            if size > self._max_line:  # (else no line can be too long)
+                check_head_size(len(start), headers, self._max, self._max_line)
             method, _, rest = start.partition(b" ")
             checked = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
         except ProtocolError as e:
-            e.method = _method_of(probe)
+            e.method, e.target = _request_line_of(probe)
             raise
         return size, checked, headers, version[5:]
 
@@ -214,8 +219,12 @@ class H11Server(_H11Codec):
         except h11.RemoteProtocolError as e:
             head = self._probe
             self._raw_request()  # the shared rules decide the status of a complete head h11 rejected
-            error = ProtocolError(str(e), e.error_status_hint)
-            error.method = _method_of(head) if head is not None else b""
+            if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time
+                error = overflow_error(_line_so_far(head), self._max_line)
+            else:
+                error = ProtocolError(str(e), e.error_status_hint)
+            if head is not None:
+                error.method, error.target = _request_line_of(head)
             raise error from None
         if type(ev) is h11.Data:
             return self._body(bytes(ev.data))
@@ -230,7 +239,7 @@ class H11Server(_H11Codec):
             target, host, expect = raw[1]
             return Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host, expect)
         if type(ev) is h11.EndOfMessage:
-            return self._end(ev, 431)
+            return self._end(ev, HEAD_TOO_LARGE)
         if type(ev) is h11.ConnectionClosed:
             return CLOSED
         if ev is h11.NEED_DATA:
@@ -274,9 +283,26 @@ class H11Server(_H11Codec):
         return _H11Codec.body(self, data)
 
 
-def _method_of(raw: bytearray) -> bytes:
-    """What the gateway's answer to a head it refused needs of its method: whether it is HEAD (then no body)."""
-    return b"HEAD" if raw[:5] == b"HEAD " else b""
+_METHOD = re.compile(rb"[A-Z]{1,20}")
+
+
+def _request_line_of(raw: bytearray) -> tuple[bytes, bytes]:
+    """(method, target) of a head refused, as far as its request line says them (b"" when it does not): what the
+    answer (none has a body to a HEAD) and the log need."""
+    end = raw.find(b"\r\n")
+    method, _, rest = bytes(raw[:end] if end >= 0 else raw[:21]).partition(b" ")
+    if _METHOD.fullmatch(method) is None:
+        return b"", b""
+    target, _, version = rest.rpartition(b" ")
+    return method, target if end >= 0 and version.startswith(b"HTTP/") else b""
+
+
+def _line_so_far(raw: bytearray | None) -> int:
+    """The length of the request line in `raw` (all of it when the line has not ended)."""
+    if raw is None:
+        return 0
+    end = raw.find(b"\r\n")
+    return end if end >= 0 else len(raw)
 
 
 def _split_line(line: bytes) -> tuple[bytes, bytes]:

@@ -15,7 +15,9 @@ from gateway.http.codec import (
     CHUNKED,
     CLOSED,
     END,
+    HEAD_TOO_LARGE,
     LENGTH,
+    MAX_LINE_BYTES,
     NEED_DATA,
     NO_BODY,
     Event,
@@ -23,8 +25,10 @@ from gateway.http.codec import (
     ProtocolError,
     Request,
     Response,
+    check_head_size,
     check_reason,
     check_request_head,
+    overflow_error,
 )
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -78,7 +82,7 @@ class _Trailers:
     def append(self, field: tuple[bytes, bytes]) -> None:
         self.room -= len(field[0]) + len(field[1]) + 4
         if self.room < 0:
-            raise ProtocolError("trailer section too large", 431)
+            raise ProtocolError("trailer section too large", HEAD_TOO_LARGE)
 
 
 class _BodyFramer:
@@ -173,7 +177,11 @@ class _Parsing(_BodyFramer):
             if self._in_head:  # the head goes on in the next chunk: bound it (h11's max_incomplete_event_size)
                 self._head_fed += len(data)
                 if self._head_fed > self._max_head:
-                    self._fail(ProtocolError("message head too large", 431))
+                    self._fail(self._overflow())
+
+    def _overflow(self) -> ProtocolError:
+        """The error for a head that went past the limit before it ended."""
+        return ProtocolError("message head too large", 502)
 
     def take_body(self) -> tuple[bytes, bool]:
         """After the head, before its END: the body bytes parsed so far, and whether the message ended with them
@@ -218,13 +226,15 @@ class _Parsing(_BodyFramer):
 class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
-    __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close")
+    __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
+                 "_max_line")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
 
-    def __init__(self, max_header_bytes: int = 16384) -> None:
+    def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         super().__init__(httptools.HttpRequestParser(self), max_header_bytes)
+        self._max_line = min(max_line_bytes, max_header_bytes)
         self._url = b""
         self._started = False  # a request is being parsed: EOF now is an error, not CLOSED
         self._method = b"GET"
@@ -250,8 +260,8 @@ class LlhttpServer(_Parsing):
         method = parser.get_method()
         url = self._url
         try:
-            if self._head_too_large(len(method) + len(url) + 12, headers):
-                raise ProtocolError("request head too large", 431)
+            if self._head_partial or self._head_fed + self._feeding > self._max_line:  # (else no line can be)
+                check_head_size(len(method) + len(url) + 10, headers, self._max_head, self._max_line)
             if parser.get_http_version() == "1.1":
                 version = b"1.1"
                 keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
@@ -261,11 +271,15 @@ class LlhttpServer(_Parsing):
             url, host, expect = check_request_head(method, url, headers, version)
         except ProtocolError as e:
             e.method = method
+            e.target = url
             raise
         self._events.append(Request(method, url, headers, version, keep, host, expect))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
+
+    def _overflow(self) -> ProtocolError:
+        return overflow_error(len(self._url), self._max_line)
 
     def on_message_complete(self) -> None:
         self._events.append(END)
@@ -283,6 +297,8 @@ class LlhttpServer(_Parsing):
                 error = self._events[-1]  # its method was read (the answer to a HEAD has no body)
                 if type(error) is ProtocolError and not error.method:
                     error.method = self._parser.get_method()
+                    if self._headers:  # (a header line came: the request line was whole)
+                        error.target = self._url
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))
         else:  # between requests: the client is done

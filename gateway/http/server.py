@@ -15,8 +15,18 @@ from typing import Any
 
 import trio
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, Headers, ProtocolError, Request, ServerCodec
-from gateway.http.ids import new_request_id, request_id_of
+from gateway.http.codec import (
+    CLOSED,
+    END,
+    MAX_LINE_BYTES,
+    NEED_DATA,
+    Headers,
+    ProtocolError,
+    Request,
+    ServerCodec,
+    answered_status,
+)
+from gateway.http.ids import request_id_of
 from gateway.http.kong_errors import SIZE_LIMITED, TEXT_TYPE, error_body, error_message, page_type, response_type
 from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import SpareFd, shed
@@ -37,6 +47,7 @@ DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connect
 
 JSON = b"application/json"
 REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
+REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
                   Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
@@ -60,19 +71,22 @@ def _accept(headers: Headers) -> bytes | None:
 class ServerSettings:
     """What the connection loop needs from the config, resolved once."""
 
-    __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "codec_cls", "max_connections",
+    __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "max_line_bytes", "codec_cls",
+                 "max_connections",
                  "connections", "send_timeout", "body_timeout", "error_type", "kong_headers",
-                 "request_id_upstream", "keepalive_requests", "keepalive_time")
+                 "request_id_upstream", "keepalive_requests", "keepalive_time", "log_refused")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 32768, max_connections: int = 10000, send_timeout: float = 60.0,
                  body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE,
                  kong_headers: KongHeaders | None = None, request_id_upstream: bool = True,
-                 keepalive_requests: int = 10000, keepalive_time: float = 3600.0) -> None:
+                 keepalive_requests: int = 10000, keepalive_time: float = 3600.0,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> None:
         self.codec_cls = codec_cls
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_header_bytes = max_header_bytes
+        self.max_line_bytes = max_line_bytes  # a request line or header line (nginx: one large header buffer)
         self.max_connections = max_connections
         self.send_timeout = send_timeout  # a write to a client that does not read is cut after this (nginx)
         self.body_timeout = body_timeout  # between two reads of a request body (nginx's client_body_timeout)
@@ -81,6 +95,9 @@ class ServerSettings:
         self.request_id_upstream = request_id_upstream  # `headers_upstream`: X-Kong-Request-Id sent upstream
         self.keepalive_requests = keepalive_requests  # nginx's: the last request a connection serves ...
         self.keepalive_time = keepalive_time  # ... or the first one after this many seconds
+        # The log phase of a request refused before its head was read whole (or in time), as nginx logs those:
+        # the handler's (gateway.pipeline.handler.Pipeline.log_refused), set by whoever serves with it.
+        self.log_refused: Callable[[Exchange], None] | None = None
         self.connections = ConnectionSet()
 
 
@@ -466,7 +483,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     the worker starts draining; a new connection is always given its first request, since the client has already
     committed it to us. (One coroutine for the loop and its timer: every open connection holds its frame.)
     """
-    codec = settings.codec_cls(settings.max_header_bytes)
+    codec = settings.codec_cls(settings.max_header_bytes, settings.max_line_bytes)
     connections = settings.connections
     born = connections.timers.clock()
     timer = ConnTimer(born + settings.header_timeout, Phase.NEW)
@@ -490,14 +507,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         if ev is NEED_DATA:
                             timer.set(settings.header_timeout, Phase.HEAD)
                     while ev is NEED_DATA:
-                        if timer.phase == Phase.NEW:
+                        data = await conn.recv()
+                        if timer.phase == Phase.NEW:  # (a connection that never sends a byte is closed unanswered)
                             timer.phase = Phase.HEAD
-                        codec.receive_data(await conn.recv())
+                        codec.receive_data(data)
                         ev = codec.next_event()
                 except ProtocolError as e:
                     log.debug("bad request from %s: %s", conn.peer, e)
-                    await _send_protocol_error(conn, codec, e.status, settings.error_type,
-                                               head_only=e.method == b"HEAD")
+                    await _refuse(conn, codec, timer, settings, e.status, e.method, e.target)
                     return
                 except (BrokenPipeError, ConnectionError):
                     return
@@ -520,17 +537,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         limited = str(e) == SIZE_LIMITED  # request-size-limiting's kong.response.error
                         content_type = response_type(_accept(request.headers)) if limited else \
                             page_type(request.headers, settings.error_type)
-                        await _send_protocol_error(conn, codec, e.status, content_type,
-                                                   SIZE_LIMITED if limited else None, exchange.request_id,
-                                                   request.method == b"HEAD")
+                        await _answer_error(exchange, e.status, content_type, SIZE_LIMITED if limited else None)
                     return
                 except (BrokenPipeError, ConnectionError):
                     return
                 except Exception:
                     log.exception("request handler failed: %s %s", request.method, request.target)
                     if not exchange.response_started:
-                        await _send_protocol_error(conn, codec, 500, page_type(request.headers, settings.error_type),
-                                                   None, exchange.request_id, request.method == b"HEAD")
+                        await _answer_error(exchange, 500, page_type(request.headers, settings.error_type))
                     else:
                         conn.abort()
                     return
@@ -546,16 +560,16 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     finally:
         timers.discard(timer)
     if timer.scope.cancelled_caught:
-        await _timed_out(conn, codec, timer, settings.error_type)
+        await _timed_out(conn, codec, timer, settings)
 
 
-async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, error_type: bytes) -> None:
+async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings) -> None:
     """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole."""
     phase = timer.phase
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        await _send_protocol_error(conn, codec, 408, error_type)
+        await _refuse(conn, codec, timer, settings, 408)
     elif phase == Phase.CLIENT_WRITE:
         log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
                  conn.peer, conn.send_timeout)
@@ -563,8 +577,7 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, error_typ
     elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
         log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
                  conn.peer, exchange.settings.body_timeout)
-        await _send_protocol_error(conn, codec, 408, page_type(exchange.request.headers, error_type), None,
-                                   exchange.request_id, exchange.request.method == b"HEAD")
+        await _answer_error(exchange, 408, page_type(exchange.request.headers, settings.error_type))
     elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
@@ -597,21 +610,45 @@ async def _drain_request(exchange: Exchange) -> bool:
     return False
 
 
-async def _send_protocol_error(conn: Conn, codec: ServerCodec, status: int, content_type: bytes,
-                               message: str | None = None, request_id: bytes = b"", head_only: bool = False) -> None:
-    """Answer a request we could not parse (or take too long to send), then close: Kong's text for the status
-    unless `message` is given, as `content_type` (see page_type); to a HEAD, the head a GET would get (RFC 9110
-    9.3.2)."""
-    body = error_body(message or error_message(status), request_id or new_request_id(), content_type)
-    head = (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, _REASONS.get(status, b"Error"), content_type, len(body)))
+async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
+                  method: bytes = b"", target: bytes = b"") -> None:
+    """Answer a request whose head could not be read (or not in time) and log it, as nginx does with its 400, 408
+    and 414: the request is what its request line said (`method`, `target`: b"" when unknown; no target past a line
+    too long, as nginx has none), with no headers."""
+    request = Request(method, b"" if status == 414 else target, [], b"1.1", False)
+    exchange = Exchange(request, conn, codec, timer, settings)
+    exchange.started = trio.current_time()
+    exchange.state = {REFUSED: True}
+    await _answer_error(exchange, status, settings.error_type)
+    if settings.log_refused is not None:
+        settings.log_refused(exchange)
+
+
+async def _answer_error(ex: Exchange, status: int, content_type: bytes, message: str | None = None) -> None:
+    """Answer with an error the connection loop makes, as Kong's error handler does (its text for the status unless
+    `message` is given, in `content_type`, with Kong's response headers), and close; to a HEAD, the head a GET would
+    get (RFC 9110 9.3.2). Formatted here, not by the codec, which may have given up on the connection."""
+    text = message or error_message(status)  # (494's own: "Request header or cookie too large")
+    status = answered_status(status)
+    if not ex.request_id:
+        ex.request_id = request_id_of(ex.request.headers)
+    body = error_body(text, ex.request_id, content_type)
+    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    kong = ex.settings.kong_headers
+    lines = ex.response_lines = kong.add(ex, headers, status) if kong is not None else b""
+    ex.status = status
+    ex.response_started = ex.response_done = True
+    ex.response_headers = headers
+    head = b"".join([b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Error")),
+                     *[b"%b: %b\r\n" % hv for hv in headers], b"connection: close\r\n", lines, b"\r\n"])
+    data = head if ex.request.method == b"HEAD" else head + body
+    ex.sent = len(data)
     try:
         with trio.move_on_after(1.0):
-            await conn.sendall(head if head_only else head + body)
+            await ex.conn.sendall(data)
     except (BrokenPipeError, ConnectionError, OSError):
         pass
 
 
-_REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large", 431:
-            b"Request Header Fields Too Large", 500: b"Internal Server Error", 501: b"Not Implemented",
-            502: b"Bad Gateway"}
+_REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
+            414: b"URI Too Long", 500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway"}

@@ -3,7 +3,7 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
-from gateway.http.codec import ProtocolError
+from gateway.http.codec import ProtocolError, answered_status
 from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import Exchange
 from gateway.http.timers import run_clock
@@ -88,7 +88,7 @@ class Pipeline:
                     return
             await self.forwarder.forward(ex, route, match, mcp)
         except ProtocolError as e:
-            failed = e.status
+            failed = answered_status(e.status)
             raise
         except (BrokenPipeError, ConnectionError):
             failed = CLIENT_CLOSED
@@ -101,6 +101,12 @@ class Pipeline:
             state = ex.state
             if state is not None and (audit := state.get("audit")) is not None:
                 audit[0].record(ex, started, audit[1])  # also when the client left mid-answer
+
+
+    def log_refused(self, ex: Exchange) -> None:
+        """The log phase of a request the connection loop refused before its head was read (nginx's 400, 408, 414):
+        no route, so the global log plugins, the access log and the metrics, as Kong logs its error pages."""
+        self.log_phase.done(ex, ex.started, self.runtime)
 
 
 def _conn_facts(ex: Exchange, router: Router[RouteRuntime]) -> tuple[int | None, bytes | None]:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
-from gateway.http.server import Exchange
+from gateway.http.server import REFUSED, Exchange
 from gateway.metrics import head_size, wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
@@ -71,11 +71,13 @@ class Entry:
     @property
     def source(self) -> str:
         """Kong's kong.response.get_source(): service (the upstream answered), error (the gateway failed to get
-        an answer: 5xx of its own), exit (a plugin or the router answered)."""
-        tries = self.ex.tries
+        an answer: 5xx of its own; nginx's page for a request it could not read), exit (a plugin or the router
+        answered)."""
+        ex = self.ex
+        tries = ex.tries
         if tries and tries[-1].head_at:
             return "service"
-        return "error" if self.status >= 500 else "exit"
+        return "error" if self.status >= 500 or (ex.state and REFUSED in ex.state) else "exit"
 
     @property
     def consumer_username(self) -> str:

@@ -14,7 +14,17 @@ from collections.abc import Callable, Iterator
 import h11
 import pytest
 
-from gateway.http.codec import CLOSED, END, LENGTH, NEED_DATA, NO_BODY, ProtocolError, Request, Response
+from gateway.http.codec import (
+    CLOSED,
+    END,
+    HEAD_TOO_LARGE,
+    LENGTH,
+    NEED_DATA,
+    NO_BODY,
+    ProtocolError,
+    Request,
+    Response,
+)
 from gateway.http.codecs import codec_classes
 
 CODECS = ["h11", "llhttp"]
@@ -314,7 +324,8 @@ def test_chunked_trailer_section_is_bounded_by_max_header_bytes(codec: str) -> N
     trailers = b"".join(b"X-T%d: %s\r\n" % (i, b"v" * 100) for i in range(20))
     raw = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n" + trailers + b"\r\n"
     events = parse_requests(codec, raw, every_offset=False, max_header_bytes=1024)
-    assert events == [req(b"POST", b"/", [(b"host", b"a"), (b"transfer-encoding", b"chunked")]), ("error", 431)]
+    assert events == [req(b"POST", b"/", [(b"host", b"a"), (b"transfer-encoding", b"chunked")]),
+                      ("error", HEAD_TOO_LARGE)]
 
 
 def test_connection_ends_after_oversized_trailers(codec: str) -> None:
@@ -324,7 +335,7 @@ def test_connection_ends_after_oversized_trailers(codec: str) -> None:
     assert isinstance(server.next_event(), Request)
     with pytest.raises(ProtocolError):
         server.next_event()
-    server.response_head(431, [(b"content-length", b"0")])
+    server.response_head(400, [(b"content-length", b"0")])
     server.end()
     assert server.keep_alive is False
 
@@ -661,13 +672,13 @@ def test_two_host_headers_are_400(codec: str) -> None:
     assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400)
 
 
-def test_head_larger_than_max_header_bytes_in_one_piece_is_431(codec: str) -> None:
+def test_head_larger_than_max_header_bytes_in_one_piece_is_494(codec: str) -> None:
     raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 2000 + b"\r\n\r\n"
     server = new_server(codec, max_header_bytes=1024)
-    assert collect(server, [raw]) == [("error", 431)]
+    assert collect(server, [raw]) == [("error", HEAD_TOO_LARGE)]
 
 
-def test_head_larger_than_max_header_bytes_trickling_in_is_431(codec: str) -> None:
+def test_head_larger_than_max_header_bytes_trickling_in_is_494(codec: str) -> None:
     # The head never completes: the codec must give up once it has buffered more than the limit.
     raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 5000
     for chunks in ([raw[i : i + 1] for i in range(len(raw))], [raw[i : i + 100] for i in range(0, len(raw), 100)]):
@@ -679,16 +690,59 @@ def test_head_larger_than_max_header_bytes_trickling_in_is_431(codec: str) -> No
             try:
                 assert server.next_event() is NEED_DATA
             except ProtocolError as e:
-                assert e.status == 431
+                assert e.status == HEAD_TOO_LARGE
                 break
         else:
             pytest.fail("an endless head was never rejected")
         assert fed <= 1024 + 100
 
 
-def test_many_headers_larger_than_max_header_bytes_are_431(codec: str) -> None:
+def test_many_headers_larger_than_max_header_bytes_are_494(codec: str) -> None:
     raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"X-H%d: v\r\n" % i for i in range(300)) + b"\r\n"
-    assert parse_requests(codec, raw, every_offset=False, max_header_bytes=1024) == [("error", 431)]
+    assert parse_requests(codec, raw, every_offset=False, max_header_bytes=1024) == [("error", HEAD_TOO_LARGE)]
+
+
+def test_a_header_line_longer_than_max_line_bytes_is_494_under_the_head_limit(codec: str) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + b"c" * 8200 + b"\r\n\r\n"
+    assert len(raw) < 32768
+    assert parse_requests(codec, raw, every_offset=False) == [("error", HEAD_TOO_LARGE)]
+
+
+def test_a_header_line_of_max_line_bytes_is_accepted(codec: str) -> None:
+    value = b"c" * (8192 - len(b"cookie: \r\n"))
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + value + b"\r\n\r\n"
+    assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", b"/", [(b"host", b"a"), (b"cookie", value)]),
+                                                               END]
+
+
+def test_a_request_line_longer_than_max_line_bytes_is_414(codec: str) -> None:
+    raw = b"GET /?q=" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert parse_requests(codec, raw, every_offset=False) == [("error", 414)]
+
+
+def test_an_endless_request_line_is_414_once_past_the_head_limit(codec: str) -> None:
+    server = new_server(codec, max_header_bytes=1024, max_line_bytes=512)
+    with pytest.raises(ProtocolError) as caught:
+        for _ in range(20):
+            server.receive_data(b"a" * 100 if _ else b"GET /" + b"a" * 95)
+            assert server.next_event() is NEED_DATA
+    assert caught.value.status == 414 and caught.value.method == b"GET"
+
+
+def test_max_line_bytes_can_be_raised_for_one_long_cookie(codec: str) -> None:
+    value = b"c" * 20000
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: " + value + b"\r\n\r\n"
+    server = new_server(codec, max_header_bytes=32768, max_line_bytes=32768)
+    assert collect(server, [raw]) == [req(b"GET", b"/", [(b"host", b"a"), (b"cookie", value)]), END]
+
+
+def test_a_refused_head_carries_its_method_and_target_for_the_log(codec: str) -> None:
+    server = new_server(codec)
+    server.receive_data(b"POST /status/200?foo=bar HTTP/1.1\r\nHost: a\r\nX-Large: " + b"a" * 10240 + b"\r\n\r\n")
+    with pytest.raises(ProtocolError) as caught:
+        server.next_event()
+    assert (caught.value.status, caught.value.method, caught.value.target) == (
+        HEAD_TOO_LARGE, b"POST", b"/status/200?foo=bar")
 
 
 def test_head_under_max_header_bytes_is_accepted(codec: str) -> None:
@@ -708,7 +762,7 @@ def test_large_body_then_small_pipelined_head_is_not_too_large(codec: str) -> No
                           req(b"GET", b"/next", [(b"host", b"a")]), END]
 
 
-def test_too_large_head_after_a_body_in_the_same_read_is_431(codec: str) -> None:
+def test_too_large_head_after_a_body_in_the_same_read_is_494(codec: str) -> None:
     # The second head starts mid-read, behind a body, and completes in the next read: still sized exactly.
     raw = (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n" + b"b" * 5000
            + b"GET /next HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 1500 + b"\r\n\r\n")
@@ -716,7 +770,7 @@ def test_too_large_head_after_a_body_in_the_same_read_is_431(codec: str) -> None
         server = new_server(codec, max_header_bytes=1024)
         events = collect(server, [raw[:cut], raw[cut:]], on_end=answer)
         assert events == [req(b"POST", b"/", [(b"host", b"a"), (b"content-length", b"5000")]), data(b"b" * 5000), END,
-                          ("error", 431)]
+                          ("error", HEAD_TOO_LARGE)]
 
 
 def test_obs_fold_is_400(codec: str) -> None:

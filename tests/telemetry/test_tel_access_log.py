@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import trio
-from backends import EchoBackend, request, service
+from backends import EchoBackend, parse_raw_response, raw_exchange, request, service
 
 TIMEOUT = 10
 
@@ -115,3 +115,49 @@ async def test_an_unnamed_service_is_logged_without_a_name_as_kong_logs_it(nurse
     (line,) = await _lines(log, 1)
     assert "name" not in line["service"]
     assert line["service"]["host"] == "127.0.0.1" and line["service"]["port"] == backend.port
+
+
+async def test_requests_nginx_refuses_are_logged_by_global_log_plugins_and_the_access_log(nursery, gateway,
+                                                                                        tmp_path):
+    """Kong's spec (04-plugins_triggering): a global log plugin runs on nginx's own 400 and 414, and sees what the
+    request line said; nginx's access log has a line for each."""
+    log, access = tmp_path / "file.log", tmp_path / "access.log"
+    port = await gateway({"services": [service("svc", "http://127.0.0.1:9", [{"paths": ["/"]}])],
+                          "plugins": [{"name": "file-log", "config": {"path": str(log)}}]}, access_log=str(access))
+    large = await raw_exchange(port, b"POST /status/200?foo=bar HTTP/1.1\r\nhost: gw\r\nx-large: " + b"a" * 10240
+                               + b"\r\n\r\n")
+    long_uri = await raw_exchange(port, b"POST /?foo=" + b"a" * 10240 + b" HTTP/1.1\r\nhost: gw\r\n\r\n")
+    assert parse_raw_response(large[0])[0] == 400 and parse_raw_response(long_uri[0])[0] == 414
+    header_too_large, uri_too_long = await _lines(log, 2)
+    assert header_too_large["response"]["status"] == 400
+    assert header_too_large["request"]["method"] == "POST"
+    assert header_too_large["request"]["querystring"] == {"foo": "bar"}
+    assert header_too_large["upstream_uri"] == ""  # nothing was sent upstream
+    assert header_too_large["request"]["id"] == parse_raw_response(large[0])[1]["x-kong-request-id"]
+    assert "route" not in header_too_large and "service" not in header_too_large
+    assert header_too_large["source"] == "error"  # Kong's get_source: neither proxied nor exited
+    assert uri_too_long["response"]["status"] == 414
+    assert uri_too_long["request"]["method"] == "POST" and uri_too_long["request"]["headers"] == {}
+    assert [line["response"]["status"] for line in await _lines(access, 2)] == [400, 414]
+
+
+async def test_a_request_head_that_times_out_is_logged_408(nursery, gateway, tmp_path):
+    access = tmp_path / "access.log"
+    port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
+    received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\nhost: gw\r\n")
+    assert parse_raw_response(received)[0] == 408
+    (line,) = await _lines(access, 1)
+    assert line["response"]["status"] == 408
+
+
+async def test_a_connection_that_sends_nothing_is_closed_unanswered_and_unlogged(nursery, gateway, tmp_path):
+    """nginx's client_header_timeout on a connection with no request byte: closed, no 408, no log line (browsers
+    open such connections ahead of need)."""
+    access = tmp_path / "access.log"
+    port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
+    received, _ = await raw_exchange(port, b"")
+    assert received == b""
+    received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\n")  # then one that did start: logged
+    assert parse_raw_response(received)[0] == 408
+    (line,) = await _lines(access, 1)
+    assert line["response"]["status"] == 408

@@ -78,7 +78,7 @@ async def test_a_collector_that_is_down_slows_no_request_and_gets_the_entries_af
 
 async def test_an_entry_too_large_for_a_datagram_is_dropped_and_the_next_is_sent(nursery, gateway, caplog):
     collector = Collector()
-    port = await _proxied(nursery, gateway, collector, max_header_bytes=1 << 20)
+    port = await _proxied(nursery, gateway, collector, max_header_bytes=1 << 20, max_header_line_bytes=1 << 20)
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/big", headers=[("x-big", "b" * 70000)])).status == 200
         assert (await request(port, "GET", "/small")).status == 200
