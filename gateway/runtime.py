@@ -231,6 +231,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     plugin_objs = _plugins(config, errors, shared, consumers, mcp)
     services_by_name = {svc.name: svc for svc in config.services}
     specs = []
+    v1_routes: list[str] = []
     for i, route in enumerate(config.routes):
         svc = services.get(route.service or "")
         if svc is None and route.service is not None:
@@ -257,8 +258,13 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                                snis=route.snis or (), headers=route.headers, query=route.query,
                                regex_priority=route.regex_priority, strip_path=route.strip_path,
                                mcp_methods=route.mcp_methods,
-                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None,
-                               path_handling=route.path_handling))
+                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None))
+        if route.path_handling == "v1":
+            v1_routes.append(rname)
+    if v1_routes:  # Kong's deprecation, in its words (kong/db/schema/entities/routes.lua)
+        log.warning("%s: path_handling='v1' is deprecated and will not work under 'expressions' or "
+                    "'traditional_compatible' router_flavor (Kong's default, and this gateway's router): the upstream "
+                    "path is joined as v0; please use path_handling='v0' instead", ", ".join(v1_routes))
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp,  # type: ignore[misc]

@@ -1,5 +1,7 @@
 """The upstream path of a proxied request: Kong's join of the service path, the matched route path and the request
-path, for path_handling v0 (kong/router/utils.lua get_upstream_uri_v0) and v1 (the traditional router's).
+path (kong/router/utils.lua get_upstream_uri_v0). A route's path_handling v1 was the traditional router's; Kong's
+default router (traditional_compatible, whose precedence gateway.routing.router follows) joins every route as v0
+(kong/router/atc.lua), and so does this one.
 
 `base` is the service's path ("/" when it has none), `req` the request path (without the query), `prefix_len` the
 length of the part the route matched when strip_path is set and a path matched (0 otherwise).
@@ -44,16 +46,6 @@ def join_v0(base: bytes, req: bytes, postfix: bytes, strip: bool) -> bytes:
     return base + req
 
 
-def join_v1(base: bytes, req: bytes, postfix: bytes, strip: bool) -> bytes:
-    """The traditional router's path_handling v1: the matched part is replaced by the service path."""
-    if strip:
-        if base[-1:] == b"/" and postfix[:1] == b"/":
-            return base[:-1] + postfix
-        return base + postfix
-    return base + req[1:]
-
-
-def upstream_path(base: bytes, req: bytes, prefix_len: int, strip: bool, v1: bool = False) -> bytes:
+def upstream_path(base: bytes, req: bytes, prefix_len: int, strip: bool) -> bytes:
     """The path sent upstream. Without a stripped prefix the postfix is the request path minus its first "/"."""
-    postfix = sanitize_postfix(req[prefix_len:] if strip and prefix_len else req[1:])
-    return join_v1(base, req, postfix, strip) if v1 else join_v0(base, req, postfix, strip)
+    return join_v0(base, req, sanitize_postfix(req[prefix_len:] if strip and prefix_len else req[1:]), strip)

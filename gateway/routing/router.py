@@ -54,8 +54,8 @@ class RouteSpec(Generic[T]):
     def __init__(self, payload: T, *, paths: Sequence[str] = (), methods: Sequence[str] = (),
                  hosts: Sequence[str] = (), snis: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
                  query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True,
-                 mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = (), service_path: str | None = None,
-                 path_handling: str = "v0") -> None:
+                 mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = (),
+                 service_path: str | None = None) -> None:
         self.payload = payload
         self.paths = list(paths)
         self.methods = frozenset(m.encode() for m in methods)
@@ -69,15 +69,14 @@ class RouteSpec(Generic[T]):
         self.mcp_methods = frozenset(mcp_methods)
         self.mcp_tools = frozenset(mcp_tools)
         # Kong's join of service path, route path and request path (gateway.routing.paths); None: the common case
-        # (no service path, v0), where the upstream path is the request path less a stripped prefix
+        # (no service path), where the upstream path is the request path less a stripped prefix
         base = (service_path or "/").encode()
-        self.join: tuple[bytes, bool] | None = None if base == b"/" and path_handling == "v0" else (
-            base, path_handling == "v1")
+        self.join: bytes | None = None if base == b"/" else base
 
 
 class Match(Generic[T]):
     """The chosen route and the path to send upstream: Kong's join of the service path and the request path (the
-    matched part stripped when strip_path), per the route's path_handling."""
+    matched part stripped when strip_path)."""
 
     __slots__ = ("payload", "path", "query", "prefix")
     captures: dict[str, bytes | None] | None = None  # a regex path's named groups (CaptureMatch)
@@ -266,7 +265,7 @@ class Router(Generic[T]):
         spec = c.spec
         prefix = path[:strip] if strip and spec.strip_path else b""
         if spec.join is not None:
-            path = upstream_path(spec.join[0], path, strip, spec.strip_path, spec.join[1])
+            path = upstream_path(spec.join, path, strip, spec.strip_path)
         elif strip and spec.strip_path:
             path = path[strip:]
             if not path:

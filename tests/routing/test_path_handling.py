@@ -1,12 +1,19 @@
-"""Kong's path join (service path + route path + request path) for path_handling v0 and v1, row by row from Kong's
-own table (spec/fixtures/router_path_handling_tests.lua, expanded), through the router as a request sees it: every
-row, those whose request path carries percent-encoded dots (%2E) too (the router normalizes the path as Kong)."""
+"""Kong's path join (service path + route path + request path), row by row from Kong's own table
+(spec/fixtures/router_path_handling_tests.lua, expanded), through the router as a request sees it: every row, those
+whose request path carries percent-encoded dots (%2E) too (the router normalizes the path as Kong). The table's v1 rows
+are the traditional router's; Kong's default router (traditional_compatible) joins a v1 route as v0, as this one
+does, and Kong's own spec runs them for the traditional flavor only."""
 
 from __future__ import annotations
 
+import json
+import logging
+
 import pytest
 
+from gateway.config.loader import parse_config
 from gateway.routing import Router, RouteSpec
+from gateway.runtime import compile_config
 
 KONG_TABLE = [
     # service_path, route_path, strip_path, path_handling, request_path, expected upstream path
@@ -223,13 +230,15 @@ KONG_TABLE = [
     ('/service/', '/route', False, 'v0', '/route%2e%2E/req', '/service/route../req'),
     ('/service/', '/route', False, 'v1', '/route%2e%2E/req', '/service/route../req'),
 ]
-ROWS = KONG_TABLE
+ROWS = [row for row in KONG_TABLE if row[3] == "v0"]
+V0 = {(service, route, strip, req): expected for service, route, strip, _, req, expected in ROWS}
+V1_ROWS = [row for row in KONG_TABLE if row[3] == "v1"]
 
 
 @pytest.mark.parametrize(("service_path", "route_path", "strip", "handling", "req_path", "expected"), ROWS)
 def test_the_upstream_path_is_kongs_join(service_path, route_path, strip, handling, req_path, expected):
     spec = RouteSpec("r", paths=[route_path] if route_path else [], hosts=[] if route_path else ["a.test"],
-                     strip_path=strip, service_path=service_path, path_handling=handling)
+                     strip_path=strip, service_path=service_path)
     match = Router([spec]).match(b"GET", req_path.encode(), b"a.test", [])
     assert match is not None and match.path == expected.encode()
 
@@ -238,10 +247,22 @@ def test_the_upstream_path_is_kongs_join(service_path, route_path, strip, handli
                          [row for row in ROWS if row[1] is not None])
 def test_a_regex_route_joins_like_a_prefix(service_path, route_path, strip, handling, req_path, expected):
     """Kong's second pass over the same table: the route path as a regex (~/[0]?rest)."""
-    spec = RouteSpec("r", paths=["~/[0]?" + route_path[1:]], strip_path=strip, service_path=service_path,
-                     path_handling=handling)
+    spec = RouteSpec("r", paths=["~/[0]?" + route_path[1:]], strip_path=strip, service_path=service_path)
     match = Router([spec]).match(b"GET", req_path.encode(), b"a.test", [])
     assert match is not None and match.path == expected.encode()
+
+
+@pytest.mark.parametrize(("service_path", "route_path", "strip", "handling", "req_path", "v1_expected"), V1_ROWS)
+def test_a_v1_route_joins_as_v0_as_kongs_default_router_does(service_path, route_path, strip, handling, req_path,
+                                                              v1_expected, caplog):
+    doc = {"services": [{"name": "s", "url": "http://127.0.0.1:9" + service_path, "routes": [
+        {"name": "old", "path_handling": handling, "strip_path": strip,
+         **({"paths": [route_path]} if route_path else {"hosts": ["a.test"]})}]}]}
+    with caplog.at_level(logging.WARNING, "gateway.runtime"):
+        runtime = compile_config(parse_config(json.dumps(doc)))
+    match = runtime.router.match(b"GET", req_path.encode(), b"a.test", [])
+    assert match is not None and match.path == V0[(service_path, route_path, strip, req_path)].encode()
+    assert any(r.getMessage().startswith("old: path_handling='v1' is deprecated") for r in caplog.records)
 
 
 def test_the_query_string_stays_apart_from_the_join():
