@@ -6,6 +6,7 @@ DNS-rebinding Host check on MCP routes."""
 from __future__ import annotations
 
 import json
+import re
 
 import h11
 import pytest
@@ -152,6 +153,19 @@ async def test_connect_gets_405_and_what_follows_is_never_parsed(nursery, gatewa
     assert headers["connection"] == "close"
     assert body.startswith(b"Method not allowed\nrequest_id: ")  # nginx's own error: Kong's text page
     assert data.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
+    assert echo.requests == []
+
+
+async def test_trace_gets_405_before_any_route_as_nginx_answers_it(nursery, gateway):
+    """Kong's spec 13-error_handlers: 'Request For Routers With Trace Method Not Allowed'."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]})
+    data, _ = await raw_exchange(port, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, headers, body = parse_raw_response(data)
+    assert status == 405
+    assert headers["server"].startswith("mcp-gateway/")
+    assert re.fullmatch(rb"Method not allowed\nrequest_id: [0-9a-f]+\n", body)
     assert echo.requests == []
 
 

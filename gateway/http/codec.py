@@ -215,6 +215,8 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
         raise ProtocolError("unsupported HTTP version")  # llhttp's parser rejects most of these with 400 itself
     if method == b"CONNECT":
         raise ProtocolError("CONNECT is not allowed: the gateway is not a tunnel", 405)  # nginx >= 1.21.1
+    if method == b"TRACE":
+        raise ProtocolError("TRACE is not allowed", 405)  # nginx's, before any location (Kong's spec 13)
     content_lengths = 0
     transfer_encoding = None
     host = None

@@ -524,6 +524,10 @@ def test_connect_is_405_and_nothing_after_it_is_parsed(codec: str, target: bytes
     assert parse_requests(codec, raw, every_offset=False) == [("error", 405)]
 
 
+def test_trace_is_405(codec: str) -> None:
+    assert_rejected(codec, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405, every_offset=False)
+
+
 @pytest.mark.parametrize("host", [b"a b/c@d", b"a/b", b"user@h", b"h:8x", b"[::1", b"\xff"])
 def test_host_that_is_not_a_valid_authority_is_400(codec: str, host: bytes) -> None:
     assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host, 400, every_offset=False)
