@@ -22,6 +22,7 @@ from gateway.config.errors import describe_validation_error, in_file_order
 from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
 from gateway.http import kong_errors
+from gateway.http.net import is_ip
 from gateway.http.realip import ClientAddress
 from gateway.http.tls_contexts import ClientTls, ServerTls
 from gateway.mcp.affinity import SessionAffinity
@@ -41,13 +42,15 @@ log = logging.getLogger("gateway.runtime")
 class TargetRuntime:
     """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
 
-    __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs")
+    __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs",
+                 "named")
 
     def __init__(self, host: str, port: int, weight: int, host_header: str | None = None) -> None:
         self.obs: Any = None  # its tries' outcomes and latencies for metrics (made by the log phase when first used)
         self.host = host
         self.port = port
         self.key = (host, port)
+        self.named = not is_ip(host)  # a host name: its addresses take turns, connection by connection (http.net)
         self.weight = weight
         shown = f"[{host}]" if ":" in host else host
         self.name = f"{shown}:{port}"

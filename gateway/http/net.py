@@ -211,7 +211,7 @@ async def open_connection(host: str, port: int) -> Conn:
     """Connect a non-blocking TCP socket (IPv4 or IPv6 literal or a name: see `resolve`) with TCP_NODELAY and
     keep-alive."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if not _is_ip(host):
+    if not is_ip(host):
         family, host = await resolve(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -233,7 +233,8 @@ async def open_connection(host: str, port: int) -> Conn:
     return Conn(sock, (host, port))
 
 
-def _is_ip(host: str) -> bool:
+def is_ip(host: str) -> bool:
+    """An IPv4 or IPv6 address literal (not a name to resolve)."""
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, host)

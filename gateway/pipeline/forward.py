@@ -13,6 +13,7 @@ so a cut-off body can never look complete.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 
@@ -29,6 +30,7 @@ from gateway.http.kong_errors import NO_PEER
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
+from gateway.http.tls_contexts import ClientTls
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge
@@ -101,13 +103,13 @@ class Forwarder:
         if upgrade:
             framing = None  # type: ignore[assignment]  # the codec reads the headers, and so expects the 101
             session_id = None  # a tunnel is not an MCP transport: its session id is neither passed on nor pinned
-        pinned = None
+        pinned = address = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
             opened = affinity.open(session_id)  # type: ignore[union-attr]
             if opened is None:
                 await session_not_found(ex)
                 return
-            pinned, upstream_sid = opened
+            pinned, address, upstream_sid = opened
             headers.append((b"mcp-session-id", upstream_sid))
         target_path = svc.upstream_target(match.path, match.query)
         if mcp is None:
@@ -167,7 +169,7 @@ class Forwarder:
                     ex.tries.append(attempt)
                 try:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
-                                                        headers, framing, body, body_done)
+                                                        headers, framing, body, body_done, address)
                 except UpstreamError as e:
                     error = e
                     if (e.sent and not replayable) or type(e) is BadResponse:
@@ -182,7 +184,7 @@ class Forwarder:
                                   route.name if session_id is None else None, mcp.edit if mcp is not None else None)
                 return
             if pinned is not None and error is not None and (
-                    not error.sent or await self._gone(error, svc, group.targets[pinned])):
+                    not error.sent or await self._gone(error, svc, group.targets[pinned], address)):
                 log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
                 await session_not_found(ex)
             elif error is None:
@@ -202,9 +204,10 @@ class Forwarder:
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
                         method: bytes, path: bytes, headers: Headers, framing: int | None, body: bytes | SpooledBody,
-                        body_done: bool) -> tuple[UpstreamConn, Response]:
+                        body_done: bool, address: str | None = None) -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled. `body`:
-        what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one."""
+        what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one.
+        `address`: the one of a named target to connect to (an MCP session's), not the name's next."""
         pool = self.pool
         now = attempt.started = self.clock()
         group = attempt.group
@@ -214,7 +217,7 @@ class Forwarder:
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
         tls = svc.tls
-        key = target.key if tls is None else (target.host, target.port, tls)
+        key = target.key if tls is None and address is None else _pool_key(target, tls, address)
         uc = pool.take(key, now)
         if uc is None:
             try:
@@ -322,7 +325,7 @@ class Forwarder:
         timers = ex.timer.timers
         switched = False
         try:
-            headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target)[0]
+            headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc)[0]
                        if hv[0] != b"content-length"]
             headers += [(b"upgrade", b", ".join(v for n, v in response.headers if n == b"upgrade")),
                         (b"connection", b"upgrade")]
@@ -356,7 +359,7 @@ class Forwarder:
         failed = 0  # TCP_FAILURE when the upstream broke mid-response
         unread = False  # the rest of the body was not read: a header filter answered in its place (phases.Exit)
         try:
-            headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target,
+            headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
                                                     new_session)
             first, done = codec.take_body()  # what came with the head: one write when the answer is small
             if edit is not None and not sse:
@@ -410,7 +413,8 @@ class Forwarder:
             else:
                 uc.close()
 
-    async def _gone(self, error: UpstreamError, svc: ServiceRuntime, target: TargetRuntime) -> bool:
+    async def _gone(self, error: UpstreamError, svc: ServiceRuntime, target: TargetRuntime,
+                    address: str | None = None) -> bool:
         """After a pooled connection closed on us: is the target itself gone (a fresh connect fails)?
 
         A server that died takes its idle connections with it; the session's client should hear "session not found"
@@ -418,9 +422,8 @@ class Forwarder:
         if not (isinstance(error, UpstreamClosed) and error.reused):
             return False
         tls = svc.tls
-        key = target.key if tls is None else (target.host, target.port, tls)
         try:
-            uc = await self.pool.connect(key, svc.connect_timeout, tls, target.server_name)
+            uc = await self.pool.connect(_pool_key(target, tls, address), svc.connect_timeout, tls, target.server_name)
         except UpstreamError:
             return True
         uc.close()
@@ -587,11 +590,17 @@ def _is_json(headers: Headers) -> bool:
     return False
 
 
-def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None,
-                    target: TargetRuntime, new_session: str | None = None) -> tuple[Headers, int, bool]:
-    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed (and
-    counted as opened on route `new_session` when the request had none); with their framing (LENGTH, or NO_BODY
-    for none: the codec frames the body) and whether the body is an event stream."""
+def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None = None) -> tuple[Any, ...]:
+    """The pool's key for connections to a target (to one `address` of a named target), over `tls` or not."""
+    host = address or target.host
+    return (host, target.port) if tls is None else (host, target.port, tls)
+
+
+def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
+                    uc: UpstreamConn, new_session: str | None = None) -> tuple[Headers, int, bool]:
+    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed (with
+    the address `uc` reached; counted as opened on route `new_session` when the request had none); with their
+    framing (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream."""
     out: Headers = []
     named = None
     framing = NO_BODY
@@ -606,7 +615,7 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     content_type = hv[1]
             elif name == b"mcp-session-id":
                 if affinity is not None:
-                    hv = (name, affinity.seal(target.name, hv[1]))
+                    hv = (name, affinity.seal(target, hv[1], uc.conn.peer[0] if uc.conn.peer else ""))
                     if new_session is not None:
                         RECORDER.count(MCP_SESSIONS, (new_session,))
             else:

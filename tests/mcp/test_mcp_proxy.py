@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from backends import Client, free_port, request
+from backends import Client, Names, free_port, request
 from mcp_helpers import INIT_BODY, JSON_HEADERS, TEST_KEY, FakeMcp, bounded, header, mcp_config, session_keys
 
 from gateway.mcp.sessions import SessionCodec
@@ -319,3 +319,34 @@ async def test_mcp_false_passes_session_ids_through_untouched(gateway, nursery):
                                      rpc("ping"))
         assert reply.status == 200
         assert header(reply.json()["result"]["headers"], "mcp-session-id") == "client-made-id"
+
+
+@bounded(20)
+async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(gateway, nursery):
+    """A target named by a host name whose addresses take turns (a headless service's pods): each session goes to
+    the address it was created on, and a new session goes to the next address."""
+    import trio
+
+    addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    trio.socket.set_custom_hostname_resolver(Names({"mcp.test": addresses}))
+    port = free_port()
+    fakes = []
+    for address in addresses:
+        fake = FakeMcp(address)
+        fake.host, fake.port = address, port
+        await nursery.start(fake.serve)
+        fakes.append(fake)
+    config = mcp_config([port])
+    config["upstreams"][0]["targets"] = [{"target": f"mcp.test:{port}"}]
+    gw = await gateway(config, mcp=session_keys(TEST_KEY), upstream_keepalive=0)  # a new connection per request
+    async with await Client.connect(gw, host="localhost") as client:
+        sessions = [await initialize(client) for _ in range(3)]
+        assert sorted(name for _, name in sessions) == addresses  # new sessions take turns
+        for sid, created_on in sessions:
+            target, _ = CODEC.decode(sid.encode())
+            assert target == f"mcp.test:{port}@{created_on}"
+            for i in range(4):  # the name's next address would be another one each time
+                reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)],
+                                             rpc("tools/list", i))
+                assert reply.status == 200
+                assert reply.json()["result"]["name"] == created_on
