@@ -557,3 +557,16 @@ class Names:
 
     async def getnameinfo(self, sockaddr, flags):  # noqa: ANN001, ANN201
         raise NotImplementedError
+
+
+async def serve_on_addresses(nursery: trio.Nursery, addresses: list[str], make: Any) -> tuple[int, list[Any]]:
+    """One backend (`make(address)`, named after it) on each loopback address, all on the same port: the addresses
+    of one name (see Names)."""
+    port = free_port()
+    backends = []
+    for address in addresses:
+        backend = make(address)
+        backend.host, backend.port = address, port
+        await nursery.start(backend.serve)
+        backends.append(backend)
+    return port, backends

@@ -8,20 +8,13 @@ import socket
 from collections import Counter
 
 import trio
-from backends import EchoBackend, Names, free_port, request, service, upstream
+from backends import EchoBackend, Names, request, serve_on_addresses, service, upstream
 
 TIMEOUT = 10
 
 
 async def _backends(nursery: trio.Nursery, addresses: list[str]) -> tuple[int, list[EchoBackend]]:
-    port = free_port()
-    backends = []
-    for address in addresses:
-        backend = EchoBackend(address)
-        backend.host, backend.port = address, port
-        await nursery.start(backend.serve)
-        backends.append(backend)
-    return port, backends
+    return await serve_on_addresses(nursery, addresses, EchoBackend)
 
 
 async def test_a_service_hosts_addresses_take_turns_connection_by_connection(nursery, gateway):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 
-from backends import Client, Names, free_port, request
+from backends import Client, Names, free_port, request, serve_on_addresses
 from mcp_helpers import INIT_BODY, JSON_HEADERS, TEST_KEY, FakeMcp, bounded, header, mcp_config, session_keys
 
 from gateway.mcp.sessions import SessionCodec
@@ -329,13 +329,7 @@ async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(
 
     addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     trio.socket.set_custom_hostname_resolver(Names({"mcp.test": addresses}))
-    port = free_port()
-    fakes = []
-    for address in addresses:
-        fake = FakeMcp(address)
-        fake.host, fake.port = address, port
-        await nursery.start(fake.serve)
-        fakes.append(fake)
+    port, _ = await serve_on_addresses(nursery, addresses, FakeMcp)
     config = mcp_config([port])
     config["upstreams"][0]["targets"] = [{"target": f"mcp.test:{port}"}]
     gw = await gateway(config, mcp=session_keys(TEST_KEY), upstream_keepalive=0)  # a new connection per request
