@@ -45,7 +45,8 @@ class TargetRuntime:
     __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs",
                  "named")
 
-    def __init__(self, host: str, port: int, weight: int, host_header: str | None = None) -> None:
+    def __init__(self, host: str, port: int, weight: int, host_header: str | None = None, hostname: str = "") -> None:
+        """`hostname`: the name `host` is an address of (gateway.discovery.dns)."""
         self.obs: Any = None  # its tries' outcomes and latencies for metrics (made by the log phase when first used)
         self.host = host
         self.port = port
@@ -54,13 +55,13 @@ class TargetRuntime:
         self.weight = weight
         shown = f"[{host}]" if ":" in host else host
         self.name = f"{shown}:{port}"
-        # Kong's set_host_header: the upstream's host_header, else the target's host, and its port unless it is the
-        # scheme's own (80 for http, 443 for https)
-        name = host_header or shown
+        # Kong's set_host_header: the upstream's host_header, else the target's host (its name), and its port unless
+        # it is the scheme's own (80 for http, 443 for https)
+        name = host_header or hostname or shown
         self.host_header = (name if port == 80 else f"{name}:{port}").encode()
         self.host_header_tls = (name if port == 443 else f"{name}:{port}").encode()
         # TLS: the name sent as SNI and verified in the certificate (the upstream's host_header, else the target)
-        self.server_name = _without_port(host_header) if host_header else host
+        self.server_name = _without_port(host_header) if host_header else hostname or host
 
 
 def _without_port(authority: str) -> str:

@@ -55,6 +55,7 @@ class Backend:
         self.in_flight = 0
         self.peers: set[int] = set()
         self.arrived: list[float] = []  # trio time of each counted request
+        self.hosts: set[str] = set()  # the Host headers of every request, /health included
 
     @property
     def target(self) -> str:
@@ -89,6 +90,7 @@ class Backend:
                     continue
                 if isinstance(event, h11.Request):
                     request = event
+                    self.hosts.update(v.decode() for k, v in event.headers if k == b"host")
                 elif isinstance(event, h11.EndOfMessage):
                     break
                 elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:

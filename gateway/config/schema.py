@@ -66,6 +66,9 @@ class GatewaySettings(Base):
     # needs root (CAP_SYS_RESOURCE) and at most fs.nr_open. Not set: the soft limit is raised to the hard one
     worker_rlimit_nofile: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] | None = None
     upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
+    # kong.conf's dns_valid_ttl: an upstream's target names are resolved again this often, each address a target of
+    # its own (gateway.discovery.dns); Kong's default is each record's TTL, which getaddrinfo does not give
+    dns_valid_ttl_s: Seconds = 5.0
     upstream_idle_timeout_s: Seconds = 60.0
     log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log
     restart_intensity: NonNegInt = 5  # root supervisor: more than this many restarts ...

@@ -1,4 +1,5 @@
-"""The discovery service: one source per upstream that has a `discovery:` block, all in one Trio task tree.
+"""The discovery service: one source per upstream that has a `discovery:` block, or whose configured targets name
+hosts (gateway.discovery.dns), all in one Trio task tree.
 
     status = await nursery.start(run_discovery, config, on_change)
 
@@ -18,6 +19,7 @@ from gateway.config.discovery import DiscoverySettings
 from gateway.config.schema import Config, Upstream
 from gateway.discovery.backoff import LinkState
 from gateway.discovery.consul import run_consul
+from gateway.discovery.dns import has_names, run_dns
 from gateway.discovery.etcd import run_etcd
 from gateway.discovery.types import OnChange, TargetInfo, normalise, parse_host_port
 
@@ -66,17 +68,21 @@ class DiscoveryStatus:
 
 
 def discovered_upstreams(config: Config) -> list[Upstream]:
-    return [up for up in config.upstreams if up.discovery is not None]
+    """The upstreams whose targets a source reports: a registry's, or their configured names resolved."""
+    return [up for up in config.upstreams if up.discovery is not None or has_names(config_targets(config, up.name))]
 
 
 async def run_source(upstream: Upstream, config: Config, on_change: OnChange, *, status: DiscoveryStatus,
                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    settings: DiscoverySettings = upstream.discovery  # type: ignore[assignment]
+    settings: DiscoverySettings | None = upstream.discovery
     name = upstream.name
-    if settings.type == "static":
+    if settings is None or settings.type == "static":
         targets = config_targets(config, name)
         status.static[name] = len(targets)
-        await run_static(name, targets, on_change, task_status=task_status)
+        if has_names(targets):
+            await run_dns(name, targets, on_change, config.gateway.dns_valid_ttl_s, task_status=task_status)
+        else:
+            await run_static(name, targets, on_change, task_status=task_status)
         return
     runner = run_etcd if settings.type == "etcd" else run_consul
     what = (f"etcd {settings.etcd_prefix(name)}" if settings.type == "etcd"
@@ -90,7 +96,8 @@ async def run_discovery(config: Config, on_change: OnChange, *,
                         task_status: trio.TaskStatus[DiscoveryStatus] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every upstream's source until cancelled; started(status) once each source made its first attempt.
 
-    Upstreams without a `discovery:` block are not reported: their config targets are already in the runtime.
+    Upstreams without a `discovery:` block whose targets are addresses are not reported: their config targets are
+    already in the runtime.
     """
     status = DiscoveryStatus()
     async with trio.open_nursery() as nursery:

@@ -14,11 +14,13 @@ _HOST_PORT = re.compile(
 
 
 class TargetInfo(msgspec.Struct, frozen=True, order=True):
-    """One target of an upstream: where it is and its balancing weight (0 = no traffic, as in Kong)."""
+    """One target of an upstream: where it is and its balancing weight (0 = no traffic, as in Kong); `hostname`: the
+    name it is an address of (gateway.discovery.dns), its Host and TLS name."""
 
     host: str
     port: int
     weight: int = 100
+    hostname: str = ""
 
     @property
     def name(self) -> str:

@@ -166,7 +166,8 @@ class HealthChecker:
                     continue
                 started = trio.current_time()
                 async with up.limiter:
-                    event = await probe(t.info.host, t.info.port, policy, up.spec.host_header)
+                    event = await probe(t.info.host, t.info.port, policy,
+                                        up.spec.host_header or t.info.hostname or None)  # (a name's address: its name)
                 t.last_probe = started
                 t.last_event = event
                 if event is not None:

@@ -187,9 +187,9 @@ _turns: dict[str, int] = {}  # per host name: how many connections it has had (i
 _MAX_TURNS = 4096  # names remembered; past it they start again (discovery may bring new names for ever)
 
 
-async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
-    """(family, address) for a connection to `host`: a name's addresses take turns, connection by connection, as
-    Kong's DNS client rotates a name's records; IPv4 ones when it has any (Kong asks for A records before AAAA)."""
+async def addresses_of(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
+    """The (family, address) pairs of a host name, IPv4 ones when it has any (Kong asks for A records before AAAA),
+    in the resolver's order; NameNotResolved when it has none."""
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -200,6 +200,13 @@ async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
         addresses = v4
     if not addresses:
         raise NameNotResolved(errno.EHOSTUNREACH, f"{host}: no address")
+    return addresses
+
+
+async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
+    """(family, address) for a connection to `host`: a name's addresses take turns, connection by connection, as
+    Kong's DNS client rotates a name's records (see addresses_of)."""
+    addresses = await addresses_of(host, port)
     turn = _turns.get(host, 0)
     if not turn and len(_turns) >= _MAX_TURNS:
         _turns.clear()

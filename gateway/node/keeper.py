@@ -26,6 +26,7 @@ from gateway.breaker.state import State
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
+from gateway.discovery.service import discovered_upstreams
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.metrics import RECORDER, REDIS_FALLBACK
@@ -94,8 +95,12 @@ class Keeper:
         old = self.breakers
         self.breakers = BreakerBoard(runtime.breakers)
         self.breakers.adopt(old)
+        # A source's list replaces the config's (names resolved into addresses); an upstream no source reports for
+        # any more (its discovery block or names gone) is the config's again.
+        sourced = {up.name for up in discovered_upstreams(config)}
+        self.discovered = {u: infos for u, infos in self.discovered.items() if u in sourced}
         self.targets = {key: self.targets.get(key) or p.TargetState(key)
-                        for group in runtime.all_groups() for key in group.keys}
+                        for group in runtime.all_groups() if group.name not in self.discovered for key in group.keys}
         for upstream, infos in self.discovered.items():
             for info in infos:
                 key = f"{upstream}|{info.name}"
@@ -106,7 +111,7 @@ class Keeper:
     def sample_metrics(self) -> None:
         """At each metrics flush: breaker states and Kong's target health gauges."""
         self.breakers.sample_states()
-        self.health_metrics.sample(self.targets)
+        self.health_metrics.sample(self.targets, self.discovered)
 
     def _passive_flip(self, upstream: str, target: str, healthy: bool) -> None:
         self._set_health(f"{upstream}|{target}", healthy, "passive checks")

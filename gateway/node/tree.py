@@ -18,6 +18,7 @@ import sys
 from functools import partial
 
 from gateway.config import Config
+from gateway.discovery.service import discovered_upstreams
 from gateway.node.zygote import needed_libraries
 from supervisor import ChildSpec, ChildType, Process, Restart, Strategy, SupervisorSpec, SupFlags, serve
 from supervisor.forkserver import ForkServer
@@ -66,7 +67,8 @@ def needs_health(config: Config) -> bool:
 
 
 def needs_discovery(config: Config) -> bool:
-    return any(up.discovery is not None for up in config.upstreams)
+    """A registry to follow, or target names to resolve (gateway.discovery)."""
+    return bool(discovered_upstreams(config))
 
 
 def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> ChildSpec:

@@ -242,7 +242,8 @@ class SharedState:
     def _replace_targets(self, upstream: str, infos: list[p.TargetInfo]) -> None:
         groups = self._by_name.get(upstream, ())
         for group in groups:
-            group.replace_targets([TargetRuntime(t.host, t.port, t.weight, group.host_header) for t in infos])
+            group.replace_targets([TargetRuntime(t.host, t.port, t.weight, group.host_header, t.hostname)
+                                   for t in infos])
         if groups:
             self._index_targets()
             for key in {k for g in groups for k in g.keys}:

@@ -30,22 +30,40 @@ class TargetHealthMetrics:
         self.upstreams = {up.name for up in config.upstreams}
         self.checked = {up.name for up in config.upstreams if has_checks(up)}
 
-    def sample(self, targets: dict[str, Any]) -> None:
-        """`targets`: "<upstream>|<host:port>" -> its state (`healthy`: True, False or None: no verdict yet)."""
+    def sample(self, targets: dict[str, Any], discovered: dict[str, list[Any]] | None = None) -> None:
+        """`targets`: "<upstream>|<host:port>" -> its state (`healthy`: True, False or None: no verdict yet).
+        `discovered`: the sources' target lists (TargetInfo), where an address of a name is labelled as Kong labels
+        it (target `name:port`, address `ip:port`) and a name that never resolved is in state dns_error."""
         seen = set()
         if self.enabled:
+            named, unresolved = _names(discovered or {})
             for key, state in targets.items():
                 upstream, _, target = key.partition("|")
                 if upstream not in self.upstreams:
                     continue  # a service's own host: Kong reports upstream entities only
-                if upstream not in self.checked:
+                if key in unresolved:
+                    current = "dns_error"
+                elif upstream not in self.checked:
                     current = "healthchecks_off"
                 else:
                     current = "unhealthy" if state.healthy is False else "healthy"
                 for name in STATES:
-                    labels = (upstream, target, target, name, "http")
+                    labels = (upstream, named.get(key, target), target, name, "http")
                     KONG_TARGET_HEALTH.labels(*labels).set(1 if name == current else 0)
                     seen.add(labels)
         for known in list(KONG_TARGET_HEALTH._metrics):
             if known not in seen:
                 KONG_TARGET_HEALTH.remove(*known)
+
+
+def _names(discovered: dict[str, list[Any]]) -> tuple[dict[str, str], set[str]]:
+    """(target key -> `name:port` for an address of a name, keys of names that never resolved)."""
+    named: dict[str, str] = {}
+    unresolved: set[str] = set()
+    for upstream, infos in discovered.items():
+        for info in infos:
+            if info.hostname == info.host:
+                unresolved.add(f"{upstream}|{info.name}")
+            elif info.hostname:
+                named[f"{upstream}|{info.name}"] = f"{info.hostname}:{info.port}"
+    return named, unresolved

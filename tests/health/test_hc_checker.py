@@ -269,3 +269,16 @@ async def test_a_probe_sends_lua_resty_healthchecks_host_without_a_port(host_hea
     assert await probe("127.0.0.1", port, policy(timeout_s=2), host_header) is Event.SUCCESS
     _, headers = backend.requests[-1]
     assert headers["host"] == expected
+
+
+async def test_an_address_of_a_name_is_probed_with_the_name_as_host(nursery: trio.Nursery) -> None:
+    """Kong's balancer probes each address of a target name with that name (gateway.discovery.dns)."""
+    backend = HealthBackend()
+    port = await nursery.start(backend.serve)
+    changes = Changes()
+    checker = await nursery.start(run_checks, [UpstreamChecks("u", policy(), [])], changes)
+    checker.update_targets("u", [TargetInfo("127.0.0.1", port, 100, "mcp.internal")])
+    with trio.fail_after(TIMEOUT):
+        while not backend.requests:
+            await trio.sleep(0.01)
+    assert backend.requests[0][1]["host"] == "mcp.internal"

@@ -1,0 +1,65 @@
+"""Host names among an upstream's configured targets, resolved into one target per address, as Kong's balancer
+resolves them: each address of `name:port` is a target of its own (its own health checks, passive counts, breaker and
+MCP sessions) with the name's weight, and the name as its Host header and TLS name (TargetInfo.hostname). IPv4
+addresses when a name has any, as Kong asks for A records before AAAA.
+
+Names are resolved again every `ttl` seconds (kong.conf's dns_valid_ttl: getaddrinfo gives no record TTL). A name
+that stops resolving keeps its last addresses (Kong's dns_stale_ttl); one that never resolved stays a target by its
+name (with itself as hostname), whose requests get Kong's 503 "name resolution failed" and whose health is Kong's
+dns_error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from gateway.discovery.types import OnChange, TargetInfo, normalise
+from gateway.http.net import NameNotResolved, addresses_of, is_ip
+
+log = logging.getLogger("gateway.discovery")
+
+
+def has_names(targets: list[TargetInfo]) -> bool:
+    """Does a target list name a host that must be resolved?"""
+    return any(not is_ip(t.host) for t in targets)
+
+
+async def resolve_targets(targets: list[TargetInfo], known: dict[str, list[str]]) -> list[TargetInfo]:
+    """`targets` with each name replaced by its addresses. `known`: each name's last addresses, kept and used while
+    it does not resolve."""
+    out: list[TargetInfo] = []
+    for t in targets:
+        if is_ip(t.host):
+            out.append(t)
+            continue
+        try:
+            addresses = [address for _, address in await addresses_of(t.host, t.port)]
+        except NameNotResolved as e:
+            addresses = known.get(t.host, [])
+            log.debug("%s (%s)", e, f"its last {len(addresses)} address(es) stay" if addresses else "not resolved yet")
+        else:
+            known[t.host] = addresses
+        if addresses:
+            out += [TargetInfo(address, t.port, t.weight, t.host) for address in addresses]
+        else:  # (its own hostname: a name that did not resolve, not a registry's name)
+            out.append(TargetInfo(t.host, t.port, t.weight, t.host))
+    return normalise(out)
+
+
+async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, ttl: float, *,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Report the upstream's targets with their names resolved, then again whenever the addresses change."""
+    known: dict[str, list[str]] = {}
+    last: list[TargetInfo] | None = None
+    started = False
+    while True:
+        current = await resolve_targets(targets, known)
+        if current != last:
+            on_change(upstream, current)
+            last = current
+        if not started:
+            task_status.started()
+            started = True
+        await trio.sleep(ttl)
