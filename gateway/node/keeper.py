@@ -108,6 +108,11 @@ class Keeper:
         self.passive = PassiveChecker.from_config(config, self._passive_flip)
         self.health_metrics = TargetHealthMetrics(config)
 
+    def _target_names(self) -> dict[str, str]:
+        """The `name:port` of each target that is an address of a resolved name (gateway.discovery.dns)."""
+        return {f"{upstream}|{t.name}": f"{t.hostname}:{t.port}" for upstream, infos in self.discovered.items()
+                for t in infos if t.hostname and t.hostname != t.host}
+
     def sample_metrics(self) -> None:
         """At each metrics flush: breaker states and Kong's target health gauges."""
         self.breakers.sample_states()
@@ -337,8 +342,9 @@ class Keeper:
             _bad(cmd, action)
         if cmd == "targets":
             if action == "list":
-                return [{"key": t.key, "drained": t.drained, "weight": t.weight, "healthy": t.healthy}
-                        for t in self.targets.values()], []
+                names = self._target_names()
+                return [{"key": t.key, "drained": t.drained, "weight": t.weight, "healthy": t.healthy,
+                         **({"name": names[t.key]} if t.key in names else {})} for t in self.targets.values()], []
             key = _need(args, "target")
             if key not in self.targets:
                 raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")

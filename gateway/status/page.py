@@ -194,9 +194,11 @@ def build(overview: dict[str, Any], now: Sample, base: Sample | None, gauges: di
     if keeper_targets is None:
         problems.append("the state keeper is not answering: health, breaker and drain states are unknown")
     states = {t["key"]: t for t in keeper_targets or ()}
+    names = {key: t["name"] for key, t in states.items() if "name" in t}  # an address of a target name: that name
+    resolved = {f"{key.partition('|')[0]}|{name}" for key, name in names.items()}  # (its own row is its addresses')
     keys: list[str] = []
     for upstream, conf in upstream_conf.items():
-        keys += [f"{upstream}|{target}" for target in conf.get("targets", {})]
+        keys += [k for target in conf.get("targets", {}) if (k := f"{upstream}|{target}") not in resolved]
     keys += [k for k in states if k not in keys]
     keys += [k for (kind, *rest) in now.counters if kind == "target" for k in rest if k not in keys]
     upstreams: dict[str, list[dict[str, Any]]] = {}
@@ -212,7 +214,7 @@ def build(overview: dict[str, Any], now: Sample, base: Sample | None, gauges: di
             else "unhealthy" if healthy is False else "healthy"
         weight = state.get("weight")
         if weight is None:
-            weight = conf.get("targets", {}).get(target, "-")
+            weight = conf.get("targets", {}).get(names.get(key, target), "-")
         drained = bool(state.get("drained"))
         down = health == "unhealthy" or breaker in ("open", "forced_open")
         status = "DOWN" if down else "DRAINED" if drained else "UP" if checked else "NO CHECK"
@@ -220,7 +222,8 @@ def build(overview: dict[str, Any], now: Sample, base: Sample | None, gauges: di
         err_rps = _rate(now, base, ("target_err", key))
         error_rate = (err_rps / rps) if rps and err_rps is not None else (0.0 if rps is not None else None)
         buckets = _delta_rows(now.buckets.get(key, []), base.buckets.get(key) if base else None)
-        row = {"key": key, "target": target, "status": status, "health": health, "breaker": breaker or "-",
+        shown = f"{target} ({names[key]})" if key in names else target
+        row = {"key": key, "target": shown, "status": status, "health": health, "breaker": breaker or "-",
                "weight": weight, "drained": drained, "active": int(gauges["active"].get(key, 0)),
                "rps": rps, "error_rate": error_rate,
                "p50_ms": quantile(0.5, buckets), "p99_ms": quantile(0.99, buckets),

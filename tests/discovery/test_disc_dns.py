@@ -89,6 +89,13 @@ def test_the_keeper_keeps_one_state_per_address_and_forgets_the_name():
     assert set(keeper.targets) == {"up|127.0.0.4:80"}
 
 
+async def test_the_keepers_target_list_names_the_name_of_each_address():
+    keeper = Keeper(config("[{target: 'mcp.test:80'}, {target: '127.0.0.9:80'}]"), workers=1)
+    keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.9", 80)])
+    listed, _ = keeper.admin("targets", {}, 0.0, 0.0)
+    assert {t["key"]: t.get("name") for t in listed} == {"up|127.0.0.2:80": "mcp.test:80", "up|127.0.0.9:80": None}
+
+
 async def test_a_worker_sends_a_names_address_its_name_as_host_and_tls_name():
     shared = SharedState("w1", 1)
     runtime = compile_config(config("[{target: 'mcp.test:8080'}]"))

@@ -55,6 +55,16 @@ def test_an_open_breaker_is_down_and_every_target_down_is_an_upstream_problem():
     assert "target up|a:1 is DOWN (circuit breaker open)" in data["problems"]
 
 
+def test_a_target_names_addresses_take_its_row_each_with_the_name_and_its_weight():
+    ov = overview(targets=[{"key": "up|10.0.0.1:1", "healthy": True, "weight": None, "name": "b:2"},
+                           {"key": "up|10.0.0.2:1", "healthy": True, "weight": None, "name": "b:2"},
+                           {"key": "up|a:1", "healthy": True, "weight": None}])
+    data = build(ov, sample(1), None, gauges())
+    rows = {t["key"]: t for u in data["upstreams"] for t in u["targets"]}
+    assert set(rows) == {"up|a:1", "up|10.0.0.1:1", "up|10.0.0.2:1"}  # no row for the name itself
+    assert rows["up|10.0.0.1:1"]["target"] == "10.0.0.1:1 (b:2)" and rows["up|10.0.0.1:1"]["weight"] == 50
+
+
 @pytest.mark.parametrize(("threshold", "unhealthy"), [(70, True), (60, False), (0, False)])
 def test_an_upstream_below_its_healthchecks_threshold_is_an_unhealthy_upstream_problem(threshold, unhealthy):
     """a:1 (weight 100) healthy, b:2 (weight 50) not: 66.7% of the weight is healthy."""
