@@ -193,6 +193,7 @@ class Runtime:
         self.mcp = mcp
         self.consumers = consumers
         self.breakers: dict[str, BreakerConfig] = {}  # target key -> its breaker (circuit-breaker plugins)
+        self.breaker_upstreams: dict[str, BreakerConfig] = {}  # ... and per upstream, for targets a source reports
         self.stores: dict[str, Any] = {}  # plugin id -> its shared store (rate-limiting policy redis)
         self.server_tls: ServerTls | None = None  # the certificates of listeners with `ssl` (gateway.tls_runtime)
         self.global_phases: ResponsePhases | None = None  # global plugins' response phases: for a 404 (no route)
@@ -273,7 +274,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp,  # type: ignore[misc]
                       consumers)
-    runtime.breakers = _breakers(config, services, plugin_objs)  # type: ignore[arg-type]  # the loader names services
+    runtime.breakers, runtime.breaker_upstreams = _breakers(config, services, plugin_objs)  # type: ignore[arg-type]
     runtime.server_tls = server_tls
     runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
                                                      if _is_global(p)], None))
@@ -376,9 +377,10 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
 
 
 def _breakers(config: Config, services: dict[str, ServiceRuntime],
-              plugins: list[tuple[Plugin, Any, Policy | None]]) -> dict[str, BreakerConfig]:
+              plugins: list[tuple[Plugin, Any, Policy | None]]) \
+        -> tuple[dict[str, BreakerConfig], dict[str, BreakerConfig]]:
     """One breaker per target of every upstream a circuit-breaker plugin covers (a service's or a route's
-    instance beats a global one), keyed as on the bus: "<upstream>|<host:port>"."""
+    instance beats a global one), keyed as on the bus: "<upstream>|<host:port>"; and each such upstream's."""
     routes = {r.name: r.service for r in config.routes if r.name}
     chosen: dict[str, tuple[int, Any]] = {}
     for plugin, cfg, _ in plugins:
@@ -397,13 +399,14 @@ def _breakers(config: Config, services: dict[str, ServiceRuntime],
             if rank > chosen.get(group.name, (0, None))[0]:
                 chosen[group.name] = (rank, (group, cfg))
     out: dict[str, BreakerConfig] = {}
+    by_upstream: dict[str, BreakerConfig] = {}
     for _, (group, cfg) in chosen.values():
         group.breakers = True
         group.sweep = cfg.sweep_force_shutdown
-        config_ = BreakerConfig.from_plugin(cfg)
+        config_ = by_upstream[group.name] = BreakerConfig.from_plugin(cfg)
         for key in group.keys:
             out[key] = config_
-    return out
+    return out, by_upstream
 
 
 # Kong's PROTOCOLS_WITH_SUBSYSTEM: a plugin runs on HTTP requests when one of its protocols is of the http subsystem.

@@ -22,9 +22,27 @@ class BreakerBoard:
     after probe_ttl_s, come out of `tick` for the keeper to spread over the workers.
     """
 
-    def __init__(self, configs: Mapping[str, BreakerConfig]) -> None:
+    def __init__(self, configs: Mapping[str, BreakerConfig],
+                 by_upstream: Mapping[str, BreakerConfig] | None = None) -> None:
+        """`configs`: the config's targets' breakers; `by_upstream`: the breaker of each upstream a plugin covers, for
+        the targets a source reports (`cover`)."""
         self._breakers = {target: Breaker(target, config) for target, config in configs.items()}
+        self._by_upstream = by_upstream or {}
         self._last: dict[str, State] = {}  # the state last published per target, to count transitions from it
+
+    def cover(self, upstream: str, keys: Iterable[str]) -> None:
+        """A source's target list for `upstream` (discovery, names resolved): a breaker for each of its targets when
+        a plugin covers the upstream (one it had is kept), none for the targets it no longer has."""
+        config = self._by_upstream.get(upstream)
+        if config is None:
+            return
+        keep = set(keys)
+        prefix = upstream + "|"
+        for key in [k for k in self._breakers if k.startswith(prefix) and k not in keep]:
+            del self._breakers[key]
+        for key in keep:
+            if key not in self._breakers:
+                self._breakers[key] = Breaker(key, config)
 
     def record(self, outcomes: Iterable[Outcome], now: float) -> tuple[list[BreakerUpdate], list[str]]:
         """Count a worker's outcomes (unknown targets are ignored)."""

@@ -93,8 +93,7 @@ class Keeper:
         if self.stores:
             self.redis_wake.set()
         old = self.breakers
-        self.breakers = BreakerBoard(runtime.breakers)
-        self.breakers.adopt(old)
+        self.breakers = BreakerBoard(runtime.breakers, runtime.breaker_upstreams)
         # A source's list replaces the config's (names resolved into addresses); an upstream no source reports for
         # any more (its discovery block or names gone) is the config's again.
         sourced = {up.name for up in discovered_upstreams(config)}
@@ -105,6 +104,8 @@ class Keeper:
             for info in infos:
                 key = f"{upstream}|{info.name}"
                 self.targets.setdefault(key, p.TargetState(key))
+            self.breakers.cover(upstream, [f"{upstream}|{info.name}" for info in infos])
+        self.breakers.adopt(old)
         self.passive = PassiveChecker.from_config(config, self._passive_flip)
         self.health_metrics = TargetHealthMetrics(config)
 
@@ -266,6 +267,7 @@ class Keeper:
             return []
         self.discovered[upstream] = list(targets)
         names = {t.name for t in targets}
+        self.breakers.cover(upstream, [f"{upstream}|{name}" for name in names])
         added = []
         for t in targets:
             key = f"{upstream}|{t.name}"

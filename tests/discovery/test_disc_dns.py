@@ -89,7 +89,21 @@ def test_the_keeper_keeps_one_state_per_address_and_forgets_the_name():
     assert set(keeper.targets) == {"up|127.0.0.4:80"}
 
 
-async def test_the_keepers_target_list_names_the_name_of_each_address():
+async def test_a_circuit_breaker_covers_each_address_of_a_name_and_no_address_gone():
+    breaker = "plugins:\n  - {name: circuit-breaker, service: s}\n"
+    keeper = Keeper(config("[{target: 'mcp.test:80'}]", plugins=breaker), workers=1)
+    keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.3", 80, 100, "mcp.test")])
+    assert set(keeper.breakers.describe(0.0)) == {"up|127.0.0.2:80", "up|127.0.0.3:80"}
+    keeper.breakers.force_open("up|127.0.0.2:80", 0.0)
+    keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.4", 80, 100, "mcp.test")])
+    described = keeper.breakers.describe(0.0)
+    assert set(described) == {"up|127.0.0.2:80", "up|127.0.0.4:80"}
+    assert described["up|127.0.0.2:80"]["state"] == "forced_open"  # an address that stays keeps its breaker
+    keeper.configure(config("[{target: 'mcp.test:80'}]", plugins=breaker))  # a reload keeps them too
+    assert keeper.breakers.describe(0.0)["up|127.0.0.2:80"]["state"] == "forced_open"
+
+
+def test_the_keepers_target_list_names_the_name_of_each_address():
     keeper = Keeper(config("[{target: 'mcp.test:80'}, {target: '127.0.0.9:80'}]"), workers=1)
     keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.9", 80)])
     listed, _ = keeper.admin("targets", {}, 0.0, 0.0)
