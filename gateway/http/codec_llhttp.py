@@ -110,7 +110,7 @@ class _Parsing(_BodyFramer):
     """What both sides share: feeding httptools, the head-size limit, the event queue."""
 
     __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial", "_feeding",
-                 "_at_start", "_in_head", "_dead", "_tunnel")
+                 "_at_start", "_in_head", "_dead", "_tunnel", "_bad_method")
 
     _MALFORMED = "malformed message"
     _BAD = 400  # the status of a parse error
@@ -132,6 +132,7 @@ class _Parsing(_BodyFramer):
         self._in_head = False
         self._dead = False  # parser retired: an error, EOF (server) or a HEAD response (client)
         self._tunnel = b""  # what came after the head of a protocol switch (see _upgraded): take_upgraded
+        self._bad_method = False  # llhttp refused a request's method (so the parser holds none)
 
     def on_message_begin(self) -> None:
         self._headers = []
@@ -169,6 +170,7 @@ class _Parsing(_BodyFramer):
         except httptools.HttpParserUpgrade as e:
             self._upgraded(data, e.args[0])
         except httptools.HttpParserError as e:
+            self._bad_method = isinstance(e, httptools.HttpParserInvalidMethodError)
             cause = e.__context__  # what a callback raised
             if not isinstance(cause, ProtocolError):
                 cause = ProtocolError(f"{self._MALFORMED}: {e}", self._BAD)
@@ -293,17 +295,20 @@ class LlhttpServer(_Parsing):
             return
         if data:
             self._feed(data)
-            if self._dead and self._in_head and self._url:  # llhttp refused a head past its request target:
-                error = self._events[-1]  # its method was read (the answer to a HEAD has no body)
-                if type(error) is ProtocolError and not error.method:
-                    error.method = self._parser.get_method()
-                    if self._headers:  # (a header line came: the request line was whole)
-                        error.target = self._url
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))
         else:  # between requests: the client is done
             self._events.append(CLOSED)
             self._dead = True
+            return
+        # A head refused past its method, or cut by EOF past its target: its method was read (the answer to a HEAD
+        # has no body).
+        if self._dead and self._in_head and (self._url if not data else not self._bad_method):
+            error = self._events[-1]
+            if type(error) is ProtocolError and not error.method:
+                error.method = self._parser.get_method()
+                if self._headers:  # (a header line came: the request line was whole)
+                    error.target = self._url
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         # llhttp stops after a request with Upgrade (or CONNECT), skipping any body. Like h11 we serve it as an

@@ -740,6 +740,27 @@ def test_max_line_bytes_can_be_raised_for_one_long_cookie(codec: str) -> None:
     assert collect(server, [raw]) == [req(b"GET", b"/", [(b"host", b"a"), (b"cookie", value)]), END]
 
 
+def test_a_head_cut_by_eof_after_its_target_keeps_its_method(codec: str) -> None:
+    """The answer to a HEAD has no body, also when the client closed mid-request-line (the wire fuzz, seed 1)."""
+    server = new_server(codec)
+    server.receive_data(b"HEAD /echo HTTP/1")
+    assert server.next_event() is NEED_DATA
+    server.receive_data(b"")
+    with pytest.raises(ProtocolError) as caught:
+        server.next_event()
+    assert caught.value.method == b"HEAD"
+
+
+@pytest.mark.parametrize("raw", [b"HEAD echo/x HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD  HTTP/1.1\r\nHost: a\r\n\r\n"])
+def test_a_head_refused_at_its_target_keeps_its_method(codec: str, raw: bytes) -> None:
+    """What the answer needs to know (none has a body to a HEAD): the wire fuzz, seeds 3 and 4."""
+    server = new_server(codec)
+    server.receive_data(raw)
+    with pytest.raises(ProtocolError) as caught:
+        server.next_event()
+    assert caught.value.method == b"HEAD"
+
+
 def test_a_refused_head_carries_its_method_and_target_for_the_log(codec: str) -> None:
     server = new_server(codec)
     server.receive_data(b"POST /status/200?foo=bar HTTP/1.1\r\nHost: a\r\nX-Large: " + b"a" * 10240 + b"\r\n\r\n")
