@@ -20,6 +20,8 @@ from gateway.http.net import NameNotResolved, addresses_of, is_ip
 
 log = logging.getLogger("gateway.discovery")
 
+RESOLVE_TIMEOUT_S = 2.0  # a name the resolver does not answer for in time keeps its last addresses (or none)
+
 
 def has_names(targets: list[TargetInfo]) -> bool:
     """Does a target list name a host that must be resolved?"""
@@ -27,25 +29,32 @@ def has_names(targets: list[TargetInfo]) -> bool:
 
 
 async def resolve_targets(targets: list[TargetInfo], known: dict[str, list[str]]) -> list[TargetInfo]:
-    """`targets` with each name replaced by its addresses. `known`: each name's last addresses, kept and used while
-    it does not resolve."""
+    """`targets` with each name replaced by its addresses (the names looked up at once, each for at most
+    RESOLVE_TIMEOUT_S). `known`: each name's last addresses, kept and used while it does not resolve."""
+    found: dict[str, list[str]] = {}
+    async with trio.open_nursery() as nursery:
+        for name, port in {t.host: t.port for t in targets if not is_ip(t.host)}.items():
+            nursery.start_soon(_look_up, name, port, found)
+    known.update(found)
     out: list[TargetInfo] = []
     for t in targets:
         if is_ip(t.host):
             out.append(t)
-            continue
-        try:
-            addresses = [address for _, address in await addresses_of(t.host, t.port)]
-        except NameNotResolved as e:
-            addresses = known.get(t.host, [])
-            log.debug("%s (%s)", e, f"its last {len(addresses)} address(es) stay" if addresses else "not resolved yet")
-        else:
-            known[t.host] = addresses
-        if addresses:
+        elif addresses := known.get(t.host):
             out += [TargetInfo(address, t.port, t.weight, t.host) for address in addresses]
         else:  # (its own hostname: a name that did not resolve, not a registry's name)
             out.append(TargetInfo(t.host, t.port, t.weight, t.host))
     return normalise(out)
+
+
+async def _look_up(name: str, port: int, found: dict[str, list[str]]) -> None:
+    with trio.move_on_after(RESOLVE_TIMEOUT_S):
+        try:
+            found[name] = [address for _, address in await addresses_of(name, port)]
+        except NameNotResolved as e:
+            log.debug("%s", e)
+        return
+    log.debug("%s: no answer from the resolver within %gs", name, RESOLVE_TIMEOUT_S)
 
 
 async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, ttl: float, *,

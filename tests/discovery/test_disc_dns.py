@@ -9,6 +9,7 @@ from backends import Names
 
 from gateway.bus import protocol as p
 from gateway.config import parse_config
+from gateway.discovery import dns
 from gateway.discovery.dns import resolve_targets, run_dns
 from gateway.discovery.service import discovered_upstreams
 from gateway.discovery.types import TargetInfo
@@ -131,3 +132,17 @@ def test_target_health_metrics_label_an_address_with_its_name_and_a_name_without
     assert states[("mcp.test:80", "127.0.0.2:80", "healthchecks_off")] == 1
     assert states[("gone.test:80", "gone.test:80", "dns_error")] == 1
     assert states[("gone.test:80", "gone.test:80", "healthchecks_off")] == 0
+
+
+async def test_a_resolver_that_does_not_answer_holds_up_no_report_past_its_timeout(autojump_clock):
+    class Silent(Names):
+        async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
+            if host in ("slow.test", b"slow.test"):
+                await trio.sleep_forever()
+            return await super().getaddrinfo(host, port, family, type, proto, flags)
+
+    trio.socket.set_custom_hostname_resolver(Silent({"mcp.test": ["127.0.0.2"]}))
+    started = trio.current_time()
+    got = await resolve_targets([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)], {})
+    assert trio.current_time() - started == dns.RESOLVE_TIMEOUT_S  # both looked up at once, the silent one bounded
+    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 100, "slow.test")]
