@@ -222,13 +222,17 @@ class Queues:
     def queue_for(self, name: str, config: QueueConfig, handler: Handler, formatter: Formatter | None = None,
                   settings: object = None) -> BatchQueue:
         """The queue named `name` for these settings: plugin instances with the same name and settings (the queue's
-        and the sender's, `settings`) share one, as Kong shares queues by name; other settings get their own."""
+        and the sender's, `settings`) share one, as Kong shares queues by name; other settings get their own. The
+        newest instance's handler and formatter serve it: a reload's other changes (a datadog plugin's tag names,
+        say) apply to what is queued from then on."""
         key = f"{name}\0{msgspec.json.encode(config).decode()}\0{msgspec.json.encode(settings).decode()}"
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = BatchQueue(name, config, handler, formatter)
             if self._nursery is not None:
                 self._nursery.start_soon(queue.run)
+        else:
+            queue.handler, queue.formatter = handler, formatter
         return queue
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

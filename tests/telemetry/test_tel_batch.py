@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from gateway.metrics import RECORDER
-from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig, apply_legacy_queue
+from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig, Queues, apply_legacy_queue
 
 
 class Collector:
@@ -191,3 +191,15 @@ def test_the_deprecated_queue_fields_win_over_the_queue_as_in_kong():
     queue = QueueConfig(max_batch_size=50, max_coalescing_delay=5)
     apply_legacy_queue(queue, 7, 3)
     assert (queue.max_batch_size, queue.max_coalescing_delay) == (7, 3)
+
+
+async def test_a_shared_queue_is_served_by_its_newest_instances_handler_and_formatter():
+    """Two instances with the same name and settings share a queue (Kong's); the newer one's formatter and handler
+    apply, so a reload's change that the settings do not show (a datadog plugin's tag names) is not ignored."""
+    queues = Queues()
+    first = queues.queue_for("datadog:p1", QueueConfig(), Collector(), lambda e: b"old", settings=("h", 1))
+    newer_handler = Collector()
+    second = queues.queue_for("datadog:p1", QueueConfig(), newer_handler, lambda e: b"new", settings=("h", 1))
+    assert second is first
+    assert second.formatter is not None and second.formatter(None) == b"new" and second.handler is newer_handler
+    assert queues.queue_for("datadog:p1", QueueConfig(), Collector(), settings=("h", 2)) is not first
