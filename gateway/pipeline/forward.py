@@ -130,7 +130,8 @@ class Forwarder:
             replayable = body_done and req.method in IDEMPOTENT
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
             unusable = group.unusable  # drained, circuit open or unhealthy (kept current by gateway.state)
-            tried = set(unusable)
+            tried: frozenset[int] | set[int] = unusable  # ... and the targets that failed this request (a new set
+            # only once one has: the first try, the usual last, makes none)
             error: UpstreamError | None = None
             if pinned is not None and pinned in group.unusable and not (
                     self.shared is not None and self.shared.is_drained(group.keys[pinned])):
@@ -147,12 +148,11 @@ class Forwarder:
                     if index is None:
                         if len(tried) == len(unusable):
                             break  # nothing to pick at all
-                        tried = set(unusable)  # every target tried: Kong's balancer goes round again
+                        tried = unusable  # every target tried: Kong's balancer goes round again
                         continue
                     tries -= 1
                 else:  # nginx's u->peer.cached: that failure cost no try
                     index, stale = stale, None
-                tried.add(index)
                 target = group.targets[index]
                 if ex.state is not None:  # for the MCP audit log: where the call went
                     ex.state["upstream"] = target.name
@@ -172,6 +172,7 @@ class Forwarder:
                                                         headers, framing, body, body_done, address)
                 except UpstreamError as e:
                     error = e
+                    tried = {*tried, index}
                     if (e.sent and not replayable) or type(e) is BadResponse:
                         break  # (nginx's default proxy_next_upstream has no invalid_header)
                     if isinstance(e, UpstreamClosed) and e.reused:
