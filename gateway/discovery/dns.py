@@ -4,9 +4,9 @@ MCP sessions) with the name's weight, and the name as its Host header and TLS na
 addresses when a name has any, as Kong asks for A records before AAAA.
 
 Names are resolved again every `ttl` seconds (kong.conf's dns_valid_ttl: getaddrinfo gives no record TTL). A name
-that stops resolving keeps its last addresses (Kong's dns_stale_ttl); one that never resolved stays a target by its
-name (with itself as hostname), whose requests get Kong's 503 "name resolution failed" and whose health is Kong's
-dns_error.
+that stops resolving keeps its last addresses for STALE_TTL_S (Kong's dns_stale_ttl default); one that never resolved,
+or whose last addresses are older, is a target by its name (with itself as hostname), whose requests get Kong's 503
+"name resolution failed" and whose health is Kong's dns_error.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from gateway.http.net import NameNotResolved, addresses_of, is_ip
 log = logging.getLogger("gateway.discovery")
 
 RESOLVE_TIMEOUT_S = 2.0  # a name the resolver does not answer for in time keeps its last addresses (or none)
+STALE_TTL_S = 3600.0  # ... for this long after they were last resolved (Kong's dns_stale_ttl default)
 
 
 def has_names(targets: list[TargetInfo]) -> bool:
@@ -28,20 +29,23 @@ def has_names(targets: list[TargetInfo]) -> bool:
     return any(not is_ip(t.host) for t in targets)
 
 
-async def resolve_targets(targets: list[TargetInfo], known: dict[str, list[str]]) -> list[TargetInfo]:
+async def resolve_targets(targets: list[TargetInfo], known: dict[str, tuple[list[str], float]]) -> list[TargetInfo]:
     """`targets` with each name replaced by its addresses (the names looked up at once, each for at most
-    RESOLVE_TIMEOUT_S). `known`: each name's last addresses, kept and used while it does not resolve."""
+    RESOLVE_TIMEOUT_S). `known`: each name's last addresses and when they were resolved, used while it does not
+    resolve, for at most STALE_TTL_S."""
     found: dict[str, list[str]] = {}
     async with trio.open_nursery() as nursery:
         for name, port in {t.host: t.port for t in targets if not is_ip(t.host)}.items():
             nursery.start_soon(_look_up, name, port, found)
-    known.update(found)
+    now = trio.current_time()
+    known.update((name, (addresses, now)) for name, addresses in found.items())
     out: list[TargetInfo] = []
     for t in targets:
+        last = known.get(t.host)
         if is_ip(t.host):
             out.append(t)
-        elif addresses := known.get(t.host):
-            out += [TargetInfo(address, t.port, t.weight, t.host) for address in addresses]
+        elif last is not None and now - last[1] <= STALE_TTL_S:
+            out += [TargetInfo(address, t.port, t.weight, t.host) for address in last[0]]
         else:  # (its own hostname: a name that did not resolve, not a registry's name)
             out.append(TargetInfo(t.host, t.port, t.weight, t.host))
     return normalise(out)
@@ -60,7 +64,7 @@ async def _look_up(name: str, port: int, found: dict[str, list[str]]) -> None:
 async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, ttl: float, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Report the upstream's targets with their names resolved, then again whenever the addresses change."""
-    known: dict[str, list[str]] = {}
+    known: dict[str, tuple[list[str], float]] = {}
     last: list[TargetInfo] | None = None
     started = False
     while True:

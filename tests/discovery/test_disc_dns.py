@@ -43,13 +43,16 @@ async def test_ipv4_addresses_are_the_targets_when_a_name_has_both():
     assert await resolve_targets([TargetInfo("mcp.test", 80)], {}) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
 
 
-async def test_a_name_that_stops_resolving_keeps_its_last_addresses():
+async def test_a_name_that_stops_resolving_keeps_its_last_addresses_for_kongs_stale_ttl(autojump_clock):
     names = Names({"mcp.test": ["127.0.0.2"]})
     trio.socket.set_custom_hostname_resolver(names)
-    known: dict[str, list[str]] = {}
+    known: dict[str, tuple[list[str], float]] = {}
     first = await resolve_targets([TargetInfo("mcp.test", 80)], known)
     names.names.clear()
+    await trio.sleep(dns.STALE_TTL_S - 1)
     assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == first
+    await trio.sleep(2)
+    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("mcp.test", 80, 100, "mcp.test")]
 
 
 async def test_a_name_that_never_resolved_stays_a_target_by_its_name():
