@@ -29,6 +29,20 @@ def has_names(targets: list[TargetInfo]) -> bool:
     return any(not is_ip(t.host) for t in targets)
 
 
+def target_names(discovered: dict[str, list[TargetInfo]]) -> tuple[dict[str, str], set[str]]:
+    """Over the sources' target lists: ("<upstream>|<ip:port>" -> the `name:port` it is an address of, the keys of
+    names that did not resolve)."""
+    named: dict[str, str] = {}
+    unresolved: set[str] = set()
+    for upstream, infos in discovered.items():
+        for info in infos:
+            if info.hostname == info.host:
+                unresolved.add(f"{upstream}|{info.name}")
+            elif info.hostname:
+                named[f"{upstream}|{info.name}"] = f"{info.hostname}:{info.port}"
+    return named, unresolved
+
+
 async def resolve_targets(targets: list[TargetInfo], known: dict[str, tuple[list[str], float]]) -> list[TargetInfo]:
     """`targets` with each name replaced by its addresses (the names looked up at once, each for at most
     RESOLVE_TIMEOUT_S). `known`: each name's last addresses and when they were resolved, used while it does not

@@ -26,6 +26,7 @@ from gateway.breaker.state import State
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
+from gateway.discovery.dns import target_names
 from gateway.discovery.service import discovered_upstreams
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
@@ -108,11 +109,6 @@ class Keeper:
         self.breakers.adopt(old)
         self.passive = PassiveChecker.from_config(config, self._passive_flip)
         self.health_metrics = TargetHealthMetrics(config)
-
-    def _target_names(self) -> dict[str, str]:
-        """The `name:port` of each target that is an address of a resolved name (gateway.discovery.dns)."""
-        return {f"{upstream}|{t.name}": f"{t.hostname}:{t.port}" for upstream, infos in self.discovered.items()
-                for t in infos if t.hostname and t.hostname != t.host}
 
     def sample_metrics(self) -> None:
         """At each metrics flush: breaker states and Kong's target health gauges."""
@@ -344,7 +340,7 @@ class Keeper:
             _bad(cmd, action)
         if cmd == "targets":
             if action == "list":
-                names = self._target_names()
+                names = target_names(self.discovered)[0]
                 return [{"key": t.key, "drained": t.drained, "weight": t.weight, "healthy": t.healthy,
                          **({"name": names[t.key]} if t.key in names else {})} for t in self.targets.values()], []
             key = _need(args, "target")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.config import Config
+from gateway.discovery.dns import target_names
 from gateway.metrics import KONG_TARGET_HEALTH
 
 STATES = ("healthchecks_off", "healthy", "unhealthy", "dns_error")
@@ -36,7 +37,7 @@ class TargetHealthMetrics:
         it (target `name:port`, address `ip:port`) and a name that never resolved is in state dns_error."""
         seen = set()
         if self.enabled:
-            named, unresolved = _names(discovered or {})
+            named, unresolved = target_names(discovered or {})
             for key, state in targets.items():
                 upstream, _, target = key.partition("|")
                 if upstream not in self.upstreams:
@@ -55,15 +56,3 @@ class TargetHealthMetrics:
             if known not in seen:
                 KONG_TARGET_HEALTH.remove(*known)
 
-
-def _names(discovered: dict[str, list[Any]]) -> tuple[dict[str, str], set[str]]:
-    """(target key -> `name:port` for an address of a name, keys of names that never resolved)."""
-    named: dict[str, str] = {}
-    unresolved: set[str] = set()
-    for upstream, infos in discovered.items():
-        for info in infos:
-            if info.hostname == info.host:
-                unresolved.add(f"{upstream}|{info.name}")
-            elif info.hostname:
-                named[f"{upstream}|{info.name}"] = f"{info.hostname}:{info.port}"
-    return named, unresolved
