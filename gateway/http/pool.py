@@ -37,6 +37,11 @@ _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 _PROBE = select.poll()
 
 
+def _target_host(key: tuple) -> str:
+    """The host of the target a pool key's connections serve: the name, for those to one address of a name."""
+    return key[3] if len(key) == 4 else key[0]
+
+
 class UpstreamConn:
     """A connection to one target with its codec; `reused` tells a retry policy it may have gone stale."""
 
@@ -151,8 +156,9 @@ class Pool:
         """Close every connection to a target, idle or carrying a request (circuit-breaker's sweep_force_shutdown:
         a request in flight ends as if the target had closed it); returns how many. A busy one is shut down, not
         closed: its task reads the EOF (or fails its write) wherever it waits, a Trio wait or the stream watch
-        (which a closed descriptor would leave without a word), and closes it."""
-        doomed = [uc for uc in self._open.values() if uc.key[0] == host and uc.key[1] == port]
+        (which a closed descriptor would leave without a word), and closes it. Connections to one address of a
+        named target (keyed (address, port, tls, name)) are the name's."""
+        doomed = [uc for uc in self._open.values() if uc.key[1] == port and _target_host(uc.key) == host]
         for uc in doomed:
             if uc.idle:
                 self._idle[uc.key].remove(uc)
@@ -172,8 +178,8 @@ class Pool:
 
     async def connect(self, key: tuple, timeout: float, tls: ClientTls | None = None,
                       server_name: str | None = None) -> UpstreamConn:
-        """Open a new connection to `key` ((host, port), or (host, port, tls) for TLS) within `timeout` seconds,
-        the TLS handshake included, or raise ConnectError."""
+        """Open a new connection to `key` ((host, port), (host, port, tls) for TLS, or (address, port, tls, name)
+        for one address of a name) within `timeout` seconds, the TLS handshake included, or raise ConnectError."""
         with trio.move_on_after(timeout):
             try:
                 conn = await open_connection(key[0], key[1])

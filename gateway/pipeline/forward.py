@@ -592,9 +592,11 @@ def _is_json(headers: Headers) -> bool:
 
 
 def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None = None) -> tuple[Any, ...]:
-    """The pool's key for connections to a target (to one `address` of a named target), over `tls` or not."""
-    host = address or target.host
-    return (host, target.port) if tls is None else (host, target.port, tls)
+    """The pool's key for connections to a target, over `tls` or not. Those to one `address` of a named target
+    (an MCP session's) carry the name as well: the circuit's sweep of the name closes them (Pool.close_target)."""
+    if address is not None:
+        return (address, target.port, tls, target.host)
+    return (target.host, target.port) if tls is None else (target.host, target.port, tls)
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
