@@ -104,12 +104,13 @@ class Entry:
         conn = ex.conn
         scheme = conn.scheme.decode()
         port = conn.listen_port.decode() or "-"
-        hostname = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
+        # nginx's $host: the Host's name, lowercased, without its port; with none, Kong's `server_name kong`
+        hostname = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower() if host else "kong"
         doc: dict[str, Any] = {
             "request": {
                 "id": ex.request_id.decode("latin-1"),
                 "uri": target,
-                "url": f"{scheme}://{hostname or '-'}:{port}{target}",
+                "url": f"{scheme}://{hostname}:{port}{target}",
                 "querystring": _querystring(query),
                 "method": req.method.decode("latin-1"),
                 "headers": _headers(req.headers, _REDACTED),

@@ -141,6 +141,21 @@ async def test_requests_nginx_refuses_are_logged_by_global_log_plugins_and_the_a
     assert [line["response"]["status"] for line in await _lines(access, 2)] == [400, 414]
 
 
+async def test_the_logged_url_names_the_host_as_nginxs_host_variable(nursery, gateway, tmp_path):
+    """Kong's serializer builds `url` from nginx's $host: the Host header's name lowercased without its port, or,
+    with no Host (HTTP/1.0, or a head refused before one was read), Kong's `server_name kong`."""
+    log = tmp_path / "access.log"
+    port = await gateway({"services": []}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        await raw_exchange(port, b"GET /a HTTP/1.1\r\nHost: API.Example.COM:8080\r\nConnection: close\r\n\r\n")
+        await raw_exchange(port, b"GET /b HTTP/1.0\r\n\r\n")
+        await raw_exchange(port, b"GET /c?x=1 HTTP/1.1\r\nx-large: " + b"a" * 10240 + b"\r\n\r\n")  # 400
+    named, no_host, refused = await _lines(log, 3)
+    assert named["request"]["url"] == f"http://api.example.com:{port}/a"
+    assert no_host["request"]["url"] == f"http://kong:{port}/b"
+    assert refused["request"]["url"] == f"http://kong:{port}/c?x=1"
+
+
 async def test_a_request_head_that_times_out_is_logged_408(nursery, gateway, tmp_path):
     access = tmp_path / "access.log"
     port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
