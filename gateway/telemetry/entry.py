@@ -146,8 +146,13 @@ class Entry:
             if consumer.credential_id is not None:
                 doc["authenticated_entity"] = {"id": consumer.credential_id, "consumer_id": consumer.id}
         trace = self.trace
-        if trace is None and ex.state:  # the tracing plugin's Trace of this request
-            trace = ex.state.get("opentelemetry") or ex.state.get("zipkin")
+        state = ex.state
+        if state:
+            if trace is None:  # the tracing plugin's Trace of this request
+                trace = state.get("opentelemetry") or state.get("zipkin")
+            correlation_id = state.get("correlation-id")  # the correlation-id plugin's set_serialize_value
+            if correlation_id:
+                doc["correlation_id"] = correlation_id.decode("latin-1")
         if trace is not None:
             trace_id = trace.serialized()
             if trace_id:

@@ -60,7 +60,7 @@ async def test_deny_refuses_its_groups_and_admits_the_rest(nursery, gateway):
     assert (reply.status, message(reply)) == (403, {"message": "You cannot consume this service"})
     assert upstream(await call(port, headers=key("user-key")))["x-consumer-groups"] == "users"
     seen = upstream(await call(port, headers=key("loner-key")))  # no groups: not in a denied one
-    assert "x-consumer-groups" not in seen
+    assert seen["x-consumer-groups"] == ""  # Kong's spec 18-acl "returns 200 with deny groups"
 
 
 async def test_hide_groups_header(nursery, gateway):

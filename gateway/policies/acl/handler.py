@@ -1,9 +1,10 @@
 """Kong's acl: the consumer's groups (its `acls`) against an allow or a deny list; it needs an authenticated
 consumer, so it runs after the authentication policies (priority 950).
 
-No consumer: 401 "Unauthorized". A consumer outside `allow` (or inside `deny`): 403 "You cannot consume this
-service"; with an allow list, a consumer with no groups at all gets 403 when it came with a credential and 401 when
-it is the anonymous consumer. Admitted: `X-Consumer-Groups: a, b` upstream unless `hide_groups_header`.
+No consumer: 401 "Unauthorized"; a credential that names no consumer (ldap-auth's) and brings no groups: 403, whatever
+the list. A consumer outside `allow` (or inside `deny`): 403 "You cannot consume this service"; with an allow list, a
+consumer with no groups at all gets 403 when it came with a credential and 401 when it is the anonymous consumer.
+Admitted: `X-Consumer-Groups: a, b` upstream (empty for a consumer without groups) unless `hide_groups_header`.
 No plugin of this gateway sets Kong's "authenticated groups" (LDAP, OAuth2 scopes), so the consumer's own groups always
 decide, which is also what `always_use_authenticated_groups` falls back to.
 """
@@ -35,7 +36,7 @@ class Acl:
             await UNAUTHORIZED.send(ex)
             return True
         groups = who.groups
-        if not groups and not self.deny:
+        if not groups and (not self.deny or who.id is None):
             await (UNAUTHORIZED if who.credential_id is None else FORBIDDEN).send(ex)
             return True
         admitted = self._decided.get(groups)
@@ -45,6 +46,6 @@ class Acl:
         if not admitted:
             await FORBIDDEN.send(ex)
             return True
-        if not self.hide and groups:
+        if not self.hide:  # an empty X-Consumer-Groups for none (Kong's concat of no groups; 18-acl spec)
             ex.consumer = who.with_groups_header()
         return False

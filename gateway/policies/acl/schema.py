@@ -1,11 +1,15 @@
 """Kong's acl plugin config (kong/plugins/acl/schema.lua)."""
 
+from typing import Annotated
+
 import msgspec
+
+Group = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's strings are at least one character
 
 
 class AclConfig(msgspec.Struct, forbid_unknown_fields=True):
-    allow: list[str] | None = None
-    deny: list[str] | None = None
+    allow: list[Group] | None = None
+    deny: list[Group] | None = None
     hide_groups_header: bool = False
     always_use_authenticated_groups: bool = False
 

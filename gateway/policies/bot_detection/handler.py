@@ -1,6 +1,10 @@
 """Kong's bot-detection (kong/plugins/bot-detection/handler.lua): the User-Agent (stripped) is let through when an
 `allow` regex finds it, refused 403 when a `deny` regex or one of Kong's bot patterns (rules.py) does. No User-Agent
-passes; two of them get 400 "Only one User-Agent header allowed". Verdicts are cached per User-Agent (10,000)."""
+passes; two of them get 400 "Only one User-Agent header allowed". Verdicts are cached per User-Agent (10,000).
+
+Kong matches with ngx.re.find "jo": PCRE over the bytes, without UTF, so every regex is compiled with re.ASCII (\\w,
+\\d, \\s, \\b of ASCII only) over the User-Agent decoded as latin-1; kong.tools.string.strip removes spaces and
+bytes 9-13 only (STRIP)."""
 
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ CACHE_SIZE = 10000
 # browser's User-Agent and 0.1-0.5 s for 16-60 KB of spaces, so the words are looked for first.
 GENERIC_WORDS = ("archiver", "indexer", "scrape", "bot", "spider", "crawl")
 _GENERIC = ("[Cc]rawl", "[Cc][Rr][Aa][Ww][Ll]")
-_BOTS = [re.compile(r) for r in BOTS if not any(g in r for g in _GENERIC)]
-_GENERIC_BOTS = [re.compile(r) for r in BOTS if any(g in r for g in _GENERIC)]
+_BOTS = [re.compile(r, re.ASCII) for r in BOTS if not any(g in r for g in _GENERIC)]
+_GENERIC_BOTS = [re.compile(r, re.ASCII) for r in BOTS if any(g in r for g in _GENERIC)]
+STRIP = " \t\n\v\f\r"  # kong.tools.string.strip: space and bytes 9-13
 
 
 class BotDetection:
@@ -26,12 +31,12 @@ class BotDetection:
     priority = 2500  # Kong's
 
     def __init__(self, config: BotDetectionConfig) -> None:
-        self.allow = [re.compile(r) for r in config.allow]
-        self.deny = [re.compile(r) for r in config.deny]
+        self.allow = [re.compile(r, re.ASCII) for r in config.allow]
+        self.deny = [re.compile(r, re.ASCII) for r in config.deny]
         self.cache: Memo[bytes, bool] = Memo(CACHE_SIZE)  # User-Agent -> refused
 
     def refused(self, agent: str) -> bool:
-        agent = agent.strip()
+        agent = agent.strip(STRIP)
         if any(r.search(agent) for r in self.allow):
             return False
         if any(r.search(agent) for r in self.deny) or any(r.search(agent) for r in _BOTS):

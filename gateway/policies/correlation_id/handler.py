@@ -17,7 +17,7 @@ from gateway.http.server import Exchange
 from gateway.policies.correlation_id.schema import CorrelationIdConfig
 from gateway.policies.header_list import get_header, set_header
 
-_STATE = "correlation-id"  # ex.state key: the id of this request, for header_filter
+STATE_KEY = "correlation-id"  # ex.state key: the id of this request (header_filter; Kong's serialized correlation_id)
 
 
 class _WorkerIds:
@@ -69,16 +69,15 @@ class CorrelationId:
         if not value:
             value = self.generate(ex)
             ex.request.headers = set_header(list(headers), self.header, value)
-        if self.echo:
-            if ex.state is None:
-                ex.state = {}
-            ex.state[_STATE] = value
+        if ex.state is None:  # kong.log.set_serialize_value("correlation_id", ...): kept for the log phase too
+            ex.state = {}
+        ex.state[STATE_KEY] = value
         return False
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
         if not self.echo:
             return headers
-        value = ex.state.get(_STATE) if ex.state is not None else None
+        value = ex.state.get(STATE_KEY) if ex.state is not None else None
         if not value:  # the request was answered before access ran (Kong generates one then)
             value = get_header(ex.request.headers, self.header) or self.generate(ex)
         return set_header(headers, self.header, value)

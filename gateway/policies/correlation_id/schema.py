@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.policies.schema_types import HeaderName
+# Kong's header_name is any string; the gateway takes what HTTP allows in a header name (RFC 9110 token)
+HeaderToken = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 
 
 class CorrelationIdConfig(msgspec.Struct, forbid_unknown_fields=True):
-    header_name: HeaderName = "Kong-Request-ID"
+    header_name: HeaderToken = "Kong-Request-ID"
     generator: Literal["uuid", "uuid#counter", "tracker"] = "uuid#counter"
     echo_downstream: bool = False

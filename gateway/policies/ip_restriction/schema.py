@@ -11,7 +11,7 @@ class IpRestrictionConfig(msgspec.Struct, forbid_unknown_fields=True):
     allow: list[str] | None = None
     deny: list[str] | None = None
     status: Annotated[int, msgspec.Meta(ge=400, le=599)] | None = None  # Kong's kong.response.error bounds
-    message: str | None = None
+    message: Annotated[str, msgspec.Meta(min_length=1)] | None = None  # Kong's strings: len_min 1
 
     def __post_init__(self) -> None:
         if not self.allow and not self.deny:
