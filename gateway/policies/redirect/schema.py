@@ -19,5 +19,6 @@ class RedirectConfig(msgspec.Struct, forbid_unknown_fields=True):
             parts = urlsplit(self.location)
         except ValueError:
             parts = None
-        if parts is None or not parts.scheme or not parts.netloc or " " in self.location:
+        # Kong's typedefs.url: a scheme and a host ("https://:80" or "https://user@" have none)
+        if parts is None or not parts.scheme or not parts.hostname or " " in self.location:
             raise ValueError(f"location: expected a URL with a scheme and a host, got {show(self.location)}")

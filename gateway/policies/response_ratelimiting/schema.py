@@ -9,14 +9,15 @@ counters in Kong's database, which this gateway does not have: it is refused wit
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from gateway.policies.rate_limiting.schema import Limit, RedisConfig, RedisShorthands, merge_redis_shorthands
 
 PERIODS = ("second", "minute", "hour", "day", "month", "year")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # kong.tools.http validate_header_name (schema_types.HeaderName)
+# an HTTP header name (RFC 9110 token): Kong takes any non-empty name, and the name goes into header names
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 class PeriodLimits(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,7 +49,7 @@ class PeriodLimits(msgspec.Struct, forbid_unknown_fields=True):
 
 class ResponseRateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     limits: dict[str, PeriodLimits]
-    header_name: str = "x-kong-limit"
+    header_name: Annotated[str, msgspec.Meta(min_length=1)] = "x-kong-limit"  # Kong's strings are not empty
     limit_by: Literal["consumer", "credential", "ip"] = "consumer"
     policy: Literal["local", "cluster", "redis"] = "local"
     fault_tolerant: bool = True
@@ -62,7 +63,7 @@ class ResponseRateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
         for name, limit in self.limits.items():
             if not _HEADER_NAME.fullmatch(name):
                 raise ValueError(f"limits: {name!r} cannot name a limit here: the name goes into header names "
-                                 "(X-RateLimit-Remaining-<name>), which take letters, digits, '-' and '_'")
+                                 "(X-RateLimit-Remaining-<name>), which take letters, digits and !#$%&'*+-.^_`|~")
             problem = limit.check()
             if problem is not None:
                 raise ValueError(f"limits.{name}: {problem}")
