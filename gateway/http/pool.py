@@ -30,11 +30,7 @@ from gateway.http.tls_contexts import ClientTls
 
 WATCH_S = 0.1  # how often idle connections that became readable are looked for (the timer resolution)
 EMPTY_WATCH_S = 1.0  # while none is idle, the watch waits this long, or until one is put back
-_READABLE = select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
-# One poll object for the process, holding one descriptor at a time (`has_input`): one per connection cost 300 bytes
-# each, which 50,000 idle streams feel (issue 19). Registering is a dict store; only poll() is a system call.
-_PROBE = select.poll()
 
 
 def _target_host(key: tuple) -> str:
@@ -61,16 +57,9 @@ class UpstreamConn:
         """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout. On a TLS connection,
         records that carry no data (a session ticket) do not count."""
         conn = self.conn
-        fd = conn.sock.fileno()
-        if fd < 0:
-            return True  # closed: as unusable as one with a stray byte
-        _PROBE.register(fd, _READABLE)
-        try:
-            if not _PROBE.poll(0):
-                return False
-        finally:
-            _PROBE.unregister(fd)
-        return conn.pending_input() if isinstance(conn, TlsConn) else True
+        if not conn.readable():
+            return False
+        return conn.pending_input() if isinstance(conn, TlsConn) and conn.sock.fileno() >= 0 else True
 
     def close(self) -> None:
         if not self.conn.closed:

@@ -44,6 +44,8 @@ ACCEPT_BACKOFF_S = 0.1
 ACCEPT_BATCH = 64  # connections taken per wake-up of the listener
 DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may still bring one more request
 DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
+LINGER_TIME_S = 30.0  # nginx's lingering_time: the longest a closing connection reads what its client still sends
+LINGER_TIMEOUT_S = 5.0  # nginx's lingering_timeout: ... while the client sends something at least this often
 
 JSON = b"application/json"
 REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
@@ -225,8 +227,8 @@ class Exchange:
         self.body_received += len(chunk)
         if self.body_limit is not None:
             if self.body_received > self.body_limit:
-                self.close_after = True
-                raise ProtocolError(SIZE_LIMITED, 413)
+                self.close_after = True  # request-size-limiting's answer; 417 when the client asked 100-continue
+                raise ProtocolError(SIZE_LIMITED, 417 if self.request.expect_continue else 413)
 
     async def read_body(self, limit: int) -> tuple[bytes, bool]:
         """Read the request body to its end, or until more than `limit` bytes: (the bytes, whether that is all of
@@ -463,7 +465,8 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
             if tls_conn is None:
                 return
             conn = tls_conn
-        await handle_connection(conn, handler, settings)
+        if await handle_connection(conn, handler, settings):
+            await _linger(conn)
     except OSError as e:  # the peer went away in a place that did not expect it: this connection ends, not the worker
         log.debug("connection from %s ended: %s", conn.peer, e)
     except Exception:
@@ -474,8 +477,9 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
         settings.connections.closed()
 
 
-async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> None:
-    """Serve requests on one client connection until it closes, breaks, or idles out.
+async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> bool:
+    """Serve requests on one client connection until it closes, breaks, or idles out; True when it ends on an
+    answer that left input unread (the client may still be sending its body): the connection lingers (_linger).
 
     One coarse timer per connection serves every timeout (see gateway.http.timers): a new connection's
     header_timeout, keepalive_timeout between requests, header_timeout once a head starts, and whatever the handler
@@ -515,11 +519,11 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                 except ProtocolError as e:
                     log.debug("bad request from %s: %s", conn.peer, e)
                     await _refuse(conn, codec, timer, settings, e.status, e.method, e.target)
-                    return
+                    return conn.readable()
                 except (BrokenPipeError, ConnectionError):
-                    return
+                    return False
                 if ev is CLOSED:
-                    return
+                    return False
                 idle_until = timer.at  # the previous request's end + keepalive_timeout: later than now
                 timer.clear()
                 served += 1
@@ -538,29 +542,31 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         content_type = response_type(_accept(request.headers)) if limited else \
                             page_type(request.headers, settings.error_type)
                         await _answer_error(exchange, e.status, content_type, SIZE_LIMITED if limited else None)
-                    return
+                        return not exchange.request_done
+                    return False
                 except (BrokenPipeError, ConnectionError):
-                    return
+                    return False
                 except Exception:
                     log.exception("request handler failed: %s %s", request.method, request.target)
                     if not exchange.response_started:
                         await _answer_error(exchange, 500, page_type(request.headers, settings.error_type))
                     else:
                         conn.abort()
-                    return
+                    return False
                 if not exchange.response_done:
                     conn.abort()  # the handler gave up mid-response: never let a cut body look complete
-                    return
+                    return False
                 if not exchange.request_done and (codec.closing or not await _drain_request(exchange)):
-                    return  # (an answer before the body: the body is read only to keep the connection)
+                    return True  # (an answer before the body: the body is read only to keep the connection)
                 if not codec.keep_alive:
-                    return
+                    return False
                 codec.start_next_cycle()
                 timer.set(settings.keepalive_timeout, Phase.IDLE)
     finally:
         timers.discard(timer)
     if timer.scope.cancelled_caught:
         await _timed_out(conn, codec, timer, settings)
+    return False
 
 
 async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings) -> None:
@@ -591,6 +597,25 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
             pass
     elif exchange is not None and exchange.response_started and not exchange.response_done:
         conn.abort()
+
+
+async def _linger(conn: Conn) -> None:
+    """nginx's lingering close. Closing a socket with input unread sends a reset, which ends the client's upload with
+    an error (urllib3 and curl then report that instead of the answer) and can destroy the answer before the client
+    reads it. So the answer is ended with a FIN, and what the client still sends is read and dropped while it keeps
+    coming (LINGER_TIMEOUT_S) for at most LINGER_TIME_S; then the connection closes."""
+    if conn.closed:
+        return
+    try:
+        conn.sock.shutdown(socket.SHUT_WR)
+        with trio.move_on_after(LINGER_TIME_S):
+            while True:
+                with trio.move_on_after(LINGER_TIMEOUT_S) as quiet:
+                    data = await conn.recv()
+                if quiet.cancelled_caught or not data:
+                    return
+    except (OSError, TlsError):
+        pass
 
 
 async def _drain_request(exchange: Exchange) -> bool:
