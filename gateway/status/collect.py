@@ -8,7 +8,6 @@ linger, while its counters keep counting in the sums.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,14 +15,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from gateway.metrics import RECORDER, FilesCollector, sweep_dead_processes
+from gateway.telemetry.node_id import node_id
 
-_NODE_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
 CONNECTION_STATES = ("active", "reading", "writing", "waiting")
-
-
-def node_id(name: str) -> str:
-    """A stable node id (Kong's is a UUID kept in its prefix): a UUIDv5 of the host and run directory."""
-    return str(uuid.uuid5(_NODE_NAMESPACE, name))
 
 
 class GatewayCollector:

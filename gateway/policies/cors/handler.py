@@ -11,7 +11,6 @@ regex entry (anchored at both ends; against the host alone when the entry has no
 from __future__ import annotations
 
 import re
-from urllib.parse import urlsplit
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
@@ -20,6 +19,10 @@ from gateway.policies.cors.schema import METHODS, CorsConfig
 from gateway.policies.header_list import add_header, clear_header, get_header, set_header
 
 _PLAIN = re.compile(r"^[A-Za-z0-9.:/-]+$")
+# LuaSocket's url.parse patterns: "^([%w][%w%+%-%.]*)%:", "^//([^/%?#]*)" and the port's ":([^:%]]*)$"
+_SCHEME = re.compile(r"([A-Za-z0-9][A-Za-z0-9+\-.]*):")
+_AUTHORITY_END = re.compile(r"[/?#]")
+_PORT = re.compile(r":([^:\]]*)\Z")
 _CACHE_SIZE = 10000  # normalised request origins kept (Kong's lrucache of 10e3)
 _ACAO, _ACAC, _VARY = b"access-control-allow-origin", b"access-control-allow-credentials", b"vary"
 _SKIP = "cors:preflight"  # ex.state key: the preflight was answered by access, header_filter adds nothing
@@ -34,19 +37,26 @@ class _Origin:
 
 
 def normalize_origin(text: str) -> _Origin:
-    """scheme://host[:port] with the scheme's default port dropped; (text, text) when it has no host."""
-    try:
-        parts = urlsplit(text)
-        port = parts.port
-    except ValueError:
+    """Kong's normalize_origin over LuaSocket's url.parse: scheme://host[:port] as written, but for a port of exactly
+    "80" (http) or "443" (https), which is dropped; (text, text) when it names no host."""
+    rest, scheme = text, ""
+    found = _SCHEME.match(rest)
+    if found is not None:
+        scheme, rest = found[1], rest[found.end():]
+    if not rest.startswith("//"):
         return _Origin(text, text)
-    netloc = parts.netloc.rpartition("@")[2]
-    host = netloc[: netloc.find("]") + 1] if netloc.startswith("[") else netloc.partition(":")[0]
-    if not host:
+    authority = _AUTHORITY_END.split(rest[2:], maxsplit=1)[0]
+    authority = authority.partition("@")[2] if "@" in authority else authority
+    port = None
+    found = _PORT.search(authority)
+    if found is not None:
+        port, authority = found[1], authority[:found.start()]
+    if not authority:
         return _Origin(text, text)
-    if (parts.scheme == "http" and port == 80) or (parts.scheme == "https" and port == 443):
+    host = authority[1:-1] if len(authority) > 2 and authority[0] == "[" and authority[-1] == "]" else authority
+    if (scheme == "http" and port == "80") or (scheme == "https" and port == "443"):
         port = None
-    domain = (f"{parts.scheme}://" if parts.scheme else "") + host + (f":{port}" if port is not None else "")
+    domain = (f"{scheme}://" if scheme else "") + host + (f":{port}" if port is not None else "")
     return _Origin(domain, host)
 
 
@@ -59,22 +69,22 @@ class Cors:
         self.allow_all = not origins or origins == ["*"]
         self.single = origins[0].encode() if len(origins) == 1 and _PLAIN.match(origins[0]) else None
         self.star_listed = "*" in origins
-        # (regex, by host) or (normalised domain, by host)
-        self.entries: list[tuple[re.Pattern[str] | None, str, bool]] = []
+        # (regex, "", by host) or (None, normalised domain, by host); not named `entries`, which marks a logger
+        # (gateway.runtime)
+        self.matchers: list[tuple[re.Pattern[str] | None, str, bool]] = []
         for entry in origins:
             if entry == "*":
                 continue
             by_host = ":" not in entry
             if not _PLAIN.match(entry):
                 pattern = entry if entry.endswith("$") else entry + "$"
-                self.entries.append((re.compile(pattern.removeprefix("^")), "", by_host))
+                self.matchers.append((re.compile(pattern.removeprefix("^")), "", by_host))
             else:
-                self.entries.append((None, normalize_origin(entry).domain, by_host))
+                self.matchers.append((None, normalize_origin(entry).domain, by_host))
         self.credentials = config.credentials
         self.allow_headers = ",".join(config.headers).encode() if config.headers else None
         self.methods = ",".join(config.methods).encode() if config.methods is not None else ",".join(METHODS).encode()
-        self.max_age = None if config.max_age is None else (
-            b"%d" % config.max_age if config.max_age == int(config.max_age) else str(config.max_age).encode())
+        self.max_age = None if config.max_age is None else b"%.14g" % config.max_age  # Lua's tostring
         self.expose = ",".join(config.exposed_headers).encode() if config.exposed_headers else None
         self.private_network = config.private_network
         self.preflight_continue = config.preflight_continue
@@ -139,7 +149,7 @@ class Cors:
                 set_header(headers, _ACAO, b"*")
                 return True
             req = self._normalize(origin.decode("latin-1"))
-            for regex, domain, by_host in self.entries:
+            for regex, domain, by_host in self.matchers:
                 if regex is not None:
                     found = regex.match(req.host if by_host else req.domain) is not None
                 else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
@@ -17,8 +17,8 @@ class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
     origins: list[str] | None = None  # "*", plain origins or regexes; none: every origin
     headers: list[str] | None = None
     exposed_headers: list[str] | None = None
-    methods: list[Method] = msgspec.field(default_factory=lambda: list(METHODS))
-    max_age: Annotated[float, msgspec.Meta(ge=0, le=2**31)] | None = None  # RFC 9111 1.2.2's largest delta-seconds
+    methods: list[Method] | None = msgspec.field(default_factory=lambda: list(METHODS))  # null: all (Kong's handler)
+    max_age: float | None = None  # any number, sent as Lua's tostring writes it (Kong's schema has no bounds)
     credentials: bool = False
     private_network: bool = False
     preflight_continue: bool = False

@@ -25,13 +25,13 @@ class RequestSizeLimiting:
                 chunked = value.strip().lower() == b"chunked"
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
-        if length is not None and length > self.limit:
-            exchange.close_after = not exchange.request_done
-            await exchange.respond_error(417 if expect else 413, SIZE_LIMITED)  # Kong's, 417 with Expect
-            return True
         if length is None and self.require_content_length and not chunked:  # Kong: chunked bodies are exempt
             exchange.close_after = not exchange.request_done
             await exchange.respond_error(411, "A valid Content-Length header is required")
+            return True
+        if (length or 0) > self.limit:  # Kong sizes a request without a body at 0 (get_raw_body's "")
+            exchange.close_after = not exchange.request_done
+            await exchange.respond_error(417 if expect else 413, SIZE_LIMITED)  # Kong's, 417 with Expect
             return True
         exchange.body_limit = self.limit  # enforced on the bytes as they stream
         return False

@@ -1,6 +1,6 @@
 """Kong's request-size-limiting config."""
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import msgspec
 
@@ -8,7 +8,7 @@ UNIT_BYTES = {"bytes": 1, "kilobytes": 1024, "megabytes": 1024 * 1024}
 
 
 class RequestSizeLimitingConfig(msgspec.Struct, forbid_unknown_fields=True):
-    allowed_payload_size: Annotated[int, msgspec.Meta(ge=0)] = 128
+    allowed_payload_size: int = 128  # any integer, as Kong's (a negative one refuses every request)
     size_unit: Literal["megabytes", "kilobytes", "bytes"] = "megabytes"
     require_content_length: bool = False
 

@@ -1,9 +1,11 @@
 """Kong's request-termination (kong/plugins/request-termination/handler.lua).
 
-With `trigger`, only requests carrying that header or query argument are answered. The answer: `body` as is (with
-`content_type`), or `{"message": message}` (Kong's default message for 401, 404, 405, 500, 502 and 503; no body for
-other statuses without one), or with `echo` a JSON copy of the request (what Kong's echo shows that the gateway
-has: the request's scheme, host, port, headers, query, body, method and path; not the matched route and service).
+With `trigger`, only requests carrying that header (any case) or query argument (as named) are answered. The answer:
+`body` as is (with `content_type`), or `{"message": message}` (Kong's default message for 401, 404, 405, 500, 502
+and 503; no body for other statuses without one), or with `echo` a JSON copy of the request as Kong's PDK reads it
+(scheme, host, port, headers, query, body by its Content-Type, raw body, method, path; the matched route and service
+as the log plugins write them). JSON is written as lua-cjson writes it (compact, "/" escaped, UTF-8 as is, no key
+for a nil), and a 204 has no Content-Length, Content-Type or body (nginx's).
 """
 
 from __future__ import annotations
@@ -11,88 +13,133 @@ from __future__ import annotations
 import json
 import os
 import socket
-from urllib.parse import parse_qsl
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
 from gateway.policies.consumers import JSON_UTF8
+from gateway.policies.header_list import get_header
+from gateway.policies.request_body import get_body
 from gateway.policies.request_termination.schema import RequestTerminationConfig
 
 DEFAULT_RESPONSE = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
                     500: "An unexpected error occurred", 502: "Bad Gateway", 503: "Service unavailable"}
 ECHO_BODY_LIMIT = 1024 * 1024  # bytes of a request body an echo reads back
+MAX_ARGS = 100  # ngx.req.get_uri_args' and get_headers' default count, which Kong's get_query and get_headers keep
 
 
-def _query(target: bytes) -> dict[str, str | list[str]]:
-    """Kong's kong.request.get_query: one value, or a list when the argument repeats; a bare argument is true."""
-    out: dict[str, str | list[str]] = {}
-    for k, v in parse_qsl(target.partition(b"?")[2].decode("latin-1"), keep_blank_values=True):
-        prev = out.get(k)
-        out[k] = v if prev is None else ([*prev, v] if isinstance(prev, list) else [prev, v])
-    return out
+def cjson(doc: Any) -> bytes:
+    """`doc` as lua-cjson encodes it: compact, "/" escaped, strings' bytes as they are (surrogate-escaped here)."""
+    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _add(args: dict[str, Any], name: str, value: Any) -> None:
+    prev = args.get(name)
+    args[name] = value if prev is None else ([*prev, value] if isinstance(prev, list) else [prev, value])
+
+
+def uri_args(target: bytes) -> dict[str, Any]:
+    """Kong's kong.request.get_query (ngx.req.get_uri_args): the first 100 arguments, "+" a space, a bare name
+    true, a repeated name a list, "=value" without a name dropped."""
+    args: dict[str, Any] = {}
+    count = 0
+    for part in target.partition(b"?")[2].split(b"&"):
+        if not part:
+            continue
+        name_raw, eq, value = part.partition(b"=")
+        name = _text(unquote_to_bytes(name_raw.replace(b"+", b" ")))
+        if not name:
+            continue
+        _add(args, name, _text(unquote_to_bytes(value.replace(b"+", b" "))) if eq else True)
+        count += 1
+        if count == MAX_ARGS:
+            break
+    return args
+
+
+def _host(host: bytes | None) -> str:
+    """nginx's $host: the Host header lower-cased, without its port."""
+    if not host:
+        return ""
+    name = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
+    return _text(name.lower())
 
 
 class RequestTermination:
     name = "request-termination"
     priority = 2  # Kong's
 
-    def __init__(self, config: RequestTerminationConfig) -> None:
+    def __init__(self, config: RequestTerminationConfig, node: str = "") -> None:
         self.status = config.status_code
-        self.trigger = config.trigger.lower() if config.trigger else None
+        self.trigger_header = config.trigger.lower().encode() if config.trigger else None
+        self.trigger_arg = config.trigger
         self.echo = config.echo
-        self.message = config.message or DEFAULT_RESPONSE.get(self.status)
+        self.node_id = node
+        # Kong's `conf.message or DEFAULT_RESPONSE[status]` ("" is a message in Lua)
+        self.message = config.message if config.message is not None else DEFAULT_RESPONSE.get(self.status)
         if config.body is not None:
             self.body = config.body.encode()
             self.content_type = config.content_type.encode() if config.content_type else None
         else:
-            self.body = json.dumps({"message": self.message}).encode() if self.message else b""
-            self.content_type = JSON_UTF8 if self.message else None
+            self.body = cjson({"message": self.message}) if self.message is not None else b""
+            self.content_type = JSON_UTF8 if self.message is not None else None
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
-        if self.trigger is not None:
-            name = self.trigger.encode()
-            if not any(h == name for h, _ in req.headers) and self.trigger not in _query(req.target):
+        if self.trigger_header is not None:
+            name = self.trigger_header
+            if not any(h == name for h, _ in req.headers) and self.trigger_arg not in uri_args(req.target):
                 return False
         if self.echo:
-            await self._echo(ex)
-            return True
-        headers = [(b"content-length", b"%d" % len(self.body))]
-        if self.content_type is not None:
-            headers.insert(0, (b"content-type", self.content_type))
-        ex.close_after = ex.close_after or not ex.request_done
-        await ex.send_head(self.status, headers, self.body, end=True)
+            await self._send(ex, JSON_UTF8, cjson(await self._echo(ex)))
+        else:
+            await self._send(ex, self.content_type, self.body)
         return True
 
-    async def _echo(self, ex: Exchange) -> None:
+    async def _send(self, ex: Exchange, content_type: bytes | None, body: bytes) -> None:
+        """kong.response.exit: the body with its Content-Length; nothing of it for a 204 (nginx drops them)."""
+        headers = []
+        if self.status == 204:
+            body = b""
+        else:
+            if content_type is not None:
+                headers.append((b"content-type", content_type))
+            headers.append((b"content-length", b"%d" % len(body)))
+        ex.close_after = ex.close_after or not ex.request_done
+        await ex.send_head(self.status, headers, body, end=True)
+
+    async def _echo(self, ex: Exchange) -> dict[str, Any]:
+        """The document of Kong's echo; a key whose value is nil in Kong is left out (cjson writes none)."""
         req = ex.request
         raw, whole = await ex.read_body(ECHO_BODY_LIMIT)
-        headers: dict[str, str | list[str]] = {}
-        for name, value in req.headers:
-            k, v = name.decode("latin-1"), value.decode("latin-1")
-            prev = headers.get(k)
-            headers[k] = v if prev is None else ([*prev, v] if isinstance(prev, list) else [prev, v])
-        host = headers.get("host", "")
-        host = host[0] if isinstance(host, list) else host
+        headers: dict[str, Any] = {}
+        for name, value in req.headers[:MAX_ARGS]:
+            _add(headers, _text(name), _text(value))
         try:
             port = ex.conn.sock.getsockname()[1]
         except OSError:
             port = None
-        raw_text = raw.decode("utf-8", "replace") if whole else None
-        body = None
-        if raw_text:
-            try:
-                body = json.loads(raw_text)
-            except ValueError:
-                body = None
-        doc = {
-            "message": self.message,
-            "kong": {"node_id": None, "worker_pid": os.getpid(), "hostname": socket.gethostname()},
-            "request": {"scheme": "http", "host": host.rpartition(":")[0] if host.count(":") == 1 else host,
-                        "port": port, "headers": headers, "query": _query(req.target), "body": body,
-                        "raw_body": raw_text, "method": req.method.decode("latin-1"),
-                        "path": req.target.partition(b"?")[0].decode("latin-1"), "uri_captures": {}},
-        }
-        body_bytes = json.dumps(doc).encode()
-        ex.close_after = ex.close_after or not ex.request_done
-        await ex.send_head(self.status, [(b"content-type", JSON_UTF8), (b"content-length", b"%d" % len(body_bytes))],
-                           body_bytes, end=True)
+        request: dict[str, Any] = {
+            "scheme": ex.conn.scheme.decode("latin-1"), "host": _host(req.host), "port": port, "headers": headers,
+            "query": uri_args(req.target), "method": _text(req.method), "path": _text(req.target.partition(b"?")[0]),
+            "uri_captures": {"named": {}, "unnamed": []}}
+        if whole:
+            request["raw_body"] = _text(raw)
+            parsed = get_body(get_header(req.headers, b"content-type"), raw)
+            if parsed is not None:
+                request["body"] = parsed[1]
+        doc: dict[str, Any] = {"kong": {"node_id": self.node_id, "worker_pid": os.getpid(),
+                                        "hostname": socket.gethostname()}, "request": request}
+        if self.message is not None:
+            doc["message"] = self.message
+        facts = ex.route.facts if ex.route is not None else None
+        if facts is not None:
+            doc["matched_route"] = json.loads(bytes(facts.route_json))
+            if facts.service_json is not None:
+                doc["matched_service"] = json.loads(bytes(facts.service_json))
+        return doc
