@@ -3,10 +3,14 @@ headers, the body, the query string; each as remove, rename, replace (only prese
 names), append.
 
 Bodies: JSON (an object), application/x-www-form-urlencoded and multipart/form-data, read whole up to
-REQUEST_BODY_LIMIT; a larger body is forwarded unchanged, as Kong leaves a body it did not keep in memory. A multipart
+REQUEST_BODY_LIMIT; a larger body is forwarded unchanged (Kong's get_raw_body gives nothing for a body over
+client_body_buffer_size, 8k by default, and Kong then builds the body from the added keys alone). A multipart
 body is changed as Kong's lua-multipart changes it: rename, remove, replace, add (no append), each part kept with its
 own headers, a new or replaced one a plain part at the end. Values may use the templates $(headers.NAME) and
-$(query_params.NAME) (empty when absent).
+$(query_params.NAME) (empty when absent). As in Kong, the query string is written back sorted (set_query), from at
+most the first 100 arguments (lua_max_uri_args); a value is tested with Lua's truthiness (a JSON null counts, false
+does not); and the template's `headers` are read when a template first reads them: during the header changes when
+one of them has a headers template, else after those changes.
 """
 
 from __future__ import annotations
@@ -20,15 +24,23 @@ from gateway.http.server import Exchange
 from gateway.policies.header_list import get_header, set_header
 from gateway.policies.request_body import Multipart
 from gateway.policies.request_transformer.schema import TEMPLATE, RequestTransformerConfig
+from gateway.policies.response_transformer.handler import append_value
 from gateway.policies.response_transformer.schema import split_pair
 
 REQUEST_BODY_LIMIT = 1024 * 1024  # bytes of a request body the plugin reads to transform it
+MAX_ARGS = 100  # arguments ngx.decode_args and kong.request.get_query read (lua_max_uri_args); the rest are dropped
 _JSON, _FORM, _MULTIPART = "json", "form", "multipart"
 Args = dict[str, Any]  # name -> str, True (no "="), or a list of them
 
 
 def _pairs(entries: list[str]) -> list[tuple[str, str]]:
-    return [(name, value or "") for name, value in map(split_pair, entries)]
+    """The "name:value" entries that have a value: Kong's iter() gives none for "name:", and nothing is set then."""
+    return [(name, value) for name, value in map(split_pair, entries) if value is not None]
+
+
+def _truthy(args: Args, name: str) -> bool:
+    """Lua's `if args[name]`: present and not false (a JSON null is cjson.null, which is true)."""
+    return name in args and args[name] is not False
 
 
 def _content_kind(content_type: bytes | None) -> str | None:
@@ -45,9 +57,9 @@ def _content_kind(content_type: bytes | None) -> str | None:
 
 
 def decode_args(text: str) -> Args:
-    """ngx.decode_args: repeated names become lists; a name without "=" is true."""
+    """ngx.decode_args: repeated names become lists; a name without "=" is true; MAX_ARGS arguments at most."""
     out: Args = {}
-    for part in text.split("&"):
+    for part in text.split("&", MAX_ARGS)[:MAX_ARGS]:
         if not part:
             continue
         value: str | bool
@@ -75,11 +87,9 @@ def encode_args(args: Args) -> str:
     return "&".join(parts)
 
 
-def _append(current: Any, value: Any) -> Any:
-    if isinstance(current, list):
-        current.append(value)
-        return current
-    return [value] if current is None else [current, value]
+def encode_query(args: Args) -> bytes:
+    """kong.service.request.set_query (make_ordered_args): each name's ngx.encode_args, sorted."""
+    return "&".join(sorted(encode_args({name: value}) for name, value in args.items())).encode("latin-1")
 
 
 class _Ops:
@@ -88,7 +98,7 @@ class _Ops:
     __slots__ = ("remove", "rename", "replace", "add", "append")
 
     def __init__(self, config: RequestTransformerConfig, field: str) -> None:
-        self.remove = list(getattr(config.remove, field))
+        self.remove = [split_pair(entry)[0] for entry in getattr(config.remove, field)]  # iter() splits these too
         self.rename = _pairs(getattr(config.rename, field))
         self.replace = _pairs(getattr(config.replace, field))
         self.add = _pairs(getattr(config.add, field))
@@ -107,6 +117,11 @@ class RequestTransformer:
         self.headers = _Ops(config, "headers")
         self.query = _Ops(config, "querystring")
         self.body = _Ops(config, "body")
+        # Kong's template environment reads `headers` when a template first does: while the headers change when a
+        # header change has such a template, else after them (so removed headers are gone for the body and query)
+        header_entries = [e for ops in (config.remove, config.rename, config.replace, config.add, config.append)
+                          for e in ops.headers]
+        self.headers_read_early = any(m.group(1) == "headers" for e in header_entries for m in TEMPLATE.finditer(e))
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
@@ -116,12 +131,14 @@ class RequestTransformer:
             await self._method(ex, original_query)
         if self.headers:
             req.headers = self._headers(list(req.headers), env)
+            if not self.headers_read_early:
+                env = (req.headers, original_query)
         if self.body:
             await self._body(ex, env)
         if self.query:
             args = self._apply(dict(original_query), self.query, env, from_body=False)
             path = req.target.partition(b"?")[0]
-            query = encode_args(args).encode("latin-1")  # type: ignore[arg-type]  # None only for a body
+            query = encode_query(args)  # type: ignore[arg-type]  # None only for a body
             ex.rewrite_target(path + b"?" + query if query else path)
         return False
 
@@ -131,11 +148,18 @@ class RequestTransformer:
         if self.method in (b"GET", b"HEAD", b"TRACE") and \
                 _content_kind(get_header(req.headers, b"content-type")) == _FORM:
             raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
-            if whole and raw:
-                for name, value in decode_args(raw.decode("latin-1")).items():
-                    query[name] = _append(query[name], value) if name in query else value
+            form = decode_args(raw.decode("latin-1")) if whole else {}
+            if form:
+                for name, value in form.items():
+                    current = query.get(name)
+                    if current is None:
+                        query[name] = value
+                    elif isinstance(current, list):
+                        current.append(value)
+                    else:
+                        query[name] = [current, value]
                 path = req.target.partition(b"?")[0]
-                ex.rewrite_target(path + b"?" + encode_args(query).encode("latin-1"))
+                ex.rewrite_target(path + b"?" + encode_query(query))
 
     def _headers(self, headers: Headers, env: tuple[Headers, Args]) -> Headers:
         ops = self.headers
@@ -147,8 +171,8 @@ class RequestTransformer:
             if okey == b"host" or okey == nkey:
                 continue
             values = [v for n, v in headers if n == okey]
-            if values:
-                headers = [hv for hv in headers if hv[0] != okey] + [(nkey, v) for v in values]
+            if values:  # the new name's own values go: Kong sets the renamed one in their place
+                headers = [hv for hv in headers if hv[0] != okey and hv[0] != nkey] + [(nkey, v) for v in values]
         for name, value in ops.replace:
             key = name.lower().encode()
             if any(n == key for n, _ in headers):
@@ -232,20 +256,19 @@ class RequestTransformer:
                 changed = True
             for old, new in ops.rename:
                 target = _render(new, env)
-                if old in args and old != target:
+                if old != target and _truthy(args, old):
                     args[target] = args.pop(old)
                     changed = True
             for name, value in ops.replace:
-                current = args.get(name)
-                if current is not None and current is not False:  # Lua truthiness: 0 and "" count
+                if _truthy(args, name):  # Lua truthiness: 0, "" and null count
                     args[name] = _render(value, env)
                     changed = True
         for name, value in ops.add:
-            if args.get(name) is None:
+            if not _truthy(args, name):
                 args[name] = _render(value, env)
                 changed = True
         for name, value in ops.append:
-            args[name] = _append(args.get(name), _render(value, env))
+            args[name] = append_value(args.get(name), _render(value, env))
             changed = True
         return args if changed or ops is self.query else None
 
@@ -257,13 +280,14 @@ def _render(value: str, env: tuple[Headers, Args]) -> str:
 
     def lookup(m: Any) -> str:
         name = m.group(2) or m.group(4)
-        if m.group(1) == "headers":
-            key = (name.replace("_", "-") if m.group(2) else name).lower().encode()
-            found = get_header(headers, key)
+        if m.group(1) == "headers":  # ngx.req.get_headers(): the name as written, else lower-cased with _ as -
+            found = get_header(headers, name.encode()) if name == name.lower() else None
+            if found is None:
+                found = get_header(headers, name.lower().replace("_", "-").encode())
             return found.decode("latin-1") if found is not None else ""
         found = query.get(name)
         if isinstance(found, list):
             found = found[0]
-        return "" if found is None or found is True else str(found)
+        return "true" if found is True else "" if found is None else str(found)  # pl.template: tostring(v or '')
 
     return TEMPLATE.sub(lookup, value)

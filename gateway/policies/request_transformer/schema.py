@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
 
 import msgspec
 
@@ -72,9 +71,13 @@ class Replaces(Pairs):
 
 
 class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    http_method: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]+$")] | None = None
+    http_method: str | None = None
     remove: Names = msgspec.field(default_factory=Names)
     rename: Renames = msgspec.field(default_factory=Renames)
     replace: Replaces = msgspec.field(default_factory=Replaces)
     add: Pairs = msgspec.field(default_factory=Pairs)
     append: Pairs = msgspec.field(default_factory=Pairs)
+
+    def __post_init__(self) -> None:
+        if self.http_method is not None and not re.fullmatch(r"[A-Z]+", self.http_method):
+            raise ValueError(f"http_method: invalid value: {self.http_method}")  # typedefs.http_method: ^%u+$

@@ -1,16 +1,21 @@
 """Kong's response-transformer (kong/plugins/response-transformer/): header_filter and body_filter phases.
 
-Headers, in Kong's order: remove, rename, replace (only present ones), add (only absent ones), append. The JSON
-body (a response whose Content-Type is application/json, never text/event-stream; read whole up to
+Headers, in Kong's order: remove, rename, replace (only present ones), add (only absent ones), append. As in Kong,
+rename, replace and add test the headers as they came from upstream (kong.response.get_headers() is taken before
+any change), and rename, replace and add set the header (its other values go). The JSON body (a response whose
+Content-Type is application/json or a +json type, never text/event-stream; read whole up to
 gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, append of top-level keys, values cast by
-json_types. Lua's truthiness is kept: replace needs a present value other than false, add writes over a missing or
-false one. A body that is not a JSON object is sent unchanged, as Kong does when it cannot parse it.
+json_types as Kong's json_value() does. Lua's truthiness is kept: replace needs a present value other than false,
+add writes over a missing or false one. A body that is not a JSON object, or that cjson could not encode again (a
+NaN number), is sent unchanged, as Kong does.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from typing import Any
 
 from gateway.http.codec import Headers
@@ -21,37 +26,83 @@ from gateway.policies.response_transformer.schema import ResponseTransformerConf
 log = logging.getLogger("gateway.policies.response_transformer")
 _MISSING = object()
 
+# kong.tools.mime_type's grammar (RFC 2045): type "/" subtype, or "*", then `; attribute=value` parameters, nothing
+# else; parse_mime_type fails on anything more (a trailing ";", a parameter without a value).
+_TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_MEDIA_TYPE = re.compile(rf'(?:({_TOKEN})/({_TOKEN})|\*)(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|"[^"\x00-\x1f\x7f]*"))*')
+_LUA_SPACE = " \t\n\v\f\r"
+_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_HEX = re.compile(r"([+-]?)0[xX]([0-9a-fA-F]+)")
+_INF_NAN = re.compile(r"([+-]?)(?:(inf(?:inity)?)|nan)", re.IGNORECASE)
+
 
 def is_json(content_type: bytes | None) -> bool:
-    """Kong's is_json_body: one of the comma-separated media types is application/json."""
+    """Kong's is_json_body: one of the comma-separated media types is application/json or application/*+json."""
     if not content_type:
         return False
-    for part in content_type.split(b","):
-        media = part.split(b";", 1)[0].strip().lower()
-        if media == b"application/json":
-            return True
+    for part in content_type.decode("latin-1").split(","):
+        m = _MEDIA_TYPE.fullmatch(part.strip(_LUA_SPACE))
+        if m is not None and m.group(1) is not None and m.group(1).lower() == "application":
+            subtype = m.group(2).lower()
+            if subtype == "json" or subtype.endswith("+json"):
+                return True
     return False
 
 
-def _cast(value: str, json_type: str | None) -> Any:
+def lua_tonumber(text: str) -> float | None:
+    """LuaJIT's tonumber() of a string: decimal or hex, spaces around allowed, inf and nan as words; else None."""
+    text = text.strip(_LUA_SPACE)
+    if _DECIMAL.fullmatch(text):
+        return float(text)
+    if m := _HEX.fullmatch(text):
+        return float(int(m.group(2), 16) * (-1 if m.group(1) == "-" else 1))
+    if m := _INF_NAN.fullmatch(text):
+        return (-math.inf if m.group(1) == "-" else math.inf) if m.group(2) else math.nan
+    return None
+
+
+def cjson_number(number: float) -> int | float:
+    """The number as cjson writes it (14 significant digits), an int when integral so that it is written so."""
+    number = float(f"{number:.14g}") if math.isfinite(number) else number
+    return int(number) if number.is_integer() and abs(number) < 1e15 else number
+
+
+def json_value(value: str | None, json_type: str | None) -> Any:
+    """Kong's json_value(): the value cjson-encoded, its quotes stripped and only `\\"` and `\\/` unescaped (so a
+    backslash or a control character stays escaped), then cast by json_type; None when tonumber() fails. No value
+    ("name:") encodes as null, so it is the text "null"."""
+    if value is None:
+        text = "null"
+    else:
+        encoded = json.dumps(value, ensure_ascii=False).replace("/", "\\/").replace("\x7f", "\\u007f")
+        text = encoded[1:-1].replace('\\"', '"').replace("\\/", "/")
     if json_type == "number":
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-        return int(number) if number.is_integer() and "." not in value and "e" not in value.lower() else number
+        number = lua_tonumber(text)
+        return None if number is None else cjson_number(number)
     if json_type == "boolean":
-        return value == "true"
-    return value
+        return text == "true"
+    return text
+
+
+def append_value(current: Any, value: Any) -> Any:
+    """Kong's append_value(): a string becomes [it, value], a Lua table gets value inserted (an object: at key 1,
+    which cjson writes "1"), anything else (absent, a number, a boolean, null) becomes [value]."""
+    if isinstance(current, str):
+        return [current, value]
+    if isinstance(current, list):
+        current.append(value)
+        return current
+    if isinstance(current, dict):
+        current["1"] = value
+        return current
+    return [value]
 
 
 def _values(values: Values) -> list[tuple[str, Any]]:
     out = []
     for i, entry in enumerate(values.json):
         name, value = split_pair(entry)
-        if value is None:
-            continue
-        cast = _cast(value, values.json_types[i] if i < len(values.json_types) else None)
+        cast = json_value(value, values.json_types[i] if i < len(values.json_types) else None)
         if cast is not None:
             out.append((name, cast))
     return out
@@ -70,12 +121,15 @@ class ResponseTransformer:
     priority = 800  # Kong's
 
     def __init__(self, config: ResponseTransformerConfig) -> None:
-        self.remove_headers = [h.lower().encode() for h in config.remove.headers]
-        self.rename_headers = _header_pairs(config.rename.headers)
-        self.replace_headers = _header_pairs(config.replace.headers)
-        self.add_headers = _header_pairs(config.add.headers)
-        self.append_headers = _header_pairs(config.append.headers)
-        self.remove_json = list(config.remove.json)
+        # remove goes through Kong's iter(), which splits "name:value" too: the name is what is removed
+        self.remove_headers = [split_pair(h)[0].lower().encode() for h in config.remove.headers]
+        self.rename_headers = [(old, new.lower()) for old, new in _header_pairs(config.rename.headers)
+                               if new is not None]
+        self.replace_headers = [(n, v) for n, v in _header_pairs(config.replace.headers) if v is not None]
+        self.add_headers = [(n, v) for n, v in _header_pairs(config.add.headers) if v is not None]
+        self.append_headers = [(n, v) for n, v in _header_pairs(config.append.headers) if v is not None]
+        self.tests_headers = bool(self.rename_headers or self.replace_headers or self.add_headers)
+        self.remove_json = [split_pair(name)[0] for name in config.remove.json]
         self.rename_json = [split_pair(e) for e in config.rename.json]
         self.replace_json = _values(config.replace)
         self.add_json = _values(config.add)
@@ -84,23 +138,23 @@ class ResponseTransformer:
                                     or config.add.json or config.append.json)
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        came = list(headers) if self.tests_headers else headers  # Kong's kong.response.get_headers() copy
         for name in self.remove_headers:
             clear_header(headers, name)
         for old, new in self.rename_headers:
-            values = [v for n, v in headers if n == old]
-            if values and new is not None:
+            values = [v for n, v in came if n == old]
+            if values:  # set_header(new, values), then clear_header(old): the same name ends up cleared
+                clear_header(headers, new)
+                headers.extend((new, v) for v in values)
                 clear_header(headers, old)
-                for v in values:
-                    headers.append((new.lower(), v))
         for name, value in self.replace_headers:
-            if value is not None and any(n == name for n, _ in headers):
-                set_header(headers, name, value)
+            if any(n == name for n, _ in came):
+                set_header(headers, name, value)  # type: ignore[arg-type]  # None values are left out above
         for name, value in self.add_headers:
-            if value is not None and not any(n == name for n, _ in headers):
-                set_header(headers, name, value)
+            if not any(n == name for n, _ in came):
+                set_header(headers, name, value)  # type: ignore[arg-type]
         for name, value in self.append_headers:
-            if value is not None:
-                add_header(headers, name, value)
+            add_header(headers, name, value)  # type: ignore[arg-type]
         return headers
 
     def wants_body(self, ex: Exchange, status: int, headers: Headers) -> bool:
@@ -133,11 +187,10 @@ class ResponseTransformer:
             if current is _MISSING or current is False:
                 doc[name] = value
         for name, value in self.append_json:
-            current = doc.get(name, _MISSING)
-            if isinstance(current, str):
-                doc[name] = [current, value]
-            elif isinstance(current, list):
-                current.append(value)
-            else:
-                doc[name] = [value]
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+            doc[name] = append_value(doc.get(name), value)
+        try:
+            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except ValueError:  # cjson.encode fails on NaN and infinities: Kong sends the body as it came
+            log.warning("response-transformer: body transform failed: Cannot serialise number: must not be NaN or "
+                        "Infinity")
+            return body

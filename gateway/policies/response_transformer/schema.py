@@ -21,7 +21,8 @@ def split_pair(entry: str) -> tuple[str, str | None]:
 def check_pairs(where: str, entries: list[str], headers: bool = False, both: bool = False) -> None:
     for i, entry in enumerate(entries):
         if not _PAIR.match(entry):
-            raise ValueError(f"{where}[{i}]: should match the pattern '^[^:]+:.*$'")
+            # Kong's message is "invalid value: <entry>" (the schema's `match` failing)
+            raise ValueError(f"{where}[{i}]: should match the pattern '^[^:]+:.*$', invalid value: {entry}")
         name, value = split_pair(entry)
         if headers and not _HEADER.match(name):
             raise ValueError(f"{where}[{i}]: '{name}' is not a valid header")
