@@ -148,13 +148,13 @@ class RouteRuntime:
         # those with a log step (run after the response; `entries` says how they take it: gateway.telemetry.phase)
         # in `loggers`.
         self.policies = [p for p in policies if hasattr(p, "access")]
-        self.loggers = [p for p in policies if hasattr(p, "entries")]
+        self.loggers = [p for p in policies if is_logger(p)]
         # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
         self.consumer_policies = None if consumer_policies is None else {
             c: [p for p in chain if hasattr(p, "access")] for c, chain in consumer_policies.items()}
         self.consumer_loggers = None if consumer_policies is None else {
-            c: [p for p in chain if hasattr(p, "entries")] for c, chain in consumer_policies.items()}
+            c: [p for p in chain if is_logger(p)] for c, chain in consumer_policies.items()}
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
@@ -513,10 +513,16 @@ def _is_global(plugin: Plugin) -> bool:
     return getattr(plugin, "_route", None) is None and plugin.route is plugin.service is plugin.consumer is None
 
 
+def is_logger(policy: Any) -> bool:
+    """Has `policy` a log step? Its `entries` (a bool: gateway.policies.base.Policy) says how it takes an entry; a
+    plugin's own attribute of that name but another type (a list of rules) does not make it a logger."""
+    return type(getattr(policy, "entries", None)) is bool
+
+
 def _global_loggers(plugins: list[Built]) -> list[Any]:
     """The log steps of global plugins (no route, service or consumer), in priority order: Kong runs them for a
     request no route matched."""
-    chosen = [policy for plugin, _, policy in plugins if policy is not None and hasattr(policy, "entries")
+    chosen = [policy for plugin, _, policy in plugins if policy is not None and is_logger(policy)
               and _is_global(plugin)]
     return sorted(chosen, key=lambda p: (-p.priority, p.name))
 

@@ -90,3 +90,12 @@ def test_an_event_stream_is_never_buffered():
     assert phases.buffers(exchange(), 200, [(b"content-type", b"application/json")])
     assert not phases.buffers(exchange(), 200, [(b"content-type", b"text/event-stream; charset=utf-8")])
     assert not phases.buffers(exchange(b"HEAD"), 200, [(b"content-type", b"application/json")])
+
+
+def test_a_log_step_is_marked_by_a_boolean_entries_not_by_any_attribute_of_that_name():
+    """cors once kept its origin rules in `entries`; taken for a logger, it broke every log plugin after it."""
+    from gateway.runtime import is_logger
+
+    assert is_logger(SimpleNamespace(entries=True)) and is_logger(SimpleNamespace(entries=False))
+    assert not is_logger(SimpleNamespace(entries=[("rule", "", True)]))
+    assert not is_logger(SimpleNamespace())

@@ -8,7 +8,6 @@ attribute assignment to be authenticated.
 
 from __future__ import annotations
 
-import json
 import re
 from base64 import b64decode
 from typing import Any
@@ -18,6 +17,7 @@ from gateway.config import Config, path_of
 from gateway.config.consumers import KongPasswordHash, PasswordHash
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.policies import cjson
 
 JSON_UTF8 = b"application/json; charset=utf-8"  # Kong's content type for its error bodies
 _B64 = re.compile(rb"[A-Za-z0-9+/]*")
@@ -165,14 +165,14 @@ class Directory:
 class Rejection:
     """A failed authentication's answer: status, message, WWW-Authenticate. As Kong's kong.response.error (the
     message with the request id, in the client's preferred format) unless `exit`, which is kong.response.exit's
-    plain JSON body (what the jwt plugin sends), formatted once."""
+    JSON body as lua-cjson writes it (what the jwt plugin sends), formatted once."""
 
     __slots__ = ("status", "message", "body", "extra")
 
     def __init__(self, status: int, body: Any, www_authenticate: str | None = None, exit: bool = False) -> None:
         self.status = status
         self.message = body if isinstance(body, str) else None
-        self.body = json.dumps(body if isinstance(body, dict) else {"message": body}).encode() \
+        self.body = cjson.encode(body if isinstance(body, dict) else {"message": body}) \
             if exit or self.message is None else None
         self.extra = [(b"www-authenticate", www_authenticate.encode())] if www_authenticate else None
 

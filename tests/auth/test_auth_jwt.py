@@ -59,7 +59,7 @@ async def test_no_token_is_401_unauthorized_with_a_bare_bearer_challenge(nursery
     _, port = await jwt_gateway(nursery, gateway)
     reply = await call(port)
     assert reply.status == 401
-    assert reply.body == b'{"message": "Unauthorized"}'
+    assert reply.body == b'{"message":"Unauthorized"}'
     assert reply.header("www-authenticate") == "Bearer"
     assert reply.header("content-type") == "application/json; charset=utf-8"
 
@@ -172,7 +172,7 @@ async def test_options_is_authenticated_unless_run_on_preflight_is_false(nursery
         {"paths": ["/on"], "plugins": [{"name": "jwt"}]},
         {"paths": ["/off"], "plugins": [{"name": "jwt", "config": {"run_on_preflight": False}}]}])
     on = await call(port, "/on", method="OPTIONS")
-    assert (on.status, on.body, on.header("www-authenticate")) == (401, b'{"message": "Unauthorized"}', "Bearer")
+    assert (on.status, on.body, on.header("www-authenticate")) == (401, b'{"message":"Unauthorized"}', "Bearer")
     off = await call(port, "/off", method="OPTIONS")
     assert off.status == 200
 
@@ -183,7 +183,7 @@ async def test_maximum_expiration_refuses_tokens_living_longer(nursery, gateway)
     long_lived = make_token("alice-key", exp=now + 3600, nbf=now - 30)
     reply = await call(port, f"/?jwt={long_lived}")
     assert reply.status == 401
-    assert reply.body == b'{"exp": "exceeds maximum allowed expiration"}'
+    assert reply.body == b'{"exp":"exceeds maximum allowed expiration"}'
     assert reply.header("www-authenticate") == 'Bearer error="invalid_token"'
     short = make_token("alice-key", exp=now + 270, nbf=now - 30)
     assert (await call(port, f"/?jwt={short}")).status == 200
@@ -205,14 +205,14 @@ async def test_an_expired_token_is_refused(nursery, gateway):
     _, port = await jwt_gateway(nursery, gateway, {"claims_to_verify": ["nbf", "exp"]})
     now = int(time.time())
     reply = await call(port, f"/?jwt={make_token('alice-key', exp=now - 10, nbf=now - 10)}")
-    assert (reply.status, reply.body) == (401, b'{"exp": "token expired"}')
+    assert (reply.status, reply.body) == (401, b'{"exp":"token expired"}')
 
 
 async def test_a_token_not_valid_yet_is_refused(nursery, gateway):
     _, port = await jwt_gateway(nursery, gateway, {"claims_to_verify": ["nbf", "exp"]})
     now = int(time.time())
     reply = await call(port, f"/?jwt={make_token('alice-key', exp=now + 10, nbf=now + 5)}")
-    assert (reply.status, reply.body) == (401, b'{"nbf": "token not valid yet"}')
+    assert (reply.status, reply.body) == (401, b'{"nbf":"token not valid yet"}')
 
 
 async def test_exp_is_not_checked_unless_asked(nursery, gateway):
@@ -236,7 +236,7 @@ async def test_a_cached_token_is_refused_once_it_expires(nursery, gateway, monke
     assert (await call(port, headers=bearer(token))).status == 200  # from the cache
     clock.now += 61
     reply = await call(port, headers=bearer(token))
-    assert (reply.status, reply.body) == (401, b'{"exp": "token expired"}')
+    assert (reply.status, reply.body) == (401, b'{"exp":"token expired"}')
 
 
 # --- success -------------------------------------------------------------------------------------------------------
@@ -344,7 +344,7 @@ async def test_tokens_in_cookies_and_the_realm(nursery, gateway):
     assert (reply.status, message(reply)) == (401, {"message": "No credentials found for given 'iss'"})
     assert reply.header("www-authenticate") == 'Bearer realm="test-jwt", error="invalid_token"'
     reply = await call(port, headers=[("cookie", f"silly=no-way-this-works{token}")])
-    assert (reply.status, reply.body) == (401, b'{"message": "Bad token; invalid JSON"}')
+    assert (reply.status, reply.body) == (401, b'{"message":"Bad token; invalid JSON"}')
     reply = await call(port)
     assert (reply.status, reply.header("www-authenticate")) == (401, 'Bearer realm="test-jwt"')
 
@@ -423,7 +423,7 @@ async def test_the_reference_kong_yml_refuses_requests_without_a_valid_token(nur
     body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
     reply = await call(port, "/v1", method="POST", body=body, headers=[("content-type", "application/json")])
     assert (reply.status, reply.body, reply.header("www-authenticate")) == (
-        401, b'{"message": "Unauthorized"}', "Bearer")
+        401, b'{"message":"Unauthorized"}', "Bearer")
     reply = await call(port, "/v1?jwt=garbage")
     assert (reply.status, message(reply)) == (401, {"message": "Bad token; invalid JSON"})
     reply = await call(port, "/v1", headers=bearer(make_token("anyone")))

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
+from gateway.policies.cjson import encode as cjson
 from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import get_header
 from gateway.policies.request_body import get_body
@@ -26,12 +27,6 @@ DEFAULT_RESPONSE = {401: "Unauthorized", 404: "Not found", 405: "Method not allo
                     500: "An unexpected error occurred", 502: "Bad Gateway", 503: "Service unavailable"}
 ECHO_BODY_LIMIT = 1024 * 1024  # bytes of a request body an echo reads back
 MAX_ARGS = 100  # ngx.req.get_uri_args' and get_headers' default count, which Kong's get_query and get_headers keep
-
-
-def cjson(doc: Any) -> bytes:
-    """`doc` as lua-cjson encodes it: compact, "/" escaped, strings' bytes as they are (surrogate-escaped here)."""
-    text = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).replace("/", "\\/")
-    return text.encode("utf-8", "surrogateescape")
 
 
 def _text(raw: bytes) -> str:
