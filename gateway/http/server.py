@@ -49,6 +49,8 @@ LINGER_TIMEOUT_S = 5.0  # nginx's lingering_timeout: ... while the client sends 
 
 JSON = b"application/json"
 REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
+URI_CAPTURES = "uri_captures"  # ex.state: the groups of the matched regex path (Kong's router_matches.uri_captures)
+UPSTREAM_PATH = "upstream_path"  # ex.state: the upstream path a policy set (kong.service.request.set_path)
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
@@ -202,6 +204,18 @@ class Exchange:
         else:
             self.state.setdefault(REQUEST_URI, self.request.target)
         self.request.target = target
+
+    def set_upstream_path(self, path: bytes) -> None:
+        """Send the request upstream with `path` (and the query as it stands), in place of the route's
+        (kong.service.request.set_path: the caller escapes it)."""
+        if self.state is None:
+            self.state = {}
+        self.state[UPSTREAM_PATH] = path
+
+    def uri_captures(self) -> dict[int | str, bytes | None]:
+        """The groups of the matched regex route path, by number and name (Kong's uri_captures; none: empty)."""
+        state = self.state
+        return state.get(URI_CAPTURES) or {} if state else {}
 
     def request_uri(self) -> bytes:
         """The target as the client sent it (nginx's $request_uri), whatever policies rewrote since."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gateway.http.codec import ProtocolError, answered_status
 from gateway.http.kong_errors import NO_ROUTE
-from gateway.http.server import Exchange
+from gateway.http.server import UPSTREAM_PATH, URI_CAPTURES, Exchange
 from gateway.http.timers import run_clock
 from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
@@ -13,7 +13,7 @@ from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.headers import nginx_host
 from gateway.policies.base import Policy
-from gateway.routing import NEEDS_MCP, Match, Router
+from gateway.routing import NEEDS_MCP, Router
 from gateway.runtime import RouteRuntime, Runtime
 from gateway.telemetry.phase import CLIENT_CLOSED, LogPhase
 
@@ -70,6 +70,10 @@ class Pipeline:
                 if ex.state is None:
                     ex.state = {}
                 ex.state["audit"] = (route.audit, route.name)
+            if match.captures is not None:  # a regex path with groups: for the policies' templates and echo
+                if ex.state is None:
+                    ex.state = {}
+                ex.state[URI_CAPTURES] = match.captures
             target = req.target
             ex.phases = route.phases
             if route.consumer_policies is None:
@@ -78,9 +82,11 @@ class Pipeline:
                         return
             elif await _run_scoped(ex, route):
                 return
-            if req.target is not target:  # a policy took an argument out of the query (key-auth's hide_credentials)
-                match = Match(match.payload, match.path, req.target.partition(b"?")[2], match.prefix)  # (shared)
-            if ex.state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
+            state = ex.state
+            if req.target is not target or (state is not None and UPSTREAM_PATH in state):
+                # a policy changed the query (key-auth's hide_credentials) or the path (request-transformer)
+                match = match.rewritten(state.get(UPSTREAM_PATH) if state else None, req.target.partition(b"?")[2])
+            if state is not None:  # a policy read the body (rate limiting by MCP tool, ai-mcp-proxy)
                 mcp = ex.mcp = current(ex)
             if route.mcp is not None:
                 mcp = ex.mcp = await route.mcp.inbound(ex, mcp)

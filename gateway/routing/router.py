@@ -15,8 +15,9 @@ by what they depend on: method, target, Host and SNI, when no route looks at hea
 listener port or the MCP method and tool (a new config builds a new router, and a new memory).
 
 A `~` path is Kong's PCRE: its named groups `(?<name>...)` are read as Python's `(?P<name>...)` (python_regex). When
-the winning path is a regex with named groups, the Match is a CaptureMatch whose `captures` are their values, Kong's
-`router_matches.uri_captures` (what `hash_on: uri_capture` hashes); other matches cost nothing more.
+the winning path is a regex with groups, the Match is a CaptureMatch whose `captures` are their values, Kong's
+`router_matches.uri_captures` (what `hash_on: uri_capture` hashes, request-transformer's templates read, and
+request-termination's echo shows): by number (0 the whole match) and by name; other matches cost nothing more.
 
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
 over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
@@ -41,6 +42,7 @@ from gateway.routing.normalize import escape_path, needs_escape, normalize_path
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
+Captures = dict[int | str, bytes | None]  # Kong's uri_captures: groups by number and by name
 MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000)
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
 MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
@@ -79,7 +81,7 @@ class Match(Generic[T]):
     matched part stripped when strip_path)."""
 
     __slots__ = ("payload", "path", "query", "prefix")
-    captures: dict[str, bytes | None] | None = None  # a regex path's named groups (CaptureMatch)
+    captures: Captures | None = None  # a regex path's groups (CaptureMatch)
 
     def __init__(self, payload: T, path: bytes, query: bytes, prefix: bytes = b"") -> None:
         self.payload = payload
@@ -87,17 +89,32 @@ class Match(Generic[T]):
         self.query = query
         self.prefix = prefix  # the part of the request path a strip_path route matched (Kong's match_t.prefix)
 
+    def rewritten(self, path: bytes | None, query: bytes) -> Match[T]:
+        """The same match sending `path` (None: its own) and `query` upstream, as policies changed them."""
+        return Match(self.payload, self.path if path is None else path, query, self.prefix)
+
 
 class CaptureMatch(Match[T]):
-    """A match of a regex path with named groups: also their values, Kong's `router_matches.uri_captures` (a group
-    that took no part: None). Only such routes make one; for the others `captures` is Match's class-level None."""
+    """A match of a regex path with groups: also their values, Kong's `router_matches.uri_captures` (by number, 0 the
+    whole match, and by name; a group that took no part: None). Only such routes make one; for the others
+    `captures` is Match's class-level None."""
 
     __slots__ = ("captures",)
 
-    def __init__(self, payload: T, path: bytes, query: bytes, prefix: bytes,
-                 captures: dict[str, bytes | None]) -> None:
+    def __init__(self, payload: T, path: bytes, query: bytes, prefix: bytes, captures: Captures) -> None:
         super().__init__(payload, path, query, prefix)
         self.captures = captures
+
+    def rewritten(self, path: bytes | None, query: bytes) -> Match[T]:
+        captures: Captures = self.captures  # type: ignore[assignment]  # never None here
+        return CaptureMatch(self.payload, self.path if path is None else path, query, self.prefix, captures)
+
+
+def captures_of(m: re.Match[bytes]) -> Captures:
+    """Kong's uri_captures of a regex match: every group by number (0: the whole match), the named ones by name."""
+    captures: Captures = dict(enumerate((m.group(0), *m.groups())))
+    captures.update(m.groupdict())
+    return captures
 
 
 NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again with mcp=(method, tool)
@@ -274,8 +291,8 @@ class Router(Generic[T]):
                 path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
         if escape:  # what normalizing decoded, and what the client sent unescaped, is escaped, as Kong sends it
             path = escape_path(path)
-        if m is not None and c.regex.groupindex:  # type: ignore[union-attr]
-            return CaptureMatch(spec.payload, path, query if sep else b"", prefix, m.groupdict())
+        if m is not None and c.regex.groups:  # type: ignore[union-attr]
+            return CaptureMatch(spec.payload, path, query if sep else b"", prefix, captures_of(m))
         return Match(spec.payload, path, query if sep else b"", prefix)
 
 

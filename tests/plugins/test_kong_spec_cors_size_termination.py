@@ -297,6 +297,14 @@ async def test_echo_shows_the_request_as_kongs_pdk_reads_it(nursery, gateway):
     assert doc["matched_service"]["name"] == "svc"
 
 
+async def test_echo_shows_the_regex_routes_captures_named_and_by_number(nursery, gateway):
+    """kong.request.get_uri_captures(): {named = {...}, unnamed = [group 1, ...]}, a group that took no part false."""
+    routes = [{"paths": ["~/u/(?<id>\\d+)(/(?<tab>x))?$"]}]
+    _, port = await start(nursery, gateway, routes, plugins=[termination(echo=True, status_code=200)])
+    doc = (await call(port, "/u/42")).json()
+    assert doc["request"]["uri_captures"] == {"named": {"id": "42", "tab": False}, "unnamed": ["42", False, False]}
+
+
 @pytest.mark.parametrize(("content_type", "body", "parsed"), [
     ("application/json", b'{"k": [1]}', {"k": [1]}),
     ("application/x-www-form-urlencoded", b"a=1&a=2&b", {"a": ["1", "2"], "b": True}),

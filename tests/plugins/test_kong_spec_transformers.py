@@ -344,3 +344,71 @@ def test_a_response_rename_without_a_colon_is_refused_with_kongs_message():
     message = refused(plugin("response-transformer", rename={"headers": ["x-request-idx-custom-request-id"]}))
     assert "config.rename.headers[0]: " in message
     assert message.endswith("invalid value: x-request-idx-custom-request-id")
+
+
+# --- request-transformer: uri_captures and replace.uri --------------------------------------------------------------
+
+
+async def _captures_gateway(nursery: trio.Nursery, gateway: Any, path: str, rt: dict, strip: bool = True) -> int:
+    """An echo backend behind a service whose own path is /base, on one regex route `path` with plugin `rt`."""
+    _, port = await start(nursery, gateway, routes=[{"paths": [path], "strip_path": strip, "plugins": [rt]}])
+    return port
+
+
+USERS = "~/requests/user1/(?P<user1>\\w+)/user2/(?P<user2>\\S+)"
+
+
+async def test_replace_uri_renders_the_route_captures_into_the_whole_upstream_path(nursery, gateway):
+    """02-access_spec "should update request path using hash": the upstream path is the rendered template (the
+    service's path and the route's strip take no part: kong.service.request.set_path); the query stays."""
+    rt = plugin("request-transformer",
+                replace={"uri": "/requests/user2/$(uri_captures.user2)/user1/$(uri_captures.user1)"})
+    port = await _captures_gateway(nursery, gateway, USERS, rt)
+    assert seen(await call(port, "/requests/user1/foo/user2/bar?q=1"))["path"] == "/requests/user2/bar/user1/foo?q=1"
+
+
+async def test_uri_captures_by_number_zero_being_the_whole_match(nursery, gateway):
+    """02-access_spec "should not fail when uri template rendered using index": $(uri_captures[0])."""
+    rt = plugin("request-transformer", replace={"uri": "/requests$(uri_captures[0])"},
+                add={"headers": ["x-first:$(uri_captures[1])"]})
+    port = await _captures_gateway(nursery, gateway, "~/user1/(?P<user1>\\w+)/user2/(?P<user2>\\S+)", rt)
+    got = seen(await call(port, "/user1/foo/user2/bar"))
+    assert got["path"] == "/requests/user1/foo/user2/bar"
+    assert got["headers"]["x-first"] == ["foo"]
+
+
+async def test_a_capture_by_quoted_name_beside_a_group_that_took_no_part(nursery, gateway):
+    """02-access_spec "replaces request uri with optional capture prefix" / "with the capature prefix"."""
+    rt = plugin("request-transformer", replace={"uri": "/api/v2/$(uri_captures[\"subpath\"])"})
+    port = await _captures_gateway(nursery, gateway, "~/(gw/)?api/(?<subpath>htest)$", rt, strip=False)
+    assert seen(await call(port, "/api/htest"))["path"] == "/api/v2/htest"
+    assert seen(await call(port, "/gw/api/htest"))["path"] == "/api/v2/htest"
+
+
+async def test_query_templates_read_the_captures_and_go_upstream_sorted(nursery, gateway):
+    """02-access_spec "template as querystring parameters on GET"."""
+    rt = plugin("request-transformer", add={"querystring": ["uri_param1:$(uri_captures.user1)",
+                                                            "uri_param2[some_index][1]:$(uri_captures.user2)"]})
+    port = await _captures_gateway(nursery, gateway, USERS, rt, strip=False)
+    assert seen(await call(port, "/requests/user1/foo/user2/bar?q1=20"))["path"] == \
+        "/requests/user1/foo/user2/bar?q1=20&uri_param1=foo&uri_param2%5Bsome_index%5D%5B1%5D=bar"
+
+
+async def test_a_replaced_uri_that_is_no_path_is_kongs_500(nursery, gateway):
+    """kong.service.request.set_path refuses a path not starting with "/": the plugin's error, a 500."""
+    rt = plugin("request-transformer", replace={"uri": "$(uri_captures.user1)"})
+    port = await _captures_gateway(nursery, gateway, USERS, rt)
+    reply = await call(port, "/requests/user1/foo/user2/bar")
+    assert (reply.status, reply.json()["message"]) == (500, "An unexpected error occurred")
+
+
+async def test_a_replaced_uri_is_escaped_as_kong_escapes_a_set_path(nursery, gateway):
+    rt = plugin("request-transformer", replace={"uri": "/requests/tést here"})
+    port = await _captures_gateway(nursery, gateway, "/", rt)
+    assert seen(await call(port, "/x?a=1"))["path"] == "/requests/t%C3%A9st%20here?a=1"
+
+
+async def test_a_route_without_captures_renders_them_empty(nursery, gateway):
+    rt = plugin("request-transformer", add={"headers": ["x-cap:[$(uri_captures.any)$(uri_captures[1])]"]})
+    port = await _captures_gateway(nursery, gateway, "/", rt)
+    assert seen(await call(port, "/x"))["headers"]["x-cap"] == ["[]"]

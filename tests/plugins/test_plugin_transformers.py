@@ -137,7 +137,7 @@ async def test_http_method_changes_the_upstream_method(nursery, gateway):
 
 
 @pytest.mark.parametrize(("config", "message"), [
-    ({"replace": {"uri": "/new"}}, "config.replace.uri: replacing the upstream path is not supported"),
+    ({"replace": {"uri": "/$(shared.v)"}}, "config.replace.uri: only the templates"),
     ({"add": {"headers": ["x:$(os.getenv('HOME'))"]}}, "config.add.headers[0]: only the templates"),
     ({"add": {"body": ["novalue"]}}, "config.add.body[0]: key 'novalue' has no value"),
     ({"rename": {"headers": ["x-a:not valid"]}}, "config.rename.headers[0]: 'not valid' is not a valid header"),

@@ -1,5 +1,5 @@
-"""The named groups of a matched regex route path (Kong's `router_matches.uri_captures`), and Kong's PCRE named
-group syntax read by Python's re."""
+"""The groups of a matched regex route path (Kong's `router_matches.uri_captures`: by number, 0 the whole match, and
+by name), and Kong's PCRE named group syntax read by Python's re."""
 
 from __future__ import annotations
 
@@ -20,14 +20,19 @@ def test_named_groups_of_the_matched_regex_path():
     m = r.match(b"GET", b"/users/42/posts?x=1", b"h", [])
     assert isinstance(m, CaptureMatch)
     assert m.payload == "~/users/(?<uid>[^/]+)(/(?<tab>[a-z]+))?"
-    assert m.captures == {"uid": b"42", "tab": b"posts"}
+    assert m.captures == {0: b"/users/42/posts", 1: b"42", 2: b"/posts", 3: b"posts", "uid": b"42", "tab": b"posts"}
     assert m.query == b"x=1"
     other = r.match(b"GET", b"/users/7", b"h", [])
-    assert other.captures == {"uid": b"7", "tab": None}  # a group that took no part
+    assert other.captures == {0: b"/users/7", 1: b"7", 2: None, 3: None, "uid": b"7", "tab": None}  # (no part: None)
 
 
-def test_prefix_routes_and_regexes_without_names_have_no_captures():
-    r = router("~/n/(\\d+)$", "/p", "/")
+def test_unnamed_groups_are_captured_by_number():
+    m = router("~/n/(\\d+)/(\\w+)$").match(b"GET", b"/n/1/ab", b"h", [])
+    assert m.captures == {0: b"/n/1/ab", 1: b"1", 2: b"ab"}
+
+
+def test_prefix_routes_and_regexes_without_groups_have_no_captures():
+    r = router("~/n/\\d+$", "/p", "/")
     for target in (b"/n/1", b"/p/x", b"/other"):
         m = r.match(b"GET", target, b"h", [])
         assert type(m) is Match and m.captures is None, target
@@ -36,10 +41,10 @@ def test_prefix_routes_and_regexes_without_names_have_no_captures():
 def test_captures_are_of_the_normalized_path_and_remembered_per_target():
     r = router("~/f/(?<name>[^/]+)$")
     first = r.match(b"GET", b"/f/%61b", b"h", [])
-    assert first.captures == {"name": b"ab"}  # Kong matches (and captures from) the normalized path
+    assert first.captures["name"] == b"ab"  # Kong matches (and captures from) the normalized path
     assert r.match(b"GET", b"/f/%61b", b"h", []) is first  # the memory: the same answer for the same target
-    assert r.match(b"GET", b"/f/cd", b"h", []).captures == {"name": b"cd"}
-    assert first.captures == {"name": b"ab"}
+    assert r.match(b"GET", b"/f/cd", b"h", []).captures["name"] == b"cd"
+    assert first.captures["name"] == b"ab"
 
 
 def test_a_prefix_route_that_wins_over_a_regex_has_no_captures():
@@ -47,7 +52,7 @@ def test_a_prefix_route_that_wins_over_a_regex_has_no_captures():
     m = r.match(b"GET", b"/a/", b"h", [])
     assert m.payload == "prefix" and m.captures is None  # the regex does not match "/a/"
     m = r.match(b"GET", b"/a/c", b"h", [])
-    assert m.payload == "regex" and m.captures == {"x": b"c"}
+    assert m.payload == "regex" and m.captures == {0: b"/a/c", 1: b"c", "x": b"c"}
 
 
 @pytest.mark.parametrize(("kong", "python"), [

@@ -57,6 +57,15 @@ def uri_args(target: bytes) -> dict[str, Any]:
     return args
 
 
+def _captures(captures: dict[int | str, bytes | None]) -> dict[str, Any]:
+    """kong.request.get_uri_captures(): the named groups, and the numbered ones from 1 as an array (cjson's
+    array_mt leaves out [0], the whole match); a group that took no part is false, as ngx.re gives it."""
+    def value(v: bytes | None) -> str | bool:
+        return _text(v) if v is not None else False
+    return {"named": {k: value(v) for k, v in captures.items() if isinstance(k, str)},
+            "unnamed": [value(v) for k, v in sorted((k, v) for k, v in captures.items() if isinstance(k, int) and k)]}
+
+
 def _host(host: bytes | None) -> str:
     """nginx's $host: the Host header lower-cased, without its port."""
     if not host:
@@ -122,7 +131,7 @@ class RequestTermination:
         request: dict[str, Any] = {
             "scheme": ex.conn.scheme.decode("latin-1"), "host": _host(req.host), "port": port, "headers": headers,
             "query": uri_args(req.target), "method": _text(req.method), "path": _text(req.target.partition(b"?")[0]),
-            "uri_captures": {"named": {}, "unnamed": []}}
+            "uri_captures": _captures(ex.uri_captures())}
         if whole:
             request["raw_body"] = _text(raw)
             parsed = get_body(get_header(req.headers, b"content-type"), raw)

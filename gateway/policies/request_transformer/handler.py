@@ -16,6 +16,7 @@ one of them has a headers template, else after those changes.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -26,11 +27,14 @@ from gateway.policies.request_body import Multipart
 from gateway.policies.request_transformer.schema import TEMPLATE, RequestTransformerConfig
 from gateway.policies.response_transformer.handler import append_value
 from gateway.policies.response_transformer.schema import split_pair
+from gateway.routing.normalize import escape_path
 
 REQUEST_BODY_LIMIT = 1024 * 1024  # bytes of a request body the plugin reads to transform it
 MAX_ARGS = 100  # arguments ngx.decode_args and kong.request.get_query read (lua_max_uri_args); the rest are dropped
 _JSON, _FORM, _MULTIPART = "json", "form", "multipart"
+log = logging.getLogger(__name__)
 Args = dict[str, Any]  # name -> str, True (no "="), or a list of them
+Env = tuple[Headers, Args, dict[int | str, bytes | None]]  # a template's headers, query_params, uri_captures
 
 
 def _pairs(entries: list[str]) -> list[tuple[str, str]]:
@@ -114,6 +118,7 @@ class RequestTransformer:
 
     def __init__(self, config: RequestTransformerConfig) -> None:
         self.method = config.http_method.encode() if config.http_method else None
+        self.uri = config.replace.uri  # a template of the whole upstream path (kong.service.request.set_path)
         self.headers = _Ops(config, "headers")
         self.query = _Ops(config, "querystring")
         self.body = _Ops(config, "body")
@@ -126,13 +131,22 @@ class RequestTransformer:
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
         original_query = decode_args(req.target.partition(b"?")[2].decode("latin-1"))
-        env = (req.headers, original_query)
+        captures = ex.uri_captures()
+        env = (req.headers, original_query, captures)
+        if self.uri is not None:  # Kong's transform_uri, first of all
+            upstream_path = _render(self.uri, env)
+            if not upstream_path.startswith("/"):  # kong.service.request.set_path's error: Kong's 500
+                log.error("request-transformer: replace.uri %r rendered %r, which is no path (it must start with "
+                          "'/'): check the template and the route's captures", self.uri, upstream_path)
+                await ex.respond_error(500)
+                return True
+            ex.set_upstream_path(escape_path(upstream_path.encode("utf-8", "surrogateescape")))
         if self.method is not None:
             await self._method(ex, original_query)
         if self.headers:
             req.headers = self._headers(list(req.headers), env)
             if not self.headers_read_early:
-                env = (req.headers, original_query)
+                env = (req.headers, original_query, captures)
         if self.body:
             await self._body(ex, env)
         if self.query:
@@ -161,7 +175,7 @@ class RequestTransformer:
                 path = req.target.partition(b"?")[0]
                 ex.rewrite_target(path + b"?" + encode_query(query))
 
-    def _headers(self, headers: Headers, env: tuple[Headers, Args]) -> Headers:
+    def _headers(self, headers: Headers, env: Env) -> Headers:
         ops = self.headers
         for name in ops.remove:
             key = name.lower().encode()
@@ -187,7 +201,7 @@ class RequestTransformer:
                 headers.append((key, _render(value, env).encode("latin-1")))
         return headers
 
-    async def _body(self, ex: Exchange, env: tuple[Headers, Args]) -> None:
+    async def _body(self, ex: Exchange, env: Env) -> None:
         req = ex.request
         kind = _content_kind(get_header(req.headers, b"content-type"))
         if kind is None:
@@ -220,7 +234,7 @@ class RequestTransformer:
         headers = [hv for hv in req.headers if hv[0] != b"transfer-encoding"]
         req.headers = set_header(headers, b"content-length", b"%d" % len(body))
 
-    def _multipart(self, parts: Multipart, env: tuple[Headers, Args], from_body: bool) -> bool:
+    def _multipart(self, parts: Multipart, env: Env, from_body: bool) -> bool:
         """Kong's transform_multipart_body: rename, remove, replace (need a body), add; whether anything changed."""
         ops = self.body
         changed = False
@@ -246,7 +260,7 @@ class RequestTransformer:
                 changed = True
         return changed
 
-    def _apply(self, args: Args, ops: _Ops, env: tuple[Headers, Args], from_body: bool) -> Args | None:
+    def _apply(self, args: Args, ops: _Ops, env: Env, from_body: bool) -> Args | None:
         """The ops on a name -> value mapping; for a body, None when nothing changed (Kong keeps the body then).
         remove, rename and replace need a non-empty body (Kong's content_length > 0)."""
         changed = False
@@ -273,14 +287,20 @@ class RequestTransformer:
         return args if changed or ops is self.query else None
 
 
-def _render(value: str, env: tuple[Headers, Args]) -> str:
+def _render(value: str, env: Env) -> str:
     if "$(" not in value:
         return value
-    headers, query = env
+    headers, query, captures = env
 
     def lookup(m: Any) -> str:
         name = m.group(2) or m.group(4)
-        if m.group(1) == "headers":  # ngx.req.get_headers(): the name as written, else lower-cased with _ as -
+        table = m.group(1)
+        if table == "uri_captures":  # by name, or by number ([0]: the whole match); a group that took no part: ""
+            value = captures.get(name if name is not None else int(m.group(5)))
+            return value.decode("utf-8", "surrogateescape") if value else ""
+        if name is None:  # headers[1], query_params[1]: nil in Kong's tables
+            return ""
+        if table == "headers":  # ngx.req.get_headers(): the name as written, else lower-cased with _ as -
             found = get_header(headers, name.encode()) if name == name.lower() else None
             if found is None:
                 found = get_header(headers, name.lower().replace("_", "-").encode())

@@ -8,18 +8,22 @@ import msgspec
 
 from gateway.policies.response_transformer.schema import check_pairs
 
-# The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ... Kong runs any
-# Lua expression in its sandbox; other expressions are refused at load.
-TEMPLATE = re.compile(r"""\$\(\s*(headers|query_params)\s*(?:\.\s*([A-Za-z0-9_]+)|\[\s*(["'])([^"']+)\3\s*\])\s*\)""")
+# The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ...,
+# $(uri_captures.NAME), $(uri_captures[N]). Kong runs any Lua expression in its sandbox; other expressions are refused
+# at load. Groups: 1 the table, 2 a .NAME, 4 a ["NAME"], 5 a [N].
+TEMPLATE = re.compile(r"""\$\(\s*(headers|query_params|uri_captures)\s*"""
+                      r"""(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(["'])([^"']+)\3\s*\]|\[\s*(\d+)\s*\])\s*\)""")
 _ANY_TEMPLATE = re.compile(r"\$\(.*\)")
 
 
-def check_templates(where: str, entries: list[str]) -> None:
+def check_templates(where: str, entries: list[str], indexed: bool = True) -> None:
     for i, entry in enumerate(entries):
         rest = TEMPLATE.sub("", entry)
         if _ANY_TEMPLATE.search(rest):
-            raise ValueError(f"{where}[{i}]: only the templates $(headers.NAME), $(headers[\"NAME\"]), "
-                             f"$(query_params.NAME) and $(query_params[\"NAME\"]) are supported by the gateway, "
+            at = f"{where}[{i}]" if indexed else where
+            raise ValueError(f"{at}: only the templates $(headers.NAME), $(headers[\"NAME\"]), "
+                             f"$(query_params.NAME), $(query_params[\"NAME\"]), $(uri_captures.NAME), "
+                             f"$(uri_captures[\"NAME\"]) and $(uri_captures[N]) are supported by the gateway, "
                              f"got '{entry}'")
 
 
@@ -63,7 +67,7 @@ class Replaces(Pairs):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.uri is not None:
-            raise ValueError("uri: replacing the upstream path is not supported by the gateway")
+            check_templates("uri", [self.uri], indexed=False)
         for i, entry in enumerate(self.headers):
             if entry.partition(":")[0].lower() == "host":
                 raise ValueError(f"headers[{i}]: replacing Host is not supported by the gateway (set the route's "
