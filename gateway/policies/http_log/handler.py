@@ -3,7 +3,9 @@ retried, never waited for by a request). A batch of one is the entry itself; a l
 
 from __future__ import annotations
 
+import base64
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.policies.http_log.schema import HttpLogConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
@@ -19,7 +21,7 @@ class HttpLog:
     def __init__(self, config: HttpLogConfig, queues: Queues = QUEUES) -> None:
         timeout = config.timeout / 1000
         headers = [(k.encode(), v.encode()) for k, v in (config.headers or {}).items()]
-        self.sender = HttpSender(Endpoint(config.http_endpoint), headers, connect_timeout=timeout,
+        self.sender = HttpSender(kong_endpoint(config.http_endpoint), headers, connect_timeout=timeout,
                                  send_timeout=timeout, read_timeout=timeout, keepalive=config.keepalive / 1000)
         self.method = config.method.encode()
         self.content_type = config.content_type.encode()
@@ -40,3 +42,16 @@ class HttpLog:
         else:
             body = b"[" + b",".join(line.rstrip(b"\n") for line in batch) + b"]"
         await self.sender.send(body, self.content_type, self.method)
+
+
+def kong_endpoint(url: str) -> Endpoint:
+    """The collector as Kong's http-log reaches it (handler.lua, with socket.url's parse): it requests the path of
+    `url` only, without its ;params and ?query ("/" when there is none), and sends the userinfo, as written (not
+    percent-decoded, no ":" added), as Basic credentials."""
+    endpoint = Endpoint(url)
+    parts = urlsplit(url)
+    endpoint.target = parts.path.split(";", 1)[0] or "/"
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    if at:
+        endpoint.authorization = b"Basic " + base64.b64encode(userinfo.encode())
+    return endpoint

@@ -1,5 +1,6 @@
 """Kong's http-log plugin config (kong/plugins/http-log/schema.lua), with Kong's queue (typedefs.queue)."""
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -8,6 +9,7 @@ from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.sender import Endpoint
 
 _FORBIDDEN_HEADERS = {"host": "Host", "content-length": "Content-Length", "content-type": "Content-Type"}
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # Kong's typedefs.header_name (kong/tools/http.lua)
 
 
 class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -35,12 +37,24 @@ class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
         if self.custom_fields_by_lua:
             raise ValueError("custom_fields_by_lua: the gateway runs no Lua; remove it")
         for name, value in (self.headers or {}).items():
-            lower = name.lower()
-            if lower in _FORBIDDEN_HEADERS:
-                raise ValueError(f"headers: cannot contain '{_FORBIDDEN_HEADERS[lower]}' header")
-            if lower == "authorization" and endpoint.authorization is not None:
+            check_header(name, value)
+            if name.lower() == "authorization" and endpoint.authorization is not None:
                 raise ValueError("specifying both an 'Authorization' header and user info in 'http_endpoint' is not "
                                  "allowed")
-            if not name or any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n\0"):
-                raise ValueError(f"headers: invalid header {name!r}")
         apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)
+
+
+def check_header(name: str, value: str) -> None:
+    """Kong's rules for one of `headers` (its messages): a header name of A-Z, a-z, 0-9, _ and - that is not Host,
+    Content-Length or Content-Type, and a value of one character at least (a Kong string). A value may not hold a
+    line break or NUL either: it would end the header early."""
+    if not name:
+        raise ValueError("headers: no header name provided")
+    if _HEADER_NAME.fullmatch(name) is None:
+        raise ValueError(f"headers: bad header name '{name}', allowed characters are A-Z, a-z, 0-9, '_', and '-'")
+    if name.lower() in _FORBIDDEN_HEADERS:
+        raise ValueError(f"headers: cannot contain '{_FORBIDDEN_HEADERS[name.lower()]}' header")
+    if not value:
+        raise ValueError("headers: length must be at least 1")
+    if any(c in value for c in "\r\n\0"):
+        raise ValueError(f"headers: the value of '{name}' holds a line break or NUL")
