@@ -6,7 +6,8 @@ sender off the request path, bounded, retried with exponential backoff, and neve
 - A batch goes out when `max_batch_size` entries wait, or `max_coalescing_delay` seconds after its first entry came.
 - A failed batch is retried after `initial_retry_delay`, doubling up to `max_retry_delay`, until `max_retry_time`
   seconds have passed since its first try; then it is dropped (reason="retries"). `concurrency_limit` 1 sends one
-  batch at a time, in order; -1 sends each batch as soon as it is formed.
+  batch at a time, in order; -1 is Kong's "do not enqueue": each entry is sent at once as a batch of its own, all
+  of them concurrently (max_batch_size and max_coalescing_delay then play no part).
 - Entries are formatted (JSON, protobuf) by the queue's task as they come, so the queue holds bytes, not requests.
 
 Queues are per process and named: plugin instances that send to the same place share one (Kong's queue names).
@@ -123,7 +124,7 @@ class BatchQueue:
 
     def _batch(self) -> list[Any]:
         entries = self._entries
-        n = min(self.config.max_batch_size, len(entries))
+        n = 1 if self.config.concurrency_limit == -1 else min(self.config.max_batch_size, len(entries))
         batch = [entries.popleft() for _ in range(n)]
         if self.config.max_bytes is not None:
             self._bytes -= sum(len(e) for e in batch)
@@ -146,7 +147,7 @@ class BatchQueue:
                     if not self._entries or (config.concurrency_limit == 1 and self._busy):
                         await self._wait()
                         continue
-                    if len(self._entries) < config.max_batch_size:
+                    if len(self._entries) < config.max_batch_size and config.concurrency_limit == 1:
                         deadline = self._first_at + config.max_coalescing_delay
                         if trio.current_time() < deadline:
                             with trio.move_on_at(deadline):

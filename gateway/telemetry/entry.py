@@ -135,6 +135,7 @@ class Entry:
             doc["upstream_status"] = ", ".join(str(_status_of(t.code)) for t in tries if t.code)
         route = ex.route
         if route is not None:
+            doc.setdefault("tries", [])  # Kong's balancer_data exists once a route matched, even with no try
             facts = route.facts
             doc["route"] = facts.route_json
             if facts.service_json is not None:

@@ -44,28 +44,33 @@ Formatter = Callable[[Any], bytes]
 class LineWriter:
     """One file's pending lines in this process. `put` and `defer` only append to a list."""
 
-    __slots__ = ("path", "reopen_each", "_fd", "_regular", "_pending", "_owner", "_failed")
+    __slots__ = ("path", "_reopen", "_fd", "_regular", "_pending", "_owner", "_failed")
 
-    def __init__(self, path: str, owner: Lines, reopen_each: bool = False) -> None:
+    def __init__(self, path: str, owner: Lines) -> None:
         self.path = path
-        self.reopen_each = reopen_each  # file-log's reopen: close and open the file for every write
+        self._reopen = False  # a pending line asked for the file to be opened anew (file-log's `reopen`)
         self._fd = -1
         self._regular = True
         self._pending: list[tuple[Formatter | None, Any]] = []
         self._owner = owner
         self._failed: str | None = None  # the last error reported, so a broken file is logged once per reason
 
-    def put(self, line: bytes) -> None:
-        """Queue a formatted line (ending with a newline)."""
+    def put(self, line: bytes, reopen: bool = False) -> None:
+        """Queue a formatted line (ending with a newline); with `reopen`, the file is opened anew to write it and
+        closed after (file-log's `reopen`, decided by the plugin instance that writes, as Kong decides it)."""
         if not self._pending:
             self._owner.dirty(self)
         self._pending.append((None, line))
+        if reopen:
+            self._reopen = True
 
-    def defer(self, formatter: Formatter, item: Any) -> None:
+    def defer(self, formatter: Formatter, item: Any, reopen: bool = False) -> None:
         """Queue `item`, to be formatted by `formatter(item) -> bytes` (one line) when the batch is written."""
         if not self._pending:
             self._owner.dirty(self)
         self._pending.append((formatter, item))
+        if reopen:
+            self._reopen = True
 
     @property
     def pending(self) -> int:
@@ -76,6 +81,7 @@ class LineWriter:
         pending, self._pending = self._pending, []
         if not pending:
             return 0
+        reopen, self._reopen = self._reopen, False
         lines = []
         for formatter, item in pending:
             if formatter is None:
@@ -86,7 +92,7 @@ class LineWriter:
             except Exception:  # one bad entry must not cost the batch
                 log.exception("log %s: could not format an entry", self.path)
                 RECORDER.count(DROPPED, (self.path,))
-        if self.reopen_each:
+        if reopen:
             self.close()
         fd = self._open()
         if fd < 0:
@@ -113,7 +119,7 @@ class LineWriter:
             self.close()
         else:
             self._failed = None
-        if self.reopen_each:
+        if reopen:
             self.close()
         return written
 
@@ -164,14 +170,12 @@ class Lines:
         self._dirty: list[LineWriter] = []
         self._wake: trio.Event | None = None  # set by `run`: without it, lines wait for flush()
 
-    def writer_for(self, path: str, reopen_each: bool = False) -> LineWriter:
+    def writer_for(self, path: str) -> LineWriter:
         """The one writer of `path` in this process (relative paths are taken from the working directory)."""
         path = os.path.abspath(path)
         writer = self.writers.get(path)
         if writer is None:
-            writer = self.writers[path] = LineWriter(path, self, reopen_each)
-        elif reopen_each:
-            writer.reopen_each = True
+            writer = self.writers[path] = LineWriter(path, self)
         return writer
 
     def dirty(self, writer: LineWriter) -> None:
@@ -214,5 +218,5 @@ class Lines:
 LINES = Lines()
 
 
-def writer_for(path: str, reopen_each: bool = False) -> LineWriter:
-    return LINES.writer_for(path, reopen_each)
+def writer_for(path: str) -> LineWriter:
+    return LINES.writer_for(path)

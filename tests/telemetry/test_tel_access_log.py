@@ -53,6 +53,19 @@ async def test_access_log_has_one_kong_shaped_line_per_request(nursery, gateway,
     assert isinstance(first["started_at"], int) and first["started_at"] > 1_600_000_000_000
     assert second["response"]["status"] == 404 and second["source"] == "exit"
     assert "route" not in second and second["latencies"]["proxy"] == -1
+    assert "tries" not in second  # no route: no balancer data
+
+
+async def test_a_matched_request_answered_before_any_try_has_empty_tries(nursery, gateway, tmp_path):
+    """Kong's spec 01-tcp-log "tries field encoded as JSON array" (#6390): a route matched, request-termination
+    answered, and `tries` is an empty array, not missing."""
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("svc", "http://127.0.0.1:9", [{"paths": ["/"]}])],
+                          "plugins": [{"name": "request-termination", "config": {"status_code": 200}}]},
+                         access_log=str(log))
+    assert (await request(port, "GET", "/x")).status == 200
+    (line,) = await _lines(log, 1)
+    assert line["tries"] == []
 
 
 async def test_a_failed_upstream_is_logged_with_its_tries(nursery, gateway, tmp_path):

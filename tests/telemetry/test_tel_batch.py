@@ -142,6 +142,21 @@ async def test_concurrency_limit_minus_one_sends_batches_in_parallel(nursery, au
     assert sorted(b[0] for _, b in sink.batches) == [0, 1, 2]
 
 
+async def test_concurrency_limit_minus_one_sends_each_entry_at_once_alone(nursery, autojump):
+    """kong/tools/queue.lua: with concurrency_limit -1 an entry is not enqueued but handed to the handler at once,
+    as a batch of one, whatever max_batch_size and max_coalescing_delay say."""
+    sink = Collector()
+    queue = BatchQueue("unqueued", QueueConfig(max_batch_size=10, max_coalescing_delay=60, concurrency_limit=-1),
+                       sink)
+    await _run(queue, nursery)
+    start = trio.current_time()
+    for i in range(3):
+        queue.put(i)
+    await trio.sleep(0.001)
+    assert sorted(b for _, b in sink.batches) == [[0], [1], [2]]
+    assert all(at - start < 0.01 for at, _ in sink.batches)
+
+
 async def test_drain_sends_what_waits_without_the_delay(nursery, autojump):
     sink = Collector()
     queue = BatchQueue("drain", QueueConfig(max_batch_size=100, max_coalescing_delay=3600), sink)

@@ -57,13 +57,29 @@ def test_reopen_follows_a_rotated_file(tmp_path):
 def test_reopen_each_write_follows_rotation_without_a_signal(tmp_path):
     path = tmp_path / "file.log"
     lines = Lines()
-    writer = lines.writer_for(str(path), reopen_each=True)
-    writer.put(b"one\n")
+    writer = lines.writer_for(str(path))
+    writer.put(b"one\n", reopen=True)
     lines.flush()
     path.rename(tmp_path / "file.log.1")
-    writer.put(b"two\n")
+    writer.put(b"two\n", reopen=True)
     lines.flush()
     assert path.read_text() == "two\n"
+
+
+def test_reopen_is_decided_by_each_write_not_kept_by_the_file(tmp_path):
+    """Kong's file-log decides per write from the config of the plugin writing: after a reload to `reopen: false`
+    (or beside another instance without it), the file is kept open."""
+    path = tmp_path / "file.log"
+    lines = Lines()
+    writer = lines.writer_for(str(path))
+    writer.put(b"one\n", reopen=True)
+    lines.flush()
+    writer.put(b"two\n")
+    lines.flush()
+    path.rename(tmp_path / "file.log.1")
+    writer.put(b"three\n")
+    lines.flush()
+    assert (tmp_path / "file.log.1").read_text() == "one\ntwo\nthree\n"  # still open: no reopen asked
 
 
 def test_a_file_that_cannot_be_opened_drops_lines_and_counts_them(tmp_path, caplog):

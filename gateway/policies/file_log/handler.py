@@ -14,7 +14,8 @@ class FileLog:
     entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
 
     def __init__(self, config: FileLogConfig, writer: LineWriter | None = None) -> None:
-        self.writer = writer if writer is not None else writer_for(config.path, config.reopen)
+        self.writer = writer if writer is not None else writer_for(config.path)
+        self.reopen = config.reopen  # this instance's lines open the file anew (another's to the file may not)
 
     def log_entry(self, entry: Entry) -> None:
-        self.writer.defer(Entry.json_line, entry)
+        self.writer.defer(Entry.json_line, entry, self.reopen)
