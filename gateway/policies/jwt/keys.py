@@ -3,13 +3,12 @@ for RS*, PS*, ES* and EdDSA): what the token's signature is checked against."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 from typing import Any
 
 from gateway.jwtlib import algorithms
 from gateway.policies.consumers import Directory, JwtCredential
+from gateway.policies.jwt.token import b64url_decode
 
 log = logging.getLogger("gateway.policies")
 
@@ -19,8 +18,9 @@ class KeyMaterialError(ValueError):
 
 
 def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
-    """The verifying key, or None when `secret_is_base64` is set and the secret is not base64 (Kong then answers
-    "Invalid key/secret"). Raises KeyMaterialError for key material that can never verify anything."""
+    """The verifying key, or None when `secret_is_base64` is set and the secret is not base64url as Kong's
+    jwt:base64_decode reads it (Kong then answers "Invalid key/secret"). Raises KeyMaterialError for key material
+    that can never verify anything."""
     from jwt.exceptions import InvalidKeyError, PyJWTError
 
     alg = algorithms()[cred.algorithm]
@@ -28,7 +28,7 @@ def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
         if cred.algorithm.startswith("HS"):
             secret = (cred.secret or "").encode()
             if secret_is_base64:
-                decoded = _b64decode(secret)
+                decoded = b64url_decode(secret)
                 if decoded is None:
                     return None
                 secret = decoded
@@ -55,15 +55,6 @@ def check_keys(directory: Directory) -> list[str]:
         if weak:
             log.warning("%s: %s", cred.where, weak)
     return errors
-
-
-def _b64decode(data: bytes) -> bytes | None:
-    """Kong's jwt:base64_decode of a secret (base64url, padding optional); the standard alphabet is taken too."""
-    data = data.replace(b"+", b"-").replace(b"/", b"_").rstrip(b"=")
-    try:
-        return base64.b64decode(data + b"=" * (-len(data) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        return None
 
 
 def _reason(e: Exception) -> str:

@@ -6,13 +6,15 @@ import msgspec
 
 from gateway.config.consumers import HeaderText
 
+Name = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's schema strings are at least one character long
+
 
 class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
-    uri_param_names: list[str] = msgspec.field(default_factory=lambda: ["jwt"])
-    cookie_names: list[str] = []
-    header_names: list[str] = msgspec.field(default_factory=lambda: ["authorization"])
-    claims_to_verify: list[Literal["exp", "nbf"]] = []
-    key_claim_name: str = "iss"
+    uri_param_names: list[Name] = msgspec.field(default_factory=lambda: ["jwt"])
+    cookie_names: list[Name] = []
+    header_names: list[Name] = msgspec.field(default_factory=lambda: ["authorization"])
+    claims_to_verify: list[Literal["exp", "nbf"]] | None = None  # Kong's has no default: null (verify none)
+    key_claim_name: Name = "iss"
     secret_is_base64: bool = False
     anonymous: str | None = None
     run_on_preflight: bool = True
@@ -20,5 +22,6 @@ class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
     realm: HeaderText | None = None
 
     def __post_init__(self) -> None:
-        if self.maximum_expiration > 0 and "exp" not in self.claims_to_verify:
+        # Kong's conditional entity check: a null claims_to_verify passes it (only check_maximum_expiration runs)
+        if self.maximum_expiration > 0 and self.claims_to_verify is not None and "exp" not in self.claims_to_verify:
             raise ValueError("maximum_expiration needs claims_to_verify to include exp (as Kong's schema requires)")
