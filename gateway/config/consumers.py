@@ -282,7 +282,7 @@ def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, 
         if cred.algorithm.startswith("HS"):
             if cred.secret is None:
                 cred.secret = Secret(secrets.token_hex(16))
-        elif not cred.rsa_public_key:
+        elif not cred.rsa_public_key and not cred.algorithm.startswith("ES"):  # (Kong requires none for ES*)
             errors.append(f"{where}.rsa_public_key: algorithm {cred.algorithm} needs the consumer's public key (PEM)")
         _unique(unique, ("jwt key", cred.key), cred, f"{where}.key: {cred.key!r}", errors)
     elif attr == "keyauth_credentials":

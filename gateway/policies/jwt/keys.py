@@ -18,38 +18,55 @@ class KeyMaterialError(ValueError):
 
 
 def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
-    """The verifying key, or None when `secret_is_base64` is set and the secret is not base64url as Kong's
-    jwt:base64_decode reads it (Kong then answers "Invalid key/secret"). Raises KeyMaterialError for key material
-    that can never verify anything."""
+    """The verifying key, or None for one Kong takes but that verifies nothing (Kong then answers "Invalid
+    key/secret"): a secret that is not base64url when `secret_is_base64` (as Kong's jwt:base64_decode reads it), an
+    ES* credential without a usable key (Kong checks no ES key), a key of another family. An HMAC secret is used as
+    it is, as Kong uses it (PyJWT refuses PEM-looking ones; the algorithm is pinned per credential, so there is no
+    confusion to guard against). Raises KeyMaterialError for what Kong refuses: an RS*, PS* or EdDSA
+    `rsa_public_key` that is no key at all."""
     from jwt.exceptions import InvalidKeyError, PyJWTError
 
-    alg = algorithms()[cred.algorithm]
+    if cred.algorithm.startswith("HS"):
+        secret = (cred.secret or "").encode()
+        return b64url_decode(secret) if secret_is_base64 else secret
     try:
-        if cred.algorithm.startswith("HS"):
-            secret = (cred.secret or "").encode()
-            if secret_is_base64:
-                decoded = b64url_decode(secret)
-                if decoded is None:
-                    return None
-                secret = decoded
-            return alg.prepare_key(secret)
-        key = alg.prepare_key(cred.public_key or "")
+        key = algorithms()[cred.algorithm].prepare_key(cred.public_key or "")
     except (InvalidKeyError, PyJWTError, ValueError, TypeError) as e:
-        what = "secret" if cred.algorithm.startswith("HS") else "rsa_public_key"
-        kind = "an HMAC secret" if what == "secret" else f"a {cred.algorithm} public key (PEM)"
-        raise KeyMaterialError(f"{cred.where}.{what}: not usable as {kind}: {_reason(e)}") from None
+        if cred.algorithm.startswith("ES") or (cred.public_key and _is_a_key(cred.public_key)):
+            return None
+        raise KeyMaterialError(f"{cred.where}.rsa_public_key: not usable as a {cred.algorithm} public key (PEM): "
+                               f"{_reason(e)}") from None
     public = getattr(key, "public_key", None)  # a private key was given: verify with its public half
     return public() if callable(public) else key
 
 
+def _is_a_key(pem: str) -> bool:
+    """Does OpenSSL read `pem` as a key of any kind (Kong's validate_ssl_key, resty.openssl.pkey.new)?"""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
+
+    data = pem.encode()
+    for load in (load_pem_public_key, lambda d: load_pem_private_key(d, None)):
+        try:
+            load(data)
+        except (ValueError, TypeError):
+            continue
+        return True
+    return False
+
+
 def check_keys(directory: Directory) -> list[str]:
-    """Every jwt secret's key material, as a config error each (Kong validates keys when the entity is written)."""
+    """Every jwt secret's key material: a config error for each Kong refuses, a warning for each that Kong takes
+    but that can verify no token (Kong validates keys when the entity is written)."""
     errors = []
     for cred in directory.jwt.values():
         try:
             key = prepare(cred, False)
         except KeyMaterialError as e:
             errors.append(str(e))
+            continue
+        if key is None:
+            log.warning("%s: no usable %s key: every token for it gets 401 \"Invalid key/secret\" (as in Kong)",
+                        cred.where, cred.algorithm)
             continue
         weak = algorithms()[cred.algorithm].check_key_length(key)
         if weak:
