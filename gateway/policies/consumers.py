@@ -19,6 +19,7 @@ from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.policies import cjson
 
+MAX_ARGS = 100  # the query arguments and header lines Kong's get_query and get_headers read (ngx_lua's default)
 JSON_UTF8 = b"application/json; charset=utf-8"  # Kong's content type for its error bodies
 _B64 = re.compile(rb"[A-Za-z0-9+/]*")
 
@@ -272,7 +273,8 @@ def header_key(name: str) -> bytes:
 
 def query_values(target: bytes, name: str) -> list[str | None]:
     """The decoded values of query argument `name` (None for a bare `?name`), as Kong's kong.request.get_query()
-    reads them: split on "&", names and values percent-decoded with "+" as a space."""
+    reads them: split on "&", names and values percent-decoded with "+" as a space, the first MAX_ARGS named
+    arguments only (lua_max_uri_args; an empty part or name is skipped and not counted)."""
     _, sep, query = target.partition(b"?")
     if not sep or not query:
         return []
@@ -280,23 +282,22 @@ def query_values(target: bytes, name: str) -> list[str | None]:
     if raw not in query and b"%" not in query and b"+" not in query:
         return []
     out: list[str | None] = []
+    named = 0
     for part in query.split(b"&"):
-        if not part:
+        if not part or part[0] == 61:  # (61: "=", a part without a name)
             continue
         k, eq, v = part.partition(b"=")
         if _unquote(k) == name:
             out.append(_unquote(v) if eq else None)
+        named += 1
+        if named == MAX_ARGS:
+            break
     return out
 
 
-def remove_query_arg(ex: Exchange, name: str) -> None:
-    """Kong's kong.service.request.clear_query_arg: the upstream request goes without `name`; the other arguments
-    keep their order and their encoding. The target as the client sent it stays the request's request_uri()."""
-    path, sep, query = ex.request.target.partition(b"?")
-    if not sep:
-        return
-    kept = [p for p in query.split(b"&") if p and _unquote(p.partition(b"=")[0]) != name]
-    ex.rewrite_target(path + b"?" + b"&".join(kept) if kept else path)
+def first_headers(headers: Headers) -> Headers:
+    """The header lines Kong's kong.request.get_headers() reads: the first MAX_ARGS (lua_max_req_headers)."""
+    return headers if len(headers) <= MAX_ARGS else headers[:MAX_ARGS]
 
 
 def cookie_value(headers: Headers, name: bytes) -> bytes | None:

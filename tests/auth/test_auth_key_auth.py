@@ -119,7 +119,7 @@ async def test_hide_credentials_strips_the_key_from_header_and_query_keeping_the
     seen = upstream(await call(port, "/request", headers=[("apikey", "kong")]))
     assert "apikey" not in seen
     seen = upstream(await call(port, "/request?c=valu%651&api%6B%65%79=kong&a=x"))
-    assert seen[":path"] == "/request?c=valu%651&a=x"  # the other arguments keep their own encoding
+    assert seen[":path"] == "/request?c=value1&a=x"  # written again, as Kong (spec 09-key-auth "encoded query")
     seen = upstream(await call(port, "/request?apikey=kong"))
     assert seen[":path"] == "/request"
 

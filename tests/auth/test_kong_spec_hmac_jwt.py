@@ -231,3 +231,24 @@ def test_empty_names_are_refused_as_kong_refuses_empty_strings(field, value):
     [error] = errors(f"plugins: [{{name: jwt, config: {{{field}: {value}}}}}]")
     assert error.startswith(f"plugins[0].config.{field}")
     assert "non-empty" in error
+
+
+# --- jwt: key material Kong takes ------------------------------------------------------------------------------------
+
+
+async def test_an_hmac_secret_that_looks_like_a_pem_key_verifies_as_an_hmac_secret(nursery, gateway):
+    """Kong uses any secret as the HMAC key (PyJWT would refuse a PEM-looking one)."""
+    from auth_helpers import key_pair
+
+    pem = key_pair("RS256")[1]
+    port = await jwt_gateway(nursery, gateway, secrets=[{"key": "alice-key", "secret": pem}])
+    token = signed({"alg": "HS256", "typ": "JWT"}, {"iss": "alice-key"}, pem.encode())
+    assert (await call(port, "/", bearer(token))).status == 200
+
+
+async def test_an_es_credential_without_a_key_answers_invalid_key_secret(nursery, gateway):
+    """handler.lua: an ES* secret's rsa_public_key is nil, so "Invalid key/secret"."""
+    port = await jwt_gateway(nursery, gateway, secrets=[{"key": "alice-key", "algorithm": "ES256"}])
+    token = signed({"alg": "ES256", "typ": "JWT"}, {"iss": "alice-key"})
+    reply = await call(port, "/", bearer(token))
+    assert (reply.status, message(reply)) == (401, {"message": "Invalid key/secret"})

@@ -29,6 +29,7 @@ from gateway.policies.consumers import (
     Identity,
     Rejection,
     cookie_value,
+    first_headers,
     header_key,
     header_value,
     query_values,
@@ -43,7 +44,6 @@ CACHE_TOKEN_BYTES = 4096  # longer tokens are verified every time (bounds the ca
 # costs a scan per space (a quadratic search: 1.2 s for 20 KB of spaces inside a header)
 _BEARER = re.compile(rb"[Bb]earer\s+(.+)")
 _BARE = object()  # a bare `?jwt` query argument: Kong's `true`, an unrecognizable token
-MAX_ARGS = 100  # query arguments and header lines Kong's get_query and get_headers read (lua_max_uri_args, ...)
 
 
 class _Key:
@@ -103,7 +103,7 @@ class Jwt(AuthPolicy):
         header lines past the first MAX_ARGS are not looked at (Kong's get_query and get_headers stop there)."""
         req = ex.request
         found: dict[Any, None] = {}
-        target = _first_args(req.target)
+        target = req.target
         for name in self.params:
             for value in query_values(target, name):
                 if value is None:
@@ -114,7 +114,7 @@ class Jwt(AuthPolicy):
             cookie = cookie_value(req.headers, cookie_name)
             if cookie:
                 found[cookie] = None
-        headers = req.headers if len(req.headers) <= MAX_ARGS else req.headers[:MAX_ARGS]
+        headers = first_headers(req.headers)
         for header_name in self.headers:
             header = header_value(headers, header_name)
             if header is not None:
@@ -182,21 +182,6 @@ class Jwt(AuthPolicy):
             return {"exp": "exceeds maximum allowed expiration"}
         return None
 
-
-def _first_args(target: bytes) -> bytes:
-    """The target cut after its MAX_ARGS-th named query argument: what ngx.req.get_uri_args (get_query) reads; an
-    empty part or name is skipped and not counted."""
-    if target.count(b"&") < MAX_ARGS:
-        return target
-    path, _, query = target.partition(b"?")
-    parts = query.split(b"&")
-    named = 0
-    for i, part in enumerate(parts):
-        if part and not part.startswith(b"="):
-            named += 1
-            if named == MAX_ARGS:
-                return path + b"?" + b"&".join(parts[:i + 1])
-    return target
 
 
 def _is_number(value: Any) -> bool:

@@ -10,24 +10,32 @@ The body is read only when a name is in neither the headers nor the query, or to
 multipart body, read whole up to BODY_LIMIT (Kong's buffer is 8 KiB). One that cannot be read so holds no key.
 With hide_credentials the name is taken out of the body and the body written again in its type, as Kong's
 kong.service.request.set_body writes it, whichever of the three places the key came from.
+
+Headers and query arguments are read as Kong's get_headers and get_query read them: the first 100 of each
+(lua_max_req_headers, lua_max_uri_args); a key name is looked up as configured, else lower-cased with "_" as "-"
+(ngx.req.get_headers' table: key name "api_key" finds a header `api_key` or `api-key`). hide_credentials removes the
+name from the query as Kong's clear_query_arg does (the query parsed and written again by ada's URLSearchParams) and
+the header it names; unlike Kong it also removes the header the key was read from when that is spelled otherwise
+(Kong leaves `api-key` upstream for key name "api_key").
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
+from gateway.http.codec import Request
 from gateway.http.server import Exchange
 from gateway.policies.consumers import (
     AuthPolicy,
     Directory,
     Identity,
     Rejection,
-    header_key,
+    first_headers,
     header_value,
     header_values,
     query_values,
     remove_header,
-    remove_query_arg,
 )
 from gateway.policies.header_list import set_header
 from gateway.policies.key_auth.schema import KeyAuthConfig
@@ -35,6 +43,26 @@ from gateway.policies.request_body import get_body, set_body
 
 BODY_LIMIT = 1024 * 1024  # bytes of a body searched for a key; a larger one holds none (Kong: over its buffer)
 _UNREAD: Any = object()
+# ada 2.9.2's application/x-www-form-urlencoded serializing of each byte (its table leaves "\\" as is), with Kong's
+# "+" for a space then written "%20"
+_FORM_BYTE = [bytes([b]) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "*-._\\") else
+              b"%20" if b == 0x20 else b"%%%02X" % b for b in range(256)]
+
+
+class KeyName:
+    """One of key_names, prepared at config load: the query argument, the headers it is looked up as, in order, and
+    the headers hide_credentials removes."""
+
+    __slots__ = ("name", "query", "headers", "hidden")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.query = name.encode("utf-8", "surrogateescape")
+        lowered = name.lower()
+        normal = lowered.replace("_", "-").encode()
+        # ngx.req.get_headers' table: its keys are the (lower-case) names as sent; a miss looks again normalized
+        self.headers = (lowered.encode(), normal) if name == lowered and "_" in name else (normal,)
+        self.hidden = tuple(dict.fromkeys((lowered.encode(), *self.headers)))  # clear_header(name), and the above
 
 
 class KeyAuth(AuthPolicy):
@@ -44,7 +72,7 @@ class KeyAuth(AuthPolicy):
 
     def __init__(self, config: KeyAuthConfig, directory: Directory) -> None:
         super().__init__(directory.anonymous(config.anonymous), config.run_on_preflight)
-        self.names = [(name, header_key(name)) for name in config.key_names]
+        self.names = [KeyName(name) for name in config.key_names]
         self.in_header = config.key_in_header
         self.in_query = config.key_in_query
         self.searches_body = config.key_in_body
@@ -58,10 +86,8 @@ class KeyAuth(AuthPolicy):
     def authenticate(self, ex: Exchange) -> Identity | Rejection:
         req = ex.request
         key: bytes | None = None
-        for name, hname in self.names:
-            values: list[bytes] | list[str | None] = header_values(req.headers, hname) if self.in_header else []
-            if not values and self.in_query:
-                values = query_values(req.target, name)
+        for kn in self.names:
+            values = self._lookup(req, kn)
             if len(values) > 1:
                 return self.duplicate
             if not values or values[0] is None:  # absent, or a bare `?apikey`: try the next name
@@ -69,10 +95,19 @@ class KeyAuth(AuthPolicy):
             value = values[0]
             key = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
             if self.hide:
-                remove_query_arg(ex, name)
-                remove_header(ex, hname)
+                _hide(ex, kn)
             break
         return self._identify(key)
+
+    def _lookup(self, req: Request, kn: KeyName) -> list[bytes] | list[str | None]:
+        """The values of `kn` in the headers (key_in_header), else in the query (key_in_query), as Kong finds them."""
+        if self.in_header:
+            headers = first_headers(req.headers)
+            for hname in kn.headers:
+                found = header_values(headers, hname)
+                if found:
+                    return found
+        return query_values(req.target, kn.name) if self.in_query else []
 
     def _identify(self, key: bytes | None) -> Identity | Rejection:
         if not key:
@@ -85,14 +120,12 @@ class KeyAuth(AuthPolicy):
         req = ex.request
         body: Any = _UNREAD  # (media type, arguments) once read; None: no arguments in it
         key: bytes | None = None
-        for name, hname in self.names:
-            values: list[Any] = header_values(req.headers, hname) if self.in_header else []
-            if not values and self.in_query:
-                values = query_values(req.target, name)
+        for kn in self.names:
+            values: list[Any] = self._lookup(req, kn)
             if not values:
                 if body is _UNREAD:
                     body = await _read_body(ex)
-                found = body[1].get(name) if body is not None and isinstance(body[1], dict) else None
+                found = body[1].get(kn.name) if body is not None and isinstance(body[1], dict) else None
                 if isinstance(found, (list, dict)):
                     return self.duplicate
                 values = [found] if isinstance(found, str) else []
@@ -103,14 +136,43 @@ class KeyAuth(AuthPolicy):
             value = values[0]
             key = value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
             if self.hide:
-                remove_query_arg(ex, name)
-                remove_header(ex, hname)
+                _hide(ex, kn)
                 if body is _UNREAD:
                     body = await _read_body(ex)
                 if body is not None:
-                    _rewrite_body(ex, body[0], body[1], name)
+                    _rewrite_body(ex, body[0], body[1], kn.name)
             break
         return self._identify(key)
+
+
+
+def _hide(ex: Exchange, kn: KeyName) -> None:
+    """hide_credentials: the key name out of the query (Kong's clear_query_arg) and out of the headers."""
+    _clear_query_arg(ex, kn.query)
+    for hname in kn.hidden:
+        remove_header(ex, hname)
+
+
+def _clear_query_arg(ex: Exchange, name: bytes) -> None:
+    """kong.service.request.clear_query_arg: the query parsed by ada's URLSearchParams ("+" a space, %XX decoded,
+    empty parts dropped), every `name` taken out, the rest written again as "name=value" pairs, encoded as ada writes
+    them and a space as "%20"; the order is kept. Nothing happens to a target without a query."""
+    path, _, query = ex.request.target.partition(b"?")
+    if not query:
+        return
+    kept = []
+    for part in query.split(b"&"):
+        if not part:
+            continue
+        raw_name, _, raw_value = part.partition(b"=")
+        arg = unquote_to_bytes(raw_name.replace(b"+", b" "))
+        if arg != name:
+            kept.append(_form(arg) + b"=" + _form(unquote_to_bytes(raw_value.replace(b"+", b" "))))
+    ex.rewrite_target(path + b"?" + b"&".join(kept) if kept else path)
+
+
+def _form(data: bytes) -> bytes:
+    return b"".join([_FORM_BYTE[b] for b in data])
 
 
 async def _read_body(ex: Exchange) -> tuple[str, Any] | None:
