@@ -14,7 +14,8 @@ request id after the plugins); its body, read whole for body_filter (up to RESPO
 unchanged and is not stored), is stored with them for storage_ttl, else the Cache-Control TTL (cache_control), else
 cache_ttl. As in nginx, a HEAD request's, a 204's and a 304's response has no body for body_filter, so is never
 stored. An entry over gateway.stores.cache.ENTRY_LIMIT is not stored (logged): the response goes out as the
-Miss it said it was, as Kong's does when the shared dict refuses it.
+Miss it said it was, as Kong's does when the shared dict refuses it; so is one whose TTL is infinite
+(Cache-Control: max-age=inf with cache_control), which Kong's cjson cannot encode.
 
 On a hit the stored headers are sent without the hop-by-hop ones, Content-Length (the body's own is set) and any
 "ratelimit-remaining" header (Kong's rule); Age, X-Cache-Status and X-Cache-Key are set again. The diagnostic
@@ -29,6 +30,7 @@ after this one (request-termination) is a response like any: it may be stored, a
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -214,6 +216,9 @@ class ProxyCache:
             return body
         key, pending.key = pending.key, None
         if status in _NO_BODY:
+            return body
+        if not math.isfinite(pending.res_ttl):  # max-age=inf: cjson refuses the entry, Kong's strategy stores nothing
+            log.warning("proxy-cache: could not encode request object %s (its ttl is %s)", key, pending.res_ttl)
             return body
         ttl = self.storage_ttl if self.storage_ttl is not None else \
             pending.res_ttl if self.cache_control else self.rules.cache_ttl

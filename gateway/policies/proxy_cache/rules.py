@@ -22,6 +22,7 @@ comparison raises a Lua error (a 500).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Literal
 
@@ -35,7 +36,8 @@ Freshness = Literal["Hit", "Refresh"]
 _PART = re.compile(rb"[^,]+")
 _DIRECTIVE = re.compile(rb"[ \t\n\x0b\f\r]*([^=]+)(?:=(.+))?")
 _DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_HEX_NUMBER = re.compile(r"[+-]?0[xX][0-9a-fA-F]+")
+_HEX_NUMBER = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
+_SPECIAL = {"inf": math.inf, "infinity": math.inf, "nan": math.nan}  # LuaJIT's lj_strscan reads these, any case
 _LUA_SPACE = " \t\n\x0b\f\r"
 
 # RFC 2045 as kong/tools/mime_type.lua's LPeg grammar has it
@@ -49,15 +51,22 @@ MediaType = tuple[str, str, dict[str, str]]
 
 
 def lua_number(text: str) -> int | float | None:
-    """Lua's tonumber of a string (decimal, with a fraction or an exponent, or hexadecimal), or None."""
+    """LuaJIT's tonumber of a string (decimal, with a fraction or an exponent; hexadecimal, with a fraction or a "p"
+    exponent too; inf, infinity or nan in any case, signed), or None."""
     text = text.strip(_LUA_SPACE)
     if _DECIMAL.fullmatch(text):
         if "." in text or "e" in text or "E" in text:
             return float(text)
         return int(text)
     if _HEX_NUMBER.fullmatch(text):
+        if "." in text or "p" in text or "P" in text:
+            return float.fromhex(text)
         return int(text, 16)
-    return None
+    sign, name = (text[0], text[1:]) if text[:1] in ("+", "-") else ("", text)
+    special = _SPECIAL.get(name.lower())
+    if special is None:
+        return None
+    return -special if sign == "-" else special
 
 
 def parse_directives(value: bytes | None) -> Directives:
@@ -123,7 +132,8 @@ def last_value(headers: Headers, name: bytes) -> bytes | None:
 
 
 def resource_ttl(cc: Directives, expires: bytes | None, now: int) -> int | float:
-    """kong.tools.http.calculate_resource_ttl: s-maxage, else max-age, else Expires - now; at least 0."""
+    """kong.tools.http.calculate_resource_ttl: s-maxage, else max-age, else Expires - now; at least 0 (and 0 for
+    nan)."""
     max_age = number(cc, b"s-maxage")
     if max_age is None:
         max_age = number(cc, b"max-age")
@@ -131,7 +141,8 @@ def resource_ttl(cc: Directives, expires: bytes | None, now: int) -> int | float
         at = parse_http_time(expires)
         if at is not None:
             max_age = at - now
-    return max(max_age, 0) if max_age is not None else 0
+    # LuaJIT's math.max(max_age, 0) (maxsd) gives its second operand when the first is nan
+    return max_age if max_age is not None and max_age > 0 else 0
 
 
 class Rules:

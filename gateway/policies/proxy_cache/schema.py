@@ -23,10 +23,11 @@ DICTIONARIES = ("kong", "kong_locks", "kong_healthchecks", "kong_cluster_events"
 
 StatusCode = Annotated[int, msgspec.Meta(ge=100, le=900)]
 Method = Literal["HEAD", "GET", "POST", "PATCH", "PUT"]
+Text = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's strings are never empty (its schema's default len_min)
 
 
 class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True):
-    dictionary_name: str = DEFAULT_DICTIONARY
+    dictionary_name: Text = DEFAULT_DICTIONARY
 
     def __post_init__(self) -> None:
         if self.dictionary_name not in DICTIONARIES:
@@ -47,14 +48,14 @@ class ProxyCacheConfig(msgspec.Struct, forbid_unknown_fields=True):
     strategy: Literal["memory"]  # required, no default (Kong's)
     response_code: list[StatusCode] = msgspec.field(default_factory=lambda: [200, 301, 404])
     request_method: list[Method] = msgspec.field(default_factory=lambda: ["GET", "HEAD"])
-    content_type: list[str] = msgspec.field(default_factory=lambda: ["text/plain", "application/json"])
+    content_type: list[Text] = msgspec.field(default_factory=lambda: ["text/plain", "application/json"])
     cache_ttl: Annotated[int, msgspec.Meta(gt=0)] = 300
     cache_control: bool = False
     ignore_uri_case: bool = False
     storage_ttl: int | None = None
     memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
-    vary_query_params: list[str] | None = None
-    vary_headers: list[str] | None = None
+    vary_query_params: list[Text] | None = None
+    vary_headers: list[Text] | None = None
     response_headers: ResponseHeaders = msgspec.field(default_factory=ResponseHeaders)
 
     def __post_init__(self) -> None:
