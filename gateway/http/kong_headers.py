@@ -27,6 +27,7 @@ _VIA_LINE = b"Via: " + _VIA + b"\r\n"
 _SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
 _VIA_AND_SERVER = _VIA_LINE + _SERVER_LINE
 _DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n%b"
+PROXIED = "kong-proxied"  # ex.state: a plugin answered as Kong's KONG_PROXIED (proxy-cache's hit)
 _DEFAULTS = {"via", "server", "x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency",
              "x-kong-request-id"}
 
@@ -69,7 +70,7 @@ class KongHeaders:
     here, from the headers that are on. `add` is Kong's defaults' own code when those are what is on (the usual
     case, on every response), else the general one."""
 
-    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_own", "_clock", "add")
+    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_cached", "_own", "_clock", "add")
 
     def __init__(self, on: set[str]) -> None:
         self.via = "via" in on
@@ -81,6 +82,7 @@ class KongHeaders:
             proxied += b"X-Kong-Upstream-Latency: %(u)d\r\n"
         if "x-kong-proxy-latency" in on:
             proxied += b"X-Kong-Proxy-Latency: %(p)d\r\n"
+        cached = proxied  # (no upstream status: none was reached)
         if self.upstream_status:
             proxied += b"X-Kong-Upstream-Status: %(s)d\r\n"
         if "x-kong-response-latency" in on:
@@ -89,8 +91,10 @@ class KongHeaders:
             own += b"Server: " + SERVER_TOKEN.replace(b"%", b"%%") + b"\r\n"
         if self.request_id:
             proxied += b"X-Kong-Request-Id: %(r)b\r\n"
+            cached += b"X-Kong-Request-Id: %(r)b\r\n"
             own += b"X-Kong-Request-Id: %(r)b\r\n"
         self._proxied = proxied
+        self._cached = cached
         self._own = own
         self._clock: Callable[[], float] = run_clock()
         self.add: Callable[[Any, list[tuple[bytes, bytes]], int], bytes] = \
@@ -146,10 +150,29 @@ class KongHeaders:
 
     def _own_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes) -> bytes:
         """For an answer of the gateway's own: Server (replacing one a plugin set) and the response latency."""
+        state = ex.state
+        if state and PROXIED in state:
+            return self._cached_lines(ex, headers, rid)
         started = ex.started
         lines = self._own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
         if any(hv[0] == b"server" for hv in headers):  # (a plugin's): Kong's replaces it, or removes it when off
             headers[:] = [hv for hv in headers if hv[0] != b"server"]
+        return lines
+
+    def _cached_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes) -> bytes:
+        """For a plugin's answer Kong counts as proxied (proxy-cache's hit sets KONG_PROXIED): the headers of a
+        proxied response, the upstream latency 0 and the proxy latency the time to this answer; Via, and Server only
+        when the stored response has none."""
+        lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"r": rid}
+        seen = dict(headers)
+        if self.via:
+            via = seen.get(b"via")
+            if via is None:
+                lines += _VIA_LINE
+            else:
+                _append_via(headers, via)
+        if self.server and b"server" not in seen:
+            lines += _SERVER_LINE
         return lines
 
     def _new_id(self, ex: Any) -> bytes:

@@ -51,6 +51,7 @@ JSON = b"application/json"
 REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
 URI_CAPTURES = "uri_captures"  # ex.state: the groups of the matched regex path (Kong's router_matches.uri_captures)
 UPSTREAM_PATH = "upstream_path"  # ex.state: the upstream path a policy set (kong.service.request.set_path)
+REQUEST_METHOD = "request_method"  # ex.state: the method as the client sent it, once a policy has changed it
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
@@ -204,6 +205,19 @@ class Exchange:
         else:
             self.state.setdefault(REQUEST_URI, self.request.target)
         self.request.target = target
+
+    def set_method(self, method: bytes) -> None:
+        """Send the request upstream as `method` (kong.service.request.set_method); the client's stays the request
+        line's (request_line_method)."""
+        if self.state is None:
+            self.state = {}
+        self.state.setdefault(REQUEST_METHOD, self.request.method)
+        self.request.method = method
+
+    def request_line_method(self) -> bytes:
+        """The method as the client sent it (the first word of nginx's $request), whatever policies changed since."""
+        state = self.state
+        return state.get(REQUEST_METHOD, self.request.method) if state else self.request.method
 
     def set_upstream_path(self, path: bytes) -> None:
         """Send the request upstream with `path` (and the query as it stands), in place of the route's

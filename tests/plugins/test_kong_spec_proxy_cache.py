@@ -120,7 +120,6 @@ async def test_a_hit_is_logged_with_an_empty_list_of_tries(nursery, gateway, tmp
 # --- needing changes outside gateway/policies/proxy_cache ------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="gateway.http.kong_headers: a proxy-cache hit is KONG_PROXIED (see report)")
 async def test_a_hit_carries_kongs_headers_of_a_proxied_response(nursery, gateway):
     """02-access_spec.lua "displays Kong core headers": a Hit has X-Kong-Proxy-Latency and X-Kong-Upstream-Latency
     (the handler sets ngx.ctx.KONG_PROXIED, so runloop's header_filter treats the answer as proxied: Via too, and no
@@ -134,7 +133,6 @@ async def test_a_hit_carries_kongs_headers_of_a_proxied_response(nursery, gatewa
     assert hit.header("via") is not None and hit.header("x-kong-response-latency") is None
 
 
-@pytest.mark.xfail(strict=True, reason="gateway.http.kong_headers: a proxy-cache hit is KONG_PROXIED (see report)")
 async def test_a_hit_keeps_the_upstreams_server_header(nursery, gateway):
     """Kong stores the upstream's Server header (proxy_pass_header Server) and, the hit being proxied, runloop adds
     its own only when there is none."""
@@ -144,7 +142,6 @@ async def test_a_hit_keeps_the_upstreams_server_header(nursery, gateway):
     assert status_of(hit) == "Hit" and hit.header("server") == "gunicorn"
 
 
-@pytest.mark.xfail(strict=True, reason="the client's request method is not kept once request-transformer changes it")
 async def test_the_key_hashes_the_request_line_as_the_client_sent_it(nursery, gateway):
     """cache_key.lua hashes ngx.var.request (the client's request line, whatever request-transformer's http_method
     made of the method) next to kong.request.get_method() (the method now)."""

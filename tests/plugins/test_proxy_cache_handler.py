@@ -54,6 +54,9 @@ class Ex:
         self.body = body
         self.sent: tuple[int, list, bytes] | None = None
 
+    def request_line_method(self) -> bytes:
+        return self.request.method
+
     def request_uri(self) -> bytes:
         return self.request.target
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from gateway.http.codec import Headers
 from gateway.http.ids import new_request_id
+from gateway.http.kong_headers import PROXIED
 from gateway.http.server import Exchange
 from gateway.policies.header_list import set_header
 from gateway.policies.proxy_cache import cache_key
@@ -109,7 +110,9 @@ class ProxyCache:
         consumer = ex.consumer
         route = ex.route
         facts = route.facts if route is not None else None
-        uri = cache_key.request_uri(req.method, ex.request_uri(), req.http_version, self.ignore_uri_case)
+        # ngx.var.request: the request line as the client sent it, whatever request-transformer made of the method
+        uri = cache_key.request_uri(ex.request_line_method(), ex.request_uri(), req.http_version,
+                                    self.ignore_uri_case)
         return cache_key.build_cache_key(
             consumer.id if consumer is not None else None, facts.route_id if facts is not None else None,
             req.method, uri, cache_key.uri_args(req.target.partition(b"?")[2]),
@@ -178,6 +181,7 @@ class ProxyCache:
         headers.append((b"x-request-id", ex.request_id))
         # an unread request body is read and dropped after the answer (up to server.DRAIN_LIMIT, else the connection
         # closes), as nginx discards it when Kong answers from the cache: the connection stays kept alive
+        ex.state[PROXIED] = True  # type: ignore[index]  # Kong's KONG_PROXIED: a proxied response's headers
         await ex.send_head(entry.status, headers, entry.body, end=True)
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:

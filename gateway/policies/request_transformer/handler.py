@@ -158,7 +158,7 @@ class RequestTransformer:
 
     async def _method(self, ex: Exchange, query: Args) -> None:
         req = ex.request
-        req.method = self.method  # type: ignore[assignment]
+        ex.set_method(self.method)  # type: ignore[arg-type]
         if self.method in (b"GET", b"HEAD", b"TRACE") and \
                 _content_kind(get_header(req.headers, b"content-type")) == _FORM:
             raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
