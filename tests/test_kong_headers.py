@@ -159,7 +159,8 @@ def test_the_defaults_own_code_says_what_the_general_code_says(upstream, answere
     last = SimpleNamespace(head_at=10.0042 if answered else 0.0, started=10.0011)
     results = []
     for add in (kong._add_defaults, kong._add_any):
-        ex = SimpleNamespace(request_id=b"rid", tries=[last], started=10.0 if answered else 0.0, request=None, state=None)
+        ex = SimpleNamespace(request_id=b"rid", tries=[last], started=10.0 if answered else 0.0, request=None,
+                             state=None)
         headers = [(b"content-type", b"text/plain"), *upstream]
         results.append((add(ex, headers, 200), headers))
     assert results[0] == results[1]
