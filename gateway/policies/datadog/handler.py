@@ -3,19 +3,24 @@ agent, `<prefix>.<stat>:<value>|<type>[|@<rate>]|#<tags>`. The tags: `<service_n
 dots as "_">`, `<status_tag>:<status>`, `<consumer_tag>:<the consumer's id, custom_id or username>` when the metric
 names a consumer_identifier and the consumer has it, then the metric's own tags. Values from Kong's serializer:
 request.count 1, latency (request), upstream_latency (proxy, -1 when no upstream answered), kong_latency,
-request.size and response.size. Sent through Kong's queue off the request path; a datagram the agent's port
-refused is lost, as in Kong.
+request.size and response.size. Sent through Kong's queue off the request path; a datagram that could not be
+sent (the agent's port refused it) is logged and lost, and the batch's other datagrams still go: Kong's send_statsd
+logs the failure and goes on, and its queue never sends the batch again.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from gateway.policies.datadog.schema import DatadogConfig, DatadogMetric
 from gateway.policies.statsd.lines import rate_suffix
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.entry import Entry, summary
+from gateway.telemetry.sender import SendError
 from gateway.telemetry.udp_sender import UdpSender
+
+log = logging.getLogger("gateway.telemetry")
 
 _TYPES = {"gauge": "g", "counter": "c", "timer": "ms", "histogram": "h", "meter": "m", "set": "s",
           "distribution": "d"}
@@ -77,9 +82,13 @@ class Datadog:
         return out
 
     async def send(self, batch: list[Any]) -> None:
+        """Each datagram of the batch; one that fails is logged and the next is sent (never raises: no retry)."""
         for lines in batch:
             for line in lines:
-                await self.sender.send(line)
+                try:
+                    await self.sender.send(line)
+                except SendError as e:
+                    log.error("datadog: failed to send data: %s", e)  # (the message says where)
 
 
 def _consumer_id(consumer: dict[str, Any], identifier: str) -> str | None:

@@ -14,6 +14,8 @@ from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 StatName = Literal["kong_latency", "latency", "request_count", "request_size", "response_size", "upstream_latency"]
 StatType = Literal["counter", "gauge", "histogram", "meter", "set", "timer", "distribution"]
 ConsumerIdentifier = Literal["consumer_id", "custom_id", "username"]
+# Kong's schema strings are at least 1 character unless they say otherwise (kong/db/schema/init.lua)
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class DatadogMetric(msgspec.Struct, forbid_unknown_fields=True):
@@ -46,10 +48,10 @@ class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
     # null: the agent named by KONG_DATADOG_AGENT_HOST / KONG_DATADOG_AGENT_PORT in the gateway's environment
     host: str | None = "localhost"
     port: Port | None = 8125
-    prefix: str = "kong"
-    service_name_tag: str = "name"
-    status_tag: str = "status"
-    consumer_tag: str = "consumer"
+    prefix: NonEmpty = "kong"
+    service_name_tag: NonEmpty = "name"
+    status_tag: NonEmpty = "status"
+    consumer_tag: NonEmpty = "consumer"
     metrics: list[DatadogMetric] = msgspec.field(default_factory=_default_metrics)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     # Kong 3.x's deprecated forms: queue_size and flush_timeout still map onto the queue (Kong's
