@@ -15,9 +15,10 @@ import trio
 from backends import EchoBackend, Seen, free_port, request, service, upstream, wait_until
 from plugins.plugin_helpers import plugin, refused
 
-from gateway.policies.zipkin import propagation, spans
-from gateway.policies.zipkin.propagation import B3, B3_SINGLE, JAEGER, W3C, extract, inject, plugin_params, scan
+from gateway.policies.zipkin import spans
 from gateway.policies.zipkin.schema import ZipkinConfig
+from gateway.telemetry import propagation
+from gateway.telemetry.propagation import B3, B3_SINGLE, JAEGER, W3C, extract, inject, plugin_params, scan
 
 TIMEOUT = 10
 TID16 = "0af7651916cd43dd8448eb211c80319c"

@@ -1,7 +1,12 @@
 """opentelemetry: Kong's plugin: trace context propagation (w3c, b3, b3-single, jaeger) and spans over OTLP/HTTP."""
 
-from gateway.policies.opentelemetry.handler import OpenTelemetry
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.policies.opentelemetry.handler import OpenTelemetry, OpenTelemetryWithHeader
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
+from gateway.telemetry.node_id import gateway_node_id
 
 name = "opentelemetry"
 priority = OpenTelemetry.priority
@@ -9,5 +14,6 @@ schema = OpenTelemetryConfig
 consumer_scoped = True
 
 
-def build(config: OpenTelemetryConfig, plugin_id: str, shared: object) -> OpenTelemetry:
-    return OpenTelemetry(config, plugin_id)
+def build(config: OpenTelemetryConfig, plugin_id: str, shared: object, gateway: Any = None) -> OpenTelemetry:
+    cls = OpenTelemetryWithHeader if config.http_response_header_for_traceid else OpenTelemetry
+    return cls(config, plugin_id, gateway_node_id(gateway))

@@ -1,9 +1,14 @@
 """Kong's opentelemetry plugin: trace context propagation in its access step, spans in its log step.
 
-access: extract the caller's context (the configured formats, the first found), decide sampling as Kong does (a
-caller that said "not sampled" is not sampled; otherwise the trace id against sampling_rate), and inject the
-context upstream with the span id of the client span that will carry the request, so the upstream's spans are its
-children. A request answered before this step ran (401, 404 no route, 429) gets a trace in the log step.
+access: Kong's propagation (the zipkin plugin's module, gateway.telemetry.propagation: the same extractors
+and injectors): extract the caller's context (the configured formats, the first found), decide sampling as Kong's
+tracer does (a caller that said "not sampled" is not sampled; otherwise the trace id against sampling_rate), clear
+the configured headers and set the ones the injectors write, with the span id of the client span that will carry
+the request, so the upstream's spans are its children. The extracted trace id's size (64-bit b3 and jaeger), b3's
+debug flag and jaeger's baggage go on as Kong's injectors write them.
+
+A request answered before this step ran (401 from an authentication plugin, 404 no route) has the trace Kong's
+request instrumentation started for it: a new trace id, no parent.
 
 log: for a sampled request, one SERVER span for the request and one CLIENT span per upstream try (the last one
 is the span that was propagated), with OpenTelemetry's HTTP semantic conventions; the records go to the plugin's
@@ -14,28 +19,32 @@ unsampled request beyond its ids and headers.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from typing import Any
 
 from gateway import __version__
+from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.metrics import wall_offset
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.propagation import (
+    TRACE_HEADERS,
+    Context,
+    Params,
+    extract,
+    formats_for,
+    inject,
+    injected_size,
+    plugin_params,
+    scan,
+)
 from gateway.telemetry.sender import Endpoint, HttpSender
 from gateway.telemetry.tracing import (
-    B3,
     B3_SINGLE,
     CLIENT,
-    HEADERS,
-    JAEGER,
     SERVER,
     W3C,
     SpanRecord,
-    extract,
-    formats_out,
-    inject,
     new_span_id,
     new_trace_id,
     sample,
@@ -45,48 +54,49 @@ log = logging.getLogger("gateway.telemetry")
 
 DEFAULT_SAMPLING_RATE = 0.01  # kong.conf's tracing_sampling_rate, which applies when the plugin sets none
 STATE_KEY = "opentelemetry"
-_ALL = (B3, W3C, JAEGER)  # what header_type's extraction reads here (Kong's list adds ot, datadog, aws, gcp)
 _OUTCOMES = {-1: "connect_failure", -2: "timeout", 0: "error"}
 
 
 class Trace:
-    """One request's trace: its ids, whether it is sampled, and the formats its context went upstream in."""
+    """One request's trace: its ids (the trace id's size as it came: 8 or 16 bytes, 0 when the plugin started it),
+    whether it is sampled, and the formats its context went upstream in (none: not propagated)."""
 
-    __slots__ = ("trace_id", "parent_id", "server_id", "client_id", "sampled", "formats")
+    __slots__ = ("trace_id", "size", "parent_id", "server_id", "client_id", "sampled", "formats")
 
-    def __init__(self, trace_id: int, parent_id: int, sampled: bool, formats: tuple[str, ...]) -> None:
+    def __init__(self, trace_id: int, size: int, parent_id: int, sampled: bool) -> None:
         self.trace_id = trace_id
+        self.size = size
         self.parent_id = parent_id  # the caller's span (0: this request starts the trace)
         self.server_id = 0  # the request's own span: drawn when something needs it (a sampled trace, b3, jaeger)
         self.client_id = new_span_id()  # the last upstream try's span: the one propagated upstream
         self.sampled = sampled
-        self.formats = formats
+        self.formats: tuple[str, ...] = ()
 
     def server(self) -> int:
         if not self.server_id:
             self.server_id = new_span_id()
         return self.server_id
 
-    def serialized(self) -> dict[str, str]:
-        """Kong's serialized trace_id: the trace id per injected format."""
-        value = f"{self.trace_id:032x}"
-        return {("b3" if f == B3_SINGLE else f): value for f in self.formats} or {"w3c": value}
+    def serialized(self) -> dict[str, str] | None:
+        """Kong's serialized trace_id (propagation.propagate): the trace id as each injected format carried it."""
+        out = {}
+        for fmt in self.formats:
+            width = injected_size(fmt, self.size)
+            out["b3" if fmt == B3_SINGLE else fmt] = f"{self.trace_id & ((1 << (width * 8)) - 1):0{width * 2}x}"
+        return out or None
 
 
 def resolve_propagation(config: OpenTelemetryConfig) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[bytes],
                                                                str]:
     """(extract, inject, clear, default_format) as Kong's propagation.get_plugin_params resolves them: an explicit
     propagation block wins; otherwise the deprecated header_type (default preserve) decides."""
+    params = _params(config)
+    return params.extract or (), params.inject or (), params.clear, params.default_format
+
+
+def _params(config: OpenTelemetryConfig) -> Params:
     prop = config.propagation
-    clear = frozenset(name.lower().encode() for name in prop.clear or ())
-    if prop.extract is not None or prop.clear is not None or prop.inject is not None:
-        return tuple(prop.extract or ()), tuple(prop.inject or ()), clear, prop.default_format
-    header_type = config.header_type
-    if header_type == "preserve":
-        return _ALL, ("preserve",), clear, prop.default_format
-    if header_type == "ignore":
-        return (), (prop.default_format,), clear, prop.default_format
-    return _ALL, ("preserve", header_type), clear, prop.default_format
+    return plugin_params(prop, config.header_type, prop.default_format)
 
 
 class OpenTelemetry:
@@ -94,29 +104,28 @@ class OpenTelemetry:
     priority = 14  # Kong's
     entries = False  # its log step takes the raw facts (gateway.telemetry.phase)
 
-    def __init__(self, config: OpenTelemetryConfig, plugin_id: str, queues: Queues = QUEUES) -> None:
+    def __init__(self, config: OpenTelemetryConfig, plugin_id: str, node_id: str = "",
+                 queues: Queues = QUEUES) -> None:
         from gateway.telemetry import otlp  # protobuf: only where the plugin is configured
 
         self.otlp = otlp
-        self.extract, self.inject, self.clear, self.default_format = resolve_propagation(config)
+        self.params = _params(config)
+        self.extract = self.params.extract
+        self.clear = self.params.clear
         self.rate = config.sampling_rate if config.sampling_rate is not None else DEFAULT_SAMPLING_RATE
-        # What injection may replace: every format it can write (with preserve, any it can read), both b3 forms
-        formats = {f for f in self.inject if f != "preserve"}
-        if "preserve" in self.inject:
-            formats |= set(self.extract) | {self.default_format}
-        if formats & {B3, B3_SINGLE}:
-            formats |= {B3, B3_SINGLE}
-        self.replaced = frozenset(name for f in formats for name in HEADERS[f]) | self.clear
-        self.new_formats = self._formats(None)  # what a request without a trace context gets: decided once
-        self.w3c_only = self.new_formats == (W3C,)
+        self.new_formats = formats_for(self.params, None)  # what a request without a trace context gets: decided once
+        self.w3c_only = self.new_formats == (W3C,) and not self.clear
         header = config.http_response_header_for_traceid
-        self.response_header = header.encode() if header else None
+        self.response_header = header.lower().encode() if header else b""
         headers = [(k.encode(), v.encode()) for k, v in (config.headers or {}).items()]
+        # Kong's get_headers: a "Content-Type" in `headers` is sent as it is, else protobuf's
+        content_type = (config.headers or {}).get("Content-Type")
+        self.content_type = content_type.encode() if content_type is not None else otlp.CONTENT_TYPE
         self.sender = HttpSender(Endpoint(config.traces_endpoint or ""), headers,
                                  connect_timeout=config.connect_timeout / 1000,
                                  send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000)
         attributes: dict[str, Any] = {"service.name": "kong", "service.version": __version__,
-                                      "service.instance.id": f"{socket.gethostname()}:{os.getpid()}"}
+                                      "service.instance.id": node_id}  # Kong's: kong.node.get_id()
         attributes.update(config.resource_attributes or {})
         self.resource = otlp.resource(attributes)
         # Kong names the queue after the plugin instance; ours also after where it sends (an instance without an
@@ -129,51 +138,74 @@ class OpenTelemetry:
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
         headers = req.headers
-        found, present = extract(headers, self.extract) if self.extract else (None, True)
-        trace = self._trace(found)
-        if (present and self.replaced) or self.clear:
-            replaced = self.replaced
-            headers = req.headers = [hv for hv in headers if hv[0] not in replaced]
-        if found is None and self.w3c_only:  # the common case, without a call per header format
+        values = scan(headers, TRACE_HEADERS)
+        if values is None and self.w3c_only:  # the common case, without a call per header format
+            trace_id = new_trace_id()
+            trace = Trace(trace_id, 0, 0, sample(trace_id, self.rate))
+            trace.formats = self.new_formats
             headers.append((b"traceparent", b"00-%032x-%016x-%s" % (trace.trace_id, trace.client_id,
                                                                     b"01" if trace.sampled else b"00")))
         else:
-            for fmt in trace.formats:
-                headers += inject(fmt, trace.trace_id, trace.client_id, 0 if fmt == W3C else trace.server(),
-                                  trace.sampled)
+            found = extract(values, headers, self.extract) if values is not None and self.extract else None
+            trace = self._trace(found)
+            self._propagate(ex, trace, found, values is not None)
         state = ex.state
         if state is None:
             ex.state = {STATE_KEY: trace}
         else:
             state[STATE_KEY] = trace
-        if self.response_header is not None:
-            ex.add_response_lines(b"%s: %032x\r\n" % (self.response_header, trace.trace_id))
         return False
 
-    def _trace(self, found: Any) -> Trace:
-        if found is None:
-            trace_id = new_trace_id()
-            return Trace(trace_id, 0, sample(trace_id, self.rate), self.new_formats)
-        trace_id = found.trace_id
-        sampled = False if found.sampled is False else sample(trace_id, self.rate)
-        return Trace(trace_id, found.span_id, sampled, self._formats(found))
+    def _trace(self, found: Context | None) -> Trace:
+        """Kong's get_inject_ctx: the caller's trace id (else a new one), the caller's span as the request span's
+        parent, and the tracer's sampling decision (get_sampling_decision) with the plugin's rate."""
+        if found is None or found.trace_id is None:
+            trace_id, size = new_trace_id(), 0
+        else:
+            trace_id, size = found.trace_id, found.trace_size
+        parent = 0
+        if found is not None:
+            parent = found.span_id if found.span_id is not None else found.parent_id or 0
+        sampled = False if found is not None and found.sampled is False else sample(trace_id, self.rate)
+        return Trace(trace_id, size, parent, sampled)
 
-    def _formats(self, found: Any) -> tuple[str, ...]:
-        """The formats a request's context goes upstream in: "preserve" is the one it came in (or the default)."""
-        return formats_out(self.inject, self.default_format, found)
+    def _propagate(self, ex: Exchange, trace: Trace, found: Context | None, present: bool) -> None:
+        """Kong's propagation.propagate after extraction: clear the configured headers, then set each header the
+        injectors write (a tracing header of a format not written is left as it came)."""
+        formats = self.new_formats if found is None else formats_for(self.params, found)
+        trace.formats = formats
+        out: Headers = []
+        flags = baggage = None
+        if found is not None:  # what Kong's inject context keeps of the extracted one
+            flags, baggage = found.flags, found.baggage
+        for fmt in formats:
+            out += inject(fmt, trace.trace_id, trace.size, trace.client_id, None if fmt == W3C else trace.server(),
+                          trace.sampled, flags, baggage)
+        req = ex.request
+        if present or self.clear:
+            drop = self.clear.union(name for name, _ in out)
+            req.headers = [hv for hv in req.headers if hv[0] not in drop]
+        req.headers += out
 
-    # ---- log: spans ---------------------------------------------------------------------------------------------
-
-    def log(self, ex: Exchange, started: float, ended: float, status: int) -> None:
+    def current(self, ex: Exchange) -> Trace:
+        """The request's trace; for a request the access step did not see, the one Kong's request instrumentation
+        started for it: a new trace id, no parent (its headers are not read). Kong samples it at kong.conf's
+        tracing_sampling_rate, which the gateway does not have: the plugin's rate stands for it."""
         state = ex.state
         trace = state.get(STATE_KEY) if state is not None else None
-        if trace is None:  # answered before the access step: the trace starts (and ends) here
-            found = extract(ex.request.headers, self.extract)[0] if self.extract else None
-            trace = self._trace(found)
+        if trace is None:
+            trace_id = new_trace_id()
+            trace = Trace(trace_id, 0, 0, sample(trace_id, self.rate))
             if state is None:
                 ex.state = {STATE_KEY: trace}
             else:
                 state[STATE_KEY] = trace
+        return trace
+
+    # ---- log: spans ---------------------------------------------------------------------------------------------
+
+    def log(self, ex: Exchange, started: float, ended: float, status: int) -> None:
+        trace = self.current(ex)
         if not trace.sampled:
             return
         wall = wall_offset()
@@ -245,4 +277,13 @@ class OpenTelemetry:
     async def send(self, batch: list[Any]) -> None:
         """One batch of encoded spans as an OTLP/HTTP export."""
         otlp = self.otlp
-        await self.sender.send(otlp.export_request(batch, self.resource, __version__), otlp.CONTENT_TYPE)
+        await self.sender.send(otlp.export_request(batch, self.resource, __version__), self.content_type)
+
+
+class OpenTelemetryWithHeader(OpenTelemetry):
+    """The plugin with http_response_header_for_traceid: Kong's header_filter adds the trace id to every response
+    the request gets, also one answered before the access step (a route's plugins without it pay nothing)."""
+
+    def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        headers.append((self.response_header, b"%032x" % self.current(ex).trace_id))
+        return headers

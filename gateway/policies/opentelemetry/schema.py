@@ -1,6 +1,7 @@
 """Kong's opentelemetry plugin config (kong/plugins/opentelemetry/schema.lua, kong/observability/tracing/
 propagation/schema.lua), with the formats the gateway reads and writes: w3c, b3, b3-single and jaeger."""
 
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -9,7 +10,8 @@ from gateway.telemetry.batch import QueueConfig
 from gateway.telemetry.sender import Endpoint
 from gateway.telemetry.tracing import FORMATS
 
-_UNSUPPORTED = ("ot", "aws", "gcp", "datadog")
+_UNSUPPORTED = ("ot", "aws", "gcp", "datadog", "instana")
+_TEMPLATE = re.compile(r"\$\(.*\)", re.DOTALL)  # what Kong's param_value (opentelemetry/utils.lua) renders as Lua
 Format = str  # checked in __post_init__, so the message can say which formats exist
 TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)]
 
@@ -56,7 +58,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     read_timeout: TimeoutMs = 5000
     http_response_header_for_traceid: str | None = None
     header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "gcp",
-                         "datadog"] = "preserve"
+                         "datadog", "instana"] = "preserve"
     sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # unset: kong.conf's default, 0.01
     propagation: Propagation = msgspec.field(default_factory=Propagation)
 
@@ -84,11 +86,15 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"headers: invalid header {name!r}")
         for name, value in (self.resource_attributes or {}).items():
             if not name or value == "":
-                raise ValueError(f"resource_attributes.{name}: required field missing")
+                raise ValueError("resource_attributes: length must be at least 1")  # Kong's string check
+            if _TEMPLATE.search(value):
+                raise ValueError(f"resource_attributes: {name}: templates ($(...)) are not rendered by the "
+                                 "gateway; give the value itself")
         header = self.http_response_header_for_traceid
         if header is not None and (not header or any(c in header for c in " :\r\n\t")):
             raise ValueError(f"http_response_header_for_traceid: invalid header name {header!r}")
-        if self.batch_span_count is not None and self.queue.max_batch_size == 200:
+        # Kong's Queue.get_plugin_params: a deprecated value other than its old default wins over the queue's
+        if self.batch_span_count is not None and self.batch_span_count != 200:
             self.queue.max_batch_size = self.batch_span_count
-        if self.batch_flush_delay is not None and self.queue.max_coalescing_delay == 1.0:
+        if self.batch_flush_delay is not None and self.batch_flush_delay != 3:
             self.queue.max_coalescing_delay = float(self.batch_flush_delay)

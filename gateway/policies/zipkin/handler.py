@@ -1,6 +1,6 @@
 """Kong's zipkin plugin (priority 100000: its access step runs before every other plugin's).
 
-access: read the caller's context with Kong's propagation rules (gateway.policies.zipkin.propagation), decide
+access: read the caller's context with Kong's propagation rules (gateway.telemetry.propagation), decide
 sampling (the caller's decision, else a random draw against sample_ratio, as Kong's math.random), start the trace
 (the caller's id, else one of traceid_byte_count bytes), then clear the configured headers and inject the context
 upstream in the configured formats: the proxy span's id, with the request span as its parent.
@@ -26,8 +26,12 @@ import msgspec
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.metrics import wall_offset
-from gateway.policies.zipkin import propagation, spans
-from gateway.policies.zipkin.propagation import (
+from gateway.policies.zipkin import spans
+from gateway.policies.zipkin.schema import ZipkinConfig
+from gateway.routing.normalize import normalize_path
+from gateway.telemetry import propagation
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.propagation import (
     TRACE_HEADERS,
     Context,
     extract,
@@ -36,9 +40,6 @@ from gateway.policies.zipkin.propagation import (
     injected_size,
     scan,
 )
-from gateway.policies.zipkin.schema import ZipkinConfig
-from gateway.routing.normalize import normalize_path
-from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.sender import Endpoint, HttpSender
 from gateway.telemetry.tracing import B3_SINGLE, new_span_id, new_trace_id
 

@@ -1,8 +1,8 @@
 """Kong's trace context propagation (kong/observability/tracing/propagation/: its extractors, injectors and
-get_plugin_params) as the zipkin plugin applies it, for the formats the gateway reads and writes: w3c, b3 (with
-b3-single) and jaeger. Sans-I/O: request headers in, a `Context` out; a context in, header lines out.
+get_plugin_params) as the zipkin and opentelemetry plugins apply it, for the formats the gateway reads and writes:
+w3c, b3 (with b3-single) and jaeger. Sans-I/O: request headers in, a `Context` out; a context in, header lines out.
 
-These are Kong's rules, where they differ from gateway.telemetry.tracing's (the opentelemetry plugin's):
+These are Kong's rules:
 - b3 is found whenever one of its headers, or `tracestate`, is there, even without ids: `x-b3-sampled: 1` or
   `b3: 1` alone decides sampling, a trace id without a span id continues the trace, and the formats after b3 in
   `extract` are not tried then (so with the default order a traceparent next to a tracestate is not read).
