@@ -6,6 +6,7 @@ fields of our own carry their unit in the name where Kong has no precedent. Unkn
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -16,6 +17,7 @@ from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 from gateway.config.units import Seconds, TimeoutMs
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
+from gateway.http.net import is_ip
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -119,9 +121,37 @@ class GatewaySettings(Base):
 
 
 # Kong's upstream schema: intervals and the probe timeout are seconds, a number from 0 to 65535; the counts are
-# integers from 0 (the check is off) to 2**31
+# one-byte integers, 0 (the check is off) to 255
 HealthSeconds = Annotated[float, msgspec.Meta(ge=0, le=65535)]
-HealthCount = Annotated[int, msgspec.Meta(ge=0, le=2**31)]
+HealthCount = Annotated[int, msgspec.Meta(ge=0, le=255)]
+_KONG_PATH = re.compile(r"/[A-Za-z0-9._~/%:@!$&'()*+,;=-]*")  # typedefs.path's RFC 3986 characters
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # typedefs.header_name
+
+
+def kong_path_problem(path: str) -> str | None:
+    """Kong's typedefs.path check (its messages), or None for a path it takes."""
+    if not path.startswith("/"):
+        return "should start with: /"
+    if "//" in path:
+        return "must not have empty segments"
+    if not _KONG_PATH.fullmatch(path):
+        return f"invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)"
+    bad = re.search(r"%(?![0-9A-Fa-f]{2}).{0,2}", path)
+    if bad:
+        return f"invalid url-encoded value: '{bad.group(0)}'"
+    return None
+
+
+def sni_problem(name: str) -> str | None:
+    """Kong's typedefs.sni check (its messages), or None for a name it takes."""
+    host, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
+    if is_ip(name.strip("[]")) or (colon and is_ip(host.strip("[]"))):
+        return "must not be an IP"
+    if colon and ":" not in host:
+        return "must not have a port"
+    if not re.fullmatch(r"[A-Za-z0-9*](?:[A-Za-z0-9.*-]*[A-Za-z0-9])?", name):
+        return f"invalid value: {name}"
+    return None
 
 
 class ActiveHealthy(Base):
@@ -141,13 +171,26 @@ class ActiveUnhealthy(Base):
 class ActiveHealthcheck(Base):
     type: Literal["http", "https", "tcp"] = "http"
     http_path: str = "/"
-    timeout: Annotated[float, msgspec.Meta(ge=0.001, le=65535)] = 1  # Kong's seconds; 0 would fail every probe
+    timeout: HealthSeconds = 1  # Kong's seconds (under 1 ms: ngx's 60 s default, gateway.health.policy)
     concurrency: Annotated[int, msgspec.Meta(ge=1, le=2**31)] = 10
     https_verify_certificate: bool = True
     https_sni: str | None = None
     headers: dict[str, list[str]] | None = None
     healthy: ActiveHealthy = msgspec.field(default_factory=ActiveHealthy)
     unhealthy: ActiveUnhealthy = msgspec.field(default_factory=ActiveUnhealthy)
+
+    def __post_init__(self) -> None:
+        problem = kong_path_problem(self.http_path)
+        if problem:
+            raise ValueError(f"http_path: {problem}")
+        if self.https_sni is not None and (problem := sni_problem(self.https_sni)):
+            raise ValueError(f"https_sni: {problem}")
+        for name, values in (self.headers or {}).items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"headers: bad header name '{name}', allowed characters are A-Z, a-z, 0-9, '_', "
+                                 "and '-'")
+            if any(c in value for value in values for c in "\r\n\0"):
+                raise ValueError(f"headers.{name}: a value may not hold a line break or NUL")
 
 
 class PassiveHealthy(Base):

@@ -18,6 +18,14 @@ TCP_FAILURE = "tcp_failure"
 TIMEOUT = "timeout"
 Outcome = int | str  # an HTTP status code, or TCP_FAILURE / TIMEOUT
 NGINX_DEFAULTS = {"interval_s": 30.0, "rise": 2, "fall": 5}  # nginx_upstream_check_module's `check` defaults
+LUA_SOCKET_TIMEOUT_S = 60.0  # ngx's lua_socket_connect/send/read_timeout default (Kong's template leaves it)
+
+
+def socket_timeout(seconds: float) -> float:
+    """The timeout a probe's socket gets for `seconds`, as lua-resty-healthcheck's `sock:settimeout(timeout * 1000)`:
+    whole milliseconds, and 0 of them (a timeout under 1 ms) means ngx's default, 60 s."""
+    ms = int(seconds * 1000)
+    return ms / 1000 if ms > 0 else LUA_SOCKET_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -43,6 +51,10 @@ class ActivePolicy:
         return self.healthy_interval_s if healthy else self.unhealthy_interval_s
 
     def classify_status(self, status: int) -> Event | None:
+        """A probe's status: 0 stands for an answer that had none, an HTTP failure whatever the lists (Kong's
+        report_http_status)."""
+        if status == 0:
+            return Event.HTTP_FAILURE
         if status in self.healthy_statuses:
             return Event.SUCCESS
         if self.unhealthy_statuses is None or status in self.unhealthy_statuses:
@@ -74,7 +86,7 @@ class ActivePolicy:
             if expected is not None:
                 healthy_statuses, unhealthy_statuses = frozenset(expected), None
         headers = tuple((k, v) for k, values in (a.headers or {}).items() for v in values)
-        return cls(type=kind, http_path=path, timeout_s=timeout, concurrency=a.concurrency,
+        return cls(type=kind, http_path=path, timeout_s=socket_timeout(timeout), concurrency=a.concurrency,
                    healthy_interval_s=healthy_interval, unhealthy_interval_s=unhealthy_interval,
                    healthy_statuses=healthy_statuses, unhealthy_statuses=unhealthy_statuses,
                    thresholds=Thresholds(successes=successes, http_failures=a.unhealthy.http_failures,

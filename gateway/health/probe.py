@@ -1,12 +1,18 @@
-"""One active probe of one target: a TCP connect, or an HTTP(S) GET whose status line is read. Kong's semantics:
+"""One active probe of one target: a TCP connect, or an HTTP(S) GET whose status line is read. Kong's semantics
+(lua-resty-healthcheck's `run_single_check`, which Kong's healthcheckers run):
 
-- cannot connect (refused, unreachable, TLS handshake failed), or the connection drops before a status: TCP failure
-- nothing within `timeout` (connect + request + status line): timeout
-- a status line: the policy says success, HTTP failure or nothing; an unparseable answer is an HTTP failure
+- the timeout bounds each socket operation on its own (connect, TLS handshake, send, receive), as ngx's
+  `sock:settimeout` does, not the probe as a whole
+- cannot connect (refused, unreachable): TCP failure; no connection within the timeout: timeout
+- https: a handshake that fails, certificate refused or too slow alike, is a TCP failure
+- only the first line of the answer is read: a status there is classified by the policy (success, HTTP failure or
+  nothing), a line that is no status line is status 0, an HTTP failure; the connection closing before the end of
+  that line is a TCP failure, no line within the timeout a timeout
 """
 
 from __future__ import annotations
 
+import re
 import ssl
 
 import h11
@@ -16,6 +22,9 @@ from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
 
 USER_AGENT = "mcp-gateway-healthcheck"
+# lua-resty-healthcheck's match on the line it reads, with ngx.re's "joi" flags (case-insensitive)
+STATUS_LINE = re.compile(rb"HTTP/\d+\.\d+\s+(\d+)", re.IGNORECASE)
+MAX_LINE = 65536  # a first line longer than this is no status line
 
 
 def _ssl_context(policy: ActivePolicy) -> ssl.SSLContext:
@@ -31,29 +40,42 @@ def request_headers(policy: ActivePolicy, host_header: str) -> list[tuple[str, s
     return headers + [(k, v) for k, v in policy.headers if k.lower() not in ("host", "connection", "content-length")]
 
 
-async def _status_line(stream: trio.abc.Stream, policy: ActivePolicy, host_header: str) -> int | None:
-    """Send the GET and read up to the status line; None when the peer closed first."""
+def request_bytes(policy: ActivePolicy, host_header: str) -> bytes:
     conn = h11.Connection(h11.CLIENT)
     data = conn.send(h11.Request(method="GET", target=policy.http_path, headers=request_headers(policy, host_header)))
-    await stream.send_all(data + conn.send(h11.EndOfMessage()))
-    eof = False
-    while True:
-        try:
-            event = conn.next_event()
-        except h11.RemoteProtocolError:
-            if eof:
-                return None  # closed before (the end of) a status line: a connection failure, not a bad answer
-            raise
-        if event is h11.NEED_DATA:
-            chunk = await stream.receive_some(16384)
-            eof = not chunk
-            conn.receive_data(bytes(chunk))
-            continue
-        if isinstance(event, h11.Response):
-            return event.status_code
-        if isinstance(event, h11.ConnectionClosed):
+    return data + conn.send(h11.EndOfMessage())
+
+
+async def _first_line(stream: trio.abc.Stream) -> bytes | None:
+    """The answer's first line as ngx's `sock:receive()` gives it (up to "\\n", a "\\r" before it dropped); None
+    when the peer closed before its end."""
+    buf = bytearray()
+    while (end := buf.find(b"\n")) < 0 and len(buf) <= MAX_LINE:
+        chunk = await stream.receive_some(4096)
+        if not chunk:
             return None
-        # InformationalResponse (1xx): keep reading
+        buf += chunk
+    return bytes(buf[:end]).removesuffix(b"\r") if end >= 0 else bytes(buf)
+
+
+def status_of(line: bytes) -> int:
+    """The status of a first line; 0 when it is no status line (lua-resty-healthcheck's `tonumber(nil) or 0`)."""
+    match = STATUS_LINE.match(line)
+    return int(match.group(1)) if match else 0
+
+
+async def _http(stream: trio.abc.Stream, policy: ActivePolicy, host_header: str) -> Event | None:
+    """Send the GET and classify the first line of the answer."""
+    try:
+        with trio.fail_after(policy.timeout_s):
+            await stream.send_all(request_bytes(policy, host_header))
+        with trio.fail_after(policy.timeout_s):
+            line = await _first_line(stream)
+    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+        return Event.TCP_FAILURE
+    if line is None:
+        return Event.TCP_FAILURE
+    return policy.classify_status(status_of(line))
 
 
 async def probe(host: str, port: int, policy: ActivePolicy, host_header: str | None = None) -> Event | None:
@@ -62,31 +84,26 @@ async def probe(host: str, port: int, policy: ActivePolicy, host_header: str | N
     host_header, else the target's host."""
     shown = f"[{host}]" if ":" in host else host
     try:
-        with trio.fail_after(policy.timeout_s):
-            try:
+        try:
+            with trio.fail_after(policy.timeout_s):
                 stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-            except OSError:
-                return Event.TCP_FAILURE
-            try:
-                if policy.type == "tcp":
-                    return Event.SUCCESS
-                if policy.type == "https":
-                    stream = trio.SSLStream(stream, _ssl_context(policy),
-                                            server_hostname=policy.https_sni or host_header or host)
+        except OSError:
+            return Event.TCP_FAILURE
+        try:
+            if policy.type == "tcp":
+                return Event.SUCCESS
+            if policy.type == "https":
+                stream = trio.SSLStream(stream, _ssl_context(policy),
+                                        server_hostname=policy.https_sni or host_header or host)
+                with trio.move_on_after(policy.timeout_s) as handshake:
                     try:
                         await stream.do_handshake()
                     except (trio.BrokenResourceError, ssl.SSLError):
                         return Event.TCP_FAILURE
-                try:
-                    status = await _status_line(stream, policy, host_header or shown)
-                except h11.RemoteProtocolError:
-                    return Event.HTTP_FAILURE
-                except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                    return Event.TCP_FAILURE
-                if status is None:
-                    return Event.TCP_FAILURE
-                return policy.classify_status(status)
-            finally:
-                await trio.aclose_forcefully(stream)
+                if handshake.cancelled_caught:
+                    return Event.TCP_FAILURE  # sslhandshake gave no session: a TCP failure, even on its timeout
+            return await _http(stream, policy, host_header or shown)
+        finally:
+            await trio.aclose_forcefully(stream)
     except trio.TooSlowError:
         return Event.TIMEOUT

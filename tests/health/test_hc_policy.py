@@ -48,15 +48,14 @@ def test_kong_fields() -> None:
     assert p.classify_status(204) is Event.SUCCESS and p.classify_status(200) is None
 
 
-def test_intervals_are_kongs_seconds_a_number_up_to_65535() -> None:
+def test_intervals_are_kongs_seconds_a_number_up_to_65535_and_counts_one_byte() -> None:
     p = ActivePolicy.from_config(healthchecks("{active: {healthy: {interval: 0.5}, unhealthy: {interval: 0.25}}}"))
     assert (p.healthy_interval_s, p.unhealthy_interval_s) == (0.5, 0.25)
     with pytest.raises(ConfigError) as err:
-        healthchecks("{active: {healthy: {interval: 65536, successes: 2147483649}}}")
+        healthchecks("{active: {healthy: {interval: 65536, successes: 256}}}")
     assert err.value.messages == [
         "<config>: upstreams[0].healthchecks.active.healthy.interval: expected number >= 0 and <= 65535, got 65536",
-        "<config>: upstreams[0].healthchecks.active.healthy.successes: expected int >= 0 and <= 2147483648, "
-        "got 2147483649"]
+        "<config>: upstreams[0].healthchecks.active.healthy.successes: expected int >= 0 and <= 255, got 256"]
 
 
 def test_nginx_aliases() -> None:
