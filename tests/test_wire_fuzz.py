@@ -459,6 +459,21 @@ def _set_header(req: Req, name: bytes, value: bytes | None) -> None:
         req.headers.insert(len(req.headers) // 2, name + b": " + value)
 
 
+def _has_header(req: Req, name: bytes) -> bool:
+    lname = name.lower() + b":"
+    return any(h.lower().startswith(lname) for h in req.headers)
+
+
+def _add_expect(req: Req, at: int, line: bytes, tag: str) -> None:
+    """Add an Expect line; a second one is nginx's "client sent duplicate header line", a 400."""
+    second = _has_header(req, b"Expect")
+    req.headers.insert(at, line)
+    if second:
+        _invalid(req, "two-expects")
+    else:
+        req.tags.append(tag)
+
+
 def _invalid(req: Req, tag: str) -> None:
     req.valid = False
     req.tags.append(tag)
@@ -598,8 +613,12 @@ def mutate(rng: random.Random, req: Req) -> None:
         line = rng.choice(OK_LINES)
         if line.startswith(b"Expect: 100") and not req.body:
             line = b"Expect: 100-continue"
-        req.headers.insert(rng.randint(0, len(req.headers)), line)
-        req.tags.append(kind)
+        at = rng.randint(0, len(req.headers))
+        if line.startswith(b"Expect"):
+            _add_expect(req, at, line, kind)
+        else:
+            req.headers.insert(at, line)
+            req.tags.append(kind)
         if line.startswith(b"Upgrade"):
             req.tags.append("upgrade")
     elif kind == "eol":
@@ -634,8 +653,7 @@ def mutate(rng: random.Random, req: Req) -> None:
         req.body = _chunk(rng, req.payload)
         req.tags.append(kind)
     elif kind == "expect":  # the client will wait a moment for the 100 before sending its body
-        req.headers.insert(rng.randint(0, len(req.headers)), b"Expect: 100-continue")
-        req.tags.append(kind)
+        _add_expect(req, rng.randint(0, len(req.headers)), b"Expect: 100-continue", kind)
     elif kind == "cl-on-get":
         req.method = rng.choice([b"GET", b"DELETE", b"OPTIONS"])
         _set_header(req, b"Transfer-Encoding", None)

@@ -187,7 +187,11 @@ def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
 
 _AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
-_CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host", b"expect"})
+# nginx's unique request headers (ngx_http_process_unique_header_line): a second one is a 400, so that the gateway and
+# the upstream can never read two different Authorization (or Expect, If-*) headers
+_UNIQUE = frozenset({b"authorization", b"expect", b"if-modified-since", b"if-unmodified-since", b"if-match",
+                     b"if-none-match", b"content-range", b"if-range"})
+_CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host"}) | _UNIQUE
 
 
 _NOT_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -221,6 +225,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
     transfer_encoding = None
     host = None
     expect = False
+    unique: set[bytes] | None = None
     for name, value in headers:
         if name in _CHECKED:  # one set lookup for the many headers that are none of these
             if name == b"content-length":
@@ -231,12 +236,19 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
                 if transfer_encoding is not None:
                     raise ProtocolError("more than one Transfer-Encoding header")
                 transfer_encoding = value
-            elif name == b"expect":
-                expect = expect or value.lower() == b"100-continue"
-            else:
+            elif name == b"host":
                 if host is not None:
                     raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
                 host = value
+            else:
+                if unique is None:
+                    unique = {name}
+                elif name in unique:
+                    raise ProtocolError(f"client sent duplicate header line: {name.decode()}")  # nginx's words
+                else:
+                    unique.add(name)
+                if name == b"expect":
+                    expect = value.lower() == b"100-continue"
     if content_lengths > 1:
         raise ProtocolError("more than one Content-Length header")
     if transfer_encoding is not None:

@@ -676,6 +676,20 @@ def test_two_host_headers_are_400(codec: str) -> None:
     assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400)
 
 
+@pytest.mark.parametrize("name", [b"Authorization", b"Expect", b"If-Modified-Since", b"If-Unmodified-Since",
+                                  b"If-Match", b"If-None-Match", b"Content-Range", b"If-Range"])
+def test_a_second_header_nginx_takes_once_is_400(codec: str, name: bytes) -> None:
+    """nginx's unique header lines ("client sent duplicate header line"): the gateway's authentication and the
+    upstream could otherwise read two different Authorization headers."""
+    assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: a\r\n%b: x\r\n%b: y\r\n\r\n" % (name, name.lower()), 400)
+
+
+def test_headers_nginx_takes_once_pass_when_sent_once(codec: str) -> None:
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\nAuthorization: Basic x\r\nIf-None-Match: \"e\"\r\n\r\n"
+    assert parse_requests(codec, raw) == [
+        req(b"GET", b"/", [(b"host", b"a"), (b"authorization", b"Basic x"), (b"if-none-match", b'"e"')]), END]
+
+
 def test_head_larger_than_max_header_bytes_in_one_piece_is_494(codec: str) -> None:
     raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"x" * 2000 + b"\r\n\r\n"
     server = new_server(codec, max_header_bytes=1024)
