@@ -115,8 +115,8 @@ class PassivePolicy:
             return Event.TIMEOUT
         if not isinstance(outcome, int) or isinstance(outcome, bool):
             raise ValueError(f"unknown outcome {outcome!r}")
-        if self.type == "tcp":
-            return Event.SUCCESS  # the connection worked: that is all a tcp check looks at
+        # (a passive `type: tcp` reads statuses too: Kong reports every proxied status with report_http_status,
+        # which lua-resty-healthcheck counts whatever the type)
         if outcome in self.healthy_statuses:
             return Event.SUCCESS
         if outcome in self.unhealthy_statuses:

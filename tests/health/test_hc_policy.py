@@ -86,7 +86,7 @@ def test_passive_policy() -> None:
     assert p.classify(200) is Event.SUCCESS and p.classify(418) is None
     assert p.classify(TCP_FAILURE) is Event.TCP_FAILURE and p.classify(TIMEOUT) is Event.TIMEOUT
     tcp = PassivePolicy.from_config(healthchecks("{passive: {type: tcp, unhealthy: {tcp_failures: 1}}}"))
-    assert tcp.classify(500) is Event.SUCCESS, "a tcp check only looks at the connection"
+    assert tcp.classify(500) is Event.HTTP_FAILURE, "Kong reports statuses whatever the passive type"
     assert not PassivePolicy.from_config(Healthchecks()).enabled
     with pytest.raises(ValueError):
         p.classify("weird")
