@@ -23,7 +23,8 @@ from gateway.http.server import REFUSED, Exchange
 from gateway.metrics import head_size, wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
-_WORKSPACE = "default"  # the workspace's id and its name: Kong's default workspace
+_WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace (DECLARATIVE_DEFAULT_...)
+_WORKSPACE = "default"  # its name
 _encode = msgspec.json.Encoder().encode
 _ENTITY = msgspec.json.Decoder(dict[str, Any])
 
@@ -124,7 +125,7 @@ class Entry:
             "client_ip": ex.client_ip,
             "started_at": round((self.started + self.wall) * 1000),
             "source": self.source,
-            "workspace": _WORKSPACE,
+            "workspace": _WORKSPACE_ID,
             "workspace_name": _WORKSPACE,
         }
         tries = ex.tries
@@ -275,7 +276,7 @@ def summary(entry: Entry) -> dict[str, Any]:
         "request": {"size": entry.request_size()},
         "response": {"status": entry.status, "size": ex.sent},
         "latencies": {"kong": round(kong), "proxy": round(proxy), "request": round(request)},
-        "workspace": _WORKSPACE,
+        "workspace": _WORKSPACE_ID,
         "workspace_name": _WORKSPACE,
     }
     route = ex.route

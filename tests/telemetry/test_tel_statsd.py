@@ -27,6 +27,7 @@ from gateway.telemetry.batch import QueueConfig
 TIMEOUT = 10
 SERVICE_ID = "0b3f1a52-7c1e-4c55-9d2a-5a1f0c9e7a01"
 ROUTE_ID = "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+WS = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace id (the serializer's workspace)
 CONSUMER_ID = "c0ffee00-1234-4abc-8def-0123456789ab"
 CONSUMER = {"id": CONSUMER_ID, "username": "bob", "custom_id": "robert", "keyauth_credentials": [{"key": "kong"}]}
 HOST = socket.gethostname().replace(".", "_")
@@ -122,7 +123,7 @@ def kong_message(**changes: object) -> dict:
     message = {"service": {"id": SERVICE_ID, "name": "statsd1", "host": "backend.test"}, "route": {"id": ROUTE_ID},
                "consumer": {"id": CONSUMER_ID, "username": "bob", "custom_id": "robert"},
                "request": {"size": 120}, "response": {"status": 200, "size": 340},
-               "latencies": {"request": 12, "proxy": 7, "kong": 3}, "workspace": "default",
+               "latencies": {"request": 12, "proxy": 7, "kong": 3}, "workspace": WS,
                "workspace_name": "default"}
     message.update(changes)
     return message
@@ -152,7 +153,7 @@ DEFAULT_LINES = [
     "kong.service.statsd1.upstream_latency:{n}|ms",
     "kong.service.statsd1.kong_latency:{n}|ms",
     "kong.service.statsd1.user.robert.status.200:1|c",
-    "kong.service.statsd1.workspace.default.status.200:1|c",
+    f"kong.service.statsd1.workspace.{WS}.status.200:1|c",
     f"kong.route.{ROUTE_ID}.user.robert.status.200:1|c",
 ]
 
@@ -189,7 +190,7 @@ async def test_logs_over_udp_with_default_metrics_with_a_tag_style(nursery, gate
     mode, named without a scope, tagged with the service, route (its id: it has no name), workspace, consumer,
     node and status."""
     lines = await sent(nursery, gateway, 6, tag_style=style)
-    tags = {"service=statsd1", f"route={ROUTE_ID}", "workspace=default", "consumer=robert", f"node={HOST}",
+    tags = {"service=statsd1", f"route={ROUTE_ID}", f"workspace={WS}", "consumer=robert", f"node={HOST}",
             "status=200"}
     parsed = [tagged(style, line) for line in lines]
     assert [name for name, _, _ in parsed] == ["kong.request.count", "kong.latency", "kong.request.size",
@@ -252,7 +253,7 @@ def _metric(name: str, stat_type: str = "counter", **fields: object) -> dict:
     pytest.param(_metric("status_count_per_user_per_route", consumer_identifier="username"),
                  f"kong.route.{ROUTE_ID}.user.bob.status.200:1|c", id="status_count_per_user_per_route"),
     pytest.param(_metric("status_count_per_workspace", workspace_identifier="workspace_id"),
-                 "kong.service.statsd1.workspace.default.status.200:1|c", id="status_count_per_workspace by id"),
+                 f"kong.service.statsd1.workspace.{WS}.status.200:1|c", id="status_count_per_workspace by id"),
     pytest.param(_metric("status_count_per_workspace", workspace_identifier="workspace_name"),
                  "kong.service.statsd1.workspace.default.status.200:1|c", id="status_count_per_workspace by name"),
     pytest.param(_metric("request_size", "histogram"), "kong.service.statsd1.request.size:{n}|h", id="histogram"),
@@ -325,7 +326,7 @@ GLOBAL_UNMATCHED = [
     "kong.global.unmatched.status.404:1|c",
     "kong.global.unmatched.response.size:{n}|c",
     "kong.global.unmatched.kong_latency:{n}|ms",
-    "kong.global.unmatched.workspace.default.status.404:1|c",
+    f"kong.global.unmatched.workspace.{WS}.status.404:1|c",
 ]
 
 
@@ -562,7 +563,7 @@ def test_each_tag_style_is_create_statsd_messages_in_get_tags_order():
     """The four formats of statsd_logger.lua, with the tags in the order get_tags adds them (documented: Lua's
     order is its hash order), and a sample rate where it goes."""
     metric = [_metric("request_count", sample_rate=0.25)]
-    tags = f"service=statsd1,route={ROUTE_ID},workspace=default,consumer=robert,node=node_1,status=200"
+    tags = f"service=statsd1,route={ROUTE_ID},workspace={WS},consumer=robert,node=node_1,status=200"
     assert formatter(tag_style="dogstatsd", metrics=metric).lines(kong_message()) == [
         f"kong.request.count:1|c|@0.25|#{tags.replace('=', ':')}"]
     assert formatter(tag_style="influxdb", metrics=metric).lines(kong_message()) == [
@@ -578,7 +579,7 @@ def test_the_route_tag_is_the_routes_name_else_its_id():
     [named] = f.lines(kong_message(route={"id": ROUTE_ID, "name": "orders"}))
     assert ",route=orders," in named
     [no_route] = f.lines(kong_message(route=None, consumer=None))
-    assert no_route == "kong.request.count,service=statsd1,workspace=default,node=node_1,status=200:1|c"
+    assert no_route == f"kong.request.count,service=statsd1,workspace={WS},node=node_1,status=200:1|c"
 
 
 def test_tag_mode_skips_the_metrics_log_lua_skips():
@@ -596,7 +597,7 @@ def test_the_default_metrics_of_a_kong_message_exactly():
         "kong.service.statsd1.response.size:340|c", "kong.service.statsd1.user.uniques:robert|s",
         "kong.service.statsd1.user.robert.request.count:1|c", "kong.service.statsd1.upstream_latency:7|ms",
         "kong.service.statsd1.kong_latency:3|ms", "kong.service.statsd1.user.robert.status.200:1|c",
-        "kong.service.statsd1.workspace.default.status.200:1|c",
+        f"kong.service.statsd1.workspace.{WS}.status.200:1|c",
         f"kong.route.{ROUTE_ID}.user.robert.status.200:1|c"]
 
 
