@@ -199,7 +199,8 @@ class Node:
         return exit_code
 
     def _prometheus_enabled(self) -> bool:
-        """Kong's node-level families (connections, node info) are exported while a prometheus plugin is on."""
+        """Is a prometheus plugin on? Kong's per-request families (kong_http_requests_total, latencies, bandwidth)
+        are exported only then; its node families always (gateway.status.collect)."""
         config = self.config
         return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
 

@@ -18,6 +18,10 @@ from gateway.metrics import RECORDER, FilesCollector, sweep_dead_processes
 from gateway.telemetry.node_id import node_id
 
 CONNECTION_STATES = ("active", "reading", "writing", "waiting")
+# Kong's metrics kept in its shared dict, which /metrics shows only while a prometheus plugin is enabled (its
+# metric_data(local_only)); its node families and target health are local metrics, always shown
+PLUGIN_FAMILIES = frozenset({"kong_http_requests", "kong_kong_latency_ms", "kong_upstream_latency_ms",
+                             "kong_request_latency_ms", "kong_bandwidth_bytes"})
 
 
 class GatewayCollector:
@@ -42,9 +46,11 @@ class GatewayCollector:
 
     def collect(self) -> Iterator[Metric]:
         families = self.families()
-        yield from families
         if self.kong_enabled():
-            yield from self._kong_node(families)
+            yield from families
+        else:
+            yield from (family for family in families if family.name not in PLUGIN_FAMILIES)
+        yield from self._kong_node(families)
 
     def _kong_node(self, families: list[Metric]) -> Iterator[Metric]:
         values = _sums(families)

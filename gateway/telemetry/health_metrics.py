@@ -34,7 +34,8 @@ class TargetHealthMetrics:
     def sample(self, targets: dict[str, Any], discovered: dict[str, list[Any]] | None = None) -> None:
         """`targets`: "<upstream>|<host:port>" -> its state (`healthy`: True, False or None: no verdict yet).
         `discovered`: the sources' target lists (TargetInfo), where an address of a name is labelled as Kong labels
-        it (target `name:port`, address `ip:port`) and a name that never resolved is in state dns_error."""
+        it (target `name:port`, address `ip:port`) and a name that never resolved is in state dns_error, with an
+        empty address."""
         seen = set()
         if self.enabled:
             named, unresolved = target_names(discovered or {})
@@ -48,8 +49,9 @@ class TargetHealthMetrics:
                     current = "healthchecks_off"
                 else:
                     current = "unhealthy" if state.healthy is False else "healthy"
+                address = "" if current == "dns_error" else target  # Kong's: no address for a name without one
                 for name in STATES:
-                    labels = (upstream, named.get(key, target), target, name, "http")
+                    labels = (upstream, named.get(key, target), address, name, "http")
                     KONG_TARGET_HEALTH.labels(*labels).set(1 if name == current else 0)
                     seen.add(labels)
         for known in list(KONG_TARGET_HEALTH._metrics):

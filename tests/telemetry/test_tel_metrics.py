@@ -76,11 +76,29 @@ def test_a_scrape_skips_a_metric_file_another_process_is_creating_at_that_instan
     assert registry.get_sample_value("gateway_requests_total", {"route": "api", "code": "200"}) == 1
 
 
-def test_kong_node_families_only_with_a_prometheus_plugin(tmp_path):
+KONG_WRITER = textwrap.dedent("""
+    import os, sys
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
+    from gateway.metrics import KONG_REQUESTS
+    KONG_REQUESTS.labels("s", "r", "200", "service", "default", "").inc()
+""")
+
+
+def test_kong_request_families_only_with_a_prometheus_plugin_and_node_families_always(tmp_path):
+    """Kong's exporter: metric_data(local_only) without an enabled plugin leaves out what its shared dict holds
+    (requests, latencies, bandwidth) and keeps its local metrics (connections, node info)."""
     _run_writer(str(tmp_path))
-    registry, _ = gateway_registry(str(tmp_path), kong_enabled=lambda: False)
-    assert registry.get_sample_value("kong_nginx_requests_total", {"node_id": "", "subsystem": "http"}) is None
-    assert registry.get_sample_value("gateway_requests_total", {"route": "api", "code": "200"}) == 1
+    proc = subprocess.run([sys.executable, "-c", KONG_WRITER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    labels = {"service": "s", "route": "r", "code": "200", "source": "service", "workspace": "default",
+              "consumer": ""}
+    for enabled in (False, True):
+        registry, collector = gateway_registry(str(tmp_path), node="n", kong_enabled=lambda e=enabled: e)
+        get = registry.get_sample_value
+        assert get("kong_nginx_requests_total", {"node_id": collector.node_id, "subsystem": "http"}) == 2
+        assert get("kong_http_requests_total", labels) == (1 if enabled else None)
+        assert get("gateway_requests_total", {"route": "api", "code": "200"}) == 1
 
 
 async def test_a_crashed_child_is_counted_with_its_exit_reason():
