@@ -412,6 +412,10 @@ def _breakers(config: Config, services: dict[str, ServiceRuntime],
 # Kong's PROTOCOLS_WITH_SUBSYSTEM: a plugin runs on HTTP requests when one of its protocols is of the http subsystem.
 _HTTP_PROTOCOLS = frozenset({"http", "https", "grpc", "grpcs", "ws", "wss"})
 _PROTOCOLS = _HTTP_PROTOCOLS | {"tcp", "tls", "tls_passthrough", "udp"}
+# The plugins whose Kong schema takes typedefs.protocols (any protocol, stream ones too); every other plugin's is
+# typedefs.protocols_http, whose elements are the http subsystem's only
+_ANY_PROTOCOL = frozenset({"datadog", "file-log", "http-log", "ip-restriction", "loggly", "prometheus", "proxy-cache",
+                           "request-transformer", "session", "statsd", "syslog", "tcp-log", "udp-log", "zipkin"})
 # Kong's lookup order for a plugin's instance (kong/runloop/plugins_iterator.lua lookup_cfg): the first of these
 # (route, service, consumer) scopes that has one wins.
 _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
@@ -461,9 +465,10 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
             errors.append(f"{where}.consumer: the {plugin.name} plugin cannot be configured for a consumer (as in "
                           "Kong, it applies to whoever the request is)")
             continue
+        allowed = _PROTOCOLS if plugin.name in _ANY_PROTOCOL else _HTTP_PROTOCOLS
         for i, protocol in enumerate(plugin.protocols):
-            if protocol not in _PROTOCOLS:
-                errors.append(f"{where}.protocols[{i}]: expected one of {', '.join(sorted(_PROTOCOLS))}, "
+            if protocol not in allowed:
+                errors.append(f"{where}.protocols[{i}]: expected one of {', '.join(sorted(allowed))}, "
                               f"got {protocol!r}")
         scope = (plugin.name, _route_key(plugin), plugin.service, plugin.consumer)
         if scope in scopes:

@@ -61,9 +61,10 @@ class Secret:
 class PasswordHash:
     """A basic-auth password, kept only as an HMAC-SHA256 under a random salt; compared in constant time."""
 
-    __slots__ = ("_salt", "_digest")
+    __slots__ = ("_salt", "_digest", "empty")
 
     def __init__(self, password: str) -> None:
+        self.empty = not password  # (Kong refuses an empty password: its strings are at least one character)
         self._salt = os.urandom(16)
         self._digest = hmac.new(self._salt, password.encode(), hashlib.sha256).digest()
 
@@ -84,6 +85,7 @@ class KongPasswordHash(PasswordHash):
     __slots__ = ("stored", "consumer_id")
 
     def __init__(self, stored: str, consumer_id: str = "") -> None:
+        self.empty = not stored
         self.stored = stored.encode()
         self.consumer_id = consumer_id.encode()
 
@@ -294,6 +296,8 @@ def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, 
     elif attr == "basicauth_credentials":
         if not cred.username:
             errors.append(f"{where}.username: must not be empty")
+        if cred.password.empty:
+            errors.append(f"{where}.password: must not be empty")
         _unique(unique, ("basic-auth username", cred.username), cred, f"{where}.username: {cred.username!r}", errors)
     elif attr == "hmacauth_credentials":
         if not cred.username:

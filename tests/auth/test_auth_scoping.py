@@ -109,6 +109,17 @@ def test_a_plugin_for_stream_protocols_only_never_runs_on_http():
     assert runtime.router.match(b"GET", b"/", None, []).payload.policies == []
 
 
+def test_a_plugin_of_http_protocols_only_refuses_a_stream_protocol():
+    """Kong's key-auth (typedefs.protocols_http) refuses `protocols: [tcp]` rather than never running."""
+    from gateway.config import ConfigError
+
+    text = ("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{name: r, paths: [/]}]}]\n"
+            "plugins: [{name: key-auth, protocols: [http, tcp]}]")
+    with pytest.raises(ConfigError) as err:
+        compile_config(parse_config(text))
+    assert "plugins[0].protocols[1]: expected one of grpc, grpcs, http, https, ws, wss, got 'tcp'" in str(err.value)
+
+
 # --- consumer-scoped plugins through the gateway -------------------------------------------------------------------
 
 
