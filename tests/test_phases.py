@@ -39,7 +39,7 @@ class AccessOnly:
 
 
 def exchange(method: bytes = b"GET") -> SimpleNamespace:
-    return SimpleNamespace(request=SimpleNamespace(method=method))
+    return SimpleNamespace(request=SimpleNamespace(method=method), state=None)
 
 
 def test_a_chain_without_response_phases_has_none():
@@ -50,6 +50,27 @@ def test_header_filters_run_in_chain_order():
     phases = ResponsePhases.of([Tag("a"), AccessOnly(), Tag("b")])
     _, headers, _, _ = phases.filter(exchange(), 200, [], b"", False)
     assert headers == [(b"x-order", b"a"), (b"x-order", b"b")]
+
+
+def test_headers_set_in_access_go_in_before_the_header_filters_in_place_of_the_upstreams():
+    """kong.response.set_header in access (proxy-cache's X-Cache-Key): the header filters see it, and it replaces a
+    header of that name the upstream sent."""
+    from gateway.http.server import Exchange
+
+    seen = []
+
+    class Look:
+        name, priority = "look", 1
+
+        def header_filter(self, ex, status, headers):  # noqa: ANN001,ANN202
+            seen.append(list(headers))
+            return headers
+
+    ex = exchange()
+    Exchange.set_response_header(ex, b"x-cache-key", b"k")  # type: ignore[arg-type]
+    _, headers, _, _ = ResponsePhases.of([Look()]).filter(ex, 200, [(b"x-cache-key", b"upstream's"), (b"a", b"1")],
+                                                        b"", False)
+    assert seen == [[(b"a", b"1"), (b"x-cache-key", b"k")]] and headers == seen[0]
 
 
 def test_a_body_filter_sees_only_a_whole_body_and_the_length_follows():

@@ -52,6 +52,7 @@ REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once 
 URI_CAPTURES = "uri_captures"  # ex.state: the groups of the matched regex path (Kong's router_matches.uri_captures)
 UPSTREAM_PATH = "upstream_path"  # ex.state: the upstream path a policy set (kong.service.request.set_path)
 REQUEST_METHOD = "request_method"  # ex.state: the method as the client sent it, once a policy has changed it
+HEADERS_SET = "headers_set"  # ex.state: response headers a policy set in access (kong.response.set_header)
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
@@ -205,6 +206,15 @@ class Exchange:
         else:
             self.state.setdefault(REQUEST_URI, self.request.target)
         self.request.target = target
+
+    def set_response_header(self, name: bytes, value: bytes) -> None:
+        """kong.response.set_header in access: whichever response comes has this header (in place of one of that
+        name), set before the plugins' header filters run, so they see it (gateway.pipeline.phases)."""
+        if self.state is None:
+            self.state = {}
+        headers_set = self.state.setdefault(HEADERS_SET, [])
+        headers_set[:] = [hv for hv in headers_set if hv[0] != name]
+        headers_set.append((name, value))
 
     def set_method(self, method: bytes) -> None:
         """Send the request upstream as `method` (kong.service.request.set_method); the client's stays the request

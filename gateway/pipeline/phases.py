@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from gateway.http.codec import END, NEED_DATA, Headers
-from gateway.http.server import Exchange
+from gateway.http.server import HEADERS_SET, Exchange
 from gateway.http.timers import Phase
 
 log = logging.getLogger("gateway.phases")
@@ -87,7 +87,12 @@ class ResponsePhases:
                end: bool) -> tuple[int, Headers, bytes, bool]:
         """Run the header filters, then (when `body` is the whole body) the body filters; called by
         Exchange.send_head just before the head is written. Returns the (status, headers, body, end) to send: those
-        given, filtered, or a header filter's Exit (its status, no body, the end)."""
+        given, filtered, or a header filter's Exit (its status, no body, the end). Headers a policy set in access
+        (Exchange.set_response_header) go in first, as Kong's do."""
+        state = ex.state
+        if state and (headers_set := state.pop(HEADERS_SET, None)):
+            names = {name for name, _ in headers_set}
+            headers = [hv for hv in headers if hv[0] not in names] + headers_set
         try:
             for f in self.header_filters:
                 headers = f.header_filter(ex, status, headers)

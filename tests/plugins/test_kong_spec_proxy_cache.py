@@ -151,7 +151,6 @@ async def test_the_key_hashes_the_request_line_as_the_client_sent_it(nursery, ga
     assert key_of(reply) == hashlib.sha256(f"{ROUTE_ID}|POST|GET /get HTTP/1.1||".encode()).hexdigest()
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline: headers set in access are added by this plugin's header_filter")
 async def test_the_cache_headers_set_in_access_reach_earlier_header_filters(nursery, gateway):
     """handler.lua sets X-Cache-Key and X-Cache-Status in access (kong.response.set_header), so the header filters
     of plugins of higher priority see them: response-transformer (800) removes them from a Miss as from a Hit."""

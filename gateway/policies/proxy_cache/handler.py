@@ -65,10 +65,9 @@ def now() -> int:
 class _Pending:
     """One request's dealings with the plugin, from access to body_filter."""
 
-    __slots__ = ("headers", "key", "debug", "req_body", "decided", "cacheable", "res_headers", "res_ttl")
+    __slots__ = ("key", "debug", "req_body", "decided", "cacheable", "res_headers", "res_ttl")
 
     def __init__(self, debug: bool) -> None:
-        self.headers: Headers = []  # what access set (X-Cache-Key, X-Cache-Status), for whatever response comes
         self.key: str | None = None  # set when the response may be stored under this key
         self.debug = debug
         self.req_body: bytes | None = None
@@ -128,11 +127,11 @@ class ProxyCache:
         cc = parse_directives(header_value(req.headers, b"cache-control"))
         if not self.rules.cacheable_request(req.method, cc):
             if pending.debug or self.show_status:
-                pending.headers.append((_STATUS, b"Bypass"))
+                ex.set_response_header(_STATUS, b"Bypass")  # (set in access, as Kong: header filters see it)
             return False
         key = self.key_of(ex)
         if pending.debug or self.show_key:
-            pending.headers.append((_KEY, key.encode()))
+            ex.set_response_header(_KEY, key.encode())
         raw = await self.shared.cache_fetch(self.dictionary, key) if self.shared is not None else None
         if raw is None:
             if self.cache_control and b"only-if-cached" in cc:
@@ -140,7 +139,7 @@ class ProxyCache:
                 return True
             body, whole = await ex.read_body(REQUEST_BODY_LIMIT)
             pending.req_body = body if whole else None
-            self._signal(pending, key, b"Miss")
+            self._signal(ex, pending, key, b"Miss")
             return False
         entry = decode(raw)
         if entry is None:
@@ -150,21 +149,21 @@ class ProxyCache:
             log.info("proxy-cache: cache format mismatch, purging %s", key)
             if self.shared is not None:
                 self.shared.cache_purge(self.dictionary, key)
-            self._signal(pending, key, b"Bypass")
+            self._signal(ex, pending, key, b"Bypass")
             return False
         t = now()
         if self.rules.freshness(entry.timestamp, entry.ttl, t, cc) == "Refresh":
-            self._signal(pending, key, b"Refresh")
+            self._signal(ex, pending, key, b"Refresh")
             return False
         del ex.state[STATE_KEY]  # the answer carries its own X-Cache-* headers
         await self._answer(ex, entry, key, t, pending.debug)
         return True
 
-    def _signal(self, pending: _Pending, key: str, status: bytes) -> None:
+    def _signal(self, ex: Exchange, pending: _Pending, key: str, status: bytes) -> None:
         """Kong's signal_cache_req: the response may be stored; X-Cache-Status says why it was fetched."""
         pending.key = key
         if pending.debug or self.show_status:
-            pending.headers.append((_STATUS, status))
+            ex.set_response_header(_STATUS, status)
 
     async def _answer(self, ex: Exchange, entry: Entry, key: str, t: int, debug: bool) -> None:
         headers: Headers = [hv for hv in entry.headers
@@ -188,9 +187,6 @@ class ProxyCache:
         pending = _state(ex)
         if pending is None:
             return headers
-        if pending.headers:
-            headers += pending.headers
-            pending.headers = []
         if pending.key is None or pending.decided:
             return headers
         pending.decided = True
