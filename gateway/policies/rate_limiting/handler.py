@@ -1,6 +1,7 @@
 """Kong's rate-limiting, cluster-exact: tokens come from leases the worker holds (gateway.ratelimit), never from
-a round trip per request. Over the limit: 429 (error_code) with Retry-After and a JSON body; a JSON-RPC request
-limited by MCP method or tool gets a JSON-RPC error instead (with its id, code RATE_LIMITED, data.retry_after)."""
+a round trip per request. Over the limit: 429 (error_code) with Retry-After (none with hide_client_headers, as
+Kong) and a JSON body; a JSON-RPC request limited by MCP method or tool gets a JSON-RPC error instead (with its id,
+code RATE_LIMITED, data.retry_after)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from gateway.mcp.governance import error_response
 from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, WHOLE_LIMIT, counted
 from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
-from gateway.ratelimit.headers import RateLimitHeaders, retry_after
+from gateway.ratelimit.headers import RateLimitHeaders
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
 from gateway.ratelimit.redis_client import RedisSettings
 from gateway.ratelimit.spec import LimitSpec
@@ -70,7 +71,8 @@ class RateLimiting:
         self.plugin_id = plugin_id
         self.prefix = plugin_id + "|"
         self.limit_by = config.limit_by
-        self.header = (config.header_name or "").lower().encode()
+        # Kong reads it as nginx's $http_<name>: case-insensitive, "_" standing for "-"
+        self.header = (config.header_name or "").lower().replace("_", "-").encode()
         self.path = config.path or ""
         self.headers = None if config.hide_client_headers else RateLimitHeaders(self.spec)
         self.error_code = config.error_code
@@ -194,7 +196,8 @@ class RateLimiting:
             await ex.respond_error(500)  # Kong: "An unexpected error occurred"
             return True
         RECORDER.count(RATELIMIT_REJECTED, (self.plugin_id, self._exhausted(decision)))
-        ex.add_response_lines(self.headers.decided(decision) if self.headers is not None else retry_after(decision))
+        if self.headers is not None:  # Kong: hide_client_headers hides Retry-After too
+            ex.add_response_lines(self.headers.decided(decision))
         if rpc_id is NOT_RPC:
             await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
             return True

@@ -5,6 +5,7 @@ shorthands (still accepted by Kong 3.x); both forms fill `redis`. Kong's `cluste
 database, which this gateway does not have: it is refused with a pointer to `redis`.
 """
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal
 
@@ -16,38 +17,58 @@ Limit = Annotated[float, msgspec.Meta(gt=0, le=MAX_COUNT)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 WINDOWS = ("second", "minute", "hour", "day", "month", "year")
 SYNC_RATE_REALTIME = -1.0
+# Kong's schema strings are non-empty unless the field says len_min = 0 (redis.password does)
+Text = Annotated[str, msgspec.Meta(min_length=1)]
 # Kong's typedefs.path (validate_path): RFC 3986 unreserved and reserved characters, "%" only in %XX escapes
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # kong.tools.http.validate_header_name
+# kong.tools.ip: an IPv4 address with an optional port, and a host name's characters
+_IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(:\d+)?")
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 SHORTHANDS = ("host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify", "server_name")
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Kong's `redis` record (kong/tools/redis/schema.lua): where the counters shared by every gateway host live."""
 
-    host: str | None = None
+    host: Text | None = None
     port: Port = 6379
     timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] = 2000  # ms, for connecting and for each command
-    username: str | None = None  # Redis 6+ ACL user; without it AUTH sends the password alone
+    username: Text | None = None  # Redis 6+ ACL user; without it AUTH sends the password alone
     password: str | None = None
     database: Annotated[int, msgspec.Meta(ge=0)] = 0
     ssl: bool = False
     ssl_verify: bool = False  # against the system's CAs (or SSL_CERT_FILE; Kong: lua_ssl_trusted_certificate)
-    server_name: str | None = None  # SNI, and the name the certificate must carry when ssl_verify is on
+    # with ssl: SNI, and the name the certificate must carry when ssl_verify is on; without ssl, unused (as in Kong,
+    # whose lua-resty-redis reads it only for the TLS handshake)
+    server_name: Text | None = None
+
+    def __post_init__(self) -> None:
+        if problem := self.problem():
+            raise ValueError(problem)
+
+    def problem(self) -> str | None:
+        """Kong's typedefs.host (host) and typedefs.sni (server_name) checks, with their messages."""
+        if self.host is not None and (problem := host_problem(self.host)):
+            return f"host: {problem}"
+        if self.server_name is not None and (problem := host_problem(self.server_name, sni=True)):
+            return f"server_name: {problem}"
+        return None
 
 
 class RedisShorthands(msgspec.Struct, kw_only=True):
     """Kong's deprecated `redis_<field>` settings, still accepted beside `redis` (merge_redis_shorthands)."""
 
-    redis_host: str | None = None
+    redis_host: Text | None = None
     redis_port: Port | None = None
     redis_password: str | None = None
-    redis_username: str | None = None
+    redis_username: Text | None = None
     redis_database: Annotated[int, msgspec.Meta(ge=0)] | None = None
     redis_timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] | None = None
     redis_ssl: bool | None = None
     redis_ssl_verify: bool | None = None
-    redis_server_name: str | None = None
+    redis_server_name: Text | None = None
 
 
 class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
@@ -59,13 +80,13 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     year: Limit | None = None
     limit_by: Literal["consumer", "credential", "ip", "service", "header", "path", "mcp-method", "mcp-tool"] = \
         "consumer"
-    header_name: str | None = None
+    header_name: Text | None = None
     path: str | None = None
     policy: Literal["local", "cluster", "redis"] = "local"
     fault_tolerant: bool = True
     hide_client_headers: bool = False
     error_code: Annotated[int, msgspec.Meta(ge=400, le=599)] = 429
-    error_message: str = "API rate limit exceeded"
+    error_message: Text = "API rate limit exceeded"
     algorithm: Literal["fixed-window", "token-bucket", "limit-req"] = "fixed-window"
     rate: Limit | None = None  # token-bucket / limit-req: tokens per second
     burst: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
@@ -76,15 +97,21 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.algorithm == "fixed-window" and not any(getattr(self, w) for w in WINDOWS):
             raise ValueError("set at least one of second, minute, hour, day, month, year")
+        check_periods_order(self)
         if self.algorithm != "fixed-window" and self.rate is None:
             raise ValueError(f"algorithm {self.algorithm} needs rate (requests per second)")
         if self.limit_by == "header" and not self.header_name:
             raise ValueError("limit_by is header: set header_name")
         if self.limit_by == "path" and not self.path:
             raise ValueError("limit_by is path: set path")
+        if self.header_name is not None and not _HEADER_NAME.fullmatch(self.header_name):
+            raise ValueError(f"header_name: bad header name '{self.header_name}', allowed characters are A-Z, a-z, "
+                             "0-9, '_', and '-'")
         if self.path is not None:
             check_path(self.path)
         merge_redis_shorthands(self)
+        if problem := self.redis.problem():  # what the redis_<field> shorthands brought
+            raise ValueError(f"redis.{problem}")
         if self.policy == "cluster":
             raise ValueError("policy cluster keeps counters in Kong's database, which this gateway does not have; "
                              "use policy redis (exact across gateway hosts) or local (exact across this host's "
@@ -99,8 +126,55 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
             if self.algorithm == "limit-req" and not self.nodelay:
                 raise ValueError("algorithm limit-req without nodelay delays requests by the host's own bucket; "
                                  "with policy redis set nodelay: true (or use policy local)")
-            if self.redis.server_name and not self.redis.ssl:
-                raise ValueError("redis.server_name is the TLS server name: it needs redis.ssl: true")
+
+
+def check_periods_order(config: RateLimitingConfig) -> None:
+    """Kong's validate_periods_order: a longer period's limit may not be below a shorter one's (its message)."""
+    for i, lower in enumerate(WINDOWS):
+        low = getattr(config, lower)
+        if low is None:
+            continue
+        for upper in WINDOWS[i + 1:]:
+            high = getattr(config, upper)
+            if high is not None and high < low:
+                raise ValueError(f"The limit for {upper}({high:.1f}) cannot be lower than the limit for "
+                                 f"{lower}({low:.1f})")
+
+
+def host_problem(host: str, sni: bool = False) -> str | None:
+    """Kong's typedefs.host check (sni: typedefs.sni's, which takes no IP) through kong.tools.ip.normalize_ip, with
+    its messages; None for a host it takes."""
+    kind, has_port = _host_kind(host)
+    if kind is None:
+        return f"invalid value: {host}"
+    if sni and kind != "name":
+        return "must not be an IP"
+    return "must not have a port" if has_port else None
+
+
+def _host_kind(host: str) -> tuple[str | None, bool]:
+    """kong.tools.ip.normalize_ip: ("ipv4" | "ipv6" | "name", whether a port follows), or (None, False) for a host
+    it refuses."""
+    if host.count(":") > 1:
+        bracketed = re.fullmatch(r"\[([^\]]*)\](:\d+)?", host)
+        address = bracketed.group(1) if bracketed else host
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return None, False
+        return "ipv6", bool(bracketed and bracketed.group(2))
+    if re.fullmatch(r"[\d.]+", host.replace(":", "")):
+        ipv4 = _IPV4.fullmatch(host)
+        if ipv4 is None or any(int(octet) > 255 for octet in ipv4.groups()[:4]):
+            return None, False
+        return "ipv4", ipv4.group(5) is not None
+    port = re.search(r":\d+$", host)
+    name = host[:port.start()] if port else host
+    segments = name.split(".")
+    if not _HOST_NAME.fullmatch(name) or any(
+            seg.endswith("-") or (not seg and i != len(segments) - 1) for i, seg in enumerate(segments)):
+        return None, False
+    return "name", port is not None
 
 
 def check_path(path: str) -> None:
