@@ -50,7 +50,8 @@ from gateway.state.shared import SharedState
 log = logging.getLogger("gateway.forward")
 
 TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"})
+# nginx's proxy_next_upstream: a request already sent goes to the next server unless it is one of these
+NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
 _SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
 
@@ -112,6 +113,8 @@ class Forwarder:
             pinned, address, upstream_sid = opened
             headers.append((b"mcp-session-id", upstream_sid))
         target_path = svc.upstream_target(match.path, match.query)
+        if not match.query and req.target[-1:] == b"?":  # Kong keeps an empty query's "?" (`/x?` goes as `/x?`)
+            target_path += b"?"
         if mcp is None:
             body, body_done = ex.take_buffered_body()
         else:  # MCP: body bytes the step may have read, its Origin policy
@@ -127,7 +130,10 @@ class Forwarder:
                 spooled = whole  # type: ignore[assignment]
             body, body_done = whole, True  # type: ignore[assignment]  # _exchange sends a SpooledBody from its file
         try:
-            replayable = body_done and req.method in IDEMPOTENT
+            # nginx resends a request already sent unless POST, LOCK or PATCH, or its body was not buffered (a
+            # route's request_buffering: false): that body may not be read twice
+            replayable = body_done and req.method not in NOT_RESENT and (route.request_buffering or framing == NO_BODY
+                                                                         or framing is None)
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
             unusable = group.unusable  # drained, circuit open or unhealthy (kept current by gateway.state)
             tried: frozenset[int] | set[int] = unusable  # ... and the targets that failed this request (a new set
@@ -169,7 +175,7 @@ class Forwarder:
                     ex.tries.append(attempt)
                 try:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
-                                                        headers, framing, body, body_done, address)
+                                                        headers, framing, body, body_done, replayable, address)
                 except UpstreamError as e:
                     error = e
                     tried = {*tried, index}
@@ -205,9 +211,10 @@ class Forwarder:
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
                         method: bytes, path: bytes, headers: Headers, framing: int | None, body: bytes | SpooledBody,
-                        body_done: bool, address: str | None = None) -> tuple[UpstreamConn, Response]:
+                        body_done: bool, replayable: bool, address: str | None = None) -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled. `body`:
         what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one.
+        `replayable`: a timeout may end this try and the request go to the next target.
         `address`: the one of a named target to connect to (an MCP session's), not the name's next."""
         pool = self.pool
         now = attempt.started = self.clock()
@@ -247,7 +254,7 @@ class Forwarder:
             timer = ex.timer
             detail = (target.name, svc.write_timeout)
             timer.set_until(now + svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
-            if body_done and method in IDEMPOTENT:  # a timeout ends this try, not the client's connection
+            if replayable:  # a timeout ends this try, not the client's connection
                 timer.upstream = uc.conn
             await uc.conn.sendall(data)
             if spooled is not None:
