@@ -28,6 +28,7 @@ _SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
 _VIA_AND_SERVER = _VIA_LINE + _SERVER_LINE
 _DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n%b"
 PROXIED = "kong-proxied"  # ex.state: a plugin answered as Kong's KONG_PROXIED (proxy-cache's hit)
+_SERVER_OR_VIA = frozenset({b"server", b"via"})
 _DEFAULTS = {"via", "server", "x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency",
              "x-kong-request-id"}
 
@@ -70,7 +71,8 @@ class KongHeaders:
     here, from the headers that are on. `add` is Kong's defaults' own code when those are what is on (the usual
     case, on every response), else the general one."""
 
-    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_cached", "_own", "_clock", "add")
+    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_cached", "_own", "_plugins_server",
+                 "_clock", "add")
 
     def __init__(self, on: set[str]) -> None:
         self.via = "via" in on
@@ -82,20 +84,23 @@ class KongHeaders:
             proxied += b"X-Kong-Upstream-Latency: %(u)d\r\n"
         if "x-kong-proxy-latency" in on:
             proxied += b"X-Kong-Proxy-Latency: %(p)d\r\n"
-        cached = proxied  # (no upstream status: none was reached)
-        if self.upstream_status:
+        if self.upstream_status:  # (a cache hit's is the stored response's status, as Kong's ngx.status)
             proxied += b"X-Kong-Upstream-Status: %(s)d\r\n"
+        cached = proxied
         if "x-kong-response-latency" in on:
             own += b"X-Kong-Response-Latency: %(l)d\r\n"
+        plugins_server = own  # (a plugin's answer with Kong's own Via: its Server is left as it is)
         if self.server:
             own += b"Server: " + SERVER_TOKEN.replace(b"%", b"%%") + b"\r\n"
         if self.request_id:
             proxied += b"X-Kong-Request-Id: %(r)b\r\n"
             cached += b"X-Kong-Request-Id: %(r)b\r\n"
             own += b"X-Kong-Request-Id: %(r)b\r\n"
+            plugins_server += b"X-Kong-Request-Id: %(r)b\r\n"
         self._proxied = proxied
         self._cached = cached
         self._own = own
+        self._plugins_server = plugins_server
         self._clock: Callable[[], float] = run_clock()
         self.add: Callable[[Any, list[tuple[bytes, bytes]], int], bytes] = \
             self._add_defaults if on == _DEFAULTS else self._add_any
@@ -116,17 +121,16 @@ class KongHeaders:
             lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
                                      b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             if self.via or self.server:
-                seen = dict(headers)  # (one C call: the names an upstream sent, the last value of each)
+                seen = dict(headers)  # (one C call: the names an upstream sent)
                 if self.via:
-                    via = seen.get(b"via")
-                    if via is None:
-                        lines += _VIA_LINE
+                    if b"via" in seen:
+                        _append_via(headers)
                     else:
-                        _append_via(headers, via)
+                        lines += _VIA_LINE
                 if self.server and b"server" not in seen:
                     lines += _SERVER_LINE
             return lines
-        return self._own_lines(ex, headers, rid)
+        return self._own_lines(ex, headers, rid, upstream_status)
 
     def _add_defaults(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
         """`_add_any` for Kong's defaults, in one format per response."""
@@ -138,39 +142,42 @@ class KongHeaders:
             if head_at:
                 sent = last.started
                 seen = dict(headers)
-                via = seen.get(b"via")
-                if via is None:
-                    tail = _VIA_LINE if b"server" in seen else _VIA_AND_SERVER
-                else:
-                    _append_via(headers, via)
+                if b"via" in seen:
+                    _append_via(headers)
                     tail = b"" if b"server" in seen else _SERVER_LINE
+                else:
+                    tail = _VIA_LINE if b"server" in seen else _VIA_AND_SERVER
                 return _DEFAULT_LINES % ((head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid,
                                          tail)
-        return self._own_lines(ex, headers, rid)
+        return self._own_lines(ex, headers, rid, upstream_status)
 
-    def _own_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes) -> bytes:
-        """For an answer of the gateway's own: Server (replacing one a plugin set) and the response latency."""
+    def _own_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes, status: int) -> bytes:
+        """For an answer of the gateway's own: Server (replacing one a plugin set) and the response latency; but a
+        plugin's answer whose one Via is Kong's token (`headers` having Via on) keeps its Server, or none, as Kong's
+        runloop leaves it."""
         state = ex.state
         if state and PROXIED in state:
-            return self._cached_lines(ex, headers, rid)
+            return self._cached_lines(ex, headers, rid, status)
         started = ex.started
-        lines = self._own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
-        if any(hv[0] == b"server" for hv in headers):  # (a plugin's): Kong's replaces it, or removes it when off
-            headers[:] = [hv for hv in headers if hv[0] != b"server"]
-        return lines
+        own = self._own
+        if any(hv[0] in _SERVER_OR_VIA for hv in headers):  # (a plugin's): Kong's replaces Server, or removes it
+            if self.via and [hv[1] for hv in headers if hv[0] == b"via"] == [SERVER_TOKEN]:
+                own = self._plugins_server
+            else:
+                headers[:] = [hv for hv in headers if hv[0] != b"server"]
+        return own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
 
-    def _cached_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes) -> bytes:
+    def _cached_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes, status: int) -> bytes:
         """For a plugin's answer Kong counts as proxied (proxy-cache's hit sets KONG_PROXIED): the headers of a
-        proxied response, the upstream latency 0 and the proxy latency the time to this answer; Via, and Server only
-        when the stored response has none."""
-        lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"r": rid}
+        proxied response, the upstream latency 0, the proxy latency the time to this answer and the upstream status
+        the stored one; Via, and Server only when the stored response has none."""
+        lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
         seen = dict(headers)
         if self.via:
-            via = seen.get(b"via")
-            if via is None:
-                lines += _VIA_LINE
+            if b"via" in seen:
+                _append_via(headers)
             else:
-                _append_via(headers, via)
+                lines += _VIA_LINE
         if self.server and b"server" not in seen:
             lines += _SERVER_LINE
         return lines
@@ -183,7 +190,9 @@ class KongHeaders:
         return rid
 
 
-def _append_via(headers: list[tuple[bytes, bytes]], via: bytes) -> None:
-    """Kong's Via after an upstream's own: `its, 1.1 <token>`, one header."""
+def _append_via(headers: list[tuple[bytes, bytes]]) -> None:
+    """Kong's Via after an upstream's own: `its, 1.1 <token>`, one header (several of the upstream's joined, as
+    nginx's $upstream_http_via joins them)."""
+    via = b", ".join([hv[1] for hv in headers if hv[0] == b"via"])
     headers[:] = [hv for hv in headers if hv[0] != b"via"]
     headers.append((b"via", via + b", " + _VIA))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers, Request
 from gateway.http.ids import new_request_id, valid_request_id
+from gateway.http.kong_headers import SERVER_TOKEN
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 
@@ -20,11 +21,14 @@ _FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded
 CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
                               b"x-credential-identifier", b"x-consumer-groups", b"x-authenticated-groups",
                               b"x-anonymous-consumer"})
-_DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-for", b"x-request-id", b"x-real-ip"}
+# Proxy is dropped as Kong drops it (httpoxy: a CGI upstream would read it as its HTTP_PROXY); Via is replaced by
+# Kong's, the client's first one extended.
+_DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-for", b"x-request-id", b"x-real-ip",
+                                            b"proxy", b"via"}
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
 _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x-kong-request-id"}
-# What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port and X-Real-IP, built once per client
-# address, scheme and listener port (a few, in practice) instead of four tuples per request.
+# What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port, X-Real-IP and Via, built once per client
+# address, scheme and listener port (a few, in practice) instead of five tuples per request.
 _OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
 _NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer sent that are kept: none (never added to)
 # upstream_request_headers' framing for a request that asks to switch protocols (a WebSocket handshake): no body,
@@ -32,6 +36,11 @@ _NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer s
 # given to a codec, which reads such headers itself).
 UPGRADE = 3
 _UPGRADE_CONNECTION = (b"connection", b"keep-alive, Upgrade")
+# Kong's Via upstream (kong/runloop/handler.lua upstream_via), after the client's own first Via when it sent one.
+# Kong's version is the request's as Lua prints ngx.req.http_version() (1.0 is "1"); here always 1.1, the version
+# the gateway speaks upstream.
+INBOUND_VIA = b"1.1 " + SERVER_TOKEN
+_INBOUND_VIA = (b"via", INBOUND_VIA)
 
 
 # Never dropped because a Connection header names them: removing a framing header would change where the message
@@ -95,20 +104,24 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked; or
     UPGRADE for a request that asks to switch protocols, with Kong's Upgrade and Connection headers added).
 
-    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port/Path/Prefix are kept; otherwise they
-    are the gateway's own (X-Forwarded-Host nginx's $host: the Host without its port, in lower case; -Path the
-    request's path; -Prefix `prefix`, the part a strip_path route matched, unless empty or "/"). An X-Forwarded-For the
-    request has gets the peer appended, from any peer as Kong does (the last hop is the one to believe); without
-    one it is the client address. X-Real-IP is the client address. Consumer headers come only from the request's
-    consumer (ex.consumer). With `affinity` the client's Mcp-Session-Id is taken out (the caller puts the upstream's
-    own id back); otherwise it passes through like any header and None is returned for it."""
-    headers = ex.request.headers
+    Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port/Path/Prefix are kept (the first of
+    each, as Kong reads them: one line upstream); otherwise they are the gateway's own (X-Forwarded-Host nginx's
+    $host: the Host without its port, in lower case; -Path the request's path; -Prefix `prefix`, the part a
+    strip_path route matched, unless empty or "/"). An X-Forwarded-For the request has gets the peer appended, from
+    any peer as Kong does (the last hop is the one to believe); without one it is the client address. X-Real-IP is
+    the client address. Via is Kong's, `1.1 <token>` after the client's first Via if any; a Proxy header is dropped.
+    Consumer headers come only from the request's consumer (ex.consumer). With `affinity` the client's
+    Mcp-Session-Id is taken out (the caller puts the upstream's own id back); otherwise it passes through like any
+    header and None is returned for it."""
+    request = ex.request
+    headers = request.headers
     trusted = ex.peer_trusted
     connection = False  # a Connection header: the headers it names are dropped too (after the loop: it is rare)
     framing = NO_BODY
     out: Headers = []
     host = b""
     xff = b""
+    via = b""
     request_id = b""
     session_id = None
     seen_forwarded = set() if trusted else _NOTHING_SEEN
@@ -135,7 +148,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 if ex.settings.request_id_upstream:
                     continue  # replaced by ours (headers_upstream)
             elif name in _FORWARDED:
-                if not trusted:
+                if not trusted or name in seen_forwarded:
                     continue
                 seen_forwarded.add(name)
             else:
@@ -143,13 +156,15 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                     connection = True
                 elif name == b"transfer-encoding":
                     framing = CHUNKED  # chunked, and nothing else: gateway.http.codec.check_request_head
-                continue  # hop-by-hop, consumer headers, expect, x-real-ip
+                elif name == b"via" and not via:
+                    via = hv[1]
+                continue  # hop-by-hop, consumer headers, expect, x-real-ip, proxy, via
         out.append(hv)
     if connection and (named := connection_tokens(headers)):
         out = [hv for hv in out if hv[0] not in named]
         if trusted:
             seen_forwarded -= named
-        if b"upgrade" in named and (upgrade := upgrade_asked(ex.request)) is not None:
+        if b"upgrade" in named and (upgrade := upgrade_asked(request)) is not None:
             out.append((b"upgrade", upgrade))  # Kong's upstream_upgrade and upstream_connection
             out.append(_UPGRADE_CONNECTION)
             framing = UPGRADE
@@ -165,10 +180,11 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if b"x-forwarded-port" not in seen_forwarded:
             out.append((b"x-forwarded-port", ex.conn.listen_port))
         if b"x-forwarded-path" not in seen_forwarded:
-            out.append((b"x-forwarded-path", ex.request.target.partition(b"?")[0]))
+            out.append((b"x-forwarded-path", request.target.partition(b"?")[0]))
         if b"x-forwarded-prefix" not in seen_forwarded and prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))
         out.append((b"x-real-ip", client_ip))
+        out.append((b"via", via + b", " + INBOUND_VIA) if via else _INBOUND_VIA)
     else:
         conn = ex.conn
         key = (ex.client_ip, conn.scheme, conn.listen_port)
@@ -176,15 +192,17 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if own is None:
             ip = key[0].encode()
             own = _OWN_FORWARDED.keep(key, [(b"x-forwarded-for", ip), (b"x-forwarded-proto", key[1]),
-                                            (b"x-forwarded-port", key[2]), (b"x-real-ip", ip)])
-        if xff:  # rare: a client (or a balancer not in trusted_ips) sent one
-            out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()))
-            out += own[1:]
+                                            (b"x-forwarded-port", key[2]), (b"x-real-ip", ip),
+                                            _INBOUND_VIA])
+        if xff or via:  # rare: a client (or a balancer not in trusted_ips) sent one
+            out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()) if xff else own[0])
+            out += own[1:4]
+            out.append((b"via", via + b", " + INBOUND_VIA) if via else _INBOUND_VIA)
         else:
             out += own
         if host:
             out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
-        out.append((b"x-forwarded-path", ex.request.target.partition(b"?")[0]))
+        out.append((b"x-forwarded-path", request.target.partition(b"?")[0]))
         if prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))
     out.append((b"x-request-id", request_id))
