@@ -306,10 +306,6 @@ async def test_without_via_on_a_short_circuits_server_is_kongs(nursery, gateway)
     assert [v for k, v in reply.headers if k == "server"] == [TOKEN]
 
 
-@pytest.mark.xfail(strict=True, reason="README (Headers Kong adds) and tests/test_kong_headers.py::test_an_upstream_"
-                   "failure_is_the_gateways_own_answer make an upstream failure the gateway's own answer; Kong sets "
-                   "KONG_PROXIED before the balancer, so kong_headers.py would treat any try (not only one with a "
-                   "response head) as proxied")
 async def test_an_upstream_failure_gets_the_proxied_latencies(nursery, gateway):
     """14-server_tokens_spec.lua "should be returned with 502 errors (error_page executing)": X-Kong-Upstream-Latency
     and X-Kong-Proxy-Latency, no X-Kong-Response-Latency (kong/init.lua access: `ctx.KONG_PROXIED = true -- we

@@ -111,14 +111,16 @@ class KongHeaders:
         return cls(on) if on else None
 
     def _add_any(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
-        """The lines to add to the response `ex` is sending (`headers`, edited in place as Kong leaves them): an
-        upstream's answer when the last try got a response head, else our own (`upstream_status`: what the upstream
-        said)."""
+        """The lines to add to the response `ex` is sending (`headers`, edited in place as Kong leaves them): a
+        proxied response's once a try was made (Kong's KONG_PROXIED, set before the balancer: an upstream that failed
+        gets them too, its upstream latency the wait until the failure), else our own (`upstream_status`: what the
+        upstream said)."""
         rid = ex.request_id or self._new_id(ex)
         tries = ex.tries
-        if tries and (last := tries[-1]).head_at:
+        if tries:
+            last = tries[-1]
             sent = last.started
-            lines = self._proxied % {b"u": (last.head_at - sent) * 1000.0 + 0.5,
+            lines = self._proxied % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
                                      b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             if self.via or self.server:
                 seen = dict(headers)  # (one C call: the names an upstream sent)
@@ -138,17 +140,15 @@ class KongHeaders:
         tries = ex.tries
         if tries:
             last = tries[-1]
-            head_at = last.head_at
-            if head_at:
-                sent = last.started
-                seen = dict(headers)
-                if b"via" in seen:
-                    _append_via(headers)
-                    tail = b"" if b"server" in seen else _SERVER_LINE
-                else:
-                    tail = _VIA_LINE if b"server" in seen else _VIA_AND_SERVER
-                return _DEFAULT_LINES % ((head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid,
-                                         tail)
+            head_at = last.head_at or self._clock()  # (none: the try failed, and Kong's answer is still proxied)
+            sent = last.started
+            seen = dict(headers)
+            if b"via" in seen:
+                _append_via(headers)
+                tail = b"" if b"server" in seen else _SERVER_LINE
+            else:
+                tail = _VIA_LINE if b"server" in seen else _VIA_AND_SERVER
+            return _DEFAULT_LINES % ((head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid, tail)
         return self._own_lines(ex, headers, rid, upstream_status)
 
     def _own_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes, status: int) -> bytes:
