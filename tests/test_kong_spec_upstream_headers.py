@@ -186,8 +186,6 @@ async def test_a_trusted_peers_repeated_forwarded_header_is_sent_once_its_first(
     assert seen["x-forwarded-host"] == ["a.test"]
 
 
-@pytest.mark.xfail(strict=True, reason="tests/test_headers.py::test_x_forwarded_for_from_a_trusted_peer_gets_the_peer_"
-                   "appended pins the opposite (every line kept); headers.py would keep only the first line")
 async def test_x_forwarded_for_sent_in_several_lines_is_kongs_first_with_the_peer(nursery, gateway):
     """kong/runloop/handler.lua: `get_header("x_forwarded_for", ctx) .. ", " .. realip_remote_addr`, get_header with
     a ctx being ngx.req.get_headers()'s first value of a repeated header."""

@@ -132,7 +132,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 host = hv[1]
                 continue
             if name == b"x-forwarded-for":  # kept, the peer appended (Kong: a client's too, the last hop being ours)
-                xff = hv[1] if not xff else xff + b", " + hv[1]
+                if not xff:  # (Kong's get_header reads the first line of a repeated one)
+                    xff = hv[1]
                 continue
             if name == b"x-request-id":
                 if not request_id and valid_request_id(hv[1]):
