@@ -43,7 +43,7 @@ class TargetRuntime:
     """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
 
     __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs",
-                 "named")
+                 "named", "target")
 
     def __init__(self, host: str, port: int, weight: int, host_header: str | None = None, hostname: str = "") -> None:
         """`hostname`: the name `host` is an address of (gateway.discovery.dns)."""
@@ -52,6 +52,7 @@ class TargetRuntime:
         self.port = port
         self.key = (host, port)
         self.named = not is_ip(host)  # a host name: its addresses take turns, connection by connection (http.net)
+        self.target = hostname or host  # what the upstream's target names: the name for an address of a name
         self.weight = weight
         shown = f"[{host}]" if ":" in host else host
         self.name = f"{shown}:{port}"
@@ -62,6 +63,12 @@ class TargetRuntime:
         self.host_header_tls = (name if port == 443 else f"{name}:{port}").encode()
         # TLS: the name sent as SNI and verified in the certificate (the upstream's host_header, else the target)
         self.server_name = _without_port(host_header) if host_header else hostname or host
+
+
+def balancer_addresses(targets: list[TargetRuntime]) -> list[tuple[str, str, int]]:
+    """The targets as Kong's balancer knows them, (target name, address, port): consistent-hashing places them on
+    Kong's continuum by these, so a key goes where Kong sends it."""
+    return [(t.target, t.host, t.port) for t in targets]
 
 
 def _without_port(authority: str) -> str:
@@ -102,7 +109,8 @@ class UpstreamGroup:
         """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs)."""
         self.targets = targets
         self.keys = [f"{self.name}|{t.name}" for t in targets]
-        self.balancer = make_balancer(self.algorithm, [t.weight for t in targets], slots=self.slots)
+        self.balancer = make_balancer(self.algorithm, [t.weight for t in targets], slots=self.slots,
+                                      addresses=balancer_addresses(targets))
         self.unusable = frozenset()
 
 
@@ -336,7 +344,8 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
         if t.upstream == up.name:
             host, port = parse_host_port(t.target, DEFAULT_TARGET_PORT)  # type: ignore[misc]
             targets.append(TargetRuntime(host, port, t.weight, up.host_header))  # type: ignore[arg-type]
-    balancer = make_balancer(algorithm, [t.weight for t in targets], slots=up.slots)
+    balancer = make_balancer(algorithm, [t.weight for t in targets], slots=up.slots,
+                             addresses=balancer_addresses(targets))
     group = UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),
                           _hash_key(up.hash_fallback, up, "fallback"))
     passive = up.healthchecks.passive.unhealthy

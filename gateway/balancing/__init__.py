@@ -2,6 +2,7 @@
 
 from .base import Balancer as Balancer
 from .consistent_hashing import ConsistentHashing as ConsistentHashing
+from .continuum import KongConsistentHashing as KongConsistentHashing
 from .ip_hash import IpHash as IpHash
 from .latency import PeakEwma as PeakEwma
 from .least_connections import LeastConnections as LeastConnections

@@ -21,6 +21,9 @@ class ConsistentHashing(IgnoresLoad):
     to its weight, and adding, removing or re-weighting one target only moves the slots it wins or loses:
     the keys of the others stay put. The table is stable across processes (Mersenne Twister sequences for
     an int seed and blake2b are both fixed). Without a key, picks fall back to round-robin.
+
+    It knows the targets by their index only, so their order matters, and it is not Kong's: make_balancer gives Kong's
+    continuum (gateway.balancing.continuum) when it is told the targets' addresses.
     """
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from .base import Balancer
 from .consistent_hashing import ConsistentHashing
+from .continuum import KongConsistentHashing
 from .ip_hash import IpHash
 from .latency import PeakEwma
 from .least_connections import LeastConnections
@@ -45,7 +46,15 @@ def canonical_algorithm(name: str) -> str:
 
 
 def make_balancer(
-    algorithm: str, weights: Sequence[int], *, slots: int = 10000, rng: random.Random | None = None
+    algorithm: str, weights: Sequence[int], *, slots: int = 10000, rng: random.Random | None = None,
+    addresses: Sequence[tuple[str, str, int]] | None = None,
 ) -> Balancer:
-    """Build the balancer for `algorithm` over targets 0..len(weights)-1; `slots` only matters for hashing."""
-    return _FACTORIES[canonical_algorithm(algorithm)](weights, slots, rng or random.Random())
+    """Build the balancer for `algorithm` over targets 0..len(weights)-1; `slots` only matters for hashing.
+
+    `addresses`: each target as (the name its upstream target gives, its address, its port). With them,
+    consistent-hashing is Kong's own continuum (KongConsistentHashing), which sends a key where Kong sends it,
+    whatever the targets' order; the other algorithms do not look at them."""
+    canonical = canonical_algorithm(algorithm)
+    if addresses is not None and canonical == "consistent-hashing":
+        return KongConsistentHashing(weights, addresses, slots=slots)
+    return _FACTORIES[canonical](weights, slots, rng or random.Random())
