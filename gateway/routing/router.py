@@ -14,10 +14,17 @@ router does, recent answers are remembered (MATCH_CACHE of them, for targets and
 by what they depend on: method, target, Host and SNI, when no route looks at headers, query arguments, the
 listener port or the MCP method and tool (a new config builds a new router, and a new memory).
 
-A `~` path is Kong's PCRE: its named groups `(?<name>...)` are read as Python's `(?P<name>...)` (python_regex). When
-the winning path is a regex with groups, the Match is a CaptureMatch whose `captures` are their values, Kong's
-`router_matches.uri_captures` (what `hash_on: uri_capture` hashes, request-transformer's templates read, and
-request-termination's echo shows): by number (0 the whole match) and by name; other matches cost nothing more.
+Kong 3.x's router takes the path (when a route has paths) as UTF-8 text: a request whose normalized path is not gets
+no route (Kong logs the router's error and answers 404). A route's header name is the header
+with `_` read as `-` (as ngx.req.get_headers() reads names), and a `~*` header value is a regex lower-cased whole
+(escapes too), searched in the lower-cased request value.
+
+A `~` path is Kong's regex: its named groups `(?<name>...)` are read as Python's `(?P<name>...)`, and `$` is the end
+of the path as in Rust's regex crate (python_regex); a path that is not ASCII is matched as text, so `\\w` and `.`
+take whole characters, as there. When the winning path is a regex with groups, the Match is a CaptureMatch whose
+`captures` are their values, Kong's `router_matches.uri_captures` (what `hash_on: uri_capture` hashes,
+request-transformer's templates read, and request-termination's echo shows): by number (0 the whole match) and by
+name; other matches cost nothing more.
 
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
 over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
@@ -110,11 +117,13 @@ class CaptureMatch(Match[T]):
         return CaptureMatch(self.payload, self.path if path is None else path, query, self.prefix, captures)
 
 
-def captures_of(m: re.Match[bytes]) -> Captures:
+def captures_of(m: re.Match[bytes] | re.Match[str]) -> Captures:
     """Kong's uri_captures of a regex match: every group by number (0: the whole match), the named ones by name."""
-    captures: Captures = dict(enumerate((m.group(0), *m.groups())))
+    captures: dict[int | str, bytes | str | None] = dict(enumerate((m.group(0), *m.groups())))
     captures.update(m.groupdict())
-    return captures
+    if isinstance(m.string, str):  # a path matched as text
+        return {k: v.encode() if isinstance(v, str) else v for k, v in captures.items()}
+    return captures  # type: ignore[return-value]
 
 
 NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again with mcp=(method, tool)
@@ -122,19 +131,22 @@ _NO_ROUTE: Match = Match(None, b"", b"")  # a remembered None
 
 
 class _Candidate(Generic[T]):
-    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
-                 "exact_snis", "wild_snis", "headers", "query", "order", "mcp", "priority")
+    __slots__ = ("spec", "kind", "prefix", "regex", "text_regex", "rank", "exact_hosts", "wild_hosts", "port_hosts",
+                 "any_hosts", "exact_snis", "wild_snis", "headers", "query", "order", "mcp", "priority")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
         self.order = order
         self.prefix = b""
         self.regex: re.Pattern[bytes] | None = None
+        self.text_regex: re.Pattern[str] | None = None  # for a path that is not ASCII (see Router._match)
         if path is None:
             self.kind = _NO_PATH
         elif path.startswith("~"):
             self.kind = _REGEX
-            self.regex = re.compile(python_regex(path[1:]).encode())
+            pattern = python_regex(path[1:])
+            self.regex = re.compile(pattern.encode())
+            self.text_regex = _text_regex(pattern)
         else:
             self.kind = _PREFIX
             self.prefix = normalize_path(path.encode())  # as Kong: compared with normalized request paths
@@ -152,7 +164,9 @@ class _Candidate(Generic[T]):
         self.any_hosts = bool(spec.hosts)
         self.exact_snis = frozenset(s.encode() for s in spec.snis if "*" not in s) if spec.snis else None
         self.wild_snis = [_wildcard(s) for s in spec.snis if "*" in s]
-        self.headers = [(k.encode(), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
+        # Kong looks a route's header up as ngx.req.get_headers() does: "user_agent" is the User-Agent header
+        self.headers = [(k.replace("_", "-").encode(), [_value_matcher(v) for v in vals])
+                        for k, vals in spec.headers.items()]
         self.query = list(spec.query.items())
         # Kong 3.x's route priority (kong/router/transform.lua get_priority), highest first: the categories; hosts
         # that are all plain (no wildcard); the number of headers; a regex path above any prefix, by regex_priority;
@@ -191,10 +205,25 @@ def split_host_port(host: str) -> tuple[str, int | None]:
 
 
 def _value_matcher(value: str) -> re.Pattern[bytes] | bytes:
-    """Kong: a header value starting with `~*` is a case-insensitive regex; others compare case-insensitively."""
+    """Kong (kong/router/transform.lua): a header value is lower-cased, and so is the request's; one starting with
+    `~*` is then a regex searched in the lower-cased request value. The whole regex is lower-cased (Lua's
+    `value:lower()`, ASCII only), escapes too: `\\D` is `\\d` there."""
     if value.startswith("~*"):
-        return re.compile(value[2:].encode(), re.IGNORECASE)
+        pattern = value[2:].encode().lower()
+        try:
+            return re.compile(python_regex(pattern.decode("latin-1")).encode("latin-1"))
+        except (re.error, OverflowError, RecursionError):  # (lower-casing made it invalid: as the config checked it)
+            return re.compile(value[2:].encode(), re.IGNORECASE)
     return value.lower().encode()
+
+
+def _text_regex(pattern: str) -> re.Pattern[str] | None:
+    """A regex path as Kong's router (Rust's regex crate, on text) matches a path that is not ASCII: `\\w`, `.`
+    and classes take whole UTF-8 characters. None: it does not compile as text (the bytes one is used)."""
+    try:
+        return re.compile(pattern)
+    except (re.error, OverflowError, RecursionError):
+        return None
 
 
 class Router(Generic[T]):
@@ -210,6 +239,9 @@ class Router(Generic[T]):
         cands.sort(key=lambda c: c.priority, reverse=True)
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
+        # Kong's router takes the request path (when a route has paths) as UTF-8 text: a path that is not is an
+        # error, and a 404 whatever the routes (kong/router/atc.lua)
+        self._text_path = any(c.kind != _NO_PATH for c in cands)
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
         self.needs_sni = any(c.exact_snis is not None for c in cands)  # and the connection's SNI only then
         self.needs_conn = self.needs_port or self.needs_sni
@@ -234,10 +266,16 @@ class Router(Generic[T]):
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
                mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
-               sni: bytes | None = None) -> Match[T] | None:
+               sni: bytes | None = None, text: str | None = None) -> Match[T] | None:
+        # (`text`: not an argument; the path as text when it is not ASCII: regex paths then match characters)
         raw, sep, query = target.partition(b"?")
         path = normalize_path(raw)  # Kong routes (and strips) the normalized path
         escape = path is not raw or needs_escape(raw)  # (the router remembers its answers: once per target)
+        if not path.isascii() and self._text_path:
+            try:
+                text = path.decode()
+            except UnicodeDecodeError:
+                return None
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
         for c in self._candidates:  # in Kong's priority order: the first that matches wins
@@ -265,10 +303,16 @@ class Router(Generic[T]):
                     continue
                 strip = len(c.prefix)
             elif kind == _REGEX:
-                m = c.regex.match(path)  # type: ignore[union-attr]
-                if m is None:
-                    continue
-                strip = m.end()
+                if text is None or c.text_regex is None:  # (an ASCII path: the bytes are the characters)
+                    m = c.regex.match(path)  # type: ignore[union-attr]
+                    if m is None:
+                        continue
+                    strip = m.end()
+                else:
+                    m = c.text_regex.match(text)  # type: ignore[assignment]
+                    if m is None:
+                        continue
+                    strip = len(text[:m.end()].encode())
             else:
                 strip = 0
             if c.mcp:
@@ -299,9 +343,12 @@ class Router(Generic[T]):
 def python_regex(pattern: str) -> str:
     """A Kong regex path (PCRE) as Python's re reads it: the named groups `(?<name>...)` and `(?'name'...)` become
     `(?P<name>...)`, and the named back references `\\k<name>`, `\\k'name'`, `\\k{name}` and `\\g{name}` become
-    `(?P=name)`; escapes and character classes are left as they are, and so is the rest."""
-    if "(?" not in pattern and "\\k" not in pattern and "\\g" not in pattern:
+    `(?P=name)`; `$` and `\\z` are the end of the path, as in Kong's router (Rust's regex; Python's `$` also matches
+    before a final line feed, which a path may hold as %0A) unless the `m` flag is set; escapes and character classes
+    are left as they are, and so is the rest."""
+    if "(?" not in pattern and "\\" not in pattern and "$" not in pattern:
         return pattern
+    end = "$" if _MULTILINE.search(pattern) else "\\Z"
     out: list[str] = []
     i, n, in_class = 0, len(pattern), False
     while i < n:
@@ -312,8 +359,12 @@ def python_regex(pattern: str) -> str:
                 out.append(f"(?P={ref.group(ref.lastindex or 1)})")
                 i = ref.end()
             else:
-                out.append(pattern[i:i + 2])
+                out.append("\\Z" if not in_class and pattern[i:i + 2] == "\\z" else pattern[i:i + 2])
                 i += 2
+            continue
+        if ch == "$" and not in_class:
+            out.append(end)
+            i += 1
             continue
         if in_class:
             in_class = ch != "]"
@@ -337,6 +388,7 @@ def python_regex(pattern: str) -> str:
     return "".join(out)
 
 
+_MULTILINE = re.compile(r"\(\?[a-zA-Z]*m[a-zA-Z]*[:)]")
 _PCRE_GROUP = re.compile(r"\(\?(?:<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
 _PCRE_BACKREF = re.compile(r"\\(?:k<([A-Za-z_]\w*)>|k'([A-Za-z_]\w*)'|k\{([A-Za-z_]\w*)\}|g\{([A-Za-z_]\w*)\})")
 
@@ -364,7 +416,7 @@ def _headers_match(wanted: list[tuple[bytes, list[re.Pattern[bytes] | bytes]]],
     for name, matchers in wanted:
         for hname, hvalue in headers:
             if hname == name and any(
-                    m.search(hvalue) if isinstance(m, re.Pattern) else m == hvalue.lower() for m in matchers):
+                    m.search(hvalue.lower()) if isinstance(m, re.Pattern) else m == hvalue.lower() for m in matchers):
                 break
         else:
             return False
