@@ -16,8 +16,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import trio
 from backends import free_port, stop_process, wait_port
 from tls_helpers import Pki
+
+from gateway.policies.ldap_auth.client import current_pools
 
 SLAPD = "/usr/sbin/slapd"  # not on a non-root PATH
 SLAPADD = "/usr/sbin/slapadd"
@@ -133,3 +136,11 @@ class SlapdProcess:
             return (self.workdir / "slapd.log").read_text(errors="replace")[-500:]
         except OSError:
             return ""
+
+
+async def close_kept_connections() -> None:
+    """Close the LDAP connections the gateway kept when the test ends (its nursery is cancelled)."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        current_pools().clear()

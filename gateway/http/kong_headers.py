@@ -122,17 +122,22 @@ class KongHeaders:
             sent = last.started
             lines = self._proxied % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
                                      b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
-            if self.via or self.server:
-                seen = dict(headers)  # (one C call: the names an upstream sent)
-                if self.via:
-                    if b"via" in seen:
-                        _append_via(headers)
-                    else:
-                        lines += _VIA_LINE
-                if self.server and b"server" not in seen:
-                    lines += _SERVER_LINE
-            return lines
+            return lines + self._via_and_server(headers) if self.via or self.server else lines
         return self._own_lines(ex, headers, rid, upstream_status)
+
+    def _via_and_server(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        """A proxied response's Via (the upstream's own extended in `headers`, else a line) and Server (a line, when
+        the upstream sent none), as far as they are on."""
+        seen = dict(headers)  # (one C call: the names an upstream sent)
+        lines = b""
+        if self.via:
+            if b"via" in seen:
+                _append_via(headers)
+            else:
+                lines = _VIA_LINE
+        if self.server and b"server" not in seen:
+            lines += _SERVER_LINE
+        return lines
 
     def _add_defaults(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
         """`_add_any` for Kong's defaults, in one format per response."""
@@ -172,15 +177,7 @@ class KongHeaders:
         proxied response, the upstream latency 0, the proxy latency the time to this answer and the upstream status
         the stored one; Via, and Server only when the stored response has none."""
         lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
-        seen = dict(headers)
-        if self.via:
-            if b"via" in seen:
-                _append_via(headers)
-            else:
-                lines += _VIA_LINE
-        if self.server and b"server" not in seen:
-            lines += _SERVER_LINE
-        return lines
+        return lines + self._via_and_server(headers)
 
     def _new_id(self, ex: Any) -> bytes:
         """The request's id, for an answer of our own given before anything named it (b"" when not sent)."""

@@ -24,12 +24,10 @@ from auth_helpers import (
     upstream,
 )
 from backends import free_port
-from ldap_server import PEOPLE_DN, SlapdProcess, find_slapd
-from tls_helpers import Pki
+from ldap_server import PEOPLE_DN, close_kept_connections
 
 from gateway.config import ConfigError, parse_config
 from gateway.policies.consumers import Directory
-from gateway.policies.ldap_auth.client import current_pools
 from gateway.policies.ldap_auth.handler import LdapAuth, read_credentials, scheme_pattern
 from gateway.policies.ldap_auth.schema import LdapAuthConfig
 from gateway.runtime import compile_config
@@ -42,25 +40,6 @@ UNAUTHORIZED = {"message": "Unauthorized"}
 UNEXPECTED = {"message": "An unexpected error occurred"}
 
 
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlapdProcess]:
-    path, why = find_slapd()
-    if path is None:
-        pytest.skip(why)
-    server = SlapdProcess(tmp_path_factory.mktemp("slapd"), Pki())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-async def close_kept_connections() -> None:
-    """Close the LDAP connections the gateway kept when the test ends (its nursery is cancelled)."""
-    try:
-        await trio.sleep_forever()
-    finally:
-        current_pools().clear()
 
 
 def ldap(user: str = "einstein", password: str = "password", scheme: str = "ldap") -> str:

@@ -9,18 +9,15 @@ request head. The ldap-auth cases run against a real slapd (tests/ldap_server.py
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import pytest
 import trio
 from auth_helpers import call, http_codec, start, upstream  # noqa: F401 - http_codec: the fixture
-from ldap_server import PEOPLE_DN, SlapdProcess, find_slapd
-from tls_helpers import Pki
+from ldap_server import PEOPLE_DN, close_kept_connections
 
 from gateway.config.consumers import kong_consumer_id
-from gateway.policies.ldap_auth.client import current_pools
 from gateway.policies.session import handler as session_handler
 from gateway.policies.session.lifecycle import Session, Settings
 from gateway.policies.session.schema import SessionConfig
@@ -32,25 +29,6 @@ CONSUMERS = [{"username": "coop", "keyauth_credentials": [{"key": "kong", "id": 
 EXPIRED = "Expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0"
 
 
-@pytest.fixture(scope="module")
-def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlapdProcess]:
-    path, why = find_slapd()
-    if path is None:
-        pytest.skip(why)
-    server = SlapdProcess(tmp_path_factory.mktemp("slapd"), Pki())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-async def close_kept_connections() -> None:
-    """Close the LDAP connections the gateway kept when the test ends (its nursery is cancelled)."""
-    try:
-        await trio.sleep_forever()
-    finally:
-        current_pools().clear()
 
 
 def set_cookies(reply: Any) -> list[str]:
