@@ -85,7 +85,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               ERROR_DEFAULT_TYPES[gw.error_default_type], KongHeaders.from_setting(gw.headers),
                               "x-kong-request-id" in enabled(gw.headers_upstream), gw.keepalive_requests,
                               gw.keepalive_time_s, gw.max_header_line_bytes)
-    pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s)
+    pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.upstream_keepalive_max_requests)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
     shared.on_sweep = forwarder.sweep
     telemetry = WorkerTelemetry(config, settings.connections, forwarder.active)

@@ -436,7 +436,6 @@ async def test_a_keepalive_pool_size_of_0_disables_connection_pooling(nursery, g
     assert echo.connections == 3
 
 
-@pytest.mark.xfail(strict=True, reason="config/schema.py has no upstream_keepalive_max_requests (Kong: 10000)")
 async def test_upstream_keepalive_max_requests_frees_the_connection(nursery, gateway):
     """25-upstream_keepalive_spec "free upstream keepalive pool": with upstream_keepalive_max_requests = 1 the
     connection is not saved after its request ("keepalive not saving connection"); kong.conf's default is 10000."""

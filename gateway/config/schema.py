@@ -15,7 +15,7 @@ from gateway.config.consumers import Acl, BasicAuthCredential, HmacAuthCredentia
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
-from gateway.config.units import Seconds, TimeoutMs
+from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.http.net import is_ip
 
@@ -71,7 +71,8 @@ class GatewaySettings(Base):
     # kong.conf's dns_valid_ttl: an upstream's target names are resolved again this often, each address a target of
     # its own (gateway.discovery.dns); Kong's default is each record's TTL, which getaddrinfo does not give
     dns_valid_ttl_s: Seconds = 5.0
-    upstream_idle_timeout_s: Seconds = 60.0
+    upstream_idle_timeout_s: SecondsOrNever = 60.0  # (0: kept however long idle)
+    upstream_keepalive_max_requests: NonNegInt = 10000  # kong.conf's: a connection's last request (0: no limit)
     log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log
     restart_intensity: NonNegInt = 5  # root supervisor: more than this many restarts ...
     restart_period_s: PosInt = 60  # ... within this many seconds stops the gateway (erlmcp's 5 in 60)

@@ -11,3 +11,5 @@ TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_TIMEOUT_MS)]
 # A duration in seconds, from one ms (what a timer resolves) to Kong's largest timeout: so every setting converts to
 # whole ms, and a wheel of timers ticks at a fraction of it, without overflowing or dividing by zero
 Seconds = Annotated[float, msgspec.Meta(ge=0.001, le=MAX_TIMEOUT_MS / 1000)]
+# The same, or 0 where 0 means "never" (kong.conf's upstream_keepalive_idle_timeout)
+SecondsOrNever = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_MS / 1000)]

@@ -41,7 +41,7 @@ def _target_host(key: tuple) -> str:
 class UpstreamConn:
     """A connection to one target with its codec; `reused` tells a retry policy it may have gone stale."""
 
-    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "_pool")
+    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "served", "_pool")
 
     def __init__(self, conn: Conn, codec: ClientCodec, key: tuple, pool: Pool | None = None) -> None:
         self.conn = conn
@@ -51,6 +51,7 @@ class UpstreamConn:
         self.reused = False
         self.idle = False  # waiting in the pool
         self.swept = False  # closed by the gateway under a request (close_target): not the target's failure
+        self.served = 0  # requests it carried to their end (upstream_keepalive_max_requests)
         self._pool = pool
 
     def has_input(self) -> bool:
@@ -71,10 +72,15 @@ class UpstreamConn:
 class Pool:
     """Idle upstream connections keyed by (host, port), most recently used first."""
 
-    def __init__(self, codec_cls: type[ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0) -> None:
+    def __init__(self, codec_cls: type[ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
+                 max_requests: int = 0) -> None:
+        """`max_idle` connections kept per key; one idle past `idle_timeout` seconds is closed (0: never); one that
+        carried `max_requests` requests is closed instead of kept (0: no limit): kong.conf's
+        upstream_keepalive_pool_size, _idle_timeout and _max_requests."""
         self._codec_cls = codec_cls
         self._max_idle = max_idle
-        self._idle_timeout = idle_timeout
+        self._idle_timeout = idle_timeout or float("inf")
+        self._max_requests = max_requests
         self._idle: dict[tuple, list[UpstreamConn]] = {}  # (host, port) or (host, port, ClientTls)
         self._watch = select.epoll()
         self._open: dict[int, UpstreamConn] = {}  # by fd: every open connection of this pool, idle or busy
@@ -94,9 +100,11 @@ class Pool:
         return None
 
     def put(self, uc: UpstreamConn, now: float) -> None:
-        """Return a connection whose exchange completed cleanly; closed instead if the pool is full."""
+        """Return a connection whose exchange completed cleanly; closed instead if the pool is full or the
+        connection carried its last request."""
         idle = self._idle.setdefault(uc.key, [])
-        if len(idle) >= self._max_idle:
+        uc.served += 1
+        if len(idle) >= self._max_idle or uc.served == self._max_requests:
             uc.close()
             return
         uc.codec.start_next_cycle()

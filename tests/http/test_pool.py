@@ -46,3 +46,23 @@ async def test_the_sweep_of_an_address_leaves_a_names_connections_to_it_alone(nu
     direct = await pool.connect(_pool_key(TargetRuntime("127.0.0.2", port, 100), None), 5)
     assert pool.close_target("127.0.0.2", port) == 1
     assert direct.swept and not pinned.swept
+
+
+async def test_a_connection_that_carried_max_requests_is_closed_not_kept(nursery):
+    """kong.conf's upstream_keepalive_max_requests: its last request done, the connection is not kept."""
+    port = await _listener(nursery, "127.0.0.1")
+    pool = Pool(LlhttpClient, max_requests=2)
+    uc = await pool.connect(("127.0.0.1", port), 5)
+    pool.put(uc, 0.0)
+    assert pool.take(("127.0.0.1", port), 0.0) is uc
+    pool.put(uc, 0.0)
+    assert uc.conn.closed and pool.idle_count() == 0
+
+
+async def test_an_idle_timeout_of_zero_keeps_idle_connections(nursery):
+    """upstream_keepalive_idle_timeout = 0: an idle connection is kept however long."""
+    port = await _listener(nursery, "127.0.0.1")
+    pool = Pool(LlhttpClient, idle_timeout=0)
+    uc = await pool.connect(("127.0.0.1", port), 5)
+    pool.put(uc, 0.0)
+    assert pool.take(("127.0.0.1", port), 1e9) is uc
