@@ -385,7 +385,6 @@ class SniEcho(HttpsEcho):
         self.snis.append(name)
 
 
-@pytest.mark.xfail(strict=True, reason="forward.py: SNI and pool key are the target's, not the preserved Host")
 async def test_an_https_upstream_gets_the_preserved_host_as_sni_and_is_pooled_per_sni(nursery, gateway, pki):
     """25-upstream_keepalive_spec "pools by host|port|sni when upstream is https": routes one.test and two.test with
     preserve_host to the same https target get `SNI=one.test` and `SNI=two.test` (nginx's `proxy_ssl_name

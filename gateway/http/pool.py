@@ -34,8 +34,9 @@ _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 
 
 def _target_host(key: tuple) -> str:
-    """The host of the target a pool key's connections serve: the name, for those to one address of a name."""
-    return key[3] if len(key) == 4 else key[0]
+    """The host of the target a pool key's connections serve: the name, for those to one address of a name
+    (keyed (address, port, tls, name[, sni]); (host, port, tls, None, sni) for another TLS name)."""
+    return (key[3] if len(key) > 3 else None) or key[0]
 
 
 class UpstreamConn:
@@ -175,8 +176,9 @@ class Pool:
 
     async def connect(self, key: tuple, timeout: float, tls: ClientTls | None = None,
                       server_name: str | None = None) -> UpstreamConn:
-        """Open a new connection to `key` ((host, port), (host, port, tls) for TLS, or (address, port, tls, name)
-        for one address of a name) within `timeout` seconds, the TLS handshake included, or raise ConnectError."""
+        """Open a new connection to `key` ((host, port), (host, port, tls, None) for TLS, or (address, port, tls,
+        name) for one address of a name; an SNI of its own after those) within `timeout` seconds, the TLS handshake
+        included, or raise ConnectError."""
         with trio.move_on_after(timeout):
             try:
                 conn = await open_connection(key[0], key[1])

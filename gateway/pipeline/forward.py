@@ -27,6 +27,7 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.kong_errors import NO_PEER
+from gateway.http.net import is_ip
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
@@ -129,6 +130,8 @@ class Forwarder:
             if type(whole) is not bytes:
                 spooled = whole  # type: ignore[assignment]
             body, body_done = whole, True  # type: ignore[assignment]  # _exchange sends a SpooledBody from its file
+        # nginx's proxy_ssl_name $upstream_host: with preserve_host, an https upstream gets the client's Host as SNI
+        sni = _sni(client_host) if svc.tls is not None and route.preserve_host and client_host else None
         try:
             # nginx resends a request already sent unless POST, LOCK or PATCH, or its body was not buffered (a
             # route's request_buffering: false): that body may not be read twice
@@ -175,7 +178,7 @@ class Forwarder:
                     ex.tries.append(attempt)
                 try:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
-                                                        headers, framing, body, body_done, replayable, address)
+                                                        headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
                     error = e
                     tried = {*tried, index}
@@ -211,10 +214,12 @@ class Forwarder:
 
     async def _exchange(self, ex: Exchange, svc: ServiceRuntime, target: TargetRuntime, attempt: Attempt,
                         method: bytes, path: bytes, headers: Headers, framing: int | None, body: bytes | SpooledBody,
-                        body_done: bool, replayable: bool, address: str | None = None) -> tuple[UpstreamConn, Response]:
+                        body_done: bool, replayable: bool, address: str | None = None,
+                        sni: str | None = None) -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled. `body`:
         what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one.
-        `replayable`: a timeout may end this try and the request go to the next target.
+        `replayable`: a timeout may end this try and the request go to the next target. `sni`: the TLS name, when
+        not the target's (preserve_host's Host); its connections are pooled apart.
         `address`: the one of a named target to connect to (an MCP session's), not the name's next."""
         pool = self.pool
         now = attempt.started = self.clock()
@@ -225,11 +230,11 @@ class Forwarder:
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
         tls = svc.tls
-        key = target.key if tls is None and address is None else _pool_key(target, tls, address)
+        key = target.key if tls is None and address is None else _pool_key(target, tls, address, sni)
         uc = pool.take(key, now)
         if uc is None:
             try:
-                uc = await pool.connect(key, svc.connect_timeout, tls, target.server_name)
+                uc = await pool.connect(key, svc.connect_timeout, tls, sni or target.server_name)
             except UpstreamError as e:
                 self._finished(attempt, False, TIMEOUT if isinstance(e, ConnectTimeout) else
                                0 if isinstance(e, NameResolutionFailed) else TCP_FAILURE)
@@ -598,12 +603,25 @@ def _is_json(headers: Headers) -> bool:
     return False
 
 
-def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None = None) -> tuple[Any, ...]:
+def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None = None,
+              sni: str | None = None) -> tuple[Any, ...]:
     """The pool's key for connections to a target, over `tls` or not. Those to one `address` of a named target
-    (an MCP session's) carry the name as well: the circuit's sweep of the name closes them (Pool.close_target)."""
+    (an MCP session's) carry the name as well: the circuit's sweep of the name closes them (Pool.close_target).
+    Those made with another TLS name (`sni`) carry it: Kong pools by ip, port and SNI."""
     if address is not None:
-        return (address, target.port, tls, target.host)
-    return (target.host, target.port) if tls is None else (target.host, target.port, tls)
+        key: tuple[Any, ...] = (address, target.port, tls, target.host)
+    elif tls is None:
+        return target.key
+    else:
+        key = (target.host, target.port, tls, None)
+    return key + (sni,) if sni is not None else key
+
+
+def _sni(host: bytes) -> str | None:
+    """nginx's proxy_ssl_name of a Host header: the name without its port; none for an address (no SNI for one)."""
+    name = host.decode("latin-1").lower()
+    name = name[1:name.find("]")] if name.startswith("[") else name.partition(":")[0]
+    return None if is_ip(name) else name
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
