@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import trio
 from backends import free_port, stop_process, wait_port
 from tls_helpers import Pki
@@ -144,3 +146,18 @@ async def close_kept_connections() -> None:
         await trio.sleep_forever()
     finally:
         current_pools().clear()
+
+
+@pytest.fixture(scope="module", name="slapd")
+def slapd_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlapdProcess]:
+    """`slapd`: a real slapd (Debian's) with the test directory, for a module's tests; they skip where there is
+    none. (Imported by the modules that use it, as `slapd_fixture`.)"""
+    path, why = find_slapd()
+    if path is None:
+        pytest.skip(why)
+    server = SlapdProcess(tmp_path_factory.mktemp("slapd"), Pki())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

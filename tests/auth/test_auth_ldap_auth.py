@@ -24,7 +24,7 @@ from auth_helpers import (
     upstream,
 )
 from backends import free_port
-from ldap_server import PEOPLE_DN, close_kept_connections
+from ldap_server import PEOPLE_DN, close_kept_connections, slapd_fixture  # noqa: F401 - the slapd fixture
 
 from gateway.config import ConfigError, parse_config
 from gateway.policies.consumers import Directory

@@ -19,8 +19,11 @@ import trio
 import zmq
 from backends import free_port
 from e2e_helpers import Backend, GatewayNode, HttpConn, Reply, conns_per_worker
-from ldap_server import PEOPLE_DN
-from test_auth_ldap_auth import Relay, close_kept_connections, ldap, slapd  # noqa: F401 - slapd: the fixture
+from ldap_server import (
+    PEOPLE_DN,
+    slapd_fixture,  # noqa: F401 - the slapd fixture
+)
+from test_auth_ldap_auth import Relay, close_kept_connections, ldap
 
 from gateway.config import parse_config
 from gateway.node.keeper import Keeper, serve_keeper

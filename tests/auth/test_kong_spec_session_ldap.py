@@ -15,7 +15,7 @@ import msgspec
 import pytest
 import trio
 from auth_helpers import call, http_codec, start, upstream  # noqa: F401 - http_codec: the fixture
-from ldap_server import PEOPLE_DN, close_kept_connections
+from ldap_server import PEOPLE_DN, close_kept_connections, slapd_fixture  # noqa: F401 - the slapd fixture
 
 from gateway.config.consumers import kong_consumer_id
 from gateway.policies.session import handler as session_handler
