@@ -1,4 +1,5 @@
-"""Least-connections: fewest active requests per unit of weight, kept in an indexed min-heap."""
+"""Least-connections as Kong's (kong/runloop/balancer/least_connections.lua): the lowest (active + 1) / weight,
+kept in an indexed min-heap. The + 1 is Kong's: with nothing in flight the heaviest target is picked first."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from .base import check_weight, check_weights
 
 
 class LeastConnections:
-    """Pick the lowest active/weight; ties go by stride scheduling, so equal targets take turns.
+    """Pick the lowest (active + 1) / weight; ties go by stride scheduling, so equal targets take turns.
 
-    Each target's heap key is (active / weight, pass, index). `pass` advances by 1/weight whenever the
+    Each target's heap key is ((active + 1) / weight, pass, index). `pass` advances by 1/weight whenever the
     target is picked, so among equally loaded targets the one served least (relative to its weight) wins:
     plain round-robin for equal weights, weighted round-robin otherwise. pick, started, finished and
     set_weight are all O(log n).
@@ -90,7 +91,7 @@ class LeastConnections:
 
     def _set_key(self, index: int) -> None:
         """Recompute the ordering key of a live target."""
-        self._keys[index] = (self._active[index] / self._weights[index], self._pass[index], index)
+        self._keys[index] = ((self._active[index] + 1) / self._weights[index], self._pass[index], index)
 
     def _insert(self, index: int) -> None:
         """Add a live target to the heap."""

@@ -17,11 +17,17 @@ def test_equal_targets_share_ties_round_robin():
     assert [balancer.pick() for _ in range(6)] == [0, 1, 2, 0, 1, 2]
 
 
-def test_ties_between_unequal_weights_follow_the_weights():
+def test_with_nothing_in_flight_the_heaviest_target_is_picked():
+    """Kong's (active + 1) / weight: "even on a balancer with 0 connections the highest weighted entry is picked
+    first", so requests that never overlap all go to it."""
     balancer = LeastConnections([3, 1])
     picks = [balancer.pick() for _ in range(8)]
-    assert picks.count(0) == 6
-    assert picks.count(1) == 2
+    assert picks == [0] * 8
+
+
+def test_ties_between_equal_weights_take_turns():
+    balancer = LeastConnections([2, 2, 2])
+    assert sorted(balancer.pick() for _ in range(6)) == [0, 0, 1, 1, 2, 2]
 
 
 def test_load_is_measured_per_unit_of_weight():
@@ -89,9 +95,9 @@ def test_pick_always_matches_a_full_scan_under_random_operations():
         else:
             skip = set(rng.sample(range(len(weights)), rng.randint(0, len(weights))))
             chosen = balancer.pick(None, skip)
-            loads = [active[i] / weights[i] for i in range(len(weights)) if weights[i] and i not in skip]
+            loads = [(active[i] + 1) / weights[i] for i in range(len(weights)) if weights[i] and i not in skip]
             if not loads:
                 assert chosen is None
             else:
                 assert chosen not in skip and weights[chosen]
-                assert active[chosen] / weights[chosen] == min(loads)
+                assert (active[chosen] + 1) / weights[chosen] == min(loads)

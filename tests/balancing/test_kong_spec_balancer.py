@@ -142,18 +142,6 @@ async def test_consistent_hashing_sends_each_key_where_kongs_continuum_does_what
 
 # --- least-connections (02-least-connections_spec.lua, least_connections.lua) --------------------------------------
 
-LEAST_CONNECTIONS_REASON = (
-    "gateway/balancing/least_connections.py orders targets by active / weight with stride tie-breaks, so idle targets "
-    "share sequential requests by weight; Kong's key is (active + 1) / weight ('even on a balancer with 0 connections "
-    "the highest weighted entry is picked first'). The change (_set_key: (self._active[index] + 1) / weight) is in "
-    "this helper's files but contradicts tests it may not edit: tests/balancing/test_bal_common.py's least-connections "
-    "cases of test_distribution_is_proportional_to_weights, test_weight_zero_target_is_never_picked, "
-    "test_skip_keeps_weight_ratios_among_the_rest, test_set_weight_changes_the_distribution, and "
-    "tests/balancing/test_bal_least_connections.py's test_ties_between_unequal_weights_follow_the_weights and "
-    "test_pick_always_matches_a_full_scan_under_random_operations (its full scan uses active / weight)")
-
-
-@pytest.mark.xfail(strict=True, reason=LEAST_CONNECTIONS_REASON)
 async def test_least_connections_sends_sequential_requests_to_the_heaviest_target(nursery, gateway):
     """least_connections.lua: with no request in flight (sequential requests), (0 + 1) / weight is lowest for the
     heaviest target, so it gets them all (unit spec: "first returns top weights, on a 0-connection balancer")."""
@@ -162,7 +150,6 @@ async def test_least_connections_sends_sequential_requests_to_the_heaviest_targe
     assert await hits(port, 14) == {"b1": 14}
 
 
-@pytest.mark.xfail(strict=True, reason=LEAST_CONNECTIONS_REASON)
 def test_least_connections_first_returns_top_weights_on_a_zero_connection_balancer():
     """02-least_connections_spec.lua "first returns top weights, on a 0-connection balancer": weights 20 and 50,
     connections held: 50, 50, then 20."""
