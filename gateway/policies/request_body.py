@@ -22,6 +22,8 @@ import secrets
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
+from gateway.http.uri_args import add_arg
+
 FORM, JSON, MULTIPART = "application/x-www-form-urlencoded", "application/json", "multipart/form-data"
 MAX_POST_ARGS = 100  # ngx.req.get_post_args' default, which Kong's get_body keeps
 Args = dict[str, Any]  # name -> str, True, a list of them (repeated), or for JSON any decoded value
@@ -57,9 +59,7 @@ def get_body(content_type: bytes | None, raw: bytes) -> tuple[str, Any] | None:
             return kind, {}
         args: Args = {}
         for name, _, value in Multipart(raw, boundary).parts:
-            text = value.decode("utf-8", "surrogateescape")
-            prev = args.get(name)
-            args[name] = text if prev is None else ([*prev, text] if isinstance(prev, list) else [prev, text])
+            add_arg(args, name, value.decode("utf-8", "surrogateescape"))
         return kind, args
     return None
 
@@ -95,9 +95,7 @@ def _post_args(raw: bytes) -> Args:
             break
         name_raw, eq, value_raw = part.partition(b"=")
         name = _unquote(name_raw)
-        value: str | bool = _unquote(value_raw) if eq else True
-        prev = out.get(name)
-        out[name] = value if prev is None else ([*prev, value] if isinstance(prev, list) else [prev, value])
+        add_arg(out, name, _unquote(value_raw) if eq else True)
     return out
 
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, unquote
 import msgspec
 
 from gateway.http.server import REFUSED, Exchange
+from gateway.http.uri_args import add_arg
 from gateway.metrics import head_size, wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
@@ -180,26 +181,15 @@ class Entry:
             for line in lines.split(b"\r\n"):
                 name, sep, value = line.partition(b":")
                 if sep:
-                    _add(out, name.strip().lower().decode("latin-1"), value.strip().decode("latin-1"))
+                    add_arg(out, name.strip().lower().decode("latin-1"), value.strip().decode("latin-1"))
         return out
-
-
-def _add(out: dict[str, Any], name: str, value: str | bool) -> None:
-    """A repeated name turns into a list of its values, as in Kong's tables."""
-    old = out.get(name)
-    if old is None:
-        out[name] = value
-    elif isinstance(old, list):
-        old.append(value)
-    else:
-        out[name] = [old, value]
 
 
 def _headers(headers: Any, redacted: frozenset[bytes]) -> dict[str, Any]:
     """Kong's header table: lower-case names, a list for a repeated header, credentials REDACTED."""
     out: dict[str, Any] = {}
     for name, value in headers:
-        _add(out, name.decode("latin-1").lower(), "REDACTED" if name in redacted else value.decode("latin-1"))
+        add_arg(out, name.decode("latin-1").lower(), "REDACTED" if name in redacted else value.decode("latin-1"))
     return out
 
 
@@ -217,7 +207,7 @@ def _querystring(query: str) -> dict[str, Any]:
             if not pairs:
                 continue
             name, value = pairs[0]
-        _add(out, name, value)
+        add_arg(out, name, value)
     return out
 
 

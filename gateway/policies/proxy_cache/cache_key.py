@@ -25,79 +25,15 @@ import hashlib
 from collections.abc import Iterable, Sequence
 
 from gateway.http.codec import Headers
+from gateway.http.uri_args import Arg, Args, add_arg, unescape, uri_args  # noqa: F401 - unescape, uri_args: its parts
 
-MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: kong.request.get_query's default
 MAX_REQ_HEADERS = 100  # Kong's lua_max_req_headers: kong.request.get_headers' default
-
-Arg = bytes | bool  # True: an argument without "="
-Args = dict[bytes, Arg | list[Arg]]
-
-_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
-
-
-def unescape(raw: bytes) -> bytes:
-    """ngx_http_lua_unescape_uri for URI components: %XX decoded, "+" a space. A broken escape loses its "%" (and its
-    first hex digit when the second is not one), as nginx's state machine drops them."""
-    if b"%" not in raw and b"+" not in raw:
-        return raw
-    out = bytearray()
-    state = 0  # 0: usual, 1: after "%", 2: after "%" and one hex digit
-    decoded = 0
-    for ch in raw:
-        if state == 0:
-            if ch == 0x25:  # %
-                state = 1
-            elif ch == 0x2B:  # +
-                out.append(0x20)
-            else:
-                out.append(ch)
-        else:
-            digit = _HEX.get(ch)
-            if digit is None:
-                state = 0
-                out.append(ch)
-            elif state == 1:
-                decoded = digit
-                state = 2
-            else:
-                out.append(decoded << 4 | digit)
-                state = 0
-    return bytes(out)
-
-
-def _add(args: Args, name: bytes, value: Arg) -> None:
-    prev = args.get(name)
-    if prev is None:
-        args[name] = value
-    elif isinstance(prev, list):
-        prev.append(value)
-    else:
-        args[name] = [prev, value]
-
-
-def uri_args(query: bytes, limit: int = MAX_URI_ARGS) -> Args:
-    """ngx.req.get_uri_args(limit): name -> value, True for a bare name, a list when repeated."""
-    args: Args = {}
-    count = 0
-    for part in query.split(b"&"):
-        if not part:
-            continue
-        name, eq, value = part.partition(b"=")
-        name = unescape(name)
-        if not name:
-            continue  # "=value" (and "=") are dropped
-        _add(args, name, unescape(value) if eq else True)
-        count += 1
-        if count == limit:
-            break
-    return args
-
 
 def header_args(headers: Headers, limit: int = MAX_REQ_HEADERS) -> Args:
     """ngx.req.get_headers(limit): lower-case name -> value, a list when repeated."""
     args: Args = {}
     for name, value in headers[:limit]:
-        _add(args, name, value)
+        add_arg(args, name, value)
     return args
 
 

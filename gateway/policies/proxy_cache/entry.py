@@ -15,6 +15,8 @@ from typing import Any
 
 import msgspec
 
+from gateway.http.uri_args import add_arg
+
 VERSION = 1  # Kong's CACHE_VERSION: an entry of another version is purged and fetched again
 
 
@@ -62,9 +64,7 @@ def render(raw: bytes) -> dict[str, Any] | None:
         return None
     headers: dict[str, str | list[str]] = {}
     for name, value in entry.headers:
-        key, text = name.decode("latin-1"), _text(value)
-        prev = headers.get(key)
-        headers[key] = text if prev is None else [*prev, text] if isinstance(prev, list) else [prev, text]
+        add_arg(headers, name.decode("latin-1"), _text(value))
     doc: dict[str, Any] = {"status": entry.status, "headers": headers, "body": _text(entry.body),
                            "body_len": len(entry.body), "timestamp": entry.timestamp, "ttl": _number(entry.ttl),
                            "version": entry.version}

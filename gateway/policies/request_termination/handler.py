@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
+from gateway.http.uri_args import add_arg
 from gateway.policies.cjson import encode as cjson
 from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import get_header
@@ -33,11 +34,6 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def _add(args: dict[str, Any], name: str, value: Any) -> None:
-    prev = args.get(name)
-    args[name] = value if prev is None else ([*prev, value] if isinstance(prev, list) else [prev, value])
-
-
 def uri_args(target: bytes) -> dict[str, Any]:
     """Kong's kong.request.get_query (ngx.req.get_uri_args): the first 100 arguments, "+" a space, a bare name
     true, a repeated name a list, "=value" without a name dropped."""
@@ -50,7 +46,7 @@ def uri_args(target: bytes) -> dict[str, Any]:
         name = _text(unquote_to_bytes(name_raw.replace(b"+", b" ")))
         if not name:
             continue
-        _add(args, name, _text(unquote_to_bytes(value.replace(b"+", b" "))) if eq else True)
+        add_arg(args, name, _text(unquote_to_bytes(value.replace(b"+", b" "))) if eq else True)
         count += 1
         if count == MAX_ARGS:
             break
@@ -123,7 +119,7 @@ class RequestTermination:
         raw, whole = await ex.read_body(ECHO_BODY_LIMIT)
         headers: dict[str, Any] = {}
         for name, value in req.headers[:MAX_ARGS]:
-            _add(headers, _text(name), _text(value))
+            add_arg(headers, _text(name), _text(value))
         try:
             port = ex.conn.sock.getsockname()[1]
         except OSError:

@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, quote
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.http.uri_args import add_arg
 from gateway.policies.header_list import get_header, set_header
 from gateway.policies.request_body import Multipart
 from gateway.policies.request_transformer.schema import TEMPLATE, RequestTransformerConfig
@@ -74,8 +75,7 @@ def decode_args(text: str) -> Args:
             name, value = pair[0]
         else:
             name, value = parse_qsl(part + "=", keep_blank_values=True)[0][0], True
-        prev = out.get(name)
-        out[name] = value if prev is None else ([*prev, value] if isinstance(prev, list) else [prev, value])
+        add_arg(out, name, value)
     return out
 
 
@@ -165,13 +165,7 @@ class RequestTransformer:
             form = decode_args(raw.decode("latin-1")) if whole else {}
             if form:
                 for name, value in form.items():
-                    current = query.get(name)
-                    if current is None:
-                        query[name] = value
-                    elif isinstance(current, list):
-                        current.append(value)
-                    else:
-                        query[name] = [current, value]
+                    add_arg(query, name, value)
                 path = req.target.partition(b"?")[0]
                 ex.rewrite_target(path + b"?" + encode_query(query))
 
