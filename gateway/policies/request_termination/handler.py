@@ -14,10 +14,9 @@ import json
 import os
 import socket
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
-from gateway.http.uri_args import add_arg
+from gateway.http.uri_args import add_arg, uri_args
 from gateway.policies.cjson import encode as cjson
 from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import get_header
@@ -34,23 +33,15 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
-def uri_args(target: bytes) -> dict[str, Any]:
-    """Kong's kong.request.get_query (ngx.req.get_uri_args): the first 100 arguments, "+" a space, a bare name
-    true, a repeated name a list, "=value" without a name dropped."""
-    args: dict[str, Any] = {}
-    count = 0
-    for part in target.partition(b"?")[2].split(b"&"):
-        if not part:
-            continue
-        name_raw, eq, value = part.partition(b"=")
-        name = _text(unquote_to_bytes(name_raw.replace(b"+", b" ")))
-        if not name:
-            continue
-        add_arg(args, name, _text(unquote_to_bytes(value.replace(b"+", b" "))) if eq else True)
-        count += 1
-        if count == MAX_ARGS:
-            break
-    return args
+def query(target: bytes) -> dict[str, Any]:
+    """Kong's kong.request.get_query (ngx.req.get_uri_args, gateway.http.uri_args) with its names and values as
+    text: the first 100 arguments, a bare name true, a repeated name a list."""
+    return {_text(name): [_value(v) for v in value] if isinstance(value, list) else _value(value)
+            for name, value in uri_args(target.partition(b"?")[2]).items()}
+
+
+def _value(value: bytes | bool) -> str | bool:
+    return _text(value) if isinstance(value, bytes) else value
 
 
 def _captures(captures: dict[int | str, bytes | None]) -> dict[str, Any]:
@@ -93,7 +84,7 @@ class RequestTermination:
         req = ex.request
         if self.trigger_header is not None:
             name = self.trigger_header
-            if not any(h == name for h, _ in req.headers) and self.trigger_arg not in uri_args(req.target):
+            if not any(h == name for h, _ in req.headers) and self.trigger_arg not in query(req.target):
                 return False
         if self.echo:
             await self._send(ex, JSON_UTF8, cjson(await self._echo(ex)))
@@ -126,7 +117,7 @@ class RequestTermination:
             port = None
         request: dict[str, Any] = {
             "scheme": ex.conn.scheme.decode("latin-1"), "host": _host(req.host), "port": port, "headers": headers,
-            "query": uri_args(req.target), "method": _text(req.method), "path": _text(req.target.partition(b"?")[0]),
+            "query": query(req.target), "method": _text(req.method), "path": _text(req.target.partition(b"?")[0]),
             "uri_captures": _captures(ex.uri_captures())}
         if whole:
             request["raw_body"] = _text(raw)
