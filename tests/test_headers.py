@@ -25,7 +25,8 @@ def exchange(headers: list[tuple[bytes, bytes]], trust: bool = False, consumer: 
              kong_request_id: bool = False) -> Any:
     """What upstream_request_headers reads of an Exchange (`kong_request_id`: headers_upstream's X-Kong-Request-Id,
     off here unless asked for)."""
-    return SimpleNamespace(request=SimpleNamespace(headers=headers, target=TARGET), client_ip=CLIENT_IP,
+    return SimpleNamespace(request=SimpleNamespace(headers=headers, target=TARGET, http_version=b"1.1"),
+                           client_ip=CLIENT_IP,
                            peer_trusted=trust,
                            peer_ip=PEER_IP if trust else CLIENT_IP, consumer=consumer,
                            conn=SimpleNamespace(scheme=b"http", listen_port=PORT),

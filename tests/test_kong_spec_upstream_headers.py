@@ -249,8 +249,6 @@ async def test_a_request_without_via_gets_kongs_and_a_second_via_line_is_not_kep
     assert _one(await _upstream_headers(trusted, [("Via", "1.1 lb")]), "via") == f"1.1 lb, {VIA}"
 
 
-@pytest.mark.xfail(strict=True, reason="the request's HTTP version is not read for Via (tests/test_headers.py's fake "
-                   "Exchange has no request.http_version); headers.py would take it into _OWN_FORWARDED's key")
 async def test_an_http_1_0_requests_via_is_kongs_version_1(nursery, gateway):
     """kong/runloop/handler.lua: kong_inbound_via = ngx.req.http_version() .. " " .. SERVER_TOKENS, the number 1.0
     printed by Lua as "1"."""

@@ -43,6 +43,12 @@ INBOUND_VIA = b"1.1 " + SERVER_TOKEN
 _INBOUND_VIA = (b"via", INBOUND_VIA)
 
 
+def inbound_via(http_version: bytes) -> bytes:
+    """Kong's `ngx.req.http_version() .. " " .. server tokens`: the version is a Lua number, so HTTP/1.0 prints as 1."""
+    return INBOUND_VIA if http_version == b"1.1" else b"1 " + SERVER_TOKEN if http_version == b"1.0" else \
+        http_version + b" " + SERVER_TOKEN
+
+
 # Never dropped because a Connection header names them: removing a framing header would change where the message
 # ends (a body sent on without its Content-Length is lost, or worse, read as the next request), so they are not
 # connection options whatever the peer says; nginx forwards the body too.
@@ -185,7 +191,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if b"x-forwarded-prefix" not in seen_forwarded and prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))
         out.append((b"x-real-ip", client_ip))
-        out.append((b"via", via + b", " + INBOUND_VIA) if via else _INBOUND_VIA)
+        inbound = inbound_via(request.http_version)
+        out.append((b"via", via + b", " + inbound if via else inbound))
     else:
         conn = ex.conn
         key = (ex.client_ip, conn.scheme, conn.listen_port)
@@ -195,10 +202,11 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
             own = _OWN_FORWARDED.keep(key, [(b"x-forwarded-for", ip), (b"x-forwarded-proto", key[1]),
                                             (b"x-forwarded-port", key[2]), (b"x-real-ip", ip),
                                             _INBOUND_VIA])
-        if xff or via:  # rare: a client (or a balancer not in trusted_ips) sent one
+        if xff or via or request.http_version != b"1.1":  # rare: a client (or a balancer not trusted) sent one
             out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()) if xff else own[0])
             out += own[1:4]
-            out.append((b"via", via + b", " + INBOUND_VIA) if via else _INBOUND_VIA)
+            inbound = inbound_via(request.http_version)
+            out.append((b"via", via + b", " + inbound if via else inbound))
         else:
             out += own
         if host:
