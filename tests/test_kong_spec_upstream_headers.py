@@ -79,15 +79,35 @@ async def test_hop_by_hop_headers_are_removed_from_the_request_and_proxy_with_th
     assert _one(seen, "close") == "Keep-Me"
 
 
-@pytest.mark.xfail(strict=True, reason="the codecs drop trailer fields (gateway/http/codec_*.py), so the gateway does "
-                   "not ask for them: Kong's `TE: trailers` upstream (and keeping the upstream's Trailer header for "
-                   "such a client, forward.py) needs trailers relayed first")
 async def test_te_trailers_is_kept_upstream(nursery, gateway):
     """03-upstream_headers_spec.lua "are removed from request": `assert.equal("trailers", headers["te"])`
     (kong/runloop/handler.lua access.after: var.upstream_te = "trailers" when the client's TE lists trailers)."""
     port, _ = await _start(nursery, gateway)
     seen = await _upstream_headers(port, [("TE", "trailers, deflate;q=0.5")])
     assert _one(seen, "te") == "trailers"
+
+
+async def test_te_goes_upstream_only_as_trailers_when_the_client_lists_trailers(nursery, gateway):
+    """kong/runloop/handler.lua: upstream_te is "trailers" for a TE whose comma-separated tokens (lower-cased,
+    trimmed) include trailers; any other TE (hop-by-hop) is not sent."""
+    port, _ = await _start(nursery, gateway)
+    assert _one(await _upstream_headers(port, [("TE", "gzip,  TRAILERS")]), "te") == "trailers"
+    assert _one(await _upstream_headers(port, [("TE", "gzip")]), "te") is None
+    assert _one(await _upstream_headers(port, [("TE", "trailers;q=0.5")]), "te") is None
+    assert _one(await _upstream_headers(port, []), "te") is None
+
+
+async def test_an_answers_trailer_header_is_kept_only_for_a_client_that_asked_for_trailers(nursery, gateway):
+    """kong/runloop/handler.lua header_filter: "remove trailer response header when client didn't ask for them"."""
+    backend = EchoBackend()
+    backend.extra_headers = [(b"trailer", b"X-Checksum")]
+    port, _ = await _start(nursery, gateway, backend)
+    with trio.fail_after(TIMEOUT):
+        asked = await request(port, "GET", "/get", headers=[("TE", "trailers")], host="headers-inspect.test")
+        plain = await request(port, "GET", "/get", host="headers-inspect.test")
+    assert asked.status == plain.status == 200
+    assert asked.header("trailer") == "X-Checksum"
+    assert plain.header("trailer") is None
 
 
 async def test_a_websocket_upgrade_keeps_upgrade_and_kongs_connection(nursery, gateway):

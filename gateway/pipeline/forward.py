@@ -38,7 +38,7 @@ from gateway.mcp.sse import EventSplitter, EventTooLarge
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER, TIMEOUTS
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
-from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, connection_options, upstream_request_headers
+from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, asks_trailers, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
 from gateway.pipeline.request_buffer import SpooledBody, read_whole, with_length
@@ -338,8 +338,8 @@ class Forwarder:
         timers = ex.timer.timers
         switched = False
         try:
-            headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc)[0]
-                       if hv[0] != b"content-length"]
+            headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc,
+                                                    ex.request.headers)[0] if hv[0] != b"content-length"]
             headers += [(b"upgrade", b", ".join(v for n, v in response.headers if n == b"upgrade")),
                         (b"connection", b"upgrade")]
             to_upstream = await ex.switch_protocols(headers, response.reason)
@@ -373,7 +373,7 @@ class Forwarder:
         unread = False  # the rest of the body was not read: a header filter answered in its place (phases.Exit)
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
-                                                    new_session)
+                                                    ex.request.headers, new_session)
             first, done = codec.take_body()  # what came with the head: one write when the answer is small
             if edit is not None and not sse:
                 try:
@@ -625,10 +625,13 @@ def _sni(host: bytes) -> str | None:
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
-                    uc: UpstreamConn, new_session: str | None = None) -> tuple[Headers, int, bool]:
-    """The response headers for the client: hop-by-hop ones dropped, the request id set, a session id sealed (with
-    the address `uc` reached; counted as opened on route `new_session` when the request had none); with their
-    framing (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream."""
+                    uc: UpstreamConn, request_headers: Headers,
+                    new_session: str | None = None) -> tuple[Headers, int, bool]:
+    """The response headers for the client: hop-by-hop ones dropped (but Trailer when the request's TE asked for
+    trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does), the request id set, a
+    session id sealed (with the address `uc` reached; counted as opened on route `new_session` when the request had
+    none); with their framing (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an
+    event stream."""
     out: Headers = []
     named = None
     framing = NO_BODY
@@ -649,6 +652,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
             else:
                 if name == b"connection" and (options := connection_options(hv[1])):
                     named = options if named is None else named | options
+                elif name == b"trailer" and asks_trailers(request_headers):
+                    out.append(hv)
                 continue  # hop-by-hop, x-request-id
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection

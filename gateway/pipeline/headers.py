@@ -41,12 +41,22 @@ _UPGRADE_CONNECTION = (b"connection", b"keep-alive, Upgrade")
 # the gateway speaks upstream.
 INBOUND_VIA = b"1.1 " + SERVER_TOKEN
 _INBOUND_VIA = (b"via", INBOUND_VIA)
+_TE_TRAILERS = (b"te", b"trailers")
 
 
 def inbound_via(http_version: bytes) -> bytes:
     """Kong's `ngx.req.http_version() .. " " .. server tokens`: the version is a Lua number, so HTTP/1.0 prints as 1."""
     return INBOUND_VIA if http_version == b"1.1" else b"1 " + SERVER_TOKEN if http_version == b"1.0" else \
         http_version + b" " + SERVER_TOKEN
+
+
+def asks_trailers(headers: Headers) -> bool:
+    """Whether a request's (first) TE header lists `trailers`, Kong's test (kong/runloop/handler.lua: its csv of
+    the value in lower case, tokens trimmed) for sending `TE: trailers` upstream and keeping an answer's Trailer."""
+    for name, value in headers:
+        if name == b"te":
+            return any(token.strip() == b"trailers" for token in value.lower().split(b","))
+    return False
 
 
 # Never dropped because a Connection header names them: removing a framing header would change where the message
@@ -115,7 +125,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     $host: the Host without its port, in lower case; -Path the request's path; -Prefix `prefix`, the part a
     strip_path route matched, unless empty or "/"). An X-Forwarded-For the request has gets the peer appended, from
     any peer as Kong does (the last hop is the one to believe); without one it is the client address. X-Real-IP is
-    the client address. Via is Kong's, `1.1 <token>` after the client's first Via if any; a Proxy header is dropped.
+    the client address. Via is Kong's, `1.1 <token>` after the client's first Via if any; a Proxy header is dropped;
+    `TE: trailers` goes when the client's TE lists trailers.
     Consumer headers come only from the request's consumer (ex.consumer). With `affinity` the client's
     Mcp-Session-Id is taken out (the caller puts the upstream's own id back); otherwise it passes through like any
     header and None is returned for it."""
@@ -130,6 +141,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     via = b""
     request_id = b""
     session_id = None
+    te = False
     seen_forwarded = set() if trusted else _NOTHING_SEEN
     for hv in headers:
         name = hv[0]
@@ -165,6 +177,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                     framing = CHUNKED  # chunked, and nothing else: gateway.http.codec.check_request_head
                 elif name == b"via" and not via:
                     via = hv[1]
+                elif name == b"te":
+                    te = True
                 continue  # hop-by-hop, consumer headers, expect, x-real-ip, proxy, via
         out.append(hv)
     if connection and (named := connection_tokens(headers)):
@@ -220,6 +234,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     consumer = ex.consumer
     if consumer is not None:
         out += consumer.upstream_headers
+    if te and asks_trailers(headers):  # Kong's upstream_te (the gateway drops trailers, as nginx's proxy does)
+        out.append(_TE_TRAILERS)
     if framing == CHUNKED:
         out.append((b"transfer-encoding", b"chunked"))
     return out, host, request_id, session_id, framing
