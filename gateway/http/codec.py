@@ -177,6 +177,20 @@ def check_head_size(start: int, headers: Headers, max_head: int, max_line: int) 
         raise ProtocolError("request head too large", HEAD_TOO_LARGE)
 
 
+_HIGH = re.compile(rb"[\x80-\xff]")
+
+
+def escape_request_line(data: bytes) -> bytes | None:
+    """`data` with the bytes 0x80-0xFF of its first line %-escaped, or None when there are none. nginx takes such
+    bytes in a request target (a client that sends `/café` unescaped); both parsers refuse them, so a server codec
+    parses the line again escaped, which the router decodes as it decodes `/caf%C3%A9`."""
+    end = data.find(b"\n")
+    line = data if end < 0 else data[:end]
+    if line.isascii():
+        return None
+    return _HIGH.sub(lambda m: b"%%%02X" % m[0][0], line) + data[len(line):]
+
+
 def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
     """A request head went past its limit before it ended: 414 while its request line is longer than `max_line`
     (it did not end, or ended too long), else 494."""

@@ -27,6 +27,7 @@ from gateway.http.codec import (
     check_head_size,
     check_reason,
     check_request_head,
+    escape_request_line,
     overflow_error,
 )
 from gateway.http.codec_llhttp import REASONS, _close_delimited, _has_token, _wants_keep_alive
@@ -218,6 +219,9 @@ class H11Server(_H11Codec):
             ev = conn.next_event()
         except h11.RemoteProtocolError as e:
             head = self._probe
+            if head is not None and (escaped := escape_request_line(bytes(head))) is not None:
+                self._skip_empty_lines(bytearray(escaped))  # nginx's raw 0x80-0xFF bytes: parsed again, escaped
+                return self._next_event()
             self._raw_request()  # the shared rules decide the status of a complete head h11 rejected
             if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time
                 error = overflow_error(_line_so_far(head), self._max_line)

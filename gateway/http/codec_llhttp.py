@@ -28,6 +28,7 @@ from gateway.http.codec import (
     check_head_size,
     check_reason,
     check_request_head,
+    escape_request_line,
     overflow_error,
 )
 
@@ -110,7 +111,7 @@ class _Parsing(_BodyFramer):
     """What both sides share: feeding httptools, the head-size limit, the event queue."""
 
     __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial", "_feeding",
-                 "_at_start", "_in_head", "_dead", "_tunnel", "_bad_method")
+                 "_at_start", "_in_head", "_dead", "_tunnel", "_bad_method", "_head_chunks")
 
     _MALFORMED = "malformed message"
     _BAD = 400  # the status of a parse error
@@ -127,6 +128,7 @@ class _Parsing(_BodyFramer):
         self._max_head = max_head
         self._head_fed = 0  # bytes of earlier chunks that belong to the head being parsed (see on_message_begin)
         self._head_partial = False  # the head began mid-chunk, so _head_fed undercounts it
+        self._head_chunks: list[bytes] = []  # the earlier chunks of a head that began with one (_head_fed > 0)
         self._feeding = 0  # length of the chunk being fed
         self._at_start = True  # no message ended yet in the chunk being fed
         self._in_head = False
@@ -170,6 +172,8 @@ class _Parsing(_BodyFramer):
         except httptools.HttpParserUpgrade as e:
             self._upgraded(data, e.args[0])
         except httptools.HttpParserError as e:
+            if type(e) is httptools.HttpParserInvalidURLError and self._reparse_escaped(data):
+                return
             self._bad_method = isinstance(e, httptools.HttpParserInvalidMethodError)
             cause = e.__context__  # what a callback raised
             if not isinstance(cause, ProtocolError):
@@ -177,9 +181,17 @@ class _Parsing(_BodyFramer):
             self._fail(cause)
         else:
             if self._in_head:  # the head goes on in the next chunk: bound it (h11's max_incomplete_event_size)
+                if self._head_fed:
+                    self._head_chunks.append(data)
+                else:  # (kept for _reparse_escaped, which needs the whole line; a split head is rare)
+                    self._head_chunks = [data]
                 self._head_fed += len(data)
                 if self._head_fed > self._max_head:
                     self._fail(self._overflow())
+
+    def _reparse_escaped(self, data: bytes) -> bool:
+        """A request target llhttp refused: parsed again with its raw bytes 0x80-0xFF escaped (server side)."""
+        return False
 
     def _overflow(self) -> ProtocolError:
         """The error for a head that went past the limit before it ended."""
@@ -282,6 +294,18 @@ class LlhttpServer(_Parsing):
 
     def _overflow(self) -> ProtocolError:
         return overflow_error(len(self._url), self._max_line)
+
+    def _reparse_escaped(self, data: bytes) -> bool:
+        # For a head that began with a chunk, whose bytes are in hand: nginx takes raw 0x80-0xFF bytes in a target.
+        if not self._in_head or self._head_partial:
+            return False
+        head = b"".join(self._head_chunks) + data if self._head_fed else data
+        if (escaped := escape_request_line(head)) is None:
+            return False
+        self._parser = httptools.HttpRequestParser(self)
+        self._head_chunks = []
+        self._feed(escaped)
+        return True
 
     def on_message_complete(self) -> None:
         self._events.append(END)
