@@ -33,7 +33,7 @@ class Conn:
     With a `send_timer`, a write that has to wait for the peer to read is bounded by `send_timeout` seconds (the
     timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
 
-    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout", "listen_port")
+    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout", "listen_port", "serial", "requests")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
     server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
@@ -47,6 +47,8 @@ class Conn:
         self.send_timer: ConnTimer | None = None
         self.send_timeout = 60.0
         self.listen_port = b""  # a client connection: the port it came in on (X-Forwarded-Port)
+        self.serial = 0  # a client connection: nginx's $connection, the worker's count of connections accepted
+        self.requests = 0  # ... and $connection_requests, the number of the request being served on it
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""

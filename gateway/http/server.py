@@ -8,6 +8,7 @@ response, or raise; a broken request gets its 4xx here with a JSON body, and a c
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -42,6 +43,7 @@ log = logging.getLogger("gateway.http")
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 ACCEPT_BACKOFF_S = 0.1
 ACCEPT_BATCH = 64  # connections taken per wake-up of the listener
+_SERIALS = itertools.count(1)  # the connections this worker accepted (nginx's $connection)
 DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may still bring one more request
 DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
 LINGER_TIME_S = 30.0  # nginx's lingering_time: the longest a closing connection reads what its client still sends
@@ -472,6 +474,7 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 conn = Conn(sock, peer)
                 conn.listen_port = listen_port
+                conn.serial = next(_SERIALS)
                 connections.opened()
                 nursery.start_soon(_connection_task, conn, handler, settings, tls)
 
@@ -565,6 +568,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                 idle_until = timer.at  # the previous request's end + keepalive_timeout: later than now
                 timer.clear()
                 served += 1
+                conn.requests = served
                 request: Request = ev  # type: ignore[assignment]
                 exchange = Exchange(request, conn, codec, timer, settings, connections.draining)
                 if (served >= last_request or idle_until >= old_at) and (

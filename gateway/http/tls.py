@@ -173,6 +173,7 @@ def _new(ctx: ssl.SSLContext, conn: Conn, server_side: bool, server_hostname: st
     tconn.send_timer = conn.send_timer
     tconn.send_timeout = conn.send_timeout
     tconn.listen_port = conn.listen_port
+    tconn.serial = conn.serial
     return tconn
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+import trio
+from backends import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from plugin_helpers import (
@@ -53,6 +55,22 @@ async def test_an_answer_of_the_gateway_also_echoes_the_id(nursery, gateway):
     reply = await call(port)
     assert reply.status == 401 and re.fullmatch(r"127\.0\.0\.1-\d+-\d+-\d+-\d+-\d+\.\d{3}",
                                                 reply.header("kong-request-id"))
+
+
+async def test_tracker_ids_count_connections_and_the_requests_on_each(nursery, gateway):
+    """Kong's tracker: server_addr-server_port-pid-$connection-$connection_requests-time, nginx's serial number of
+    the connection and the request's number on it: no two requests get the same id, however fast they come."""
+    routes = [{"paths": ["/"], "plugins": [plugin("correlation-id", echo_downstream=True, generator="tracker")]}]
+    _, port = await start(nursery, gateway, routes)
+    ids = []
+    with trio.fail_after(10):
+        for _ in range(2):
+            async with await Client.connect(port) as client:
+                for _ in range(3):
+                    ids.append((await client.request("GET", "/")).header("kong-request-id").split("-"))
+    assert [i[4] for i in ids] == ["1", "2", "3"] * 2  # $connection_requests
+    assert len({i[3] for i in ids[:3]}) == 1 and ids[3][3] == str(int(ids[0][3]) + 1)  # $connection
+    assert {(i[0], i[1]) for i in ids} == {("127.0.0.1", str(port))}
 
 
 def test_correlation_id_refuses_an_unknown_generator():

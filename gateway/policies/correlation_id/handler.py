@@ -2,7 +2,8 @@
 gets one, sent upstream; with echo_downstream the response carries it too (the client's own, or the new one).
 
 Generators: uuid (a random UUID), uuid#counter (a UUID per worker process, "#", a counter), tracker (Kong's
-server address-port-worker pid-connection-request on it-time; the connection is identified by its socket number).
+server address-port-worker pid-connection-request on it-time: nginx's $connection, the worker's serial number of the
+connection, and $connection_requests, the request's number on it, so no two requests share one).
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ _worker_ids = _WorkerIds()
 
 
 def _tracker(ex: Exchange) -> str:
-    sock = ex.conn.sock
+    conn = ex.conn
     try:
-        addr, port = sock.getsockname()[:2]
+        addr, port = conn.sock.getsockname()[:2]
     except OSError:
         addr, port = "", 0
-    return f"{addr}-{port}-{os.getpid()}-{sock.fileno()}-{id(ex.request) & 0xFFFF}-{time.time():.3f}"
+    return f"{addr}-{port}-{os.getpid()}-{conn.serial}-{conn.requests}-{time.time():.3f}"
 
 
 class CorrelationId:
