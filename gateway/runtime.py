@@ -139,7 +139,7 @@ class RouteRuntime:
     """A route as the pipeline uses it."""
 
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
-                 "consumer_phases", "https_redirect", "facts", "loggers", "consumer_loggers", "audit",
+                 "chain", "consumer_chains", "collected", "https_redirect", "facts", "loggers", "audit",
                  "request_buffering")
 
     def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
@@ -148,10 +148,13 @@ class RouteRuntime:
         self.name = name
         self.service = service  # None: Kong's route without a service (503 unless a plugin answers)
         self.preserve_host = preserve_host
-        # The response phases (header_filter, body_filter) of the chain, and of each consumer's chain; None when
-        # no plugin of the chain has one (gateway.pipeline.phases).
+        # The response phases (header_filter, body_filter) of the chain; None when no plugin of the chain has one
+        # (gateway.pipeline.phases). A consumer's are what `collect` makes of the chains.
         self.phases = ResponsePhases.of(policies)
-        self.consumer_phases = {cid: ResponsePhases.of(chain) for cid, chain in (consumer_policies or {}).items()}
+        # The whole chains (every phase), the route's own and each consumer's, and what `collect` made of them.
+        self.chain = policies
+        self.consumer_chains = consumer_policies or {}
+        self.collected: dict[Any, Collected] = {}
         # In priority order, as resolved for a request with no consumer: the policies with an access step here,
         # those with a log step (run after the response; `entries` says how they take it: gateway.telemetry.phase)
         # in `loggers`.
@@ -161,8 +164,6 @@ class RouteRuntime:
         # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
         self.consumer_policies = None if consumer_policies is None else {
             c: [p for p in chain if hasattr(p, "access")] for c, chain in consumer_policies.items()}
-        self.consumer_loggers = None if consumer_policies is None else {
-            c: [p for p in chain if is_logger(p)] for c, chain in consumer_policies.items()}
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
@@ -172,6 +173,35 @@ class RouteRuntime:
         chains = [policies, *(consumer_policies or {}).values()]
         audits = (getattr(p, "audit", None) for chain in chains for p in chain)
         self.audit = next((audit for audit in audits if audit is not None), None)
+
+    def collect(self, before: Collected | None, consumer_id: str | None, done: tuple[int, str]) -> Collected:
+        """Kong's collected plugins (plugins_iterator.lua get_next_and_collect: each plugin is looked up once, when
+        the access loop reaches it, for all its phases) once the loop, just past the policy `done` ((-priority,
+        name)), moved to `consumer_id`'s chain (None: the route's own): the instances collected so far (`before`;
+        None: the route's own chain) up to `done`, then the new chain's. Made once per path, then kept."""
+        key = (before.key if before is not None else None, consumer_id, done)
+        found = self.collected.get(key)
+        if found is None:
+            base = before.chain if before is not None else self.chain
+            new = self.consumer_chains[consumer_id] if consumer_id is not None else self.chain
+            chain = [p for p in base if (-p.priority, p.name) <= done] + \
+                [p for p in new if (-p.priority, p.name) > done]
+            found = Collected(key, chain)
+            if len(self.collected) < 1024:  # (consumers with plugins of their own x authentication plugins)
+                self.collected[key] = found
+        return found
+
+
+class Collected:
+    """The plugins a request collected (`chain`, in priority order): their response phases and log steps."""
+
+    __slots__ = ("key", "chain", "phases", "loggers")
+
+    def __init__(self, key: Any, chain: list[Policy]) -> None:
+        self.key = key
+        self.chain = chain
+        self.phases = ResponsePhases.of(chain)
+        self.loggers = [p for p in chain if is_logger(p)]
 
 
 class _NoService:

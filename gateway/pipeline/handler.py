@@ -3,6 +3,8 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 
 from __future__ import annotations
 
+import logging
+
 from gateway.http.codec import ProtocolError, answered_status
 from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import UPSTREAM_PATH, URI_CAPTURES, Exchange
@@ -15,7 +17,9 @@ from gateway.pipeline.headers import nginx_host
 from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP, Router
 from gateway.runtime import RouteRuntime, Runtime
-from gateway.telemetry.phase import CLIENT_CLOSED, LogPhase
+from gateway.telemetry.phase import CLIENT_CLOSED, COLLECTED_LOGGERS, LogPhase
+
+log = logging.getLogger("gateway.pipeline")
 
 
 class Pipeline:
@@ -62,10 +66,13 @@ class Pipeline:
                 ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
                 await ex.respond_error(404, NO_ROUTE)
                 return
-            route = ex.route = match.payload
+            route = match.payload
             if route.https_redirect is not None and _scheme(ex) != b"https":
+                # answered by Kong's router step, before ctx.route is set and any plugin collected: the global ones'
+                ex.phases = runtime.global_phases
                 await _use_https(ex, route.https_redirect, host)
                 return
+            ex.route = route
             if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
                 if ex.state is None:
                     ex.state = {}
@@ -76,11 +83,19 @@ class Pipeline:
                 ex.state[URI_CAPTURES] = match.captures
             target = req.target
             ex.phases = route.phases
-            if route.consumer_policies is None:
-                for policy in route.policies:
-                    if await policy.access(ex):
-                        return
-            elif await _run_scoped(ex, route):
+            try:
+                if route.consumer_policies is None:
+                    for policy in route.policies:
+                        if await policy.access(ex):
+                            return
+                elif await _run_scoped(ex, route):
+                    return
+            except (ProtocolError, BrokenPipeError, ConnectionError):
+                raise
+            except Exception:
+                if ex.response_started:  # it failed mid-answer: the connection loop cuts the connection
+                    raise
+                await _plugin_failed(ex)
                 return
             state = ex.state
             if req.target is not target or (state is not None and UPSTREAM_PATH in state):
@@ -115,6 +130,17 @@ class Pipeline:
         self.log_phase.done(ex, ex.started, self.runtime)
 
 
+async def _plugin_failed(ex: Exchange) -> None:
+    """A policy's access step raised: Kong's delayed response for a plugin's runtime error (init.lua
+    execute_collecting_plugins_iterator, flush_delayed_response): kong.response.error(500, "An unexpected error
+    occurred"), in the client's Accept format, through the chain's header and body filters (Kong collected every
+    plugin, also those after the one that failed); the log phase then says source "error"."""
+    log.exception("a plugin failed in access: %s %s", ex.request.method.decode("latin-1"),
+                  ex.request.target[:200].decode("latin-1"))
+    ex.close_after = True  # what the failed step left unread or half-done is not worth a kept connection
+    await ex.respond_error(500)
+
+
 def _conn_facts(ex: Exchange, router: Router[RouteRuntime]) -> tuple[int | None, bytes | None]:
     """What the router needs of the connection: the listener port, and the TLS server name (None: plain HTTP)."""
     conn = ex.conn
@@ -122,13 +148,16 @@ def _conn_facts(ex: Exchange, router: Router[RouteRuntime]) -> tuple[int | None,
 
 
 async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
-    """Run the chain, moving to the consumer's own chain (at the same point in priority order, with its response
-    phases) whenever a policy changes who the request is: Kong looks each plugin up when its turn comes. True if a
-    policy answered."""
+    """Run the chain, moving to the consumer's own chain (at the same point in priority order) whenever a policy
+    changes who the request is: Kong looks each plugin up when its turn comes, for all its phases (plugins_iterator.lua
+    get_next_and_collect), so the response phases and log steps of the plugins already passed stay those of the
+    instances that were looked up then (a global correlation-id's, not the consumer's own). True if a policy
+    answered."""
     policies = route.policies
     by_consumer: dict[str, list[Policy]] = route.consumer_policies  # type: ignore[assignment]
     chain = policies
     consumer = None
+    collected = None
     i = 0
     while i < len(chain):
         policy = chain[i]
@@ -137,12 +166,18 @@ async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
             return True
         if ex.consumer is not consumer:
             consumer = ex.consumer
-            new = by_consumer.get(consumer.id, policies) if consumer is not None else policies
+            cid = consumer.id if consumer is not None and consumer.id in by_consumer else None
+            new = by_consumer[cid] if cid is not None else policies
             if new is not chain:
-                ex.phases = route.consumer_phases.get(consumer.id, route.phases) if consumer else route.phases
                 done = (-policy.priority, policy.name)
                 i = next((j for j, p in enumerate(new) if (-p.priority, p.name) > done), len(new))
                 chain = new
+                # the response phases and log steps: those collected so far, up to this policy, then the new chain's
+                collected = route.collect(collected, cid, done)
+                ex.phases = collected.phases
+                if ex.state is None:
+                    ex.state = {}
+                ex.state[COLLECTED_LOGGERS] = collected.loggers
     return False
 
 

@@ -26,6 +26,9 @@ from gateway.telemetry.lines import LineWriter
 log = logging.getLogger("gateway.telemetry")
 
 CLIENT_CLOSED = 499  # nginx's status for a request whose client went away before the response
+# ex.state key: the log steps collected for a request whose consumer has plugins of its own (the pipeline's
+# _run_scoped: Kong's plugins_iterator collects each plugin's log with its access, as the consumer then was)
+COLLECTED_LOGGERS = "collected-loggers"
 _OUTCOMES = {-1: "connect_failure", -2: "timeout", 0: "error"}
 
 
@@ -51,9 +54,8 @@ class LogPhase:
                     rec.dirty.append(obs)
                 obs.statuses.append(status)
                 loggers = route.loggers
-                consumer = ex.consumer
-                if consumer is not None and route.consumer_loggers is not None:
-                    loggers = route.consumer_loggers.get(consumer.id, loggers)
+                if route.consumer_policies is not None and ex.state is not None:  # a consumer's: as collected
+                    loggers = ex.state.get(COLLECTED_LOGGERS, loggers)
             else:
                 rec.unrouted.append(status)
                 loggers = runtime.global_loggers if runtime is not None else ()
