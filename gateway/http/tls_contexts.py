@@ -62,6 +62,39 @@ def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> li
     return chain
 
 
+def check_ca_certificate(pem: str, what: str, now: dt.datetime | None = None) -> None:
+    """Kong's checks of a `ca_certificates` entity (kong/db/schema/entities/ca_certificates.lua): one certificate,
+    not expired (a CA not valid yet is taken, as Kong takes it), with the CA basic constraint; ValueError otherwise."""
+    from cryptography import x509
+
+    try:
+        chain = x509.load_pem_x509_certificates(pem.encode())
+    except ValueError:
+        raise ValueError(f"{what}: not a PEM certificate (expected -----BEGIN CERTIFICATE----- ...)") from None
+    if len(chain) != 1:
+        raise ValueError(f"{what}: one certificate per ca_certificate, got {len(chain)}")
+    cert = chain[0]
+    if cert.not_valid_after_utc < (now or dt.datetime.now(dt.UTC)):
+        raise ValueError(f"{what}: the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ValueError(f'{what}: the certificate does not appear to be a CA (it is missing the "CA" basic '
+                         'constraint)')
+
+
+def _key_type(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+
+    key = cert.public_key()
+    for kind, name in ((rsa.RSAPublicKey, "RSA"), (ec.EllipticCurvePublicKey, "ECDSA"), (dsa.DSAPublicKey, "DSA")):
+        if isinstance(key, kind):
+            return name
+    return type(key).__name__.removeprefix("_").removesuffix("PublicKey")
+
+
 def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> None:
     """Load a PEM certificate chain and key given as text (through memfds, never on disk)."""
     fds = []
@@ -109,30 +142,40 @@ def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], wha
     if not options.tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
+    types = []
     for i, (cert_pem, key_pem) in enumerate(pairs):
-        check_certificate(cert_pem, f"{what}.cert" if i == 0 else f"{what}.cert_alt")
-        _load_chain(ctx, cert_pem, key_pem, what)
+        types.append(_key_type(check_certificate(cert_pem, f"{what}.cert" if i == 0 else f"{what}.cert_alt")[0]))
+        if i and types[i] in types[:i]:  # a context holds one certificate per key type: the second would replace
+            raise ValueError(f"{what}.cert_alt: the certificate and the alternative certificate need different key "
+                             f"types (e.g. RSA and ECDSA); both are {types[i]}")
+        _load_chain(ctx, cert_pem, key_pem, what if i == 0 else f"{what}.cert_alt")
     return ctx
 
 
 def _name_matches(pattern: str, name: str) -> bool:
+    """Whether `name` is `pattern` with one label for its `*`: the first (`*.example.com`) or the last (`example.*`)."""
     if pattern.startswith("*."):
-        return name.endswith(pattern[1:]) and "." not in name[: -len(pattern) + 1]
+        label = name[: len(name) - len(pattern) + 1]
+        return name.endswith(pattern[1:]) and label != "" and "." not in label
     if pattern.endswith(".*"):
-        return name.startswith(pattern[:-1]) and "." not in name[len(pattern) - 1:]
+        label = name[len(pattern) - 1:]
+        return name.startswith(pattern[:-1]) and label != "" and "." not in label
     return pattern == name
 
 
 class ServerTls:
-    """The certificates of the TLS listeners: one context per certificate, picked by the client's SNI (exact names
-    first, then `*.domain`, then `name.*`, as Kong), else the default certificate; with no default, a client whose
-    SNI matches nothing gets the unrecognized_name alert."""
+    """The certificates of the TLS listeners: one context per certificate, picked by the client's SNI as Kong's
+    find_certificate picks (kong/runloop/certificate.lua): the exact name, then the name with its first label as `*`
+    (`*.example.com`, looked up only for names of three labels or more, so `*.com` never matches), then with its
+    last label as `*` (`example.*`), then the sni `*`, else the default certificate. A client without SNI gets the
+    default certificate (or the `*` one without a default). With neither, the unrecognized_name alert."""
 
     def __init__(self, default: ssl.SSLContext | None, by_sni: dict[str, ssl.SSLContext],
                  options: ServerOptions, handshake_timeout: float = 10.0) -> None:
         self.exact = {n: c for n, c in by_sni.items() if "*" not in n}
-        self.leading = [(n, c) for n, c in by_sni.items() if n.startswith("*.")]
+        self.leading = [(n, c) for n, c in by_sni.items() if n.startswith("*.") and "." in n[2:]]
         self.trailing = [(n, c) for n, c in by_sni.items() if n.endswith(".*")]
+        self.star = by_sni.get("*")  # Kong's DEFAULT_SNI
         self.default = default
         self.handshake_timeout = handshake_timeout
         # The context every handshake starts with: the default certificate's, or one with none of its own.
@@ -142,7 +185,7 @@ class ServerTls:
     def select(self, name: str | None) -> ssl.SSLContext | None:
         """The context for an SNI name (None: no match)."""
         if name is None:
-            return self.default
+            return self.default if self.default is not None else self.star
         name = name.lower()
         ctx = self.exact.get(name)
         if ctx is not None:
@@ -153,7 +196,7 @@ class ServerTls:
         for pattern, ctx in self.trailing:
             if _name_matches(pattern, name):
                 return ctx
-        return self.default
+        return self.star if self.star is not None else self.default
 
     def _pick(self, tls: ssl.SSLObject, name: str | None, ctx: ssl.SSLContext) -> int | None:
         setattr(tls, SEEN_SNI, name)  # for routing on it (a route's snis)
