@@ -5,8 +5,11 @@ addresses when a name has any, as Kong asks for A records before AAAA.
 
 Names are resolved again every `ttl` seconds (kong.conf's dns_valid_ttl: getaddrinfo gives no record TTL). A name
 that stops resolving keeps its last addresses for STALE_TTL_S (Kong's dns_stale_ttl default); one that never resolved,
-or whose last addresses are older, is a target by its name (with itself as hostname), whose requests get Kong's 503
-"name resolution failed" and whose health is Kong's dns_error.
+or whose last addresses are older, is a target by its name (with itself as hostname), whose health is Kong's
+dns_error. run_dns reports such a name with weight 0, as Kong's balancer has it (kong/runloop/balancer/targets.lua
+queryDns: a failed query is an empty record, so the target has no address and no weight): it takes no request, the
+upstream's other targets take them all, and an upstream none of whose names resolved answers Kong's 503 "failure
+to get a peer from the ring-balancer".
 """
 
 from __future__ import annotations
@@ -82,7 +85,8 @@ async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange,
     last: list[TargetInfo] | None = None
     started = False
     while True:
-        current = await resolve_targets(targets, known)
+        current = [TargetInfo(t.host, t.port, 0, t.host) if t.hostname == t.host else t
+                   for t in await resolve_targets(targets, known)]  # (a name without an address: no weight)
         if current != last:
             on_change(upstream, current)
             last = current
