@@ -19,7 +19,7 @@ import zmq
 from gateway.config import Config, load_config, parse_host_port
 from gateway.config.tls import listen_flags
 from gateway.http.codecs import codec_classes, resolve_codec
-from gateway.http.kong_errors import ERROR_DEFAULT_TYPES
+from gateway.http.kong_errors import ERROR_DEFAULT_TYPES, templates_of
 from gateway.http.kong_headers import KongHeaders, enabled
 from gateway.http.limits import derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
@@ -84,7 +84,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s,
                               ERROR_DEFAULT_TYPES[gw.error_default_type], KongHeaders.from_setting(gw.headers),
                               "x-kong-request-id" in enabled(gw.headers_upstream), gw.keepalive_requests,
-                              gw.keepalive_time_s, gw.max_header_line_bytes)
+                              gw.keepalive_time_s, gw.max_header_line_bytes, templates_of(gw))
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.upstream_keepalive_max_requests)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
     shared.on_sweep = forwarder.sweep

@@ -131,9 +131,15 @@ def test_enabled_headers_are_kongs(setting, expected):
     assert enabled(setting) == expected
 
 
-def test_no_header_enabled_means_no_per_response_work():
-    assert KongHeaders.from_setting("off") is None
-    assert KongHeaders.from_setting(["X-Kong-Admin-Latency"]) is None  # no Admin API here: nothing to send
+def test_no_header_enabled_adds_nothing_and_only_removes_a_plugins_server_from_an_own_answer():
+    for setting in ("off", ["X-Kong-Admin-Latency"]):  # (no Admin API here: nothing to send)
+        kong = KongHeaders.from_setting(setting)
+        own = SimpleNamespace(tries=None, state=None)
+        headers = [(b"content-type", b"text/plain"), (b"server", b"plugin")]
+        assert kong.add(own, headers, 200) == b"" and headers == [(b"content-type", b"text/plain")]
+        proxied = SimpleNamespace(tries=[object()], state=None)
+        headers = [(b"server", b"upstream")]
+        assert kong.add(proxied, headers, 200) == b"" and headers == [(b"server", b"upstream")]
 
 
 async def test_a_log_plugin_sees_the_headers_kong_added(nursery, gateway):

@@ -45,6 +45,8 @@ import pytest
 import trio
 from backends import EchoBackend, service
 
+from gateway.http.kong_errors import nginx_page
+
 TIMEOUT = 5.0  # any single case, or a health check, must finish within this
 SETTINGS = {"header_timeout_s": 0.5, "keepalive_timeout_s": 0.5, "client_body_timeout_s": 0.5,
             "max_header_bytes": 8192}
@@ -270,8 +272,11 @@ _TEXT_ERROR = re.compile(rb"[^\n]+\nrequest_id: [0-9a-f]+\n")
 
 def is_kong_error(resp: Resp) -> bool:
     """One of Kong's error bodies: JSON, or the text page an nginx-made error gets when the request names no format
-    (kong/error_handlers.lua, error_default_type), or HTML / XML when it asked for one."""
+    (kong/error_handlers.lua, error_default_type), or HTML / XML when it asked for one; or nginx's own page for a
+    status Kong's error handler does not take."""
     content_type = resp.header(b"content-type") or b""
+    if content_type == b"text/html":  # a status outside Kong's error_page list (501): nginx's own page
+        return resp.body == nginx_page(resp.status)
     if content_type.startswith(b"text/plain"):
         return _TEXT_ERROR.fullmatch(resp.body) is not None
     if content_type.startswith((b"text/html", b"application/xml")):

@@ -16,6 +16,7 @@ from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, Regi
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
+from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.http.net import is_ip
 
@@ -103,6 +104,12 @@ class GatewaySettings(Base):
     # kong.conf's: the format of the errors nginx itself answers (502, 504, 400...) to a request with neither an
     # Accept nor a Content-Type header (gateway.http.kong_errors.page_type)
     error_default_type: Literal["text/plain", "text/html", "application/json", "application/xml"] = "text/plain"
+    # kong.conf's: a file each whose text replaces Kong's template of that format for the errors the gateway answers
+    # itself, its first `%s` the message and its second the request id (gateway.http.kong_errors.templates_of)
+    error_template_html: str | None = None
+    error_template_json: str | None = None
+    error_template_xml: str | None = None
+    error_template_plain: str | None = None
     # kong.conf's: the headers added to responses and to proxied requests (gateway.http.kong_headers), a list or
     # Kong's comma-separated string; "off" for none
     headers: list[str] | str = msgspec.field(default_factory=lambda: ["server_tokens", "latency_tokens",
@@ -113,6 +120,12 @@ class GatewaySettings(Base):
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
             if bad := invalid_entries(getattr(self, name), known):
                 raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")
+        for name in TEMPLATE_SETTINGS:
+            if (path := getattr(self, f"error_template_{name}")) is not None:
+                try:
+                    read_template(path)
+                except ValueError as e:
+                    raise ValueError(f"error_template_{name}: {e}") from None
         if not 0 < len(self.syslog_socket.encode()) <= MAX_UNIX_PATH:
             raise ValueError(f"syslog_socket: expected the path of a Unix socket, 1 to {MAX_UNIX_PATH} bytes, got "
                              f"{len(self.syslog_socket.encode())} bytes")

@@ -268,10 +268,12 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
     if transfer_encoding is not None:
         if content_lengths:
             raise ProtocolError("both Content-Length and Transfer-Encoding")
+        if http_version == b"1.0":  # nginx's: "client sent HTTP/1.0 request with Transfer-Encoding header"
+            raise ProtocolError("an HTTP/1.0 request with a Transfer-Encoding header")
         codings = transfer_encoding.lower()
         if codings != b"chunked":
-            # RFC 9112 6.3: chunked not last (or applied twice, 6.1) -> the length is unknowable -> 400; a coding
-            # we lack -> 501.
+            # RFC 9112 6.3: chunked not last (or applied twice, 6.1) -> the length is unknowable -> 400 (nginx: 501
+            # for any value but chunked); a coding we lack -> 501.
             applied = [c.strip(b" \t") for c in codings.split(b",")]
             if applied[-1] != b"chunked" or b"chunked" in applied[:-1]:
                 raise ProtocolError("chunked must be the final transfer coding, applied once")

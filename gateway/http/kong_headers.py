@@ -48,16 +48,17 @@ def entries(setting: list[str] | str) -> list[str]:
 
 
 def invalid_entries(setting: list[str] | str, known: tuple[str, ...]) -> list[str]:
-    """The entries Kong's conf loader refuses."""
-    return [t for t in entries(setting) if t.lower() != "off" and t.lower() not in known]
+    """The entries Kong's conf loader refuses: names in any case, but "off" in lower case only ("OFF" names no
+    header)."""
+    return [t for t in entries(setting) if t != "off" and t.lower() not in known]
 
 
 def enabled(setting: list[str] | str) -> set[str]:
     """Kong's enabled_headers: nothing when the list is empty or starts with "off"; the two groups expanded."""
     tokens = entries(setting)
-    if not tokens or tokens[0].lower() == "off":
+    if not tokens or tokens[0] == "off":
         return set()
-    on = {t.lower() for t in tokens} - {"off"}
+    on = {t.lower() for t in tokens if t != "off"}
     if "server_tokens" in on:
         on |= {"via", "server"}
     if "latency_tokens" in on:
@@ -103,12 +104,13 @@ class KongHeaders:
         self._plugins_server = plugins_server
         self._clock: Callable[[], float] = run_clock()
         self.add: Callable[[Any, list[tuple[bytes, bytes]], int], bytes] = \
-            self._add_defaults if on == _DEFAULTS else self._add_any
+            self._add_defaults if on == _DEFAULTS else self._add_any if on else self._add_none
 
     @classmethod
-    def from_setting(cls, setting: list[str] | str) -> KongHeaders | None:
-        on = enabled(setting) - {"server_tokens", "latency_tokens", "x-kong-admin-latency"}
-        return cls(on) if on else None
+    def from_setting(cls, setting: list[str] | str) -> KongHeaders:
+        """With none on (`off`), the gateway's own answers still lose a plugin's Server, as Kong's runloop removes
+        it."""
+        return cls(enabled(setting) - {"server_tokens", "latency_tokens", "x-kong-admin-latency"})
 
     def _add_any(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
         """The lines to add to the response `ex` is sending (`headers`, edited in place as Kong leaves them): a
@@ -124,6 +126,14 @@ class KongHeaders:
                                      b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             return lines + self._via_and_server(headers) if self.via or self.server else lines
         return self._own_lines(ex, headers, rid, upstream_status)
+
+    @staticmethod
+    def _add_none(ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
+        """`headers: off`: nothing added; an answer of the gateway's own loses a plugin's Server, as Kong's runloop
+        removes it (a proxied one keeps the upstream's)."""
+        if not ex.tries and not (ex.state and PROXIED in ex.state) and any(hv[0] == b"server" for hv in headers):
+            headers[:] = [hv for hv in headers if hv[0] != b"server"]
+        return b""
 
     def _via_and_server(self, headers: list[tuple[bytes, bytes]]) -> bytes:
         """A proxied response's Via (the upstream's own extended in `headers`, else a line) and Server (a line, when

@@ -28,7 +28,19 @@ from gateway.http.codec import (
     answered_status,
 )
 from gateway.http.ids import request_id_of
-from gateway.http.kong_errors import SIZE_LIMITED, TEXT_TYPE, error_body, error_message, page_type, response_type
+from gateway.http.kong_errors import (
+    KONG_ERROR_PAGES,
+    KONG_TEMPLATES,
+    SIZE_LIMITED,
+    TEXT_TYPE,
+    Templates,
+    error_body,
+    error_message,
+    header_type,
+    nginx_page,
+    page_type,
+    response_type,
+)
 from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
@@ -62,18 +74,17 @@ _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase
                   Phase.IDLE: "client_keepalive"}
 
 
-def error_response(status: int, message: str | None, request_id: bytes, accept: bytes | None = None) \
-        -> tuple[bytes, bytes]:
+def error_response(status: int, message: str | None, request_id: bytes, accept: bytes | None = None,
+                   templates: Templates = KONG_TEMPLATES) -> tuple[bytes, bytes]:
     """(content type, body) of an error the gateway answers itself, as Kong's (gateway.http.kong_errors)."""
     content_type = response_type(accept)
-    return content_type, error_body(message or error_message(status), request_id, content_type)
+    return content_type, error_body(message or error_message(status), request_id, content_type, templates)
 
 
 def _accept(headers: Headers) -> bytes | None:
-    for name, value in headers:
-        if name == b"accept":
-            return value
-    return None
+    """The Accept header as kong.response.error reads it: every line of it, joined with ","."""
+    values = [value for name, value in headers if name == b"accept"]
+    return values[0] if len(values) == 1 else b",".join(values) if values else None
 
 
 class ServerSettings:
@@ -82,14 +93,14 @@ class ServerSettings:
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "max_line_bytes", "codec_cls",
                  "max_connections",
                  "connections", "send_timeout", "body_timeout", "error_type", "kong_headers",
-                 "request_id_upstream", "keepalive_requests", "keepalive_time", "log_refused")
+                 "request_id_upstream", "keepalive_requests", "keepalive_time", "log_refused", "error_templates")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 32768, max_connections: int = 10000, send_timeout: float = 60.0,
                  body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE,
                  kong_headers: KongHeaders | None = None, request_id_upstream: bool = True,
                  keepalive_requests: int = 10000, keepalive_time: float = 3600.0,
-                 max_line_bytes: int = MAX_LINE_BYTES) -> None:
+                 max_line_bytes: int = MAX_LINE_BYTES, error_templates: Templates = KONG_TEMPLATES) -> None:
         self.codec_cls = codec_cls
         self.header_timeout = header_timeout
         self.keepalive_timeout = keepalive_timeout
@@ -99,7 +110,8 @@ class ServerSettings:
         self.send_timeout = send_timeout  # a write to a client that does not read is cut after this (nginx)
         self.body_timeout = body_timeout  # between two reads of a request body (nginx's client_body_timeout)
         self.error_type = error_type  # kong.conf's error_default_type: the format of nginx's own error pages
-        self.kong_headers = kong_headers  # kong.conf's `headers` (None: none at all)
+        self.error_templates = error_templates  # ... and kong.conf's error_template_*: their bodies
+        self.kong_headers = kong_headers  # kong.conf's `headers` (None: none at all, for tests)
         self.request_id_upstream = request_id_upstream  # `headers_upstream`: X-Kong-Request-Id sent upstream
         self.keepalive_requests = keepalive_requests  # nginx's: the last request a connection serves ...
         self.keepalive_time = keepalive_time  # ... or the first one after this many seconds
@@ -402,8 +414,9 @@ class Exchange:
 
     async def respond(self, status: int, body: bytes, content_type: bytes = JSON,
                       extra: Headers | None = None) -> None:
-        """A whole small response in one write."""
-        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+        """A whole small response in one write (`content_type` b"": none)."""
+        headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))] if content_type else \
+            [(b"content-length", b"%d" % len(body))]
         if extra:
             headers += extra
         await self.send_head(status, headers, body, end=True)
@@ -413,7 +426,8 @@ class Exchange:
         format the client's Accept prefers (JSON by default)."""
         if not self.request_id:
             self.request_id = request_id_of(self.request.headers)
-        content_type, body = error_response(status, message, self.request_id, _accept(self.request.headers))
+        content_type, body = error_response(status, message, self.request_id, _accept(self.request.headers),
+                                            self.settings.error_templates)
         rid = [(b"x-request-id", self.request_id)]
         await self.respond(status, body, content_type, rid + extra if extra else rid)
 
@@ -424,8 +438,8 @@ class Exchange:
         if not self.request_id:
             self.request_id = request_id_of(self.request.headers)
         content_type = page_type(self.request.headers, self.settings.error_type)
-        body = error_body(error_message(status), self.request_id, content_type)
-        await self.respond(status, body, content_type, [(b"x-request-id", self.request_id)])
+        body = error_body(error_message(status), self.request_id, content_type, self.settings.error_templates)
+        await self.respond(status, body, header_type(content_type) or b"", [(b"x-request-id", self.request_id)])
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -699,8 +713,14 @@ async def _answer_error(ex: Exchange, status: int, content_type: bytes, message:
     status = answered_status(status)
     if not ex.request_id:
         ex.request_id = request_id_of(ex.request.headers)
-    body = error_body(text, ex.request_id, content_type)
-    headers = [(b"content-type", content_type), (b"content-length", b"%d" % len(body))]
+    if status in KONG_ERROR_PAGES:
+        body = error_body(text, ex.request_id, content_type, ex.settings.error_templates)
+        header = header_type(content_type)
+    else:  # not one of Kong's error_page statuses (nginx's 501 for an unknown Transfer-Encoding): nginx's own page
+        body, header = nginx_page(status), b"text/html"
+    headers = [(b"content-length", b"%d" % len(body))]
+    if header is not None:
+        headers.insert(0, (b"content-type", header))
     kong = ex.settings.kong_headers
     lines = ex.response_lines = kong.add(ex, headers, status) if kong is not None else b""
     ex.status = status
