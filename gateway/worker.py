@@ -91,6 +91,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     telemetry = WorkerTelemetry(config, settings.connections, forwarder.active)
     pipeline = Pipeline(runtime, forwarder, telemetry.log_phase)
     settings.log_refused = pipeline.log_refused
+    settings.refused_phases = runtime.global_phases
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

@@ -245,8 +245,6 @@ async def test_a_trusted_balancers_x_forwarded_proto_is_the_scheme(gateway, nurs
     assert reply.status == status, reply.body
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/pipeline/handler.py's _scheme lower-cases X-Forwarded-Proto; Kong "
-                                       "compares the value as sent with \"https\"")
 async def test_x_forwarded_proto_is_compared_as_sent(gateway, nursery):
     """kong/runloop/handler.lua: `forwarded_proto ~= "https"` on get_header's value, not lower-cased: a trusted
     balancer's `HTTPS` is not https (426), like 06-ssl_spec's "httpsa"."""

@@ -93,7 +93,8 @@ class ServerSettings:
     __slots__ = ("header_timeout", "keepalive_timeout", "max_header_bytes", "max_line_bytes", "codec_cls",
                  "max_connections",
                  "connections", "send_timeout", "body_timeout", "error_type", "kong_headers",
-                 "request_id_upstream", "keepalive_requests", "keepalive_time", "log_refused", "error_templates")
+                 "request_id_upstream", "keepalive_requests", "keepalive_time", "log_refused", "error_templates",
+                 "refused_phases")
 
     def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 32768, max_connections: int = 10000, send_timeout: float = 60.0,
@@ -118,6 +119,8 @@ class ServerSettings:
         # The log phase of a request refused before its head was read whole (or in time), as nginx logs those:
         # the handler's (gateway.pipeline.handler.Pipeline.log_refused), set by whoever serves with it.
         self.log_refused: Callable[[Exchange], None] | None = None
+        # ... and the response phases its answer goes through: the global plugins' (Kong's error page runs them)
+        self.refused_phases: Any = None
         self.connections = ConnectionSet()
 
 
@@ -700,6 +703,7 @@ async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: Se
     exchange = Exchange(request, conn, codec, timer, settings)
     exchange.started = trio.current_time()
     exchange.state = {REFUSED: True}
+    exchange.phases = settings.refused_phases
     await _answer_error(exchange, status, settings.error_type)
     if settings.log_refused is not None:
         settings.log_refused(exchange)
@@ -707,7 +711,8 @@ async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: Se
 
 async def _answer_error(ex: Exchange, status: int, content_type: bytes, message: str | None = None) -> None:
     """Answer with an error the connection loop makes, as Kong's error handler does (its text for the status unless
-    `message` is given, in `content_type`, with Kong's response headers), and close; to a HEAD, the head a GET would
+    `message` is given, in `content_type`, through the request's response phases, with Kong's response headers),
+    and close; to a HEAD, the head a GET would
     get (RFC 9110 9.3.2). Formatted here, not by the codec, which may have given up on the connection."""
     text = message or error_message(status)  # (494's own: "Request header or cookie too large")
     status = answered_status(status)
@@ -721,6 +726,11 @@ async def _answer_error(ex: Exchange, status: int, content_type: bytes, message:
     headers = [(b"content-length", b"%d" % len(body))]
     if header is not None:
         headers.insert(0, (b"content-type", header))
+    if ex.phases is not None:  # the plugins' header and body filters, as Kong's error page runs them
+        try:
+            status, headers, body, _ = ex.phases.filter(ex, status, headers, body, True)
+        except Exception:
+            log.exception("a plugin's filter failed on the error %d", status)
     kong = ex.settings.kong_headers
     lines = ex.response_lines = kong.add(ex, headers, status) if kong is not None else b""
     ex.status = status

@@ -182,11 +182,12 @@ async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
 
 
 def _scheme(ex: Exchange) -> bytes:
-    """The client's scheme: the connection's, or the X-Forwarded-Proto of a trusted balancer (Kong's rule)."""
+    """The client's scheme: the connection's, or the X-Forwarded-Proto of a trusted balancer, as sent (Kong's rule:
+    `HTTPS` is not https)."""
     if ex.peer_trusted:
         for name, value in ex.request.headers:
             if name == b"x-forwarded-proto":
-                return value.lower()
+                return value
     return ex.conn.scheme
 
 

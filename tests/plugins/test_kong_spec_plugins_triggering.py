@@ -338,8 +338,6 @@ async def test_a_gateway_timeout_runs_every_phase_and_its_log_sees_the_same_requ
     assert line["response"]["headers"].get(PHASE_HEADER) == "header_filter"
 
 
-@pytest.mark.xfail(strict=True, reason="the connection loop answers a head it refused (server.py _refuse, "
-                   "_answer_error) without any plugin's header or body filter")
 @pytest.mark.parametrize("status", [400, 414])
 async def test_global_filters_run_on_nginxs_client_errors(nursery, gateway, status):
     """04-plugins_triggering "executes plugins header_filter/body_filter on Nginx-produced client errors (HTTP
