@@ -673,6 +673,9 @@ def test_observability_configs_are_valid_gateway_configs():
     rates = {name: yaml.safe_load(render(by_name[name].config))["plugins"][0]["config"]["sampling_rate"]
              for name in ("gw-otel-0.01", "gw-otel-1")}
     assert rates == {"gw-otel-0.01": 0.01, "gw-otel-1": 1}
+    tracing = {name: yaml.safe_load(render(by_name[name].config))["gateway"]["tracing_instrumentations"]
+               for name in ("gw-otel-0.01", "gw-otel-1")}
+    assert tracing == {"gw-otel-0.01": "all", "gw-otel-1": "all"}  # off (Kong's default) would export nothing
     metrics = yaml.safe_load(render(by_name["gw-metrics"].config))["plugins"][0]["config"]
     assert all(metrics[k] for k in ("status_code_metrics", "latency_metrics", "bandwidth_metrics",
                                     "upstream_health_metrics"))

@@ -19,6 +19,7 @@ from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.http.net import is_ip
+from gateway.telemetry.tracing import tracing_problems
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -115,11 +116,18 @@ class GatewaySettings(Base):
     headers: list[str] | str = msgspec.field(default_factory=lambda: ["server_tokens", "latency_tokens",
                                                                       "X-Kong-Request-Id"])
     headers_upstream: list[str] | str = msgspec.field(default_factory=lambda: ["X-Kong-Request-Id"])
+    # kong.conf's: which of Kong's tracing instrumentations make spans (a list or Kong's comma-separated string; off,
+    # all, request, router, balancer; YAML's unquoted off, false, is off), and the tracer's sampling rate
+    # (gateway.telemetry.tracing; the opentelemetry plugin exports them)
+    tracing_instrumentations: list[str] | str | bool = "off"
+    tracing_sampling_rate: float = 0.01
 
     def __post_init__(self) -> None:
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
             if bad := invalid_entries(getattr(self, name), known):
                 raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")
+        if problems := tracing_problems(self.tracing_instrumentations, self.tracing_sampling_rate):
+            raise ValueError("; ".join(problems))
         for name in TEMPLATE_SETTINGS:
             if (path := getattr(self, f"error_template_{name}")) is not None:
                 try:

@@ -1,5 +1,6 @@
 """The trace context formats Kong's propagation module names w3c, b3, b3-single and jaeger (their headers; read and
-written by gateway.telemetry.propagation), trace and span ids, Kong's sampler, and a span's record.
+written by gateway.telemetry.propagation), trace and span ids, Kong's sampler, a span's record, and kong.conf's
+tracing settings (tracing_instrumentations, tracing_sampling_rate).
 
     w3c        traceparent: 00-<trace id, 32 hex>-<parent span id, 16 hex>-<flags, 2 hex; 01 = sampled>
     b3         X-B3-TraceId (16 or 32 hex), X-B3-SpanId, X-B3-ParentSpanId, X-B3-Sampled (1/0), X-B3-Flags (1)
@@ -17,7 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 W3C, B3, B3_SINGLE, JAEGER = "w3c", "b3", "b3-single", "jaeger"
-SERVER, CLIENT = 2, 3  # OTLP's SpanKind values
+INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP's SpanKind values
+ERROR = 2  # OTLP's (and Kong's span:set_status) STATUS_CODE_ERROR
 FORMATS = (W3C, B3, B3_SINGLE, JAEGER)
 # The header names each format reads and writes (lower case, as the codecs give them).
 HEADERS = {
@@ -54,12 +56,13 @@ def sample(trace_id: int, rate: float) -> bool:
 
 
 class SpanRecord:
-    """One finished span as the log step records it: ids, name, kind, times (ns since the epoch), attributes."""
+    """One finished span: ids (parent 0: none), name, kind, times (ns since the epoch), attributes, and Kong's status
+    (span:set_status: 0 unset, 2 error)."""
 
-    __slots__ = ("trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "end_ns", "attributes", "error")
+    __slots__ = ("trace_id", "span_id", "parent_id", "name", "kind", "start_ns", "end_ns", "attributes", "status")
 
     def __init__(self, trace_id: int, span_id: int, parent_id: int, name: str, kind: int, start_ns: int,
-                 end_ns: int, attributes: list[tuple[str, Any]], error: str | None = None) -> None:
+                 end_ns: int, attributes: list[tuple[str, Any]], status: int = 0) -> None:
         self.trace_id = trace_id
         self.span_id = span_id
         self.parent_id = parent_id
@@ -68,7 +71,7 @@ class SpanRecord:
         self.start_ns = start_ns
         self.end_ns = end_ns
         self.attributes = attributes
-        self.error = error  # a description when the span failed (status ERROR)
+        self.status = status
 
 
 def formats_out(inject: Iterable[str], default_format: str, found: Any) -> tuple[str, ...]:
@@ -84,3 +87,72 @@ def formats_out(inject: Iterable[str], default_format: str, found: Any) -> tuple
         if fmt not in out:
             out.append(fmt)
     return tuple(out)
+
+
+# kong.conf's tracing_instrumentations (kong.conf.default, kong/conf_loader/parse.lua, kong/observability/tracing/
+# instrumentation.lua). The gateway makes Kong's request span ("kong": on with any value but off), "kong.router" and
+# "kong.balancer"; `all` is those three. Kong's other instrumentations are refused by name, saying why.
+MADE = ("request", "router", "balancer")
+NOT_MADE = {
+    "db_query": "kong.database.query spans: the gateway has no database",
+    "dns_query": "kong.dns spans: the gateway does not trace its name resolution",
+    "http_client": "kong.internal.request spans: the gateway does not trace its plugins' own HTTP calls",
+    "plugin_rewrite": "kong.rewrite.plugin.<name> spans: the gateway has no rewrite phase and does not time each "
+                      "plugin",
+    "plugin_access": "kong.access.plugin.<name> spans: the gateway does not time each plugin",
+    "plugin_header_filter": "kong.header_filter.plugin.<name> spans: the gateway does not time each plugin",
+}
+DEFAULT_SAMPLING_RATE = 0.01  # kong.conf's tracing_sampling_rate
+
+
+def instrumentation_names(value: list[str] | str | bool) -> list[str]:
+    """A list, or kong.conf's comma-separated string, as Kong's conf_loader reads an array (items trimmed); YAML's
+    unquoted `off` (false) is off."""
+    if isinstance(value, bool):
+        return [] if value else ["off"]
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
+
+
+def tracing_problems(instrumentations: list[str] | str | bool, sampling_rate: float) -> list[str]:
+    """kong.conf's checks of the two settings (conf_loader/parse.lua, its messages), and the instrumentations the
+    gateway does not make, refused by name."""
+    names = instrumentation_names(instrumentations)
+    problems = []
+    if not names:
+        problems.append("tracing_instrumentations: expected off, all, or some of " + ", ".join(MADE))
+    for name in names:
+        if name in NOT_MADE:
+            problems.append(f"tracing_instrumentations: {name} is not supported by the gateway ({NOT_MADE[name]}); "
+                            f"it makes {', '.join(MADE)} (all)")
+        elif name not in MADE and name not in ("off", "all"):
+            problems.append(f"tracing_instrumentations: invalid tracing type: {name}")
+    if len(names) > 1 and "off" in names:
+        problems.append("tracing_instrumentations: invalid tracing types: off, other types are mutually exclusive")
+    if not 0 <= sampling_rate <= 1:
+        problems.append("tracing_sampling_rate must be between 0 and 1")
+    return problems
+
+
+class TracingSettings:
+    """What the two kong.conf settings turn on (instrumentation.lua's init): `enabled` (any value but off: Kong's
+    request span, and spans are sampled and exported), `router` and `balancer` (named, or all: Kong looks for
+    `all` first in the list only), and the tracer's sampling rate."""
+
+    __slots__ = ("enabled", "router", "balancer", "sampling_rate")
+
+    def __init__(self, instrumentations: list[str] | str | bool = "off",
+                 sampling_rate: float = DEFAULT_SAMPLING_RATE) -> None:
+        names = instrumentation_names(instrumentations) or ["off"]
+        self.enabled = names[0] != "off"
+        every = names[0] == "all"
+        self.router = self.enabled and (every or "router" in names)
+        self.balancer = self.enabled and (every or "balancer" in names)
+        self.sampling_rate = sampling_rate
+
+    @classmethod
+    def of(cls, gateway: Any) -> TracingSettings:
+        """The settings of a `gateway:` section (GatewaySettings); None: Kong's defaults (off, 0.01)."""
+        if gateway is None:
+            return cls()
+        return cls(gateway.tracing_instrumentations, gateway.tracing_sampling_rate)

@@ -42,14 +42,15 @@ def _otel(collector: EchoBackend, **config: Any) -> dict[str, Any]:
 
 
 async def _start(nursery: trio.Nursery, gateway: Any, **config: Any) -> tuple[int, EchoBackend, EchoBackend]:
-    """An echo backend behind service `svc` (route `r`, path /api) and the gateway with a global opentelemetry
-    plugin: (port, backend, collector)."""
+    """An echo backend behind service `svc` (route `r`, path /api) and the gateway, with tracing on
+    (tracing_instrumentations all, as Kong's specs run it), with a global opentelemetry plugin: (port, backend,
+    collector)."""
     backend, collector = EchoBackend(), EchoBackend("collector")
     await nursery.start(backend.serve)
     await nursery.start(collector.serve)
     port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}",
                                                [{"name": "r", "paths": ["/api"]}])],
-                          "plugins": [_otel(collector, **config)]})
+                          "plugins": [_otel(collector, **config)]}, tracing_instrumentations="all")
     return port, backend, collector
 
 

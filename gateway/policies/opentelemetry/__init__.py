@@ -1,4 +1,5 @@
-"""opentelemetry: Kong's plugin: trace context propagation (w3c, b3, b3-single, jaeger) and spans over OTLP/HTTP."""
+"""opentelemetry: Kong's plugin: trace context propagation (w3c, b3, b3-single, jaeger) and, as the gateway's
+tracing_instrumentations and tracing_sampling_rate (kong.conf's) turn them on, Kong's spans over OTLP/HTTP."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from gateway.policies.opentelemetry.handler import OpenTelemetry, OpenTelemetryWithHeader
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry.node_id import gateway_node_id
+from gateway.telemetry.tracing import TracingSettings
 
 name = "opentelemetry"
 priority = OpenTelemetry.priority
@@ -16,4 +18,4 @@ consumer_scoped = True
 
 def build(config: OpenTelemetryConfig, plugin_id: str, shared: object, gateway: Any = None) -> OpenTelemetry:
     cls = OpenTelemetryWithHeader if config.http_response_header_for_traceid else OpenTelemetry
-    return cls(config, plugin_id, gateway_node_id(gateway))
+    return cls(config, plugin_id, gateway_node_id(gateway), tracing=TracingSettings.of(gateway))

@@ -1,30 +1,40 @@
-"""Kong's opentelemetry plugin: trace context propagation in its access step, spans in its log step.
+"""Kong's opentelemetry plugin (kong/plugins/opentelemetry/traces.lua) with Kong's tracing instrumentations
+(kong/observability/tracing/instrumentation.lua), as kong.conf's tracing_instrumentations and tracing_sampling_rate
+(the gateway's settings of those names) turn them on.
 
 access: Kong's propagation (the zipkin plugin's module, gateway.telemetry.propagation: the same extractors
 and injectors): extract the caller's context (the configured formats, the first found), decide sampling as Kong's
-tracer does (a caller that said "not sampled" is not sampled; otherwise the trace id against sampling_rate), clear
-the configured headers and set the ones the injectors write, with the span id of the client span that will carry
-the request, so the upstream's spans are its children. The extracted trace id's size (64-bit b3 and jaeger), b3's
-debug flag and jaeger's baggage go on as Kong's injectors write them.
+get_inject_ctx does, clear the configured headers and set the ones the injectors write. With tracing off (Kong's
+default) the plugin only propagates: the context carries a span of its own (Kong's propagation-only root span, never
+exported) and is never sampled. Otherwise the request's trace is sampled as Kong's tracer decides (a caller that said
+"not sampled" is not; otherwise the trace id against sampling_rate, else tracing_sampling_rate), and the span sent
+upstream is the last balancer try's with the balancer instrumentation, else the request span; so the upstream's
+spans are its children. The extracted trace id's size (64-bit b3 and jaeger), b3's debug flag and jaeger's baggage go
+on as Kong's injectors write them.
 
 A request answered before this step ran (401 from an authentication plugin, 404 no route) has the trace Kong's
-request instrumentation started for it: a new trace id, no parent.
+request instrumentation started for it (with tracing on): a new trace id, no parent, sampled at
+tracing_sampling_rate; with tracing off it has none (no trace id header, no spans).
 
-log: for a sampled request, one SERVER span for the request and one CLIENT span per upstream try (the last one
-is the span that was propagated), with OpenTelemetry's HTTP semantic conventions; the records go to the plugin's
-queue, whose task encodes them (opentelemetry-proto) and exports batches over OTLP/HTTP. Nothing is built for an
-unsampled request beyond its ids and headers.
+log: for a sampled request, Kong's spans: "kong" (SERVER, the request), "kong.router" (INTERNAL) and a "kong.balancer"
+span (CLIENT) per upstream try, as the instrumentations turned on make them, with Kong's attributes. One queue entry
+per span (Kong's batches count spans); the queue's task builds and encodes them (opentelemetry-proto) from the
+finished request and exports batches over OTLP/HTTP. Nothing is built for an unsampled request beyond its ids and
+headers.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from functools import lru_cache
 from typing import Any
 
 from gateway import __version__
 from gateway.http.codec import Headers
-from gateway.http.server import Exchange
+from gateway.http.server import REFUSED, Exchange
 from gateway.metrics import wall_offset
+from gateway.pipeline.headers import nginx_host
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.propagation import (
@@ -42,9 +52,12 @@ from gateway.telemetry.sender import Endpoint, HttpSender
 from gateway.telemetry.tracing import (
     B3_SINGLE,
     CLIENT,
+    ERROR,
+    INTERNAL,
     SERVER,
     W3C,
     SpanRecord,
+    TracingSettings,
     new_span_id,
     new_trace_id,
     sample,
@@ -52,30 +65,36 @@ from gateway.telemetry.tracing import (
 
 log = logging.getLogger("gateway.telemetry")
 
-DEFAULT_SAMPLING_RATE = 0.01  # kong.conf's tracing_sampling_rate, which applies when the plugin sets none
 STATE_KEY = "opentelemetry"
-_OUTCOMES = {-1: "connect_failure", -2: "timeout", 0: "error"}
+SERVER_NAME = "kong"  # Kong's nginx server_name: nginx's $host for a request without a Host
+CLIENT_CLOSED = 499  # nginx's: the client left before the response (Kong's header_filter did not run)
+_TIMEOUT = -2  # a try's code when it timed out (gateway.pipeline.forward)
 
 
 class Trace:
     """One request's trace: its ids (the trace id's size as it came: 8 or 16 bytes, 0 when the plugin started it),
-    whether it is sampled, and the formats its context went upstream in (none: not propagated)."""
+    whether it is sampled, and the formats its context went upstream in (none: not propagated). `root_id`: the
+    request span's id (with tracing off, Kong's propagation-only root span's; drawn when first needed if the balancer
+    span is the one sent upstream); `balancer_id`: the balancer span Kong creates ahead of the proxying (the last
+    try's; 0 without the balancer instrumentation)."""
 
-    __slots__ = ("trace_id", "size", "parent_id", "server_id", "client_id", "sampled", "formats")
+    __slots__ = ("trace_id", "size", "parent_id", "root_id", "balancer_id", "sampled", "formats")
 
-    def __init__(self, trace_id: int, size: int, parent_id: int, sampled: bool) -> None:
+    def __init__(self, trace_id: int, size: int, parent_id: int, sampled: bool, balancer: bool = False) -> None:
         self.trace_id = trace_id
         self.size = size
         self.parent_id = parent_id  # the caller's span (0: this request starts the trace)
-        self.server_id = 0  # the request's own span: drawn when something needs it (a sampled trace, b3, jaeger)
-        self.client_id = new_span_id()  # the last upstream try's span: the one propagated upstream
+        if balancer:  # the span sent upstream is the balancer's: the request span's id is drawn when needed
+            self.balancer_id, self.root_id = new_span_id(), 0
+        else:
+            self.balancer_id, self.root_id = 0, new_span_id()
         self.sampled = sampled
         self.formats: tuple[str, ...] = ()
 
-    def server(self) -> int:
-        if not self.server_id:
-            self.server_id = new_span_id()
-        return self.server_id
+    def root(self) -> int:
+        if not self.root_id:
+            self.root_id = new_span_id()
+        return self.root_id
 
     def serialized(self) -> dict[str, str] | None:
         """Kong's serialized trace_id (propagation.propagate): the trace id as each injected format carried it."""
@@ -105,14 +124,20 @@ class OpenTelemetry:
     entries = False  # its log step takes the raw facts (gateway.telemetry.phase)
 
     def __init__(self, config: OpenTelemetryConfig, plugin_id: str, node_id: str = "",
-                 queues: Queues = QUEUES) -> None:
+                 queues: Queues = QUEUES, tracing: TracingSettings | None = None) -> None:
         from gateway.telemetry import otlp  # protobuf: only where the plugin is configured
 
         self.otlp = otlp
+        tracing = tracing if tracing is not None else TracingSettings()
+        self.enabled = tracing.enabled  # kong.conf's tracing_instrumentations is not off
+        self.router = tracing.router
+        self.balancer = tracing.balancer
+        self.global_rate = tracing.sampling_rate  # Kong's tracer: a request the access step did not see
         self.params = _params(config)
         self.extract = self.params.extract
         self.clear = self.params.clear
-        self.rate = config.sampling_rate if config.sampling_rate is not None else DEFAULT_SAMPLING_RATE
+        # Kong's get_sampling_decision: the plugin's rate, else tracing_sampling_rate
+        self.rate = config.sampling_rate if config.sampling_rate is not None else tracing.sampling_rate
         self.new_formats = formats_for(self.params, None)  # what a request without a trace context gets: decided once
         self.w3c_only = self.new_formats == (W3C,) and not self.clear
         header = config.http_response_header_for_traceid
@@ -131,7 +156,7 @@ class OpenTelemetry:
         # Kong names the queue after the plugin instance; ours also after where it sends (an instance without an
         # id is named after its scope, which two configs may share)
         self.queue: BatchQueue = queues.queue_for(f"opentelemetry:{plugin_id}:{config.traces_endpoint}:traces",
-                                                  config.queue, self.send, otlp.span_message, settings=config)
+                                                  config.queue, self.send, self.format, settings=config)
 
     # ---- access: propagation ------------------------------------------------------------------------------------
 
@@ -141,9 +166,9 @@ class OpenTelemetry:
         values = scan(headers, TRACE_HEADERS)
         if values is None and self.w3c_only:  # the common case, without a call per header format
             trace_id = new_trace_id()
-            trace = Trace(trace_id, 0, 0, sample(trace_id, self.rate))
+            trace = Trace(trace_id, 0, 0, self.enabled and sample(trace_id, self.rate), self.balancer)
             trace.formats = self.new_formats
-            headers.append((b"traceparent", b"00-%032x-%016x-%s" % (trace.trace_id, trace.client_id,
+            headers.append((b"traceparent", b"00-%032x-%016x-%s" % (trace_id, trace.balancer_id or trace.root_id,
                                                                     b"01" if trace.sampled else b"00")))
         else:
             found = extract(values, headers, self.extract) if values is not None and self.extract else None
@@ -158,7 +183,8 @@ class OpenTelemetry:
 
     def _trace(self, found: Context | None) -> Trace:
         """Kong's get_inject_ctx: the caller's trace id (else a new one), the caller's span as the request span's
-        parent, and the tracer's sampling decision (get_sampling_decision) with the plugin's rate."""
+        parent, and the sampling decision: never with tracing off (the propagation-only root span), else the
+        tracer's get_sampling_decision with the plugin's rate."""
         if found is None or found.trace_id is None:
             trace_id, size = new_trace_id(), 0
         else:
@@ -166,124 +192,198 @@ class OpenTelemetry:
         parent = 0
         if found is not None:
             parent = found.span_id if found.span_id is not None else found.parent_id or 0
-        sampled = False if found is not None and found.sampled is False else sample(trace_id, self.rate)
-        return Trace(trace_id, size, parent, sampled)
+        sampled = self.enabled and not (found is not None and found.sampled is False) and sample(trace_id, self.rate)
+        return Trace(trace_id, size, parent, sampled, self.balancer)
 
     def _propagate(self, ex: Exchange, trace: Trace, found: Context | None, present: bool) -> None:
         """Kong's propagation.propagate after extraction: clear the configured headers, then set each header the
-        injectors write (a tracing header of a format not written is left as it came)."""
+        injectors write (a tracing header of a format not written is left as it came). The span sent is the
+        pre-created balancer span (its parent the request span), else the request (or root) span, whose parent is
+        the caller's span."""
         formats = self.new_formats if found is None else formats_for(self.params, found)
         trace.formats = formats
         out: Headers = []
         flags = baggage = None
         if found is not None:  # what Kong's inject context keeps of the extracted one
             flags, baggage = found.flags, found.baggage
+        span_id = trace.balancer_id or trace.root_id
+        parent_id: int | None = trace.root() if trace.balancer_id else trace.parent_id or None
         for fmt in formats:
-            out += inject(fmt, trace.trace_id, trace.size, trace.client_id, None if fmt == W3C else trace.server(),
-                          trace.sampled, flags, baggage)
+            out += inject(fmt, trace.trace_id, trace.size, span_id, None if fmt == W3C else parent_id, trace.sampled,
+                          flags, baggage)
         req = ex.request
         if present or self.clear:
             drop = self.clear.union(name for name, _ in out)
             req.headers = [hv for hv in req.headers if hv[0] not in drop]
         req.headers += out
 
-    def current(self, ex: Exchange) -> Trace:
-        """The request's trace; for a request the access step did not see, the one Kong's request instrumentation
-        started for it: a new trace id, no parent (its headers are not read). Kong samples it at kong.conf's
-        tracing_sampling_rate, which the gateway does not have: the plugin's rate stands for it."""
+    def current(self, ex: Exchange) -> Trace | None:
+        """The request's trace; for a request the access step did not see, with tracing on, the one Kong's request
+        instrumentation started for it: a new trace id, no parent (its headers are not read), sampled at
+        tracing_sampling_rate. With tracing off such a request has none."""
         state = ex.state
         trace = state.get(STATE_KEY) if state is not None else None
-        if trace is None:
-            trace_id = new_trace_id()
-            trace = Trace(trace_id, 0, 0, sample(trace_id, self.rate))
-            if state is None:
-                ex.state = {STATE_KEY: trace}
-            else:
-                state[STATE_KEY] = trace
+        if trace is None and self.enabled:
+            trace = self._started(ex)
+        return trace
+
+    def _started(self, ex: Exchange) -> Trace:
+        """The trace Kong's request instrumentation starts (tracing on), kept for the request."""
+        trace_id = new_trace_id()
+        trace = Trace(trace_id, 0, 0, sample(trace_id, self.global_rate))
+        state = ex.state
+        if state is None:
+            ex.state = {STATE_KEY: trace}
+        else:
+            state[STATE_KEY] = trace
         return trace
 
     # ---- log: spans ---------------------------------------------------------------------------------------------
 
     def log(self, ex: Exchange, started: float, ended: float, status: int) -> None:
-        trace = self.current(ex)
-        if not trace.sampled:
+        state = ex.state
+        trace = state.get(STATE_KEY) if state is not None else None
+        if trace is None:
+            # tracing off: no trace (Kong's plugin only propagates); nginx's own error page: Kong's rewrite phase,
+            # where the request span starts, never ran
+            if not self.enabled or (state is not None and REFUSED in state):
+                return
+            trace = self._started(ex)
+        if not trace.sampled:  # with tracing off, never
             return
-        wall = wall_offset()
+        report = _Report(self, trace, ex, started, ended, status)
         put = self.queue.put
-        put(self._server_span(ex, started, ended, status, trace, wall))
-        tries = ex.tries
-        if tries:
-            last = len(tries) - 1
-            for i, attempt in enumerate(tries):
-                put(self._client_span(ex, ended, status, trace, attempt, i,
-                                      trace.client_id if i == last else new_span_id(), wall))
+        for i in range(report.count):
+            put((report, i))
 
-    def _server_span(self, ex: Exchange, started: float, ended: float, status: int, trace: Trace,
-                     wall: float) -> SpanRecord:
-        req = ex.request
-        method = req.method.decode("latin-1")
-        path, _, query = req.target.decode("latin-1").partition("?")
-        host = user_agent = None
-        for header, value in req.headers:
-            if header == b"host":
-                host = value.decode("latin-1")
-            elif header == b"user-agent":
-                user_agent = value.decode("latin-1")
-        address, port = host, None
-        if host and not host.endswith("]") and ":" in host:
-            address, _, p = host.rpartition(":")
-            port = int(p) if p.isdigit() else None
-        route = ex.route
-        http_route = route.facts.http_route if route is not None else ""
-        attributes: list[tuple[str, Any]] = [
-            ("http.request.method", method), ("url.scheme", ex.conn.scheme.decode()), ("url.path", path),
-            ("url.query", query or None), ("server.address", address), ("server.port", port),
-            ("client.address", ex.client_ip), ("network.peer.address", ex.peer_ip),
-            ("network.protocol.version", req.http_version.decode()), ("user_agent.original", user_agent),
-            ("http.route", http_route or None), ("http.response.status_code", status),
-            ("gateway.request.id", ex.request_id.decode("latin-1") or None),
-        ]
-        error = None
-        if status >= 500:
-            error = str(status)
-            attributes.append(("error.type", error))
-        name = f"{method} {http_route}" if http_route else method
-        return SpanRecord(trace.trace_id, trace.server(), trace.parent_id, name, SERVER,
-                          round((started + wall) * 1e9), round((ended + wall) * 1e9), attributes, error)
-
-    def _client_span(self, ex: Exchange, ended: float, status: int, trace: Trace, attempt: Any, index: int,
-                     span_id: int, wall: float) -> SpanRecord:
-        method = ex.request.method.decode("latin-1")
-        host, port = attempt.target.key
-        code = attempt.code or (status if attempt.head_at else 0)
-        attributes: list[tuple[str, Any]] = [
-            ("http.request.method", method), ("server.address", host), ("server.port", port),
-            ("network.peer.address", host), ("url.full", f"http://{attempt.target.name}"
-                                                         f"{attempt.uri.decode('latin-1')}"),
-            ("http.response.status_code", code if code > 0 else None),
-            ("http.request.resend_count", index or None),
-        ]
-        error = None
-        if code <= 0:
-            error = _OUTCOMES.get(code, "error")
-        elif code >= 400:
-            error = str(code)
-        if error is not None:
-            attributes.append(("error.type", error))
-        end = attempt.ended or ended
-        return SpanRecord(trace.trace_id, span_id, trace.server(), method, CLIENT,
-                          round((attempt.started + wall) * 1e9), round((end + wall) * 1e9), attributes, error)
+    def format(self, item: tuple[_Report, int]) -> Any:
+        """One span as a protobuf Span (the queue's formatter: runs in the queue's task, off the request path)."""
+        report, i = item
+        return report.span(i)
 
     async def send(self, batch: list[Any]) -> None:
         """One batch of encoded spans as an OTLP/HTTP export."""
         otlp = self.otlp
-        await self.sender.send(otlp.export_request(batch, self.resource, __version__), self.content_type)
+        await self.sender.send(otlp.export_request(batch, self.resource), self.content_type)
 
 
 class OpenTelemetryWithHeader(OpenTelemetry):
     """The plugin with http_response_header_for_traceid: Kong's header_filter adds the trace id to every response
-    the request gets, also one answered before the access step (a route's plugins without it pay nothing)."""
+    the request gets, also one answered before the access step when tracing is on (a route's plugins without it pay
+    nothing)."""
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        headers.append((self.response_header, b"%032x" % self.current(ex).trace_id))
+        trace = self.current(ex)
+        if trace is not None:
+            headers.append((self.response_header, b"%032x" % trace.trace_id))
         return headers
+
+
+class _Report:
+    """A sampled request's spans, built and encoded together when the queue's task formats the first of them; the
+    finished Exchange is held until then (what it reads is final once the response is sent). Kong's order: the
+    request span, the router span, a balancer span per try."""
+
+    __slots__ = ("plugin", "trace", "ex", "started", "ended", "status", "count", "tries", "encoded")
+
+    def __init__(self, plugin: OpenTelemetry, trace: Trace, ex: Exchange, started: float, ended: float,
+                 status: int) -> None:
+        self.plugin = plugin
+        self.trace = trace
+        self.ex: Exchange | None = ex
+        self.started = started
+        self.ended = ended
+        self.status = status
+        route = ex.route
+        # Kong's balancer spans: a try each, for a request that reached the balancer (its balancer_data)
+        self.tries = len(ex.tries or ()) if plugin.balancer and route is not None and route.service is not None \
+            else 0
+        self.count = 1 + plugin.router + self.tries
+        self.encoded: list[Any] | None = None
+
+    def span(self, i: int) -> Any:
+        encoded = self.encoded
+        if encoded is None:
+            ex = self.ex
+            assert ex is not None
+            self.ex = None
+            message = self.plugin.otlp.span_message
+            encoded = self.encoded = [message(record) for record in self.records(ex)]
+        return encoded[i]
+
+    def records(self, ex: Exchange) -> list[SpanRecord]:
+        trace, status = self.trace, self.status
+        wall = wall_offset()
+        start = round((self.started + wall) * 1e9)
+        end = round((self.ended + wall) * 1e9)
+        out = [request_span(ex, trace, start, end, status)]
+        if self.plugin.router:
+            # Kong's kong.router: the router's run, an error when no route matched. The gateway routes first thing
+            # and does not time its router apart: the span starts and ends with the request's start.
+            out.append(SpanRecord(trace.trace_id, new_span_id(), trace.root(), "kong.router", INTERNAL, start, start,
+                                  [], ERROR if ex.route is None and status == 404 else 0))
+        if self.tries:
+            out += balancer_spans(ex, trace, end, status, wall)
+        return out
+
+
+def request_span(ex: Exchange, trace: Trace, start: int, end: int, status: int) -> SpanRecord:
+    """Kong's request span (instrumentation.lua _M.request, and what runloop_before_header_filter adds)."""
+    req = ex.request
+    scheme = ex.conn.scheme.decode()
+    host = nginx_host(req.host).decode("latin-1") if req.host else SERVER_NAME  # nginx's $host
+    version = req.http_version.decode()
+    attributes: list[tuple[str, Any]] = [
+        ("http.method", ex.request_line_method().decode("latin-1")),
+        ("http.url", f"{scheme}://{host}{ex.request_uri().decode('latin-1')}"),
+        ("http.host", host), ("http.scheme", scheme),
+        ("http.flavor", version if "." in version else f"{version}.0"),  # Kong's "%.1f" of the version
+        ("http.client_ip", ex.client_ip), ("net.peer.ip", ex.peer_ip),
+        ("kong.request.id", ex.request_id.decode("latin-1")),
+    ]
+    if status != CLIENT_CLOSED:  # set in Kong's header_filter, which a request whose client left never reaches
+        route = ex.route
+        attributes += [("http.status_code", status),
+                       ("http.route", route.facts.http_route if route is not None else "")]  # route.paths[1] or ""
+    return SpanRecord(trace.trace_id, trace.root(), trace.parent_id, "kong", SERVER, start, end, attributes)
+
+
+def balancer_spans(ex: Exchange, trace: Trace, end: int, status: int, wall: float) -> list[SpanRecord]:
+    """Kong's kong.balancer spans (instrumentation.lua _M.balancer), children of the request span: a try that
+    failed has its status code and the error status (every try but the last; the last when all the retries were
+    used and the response is a 5xx, as Kong's header_filter marks it); the last try's is the span propagated
+    upstream, ending with the response. net.peer.name is Kong's balancer_data.hostname (the last try's)."""
+    tries = ex.tries or []
+    route = ex.route
+    retries = route.service.retries if route is not None and route.service is not None else 0
+    last = len(tries)
+    final = tries[-1]
+    hostname = final.group.host_header or final.target.target
+    out = []
+    for i, attempt in enumerate(tries, 1):
+        host, port = attempt.target.key
+        attributes: list[tuple[str, Any]] = [("try_count", i), ("net.peer.ip", _ip(host)), ("net.peer.port", port)]
+        failed = i < last or (status > 499 and last > retries)
+        if failed:
+            code = attempt.code
+            attributes.append(("http.status_code", status if i == last else 504 if code == _TIMEOUT
+                               else code if code > 0 else 502))
+        attributes.append(("net.peer.name", hostname))
+        started = round((attempt.started + wall) * 1e9)
+        if i == last and not failed:
+            span_id, finished = trace.balancer_id or new_span_id(), end
+        else:  # Kong's: the balancer's latency and the connect time; the gateway's: until the try ended
+            span_id, finished = new_span_id(), round((attempt.ended + wall) * 1e9) if attempt.ended else end
+        out.append(SpanRecord(trace.trace_id, span_id, trace.root(), "kong.balancer", CLIENT, started,
+                              max(finished, started), attributes, ERROR if failed else 0))
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _ip(host: str) -> str | None:
+    """A try's address; None for a host name (the gateway does not record the address it resolved, where Kong's
+    balancer has it)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None

@@ -59,7 +59,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     http_response_header_for_traceid: str | None = None
     header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "gcp",
                          "datadog", "instana"] = "preserve"
-    sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # unset: kong.conf's default, 0.01
+    sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # unset: gateway.tracing_sampling_rate
     propagation: Propagation = msgspec.field(default_factory=Propagation)
 
     def __post_init__(self) -> None:
