@@ -60,6 +60,12 @@ Handler = Callable[[list[Any]], Awaitable[None]]  # sends a batch; raises (any E
 Formatter = Callable[[Any], Any]
 
 
+def _size(entry: Any) -> int:
+    """An entry's bytes for max_bytes: a string's length; other entries (the opentelemetry plugin's spans) are not
+    counted, as Kong's queue counts only string entries."""
+    return len(entry) if type(entry) is bytes or type(entry) is str else 0
+
+
 class BatchQueue:
     """One named queue: `put` from the log phase, `run` in the worker's telemetry nursery."""
 
@@ -106,14 +112,14 @@ class BatchQueue:
                     continue
             entries.append(item)
             if config.max_bytes is not None:
-                self._bytes += len(item)
+                self._bytes += _size(item)
         dropped = 0
         while len(entries) > config.max_entries or (config.max_bytes is not None and self._bytes > config.max_bytes
                                                     and len(entries) > 1):
             old = entries.popleft()
             dropped += 1
             if config.max_bytes is not None:
-                self._bytes -= len(old)
+                self._bytes -= _size(old)
         if dropped:
             RECORDER.count(DROPPED, (self.name, "full"), dropped)
             self._dropped += dropped
@@ -127,7 +133,7 @@ class BatchQueue:
         n = 1 if self.config.concurrency_limit == -1 else min(self.config.max_batch_size, len(entries))
         batch = [entries.popleft() for _ in range(n)]
         if self.config.max_bytes is not None:
-            self._bytes -= sum(len(e) for e in batch)
+            self._bytes -= sum(_size(e) for e in batch)
         if entries:
             self._first_at = trio.current_time()  # the rest waits its own coalescing delay from now
         return batch

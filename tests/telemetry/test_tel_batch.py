@@ -191,6 +191,22 @@ async def test_max_bytes_bounds_formatted_entries(nursery, autojump):
     assert len(queue) == 2  # "aaaa" in flight; of the rest only 8 bytes fit in 10
 
 
+async def test_max_bytes_does_not_count_entries_that_are_not_strings(nursery, autojump):
+    """kong/tools/queue.lua: only string entries have a size; others (opentelemetry's spans) are queued uncounted."""
+    sink = Collector()
+    sink.down = True
+    queue = BatchQueue("spans", QueueConfig(max_bytes=10, initial_retry_delay=100, max_retry_time=1000,
+                                            max_retry_delay=100), sink, formatter=lambda x: object())
+    await _run(queue, nursery)
+    for item in range(4):
+        queue.put(item)
+        await trio.sleep(0.01)
+    assert len(queue) == 3  # one in flight, three waiting: none dropped, the task still running
+    queue.put(5)
+    await trio.sleep(0.01)
+    assert len(queue) == 4
+
+
 @pytest.mark.parametrize(("queue_size", "flush_timeout", "expected"), [
     (None, None, (1, 1.0)), (7, 3, (7, 3)), (1, 2, (1, 1.0)),  # the old defaults change nothing
     (1, 0, (1, 0)), (5, 2, (5, 1.0)),
