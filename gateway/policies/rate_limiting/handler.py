@@ -201,7 +201,6 @@ class RateLimiting:
         if rpc_id is NOT_RPC:
             await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
             return True
-        ex.close_after = not ex.request_done
         await ex.respond(self.error_code, error_response(rpc_id, RATE_LIMITED, self.error_message,
                                                          {"retry_after": decision.retry_after}))
         return True

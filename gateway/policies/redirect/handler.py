@@ -111,7 +111,6 @@ class Redirect:
             path, _, query = ex.request.target.partition(b"?")
             location = self.origin + url_path(normalize_path(path), self.special) + \
                 url_query(query, self.special) + self.fragment
-        ex.close_after = ex.close_after or not ex.request_done
         await ex.send_head(self.status, [(b"location", location), (b"content-length", b"%d" % len(BODY))], BODY,
                            end=True)
         return True

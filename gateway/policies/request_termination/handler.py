@@ -101,7 +101,6 @@ class RequestTermination:
             if content_type is not None:
                 headers.append((b"content-type", content_type))
             headers.append((b"content-length", b"%d" % len(body)))
-        ex.close_after = ex.close_after or not ex.request_done
         await ex.send_head(self.status, headers, body, end=True)
 
     async def _echo(self, ex: Exchange) -> dict[str, Any]:

@@ -83,7 +83,6 @@ class SessionPolicy:
         if await self._is_logout(ex):
             session.logout(now)
             _keep(ex, _Request(session, False))
-            ex.close_after = ex.close_after or not ex.request_done
             await ex.send_head(200, [(b"content-length", b"0")], b"", end=True)
             return True
         data = session.get_data()
