@@ -391,8 +391,10 @@ class Forwarder:
                 await ex.send_head(status, headers, first, end=True, reason=response.reason)
                 ok = True
                 return
-            if not done and ex.phases is not None and ex.phases.buffers(ex, response.status, headers):
-                first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)  # a body filter's
+            if not done and edit is None and (phases := ex.phases) is not None:  # a body filter's, whole?
+                status, filtered, exited = phases.filter_head(ex, response.status, headers)  # (as Kong, once the
+                if not exited and phases.buffers(ex, status, filtered):  # header filters ran: send_head's filter
+                    first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)  # skips them)
             splitter = None
             if edit is not None:  # an event stream: the gateway's errors first, then whole events, edited
                 headers = [hv for hv in headers if hv[0] != b"content-length"]

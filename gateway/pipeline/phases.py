@@ -29,6 +29,7 @@ from gateway.http.timers import Phase
 log = logging.getLogger("gateway.phases")
 
 RESPONSE_BODY_LIMIT = 8 * 1024 * 1024  # bytes of an upstream body a body filter may hold in memory
+_HEAD_FILTERED = "head_filtered"  # ex.state: what filter_head made of the response head, for send_head's filter
 
 
 class Exit(Exception):  # noqa: N818 - named for Kong's kong.response.exit
@@ -85,21 +86,17 @@ class ResponsePhases:
 
     def filter(self, ex: Exchange, status: int, headers: Headers, body: bytes,
                end: bool) -> tuple[int, Headers, bytes, bool]:
-        """Run the header filters, then (when `body` is the whole body) the body filters; called by
-        Exchange.send_head just before the head is written. Returns the (status, headers, body, end) to send: those
-        given, filtered, or a header filter's Exit (its status, no body, the end). Headers a policy set in access
-        (Exchange.set_response_header) go in first, as Kong's do."""
+        """Run the header filters (unless `filter_head` ran them), then (when `body` is the whole body) the body
+        filters; called by Exchange.send_head just before the head is written. Returns the (status, headers, body,
+        end) to send: those given, filtered, or a header filter's Exit (its status, no body, the end)."""
         state = ex.state
-        if state and (headers_set := state.pop(HEADERS_SET, None)):
-            names = {name for name, _ in headers_set}
-            headers = [hv for hv in headers if hv[0] not in names] + headers_set
-        try:
-            for f in self.header_filters:
-                headers = f.header_filter(ex, status, headers)
-        except Exit as e:
-            headers = [hv for hv in e.headers if hv[0] != b"content-length" and hv[0] != b"transfer-encoding"]
-            headers.append((b"content-length", b"0"))
-            return e.status, headers, b"", True
+        early = state.pop(_HEAD_FILTERED, None) if state else None
+        if early is not None and early[0] is headers:  # (another answer in its place, an error, runs them anew)
+            status, headers, exited = early[1]
+        else:
+            status, headers, exited = self._header_filters(ex, status, headers)
+        if exited:
+            return status, headers, b"", True
         if end and self.body_filters and ex.request.method != b"HEAD":
             new = body
             for f in self.body_filters:
@@ -110,6 +107,34 @@ class ResponsePhases:
                 headers.append((b"content-length", b"%d" % len(new)))
                 body = new
         return status, headers, body, end
+
+    def filter_head(self, ex: Exchange, status: int, headers: Headers) -> tuple[int, Headers, bool]:
+        """Run the header filters ahead of Exchange.send_head (which then does not run them again, given the same
+        `headers` list): the forwarder
+        decides from the headers as they made them whether a body filter needs the upstream's body whole, as Kong's
+        body filters decide in header_filter after the plugins of higher priority. (status, headers, whether a
+        filter's Exit answers in the response's place)."""
+        result = self._header_filters(ex, status, headers)
+        if ex.state is None:
+            ex.state = {}
+        ex.state[_HEAD_FILTERED] = (headers, result)
+        return result
+
+    def _header_filters(self, ex: Exchange, status: int, headers: Headers) -> tuple[int, Headers, bool]:
+        """The header filters, headers a policy set in access (Exchange.set_response_header) going in first, as
+        Kong's do: (status, headers, exited), a filter's Exit giving its status and Content-Length: 0."""
+        state = ex.state
+        if state and (headers_set := state.pop(HEADERS_SET, None)):
+            names = {name for name, _ in headers_set}
+            headers = [hv for hv in headers if hv[0] not in names] + headers_set
+        try:
+            for f in self.header_filters:
+                headers = f.header_filter(ex, status, headers)
+        except Exit as e:
+            headers = [hv for hv in e.headers if hv[0] != b"content-length" and hv[0] != b"transfer-encoding"]
+            headers.append((b"content-length", b"0"))
+            return e.status, headers, True
+        return status, headers, False
 
     def buffers(self, ex: Exchange, status: int, headers: Headers) -> bool:
         """Whether an upstream response must be read whole before its head goes out (a body filter wants it)."""

@@ -161,7 +161,6 @@ async def test_the_cache_headers_set_in_access_reach_earlier_header_filters(nurs
 
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline: whether to read a body whole is asked before the header filters")
 async def test_a_response_made_cacheable_by_an_earlier_header_filter_is_stored(nursery, gateway):
     """handler.lua decides in header_filter, after the header filters of plugins of higher priority, and its
     body_filter then buffers the body (kong.response.get_raw_body): a streamed response that response-transformer
