@@ -34,7 +34,7 @@ from gateway.policies.consumers import Directory
 from gateway.policies.jwt.keys import check_keys
 from gateway.routing import Router, RouteSpec
 from gateway.telemetry.entities import RouteFacts
-from gateway.tls_runtime import compile_client_tls, compile_server_tls
+from gateway.tls_runtime import compile_client_ssl, compile_client_tls, compile_server_tls
 
 log = logging.getLogger("gateway.runtime")
 
@@ -261,7 +261,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     None when only validating (check-config) or in the keeper."""
     errors: list[str] = []
     groups = {up.name: _group(up, config, errors) for up in config.upstreams}
-    services = {svc.name: _service(svc, groups, errors, compile_client_tls(svc, config, errors))
+    client_ssl = compile_client_ssl(config, errors)  # kong.conf's client certificate for every https upstream
+    services = {svc.name: _service(svc, groups, errors, compile_client_tls(svc, config, errors, client_ssl))
                 for svc in config.services}
     server_tls = compile_server_tls(config, errors)
     consumers = Directory(config)

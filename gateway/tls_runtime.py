@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.config.loader import path_of
-from gateway.config.schema import Service
+from gateway.config.schema import Service, Upstream
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, certificate_key, listen_flags, ref_id
 from gateway.http.tls_contexts import (
     ClientTls,
@@ -125,8 +125,63 @@ def is_https(svc: Service) -> bool:
     return svc.protocol == "https" or (svc.url is not None and urlsplit(svc.url).scheme == "https")
 
 
-def compile_client_tls(svc: Service, config: Config, errors: list[str]) -> ClientTls | None:
-    """How an https service speaks TLS to its targets; None for http."""
+def compile_client_ssl(config: Config, errors: list[str]) -> tuple[str, str] | None:
+    """kong.conf's client_ssl: the (certificate, key) PEM pair of client_ssl_cert / client_ssl_cert_key (each a file,
+    the PEM text or its base64), presented to upstreams when neither the service nor its upstream names a
+    client_certificate; None when client_ssl is off or the pair is broken (which is appended to `errors` with Kong's
+    messages, kong/conf_loader/parse.lua)."""
+    gw = config.gateway
+    if not gw.client_ssl:
+        return None
+    cert, key = gw.client_ssl_cert, gw.client_ssl_cert_key
+    if cert is None and key is None:
+        # Kong generates no client certificate: its nginx would fail to load proxy_ssl_certificate NONE
+        errors.append("gateway.client_ssl: set gateway.client_ssl_cert and gateway.client_ssl_cert_key (the "
+                      "certificate presented to upstreams)")
+        return None
+    if key is None:
+        errors.append("gateway.client_ssl_cert_key must be specified")
+    elif cert is None:
+        errors.append("gateway.client_ssl_cert must be specified")
+    before = len(errors)
+    pair = [_client_ssl_pem(value, f"gateway.client_ssl_{name}", kind, errors)
+            for value, name, kind in ((cert, "cert", "certificate"), (key, "cert_key", "key")) if value is not None]
+    if len(errors) > before or cert is None or key is None:
+        return None
+    try:
+        ClientTls(False, (), (pair[0], pair[1]), "gateway.client_ssl_cert")  # the certificate and key checked once
+    except ValueError as e:
+        errors.append(str(e))
+        return None
+    return pair[0], pair[1]
+
+
+def _client_ssl_pem(value: str, what: str, kind: str, errors: list[str]) -> str:
+    """A file's text, else the value if it is PEM, else its base64 decoded (kong/conf_loader/parse.lua's
+    try_decode_base64); Kong's message ("failed loading certificate from ...") for a value that gives no PEM."""
+    if os.path.exists(value):
+        try:
+            return read_pem_file(value, what)
+        except ValueError as e:
+            errors.append(str(e))
+            return ""
+    pem = value
+    if "-----BEGIN " not in pem:
+        try:
+            pem = base64.b64decode(value, validate=True).decode("ascii")
+        except (binascii.Error, ValueError):
+            pass
+    if "-----BEGIN " + ("CERTIFICATE" if kind == "certificate" else "") not in pem:
+        shown = "the PEM text given" if "-----BEGIN " in pem else value  # (never key material in a message)
+        errors.append(f"{what}: failed loading {kind} from {shown}")
+    return pem
+
+
+def compile_client_tls(svc: Service, config: Config, errors: list[str],
+                       client_ssl: tuple[str, str] | None = None) -> ClientTls | None:
+    """How an https service speaks TLS to its targets; None for http. The certificate presented is the service's
+    client_certificate, else its upstream's (kong/runloop/upstream_ssl.lua), else `client_ssl`'s
+    (compile_client_ssl: nginx's proxy_ssl_certificate)."""
     if not is_https(svc):
         return None
     where = path_of(svc)
@@ -140,14 +195,24 @@ def compile_client_tls(svc: Service, config: Config, errors: list[str]) -> Clien
         if found is None or _ca_problem(found[1], found[0]) is not None:
             continue  # reported by the loader, or by compile_server_tls (once, however many services name it)
         ca_pems.append(found[1].cert)
-    pair = None
-    client = ref_id(svc.client_certificate)
-    if client is not None:
-        for i, cert in enumerate(config.certificates):
-            if certificate_key(cert, i) == client:
-                pair = (cert.cert, cert.key)
+    pair, what = client_ssl, "gateway.client_ssl_cert"
+    upstream = _upstream_of(svc, config)
+    owners: list[Service | Upstream] = [svc] if upstream is None else [svc, upstream]
+    for owner in owners:
+        client = ref_id(owner.client_certificate)
+        if client is not None:  # (one that does not exist: the loader says so)
+            named = [(c.cert, c.key) for i, c in enumerate(config.certificates) if certificate_key(c, i) == client]
+            pair, what = (named[0] if named else None), f"{path_of(owner)}.client_certificate"
+            break
     try:
-        return ClientTls(bool(svc.tls_verify), ca_pems, pair, where)
+        return ClientTls(bool(svc.tls_verify), ca_pems, pair, what)
     except ValueError as e:
-        errors.append(str(e))
+        if str(e) not in errors:  # an upstream's, once however many services use it
+            errors.append(str(e))
         return None
+
+
+def _upstream_of(svc: Service, config: Config) -> Upstream | None:
+    """The upstream a service's host names, found as gateway.runtime finds it (None: the host is a target)."""
+    host = urlsplit(svc.url).hostname if svc.url is not None else svc.host
+    return next((up for up in config.upstreams if up.name == host), None)

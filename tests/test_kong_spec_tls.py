@@ -13,6 +13,7 @@ import base64
 import json
 import socket
 import ssl
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tls_helpers import HttpsEcho, Pki, expired_pair
 
 from gateway.config import ConfigError, parse_config
-from gateway.http.tls_contexts import ServerOptions, ServerTls, server_context
+from gateway.http.tls_contexts import ServerOptions, ServerTls, TrustStore, server_context, use_trust_store
 from gateway.runtime import compile_config
 
 TIMEOUT = 10
@@ -38,6 +39,13 @@ UNTRUSTED = {"tls_verify": True, "ca_certificates": [CA_ID]}
 @pytest.fixture(scope="module")
 def pki() -> Pki:
     return Pki()
+
+
+@pytest.fixture(autouse=True)
+def _system_trust_store() -> Any:
+    """A config parsed here may set lua_ssl_trusted_certificate for the process: back to `system` after each test."""
+    yield
+    use_trust_store(TrustStore())
 
 
 def leaf(tls: ssl.SSLSocket) -> x509.Certificate:
@@ -159,8 +167,6 @@ def test_the_star_sni_is_the_certificate_of_names_nothing_else_matches():
     assert without.select(None) is star
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/config/loader.py's _SNI refuses the name '*' (Kong's snis schema: "
-                                       "'accepts a * for default certificate', 11-snis_spec)")
 async def test_the_star_sni_serves_its_certificate_to_unknown_names(gateway, nursery, pki, tmp_path):
     """06-ssl_spec "sets the default certificate of '*' SNI" (and spec/01-unit/01-db/01-schema/11-snis_spec.lua
     "accepts a * for default certificate")."""
@@ -169,6 +175,16 @@ async def test_the_star_sni_serves_its_certificate_to_unknown_names(gateway, nur
                                         [{"cert": star[0], "key": star[1], "snis": ["*"]}])
     assert first_name(await cert_for(tls_port, "example.com")) == "ssl-example.test"
     assert first_name(await cert_for(tls_port, None)) == "default.test"
+
+
+def test_an_sni_name_has_one_wildcard_at_most(pki):
+    """11-snis_spec "rejects multiple wildcards" (typedefs.wildcard_host: "only one wildcard must be specified");
+    "accepts a * for default certificate"."""
+    cert, key = pki.issue("a.test")
+    for name in ("*.example.*", "*.*.wildcard.*"):
+        (message,) = config_errors({"certificates": [{"cert": cert, "key": key, "snis": [name]}]})
+        assert message == f'c.yml: certificates[0].snis[0].name: only one wildcard must be specified, got "{name}"'
+    loads({"certificates": [{"id": CERT_A, "cert": cert, "key": key}], "snis": [{"name": "*", "certificate": CERT_A}]})
 
 
 async def test_cert_alt_is_served_to_clients_of_its_key_type(gateway, nursery, tmp_path):
@@ -278,8 +294,6 @@ def _https_status(port: int, ctx: ssl.SSLContext, name: str) -> int:
     return int(data.split(b" ", 2)[1])
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/http/tls.py's PLAIN_HTTP_RESPONSE is JSON and tests/test_tls.py::"
-                                       "test_plain_http_on_the_tls_port_gets_nginx_400 asserts that JSON")
 async def test_plain_http_on_the_tls_port_gets_nginxs_own_html_page(gateway, nursery, pki, tmp_path):
     """nginx answers a plain request on an ssl listener with status 497, shown as 400 with its built-in page: Kong's
     error_page directives (kong/templates/nginx_kong.lua: 400 404 405 408 411 412 413 414 417, 494, 500 502 503 504)
@@ -380,9 +394,6 @@ async def test_a_service_client_certificate_is_presented_for_mutual_tls(gateway,
     assert refused.status == 502
 
 
-@pytest.mark.xfail(strict=True, reason="an upstream's client_certificate is refused at load (kong_forms.py "
-                                       "UNSUPPORTED_FIELDS); needs schema.Upstream.client_certificate, the loader's "
-                                       "reference check and tls_runtime.compile_client_tls falling back to it")
 async def test_an_upstreams_client_certificate_is_presented_unless_the_service_has_one(gateway, nursery, pki):
     """18-upstream_tls "mutual TLS authentication against upstream with Upstream object": upstream.client_certificate
     is presented when the service has none (kong/runloop/upstream_ssl.lua's fallback_upstream_client_cert), and
@@ -403,9 +414,6 @@ async def test_an_upstreams_client_certificate_is_presented_unless_the_service_h
         assert (await request(port, "GET", "/both")).json()["client_cert"] == "foo.example.test"
 
 
-@pytest.mark.xfail(strict=True, reason="kong.conf's client_ssl / client_ssl_cert / client_ssl_cert_key are not "
-                                       "gateway settings (schema.GatewaySettings); tls_runtime.compile_client_tls "
-                                       "would use them when a service names no client_certificate")
 async def test_client_ssl_presents_a_global_client_certificate(gateway, nursery, pki, tmp_path):
     """kong.conf's client_ssl (kong/templates/nginx_kong.lua: proxy_ssl_certificate ${{CLIENT_SSL_CERT}}): every
     https upstream gets that certificate, unless the service's client_certificate overrides it."""
@@ -415,6 +423,27 @@ async def test_client_ssl_presents_a_global_client_certificate(gateway, nursery,
                          client_ssl=True, client_ssl_cert=cert, client_ssl_cert_key=key)
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/")).json()["client_cert"] == "kong-client.test"
+
+
+async def test_client_ssl_comes_after_the_services_and_the_upstreams_certificate(gateway, nursery, pki, tmp_path):
+    """nginx's proxy_ssl_certificate (client_ssl) is the base; kong/runloop/upstream_ssl.lua sets the service's
+    client_certificate over it, else the upstream's (fallback_upstream_client_cert)."""
+    backend = await sni_echo(nursery, pki.issue("example.com", "127.0.0.1"), client_ca=pki.ca_pem)
+    cert, key = pki.files(tmp_path, "client", "kong-client.test")
+    for_service, for_upstream = pki.issue("service.test"), pki.issue("upstream.test")
+    url = f"https://127.0.0.1:{backend.port}"
+    doc = {"upstreams": [{"name": "with-cert", "client_certificate": {"id": CERT_B},
+                          "targets": [{"target": f"127.0.0.1:{backend.port}"}]}],
+           "services": [service("global", url, [{"paths": ["/global"]}]),
+                        service("upstream", "https://with-cert", [{"paths": ["/upstream"]}]),
+                        service("service", url, [{"paths": ["/service"]}], client_certificate={"id": CERT_A})],
+           "certificates": [{"id": CERT_A, "cert": for_service[0], "key": for_service[1]},
+                            {"id": CERT_B, "cert": for_upstream[0], "key": for_upstream[1]}]}
+    port = await gateway(doc, client_ssl=True, client_ssl_cert=cert, client_ssl_cert_key=key)
+    with trio.fail_after(TIMEOUT):
+        for path, name in (("/global", "kong-client.test"), ("/upstream", "upstream.test"),
+                           ("/service", "service.test")):
+            assert (await request(port, "GET", path)).json()["client_cert"] == name, path
 
 
 # --- what is refused, or not, at config load -----------------------------------------------------------------------
@@ -453,6 +482,36 @@ def test_a_key_alt_that_does_not_match_names_the_alternative_certificate():
     (message,) = config_errors({"certificates": [{"cert": rsa_pair[0], "key": rsa_pair[1],
                                                   "cert_alt": ecdsa_pair[0], "key_alt": other[1]}]})
     assert message == "c.yml: certificates[0].cert_alt: the key does not match the certificate"
+
+
+def test_an_upstreams_client_certificate_names_a_certificate():
+    """kong/db/schema/entities/upstreams.lua: client_certificate is a foreign key to certificates."""
+    (message,) = config_errors({"upstreams": [{"name": "u", "client_certificate": {"id": CERT_A}}]})
+    assert message == f"c.yml: upstreams[0].client_certificate: no certificate with id '{CERT_A}'"
+
+
+def test_client_ssl_is_checked_as_kong_checks_it(pki, tmp_path):
+    """kong/conf_loader/parse.lua with client_ssl on: both halves, each a file, the PEM text or its base64 that
+    loads; off, they are not read. Neither set: Kong's nginx could not load its proxy_ssl_certificate."""
+    cert, key = pki.files(tmp_path, "client", "kong-client.test")
+    missing = str(tmp_path / "none.crt")
+
+    def errors(**settings: Any) -> list[str]:
+        return config_errors({"gateway": {"client_ssl": True, **settings}})
+
+    assert errors(client_ssl_cert=cert) == ["c.yml: gateway.client_ssl_cert_key must be specified"]
+    assert errors(client_ssl_cert_key=key) == ["c.yml: gateway.client_ssl_cert must be specified"]
+    assert errors(client_ssl_cert=missing, client_ssl_cert_key=key) == [
+        f"c.yml: gateway.client_ssl_cert: failed loading certificate from {missing}"]
+    assert errors(client_ssl_cert=cert, client_ssl_cert_key="nope") == [
+        "c.yml: gateway.client_ssl_cert_key: failed loading key from nope"]
+    assert errors(client_ssl_cert=cert, client_ssl_cert_key=pki.issue("other.test")[1]) == [
+        "c.yml: gateway.client_ssl_cert: the key does not match the certificate"]
+    assert errors() == ["c.yml: gateway.client_ssl: set gateway.client_ssl_cert and gateway.client_ssl_cert_key (the "
+                        "certificate presented to upstreams)"]
+    loads({"gateway": {"client_ssl": True, "client_ssl_cert": Path(cert).read_text(),
+                       "client_ssl_cert_key": base64.b64encode(Path(key).read_bytes()).decode()}})
+    loads({"gateway": {"client_ssl_cert": missing, "client_ssl_cert_key": "nope"}})
 
 
 def _service_with_ca(ca_pem: str) -> dict[str, Any]:
@@ -495,8 +554,6 @@ def test_ssl_cert_may_be_the_pem_text_or_its_base64(pki, tmp_path):
     assert errors[0].startswith(f"c.yml: gateway.ssl_cert: cannot read {tmp_path / 'none.crt'}")
 
 
-@pytest.mark.xfail(strict=True, reason="tls_contexts.server_context applies ssl_protocols with any cipher suite; "
-                                       "tests/test_tls.py::test_tls13_only_refuses_a_tls12_client asserts that")
 async def test_ssl_protocols_applies_only_with_the_custom_cipher_suite(gateway, nursery, pki, tmp_path):
     """kong.conf.default: ssl_protocols "is ignored if ssl_cipher_suite is not custom" (kong/conf_loader/parse.lua
     sets nginx_http_ssl_protocols from the suite: intermediate is TLSv1.2 TLSv1.3)."""
@@ -505,9 +562,63 @@ async def test_ssl_protocols_applies_only_with_the_custom_cipher_suite(gateway, 
     assert first_name(cert) == "default.test"
 
 
-@pytest.mark.xfail(strict=True, reason="kong.conf's lua_ssl_trusted_certificate is not a gateway setting "
-                                       "(schema.GatewaySettings); the clients that verify (health probes, Redis, log "
-                                       "senders, ldap) would add its CAs to the system's")
+@pytest.mark.parametrize(("suite", "versions"), [("modern", ("TLSv1_3", "TLSv1_3")),
+                                                 ("intermediate", ("TLSv1_2", "TLSv1_3")),
+                                                 ("old", ("TLSv1", "TLSv1_3")),
+                                                 ("fips", ("TLSv1_2", "TLSv1_2")),
+                                                 ("custom", ("TLSv1_1", "TLSv1_2"))])
+def test_each_cipher_suite_has_kongs_protocols(suite, versions):
+    """kong/conf_loader/constants.lua CIPHER_SUITES: modern TLSv1.3, intermediate TLSv1.2 TLSv1.3, old TLSv1 to
+    TLSv1.3, fips TLSv1.2; custom takes ssl_protocols (here "TLSv1.1 TLSv1.2"), which the others ignore."""
+    options = ServerOptions("TLSv1.1 TLSv1.2", suite, "ECDHE+AESGCM" if suite == "custom" else None)
+    ctx = server_context(options, [], suite)
+    assert (ctx.minimum_version.name, ctx.maximum_version.name) == versions
+
+
+async def test_the_old_suite_serves_a_tls_1_1_client_and_fips_refuses_tls_1_3(gateway, nursery, pki, tmp_path):
+    """ssl_cipher_suite old: TLSv1.1 served (kong/templates/nginx_kong.lua's `CipherString DEFAULT:@SECLEVEL=0`
+    makes OpenSSL 3 take it); fips: TLSv1.2 only."""
+
+    def version(port: int, tls_version: ssl.TLSVersion) -> str | None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            ctx.minimum_version = ctx.maximum_version = tls_version
+        ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="default.test") as tls:
+                return tls.version()
+
+    _, old_port, _ = await tls_listener(gateway, nursery, pki, tmp_path, [], ssl_cipher_suite="old")
+    _, fips_port, _ = await tls_listener(gateway, nursery, pki, tmp_path, [], ssl_cipher_suite="fips")
+    with trio.fail_after(TIMEOUT):
+        assert await trio.to_thread.run_sync(version, old_port, ssl.TLSVersion.TLSv1_1) == "TLSv1.1"
+        assert await trio.to_thread.run_sync(version, fips_port, ssl.TLSVersion.TLSv1_2) == "TLSv1.2"
+        with pytest.raises(ssl.SSLError):
+            await trio.to_thread.run_sync(version, fips_port, ssl.TLSVersion.TLSv1_3)
+
+
+async def test_the_intermediate_suite_serves_its_dhe_ciphers(gateway, nursery, pki, tmp_path):
+    """kong/conf_loader/constants.lua: intermediate's dhparams are ffdhe2048 (nginx's ssl_dhparam), so its DHE-RSA
+    ciphers are served: a TLS 1.2 client offering only DHE-RSA-AES128-GCM-SHA256 gets its handshake."""
+    leaf = trustme.CA().issue_cert("rsa.test", key_type=trustme.KeyType.RSA)
+    cert, key = _pem(leaf)
+    _, tls_port, _ = await tls_listener(gateway, nursery, pki, tmp_path,
+                                        [{"cert": cert, "key": key, "snis": ["rsa.test"]}])
+    assert isinstance((await cert_for(tls_port, "rsa.test", "DHE-RSA-AES128-GCM-SHA256")).public_key(),
+                      rsa.RSAPublicKey)
+
+
+def test_ssl_protocols_is_checked_only_with_the_custom_suite():
+    """Kong ignores ssl_protocols unless ssl_cipher_suite is custom; with custom, nginx's protocol names."""
+    loads({"gateway": {"ssl_protocols": "SSLv3"}})
+    (message,) = config_errors({"gateway": {"ssl_cipher_suite": "custom", "ssl_ciphers": "ECDHE+AESGCM",
+                                            "ssl_protocols": "SSLv3"}})
+    assert message == ('c.yml: gateway.ssl_protocols: expected some of TLSv1, TLSv1.1, TLSv1.2, TLSv1.3 (e.g. '
+                       '"TLSv1.2 TLSv1.3"), got "SSLv3"')
+
+
 def test_lua_ssl_trusted_certificate_takes_one_or_more_ca_files(pki, tmp_path):
     """27-lua-ssl-trusted-cert_spec "works with single entry" / "works with multiple entries": a comma-separated
     list of PEM files (or `system`, the default) trusted by the gateway's own TLS clients."""
@@ -515,3 +626,74 @@ def test_lua_ssl_trusted_certificate_takes_one_or_more_ca_files(pki, tmp_path):
     first.write_text(pki.ca_pem)
     second.write_text(Pki().ca_pem)
     parse_config(json.dumps({"gateway": {"lua_ssl_trusted_certificate": f"system,{first},{second}"}}), "c.yml")
+    as_list = [str(first), pki.ca_pem, base64.b64encode(pki.ca_pem.encode()).decode()]  # a file, PEM, base64
+    parse_config(json.dumps({"gateway": {"lua_ssl_trusted_certificate": as_list}}), "c.yml")
+
+
+def test_lua_ssl_trusted_certificate_entries_give_certificates(tmp_path):
+    """kong/conf_loader/parse.lua: an entry that is not `system` nor a file must be a certificate (or its base64):
+    "lua_ssl_trusted_certificate: failed loading certificate from ..."."""
+    missing = str(tmp_path / "none.crt")
+    (message,) = config_errors({"gateway": {"lua_ssl_trusted_certificate": f"system, {missing}"}})
+    assert message == f"c.yml: gateway.lua_ssl_trusted_certificate: failed loading certificate from {missing}"
+
+
+def test_lua_ssl_verify_depth_is_refused_unless_it_is_openssls_own():
+    """kong.conf's lua_ssl_verify_depth (default 1) limits the chains the gateway's own clients take; Python's ssl
+    module cannot (no SSL_CTX_set_verify_depth), so only OpenSSL's own limit, 100, is obeyed."""
+    (message,) = config_errors({"gateway": {"lua_ssl_verify_depth": 1}})
+    assert message == ("c.yml: gateway.lua_ssl_verify_depth: 1 cannot be obeyed: Python's ssl module cannot limit the "
+                       "depth of a certificate chain, so the gateway's TLS clients take chains of up to OpenSSL's 100 "
+                       "intermediate certificates; remove it (or set 100)")
+    parse_config(json.dumps({"gateway": {"lua_ssl_verify_depth": 100}}), "c.yml")
+
+
+async def test_the_gateways_own_tls_clients_verify_against_lua_ssl_trusted_certificate(nursery, pki, tmp_path):
+    """27-lua-ssl-trusted-cert_spec: what the gateway's own clients trust is the setting's CAs, with the system's
+    only when `system` is listed: the health probe, the log and trace senders, JWKS fetches, Redis and ldap-auth
+    (their contexts, gateway.http.tls_contexts.client_context)."""
+    from gateway.health.machine import Event
+    from gateway.health.policy import ActivePolicy
+    from gateway.health.probe import probe
+    from gateway.mcp.httpget import FetchError, Url, get
+    from gateway.policies.ldap_auth.client import Server
+    from gateway.ratelimit.redis_client import RedisSettings, tls_context
+    from gateway.telemetry.sender import SendError, connect
+
+    backend = await sni_echo(nursery, pki.issue("upstream.test", "127.0.0.1"))
+    ours, other = tmp_path / "ca.crt", tmp_path / "other.crt"
+    ours.write_text(pki.ca_pem)
+    other.write_text(Pki().ca_pem)
+    policy = ActivePolicy(type="https", https_verify_certificate=True, https_sni="upstream.test", timeout_s=5)
+
+    async def verified() -> bool:
+        with trio.fail_after(TIMEOUT):
+            ok = await probe("127.0.0.1", backend.port, policy) == Event.SUCCESS
+            try:
+                await (await connect("127.0.0.1", backend.port, tls=True, server_hostname="upstream.test",
+                                     verify=True, timeout=5, where="t")).aclose()
+            except SendError:
+                assert not ok
+            else:
+                assert ok
+            try:
+                await get(Url(f"https://127.0.0.1:{backend.port}/"), timeout=5, max_bytes=65536)
+            except FetchError:
+                assert not ok
+            else:
+                assert ok
+            return ok
+
+    def trusted(ca_pem: str) -> bool:
+        der = ssl.PEM_cert_to_DER_cert(ca_pem)
+        contexts = [tls_context(RedisSettings("r", ssl=True, ssl_verify=True)),
+                    Server("h", 636, ldaps=True, start_tls=False, verify=True, timeout=1, keepalive=1).context()]
+        found = [der in ctx.get_ca_certs(binary_form=True) for ctx in contexts if ctx is not None]
+        assert len(set(found)) == 1
+        return found[0]
+
+    assert not await verified() and not trusted(pki.ca_pem)  # system: the test CA is no system CA
+    parse_config(json.dumps({"gateway": {"lua_ssl_trusted_certificate": f"system,{ours}"}}), "c.yml")
+    assert await verified() and trusted(pki.ca_pem)
+    parse_config(json.dumps({"gateway": {"lua_ssl_trusted_certificate": str(other)}}), "c.yml")
+    assert not await verified() and not trusted(pki.ca_pem)

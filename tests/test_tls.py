@@ -91,11 +91,18 @@ async def test_unknown_sni_without_a_default_certificate_gets_an_alert(gateway, 
 
 
 async def test_plain_http_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, tmp_path):
+    """nginx's own page for its 497 (ngx_http_special_response.c), shown as 400, and the connection closed."""
     _, tls_port, echo = await tls_gateway(gateway, nursery, pki, tmp_path)
     data, _ = await raw_exchange(tls_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    status, _, body = parse_raw_response(data)
-    assert status == 400
-    assert json.loads(body)["message"] == "The plain HTTP request was sent to HTTPS port"
+    status, headers, body = parse_raw_response(data)
+    assert (status, headers["content-type"], headers["connection"]) == (400, "text/html", "close")
+    assert body == (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
+                    b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
+                    b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
+                    b"<hr><center>mcp-gateway</center>\r\n</body>\r\n</html>\r\n")
+    assert int(headers["content-length"]) == len(body)
+    head_only, _ = await raw_exchange(tls_port, b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head_only == data[: data.index(b"\r\n\r\n") + 4]  # to a HEAD, the same head and no body
     assert echo.requests == []
 
 
@@ -135,7 +142,9 @@ async def test_alpn_is_http_1_1(gateway, nursery, pki, tmp_path):
 
 
 async def test_tls13_only_refuses_a_tls12_client(gateway, nursery, pki, tmp_path):
-    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_protocols="TLSv1.3")
+    """ssl_protocols applies with ssl_cipher_suite custom (kong.conf.default: ignored with the other suites)."""
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_protocols="TLSv1.3",
+                                       ssl_cipher_suite="custom", ssl_ciphers="ECDHE+AESGCM")
     ctx = pki.client_context()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with pytest.raises(ssl.SSLError):

@@ -36,6 +36,7 @@ REFERENCES: dict[str, dict[str, tuple[str, ...]]] = {
     "acls": {"consumer": ("id", "username")},
     "snis": {"certificate": ("id",)},
     "services": {"client_certificate": ("id",)},
+    "upstreams": {"client_certificate": ("id",)},
 }
 ANNOTATIONS = ("_comment", "_ignore", "created_at", "updated_at")
 
@@ -72,9 +73,7 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
                "destinations": f"destinations (stream routes) {_NOT_BUILT}",
                "expression": f"expression routes (router_flavor expressions) {_NOT_BUILT}",
                "priority": f"priority (router_flavor expressions) {_NOT_BUILT}"},
-    "upstreams": {"client_certificate": f"an upstream's client_certificate (for its health checks) {_NOT_BUILT}; "
-                                        "set the service's client_certificate",
-                  "use_srv_name": f"use_srv_name (DNS SRV targets) {_NOT_BUILT}"},
+    "upstreams": {"use_srv_name": f"use_srv_name (DNS SRV targets) {_NOT_BUILT}"},
     "consumers": _UNSUPPORTED_NESTED_CREDENTIALS,
     "plugins": {"consumer_group": f"consumer groups {_NOT_BUILT} (Kong Enterprise)",
                 "partials": f"partials {_NOT_BUILT} (Kong Enterprise)",

@@ -44,6 +44,7 @@ from gateway.config.tls import (
     listen_flags,
     ref_id,
 )
+from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
 from gateway.routing.router import python_regex, split_host_port
 
 _SECTIONS: dict[str, Any] = {
@@ -97,9 +98,22 @@ def parse_config(text: str, name: str = "<config>") -> Config:
     config = _decode(raw, errors, failed)
     _flatten(config)
     _check(config, errors, failed)
+    trust = _trust_store(config.gateway, errors)
     if errors:
         raise ConfigError([f"{name}: {e}" for e in in_file_order(errors, list(original))], config, list(original))
+    use_trust_store(trust)  # what this process's own TLS clients verify against, as the config it loaded says
     return config
+
+
+def _trust_store(gw: GatewaySettings, errors: list[str]) -> TrustStore:
+    """kong.conf's lua_ssl_trusted_certificate (checked as Kong does) and lua_ssl_verify_depth (refused unless it is
+    the depth OpenSSL applies anyway)."""
+    depth = gw.lua_ssl_verify_depth
+    if depth is not None and depth != OPENSSL_VERIFY_DEPTH:
+        errors.append(f"gateway.lua_ssl_verify_depth: {depth} cannot be obeyed: Python's ssl module cannot limit the "
+                      f"depth of a certificate chain, so the gateway's TLS clients take chains of up to OpenSSL's "
+                      f"{OPENSSL_VERIFY_DEPTH} intermediate certificates; remove it (or set {OPENSSL_VERIFY_DEPTH})")
+    return TrustStore.from_setting(gw.lua_ssl_trusted_certificate, errors)
 
 
 def _kind(value: Any) -> str:
@@ -238,6 +252,9 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
         _check_route(route, services, errors, failed)
     for up in config.upstreams:
         _check_upstream(up, errors)
+        client = ref_id(up.client_certificate)
+        if client is not None and client not in certificates:
+            errors.append(f"{path_of(up)}.client_certificate: no certificate with id {client!r}")
     seen_targets: dict[tuple[str | None, str, int | None], Target] = {}  # Kong: unique per upstream and target
     for target in config.targets:
         where = path_of(target)
@@ -329,10 +346,10 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
         errors.append("gateway.ssl_ciphers: only used with gateway.ssl_cipher_suite: custom")
     if gw.ssl_cipher_suite == "custom" and not gw.ssl_ciphers:
         errors.append("gateway.ssl_cipher_suite is custom: set gateway.ssl_ciphers")
-    protocols = gw.ssl_protocols.split()
-    if not protocols or any(p not in ("TLSv1.2", "TLSv1.3") for p in protocols):
-        errors.append(f'gateway.ssl_protocols: expected TLSv1.2 and/or TLSv1.3 (e.g. "TLSv1.2 TLSv1.3"), got '
-                      f'{show(gw.ssl_protocols)}')
+    protocols = gw.ssl_protocols.split()  # Kong ignores it unless the suite is custom (each suite has its own)
+    if gw.ssl_cipher_suite == "custom" and (not protocols or any(p not in VERSIONS for p in protocols)):
+        errors.append(f'gateway.ssl_protocols: expected some of {", ".join(VERSIONS)} (e.g. "TLSv1.2 TLSv1.3"), '
+                      f'got {show(gw.ssl_protocols)}')
     if gw.status_listen is not None:
         hp = parse_host_port(gw.status_listen, None)
         if hp is None or hp[1] is None:
@@ -406,8 +423,10 @@ def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str])
         elif cert not in certificates:
             errors.append(f"{where}.certificate: no certificate with id {cert!r}")
         name = sni.name.lower()
-        if not _SNI.match(name):
-            errors.append(f'{where}.name: expected a host name, "*.domain" or "name.*", got {show(sni.name)}')
+        if name.count("*") > 1:
+            errors.append(f"{where}.name: only one wildcard must be specified, got {show(sni.name)}")
+        elif name != "*" and not _SNI.match(name):  # `*` alone: the certificate of names nothing else matches
+            errors.append(f'{where}.name: expected a host name, "*.domain", "name.*" or "*", got {show(sni.name)}')
         elif name in seen:
             errors.append(f"{where}.name: {sni.name!r} is already used by {seen[name]}")
         seen.setdefault(name, where)

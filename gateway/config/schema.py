@@ -93,15 +93,26 @@ class GatewaySettings(Base):
     real_ip_recursive: bool = False
     registration: RegistrationSettings | None = None  # self-registration in Consul/etcd (config/discovery.py)
     mcp: McpSettings = msgspec.field(default_factory=McpSettings)  # session ids, Origin policy (config/mcp.py)
-    # TLS on listeners with ` ssl` (config/tls.py), as kong.conf names it: the default certificate (PEM files, for
-    # clients without SNI or with an unknown one), protocols, Mozilla's cipher suites or a custom list, tickets.
+    # TLS on listeners with ` ssl` (config/tls.py), as kong.conf names it: the default certificate (a file, the PEM
+    # text or its base64; for clients without SNI or with an unknown one), Mozilla's cipher suites (each with its
+    # protocols) or a custom list and protocols, tickets.
     ssl_cert: str | None = None
     ssl_cert_key: str | None = None
-    ssl_protocols: str = "TLSv1.2 TLSv1.3"
+    ssl_protocols: str = "TLSv1.2 TLSv1.3"  # only with ssl_cipher_suite: custom (the other suites name their own)
     ssl_cipher_suite: CipherSuite = "intermediate"
     ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2, with ssl_cipher_suite: custom
     ssl_session_tickets: bool = True
     ssl_handshake_timeout_s: Seconds = 10.0  # ours: a TLS handshake slower than this is dropped
+    # kong.conf's client_ssl: the certificate (a file, the PEM text or its base64) presented to https upstreams whose
+    # service and upstream name no client_certificate (gateway.tls_runtime)
+    client_ssl: bool = False
+    client_ssl_cert: str | None = None
+    client_ssl_cert_key: str | None = None
+    # kong.conf's: the CAs the gateway's own TLS clients trust (health probes, Redis, log senders, ldap-auth): a list
+    # or Kong's comma-separated string of `system`, files, PEM texts or their base64 (gateway.http.tls_contexts);
+    # lua_ssl_verify_depth only as OpenSSL's own limit (100): Python's ssl module cannot set another
+    lua_ssl_trusted_certificate: list[str] | str = "system"
+    lua_ssl_verify_depth: NonNegInt | None = None
     # kong.conf's: the format of the errors nginx itself answers (502, 504, 400...) to a request with neither an
     # Accept nor a Content-Type header (gateway.http.kong_errors.page_type)
     error_default_type: Literal["text/plain", "text/html", "application/json", "application/xml"] = "text/plain"
@@ -273,6 +284,8 @@ class Upstream(Base):
     healthchecks: Healthchecks = msgspec.field(default_factory=Healthchecks)
     slots: Annotated[int, msgspec.Meta(ge=10, le=65536)] = 10000
     discovery: DiscoverySettings | None = None  # ours: static / etcd / consul targets (config/discovery.py)
+    # the certificate (id) presented to the targets of https services that name none themselves (Kong's)
+    client_certificate: str | Ref | None = None
     targets: list[Target] = []
     id: str | None = None
     tags: list[str] = []

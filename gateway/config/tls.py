@@ -3,9 +3,11 @@
 - `certificates`: a PEM certificate (chain) and key, optionally `cert_alt`/`key_alt` (an ECDSA pair beside an RSA one),
   and nested `snis` (names served with it). `snis`: a name (exact, `*.example.com` or `example.*`) and the
   `certificate` it selects, by id. `ca_certificates`: one CA certificate each, for verifying upstreams.
-- In the `gateway:` block (kong.conf's names): `ssl_cert` / `ssl_cert_key` (files: the default certificate, for
-  clients that send no SNI or an unknown one), `ssl_protocols`, `ssl_cipher_suite` / `ssl_ciphers`,
-  `ssl_session_tickets`, and ours, `ssl_handshake_timeout_s`.
+- In the `gateway:` block (kong.conf's names): `ssl_cert` / `ssl_cert_key` (a file, the PEM text or its base64: the
+  default certificate, for clients that send no SNI or an unknown one), `ssl_cipher_suite` (each suite with its own
+  protocols) or `custom` with `ssl_ciphers` and `ssl_protocols`, `ssl_session_tickets`, and ours,
+  `ssl_handshake_timeout_s`; for the gateway's TLS clients, `client_ssl` / `client_ssl_cert` / `client_ssl_cert_key`
+  (to upstreams) and `lua_ssl_trusted_certificate` / `lua_ssl_verify_depth` (its own: probes, Redis, senders).
 - A listen address with ` ssl` (Kong's `proxy_listen = 0.0.0.0:8443 ssl`) terminates TLS.
 Certificates are checked when the config is compiled (gateway.http.tls_contexts): expired, mismatched or unreadable
 ones are config errors naming the entity.
@@ -58,7 +60,7 @@ class CaCertificateEntity(_Base):
     tags: list[str] = []
 
 
-CipherSuite = Literal["modern", "intermediate", "custom"]
+CipherSuite = Literal["modern", "intermediate", "old", "fips", "custom"]  # kong/conf_loader/constants.lua
 
 
 def listen_flags(entry: str) -> tuple[str, set[str]]:

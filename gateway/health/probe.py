@@ -20,6 +20,7 @@ import trio
 
 from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
+from gateway.http.tls_contexts import client_context
 
 USER_AGENT = "mcp-gateway-healthcheck"
 # lua-resty-healthcheck's match on the line it reads, with ngx.re's "joi" flags (case-insensitive)
@@ -28,11 +29,8 @@ MAX_LINE = 65536  # a first line longer than this is no status line
 
 
 def _ssl_context(policy: ActivePolicy) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    if not policy.https_verify_certificate:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
+    """https_verify_certificate against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)."""
+    return client_context(policy.https_verify_certificate)
 
 
 def request_headers(policy: ActivePolicy, host_header: str) -> list[tuple[str, str]]:

@@ -18,9 +18,17 @@ import ssl
 from gateway.http.net import RECV_SIZE, Conn
 
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
-PLAIN_HTTP_BODY = b'{"message":"The plain HTTP request was sent to HTTPS port"}'
-PLAIN_HTTP_RESPONSE = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                       b"connection: close\r\n\r\n%b" % (len(PLAIN_HTTP_BODY), PLAIN_HTTP_BODY))
+# nginx's answer to a plain request on an ssl listener: its status 497 shown as 400 with its own page
+# (ngx_http_special_response.c's ngx_http_error_497_page, then the tail of `server_tokens off`, naming the server
+# without a version as gateway.http.kong_errors.nginx_page does); Kong's error_page does not list 497, so its error
+# handler never renders it. nginx closes the connection after it (ngx_http_special_response_handler: keepalive off).
+PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
+                   b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
+                   b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
+                   b"<hr><center>mcp-gateway</center>\r\n</body>\r\n</html>\r\n")
+PLAIN_HTTP_HEAD = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
+                   b"Connection: close\r\n\r\n" % len(PLAIN_HTTP_BODY))
+PLAIN_HTTP_RESPONSE = PLAIN_HTTP_HEAD + PLAIN_HTTP_BODY
 
 
 class TlsError(Exception):
@@ -214,8 +222,8 @@ async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
         raise TlsError("the peer closed the connection before a ClientHello")
     if first[0] != TLS_HANDSHAKE_RECORD:
         if first[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
-            try:
-                await conn.sendall(PLAIN_HTTP_RESPONSE)
+            try:  # (to a HEAD, the head alone, as nginx answers it)
+                await conn.sendall(PLAIN_HTTP_HEAD if first.startswith(b"HEAD ") else PLAIN_HTTP_RESPONSE)
             except OSError:
                 pass
             raise PlainHttpOnTlsPort("a plain HTTP request on a TLS port")

@@ -1,4 +1,6 @@
-"""SSL contexts built once per config load: the listeners' certificates chosen by SNI, and upstream clients.
+"""SSL contexts built once per config load: the listeners' certificates chosen by SNI, and upstream clients; and
+those of the gateway's own TLS clients (client_context: probes, Redis, senders), over kong.conf's
+lua_ssl_trusted_certificate (TrustStore).
 
 Certificates arrive as PEM text (Kong's declarative `certificates`) or files (kong.conf's `ssl_cert`); the ssl
 module loads chains only from files, so PEM text goes through an anonymous in-memory file (memfd): no key is ever
@@ -8,31 +10,53 @@ what and which; the caller prefixes the entity's path.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import os
 import ssl
+import warnings
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.http.tls import SEEN_SNI
 
 if TYPE_CHECKING:
     from cryptography import x509
 
+_Context = TypeVar("_Context", bound=ssl.SSLContext)
 ALPN = ["http/1.1"]
-# Mozilla's server-side TLS recommendations (v5.7), as Kong's ssl_cipher_suite: TLS 1.2 ciphers; TLS 1.3 suites are
-# OpenSSL's defaults (all of them recommended).
-CIPHERS = {
-    "intermediate": "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-                    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-                    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305",
-    "modern": None,  # TLS 1.3 only
+# kong/conf_loader/constants.lua CIPHER_SUITES (Mozilla's server-side TLS recommendations, and OpenSSL's FIPS list):
+# each suite's protocols, which replace ssl_protocols (kong/conf_loader/parse.lua), and its TLS 1.2 ciphers; TLS 1.3
+# suites are OpenSSL's defaults. `old` has kong/templates/nginx_kong.lua's `ssl_conf_command CipherString
+# DEFAULT:@SECLEVEL=0` too, which nginx applies after ssl_ciphers: OpenSSL's default list at security level 0 (TLS 1.0
+# and 1.1 need it).
+SUITES: dict[str, tuple[str, str | None]] = {
+    "modern": ("TLSv1.3", None),
+    "intermediate": ("TLSv1.2 TLSv1.3",
+                     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+                     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305"),
+    "old": ("TLSv1 TLSv1.1 TLSv1.2 TLSv1.3", "DEFAULT:@SECLEVEL=0"),
+    "fips": ("TLSv1.2", "TLSv1.2+FIPS:kRSA+FIPS:!eNULL:!aNULL"),
 }
-_VERSIONS = {"TLSv1.2": ssl.TLSVersion.TLSv1_2, "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+# RFC 7919's ffdhe2048 group: the DH parameters Kong sets with the intermediate suite (its `dhparams`, written out
+# for nginx's ssl_dhparam), without which the suite's DHE-RSA ciphers cannot be negotiated
+FFDHE2048 = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1, "TLSv1.2": ssl.TLSVersion.TLSv1_2,
+            "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
 
 class ServerOptions:
-    """kong.conf's TLS settings for listeners."""
+    """kong.conf's TLS settings for listeners: `protocols` are ssl_protocols, used only with the custom suite."""
 
     __slots__ = ("protocols", "cipher_suite", "ciphers", "tickets")
 
@@ -127,16 +151,27 @@ def read_pem_file(path: str, what: str) -> str:
 def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], what: str) -> ssl.SSLContext:
     """A listener context serving `pairs` of (certificate PEM, key PEM) (e.g. an RSA and an ECDSA one)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    versions = sorted(_VERSIONS[p] for p in options.protocols)
-    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
-    ciphers = options.ciphers if options.cipher_suite == "custom" else CIPHERS[options.cipher_suite]
-    if options.cipher_suite == "modern":
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    if options.cipher_suite == "custom":
+        protocols, ciphers = options.protocols, options.ciphers
+    else:
+        suite_protocols, ciphers = SUITES[options.cipher_suite]
+        protocols = suite_protocols.split()
+    versions = sorted(VERSIONS[p] for p in protocols)
+    with warnings.catch_warnings():  # TLS 1.0 and 1.1 (the old suite): deprecated in Python, still in OpenSSL
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
     if ciphers:
         try:
             ctx.set_ciphers(ciphers)
         except ssl.SSLError:
             raise ValueError(f'gateway.ssl_ciphers: OpenSSL knows none of "{ciphers}"') from None
+    if options.cipher_suite == "intermediate":
+        fd = os.memfd_create("gateway-dhparam", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, FFDHE2048.encode())
+            ctx.load_dh_params(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
     ctx.set_alpn_protocols(ALPN)
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     if not options.tickets:
@@ -209,12 +244,13 @@ class ServerTls:
 
 
 class ClientTls:
-    """How a service speaks TLS to its targets (hashable by identity: part of the pool's connection keys)."""
+    """How a service speaks TLS to its targets (hashable by identity: part of the pool's connection keys); `what`
+    names the client certificate's setting in messages (e.g. services[0].client_certificate)."""
 
     __slots__ = ("context", "verify")
 
     def __init__(self, verify: bool, ca_pems: Sequence[str] = (),
-                 client_pair: tuple[str, str] | None = None, what: str = "service") -> None:
+                 client_pair: tuple[str, str] | None = None, what: str = "service.client_certificate") -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.set_alpn_protocols(ALPN)
@@ -229,7 +265,96 @@ class ClientTls:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         if client_pair is not None:
-            check_certificate(client_pair[0], f"{what}.client_certificate")
-            _load_chain(ctx, client_pair[0], client_pair[1], f"{what}.client_certificate")
+            check_certificate(client_pair[0], what)
+            _load_chain(ctx, client_pair[0], client_pair[1], what)
         self.context = ctx
         self.verify = verify
+
+
+# --- the gateway's own TLS clients -----------------------------------------------------------------------------------
+
+# OpenSSL's own limit on a chain's intermediate certificates (X509_VERIFY_PARAM "default"), the only
+# lua_ssl_verify_depth the gateway can obey: Python's ssl module has no SSL_CTX_set_verify_depth
+OPENSSL_VERIFY_DEPTH = 100
+
+
+class TrustStore:
+    """kong.conf's lua_ssl_trusted_certificate: what the gateway's own TLS clients (health probes, Redis, the log and
+    trace senders, ldap-auth, JWKS fetches) verify servers against: the system's CAs (`system`: OpenSSL's default
+    paths, or SSL_CERT_FILE / SSL_CERT_DIR) and/or the PEM certificates given."""
+
+    __slots__ = ("system", "cadata")
+
+    def __init__(self, system: bool = True, pems: Sequence[str] = ()) -> None:
+        self.system = system
+        self.cadata = "\n".join(pems)
+
+    @classmethod
+    def from_setting(cls, setting: Sequence[str] | str, errors: list[str],
+                     what: str = "gateway.lua_ssl_trusted_certificate") -> TrustStore:
+        """The store of a setting: a list, or Kong's comma-separated string, of `system`, files, PEM texts and their
+        base64 (kong/conf_loader/parse.lua); an entry that gives no certificate appends Kong's message to `errors`."""
+        entries = setting.split(",") if isinstance(setting, str) else setting
+        system, pems = False, []
+        for entry in (e.strip() for e in entries):
+            if entry == "system":
+                system = True
+            elif entry:
+                pem = _ca_pem(entry)
+                if pem is None:
+                    shown = "the PEM text given" if "-----BEGIN " in entry else entry
+                    errors.append(f"{what}: failed loading certificate from {shown}")
+                else:
+                    pems.append(pem)
+        return cls(system, pems)
+
+    def context(self, verify: bool, cls: type[_Context]) -> _Context:
+        ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        if self.system:
+            ctx.load_default_certs()
+        if self.cadata:
+            ctx.load_verify_locations(cadata=self.cadata)
+        return ctx
+
+
+def _ca_pem(entry: str) -> str | None:
+    """The PEM text of a lua_ssl_trusted_certificate entry (a file, the text, or its base64) if OpenSSL takes
+    certificates from it, else None."""
+    if os.path.exists(entry):
+        try:
+            with open(entry, encoding="ascii") as f:
+                pem = f.read()
+        except (OSError, UnicodeDecodeError):
+            return None
+    elif "-----BEGIN " in entry:
+        pem = entry
+    else:
+        try:
+            pem = base64.b64decode(entry, validate=True).decode("ascii")
+        except (binascii.Error, ValueError):
+            return None
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError):
+        return None
+    return pem
+
+
+_trust_store = TrustStore()
+
+
+def use_trust_store(store: TrustStore) -> None:
+    """Make `store` what client_context verifies against (the loader installs each config's as it loads it)."""
+    global _trust_store
+    _trust_store = store
+
+
+def client_context(verify: bool, cls: type[_Context] = ssl.SSLContext) -> _Context:  # type: ignore[assignment]
+    """A new context for one of the gateway's own TLS clients (not for proxying: ClientTls): with `verify`, the
+    server's certificate and name are checked against the trust store (kong.conf's lua_ssl_trusted_certificate),
+    else nothing is. `cls`: an SSLContext subclass the caller needs."""
+    return _trust_store.context(verify, cls)

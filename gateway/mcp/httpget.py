@@ -14,6 +14,7 @@ import h11
 import trio
 
 from gateway.config.errors import show
+from gateway.http.tls_contexts import client_context
 
 _RECV = 65536
 
@@ -64,11 +65,8 @@ async def get(url: Url, *, timeout: float, max_bytes: int, verify: bool = True,
 async def _get(url: Url, max_bytes: int, verify: bool, accept: str) -> bytes:
     stream: trio.abc.Stream = await trio.open_tcp_stream(url.host, url.port)
     if url.tls:
-        context = ssl.create_default_context()
-        if not verify:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        stream = trio.SSLStream(stream, context, server_hostname=url.host, https_compatible=True)
+        # verified against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)
+        stream = trio.SSLStream(stream, client_context(verify), server_hostname=url.host, https_compatible=True)
     async with stream:
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=16384)
         headers = [("Host", url.authority), ("Accept", accept), ("Connection", "close"),

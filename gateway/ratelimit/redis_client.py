@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
+from gateway.http.tls_contexts import client_context
 from gateway.ratelimit.redis_script import TAKE_BLOCK, BadReply, Call, Reply, parse_reply
 
 log = logging.getLogger("gateway.ratelimit.redis")
@@ -65,18 +66,12 @@ class _NamedContext(ssl.SSLContext):
 
 
 def tls_context(settings: RedisSettings) -> ssl.SSLContext | None:
-    """The TLS context for `redis.ssl`: verified against the system's CAs (or SSL_CERT_FILE) with ssl_verify."""
+    """The TLS context for `redis.ssl`: verified with ssl_verify, against kong.conf's lua_ssl_trusted_certificate
+    (gateway.http.tls_contexts; the system's CAs by default)."""
     if not settings.ssl:
         return None
-    context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
+    context = client_context(settings.ssl_verify, _NamedContext)
     context.server_name = settings.server_name
-    if settings.ssl_verify:
-        context.load_default_certs()
-        context.check_hostname = True
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
     return context
 
 

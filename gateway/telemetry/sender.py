@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 import h11
 import trio
 
+from gateway.http.tls_contexts import client_context
+
 MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) and discarded up to this much
 
 
@@ -66,12 +68,8 @@ async def connect(host: str, port: int, *, tls: bool, server_hostname: str | Non
     try:
         with trio.fail_after(timeout):
             stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
-            if tls:
-                context = ssl.create_default_context()
-                if not verify:
-                    context.check_hostname = False
-                    context.verify_mode = ssl.CERT_NONE
-                secure = trio.SSLStream(stream, context, server_hostname=server_hostname)
+            if tls:  # verified against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)
+                secure = trio.SSLStream(stream, client_context(verify), server_hostname=server_hostname)
                 await secure.do_handshake()
                 stream = secure
             return stream

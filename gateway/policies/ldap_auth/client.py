@@ -31,6 +31,7 @@ from math import inf
 
 import trio
 
+from gateway.http.tls_contexts import client_context
 from gateway.policies.ldap_auth.protocol import (
     BIND_RESPONSE,
     EXTENDED_RESPONSE,
@@ -80,14 +81,10 @@ class Server:
         return self.ldaps or self.start_tls
 
     def context(self) -> ssl.SSLContext:
-        """The TLS context: verified (chain against the system's CAs or SSL_CERT_FILE, and the name ldap_host) only
-        with verify_ldap_host, as Kong's sslhandshake(..., conf.verify_ldap_host)."""
+        """The TLS context: verified (the chain against kong.conf's lua_ssl_trusted_certificate, the system's CAs
+        by default, and the name ldap_host) only with verify_ldap_host, as Kong's sslhandshake(..., verify)."""
         if self._context is None:
-            context = ssl.create_default_context()
-            if not self.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self._context = context
+            self._context = client_context(self.verify)
         return self._context
 
 
