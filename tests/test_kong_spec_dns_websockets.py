@@ -96,8 +96,6 @@ async def test_dns_spec_upstream_resolve_failure_is_503_name_resolution_failed(g
     assert reply.json() == {"message": "name resolution failed", "request_id": reply.header("x-kong-request-id")}
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/pipeline/forward.py: a NameResolutionFailed try is retried (each try "
-                   "resolves again) and counts as proxied; Kong resolves once in its access phase and answers there")
 async def test_a_name_that_does_not_resolve_is_looked_up_once_and_answered_as_kongs_own_response(gateway):
     """kong/runloop/handler.lua access.after: the first balancer.execute (the name's look-up) runs in the access
     phase; its failure is kong.response.error there, before Kong.access sets KONG_PROXIED: no retries (each of which
@@ -112,8 +110,6 @@ async def test_a_name_that_does_not_resolve_is_looked_up_once_and_answered_as_ko
     assert [reply.header(h) for h in ("via", "x-kong-upstream-latency", "x-kong-proxy-latency")] == [None] * 3
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/http/net.py and pool.py map every getaddrinfo failure to "
-                   "NameNotResolved (503); Kong answers 503 only for a name error or an empty answer")
 async def test_a_resolver_failure_other_than_no_such_name_is_kongs_500(gateway):
     """kong/runloop/balancer/init.lua execute: a look-up that fails otherwise than "3 name error" or "101 empty
     record received" (a server failure, a timeout: getaddrinfo's EAI_AGAIN) returns status 500, which
@@ -125,6 +121,57 @@ async def test_a_resolver_failure_other_than_no_such_name_is_kongs_500(gateway):
     assert reply.status == 500
     assert reply.json()["message"].startswith(
         "failed the initial dns/balancer resolve for 'nowthisdoesnotexistatall.test' with: ")
+
+
+async def test_a_resolver_server_failure_is_kongs_500_with_the_dns_clients_words_looked_up_once(gateway):
+    """A server failure (getaddrinfo's EAI_AGAIN) is Kong's DNS client's "dns server error: 2 server failure"
+    (kong/resty/dns/client.lua: the rcode and resty.dns.resolver's text for it) in handler.lua balancer_execute's
+    message; answered in the access phase, as a name error is: one look-up, Kong's own answer."""
+    gw, names = await _unresolvable_service(gateway, socket.EAI_AGAIN)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(gw, "GET", "/", host="retries.test")
+    assert reply.status == 500
+    assert reply.header("content-type") == "application/json; charset=utf-8"
+    assert reply.json() == {"message": "failed the initial dns/balancer resolve for 'nowthisdoesnotexistatall.test' "
+                                       "with: dns server error: 2 server failure",
+                            "request_id": reply.header("x-kong-request-id")}
+    assert names.lookups == 1
+    assert reply.header("x-kong-response-latency") is not None
+    assert reply.header("via") is None
+
+
+async def test_an_empty_answer_is_kongs_503_name_resolution_failed(gateway):
+    """A name with no address (getaddrinfo's EAI_NODATA) is Kong's "dns client error: 101 empty record received",
+    which kong/runloop/balancer/init.lua execute answers 503 "name resolution failed" as a name error."""
+    gw, names = await _unresolvable_service(gateway, socket.EAI_NODATA)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(gw, "GET", "/", host="retries.test")
+    assert reply.status == 503
+    assert reply.json()["message"] == "name resolution failed"
+    assert names.lookups == 1
+
+
+async def test_an_upstream_target_name_resolved_per_connection_that_does_not_resolve_takes_no_try(nursery, gateway):
+    """An upstream's target names resolved connection by connection (no discovery: `gateway run`): one without an
+    address is not a try (Kong's balancer gives a name that does not resolve no weight, and never picks it), so with
+    retries 0 every request reaches the other target; with no target resolving, Kong's 503 "failure to get a peer
+    from the ring-balancer"."""
+    names = CountingNames({"mcp.test": ["127.0.0.2"]})
+    trio.socket.set_custom_hostname_resolver(names)
+    port, _ = await serve_on_addresses(nursery, ["127.0.0.2"], EchoBackend)
+    targets = [{"target": f"gone.test:{port}"}, {"target": f"mcp.test:{port}"}]
+    gw = await gateway({"upstreams": [{"name": "up", "targets": targets},
+                                      {"name": "lost", "targets": [{"target": "gone.test:80"},
+                                                                   {"target": "lost.test:80"}]}],
+                        "services": [service("svc", "http://up", [{"paths": ["/up"]}], retries=0),
+                                     service("none", "http://lost", [{"paths": ["/lost"]}])]})
+    with trio.fail_after(TIMEOUT):
+        replies = [await request(gw, "GET", "/up?framing=close") for _ in range(4)]
+        lost = await request(gw, "GET", "/lost")
+    assert [r.status for r in replies] == [200] * 4
+    assert lost.status == 503
+    assert lost.json() == {"message": NO_PEER, "request_id": lost.header("x-kong-request-id")}
+    assert lost.header("via") is None
 
 
 # --- kong/runloop/balancer: an upstream's target names ---------------------------------------------------------------
@@ -213,9 +260,6 @@ class _NoSuchName(Names):
         return await super().getaddrinfo(host, port, family, type, proto, flags)
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/discovery/dns.py keeps a name's last addresses for dns_stale_ttl "
-                   "whatever the failure (README and tests/discovery/test_disc_dns.py say so); Kong keeps them only "
-                   "through server failures and empty answers, and drops them on a name error")
 async def test_a_target_name_that_stops_existing_loses_its_addresses_but_a_failing_resolver_keeps_them(
         autojump_clock):
     """kong/resty/dns/client.lua cacheinsert: a server failure or an empty answer leaves a stale record with data in
@@ -491,8 +535,6 @@ async def test_a_client_that_keeps_talking_keeps_a_tunnel_open_though_it_reads_n
     assert 0.2 <= waited < 3, waited
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/pipeline/headers.py upgrade_asked requires Connection to name "
-                   "upgrade; Kong and nginx look at the Upgrade header alone")
 async def test_upgrade_websocket_is_passed_on_though_connection_does_not_name_it(nursery, gateway):
     """kong/runloop/handler.lua access.after: `Upgrade: websocket` (any case) alone sets upstream_connection
     "keep-alive, Upgrade" and upstream_upgrade "websocket", whatever Connection says; nginx tunnels a 101 to a
@@ -510,7 +552,23 @@ async def test_upgrade_websocket_is_passed_on_though_connection_does_not_name_it
     assert (server.heads[0][1][b"upgrade"], server.heads[0][1][b"connection"]) == (b"websocket", b"keep-alive, Upgrade")
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/pipeline/headers.py passes the client's Upgrade value as it is")
+async def test_upgrade_websocket_without_any_connection_header_is_tunnelled(nursery, gateway):
+    """kong/runloop/handler.lua access.after reads the Upgrade header alone: a handshake with no Connection header at
+    all still goes upstream with Kong's `Upgrade: websocket` and `Connection: keep-alive, Upgrade`, and its 101
+    makes a tunnel."""
+    server, port = await _ws_gateway(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(handshake(base64.b64encode(os.urandom(16)), path=b"/up-ws")
+                                  .replace(b"Connection: Upgrade\r\n", b""))
+            buf = bytearray()
+            assert (await read_head(stream, buf))[0].startswith(b"HTTP/1.1 101 ")
+            await stream.send_all(frame(TEXT, b"through", mask=True))
+            assert await read_frames(stream, buf, 1) == [(TEXT, b"through")]
+    assert (server.heads[0][1][b"upgrade"], server.heads[0][1][b"connection"]) == (b"websocket", b"keep-alive, Upgrade")
+
+
 async def test_the_upstream_gets_kongs_upgrade_websocket_in_lower_case(nursery, gateway):
     """kong/runloop/handler.lua access.after: var.upstream_upgrade = "websocket", whatever the client's case."""
     server, port = await _ws_gateway(nursery, gateway)
@@ -523,7 +581,6 @@ async def test_the_upstream_gets_kongs_upgrade_websocket_in_lower_case(nursery, 
     assert server.heads[0][1][b"upgrade"] == b"websocket"
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/pipeline/forward.py _tunnel passes the upstream's Upgrade as it is")
 async def test_a_101_that_upgrades_to_another_protocol_loses_its_upgrade_header(nursery, gateway):
     """kong/runloop/handler.lua header_filter.before: an upstream Upgrade other than the one Kong asked for
     (upstream_upgrade, "websocket") is removed from the response."""
@@ -535,3 +592,17 @@ async def test_a_101_that_upgrades_to_another_protocol_loses_its_upgrade_header(
             start_line, headers = await read_head(stream, bytearray())
     assert start_line.startswith(b"HTTP/1.1 101 ")
     assert b"upgrade" not in headers
+
+
+async def test_a_101_whose_upgrade_is_websocket_in_another_case_keeps_it(nursery, gateway):
+    """kong/runloop/handler.lua header_filter.before compares the upstream's Upgrade with what it asked for in lower
+    case: `WebSocket` is the same upgrade, and passes as the upstream wrote it."""
+    _, port = await _ws_gateway(nursery, gateway, KongWsServer(upgrade=b"WebSocket"))
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(handshake(base64.b64encode(os.urandom(16)), path=b"/up-ws"))
+            start_line, headers = await read_head(stream, bytearray())
+    assert start_line.startswith(b"HTTP/1.1 101 ")
+    assert headers[b"upgrade"] == b"WebSocket"
+    assert headers[b"connection"] == b"upgrade"

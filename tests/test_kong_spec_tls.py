@@ -346,6 +346,24 @@ async def test_tls_verify_refuses_an_untrusted_upstream_with_kongs_502(gateway, 
     assert passed.status == 200
 
 
+async def test_tls_verify_without_ca_certificates_trusts_no_ca(gateway, nursery, pki, tmp_path, monkeypatch):
+    """Kong's services.tls_verify: "If default CA list in Nginx are not specified and TLS verification is enabled,
+    then handshake with upstream server will always fail (because no CA are trusted)": nginx_kong.lua sets no
+    proxy_ssl_trusted_certificate, so the system's CAs are not used either (here the test CA is the system's)."""
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_text(pki.ca_pem)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    backend = await sni_echo(nursery, pki.issue("upstream.test", "127.0.0.1"))
+    url = f"https://127.0.0.1:{backend.port}"
+    port = await gateway({"services": [service("verified", url, [{"paths": ["/tls"]}], retries=0, tls_verify=True),
+                                       service("named", url, [{"paths": ["/ca"]}], tls_verify=True,
+                                               ca_certificates=[CA_ID])],
+                          "ca_certificates": [{"id": CA_ID, "cert": pki.ca_pem}]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/tls")).status == 502
+        assert (await request(port, "GET", "/ca")).status == 200
+
+
 @pytest.mark.parametrize(("host", "preserve_host", "sent_host", "sni"), [
     ("localhost", True, "ssl3.com:8443", "ssl3.com"),  # "properly sets the upstream SNI with preserve_host: true"
     ("localhost", False, "no-sni.com", "localhost"),  # "false"
@@ -362,8 +380,6 @@ async def test_the_upstream_sni_is_nginxs_proxy_ssl_name(gateway, nursery, pki, 
     assert backend.server_names == [sni]
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/pipeline/forward.py: `sni or target.server_name` falls back to the "
-                                       "service's host when the preserved Host is an address")
 async def test_a_preserved_host_that_is_an_address_sends_no_sni(gateway, nursery, pki):
     """nginx's proxy_ssl_name $upstream_host with preserve_host: the client's Host without its port; an address is
     no server name (RFC 6066), so no SNI is sent, not the service's host name."""

@@ -265,19 +265,21 @@ async def test_upstream_refusing_the_upgrade_gives_the_client_its_answer(nursery
     assert backend.heads[0][1][b"upgrade"] == b"websocket"
 
 
-async def test_no_upgrade_without_connection_upgrade(nursery, gateway):
-    """Upgrade without Connection naming it asks nothing (RFC 9110 7.8): an ordinary request, Upgrade dropped as
-    hop-by-hop; the backend's 426 reaches the client."""
+async def test_upgrade_without_connection_upgrade_is_kongs_upgrade(nursery, gateway):
+    """Kong looks at Upgrade alone (kong/runloop/handler.lua access.after): `Upgrade: websocket` with a Connection
+    that does not name it still goes upstream with `Upgrade: websocket` and `Connection: keep-alive, Upgrade`, and
+    the backend's 101 makes a tunnel (nginx tunnels a 101 to a request with an Upgrade header)."""
     backend, port = await start(nursery, gateway)
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         buf = bytearray()
         async with stream:
             await stream.send_all(handshake(base64.b64encode(os.urandom(16)), connection=b"keep-alive"))
-            assert (await read_head(stream, buf))[0].startswith(b"HTTP/1.1 426 ")
+            assert (await read_head(stream, buf))[0].startswith(b"HTTP/1.1 101 ")
+            await stream.send_all(frame(TEXT, b"ping", mask=True))
+            assert await read_frames(stream, buf, 2) == [(TEXT, b"hello"), (TEXT, b"echo: ping")]
     seen = backend.heads[0][1]
-    assert b"upgrade" not in seen
-    assert seen.get(b"connection", b"keep-alive") == b"keep-alive"
+    assert (seen[b"upgrade"], seen[b"connection"]) == (b"websocket", b"keep-alive, Upgrade")
 
 
 async def test_upstream_silent_longer_than_read_timeout_ends_the_tunnel(nursery, gateway, caplog):
@@ -368,8 +370,16 @@ WS = [(b"host", b"gw"), (b"upgrade", b"websocket"), (b"connection", b"keep-alive
       (b"sec-websocket-key", b"dGhlIHNhbXBsZSBub25jZQ==")]
 
 
-def test_an_upgrade_request_gets_kongs_upgrade_and_connection():
-    out, framing = _headers_of(b"GET", b"1.1", WS)
+@pytest.mark.parametrize("headers", [
+    WS,
+    [hv for hv in WS if hv[0] != b"connection"],  # Upgrade without Connection (Kong looks at Upgrade alone)
+    [(b"connection", b"keep-alive") if hv[0] == b"connection" else hv for hv in WS],  # ... or not naming it
+    [(b"upgrade", b"WebSocket") if hv[0] == b"upgrade" else hv for hv in WS],  # any case: Kong's "websocket"
+])
+def test_an_upgrade_request_gets_kongs_upgrade_and_connection(headers):
+    """kong/runloop/handler.lua: `Upgrade: websocket` (any case) sets upstream_upgrade "websocket" and
+    upstream_connection "keep-alive, Upgrade", whatever the client's Connection says."""
+    out, framing = _headers_of(b"GET", b"1.1", headers)
     assert framing == UPGRADE
     assert [hv for hv in out if hv[0] in (b"upgrade", b"connection")] == [
         (b"upgrade", b"websocket"), (b"connection", b"keep-alive, Upgrade")]
@@ -380,7 +390,7 @@ def test_an_upgrade_request_gets_kongs_upgrade_and_connection():
     (b"POST", b"1.1", WS),  # only a GET
     (b"GET", b"1.0", WS),  # only HTTP/1.1
     (b"GET", b"1.1", [hv for hv in WS if hv[0] != b"upgrade"]),  # Connection: upgrade without Upgrade
-    (b"GET", b"1.1", [hv for hv in WS if hv[0] != b"connection"]),  # Upgrade without Connection: upgrade
+    (b"GET", b"1.1", [(b"upgrade", b"h2c") if hv[0] == b"upgrade" else hv for hv in WS]),  # only websocket
     (b"GET", b"1.1", [*WS, (b"content-length", b"3")]),  # with a body
 ])
 def test_what_is_not_an_upgrade_is_an_ordinary_request(method, version, headers):

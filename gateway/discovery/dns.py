@@ -4,17 +4,21 @@ MCP sessions) with the name's weight, and the name as its Host header and TLS na
 addresses when a name has any, as Kong asks for A records before AAAA.
 
 Names are resolved again every `ttl` seconds (kong.conf's dns_valid_ttl: getaddrinfo gives no record TTL). A name
-that stops resolving keeps its last addresses for STALE_TTL_S (Kong's dns_stale_ttl default); one that never resolved,
-or whose last addresses are older, is a target by its name (with itself as hostname), whose health is Kong's
-dns_error. run_dns reports such a name with weight 0, as Kong's balancer has it (kong/runloop/balancer/targets.lua
-queryDns: a failed query is an empty record, so the target has no address and no weight): it takes no request, the
-upstream's other targets take them all, and an upstream none of whose names resolved answers Kong's 503 "failure
-to get a peer from the ring-balancer".
+whose resolver fails (a server failure, no answer in time) or answers no address keeps its last addresses for
+STALE_TTL_S (Kong's dns_stale_ttl default), as Kong's DNS client keeps a stale record through those
+(kong/resty/dns/client.lua cacheinsert); a name that no longer exists (NXDOMAIN: EAI_NONAME) loses them at once, as
+a name error replaces the record there. One without addresses (never resolved, gone, or whose last addresses are
+older) is a target by its name (with itself as hostname), whose health is Kong's dns_error. run_dns reports such a
+name with weight 0, as Kong's balancer has it (kong/runloop/balancer/targets.lua queryDns: a failed query is an
+empty record, so the target has no address and no weight): it takes no request, the upstream's other targets take
+them all, and an upstream none of whose names resolved answers Kong's 503 "failure to get a peer from the
+ring-balancer".
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 
 import trio
 
@@ -50,12 +54,16 @@ async def resolve_targets(targets: list[TargetInfo], known: dict[str, tuple[list
     """`targets` with each name replaced by its addresses (the names looked up at once, each for at most
     RESOLVE_TIMEOUT_S). `known`: each name's last addresses and when they were resolved, used while it does not
     resolve, for at most STALE_TTL_S."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, list[str] | None] = {}
     async with trio.open_nursery() as nursery:
         for name, port in {t.host: t.port for t in targets if not is_ip(t.host)}.items():
             nursery.start_soon(_look_up, name, port, found)
     now = trio.current_time()
-    known.update((name, (addresses, now)) for name, addresses in found.items())
+    for name, addresses in found.items():
+        if addresses is None:
+            known.pop(name, None)
+        else:
+            known[name] = (addresses, now)
     out: list[TargetInfo] = []
     for t in targets:
         last = known.get(t.host)
@@ -68,12 +76,16 @@ async def resolve_targets(targets: list[TargetInfo], known: dict[str, tuple[list
     return normalise(out)
 
 
-async def _look_up(name: str, port: int, found: dict[str, list[str]]) -> None:
+async def _look_up(name: str, port: int, found: dict[str, list[str] | None]) -> None:
+    """Put a name's addresses in `found`, or None when it no longer exists (NXDOMAIN: its last ones are forgotten);
+    nothing when the resolver failed otherwise, or gave no address (they are kept)."""
     with trio.move_on_after(RESOLVE_TIMEOUT_S):
         try:
             found[name] = [address for _, address in await addresses_of(name, port)]
         except NameNotResolved as e:
             log.debug("%s", e)
+            if e.gai == socket.EAI_NONAME:
+                found[name] = None
         return
     log.debug("%s: no answer from the resolver within %gs", name, RESOLVE_TIMEOUT_S)
 

@@ -25,10 +25,26 @@ class ConnectTimeout(ConnectError):
 
 
 class NameResolutionFailed(ConnectError):
-    """The target's host name has no address: Kong answers 503 "name resolution failed" (kong.response.error), and
-    no health check counts it against the target."""
+    """The target's host name has no address; no health check counts it against the target, and it is not retried.
+    Kong's balancer (kong/runloop/balancer/init.lua execute) says 503 "name resolution failed" for a name error or an
+    empty answer (`dns_error` None), 500 for any other failure of the look-up: `dns_error`, the DNS client's words,
+    which kong/runloop/handler.lua balancer_execute puts in `kong_message`."""
 
     status = 503
+
+    def __init__(self, message: str, host: str, dns_error: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+        self.dns_error = dns_error
+        if dns_error is not None:
+            self.status = 500
+
+    @property
+    def kong_message(self) -> str:
+        """The message of Kong's kong.response.error for this failure in its access phase."""
+        if self.dns_error is None:
+            return "name resolution failed"
+        return f"failed the initial dns/balancer resolve for '{self.host}' with: {self.dns_error}"
 
 
 class UpstreamTimeout(UpstreamError):

@@ -201,7 +201,29 @@ class Conn:
 
 
 class NameNotResolved(OSError):
-    """A host name with no address: it does not exist, or the resolver failed."""
+    """A host name with no address: it does not exist, or the resolver failed. `gai`: getaddrinfo's error code
+    (socket.EAI_NONAME: no such name, DNS's NXDOMAIN; EAI_NODATA, or 0 when it gave no address of a usable kind:
+    an empty answer; EAI_AGAIN: the server failed or did not answer in time)."""
+
+    def __init__(self, host: str, reason: str, gai: int = 0) -> None:
+        super().__init__(errno.EHOSTUNREACH, f"{host}: {reason}")
+        self.reason = reason
+        self.gai = gai
+
+    @property
+    def kong_error(self) -> str | None:
+        """Kong's DNS client's error for the failure when it is not a name error or an empty answer (those are
+        None: Kong's 503 "name resolution failed"): a server failure (EAI_AGAIN: SERVFAIL, or no answer) is its
+        "dns server error: 2 server failure"; any other, the resolver's own words."""
+        gai = self.gai
+        if gai in _NO_SUCH_NAME:
+            return None
+        if gai == socket.EAI_AGAIN:
+            return "dns server error: 2 server failure"
+        return self.reason
+
+
+_NO_SUCH_NAME = frozenset({0, socket.EAI_NONAME, socket.EAI_NODATA})
 
 
 _turns: dict[str, int] = {}  # per host name: how many connections it has had (its addresses take turns)
@@ -214,13 +236,13 @@ async def addresses_of(host: str, port: int) -> list[tuple[socket.AddressFamily,
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
-        raise NameNotResolved(errno.EHOSTUNREACH, f"{host}: {e.strerror}") from None
+        raise NameNotResolved(host, e.strerror or str(e), e.errno or 0) from None
     addresses = [(socket.AddressFamily(info[0]), str(info[4][0])) for info in infos]
     v4 = [a for a in addresses if a[0] == socket.AF_INET]
     if v4:
         addresses = v4
     if not addresses:
-        raise NameNotResolved(errno.EHOSTUNREACH, f"{host}: no address")
+        raise NameNotResolved(host, "no address")
     return addresses
 
 

@@ -183,7 +183,7 @@ class Pool:
             try:
                 conn = await open_connection(key[0], key[1])
             except NameNotResolved as e:
-                raise NameResolutionFailed(f"cannot resolve {e.strerror}") from None
+                raise NameResolutionFailed(f"cannot resolve {e.strerror}", key[0], e.kong_error) from None
             except OSError as e:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 if e.errno == errno.ECONNREFUSED:

@@ -257,10 +257,8 @@ class ClientTls:
         if verify:
             ctx.verify_mode = ssl.CERT_REQUIRED
             ctx.check_hostname = True
-            if ca_pems:
+            if ca_pems:  # (none: Kong's nginx has no proxy_ssl_trusted_certificate, so it trusts no CA at all)
                 ctx.load_verify_locations(cadata="\n".join(ca_pems))
-            else:
-                ctx.load_default_certs()
         else:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

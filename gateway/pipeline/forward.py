@@ -27,7 +27,6 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.kong_errors import NO_PEER
-from gateway.http.net import is_ip
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
@@ -180,8 +179,18 @@ class Forwarder:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                         headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
-                    error = e
                     tried = {*tried, index}
+                    if type(e) is NameResolutionFailed:  # a name without an address: no retry of it
+                        if pinned is None and len(group.targets) > 1:  # an upstream's: Kong's balancer gives it no
+                            ex.tries.pop()  # type: ignore[union-attr]  # weight and never picks it: not a try,
+                            tries += 1  # and skipped from now on (none left: Kong's 503 "failure to get a peer")
+                            unusable = unusable | {index}
+                            continue
+                        if len(ex.tries) == 1:  # type: ignore[arg-type]  # the first look-up, in Kong's access
+                            ex.tries = None  # phase, before any try: Kong's own answer (below)
+                        error = e
+                        break
+                    error = e
                     if (e.sent and not replayable) or type(e) is BadResponse:
                         break  # (nginx's default proxy_next_upstream has no invalid_header)
                     if isinstance(e, UpstreamClosed) and e.reused:
@@ -204,10 +213,15 @@ class Forwarder:
                 await ex.respond_error(503, NO_PEER)
             else:
                 log.info("%s: %d", error, error.status)
-                if isinstance(error, NameResolutionFailed):  # Kong's balancer: kong.response.error
-                    await ex.respond_error(503, "name resolution failed")
-                else:
-                    await ex.respond_error_page(error.status)  # nginx's own 502 / 504, through Kong's error handler
+                if isinstance(error, NameResolutionFailed) and not ex.tries:
+                    # The first look-up is Kong's access phase (handler.lua balancer_execute): kong.response.error,
+                    # the gateway's own answer, nothing proxied (no try, no cookie of hash_on cookie)
+                    ex.tries = None
+                    if hash_key is not None:
+                        drop_new_cookie(group, ex)
+                    await ex.respond_error(error.status, error.kong_message)
+                else:  # nginx's own 502 / 504 (a retry's look-up: Kong's ngx.exit), through Kong's error handler
+                    await ex.respond_error_page(error.status)
         finally:
             if spooled is not None:
                 spooled.close()
@@ -332,16 +346,19 @@ class Forwarder:
     async def _tunnel(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response,
                       attempt: Attempt, request_id: bytes) -> None:
         """The upstream switched protocols: its 101 to the client (response headers handled as any answer's, with
-        its Upgrade and `Connection: upgrade`), then bytes relayed both ways (gateway.pipeline.tunnel) until either
-        side closes or a timeout of the service ends it. Both connections are closed after it, neither reused; the
-        target's request lasts as long as the tunnel (the balancer counts it as active meanwhile)."""
+        its Upgrade when that is `websocket`, what Kong asked for, and `Connection: upgrade`), then bytes relayed
+        both ways (gateway.pipeline.tunnel) until either side closes or a timeout of the service ends it. Both
+        connections are closed after it, neither reused; the target's request lasts as long as the tunnel (the
+        balancer counts it as active meanwhile)."""
         timers = ex.timer.timers
         switched = False
         try:
             headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc,
                                                     ex.request.headers)[0] if hv[0] != b"content-length"]
-            headers += [(b"upgrade", b", ".join(v for n, v in response.headers if n == b"upgrade")),
-                        (b"connection", b"upgrade")]
+            upgrade = b", ".join([v for n, v in response.headers if n == b"upgrade"])
+            if upgrade.lower() == b"websocket":  # Kong's header filter drops another (not what it asked for)
+                headers.append((b"upgrade", upgrade))
+            headers.append((b"connection", b"upgrade"))
             to_upstream = await ex.switch_protocols(headers, response.reason)
             switched = True
             if to_upstream is None:
@@ -619,11 +636,11 @@ def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None 
     return key + (sni,) if sni is not None else key
 
 
-def _sni(host: bytes) -> str | None:
-    """nginx's proxy_ssl_name of a Host header: the name without its port; none for an address (no SNI for one)."""
+def _sni(host: bytes) -> str:
+    """nginx's proxy_ssl_name of a Host header: the name without its port. An address stays one: Python's ssl, as
+    nginx, sends no SNI for it (RFC 6066) and checks the certificate against it, not against the service's host."""
     name = host.decode("latin-1").lower()
-    name = name[1:name.find("]")] if name.startswith("[") else name.partition(":")[0]
-    return None if is_ip(name) else name
+    return name[1:name.find("]")] if name.startswith("[") else name.partition(":")[0]
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,

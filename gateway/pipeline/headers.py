@@ -32,10 +32,10 @@ _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x
 _OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
 _NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer sent that are kept: none (never added to)
 # upstream_request_headers' framing for a request that asks to switch protocols (a WebSocket handshake): no body,
-# sent with the client's Upgrade and Kong's `Connection: keep-alive, Upgrade` (the forwarder's upgrade path; never
+# sent with Kong's `Upgrade: websocket` and `Connection: keep-alive, Upgrade` (the forwarder's upgrade path; never
 # given to a codec, which reads such headers itself).
 UPGRADE = 3
-_UPGRADE_CONNECTION = (b"connection", b"keep-alive, Upgrade")
+_UPGRADE_HEADERS = [(b"upgrade", b"websocket"), (b"connection", b"keep-alive, Upgrade")]
 # Kong's Via upstream (kong/runloop/handler.lua upstream_via), after the client's own first Via when it sent one.
 # Kong's version is the request's as Lua prints ngx.req.http_version() (1.0 is "1"); here always 1.1, the version
 # the gateway speaks upstream.
@@ -86,19 +86,19 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
     return tokens
 
 
-def upgrade_asked(request: Request) -> bytes | None:
-    """The Upgrade value of a request whose Connection header names `upgrade`, when it may switch protocols: an
-    HTTP/1.1 GET with `Upgrade: websocket` (Kong's rule: only a WebSocket upgrade is passed on) and no body; None
-    otherwise (then it is an ordinary request, Upgrade dropped as hop-by-hop)."""
+def upgrade_asked(request: Request) -> bool:
+    """Whether a request asks to switch to WebSocket, as Kong reads it (kong/runloop/handler.lua: its Upgrade is
+    `websocket` in any case, whatever Connection says; only a WebSocket upgrade is passed on), and may: an HTTP/1.1
+    GET without a body. Otherwise it is an ordinary request, Upgrade dropped as hop-by-hop."""
     if request.method != b"GET" or request.http_version != b"1.1":
-        return None
+        return False
     values = []
     for name, value in request.headers:
         if name == b"upgrade":
             values.append(value)
         elif name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
-            return None
-    return values[0] if len(values) == 1 and values[0].strip().lower() == b"websocket" else None
+            return False
+    return len(values) == 1 and values[0].strip().lower() == b"websocket"
 
 
 _NGINX_HOSTS: Memo[bytes, bytes] = Memo(4096)  # a Host value -> nginx's $host
@@ -133,7 +133,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     request = ex.request
     headers = request.headers
     trusted = ex.peer_trusted
-    connection = False  # a Connection header: the headers it names are dropped too (after the loop: it is rare)
+    connection = 0  # 1: a Connection header (the headers it names are dropped too), 2: an Upgrade (after the loop)
     framing = NO_BODY
     out: Headers = []
     host = b""
@@ -172,22 +172,24 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 seen_forwarded.add(name)
             else:
                 if name == b"connection":
-                    connection = True
+                    connection |= 1
                 elif name == b"transfer-encoding":
                     framing = CHUNKED  # chunked, and nothing else: gateway.http.codec.check_request_head
                 elif name == b"via" and not via:
                     via = hv[1]
                 elif name == b"te":
                     te = True
+                elif name == b"upgrade":
+                    connection |= 2
                 continue  # hop-by-hop, consumer headers, expect, x-real-ip, proxy, via
         out.append(hv)
-    if connection and (named := connection_tokens(headers)):
-        out = [hv for hv in out if hv[0] not in named]
-        if trusted:
-            seen_forwarded -= named
-        if b"upgrade" in named and (upgrade := upgrade_asked(request)) is not None:
-            out.append((b"upgrade", upgrade))  # Kong's upstream_upgrade and upstream_connection
-            out.append(_UPGRADE_CONNECTION)
+    if connection:
+        if connection & 1 and (named := connection_tokens(headers)):
+            out = [hv for hv in out if hv[0] not in named]
+            if trusted:
+                seen_forwarded -= named
+        if connection & 2 and framing != CHUNKED and upgrade_asked(request):  # (a chunked body: no upgrade)
+            out += _UPGRADE_HEADERS  # Kong's upstream_upgrade and upstream_connection
             framing = UPGRADE
     if not request_id:
         request_id = new_request_id()

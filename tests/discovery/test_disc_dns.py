@@ -4,6 +4,9 @@ by a Trio custom resolver, so each test decides what a name's addresses are."""
 
 from __future__ import annotations
 
+import socket
+
+import pytest
 import trio
 from backends import Names
 
@@ -43,8 +46,25 @@ async def test_ipv4_addresses_are_the_targets_when_a_name_has_both():
     assert await resolve_targets([TargetInfo("mcp.test", 80)], {}) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
 
 
-async def test_a_name_that_stops_resolving_keeps_its_last_addresses_for_kongs_stale_ttl(autojump_clock):
-    names = Names({"mcp.test": ["127.0.0.2"]})
+class FailingNames(Names):
+    """Names whose unknown names fail with getaddrinfo's `failure` (EAI_AGAIN: a server failure or no answer;
+    EAI_NODATA: an empty answer) instead of NXDOMAIN."""
+
+    def __init__(self, names: dict[str, list[str]], failure: int) -> None:
+        super().__init__(names)
+        self.failure = failure
+
+    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
+        if (host.decode() if isinstance(host, bytes) else host) not in self.names:
+            raise socket.gaierror(self.failure, "Temporary failure in name resolution")
+        return await super().getaddrinfo(host, port, family, type, proto, flags)
+
+
+@pytest.mark.parametrize("failure", [socket.EAI_AGAIN, socket.EAI_NODATA])
+async def test_a_name_that_stops_resolving_keeps_its_last_addresses_for_kongs_stale_ttl(autojump_clock, failure):
+    """kong/resty/dns/client.lua cacheinsert: a server failure or an empty answer leaves a stale record with data in
+    place, for dns_stale_ttl."""
+    names = FailingNames({"mcp.test": ["127.0.0.2"]}, failure)
     trio.socket.set_custom_hostname_resolver(names)
     known: dict[str, tuple[list[str], float]] = {}
     first = await resolve_targets([TargetInfo("mcp.test", 80)], known)
@@ -53,6 +73,22 @@ async def test_a_name_that_stops_resolving_keeps_its_last_addresses_for_kongs_st
     assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == first
     await trio.sleep(2)
     assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("mcp.test", 80, 100, "mcp.test")]
+
+
+async def test_a_name_that_no_longer_exists_loses_its_addresses_at_once(autojump_clock):
+    """kong/resty/dns/client.lua cacheinsert: a "3 name error" (NXDOMAIN, getaddrinfo's EAI_NONAME) replaces the
+    stale record: the name is a target by its name at the next resolution, and one that comes back gets its new
+    addresses."""
+    names = Names({"mcp.test": ["127.0.0.2"]})
+    trio.socket.set_custom_hostname_resolver(names)
+    known: dict[str, tuple[list[str], float]] = {}
+    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+    names.names.clear()
+    await trio.sleep(5)
+    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("mcp.test", 80, 100, "mcp.test")]
+    assert "mcp.test" not in known
+    names.names["mcp.test"] = ["127.0.0.3"]
+    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("127.0.0.3", 80, 100, "mcp.test")]
 
 
 async def test_a_name_that_never_resolved_stays_a_target_by_its_name():
