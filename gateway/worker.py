@@ -133,6 +133,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.cancel_scope.cancel()
     finally:
         pool.close_all()  # also when cancelled: no pooled upstream socket is left open
+        settings.connections.close_spare()
         if ctx is not None:
             ctx.term()
 

@@ -211,7 +211,10 @@ def _set_subreaper(on: bool) -> bool:
 
 
 def _readable(fd: int) -> bool:
-    return bool(select.select([fd], [], [], 0)[0])
+    """Whether `fd` has something to read now (poll: select() refuses descriptors past 1023)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _own_children() -> set[int]:

@@ -4,7 +4,9 @@ worker of the gateway serves normally meanwhile."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -13,10 +15,12 @@ import sys
 import pytest
 import trio
 from backends import EchoBackend, free_port, parse_raw_response, raw_exchange, request, service, stop_process, wait_port
+from conftest import _run_gateway, build_config
 from e2e_helpers import Backend, GatewayNode, HttpConn, owners
 from e2e_helpers import request as http_request
 
 from gateway.http.limits import RESERVED_FDS, derived_max_connections, raise_nofile_limit
+from gateway.http.net import bind_listener
 
 TIMEOUT = 10
 
@@ -42,6 +46,27 @@ async def test_beyond_max_connections_a_new_connection_gets_a_fast_503(gateway, 
     assert (await request(port, "GET", "/x")).status == 200  # room again
     for stream in held:
         await stream.aclose()
+
+
+def _devnull_fds() -> int:
+    fds = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+    return fds.count(os.devnull)
+
+
+async def test_a_worker_that_stops_gives_its_spare_descriptor_back(http_codec):
+    """The spare descriptor kept for refusing connections out of descriptors is closed when the worker stops (tests
+    run many workers in one process: each left one open before)."""
+    before = _devnull_fds()
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            listener = bind_listener("127.0.0.1", 0, reuse_port=False)
+            await nursery.start(_run_gateway, build_config({"services": []}, http_codec), [listener])
+            assert _devnull_fds() == before + 1
+            nursery.cancel_scope.cancel()
+    assert _devnull_fds() == before
 
 
 def test_the_descriptor_limit_is_raised_and_max_connections_derived_from_it():

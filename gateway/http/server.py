@@ -142,6 +142,12 @@ class ConnectionSet:
             self._spare = SpareFd()
         return self._spare
 
+    def close_spare(self) -> None:
+        """Give the spare descriptor back: the worker has stopped accepting."""
+        if self._spare is not None:
+            self._spare.close()
+            self._spare = None
+
     def opened(self) -> None:
         self.accepted += 1
         self.active += 1
