@@ -14,18 +14,20 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
 
 from gateway.config.schema import Config
+from gateway.config.tls import ref_id
 from gateway.discovery.service import config_targets
 from gateway.discovery.types import TargetInfo
 from gateway.health.machine import Event, State, TargetHealth
 from gateway.health.passive import HealthCallback
 from gateway.health.policy import ActivePolicy
 from gateway.health.probe import probe
+from gateway.tls_runtime import compile_client_ssl
 
 log = logging.getLogger("gateway.health")
 
@@ -43,11 +45,29 @@ class UpstreamChecks:
 def upstreams_from_config(config: Config) -> list[UpstreamChecks]:
     """Every upstream whose active checks are on (an interval > 0), with the config's targets as a start."""
     out = []
+    global_pair = None
     for up in config.upstreams:
         policy = ActivePolicy.from_config(up.healthchecks)
-        if policy.enabled:
-            out.append(UpstreamChecks(up.name, policy, config_targets(config, up.name), up.host_header))
+        if not policy.enabled:
+            continue
+        if policy.type == "https":  # Kong's healthcheckers.lua: the upstream's client certificate, else client_ssl
+            pair = _upstream_certificate(config, up.client_certificate)
+            if pair is None and config.gateway.client_ssl:
+                global_pair = global_pair or compile_client_ssl(config, [])
+                pair = global_pair
+            if pair is not None:
+                policy = replace(policy, client_cert=pair)
+        out.append(UpstreamChecks(up.name, policy, config_targets(config, up.name), up.host_header))
     return out
+
+
+def _upstream_certificate(config: Config, ref: object) -> tuple[str, str] | None:
+    """The (certificate, key) of the certificate entity an upstream's client_certificate names, if any."""
+    cert_id = ref_id(ref)  # type: ignore[arg-type]
+    if cert_id is None:
+        return None
+    cert = next((c for c in config.certificates if c.id == cert_id), None)
+    return None if cert is None else (cert.cert, cert.key)
 
 
 class _Target:

@@ -42,6 +42,9 @@ class ActivePolicy:
     headers: tuple[tuple[str, str], ...] = ()
     https_verify_certificate: bool = True
     https_sni: str | None = None
+    # the (certificate, key) PEM pair an https probe presents: the upstream's client_certificate, else kong.conf's
+    # client_ssl (Kong's healthcheckers.lua); None: none
+    client_cert: tuple[str, str] | None = None
 
     @property
     def enabled(self) -> bool:

@@ -20,7 +20,7 @@ import trio
 
 from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
-from gateway.http.tls_contexts import client_context
+from gateway.http.tls_contexts import client_context, load_chain
 
 USER_AGENT = "mcp-gateway-healthcheck"
 # lua-resty-healthcheck's match on the line it reads, with ngx.re's "joi" flags (case-insensitive)
@@ -29,8 +29,12 @@ MAX_LINE = 65536  # a first line longer than this is no status line
 
 
 def _ssl_context(policy: ActivePolicy) -> ssl.SSLContext:
-    """https_verify_certificate against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)."""
-    return client_context(policy.https_verify_certificate)
+    """https_verify_certificate against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts), with
+    the policy's client certificate when it has one."""
+    ctx: ssl.SSLContext = client_context(policy.https_verify_certificate)
+    if policy.client_cert is not None:
+        load_chain(ctx, *policy.client_cert, "upstreams.client_certificate")
+    return ctx
 
 
 def request_headers(policy: ActivePolicy, host_header: str) -> list[tuple[str, str]]:

@@ -119,7 +119,7 @@ def _key_type(cert: x509.Certificate) -> str:
     return type(key).__name__.removeprefix("_").removesuffix("PublicKey")
 
 
-def _load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> None:
+def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> None:
     """Load a PEM certificate chain and key given as text (through memfds, never on disk)."""
     fds = []
     try:
@@ -183,7 +183,7 @@ def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], wha
         if i and types[i] in types[:i]:  # a context holds one certificate per key type: the second would replace
             raise ValueError(f"{what}.cert_alt: the certificate and the alternative certificate need different key "
                              f"types (e.g. RSA and ECDSA); both are {types[i]}")
-        _load_chain(ctx, cert_pem, key_pem, what if i == 0 else f"{what}.cert_alt")
+        load_chain(ctx, cert_pem, key_pem, what if i == 0 else f"{what}.cert_alt")
     return ctx
 
 
@@ -264,7 +264,7 @@ class ClientTls:
             ctx.verify_mode = ssl.CERT_NONE
         if client_pair is not None:
             check_certificate(client_pair[0], what)
-            _load_chain(ctx, client_pair[0], client_pair[1], what)
+            load_chain(ctx, client_pair[0], client_pair[1], what)
         self.context = ctx
         self.verify = verify
 

@@ -22,9 +22,12 @@ from collections.abc import Awaitable, Callable
 import pytest
 import trio
 import trustme
+from conftest import build_config
+from tls_helpers import HttpsEcho, Pki
 
 from gateway.config.schema import ActiveHealthcheck, Healthchecks
 from gateway.health import ActivePolicy, Event, probe
+from gateway.health.checker import upstreams_from_config
 
 Handler = Callable[[trio.abc.Stream], Awaitable[None]]
 
@@ -244,3 +247,31 @@ def test_a_zero_timeout_is_accepted_and_means_ngxs_default():
 
     active = msgspec.convert({"timeout": 0}, ActiveHealthcheck)  # (0 to 65535: Kong's `seconds`)
     assert ActivePolicy.from_config(Healthchecks(active=active)).timeout_s == 60.0
+
+
+# --- healthcheckers.lua: the client certificate of an https probe ----------------------------------------------------
+
+
+async def test_an_https_probe_presents_the_upstreams_certificate_else_client_ssl(nursery: trio.Nursery,
+                                                                                 tmp_path) -> None:  # noqa: ANN001
+    """kong/runloop/balancer/healthcheckers.lua: the healthchecker gets the upstream's client_certificate as its
+    ssl_cert / ssl_key, else kong.conf's client_ssl pair: an upstream that requires a client certificate stays
+    healthy; without either, its handshake fails (a TCP failure)."""
+    pki = Pki()
+    backend = HttpsEcho(pki.issue("localhost", "127.0.0.1"), client_ca=pki.ca_pem)
+    await nursery.start(backend.serve)
+    cert, key = pki.issue("client.test")
+    cert_id = "6e0a3f5c-1d2b-4c3d-8e4f-5a6b7c8d9e31"
+    active = {"active": {"type": "https", "https_verify_certificate": False, "healthy": {"interval": 5}}}
+    doc = {"certificates": [{"id": cert_id, "cert": cert, "key": key}],
+           "upstreams": [{"name": "own", "client_certificate": {"id": cert_id}, "healthchecks": active},
+                         {"name": "none", "healthchecks": active}]}
+    plain = {u.name: u.policy for u in upstreams_from_config(build_config(doc, "h11"))}
+    files = pki.files(tmp_path, "global", "global.test")
+    with_ssl = {u.name: u.policy for u in upstreams_from_config(
+        build_config(doc, "h11", client_ssl=True, client_ssl_cert=files[0], client_ssl_cert_key=files[1]))}
+    with trio.fail_after(10):
+        assert await probe("127.0.0.1", backend.port, plain["own"], "localhost") is Event.SUCCESS
+        assert await probe("127.0.0.1", backend.port, plain["none"], "localhost") is Event.TCP_FAILURE
+        assert await probe("127.0.0.1", backend.port, with_ssl["none"], "localhost") is Event.SUCCESS
+    assert [r["client_cert"] for r in backend.requests] == ["client.test", "global.test"]
