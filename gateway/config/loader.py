@@ -447,8 +447,11 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         errors.append(f"{where}.snis: can only be set when protocols includes https (Kong's rule: a plain HTTP "
                       "request has no SNI)")
     for i, sni in enumerate(route.snis or ()):
-        if not _SNI.match(sni.lower().removesuffix(".")):
-            errors.append(f'{where}.snis[{i}]: expected a host name, "*.domain" or "name.*", got {show(sni)}')
+        name = sni.lower().removesuffix(".")
+        if name.count("*") > 1:
+            errors.append(f"{where}.snis[{i}]: only one wildcard must be specified, got {show(sni)}")
+        elif name != "*" and not _SNI.match(name):  # `*` alone (Kong's wildcard_host): any server name
+            errors.append(f'{where}.snis[{i}]: expected a host name, "*.domain", "name.*" or "*", got {show(sni)}')
     for i, p in enumerate(route.paths):
         if p.startswith("~"):
             problem = regex_problem(python_regex(p[1:]).encode())  # as the router compiles it

@@ -28,6 +28,8 @@ HTTPS_ONLY = {"protocols": ["https"]}
     (["api.*"], b"api.internal", True),
     (["api.*"], b"web.internal", False),
     (["api.test"], b"", False),  # a TLS client that sent no SNI matches no route with snis
+    (["*"], b"any.test", True),  # Kong's wildcard_host `*`: a postfix match of "", any server name ...
+    (["*"], b"", False),  # ... that was sent
     (["api.test"], None, True),  # a plain HTTP request: snis are not asked
 ])
 def test_a_route_with_snis_matches_the_connections_server_name(snis, sni, matches):
@@ -78,7 +80,13 @@ def test_snis_need_https_among_the_protocols():
 
 def test_an_sni_that_is_not_a_host_name_is_refused():
     assert refused({"paths": ["/"], "snis": ["a b"]}) == [
-        'services[0].routes[0].snis[0]: expected a host name, "*.domain" or "name.*", got "a b"']
+        'services[0].routes[0].snis[0]: expected a host name, "*.domain", "name.*" or "*", got "a b"']
+    assert refused({"paths": ["/"], "snis": ["*.api.*"]}) == [
+        'services[0].routes[0].snis[0]: only one wildcard must be specified, got "*.api.*"']
+
+
+def test_the_sni_star_is_accepted_as_kongs_wildcard_host():
+    load({"snis": ["*"], **HTTPS_ONLY})
 
 
 async def test_https_requests_are_routed_by_their_sni_and_plain_ones_ignore_it(gateway, nursery, tmp_path):
