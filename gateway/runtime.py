@@ -83,7 +83,7 @@ class UpstreamGroup:
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
                  "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered", "hashing",
-                 "cookie_path")
+                 "cookie_path", "direct")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -104,6 +104,7 @@ class UpstreamGroup:
         self.slots = 10000
         self.host_header: str | None = None  # the upstream's host_header, for targets discovery adds
         self.discovered = False  # its targets come from etcd or Consul at run time
+        self.direct = False  # a service's own host (no upstream entity): Kong resolves it in access, not a balancer
 
     def replace_targets(self, targets: list[TargetRuntime]) -> None:
         """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs)."""
@@ -409,6 +410,7 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
     if group is None:  # a plain host:port: an implicit upstream of one target
         group = UpstreamGroup(f"{svc.name}:{host}:{port}", [TargetRuntime(host, port, 100)], "round-robin",
                               make_balancer("round-robin", [100]), ("none", b""), ("none", b""))
+        group.direct = True
     elif not group.targets and not group.discovered:
         log.warning("upstream %r of service %r has no targets: its requests will get 503", host, svc.name)
     name: str = svc.name  # type: ignore[assignment]  # the loader names every service

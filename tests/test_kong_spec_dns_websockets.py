@@ -162,16 +162,20 @@ async def test_an_upstream_target_name_resolved_per_connection_that_does_not_res
     targets = [{"target": f"gone.test:{port}"}, {"target": f"mcp.test:{port}"}]
     gw = await gateway({"upstreams": [{"name": "up", "targets": targets},
                                       {"name": "lost", "targets": [{"target": "gone.test:80"},
-                                                                   {"target": "lost.test:80"}]}],
+                                                                   {"target": "lost.test:80"}]},
+                                      {"name": "alone", "targets": [{"target": "gone.test:80"}]}],
                         "services": [service("svc", "http://up", [{"paths": ["/up"]}], retries=0),
-                                     service("none", "http://lost", [{"paths": ["/lost"]}])]})
+                                     service("none", "http://lost", [{"paths": ["/lost"]}]),
+                                     service("one", "http://alone", [{"paths": ["/alone"]}])]})
     with trio.fail_after(TIMEOUT):
         replies = [await request(gw, "GET", "/up?framing=close") for _ in range(4)]
         lost = await request(gw, "GET", "/lost")
+        alone = await request(gw, "GET", "/alone")  # an upstream of one target: its balancer's answer too
     assert [r.status for r in replies] == [200] * 4
-    assert lost.status == 503
-    assert lost.json() == {"message": NO_PEER, "request_id": lost.header("x-kong-request-id")}
-    assert lost.header("via") is None
+    for reply in (lost, alone):
+        assert reply.status == 503
+        assert reply.json() == {"message": NO_PEER, "request_id": reply.header("x-kong-request-id")}
+        assert reply.header("via") is None
 
 
 # --- kong/runloop/balancer: an upstream's target names ---------------------------------------------------------------

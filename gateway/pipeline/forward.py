@@ -181,7 +181,7 @@ class Forwarder:
                 except UpstreamError as e:
                     tried = {*tried, index}
                     if type(e) is NameResolutionFailed:  # a name without an address: no retry of it
-                        if pinned is None and len(group.targets) > 1:  # an upstream's: Kong's balancer gives it no
+                        if pinned is None and not group.direct:  # an upstream's target: Kong's balancer gives it no
                             ex.tries.pop()  # type: ignore[union-attr]  # weight and never picks it: not a try,
                             tries += 1  # and skipped from now on (none left: Kong's 503 "failure to get a peer")
                             unusable = unusable | {index}
