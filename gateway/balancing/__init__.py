@@ -4,7 +4,7 @@ from .base import Balancer as Balancer
 from .consistent_hashing import ConsistentHashing as ConsistentHashing
 from .continuum import KongConsistentHashing as KongConsistentHashing
 from .ip_hash import IpHash as IpHash
-from .latency import PeakEwma as PeakEwma
+from .latency import KongLatency as KongLatency
 from .least_connections import LeastConnections as LeastConnections
 from .random_p2c import RandomTwoChoices as RandomTwoChoices
 from .registry import ALGORITHMS as ALGORITHMS

@@ -1,104 +1,99 @@
-"""Peak EWMA latency balancing (Finagle, Linkerd): cost = decaying peak-sensitive latency * (active + 1)."""
+"""Kong's latency algorithm (kong/runloop/balancer/latency.lua, after Finagle's PeakEwma): the target with the
+lowest decayed EWMA of its response times divided by its weight.
+
+- Each target's EWMA decays over DECAY_S: an observation `rtt` after `dt` seconds makes it
+  ewma * w + rtt * (1 - w), w = exp(-dt / DECAY_S); a pick scores every target with rtt 0 at the current time
+  (the estimate decays towards 0 while a target is left alone, so a slow one is tried again later).
+- Requests in flight are not counted (Kong's getPeer does not): requests that overlap all go to the target with the
+  lowest score until one of them ends and its time is folded in.
+- A target that joins (at start, or when its weight becomes positive) starts at the average EWMA of the targets
+  then in service (Kong's slow start: calculate_slow_start_ewma, the newcomers counting as 0), touched now; a
+  target whose weight becomes 0 forgets its EWMA.
+- Ties go to the lowest index (Kong's: the order of a Lua table). With one target in service it is picked, also on
+  a retry (Kong's address_count 1); with several, a retry skips those tried (`skip`) and None comes when none is
+  left.
+"""
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable, Container, Sequence
-from math import exp, inf
+from math import exp
 
-from .base import WeightTable, check_weights
+from .base import check_weight, check_weights
+
+DECAY_S = 10.0  # latency.lua's DECAY_TIME
 
 
-class PeakEwma:
-    """Best of two weighted random targets by peak-EWMA cost; never-observed targets are probed first.
+class KongLatency:
+    """Kong's `latency` balancer; time (seconds) comes from `clock` (e.g. trio.current_time)."""
 
-    The estimate jumps to any observation above it at once; otherwise an observation adds with weight
-    1 - exp(-dt / decay_s). Between observations it decays towards 0 (value * exp(-age / decay_s)), as in
-    Finagle, so a target that was slow is retried once it has been left alone for a while. A failed request
-    counts as at least as slow as the current estimate, so fast errors cannot attract traffic. A target with
-    no observation yet gets the next request while it has none in flight; while that probe is pending it
-    loses every comparison. Weights steer which two targets are compared and equal costs go to the first
-    draw, so equally fast targets split traffic by weight. Time comes from `clock` (e.g. trio.current_time).
-    """
+    follows_load = True  # (told of each request's end, for its latency; not of its start)
 
-    follows_load = True
-
-    def __init__(
-        self,
-        weights: Sequence[int],
-        *,
-        rng: random.Random | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        decay_s: float = 10.0,
-    ) -> None:
+    def __init__(self, weights: Sequence[int], *, clock: Callable[[], float] = time.monotonic,
+                 decay_s: float = DECAY_S) -> None:
         if decay_s <= 0:
             raise ValueError(f"decay_s must be positive, got {decay_s}")
-        self._table = WeightTable(check_weights(weights), rng or random.Random())
+        self._weights = check_weights(weights)
         self._clock = clock
         self._decay_s = decay_s
-        count = len(self._table.weights)
-        self._active = [0] * count
-        self._ewma = [0.0] * count
-        self._stamp: list[float | None] = [None] * count
-        self._unobserved = [index for index, weight in enumerate(self._table.weights) if weight]
+        self._ewma: dict[int, float] = {}  # the targets in service (weight > 0), by index
+        self._touched: dict[int, float] = {}
+        self._join([index for index, weight in enumerate(self._weights) if weight])
+
+    def _join(self, indexes: list[int]) -> None:
+        """Kong's afterHostUpdate for targets entering service: the average EWMA of all in service, newcomers 0."""
+        if not indexes:
+            return
+        ewma = self._ewma
+        serving = len(ewma) + len(indexes)
+        start = sum(ewma.values()) / serving
+        now = self._clock()
+        for index in indexes:
+            ewma[index] = start
+            self._touched[index] = now
+
+    def _decayed(self, index: int, rtt: float, now: float) -> float:
+        weight = exp(-max(now - self._touched[index], 0.0) / self._decay_s)
+        return self._ewma[index] * weight + rtt * (1.0 - weight)
 
     def estimate(self, index: int) -> float | None:
-        """Current latency estimate of `index` in seconds, None before its first observation."""
-        return self._estimate_at(index, self._clock())
-
-    def _estimate_at(self, index: int, now: float) -> float | None:
-        """The estimate decayed to `now`."""
-        stamp = self._stamp[index]
-        if stamp is None:
-            return None
-        return self._ewma[index] * exp(-max(now - stamp, 0.0) / self._decay_s)
+        """The EWMA of `index` decayed to now (seconds), None when it is not in service."""
+        return self._decayed(index, 0.0, self._clock()) if index in self._ewma else None
 
     def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
-        """An idle unobserved target if any, else the cheaper of two weighted random targets."""
-        active = self._active
-        for index in self._unobserved:
-            if not active[index] and index not in skip:
-                return index
-        first = self._table.draw(skip)
-        if first is None:
-            return None
-        second = self._table.draw(skip, exclude=first)
-        if second is None:
-            return first
+        """The target in service with the lowest decayed EWMA / weight, not in `skip`; the key is ignored."""
+        ewma = self._ewma
+        if len(ewma) <= 1:
+            return next(iter(ewma), None)
         now = self._clock()
-        return second if self._cost(second, now) < self._cost(first, now) else first
-
-    def _cost(self, index: int, now: float) -> float:
-        """Estimate times (active + 1); infinite while an unobserved target's probe is still pending."""
-        estimate = self._estimate_at(index, now)
-        return inf if estimate is None else estimate * (self._active[index] + 1)
+        weights = self._weights
+        best = None
+        best_score = 0.0
+        for index in ewma:
+            if index in skip:
+                continue
+            score = self._decayed(index, 0.0, now) / weights[index]
+            if best is None or score < best_score:
+                best, best_score = index, score
+        return best
 
     def started(self, index: int) -> None:
-        """Count a request in flight on `index`."""
-        self._active[index] += 1
+        """Kong's latency balancer does not count requests in flight."""
 
     def finished(self, index: int, latency_s: float, ok: bool = True) -> None:
-        """Release a request and fold its latency in; a failure counts as no faster than the estimate."""
-        self._active[index] = max(self._active[index] - 1, 0)
-        now = self._clock()
-        stamp = self._stamp[index]
-        if stamp is None:
-            self._ewma[index] = latency_s
-            if index in self._unobserved:
-                self._unobserved.remove(index)
-        else:
-            weight = exp(-max(now - stamp, 0.0) / self._decay_s)
-            current = self._ewma[index] * weight
-            if not ok:
-                latency_s = max(latency_s, current)
-            self._ewma[index] = latency_s if latency_s > current else current + latency_s * (1.0 - weight)
-        self._stamp[index] = now
+        """Fold a request's time (connect + response, Kong's afterBalance) into the target's EWMA."""
+        if index in self._ewma:
+            now = self._clock()
+            self._ewma[index] = self._decayed(index, latency_s, now)
+            self._touched[index] = now
 
     def set_weight(self, index: int, weight: int) -> None:
-        """Re-weight one target; a never-observed target regains its probe when its weight returns."""
-        self._table.set_weight(index, weight)
-        if not weight and index in self._unobserved:
-            self._unobserved.remove(index)
-        elif weight and self._stamp[index] is None and index not in self._unobserved:
-            self._unobserved.append(index)
+        """Re-weight one target: 0 takes it out of service (its EWMA forgotten), a positive weight brings it back
+        with the slow-start EWMA."""
+        self._weights[index] = check_weight(weight)
+        if not weight:
+            self._ewma.pop(index, None)
+            self._touched.pop(index, None)
+        elif index not in self._ewma:
+            self._join([index])

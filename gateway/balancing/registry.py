@@ -9,7 +9,7 @@ from .base import Balancer
 from .consistent_hashing import ConsistentHashing
 from .continuum import KongConsistentHashing
 from .ip_hash import IpHash
-from .latency import PeakEwma
+from .latency import KongLatency
 from .least_connections import LeastConnections
 from .random_p2c import RandomTwoChoices
 from .round_robin import RoundRobin
@@ -32,7 +32,7 @@ _FACTORIES: dict[str, Callable[[Sequence[int], int, random.Random], Balancer]] =
     "least-connections": lambda weights, slots, rng: LeastConnections(weights),
     "consistent-hashing": lambda weights, slots, rng: ConsistentHashing(weights, slots=slots),
     "random": lambda weights, slots, rng: RandomTwoChoices(weights, rng=rng),
-    "latency": lambda weights, slots, rng: PeakEwma(weights, rng=rng),
+    "latency": lambda weights, slots, rng: KongLatency(weights),
     "ip-hash": lambda weights, slots, rng: IpHash(weights),
 }
 

@@ -1,11 +1,10 @@
-"""Peak EWMA latency balancing with an injected clock."""
+"""Kong's latency balancer (kong/runloop/balancer/latency.lua) with an injected clock."""
 
 import math
-import random
 
 import pytest
 
-from gateway.balancing import PeakEwma
+from gateway.balancing import KongLatency
 
 
 class FakeClock:
@@ -18,129 +17,104 @@ class FakeClock:
         return self.now
 
 
-def ewma(weights, clock=None):
-    return PeakEwma(weights, rng=random.Random(3), clock=clock or FakeClock())
+def latency(weights, clock=None):
+    return KongLatency(weights, clock=clock or FakeClock())
 
 
-def observe(balancer, index, latency, ok=True):
+def observe(balancer, index, rtt):
     balancer.started(index)
-    balancer.finished(index, latency, ok)
+    balancer.finished(index, rtt)
 
 
-def test_unobserved_targets_are_tried_first():
-    balancer = ewma([1, 1, 1])
-    observe(balancer, 0, 0.001)
-    picks = []
-    for _ in range(2):
-        picks.append(balancer.pick())
-        balancer.started(picks[-1])
-    assert picks == [1, 2]
+def test_targets_start_at_zero_and_ties_go_to_the_first():
+    """At creation every target's slow-start EWMA is the average of none (0): the first is picked until a request
+    to it ends."""
+    balancer = latency([1, 1, 1])
+    assert [balancer.pick() for _ in range(3)] == [0, 0, 0]
+    assert balancer.estimate(1) == 0.0
 
 
-def test_unobserved_target_with_a_pending_probe_loses_comparisons():
-    balancer = ewma([1, 1])
-    observe(balancer, 0, 5.0)
-    assert balancer.pick() == 1
-    balancer.started(1)
-    assert {balancer.pick() for _ in range(50)} == {0}
-
-
-def test_prefers_the_faster_target_after_observations():
-    balancer = ewma([1, 1])
-    observe(balancer, 0, 0.5)
-    observe(balancer, 1, 0.05)
-    assert {balancer.pick() for _ in range(50)} == {1}
-
-
-def test_active_requests_multiply_the_cost():
-    balancer = ewma([1, 1])
-    observe(balancer, 0, 0.5)
-    observe(balancer, 1, 0.05)
-    for _ in range(20):
-        balancer.started(1)  # 0.05 * 21 = 1.05 > 0.5 * 1
-    assert {balancer.pick() for _ in range(50)} == {0}
-
-
-def test_estimate_is_none_before_the_first_observation():
-    assert ewma([1]).estimate(0) is None
-
-
-def test_peak_jumps_to_a_higher_observation_at_once():
-    balancer = ewma([1])
-    observe(balancer, 0, 0.1)
-    observe(balancer, 0, 2.0)
-    assert balancer.estimate(0) == 2.0
-
-
-def test_lower_observation_right_after_a_peak_barely_moves_it():
-    balancer = ewma([1])
-    observe(balancer, 0, 1.0)
-    observe(balancer, 0, 0.1)
-    assert balancer.estimate(0) == 1.0
-
-
-def test_lower_observation_blends_in_by_elapsed_time():
+def test_an_observation_moves_the_ewma_by_the_time_since_the_last():
+    """ewma * w + rtt * (1 - w), w = exp(-dt / 10): right after the last touch an observation barely counts."""
     clock = FakeClock()
-    balancer = ewma([1], clock)
-    observe(balancer, 0, 1.0)
-    clock.now = 10.0  # one time constant
-    observe(balancer, 0, 0.1)
-    assert balancer.estimate(0) == pytest.approx(math.exp(-1) + 0.1 * (1 - math.exp(-1)))
-
-
-def test_estimate_decays_towards_zero_while_idle():
-    clock = FakeClock()
-    balancer = ewma([1], clock)
-    observe(balancer, 0, 1.0)
+    balancer = latency([1, 1], clock)
     clock.now = 10.0
-    assert balancer.estimate(0) == pytest.approx(math.exp(-1))
-    clock.now = 50.0
-    assert balancer.estimate(0) == pytest.approx(math.exp(-5))
+    observe(balancer, 0, 0.5)
+    assert balancer.estimate(0) == pytest.approx(0.5 * (1 - math.exp(-1)))
+    observe(balancer, 0, 0.5)  # dt 0: weight 1, no change
+    assert balancer.estimate(0) == pytest.approx(0.5 * (1 - math.exp(-1)))
 
 
-def test_decay_time_constant_is_configurable():
+def test_the_estimate_decays_towards_zero_while_left_alone():
     clock = FakeClock()
-    balancer = PeakEwma([1], clock=clock, decay_s=2.0)
+    balancer = latency([1, 1], clock)
+    clock.now = 100.0
     observe(balancer, 0, 1.0)
-    clock.now = 2.0
-    assert balancer.estimate(0) == pytest.approx(math.exp(-1))
+    before = balancer.estimate(0)
+    clock.now = 110.0
+    assert balancer.estimate(0) == pytest.approx(before * math.exp(-1))
 
 
-def test_slow_target_is_retried_after_it_has_been_left_alone():
+def test_the_faster_target_takes_the_requests():
     clock = FakeClock()
-    balancer = ewma([1, 1], clock)
-    observe(balancer, 0, 1.0)
-    observe(balancer, 1, 0.1)
-    assert balancer.pick() == 1
-    clock.now = 30.0
-    observe(balancer, 1, 0.1)  # 1.0 * e^-3 = 0.05 is now below 0.1
-    assert {balancer.pick() for _ in range(50)} == {0}
+    balancer = latency([1, 1], clock)
+    clock.now = 100.0
+    observe(balancer, 0, 0.4)
+    observe(balancer, 1, 0.2)
+    assert {balancer.pick() for _ in range(10)} == {1}
 
 
-def test_fast_failure_counts_as_no_faster_than_the_current_estimate():
-    results = {}
-    for ok in (True, False):
-        clock = FakeClock()
-        balancer = ewma([1], clock)
-        observe(balancer, 0, 1.0)
-        clock.now = 5.0
-        current = balancer.estimate(0)
-        observe(balancer, 0, 0.001, ok=ok)
-        results[ok] = balancer.estimate(0)
-    weight = math.exp(-0.5)
-    assert results[True] == pytest.approx(current + 0.001 * (1 - weight))
-    assert results[False] == pytest.approx(current + current * (1 - weight))
-
-
-def test_target_regains_its_probe_when_its_weight_returns():
-    balancer = ewma([1, 1])
-    balancer.set_weight(1, 0)
-    observe(balancer, 0, 0.1)
+def test_requests_in_flight_are_not_counted():
+    """Kong's getPeer scores EWMA / weight only: overlapping requests all go to the same target."""
+    clock = FakeClock()
+    balancer = latency([1, 1], clock)
+    clock.now = 100.0
+    observe(balancer, 0, 0.2)
+    observe(balancer, 1, 0.4)
+    for _ in range(50):
+        balancer.started(balancer.pick())
     assert balancer.pick() == 0
-    balancer.set_weight(1, 1)
-    assert balancer.pick() == 1
+
+
+def test_the_score_is_divided_by_the_weight():
+    clock = FakeClock()
+    balancer = latency([3, 1], clock)
+    clock.now = 100.0
+    observe(balancer, 0, 0.3)  # 0.3 / 3 = 0.1 a unit of weight
+    observe(balancer, 1, 0.2)  # 0.2 / 1
+    assert balancer.pick() == 0
+
+
+def test_a_retry_skips_the_tried_targets_until_none_is_left():
+    balancer = latency([1, 1, 1])
+    tried = set()
+    for _ in range(3):
+        index = balancer.pick(None, tried)
+        assert index is not None and index not in tried
+        tried.add(index)
+    assert balancer.pick(None, tried) is None
+
+
+def test_with_one_target_in_service_a_retry_gets_it_again():
+    """Kong's address_count 1: the only address, failed or not."""
+    balancer = latency([1, 0])
+    assert balancer.pick(None, {0}) == 0
+
+
+def test_a_joining_target_starts_at_the_average_and_a_leaving_one_forgets():
+    """calculate_slow_start_ewma: the average over the targets in service, the newcomer counting as 0."""
+    clock = FakeClock()
+    balancer = latency([1, 1, 0], clock)
+    clock.now = 100.0
+    observe(balancer, 0, 0.3)
+    observe(balancer, 1, 0.6)
+    balancer.set_weight(2, 1)
+    assert balancer.estimate(2) == pytest.approx(0.9 * (1 - math.exp(-10)) / 3)
+    balancer.set_weight(0, 0)
+    assert balancer.estimate(0) is None
+    assert balancer.pick(None, {1, 2}) is None
 
 
 def test_decay_time_must_be_positive():
-    with pytest.raises(ValueError, match="decay_s must be positive, got 0"):
-        PeakEwma([1], decay_s=0)
+    with pytest.raises(ValueError):
+        KongLatency([1], decay_s=0)

@@ -9,8 +9,8 @@ from gateway.balancing import (
     Balancer,
     ConsistentHashing,
     IpHash,
+    KongLatency,
     LeastConnections,
-    PeakEwma,
     RandomTwoChoices,
     RoundRobin,
     canonical_algorithm,
@@ -30,7 +30,7 @@ CLASSES = {
     "least-connections": LeastConnections,
     "consistent-hashing": ConsistentHashing,
     "random": RandomTwoChoices,
-    "latency": PeakEwma,
+    "latency": KongLatency,
     "ip-hash": IpHash,
 }
 ALL_SPELLINGS = [(alias, name) for name, aliases in EXPECTED_ALIASES.items() for alias in [name, *aliases]]
