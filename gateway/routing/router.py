@@ -158,7 +158,7 @@ class _Candidate(Generic[T]):
         plain = [split_host_port(h) for h in spec.hosts]
         self.exact_hosts = frozenset(h.encode() for h, p in plain if not _is_wildcard(h) and p is None)
         self.wild_hosts = [_wildcard(h) for h, p in plain if _is_wildcard(h) and p is None]
-        # Kong: a host with a port matches that host on a request that arrived on that (listener) port
+        # Kong: a host with a port matches that host on a request to that port (the Host header's, else the listener's)
         self.port_hosts = [(h.encode(), _wildcard(h) if _is_wildcard(h) else None, p) for h, p in plain
                            if p is not None]
         self.any_hosts = bool(spec.hosts)
@@ -284,7 +284,7 @@ class Router(Generic[T]):
                 continue
             if c.any_hosts and not (
                     hostname in c.exact_hosts or any(w.match(hostname) for w in c.wild_hosts)
-                    or (c.port_hosts and _port_host_match(c.port_hosts, hostname, port))):
+                    or (c.port_hosts and _port_host_match(c.port_hosts, hostname, _dst_port(host, port)))):
                 continue
             if c.headers and not _headers_match(c.headers, headers):
                 continue
@@ -391,6 +391,16 @@ def python_regex(pattern: str) -> str:
 _MULTILINE = re.compile(r"\(\?[a-zA-Z]*m[a-zA-Z]*[:)]")
 _PCRE_GROUP = re.compile(r"\(\?(?:<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
 _PCRE_BACKREF = re.compile(r"\\(?:k<([A-Za-z_]\w*)>|k'([A-Za-z_]\w*)'|k\{([A-Za-z_]\w*)\}|g\{([A-Za-z_]\w*)\})")
+
+
+def _dst_port(host: bytes | None, listener: int | None) -> int | None:
+    """Kong's net.dst.port (kong/router/fields.lua): the Host header's port, split at its first ':' as Kong's
+    split_host_port splits it (so an IPv6 literal has none), else the port the request arrived on."""
+    if host:
+        _, sep, port = host.partition(b":")
+        if sep and port.isdigit():
+            return int(port)
+    return listener
 
 
 def _port_host_match(hosts: list[tuple[bytes, re.Pattern[bytes] | None, int]], hostname: bytes,

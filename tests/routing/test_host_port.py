@@ -1,5 +1,6 @@
 """Route hosts with a port, as Kong 3.x (traditional_compatible) matches them: the host against the Host header's
-host, the port against the port the request arrived on (kong/router/transform.lua: http.host and net.dst.port)."""
+host, the port against net.dst.port, which is the Host header's port when it has one, else the port the request
+arrived on (kong/router/transform.lua, atc.lua `matching`, fields.lua)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,23 @@ CASES = [
     # route hosts, Host header, arrival port, matches
     (["example.test:8000"], "example.test", 8000, True),
     (["example.test:8000"], "example.test:8000", 8000, True),
-    (["example.test:8000"], "example.test:9000", 8000, True),  # the Host header's port plays no part
+    (["example.test:8000"], "example.test:9000", 8000, False),  # the Host header's port, when it has one
+    (["example.test:8000"], "example.test:8000", 9000, True),
     (["example.test:8000"], "example.test", 9000, False),
     (["example.test:8000"], "other.test", 8000, False),
     (["example.test"], "example.test:1234", 9000, True),  # no port: any port
     (["*.example.test:8000"], "a.b.example.test", 8000, True),
     (["*.example.test:8000"], "a.example.test", 8001, False),
     (["api.*:8000"], "api.internal:8000", 8000, True),
-    (["[::1]:8000"], "[::1]:8000", 8000, True),
+    (["[::1]:8000"], "[::1]:8000", 8000, True),  # (Kong's split gives an IPv6 literal no port: the listener's)
+    (["[::1]:8000"], "[::1]:8000", 8001, False),
     (["[::1]:8000"], "[::1]", 8001, False),
     (["a.test:8001", "a.test"], "a.test", 9999, True),
 ]
 
 
 @pytest.mark.parametrize(("hosts", "header", "port", "matches"), CASES)
-def test_a_host_with_a_port_matches_on_the_arrival_port(hosts, header, port, matches):
+def test_a_host_with_a_port_matches_on_the_host_headers_port_else_the_arrival_port(hosts, header, port, matches):
     router = Router([RouteSpec("r", hosts=hosts)])
     assert router.needs_port == any(split_host_port(h)[1] is not None for h in hosts)
     assert (router.match(b"GET", b"/", header.encode(), [], None, port) is not None) == matches
@@ -48,7 +51,7 @@ def http_codec() -> str:
     return "llhttp"
 
 
-async def test_the_gateway_routes_on_its_listening_port(nursery, http_codec):
+async def test_the_gateway_routes_on_the_host_headers_port_else_its_listening_port(nursery, http_codec):
     echo = EchoBackend()
     await nursery.start(echo.serve)
     listener = bind_listener("127.0.0.1", 0, reuse_port=False)
@@ -61,8 +64,9 @@ async def test_the_gateway_routes_on_its_listening_port(nursery, http_codec):
         async with await Client.connect(port, host="gw.test") as client:
             assert (await client.request("GET", "/x")).status == 200
             assert (await client.request("GET", "/other")).status == 200  # "here" matches /other as a prefix too
-        async with await Client.connect(port, host="gw.test:9") as client:
-            assert (await client.request("GET", "/x")).status == 200  # the Host header's port plays no part
+        async with await Client.connect(port, host=f"gw.test:{port + 1}") as client:
+            assert (await client.request("GET", "/other")).status == 200  # the Host header's port: "elsewhere"
+            assert (await client.request("GET", "/x")).status == 404
         async with await Client.connect(port, host="other.test") as client:
             assert (await client.request("GET", "/x")).status == 404
     assert len(echo.requests) == 3

@@ -389,8 +389,6 @@ async def test_a_path_that_is_not_utf8_gets_kongs_404(gateway, nursery):
 # --- where the gateway differs (documented, or tested otherwise by its own tests): stated, strictly expected to fail
 
 
-@pytest.mark.xfail(strict=True, reason="the Host header's port is Kong's net.dst.port; the gateway (README, "
-                                       "tests/routing/test_host_port.py) uses the listening port")
 def test_the_host_headers_port_is_the_port_a_host_with_a_port_matches():
     """kong/router/atc.lua `matching` (params.port from the Host header) and fields.lua (`net.dst.port`: that port,
     else the listener's); spec/01-unit/08-router_spec.lua, "[host] fails just because of port on port-only route"
