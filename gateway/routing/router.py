@@ -239,6 +239,9 @@ class Router(Generic[T]):
         cands.sort(key=lambda c: c.priority, reverse=True)
         self._candidates = cands
         self._needs_query = any(c.query for c in cands)
+        # The headers routes name: their values go into Kong's ATC context as text, and one that is not UTF-8 makes
+        # the match an error (a 404 whatever the routes, kong/router/fields.lua)
+        self._header_names = frozenset(name for c in cands for name, _ in c.headers)
         # Kong's router takes the request path (when a route has paths) as UTF-8 text: a path that is not is an
         # error, and a 404 whatever the routes (kong/router/atc.lua)
         self._text_path = any(c.kind != _NO_PATH for c in cands)
@@ -276,6 +279,8 @@ class Router(Generic[T]):
                 text = path.decode()
             except UnicodeDecodeError:
                 return None
+        if self._header_names and not _texts(headers, self._header_names):
+            return None
         hostname = _strip_port(host.lower()) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
         for c in self._candidates:  # in Kong's priority order: the first that matches wins
@@ -391,6 +396,17 @@ def python_regex(pattern: str) -> str:
 _MULTILINE = re.compile(r"\(\?[a-zA-Z]*m[a-zA-Z]*[:)]")
 _PCRE_GROUP = re.compile(r"\(\?(?:<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
 _PCRE_BACKREF = re.compile(r"\\(?:k<([A-Za-z_]\w*)>|k'([A-Za-z_]\w*)'|k\{([A-Za-z_]\w*)\}|g\{([A-Za-z_]\w*)\})")
+
+
+def _texts(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> bool:
+    """Whether the values of the headers named `names` are UTF-8 text (an ASCII value needs no decoding)."""
+    for name, value in headers:
+        if name in names and not value.isascii():
+            try:
+                value.decode()
+            except UnicodeDecodeError:
+                return False
+    return True
 
 
 def _dst_port(host: bytes | None, listener: int | None) -> int | None:
