@@ -156,3 +156,31 @@ class TracingSettings:
         if gateway is None:
             return cls()
         return cls(gateway.tracing_instrumentations, gateway.tracing_sampling_rate)
+
+
+class SpanReport:
+    """A sampled request's spans, queued one entry each and built and encoded together when the queue's task
+    formats the first of them (`span`), off the request path; the finished Exchange is held until then (what it
+    reads is final once the response is sent). Subclasses say how many (`count`) and build them (`encode`)."""
+
+    __slots__ = ("trace", "ex", "started", "ended", "status", "count", "encoded")
+
+    def __init__(self, trace: Any, ex: Any, started: float, ended: float, status: int) -> None:
+        self.trace = trace
+        self.ex: Any = ex
+        self.started = started
+        self.ended = ended
+        self.status = status
+        self.count = 0
+        self.encoded: list[Any] | None = None
+
+    def span(self, i: int) -> Any:
+        """The `i`th span, encoded (all of them are, on the first call)."""
+        encoded = self.encoded
+        if encoded is None:
+            ex, self.ex = self.ex, None
+            encoded = self.encoded = self.encode(ex)
+        return encoded[i]
+
+    def encode(self, ex: Any) -> list[Any]:
+        raise NotImplementedError

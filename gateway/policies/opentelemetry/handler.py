@@ -57,6 +57,7 @@ from gateway.telemetry.tracing import (
     SERVER,
     W3C,
     SpanRecord,
+    SpanReport,
     TracingSettings,
     new_span_id,
     new_trace_id,
@@ -279,37 +280,25 @@ class OpenTelemetryWithHeader(OpenTelemetry):
         return headers
 
 
-class _Report:
-    """A sampled request's spans, built and encoded together when the queue's task formats the first of them; the
-    finished Exchange is held until then (what it reads is final once the response is sent). Kong's order: the
-    request span, the router span, a balancer span per try."""
+class _Report(SpanReport):
+    """The spans of a sampled request, in Kong's order: the request span, the router span, a balancer span per
+    try."""
 
-    __slots__ = ("plugin", "trace", "ex", "started", "ended", "status", "count", "tries", "encoded")
+    __slots__ = ("plugin", "tries")
 
     def __init__(self, plugin: OpenTelemetry, trace: Trace, ex: Exchange, started: float, ended: float,
                  status: int) -> None:
+        super().__init__(trace, ex, started, ended, status)
         self.plugin = plugin
-        self.trace = trace
-        self.ex: Exchange | None = ex
-        self.started = started
-        self.ended = ended
-        self.status = status
         route = ex.route
         # Kong's balancer spans: a try each, for a request that reached the balancer (its balancer_data)
         self.tries = len(ex.tries or ()) if plugin.balancer and route is not None and route.service is not None \
             else 0
         self.count = 1 + plugin.router + self.tries
-        self.encoded: list[Any] | None = None
 
-    def span(self, i: int) -> Any:
-        encoded = self.encoded
-        if encoded is None:
-            ex = self.ex
-            assert ex is not None
-            self.ex = None
-            message = self.plugin.otlp.span_message
-            encoded = self.encoded = [message(record) for record in self.records(ex)]
-        return encoded[i]
+    def encode(self, ex: Exchange) -> list[Any]:
+        message = self.plugin.otlp.span_message
+        return [message(record) for record in self.records(ex)]
 
     def records(self, ex: Exchange) -> list[SpanRecord]:
         trace, status = self.trace, self.status

@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import random
 from functools import lru_cache
+from typing import Any
 
 import msgspec
 
@@ -41,7 +42,7 @@ from gateway.telemetry.propagation import (
     scan,
 )
 from gateway.telemetry.sender import Endpoint, HttpSender
-from gateway.telemetry.tracing import B3_SINGLE, new_span_id, new_trace_id
+from gateway.telemetry.tracing import B3_SINGLE, SpanReport, new_span_id, new_trace_id
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -267,34 +268,23 @@ class ZipkinWithHeader(Zipkin):
         return headers
 
 
-class _Report:
-    """A sampled request's spans, built and encoded together when the queue's task formats the first of them; the
-    finished Exchange is held until then (what it reads is final once the response is sent)."""
+class _Report(SpanReport):
+    """The spans of a sampled request: the request span, the proxy span, a span per balancer try."""
 
-    __slots__ = ("plugin", "trace", "ex", "started", "ended", "status", "count", "encoded")
+    __slots__ = ("plugin",)
 
     def __init__(self, plugin: Zipkin, trace: Trace, ex: Exchange, started: float, ended: float, status: int) -> None:
+        super().__init__(trace, ex, started, ended, status)
         self.plugin = plugin
-        self.trace = trace
-        self.ex: Exchange | None = ex
-        self.started = started
-        self.ended = ended
-        self.status = status
         route = ex.route
         self.count = 2 + (len(ex.tries or ()) if route is not None and route.service is not None else 0)
-        self.encoded: list[bytes] | None = None
 
-    def span(self, i: int) -> bytes:
-        encoded = self.encoded
-        if encoded is None:
-            plugin, trace, ex = self.plugin, self.trace, self.ex
-            assert ex is not None
-            self.ex = None
-            facts = plugin.facts(trace, ex, self.started, self.ended, self.status)
-            settings = plugin.settings
-            built = spans.build(settings, facts, trace.hex_id(), trace.span_id, trace.parent_id, trace.proxy_id)
-            encoded = self.encoded = [spans.encode(span, settings) for span in built]
-        return encoded[i]
+    def encode(self, ex: Exchange) -> list[Any]:
+        plugin, trace = self.plugin, self.trace
+        facts = plugin.facts(trace, ex, self.started, self.ended, self.status)
+        settings = plugin.settings
+        built = spans.build(settings, facts, trace.hex_id(), trace.span_id, trace.parent_id, trace.proxy_id)
+        return [spans.encode(span, settings) for span in built]
 
 
 def _keep(ex: Exchange, trace: Trace) -> None:
