@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from gateway.config import kong_conf
 from gateway.config.consumers import (
     CREDENTIALS,
     Acl,
@@ -144,12 +145,16 @@ def _decode(raw: dict[str, Any], errors: list[str], failed: set[tuple[str, str]]
         fields[key] = decoded
     if "gateway" in raw:
         gw_raw = {} if raw["gateway"] is None else raw["gateway"]  # null configures nothing; false is an error
+        aliased: dict[str, str] = {}
         if isinstance(gw_raw, dict):
             for key, why in _REMOVED_GATEWAY_KEYS.items():
                 if key in gw_raw:
                     errors.append(f"gateway.{key}: {why}")
                     gw_raw = {k: v for k, v in gw_raw.items() if k != key}
-        gw = _convert(gw_raw, GatewaySettings, "gateway", errors)
+            gw_raw, aliased = kong_conf.settle(gw_raw, errors)  # kong.conf's keys: refused by name, or aliases
+        gw_errors: list[str] = []
+        gw = _convert(gw_raw, GatewaySettings, "gateway", gw_errors)
+        errors += [kong_conf.as_written(e, aliased) for e in gw_errors]
         if gw is not None:
             fields["gateway"] = gw
     scalars = {k: raw[k] for k in _SCALARS if k in raw}

@@ -1,0 +1,471 @@
+"""kong.conf's keys in the `gateway:` section: each key of Kong's kong.conf.default that the gateway does not take
+under its own name is refused by name, saying what it is in Kong and what to write here instead; never "unknown
+field", never accepted and ignored.
+
+- `ALIASES`: Kong's name of a setting of ours with the same meaning and the same value format; it is taken under
+  either name (both set: an error), and a problem with its value names the key as written.
+- `KONG_CONF`: every other key, with why it is refused: either ours under another name (`listen` for proxy_listen)
+  or not built (no database, no Admin API, no hybrid mode, no nginx to inject directives into, no Lua ...).
+- `ACCEPTED`: the few of those whose value may be the one that says what the gateway does anyway (`database: off`,
+  `role: traditional`, `dns_stale_ttl: 3600` ...): that value passes, any other is refused with the key's message.
+- Families by prefix (`nginx_*`, `pg_*`, `cluster_*`, `admin_*` ...) cover Kong's keys that kong.conf.default does
+  not list, such as the nginx directives any `nginx_<block>_<directive>` injects.
+
+A refused key set to null (or empty) configures nothing and passes, as a refused entity field does.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from gateway.config.schema import GatewaySettings
+
+_NOT = "is not supported by the gateway"
+
+
+def _ours(field: str, how: str) -> str:
+    return f"is `{field}` here: {how}"
+
+
+# --- why, by family ------------------------------------------------------------------------------------------------
+
+_DB = ("the gateway has no database: its configuration is the file given to `gateway start --config` (Kong's "
+       "declarative format, as DB-less Kong takes it), applied again by `gateway reload`")
+_CACHE = ("the gateway has no database, hence no entity cache: each worker holds the whole configuration in memory, "
+          "and `gateway reload` applies a changed file")
+_LMDB = "the gateway keeps no LMDB store: each worker holds the whole configuration in memory"
+_HYBRID = ("hybrid mode (control plane and data planes) is not built: each gateway loads its own configuration "
+           "file, as a traditional DB-less Kong node does (for several hosts, see README's 'Several hosts')")
+_ADMIN = ("Kong's Admin API is not built: the configuration is this file, applied by `gateway reload`; the gateway's "
+          "own control endpoint is `admin` (ipc://, used by the `gateway` commands)")
+_GUI = "Kong Manager is not built (it is a front end of the Admin API, which the gateway does not have)"
+_STREAM = "stream (TCP, TLS and UDP) proxying is not built: the gateway proxies HTTP and HTTPS only"
+_NGINX = "nginx directives cannot be injected: the gateway is not nginx"
+_LUA = "the gateway runs no Lua"
+_WASM = "WebAssembly filters and filter chains are not built"
+_DNS = ("the gateway resolves names with the system resolver (getaddrinfo: /etc/resolv.conf, /etc/hosts), not "
+        "with Kong's DNS client, and keeps no DNS cache of its own")
+_NEW_DNS = f"Kong's new DNS client (new_dns_client) is not built: {_DNS}"
+_DEBUG = "Kong's debug listener (debug_listen) is not built"
+_PLUGINSERVER = ("external plugin servers (plugins written in Go, JavaScript or Python) are not built: the plugins "
+                 "are those the gateway builds (README's Plugins)")
+_SSL_PY = "Python's ssl module cannot set it, so OpenSSL's default applies"
+
+
+def _not(what: str, why: str) -> str:
+    return f"({what}) {_NOT}: {why}"
+
+
+# kong.conf's pg_<setting> and pg_ro_<setting> (the read-only connection's)
+_PG = {"host": "host", "port": "port", "timeout": "timeout", "user": "user", "password": "password",
+       "database": "database", "schema": "schema", "ssl": "TLS", "ssl_verify": "certificate verification",
+       "max_concurrent_queries": "concurrent queries", "semaphore_timeout": "wait for a query slot",
+       "keepalive_timeout": "idle timeout", "pool_size": "pool size", "backlog": "queue of waiting queries"}
+
+KONG_CONF: dict[str, str] = {
+    # GENERAL
+    "prefix": _ours("pid_file", "the run directory (config copies, metrics, the key file) is the directory of "
+                                "`pid_file` (e.g. `pid_file: /usr/local/kong/gateway.pid`), and the log is `log_file`"),
+    "log_level": ("is the command line's `--log-level` here, not a config key: `gateway --log-level WARNING start "
+                  "--config FILE` (DEBUG, INFO, the default, WARNING or ERROR)"),
+    "proxy_access_log": _ours("access_log", "`access_log: /var/log/gateway/access.log` (true: access.log beside "
+                                            "pid_file; false, the default: none, Kong's off); each line is a JSON "
+                                            "object in the shape of Kong's log plugins, not nginx's access-log line"),
+    "proxy_error_log": _ours("log_file", "where a daemonised `gateway start` writes what all its processes log "
+                                         "(with --foreground: standard error); its level is `--log-level`"),
+    "proxy_stream_access_log": _not("the access log of stream proxying", _STREAM),
+    "proxy_stream_error_log": _not("the error log of stream proxying", _STREAM),
+    "admin_access_log": _not("the Admin API's access log", _ADMIN),
+    "admin_error_log": _not("the Admin API's error log", _ADMIN),
+    "status_access_log": _not("the Status API's access log", "the status server (`status_listen`) logs no "
+                                                             "requests"),
+    "status_error_log": _not("the Status API's error log", "the status server's errors go to `log_file` with "
+                                                           "everything the gateway logs"),
+    "vaults": _not("the vaults a node loads", "the gateway has the vault Kong OSS bundles, env, always loaded, "
+                                              "configured by `vaults` entries; Kong's other vaults are Enterprise"),
+    "plugins": _not("the plugins a node loads", "the gateway loads every plugin it builds (README's Plugins): one is "
+                                                "enabled by configuring it, one it does not build is refused where "
+                                                "it is configured, and custom plugins cannot be added"),
+    "dedicated_config_processing": _not("a worker process for a data plane's configuration updates", _HYBRID),
+    "pluginserver_names": _not("the external plugin servers to start", _PLUGINSERVER),
+    "port_maps": _not("the ports a container maps to the ones Kong listens on",
+                      "X-Forwarded-Port, routes' ports and the log's port are the port the gateway listens on"),
+    "anonymous_reports": _not("usage reports sent to Kong Inc.", "the gateway reports nothing to anyone"),
+    "proxy_server": _not("a forward proxy for Kong's connections to a control plane, with cluster_use_proxy",
+                         "the gateway's own clients (health probes, log senders, Redis, ...) connect directly"),
+    "proxy_server_ssl_verify": _not("TLS verification of proxy_server", "the gateway's own clients use no forward "
+                                                                         "proxy"),
+    # HYBRID MODE
+    "role": _not("hybrid mode's role of the node", _HYBRID),
+    "cluster_mtls": _not("how hybrid mode's nodes verify each other", _HYBRID),
+    "cluster_cert": _not("hybrid mode's certificate", _HYBRID),
+    "cluster_cert_key": _not("hybrid mode's certificate key", _HYBRID),
+    "cluster_ca_cert": _not("hybrid mode's CA certificate", _HYBRID),
+    "cluster_server_name": _not("the SNI a data plane sends to its control plane", _HYBRID),
+    "cluster_control_plane": _not("a data plane's control plane", _HYBRID),
+    "cluster_max_payload": _not("the largest configuration a control plane sends", _HYBRID),
+    "cluster_dp_labels": _not("a data plane's labels for Konnect", _HYBRID),
+    "cluster_listen": _not("a control plane's listener for data planes", _HYBRID),
+    "cluster_data_plane_purge_delay": _not("how long a control plane remembers an offline data plane", _HYBRID),
+    "cluster_ocsp": _not("OCSP checks of data planes' certificates", _HYBRID),
+    "cluster_use_proxy": _not("hybrid mode's connections through proxy_server", _HYBRID),
+    # NGINX
+    "proxy_listen": _ours("listen", '`listen: ["0.0.0.0:8000", "0.0.0.0:8443 ssl"]` (a list, or one "host:port"); '
+                                    "of the suffixes only `ssl` is supported (http2, proxy_protocol, deferred, bind, "
+                                    "reuseport, backlog=, ipv6only= and so_keepalive= are not), and there is no off"),
+    "stream_listen": _not("the listeners of stream proxying", _STREAM),
+    "admin_listen": _not("the Admin API's listeners", _ADMIN),
+    "nginx_user": _not("the user and group of nginx's workers", f"{_NGINX}; its processes run as the user that "
+                                                                 "starts it"),
+    "nginx_worker_processes": _ours("workers", "`workers: 4`, or unset for nginx's auto (one per CPU); "
+                                               "`gateway start --workers N` overrides it"),
+    "nginx_daemon": ("is how `gateway start` is run here, not a config key: it runs as a daemon, and `gateway start "
+                     "--foreground` stays in the foreground (Kong's nginx_daemon = off)"),
+    "mem_cache_size": _not("the size of Kong's entity caches", _CACHE),
+    "ssl_prefer_server_ciphers": _not("nginx's ssl_prefer_server_ciphers", "TLS listeners always prefer their own "
+                                                                           "cipher order (OpenSSL's "
+                                                                           "SSL_OP_CIPHER_SERVER_PREFERENCE)"),
+    "ssl_dhparam": _not("DH parameters for the DHE ciphers", "the intermediate suite uses RFC 7919's ffdhe2048, as "
+                                                             "Kong's; no other parameters can be set"),
+    "ssl_session_timeout": _not("how long a TLS session may be resumed", _SSL_PY),
+    "ssl_session_cache_size": _not("the size of nginx's shared TLS session cache",
+                                   f"{_SSL_PY} (each worker process keeps its own sessions)"),
+    "admin_ssl_cert": _not("the certificates of the Admin API's TLS listeners", _ADMIN),
+    "admin_ssl_cert_key": _not("the keys of the Admin API's TLS listeners", _ADMIN),
+    "status_ssl_cert": _not("the certificates of the Status API's TLS listeners", "the status server "
+                                                                                  "(`status_listen`) speaks plain "
+                                                                                  "HTTP only"),
+    "status_ssl_cert_key": _not("the keys of the Status API's TLS listeners", "the status server (`status_listen`) "
+                                                                              "speaks plain HTTP only"),
+    "debug_ssl_cert": _not("the certificates of the debug listener", _DEBUG),
+    "debug_ssl_cert_key": _not("the keys of the debug listener", _DEBUG),
+    "allow_debug_header": _not("Kong-Debug: 1 answered with the route's and service's ids and names",
+                               "the gateway adds no such headers"),
+    # NGINX injected directives
+    "nginx_main_worker_rlimit_nofile": _ours("worker_rlimit_nofile", "`worker_rlimit_nofile: 16384` (nginx's "
+                                                                     "worker_rlimit_nofile); leave it unset in "
+                                                                     "place of auto: the soft limit is then raised to "
+                                                                     "the hard one (Kong's auto: ulimit -n, 1024 to "
+                                                                     "16384)"),
+    "nginx_events_worker_connections": _ours("max_connections", "`max_connections: 16384`, counted as clients "
+                                                                "(each proxied one also holds an upstream "
+                                                                "connection, which nginx counts too), and a "
+                                                                "client beyond it gets a fast 503; leave it unset "
+                                                                "in place of auto: it is then derived from the "
+                                                                "descriptor limit"),
+    "nginx_http_client_header_buffer_size": _not("nginx's first buffer for a request head", f"{_NGINX}; a request "
+                                                                                            "head's limits are "
+                                                                                            "`max_header_bytes` and "
+                                                                                            "`max_header_line_bytes`"),
+    "nginx_http_large_client_header_buffers": _ours("max_header_bytes` and `max_header_line_bytes",
+                                                    "nginx's `4 8k` is `max_header_bytes: 32768` (the whole head) "
+                                                    "with `max_header_line_bytes: 8192` (one line), the defaults"),
+    "nginx_http_client_max_body_size": _not("nginx's limit on request bodies", f"{_NGINX}; a limit is the "
+                                                                              "request-size-limiting plugin here "
+                                                                              "(a global one: no service or route)"),
+    "nginx_admin_client_max_body_size": _not("the Admin API's limit on request bodies", _ADMIN),
+    "nginx_http_charset": _not("nginx's charset of Content-Type", f"{_NGINX}; no charset is added to or converted "
+                                                                  "in responses"),
+    "nginx_http_client_body_buffer_size": _not("nginx's buffer for request bodies", f"{_NGINX}; request bodies are "
+                                                                                    "streamed, or held in memory by "
+                                                                                    "the plugins that read them, "
+                                                                                    "never written to disk"),
+    "nginx_admin_client_body_buffer_size": _not("the Admin API's buffer for request bodies", _ADMIN),
+    "nginx_http_lua_regex_match_limit": _not("PCRE's match limit for Lua's regexes", f"{_LUA}: the gateway's "
+                                                                                     "regexes are Python's"),
+    "nginx_http_lua_regex_cache_max_entries": _not("the cache of Lua's compiled regexes", f"{_LUA}: the gateway's "
+                                                                                          "regexes are Python's"),
+    # DATASTORE
+    "database": _not("the database Kong keeps its entities in", _DB),
+    **{f"pg_{ro}{name}": _not(f"the {'read-only ' if ro else ''}Postgres connection's {what}", _DB)
+       for ro in ("", "ro_") for name, what in _PG.items()},
+    "declarative_config": ("is the configuration file itself here: `gateway start --config FILE` (Kong's "
+                           "declarative format with this `gateway:` section)"),
+    "declarative_config_string": _not("the declarative configuration as a string", "the configuration is the file "
+                                                                                    "given to `gateway start "
+                                                                                    "--config`"),
+    "lmdb_environment_path": _not("where DB-less Kong keeps its configuration in LMDB", _LMDB),
+    "lmdb_map_size": _not("the size of DB-less Kong's LMDB store", _LMDB),
+    # DATASTORE CACHE
+    "db_update_frequency": _not("how often Kong polls the database for changed entities", _CACHE),
+    "db_update_propagation": _not("the replication delay of the database", _CACHE),
+    "db_cache_ttl": _not("how long a cached entity is kept", _CACHE),
+    "db_cache_neg_ttl": _not("how long a database miss is cached", _CACHE),
+    "db_resurrect_ttl": _not("how long stale entities are used while the database is unreachable", _CACHE),
+    "db_cache_warmup_entities": _not("the entities loaded into the cache at start", f"{_CACHE} (all of it is "
+                                                                                    "loaded at start)"),
+    # DNS RESOLVER
+    "dns_resolver": _not("the nameservers of Kong's DNS client", f"{_DNS}; name the nameservers in "
+                                                                 "/etc/resolv.conf"),
+    "dns_hostsfile": _not("the hosts file of Kong's DNS client", f"{_DNS}; the system's hosts file is "
+                                                                 "/etc/hosts"),
+    "dns_order": _not("the order of the DNS record types Kong asks for", f"{_DNS}: a name's IPv4 addresses are used "
+                                                                        "when it has any (A before AAAA, as Kong "
+                                                                        "asks), and SRV records are not looked up"),
+    "dns_valid_ttl": _ours("dns_valid_ttl_s", "`dns_valid_ttl_s: 30`: how often an upstream's target names are "
+                                              "resolved again (default 5: the system resolver gives no record "
+                                              "TTL); a service's own host is resolved for each new connection"),
+    "dns_stale_ttl": _not("how long a DNS record is used past its TTL", f"{_DNS}; a target name the resolver fails "
+                                                                        "on keeps its last addresses for 3600 "
+                                                                        "seconds, Kong's default, which cannot be "
+                                                                        "changed"),
+    "dns_cache_size": _not("the size of Kong's DNS cache", _DNS),
+    "dns_not_found_ttl": _not("how long Kong caches a name error", f"{_DNS}; a name that does not exist loses its "
+                                                                   "addresses at once"),
+    "dns_error_ttl": _not("how long Kong caches a DNS error", _DNS),
+    "dns_no_sync": _not("whether concurrent DNS queries for a name are merged", _DNS),
+    "new_dns_client": _not("Kong's new DNS client", _DNS),
+    "resolver_address": _not("the new DNS client's nameservers", f"{_NEW_DNS}; name the nameservers in "
+                                                                 "/etc/resolv.conf"),
+    "resolver_hosts_file": _not("the new DNS client's hosts file", _NEW_DNS),
+    "resolver_family": _not("the record types the new DNS client asks for", _NEW_DNS),
+    "resolver_valid_ttl": _not("the new DNS client's TTL override", f"{_NEW_DNS}; an upstream's target names are "
+                                                                    "resolved again every `dns_valid_ttl_s`"),
+    "resolver_error_ttl": _not("how long the new DNS client caches an error", _NEW_DNS),
+    "resolver_stale_ttl": _not("how long the new DNS client uses a record past its TTL", _NEW_DNS),
+    "resolver_lru_cache_size": _not("the size of the new DNS client's per-worker cache", _NEW_DNS),
+    "resolver_mem_cache_size": _not("the size of the new DNS client's shared cache", _NEW_DNS),
+    # VAULTS
+    "vault_env_prefix": _not("the env vault's default prefix", "give the prefix in a `vaults` entry (`vaults: "
+                                                               "[{name: env, prefix: my-env, config: {prefix: "
+                                                               "APP_}}]` makes `{vault://my-env/token}` read "
+                                                               "APP_TOKEN) or in the reference "
+                                                               "(`{vault://env/token?prefix=APP_}`)"),
+    # TUNING & BEHAVIOR
+    "worker_consistency": _not("whether workers rebuild the router at once or in the background",
+                               "a configuration is applied by `gateway reload`: each new generation of workers "
+                               "starts with it whole"),
+    "worker_state_update_frequency": _not("how often workers look for changed entities", "there is no database to "
+                                                                                        "look at: a changed "
+                                                                                        "configuration is applied "
+                                                                                        "by `gateway reload`"),
+    "router_flavor": _not("the router implementation", "the gateway's router is Kong's default, "
+                                                       "traditional_compatible; expression routes (expressions) and "
+                                                       "the pre-3.0 traditional router are not built"),
+    "lua_max_req_headers": _not("how many request headers plugins read", "plugins read the first 100, Kong's "
+                                                                         "default, which cannot be changed"),
+    "lua_max_resp_headers": _not("how many response headers plugins read", "it cannot be set"),
+    "lua_max_uri_args": _not("how many query arguments plugins read", "plugins read the first 100, Kong's default, "
+                                                                      "which cannot be changed"),
+    "lua_max_post_args": _not("how many form arguments plugins read", "plugins read the first 100, Kong's default, "
+                                                                      "which cannot be changed"),
+    # MISCELLANEOUS
+    "lua_ssl_protocols": _not("the TLS versions of Kong's own TLS clients", "the gateway's own TLS clients (health "
+                                                                            "probes, Redis, log senders, ...) speak "
+                                                                            "TLSv1.2 and TLSv1.3, Kong's default, "
+                                                                            "which cannot be changed"),
+    "lua_package_path": _not("the Lua module search path", _LUA),
+    "lua_package_cpath": _not("the Lua C module search path", _LUA),
+    "lua_socket_pool_size": _not("the size of each Lua socket pool", f"{_LUA}; each of its own clients keeps its "
+                                                                     "own connections"),
+    "untrusted_lua": _not("whether Lua code in plugin configurations runs, and how",
+                          f"{_LUA}; the plugins and fields that take Lua code (pre-function, post-function, "
+                          "custom_fields_by_lua, ...) are refused"),
+    "untrusted_lua_sandbox_requires": _not("the modules sandboxed Lua may require", _LUA),
+    "untrusted_lua_sandbox_environment": _not("the globals sandboxed Lua may use", _LUA),
+    "openresty_path": _not("the OpenResty installation Kong runs on", "the gateway is a Python program, not "
+                                                                      "OpenResty"),
+    "node_id": _not("this node's id", "the gateway's node id is derived from the host name and the run directory "
+                                      "(the directory of `pid_file`), so it is stable across restarts"),
+    # KONG MANAGER
+    "admin_gui_listen": _not("Kong Manager's listeners", _GUI),
+    "admin_gui_url": _not("Kong Manager's URL", _GUI),
+    "admin_gui_path": _not("Kong Manager's base path", _GUI),
+    "admin_gui_api_url": _not("the Admin API's URL for Kong Manager", _GUI),
+    "admin_gui_csp_header": _not("Kong Manager's Content-Security-Policy header", _GUI),
+    "admin_gui_ssl_cert": _not("the certificate of Kong Manager's TLS listeners", _GUI),
+    "admin_gui_ssl_cert_key": _not("the key of Kong Manager's TLS listeners", _GUI),
+    "admin_gui_access_log": _not("Kong Manager's access log", _GUI),
+    "admin_gui_error_log": _not("Kong Manager's error log", _GUI),
+    # WEBASSEMBLY
+    "wasm": _not("WebAssembly support", _WASM),
+    "wasm_filters_path": _not("the directory of WebAssembly filters", _WASM),
+    "wasm_filters": _not("the WebAssembly filters available", _WASM),
+    # REQUEST DEBUGGING
+    "request_debug": _not("timings of a request answered to X-Kong-Request-Debug", "the gateway does not answer "
+                                                                                  "X-Kong-Request-Debug"),
+    "request_debug_token": _not("the token X-Kong-Request-Debug-Token must carry", "the gateway does not answer "
+                                                                                   "X-Kong-Request-Debug"),
+}
+
+# Kong's names of settings of ours with the same meaning and value format: taken under either name.
+ALIASES: dict[str, str] = {
+    "opentelemetry_tracing": "tracing_instrumentations",  # Kong's deprecated name of it (conf_loader's alias)
+    "opentelemetry_tracing_sampling_rate": "tracing_sampling_rate",  # likewise
+    "upstream_keepalive_pool_size": "upstream_keepalive",  # idle connections kept per address, port and SNI; 0: none
+    "upstream_keepalive_idle_timeout": "upstream_idle_timeout_s",  # seconds; 0: kept however long idle
+    "nginx_http_keepalive_requests": "keepalive_requests",  # nginx's keepalive_requests
+}
+
+# The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being
+# comma-separated): they pass.
+ACCEPTED: dict[str, tuple[str, ...]] = {
+    "database": ("off",),
+    "role": ("traditional",),
+    "stream_listen": ("off",),
+    "admin_listen": ("off",),
+    "admin_gui_listen": ("off",),
+    "status_access_log": ("off",),  # Kong's default
+    "anonymous_reports": ("off",),
+    "allow_debug_header": ("off",),  # Kong's default
+    "request_debug": ("off",),
+    "wasm": ("off",),  # Kong's default
+    "untrusted_lua": ("off",),
+    "vaults": ("bundled", "env", "bundled env"),  # Kong OSS bundles the env vault only (kong/constants.lua)
+    "plugins": ("bundled",),
+    "router_flavor": ("traditional_compatible",),  # Kong's default
+    "ssl_prefer_server_ciphers": ("on",),  # Kong's default
+    "lua_ssl_protocols": ("TLSv1.2 TLSv1.3",),  # Kong's default
+    "dns_stale_ttl": ("3600",),  # Kong's default
+    "lua_max_req_headers": ("100",),  # Kong's default
+    "lua_max_uri_args": ("100",),  # Kong's default
+    "lua_max_post_args": ("100",),  # Kong's default
+    "nginx_http_client_max_body_size": ("0", "0k", "0m"),  # Kong's default: no limit
+}
+
+# Kong's keys that kong.conf.default does not list, by family.
+_PREFIXES: tuple[tuple[str, str], ...] = (
+    ("pg_", _not("a Postgres setting", _DB)),
+    ("cassandra_", _not("a Cassandra setting", _DB)),
+    ("db_", _not("a database cache setting", _CACHE)),
+    ("lmdb_", _not("an LMDB setting", _LMDB)),
+    ("cluster_", _not("a hybrid mode setting", _HYBRID)),
+    ("admin_gui_", _not("a Kong Manager setting", _GUI)),
+    ("admin_", _not("an Admin API setting", _ADMIN)),
+    ("pluginserver_", _not("a plugin server setting", _PLUGINSERVER)),
+    ("vault_", _not("a setting of Kong's vaults", "the gateway has the env vault, configured by `vaults` entries "
+                                                  "and references; Kong's other vaults are Enterprise")),
+    ("wasm_", _not("a WebAssembly setting", _WASM)),
+    ("resolver_", _not("a setting of the new DNS client", _NEW_DNS)),
+    ("untrusted_lua", _not("a setting of Lua code in plugin configurations", _LUA)),
+    ("debug_", _not("a setting of the debug listener", _DEBUG)),
+)
+# Kong's nginx_<block>_<directive> keys inject the directive into that block of nginx.conf.
+_NGINX_KEY = re.compile(r"nginx_(main|events|http|proxy|location|upstream|admin|status|debug|stream|sproxy|"
+                        r"supstream|wasm)_(.+)")
+_NGINX_BLOCKS = {"admin": f"; {_ADMIN}", "debug": f"; {_DEBUG}", "wasm": f"; {_WASM}", "stream": f"; {_STREAM}",
+                 "sproxy": f"; {_STREAM}", "supstream": f"; {_STREAM}"}
+# what the gateway has in place of nginx's directives on the proxy path (Kong's upstream block: to upstreams)
+_NGINX_EQUIVALENTS = {
+    "worker_processes": "`workers`",
+    "worker_rlimit_nofile": "`worker_rlimit_nofile`",
+    "worker_connections": "`max_connections` (client connections per worker, a fast 503 beyond)",
+    "keepalive_timeout": "`keepalive_timeout_s` (seconds)",
+    "keepalive_requests": "`keepalive_requests`",
+    "keepalive_time": "`keepalive_time_s` (seconds)",
+    "client_header_timeout": "`header_timeout_s` (seconds)",
+    "client_body_timeout": "`client_body_timeout_s` (seconds)",
+    "send_timeout": "`send_timeout_s` (seconds)",
+    "large_client_header_buffers": "`max_header_bytes` and `max_header_line_bytes`",
+    "client_max_body_size": "the request-size-limiting plugin",
+    "ssl_protocols": "`ssl_protocols`, with `ssl_cipher_suite: custom`",
+    "ssl_ciphers": "`ssl_ciphers`, with `ssl_cipher_suite: custom`",
+    "ssl_session_tickets": "`ssl_session_tickets`",
+    "set_real_ip_from": "`trusted_ips`",
+    "real_ip_header": "`real_ip_header`",
+    "real_ip_recursive": "`real_ip_recursive`",
+    "access_log": "`access_log` (JSON lines)",
+    "error_log": "`log_file`",
+}
+_NGINX_UPSTREAM_EQUIVALENTS = {
+    "keepalive": "`upstream_keepalive`",
+    "keepalive_requests": "`upstream_keepalive_max_requests`",
+    "keepalive_timeout": "`upstream_idle_timeout_s` (seconds)",
+}
+_FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(GatewaySettings))
+
+
+def refusal(key: str) -> str | None:
+    """Why kong.conf's `key` is refused (what it is in Kong, and what the gateway has instead), or None when it is
+    not one of Kong's (a field of ours, an alias, or unknown)."""
+    if key in _FIELDS or key in ALIASES:
+        return None
+    why = KONG_CONF.get(key)
+    if why is not None:
+        return why
+    m = _NGINX_KEY.fullmatch(key)
+    if m is not None:
+        block, directive = m.groups()
+        if block in _NGINX_BLOCKS:
+            return _not(f"nginx's {directive} in Kong's {block} block", _NGINX + _NGINX_BLOCKS[block])
+        equivalent = (_NGINX_UPSTREAM_EQUIVALENTS if block == "upstream" else _NGINX_EQUIVALENTS).get(directive)
+        instead = f"; nginx's {directive} is {equivalent} here" if equivalent else ""
+        return _not(f"nginx's {directive} in Kong's {block} block", _NGINX + instead)
+    return next((text for prefix, text in _PREFIXES if key.startswith(prefix)), None)
+
+
+def problem(key: str, value: Any) -> str | None:
+    """The message refusing kong.conf's `key` set to `value` (after "gateway.<key>: "), or None: not one of Kong's
+    keys, or a value that passes (null, empty, or one that says what the gateway does)."""
+    why = refusal(key)
+    if why is None or value is None or value in ("", [], {}):
+        return None
+    accepted = ACCEPTED.get(key, ())
+    words = _words(value)
+    if words is not None and any(words == frozenset(a.lower().split()) for a in accepted):
+        return None
+    if accepted:
+        why += f"; `{key}: {accepted[0]}` is accepted (it is what the gateway does)"
+    return f"kong.conf's {key} {why}"
+
+
+def _words(value: Any) -> frozenset[str] | None:
+    """A value as the words of Kong's comma-separated form, lower-cased: booleans as on/off, numbers without a
+    fraction when they have none."""
+    words: set[str] = set()
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, bool):
+            words.add("on" if item else "off")
+        elif isinstance(item, int | float):
+            words.add(_number(item))
+        elif isinstance(item, str):
+            words.update({"true": "on", "false": "off"}.get(w, _number(w)) for w in re.split(r"[\s,]+", item.lower())
+                         if w)
+        else:
+            return None
+    return frozenset(words)
+
+
+def _number(n: float | str) -> str:
+    try:
+        f = float(n)
+    except ValueError:
+        return str(n)
+    return str(int(f)) if f.is_integer() else str(f)
+
+
+def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The `gateway:` mapping with kong.conf's keys settled: each refused one reported in `errors`, each passing one
+    dropped, each alias renamed to our field (both set: an error). Returns the mapping and {our field: the alias it
+    was given as}, for `as_written`."""
+    out: dict[str, Any] = {}
+    aliased: dict[str, str] = {}
+    for key, value in block.items():
+        if not isinstance(key, str):
+            out[key] = value
+            continue
+        target = ALIASES.get(key)
+        if target is not None:
+            if target in block:
+                errors.append(f"gateway.{key} and gateway.{target}: set one of them (kong.conf's {key} is "
+                              f"{target} here, under either name)")
+            else:
+                out[target] = value
+                aliased[target] = key
+        elif refusal(key) is None:
+            out[key] = value  # ours, or unknown: the decoder says which
+        elif (why := problem(key, value)) is not None:
+            errors.append(f"gateway.{key}: {why}")
+    return out, aliased
+
+
+def as_written(message: str, aliased: dict[str, str]) -> str:
+    """A message about one of our fields, naming the field as the file does when it was given under Kong's name."""
+    for target, alias in aliased.items():
+        rest = message.removeprefix(f"gateway.{target}")
+        if rest != message and rest[:1] in (":", ".", "["):
+            return f"gateway.{alias}{rest}"
+    return message

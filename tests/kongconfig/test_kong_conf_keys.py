@@ -1,0 +1,221 @@
+"""kong.conf's keys in the `gateway:` section (gateway/config/kong_conf.py): every key of Kong's kong.conf.default
+(the copy in real/kong.conf.default) is taken, as ours or as an alias of ours, or refused by name with what it is in
+Kong and what to use here; never "unknown field"."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from gateway.cli import check_config
+from gateway.config import ConfigError, parse_config
+from gateway.config.kong_conf import ACCEPTED, ALIASES, KONG_CONF
+from gateway.config.schema import GatewaySettings
+from gateway.runtime import compile_config
+
+KONG_CONF_DEFAULT = Path(__file__).parent / "real" / "kong.conf.default"
+OURS = {f.encode_name for f in msgspec.structs.fields(GatewaySettings)}
+
+
+def kong_conf_keys() -> list[tuple[str, str]]:
+    """kong.conf.default's `#key = value  # comment` lines: (key, Kong's default, "" for none)."""
+    rows = []
+    for line in KONG_CONF_DEFAULT.read_text().splitlines():
+        m = re.match(r"#([a-z_0-9]+) *=(.*)$", line)
+        if m:
+            rest = m.group(2).strip()
+            rows.append((m.group(1), "" if rest.startswith("#") else re.split(r"\s+#", rest)[0].strip()))
+    return rows
+
+
+KEYS = kong_conf_keys()
+
+
+def as_yaml_value(text: str) -> object:
+    """A kong.conf value as a YAML file would give it: on/off as booleans, numbers as numbers."""
+    if text in ("on", "off"):
+        return text == "on"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def outcome(gateway: dict[str, object]) -> list[str]:
+    """The messages refusing a file whose `gateway:` section is `gateway` ([] when it loads), without the file name."""
+    try:
+        compile_config(parse_config(json.dumps({"gateway": gateway}), "f"), "f")
+    except ConfigError as e:
+        return [m.removeprefix("f: ") for m in e.messages]
+    return []
+
+
+def test_the_copy_is_kong_conf_default_with_its_178_keys():
+    assert KONG_CONF_DEFAULT.read_text().startswith("# Source: https://github.com/Kong/kong/blob/")
+    assert len(KEYS) == 178 and len({k for k, _ in KEYS}) == 178
+
+
+def test_every_key_is_ours_an_alias_or_in_the_table():
+    keys = {k for k, _ in KEYS}
+    ours, aliases, table = keys & OURS, keys & set(ALIASES), keys & set(KONG_CONF)
+    assert ours | aliases | table == keys
+    assert not (ours & table) and not (aliases & table) and not (OURS & (set(ALIASES) | set(KONG_CONF)))
+    assert set(ALIASES.values()) <= OURS
+    assert set(ACCEPTED) <= set(KONG_CONF)
+    assert (len(ours), len(aliases), len(table)) == (25, 5, 148)
+
+
+@pytest.mark.parametrize(("key", "default"), KEYS, ids=[k for k, _ in KEYS])
+def test_no_key_of_kong_conf_is_an_unknown_field(key: str, default: str):
+    """With Kong's default value (or "x" where it has none), each key loads or is refused naming it, never as an
+    unknown field; one of Kong's that is not ours is refused with its kong.conf message, unless it is an alias or
+    its value is the one that says what the gateway does."""
+    messages = outcome({key: as_yaml_value(default or "x")})
+    assert not any("unknown field" in m for m in messages), messages
+    assert not messages or any(f"gateway.{key}" in m or f"gateway: {key}" in m for m in messages), messages
+    if key in KONG_CONF and messages:
+        assert messages == [m for m in messages if m.startswith(f"gateway.{key}: kong.conf's {key} ")]
+    if key in KONG_CONF and key not in ACCEPTED:
+        assert len(messages) == 1, f"{key} with Kong's default must be refused"
+
+
+@pytest.mark.parametrize("key", sorted(KONG_CONF))
+def test_each_key_of_the_table_is_refused_by_name(key: str):
+    [message] = outcome({key: "something else"})
+    assert message.startswith(f"gateway.{key}: kong.conf's {key} ")
+    assert "is not supported by the gateway: " in message or f"kong.conf's {key} is " in message
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("proxy_listen", "gateway.proxy_listen: kong.conf's proxy_listen is `listen` here: `listen: [\"0.0.0.0:8000\", "
+                     "\"0.0.0.0:8443 ssl\"]` (a list, or one \"host:port\"); of the suffixes only `ssl` is supported "
+                     "(http2, proxy_protocol, deferred, bind, reuseport, backlog=, ipv6only= and so_keepalive= are "
+                     "not), and there is no off"),
+    ("nginx_worker_processes", "gateway.nginx_worker_processes: kong.conf's nginx_worker_processes is `workers` "
+                               "here: `workers: 4`, or unset for nginx's auto (one per CPU); `gateway start "
+                               "--workers N` overrides it"),
+    ("pg_host", "gateway.pg_host: kong.conf's pg_host (the Postgres connection's host) is not supported by the "
+                "gateway: the gateway has no database: its configuration is the file given to `gateway start "
+                "--config` (Kong's declarative format, as DB-less Kong takes it), applied again by `gateway reload`"),
+    ("nginx_http_charset", "gateway.nginx_http_charset: kong.conf's nginx_http_charset (nginx's charset of "
+                           "Content-Type) is not supported by the gateway: nginx directives cannot be injected: the "
+                           "gateway is not nginx; no charset is added to or converted in responses"),
+    ("cluster_control_plane", "gateway.cluster_control_plane: kong.conf's cluster_control_plane (a data plane's "
+                              "control plane) is not supported by the gateway: hybrid mode (control plane and data "
+                              "planes) is not built: each gateway loads its own configuration file, as a "
+                              "traditional DB-less Kong node does (for several hosts, see README's 'Several "
+                              "hosts')"),
+    ("database", "gateway.database: kong.conf's database (the database Kong keeps its entities in) is not supported "
+                 "by the gateway: the gateway has no database: its configuration is the file given to `gateway start "
+                 "--config` (Kong's declarative format, as DB-less Kong takes it), applied again by `gateway "
+                 "reload`; `database: off` is accepted (it is what the gateway does)"),
+])
+def test_exact_messages(key: str, message: str):
+    value = {"proxy_listen": "0.0.0.0:8000", "nginx_worker_processes": "auto", "database": "postgres"}.get(key, "x")
+    assert outcome({key: value}) == [message]
+
+
+def test_keys_kong_conf_default_does_not_list_are_refused_by_family():
+    messages = outcome({"nginx_proxy_keepalive_timeout": "75s", "nginx_upstream_keepalive": 60,
+                        "nginx_stream_tcp_nodelay": "on", "cassandra_contact_points": "127.0.0.1",
+                        "pluginserver_go_socket": "/tmp/go.sock", "admin_api_uri": "http://x"})
+    assert messages == [
+        "gateway.nginx_proxy_keepalive_timeout: kong.conf's nginx_proxy_keepalive_timeout (nginx's keepalive_timeout "
+        "in Kong's proxy block) is not supported by the gateway: nginx directives cannot be injected: the gateway is "
+        "not nginx; nginx's keepalive_timeout is `keepalive_timeout_s` (seconds) here",
+        "gateway.nginx_upstream_keepalive: kong.conf's nginx_upstream_keepalive (nginx's keepalive in Kong's upstream "
+        "block) is not supported by the gateway: nginx directives cannot be injected: the gateway is not nginx; "
+        "nginx's keepalive is `upstream_keepalive` here",
+        "gateway.nginx_stream_tcp_nodelay: kong.conf's nginx_stream_tcp_nodelay (nginx's tcp_nodelay in Kong's "
+        "stream block) is not supported by the gateway: nginx directives cannot be injected: the gateway is not "
+        "nginx; stream (TCP, TLS and UDP) proxying is not built: the gateway proxies HTTP and HTTPS only",
+        "gateway.cassandra_contact_points: kong.conf's cassandra_contact_points (a Cassandra setting) is not "
+        "supported by the gateway: the gateway has no database: its configuration is the file given to `gateway "
+        "start --config` (Kong's declarative format, as DB-less Kong takes it), applied again by `gateway reload`",
+        "gateway.pluginserver_go_socket: kong.conf's pluginserver_go_socket (a plugin server setting) is not "
+        "supported by the gateway: external plugin servers (plugins written in Go, JavaScript or Python) are not "
+        "built: the plugins are those the gateway builds (README's Plugins)",
+        "gateway.admin_api_uri: kong.conf's admin_api_uri (an Admin API setting) is not supported by the gateway: "
+        "Kong's Admin API is not built: the configuration is this file, applied by `gateway reload`; the gateway's "
+        "own control endpoint is `admin` (ipc://, used by the `gateway` commands)",
+    ]
+
+
+def test_a_typo_of_ours_is_still_an_unknown_field():
+    assert outcome({"listn": "127.0.0.1:8000"}) == [
+        "gateway.listn: unknown field (check the spelling; see the README's config reference)"]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("database", False), ("database", "off"), ("role", "traditional"), ("stream_listen", False),
+    ("admin_listen", "off"), ("router_flavor", "traditional_compatible"), ("vaults", "bundled"),
+    ("vaults", "bundled,env"), ("vaults", ["env"]), ("plugins", "bundled"), ("lua_ssl_protocols", "TLSv1.2 TLSv1.3"),
+    ("lua_ssl_protocols", "TLSv1.3,TLSv1.2"), ("dns_stale_ttl", 3600), ("dns_stale_ttl", "3600"),
+    ("lua_max_uri_args", 100), ("nginx_http_client_max_body_size", 0), ("nginx_http_client_max_body_size", "0m"),
+    ("ssl_prefer_server_ciphers", True), ("allow_debug_header", "false"), ("untrusted_lua", False),
+])
+def test_the_value_that_says_what_the_gateway_does_passes(key: str, value: object):
+    assert outcome({key: value}) == []
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("database", "postgres"), ("role", "data_plane"), ("stream_listen", "0.0.0.0:5555"), ("vaults", "off"),
+    ("vaults", "bundled,aws"), ("plugins", "bundled,my-plugin"), ("plugins", False), ("lua_ssl_protocols", "TLSv1.3"),
+    ("router_flavor", "expressions"), ("dns_stale_ttl", 60), ("lua_max_uri_args", 500),
+    ("nginx_http_client_max_body_size", "10m"), ("ssl_prefer_server_ciphers", False), ("request_debug", True),
+])
+def test_any_other_value_of_those_keys_is_refused_saying_which_passes(key: str, value: object):
+    [message] = outcome({key: value})
+    assert message.startswith(f"gateway.{key}: kong.conf's {key} (")
+    assert message.endswith(f"; `{key}: {ACCEPTED[key][0]}` is accepted (it is what the gateway does)")
+
+
+def test_a_refused_key_set_to_null_or_empty_configures_nothing():
+    assert outcome({"pg_host": None, "nginx_http_charset": "", "cluster_dp_labels": [], "proxy_listen": None}) == []
+
+
+def test_aliases_set_our_fields():
+    config = parse_config(json.dumps({"gateway": {
+        "opentelemetry_tracing": ["request", "router"], "opentelemetry_tracing_sampling_rate": 0.25,
+        "upstream_keepalive_pool_size": 0, "upstream_keepalive_idle_timeout": 0,
+        "nginx_http_keepalive_requests": 100}}))
+    gw = config.gateway
+    assert (gw.tracing_instrumentations, gw.tracing_sampling_rate) == (["request", "router"], 0.25)
+    assert (gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.keepalive_requests) == (0, 0, 100)
+
+
+def test_an_alias_with_its_field_is_an_error_and_a_bad_value_names_the_key_as_written():
+    assert outcome({"tracing_sampling_rate": 0.5, "opentelemetry_tracing_sampling_rate": 1.0,
+                    "nginx_http_keepalive_requests": 0, "upstream_keepalive_pool_size": "512"}) == [
+        "gateway.opentelemetry_tracing_sampling_rate and gateway.tracing_sampling_rate: set one of them (kong.conf's "
+        "opentelemetry_tracing_sampling_rate is tracing_sampling_rate here, under either name)",
+        "gateway.nginx_http_keepalive_requests: expected int >= 1, got 0",
+        'gateway.upstream_keepalive_pool_size: expected int >= 0, got "512"',
+    ]
+
+
+def test_removed_keys_are_still_refused_with_their_own_message():
+    messages = outcome({"trust_forwarded": True, "log_level": "debug"})
+    assert [m.split(": ", 1)[0] for m in messages] == ["gateway.trust_forwarded", "gateway.log_level"]
+    assert messages[0].startswith("gateway.trust_forwarded: removed: list the addresses of the balancers")
+
+
+def test_check_config_prints_each_kong_key_on_its_own_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    path = tmp_path / "kong.yml"
+    path.write_text("gateway:\n  proxy_listen: 0.0.0.0:8000\n  nginx_worker_processes: auto\n  log_level: notice\n"
+                    "  proxy_access_log: logs/access.log\n  dns_resolver: 8.8.8.8\n  mem_cache_size: 128m\n"
+                    "  port_maps: '80:8000'\n  database: off\n")
+    assert check_config(str(path)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "gateway.proxy_listen", "gateway.nginx_worker_processes", "gateway.log_level", "gateway.proxy_access_log",
+        "gateway.dns_resolver", "gateway.mem_cache_size", "gateway.port_maps"]
+    assert all("unknown field" not in line for line in lines)
