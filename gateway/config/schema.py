@@ -88,7 +88,7 @@ class GatewaySettings(Base):
     # The client address, as kong.conf's settings of the same names (nginx's realip module): a request from a peer
     # in trusted_ips (IPs or CIDRs) takes its client address from real_ip_header (the last address in it, or with
     # real_ip_recursive the last one not itself trusted), and keeps its X-Forwarded-Proto/Host/Port/For.
-    trusted_ips: list[str] = []
+    trusted_ips: list[str] | str = []  # a list, or kong.conf's comma-separated string (made a list at load)
     real_ip_header: str = "X-Real-IP"
     real_ip_recursive: bool = False
     registration: RegistrationSettings | None = None  # self-registration in Consul/etcd (config/discovery.py)
@@ -134,6 +134,8 @@ class GatewaySettings(Base):
     tracing_sampling_rate: float = 0.01
 
     def __post_init__(self) -> None:
+        if isinstance(self.trusted_ips, str):  # kong.conf's array form: "10.0.0.0/8, 192.168.0.1"
+            self.trusted_ips = [item.strip() for item in self.trusted_ips.split(",") if item.strip()]
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
             if bad := invalid_entries(getattr(self, name), known):
                 raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")

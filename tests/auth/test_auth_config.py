@@ -232,3 +232,11 @@ def test_client_address_settings_as_kong_conf_spells_them():
     runtime = compile_config(config)
     assert runtime.client_address is not None
     assert compile_config(load("")).client_address is None  # the socket peer, at no cost per request
+
+
+def test_trusted_ips_may_be_kong_confs_comma_separated_string():
+    """kong.conf's arrays are comma-separated strings (`trusted_ips = 0.0.0.0/0,::/0`)."""
+    config = load("gateway: {trusted_ips: '10.0.0.0/8, ::1'}")
+    assert config.gateway.trusted_ips == ["10.0.0.0/8", "::1"]
+    [message] = errors("gateway: {trusted_ips: '10.0.0.0/8,10.0.0.0/40'}")
+    assert message.startswith("gateway.trusted_ips[1]: expected an IP address or a CIDR")
