@@ -151,7 +151,8 @@ class StatusApp:
         self.started_at = started_at if started_at is not None else time.time()
         self.check_timeout = check_timeout
         self.routes: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]] = {
-            "/health": self.health, "/ready": self.ready, "/live": self.live, "/metrics": self.metrics}
+            "/health": self.health, "/ready": self.ready, "/live": self.live, "/metrics": self.metrics,
+            "/status/ready": self.kong_ready}
         self.page = page  # gateway.status.page.StatusPage: /status (HTML) and /status.json
         if page is not None:
             self.routes["/status"] = self.status_page
@@ -219,22 +220,36 @@ class StatusApp:
                "checks": {name: {"status": r.status, "details": r.details} for name, r in results.items()}}
         return _json(200 if status == "healthy" else 503, doc)
 
-    async def ready(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    async def readiness(self) -> tuple[dict[str, bool], str | None]:
+        """The source's readiness parts, and the error of a check that failed (None: it answered)."""
         try:
             with trio.fail_after(self.check_timeout):
-                parts = await self.source.readiness()
-            error = None
+                return await self.source.readiness(), None
         except trio.TooSlowError:
-            parts, error = {}, f"no answer within {self.check_timeout:g}s"
+            return {}, f"no answer within {self.check_timeout:g}s"
         except Exception as e:
             log.exception("status: the readiness check failed")
-            parts, error = {}, f"{e.__class__.__name__}: {e}"
+            return {}, f"{e.__class__.__name__}: {e}"
+
+    async def ready(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        parts, error = await self.readiness()
         ready = error is None and all(parts.values())
         doc: dict[str, Any] = {"ready": ready, "node": self.node, "timestamp": _timestamp(),
                                "checks": {k: "ready" if v else "not_ready" for k, v in parts.items()}}
         if error is not None:
             doc["error"] = error
         return _json(200 if ready else 503, doc)
+
+    async def kong_ready(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Kong's Status API readiness (kong/status/ready.lua), for probes written for Kong: 200 {"message":
+        "ready"}, else 503 with what is not ready as the message."""
+        parts, error = await self.readiness()
+        if error is None:
+            not_ready = [name for name, ok in parts.items() if not ok]
+            if not not_ready:
+                return _json(200, {"message": "ready"})
+            error = "not ready: " + ", ".join(not_ready)
+        return _json(503, {"message": error})
 
     async def live(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return _json(200, {"alive": True, "node": self.node, "uptime": self.uptime, "timestamp": _timestamp()})

@@ -123,6 +123,20 @@ async def test_ready_and_live(served: tuple[FakeSource, CollectorRegistry, int])
     assert reply.status == 200 and doc["alive"] is True and doc["node"] == "gateway@test" and doc["uptime"] > 0
 
 
+async def test_kongs_status_ready_answers_as_kongs_status_api(served: tuple[FakeSource, CollectorRegistry, int]) \
+        -> None:
+    """kong/status/ready.lua: 200 {"message": "ready"}, else 503 with the reason as the message."""
+    source, _, port = served
+    reply = await request(port, "GET", "/status/ready")
+    assert (reply.status, reply.json()) == (200, {"message": "ready"})
+    source.ready_parts["bus"] = False
+    reply = await request(port, "GET", "/status/ready")
+    assert (reply.status, reply.json()) == (503, {"message": "not ready: bus"})
+    source.fail = "readiness"
+    reply = await request(port, "GET", "/status/ready")
+    assert (reply.status, reply.json()) == (503, {"message": "RuntimeError: no"})
+
+
 async def test_metrics(served: tuple[FakeSource, CollectorRegistry, int]) -> None:
     _, registry, port = served
     requests = Counter("gateway_requests", "requests", ["code"], registry=registry)
@@ -145,7 +159,7 @@ async def test_methods_paths_and_keepalive(served: tuple[FakeSource, CollectorRe
         post = await client.request("POST", "/health", body=b"x")
         assert post.status == 405 and post.header("allow") == "GET, HEAD"
         missing = await client.request("GET", "/nope")
-        assert missing.status == 404 and missing.json()["paths"] == ["/health", "/live", "/metrics", "/ready"]
+        assert missing.status == 404 and missing.json()["paths"] == ["/health", "/live", "/metrics", "/ready", "/status/ready"]
         assert (await client.request("GET", "/live")).status == 200
 
 
