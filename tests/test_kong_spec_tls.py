@@ -570,6 +570,35 @@ def test_ssl_cert_may_be_the_pem_text_or_its_base64(pki, tmp_path):
     assert errors[0].startswith(f"c.yml: gateway.ssl_cert: cannot read {tmp_path / 'none.crt'}")
 
 
+def _negotiated_cipher(server: ssl.SSLContext, client_ciphers: str) -> str:
+    """The cipher a TLS 1.2 client offering `client_ciphers` (in its order of preference) gets, over memory BIOs."""
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.check_hostname, client.verify_mode = False, ssl.CERT_NONE
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.set_ciphers(client_ciphers)
+    bios = [ssl.MemoryBIO() for _ in range(4)]
+    c = client.wrap_bio(bios[0], bios[1], server_hostname="a.test")
+    s = server.wrap_bio(bios[2], bios[3], server_side=True)
+    for _ in range(10):
+        for side, out, into in ((c, bios[1], bios[2]), (s, bios[3], bios[0])):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            into.write(out.read())
+    return c.cipher()[0]  # type: ignore[index]
+
+
+@pytest.mark.parametrize(("suite", "client_first"), [("intermediate", True), ("custom", False)])
+def test_intermediate_and_modern_let_the_client_choose_the_cipher(pki, suite, client_first):
+    """kong/conf_loader/constants.lua: prefer_server_ciphers "off" for modern and intermediate ("as all are safe,
+    let client choose"), "on" for old and fips, kong.conf's ssl_prefer_server_ciphers (on) for custom."""
+    ciphers = None if suite == "intermediate" else "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"
+    server = server_context(ServerOptions(cipher_suite=suite, ciphers=ciphers), [pki.issue("a.test")], "t")
+    got = _negotiated_cipher(server, "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert got == ("ECDHE-ECDSA-AES256-GCM-SHA384" if client_first else "ECDHE-ECDSA-AES128-GCM-SHA256")
+
+
 async def test_ssl_protocols_applies_only_with_the_custom_cipher_suite(gateway, nursery, pki, tmp_path):
     """kong.conf.default: ssl_protocols "is ignored if ssl_cipher_suite is not custom" (kong/conf_loader/parse.lua
     sets nginx_http_ssl_protocols from the suite: intermediate is TLSv1.2 TLSv1.3)."""

@@ -174,6 +174,8 @@ def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], wha
             os.close(fd)
     ctx.set_alpn_protocols(ALPN)
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    if options.cipher_suite in ("modern", "intermediate"):  # Kong's prefer_server_ciphers off: all are safe, let the
+        ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # client choose (old, fips and custom: the server's order)
     if not options.tickets:
         ctx.options |= ssl.OP_NO_TICKET
         ctx.num_tickets = 0
