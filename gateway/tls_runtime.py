@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.config.loader import path_of
-from gateway.config.schema import Service, Upstream
+from gateway.config.schema import Service, Upstream, ssl_cert_values
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, certificate_key, listen_flags, ref_id
 from gateway.http.tls_contexts import (
     ClientTls,
@@ -43,10 +43,12 @@ def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
     if not tls_listens(config):
         return None
     default = None
-    if gw.ssl_cert and gw.ssl_cert_key:
-        try:
-            pair = (pem_setting(gw.ssl_cert, "gateway.ssl_cert"), pem_setting(gw.ssl_cert_key, "gateway.ssl_cert_key"))
-            default = server_context(options, [pair], "gateway.ssl_cert")
+    certs, keys = ssl_cert_values(gw.ssl_cert), ssl_cert_values(gw.ssl_cert_key)
+    if certs and len(certs) == len(keys):  # (else the loader said what is wrong)
+        try:  # several: one per key type, as a certificate's cert_alt (Kong serves an RSA and an ECDSA one so)
+            pairs = [(pem_setting(cert, "gateway.ssl_cert"), pem_setting(key, "gateway.ssl_cert_key"))
+                     for cert, key in zip(certs, keys, strict=True)]
+            default = server_context(options, pairs, "gateway.ssl_cert")
         except ValueError as e:
             errors.append(str(e))
     by_sni = {}

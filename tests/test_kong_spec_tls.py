@@ -204,6 +204,36 @@ async def test_cert_alt_is_served_to_clients_of_its_key_type(gateway, nursery, t
     assert isinstance(ecdsa_cert.public_key(), ec.EllipticCurvePublicKey)
 
 
+async def test_ssl_cert_may_list_an_rsa_and_an_ecdsa_default_certificate(gateway, nursery, tmp_path):
+    """kong.conf's ssl_cert and ssl_cert_key are arrays (kong.conf.default: "a list of ... certificates"): the
+    default certificate of each key type, served to the clients of that type."""
+    ca = trustme.CA()
+    paths = []
+    for n, key_type in enumerate((trustme.KeyType.RSA, trustme.KeyType.ECDSA)):
+        leaf = ca.issue_cert("default.test", key_type=key_type)
+        cert, key = tmp_path / f"c{n}.pem", tmp_path / f"k{n}.pem"
+        cert.write_bytes(b"".join(b.bytes() for b in leaf.cert_chain_pems))
+        key.write_bytes(leaf.private_key_pem.bytes())
+        paths.append((str(cert), str(key)))
+    _, tls_port, _ = await tls_listener(gateway, nursery, Pki(), tmp_path, [], default=False,
+                                        ssl_cert=f"{paths[0][0]},{paths[1][0]}",
+                                        ssl_cert_key=[paths[0][1], paths[1][1]])
+    rsa_cert = await cert_for(tls_port, None, "ECDHE-RSA-AES128-GCM-SHA256")
+    ecdsa_cert = await cert_for(tls_port, None, "ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert isinstance(rsa_cert.public_key(), rsa.RSAPublicKey)
+    assert isinstance(ecdsa_cert.public_key(), ec.EllipticCurvePublicKey)
+
+
+def test_ssl_cert_and_ssl_cert_key_come_in_pairs_with_kongs_messages(pki, tmp_path):
+    """kong/conf_loader/parse.lua: "ssl_cert_key must be specified", "ssl_cert was specified 2 times while
+    ssl_cert_key was specified 1 times"."""
+    cert, key = pki.files(tmp_path, "d", "default.test")
+    listen = {"listen": "127.0.0.1:8443 ssl"}
+    assert config_errors({"gateway": {**listen, "ssl_cert": cert}})[0] == "c.yml: gateway.ssl_cert_key must be specified"
+    assert config_errors({"gateway": {**listen, "ssl_cert": [cert, cert], "ssl_cert_key": key}})[0] == (
+        "c.yml: gateway.ssl_cert was specified 2 times while gateway.ssl_cert_key was specified 1 times")
+
+
 # --- 06-ssl_spec: https-only routes reached over plain HTTP ---------------------------------------------------------
 
 

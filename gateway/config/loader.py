@@ -34,7 +34,17 @@ from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, show
 from gateway.config.kong_forms import NESTED, prepare
 from gateway.config.patterns import regex_problem
-from gateway.config.schema import Config, Consumer, GatewaySettings, Plugin, Route, Service, Target, Upstream
+from gateway.config.schema import (
+    Config,
+    Consumer,
+    GatewaySettings,
+    Plugin,
+    Route,
+    Service,
+    Target,
+    Upstream,
+    ssl_cert_values,
+)
 from gateway.config.tls import (
     LISTEN_FLAGS,
     CaCertificateEntity,
@@ -345,8 +355,14 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
         for flag in sorted(flags - LISTEN_FLAGS):
             errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" is)')
         tls = tls or "ssl" in flags
-    if (gw.ssl_cert is None) != (gw.ssl_cert_key is None):
-        errors.append("gateway.ssl_cert and gateway.ssl_cert_key: set both (the default certificate and its key)")
+    certs, keys = ssl_cert_values(gw.ssl_cert), ssl_cert_values(gw.ssl_cert_key)
+    if certs and not keys:  # kong/conf_loader/parse.lua's messages
+        errors.append("gateway.ssl_cert_key must be specified")
+    elif keys and not certs:
+        errors.append("gateway.ssl_cert must be specified")
+    elif len(certs) != len(keys):
+        errors.append(f"gateway.ssl_cert was specified {len(certs)} times while gateway.ssl_cert_key was specified "
+                      f"{len(keys)} times")
     if gw.ssl_ciphers is not None and gw.ssl_cipher_suite != "custom":
         errors.append("gateway.ssl_ciphers: only used with gateway.ssl_cipher_suite: custom")
     if gw.ssl_cipher_suite == "custom" and not gw.ssl_ciphers:

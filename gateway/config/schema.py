@@ -96,8 +96,8 @@ class GatewaySettings(Base):
     # TLS on listeners with ` ssl` (config/tls.py), as kong.conf names it: the default certificate (a file, the PEM
     # text or its base64; for clients without SNI or with an unknown one), Mozilla's cipher suites (each with its
     # protocols) or a custom list and protocols, tickets.
-    ssl_cert: str | None = None
-    ssl_cert_key: str | None = None
+    ssl_cert: str | list[str] | None = None  # several (e.g. RSA and ECDSA): a list, or kong.conf's comma-separated
+    ssl_cert_key: str | list[str] | None = None  # string of paths; each as ssl_cert_paths reads it
     ssl_protocols: str = "TLSv1.2 TLSv1.3"  # only with ssl_cipher_suite: custom (the other suites name their own)
     ssl_cipher_suite: CipherSuite = "intermediate"
     ssl_ciphers: str | None = None  # OpenSSL cipher list for TLS 1.2, with ssl_cipher_suite: custom
@@ -392,3 +392,15 @@ class Config(Base):
     certificates: list[CertificateEntity] = []
     snis: list[SniEntity] = []
     ca_certificates: list[CaCertificateEntity] = []
+
+
+def ssl_cert_values(value: str | list[str] | None) -> list[str]:
+    """kong.conf's ssl_cert / ssl_cert_key as the list Kong's conf loader makes of them: a list as it is, a string of
+    PEM text as one item, any other string split at its commas (kong.conf's arrays)."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return value
+    if "-----BEGIN " in value:
+        return [value]
+    return [item.strip() for item in value.split(",") if item.strip()]
