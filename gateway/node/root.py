@@ -36,6 +36,7 @@ from gateway.node.slots import ListenerSlots
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
+from gateway.status.app import current_config_text
 from gateway.status.collect import gateway_registry
 from gateway.status.page import StatusPage
 from gateway.telemetry.supervision import install_restart_counter
@@ -154,7 +155,8 @@ class Node:
             source = NodeStatus(self)
             page = StatusPage(source, collector.families, prepare=collector.prepare)
             app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
-                            prepare=collector.prepare, page=page)
+                            prepare=collector.prepare, page=page, config=lambda: self.config,
+                            config_text=lambda: current_config_text(self.run_dir))
             children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
         children.append(first)
         if gw.registration is not None:

@@ -6,7 +6,11 @@
     GET /ready   -> 200 | 503  {"ready": bool, "node", "timestamp", "checks": {name: "ready"|"not_ready"}}
     GET /live    -> 200        {"alive": true, "node", "uptime", "timestamp"}
     GET /metrics -> 200        Prometheus text (OpenMetrics when the scraper asks for it) from the registry given
-    GET /status  -> 200        the status page (gateway.status.page), when the app has one; /status.json its data
+    GET /status  -> 200        Kong's Status API /status JSON (gateway.status.kong); the status page
+                               (gateway.status.page), when the app has one, to a request whose Accept prefers
+                               text/html (a browser); /status.json the page's data
+    GET /status/ready          Kong's readiness; GET /upstreams/{u}/targets[/all|/{t}], /upstreams/{u}/health:
+                               Kong's read-only upstream routes (gateway.status.kong)
 
 /health answers 200 only when every check is healthy: degraded counts as not healthy (503), so a load balancer
 in front takes a degraded gateway out. Checks run concurrently, each bounded by `check_timeout`; a check that
@@ -29,6 +33,8 @@ import msgspec
 import trio
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from gateway.status import kong
 
 log = logging.getLogger("gateway.status")
 
@@ -142,7 +148,10 @@ class StatusApp:
 
     def __init__(self, source: StatusSource, registry: CollectorRegistry | None = None, *, version: str = "",
                  node: str | None = None, started_at: float | None = None, check_timeout: float = 2.0,
-                 prepare: Callable[[], None] | None = None, page: Any = None) -> None:
+                 prepare: Callable[[], None] | None = None, page: Any = None,
+                 families: Callable[[], list[Any]] | None = None, config: Callable[[], Any] | None = None,
+                 config_text: Callable[[], str | None] | None = None,
+                 node_id: Callable[[], str] | None = None) -> None:
         self.source = source
         self.registry = registry if registry is not None else REGISTRY
         self.prepare = prepare  # run before each scrape, in this thread (flush the root's counts, sweep dead pids)
@@ -152,11 +161,17 @@ class StatusApp:
         self.check_timeout = check_timeout
         self.routes: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]] = {
             "/health": self.health, "/ready": self.ready, "/live": self.live, "/metrics": self.metrics,
-            "/status/ready": self.kong_ready}
-        self.page = page  # gateway.status.page.StatusPage: /status (HTML) and /status.json
+            "/status/ready": self.kong_ready, "/status": self.kong_status}
+        self.page = page  # gateway.status.page.StatusPage: /status (HTML, for browsers) and /status.json
         if page is not None:
-            self.routes["/status"] = self.status_page
             self.routes["/status.json"] = self.status_data
+        # Kong's Status API reads: every process's metric families (the page's, else the registry's), the loaded
+        # config and its text (none given: no config), the node id (of the config, unless given).
+        self.families = families or getattr(page, "families", None) or (lambda: list(self.registry.collect()))
+        self.config = config or (lambda: None)
+        self.config_text = config_text or (lambda: None)
+        self.node_id = node_id or (lambda: _node_id(self.config()))
+        self.kong_upstreams = kong.KongUpstreamRoutes(self.config, self.keeper_targets, self.node_id)
 
     @property
     def uptime(self) -> int:
@@ -175,8 +190,13 @@ class StatusApp:
             return
         handler = self.routes.get(scope["path"])
         method = scope["method"]
-        if handler is None:
-            status, headers, body = _json(404, {"error": "not found", "paths": sorted(self.routes)})
+        upstream_route = kong.KongUpstreamRoutes.match(scope["path"]) if handler is None else None
+        if upstream_route is not None or scope["path"].startswith("/upstreams/") or scope["path"] == "/upstreams":
+            status, headers, body = await self.kong_upstream(scope, upstream_route)
+        elif scope["path"] == "/status" and method not in ("GET", "HEAD"):
+            status, headers, body = _kong_method(method)
+        elif handler is None:
+            status, headers, body = _json(404, {"error": "not found", "paths": sorted(self.routes) + KONG_PATHS})
         elif method not in ("GET", "HEAD"):
             status, headers, body = _json(405, {"error": f"method {method} not allowed"})
             headers.append((b"allow", b"GET, HEAD"))
@@ -265,10 +285,97 @@ class StatusApp:
 
     async def status_page(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         body = await self.page.html()
-        return 200, [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store")], body
+        return 200, [(b"content-type", b"text/html; charset=utf-8"), (b"cache-control", b"no-store"),
+                     (b"vary", b"Accept")], body
+
+    async def kong_status(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Kong's GET /status (kong/api/routes/health.lua, DB-less): memory, server, configuration_hash; the status
+        page instead when there is one and the request's Accept prefers text/html."""
+        if self.page is not None and kong.prefers_html(_header(scope, b"accept")):
+            return await self.status_page(scope)
+        memory_args = kong.memory_args(kong.query_args(scope))
+        if isinstance(memory_args, str):
+            return _vary(_json(400, {"message": memory_args}))
+        unit, scale = memory_args
+        workers = await self.run_check("workers")
+        details = workers.details if isinstance(workers.details, dict) else {}
+        pids = [p for p in details.get("pids") or () if isinstance(p, int) and p > 0]
+        if self.prepare is not None:
+            self.prepare()
+
+        def read() -> tuple[dict[str, Any], dict[str, int], str]:
+            from gateway.status.collect import server_statistics
+
+            return (kong.memory_stats(pids, unit, scale), server_statistics(self.families()),
+                    kong.config_hash(self.config_text(), self.config()))
+
+        memory, server, config_hash = await trio.to_thread.run_sync(read)  # files: metrics, /proc, the config
+        return _vary(_json(200, {"memory": memory, "server": server, "configuration_hash": config_hash}))
+
+    async def keeper_targets(self) -> list[dict[str, Any]] | None:
+        """The keeper's target states (the source's overview), None when it does not answer (or there is none)."""
+        overview = getattr(self.source, "overview", None)
+        if overview is None:
+            return None
+        try:
+            with trio.fail_after(self.check_timeout):
+                answer = await overview()
+        except Exception:  # a broken or slow keeper: health unknown, as Kong's when its balancer gives none
+            log.exception("status: the keeper's target states are unavailable")
+            return None
+        targets = answer.get("targets") if isinstance(answer, dict) else None
+        return targets if isinstance(targets, list) else None
+
+    async def kong_upstream(self, scope: dict[str, Any], route: tuple[str, str, str | None] | None) \
+            -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Kong's read-only upstream routes: GET (and HEAD), OPTIONS; 405 for another method, 404 elsewhere."""
+        if route is None:
+            return _json(404, kong.NOT_FOUND)
+        method = scope["method"]
+        if method not in ("GET", "HEAD"):
+            return _kong_method(method)
+        status, doc = await self.kong_upstreams.answer(*route, kong.query_args(scope))
+        return _json(status, doc)
 
     async def status_data(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return _json(200, await self.page.data())
+
+
+KONG_PATHS = ["/upstreams/{upstream}/health", "/upstreams/{upstream}/targets", "/upstreams/{upstream}/targets/all",
+              "/upstreams/{upstream}/targets/{target}"]
+
+
+def _header(scope: dict[str, Any], name: bytes) -> str:
+    return ",".join(v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == name)
+
+
+def _vary(answer: tuple[int, list[tuple[bytes, bytes]], bytes]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    answer[1].append((b"vary", b"Accept"))
+    return answer
+
+
+def _kong_method(method: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Kong's answer to a method a Status API route does not have (OPTIONS lists those it has)."""
+    if method == "OPTIONS":
+        allow = b"GET, HEAD, OPTIONS"
+        return 204, [(b"allow", allow), (b"access-control-allow-methods", allow),
+                     (b"access-control-allow-headers", b"Content-Type")], b""
+    return _json(405, kong.METHOD_NOT_ALLOWED)
+
+
+def current_config_text(run_dir: str) -> str | None:
+    """The text of the config the root serves (it writes it to its run directory at start and on each reload)."""
+    try:
+        with open(os.path.join(run_dir, "config.current.yaml"), encoding="utf-8") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _node_id(config: Any) -> str:
+    from gateway.telemetry.node_id import gateway_node_id
+
+    return gateway_node_id(getattr(config, "gateway", None))
 
 
 def _json(status: int, doc: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:

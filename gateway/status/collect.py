@@ -89,6 +89,18 @@ def _sums(families: list[Metric]) -> dict[tuple[str, str], float]:
     return out
 
 
+def server_statistics(families: list[Metric]) -> dict[str, int]:
+    """Kong's kong.nginx.get_statistics() summed over the processes' metric files (Kong's /status "server"): the
+    connections by state, accepted (= handled: the gateway drops none it accepted), and the requests answered."""
+    values = _sums(families)
+    accepted = int(values.get(("gateway_connections_accepted", "total"), 0.0))
+    stats = {f"connections_{state}": int(values.get(("gateway_connections", state), 0.0))
+             for state in CONNECTION_STATES}
+    stats.update(connections_accepted=accepted, connections_handled=accepted,
+                 total_requests=int(values.get(("gateway_requests", "total"), 0.0)))
+    return stats
+
+
 def gateway_registry(path: str, **kwargs: Any) -> tuple[CollectorRegistry, GatewayCollector]:
     """The registry /metrics encodes, and its collector (whose `prepare` runs before each scrape)."""
     registry = CollectorRegistry()

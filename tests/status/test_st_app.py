@@ -159,7 +159,10 @@ async def test_methods_paths_and_keepalive(served: tuple[FakeSource, CollectorRe
         post = await client.request("POST", "/health", body=b"x")
         assert post.status == 405 and post.header("allow") == "GET, HEAD"
         missing = await client.request("GET", "/nope")
-        assert missing.status == 404 and missing.json()["paths"] == ["/health", "/live", "/metrics", "/ready", "/status/ready"]
+        assert missing.status == 404 and missing.json()["paths"] == [
+            "/health", "/live", "/metrics", "/ready", "/status", "/status/ready", "/upstreams/{upstream}/health",
+            "/upstreams/{upstream}/targets", "/upstreams/{upstream}/targets/all",
+            "/upstreams/{upstream}/targets/{target}"]
         assert (await client.request("GET", "/live")).status == 200
 
 
