@@ -229,7 +229,8 @@ def test_ssl_cert_and_ssl_cert_key_come_in_pairs_with_kongs_messages(pki, tmp_pa
     ssl_cert_key was specified 1 times"."""
     cert, key = pki.files(tmp_path, "d", "default.test")
     listen = {"listen": "127.0.0.1:8443 ssl"}
-    assert config_errors({"gateway": {**listen, "ssl_cert": cert}})[0] == "c.yml: gateway.ssl_cert_key must be specified"
+    assert config_errors({"gateway": {**listen, "ssl_cert": cert}})[0] == (
+        "c.yml: gateway.ssl_cert_key must be specified")
     assert config_errors({"gateway": {**listen, "ssl_cert": [cert, cert], "ssl_cert_key": key}})[0] == (
         "c.yml: gateway.ssl_cert was specified 2 times while gateway.ssl_cert_key was specified 1 times")
 
