@@ -313,7 +313,8 @@ tr.upstream th{background:#d3dae3;text-align:left}
 """
 
 _SCRIPT = """
-setInterval(async function(){try{const r=await fetch(location.pathname,{cache:'no-store',headers:{Accept:'text/html'}});if(!r.ok)return;
+setInterval(async function(){try{
+const r=await fetch(location.pathname,{cache:'no-store',headers:{Accept:'text/html'}});if(!r.ok)return;
 const doc=new DOMParser().parseFromString(await r.text(),'text/html');
 document.querySelector('main').replaceWith(doc.querySelector('main'));
 document.querySelector('header').replaceWith(doc.querySelector('header'));}catch(e){}},%d);
