@@ -19,6 +19,7 @@ from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.http.net import is_ip
+from gateway.kong_array import kong_array
 from gateway.telemetry.tracing import tracing_problems
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
@@ -135,7 +136,7 @@ class GatewaySettings(Base):
 
     def __post_init__(self) -> None:
         if isinstance(self.trusted_ips, str):  # kong.conf's array form: "10.0.0.0/8, 192.168.0.1"
-            self.trusted_ips = [item.strip() for item in self.trusted_ips.split(",") if item.strip()]
+            self.trusted_ips = kong_array(self.trusted_ips)
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
             if bad := invalid_entries(getattr(self, name), known):
                 raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")
@@ -403,4 +404,4 @@ def ssl_cert_values(value: str | list[str] | None) -> list[str]:
         return value
     if "-----BEGIN " in value:
         return [value]
-    return [item.strip() for item in value.split(",") if item.strip()]
+    return kong_array(value)

@@ -20,6 +20,7 @@ from typing import Any
 from gateway import __version__
 from gateway.http.ids import request_id_of
 from gateway.http.timers import run_clock
+from gateway.kong_array import kong_array
 
 SERVER_TOKEN = f"mcp-gateway/{__version__}".encode()
 _VIA = b"1.1 " + SERVER_TOKEN
@@ -42,9 +43,7 @@ UPSTREAM_HEADERS = ("x-kong-request-id",)
 
 def entries(setting: list[str] | str) -> list[str]:
     """The entries of a `headers` / `headers_upstream` setting: a list, or kong.conf's comma-separated string."""
-    if isinstance(setting, str):
-        return [t.strip() for t in setting.split(",") if t.strip()]
-    return setting
+    return kong_array(setting)
 
 
 def invalid_entries(setting: list[str] | str, known: tuple[str, ...]) -> list[str]:

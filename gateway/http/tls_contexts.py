@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from gateway.http.tls import SEEN_SNI
+from gateway.kong_array import kong_array
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -294,18 +295,15 @@ class TrustStore:
                      what: str = "gateway.lua_ssl_trusted_certificate") -> TrustStore:
         """The store of a setting: a list, or Kong's comma-separated string, of `system`, files, PEM texts and their
         base64 (kong/conf_loader/parse.lua); an entry that gives no certificate appends Kong's message to `errors`."""
-        entries = setting.split(",") if isinstance(setting, str) else setting
         system, pems = False, []
-        for entry in (e.strip() for e in entries):
+        for entry in kong_array(setting):
             if entry == "system":
                 system = True
-            elif entry:
-                pem = _ca_pem(entry)
-                if pem is None:
-                    shown = "the PEM text given" if "-----BEGIN " in entry else entry
-                    errors.append(f"{what}: failed loading certificate from {shown}")
-                else:
-                    pems.append(pem)
+            elif (pem := _ca_pem(entry)) is not None:
+                pems.append(pem)
+            else:
+                shown = "the PEM text given" if "-----BEGIN " in entry else entry
+                errors.append(f"{what}: failed loading certificate from {shown}")
         return cls(system, pems)
 
     def context(self, verify: bool, cls: type[_Context]) -> _Context:

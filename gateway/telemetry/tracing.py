@@ -17,6 +17,8 @@ import random
 from collections.abc import Iterable
 from typing import Any
 
+from gateway.kong_array import kong_array
+
 W3C, B3, B3_SINGLE, JAEGER = "w3c", "b3", "b3-single", "jaeger"
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP's SpanKind values
 ERROR = 2  # OTLP's (and Kong's span:set_status) STATUS_CODE_ERROR
@@ -110,8 +112,7 @@ def instrumentation_names(value: list[str] | str | bool) -> list[str]:
     unquoted `off` (false) is off."""
     if isinstance(value, bool):
         return [] if value else ["off"]
-    items = value.split(",") if isinstance(value, str) else value
-    return [item.strip() for item in items if item.strip()]
+    return kong_array(value)
 
 
 def tracing_problems(instrumentations: list[str] | str | bool, sampling_rate: float) -> list[str]:
