@@ -27,6 +27,7 @@ from gateway.http.codec import (
     ServerCodec,
     answered_status,
 )
+from gateway.http.conditional import NOT_MODIFIED_DROPS, precondition
 from gateway.http.ids import request_id_of
 from gateway.http.kong_errors import (
     KONG_ERROR_PAGES,
@@ -343,6 +344,12 @@ class Exchange:
                         reason: bytes = b"", framing: int | None = None) -> None:
         """Send the response head, optionally with the first body bytes and the end, in a single write. `framing`:
         see ServerCodec.response_head (ignored when the request's plugins filter the headers)."""
+        if status == 200 and self.tries is None and (verdict := precondition(self.request.headers, headers)):
+            # the gateway's own 200 (Kong's kong.response.exit): nginx's conditional checks, before any header filter
+            if verdict == 412:
+                await self.respond_error_page(412)
+                return
+            status, headers, body = 304, [hv for hv in headers if hv[0] not in NOT_MODIFIED_DROPS], b""
         codec = self._codec
         self.response_started = True
         upstream_status = status

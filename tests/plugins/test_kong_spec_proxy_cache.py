@@ -169,3 +169,14 @@ async def test_a_response_made_cacheable_by_an_earlier_header_filter_is_stored(n
                           plugin("response-transformer", replace={"headers": ["content-type:text/plain"]}))
     assert status_of(await get(port, "/stream/3")) == "Miss"
     assert status_of(await get(port, "/stream/3")) == "Hit"
+
+
+async def test_a_cache_hit_passes_nginxs_conditional_checks_and_a_miss_does_not(nursery, gateway):
+    """A hit is kong.response.exit's 200, which nginx's not_modified filter sees (a proxied miss skips it): the same
+    `If-None-Match: *` gets the upstream's 200 on the miss and a 304 without a body on the hit."""
+    _, port = await start(nursery, gateway, cache())
+    miss = await get(port, headers=[("if-none-match", "*")])
+    hit = await get(port, headers=[("if-none-match", "*")])
+    assert (miss.status, status_of(miss), bool(miss.body)) == (200, "Miss", True)
+    assert (hit.status, status_of(hit), hit.body) == (304, "Hit", b"")
+    assert hit.header("content-type") is None

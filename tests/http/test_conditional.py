@@ -1,0 +1,54 @@
+"""nginx's conditional checks on the gateway's own 200s (gateway.http.conditional, ngx_http_not_modified_filter)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.http.conditional import etag_matches, precondition
+
+LAST = b"Wed, 01 Jul 2026 10:00:00 GMT"
+ANSWER = [(b"content-type", b"text/plain"), (b"etag", b'"v1"'), (b"last-modified", LAST)]
+
+
+def test_a_request_without_conditions_leaves_the_answer_alone():
+    assert precondition([(b"host", b"x")], ANSWER) == 0
+
+
+@pytest.mark.parametrize(("header", "verdict"), [
+    ((b"if-none-match", b'"v1"'), 304),
+    ((b"if-none-match", b'W/"v1"'), 304),  # weak comparison
+    ((b"if-none-match", b'"v0", "v1"'), 304),
+    ((b"if-none-match", b'"v2"'), 0),
+    ((b"if-none-match", b"*"), 304),
+    ((b"if-modified-since", LAST), 304),  # exact: the same date
+    ((b"if-modified-since", b"Thu, 02 Jul 2026 10:00:00 GMT"), 0),  # nginx's default `if_modified_since exact`
+    ((b"if-modified-since", b"not a date"), 0),
+    ((b"if-match", b'"v1"'), 0),
+    ((b"if-match", b'W/"v1"'), 412),  # strong comparison
+    ((b"if-match", b'"v2"'), 412),
+    ((b"if-unmodified-since", LAST), 0),
+    ((b"if-unmodified-since", b"Tue, 30 Jun 2026 10:00:00 GMT"), 412),  # changed since
+    ((b"if-unmodified-since", b"not a date"), 412),
+])
+def test_each_condition_against_an_answer_with_an_etag_and_a_date(header, verdict):
+    assert precondition([(b"host", b"x"), header], ANSWER) == verdict
+
+
+def test_a_failed_precondition_wins_over_not_modified():
+    assert precondition([(b"if-match", b'"v2"'), (b"if-none-match", b'"v1"')], ANSWER) == 412
+
+
+def test_both_if_modified_since_and_if_none_match_must_hold_for_a_304():
+    assert precondition([(b"if-modified-since", LAST), (b"if-none-match", b'"v2"')], ANSWER) == 0
+    assert precondition([(b"if-modified-since", LAST), (b"if-none-match", b'"v1"')], ANSWER) == 304
+
+
+def test_an_answer_without_validators_fails_if_match_and_passes_if_modified_since():
+    assert precondition([(b"if-match", b'"v1"')], [(b"content-length", b"2")]) == 412
+    assert precondition([(b"if-match", b"*")], [(b"content-length", b"2")]) == 0
+    assert precondition([(b"if-modified-since", LAST)], [(b"content-length", b"2")]) == 0
+
+
+def test_an_etag_must_end_where_the_listed_tag_ends():
+    assert not etag_matches(b'"v10"', b'"v1', weak=False)
+    assert etag_matches(b'"v1"  , "v2"', b'"v1"', weak=False)
