@@ -113,8 +113,8 @@ class Forwarder:
             pinned, address, upstream_sid = opened
             headers.append((b"mcp-session-id", upstream_sid))
         target_path = svc.upstream_target(match.path, match.query)
-        if not match.query and req.target[-1:] == b"?":  # Kong keeps an empty query's "?" (`/x?` goes as `/x?`)
-            target_path += b"?"
+        if not match.query and (req.target if ex.state is None else ex.request_uri())[-1:] == b"?":
+            target_path += b"?"  # Kong keeps the "?" of the client's empty query (`/x?` goes as `/x?`)
         if mcp is None:
             body, body_done = ex.take_buffered_body()
         else:  # MCP: body bytes the step may have read, its Origin policy
