@@ -169,10 +169,11 @@ KONG_CONF: dict[str, str] = {
     "nginx_admin_client_max_body_size": _not("the Admin API's limit on request bodies", _ADMIN),
     "nginx_http_charset": _not("nginx's charset of Content-Type", f"{_NGINX}; no charset is added to or converted "
                                                                   "in responses"),
-    "nginx_http_client_body_buffer_size": _not("nginx's buffer for request bodies", f"{_NGINX}; request bodies are "
-                                                                                    "streamed, or held in memory by "
-                                                                                    "the plugins that read them, "
-                                                                                    "never written to disk"),
+    "nginx_http_client_body_buffer_size": _not("nginx's buffer for request bodies",
+                                               f"{_NGINX}; a body a route buffers (`request_buffering`, the default) "
+                                               "is kept in memory up to 1 MiB, beyond that in an unnamed temporary "
+                                               "file (nginx's client_body_temp_path); with `request_buffering: "
+                                               "false` it streams to the upstream as it arrives"),
     "nginx_admin_client_body_buffer_size": _not("the Admin API's buffer for request bodies", _ADMIN),
     "nginx_http_lua_regex_match_limit": _not("PCRE's match limit for Lua's regexes", f"{_LUA}: the gateway's "
                                                                                      "regexes are Python's"),
@@ -361,6 +362,8 @@ _NGINX_EQUIVALENTS = {
     "send_timeout": "`send_timeout_s` (seconds)",
     "large_client_header_buffers": "`max_header_bytes` and `max_header_line_bytes`",
     "client_max_body_size": "the request-size-limiting plugin",
+    "proxy_request_buffering": "a route's `request_buffering`",
+    "proxy_buffering": "a route's `response_buffering` (responses are relayed as they arrive either way)",
     "ssl_protocols": "`ssl_protocols`, with `ssl_cipher_suite: custom`",
     "ssl_ciphers": "`ssl_ciphers`, with `ssl_cipher_suite: custom`",
     "ssl_session_tickets": "`ssl_session_tickets`",

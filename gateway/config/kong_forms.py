@@ -87,6 +87,8 @@ for _field in ("sticky_sessions_cookie", "sticky_sessions_cookie_path"):
     UNSUPPORTED_FIELDS["upstreams"][_field] = f"sticky sessions (algorithm sticky-sessions) {_NOT_BUILT}"
 _DEFAULTS_OK = {("upstreams", "use_srv_name"): False}
 _ROUTE_PROTOCOLS = {"http", "https"}
+# Kong's grpc and grpcs services, routes and health checks speak HTTP/2 to the upstream (nginx's grpc_pass)
+GRPC_WHY = "gRPC needs HTTP/2 to the upstream, and the gateway forwards HTTP/1.1"
 
 
 def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -> dict[str, Any]:
@@ -178,12 +180,14 @@ def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vault
     if section == "services" and isinstance(item.get("protocol"), str) and item["protocol"] not in ("http",
                                                                                                     "https"):
         protocol = item.pop("protocol")
-        errors.append(f"{path}.protocol: {protocol} services {_NOT_BUILT} (http and https only)")
+        why = f"; {GRPC_WHY}" if protocol in ("grpc", "grpcs") else ""
+        errors.append(f"{path}.protocol: a {protocol} service {_NOT_BUILT} (http and https only{why})")
     if section == "routes" and isinstance(item.get("protocols"), list):
         others = [p for p in item["protocols"] if isinstance(p, str) and p not in _ROUTE_PROTOCOLS]
         if others:
+            why = f"; {GRPC_WHY}" if {"grpc", "grpcs"} & set(others) else ""
             errors.append(f"{path}.protocols: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not supported "
-                          "by the gateway (HTTP routes only: http, https)")
+                          f"by the gateway (HTTP routes only: http, https{why})")
             item["protocols"] = [p for p in item["protocols"] if p not in others] or ["http", "https"]
     for field, keys in REFERENCES.get(section, {}).items():
         ref = item.get(field)
@@ -202,6 +206,7 @@ def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vault
             item[child] = [_entity(child, c, f"{path}.{child}[{j}]", errors, vaults) for j, c in enumerate(nested)]
     if section == "upstreams":
         _upstream_shorthands(item, path, errors)
+        _grpc_healthchecks(item, path, errors)
     if section == "plugins":
         resolve_plugin(item, path, vaults, errors)
     elif section == "certificates":
@@ -234,6 +239,20 @@ def _upstream_shorthands(item: dict[str, Any], path: str, errors: list[str]) -> 
         errors.append(f"{path}.hash_on: {given} does not hash on hash_on (use algorithm consistent-hashing, which "
                       "Kong sets for any hash_on)")
         item.pop("hash_on")
+
+
+def _grpc_healthchecks(item: dict[str, Any], path: str, errors: list[str]) -> None:
+    """Kong's active health checks of type grpc or grpcs (the gRPC health protocol, over HTTP/2): refused by name,
+    not as a value outside http, https and tcp."""
+    checks = item.get("healthchecks")
+    active = checks.get("active") if isinstance(checks, dict) else None
+    if not isinstance(active, dict):
+        return
+    kind = active.get("type")
+    if kind in ("grpc", "grpcs"):
+        errors.append(f"{path}.healthchecks.active.type: {kind} health checks are not supported by the gateway "
+                      f"({GRPC_WHY}; http, https or tcp)")
+        del active["type"]
 
 
 def _join(path: str, key: str) -> str:

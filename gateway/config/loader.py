@@ -32,7 +32,7 @@ from gateway.config.consumers import (
 from gateway.config.decode import convert_all, salvage
 from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, show
-from gateway.config.kong_forms import NESTED, prepare
+from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
     Config,
@@ -408,8 +408,9 @@ def _check_service(svc: Service, errors: list[str]) -> None:
             errors.append(f'{where}.url: invalid URL {show(svc.url)}: {e}')
             return
         if parts.scheme not in ("http", "https"):
+            why = f"; {GRPC_WHY}" if parts.scheme in ("grpc", "grpcs") else ""
             errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// and https:// '
-                          f'upstreams only), got {show(svc.url)}')
+                          f'upstreams only{why}), got {show(svc.url)}')
         elif not parts.hostname:
             errors.append(f'{where}.url: no host in {show(svc.url)}')
         elif port == 0:

@@ -5,13 +5,12 @@ Sans-I/O."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: kong.request.get_query's default
 
 Arg = bytes | bool  # True: an argument without "="
 Args = dict[bytes, Arg | list[Arg]]
-
-_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 
 
 def add_arg(table: dict[Any, Any], name: Any, value: Any) -> None:
@@ -22,37 +21,17 @@ def add_arg(table: dict[Any, Any], name: Any, value: Any) -> None:
 
 
 def unescape(raw: bytes) -> bytes:
-    """ngx_http_lua_unescape_uri for URI components: %XX decoded, "+" a space. A broken escape loses its "%" (and its
-    first hex digit when the second is not one), as nginx's state machine drops them."""
-    if b"%" not in raw and b"+" not in raw:
-        return raw
-    out = bytearray()
-    state = 0  # 0: usual, 1: after "%", 2: after "%" and one hex digit
-    decoded = 0
-    for ch in raw:
-        if state == 0:
-            if ch == 0x25:  # %
-                state = 1
-            elif ch == 0x2B:  # +
-                out.append(0x20)
-            else:
-                out.append(ch)
-        else:
-            digit = _HEX.get(ch)
-            if digit is None:
-                state = 0
-                out.append(ch)
-            elif state == 1:
-                decoded = digit
-                state = 2
-            else:
-                out.append(decoded << 4 | digit)
-                state = 0
-    return bytes(out)
+    """ngx_http_lua_unescape_uri for URI components: %XX decoded, "+" a space. A "%" not followed by two hex digits
+    is kept as it is, with what follows it (lua-nginx-module since v0.10.20, in Kong's OpenResty 1.27: "%zz" and a
+    trailing "%4" stay; older versions dropped them). An escaped "+" (%2B) stays a "+"."""
+    if b"%" not in raw:
+        return raw.replace(b"+", b" ") if b"+" in raw else raw
+    return unquote_to_bytes(raw.replace(b"+", b" "))
 
 
 def uri_args(query: bytes, limit: int = MAX_URI_ARGS) -> Args:
-    """ngx.req.get_uri_args(limit): name -> value, True for a bare name, a list when repeated."""
+    """ngx.req.get_uri_args(limit) as lua-resty-core's FFI reads it: name -> value, True for a bare name, a list when
+    repeated; at most `limit` arguments (0: all), pieces without a name ("", "=value") not counted."""
     args: Args = {}
     count = 0
     for part in query.split(b"&"):

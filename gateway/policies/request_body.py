@@ -85,17 +85,13 @@ def set_body(kind: str, args: Any, content_type: bytes) -> tuple[bytes, bytes]:
 
 
 def _post_args(raw: bytes) -> Args:
+    """ngx.req.get_post_args (ngx_http_lua_parse_args): every piece before an "&" counts towards the limit, empty
+    ones and those without a name ("=value", dropped) too, so only the first MAX_POST_ARGS pieces are read."""
     out: Args = {}
-    count = 0
-    for part in raw.split(b"&"):
-        if not part:
-            continue
-        count += 1
-        if count > MAX_POST_ARGS:
-            break
+    for part in raw.split(b"&")[:MAX_POST_ARGS]:
         name_raw, eq, value_raw = part.partition(b"=")
-        name = _unquote(name_raw)
-        add_arg(out, name, _unquote(value_raw) if eq else True)
+        if name := _unquote(name_raw):
+            add_arg(out, name, _unquote(value_raw) if eq else True)
     return out
 
 
