@@ -465,7 +465,8 @@ _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
     (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
 
 Built = tuple[Plugin, Any, Policy | None]
-_LLM = "it calls LLM providers; the gateway's AI plugins are ai-mcp-proxy and ai-mcp-oauth2"
+_LLM = ("it calls LLM providers; the gateway's AI plugins are ai-mcp-proxy, ai-mcp-oauth2, ai-prompt-guard, "
+        "ai-prompt-decorator and ai-prompt-template")
 NOT_BUILT = {  # Kong's bundled plugins this gateway refuses, and why (any other unknown name: a typo, or custom)
     "oauth2": "it issues and keeps tokens in Kong's database, which this gateway does not have (Kong refuses it "
               "without a database too)",
@@ -476,8 +477,7 @@ NOT_BUILT = {  # Kong's bundled plugins this gateway refuses, and why (any other
     "azure-functions": "it invokes Azure Functions in place of an upstream; not built",
     "grpc-gateway": "it needs gRPC (HTTP/2) upstreams; this gateway forwards HTTP/1.1",
     "grpc-web": "it needs gRPC (HTTP/2) upstreams; this gateway forwards HTTP/1.1",
-    **{name: _LLM for name in ("ai-proxy", "ai-prompt-decorator", "ai-prompt-template", "ai-prompt-guard",
-                               "ai-request-transformer", "ai-response-transformer")},
+    **{name: _LLM for name in ("ai-proxy", "ai-request-transformer", "ai-response-transformer")},
 }
 _CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?:\[\d+\])*): (?P<rest>.*)$", re.DOTALL)
 

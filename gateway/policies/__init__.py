@@ -11,6 +11,9 @@ from gateway.policies import (
     acl,
     ai_mcp_oauth2,
     ai_mcp_proxy,
+    ai_prompt_decorator,
+    ai_prompt_guard,
+    ai_prompt_template,
     basic_auth,
     bot_detection,
     circuit_breaker,
@@ -48,4 +51,5 @@ REGISTRY: dict[str, ModuleType] = {m.name: m for m in (
     jwt, key_auth, ldap_auth, basic_auth, hmac_auth, session, ip_restriction, acl, request_size_limiting,
     rate_limiting, response_ratelimiting, circuit_breaker, cors, correlation_id, request_termination, redirect,
     bot_detection, request_transformer, response_transformer, proxy_cache, standard_webhooks, prometheus, file_log,
-    http_log, statsd, datadog, tcp_log, udp_log, syslog, loggly, opentelemetry, zipkin, ai_mcp_oauth2, ai_mcp_proxy)}
+    http_log, statsd, datadog, tcp_log, udp_log, syslog, loggly, opentelemetry, zipkin, ai_mcp_oauth2, ai_mcp_proxy,
+    ai_prompt_template, ai_prompt_decorator, ai_prompt_guard)}

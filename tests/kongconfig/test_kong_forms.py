@@ -163,8 +163,8 @@ def test_a_file_with_seven_problems_prints_seven_lines_in_file_order(tmp_path):
         'plugins[1].config.origins: expected a list, got "not a list"',
     ]
     supported = found[5].split("supported: ")[-1]
-    assert supported.startswith("acl, ai-mcp-oauth2, ai-mcp-proxy, basic-auth, bot-detection, circuit-breaker, "
-                                "correlation-id, cors")
+    assert supported.startswith("acl, ai-mcp-oauth2, ai-mcp-proxy, ai-prompt-decorator, ai-prompt-guard, "
+                                "ai-prompt-template, basic-auth, bot-detection, circuit-breaker, correlation-id, cors")
 
 
 def test_check_config_prints_one_line_per_problem_and_exits_2(tmp_path, capsys):

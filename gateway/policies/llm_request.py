@@ -1,0 +1,215 @@
+"""What Kong's prompt plugins (ai-prompt-guard, ai-prompt-decorator, ai-prompt-template) share: the request body as
+they read it, the table of it the AI plugins of a request hand on, their 400 answers and lua-cjson's JSON.
+
+Kong's sources: kong/llm/plugin/shared-filters/parse-request.lua and kong/llm/plugin/ctx.lua (the parsed body,
+"the request body table in use"), kong.request.get_raw_body / get_body and kong.service.request.set_body /
+set_raw_body (kong/pdk). Without ai-proxy on the route (this gateway has none) the request is an OpenAI one:
+{"messages": [{"role": ..., "content": ...}, ...]} (llm/v1/chat) or {"prompt": "..."} (llm/v1/completions).
+
+- parse-request runs once per request, for the first of guard and decorator (Kong's ai_executed_filters): the body
+  by its Content-Type (none: application/json), as kong.request.get_body reads it (JSON object or array, a form's
+  arguments, multipart parts). What does not parse leaves no table, which the plugins read as an empty one (Kong's
+  EMPTY_REQUEST_T); a multipart/form-data request whose body cannot be read fails (Kong's set_ctx raises: 500).
+- A body is read whole while nginx keeps it in memory (client_body_buffer_size, 8k); a larger one, which nginx
+  writes to a file, only up to the plugin's max_request_body_size (get_raw_body), and a form's never
+  (get_post_args). A body a plugin has set is in memory: the next plugin reads it whatever its size.
+- The decorator's table is the one the guard after it checks (set_request_body_table_inuse).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gateway.http.server import Exchange
+from gateway.policies.consumers import JSON_UTF8
+from gateway.policies.header_list import get_header, set_header
+from gateway.policies.request_body import FORM, JSON, get_body, media_type
+
+CLIENT_BODY_BUFFER = 8192  # nginx's client_body_buffer_size, Kong's default (8k): a body this size stays in memory
+MISSING: Any = object()  # a key the table does not have (Lua's nil; JSON's null is cjson.null, a true value)
+_PARSED = "ai.parse-request"  # ex.state: parse-request ran for this request
+_IN_USE = "ai.request-body-table"  # ex.state: the request body table in use
+_SET = "ai.body-set"  # ex.state: an AI plugin set the body (ngx.req.set_body_data keeps it in memory)
+
+
+class LuaError(Exception):
+    """What is a Lua runtime error in Kong's plugin (indexing a number, ipairs over a string): the pipeline answers
+    Kong's 500 for a plugin that failed."""
+
+
+async def raw_body(ex: Exchange, max_size: int, form: bool = False) -> bytes | None:
+    """kong.request.get_raw_body(max_size): the whole body, or None when it is too large to read (for a form body,
+    get_post_args: over the buffer, whatever max_size)."""
+    limit = CLIENT_BODY_BUFFER if form else max(CLIENT_BODY_BUFFER, max_size)
+    raw, whole = await ex.read_body(limit)
+    if ex.state is not None and ex.state.get(_SET):
+        return raw
+    return raw if whole and len(raw) <= limit else None
+
+
+def decode_json(raw: bytes) -> Any:
+    """cjson.decode_with_array_mt as get_body uses it: an object or an array, else None. Strings keep bytes that are
+    not UTF-8 (surrogate-escaped), as Lua strings do."""
+    try:
+        doc = json.loads(raw.decode("utf-8", "surrogateescape"))
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, (dict, list)) else None
+
+
+async def request_body(ex: Exchange, content_type: bytes, max_size: int) -> Any:
+    """kong.request.get_body(content_type, nil, max_size): the JSON document, form or multipart arguments; None when
+    the type is none of those or the body does not parse."""
+    kind = media_type(content_type)
+    if kind is None:
+        return None
+    raw = await raw_body(ex, max_size, form=kind == FORM)
+    if raw is None:
+        return None
+    if kind == JSON:
+        return decode_json(raw)
+    found = get_body(content_type, raw)
+    return found[1] if found is not None else None
+
+
+async def parse_request(ex: Exchange, max_size: int) -> Any:
+    """The request body table in use for this request: parse-request's (run once, by the first AI plugin), or what a
+    plugin before set. None when there is none (the body is not one of get_body's types, or did not parse)."""
+    state = ex.state
+    if state is None:
+        ex.state = state = {}
+    elif _PARSED in state:
+        return state.get(_IN_USE)
+    state[_PARSED] = True
+    content_type = get_header(ex.request.headers, b"content-type") or b"application/json"
+    doc = await request_body(ex, content_type, max_size)
+    if doc is None:
+        if b"multipart/form-data" in content_type:  # Kong goes on with no table, and set_ctx refuses that
+            raise LuaError("parse-request: a multipart/form-data body that could not be read (Kong fails the "
+                           "same way: 500)")
+        return None
+    state[_IN_USE] = doc
+    return doc
+
+
+def set_in_use(ex: Exchange, doc: Any) -> None:
+    """ai_plugin_ctx.set_request_body_table_inuse: what the AI plugins after this one read."""
+    if ex.state is None:
+        ex.state = {}
+    ex.state[_IN_USE] = doc
+
+
+def set_body(ex: Exchange, body: bytes, content_type: bytes | None = None) -> None:
+    """kong.service.request.set_raw_body (and set_body's Content-Type): the upstream gets `body`, with its length."""
+    ex.replace_body(body)
+    if ex.state is None:
+        ex.state = {}
+    ex.state[_SET] = True
+    headers = [hv for hv in ex.request.headers if hv[0] != b"transfer-encoding"]
+    set_header(headers, b"content-length", b"%d" % len(body))
+    if content_type is not None:
+        set_header(headers, b"content-type", content_type)
+    ex.request.headers = headers
+
+
+async def bad_request(ex: Exchange, message: str) -> bool:
+    """The plugins' kong.response.exit(400, { error = { message = message } })."""
+    await ex.respond(400, encode({"error": {"message": message}}), JSON_UTF8)
+    return True
+
+
+def lua_truthy(value: Any) -> bool:
+    """A table's value as Lua's `if` reads it: absent (MISSING) and false are false; JSON null is cjson.null, true."""
+    return value is not MISSING and value is not False
+
+
+def lua_type(value: Any) -> str:
+    """Lua's type() of a decoded JSON value (null is cjson.null, a light userdata)."""
+    if value is MISSING:
+        return "nil"
+    if value is None:
+        return "userdata"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "table"
+
+
+def field(doc: Any, key: str) -> Any:
+    """`doc.key` in Lua: a table's value (MISSING when absent; an array has no string keys), nil for a string (no
+    string function has these names), an error for what cannot be indexed (a number, a boolean, null)."""
+    if isinstance(doc, dict):
+        return doc.get(key, MISSING)
+    if isinstance(doc, (list, str)):
+        return MISSING
+    raise LuaError(f"attempt to index a {lua_type(doc)} value (field '{key}')")
+
+
+def length(value: Any) -> int:
+    """Lua's `#value`: a string's bytes, an array's items; 0 for a JSON object (no integer keys); an error else."""
+    if isinstance(value, str):
+        return len(utf8(value))
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, dict):
+        return 0
+    raise LuaError(f"attempt to get length of a {lua_type(value)} value")
+
+
+def utf8(text: str) -> bytes:
+    """The bytes of a decoded string (a Lua string's bytes, also those that were not UTF-8)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON \\u escape: cjson writes its 3 bytes (CESU-8)
+        return text.encode("utf-8", "surrogatepass")
+
+
+def encode_string(text: str) -> str:
+    """A string as lua-cjson writes it, quotes included: `"`, `\\`, `/`, control characters and DEL escaped."""
+    return json.dumps(text, ensure_ascii=False).replace("/", "\\/").replace("\x7f", "\\u007f")
+
+
+def _encode(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(encode_string(value))
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif value is None:
+        out.append("null")
+    elif isinstance(value, (int, float)):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = float("inf")
+        if number != number or number in (float("inf"), float("-inf")):
+            raise LuaError("Cannot serialise number: must not be NaN or Infinity")
+        out.append(f"{number:.14g}")  # cjson's encode_number_precision (14), numbers being doubles
+    elif isinstance(value, dict):
+        out.append("{")
+        for i, (key, item) in enumerate(value.items()):
+            if i:
+                out.append(",")
+            out.append(encode_string(key))
+            out.append(":")
+            _encode(item, out)
+        out.append("}")
+    else:
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _encode(item, out)
+        out.append("]")
+
+
+def encode(doc: Any) -> bytes:
+    """cjson.encode: compact, numbers as %.14g, strings escaped as lua-cjson escapes them (see encode_string)."""
+    out: list[str] = []
+    _encode(doc, out)
+    return utf8("".join(out))
