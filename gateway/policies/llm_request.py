@@ -189,7 +189,7 @@ def _encode(value: Any, out: list[str]) -> None:
             number = float("inf")
         if number != number or number in (float("inf"), float("-inf")):
             raise LuaError("Cannot serialise number: must not be NaN or Infinity")
-        out.append(f"{number:.14g}")  # cjson's encode_number_precision (14), numbers being doubles
+        out.append(f"{number:.16g}")  # Kong's cjson.safe precision (globalpatches: CJSON_MAX_PRECISION, 16)
     elif isinstance(value, dict):
         out.append("{")
         for i, (key, item) in enumerate(value.items()):
@@ -209,7 +209,7 @@ def _encode(value: Any, out: list[str]) -> None:
 
 
 def encode(doc: Any) -> bytes:
-    """cjson.encode: compact, numbers as %.14g, strings escaped as lua-cjson escapes them (see encode_string)."""
+    """cjson.safe's encode as Kong sets it up: compact, numbers as %.16g (numbers being doubles), strings escaped as lua-cjson escapes them (see encode_string)."""
     out: list[str] = []
     _encode(doc, out)
     return utf8("".join(out))

@@ -391,13 +391,14 @@ async def test_decorator_prepends_and_appends_messages(nursery, gateway):
 
 
 async def test_decorator_sends_the_body_as_lua_cjson_writes_it(nursery, gateway):
-    """kong.service.request.set_body(t, "application/json"): compact, "/" escaped, numbers as %.14g; the
+    """kong.service.request.set_body(t, "application/json"): compact, "/" escaped, numbers as %.16g (Kong's
+    globalpatches set cjson.safe's precision to 16); the
     Content-Type becomes application/json and the Content-Length follows."""
     port = await decorated(nursery, gateway, append=[{"content": "Answer in a/b form."}])
     body = b'{"model": "gpt-4o", "temperature": 1.0, "seed": 12345678901234567,\n "messages": [{"role": "user", ' \
            b'"content": "hi"}]}'
     got = seen(await post(port, body, [("content-type", "application/json; charset=utf-8")]))
-    assert got["body"] == ('{"model":"gpt-4o","temperature":1,"seed":1.2345678901235e+16,"messages":[{"role":"user",'
+    assert got["body"] == ('{"model":"gpt-4o","temperature":1,"seed":1.234567890123457e+16,"messages":[{"role":"user",'
                            '"content":"hi"},{"role":"system","content":"Answer in a\\/b form."}]}')
     assert got["headers"]["content-type"] == ["application/json"]
     assert got["headers"]["content-length"] == [str(len(got["body"]))]
