@@ -1,5 +1,6 @@
 """JSON as Kong's lua-cjson writes it (kong.response.exit with a table body): compact, "/" escaped as "\\/" and DEL as
-"\\u007f", UTF-8 as it is. Clients parse it alike either way; byte-for-byte answers are what Kong's spec tests and caches compare."""
+"\\u007f", UTF-8 as it is. Clients parse it alike either way; byte-for-byte answers are what Kong's spec tests and
+caches compare."""
 
 from __future__ import annotations
 

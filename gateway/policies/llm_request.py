@@ -209,7 +209,8 @@ def _encode(value: Any, out: list[str]) -> None:
 
 
 def encode(doc: Any) -> bytes:
-    """cjson.safe's encode as Kong sets it up: compact, numbers as %.16g (numbers being doubles), strings escaped as lua-cjson escapes them (see encode_string)."""
+    """cjson.safe's encode as Kong sets it up: compact, numbers as %.16g (numbers being doubles), strings escaped as
+    lua-cjson escapes them (see encode_string)."""
     out: list[str] = []
     _encode(doc, out)
     return utf8("".join(out))
