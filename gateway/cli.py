@@ -21,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("check-config", help="validate a config file without starting anything")
-    c.add_argument("file")
+    c.add_argument("file", nargs="?")
+    c.add_argument("--config", "-c", dest="config_file", help="the same, as start and run take it")
     s = sub.add_parser("start", help="start the gateway (supervisor and workers); returns once all accept")
     s.add_argument("--config", "-c", required=True)
     s.add_argument("--workers", "-w", type=_positive, help="worker processes (default: gateway.workers or CPUs)")
@@ -97,11 +98,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     if args.command == "check-config":
-        return check_config(args.file)
+        if (args.file is None) == (args.config_file is None):
+            cli.error("check-config takes one config file: gateway check-config FILE (or --config FILE)")
+        return check_config(args.file or args.config_file)
     if args.command == "run":
         return run(args.config)
     try:

@@ -44,6 +44,19 @@ def test_check_config_accepts_the_reference_kong_yml():
     assert "Traceback" not in result.stderr
 
 
+def test_check_config_takes_the_file_as_start_takes_it_too():
+    result = run_cli("check-config", "--config", "configs/kong.yml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("configs/kong.yml: OK: ")
+
+
+@pytest.mark.parametrize("args", [(), ("configs/kong.yml", "--config", "configs/demo.yaml")])
+def test_check_config_needs_exactly_one_file(args):
+    result = run_cli("check-config", *args)
+    assert result.returncode == 2
+    assert "check-config takes one config file: gateway check-config FILE (or --config FILE)" in result.stderr
+
+
 def test_check_config_reports_a_broken_file_with_the_field_path(tmp_path):
     path = tmp_path / "broken.yml"
     path.write_text(BROKEN)
