@@ -26,6 +26,7 @@ from gateway.metrics import head_size, wall_offset
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
 _WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace (DECLARATIVE_DEFAULT_...)
 _WORKSPACE = "default"  # its name
+ORIGINAL_REQUEST = "ai.payload.original_request"  # ex.state: a body ai-prompt-template logs (Kong's serialize key)
 _encode = msgspec.json.Encoder().encode
 _ENTITY = msgspec.json.Decoder(dict[str, Any])
 
@@ -156,6 +157,9 @@ class Entry:
             correlation_id = state.get("correlation-id")  # the correlation-id plugin's set_serialize_value
             if correlation_id:
                 doc["correlation_id"] = correlation_id.decode("latin-1")
+            original = state.get(ORIGINAL_REQUEST)  # ai-prompt-template's log_original_request
+            if original is not None:
+                doc["ai"] = {"payload": {"original_request": original.decode("utf-8", "replace")}}
         if trace is not None:
             trace_id = trace.serialized()
             if trace_id:

@@ -9,7 +9,9 @@ from typing import Any
 
 import msgspec
 import pytest
+import trio
 from plugin_helpers import (
+    TIMEOUT,
     body_json,
     call,
     http_codec,  # noqa: F401 - the fixture: one codec
@@ -143,9 +145,20 @@ def test_template_refuses_a_bad_template_with_kongs_message(template, message):
     assert refused(plugin("ai-prompt-template", templates=[template])).endswith(f"plugins[0].config.{message}")
 
 
-def test_template_log_original_request_is_refused_as_not_built():
-    message = refused(plugin("ai-prompt-template", templates=[], log_original_request=True))
-    assert "plugins[0].config.log_original_request: true is not supported" in message
+async def test_template_logs_the_original_request_when_asked(nursery, gateway, tmp_path):
+    """render-prompt-template.lua: log_original_request sets the log entry's ai.payload.original_request to the body
+    as it came (kong.request.get_raw_body), before the template replaces it."""
+    log = tmp_path / "file.log"
+    _, port = await start(nursery, gateway, plugins=[
+        plugin("ai-prompt-template", templates=TEMPLATES, log_original_request=True),
+        plugin("file-log", path=str(log))])
+    body = request()
+    assert (await post(port, body, path="/request")).status == 200
+    with trio.fail_after(TIMEOUT):
+        while not log.exists() or not log.read_text():
+            await trio.sleep(0.01)
+    entry = json.loads(log.read_text().splitlines()[0])
+    assert entry["ai"] == {"payload": {"original_request": body.decode()}}
 
 
 def test_the_prompt_plugins_are_built_and_the_llm_plugins_still_refused():

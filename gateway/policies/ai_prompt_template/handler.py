@@ -32,6 +32,7 @@ from gateway.policies.llm_request import (
     set_body,
     utf8,
 )
+from gateway.telemetry.entry import ORIGINAL_REQUEST
 
 PLACEHOLDER = re.compile(r"\{\{([A-Za-z0-9_]+)\}\}")  # Lua's "{{([%w_]+)}}" (C locale: ASCII)
 PREFIX = "{template://"
@@ -75,9 +76,14 @@ class AiPromptTemplate:
             self.templates.setdefault(t.name, t.template)  # type: ignore[arg-type]  # checked by the schema
         self.allow_untemplated = config.allow_untemplated_requests
         self.max_size = config.max_request_body_size
+        self.log_original = config.log_original_request
 
     async def access(self, ex: Exchange) -> bool:
         raw = await raw_body(ex, self.max_size)
+        if self.log_original and raw is not None:  # kong.log.set_serialize_value, before the body changes
+            if ex.state is None:
+                ex.state = {}
+            ex.state[ORIGINAL_REQUEST] = raw
         doc = decode_json(raw) if raw is not None else None
         if doc is None:
             return await bad_request(ex, "this LLM route only supports application/json requests")

@@ -1,7 +1,4 @@
-"""Kong's ai-prompt-template config (kong/plugins/ai-prompt-template/schema.lua), with Kong's validation messages.
-
-log_original_request: Kong adds the original body to the log plugins' entry (ai.payload.original_request); the
-gateway's log entry does not carry that field yet, so `true` is refused rather than silently not logged."""
+"""Kong's ai-prompt-template config (kong/plugins/ai-prompt-template/schema.lua), with Kong's validation messages."""
 
 from __future__ import annotations
 
@@ -26,13 +23,10 @@ class Template(msgspec.Struct, forbid_unknown_fields=True):
 class AiPromptTemplateConfig(msgspec.Struct, forbid_unknown_fields=True):
     templates: list[Template] | None = None
     allow_untemplated_requests: bool = True
-    log_original_request: bool = False
+    log_original_request: bool = False  # the body as it came, in the log entry's ai.payload.original_request
     max_request_body_size: int = 8 * 1024
 
     def __post_init__(self) -> None:
         if self.templates is None:
             raise ValueError("templates: required field missing")
         check_body_size(self.max_request_body_size)
-        if self.log_original_request:
-            raise ValueError("log_original_request: true is not supported: the gateway's log entries do not carry "
-                             "Kong's ai.payload.original_request field")
