@@ -38,7 +38,7 @@ import pytest
 import trio
 import zmq
 from backends import free_port
-from loadgen import run_load
+from loadgen import echo_answer, run_load
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -59,7 +59,8 @@ class Arrival:
 
 
 class Backend:
-    """An upstream on 127.0.0.1 that records every request; `mode` ok -> 200, fail -> 500.
+    """An upstream on 127.0.0.1 that records every request; `mode` ok -> 200, fail -> 500. A request with an
+    X-Load-Id (tests/loadgen.py's) is answered with its echo (loadgen.echo_answer) instead of the name.
 
     `arm_hold(s)`: the next request to arrive opens a window of `s` seconds; every request arriving in it is held
     until the window ends (then answered per `mode`). Paths containing /slow are answered after `slow_s`.
@@ -93,6 +94,7 @@ class Backend:
         try:
             while True:
                 request = None
+                received = bytearray()
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
@@ -102,6 +104,8 @@ class Backend:
                         conn.receive_data(data)
                     elif isinstance(event, h11.Request):
                         request = event
+                    elif isinstance(event, h11.Data):
+                        received += event.data
                     elif isinstance(event, h11.EndOfMessage):
                         break
                     elif isinstance(event, h11.ConnectionClosed):
@@ -117,9 +121,15 @@ class Backend:
                     if now < self._hold_until:
                         await trio.sleep(self._hold_until - now)
                 status = 500 if self.mode == "fail" and "/slow" not in path else 200
-                body = json.dumps({"name": self.name, "status": status}).encode()
+                load_id = next((v.decode("latin-1") for k, v in request.headers if k == b"x-load-id"), None)
+                if load_id is not None and status == 200:  # loadgen's request: its own answer (loadgen's doc)
+                    body = echo_answer(load_id, bytes(received))
+                else:
+                    body = json.dumps({"name": self.name, "status": status}).encode()
                 headers = [("content-type", "application/json"), ("content-length", str(len(body))),
                            ("x-backend", self.name)]
+                if load_id is not None:
+                    headers.append(("x-load-id", load_id))
                 await stream.send_all(conn.send(h11.Response(status_code=status, headers=headers)) +
                                       conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
