@@ -2,12 +2,17 @@
 
 A request whose socket peer is in `trusted_ips` takes its address from `real_ip_header`: the last address in it; with
 `real_ip_recursive`, walking leftwards past addresses that are themselves trusted. X-Forwarded-For may come in
-several header lines (read last to first, as one list); any other header name is read from its first line. A value
-that is not an address (optionally with a port) ends the walk, keeping what was found so far. A peer that is not
-trusted changes nothing: its headers cannot move the address that ip-restriction, rate limiting by ip, the
-X-Forwarded-For / X-Real-IP sent upstream and the logs see. This is nginx's ngx_http_get_forwarded_addr, step for step.
+several header lines (read last to first, as one list) when `real_ip_header` is spelled `X-Forwarded-For` exactly
+(nginx's realip compares the name case-sensitively: `x-forwarded-for` is a header like any other); any other header
+name is read from its first line. A value that is not an address (optionally with a port) ends the walk, keeping what
+was found so far. A peer that is not trusted changes nothing: its headers cannot move the address that
+ip-restriction, rate limiting by ip, the X-Forwarded-For / X-Real-IP sent upstream and the logs see. This is nginx's
+ngx_http_get_forwarded_addr, step for step, with its address parser (ngx_parse_addr_port: ngx_inet_addr,
+ngx_inet6_addr) and the address written back as nginx writes $remote_addr (ngx_sock_ntop: an IPv4-mapped address as
+`::ffff:1.2.3.4`).
 
-Sans-I/O: `ClientAddress.resolve(peer, headers)` -> (client address, whether the peer is trusted).
+Sans-I/O: `ClientAddress.resolve(peer, headers)` -> (client address, whether the peer is trusted);
+`ClientAddress.forwarded_port(peer, port, headers)` -> the client port (Kong's kong.client.get_forwarded_port).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TRUST_CACHE = 4096  # peers whose trust is remembered (a balancer's few addresses in practice)
 _DECLINED, _DONE, _OK = 0, 1, 2  # nginx's NGX_DECLINED, NGX_DONE, NGX_OK
 _SEPARATORS = b" ,"
+_HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 
 
 def parse_network(text: str) -> Network:
@@ -77,27 +83,43 @@ class ClientAddress:
     def __init__(self, trusted_ips: Iterable[str], header: str, recursive: bool) -> None:
         self.trusted = AddressSet(parse_network(t) for t in trusted_ips)
         self.header = header.lower().encode()
-        self.forwarded_for = self.header == b"x-forwarded-for"
+        # nginx's realip reads every X-Forwarded-For line only for the header spelled so (ngx_http_realip: strcmp)
+        self.forwarded_for = header == "X-Forwarded-For"
         self.recursive = recursive
 
     def resolve(self, peer: str, headers: Headers) -> tuple[str, bool]:
-        """(the client's address, whether the socket peer is trusted)."""
+        """(the client's address, whether the socket peer is trusted): nginx's $remote_addr, Kong's
+        kong.client.get_forwarded_ip()."""
         if peer not in self.trusted:
             return peer, False
+        found = self._forwarded(peer, headers)
+        return (ntop(found[0]) if found is not None else peer), True
+
+    def forwarded_port(self, peer: str, port: int | None, headers: Headers) -> int | None:
+        """The client's port as nginx's $remote_port says it after realip (Kong's kong.client.get_forwarded_port()):
+        the socket peer's `port`, unless a trusted peer's header gave the address: then the port written with it, or
+        None for an address without one."""
+        if peer not in self.trusted:
+            return port
+        found = self._forwarded(peer, headers)
+        return found[1] if found is not None else port
+
+    def _forwarded(self, peer: str, headers: Headers) -> tuple[Address, int | None] | None:
+        """The address (and port) the header of a trusted peer gives; None when it gives none (nginx's DECLINED)."""
         name = self.header
         if self.forwarded_for:
             values = [v for n, v in headers if n == name]
         else:
             values = next(([v] for n, v in headers if n == name), [])
         if not values:
-            return peer, True
+            return None
         addr = parse_address(peer)
         if addr is None:
-            return peer, True
-        rc, addr = self._walk(addr, values)
-        return (str(addr) if rc != _DECLINED else peer), True
+            return None
+        rc, found = self._walk((addr, None), values)
+        return found if rc != _DECLINED else None
 
-    def _walk(self, addr: Address, values: list[bytes]) -> tuple[int, Address]:
+    def _walk(self, addr: tuple[Address, int | None], values: list[bytes]) -> tuple[int, tuple[Address, int | None]]:
         """ngx_http_get_forwarded_addr: header lines from the last to the first."""
         if not self.forwarded_for:
             return self._walk_value(addr, values[0])
@@ -114,12 +136,13 @@ class ClientAddress:
             found = True
         return rc, addr
 
-    def _walk_value(self, addr: Address, value: bytes) -> tuple[int, Address]:
-        """ngx_http_get_forwarded_addr_internal: one header line's list, right to left."""
+    def _walk_value(self, addr: tuple[Address, int | None], value: bytes) -> tuple[int, tuple[Address, int | None]]:
+        """ngx_http_get_forwarded_addr_internal: one header line's list, right to left. (An IPv4-mapped address is
+        matched against the IPv4 ranges, as ngx_cidr_match does.)"""
         found = False
         end = len(value)
         while True:
-            if not self.trusted.contains_address(addr):
+            if not self.trusted.contains_address(normalized(addr[0])):
                 return (_DONE if found else _DECLINED), addr
             p = end - 1
             while p > 0 and value[p] in _SEPARATORS:  # trailing separators
@@ -140,27 +163,154 @@ class ClientAddress:
                 return _OK, addr
 
 
-def _parse_addr_port(text: bytes) -> Address | None:
-    """ngx_parse_addr_port: "ip", "ip:port", "[ipv6]" or "[ipv6]:port"."""
-    try:
-        plain = text.decode("ascii")
-    except UnicodeDecodeError:
-        return None
-    addr = parse_address(plain)
+def _parse_addr_port(text: bytes) -> tuple[Address, int | None] | None:
+    """ngx_parse_addr_port: "ip", "ip:port", "[ipv6]" or "[ipv6]:port" -> (address, port or None)."""
+    addr = _parse_addr(text)
     if addr is not None:
-        return addr
-    if plain.startswith("["):
-        close = plain.find("]")
-        if close == len(plain) - 1:
-            return parse_address(plain[1:-1])
-        if close < 0 or plain[close + 1:close + 2] != ":":
+        return addr, None
+    if text[:1] == b"[":
+        close = text.find(b"]")
+        if close == len(text) - 1:
+            addr = _parse_addr(text[1:-1])
+            return (addr, None) if addr is not None else None
+        if close < 0 or text[close + 1:close + 2] != b":":
             return None
-        host, port = plain[1:close], plain[close + 2:]
+        host, port = text[1:close], text[close + 2:]
     else:
-        colon = plain.find(":")
+        colon = text.find(b":")
         if colon < 0:
             return None
-        host, port = plain[:colon], plain[colon + 1:]
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        host, port = text[:colon], text[colon + 1:]
+    if not (port.isdigit() and 1 <= int(port) <= 65535):  # ngx_atoi: ASCII digits only
         return None
-    return parse_address(host)
+    addr = _parse_addr(host)
+    return (addr, int(port)) if addr is not None else None
+
+
+def _parse_addr(text: bytes) -> Address | None:
+    """ngx_parse_addr: ngx_inet_addr's IPv4, else ngx_inet6_addr's IPv6; not normalised (an IPv4-mapped address stays
+    IPv6, as nginx keeps it)."""
+    v4 = _inet_addr(text)
+    if v4 is not None:
+        return ipaddress.IPv4Address(v4)
+    v6 = _inet6_addr(text)
+    return ipaddress.IPv6Address(v6) if v6 is not None else None
+
+
+def _inet_addr(text: bytes) -> int | None:
+    """ngx_inet_addr: four decimal octets (leading zeros allowed, an empty one is 0: `1..2.3`), else None (also for
+    255.255.255.255, which is nginx's INADDR_NONE)."""
+    addr = octet = dots = 0
+    for c in text:
+        if 48 <= c <= 57:
+            octet = octet * 10 + c - 48
+            if octet > 255:
+                return None
+        elif c == 46:  # "."
+            addr = (addr << 8) + octet
+            octet = 0
+            dots += 1
+        else:
+            return None
+    if dots != 3:
+        return None
+    addr = ((addr << 8) + octet) & 0xFFFFFFFF
+    return addr if addr != 0xFFFFFFFF else None
+
+
+def _inet6_addr(text: bytes) -> bytes | None:
+    """ngx_inet6_addr, step for step: the 16 bytes of an IPv6 address (an IPv4 tail allowed), else None."""
+    if not text:
+        return None
+    out = bytearray()
+    zero = -1  # where "::" stands, in out
+    digit = 0  # where the current group starts in text (for an IPv4 tail)
+    nibbles = word = 0
+    n = 8
+    i = 1 if text[0] == 58 else 0  # a leading ":" is skipped
+    size = len(text)
+    while i < size:
+        c = text[i]
+        i += 1
+        if c == 58:  # ":"
+            if nibbles:
+                digit = i
+                out += bytes((word >> 8, word & 0xFF))
+                n -= 1
+                if n:
+                    nibbles = word = 0
+                    continue
+            elif zero < 0:
+                digit = i
+                zero = len(out)
+                continue
+            return None
+        if c == 46 and nibbles:  # "." after digits: the rest is an IPv4 address
+            if n < 2 or not digit:
+                return None
+            v4 = _inet_addr(text[digit:])
+            if v4 is None:
+                return None
+            out += v4.to_bytes(4, "big")[:2]
+            word = v4 & 0xFFFF
+            n -= 1
+            break
+        nibbles += 1
+        if nibbles > 4:
+            return None
+        value = _HEX.get(c)
+        if value is None:
+            return None
+        word = word * 16 + value
+    else:
+        if nibbles == 0 and zero < 0:
+            return None
+    out += bytes((word >> 8, word & 0xFF))
+    n -= 1
+    if n:
+        if zero >= 0:
+            return bytes(out[:zero]) + bytes(2 * n) + bytes(out[zero:])
+        return None
+    return bytes(out) if zero < 0 else None
+
+
+def ntop(addr: Address) -> str:
+    """An address as nginx writes it (ngx_sock_ntop / ngx_inet6_ntop): IPv4 dotted; IPv6 in lower-case hex, the first
+    longest run of two or more zero groups as "::", and `::ffff:a.b.c.d`, `::a.b.c.d` (and `::0.0.x.y` for a lone last
+    group that is neither `::1` nor under 256) with the IPv4 tail dotted."""
+    if isinstance(addr, ipaddress.IPv4Address):
+        return str(addr)
+    p = addr.packed
+    zero = last = -1
+    best = 1
+    n = 0
+    for i in range(0, 16, 2):
+        if p[i] or p[i + 1]:
+            if best < n:
+                zero, best = last, n
+            n = 0
+            continue
+        if n == 0:
+            last = i
+        n += 1
+    if best < n:
+        zero, best = last, n
+    parts = []
+    end = 16
+    if zero == 0:
+        if (best == 5 and p[10] == 0xFF and p[11] == 0xFF) or best == 6 or (best == 7 and p[14] != 0 and p[15] != 1):
+            end = 12
+        parts.append(":")
+    i = 0
+    while i < end:
+        if i == zero:
+            parts.append(":")
+            i += best * 2
+            continue
+        parts.append(f"{p[i] * 256 + p[i + 1]:x}")
+        if i < 14:
+            parts.append(":")
+        i += 2
+    if end == 12:
+        parts.append(f"{p[12]}.{p[13]}.{p[14]}.{p[15]}")
+    return "".join(parts)

@@ -66,6 +66,7 @@ JSON = b"application/json"
 REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
 URI_CAPTURES = "uri_captures"  # ex.state: the groups of the matched regex path (Kong's router_matches.uri_captures)
 UPSTREAM_PATH = "upstream_path"  # ex.state: the upstream path a policy set (kong.service.request.set_path)
+ROUTER_PATH = "router_path"  # ex.state: the router's upstream path of a request a plugin answered (the log's)
 REQUEST_METHOD = "request_method"  # ex.state: the method as the client sent it, once a policy has changed it
 HEADERS_SET = "headers_set"  # ex.state: response headers a policy set in access (kong.response.set_header)
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)

@@ -7,7 +7,7 @@ import logging
 
 from gateway.http.codec import ProtocolError, answered_status
 from gateway.http.kong_errors import NO_ROUTE
-from gateway.http.server import UPSTREAM_PATH, URI_CAPTURES, Exchange
+from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
 from gateway.http.timers import run_clock
 from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
@@ -87,14 +87,17 @@ class Pipeline:
                 if route.consumer_policies is None:
                     for policy in route.policies:
                         if await policy.access(ex):
+                            _answered_in_access(ex, match.path)
                             return
                 elif await _run_scoped(ex, route):
+                    _answered_in_access(ex, match.path)
                     return
             except (ProtocolError, BrokenPipeError, ConnectionError):
                 raise
             except Exception:
                 if ex.response_started:  # it failed mid-answer: the connection loop cuts the connection
                     raise
+                _answered_in_access(ex, match.path)
                 await _plugin_failed(ex)
                 return
             state = ex.state
@@ -128,6 +131,14 @@ class Pipeline:
         """The log phase of a request the connection loop refused before its head was read (nginx's 400, 408, 414):
         no route, so the global log plugins, the access log and the metrics, as Kong logs its error pages."""
         self.log_phase.done(ex, ex.started, self.runtime)
+
+
+def _answered_in_access(ex: Exchange, path: bytes) -> None:
+    """A plugin answered (or failed) in access: the log's upstream_uri is still the router's, as Kong's access.before
+    set var.upstream_uri before the plugins ran."""
+    if ex.state is None:
+        ex.state = {}
+    ex.state[ROUTER_PATH] = path
 
 
 async def _plugin_failed(ex: Exchange) -> None:

@@ -102,6 +102,7 @@ def upgrade_asked(request: Request) -> bool:
 
 
 _NGINX_HOSTS: Memo[bytes, bytes] = Memo(4096)  # a Host value -> nginx's $host
+SERVER_NAME = b"kong"  # Kong's nginx server_name: $host of a request without a Host (HTTP/1.0)
 
 
 def nginx_host(host: bytes) -> bytes:
@@ -198,8 +199,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
         if b"x-forwarded-proto" not in seen_forwarded:
             out.append((b"x-forwarded-proto", ex.conn.scheme))
-        if b"x-forwarded-host" not in seen_forwarded and host:
-            out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
+        if b"x-forwarded-host" not in seen_forwarded:
+            out.append((b"x-forwarded-host", (_NGINX_HOSTS.get(host) or nginx_host(host)) if host else SERVER_NAME))
         if b"x-forwarded-port" not in seen_forwarded:
             out.append((b"x-forwarded-port", ex.conn.listen_port))
         if b"x-forwarded-path" not in seen_forwarded:
@@ -225,8 +226,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
             out.append((b"via", via + b", " + inbound if via else inbound))
         else:
             out += own
-        if host:
-            out.append((b"x-forwarded-host", _NGINX_HOSTS.get(host) or nginx_host(host)))
+        out.append((b"x-forwarded-host", (_NGINX_HOSTS.get(host) or nginx_host(host)) if host else SERVER_NAME))
         out.append((b"x-forwarded-path", request.target.partition(b"?")[0]))
         if prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))

@@ -25,21 +25,33 @@ _B64 = re.compile(rb"[A-Za-z0-9+/]*")
 
 
 class Consumer:
-    """One consumer: its identifiers and ACL groups (in config order)."""
+    """One consumer: its identifiers, tags and ACL groups (in config order)."""
 
-    __slots__ = ("id", "username", "custom_id", "groups", "_anonymous")
+    __slots__ = ("id", "username", "custom_id", "tags", "groups", "_anonymous")
 
-    def __init__(self, id: str, username: str | None, custom_id: str | None) -> None:  # noqa: A002 - Kong's name
+    def __init__(self, id: str, username: str | None, custom_id: str | None,  # noqa: A002 - Kong's name
+                 tags: tuple[str, ...] = ()) -> None:
         self.id = id
         self.username = username
         self.custom_id = custom_id
+        self.tags = tags  # the entity's, as Kong's log serializer copies it
         self.groups: tuple[str, ...] = ()
         self._anonymous: Identity | None = None
 
     def identity(self, credential_id: str | None, identifier: str | None) -> Identity:
-        """This consumer as a credential authenticates it: Kong's credential id, and what X-Credential-Identifier
-        says (jwt: the key; key-auth: the credential id; basic-auth: the username)."""
+        """This consumer as a credential table that names it authenticates it (a session's: Kong's
+        `{id = credential_id, consumer_id = consumer.id}`): the credential id, and what X-Credential-Identifier says.
+        A credential entity of the config is `credential_identity`'s."""
         return Identity(self, credential_id, identifier)
+
+    def credential_identity(self, credential_id: str | None, identifier: str | None) -> Identity:
+        """This consumer as one of its credential entities authenticates it (jwt: X-Credential-Identifier the key;
+        key-auth: the credential id; basic-auth, hmac-auth: the username). Such an entity names its consumer as
+        `consumer = {id = ...}`, not `consumer_id`: Kong's log serializer writes its authenticated_entity without a
+        consumer_id."""
+        who = Identity(self, credential_id, identifier)
+        who.entity_consumer_id = None
+        return who
 
     @property
     def anonymous(self) -> Identity:
@@ -53,10 +65,12 @@ class Identity:
     """A consumer as one credential authenticated it, or (credential_id None) as the anonymous consumer.
 
     Later policies, logs and metrics read `ex.consumer`: `id`, `username`, `custom_id`, `groups`, `credential_id`
-    (Kong's credential id, for rate limiting by credential), `anonymous`."""
+    (Kong's credential id, for rate limiting by credential), `anonymous`; `entity_consumer_id` is the consumer_id the
+    credential table carries (Kong's log serializer's authenticated_entity.consumer_id; None for a credential
+    entity)."""
 
     __slots__ = ("consumer", "id", "username", "custom_id", "groups", "credential_id", "anonymous",
-                 "upstream_headers", "_with_groups")
+                 "upstream_headers", "entity_consumer_id", "_with_groups")
 
     def __init__(self, consumer: Consumer, credential_id: str | None, identifier: str | None) -> None:
         self.consumer = consumer
@@ -66,6 +80,7 @@ class Identity:
         self.groups = consumer.groups
         self.credential_id = credential_id
         self.anonymous = credential_id is None
+        self.entity_consumer_id: str | None = consumer.id
         headers: Headers = [(b"x-consumer-id", consumer.id.encode())]
         if consumer.custom_id is not None:
             headers.append((b"x-consumer-custom-id", consumer.custom_id.encode()))
@@ -114,7 +129,7 @@ class Directory:
         for c in config.consumers:
             if c.id is None:
                 continue
-            consumer = Consumer(c.id, c.username, c.custom_id)
+            consumer = Consumer(c.id, c.username, c.custom_id, tuple(c.tags))
             self.consumers[c.id] = consumer
             self._by_ref.setdefault(c.id, consumer)
             if c.username is not None:
@@ -129,24 +144,24 @@ class Directory:
         for s in config.jwt_secrets:
             owner = self.consumers.get(s.consumer or "")
             if owner is not None and s.key is not None:
-                self.jwt[s.key] = JwtCredential(owner.identity(s.id, s.key), s.key, s.algorithm,
+                self.jwt[s.key] = JwtCredential(owner.credential_identity(s.id, s.key), s.key, s.algorithm,
                                                 s.secret.value if s.secret else None, s.rsa_public_key, path_of(s))
         self.api_keys: dict[str, Identity] = {}
         for k in config.keyauth_credentials:
             owner = self.consumers.get(k.consumer or "")
             if owner is not None and k.key is not None:
-                self.api_keys[k.key.value] = owner.identity(k.id, k.id)
+                self.api_keys[k.key.value] = owner.credential_identity(k.id, k.id)
         self.basic: dict[str, tuple[PasswordHash, Identity]] = {}
         for b in config.basicauth_credentials:
             owner = self.consumers.get(b.consumer or "")
             if owner is not None:
                 password = b.password.bound(owner.id) if isinstance(b.password, KongPasswordHash) else b.password
-                self.basic[b.username] = (password, owner.identity(b.id, b.username))
+                self.basic[b.username] = (password, owner.credential_identity(b.id, b.username))
         self.hmac: dict[str, tuple[str, Identity]] = {}
         for h in config.hmacauth_credentials:
             owner = self.consumers.get(h.consumer or "")
             if owner is not None and h.secret is not None:
-                self.hmac[h.username] = (h.secret.value, owner.identity(h.id, h.username))
+                self.hmac[h.username] = (h.secret.value, owner.credential_identity(h.id, h.username))
 
     def find(self, ref: str) -> Consumer | None:
         """A consumer by id or username (Kong's `anonymous` and plugin `consumer` references)."""

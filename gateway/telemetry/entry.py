@@ -14,16 +14,21 @@ Kong's latencies, in ms, from the Trio clock readings the pipeline and the forwa
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Any
-from urllib.parse import parse_qsl, unquote
 
 import msgspec
 
-from gateway.http.server import REFUSED, Exchange
-from gateway.http.uri_args import add_arg
-from gateway.metrics import head_size, wall_offset
+from gateway.http.server import REFUSED, ROUTER_PATH, Exchange
+from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
+from gateway.metrics import wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
+MAX_HEADERS = 100  # Kong's lua_max_req_headers / lua_max_resp_headers: what get_headers() reads by default
+# The request headers every authentication plugin sets or clears (Kong's set_consumer: kong.service.request.
+# set_header / clear_header, which change the request headers the serializer reads) once it has a consumer
+_CONSUMER_SET = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
+                           b"x-credential-identifier", b"x-anonymous-consumer"})
 _WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace (DECLARATIVE_DEFAULT_...)
 _WORKSPACE = "default"  # its name
 ORIGINAL_REQUEST = "ai.payload.original_request"  # ex.state: a body ai-prompt-template logs (Kong's serialize key)
@@ -32,8 +37,12 @@ _ENTITY = msgspec.json.Decoder(dict[str, Any])
 
 
 def request_size(ex: Exchange) -> int:
-    """Bytes of the request as sent (nginx's $request_length): request line, headers, body."""
-    return head_size(ex.request) + ex.body_received
+    """Bytes of the request as sent (nginx's $request_length): the request line as the client wrote it, the header
+    lines ("name: value\\r\\n" each), the blank line that ends them, the body."""
+    req = ex.request
+    headers = req.headers
+    return (len(ex.request_line_method()) + len(ex.request_uri()) + len(req.http_version) + 11
+            + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) + ex.body_received)
 
 
 class Entry:
@@ -97,12 +106,12 @@ class Entry:
         if not self.wall:
             self.wall = wall_offset()
         kong, proxy, request, receive = self.latencies()
-        target = ex.request_uri().decode("latin-1")  # Kong's uri and url: $request_uri, as the client sent it
-        query = req.target.partition(b"?")[2].decode("latin-1")  # its querystring: the arguments as rewritten
+        target = _text(ex.request_uri())  # Kong's uri and url: $request_uri, as the client sent it
+        query = req.target.partition(b"?")[2]  # its querystring: the arguments as rewritten
         host = ""
         for name, value in req.headers:
             if name == b"host":
-                host = value.decode("latin-1")
+                host = _text(value)
                 break
         conn = ex.conn
         scheme = conn.scheme.decode()
@@ -116,7 +125,7 @@ class Entry:
                 "url": f"{scheme}://{hostname}:{port}{target}",
                 "querystring": _querystring(query),
                 "method": req.method.decode("latin-1"),
-                "headers": _headers(req.headers, _REDACTED),
+                "headers": _headers(_request_headers(ex), _REDACTED),
                 "size": self.request_size(),
             },
             "upstream_uri": "",
@@ -126,16 +135,22 @@ class Entry:
                           "receive": round(receive)},
             "client_ip": ex.client_ip,
             "started_at": round((self.started + self.wall) * 1000),
-            "source": self.source,
+            "source": "upstream" if self.source == "service" else "kong",  # Kong's RESPONSE_SOURCE.NAMES
             "workspace": _WORKSPACE_ID,
             "workspace_name": _WORKSPACE,
         }
+        tls = getattr(conn, "tls", None)
+        if tls is not None:  # Kong's request.tls: the connection's protocol, cipher and $ssl_client_verify
+            doc["request"]["tls"] = _tls(tls)
         tries = ex.tries
         if tries:
-            doc["tries"] = [_try(t, self.wall) for t in tries]
+            doc["tries"] = _tries(tries, self.wall, self.status, ex.route)
             last = tries[-1]
-            doc["upstream_uri"] = last.uri.decode("latin-1")
+            doc["upstream_uri"] = _text(last.uri)
             doc["upstream_status"] = ", ".join(str(_status_of(t.code)) for t in tries if t.code)
+        elif ex.state and (path := ex.state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
+            query = req.target.partition(b"?")[2]  # adds the "?" of the client's empty query, or the arguments
+            doc["upstream_uri"] = _text(path + b"?" + query if query or ex.request_uri()[-1:] == b"?" else path)
         route = ex.route
         if route is not None:
             doc.setdefault("tries", [])  # Kong's balancer_data exists once a route matched, even with no try
@@ -145,10 +160,14 @@ class Entry:
                 doc["service"] = facts.service_json
         consumer = ex.consumer
         if consumer is not None:
-            doc["consumer"] = {k: v for k, v in (("id", consumer.id), ("username", consumer.username),
-                                                 ("custom_id", consumer.custom_id)) if v is not None}
-            if consumer.credential_id is not None:
-                doc["authenticated_entity"] = {"id": consumer.credential_id, "consumer_id": consumer.id}
+            if consumer.id is not None:  # (none: ldap-auth's credential, Kong's kong.client.authenticate(nil, cred))
+                doc["consumer"] = _consumer(consumer)
+            if consumer.credential_id is not None:  # Kong's {id = credential.id, consumer_id = credential.consumer_id}
+                entity = {"id": consumer.credential_id}
+                owner = getattr(consumer, "entity_consumer_id", None)  # only a session's credential table has one
+                if owner is not None:
+                    entity["consumer_id"] = owner
+                doc["authenticated_entity"] = entity
         trace = self.trace
         state = ex.state
         if state:
@@ -179,51 +198,101 @@ class Entry:
 
     def _response_headers(self) -> dict[str, Any]:
         ex = self.ex
-        out = _headers(ex.response_headers or (), frozenset())
+        headers = list(ex.response_headers or ())
         lines = ex.response_lines
         if lines:  # header lines policies added (rate limits), pre-formatted
             for line in lines.split(b"\r\n"):
                 name, sep, value = line.partition(b":")
                 if sep:
-                    add_arg(out, name.strip().lower().decode("latin-1"), value.strip().decode("latin-1"))
-        return out
+                    headers.append((name.strip(), value.strip()))
+        return _headers(headers[:MAX_HEADERS], frozenset())  # ngx.resp.get_headers(): its first 100
+
+
+def _text(raw: bytes) -> str:
+    """Bytes as lua-cjson writes them into the JSON line: as they are (UTF-8); bytes that are not UTF-8 cannot be
+    written so by a str, and become U+FFFD."""
+    return raw.decode("utf-8", "replace")
+
+
+def _request_headers(ex: Exchange) -> Any:
+    """The request headers as Kong's kong.request.get_headers() reads them in the log phase: the client's as the
+    plugins left them (kong.service.request.set_header and clear_header change them), so with the consumer's
+    (X-Consumer-ID, -Username, -Custom-ID, X-Credential-Identifier, X-Anonymous-Consumer, acl's X-Consumer-Groups, ...)
+    in place of the client's copies once an authentication plugin set a consumer; the first 100 lines."""
+    headers = ex.request.headers
+    consumer = ex.consumer
+    if consumer is not None:
+        own = consumer.upstream_headers
+        names = _CONSUMER_SET.union([hv[0] for hv in own])
+        headers = [hv for hv in headers if hv[0] not in names] + own
+    return headers[:MAX_HEADERS]
 
 
 def _headers(headers: Any, redacted: frozenset[bytes]) -> dict[str, Any]:
-    """Kong's header table: lower-case names, a list for a repeated header, credentials REDACTED."""
+    """Kong's header table: lower-case names, a list for a repeated header; a credential header is the one string
+    REDACTED however many lines it had (the serializer replaces the table's entry)."""
     out: dict[str, Any] = {}
     for name, value in headers:
-        add_arg(out, name.decode("latin-1").lower(), "REDACTED" if name in redacted else value.decode("latin-1"))
+        if name in redacted:
+            out[name.decode("latin-1")] = "REDACTED"
+        else:
+            add_arg(out, name.decode("latin-1").lower(), _text(value))
     return out
 
 
-def _querystring(query: str) -> dict[str, Any]:
-    """Kong's kong.request.get_query(): an argument without a value is true; repeated ones are lists."""
+def _querystring(query: bytes) -> dict[str, Any]:
+    """Kong's kong.request.get_query(): ngx.req.get_uri_args(100): an argument without a value is true, repeated ones
+    are lists, one without a name is dropped, the first 100 only."""
+    if not query:
+        return {}
     out: dict[str, Any] = {}
-    for part in query.split("&"):
-        if not part:
-            continue
-        value: str | bool
-        if "=" not in part:
-            name, value = unquote(part.replace("+", " ")), True
-        else:
-            pairs = parse_qsl(part, keep_blank_values=True)
-            if not pairs:
-                continue
-            name, value = pairs[0]
-        add_arg(out, name, value)
+    for name, value in uri_args(query, MAX_URI_ARGS).items():
+        out[_text(name)] = [_arg(v) for v in value] if isinstance(value, list) else _arg(value)
+    return out
+
+
+def _arg(value: bytes | bool) -> str | bool:
+    return _text(value) if isinstance(value, bytes) else value
+
+
+def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[dict[str, Any]]:
+    """Kong's balancer tries: where, when; a try followed by another has the state and code of its failure (Kong's
+    balancer records get_last_failure() when it retries); the last one has them only when the response is a 5xx and
+    no retry was left (Kong's header filter: try_count > retries), its code then the response's status."""
+    out = [_try(t, wall) for t in tries]
+    for attempt, entry in zip(tries[:-1], out[:-1], strict=True):
+        entry["state"] = "failed"
+        entry["code"] = _status_of(attempt.code) if attempt.code else 502
+    service = route.service if route is not None else None
+    retries = service.retries if service is not None else 5
+    if status > 499 and len(tries) > retries:
+        out[-1]["state"] = "failed"
+        out[-1]["code"] = status
     return out
 
 
 def _try(attempt: Any, wall: float) -> dict[str, Any]:
-    """Kong's balancer try: where, when, and for a failed one its state and code."""
+    """Kong's balancer try: where and when."""
     host, port = attempt.target.key
     start = (attempt.started + wall) * 1000
-    out: dict[str, Any] = {"ip": host, "port": port, "balancer_start": round(start),
-                           "balancer_start_ns": round(start * 1e6), "balancer_latency": 0, "balancer_latency_ns": 0}
-    if not attempt.head_at and attempt.code:  # no response: connection failure, timeout, garbage
-        out["state"] = "failed"
-        out["code"] = _status_of(attempt.code)
+    return {"ip": host, "port": port, "balancer_start": round(start), "balancer_start_ns": round(start * 1e6),
+            "balancer_latency": 0, "balancer_latency_ns": 0}
+
+
+def _tls(tls: Any) -> dict[str, Any]:
+    """Kong's request.tls: the TLS version and cipher as nginx names them (OpenSSL's names), and $ssl_client_verify
+    (NONE: the gateway's listeners ask for no client certificate)."""
+    cipher = tls.cipher()
+    return {"version": tls.version(), "cipher": cipher[0] if cipher else None, "client_verify": "NONE"}
+
+
+def _consumer(consumer: Any) -> dict[str, Any]:
+    """Kong's consumer entity as the serializer copies it: id, username, custom_id, tags (those set)."""
+    out = {k: v for k, v in (("id", consumer.id), ("username", consumer.username),
+                             ("custom_id", consumer.custom_id)) if v is not None}
+    tags = getattr(getattr(consumer, "consumer", None), "tags", None)
+    if tags:
+        out["tags"] = list(tags)
     return out
 
 

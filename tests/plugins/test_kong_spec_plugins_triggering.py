@@ -178,7 +178,7 @@ async def test_a_plugin_that_raises_in_access_gets_kongs_500_and_the_chain_still
     assert reply.header(PHASE_HEADER) == "header_filter"
     assert not backend.requests
     (line,) = await lines(log)
-    assert line["response"]["status"] == 500 and line["source"] == "error"
+    assert line["response"]["status"] == 500 and line["source"] == "kong"
     assert line["response"]["headers"][PHASE_HEADER] == "header_filter"
 
 
@@ -200,7 +200,7 @@ async def test_a_short_circuited_request_runs_the_header_body_and_log_phases(nur
     assert reply.json()["phase"] == "body_filter"
     (line,) = await lines(log)
     assert line["request"]["headers"]["x-uuid"] == "u-401" and line["response"]["status"] == 401
-    assert line["source"] == "exit"
+    assert line["source"] == "kong"
 
 
 async def test_a_plugins_exit_stops_access_but_the_runloop_goes_on(nursery, gateway, tmp_path):
@@ -291,7 +291,7 @@ async def test_log_plugins_run_on_a_bad_gateway_and_see_the_same_request(nursery
     assert line["request"]["headers"]["host"] == "refused" and line["request"]["headers"]["x-uuid"] == "u-502"
     assert line["request"]["method"] == "POST" and line["request"]["querystring"] == {"foo": "bar"}
     assert line["upstream_uri"] == "/status/200?foo=bar"
-    assert line["response"]["status"] == 502 and line["source"] == "error"
+    assert line["response"]["status"] == 502 and line["source"] == "kong"
     assert line["response"]["headers"]["content-type"].startswith("text/plain")
 
 

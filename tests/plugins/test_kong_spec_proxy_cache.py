@@ -102,7 +102,8 @@ async def test_an_infinite_max_age_is_a_miss_never_stored(nursery, gateway, capl
 
 async def test_a_hit_is_logged_with_an_empty_list_of_tries(nursery, gateway, tmp_path):
     """kong/runloop/handler.lua's access.before runs balancer_prepare (ctx.balancer_data.tries = {}) before the
-    plugins' access: the log of a Hit (kong.log.serialize) has `tries: []`, and its source is "exit"."""
+    plugins' access: the log of a Hit (kong.log.serialize) has `tries: []`, and its source is "kong" (get_source's
+    "exit")."""
     backend = Httpbin()
     await nursery.start(backend.serve)
     log = tmp_path / "access.log"
@@ -114,7 +115,7 @@ async def test_a_hit_is_logged_with_an_empty_list_of_tries(nursery, gateway, tmp
         while len(lines := log.read_text().splitlines() if log.exists() else []) < 2:
             await trio.sleep(0.02)
     hit = json.loads(lines[1])
-    assert hit["source"] == "exit" and hit["tries"] == [] and hit["upstream_status"] == ""
+    assert hit["source"] == "kong" and hit["tries"] == [] and hit["upstream_status"] == ""
     assert hit["response"]["headers"]["x-cache-status"] == "Hit"
 
 # --- needing changes outside gateway/policies/proxy_cache ------------------------------------------------------------

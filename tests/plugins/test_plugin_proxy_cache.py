@@ -532,6 +532,6 @@ async def test_a_hit_is_logged_as_the_gateways_own_answer_with_no_upstream_try(n
         while len(lines := log.read_text().splitlines() if log.exists() else []) < 2:
             await trio.sleep(0.02)
     miss, hit = (json.loads(line) for line in lines)
-    assert miss["source"] == "service" and miss["tries"]
-    assert hit["source"] == "exit" and hit["tries"] == [] and hit["upstream_status"] == ""
+    assert miss["source"] == "upstream" and miss["tries"]
+    assert hit["source"] == "kong" and hit["tries"] == [] and hit["upstream_status"] == ""
     assert hit["response"]["status"] == 200 and hit["response"]["headers"]["x-cache-status"] == "Hit"

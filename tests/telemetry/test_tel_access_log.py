@@ -45,13 +45,13 @@ async def test_access_log_has_one_kong_shaped_line_per_request(nursery, gateway,
     assert first["response"]["size"] > len(ok.body)
     assert first["route"]["name"] == "api" and first["service"]["name"] == "svc"
     assert first["service"]["host"] == "127.0.0.1" and first["service"]["port"] == backend.port
-    assert first["source"] == "service"
+    assert first["source"] == "upstream"
     assert first["client_ip"] == "127.0.0.1"
     assert set(first["latencies"]) == {"kong", "proxy", "request", "receive"}
     assert 0 <= first["latencies"]["proxy"] <= first["latencies"]["request"]
     assert first["tries"][0]["ip"] == "127.0.0.1" and first["tries"][0]["port"] == backend.port
     assert isinstance(first["started_at"], int) and first["started_at"] > 1_600_000_000_000
-    assert second["response"]["status"] == 404 and second["source"] == "exit"
+    assert second["response"]["status"] == 404 and second["source"] == "kong"
     assert "route" not in second and second["latencies"]["proxy"] == -1
     assert "tries" not in second  # no route: no balancer data
 
@@ -75,7 +75,7 @@ async def test_a_failed_upstream_is_logged_with_its_tries(nursery, gateway, tmp_
         reply = await request(port, "GET", "/")
     assert reply.status == 502
     (line,) = await _lines(log, 1)
-    assert line["response"]["status"] == 502 and line["source"] == "error"
+    assert line["response"]["status"] == 502 and line["source"] == "kong"
     assert [t["state"] for t in line["tries"]] == ["failed", "failed"]  # retries: 1, one target tried again
     assert line["upstream_status"] == "502, 502"  # nginx's $upstream_status: each try's
 
@@ -148,7 +148,7 @@ async def test_requests_nginx_refuses_are_logged_by_global_log_plugins_and_the_a
     assert header_too_large["upstream_uri"] == ""  # nothing was sent upstream
     assert header_too_large["request"]["id"] == parse_raw_response(large[0])[1]["x-kong-request-id"]
     assert "route" not in header_too_large and "service" not in header_too_large
-    assert header_too_large["source"] == "error"  # Kong's get_source: neither proxied nor exited
+    assert header_too_large["source"] == "kong"  # Kong's get_source: neither proxied nor exited
     assert uri_too_long["response"]["status"] == 414
     assert uri_too_long["request"]["method"] == "POST" and uri_too_long["request"]["headers"] == {}
     assert [line["response"]["status"] for line in await _lines(access, 2)] == [400, 414]
