@@ -211,7 +211,7 @@ def head_size(request: Any) -> int:
     """Bytes of a request head as the client sent it the usual way ("name: value\\r\\n" per header): nginx's
     $request_length less the body. Summed by C loops."""
     headers = request.headers
-    return (len(request.method) + len(request.target) + len(request.http_version) + 9  # "M T HTTP/v\\r\\n", blank
+    return (len(request.method) + len(request.target) + len(request.http_version) + 11  # "M T HTTP/v\\r\\n", "\\r\\n"
             + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers))
 
 

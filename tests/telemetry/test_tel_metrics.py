@@ -10,7 +10,15 @@ import textwrap
 import trio
 from prometheus_client import CollectorRegistry, Histogram
 
-from gateway.metrics import RECORDER, SUPERVISOR_RESTARTS, Recorder, add_observations, sweep_dead_processes
+from gateway.http.codec import Request
+from gateway.metrics import (
+    RECORDER,
+    SUPERVISOR_RESTARTS,
+    Recorder,
+    add_observations,
+    head_size,
+    sweep_dead_processes,
+)
 from gateway.status.collect import gateway_registry
 from gateway.telemetry.supervision import install_restart_counter
 from supervisor import ChildSpec, Restart, SupervisorSpec, SupFlags, serve
@@ -126,3 +134,10 @@ async def test_a_crashed_child_is_counted_with_its_exit_reason():
     RECORDER.flush()
     after = {k: c._value.get() for k, c in SUPERVISOR_RESTARTS._metrics.items() if k[0] == "sup"}
     assert after == {("sup", "c1", "boom"): before + 1}  # "sup@7" is counted as "sup"; the reason as reported
+
+
+def test_a_heads_size_is_the_bytes_the_client_sent_for_it():
+    """nginx's $request_length less the body (prometheus' ingress bandwidth): request line, header lines, blank line."""
+    wire = b"POST /mcp HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n"
+    request = Request(b"POST", b"/mcp", [(b"host", b"a"), (b"content-length", b"2")], b"1.1", True, b"a", False)
+    assert head_size(request) == len(wire)
