@@ -46,3 +46,28 @@ def uri_args(query: bytes, limit: int = MAX_URI_ARGS) -> Args:
         if count == limit:
             break
     return args
+
+
+# ngx.encode_args' escaping (ngx_http_lua_escape_uri, NGX_ESCAPE_URI_COMPONENT): everything but ALPHA, DIGIT and
+# - . _ ~ ! * ' ( ) as %XX (upper-case hex); a space is %20
+_ARG_BYTE = [bytes([b]) if chr(b).isascii() and (chr(b).isalnum() or chr(b) in "-._~!*'()") else b"%%%02X" % b
+             for b in range(256)]
+
+
+def escape_arg(raw: bytes) -> bytes:
+    """A name or value as ngx.encode_args writes it."""
+    return b"".join([_ARG_BYTE[b] for b in raw])
+
+
+def encode_args(args: dict[bytes, Any]) -> bytes:
+    """ngx.encode_args: `name=value` pairs joined with "&" in the table's order; True a bare name, False nothing; a
+    list repeats the name for each of its elements (True bare, False skipped)."""
+    out = []
+    for name, value in args.items():
+        key = escape_arg(name)
+        for v in value if isinstance(value, list) else (value,):
+            if v is True:
+                out.append(key)
+            elif v is not False and v is not None:
+                out.append(key + b"=" + escape_arg(v))
+    return b"&".join(out)

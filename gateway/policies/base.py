@@ -7,6 +7,11 @@ from typing import Any, Protocol
 from gateway.http.server import Exchange
 
 
+class LuaError(Exception):
+    """What is a Lua runtime error in Kong's plugin (indexing a number, ipairs over a string): the pipeline answers
+    Kong's 500 for a plugin that failed."""
+
+
 class Policy(Protocol):
     """A configured policy instance; `access` runs before the request is forwarded."""
 

@@ -18,10 +18,11 @@ set_raw_body (kong/pdk). Without ai-proxy on the route (this gateway has none) t
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gateway.http.server import Exchange
+from gateway.policies import cjson
+from gateway.policies.base import LuaError
 from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import get_header, set_header
 from gateway.policies.request_body import FORM, JSON, get_body, media_type
@@ -31,11 +32,6 @@ MISSING: Any = object()  # a key the table does not have (Lua's nil; JSON's null
 _PARSED = "ai.parse-request"  # ex.state: parse-request ran for this request
 _IN_USE = "ai.request-body-table"  # ex.state: the request body table in use
 _SET = "ai.body-set"  # ex.state: an AI plugin set the body (ngx.req.set_body_data keeps it in memory)
-
-
-class LuaError(Exception):
-    """What is a Lua runtime error in Kong's plugin (indexing a number, ipairs over a string): the pipeline answers
-    Kong's 500 for a plugin that failed."""
 
 
 async def raw_body(ex: Exchange, max_size: int, form: bool = False) -> bytes | None:
@@ -49,11 +45,10 @@ async def raw_body(ex: Exchange, max_size: int, form: bool = False) -> bytes | N
 
 
 def decode_json(raw: bytes) -> Any:
-    """cjson.decode_with_array_mt as get_body uses it: an object or an array, else None. Strings keep bytes that are
-    not UTF-8 (surrogate-escaped), as Lua strings do."""
+    """cjson.decode_with_array_mt as get_body uses it (lua-cjson's reading): an object or an array, else None."""
     try:
-        doc = json.loads(raw.decode("utf-8", "surrogateescape"))
-    except (ValueError, RecursionError):
+        doc = cjson.decode(raw)
+    except ValueError:
         return None
     return doc if isinstance(doc, (dict, list)) else None
 
@@ -170,47 +165,12 @@ def utf8(text: str) -> bytes:
 
 def encode_string(text: str) -> str:
     """A string as lua-cjson writes it, quotes included: `"`, `\\`, `/`, control characters and DEL escaped."""
-    return json.dumps(text, ensure_ascii=False).replace("/", "\\/").replace("\x7f", "\\u007f")
-
-
-def _encode(value: Any, out: list[str]) -> None:
-    if isinstance(value, str):
-        out.append(encode_string(value))
-    elif value is True:
-        out.append("true")
-    elif value is False:
-        out.append("false")
-    elif value is None:
-        out.append("null")
-    elif isinstance(value, (int, float)):
-        try:
-            number = float(value)
-        except OverflowError:
-            number = float("inf")
-        if number != number or number in (float("inf"), float("-inf")):
-            raise LuaError("Cannot serialise number: must not be NaN or Infinity")
-        out.append(f"{number:.16g}")  # Kong's cjson.safe precision (globalpatches: CJSON_MAX_PRECISION, 16)
-    elif isinstance(value, dict):
-        out.append("{")
-        for i, (key, item) in enumerate(value.items()):
-            if i:
-                out.append(",")
-            out.append(encode_string(key))
-            out.append(":")
-            _encode(item, out)
-        out.append("}")
-    else:
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
+    return cjson.encode(text).decode("utf-8", "surrogateescape")
 
 
 def encode(doc: Any) -> bytes:
-    """cjson.safe's encode as Kong sets it up: compact, numbers as %.16g (numbers being doubles), strings escaped as
-    lua-cjson escapes them (see encode_string)."""
-    out: list[str] = []
-    _encode(doc, out)
-    return utf8("".join(out))
+    """kong.service.request.set_body's cjson.safe (Kong's precision 16); NaN and infinities are its error."""
+    try:
+        return cjson.encode(doc, cjson.PDK_PRECISION)
+    except ValueError as e:
+        raise LuaError(str(e)) from None

@@ -235,6 +235,14 @@ async def test_a_problem_json_response_body_is_transformed(nursery, gateway):
     assert body_json(await call(port, "/x")) == {"title": "oops", "hint": "retry"}
 
 
+def test_a_transformed_json_body_is_written_as_its_own_lua_cjson_writes_it():
+    """body_transformer.lua decodes and encodes with its own cjson.safe.new(): lua-cjson's lenient reading, "/"
+    escaped, numbers at 14 significant digits."""
+    rt = transformer(add={"json": ["hint:a/b"]})
+    body = rt.body_filter(None, 200, [], b'{"n": 0.1234567890123456789, "big": 12345678901234567, "x": 01}')
+    assert body == b'{"n":0.12345678901235,"big":1.2345678901235e+16,"x":1,"hint":"a\\/b"}'
+
+
 # --- response-transformer: headers ----------------------------------------------------------------------------------
 
 
@@ -254,6 +262,13 @@ def test_response_remove_takes_the_name_before_a_colon():
     rt = transformer(remove={"headers": ["h1:v1"]}, replace={"headers": ["h2:v3"]}, add={"headers": ["h3:v3"]},
                      append={"headers": ["h3:v4"]})
     assert filtered(rt, [("h1", "v1"), ("h2", "v2")]) == {"h2": ["v3"], "h3": ["v3", "v4"]}
+
+
+def test_a_header_renamed_onto_transfer_encoding_is_dropped_not_sent():
+    """header_transformer: rename is kong.response.set_header(new) then clear_header(old), and set_header ignores
+    Transfer-Encoding (t/01-pdk/08-response/05-set_header.t TEST 8): the gateway frames the body."""
+    rt = transformer(rename={"headers": ["x-te:transfer-encoding"]})
+    assert filtered(rt, [("x-te", "gzip"), ("content-length", "2")]) == {"content-length": ["2"]}
 
 
 def test_response_header_changes_look_at_the_headers_as_they_came():

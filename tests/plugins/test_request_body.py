@@ -36,12 +36,14 @@ def test_json_reads_as_an_object_or_an_array_only(raw: bytes, expected: object):
     assert get_body(b"application/json", raw) == expected
 
 
-def test_a_multipart_body_reads_each_parts_value_by_name():
+def test_a_multipart_body_reads_each_parts_value_by_name_as_lua_multipart_does():
+    """lua-multipart 0.5.9 (Kong's, checked under LuaJIT): a preamble becomes the start of the first part's value,
+    and an unquoted `name=up` reads as the name ""."""
     raw = (b"preamble\r\n--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n"
            b"--b\r\nContent-Disposition: form-data; name=up; filename=\"f.txt\"\r\nContent-Type: text/plain\r\n\r\n"
            b"line1\r\nline2\r\n--b\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n2\r\n--b--\r\nepilogue")
-    assert get_body(b'multipart/form-data; boundary="b"', raw) == (MULTIPART, {"a": ["1", "2"],
-                                                                                "up": "line1\r\nline2"})
+    assert get_body(b'multipart/form-data; boundary="b"', raw) == (MULTIPART, {"a": ["preamble\r\n1", "2"],
+                                                                                "": "line1\r\nline2"})
 
 
 def test_a_multipart_content_type_without_a_boundary_reads_as_no_arguments():

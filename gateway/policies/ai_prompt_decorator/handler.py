@@ -15,9 +15,9 @@ from typing import Any
 
 from gateway.http.server import Exchange
 from gateway.policies.ai_prompt_decorator.schema import AiPromptDecoratorConfig
+from gateway.policies.base import LuaError
 from gateway.policies.llm_request import (
     MISSING,
-    LuaError,
     bad_request,
     encode,
     field,

@@ -1,11 +1,13 @@
 """Kong's request-termination (kong/plugins/request-termination/handler.lua).
 
-With `trigger`, only requests carrying that header (any case) or query argument (as named) are answered. The answer:
+With `trigger`, only requests carrying that header (as kong.request.get_headers() finds it: in the first 100 lines,
+by the name as written, else lower-cased with "_" as "-") or query argument (as named) are answered. The answer:
 `body` as is (with `content_type`), or `{"message": message}` (Kong's default message for 401, 404, 405, 500, 502
 and 503; no body for other statuses without one), or with `echo` a JSON copy of the request as Kong's PDK reads it
 (scheme, host, port, headers, query, body by its Content-Type, raw body, method, path; the matched route and service
-as the log plugins write them). JSON is written as lua-cjson writes it (compact, "/" escaped, UTF-8 as is, no key
-for a nil), and a 204 has no Content-Length, Content-Type or body (nginx's).
+as the log plugins write them). JSON is written as kong.response.exit's lua-cjson writes it (compact, "/" escaped, UTF-8
+as is, numbers with 16 significant digits, no key for a nil; a document it cannot encode, a NaN from the body, is
+Kong's 500), and a 204 has no Content-Length, Content-Type or body (nginx's).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import Any
 
 from gateway.http.server import Exchange
 from gateway.http.uri_args import add_arg, uri_args
-from gateway.policies.cjson import encode as cjson
+from gateway.policies import cjson
 from gateway.policies.consumers import JSON_UTF8
-from gateway.policies.header_list import get_header
+from gateway.policies.header_list import lookup, request_header
 from gateway.policies.request_body import get_body
 from gateway.policies.request_termination.schema import RequestTerminationConfig
 
@@ -67,7 +69,7 @@ class RequestTermination:
 
     def __init__(self, config: RequestTerminationConfig, node: str = "") -> None:
         self.status = config.status_code
-        self.trigger_header = config.trigger.lower().encode() if config.trigger else None
+        self.trigger_header = config.trigger.encode() if config.trigger else None
         self.trigger_arg = config.trigger
         self.echo = config.echo
         self.node_id = node
@@ -77,17 +79,16 @@ class RequestTermination:
             self.body = config.body.encode()
             self.content_type = config.content_type.encode() if config.content_type else None
         else:
-            self.body = cjson({"message": self.message}) if self.message is not None else b""
+            self.body = cjson.encode({"message": self.message}) if self.message is not None else b""
             self.content_type = JSON_UTF8 if self.message is not None else None
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
         if self.trigger_header is not None:
-            name = self.trigger_header
-            if not any(h == name for h, _ in req.headers) and self.trigger_arg not in query(req.target):
+            if lookup(req.headers, self.trigger_header) is None and self.trigger_arg not in query(req.target):
                 return False
         if self.echo:
-            await self._send(ex, JSON_UTF8, cjson(await self._echo(ex)))
+            await self._send(ex, JSON_UTF8, cjson.encode(await self._echo(ex)))
         else:
             await self._send(ex, self.content_type, self.body)
         return True
@@ -120,7 +121,7 @@ class RequestTermination:
             "uri_captures": _captures(ex.uri_captures())}
         if whole:
             request["raw_body"] = _text(raw)
-            parsed = get_body(get_header(req.headers, b"content-type"), raw)
+            parsed = get_body(request_header(req.headers, b"content-type"), raw)
             if parsed is not None:
                 request["body"] = parsed[1]
         doc: dict[str, Any] = {"kong": {"node_id": self.node_id, "worker_pid": os.getpid(),

@@ -20,6 +20,8 @@ from typing import Any
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.policies import cjson
+from gateway.policies.cjson import CJSON_PRECISION
 from gateway.policies.header_list import add_header, clear_header, set_header
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig, Values, split_pair
 
@@ -144,8 +146,9 @@ class ResponseTransformer:
         for old, new in self.rename_headers:
             values = [v for n, v in came if n == old]
             if values:  # set_header(new, values), then clear_header(old): the same name ends up cleared
-                clear_header(headers, new)
-                headers.extend((new, v) for v in values)
+                if new != b"transfer-encoding":  # which kong.response.set_header ignores
+                    clear_header(headers, new)
+                    headers.extend((new, v) for v in values)
                 clear_header(headers, old)
         for name, value in self.replace_headers:
             if any(n == name for n, _ in came):
@@ -167,7 +170,7 @@ class ResponseTransformer:
 
     def body_filter(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> bytes:
         try:
-            doc = json.loads(body)
+            doc = cjson.decode(body)
         except ValueError:
             log.warning("response-transformer: body transform failed: failed parsing json body")
             return body
@@ -189,7 +192,7 @@ class ResponseTransformer:
         for name, value in self.append_json:
             doc[name] = append_value(doc.get(name), value)
         try:
-            return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+            return cjson.encode(doc, CJSON_PRECISION)  # body_transformer's own cjson.safe.new(): 14 digits
         except ValueError:  # cjson.encode fails on NaN and infinities: Kong sends the body as it came
             log.warning("response-transformer: body transform failed: Cannot serialise number: must not be NaN or "
                         "Infinity")
