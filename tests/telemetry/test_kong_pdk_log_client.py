@@ -348,8 +348,6 @@ async def test_an_absolute_form_request_logs_its_host_header_as_sent(nursery, ga
 # --- zipkin's client endpoint ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="gateway/policies/zipkin/handler.py reports the socket's port: it should ask "
-                   "runtime.client_address.forwarded_port(...)")
 async def test_zipkin_request_span_has_the_forwarded_client_port(nursery, gateway):
     """zipkin/handler.lua: `request_span.port = kong.client.get_forwarded_port()`, which is $remote_port after realip
     (04-get_forwarded_port.t TEST 3: the X-Real-IP's port from a trusted peer)."""

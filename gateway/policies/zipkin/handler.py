@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from gateway.http.codec import Headers
+from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
 from gateway.metrics import wall_offset
 from gateway.policies.zipkin import spans
@@ -99,7 +100,9 @@ class Zipkin:
     priority = 100000  # Kong's: first, so its timestamps are taken at the start of each phase
     entries = False  # its log step takes the raw facts (gateway.telemetry.phase)
 
-    def __init__(self, config: ZipkinConfig, plugin_id: str, node_id: str = "", queues: Queues = QUEUES) -> None:
+    def __init__(self, config: ZipkinConfig, plugin_id: str, node_id: str = "", queues: Queues = QUEUES,
+                 client: ClientAddress | None = None) -> None:
+        self.client = client  # gateway.trusted_ips' realip, for the client's forwarded port
         self.params = propagation.plugin_params(config.propagation, config.header_type, config.default_header_type)
         self.new_formats = formats_for(self.params, None)  # what a request without a context gets: decided once
         self.ratio = config.sample_ratio
@@ -220,7 +223,7 @@ class Zipkin:
             header_start = us(last_head) if last_head else end
         facts = spans.Facts(method=trace.method.decode("latin-1"), path=path, host=_host(req.host), status=status,
                             start=us(started), end=end, protocol=_protocol(req.http_version),
-                            client_ip=ex.client_ip or None, client_port=ex.conn.peer[1] if ex.conn.peer else None,
+                            client_ip=ex.client_ip or None, client_port=self._client_port(ex),
                             node_id=self.node_id, header_start=header_start)
         if trace.accessed:  # Kong's access phase starts before routing, as the gateway's pipeline does
             facts.access_start = us(started)
@@ -256,6 +259,13 @@ class Zipkin:
         assert self.sender is not None
         log.debug("zipkin batch size: %d", len(batch))
         await self.sender.send(spans.batch(batch), CONTENT_TYPE)
+
+    def _client_port(self, ex: Exchange) -> int | None:
+        """kong.client.get_forwarded_port(): the socket's, or the port a trusted peer's real_ip_header gave."""
+        port = ex.conn.peer[1] if ex.conn.peer else None
+        if ex.peer_trusted and self.client is not None:
+            return self.client.forwarded_port(ex.peer_ip, port, ex.request.headers)
+        return port
 
 
 class ZipkinWithHeader(Zipkin):
