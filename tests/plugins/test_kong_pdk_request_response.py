@@ -219,10 +219,6 @@ async def test_response_transformer_cannot_add_a_transfer_encoding(nursery, gate
     assert reply.status == 200 and headers_of(reply, "transfer-encoding") == []
 
 
-@pytest.mark.xfail(strict=True, reason="kong.response.set_header / add_header / clear_header go through ngx.header, "
-                   "which writes '_' as '-' (lua_transform_underscores_in_response_headers, on by default); "
-                   "header_list's functions also serve request headers, where ngx.req.set_header keeps '_': the "
-                   "response-side callers (response-transformer) need a response variant")
 async def test_response_header_names_with_underscores_are_sent_with_dashes(nursery, gateway):
     """lua-nginx-module's ngx_http_lua_ffi_set_resp_header: an "_" in a response header name is sent as "-"."""
     _, port = await start(nursery, gateway, plugins=[plugin("response-transformer", add={"headers": ["x_under:1"]})])

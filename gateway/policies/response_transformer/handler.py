@@ -111,10 +111,12 @@ def _values(values: Values) -> list[tuple[str, Any]]:
 
 
 def _header_pairs(entries: list[str]) -> list[tuple[bytes, bytes | None]]:
+    """(name, value) of each entry; a name as kong.response's setters write it and get_headers() finds it: lower
+    case, "_" as "-" (lua-nginx-module's transform_underscores_in_response_headers, on in Kong)."""
     out = []
     for entry in entries:
         name, value = split_pair(entry)
-        out.append((name.lower().encode(), value.encode() if value is not None else None))
+        out.append((name.lower().replace("_", "-").encode(), value.encode() if value is not None else None))
     return out
 
 
@@ -124,9 +126,9 @@ class ResponseTransformer:
 
     def __init__(self, config: ResponseTransformerConfig) -> None:
         # remove goes through Kong's iter(), which splits "name:value" too: the name is what is removed
-        self.remove_headers = [split_pair(h)[0].lower().encode() for h in config.remove.headers]
-        self.rename_headers = [(old, new.lower()) for old, new in _header_pairs(config.rename.headers)
-                               if new is not None]
+        self.remove_headers = [name for name, _ in _header_pairs(config.remove.headers)]
+        self.rename_headers = [(old, new.lower().replace(b"_", b"-"))
+                               for old, new in _header_pairs(config.rename.headers) if new is not None]
         self.replace_headers = [(n, v) for n, v in _header_pairs(config.replace.headers) if v is not None]
         self.add_headers = [(n, v) for n, v in _header_pairs(config.add.headers) if v is not None]
         self.append_headers = [(n, v) for n, v in _header_pairs(config.append.headers) if v is not None]
