@@ -364,3 +364,13 @@ async def test_an_echo_writes_numbers_as_kong_response_exit_does(nursery, gatewa
     assert b'"n":1,' in reply.body + b"," or b'"n":1}' in reply.body
     assert b'"m":9007199254740992' in reply.body and body_json(reply)["request"]["body"] == {
         "n": 1, "m": 9007199254740992}
+
+
+async def test_correlation_id_finds_its_header_as_get_header_does_and_echoes_it_with_dashes(nursery, gateway):
+    """correlation-id/handler.lua: kong.request.get_header(header_name) ("_" and "-" alike, 13-get_header.t) and
+    kong.response.set_header(header_name) (an "_" written "-")."""
+    _, port = await start(nursery, gateway, plugins=[plugin("correlation-id", header_name="Kong_Request_ID",
+                                                            echo_downstream=True)])
+    reply = await call(port, "/x", [("kong-request-id", "abc")])
+    assert headers_of(reply, "kong-request-id") == ["abc"]
+    assert seen(reply)["headers"]["kong-request-id"] == ["abc"]

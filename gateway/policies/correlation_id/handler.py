@@ -16,7 +16,7 @@ import uuid
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.policies.correlation_id.schema import CorrelationIdConfig
-from gateway.policies.header_list import get_header, set_header
+from gateway.policies.header_list import request_header, set_header
 
 STATE_KEY = "correlation-id"  # ex.state key: the id of this request (header_filter; Kong's serialized correlation_id)
 
@@ -53,7 +53,9 @@ class CorrelationId:
     priority = 100001  # Kong's: before everything else
 
     def __init__(self, config: CorrelationIdConfig) -> None:
-        self.header = config.header_name.lower().encode()
+        self.name = config.header_name.encode()  # as kong.request.get_header finds it ("_" and "-" alike)
+        self.header = config.header_name.lower().encode()  # as kong.service.request.set_header writes it
+        self.response_header = self.header.replace(b"_", b"-")  # as kong.response.set_header writes it
         self.generator = config.generator
         self.echo = config.echo_downstream
 
@@ -66,7 +68,7 @@ class CorrelationId:
 
     async def access(self, ex: Exchange) -> bool:
         headers = ex.request.headers
-        value = get_header(headers, self.header)
+        value = request_header(headers, self.name)
         if not value:
             value = self.generate(ex)
             ex.request.headers = set_header(list(headers), self.header, value)
@@ -80,5 +82,5 @@ class CorrelationId:
             return headers
         value = ex.state.get(STATE_KEY) if ex.state is not None else None
         if not value:  # the request was answered before access ran (Kong generates one then)
-            value = get_header(ex.request.headers, self.header) or self.generate(ex)
-        return set_header(headers, self.header, value)
+            value = request_header(ex.request.headers, self.name) or self.generate(ex)
+        return set_header(headers, self.response_header, value)
