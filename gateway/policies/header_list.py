@@ -1,6 +1,7 @@
 """Kong's kong.response.set_header / add_header / clear_header over a header list (lower-case names, bytes), and how
 kong.request.get_header / get_headers() find a request header (`request_header`, `lookup`), and how
-ngx.req.set_header escapes a value (`escape_value`)."""
+ngx.req.set_header and ngx.header escape a value (`escape_value`: the setters here escape what they set, so no value
+a plugin sets can end a header line)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from gateway.http.codec import Headers
 _TRANSFER_ENCODING = (b"transfer-encoding", b"transfer_encoding")
 
 
+# lua-nginx-module's escaping of what ngx.req.set_header / ngx.header set (ngx_http_lua_copy_escaped_header): in a
+# value, the control bytes but HTAB (0x00-0x08, 0x0A-0x1F, 0x7F) become %XX
+_VALUE_BYTE = [b"%%%02X" % b if (b < 0x20 and b != 0x09) or b == 0x7F else bytes([b]) for b in range(256)]
+_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def escape_value(value: bytes) -> bytes:
+    """A header value as ngx.req.set_header sends it: a CR or LF can end no header line."""
+    if _UNSAFE_VALUE.search(value) is None:
+        return value
+    return b"".join([_VALUE_BYTE[b] for b in value])
+
+
 def set_header(headers: Headers, name: bytes, value: bytes) -> Headers:
     """Replace every `name` header with one of `value` (appended at the end, as nginx does). Transfer-Encoding is
     left alone, as kong.response.set_header ignores it ("manually setting Transfer-Encoding. Ignored."): the
@@ -18,13 +32,13 @@ def set_header(headers: Headers, name: bytes, value: bytes) -> Headers:
     if name in _TRANSFER_ENCODING:
         return headers
     headers[:] = [hv for hv in headers if hv[0] != name]
-    headers.append((name, value))
+    headers.append((name, escape_value(value)))
     return headers
 
 
 def add_header(headers: Headers, name: bytes, value: bytes) -> Headers:
     """One more `name` header, keeping those already there."""
-    headers.append((name, value))
+    headers.append((name, escape_value(value)))
     return headers
 
 
@@ -83,16 +97,3 @@ def request_header(headers: Headers, name: bytes) -> bytes | None:
         return value
     found = lookup(headers, name)
     return found[0] if isinstance(found, list) else found
-
-
-# lua-nginx-module's escaping of what ngx.req.set_header / ngx.header set (ngx_http_lua_copy_escaped_header): in a
-# value, the control bytes but HTAB (0x00-0x08, 0x0A-0x1F, 0x7F) become %XX
-_VALUE_BYTE = [b"%%%02X" % b if (b < 0x20 and b != 0x09) or b == 0x7F else bytes([b]) for b in range(256)]
-_UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
-def escape_value(value: bytes) -> bytes:
-    """A header value as ngx.req.set_header sends it: a CR or LF can end no header line."""
-    if _UNSAFE_VALUE.search(value) is None:
-        return value
-    return b"".join([_VALUE_BYTE[b] for b in value])

@@ -374,3 +374,20 @@ async def test_correlation_id_finds_its_header_as_get_header_does_and_echoes_it_
     reply = await call(port, "/x", [("kong-request-id", "abc")])
     assert headers_of(reply, "kong-request-id") == ["abc"]
     assert seen(reply)["headers"]["kong-request-id"] == ["abc"]
+
+
+@pytest.mark.parametrize(("plugin_name", "config", "line"), [
+    ("request-termination", {"status_code": 200, "content_type": "text/x\r\nx-evil: 1", "body": "b"},
+     b"content-type: text/x%0D%0Ax-evil: 1"),
+    ("response-transformer", {"add": {"headers": ["x-a:v\x0bb"]}}, b"x-a: v%0Bb"),
+    ("cors", {"origins": ["*"], "exposed_headers": ["a\r\nx-evil: 1"]},
+     b"access-control-expose-headers: a%0D%0Ax-evil: 1"),
+])
+async def test_a_control_byte_a_plugin_sets_in_a_header_is_escaped_never_a_line_break(nursery, gateway, plugin_name,
+                                                                                      config, line):
+    """lua-nginx-module's ngx.header and ngx.req.set_header escape a value's control bytes but HTAB as %XX
+    (ngx_http_lua_copy_escaped_header): a configured value cannot add a header line of its own."""
+    _, port = await start(nursery, gateway, plugins=[plugin(plugin_name, **config)])
+    data, _ = await raw_exchange(port, b"GET /x HTTP/1.1\r\nhost: a\r\norigin: http://a\r\nconnection: close\r\n\r\n")
+    head = data.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert line in head and not any(h.startswith(b"x-evil") for h in head)

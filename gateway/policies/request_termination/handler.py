@@ -21,7 +21,7 @@ from gateway.http.server import Exchange
 from gateway.http.uri_args import add_arg, uri_args
 from gateway.policies import cjson
 from gateway.policies.consumers import JSON_UTF8
-from gateway.policies.header_list import lookup, request_header
+from gateway.policies.header_list import escape_value, lookup, request_header
 from gateway.policies.request_body import get_body
 from gateway.policies.request_termination.schema import RequestTerminationConfig
 
@@ -77,7 +77,7 @@ class RequestTermination:
         self.message = config.message if config.message is not None else DEFAULT_RESPONSE.get(self.status)
         if config.body is not None:
             self.body = config.body.encode()
-            self.content_type = config.content_type.encode() if config.content_type else None
+            self.content_type = escape_value(config.content_type.encode()) if config.content_type else None
         else:
             self.body = cjson.encode({"message": self.message}) if self.message is not None else b""
             self.content_type = JSON_UTF8 if self.message is not None else None
