@@ -53,7 +53,7 @@ class CorrelationId:
     priority = 100001  # Kong's: before everything else
 
     def __init__(self, config: CorrelationIdConfig) -> None:
-        self.name = config.header_name.encode()  # as kong.request.get_header finds it ("_" and "-" alike)
+        self.asked = config.header_name.encode()  # as kong.request.get_header finds it ("_" and "-" alike)
         self.header = config.header_name.lower().encode()  # as kong.service.request.set_header writes it
         self.response_header = self.header.replace(b"_", b"-")  # as kong.response.set_header writes it
         self.generator = config.generator
@@ -68,7 +68,7 @@ class CorrelationId:
 
     async def access(self, ex: Exchange) -> bool:
         headers = ex.request.headers
-        value = request_header(headers, self.name)
+        value = request_header(headers, self.asked)
         if not value:
             value = self.generate(ex)
             ex.request.headers = set_header(list(headers), self.header, value)
@@ -82,5 +82,5 @@ class CorrelationId:
             return headers
         value = ex.state.get(STATE_KEY) if ex.state is not None else None
         if not value:  # the request was answered before access ran (Kong generates one then)
-            value = request_header(ex.request.headers, self.name) or self.generate(ex)
+            value = request_header(ex.request.headers, self.asked) or self.generate(ex)
         return set_header(headers, self.response_header, value)
