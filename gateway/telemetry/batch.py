@@ -2,12 +2,17 @@
 sender off the request path, bounded, retried with exponential backoff, and never waited for by a request.
 
 - `put` appends and returns: beyond `max_entries` (or `max_bytes` of formatted entries) the oldest entries are
-  dropped and counted (gateway_log_queue_dropped_total{reason="full"}), as Kong drops them.
-- A batch goes out when `max_batch_size` entries wait, or `max_coalescing_delay` seconds after its first entry came.
-- A failed batch is retried after `initial_retry_delay`, doubling up to `max_retry_delay`, until `max_retry_time`
-  seconds have passed since its first try; then it is dropped (reason="retries"). `concurrency_limit` 1 sends one
-  batch at a time, in order; -1 is Kong's "do not enqueue": each entry is sent at once as a batch of its own, all
-  of them concurrently (max_batch_size and max_coalescing_delay then play no part).
+  dropped and counted (gateway_log_queue_dropped_total{reason="full"}), as Kong drops them; an entry longer than
+  `max_bytes` is not queued (reason="too_large"). At 80% of max_entries the queue warns, once until it is below.
+- A batch goes out when `max_batch_size` entries wait, or `max_coalescing_delay` seconds after its first entry came
+  (or, with concurrency_limit 1, after the previous batch was done, if it came while that one was being sent).
+- A failed batch is retried after `initial_retry_delay`, doubling, each delay capped at `max_retry_delay`, until a
+  try fails more than `max_retry_time` seconds after the first; then it is dropped (reason="retries").
+  `concurrency_limit` 1 sends one batch at a time, in order; -1 is Kong's "do not enqueue": each entry is sent at
+  once as a batch of its own, all of them concurrently, unbounded (max_batch_size, max_coalescing_delay, max_entries
+  and max_bytes then play no part).
+- Kong's log messages (queue.lua's wording and levels); the ones Kong writes for every entry (a full queue, an
+  entry too large, an entry that is not a string with max_bytes) at most every WARN_EVERY_S seconds, with a count.
 - Entries are formatted (JSON, protobuf) by the queue's task as they come, so the queue holds bytes, not requests.
 
 Queues are per process and named: plugin instances that send to the same place share one (Kong's queue names).
@@ -16,6 +21,7 @@ Queues are per process and named: plugin instances that send to the same place s
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
@@ -29,8 +35,12 @@ from gateway.metrics import RECORDER
 log = logging.getLogger("gateway.telemetry")
 
 DROPPED = Counter("gateway_log_queue_dropped_total", "Entries a log or trace queue dropped: full (the oldest went "
-                  "to make room) or retries (the batch failed for max_retry_time)", ["queue", "reason"])
-WARN_EVERY_S = 10.0  # a full queue is logged at most this often (every drop is counted)
+                  "to make room), too_large (longer than max_bytes), retries (the batch failed for max_retry_time) "
+                  "or format", ["queue", "reason"])
+WARN_EVERY_S = 10.0  # what Kong logs per entry (a full queue...) is logged at most this often (every drop is counted)
+CAPACITY_WARNING_THRESHOLD = 0.8  # Kong's: "queue at 80% capacity"
+COALESCE_MIN_TIME = 0.05  # Kong's: a shorter max_coalescing_delay collects nothing more (one entry a batch)
+LEGACY_WARN_EVERY_S = 60.0  # Kong's MIN_WARNING_INTERVAL_SECONDS for the deprecated queue parameters
 SENT = Counter("gateway_log_queue_sent_total", "Entries a log or trace queue delivered", ["queue"])
 
 
@@ -47,15 +57,42 @@ class QueueConfig(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     concurrency_limit: Literal[-1, 1] = 1
 
 
-def apply_legacy_queue(queue: QueueConfig, queue_size: int | None, flush_timeout: float | None) -> None:
-    """Kong's Queue.get_plugin_params for the deprecated log-plugin fields: a queue_size other than its old default
-    (1) is the queue's max_batch_size, a flush_timeout other than 2 its max_coalescing_delay."""
+_legacy_warned: dict[str, float] = {}
+
+
+def _legacy_warning(message: str) -> None:
+    """Kong's maybe_warn: the same deprecation warning at most once a minute."""
+    now = time.monotonic()
+    last = _legacy_warned.get(message)
+    if last is None or now - last >= LEGACY_WARN_EVERY_S:
+        _legacy_warned[message] = now
+        log.warning("%s", message)
+
+
+def apply_legacy_queue(queue: QueueConfig, queue_size: int | None, flush_timeout: float | None,
+                       batch_span_count: int | None = None, batch_flush_delay: float | None = None) -> None:
+    """Kong's Queue.get_plugin_params for the deprecated plugin fields: a queue_size other than its old default
+    (1) is the queue's max_batch_size, a flush_timeout other than 2 its max_coalescing_delay (and opentelemetry's
+    batch_span_count other than 200, batch_flush_delay other than 3), each with Kong's deprecation warning."""
     if queue_size is not None and queue_size != 1:
         queue.max_batch_size = queue_size
+        _legacy_warning("the queue_size parameter is deprecated, please update your configuration to use "
+                        "queue.max_batch_size instead")
     if flush_timeout is not None and flush_timeout != 2:
         queue.max_coalescing_delay = flush_timeout
+        _legacy_warning("the flush_timeout parameter is deprecated, please update your configuration to use "
+                        "queue.max_coalescing_delay instead")
+    if batch_span_count is not None and batch_span_count != 200:
+        queue.max_batch_size = batch_span_count
+        _legacy_warning("the batch_span_count parameter is deprecated, please update your configuration to use "
+                        "queue.max_batch_size instead")
+    if batch_flush_delay is not None and batch_flush_delay != 3:
+        queue.max_coalescing_delay = float(batch_flush_delay)
+        _legacy_warning("the batch_flush_delay parameter is deprecated, please update your configuration to use "
+                        "queue.max_coalescing_delay instead")
 
 
+_FAILED = object()  # a formatter's failure
 Handler = Callable[[list[Any]], Awaitable[None]]  # sends a batch; raises (any Exception) when it failed
 Formatter = Callable[[Any], Any]
 
@@ -66,22 +103,40 @@ def _size(entry: Any) -> int:
     return len(entry) if type(entry) is bytes or type(entry) is str else 0
 
 
+def _unsized(entry: Any) -> int:
+    return 0
+
+
+def _is_text(entry: Any) -> bool:
+    return type(entry) is bytes or type(entry) is str
+
+
 class BatchQueue:
     """One named queue: `put` from the log phase, `run` in the worker's telemetry nursery."""
 
-    def __init__(self, name: str, config: QueueConfig, handler: Handler, formatter: Formatter | None = None) -> None:
+    def __init__(self, name: str, config: QueueConfig, handler: Handler, formatter: Formatter | None = None,
+                 sized: bool = True, coalesce: bool = True) -> None:
+        """`sized`: the entries are what Kong queues as strings (http-log's JSON), counted against max_bytes;
+        False: Kong queues a table (statsd's, zipkin's), which max_bytes does not count. `coalesce` False: a
+        max_coalescing_delay under COALESCE_MIN_TIME still takes what waits (tcp-log's queue of its own, delay 0,
+        writes everything waiting at once); True is Kong's process_once, one entry a batch then."""
         self.name = name
         self.config = config
         self.handler = handler
         self.formatter = formatter
+        self.sized = sized
+        self._max_batch = 1 if config.concurrency_limit == -1 or (
+            coalesce and config.max_coalescing_delay < COALESCE_MIN_TIME) else config.max_batch_size
+        self._size = _size if sized else _unsized
         self._raw: list[Any] = []  # put here by requests; formatted by the task
         self._entries: deque[Any] = deque()
         self._bytes = 0
         self._first_at = 0.0  # when the oldest waiting entry came (Trio clock)
         self._wake: trio.Event | None = None
         self._busy = 0  # batches being sent (or retried)
-        self._dropped = 0  # entries dropped since the last warning
-        self._warned_at = -WARN_EVERY_S
+        self._capacity_warned = False  # Kong's self.warned: "queue at 80% capacity" logged, not yet below it
+        self._dropping = False  # Kong's already_dropped_entries: "queue resumed processing" when a batch is taken
+        self._reported: dict[str, tuple[float, int]] = {}  # what is logged per entry: (last logged, count since)
         self._idle: trio.Event | None = None
 
     def put(self, entry: Any) -> None:
@@ -102,40 +157,90 @@ class BatchQueue:
         formatter = self.formatter
         config = self.config
         entries = self._entries
-        for item in raw:
-            if formatter is not None:
-                try:
-                    item = formatter(item)
-                except Exception:
-                    log.exception("queue %s: could not format an entry; dropped", self.name)
-                    RECORDER.count(DROPPED, (self.name, "format"))
+        if config.concurrency_limit == -1:  # Kong's "do not enqueue": no bounds
+            for item in raw:
+                if formatter is not None and (item := self._format(formatter, item)) is _FAILED:
                     continue
+                entries.append(item)
+            return
+        max_entries = config.max_entries
+        threshold = max_entries * CAPACITY_WARNING_THRESHOLD
+        max_bytes = config.max_bytes
+        size_of = self._size
+        full = 0
+        for item in raw:  # Kong's enqueue, entry by entry
+            if formatter is not None and (item := self._format(formatter, item)) is _FAILED:
+                continue
+            count = len(entries)
+            if count >= threshold:
+                if not self._capacity_warned:
+                    log.warning("queue %s: queue at %d%% capacity", self.name, CAPACITY_WARNING_THRESHOLD * 100)
+                    self._capacity_warned = True
+                if count >= max_entries:
+                    old = entries.popleft()
+                    full += 1
+                    if max_bytes is not None:
+                        self._bytes -= size_of(old)
+            else:
+                self._capacity_warned = False
+            if max_bytes is not None:
+                size = size_of(item)
+                if not self.sized or not _is_text(item):
+                    self._report(now, "untyped", logging.ERROR, "queuing non-string entry to a queue that has "
+                                 "queue.max_bytes set, capacity monitoring will not be correct")
+                elif size > max_bytes:
+                    self._report(now, "too_large", logging.ERROR, "string to be queued is longer (%d bytes) than "
+                                 "the queue's max_bytes (%d bytes)", size, max_bytes)
+                    RECORDER.count(DROPPED, (self.name, "too_large"))
+                    continue
+                if self._bytes + size > max_bytes:
+                    dropped = 0
+                    while self._bytes + size > max_bytes:
+                        self._bytes -= size_of(entries.popleft())
+                        dropped += 1
+                    RECORDER.count(DROPPED, (self.name, "full"), dropped)
+                    self._dropping = True
+                    self._report(now, "bytes", logging.ERROR, "byte capacity exceeded, %d queue entries were "
+                                 "dropped", dropped, count=dropped)
+                self._bytes += size
             entries.append(item)
-            if config.max_bytes is not None:
-                self._bytes += _size(item)
-        dropped = 0
-        while len(entries) > config.max_entries or (config.max_bytes is not None and self._bytes > config.max_bytes
-                                                    and len(entries) > 1):
-            old = entries.popleft()
-            dropped += 1
-            if config.max_bytes is not None:
-                self._bytes -= _size(old)
-        if dropped:
-            RECORDER.count(DROPPED, (self.name, "full"), dropped)
-            self._dropped += dropped
-            if now >= self._warned_at + WARN_EVERY_S:
-                log.warning("queue %s: full (max_entries %d): dropped the %d oldest entries since the last warning",
-                            self.name, config.max_entries, self._dropped)
-                self._warned_at, self._dropped = now, 0
+        if full:
+            RECORDER.count(DROPPED, (self.name, "full"), full)
+            self._dropping = True
+            self._report(now, "full", logging.ERROR, "queue full, dropping old entries until processing is "
+                         "successful again", count=full)
+
+    def _format(self, formatter: Formatter, item: Any) -> Any:
+        try:
+            return formatter(item)
+        except Exception:
+            log.exception("queue %s: could not format an entry; dropped", self.name)
+            RECORDER.count(DROPPED, (self.name, "format"))
+            return _FAILED
+
+    def _report(self, now: float, kind: str, level: int, message: str, *args: Any, count: int = 1) -> None:
+        """Log what Kong logs for every entry at most every WARN_EVERY_S seconds, the count since then with it."""
+        last, since = self._reported.get(kind, (-WARN_EVERY_S, 0))
+        since += count
+        if now < last + WARN_EVERY_S:
+            self._reported[kind] = (last, since)
+            return
+        self._reported[kind] = (now, 0)
+        if since > count:  # (the counts of what was not logged; the metric has every drop)
+            what = "entries dropped" if kind == "full" or kind == "bytes" else "times"
+            message += f" ({since} {what} in the last {now - last:.0f}s)"
+        log.log(level, "queue %s: " + message, self.name, *args)
 
     def _batch(self) -> list[Any]:
         entries = self._entries
-        n = 1 if self.config.concurrency_limit == -1 else min(self.config.max_batch_size, len(entries))
+        n = min(self._max_batch, len(entries))
         batch = [entries.popleft() for _ in range(n)]
-        if self.config.max_bytes is not None:
-            self._bytes -= sum(_size(e) for e in batch)
-        if entries:
-            self._first_at = trio.current_time()  # the rest waits its own coalescing delay from now
+        if self.config.max_bytes is not None and self.config.concurrency_limit == 1:  # (-1 does not count)
+            size_of = self._size
+            self._bytes -= sum(size_of(e) for e in batch)
+        if self._dropping:
+            self._dropping = False
+            self._report(trio.current_time(), "resumed", logging.INFO, "queue resumed processing")
         return batch
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -153,7 +258,7 @@ class BatchQueue:
                     if not self._entries or (config.concurrency_limit == 1 and self._busy):
                         await self._wait()
                         continue
-                    if len(self._entries) < config.max_batch_size and config.concurrency_limit == 1:
+                    if len(self._entries) < self._max_batch and config.concurrency_limit == 1:
                         deadline = self._first_at + config.max_coalescing_delay
                         if trio.current_time() < deadline:
                             with trio.move_on_at(deadline):
@@ -181,6 +286,8 @@ class BatchQueue:
         try:
             await self._deliver_retrying(batch)
         finally:
+            if self.config.concurrency_limit == 1:  # Kong's next batch starts coalescing once this one is done
+                self._first_at = trio.current_time()
             self._busy -= 1
             if not self._busy and self._idle is not None:
                 self._idle.set()
@@ -188,33 +295,37 @@ class BatchQueue:
                 self._wake.set()
 
     async def _deliver_retrying(self, batch: list[Any]) -> None:
+        """Kong's handle(): a failed try is retried after initial_retry_delay * 2^retries (at most max_retry_delay)
+        until a try fails more than max_retry_time seconds after the first began."""
         config = self.config
         started = trio.current_time()
-        delay = config.initial_retry_delay
+        retries = 0
         while True:
             try:
                 await self.handler(batch)
             except Exception as e:
-                waited = trio.current_time() - started
-                if config.max_retry_time < 0 or waited + delay > config.max_retry_time:
-                    log.error("queue %s: could not send a batch of %d entries in %.1fs (%s); dropped", self.name,
-                              len(batch), waited, e)
+                log.warning("queue %s: handler could not process entries: %s", self.name, e)
+                if trio.current_time() - started > config.max_retry_time:
+                    log.error("queue %s: could not send entries due to max_retry_time exceeded. %d queue entries "
+                              "were lost", self.name, len(batch))
                     RECORDER.count(DROPPED, (self.name, "retries"), len(batch))
                     return
-                log.info("queue %s: sending a batch of %d failed (%s); retrying in %gs", self.name, len(batch), e,
-                         delay)
-                await trio.sleep(delay)
-                delay = min(delay * 2, config.max_retry_delay)
+                await trio.sleep(min(config.max_retry_delay, 2 ** retries * config.initial_retry_delay))
+                retries += 1
             else:
                 RECORDER.count(SENT, (self.name,), len(batch))
                 return
 
     async def drain(self) -> None:
-        """Send everything queued now (whatever the coalescing delay), after the batches in flight."""
-        if self._idle is not None:
-            await self._idle.wait()
-        self._take_raw(trio.current_time())
-        while self._entries:
+        """Send everything queued (whatever the coalescing delay), in batches of max_batch_size, after the batches in
+        flight, as Kong's queue does on a worker's exit. The queue's task may still run: a batch it starts meanwhile
+        is waited for too (nothing is left half-sent when the caller cancels the task), and sent one at a time."""
+        while True:
+            while self._busy and self._idle is not None:
+                await self._idle.wait()
+            self._take_raw(trio.current_time())
+            if not self._entries:
+                return
             self._started()
             await self._deliver(self._batch())
 
@@ -227,7 +338,7 @@ class Queues:
         self._nursery: trio.Nursery | None = None
 
     def queue_for(self, name: str, config: QueueConfig, handler: Handler, formatter: Formatter | None = None,
-                  settings: object = None) -> BatchQueue:
+                  settings: object = None, sized: bool = True, coalesce: bool = True) -> BatchQueue:
         """The queue named `name` for these settings: plugin instances with the same name and settings (the queue's
         and the sender's, `settings`) share one, as Kong shares queues by name; other settings get their own. The
         newest instance's handler and formatter serve it: a reload's other changes (a datadog plugin's tag names,
@@ -235,7 +346,7 @@ class Queues:
         key = f"{name}\0{msgspec.json.encode(config).decode()}\0{msgspec.json.encode(settings).decode()}"
         queue = self.queues.get(key)
         if queue is None:
-            queue = self.queues[key] = BatchQueue(name, config, handler, formatter)
+            queue = self.queues[key] = BatchQueue(name, config, handler, formatter, sized, coalesce)
             if self._nursery is not None:
                 self._nursery.start_soon(queue.run)
         else:

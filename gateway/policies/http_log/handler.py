@@ -29,18 +29,14 @@ class HttpLog:
         # Kong's queue name: instances sending to the same place with the same settings share a queue
         name = ":".join(str(x) for x in ("http-log", config.http_endpoint, config.method, config.content_type,
                                          config.timeout, config.keepalive))
-        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json_line,
-                                                  settings=config.headers)
+        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json, settings=config.headers)
 
     def log_entry(self, entry: Entry) -> None:
         self.queue.put(entry)
 
     async def send(self, batch: list[Any]) -> None:
-        """One batch of JSON lines (the queue formatted them): the entry alone, or a JSON array of them."""
-        if self.single and len(batch) == 1:
-            body = batch[0].rstrip(b"\n")
-        else:
-            body = b"[" + b",".join(line.rstrip(b"\n") for line in batch) + b"]"
+        """One batch of JSON entries (the queue formatted them): the entry alone, or a JSON array of them."""
+        body = batch[0] if self.single and len(batch) == 1 else b"[" + b",".join(batch) + b"]"
         await self.sender.send(body, self.content_type, self.method)
 
 

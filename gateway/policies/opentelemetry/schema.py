@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.telemetry.batch import QueueConfig
+from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.sender import Endpoint
 from gateway.telemetry.tracing import FORMATS
 
@@ -94,7 +94,4 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
         if header is not None and (not header or any(c in header for c in " :\r\n\t")):
             raise ValueError(f"http_response_header_for_traceid: invalid header name {header!r}")
         # Kong's Queue.get_plugin_params: a deprecated value other than its old default wins over the queue's
-        if self.batch_span_count is not None and self.batch_span_count != 200:
-            self.queue.max_batch_size = self.batch_span_count
-        if self.batch_flush_delay is not None and self.batch_flush_delay != 3:
-            self.queue.max_coalescing_delay = float(self.batch_flush_delay)
+        apply_legacy_queue(self.queue, None, None, self.batch_span_count, self.batch_flush_delay)

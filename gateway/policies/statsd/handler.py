@@ -45,7 +45,7 @@ class Statsd:
             self.sender = UdpSender(config.host, config.port)
         # the instance's own queue, as Kong names it by the plugin's id; another config of it gets another queue
         self.queue: BatchQueue = queues.queue_for(f"statsd:{plugin_id}", config.queue, self.send, self.format,
-                                                  settings=[config, hostname])
+                                                  settings=[config, hostname], sized=False)  # Kong queues tables
 
     def log_entry(self, entry: Entry) -> None:
         if self.formatter.metrics and self.formatter.allows(entry.status):

@@ -27,7 +27,7 @@ class TcpLog:
         # instances writing to the same collector with the same settings share a queue (and its connection)
         name = ":".join(str(x) for x in ("tcp-log", config.host, config.port, config.tls, config.tls_sni,
                                          config.timeout, config.keepalive))
-        self.queue: BatchQueue = queues.queue_for(name, QUEUE, self.send, Entry.json_line)
+        self.queue: BatchQueue = queues.queue_for(name, QUEUE, self.send, Entry.json_line, coalesce=False)
 
     def log_entry(self, entry: Entry) -> None:
         self.queue.put(entry)

@@ -121,7 +121,7 @@ class Zipkin:
                                      send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000)
             # Kong names the queue after the plugin instance; ours also after where it sends
             self.queue = queues.queue_for(f"zipkin:{plugin_id}:{config.http_endpoint}", config.queue, self.send,
-                                          self.format, settings=config)
+                                          self.format, settings=config, sized=False)  # Kong queues tables
 
     # ---- access: propagation ------------------------------------------------------------------------------------
 
