@@ -345,7 +345,7 @@ class Exchange:
                         reason: bytes = b"", framing: int | None = None) -> None:
         """Send the response head, optionally with the first body bytes and the end, in a single write. `framing`:
         see ServerCodec.response_head (ignored when the request's plugins filter the headers)."""
-        if status == 200 and self.tries is None and (verdict := precondition(self.request.headers, headers)):
+        if self.tries is None and status == 200 and (verdict := precondition(self.request.headers, headers)):
             # the gateway's own 200 (Kong's kong.response.exit): nginx's conditional checks, before any header filter
             if verdict == 412:
                 await self.respond_error_page(412)
