@@ -249,10 +249,15 @@ def test_traceparent_and_end_to_end_headers_pass_unchanged_in_order():
     assert [hv for hv in out if hv[0] in dict(given)] == given
 
 
-def test_headers_upstream_sends_the_request_id_as_x_kong_request_id_replacing_the_clients():
+def test_headers_upstream_sends_the_gateways_own_id_as_x_kong_request_id_replacing_the_clients():
+    """Kong's X-Kong-Request-Id is its own $kong_request_id: neither the client's X-Kong-Request-Id nor its
+    X-Request-Id (which goes on as the X-Request-Id) becomes it."""
     hdrs = [(b"host", b"gw"), (b"x-request-id", b"req-1"), (b"x-kong-request-id", b"forged")]
-    out, _, rid, _, _ = upstream_request_headers(exchange(hdrs, kong_request_id=True))
-    assert [v for k, v in out if k == b"x-kong-request-id"] == [rid] == [b"req-1"]
+    ex = exchange(hdrs, kong_request_id=True)
+    out, _, rid, _, _ = upstream_request_headers(ex)
+    assert rid == b"req-1" and [v for k, v in out if k == b"x-request-id"] == [b"req-1"]
+    assert [v for k, v in out if k == b"x-kong-request-id"] == [ex.request_id]
+    assert len(ex.request_id) == 32 and ex.request_id not in (b"req-1", b"forged")
 
 
 def test_without_headers_upstream_a_clients_x_kong_request_id_passes_as_any_header():

@@ -1,4 +1,5 @@
-"""Request ids (32 hex characters, as Kong's) for proxied requests and the gateway's own error answers."""
+"""Request ids (32 hex characters, as Kong's) for proxied requests and the gateway's own error answers, and the
+X-Request-Id that travels with them."""
 
 from __future__ import annotations
 
@@ -32,10 +33,11 @@ def valid_request_id(value: bytes) -> bool:
     return 0 < len(value) <= MAX_REQUEST_ID and value.isascii() and value.decode().isprintable() and b" " not in value
 
 
-def request_id_of(headers: list[tuple[bytes, bytes]]) -> bytes:
-    """The id of a request the gateway answers itself: its X-Request-Id when sane (as a proxied request's), else
-    a new one."""
+def x_request_id(headers: list[tuple[bytes, bytes]], own: bytes) -> bytes:
+    """The X-Request-Id a request goes upstream and is answered with: the client's when sane (a correlation id it
+    chose), else the gateway's own id of the request (Kong's, which X-Kong-Request-Id, error bodies and the log
+    carry whatever the client sent)."""
     for name, value in headers:
         if name == b"x-request-id" and valid_request_id(value):
             return value
-    return new_request_id()
+    return own

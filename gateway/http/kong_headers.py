@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import __version__
-from gateway.http.ids import request_id_of
+from gateway.http.ids import new_request_id
 from gateway.http.timers import run_clock
 from gateway.kong_array import kong_array
 
@@ -192,7 +192,7 @@ class KongHeaders:
         """The request's id, for an answer of our own given before anything named it (b"" when not sent)."""
         if not self.request_id:
             return b""
-        rid = ex.request_id = request_id_of(ex.request.headers)
+        rid = ex.request_id = new_request_id()
         return rid
 
 

@@ -28,7 +28,7 @@ from gateway.http.codec import (
     answered_status,
 )
 from gateway.http.conditional import NOT_MODIFIED_DROPS, precondition
-from gateway.http.ids import request_id_of
+from gateway.http.ids import new_request_id, x_request_id
 from gateway.http.kong_errors import (
     KONG_ERROR_PAGES,
     KONG_TEMPLATES,
@@ -442,10 +442,10 @@ class Exchange:
         """Kong's kong.response.error: `message` (Kong's text for the status when None) and the request id, in the
         format the client's Accept prefers (JSON by default)."""
         if not self.request_id:
-            self.request_id = request_id_of(self.request.headers)
+            self.request_id = new_request_id()
         content_type, body = error_response(status, message, self.request_id, _accept(self.request.headers),
                                             self.settings.error_templates)
-        rid = [(b"x-request-id", self.request_id)]
+        rid = [(b"x-request-id", x_request_id(self.request.headers, self.request_id))]
         await self.respond(status, body, content_type, rid + extra if extra else rid)
 
     async def respond_error_page(self, status: int) -> None:
@@ -453,10 +453,11 @@ class Exchange:
         Kong's text for the status in the format of the Accept header, else of the Content-Type, else of
         error_default_type (text/plain unless configured)."""
         if not self.request_id:
-            self.request_id = request_id_of(self.request.headers)
+            self.request_id = new_request_id()
         content_type = page_type(self.request.headers, self.settings.error_type)
         body = error_body(error_message(status), self.request_id, content_type, self.settings.error_templates)
-        await self.respond(status, body, header_type(content_type) or b"", [(b"x-request-id", self.request_id)])
+        await self.respond(status, body, header_type(content_type) or b"",
+                           [(b"x-request-id", x_request_id(self.request.headers, self.request_id))])
 
 
 Handler = Callable[[Exchange], Awaitable[None]]
@@ -731,7 +732,7 @@ async def _answer_error(ex: Exchange, status: int, content_type: bytes, message:
     text = message or error_message(status)  # (494's own: "Request header or cookie too large")
     status = answered_status(status)
     if not ex.request_id:
-        ex.request_id = request_id_of(ex.request.headers)
+        ex.request_id = new_request_id()
     if status in KONG_ERROR_PAGES:
         body = error_body(text, ex.request_id, content_type, ex.settings.error_templates)
         header = header_type(content_type)

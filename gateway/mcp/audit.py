@@ -233,10 +233,8 @@ class ToolAudit:
         for name, value in ex.request.headers:
             if name == b"mcp-session-id":
                 session = value.decode("latin-1")
-            elif name == b"x-request-id" and request_id is None:
-                request_id = value.decode("latin-1")  # what the client sent, when the gateway answered itself
-        if ex.request_id:
-            request_id = ex.request_id.decode("latin-1")  # the id the upstream was sent
+        if ex.request_id:  # the request's own id (X-Kong-Request-Id, the access log's request.id)
+            request_id = ex.request_id.decode("latin-1")
         upstream = state.get("upstream")
         for tool, denial, rpc_id in calls:
             if decision is None:

@@ -99,7 +99,6 @@ class Forwarder:
         affinity = route.affinity
         headers, client_host, request_id, session_id, framing = upstream_request_headers(ex, affinity is not None,
                                                                                          match.prefix)
-        ex.request_id = request_id
         upgrade = framing == UPGRADE  # a WebSocket handshake, say: no body; a 101 makes a tunnel (_tunnel)
         if upgrade:
             framing = None  # type: ignore[assignment]  # the codec reads the headers, and so expects the 101

@@ -117,7 +117,8 @@ def nginx_host(host: bytes) -> bytes:
 
 def upstream_request_headers(ex: Exchange, affinity: bool = False,
                              prefix: bytes = b"") -> tuple[Headers, bytes, bytes, bytes | None, int]:
-    """(headers for upstream without Host, the client's Host value, the request id, the client's Mcp-Session-Id,
+    """(headers for upstream without Host, the client's Host value, the X-Request-Id (the client's when sane, else
+    the request's own id, which this sets as ex.request_id: Kong's, for X-Kong-Request-Id), the client's Mcp-Session-Id,
     how the headers frame the body: codec.NO_BODY, LENGTH or CHUNKED, a chunked body being re-framed chunked; or
     UPGRADE for a request that asks to switch protocols, with Kong's Upgrade and Connection headers added).
 
@@ -192,8 +193,9 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if connection & 2 and framing != CHUNKED and upgrade_asked(request):  # (a chunked body: no upgrade)
             out += _UPGRADE_HEADERS  # Kong's upstream_upgrade and upstream_connection
             framing = UPGRADE
+    kong_id = ex.request_id = new_request_id()  # Kong's id of the request, whatever X-Request-Id the client sent
     if not request_id:
-        request_id = new_request_id()
+        request_id = kong_id
     if trusted:
         client_ip = ex.client_ip.encode()
         out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
@@ -232,7 +234,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
             out.append((b"x-forwarded-prefix", prefix))
     out.append((b"x-request-id", request_id))
     if ex.settings.request_id_upstream:  # kong.conf's headers_upstream
-        out.append((b"x-kong-request-id", request_id))
+        out.append((b"x-kong-request-id", kong_id))
     consumer = ex.consumer
     if consumer is not None:
         out += consumer.upstream_headers

@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from gateway.http.codec import Headers
-from gateway.http.ids import new_request_id
+from gateway.http.ids import new_request_id, x_request_id
 from gateway.http.kong_headers import PROXIED
 from gateway.http.server import Exchange
 from gateway.policies.header_list import set_header
@@ -177,7 +177,7 @@ class ProxyCache:
         headers.append((b"content-length", b"%d" % len(entry.body)))
         if not ex.request_id:
             ex.request_id = new_request_id()
-        headers.append((b"x-request-id", ex.request_id))
+        headers.append((b"x-request-id", x_request_id(ex.request.headers, ex.request_id)))
         # an unread request body is read and dropped after the answer (up to server.DRAIN_LIMIT, else the connection
         # closes), as nginx discards it when Kong answers from the cache: the connection stays kept alive
         ex.state[PROXIED] = True  # type: ignore[index]  # Kong's KONG_PROXIED: a proxied response's headers
