@@ -19,6 +19,10 @@ class Balancer(Protocol):
 
     # Whether `started` and `finished` matter to it (they are not called otherwise: two calls a request saved).
     follows_load: bool
+    # Whether a retry should skip the targets this request already tried (`skip` holds them): Kong's
+    # least-connections and latency keep handle.failedAddresses; its round-robin moves on round the wheel and its
+    # consistent-hashing starts again from the key's point, neither looking at what was tried.
+    retry_skips_tried: bool
 
     def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
         """Index of the chosen target, or None when every target is skipped or has weight 0."""

@@ -26,6 +26,8 @@ class ConsistentHashing(IgnoresLoad):
     continuum (gateway.balancing.continuum) when it is told the targets' addresses.
     """
 
+    retry_skips_tried = False  # as Kong's consistent-hashing: a retry goes to the key's target again
+
 
     def __init__(self, weights: Sequence[int], *, slots: int = 10000) -> None:
         if not MIN_SLOTS <= slots <= MAX_SLOTS:

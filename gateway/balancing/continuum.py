@@ -97,6 +97,8 @@ class KongConsistentHashing(IgnoresLoad):
     "" when hash_on finds nothing).
     """
 
+    retry_skips_tried = False  # Kong's getPeer: a retry starts again from handle.hashValue, the key's own point
+
     def __init__(self, weights: Sequence[int], addresses: Sequence[tuple[str, str, int]], *,
                  slots: int = 10000) -> None:
         if not MIN_SLOTS <= slots <= MAX_SLOTS:

@@ -21,6 +21,8 @@ class IpHash(IgnoresLoad):
     same sequence of targets; after MAX_REHASHES misses, or without a key, it falls back to round-robin.
     """
 
+    retry_skips_tried = True  # nginx's ip_hash rehashes past the peers it tried
+
 
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)

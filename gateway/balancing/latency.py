@@ -29,6 +29,7 @@ class KongLatency:
     """Kong's `latency` balancer; time (seconds) comes from `clock` (e.g. trio.current_time)."""
 
     follows_load = True  # (told of each request's end, for its latency; not of its start)
+    retry_skips_tried = True  # Kong's handle.failedAddresses
 
     def __init__(self, weights: Sequence[int], *, clock: Callable[[], float] = time.monotonic,
                  decay_s: float = DECAY_S) -> None:

@@ -19,6 +19,7 @@ class LeastConnections:
     """
 
     follows_load = True
+    retry_skips_tried = True  # Kong's handle.failedAddresses
 
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)

@@ -15,6 +15,7 @@ class RandomTwoChoices:
     """
 
     follows_load = True
+    retry_skips_tried = True  # (not Kong's: nginx's tried peers)
 
     def __init__(self, weights: Sequence[int], *, rng: random.Random | None = None) -> None:
         self._table = WeightTable(check_weights(weights), rng or random.Random())

@@ -30,6 +30,7 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
 class RoundRobin(IgnoresLoad):
     """Smooth weighted round-robin; skipped turns are passed over, so the rest keep their weight ratios."""
 
+    retry_skips_tried = False  # Kong's round_robin.lua: a retry takes the wheel's next entry, whatever was tried
 
     def __init__(self, weights: Sequence[int]) -> None:
         self._weights = check_weights(weights)

@@ -151,7 +151,9 @@ class Forwarder:
             stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
             while tries or stale is not None:
                 if stale is None:
-                    index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
+                    balancer = group.balancer  # (Kong's round-robin and consistent-hashing do not skip a tried
+                    index = balancer.pick(hash_key, tried if balancer.retry_skips_tried else unusable) \
+                        if pinned is None else pinned  # target: the next in the wheel, the key's own again)
                     if index is None:
                         if len(tried) == len(unusable):
                             break  # nothing to pick at all

@@ -140,7 +140,10 @@ async def test_cookie_path_and_fallback_cookie(nursery, gateway):
     assert re.fullmatch(rf"sticky={UUID}; Path=/api; Same-Site=Lax; HttpOnly", cookie), cookie
 
 
-async def test_cookie_set_once_when_a_try_moves_to_another_target(nursery, gateway):
+async def test_a_new_cookie_is_set_once_and_its_key_stays_on_its_target_even_a_dead_one(nursery, gateway):
+    """Kong's consistent_hashing getPeer retries from the key's own point (handle.hashValue), so a key whose target
+    refuses connections is answered 502 after its retries, again with the same cookie (no health checks here to
+    take the target out); a key on the live target gets 200. Either way the generated cookie is set once."""
     with trio.socket.socket() as closed:  # a port nothing listens on: the tries there fail at connect
         await closed.bind(("127.0.0.1", 0))
         dead = closed.getsockname()[1]
@@ -149,11 +152,11 @@ async def test_cookie_set_once_when_a_try_moves_to_another_target(nursery, gatew
     with trio.fail_after(TIMEOUT):
         for _ in range(6):
             reply = await request(port, "GET", "/")
-            assert reply.status == 200 and reply.json()["name"] == "b0"
-            [cookie] = set_cookies(reply)  # one cookie, whichever try answered
-            value = cookie.split(";")[0]
-            again = await request(port, "GET", "/", headers=[("cookie", value)])
-            assert again.status == 200 and set_cookies(again) == []
+            assert reply.status in (200, 502)
+            assert reply.status == 502 or reply.json()["name"] == "b0"
+            [cookie] = set_cookies(reply)  # one cookie, whichever target the key is on
+            again = await request(port, "GET", "/", headers=[("cookie", cookie.split(";")[0])])
+            assert again.status == reply.status and set_cookies(again) == []
 
 
 async def test_no_cookie_when_no_target_can_be_picked(nursery, gateway):
