@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from gateway.config.schema import GatewaySettings
+from gateway.kong_array import kong_array
 
 _NOT = "is not supported by the gateway"
 
@@ -299,7 +300,26 @@ ALIASES: dict[str, str] = {
     "upstream_keepalive_pool_size": "upstream_keepalive",  # idle connections kept per address, port and SNI; 0: none
     "upstream_keepalive_idle_timeout": "upstream_idle_timeout_s",  # seconds; 0: kept however long idle
     "nginx_http_keepalive_requests": "keepalive_requests",  # nginx's keepalive_requests
+    # the nginx directives kong.conf's keys of ours stand for (constants.lua's CONF_PARSERS: real_ip_header and
+    # real_ip_recursive are their aliases, ssl_protocols and ssl_session_tickets fill them): given, they are the setting
+    "nginx_proxy_real_ip_header": "real_ip_header",
+    "nginx_proxy_real_ip_recursive": "real_ip_recursive",
+    "nginx_http_ssl_protocols": "ssl_protocols",
+    "nginx_http_ssl_session_tickets": "ssl_session_tickets",
 }
+
+# kong/conf_loader/constants.lua's CONF_PARSERS typ of the keys taken here (ours and aliases, as written), read as
+# parse.lua's parse_value reads kong.conf's text: a boolean from on/off/true/false, a number from its digits (any
+# other text is left to the decoder, which refuses it naming the key)
+KONG_TYPES: dict[str, str] = {
+    **dict.fromkeys(("client_ssl", "ssl_session_tickets", "real_ip_recursive", "nginx_proxy_real_ip_recursive",
+                     "nginx_http_ssl_session_tickets"), "boolean"),
+    **dict.fromkeys(("upstream_keepalive_max_requests", "upstream_keepalive_pool_size",
+                     "upstream_keepalive_idle_timeout", "lua_ssl_verify_depth", "tracing_sampling_rate",
+                     "opentelemetry_tracing_sampling_rate", "nginx_http_keepalive_requests"), "number"),
+}
+_BOOLEANS = {"on": True, "true": True, "off": False, "false": False}
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 # The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being
 # comma-separated): they pass.
@@ -450,6 +470,7 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
         if not isinstance(key, str):
             out[key] = value
             continue
+        value = kong_value(key, value)
         target = ALIASES.get(key)
         if target is not None:
             if target in block:
@@ -472,3 +493,25 @@ def as_written(message: str, aliased: dict[str, str]) -> str:
         if rest != message and rest[:1] in (":", ".", "["):
             return f"gateway.{alias}{rest}"
     return message
+
+
+def kong_value(key: str, value: Any) -> Any:
+    """`value` of kong.conf's `key` as Kong's conf loader reads it (parse_value, listeners.lua): a boolean or number
+    key's text as the boolean or number; `listen`'s comma-separated string as its list; `status_listen` off (its
+    first entry `off`, or YAML's false) as null, one entry in the array form as that entry."""
+    typ = KONG_TYPES.get(key)
+    if isinstance(value, str) and typ == "boolean":
+        return _BOOLEANS.get(value.strip(), value)
+    if isinstance(value, str) and typ == "number" and _NUMBER.fullmatch(value.strip()):
+        number = float(value)
+        return int(number) if number.is_integer() else number
+    if key == "listen" and isinstance(value, str) and "," in value:
+        return kong_array(value)
+    if key == "status_listen" and (value is False or isinstance(value, str) or
+                                   (isinstance(value, list) and all(isinstance(v, str) for v in value))):
+        entries = [] if value is False else kong_array(value)
+        if value is False or (entries and entries[0] == "off"):
+            return None
+        if entries:
+            return ", ".join(entries)  # several: refused by the loader, naming them
+    return value

@@ -363,30 +363,35 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
     elif len(certs) != len(keys):
         errors.append(f"gateway.ssl_cert was specified {len(certs)} times while gateway.ssl_cert_key was specified "
                       f"{len(keys)} times")
-    if gw.ssl_ciphers is not None and gw.ssl_cipher_suite != "custom":
-        errors.append("gateway.ssl_ciphers: only used with gateway.ssl_cipher_suite: custom")
-    if gw.ssl_cipher_suite == "custom" and not gw.ssl_ciphers:
-        errors.append("gateway.ssl_cipher_suite is custom: set gateway.ssl_ciphers")
+    # ssl_ciphers with another suite than custom: replaced by the suite's, as ssl_protocols is (parse.lua); custom
+    # without it: nginx's default (GatewaySettings)
     protocols = gw.ssl_protocols.split()  # Kong ignores it unless the suite is custom (each suite has its own)
     if gw.ssl_cipher_suite == "custom" and (not protocols or any(p not in VERSIONS for p in protocols)):
         errors.append(f'gateway.ssl_protocols: expected some of {", ".join(VERSIONS)} (e.g. "TLSv1.2 TLSv1.3"), '
                       f'got {show(gw.ssl_protocols)}')
-    if gw.status_listen is not None:
-        hp = parse_host_port(gw.status_listen, None)
-        if hp is None or hp[1] is None:
-            errors.append(f'gateway.status_listen: expected "host:port", got {show(gw.status_listen)}')
+    if gw.status_listen is not None:  # kong.conf's off and its array form are read by kong_conf.kong_value
+        addr, flags = listen_flags(gw.status_listen)
+        hp = parse_host_port(addr, None)
+        if "," in gw.status_listen:
+            errors.append(f'gateway.status_listen: one address only (the status server takes one "host:port"), got '
+                          f'{show(gw.status_listen)}')
+        elif hp is None or hp[1] is None:
+            errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(gw.status_listen)}')
+        else:
+            errors += [f'gateway.status_listen: the listen option {show(flag)} is not supported (the status server '
+                       f'takes one "host:port", plain HTTP)' for flag in sorted(flags)]
 
 
 def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
     for i, entry in enumerate(gw.trusted_ips):
-        if entry.startswith("unix:"):
-            errors.append(f"gateway.trusted_ips[{i}]: unix: is not supported (the gateway listens on TCP only)")
+        if entry == "unix:":  # kong.conf's: trust the peers of UNIX-domain listeners; the gateway has none
             continue
         try:
             ipaddress.ip_network(entry, strict=False)
         except ValueError:
             errors.append(f'gateway.trusted_ips[{i}]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", "::1"), '
                           f'got {show(entry)}')
+    gw.trusted_ips = [entry for entry in gw.trusted_ips if entry != "unix:"]
     if gw.real_ip_header.lower() == "proxy_protocol":
         errors.append("gateway.real_ip_header: proxy_protocol is not supported (the gateway does not read the PROXY "
                       "protocol); name a header such as X-Forwarded-For or X-Real-IP")

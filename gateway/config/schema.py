@@ -20,7 +20,7 @@ from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.http.net import is_ip
 from gateway.kong_array import kong_array
-from gateway.telemetry.tracing import tracing_problems
+from gateway.telemetry.tracing import instrumentation_names, tracing_problems
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
@@ -35,6 +35,7 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=
     """
 
 
+NGINX_SSL_CIPHERS = "HIGH:!aNULL:!MD5"  # nginx's default ssl_ciphers
 MAX_UNIX_PATH = 107  # bytes in a Unix socket's path (sun_path holds 108, with the terminating NUL)
 
 
@@ -137,10 +138,14 @@ class GatewaySettings(Base):
     def __post_init__(self) -> None:
         if isinstance(self.trusted_ips, str):  # kong.conf's array form: "10.0.0.0/8, 192.168.0.1"
             self.trusted_ips = kong_array(self.trusted_ips)
+        if self.ssl_cipher_suite == "custom" and not self.ssl_ciphers:
+            self.ssl_ciphers = NGINX_SSL_CIPHERS  # Kong writes no ssl_ciphers directive then: nginx's default
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
             if bad := invalid_entries(getattr(self, name), known):
                 raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")
-        if problems := tracing_problems(self.tracing_instrumentations, self.tracing_sampling_rate):
+        # parse.lua checks both only for a non-empty tracing_instrumentations (empty, kong.conf's `key =`: none)
+        if instrumentation_names(self.tracing_instrumentations) and (
+                problems := tracing_problems(self.tracing_instrumentations, self.tracing_sampling_rate)):
             raise ValueError("; ".join(problems))
         for name in TEMPLATE_SETTINGS:
             if (path := getattr(self, f"error_template_{name}")) is not None:
