@@ -54,6 +54,7 @@ from gateway.config.tls import (
     flatten_tls,
     listen_flags,
     ref_id,
+    status_options,
 )
 from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
 from gateway.routing.router import python_regex, split_host_port
@@ -379,7 +380,8 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
             errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(gw.status_listen)}')
         else:
             errors += [f'gateway.status_listen: the listen option {show(flag)} is not supported (the status server '
-                       f'takes one "host:port", plain HTTP)' for flag in sorted(flags)]
+                       f'takes one "host:port", plain HTTP, with reuseport and backlog=N)'
+                       for flag in status_options(flags)[2]]
 
 
 def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:

@@ -72,6 +72,20 @@ def listen_flags(entry: str) -> tuple[str, set[str]]:
 LISTEN_FLAGS = {"ssl"}
 
 
+def status_options(flags: set[str]) -> tuple[int, bool, list[str]]:
+    """(backlog, reuseport, the options refused) of status_listen's nginx listen options: `reuseport` and
+    `backlog=N` (N >= 1) are taken (Kong's default line has both); any other is refused."""
+    backlog, reuseport, refused = 128, False, []
+    for flag in sorted(flags):
+        if flag == "reuseport":
+            reuseport = True
+        elif flag.startswith("backlog=") and flag[8:].isdigit() and int(flag[8:]) >= 1:
+            backlog = int(flag[8:])
+        else:
+            refused.append(flag)
+    return backlog, reuseport, refused
+
+
 def certificate_key(cert: CertificateEntity, index: int) -> str:
     """The id a certificate is known by: its own, or its place in the file (for nested snis)."""
     return cert.id or f"certificates[{index}]"

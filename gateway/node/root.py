@@ -26,6 +26,7 @@ from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.config.document import read_text
+from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
@@ -146,9 +147,11 @@ class Node:
         if spawner is not None:
             children.insert(0, tree.zygote_spec(spawner, config))
         gw = config.gateway
-        status_at = parse_host_port(gw.status_listen, None) if gw.status_listen else None
+        address, flags = listen_flags(gw.status_listen) if gw.status_listen else ("", set())
+        status_at = parse_host_port(address, None) if address else None
         if status_at is not None:
             host, port = status_at
+            backlog, reuseport, _ = status_options(flags)
             assert port is not None  # validated at load: status_listen names a port
             registry, collector = gateway_registry(self.metrics_dir, node=f"{socket.gethostname()}:{self.run_dir}",
                                                    version=__version__, kong_enabled=self._prometheus_enabled)
@@ -157,7 +160,8 @@ class Node:
             app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
                             prepare=collector.prepare, page=page, config=lambda: self.config,
                             config_text=lambda: current_config_text(self.run_dir))
-            children.append(ChildSpec("status", partial(serve_status, app, host, port), shutdown=5000))
+            children.append(ChildSpec("status", partial(serve_status, app, host, port, backlog=backlog,
+                                                        reuseport=reuseport), shutdown=5000))
         children.append(first)
         if gw.registration is not None:
             children.append(ChildSpec("registration", partial(run_registration, gw.registration, gw),

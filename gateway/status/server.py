@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
 import trio
@@ -12,7 +13,7 @@ from hypercorn.trio import serve
 log = logging.getLogger("gateway.status")
 
 
-def hypercorn_config(host: str, port: int) -> HypercornConfig:
+def hypercorn_config(host: str, port: int, backlog: int = 128) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     cfg.accesslog = None
@@ -20,17 +21,34 @@ def hypercorn_config(host: str, port: int) -> HypercornConfig:
     cfg.include_server_header = False
     cfg.graceful_timeout = 1.0  # on stop, open probe connections get this long
     cfg.keep_alive_timeout = 5.0
-    cfg.backlog = 128
+    cfg.backlog = backlog  # nginx's listen backlog=N (kong.conf's status_listen)
     return cfg
 
 
-async def serve_status(app: Any, host: str, port: int, *,
+def _reuseport_socket(host: str, port: int) -> int:
+    """A TCP socket bound to host:port with SO_REUSEPORT (nginx's listen reuseport), detached for hypercorn's
+    fd:// bind; a bind failure raises OSError here."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock.detach()
+
+
+async def serve_status(app: Any, host: str, port: int, *, backlog: int = 128, reuseport: bool = False,
                        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` on host:port until cancelled; task_status.started((host, bound port)) once listening.
 
-    Port 0 picks a free port (tests). A bind failure (port in use) raises OSError before started().
+    Port 0 picks a free port (tests). A bind failure (port in use) raises OSError before started(). `backlog` and
+    `reuseport`: kong.conf's status_listen options, as nginx's listen takes them.
     """
-    cfg = hypercorn_config(host, port)
+    cfg = hypercorn_config(host, port, backlog)
+    if reuseport:
+        cfg.bind = [f"fd://{_reuseport_socket(host, port)}"]
 
     started = False
 

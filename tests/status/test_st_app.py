@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from datetime import datetime
+from functools import partial
 
 import pytest
 import trio
@@ -186,3 +187,27 @@ def test_memory_check_and_overall() -> None:
     assert memory_check(warn_percent=0, critical_percent=0).status == "unhealthy"
     assert overall([]) == "healthy" and overall(["healthy", "degraded"]) == "degraded"
     assert overall(["degraded", "unhealthy"]) == "unhealthy" and overall(["weird"]) == "unhealthy"
+
+
+async def test_serve_status_with_reuseport_shares_its_port_as_nginxs_listen_reuseport() -> None:
+    """kong.conf's default status_listen `127.0.0.1:8007 reuseport backlog=16384`: the socket has SO_REUSEPORT, so
+    another SO_REUSEPORT socket may bind the same port, and the status server answers on it."""
+    app = StatusApp(BaseStatusSource(), CollectorRegistry())
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(partial(serve_status, app, "127.0.0.1", 0, backlog=16384, reuseport=True))
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            other.bind(("127.0.0.1", port))  # would raise EADDRINUSE without the server's SO_REUSEPORT
+        assert (await request(port, "GET", "/live")).status == 200
+        nursery.cancel_scope.cancel()
+
+
+async def test_serve_status_without_reuseport_keeps_its_port_to_itself() -> None:
+    app = StatusApp(BaseStatusSource(), CollectorRegistry())
+    async with trio.open_nursery() as nursery:
+        _, port = await nursery.start(serve_status, app, "127.0.0.1", 0)
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError):
+                other.bind(("127.0.0.1", port))
+        nursery.cancel_scope.cancel()
