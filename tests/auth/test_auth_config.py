@@ -215,7 +215,8 @@ def test_trust_forwarded_is_gone_with_a_message_saying_what_replaces_it():
 @pytest.mark.parametrize(("setting", "expected"), [
     ("trusted_ips: [10.0.0.0/40]", 'gateway.trusted_ips[0]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", '
                                    '"::1"), got "10.0.0.0/40"'),
-    ("trusted_ips: ['unix:']", "gateway.trusted_ips[0]: unix: is not supported (the gateway listens on TCP only)"),
+    ("trusted_ips: ['unix:/run/lb.sock']", 'gateway.trusted_ips[0]: expected an IP address or a CIDR (e.g. '
+                                           '"10.0.0.0/8", "::1"), got "unix:/run/lb.sock"'),
     ("real_ip_header: proxy_protocol", "gateway.real_ip_header: proxy_protocol is not supported"),
     ("real_ip_header: 'X Forwarded'", 'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
                                       'got "X Forwarded"'),
