@@ -1,8 +1,8 @@
 """Kong's ai-prompt-decorator (kong/plugins/ai-prompt-decorator/filters/decorate-prompt.lua, after parse-request).
 
 A chat request's "messages" get the configured prepend messages before them and the append ones after, each as
-{"role", "content"}; the request goes upstream as lua-cjson writes the table (gateway.policies.ai_prompt_guard.
-llm_request.encode) with Content-Type application/json, and that table is what an ai-prompt-guard after it checks.
+{"role", "content"}; the request goes upstream as lua-cjson writes the table (gateway.policies.llm_request.encode)
+with Content-Type application/json, and that table is what an ai-prompt-guard after it checks.
 
 A body without messages (none, an empty array, an object, not JSON: Kong reads an empty table then) is answered
 400 {"error":{"message":"this LLM route only supports llm/chat type requests"}}. As in Kong, "messages" that are a

@@ -4,7 +4,7 @@ names), append.
 
 Bodies: JSON (as lua-cjson reads and writes it: an object changed by name; an array or a string written again or
 failing as Lua indexing them does), application/x-www-form-urlencoded and multipart/form-data (lua-multipart 0.5.9's
-reading and writing, quirks included: gateway.policies.request_body.Multipart), read whole up to
+reading and writing, quirks included: gateway.policies.multipart.Multipart), read whole up to
 REQUEST_BODY_LIMIT; a larger body is forwarded unchanged (Kong's get_raw_body gives nothing for a body over
 client_body_buffer_size, 8k by default, and Kong then builds the body from the added keys alone). Values may use the
 templates $(headers.NAME) and $(query_params.NAME) (empty when absent). As in Kong, the query string is read as
