@@ -137,8 +137,8 @@ class Forwarder:
                                                                          or framing is None)
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
             unusable = group.unusable  # drained, circuit open or unhealthy (kept current by gateway.state)
-            tried: frozenset[int] | set[int] = unusable  # ... and the targets that failed this request (a new set
-            # only once one has: the first try, the usual last, makes none)
+            tried: frozenset[int] | set[int] = unusable  # ... and, for a balancer that skips them, the targets that
+            # failed this request (a new set only once one has: the first try, the usual last, makes none)
             error: UpstreamError | None = None
             if pinned is not None and pinned in group.unusable and not (
                     self.shared is not None and self.shared.is_drained(group.keys[pinned])):
@@ -151,9 +151,7 @@ class Forwarder:
             stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
             while tries or stale is not None:
                 if stale is None:
-                    balancer = group.balancer  # (Kong's round-robin and consistent-hashing do not skip a tried
-                    index = balancer.pick(hash_key, tried if balancer.retry_skips_tried else unusable) \
-                        if pinned is None else pinned  # target: the next in the wheel, the key's own again)
+                    index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
                     if index is None:
                         if len(tried) == len(unusable):
                             break  # nothing to pick at all
@@ -180,12 +178,15 @@ class Forwarder:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                         headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
-                    tried = {*tried, index}
+                    if group.balancer.retry_skips_tried:  # Kong's least-connections and latency; its round-robin
+                        tried = {*tried, index}  # and consistent-hashing pick as for a first try (the wheel's next,
+                        # the key's own point again)
                     if type(e) is NameResolutionFailed:  # a name without an address: no retry of it
                         if pinned is None and not group.direct:  # an upstream's target: Kong's balancer gives it no
                             ex.tries.pop()  # type: ignore[union-attr]  # weight and never picks it: not a try,
                             tries += 1  # and skipped from now on (none left: Kong's 503 "failure to get a peer")
                             unusable = unusable | {index}
+                            tried = tried | {index}
                             continue
                         if len(ex.tries) == 1:  # type: ignore[arg-type]  # the first look-up, in Kong's access
                             ex.tries = None  # phase, before any try: Kong's own answer (below)

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 import trio
 from backends import EchoBackend, free_port, raw_exchange, request, service, wait_until
+from test_tel_access_log import log_lines
 from tls_helpers import Pki, https_get
 
 from gateway.config import parse_config
@@ -57,16 +58,6 @@ def _directory() -> Directory:
     doc = {"consumers": [{"id": BOB, "username": "bob", "tags": ["team-a"],
                           "keyauth_credentials": [{"id": KEY_ID, "key": "secret-key"}]}]}
     return Directory(parse_config(json.dumps(doc), "<test>"))
-
-
-async def _lines(path: Any, n: int) -> list[dict[str, Any]]:
-    with trio.fail_after(TIMEOUT):
-        while True:
-            text = path.read_text() if path.exists() else ""
-            lines = text.splitlines()
-            if len(lines) >= n:
-                return [json.loads(line) for line in lines]
-            await trio.sleep(0.02)
 
 
 # --- the serializer: source ------------------------------------------------------------------------------------------
@@ -209,7 +200,7 @@ async def test_tls_requests_carry_kongs_request_tls(nursery, gateway, tmp_path):
     with trio.fail_after(TIMEOUT):
         status, *_ = await trio.to_thread.run_sync(lambda: https_get(tls_port, pki.client_context(), "default.test"))
     assert status == 200
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     tls = line["request"]["tls"]
     assert tls["version"] in ("TLSv1.2", "TLSv1.3") and tls["cipher"] and tls["client_verify"] == "NONE"
     assert line["request"]["url"].startswith("https://")
@@ -249,7 +240,7 @@ async def test_upstream_uri_of_a_request_a_plugin_answered_is_the_routers(nurser
         {"paths": ["/t"], "plugins": [{"name": "key-auth"}]}])]}, access_log=str(log))
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/t/items?q=1")).status == 401
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     assert line["upstream_uri"] == "/base/items?q=1"
 
 
@@ -340,7 +331,7 @@ async def test_an_absolute_form_request_logs_its_host_header_as_sent(nursery, ga
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, access_log=str(log))
     data, _ = await raw_exchange(port, b"GET http://test/t HTTP/1.1\r\nHost: kong\r\nConnection: close\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 200")
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     assert line["request"]["url"].startswith("http://test:")
     assert line["request"]["headers"]["host"] == "kong"
 

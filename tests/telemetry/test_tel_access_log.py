@@ -11,7 +11,7 @@ from backends import EchoBackend, parse_raw_response, raw_exchange, request, ser
 TIMEOUT = 10
 
 
-async def _lines(path, n: int) -> list[dict]:  # noqa: ANN001
+async def log_lines(path, n: int) -> list[dict]:  # noqa: ANN001
     """The first n lines of a log file, waiting (bounded) for the writer task to write them."""
     with trio.fail_after(TIMEOUT):
         while True:
@@ -32,7 +32,7 @@ async def test_access_log_has_one_kong_shaped_line_per_request(nursery, gateway,
         ok = await request(port, "GET", "/api/items?x=1&flag&x=2", headers=[("authorization", "Bearer secret")])
         missing = await request(port, "GET", "/nowhere")
     assert ok.status == 200 and missing.status == 404
-    first, second = await _lines(log, 2)
+    first, second = await log_lines(log, 2)
     assert first["request"]["method"] == "GET"
     assert first["request"]["uri"] == "/api/items?x=1&flag&x=2"
     assert first["request"]["querystring"] == {"x": ["1", "2"], "flag": True}
@@ -64,7 +64,7 @@ async def test_a_matched_request_answered_before_any_try_has_empty_tries(nursery
                           "plugins": [{"name": "request-termination", "config": {"status_code": 200}}]},
                          access_log=str(log))
     assert (await request(port, "GET", "/x")).status == 200
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     assert line["tries"] == []
 
 
@@ -74,7 +74,7 @@ async def test_a_failed_upstream_is_logged_with_its_tries(nursery, gateway, tmp_
     with trio.fail_after(TIMEOUT):
         reply = await request(port, "GET", "/")
     assert reply.status == 502
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     assert line["response"]["status"] == 502 and line["source"] == "kong"
     assert [t["state"] for t in line["tries"]] == ["failed", "failed"]  # retries: 1, one target tried again
     assert line["upstream_status"] == "502, 502"  # nginx's $upstream_status: each try's
@@ -90,7 +90,7 @@ async def test_file_log_plugin_writes_the_routes_requests_only(nursery, gateway,
     with trio.fail_after(TIMEOUT):
         for target in ("/logged/1", "/quiet", "/logged/2"):
             assert (await request(port, "GET", target)).status == 200
-    lines = await _lines(log, 2)
+    lines = await log_lines(log, 2)
     await trio.sleep(0.1)
     assert [line["request"]["uri"] for line in lines] == ["/logged/1", "/logged/2"]
     assert len(log.read_text().splitlines()) == 2
@@ -109,7 +109,7 @@ async def test_the_logged_uri_is_the_one_sent_and_the_querystring_the_one_forwar
         "consumers": [{"username": "bob", "keyauth_credentials": [{"key": "kong"}]}]}, access_log=str(log))
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/api/x?a=1&apikey=kong&b=2")).status == 200
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     assert line["request"]["uri"] == "/api/x?a=1&apikey=kong&b=2"
     assert line["request"]["url"].endswith(f":{port}/api/x?a=1&apikey=kong&b=2")
     assert line["request"]["querystring"] == {"a": "1", "b": "2"}
@@ -125,7 +125,7 @@ async def test_an_unnamed_service_is_logged_without_a_name_as_kong_logs_it(nurse
                          access_log=str(log))
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/x")).status == 200
-    (line,) = await _lines(log, 1)
+    (line,) = await log_lines(log, 1)
     assert "name" not in line["service"]
     assert line["service"]["host"] == "127.0.0.1" and line["service"]["port"] == backend.port
 
@@ -141,7 +141,7 @@ async def test_requests_nginx_refuses_are_logged_by_global_log_plugins_and_the_a
                                + b"\r\n\r\n")
     long_uri = await raw_exchange(port, b"POST /?foo=" + b"a" * 10240 + b" HTTP/1.1\r\nhost: gw\r\n\r\n")
     assert parse_raw_response(large[0])[0] == 400 and parse_raw_response(long_uri[0])[0] == 414
-    header_too_large, uri_too_long = await _lines(log, 2)
+    header_too_large, uri_too_long = await log_lines(log, 2)
     assert header_too_large["response"]["status"] == 400
     assert header_too_large["request"]["method"] == "POST"
     assert header_too_large["request"]["querystring"] == {"foo": "bar"}
@@ -151,7 +151,7 @@ async def test_requests_nginx_refuses_are_logged_by_global_log_plugins_and_the_a
     assert header_too_large["source"] == "kong"  # Kong's get_source: neither proxied nor exited
     assert uri_too_long["response"]["status"] == 414
     assert uri_too_long["request"]["method"] == "POST" and uri_too_long["request"]["headers"] == {}
-    assert [line["response"]["status"] for line in await _lines(access, 2)] == [400, 414]
+    assert [line["response"]["status"] for line in await log_lines(access, 2)] == [400, 414]
 
 
 async def test_the_logged_url_names_the_host_as_nginxs_host_variable(nursery, gateway, tmp_path):
@@ -163,7 +163,7 @@ async def test_the_logged_url_names_the_host_as_nginxs_host_variable(nursery, ga
         await raw_exchange(port, b"GET /a HTTP/1.1\r\nHost: API.Example.COM:8080\r\nConnection: close\r\n\r\n")
         await raw_exchange(port, b"GET /b HTTP/1.0\r\n\r\n")
         await raw_exchange(port, b"GET /c?x=1 HTTP/1.1\r\nx-large: " + b"a" * 10240 + b"\r\n\r\n")  # 400
-    named, no_host, refused = await _lines(log, 3)
+    named, no_host, refused = await log_lines(log, 3)
     assert named["request"]["url"] == f"http://api.example.com:{port}/a"
     assert no_host["request"]["url"] == f"http://kong:{port}/b"
     assert refused["request"]["url"] == f"http://kong:{port}/c?x=1"
@@ -174,7 +174,7 @@ async def test_a_request_head_that_times_out_is_logged_408(nursery, gateway, tmp
     port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
     received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\nhost: gw\r\n")
     assert parse_raw_response(received)[0] == 408
-    (line,) = await _lines(access, 1)
+    (line,) = await log_lines(access, 1)
     assert line["response"]["status"] == 408
 
 
@@ -187,5 +187,5 @@ async def test_a_connection_that_sends_nothing_is_closed_unanswered_and_unlogged
     assert received == b""
     received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\n")  # then one that did start: logged
     assert parse_raw_response(received)[0] == 408
-    (line,) = await _lines(access, 1)
+    (line,) = await log_lines(access, 1)
     assert line["response"]["status"] == 408

@@ -12,7 +12,6 @@ NaN number), is sent unchanged, as Kong does.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -76,7 +75,7 @@ def json_value(value: str | None, json_type: str | None) -> Any:
     if value is None:
         text = "null"
     else:
-        encoded = json.dumps(value, ensure_ascii=False).replace("/", "\\/").replace("\x7f", "\\u007f")
+        encoded = cjson.encode(value).decode("utf-8", "surrogateescape")
         text = encoded[1:-1].replace('\\"', '"').replace("\\/", "/")
     if json_type == "number":
         number = lua_tonumber(text)
