@@ -452,7 +452,7 @@ def _breakers(config: Config, services: dict[str, ServiceRuntime],
 
 
 # Kong's PROTOCOLS_WITH_SUBSYSTEM: a plugin runs on HTTP requests when one of its protocols is of the http subsystem.
-_HTTP_PROTOCOLS = frozenset({"http", "https", "grpc", "grpcs", "ws", "wss"})
+_HTTP_PROTOCOLS = frozenset({"http", "https", "grpc", "grpcs"})
 _PROTOCOLS = _HTTP_PROTOCOLS | {"tcp", "tls", "tls_passthrough", "udp"}
 # The plugins whose Kong schema takes typedefs.protocols (any protocol, stream ones too); every other plugin's is
 # typedefs.protocols_http, whose elements are the http subsystem's only
@@ -463,6 +463,9 @@ _ANY_PROTOCOL = frozenset({"datadog", "file-log", "http-log", "ip-restriction", 
 _SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
     (True, True, True), (True, False, True), (False, True, True), (True, True, False),
     (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
+
+_WS_WHY = (" (ws and wss are Kong Enterprise's WebSocket protocols; a WebSocket upgrade comes through an http or "
+           "https route, and plugins for http and https apply to it)")
 
 Built = tuple[Plugin, Any, Policy | None]
 _LLM = ("it calls LLM providers; the gateway's AI plugins are ai-mcp-proxy, ai-mcp-oauth2, ai-prompt-guard, "
@@ -511,7 +514,7 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         for i, protocol in enumerate(plugin.protocols):
             if protocol not in allowed:
                 errors.append(f"{where}.protocols[{i}]: expected one of {', '.join(sorted(allowed))}, "
-                              f"got {protocol!r}")
+                              f"got {protocol!r}" + (_WS_WHY if protocol in ("ws", "wss") else ""))
         scope = (plugin.name, _route_key(plugin), plugin.service, plugin.consumer)
         if scope in scopes:
             errors.append(f"{where}: a {plugin.name} plugin is already configured for the same route, service and "

@@ -311,9 +311,12 @@ def test_non_http_service_url_is_an_error():
         '"ftp://a:1"']
 
 
-def test_service_with_url_and_host_is_an_error():
-    assert errors("services: [{name: s, url: 'http://a:1', host: b}]") == [
-        "services[0].url and services[0].host: set one of them, not both"]
+def test_a_service_urls_host_replaces_the_host_given_besides_it():
+    """kong/db/schema/entities/services.lua: url is a shorthand field, whose host, port and path replace the
+    fields given with it."""
+    runtime = compile_config(parse_config("services: [{name: s, url: 'http://a:1', host: b}]"))
+    (target,) = runtime.services["s"].group.targets
+    assert (target.host, target.port) == ("a", 1)
 
 
 def test_bad_listen_address_is_an_error():

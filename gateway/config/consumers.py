@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import msgspec
 
 from gateway.config.errors import CONTROL_FREE, show
+from gateway.config.typedefs import tag_problem
 
 if TYPE_CHECKING:
     from gateway.config.schema import Config
@@ -217,6 +218,7 @@ def flatten_consumers(config: Config) -> None:
 def check_consumers(config: Config, errors: list[str]) -> None:
     """Consumers are identifiable and unique; every credential names a consumer that exists (then by its id);
     keys and usernames that identify a credential are unique. Secret values are never quoted."""
+
     by_ref: dict[str | None, Any] = {}
     seen: dict[tuple[str, str], Any] = {}
     for consumer in config.consumers:
@@ -224,6 +226,12 @@ def check_consumers(config: Config, errors: list[str]) -> None:
         if consumer.username is None and consumer.custom_id is None:
             errors.append(f"{where}: set username or custom_id (or both)")
             continue
+        for field in ("username", "custom_id"):
+            if getattr(consumer, field) == "":
+                errors.append(f"{where}.{field}: must not be empty")
+        for i, tag in enumerate(consumer.tags):
+            if problem := tag_problem(tag):
+                errors.append(f"{where}.tags[{i}]: {problem}")
         for field in ("id", "username", "custom_id"):
             value = getattr(consumer, field)
             if value is None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from gateway.balancing.registry import ALGORITHMS
 from gateway.config.vaults import Vaults, read_vaults, resolve_certificate, resolve_plugin
+from gateway.routing.normalize import normalize_path
 
 # Entities that may nest others, and where (Kong's declarative nesting).
 NESTED = {
@@ -137,8 +138,14 @@ def _migrate_route_paths(doc: dict[str, Any]) -> None:
 
 
 def _migrated_path(path: str) -> str:
+    """A plain path normalized (kong/tools/uri.lua normalize, as Kong's migration does: Kong 3.x refuses a prefix
+    path that is not), any other the regex it was."""
     if _PLAIN_PATH.fullmatch(path):
-        return path  # the router normalizes plain paths as Kong's migration does
+        normalized = normalize_path(path.encode())
+        try:
+            return normalized.decode()
+        except UnicodeDecodeError:
+            return path  # (%XX of octets that are not UTF-8: refused as not normalized)
     return "~" + _TRIPLET.sub(_decode_in_regex, path)
 
 

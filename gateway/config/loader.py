@@ -12,7 +12,7 @@ import os
 import re
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -56,8 +56,20 @@ from gateway.config.tls import (
     ref_id,
     status_options,
 )
+from gateway.config.typedefs import (
+    IP_LIKE,
+    header_name_problem,
+    hosts_problem,
+    kong_address,
+    kong_host_problem,
+    path_problem,
+    router_path_problem,
+    tag_problem,
+    target_problem,
+    upstream_name_problem,
+    utf8_name_problem,
+)
 from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
-from gateway.routing.router import python_regex, split_host_port
 
 _SECTIONS: dict[str, Any] = {
     "services": Service,
@@ -279,6 +291,10 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
             target.upstream = upstream.name
         elif ("upstreams", target.upstream) not in failed:
             errors.append(f"{where}.upstream: no upstream with id or name {target.upstream!r}")
+        _check_tags(target.tags, where, errors)
+        if problem := target_problem(target.target):
+            errors.append(f"{where}.target: {problem}")
+            continue
         address = parse_host_port(target.target, DEFAULT_TARGET_PORT)
         if address is None:
             errors.append(f'{where}.target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
@@ -307,6 +323,13 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
                 plugin._route = named  # type: ignore[attr-defined]  # an unnamed route named by its id: scoped to it
             else:
                 plugin.route = named.name
+        _check_instance_name(plugin, errors)
+
+
+def _check_instance_name(plugin: Plugin, errors: list[str]) -> None:
+    """Kong's plugins.instance_name is a typedefs.utf8_name."""
+    if plugin.instance_name is not None and (problem := utf8_name_problem(plugin.instance_name)):
+        errors.append(f"{path_of(plugin)}.instance_name: {problem}")
 
 
 def _check_ids(config: Config, errors: list[str]) -> None:
@@ -403,27 +426,64 @@ def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
 
 
 def _check_service(svc: Service, errors: list[str]) -> None:
+    """Kong's services schema: a utf8_name, Kong's tags, and either url or host (a Kong host) with port and path."""
     where = path_of(svc)
+    if svc.name is not None and not getattr(svc, "_unnamed", False) and (problem := utf8_name_problem(svc.name)):
+        errors.append(f"{where}.name: {problem}")
+    _check_tags(svc.tags, where, errors)
     if svc.url is not None:
-        if svc.host is not None:
-            errors.append(f"{where}.url and {where}.host: set one of them, not both")
-            return
-        try:
-            parts = urlsplit(svc.url)
-            port = parts.port
-        except ValueError as e:
-            errors.append(f'{where}.url: invalid URL {show(svc.url)}: {e}')
-            return
-        if parts.scheme not in ("http", "https"):
-            why = f"; {GRPC_WHY}" if parts.scheme in ("grpc", "grpcs") else ""
-            errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// and https:// '
-                          f'upstreams only{why}), got {show(svc.url)}')
-        elif not parts.hostname:
-            errors.append(f'{where}.url: no host in {show(svc.url)}')
-        elif port == 0:
-            errors.append(f'{where}.url: port must be 1-65535 in {show(svc.url)}')
-    elif svc.host is None:
+        svc.host = None  # Kong's shorthand: the url's host, port and path replace any given besides it
+        _check_service_url(svc, where, errors)
+        return
+    if svc.host is None:
         errors.append(f"{where}: set url, or host (with port and path)")
+        return
+    if problem := kong_host_problem(svc.host):
+        errors.append(f"{where}.host: {problem}")
+    elif svc.host.startswith("["):
+        svc.host = svc.host[1:-1]  # Kong's host takes "[ipv6]"; the gateway connects to the address itself
+    if svc.path is not None and (problem := path_problem(svc.path)):
+        errors.append(f"{where}.path: {problem}")
+
+
+def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
+    """Kong's url shorthand (socket.url's parse): protocol, host, port and path from the url, each checked as when
+    given alone, replacing those given besides it; the url's userinfo, ;params, ?query and #fragment are dropped,
+    as Kong drops them."""
+    url: str = svc.url  # type: ignore[assignment]
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        errors.append(f'{where}.url: invalid URL {show(url)}: {e}')
+        return
+    if not parts.scheme or not parts.netloc:
+        errors.append(f'{where}.url: expected an absolute URL (e.g. "http://example.com:8080/path"), got {show(url)}')
+        return
+    if parts.scheme not in ("http", "https"):
+        why = f"; {GRPC_WHY}" if parts.scheme in ("grpc", "grpcs") else ""
+        errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// and https:// '
+                      f'upstreams only{why}), got {show(url)}')
+        return
+    svc.protocol = parts.scheme  # type: ignore[assignment]  # http or https
+    svc.port = svc.path = None
+    if not parts.hostname:
+        errors.append(f'{where}.url: no host in {show(url)}')
+    elif problem := kong_host_problem(parts.hostname):
+        errors.append(f"{where}.url: invalid host in {show(url)}: {problem}")
+    if port == 0:
+        errors.append(f'{where}.url: port must be 1-65535 in {show(url)}')
+    path, params, _ = parts.path.partition(";")
+    if path and (problem := path_problem(path)):
+        errors.append(f"{where}.url: invalid path in {show(url)}: {problem}")
+    elif params:
+        svc.url = urlunsplit(parts._replace(path=path))
+
+
+def _check_tags(tags: list[str], where: str, errors: list[str]) -> None:
+    for i, tag in enumerate(tags):
+        if problem := tag_problem(tag):
+            errors.append(f"{where}.tags[{i}]: {problem}")
 
 
 def _check_service_tls(svc: Service, certificates: dict[str, Any], ca_certificates: set[str],
@@ -463,6 +523,7 @@ def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str])
 
 def _check_route(route: Route, services: dict[str, Service], errors: list[str],
                  failed: set[tuple[str, str]]) -> None:
+    """Kong's routes schema (kong/db/schema/entities/routes.lua, routes_subschemas.lua and the typedefs they use)."""
     where = path_of(route)
     if route.service is None:
         pass  # as Kong: answered 503 "no Service found with those values" unless a plugin answers
@@ -470,6 +531,13 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         route.service = services[route.service].name
     elif ("services", route.service) not in failed:
         errors.append(f"{where}.service: no service with id or name {route.service!r}")
+    if route.name is not None and any("\ud800" <= c <= "\udfff" for c in route.name):  # (a YAML "\ud83e" escape)
+        errors.append(f"{where}.name: invalid utf-8 character sequence")
+    elif route.name is not None and (problem := utf8_name_problem(route.name)):
+        errors.append(f"{where}.name: {problem}")
+    errors += [f"{where}.tags[{i}]: {problem}" for i, tag in enumerate(route.tags) if (problem := tag_problem(tag))]
+    if not route.protocols:
+        errors.append(f"{where}.protocols: expected at least one of http, https")
     if not (route.paths or route.methods or route.hosts or route.headers or route.query or route.snis):
         errors.append(f"{where}: set at least one of paths, methods, hosts, headers, query, snis")
     if route.snis and "https" not in route.protocols:
@@ -479,15 +547,17 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         name = sni.lower().removesuffix(".")
         if name.count("*") > 1:
             errors.append(f"{where}.snis[{i}]: only one wildcard must be specified, got {show(sni)}")
+        elif IP_LIKE.fullmatch(name):
+            errors.append(f"{where}.snis[{i}]: must not be an IP (a TLS client sends a server name, never an "
+                          f"address), got {show(sni)}")
         elif name != "*" and not _SNI.match(name):  # `*` alone (Kong's wildcard_host): any server name
             errors.append(f'{where}.snis[{i}]: expected a host name, "*.domain", "name.*" or "*", got {show(sni)}')
     for i, p in enumerate(route.paths):
-        if p.startswith("~"):
-            problem = regex_problem(python_regex(p[1:]).encode())  # as the router compiles it
-            if problem is not None:
-                errors.append(f"{where}.paths[{i}]: invalid regex {show(p[1:])}: {problem}")
-        elif not p.startswith("/"):
-            errors.append(f'{where}.paths[{i}]: a path starts with "/" (prefix) or "~" (regex), got {show(p)}')
+        if (problem := router_path_problem(p)) is not None:
+            errors.append(f"{where}.paths[{i}]: {problem}")
+    for i, h in enumerate(route.hosts):
+        if (problem := hosts_problem(h)) is not None:
+            errors.append(f"{where}.hosts[{i}]: {problem}")
     for i, m in enumerate(route.methods):
         if not _METHOD.match(m):
             errors.append(f'{where}.methods[{i}]: expected an upper-case HTTP method, got {show(m)}')
@@ -498,38 +568,67 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
     for name, values in route.headers.items():
         if name.lower() == "host":
             errors.append(f"{where}.headers.{name}: match hosts with the route's hosts field")
+        elif problem := header_name_problem(name):
+            errors.append(f"{where}.headers: {problem}")
         if not values:
             errors.append(f"{where}.headers.{name}: expected at least one value")
         for i, value in enumerate(values):
-            problem = regex_problem(value[2:].encode(), re.IGNORECASE) if value.startswith("~*") else None
-            if problem is not None:
+            if value == "":
+                errors.append(f"{where}.headers.{name}[{i}]: must not be empty (a header's value to match)")
+            elif value.startswith("~*") and (problem := regex_problem(value[2:].encode(), re.IGNORECASE)):
                 errors.append(f"{where}.headers.{name}[{i}]: invalid regex {show(value[2:])}: {problem}")
 
 
 def _check_upstream(up: Upstream, errors: list[str]) -> None:
+    """Kong's upstreams schema: its name, host_header and the fields of hash_on and hash_fallback."""
     where = path_of(up)
-    if up.host_header is not None and split_host_port(up.host_header)[1] is not None:
-        errors.append(f"{where}.host_header: a host name without a port, as in Kong (the target's port is added to "
-                      f"it unless it is the scheme's own), got {show(up.host_header)}")
+    if problem := upstream_name_problem(up.name):
+        errors.append(f"{where}.name: {problem}")
+    _check_tags(up.tags, where, errors)
+    if up.host_header is not None:
+        address = kong_address(up.host_header)
+        if isinstance(address, str):
+            errors.append(f"{where}.host_header: {address}")
+        elif address[2] is not None:
+            errors.append(f"{where}.host_header: a port is not supported here (Kong takes one, then adds the "
+                          f"target's port after it unless that is the scheme's own, sending a Host such as "
+                          f"\"name:8080:9000\"); give the host name alone, got {show(up.host_header)}")
+    for field in ("hash_on_header", "hash_fallback_header"):
+        value = getattr(up, field)
+        if value and (problem := header_name_problem(value)):
+            errors.append(f"{where}.{field}: {problem}")
+    if up.hash_on_cookie and not _TOKEN.match(up.hash_on_cookie):
+        errors.append(f"{where}.hash_on_cookie: contains one or more invalid characters. ASCII control characters "
+                      "(0-31;127), space, tab and the characters ()<>@,;:\\\"/?={}[] are not allowed.")
+    if problem := path_problem(up.hash_on_cookie_path):
+        errors.append(f"{where}.hash_on_cookie_path: {problem}")
+    for field in ("hash_on_header", "hash_fallback_header", "hash_on_cookie", "hash_on_query_arg",
+                  "hash_fallback_query_arg", "hash_on_uri_capture", "hash_fallback_uri_capture"):
+        if getattr(up, field) == "":
+            errors.append(f"{where}.{field}: length must be at least 1")
     for field, needs in (("hash_on", "hash_on_header"), ("hash_fallback", "hash_fallback_header")):
         value = getattr(up, field)
-        if value == "header" and not getattr(up, needs):
+        if value == "header" and getattr(up, needs) is None:
             errors.append(f"{where}.{field} is header: set {where}.{needs}")
     for field in ("hash_on", "hash_fallback"):
-        if getattr(up, field) == "cookie" and not up.hash_on_cookie:
+        if getattr(up, field) == "cookie" and up.hash_on_cookie is None:
             errors.append(f"{where}.{field} is cookie: set {where}.hash_on_cookie")
-        if getattr(up, field) == "uri_capture" and not getattr(up, f"{field}_uri_capture"):
+        if getattr(up, field) == "uri_capture" and getattr(up, f"{field}_uri_capture") is None:
             errors.append(f"{where}.{field} is uri_capture: set {where}.{field}_uri_capture")
-    if up.hash_on_uri_capture is not None and up.hash_on_uri_capture == up.hash_fallback_uri_capture:
-        errors.append(f"{where}.hash_fallback_uri_capture: must differ from {where}.hash_on_uri_capture")
-    if up.hash_on == "query_arg" and not up.hash_on_query_arg:
+    for kind in ("header", "query_arg", "uri_capture"):  # Kong's distinct checks
+        first = getattr(up, f"hash_on_{kind}")
+        if first and first == getattr(up, f"hash_fallback_{kind}"):
+            errors.append(f"{where}.hash_fallback_{kind}: must differ from {where}.hash_on_{kind}")
+    if up.hash_on == "query_arg" and up.hash_on_query_arg is None:
         errors.append(f"{where}.hash_on is query_arg: set {where}.hash_on_query_arg")
-    if up.hash_fallback == "query_arg" and not up.hash_fallback_query_arg:
+    if up.hash_fallback == "query_arg" and up.hash_fallback_query_arg is None:
         errors.append(f"{where}.hash_fallback is query_arg: set {where}.hash_fallback_query_arg")
     if up.hash_on == "none" and up.hash_fallback != "none":
         errors.append(f"{where}.hash_fallback: needs {where}.hash_on to be set (it is none)")
     if up.hash_on in ("cookie",) and up.hash_fallback != "none":
         errors.append(f"{where}.hash_fallback: cannot be used with {where}.hash_on: cookie")
+    if up.hash_on in ("consumer", "ip", "path") and up.hash_fallback == up.hash_on:
+        errors.append(f"{where}.hash_fallback: must differ from {where}.hash_on (both {up.hash_on})")
 
 
 def parse_host_port(text: str, default_port: int | None) -> tuple[str, int | None] | None:

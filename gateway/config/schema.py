@@ -6,7 +6,6 @@ fields of our own carry their unit in the name where Kong has no precedent. Unkn
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,10 +14,10 @@ from gateway.config.consumers import Acl, BasicAuthCredential, HmacAuthCredentia
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
+from gateway.config.typedefs import HEADER_NAME, kong_path_problem, sni_problem
 from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
-from gateway.http.net import is_ip
 from gateway.kong_array import kong_array
 from gateway.telemetry.tracing import instrumentation_names, tracing_problems
 
@@ -165,36 +164,6 @@ class GatewaySettings(Base):
 # one-byte integers, 0 (the check is off) to 255
 HealthSeconds = Annotated[float, msgspec.Meta(ge=0, le=65535)]
 HealthCount = Annotated[int, msgspec.Meta(ge=0, le=255)]
-_KONG_PATH = re.compile(r"/[A-Za-z0-9._~/%:@!$&'()*+,;=-]*")  # typedefs.path's RFC 3986 characters
-_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # typedefs.header_name
-
-
-def kong_path_problem(path: str) -> str | None:
-    """Kong's typedefs.path check (its messages), or None for a path it takes."""
-    if not path.startswith("/"):
-        return "should start with: /"
-    if "//" in path:
-        return "must not have empty segments"
-    if not _KONG_PATH.fullmatch(path):
-        return f"invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)"
-    bad = re.search(r"%(?![0-9A-Fa-f]{2}).{0,2}", path)
-    if bad:
-        return f"invalid url-encoded value: '{bad.group(0)}'"
-    return None
-
-
-def sni_problem(name: str) -> str | None:
-    """Kong's typedefs.sni check (its messages), or None for a name it takes."""
-    host, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
-    if is_ip(name.strip("[]")) or (colon and is_ip(host.strip("[]"))):
-        return "must not be an IP"
-    if colon and ":" not in host:
-        return "must not have a port"
-    if not re.fullmatch(r"[A-Za-z0-9*](?:[A-Za-z0-9.*-]*[A-Za-z0-9])?", name):
-        return f"invalid value: {name}"
-    return None
-
-
 class ActiveHealthy(Base):
     interval: HealthSeconds = 0  # 0: healthy targets are not probed
     successes: HealthCount = 0
@@ -227,7 +196,7 @@ class ActiveHealthcheck(Base):
         if self.https_sni is not None and (problem := sni_problem(self.https_sni)):
             raise ValueError(f"https_sni: {problem}")
         for name, values in (self.headers or {}).items():
-            if not _HEADER_NAME.fullmatch(name):
+            if not HEADER_NAME.fullmatch(name):
                 raise ValueError(f"headers: bad header name '{name}', allowed characters are A-Z, a-z, 0-9, '_', "
                                  "and '-'")
             if any(c in value for value in values for c in "\r\n\0"):

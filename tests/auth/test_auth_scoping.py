@@ -117,7 +117,7 @@ def test_a_plugin_of_http_protocols_only_refuses_a_stream_protocol():
             "plugins: [{name: key-auth, protocols: [http, tcp]}]")
     with pytest.raises(ConfigError) as err:
         compile_config(parse_config(text))
-    assert "plugins[0].protocols[1]: expected one of grpc, grpcs, http, https, ws, wss, got 'tcp'" in str(err.value)
+    assert "plugins[0].protocols[1]: expected one of grpc, grpcs, http, https, got 'tcp'" in str(err.value)
 
 
 # --- consumer-scoped plugins through the gateway -------------------------------------------------------------------

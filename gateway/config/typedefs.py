@@ -1,0 +1,219 @@
+"""Kong's typedefs (kong/db/schema/typedefs.lua) as checks: each returns what is wrong with a value, in Kong's
+words, or None for a value Kong takes. The entities' checks (gateway.config.loader, gateway.config.schema) name the
+field."""
+
+from __future__ import annotations
+
+import re
+
+from gateway.config.errors import show
+from gateway.config.patterns import regex_problem
+from gateway.http.net import is_ip
+from gateway.routing.normalize import normalize_path
+from gateway.routing.router import python_regex
+
+_KONG_PATH = re.compile(r"/[A-Za-z0-9._~/%:@!$&'()*+,;=-]*")  # typedefs.path's RFC 3986 characters
+HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # typedefs.header_name (kong.tools.http.validate_header_name)
+
+
+def kong_path_problem(path: str) -> str | None:
+    """Kong's typedefs.path check (its messages), or None for a path it takes."""
+    if not path.startswith("/"):
+        return "should start with: /"
+    if "//" in path:
+        return "must not have empty segments"
+    if not _KONG_PATH.fullmatch(path):
+        return f"invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)"
+    bad = re.search(r"%(?![0-9A-Fa-f]{2}).{0,2}", path)
+    if bad:
+        return f"invalid url-encoded value: '{bad.group(0)}'"
+    return None
+
+
+def sni_problem(name: str) -> str | None:
+    """Kong's typedefs.sni check (its messages), or None for a name it takes."""
+    host, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
+    if is_ip(name.strip("[]")) or (colon and is_ip(host.strip("[]"))):
+        return "must not be an IP"
+    if colon and ":" not in host:
+        return "must not have a port"
+    if not re.fullmatch(r"[A-Za-z0-9*](?:[A-Za-z0-9.*-]*[A-Za-z0-9])?", name):
+        return f"invalid value: {name}"
+    return None
+
+
+_KONG_IPV4 = re.compile(r"([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})\.([0-9]{1,3})(?::([0-9]+))?")
+_KONG_IPV6 = re.compile(":".join([r"[0-9A-Fa-f]{1,4}"] * 8))
+_KONG_HOSTNAME = re.compile(r"[0-9A-Za-z._-]+")
+_BAD_PORT = "invalid port number"
+
+
+def kong_address(address: str) -> tuple[str, str, int | None] | str:
+    """kong.tools.ip's normalize_ip: ("ipv4" | "ipv6" | "name", host, port or None) for "host", "host:port",
+    "ipv6", "[ipv6]" or "[ipv6]:port", or its error message. The kind is decided by the characters alone, as Kong's
+    hostname_type: two colons make an IPv6 address, digits and dots an IPv4 one, anything else a name."""
+    if address.count(":") > 1:
+        return _kong_ipv6(address)
+    if re.fullmatch(r"[0-9.]+", address.replace(":", "")):
+        m = _KONG_IPV4.fullmatch(address)
+        octets = [int(o) for o in m.groups()[:4]] if m else []
+        if not m or (":" in address) != (m.group(5) is not None) or max(octets) > 255:
+            return f"invalid ipv4 address: {address}"
+        port = int(m.group(5)) if m.group(5) else None
+        if port is not None and port > 65535:
+            return _BAD_PORT
+        return "ipv4", ".".join(map(str, octets)), port
+    name, port = address, None
+    digits = re.search(r":([0-9]+)$", address)
+    if digits:
+        name, port = address[:digits.start()], int(digits.group(1))
+        if port > 65535:
+            return _BAD_PORT
+    segments = name.split(".")
+    if not _KONG_HOSTNAME.fullmatch(name) or any(s.endswith("-") or (not s and i < len(segments) - 1)
+                                                 for i, s in enumerate(segments)):
+        return f"invalid hostname: {address}"
+    return "name", name, port
+
+
+def _kong_ipv6(address: str) -> tuple[str, str, int | None] | str:
+    check, port = address, None
+    bracketed = re.fullmatch(r"\[([^\]]*)\](.*)", address, re.DOTALL)
+    if bracketed:
+        check, rest = bracketed.groups()
+        if rest:
+            m = re.fullmatch(r":([0-9]+)", rest)
+            if not m:
+                return "invalid ipv6 address"
+            port = int(m.group(1))
+            if port > 65535:
+                return _BAD_PORT
+    if check.startswith(":"):
+        check = "0" + check
+    if check.endswith(":"):
+        check += "0"
+    if "::" in check:
+        check = check.replace("::", ":" + "0:" * (8 - check.count(":")), 1)
+    if not _KONG_IPV6.fullmatch(check):
+        return f"invalid ipv6 address: {address}"
+    return "ipv6", ":".join(group.rjust(4, "0") for group in check.lower().split(":")), port
+
+
+def kong_host_problem(host: str) -> str | None:
+    """Kong's typedefs.host check (a name or an IP, no port; its messages), or None for a host it takes."""
+    address = kong_address(host)
+    if address == _BAD_PORT or (isinstance(address, tuple) and address[2] is not None):
+        return "must not have a port"
+    if isinstance(address, str):
+        return f"invalid value: {host}"
+    return None
+
+
+def utf8_name_problem(name: str) -> str | None:
+    """Kong's typedefs.utf8_name check (services' names): ASCII letters, digits and `.-_~`, or any non-ASCII."""
+    if not name:
+        return "length must be at least 1"
+    if problem := _utf8_problem(name):
+        return problem
+    if any(c.isascii() and not (c.isalnum() or c in ".-_~") for c in name):
+        return f"invalid value '{name}': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
+    return None
+
+
+def _utf8_problem(text: str) -> str | None:
+    """Kong's validate_utf8: YAML's escapes can make a lone surrogate, which no UTF-8 sequence encodes."""
+    bad = next((i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff"), None)
+    return None if bad is None else f"invalid utf-8 character sequence detected at position {bad + 1}"
+
+
+def tag_problem(tag: str) -> str | None:
+    """Kong's typedefs.tag check: printable ASCII but `,` and `/` (space included), or any non-ASCII."""
+    if not tag:
+        return "length must be at least 1"
+    if problem := _utf8_problem(tag):
+        return problem
+    if any(c.isascii() and (not 32 <= ord(c) <= 126 or c in ",/") for c in tag):
+        return f"invalid tag '{tag}': expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
+    return None
+
+
+IP_LIKE = re.compile(r"[0-9.]+")  # Kong's hostname_type: digits and dots are an IPv4 address
+_HEX_TRIPLET = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+def router_path_problem(path: str) -> str | None:
+    """Kong's typedefs.router_path: "/" and a prefix, or "~/" and a regex; no empty segment; a prefix in the
+    normalized form the router compares it in (its %XX triplets well formed)."""
+    if not path.startswith(("/", "~")):
+        return f'a path starts with "/" (prefix) or "~" (regex), got {show(path)}'
+    if not path.startswith(("/", "~/")):
+        return f'a regex path starts with "~/", got {show(path)}'
+    if "//" in path:
+        return f"must not have empty segments, got {show(path)}"
+    if path.startswith("~"):
+        problem = regex_problem(python_regex(path[1:]).encode())  # as the router compiles it
+        return None if problem is None else f"invalid regex {show(path[1:])}: {problem}"
+    if _KONG_PATH.fullmatch(path):  # (Kong checks the %XX triplets of such a path only)
+        raw = _HEX_TRIPLET.sub("___", path)
+        if "%" in raw:
+            start = raw.index("%")
+            return f"invalid url-encoded value {show(raw[start:start + 3])} (a literal \"%\" is %25), got {show(path)}"
+    normalized = normalize_path(path.encode())
+    if normalized != path.encode():
+        try:
+            return (f"non-normalized path, consider using {show(normalized.decode())} instead (Kong compares a prefix "
+                    f"with the normalized request path), got {show(path)}")
+        except UnicodeDecodeError:
+            return f"non-normalized path: its %XX triplets decode to octets that are not UTF-8, got {show(path)}"
+    return None
+
+
+def hosts_problem(host: str) -> str | None:
+    """Kong's typedefs.hosts (its messages): at most one wildcard, as a whole leftmost or rightmost label; then, the
+    wildcard taken for a label, an IPv4 or IPv6 address or a host name, with an optional port."""
+    if not host:
+        return "length must be at least 1"
+    if host.count("*") > 1:
+        return f"invalid wildcard: must have at most one wildcard, got {show(host)}"
+    if "*" in host and not (host.startswith("*.") or host.endswith(".*")):
+        return f"invalid wildcard: must be placed at leftmost or rightmost label, got {show(host)}"
+    stand_in = host.replace("*", "abc")
+    address = kong_address(stand_in)
+    if not isinstance(address, str):
+        return None
+    return address.replace(stand_in, host) if stand_in in address else f"{address}, got {show(host)}"
+
+
+def upstream_name_problem(name: str) -> str | None:
+    """Kong's upstreams name check: a host name (services name it as their host), no IP, no port."""
+    address = kong_address(name)
+    shown = f"Invalid name ('{name}')"
+    if isinstance(address, str):
+        return f"{shown}; must be a valid hostname"
+    if address[0] != "name":
+        return f"{shown}; no ip addresses allowed"
+    if address[2] is not None:
+        return f"{shown}; no port allowed"
+    return None
+
+
+def target_problem(target: str) -> str | None:
+    """targets.target: a host name or an IP address, with or without a port (a port out of range is the loader's to
+    report, with the forms a target takes)."""
+    address = kong_address(target)
+    if isinstance(address, str) and address != _BAD_PORT:
+        return f"Invalid target ('{target}'); not a valid hostname or ip address"
+    return None
+
+
+def header_name_problem(name: str) -> str | None:
+    """typedefs.header_name (kong.tools.http.validate_header_name)."""
+    if HEADER_NAME.fullmatch(name):
+        return None
+    shown = name if name.isprintable() else show(name)[1:-1]  # (control characters escaped)
+    return f"bad header name '{shown}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+
+
+def path_problem(path: str) -> str | None:
+    """typedefs.path of a field that is set: at least one character, then kong_path_problem."""
+    return "length must be at least 1" if not path else kong_path_problem(path)
