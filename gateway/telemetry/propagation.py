@@ -1,36 +1,70 @@
 """Kong's trace context propagation (kong/observability/tracing/propagation/: its extractors, injectors and
-get_plugin_params) as the zipkin and opentelemetry plugins apply it, for the formats the gateway reads and writes:
-w3c, b3 (with b3-single) and jaeger. Sans-I/O: request headers in, a `Context` out; a context in, header lines out.
+get_plugin_params) as the zipkin and opentelemetry plugins apply it, for all of Kong's formats: w3c, b3 (with
+b3-single), jaeger, ot, datadog, aws, gcp and instana. Sans-I/O: request headers in, a `Context` out; a context in,
+header lines out.
+
+    ot         ot-tracer-traceid (16 or 32 hex), ot-tracer-spanid (16 hex), ot-tracer-sampled (1/0/true/false),
+               ot-baggage-<key>
+    datadog    x-datadog-trace-id, x-datadog-parent-id (decimal), x-datadog-sampling-priority (2/1 yes, 0/-1 no)
+    aws        x-amzn-trace-id: Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=<1|0> (any order, other keys)
+    gcp        x-cloud-trace-context: <32 hex>/<span id, decimal>[;o=<digit; 1 = sampled>]
+    instana    x-instana-t (trace id, hex), x-instana-s (span id, hex), x-instana-l (level: "1..." = sampled)
 
 These are Kong's rules:
 - b3 is found whenever one of its headers, or `tracestate`, is there, even without ids: `x-b3-sampled: 1` or
   `b3: 1` alone decides sampling, a trace id without a span id continues the trace, and the formats after b3 in
   `extract` are not tried then (so with the default order a traceparent next to a tracestate is not read).
-- ids keep their size: a 64-bit b3 or jaeger trace id goes out 64-bit; x-b3-flags (debug) is passed on as it came.
+- ids keep their size where the injector allows it (Kong's trace_id_allowed_sizes, the first the default): b3,
+  b3-single, jaeger and instana 16 or 8 bytes (16), ot 8 or 16 (8: a trace the gateway started goes out 64-bit),
+  datadog 8 (the low 64 bits, in decimal), w3c, aws and gcp 16. An id's size as it came is its bytes as Kong's
+  from_hex / bn.to_binary make them: a datadog id below 2^56 is shorter than 8 bytes, so b3 carries it in 16.
+  x-b3-flags (debug) is passed on as it came.
+- the formats that share no span with the caller (all but b3 and jaeger) give the caller's span as `span_id`; an
+  ot, datadog, aws or instana context without a trace id still counts (Kong: any field read is a context), so the
+  formats after it are not tried.
 - traceparent must be version 00 with exactly four fields; jaeger's ids may be shorter than 16 or 32 hex digits.
-- jaeger's baggage (`uberctx-*`) is read and written again (URI-unescaped, then escaped).
+- jaeger's baggage (`uberctx-*`) and ot's (`ot-baggage-*`) are read and written again (URI-unescaped, then
+  escaped), each format's injector writing whichever was read.
+- a header an extractor cannot read is ignored with Kong's warning (its words); a traceparent, uber-trace-id or b3
+  given more than once is passed over silently (a table in Kong), an X-B3 header given more than once is invalid.
 Ids are integers; None where a header did not give one (an id of 0 is an id here, as a string of zeros is in Kong).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 from gateway.http.codec import Headers
-from gateway.telemetry.tracing import B3, B3_SINGLE, HEADERS, JAEGER, W3C, formats_out
+from gateway.telemetry.tracing import B3, B3_SINGLE, FORMATS, HEADERS, JAEGER, W3C, formats_out
 
+OT, DATADOG, AWS, GCP, INSTANA = "ot", "datadog", "aws", "gcp", "instana"
+KONG_FORMATS = FORMATS + (OT, DATADOG, AWS, GCP, INSTANA)  # Kong's utils.FORMATS: what inject and default_format take
 PRESERVE = "preserve"
-# Kong's extraction order for the deprecated header_type (all but ignore): b3, w3c, jaeger, then ot, datadog, aws,
-# gcp and instana, which the gateway does not read.
-LEGACY_EXTRACT = (B3, W3C, JAEGER)
-# What a request is scanned for: every name the extractors read (jaeger's baggage is looked for once it is found).
-TRACE_HEADERS = frozenset(name for names in HEADERS.values() for name in names) | {b"tracestate"}
+# Kong's extraction order for the deprecated header_type (all but ignore)
+LEGACY_EXTRACT = (B3, W3C, JAEGER, OT, DATADOG, AWS, GCP, INSTANA)
+_OT_HEADERS = (b"ot-tracer-traceid", b"ot-tracer-spanid", b"ot-tracer-sampled")
+_DATADOG_HEADERS = (b"x-datadog-trace-id", b"x-datadog-parent-id", b"x-datadog-sampling-priority")
+_INSTANA_HEADERS = (b"x-instana-t", b"x-instana-s", b"x-instana-l")
+# What a request is scanned for: every name the extractors read (baggage is looked for once jaeger or ot is found).
+TRACE_HEADERS = (frozenset(name for names in HEADERS.values() for name in names)
+                 | {b"tracestate", b"x-amzn-trace-id", b"x-cloud-trace-context"}
+                 | frozenset(_OT_HEADERS + _DATADOG_HEADERS + _INSTANA_HEADERS))
 MAX_SPAN = (1 << 64) - 1
 MAX_TRACE = (1 << 128) - 1
-_SIZED = (B3, B3_SINGLE, JAEGER)  # injectors that may keep an incoming 8-byte trace id (w3c's are 16 bytes)
+# Kong's trace_id_allowed_sizes of each injector: the sizes an incoming trace id keeps, the first the default
+_SIZES: dict[str, tuple[int, ...]] = {W3C: (16,), B3: (16, 8), B3_SINGLE: (16, 8), JAEGER: (16, 8), OT: (8, 16),
+                                      DATADOG: (8,), AWS: (16,), GCP: (16,), INSTANA: (16, 8)}
 _HEX = frozenset(b"0123456789abcdefABCDEF")
+_HEX_PAIR = re.compile(rb"[0-9a-fA-F]{2}")
+_HEX_PREFIX = re.compile(rb"[0-9a-fA-F]+")
+_DECIMAL = re.compile(rb"\s*([0-9]+)\s*")  # Lua's ^%s*(%d+)%s*$
+_AWS_ROOT = re.compile(rb"1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})")
+# PCRE's $ (Python's too) also matches before a final newline
+_GCP = re.compile(rb"([0-9a-f]{32})/([0-9]{1,20})(?:;o=([0-9]))?$")
+_OT_BAGGAGE = b"ot-baggage-"
 _B3_NAMES = (b"b3", b"tracestate", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled",
              b"x-b3-flags")
 _B3_SINGLE = re.compile(rb"([0-9a-fA-F]+)-([0-9a-fA-F]{16})-?([01d]?)-?([0-9a-fA-F]*)")
@@ -41,6 +75,7 @@ _BAGGAGE = b"uberctx-"
 _MANY = b"\0several"  # a header given more than once: a table in Kong, which no extractor takes as a value
 
 Values = dict[bytes, list[bytes]]
+log = logging.getLogger("gateway.telemetry")
 
 
 class Params:
@@ -76,9 +111,10 @@ def _tuple(formats: list[str] | None) -> tuple[str, ...] | None:
 
 class Context:
     """What an extractor read (Kong's extracted tracing context). `trace_size`: the trace id's size in bytes as it
-    came (0: no trace id); `reuse`: the format shares the caller's span (b3, jaeger), so `span_id` is the request's
-    own span and `parent_id` its parent, where for w3c `span_id` is the caller's span; `single`: b3 came as the
-    single header; `flags`: X-B3-Flags as it came ("1": debug); `baggage`: jaeger's, unescaped."""
+    came (Kong's trace_id_original_size; 0: no trace id); `reuse`: the format shares the caller's span (b3, jaeger),
+    so `span_id` is the request's own span and `parent_id` its parent, where for the other formats `span_id` is the
+    caller's span; `single`: b3 came as the single header; `flags`: X-B3-Flags as it came ("1": debug); `baggage`:
+    jaeger's or ot's, unescaped."""
 
     __slots__ = ("format", "trace_id", "trace_size", "span_id", "parent_id", "sampled", "flags", "single", "reuse",
                  "baggage")
@@ -126,44 +162,68 @@ def _single(values: Values, name: bytes) -> bytes | None:
     return found[0] if len(found) == 1 else _MANY
 
 
-def _fields(values: Values, name: bytes, pattern: re.Pattern[bytes]) -> tuple[bytes, ...] | None:
-    """The four fields of a header that must be there once, not empty, and match `pattern`."""
+def _fields(values: Values, name: bytes, pattern: re.Pattern[bytes], warning: str) -> tuple[bytes, ...] | None:
+    """The four fields of a header that is there once, not empty, and matches `pattern` (else, warned, None)."""
     value = _single(values, name)
-    m = pattern.fullmatch(value) if value else None
-    return m.groups() if m is not None else None
+    if not value or value is _MANY:  # Kong: not a string, or empty: passed over without a word
+        return None
+    m = pattern.fullmatch(value)
+    if m is None:
+        log.warning(warning)
+        return None
+    return m.groups()
 
 
 def _w3c(values: Values, headers: Headers) -> Context | None:
-    fields = _fields(values, b"traceparent", _W3C)
+    fields = _fields(values, b"traceparent", _W3C, "invalid W3C traceparent header; ignoring.")
     if fields is None:
         return None
     version, trace, parent, flags = fields
-    if version != b"00" or len(trace) != 32 or len(parent) != 16 or len(flags) != 2:
+    if version != b"00":
+        log.warning("invalid W3C Trace Context version; ignoring.")
         return None
-    trace_id, span_id = int(trace, 16), int(parent, 16)
-    if not trace_id or not span_id:
+    trace_id = int(trace, 16) if len(trace) == 32 else 0
+    if not trace_id:
+        log.warning("invalid W3C trace context trace ID; ignoring.")
+        return None
+    span_id = int(parent, 16) if len(parent) == 16 else 0
+    if not span_id:
+        log.warning("invalid W3C trace context parent ID; ignoring.")
+        return None
+    if len(flags) != 2:
+        log.warning("invalid W3C trace context flags; ignoring.")
         return None
     return Context(W3C, trace_id, 16, span_id, None, bool(int(flags, 16) & 1))
 
 
 def _jaeger(values: Values, headers: Headers) -> Context | None:
-    fields = _fields(values, b"uber-trace-id", _JAEGER)
+    fields = _fields(values, b"uber-trace-id", _JAEGER, "invalid jaeger uber-trace-id header; ignoring.")
     if fields is None:
         return None
     trace, span, parent, flags = fields
-    if len(trace) > 32 or len(span) > 16 or len(flags) > 2:
+    trace_id = int(trace, 16) if len(trace) <= 32 else 0
+    if not trace_id:
+        log.warning("invalid jaeger trace ID; ignoring.")
         return None
-    trace_id, span_id = int(trace, 16), int(span, 16)
-    if not trace_id or not span_id:
+    parent_id = int(parent, 16)
+    if len(parent) != 16 and parent_id:  # Kong only warns: a parent can be ignored
+        log.warning("invalid jaeger parent ID; ignoring.")
+    span_id = int(span, 16) if len(span) <= 16 else 0
+    if not span_id:
+        log.warning("invalid jaeger span ID; ignoring.")
         return None
-    return Context(JAEGER, trace_id, (len(trace) + 1) // 2, span_id, int(parent, 16) & MAX_SPAN,
-                   bool(int(flags, 16) & 1), reuse=True, baggage=_baggage(headers))
+    if len(flags) > 2:
+        log.warning("invalid jaeger flags; ignoring.")
+        return None
+    return Context(JAEGER, trace_id, (len(trace) + 1) // 2, span_id, parent_id & MAX_SPAN,
+                   bool(int(flags, 16) & 1), reuse=True, baggage=_baggage(headers, _BAGGAGE))
 
 
-def _baggage(headers: Headers) -> list[tuple[bytes, bytes]] | None:
-    """jaeger's uberctx-<key> headers: (key, value unescaped as ngx.unescape_uri does, "+" as a space)."""
-    found = {name[len(_BAGGAGE):]: unquote_to_bytes(value.replace(b"+", b" "))
-             for name, value in headers if name.startswith(_BAGGAGE)}
+def _baggage(headers: Headers, prefix: bytes) -> list[tuple[bytes, bytes]] | None:
+    """jaeger's uberctx-<key> or ot's ot-baggage-<key> headers: (key, value unescaped as ngx.unescape_uri does, "+"
+    as a space)."""
+    found = {name[len(prefix):]: unquote_to_bytes(value.replace(b"+", b" "))
+             for name, value in headers if name.startswith(prefix)}
     return list(found.items()) or None
 
 
@@ -211,7 +271,8 @@ def _read_single(value: bytes) -> tuple[bool | None, bytes | None, tuple[bytes, 
         return False, None, None
     m = _B3_SINGLE.fullmatch(value)
     if m is None or len(m[1]) not in (16, 32) or len(m[4]) not in (0, 16):
-        return None, None, None  # Kong: "b3 single header invalid; ignoring."
+        log.warning("b3 single header invalid; ignoring.")
+        return None, None, None
     flag = m[3]
     sampled = True if flag in (b"1", b"d") else False if flag == b"0" else None
     return sampled, (b"1" if flag == b"d" else None), (m[1], m[2], m[4] or None)
@@ -221,21 +282,160 @@ def _read_multi(values: Values) -> tuple[bool | None, bytes | None, tuple[bytes 
     """(sampled, flags, (trace, span, parent) in hex, or None when one of them is invalid) of the X-B3 headers."""
     sampled_header = _single(values, b"x-b3-sampled")
     sampled = True if sampled_header in (b"1", b"true") else False if sampled_header in (b"0", b"false") else None
+    if sampled is None and sampled_header is not None:
+        log.warning("x-b3-sampled header invalid; ignoring.")
     flags = _single(values, b"x-b3-flags")
     if flags == b"1":
         sampled = True
-    if flags is _MANY:
-        flags = None
-    ids = []
+    elif flags is not None:
+        log.warning("x-b3-flags header invalid; ignoring.")  # passed on as it came all the same
+        if flags is _MANY:
+            flags = None
+    ids: list[bytes | None] = []
+    valid = True
     for name, lengths in ((b"x-b3-traceid", (16, 32)), (b"x-b3-spanid", (16,)), (b"x-b3-parentspanid", (16,))):
         value = _single(values, name)
         if value is not None and (value is _MANY or len(value) not in lengths or not _HEX.issuperset(value)):
-            return sampled, flags, None  # Kong: "x-b3-... header invalid; ignoring."
+            log.warning("%s header invalid; ignoring.", name.decode())
+            valid = False
         ids.append(value)
-    return sampled, flags, tuple(ids)
+    return sampled, flags, tuple(ids) if valid else None
 
 
-_EXTRACTORS = {W3C: _w3c, B3: _b3, JAEGER: _jaeger}
+def _ot(values: Values, headers: Headers) -> Context | None:
+    """Kong's ot extractor: a trace id (16 or 32 hex) and a span id (16 hex) go together, one invalid drops both."""
+    if not any(name in values for name in _OT_HEADERS):
+        return None
+    sampled_header = _single(values, b"ot-tracer-sampled")
+    sampled = True if sampled_header in (b"1", b"true") else False if sampled_header in (b"0", b"false") else None
+    if sampled is None and sampled_header is not None:
+        log.warning("ot-tracer-sampled header invalid; ignoring.")
+    trace = _single(values, b"ot-tracer-traceid")
+    span = _single(values, b"ot-tracer-spanid")
+    valid = True
+    if trace is not None and (len(trace) not in (16, 32) or not _HEX.issuperset(trace)):
+        log.warning("ot-tracer-traceid header invalid; ignoring.")
+        valid = False
+    if span is not None and (len(span) != 16 or not _HEX.issuperset(span)):
+        log.warning("ot-tracer-spanid header invalid; ignoring.")
+        valid = False
+    if trace is None or not valid:
+        trace = span = None
+    baggage = _baggage(headers, _OT_BAGGAGE)
+    if trace is None and sampled is None and baggage is None:
+        return None  # an empty context: Kong tries the next format
+    return Context(OT, int(trace, 16) if trace else None, len(trace) // 2 if trace else 0,
+                   int(span, 16) if span else None, None, sampled, baggage=baggage)
+
+
+def _datadog(values: Values, headers: Headers) -> Context | None:
+    """Kong's datadog extractor: decimal ids (any size: a trace id keeps its low 128 bits, its size the bytes of its
+    value), x-datadog-parent-id the caller's span, read only with a trace id."""
+    if not any(name in values for name in _DATADOG_HEADERS):
+        return None
+    priority = _single(values, b"x-datadog-sampling-priority")
+    sampled = True if priority in (b"1", b"2") else False if priority in (b"0", b"-1") else None
+    if sampled is None and priority is not None:
+        log.warning("x-datadog-sampling-priority header invalid; ignoring.")
+        return None
+    trace_id = _decimal(values, b"x-datadog-trace-id")
+    parent_id = _decimal(values, b"x-datadog-parent-id")
+    if trace_id is None:
+        if sampled is None:
+            return None
+        return Context(DATADOG, None, 0, None, None, sampled)
+    return Context(DATADOG, trace_id & MAX_TRACE, (trace_id.bit_length() + 7) // 8,
+                   None if parent_id is None else parent_id & MAX_SPAN, None, sampled)
+
+
+def _decimal(values: Values, name: bytes) -> int | None:
+    value = _single(values, name)
+    if value is None:
+        return None
+    m = _DECIMAL.fullmatch(value)
+    if m is None:
+        log.warning("%s header invalid; ignoring.", name.decode())
+        return None
+    return int(m[1])
+
+
+def _aws(values: Values, headers: Headers) -> Context | None:
+    """Kong's aws extractor: x-amzn-trace-id's `key=value` pairs (split at ";", trimmed, other keys ignored); Root's
+    timestamp and unique id make the trace id, Parent is the caller's span; any invalid one drops the header."""
+    header = _single(values, b"x-amzn-trace-id")
+    if header is None or header is _MANY:
+        return None
+    trace_id = parent_id = sampled = None
+    for pair in header.split(b";"):
+        key, _, value = pair.partition(b"=")
+        key, value = key.strip(), value.strip()
+        if key == b"Root":
+            m = _AWS_ROOT.fullmatch(value)
+            if m is None:
+                log.warning("invalid aws header trace id; ignoring.")
+                return None
+            trace_id = int(m[1] + m[2], 16)
+        elif key == b"Parent":
+            if len(value) != 16:
+                log.warning("invalid aws header parent id; ignoring.")
+                return None
+            parent_id = int.from_bytes(_lua_from_hex(value)[-8:], "big")  # Kong checks its length only
+        elif key == b"Sampled":
+            if value not in (b"0", b"1"):
+                log.warning("invalid aws header sampled flag; ignoring.")
+                return None
+            sampled = value == b"1"
+    if trace_id is None and parent_id is None and sampled is None:
+        return None
+    return Context(AWS, trace_id, 0 if trace_id is None else 16, parent_id, None, sampled)
+
+
+def _lua_from_hex(text: bytes) -> bytes:
+    """Kong's utils.from_hex: a "0" before an odd length, then each pair of hex digits as a byte, any other
+    character kept as it is."""
+    if len(text) % 2:
+        text = b"0" + text
+    return _HEX_PAIR.sub(lambda m: bytes.fromhex(m[0].decode()), text)
+
+
+def _gcp(values: Values, headers: Headers) -> Context | None:
+    """Kong's gcp extractor: TRACE_ID/SPAN_ID[;o=FLAG], the span id decimal (its low 64 bits kept); sampled only
+    with o=1 (without it: not sampled)."""
+    header = _single(values, b"x-cloud-trace-context")
+    if header is None or header is _MANY:
+        return None
+    m = _GCP.match(header)
+    if m is None:
+        log.warning("invalid GCP header; ignoring.")
+        return None
+    return Context(GCP, int(m[1], 16), 16, int(m[2]) & MAX_SPAN, None, m[3] == b"1")
+
+
+def _instana(values: Values, headers: Headers) -> Context | None:
+    """Kong's instana extractor: the leading hex digits of x-instana-t and x-instana-s (both needed); a trace id
+    not 16 or 32 digits long is warned about and used all the same; sampled when x-instana-l starts with 1."""
+    trace = _single(values, b"x-instana-t")
+    if trace is None or trace is _MANY:
+        return None
+    m = _HEX_PREFIX.match(trace)
+    trace = m[0] if m is not None else None
+    if trace is None or len(trace) not in (16, 32):
+        log.warning("x-instana-t header invalid; ignoring.")
+    span = _single(values, b"x-instana-s")
+    if span is None or span is _MANY:
+        return None
+    m = _HEX_PREFIX.match(span)
+    span = m[0] if m is not None else None
+    if span is None:
+        log.warning("x-instana-s header invalid; ignoring.")
+    level = _single(values, b"x-instana-l")
+    return Context(INSTANA, None if trace is None else int(trace, 16) & MAX_TRACE,
+                   0 if trace is None else (len(trace) + 1) // 2, None if span is None else int(span, 16) & MAX_SPAN,
+                   None, level is not None and level[:1] == b"1")
+
+
+_EXTRACTORS = {W3C: _w3c, B3: _b3, JAEGER: _jaeger, OT: _ot, DATADOG: _datadog, AWS: _aws, GCP: _gcp,
+               INSTANA: _instana}
 
 
 def formats_for(params: Params, found: Context | None) -> tuple[str, ...]:
@@ -244,18 +444,35 @@ def formats_for(params: Params, found: Context | None) -> tuple[str, ...]:
 
 
 def injected_size(fmt: str, trace_size: int) -> int:
-    """The bytes of the trace id `fmt` carries: the incoming id's 8 where the format allows them, else 16."""
-    return trace_size if trace_size == 8 and fmt in _SIZED else 16
+    """The bytes of the trace id `fmt` carries (Kong's trace_id_allowed_sizes): the incoming id's size where the
+    format allows it, else the format's default (ot's 8, datadog's 8, the others' 16)."""
+    sizes = _SIZES[fmt]
+    return trace_size if trace_size in sizes else sizes[0]
+
+
+def formatted_trace_id(fmt: str, trace_id: int, trace_size: int) -> tuple[str, str]:
+    """Kong's get_formatted_trace_id (the serialized log's trace_id entry): b3-single's under b3, datadog's in
+    decimal, the others in hex, each in the size its injector writes."""
+    width = injected_size(fmt, trace_size)
+    value = trace_id & ((1 << (width * 8)) - 1)
+    if fmt == DATADOG:
+        return fmt, str(value)
+    return "b3" if fmt == B3_SINGLE else fmt, f"{value:0{width * 2}x}"
 
 
 def inject(fmt: str, trace_id: int, trace_size: int, span_id: int, parent_id: int | None, sampled: bool | None,
            flags: bytes | None = None, baggage: list[tuple[bytes, bytes]] | None = None) -> Headers:
     """Kong's injector for `fmt`: the headers that carry (trace_id, span_id) upstream. The trace id goes out in
-    `trace_size` bytes where the format allows 8 (b3, b3-single, jaeger), else in 16 (as Kong's
-    trace_id_allowed_sizes); `sampled` None leaves b3-single's flag out."""
+    `trace_size` bytes where the format allows it, else in the format's default size (injected_size); `sampled`
+    None leaves out b3-single's flag and ot's, datadog's and instana's sampling headers (aws and gcp say 0)."""
     width = injected_size(fmt, trace_size)
     if fmt == W3C:
         return [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id & MAX_TRACE, span_id, b"01" if sampled else b"00"))]
+    if fmt == DATADOG:
+        out = [(b"x-datadog-trace-id", b"%d" % (trace_id & MAX_SPAN)), (b"x-datadog-parent-id", b"%d" % span_id)]
+        if sampled is not None:
+            out.append((b"x-datadog-sampling-priority", b"1" if sampled else b"0"))
+        return out
     trace = b"%0*x" % (width * 2, trace_id & ((1 << (width * 8)) - 1))
     if fmt == B3:
         out = [(b"x-b3-traceid", trace), (b"x-b3-spanid", b"%016x" % span_id)]
@@ -270,7 +487,27 @@ def inject(fmt: str, trace_id: int, trace_size: int, span_id: int, parent_id: in
     if fmt == JAEGER:
         parent = b"%016x" % parent_id if parent_id is not None else b"0"
         out = [(b"uber-trace-id", b"%s:%016x:%s:%s" % (trace, span_id, parent, b"01" if sampled else b"00"))]
-        for key, value in baggage or ():
-            out.append((_BAGGAGE + key, quote_from_bytes(value, safe="-._~").encode()))
+        return _with_baggage(out, _BAGGAGE, baggage)
+    if fmt == OT:
+        out = [(b"ot-tracer-traceid", trace), (b"ot-tracer-spanid", b"%016x" % span_id)]
+        if sampled is not None:
+            out.append((b"ot-tracer-sampled", b"1" if sampled else b"0"))
+        return _with_baggage(out, _OT_BAGGAGE, baggage)
+    if fmt == AWS:
+        return [(b"x-amzn-trace-id", b"Root=1-%s-%s;Parent=%016x;Sampled=%s" % (trace[:8], trace[8:], span_id,
+                                                                               b"1" if sampled else b"0"))]
+    if fmt == GCP:
+        return [(b"x-cloud-trace-context", b"%s/%d;o=%s" % (trace, span_id, b"1" if sampled else b"0"))]
+    if fmt == INSTANA:
+        out = [(b"x-instana-t", trace), (b"x-instana-s", b"%016x" % span_id)]
+        if sampled is not None:
+            out.append((b"x-instana-l", b"1" if sampled else b"0"))
         return out
     raise ValueError(f"unknown trace header format {fmt!r}")
+
+
+def _with_baggage(out: Headers, prefix: bytes, baggage: list[tuple[bytes, bytes]] | None) -> Headers:
+    """`out` with a `prefix`<key> header per baggage item, its value escaped as ngx.escape_uri does."""
+    for key, value in baggage or ():
+        out.append((prefix + key, quote_from_bytes(value, safe="-._~").encode()))
+    return out

@@ -17,7 +17,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from plugins.plugin_helpers import plugin, refused
 
+from gateway.policies.opentelemetry.handler import resolve_propagation
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
+from gateway.telemetry.propagation import LEGACY_EXTRACT
 
 TIMEOUT = 10
 TID16 = "0af7651916cd43dd8448eb211c80319c"
@@ -264,12 +266,14 @@ def test_otel_resource_attribute_templates_are_refused():
     assert "plugins[0].config.resource_attributes: foo: templates ($(...)) are not rendered by the gateway" in message
 
 
-@pytest.mark.parametrize("config", [{"header_type": "instana"}, {"propagation": {"extract": ["w3c", "instana"]}},
-                                    {"propagation": {"inject": ["instana"]}},
-                                    {"propagation": {"default_format": "instana"}}])
-def test_otel_instana_is_named_as_a_format_the_gateway_does_not_support(config):
+@pytest.mark.parametrize(("config", "resolved"), [
+    ({"header_type": "instana"}, (LEGACY_EXTRACT, ("preserve", "instana"), frozenset(), "w3c")),
+    ({"propagation": {"extract": ["w3c", "instana"]}}, (("w3c", "instana"), (), frozenset(), "w3c")),
+    ({"propagation": {"inject": ["instana"]}}, ((), ("instana",), frozenset(), "w3c")),
+    ({"propagation": {"extract": [], "default_format": "instana"}}, ((), (), frozenset(), "instana"))])
+def test_otel_instana_is_taken_wherever_a_format_is_named(config, resolved):
     """Kong's opentelemetry schema and typedefs.propagation accept instana (03-propagation_spec's instana routes)."""
-    assert "the instana trace header format is not supported by the gateway" in _refused(**config)
+    assert resolve_propagation(_config(**config)) == resolved
 
 
 def test_otel_batch_span_count_other_than_200_wins_over_the_queue():

@@ -286,12 +286,8 @@ def test_defaults_are_kongs():
     ({"static_tags": [{"name": "foo", "value": "bar"}, {"name": "foo", "value": "baz"}]},
      "config.static_tags: repeated tags are not allowed: foo"),  # schema_spec "rejects repeated tags"
     ({"static_tags": [{"name": "lc", "value": "x"}]}, "config.static_tags[0].name: must not be one of: error, "),
-    ({"header_type": "datadog"}, "config.header_type: the datadog trace header format is not supported by the "
-                                 "gateway; use one of preserve, ignore, w3c, b3, b3-single, jaeger"),
-    ({"default_header_type": "instana"}, "config.default_header_type: the instana trace header format is not "),
-    ({"propagation": {"extract": ["b3", "ot"]}}, "config.propagation.extract[1]: the ot trace header format is not "),
-    ({"propagation": {"inject": ["aws"]}}, "config.propagation.inject[0]: the aws trace header format is not "),
-    ({"propagation": {"default_format": "gcp"}}, "config.propagation.default_format: the gcp trace header format "),
+    ({"propagation": {"inject": ["xray"]}}, "config.propagation.inject[0]: expected one of preserve, w3c, b3, "
+                                            "b3-single, jaeger, ot, datadog, aws, gcp, instana, got 'xray'"),
     ({"propagation": {"extract": ["b3-single"]}}, "config.propagation.extract[0]: b3 reads both b3 forms"),
     ({"http_endpoint": "udp://127.0.0.1:9411"}, "config.http_endpoint: expected an http:// or https:// URL"),
     ({"traceid_byte_count": 12}, "config.traceid_byte_count: expected one of 8, 16, got 12"),
@@ -305,6 +301,21 @@ def test_defaults_are_kongs():
 ])
 def test_config_errors_name_the_field(config, message):
     assert f"plugins[0].{message}" in refused(plugin("zipkin", **config))
+
+
+@pytest.mark.parametrize(("config", "extract_", "inject_", "default"), [
+    ({"header_type": "datadog"}, ALL, ("preserve", "datadog"), "b3"),
+    ({"default_header_type": "instana"}, ALL, ("preserve",), "instana"),
+    ({"propagation": {"extract": ["b3", "ot"]}}, ("b3", "ot"), None, "b3"),
+    ({"propagation": {"inject": ["aws"]}}, None, ("aws",), "b3"),
+    ({"propagation": {"extract": [], "default_format": "gcp"}}, None, None, "gcp"),
+])
+def test_kongs_other_formats_are_taken_wherever_a_format_is_named(config, extract_, inject_, default):
+    """Kong's zipkin schema (header_type, default_header_type) and typedefs.propagation take ot, datadog, aws, gcp
+    and instana as they take w3c, b3 and jaeger."""
+    config = msgspec.convert(config, ZipkinConfig)
+    params = plugin_params(config.propagation, config.header_type, config.default_header_type)
+    assert (params.extract, params.inject, params.default_format) == (extract_, inject_, default)
 
 
 # --- through the gateway --------------------------------------------------------------------------------------------

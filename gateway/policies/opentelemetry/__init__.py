@@ -1,4 +1,4 @@
-"""opentelemetry: Kong's plugin: trace context propagation (w3c, b3, b3-single, jaeger) and, as the gateway's
+"""opentelemetry: Kong's plugin: trace context propagation (all of Kong's formats) and, as the gateway's
 tracing_instrumentations and tracing_sampling_rate (kong.conf's) turn them on, Kong's spans over OTLP/HTTP."""
 
 from __future__ import annotations

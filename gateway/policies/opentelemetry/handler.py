@@ -9,7 +9,7 @@ default) the plugin only propagates: the context carries a span of its own (Kong
 exported) and is never sampled. Otherwise the request's trace is sampled as Kong's tracer decides (a caller that said
 "not sampled" is not; otherwise the trace id against sampling_rate, else tracing_sampling_rate), and the span sent
 upstream is the last balancer try's with the balancer instrumentation, else the request span; so the upstream's
-spans are its children. The extracted trace id's size (64-bit b3 and jaeger), b3's debug flag and jaeger's baggage go
+spans are its children. The extracted trace id's size (e.g. 64-bit b3), b3's debug flag and jaeger's or ot's baggage go
 on as Kong's injectors write them.
 
 A request answered before this step ran (401 from an authentication plugin, 404 no route) has the trace Kong's
@@ -43,14 +43,13 @@ from gateway.telemetry.propagation import (
     Params,
     extract,
     formats_for,
+    formatted_trace_id,
     inject,
-    injected_size,
     plugin_params,
     scan,
 )
 from gateway.telemetry.sender import Endpoint, HttpSender
 from gateway.telemetry.tracing import (
-    B3_SINGLE,
     CLIENT,
     ERROR,
     INTERNAL,
@@ -99,11 +98,7 @@ class Trace:
 
     def serialized(self) -> dict[str, str] | None:
         """Kong's serialized trace_id (propagation.propagate): the trace id as each injected format carried it."""
-        out = {}
-        for fmt in self.formats:
-            width = injected_size(fmt, self.size)
-            out["b3" if fmt == B3_SINGLE else fmt] = f"{self.trace_id & ((1 << (width * 8)) - 1):0{width * 2}x}"
-        return out or None
+        return dict(formatted_trace_id(fmt, self.trace_id, self.size) for fmt in self.formats) or None
 
 
 def resolve_propagation(config: OpenTelemetryConfig) -> tuple[tuple[str, ...], tuple[str, ...], frozenset[bytes],

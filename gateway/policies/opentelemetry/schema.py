@@ -1,28 +1,26 @@
 """Kong's opentelemetry plugin config (kong/plugins/opentelemetry/schema.lua, kong/observability/tracing/
-propagation/schema.lua), with the formats the gateway reads and writes: w3c, b3, b3-single and jaeger."""
+propagation/schema.lua), with all of Kong's trace header formats (gateway.telemetry.propagation)."""
 
 import re
 from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import show
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
+from gateway.telemetry.propagation import KONG_FORMATS
 from gateway.telemetry.sender import Endpoint
-from gateway.telemetry.tracing import FORMATS
 
-_UNSUPPORTED = ("ot", "aws", "gcp", "datadog", "instana")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _TEMPLATE = re.compile(r"\$\(.*\)", re.DOTALL)  # what Kong's param_value (opentelemetry/utils.lua) renders as Lua
 Format = str  # checked in __post_init__, so the message can say which formats exist
 TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)]
 
 
 def _check_format(field: str, value: str, extra: tuple[str, ...] = ()) -> None:
-    if value in FORMATS or value in extra:
+    if value in KONG_FORMATS or value in extra:
         return
-    if value in _UNSUPPORTED:
-        raise ValueError(f"{field}: the {value} trace header format is not supported by the gateway; use one of "
-                         f"{', '.join(FORMATS)}")
-    raise ValueError(f"{field}: expected one of {', '.join(extra + FORMATS)}, got {value!r}")
+    raise ValueError(f"{field}: expected one of {', '.join(extra + KONG_FORMATS)}, got {value!r}")
 
 
 class Propagation(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,14 +32,18 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         for i, fmt in enumerate(self.extract or ()):
             if fmt == "b3-single":
-                raise ValueError(f"propagation.extract[{i}]: b3 reads both b3 forms; b3-single is for inject")
-            _check_format(f"propagation.extract[{i}]", fmt)
+                raise ValueError(f"extract[{i}]: b3 reads both b3 forms; b3-single is for inject")
+            _check_format(f"extract[{i}]", fmt)
         for i, fmt in enumerate(self.inject or ()):
-            _check_format(f"propagation.inject[{i}]", fmt, ("preserve",))
-        _check_format("propagation.default_format", self.default_format)
-        for i, name in enumerate(self.clear or ()):
-            if not name or any(c in name for c in " :\r\n\t"):
-                raise ValueError(f"propagation.clear[{i}]: invalid header name {name!r}")
+            _check_format(f"inject[{i}]", fmt, ("preserve",))
+        _check_format("default_format", self.default_format)
+        for i, name in enumerate(self.clear or ()):  # typedefs' string, with kong.tools.http.validate_header_name
+            if not name:
+                raise ValueError(f"clear[{i}]: length must be at least 1")
+            if not _HEADER_NAME.fullmatch(name):
+                shown = name if name.isprintable() else show(name)[1:-1]  # control characters escaped
+                raise ValueError(f"clear[{i}]: bad header name '{shown}', allowed characters are A-Z, a-z, 0-9, "
+                                 "'_', and '-'")
 
 
 class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -78,9 +80,6 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
             Endpoint(self.traces_endpoint)
         except ValueError as e:
             raise ValueError(f"traces_endpoint: {e}") from None
-        if self.header_type in _UNSUPPORTED:
-            raise ValueError(f"header_type: the {self.header_type} trace header format is not supported by the "
-                             f"gateway; use one of preserve, ignore, {', '.join(FORMATS)}")
         for name, value in (self.headers or {}).items():
             if not name or any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n\0"):
                 raise ValueError(f"headers: invalid header {name!r}")

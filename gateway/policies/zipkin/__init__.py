@@ -1,4 +1,4 @@
-"""zipkin: Kong's plugin: trace context propagation (w3c, b3, b3-single, jaeger) and Zipkin v2 JSON spans."""
+"""zipkin: Kong's plugin: trace context propagation (all of Kong's formats) and Zipkin v2 JSON spans."""
 
 from __future__ import annotations
 

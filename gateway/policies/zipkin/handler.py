@@ -38,12 +38,12 @@ from gateway.telemetry.propagation import (
     Context,
     extract,
     formats_for,
+    formatted_trace_id,
     inject,
-    injected_size,
     scan,
 )
 from gateway.telemetry.sender import Endpoint, HttpSender
-from gateway.telemetry.tracing import B3_SINGLE, SpanReport, new_span_id, new_trace_id
+from gateway.telemetry.tracing import SpanReport, new_span_id, new_trace_id
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -88,11 +88,7 @@ class Trace:
 
     def serialized(self) -> dict[str, str] | None:
         """Kong's serialized trace_id (propagation.propagate): the trace id as each injected format carried it."""
-        out = {}
-        for fmt in self.formats:
-            width = injected_size(fmt, self.inject_size)
-            out["b3" if fmt == B3_SINGLE else fmt] = f"{self.trace_id & ((1 << (width * 8)) - 1):0{width * 2}x}"
-        return out or None
+        return dict(formatted_trace_id(fmt, self.trace_id, self.inject_size) for fmt in self.formats) or None
 
 
 class Zipkin:

@@ -1,6 +1,5 @@
 """Kong's zipkin plugin config (kong/plugins/zipkin/schema.lua), with Kong's queue (typedefs.queue) and propagation
-(typedefs.propagation, default_format b3). The trace header formats the gateway does not read or write (ot, aws,
-datadog, gcp, instana) are refused wherever they can be named."""
+(typedefs.propagation, default_format b3), all of Kong's trace header formats (gateway.telemetry.propagation)."""
 
 from __future__ import annotations
 
@@ -11,19 +10,12 @@ import msgspec
 from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs
 from gateway.telemetry.batch import QueueConfig
 from gateway.telemetry.sender import Endpoint
-from gateway.telemetry.tracing import FORMATS
 
-UNSUPPORTED_FORMATS = ("ot", "aws", "datadog", "gcp", "instana")
 # Tags the plugin sets itself: a static tag may not take their names (Kong's PROTECTED_TAGS)
 PROTECTED_TAGS = ("error", "http.method", "http.path", "http.status_code", "kong.balancer.state", "kong.balancer.try",
                   "kong.consumer", "kong.credential", "kong.node.id", "kong.route", "kong.service", "lc",
                   "peer.hostname")
 _HEADER_CHARS = frozenset(" :\r\n\t\0")
-
-
-def unsupported_format(field: str, value: str, extra: tuple[str, ...] = ()) -> ValueError:
-    return ValueError(f"{field}: the {value} trace header format is not supported by the gateway; use one of "
-                      f"{', '.join(extra + FORMATS)}")
 
 
 class StaticTag(msgspec.Struct, forbid_unknown_fields=True):
@@ -39,18 +31,6 @@ class ZipkinPropagation(Propagation, forbid_unknown_fields=True):
     """Kong's typedefs.propagation as the zipkin schema defaults it (default_format b3)."""
 
     default_format: str = "b3"
-
-    def __post_init__(self) -> None:
-        for field, values in (("extract", self.extract), ("inject", self.inject)):
-            for i, fmt in enumerate(values or ()):
-                if fmt in UNSUPPORTED_FORMATS:
-                    raise unsupported_format(f"{field}[{i}]", fmt)
-        if self.default_format in UNSUPPORTED_FORMATS:
-            raise unsupported_format("default_format", self.default_format)
-        try:
-            super().__post_init__()
-        except ValueError as e:  # "propagation.extract[0]: ..." -> "extract[0]: ...": the loader names the path
-            raise ValueError(str(e).removeprefix("propagation.")) from None
 
 
 class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -81,10 +61,6 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
                 Endpoint(self.http_endpoint)
             except ValueError as e:
                 raise ValueError(f"http_endpoint: {e}") from None
-        if self.header_type in UNSUPPORTED_FORMATS:
-            raise unsupported_format("header_type", self.header_type, ("preserve", "ignore"))
-        if self.default_header_type in UNSUPPORTED_FORMATS:
-            raise unsupported_format("default_header_type", self.default_header_type)
         seen: set[str] = set()
         for tag in self.static_tags or ():
             if tag.name in seen:
