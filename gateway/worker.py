@@ -18,6 +18,7 @@ import zmq
 
 from gateway.config import Config, load_config, parse_host_port
 from gateway.config.tls import listen_flags
+from gateway.dns import process as dns
 from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.kong_errors import ERROR_DEFAULT_TYPES, templates_of
 from gateway.http.kong_headers import KongHeaders, enabled
@@ -95,7 +96,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     ctx = zmq.Context() if bus is not None else None
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
+            async with dns.serving(gw), trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(forwarder.keepalives.run_forever)

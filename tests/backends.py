@@ -542,26 +542,9 @@ class EndlessSse(_Backend):
         self.closed_at = trio.current_time()
 
 
-class Names:
-    """A resolver for the test's names (anything else: no such name)."""
-
-    def __init__(self, names: dict[str, list[str]]) -> None:
-        self.names = names
-
-    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in self.names:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
-                 (a, int(port))) for a in self.names[name]]
-
-    async def getnameinfo(self, sockaddr, flags):  # noqa: ANN001, ANN201
-        raise NotImplementedError
-
-
 async def serve_on_addresses(nursery: trio.Nursery, addresses: list[str], make: Any) -> tuple[int, list[Any]]:
     """One backend (`make(address)`, named after it) on each loopback address, all on the same port: the addresses
-    of one name (see Names)."""
+    of one name (see dns_server.Names)."""
     port = free_port()
     backends = []
     for address in addresses:

@@ -4,28 +4,32 @@ spec/02-integration/05-proxy/ (05-dns_spec, 09-websockets_spec) and the Kong sou
 kong/init.lua; nginx's ngx_http_upstream_process_upgraded, which relays Kong's upgraded connections), once per codec
 where a gateway runs.
 
-Names are resolved by a Trio custom resolver (tests/backends.py Names), so a test decides what a name's addresses
-are, and how a name fails. The tests marked xfail need changes outside the files this audit could change (or to a
-behaviour the README documents): each states Kong's behaviour and turns into a failure (strict) once the change is
-made."""
+Names are resolved by the gateway's DNS client from a DNS server of the test (tests/dns_server.py Names), so a test
+decides what a name's addresses are, and how a name fails. The tests marked xfail need changes outside the files
+this audit could change (or to a behaviour the README documents): each states Kong's behaviour and turns into a
+failure (strict) once the change is made."""
 
 from __future__ import annotations
 
 import base64
 import os
-import socket
 import struct
+from typing import Any
 
 import pytest
 import trio
-from backends import EchoBackend, Names, free_port, request, serve_on_addresses, service
+from backends import EchoBackend, free_port, request, serve_on_addresses, service
+from dns_server import Names, serve_names
 from test_websocket import CLOSE, TEXT, accept_for, frame, handshake, parse_frames, read_eof, read_frames, read_head
 from tls_helpers import Pki
 
 from gateway import worker
 from gateway.bus import protocol as p
+from gateway.config.schema import GatewaySettings
+from gateway.discovery import dns as discovery_dns
 from gateway.discovery.dns import run_dns
 from gateway.discovery.types import TargetInfo
+from gateway.dns.process import serving
 from gateway.http.kong_errors import NO_PEER
 
 TIMEOUT = 10
@@ -60,35 +64,29 @@ async def test_dns_spec_retries_a_server_that_closes_each_connection_is_502_afte
     assert len(accepted) == 4
 
 
-class CountingNames(Names):
-    """Names that counts its look-ups, and answers `failure` (a getaddrinfo error code) for unknown names."""
-
-    def __init__(self, names: dict[str, list[str]], failure: int = socket.EAI_NONAME) -> None:
-        super().__init__(names)
-        self.failure = failure
-        self.lookups = 0
-
-    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
-        self.lookups += 1
-        name = host.decode() if isinstance(host, bytes) else host
-        if name not in self.names and self.failure != socket.EAI_NONAME:
-            raise socket.gaierror(self.failure, "Temporary failure in name resolution")
-        return await super().getaddrinfo(host, port, family, type, proto, flags)
-
-
-async def _unresolvable_service(gateway, failure: int = socket.EAI_NONAME) -> tuple[int, CountingNames]:  # noqa: ANN001
-    names = CountingNames({}, failure)
-    trio.socket.set_custom_hostname_resolver(names)
-    gw = await gateway({"services": [service("tests-retries", "http://nowthisdoesnotexistatall.test:80/exist",
-                                             [{"hosts": ["retries.test"], "protocols": ["http"]}])]})
+async def _unresolvable_service(nursery, gateway, empty: bool = False, failing: bool = False) -> tuple[int, Names]:  # noqa: ANN001
+    """A service whose host the test's DNS server does not know (NXDOMAIN), knows without an address (`empty`) or
+    fails on (`failing`: SERVFAIL)."""
+    names = await serve_names(nursery)
+    host = "nowthisdoesnotexistatall.test"
+    if empty:
+        names.names[host] = []
+    if failing:
+        names.failing.add(host)
+    gw = await gateway({"services": [service("tests-retries", f"http://{host}:80/exist",
+                                             [{"hosts": ["retries.test"], "protocols": ["http"]}])]},
+                       **names.settings)
     return gw, names
 
 
-async def test_dns_spec_upstream_resolve_failure_is_503_name_resolution_failed(gateway):
+ONE_LOOK_UP = 3  # the queries of one look-up of a name without records: SRV, A and CNAME (Kong's dns_order)
+
+
+async def test_dns_spec_upstream_resolve_failure_is_503_name_resolution_failed(nursery, gateway):
     """05-dns_spec "upstream resolve failure": a service whose host does not resolve (and names no upstream) is 503,
     Kong's balancer's kong.response.error(503, "name resolution failed") (kong/runloop/balancer/init.lua execute:
     "3 name error" or "101 empty record received")."""
-    gw, _ = await _unresolvable_service(gateway)
+    gw, _ = await _unresolvable_service(nursery, gateway)
     with trio.fail_after(TIMEOUT):
         reply = await request(gw, "GET", "/", host="retries.test")
     assert reply.status == 503
@@ -96,38 +94,27 @@ async def test_dns_spec_upstream_resolve_failure_is_503_name_resolution_failed(g
     assert reply.json() == {"message": "name resolution failed", "request_id": reply.header("x-kong-request-id")}
 
 
-async def test_a_name_that_does_not_resolve_is_looked_up_once_and_answered_as_kongs_own_response(gateway):
+async def test_a_name_that_does_not_resolve_is_looked_up_once_and_answered_as_kongs_own_response(nursery, gateway):
     """kong/runloop/handler.lua access.after: the first balancer.execute (the name's look-up) runs in the access
     phase; its failure is kong.response.error there, before Kong.access sets KONG_PROXIED: no retries (each of which
     would look the name up again), and the answer is one of Kong's own (X-Kong-Response-Latency; no Via,
     X-Kong-Upstream-Latency or X-Kong-Proxy-Latency, which the header filter gives a proxied request only)."""
-    gw, names = await _unresolvable_service(gateway)
+    gw, names = await _unresolvable_service(nursery, gateway)
     with trio.fail_after(TIMEOUT):
         reply = await request(gw, "GET", "/", host="retries.test")
     assert reply.status == 503
-    assert names.lookups == 1
+    assert names.asked("nowthisdoesnotexistatall.test") == ONE_LOOK_UP
     assert reply.header("x-kong-response-latency") is not None
     assert [reply.header(h) for h in ("via", "x-kong-upstream-latency", "x-kong-proxy-latency")] == [None] * 3
 
 
-async def test_a_resolver_failure_other_than_no_such_name_is_kongs_500(gateway):
+async def test_a_resolver_server_failure_is_kongs_500_with_the_dns_clients_words_looked_up_once(nursery, gateway):
     """kong/runloop/balancer/init.lua execute: a look-up that fails otherwise than "3 name error" or "101 empty
-    record received" (a server failure, a timeout: getaddrinfo's EAI_AGAIN) returns status 500, which
-    kong/runloop/handler.lua balancer_execute words "failed the initial dns/balancer resolve for '<host>' with:
-    <the error>" and answers with kong.response.error."""
-    gw, _ = await _unresolvable_service(gateway, socket.EAI_AGAIN)
-    with trio.fail_after(TIMEOUT):
-        reply = await request(gw, "GET", "/", host="retries.test")
-    assert reply.status == 500
-    assert reply.json()["message"].startswith(
-        "failed the initial dns/balancer resolve for 'nowthisdoesnotexistatall.test' with: ")
-
-
-async def test_a_resolver_server_failure_is_kongs_500_with_the_dns_clients_words_looked_up_once(gateway):
-    """A server failure (getaddrinfo's EAI_AGAIN) is Kong's DNS client's "dns server error: 2 server failure"
-    (kong/resty/dns/client.lua: the rcode and resty.dns.resolver's text for it) in handler.lua balancer_execute's
-    message; answered in the access phase, as a name error is: one look-up, Kong's own answer."""
-    gw, names = await _unresolvable_service(gateway, socket.EAI_AGAIN)
+    record received" returns status 500, which kong/runloop/handler.lua balancer_execute words "failed the initial
+    dns/balancer resolve for '<host>' with: <the error>": a SERVFAIL is Kong's DNS client's "dns server error: 2
+    server failure" (kong/resty/dns/client.lua: the rcode and resty.dns.resolver's text for it). Answered in the
+    access phase, as a name error is: one look-up, Kong's own answer."""
+    gw, names = await _unresolvable_service(nursery, gateway, failing=True)
     with trio.fail_after(TIMEOUT):
         reply = await request(gw, "GET", "/", host="retries.test")
     assert reply.status == 500
@@ -135,20 +122,20 @@ async def test_a_resolver_server_failure_is_kongs_500_with_the_dns_clients_words
     assert reply.json() == {"message": "failed the initial dns/balancer resolve for 'nowthisdoesnotexistatall.test' "
                                        "with: dns server error: 2 server failure",
                             "request_id": reply.header("x-kong-request-id")}
-    assert names.lookups == 1
+    assert names.asked("nowthisdoesnotexistatall.test") == ONE_LOOK_UP
     assert reply.header("x-kong-response-latency") is not None
     assert reply.header("via") is None
 
 
-async def test_an_empty_answer_is_kongs_503_name_resolution_failed(gateway):
-    """A name with no address (getaddrinfo's EAI_NODATA) is Kong's "dns client error: 101 empty record received",
-    which kong/runloop/balancer/init.lua execute answers 503 "name resolution failed" as a name error."""
-    gw, names = await _unresolvable_service(gateway, socket.EAI_NODATA)
+async def test_an_empty_answer_is_kongs_503_name_resolution_failed(nursery, gateway):
+    """A name with no address is Kong's "dns client error: 101 empty record received", which
+    kong/runloop/balancer/init.lua execute answers 503 "name resolution failed" as a name error."""
+    gw, names = await _unresolvable_service(nursery, gateway, empty=True)
     with trio.fail_after(TIMEOUT):
         reply = await request(gw, "GET", "/", host="retries.test")
     assert reply.status == 503
     assert reply.json()["message"] == "name resolution failed"
-    assert names.lookups == 1
+    assert names.asked("nowthisdoesnotexistatall.test") == ONE_LOOK_UP
 
 
 async def test_an_upstream_target_name_resolved_per_connection_that_does_not_resolve_takes_no_try(nursery, gateway):
@@ -156,8 +143,7 @@ async def test_an_upstream_target_name_resolved_per_connection_that_does_not_res
     address is not a try (Kong's balancer gives a name that does not resolve no weight, and never picks it), so with
     retries 0 every request reaches the other target; with no target resolving, Kong's 503 "failure to get a peer
     from the ring-balancer"."""
-    names = CountingNames({"mcp.test": ["127.0.0.2"]})
-    trio.socket.set_custom_hostname_resolver(names)
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
     port, _ = await serve_on_addresses(nursery, ["127.0.0.2"], EchoBackend)
     targets = [{"target": f"gone.test:{port}"}, {"target": f"mcp.test:{port}"}]
     gw = await gateway({"upstreams": [{"name": "up", "targets": targets},
@@ -166,7 +152,7 @@ async def test_an_upstream_target_name_resolved_per_connection_that_does_not_res
                                       {"name": "alone", "targets": [{"target": "gone.test:80"}]}],
                         "services": [service("svc", "http://up", [{"paths": ["/up"]}], retries=0),
                                      service("none", "http://lost", [{"paths": ["/lost"]}]),
-                                     service("one", "http://alone", [{"paths": ["/alone"]}])]})
+                                     service("one", "http://alone", [{"paths": ["/alone"]}])]}, **names.settings)
     with trio.fail_after(TIMEOUT):
         replies = [await request(gw, "GET", "/up?framing=close") for _ in range(4)]
         lost = await request(gw, "GET", "/lost")
@@ -191,19 +177,18 @@ class _Captured(worker.SharedState):
         _Captured.last = self
 
 
-async def _discovered_gateway(nursery, gateway, monkeypatch, targets: list[str], ttl: float = 5.0,  # noqa: ANN001
-                              **fields) -> int:  # noqa: ANN003
-    """A gateway whose upstream `up` has `targets` (host:port), resolved as the discovery service resolves them
-    (gateway.discovery.dns.run_dns, every `ttl` seconds: dns_valid_ttl_s) and handed to the worker as the keeper
-    hands them."""
+async def _discovered_gateway(nursery, gateway, monkeypatch, names: Names, targets: list[str],  # noqa: ANN001
+                              settings: dict[str, Any] | None = None, **fields) -> int:  # noqa: ANN003
+    """A gateway whose upstream `up` has `targets` (host:port), resolved from `names` as the discovery service
+    resolves them (gateway.discovery.dns.run_dns) and handed to the worker as the keeper hands them."""
     monkeypatch.setattr(worker, "SharedState", _Captured)
     gw = await gateway({"upstreams": [{"name": "up", "targets": [{"target": t} for t in targets]}],
-                        "services": [service("svc", "http://up", **fields)]})
+                        "services": [service("svc", "http://up", **fields)]}, **names.settings, **(settings or {}))
     shared = _Captured.last
     assert shared is not None
     infos = [TargetInfo(t.rpartition(":")[0], int(t.rpartition(":")[2])) for t in targets]
     await nursery.start(run_dns, "up", infos, lambda up, found: shared.on_message(
-        p.UpstreamTargets(upstream=up, targets=found)), ttl)
+        p.UpstreamTargets(upstream=up, targets=found)))
     return gw
 
 
@@ -212,8 +197,8 @@ async def test_a_target_name_that_does_not_resolve_gets_no_traffic(nursery, gate
     no address and no weight (balancers.lua addAddress / changeWeight): the balancer never picks it, and the
     upstream's other targets take every request (with retries 0, not one is lost to the name)."""
     port, _ = await serve_on_addresses(nursery, ["127.0.0.2"], EchoBackend)
-    trio.socket.set_custom_hostname_resolver(Names({"mcp.test": ["127.0.0.2"]}))
-    gw = await _discovered_gateway(nursery, gateway, monkeypatch, [f"mcp.test:{port}", f"gone.test:{port}"],
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    gw = await _discovered_gateway(nursery, gateway, monkeypatch, names, [f"mcp.test:{port}", f"gone.test:{port}"],
                                    retries=0)
     with trio.fail_after(TIMEOUT):
         replies = [await request(gw, "GET", "/x") for _ in range(6)]
@@ -225,8 +210,8 @@ async def test_an_upstream_whose_target_names_all_fail_is_503_failure_to_get_a_p
     """kong/runloop/balancer/balancers.lua: with no target resolved, the balancer's total weight is 0, so it is
     unhealthy and getPeer says "Balancer is unhealthy": init.lua execute's 503 "failure to get a peer from the
     ring-balancer" (not "name resolution failed", which is a service host's own look-up)."""
-    trio.socket.set_custom_hostname_resolver(Names({}))
-    gw = await _discovered_gateway(nursery, gateway, monkeypatch, ["gone.test:8080", "lost.test:8080"])
+    names = await serve_names(nursery)
+    gw = await _discovered_gateway(nursery, gateway, monkeypatch, names, ["gone.test:8080", "lost.test:8080"])
     with trio.fail_after(TIMEOUT):
         reply = await request(gw, "GET", "/x")
     assert reply.status == 503
@@ -234,51 +219,36 @@ async def test_an_upstream_whose_target_names_all_fail_is_503_failure_to_get_a_p
 
 
 async def test_a_target_name_that_resolves_later_gets_its_share(nursery, gateway, monkeypatch):
-    """targets.lua: a failed name is queried again (its empty record expires), and once it resolves its addresses
-    are added with the name's weight."""
+    """targets.lua: a failed name is queried again (after REQUERY_INTERVAL, here shortened), and once it resolves
+    its addresses are added with the name's weight."""
+    monkeypatch.setattr(discovery_dns, "REQUERY_S", 0.1)
+    monkeypatch.setattr(discovery_dns, "MIN_RENEW_S", 0.1)
     port, _ = await serve_on_addresses(nursery, ["127.0.0.2", "127.0.0.3"], EchoBackend)
-    names = Names({"mcp.test": ["127.0.0.2"]})
-    trio.socket.set_custom_hostname_resolver(names)
-    gw = await _discovered_gateway(nursery, gateway, monkeypatch, [f"mcp.test:{port}", f"late.test:{port}"],
-                                   ttl=0.1, retries=0)
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    gw = await _discovered_gateway(nursery, gateway, monkeypatch, names, [f"mcp.test:{port}", f"late.test:{port}"],
+                                   {"dns_not_found_ttl_s": 0.1}, retries=0)
     with trio.fail_after(TIMEOUT):
         assert {(await request(gw, "GET", "/x?framing=close")).header("x-backend") for _ in range(4)} == {"127.0.0.2"}
         names.names["late.test"] = ["127.0.0.3"]
-        await trio.sleep(0.3)
+        await trio.sleep(0.5)
         seen = [(await request(gw, "GET", "/x?framing=close")).header("x-backend") for _ in range(4)]
     assert sorted(seen) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
 
 
-class _NoSuchName(Names):
-    """Names whose removed names answer NXDOMAIN (EAI_NONAME) and whose `failing` ones a server failure
-    (EAI_AGAIN)."""
-
-    def __init__(self, names: dict[str, list[str]]) -> None:
-        super().__init__(names)
-        self.failing: set[str] = set()
-
-    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
-        name = host.decode() if isinstance(host, bytes) else host
-        if name in self.failing:
-            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
-        return await super().getaddrinfo(host, port, family, type, proto, flags)
-
-
 async def test_a_target_name_that_stops_existing_loses_its_addresses_but_a_failing_resolver_keeps_them(
-        autojump_clock):
+        nursery, autojump_clock):
     """kong/resty/dns/client.lua cacheinsert: a server failure or an empty answer leaves a stale record with data in
-    place (for up to dns_stale_ttl), but a "3 name error" (NXDOMAIN: getaddrinfo's EAI_NONAME) replaces it, so
-    targets.lua queryDns gets the error and removes the name's addresses at its next query."""
-    names = _NoSuchName({"kept.test": ["127.0.0.2"], "gone.test": ["127.0.0.3"]})
-    trio.socket.set_custom_hostname_resolver(names)
+    place (for up to dns_stale_ttl), but a "3 name error" (NXDOMAIN) replaces it, so targets.lua queryDns gets the
+    error and removes the name's addresses at its next query."""
+    names = await serve_names(nursery, {"kept.test": ["127.0.0.2"], "gone.test": ["127.0.0.3"]}, ttl=5)
     reports: list[list[TargetInfo]] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_dns, "up", [TargetInfo("kept.test", 80), TargetInfo("gone.test", 80)],
-                            lambda _, found: reports.append(found), 5.0)
-        names.failing.add("kept.test")  # its resolver fails: stale data is used
+    async with serving(GatewaySettings(**names.settings)), trio.open_nursery() as inner:
+        await inner.start(run_dns, "up", [TargetInfo("kept.test", 80), TargetInfo("gone.test", 80)],
+                          lambda _, found: reports.append(found))
+        names.failing.add("kept.test")  # its nameserver fails: stale data is used
         del names.names["gone.test"]  # NXDOMAIN: the name is gone
-        await trio.sleep(6)
-        nursery.cancel_scope.cancel()
+        await trio.sleep(12)  # asked again once the records expire (stale, refreshed), then again
+        inner.cancel_scope.cancel()
     assert [t.host for t in reports[-1] if t.weight] == ["127.0.0.2"]
 
 

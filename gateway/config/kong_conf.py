@@ -7,7 +7,7 @@ field", never accepted and ignored.
 - `KONG_CONF`: every other key, with why it is refused: either ours under another name (`listen` for proxy_listen)
   or not built (no database, no Admin API, no hybrid mode, no nginx to inject directives into, no Lua ...).
 - `ACCEPTED`: the few of those whose value may be the one that says what the gateway does anyway (`database: off`,
-  `role: traditional`, `dns_stale_ttl: 3600` ...): that value passes, any other is refused with the key's message.
+  `role: traditional`, `new_dns_client: off` ...): that value passes, any other is refused with the key's message.
 - Families by prefix (`nginx_*`, `pg_*`, `cluster_*`, `admin_*` ...) cover Kong's keys that kong.conf.default does
   not list, such as the nginx directives any `nginx_<block>_<directive>` injects.
 
@@ -47,9 +47,8 @@ _STREAM = "stream (TCP, TLS and UDP) proxying is not built: the gateway proxies 
 _NGINX = "nginx directives cannot be injected: the gateway is not nginx"
 _LUA = "the gateway runs no Lua"
 _WASM = "WebAssembly filters and filter chains are not built"
-_DNS = ("the gateway resolves names with the system resolver (getaddrinfo: /etc/resolv.conf, /etc/hosts), not "
-        "with Kong's DNS client, and keeps no DNS cache of its own")
-_NEW_DNS = f"Kong's new DNS client (new_dns_client) is not built: {_DNS}"
+_NEW_DNS = ("Kong's new DNS client (new_dns_client) is not built: the gateway's DNS client is Kong's default one, "
+            "set by the dns_* keys (dns_resolver, dns_hostsfile, dns_order, dns_valid_ttl, ...)")
 _DEBUG = "Kong's debug listener (debug_listen) is not built"
 _PLUGINSERVER = ("external plugin servers (plugins written in Go, JavaScript or Python) are not built: the plugins "
                  "are those the gateway builds (README's Plugins)")
@@ -200,32 +199,12 @@ KONG_CONF: dict[str, str] = {
     "db_cache_warmup_entities": _not("the entities loaded into the cache at start", f"{_CACHE} (all of it is "
                                                                                     "loaded at start)"),
     # DNS RESOLVER
-    "dns_resolver": _not("the nameservers of Kong's DNS client", f"{_DNS}; name the nameservers in "
-                                                                 "/etc/resolv.conf"),
-    "dns_hostsfile": _not("the hosts file of Kong's DNS client", f"{_DNS}; the system's hosts file is "
-                                                                 "/etc/hosts"),
-    "dns_order": _not("the order of the DNS record types Kong asks for", f"{_DNS}: a name's IPv4 addresses are used "
-                                                                        "when it has any (A before AAAA, as Kong "
-                                                                        "asks), and SRV records are not looked up"),
-    "dns_valid_ttl": _ours("dns_valid_ttl_s", "`dns_valid_ttl_s: 30`: how often an upstream's target names are "
-                                              "resolved again (default 5: the system resolver gives no record "
-                                              "TTL); a service's own host is resolved for each new connection"),
-    "dns_stale_ttl": _not("how long a DNS record is used past its TTL", f"{_DNS}; a target name the resolver fails "
-                                                                        "on keeps its last addresses for 3600 "
-                                                                        "seconds, Kong's default, which cannot be "
-                                                                        "changed"),
-    "dns_cache_size": _not("the size of Kong's DNS cache", _DNS),
-    "dns_not_found_ttl": _not("how long Kong caches a name error", f"{_DNS}; a name that does not exist loses its "
-                                                                   "addresses at once"),
-    "dns_error_ttl": _not("how long Kong caches a DNS error", _DNS),
-    "dns_no_sync": _not("whether concurrent DNS queries for a name are merged", _DNS),
-    "new_dns_client": _not("Kong's new DNS client", _DNS),
-    "resolver_address": _not("the new DNS client's nameservers", f"{_NEW_DNS}; name the nameservers in "
-                                                                 "/etc/resolv.conf"),
-    "resolver_hosts_file": _not("the new DNS client's hosts file", _NEW_DNS),
+    "new_dns_client": _not("Kong's new DNS client", _NEW_DNS),
+    "resolver_address": _not("the new DNS client's nameservers", f"{_NEW_DNS}; dns_resolver names the "
+                                                                 "nameservers"),
+    "resolver_hosts_file": _not("the new DNS client's hosts file", f"{_NEW_DNS}; dns_hostsfile is the hosts file"),
     "resolver_family": _not("the record types the new DNS client asks for", _NEW_DNS),
-    "resolver_valid_ttl": _not("the new DNS client's TTL override", f"{_NEW_DNS}; an upstream's target names are "
-                                                                    "resolved again every `dns_valid_ttl_s`"),
+    "resolver_valid_ttl": _not("the new DNS client's TTL override", f"{_NEW_DNS}; dns_valid_ttl is its TTL override"),
     "resolver_error_ttl": _not("how long the new DNS client caches an error", _NEW_DNS),
     "resolver_stale_ttl": _not("how long the new DNS client uses a record past its TTL", _NEW_DNS),
     "resolver_lru_cache_size": _not("the size of the new DNS client's per-worker cache", _NEW_DNS),
@@ -300,6 +279,10 @@ ALIASES: dict[str, str] = {
     "upstream_keepalive_pool_size": "upstream_keepalive",  # idle connections kept per address, port and SNI; 0: none
     "upstream_keepalive_idle_timeout": "upstream_idle_timeout_s",  # seconds; 0: kept however long idle
     "nginx_http_keepalive_requests": "keepalive_requests",  # nginx's keepalive_requests
+    "dns_valid_ttl": "dns_valid_ttl_s",  # seconds, in place of every record's TTL
+    "dns_stale_ttl": "dns_stale_ttl_s",
+    "dns_not_found_ttl": "dns_not_found_ttl_s",
+    "dns_error_ttl": "dns_error_ttl_s",
     # the nginx directives kong.conf's keys of ours stand for (constants.lua's CONF_PARSERS: real_ip_header and
     # real_ip_recursive are their aliases, ssl_protocols and ssl_session_tickets fill them): given, they are the setting
     "nginx_proxy_real_ip_header": "real_ip_header",
@@ -314,6 +297,9 @@ ALIASES: dict[str, str] = {
 KONG_TYPES: dict[str, str] = {
     **dict.fromkeys(("client_ssl", "ssl_session_tickets", "real_ip_recursive", "nginx_proxy_real_ip_recursive",
                      "nginx_http_ssl_session_tickets"), "boolean"),
+    **dict.fromkeys(("dns_no_sync",), "boolean"),
+    **dict.fromkeys(("dns_valid_ttl", "dns_stale_ttl", "dns_not_found_ttl", "dns_error_ttl", "dns_cache_size"),
+                    "number"),
     **dict.fromkeys(("upstream_keepalive_max_requests", "upstream_keepalive_pool_size",
                      "upstream_keepalive_idle_timeout", "lua_ssl_verify_depth", "tracing_sampling_rate",
                      "opentelemetry_tracing_sampling_rate", "nginx_http_keepalive_requests"), "number"),
@@ -340,7 +326,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "router_flavor": ("traditional_compatible",),  # Kong's default
     "ssl_prefer_server_ciphers": ("on",),  # Kong's default
     "lua_ssl_protocols": ("TLSv1.2 TLSv1.3",),  # Kong's default
-    "dns_stale_ttl": ("3600",),  # Kong's default
+    "new_dns_client": ("off",),  # Kong's default
     "lua_max_req_headers": ("100",),  # Kong's default
     "lua_max_uri_args": ("100",),  # Kong's default
     "lua_max_post_args": ("100",),  # Kong's default

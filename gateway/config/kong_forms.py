@@ -74,7 +74,7 @@ UNSUPPORTED_FIELDS: dict[str, dict[str, str]] = {
                "destinations": f"destinations (stream routes) {_NOT_BUILT}",
                "expression": f"expression routes (router_flavor expressions) {_NOT_BUILT}",
                "priority": f"priority (router_flavor expressions) {_NOT_BUILT}"},
-    "upstreams": {"use_srv_name": f"use_srv_name (DNS SRV targets) {_NOT_BUILT}"},
+    "upstreams": {},
     "consumers": _UNSUPPORTED_NESTED_CREDENTIALS,
     "plugins": {"consumer_group": f"consumer groups {_NOT_BUILT} (Kong Enterprise)",
                 "partials": f"partials {_NOT_BUILT} (Kong Enterprise)",
@@ -86,7 +86,6 @@ for _section in ("services", "routes"):
     UNSUPPORTED_FIELDS[_section]["filter_chains"] = f"filter_chains (WebAssembly) {_NOT_BUILT}"
 for _field in ("sticky_sessions_cookie", "sticky_sessions_cookie_path"):
     UNSUPPORTED_FIELDS["upstreams"][_field] = f"sticky sessions (algorithm sticky-sessions) {_NOT_BUILT}"
-_DEFAULTS_OK = {("upstreams", "use_srv_name"): False}
 _ROUTE_PROTOCOLS = {"http", "https"}
 # Kong's grpc and grpcs services, routes and health checks speak HTTP/2 to the upstream (nginx's grpc_pass)
 GRPC_WHY = "gRPC needs HTTP/2 to the upstream, and the gateway forwards HTTP/1.1"
@@ -182,7 +181,7 @@ def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vault
     for field, why in UNSUPPORTED_FIELDS.get(section, {}).items():
         if field in item:
             value = item.pop(field)
-            if value not in (None, [], {}) and _DEFAULTS_OK.get((section, field), object()) != value:
+            if value not in (None, [], {}):
                 errors.append(f"{path}.{field}: {why}")
     if section == "services" and isinstance(item.get("protocol"), str) and item["protocol"] not in ("http",
                                                                                                     "https"):

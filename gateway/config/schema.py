@@ -6,6 +6,7 @@ fields of our own carry their unit in the name where Kong has no precedent. Unkn
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,7 +16,8 @@ from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, Regi
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 from gateway.config.typedefs import HEADER_NAME, kong_path_problem, sni_problem
-from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
+from gateway.config.units import Seconds, SecondsFromZero, SecondsOrNever, TimeoutMs
+from gateway.dns.sources import parse_nameserver
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.kong_array import kong_array
@@ -71,9 +73,19 @@ class GatewaySettings(Base):
     # needs root (CAP_SYS_RESOURCE) and at most fs.nr_open. Not set: the soft limit is raised to the hard one
     worker_rlimit_nofile: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] | None = None
     upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
-    # kong.conf's dns_valid_ttl: an upstream's target names are resolved again this often, each address a target of
-    # its own (gateway.discovery.dns); Kong's default is each record's TTL, which getaddrinfo does not give
-    dns_valid_ttl_s: Seconds = 5.0
+    # kong.conf's DNS client (gateway.dns): the nameservers ("ip[:port]"; none: /etc/resolv.conf's), the hosts file
+    # read before them, the record types asked for in turn (LAST: the one that last answered the name), how long an
+    # answer is kept (dns_valid_ttl: in place of every record's TTL), used stale while it is asked again, and how long
+    # a name error or another failure is remembered; whether concurrent queries for a name go as one; the cache size
+    dns_resolver: list[str] | str = []  # a list, or kong.conf's comma-separated string (made a list at load)
+    dns_hostsfile: str = "/etc/hosts"
+    dns_order: list[str] | str = msgspec.field(default_factory=lambda: ["LAST", "SRV", "A", "CNAME"])
+    dns_valid_ttl_s: Seconds | None = None
+    dns_stale_ttl_s: SecondsFromZero = 3600.0
+    dns_not_found_ttl_s: SecondsFromZero = 30.0
+    dns_error_ttl_s: SecondsFromZero = 1.0
+    dns_no_sync: bool = False
+    dns_cache_size: PosInt = 10000
     upstream_idle_timeout_s: SecondsOrNever = 60.0  # (0: kept however long idle)
     upstream_keepalive_max_requests: NonNegInt = 10000  # kong.conf's: a connection's last request (0: no limit)
     log_file: str = "run/gateway.log"  # where a daemonised `gateway start` writes its log
@@ -137,6 +149,7 @@ class GatewaySettings(Base):
     def __post_init__(self) -> None:
         if isinstance(self.trusted_ips, str):  # kong.conf's array form: "10.0.0.0/8, 192.168.0.1"
             self.trusted_ips = kong_array(self.trusted_ips)
+        self._check_dns()
         if self.ssl_cipher_suite == "custom" and not self.ssl_ciphers:
             self.ssl_ciphers = NGINX_SSL_CIPHERS  # Kong writes no ssl_ciphers directive then: nginx's default
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
@@ -155,6 +168,26 @@ class GatewaySettings(Base):
         if not 0 < len(self.syslog_socket.encode()) <= MAX_UNIX_PATH:
             raise ValueError(f"syslog_socket: expected the path of a Unix socket, 1 to {MAX_UNIX_PATH} bytes, got "
                              f"{len(self.syslog_socket.encode())} bytes")
+
+    def _check_dns(self) -> None:
+        """kong.conf's dns_* as Kong's conf_loader checks them (kong/conf_loader/parse.lua), in its words."""
+        if isinstance(self.dns_resolver, str):
+            self.dns_resolver = kong_array(self.dns_resolver)
+        if isinstance(self.dns_order, str):
+            self.dns_order = kong_array(self.dns_order)
+        for server in self.dns_resolver:
+            try:
+                parse_nameserver(server)
+            except ValueError:
+                raise ValueError("dns_resolver must be a comma separated list in the form of IPv4/6 or IPv4/6:port, "
+                                 f"got '{server}'") from None
+        if not os.path.isfile(self.dns_hostsfile):
+            raise ValueError(f"dns_hostsfile: file does not exist: {self.dns_hostsfile}")
+        for kind in self.dns_order:
+            if kind.upper() not in ("LAST", "A", "AAAA", "CNAME", "SRV"):
+                raise ValueError(f"dns_order: invalid entry '{kind}'")
+        if not self.dns_order:
+            raise ValueError("dns_order: expected at least one of LAST, SRV, A, AAAA, CNAME")
 
 
 # --- healthchecks (Kong's upstream schema) --------------------------------------------------------------------------
@@ -257,6 +290,7 @@ class Upstream(Base):
     hash_on_uri_capture: str | None = None
     hash_fallback_uri_capture: str | None = None
     host_header: str | None = None
+    use_srv_name: bool = False  # the Host header of an SRV record's addresses: the record's target, not the name
     panic_mode: bool = False  # ours (Envoy's panic): when every target is unhealthy, use them all instead of 503
     healthchecks: Healthchecks = msgspec.field(default_factory=Healthchecks)
     slots: Annotated[int, msgspec.Meta(ge=10, le=65536)] = 10000

@@ -13,3 +13,5 @@ TimeoutMs = Annotated[int, msgspec.Meta(ge=1, le=MAX_TIMEOUT_MS)]
 Seconds = Annotated[float, msgspec.Meta(ge=0.001, le=MAX_TIMEOUT_MS / 1000)]
 # The same, or 0 where 0 means "never" (kong.conf's upstream_keepalive_idle_timeout)
 SecondsOrNever = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_MS / 1000)]
+# The same from 0 (a cache lifetime: 0 keeps nothing past its time)
+SecondsFromZero = Annotated[float, msgspec.Meta(ge=0, le=MAX_TIMEOUT_MS / 1000)]

@@ -1,34 +1,41 @@
-"""Host names among an upstream's configured targets, resolved into one target per address, as Kong's balancer
-resolves them: each address of `name:port` is a target of its own (its own health checks, passive counts, breaker and
-MCP sessions) with the name's weight, and the name as its Host header and TLS name (TargetInfo.hostname). IPv4
-addresses when a name has any, as Kong asks for A records before AAAA.
+"""Host names among an upstream's configured targets, resolved with this process's DNS client (gateway.dns) into
+the targets Kong's balancer makes of them (kong/runloop/balancer/targets.lua, balancers.lua addAddress):
 
-Names are resolved again every `ttl` seconds (kong.conf's dns_valid_ttl: getaddrinfo gives no record TTL). A name
-whose resolver fails (a server failure, no answer in time) or answers no address keeps its last addresses for
-STALE_TTL_S (Kong's dns_stale_ttl default), as Kong's DNS client keeps a stale record through those
-(kong/resty/dns/client.lua cacheinsert); a name that no longer exists (NXDOMAIN: EAI_NONAME) loses them at once, as
-a name error replaces the record there. One without addresses (never resolved, gone, or whose last addresses are
-older) is a target by its name (with itself as hostname), whose health is Kong's dns_error. run_dns reports such a
-name with weight 0, as Kong's balancer has it (kong/runloop/balancer/targets.lua queryDns: a failed query is an
-empty record, so the target has no address and no weight): it takes no request, the upstream's other targets take
-them all, and an upstream none of whose names resolved answers Kong's 503 "failure to get a peer from the
-ring-balancer".
+- A (or AAAA) records: each address of `name:port` is a target of its own (its own health checks, passive counts,
+  breaker and MCP sessions) with the name's weight, and the name as its Host header and TLS name
+  (TargetInfo.hostname).
+- SRV records: those of the lowest priority, each with its own weight (0 counts as 1, Kong's SRV_0_WEIGHT) and its
+  own port (0: the configured one), at the addresses of the record's target; the Host header is the configured
+  name, or the record's target with the upstream's `use_srv_name`.
+- A name without records is a target by its name (with itself as hostname) and weight 0, as Kong's balancer has
+  it (queryDns: a failed query is an empty record, so the target has no address and no weight): it takes no
+  request, the upstream's other targets take them all, its health is Kong's dns_error, and an upstream none of
+  whose names resolved answers Kong's 503 "failure to get a peer from the ring-balancer".
+
+The DNS client keeps a name's last records through a failing server for dns_stale_ttl, and drops them at a name
+error, so a flapping nameserver moves no target. Each name is asked again half a second after its records expire
+(Kong's renewal timer), at least a second apart; one without records after REQUERY_S (Kong's REQUERY_INTERVAL).
 """
 
 from __future__ import annotations
 
 import logging
-import socket
+import math
 
 import trio
 
 from gateway.discovery.types import OnChange, TargetInfo, normalise
-from gateway.http.net import NameNotResolved, addresses_of, is_ip
+from gateway.dns import process as dns
+from gateway.dns.client import TYPE_SRV, DnsError, Record
+from gateway.http.net import is_ip
 
 log = logging.getLogger("gateway.discovery")
 
-RESOLVE_TIMEOUT_S = 2.0  # a name the resolver does not answer for in time keeps its last addresses (or none)
-STALE_TTL_S = 3600.0  # ... for this long after they were last resolved (Kong's dns_stale_ttl default)
+RESOLVE_TIMEOUT_S = 2.0  # a name the resolver does not answer for in time has no records for now
+REQUERY_S = 30.0  # Kong's REQUERY_INTERVAL: a name without records is asked again after this
+RENEW_AFTER_S = 0.5  # Kong's renewal: this long after a name's records expire
+MIN_RENEW_S = 1.0  # Kong's renewal timer runs once a second
+SRV_0_WEIGHT = 1  # an SRV record of weight 0 takes as few requests as can be, not none (Kong's)
 
 
 def has_names(targets: list[TargetInfo]) -> bool:
@@ -50,59 +57,77 @@ def target_names(discovered: dict[str, list[TargetInfo]]) -> tuple[dict[str, str
     return named, unresolved
 
 
-async def resolve_targets(targets: list[TargetInfo], known: dict[str, tuple[list[str], float]]) -> list[TargetInfo]:
-    """`targets` with each name replaced by its addresses (the names looked up at once, each for at most
-    RESOLVE_TIMEOUT_S). `known`: each name's last addresses and when they were resolved, used while it does not
-    resolve, for at most STALE_TTL_S."""
-    found: dict[str, list[str] | None] = {}
+async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False) -> tuple[list[TargetInfo], float]:
+    """(`targets` with each name replaced by the targets its records make, the seconds until a name is due to be
+    asked again). The names are looked up at once, each for at most RESOLVE_TIMEOUT_S."""
+    found: dict[str, tuple[list[TargetInfo], float]] = {}
     async with trio.open_nursery() as nursery:
-        for name, port in {t.host: t.port for t in targets if not is_ip(t.host)}.items():
-            nursery.start_soon(_look_up, name, port, found)
-    now = trio.current_time()
-    for name, addresses in found.items():
-        if addresses is None:
-            known.pop(name, None)
-        else:
-            known[name] = (addresses, now)
+        for t in {t.host: t for t in targets if not is_ip(t.host)}.values():
+            nursery.start_soon(_look_up, t, use_srv_name, found)
     out: list[TargetInfo] = []
+    renew = math.inf
     for t in targets:
-        last = known.get(t.host)
         if is_ip(t.host):
             out.append(t)
-        elif last is not None and now - last[1] <= STALE_TTL_S:
-            out += [TargetInfo(address, t.port, t.weight, t.host) for address in last[0]]
-        else:  # (its own hostname: a name that did not resolve, not a registry's name)
-            out.append(TargetInfo(t.host, t.port, t.weight, t.host))
-    return normalise(out)
+            continue
+        made, due = found.get(t.host, ([], REQUERY_S))
+        renew = min(renew, due)
+        out += made or [TargetInfo(t.host, t.port, 0, t.host)]
+    return normalise(out), max(renew, MIN_RENEW_S)
 
 
-async def _look_up(name: str, port: int, found: dict[str, list[str] | None]) -> None:
-    """Put a name's addresses in `found`, or None when it no longer exists (NXDOMAIN: its last ones are forgotten);
-    nothing when the resolver failed otherwise, or gave no address (they are kept)."""
+async def _look_up(target: TargetInfo, use_srv_name: bool, found: dict[str, tuple[list[TargetInfo], float]]) -> None:
+    """Put in `found` the targets a name's records make and when to ask again; nothing when it has no records (or no
+    answer came in time)."""
     with trio.move_on_after(RESOLVE_TIMEOUT_S):
         try:
-            found[name] = [address for _, address in await addresses_of(name, port)]
-        except NameNotResolved as e:
-            log.debug("%s", e)
-            if e.gai == socket.EAI_NONAME:
-                found[name] = None
+            found[target.host] = await _targets_of(target, use_srv_name)
+        except DnsError as e:
+            log.debug("querying dns for %s failed: %s", target.host, e.message)
         return
-    log.debug("%s: no answer from the resolver within %gs", name, RESOLVE_TIMEOUT_S)
+    log.debug("%s: no answer from the resolver within %gs", target.host, RESOLVE_TIMEOUT_S)
 
 
-async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, ttl: float, *,
+async def _targets_of(target: TargetInfo, use_srv_name: bool) -> tuple[list[TargetInfo], float]:
+    name = target.host
+    records = await dns.resolver().resolve(name)
+    renew = min(r.ttl for r in records) + RENEW_AFTER_S
+    if records[0].type != TYPE_SRV:
+        return [TargetInfo(r.address, target.port, target.weight, name) for r in records], renew
+    top = min(r.priority for r in records)
+    made: list[TargetInfo] = []
+    for r in records:
+        if r.priority == top:
+            addresses, ttl = await _addresses_of(r)
+            renew = min(renew, ttl + RENEW_AFTER_S)
+            made += [TargetInfo(a, r.port or target.port, r.weight or SRV_0_WEIGHT,
+                                r.target if use_srv_name else name) for a in addresses]
+    return made, renew
+
+
+async def _addresses_of(record: Record) -> tuple[list[str], float]:
+    """The addresses of an SRV record's target (none when it has none), and their TTL."""
+    if is_ip(record.target):
+        return [record.target], math.inf
+    try:
+        records = await dns.resolver().resolve(record.target)
+    except DnsError as e:
+        log.debug("querying dns for %s (an SRV target) failed: %s", record.target, e.message)
+        return [], REQUERY_S
+    return [r.address for r in records if r.address], min(r.ttl for r in records)
+
+
+async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, use_srv_name: bool = False, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Report the upstream's targets with their names resolved, then again whenever the addresses change."""
-    known: dict[str, tuple[list[str], float]] = {}
+    """Report the upstream's targets with their names resolved, then again whenever they change."""
     last: list[TargetInfo] | None = None
     started = False
     while True:
-        current = [TargetInfo(t.host, t.port, 0, t.host) if t.hostname == t.host else t
-                   for t in await resolve_targets(targets, known)]  # (a name without an address: no weight)
+        current, renew = await resolve_targets(targets, use_srv_name)
         if current != last:
             on_change(upstream, current)
             last = current
         if not started:
             task_status.started()
             started = True
-        await trio.sleep(ttl)
+        await trio.sleep(renew)

@@ -17,6 +17,7 @@ import h11
 import trio
 
 from gateway.config.errors import show
+from gateway.http.net import open_tcp_stream
 
 MAX_BODY = 64 << 20  # a registry answer larger than this is refused (a broken or hostile peer)
 _RECV = 65536
@@ -129,7 +130,7 @@ class _Conn:
 
 async def _connect(endpoint: Endpoint) -> trio.SocketStream:
     try:
-        return await trio.open_tcp_stream(endpoint.host, endpoint.port)
+        return await open_tcp_stream(endpoint.host, endpoint.port)
     except OSError as e:
         raise TransportError(f"{endpoint}: cannot connect: {e.strerror or e}") from None
 

@@ -80,7 +80,7 @@ async def run_source(upstream: Upstream, config: Config, on_change: OnChange, *,
         targets = config_targets(config, name)
         status.static[name] = len(targets)
         if has_names(targets):
-            await run_dns(name, targets, on_change, config.gateway.dns_valid_ttl_s, task_status=task_status)
+            await run_dns(name, targets, on_change, upstream.use_srv_name, task_status=task_status)
         else:
             await run_static(name, targets, on_change, task_status=task_status)
         return

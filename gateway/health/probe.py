@@ -20,6 +20,7 @@ import trio
 
 from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
+from gateway.http.net import open_tcp_stream
 from gateway.http.tls_contexts import client_context, load_chain
 
 USER_AGENT = "mcp-gateway-healthcheck"
@@ -88,7 +89,7 @@ async def probe(host: str, port: int, policy: ActivePolicy, host_header: str | N
     try:
         try:
             with trio.fail_after(policy.timeout_s):
-                stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+                stream: trio.abc.Stream = await open_tcp_stream(host, port)
         except OSError:
             return Event.TCP_FAILURE
         try:

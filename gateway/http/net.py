@@ -13,6 +13,8 @@ import socket
 
 import trio
 
+from gateway.dns import process as dns
+from gateway.dns.client import DnsError
 from gateway.http.timers import ConnTimer, Phase
 
 RECV_SIZE = 65536
@@ -201,69 +203,45 @@ class Conn:
 
 
 class NameNotResolved(OSError):
-    """A host name with no address: it does not exist, or the resolver failed. `gai`: getaddrinfo's error code
-    (socket.EAI_NONAME: no such name, DNS's NXDOMAIN; EAI_NODATA, or 0 when it gave no address of a usable kind:
-    an empty answer; EAI_AGAIN: the server failed or did not answer in time)."""
+    """A host name with no address to connect to: it does not exist or has no record of the types asked
+    (`not_found`), or the DNS client failed. `reason` is Kong's DNS client's text for it."""
 
-    def __init__(self, host: str, reason: str, gai: int = 0) -> None:
+    def __init__(self, host: str, reason: str, not_found: bool = True) -> None:
         super().__init__(errno.EHOSTUNREACH, f"{host}: {reason}")
         self.reason = reason
-        self.gai = gai
+        self.not_found = not_found
 
     @property
     def kong_error(self) -> str | None:
-        """Kong's DNS client's error for the failure when it is not a name error or an empty answer (those are
-        None: Kong's 503 "name resolution failed"): a server failure (EAI_AGAIN: SERVFAIL, or no answer) is its
-        "dns server error: 2 server failure"; any other, the resolver's own words."""
-        gai = self.gai
-        if gai in _NO_SUCH_NAME:
-            return None
-        if gai == socket.EAI_AGAIN:
-            return "dns server error: 2 server failure"
-        return self.reason
+        """Kong's DNS client's error when it is neither a name error nor an empty answer (those are None: Kong's 503
+        "name resolution failed"), e.g. "dns server error: 2 server failure"."""
+        return None if self.not_found else self.reason
 
 
-_NO_SUCH_NAME = frozenset({0, socket.EAI_NONAME, socket.EAI_NODATA})
-
-
-_turns: dict[str, int] = {}  # per host name: how many connections it has had (its addresses take turns)
-_MAX_TURNS = 4096  # names remembered; past it they start again (discovery may bring new names for ever)
-
-
-async def addresses_of(host: str, port: int) -> list[tuple[socket.AddressFamily, str]]:
-    """The (family, address) pairs of a host name, IPv4 ones when it has any (Kong asks for A records before AAAA),
-    in the resolver's order; NameNotResolved when it has none."""
+async def resolve(host: str, port: int) -> tuple[str, int]:
+    """(address, port) to connect to for a host name, as Kong's balancer has them from its DNS client's toip: the
+    name's records take turns, connection by connection, and an SRV record's port (unless 0) replaces `port`."""
     try:
-        infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise NameNotResolved(host, e.strerror or str(e), e.errno or 0) from None
-    addresses = [(socket.AddressFamily(info[0]), str(info[4][0])) for info in infos]
-    v4 = [a for a in addresses if a[0] == socket.AF_INET]
-    if v4:
-        addresses = v4
-    if not addresses:
-        raise NameNotResolved(host, "no address")
-    return addresses
+        address, srv_port = await dns.resolver().toip(host, port)
+    except DnsError as e:
+        raise NameNotResolved(host, e.message, e.not_found) from None
+    return address, srv_port or port
 
 
-async def resolve(host: str, port: int) -> tuple[socket.AddressFamily, str]:
-    """(family, address) for a connection to `host`: a name's addresses take turns, connection by connection, as
-    Kong's DNS client rotates a name's records (see addresses_of)."""
-    addresses = await addresses_of(host, port)
-    turn = _turns.get(host, 0)
-    if not turn and len(_turns) >= _MAX_TURNS:
-        _turns.clear()
-    _turns[host] = turn + 1
-    return addresses[turn % len(addresses)]
+async def open_tcp_stream(host: str, port: int) -> trio.SocketStream:
+    """trio.open_tcp_stream to a host name resolved by this process's DNS client (see `resolve`), as Kong's
+    patched cosockets resolve theirs: for the gateway's own clients (log senders, health probes, LDAP, JWKS)."""
+    if not is_ip(host.strip("[]")):
+        host, port = await resolve(host, port)
+    return await trio.open_tcp_stream(host, port)
 
 
 async def open_connection(host: str, port: int) -> Conn:
     """Connect a non-blocking TCP socket (IPv4 or IPv6 literal or a name: see `resolve`) with TCP_NODELAY and
     keep-alive."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if not is_ip(host):
-        family, host = await resolve(host, port)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+        host, port = await resolve(host, port)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -14,6 +14,7 @@ import h11
 import trio
 
 from gateway.config.errors import show
+from gateway.http.net import open_tcp_stream
 from gateway.http.tls_contexts import client_context
 
 _RECV = 65536
@@ -63,7 +64,7 @@ async def get(url: Url, *, timeout: float, max_bytes: int, verify: bool = True,
 
 
 async def _get(url: Url, max_bytes: int, verify: bool, accept: str) -> bytes:
-    stream: trio.abc.Stream = await trio.open_tcp_stream(url.host, url.port)
+    stream: trio.abc.Stream = await open_tcp_stream(url.host, url.port)
     if url.tls:
         # verified against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)
         stream = trio.SSLStream(stream, client_context(verify), server_hostname=url.host, https_compatible=True)

@@ -17,6 +17,7 @@ from gateway.bus import protocol as p
 from gateway.bus.channel import KeeperChannel
 from gateway.config import Config, load_config
 from gateway.discovery import run_discovery
+from gateway.dns import process as dns
 from gateway.health.checker import HealthChecker, run_checks, upstreams_from_config
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
@@ -61,7 +62,7 @@ async def _serve_until_sigterm(config: Config, service: Callable[[zmq.Context, t
     ctx = zmq.Context()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
+            async with dns.serving(config.gateway), trio.open_nursery() as nursery:
                 nursery.start_soon(stop_when_orphaned, parent)
                 await service(ctx, nursery)  # type: ignore[misc]
                 ready()

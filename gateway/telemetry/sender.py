@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 import h11
 import trio
 
+from gateway.http.net import open_tcp_stream
 from gateway.http.tls_contexts import client_context
 
 MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) and discarded up to this much
@@ -67,7 +68,7 @@ async def connect(host: str, port: int, *, tls: bool, server_hostname: str | Non
     as Kong's log senders do not); SendError naming `where` when it cannot be had within `timeout` seconds."""
     try:
         with trio.fail_after(timeout):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(host, port)
+            stream: trio.abc.Stream = await open_tcp_stream(host, port)
             if tls:  # verified against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)
                 secure = trio.SSLStream(stream, client_context(verify), server_hostname=server_hostname)
                 await secure.do_handshake()

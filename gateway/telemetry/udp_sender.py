@@ -13,6 +13,7 @@ import socket
 
 import trio
 
+from gateway.http.net import NameNotResolved, is_ip, resolve
 from gateway.telemetry.sender import SendError
 
 MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
@@ -51,14 +52,15 @@ class UdpSender:
             raise SendError(f"{self.where}: sending failed: {e.strerror or e}") from None
 
     async def _connect(self) -> trio.socket.SocketType:
+        host, port = self.host.strip("[]"), self.port
+        if not is_ip(host):
+            try:
+                host, port = await resolve(host, port)
+            except NameNotResolved as e:
+                raise SendError(f"{self.where}: cannot resolve {self.host}: {e.reason}") from None
+        sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            infos = await trio.socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
-        except socket.gaierror as e:
-            raise SendError(f"{self.where}: cannot resolve {self.host}: {e.strerror}") from None
-        family, kind, proto, _, address = infos[0]
-        sock = trio.socket.socket(family, kind, proto)
-        try:
-            await sock.connect(address)
+            await sock.connect((host, port))
         except OSError:
             sock.close()
             raise

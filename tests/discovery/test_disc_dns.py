@@ -1,21 +1,24 @@
 """An upstream's target names resolved into one target per address, as Kong's balancer resolves them
 (gateway.discovery.dns), and what the keeper, the workers and the metrics make of those addresses. Names are resolved
-by a Trio custom resolver, so each test decides what a name's addresses are."""
+by the gateway's DNS client from a DNS server of the test (tests/dns_server.py)."""
 
 from __future__ import annotations
 
-import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
-import pytest
 import trio
-from backends import Names
+from dns_server import Names, serve_names
 
 from gateway.bus import protocol as p
 from gateway.config import parse_config
+from gateway.config.schema import GatewaySettings
 from gateway.discovery import dns
 from gateway.discovery.dns import resolve_targets, run_dns
 from gateway.discovery.service import discovered_upstreams
 from gateway.discovery.types import TargetInfo
+from gateway.dns.process import serving
 from gateway.metrics import KONG_TARGET_HEALTH
 from gateway.node.keeper import Keeper
 from gateway.node.tree import needs_discovery
@@ -34,79 +37,106 @@ def config(targets: str, upstream_extra: str = "", plugins: str = ""):  # noqa: 
         "  - {name: r, service: s, paths: ['/']}\n" + plugins)
 
 
-async def test_a_name_becomes_one_target_per_address_with_its_weight_and_its_name_as_hostname():
-    trio.socket.set_custom_hostname_resolver(Names({"mcp.test": ["127.0.0.2", "127.0.0.3"]}))
-    got = await resolve_targets([TargetInfo("mcp.test", 9000, 7), TargetInfo("127.0.0.9", 9000)], {})
+@asynccontextmanager
+async def resolving(names: Names, **settings: Any) -> AsyncIterator[None]:
+    """This process's DNS client asking the test's server (as a worker's or the discovery process's would)."""
+    async with serving(GatewaySettings(**names.settings, **settings)):
+        yield
+
+
+async def resolved(targets: list[TargetInfo], use_srv_name: bool = False) -> list[TargetInfo]:
+    return (await resolve_targets(targets, use_srv_name))[0]
+
+
+async def test_a_name_becomes_one_target_per_address_with_its_weight_and_its_name_as_hostname(nursery):
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2", "127.0.0.3"]})
+    async with resolving(names):
+        got = await resolved([TargetInfo("mcp.test", 9000, 7), TargetInfo("127.0.0.9", 9000)])
     assert got == [TargetInfo("127.0.0.2", 9000, 7, "mcp.test"), TargetInfo("127.0.0.3", 9000, 7, "mcp.test"),
                    TargetInfo("127.0.0.9", 9000)]
 
 
-async def test_ipv4_addresses_are_the_targets_when_a_name_has_both():
-    trio.socket.set_custom_hostname_resolver(Names({"mcp.test": ["::1", "127.0.0.2"]}))
-    assert await resolve_targets([TargetInfo("mcp.test", 80)], {}) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+async def test_ipv4_addresses_are_the_targets_when_a_name_has_both(nursery):
+    names = await serve_names(nursery, {"mcp.test": ["::1", "127.0.0.2"]})
+    async with resolving(names):
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
 
 
-class FailingNames(Names):
-    """Names whose unknown names fail with getaddrinfo's `failure` (EAI_AGAIN: a server failure or no answer;
-    EAI_NODATA: an empty answer) instead of NXDOMAIN."""
-
-    def __init__(self, names: dict[str, list[str]], failure: int) -> None:
-        super().__init__(names)
-        self.failure = failure
-
-    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
-        if (host.decode() if isinstance(host, bytes) else host) not in self.names:
-            raise socket.gaierror(self.failure, "Temporary failure in name resolution")
-        return await super().getaddrinfo(host, port, family, type, proto, flags)
+async def test_srv_records_of_the_lowest_priority_are_targets_with_their_own_port_and_weight(nursery):
+    """targets.lua update_dns_result: only the top priority's records; balancers.lua addAddress: the record's weight
+    (0 as SRV_0_WEIGHT, 1) and port (0: the target's), the target's name as Host header."""
+    names = await serve_names(nursery, {"a.node": ["127.0.0.2"], "b.node": ["127.0.0.3"], "c.node": ["127.0.0.4"]})
+    names.srv["svc.test"] = [(10, 30, 9001, "a.node"), (10, 0, 0, "b.node"), (20, 50, 9003, "c.node")]
+    async with resolving(names):
+        got = await resolved([TargetInfo("svc.test", 80, 100)])
+    assert got == [TargetInfo("127.0.0.2", 9001, 30, "svc.test"), TargetInfo("127.0.0.3", 80, 1, "svc.test")]
 
 
-@pytest.mark.parametrize("failure", [socket.EAI_AGAIN, socket.EAI_NODATA])
-async def test_a_name_that_stops_resolving_keeps_its_last_addresses_for_kongs_stale_ttl(autojump_clock, failure):
-    """kong/resty/dns/client.lua cacheinsert: a server failure or an empty answer leaves a stale record with data in
-    place, for dns_stale_ttl."""
-    names = FailingNames({"mcp.test": ["127.0.0.2"]}, failure)
-    trio.socket.set_custom_hostname_resolver(names)
-    known: dict[str, tuple[list[str], float]] = {}
-    first = await resolve_targets([TargetInfo("mcp.test", 80)], known)
-    names.names.clear()
-    await trio.sleep(dns.STALE_TTL_S - 1)
-    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == first
-    await trio.sleep(2)
-    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("mcp.test", 80, 100, "mcp.test")]
+async def test_use_srv_name_makes_each_records_target_its_host_header(nursery):
+    names = await serve_names(nursery, {"a.node": ["127.0.0.2"]})
+    names.srv["svc.test"] = [(10, 30, 9001, "a.node")]
+    async with resolving(names):
+        assert await resolved([TargetInfo("svc.test", 80)], use_srv_name=True) == [
+            TargetInfo("127.0.0.2", 9001, 30, "a.node")]
 
 
-async def test_a_name_that_no_longer_exists_loses_its_addresses_at_once(autojump_clock):
-    """kong/resty/dns/client.lua cacheinsert: a "3 name error" (NXDOMAIN, getaddrinfo's EAI_NONAME) replaces the
-    stale record: the name is a target by its name at the next resolution, and one that comes back gets its new
+async def test_a_name_whose_server_fails_keeps_its_addresses_for_kongs_stale_ttl(nursery, autojump_clock):
+    """kong/resty/dns/client.lua: a stale record is answered while it is asked again, and a server failure does not
+    replace it; past dns_stale_ttl it is gone, and the name is a target by its name without weight."""
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=10)
+    async with resolving(names, dns_stale_ttl_s=100):
+        first = await resolved([TargetInfo("mcp.test", 80)])
+        names.failing.add("mcp.test")
+        for _ in range(9):
+            await trio.sleep(10)
+            assert await resolved([TargetInfo("mcp.test", 80)]) == first
+        await trio.sleep(30)
+        await resolved([TargetInfo("mcp.test", 80)])
+        await trio.sleep(1)
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("mcp.test", 80, 0, "mcp.test")]
+
+
+async def test_a_name_that_no_longer_exists_loses_its_addresses_once_asked_again(nursery, autojump_clock):
+    """client.lua cacheinsert: a "3 name error" replaces the stale record; a name that comes back gets its new
     addresses."""
-    names = Names({"mcp.test": ["127.0.0.2"]})
-    trio.socket.set_custom_hostname_resolver(names)
-    known: dict[str, tuple[list[str], float]] = {}
-    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
-    names.names.clear()
-    await trio.sleep(5)
-    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("mcp.test", 80, 100, "mcp.test")]
-    assert "mcp.test" not in known
-    names.names["mcp.test"] = ["127.0.0.3"]
-    assert await resolve_targets([TargetInfo("mcp.test", 80)], known) == [TargetInfo("127.0.0.3", 80, 100, "mcp.test")]
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=10)
+    async with resolving(names):
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+        del names.names["mcp.test"]
+        await trio.sleep(11)
+        await resolved([TargetInfo("mcp.test", 80)])  # the stale answer, while the name is asked again
+        await trio.sleep(1)
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("mcp.test", 80, 0, "mcp.test")]
+        names.names["mcp.test"] = ["127.0.0.3"]
+        await trio.sleep(31)  # Kong's dns_not_found_ttl
+        await resolved([TargetInfo("mcp.test", 80)])  # the name error, stale, while the name is asked again
+        await trio.sleep(1)
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("127.0.0.3", 80, 100, "mcp.test")]
 
 
-async def test_a_name_that_never_resolved_stays_a_target_by_its_name():
-    trio.socket.set_custom_hostname_resolver(Names({}))
-    assert await resolve_targets([TargetInfo("gone.test", 80, 5)], {}) == [TargetInfo("gone.test", 80, 5, "gone.test")]
+async def test_a_name_that_never_resolved_stays_a_target_by_its_name_without_weight(nursery):
+    names = await serve_names(nursery)
+    async with resolving(names):
+        assert await resolved([TargetInfo("gone.test", 80, 5)]) == [TargetInfo("gone.test", 80, 0, "gone.test")]
 
 
-async def test_run_dns_reports_the_first_list_and_then_only_changes(autojump_clock):
-    names = Names({"mcp.test": ["127.0.0.2"]})
-    trio.socket.set_custom_hostname_resolver(names)
+async def test_names_are_asked_again_when_their_records_expire(nursery):
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=7)
+    async with resolving(names):
+        assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == 7.5
+    async with resolving(names, dns_valid_ttl_s=30):
+        assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == 30.5
+
+
+async def test_run_dns_reports_the_first_list_and_then_only_changes(nursery, autojump_clock):
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=5)
     reports: list[list[TargetInfo]] = []
-    async with trio.open_nursery() as nursery:
-        await nursery.start(run_dns, "up", [TargetInfo("mcp.test", 80)], lambda _, targets: reports.append(targets),
-                            5.0)
-        await trio.sleep(12)  # two more resolutions, same answer
+    async with resolving(names), trio.open_nursery() as inner:
+        await inner.start(run_dns, "up", [TargetInfo("mcp.test", 80)], lambda _, targets: reports.append(targets))
+        await trio.sleep(12)  # asked again, same answer
         names.names["mcp.test"] = ["127.0.0.2", "127.0.0.3"]
-        await trio.sleep(5)
-        nursery.cancel_scope.cancel()
+        await trio.sleep(12)  # the stale answer, then the new one
+        inner.cancel_scope.cancel()
     assert reports == [[TargetInfo("127.0.0.2", 80, 100, "mcp.test")],
                        [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.3", 80, 100, "mcp.test")]]
 
@@ -173,15 +203,11 @@ def test_target_health_metrics_label_an_address_with_its_name_and_a_name_without
     assert states[("gone.test:80", "", "healthchecks_off")] == 0
 
 
-async def test_a_resolver_that_does_not_answer_holds_up_no_report_past_its_timeout(autojump_clock):
-    class Silent(Names):
-        async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):  # noqa: ANN001, ANN201, A002
-            if host in ("slow.test", b"slow.test"):
-                await trio.sleep_forever()
-            return await super().getaddrinfo(host, port, family, type, proto, flags)
-
-    trio.socket.set_custom_hostname_resolver(Silent({"mcp.test": ["127.0.0.2"]}))
-    started = trio.current_time()
-    got = await resolve_targets([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)], {})
-    assert trio.current_time() - started == dns.RESOLVE_TIMEOUT_S  # both looked up at once, the silent one bounded
-    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 100, "slow.test")]
+async def test_a_nameserver_that_does_not_answer_holds_up_no_report_past_its_timeout(nursery, autojump_clock):
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    names.silent.add("slow.test")
+    async with resolving(names):
+        started = trio.current_time()
+        got = await resolved([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)])
+        assert trio.current_time() - started == dns.RESOLVE_TIMEOUT_S  # both asked at once, the silent one bounded
+    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]

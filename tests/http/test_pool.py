@@ -5,8 +5,10 @@ from __future__ import annotations
 from functools import partial
 
 import trio
-from backends import Names
+from dns_server import serve_names
 
+from gateway.config.schema import GatewaySettings
+from gateway.dns.process import serving
 from gateway.http.codec_llhttp import LlhttpClient
 from gateway.http.pool import Pool
 from gateway.pipeline.forward import _pool_key
@@ -26,11 +28,12 @@ async def _listener(nursery: trio.Nursery, host: str) -> int:
 async def test_the_sweep_of_a_named_target_closes_its_connections_to_each_address(nursery):
     """An MCP session's requests go to the address of the name they began on; those connections are the name's."""
     port = await _listener(nursery, "127.0.0.2")
-    trio.socket.set_custom_hostname_resolver(Names({"mcp.test": ["127.0.0.2"]}))
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
     named = TargetRuntime("mcp.test", port, 100)
     pool = Pool(LlhttpClient)
     pinned = await pool.connect(_pool_key(named, None, "127.0.0.2"), 5)
-    by_name = await pool.connect(_pool_key(named, None), 5)
+    async with serving(GatewaySettings(**names.settings)):
+        by_name = await pool.connect(_pool_key(named, None), 5)
     pool.put(pinned, 0.0)
     assert pool.close_target("mcp.test", port) == 2
     assert pinned.conn.closed and pool.idle_count() == 0

@@ -70,7 +70,7 @@ def test_every_key_is_ours_an_alias_or_in_the_table():
     assert not (ours & table) and not (aliases & table) and not (OURS & (set(ALIASES) | set(KONG_CONF)))
     assert set(ALIASES.values()) <= OURS
     assert set(ACCEPTED) <= set(KONG_CONF)
-    assert (len(ours), len(aliases), len(table)) == (25, 5, 148)
+    assert (len(ours), len(aliases), len(table)) == (30, 9, 139)
 
 
 PAIRED = {"ssl_cert_key": "ssl_cert"}  # kong/conf_loader/parse.lua: a key alone: "ssl_cert must be specified"
@@ -162,7 +162,7 @@ def test_a_typo_of_ours_is_still_an_unknown_field():
     ("database", False), ("database", "off"), ("role", "traditional"), ("stream_listen", False),
     ("admin_listen", "off"), ("router_flavor", "traditional_compatible"), ("vaults", "bundled"),
     ("vaults", "bundled,env"), ("vaults", ["env"]), ("plugins", "bundled"), ("lua_ssl_protocols", "TLSv1.2 TLSv1.3"),
-    ("lua_ssl_protocols", "TLSv1.3,TLSv1.2"), ("dns_stale_ttl", 3600), ("dns_stale_ttl", "3600"),
+    ("lua_ssl_protocols", "TLSv1.3,TLSv1.2"), ("new_dns_client", False), ("new_dns_client", "off"),
     ("lua_max_uri_args", 100), ("nginx_http_client_max_body_size", 0), ("nginx_http_client_max_body_size", "0m"),
     ("ssl_prefer_server_ciphers", True), ("allow_debug_header", "false"), ("untrusted_lua", False),
 ])
@@ -173,7 +173,7 @@ def test_the_value_that_says_what_the_gateway_does_passes(key: str, value: objec
 @pytest.mark.parametrize(("key", "value"), [
     ("database", "postgres"), ("role", "data_plane"), ("stream_listen", "0.0.0.0:5555"), ("vaults", "off"),
     ("vaults", "bundled,aws"), ("plugins", "bundled,my-plugin"), ("plugins", False), ("lua_ssl_protocols", "TLSv1.3"),
-    ("router_flavor", "expressions"), ("dns_stale_ttl", 60), ("lua_max_uri_args", 500),
+    ("router_flavor", "expressions"), ("new_dns_client", "on"), ("lua_max_uri_args", 500),
     ("nginx_http_client_max_body_size", "10m"), ("ssl_prefer_server_ciphers", False), ("request_debug", True),
 ])
 def test_any_other_value_of_those_keys_is_refused_saying_which_passes(key: str, value: object):
@@ -215,11 +215,11 @@ def test_removed_keys_are_still_refused_with_their_own_message():
 def test_check_config_prints_each_kong_key_on_its_own_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     path = tmp_path / "kong.yml"
     path.write_text("gateway:\n  proxy_listen: 0.0.0.0:8000\n  nginx_worker_processes: auto\n  log_level: notice\n"
-                    "  proxy_access_log: logs/access.log\n  dns_resolver: 8.8.8.8\n  mem_cache_size: 128m\n"
+                    "  proxy_access_log: logs/access.log\n  resolver_address: 8.8.8.8\n  mem_cache_size: 128m\n"
                     "  port_maps: '80:8000'\n  database: off\n")
     assert check_config(str(path)) == 2
     lines = capsys.readouterr().err.splitlines()
     assert [line.split(": ", 2)[1] for line in lines] == [
         "gateway.proxy_listen", "gateway.nginx_worker_processes", "gateway.log_level", "gateway.proxy_access_log",
-        "gateway.dns_resolver", "gateway.mem_cache_size", "gateway.port_maps"]
+        "gateway.resolver_address", "gateway.mem_cache_size", "gateway.port_maps"]
     assert all("unknown field" not in line for line in lines)

@@ -219,9 +219,10 @@ def test_an_empty_hash_query_arg_or_uri_capture_is_refused(field: str):
         f"upstreams[0].{field}: length must be at least 1"]
 
 
-def test_use_srv_name_is_refused_saying_it_is_not_built():
-    assert errors("upstreams: [{name: u, use_srv_name: true}]") == [
-        "upstreams[0].use_srv_name: use_srv_name (DNS SRV targets) is not supported by the gateway"]
+def test_use_srv_name_loads():
+    """upstreams.lua: a boolean, default false (what it does: tests/discovery/test_disc_dns.py)."""
+    (up,) = parse_config("upstreams: [{name: u, use_srv_name: true}]").upstreams
+    assert up.use_srv_name is True
 
 
 # --- targets --------------------------------------------------------------------------------------------------------

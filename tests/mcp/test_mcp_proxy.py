@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from backends import Client, Names, free_port, request, serve_on_addresses
+from backends import Client, free_port, request, serve_on_addresses
+from dns_server import serve_names
 from mcp_helpers import INIT_BODY, JSON_HEADERS, TEST_KEY, FakeMcp, bounded, header, mcp_config, session_keys
 
 from gateway.mcp.sessions import SessionCodec
@@ -325,14 +326,13 @@ async def test_mcp_false_passes_session_ids_through_untouched(gateway, nursery):
 async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(gateway, nursery):
     """A target named by a host name whose addresses take turns (a headless service's pods): each session goes to
     the address it was created on, and a new session goes to the next address."""
-    import trio
-
     addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
-    trio.socket.set_custom_hostname_resolver(Names({"mcp.test": addresses}))
+    names = await serve_names(nursery, {"mcp.test": addresses})
     port, _ = await serve_on_addresses(nursery, addresses, FakeMcp)
     config = mcp_config([port])
     config["upstreams"][0]["targets"] = [{"target": f"mcp.test:{port}"}]
-    gw = await gateway(config, mcp=session_keys(TEST_KEY), upstream_keepalive=0)  # a new connection per request
+    gw = await gateway(config, mcp=session_keys(TEST_KEY), upstream_keepalive=0,  # a new connection per request
+                       **names.settings)
     async with await Client.connect(gw, host="localhost") as client:
         sessions = [await initialize(client) for _ in range(3)]
         assert sorted(name for _, name in sessions) == addresses  # new sessions take turns

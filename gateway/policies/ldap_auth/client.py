@@ -31,6 +31,7 @@ from math import inf
 
 import trio
 
+from gateway.http.net import open_tcp_stream
 from gateway.http.tls_contexts import client_context
 from gateway.policies.ldap_auth.protocol import (
     BIND_RESPONSE,
@@ -229,7 +230,7 @@ async def _connect(server: Server) -> Connection | None:
     fails); Unavailable otherwise."""
     try:
         with trio.fail_after(server.timeout):
-            stream: trio.abc.Stream = await trio.open_tcp_stream(server.host, server.port)
+            stream: trio.abc.Stream = await open_tcp_stream(server.host, server.port)
     except trio.TooSlowError:
         raise Unavailable(f"failed to connect to {server.where}: timeout", remembered=True) from None
     except OSError as e:
