@@ -5,14 +5,20 @@ on real UDP and TCP sockets on 127.0.0.1, and `Names`, a server of a mutable tab
 from __future__ import annotations
 
 import ipaddress
+import shutil
 import socket
 import struct
-from collections.abc import Callable, Sequence
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
-from backends import free_port
+from backends import free_port, stop_process
 
 TYPE_A, TYPE_CNAME, TYPE_AAAA, TYPE_SRV = 1, 5, 28, 33
 
@@ -219,3 +225,45 @@ async def serve_names(nursery: trio.Nursery, names: dict[str, list[str]] | None 
     server = Names(names, ttl)
     await nursery.start(server.serve)
     return server
+
+
+@dataclass
+class Dnsmasq:
+    """A dnsmasq serving on 127.0.0.1:`port`, logging its queries to `log`."""
+
+    port: int
+    log: Path
+
+    def queries(self) -> list[str]:
+        return [line.split("query", 1)[1].strip() for line in self.log.read_text().splitlines()
+                if ": query[" in line]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The gateway settings that make it ask this server."""
+        return {"dns_resolver": [f"127.0.0.1:{self.port}"]}
+
+
+@contextmanager
+def run_dnsmasq(records: list[str], workdir: Path) -> Iterator[Dnsmasq]:
+    """Debian's dnsmasq (dnsmasq-base) answering `records` (its --host-record, --srv-host, --cname options) for the
+    names under .test, nothing else, with a TTL of 7 s; the test is skipped when it is not installed."""
+    binary = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
+    if binary is None:
+        pytest.skip("dnsmasq is not installed (Debian's dnsmasq-base): the tests against a real DNS server need it")
+    log = workdir / "dnsmasq.log"
+    port = free_port()
+    argv = [binary, "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
+            "--no-resolv", "--no-hosts", "--pid-file=", "--conf-file=/dev/null", "--local=/test/",
+            "--local-ttl=7", "--log-queries", "--log-facility=-", *records]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 5
+        while "started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dnsmasq did not start: {log.read_text()[-500:]}")
+            time.sleep(0.02)
+        yield Dnsmasq(port, log)
+    finally:
+        stop_process(proc)

@@ -10,18 +10,14 @@ answers), from a small scripted DNS server on real UDP and TCP sockets. Cache te
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from backends import free_port, stop_process
-from dns_server import Answer, Query, ScriptedDns, a, aaaa, cname, records, reply, srv, start
+from backends import free_port
+from dns_server import Answer, Dnsmasq, Query, ScriptedDns, a, aaaa, cname, records, reply, run_dnsmasq, srv, start
 
 from gateway.dns.client import TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_SRV, DnsError, Resolver, open_resolver
 from gateway.dns.sources import (
@@ -222,16 +218,6 @@ async def test_without_nameservers_a_name_fails_to_resolve() -> None:
 # == against a real dnsmasq ==========================================================================================
 
 
-@dataclass
-class Dnsmasq:
-    port: int
-    log: Path
-
-    def queries(self) -> list[str]:
-        return [line.split("query", 1)[1].strip() for line in self.log.read_text().splitlines()
-                if ": query[" in line]
-
-
 DNSMASQ_RECORDS = [
     "--host-record=web1.test,10.0.0.1,2001:db8::1,60",
     "--host-record=web2.test,10.0.0.2",
@@ -243,25 +229,8 @@ DNSMASQ_RECORDS = [
 
 @pytest.fixture(scope="module")
 def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
-    binary = shutil.which("dnsmasq") or ("/usr/sbin/dnsmasq" if Path("/usr/sbin/dnsmasq").exists() else None)
-    if binary is None:
-        pytest.skip("dnsmasq is not installed (Debian's dnsmasq-base): the tests against a real DNS server need it")
-    log = tmp_path_factory.mktemp("dnsmasq") / "dnsmasq.log"
-    port = free_port()
-    argv = [binary, "--keep-in-foreground", f"--port={port}", "--listen-address=127.0.0.1", "--bind-interfaces",
-            "--no-resolv", "--no-hosts", "--pid-file=", "--conf-file=/dev/null", "--local=/test/",
-            "--local-ttl=7", "--log-queries", "--log-facility=-", *DNSMASQ_RECORDS]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 5
-        while "started" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dnsmasq did not start: {log.read_text()[-500:]}")
-            time.sleep(0.02)
-        yield Dnsmasq(port, log)
-    finally:
-        stop_process(proc)
+    with run_dnsmasq(DNSMASQ_RECORDS, tmp_path_factory.mktemp("dnsmasq")) as server:
+        yield server
 
 
 def on(server: Dnsmasq, **settings: Any) -> Resolver:
