@@ -497,7 +497,7 @@ async def test_zipkin_default_header_type_ot_starts_a_64_bit_ot_trace(nursery, g
 async def test_zipkin_clears_datadogs_headers_after_reading_them(nursery, gateway):
     """propagation.clear: the datadog headers are read, then removed; the context goes on as w3c."""
     names = ["x-datadog-trace-id", "x-datadog-parent-id", "x-datadog-sampling-priority"]
-    config = {"propagation": {"extract": ["datadog"], "inject": ["w3c"], "clear": names}}
+    config = {"propagation": {"extract": ["datadog"], "inject": ["w3c"], "clear": names, "default_format": "w3c"}}
     port, backend, _ = await _start(nursery, gateway, lambda c: _zipkin(None, **config), collector=False)
     assert (await _get(port, **{k.replace("-", "_"): v for k, v in ONLY[DATADOG]})).status == 200
     seen = _upstream(backend)

@@ -268,8 +268,9 @@ def test_otel_resource_attribute_templates_are_refused():
 
 @pytest.mark.parametrize(("config", "resolved"), [
     ({"header_type": "instana"}, (LEGACY_EXTRACT, ("preserve", "instana"), frozenset(), "w3c")),
-    ({"propagation": {"extract": ["w3c", "instana"]}}, (("w3c", "instana"), (), frozenset(), "w3c")),
-    ({"propagation": {"inject": ["instana"]}}, ((), ("instana",), frozenset(), "w3c")),
+    ({"propagation": {"extract": ["w3c", "instana"], "default_format": "w3c"}},
+     (("w3c", "instana"), (), frozenset(), "w3c")),
+    ({"propagation": {"inject": ["instana"], "default_format": "w3c"}}, ((), ("instana",), frozenset(), "w3c")),
     ({"propagation": {"extract": [], "default_format": "instana"}}, ((), (), frozenset(), "instana"))])
 def test_otel_instana_is_taken_wherever_a_format_is_named(config, resolved):
     """Kong's opentelemetry schema and typedefs.propagation accept instana (03-propagation_spec's instana routes)."""

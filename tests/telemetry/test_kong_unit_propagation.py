@@ -6,11 +6,14 @@ gcp, instana) are tested in test_kong_propagation_formats.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 import pytest
 from plugins.plugin_helpers import plugin, refused
 
+from gateway.config import ConfigError, parse_config
+from gateway.runtime import compile_config
 from gateway.telemetry import propagation
 from gateway.telemetry.propagation import (
     B3,
@@ -191,3 +194,13 @@ def test_a_header_name_to_clear_is_checked_as_kongs_validate_header_name(plugin_
     of either case, digits, "_" and "-": the first name passes)."""
     doc = plugin(plugin_name, **config, propagation={"clear": ["X_Trace-Secret", name], "default_format": "w3c"})
     assert f"plugins[0].config.propagation.clear[1]: {message}" in refused(doc)
+
+
+@pytest.mark.parametrize("plugin", ["zipkin", "opentelemetry"])
+def test_a_propagation_block_without_default_format_is_refused(plugin):
+    """kong/observability/tracing/propagation/schema.lua: default_format is required; the plugin's default
+    (typedefs.propagation's record default) applies only when no propagation block is given at all."""
+    with pytest.raises(ConfigError) as info:
+        compile_config(parse_config(json.dumps({"plugins": [{"name": plugin, "config": {
+            "propagation": {"extract": ["w3c"], "inject": ["preserve"]}}}]}), "t.yml"), "t.yml")
+    assert info.value.messages == ["t.yml: plugins[0].config.propagation.default_format: required field missing"]

@@ -80,7 +80,8 @@ def test_opentelemetry_refuses_what_it_does_not_do():
                                      "logs_endpoint: 'http://h/v1/logs'}}]")[0]
     # Kong's other trace header formats are read and written (gateway.telemetry.propagation)
     runtime(f"plugins: [{{name: opentelemetry, config: {{{OTLP}, header_type: datadog}}}}]")
-    runtime(f"plugins: [{{name: opentelemetry, config: {{{OTLP}, propagation: {{inject: [w3c, ot]}}}}}}]")
+    runtime(f"plugins: [{{name: opentelemetry, config: {{{OTLP}, "
+            f"propagation: {{inject: [w3c, ot], default_format: w3c}}}}}}]")
     assert "sampling_rate" in errors(f"plugins: [{{name: opentelemetry, config: {{{OTLP}, sampling_rate: 2}}}}]")[0]
 
 

@@ -45,7 +45,7 @@ def test_header_type_names_an_extra_format_to_inject():
 
 def test_an_explicit_propagation_block_wins_over_header_type():
     config = _otel(header_type="b3", propagation={"extract": ["w3c"], "inject": ["b3-single"],
-                                                  "clear": ["X-Trace-Secret"]})
+                                                  "clear": ["X-Trace-Secret"], "default_format": "w3c"})
     extract_, inject_, clear, default = resolve_propagation(config)
     assert (extract_, inject_, clear, default) == (("w3c",), ("b3-single",), frozenset({b"x-trace-secret"}), "w3c")
 

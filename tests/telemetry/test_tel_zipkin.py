@@ -306,8 +306,8 @@ def test_config_errors_name_the_field(config, message):
 @pytest.mark.parametrize(("config", "extract_", "inject_", "default"), [
     ({"header_type": "datadog"}, ALL, ("preserve", "datadog"), "b3"),
     ({"default_header_type": "instana"}, ALL, ("preserve",), "instana"),
-    ({"propagation": {"extract": ["b3", "ot"]}}, ("b3", "ot"), None, "b3"),
-    ({"propagation": {"inject": ["aws"]}}, None, ("aws",), "b3"),
+    ({"propagation": {"extract": ["b3", "ot"], "default_format": "b3"}}, ("b3", "ot"), None, "b3"),
+    ({"propagation": {"inject": ["aws"], "default_format": "b3"}}, None, ("aws",), "b3"),
     ({"propagation": {"extract": [], "default_format": "gcp"}}, None, None, "gcp"),
 ])
 def test_kongs_other_formats_are_taken_wherever_a_format_is_named(config, extract_, inject_, default):

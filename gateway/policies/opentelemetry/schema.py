@@ -27,7 +27,7 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
     extract: list[str] | None = None  # formats read from requests, the first found wins ([] : none)
     clear: list[str] | None = None  # header names removed from the upstream request after extraction
     inject: list[str] | None = None  # formats written upstream; "preserve": the one extracted (or default_format)
-    default_format: str = "w3c"
+    default_format: str = ""  # required in a propagation given (Kong's schema); the plugin's own without one
 
     def __post_init__(self) -> None:
         for i, fmt in enumerate(self.extract or ()):
@@ -36,7 +36,6 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
             _check_format(f"extract[{i}]", fmt)
         for i, fmt in enumerate(self.inject or ()):
             _check_format(f"inject[{i}]", fmt, ("preserve",))
-        _check_format("default_format", self.default_format)
         for i, name in enumerate(self.clear or ()):  # typedefs' string, with kong.tools.http.validate_header_name
             if not name:
                 raise ValueError(f"clear[{i}]: length must be at least 1")
@@ -44,6 +43,9 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
                 shown = name if name.isprintable() else show(name)[1:-1]  # control characters escaped
                 raise ValueError(f"clear[{i}]: bad header name '{shown}', allowed characters are A-Z, a-z, 0-9, "
                                  "'_', and '-'")
+        if not self.default_format:
+            raise ValueError("default_format: required field missing")
+        _check_format("default_format", self.default_format)
 
 
 class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -62,7 +64,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "gcp",
                          "datadog", "instana"] = "preserve"
     sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # unset: gateway.tracing_sampling_rate
-    propagation: Propagation = msgspec.field(default_factory=Propagation)
+    propagation: Propagation = msgspec.field(default_factory=lambda: Propagation(default_format="w3c"))
 
     def __post_init__(self) -> None:
         if self.endpoint is not None:

@@ -27,12 +27,6 @@ class StaticTag(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"name: must not be one of: {', '.join(PROTECTED_TAGS)}")
 
 
-class ZipkinPropagation(Propagation, forbid_unknown_fields=True):
-    """Kong's typedefs.propagation as the zipkin schema defaults it (default_format b3)."""
-
-    default_format: str = "b3"
-
-
 class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
     local_service_name: str = "kong"  # localEndpoint.serviceName of every span
     http_endpoint: str | None = None  # Zipkin's POST /api/v2/spans; null: headers are propagated, nothing is sent
@@ -53,7 +47,7 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
     http_response_header_for_traceid: str | None = None
     phase_duration_flavor: Literal["annotations", "tags"] = "annotations"
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
-    propagation: ZipkinPropagation = msgspec.field(default_factory=ZipkinPropagation)
+    propagation: Propagation = msgspec.field(default_factory=lambda: Propagation(default_format="b3"))
 
     def __post_init__(self) -> None:
         if self.http_endpoint is not None:
