@@ -57,7 +57,6 @@ from gateway.config.tls import (
     status_options,
 )
 from gateway.config.typedefs import (
-    IP_LIKE,
     header_name_problem,
     hosts_problem,
     kong_address,
@@ -68,6 +67,7 @@ from gateway.config.typedefs import (
     target_problem,
     upstream_name_problem,
     utf8_name_problem,
+    wildcard_host_problem,
 )
 from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
 
@@ -544,14 +544,8 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         errors.append(f"{where}.snis: can only be set when protocols includes https (Kong's rule: a plain HTTP "
                       "request has no SNI)")
     for i, sni in enumerate(route.snis or ()):
-        name = sni.lower().removesuffix(".")
-        if name.count("*") > 1:
-            errors.append(f"{where}.snis[{i}]: only one wildcard must be specified, got {show(sni)}")
-        elif IP_LIKE.fullmatch(name):
-            errors.append(f"{where}.snis[{i}]: must not be an IP (a TLS client sends a server name, never an "
-                          f"address), got {show(sni)}")
-        elif name != "*" and not _SNI.match(name):  # `*` alone (Kong's wildcard_host): any server name
-            errors.append(f'{where}.snis[{i}]: expected a host name, "*.domain", "name.*" or "*", got {show(sni)}')
+        if problem := wildcard_host_problem(sni.removesuffix(".") if sni != "." else sni):
+            errors.append(f"{where}.snis[{i}]: {problem}, got {show(sni)}")
     for i, p in enumerate(route.paths):
         if (problem := router_path_problem(p)) is not None:
             errors.append(f"{where}.paths[{i}]: {problem}")

@@ -206,6 +206,26 @@ def target_problem(target: str) -> str | None:
     return None
 
 
+def wildcard_host_problem(host: str) -> str | None:
+    """typedefs.wildcard_host (routes' snis): a host name with at most one `*`, as its first or last character (a
+    postfix or prefix match: `*foo.test` is any name ending in foo.test, foo.test itself too); not an IP, no port."""
+    at = host.find("*")
+    if at >= 0:
+        if at not in (0, len(host) - 1):
+            return "wildcard must be leftmost or rightmost character"
+        if host.count("*") > 1:
+            return "only one wildcard must be specified"
+        host = host.replace("*", "wildcard")
+    address = kong_address(host)
+    if isinstance(address, str) and address != _BAD_PORT:
+        return f"invalid value: {host}"
+    if isinstance(address, tuple) and address[0] != "name":
+        return "must not be an IP"
+    if address == _BAD_PORT or (isinstance(address, tuple) and address[2] is not None):
+        return "must not have a port"
+    return None
+
+
 def header_name_problem(name: str) -> str | None:
     """typedefs.header_name (kong.tools.http.validate_header_name)."""
     if HEADER_NAME.fullmatch(name):

@@ -184,10 +184,11 @@ def _is_wildcard(host: str) -> bool:
 
 
 def _wildcard(host: str) -> re.Pattern[bytes]:
-    """Kong: "*.example.com" matches any host ending in ".example.com", "example.*" any starting "example."."""
+    """Kong's postfix and prefix matches: "*.example.com" matches any host ending in ".example.com", "example.*"
+    any starting "example.", "*foo.test" (an SNI) foo.test itself too."""
     if host[:1] == "*":
-        return re.compile(rb".+" + re.escape(host[1:].encode()) + rb"\Z")
-    return re.compile(re.escape(host[:-1].encode()) + rb".+\Z")
+        return re.compile(rb".*" + re.escape(host[1:].encode()) + rb"\Z")
+    return re.compile(re.escape(host[:-1].encode()) + rb".*\Z")
 
 
 def split_host_port(host: str) -> tuple[str, int | None]:
@@ -293,8 +294,8 @@ class Router(Generic[T]):
                 continue
             if c.headers and not _headers_match(c.headers, headers):
                 continue
-            if c.exact_snis is not None and sni is not None and not (
-                    sni in c.exact_snis or any(w.match(sni) for w in c.wild_snis)):
+            if c.exact_snis is not None and sni is not None and not (  # (b"": a client that sent no SNI)
+                    sni in c.exact_snis or (sni and any(w.match(sni) for w in c.wild_snis))):
                 continue
             if c.query:
                 if qargs is None:

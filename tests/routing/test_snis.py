@@ -25,6 +25,9 @@ HTTPS_ONLY = {"protocols": ["https"]}
     (["*.api.test"], b"eu.api.test", True),
     (["*.api.test"], b"a.eu.api.test", True),  # Kong's postfix match: any depth
     (["*.api.test"], b"api.test", False),
+    (["*api.test"], b"api.test", True),  # typedefs.wildcard_host: a `*` first or last, not a whole label ...
+    (["*api.test"], b"myapi.test", True),  # ... is a postfix match all the same
+    (["api*"], b"api2.test", True),
     (["api.*"], b"api.internal", True),
     (["api.*"], b"web.internal", False),
     (["api.test"], b"", False),  # a TLS client that sent no SNI matches no route with snis
@@ -79,8 +82,9 @@ def test_snis_need_https_among_the_protocols():
 
 
 def test_an_sni_that_is_not_a_host_name_is_refused():
-    assert refused({"paths": ["/"], "snis": ["a b"]}) == [
-        'services[0].routes[0].snis[0]: expected a host name, "*.domain", "name.*" or "*", got "a b"']
+    assert refused({"paths": ["/"], "snis": ["a b"]}) == ['services[0].routes[0].snis[0]: invalid value: a b, got "a b"']
+    assert refused({"paths": ["/"], "snis": ["a*b.test"]}) == [
+        'services[0].routes[0].snis[0]: wildcard must be leftmost or rightmost character, got "a*b.test"']
     assert refused({"paths": ["/"], "snis": ["*.api.*"]}) == [
         'services[0].routes[0].snis[0]: only one wildcard must be specified, got "*.api.*"']
 
