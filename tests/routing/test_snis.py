@@ -82,7 +82,8 @@ def test_snis_need_https_among_the_protocols():
 
 
 def test_an_sni_that_is_not_a_host_name_is_refused():
-    assert refused({"paths": ["/"], "snis": ["a b"]}) == ['services[0].routes[0].snis[0]: invalid value: a b, got "a b"']
+    assert refused({"paths": ["/"], "snis": ["a b"]}) == [
+        'services[0].routes[0].snis[0]: invalid value: a b, got "a b"']
     assert refused({"paths": ["/"], "snis": ["a*b.test"]}) == [
         'services[0].routes[0].snis[0]: wildcard must be leftmost or rightmost character, got "a*b.test"']
     assert refused({"paths": ["/"], "snis": ["*.api.*"]}) == [
