@@ -12,6 +12,7 @@ Everything is started once for the module and stopped by pid.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -31,6 +32,7 @@ import pytest
 import trio
 from backends import free_port, stop_process, wait_port
 from etcd_server import EtcdProcess, find_etcd
+from loadgen import LOAD_ID, load_body, verdict
 from redis_server import RedisProcess, find_redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +43,6 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.env
 SESSION_KEY = {"id": "k1", "secret": "multi-host-secret-0123456789abcdef"}
 EXACT_LIMIT = 300  # per minute
 OUTAGE_LIMIT = 200  # per minute
-BODY = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami"}}'
 
 
 def host_config(port: int, status_port: int, name: str, etcd: str, redis_port: int, backend: int) -> dict:
@@ -225,27 +226,38 @@ def deployment(tmp_path_factory: pytest.TempPathFactory):
 # ---- load ----------------------------------------------------------------------------------------------------------
 
 
-async def one_post(port: int, path: str, run: str) -> int:
-    """One POST on a new connection (HAProxy picks the host per connection); its status, 0 if the exchange failed."""
+async def one_post(port: int, path: str, run: str) -> int | str:
+    """One POST on a new connection (HAProxy picks the host per connection): its status, or for a 200 that is not
+    this request's answer, whole, how it is not (tests/loadgen.py's verdict); 0 if the exchange failed."""
+    load_id = f"{run}-{next(_POSTS)}"
+    body = load_body(load_id, 300, 256)
     conn = h11.Connection(h11.CLIENT)
     try:
         with trio.fail_after(5):
             async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
                 fields = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json"),
-                          ("content-length", str(len(BODY))), ("connection", "close"), ("x-run", run)]
+                          ("content-length", str(len(body))), ("connection", "close"), ("x-run", run),
+                          (LOAD_ID, load_id)]
                 await stream.send_all(conn.send(h11.Request(method="POST", target=path, headers=fields)) +
-                                      conn.send(h11.Data(data=BODY)) + conn.send(h11.EndOfMessage()))
-                status = 0
+                                      conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+                status, headers, data = 0, [], bytearray()
                 while True:
                     event = conn.next_event()
                     if event is h11.NEED_DATA:
                         conn.receive_data(await stream.receive_some(65536))
                     elif isinstance(event, h11.Response):
-                        status = event.status_code
+                        status, headers = event.status_code, list(event.headers)
+                    elif isinstance(event, h11.Data):
+                        data += event.data
                     elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                        if status == 200:
+                            return verdict(load_id, body, status, headers, bytes(data)) or 200
                         return status
     except (OSError, trio.TooSlowError, trio.BrokenResourceError, h11.ProtocolError):
         return 0
+
+
+_POSTS = itertools.count()
 
 
 async def load(port: int, path: str, run: str, seconds: float, statuses: Counter, clients: int = 4,
