@@ -15,7 +15,7 @@ from gateway.config.consumers import Acl, BasicAuthCredential, HmacAuthCredentia
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
-from gateway.config.typedefs import HEADER_NAME, kong_path_problem, sni_problem
+from gateway.config.typedefs import header_name_problem, kong_path_problem, sni_problem
 from gateway.config.units import Seconds, SecondsFromZero, SecondsOrNever, TimeoutMs
 from gateway.dns.sources import parse_nameserver
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
@@ -229,9 +229,8 @@ class ActiveHealthcheck(Base):
         if self.https_sni is not None and (problem := sni_problem(self.https_sni)):
             raise ValueError(f"https_sni: {problem}")
         for name, values in (self.headers or {}).items():
-            if not HEADER_NAME.fullmatch(name):
-                raise ValueError(f"headers: bad header name '{name}', allowed characters are A-Z, a-z, 0-9, '_', "
-                                 "and '-'")
+            if problem := header_name_problem(name):
+                raise ValueError(f"headers: {problem}")
             if any(c in value for value in values for c in "\r\n\0"):
                 raise ValueError(f"headers.{name}: a value may not hold a line break or NUL")
 

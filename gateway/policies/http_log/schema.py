@@ -1,15 +1,14 @@
 """Kong's http-log plugin config (kong/plugins/http-log/schema.lua), with Kong's queue (typedefs.queue)."""
 
-import re
 from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.typedefs import header_name_problem
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.sender import Endpoint
 
 _FORBIDDEN_HEADERS = {"host": "Host", "content-length": "Content-Length", "content-type": "Content-Type"}
-_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # Kong's typedefs.header_name (kong/tools/http.lua)
 
 
 class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,8 +49,8 @@ def check_header(name: str, value: str) -> None:
     line break or NUL either: it would end the header early."""
     if not name:
         raise ValueError("headers: no header name provided")
-    if _HEADER_NAME.fullmatch(name) is None:
-        raise ValueError(f"headers: bad header name '{name}', allowed characters are A-Z, a-z, 0-9, '_', and '-'")
+    if problem := header_name_problem(name):
+        raise ValueError(f"headers: {problem}")
     if name.lower() in _FORBIDDEN_HEADERS:
         raise ValueError(f"headers: cannot contain '{_FORBIDDEN_HEADERS[name.lower()]}' header")
     if not value:

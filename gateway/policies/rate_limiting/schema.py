@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.config.typedefs import header_name_problem
+
 # Up to 2**53, the largest count a double (Kong's number) holds exactly; the state keeper's counters carry it whole
 MAX_COUNT = 2**53
 Limit = Annotated[float, msgspec.Meta(gt=0, le=MAX_COUNT)]
@@ -22,7 +24,6 @@ Text = Annotated[str, msgspec.Meta(min_length=1)]
 # Kong's typedefs.path (validate_path): RFC 3986 unreserved and reserved characters, "%" only in %XX escapes
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-_HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # kong.tools.http.validate_header_name
 # kong.tools.ip: an IPv4 address with an optional port, and a host name's characters
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(:\d+)?")
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
@@ -104,9 +105,8 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
             raise ValueError("limit_by is header: set header_name")
         if self.limit_by == "path" and not self.path:
             raise ValueError("limit_by is path: set path")
-        if self.header_name is not None and not _HEADER_NAME.fullmatch(self.header_name):
-            raise ValueError(f"header_name: bad header name '{self.header_name}', allowed characters are A-Z, a-z, "
-                             "0-9, '_', and '-'")
+        if self.header_name is not None and (problem := header_name_problem(self.header_name)):
+            raise ValueError(f"header_name: {problem}")
         if self.path is not None:
             check_path(self.path)
         merge_redis_shorthands(self)
