@@ -77,7 +77,18 @@ class Query:
     transport: str
 
 
-Answer = bytes | tuple[str, bytes]  # a datagram from the server's socket, or ("other", datagram) from another one
+@dataclass
+class Stream:
+    """A TCP answer written as is (any length prefix is the script's, true or not), `chunk` bytes at a time with
+    `pause` seconds before each; then the connection is closed. Over UDP, `data` is one datagram."""
+
+    data: bytes
+    chunk: int = 65535
+    pause: float = 0.0
+
+
+# a datagram from the server's socket, ("other", datagram) from another one, or a scripted TCP stream
+Answer = bytes | tuple[str, bytes] | Stream
 
 
 @dataclass
@@ -139,6 +150,8 @@ class ScriptedDns:
         for item in self.answer(query):
             if isinstance(item, tuple):
                 await other.sendto(item[1], peer)
+            elif isinstance(item, Stream):
+                await udp.sendto(item.data, peer)
             else:
                 await udp.sendto(item, peer)
 
@@ -149,12 +162,30 @@ class ScriptedDns:
 
     async def _tcp_conn(self, conn: Any) -> None:
         with conn:
-            size = struct.unpack("!H", await conn.recv(2))[0]
-            query = self.parse(await conn.recv(size), "tcp")
-            self.queries.append(query)
-            for item in self.answer(query)[:1]:
-                data = item[1] if isinstance(item, tuple) else item
-                await conn.send(struct.pack("!H", len(data)) + data)
+            try:
+                head = await conn.recv(2)
+                if len(head) < 2:
+                    return  # the client went away before asking
+                size = struct.unpack("!H", head)[0]
+                query = self.parse(await conn.recv(size), "tcp")
+                self.queries.append(query)
+                for item in self.answer(query)[:1]:
+                    if isinstance(item, Stream):
+                        await self._stream(conn, item)
+                        continue
+                    data = item[1] if isinstance(item, tuple) else item
+                    await conn.send(struct.pack("!H", len(data)) + data)
+            except OSError:
+                pass  # the client closed or reset the connection while we wrote
+
+    @staticmethod
+    async def _stream(conn: Any, item: Stream) -> None:
+        step = max(1, item.chunk)
+        for at in range(0, len(item.data), step):
+            await trio.sleep(item.pause)
+            piece = item.data[at:at + step]
+            while piece:
+                piece = piece[await conn.send(piece):]
 
 
 def records(table: dict[tuple[str, int], list[bytes]], rcode_missing: int = 3) -> Callable[[Query], list[Answer]]:

@@ -8,7 +8,7 @@ non-empty answer wins; a CNAME is followed (its target resolved through the whol
 or an empty answer falls through to the next try; a failure to get any reply (timeout, refused) ends the search at
 once, so that a name whose SRV query timed out is never answered with its A records.
 
-Cache (one LRU of `cache_size` keys: records by "type:name", search results by "type:short:name", the last
+Cache (one LRU of `cache_size` keys: records by "type:name", search results by "short:type:name", the last
 successful type by "name"): records live for their smallest TTL (or `valid_ttl`), name errors and empty answers for
 `not_found_ttl`, other rcodes for `error_ttl`. After that an entry is stale: it is still answered, for `stale_ttl`
 more, while a refresh query runs in the background; only a name error or new records replace a stale record (a
@@ -69,6 +69,7 @@ DEFAULT_ORDER = ("LAST", "SRV", "A", "CNAME")  # kong.conf's dns_order
 DEFAULT_TIMEOUT_S = 2.0  # lua-resty-dns's 2000 ms
 DEFAULT_ATTEMPTS = 5
 HOSTS_TTL = 10 * 365 * 24 * 60 * 60  # hosts file entries and IP literals: 10 years
+MAX_CHAIN = 16  # CNAME and SRV records followed from one name (a reply can hold a chain of thousands)
 
 CLIENT_ERRORS = {100: "cache only lookup failed", 101: "empty record received", 102: "invalid name, bad IPv4",
                  103: "invalid name, bad IPv6"}
@@ -81,7 +82,8 @@ class DnsError(Exception):
     the rcode or client error code behind it (None when no reply came)."""
 
     def __init__(self, name: str, message: str, code: int | None = None) -> None:
-        super().__init__(f"{name}: {message}")
+        # a name from a reply (a CNAME or SRV target) may hold any byte: shown escaped, the text stays one line
+        super().__init__(f"{name if name.isprintable() else ascii(name)[1:-1]}: {message}")
         self.name = name
         self.message = message
         self.code = code
@@ -114,8 +116,7 @@ class _Entry:
     rr_cursor: int = -1
     prio_list: list[int] | None = None
     weight_list: list[int] = field(default_factory=list)
-    rrw_list: list[int] | None = None
-    rrw_pointer: int = 0
+    rrw_left: list[int] | None = None  # per record of prio_list, the turns left in this round
 
 
 @dataclass(eq=False)
@@ -321,7 +322,7 @@ class Resolver:
         for record in reply.answers + reply.additional:
             if record.type == qtype and record.name == check:
                 wanted.append(record)
-            else:
+            elif _is_ip_name(record.name) is None:  # an IP literal answers for itself, never from a reply
                 others.setdefault(f"{record.type}:{record.name}", []).append(record)
         for key, records in others.items():
             self._insert(_Entry(records), key)
@@ -428,9 +429,12 @@ class Resolver:
         self._insert(entry, key)
         return entry
 
-    async def _resolve(self, name: str, qtype: int | None, tried: set[str]) -> _Entry:
+    async def _resolve(self, name: str, qtype: int | None, tried: set[str], depth: int = 0) -> _Entry:
         name = name.lower()
-        short_key = f"{qtype if qtype is not None else 'none'}:short:{name}"
+        if depth > MAX_CHAIN:
+            raise DnsError(name, f"more than {MAX_CHAIN} CNAME or SRV records followed")
+        # not "type:short:name": that is the records key of the name "short:name" (a reply's names may hold colons)
+        short_key = f"short:{qtype if qtype is not None else 'none'}:{name}"
         marker = f"(short){name}:{qtype}"
         short = self._lookup_cache(short_key)
         if short is not None and marker in tried:
@@ -438,7 +442,7 @@ class Resolver:
         tried.add(marker)
         if short is not None and not short.expired:
             if short.records and short.records[0].type == TYPE_CNAME and qtype != TYPE_CNAME:
-                return await self._resolve(short.records[0].cname, None, tried)
+                return await self._resolve(short.records[0].cname, None, tried, depth + 1)
             return short
 
         family = _is_ip_name(name)
@@ -477,39 +481,41 @@ class Resolver:
                 continue
             self._insert(entry, short_key)
             if entry.records[0].type == TYPE_CNAME and qtype != TYPE_CNAME:
-                return await self._resolve(entry.records[0].cname, None, tried)
+                return await self._resolve(entry.records[0].cname, None, tried, depth + 1)
             return entry
         raise DnsError(name, message or "no record types to query", code)
 
-    async def _toip(self, name: str, port: int | None, tried: set[str]) -> tuple[str, int | None]:
-        entry = await self._resolve(name, None, tried)
+    async def _toip(self, name: str, port: int | None, tried: set[str], depth: int = 0) -> tuple[str, int | None]:
+        entry = await self._resolve(name, None, tried, depth)
         if entry.records[0].type == TYPE_SRV:
             record = entry.records[self._pick_weighted(entry)]
-            return await self._toip(record.target, record.port or port, tried)
+            return await self._toip(record.target, record.port or port, tried, depth + 1)
         entry.rr_cursor = (entry.rr_cursor + 1) % len(entry.records)
         return entry.records[entry.rr_cursor].address, port
 
     def _pick_weighted(self, entry: _Entry) -> int:
         """Kong's roundRobinW: the first time the server's first record of the lowest priority, then a weighted
-        random permutation of those records, served to its end before a new one starts."""
+        random permutation of those records (each weight / their gcd times), served to its end before a new one
+        starts. The permutation is drawn as it goes, from the turns each record has left."""
         if entry.prio_list is None:
             top = min(r.priority for r in entry.records)
             entry.prio_list = [i for i, r in enumerate(entry.records) if r.priority == top]
-            entry.weight_list = [entry.records[i].weight or 1 for i in entry.prio_list]
+            divisor = math.gcd(*(entry.records[i].weight or 1 for i in entry.prio_list))
+            entry.weight_list = [(entry.records[i].weight or 1) // divisor for i in entry.prio_list]
+            entry.rrw_left = list(entry.weight_list)
+            entry.rrw_left[0] -= 1  # the first record was served: its turn of the first round is used
             return entry.prio_list[0]
-        if entry.rrw_list is None:
-            weights = entry.weight_list
-            divisor = math.gcd(*weights) if len(weights) > 1 else 1
-            rrw = [idx for idx, weight in zip(entry.prio_list, weights, strict=True) for _ in range(weight // divisor)]
-            rrw[0], rrw[-1] = rrw[-1], rrw[0]  # the first record was served already: it starts in the used part
-            entry.rrw_list = rrw
-            entry.rrw_pointer = len(rrw) - 1 or len(rrw)
-        rrw, pointer = entry.rrw_list, entry.rrw_pointer
-        pick = self.rng.randint(0, pointer - 1)
-        target = rrw[pick]
-        rrw[pick], rrw[pointer - 1] = rrw[pointer - 1], rrw[pick]
-        entry.rrw_pointer = len(rrw) if pointer == 1 else pointer - 1
-        return target
+        left = entry.rrw_left
+        assert left is not None
+        if not any(left):
+            left[:] = entry.weight_list
+        pick = self.rng.randrange(sum(left))
+        at = 0
+        while pick >= left[at]:
+            pick -= left[at]
+            at += 1
+        left[at] -= 1
+        return entry.prio_list[at]
 
     # -- wire ----------------------------------------------------------------------------------------------------
 

@@ -267,7 +267,7 @@ def is_ip(host: str) -> bool:
         try:
             socket.inet_pton(family, host)
             return True
-        except OSError:
+        except (OSError, ValueError):  # (ValueError: a NUL in the text, as a name off the wire may hold)
             pass
     return False
 
