@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import math
 import os
+import signal
 import sys
 
 from gateway import __version__
-from gateway.config import ConfigError
 
+# gateway.config and the rest are imported where used: until then, a Ctrl-C has only a few milliseconds of
+# imports to interrupt outside main()'s handler
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a command that Ctrl-C ended
 
 
 @functools.cache  # built once: the zygote's forked children reuse it (building it costs milliseconds)
@@ -30,7 +34,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     locating, by_pid = _locating(admin=True), _locating(admin=False)
     st = sub.add_parser("stop", parents=[by_pid], help="stop gracefully (workers drain); forced after --timeout")
-    st.add_argument("--timeout", type=float, default=60.0, help="seconds before the stop is forced (default 60)")
+    st.add_argument("--timeout", type=_seconds, default=60.0, help="seconds before the stop is forced (default 60)")
     sub.add_parser("reload", parents=[_locating(True, "the config to reload from, kept for later reloads; without "
                                                       "it, the gateway re-reads the file it runs from")],
                    help="re-read the config (with --config F: switch to F); a bad one is rejected and the running one "
@@ -80,9 +84,22 @@ def _admin_args(words: list[str]) -> dict[str, str]:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
     if value < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}")
     return value
 
 
@@ -95,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's own flush at exit does not fail again
         return EXIT_FAILURE
+    except KeyboardInterrupt:  # Ctrl-C before the command could handle it (while importing, or waiting)
+        print("gateway: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -108,6 +128,8 @@ def _main(argv: list[str] | None) -> int:
         return check_config(args.file or args.config_file)
     if args.command == "run":
         return run(args.config)
+    from gateway.config import ConfigError
+
     try:
         if args.command in CHILD_COMMANDS:
             return _child(args)
@@ -159,10 +181,15 @@ def _child(args: argparse.Namespace) -> int:
 
 def check_config(path: str) -> int:
     """Validate `path` through every stage a start would run; print a summary or every error."""
+    from gateway.config import ConfigError
+    from gateway.node.locate import socket_path_problems
     from gateway.runtime import check_file
 
     try:
         config = check_file(path).config
+        problems = socket_path_problems(path, config.gateway)  # the root could not bind them
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)
@@ -173,6 +200,7 @@ def check_config(path: str) -> int:
 
 
 def run(path: str) -> int:
+    from gateway.config import ConfigError
     from gateway.worker import run_worker
 
     try:

@@ -42,9 +42,12 @@ def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
         if os.path.exists(path):
             os.unlink(path)  # a stale socket file from a previous run
         sock.bind(endpoint)
+        os.chmod(path, 0o600)
+    except BaseException:
+        sock.close()  # (an open socket would hold ctx.term() for ever)
+        raise
     finally:
         os.umask(old)
-    os.chmod(path, 0o600)
     return sock
 
 

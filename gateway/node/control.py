@@ -6,6 +6,7 @@ Where a running gateway is found: see gateway.node.locate (`--pid-file` / `--adm
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -14,13 +15,20 @@ import sys
 import time
 from typing import Any
 
+import zmq
+
 from gateway.bus.admin_client import AdminUnavailable, admin_call
-from gateway.config import ConfigError
-from gateway.node.files import open_log
-from gateway.node.locate import Location, NotRunning, alive, locate
+from gateway.config import ConfigError, parse_host_port
+from gateway.config.schema import GatewaySettings
+from gateway.config.tls import listen_flags, status_options
+from gateway.http.net import bind_listener
+from gateway.node.files import make_run_dir, open_log
+from gateway.node.locate import Location, NotRunning, alive, locate, socket_path_problems
 from gateway.node.locate import running_pid as _running_pid
+from gateway.node.paths import absolute_endpoint
 from gateway.node.root import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, load_validated
 
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a command that Ctrl-C ended
 START_TIMEOUT_S = 60.0
 ADMIN_TIMEOUT_S = 5.0
 RELOAD_TIMEOUT_S = 120.0  # a reload waits for the new generation to accept (worker_start_timeout_s per worker)
@@ -48,10 +56,25 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
 
     from gateway.node.root import Node, StartupError
 
+    pipe = [ready_fd] if ready_fd is not None else []  # to `gateway start`: one line, then closed
+
+    def tell(line: str) -> None:
+        while pipe:
+            fd = pipe.pop()
+            try:
+                os.write(fd, f"{line}\n".encode())
+            except OSError:
+                pass  # `gateway start` stopped waiting
+            finally:
+                os.close(fd)
+
     def ready(info: str) -> None:
-        if ready_fd is not None:
-            os.write(ready_fd, f"ready {info}\n".encode())
-            os.close(ready_fd)
+        tell(f"ready {info}")
+
+    def failed(reason: str, code: int = EXIT_FAILURE) -> int:
+        print(f"gateway: cannot start: {reason}", file=sys.stderr)
+        tell(f"error {reason}")
+        return code
 
     try:
         _, config = load_validated(config_path)
@@ -60,19 +83,71 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
         return EXIT_CONFIG
     pid = running_pid(config.gateway.pid_file)
     if pid is not None and pid != os.getpid():
-        print(f"gateway: already running (pid {pid}, pid file {config.gateway.pid_file})", file=sys.stderr)
-        return EXIT_FAILURE
+        return failed(_already_running(pid, config.gateway.pid_file))
+    problem = startup_problem(config_path, config.gateway)
+    if problem is not None:
+        return failed(*problem)
     node = Node(config_path, workers, ready)
     try:
         return trio.run(node.run)
     except StartupError as e:
-        print(f"gateway: cannot start: {e}", file=sys.stderr)
-        if ready_fd is not None:
+        return failed(str(e))
+    except OSError as e:  # one startup_problem did not foresee (a race, or a file the root writes)
+        return failed(f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e))
+    except BaseException as e:  # Ctrl-C before the gateway handles signals itself: trio.run may wrap it in a group
+        if not isinstance(e, KeyboardInterrupt) and not (isinstance(e, BaseExceptionGroup)
+                                                         and e.split(KeyboardInterrupt)[1] is None):
+            raise
+        return failed("interrupted before it was ready (every process it had started is stopped)",
+                      EXIT_INTERRUPTED)
+
+
+def _already_running(pid: int, pid_file: str) -> str:
+    return (f"already running (pid {pid}, pid file {pid_file}); `gateway stop` it first, or give this one its "
+            "own gateway.pid_file, listen and admin")
+
+
+def startup_problem(config_path: str, gw: GatewaySettings) -> tuple[str, int] | None:
+    """What would stop a start halfway, found before anything is started: (one line naming the file, the setting
+    and what to do; the exit status), or None. The root would otherwise fail deep inside (a traceback in its log,
+    or a zmq context that never terminates)."""
+    too_long = socket_path_problems(config_path, gw)
+    if too_long:
+        return too_long[0], EXIT_CONFIG
+    files = [("pid_file", gw.pid_file),
+             *((key, path[len("ipc://"):]) for key in ("admin", "bus")
+               if (path := absolute_endpoint(getattr(gw, key))).startswith("ipc://"))]
+    for key, path in files:
+        problem = _directory_problem(os.path.dirname(os.path.abspath(path)))
+        if problem is not None:
+            return (f"{config_path}: gateway.{key}: {problem}; make it a directory this user can write to, or "
+                    f"choose another path for gateway.{key}", EXIT_FAILURE)
+    if gw.status_listen:
+        address, flags = listen_flags(gw.status_listen)
+        at = parse_host_port(address, None)
+        if at is not None and at[1]:
+            host, port = at[0], at[1]
             try:
-                os.write(ready_fd, f"error {e}\n".encode())
-            except OSError:
-                pass
-        return EXIT_FAILURE
+                bind_listener(host, port, reuse_port=status_options(flags)[1]).close()
+            except OSError as e:
+                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                todo = "stop what listens there (`ss -ltnp` names it), or " if e.errno == errno.EADDRINUSE else ""
+                return (f"{config_path}: gateway.status_listen: cannot listen on {shown}: {e.strerror or e}; "
+                        f"{todo}change gateway.status_listen", EXIT_FAILURE)
+    return None
+
+
+def _directory_problem(directory: str) -> str | None:
+    """Why the gateway could not create its files in `directory` (created if missing, as the root would), if so."""
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        return f"{directory} is not a directory"
+    try:
+        make_run_dir(directory)
+    except OSError as e:
+        return f"cannot create the directory {directory}: {e.strerror or e}"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"cannot write in the directory {directory} (permission denied)"
+    return None
 
 
 def start_daemon(config_path: str, workers: int | None) -> int:
@@ -85,13 +160,19 @@ def start_daemon(config_path: str, workers: int | None) -> int:
     gw = config.gateway
     pid = running_pid(gw.pid_file)
     if pid is not None:
-        print(f"gateway: already running (pid {pid}, pid file {gw.pid_file})", file=sys.stderr)
+        print(f"gateway: cannot start: {_already_running(pid, gw.pid_file)}", file=sys.stderr)
         return EXIT_FAILURE
+    problem = startup_problem(config_path, gw)
+    if problem is not None:
+        print(f"gateway: cannot start: {problem[0]}", file=sys.stderr)
+        return problem[1]
     try:
         log_fd = open_log(gw.log_file)
     except OSError as e:
-        print(f"gateway: cannot open the log file {gw.log_file}: {e.strerror or e}", file=sys.stderr)
+        print(f"gateway: cannot start: {config_path}: gateway.log_file: cannot open {gw.log_file}: "
+              f"{e.strerror or e}", file=sys.stderr)
         return EXIT_FAILURE
+    log_start = os.fstat(log_fd).st_size
     read_fd, write_fd = os.pipe()
     argv = [sys.executable, "-m", "gateway", "start", "--foreground", "--config", os.path.abspath(config_path),
             "--ready-fd", str(write_fd)]
@@ -101,15 +182,49 @@ def start_daemon(config_path: str, workers: int | None) -> int:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,),
                                 start_new_session=True)
     os.close(write_fd)
-    line = _read_line(read_fd, START_TIMEOUT_S)
+    try:
+        line = _read_line(read_fd, START_TIMEOUT_S)
+    except KeyboardInterrupt:
+        proc.send_signal(signal.SIGINT)  # as Ctrl-C would stop it in the foreground: it cleans up after itself
+        if _reap(proc, FORCED_STOP_WAIT_S) is None:
+            proc.kill()
+            _reap(proc, FORCED_STOP_WAIT_S)
+        print(f"gateway: start interrupted; stopped the gateway that was starting (pid {proc.pid})", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if line.startswith("ready"):
         print(f"gateway started: {line[len('ready '):]}; log: {gw.log_file}")
         return EXIT_OK
-    if proc.poll() is None:
+    status = _reap(proc, 1.0)  # the pipe closed: it exits, or has
+    if line.startswith("error "):
+        reason = line[len("error "):]
+    elif status is not None:
+        last = _last_line(gw.log_file, log_start)
+        reason = f"it exited (status {status}) before it was ready" + (f": {last}" if last else "")
+    else:
         proc.terminate()
-    reason = line[len("error "):] if line.startswith("error ") else f"no readiness within {START_TIMEOUT_S:g}s"
+        _reap(proc, FORCED_STOP_WAIT_S)
+        reason = f"no readiness within {START_TIMEOUT_S:g}s; stopped it"
     print(f"gateway: cannot start: {reason} (see {gw.log_file})", file=sys.stderr)
-    return EXIT_FAILURE
+    return status if status in (EXIT_CONFIG, EXIT_INTERRUPTED) else EXIT_FAILURE
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """Its exit status once it has exited (within `timeout`), else None."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def _last_line(path: str, offset: int) -> str:
+    """The last non-blank line written to the log file after `offset` (for a traceback: the exception)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read()[-8192:].decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def _read_line(fd: int, timeout: float) -> str:
@@ -179,11 +294,20 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
     except NotRunning as e:
         print(f"gateway: {e}", file=sys.stderr)
         return EXIT_FAILURE
+    socket_path = where.admin[len("ipc://"):] if where.admin.startswith("ipc://") else None
+    if socket_path is not None and not os.path.exists(socket_path):  # else the call would wait out its timeout
+        print(f"gateway: pid {pid} is running, but its admin socket {socket_path} does not exist; pass the "
+              f"--admin ipc://PATH it was started with (gateway.admin); see its log ({where.log_file})",
+              file=sys.stderr)
+        return EXIT_FAILURE
     timeout = RELOAD_TIMEOUT_S if cmd == "reload" else ADMIN_TIMEOUT_S
     try:
         reply = admin_call(where.admin, cmd, args, timeout=timeout)
     except AdminUnavailable as e:
         print(f"gateway: pid {pid} is running, but {e}; see its log ({where.log_file})", file=sys.stderr)
+        return EXIT_FAILURE
+    except zmq.ZMQError as e:
+        print(f"gateway: cannot reach the admin endpoint {where.admin}: {e}; it takes ipc://PATH", file=sys.stderr)
         return EXIT_FAILURE
     if not reply.ok:
         print(f"gateway: {cmd} failed: {reply.error}", file=sys.stderr)
@@ -207,6 +331,14 @@ def reload(config_path: str | None, pid_file: str | None = None, endpoint: str |
     """Reload the running gateway: with --config F, from F (which it then keeps: later reloads and SIGHUP re-read F,
     as `kong reload -c` does); without, from the file it was started with or last reloaded from."""
     args = {"config": os.path.abspath(config_path)} if config_path else None
+    if config_path is not None:  # a file that does not check is never reloaded: say so without asking the gateway
+        try:
+            load_validated(config_path)
+        except ConfigError as e:
+            print("\n".join(e.messages), file=sys.stderr)
+            print(f"gateway: not reloaded: {config_path} does not check (a running gateway keeps serving the config "
+                  f"it has); fix it, then reload again", file=sys.stderr)
+            return EXIT_CONFIG
     return admin(config_path, "reload", args, as_json=False, pid_file=pid_file, endpoint=endpoint)
 
 

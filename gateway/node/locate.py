@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import yaml
 
 from gateway.config import ConfigError
-from gateway.config.schema import GatewaySettings
+from gateway.config.schema import MAX_UNIX_PATH, GatewaySettings
 from gateway.node.paths import absolute_endpoint
 
 DEFAULTS = GatewaySettings()
@@ -76,6 +76,25 @@ def _read_gateway_block(path: str) -> tuple[dict[str, str], str | None]:
     count = f"{len(problems)} problem{'s' if len(problems) != 1 else ''}"
     return found, (f"note: {path} is not a valid config ({count}; `gateway check-config {path}` lists them); "
                    "using the pid file and admin endpoint it names")
+
+
+def socket_path_problems(config_path: str, gw: GatewaySettings) -> list[str]:
+    """gateway.admin and gateway.bus ipc:// paths too long for a Unix socket (once made absolute, as the root binds
+    them): one line each, naming the file and the setting, for `check-config` and `start`."""
+    from gateway.bus.protocol import pub_endpoint
+
+    problems = []
+    for key in ("admin", "bus"):
+        endpoint = absolute_endpoint(getattr(gw, key))
+        if not endpoint.startswith("ipc://"):
+            continue
+        paths = [endpoint, absolute_endpoint(pub_endpoint(endpoint))] if key == "bus" else [endpoint]
+        size = max(len(os.fsencode(path[len("ipc://"):])) for path in paths)
+        if size > MAX_UNIX_PATH:
+            problems.append(f"{config_path}: gateway.{key}: the socket path {endpoint[len('ipc://'):]} is too long "
+                            f"({size} bytes{', with its -pub twin' if key == 'bus' else ''}; a Unix socket path "
+                            f"holds at most {MAX_UNIX_PATH}): use a shorter one, such as ipc://run/{key}.sock")
+    return problems
 
 
 def running_pid(pid_file: str, remove_stale: bool = True) -> int:

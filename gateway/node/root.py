@@ -48,7 +48,6 @@ from supervisor import (
     Handle,
     RestartIntensityExceeded,
     StartError,
-    SupervisorNotRunning,
     serve,
 )
 from supervisor.forkserver import ForkServer
@@ -234,16 +233,13 @@ class Node:
                     pass
 
     async def _kill_everything(self) -> None:
-        try:
-            infos = await self._all_workers()
-        except SupervisorNotRunning:
-            return  # the tree has stopped already
-        for info in infos:
-            if info.pid is not None and info.pid.os_pid:
-                try:
-                    os.kill(info.pid.os_pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        """SIGKILL every process below the root: found in /proc, not asked of the supervisor, which is busy with the
+        graceful stop a forced one cuts short (and would answer only once it is over)."""
+        for pid in descendants(os.getpid()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
     # ---- generations --------------------------------------------------------------------------------------------
 
@@ -457,3 +453,29 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of the processes below `pid` (its children, theirs, ...), from /proc; [] where there is none."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        parent = int(stat.rpartition(b")")[2].split()[1])  # (the name in parentheses may hold spaces)
+        children.setdefault(parent, []).append(int(entry))
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            found.append(child)
+            todo.append(child)
+    return found

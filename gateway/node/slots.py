@@ -30,7 +30,8 @@ class AddressInUse(OSError):
     def __init__(self, host: str, port: int, pid: int | None) -> None:
         where = f"{_display(host)}:{port}"
         super().__init__(errno.EADDRINUSE, f"cannot listen on {where}: address in use"
-                         + (f" by gateway pid {pid}" if pid else " (by another program)"))
+                         + (f" by gateway pid {pid}; stop that gateway, or change gateway.listen" if pid else
+                            " (by another program); stop it (`ss -ltnp` names it), or change gateway.listen"))
         self.pid = pid
 
 

@@ -1,0 +1,314 @@
+"""The `gateway` command's failure modes, as an nginx or Kong operator meets them, with real processes.
+
+Each failure says what happened, where, and what to do, in a line or a few: never a traceback, never a hang. The exit
+status tells a script what happened: 1, it did not work; 2, the config is at fault; 130, Ctrl-C (as a shell reports
+it; Python may instead end itself by SIGINT, which a shell reports as 130 too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from e2e_helpers import GatewayNode
+
+REPO = Path(__file__).resolve().parent.parent
+SERVICES = {"services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}]}
+INTERRUPTED = (130, -signal.SIGINT)
+LONG_PATH = "ipc://run/" + "x" * 120 + ".sock"
+
+
+def gateway_node(workdir: Path, **gateway: Any) -> GatewayNode:
+    return GatewayNode(workdir, SERVICES, workers=1, **gateway)
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[GatewayNode]:
+    gw = gateway_node(tmp_path / "gw")
+    try:
+        yield gw
+    finally:
+        gw.cleanup()
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
+    """One gateway started for the tests that need one running and leave it as they found it."""
+    gw = gateway_node(tmp_path_factory.mktemp("running"))
+    try:
+        out = gw.cli("start", "--config", str(gw.config), timeout=40)
+        assert out.returncode == 0, out.stderr + gw.log()[-2000:]
+        yield gw
+    finally:
+        gw.cleanup()
+
+
+def rewrite(gw: GatewayNode, **gateway: Any) -> None:
+    gw.doc["gateway"].update(gateway)
+    gw.config.write_text(json.dumps(gw.doc))
+
+
+def start(gw: GatewayNode, *args: str) -> subprocess.CompletedProcess[str]:
+    return gw.cli("start", "--config", str(gw.config), *args, timeout=30)
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
+    except OSError:
+        return False
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and text in path.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"{text!r} not in {path} within {timeout}s"
+        time.sleep(0.01)
+
+
+def stop_pids(log: str) -> None:
+    """SIGKILL whichever gateway process its log names is still alive (and still a gateway: pids are reused)."""
+    for pid in {int(pid) for pid in re.findall(r"(?:os_pid=|pid )(\d+)", log)}:
+        try:
+            is_gateway = b"gateway" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if alive(pid) and is_gateway:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ---- start ---------------------------------------------------------------------------------------------------------
+
+
+def test_a_pid_file_directory_that_cannot_be_made_is_named_with_its_setting_at_once(node):
+    (node.dir / "blocker").write_text("a file where the pid file's directory should be\n")
+    rewrite(node, pid_file="blocker/gateway.pid")
+    out = start(node)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"gateway: cannot start: {node.config}: gateway.pid_file: {node.dir / 'blocker'} is not a directory; make it "
+        "a directory this user can write to, or choose another path for gateway.pid_file"]
+
+
+@pytest.mark.parametrize("key", ["admin", "bus"])
+def test_a_socket_path_too_long_for_unix_is_refused_at_once_with_exit_2(node, key):
+    rewrite(node, **{key: LONG_PATH})
+    out = start(node)  # the admin one used to hang until start's 60 s deadline (the root never finished failing)
+    assert out.returncode == 2
+    assert f"gateway: cannot start: {node.config}: gateway.{key}: the socket path " in out.stderr
+    assert f"a Unix socket path holds at most 107): use a shorter one, such as ipc://run/{key}.sock" in out.stderr
+    assert "Traceback" not in out.stderr + node.log()
+
+
+def test_check_config_refuses_a_socket_path_too_long_for_unix(node):
+    rewrite(node, admin=LONG_PATH)
+    out = node.cli("check-config", str(node.config), timeout=30)
+    assert out.returncode == 2
+    assert out.stderr.startswith(f"{node.config}: gateway.admin: the socket path {node.dir}/run/xxx")
+
+
+def test_a_status_port_in_use_names_the_address_the_setting_and_what_to_do(node):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", node.status_port))
+        squatter.listen()
+        out = start(node)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"gateway: cannot start: {node.config}: gateway.status_listen: cannot listen on 127.0.0.1:{node.status_port}: "
+        "Address already in use; stop what listens there (`ss -ltnp` names it), or change gateway.status_listen"]
+
+
+def test_a_listen_port_in_use_says_what_to_do(node):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", node.port))
+        squatter.listen()
+        out = start(node)
+    assert out.returncode == 1
+    assert (f"cannot listen on 127.0.0.1:{node.port}: address in use (by another program); stop it (`ss -ltnp` names "
+            "it), or change gateway.listen") in out.stderr
+
+
+def test_ctrl_c_while_a_foreground_start_is_starting_exits_130_and_leaves_no_process(node):
+    output = node.dir / "foreground.log"
+    with output.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--foreground", "--config",
+                                 str(node.config), "--workers", "8"], cwd=node.dir, stdout=sink, stderr=sink)
+    try:
+        wait_for_text(output, "child='zygote'")  # the root is starting its tree; ready comes 100+ ms later
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) in INTERRUPTED
+        text = output.read_text()
+        assert "gateway: cannot start: interrupted before it was ready" in text
+        assert "Traceback" not in text
+        children = [int(pid) for pid in re.findall(r"os_pid=(\d+)", text)]
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in children if alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        stop_pids(output.read_text())
+
+
+def test_ctrl_c_while_start_waits_stops_the_gateway_it_was_starting(node):
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--config", str(node.config)], cwd=node.dir,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_text(node.dir / "run" / "gateway.log", "child='zygote'")
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 130
+        match = re.fullmatch(r"gateway: start interrupted; stopped the gateway that was starting \(pid (\d+)\)\n",
+                             stderr)
+        assert match, stderr
+        assert not alive(int(match[1]))
+        assert node.cli("status").returncode == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        stop_pids(node.log())
+
+
+def test_a_second_start_with_the_same_pid_file_is_refused_and_says_what_to_do(running):
+    out = start(running)
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"gateway: cannot start: already running (pid {running.root_pid()}, pid file run/gateway.pid); `gateway stop` "
+        "it first, or give this one its own gateway.pid_file, listen and admin"]
+
+
+def test_workers_that_is_not_a_number_is_named_plainly(running):
+    out = running.cli("start", "--config", str(running.config), "--workers", "abc")
+    assert out.returncode == 2
+    assert "argument --workers/-w: expected a whole number of at least 1, got 'abc'" in out.stderr
+
+
+# ---- stop, status, reload, admin ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_stop_timeout_must_be_seconds(tmp_path, value):
+    out = subprocess.run([sys.executable, "-m", "gateway", "stop", "--timeout", value], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert f"argument --timeout: expected seconds (a number >= 0), got '{value}'" in out.stderr
+
+
+def test_stop_never_signals_an_unrelated_process_its_pid_file_names(tmp_path):
+    (tmp_path / "run").mkdir()
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "run" / "gateway.pid").write_text(f"{bystander.pid}\n")
+        out = subprocess.run([sys.executable, "-m", "gateway", "stop"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=30)
+        assert out.returncode == 1
+        assert out.stderr.strip() == (f"gateway: not running (run/gateway.pid names pid {bystander.pid}, which is not "
+                                      "a gateway (the pid was reused); removed the stale pid file)")
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=10)
+
+
+def test_status_with_the_admin_socket_gone_says_so_at_once(running):
+    sock = running.dir / "run" / "admin.sock"
+    sock.rename(sock.with_suffix(".moved"))
+    try:
+        began = time.monotonic()
+        out = running.cli("status", timeout=30)
+        took = time.monotonic() - began
+    finally:
+        sock.with_suffix(".moved").rename(sock)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"gateway: pid {running.root_pid()} is running, but its admin socket {sock} does "
+                                 "not exist; pass the --admin ipc://PATH it was started with")
+    assert took < 4  # not the admin call's 5 s timeout
+
+
+def test_an_admin_endpoint_that_is_not_ipc_is_one_line_not_a_traceback(running):
+    out = running.cli("status", "--admin", "nonsense")
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        "gateway: cannot reach the admin endpoint nonsense: Invalid argument (addr='nonsense'); it takes ipc://PATH"]
+
+
+def test_reload_from_a_file_that_does_not_check_keeps_the_running_config(running):
+    broken = running.dir / "broken.yaml"
+    broken.write_text("services: [\n")
+    out = running.cli("reload", "--config", str(broken))
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"{broken}:2:1: YAML syntax error: expected the node content, but found '<stream end>'",
+        f"gateway: not reloaded: {broken} does not check (a running gateway keeps serving the config it has); fix "
+        "it, then reload again"]
+    status = json.loads(running.cli("status", "--json").stdout)
+    assert (status["generation"], status["config"]) == (1, str(running.config))
+
+
+# ---- check-config (already right: kept as a guard) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (None, "cannot read the config file: Is a directory"),
+    (b"\x00\x01binary", "YAML syntax error: the character U+0000"),
+    (b"[" * 10000 + b"]" * 10000, "YAML error: nested more than 64 levels deep"),
+    (b'a: &a ["x","x","x","x","x","x","x","x","x"]\n'
+     + b"".join(b"%c: &%c [%s]\n" % (c, c, b",".join([b"*%c" % (c - 1)] * 9)) for c in range(ord("b"), ord("j"))),
+     "unknown top-level key"),
+], ids=["directory", "binary", "deeply-nested", "alias-bomb"])
+def test_check_config_on_hostile_files_is_a_few_lines_and_exit_2(tmp_path, content, expected):
+    path = tmp_path / "config.yml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 2
+    assert expected in out.stderr and str(path) in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) <= 9
+
+
+def test_a_forced_stop_ends_a_gateway_draining_a_request_within_seconds(tmp_path):
+    """`stop --timeout T`: past T the second SIGTERM kills what still drains, and the root exits (not left to the
+    command's last resort, a SIGKILL of the root after 10 s)."""
+    silent = socket.create_server(("127.0.0.1", 0))  # a backend that takes the request and never answers
+    silent.settimeout(20)
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{silent.getsockname()[1]}", "read_timeout": 60000,
+                         "routes": [{"paths": ["/"]}]}]}
+    gw = GatewayNode(tmp_path / "gw", doc, workers=1, drain_timeout=60)
+    client = None
+    try:
+        out = gw.cli("start", "--config", str(gw.config), timeout=40)
+        assert out.returncode == 0, out.stderr + gw.log()[-2000:]
+        client = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        upstream, _ = silent.accept()  # the request is in flight
+        root = gw.root_pid()
+        started = time.monotonic()
+        out = gw.cli("stop", "--timeout", "0.5", timeout=30)
+        assert (out.returncode, out.stdout.strip()) == (0, f"gateway stopped (pid {root}), forced"), out.stderr
+        assert time.monotonic() - started < 6
+        upstream.close()
+    finally:
+        if client is not None:
+            client.close()
+        silent.close()
+        gw.cleanup()
