@@ -98,6 +98,23 @@ async def test_hide_credentials_strips_authorization(nursery, gateway):
     assert seen["x-consumer-username"] == "bob"
 
 
+async def test_a_verified_authorization_repeated_authenticates_and_is_still_hidden(nursery, gateway):
+    """The second request with a value already verified is answered from the plugin's memo: the same consumer and
+    credential, and with hide_credentials the header still does not reach the upstream."""
+    _, port = await basic_gateway(nursery, gateway, hide_credentials=True)
+    for _ in range(3):
+        seen = upstream(await call(port, headers=[("authorization", basic("user123", "password123"))]))
+        assert (seen["x-consumer-username"], seen["x-credential-identifier"]) == ("bob", "user123")
+        assert "authorization" not in seen
+
+
+async def test_a_wrong_password_is_refused_every_time_before_and_after_the_right_one(nursery, gateway):
+    _, port = await basic_gateway(nursery, gateway)
+    statuses = [(await call(port, headers=[("authorization", basic("bob", password))])).status
+                for password in ("wrong", "kong", "wrong", "kong", "kong ")]
+    assert statuses == [401, 200, 401, 200, 401]
+
+
 async def test_anonymous(nursery, gateway):
     _, port = await basic_gateway(nursery, gateway, anonymous="no-body")
     seen = upstream(await call(port, headers=[("authorization", basic("user123", "password123"))]))
