@@ -137,7 +137,6 @@ def tag_problem(tag: str) -> str | None:
     return None
 
 
-IP_LIKE = re.compile(r"[0-9.]+")  # Kong's hostname_type: digits and dots are an IPv4 address
 _HEX_TRIPLET = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
