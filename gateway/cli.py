@@ -162,7 +162,7 @@ CHILD_COMMANDS = frozenset({"keeper", "health", "discovery", "zygote", "worker"}
 def _child(args: argparse.Namespace) -> int:
     """The processes the root supervises (forked from the zygote, or executed when it is not running)."""
     if args.command == "keeper":
-        from gateway.node.keeper import run_keeper
+        from gateway.keeper.process import run_keeper
 
         return run_keeper(args.config, args.workers)
     if args.command in ("health", "discovery"):

@@ -27,7 +27,7 @@ from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
 from gateway.http.tls_contexts import ServerTls
-from gateway.node.keeper import Keeper
+from gateway.keeper.state import Keeper
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
 from gateway.pipeline.forward import Forwarder

@@ -12,7 +12,8 @@ import zmq
 import gateway.stores.counters as counters_module
 from gateway.bus import protocol as p
 from gateway.config import parse_config
-from gateway.node.keeper import Keeper, serve_keeper
+from gateway.keeper.process import serve_keeper
+from gateway.keeper.state import Keeper
 from gateway.policies.proxy_cache.entry import Entry, encode
 from gateway.state import shared as shared_module
 from gateway.state.shared import CALL_TIMEOUT_S, SharedState

@@ -10,7 +10,7 @@ from __future__ import annotations
 from gateway.bus import protocol as p
 from gateway.config import parse_config
 from gateway.discovery.types import TargetInfo
-from gateway.node.keeper import HEALTH_GRACE_S, Keeper
+from gateway.keeper.state import HEALTH_GRACE_S, Keeper
 from gateway.state.shared import SharedState
 
 ACTIVE = """

@@ -36,7 +36,7 @@ def preload(libraries: Sequence[str] = ()) -> None:
     import gateway.cli
     import gateway.http.codec_h11  # noqa: F401
     import gateway.http.codec_llhttp  # noqa: F401
-    import gateway.node.keeper  # noqa: F401
+    import gateway.keeper.process  # noqa: F401
     import gateway.node.satellites  # noqa: F401
     import gateway.worker  # noqa: F401
     import supervisor  # noqa: F401

@@ -75,7 +75,7 @@ class SharedState:
         self._asked: dict[str, float] = {}  # key -> when its oldest unanswered lease request left (monotonic)
         self._send: Callable[[p.Msg], bool] = lambda msg: False
         self._pump: Callable[[], None] = _nothing  # hands over what the bus has received, now
-        self._local: Any = None  # the keeper's logic (node.keeper.Keeper), in-process, when there is no bus
+        self._local: Any = None  # the keeper's logic (gateway.keeper.state.Keeper), in-process, when there is no bus
         # Called when a breaker opens on a target of a group with sweep_force_shutdown (the forwarder's sweep).
         self.on_sweep: Callable[[UpstreamGroup, int], None] | None = None
 
@@ -412,7 +412,8 @@ class SharedState:
 
     async def run_local(self, keeper: object, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """No bus (`gateway run`): the keeper's logic runs here, exact for this one process."""
-        from gateway.node.keeper import Keeper, run_redis_level
+        from gateway.keeper.redis_level import run_redis_level
+        from gateway.keeper.state import Keeper
 
         assert isinstance(keeper, Keeper)
 

@@ -26,7 +26,8 @@ from ldap_server import (
 from test_auth_ldap_auth import Relay, close_kept_connections, ldap
 
 from gateway.config import parse_config
-from gateway.node.keeper import Keeper, serve_keeper
+from gateway.keeper.process import serve_keeper
+from gateway.keeper.state import Keeper
 from gateway.policies.consumers import Directory
 from gateway.policies.ldap_auth.client import Unavailable
 from gateway.policies.ldap_auth.handler import (

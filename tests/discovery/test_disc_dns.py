@@ -19,8 +19,8 @@ from gateway.discovery.dns import resolve_targets, run_dns
 from gateway.discovery.service import discovered_upstreams
 from gateway.discovery.types import TargetInfo
 from gateway.dns.process import serving
+from gateway.keeper.state import Keeper
 from gateway.metrics import KONG_TARGET_HEALTH
-from gateway.node.keeper import Keeper
 from gateway.node.tree import needs_discovery
 from gateway.runtime import compile_config
 from gateway.state.shared import SharedState

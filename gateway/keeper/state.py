@@ -1,43 +1,30 @@
-"""The state keeper process (`gateway keeper`): owner of the bus and of the state all workers share.
-
-It holds the authoritative rate-limit ledgers, one circuit breaker per target, and the operators' target
-overrides (drained, weight). Workers never wait on it in the common case: they hold token leases and the last
-published breaker and target states, and fall back to local shares while it is away (it is restarted by the root
-supervisor; a new incarnation id tells workers to resynchronise).
-"""
+"""The state keeper's state and message handling, independent of the sockets (tested directly): the
+authoritative rate-limit ledgers, one circuit breaker per target, the operators' target overrides (drained, weight),
+target health verdicts and discovered targets, and the host-wide stores (Kong's shared dicts)."""
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import trio
-import zmq
 
 from gateway.breaker.keeper import BreakerBoard
 from gateway.breaker.state import State
 from gateway.bus import protocol as p
-from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import Config, load_config
 from gateway.discovery.dns import target_names
 from gateway.discovery.service import discovered_upstreams
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
-from gateway.metrics import RECORDER, REDIS_FALLBACK
-from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
 from gateway.ratelimit.messages import LeaseRequest
-from gateway.ratelimit.redis_client import RedisStore, StoreError
-from gateway.ratelimit.redis_script import Call
 from gateway.ratelimit.remote import PENDING_S
 from gateway.runtime import compile_config, id_of
 from gateway.stores import Counters, HostCache
@@ -45,13 +32,10 @@ from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
 
-HEARTBEAT_S = 0.25  # workers declare the keeper lost after KEEPER_LOST_S (three) without one (gateway/state/shared.py)
 TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often while a breaker is not closed
-IDLE_TICK_S = 0.5  # and this often otherwise (a breaker leaving closed wakes the timer at once)
 HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's
 PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
 REDIS_PREFIX = "gateway:rl:"  # every key policy redis keeps in Redis starts with this
-REDIS_TICK_S = 0.05  # the Redis level looks for due calls, overdue requests and expired pools this often
 
 
 class Keeper:
@@ -81,6 +65,7 @@ class Keeper:
         self._pending_since: float | None = None
         self.caches: dict[str, HostCache] = {}  # proxy-cache's dictionaries (Kong's shared dicts), made when used
         self.counters = Counters()  # response-ratelimiting's policy local
+        self.dns_settings = config.gateway  # the process's resolver (its Redis hosts'): the dns_* keys at its start
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -418,72 +403,6 @@ def log_store_down(keeper: Keeper, name: str) -> None:
                     "until it is back", name, where, store.why)
 
 
-async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None],
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """The keeper's Redis level (policy redis): runs the due block calls off every worker's request path, answers
-    the requests that waited for them, and notices a Redis that is too slow. One client per plugin's Redis."""
-    clients: dict[str, tuple[Any, RedisStore, trio.CancelScope]] = {}
-    reported: dict[str, int] = {}
-    async with trio.open_nursery() as nursery:
-        task_status.started()
-        next_tick = 0.0
-        while True:
-            for name, shared in keeper.stores.items():
-                known = clients.get(name)
-                if known is None or known[0] != shared.settings:
-                    if known is not None:
-                        known[2].cancel()
-                    client = RedisStore(shared.settings)
-                    scope = trio.CancelScope()
-                    nursery.start_soon(_serve_client, client, scope)
-                    clients[name] = (shared.settings, client, scope)
-            if not keeper.stores:  # no policy redis: sleep until a reload brings one (configure wakes us)
-                await keeper.redis_wake.wait()
-            with trio.move_on_after(REDIS_TICK_S):
-                await keeper.redis_wake.wait()
-            keeper.redis_wake = trio.Event()
-            now, wall = trio.current_time(), time.time()
-            if now >= next_tick and keeper.stores:
-                next_tick = now + REDIS_TICK_S
-                keeper.ledger.remote_tick(now, wall)
-                for sender, msg in keeper.overdue(now, wall):
-                    deliver(sender, msg)
-                for name, total in keeper.ledger.fallback_granted().items():
-                    if total > reported.get(name, 0):
-                        REDIS_FALLBACK.labels(name).inc(total - reported.get(name, 0))
-                        reported[name] = total
-            for key, store, call in keeper.ledger.remote_calls(now, wall):
-                entry = clients.get(store)
-                if entry is not None:
-                    nursery.start_soon(_remote_call, keeper, entry[1], store, key, call, deliver)
-
-
-async def _serve_client(client: RedisStore, scope: trio.CancelScope) -> None:
-    with scope:
-        await client.serve()
-
-
-async def _remote_call(keeper: Keeper, client: RedisStore, store: str, key: str, call: Call,
-                       deliver: Callable[[bytes, p.Msg], None]) -> None:
-    """One block call; its outcome is applied to the ledger and the requests waiting on the key are answered."""
-    try:
-        reply = await client.take(call, len(call.keys) - 3)
-    except StoreError as e:
-        now, wall = trio.current_time(), time.time()
-        if keeper.ledger.remote_failed(key, str(e), now):
-            log_store_down(keeper, store)
-        answers = keeper.answer_pending(keeper.ledger.remote_keys(store), now, wall)
-    else:
-        now, wall = trio.current_time(), time.time()
-        if keeper.ledger.remote_applied(key, reply, now, wall):
-            log.warning("rate-limiting %s: Redis at %s answers again; resynchronising", store,
-                        client.settings.address)
-        answers = keeper.answer_pending([key], now, wall)
-    for sender, msg in answers:
-        deliver(sender, msg)
-    keeper.redis_wake.set()
-
-
 def _need(args: dict[str, Any], name: str) -> Any:
     if name not in args:
         raise ValueError(f"missing argument {name}=...")
@@ -492,123 +411,3 @@ def _need(args: dict[str, Any], name: str) -> Any:
 
 def _bad(cmd: str, action: str) -> Any:
     raise ValueError(f"unknown action {action!r} for {cmd}")
-
-
-async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None) -> None:
-    """Bind the bus sockets and serve until SIGTERM."""
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    pub = ctx.socket(zmq.PUB)
-    for sock in (router, pub):
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-    old = os.umask(0o177)
-    try:
-        for sock, endpoint in ((router, bus), (pub, p.pub_endpoint(bus))):
-            if endpoint.startswith("ipc://"):
-                path = endpoint[len("ipc://"):]
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                if os.path.exists(path):
-                    os.unlink(path)
-            sock.bind(endpoint)
-    finally:
-        os.umask(old)
-
-    def publish(msg: p.Msg) -> None:
-        pub.send(p.encode(msg), zmq.NOBLOCK)
-
-    def deliver(sender: bytes, msg: p.Msg) -> None:
-        routed.send([sender, p.encode(msg)])
-
-    def on_message(frames: list[bytes]) -> None:
-        if len(frames) != 2:
-            return
-        sender, frame = frames
-        try:
-            msg = p.decode(frame)
-        except p.BadMessage as e:
-            log.warning("dropped a message from a worker: %s", e)
-            return
-        replies, broadcasts = keeper.handle(sender, msg, trio.current_time(), time.time())
-        for reply in replies:
-            routed.send([sender, p.encode(reply)])
-        for b in broadcasts:
-            publish(b)
-            if isinstance(b, p.BreakersChanged):  # maybe one opened: its timer runs from now
-                timer.wake()
-
-    routed = PumpedSocket(router, on_message)
-    timer = _Timer()
-    try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(routed.run)
-                nursery.start_soon(_heartbeats, keeper, publish)
-                nursery.start_soon(_ticks, keeper, routed, publish, timer)
-                nursery.start_soon(run_redis_level, keeper, deliver)
-                RECORDER.samplers.append(keeper.sample_metrics)
-                nursery.start_soon(RECORDER.flush_forever)
-                if parent is not None:
-                    nursery.start_soon(stop_when_orphaned, parent)
-                publish(keeper.snapshot())
-                log.info("state keeper %s serving the bus on %s", keeper.incarnation, bus)
-                if ready is not None:
-                    ready()
-                async for _ in signals:
-                    break
-                nursery.cancel_scope.cancel()
-    finally:
-        routed.close()
-        pub.close(linger=0)
-        ctx.term()
-
-
-async def _heartbeats(keeper: Keeper, publish: Any) -> None:
-    while True:
-        keeper.seq += 1
-        publish(p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
-        await trio.sleep(HEARTBEAT_S)
-
-
-class _Timer:
-    """The keeper's tick: every TICK_S while it has timers running, else every IDLE_TICK_S unless woken."""
-
-    def __init__(self) -> None:
-        self._woken = trio.Event()
-
-    def wake(self) -> None:
-        self._woken.set()
-
-    async def wait(self, keeper: Keeper) -> None:
-        if keeper.ticking():
-            await trio.sleep(TICK_S)
-            return
-        with trio.move_on_after(IDLE_TICK_S):
-            await self._woken.wait()
-        if self._woken.is_set():
-            self._woken = trio.Event()
-            await trio.sleep(TICK_S)  # the first due time is at least one tick away
-
-
-async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any, timer: _Timer) -> None:
-    while True:
-        await timer.wait(keeper)
-        direct, broadcasts = keeper.tick(trio.current_time())
-        for worker, msg in direct:
-            routed.send([worker, p.encode(msg)])
-        for b in broadcasts:
-            publish(b)
-
-
-def run_keeper(config_path: str, workers: int) -> int:
-    """`gateway keeper`: the process the root supervises."""
-    from gateway.node.paths import absolute_endpoint
-    from supervisor import notify_ready
-
-    parent = parent_or_exit()
-    config = load_config(config_path)
-    bus = absolute_endpoint(config.gateway.bus)
-    keeper = Keeper(config, workers, config_path, host=f"{socket.gethostname()}:{bus}")
-    trio.run(lambda: serve_keeper(keeper, bus, notify_ready, parent))
-    return 0

@@ -1,0 +1,152 @@
+"""The state keeper process (`gateway keeper`): owner of the bus and of the state all workers share (state.py).
+
+Workers never wait on it in the common case: they hold token leases and the last published breaker and target
+states, and fall back to local shares while it is away (it is restarted by the root supervisor; a new incarnation
+id tells workers to resynchronise).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import trio
+import zmq
+
+from gateway.bus import protocol as p
+from gateway.bus.zmq_trio import PumpedSocket
+from gateway.config import load_config
+from gateway.dns import process as dns
+from gateway.keeper.redis_level import run_redis_level
+from gateway.keeper.state import TICK_S, Keeper
+from gateway.metrics import RECORDER
+from gateway.node.orphan import parent_or_exit, stop_when_orphaned
+
+log = logging.getLogger("gateway.keeper")
+
+HEARTBEAT_S = 0.25  # workers declare the keeper lost after KEEPER_LOST_S (three) without one (gateway/state/shared.py)
+IDLE_TICK_S = 0.5  # the tick's period while no breaker is away from closed (a breaker leaving closed wakes it at once)
+
+
+async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None) -> None:
+    """Bind the bus sockets and serve until SIGTERM."""
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    pub = ctx.socket(zmq.PUB)
+    for sock in (router, pub):
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    old = os.umask(0o177)
+    try:
+        for sock, endpoint in ((router, bus), (pub, p.pub_endpoint(bus))):
+            if endpoint.startswith("ipc://"):
+                path = endpoint[len("ipc://"):]
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                if os.path.exists(path):
+                    os.unlink(path)
+            sock.bind(endpoint)
+    finally:
+        os.umask(old)
+
+    def publish(msg: p.Msg) -> None:
+        pub.send(p.encode(msg), zmq.NOBLOCK)
+
+    def deliver(sender: bytes, msg: p.Msg) -> None:
+        routed.send([sender, p.encode(msg)])
+
+    def on_message(frames: list[bytes]) -> None:
+        if len(frames) != 2:
+            return
+        sender, frame = frames
+        try:
+            msg = p.decode(frame)
+        except p.BadMessage as e:
+            log.warning("dropped a message from a worker: %s", e)
+            return
+        replies, broadcasts = keeper.handle(sender, msg, trio.current_time(), time.time())
+        for reply in replies:
+            routed.send([sender, p.encode(reply)])
+        for b in broadcasts:
+            publish(b)
+            if isinstance(b, p.BreakersChanged):  # maybe one opened: its timer runs from now
+                timer.wake()
+
+    routed = PumpedSocket(router, on_message)
+    timer = _Timer()
+    try:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with dns.serving(keeper.dns_settings), trio.open_nursery() as nursery:
+                nursery.start_soon(routed.run)
+                nursery.start_soon(_heartbeats, keeper, publish)
+                nursery.start_soon(_ticks, keeper, routed, publish, timer)
+                nursery.start_soon(run_redis_level, keeper, deliver)
+                RECORDER.samplers.append(keeper.sample_metrics)
+                nursery.start_soon(RECORDER.flush_forever)
+                if parent is not None:
+                    nursery.start_soon(stop_when_orphaned, parent)
+                publish(keeper.snapshot())
+                log.info("state keeper %s serving the bus on %s", keeper.incarnation, bus)
+                if ready is not None:
+                    ready()
+                async for _ in signals:
+                    break
+                nursery.cancel_scope.cancel()
+    finally:
+        routed.close()
+        pub.close(linger=0)
+        ctx.term()
+
+
+async def _heartbeats(keeper: Keeper, publish: Any) -> None:
+    while True:
+        keeper.seq += 1
+        publish(p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
+        await trio.sleep(HEARTBEAT_S)
+
+
+class _Timer:
+    """The keeper's tick: every TICK_S while it has timers running, else every IDLE_TICK_S unless woken."""
+
+    def __init__(self) -> None:
+        self._woken = trio.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def wait(self, keeper: Keeper) -> None:
+        if keeper.ticking():
+            await trio.sleep(TICK_S)
+            return
+        with trio.move_on_after(IDLE_TICK_S):
+            await self._woken.wait()
+        if self._woken.is_set():
+            self._woken = trio.Event()
+            await trio.sleep(TICK_S)  # the first due time is at least one tick away
+
+
+async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any, timer: _Timer) -> None:
+    while True:
+        await timer.wait(keeper)
+        direct, broadcasts = keeper.tick(trio.current_time())
+        for worker, msg in direct:
+            routed.send([worker, p.encode(msg)])
+        for b in broadcasts:
+            publish(b)
+
+
+def run_keeper(config_path: str, workers: int) -> int:
+    """`gateway keeper`: the process the root supervises."""
+    from gateway.node.paths import absolute_endpoint
+    from supervisor import notify_ready
+
+    parent = parent_or_exit()
+    config = load_config(config_path)
+    bus = absolute_endpoint(config.gateway.bus)
+    keeper = Keeper(config, workers, config_path, host=f"{socket.gethostname()}:{bus}")
+    trio.run(lambda: serve_keeper(keeper, bus, notify_ready, parent))
+    return 0
