@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import msgspec
 import trio
 
+from gateway.http.net import NameNotResolved, is_ip, resolve
 from gateway.http.tls_contexts import client_context
 from gateway.ratelimit.redis_script import TAKE_BLOCK, BadReply, Call, Reply, parse_reply
 
@@ -26,6 +27,7 @@ log = logging.getLogger("gateway.ratelimit.redis")
 T = TypeVar("T")
 
 NO_TIMEOUT_BOUND_S = 5.0  # redis.timeout 0 (none, in lua-resty-redis) still ends a call after this
+RESOLVE_RETRY_S = 1.0  # a Redis host name that did not resolve is asked again after this
 
 
 class RedisSettings(msgspec.Struct, frozen=True):
@@ -67,12 +69,23 @@ class _NamedContext(ssl.SSLContext):
 
 def tls_context(settings: RedisSettings) -> ssl.SSLContext | None:
     """The TLS context for `redis.ssl`: verified with ssl_verify, against kong.conf's lua_ssl_trusted_certificate
-    (gateway.http.tls_contexts; the system's CAs by default)."""
+    (gateway.http.tls_contexts; the system's CAs by default). Without a server_name the host's name is the TLS name,
+    not the address it resolved to."""
     if not settings.ssl:
         return None
     context = client_context(settings.ssl_verify, _NamedContext)
-    context.server_name = settings.server_name
+    context.server_name = settings.server_name or (None if is_ip(settings.host.strip("[]")) else settings.host)
     return context
+
+
+async def resolved(settings: RedisSettings) -> tuple[str, int]:
+    """The address and port to connect to: a host name is resolved by this process's DNS client (kong.conf's dns_*
+    keys), as Kong's patched cosockets resolve the Redis host of lua-resty-redis (an SRV record's port replaces
+    the configured one)."""
+    host = settings.host.strip("[]")
+    if is_ip(host):
+        return host, settings.port
+    return await resolve(host, settings.port)
 
 
 class RedisStore:
@@ -85,6 +98,7 @@ class RedisStore:
         self._script: Any = None
         self._renew = trio.Event()
         self._ready = trio.Event()
+        self._unresolved: str | None = None  # why the host name has no address, while it has none
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep a client open (it connects lazily), replacing it whenever a call asks for a fresh one."""
@@ -95,7 +109,19 @@ class RedisStore:
         s = self.settings
         started = False
         while True:
-            client = coredis.Redis(host=s.host, port=s.port, db=s.database, username=s.username,
+            try:
+                host, port = await resolved(s)
+            except NameNotResolved as e:
+                if self._unresolved is None:
+                    log.warning("the Redis host of %s does not resolve: %s", s.address, e.strerror)
+                self._unresolved = e.strerror
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(RESOLVE_RETRY_S)
+                continue
+            self._unresolved = None
+            client = coredis.Redis(host=host, port=port, db=s.database, username=s.username,
                                    password=s.password, stream_timeout=s.timeout_s, connect_timeout=s.timeout_s,
                                    ssl_context=tls_context(s), client_name="mcp-gateway")
             try:
@@ -138,6 +164,8 @@ class RedisStore:
                 return await commands(self._client)
         except trio.TooSlowError:
             self._discard()
+            if self._unresolved is not None:
+                raise StoreError(f"Redis at {self.settings.address}: {self._unresolved}") from None
             raise StoreError(f"no answer from Redis at {self.settings.address} within {bound:g}s") from None
         except Exception as e:  # noqa: BLE001 - coredis raises RedisError, ValueError, TimeoutError, OSError...
             self._discard()

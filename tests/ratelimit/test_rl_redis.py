@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 import trio
+from dns_server import serve_names
 from redis_server import RedisProcess, find_redis
 
+from gateway.config.schema import GatewaySettings
+from gateway.dns.process import serving
 from gateway.ratelimit import LeaseTable, Ledger, LimitSpec, Status, Window
 from gateway.ratelimit.redis_client import RedisSettings, RedisStore, StoreError
 from gateway.ratelimit.redis_script import BadReply, WindowArgs, build_call, parse_reply
@@ -320,3 +323,34 @@ async def test_with_redis_gone_each_host_admits_its_share_and_confesses_when_it_
     store_view = await store.take(window_call("probe", 0, limit=400, key="rl|k"), 1)
     assert store_view.remaining[0] <= 400 - total_down
     assert sum(h.admitted for h in hosts) <= 404
+
+
+# ---- the Redis host's name: resolved by the gateway's DNS client (kong.conf's dns_* keys) ------------------------
+
+
+async def test_a_redis_host_name_is_resolved_by_the_gateways_dns_client(nursery, redis):
+    names = await serve_names(nursery, {"redis.test": ["127.0.0.1"]})
+    async with serving(GatewaySettings(**names.settings)):
+        store = RedisStore(RedisSettings("redis.test", redis.port, 5000))
+        await nursery.start(store.serve)
+        assert (await store.take(window_call("a", 5), 1)).block == 5
+    assert names.asked("redis.test") >= 1
+
+
+async def test_a_redis_hosts_srv_record_gives_the_port_to_connect_to(nursery, redis):
+    """Kong's patched cosocket connect resolves with toip: an SRV record's port replaces the configured one."""
+    names = await serve_names(nursery, {"redis-1.test": ["127.0.0.1"]})
+    names.srv["redis.test"] = [(10, 10, redis.port, "redis-1.test")]
+    async with serving(GatewaySettings(**names.settings)):
+        store = RedisStore(RedisSettings("redis.test", 1, 5000))
+        await nursery.start(store.serve)
+        assert (await store.take(window_call("a", 5), 1)).block == 5
+
+
+async def test_a_redis_host_that_does_not_resolve_is_a_store_error_naming_it(nursery):
+    names = await serve_names(nursery, {})
+    async with serving(GatewaySettings(**names.settings)):
+        store = RedisStore(RedisSettings("missing.test", 6379, 300))
+        await nursery.start(store.serve)
+        with pytest.raises(StoreError, match="Redis at redis://missing.test:6379/0: missing.test: "):
+            await store.take(window_call("a", 1), 1)
