@@ -187,6 +187,41 @@ def test_an_sni_name_has_one_wildcard_at_most(pki):
     loads({"certificates": [{"id": CERT_A, "cert": cert, "key": key}], "snis": [{"name": "*", "certificate": CERT_A}]})
 
 
+@pytest.mark.parametrize(("name", "problem"), [
+    ("foo.*.com", "wildcard must be leftmost or rightmost character"),
+    ("*.wildcard.com:8000", "must not have a port"),
+    ("valid.name:8000", "must not have a port"),
+    ("127.0.0.1", "must not be an IP"),
+    ("::1", "must not be an IP"),
+    ("example^com", "invalid value: example^com"),
+])
+def test_an_sni_name_is_checked_as_kongs_wildcard_host(pki, name, problem):
+    """11-snis_spec "rejects wrong wildcard placements", "... with a port", "... with an IP", "rejects
+    non-hostname values": typedefs.wildcard_host's messages."""
+    cert, key = pki.issue("a.test")
+    (message,) = config_errors({"certificates": [{"cert": cert, "key": key, "snis": [name]}]})
+    assert message == f'c.yml: certificates[0].snis[0].name: {problem}, got "{name}"'
+
+
+def test_sni_names_kong_accepts_load(pki):
+    """11-snis_spec "accepts a hostname" and "accepts wildcards"; and a wildcard that is not a whole label
+    (`*foo.test`), which typedefs.wildcard_host accepts too."""
+    cert, key = pki.issue("a.test")
+    loads({"certificates": [{"cert": cert, "key": key, "snis": [
+        "valid.name", "foo.valid.name", "*.wildcard.com", "wildcard.*", "test.wildcard.*", "foo.test.wildcard.*",
+        "*.test.wildcard.com", "*foo.test", "bar*"]}]})
+
+
+async def test_a_wildcard_that_is_not_a_whole_label_never_selects_its_certificate(gateway, nursery, pki, tmp_path):
+    """kong/runloop/certificate.lua produce_wild_snis looks up `*` + the name from its first dot, and the name to
+    its last dot + `*`: an sni `*foo.test` is never one of them, so its certificate is never served."""
+    odd = pki.issue("odd.test")
+    _, tls_port, _ = await tls_listener(gateway, nursery, pki, tmp_path,
+                                        [{"cert": odd[0], "key": odd[1], "snis": ["*foo.test"]}])
+    for name in ("api.foo.test", "xfoo.test", "foo.test"):
+        assert first_name(await cert_for(tls_port, name)) == "default.test"
+
+
 async def test_cert_alt_is_served_to_clients_of_its_key_type(gateway, nursery, tmp_path):
     """06-ssl_spec's certificates carry cert_alt/key_alt (an ECDSA pair beside the RSA one): nginx serves the one
     the client's cipher suites can use (kong/runloop/certificate.lua sets both)."""
