@@ -6,26 +6,41 @@ header_filter phase.
 Origins: none or "*" allow all; a single plain origin is always sent as is; otherwise the request's Origin is
 normalised (scheme://host[:port], default ports dropped) and compared with each plain entry, or matched by each
 regex entry (anchored at both ends; against the host alone when the entry has no ":").
+
+Compiled once: what Kong's configure_origin and configure_credentials do to the response headers (set, add and clear
+calls, in order) depends only on the config and the request's Origin, never on the response. So it is worked out
+once per config (`Plan`), or once per distinct Origin when the config makes it depend on one (a bounded memo), as
+the names whose headers go and the (escaped) headers appended at the end; a response then costs one look for those
+names and one extend. The result is the header list the calls one by one would have left.
 """
 
 from __future__ import annotations
 
 import re
+from operator import itemgetter
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.policies.cors.schema import METHODS, CorsConfig
-from gateway.policies.header_list import add_header, clear_header, get_header, set_header
+from gateway.policies.header_list import escape_value, get_header
 
 _PLAIN = re.compile(r"^[A-Za-z0-9.:/-]+$")
 # LuaSocket's url.parse patterns: "^([%w][%w%+%-%.]*)%:", "^//([^/%?#]*)" and the port's ":([^:%]]*)$"
 _SCHEME = re.compile(r"([A-Za-z0-9][A-Za-z0-9+\-.]*):")
 _AUTHORITY_END = re.compile(r"[/?#]")
 _PORT = re.compile(r":([^:\]]*)\Z")
-_CACHE_SIZE = 10000  # normalised request origins kept (Kong's lrucache of 10e3)
+_CACHE_SIZE = 10000  # plans kept per distinct request Origin (Kong keeps an lrucache of 10e3 normalised origins)
 _ACAO, _ACAC, _VARY = b"access-control-allow-origin", b"access-control-allow-credentials", b"vary"
+_ACEH, _ACAH = b"access-control-expose-headers", b"access-control-allow-headers"
+_ACAM, _ACMA = b"access-control-allow-methods", b"access-control-max-age"
+_ACAPN = b"access-control-allow-private-network"
 _SKIP = "cors:preflight"  # ex.state key: the preflight was answered by access, header_filter adds nothing
+_NAME = itemgetter(0)
+
+# What configure_origin / configure_credentials (and the expose header) do to a response's headers: the names
+# whose headers are removed from the response's (set or cleared), and the headers then appended, in order.
+Plan = tuple[frozenset[bytes], Headers]
 
 
 class _Origin:
@@ -60,6 +75,40 @@ def normalize_origin(text: str) -> _Origin:
     return _Origin(domain, host)
 
 
+class _Calls:
+    """kong.response.set_header / add_header / clear_header recorded against headers not yet seen: a set or clear
+    removes every header of its name, those of the response and those appended before it; an add or set appends."""
+
+    __slots__ = ("gone", "tail")
+
+    def __init__(self) -> None:
+        self.gone: set[bytes] = set()
+        self.tail: Headers = []
+
+    def set(self, name: bytes, value: bytes) -> None:
+        self.clear(name)
+        self.add(name, value)
+
+    def add(self, name: bytes, value: bytes) -> None:
+        self.tail.append((name, escape_value(value)))
+
+    def clear(self, name: bytes) -> None:
+        self.gone.add(name)
+        self.tail = [hv for hv in self.tail if hv[0] != name]
+
+    def plan(self) -> Plan:
+        return frozenset(self.gone), self.tail
+
+
+def apply_plan(headers: Headers, plan: Plan) -> Headers:
+    """The headers as the plan's calls leave them (in place, as kong.response's setters change them)."""
+    gone, tail = plan
+    if not gone.isdisjoint(map(_NAME, headers)):
+        headers[:] = [hv for hv in headers if hv[0] not in gone]
+    headers.extend(tail)
+    return headers
+
+
 class Cors:
     name = "cors"
     priority = 2000  # Kong's
@@ -69,110 +118,126 @@ class Cors:
         self.allow_all = not origins or origins == ["*"]
         self.single = origins[0].encode() if len(origins) == 1 and _PLAIN.match(origins[0]) else None
         self.star_listed = "*" in origins
-        # (regex, "", by host) or (None, normalised domain, by host); not named `entries`, which marks a logger
-        # (gateway.runtime)
-        self.matchers: list[tuple[re.Pattern[str] | None, str, bool]] = []
+        # Kong's cached_domains, order aside (any entry matching sends the same normalised Origin): the plain
+        # entries' normalised domains, and the regexes with whether they match the host alone (no attribute here may
+        # be named `entries`, which marks a logger: gateway.runtime)
+        self.plain_domains = frozenset(normalize_origin(entry).domain for entry in origins
+                                       if entry != "*" and _PLAIN.match(entry))
+        self.regexes: list[tuple[re.Pattern[str], bool]] = []
         for entry in origins:
-            if entry == "*":
-                continue
-            by_host = ":" not in entry
-            if not _PLAIN.match(entry):
+            if entry != "*" and not _PLAIN.match(entry):
                 pattern = entry if entry.endswith("$") else entry + "$"
-                self.matchers.append((re.compile(pattern.removeprefix("^")), "", by_host))
-            else:
-                self.matchers.append((None, normalize_origin(entry).domain, by_host))
+                self.regexes.append((re.compile(pattern.removeprefix("^")), ":" not in entry))
         self.credentials = config.credentials
-        self.allow_headers = ",".join(config.headers).encode() if config.headers else None
+        self.allow_headers = escape_value(",".join(config.headers).encode()) if config.headers else None
         self.methods = ",".join(config.methods).encode() if config.methods is not None else ",".join(METHODS).encode()
         self.max_age = None if config.max_age is None else b"%.14g" % config.max_age  # Lua's tostring
         self.expose = ",".join(config.exposed_headers).encode() if config.exposed_headers else None
         self.private_network = config.private_network
         self.preflight_continue = config.preflight_continue
         self.allow_origin_absent = config.allow_origin_absent
-        self._normalized: Memo[str, _Origin] = Memo(_CACHE_SIZE)
+        # The plans: for a response to a request without an Origin; for every Origin when the config looks at none
+        # (a single plain origin; every origin allowed without credentials); else one per Origin, kept as met.
+        self.absent_plan = self.plan(None, True)
+        origin_free = self.single is not None or (self.allow_all and not self.credentials)
+        self.fixed_plan = self.absent_plan if origin_free else None
+        self.fixed_preflight = self.plan(None, False) if origin_free else None
+        self._plans: Memo[bytes, Plan] = Memo(_CACHE_SIZE)
+        self._preflights: Memo[bytes, Plan] = Memo(_CACHE_SIZE)
 
     async def access(self, ex: Exchange) -> bool:
-        headers = ex.request.headers
+        request = ex.request
+        if request.method != b"OPTIONS":
+            return False
+        headers = request.headers
         origin = get_header(headers, b"origin")
-        if ex.request.method != b"OPTIONS" or not origin or \
-                get_header(headers, b"access-control-request-method") is None:
+        if not origin or get_header(headers, b"access-control-request-method") is None:
             return False
         if ex.state is None:
             ex.state = {}
         ex.state[_SKIP] = True
         if self.preflight_continue:
             return False
-        out: Headers = []
-        allow_all = self._origin(out, False, origin)
-        self._credentials(out, allow_all, False, origin)
+        plan = self.fixed_preflight
+        if plan is None:
+            plan = self._preflights.get(origin) or self._preflights.keep(origin, self.plan(origin, False))
+        out = list(plan[1])  # (what the plan removes, the new answer has not)
         if self.allow_headers is not None:
-            set_header(out, b"access-control-allow-headers", self.allow_headers)
+            out.append((_ACAH, self.allow_headers))
         else:
             requested = get_header(headers, b"access-control-request-headers")
             if requested is not None:
-                set_header(out, b"access-control-allow-headers", requested)
-        set_header(out, b"access-control-allow-methods", self.methods)
+                out.append((_ACAH, escape_value(requested)))
+        out.append((_ACAM, self.methods))
         if self.max_age is not None:
-            set_header(out, b"access-control-max-age", self.max_age)
+            out.append((_ACMA, self.max_age))
         if self.private_network and get_header(headers, b"access-control-request-private-network") == b"true":
-            set_header(out, b"access-control-allow-private-network", b"true")
+            out.append((_ACAPN, b"true"))
         out.append((b"content-length", b"0"))
         await ex.send_head(200, out, end=True)
         return True
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        if ex.state is not None and ex.state.get(_SKIP):
+        state = ex.state
+        if state is not None and state.get(_SKIP):
             return headers
         origin = get_header(ex.request.headers, b"origin")
-        if not origin and not self.allow_origin_absent:
-            return headers
-        allow_all = self._origin(headers, True, origin)
-        self._credentials(headers, allow_all, True, origin)
-        if self.expose is not None:
-            set_header(headers, b"access-control-expose-headers", self.expose)
-        return headers
+        if not origin:
+            return apply_plan(headers, self.absent_plan) if self.allow_origin_absent else headers
+        plan = self.fixed_plan
+        if plan is None:
+            plan = self._plans.get(origin) or self._plans.keep(origin, self.plan(origin, True))
+        return apply_plan(headers, plan)
 
-    def _vary(self, headers: Headers, in_filter: bool) -> None:
-        (add_header if in_filter else set_header)(headers, _VARY, b"Origin")
+    def plan(self, origin: bytes | None, in_filter: bool) -> Plan:
+        """What Kong's handler does to the response headers for a request with this Origin (None: without one): in
+        header_filter (`in_filter`), configure_origin, configure_credentials and Access-Control-Expose-Headers; in a
+        preflight's access, the first two."""
+        calls = _Calls()
+        allow_all = self._origin(calls, in_filter, origin)
+        self._credentials(calls, allow_all, in_filter, origin)
+        if in_filter and self.expose is not None:
+            calls.set(_ACEH, self.expose)
+        return calls.plan()
 
-    def _origin(self, headers: Headers, in_filter: bool, origin: bytes | None) -> bool:
+    def _vary(self, calls: _Calls, in_filter: bool) -> None:
+        (calls.add if in_filter else calls.set)(_VARY, b"Origin")
+
+    def _origin(self, calls: _Calls, in_filter: bool, origin: bytes | None) -> bool:
         """Kong's configure_origin: sets Access-Control-Allow-Origin; True when every origin is allowed."""
         if self.allow_all:
-            set_header(headers, _ACAO, b"*")
+            calls.set(_ACAO, b"*")
             return True
-        self._vary(headers, in_filter)
+        self._vary(calls, in_filter)
         if self.single is not None:
-            set_header(headers, _ACAO, self.single)
+            calls.set(_ACAO, self.single)
             return False
         if origin:
             if self.star_listed:  # "*" among other origins: Kong allows every origin that sends one
-                set_header(headers, _ACAO, b"*")
+                calls.set(_ACAO, b"*")
                 return True
-            req = self._normalize(origin.decode("latin-1"))
-            for regex, domain, by_host in self.matchers:
-                if regex is not None:
-                    found = regex.match(req.host if by_host else req.domain) is not None
-                else:
-                    found = req.domain == domain
-                if found:
-                    set_header(headers, _ACAO, req.domain.encode("latin-1"))
-                    return False
-        clear_header(headers, _ACAO)
+            allowed = self._allowed(origin)
+            if allowed is not None:
+                calls.set(_ACAO, allowed)
+                return False
+        calls.clear(_ACAO)
         return False
 
-    def _credentials(self, headers: Headers, allow_all: bool, in_filter: bool, origin: bytes | None) -> None:
+    def _allowed(self, origin: bytes) -> bytes | None:
+        """The normalised request Origin when an entry allows it (equal to a plain entry's, or matched by a regex)."""
+        req = normalize_origin(origin.decode("latin-1"))
+        if req.domain in self.plain_domains or \
+                any(regex.match(req.host if by_host else req.domain) for regex, by_host in self.regexes):
+            return req.domain.encode("latin-1")
+        return None
+
+    def _credentials(self, calls: _Calls, allow_all: bool, in_filter: bool, origin: bytes | None) -> None:
+        """Kong's configure_credentials."""
         if not self.credentials:
             return
         if not allow_all:
-            set_header(headers, _ACAC, b"true")
+            calls.set(_ACAC, b"true")
         elif origin:
-            self._vary(headers, in_filter)
-            set_header(headers, _ACAO, origin)
-            set_header(headers, _ACAC, b"true")
-
-    def _normalize(self, origin: str) -> _Origin:
-        cache = self._normalized
-        found = cache.get(origin)
-        if found is None:
-            found = cache.keep(origin, normalize_origin(origin))
-        return found
+            self._vary(calls, in_filter)
+            calls.set(_ACAO, origin)
+            calls.set(_ACAC, b"true")
