@@ -35,7 +35,6 @@ from gateway.http.codec import (
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CHUNK_END = b"0\r\n\r\n"
 _OWS = b" \t"
-_FRAMING_FIELDS = frozenset({b"transfer-encoding", b"connection"})  # what response_head must look at in a head
 
 
 def _has_token(value: bytes, token: bytes) -> bool:
@@ -390,8 +389,6 @@ class LlhttpServer(_Parsing):
         said_close = False
         length = chunked = False
         parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or REASONS.get(status, b""))]
-        if framing is None and _FRAMING_FIELDS.isdisjoint(names := dict(headers)):  # (dict: built in C)
-            framing = LENGTH if b"content-length" in names else NO_BODY  # the common case: no field to look at
         if framing is None:
             for name, value in headers:
                 if name == b"content-length":
