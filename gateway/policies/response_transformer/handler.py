@@ -8,6 +8,13 @@ gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, appe
 json_types as Kong's json_value() does. Lua's truthiness is kept: replace needs a present value other than false,
 add writes over a missing or false one. A body that is not a JSON object, or that cjson could not encode again (a
 NaN number), is sent unchanged, as Kong does.
+
+Compiled at config load: names encoded and lower-cased, values escaped, entries without a value dropped. What the
+header changes do to a response depends only on which of the names they test it has (and on the values of renamed
+ones), so they are played once per such set of names (`ResponseTransformer.plan`, a bounded memo) and a response
+pays one dict of its headers, the removal of the names that go and one extend. The phases are the config's: no
+header_filter without header changes, no body phases without JSON ones (so such a transformer's responses are never
+considered for their bodies).
 """
 
 from __future__ import annotations
@@ -15,13 +22,15 @@ from __future__ import annotations
 import logging
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.memo import Memo
 from gateway.policies import cjson
 from gateway.policies.cjson import CJSON_PRECISION
-from gateway.policies.header_list import add_header, clear_header, set_header
+from gateway.policies.header_list import _TRANSFER_ENCODING, escape_value
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig, Values, split_pair
 
 log = logging.getLogger("gateway.policies.response_transformer")
@@ -48,6 +57,9 @@ def is_json(content_type: bytes | None) -> bool:
             if subtype == "json" or subtype.endswith("+json"):
                 return True
     return False
+
+
+_JSON_TYPES: Memo[bytes, bool] = Memo(256)  # is_json of the Content-Type values seen (a worker sees few)
 
 
 def lua_tonumber(text: str) -> float | None:
@@ -119,57 +131,127 @@ def _header_pairs(entries: list[str]) -> list[tuple[bytes, bytes | None]]:
     return out
 
 
+def _set(pairs: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]]:
+    """The entries with a value, as kong.response.set_header / add_header write it (escape_value)."""
+    return [(name, escape_value(value)) for name, value in pairs if value is not None]
+
+
+_PLANS = 64  # header plans kept per config: one per set of tested names that responses have (a few at most)
+
+
+class _HeaderPlan(NamedTuple):
+    """Kong's transform_headers for responses having one set of the tested names: the names whose headers (as they
+    came) go; and what is added, in order, each (name, value, None), or (name, b"", old) for a renamed header, which
+    takes old's values as they came. `fixed`: the added headers when none is renamed."""
+
+    cleared: frozenset[bytes]
+    added: tuple[tuple[bytes, bytes, bytes | None], ...]
+    fixed: list[tuple[bytes, bytes]] | None
+
+
 class ResponseTransformer:
+    """A phase is an attribute only when the config needs it, as ResponsePhases takes a plugin's phases by hasattr:
+    header_filter with header changes, wants_body and body_filter with JSON ones."""
+
     name = "response-transformer"
     priority = 800  # Kong's
+
+    header_filter: Callable[[Exchange, int, Headers], Headers]
+    wants_body: Callable[[Exchange, int, Headers], bool]
+    body_filter: Callable[[Exchange, int, Headers, bytes], bytes]
 
     def __init__(self, config: ResponseTransformerConfig) -> None:
         # remove goes through Kong's iter(), which splits "name:value" too: the name is what is removed
         self.remove_headers = [name for name, _ in _header_pairs(config.remove.headers)]
         self.rename_headers = [(old, new.lower().replace(b"_", b"-"))
                                for old, new in _header_pairs(config.rename.headers) if new is not None]
-        self.replace_headers = [(n, v) for n, v in _header_pairs(config.replace.headers) if v is not None]
-        self.add_headers = [(n, v) for n, v in _header_pairs(config.add.headers) if v is not None]
-        self.append_headers = [(n, v) for n, v in _header_pairs(config.append.headers) if v is not None]
-        self.tests_headers = bool(self.rename_headers or self.replace_headers or self.add_headers)
+        self.replace_headers = _set(_header_pairs(config.replace.headers))
+        self.add_headers = _set(_header_pairs(config.add.headers))
+        self.append_headers = _set(_header_pairs(config.append.headers))
+        # the names whose presence in the response (as it came) the changes depend on: rename's old names, replace's
+        # and add's
+        self.tested = frozenset([old for old, _ in self.rename_headers] + [n for n, _ in self.replace_headers]
+                                + [n for n, _ in self.add_headers])
+        self.plans: Memo[frozenset[bytes], _HeaderPlan] = Memo(_PLANS)
+        if self.remove_headers or self.rename_headers or self.replace_headers or self.add_headers \
+                or self.append_headers:
+            self.header_filter = self._header_filter
         self.remove_json = [split_pair(name)[0] for name in config.remove.json]
         self.rename_json = [split_pair(e) for e in config.rename.json]
         self.replace_json = _values(config.replace)
         self.add_json = _values(config.add)
         self.append_json = _values(config.append)
-        self.transforms_body = bool(config.remove.json or config.rename.json or config.replace.json
-                                    or config.add.json or config.append.json)
+        # any JSON entry, also one whose value json_value() drops: Kong decodes and encodes the body again
+        if config.remove.json or config.rename.json or config.replace.json or config.add.json or config.append.json:
+            self.wants_body = self._wants_body
+            self.body_filter = self._body_filter
 
-    def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        came = list(headers) if self.tests_headers else headers  # Kong's kong.response.get_headers() copy
-        for name in self.remove_headers:
-            clear_header(headers, name)
+    def plan(self, present: frozenset[bytes]) -> _HeaderPlan:
+        """Kong's transform_headers played over names for a response having `present` of the tested names: remove,
+        rename (set_header(new, old's values), clear_header(old)), replace (present names), add (absent names),
+        append; set_header clears the name, then adds its value, Transfer-Encoding aside. Kept for the next such
+        response."""
+        cleared = set(self.remove_headers)
+        added: list[tuple[bytes, bytes, bytes | None]] = []
+
+        def clear(name: bytes) -> None:
+            cleared.add(name)
+            added[:] = [a for a in added if a[0] != name]
+
+        def put(name: bytes, value: bytes, old: bytes | None = None) -> None:
+            if name not in _TRANSFER_ENCODING:  # which kong.response.set_header ignores
+                clear(name)
+                added.append((name, value, old))
+
         for old, new in self.rename_headers:
-            values = [v for n, v in came if n == old]
-            if values:  # set_header(new, values), then clear_header(old): the same name ends up cleared
-                if new != b"transfer-encoding":  # which kong.response.set_header ignores
-                    clear_header(headers, new)
-                    headers.extend((new, v) for v in values)
-                clear_header(headers, old)
+            if old in present:
+                put(new, b"", old)
+                clear(old)
         for name, value in self.replace_headers:
-            if any(n == name for n, _ in came):
-                set_header(headers, name, value)  # type: ignore[arg-type]  # None values are left out above
+            if name in present:
+                put(name, value)
         for name, value in self.add_headers:
-            if not any(n == name for n, _ in came):
-                set_header(headers, name, value)  # type: ignore[arg-type]
-        for name, value in self.append_headers:
-            add_header(headers, name, value)  # type: ignore[arg-type]
+            if name not in present:
+                put(name, value)
+        added += [(name, value, None) for name, value in self.append_headers]
+        renames = any(old is not None for _, _, old in added)
+        return self.plans.keep(present, _HeaderPlan(frozenset(cleared), tuple(added),
+                                                     None if renames else [(name, value) for name, value, _ in added]))
+
+    def _header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        came = dict(headers)  # Kong's kong.response.get_headers() copy: the names, each with its last value
+        present = self.tested.intersection(came)
+        cleared, added, fixed = self.plans.get(present) or self.plan(present)
+        unique = len(came) == len(headers)  # no name twice
+        if fixed is None:  # a renamed header takes the values its old name came with
+            fixed = []
+            for name, value, old in added:
+                if old is None:
+                    fixed.append((name, value))
+                elif unique:
+                    fixed.append((name, came[old]))
+                else:
+                    fixed += [(name, v) for n, v in headers if n == old]
+        if gone := cleared.intersection(came):  # clear_header of each
+            if unique:  # each goes where it stands
+                try:
+                    for name in gone:
+                        headers.remove((name, came[name]))
+                except ValueError:  # an entry that is no tuple (as Headers are): filtered
+                    headers[:] = [hv for hv in headers if hv[0] not in gone]
+            else:
+                headers[:] = [hv for hv in headers if hv[0] not in gone]
+        headers += fixed
         return headers
 
-    def wants_body(self, ex: Exchange, status: int, headers: Headers) -> bool:
-        if not self.transforms_body:
-            return False
+    def _wants_body(self, ex: Exchange, status: int, headers: Headers) -> bool:
         for name, value in headers:
             if name == b"content-type":
-                return is_json(value)
+                known = _JSON_TYPES.get(value)
+                return _JSON_TYPES.keep(value, is_json(value)) if known is None else known
         return False
 
-    def body_filter(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> bytes:
+    def _body_filter(self, ex: Exchange, status: int, headers: Headers, body: bytes) -> bytes:
         try:
             doc = cjson.decode(body)
         except ValueError:
