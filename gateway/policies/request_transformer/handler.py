@@ -16,16 +16,27 @@ with clear_header and set again with set_headers (a header set in place of the f
 escaped as ngx.req.set_header escapes them: a CR or LF becomes %0D, %0A); and the template's `headers` are read
 when a template first reads them: during the header changes when one of them has a headers template, else after
 those changes. Bytes that are not UTF-8 (in a query, a header, a body) go through unchanged.
+
+What does not depend on the request is made once, when the config is loaded: the ops' names as the header table's
+keys (and the other keys get_headers()' metatable would try), the values without a template (as text and as header
+bytes), the templates split into their text and their lookups, a replace.uri without a template as the escaped path,
+and which of the request's parts a template reads (the query string is parsed only when an op or a template needs
+it, the route's captures read only when a template does). Per request, set_headers looks only at the names the ops
+may have set or cleared and those sent twice, when no name is upper-case and no value has a byte it escapes: it
+would set any other name's one line to what it holds.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
-from gateway.http.uri_args import MAX_URI_ARGS, uri_args
+from gateway.http.uri_args import MAX_URI_ARGS, escape_arg, uri_args
 from gateway.http.uri_args import encode_args as ngx_encode_args
 from gateway.policies import cjson
 from gateway.policies.base import LuaError
@@ -46,9 +57,21 @@ _FAILED = object()  # a JSON body lua-cjson could not decode
 # "has"
 _LUA_STRING_METHODS = frozenset({"byte", "char", "dump", "find", "format", "gmatch", "gsub", "len", "lower", "match",
                                  "rep", "reverse", "sub", "upper"})
+_FORM_TO_QUERY = (b"GET", b"HEAD", b"TRACE")  # transform_method: the methods a form body goes into the query for
 log = logging.getLogger(__name__)
 Args = dict[str, Any]  # name -> str, True (no "="), or a list of them
 Env = tuple[Headers, Args, dict[int | str, bytes | None]]  # a template's headers, query_params, uri_captures
+# A value's template, split where TEMPLATE matches: text, and (table, NAME or None, NAME as bytes, N) lookups
+Template = tuple[str | tuple[str, str | None, bytes | None, int | None], ...]
+_NAME, _VALUE = itemgetter(0), itemgetter(1)  # a header line's name, its value
+# the bytes escape_value escapes (lua-nginx-module's escaping of a header value): a value without any is set as it is
+_UNSAFE_VALUE_BYTE = re.compile(rb"[%b]" % re.escape(bytes(b for b in range(256)
+                                                             if escape_value(bytes([b])) != bytes([b]))))
+# the bytes ngx.encode_args writes as they are (escape_arg's unreserved ones): a name or value of only these is its
+# own escaping
+_KEPT = re.escape(bytes(b for b in range(256) if escape_arg(bytes([b])) == bytes([b])))
+_ARG_KEPT = re.compile(rb"[%b]*" % _KEPT)
+_ARG_PAIR_KEPT = re.compile(rb"[%b]*=[%b]*" % (_KEPT, _KEPT))  # "name=value", "=" not being one of them
 
 
 def _pairs(entries: list[str]) -> list[tuple[str, str]]:
@@ -84,9 +107,12 @@ def _bytes(text: str) -> bytes:
 
 def get_query(target: bytes) -> Args:
     """kong.request.get_query(): ngx.req.get_uri_args as lua-resty-core reads it (gateway.http.uri_args), as text."""
+    query = target.partition(b"?")[2]
+    if not query:
+        return {}
     return {_text(name): [_text(v) if isinstance(v, bytes) else v for v in value] if isinstance(value, list)
             else _text(value) if isinstance(value, bytes) else value
-            for name, value in uri_args(target.partition(b"?")[2], MAX_ARGS).items()}
+            for name, value in uri_args(query, MAX_ARGS).items()}
 
 
 def decode_args(raw: bytes) -> Args:
@@ -116,24 +142,98 @@ def _lua_string(value: Any) -> str:
 
 
 def encode_query(args: Args) -> bytes:
-    """kong.service.request.set_query (make_ordered_args): each name's ngx.encode_args, sorted."""
-    return b"&".join(sorted(encode_args({name: value}) for name, value in args.items()))
+    """kong.service.request.set_query (make_ordered_args): each name's ngx.encode_args, sorted. A text value (or a
+    bare name) is written here: as it is when escape_arg keeps all of its bytes, and "name=value" has none other
+    than them but its "="."""
+    pieces = []
+    for name, value in args.items():
+        if isinstance(value, str):
+            raw_name, raw_value = name.encode("utf-8", "surrogateescape"), value.encode("utf-8", "surrogateescape")
+            piece = raw_name + b"=" + raw_value
+            if _ARG_PAIR_KEPT.fullmatch(piece) is None:
+                piece = escape_arg(raw_name) + b"=" + escape_arg(raw_value)
+        elif value is True:
+            piece = name.encode("utf-8", "surrogateescape")
+            if _ARG_KEPT.fullmatch(piece) is None:
+                piece = escape_arg(piece)
+        else:
+            piece = encode_args({name: value})
+        pieces.append(piece)
+    if len(pieces) > 1:
+        pieces.sort()
+    return b"&".join(pieces)
+
+
+def _template(value: str) -> Template | None:
+    """The value split where TEMPLATE matches, for _render; None for a value without a template (it renders as
+    itself)."""
+    if "$(" not in value:
+        return None
+    parts: list[Any] = []
+    at = 0
+    for m in TEMPLATE.finditer(value):
+        if m.start() > at:
+            parts.append(value[at:m.start()])
+        name = m.group(2) or m.group(4)
+        parts.append((m.group(1), name, None if name is None else _bytes(name),
+                      None if m.group(5) is None else int(m.group(5))))
+        at = m.end()
+    if not at:
+        return None  # "$(" that opens no template: the text as it is
+    if at < len(value):
+        parts.append(value[at:])
+    return tuple(parts)
+
+
+def _render(template: Template, env: Env | None) -> str:
+    """A value with templates: each `$(...)` as Kong's template environment reads it."""
+    headers, query, captures = env  # type: ignore[misc]  # None only where there is no template
+    out = []
+    for part in template:
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        table, name, raw_name, number = part
+        if table == "uri_captures":  # by name, or by number ([0]: the whole match); a group that took no part: ""
+            value = captures.get(name if name is not None else number)  # type: ignore[arg-type]
+            out.append(_text(value) if value else "")
+        elif name is None:  # headers[1], query_params[1]: nil in Kong's tables
+            continue
+        elif table == "headers":  # ngx.req.get_headers(): the name as written, else lower-cased with _ as -
+            header = lookup(headers, raw_name)  # type: ignore[arg-type]
+            if isinstance(header, list):
+                header = header[0]
+            if header is not None:
+                out.append(_text(header))
+        else:
+            found = query.get(name)
+            if isinstance(found, list):
+                found = found[0]
+            out.append("true" if found is True else "" if found is None else str(found))  # tostring(v or '')
+    return "".join(out)
+
+
+def _tables(value: str) -> set[str]:
+    """The tables (headers, query_params, uri_captures) the templates of a value read."""
+    return {m.group(1) for m in TEMPLATE.finditer(value)}
 
 
 class _Ops:
-    """One target's (headers, querystring or body) remove, rename, replace, add and append lists."""
+    """One target's (querystring or body) remove, rename, replace, add and append lists; a value with its template
+    (None: the value is used as it is)."""
 
-    __slots__ = ("remove", "rename", "replace", "add", "append")
+    __slots__ = ("remove", "rename", "replace", "add", "append", "active", "reads")
 
     def __init__(self, config: RequestTransformerConfig, field: str) -> None:
         self.remove = [split_pair(entry)[0] for entry in getattr(config.remove, field)]  # iter() splits these too
-        self.rename = _pairs(getattr(config.rename, field))
-        self.replace = _pairs(getattr(config.replace, field))
-        self.add = _pairs(getattr(config.add, field))
-        self.append = _pairs(getattr(config.append, field))
-
-    def __bool__(self) -> bool:
-        return bool(self.remove or self.rename or self.replace or self.add or self.append)
+        self.rename = [(old, new, _template(new)) for old, new in _pairs(getattr(config.rename, field))]
+        self.replace = [(name, value, _template(value)) for name, value in _pairs(getattr(config.replace, field))]
+        self.add = [(name, value, _template(value)) for name, value in _pairs(getattr(config.add, field))]
+        self.append = [(name, value, _template(value)) for name, value in _pairs(getattr(config.append, field))]
+        self.active = bool(self.remove or self.rename or self.replace or self.add or self.append)
+        # the tables its values' templates read
+        self.reads = {table for ops in (self.rename, self.replace, self.add, self.append) for _, value, _ in ops
+                      for table in _tables(value)}
 
 
 class RequestTransformer:
@@ -142,42 +242,97 @@ class RequestTransformer:
 
     def __init__(self, config: RequestTransformerConfig) -> None:
         self.method = config.http_method.encode() if config.http_method else None
+        self.form_to_query = self.method in _FORM_TO_QUERY
         self.uri = config.replace.uri  # a template of the whole upstream path (kong.service.request.set_path)
-        self.headers = _Ops(config, "headers")
+        self.uri_template = None if self.uri is None else _template(self.uri)
+        # a uri without a template: the path it sets (one that is no path fails per request, as Kong's)
+        self.uri_path = escape_path(_bytes(self.uri)) if self.uri is not None and self.uri_template is None \
+            and self.uri.startswith("/") else None
         self.query = _Ops(config, "querystring")
         self.body = _Ops(config, "body")
+        self._compile_headers(config)
         # Kong's template environment reads `headers` when a template first does: while the headers change when a
         # header change has such a template, else after them (so removed headers are gone for the body and query)
         header_entries = [e for ops in (config.remove, config.rename, config.replace, config.add, config.append)
                           for e in ops.headers]
         self.headers_read_early = any(m.group(1) == "headers" for e in header_entries for m in TEMPLATE.finditer(e))
+        reads = self.query.reads | self.body.reads | self.header_reads | \
+            (_tables(self.uri) if self.uri is not None else set())
+        # the query string is parsed for the query ops, a method that takes a form body into it, or a template
+        self.reads_query = self.query.active or self.form_to_query or "query_params" in reads
+        self.reads_captures = "uri_captures" in reads
+        self.templated = bool(reads)
+        # the query ops change a copy of the query when their templates read the query as it came
+        self.query_copied = "query_params" in self.query.reads
+
+    def _compile_headers(self, config: RequestTransformerConfig) -> None:
+        """The header ops on get_headers()' table, as keys: a name's key and the one the table's metatable tries
+        next (lower-cased, "_" as "-"); a value as bytes, or its template."""
+        def other(key: bytes) -> bytes:
+            return key.lower().replace(b"_", b"-")
+
+        def value(text: str) -> tuple[bytes | None, Template | None]:
+            template = _template(text)
+            return (_bytes(text) if template is None else None), template
+
+        self.header_remove = [(key, other(key)) for key in
+                              (split_pair(entry)[0].lower().encode() for entry in config.remove.headers)]
+        renames = [(old.encode(), new, _template(new)) for old, new in _pairs(config.rename.headers)]
+        # the schema takes header names only as rename's new names, never a template: the renames are made here
+        # (with a template, per request)
+        self.header_rename_templates = renames if any(template is not None for _, _, template in renames) else None
+        self.header_rename = [] if self.header_rename_templates else \
+            [entry for old, new, _ in renames if (entry := _header_rename(old, _bytes(new))) is not None]
+        self.header_replace = [(key, other(key), *value(text)) for key, text in
+                               ((name.lower().encode(), text) for name, text in _pairs(config.replace.headers))]
+        self.header_add = [(key, other(key), *value(text)) for key, text in
+                           ((name.encode(), text) for name, text in _pairs(config.add.headers))
+                           if key.lower() != b"host"]
+        self.header_append = [(key, lower, key != lower, other(key), *value(text)) for key, lower, text in
+                              ((name.encode(), name.lower().encode(), text)
+                               for name, text in _pairs(config.append.headers)) if lower != b"host"]
+        # whether transform_headers runs (set_headers then writes the table, whatever the ops did)
+        self.header_ops = bool(config.remove.headers or renames or _pairs(config.replace.headers) or
+                               _pairs(config.add.headers) or _pairs(config.append.headers))
+        # every key the ops may set in the table (the lines set_headers may change, with those of the names cleared
+        # or sent twice, when no name is upper-case and no value escaped)
+        self.header_keys = frozenset([new for _, _, new, _ in self.header_rename] +
+                                     [key for key, *_ in self.header_replace] + [key for key, *_ in self.header_add] +
+                                     [key for key, *_ in self.header_append])
+        self.header_reads = {table for ops in (config.rename, config.replace, config.add, config.append)
+                             for _, text in _pairs(ops.headers) for table in _tables(text)}
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
-        original_query = get_query(req.target)
-        captures = ex.uri_captures()
-        env = (req.headers, original_query, captures)
+        original_query = get_query(req.target) if self.reads_query else {}
+        # what the templates read (None: there is no template)
+        env = (req.headers, original_query, ex.uri_captures() if self.reads_captures else {}) if self.templated \
+            else None
         if self.uri is not None:  # Kong's transform_uri, first of all
-            upstream_path = _render(self.uri, env)
-            if not upstream_path.startswith("/"):  # kong.service.request.set_path's error: Kong's 500
-                log.error("request-transformer: replace.uri %r rendered %r, which is no path (it must start with "
-                          "'/'): check the template and the route's captures", self.uri, upstream_path)
-                await ex.respond_error(500)
-                return True
-            ex.set_upstream_path(escape_path(_bytes(upstream_path)))
+            if self.uri_path is not None:
+                ex.set_upstream_path(self.uri_path)
+            else:
+                upstream_path = self.uri if self.uri_template is None else _render(self.uri_template, env)
+                if not upstream_path.startswith("/"):  # kong.service.request.set_path's error: Kong's 500
+                    log.error("request-transformer: replace.uri %r rendered %r, which is no path (it must start "
+                              "with '/'): check the template and the route's captures", self.uri, upstream_path)
+                    await ex.respond_error(500)
+                    return True
+                ex.set_upstream_path(escape_path(_bytes(upstream_path)))
         if self.method is not None:
             await self._method(ex, original_query)
-        if self.headers:
+        if self.header_ops:
             req.headers = self._headers(req.headers, env)
-            if not self.headers_read_early:
-                env = (req.headers, original_query, captures)
-        if self.body:
+            if env is not None and not self.headers_read_early:
+                env = (req.headers, original_query, env[2])
+        if self.body.active:
             await self._body(ex, env)
-        if self.query:
-            copy = {k: list(v) if isinstance(v, list) else v for k, v in original_query.items()}
-            args = self._apply(copy, self.query, env, from_body=False)
+        if self.query.active:
+            args = {k: list(v) if isinstance(v, list) else v for k, v in original_query.items()} \
+                if self.query_copied else original_query
+            _apply(args, self.query, env, True)
             path = req.target.partition(b"?")[0]
-            query = encode_query(args)  # type: ignore[arg-type]  # None only for a body
+            query = encode_query(args)
             ex.rewrite_target(path + b"?" + query if query else path)
         return False
 
@@ -186,8 +341,7 @@ class RequestTransformer:
         (a name already there gets the body's value after its own), written as set_query writes it."""
         req = ex.request
         ex.set_method(self.method)  # type: ignore[arg-type]
-        if self.method in (b"GET", b"HEAD", b"TRACE") and \
-                _content_kind(request_header(req.headers, b"content-type")) == _FORM:
+        if self.form_to_query and _content_kind(request_header(req.headers, b"content-type")) == _FORM:
             raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
             form = decode_args(raw) if whole else {}
             if form:
@@ -202,72 +356,84 @@ class RequestTransformer:
                 path = req.target.partition(b"?")[0]
                 ex.rewrite_target(path + b"?" + encode_query(query))
 
-    def _headers(self, headers: Headers, env: Env) -> Headers:
+    def _headers(self, headers: Headers, env: Env | None) -> Headers:
         """transform_headers on the table get_headers() gives (`table`: raw keys, looked up as its metatable does),
         then clear_header for the removed and renamed names and set_headers with the table."""
-        ops = self.headers
-        table: dict[bytes, Any] = {}
-        for line_name, line_value in headers[:_MAX_HEADERS]:
-            current = table.get(line_name)
-            table[line_name] = line_value if current is None else [*current, line_value] \
-                if isinstance(current, list) else [current, line_value]
+        first = headers if len(headers) <= _MAX_HEADERS else headers[:_MAX_HEADERS]
+        table: dict[bytes, Any] = dict(first)
+        sent_twice: dict[bytes, None] | None = None
+        if len(table) != len(first):  # a name sent more than once: a list of its values
+            table, sent_twice = {}, {}
+            for line_name, line_value in first:
+                current = table.get(line_name)
+                if current is None:
+                    table[line_name] = line_value
+                else:
+                    table[line_name] = [*current, line_value] if isinstance(current, list) else [current, line_value]
+                    sent_twice[line_name] = None
+        # set_headers writes again the lines of a name the ops did not touch when it was sent twice (its values are a
+        # list), when its lower-cased name is cleared, or when its value is escaped; the first is known from the
+        # table, the second from the ops' names when no name is upper-case, the third when no value has a byte to
+        # escape: else every key is looked at
+        names = b"".join(table)
+        every_key = names.lower() != names or _UNSAFE_VALUE_BYTE.search(b"".join(map(_VALUE, first))) is not None
         table.pop(b"host", None)
         original = dict(table)
 
-        def get(key: bytes) -> Any:
-            found = table.get(key)
-            return found if found is not None else table.get(key.lower().replace(b"_", b"-"))
-
-        def rename(old: bytes, new: bytes) -> bool:
-            if old == new:
-                return False
-            value = get(old)
-            if value is None:
-                return False
-            table.pop(old, None)
-            table[new] = value
-            return True
-
         cleared: dict[bytes, None] = {}
-        for name in ops.remove:
-            key = name.lower().encode()
-            if get(key) is not None:
+        for key, other in self.header_remove:
+            if table.get(key) is not None or table.get(other) is not None:
                 table.pop(key, None)
                 cleared[key] = None
-        for old, new in ops.rename:
-            old_key, new_key = old.encode(), _bytes(_render(new, env))
-            moved = rename(old_key, new_key) if old_key.lower() == new_key.lower() else \
-                rename(old_key.lower(), new_key.lower())
-            if moved:
-                cleared[old_key.lower()] = None  # clear_header: any case
-        for name, value in ops.replace:
-            key = name.lower().encode()
-            if get(key) is not None:
-                table[key] = _bytes(_render(value, env))
-        for name, value in ops.add:
-            key = name.encode()
-            if get(key) is None and key.lower() != b"host":
-                table[key] = _bytes(_render(value, env))
-        for name, value in ops.append:
-            key, lower = name.encode(), name.lower().encode()
-            if lower == b"host":
-                continue
-            if key != lower and get(key) is not None:
-                table[key] = get(key)
+        if self.header_rename_templates:
+            renames = [entry for old, new, template in self.header_rename_templates
+                       if (entry := _header_rename(old, _bytes(new if template is None else _render(template, env))))
+                       is not None]
+            every_key = True
+        else:
+            renames = self.header_rename
+        for old, other, new, old_lower in renames:
+            value = table.get(old)
+            if value is None:
+                value = table.get(other)
+                if value is None:
+                    continue
+            table.pop(old, None)
+            table[new] = value
+            cleared[old_lower] = None  # clear_header: any case
+        for key, other, static, template in self.header_replace:
+            if table.get(key) is not None or table.get(other) is not None:
+                table[key] = static if template is None else _bytes(_render(template, env))
+        for key, other, static, template in self.header_add:
+            if table.get(key) is None and table.get(other) is None:
+                table[key] = static if template is None else _bytes(_render(template, env))
+        for key, lower, cased, other, static, template in self.header_append:
+            current = table.get(key)
+            if current is None:
+                current = table.get(other)
+            if cased and current is not None:
+                table[key] = current
                 table.pop(lower, None)
-            current = get(key)
-            added = _bytes(_render(value, env))
+            added = static if template is None else _bytes(_render(template, env))
             table[key] = [current, added] if isinstance(current, bytes) else [*current, added] \
                 if isinstance(current, list) else [added]
+
         out = [hv for hv in headers if hv[0] not in cleared] if cleared else list(headers)
-        for table_key, table_value in table.items():
+        if every_key:
+            keys: Any = table
+        else:  # the other keys hold their one line's value as it came: set_header would write it as it is
+            candidates = self.header_keys.union(cleared, sent_twice or ()) if cleared or sent_twice \
+                else self.header_keys
+            keys = filter(candidates.__contains__, table)
+        for table_key in keys:
+            table_value = table[table_key]
             if original.get(table_key) is table_value and isinstance(table_value, bytes) and \
                     table_key.lower() not in cleared and escape_value(table_value) is table_value:
                 continue  # set_header of a line to what it holds changes nothing
-            out = _set_header(out, table_key.lower(), table_value if isinstance(table_value, list) else [table_value])
+            out = _set_header(out, table_key.lower(), table_value)
         return out
 
-    async def _body(self, ex: Exchange, env: Env) -> None:
+    async def _body(self, ex: Exchange, env: Env | None) -> None:
         req = ex.request
         content_type = request_header(req.headers, b"content-type")
         kind = _content_kind(content_type)
@@ -287,15 +453,15 @@ class RequestTransformer:
                 return
             body = body_or_none
         else:
-            new = self._apply(decode_args(raw), self.body, env, from_body=bool(raw))
-            if new is None:
+            args = decode_args(raw)
+            if not _apply(args, self.body, env, bool(raw)):
                 return
-            body = encode_args(new)
+            body = encode_args(args)
         ex.replace_body(body)
         headers = [hv for hv in req.headers if hv[0] != b"transfer-encoding"]
-        req.headers = _set_header(headers, b"content-length", [b"%d" % len(body)])
+        req.headers = _set_header(headers, b"content-length", b"%d" % len(body))
 
-    def _json(self, raw: bytes, env: Env) -> bytes | None:
+    def _json(self, raw: bytes, env: Env | None) -> bytes | None:
         """transform_json_body: the body written again by lua-cjson, or None when it stays as it came."""
         try:
             doc = cjson.decode(raw)
@@ -306,30 +472,30 @@ class RequestTransformer:
                 return None
             doc = {}
         if isinstance(doc, dict):
-            new = self._apply(doc, self.body, env, from_body=bool(raw))
-            return None if new is None else cjson.encode(new, CJSON_PRECISION)
+            return cjson.encode(doc, CJSON_PRECISION) if _apply(doc, self.body, env, bool(raw)) else None
         ops = self.body
         if isinstance(doc, list):  # a Lua array: names go to its hash part, which cjson does not write
             changed = bool(ops.remove or ops.add or ops.append)
             return cjson.encode(doc, CJSON_PRECISION) if changed else None
         if isinstance(doc, str):  # indexing a string finds the string library; writing into one fails
             writes = bool(ops.remove or ops.append) or \
-                any(old in _LUA_STRING_METHODS and old != _render(new, env) for old, new in ops.rename) or \
-                any(name in _LUA_STRING_METHODS for name, _ in ops.replace) or \
-                any(name not in _LUA_STRING_METHODS for name, _ in ops.add)
+                any(old in _LUA_STRING_METHODS and old != (new if template is None else _render(template, env))
+                    for old, new, template in ops.rename) or \
+                any(name in _LUA_STRING_METHODS for name, _, _ in ops.replace) or \
+                any(name not in _LUA_STRING_METHODS for name, _, _ in ops.add)
             if writes:
                 raise LuaError("request-transformer: attempt to index local 'parameters' (a string value)")
             return None
         kind = "nil" if doc is None else "boolean" if isinstance(doc, bool) else "number"
         raise LuaError(f"request-transformer: attempt to index local 'parameters' (a {kind} value)")
 
-    def _multipart(self, parts: Multipart, env: Env, from_body: bool) -> bool:
+    def _multipart(self, parts: Multipart, env: Env | None, from_body: bool) -> bool:
         """Kong's transform_multipart_body: rename, remove, replace (need a body), add; whether anything changed."""
         ops = self.body
         changed = False
         if from_body:
-            for old, new in ops.rename:
-                target = _render(new, env)
+            for old, new, template in ops.rename:
+                target = new if template is None else _render(template, env)
                 found = parts.get(old)
                 if found is not None and old != target:
                     parts.set_simple(target, found)
@@ -338,88 +504,81 @@ class RequestTransformer:
             for name in ops.remove:
                 parts.delete(name)
                 changed = True
-            for name, value in ops.replace:
+            for name, value, template in ops.replace:
                 if parts.get(name) is not None:
                     parts.delete(name)
-                    parts.set_simple(name, _bytes(_render(value, env)))
+                    parts.set_simple(name, _bytes(value if template is None else _render(template, env)))
                     changed = True
-        for name, value in ops.add:
+        for name, value, template in ops.add:
             if parts.get(name) is None:
-                parts.set_simple(name, _bytes(_render(value, env)))
+                parts.set_simple(name, _bytes(value if template is None else _render(template, env)))
                 changed = True
         return changed
 
-    def _apply(self, args: Args, ops: _Ops, env: Env, from_body: bool) -> Args | None:
-        """The ops on a name -> value mapping; for a body, None when nothing changed (Kong keeps the body then).
-        remove, rename and replace need a non-empty body (Kong's content_length > 0)."""
-        changed = False
-        if from_body or ops is self.query:
-            for name in ops.remove:
-                args.pop(name, None)
-                changed = True
-            for old, new in ops.rename:
-                target = _render(new, env)
-                if old != target and _truthy(args, old):
-                    args[target] = args.pop(old)
-                    changed = True
-            for name, value in ops.replace:
-                if _truthy(args, name):  # Lua truthiness: 0, "" and null count
-                    args[name] = _render(value, env)
-                    changed = True
-        for name, value in ops.add:
-            if not _truthy(args, name):
-                args[name] = _render(value, env)
-                changed = True
-        for name, value in ops.append:
-            current = args.get(name)
-            # table.insert into an empty JSON object makes it the array [value]
-            args[name] = [_render(value, env)] if current == {} else append_value(current, _render(value, env))
+
+def _apply(args: Args, ops: _Ops, env: Env | None, present: bool) -> bool:
+    """The ops on a name -> value mapping (in place); whether one changed it (a body none changed is kept as it
+    came). remove, rename and replace run when `present`: always for the query string, for a body when it is not
+    empty (Kong's content_length > 0)."""
+    changed = False
+    if present:
+        for name in ops.remove:
+            args.pop(name, None)
             changed = True
-        return args if changed or ops is self.query else None
+        for old, new, template in ops.rename:
+            target = new if template is None else _render(template, env)
+            if old != target and _truthy(args, old):
+                args[target] = args.pop(old)
+                changed = True
+        for name, value, template in ops.replace:
+            if name in args and args[name] is not False:  # Lua truthiness: 0, "" and null count
+                args[name] = value if template is None else _render(template, env)
+                changed = True
+    for name, value, template in ops.add:
+        if name not in args or args[name] is False:
+            args[name] = value if template is None else _render(template, env)
+            changed = True
+    for name, value, template in ops.append:
+        current = args.get(name)
+        added = value if template is None else _render(template, env)
+        # table.insert into an empty JSON object makes it the array [value]
+        args[name] = [added] if current == {} else append_value(current, added)
+        changed = True
+    return changed
 
 
 _MAX_HEADERS = 100  # lua_max_req_headers: the lines kong.request.get_headers() reads
 
 
-def _set_header(headers: Headers, name: bytes, values: list[Any]) -> Headers:
-    """ngx.req.set_header(name, values): the first line of that name (any case) takes the first value in place and
-    the others of the name go; the other values are new lines at the end (no line of the name: all are). Values
-    escaped as lua-nginx-module escapes them."""
-    values = [escape_value(v if isinstance(v, bytes) else _bytes(str(v))) for v in values]
-    out: Headers = []
-    placed = False
-    for hv in headers:
-        if hv[0] == name:
-            if not placed:
-                out.append((name, values[0]))
-                placed = True
-            continue
-        out.append(hv)
-    out.extend((name, v) for v in (values[1:] if placed else values))
-    return out
+def _header_rename(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """A header rename on the table: (the key it moves, the key the metatable tries next for it, the key it moves to,
+    the name it clears); None when it moves nothing (a name onto itself)."""
+    source, target = (old, new) if old.lower() == new.lower() else (old.lower(), new.lower())
+    if source == target:
+        return None
+    return source, source.lower().replace(b"_", b"-"), target, old.lower()
 
 
-def _render(value: str, env: Env) -> str:
-    if "$(" not in value:
-        return value
-    headers, query, captures = env
-
-    def lookup_template(m: Any) -> str:
-        name = m.group(2) or m.group(4)
-        table = m.group(1)
-        if table == "uri_captures":  # by name, or by number ([0]: the whole match); a group that took no part: ""
-            value = captures.get(name if name is not None else int(m.group(5)))
-            return _text(value) if value else ""
-        if name is None:  # headers[1], query_params[1]: nil in Kong's tables
-            return ""
-        if table == "headers":  # ngx.req.get_headers(): the name as written, else lower-cased with _ as -
-            header = lookup(headers, _bytes(name))
-            if isinstance(header, list):
-                header = header[0]
-            return _text(header) if header is not None else ""
-        found = query.get(name)
-        if isinstance(found, list):
-            found = found[0]
-        return "true" if found is True else "" if found is None else str(found)  # pl.template: tostring(v or '')
-
-    return TEMPLATE.sub(lookup_template, value)
+def _set_header(headers: Headers, name: bytes, value: bytes | list[Any]) -> Headers:
+    """ngx.req.set_header(name, value) on `headers` (a list of the caller's own: changed in place, and returned):
+    the first line of that name takes the (first) value in place and the others of the name go; the other values of
+    a list are new lines at the end (no line of the name: all are). Values escaped as lua-nginx-module escapes
+    them."""
+    if isinstance(value, list):
+        values = [escape_value(v if isinstance(v, bytes) else _bytes(str(v))) for v in value]
+        first, rest = values[0], values[1:]
+    else:
+        first, rest = escape_value(value), None
+    names = list(map(_NAME, headers))
+    count = names.count(name)
+    if not count:
+        headers.append((name, first))
+    elif count == 1:
+        headers[names.index(name)] = (name, first)
+    else:
+        at = names.index(name)
+        headers[:] = compress(headers, map(name.__ne__, names))
+        headers.insert(at, (name, first))
+    if rest:
+        headers.extend([(name, v) for v in rest])
+    return headers
