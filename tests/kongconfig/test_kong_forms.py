@@ -84,7 +84,7 @@ def test_routes_plugins_and_targets_may_name_their_parent_by_id():
         - {{upstream: {{name: up-by-id}}, target: "::1"}}
         plugins:
         - {{name: cors, route: {ROUTE_ID}}}
-        - {{name: correlation-id, service: {{id: {SVC_ID}}}}}
+        - {{name: correlation-id, service: {{id: {SVC_ID}}}, config: {{echo_downstream: true}}}}
     """)
     runtime = compile_config(config)
     assert [t.target for t in config.targets] == ["127.0.0.1:9", "::1"]

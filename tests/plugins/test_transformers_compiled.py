@@ -252,8 +252,11 @@ def test_compiled_correlation_id_sends_and_echoes_what_kongs_calls_do(name, head
     assert ex.state == {STATE_KEY: expected_value}
     if state_lost:  # answered before access ran
         ex.state = None
+    if not echo:  # Kong's header_filter returns at once: the plugin has none
+        assert not hasattr(plugin, "header_filter")
+        return
     expected = reference_echo(config, list(response), None if state_lost else expected_value, ex.request.headers,
-                              b"gen\x01erated") if echo else response
+                              b"gen\x01erated")
     assert plugin.header_filter(ex, 200, list(response)) == expected
 
 

@@ -102,7 +102,6 @@ class CorrelationId:
         # a request with none of these has no such header: the id is added (set_header, nothing to clear); None:
         # the header is looked up each time (a name set_header ignores, or one with too many "-")
         self.spellings = None if self.header in _TRANSFER_ENCODING else spellings(self.asked)
-        self.echo = config.echo_downstream
         self.appends = self.response_header not in _TRANSFER_ENCODING  # (which set_header leaves alone)
 
     async def access(self, ex: Exchange) -> bool:
@@ -123,9 +122,13 @@ class CorrelationId:
         state[STATE_KEY] = value
         return False
 
+
+
+class EchoingCorrelationId(CorrelationId):
+    """With echo_downstream: the response carries the id too. (Without it Kong's header_filter returns at once, so
+    the plugin has none: a route with only it has no response phase to run.)"""
+
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        if not self.echo:
-            return headers
         state = ex.state
         value = state.get(STATE_KEY) if state is not None else None
         if not value:  # the request was answered before access ran (Kong generates one then)
