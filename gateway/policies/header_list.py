@@ -9,7 +9,7 @@ import re
 
 from gateway.http.codec import Headers
 
-_TRANSFER_ENCODING = (b"transfer-encoding", b"transfer_encoding")
+TRANSFER_ENCODING_NAMES = (b"transfer-encoding", b"transfer_encoding")  # which set_header leaves alone
 
 
 # lua-nginx-module's escaping of what ngx.req.set_header / ngx.header set (ngx_http_lua_copy_escaped_header): in a
@@ -29,7 +29,7 @@ def set_header(headers: Headers, name: bytes, value: bytes) -> Headers:
     """Replace every `name` header with one of `value` (appended at the end, as nginx does). Transfer-Encoding is
     left alone, as kong.response.set_header ignores it ("manually setting Transfer-Encoding. Ignored."): the
     gateway frames the body."""
-    if name in _TRANSFER_ENCODING:
+    if name in TRANSFER_ENCODING_NAMES:
         return headers
     headers[:] = [hv for hv in headers if hv[0] != name]
     headers.append((name, escape_value(value)))
@@ -61,7 +61,7 @@ def count_header(headers: Headers, name: bytes) -> int:
 
 MAX_REQ_HEADERS = 100  # lua_max_req_headers: the header lines kong.request.get_headers() reads
 # nginx's $http_ variables with a handler of their own: these names only (no "_" for "-"), Cookie joined by "; "
-_KNOWN_VARIABLES = {b"host": b", ", b"user-agent": b", ", b"referer": b", ", b"via": b", ",
+KNOWN_VARIABLES = {b"host": b", ", b"user-agent": b", ", b"referer": b", ", b"via": b", ",
                     b"x-forwarded-for": b", ", b"cookie": b"; "}
 
 
@@ -84,7 +84,7 @@ def request_header(headers: Headers, name: bytes) -> bytes | None:
     name only) joined by ", " ("; " for Cookie). A value without ", " is the answer; one with it is looked up again
     in get_headers() (`lookup`: the first 100 lines), its first value."""
     key = name.lower().replace(b"_", b"-")
-    sep = _KNOWN_VARIABLES.get(key)
+    sep = KNOWN_VARIABLES.get(key)
     if sep is not None:
         values = [v for n, v in headers if n == key]
     else:

@@ -22,7 +22,13 @@ from operator import itemgetter
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.policies.correlation_id.schema import CorrelationIdConfig
-from gateway.policies.header_list import _KNOWN_VARIABLES, _TRANSFER_ENCODING, escape_value, request_header, set_header
+from gateway.policies.header_list import (
+    KNOWN_VARIABLES,
+    TRANSFER_ENCODING_NAMES,
+    escape_value,
+    request_header,
+    set_header,
+)
 
 STATE_KEY = "correlation-id"  # ex.state key: the id of this request (header_filter; Kong's serialized correlation_id)
 _NAME = itemgetter(0)  # a header's name
@@ -79,7 +85,7 @@ def spellings(name: bytes) -> frozenset[bytes] | None:
     (header_list.request_header): the name lower-cased with "_" as "-", and, but for nginx's own variables, with any
     of its "-" as "_"; None for a name with too many "-" to list them."""
     key = name.lower().replace(b"_", b"-")
-    if key in _KNOWN_VARIABLES:  # nginx's own variables: that spelling only
+    if key in KNOWN_VARIABLES:  # nginx's own variables: that spelling only
         return frozenset([key])
     parts = key.split(b"-")
     if len(parts) - 1 > _SPELLINGS_MAX_DASHES:
@@ -101,8 +107,8 @@ class CorrelationId:
         self.generate = GENERATORS[config.generator]
         # a request with none of these has no such header: the id is added (set_header, nothing to clear); None:
         # the header is looked up each time (a name set_header ignores, or one with too many "-")
-        self.spellings = None if self.header in _TRANSFER_ENCODING else spellings(self.asked)
-        self.appends = self.response_header not in _TRANSFER_ENCODING  # (which set_header leaves alone)
+        self.spellings = None if self.header in TRANSFER_ENCODING_NAMES else spellings(self.asked)
+        self.appends = self.response_header not in TRANSFER_ENCODING_NAMES  # (which set_header leaves alone)
 
     async def access(self, ex: Exchange) -> bool:
         request = ex.request

@@ -30,7 +30,7 @@ from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.policies import cjson
 from gateway.policies.cjson import CJSON_PRECISION
-from gateway.policies.header_list import _TRANSFER_ENCODING, escape_value
+from gateway.policies.header_list import TRANSFER_ENCODING_NAMES, escape_value
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig, Values, split_pair
 
 log = logging.getLogger("gateway.policies.response_transformer")
@@ -199,7 +199,7 @@ class ResponseTransformer:
             added[:] = [a for a in added if a[0] != name]
 
         def put(name: bytes, value: bytes, old: bytes | None = None) -> None:
-            if name not in _TRANSFER_ENCODING:  # which kong.response.set_header ignores
+            if name not in TRANSFER_ENCODING_NAMES:  # which kong.response.set_header ignores
                 clear(name)
                 added.append((name, value, old))
 
