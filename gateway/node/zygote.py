@@ -34,6 +34,8 @@ def preload(libraries: Sequence[str] = ()) -> None:
     """Import what the forked commands run, including what they would import lazily at start, and `libraries`
     (names from OPTIONAL_LIBRARIES)."""
     import gateway.cli
+    import gateway.discovery.process  # noqa: F401
+    import gateway.health.process  # noqa: F401
     import gateway.http.codec_h11  # noqa: F401
     import gateway.http.codec_llhttp  # noqa: F401
     import gateway.keeper.process  # noqa: F401
