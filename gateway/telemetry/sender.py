@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlsplit
 import h11
 import trio
 
-from gateway.http.net import open_tcp_stream
+from gateway.http.net import NameNotResolved, open_tcp_stream
 from gateway.http.tls_contexts import client_context
 
 MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) and discarded up to this much
@@ -76,6 +76,8 @@ async def connect(host: str, port: int, *, tls: bool, server_hostname: str | Non
             return stream
     except trio.TooSlowError:
         raise SendError(f"{where}: could not connect within {timeout:g}s") from None
+    except NameNotResolved as e:  # Kong's words, from its patched connect
+        raise SendError(f"{where}: DNS resolution failed: {e.reason}") from None
     except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
         raise SendError(f"{where}: could not connect: {e}") from None
 
