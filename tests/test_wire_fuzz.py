@@ -510,8 +510,10 @@ OK_CHUNKS = [(b"3;ext=1\r\nabc\r\n0\r\n\r\n", b"abc"), (b"0003\r\nabc\r\n0\r\n\r
 BAD_VERSIONS = [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/0.9", b"HTTP/1.1 ", b"http/1.1", b"HTTP/1", b"", b"HTTP/1.10",
                 b"HTTP/11", b"HTTP/1.1\x00"]
 BAD_METHODS = [b"get", b"FOO", b"CONNECT", b"G\x00T", b"", b"GET\x7f", b"PRI", b"G(T"]
+# Refused targets, and one taken: raw 0x80-0xFF bytes go %-escaped, as nginx takes them (escape_request_line)
+RAW_BYTES_TARGET = b"/echo/%s?\xe9=\xff"
 BAD_TARGETS = [b"*", b"http://u@gw.test/", b"echo/x", b"/echo/a b", b"/echo/\x00", b"/echo/\x7f", b"http:///x",
-               b"/echo/" + b"a" * 9000, b"", b"http://a b/", b"/echo/\r", b"/echo/x?\xe9=\xff"]
+               b"/echo/" + b"a" * 9000, b"", b"http://a b/", b"/echo/\r", RAW_BYTES_TARGET]
 OK_TARGETS = [b"http://gw.test/echo/%s", b"HTTP://GW.TEST/echo/%s", b"/echo/%s#frag"]
 BAD_HOSTS = [b"", b"a b", b"a/b", b"u@gw.test", b"gw.test\x00", b"[::1", b"gw.test:8x0" + b"0" * 10]
 BAD_LINES = [b"X-Fold: a\r\n b", b"X-Space : v", b"NoColon", b": empty-name", b"X-Nul: a\x00b", b"X-Del: a\x7fb",
@@ -597,8 +599,13 @@ def mutate(rng: random.Random, req: Req) -> None:
         req.method = rng.choice(BAD_METHODS)
         _invalid(req, kind)
     elif kind == "target":
-        req.target = rng.choice(BAD_TARGETS)
-        _invalid(req, kind)
+        target = rng.choice(BAD_TARGETS)
+        if target is RAW_BYTES_TARGET:
+            req.target = target % req.marker
+            req.tags.append("raw-bytes-target")
+        else:
+            req.target = target
+            _invalid(req, kind)
     elif kind == "ok-target":
         req.target = rng.choice(OK_TARGETS) % req.marker
         req.tags.append(kind)
