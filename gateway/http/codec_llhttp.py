@@ -325,9 +325,11 @@ class LlhttpServer(_Parsing):
             self._events.append(CLOSED)
             self._dead = True
             return
-        # A head refused past its method, or cut by EOF past its target: its method was read (the answer to a HEAD
-        # has no body).
-        if self._dead and self._in_head and (self._url if not data else not self._bad_method):
+        # A head refused past its method, or cut by EOF past its target or its whole method (llhttp stores a method
+        # once its token matched; before, it reads as DELETE, 0): its method was read (the answer to a HEAD has no
+        # body).
+        if self._dead and self._in_head and (
+                not self._bad_method if data else self._url or self._parser.get_method() == b"HEAD"):
             error = self._events[-1]
             if type(error) is ProtocolError and not error.method:
                 error.method = self._parser.get_method()
