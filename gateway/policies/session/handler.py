@@ -23,28 +23,32 @@ from typing import Any
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.memo import Memo
-from gateway.policies.consumers import Consumer, Directory, Identity, cookie_value, header_value, query_values
+from gateway.policies.consumers import Directory, Identity, cookie_value, header_value, query_values
 from gateway.policies.header_list import set_header
 from gateway.policies.request_body import get_body
-from gateway.policies.session.lifecycle import HEADERS, OPEN, Session, Settings
+from gateway.policies.session.lifecycle import HEADERS, OPEN, READINGS, Contents, Session, Settings
 from gateway.policies.session.schema import SessionConfig
 
 BODY_LIMIT = 1024 * 1024  # bytes of a body searched for logout_post_arg; a larger one holds none
 READ_BODY_METHODS = frozenset({b"DELETE", b"PATCH", b"POST", b"PUT"})  # Kong's: the methods whose body it reads
+COOKIE_HEADERS = 1024  # (Cookie header, cookie name) lookups remembered per plugin instance and worker
 IDENTITIES = 4096  # (consumer, credential, groups) identities remembered per plugin instance and worker
 _STATE = "session-plugin"  # Exchange.state key: the request's _Request
+_UNREAD: Any = object()  # a lookup not remembered
 
 clock = time.time  # the wall clock (tests replace it)
 
 
 class _Request:
-    """What access leaves for header_filter: the request's session, whether it authenticated the request."""
+    """What access leaves for header_filter: the request's session, whether it authenticated the request, and the
+    identity it gave while the session's data is still what named it (header_filter then need not compare them)."""
 
-    __slots__ = ("session", "authenticated")
+    __slots__ = ("session", "authenticated", "identity")
 
-    def __init__(self, session: Session, authenticated: bool) -> None:
+    def __init__(self, session: Session, identity: Identity | None) -> None:
         self.session = session
-        self.authenticated = authenticated
+        self.authenticated = identity is not None
+        self.identity = identity
 
 
 class SessionPolicy:
@@ -52,7 +56,7 @@ class SessionPolicy:
     priority = 1900  # Kong's
 
     __slots__ = ("settings", "directory", "logout_methods", "logout_query_arg", "logout_post_arg",
-                 "request_headers", "response_headers", "_identities")
+                 "request_headers", "response_headers", "_identities", "_cookies", "_data_identities")
 
     def __init__(self, config: SessionConfig, directory: Directory) -> None:
         self.settings = Settings(config)
@@ -63,13 +67,28 @@ class SessionPolicy:
         self.request_headers = [(HEADERS[n].lower().encode(), n) for n in config.request_headers or ()]
         self.response_headers = [(HEADERS[n].lower().encode(), n) for n in config.response_headers or ()]
         self._identities: Memo[tuple[str, str | None, tuple[str, ...] | None], Identity] = Memo(IDENTITIES)
+        # A Cookie header's value of a cookie name, by the header's bytes and the name: a browser sends the same
+        # header until a cookie changes, so it is parsed once, not per request.
+        self._cookies: Memo[tuple[bytes, str], str | None] = Memo(COOKIE_HEADERS)
+        # The identity of a remembered cookie's data (Session.contents), or None when its consumer is gone
+        self._data_identities: Memo[Contents | None, Identity | None] = Memo(READINGS)
 
     def _session(self, ex: Exchange) -> Session:
         headers = ex.request.headers
+        cookies = self._cookies
 
         def cookie(name: str) -> str | None:
-            value = cookie_value(headers, name.lower().encode("latin-1"))
-            return value.decode("latin-1") if value is not None else None
+            """nginx's $cookie_NAME (consumers.cookie_value), one Cookie header at a time."""
+            for hname, line in headers:
+                if hname == b"cookie":
+                    key = (line, name)
+                    value = cookies.get(key, _UNREAD)
+                    if value is _UNREAD:
+                        found = cookie_value([(hname, line)], name.lower().encode("latin-1"))
+                        value = cookies.keep(key, found.decode("latin-1") if found is not None else None)
+                    if value is not None:
+                        return value
+            return None
 
         return Session(self.settings, cookie)
 
@@ -78,19 +97,24 @@ class SessionPolicy:
         session = self._session(ex)
         if session.open(now) is not None:
             if session.set_cookies:  # a remember cookie saved before the session cookie could not be
-                _keep(ex, _Request(session, False))
+                _keep(ex, _Request(session, None))
             return False
-        if await self._is_logout(ex):
+        req = ex.request
+        # Kong's session.logout(conf): the method, then the query argument, then (read_body_for_logout) the body
+        if req.method in self.logout_methods and (_in_query(req.target, self.logout_query_arg)
+                                                  or await self._logout_in_body(ex)):
             session.logout(now)
-            _keep(ex, _Request(session, False))
+            _keep(ex, _Request(session, None))
             await ex.send_head(200, [(b"content-length", b"0")], b"", end=True)
             return True
-        data = session.get_data()
-        consumer_id, credential_id, groups = _item(data, 0), _item(data, 1), _item(data, 2)
-        consumer = self.directory.consumers.get(consumer_id) if isinstance(consumer_id, str) else None
-        if consumer is None:  # Kong destroys a session whose consumer is gone
+        who = self._data_identities.get(session.contents, _UNREAD)  # (None, the session's own data, is never kept)
+        if who is _UNREAD:
+            who = self._identity(session.get_data())
+            if session.contents is not None:
+                self._data_identities.keep(session.contents, who)
+        if who is None:  # Kong destroys a session whose consumer is gone
             session.logout(now)
-            _keep(ex, _Request(session, False))
+            _keep(ex, _Request(session, None))
             return False
         session.refresh(now)
         if self.request_headers:
@@ -100,20 +124,26 @@ class SessionPolicy:
                 if value is not None:
                     set_header(headers, hname, value.encode())
             ex.request.headers = headers
-        _keep(ex, _Request(session, True))
-        ex.consumer = self._identity(consumer, credential_id, groups)
+        _keep(ex, _Request(session, who))
+        ex.consumer = who
         return False
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
         state = ex.state.get(_STATE) if ex.state is not None else None
-        session = state.session if state is not None else None
-        cookies = dict(session.set_cookies) if session is not None else {}
-        authenticated = session if state is not None and state.authenticated else None
+        if state is None:
+            cookies: dict[str, str] = {}
+            authenticated = None
+        else:
+            cookies = state.session.set_cookies
+            authenticated = state.session if state.authenticated else None
         who = ex.consumer
-        if who is not None and who.credential_id is not None and who.id is not None:
+        if who is not None and who.credential_id is not None and who.id is not None \
+                and (state is None or who is not state.identity):
             data = authenticated.get_data() if authenticated is not None else None
             if _item(data, 0) != who.id or _item(data, 1) != who.credential_id:
                 now = int(clock())
+                if state is not None:
+                    state.identity = None  # the session's data changes: a later header_filter compares it again
                 fresh = authenticated
                 if fresh is None:
                     fresh = self._session(ex)
@@ -123,7 +153,7 @@ class SessionPolicy:
                 fresh.set_subject(who.username if who.username is not None
                                   else who.custom_id if who.custom_id is not None else who.id)
                 fresh.save(now)
-                cookies.update(fresh.set_cookies)
+                cookies = {**cookies, **fresh.set_cookies}
                 authenticated = fresh if fresh.state == OPEN else None
         for name, line in cookies.items():
             _merge_cookie(headers, name, line.encode("latin-1"))
@@ -134,13 +164,9 @@ class SessionPolicy:
                     set_header(headers, hname, value.encode())
         return headers
 
-    async def _is_logout(self, ex: Exchange) -> bool:
-        """Kong's session.logout(conf): the method, then the query argument, then (read_body_for_logout) the body."""
+    async def _logout_in_body(self, ex: Exchange) -> bool:
+        """With read_body_for_logout, whether logout_post_arg is in the body (a POST, PUT, PATCH or DELETE)."""
         req = ex.request
-        if req.method not in self.logout_methods:
-            return False
-        if query_values(req.target, self.logout_query_arg):
-            return True
         name = self.logout_post_arg
         if name is None or req.method not in READ_BODY_METHODS:
             return False
@@ -150,9 +176,18 @@ class SessionPolicy:
             return False
         return body[1][name] is not False  # Lua: anything but nil and false is true (JSON null is cjson.null)
 
-    def _identity(self, consumer: Consumer, credential_id: Any, groups: Any) -> Identity:
-        """The request's identity as Kong's session access sets it: the credential id as X-Credential-Identifier
-        (none, and X-Anonymous-Consumer, without one), the stored groups as X-Authenticated-Groups."""
+    def _identity(self, data: Any) -> Identity | None:
+        """The request's identity as Kong's session access sets it from the session's data (consumer id,
+        credential id, groups): None when that consumer does not exist; the credential id as
+        X-Credential-Identifier (none, and X-Anonymous-Consumer, without one), the stored groups as
+        X-Authenticated-Groups."""
+        if not isinstance(data, list) or not data or not isinstance(data[0], str):
+            return None
+        consumer = self.directory.consumers.get(data[0])
+        if consumer is None:
+            return None
+        credential_id = data[1] if len(data) > 1 else None
+        groups = data[2] if len(data) > 2 else None
         credential = credential_id if isinstance(credential_id, str) and credential_id else None
         names = tuple(groups) if isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups) \
             else None
@@ -171,6 +206,11 @@ def _keep(ex: Exchange, state: _Request) -> None:
         ex.state = {_STATE: state}
     else:
         ex.state[_STATE] = state
+
+
+def _in_query(target: bytes, name: str) -> bool:
+    """Whether query argument `name` is in the target (query_values, for a target that has a query)."""
+    return b"?" in target and bool(query_values(target, name))
 
 
 def _item(data: Any, i: int) -> Any:

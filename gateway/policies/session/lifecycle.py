@@ -16,6 +16,10 @@ The rules (times in whole seconds; a timeout of 0 is off):
    idling offset in a new header).
 5. logout: the only audience's session is destroyed (its cookies, and the remember cookie's, expired); with other
    audiences in the cookie, only this audience's entry leaves it.
+
+A browser sends the same cookie until the session is saved anew, so what a value says whatever the time (its
+header, mac, ciphertext and decrypted data: `Reading`) is worked out once per value; only rule 1's timeouts are
+checked per request, and an opened session shares the remembered data until it changes it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,13 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
+from gateway.memo import Memo
 from gateway.policies.session import seal
 from gateway.policies.session.schema import SessionConfig
 
 TOUCH_THRESHOLD = 60  # seconds idle before refresh re-sends the header (resty-session's default; Kong keeps it)
 MAX_TTL = 34560000  # 400 days: the longest Max-Age of a remember cookie (RFC 6265bis)
+READINGS = 1024  # cookie values whose reading (Reading) a plugin remembers, of each of its two cookies
 EXPIRE_FLAGS = "; Expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0"
 NEW, OPEN, CLOSED = "new", "open", "closed"
 
@@ -48,7 +54,8 @@ class Settings:
 
     __slots__ = ("keys", "audience", "cookie_name", "remember_cookie_name", "cookie_flags", "idling_timeout",
                  "rolling_timeout", "absolute_timeout", "remember", "remember_rolling_timeout",
-                 "remember_absolute_timeout", "request_headers", "response_headers")
+                 "remember_absolute_timeout", "request_headers", "response_headers", "save_after", "readings",
+                 "remember_readings")
 
     def __init__(self, config: SessionConfig) -> None:
         self.keys = seal.Keys(config.secret or "")
@@ -64,6 +71,10 @@ class Settings:
         self.remember_absolute_timeout = config.remember_absolute_timeout
         self.request_headers = tuple(config.request_headers or ())
         self.response_headers = tuple(config.response_headers or ())
+        self.save_after = math.ceil(config.rolling_timeout * 0.75)  # refresh's: seconds since the last save
+        # The readings of the session and remember cookie values lately sent, by their value
+        self.readings: Memo[str, Reading] = Memo(READINGS)
+        self.remember_readings: Memo[str, Reading] = Memo(READINGS)
 
 
 def cookie_flags(config: SessionConfig) -> str:
@@ -106,13 +117,15 @@ class Failed(Exception):
 class Session:
     """One request's session, as resty-session's session object (state new, open or closed)."""
 
-    __slots__ = ("settings", "cookie", "state", "data", "index", "meta", "remember_meta", "set_cookies")
+    __slots__ = ("settings", "cookie", "state", "data", "contents", "index", "meta", "remember_meta", "set_cookies")
 
     def __init__(self, settings: Settings, cookie: CookieLookup) -> None:
         self.settings = settings
         self.cookie = cookie
         self.state = NEW
         self.data: list[list[Any]] = [[{}, settings.audience]]  # one [data, audience, subject?] per audience
+        # The remembered reading whose entries `data` is, shared with other requests: copied before it changes
+        self.contents: Contents | None = None
         self.index = 0
         self.meta: Meta | None = None
         self.remember_meta: Meta | None = None
@@ -124,10 +137,10 @@ class Session:
         return self.data[self.index][0]
 
     def set_data(self, data: Any) -> None:
-        self.data[self.index][0] = data
+        self._own()[self.index][0] = data
 
     def set_subject(self, subject: str | None) -> None:
-        entry = self.data[self.index]
+        entry = self._own()[self.index]
         if len(entry) < 3:
             entry.append(subject)
         else:
@@ -182,7 +195,7 @@ class Session:
         meta = self.meta
         assert meta is not None
         rolling_elapsed = meta.timestamp - meta.creation_time - meta.rolling_offset
-        if s.rolling_timeout > 0 and rolling_elapsed > math.ceil(s.rolling_timeout * 0.75):
+        if s.rolling_timeout > 0 and rolling_elapsed > s.save_after:
             try:
                 self._save(now, False, None)
             except Failed as e:
@@ -207,7 +220,7 @@ class Session:
         """Rule 5 for an open session; None, or why it failed."""
         if len(self.data) == 1:
             return self.destroy(now)
-        del self.data[self.index]
+        del self._own()[self.index]
         return self._save_both(now, CLOSED)
 
     def destroy(self, now: int) -> str | None:
@@ -247,6 +260,13 @@ class Session:
 
     # -- the work
 
+    def _own(self) -> list[list[Any]]:
+        """The data, copied first when it is shared (to change it)."""
+        if self.contents is not None:
+            self.data = [entry.copy() for entry in self.data]
+            self.contents = None
+        return self.data
+
     def _remember_meta(self, now: int) -> bool:
         """Read the request's remember cookie's header (its creation time carries on into the next one)."""
         if self.remember_meta is not None:
@@ -263,11 +283,13 @@ class Session:
         cookie = self.cookie(name)
         if cookie is None:
             raise Failed("missing session cookie")
-        header = seal.Header.parse(cookie)
+        readings = s.remember_readings if remember else s.readings
+        reading = readings.get(cookie)
+        if reading is None:
+            reading = readings.keep(cookie, Reading(s, name, cookie, remember))
+        header = reading.header
         if header is None:
-            raise Failed("invalid session header")
-        if header.flags & seal.FLAG_STORAGE:
-            raise Failed("invalid session flags")
+            raise Failed(reading.failure)
         absolute_elapsed = now - header.creation_time
         if absolute_elapsed > seal.MAX_ROLLING_OFFSET:
             raise Failed("session lifetime exceeded")
@@ -278,19 +300,14 @@ class Session:
         rolling_timeout = s.remember_rolling_timeout if remember else s.rolling_timeout
         if rolling_timeout != 0 and rolling_elapsed > rolling_timeout:
             raise Failed("session rolling timeout exceeded")
-        if remember:
-            if header.idling_offset != 0:
-                raise Failed("invalid session idling offset")
-        elif s.idling_timeout != 0 and rolling_elapsed - header.idling_offset > s.idling_timeout:
+        if not remember and s.idling_timeout != 0 and rolling_elapsed - header.idling_offset > s.idling_timeout:
             raise Failed("session idling timeout exceeded")
-        if not seal.authentic(s.keys, header):
-            raise Failed("invalid session message authentication code")
-        chunks = seal.cookie_chunks(len(name), header.data_size)
-        if chunks is None:
-            raise Failed("cookie size limit exceeded")
+        if reading.failure is not None:
+            raise Failed(reading.failure)
+        chunks = reading.chunks
         if chunks == 1:
-            initial = cookie[-header.data_size:]
-            encoded = initial
+            initial = reading.initial
+            ciphertext = reading.ciphertext
         else:
             initial = cookie[seal.HEADER_ENCODED_SIZE:]
             parts = [initial]
@@ -300,11 +317,12 @@ class Session:
                     raise Failed("missing session cookie chunk")
                 parts.append(part)
             encoded = "".join(parts)
-        if len(encoded) != header.data_size:
-            raise Failed("invalid session payload")
-        ciphertext = seal.b64url_decode(encoded)
-        if ciphertext is None:
-            raise Failed("unable to base64url decode session data")
+            if len(encoded) != header.data_size:
+                raise Failed("invalid session payload")
+            decoded = seal.b64url_decode(encoded)
+            if decoded is None:
+                raise Failed("unable to base64url decode session data")
+            ciphertext = decoded
         meta = Meta(now, header.flags, header.sid, header.creation_time, header.rolling_offset, header.data_size,
                     header.idling_offset, header.raw, initial)
         if remember:
@@ -313,24 +331,25 @@ class Session:
             self.meta = meta
         if meta_only:
             return
-        plaintext = seal.unseal(s.keys, header, ciphertext, remember)
-        if plaintext is None:
-            raise Failed("unable to decrypt session data")
-        try:
-            data = json.loads(plaintext)
-        except ValueError:
-            raise Failed("unable to json decode session data") from None
-        if not isinstance(data, list) or not all(isinstance(e, list) and len(e) >= 2 for e in data):
-            raise Failed("invalid session data")
-        for i, entry in enumerate(data):
-            if entry[1] == s.audience:
-                self.state = OPEN
-                self.data = data
-                self.index = i
-                return
-        data.append(self.data[self.index])
+        if chunks == 1:
+            contents = reading.contents
+            if contents is None:
+                contents = reading.contents = Contents(s, seal.decrypt(s.keys, header, ciphertext, remember))
+        else:
+            contents = Contents(s, seal.unseal(s.keys, header, ciphertext, remember))
+        if contents.failure is not None:
+            raise Failed(contents.failure)
+        if contents.index >= 0:
+            self.state = OPEN
+            self.data = contents.entries
+            self.contents = contents if chunks == 1 else None
+            self.index = contents.index
+            return
+        data = [entry.copy() for entry in contents.entries]
+        data.append(self._own()[self.index])
         self.state = NEW
         self.data = data
+        self.contents = None
         self.index = len(data) - 1
         raise _AudienceMissing("missing session audience")
 
@@ -400,6 +419,77 @@ class Session:
         for cookie in [name] + [f"{name}{i}" for i in range(2, chunks + 1)]:
             self.set_cookies[cookie] = f"{cookie}={s.cookie_flags}{EXPIRE_FLAGS}"
         return None
+
+
+class Reading:
+    """What one cookie value says whatever the time and the other cookies, worked out once per value (a browser
+    sends the same value until the session is saved anew): its header, the first of rule 1's checks that does not
+    depend on `now` to fail (`failure`; with no header, the header's own), and for a value in one cookie its
+    ciphertext and (once opened) its `contents`. Session._open makes the checks that depend on `now` in between."""
+
+    __slots__ = ("header", "failure", "chunks", "initial", "ciphertext", "contents")
+
+    def __init__(self, s: Settings, name: str, cookie: str, remember: bool) -> None:
+        self.chunks = 0
+        self.initial = ""
+        self.ciphertext = b""
+        self.contents: Contents | None = None
+        self.header = seal.Header.parse(cookie)
+        self.failure = self._check(s, name, cookie, remember)
+
+    def _check(self, s: Settings, name: str, cookie: str, remember: bool) -> str | None:
+        header = self.header
+        if header is None:
+            return "invalid session header"
+        if header.flags & seal.FLAG_STORAGE:
+            self.header = None
+            return "invalid session flags"
+        if remember and header.idling_offset != 0:
+            return "invalid session idling offset"
+        if not seal.authentic(s.keys, header):
+            return "invalid session message authentication code"
+        chunks = seal.cookie_chunks(len(name), header.data_size)
+        if chunks is None:
+            return "cookie size limit exceeded"
+        self.chunks = chunks
+        if chunks > 1:
+            return None  # the rest is in the request's other cookies
+        self.initial = cookie[-header.data_size:]
+        if len(self.initial) != header.data_size:
+            return "invalid session payload"
+        ciphertext = seal.b64url_decode(self.initial)
+        if ciphertext is None:
+            return "unable to base64url decode session data"
+        self.ciphertext = ciphertext
+        return None
+
+
+class Contents:
+    """A session cookie's decrypted data: its entries (rule 2) and the index of the plugin's audience's (-1: none),
+    or why it is no session data (`failure`)."""
+
+    __slots__ = ("failure", "entries", "index")
+
+    def __init__(self, s: Settings, plaintext: bytes | None) -> None:
+        self.failure: str | None = None
+        self.entries: list[list[Any]] = []
+        self.index = -1
+        if plaintext is None:
+            self.failure = "unable to decrypt session data"
+            return
+        try:
+            data = json.loads(plaintext)
+        except ValueError:
+            self.failure = "unable to json decode session data"
+            return
+        if not isinstance(data, list) or not all(isinstance(e, list) and len(e) >= 2 for e in data):
+            self.failure = "invalid session data"
+            return
+        self.entries = data
+        for i, entry in enumerate(data):
+            if entry[1] == s.audience:
+                self.index = i
+                return
 
 
 class _AudienceMissing(Failed):

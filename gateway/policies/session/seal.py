@@ -52,7 +52,7 @@ MAX_IDLING_OFFSET = 2 ** 24 - 1
 MAX_DATA_SIZE = 2 ** 24 - 1
 COMPRESSION_THRESHOLD = 1024  # bytes of JSON above which the data is deflated (resty-session's default)
 MAX_INFLATED = 1024 * 1024  # bytes a deflated payload may grow to; more is a broken cookie
-OPENED_MEMO = 1024  # cookies whose mac check and opening a plugin remembers (only authentic ones are opened)
+OPENED_MEMO = 1024  # split values whose opening a plugin remembers (only authentic ones are opened)
 REMEMBER_ROUNDS = 10000  # PBKDF2 rounds of the remember cookie's key (remember_safety "Medium")
 
 FLAG_STORAGE = 0x0001
@@ -147,7 +147,7 @@ def start_header(flags: int, sid: bytes, creation_time: int, rolling_offset: int
 class Keys:
     """The keys of one secret: per session id, its encryption key and IV, and its mac key."""
 
-    __slots__ = ("ikm", "prk", "aead", "invalid", "macs", "opened")
+    __slots__ = ("ikm", "prk", "aead", "invalid", "opened")
 
     def __init__(self, secret: str) -> None:
         # cryptography (~10 MiB a process) is imported only by a config with a session plugin: here, at its load
@@ -156,9 +156,9 @@ class Keys:
 
         self.aead = AESGCM
         self.invalid = InvalidTag
-        # What a header's mac check and a ciphertext's opening gave, by their bytes (both pure functions of them):
-        # a browser sends the same cookie until it is saved anew, so each is worked out once, not per request.
-        self.macs: Memo[bytes, bool] = Memo(OPENED_MEMO)
+        # What a split value's opening gave, by its bytes (a pure function of them): a browser sends the same
+        # cookies until they are saved anew, so it is worked out once, not per request. (A value in one cookie is
+        # remembered whole, by lifecycle.Reading.)
         self.opened: Memo[tuple[bytes, bytes, bool], bytes | None] = Memo(OPENED_MEMO)
         self.ikm = hashlib.sha256(secret.encode()).digest()
         self.prk = hmac.digest(b"", self.ikm, "sha256")  # HKDF-Extract, empty salt
@@ -206,22 +206,19 @@ def seal(keys: Keys, flags: int, sid: bytes, creation_time: int, rolling_offset:
 
 
 def authentic(keys: Keys, header: Header) -> bool:
-    known = keys.macs.get(header.raw)
-    if known is None:
-        known = keys.macs.keep(header.raw, hmac.compare_digest(header.mac, keys.mac(header.sid,
-                                                                                  header.raw[:HEADER_MAC_SIZE])))
-    return known
+    return hmac.compare_digest(header.mac, keys.mac(header.sid, header.raw[:HEADER_MAC_SIZE]))
 
 
 def unseal(keys: Keys, header: Header, ciphertext: bytes, remember: bool) -> bytes | None:
-    """The data of an authentic header's ciphertext; None when it does not decrypt (or inflate)."""
+    """`decrypt`, remembered by the header and ciphertext."""
     key = (header.raw, ciphertext, remember)
     if key in keys.opened:
         return keys.opened[key]
-    return keys.opened.keep(key, _unseal(keys, header, ciphertext, remember))
+    return keys.opened.keep(key, decrypt(keys, header, ciphertext, remember))
 
 
-def _unseal(keys: Keys, header: Header, ciphertext: bytes, remember: bool) -> bytes | None:
+def decrypt(keys: Keys, header: Header, ciphertext: bytes, remember: bool) -> bytes | None:
+    """The data of an authentic header's ciphertext; None when it does not decrypt (or inflate)."""
     aead, iv = keys.cipher(header.sid, remember)
     try:
         plaintext = aead.decrypt(iv, ciphertext + header.tag, header.raw[:HEADER_TAG_SIZE])
