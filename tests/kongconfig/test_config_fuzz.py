@@ -221,7 +221,7 @@ SEED_DOCS = {name: yaml.safe_load(text) for name, text in SEEDS}
 
 Path_ = tuple[Any, ...]
 FREE_MAPS = {"headers", "query", "meta", "resource_attributes", "custom_fields_by_lua"}  # user keys, not fields
-UNKNOWN_PLUGINS = ["oauth2", "hmac-auth", "my-custom-plugin", "Rate-Limiting", "rate_limiting", "key-auth ", "",
+UNKNOWN_PLUGINS = ["oauth2", "mtls-auth", "my-custom-plugin", "Rate-Limiting", "rate_limiting", "key-auth ", "",
                    "grpc-web", "acme", "aws-lambda", "ratelimiting"]
 UNKNOWN_KEYS = ["zz_unknown", "Name", "servce", "Paths", "ünï", "x-extra", "1", 1, "enabled_", "__proto__", "Config"]
 NUMBERS = [0, -1, -5, 1, 7, 2**31 - 1, 2**31, 2**53 + 1, 2**63, 2**64, 10**20, 0.5, 1e308, 5e-324,
