@@ -18,9 +18,11 @@ from itertools import chain
 from typing import Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from gateway.http.server import REFUSED, ROUTER_PATH, Exchange
 from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
+from gateway.memo import Derived
 from gateway.metrics import wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
@@ -45,10 +47,75 @@ def request_size(ex: Exchange) -> int:
             + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) + ex.body_received)
 
 
+class _Request(msgspec.Struct, gc=False):
+    """Kong's serialized request."""
+
+    id: str
+    uri: str
+    url: str
+    querystring: dict[str, Any]
+    method: str
+    headers: dict[str, Any]
+    size: int
+    tls: dict[str, Any] | UnsetType = UNSET
+
+
+class _Response(msgspec.Struct, gc=False):
+    status: int
+    headers: dict[str, Any]
+    size: int
+
+
+class _Latencies(msgspec.Struct, gc=False):
+    kong: int
+    proxy: int
+    request: int
+    receive: int
+
+
+class _Try(msgspec.Struct, gc=False):
+    """A balancer try; state and code for a failed one."""
+
+    ip: str
+    port: int
+    balancer_start: int
+    balancer_start_ns: int
+    balancer_latency: int = 0
+    balancer_latency_ns: int = 0
+    state: str | UnsetType = UNSET
+    code: int | UnsetType = UNSET
+
+
+class LogEntry(msgspec.Struct, gc=False):
+    """Kong's serializer table (kong/pdk/log.lua `serialize`) as the JSON has it: the fields in the order of its
+    keys, an UNSET one absent. (Structs: cheaper to make and to encode than dicts, their keys encoded once; no
+    cycles, so not tracked by the garbage collector.)"""
+
+    request: _Request
+    upstream_uri: str
+    upstream_status: str
+    response: _Response
+    latencies: _Latencies
+    client_ip: str
+    started_at: int
+    source: str
+    workspace: str = _WORKSPACE_ID
+    workspace_name: str = _WORKSPACE
+    tries: list[_Try] | UnsetType = UNSET
+    route: msgspec.Raw | UnsetType = UNSET
+    service: msgspec.Raw | UnsetType = UNSET
+    consumer: dict[str, Any] | UnsetType = UNSET
+    authenticated_entity: dict[str, str] | UnsetType = UNSET
+    correlation_id: str | UnsetType = UNSET
+    ai: dict[str, Any] | UnsetType = UNSET
+    trace_id: Any = UNSET
+    mcp: dict[str, str] | UnsetType = UNSET
+
+
 class Entry:
     """A finished request: the Exchange, when it started and ended (Trio clock), its final status."""
 
-    __slots__ = ("ex", "started", "ended", "status", "wall", "trace", "_latencies")
+    __slots__ = ("ex", "started", "ended", "status", "wall", "trace", "_latencies", "_json")
 
     def __init__(self, ex: Exchange, started: float, ended: float, status: int, wall: float = 0.0) -> None:
         self.ex = ex
@@ -58,6 +125,7 @@ class Entry:
         self.wall = wall  # time.time() - trio.current_time(): Trio clock -> Unix time (0.0: read when needed)
         self.trace: Any = None  # the opentelemetry plugin's Trace, when not in ex.state (Kong's serialized trace_id)
         self._latencies: tuple[float, float, float, float] | None = None
+        self._json: bytes | None = None
 
     @property
     def route(self) -> Any:
@@ -99,93 +167,85 @@ class Entry:
     def request_size(self) -> int:
         return request_size(self.ex)
 
-    def serialize(self) -> dict[str, Any]:
+    def serialize(self) -> LogEntry:
         """Kong's serializer: the table its log plugins encode as JSON, from what the gateway knows."""
         ex = self.ex
         req = ex.request
-        if not self.wall:
-            self.wall = wall_offset()
+        wall = self.wall
+        if not wall:
+            wall = self.wall = wall_offset()
         kong, proxy, request, receive = self.latencies()
-        target = _text(ex.request_uri())  # Kong's uri and url: $request_uri, as the client sent it
+        uri = ex.request_uri()
+        target = uri.decode("utf-8", "replace")  # Kong's uri and url: $request_uri, as the client sent it
         query = req.target.partition(b"?")[2]  # its querystring: the arguments as rewritten
-        host = ""
-        for name, value in req.headers:
+        raw = req.headers
+        host = None
+        for name, value in raw:
             if name == b"host":
-                host = _text(value)
+                host = value
                 break
         conn = ex.conn
-        scheme = conn.scheme.decode()
-        port = conn.listen_port.decode() or "-"
-        # nginx's $host: the Host's name, lowercased, without its port; with none, Kong's `server_name kong`
-        hostname = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower() if host else "kong"
-        doc: dict[str, Any] = {
-            "request": {
-                "id": ex.request_id.decode("latin-1"),
-                "uri": target,
-                "url": f"{scheme}://{hostname}:{port}{target}",
-                "querystring": _querystring(query),
-                "method": req.method.decode("latin-1"),
-                "headers": _headers(_request_headers(ex), _REDACTED),
-                "size": self.request_size(),
-            },
-            "upstream_uri": "",
-            "upstream_status": "",
-            "response": {"status": self.status, "headers": self._response_headers(), "size": ex.sent},
-            "latencies": {"kong": round(kong), "proxy": round(proxy), "request": round(request),
-                          "receive": round(receive)},
-            "client_ip": ex.client_ip,
-            "started_at": round((self.started + self.wall) * 1000),
-            "source": "upstream" if self.source == "service" else "kong",  # Kong's RESPONSE_SOURCE.NAMES
-            "workspace": _WORKSPACE_ID,
-            "workspace_name": _WORKSPACE,
-        }
+        headers = _request_headers(ex)
+        table = _headers(headers, True)
+        tries = ex.tries
+        state = ex.state
+        upstream_uri = upstream_status = ""
+        if tries:
+            upstream_uri = tries[-1].uri.decode("utf-8", "replace")
+            upstream_status = _upstream_status(tries)
+        elif state and (path := state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
+            # adds the "?" of the client's empty query, or the arguments
+            upstream_uri = _text(path + b"?" + query if query or uri[-1:] == b"?" else path)
+        doc = LogEntry(
+            _Request(ex.request_id.decode("latin-1"), target, _ORIGINS[host, conn.scheme, conn.listen_port] + target,
+                     _querystring(query) if query else {}, req.method.decode("latin-1"), table, request_size(ex)),
+            upstream_uri, upstream_status, _Response(self.status, _response_headers(ex), ex.sent),
+            _Latencies(round(kong), round(proxy), round(request), round(receive)), ex.client_ip,
+            round((self.started + wall) * 1000),
+            # Kong's RESPONSE_SOURCE.NAMES: its source "service" is "upstream", "error" and "exit" are "kong"
+            "upstream" if tries and tries[-1].head_at else "kong")
         tls = getattr(conn, "tls", None)
         if tls is not None:  # Kong's request.tls: the connection's protocol, cipher and $ssl_client_verify
-            doc["request"]["tls"] = _tls(tls)
-        tries = ex.tries
-        if tries:
-            doc["tries"] = _tries(tries, self.wall, self.status, ex.route)
-            last = tries[-1]
-            doc["upstream_uri"] = _text(last.uri)
-            doc["upstream_status"] = ", ".join(str(_status_of(t.code)) for t in tries if t.code)
-        elif ex.state and (path := ex.state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
-            query = req.target.partition(b"?")[2]  # adds the "?" of the client's empty query, or the arguments
-            doc["upstream_uri"] = _text(path + b"?" + query if query or ex.request_uri()[-1:] == b"?" else path)
+            doc.request.tls = _tls(tls)
         route = ex.route
+        if tries:
+            doc.tries = _tries(tries, wall, self.status, route)
         if route is not None:
-            doc.setdefault("tries", [])  # Kong's balancer_data exists once a route matched, even with no try
+            if not tries:
+                doc.tries = []  # Kong's balancer_data exists once a route matched, even with no try
             facts = route.facts
-            doc["route"] = facts.route_json
+            doc.route = facts.route_json
             if facts.service_json is not None:
-                doc["service"] = facts.service_json
+                doc.service = facts.service_json
         consumer = ex.consumer
         if consumer is not None:
             if consumer.id is not None:  # (none: ldap-auth's credential, Kong's kong.client.authenticate(nil, cred))
-                doc["consumer"] = _consumer(consumer)
+                doc.consumer = _consumer(consumer)
             if consumer.credential_id is not None:  # Kong's {id = credential.id, consumer_id = credential.consumer_id}
                 entity = {"id": consumer.credential_id}
                 owner = getattr(consumer, "entity_consumer_id", None)  # only a session's credential table has one
                 if owner is not None:
                     entity["consumer_id"] = owner
-                doc["authenticated_entity"] = entity
+                doc.authenticated_entity = entity
         trace = self.trace
-        state = ex.state
         if state:
             if trace is None:  # the tracing plugin's Trace of this request
                 trace = state.get("opentelemetry") or state.get("zipkin")
             correlation_id = state.get("correlation-id")  # the correlation-id plugin's set_serialize_value
             if correlation_id:
-                doc["correlation_id"] = correlation_id.decode("latin-1")
+                doc.correlation_id = correlation_id.decode("latin-1")
             original = state.get(ORIGINAL_REQUEST)  # ai-prompt-template's log_original_request
             if original is not None:
-                doc["ai"] = {"payload": {"original_request": original.decode("utf-8", "replace")}}
+                doc.ai = {"payload": {"original_request": original.decode("utf-8", "replace")}}
         if trace is not None:
             trace_id = trace.serialized()
             if trace_id:
-                doc["trace_id"] = trace_id
-        mcp = _mcp(ex)
-        if mcp:
-            doc["mcp"] = mcp
+                doc.trace_id = trace_id
+        # _mcp reads the request's header lines: when the table holds all of them, no "mcp-method" key says none
+        if ex.mcp is not None or headers is not raw or "mcp-method" in table:
+            mcp = _mcp(ex)
+            if mcp:
+                doc.mcp = mcp
         return doc
 
     def json_line(self) -> bytes:
@@ -193,19 +253,27 @@ class Entry:
         return self.json() + b"\n"
 
     def json(self) -> bytes:
-        """The serializer's table as JSON, no newline (what udp-log sends as a datagram)."""
-        return _encode(self.serialize())
+        """The serializer's table as JSON, no newline (what udp-log sends as a datagram); made once, for all the
+        loggers of the request (everything it reads is final once the response is sent)."""
+        encoded = self._json
+        if encoded is None:
+            encoded = self._json = _encode(self.serialize())
+        return encoded
 
-    def _response_headers(self) -> dict[str, Any]:
-        ex = self.ex
-        headers = list(ex.response_headers or ())
-        lines = ex.response_lines
-        if lines:  # header lines policies added (rate limits), pre-formatted
-            for line in lines.split(b"\r\n"):
-                name, sep, value = line.partition(b":")
-                if sep:
-                    headers.append((name.strip(), value.strip()))
-        return _headers(headers[:MAX_HEADERS], frozenset())  # ngx.resp.get_headers(): its first 100
+
+def _origin(key: tuple[bytes | None, bytes, bytes]) -> str:
+    """The url's start: scheme, nginx's $host (the Host's name, lowercased, without its port; with no Host, Kong's
+    `server_name kong`) and the port the request came in on."""
+    raw, scheme, port = key
+    host = _text(raw) if raw is not None else ""
+    hostname = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower() if host else "kong"
+    return f"{scheme.decode()}://{hostname}:{port.decode() or '-'}"
+
+
+_MEMO_MAX = 1000
+# a header line's name -> its key; (Host, scheme, port) -> the url's start
+_NAMES: Derived[bytes, str] = Derived(lambda raw: raw.decode("latin-1").lower(), _MEMO_MAX)
+_ORIGINS: Derived[tuple[bytes | None, bytes, bytes], str] = Derived(_origin, _MEMO_MAX)
 
 
 def _text(raw: bytes) -> str:
@@ -218,66 +286,116 @@ def _request_headers(ex: Exchange) -> Any:
     """The request headers as Kong's kong.request.get_headers() reads them in the log phase: the client's as the
     plugins left them (kong.service.request.set_header and clear_header change them), so with the consumer's
     (X-Consumer-ID, -Username, -Custom-ID, X-Credential-Identifier, X-Anonymous-Consumer, acl's X-Consumer-Groups, ...)
-    in place of the client's copies once an authentication plugin set a consumer; the first 100 lines."""
+    in place of the client's copies once an authentication plugin set a consumer; the first 100 lines (the request's
+    own list when that is all of them)."""
     headers = ex.request.headers
     consumer = ex.consumer
     if consumer is not None:
         own = consumer.upstream_headers
         names = _CONSUMER_SET.union([hv[0] for hv in own])
         headers = [hv for hv in headers if hv[0] not in names] + own
-    return headers[:MAX_HEADERS]
+    return headers[:MAX_HEADERS] if len(headers) > MAX_HEADERS else headers
 
 
-def _headers(headers: Any, redacted: frozenset[bytes]) -> dict[str, Any]:
-    """Kong's header table: lower-case names, a list for a repeated header; a credential header is the one string
-    REDACTED however many lines it had (the serializer replaces the table's entry)."""
-    out: dict[str, Any] = {}
-    for name, value in headers:
-        if name in redacted:
-            out[name.decode("latin-1")] = "REDACTED"
-        else:
-            add_arg(out, name.decode("latin-1").lower(), _text(value))
+def _headers(headers: Any, redact: bool) -> dict[str, Any]:
+    """Kong's header table: lower-case names, a list for a repeated header; with `redact`, a credential header is
+    the one string REDACTED however many lines it had (the serializer replaces the table's entry)."""
+    names = _NAMES
+    try:  # the common case in one pass: no name twice, no credential, UTF-8 values
+        out = {names[name]: value.decode() for name, value in headers}
+    except UnicodeDecodeError:
+        return _header_table(headers, redact)
+    if len(out) < len(headers) or redact and ("authorization" in out or "proxy-authorization" in out):
+        return _header_table(headers, redact)
     return out
+
+
+def _header_table(headers: Any, redact: bool) -> dict[str, Any]:
+    """_headers, line by line."""
+    out: dict[str, Any] = {}
+    names = _NAMES
+    for name, value in headers:
+        key = names[name]
+        if redact and name in _REDACTED:
+            out[key] = "REDACTED"
+        elif key in out:
+            add_arg(out, key, _text(value))
+        else:
+            out[key] = _text(value)
+    return out
+
+
+def _response_headers(ex: Exchange) -> dict[str, Any]:
+    """ngx.resp.get_headers(): the response's header table, its first 100 lines: the response's headers, then the
+    lines policies added (rate limits, Kong's own), pre-formatted."""
+    headers = ex.response_headers or ()
+    out = _headers(headers[:MAX_HEADERS] if len(headers) > MAX_HEADERS else headers, False)
+    room = MAX_HEADERS - len(headers)
+    lines = ex.response_lines
+    if lines and room > 0:
+        parsed = _LINES
+        for line in lines.split(b"\r\n"):
+            header = parsed[line]
+            if header is not None:
+                key, value = header
+                if key in out:
+                    add_arg(out, key, value)
+                else:
+                    out[key] = value
+                room -= 1
+                if not room:
+                    break
+    return out
+
+
+def _line(line: bytes) -> tuple[str, str] | None:
+    """A header line's key and value in the header table (None: not a header line)."""
+    name, sep, value = line.partition(b":")
+    return (name.strip().decode("latin-1").lower(), _text(value.strip())) if sep else None
+
+
+# the lines policies add: the same few on every response, but for Kong's latencies and request id
+_LINES: Derived[bytes, tuple[str, str] | None] = Derived(_line, _MEMO_MAX)
 
 
 def _querystring(query: bytes) -> dict[str, Any]:
     """Kong's kong.request.get_query(): ngx.req.get_uri_args(100): an argument without a value is true, repeated ones
     are lists, one without a name is dropped, the first 100 only."""
-    if not query:
-        return {}
-    out: dict[str, Any] = {}
-    for name, value in uri_args(query, MAX_URI_ARGS).items():
-        out[_text(name)] = [_arg(v) for v in value] if isinstance(value, list) else _arg(value)
-    return out
+    return {_text(name): [_arg(v) for v in value] if isinstance(value, list) else _arg(value)
+            for name, value in uri_args(query, MAX_URI_ARGS).items()}
 
 
 def _arg(value: bytes | bool) -> str | bool:
     return _text(value) if isinstance(value, bytes) else value
 
 
-def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[dict[str, Any]]:
+def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[_Try]:
     """Kong's balancer tries: where, when; a try followed by another has the state and code of its failure (Kong's
     balancer records get_last_failure() when it retries); the last one has them only when the response is a 5xx and
     no retry was left (Kong's header filter: try_count > retries), its code then the response's status."""
-    out = [_try(t, wall) for t in tries]
-    for attempt, entry in zip(tries[:-1], out[:-1], strict=True):
-        entry["state"] = "failed"
-        entry["code"] = _status_of(attempt.code) if attempt.code else 502
-    service = route.service if route is not None else None
-    retries = service.retries if service is not None else 5
-    if status > 499 and len(tries) > retries:
-        out[-1]["state"] = "failed"
-        out[-1]["code"] = status
+    out = []
+    for attempt in tries:
+        host, port = attempt.target.key
+        start = (attempt.started + wall) * 1000
+        out.append(_Try(host, port, round(start), round(start * 1e6)))
+    if len(out) > 1:
+        for attempt, entry in zip(tries[:-1], out[:-1], strict=True):
+            entry.state = "failed"
+            entry.code = _status_of(attempt.code) if attempt.code else 502
+    if status > 499:
+        service = route.service if route is not None else None
+        if len(tries) > (service.retries if service is not None else 5):
+            out[-1].state = "failed"
+            out[-1].code = status
     return out
 
 
-def _try(attempt: Any, wall: float) -> dict[str, Any]:
-    """Kong's balancer try: where and when."""
-    host, port = attempt.target.key
-    start = (attempt.started + wall) * 1000
-    return {"ip": host, "port": port, "balancer_start": round(start), "balancer_start_ns": round(start * 1e6),
-            "balancer_latency": 0, "balancer_latency_ns": 0}
-
+def _upstream_status(tries: list[Any]) -> str:
+    """nginx's $upstream_status: each try's outcome, ", "-separated (none for a try the client left)."""
+    if len(tries) == 1:
+        code = tries[0].code
+        return str(_status_of(code)) if code else ""
+    return ", ".join([str(_status_of(t.code)) for t in tries if t.code])
 
 def _tls(tls: Any) -> dict[str, Any]:
     """Kong's request.tls: the TLS version and cipher as nginx names them (OpenSSL's names), and $ssl_client_verify
