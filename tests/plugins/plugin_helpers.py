@@ -67,3 +67,12 @@ def headers_of(reply: Reply, name: str) -> list[str]:
 
 def body_json(reply: Reply) -> Any:
     return json.loads(reply.body)
+
+
+def run_without_waiting(coroutine: Any) -> Any:
+    """Run a plugin step that never waits (an access or a filter on a fake exchange) to its end: its value."""
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the plugin step waited")

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from plugin_helpers import run_without_waiting
 
 from gateway.http.codec import Headers, Request
 from gateway.http.uri_args import encode_args as ngx_encode_args
@@ -393,15 +394,6 @@ class FakeExchange:
         self.request.target = target
 
 
-def drive(coroutine: Any) -> Any:
-    """Run an access step that never waits (FakeExchange's awaits return at once)."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    raise AssertionError("the access step waited")
-
-
 class _Logs(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
@@ -421,7 +413,7 @@ def outcome(policy: Any, method: bytes, target: bytes, headers: Headers, body: b
     handler.log.addHandler(logs)
     previous, handler.log.propagate = handler.log.propagate, False
     try:
-        result: Any = ("answered", drive(policy.access(ex)))
+        result: Any = ("answered", run_without_waiting(policy.access(ex)))
     except LuaError as e:
         result = ("LuaError", str(e))
     finally:
@@ -577,7 +569,7 @@ def test_a_config_without_templates_renders_nothing_and_reads_no_captures(monkey
     monkeypatch.setattr(handler, "_render", no_render)
     ex = FakeExchange(b"POST", b"/mcp", [(b"host", b"h"), (b"x-old", b"o"), (b"content-type", b"application/json")],
                       b'{"a":1}', captures_readable=False)
-    assert drive(policy.access(ex)) is False
+    assert run_without_waiting(policy.access(ex)) is False
     assert ex.request.headers == [(b"host", b"h"), (b"content-type", b"application/json"), (b"x-new", b"o"),
                                   (b"x-bench", b"1"), (b"content-length", b"15")]
     assert ex.calls == [("set_upstream_path", b"/static%20path"), ("read_body",),
@@ -589,7 +581,7 @@ def test_a_replace_uri_without_a_template_is_escaped_once_at_load(monkeypatch):
     monkeypatch.setattr(handler, "escape_path", lambda path: pytest.fail("escaped per request"))
     for _ in range(2):
         ex = FakeExchange(b"GET", b"/x", [])
-        assert drive(policy.access(ex)) is False
+        assert run_without_waiting(policy.access(ex)) is False
         assert ex.calls == [("set_upstream_path", b"/a%20b/%C3%A9")]
 
 
@@ -597,7 +589,7 @@ def test_a_replace_uri_without_a_template_that_is_no_path_is_still_kongs_500_eac
     policy = transformer(replace={"uri": "x"})
     for _ in range(2):
         ex = FakeExchange(b"GET", b"/x", [])
-        assert drive(policy.access(ex)) is True
+        assert run_without_waiting(policy.access(ex)) is True
         assert ex.calls == [("respond_error", 500)]
 
 
@@ -606,13 +598,13 @@ def test_the_query_string_is_parsed_only_when_an_op_or_a_template_needs_it(monke
     real = handler.get_query
     monkeypatch.setattr(handler, "get_query", lambda target: parsed.append(target) or real(target))
     ex = FakeExchange(b"GET", b"/x?a=1", [])
-    drive(transformer(add={"headers": ["x-static:1"], "body": ["k:v"]}).access(ex))
+    run_without_waiting(transformer(add={"headers": ["x-static:1"], "body": ["k:v"]}).access(ex))
     assert parsed == [] and ex.request.target == b"/x?a=1"  # headers and body only: the query is left alone
     ex = FakeExchange(b"GET", b"/x?a=1", [])
-    drive(transformer(add={"headers": ["x-from-query:$(query_params.a)"]}).access(ex))
+    run_without_waiting(transformer(add={"headers": ["x-from-query:$(query_params.a)"]}).access(ex))
     assert parsed == [b"/x?a=1"] and ex.request.headers == [(b"x-from-query", b"1")]
     ex = FakeExchange(b"POST", b"/x?a=1", [])
-    drive(transformer(http_method="GET").access(ex))  # a form body would go into the query
+    run_without_waiting(transformer(http_method="GET").access(ex))  # a form body would go into the query
     assert parsed == [b"/x?a=1", b"/x?a=1"]
 
 
@@ -620,7 +612,7 @@ def test_query_templates_in_query_ops_read_the_query_as_it_came():
     """The query ops change a copy when one of their templates reads query_params (Kong's template environment
     holds the query as get_query gave it)."""
     ex = FakeExchange(b"GET", b"/x?a=1&b=2", [])
-    drive(transformer(remove={"querystring": ["a"]}, add={"querystring": ["c:$(query_params.a)"]},
+    run_without_waiting(transformer(remove={"querystring": ["a"]}, add={"querystring": ["c:$(query_params.a)"]},
                       append={"querystring": ["b:$(query_params.b)"]}).access(ex))
     assert ex.request.target == b"/x?b=2&b=2&c=1"
 
@@ -631,8 +623,8 @@ def test_query_templates_in_query_ops_read_the_query_as_it_came():
 def both(headers: Headers, **document: Any) -> Headers:
     config = msgspec.convert(document, RequestTransformerConfig)
     ex, ref = FakeExchange(b"GET", b"/x", list(headers)), FakeExchange(b"GET", b"/x", list(headers))
-    drive(RequestTransformer(config).access(ex))
-    drive(Reference(config).access(ref))
+    run_without_waiting(RequestTransformer(config).access(ex))
+    run_without_waiting(Reference(config).access(ref))
     assert ex.request.headers == ref.request.headers
     return ex.request.headers
 

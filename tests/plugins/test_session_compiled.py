@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plugin_helpers import run_without_waiting
 
 from gateway.http.codec import Headers, Request
 from gateway.http.server import Exchange
@@ -571,14 +572,6 @@ class FakeExchange:
         self.sent.append((status, headers, body, end))
 
 
-def _run(coroutine: Any) -> Any:
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    raise AssertionError("the plugin waited")
-
-
 def _who(who: Any) -> Any:
     if who is None:
         return None
@@ -606,7 +599,7 @@ def _step(policy: Any, step: dict[str, Any], jar: dict[str, str], now: int) -> t
         headers.append((b"content-type", step["body"][0]))
     ex = FakeExchange(step["method"], step["target"], headers, step["body"][1] if step["body"] else b"")
     with _world(now, step["seed"]):
-        answered = _run(policy.access(ex))
+        answered = run_without_waiting(policy.access(ex))
         request_headers = list(ex.request.headers)
         after_access = _who(ex.consumer)
         if step["who"] != "keep" and (ex.consumer is None or step["override"]):

@@ -15,6 +15,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from plugin_helpers import run_without_waiting
 
 from gateway.pipeline.phases import ResponsePhases
 from gateway.policies import correlation_id, response_transformer
@@ -202,15 +203,6 @@ def exchange(headers: list, state: dict | None = None) -> Any:
     return SimpleNamespace(request=SimpleNamespace(headers=headers), state=state)
 
 
-def run(coroutine: Any) -> Any:
-    """An access that never waits, run to its end."""
-    try:
-        coroutine.send(None)
-    except StopIteration as done:
-        return done.value
-    raise AssertionError("access waited")
-
-
 HEADER_NAMES = ["Kong-Request-ID", "X_Correlation_Id", "x-a", "Host", "Cookie", "Transfer-Encoding",
                 "transfer_encoding", "a-b-c-d-e-f-g-h-i-j"]
 REQUEST_NAMES = ["kong-request-id", "kong_request-id", "kong_request_id", "kong-request_id", "x-correlation-id",
@@ -246,7 +238,7 @@ def test_compiled_correlation_id_sends_and_echoes_what_kongs_calls_do(name, head
     plugin = correlation_id.build(config, "id", None)
     plugin.generate = lambda ex: b"gen\x01erated"
     ex = exchange(list(headers))
-    assert run(plugin.access(ex)) is False
+    assert run_without_waiting(plugin.access(ex)) is False
     expected_headers, expected_value = reference_access(config, list(headers), b"gen\x01erated")
     assert ex.request.headers == expected_headers
     assert ex.state == {STATE_KEY: expected_value}
@@ -283,6 +275,6 @@ def test_uuid_counter_ids_are_the_workers_uuid_and_a_count_from_one():
 def test_the_uuid_generator_writes_a_uuid():
     plugin = CorrelationId(CorrelationIdConfig(generator="uuid"))
     ex = exchange([])
-    run(plugin.access(ex))
+    run_without_waiting(plugin.access(ex))
     value = ex.state[STATE_KEY]
     assert ex.request.headers == [(b"kong-request-id", value)] and uuid.UUID(value.decode()).version == 4
