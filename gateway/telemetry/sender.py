@@ -1,5 +1,6 @@
-"""Sending a batch to a collector over HTTP/1.1 (http-log, OTLP/HTTP): h11 on a Trio stream, TLS with Trio's SSL
-stream for https, one kept-alive connection per sender.
+"""Sending a batch to a collector over HTTP/1.1 (http-log, OTLP/HTTP, Zipkin): the proxy's own upstream codec
+(llhttp) on a Trio stream, TLS with Trio's SSL stream for https, one kept-alive connection per sender. A log entry
+per request goes this way with Kong's defaults (http-log's batch of one), so a send is a few joins and a parse.
 
 Each phase has its own bound, as Kong's senders do: connecting (connect_timeout), sending the request
 (send_timeout), reading the response (read_timeout). A 2xx answer is success; anything else, a timeout or a broken
@@ -13,9 +14,10 @@ import base64
 import ssl
 from urllib.parse import unquote, urlsplit
 
-import h11
 import trio
 
+from gateway.http.codec import END, LENGTH, NEED_DATA, ProtocolError, Response
+from gateway.http.codec_llhttp import LlhttpClient
 from gateway.http.net import NameNotResolved, open_tcp_stream
 from gateway.http.tls_contexts import client_context
 
@@ -24,6 +26,11 @@ MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) an
 
 class SendError(Exception):
     """A batch could not be delivered; the message says where and why."""
+
+
+class _NothingBack(SendError):
+    """The exchange failed before any byte of an answer came: on a kept-alive connection, the collector had closed it
+    while idle, and the request is sent again on a new one (once; never after an answer began or a timeout)."""
 
 
 class Endpoint:
@@ -105,78 +112,80 @@ class HttpSender:
         self.keepalive = keepalive
         self.verify = verify  # Kong's http-log sends with ssl_verify = false
         self._stream: trio.abc.Stream | None = None
-        self._conn: h11.Connection | None = None
+        self._codec: LlhttpClient | None = None
         self._idle_since = 0.0
+        # what every request carries after Host, Content-Type and Content-Length: the userinfo's Authorization,
+        # then the configured headers but those (the sender's own win)
+        own = [(b"authorization", endpoint.authorization)] if endpoint.authorization is not None else []
+        taken = {b"host", b"content-type", b"content-length", *(name for name, _ in own)}
+        self._tail = own + [(n, v) for n, v in self.headers if n.lower() not in taken]
+        self._target = endpoint.target.encode()
 
     async def send(self, body: bytes, content_type: bytes, method: bytes = b"POST") -> int:
         """Send one request; returns the 2xx status, or raises SendError."""
-        ep = self.endpoint
-        headers = [(b"host", ep.host_header), (b"content-type", content_type),
-                   (b"content-length", b"%d" % len(body))]
-        if ep.authorization is not None:
-            headers.append((b"authorization", ep.authorization))
-        taken = {name.lower() for name, _ in headers}
-        headers += [(n, v) for n, v in self.headers if n.lower() not in taken]
+        headers = [(b"host", self.endpoint.host_header), (b"content-type", content_type),
+                   (b"content-length", b"%d" % len(body)), *self._tail]
         reused = self._stream is not None and kept_alive(self._idle_since, self.keepalive)
         if not reused:
             await self.close()
-        try:
-            return await self._exchange(method, headers, body)
-        except SendError:
-            await self.close()
-            if not reused:
+        status = 0
+        for retry in (reused, False):
+            try:
+                status = await self._exchange(method, headers, body)
+                break
+            except _NothingBack:  # on a kept-alive connection: closed by the collector while idle, so sent again
+                await self.close()
+                if not retry:
+                    raise
+            except BaseException:
+                await self.close()
                 raise
-        except BaseException:
-            await self.close()
-            raise
-        return await self._exchange(method, headers, body)  # a kept-alive connection the collector had closed
+        if not 200 <= status < 300:  # (the connection is kept when the answer allowed it, as lua-resty-http does)
+            raise SendError(f"{self.endpoint}: the collector answered {status}")
+        return status
 
     async def _exchange(self, method: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+        """One request and its answer's status; the connection is kept for the next when the answer allows it."""
         ep = self.endpoint
         if self._stream is None:
             self._stream = await self._connect()
-            self._conn = h11.Connection(h11.CLIENT)
-        stream, conn = self._stream, self._conn
-        assert conn is not None
+            self._codec = LlhttpClient()
+        stream, codec = self._stream, self._codec
+        assert codec is not None
         try:
             with trio.fail_after(self.send_timeout):
-                data = conn.send(h11.Request(method=method, target=ep.target.encode(), headers=headers))
-                data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())  # type: ignore[operator]
-                await stream.send_all(data)
+                await stream.send_all(codec.request_head(method, self._target, headers, LENGTH) + body + codec.end())
         except trio.TooSlowError:
             raise SendError(f"{ep}: the request was not accepted within {self.send_timeout:g}s") from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.LocalProtocolError) as e:
-            raise SendError(f"{ep}: sending failed: {e}") from None
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
+            raise _NothingBack(f"{ep}: sending failed: {e}") from None
         status = 0
         size = 0
         try:
             with trio.fail_after(self.read_timeout):
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
+                while (event := codec.next_event()) is not END:
+                    if event is NEED_DATA:
                         chunk = await stream.receive_some(65536)
-                        conn.receive_data(bytes(chunk))
+                        codec.receive_data(bytes(chunk))
                         size += len(chunk)
                         if size > MAX_RESPONSE_BYTES:
                             raise SendError(f"{ep}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
-                        continue
-                    if isinstance(event, h11.Response):
-                        status = event.status_code
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    elif isinstance(event, h11.ConnectionClosed):
-                        raise SendError(f"{ep}: the collector closed the connection without an answer")
+                    elif type(event) is Response:
+                        status = event.status
+                    elif type(event) is not bytes:  # CLOSED
+                        raise (SendError if size else _NothingBack)(
+                            f"{ep}: the collector closed the connection without an answer")
         except trio.TooSlowError:
             raise SendError(f"{ep}: no answer within {self.read_timeout:g}s") from None
-        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError) as e:
+        except ProtocolError as e:
             raise SendError(f"{ep}: reading the answer failed: {e}") from None
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:  # a reset, say
+            raise (SendError if size else _NothingBack)(f"{ep}: reading the answer failed: {e}") from None
+        if codec.keep_alive:
+            codec.start_next_cycle()
             self._idle_since = trio.current_time()
         else:
             await self.close()
-        if not 200 <= status < 300:
-            raise SendError(f"{ep}: the collector answered {status}")
         return status
 
     async def _connect(self) -> trio.abc.Stream:
@@ -185,6 +194,6 @@ class HttpSender:
                              verify=self.verify, timeout=self.connect_timeout, where=str(ep))
 
     async def close(self) -> None:
-        stream, self._stream, self._conn = self._stream, None, None
+        stream, self._stream, self._codec = self._stream, None, None
         if stream is not None:
             await close_quietly(stream)
