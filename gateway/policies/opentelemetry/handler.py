@@ -121,7 +121,7 @@ class OpenTelemetry:
 
     def __init__(self, config: OpenTelemetryConfig, plugin_id: str, node_id: str = "",
                  queues: Queues = QUEUES, tracing: TracingSettings | None = None) -> None:
-        from gateway.telemetry import otlp  # protobuf: only where the plugin is configured
+        from gateway.telemetry import otlp  # only where the plugin is configured
 
         self.otlp = otlp
         tracing = tracing if tracing is not None else TracingSettings()

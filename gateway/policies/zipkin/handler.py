@@ -27,12 +27,14 @@ import msgspec
 from gateway.http.codec import Headers
 from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
+from gateway.memo import Derived
 from gateway.metrics import wall_offset
 from gateway.policies.zipkin import spans
 from gateway.policies.zipkin.schema import ZipkinConfig
 from gateway.routing.normalize import normalize_path
 from gateway.telemetry import propagation
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.entities import RouteFacts
 from gateway.telemetry.propagation import (
     TRACE_HEADERS,
     Context,
@@ -210,15 +212,15 @@ class Zipkin:
             return int((t + wall) * 1e6)
 
         req = ex.request
-        path = normalize_path(ex.request_uri().partition(b"?")[0]).decode("utf-8", "replace")
+        path = _PATHS[ex.request_uri().partition(b"?")[0]]
         tries = ex.tries or []
         end = us(ended)
         header_start = None
         if ex.response_started:  # right after the upstream's head came, or when the gateway answered
             last_head = tries[-1].head_at if tries else 0.0
             header_start = us(last_head) if last_head else end
-        facts = spans.Facts(method=trace.method.decode("latin-1"), path=path, host=_host(req.host), status=status,
-                            start=us(started), end=end, protocol=_protocol(req.http_version),
+        facts = spans.Facts(method=_METHODS[trace.method], path=path, host=_HOSTS[req.host], status=status,
+                            start=us(started), end=end, protocol=_PROTOCOLS[req.http_version],
                             client_ip=ex.client_ip or None, client_port=self._client_port(ex),
                             node_id=self.node_id, header_start=header_start)
         if trace.accessed:  # Kong's access phase starts before routing, as the gateway's pipeline does
@@ -237,9 +239,9 @@ class Zipkin:
             facts.routed = route.service is not None  # Kong's balancer_data: the count of spans (_Report)
             rf = route.facts
             if rf is not None:
-                facts.route_id, facts.route_name = rf.route_id, _NAMED.decode(rf.route_json).name
-                if rf.service_json is not None:
-                    service = _NAMED.decode(rf.service_json)
+                route_name, service = _NAMES[rf]
+                facts.route_id, facts.route_name = rf.route_id, route_name
+                if service is not None:
                     facts.service_id, facts.service_name, facts.peer_port = rf.service_id, service.name, service.port
         for i, attempt in enumerate(tries):
             host, port = attempt.target.key
@@ -301,6 +303,11 @@ def _keep(ex: Exchange, trace: Trace) -> None:
         state[STATE_KEY] = trace
 
 
+def _names(rf: RouteFacts) -> tuple[str | None, _Named | None]:
+    """A route's name and its service's name and port, as its entity JSON has them."""
+    return _NAMED.decode(rf.route_json).name, None if rf.service_json is None else _NAMED.decode(rf.service_json)
+
+
 def _host(host: bytes | None) -> str:
     """nginx's $host: the request's host without its port, in lower case; the server name when it has none."""
     if not host:
@@ -317,6 +324,14 @@ def _protocol(version: bytes) -> str | None:
         return f"HTTP/{float(version):.14g}"
     except ValueError:
         return None
+
+
+# What the same few values of every request give, made once each (bounded: the keys come from clients)
+_NAMES: Derived[RouteFacts, tuple[str | None, _Named | None]] = Derived(_names, 1024)
+_HOSTS: Derived[bytes | None, str] = Derived(_host, 1024)
+_PROTOCOLS: Derived[bytes, str | None] = Derived(_protocol, 64)
+_METHODS: Derived[bytes, str] = Derived(lambda method: method.decode("latin-1"), 64)
+_PATHS: Derived[bytes, str] = Derived(lambda raw: normalize_path(raw).decode("utf-8", "replace"), 1024)
 
 
 @lru_cache(maxsize=1024)

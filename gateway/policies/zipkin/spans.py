@@ -24,8 +24,42 @@ _encode = msgspec.json.Encoder().encode
 _TAG = re.compile(r"\s*(\S+)\s*=\s*(.*\S)\s*", re.ASCII | re.DOTALL)  # request_tags.lua's pattern
 
 
+class Annotation(msgspec.Struct):
+    """A phase's annotation as Zipkin's JSON has it."""
+
+    value: str
+    timestamp: int
+
+
+class Endpoint(msgspec.Struct, omit_defaults=True, rename="camel"):
+    """localEndpoint / remoteEndpoint: only what is known (one of ipv4 and ipv6)."""
+
+    service_name: str | None = None
+    port: int | None = None
+    ipv4: str | None = None
+    ipv6: str | None = None
+
+
+class JsonSpan(msgspec.Struct, kw_only=True, omit_defaults=True, rename="camel"):
+    """A span as Kong's reporter sends it, its keys in Kong's order: parentId, tags and annotations only when there
+    are some, remoteEndpoint null when nothing is known of it."""
+
+    trace_id: str
+    name: str
+    parent_id: str | None = None
+    id: str
+    kind: str
+    timestamp: int
+    duration: int
+    local_endpoint: Endpoint
+    remote_endpoint: Endpoint | None
+    tags: dict[str, str] = {}
+    annotations: list[Annotation] = []
+
+
 class Span:
-    """A span as Kong's span.lua holds it: hex trace id, integer span ids, times in µs, tags in the order set."""
+    """A span as Kong's span.lua holds it: hex trace id, integer span ids, times in µs, tags in the order set (as
+    the strings Zipkin's JSON has: tag_string)."""
 
     __slots__ = ("kind", "name", "trace_id", "span_id", "parent_id", "timestamp", "duration", "tags", "annotations",
                  "ip", "port", "service_name")
@@ -39,8 +73,8 @@ class Span:
         self.parent_id = parent_id
         self.timestamp = timestamp
         self.duration = 0
-        self.tags: dict[str, Any] = {}
-        self.annotations: list[dict[str, Any]] = []
+        self.tags: dict[str, str] = {}
+        self.annotations: list[Annotation] = []
         self.ip: str | None = None  # the remote end: the client's address, or the try's target
         self.port: int | None = None
         self.service_name: str | None = None
@@ -53,10 +87,10 @@ class Span:
         if value is None:
             self.tags.pop(key, None)
         else:
-            self.tags[key] = value
+            self.tags[key] = value if type(value) is str else tag_string(value)
 
     def annotate(self, value: str, timestamp: int) -> None:
-        self.annotations.append({"value": value, "timestamp": timestamp})
+        self.annotations.append(Annotation(value, timestamp))
 
     def finish(self, end: int) -> None:
         self.duration = max(end - self.timestamp, 0)
@@ -66,7 +100,7 @@ class Settings:
     """What the spans take from the plugin's config (resolved once)."""
 
     __slots__ = ("method_path", "annotations", "tags_flavor", "include_credential", "static_tags",
-                 "local_service_name", "default_service_name")
+                 "local_service_name", "default_service_name", "local_endpoint")
 
     def __init__(self, config: Any) -> None:
         self.method_path = config.http_span_name == "method_path"
@@ -76,6 +110,7 @@ class Settings:
         self.static_tags = [(tag.name, tag.value) for tag in config.static_tags or ()]
         self.local_service_name = config.local_service_name
         self.default_service_name = config.default_service_name
+        self.local_endpoint = Endpoint(config.local_service_name)  # the same on every span
 
 
 class Try(msgspec.Struct):
@@ -129,44 +164,52 @@ def build(settings: Settings, facts: Facts, trace_id: str, span_id: int, parent_
     name = f"{f.method} {f.path}" if settings.method_path else f.method
     request = Span("SERVER", name, trace_id, span_id, parent_id, f.start)
     request.ip, request.port = f.client_ip, f.client_port
-    for key, value in (("lc", "kong"), ("http.method", f.method), ("http.host", f.host), ("http.path", f.path),
-                       ("http.protocol", f.protocol), *settings.static_tags, *f.request_tags.items()):
-        request.set_tag(key, value)
+    tags = request.tags = {"lc": "kong", "http.method": f.method, "http.host": f.host, "http.path": f.path}
+    if f.protocol is not None:
+        tags["http.protocol"] = f.protocol
+    for key, value in settings.static_tags:  # strings, as are the request's tags
+        tags[key] = value
+    if f.request_tags:
+        tags.update(f.request_tags)
     # the proxy span starts with Kong's access phase, else with the response (a request no route matched)
     started = f.access_start if f.access_start is not None else f.header_start if f.header_start is not None \
         else f.end
-    proxy = request.child("CLIENT", f"{name} (proxy)", started, proxy_id)
+    proxy = Span("CLIENT", f"{name} (proxy)", trace_id, proxy_id, span_id, started)
     head = f.header_start
     responded = head is not None
     if settings.annotations:
+        kas = Annotation("kas", f.access_start if f.access_start is not None else started)
+        kaf = Annotation("kaf", f.access_end if f.access_end is not None else f.end)
+        kbf = Annotation("kbf", f.end)
         if head is not None:  # header_filter, then body_filter's first call (the gateway writes head and body at once)
-            for value in ("khs", "khf", "kbs"):
-                proxy.annotate(value, head)
-        request.annotate("krf", f.start)  # Kong's rewrite phase: the gateway has none, it starts and ends at once
-        request.annotate("krs", f.start)
-        proxy.annotate("kas", f.access_start if f.access_start is not None else proxy.timestamp)
-        proxy.annotate("kaf", f.access_end if f.access_end is not None else f.end)
-        if not responded:
-            proxy.annotate("khf", f.end)
-        proxy.annotate("kbf", f.end)
+            proxy.annotations = [Annotation("khs", head), Annotation("khf", head), Annotation("kbs", head), kas, kaf,
+                                 kbf]
+        else:
+            proxy.annotations = [kas, kaf, Annotation("khf", f.end), kbf]
+        # Kong's rewrite phase: the gateway has none, it starts and ends at once
+        request.annotations = [Annotation("krf", f.start), Annotation("krs", f.start)]
     elif settings.tags_flavor:
         request.set_tag("kong.rewrite.duration_ms", 0)
         proxy.set_tag("kong.access.duration_ms", _ms(f.access_end, f.access_start))
         proxy.set_tag("kong.header_filter.duration_ms", 0 if responded else None)
         proxy.set_tag("kong.body_filter.duration_ms", _ms(f.end, f.header_start))
+    route_tags = _service_and_route(f)
+    service_name = f.service_name if f.service_id is not None else None
     out = []
     if f.routed:
         last = len(f.tries)
         for i, attempt in enumerate(f.tries, 1):
-            span = request.child("CLIENT", f"{name} (balancer try {i})", attempt.start, new_id())
-            span.ip, span.port = attempt.ip, attempt.port
-            span.set_tag("kong.balancer.try", i)
+            # Kong: the balancer's latency and the connect time, so it ends as it starts (see the README)
+            span = Span("CLIENT", f"{name} (balancer try {i})", trace_id, new_id(), span_id, attempt.start)
+            span.ip, span.port, span.service_name = attempt.ip, attempt.port, service_name
+            try_tags = span.tags = {"kong.balancer.try": str(i)}
             if i < last:
-                span.set_tag("error", True)
-                span.set_tag("kong.balancer.state", attempt.state)
-                span.set_tag("http.status_code", attempt.code)
-            _service_and_route(span, f)
-            span.finish(attempt.start)  # Kong: the balancer's latency and the connect time (see the README)
+                try_tags["error"] = "true"
+                if attempt.state is not None:
+                    try_tags["kong.balancer.state"] = attempt.state
+                if attempt.code is not None:
+                    try_tags["http.status_code"] = str(attempt.code)
+            try_tags.update(route_tags)
             out.append(span)
         proxy.set_tag("peer.hostname", f.peer_hostname)
         proxy.ip, proxy.port = f.peer_ip, f.peer_port
@@ -175,7 +218,8 @@ def build(settings: Settings, facts: Facts, trace_id: str, span_id: int, parent_
     if settings.include_credential and f.credential_id is not None:
         request.set_tag("kong.credential", f.credential_id)
     request.set_tag("kong.node.id", f.node_id)
-    _service_and_route(proxy, f)
+    proxy.tags.update(route_tags)
+    proxy.service_name = service_name
     proxy.finish(f.end)
     request.finish(f.end)
     out += (proxy, request)
@@ -186,46 +230,45 @@ def _ms(end: int | None, start: int | None) -> int | None:
     return None if end is None or start is None else round((end - start) / 1000)
 
 
-def _service_and_route(span: Span, f: Facts) -> None:
-    """Kong's tag_with_service_and_route: ids and names, and the service's name as the remote service."""
+def _service_and_route(f: Facts) -> dict[str, str]:
+    """Kong's tag_with_service_and_route: the service's and the route's ids and names."""
+    tags = {}
     if f.service_id is not None:
-        span.set_tag("kong.service", f.service_id)
+        tags["kong.service"] = f.service_id
         if f.service_name is not None:
-            span.service_name = f.service_name
-            span.set_tag("kong.service_name", f.service_name)
+            tags["kong.service_name"] = f.service_name
     if f.route_id is not None:
-        span.set_tag("kong.route", f.route_id)
+        tags["kong.route"] = f.route_id
         if f.route_name is not None:
-            span.set_tag("kong.route_name", f.route_name)
+            tags["kong.route_name"] = f.route_name
+    return tags
 
 
-def to_json(span: Span, settings: Settings) -> dict[str, Any]:
+def to_json(span: Span, settings: Settings) -> JsonSpan:
     """The span as Kong's reporter hands it to the queue: tags as strings (empty ones left out), remoteEndpoint null
     when neither a port nor a service name is known, parentId, tags and annotations only when there are some."""
     service = span.service_name if span.service_name is not None else settings.default_service_name
-    remote: dict[str, Any] | None = None
-    if span.port is not None or service is not None:
-        remote = {}
-        if service is not None:
-            remote["serviceName"] = service
-        if span.port is not None:
-            remote["port"] = span.port
-        if span.ip is not None:
-            remote["ipv6" if ":" in span.ip else "ipv4"] = span.ip
-    out: dict[str, Any] = {"traceId": span.trace_id, "name": span.name}
-    if span.parent_id is not None:
-        out["parentId"] = f"{span.parent_id:016x}"
-    out.update(id=f"{span.span_id:016x}", kind=span.kind, timestamp=span.timestamp, duration=span.duration,
-               localEndpoint={"serviceName": settings.local_service_name}, remoteEndpoint=remote)
-    tags = {key: text for key, value in span.tags.items() if (text := tag_string(value)) != ""}
-    if tags:
-        out["tags"] = tags
-    if span.annotations:
-        out["annotations"] = span.annotations
-    return out
+    remote = None
+    port = span.port
+    if port is not None or service is not None:
+        ip = span.ip
+        if ip is not None and ":" in ip:
+            remote = Endpoint(service, port, None, ip)
+        else:
+            remote = Endpoint(service, port, ip)
+    tags = span.tags
+    if "" in tags.values():
+        tags = {key: text for key, text in tags.items() if text != ""}
+    parent_id = span.parent_id
+    return JsonSpan(trace_id=span.trace_id, name=span.name,
+                    parent_id=None if parent_id is None else f"{parent_id:016x}", id=f"{span.span_id:016x}",
+                    kind=span.kind, timestamp=span.timestamp, duration=span.duration,
+                    local_endpoint=settings.local_endpoint, remote_endpoint=remote, tags=tags,
+                    annotations=span.annotations)
 
 
 def encode(span: Span, settings: Settings) -> bytes:
+    """The span's Zipkin v2 JSON (one msgspec pass over a JsonSpan)."""
     return _encode(to_json(span, settings))
 
 
