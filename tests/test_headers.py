@@ -119,6 +119,12 @@ def test_x_forwarded_host_is_nginxs_host_without_the_port_in_lower_case():
     assert values(out, "x-forwarded-host") == ["public.example.com"]
 
 
+def test_x_forwarded_host_drops_one_final_dot_as_nginxs_host():
+    """ngx_http_validate_host: `if (dot_pos == host_len - 1) host_len--`, after the port is cut."""
+    out, _, _ = rewrite([("host", "Public.Example.com.:8443")])
+    assert values(out, "x-forwarded-host") == ["public.example.com"]
+
+
 def test_x_forwarded_for_from_a_trusted_peer_gets_the_peer_appended():
     """Kong's handler.lua: get_header("x_forwarded_for", ctx), the first line of a repeated header, and the peer."""
     out, _, _ = rewrite([("host", "gw"), ("x-forwarded-for", "198.51.100.1"), ("x-forwarded-for", "198.51.100.2")],

@@ -150,8 +150,6 @@ class ClientCodec(Protocol):
     def start_next_cycle(self) -> None: ...
 
 
-# RFC 3986 host [":" port]: reg-name (unreserved, pct-encoded, sub-delims), IPv4, or an IP literal in brackets.
-# Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
 # nginx's status for a request head past large_client_header_buffers, answered 400 "Request header or cookie too
 # large" (Kong's error handler turns 494 back into 400): a ProtocolError's status, never one on the wire
 HEAD_TOO_LARGE = 494
@@ -199,7 +197,11 @@ def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
     return ProtocolError("request head too large", HEAD_TOO_LARGE)
 
 
-_AUTHORITY = re.compile(rb"(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+# RFC 3986 host [":" port]: reg-name (unreserved, pct-encoded, sub-delims), IPv4, or an IP literal in brackets.
+# Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
+# nginx's ngx_http_validate_host also refuses two dots in a row and a name that is empty once its port and one final dot
+# are gone (an empty Host, ".", ":80"): the two lookaheads
+_AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
 # nginx's unique request headers (ngx_http_process_unique_header_line): a second one is a 400, so that the gateway and
 # the upstream can never read two different Authorization (or Expect, If-*) headers

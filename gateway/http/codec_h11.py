@@ -222,7 +222,8 @@ class H11Server(_H11Codec):
             if head is not None and (escaped := escape_request_line(bytes(head))) is not None:
                 self._skip_empty_lines(bytearray(escaped))  # nginx's raw 0x80-0xFF bytes: parsed again, escaped
                 return self._next_event()
-            self._raw_request()  # the shared rules decide the status of a complete head h11 rejected
+            if head is not None and all(_request_line_of(head)):  # (a broken request line is a 400 first, as
+                self._raw_request()  # in nginx) the shared rules decide the status of a complete head h11 rejected
             if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time
                 error = overflow_error(_line_so_far(head), self._max_line)
             else:

@@ -241,7 +241,7 @@ class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line")
+                 "_max_line", "_stale_method")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -257,6 +257,7 @@ class LlhttpServer(_Parsing):
         self._request_done = False
         self._response_done = False
         self._close = False
+        self._stale_method = b""  # what llhttp's method read when the request being parsed began (see receive_data)
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -264,6 +265,7 @@ class LlhttpServer(_Parsing):
         _Parsing.on_message_begin(self)
         self._url = b""
         self._started = True
+        self._stale_method = self._parser.get_method()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -325,11 +327,13 @@ class LlhttpServer(_Parsing):
             self._events.append(CLOSED)
             self._dead = True
             return
-        # A head refused past its method, or cut by EOF past its target or its whole method (llhttp stores a method
-        # once its token matched; before, it reads as DELETE, 0): its method was read (the answer to a HEAD has no
-        # body).
-        if self._dead and self._in_head and (
-                not self._bad_method if data else self._url or self._parser.get_method() == b"HEAD"):
+        # A head refused past its method, or cut by EOF past its target or its whole method: its method was read
+        # (the answer to a HEAD has no body). llhttp stores a method once its token matched; before, it reads as the
+        # previous request's (DELETE, 0, for the first): a HEAD is this request's only when the method changed to
+        # it. (A whole `HEAD` after a HEAD cannot be told from a cut `H`: its 400 then has a body, which a client
+        # that half-closed reads past harmlessly, where a bodiless 400 announcing one would leave it waiting.)
+        if self._dead and self._in_head and (not self._bad_method if data else self._url or (
+                self._parser.get_method() == b"HEAD" and self._stale_method != b"HEAD")):
             error = self._events[-1]
             if type(error) is ProtocolError and not error.method:
                 error.method = self._parser.get_method()
@@ -595,10 +599,11 @@ class LlhttpClient(_Parsing):
                 self._feed(data)
                 if self._head_answered:
                     # A head ends with its blank line: the chunk ending otherwise means more came after the head
-                    # of the response to HEAD (a chunk-size line llhttp took silently, say). A head cut just
-                    # before its last bytes (a chunk of under 4) cannot tell: not pooling is the safe side.
+                    # of the response to HEAD (a chunk-size line llhttp took silently, say). A chunk of under 4
+                    # bytes ends a head that began before it: the chunk before is the last of _head_chunks.
                     self._head_answered = False
-                    if len(data) < 4 or data[-4:] != b"\r\n\r\n":
+                    end = data if len(data) >= 4 else (self._head_chunks[-1][-3:] if self._head_chunks else b"") + data
+                    if end[-4:] != b"\r\n\r\n":
                         self._keep = False
             return
         if self._eof:

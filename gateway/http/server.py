@@ -58,7 +58,6 @@ ACCEPT_BACKOFF_S = 0.1
 ACCEPT_BATCH = 64  # connections taken per wake-up of the listener
 _SERIALS = itertools.count(1)  # the connections this worker accepted (nginx's $connection)
 DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may still bring one more request
-DRAIN_LIMIT = 65536  # unread request body we read and discard to keep a connection alive; more and we close
 LINGER_TIME_S = 30.0  # nginx's lingering_time: the longest a closing connection reads what its client still sends
 LINGER_TIMEOUT_S = 5.0  # nginx's lingering_timeout: ... while the client sends something at least this often
 
@@ -693,19 +692,22 @@ async def _linger(conn: Conn) -> None:
 
 
 async def _drain_request(exchange: Exchange) -> bool:
-    """Read and drop a small unread request body so the connection can be reused; False if it must close (also
-    when the body turns out broken: its answer is out already, so there is no one left to tell)."""
-    total = 0
-    with trio.move_on_after(1.0):
+    """Read and drop the unread rest of a request body so the connection can be reused, as nginx discards a body
+    it answered without reading: any size, while the client keeps sending (a read at least every LINGER_TIMEOUT_S)
+    for at most LINGER_TIME_S. False if the connection must close instead (also when the body turns out broken: its
+    answer is out already, so there is no one left to tell)."""
+    with trio.move_on_after(LINGER_TIME_S):
         try:
-            while (chunk := await exchange.receive_body()) is not None:
-                total += len(chunk)
-                if total > DRAIN_LIMIT:
+            while True:
+                with trio.move_on_after(LINGER_TIMEOUT_S) as quiet:
+                    chunk = await exchange.receive_body()
+                if quiet.cancelled_caught:
                     return False
+                if chunk is None:
+                    return True
         except ProtocolError as e:
             log.debug("unread request body from %s broken after its answer: %s", exchange.conn.peer, e)
             return False
-        return True
     return False
 
 

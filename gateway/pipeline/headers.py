@@ -106,12 +106,13 @@ SERVER_NAME = b"kong"  # Kong's nginx server_name: $host of a request without a 
 
 
 def nginx_host(host: bytes) -> bytes:
-    """nginx's $host, what Kong's X-Forwarded-Host is: the Host without its port, in lower case."""
+    """nginx's $host, what Kong's X-Forwarded-Host is: the Host without its port and one final dot, in lower case
+    (ngx_http_validate_host)."""
     found = _NGINX_HOSTS.get(host)
     if found is None:
         lowered = host.lower()
         bare = lowered[:lowered.find(b"]") + 1] if lowered.startswith(b"[") else lowered.partition(b":")[0]
-        found = _NGINX_HOSTS.keep(host, bare)
+        found = _NGINX_HOSTS.keep(host, bare[:-1] if bare[-1:] == b"." else bare)
     return found
 
 

@@ -508,7 +508,8 @@ def test_absolute_form_target_on_http10_without_host_adds_it(codec: str) -> None
                                                               END]
 
 
-@pytest.mark.parametrize("target", [b"http://user@evil/x", b"ftp://h/x", b"http:///x", b"http://a b/x", b"h/x"])
+@pytest.mark.parametrize("target", [b"http://user@evil/x", b"ftp://h/x", b"http:///x", b"http://a b/x", b"h/x",
+                                    b"http://a..b/x", b"http://.:80/x"])
 def test_bad_absolute_form_targets_are_400(codec: str, target: bytes) -> None:
     assert_rejected(codec, b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % target, 400, every_offset=False)
 
@@ -528,13 +529,16 @@ def test_trace_is_405(codec: str) -> None:
     assert_rejected(codec, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405, every_offset=False)
 
 
-@pytest.mark.parametrize("host", [b"a b/c@d", b"a/b", b"user@h", b"h:8x", b"[::1", b"\xff"])
+@pytest.mark.parametrize("host", [b"a b/c@d", b"a/b", b"user@h", b"h:8x", b"[::1", b"\xff",
+                                  # nginx's ngx_http_validate_host: two dots in a row, no name once the port and
+                                  # one final dot are gone
+                                  b"a..b", b"a.b..:80", b"", b".", b":80", b".:80"])
 def test_host_that_is_not_a_valid_authority_is_400(codec: str, host: bytes) -> None:
     assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host, 400, every_offset=False)
 
 
 @pytest.mark.parametrize("host", [b"example.com", b"EXAMPLE.com:8000", b"127.0.0.1:1", b"[2001:db8::1]:443", b"a_b.c-d",
-                                  b""])
+                                  b"a.b.", b".a", b"a.:80", b"a:"])
 def test_valid_hosts_are_accepted(codec: str, host: bytes) -> None:
     raw = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host
     assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", b"/", [(b"host", host)]), END]
@@ -602,6 +606,12 @@ def assert_rejected(codec: str, raw: bytes, status: int, every_offset: bool = Tr
 )
 def test_malformed_request_line_is_400(codec: str, line: bytes) -> None:
     assert_rejected(codec, line + b"\r\nHost: a\r\n\r\n", 400)
+
+
+def test_a_malformed_request_line_is_400_before_an_unsupported_coding_however_cut(codec: str) -> None:
+    """nginx judges the request line before the fields (the codec fuzz, seed 31337022: h11's codec answered the
+    coding's 501 when the head came whole, 400 when cut)."""
+    assert_rejected(codec, b" /x HTTP/1.1\r\nHost: h\r\ntransfer-encoding: gzip, chunked\r\n\r\n", 400)
 
 
 def test_raw_bytes_above_0x7f_in_a_target_are_taken_escaped_as_nginx_takes_them(codec: str) -> None:
@@ -784,6 +794,23 @@ def test_a_head_cut_by_eof_after_its_method_keeps_it(codec: str, sent: bytes, he
     with pytest.raises(ProtocolError) as caught:
         server.next_event()
     assert (caught.value.method == b"HEAD") is head
+
+
+@pytest.mark.parametrize("cut", [b"G", b"GET", b"P", b"H", b"HEA"])
+def test_a_request_cut_within_its_method_after_a_head_is_no_head(codec: str, cut: bytes) -> None:
+    """The previous request's method is not this one's: llhttp reads as HEAD until the next token matched, and the
+    400 to `G` cut by EOF after a HEAD announced its body without sending it (the wire fuzz, seed 31337001)."""
+    server = new_server(codec)
+    server.receive_data(b"HEAD /a HTTP/1.1\r\nHost: a\r\n\r\n" + cut)
+    assert type(server.next_event()) is Request and server.next_event() is END
+    server.response_head(200, [(b"content-length", b"0")])
+    server.end()
+    server.start_next_cycle()
+    assert server.next_event() is NEED_DATA
+    server.receive_data(b"")
+    with pytest.raises(ProtocolError) as caught:
+        server.next_event()
+    assert caught.value.method != b"HEAD"
 
 
 @pytest.mark.parametrize("raw", [b"HEAD echo/x HTTP/1.1\r\nHost: a\r\n\r\n", b"HEAD  HTTP/1.1\r\nHost: a\r\n\r\n"])
@@ -1315,6 +1342,18 @@ def test_head_response_keeps_the_connection_usable(codec: str) -> None:
     client.end()
     assert collect(client, [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"]) == [
         resp(200, b"OK", [(b"content-length", b"5")]), data(b"hello"), END]
+    assert client.keep_alive
+
+
+@pytest.mark.parametrize("cut", [36, 37, 38])
+def test_head_response_cut_within_its_last_crlf_keeps_the_connection_usable(codec: str, cut: int) -> None:
+    """Whether the pool keeps a connection does not depend on how the bytes were cut (the codec fuzz, seed
+    31337022: llhttp gave up a good connection when the head's last CRLF CRLF came in a later read)."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n"
+    client = new_client(codec)
+    client.request_head(b"HEAD", b"/", [(b"host", b"up")])
+    client.end()
+    assert collect(client, [raw[:cut], raw[cut:]]) == [resp(200, b"OK", [(b"content-length", b"12")]), END]
     assert client.keep_alive
 
 

@@ -44,7 +44,8 @@ TARGETS = [b"/", b"/a/b?c=d", b"/x%20y", b"http://h.test/p", b"https://h.test:84
            b"http://h.test?q=1", b"*", b"http://u@h.test/", b"h.test/x", b"http:///x", b"//x", b"/a#f"]
 VERSIONS = [b"HTTP/1.0", b"HTTP/1.0", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/2.0", b"HTTP/0.9", b"HTTP/1.10", b"HTTP/1.1 ",
             b"HTTP/11"]
-HOSTS = [b"h.test", b"h.test:8080", b"", b"[::1]:80", b"H.TEST", b"a b", b"h:8x", b"h/x", b"u@h", b"h\xff"]
+HOSTS = [b"h.test", b"h.test:8080", b"h.test.", b"[::1]:80", b"H.TEST", b"", b"a..b", b"a b", b"h:8x", b"h/x", b"u@h",
+         b"h\xff"]  # the first four valid (nginx refuses an empty Host, or two dots in a row)
 CONNECTIONS = [b"close", b"keep-alive", b"Close", b"keep-alive, close", b"Keep-Alive", b"upgrade", b"closed",
                b"x,close"]
 EXPECTS = [b"100-continue", b"100-Continue", b"100-continue, x", b"200-ok"]

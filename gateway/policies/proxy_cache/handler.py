@@ -178,8 +178,8 @@ class ProxyCache:
         if not ex.request_id:
             ex.request_id = new_request_id()
         headers.append((b"x-request-id", x_request_id(ex.request.headers, ex.request_id)))
-        # an unread request body is read and dropped after the answer (up to server.DRAIN_LIMIT, else the connection
-        # closes), as nginx discards it when Kong answers from the cache: the connection stays kept alive
+        # an unread request body is read and dropped after the answer, as nginx discards it when Kong answers from
+        # the cache (gateway.http.server's _drain_request): the connection stays kept alive
         ex.state[PROXIED] = True  # type: ignore[index]  # Kong's KONG_PROXIED: a proxied response's headers
         await ex.send_head(entry.status, headers, entry.body, end=True)
 
