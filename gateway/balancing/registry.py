@@ -28,7 +28,7 @@ ALGORITHMS: dict[str, str] = {
 }
 
 _FACTORIES: dict[str, Callable[[Sequence[int], int, random.Random], Balancer]] = {
-    "round-robin": lambda weights, slots, rng: RoundRobin(weights),
+    "round-robin": lambda weights, slots, rng: RoundRobin(weights, rng=rng),
     "least-connections": lambda weights, slots, rng: LeastConnections(weights),
     "consistent-hashing": lambda weights, slots, rng: ConsistentHashing(weights, slots=slots),
     "random": lambda weights, slots, rng: RandomTwoChoices(weights, rng=rng),

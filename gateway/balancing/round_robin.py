@@ -1,7 +1,16 @@
-"""nginx's smooth weighted round-robin, precomputed over one period so that a pick is O(1)."""
+"""nginx's smooth weighted round-robin, precomputed over one period so that a pick is O(1).
+
+Where a balancer starts: Kong's round-robin (kong/runloop/balancer/round_robin.lua) shuffles its wheel with the
+worker's own math.random (seeded per worker from RAND_bytes, kong/globalpatches.lua) and starts its pointer at 1, so
+each worker's first pick is a target drawn by weight, independently of the other workers. Given an `rng` (a
+worker's own), ours starts at an entry of its period drawn with it: the first pick is a target drawn by weight, as
+Kong's. Without one it starts at the period's first entry (a fixed order, for tests), which every worker would share:
+with n workers each taking one request, all n would go to the same target.
+"""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Container, Sequence
 from math import gcd
 
@@ -32,10 +41,12 @@ class RoundRobin(IgnoresLoad):
 
     retry_skips_tried = False  # Kong's round_robin.lua: a retry takes the wheel's next entry, whatever was tried
 
-    def __init__(self, weights: Sequence[int]) -> None:
+    def __init__(self, weights: Sequence[int], rng: random.Random | None = None) -> None:
         self._weights = check_weights(weights)
         self._cursor = 0
         self._rebuild()
+        if rng is not None and self._schedule:  # Kong's start: a random place in the wheel (see the module doc)
+            self._cursor = rng.randrange(len(self._schedule))
 
     def _rebuild(self) -> None:
         """Precompute the schedule (O(period * n), paid only on construction and re-weighting)."""

@@ -14,6 +14,13 @@ router does, recent answers are remembered (MATCH_CACHE of them, for targets and
 by what they depend on: method, target, Host and SNI, when no route looks at headers, query arguments, the
 listener port or the MCP method and tool (a new config builds a new router, and a new memory).
 
+A route's hosts are compared with the Host header as the client sent it, as Kong 3.x's router does (atc.lua `exec`
+reads the Host header, not nginx's lower-cased $host; transform.lua writes `http.host == "..."`, `=^` and `^=`): in the
+case given on both sides, so `Host: EXAMPLE.test` is not the route host `example.test`, nor `example.test.` (a final
+dot is kept). Either side is split at its first `:` (Kong's split_host_port), the rest a port when it is digits:
+`[::1]:8000` has no port there, so it is a host of its own, `[::1]` does not match it, and a route host `[::1]:8000`
+matches it on any listener.
+
 Kong 3.x's router takes the path (when a route has paths) as UTF-8 text: a request whose normalized path is not gets
 no route (Kong logs the router's error and answers 404). A route's header name is the header
 with `_` read as `-` (as ngx.req.get_headers() reads names), and a `~*` header value is a regex lower-cased whole
@@ -68,7 +75,7 @@ class RouteSpec(Generic[T]):
         self.payload = payload
         self.paths = list(paths)
         self.methods = frozenset(m.encode() for m in methods)
-        self.hosts = [h.lower() for h in hosts]
+        self.hosts = list(hosts)  # as given: Kong compares them with the Host header in the case of both
         # Kong: a final dot of a name is not used for routing
         self.snis = [s.lower() if s.endswith(".*") else s.lower().removesuffix(".") for s in snis]
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}
@@ -158,7 +165,8 @@ class _Candidate(Generic[T]):
         plain = [split_host_port(h) for h in spec.hosts]
         self.exact_hosts = frozenset(h.encode() for h, p in plain if not _is_wildcard(h) and p is None)
         self.wild_hosts = [_wildcard(h) for h, p in plain if _is_wildcard(h) and p is None]
-        # Kong: a host with a port matches that host on a request to that port (the Host header's, else the listener's)
+        # Kong: a host with a port matches that host on a request to that port (the Host header's, else the listener's);
+        # "[::1]:8000" has none (split at its first ':'), so it is compared whole
         self.port_hosts = [(h.encode(), _wildcard(h) if _is_wildcard(h) else None, p) for h, p in plain
                            if p is not None]
         self.any_hosts = bool(spec.hosts)
@@ -192,15 +200,11 @@ def _wildcard(host: str) -> re.Pattern[bytes]:
 
 
 def split_host_port(host: str) -> tuple[str, int | None]:
-    """Kong's split_host_port: "example.test:8000" -> ("example.test", 8000); "[::1]" and bare IPv6 keep no port."""
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1:]
-        if rest.startswith(":") and rest[1:].isdigit():
-            return host[: end + 1], int(rest[1:])
-        return host, None
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit() and ":" not in name:
+    """Kong's split_host_port (kong/router/transform.lua), which splits route hosts and the Host header alike: at the
+    first ':', the rest a port when it is a number. "example.test:8000" -> ("example.test", 8000); "[::1]:8000" ->
+    ("[::1]:8000", None), the rest after its first ':' being no number; "example.test:" -> itself, no port."""
+    name, sep, port = host.partition(":")
+    if sep and port.isascii() and port.isdigit():
         return name, int(port)
     return host, None
 
@@ -282,7 +286,7 @@ class Router(Generic[T]):
                 return None
         if self._header_names and not _texts(headers, self._header_names):
             return None
-        hostname = _strip_port(host.lower()) if host else b""
+        hostname = _host_name(host) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
         for c in self._candidates:  # in Kong's priority order: the first that matches wins
             spec = c.spec
@@ -432,10 +436,11 @@ def _mcp_match(spec: RouteSpec[T], mcp: tuple[str | None, str | None]) -> bool:
     return not spec.mcp_tools or (method == "tools/call" and tool in spec.mcp_tools)
 
 
-def _strip_port(host: bytes) -> bytes:
-    if host.startswith(b"["):
-        return host[: host.find(b"]") + 1]
-    return host.partition(b":")[0]
+def _host_name(host: bytes) -> bytes:
+    """Kong's http.host of a Host header (atc.lua `matching`, split_host_port): its case kept, the part before the
+    first ':' when a number follows, else the whole value ("[::1]:8000" whole, as "example.test:")."""
+    name, sep, port = host.partition(b":")
+    return name if sep and port.isdigit() else host
 
 
 def _headers_match(wanted: list[tuple[bytes, list[re.Pattern[bytes] | bytes]]],

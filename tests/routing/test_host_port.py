@@ -25,8 +25,8 @@ CASES = [
     (["*.example.test:8000"], "a.b.example.test", 8000, True),
     (["*.example.test:8000"], "a.example.test", 8001, False),
     (["api.*:8000"], "api.internal:8000", 8000, True),
-    (["[::1]:8000"], "[::1]:8000", 8000, True),  # (Kong's split gives an IPv6 literal no port: the listener's)
-    (["[::1]:8000"], "[::1]:8000", 8001, False),
+    (["[::1]:8000"], "[::1]:8000", 8000, True),  # (Kong's split finds no port after an IPv6 literal's first ':',
+    (["[::1]:8000"], "[::1]:8000", 8001, True),  # so the host is compared whole, on any listener)
     (["[::1]:8000"], "[::1]", 8001, False),
     (["a.test:8001", "a.test"], "a.test", 9999, True),
 ]
@@ -41,7 +41,7 @@ def test_a_host_with_a_port_matches_on_the_host_headers_port_else_the_arrival_po
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("example.test:8000", ("example.test", 8000)), ("example.test", ("example.test", None)),
-    ("[::1]:80", ("[::1]", 80)), ("[::1]", ("[::1]", None)), ("*.a.test:81", ("*.a.test", 81))])
+    ("[::1]:80", ("[::1]:80", None)), ("[::1]", ("[::1]", None)), ("*.a.test:81", ("*.a.test", 81))])
 def test_split_host_port(text, expected):
     assert split_host_port(text) == expected
 

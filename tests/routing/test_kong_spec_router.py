@@ -396,8 +396,6 @@ def test_the_host_headers_port_is_the_port_a_host_with_a_port_matches():
     assert pick(r, host="domain-3.org:321", port=8000) == "14"
 
 
-@pytest.mark.xfail(strict=True, reason="Kong compares the Host header as sent (case-sensitive); the gateway "
-                                       "lower-cases it (tests/test_router.py asserts that)")
 def test_hosts_are_compared_as_sent():
     """kong/router/transform.lua (`http.host == r#"..."#`) and atc.lua (http.host is the Host header as sent, its
     port split off): no lower-casing of either side."""
@@ -405,8 +403,6 @@ def test_hosts_are_compared_as_sent():
     assert pick(r, host="API.Example.COM") is None
 
 
-@pytest.mark.xfail(strict=True, reason="Kong's split_host_port does not split an IPv6 literal's port; the gateway "
-                                       "does (tests/test_router.py asserts that)")
 def test_an_ipv6_host_with_a_port_is_compared_whole():
     """kong/router/transform.lua split_host_port: "[::1]:8000" has no port for Kong (the text after the first ":"
     is not a number), so it is the host, compared whole with the route's hosts."""
