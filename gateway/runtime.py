@@ -18,7 +18,7 @@ import msgspec
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
 from gateway.breaker.config import BreakerConfig
 from gateway.config import Config, ConfigError, parse_host_port, path_of
-from gateway.config.errors import describe_validation_error, in_file_order
+from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
 from gateway.http import kong_errors
@@ -542,8 +542,8 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
     known = {f.encode_name for f in fields}
     unknown = [k for k in plugin.config if k not in known]
     for key in unknown:
-        errors.append(f"{where}.config.{key} is not supported by the gateway's {plugin.name} plugin (it takes: "
-                      f"{', '.join(sorted(known))})")
+        errors.append(f"{where}.config.{key_part(key)} is not supported by the gateway's {plugin.name} plugin (it "
+                      f"takes: {', '.join(sorted(known))})")
     if unknown:
         return None
     try:

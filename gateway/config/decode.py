@@ -10,7 +10,7 @@ from typing import Annotated, Any, Union
 
 import msgspec
 
-from gateway.config.errors import describe_validation_error, join_path
+from gateway.config.errors import describe_validation_error, join_path, key_part
 
 _UNKNOWN = "unknown field (check the spelling; see the README's config reference)"
 
@@ -40,7 +40,7 @@ def salvage(item: Any, typ: Any, path: str, messages: list[str], dec_hook: Any =
     if not bad:
         return None
     try:
-        return msgspec.convert({k: v for k, v in item.items() if k not in bad}, typ, dec_hook=dec_hook)
+        return msgspec.convert({k: v for k, v in item.items() if key_part(k) not in bad}, typ, dec_hook=dec_hook)
     except msgspec.ValidationError:
         return None
 
@@ -76,9 +76,9 @@ def _check_struct(value: dict[str, Any], cls: type[msgspec.Struct], path: str, f
     for key, field_value in value.items():
         field = fields.get(key)
         if field is None:
-            found.append(f"{join_path(path, str(key))}: {_UNKNOWN}")
+            found.append(f"{join_path(path, key_part(key))}: {_UNKNOWN}")
             continue
-        _check(field_value, hints[field.name], join_path(path, key), found, dec_hook)
+        _check(field_value, hints[field.name], join_path(path, key_part(key)), found, dec_hook)
     for name, field in fields.items():
         if field.required and name not in value:
             found.append(f"{join_path(path, name)}: required field is missing")

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config.errors import ConfigError, show
+from gateway.config.errors import ConfigError, key_part, show
 
 MAX_DEPTH = 64  # levels of nesting; a Kong config needs about 10
 _MERGE = "tag:yaml.org,2002:merge"
@@ -141,5 +141,5 @@ def _scalar_problems(raw: Any) -> list[str]:
                 if path:  # at the top, an unknown key like any other (the loader lists the known ones)
                     errors.append(f"{path}: a key must be a string, got {show(key)} (quote it)")
             elif key not in _ANNOTATIONS:
-                stack.append((f"{path}.{key}" if path else key, value))
+                stack.append((f"{path}.{key_part(key)}" if path else key_part(key), value))
     return errors

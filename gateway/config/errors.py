@@ -1,8 +1,20 @@
-"""ConfigError and the translation of msgspec's validation messages into `path: expected X, got Y` lines."""
+r"""ConfigError and the translation of msgspec's validation messages into `path: expected X, got Y` lines.
+
+Every message is one line, `field path: what is wrong`, whatever the file holds, by two rules:
+
+- A value is shown by `show` (double-quoted) or, inside a text copied from Kong that quotes values its own way, by
+  `inline` (the value itself while it is printable). Either way a character that is not printable (a control
+  character; U+2028 and U+2029, which YAML and some terminals take for line breaks; a lone surrogate) is escaped as
+  YAML escapes it in double quotes: \n, \t, \u2028.
+- A key is a segment of a field path as `key_part` writes it: a key of ASCII letters, digits, `_` and `-` as it is
+  (`gateway.listen`); any other key double-quoted like a value, and its spaces, `.`, `:`, `[` and `]` escaped as
+  \uXXXX too (`gateway."a\u002eb"` for the key "a.b", `"a\u0020b"` for "a b"). So a path holds no space and no
+  separator but its own: it ends at the message's first ": " and splits at its dots and brackets; and the quoted
+  form, pasted into the file as a double-quoted YAML key, is that key.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -12,6 +24,9 @@ import msgspec.inspect as mi
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 CONTROL_FREE = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"  # the pattern of gateway.config.consumers.HeaderText
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f", '"': '\\"', "\\": "\\\\"}
+_PATH_RESERVED = frozenset(" .:[]")
 
 
 class ConfigError(Exception):
@@ -39,6 +54,15 @@ def in_file_order(messages: list[str], order: list[str], prefix: str = "") -> li
     return sorted(messages, key=key)
 
 
+def key_part(key: Any) -> str:
+    """A key as a segment of a field path (the module's rule): plain keys as they are, any other quoted and escaped,
+    so that an odd key (a space, a dot, a line break) cannot make the path read as another one."""
+    text = key if isinstance(key, str) else str(key)
+    if _PLAIN_KEY.fullmatch(text):
+        return text
+    return '"' + "".join(_code(c) if c in _PATH_RESERVED else _escape(c) for c in text) + '"'
+
+
 def join_path(prefix: str, suffix: str) -> str:
     """Join field paths: ('services[0]', '.url') -> 'services[0].url'."""
     if not prefix:
@@ -57,8 +81,9 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
     parts = [(name, int(idx) if idx else None) for name, idx in _PATH_PART.findall(rel)]
     path = join_path(prefix, rel)
     if reason.startswith("Object contains unknown field"):
-        field = reason.split("`")[1]
-        return f"{join_path(path, field)}: unknown field (check the spelling; see the README's config reference)"
+        field = reason[reason.index("`") + 1:reason.rindex("`")]  # (the key may hold a backtick)
+        return (f"{join_path(path, key_part(field))}: unknown field (check the spelling; see the README's config "
+                "reference)")
     if reason.startswith("Object missing required field"):
         field = reason.split("`")[1]
         return f"{join_path(path, field)}: required field is missing"
@@ -72,8 +97,10 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
 
 
 def show(value: Any) -> str:
+    """A value as a message shows it: a string double-quoted and escaped (so the message stays one line), a
+    mapping or a list by its kind, a scalar as YAML writes it."""
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # quoted, control characters escaped: the message is one line
+        return '"' + "".join(_escape(c) for c in value) + '"'
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -83,6 +110,23 @@ def show(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     return repr(value)
+
+
+def inline(text: str) -> str:
+    """A value inside a message that quotes it its own way (Kong's "invalid value: ..."): the text itself while every
+    character is printable, else its escaped form as `show` writes it without the quotes."""
+    return text if text.isprintable() else show(text)[1:-1]
+
+
+def _escape(char: str) -> str:
+    """One character of a double-quoted value: printable as it is, `"` and `\\` and the others escaped."""
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
+    return char if char.isprintable() else _code(char)
+
+
+def _code(char: str) -> str:
+    return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
 def _lookup(raw: Any, parts: list[tuple[str, int | None]]) -> tuple[Any, bool]:

@@ -14,6 +14,7 @@ import re
 from typing import Any
 
 from gateway.balancing.registry import ALGORITHMS
+from gateway.config.errors import inline, key_part
 from gateway.config.vaults import Vaults, read_vaults, resolve_certificate, resolve_plugin
 from gateway.routing.normalize import normalize_path
 
@@ -187,12 +188,13 @@ def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vault
                                                                                                     "https"):
         protocol = item.pop("protocol")
         why = f"; {GRPC_WHY}" if protocol in ("grpc", "grpcs") else ""
-        errors.append(f"{path}.protocol: a {protocol} service {_NOT_BUILT} (http and https only{why})")
+        errors.append(f"{path}.protocol: a {inline(protocol)} service {_NOT_BUILT} (http and https only{why})")
     if section == "routes" and isinstance(item.get("protocols"), list):
         others = [p for p in item["protocols"] if isinstance(p, str) and p not in _ROUTE_PROTOCOLS]
         if others:
             why = f"; {GRPC_WHY}" if {"grpc", "grpcs"} & set(others) else ""
-            errors.append(f"{path}.protocols: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not supported "
+            verb = "is" if len(others) == 1 else "are"
+            errors.append(f"{path}.protocols: {', '.join(map(inline, others))} {verb} not supported "
                           f"by the gateway (HTTP routes only: http, https{why})")
             item["protocols"] = [p for p in item["protocols"] if p not in others] or ["http", "https"]
     for field, keys in REFERENCES.get(section, {}).items():
@@ -202,7 +204,7 @@ def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vault
             extra = [k for k in ref if k not in keys]
             if extra or len(named) != 1:
                 errors.append(f"{path}.{field}: a reference is a {' or '.join(keys)} (a string, or a mapping with one "
-                              f"of them), got keys {', '.join(sorted(map(str, ref)))}")
+                              f"of them), got keys {', '.join(sorted(map(key_part, ref)))}")
                 item.pop(field)
             else:
                 item[field] = named[0]

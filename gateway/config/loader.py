@@ -31,7 +31,7 @@ from gateway.config.consumers import (
 )
 from gateway.config.decode import convert_all, salvage
 from gateway.config.document import read_document, read_text
-from gateway.config.errors import ConfigError, in_file_order, show
+from gateway.config.errors import ConfigError, in_file_order, key_part, show
 from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
@@ -150,7 +150,7 @@ def _decode(raw: dict[str, Any], errors: list[str], failed: set[tuple[str, str]]
     known = set(_SECTIONS) | _SCALARS | {"gateway"}
     for key in raw:
         if key not in known:
-            errors.append(f"{key}: unknown top-level key; expected one of: {', '.join(sorted(known))}")
+            errors.append(f"{key_part(key)}: unknown top-level key; expected one of: {', '.join(sorted(known))}")
     fields: dict[str, Any] = {}
     for key, typ in _SECTIONS.items():
         items = raw.get(key)
@@ -560,16 +560,16 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
                       "MCP layer (remove mcp: false)")
     for name, values in route.headers.items():
         if name.lower() == "host":
-            errors.append(f"{where}.headers.{name}: match hosts with the route's hosts field")
+            errors.append(f"{where}.headers.{key_part(name)}: match hosts with the route's hosts field")
         elif problem := header_name_problem(name):
             errors.append(f"{where}.headers: {problem}")
         if not values:
-            errors.append(f"{where}.headers.{name}: expected at least one value")
+            errors.append(f"{where}.headers.{key_part(name)}: expected at least one value")
         for i, value in enumerate(values):
             if value == "":
-                errors.append(f"{where}.headers.{name}[{i}]: must not be empty (a header's value to match)")
+                errors.append(f"{where}.headers.{key_part(name)}[{i}]: must not be empty (a header's value to match)")
             elif value.startswith("~*") and (problem := regex_problem(value[2:].encode(), re.IGNORECASE)):
-                errors.append(f"{where}.headers.{name}[{i}]: invalid regex {show(value[2:])}: {problem}")
+                errors.append(f"{where}.headers.{key_part(name)}[{i}]: invalid regex {show(value[2:])}: {problem}")
 
 
 def _check_upstream(up: Upstream, errors: list[str]) -> None:

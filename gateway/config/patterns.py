@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+from gateway.config.errors import inline
+
 
 def regex_problem(pattern: str | bytes, flags: int = 0) -> str | None:
     """Why `pattern` does not compile with `flags`, or None when it does. Besides re.error, re.compile raises
@@ -11,7 +13,7 @@ def regex_problem(pattern: str | bytes, flags: int = 0) -> str | None:
     try:
         re.compile(pattern, flags)
     except re.error as e:
-        return str(e)
+        return inline(str(e))  # (its text can quote a line break of the pattern)
     except OverflowError:
         return "a repeat count is too large"
     except RecursionError:

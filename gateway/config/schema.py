@@ -13,6 +13,7 @@ import msgspec
 
 from gateway.config.consumers import Acl, BasicAuthCredential, HmacAuthCredential, JwtSecret, KeyAuthCredential
 from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, RegistrationSettings
+from gateway.config.errors import inline, key_part
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 from gateway.config.typedefs import header_name_problem, kong_path_problem, sni_problem
@@ -180,12 +181,12 @@ class GatewaySettings(Base):
                 parse_nameserver(server)
             except ValueError:
                 raise ValueError("dns_resolver must be a comma separated list in the form of IPv4/6 or IPv4/6:port, "
-                                 f"got '{server}'") from None
+                                 f"got '{inline(server)}'") from None
         if not os.path.isfile(self.dns_hostsfile):
-            raise ValueError(f"dns_hostsfile: file does not exist: {self.dns_hostsfile}")
+            raise ValueError(f"dns_hostsfile: file does not exist: {inline(self.dns_hostsfile)}")
         for kind in self.dns_order:
             if kind.upper() not in ("LAST", "A", "AAAA", "CNAME", "SRV"):
-                raise ValueError(f"dns_order: invalid entry '{kind}'")
+                raise ValueError(f"dns_order: invalid entry '{inline(kind)}'")
         if not self.dns_order:
             raise ValueError("dns_order: expected at least one of LAST, SRV, A, AAAA, CNAME")
 
@@ -232,7 +233,7 @@ class ActiveHealthcheck(Base):
             if problem := header_name_problem(name):
                 raise ValueError(f"headers: {problem}")
             if any(c in value for value in values for c in "\r\n\0"):
-                raise ValueError(f"headers.{name}: a value may not hold a line break or NUL")
+                raise ValueError(f"headers.{key_part(name)}: a value may not hold a line break or NUL")
 
 
 class PassiveHealthy(Base):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from gateway.config.errors import show
+from gateway.config.errors import inline, show
 from gateway.config.patterns import regex_problem
 from gateway.http.net import is_ip
 from gateway.routing.normalize import normalize_path
@@ -23,10 +23,10 @@ def kong_path_problem(path: str) -> str | None:
     if "//" in path:
         return "must not have empty segments"
     if not _KONG_PATH.fullmatch(path):
-        return f"invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)"
+        return f"invalid path: '{inline(path)}' (characters outside of the reserved list of RFC 3986 found)"
     bad = re.search(r"%(?![0-9A-Fa-f]{2}).{0,2}", path)
     if bad:
-        return f"invalid url-encoded value: '{bad.group(0)}'"
+        return f"invalid url-encoded value: '{inline(bad.group(0))}'"
     return None
 
 
@@ -38,7 +38,7 @@ def sni_problem(name: str) -> str | None:
     if colon and ":" not in host:
         return "must not have a port"
     if not re.fullmatch(r"[A-Za-z0-9*](?:[A-Za-z0-9.*-]*[A-Za-z0-9])?", name):
-        return f"invalid value: {name}"
+        return f"invalid value: {inline(name)}"
     return None
 
 
@@ -72,7 +72,7 @@ def kong_address(address: str) -> tuple[str, str, int | None] | str:
     segments = name.split(".")
     if not _KONG_HOSTNAME.fullmatch(name) or any(s.endswith("-") or (not s and i < len(segments) - 1)
                                                  for i, s in enumerate(segments)):
-        return f"invalid hostname: {address}"
+        return f"invalid hostname: {inline(address)}"
     return "name", name, port
 
 
@@ -95,7 +95,7 @@ def _kong_ipv6(address: str) -> tuple[str, str, int | None] | str:
     if "::" in check:
         check = check.replace("::", ":" + "0:" * (8 - check.count(":")), 1)
     if not _KONG_IPV6.fullmatch(check):
-        return f"invalid ipv6 address: {address}"
+        return f"invalid ipv6 address: {inline(address)}"
     return "ipv6", ":".join(group.rjust(4, "0") for group in check.lower().split(":")), port
 
 
@@ -105,7 +105,7 @@ def kong_host_problem(host: str) -> str | None:
     if address == _BAD_PORT or (isinstance(address, tuple) and address[2] is not None):
         return "must not have a port"
     if isinstance(address, str):
-        return f"invalid value: {host}"
+        return f"invalid value: {inline(host)}"
     return None
 
 
@@ -116,7 +116,7 @@ def utf8_name_problem(name: str) -> str | None:
     if problem := _utf8_problem(name):
         return problem
     if any(c.isascii() and not (c.isalnum() or c in ".-_~") for c in name):
-        return f"invalid value '{name}': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
+        return f"invalid value '{inline(name)}': the only accepted ascii characters are alphanumerics or ., -, _, and ~"
     return None
 
 
@@ -133,7 +133,7 @@ def tag_problem(tag: str) -> str | None:
     if problem := _utf8_problem(tag):
         return problem
     if any(c.isascii() and (not 32 <= ord(c) <= 126 or c in ",/") for c in tag):
-        return f"invalid tag '{tag}': expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
+        return f"invalid tag '{inline(tag)}': expected printable ascii (except `,` and `/`) or valid utf-8 sequences"
     return None
 
 
@@ -180,13 +180,14 @@ def hosts_problem(host: str) -> str | None:
     address = kong_address(stand_in)
     if not isinstance(address, str):
         return None
-    return address.replace(stand_in, host) if stand_in in address else f"{address}, got {show(host)}"
+    shown_in, shown = inline(stand_in), inline(host)  # (kong_address shows the address it was given)
+    return address.replace(shown_in, shown) if shown_in in address else f"{address}, got {show(host)}"
 
 
 def upstream_name_problem(name: str) -> str | None:
     """Kong's upstreams name check: a host name (services name it as their host), no IP, no port."""
     address = kong_address(name)
-    shown = f"Invalid name ('{name}')"
+    shown = f"Invalid name ('{inline(name)}')"
     if isinstance(address, str):
         return f"{shown}; must be a valid hostname"
     if address[0] != "name":
@@ -201,7 +202,7 @@ def target_problem(target: str) -> str | None:
     report, with the forms a target takes)."""
     address = kong_address(target)
     if isinstance(address, str) and address != _BAD_PORT:
-        return f"Invalid target ('{target}'); not a valid hostname or ip address"
+        return f"Invalid target ('{inline(target)}'); not a valid hostname or ip address"
     return None
 
 
@@ -217,7 +218,7 @@ def wildcard_host_problem(host: str) -> str | None:
         host = host.replace("*", "wildcard")
     address = kong_address(host)
     if isinstance(address, str) and address != _BAD_PORT:
-        return f"invalid value: {host}"
+        return f"invalid value: {inline(host)}"
     if isinstance(address, tuple) and address[0] != "name":
         return "must not be an IP"
     if address == _BAD_PORT or (isinstance(address, tuple) and address[2] is not None):
@@ -229,8 +230,7 @@ def header_name_problem(name: str) -> str | None:
     """typedefs.header_name (kong.tools.http.validate_header_name)."""
     if HEADER_NAME.fullmatch(name):
         return None
-    shown = name if name.isprintable() else show(name)[1:-1]  # (control characters escaped)
-    return f"bad header name '{shown}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
+    return f"bad header name '{inline(name)}', allowed characters are A-Z, a-z, 0-9, '_', and '-'"
 
 
 def path_problem(path: str) -> str | None:

@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+from gateway.config.errors import inline, key_part
+
 # Kong's referenceable fields of the plugins the gateway builds: paths into `config`; "*" is every value of a
 # mapping (header values). A deprecated shorthand (redis_password, endpoint) moves to a referenceable field in Kong
 # before references are resolved, so it is one too.
@@ -86,12 +88,12 @@ class Vaults:
         version = _version(url.fragment, reference)
         for option, values in _query(url.query).items():
             if option != "prefix":
-                raise VaultError(f"{reference}: unknown option {option!r} (the env vault takes prefix)")
-            prefix = _env_prefix(values[-1], f"{reference}: prefix")
+                raise VaultError(f"{inline(reference)}: unknown option {option!r} (the env vault takes prefix)")
+            prefix = _env_prefix(values[-1], f"{inline(reference)}: prefix")
         variable = _variable((prefix or "") + resource, version)
         value = self.environ.get(variable)
         if value is None:
-            raise VaultError(f"{reference}: the environment variable {variable} is not set")
+            raise VaultError(f"{inline(reference)}: the environment variable {inline(variable)} is not set")
         return value if key is None else _json_key(value, key, variable, reference)
 
 
@@ -99,9 +101,9 @@ def _parse(reference: str) -> SplitResult:
     try:
         url = urlsplit(reference[1:-1])
     except ValueError as e:
-        raise VaultError(f"{reference}: not a vault URL ({e})") from None
+        raise VaultError(f"{inline(reference)}: not a vault URL ({e})") from None
     if not url.netloc:
-        raise VaultError(f"{reference}: no vault named (expected {{vault://<vault>/<secret>}})")
+        raise VaultError(f"{inline(reference)}: no vault named (expected {{vault://<vault>/<secret>}})")
     return url
 
 
@@ -109,7 +111,7 @@ def _resource_and_key(path: str, reference: str) -> tuple[str, str | None]:
     """kong.pdk.vault's parse_reference: `/a` is resource a; `/a/b` resource a, key b; `/a/b/` the resource a/b."""
     parts = [p for p in path[1:].split("/") if p]
     if not parts:
-        raise VaultError(f"{reference}: no secret named (expected {{vault://<vault>/<secret>}})")
+        raise VaultError(f"{inline(reference)}: no secret named (expected {{vault://<vault>/<secret>}})")
     if len(parts) == 1 or path.endswith("/"):
         return unquote("/".join(parts)), None
     return unquote("/".join(parts[:-1])), unquote(parts[-1])
@@ -119,7 +121,7 @@ def _version(fragment: str, reference: str) -> int | None:
     if not fragment:
         return None
     if not fragment.isdigit():
-        raise VaultError(f"{reference}: the version (#{fragment}) must be a number")
+        raise VaultError(f"{inline(reference)}: the version (#{inline(fragment)}) must be a number")
     return int(fragment)
 
 
@@ -148,13 +150,13 @@ def _json_key(value: str, key: str, variable: str, reference: str) -> str:
     try:
         document = json.loads(value)
     except ValueError:
-        raise VaultError(f"{reference}: the environment variable {variable} is not JSON, so it has no key "
-                             f"{key!r}") from None
+        raise VaultError(f"{inline(reference)}: the environment variable {inline(variable)} is not JSON, so it has "
+                         f"no key {key!r}") from None
     if not isinstance(document, dict) or key not in document:
-        raise VaultError(f"{reference}: the JSON in {variable} has no key {key!r}")
+        raise VaultError(f"{inline(reference)}: the JSON in {inline(variable)} has no key {key!r}")
     found = document[key]
     if not isinstance(found, str):
-        raise VaultError(f"{reference}: {variable}[{key!r}] is a {type(found).__name__}, not a string")
+        raise VaultError(f"{inline(reference)}: {inline(variable)}[{key!r}] is a {type(found).__name__}, not a string")
     return found
 
 
@@ -171,7 +173,7 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
         if not isinstance(item, dict):
             errors.append(f"{where}: expected a mapping (prefix, name, config)")
             continue
-        unknown = sorted(str(k) for k in item if k not in _VAULT_FIELDS)
+        unknown = sorted(key_part(k) for k in item if k not in _VAULT_FIELDS)
         if unknown:
             errors.append(f"{where}: unknown keys {', '.join(unknown)} (a vault takes "
                           f"{', '.join(sorted(_VAULT_FIELDS))})")
@@ -198,7 +200,7 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
         if not isinstance(config, dict):
             errors.append(f"{where}.config: expected a mapping (prefix)")
             continue
-        others = sorted(str(k) for k in config if k != "prefix")
+        others = sorted(key_part(k) for k in config if k != "prefix")
         if others:
             errors.append(f"{where}.config: {', '.join(others)} {'is' if len(others) == 1 else 'are'} not supported "
                           "(Kong OSS's env vault takes prefix only)")
@@ -238,7 +240,7 @@ def _resolve_at(obj: dict[str, Any], fields: tuple[str, ...], path: str, vaults:
         return
     for key in keys:
         value = obj[key]
-        where = f"{path}.{key}"
+        where = f"{path}.{key_part(key)}"
         if rest:
             if isinstance(value, dict):
                 _resolve_at(value, rest, where, vaults, errors)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.policies.ai_prompt_guard.pcre import pattern_problem
 
 LLM_FORMATS = ("openai", "bedrock", "gemini")
@@ -37,9 +38,9 @@ def check_llm_format(llm_format: str) -> None:
     if llm_format not in LLM_FORMATS:
         raise ValueError(f"llm_format: expected one of: {', '.join(LLM_FORMATS)}")
     if llm_format != "openai":
-        raise ValueError(f"llm_format: {llm_format!r} is not supported: Kong converts {llm_format} requests for "
-                         "ai-proxy, which this gateway does not build; the prompt plugins read OpenAI requests "
-                         "(\"openai\", the default)")
+        raise ValueError(f"llm_format: {llm_format!r} is not supported: Kong converts {inline(llm_format)} "
+                         "requests for ai-proxy, which this gateway does not build; the prompt plugins read OpenAI "
+                         "requests (\"openai\", the default)")
 
 
 class AiPromptGuardConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -56,8 +57,8 @@ class AiPromptGuardConfig(msgspec.Struct, forbid_unknown_fields=True):
         for name, patterns in (("allow_patterns", self.allow_patterns), ("deny_patterns", self.deny_patterns)):
             for i, pattern in enumerate(patterns or ()):
                 if (problem := pattern_problem(pattern)) is not None:
-                    raise ValueError(f"{name}[{i}]: {pattern!r} is not a regex the gateway can run ({problem}): "
-                                     "PCRE refuses it, or it needs PCRE syntax Python's re lacks")
+                    raise ValueError(f"{name}[{i}]: {pattern!r} is not a regex the gateway can run "
+                                     f"({inline(problem)}): PCRE refuses it, or it needs PCRE syntax Python's re lacks")
         check_body_size(self.max_request_body_size)
         check_llm_format(self.llm_format)
         if not self.allow_patterns and not self.deny_patterns:

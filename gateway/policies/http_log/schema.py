@@ -4,6 +4,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.config.typedefs import header_name_problem
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.sender import Endpoint
@@ -56,4 +57,4 @@ def check_header(name: str, value: str) -> None:
     if not value:
         raise ValueError("headers: length must be at least 1")
     if any(c in value for c in "\r\n\0"):
-        raise ValueError(f"headers: the value of '{name}' holds a line break or NUL")
+        raise ValueError(f"headers: the value of '{inline(name)}' holds a line break or NUL")

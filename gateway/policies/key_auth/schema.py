@@ -5,7 +5,7 @@ import re
 import msgspec
 
 from gateway.config.consumers import HeaderText
-from gateway.config.errors import show
+from gateway.config.errors import inline
 
 _HEADER_NAME = re.compile(r"^[a-zA-Z0-9-_]+$")  # kong.tools.http.validate_header_name (PCRE "$": a final "\n" passes)
 
@@ -26,6 +26,5 @@ class KeyAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
             if not name:
                 raise ValueError(f"key_names[{i}]: length must be at least 1")
             if not _HEADER_NAME.match(name):
-                shown = name if name.isprintable() else show(name)[1:-1]  # control characters escaped
-                raise ValueError(f"key_names[{i}]: bad header name '{shown}', allowed characters are A-Z, a-z, 0-9, "
-                                 "'_', and '-'")
+                raise ValueError(f"key_names[{i}]: bad header name '{inline(name)}', allowed characters are A-Z, a-z, "
+                                 "0-9, '_', and '-'")

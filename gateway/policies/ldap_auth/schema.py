@@ -11,7 +11,7 @@ from typing import Annotated
 import msgspec
 
 from gateway.config.consumers import HeaderText
-from gateway.config.errors import show
+from gateway.config.errors import inline, show
 from gateway.policies.tcp_log.schema import is_host
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's strings are at least one character
@@ -45,4 +45,4 @@ class LdapAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
             re.compile(self.header_type.lower().encode())
         except re.error as e:
             raise ValueError(f"header_type: Kong reads it as a regular expression, and {show(self.header_type)} is "
-                             f"not one ({e})") from None
+                             f"not one ({inline(str(e))})") from None

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.config.typedefs import header_name_problem
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.propagation import KONG_FORMATS
@@ -86,7 +87,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
             if not name or value == "":
                 raise ValueError("resource_attributes: length must be at least 1")  # Kong's string check
             if _TEMPLATE.search(value):
-                raise ValueError(f"resource_attributes: {name}: templates ($(...)) are not rendered by the "
+                raise ValueError(f"resource_attributes: {inline(name)}: templates ($(...)) are not rendered by the "
                                  "gateway; give the value itself")
         header = self.http_response_header_for_traceid
         if header is not None and (not header or any(c in header for c in " :\r\n\t")):

@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.stores.cache import DEFAULT_DICTIONARY
 
 # kong/templates/nginx_kong.lua's lua_shared_dict lines (http), plus prometheus_metrics, which kong/conf_loader
@@ -31,9 +32,9 @@ class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.dictionary_name not in DICTIONARIES:
-            raise ValueError(f"dictionary_name: missing shared dict '{self.dictionary_name}' (the gateway's cache "
-                             "dictionaries are the host-wide ones named as Kong's built-in shared dicts: "
-                             f"{', '.join(DICTIONARIES)})")
+            raise ValueError(f"dictionary_name: missing shared dict '{inline(self.dictionary_name)}' (the "
+                             "gateway's cache dictionaries are the host-wide ones named as Kong's built-in shared "
+                             f"dicts: {', '.join(DICTIONARIES)})")
 
 
 class ResponseHeaders(msgspec.Struct, forbid_unknown_fields=True):

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.config.typedefs import header_name_problem
 
 # Up to 2**53, the largest count a double (Kong's number) holds exactly; the state keeper's counters carry it whole
@@ -146,7 +147,7 @@ def host_problem(host: str, sni: bool = False) -> str | None:
     its messages; None for a host it takes."""
     kind, has_port = _host_kind(host)
     if kind is None:
-        return f"invalid value: {host}"
+        return f"invalid value: {inline(host)}"
     if sni and kind != "name":
         return "must not be an IP"
     return "must not have a port" if has_port else None
@@ -186,11 +187,12 @@ def check_path(path: str) -> None:
     if "//" in path:
         raise ValueError("path: must not have empty segments")
     if _PATH_CHARS.fullmatch(path) is None:
-        raise ValueError(f"path: invalid path: '{path}' (characters outside of the reserved list of RFC 3986 found)")
+        raise ValueError(f"path: invalid path: '{inline(path)}' (characters outside of the reserved list of RFC 3986 "
+                         "found)")
     raw = _ESCAPE.sub("___", path)
     if "%" in raw:
         at = raw.index("%")
-        raise ValueError(f"path: invalid url-encoded value: '{raw[at:at + 3]}'")
+        raise ValueError(f"path: invalid url-encoded value: '{inline(raw[at:at + 3])}'")
 
 
 def merge_redis_shorthands(config: Any) -> None:

@@ -6,6 +6,7 @@ import re
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.policies.response_transformer.schema import check_pairs
 
 # The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ...,
@@ -24,7 +25,7 @@ def check_templates(where: str, entries: list[str], indexed: bool = True) -> Non
             raise ValueError(f"{at}: only the templates $(headers.NAME), $(headers[\"NAME\"]), "
                              f"$(query_params.NAME), $(query_params[\"NAME\"]), $(uri_captures.NAME), "
                              f"$(uri_captures[\"NAME\"]) and $(uri_captures[N]) are supported by the gateway, "
-                             f"got '{entry}'")
+                             f"got '{inline(entry)}'")
 
 
 class Names(msgspec.Struct, forbid_unknown_fields=True):
@@ -34,8 +35,8 @@ class Names(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.headers):
-            if not re.match(r"^[A-Za-z0-9_-]+$", name.partition(":")[0]):
-                raise ValueError(f"headers[{i}]: '{name}' is not a valid header")
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", name.partition(":")[0]):
+                raise ValueError(f"headers[{i}]: '{inline(name)}' is not a valid header")
 
 
 class Pairs(msgspec.Struct, forbid_unknown_fields=True):
@@ -49,7 +50,7 @@ class Pairs(msgspec.Struct, forbid_unknown_fields=True):
             for i, entry in enumerate(entries):
                 name, _, value = entry.partition(":")
                 if not value.lstrip(":"):
-                    raise ValueError(f"{field}[{i}]: key '{name}' has no value")
+                    raise ValueError(f"{field}[{i}]: key '{inline(name)}' has no value")
             check_templates(field, entries)
         check_pairs("headers", self.headers, headers=True)
         check_templates("headers", self.headers)
@@ -84,4 +85,4 @@ class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.http_method is not None and not re.fullmatch(r"[A-Z]+", self.http_method):
-            raise ValueError(f"http_method: invalid value: {self.http_method}")  # typedefs.http_method: ^%u+$
+            raise ValueError(f"http_method: invalid value: {inline(self.http_method)}")  # typedefs.http_method: ^%u+$

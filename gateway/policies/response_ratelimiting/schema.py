@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import key_part
 from gateway.policies.rate_limiting.schema import Limit, RedisConfig, RedisShorthands, merge_redis_shorthands
 
 PERIODS = ("second", "minute", "hour", "day", "month", "year")
@@ -66,7 +67,7 @@ class ResponseRateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
                                  "(X-RateLimit-Remaining-<name>), which take letters, digits and !#$%&'*+-.^_`|~")
             problem = limit.check()
             if problem is not None:
-                raise ValueError(f"limits.{name}: {problem}")
+                raise ValueError(f"limits.{key_part(name)}: {problem}")
         merge_redis_shorthands(self)
         if self.policy == "cluster":
             raise ValueError("policy cluster keeps counters in Kong's database, which this gateway does not have; "

@@ -7,8 +7,10 @@ from typing import Literal
 
 import msgspec
 
-_PAIR = re.compile(r"^[^:]+:.*$")
-_HEADER = re.compile(r"^[A-Za-z0-9_-]+$")
+from gateway.config.errors import inline
+
+_PAIR = re.compile(r"[^:]+:.*", re.DOTALL)  # fullmatch: Lua's `.` takes a newline, its `$` none after it
+_HEADER = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch
 
 
 def split_pair(entry: str) -> tuple[str, str | None]:
@@ -20,14 +22,16 @@ def split_pair(entry: str) -> tuple[str, str | None]:
 
 def check_pairs(where: str, entries: list[str], headers: bool = False, both: bool = False) -> None:
     for i, entry in enumerate(entries):
-        if not _PAIR.match(entry):
+        if not _PAIR.fullmatch(entry):
             # Kong's message is "invalid value: <entry>" (the schema's `match` failing)
-            raise ValueError(f"{where}[{i}]: should match the pattern '^[^:]+:.*$', invalid value: {entry}")
+            raise ValueError(f"{where}[{i}]: should match the pattern '^[^:]+:.*$', invalid value: {inline(entry)}")
         name, value = split_pair(entry)
-        if headers and not _HEADER.match(name):
-            raise ValueError(f"{where}[{i}]: '{name}' is not a valid header")
-        if both and not _HEADER.match(value or ""):
-            raise ValueError(f"{where}[{i}]: '{value}' is not a valid header")
+        if headers and not _HEADER.fullmatch(name):
+            raise ValueError(f"{where}[{i}]: '{inline(name)}' is not a valid header")
+        if both and not _HEADER.fullmatch(value or ""):
+            raise ValueError(f"{where}[{i}]: '{inline(str(value))}' is not a valid header")
+        if headers and value and any(c in value for c in "\r\n\0"):  # (Kong's set_header would fail on it)
+            raise ValueError(f"{where}[{i}]: the value of '{inline(name)}' holds a line break or NUL")
 
 
 class Names(msgspec.Struct, forbid_unknown_fields=True):

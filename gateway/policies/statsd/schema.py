@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.config.errors import show
+from gateway.config.errors import inline, show
 from gateway.policies.tcp_log.schema import Port, is_host
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 
@@ -82,9 +82,10 @@ class StatsdConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
         for i, codes in enumerate(self.allow_status_codes or ()):
             if not _RANGE.fullmatch(codes):
-                raise ValueError(f"allow_status_codes[{i}]: invalid value: {codes} (expected a range such as 200-299)")
+                raise ValueError(f"allow_status_codes[{i}]: invalid value: {inline(codes)} (expected a range such as "
+                                 "200-299)")
             if not _RANGE_READ.search(codes):  # Kong's log phase fails on it for every request that reaches it
-                raise ValueError(f"allow_status_codes[{i}]: invalid value: {codes} (Kong reads a range as two "
+                raise ValueError(f"allow_status_codes[{i}]: invalid value: {inline(codes)} (Kong reads a range as two "
                                  "3-digit codes, such as 200-299)")
         if self.retry_count is not None:
             raise ValueError("retry_count: it no longer works in Kong 3.x; use queue.max_retry_time")

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs
 from gateway.telemetry.batch import QueueConfig
 from gateway.telemetry.sender import Endpoint
@@ -58,7 +59,7 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
         seen: set[str] = set()
         for tag in self.static_tags or ():
             if tag.name in seen:
-                raise ValueError(f"static_tags: repeated tags are not allowed: {tag.name}")
+                raise ValueError(f"static_tags: repeated tags are not allowed: {inline(tag.name)}")
             seen.add(tag.name)
         header = self.http_response_header_for_traceid
         if header is not None and (not header or _HEADER_CHARS.intersection(header)):
