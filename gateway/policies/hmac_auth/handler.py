@@ -2,7 +2,7 @@
 headers="...", signature="..."`, an HMAC of the listed request headers under the secret of the consumer's
 hmacauth credential, with a Date or X-Date within `clock_skew` seconds of now.
 
-What is signed is Kong's signing string (`signing_string`). Each listed name gives a line. A header gives
+What is signed is Kong's signing string (`Plan.signing_string`). Each listed name gives a line. A header gives
 `name: value` (its first value; the name as the client spelled it) and a missing one gives `name:`.
 `request-line` gives `GET /path?query HTTP/1.1`, and `@request-target` gives `@request-target: get /path?query`.
 The lines are joined with newlines.
@@ -14,6 +14,12 @@ Kong's answers are all 401 with `WWW-Authenticate: hmac` (or `hmac realm="..."`)
   is not allowed, or there is no such username.
 - "HMAC signature does not match": the signature, or with `validate_request_body` the body's `Digest:
   SHA-256=<base64>`, is wrong.
+
+What does not depend on the request is worked out once: per credentials header value, what it says under the config
+(its fields, the credential, the algorithm, enforce_headers, the signature decoded, the signing string's lines) as a
+`Plan`, remembered (`HmacAuth.plans`); per credential and algorithm, the HMAC key schedule (`Keyed`). A request pays
+one pass over its headers, the clock, its signing string and, unless its Plan has verified that same string before,
+one HMAC. Nothing that depends on the time or the body is remembered.
 """
 
 from __future__ import annotations
@@ -23,12 +29,10 @@ import hmac
 import re
 import time
 from base64 import b64encode
-from binascii import b2a_base64
 
-from gateway.http.codec import Request
 from gateway.http.dates import parse_http_time
 from gateway.http.server import Exchange
-from gateway.memo import Memo
+from gateway.memo import Derived, Memo
 from gateway.policies.consumers import (
     AuthPolicy,
     Directory,
@@ -50,9 +54,16 @@ _HMAC_8 = re.compile(  # (without the leading \s*, which changes no capture and 
 _START = re.compile(rb'[Hh]mac\s*username="')
 _SEPARATOR = re.compile(rb'",\s*(algorithm|headers|signature)="')
 _DIGESTS = {"hmac-sha1": "sha1", "hmac-sha256": "sha256", "hmac-sha384": "sha384", "hmac-sha512": "sha512"}
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))  # RFC 2104's inner and outer pads, as bytes.translate tables
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
 # Dates as read: the clients of one second send the same few (a client's distinct dates cannot grow it past the bound)
-_DATES: Memo[bytes, int | None] = Memo(256)
+_DATES: Derived[bytes, int | None] = Derived(parse_http_time, 256)
 BODY_LIMIT = 1024 * 1024  # bytes of body whose digest is checked; a longer one fails, as Kong's over its buffer
+PLANS = 1024  # credentials header values remembered per plugin instance and worker (a config load starts afresh)
+PLAN_VALUE_BYTES = 1024  # a longer header value, or verified signing string, is read each time, not remembered
+KEYED = 1024  # (credential, algorithm) key schedules remembered per plugin instance and worker
+
+clock = time.time  # the wall clock (tests replace it)
 
 
 class Signature:
@@ -111,21 +122,70 @@ def _greedy_fields(value: bytes) -> tuple[bytes, bytes, bytes, bytes] | None:
     return None
 
 
-def signing_string(request: Request, names: list[bytes], target: bytes) -> bytes:
-    """Kong's signing string for the headers `names` lists (see the module's docstring); `target`: the one the
-    client sent, even when a policy before this one (key-auth's hide_credentials) rewrote the request's."""
-    lines = []
-    for name in names:
-        value = header_value(request.headers, name.lower().replace(b"_", b"-"))
-        if value is not None:
-            lines.append(name + b": " + value)
-        elif name == b"request-line":
-            lines.append(b"%s %s HTTP/%s" % (request.method, target, request.http_version))
-        elif name == b"@request-target":
-            lines.append(b"@request-target: %s %s" % (request.method.lower(), target))
-        else:
-            lines.append(name + b":")
-    return b"\n".join(lines)
+class Keyed:
+    """HMAC (RFC 2104) under one secret and hash: the padded key's two blocks hashed once, so a message costs two
+    copies of those states (hmac.HMAC's copy, update and digest, in its Python wrapper, cost over twice as much)."""
+
+    __slots__ = ("inner", "outer")
+
+    def __init__(self, secret: bytes, digest: str) -> None:
+        block = hashlib.new(digest).block_size
+        key = (hashlib.new(digest, secret).digest() if len(secret) > block else secret).ljust(block, b"\0")
+        self.inner = hashlib.new(digest, key.translate(_IPAD))
+        self.outer = hashlib.new(digest, key.translate(_OPAD))
+
+    def mac(self, message: bytes) -> bytes:
+        inner = self.inner.copy()
+        inner.update(message)
+        outer = self.outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+class Plan:
+    """What one credentials header value says under this config, once it names a credential and an allowed algorithm
+    and signs the enforced headers: the signing string's lines, the credential's keyed HMAC, the signature decoded,
+    whose it is, and the last signing string it verified."""
+
+    __slots__ = ("lines", "keyed", "signature", "who", "verified")
+
+    def __init__(self, names: list[bytes], keyed: Keyed, signature: bytes | None, who: Identity) -> None:
+        # Per listed name: the header looked up (kong.request.get_header's: lower case, "_" read as "-"), its line's
+        # start when it is there, and its line when it is not (None: the request line or target, made per request)
+        lines = []
+        for name in names:
+            missing = None if name in (b"request-line", b"@request-target") else name + b":"
+            lines.append((name.lower().replace(b"_", b"-"), name + b": ", missing, name))
+        self.lines = lines
+        self.keyed = keyed
+        # The signature as nginx's decode_base64 reads it (None: it does not decode, so nothing matches). Kong compares
+        # the HMAC with these bytes: any spelling that decodes to them matches (no padding, bits past the last byte,
+        # text after "=").
+        self.signature = signature
+        self.who = who
+        # A signing string this HMAC matched: the same one again matches without hashing (the HMAC is a function of
+        # the secret, the algorithm and the string, and the signature it is compared with is this header's). The
+        # string is the client's, no secret: compared with ==. The time and the body are checked every time.
+        self.verified: bytes | None = None
+
+    def signing_string(self, headers: dict[bytes, bytes], ex: Exchange) -> bytes:
+        """Kong's signing string (see the module's docstring) over `headers`, each name's first value; the request
+        line or target from the one the client sent, even when a policy before this one (key-auth's
+        hide_credentials) rewrote the request's."""
+        out = []
+        for key, start, missing, name in self.lines:
+            value = headers.get(key)
+            if value is not None:
+                out.append(start + value)
+            elif missing is not None:
+                out.append(missing)
+            else:
+                req = ex.request
+                if name == b"request-line":
+                    out.append(b"%s %s HTTP/%s" % (req.method, ex.request_uri(), req.http_version))
+                else:
+                    out.append(b"@request-target: %s %s" % (req.method.lower(), ex.request_uri()))
+        return b"\n".join(out)
 
 
 def body_digest(body: bytes) -> bytes:
@@ -136,8 +196,8 @@ def body_digest(body: bytes) -> bytes:
 class HmacAuth(AuthPolicy):
     name = "hmac-auth"
     priority = 1030  # Kong's
-    __slots__ = ("hide", "skew", "reads_body", "enforce", "algorithms", "credentials", "keyed", "unauthorized",
-                 "no_date", "unverified", "mismatch")
+    __slots__ = ("hide", "skew", "reads_body", "enforce", "algorithms", "credentials", "keyed", "plans",
+                 "unauthorized", "no_date", "unverified", "mismatch")
 
     def __init__(self, config: HmacAuthConfig, directory: Directory) -> None:
         super().__init__(directory.anonymous(config.anonymous), True)
@@ -147,7 +207,12 @@ class HmacAuth(AuthPolicy):
         self.enforce = [name.encode() for name in config.enforce_headers]
         self.algorithms = {name.encode(): _DIGESTS[name] for name in config.algorithms}
         self.credentials = {user.encode(): (secret.encode(), who) for user, (secret, who) in directory.hmac.items()}
-        self.keyed: Memo[tuple[bytes, str], hmac.HMAC] = Memo(1024)
+        # The key schedule, once per credential and algorithm asked for (not for all at config load: there may be
+        # thousands of credentials)
+        self.keyed: Memo[tuple[bytes, str], Keyed] = Memo(KEYED)
+        # What a credentials header value says under this config (Plan; the Rejection when it names no credential
+        # or algorithm allowed, or leaves an enforced header unsigned; None when it does not parse)
+        self.plans: Derived[bytes, Plan | Rejection | None] = Derived(self._plan, PLANS)
         realm = f'hmac realm="{config.realm}"' if config.realm is not None else "hmac"
         self.unauthorized = Rejection(401, "Unauthorized", realm)
         self.no_date = Rejection(401, "HMAC signature cannot be verified, a valid date or x-date header is required "
@@ -155,34 +220,13 @@ class HmacAuth(AuthPolicy):
         self.unverified = Rejection(401, "HMAC signature cannot be verified", realm)
         self.mismatch = Rejection(401, "HMAC signature does not match", realm)
 
-    def _fresh(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """Is X-Date, or else Date, a date within clock_skew seconds of now (whole seconds, as ngx.time())?"""
-        now = int(time.time())
-        for name in (b"x-date", b"date"):
-            value = header_value(headers, name)
-            if value is not None:
-                when = _DATES[value] if value in _DATES else _DATES.keep(value, parse_http_time(value))
-                if when is not None and abs(now - when) <= self.skew:
-                    return True
-        return False
-
-    def authenticate(self, ex: Exchange) -> Identity | Rejection:
-        req = ex.request
-        headers = req.headers
-        authorization = header_value(headers, b"authorization")
-        proxy_authorization = header_value(headers, b"proxy-authorization")
-        if authorization is None and proxy_authorization is None:
-            return self.unauthorized
-        if not self._fresh(headers):
-            return self.no_date
-        given = parse_signature(proxy_authorization)
+    def _plan(self, value: bytes) -> Plan | Rejection | None:
+        """What a credentials header value says (see `plans`), as Kong's validate_params and load_credential
+        judge it."""
+        given = parse_signature(value)
         if given is None:
-            given = parse_signature(authorization)
-            if self.hide:
-                remove_header(ex, b"authorization")  # (Kong's order: before it is checked, parsed or not)
-        elif self.hide:
-            remove_header(ex, b"proxy-authorization")
-        if given is None or (self.enforce and any(name not in given.headers for name in self.enforce)):
+            return None
+        if self.enforce and any(name not in given.headers for name in self.enforce):
             return self.unverified
         digest = self.algorithms.get(given.algorithm)
         found = self.credentials.get(given.username)
@@ -191,19 +235,51 @@ class HmacAuth(AuthPolicy):
         secret, who = found
         key = (given.username, digest)
         keyed = self.keyed.get(key)
-        if keyed is None:  # the key schedule, done once per credential and algorithm: each request copies it
-            keyed = self.keyed.keep(key, hmac.new(secret, digestmod=digest))
-        mac = keyed.copy()
-        mac.update(signing_string(req, given.headers, ex.request_uri()))
-        expected = mac.digest()
-        # The canonical base64 is what clients send: compared as text, no decoding; any other spelling nginx's
-        # decoder reads (bits past the last byte, no padding, text after "=") is decoded and compared as bytes.
-        if hmac.compare_digest(given.signature.partition(b"=")[0], b2a_base64(expected, newline=False).rstrip(b"=")):
-            return who
-        signature = decode_base64(given.signature)
-        if signature is None or not hmac.compare_digest(expected, signature):
+        if keyed is None:
+            keyed = self.keyed.keep(key, Keyed(secret, digest))
+        return Plan(given.headers, keyed, decode_base64(given.signature), who)
+
+    def authenticate(self, ex: Exchange) -> Identity | Rejection:
+        req = ex.request
+        headers = dict(reversed(req.headers))  # each name's first value, as kong.request.get_header reads it
+        authorization = headers.get(b"authorization")
+        proxy_authorization = headers.get(b"proxy-authorization")
+        if authorization is None and proxy_authorization is None:
+            return self.unauthorized
+        # X-Date, or else Date, within clock_skew seconds of now (whole seconds, as ngx.time())
+        now = int(clock())
+        x_date = headers.get(b"x-date")
+        when = _DATES[x_date] if x_date is not None else None
+        if when is None or abs(now - when) > self.skew:
+            date = headers.get(b"date")
+            when = _DATES[date] if date is not None else None
+            if when is None or abs(now - when) > self.skew:
+                return self.no_date
+        # The plans of the values (a longer value than any client sends is read each time, not remembered)
+        plans = self.plans
+        plan = None
+        if proxy_authorization is not None:
+            plan = plans[proxy_authorization] if len(proxy_authorization) <= PLAN_VALUE_BYTES else \
+                self._plan(proxy_authorization)
+        if plan is None:
+            if authorization is not None:
+                plan = plans[authorization] if len(authorization) <= PLAN_VALUE_BYTES else self._plan(authorization)
+            if self.hide:  # (Kong's order: before it is checked, parsed or not; the signing string goes without it)
+                remove_header(ex, b"authorization")
+                headers.pop(b"authorization", None)
+        elif self.hide:
+            remove_header(ex, b"proxy-authorization")
+            headers.pop(b"proxy-authorization", None)
+        if plan is None or isinstance(plan, Rejection):
+            return self.unverified
+        signing = plan.signing_string(headers, ex)
+        if signing == plan.verified:
+            return plan.who
+        if plan.signature is None or not hmac.compare_digest(plan.keyed.mac(signing), plan.signature):
             return self.mismatch
-        return who
+        if len(signing) <= PLAN_VALUE_BYTES:
+            plan.verified = signing
+        return plan.who
 
     async def check_body(self, ex: Exchange, found: Identity) -> Identity | Rejection:
         """validate_request_body: the Digest header is the body's SHA-256 (no Digest passes with no body)."""
