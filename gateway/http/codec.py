@@ -15,6 +15,8 @@ from __future__ import annotations
 import re
 from typing import Protocol, final
 
+from gateway.memo import Derived
+
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
 # How a request's headers frame its body, when the caller knows already (ClientCodec.request_head's `framing`).
 NO_BODY, LENGTH, CHUNKED = 0, 1, 2
@@ -203,6 +205,8 @@ def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
 # are gone (an empty Host, ".", ":80"): the two lookaheads
 _AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
+# a verdict per Host value: the few a host's clients send, each checked once
+_VALID_HOSTS: Derived[bytes, bool] = Derived(lambda host: _AUTHORITY.fullmatch(host) is not None, 4096)
 # nginx's unique request headers (ngx_http_process_unique_header_line): a second one is a 400, so that the gateway and
 # the upstream can never read two different Authorization (or Expect, If-*) headers
 _UNIQUE = frozenset({b"authorization", b"expect", b"if-modified-since", b"if-unmodified-since", b"if-match",
@@ -284,7 +288,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
     if target[:1] != b"/":
         target, host = _origin_form(target, headers)
-    elif host is not None and _AUTHORITY.fullmatch(host) is None:
+    elif host is not None and not _VALID_HOSTS[host]:
         raise ProtocolError("invalid Host header")
     return target, host, expect and http_version == b"1.1"  # RFC 9110 10.1.1: an HTTP/1.0 one is ignored
 
