@@ -176,16 +176,18 @@ async def test_an_absolute_target_without_preserve_host_sends_the_services_host(
     assert seen.header("host") == f"127.0.0.1:{(by_header if by_header.requests else by_target).port}"
 
 
-@pytest.mark.xfail(strict=True, reason="the codec (gateway/http/codec.py _origin_form) replaces the Host header with "
-                                       "the target's authority; Kong's router reads the Host header")
+@pytest.mark.xfail(strict=True, reason="deliberate: the gateway routes an absolute-form request on the target's "
+                                       "authority, as RFC 9112 3.2.2 and nginx's $host say (issue 13's finding); "
+                                       "Kong's router reads the Host header")
 async def test_an_absolute_target_is_routed_on_the_host_header(gateway, nursery):
     """atc.lua `exec`: http.host is the Host header's "example.test", not the target's "other.test"."""
     _, by_header, by_target = await _absolute_form(gateway, nursery, False)
     assert (len(by_header.requests), len(by_target.requests)) == (1, 0)
 
 
-@pytest.mark.xfail(strict=True, reason="the codec (gateway/http/codec.py _origin_form) replaces the Host header with "
-                                       "the target's authority; Kong's preserve_host sends the Host header")
+@pytest.mark.xfail(strict=True, reason="deliberate: the target's authority replaces the Host header (RFC 9112 "
+                                       "3.2.2, issue 13), so preserve_host sends what was routed on; Kong's sends "
+                                       "the Host header")
 async def test_an_absolute_target_with_preserve_host_sends_the_host_header(gateway, nursery):
     """atc.lua `matching`: upstream_host = req_host, the Host header."""
     _, by_header, by_target = await _absolute_form(gateway, nursery, True)
