@@ -58,3 +58,24 @@ def test_a_session_config_loads_cryptography_and_names_it_for_the_zygote_to_prel
     result = _compile_in_fresh_process(PLAIN + "plugins: [{name: session, route: r, config: {secret: s3cret}}]\n")
     assert "cryptography" in result["loaded"]
     assert "cryptography.hazmat.primitives.ciphers.aead" in result["needed"]
+
+
+def test_every_http_config_and_telemetry_module_imports_first_without_a_cycle() -> None:
+    """Each module imported first, with no gateway module loaded before it: an import cycle that only an import
+    order hides (kong_errors once imported gateway.config, which imports it) fails here, not in a later caller."""
+    code = textwrap.dedent("""
+        import importlib, pathlib, sys
+        failed = []
+        for package in ("http", "config", "telemetry"):
+            for path in sorted(pathlib.Path("gateway", package).glob("*.py")):
+                name = ".".join(path.with_suffix("").parts).removesuffix(".__init__")
+                for loaded in [m for m in sys.modules if m.partition(".")[0] in ("gateway", "prometheus_client")]:
+                    del sys.modules[loaded]
+                try:
+                    importlib.import_module(name)
+                except ImportError as e:  # (prometheus_client goes too: its registry takes each metric once)
+                    failed.append(f"{name}: {e}")
+        print("\\n".join(failed))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == ""

@@ -17,8 +17,6 @@ from collections.abc import Callable
 from html import escape
 from typing import Any
 
-from gateway.config.errors import inline
-
 # kong/pdk/response.lua HTTP_ERROR_MESSAGES: the message when the caller gives none.
 HTTP_ERROR_MESSAGES = {
     400: "Bad request", 401: "Unauthorized", 402: "Payment required", 403: "Forbidden", 404: "Not found",
@@ -161,6 +159,8 @@ def parse_template(text: str) -> tuple[str, ...]:
         elif directive == "s":
             raise ValueError("more than two %s (the message and the request id)")
         else:
+            from gateway.config.errors import inline  # (here: gateway.config imports this module)
+
             raise ValueError(f"'%{inline(directive)}' is not a placeholder: only %s (twice at most) and %%")
     return tuple(pieces)
 

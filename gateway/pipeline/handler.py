@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.http.codec import ProtocolError, answered_status
+from gateway.http.codec import ProtocolError, answered_status, nginx_host
 from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
 from gateway.http.timers import run_clock
@@ -13,7 +13,6 @@ from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
-from gateway.pipeline.headers import nginx_host
 from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP, Router
 from gateway.runtime import RouteRuntime, Runtime

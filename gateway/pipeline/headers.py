@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.http.codec import CHUNKED, LENGTH, NO_BODY, Headers, Request
+from gateway.http.codec import CHUNKED, LENGTH, NGINX_HOSTS, NO_BODY, SERVER_NAME, Headers, Request
 from gateway.http.ids import new_request_id, valid_request_id
 from gateway.http.kong_headers import SERVER_TOKEN
 from gateway.http.server import Exchange
@@ -101,21 +101,6 @@ def upgrade_asked(request: Request) -> bool:
     return len(values) == 1 and values[0].strip().lower() == b"websocket"
 
 
-_NGINX_HOSTS: Memo[bytes, bytes] = Memo(4096)  # a Host value -> nginx's $host
-SERVER_NAME = b"kong"  # Kong's nginx server_name: $host of a request without a Host (HTTP/1.0)
-
-
-def nginx_host(host: bytes) -> bytes:
-    """nginx's $host, what Kong's X-Forwarded-Host is: the Host without its port and one final dot, in lower case
-    (ngx_http_validate_host)."""
-    found = _NGINX_HOSTS.get(host)
-    if found is None:
-        lowered = host.lower()
-        bare = lowered[:lowered.find(b"]") + 1] if lowered.startswith(b"[") else lowered.partition(b":")[0]
-        found = _NGINX_HOSTS.keep(host, bare[:-1] if bare[-1:] == b"." else bare)
-    return found
-
-
 def upstream_request_headers(ex: Exchange, affinity: bool = False,
                              prefix: bytes = b"") -> tuple[Headers, bytes, bytes, bytes | None, int]:
     """(headers for upstream without Host, the client's Host value, the X-Request-Id (the client's when sane, else
@@ -203,7 +188,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if b"x-forwarded-proto" not in seen_forwarded:
             out.append((b"x-forwarded-proto", ex.conn.scheme))
         if b"x-forwarded-host" not in seen_forwarded:
-            out.append((b"x-forwarded-host", (_NGINX_HOSTS.get(host) or nginx_host(host)) if host else SERVER_NAME))
+            out.append((b"x-forwarded-host", NGINX_HOSTS[host] if host else SERVER_NAME))
         if b"x-forwarded-port" not in seen_forwarded:
             out.append((b"x-forwarded-port", ex.conn.listen_port))
         if b"x-forwarded-path" not in seen_forwarded:
@@ -229,7 +214,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
             out.append((b"via", via + b", " + inbound if via else inbound))
         else:
             out += own
-        out.append((b"x-forwarded-host", (_NGINX_HOSTS.get(host) or nginx_host(host)) if host else SERVER_NAME))
+        out.append((b"x-forwarded-host", NGINX_HOSTS[host] if host else SERVER_NAME))
         out.append((b"x-forwarded-path", request.target.partition(b"?")[0]))
         if prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))

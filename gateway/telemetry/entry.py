@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from gateway.http.codec import NGINX_HOSTS
 from gateway.http.server import REFUSED, ROUTER_PATH, Exchange
 from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
 from gateway.memo import Derived
@@ -262,11 +263,10 @@ class Entry:
 
 
 def _origin(key: tuple[bytes | None, bytes, bytes]) -> str:
-    """The url's start: scheme, nginx's $host (the Host's name, lowercased, without its port; with no Host, Kong's
-    `server_name kong`) and the port the request came in on."""
+    """The url's start: scheme, nginx's $host (the Host's name, lowercased, without its port and one final dot; with
+    no Host, Kong's `server_name kong`) and the port the request came in on."""
     raw, scheme, port = key
-    host = _text(raw) if raw is not None else ""
-    hostname = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower() if host else "kong"
+    hostname = _text(NGINX_HOSTS[raw]) if raw else "kong"
     return f"{scheme.decode()}://{hostname}:{port.decode() or '-'}"
 
 

@@ -114,8 +114,10 @@ class ReferenceEntry:
         conn = ex.conn
         scheme = conn.scheme.decode()
         port = conn.listen_port.decode() or "-"
-        # nginx's $host: the Host's name, lowercased, without its port; with none, Kong's `server_name kong`
-        hostname = (host.rsplit(":", 1)[0] if not host.endswith("]") else host).lower() if host else "kong"
+        # nginx's $host: the Host's name, lowercased, up to its first ":" (an IP literal's "]"), without one final
+        # dot (changed since the freeze, 2026-12-05: ngx_http_validate_host); with none, Kong's `server_name kong`
+        hostname = (host[:host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]).lower()
+        hostname = (hostname[:-1] if hostname.endswith(".") else hostname) if host else "kong"
         doc: dict[str, Any] = {
             "request": {
                 "id": ex.request_id.decode("latin-1"),

@@ -31,10 +31,9 @@ from functools import lru_cache
 from typing import Any
 
 from gateway import __version__
-from gateway.http.codec import Headers
+from gateway.http.codec import Headers, nginx_host
 from gateway.http.server import REFUSED, Exchange
 from gateway.metrics import wall_offset
-from gateway.pipeline.headers import nginx_host
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.propagation import (

@@ -17,6 +17,7 @@ import os
 import socket
 from typing import Any
 
+from gateway.http.codec import NGINX_HOSTS
 from gateway.http.server import Exchange
 from gateway.http.uri_args import add_arg, uri_args
 from gateway.policies import cjson
@@ -56,11 +57,8 @@ def _captures(captures: dict[int | str, bytes | None]) -> dict[str, Any]:
 
 
 def _host(host: bytes | None) -> str:
-    """nginx's $host: the Host header lower-cased, without its port."""
-    if not host:
-        return ""
-    name = host[: host.find(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
-    return _text(name.lower())
+    """nginx's $host: the Host header lower-cased, without its port and one final dot."""
+    return _text(NGINX_HOSTS[host]) if host else ""
 
 
 class RequestTermination:

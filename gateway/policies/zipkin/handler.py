@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from gateway.http.codec import Headers
+from gateway.http.codec import NGINX_HOSTS, Headers
 from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
 from gateway.memo import Derived
@@ -310,12 +310,7 @@ def _names(rf: RouteFacts) -> tuple[str | None, _Named | None]:
 
 def _host(host: bytes | None) -> str:
     """nginx's $host: the request's host without its port, in lower case; the server name when it has none."""
-    if not host:
-        return SERVER_NAME
-    text = host.decode("latin-1").lower()
-    if text.startswith("["):
-        return text[:text.find("]") + 1] or text
-    return text.rsplit(":", 1)[0] if ":" in text else text
+    return NGINX_HOSTS[host].decode("latin-1") if host else SERVER_NAME
 
 
 def _protocol(version: bytes) -> str | None:
