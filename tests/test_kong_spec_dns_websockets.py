@@ -377,8 +377,8 @@ async def test_websockets_spec_returns_correct_headers_on_handshake_with_kong(nu
     assert (seen[b"upgrade"], seen[b"connection"]) == (b"websocket", b"keep-alive, Upgrade")
 
 
-@pytest.mark.xfail(strict=True, reason="the 101's head is written with lower-case names: forward.py's own "
-                   "(b'connection', b'upgrade'), and the codecs lower-case the upstream's names (Upgrade)")
+@pytest.mark.xfail(strict=True, reason="the codecs relay the upstream's header names in lower case (its Upgrade "
+                   "line is `upgrade: websocket`), as the README says of every relayed name")
 async def test_websockets_spec_handshake_headers_byte_for_byte(nursery, gateway):
     """09-websockets_spec check_headers looks for the literal text `Connection: upgrade` (nginx's
     ngx_http_header_filter writes it so for a 101) and `Upgrade: websocket` (the upstream's header, which nginx

@@ -387,11 +387,8 @@ def test_an_upgrade_request_gets_kongs_upgrade_and_connection(headers):
 
 
 @pytest.mark.parametrize(("method", "version", "headers"), [
-    (b"POST", b"1.1", WS),  # only a GET
-    (b"GET", b"1.0", WS),  # only HTTP/1.1
     (b"GET", b"1.1", [hv for hv in WS if hv[0] != b"upgrade"]),  # Connection: upgrade without Upgrade
     (b"GET", b"1.1", [(b"upgrade", b"h2c") if hv[0] == b"upgrade" else hv for hv in WS]),  # only websocket
-    (b"GET", b"1.1", [*WS, (b"content-length", b"3")]),  # with a body
 ])
 def test_what_is_not_an_upgrade_is_an_ordinary_request(method, version, headers):
     out, framing = _headers_of(method, version, headers)

@@ -348,7 +348,8 @@ class Forwarder:
     async def _tunnel(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response,
                       attempt: Attempt, request_id: bytes) -> None:
         """The upstream switched protocols: its 101 to the client (response headers handled as any answer's, with
-        its Upgrade when that is `websocket`, what Kong asked for, and `Connection: upgrade`), then bytes relayed
+        its Upgrade when that is `websocket`, what Kong asked for, and nginx's own `Connection: upgrade` line, in
+        its text: ngx_http_header_filter_module writes it so on every 101), then bytes relayed
         both ways (gateway.pipeline.tunnel) until either side closes or a timeout of the service ends it. Both
         connections are closed after it, neither reused; the target's request lasts as long as the tunnel (the
         balancer counts it as active meanwhile)."""
@@ -360,7 +361,7 @@ class Forwarder:
             upgrade = b", ".join([v for n, v in response.headers if n == b"upgrade"])
             if upgrade.lower() == b"websocket":  # Kong's header filter drops another (not what it asked for)
                 headers.append((b"upgrade", upgrade))
-            headers.append((b"connection", b"upgrade"))
+            headers.append((b"Connection", b"upgrade"))  # nginx's own line, in its text
             to_upstream = await ex.switch_protocols(headers, response.reason)
             switched = True
             if to_upstream is None:

@@ -87,17 +87,11 @@ def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
 
 
 def upgrade_asked(request: Request) -> bool:
-    """Whether a request asks to switch to WebSocket, as Kong reads it (kong/runloop/handler.lua: its Upgrade is
-    `websocket` in any case, whatever Connection says; only a WebSocket upgrade is passed on), and may: an HTTP/1.1
-    GET without a body. Otherwise it is an ordinary request, Upgrade dropped as hop-by-hop."""
-    if request.method != b"GET" or request.http_version != b"1.1":
-        return False
-    values = []
-    for name, value in request.headers:
-        if name == b"upgrade":
-            values.append(value)
-        elif name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0")):
-            return False
+    """Whether a request asks to switch to WebSocket, as Kong reads it (kong/runloop/handler.lua access.before: its one
+    Upgrade is `websocket` in any case, whatever its method, HTTP version, body or Connection; only a WebSocket upgrade
+    is passed on, and nginx tunnels a 101 to it). Otherwise it is an ordinary request, Upgrade dropped as hop-by-hop.
+    (A body goes first, framed by its Content-Length; upstream_request_headers never asks for a chunked one.)"""
+    values = [value for name, value in request.headers if name == b"upgrade"]
     return len(values) == 1 and values[0].strip().lower() == b"websocket"
 
 
