@@ -88,7 +88,13 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
         field = reason.split("`")[1]
         return f"{join_path(path, field)}: required field is missing"
     value, found = _lookup(raw, parts)
-    expected = _describe_type(_lookup_type(typ, parts)) or reason.split(",")[0].removeprefix("Expected ")
+    info = _unwrap(_lookup_type(typ, parts))
+    if isinstance(info, mi.ListType | mi.DictType) and isinstance(value, list | dict):  # Kong's LENGTH_MIN / MAX
+        if info.min_length is not None and len(value) < info.min_length:
+            return f"{path}: length must be at least {info.min_length}"
+        if info.max_length is not None and len(value) > info.max_length:
+            return f"{path}: length must be at most {info.max_length}"
+    expected = _describe_type(info) or reason.split(",")[0].removeprefix("Expected ")
     if reason.startswith("Invalid enum value"):
         return f"{path}: expected one of {expected}, got {show(value)}"
     if found and reason.startswith("Expected"):  # not a check's own message (e.g. raised by __post_init__)

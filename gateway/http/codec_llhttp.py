@@ -167,18 +167,16 @@ class _Parsing(_BodyFramer):
     def _feed(self, data: bytes) -> None:
         self._feeding = len(data)
         self._at_start = True
+        # What follows a refusal may feed the parser again (_upgraded, _reparse_escaped): out of the except blocks,
+        # where Python would make the exception being handled the __context__ of any raised meanwhile, hiding what a
+        # callback raised (httptools' HttpParserCallbackError carries it there).
+        error: httptools.HttpParserError | None = None
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            self._upgraded(data, e.args[0])
+            upgrade_at: int = e.args[0]
         except httptools.HttpParserError as e:
-            if type(e) is httptools.HttpParserInvalidURLError and self._reparse_escaped(data):
-                return
-            self._bad_method = isinstance(e, httptools.HttpParserInvalidMethodError)
-            cause = e.__context__  # what a callback raised
-            if not isinstance(cause, ProtocolError):
-                cause = ProtocolError(f"{self._MALFORMED}: {e}", self._BAD)
-            self._fail(cause)
+            error = e
         else:
             if self._in_head:  # the head goes on in the next chunk: bound it (h11's max_incomplete_event_size)
                 if self._head_fed:
@@ -188,6 +186,17 @@ class _Parsing(_BodyFramer):
                 self._head_fed += len(data)
                 if self._head_fed > self._max_head:
                     self._fail(self._overflow())
+            return
+        if error is None:
+            self._upgraded(data, upgrade_at)
+            return
+        if type(error) is httptools.HttpParserInvalidURLError and self._reparse_escaped(data):
+            return
+        self._bad_method = isinstance(error, httptools.HttpParserInvalidMethodError)
+        cause = error.__context__  # what a callback raised
+        if not isinstance(cause, ProtocolError):
+            cause = ProtocolError(f"{self._MALFORMED}: {error}", self._BAD)
+        self._fail(cause)
 
     def _reparse_escaped(self, data: bytes) -> bool:
         """A request target llhttp refused: parsed again with its raw bytes 0x80-0xFF escaped (server side)."""

@@ -343,9 +343,12 @@ def json_200(make: Callable[[Registry, Request], Any], framing: str = "cl") -> A
 
 
 def with_extra(response: bytes, extra: dict[str, Any]) -> bytes:
-    """A good answer (a JSON object) with fields etcd or Consul may add one day."""
+    """A good answer (a JSON object) with fields etcd or Consul may add one day; any other answer as it is (a 404 when
+    the gateway reads before its registration was applied: seed 42420301)."""
     head, _, body = response.partition(b"\r\n\r\n")
     status = int(head.split(b" ")[1])
+    if status != 200:
+        return response
     return http(status, json.dumps({**json.loads(body), **extra}).encode())
 
 

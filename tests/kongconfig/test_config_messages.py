@@ -139,3 +139,30 @@ def test_an_entity_with_an_odd_unknown_key_still_has_its_other_fields_checked(tm
         "services[0].\"a\\u0020b\": unknown field (check the spelling; see the README's config reference)",
         "services[0].name: invalid value 'a/b': the only accepted ascii characters are alphanumerics or ., -, _, "
         "and ~"]
+
+
+OAUTH2 = """\
+services:
+- name: s
+  url: http://127.0.0.1:9
+  routes:
+  - name: r
+    paths: [/mcp]
+    plugins:
+    - name: ai-mcp-oauth2
+      config:
+        resource: http://gw.test/mcp
+        jwks_endpoint: http://as.test/jwks
+"""
+
+
+@pytest.mark.parametrize("field", ["consumer_claim", "credential_claim", "consumer_groups_claim", "consumer_by",
+                                   "authorization_servers"])
+def test_an_empty_list_where_one_item_is_needed_gets_kongs_length_message(field: str, tmp_path: Path) -> None:
+    """Kong's LENGTH_MIN (kong/db/schema/init.lua); the gateway said "expected a list, got a list" (the config fuzz,
+    seed 42420401)."""
+    lines = [f"        {field}: []"]
+    if field != "authorization_servers":
+        lines.append("        authorization_servers: [http://as.test]")
+    messages = refused(tmp_path, OAUTH2 + "\n".join(lines) + "\n")
+    assert any(m.endswith(f"config.{field}: length must be at least 1") for m in messages), messages
