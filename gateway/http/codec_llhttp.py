@@ -71,6 +71,47 @@ def _declares_body(headers: Headers) -> bool:
                for name, value in headers)
 
 
+class _Completions:
+    """A throwaway parser's callbacks: how many messages it saw end."""
+
+    __slots__ = ("ended",)
+
+    def __init__(self) -> None:
+        self.ended = 0
+
+    def on_message_complete(self) -> None:
+        self.ended += 1
+
+
+def _completed(data: bytes) -> int:
+    """How many requests a fresh parser sees end in `data` (which begins between two), up to its first error."""
+    counter = _Completions()
+    try:
+        httptools.HttpRequestParser(counter).feed_data(data)
+    except httptools.HttpParserError:
+        pass
+    return counter.ended
+
+
+def _pipelined_head(data: bytes) -> int | None:
+    """Where in `data` (a chunk that began between two requests) the head after its complete requests begins: the
+    least prefix in which as many end as in all of it (httptools tells no offsets), past the empty lines llhttp skips;
+    None when that is not a request line's start. Only for a refused head (a raw byte in its target): a dozen parses."""
+    count = _completed(data)
+    if not count:
+        return None
+    low, high = 0, len(data)
+    while low < high:
+        middle = (low + high) // 2
+        if _completed(data[:middle]) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    while data[low:low + 1] in (b"\r", b"\n"):
+        low += 1
+    return low if low < len(data) else None
+
+
 class _Trailers:
     """Where httptools' `on_header` calls land once a head is complete. Trailer fields are dropped, as h11 drops
     them, so they can never leak into the head's header list; but their size is bounded like a head's."""
@@ -250,7 +291,7 @@ class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_stale_method")
+                 "_max_line", "_stale_method", "_clean_start")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -267,6 +308,7 @@ class LlhttpServer(_Parsing):
         self._response_done = False
         self._close = False
         self._stale_method = b""  # what llhttp's method read when the request being parsed began (see receive_data)
+        self._clean_start = True  # the chunk being fed began between two requests (see _reparse_escaped)
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -307,14 +349,21 @@ class LlhttpServer(_Parsing):
         return overflow_error(len(self._url), self._max_line)
 
     def _reparse_escaped(self, data: bytes) -> bool:
-        # For a head that began with a chunk, whose bytes are in hand: nginx takes raw 0x80-0xFF bytes in a target.
-        if not self._in_head or self._head_partial:
+        # nginx takes raw 0x80-0xFF bytes in a target. The head's bytes: those of a head that began with a chunk;
+        # one pipelined after other requests in the chunk that began between two is found by parsing them again.
+        if not self._in_head:
             return False
-        head = b"".join(self._head_chunks) + data if self._head_fed else data
+        if not self._head_partial:
+            head = b"".join(self._head_chunks) + data if self._head_fed else data
+        elif self._head_fed < 0 and self._clean_start and (start := _pipelined_head(data)) is not None:
+            head = data[start:]  # (_head_fed < 0: the head began in this very chunk)
+        else:
+            return False
         if (escaped := escape_request_line(head)) is None:
             return False
         self._parser = httptools.HttpRequestParser(self)
         self._head_chunks = []
+        self._clean_start = True
         self._feed(escaped)
         return True
 
@@ -329,6 +378,7 @@ class LlhttpServer(_Parsing):
         if self._dead:
             return
         if data:
+            self._clean_start = not self._started
             self._feed(data)
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))
@@ -367,6 +417,7 @@ class LlhttpServer(_Parsing):
                 return
         rest = data[offset:]
         if rest:
+            self._clean_start = True
             self._feed(rest)
         self._tunnel = rest
 
