@@ -12,13 +12,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -364,6 +365,22 @@ class GatewayNode:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+@contextlib.contextmanager
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., GatewayNode]]:
+    """A factory of gateways as real processes (doc, gateway settings); every one made is stopped by pid at the end."""
+    made: list[GatewayNode] = []
+
+    def make(doc: dict[str, Any], **gateway: Any) -> GatewayNode:
+        made.append(GatewayNode(tmp_path / f"gw{len(made)}", doc, **gateway))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.cleanup()
 
 
 def _is_gateway(pid: int) -> bool:

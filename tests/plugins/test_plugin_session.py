@@ -367,18 +367,9 @@ def test_the_session_plugin_cannot_be_configured_for_a_consumer():
 
 @pytest.fixture
 def node(tmp_path):  # noqa: ANN001,ANN201 - a factory; every gateway made is stopped by pid at the end
-    from e2e_helpers import GatewayNode
-    made: list[GatewayNode] = []
-
-    def make(doc: dict) -> GatewayNode:
-        made.append(GatewayNode(tmp_path / f"gw{len(made)}", doc))
-        return made[-1]
-
-    try:
+    from e2e_helpers import node_factory
+    with node_factory(tmp_path) as make:
         yield make
-    finally:
-        for gw in made:
-            gw.cleanup()
 
 
 async def test_a_session_made_by_one_worker_authenticates_in_the_other(nursery, node):

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import trio
 from backends import EchoBackend, request, wait_until
-from e2e_helpers import GatewayNode
+from e2e_helpers import node_factory
 
 TIMEOUT = 10
 REQUESTS_AFTER_RELOAD = 10  # Kong's: keeps sending until the traces reach the new endpoint, at most 10 times
@@ -22,18 +22,8 @@ REQUESTS_AFTER_RELOAD = 10  # Kong's: keeps sending until the traces reach the n
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Any]:
-    """A factory of gateways as real processes; every one made is stopped by pid at the end."""
-    made: list[GatewayNode] = []
-
-    def make(doc: dict[str, Any], **settings: Any) -> GatewayNode:
-        made.append(GatewayNode(tmp_path / f"gw{len(made)}", doc, **settings))
-        return made[-1]
-
-    try:
+    with node_factory(tmp_path) as make:
         yield make
-    finally:
-        for gw in made:
-            gw.cleanup()
 
 
 def _exports(collector: EchoBackend) -> list[Any]:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 from backends import EchoBackend, request, service, wait_until
-from e2e_helpers import GatewayNode
+from e2e_helpers import GatewayNode, node_factory
 from e2e_helpers import request as node_request
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,18 +43,8 @@ def http_codec() -> str:
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Any]:
-    """A factory of gateways as real processes; every one made is stopped by pid at the end."""
-    made: list[GatewayNode] = []
-
-    def make(doc: dict[str, Any]) -> GatewayNode:
-        made.append(GatewayNode(tmp_path / f"gw{len(made)}", doc))
-        return made[-1]
-
-    try:
+    with node_factory(tmp_path) as make:
         yield make
-    finally:
-        for gw in made:
-            gw.cleanup()
 
 
 # --- 07-optional_fields_spec -------------------------------------------------------------------------------------
