@@ -435,6 +435,29 @@ async def test_slow_request_head_gets_408_after_header_timeout(nursery, gateway)
     await setup.assert_alive()
 
 
+async def test_the_408_to_a_slow_head_request_has_no_body(nursery, gateway):
+    """As the 400 to one cut by EOF: none has a body to a HEAD (the wire fuzz, seed 51510001: its 61 bytes followed
+    the head, which a client reads as the start of the next response)."""
+    port = await gateway({"services": []}, header_timeout_s=0.2)
+    received, _ = await raw_exchange(port, b"HEAD /x HTTP/1.1\r\nHost: gw.test\r\n")  # the head never ends
+    status, headers, body = parse_raw_response(received)
+    assert (status, headers["content-length"], body) == (408, "61", b"")
+
+
+async def test_a_slow_head_is_logged_with_its_request_line(nursery, gateway, tmp_path):
+    """A 408's access-log entry has the request line that came, as a 400's to a head cut by EOF has."""
+    access = tmp_path / "access.log"
+    port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
+    received, _ = await raw_exchange(port, b"POST /c?foo=bar HTTP/1.1\r\nHost: gw.test\r\n")
+    assert parse_raw_response(received)[0] == 408
+    with trio.fail_after(TIMEOUT):
+        while not (access.exists() and access.read_text()):
+            await trio.sleep(0.02)
+    line = json.loads(access.read_text().splitlines()[0])
+    assert (line["response"]["status"], line["request"]["method"], line["request"]["querystring"]) == (
+        408, "POST", {"foo": "bar"})
+
+
 # --- request-size-limiting -----------------------------------------------------------------------------------------
 
 LIMIT_PLUGIN = {"name": "request-size-limiting", "service": "limited",

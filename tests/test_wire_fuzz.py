@@ -398,7 +398,8 @@ class Req:
     @property
     def is_head(self) -> bool:
         """Does a HEAD request go on the wire (whatever the damage left of it)?"""
-        return self.wire().lstrip(b"\r\n").startswith(b"HEAD ")
+        wire = self.wire().lstrip(b"\r\n")
+        return wire.startswith(b"HEAD ") or wire == b"HEAD"  # (the whole token, then EOF: a HEAD's bodiless 400)
 
     def head(self) -> bytes:
         if self.raw_override is not None:

@@ -102,6 +102,9 @@ class ServerCodec(Protocol):
     def next_event(self) -> Event: ...  # Request, bytes, END, CLOSED or NEED_DATA; raises ProtocolError
     # After the Request: the body bytes parsed so far and whether END came with them (next_event in a loop).
     def take_body(self) -> tuple[bytes, bool]: ...
+    # (method, target) of a request head not yet whole, as far as it went (b"" for what is not known): what the 408
+    # to a head too slow answers (none has a body to a HEAD) and logs, as a 400 to one cut by EOF does.
+    def request_line_so_far(self) -> tuple[bytes, bytes]: ...
     # `lines`: header lines formatted by the gateway itself (b"Name: value\r\n" each, never a framing header),
     # sent after `headers` as they are: what policies add to every response costs no per-header work.
     # `framing` (LENGTH, or NO_BODY for "no length: the codec frames it"): what `headers` declare, when the caller

@@ -173,6 +173,10 @@ class H11Server(_H11Codec):
         self._no_body = False
         self.open_ended = False
 
+    def request_line_so_far(self) -> tuple[bytes, bytes]:
+        probe = self._probe
+        return _request_line_of(probe) if probe is not None and self._error is None else (b"", b"")
+
     def _skip_empty_lines(self, probe: bytearray) -> None:
         # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line; llhttp does, h11 rejects them.
         # At the start of a cycle a fresh h11 connection is equivalent to this one, so hand it the rest.

@@ -353,8 +353,8 @@ class LlhttpServer(_Parsing):
         # one pipelined after other requests in the chunk that began between two is found by parsing them again.
         if not self._in_head:
             return False
-        if not self._head_partial:
-            head = b"".join(self._head_chunks) + data if self._head_fed else data
+        if not self._head_partial:  # (past the empty lines llhttp skips before a request line)
+            head = (b"".join(self._head_chunks) + data if self._head_fed else data).lstrip(b"\r\n")
         elif self._head_fed < 0 and self._clean_start and (start := _pipelined_head(data)) is not None:
             head = data[start:]  # (_head_fed < 0: the head began in this very chunk)
         else:
@@ -371,6 +371,18 @@ class LlhttpServer(_Parsing):
         self._events.append(END)
         self._started = False
         self._at_start = False
+
+    def request_line_so_far(self) -> tuple[bytes, bytes]:
+        if not self._in_head or self._dead:
+            return b"", b""
+        # llhttp's method is this request's once its target began, or once it changed from the previous one's
+        method = self._parser.get_method()
+        if not self._url and method == self._stale_method:
+            return b"", b""
+        # the request line was whole: its line break came (the head's chunks, this one's last, are kept while it is
+        # incomplete; one begun after another request's end may count that one's: a target is then only logged)
+        whole = self._headers or any(b"\n" in chunk for chunk in self._head_chunks)
+        return method, self._url if whole else b""
 
     # sans-I/O interface ----------------------------------------------------------------------------------------------
 
@@ -660,9 +672,9 @@ class LlhttpClient(_Parsing):
                 if self._head_answered:
                     # A head ends with its blank line: the chunk ending otherwise means more came after the head
                     # of the response to HEAD (a chunk-size line llhttp took silently, say). A chunk of under 4
-                    # bytes ends a head that began before it: the chunk before is the last of _head_chunks.
+                    # bytes ends a head that began before it: the chunks before are the last of _head_chunks.
                     self._head_answered = False
-                    end = data if len(data) >= 4 else (self._head_chunks[-1][-3:] if self._head_chunks else b"") + data
+                    end = data if len(data) >= 4 else b"".join(self._head_chunks[-3:])[-3:] + data
                     if end[-4:] != b"\r\n\r\n":
                         self._keep = False
             return

@@ -648,7 +648,7 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        await _refuse(conn, codec, timer, settings, 408)
+        await _refuse(conn, codec, timer, settings, 408, *codec.request_line_so_far())
     elif phase == Phase.CLIENT_WRITE:
         log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
                  conn.peer, conn.send_timeout)

@@ -419,7 +419,9 @@ KNOWN: dict[str, Known] = {
                                      lambda raw, h11, llhttp: any(type(e) is tuple and e[0] == "request"
                                                                   and e[1] not in LLHTTP_METHODS for e in h11)),
     "inherent-extra-spaces": Known("server", "llhttp accepts runs of spaces in the request line, h11 does not",
-                                   _any(rb"(?:^|\n)[A-Z]+ [^\r\n]*  |(?:^|\n)[A-Z]+  ")),
+                                   # (a request line may follow a body directly: "helloPOST //x  HTTP/1.1")
+                                   _any(rb"(?:^|\n|(?=(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) ))[A-Z]+ [^\r\n]*  "
+                                        rb"|(?:^|\n)[A-Z]+  ")),
     "inherent-upgrade-with-body": Known("server", "llhttp cannot read the body of an Upgrade request (501)",
                                         lambda raw, h11, llhttp: bool(llhttp) and llhttp[-1] == ("error", 501)
                                         and re.search(rb"(?i)\nupgrade:", raw) is not None),

@@ -106,17 +106,20 @@ class ReferenceEntry:
         kong, proxy, request, receive = self.latencies()
         target = _text(ex.request_uri())  # Kong's uri and url: $request_uri, as the client sent it
         query = req.target.partition(b"?")[2]  # its querystring: the arguments as rewritten
-        host = ""
+        raw_host = b""
         for name, value in req.headers:
             if name == b"host":
-                host = _text(value)
+                raw_host = value
                 break
+        host = _text(raw_host)
         conn = ex.conn
         scheme = conn.scheme.decode()
         port = conn.listen_port.decode() or "-"
         # nginx's $host: the Host's name, lowercased, up to its first ":" (an IP literal's "]"), without one final
         # dot (changed since the freeze, 2026-12-05: ngx_http_validate_host); with none, Kong's `server_name kong`
-        hostname = (host[:host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]).lower()
+        # (lower-cased as bytes: ASCII letters only, as nginx's ngx_strlow; changed since the freeze, too)
+        bare = raw_host[:raw_host.find(b"]") + 1] if raw_host.startswith(b"[") else raw_host.partition(b":")[0]
+        hostname = _text(bare.lower())
         hostname = (hostname[:-1] if hostname.endswith(".") else hostname) if host else "kong"
         doc: dict[str, Any] = {
             "request": {
