@@ -1,11 +1,15 @@
 """The tracing plugins' encoders made cheaper against the encoders as they were: gateway/telemetry/otlp.py now writes
 the protobuf wire format itself (no message objects), gateway/policies/zipkin/spans.py builds tags as strings and
-encodes a msgspec Struct per span. The reference below is a frozen copy of the code before that change (protobuf
-messages; dicts for Zipkin's JSON), and both must give the same bytes for every span record, resource and batch,
-and for every request's facts and settings, that the strategies make."""
+encodes a msgspec Struct per span, and the opentelemetry plugin encodes a request's spans straight from the finished
+request (what repeats from request to request encoded once) instead of making a SpanRecord per span. The references
+below are frozen copies of the code before those changes (protobuf messages; dicts for Zipkin's JSON; SpanRecords
+encoded by otlp.span_message), and both must give the same bytes for every span record, resource and batch, and for
+every request's facts and settings, that the strategies make."""
 
 from __future__ import annotations
 
+import ipaddress
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -16,11 +20,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
+from gateway.http.codec import nginx_host
+from gateway.policies.opentelemetry import handler
+from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.policies.zipkin import spans
 from gateway.policies.zipkin.schema import ZipkinConfig
-from gateway.telemetry import otlp
-from gateway.telemetry.batch import _is_text, _size
-from gateway.telemetry.tracing import SpanRecord
+from gateway.telemetry import otlp, tracing
+from gateway.telemetry.batch import Queues, _is_text, _size
+from gateway.telemetry.tracing import CLIENT, ERROR, INTERNAL, SERVER, SpanRecord, TracingSettings, new_span_id
 
 FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 _encode = msgspec.json.Encoder().encode
@@ -61,6 +68,76 @@ def ref_export_request(batch: list[Span], res: Resource) -> bytes:
     scope_spans.scope.version = otlp.SCOPE_VERSION
     scope_spans.spans.extend(batch)
     return request.SerializeToString()
+
+
+# --- the reference: the opentelemetry plugin's spans as SpanRecords ------------------------------------------------
+
+
+def ref_records(report: Any, ex: Any, wall: float) -> list[SpanRecord]:
+    trace, status = report.trace, report.status
+    start = round((report.started + wall) * 1e9)
+    end = round((report.ended + wall) * 1e9)
+    out = [ref_request_span(ex, trace, start, end, status)]
+    if report.plugin.router:
+        out.append(SpanRecord(trace.trace_id, new_span_id(), trace.root(), "kong.router", INTERNAL, start, start,
+                              [], ERROR if ex.route is None and status == 404 else 0))
+    if report.tries:
+        out += ref_balancer_spans(ex, trace, end, status, wall)
+    return out
+
+
+def ref_request_span(ex: Any, trace: Any, start: int, end: int, status: int) -> SpanRecord:
+    req = ex.request
+    scheme = ex.conn.scheme.decode()
+    host = nginx_host(req.host).decode("latin-1") if req.host else "kong"
+    version = req.http_version.decode()
+    attributes: list[tuple[str, Any]] = [
+        ("http.method", ex.request_line_method().decode("latin-1")),
+        ("http.url", f"{scheme}://{host}{ex.request_uri().decode('latin-1')}"),
+        ("http.host", host), ("http.scheme", scheme),
+        ("http.flavor", version if "." in version else f"{version}.0"),
+        ("http.client_ip", ex.client_ip), ("net.peer.ip", ex.peer_ip),
+        ("kong.request.id", ex.request_id.decode("latin-1")),
+    ]
+    if status != 499:
+        route = ex.route
+        attributes += [("http.status_code", status),
+                       ("http.route", route.facts.http_route if route is not None else "")]
+    return SpanRecord(trace.trace_id, trace.root(), trace.parent_id, "kong", SERVER, start, end, attributes)
+
+
+def ref_balancer_spans(ex: Any, trace: Any, end: int, status: int, wall: float) -> list[SpanRecord]:
+    tries = ex.tries or []
+    route = ex.route
+    retries = route.service.retries if route is not None and route.service is not None else 0
+    last = len(tries)
+    final = tries[-1]
+    hostname = final.group.host_header or final.target.target
+    out = []
+    for i, attempt in enumerate(tries, 1):
+        host, port = attempt.target.key
+        attributes: list[tuple[str, Any]] = [("try_count", i), ("net.peer.ip", ref_ip(host)), ("net.peer.port", port)]
+        failed = i < last or (status > 499 and last > retries)
+        if failed:
+            code = attempt.code
+            attributes.append(("http.status_code", status if i == last else 504 if code == -2
+                               else code if code > 0 else 502))
+        attributes.append(("net.peer.name", hostname))
+        started = round((attempt.started + wall) * 1e9)
+        if i == last and not failed:
+            span_id, finished = trace.balancer_id or new_span_id(), end
+        else:
+            span_id, finished = new_span_id(), round((attempt.ended + wall) * 1e9) if attempt.ended else end
+        out.append(SpanRecord(trace.trace_id, span_id, trace.root(), "kong.balancer", CLIENT, started,
+                              max(finished, started), attributes, ERROR if failed else 0))
+    return out
+
+
+def ref_ip(host: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 # --- the reference: Zipkin's spans as dicts --------------------------------------------------------------------------
@@ -228,6 +305,60 @@ CONFIGS = st.fixed_dictionaries({
     "phase_duration_flavor": st.sampled_from(["annotations", "tags"])})
 
 
+class FakeExchange:
+    """What the opentelemetry plugin's log step reads of a finished request."""
+
+    def __init__(self, request: Any, scheme: bytes, client_ip: str, peer_ip: str, request_id: bytes, route: Any,
+                 tries: list[Any] | None) -> None:
+        self.request, self.conn = request, SimpleNamespace(scheme=scheme)
+        self.client_ip, self.peer_ip, self.request_id = client_ip, peer_ip, request_id
+        self.route, self.tries = route, tries
+
+    def request_line_method(self) -> bytes:
+        return self.request.method
+
+    def request_uri(self) -> bytes:
+        return self.request.target
+
+
+def fake_request(method: bytes, target: bytes, host: bytes | None, version: bytes) -> SimpleNamespace:
+    return SimpleNamespace(method=method, target=target, host=host, http_version=version)
+
+
+LATIN1 = st.binary(max_size=12)
+CLOCK = st.floats(0, 1e6)
+TRY = st.builds(lambda host_header, target, host, port, started, ended, code: SimpleNamespace(
+    group=SimpleNamespace(host_header=host_header), target=SimpleNamespace(target=target, key=(host, port)),
+    started=started, ended=ended, code=code),
+    st.one_of(st.none(), st.sampled_from(["h.test", "é"])), st.sampled_from(["t.test:80", "127.0.0.1:8080"]),
+    st.sampled_from(["127.0.0.1", "::1", "0:0::1", "t.test", "é"]), st.integers(0, 65535), CLOCK,
+    st.one_of(st.just(0.0), CLOCK), st.sampled_from([-2, -1, 0, 200, 502, 503]))
+ROUTES = st.one_of(st.none(), st.builds(
+    lambda path, service: SimpleNamespace(facts=SimpleNamespace(http_route=path), service=service),
+    st.one_of(st.text(max_size=6), st.just("/")),
+    st.one_of(st.none(), st.builds(lambda n: SimpleNamespace(retries=n), st.integers(0, 3)))))
+EXCHANGES = st.builds(
+    FakeExchange,
+    st.builds(fake_request, st.sampled_from([b"GET", b"POST", b"\xe9T"]), st.one_of(st.just(b"/"), LATIN1),
+              st.one_of(st.none(), st.just(b""), st.sampled_from([b"Example.COM:8000", b"h.", b"[::1]:80"]), LATIN1),
+              st.sampled_from([b"1.1", b"1.0", b"2", b"0.9"])),
+    st.sampled_from([b"http", b"https"]), st.sampled_from(["127.0.0.1", "::1", ""]),
+    st.sampled_from(["127.0.0.1", "10.0.0.1"]), st.one_of(st.just(b"0" * 32), LATIN1), ROUTES,
+    st.one_of(st.none(), st.lists(TRY, max_size=3)))
+STATUSES = st.one_of(st.sampled_from([200, 404, 499, 500, 502, 504]), st.integers(0, 599))
+TRACES = st.tuples(st.integers(1, (1 << 128) - 1), st.sampled_from([0, 8, 16]), st.integers(0, (1 << 64) - 1))
+_PLUGINS: dict[str, handler.OpenTelemetry] = {}
+
+
+def otel_plugin(instrumentations: str) -> handler.OpenTelemetry:
+    """The plugin with these tracing_instrumentations (made once each)."""
+    if instrumentations not in _PLUGINS:
+        config = msgspec.convert({"traces_endpoint": "http://127.0.0.1:9/v1/traces"}, OpenTelemetryConfig)
+        _PLUGINS[instrumentations] = handler.OpenTelemetry(config, "p", "n", Queues(),
+                                                          TracingSettings(instrumentations, 1.0))
+    return _PLUGINS[instrumentations]
+
+
 # --- OTLP ------------------------------------------------------------------------------------------------------------
 
 
@@ -261,6 +392,27 @@ def test_an_encoded_span_is_not_a_string_to_the_queue() -> None:
     """Kong queues the span as a table: queue.max_bytes neither counts it nor takes it for a string."""
     span = otlp.span_message(SpanRecord(1, 2, 0, "kong", 2, 10, 20, []))
     assert (_size(span), _is_text(span)) == (0, False)
+
+
+@FUZZ
+@given(EXCHANGES, STATUSES, st.sampled_from(["request", "all", "request,router", "request,balancer"]), TRACES,
+       CLOCK, CLOCK, st.floats(1.6e9, 1.8e9), st.integers(0, 1 << 32))
+def test_a_requests_spans_are_its_span_records_encoded(ex: FakeExchange, status: int, instrumentations: str,
+                                                      ids: tuple[int, int, int], started: float, duration: float,
+                                                      wall: float, seed: int) -> None:
+    """The plugin's spans, encoded from the finished request, are the SpanRecords it made before (span ids drawn in
+    the same order) as otlp.span_message encodes them."""
+    plugin = otel_plugin(instrumentations)
+    trace_id, size, parent = ids
+
+    def report() -> handler._Report:
+        tracing._random.seed(seed)
+        trace = handler.Trace(trace_id, size, parent, True, plugin.balancer)
+        return handler._Report(plugin, trace, ex, started, started + duration, status)  # type: ignore[arg-type]
+
+    got = report().spans(ex, wall)  # type: ignore[arg-type]
+    want = [otlp.span_message(record) for record in ref_records(report(), ex, wall)]
+    assert got == want
 
 
 # --- Zipkin ----------------------------------------------------------------------------------------------------------

@@ -33,9 +33,12 @@ from typing import Any
 from gateway import __version__
 from gateway.http.codec import Headers, nginx_host
 from gateway.http.server import REFUSED, Exchange
+from gateway.memo import Derived
 from gateway.metrics import wall_offset
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
+from gateway.telemetry import otlp
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.otlp import SpanBytes
 from gateway.telemetry.propagation import (
     TRACE_HEADERS,
     Context,
@@ -54,7 +57,6 @@ from gateway.telemetry.tracing import (
     INTERNAL,
     SERVER,
     W3C,
-    SpanRecord,
     SpanReport,
     TracingSettings,
     new_span_id,
@@ -120,9 +122,6 @@ class OpenTelemetry:
 
     def __init__(self, config: OpenTelemetryConfig, plugin_id: str, node_id: str = "",
                  queues: Queues = QUEUES, tracing: TracingSettings | None = None) -> None:
-        from gateway.telemetry import otlp  # only where the plugin is configured
-
-        self.otlp = otlp
         tracing = tracing if tracing is not None else TracingSettings()
         self.enabled = tracing.enabled  # kong.conf's tracing_instrumentations is not off
         self.router = tracing.router
@@ -133,6 +132,7 @@ class OpenTelemetry:
         self.clear = self.params.clear
         # Kong's get_sampling_decision: the plugin's rate, else tracing_sampling_rate
         self.rate = config.sampling_rate if config.sampling_rate is not None else tracing.sampling_rate
+        self.every = self.enabled and self.rate >= 1  # every trace sampled (a caller's "not sampled" aside)
         self.new_formats = formats_for(self.params, None)  # what a request without a trace context gets: decided once
         self.w3c_only = self.new_formats == (W3C,) and not self.clear
         header = config.http_response_header_for_traceid
@@ -161,7 +161,7 @@ class OpenTelemetry:
         values = scan(headers, TRACE_HEADERS)
         if values is None and self.w3c_only:  # the common case, without a call per header format
             trace_id = new_trace_id()
-            trace = Trace(trace_id, 0, 0, self.enabled and sample(trace_id, self.rate), self.balancer)
+            trace = Trace(trace_id, 0, 0, self.every or self.enabled and sample(trace_id, self.rate), self.balancer)
             trace.formats = self.new_formats
             headers.append((b"traceparent", b"00-%032x-%016x-%s" % (trace_id, trace.balancer_id or trace.root_id,
                                                                     b"01" if trace.sampled else b"00")))
@@ -258,7 +258,6 @@ class OpenTelemetry:
 
     async def send(self, batch: list[Any]) -> None:
         """One batch of encoded spans as an OTLP/HTTP export."""
-        otlp = self.otlp
         await self.sender.send(otlp.export_request(batch, self.resource), self.content_type)
 
 
@@ -291,51 +290,94 @@ class _Report(SpanReport):
         self.count = 1 + plugin.router + self.tries
 
     def encode(self, ex: Exchange) -> list[Any]:
-        message = self.plugin.otlp.span_message
-        return [message(record) for record in self.records(ex)]
+        return self.spans(ex, wall_offset())
 
-    def records(self, ex: Exchange) -> list[SpanRecord]:
+    def spans(self, ex: Exchange, wall: float) -> list[SpanBytes]:
+        """The spans, encoded (`wall`: what turns the Trio clock into Unix time)."""
         trace, status = self.trace, self.status
-        wall = wall_offset()
         start = round((self.started + wall) * 1e9)
         end = round((self.ended + wall) * 1e9)
-        out = [request_span(ex, trace, start, end, status)]
+        tid = otlp.trace_field(trace.trace_id)
+        root = trace.root()
+        out = [request_span(ex, tid, root, trace.parent_id, start, end, status)]
         if self.plugin.router:
             # Kong's kong.router: the router's run, an error when no route matched. The gateway routes first thing
             # and does not time its router apart: the span starts and ends with the request's start.
-            out.append(SpanRecord(trace.trace_id, new_span_id(), trace.root(), "kong.router", INTERNAL, start, start,
-                                  [], ERROR if ex.route is None and status == 404 else 0))
+            out.append(otlp.span(tid, new_span_id(), root, _ROUTER, start, start, b"",
+                                 ERROR if ex.route is None and status == 404 else 0))
         if self.tries:
-            out += balancer_spans(ex, trace, end, status, wall)
+            out += balancer_spans(ex, tid, root, trace.balancer_id, end, status, wall)
         return out
 
 
-def request_span(ex: Exchange, trace: Trace, start: int, end: int, status: int) -> SpanRecord:
-    """Kong's request span (instrumentation.lua _M.request, and what runloop_before_header_filter adds)."""
+_REQUEST = otlp.named("kong", SERVER)
+_ROUTER = otlp.named("kong.router", INTERNAL)
+_BALANCER = otlp.named("kong.balancer", CLIENT)
+
+
+def _connection_attributes(key: tuple[bytes, bytes | None, bytes, bytes, str, str]) -> tuple[bytes, bytes, bytes]:
+    """What a request span's attributes take from (method, Host, scheme, HTTP version, client ip, peer ip): the
+    http.method field, http.url's start (scheme://host, UTF-8) and the fields from http.host to net.peer.ip."""
+    method, host_header, scheme_b, version_b, client_ip, peer_ip = key
+    scheme = scheme_b.decode()
+    host = nginx_host(host_header).decode("latin-1") if host_header else SERVER_NAME  # nginx's $host
+    version = version_b.decode()
+    fields = (otlp.key_value("http.host", host) + otlp.key_value("http.scheme", scheme)
+              + otlp.key_value("http.flavor", version if "." in version else f"{version}.0")  # Kong's "%.1f"
+              + otlp.key_value("http.client_ip", client_ip) + otlp.key_value("net.peer.ip", peer_ip))
+    return otlp.key_value("http.method", method.decode("latin-1")), f"{scheme}://{host}".encode(), fields
+
+
+def _response_attributes(key: tuple[int, str]) -> bytes:
+    """A request span's http.status_code and http.route fields (set in Kong's header_filter)."""
+    status, route = key
+    return otlp.key_value("http.status_code", status) + otlp.key_value("http.route", route)
+
+
+def _try_attributes(key: tuple[int, str, int, int | None, Any]) -> bytes:
+    """A balancer span's fields: try_count, net.peer.ip, net.peer.port, http.status_code (a failed try's) and
+    net.peer.name."""
+    i, host, port, code, hostname = key
+    return (otlp.key_value("try_count", i) + otlp.key_value("net.peer.ip", _ip(host))
+            + otlp.key_value("net.peer.port", port) + otlp.key_value("http.status_code", code)
+            + otlp.key_value("net.peer.name", hostname))
+
+
+# What repeats from request to request, encoded once: a client's connection and request line, a route's response
+# attributes, a target's try (bounded: distinct Host values or clients cannot grow them)
+_CONNECTIONS: Derived[tuple[bytes, bytes | None, bytes, bytes, str, str], tuple[bytes, bytes, bytes]] = \
+    Derived(_connection_attributes, 1024)
+_RESPONSES: Derived[tuple[int, str], bytes] = Derived(_response_attributes, 1024)
+_TRIES: Derived[tuple[int, str, int, int | None, Any], bytes] = Derived(_try_attributes, 1024)
+
+
+def request_span(ex: Exchange, tid: bytes, span_id: int, parent_id: int, start: int, end: int,
+                 status: int) -> SpanBytes:
+    """Kong's request span (instrumentation.lua _M.request, and what runloop_before_header_filter adds): http.method,
+    http.url, http.host, http.scheme, http.flavor, http.client_ip, net.peer.ip, kong.request.id, then
+    http.status_code and http.route. `tid`: the trace's trace_id field; `parent_id`: the caller's span (0: none)."""
     req = ex.request
-    scheme = ex.conn.scheme.decode()
-    host = nginx_host(req.host).decode("latin-1") if req.host else SERVER_NAME  # nginx's $host
-    version = req.http_version.decode()
-    attributes: list[tuple[str, Any]] = [
-        ("http.method", ex.request_line_method().decode("latin-1")),
-        ("http.url", f"{scheme}://{host}{ex.request_uri().decode('latin-1')}"),
-        ("http.host", host), ("http.scheme", scheme),
-        ("http.flavor", version if "." in version else f"{version}.0"),  # Kong's "%.1f" of the version
-        ("http.client_ip", ex.client_ip), ("net.peer.ip", ex.peer_ip),
-        ("kong.request.id", ex.request_id.decode("latin-1")),
-    ]
+    method, url, fields = _CONNECTIONS[ex.request_line_method(), req.host, ex.conn.scheme, req.http_version,
+                                       ex.client_ip, ex.peer_ip]
+    uri = ex.request_uri()
+    request_id = ex.request_id
+    attributes = (method + otlp.string_key_value("http.url", url + (uri if uri.isascii() else
+                                                                    uri.decode("latin-1").encode()))
+                  + fields + otlp.string_key_value("kong.request.id", request_id if request_id.isascii() else
+                                                   request_id.decode("latin-1").encode()))
     if status != CLIENT_CLOSED:  # set in Kong's header_filter, which a request whose client left never reaches
         route = ex.route
-        attributes += [("http.status_code", status),
-                       ("http.route", route.facts.http_route if route is not None else "")]  # route.paths[1] or ""
-    return SpanRecord(trace.trace_id, trace.root(), trace.parent_id, "kong", SERVER, start, end, attributes)
+        attributes += _RESPONSES[status, route.facts.http_route if route is not None else ""]  # paths[1] or ""
+    return otlp.span(tid, span_id, parent_id, _REQUEST, start, end, attributes)
 
 
-def balancer_spans(ex: Exchange, trace: Trace, end: int, status: int, wall: float) -> list[SpanRecord]:
+def balancer_spans(ex: Exchange, tid: bytes, root: int, balancer_id: int, end: int, status: int,
+                   wall: float) -> list[SpanBytes]:
     """Kong's kong.balancer spans (instrumentation.lua _M.balancer), children of the request span: a try that
     failed has its status code and the error status (every try but the last; the last when all the retries were
     used and the response is a 5xx, as Kong's header_filter marks it); the last try's is the span propagated
-    upstream, ending with the response. net.peer.name is Kong's balancer_data.hostname (the last try's)."""
+    upstream, ending with the response (`balancer_id`: its id drawn ahead, 0: none). net.peer.name is Kong's
+    balancer_data.hostname (the last try's)."""
     tries = ex.tries or []
     route = ex.route
     retries = route.service.retries if route is not None and route.service is not None else 0
@@ -345,20 +387,18 @@ def balancer_spans(ex: Exchange, trace: Trace, end: int, status: int, wall: floa
     out = []
     for i, attempt in enumerate(tries, 1):
         host, port = attempt.target.key
-        attributes: list[tuple[str, Any]] = [("try_count", i), ("net.peer.ip", _ip(host)), ("net.peer.port", port)]
         failed = i < last or (status > 499 and last > retries)
+        code = None
         if failed:
             code = attempt.code
-            attributes.append(("http.status_code", status if i == last else 504 if code == _TIMEOUT
-                               else code if code > 0 else 502))
-        attributes.append(("net.peer.name", hostname))
+            code = status if i == last else 504 if code == _TIMEOUT else code if code > 0 else 502
         started = round((attempt.started + wall) * 1e9)
         if i == last and not failed:
-            span_id, finished = trace.balancer_id or new_span_id(), end
+            span_id, finished = balancer_id or new_span_id(), end
         else:  # Kong's: the balancer's latency and the connect time; the gateway's: until the try ended
             span_id, finished = new_span_id(), round((attempt.ended + wall) * 1e9) if attempt.ended else end
-        out.append(SpanRecord(trace.trace_id, span_id, trace.root(), "kong.balancer", CLIENT, started,
-                              max(finished, started), attributes, ERROR if failed else 0))
+        out.append(otlp.span(tid, span_id, root, _BALANCER, started, max(finished, started),
+                             _TRIES[i, host, port, code, hostname], ERROR if failed else 0))
     return out
 
 
