@@ -41,6 +41,7 @@ WARN_EVERY_S = 10.0  # what Kong logs per entry (a full queue...) is logged at m
 CAPACITY_WARNING_THRESHOLD = 0.8  # Kong's: "queue at 80% capacity"
 COALESCE_MIN_TIME = 0.05  # Kong's: a shorter max_coalescing_delay collects nothing more (one entry a batch)
 LEGACY_WARN_EVERY_S = 60.0  # Kong's MIN_WARNING_INTERVAL_SECONDS for the deprecated queue parameters
+WAKE_EVERY = 64  # entries that wake the queue's task while a batch coalesces (each held until then, unformatted)
 SENT = Counter("gateway_log_queue_sent_total", "Entries a log or trace queue delivered", ["queue"])
 
 
@@ -133,6 +134,7 @@ class BatchQueue:
         self._bytes = 0
         self._first_at = 0.0  # when the oldest waiting entry came (Trio clock)
         self._wake: trio.Event | None = None
+        self._coalescing = False  # the task waits out max_coalescing_delay for the batch it has begun
         self._busy = 0  # batches being sent (or retried)
         self._capacity_warned = False  # Kong's self.warned: "queue at 80% capacity" logged, not yet below it
         self._dropping = False  # Kong's already_dropped_entries: "queue resumed processing" when a batch is taken
@@ -140,9 +142,14 @@ class BatchQueue:
         self._idle: trio.Event | None = None
 
     def put(self, entry: Any) -> None:
-        """Queue an entry; never blocks. Formatting and the bounds are applied by the queue's task."""
-        self._raw.append(entry)
-        if len(self._raw) == 1 and self._wake is not None:
+        """Queue an entry; never blocks. Formatting and the bounds are applied by the queue's task, woken by the
+        first entry, or while a batch coalesces (it has its first) only once a batch is full or WAKE_EVERY came:
+        a task switch per request cost more than formatting the entry."""
+        raw = self._raw
+        raw.append(entry)
+        n = len(raw)
+        if self._wake is not None and (n >= WAKE_EVERY or n + len(self._entries) >= self._max_batch
+                                       or (n == 1 and not self._coalescing)):
             self._wake.set()
 
     def __len__(self) -> int:
@@ -261,8 +268,12 @@ class BatchQueue:
                     if len(self._entries) < self._max_batch and config.concurrency_limit == 1:
                         deadline = self._first_at + config.max_coalescing_delay
                         if trio.current_time() < deadline:
-                            with trio.move_on_at(deadline):
-                                await self._wait()
+                            self._coalescing = True
+                            try:
+                                with trio.move_on_at(deadline):
+                                    await self._wait()
+                            finally:
+                                self._coalescing = False
                             continue
                     self._started()
                     nursery.start_soon(self._deliver, self._batch())

@@ -181,6 +181,38 @@ async def test_entries_are_formatted_by_the_queue_not_by_put(nursery, autojump):
     assert formatted == [1] and [b for _, b in sink.batches] == [["<1>"]]
 
 
+async def test_entries_put_while_a_batch_coalesces_wait_for_one_wake_of_the_queue(nursery, autojump):
+    """The first entry wakes the queue's task (the batch's delay starts); later ones are formatted together when the
+    batch is full, WAKE_EVERY came, or the delay ends: a task switch per request cost more than its entry."""
+    sink = Collector()
+    formatted: list[tuple[int, float]] = []
+    queue = BatchQueue("wake", QueueConfig(max_batch_size=200, max_coalescing_delay=1), sink,
+                       formatter=lambda x: formatted.append((x, trio.current_time())) or x)
+    await _run(queue, nursery)
+    start = trio.current_time()
+    for i in range(10):
+        queue.put(i)
+        await trio.sleep(0.01)
+    assert [x for x, _ in formatted] == [0]  # the rest wait, unformatted
+    await trio.sleep(2)
+    assert [x for x, _ in formatted] == list(range(10)) and [b for _, b in sink.batches] == [list(range(10))]
+    assert sink.batches[0][0] - start == pytest.approx(1.0, abs=0.01)  # the delay counted from the first entry
+
+
+async def test_a_batch_filled_while_coalescing_goes_at_once(nursery, autojump):
+    sink = Collector()
+    queue = BatchQueue("fill", QueueConfig(max_batch_size=5, max_coalescing_delay=60), sink)
+    await _run(queue, nursery)
+    queue.put(0)
+    await trio.sleep(0.01)
+    start = trio.current_time()
+    for i in range(1, 5):
+        queue.put(i)
+        await trio.sleep(0.001)
+    await trio.sleep(0.01)
+    assert [b for _, b in sink.batches] == [[0, 1, 2, 3, 4]] and sink.batches[0][0] - start < 0.02
+
+
 async def test_max_bytes_bounds_formatted_entries(nursery, autojump):
     sink = Collector()
     sink.down = True
