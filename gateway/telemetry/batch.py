@@ -21,6 +21,7 @@ Queues are per process and named: plugin instances that send to the same place s
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -129,6 +130,11 @@ class BatchQueue:
         self._max_batch = 1 if config.concurrency_limit == -1 or (
             coalesce and config.max_coalescing_delay < COALESCE_MIN_TIME) else config.max_batch_size
         self._size = _size if sized else _unsized
+        # put wakes the task while a batch coalesces once this many entries wait: at once with max_bytes (an entry's
+        # size is known only formatted, and Kong says what it refuses as it is queued), and in time for the batch
+        # to go when full and for Kong's 80% warning as the entries reach it
+        self._wake_every = 1 if config.max_bytes is not None else WAKE_EVERY
+        self._wake_at = min(self._max_batch, math.ceil(config.max_entries * CAPACITY_WARNING_THRESHOLD))
         self._raw: list[Any] = []  # put here by requests; formatted by the task
         self._entries: deque[Any] = deque()
         self._bytes = 0
@@ -148,7 +154,7 @@ class BatchQueue:
         raw = self._raw
         raw.append(entry)
         n = len(raw)
-        if self._wake is not None and (n >= WAKE_EVERY or n + len(self._entries) >= self._max_batch
+        if self._wake is not None and (n >= self._wake_every or n + len(self._entries) >= self._wake_at
                                        or (n == 1 and not self._coalescing)):
             self._wake.set()
 
