@@ -614,21 +614,29 @@ def test_a_malformed_request_line_is_400_before_an_unsupported_coding_however_cu
     assert_rejected(codec, b" /x HTTP/1.1\r\nHost: h\r\ntransfer-encoding: gzip, chunked\r\n\r\n", 400)
 
 
+def _serve(codec: str, reads: list[bytes]) -> list[bytes]:
+    """The targets of the requests a server codec reads from `reads`, each answered 200; raises its ProtocolError."""
+    server = new_server(codec, max_header_bytes=16384)
+    targets = []
+    for data in reads:
+        server.receive_data(data)
+        while (ev := server.next_event()) is not NEED_DATA:
+            if type(ev) is Request:
+                targets.append(ev.target)
+            elif ev is END:
+                server.response_head(200, [(b"content-length", b"0")])
+                server.end()
+                server.start_next_cycle()
+    return targets
+
+
 def _refusal(codec: str, raw: bytes) -> ProtocolError | None:
     """The error the server codec raises for `raw` (each request before it answered 200), or None."""
-    server = new_server(codec, max_header_bytes=16384)
-    server.receive_data(raw)
-    while True:
-        try:
-            ev = server.next_event()
-        except ProtocolError as e:
-            return e
-        if ev is NEED_DATA:
-            return None
-        if ev is END:
-            server.response_head(200, [(b"content-length", b"0")])
-            server.end()
-            server.start_next_cycle()
+    try:
+        _serve(codec, [raw])
+    except ProtocolError as e:
+        return e
+    return None
 
 
 _UPGRADE_FIRST = b"GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -660,17 +668,7 @@ def test_a_refused_head_request_with_a_raw_byte_target_keeps_its_method(codec: s
 def test_a_raw_byte_target_after_an_empty_line_is_taken_escaped(codec: str, reads: list[bytes]) -> None:
     """The empty lines a server skips before a request line (RFC 9112 2.2) are skipped before the re-parse too (the
     wire fuzz, seed 51510003: llhttp's codec answered 400, nginx 200)."""
-    server = new_server(codec)
-    targets = []
-    for data in reads:
-        server.receive_data(data)
-        while (ev := server.next_event()) is not NEED_DATA:
-            if type(ev) is Request:
-                targets.append(ev.target)
-            elif ev is END:
-                server.response_head(200, [(b"content-length", b"0")])
-                server.end()
-                server.start_next_cycle()
+    targets = _serve(codec, reads)
     assert targets[-1] == b"/%E9?q=%FF" and len(targets) == len(reads)
 
 
@@ -683,16 +681,7 @@ def test_a_raw_byte_target_after_an_empty_line_is_taken_escaped(codec: str, read
 def test_a_raw_byte_target_pipelined_in_one_read_is_accepted(codec: str, before: bytes) -> None:
     """nginx takes it, as it takes one that comes first in its read (the wire fuzz, seed 42420011: llhttp's codec
     could re-parse a head escaped only from where its read began)."""
-    server = new_server(codec)
-    server.receive_data(before + b"GET /\xe9?q=\xff HTTP/1.1\r\nHost: a\r\n\r\n")
-    targets = []
-    while (ev := server.next_event()) is not NEED_DATA:
-        if type(ev) is Request:
-            targets.append(ev.target)
-        elif ev is END:
-            server.response_head(200, [(b"content-length", b"0")])
-            server.end()
-            server.start_next_cycle()
+    targets = _serve(codec, [before + b"GET /\xe9?q=\xff HTTP/1.1\r\nHost: a\r\n\r\n"])
     assert targets[-1] == b"/%E9?q=%FF" and len(targets) == before.count(b" HTTP/1.1") + 1
 
 
