@@ -486,8 +486,13 @@ _CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?
 
 
 def id_of(plugin: Plugin) -> str:
-    """A plugin's id: its own, or one made of its name and scope (stable across reloads and processes)."""
-    return plugin.id or f"{plugin.name}:{plugin.service or ''}:{plugin.route or ''}:{plugin.consumer or ''}"
+    """A plugin's id: its own, or one made of its name and scope (stable across reloads and processes): an unnamed
+    route is named by its id or its place in the file, so that two unnamed routes' plugins keep apart counters."""
+    if plugin.id:
+        return plugin.id
+    owner = getattr(plugin, "_route", None)
+    route = plugin.route if owner is None or owner.name is not None else owner.id or path_of(owner)
+    return f"{plugin.name}:{plugin.service or ''}:{route or ''}:{plugin.consumer or ''}"
 
 
 def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory,

@@ -6,6 +6,7 @@ database, which this gateway does not have: it is refused with a pointer to `red
 """
 
 import ipaddress
+import logging
 import re
 from typing import Annotated, Any, Literal
 
@@ -13,6 +14,8 @@ import msgspec
 
 from gateway.config.errors import inline
 from gateway.config.typedefs import header_name_problem
+
+log = logging.getLogger("gateway.policies.rate_limiting")
 
 # Up to 2**53, the largest count a double (Kong's number) holds exactly; the state keeper's counters carry it whole
 MAX_COUNT = 2**53
@@ -110,7 +113,7 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
             raise ValueError(f"header_name: {problem}")
         if self.path is not None:
             check_path(self.path)
-        merge_redis_shorthands(self)
+        merge_redis_shorthands(self, "rate-limiting")
         if problem := self.redis.problem():  # what the redis_<field> shorthands brought
             raise ValueError(f"redis.{problem}")
         if self.policy == "cluster":
@@ -195,14 +198,17 @@ def check_path(path: str) -> None:
         raise ValueError(f"path: invalid url-encoded value: '{inline(raw[at:at + 3])}'")
 
 
-def merge_redis_shorthands(config: Any) -> None:
-    """Kong's deprecated `redis_<field>` shorthands fill `redis.<field>`; both forms disagreeing is an error.
-    `config`: a plugin config with `redis` (RedisConfig) and a `redis_<field>` for each of SHORTHANDS (rate-limiting's,
+def merge_redis_shorthands(config: Any, plugin: str) -> None:
+    """Kong's deprecated `redis_<field>` shorthands fill `redis.<field>`, each one set logging Kong's deprecation line
+    (kong.deprecation, removal in 4.0); both forms disagreeing is an error. `config`: a plugin config with `redis`
+    (RedisConfig) and a `redis_<field>` for each of SHORTHANDS; `plugin`: its name (rate-limiting's,
     response-ratelimiting's)."""
     for field in SHORTHANDS:
         value = getattr(config, "redis_" + field)
         if value is None:
             continue
+        log.warning("%s: config.redis_%s is deprecated, please use config.redis.%s instead (deprecated after 4.0)",
+                    plugin, field, field)
         nested = getattr(config.redis, field)
         default = getattr(RedisConfig(), field)
         if nested != default and nested != value:

@@ -2,8 +2,9 @@
 
 `limits` maps a limit name (what the upstream's `header_name` header counts against, and part of the X-RateLimit
 header names) to its limits per period. Redis settings: the nested `redis` record or the deprecated `redis_<field>`
-shorthands Kong 3.x still accepts, as for rate-limiting (whose pieces are reused). Kong's `cluster` policy keeps
-counters in Kong's database, which this gateway does not have: it is refused with a pointer to `redis`.
+shorthands Kong 3.x still accepts (each one set logs Kong's deprecation line), as for rate-limiting (whose pieces
+are reused). Kong's `cluster` policy keeps counters in Kong's database, which this gateway does not have: it is
+refused with a pointer to `redis`.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class ResponseRateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
             problem = limit.check()
             if problem is not None:
                 raise ValueError(f"limits.{key_part(name)}: {problem}")
-        merge_redis_shorthands(self)
+        merge_redis_shorthands(self, "response-ratelimiting")
         if self.policy == "cluster":
             raise ValueError("policy cluster keeps counters in Kong's database, which this gateway does not have; "
                              "use policy redis (counters shared by every gateway host) or local (counters shared "
