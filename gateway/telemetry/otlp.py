@@ -11,7 +11,8 @@ request once); `span_message` encodes a whole SpanRecord.
     ScopeSpans                 1 scope (InstrumentationScope: 1 name, 2 version), 2 spans
     Span                       1 trace_id, 2 span_id, 4 parent_span_id, 5 name, 6 kind, 7 start_time_unix_nano
                                (fixed64), 8 end_time_unix_nano (fixed64), 9 attributes, 15 status (Status: 3 code)
-    KeyValue                   1 key, 2 value (AnyValue: 1 string, 2 bool, 3 int, 4 double)
+    KeyValue                   1 key, 2 value (AnyValue: 1 string, 2 bool, 3 int, 4 double, 5 array (ArrayValue:
+                               1 values), 6 kvlist (KeyValueList: 1 values))
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ _KEYS: Derived[str, bytes] = Derived(_key, 1024)
 
 def any_value(key: str, value: Any) -> bytes:
     """Kong's transform_value, as AnyValue's bytes: http.status_code an int, other numbers doubles (Lua has one
-    number type), booleans, strings."""
+    number type), booleans, strings; a list an ArrayValue of its items (each without a key), a dict a KeyValueList
+    (each entry under its own key, so a nested http.status_code is an int too)."""
     if type(value) is str:
         return _field(b"\x0a", value.encode())
     if isinstance(value, bool):
@@ -74,6 +76,10 @@ def any_value(key: str, value: Any) -> bytes:
         if key == "http.status_code":
             return b"\x18" + varint(int(value))
         return b"\x21" + _DOUBLE(value)
+    if isinstance(value, (list, tuple)):  # AnyValue.array_value (5): ArrayValue.values (1)
+        return _field(b"\x2a", b"".join([_field(b"\x0a", any_value("", item)) for item in value]))
+    if isinstance(value, dict):  # AnyValue.kvlist_value (6): KeyValueList.values (1)
+        return _field(b"\x32", b"".join([b"\x0a" + attribute(k, v) for k, v in value.items()]))
     return _field(b"\x0a", str(value).encode())
 
 

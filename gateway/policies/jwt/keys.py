@@ -17,13 +17,23 @@ class KeyMaterialError(ValueError):
     """Key material PyJWT refuses (a config error, reported with the credential's path)."""
 
 
+class ForeignKey:
+    """A key OpenSSL reads, of another family than the credential's algorithm (an EC key on an RS256 secret): Kong's
+    jwt_parser verifies with it and no signature matches, so its tokens get "Invalid signature"."""
+
+    __slots__ = ()
+
+
+FOREIGN_KEY = ForeignKey()
+
+
 def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
-    """The verifying key, or None for one Kong takes but that verifies nothing (Kong then answers "Invalid
-    key/secret"): a secret that is not base64url when `secret_is_base64` (as Kong's jwt:base64_decode reads it), an
-    ES* credential without a usable key (Kong checks no ES key), a key of another family. An HMAC secret is used as
-    it is, as Kong uses it (PyJWT refuses PEM-looking ones; the algorithm is pinned per credential, so there is no
-    confusion to guard against). Raises KeyMaterialError for what Kong refuses: an RS*, PS* or EdDSA
-    `rsa_public_key` that is no key at all."""
+    """The verifying key; FOREIGN_KEY for a key of another family; None for one Kong takes but that verifies nothing
+    and answers "Invalid key/secret" for: a secret that is not base64url when `secret_is_base64` (as Kong's
+    jwt:base64_decode reads it), an ES* credential without a key (Kong checks no ES key; one that is no key at all,
+    Kong's assert fails on: its 500, a 401 here). An HMAC secret is used as it is, as Kong uses it (PyJWT refuses
+    PEM-looking ones; the algorithm is pinned per credential, so there is no confusion to guard against). Raises
+    KeyMaterialError for what Kong refuses: an RS*, PS* or EdDSA `rsa_public_key` that is no key at all."""
     from jwt.exceptions import InvalidKeyError, PyJWTError
 
     if cred.algorithm.startswith("HS"):
@@ -32,7 +42,9 @@ def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
     try:
         key = algorithms()[cred.algorithm].prepare_key(cred.public_key or "")
     except (InvalidKeyError, PyJWTError, ValueError, TypeError) as e:
-        if cred.algorithm.startswith("ES") or (cred.public_key and _is_a_key(cred.public_key)):
+        if cred.public_key and _is_a_key(cred.public_key):
+            return FOREIGN_KEY
+        if cred.algorithm.startswith("ES"):
             return None
         raise KeyMaterialError(f"{cred.where}.rsa_public_key: not usable as a {cred.algorithm} public key (PEM): "
                                f"{_reason(e)}") from None
@@ -67,6 +79,10 @@ def check_keys(directory: Directory) -> list[str]:
         if key is None:
             log.warning("%s: no usable %s key: every token for it gets 401 \"Invalid key/secret\" (as in Kong)",
                         cred.where, cred.algorithm)
+            continue
+        if key is FOREIGN_KEY:
+            log.warning("%s: a key of another family than %s: every token for it gets 401 \"Invalid signature\" (as "
+                        "in Kong)", cred.where, cred.algorithm)
             continue
         weak = algorithms()[cred.algorithm].check_key_length(key)
         if weak:
