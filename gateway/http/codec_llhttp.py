@@ -291,7 +291,7 @@ class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_stale_method", "_clean_start")
+                 "_max_line", "_stale_method", "_clean_start", "_lead")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -309,6 +309,7 @@ class LlhttpServer(_Parsing):
         self._close = False
         self._stale_method = b""  # what llhttp's method read when the request being parsed began (see receive_data)
         self._clean_start = True  # the chunk being fed began between two requests (see _reparse_escaped)
+        self._lead = False  # ... or in a head that began with an earlier chunk: those are _head_chunks
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -350,13 +351,18 @@ class LlhttpServer(_Parsing):
 
     def _reparse_escaped(self, data: bytes) -> bool:
         # nginx takes raw 0x80-0xFF bytes in a target. The head's bytes: those of a head that began with a chunk;
-        # one pipelined after other requests in the chunk that began between two is found by parsing them again.
+        # one pipelined after other requests in this chunk is found by parsing them again, from the chunk's start
+        # when it began between two requests, or from the previous head's when it began in one begun with a chunk.
         if not self._in_head:
             return False
         if not self._head_partial:  # (past the empty lines llhttp skips before a request line)
             head = (b"".join(self._head_chunks) + data if self._head_fed else data).lstrip(b"\r\n")
-        elif self._head_fed < 0 and self._clean_start and (start := _pipelined_head(data)) is not None:
-            head = data[start:]  # (_head_fed < 0: the head began in this very chunk)
+        elif self._head_fed < 0 and (self._clean_start or self._lead):  # (< 0: the head began in this very chunk)
+            lead = b"" if self._clean_start else b"".join(self._head_chunks)  # the previous head's start
+            start = _pipelined_head(lead + data)
+            if start is None or start < len(lead):
+                return False
+            head = (lead + data)[start:]
         else:
             return False
         if (escaped := escape_request_line(head)) is None:
@@ -390,7 +396,11 @@ class LlhttpServer(_Parsing):
         if self._dead:
             return
         if data:
-            self._clean_start = not self._started
+            if self._started:
+                self._clean_start = False
+                self._lead = self._in_head and self._head_fed > 0
+            else:
+                self._clean_start = True
             self._feed(data)
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))

@@ -685,6 +685,15 @@ def test_a_raw_byte_target_pipelined_in_one_read_is_accepted(codec: str, before:
     assert targets[-1] == b"/%E9?q=%FF" and len(targets) == before.count(b" HTTP/1.1") + 1
 
 
+def test_a_raw_byte_target_pipelined_after_a_head_cut_across_reads_is_accepted(codec: str) -> None:
+    """However the request before it was cut, as long as its head began a read (the codec fuzz, seeds 61610105 and
+    61610106: `GET` alone, then the rest and the raw-byte request in one read, got 400 from llhttp's codec)."""
+    first = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    for cut in range(1, len(first)):
+        targets = _serve(codec, [first[:cut], first[cut:] + b"GET /a\x80 HTTP/1.1\r\nHost: a\r\n\r\n"])
+        assert targets == [b"/", b"/a%80"], cut
+
+
 def test_raw_bytes_above_0x7f_in_a_target_are_taken_escaped_as_nginx_takes_them(codec: str) -> None:
     """nginx's request-line parser takes bytes 0x80-0xFF in a target (curl sends `/café` as it was typed); the
     router then decodes `/caf%C3%A9` to the same path. Both codecs, however the head is cut."""
