@@ -288,6 +288,7 @@ class BadBackend(_Backend):
       close     close the connection without answering
       truncate  send `Content-Length: 1000`, then 10 bytes, then close
       truncate-chunked  send a chunked head and one 10-byte chunk, then close (no last chunk)
+      bad-chunk  send a chunked head and, in the same write, a chunk whose data runs past its size, then close
       stall     send `Content-Length: 1000` and 10 bytes, then nothing more (until the test ends)
       hang      never answer (until the test ends)
     """
@@ -311,6 +312,11 @@ class BadBackend(_Backend):
         if self.mode == "truncate-chunked":
             await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
                                   b"a\r\n0123456789\r\n")
+            await trio.sleep(0.05)
+            return
+        if self.mode == "bad-chunk":
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n"
+                                  b"3\r\nabcX\r\n")
             await trio.sleep(0.05)
             return
         if self.mode == "stall":

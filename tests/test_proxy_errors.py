@@ -7,6 +7,7 @@ request still works on a new connection after the failure.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -246,6 +247,20 @@ async def test_upstream_without_usable_targets_gets_503_json(nursery, gateway, w
     assert_json_error(reply, 503, "failure to get a peer from the ring-balancer")
     assert echo.requests == []
     await setup.assert_alive()
+
+
+async def test_a_bad_chunk_read_with_the_upstreams_head_is_a_502_logged_against_the_upstream(nursery, gateway,
+                                                                                               caplog):
+    """Nothing went to the client yet: it gets the 502 page, and the log names the upstream (nginx's "upstream sent
+    invalid chunked response"), not the client's request (found by the wire fuzz, upstream seed 61610004)."""
+    bad = await start_backend(nursery, BadBackend("bad-chunk"))
+    setup = await start(nursery, gateway, [service("bad", f"http://127.0.0.1:{bad.port}", retries=0)])
+    caplog.set_level(logging.DEBUG)
+    data, _ = await raw_exchange(setup.port, b"GET /x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n")
+    assert parse_raw_response(data)[0] == 502
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if m.startswith("bad request from")], messages
+    assert [m for m in messages if m.startswith("upstream ") and str(bad.port) in m], messages
 
 
 async def test_upstream_dying_mid_response_aborts_the_client_connection(nursery, gateway):

@@ -394,7 +394,13 @@ class Forwarder:
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
                                                     ex.request.headers, new_session)
-            first, done = codec.take_body()  # what came with the head: one write when the answer is small
+            try:
+                first, done = codec.take_body()  # what came with the head: one write when the answer is small
+            except ProtocolError as e:  # (a bad chunk in that read) nothing went out: the upstream's 502
+                log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                failed = TCP_FAILURE
+                await ex.respond_error_page(502)
+                return
             if edit is not None and not sse:
                 try:
                     status, headers, first = await _edited_body(ex, uc, response.status, headers, first, done,
