@@ -369,3 +369,24 @@ async def test_an_upstreams_host_header_is_kept_on_a_retry(nursery, gateway):
             reply = await request(port, "GET", "/hello")
             assert reply.status == 200
     assert bad.requests and [r.header("host") for r in echo.requests] == [f"foo.com:{echo.port}"] * 2
+
+
+@pytest.mark.parametrize(("preserve_host", "expected"), [(False, "127.0.0.1:{port}"), (True, "test.test")],
+                         ids=["target-host", "preserve-host"])
+async def test_a_retry_after_a_read_timeout_sends_the_next_targets_host(nursery, gateway, preserve_host, expected):
+    """05-recreate-request_spec.lua "balancer retry updates Host header in request buffer" and "... doesn't update
+    Host if preserve_host is true": the first target times out (read_timeout), the retry carries the Host of the
+    target it goes to, or the client's with preserve_host."""
+    hang, echo = BadBackend("hang"), EchoBackend()
+    await nursery.start(hang.serve)
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("recreate", "http://up", [{"paths": ["/"], "hosts": ["test.test"],
+                                                                         "preserve_host": preserve_host}],
+                                               read_timeout=300)],
+                          "upstreams": [upstream("up", [hang.port, echo.port])]})
+    with trio.fail_after(TIMEOUT):
+        for _ in range(2):  # the balancer starts at either target: one of these goes to `hang` first
+            reply = await request(port, "GET", "/recreate_test", host="test.test")
+            assert reply.status == 200
+    assert hang.requests
+    assert [r.header("host") for r in echo.requests] == [expected.format(port=echo.port)] * 2
