@@ -26,8 +26,8 @@ from gateway.memo import Memo
 
 VERSION = 1
 MAC_BYTES = 16
-MAX_ID = 1024  # longer incoming ids are refused without decoding
-MAX_UPSTREAM_ID = 512
+MAX_UPSTREAM_ID = 4096  # a JWT's worth (the spec's example of an id); the spec sets no bound
+MAX_ID = 6144  # longer incoming ids are refused without decoding (a sealed MAX_UPSTREAM_ID is at most 5,859)
 MIN_SECRET_BYTES = 16
 _DOMAIN = b"mcp-gw-session\x00"
 _KEY_ID = re.compile(rb"^[A-Za-z0-9_-]{1,32}$")

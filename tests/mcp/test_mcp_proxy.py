@@ -227,6 +227,23 @@ async def test_sse_get_stream_keepalive_headers_and_last_event_id(gateway, nurse
 
 
 @bounded(20)
+async def test_a_jwt_long_upstream_session_id_is_sealed_and_its_session_stays_usable(gateway, nursery):
+    """The spec names a JWT as a session id and bounds none: 725 bytes (an RS256 token) are sealed, and the next
+    call reaches the server with them (over 512 bytes went out unsealed, then every call got 404)."""
+    long_id = "eyJhbGciOiJSUzI1NiJ9." + "a" * 700 + ".sig"
+    fake = FakeMcp("a", sid_prefix=long_id)
+    await nursery.start(fake.serve)
+    port = await gateway(mcp_config([fake.port]), mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port, host="localhost") as client:
+        init = await client.request("POST", "/mcp", JSON_HEADERS, json.dumps(INIT_BODY).encode())
+        sid = init.header("mcp-session-id")
+        assert sid is not None and sid.startswith("k1.")
+        call = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list"))
+    assert call.status == 200, call.body
+    assert header(call.json()["result"]["headers"], "mcp-session-id") == f"{long_id}-1"
+
+
+@bounded(20)
 async def test_non_mcp_routes_are_left_alone(gateway, nursery):
     (a,) = await start_fakes(nursery, "a")
     doc = mcp_config([a.port])

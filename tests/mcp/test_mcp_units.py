@@ -15,7 +15,7 @@ from gateway.config import ConfigError
 from gateway.mcp import jsonrpc, sessions
 from gateway.mcp.keys import load_or_create_key_file, resolve_secret
 from gateway.mcp.origin import OriginPolicy, check_entry
-from gateway.mcp.sessions import MAX_ID, OPENED_CACHE, SessionCodec
+from gateway.mcp.sessions import MAX_ID, MAX_UPSTREAM_ID, OPENED_CACHE, SessionCodec, valid_header_value
 from gateway.routing import NEEDS_MCP, Router, RouteSpec
 from gateway.runtime import compile_config
 
@@ -32,6 +32,17 @@ def test_codec_round_trip_and_shape():
     assert all(0x21 <= c <= 0x7E for c in sid) and b"=" not in sid  # visible ASCII, URL-safe, unpadded
     assert codec.decode(sid) == ("127.0.0.1:9001", b"3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7")
     assert codec.decode(codec.encode("[::1]:80", b"")) == ("[::1]:80", b"")
+
+
+def test_the_longest_upstream_id_with_the_longest_names_seals_within_max_id_and_opens():
+    """A JWT is the spec's own example of a session id: up to MAX_UPSTREAM_ID bytes are sealed, and the sealed id
+    stays under MAX_ID (and under a header line's 8 KiB), so it opens again (seen: 725 bytes got 404 before)."""
+    codec = SessionCodec([("k" * 32, K1[1])])
+    upstream_id = b"eyJhbGciOiJSUzI1NiJ9." + b"a" * (MAX_UPSTREAM_ID - 25) + b".sig"
+    sid = codec.encode("t" * 255, upstream_id)
+    assert len(sid) <= MAX_ID < 8192
+    assert codec.decode(sid) == ("t" * 255, upstream_id)
+    assert valid_header_value(upstream_id) and not valid_header_value(upstream_id + b"x")
 
 
 def test_codec_rejects_every_single_byte_change():
