@@ -493,6 +493,41 @@ async def test_sse_events_stream_as_sent_with_keepalive_comments(nursery, gatewa
         assert any(before < at < after for at, _ in comments), "no keep-alive comment in a gap between events"
 
 
+class PiecewiseSse(SseBackend):
+    """One event written as `pieces` (50 ms apart), then `gap` seconds of silence, then the stream's end."""
+
+    def __init__(self, pieces: list[bytes], gap: float) -> None:
+        super().__init__(events=1, gap=gap)
+        self.pieces = pieces
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        if await self._read_request(stream, conn) is None:
+            return
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[(b"content-type",
+                                                                                 b"text/event-stream")])))
+        for piece in self.pieces:
+            await stream.send_all(conn.send(h11.Data(data=piece)))
+            await trio.sleep(0.05)
+        await trio.sleep(self.gap)
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+
+
+@pytest.mark.parametrize("pieces", [[b"id: 1\ndata: {}\n", b"\n"], [b"id: 1\ndata: {}\r", b"\n\r", b"\n"],
+                                    [b"id: 1\rdata: {}\r\r"]], ids=["blank-line-alone", "crlf-split", "cr-endings"])
+async def test_a_silence_after_an_event_gets_comments_however_its_end_was_written_or_spelt(nursery, gateway, pieces):
+    """The blank line that ends an event may come in a write of its own (servers that write line by line), a CRLF
+    split across writes, or lines may end with CR (the SSE format allows all three): the stream is between events
+    all the same, and its silence gets keep-alive comments (found by an MCP review: none came)."""
+    backend = PiecewiseSse(pieces, gap=0.8)
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}")]}, sse_keepalive=0.2)
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/mcp", headers=[("accept", "text/event-stream")])
+    assert reply.body.startswith(b"".join(pieces))
+    assert reply.body.count(b": keepalive\n\n") >= 2, reply.body
+
+
 async def test_an_event_stream_of_fixed_length_gets_no_comments_that_would_break_its_framing(nursery, gateway):
     """An upstream event stream with a Content-Length keeps it (no re-framing): a comment in one of its silences
     would add bytes the length does not count, a corrupt body and the start of a bogus next response on the

@@ -4,7 +4,8 @@
 `EventSplitter` takes body chunks and gives back whole events (each with its blank-line terminator), holding an
 incomplete one until the rest arrives (bounded: an event longer than MAX_EVENT is an error, the stream is cut).
 `data_of` joins an event's `data:` lines as the HTML spec does; `with_data` rebuilds an event around new data,
-keeping its other fields (id, event, retry, comments) in place.
+keeping its other fields (id, event, retry, comments) in place. `ends_event` says whether a stream is between
+events (where a keep-alive comment may go).
 """
 
 from __future__ import annotations
@@ -14,6 +15,19 @@ import re
 MAX_EVENT = 16 << 20  # one event longer than this is refused (a broken or hostile upstream)
 _END = re.compile(rb"\r\n\r\n|\n\n|\r\r|\r\n\n|\n\r\n")  # a blank line, whatever the line endings
 _LINES = re.compile(rb"\r\n|\n|\r")
+
+
+def ends_event(tail: bytes) -> bool:
+    """Do the bytes of a stream so far, of which `tail` is the last 4 (or all), end with a blank line, so that a
+    comment may go in without splitting an event? Line endings may be CRLF, LF or CR, and mixed; a final CR may
+    yet be a CRLF's first half, which makes no difference here."""
+    if tail.endswith(b"\r\n"):
+        tail = tail[:-2]
+    elif tail.endswith((b"\n", b"\r")):
+        tail = tail[:-1]
+    else:
+        return False
+    return tail.endswith((b"\n", b"\r"))
 
 
 class EventTooLarge(Exception):

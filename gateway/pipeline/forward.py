@@ -33,7 +33,7 @@ from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.http.tls_contexts import ClientTls
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.governance import ResponseEdit, error_response
-from gateway.mcp.sse import EventSplitter, EventTooLarge
+from gateway.mcp.sse import EventSplitter, EventTooLarge, ends_event
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER, TIMEOUTS
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
@@ -519,7 +519,8 @@ class Forwarder:
         conn = uc.conn
         wheel = self.keepalives
         stream = wheel.open(ex)
-        stream.at_boundary = not first or first.endswith((b"\n\n", b"\r\n\r\n")) or splitter is not None
+        tail = first[-4:]  # the last bytes relayed: the stream is between events when they end with a blank line
+        stream.at_boundary = not first or splitter is not None or ends_event(tail)
         watch = self.streams
         watch.watch(ex.conn, stream)
         timers = ex.timer.timers
@@ -550,8 +551,10 @@ class Forwarder:
                         if events:
                             await ex.send_body(b"".join(edit.event(e) for e in events))  # type: ignore[union-attr]
                         continue
-                    await ex.send_body(ev)  # type: ignore[arg-type]
-                    stream.at_boundary = ev.endswith((b"\n\n", b"\r\n\r\n"))  # type: ignore[union-attr]
+                    chunk: bytes = ev  # type: ignore[assignment]  # (body bytes: the other events are handled)
+                    await ex.send_body(chunk)
+                    tail = chunk[-4:] if len(chunk) >= 4 else (tail + chunk)[-4:]
+                    stream.at_boundary = ends_event(tail)
         finally:
             if timers is not None:
                 timers.unpark(ex.timer)

@@ -16,6 +16,7 @@ from gateway.mcp import jsonrpc, sessions
 from gateway.mcp.keys import load_or_create_key_file, resolve_secret
 from gateway.mcp.origin import OriginPolicy, check_entry
 from gateway.mcp.sessions import MAX_ID, MAX_UPSTREAM_ID, OPENED_CACHE, SessionCodec, valid_header_value
+from gateway.mcp.sse import ends_event
 from gateway.routing import NEEDS_MCP, Router, RouteSpec
 from gateway.runtime import compile_config
 
@@ -315,3 +316,13 @@ def test_a_host_verdict_is_remembered_and_the_memory_is_bounded():
     assert len(policy._verdicts) <= VERDICTS_KEPT
     assert policy.allowed(b"LOCALHOST")  # judged again after the memory started over
     assert not policy.allowed(b"h" * 301) and b"h" * 301 not in policy._verdicts  # long values are not kept
+
+
+@pytest.mark.parametrize(("tail", "between"), [
+    (b"", False), (b"a", False), (b"a\n", False), (b"a\r\n", False), (b"a\r", False),
+    (b"a\n\n", True), (b"\r\n\r\n", True), (b"a\r\r", True), (b"\n\r\n", True), (b"a\r\n\n", True),
+    (b"a\n\r", True),  # (a CR that a LF may follow: a blank line either way)
+    (b"\r\n\ra", False), (b"\n\n:", False),
+])
+def test_a_stream_is_between_events_when_its_last_bytes_are_a_blank_line_of_any_line_ending(tail, between):
+    assert ends_event(tail) is between
