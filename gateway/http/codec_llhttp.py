@@ -93,6 +93,9 @@ def _completed(data: bytes) -> int:
     return counter.ended
 
 
+_REPARSE_WINDOW = 1 << 16  # the most bytes since a chunk that began between two requests kept for _reparse_escaped
+
+
 def _pipelined_head(data: bytes) -> int | None:
     """Where in `data` (a chunk that began between two requests) the head after its complete requests begins: the
     least prefix in which as many end as in all of it (httptools tells no offsets), past the empty lines llhttp skips;
@@ -291,7 +294,7 @@ class LlhttpServer(_Parsing):
     """Server side of a client connection."""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_stale_method", "_clean_start", "_lead")
+                 "_max_line", "_stale_method", "_before", "_prev")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -308,8 +311,10 @@ class LlhttpServer(_Parsing):
         self._response_done = False
         self._close = False
         self._stale_method = b""  # what llhttp's method read when the request being parsed began (see receive_data)
-        self._clean_start = True  # the chunk being fed began between two requests (see _reparse_escaped)
-        self._lead = False  # ... or in a head that began with an earlier chunk: those are _head_chunks
+        self._prev = b""  # the chunk being fed (see _reparse_escaped)
+        # the bytes before it since the last chunk that began between two requests (b"": it began so itself); None:
+        # more than _REPARSE_WINDOW of them
+        self._before: bytes | None = b""
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -351,25 +356,21 @@ class LlhttpServer(_Parsing):
 
     def _reparse_escaped(self, data: bytes) -> bool:
         # nginx takes raw 0x80-0xFF bytes in a target. The head's bytes: those of a head that began with a chunk;
-        # one pipelined after other requests in this chunk is found by parsing them again, from the chunk's start
-        # when it began between two requests, or from the previous head's when it began in one begun with a chunk.
+        # one that began after other requests is found by parsing again what came since the last chunk that began
+        # between two requests (however the requests before it, and this head, were cut into chunks).
         if not self._in_head:
             return False
         if not self._head_partial:  # (past the empty lines llhttp skips before a request line)
             head = (b"".join(self._head_chunks) + data if self._head_fed else data).lstrip(b"\r\n")
-        elif self._head_fed < 0 and (self._clean_start or self._lead):  # (< 0: the head began in this very chunk)
-            lead = b"" if self._clean_start else b"".join(self._head_chunks)  # the previous head's start
-            start = _pipelined_head(lead + data)
-            if start is None or start < len(lead):
-                return False
-            head = (lead + data)[start:]
+        elif self._before is not None and (start := _pipelined_head(whole := self._before + data)) is not None:
+            head = whole[start:]
         else:
             return False
         if (escaped := escape_request_line(head)) is None:
             return False
         self._parser = httptools.HttpRequestParser(self)
         self._head_chunks = []
-        self._clean_start = True
+        self._before, self._prev = b"", escaped
         self._feed(escaped)
         return True
 
@@ -396,11 +397,13 @@ class LlhttpServer(_Parsing):
         if self._dead:
             return
         if data:
-            if self._started:
-                self._clean_start = False
-                self._lead = self._in_head and self._head_fed > 0
+            if self._started:  # (what came since the last chunk that began between two requests: bounded)
+                if (before := self._before) is not None:
+                    before += self._prev
+                    self._before = before if len(before) <= _REPARSE_WINDOW else None
             else:
-                self._clean_start = True
+                self._before = b""
+            self._prev = data
             self._feed(data)
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))
@@ -439,7 +442,7 @@ class LlhttpServer(_Parsing):
                 return
         rest = data[offset:]
         if rest:
-            self._clean_start = True
+            self._before, self._prev = b"", rest
             self._feed(rest)
         self._tunnel = rest
 
