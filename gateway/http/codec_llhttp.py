@@ -93,7 +93,9 @@ def _completed(data: bytes) -> int:
     return counter.ended
 
 
-_REPARSE_WINDOW = 1 << 16  # the most bytes since a chunk that began between two requests kept for _reparse_escaped
+# the most bytes since a chunk that began between two requests kept for _reparse_escaped: what a connection holds while
+# a request spans reads (a body longer than this before a raw-byte head pipelined after it: that head gets 400)
+_REPARSE_WINDOW = 8192
 
 
 def _pipelined_head(data: bytes) -> int | None:

@@ -695,6 +695,10 @@ def test_a_raw_byte_target_pipelined_is_accepted_however_the_stream_is_cut(codec
     stream = before + b"GET /a\x80 HTTP/1.1\r\nHost: a\r\n\r\n"
     for cut in range(1, len(stream)):
         assert _serve(codec, [stream[:cut], stream[cut:]]) == [b"/", b"/a%80"], cut
+    for first in range(1, len(stream), 3):  # and into three, a sample of them
+        for second in range(first + 1, len(stream), 5):
+            reads = [stream[:first], stream[first:second], stream[second:]]
+            assert _serve(codec, reads) == [b"/", b"/a%80"], (first, second)
 
 
 def test_raw_bytes_above_0x7f_in_a_target_are_taken_escaped_as_nginx_takes_them(codec: str) -> None:
