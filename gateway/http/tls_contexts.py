@@ -111,13 +111,14 @@ def check_ca_certificate(pem: str, what: str, now: dt.datetime | None = None) ->
 
 
 def _key_type(cert: x509.Certificate) -> str:
-    from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
     key = cert.public_key()
-    for kind, name in ((rsa.RSAPublicKey, "RSA"), (ec.EllipticCurvePublicKey, "ECDSA"), (dsa.DSAPublicKey, "DSA")):
+    for kind, name in ((rsa.RSAPublicKey, "RSA"), (ec.EllipticCurvePublicKey, "ECDSA")):
         if isinstance(key, kind):
             return name
-    return type(key).__name__.removeprefix("_").removesuffix("PublicKey")
+    return type(key).__name__.removeprefix("_").removesuffix("PublicKey")  # DSA, Ed25519, ... (cryptography 51
+    # deprecates its dsa module: a warning on every use of it)
 
 
 def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> None:
