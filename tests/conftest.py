@@ -8,10 +8,12 @@ it with `parse_config` exactly as a YAML file would be, and serves it with `serv
 from __future__ import annotations
 
 import copy
+import os
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+import hypothesis
 import pytest
 import trio
 import yaml
@@ -19,6 +21,12 @@ import yaml
 from gateway.config import Config, parse_config
 from gateway.http.net import Conn, bind_listener
 from gateway.worker import bind_all, serve_worker
+
+# CI draws the same Hypothesis examples every run (a change fails or passes, not the luck of a draw); elsewhere each
+# run draws new ones, and the property tests keep exploring. Set before the test modules build their settings.
+hypothesis.settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    hypothesis.settings.load_profile("ci")
 
 CODECS = ["h11", "llhttp"]
 
