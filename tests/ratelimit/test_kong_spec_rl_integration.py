@@ -253,9 +253,12 @@ async def test_rate_limiting_with_a_redis_user_having_the_acls_it_needs_admits(n
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_rate_limiting_with_a_redis_user_missing_acls_fails_closed(nursery, gateway, fresh, strategy):
-    """05-integration_spec "fails to rate-limit for a redis user with missing ACLs": fault_tolerant false, 500."""
-    port = await serve(nursery, gateway, rl_plugins(fresh, strategy), settings(fresh, strategy))
+@pytest.mark.parametrize("plugins", ["rate-limiting", "response-ratelimiting"])
+async def test_a_redis_user_missing_acls_fails_closed(nursery, gateway, fresh, strategy, plugins):
+    """05-integration_spec (both plugins) "fails to rate-limit for a redis user with missing ACLs": fault_tolerant
+    false, 500."""
+    made = rl_plugins if plugins == "rate-limiting" else rrl_plugins
+    port = await serve(nursery, gateway, made(fresh, strategy), settings(fresh, strategy))
     reply = await hit(port, 4)
     assert reply.status == 500
     assert reply.json()["message"] == "An unexpected error occurred"
@@ -430,15 +433,6 @@ async def test_response_ratelimiting_with_a_redis_user_having_the_acls_it_needs_
     """05-integration_spec "authenticates and executes with a valid redis user having proper ACLs": 200."""
     port = await serve(nursery, gateway, rrl_plugins(fresh, strategy), settings(fresh, strategy))
     assert (await hit(port, 3)).status == 200
-
-
-@pytest.mark.parametrize("strategy", STRATEGIES)
-async def test_response_ratelimiting_with_a_redis_user_missing_acls_fails_closed(nursery, gateway, fresh, strategy):
-    """05-integration_spec "fails to rate-limit for a redis user with missing ACLs": fault_tolerant false, 500."""
-    port = await serve(nursery, gateway, rrl_plugins(fresh, strategy), settings(fresh, strategy))
-    reply = await hit(port, 4)
-    assert reply.status == 500
-    assert reply.json()["message"] == "An unexpected error occurred"
 
 
 async def test_response_ratelimiting_counters_use_kongs_key_layout(nursery, gateway, fresh):
