@@ -159,7 +159,11 @@ class ResponseEdit:
         it), else an error, never the tools unfiltered (JSON nested deeper than the decoder goes, say)."""
         if self.list_ids is None or (b"tools" not in data and b"\\u" not in data):
             return data
-        ids = [i for i in self.list_ids if i is not ANY_ID]
+        return self.not_filtered()
+
+    def not_filtered(self) -> bytes:
+        """The error that stands for a tools list the gateway could not filter (never passed on unfiltered)."""
+        ids = [i for i in self.list_ids or () if i is not ANY_ID]
         return error_response(ids[0] if len(ids) == 1 else None, -32603,
                               "the server's answer could not be filtered for this caller")
 

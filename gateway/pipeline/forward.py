@@ -401,7 +401,8 @@ class Forwarder:
                 failed = TCP_FAILURE
                 await ex.respond_error_page(502)
                 return
-            if edit is not None and not sse:
+            if edit is not None and (not sse or edit.list_ids is not None and _coded(headers)):  # (a compressed
+                # event stream cannot be edited event by event: read whole, it is refused as a JSON answer would be)
                 try:
                     status, headers, first = await _edited_body(ex, uc, response.status, headers, first, done,
                                                                  edit, (attempt.target.name, svc.read_timeout))
@@ -615,7 +616,11 @@ async def _edited_body(ex: Exchange, uc: UpstreamConn, status: int, headers: Hea
     if status == 202 and edit.errors:  # the server accepted the forwarded part: the gateway's errors are the answer
         status, body = 200, edit.accepted_body()
         headers = [hv for hv in headers if hv[0] != b"content-type"] + [(b"content-type", b"application/json")]
-    elif _is_json(headers):
+    elif edit.list_ids is not None and _coded(headers):  # a compressed tools list (the gateway asked for none):
+        body = edit.not_filtered()  # it cannot be read, so it is not passed on
+        headers = [hv for hv in headers if hv[0] not in (b"content-type", b"content-encoding")] + [
+            (b"content-type", b"application/json")]
+    elif edit.list_ids is not None or _is_json(headers):  # a tools list is filtered whatever its Content-Type says
         body = edit.json_body(body)
     headers = [hv for hv in headers if hv[0] != b"content-length"] + [(b"content-length", b"%d" % len(body))]
     return status, headers, body
@@ -625,6 +630,12 @@ def _blame(uc: UpstreamConn, code: int) -> int:
     """The outcome to report for a failed exchange: none when the gateway itself closed the connection (a circuit's
     sweep), which says nothing new about the target."""
     return 0 if uc.swept else code
+
+
+def _coded(headers: Headers) -> bool:
+    """Does the answer carry a content coding (gzip, br, ...) other than identity?"""
+    return any(name == b"content-encoding" and value.strip().lower() not in (b"", b"identity")
+               for name, value in headers)
 
 
 def _is_json(headers: Headers) -> bool:

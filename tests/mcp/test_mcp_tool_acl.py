@@ -5,9 +5,11 @@ cannot be judged is not forwarded."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from typing import Any
 
+import h11
 import pytest
 import trio
 from backends import Reply, service
@@ -228,3 +230,59 @@ async def test_scope_based_acls_answer_insufficient_scope(nursery, gateway):
     assert (await rpc(port, tool_call("delete"), None, writer)).status == 200
     assert listed((await rpc(port, LIST, None, read_only)).json()) == ["search", "book", "admin_reset"]
     assert server.called == ["delete"]
+
+
+class LabelledToolServer(ToolServer):
+    """Answers one request with the given Content-Type (None: none), its body gzipped when `gzipped` (as a server
+    that compresses whatever the request's Accept-Encoding said)."""
+
+    def __init__(self, content_type: bytes | None, gzipped: bool = False) -> None:
+        super().__init__(TOOLS)
+        self.content_type = content_type
+        self.gzipped = gzipped
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        seen = await self._read_request(stream, conn)
+        if seen is None:
+            return
+        body = json.dumps(self._answer_one(json.loads(seen.body))).encode()
+        if self.content_type == b"text/event-stream":
+            body = b"event: message\ndata: " + body + b"\n\n"
+        headers = []
+        if self.gzipped:
+            body = gzip.compress(body)
+            headers.append((b"content-encoding", b"gzip"))
+        if self.content_type is not None:
+            headers.append((b"content-type", self.content_type))
+        headers.append((b"content-length", b"%d" % len(body)))
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers))
+                              + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+
+
+async def labelled(nursery: trio.Nursery, gateway: Any, server: LabelledToolServer) -> Reply:
+    await nursery.start(server.serve)
+    port = await gateway({"services": [service("mcp", f"http://127.0.0.1:{server.port}", [
+        {"name": "mcp", "paths": ["/mcp"], "strip_path": False}])], "consumers": CONSUMERS,
+        "plugins": [{"name": "key-auth", "config": {"key_names": ["apikey"]}},
+                    {"name": "ai-mcp-proxy", "config": PROXY}]})
+    with trio.fail_after(10):
+        return await rpc(port, LIST, key="bob-key")
+
+
+@pytest.mark.parametrize("content_type", [b"text/plain", None, b"application/vnd.api+json"])
+async def test_a_tools_list_answer_is_filtered_whatever_its_content_type_says(nursery, gateway, content_type):
+    """The answer to a tracked tools/list is filtered as JSON whatever it is labelled (a governance review: text/plain,
+    none and a +json type went through unfiltered, listing a tool the caller is refused)."""
+    reply = await labelled(nursery, gateway, LabelledToolServer(content_type))
+    names = [t["name"] for t in json.loads(reply.body)["result"]["tools"]]
+    assert "delete" not in names and "search" in names
+
+
+@pytest.mark.parametrize("content_type", [b"application/json", b"text/event-stream"])
+async def test_a_compressed_tools_list_answer_is_refused_never_passed_on(nursery, gateway, content_type):
+    """The gateway asks for no coding; a server that compresses anyway sends what it cannot filter: the caller gets
+    a JSON-RPC error in its place (before, the gzip went through and the client unzipped the refused tool)."""
+    reply = await labelled(nursery, gateway, LabelledToolServer(content_type, gzipped=True))
+    assert reply.header("content-encoding") is None
+    assert json.loads(reply.body)["error"]["code"] == -32603
