@@ -44,9 +44,15 @@ async def counted(ex: Exchange, tools: bool) -> list[tuple[str, Any]] | object:
     decoded = messages(mcp)
     if decoded is None:
         return []  # not JSON-RPC: nothing a server will run
+    batch = BatchIds([m.answer_id for m in decoded[0] if m.has_id]) if decoded[1] else None
     out = []
     for m in decoded[0]:
         name = m.name if tools else m.method
         if name is not None and (not tools or m.method == "tools/call"):
-            out.append((_name(name), m.answer_id if m.has_id else NOT_RPC))
+            out.append((_name(name), batch if batch is not None else m.answer_id if m.has_id else NOT_RPC))
     return out
+
+
+class BatchIds(list[Any]):
+    """A refusal's id when the request is a batch: the ids of all its requests, each answered with the error (a
+    batch is answered with an array of responses, JSON-RPC 2.0 section 6; the whole request is refused)."""

@@ -96,3 +96,16 @@ async def test_limit_by_method_counts_methods(nursery, gateway):
     assert [(await rpc(port, tool_call(n, i))).status for i, n in enumerate(["search", "book", "x", "y"])] == \
         [200, 200, 200, 429]
     assert (await rpc(port, {"jsonrpc": "2.0", "id": 9, "method": "tools/list"})).status == 200
+
+
+async def test_a_refused_batch_is_answered_with_an_error_for_each_of_its_requests(nursery, gateway):
+    """The whole request is refused (429); a batch is answered with an array, a response per request (JSON-RPC 2.0
+    section 6), the notifications none (a governance review: one object, the limited call's, answered three)."""
+    server, port = await setup(nursery, gateway, day=2)
+    batch = [tool_call("search", i) for i in range(3)] + [{"jsonrpc": "2.0", "method": "notifications/progress"}]
+    reply = await rpc(port, batch)
+    assert reply.status == 429
+    answers = reply.json()
+    assert sorted(a["id"] for a in answers) == [0, 1, 2]
+    assert {a["error"]["code"] for a in answers} == {-32029}
+    assert server.called == []

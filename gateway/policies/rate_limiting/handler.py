@@ -12,7 +12,7 @@ import trio
 
 from gateway.http.server import Exchange
 from gateway.mcp.governance import error_response
-from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, WHOLE_LIMIT, counted
+from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, WHOLE_LIMIT, BatchIds, counted
 from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders
@@ -198,11 +198,15 @@ class RateLimiting:
         RECORDER.count(RATELIMIT_REJECTED, (self.plugin_id, self._exhausted(decision)))
         if self.headers is not None:  # Kong: hide_client_headers hides Retry-After too
             ex.add_response_lines(self.headers.decided(decision))
-        if rpc_id is NOT_RPC:
+        if rpc_id is NOT_RPC or rpc_id == []:  # (a batch of notifications only: no JSON-RPC answer is due)
             await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
             return True
-        await ex.respond(self.error_code, error_response(rpc_id, RATE_LIMITED, self.error_message,
-                                                         {"retry_after": decision.retry_after}))
+        data = {"retry_after": decision.retry_after}
+        if type(rpc_id) is BatchIds:
+            await ex.respond(self.error_code, b"[" + b",".join(error_response(i, RATE_LIMITED, self.error_message, data)
+                                                               for i in rpc_id) + b"]")
+            return True
+        await ex.respond(self.error_code, error_response(rpc_id, RATE_LIMITED, self.error_message, data))
         return True
 
     def _exhausted(self, decision: Decision) -> str:
