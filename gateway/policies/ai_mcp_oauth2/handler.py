@@ -42,6 +42,7 @@ from gateway.policies.ai_mcp_oauth2.schema import AiMcpOauth2Config
 from gateway.policies.consumers import Consumer, Directory, Identity, Rejection
 
 log = logging.getLogger("gateway.policies")
+_KEYS_UNAVAILABLE = Rejection(503, "the authorization server's keys (JWKS) could not be loaded; try again later")
 
 CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance and worker
 CACHE_TOKEN_BYTES = 8192  # longer tokens are verified every time
@@ -179,6 +180,10 @@ class AiMcpOauth2:
                 keyset = self.jwks.keyset
                 claims = verify(token, keyset, self.rules, time.time())
         except TokenError as e:
+            if e.description == UNKNOWN_KID and (self.jwks.keyset is None or self.jwks.cache.failures):
+                # the keys could not be loaded: the token may be good, and a client told it is not would throw it
+                # away and authorize again, to the same end (RFC 6750's invalid_token is the token's fault)
+                return _KEYS_UNAVAILABLE
             description = e.description if e.description != UNKNOWN_KID else \
                 "the token's signing key is not among the authorization server's keys"
             return Rejection(401, "Unauthorized", challenge(self.metadata_url, "invalid_token", description,
