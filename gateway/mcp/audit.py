@@ -237,8 +237,9 @@ class ToolAudit:
             request_id = ex.request_id.decode("latin-1")
         upstream = state.get("upstream")
         for tool, denial, rpc_id in calls:
-            if decision is None:
-                this = "denied" if denial is not None else "allowed"
+            if decision is None:  # (a call the ACL allowed is "allowed" only once it reached a server)
+                this = "denied" if denial is not None else "allowed" if upstream is not None else \
+                    "limited" if status == 429 else "refused"
                 reason = denial.message if denial is not None else None
                 target = upstream if denial is None else None
             else:

@@ -104,7 +104,7 @@ async def test_allowed_and_denied_calls_are_logged(nursery, gateway, tmp_path):
     lines = await audit_lines(tmp_path, 5)
     assert [(d["consumer"], d["tool"], d["decision"], d["rpc_id"]) for d in lines] == [
         ("alice", "delete", "allowed", 1), ("bob", "delete", "denied", 2), ("bob", "search", "allowed", 3),
-        ("bob", "delete", "denied", 4), ("bob", "search", "allowed", 6)]
+        ("bob", "delete", "denied", 4), ("bob", "search", "refused", 6)]  # (an unsealed session: the 404)
     first, denied = lines[0], lines[1]
     assert first["upstream"] == f"127.0.0.1:{server.port}" and first["status"] == 200
     assert first["latency_ms"] > 0 and first["route"] == "mcp" and first["time"].endswith("Z")
