@@ -312,3 +312,21 @@ def test_a_forced_stop_ends_a_gateway_draining_a_request_within_seconds(tmp_path
             client.close()
         silent.close()
         gw.cleanup()
+
+
+def test_stop_never_signals_a_process_that_only_mentions_gateway_in_its_arguments(tmp_path: Path) -> None:
+    """A stale pid file naming `tail -f run/gateway.log` (a reused pid): only a `gateway start` / `run` counts (an
+    operations review: stop killed the tail and said "gateway stopped")."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "gateway.log").write_text("an old log\n")
+    bystander = subprocess.Popen(["tail", "-f", "run/gateway.log"], cwd=tmp_path, stdout=subprocess.DEVNULL)
+    try:
+        (tmp_path / "run" / "gateway.pid").write_text(f"{bystander.pid}\n")
+        out = subprocess.run([sys.executable, "-m", "gateway", "stop", "--timeout", "2"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=30)
+        assert bystander.poll() is None, f"`gateway stop` killed `tail -f run/gateway.log`: {out.stdout}"
+        assert out.returncode == 1
+        assert f"names pid {bystander.pid}, which is not a gateway" in out.stderr
+    finally:
+        bystander.kill()
+        bystander.wait(timeout=10)

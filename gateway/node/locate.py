@@ -140,9 +140,13 @@ def alive(pid: int) -> bool:
 
 
 def is_gateway(pid: int) -> bool:
-    """The process runs the gateway (its command line names it); True where /proc cannot tell."""
+    """The process is a gateway's root: its command line runs `gateway start` or `gateway run` (the `gateway`
+    script, or `python -m gateway`), not merely a word "gateway" (`tail -f run/gateway.log` holding a reused pid);
+    True where /proc cannot tell."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"gateway" in f.read()
+            args = f.read().split(b"\0")
     except OSError:
         return True
+    return any(arg in (b"start", b"run") and (args[i - 1] == b"gateway" or args[i - 1].endswith(b"/gateway"))
+               for i, arg in enumerate(args) if i)
