@@ -11,7 +11,8 @@ at once.
 
 Ctrl-C in a terminal sends SIGINT to the whole process group, children included. A child that drained and exited on
 it would be restarted by its supervisor before the root, stopping, got to it; so children block SIGINT (the root,
-which alone handles it, stops them in order with SIGTERM). `gateway run` (no root) keeps SIGINT.
+which alone handles it, stops them in order with SIGTERM). So with SIGHUP (a dropped ssh session hangs up the group;
+the root reloads once) and SIGQUIT (Ctrl-\\; the root stops gracefully). `gateway run` (no root) keeps SIGINT.
 """
 
 from __future__ import annotations
@@ -46,10 +47,14 @@ async def stop_when_orphaned(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
+_GROUP_SIGNALS = {signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
+
+
 def parent_or_exit() -> int:
-    """The parent pid to watch; exit at once if the root already died (we were re-parented). Blocks SIGINT: called
-    first thing by every child of the root, before any thread starts (they inherit the mask)."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    """The parent pid to watch; exit at once if the root already died (we were re-parented). Blocks SIGINT, SIGHUP
+    and SIGQUIT (what a terminal or a dropped session sends the whole process group: the root alone acts on them):
+    called first thing by every child of the root, before any thread starts (they inherit the mask)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
     parent = os.getppid()
     root = os.environ.get(ROOT_PID_ENV)
     if parent == 1 or (root is not None and root.isdigit() and int(root) != parent):

@@ -1,6 +1,6 @@
 """The root process (`gateway start --foreground`): the supervision tree, listener slots, signals, admin endpoint.
 
-SIGTERM/SIGINT or admin `stop`: graceful stop (workers drain); a second one forces it (workers are killed).
+SIGTERM/SIGINT/SIGQUIT (nginx's and `kong quit`'s graceful stop) or admin `stop`: graceful stop (workers drain); a second one forces it (workers are killed).
 SIGHUP or admin `reload`: re-read and validate the config; a bad one is rejected and the running generation keeps
 serving untouched; a good one starts generation G+1 on the same listener slots, then retires G, whose workers
 finish their in-flight requests and SSE streams (up to drain_timeout).
@@ -210,7 +210,8 @@ class Node:
         return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
 
     async def _signals(self) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                                       signal.SIGUSR1) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]

@@ -70,9 +70,10 @@ def resolve(argv: Sequence[str]) -> Entry | None:
 
 
 def run_zygote(control_fd: int, libraries: Sequence[str] = ()) -> int:
-    """Preload, then serve fork requests until the root is gone. Ctrl-C in a terminal reaches the whole process group:
-    the zygote leaves the stop to the root, which stops it last."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    """Preload, then serve fork requests until the root is gone. Ctrl-C in a terminal (and a hang-up, or Ctrl-\\)
+    reaches the whole process group: the zygote leaves them to the root, which stops it last."""
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):  # (also sent to the group: the root's alone)
+        signal.signal(signum, signal.SIG_IGN)
     preload(libraries)
     release_metric_files()
     set_process_name("gateway zygote")
