@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -330,3 +331,37 @@ def test_stop_never_signals_a_process_that_only_mentions_gateway_in_its_argument
     finally:
         bystander.kill()
         bystander.wait(timeout=10)
+
+
+MEMORY_LIMIT = 2 << 30  # bytes of address space for the command: the test must not take the machine's memory
+
+
+def _limited() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+@pytest.mark.parametrize("name", ["huge.yaml", "/dev/zero"])
+def test_check_config_refuses_a_file_too_large_to_be_a_config_in_one_line(tmp_path: Path, name: str) -> None:
+    """A 4 GiB file or /dev/zero: one line naming the file, not a MemoryError (an operations review)."""
+    path = tmp_path / name
+    if name == "huge.yaml":
+        with open(path, "wb") as f:
+            f.truncate(4 << 30)  # sparse: a 4 GiB file (a disk image, a core dump) costs no disk
+    out = subprocess.run([sys.executable, "-m", "gateway", "check-config", str(path)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60, preexec_fn=_limited)
+    assert "Traceback" not in out.stderr, out.stderr[-600:]
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1 and str(path) in out.stderr
+
+
+def test_a_reload_from_an_emptied_config_file_keeps_the_running_config(running: GatewayNode) -> None:
+    """A file emptied by a deploy tool: refused, the running config keeps serving (an operations review)."""
+    text = running.config.read_text()
+    running.config.write_text("")
+    try:
+        out = running.cli("reload")
+    finally:
+        running.config.write_text(text)
+    status = json.loads(running.cli("status", "--json").stdout)
+    assert status["generation"] == 1, "the empty file was loaded: the gateway now has no routes"
+    assert out.returncode == 2 and str(running.config) in out.stderr

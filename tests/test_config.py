@@ -58,8 +58,16 @@ def test_reference_kong_yml_loads_unchanged():
     assert [t.name for t in group.targets] == [f"erlmcp{i}.example.com:8080" for i in (1, 2, 3)]
 
 
-def test_empty_document_is_a_valid_empty_config():
-    config = validate("")
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_a_file_without_a_document_is_refused_as_kong_refuses_it(text):
+    """Kong: "expected an object". A file emptied by a deploy tool (or `> gateway.yaml`) must not reload as a config
+    that drops every route (an operations review)."""
+    with pytest.raises(ConfigError, match=r"holds no YAML document .* write \{\} for a config without services"):
+        validate(text)
+
+
+def test_an_empty_mapping_is_a_valid_empty_config():
+    config = validate("{}")
     assert config.services == [] and config.routes == []
     assert config.format_version == "3.0"
 

@@ -76,14 +76,23 @@ _StrictLoader.yaml_implicit_resolvers = {  # every implicit type of the safe loa
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
+MAX_CONFIG_BYTES = 64 << 20  # a config of thousands of entities is a few MiB: a larger file is not one
+
+
 def read_text(path: str | os.PathLike[str]) -> str:
-    """The file's text; a file that cannot be read or is not UTF-8 is a ConfigError naming it."""
+    """The file's text; a file that cannot be read, is larger than MAX_CONFIG_BYTES or is not UTF-8 is a
+    ConfigError naming it."""
     name = os.fspath(path)
     try:
-        with open(name, encoding="utf-8") as f:
-            return f.read()
+        with open(name, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError([f"{name}: cannot read the config file: {e.strerror or e}"]) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{name}: larger than {MAX_CONFIG_BYTES >> 20} MiB, too large to be a config file (is "
+                           "it the right file?)"])
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError([f"{name}: not UTF-8 text: {e.reason} at byte {e.start}"]) from None
 

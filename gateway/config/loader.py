@@ -108,8 +108,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def parse_config(text: str, name: str = "<config>") -> Config:
     """Validate YAML text; `name` prefixes every error message."""
     raw = read_document(text, name)
-    if raw is None:
-        raw = {}
+    if raw is None:  # (Kong: "expected an object"; a file truncated as it was rewritten would drop every route)
+        raise ConfigError([f"{name}: the file holds no YAML document (it is empty, or only comments); write {{}} "
+                           "for a config without services"])
     if not isinstance(raw, dict):
         raise ConfigError([f"{name}: the document must be a mapping (services:, routes:, ...), got {_kind(raw)}"])
     errors: list[str] = []
