@@ -365,3 +365,30 @@ def test_a_reload_from_an_emptied_config_file_keeps_the_running_config(running: 
     status = json.loads(running.cli("status", "--json").stdout)
     assert status["generation"] == 1, "the empty file was loaded: the gateway now has no routes"
     assert out.returncode == 2 and str(running.config) in out.stderr
+
+
+@pytest.fixture(params=["admin", "bus"])
+def sharing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, GatewayNode, GatewayNode]]:
+    """Two gateways with their own listen, status port and pid file, and one admin (or bus) endpoint between them."""
+    endpoint = f"ipc://{tmp_path}/shared/{request.param}.sock"
+    first = gateway_node(tmp_path / "first", **{request.param: endpoint})
+    second = gateway_node(tmp_path / "second", **{request.param: endpoint})
+    try:
+        yield request.param, first, second
+    finally:
+        second.cleanup()
+        first.cleanup()
+
+
+def test_a_second_start_on_the_ipc_endpoint_of_a_running_gateway_is_refused(sharing):
+    """Its socket file was taken for a stale one and replaced: `status` of the first then answered for the second
+    (an operations review). A live endpoint is refused, naming the gateway that holds it."""
+    setting, first, second = sharing
+    assert first.cli("start", "--config", str(first.config), timeout=40).returncode == 0, first.log()[-2000:]
+    first_pid = first.root_pid()
+    out = second.cli("start", "--config", str(second.config), timeout=40)
+    status = json.loads(first.cli("status", "--json", "--config", str(first.config)).stdout or "{}")
+    assert status.get("pid") == first_pid
+    assert out.returncode == 1
+    assert f"gateway.{setting}" in out.stderr and f"gateway pid {first_pid}" in out.stderr
+

@@ -15,6 +15,7 @@ import trio
 import zmq
 
 from gateway.bus.admin_protocol import AdminProtocolError, AdminReply, AdminRequest, decode_request, encode_reply
+from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.zmq_trio import TrioSocket
 
 log = logging.getLogger("gateway.admin")
@@ -40,6 +41,9 @@ def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     old = os.umask(0o177)
     try:
         if os.path.exists(path):
+            holder = listener_pid(path)
+            if holder is not None:  # (binding would take the endpoint from a running gateway)
+                raise ValueError(in_use(endpoint, holder, "gateway.admin"))
             os.unlink(path)  # a stale socket file from a previous run
         sock.bind(endpoint)
         os.chmod(path, 0o600)

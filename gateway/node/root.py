@@ -1,6 +1,7 @@
 """The root process (`gateway start --foreground`): the supervision tree, listener slots, signals, admin endpoint.
 
-SIGTERM/SIGINT/SIGQUIT (nginx's and `kong quit`'s graceful stop) or admin `stop`: graceful stop (workers drain); a second one forces it (workers are killed).
+SIGTERM/SIGINT/SIGQUIT (SIGQUIT: nginx's and `kong quit`'s graceful stop) or admin `stop`: graceful stop (workers
+drain); a second one forces it (workers are killed).
 SIGHUP or admin `reload`: re-read and validate the config; a bad one is rejected and the running generation keeps
 serving untouched; a good one starts generation G+1 on the same listener slots, then retires G, whose workers
 finish their in-flight requests and SSE streams (up to drain_timeout).
@@ -23,7 +24,9 @@ import zmq
 from gateway import __version__
 from gateway.bus.admin_protocol import AdminRequest
 from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
+from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
+from gateway.bus.protocol import pub_endpoint
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.config.document import read_text
 from gateway.config.tls import listen_flags, status_options
@@ -31,6 +34,7 @@ from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
 from gateway.node.files import PID_MODE, make_run_dir, write_atomically
+from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint
 from gateway.node.slots import ListenerSlots
@@ -120,7 +124,14 @@ class Node:
             self.slots.close()
             ctx.term()
             raise StartupError(f"gateway.admin: cannot bind {gw.admin}: {e}") from None
-        self.keeper = KeeperLink(ctx, absolute_endpoint(gw.bus))
+        bus = absolute_endpoint(gw.bus)
+        for endpoint in (bus, pub_endpoint(bus)):  # (the keeper would take them from a running gateway's keeper)
+            if endpoint.startswith("ipc://") and (holder := listener_pid(endpoint[len("ipc://"):])) is not None:
+                admin.close(linger=0)
+                self.slots.close()
+                ctx.term()
+                raise StartupError(f"gateway.bus: {in_use(endpoint, _root_of(holder), 'gateway.bus')}")
+        self.keeper = KeeperLink(ctx, bus)
         os.environ[ROOT_PID_ENV] = str(os.getpid())  # children check it is their parent (orphan.py)
         self.fork_server = ForkServer()
         try:
@@ -454,6 +465,22 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _root_of(pid: int) -> int:
+    """The gateway root above `pid` (a state keeper's parent, say), or `pid` itself when there is none."""
+    above = pid
+    for _ in range(4):
+        if is_gateway(above):
+            return above
+        try:
+            with open(f"/proc/{above}/stat", "rb") as f:
+                above = int(f.read().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            return pid
+        if above <= 1:
+            return pid
+    return pid
 
 
 def descendants(pid: int) -> list[int]:
