@@ -392,3 +392,29 @@ def test_a_second_start_on_the_ipc_endpoint_of_a_running_gateway_is_refused(shar
     assert out.returncode == 1
     assert f"gateway.{setting}" in out.stderr and f"gateway pid {first_pid}" in out.stderr
 
+
+@pytest.fixture
+def roommates(tmp_path: Path) -> Iterator[tuple[GatewayNode, GatewayNode]]:
+    """Two gateways with their own listen, status, pid file, admin and bus; their pid files in one directory."""
+    run = tmp_path / "run"
+    nodes = [gateway_node(tmp_path / name, pid_file=f"{run}/{name}.pid", admin=f"ipc://{run}/{name}-admin.sock",
+                          bus=f"ipc://{run}/{name}-bus.sock", log_file=f"{run}/{name}.log") for name in ("a", "b")]
+    try:
+        yield nodes[0], nodes[1]
+    finally:
+        for node, name in ((nodes[1], "b"), (nodes[0], "a")):
+            node.root = int((run / f"{name}.pid").read_text()) if (run / f"{name}.pid").exists() else None
+            node.cleanup()
+
+
+def test_a_second_gateway_in_a_run_directory_in_use_is_refused(roommates):
+    """Its config snapshots there have fixed names: a second gateway overwrote the first one's, and removed them as
+    it stopped, so the first could not restart a worker and exited (an operations review). Kong: "Kong is already
+    running in <prefix>"."""
+    first, second = roommates
+    assert first.cli("start", "--config", str(first.config), timeout=40).returncode == 0
+    out = second.cli("start", "--config", str(second.config), timeout=40)
+    assert out.returncode == 1
+    first_pid = int((first.dir.parent / "run" / "a.pid").read_text())
+    assert f"is in use by gateway pid {first_pid}" in out.stderr, out.stderr
+

@@ -7,6 +7,8 @@ read as config). Files are replaced atomically, through a new temporary file tha
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import logging
 import os
 import stat
@@ -28,6 +30,27 @@ def make_run_dir(path: str) -> str:
         log.warning("%s is writable by every user: anyone could replace the gateway's files in it; "
                     "use a directory only this user can write to (chmod 750)", path)
     return path
+
+
+LOCK_NAME = "gateway.lock"
+
+
+def lock_run_dir(path: str) -> int:
+    """Hold the run directory for this process (a file lock the kernel drops when it dies, however): its config
+    snapshots and sockets are one gateway's. Returns the lock's fd, kept open for the process's life; raises
+    OSError naming the gateway that holds it (Kong: "Kong is already running in <prefix>")."""
+    lock = os.path.join(path, LOCK_NAME)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, PRIVATE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+        os.close(fd)
+        raise OSError(errno.EBUSY, f"the run directory {path} (the pid file's) is in use by gateway pid "
+                      f"{holder or '?'}; give this gateway a pid_file in a directory of its own") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def write_atomically(path: str, text: str, mode: int = PRIVATE_MODE) -> None:

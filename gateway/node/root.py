@@ -33,7 +33,7 @@ from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
-from gateway.node.files import PID_MODE, make_run_dir, write_atomically
+from gateway.node.files import PID_MODE, lock_run_dir, make_run_dir, write_atomically
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint
@@ -110,6 +110,10 @@ class Node:
         self.config = config
         gw = config.gateway
         self.run_dir = make_run_dir(os.path.dirname(os.path.abspath(gw.pid_file)))
+        try:
+            self._run_lock = lock_run_dir(self.run_dir)  # held until this process ends
+        except OSError as e:
+            raise StartupError(str(e.strerror or e)) from None
         count = self.worker_count(config)
         self.metrics_dir = prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit it
         install_restart_counter()  # gateway_supervisor_restarts_total, from the supervisor's reports
