@@ -55,7 +55,7 @@ def _read_gateway_block(path: str) -> tuple[dict[str, str], str | None]:
         return {"pid_file": gw.pid_file, "admin": gw.admin, "log_file": gw.log_file}, None
     except ConfigError as e:
         problems = e.messages
-    hint = "pass --pid-file (and --admin) to name the running gateway"
+    hint = "pass --pid-file (and, to status or reload, --admin) to name the running gateway"
     try:
         with open(path, encoding="utf-8") as f:
             doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
