@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from e2e_helpers import GatewayNode
-from test_cli_failures import gateway_node
+from test_cli_failures import node  # noqa: F401  (the one-gateway fixture, stopped after the test)
 
 SLOW_S = 2.0  # the backend's answer time: a request is in flight when the signal comes
 
@@ -87,16 +87,7 @@ def test_a_signal_to_the_process_group_reaches_the_root_alone_and_cuts_no_reques
     assert codes == [200]
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[GatewayNode]:
-    gw = gateway_node(tmp_path / "gw")
-    try:
-        yield gw
-    finally:
-        gw.cleanup()
-
-
-def test_sigquit_to_the_root_is_a_graceful_stop_as_in_nginx_and_kong(node):
+def test_sigquit_to_the_root_is_a_graceful_stop_as_in_nginx_and_kong(node):  # noqa: F811
     assert node.cli("start", "--config", str(node.config), timeout=40).returncode == 0
     root = node.root_pid()
     assert root is not None
