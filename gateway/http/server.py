@@ -51,6 +51,7 @@ from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import SHED, TIMEOUTS
 
 log = logging.getLogger("gateway.http")
+CLIENT_GONE_LOG = "client %s closed the connection while its request waited on the upstream: 499"
 
 # accept() errors that mean "out of a resource", where backing off beats crashing (trio's list)
 ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -567,6 +568,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     last_request = settings.keepalive_requests
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
+    timer.client = conn
     timers = connections.timers
     timers.add(timer)
     served = 0
@@ -646,6 +648,10 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
     """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole."""
     phase = timer.phase
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
+    if timer.gone:  # not a timeout: the sweeper saw the client leave (gateway.http.timers)
+        log.info(CLIENT_GONE_LOG, conn.peer)
+        conn.abort()
+        return
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
         await _refuse(conn, codec, timer, settings, 408, *codec.request_line_so_far())

@@ -1,5 +1,5 @@
 """Coarse per-connection timers: one cancel scope per connection, expired by a sweeper that wakes when the earliest
-deadline is due, at most every TIMER_RESOLUTION_S and at least every IDLE_SWEEP_S.
+deadline is due, at most every TIMER_RESOLUTION_S and at least every CLIENT_CHECK_S.
 
 Trio's deadlines update a heap on every change, and a proxy changes its deadline several times per request:
 measured, that cost a quarter of a worker's throughput. Like nginx's timer_resolution, we trade precision
@@ -7,12 +7,19 @@ measured, that cost a quarter of a worker's throughput. Like nginx's timer_resol
 scope is cancelled; `phase` (and `detail`) tell the connection loop what timed out, so it can answer 408 or 504. A
 try that may be retried registers its upstream connection instead: the timer closes that, and the forwarder moves on.
 
-The sweeper does not walk every connection: timers wait in a min-heap by the deadline they were queued under, and
+Expiring does not walk every connection: timers wait in a min-heap by the deadline they were queued under, and
 a phase change pushes an entry only when it brings the deadline earlier than that (lazy deletion: an entry whose
 time is no longer the timer's queued time is stale and dropped when popped; a popped timer whose deadline moved
 later is queued again). So a request costs a comparison or two, and a sweep looks only at what is due: tens of
-thousands of idle streams (no deadline) cost nothing, and an idle worker's sweeper wakes once a second, not ten
+thousands of idle streams (no deadline) cost nothing, and an idle worker's sweeper wakes twice a second, not ten
 times (a push of a deadline earlier than the sweeper's next wake-up wakes it).
+
+The sweeper also does what nginx's ngx_http_upstream_check_broken_connection does with proxy_ignore_client_abort
+off (Kong's setting): every CLIENT_CHECK_S it walks the live connections and peeks at the client of each one that
+waits on its upstream (for the response head, or for more of its body: one recv(MSG_PEEK) each). A client that
+closed or reset ends its request there: the upstream connection is closed (its server stops working for no one, a
+least-connections count is given back) and the log says 499. Relayed streams have a watch of their own
+(gateway.pipeline.streamwatch).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Protocol
 import trio
 
 TIMER_RESOLUTION_S = 0.1
-IDLE_SWEEP_S = 1.0
+CLIENT_CHECK_S = 0.5
 
 
 def run_clock() -> Callable[[], float]:
@@ -43,6 +50,10 @@ class Closable(Protocol):
     def close(self) -> None: ...
 
 
+class Client(Protocol):
+    def peer_closed(self) -> bool | None: ...
+
+
 class Phase(enum.IntEnum):
     NEW = 0  # accepted, no byte yet
     HEAD = 1  # part of a request head has arrived
@@ -55,10 +66,13 @@ class Phase(enum.IntEnum):
     CLIENT_WRITE = 8  # a write to the client waits for it to read (send_timeout_s, as nginx's send_timeout)
 
 
+_WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)
+
+
 class ConnTimer:
     """The deadline of one connection's current phase; `at` is on Trio's clock, math.inf for none."""
 
-    __slots__ = ("scope", "at", "phase", "detail", "exchange", "queued", "timers", "upstream")
+    __slots__ = ("scope", "at", "phase", "detail", "exchange", "queued", "timers", "upstream", "client", "gone")
 
     def __init__(self, at: float, phase: Phase) -> None:
         self.scope = trio.CancelScope()
@@ -71,6 +85,10 @@ class ConnTimer:
         # A try that may go to another target (nginx's proxy_next_upstream timeout): its upstream connection, which
         # the timer closes instead of cancelling the whole client connection; the forwarder sees why and moves on.
         self.upstream: Closable | None = None
+        self.client: Client | None = None  # the client connection, looked at while it waits on its upstream
+        # Not a timeout: the client closed while its request waited on the upstream (nginx's 499). Apart from
+        # `phase`, which the cancelled task may still set before it reaches its next checkpoint.
+        self.gone = False
 
     def set(self, seconds: float, phase: Phase, detail: tuple[str, float] | None = None) -> None:
         timers = self.timers
@@ -173,13 +191,29 @@ class Timers:
                 self.push(timer, timer.at)  # its deadline moved later meanwhile
         return fired
 
+    def check_clients(self) -> int:
+        """End the requests whose client closed while they wait on the upstream (see the module's docstring);
+        returns how many. A client that sent bytes instead (a pipelined request) is left alone, as nginx does."""
+        gone = 0
+        for timer in self.live:
+            if timer.phase in _WAITING_ON_UPSTREAM and timer.client is not None and timer.client.peer_closed():
+                timer.gone = True
+                timer.upstream = None
+                timer.scope.cancel()
+                gone += 1
+        return gone
+
     async def expire_forever(self) -> None:
         heap = self._heap
         self.clock = run_clock()
+        check_at = trio.current_time() + CLIENT_CHECK_S
         while True:
             now = trio.current_time()
             self.expire(now)
-            at = min(heap[0][0] if heap else math.inf, now + IDLE_SWEEP_S)
+            if now >= check_at:
+                self.check_clients()
+                check_at = now + CLIENT_CHECK_S
+            at = min(heap[0][0] if heap else math.inf, check_at)
             self._wake_at = at = max(at, now + TIMER_RESOLUTION_S)
             self._wake = alarm = trio.Event()
             with trio.move_on_at(at):

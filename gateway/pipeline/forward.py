@@ -329,7 +329,7 @@ class Forwarder:
             uc.close()
             timer = ex.timer
             timer.upstream = None
-            timed_out = timer.phase in _TRY_PHASES and timer.at <= trio.current_time()
+            timed_out = timer.phase in _TRY_PHASES and timer.at <= trio.current_time() and not timer.gone
             self._finished(attempt, False, TIMEOUT if timed_out else 0)
             raise
 

@@ -99,7 +99,7 @@ class LogPhase:
 def _closing_status(ex: Exchange, now: float) -> int:
     """The status of a request that ended without a response from the handler (see the module's docstring)."""
     timer = ex.timer
-    if timer.at <= now:
+    if timer.at <= now and not timer.gone:
         if timer.phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ):
             return 504
         if timer.phase == Phase.CLIENT_BODY:

@@ -8,7 +8,7 @@ import math
 import trio
 import trio.testing
 
-from gateway.http.timers import TIMER_RESOLUTION_S, ConnTimer, Phase, Timers
+from gateway.http.timers import CLIENT_CHECK_S, TIMER_RESOLUTION_S, ConnTimer, Phase, Timers
 
 
 def run(fn):  # noqa: ANN001, ANN201
@@ -173,14 +173,14 @@ class CountingTimers(Timers):
         return super().expire(now)
 
 
-def test_an_idle_sweeper_wakes_once_a_second():
+def test_an_idle_sweeper_wakes_every_client_check_interval():
     async def main() -> None:
         timers = CountingTimers()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(timers.expire_forever)
             await trio.sleep(10.05)
             nursery.cancel_scope.cancel()
-        assert timers.sweeps == 11  # at 0, 1, ..., 10
+        assert CLIENT_CHECK_S == 0.5 and timers.sweeps == 21  # at 0, 0.5, ..., 10
 
     run_autojump(main)
 
@@ -190,14 +190,14 @@ def test_a_deadline_set_while_the_sweeper_idles_wakes_it_and_fires_within_the_re
         timers = CountingTimers()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(timers.expire_forever)
-            await trio.sleep(0.5)  # the sweeper now sleeps until 1.0
+            await trio.sleep(0.6)  # the sweeper now sleeps until 1.0
             timer = ConnTimer(math.inf, Phase.BUSY)
             timers.add(timer)
             timer.set(0.25, Phase.UPSTREAM_READ)
             with timer.scope:
                 await trio.sleep(100)
             assert timer.scope.cancelled_caught
-            assert 0.75 <= trio.current_time() <= 0.75 + TIMER_RESOLUTION_S
+            assert 0.85 <= trio.current_time() <= 0.85 + TIMER_RESOLUTION_S
             nursery.cancel_scope.cancel()
 
     run_autojump(main)
@@ -215,5 +215,82 @@ def test_a_sweeper_under_many_deadlines_sweeps_at_most_every_resolution():
             await trio.sleep(1.005)
             nursery.cancel_scope.cancel()
         assert timers.sweeps <= 1 + 1.005 / TIMER_RESOLUTION_S + 1
+
+    run_autojump(main)
+
+
+class _Client:
+    """A client connection as the sweeper sees it: what a peek at its socket would say."""
+
+    def __init__(self, closed: bool | None) -> None:
+        self.closed = closed
+        self.peeks = 0
+
+    def peer_closed(self) -> bool | None:
+        self.peeks += 1
+        return self.closed
+
+
+def _waiting(timers: Timers, phase: Phase, closed: bool | None) -> ConnTimer:
+    timer = ConnTimer(math.inf, Phase.BUSY)
+    timers.add(timer)
+    timer.set(60, phase)
+    timer.client = _Client(closed)
+    return timer
+
+
+def test_a_client_that_closed_while_its_request_waits_for_the_upstream_ends_the_request():
+    async def main() -> None:
+        timers = Timers()
+        head, body = _waiting(timers, Phase.UPSTREAM_READ, True), _waiting(timers, Phase.UPSTREAM_BODY, True)
+        assert timers.check_clients() == 2
+        for timer in (head, body):
+            assert timer.scope.cancel_called and timer.gone
+
+    run(main)
+
+
+def test_a_client_that_sent_bytes_or_nothing_while_waiting_is_left_alone():
+    async def main() -> None:
+        timers = Timers()
+        pipelined, quiet = _waiting(timers, Phase.UPSTREAM_READ, False), _waiting(timers, Phase.UPSTREAM_READ, None)
+        assert timers.check_clients() == 0
+        assert not pipelined.scope.cancel_called and not quiet.scope.cancel_called
+        assert not pipelined.gone and not quiet.gone
+
+    run(main)
+
+
+def test_a_client_not_waiting_on_its_upstream_is_not_looked_at():
+    async def main() -> None:
+        timers = Timers()
+        others = [_waiting(timers, phase, True) for phase in Phase
+                  if phase not in (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)]
+        assert timers.check_clients() == 0
+        assert all(timer.client.peeks == 0 and not timer.scope.cancel_called for timer in others)  # type: ignore[union-attr]
+
+    run(main)
+
+
+def test_a_gone_client_of_a_retryable_try_cancels_the_connection_not_just_the_try():
+    async def main() -> None:
+        timers = Timers()
+        timer = _waiting(timers, Phase.UPSTREAM_READ, True)
+        timer.upstream = object()  # type: ignore[assignment]
+        assert timers.check_clients() == 1
+        assert timer.scope.cancel_called and timer.upstream is None
+
+    run(main)
+
+
+def test_the_sweeper_looks_at_waiting_clients_every_client_check_interval():
+    async def main() -> None:
+        timers = Timers()
+        timer = _waiting(timers, Phase.UPSTREAM_READ, None)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timers.expire_forever)
+            await trio.sleep(CLIENT_CHECK_S * 4 + 0.01)
+            nursery.cancel_scope.cancel()
+        assert timer.client.peeks == 4  # type: ignore[union-attr]
 
     run_autojump(main)
