@@ -600,7 +600,8 @@ def raised(e: BaseException) -> str:
 _SEGMENT = r"[^\s:.\[\]]+(?:\[(?:\d+|\.\.\.)\])*"
 _FIELD = rf"{_SEGMENT}(?:\.{_SEGMENT})*"
 _FIELD_MESSAGE = re.compile(rf"{_FIELD}(?: and {_FIELD})?(?:: \S| is |\.| must )")
-_DOCUMENT_MESSAGE = re.compile(r"(?:not UTF-8 text: |the document must be a mapping|YAML (?:syntax )?error: )")
+_DOCUMENT_MESSAGE = re.compile(r"(?:not UTF-8 text: |the document must be a mapping|YAML (?:syntax )?error: "
+                               r"|the file holds no YAML document)")
 _CONTRADICTION = re.compile(r": expected (.+), got \1$")
 
 
