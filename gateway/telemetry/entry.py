@@ -133,17 +133,19 @@ class Entry:
         return self.ex.route
 
     def latencies(self) -> tuple[float, float, float, float]:
-        """(kong, proxy, request, receive) in ms; proxy is -1 when no target answered."""
+        """(kong, proxy, request, receive) in ms, as Kong's: kong until the last try went out, proxy from then until
+        its head came, or the try failed (a 502, a 504: Kong's waiting time ends at its error page), or the client
+        left; -1 when nothing was proxied (a plugin or the router answered)."""
         lat = self._latencies
         if lat is None:
             started, ended = self.started, self.ended
             request = (ended - started) * 1000.0
             tries = self.ex.tries
-            last = tries[-1] if tries else None
-            head = last.head_at if last is not None else 0.0
-            if head:
-                lat = ((last.started - started) * 1000.0, (head - last.started) * 1000.0, request,  # type: ignore
-                       (ended - head) * 1000.0)
+            if tries:
+                last = tries[-1]
+                waited = last.head_at or last.ended or ended
+                lat = ((last.started - started) * 1000.0, (waited - last.started) * 1000.0, request,
+                       (ended - waited) * 1000.0)
             else:
                 lat = (request, -1.0, request, 0.0)
             self._latencies = lat
@@ -193,7 +195,7 @@ class Entry:
         upstream_uri = upstream_status = ""
         if tries:
             upstream_uri = tries[-1].uri.decode("utf-8", "replace")
-            upstream_status = _upstream_status(tries)
+            upstream_status = _upstream_status(tries, self.status)
         elif state and (path := state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
             # adds the "?" of the client's empty query, or the arguments
             upstream_uri = _text(path + b"?" + query if query or uri[-1:] == b"?" else path)
@@ -390,12 +392,14 @@ def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[_Try]
     return out
 
 
-def _upstream_status(tries: list[Any]) -> str:
-    """nginx's $upstream_status: each try's outcome, ", "-separated (none for a try the client left)."""
+def _upstream_status(tries: list[Any], status: int) -> str:
+    """nginx's $upstream_status: each try's outcome, ", "-separated (none for a try the client left before its
+    head). A try whose head came says the head's status (the one relayed), also when its body was then cut."""
     if len(tries) == 1:
-        code = tries[0].code
+        last = tries[0]
+        code = status if last.head_at else last.code
         return str(_status_of(code)) if code else ""
-    return ", ".join([str(_status_of(t.code)) for t in tries if t.code])
+    return ", ".join([str(status if t.head_at else _status_of(t.code)) for t in tries if t.head_at or t.code])
 
 def _tls(tls: Any) -> dict[str, Any]:
     """Kong's request.tls: the TLS version and cipher as nginx names them (OpenSSL's names), and $ssl_client_verify

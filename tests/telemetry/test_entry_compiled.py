@@ -68,11 +68,11 @@ class ReferenceEntry:
             started, ended = self.started, self.ended
             request = (ended - started) * 1000.0
             tries = self.ex.tries
-            last = tries[-1] if tries else None
-            head = last.head_at if last is not None else 0.0
-            if head:
-                lat = ((last.started - started) * 1000.0, (head - last.started) * 1000.0, request,  # type: ignore
-                       (ended - head) * 1000.0)
+            if tries:  # changed since the freeze (2026-12-05): a failed last try's wait is proxy, as Kong's
+                last = tries[-1]
+                waited = last.head_at or last.ended or ended
+                lat = ((last.started - started) * 1000.0, (waited - last.started) * 1000.0, request,
+                       (ended - waited) * 1000.0)
             else:
                 lat = (request, -1.0, request, 0.0)
             self._latencies = lat
@@ -150,7 +150,9 @@ class ReferenceEntry:
             doc["tries"] = _tries(tries, self.wall, self.status, ex.route)
             last = tries[-1]
             doc["upstream_uri"] = _text(last.uri)
-            doc["upstream_status"] = ", ".join(str(_status_of(t.code)) for t in tries if t.code)
+            # changed since the freeze (2026-12-05): a try whose head came says the head's status
+            doc["upstream_status"] = ", ".join(str(self.status if t.head_at else _status_of(t.code))
+                                               for t in tries if t.head_at or t.code)
         elif ex.state and (path := ex.state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
             query = req.target.partition(b"?")[2]  # adds the "?" of the client's empty query, or the arguments
             doc["upstream_uri"] = _text(path + b"?" + query if query or ex.request_uri()[-1:] == b"?" else path)
@@ -383,10 +385,11 @@ def response_lines(draw: Any) -> bytes:
 
 
 _ATTEMPT = st.builds(
-    lambda ip, port, started, head, code, uri: SimpleNamespace(
-        target=SimpleNamespace(key=(ip, port)), started=started, head_at=head, code=code, uri=uri),
+    lambda ip, port, started, head, ended, code, uri: SimpleNamespace(
+        target=SimpleNamespace(key=(ip, port)), started=started, head_at=head, ended=ended, code=code, uri=uri),
     st.sampled_from(["127.0.0.1", "::1", "10.0.0.7"]), st.integers(1, 65535), st.floats(9.0, 11.0),
-    st.one_of(st.just(0.0), st.floats(10.0, 11.0)), st.sampled_from([0, 200, 204, 404, 502, 503, -1, -2]),
+    st.one_of(st.just(0.0), st.floats(10.0, 11.0)), st.one_of(st.just(0.0), st.floats(10.0, 11.5)),
+    st.sampled_from([0, 200, 204, 404, 502, 503, -1, -2]),
     st.one_of(st.sampled_from([b"/", b"/up?x=1", b"/\xff"]), _TEXT))
 
 _ROUTE = st.one_of(st.none(), st.builds(
@@ -521,7 +524,7 @@ def test_the_bench_request() -> None:
                                                      service_json=msgspec.Raw(b'{"id":"s"}')),
                                service=SimpleNamespace(retries=5))
     ex.tries = [SimpleNamespace(target=SimpleNamespace(key=("127.0.0.1", 9000)), started=10.1, head_at=10.2,
-                                code=200, uri=b"/")]
+                                ended=10.3, code=200, uri=b"/")]
     ex.response_headers = [(b"content-type", b"application/json"), (b"content-length", b"86")]
     ex.response_lines = (b"X-Kong-Upstream-Latency: 1\r\nX-Kong-Proxy-Latency: 0\r\nX-Kong-Request-Id: "
                          b"6f1d2b0c4a9e4e7f8c3b2a1d0e9f8a7b\r\nVia: 1.1 kong/3.9.1\r\nServer: kong/3.9.1\r\n")

@@ -51,7 +51,7 @@ def _route(retries: int = 5) -> Any:
 
 def _attempt(code: int, head: bool) -> Any:
     return SimpleNamespace(target=SimpleNamespace(key=("127.0.0.1", 8080)), started=10.1, head_at=10.2 if head else 0.0,
-                           code=code, uri=b"/up")
+                           ended=10.2, code=code, uri=b"/up")
 
 
 def _directory() -> Directory:

@@ -4,9 +4,10 @@ request in the shape of Kong's serializer, proxied or answered by the gateway it
 from __future__ import annotations
 
 import json
+import socket
 
 import trio
-from backends import EchoBackend, parse_raw_response, raw_exchange, request, service
+from backends import BadBackend, EchoBackend, parse_raw_response, raw_exchange, request, service
 
 TIMEOUT = 10
 
@@ -189,3 +190,46 @@ async def test_a_connection_that_sends_nothing_is_closed_unanswered_and_unlogged
     assert parse_raw_response(received)[0] == 408
     (line,) = await log_lines(access, 1)
     assert line["response"]["status"] == 408
+
+
+async def test_an_upstream_read_timeout_is_logged_as_waiting_time_not_gateway_latency(nursery, gateway, tmp_path):
+    # Kong (init.lua): latencies.kong ends as the last try goes out, latencies.proxy is its waiting time until the
+    # error page (KONG_WAITING_TIME), also when no head came
+    hang = BadBackend("hang")
+    await nursery.start(hang.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("slow", f"http://127.0.0.1:{hang.port}", retries=0,
+                                               read_timeout=400)]}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/")).status == 504
+    latencies = (await log_lines(log, 1))[0]["latencies"]
+    assert latencies["proxy"] >= 350 and latencies["kong"] < 100, latencies
+
+
+async def test_a_response_the_upstream_cut_is_logged_with_the_status_its_head_gave(nursery, gateway, tmp_path):
+    # nginx's $upstream_status is the status line's, kept when the body is cut later
+    cut = BadBackend("truncate")  # 200, Content-Length 1000, 10 bytes, close
+    await nursery.start(cut.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{cut.port}", retries=0)]},
+                         access_log=str(log))
+    await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n")
+    (line,) = await log_lines(log, 1)
+    assert (line["response"]["status"], line["upstream_status"]) == (200, "200")
+
+
+async def test_a_client_gone_mid_body_is_logged_with_the_upstreams_status(nursery, gateway, tmp_path):
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")]}, access_log=str(log))
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await stream.send_all(b"GET /?bytes=20000000 HTTP/1.1\r\nHost: gw\r\n\r\n")
+    received = 0
+    with trio.fail_after(TIMEOUT):
+        while received < 100_000:
+            received += len(await stream.receive_some(65536))
+    await trio.aclose_forcefully(stream)
+    (line,) = await log_lines(log, 1)
+    assert (line["response"]["status"], line["upstream_status"]) == (200, "200")

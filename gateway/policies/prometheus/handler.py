@@ -45,11 +45,11 @@ class Prometheus:
         if self.latency:
             obs.starts.append(started)
             obs.ends.append(ended)
-            if head:
-                sent = tries[-1].started
-                obs.kong_ends.append(sent)
-                obs.sents.append(sent)
-                obs.heads.append(head)
+            if tries:  # proxied: Kong's upstream latency is its waiting time, also when the try failed (a 504)
+                last = tries[-1]
+                obs.kong_ends.append(last.started)
+                obs.sents.append(last.started)
+                obs.heads.append(head or last.ended or ended)
             else:
                 obs.kong_ends.append(ended)
 
