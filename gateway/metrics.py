@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from bisect import bisect_left
@@ -113,6 +114,23 @@ MCP_SESSIONS = Counter("gateway_mcp_sessions_opened_total", "MCP sessions an ups
                        "(a response carrying a new Mcp-Session-Id), by route", ["route"])
 MCP_TOOL_CALLS = Counter("gateway_mcp_tool_calls_total", "MCP tools/call requests by tool and outcome (ok: a 2xx "
                          "answer, else the status code)", ["tool", "outcome"])
+# The tool label comes from what clients send: so that they cannot mint a series per request, a process labels the
+# first MAX_TOOL_LABELS names it sees that have the shape the MCP spec gives tool names (1 to 128 of A-Z a-z 0-9
+# _ - .); any other name counts as OTHER_TOOL.
+MAX_TOOL_LABELS = 256
+OTHER_TOOL = "(other)"  # not a tool name's shape: no tool can be mistaken for it
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_tool_labels: set[str] = set()
+
+
+def tool_label(name: str) -> str:
+    """The `tool` label of a tools/call for `name` (see MAX_TOOL_LABELS)."""
+    if name in _tool_labels:
+        return name
+    if len(_tool_labels) < MAX_TOOL_LABELS and _TOOL_NAME.fullmatch(name):
+        _tool_labels.add(name)
+        return name
+    return OTHER_TOOL
 
 HistogramRow = list  # per label set: counts per bucket (the last is +Inf), then the sum
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.http.server import Exchange
 from gateway.http.timers import Phase, run_clock
-from gateway.metrics import MCP_TOOL_CALLS, METRIC_ERRORS, RECORDER, Recorder, TargetObservations
+from gateway.metrics import MCP_TOOL_CALLS, METRIC_ERRORS, RECORDER, Recorder, TargetObservations, tool_label
 from gateway.telemetry.entry import Entry
 from gateway.telemetry.lines import LineWriter
 
@@ -79,7 +79,8 @@ class LogPhase:
             if mcp is not None:
                 info = mcp.info
                 if info is not None and info.method == "tools/call" and info.name is not None:
-                    rec.counts[(MCP_TOOL_CALLS, (info.name, "ok" if 200 <= status < 300 else str(status)))] += 1
+                    outcome = "ok" if 200 <= status < 300 else str(status)
+                    rec.counts[(MCP_TOOL_CALLS, (tool_label(info.name), outcome))] += 1
             entry = None
             for logger in loggers:
                 if logger.entries:

@@ -3,21 +3,28 @@ from the supervisor's reports, and the prometheus plugin's switches."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 
+import pytest
 import trio
+from backends import Client, EchoBackend
 from prometheus_client import CollectorRegistry, Histogram
 
+from gateway import metrics
 from gateway.http.codec import Request
 from gateway.metrics import (
+    MCP_TOOL_CALLS,
+    OTHER_TOOL,
     RECORDER,
     SUPERVISOR_RESTARTS,
     Recorder,
     add_observations,
     head_size,
     sweep_dead_processes,
+    tool_label,
 )
 from gateway.status.collect import gateway_registry
 from gateway.telemetry.supervision import install_restart_counter
@@ -141,3 +148,45 @@ def test_a_heads_size_is_the_bytes_the_client_sent_for_it():
     wire = b"POST /mcp HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n"
     request = Request(b"POST", b"/mcp", [(b"host", b"a"), (b"content-length", b"2")], b"1.1", True, b"a", False)
     assert head_size(request) == len(wire)
+
+
+@pytest.fixture
+def fresh_tool_labels(monkeypatch):  # noqa: ANN001,ANN201
+    monkeypatch.setattr(metrics, "_tool_labels", set())
+    monkeypatch.setattr(metrics, "MAX_TOOL_LABELS", 3)
+
+
+def test_a_tool_name_is_its_own_label(fresh_tool_labels):
+    assert [tool_label(name) for name in ("get_weather", "fs.read-file", "get_weather")] == \
+        ["get_weather", "fs.read-file", "get_weather"]
+
+
+def test_a_name_not_shaped_as_a_tool_name_counts_as_other(fresh_tool_labels):
+    for name in ("", "a b", "x" * 129, "tool/with/slash", "naïve", '"quoted"'):
+        assert tool_label(name) == OTHER_TOOL, name
+
+
+def test_names_past_the_bound_count_as_other_and_the_first_keep_their_labels(fresh_tool_labels):
+    assert [tool_label(f"t{i}") for i in range(5)] == ["t0", "t1", "t2", OTHER_TOOL, OTHER_TOOL]
+    assert tool_label("t1") == "t1"
+
+
+async def test_tools_calls_are_counted_by_tool_and_clients_cannot_mint_series(nursery, gateway, fresh_tool_labels):
+    backend = EchoBackend()  # answers every POST 200
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [{"name": "mcp", "url": f"http://127.0.0.1:{backend.port}", "routes": [
+        {"name": "mcp", "paths": ["/mcp"], "strip_path": False, "mcp": True}]}]})
+    RECORDER.flush()
+    before = {key: child._value.get() for key, child in MCP_TOOL_CALLS._metrics.items()}
+    headers = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
+    async with await Client.connect(port, host="localhost") as client:
+        with trio.fail_after(30):
+            for i in range(20):
+                body = json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+                                   "params": {"name": f"tool-{i}", "arguments": {}}}).encode()
+                named = [*headers, ("mcp-method", "tools/call"), ("mcp-name", f"tool-{i}")]  # read by the gateway
+                assert (await client.request("POST", "/mcp", named, body)).status == 200
+    RECORDER.flush()
+    added = {key[0]: child._value.get() - before.get(key, 0) for key, child in MCP_TOOL_CALLS._metrics.items()
+             if key[1] == "ok" and child._value.get() != before.get(key, 0)}
+    assert added == {"tool-0": 1, "tool-1": 1, "tool-2": 1, OTHER_TOOL: 17}
