@@ -695,6 +695,28 @@ async def test_drained_target_gets_no_new_requests_and_finishes_in_flight_ones(b
            load_ok=sum(r.ok for r in results), per_worker_after_enable=enabled)
 
 
+async def test_a_retry_does_not_go_to_a_target_drained_after_its_request_started(backends, gateway, nursery) -> None:
+    """Kong asks its balancer again for every try: a try after a drain picks from the targets as they are then."""
+    a, b = await backends("a", "b")
+    for backend in (a, b):
+        backend.delay = 60.0  # accepts and never answers within read_timeout
+    gw = gateway({"upstreams": [upstream("pool", [a, b], algorithm="round-robin")],
+                  "services": [{**service("pool"), "retries": 3, "read_timeout": 800}]})
+    await gw.start(workers=1)
+    reply: dict[str, Any] = {}
+
+    async def slow_get() -> None:
+        reply["status"] = (await request(gw.port, "GET", "/x", timeout=30)).status
+
+    nursery.start_soon(slow_get)
+    await wait_for(lambda: a.hits + b.hits == 1, 5, interval=0.01, what="the first try arrived")
+    await gw.admin("targets", action="drain", target=f"pool|{b.target}")
+    before = b.hits  # (the admin call takes well under a try)
+    await wait_for(lambda: "status" in reply, 20, what="the request ended")
+    assert reply["status"] == 504 and a.hits + b.hits == 4
+    assert b.hits == before, f"the drained target got {b.hits - before} tries after its drain"
+
+
 # ---- 9. the keeper restarted: verdicts on discovered targets hold, and workers agree with it ----------------------
 
 

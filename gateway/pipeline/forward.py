@@ -136,9 +136,12 @@ class Forwarder:
             replayable = body_done and req.method not in NOT_RESENT and (route.request_buffering or framing == NO_BODY
                                                                          or framing is None)
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
-            unusable = group.unusable  # drained, circuit open or unhealthy (kept current by gateway.state)
-            tried: frozenset[int] | set[int] = unusable  # ... and, for a balancer that skips them, the targets that
-            # failed this request (a new set only once one has: the first try, the usual last, makes none)
+            # Each try picks from the targets as they are then, as Kong asks its balancer again for every try:
+            # group.unusable (drained, circuit open or unhealthy, kept current by gateway.state), with the names
+            # this request found without an address, and, for a balancer that skips them, the targets that failed
+            # it (sets made only once there is one: the first try, the usual last, makes none)
+            nameless: frozenset[int] = frozenset()
+            failed: frozenset[int] = frozenset()
             error: UpstreamError | None = None
             if pinned is not None and pinned in group.unusable and not (
                     self.shared is not None and self.shared.is_drained(group.keys[pinned])):
@@ -151,12 +154,18 @@ class Forwarder:
             stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
             while tries or stale is not None:
                 if stale is None:
-                    index = group.balancer.pick(hash_key, tried) if pinned is None else pinned
-                    if index is None:
-                        if len(tried) == len(unusable):
-                            break  # nothing to pick at all
-                        tried = unusable  # every target tried: Kong's balancer goes round again
-                        continue
+                    if pinned is None:
+                        skip = group.unusable
+                        if nameless or failed:
+                            skip = skip | nameless | failed
+                        index = group.balancer.pick(hash_key, skip)
+                        if index is None:
+                            if not failed:
+                                break  # nothing to pick at all
+                            failed = frozenset()  # every target tried: Kong's balancer goes round again
+                            continue
+                    else:
+                        index = pinned
                     tries -= 1
                 else:  # nginx's u->peer.cached: that failure cost no try
                     index, stale = stale, None
@@ -179,14 +188,13 @@ class Forwarder:
                                                         headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
                     if group.balancer.retry_skips_tried:  # Kong's least-connections and latency; its round-robin
-                        tried = {*tried, index}  # and consistent-hashing pick as for a first try (the wheel's next,
-                        # the key's own point again)
+                        failed = failed | {index}  # and consistent-hashing pick as for a first try (the wheel's
+                        # next, the key's own point again)
                     if type(e) is NameResolutionFailed:  # a name without an address: no retry of it
                         if pinned is None and not group.direct:  # an upstream's target: Kong's balancer gives it no
                             ex.tries.pop()  # type: ignore[union-attr]  # weight and never picks it: not a try,
                             tries += 1  # and skipped from now on (none left: Kong's 503 "failure to get a peer")
-                            unusable = unusable | {index}
-                            tried = tried | {index}
+                            nameless = nameless | {index}
                             continue
                         if len(ex.tries) == 1:  # type: ignore[arg-type]  # the first look-up, in Kong's access
                             ex.tries = None  # phase, before any try: Kong's own answer (below)
