@@ -907,6 +907,34 @@ class KeptConnection:
                 return status
 
 
+async def test_a_probe_whose_client_left_gives_its_permit_back_at_once(pair):
+    """A half-open probe whose client leaves ends with no verdict, and its permit goes back to the keeper then, not
+    after probe_ttl_s (10 s, with no probe allowed meanwhile): the next requests probe the target again."""
+    gw, a, b = pair
+    reset_all(gw, a, b)
+    b.mode = "fail"
+    stop = trio.Event()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(load, gw.port, "/cb", clients=2, duration=10, stop=stop))
+        await wait_state(gw, b, "open", timeout=5)
+        stop.set()
+    b.arm_hold(3.0)  # the half-open probes are held
+    leaving = []
+    probes = BREAKER["half_open_max_calls"]
+    with trio.fail_after(5):  # requests whose clients will leave, until every permit is spent on one held at b
+        while b.hold_started is None or len(b.hits("/cb", since=b.hold_started)) < probes:
+            stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
+            await stream.send_all(b"POST /cb HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\n{}")
+            leaving.append(stream)
+            await trio.sleep(0.05)
+    await trio.sleep(0.2)
+    for stream in leaving:
+        await stream.aclose()
+    left = time.monotonic()
+    await load(gw.port, "/cb", clients=2, duration=2.5)
+    assert b.hits("/cb", since=left), "no probe reached the target after the first probes' clients left"
+
+
 async def test_breaker_recovers_when_a_single_worker_has_the_traffic(pair):
     """Half-open permits go to a worker that has traffic for the target, whichever worker that is."""
     gw, a, b = pair

@@ -113,6 +113,8 @@ class Breaker:
                 return state  # sent before the breaker opened: says nothing about recovery
             if self._permits:
                 self._permits.pop(0)
+            if not failures and not outcome.successes:  # a probe given up (its client left): no verdict
+                return state
             if failures:
                 return self._fire(Event.FAILURE, now)
             self._successes += outcome.successes

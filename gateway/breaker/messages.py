@@ -31,6 +31,11 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     probe: bool = False
 
 
+def given_up(target: str) -> Outcome:
+    """A probe that ended without a result (its client left): its permit back, and no verdict on the target."""
+    return Outcome(target, probe=True)
+
+
 def single(target: str, ok: bool, probe: bool = False) -> Outcome:
     """The Outcome of one request."""
     return Outcome(target, 1, 0, 0, 0, 0, probe) if ok else Outcome(target, 0, 1, 1, 1, 1, probe)

@@ -510,6 +510,8 @@ class Forwarder:
                 shared.outcome(attempt.key, ok, attempt.probe)
             if group.passive:
                 shared.passive(attempt.key, code)
+        elif attempt.probe:
+            shared.probe_given_up(attempt.key)  # type: ignore[union-attr]  # (a probe implies shared state)
 
     async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes,
                             edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import trio
 import zmq
 
+from gateway.breaker.messages import given_up
 from gateway.breaker.state import State
 from gateway.breaker.view import BreakerView
 from gateway.bus import protocol as p
@@ -137,6 +138,11 @@ class SharedState:
         single = self.breakers.record(key, ok, probe)
         if single is not None:
             self._send(p.Outcomes(items=[single]))
+
+    def probe_given_up(self, key: str) -> None:
+        """A half-open probe ended without a result (its client left): the permit goes back to the keeper now,
+        rather than lapsing after probe_ttl_s while no other request may probe."""
+        self._send(p.Outcomes(items=[given_up(key)]))
 
     def passive(self, key: str, code: int) -> None:
         """A result for passive health checks (status, or -1 TCP failure, -2 timeout), sent with the next batch."""

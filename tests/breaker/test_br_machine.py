@@ -3,6 +3,7 @@
 import pytest
 
 from gateway.breaker import Breaker, BreakerConfig, BreakerUpdate, Outcome, State, Verdict
+from gateway.breaker.messages import given_up
 from gateway.policies.circuit_breaker.schema import CircuitBreakerConfig
 
 
@@ -105,6 +106,13 @@ def test_a_probes_outcome_frees_its_permit():
     breaker = opened(open_s=1.0, success_threshold=3)
     assert breaker.allow(1.0) is Verdict.PROBE and breaker.allow(1.0) is Verdict.DENY
     breaker.record(True, 1.1, probe=True)
+    assert breaker.allow(1.1) is Verdict.PROBE
+
+
+def test_a_probe_given_up_frees_its_permit_and_gives_no_verdict():
+    breaker = opened(open_s=1.0, success_threshold=1)
+    assert breaker.allow(1.0) is Verdict.PROBE and breaker.allow(1.0) is Verdict.DENY
+    assert breaker.record_outcome(given_up("t"), 1.1) is State.HALF_OPEN  # one success would have closed it
     assert breaker.allow(1.1) is Verdict.PROBE
 
 
