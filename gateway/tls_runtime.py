@@ -48,7 +48,9 @@ def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
         try:  # several: one per key type, as a certificate's cert_alt (Kong serves an RSA and an ECDSA one so)
             pairs = [(pem_setting(cert, "gateway.ssl_cert"), pem_setting(key, "gateway.ssl_cert_key"))
                      for cert, key in zip(certs, keys, strict=True)]
-            default = server_context(options, pairs, "gateway.ssl_cert")
+            names = [(_setting("gateway.ssl_cert", cert), _setting("gateway.ssl_cert_key", key))
+                     for cert, key in zip(certs, keys, strict=True)]
+            default = server_context(options, pairs, "gateway.ssl_cert", names)
         except ValueError as e:
             errors.append(str(e))
     by_sni = {}
@@ -67,6 +69,11 @@ def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
     except ValueError as e:
         errors.append(str(e))
         return None
+
+
+def _setting(name: str, value: str) -> str:
+    """A certificate setting as messages name it: with its file, when it is one (Kong: "failed loading ... from")."""
+    return f"{name}: {value}" if "-----BEGIN " not in value and os.path.exists(value) else name
 
 
 def pem_setting(value: str, what: str) -> str:

@@ -4,13 +4,20 @@ TLS port, https upstreams with verification and client certificates, https-only 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import pty
+import select
+import signal
 import socket
 import ssl
+import sys
+import time
 
 import pytest
 import trio
 from backends import EchoBackend, EndlessSse, free_port, parse_raw_response, raw_exchange, request, service
-from tls_helpers import HttpsEcho, Pki, expired_pair, https_get
+from tls_helpers import HttpsEcho, Pki, encrypted_pair, expired_pair, https_get
 
 from gateway.config import ConfigError, parse_config
 from gateway.runtime import compile_config
@@ -245,12 +252,84 @@ def config_errors(doc: str) -> list[str]:
     return e.value.messages
 
 
-def test_expired_certificate_is_a_config_error(pki):
+def test_an_expired_certificate_loads_with_a_warning_as_in_kong(pki, caplog):
+    """Kong checks only that a certificate parses (kong/db/schema/typedefs.lua) and nginx serves it: refusing it
+    would refuse every reload, of any change, from the day it expires."""
     cert, key = expired_pair()
-    doc = json.dumps({"certificates": [{"cert": cert, "key": key, "snis": ["e.test"]}],
+    good = pki.issue("good.test")
+    doc = json.dumps({"certificates": [{"cert": cert, "key": key, "snis": ["e.test"]},
+                                       {"cert": good[0], "key": good[1], "snis": ["good.test"]}],
                       "gateway": {"listen": "127.0.0.1:8443 ssl"}})
-    (message,) = config_errors(doc)
-    assert message.startswith("c.yml: certificates[0].cert: the certificate expired on ")
+    with caplog.at_level(logging.WARNING, logger="gateway.tls"):
+        runtime = compile_config(parse_config(doc, "c.yml"), "c.yml")
+    assert set(runtime.server_tls.exact) == {"e.test", "good.test"}  # type: ignore[union-attr]
+    (record,) = [r for r in caplog.records if r.name == "gateway.tls"]
+    assert record.getMessage().startswith("certificates[0].cert: the certificate expired on ")
+
+
+def test_an_encrypted_key_is_a_config_error_naming_the_key(pki):
+    cert, key = encrypted_pair()
+    doc = json.dumps({"certificates": [{"cert": cert, "key": key, "snis": ["enc.test"]}]})
+    assert config_errors(doc) == ["c.yml: certificates[0].key: the key is encrypted, and the gateway takes no pass "
+                                  "phrase: give it decrypted (openssl pkey -in KEY -out KEY.plain)"]
+
+
+def test_check_config_on_a_terminal_never_asks_for_a_pass_phrase(tmp_path):
+    """OpenSSL asks for the pass phrase of an encrypted key on the terminal unless told there is none."""
+    cert, key = encrypted_pair()
+    (tmp_path / "enc.crt").write_text(cert)
+    (tmp_path / "enc.key").write_text(key)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(json.dumps({"gateway": {"listen": "127.0.0.1:18443 ssl", "ssl_cert": str(tmp_path / "enc.crt"),
+                                              "ssl_cert_key": str(tmp_path / "enc.key")}}))
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: check-config with the pty as its terminal
+        os.execv(sys.executable, [sys.executable, "-m", "gateway", "check-config", str(config)])
+    output, status = b"", None
+    deadline = time.monotonic() + 15
+    try:
+        while status is None and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.2)[0]:
+                try:
+                    output += os.read(fd, 4096)
+                except OSError:
+                    pass
+            done, code = os.waitpid(pid, os.WNOHANG)
+            status = code if done else None
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"Enter PEM pass phrase" not in output, output
+    assert status is not None and os.waitstatus_to_exitcode(status) == 2, output  # check-config: does not check
+    assert f"gateway.ssl_cert_key: {tmp_path / 'enc.key'}: the key is encrypted".encode() in output, output
+
+
+def test_a_certificates_key_that_is_not_a_key_is_reported_on_the_key_field(pki):
+    cert, _ = pki.issue("a.test")
+    doc = json.dumps({"certificates": [{"cert": cert, "key": "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+                                                              "-----END PRIVATE KEY-----\n"}]})
+    assert config_errors(doc) == ["c.yml: certificates[0].key: not a PEM private key (expected -----BEGIN PRIVATE "
+                                  "KEY----- ...)"]
+
+
+def test_an_ssl_cert_key_file_that_is_not_a_key_is_reported_with_its_setting_and_file(pki, tmp_path):
+    cert, _ = pki.files(tmp_path, "d", "default.test")
+    bad = tmp_path / "bad.key"
+    bad.write_text("not a key\n")
+    doc = json.dumps({"gateway": {"listen": "127.0.0.1:8443 ssl", "ssl_cert": cert, "ssl_cert_key": str(bad)}})
+    assert config_errors(doc) == [f"c.yml: gateway.ssl_cert_key: {bad}: not a PEM private key (expected -----BEGIN "
+                                  "PRIVATE KEY----- ...)"]
+
+
+def test_an_ssl_cert_file_that_is_not_a_certificate_is_reported_with_its_setting_and_file(pki, tmp_path):
+    _, key = pki.files(tmp_path, "d", "default.test")
+    bad = tmp_path / "bad.crt"
+    bad.write_text("not a certificate\n")
+    doc = json.dumps({"gateway": {"listen": "127.0.0.1:8443 ssl", "ssl_cert": str(bad), "ssl_cert_key": key}})
+    assert config_errors(doc) == [f"c.yml: gateway.ssl_cert: {bad}: not a PEM certificate (expected -----BEGIN "
+                                  "CERTIFICATE----- ...)"]
 
 
 def test_key_that_does_not_match_is_a_config_error(pki):

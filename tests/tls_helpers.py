@@ -46,6 +46,19 @@ class Pki:
         return ctx
 
 
+def encrypted_pair() -> tuple[str, str]:
+    """A self-signed certificate for enc.test, and its key encrypted with a pass phrase."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enc.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.BestAvailableEncryption(b"secret")).decode())
+
+
 def expired_pair() -> tuple[str, str]:
     """A self-signed certificate that expired yesterday, and its key."""
     key = ec.generate_private_key(ec.SECP256R1())

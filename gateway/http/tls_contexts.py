@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import logging
 import os
 import ssl
 import warnings
@@ -25,6 +26,7 @@ from gateway.kong_array import kong_array
 if TYPE_CHECKING:
     from cryptography import x509
 
+log = logging.getLogger("gateway.tls")
 _Context = TypeVar("_Context", bound=ssl.SSLContext)
 ALPN = ["http/1.1"]
 # kong/conf_loader/constants.lua CIPHER_SUITES (Mozilla's server-side TLS recommendations, and OpenSSL's FIPS list):
@@ -70,8 +72,10 @@ class ServerOptions:
 
 
 def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> list[x509.Certificate]:
-    """The certificates of a PEM chain; ValueError if there is none, or the first has expired or is not yet valid.
-    `cryptography` is imported here, on first use: a process without certificates never loads it (issue 19)."""
+    """The certificates of a PEM chain; ValueError if there is none. One that has expired or is not valid yet is
+    taken with a warning, as Kong takes it (kong/db/schema/typedefs.lua checks only that it parses) and nginx serves
+    it: refusing it would refuse every later reload, of any change, from the day it expires. `cryptography` is
+    imported here, on first use: a process without certificates never loads it (issue 19)."""
     from cryptography import x509
 
     try:
@@ -81,9 +85,11 @@ def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> li
     now = now or dt.datetime.now(dt.UTC)
     leaf = chain[0]
     if leaf.not_valid_after_utc < now:
-        raise ValueError(f"{what}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-    if leaf.not_valid_before_utc > now:
-        raise ValueError(f"{what}: the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+        log.warning("%s: the certificate expired on %s UTC: clients that check it will refuse it; renew it", what,
+                    f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M}")
+    elif leaf.not_valid_before_utc > now:
+        log.warning("%s: the certificate is not valid before %s UTC: clients that check it will refuse it until "
+                    "then", what, f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M}")
     return chain
 
 
@@ -121,8 +127,29 @@ def _key_type(cert: x509.Certificate) -> str:
     # deprecates its dsa module: a warning on every use of it)
 
 
-def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> None:
-    """Load a PEM certificate chain and key given as text (through memfds, never on disk)."""
+def check_key(pem: str, what: str) -> None:
+    """ValueError unless `pem` is a PEM private key OpenSSL can load without a pass phrase (the gateway takes none,
+    as Kong takes none: an encrypted key would have OpenSSL ask for one on the terminal)."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(pem.encode(), password=None)
+    except TypeError:
+        raise ValueError(f"{what}: the key is encrypted, and the gateway takes no pass phrase: give it decrypted "
+                         "(openssl pkey -in KEY -out KEY.plain)") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise ValueError(f"{what}: not a PEM private key (expected -----BEGIN PRIVATE KEY----- ...)") from None
+
+
+def _no_pass_phrase() -> bytes:
+    raise ValueError("the key is encrypted, and the gateway takes no pass phrase")
+
+
+def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str, key_what: str | None = None) -> None:
+    """Load a PEM certificate chain and key given as text (through memfds, never on disk). `what` names the pair
+    in messages, `key_what` the key's own setting where it has one."""
+    check_key(key_pem, key_what or what)
     fds = []
     try:
         paths = []
@@ -132,7 +159,7 @@ def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str) -> N
             os.write(fd, text.encode())
             paths.append(f"/proc/self/fd/{fd}")
         try:
-            ctx.load_cert_chain(paths[0], paths[1])
+            ctx.load_cert_chain(paths[0], paths[1], password=_no_pass_phrase)  # (never a prompt on the terminal)
         except ssl.SSLError as e:
             reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(e) else \
                 f"the certificate or key cannot be loaded ({e.reason or e})"
@@ -150,8 +177,11 @@ def read_pem_file(path: str, what: str) -> str:
         raise ValueError(f"{what}: cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
 
 
-def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], what: str) -> ssl.SSLContext:
-    """A listener context serving `pairs` of (certificate PEM, key PEM) (e.g. an RSA and an ECDSA one)."""
+def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], what: str,
+                   names: Sequence[tuple[str, str]] | None = None) -> ssl.SSLContext:
+    """A listener context serving `pairs` of (certificate PEM, key PEM) (e.g. an RSA and an ECDSA one). `names`:
+    the settings each pair comes from, for messages (default: a certificate entity's fields under `what`)."""
+    names = names or [(f"{what}.cert", f"{what}.key"), (f"{what}.cert_alt", f"{what}.key_alt")]
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     if options.cipher_suite == "custom":
         protocols, ciphers = options.protocols, options.ciphers
@@ -183,11 +213,12 @@ def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], wha
         ctx.num_tickets = 0
     types = []
     for i, (cert_pem, key_pem) in enumerate(pairs):
-        types.append(_key_type(check_certificate(cert_pem, f"{what}.cert" if i == 0 else f"{what}.cert_alt")[0]))
+        cert_what, key_what = names[min(i, len(names) - 1)]
+        types.append(_key_type(check_certificate(cert_pem, cert_what)[0]))
         if i and types[i] in types[:i]:  # a context holds one certificate per key type: the second would replace
-            raise ValueError(f"{what}.cert_alt: the certificate and the alternative certificate need different key "
+            raise ValueError(f"{cert_what}: the certificate and the alternative certificate need different key "
                              f"types (e.g. RSA and ECDSA); both are {types[i]}")
-        load_chain(ctx, cert_pem, key_pem, what if i == 0 else f"{what}.cert_alt")
+        load_chain(ctx, cert_pem, key_pem, what if i == 0 else cert_what, key_what)
     return ctx
 
 
