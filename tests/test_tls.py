@@ -113,6 +113,31 @@ async def test_plain_http_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, 
     assert echo.requests == []
 
 
+async def test_plain_http_after_empty_lines_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, tmp_path):
+    """nginx skips empty lines before a request line (ngx_http_parse_request_line's sw_start; RFC 9112 2.2)."""
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path)
+    data, _ = await raw_exchange(tls_port, [b"\r\n", b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n"], pause=0.05)
+    assert parse_raw_response(data)[0] == 400 and b"The plain HTTP request was sent to HTTPS port" in data
+
+
+def _post_and_read(port: int, size: int) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size + b"x" * size)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        return data
+
+
+async def test_plain_http_with_a_large_body_on_the_tls_port_still_gets_its_400(gateway, nursery, pki, tmp_path):
+    """The body is read and dropped after the answer (nginx's lingering close): closing with it unread would reset
+    the connection, and the answer with it, before the client reads it."""
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path)
+    with trio.fail_after(20):
+        data = await trio.to_thread.run_sync(_post_and_read, tls_port, 4_000_000)
+    assert parse_raw_response(data)[0] == 400 and b"The plain HTTP request was sent to HTTPS port" in data
+
+
 @pytest.mark.parametrize("junk", [b"\x16\x03\x01\x00\x05hello", b"\x00\x01\x02garbage\xff" * 10,
                                   b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20])
 async def test_garbage_and_truncated_client_hellos_are_dropped_and_the_worker_lives(gateway, nursery, pki, tmp_path,

@@ -46,7 +46,7 @@ from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
-from gateway.http.tls import TlsError, server_handshake
+from gateway.http.tls import PlainHttpOnTlsPort, TlsError, server_handshake
 from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import SHED, TIMEOUTS
 
@@ -529,12 +529,16 @@ def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool:
 async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None) -> None:
     try:
         if tls is not None:
-            tls_conn = None
+            tls_conn = plain = None
             with trio.move_on_after(tls.handshake_timeout):
                 try:
                     tls_conn = await server_handshake(tls.context, conn)
+                except PlainHttpOnTlsPort as e:
+                    plain = e
                 except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
                     log.debug("TLS handshake with %s failed: %s", conn.peer, e)
+            if plain is not None:  # answered: its body, if any, is read and dropped, or the close would reset
+                await _linger(conn)  # the answer away before the client reads it (nginx's lingering close)
             if tls_conn is None:
                 return
             conn = tls_conn

@@ -22,6 +22,7 @@ TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
 # (ngx_http_special_response.c's ngx_http_error_497_page, then the tail of `server_tokens off`, naming the server
 # without a version as gateway.http.kong_errors.nginx_page does); Kong's error_page does not list 497, so its error
 # handler never renders it. nginx closes the connection after it (ngx_http_special_response_handler: keepalive off).
+_MAX_EMPTY_LINES = 1024  # bytes of CR and LF skipped before a plain request line on a TLS port
 PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
                    b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
                    b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
@@ -221,9 +222,16 @@ async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
     if not first:
         raise TlsError("the peer closed the connection before a ClientHello")
     if first[0] != TLS_HANDSHAKE_RECORD:
-        if first[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
+        line = first.lstrip(b"\r\n")
+        while not line and len(first) < _MAX_EMPTY_LINES:  # nginx skips empty lines before a request line
+            more = await Conn.recv(conn)
+            if not more:
+                raise TlsError("the peer closed the connection before a ClientHello")
+            first += more
+            line = first.lstrip(b"\r\n")
+        if line[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
             try:  # (to a HEAD, the head alone, as nginx answers it)
-                await conn.sendall(PLAIN_HTTP_HEAD if first.startswith(b"HEAD ") else PLAIN_HTTP_RESPONSE)
+                await conn.sendall(PLAIN_HTTP_HEAD if line.startswith(b"HEAD ") else PLAIN_HTTP_RESPONSE)
             except OSError:
                 pass
             raise PlainHttpOnTlsPort("a plain HTTP request on a TLS port")
