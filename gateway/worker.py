@@ -26,6 +26,7 @@ from gateway.http.limits import derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
+from gateway.http.tls import quiet_bad_server_names
 from gateway.http.tls_contexts import ServerTls
 from gateway.keeper.state import Keeper
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
@@ -74,6 +75,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     the keeper's logic runs in this process, exact for this one worker.
     """
     gw = config.gateway
+    quiet_bad_server_names()
     shared = SharedState(worker_id, workers)
     runtime = compile_config(config, shared=shared)
     shared.attach(runtime)

@@ -138,6 +138,30 @@ async def test_plain_http_with_a_large_body_on_the_tls_port_still_gets_its_400(g
     assert parse_raw_response(data)[0] == 400 and b"The plain HTTP request was sent to HTTPS port" in data
 
 
+def _client_hello(server_name: bytes) -> bytes:
+    """A TLS ClientHello whose SNI is `server_name` (10 bytes), the bytes as they are."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    outgoing = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="cafe1.test")
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read().replace(b"cafe1.test", server_name)
+
+
+async def test_a_server_name_that_is_not_ascii_fails_its_handshake_quietly(gateway, nursery, pki, tmp_path,
+                                                                          monkeypatch):
+    """Python's ssl module refuses it (internal_error) before the gateway sees it, where nginx serves the default
+    certificate; what matters is that no client can fill the log with tracebacks, and the worker goes on."""
+    unraisable: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path)
+    data, _ = await raw_exchange(tls_port, _client_hello("café.test".encode()))
+    assert data[:1] == b"\x15"  # an alert
+    assert unraisable == []
+    assert (await get(tls_port, pki.client_context(), "default.test"))[0] == 200
+
+
 @pytest.mark.parametrize("junk", [b"\x16\x03\x01\x00\x05hello", b"\x00\x01\x02garbage\xff" * 10,
                                   b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20])
 async def test_garbage_and_truncated_client_hellos_are_dropped_and_the_worker_lives(gateway, nursery, pki, tmp_path,

@@ -12,8 +12,11 @@ Server side: `server_handshake` reads the first bytes itself, so that a plain HT
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
+import sys
+from typing import Any
 
 from gateway.http.net import RECV_SIZE, Conn
 
@@ -23,6 +26,7 @@ TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
 # without a version as gateway.http.kong_errors.nginx_page does); Kong's error_page does not list 497, so its error
 # handler never renders it. nginx closes the connection after it (ngx_http_special_response_handler: keepalive off).
 _MAX_EMPTY_LINES = 1024  # bytes of CR and LF skipped before a plain request line on a TLS port
+log = logging.getLogger("gateway.tls")
 PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
                    b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
                    b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
@@ -213,6 +217,24 @@ async def _drive(tconn: TlsConn, first: bytes = b"") -> None:
             raise TlsError(f"TLS handshake failed: {e.reason or e}") from None
     if tconn._out.pending:
         await Conn.sendall(tconn, tconn._out.read())
+
+
+def quiet_bad_server_names() -> None:
+    """Python's ssl module decodes a ClientHello's server name as ASCII before the SNI callback; a name that is not
+    (RFC 6066 allows A-labels only) fails the handshake with an internal_error alert, and goes to sys.unraisablehook
+    as a traceback, one per handshake: any client could fill the log. Those become one debug line each."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_server_names", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is UnicodeDecodeError and type(unraisable.object) is bytes:
+            log.debug("TLS handshake refused: a server name that is not ASCII (%r)", unraisable.object[:64])
+            return
+        previous(unraisable)
+
+    hook.quiets_server_names = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
