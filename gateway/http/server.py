@@ -178,14 +178,13 @@ class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
     __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
-                 "_expect_continue", "close_after", "state", "body_limit", "body_received", "draining", "timer",
+                 "_expect_continue", "close_after", "state", "body_limit", "body_received", "timer",
                  "request_id", "response_lines", "status", "settings", "client_ip", "peer_trusted", "consumer",
                  "phases", "_held", "route", "tries", "sent", "response_headers", "mcp", "started")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
-                 settings: ServerSettings, draining: bool = False) -> None:
+                 settings: ServerSettings) -> None:
         self.request = request
-        self.draining = draining
         self.settings = settings
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
         self.request_id = b""  # echoed on errors when the handler has set one
@@ -363,7 +362,9 @@ class Exchange:
         if kong is not None:  # Kong's, after the plugins' header filters (and in the log's response headers)
             lines = self.response_lines = lines + kong.add(self, headers, upstream_status)
         self.response_headers = headers
-        close = self.close_after or (not self._request_done and self._expect_continue) or self.draining
+        # (draining read now, not as the request came: one answered after a reload began closes its connection too)
+        close = self.close_after or (not self._request_done and self._expect_continue) or \
+            self.settings.connections.draining
         data = codec.response_head(status, headers, reason, close, lines, framing)
         if body:
             data += codec.body(body)
@@ -607,7 +608,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                 served += 1
                 conn.requests = served
                 request: Request = ev  # type: ignore[assignment]
-                exchange = Exchange(request, conn, codec, timer, settings, connections.draining)
+                exchange = Exchange(request, conn, codec, timer, settings)
                 if (served >= last_request or idle_until >= old_at) and (
                         served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
                     exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
@@ -641,6 +642,11 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     return False
                 codec.start_next_cycle()
                 timer.set(settings.keepalive_timeout, Phase.IDLE)
+    except BaseException:  # cancelled from outside (the worker stops: a drain timed out) mid-answer: a reset, never
+        cut: Exchange | None = timer.exchange  # type: ignore[assignment]  # a FIN, which would make a body that
+        if cut is not None and cut.response_started and not cut.response_done:  # ends with the connection look whole
+            conn.abort()
+        raise
     finally:
         timers.discard(timer)
     if timer.scope.cancelled_caught:
