@@ -34,8 +34,8 @@ async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None
             for name, shared in keeper.stores.items():
                 known = clients.get(name)
                 if known is None or known[0] != shared.settings:
-                    if known is not None:
-                        known[2].cancel()
+                    if known is not None:  # calls still under way on the old client end first (a reload's
+                        nursery.start_soon(_retire, known[1], known[2])  # retiring workers hand back tokens so)
                     client = RedisStore(shared.settings)
                     scope = trio.CancelScope()
                     nursery.start_soon(_serve_client, client, scope)
@@ -64,6 +64,13 @@ async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None
 async def _serve_client(client: RedisStore, scope: trio.CancelScope) -> None:
     with scope:
         await client.serve()
+
+
+async def _retire(client: RedisStore, scope: trio.CancelScope) -> None:
+    """Close a client whose settings a reload replaced once the calls it has under way are over: each ends within
+    the Redis timeout (closing it at once failed them, and with them the requests they answered, as 500s)."""
+    await trio.sleep(client.settings.timeout_s + 0.5)
+    scope.cancel()
 
 
 async def _remote_call(keeper: Keeper, client: RedisStore, store: str, key: str, call: Call,

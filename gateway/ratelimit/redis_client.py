@@ -104,7 +104,9 @@ class RedisStore:
         """Keep a client open (it connects lazily), replacing it whenever a call asks for a fresh one."""
         import coredis  # here: only keepers with a policy redis plugin pay for the import
 
-        logging.getLogger("coredis").setLevel(logging.WARNING)  # its retries and reconnections: ours are logged
+        # Its retries, reconnections and failed connections (at ERROR, with a traceback, each time: several a second
+        # while a Redis hangs): ours are logged, once per outage
+        logging.getLogger("coredis").setLevel(logging.CRITICAL)
 
         s = self.settings
         started = False

@@ -8,13 +8,19 @@ front of it that the test scripts.
 
 from __future__ import annotations
 
+import json
+import logging
+import socket
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from dns_server import serve_names
+from e2e_helpers import Backend, node_factory
+from e2e_helpers import request as http_request
 from redis_server import RedisProcess, find_redis
 
 from gateway.config.schema import GatewaySettings
@@ -354,3 +360,72 @@ async def test_a_redis_host_that_does_not_resolve_is_a_store_error_naming_it(nur
         await nursery.start(store.serve)
         with pytest.raises(StoreError, match="Redis at redis://missing.test:6379/0: missing.test: "):
             await store.take(window_call("a", 1), 1)
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A loopback port whose listener never accepts: connections complete in the backlog and never get a byte."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+async def test_a_redis_that_never_answers_fails_calls_without_logging_tracebacks(nursery, silent_port, caplog):
+    """coredis logs each failed connection at ERROR with a traceback (several a second while a Redis hangs); the
+    store's own line, once per outage, is what the log gets (Kong: one line per failure)."""
+    store = RedisStore(RedisSettings("127.0.0.1", silent_port, 200))
+    await nursery.start(store.serve)
+    with caplog.at_level(logging.DEBUG):
+        for _ in range(3):
+            with pytest.raises(StoreError):
+                await store.run(lambda client: client.ping())
+        await trio.sleep(0.5)  # coredis' connection tasks end after the call has failed
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING] == []
+
+
+def _limited(backend: Backend, redis_port: int) -> dict:
+    """One route, rate limited through Redis (fault_tolerant off) far above what a test sends."""
+    return {"services": [{"name": "s", "url": f"http://{backend.target}", "routes": [{"name": "r", "paths": ["/"]}]}],
+            "plugins": [{"name": "rate-limiting", "route": "r", "config": {
+                "minute": 10_000_000, "limit_by": "service", "policy": "redis", "fault_tolerant": False,
+                "redis": {"host": "127.0.0.1", "port": redis_port, "timeout": 1000}}}]}
+
+
+async def test_a_reload_to_another_redis_fails_no_request(nursery, tmp_path, redis_binary):
+    """Kong connects with the settings of the request it serves, so a changed redis record fails nothing; here the
+    old client ends the calls it has under way (a reload's retiring workers hand back tokens) before it closes."""
+    backend = Backend("b")
+    await nursery.start(backend.serve)
+    servers = []
+    with node_factory(tmp_path) as make:
+        try:
+            for name in ("a", "b"):
+                (tmp_path / name).mkdir()
+                servers.append(RedisProcess(redis_binary, tmp_path / name))
+                servers[-1].start()
+            node = make(_limited(backend, servers[0].port))
+            await node.start(workers=2)
+            statuses: Counter[int] = Counter()
+            done = trio.Event()
+
+            async def client() -> None:
+                while not done.is_set():
+                    try:
+                        statuses[(await http_request(node.port, "GET", "/")).status] += 1
+                    except (OSError, ConnectionError, trio.TooSlowError):
+                        statuses[0] += 1
+
+            async with trio.open_nursery() as load:
+                for _ in range(4):
+                    load.start_soon(client)
+                await trio.sleep(0.5)
+                for i in range(4):
+                    node.config.write_text(json.dumps({**node.doc, **_limited(backend, servers[(i + 1) % 2].port)}))
+                    assert (await node.acli("reload")).returncode == 0
+                    await trio.sleep(0.7)
+                done.set()
+            assert statuses[200] > 0 and dict(statuses) == {200: statuses[200]}, node.log()[-1500:]
+        finally:
+            for server in servers:
+                server.stop()
