@@ -3,6 +3,7 @@ spec/03-plugins/23-rate-limiting): the divergences an audit found, each stated a
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from plugin_helpers import (  # noqa: E402 - the shared plugin helpers live besi
     refused,
     start,
 )
+
+from gateway.config import parse_config  # noqa: E402
+from gateway.runtime import compile_config  # noqa: E402
 
 
 def redis(**fields: object) -> dict:
@@ -74,6 +78,15 @@ def test_the_redis_host_shorthand_is_checked_as_redis_host():
     """The deprecated redis_host fills redis.host, which is typedefs.host."""
     assert "redis.host: must not have a port" in refused(
         plugin("rate-limiting", second=10, policy="redis", redis_host="cache:6379"))
+
+
+@pytest.mark.parametrize("fields", [{"port": 0}, {"database": -1}, {"port": 65535, "database": 2**31}],
+                         ids=["port-0", "negative-database", "large"])
+def test_redis_port_and_database_take_what_kongs_schema_takes(fields):
+    """redis.port is typedefs.port (0 to 65535), redis.database an integer without bounds: a Redis that has no
+    such database refuses its SELECT at run time, a failure as any other (fault_tolerant decides)."""
+    compile_config(parse_config(json.dumps({"services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [
+        {"paths": ["/"]}]}], "plugins": [plugin("rate-limiting", second=10, policy="local", redis=fields)]})))
 
 
 def test_redis_server_name_must_be_a_name():

@@ -20,7 +20,7 @@ log = logging.getLogger("gateway.policies.rate_limiting")
 # Up to 2**53, the largest count a double (Kong's number) holds exactly; the state keeper's counters carry it whole
 MAX_COUNT = 2**53
 Limit = Annotated[float, msgspec.Meta(gt=0, le=MAX_COUNT)]
-Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # Kong's typedefs.port (0 included)
 WINDOWS = ("second", "minute", "hour", "day", "month", "year")
 SYNC_RATE_REALTIME = -1.0
 # Kong's schema strings are non-empty unless the field says len_min = 0 (redis.password does)
@@ -42,7 +42,7 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] = 2000  # ms, for connecting and for each command
     username: Text | None = None  # Redis 6+ ACL user; without it AUTH sends the password alone
     password: str | None = None
-    database: Annotated[int, msgspec.Meta(ge=0)] = 0
+    database: int = 0  # (Kong's has no bounds: a Redis refuses a SELECT of one it has not, a failure as any other)
     ssl: bool = False
     ssl_verify: bool = False  # against the system's CAs (or SSL_CERT_FILE; Kong: lua_ssl_trusted_certificate)
     # with ssl: SNI, and the name the certificate must carry when ssl_verify is on; without ssl, unused (as in Kong,
@@ -69,7 +69,7 @@ class RedisShorthands(msgspec.Struct, kw_only=True):
     redis_port: Port | None = None
     redis_password: str | None = None
     redis_username: Text | None = None
-    redis_database: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    redis_database: int | None = None
     redis_timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] | None = None
     redis_ssl: bool | None = None
     redis_ssl_verify: bool | None = None
