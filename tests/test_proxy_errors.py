@@ -140,6 +140,26 @@ async def test_silent_upstream_gets_504_after_read_timeout(nursery, gateway):
     await setup.assert_alive()
 
 
+async def test_read_timeout_runs_between_two_reads_of_a_head_that_comes_in_pieces(nursery, gateway):
+    """nginx's proxy_read_timeout is "set only between two successive read operations": a head whose pieces come
+    0.25 s apart passes a 400 ms read_timeout although it takes longer than that in all."""
+    async def slow_head(stream: trio.SocketStream) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive_some(65536)
+        for piece in (b"HTTP/1.1 200 OK\r\n", b"content-length: 2\r\n", b"x-piece: 3\r\n", b"\r\nok"):
+            await stream.send_all(piece)
+            await trio.sleep(0.25)
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, slow_head, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{port}", read_timeout=400, retries=0)])
+    with trio.fail_after(TIMEOUT):
+        reply = await request(setup.port, "GET", "/x")
+    assert (reply.status, reply.body) == (200, b"ok")
+
+
 async def test_a_get_that_timed_out_is_tried_retries_more_times_then_504(nursery, gateway):
     """nginx's default proxy_next_upstream is `error timeout`: Kong's balancer gives a timed-out idempotent request
     its `retries`, on the same target when there is only one."""

@@ -296,12 +296,14 @@ class Forwarder:
                     timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
                     await uc.conn.sendall(codec.body(chunk))
                 await uc.conn.sendall(codec.end())
-            timer.set(svc.read_timeout, Phase.UPSTREAM_READ, (detail[0], svc.read_timeout))
+            reading = (detail[0], svc.read_timeout)
+            timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
             ev = codec.next_event()
             if ev is NEED_DATA:
                 codec.receive_data(await uc.conn.recv_after_wait())
                 ev = codec.next_event()
-            while ev is NEED_DATA:
+            while ev is NEED_DATA:  # a head in pieces: read_timeout runs between two reads, as nginx's
+                timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
                 codec.receive_data(await uc.conn.recv())
                 ev = codec.next_event()
             if ev is CLOSED:
