@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
 from plugin_helpers import (  # noqa: E402 - the shared plugin helpers live beside the plugin tests
@@ -129,3 +130,14 @@ async def test_header_name_with_underscores_names_the_dashed_header(nursery, gat
     assert (await call(port, "/", headers=[("X-App", "a")])).status == 200
     assert (await call(port, "/", headers=[("X-App", "b")])).status == 200
     assert (await call(port, "/", headers=[("X-App", "a")])).status == 429
+
+
+async def test_limit_req_without_nodelay_delays_the_burst_as_nginx_does(nursery, gateway):
+    """nginx's limit_req burst=N without nodelay (the guide's example): the excess is held, one every 1/rate s.
+    rate 2/s, burst 2: the third request in a row is the second of the excess, held 2 / 2 = 1 s."""
+    _, port = await start(nursery, gateway, plugins=[plugin("rate-limiting", algorithm="limit-req", rate=2, burst=2,
+                                                            policy="local")])
+    began = trio.current_time()
+    statuses = [(await call(port)).status for _ in range(3)]
+    took = trio.current_time() - began
+    assert statuses == [200, 200, 200] and took >= 0.8, (statuses, took)

@@ -95,7 +95,7 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     algorithm: Literal["fixed-window", "token-bucket", "limit-req"] = "fixed-window"
     rate: Limit | None = None  # token-bucket / limit-req: tokens per second
     burst: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
-    nodelay: bool = True
+    nodelay: bool = False  # limit-req: nginx's limit_req delays the excess unless told nodelay
     sync_rate: float = SYNC_RATE_REALTIME
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
