@@ -441,8 +441,8 @@ class Forwarder:
                 except EventTooLarge:
                     events = []  # only with a 16 MiB event read at once; the stream fails at the next read
                 first = edit.first_events() + b"".join(edit.event(e) for e in events)
-                if done:
-                    first += splitter.pending
+                if done and (rest := splitter.pending):  # an event the stream ended without its blank line:
+                    first += edit.event(rest)  # edited as any other, never passed on as it came
             await ex.send_head(response.status, headers, first, end=done, reason=response.reason,
                                framing=framing if splitter is None else None)
             unread = not done and ex.response_done
@@ -553,8 +553,9 @@ class Forwarder:
                 stream.last = wheel.now
                 codec.receive_data(data)
                 while (ev := codec.next_event()) is not NEED_DATA:
-                    if ev is END:
-                        await ex.end(splitter.pending if splitter is not None else b"")
+                    if ev is END:  # (an event the stream ended without its blank line: edited as any other)
+                        rest = splitter.pending if splitter is not None else b""
+                        await ex.end(edit.event(rest) if rest else b"")  # type: ignore[union-attr]
                         return
                     if splitter is not None:
                         try:

@@ -236,10 +236,13 @@ class LabelledToolServer(ToolServer):
     """Answers one request with the given Content-Type (None: none), its body gzipped when `gzipped` (as a server
     that compresses whatever the request's Accept-Encoding said)."""
 
-    def __init__(self, content_type: bytes | None, gzipped: bool = False) -> None:
+    def __init__(self, content_type: bytes | None, gzipped: bool = False, unended: bool = False,
+                 chunked: bool = False) -> None:
         super().__init__(TOOLS)
         self.content_type = content_type
         self.gzipped = gzipped
+        self.unended = unended  # an event stream that ends without its last event's blank line
+        self.chunked = chunked
 
     async def handle_conn(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
@@ -248,14 +251,15 @@ class LabelledToolServer(ToolServer):
             return
         body = json.dumps(self._answer_one(json.loads(seen.body))).encode()
         if self.content_type == b"text/event-stream":
-            body = b"event: message\ndata: " + body + b"\n\n"
+            body = b"event: message\ndata: " + body + (b"" if self.unended else b"\n\n")
         headers = []
         if self.gzipped:
             body = gzip.compress(body)
             headers.append((b"content-encoding", b"gzip"))
         if self.content_type is not None:
             headers.append((b"content-type", self.content_type))
-        headers.append((b"content-length", b"%d" % len(body)))
+        if not self.chunked:
+            headers.append((b"content-length", b"%d" % len(body)))
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers))
                               + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
 
@@ -286,3 +290,11 @@ async def test_a_compressed_tools_list_answer_is_refused_never_passed_on(nursery
     reply = await labelled(nursery, gateway, LabelledToolServer(content_type, gzipped=True))
     assert reply.header("content-encoding") is None
     assert json.loads(reply.body)["error"]["code"] == -32603
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["sized", "chunked"])
+async def test_an_event_stream_that_ends_mid_event_is_filtered_too(nursery, gateway, chunked):
+    """The last event of a stream that ends without its blank line is edited as any other (a body review: it was
+    passed on as it came, the refused tool in it)."""
+    reply = await labelled(nursery, gateway, LabelledToolServer(b"text/event-stream", unended=True, chunked=chunked))
+    assert reply.status == 200 and b'"search"' in reply.body and b'"delete"' not in reply.body
