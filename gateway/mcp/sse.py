@@ -35,33 +35,54 @@ class EventTooLarge(Exception):
 
 
 class EventSplitter:
-    """Body chunks in, whole events out."""
+    """Body chunks in, whole events out. The bytes of an event not yet ended are kept as pieces and looked at once:
+    each chunk is searched with the last 3 bytes before it (an end of event is at most 4 bytes), so a long event
+    costs time linear in its size, not quadratic."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_held", "_size", "_tail")
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._held: list[bytes] = []  # the pieces of an event not yet ended (no end of event in them)
+        self._size = 0
+        self._tail = b""  # their last 3 bytes
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The events `chunk` completes (possibly none), in order."""
-        buf = self._buf + chunk if self._buf else chunk
+        held = self._held
+        if not held:
+            return self._split(chunk)
+        tail = self._tail
+        m = _END.search(tail + chunk)
+        if m is None:
+            held.append(chunk)
+            self._size += len(chunk)
+            self._tail = (tail + chunk[-3:])[-3:]
+            if self._size > MAX_EVENT:
+                raise EventTooLarge(f"an event of the stream passed {MAX_EVENT} bytes without ending")
+            return []
+        cut = m.end() - len(tail)  # (> 0: the held bytes end no event, so neither do their last 3)
+        first = b"".join(held) + chunk[:cut]
+        self._held, self._size, self._tail = [], 0, b""
+        return [first, *self._split(chunk[cut:])]
+
+    def _split(self, buf: bytes) -> list[bytes]:
+        """The events in `buf`, which starts an event; what follows the last one is held."""
         events = []
         start = 0
-        while True:
-            m = _END.search(buf, start)
-            if m is None:
-                break
+        while (m := _END.search(buf, start)) is not None:
             events.append(buf[start:m.end()])
             start = m.end()
-        self._buf = buf[start:]
-        if len(self._buf) > MAX_EVENT:
-            raise EventTooLarge(f"an event of the stream passed {MAX_EVENT} bytes without ending")
+        if start < len(buf):
+            rest = buf[start:] if start else buf
+            self._held, self._size, self._tail = [rest], len(rest), rest[-3:]
+            if self._size > MAX_EVENT:
+                raise EventTooLarge(f"an event of the stream passed {MAX_EVENT} bytes without ending")
         return events
 
     @property
     def pending(self) -> bytes:
-        """Bytes of an event not yet complete (sent as they are when the stream ends)."""
-        return self._buf
+        """Bytes of an event not yet ended (what a stream that ends leaves: edited as an event, then sent)."""
+        return b"".join(self._held)
 
 
 def data_of(event: bytes) -> bytes | None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.mcp import jsonrpc
 from gateway.mcp.governance import ANY_ID, Denial, ResponseEdit, judge
-from gateway.mcp.sse import EventSplitter, data_of, with_data
+from gateway.mcp.sse import _END, EventSplitter, data_of, with_data
 from gateway.mcp.toolacl import Rule, ToolAcl, claim_path, claim_subjects
 
 
@@ -107,6 +109,36 @@ def test_the_splitter_holds_an_event_until_it_ends(sep):
             events += splitter.feed(stream[i:i + size])
         assert [data_of(e) for e in events] == [b"a", b"b\nc"], size
         assert splitter.pending == b""
+
+
+def _split_whole(stream: bytes) -> tuple[list[bytes], bytes]:
+    """The events of a stream read at once, and what follows the last one: what the splitter must give however the
+    stream is cut."""
+    events, start = [], 0
+    while (m := _END.search(stream, start)) is not None:
+        events.append(stream[start:m.end()])
+        start = m.end()
+    return events, stream[start:]
+
+
+@given(st.binary(max_size=200).map(lambda b: bytes(b"a\r\n"[x % 3] for x in b)), st.lists(st.integers(1, 9)))
+@settings(max_examples=500, deadline=None, database=None)
+def test_the_splitter_gives_the_same_events_however_the_stream_is_cut(stream, cuts):
+    splitter, events, at = EventSplitter(), [], 0
+    for cut in cuts:
+        events += splitter.feed(stream[at:at + cut])
+        at += cut
+    events += splitter.feed(stream[at:])
+    assert (events, splitter.pending) == _split_whole(stream)
+
+
+def test_the_splitter_holds_a_long_event_as_pieces_until_it_ends():
+    splitter = EventSplitter()
+    piece = b"x" * 16384
+    for _ in range(512):  # 8 MiB of one event
+        assert splitter.feed(piece) == []
+    (event,) = splitter.feed(b"\n\n")
+    assert len(event) == 512 * 16384 + 2 and splitter.pending == b""
 
 
 def test_data_fields_as_the_html_spec_reads_them():
