@@ -54,6 +54,7 @@ TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive chec
 NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
 _SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
+_NOT_ON_204 = frozenset({b"content-length", b"content-type", b"last-modified"})
 
 
 class Attempt:
@@ -404,6 +405,9 @@ class Forwarder:
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
                                                     ex.request.headers, new_session)
+            if response.status == 204:  # nginx's header filter: a 204 is header-only, without these (RFC 9110 8.6)
+                headers = [hv for hv in headers if hv[0] not in _NOT_ON_204]
+                framing, sse, edit = NO_BODY, False, None  # (no body: nothing to edit)
             try:
                 first, done = codec.take_body()  # what came with the head: one write when the answer is small
             except ProtocolError as e:  # (a bad chunk in that read) nothing went out: the upstream's 502
