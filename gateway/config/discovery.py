@@ -235,7 +235,8 @@ class HealthcheckAliases(_Base):
     fall -> consecutive failures of any kind (nginx counts them together; Kong's counters stay as configured).
     Bare numbers for interval and timeout are milliseconds, as in nginx; "2s" / "500ms" are accepted too.
     The block turns active checks on: an unset interval, rise or fall takes nginx's default (30000 ms, 2, 5) when
-    the Kong settings leave that part off.
+    the Kong settings leave that part off, and an unset type is nginx's tcp (a connect is a success), or http when
+    the block has a path or expect_status (HAProxy's httpchk).
     """
 
     type: Literal["http", "https", "tcp"] | None = None

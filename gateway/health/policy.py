@@ -74,7 +74,8 @@ class ActivePolicy:
         successes, failures = a.healthy.successes, 0
         kind, path, timeout = a.type, a.http_path, float(a.timeout)
         if alias is not None:
-            kind = alias.type or kind
+            # nginx's check without type= is a TCP check (a connect is a success); HAProxy's httpchk has a path
+            kind = alias.type or ("http" if alias.path or alias.expect_status is not None else "tcp")
             path = alias.path or path
             timeout = alias.timeout_s or timeout
             # Set fields override Kong's; unset ones take nginx's defaults where Kong's leave checks off.

@@ -79,6 +79,18 @@ def test_aliases_override_kong_fields_and_default_to_nginx() -> None:
     assert bare.enabled and (bare.healthy_interval_s, bare.thresholds) == (30, Thresholds(successes=2, failures=5))
 
 
+def test_the_nginx_check_block_without_a_type_is_a_tcp_check_as_nginxs() -> None:
+    """The guide's `check interval=3000 rise=2 fall=3 timeout=1000`: nginx's check module defaults to tcp (a connect
+    is a success). Probing HTTP GET / took out an MCP server, which answers 404 there."""
+    assert ActivePolicy.from_config(healthchecks("{check: {interval: 3000, rise: 2, fall: 3, timeout: 1000}}")).type \
+        == "tcp"
+
+
+def test_the_check_block_with_a_path_or_expected_status_is_an_http_check_as_haproxys_httpchk() -> None:
+    for block in ("{check: {path: /health}}", "{check: {expect_status: 200}}"):
+        assert ActivePolicy.from_config(healthchecks(block)).type == "http", block
+
+
 def test_passive_policy() -> None:
     p = PassivePolicy.from_config(healthchecks("{passive: {unhealthy: {http_failures: 2, timeouts: 1}}}"))
     assert p.enabled and p.thresholds == Thresholds(http_failures=2, timeouts=1)
