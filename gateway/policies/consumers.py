@@ -70,7 +70,7 @@ class Identity:
     entity)."""
 
     __slots__ = ("consumer", "id", "username", "custom_id", "groups", "credential_id", "anonymous",
-                 "upstream_headers", "entity_consumer_id", "_with_groups")
+                 "upstream_headers", "entity_consumer_id", "authenticated_groups", "_with_groups")
 
     def __init__(self, consumer: Consumer, credential_id: str | None, identifier: str | None) -> None:
         self.consumer = consumer
@@ -91,6 +91,8 @@ class Identity:
         if self.anonymous:
             headers.append((b"x-anonymous-consumer", b"true"))
         self.upstream_headers = headers
+        # Kong's ngx.ctx.authenticated_groups: groups a session stored (acl decides by them, see its handler)
+        self.authenticated_groups: tuple[str, ...] | None = None
         self._with_groups: Identity | None = None
 
     def with_groups_header(self) -> Identity:

@@ -161,6 +161,23 @@ async def test_stored_groups_reach_upstream_as_x_authenticated_groups(nursery, g
     assert seen["x-authenticated-groups"] == "agents, doubleagents"
 
 
+@pytest.mark.parametrize(("always", "groups", "status"), [(True, ["gold"], 200), (True, ["lead"], 403),
+                                                          (False, ["gold"], 403)])
+async def test_acl_decides_by_the_groups_a_session_stored_as_kongs_authenticated_groups(nursery, gateway, always,
+                                                                                        groups, status):
+    """Kong's session sets ngx.ctx.authenticated_groups; acl decides by them when the request has no credential, or
+    with always_use_authenticated_groups (coop's own group is bronze; its session carries a credential)."""
+    consumers = [{**CONSUMERS[0], "acls": [{"group": "bronze"}]}, CONSUMERS[1]]
+    plugins = [plugin("session", secret=SECRET), plugin("key-auth", anonymous="anon"),
+               plugin("acl", allow=["gold"], always_use_authenticated_groups=always)]
+    _, port = await start(nursery, gateway, [{"paths": ["/"], "plugins": plugins}], consumers=consumers)
+    reply = await call(port, headers=[("cookie", sealed([consumer_id("coop"), CREDENTIAL, groups]))])
+    assert reply.status == status, reply.body
+    if status == 200:  # admitted by them: X-Authenticated-Groups upstream, not X-Consumer-Groups
+        seen = upstream(reply)
+        assert seen["x-authenticated-groups"] == "gold" and "x-consumer-groups" not in seen
+
+
 async def test_request_headers_go_upstream_with_the_session(nursery, gateway):
     _, port = await session_gateway(nursery, gateway, request_headers=["audience", "subject", "absolute-timeout"])
     seen = upstream(await call(port, headers=[("cookie", await login(port))]))

@@ -5,8 +5,9 @@ No consumer: 401 "Unauthorized"; a credential that names no consumer (ldap-auth'
 the list. A consumer outside `allow` (or inside `deny`): 403 "You cannot consume this service"; with an allow list, a
 consumer with no groups at all gets 403 when it came with a credential and 401 when it is the anonymous consumer.
 Admitted: `X-Consumer-Groups: a, b` upstream (empty for a consumer without groups) unless `hide_groups_header`.
-No plugin of this gateway sets Kong's "authenticated groups" (LDAP, OAuth2 scopes), so the consumer's own groups always
-decide, which is also what `always_use_authenticated_groups` falls back to.
+Kong's "authenticated groups" (here: those a session stored) decide instead of the consumer's own when the request
+has no credential, or with `always_use_authenticated_groups`; admitted by them, the upstream gets them as
+X-Authenticated-Groups (which the session sets), not X-Consumer-Groups.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ UNAUTHORIZED = Rejection(401, "Unauthorized")
 class Acl:
     name = "acl"
     priority = 950  # Kong's
-    __slots__ = ("deny", "groups", "hide", "_decided")
+    __slots__ = ("deny", "groups", "hide", "always_authenticated", "_decided")
 
     def __init__(self, config: AclConfig) -> None:
         self.deny = bool(config.deny)
         self.groups = frozenset((config.deny if self.deny else config.allow) or ())
         self.hide = config.hide_groups_header
+        self.always_authenticated = config.always_use_authenticated_groups
         self._decided: dict[tuple[str, ...], bool] = {}  # a consumer's groups -> admitted (per config load)
 
     async def access(self, ex: Exchange) -> bool:
@@ -35,6 +37,12 @@ class Acl:
         if who is None:
             await UNAUTHORIZED.send(ex)
             return True
+        authenticated = who.authenticated_groups
+        if authenticated is not None and (who.credential_id is None or self.always_authenticated):
+            if (not self.groups.isdisjoint(authenticated)) == self.deny:  # (the session sent them upstream)
+                await FORBIDDEN.send(ex)
+                return True
+            return False
         groups = who.groups
         if not groups and (not self.deny or who.id is None):
             await (UNAUTHORIZED if who.credential_id is None else FORBIDDEN).send(ex)

@@ -99,6 +99,7 @@ class CredentialIdentity(Identity):
         self.credential_id = credential_id
         self.anonymous = False
         self.upstream_headers = [(b"x-credential-identifier", _UNSAFE.sub(_escape, identifier))]
+        self.authenticated_groups = None
         self._with_groups = None
 
 

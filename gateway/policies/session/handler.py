@@ -197,6 +197,7 @@ class SessionPolicy:
             who = consumer.identity(credential, credential)
             if names is not None:
                 who.upstream_headers.append((b"x-authenticated-groups", ", ".join(names).encode()))
+                who.authenticated_groups = names
             self._identities.keep(key, who)
         return who
 
