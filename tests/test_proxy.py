@@ -12,7 +12,17 @@ from collections import Counter
 import h11
 import pytest
 import trio
-from backends import Client, EchoBackend, SseBackend, pattern_bytes, request, service, upstream
+from backends import (
+    Client,
+    EchoBackend,
+    SseBackend,
+    parse_raw_response,
+    pattern_bytes,
+    raw_exchange,
+    request,
+    service,
+    upstream,
+)
 
 from gateway.pipeline import request_buffer
 from gateway.runtime import TargetRuntime
@@ -259,6 +269,20 @@ async def test_a_204_goes_out_without_the_upstreams_content_length_and_content_t
             reply = await client.request("POST", "/mcp", headers, body)
     assert (reply.status, reply.body, reply.header("x-kept")) == (204, b"", "1")
     assert [reply.header(h) for h in ("content-length", "content-type", "last-modified")] == [None, None, None]
+
+
+async def test_a_decoded_crlf_in_a_stripped_regex_prefix_adds_no_upstream_header_line(nursery, gateway):
+    """X-Forwarded-Prefix is the part a strip_path route matched, of the decoded path: for a regex route, the
+    client's own bytes. A %0D%0A there made a header line the client wrote upstream (llhttp) or a 500 (h11)."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", [{"paths": [r"~/re/[^/]*"]}])]})
+    with trio.fail_after(TIMEOUT):
+        data, _ = await raw_exchange(port, b"GET /re/a%0D%0AX-Injected:%201/z HTTP/1.1\r\nHost: h\r\n"
+                                           b"Connection: close\r\n\r\n")
+    assert parse_raw_response(data)[0] == 200
+    (seen,) = echo.requests
+    assert seen.header("x-injected") is None and seen.header("x-forwarded-prefix") == "/re/a%0D%0AX-Injected: 1"
 
 
 async def test_no_route_gets_404_json(nursery, gateway):

@@ -49,6 +49,14 @@ def needs_escape(path: bytes) -> bool:
     return _UNSAFE.search(path) is not None
 
 
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+
+
+def header_safe(value: bytes) -> bytes:
+    """`value` with its control bytes (CR, LF, NUL, ...) %-escaped, so that it can go in a header line."""
+    return _CONTROL.sub(lambda m: b"%%%02X" % m.group(0)[0], value)
+
+
 def escape_path(path: bytes) -> bytes:
     """Kong's escape: any octet outside the unreserved and reserved characters (and "%") as an upper-case %XX."""
     return _UNSAFE.sub(lambda m: b"%%%02X" % m.group(0)[0], path)

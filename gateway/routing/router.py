@@ -52,7 +52,7 @@ from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from gateway.memo import Memo
-from gateway.routing.normalize import escape_path, needs_escape, normalize_path
+from gateway.routing.normalize import escape_path, header_safe, needs_escape, normalize_path
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
 T = TypeVar("T")
@@ -345,6 +345,8 @@ class Router(Generic[T]):
                 path = b"/" + sanitize_postfix(path)  # Kong drops a leading "./" or "../" of what follows
         if escape:  # what normalizing decoded, and what the client sent unescaped, is escaped, as Kong sends it
             path = escape_path(path)
+            if prefix:  # (X-Forwarded-Prefix: a regex's match is the client's; a decoded CR LF would add a line)
+                prefix = header_safe(prefix)
         if m is not None and c.regex.groups:  # type: ignore[union-attr]
             return CaptureMatch(spec.payload, path, query if sep else b"", prefix, captures_of(m))
         return Match(spec.payload, path, query if sep else b"", prefix)
