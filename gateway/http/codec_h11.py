@@ -206,6 +206,8 @@ class H11Server(_H11Codec):
             if size > self._max_line:  # (else no line can be too long)
                 check_head_size(len(start), headers, self._max, self._max_line)
             method, _, rest = start.partition(b" ")
+            if _NGINX_METHOD.fullmatch(method) is None:  # (h11 takes any token: `get` would match no GET route)
+                raise ProtocolError("invalid method: nginx takes A-Z, _ and - only")
             checked = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
@@ -293,6 +295,7 @@ class H11Server(_H11Codec):
 
 
 _METHOD = re.compile(rb"[A-Z]{1,20}")
+_NGINX_METHOD = re.compile(rb"[A-Z_-]+")  # ngx_http_parse_request_line's method characters
 
 
 def _request_line_of(raw: bytearray) -> tuple[bytes, bytes]:
