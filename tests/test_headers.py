@@ -194,6 +194,15 @@ def test_client_supplied_consumer_headers_are_stripped_from_a_trusted_peer_too()
     assert {k for k, _ in out}.isdisjoint({k.lower() for k, _ in CONSUMER_SPOOF})
 
 
+def test_client_supplied_consumer_headers_spelled_with_underscores_are_stripped_too():
+    """A CGI or WSGI upstream reads x_consumer_username as the same HTTP_X_CONSUMER_USERNAME (Kong passes them on:
+    underscores_in_headers on)."""
+    spoof = [(k.replace("-", "_"), v) for k, v in CONSUMER_SPOOF]
+    out, _, _ = rewrite([("host", "gw"), *spoof, ("x_keep", "1")])
+    assert {k for k, _ in out}.isdisjoint({k.lower() for k, _ in spoof})
+    assert values(out, "x_keep") == ["1"]
+
+
 def test_the_requests_consumer_is_sent_in_kongs_headers():
     bob = Consumer("4f1c", "bob", "c-7").identity("cred-1", "bob-key")
     out, _, _ = rewrite([("host", "gw"), ("x-consumer-username", "admin")], consumer=bob)

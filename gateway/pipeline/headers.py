@@ -21,10 +21,13 @@ _FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded
 CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
                               b"x-credential-identifier", b"x-consumer-groups", b"x-authenticated-groups",
                               b"x-anonymous-consumer"})
+# ... also spelled with underscores, which Kong passes on (underscores_in_headers on) and a CGI or WSGI upstream
+# reads as the same HTTP_X_CONSUMER_* variable.
+_SPOOFED_CONSUMER = frozenset(name.replace(b"-", b"_") for name in CONSUMER_HEADERS)
 # Proxy is dropped as Kong drops it (httpoxy: a CGI upstream would read it as its HTTP_PROXY); Via is replaced by
 # Kong's, the client's first one extended.
-_DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | {b"host", b"expect", b"x-forwarded-for", b"x-request-id", b"x-real-ip",
-                                            b"proxy", b"via"}
+_DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | _SPOOFED_CONSUMER | {b"host", b"expect", b"x-forwarded-for", b"x-request-id",
+                                                                b"x-real-ip", b"proxy", b"via"}
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
 _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x-kong-request-id"}
 # What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port, X-Real-IP and Via, built once per client
