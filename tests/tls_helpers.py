@@ -46,30 +46,28 @@ class Pki:
         return ctx
 
 
-def encrypted_pair() -> tuple[str, str]:
-    """A self-signed certificate for enc.test, and its key encrypted with a pass phrase."""
+def self_signed(common_name: str, days_from: int, days_to: int, passphrase: bytes | None = None) -> tuple[str, str]:
+    """A self-signed EC certificate valid from `days_from` to `days_to` days from now, and its key (encrypted
+    with `passphrase` when given), as PEM text."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "enc.test")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=30)).sign(key, hashes.SHA256()))
+            .serial_number(x509.random_serial_number()).not_valid_before(now + dt.timedelta(days=days_from))
+            .not_valid_after(now + dt.timedelta(days=days_to)).sign(key, hashes.SHA256()))
+    encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
     return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.BestAvailableEncryption(b"secret")).decode())
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption).decode())
+
+
+def encrypted_pair() -> tuple[str, str]:
+    """A self-signed certificate for enc.test, and its key encrypted with a pass phrase."""
+    return self_signed("enc.test", -1, 30, b"secret")
 
 
 def expired_pair() -> tuple[str, str]:
     """A self-signed certificate that expired yesterday, and its key."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "expired.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=30))
-            .not_valid_after(now - dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
-            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode())
+    return self_signed("expired.test", -30, -1)
 
 
 def peer_common_name(tls_sock: ssl.SSLSocket | ssl.SSLObject) -> str:
