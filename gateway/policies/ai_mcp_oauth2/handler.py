@@ -55,6 +55,7 @@ class TokenIdentity:
 
     __slots__ = ("consumer", "id", "username", "custom_id", "groups", "credential_id", "anonymous",
                  "upstream_headers", "_with_groups")
+    authenticated_groups: tuple[str, ...] | None = None  # (the token's groups are its own: acl reads `groups`)
 
     def __init__(self, credential_id: str, groups: tuple[str, ...], upstream_headers: Headers) -> None:
         self.consumer = None
