@@ -283,6 +283,25 @@ class SseBackend(_Backend):
         await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
+class ScriptedBackend(_Backend):
+    """Answers a request by writing `pieces` as they are, `gap` seconds apart, then keeps the connection `hold`
+    seconds: bytes a test controls (a head in pieces, header fields h11 would not send)."""
+
+    def __init__(self, pieces: list[bytes], gap: float = 0.0, hold: float = 0.0, name: str = "scripted") -> None:
+        super().__init__(name)
+        self.pieces = pieces
+        self.gap = gap
+        self.hold = hold
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        if await self._read_request(stream, h11.Connection(h11.SERVER)) is None:
+            return
+        for piece in self.pieces:
+            await stream.send_all(piece)
+            await trio.sleep(self.gap)
+        await trio.sleep(self.hold)
+
+
 class BadBackend(_Backend):
     """A misbehaving upstream. Modes, after reading a whole request:
       close     close the connection without answering

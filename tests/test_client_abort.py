@@ -13,7 +13,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
-from backends import EchoBackend, request, service, upstream, wait_until
+from backends import EchoBackend, _Backend, request, service, upstream, wait_until
 
 from gateway.http.timers import CLIENT_CHECK_S
 
@@ -21,28 +21,18 @@ TIMEOUT = 10
 NOTICED_WITHIN = CLIENT_CHECK_S * 2 + 0.5
 
 
-class SilentBackend:
-    """Reads a request and answers only its head and `first_chunk` of a chunked body (none at all by default);
-    records when the gateway closed the connection (`closed_after`: seconds after the request came)."""
+class SilentBackend(_Backend):
+    """Reads a request and answers nothing, or with `head` a head and the first chunk of a body; records when the
+    gateway closed the connection (`closed_after`: seconds after the request came)."""
 
     def __init__(self, head: bool = False) -> None:
+        super().__init__("silent")
         self.head = head
-        self.port = 0
-        self.requests = 0
         self.closed_after: float | None = None
 
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started(self.port)
-        await trio.serve_listeners(self._on_conn, listeners)
-
-    async def _on_conn(self, stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        while type(event := conn.next_event()) is not h11.EndOfMessage:
-            if event is h11.NEED_DATA:
-                conn.receive_data(await stream.receive_some(65536))
-        self.requests += 1
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        if await self._read_request(stream, h11.Connection(h11.SERVER)) is None:
+            return
         came = trio.current_time()
         if self.head:
             await stream.send_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
@@ -72,7 +62,7 @@ async def test_a_client_that_leaves_before_the_response_head_gets_its_upstream_c
     with trio.fail_after(TIMEOUT):
         client = await trio.open_tcp_stream("127.0.0.1", port)
         await client.send_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
-        await wait_until(lambda: backend.requests == 1, "the request upstream")
+        await wait_until(lambda: len(backend.requests) == 1, "the request upstream")
         await _leave(client, reset)
         await wait_until(lambda: backend.closed_after is not None, "the upstream connection closed")
     assert backend.closed_after < NOTICED_WITHIN  # type: ignore[operator]
@@ -88,7 +78,7 @@ async def test_a_client_that_leaves_before_the_response_head_is_logged_499_with_
     with trio.fail_after(TIMEOUT):
         client = await trio.open_tcp_stream("127.0.0.1", port)
         await client.send_all(b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
-        await wait_until(lambda: backend.requests == 1, "the request upstream")
+        await wait_until(lambda: len(backend.requests) == 1, "the request upstream")
         await _leave(client, False)
         response = (await _first_log_line(log))["response"]
     assert (response["status"], response["size"]) == (499, 0)

@@ -15,6 +15,7 @@ import trio
 from backends import (
     Client,
     EchoBackend,
+    ScriptedBackend,
     SseBackend,
     parse_raw_response,
     pattern_bytes,
@@ -239,14 +240,8 @@ async def test_204_response_has_no_body(nursery, gateway):
     assert after.body == pattern_bytes(5)
 
 
-async def _wrong_204(stream: trio.SocketStream) -> None:
-    """An upstream that answers 204 with a Content-Length, a Content-Type and a Last-Modified."""
-    received = b""
-    while b"\r\n\r\n" not in received:
-        received += await stream.receive_some(65536)
-    await stream.send_all(b"HTTP/1.1 204 No Content\r\ncontent-type: application/json\r\ncontent-length: 5\r\n"
-                          b"last-modified: Sat, 05 Dec 2026 10:00:00 GMT\r\nx-kept: 1\r\n\r\n")
-    await trio.sleep(1)
+WRONG_204 = (b"HTTP/1.1 204 No Content\r\ncontent-type: application/json\r\ncontent-length: 5\r\n"
+             b"last-modified: Sat, 05 Dec 2026 10:00:00 GMT\r\nx-kept: 1\r\n\r\n")
 
 
 MCP_PROXY = {"name": "ai-mcp-proxy", "config": {"mode": "passthrough-listener",
@@ -257,11 +252,9 @@ MCP_PROXY = {"name": "ai-mcp-proxy", "config": {"mode": "passthrough-listener",
 async def test_a_204_goes_out_without_the_upstreams_content_length_and_content_type(nursery, gateway, mcp):
     """nginx's header filter makes a 204 header-only without Content-Type, Last-Modified and Content-Length (RFC
     9110 8.6: never a Content-Length on a 204); a client that trusted the upstream's would wait for its bytes."""
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    nursery.start_soon(trio.serve_listeners, _wrong_204, listeners)
+    upstream_port = await nursery.start(ScriptedBackend([WRONG_204], hold=1.0).serve)
     route: dict = {"paths": ["/"], "mcp": True, "plugins": [MCP_PROXY]} if mcp else {"paths": ["/"]}
-    port = await gateway({"services": [service("s", f"http://127.0.0.1:{listeners[0].socket.getsockname()[1]}",
-                                               [route])]})
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{upstream_port}", [route])]})
     body = b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'
     headers = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
     with trio.fail_after(TIMEOUT):

@@ -17,6 +17,7 @@ from backends import (
     BadBackend,
     Client,
     EchoBackend,
+    ScriptedBackend,
     free_port,
     parse_raw_response,
     raw_exchange,
@@ -143,17 +144,8 @@ async def test_silent_upstream_gets_504_after_read_timeout(nursery, gateway):
 async def test_read_timeout_runs_between_two_reads_of_a_head_that_comes_in_pieces(nursery, gateway):
     """nginx's proxy_read_timeout is "set only between two successive read operations": a head whose pieces come
     0.25 s apart passes a 400 ms read_timeout although it takes longer than that in all."""
-    async def slow_head(stream: trio.SocketStream) -> None:
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += await stream.receive_some(65536)
-        for piece in (b"HTTP/1.1 200 OK\r\n", b"content-length: 2\r\n", b"x-piece: 3\r\n", b"\r\nok"):
-            await stream.send_all(piece)
-            await trio.sleep(0.25)
-
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-    nursery.start_soon(trio.serve_listeners, slow_head, listeners)
-    port = listeners[0].socket.getsockname()[1]
+    pieces = [b"HTTP/1.1 200 OK\r\n", b"content-length: 2\r\n", b"x-piece: 3\r\n", b"\r\nok"]
+    port = (await start_backend(nursery, ScriptedBackend(pieces, gap=0.25))).port
     setup = await start(nursery, gateway, [service("slow", f"http://127.0.0.1:{port}", read_timeout=400, retries=0)])
     with trio.fail_after(TIMEOUT):
         reply = await request(setup.port, "GET", "/x")
