@@ -125,11 +125,11 @@ class Conn:
             return  # the common case: the kernel took it all
         timer = self.send_timer
         if timer is None:
-            await self._send_rest(memoryview(data)[sent:])
+            await self._send_rest(memoryview(data)[sent:], None)
             return
         saved = timer.save()
         timer.set(self.send_timeout, Phase.CLIENT_WRITE)
-        await self._send_rest(memoryview(data)[sent:])
+        await self._send_rest(memoryview(data)[sent:], timer)
         timer.restore(saved)  # not reached when the timer fired: the scope is cancelled
 
     def send_now(self, data: bytes) -> int:
@@ -140,7 +140,9 @@ class Conn:
         except OSError:
             return 0
 
-    async def _send_rest(self, view: memoryview) -> None:
+    async def _send_rest(self, view: memoryview, timer: ConnTimer | None) -> None:
+        """The rest of a write the kernel did not take at once; with a timer, send_timeout bounds each wait for
+        the peer to read, not the whole write (nginx's send_timeout: between two successive writes)."""
         sock = self.sock
         while view:
             try:
@@ -155,6 +157,8 @@ class Conn:
                 if e.errno in _CLOSED_ERRNOS:
                     raise BrokenPipeError(e.errno, "peer closed the connection") from None
                 raise
+            if timer is not None and view:  # the peer read some: the wait for the rest starts again
+                timer.set(self.send_timeout, Phase.CLIENT_WRITE)
 
     def peer_closed(self) -> bool | None:
         """Once the socket polled readable, with no read under way: True if the peer closed (EOF or reset), False

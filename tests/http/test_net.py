@@ -3,14 +3,17 @@ closes, resets, or the gateway closes the socket under a waiting task."""
 
 from __future__ import annotations
 
+import math
 import socket
 import struct
+import time
 from collections.abc import Callable
 
 import trio
 import trio.testing
 
 from gateway.http.net import Conn
+from gateway.http.timers import ConnTimer, Phase
 
 
 async def read_parked(conn: Conn, then: Callable[[], object]) -> list[bytes]:
@@ -71,3 +74,29 @@ async def test_recv_returns_at_once_when_data_is_there_and_waits_otherwise(conn_
     with trio.move_on_after(0.05) as scope:
         await conn.recv()
     assert scope.cancelled_caught  # nothing more: it waited
+
+
+async def test_a_long_write_re_arms_send_timeout_each_time_the_peer_reads_some(conn_pair):
+    """nginx's send_timeout bounds the wait between two successive writes, not a whole response: a peer that keeps
+    reading a big write moves the deadline on; the timer is back to what it was once the write is done."""
+    conn, peer = conn_pair
+    timer = ConnTimer(math.inf, Phase.BUSY)
+    conn.send_timer, conn.send_timeout = timer, 30.0
+    deadlines: list[float] = []
+
+    def read_slowly() -> None:
+        peer.settimeout(5)
+        while True:
+            if not peer.recv(65536):
+                return
+            if timer.at != math.inf and timer.at not in deadlines:
+                deadlines.append(timer.at)
+            time.sleep(0.01)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, read_slowly)
+        await conn.sendall(b"x" * 8_000_000)
+        conn.sock.shutdown(socket.SHUT_WR)
+    assert len(deadlines) >= 3
+    assert deadlines == sorted(deadlines)
+    assert timer.at == math.inf and timer.phase is Phase.BUSY
