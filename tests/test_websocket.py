@@ -114,8 +114,8 @@ async def read_eof(stream: trio.abc.Stream) -> bytes:
 
 
 class WsBackend:
-    """A WebSocket-ish echo server; `mode`: "echo", "silent" (says nothing after its 101), "sink" (nor reads), or
-    "refuse" (400)."""
+    """A WebSocket-ish echo server; `mode`: "echo", "silent" (says nothing after its 101), "sink" (nor reads),
+    "flood" (sends without pause after its 101), or "refuse" (400)."""
 
     def __init__(self, mode: str = "echo") -> None:
         self.mode = mode
@@ -148,6 +148,13 @@ class WsBackend:
                                   b"Sec-WebSocket-Accept: %b\r\nX-Backend: ws\r\n\r\n%b" % (accept, greeting))
             if self.mode == "sink":
                 await trio.sleep_forever()  # reads nothing more: the gateway's writes to it end up waiting
+            if self.mode == "flood":
+                chunk = frame(TEXT, b"x" * 60000, mask=False)
+                try:
+                    while True:
+                        await stream.send_all(chunk)
+                except trio.BrokenResourceError:
+                    return
             try:
                 while True:
                     for opcode, payload in parse_frames(buf):
@@ -352,6 +359,29 @@ async def test_the_tunnel_is_logged_as_a_101_and_header_filters_apply_to_its_hea
     assert entry["response"]["status"] == 101
     assert entry["service"]["name"] == "ws"
     assert entry["upstream_uri"] == "/logged"
+
+
+async def test_a_tunnel_the_send_timeout_ends_is_logged_with_the_bytes_it_relayed(nursery, gateway):
+    """nginx's $bytes_sent (Kong's response.size) counts what the tunnel sent however it ended: a client that stops
+    reading is cut by send_timeout_s, and its entry still has the bytes it read, not the 101 head's alone."""
+    backend = WsBackend("flood")
+    await nursery.start(backend.serve)
+    collector = UdpCollector()
+    await nursery.start(collector.serve)
+    port = await gateway({"services": [service("ws", f"http://127.0.0.1:{backend.port}")], "plugins": [
+        {"name": "udp-log", "config": {"host": "127.0.0.1", "port": collector.port}}]}, send_timeout_s=1)
+    read_first = 256 * 1024
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(handshake(base64.b64encode(os.urandom(16))))
+            received = 0
+            while received < read_first:  # bytes the gateway certainly sent; then it reads nothing more
+                received += len(await stream.receive_some(65536))
+            await wait_until(lambda: collector.datagrams, "the log entry")
+    entry = collector.entries[0]
+    assert entry["response"]["status"] == 101
+    assert entry["response"]["size"] >= read_first
 
 
 # --- the pieces: detection, and both codecs' switch -----------------------------------------------------------------

@@ -380,10 +380,10 @@ class Forwarder:
             if timers is not None:
                 timers.park(ex.timer)  # as an SSE stream: busy for as long as it lasts, no drain shortens it
             why, down, up = await relay(ex.conn, uc.conn, to_upstream, uc.codec.take_upgraded(), svc.read_timeout,
-                                        svc.write_timeout)
+                                        svc.write_timeout, ex)
             log.debug("tunnel %s <-> %s ended, %s (%d bytes to the client, %d to the upstream)", ex.conn.peer,
                       uc.conn.peer, why, down, up)
-            ex.sent += down
+
         finally:
             if timers is not None:
                 timers.unpark(ex.timer)

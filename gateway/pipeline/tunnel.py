@@ -16,6 +16,7 @@ send timer (send_timeout_s, gateway.http.net.Conn.sendall), which ends the conne
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import trio
 
@@ -34,13 +35,21 @@ UPSTREAM_STUCK = "a write to the upstream waited write_timeout"
 _BROKEN = (OSError, trio.BusyResourceError)
 
 
+class Counted(Protocol):
+    """What counts the bytes sent to the client (an Exchange: nginx's $bytes_sent, however the request ends)."""
+
+    sent: int
+
+
 class _Tunnel:
     __slots__ = ("ended", "scope", "to_client", "to_upstream", "client", "read_timeout", "write_timeout", "reading",
-                 "writing")
+                 "writing", "counted")
 
-    def __init__(self, scope: trio.CancelScope, client: Conn, read_timeout: float, write_timeout: float) -> None:
+    def __init__(self, scope: trio.CancelScope, client: Conn, read_timeout: float, write_timeout: float,
+                 counted: Counted) -> None:
         self.ended = ""
         self.scope = scope
+        self.counted = counted
         self.to_client = 0  # bytes relayed each way
         self.to_upstream = 0
         self.client = client
@@ -68,12 +77,13 @@ class _Tunnel:
 
 
 async def relay(client: Conn, upstream: Conn, to_upstream: bytes, to_client: bytes, read_timeout: float,
-                write_timeout: float) -> tuple[str, int, int]:
+                write_timeout: float, counted: Counted) -> tuple[str, int, int]:
     """Relay both ways until either side closes or a timeout ends it: (why it ended, bytes sent to the client, bytes
     sent to the upstream). `to_upstream` and `to_client` are what the codecs read past the two heads already: they
-    go first. Raises only what cancels it from outside (a timer of the client connection, the worker stopping)."""
+    go first; each write to the client is added to `counted.sent` as it goes (a tunnel cut from outside is
+counted too). Raises only what cancels it from outside (a timer of the client connection, the worker stopping)."""
     async with trio.open_nursery() as nursery:
-        tunnel = _Tunnel(nursery.cancel_scope, client, read_timeout, write_timeout)
+        tunnel = _Tunnel(nursery.cancel_scope, client, read_timeout, write_timeout, counted)
         nursery.start_soon(_downstream, tunnel, client, upstream, to_client)
         nursery.start_soon(_upstream, tunnel, client, upstream, to_upstream)
     return tunnel.ended, tunnel.to_client, tunnel.to_upstream
@@ -90,6 +100,7 @@ async def _downstream(tunnel: _Tunnel, client: Conn, upstream: Conn, data: bytes
                 tunnel.end(CLIENT_CLOSED)
                 return
             tunnel.to_client += len(data)
+            tunnel.counted.sent += len(data)
             tunnel.event()
         with trio.CancelScope(deadline=trio.current_time() + tunnel.read_timeout) as waited:
             tunnel.reading = waited
