@@ -104,13 +104,14 @@ class Forwarder:
         if upgrade:
             framing = None  # type: ignore[assignment]  # the codec reads the headers, and so expects the 101
             session_id = None  # a tunnel is not an MCP transport: its session id is neither passed on nor pinned
-        pinned = address = None
+        pinned = address = pinned_target = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
             opened = affinity.open(session_id)  # type: ignore[union-attr]
             if opened is None:
                 await session_not_found(ex)
                 return
             pinned, address, upstream_sid = opened
+            pinned_target = group.targets[pinned]  # (its position may change while the body is read: discovery)
             headers.append((b"mcp-session-id", upstream_sid))
         target_path = svc.upstream_target(match.path, match.query)
         if not match.query and (req.target if ex.state is None else ex.request_uri())[-1:] == b"?":
@@ -143,7 +144,13 @@ class Forwarder:
             # it (sets made only once there is one: the first try, the usual last, makes none)
             nameless: frozenset[int] = frozenset()
             failed: frozenset[int] = frozenset()
+            tried_in: list[TargetRuntime] = group.targets  # the list the positions in those two sets are of
             error: UpstreamError | None = None
+            if pinned_target is not None and (pinned := _position(group, pinned, pinned_target)) is None:
+                log.info("MCP session target %s left the upstream while its request was read: session not found",
+                         pinned_target.name)
+                await session_not_found(ex)
+                return
             if pinned is not None and pinned in group.unusable and not (
                     self.shared is not None and self.shared.is_drained(group.keys[pinned])):
                 # The session's server is circuit-open or unhealthy: the client had better start a new session
@@ -152,12 +159,14 @@ class Forwarder:
                 return
             host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry
             tries = svc.retries + 1 if pinned is None else 1  # a pinned session never moves
-            stale: int | None = None  # a target whose pooled connection was found closed: tried again, on another one
+            stale: TargetRuntime | None = None  # its pooled connection was found closed: tried again, on another one
             while tries or stale is not None:
                 if stale is None:
                     if pinned is None:
                         skip = group.unusable
                         if nameless or failed:
+                            if group.targets is not tried_in:  # discovery replaced the list: positions mean others
+                                nameless = failed = frozenset()
                             skip = skip | nameless | failed
                         index = group.balancer.pick(hash_key, skip)
                         if index is None:
@@ -169,8 +178,14 @@ class Forwarder:
                         index = pinned
                     tries -= 1
                 else:  # nginx's u->peer.cached: that failure cost no try
-                    index, stale = stale, None
-                target = group.targets[index]
+                    found, stale = _position(group, index, stale), None
+                    if found is None:  # (the target left the upstream meanwhile)
+                        if pinned is None:
+                            continue
+                        break
+                    index = found
+                targets = group.targets
+                target = targets[index]
                 if ex.state is not None:  # for the MCP audit log: where the call went
                     ex.state["upstream"] = target.name
                 host = client_host if route.preserve_host and client_host else \
@@ -188,6 +203,9 @@ class Forwarder:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                         headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
+                    if tried_in is not targets:  # discovery replaced the list since the last failure
+                        nameless = failed = frozenset()
+                        tried_in = targets
                     if group.balancer.retry_skips_tried:  # Kong's least-connections and latency; its round-robin
                         failed = failed | {index}  # and consistent-hashing pick as for a first try (the wheel's
                         # next, the key's own point again)
@@ -205,7 +223,7 @@ class Forwarder:
                     if (e.sent and not replayable) or type(e) is BadResponse:
                         break  # (nginx's default proxy_next_upstream has no invalid_header)
                     if isinstance(e, UpstreamClosed) and e.reused:
-                        stale = index  # it closed while idle, as the request crossed it: the target said nothing
+                        stale = target  # it closed while idle, as the request crossed it: the target said nothing
                     continue
                 if upgrade and response.status == 101:
                     await self._tunnel(ex, svc, uc, response, attempt, request_id)
@@ -213,9 +231,9 @@ class Forwarder:
                 await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
                                   route.name if session_id is None else None, mcp.edit if mcp is not None else None)
                 return
-            if pinned is not None and error is not None and (
-                    not error.sent or await self._gone(error, svc, group.targets[pinned], address)):
-                log.info("MCP session target %s unreachable (%s): session not found", group.targets[pinned].name, error)
+            if pinned_target is not None and error is not None and (
+                    not error.sent or await self._gone(error, svc, pinned_target, address)):
+                log.info("MCP session target %s unreachable (%s): session not found", pinned_target.name, error)
                 await session_not_found(ex)
             elif error is None:
                 log.info("no available target in upstream %r: 503", group.name)
@@ -383,7 +401,6 @@ class Forwarder:
                                         svc.write_timeout, ex)
             log.debug("tunnel %s <-> %s ended, %s (%d bytes to the client, %d to the upstream)", ex.conn.peer,
                       uc.conn.peer, why, down, up)
-
         finally:
             if timers is not None:
                 timers.unpark(ex.timer)
@@ -681,6 +698,19 @@ def _sni(host: bytes) -> str:
     nginx, sends no SNI for it (RFC 6066) and checks the certificate against it, not against the service's host."""
     name = host.decode("latin-1").lower()
     return name[1:name.find("]")] if name.startswith("[") else name.partition(":")[0]
+
+
+def _position(group: UpstreamGroup, index: int | None, target: TargetRuntime) -> int | None:
+    """Where `target` (at `index` of the list it was picked from) is in the group's target list now: discovery may
+    have replaced the list while the request waited; None once it left the upstream."""
+    targets = group.targets
+    name = target.name
+    if index is not None and index < len(targets) and targets[index].name == name:
+        return index
+    for i, t in enumerate(targets):
+        if t.name == name:
+            return i
+    return None
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
