@@ -75,6 +75,11 @@ _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase
                   Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
                   Phase.IDLE: "client_keepalive"}
 
+# The upstream phases a timeout answers 504 in while nothing was sent (UPSTREAM_BODY: a body read whole before the
+# head, for the body filters), with what the log says the upstream did not do
+_UPSTREAM_VERBS = {Phase.UPSTREAM_WRITE: "accept the request", Phase.UPSTREAM_READ: "send a response",
+                   Phase.UPSTREAM_BODY: "send the rest of its response"}
+
 
 def error_response(status: int, message: str | None, request_id: bytes, accept: bytes | None = None,
                    templates: Templates = KONG_TEMPLATES) -> tuple[bytes, bytes]:
@@ -673,9 +678,9 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
         log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
                  conn.peer, exchange.settings.body_timeout)
         await _answer_error(exchange, 408, page_type(exchange.request.headers, settings.error_type))
-    elif phase in (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ) and exchange and not exchange.response_started:
+    elif phase in _UPSTREAM_VERBS and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
-        verb = "accept the request" if phase == Phase.UPSTREAM_WRITE else "send a response"
+        verb = _UPSTREAM_VERBS[phase]
         setting = "write_timeout" if phase == Phase.UPSTREAM_WRITE else "read_timeout"
         exchange.close_after = True
         log.info("upstream %s did not %s within %gs (%s): 504", target, verb, seconds, setting)

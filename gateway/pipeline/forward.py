@@ -452,7 +452,13 @@ class Forwarder:
             if not done and edit is None and (phases := ex.phases) is not None:  # a body filter's, whole?
                 status, filtered, exited = phases.filter_head(ex, response.status, headers)  # (as Kong, once the
                 if not exited and phases.buffers(ex, status, filtered):  # header filters ran: send_head's filter
-                    first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)  # skips them)
+                    try:  # skips them)
+                        first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)
+                    except (ProtocolError, UpstreamError) as e:  # nothing went out: the gateway's 502
+                        log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                        failed = TCP_FAILURE
+                        await ex.respond_error_page(502)
+                        return
             splitter = None
             if edit is not None:  # an event stream: the gateway's errors first, then whole events, edited
                 headers = [hv for hv in headers if hv[0] != b"content-length"]

@@ -4,7 +4,10 @@
   authentication plugin, a 429, a 404 with no route: then the global plugins' filters run, as in Kong), before the
   head is written, so the head stays one write. Like Kong, it runs for every plugin of the request's chain, also
   those after the one that answered. A header filter may answer in the response's place by raising Exit (Kong's
-  kong.response.exit(status) in header_filter: response-ratelimiting's 429).
+  kong.response.exit(status) in header_filter: response-ratelimiting's 429). When the gateway answers in place of
+  a response whose head the filters saw (`filter_head`, then its body broke off or stalled while read whole: a 502
+  or 504 page), they run again on that answer, with the headers set in access: a filter that keeps per-response
+  state from header_filter to body_filter must not apply what it decided on the first to the second (proxy-cache).
 - body_filter sees a whole, non-streaming body: the gateway's own answers, and upstream bodies that a filter asks
   for (`wants_body`), read whole up to RESPONSE_BODY_LIMIT. text/event-stream is never buffered. A body over the
   limit is streamed unchanged (logged), as Kong leaves a request body it did not buffer in memory.
@@ -124,7 +127,7 @@ class ResponsePhases:
         """The header filters, headers a policy set in access (Exchange.set_response_header) going in first, as
         Kong's do: (status, headers, exited), a filter's Exit giving its status and Content-Length: 0."""
         state = ex.state
-        if state and (headers_set := state.pop(HEADERS_SET, None)):
+        if state and (headers_set := state.get(HEADERS_SET)):  # (kept for an answer in the response's place)
             names = {name for name, _ in headers_set}
             headers = [hv for hv in headers if hv[0] not in names] + headers_set
         try:
@@ -152,12 +155,15 @@ class ResponsePhases:
 async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, read_timeout: float,
                           limit: int = RESPONSE_BODY_LIMIT) -> tuple[bytes, bool]:
     """Read an upstream body to its end for the body filters: (body, True), or (what was read, False) once it
-    passes `limit`, for the caller to stream on unchanged. read_timeout applies between reads, as when streaming."""
+    passes `limit`, for the caller to stream on unchanged. read_timeout applies between reads, as when streaming;
+    with no head sent yet, a stall past it gets the client a 504 (gateway.http.server._timed_out), logged with the
+    upstream the head came from (the timer's detail as the head's read left it)."""
     parts = [first]
     size = len(first)
     timer = ex.timer
+    detail = ((timer.detail or ("?", 0.0))[0], read_timeout)
     while True:
-        timer.set(read_timeout, Phase.UPSTREAM_BODY)
+        timer.set(read_timeout, Phase.UPSTREAM_BODY, detail)
         codec.receive_data(await conn.recv())
         while (ev := codec.next_event()) is not NEED_DATA:
             if ev is END:

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import h11
 import pytest
 import trio
-from backends import Client, _Backend, service
+from backends import BadBackend, Client, _Backend, free_port, parse_raw_response, raw_exchange, service
 from plugin_helpers import TIMEOUT, http_codec, plugin  # noqa: F401 - http_codec: the fixture
 
 from gateway.policies.proxy_cache import handler as handler_module
@@ -427,6 +427,96 @@ async def test_an_entry_too_large_for_the_store_is_served_as_a_miss_and_not_stor
         assert status_of(await get(port)) == "Miss"
     assert len(backend.requests) == 2
     assert "no memory" in caplog.text
+
+
+# --- upstream bodies that break off or stall --------------------------------------------------------------------------
+
+
+PAGES = ["text/plain", "text/plain; charset=utf-8"]  # the upstream's type and the gateway's pages' (Kong's match)
+
+
+async def start_bad(nursery: trio.Nursery, gateway: Any, backend: _Backend, **fields: Any) -> int:
+    """`backend` behind service `svc`, a route for every path with proxy-cache on it, and the gateway: its port."""
+    await nursery.start(backend.serve)
+    return await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [
+        {"name": "r", "paths": ["/"], "plugins": [cache(**fields.pop("config", {}))]}], **fields)]})
+
+
+@pytest.mark.parametrize("mode", ["truncate", "truncate-chunked"])
+async def test_a_body_cut_midway_is_never_stored(nursery, gateway, mode, caplog):
+    """Kong stores at the body's end only, and nginx ends a cut upstream body without it: the next request goes
+    upstream again. The cut one gets the gateway's 502 page (the body was read whole before the head), which is no
+    more stored than the upstream's 200 it replaces, though 502 and its type are listed (a decision made on one
+    response is not applied to another)."""
+    backend = BadBackend(mode)  # 200 text/plain: cacheable, then the connection closes mid-body
+    port = await start_bad(nursery, gateway, backend, config={"response_code": [200, 502], "content_type": PAGES})
+    first = await get(port, "/cut")
+    assert (first.status, status_of(first), key_of(first) is not None) == (502, "Bypass", True)
+    second = await get(port, "/cut")
+    assert (second.status, status_of(second)) == (502, "Bypass")
+    assert len(backend.requests) == 2
+    assert sum("failed mid-response" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 2
+
+
+class WholeThenCut(_Backend):
+    """The first answer whole (200 text/plain), every later one cut after 10 of its 1000 bytes."""
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        if await self._read_request(stream, conn) is None:
+            return
+        if len(self.requests) == 1:
+            await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
+                                  b"connection: close\r\n\r\nwhole")
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 1000\r\n\r\n"
+                              + b"x" * 10)
+        await trio.sleep(0.05)
+
+
+async def test_a_refresh_cut_midway_leaves_the_stale_entry_in_place(nursery, gateway, clock):
+    """Kong stores nothing for a Refresh whose body is cut: the stale entry stays (not replaced by the gateway's 502
+    page), so the next request is a Refresh again and reaches the upstream."""
+    backend = WholeThenCut()
+    port = await start_bad(nursery, gateway, backend, config={"cache_ttl": 2, "storage_ttl": 60})
+    assert status_of(await get(port, "/page")) == "Miss"
+    clock[0] += 3
+    assert (await get(port, "/page")).status == 502  # a Refresh whose upstream answer is cut
+    third = await get(port, "/page")
+    assert (third.status, status_of(third)) == (502, "Bypass")  # a Refresh, cut again: not a stored 502
+    assert len(backend.requests) == 3
+
+
+async def test_a_body_stalled_past_read_timeout_is_a_504_logged_and_never_stored(nursery, gateway, caplog):
+    """The body is read whole before the head goes out: an upstream silent past read_timeout mid-body gets the
+    client the gateway's 504 page (as a cut there gets its 502), not a connection closed without a byte; the log
+    names the upstream and the setting, as the other 504s; the next request goes upstream again."""
+    backend = BadBackend("stall")  # 200 text/plain, Content-Length 1000, 10 bytes, then silence
+    port = await start_bad(nursery, gateway, backend, read_timeout=200,
+                           config={"response_code": [200, 504], "content_type": PAGES})
+    with caplog.at_level(logging.INFO, "gateway.http"):
+        data, _ = await raw_exchange(port, b"GET /stall HTTP/1.1\r\nhost: gateway.test\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 "), data  # (not a connection closed without a byte)
+        status, headers, body = parse_raw_response(data)
+        assert (status, headers["x-cache-status"], len(body)) == (504, "Bypass", int(headers["content-length"]))
+        second = await get(port, "/stall")
+        assert (second.status, status_of(second)) == (504, "Bypass")
+    assert len(backend.requests) == 2
+    logged = [r.getMessage() for r in caplog.records if "did not send the rest of its response" in r.getMessage()]
+    assert logged == [f"upstream 127.0.0.1:{backend.port} did not send the rest of its response within 0.2s "
+                      "(read_timeout): 504"] * 2
+
+
+async def test_the_gateways_own_error_page_with_a_listed_status_is_cached(nursery, gateway):
+    """When the gateway's page is the request's only answer (the upstream is down), proxy-cache judges it as any
+    response, as Kong's error handler runs the header and body filters: 502 listed in response_code is stored."""
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{free_port()}", [
+        {"name": "r", "paths": ["/"], "plugins": [cache(response_code=[200, 502], content_type=PAGES)]}],
+        retries=0)]})
+    first = await get(port, "/down")
+    assert (first.status, status_of(first)) == (502, "Miss")
+    second = await get(port, "/down")
+    assert (second.status, status_of(second), second.body) == (502, "Hit", first.body)
 
 
 # --- the key ---------------------------------------------------------------------------------------------------------

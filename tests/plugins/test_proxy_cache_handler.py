@@ -241,3 +241,19 @@ async def test_without_a_host_store_every_request_is_a_miss():
     policy = ProxyCache(msgspec.convert({"strategy": "memory"}, ProxyCacheConfig), None)
     headers = await miss(policy, Ex())
     assert (b"x-cache-status", b"Miss") in headers
+
+
+async def test_an_answer_in_place_of_the_response_judged_is_never_stored():
+    """The header filters run a second time when the gateway answers in place of a response they judged (its 502
+    page for a body cut while read whole): a decision on the upstream's 200 is not applied to that page, which is
+    not stored though its status and type are listed, and says Bypass."""
+    store = Store()
+    policy = cache(store, response_code=[200, 502], content_type=["application/json"])
+    ex = Ex()
+    await policy.access(ex)  # type: ignore[arg-type]
+    policy.header_filter(ex, 200, with_headers_set(ex, list(JSON)))  # type: ignore[arg-type]
+    page = policy.header_filter(ex, 502, list(JSON))  # type: ignore[arg-type]
+    assert (b"x-cache-status", b"Bypass") in page
+    assert policy.wants_body(ex, 502, page) is False  # type: ignore[arg-type]
+    policy.body_filter(ex, 502, page, b'{"message": "An invalid response was received"}')  # type: ignore[arg-type]
+    assert store.stored == []

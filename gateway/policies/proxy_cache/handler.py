@@ -22,6 +22,13 @@ On a hit the stored headers are sent without the hop-by-hop ones, Content-Length
 headers follow response_headers (age, X-Cache-Status, X-Cache-Key), or are all sent when the request has a
 Kong-Debug header.
 
+Only the response header_filter judged is stored. The header filters run again, with this plugin's decision made,
+on an answer the gateway sends in place of one whose head they saw: its 502 or 504 page when an upstream body read
+whole for body_filter breaks off or stalls (gateway.pipeline.phases.read_whole_body). That answer is not stored,
+whatever its status (X-Cache-Status: Bypass), as Kong stores nothing when the body never reaches its end
+(body_filter stores at eof only; nginx ends a cut upstream response without it). A gateway page that is the
+request's only answer (an upstream down: 502) is judged as any response.
+
 What access sets for the response (X-Cache-Key, X-Cache-Status) is added when this plugin's header_filter runs:
 Kong sets it in access, where the header filters of plugins of higher priority see it too. The answer of a plugin
 after this one (request-termination) is a response like any: it may be stored, as in Kong.
@@ -187,9 +194,15 @@ class ProxyCache:
         pending = _state(ex)
         if pending is None:
             return headers
-        if pending.key is None or pending.decided:
+        if pending.decided:  # a second response: see the module doc (a gateway page in place of the one judged)
+            pending.key = None
+            pending.cacheable = False
+            if pending.debug or self.show_status:
+                set_header(headers, _STATUS, b"Bypass")
             return headers
         pending.decided = True
+        if pending.key is None:
+            return headers
         t = now()
         if self.rules.cacheable_response(status, headers, t):
             pending.cacheable = True
