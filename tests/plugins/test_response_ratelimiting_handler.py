@@ -80,6 +80,19 @@ async def test_the_log_step_adds_the_increments_to_the_keepers_counters():
     assert all(ttl >= 1 for _, _, ttl in keeper.added)
 
 
+async def test_a_gateway_page_in_place_of_a_cut_response_keeps_the_usage_the_response_declared():
+    """Kong counts the usage of a response whose body broke off (its head, and so its header, went out); here the
+    gateway's 502 page replaces it, and the header filters run again on that page, which declares nothing."""
+    keeper = Keeper()
+    p = policy(keeper)
+    ex = Exchange()
+    await p.access(ex)
+    p.header_filter(ex, 200, [(b"x-kong-limit", b"video=2")])
+    p.header_filter(ex, 502, [(b"content-type", b"text/html")])
+    p.log(ex, 0.0, 0.0, 502)
+    assert {n for _, n, _ in keeper.added} == {2}
+
+
 async def test_the_header_name_is_found_whatever_its_case_and_with_underscores_for_dashes():
     keeper = Keeper()
     p = policy(keeper, header_name="X_Cost")

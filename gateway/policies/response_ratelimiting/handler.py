@@ -41,7 +41,7 @@ class _Request:
         self.identifier = ident
         self.windows = windows
         self.remaining = remaining
-        self.increments: dict[str, int] = {}
+        self.increments: dict[str, int] | None = None  # the usage the response declared (None: no response yet)
         self.stopped = False  # the response became the 429: nothing is counted
 
 
@@ -106,7 +106,8 @@ class ResponseRateLimiting:
         if req is None:  # access did not run to its end (Kong: no usage): the header is left alone
             return headers
         plan = self.plan
-        req.increments = parse_increments(get_header(headers, self.header), plan.names)
+        if req.increments is None:  # (a gateway page in place of the response whose usage was read: kept, as Kong
+            req.increments = parse_increments(get_header(headers, self.header), plan.names)  # counts a cut body's)
         if not self.hide:
             for name, value in plan.client_headers(req.remaining, req.increments):
                 set_header(headers, name, value)
