@@ -167,13 +167,21 @@ def _object(s: str, i: int, member, found: dict[str, Any]) -> int:  # noqa: ANN0
         i = _WS.match(s, i + 1).end()  # type: ignore[union-attr]
 
 
+# A repeated member replaces what an earlier one said (JSON parsers, msgspec and the SDK's included, keep the last).
+
+
 def _top_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
-    if key == "method" and i < len(s) and s[i] == '"':
-        found["method"], i = _string(s, i)
-        return i
-    if key == "params" and i < len(s) and s[i] == "{":
-        return _object(s, i, _params_member, found)
-    if key == "id":
+    if key == "method":
+        found["method"] = None
+        if i < len(s) and s[i] == '"':
+            found["method"], i = _string(s, i)
+            return i
+    elif key == "params":
+        found["name"] = found["uri"] = found["meta"] = None
+        if i < len(s) and s[i] == "{":
+            return _object(s, i, _params_member, found)
+    elif key == "id":
+        found["id"] = None
         end = _skip(s, i)
         try:
             found["id"] = json.loads(s[i:end])
@@ -184,20 +192,26 @@ def _top_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
 
 
 def _params_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
-    if key in ("name", "uri") and i < len(s) and s[i] == '"':
-        found[key], i = _string(s, i)
-        return i
-    if key == "_meta" and i < len(s) and s[i] == "{":
-        meta: dict[str, Any] = {}
-        found["meta"] = meta
-        return _object(s, i, _meta_member, meta)
+    if key in ("name", "uri"):
+        found[key] = None
+        if i < len(s) and s[i] == '"':
+            found[key], i = _string(s, i)
+            return i
+    elif key == "_meta":
+        found["meta"] = None
+        if i < len(s) and s[i] == "{":
+            meta: dict[str, Any] = {}
+            found["meta"] = meta
+            return _object(s, i, _meta_member, meta)
     return _skip(s, i)
 
 
 def _meta_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
-    if key == PROTOCOL_VERSION_META and i < len(s) and s[i] == '"':
-        found[key], i = _string(s, i)
-        return i
+    if key == PROTOCOL_VERSION_META:
+        found[key] = None
+        if i < len(s) and s[i] == '"':
+            found[key], i = _string(s, i)
+            return i
     return _skip(s, i)
 
 
@@ -391,3 +405,66 @@ def _message(raw: bytes) -> Message | None:
         if params is not None and isinstance(params.name, str):
             name = params.name
     return Message(raw, method, rpc_id, has_id, name)
+
+
+def read_leniently(body: bytes) -> tuple[list[Message], bool] | None:
+    """The messages of a whole body that decode_messages refuses, as a server may still read it (for counting calls,
+    never for forwarding): what Python's JSON parser reads, a superset of the `mcp` SDK's (NaN, Infinity, numbers out
+    of range), the last of repeated members kept; a batch's elements that are not objects are left out (a server
+    answers those with errors and runs the rest). `raw` is empty. None when it is not JSON, or a batch longer than
+    MAX_BATCH."""
+    try:
+        doc: Any = _elements.decode(body)  # the common reason to be here: a batch msgspec reads, too long or mixed
+    except (msgspec.DecodeError, RecursionError):
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):  # (UnicodeDecodeError is a ValueError)
+            return None
+    else:
+        if len(doc) > MAX_BATCH:
+            return None
+        return [m for m in map(_message, map(bytes, doc)) if m is not None], True
+    if isinstance(doc, list):
+        if len(doc) > MAX_BATCH:
+            return None
+        return [m for m in map(_from_object, doc) if m is not None], True
+    message = _from_object(doc)
+    return ([message] if message is not None else []), False
+
+
+def _from_object(doc: Any) -> Message | None:
+    if not isinstance(doc, dict):
+        return None
+    method = doc.get("method")
+    method = _encodable(method) if isinstance(method, str) else None
+    params = doc.get("params")
+    name = params.get("name") if method == "tools/call" and isinstance(params, dict) else None
+    return Message(b"", method, _encodable(doc.get("id")), "id" in doc, _encodable(name) if isinstance(name, str)
+                   else None)
+
+
+def _encodable(value: Any) -> Any:
+    """A string with a lone surrogate escape (\\ud800: Python's parser reads it, msgspec does not) spelt out, so that
+    it can be a counter's key and be answered; other values as they are."""
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "surrogatepass").decode("utf-8", "backslashreplace")
+    return value
+
+
+_JSON_START = re.compile(rb"(?:\xef\xbb\xbf)?[ \t\r\n]*[{\[]")  # (a byte order mark: Python's parser skips it)
+
+
+def looks_like_json(body: bytes) -> bool:
+    """Whether a body begins as a JSON object or array does, or is in UTF-16 or UTF-32 (which Python's parser also
+    reads): what a server might read as JSON-RPC, however broken the rest of it is."""
+    head = body[:4]
+    return _JSON_START.match(body) is not None or b"\x00" in head or head[:2] in (b"\xff\xfe", b"\xfe\xff")
+
+
+def is_json(body: bytes) -> bool:
+    """Whether `body` is JSON at all (of any shape), as msgspec reads it."""
+    try:
+        msgspec.json.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return True

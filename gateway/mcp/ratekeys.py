@@ -1,12 +1,15 @@
 """What rate limiting by MCP method or tool counts in a request (rate-limiting `limit_by: mcp-method | mcp-tool`).
 
 The body decides, never the Mcp-Method / Mcp-Name headers alone (a client could name one tool in a header and call
-another). A body of up to WHOLE_LIMIT bytes is read whole and decoded (once for every policy that looks at it,
-gateway.mcp.body); of a longer one the first WHOLE_LIMIT bytes are scanned, and a call whose tool lies past them is
-refused (413): padding a body cannot dodge a limit. `mcp-tool` counts each tools/call under its tool's name,
-`mcp-method` each request or notification under its method; a batch counts each element. What has no method or
-tool to count (GET streams, DELETE, responses, bodies that are not JSON-RPC) is not counted. Names longer than
-MAX_NAME are counted under a digest, so keys stay small.
+another), and what is counted is what a server would run: a call the gateway cannot attribute is refused, never
+forwarded uncounted. A body of up to WHOLE_LIMIT bytes is read whole and decoded (once for every policy that looks at
+it, gateway.mcp.body); one msgspec refuses is read as Python's parser reads it (NaN, Infinity, out-of-range numbers;
+a batch of any length, its elements that are not objects left out: a server runs the others). A longer body is
+refused (413): JSON parsers keep the last of a repeated member, so a method or tool seen in its first bytes may not be
+the one run, and padding cannot dodge a limit. So is a body that begins as JSON but that no parser reads. `mcp-tool`
+counts each tools/call under its tool's name, `mcp-method` each request or notification under its method; a batch
+counts each element. What has no method or tool to count (GET streams, DELETE, responses, bodies that do not begin
+as JSON) is not counted. Names longer than MAX_NAME are counted under a digest, so keys stay small.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from gateway.mcp import jsonrpc
 from gateway.mcp.body import buffered, messages, whole
 
 MAX_NAME = 128
-WHOLE_LIMIT = 1 << 20  # bodies up to this are read whole; of longer ones this much is scanned
+WHOLE_LIMIT = 1 << 20  # bodies up to this are read whole; longer ones that begin as JSON are refused
 NOT_RPC = object()  # the request's id when it is not a JSON-RPC request (the limit answers with Kong's body)
-TOO_LARGE = object()  # counted names lie past WHOLE_LIMIT: the request is refused (413)
+TOO_LARGE = object()  # a body past WHOLE_LIMIT: what it calls cannot be known, it is refused (413)
+UNREADABLE = object()  # a body that begins as JSON but no parser reads (or a batch past MAX_BATCH): refused (400)
 
 
 def _name(name: str) -> str:
@@ -29,21 +33,17 @@ def _name(name: str) -> str:
 
 
 async def counted(ex: Exchange, tools: bool) -> list[tuple[str, Any]] | object:
-    """(name to count, JSON-RPC id to answer a refusal with) for each thing the request counts; TOO_LARGE when what
-    to count lies past WHOLE_LIMIT."""
+    """(name to count, JSON-RPC id to answer a refusal with) for each thing the request counts; TOO_LARGE or
+    UNREADABLE when what it calls cannot be known (past WHOLE_LIMIT; in JSON no parser reads, or too long a batch)."""
     if ex.request.method != b"POST":
         return []
     mcp, complete = buffered(ex, WHOLE_LIMIT) or await whole(ex, WHOLE_LIMIT)
+    body = mcp.body or b""
     if not complete:
-        info = jsonrpc.peek((mcp.body or b"")[:WHOLE_LIMIT], False)
-        if not info.valid or info.batch or info.method is None or (tools and info.method == "tools/call"
-                                                                    and info.name is None):
-            return TOO_LARGE if info.valid else []
-        name = info.tool if tools else info.method
-        return [(_name(name), info.id)] if name is not None else []
-    decoded = messages(mcp)
+        return TOO_LARGE if jsonrpc.looks_like_json(body) else []
+    decoded = messages(mcp) or jsonrpc.read_leniently(body)
     if decoded is None:
-        return []  # not JSON-RPC: nothing a server will run
+        return UNREADABLE if jsonrpc.looks_like_json(body) else []  # not JSON: nothing a server will run
     batch = BatchIds([m.answer_id for m in decoded[0] if m.has_id]) if decoded[1] else None
     out = []
     for m in decoded[0]:

@@ -7,7 +7,10 @@ check (Mcp-Method / Mcp-Name against the body, 400 with JSON-RPC error -32020). 
 every route has it unless `mcp: false` (gateway.mcp.affinity, applied by the forwarder).
 
 Bodies are read only when needed (routing on method/tool, or a request with Mcp-Method/Mcp-Name headers), and then
-at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first.
+at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first. When a route on
+method or tool could take a request, a body that cannot be attributed is refused rather than routed as something
+else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message, 413 when its method, or a tools/call's
+tool, is not within peek_bytes.
 """
 
 from __future__ import annotations
@@ -185,7 +188,32 @@ async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None
         return mcp
     if not await read_peek(ex, mcp, shared):
         return None
+    info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
+    cut = not mcp.body_done or len(mcp.body or b"") > shared.peek_bytes
+    if not info.valid or cut and not info.batch and (info.method is None or info.tool is None
+                                                      and info.method == "tools/call"):
+        await _unroutable(ex, mcp, shared.peek_bytes, cut)
+        return None
     return mcp
+
+
+async def _unroutable(ex: Exchange, mcp: McpRequest, limit: int, cut: bool) -> None:
+    """Refuse a body whose method or tool cannot be known while a route on them could take it: routed on what was
+    read, it could reach a server through another route than its own, past that route's limits."""
+    info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
+    if cut:
+        ex.close_after = True  # the rest of the body is not read
+    if info.valid:
+        what = "JSON-RPC method" if info.method is None else "tool"
+        why = (f"the {what} is not within the first {limit} bytes of the body (gateway.mcp.peek_bytes), and a route "
+               "on MCP method or tool could take the request")
+        await ex.respond(413, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, why, info.id))
+        return
+    if cut or not jsonrpc.is_json(mcp.body or b""):
+        await ex.respond(400, jsonrpc.error_body(jsonrpc.PARSE_ERROR, "Parse error: the body is not JSON"))
+    else:
+        await ex.respond(400, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Request: the body is not a "
+                                                 "JSON-RPC message or batch"))
 
 
 def routing_key(mcp: McpRequest) -> tuple[str | None, str | None]:

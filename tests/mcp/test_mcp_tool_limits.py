@@ -1,6 +1,8 @@
 """rate-limiting by MCP tool and method (in-process, one worker): each tool has its own count, taken from the body
 (never from a header alone), bodies padded past the peek are still counted, batches count per element, what is
-not a call is not counted, and a limited call gets a JSON-RPC error with its id and Retry-After."""
+not a call is not counted, and a limited call gets a JSON-RPC error with its id and Retry-After. A call the gateway
+cannot attribute (a batch too long to count, a member that may be repeated past the bytes read, a tool past
+peek_bytes where a tool route could take it) is refused, never forwarded uncounted or through another route."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ from typing import Any
 
 import pytest
 import trio
-from backends import Reply, service
+from backends import Client, Reply, service
+from mcp_helpers import JSON_HEADERS, FakeMcp, mcp_config
 from oauth_helpers import ToolServer, call
 
 RPC_HEADERS = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
@@ -109,3 +112,84 @@ async def test_a_refused_batch_is_answered_with_an_error_for_each_of_its_request
     assert sorted(a["id"] for a in answers) == [0, 1, 2]
     assert {a["error"]["code"] for a in answers} == {-32029}
     assert server.called == []
+
+
+# ---- what cannot be attributed is refused (a review found four ways past a limit) -------------------------------
+
+
+async def test_a_batch_too_long_to_count_is_refused_and_never_runs(nursery, gateway):
+    """A batch of more than 1,000 elements (which a JSON-RPC server runs whole) is refused (400), never forwarded
+    uncounted: it went up with nothing counted, and the server ran 1,001 calls of a tool limited to 3 a day."""
+    server, port = await setup(nursery, gateway)
+    reply = await rpc(port, [tool_call("search", i) for i in range(1001)])
+    assert reply.status == 400 and reply.json()["error"]["code"] == -32600
+    assert "batch of more than 1000" in reply.json()["error"]["message"]
+    assert server.called == []
+
+
+async def test_a_batchs_calls_are_counted_beside_elements_that_are_not_objects(nursery, gateway):
+    """JSON-RPC 2.0 runs a batch's valid elements and answers the others with errors: the calls are counted (a 1 in
+    the batch once made the gateway count nothing, and the call ran past the limit)."""
+    server, port = await setup(nursery, gateway)
+    assert (await rpc(port, tool_call("search", 1))).status == 200
+    assert (await rpc(port, [tool_call("search", 2), 1, "x"])).status == 200  # the second search of three
+    assert (await rpc(port, tool_call("search", 3))).status == 200
+    reply = await rpc(port, [tool_call("search", 4), 1])
+    assert reply.status == 429 and [a["id"] for a in reply.json()] == [4]
+    assert server.called == ["search"] * 3
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_a_call_carrying_a_number_msgspec_refuses_is_counted(nursery, gateway, number):
+    """Python's JSON parsers (the `mcp` SDK's and this server's) read NaN, Infinity and 1e400, which msgspec refuses:
+    the gateway reads such a body as they do and counts its call (it once counted nothing and forwarded it)."""
+    server, port = await setup(nursery, gateway)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search","arguments":{"n":%s}}}' % number
+    assert [(await rpc(port, body)).status for _ in range(4)] == [200, 200, 200, 429]
+    assert server.called == ["search"] * 3
+
+
+PAD = b"x" * 1_200_000  # past ratekeys.WHOLE_LIMIT (1 MiB)
+
+
+@pytest.mark.parametrize(("limit_by", "body"), [
+    ("mcp-tool", b'{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"book","_meta":{"pad":"'
+     + PAD + b'"},"name":"search","arguments":{}}}'),
+    ("mcp-method", b'{"jsonrpc":"2.0","id":2,"method":"ping","params":{"name":"search","_meta":{"pad":"'
+     + PAD + b'"}},"method":"tools/call"}')])
+async def test_a_body_longer_than_the_counted_mebibyte_is_refused(nursery, gateway, limit_by, body):
+    """JSON parsers keep the last of a repeated member: in a body longer than the 1 MiB the gateway reads, the method
+    or tool seen first may not be the one the server runs (it once counted `book` or `ping`, and `search` ran past
+    its limit), so such a body is refused (413). Within 1 MiB the last member is the one counted."""
+    server, port = await setup(nursery, gateway, limit_by=limit_by, day=1)
+    reply = await rpc(port, body)
+    assert reply.status == 413 and reply.json()["error"]["code"] == -32600
+    repeated = body.replace(PAD, b"")
+    assert [(await rpc(port, repeated)).status for _ in range(2)] == [200, 429]
+    assert server.called == ["search"]
+
+
+TOOL_CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{"q":"%s"},"name":"special"}}'
+
+
+async def test_a_tool_routes_limit_holds_for_a_call_whose_tool_lies_past_peek_bytes(gateway, nursery):
+    """A tools/call whose tool (or a body whose method) is not within peek_bytes, where a tool route could take it, is
+    refused (413), never routed as another call (it once went through the plain route, past the tool route's limit);
+    a body that is not JSON-RPC there gets 400 (-32700 not JSON, -32600 not a message)."""
+    server = FakeMcp("server")
+    await nursery.start(server.serve)
+    tool_route = {"name": "special", "paths": ["/mcp"], "strip_path": False, "mcp_tools": ["special"],
+                  "plugins": [{"name": "rate-limiting", "config": {"minute": 1}}]}
+    port = await gateway(mcp_config([server.port], extra_routes=[tool_route]))
+    async with await Client.connect(port, host="localhost") as client:
+        assert (await client.request("POST", "/mcp", JSON_HEADERS, TOOL_CALL % b"x")).status == 200
+        assert (await client.request("POST", "/mcp", JSON_HEADERS, TOOL_CALL % b"x")).status == 429
+    padded = TOOL_CALL % (b"x" * 70_000)
+    late_method = b'{"jsonrpc":"2.0","id":1,"params":{"name":"special","arguments":{"q":"' + b"x" * 70_000 + \
+        b'"}},"method":"tools/call"}'
+    for body, status, code in [(padded, 413, -32600), (late_method, 413, -32600), (b"{nope", 400, -32700),
+                               (b'"a string"', 400, -32600)]:
+        async with await Client.connect(port, host="localhost") as client:
+            reply = await client.request("POST", "/mcp", JSON_HEADERS, body)
+        assert (reply.status, reply.json()["error"]["code"]) == (status, code), body[:40]
+    assert len(server.requests) == 1

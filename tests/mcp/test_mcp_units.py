@@ -156,6 +156,47 @@ def test_peek_batches_and_non_json():
     assert uri.name == "file:///x" and uri.tool is None
 
 
+@pytest.mark.parametrize("body", [
+    b'{"method":"ping","method":"tools/call","params":{"name":"a","name":"b"}}',
+    b'{"method":"tools/call","params":{"name":"a"},"params":{}}',
+    b'{"method":"tools/call","params":{"name":"a"},"method":5}',
+    b'{"method":"tools/call","params":{"name":"a","name":7},"id":1,"id":"x"}'])
+def test_the_scanner_keeps_the_last_of_repeated_members_as_json_parsers_do(body):
+    """msgspec, and the `mcp` SDK's parser, keep the last of a repeated member; so does the scanner, which reads what
+    msgspec refuses (NaN in a body): a first `name` followed by another is never the one routed or counted."""
+    whole, scanned = jsonrpc.peek(body, True), jsonrpc._scan(body, True)
+    assert (scanned.method, scanned.name, scanned.id) == (whole.method, whole.name, whole.id)
+
+
+def test_a_body_msgspec_refuses_is_read_as_pythons_parser_reads_it_for_counting():
+    """What rate limiting counts in a body msgspec will not decode: NaN / Infinity / 1e400 (the SDK's parser reads
+    them), a batch's objects beside elements that are not (a server runs those), a lone surrogate spelt out (so it can
+    be a key); nothing for a batch of more than MAX_BATCH or what no parser reads (the caller refuses those)."""
+    call = b'{"jsonrpc":"2.0","id":%s,"method":"tools/call","params":{"name":"%s","arguments":{"n":%s}}}'
+    for number in (b"NaN", b"-Infinity", b"1e400"):
+        [m], batch = jsonrpc.read_leniently(call % (b"1", b"search", number))
+        assert (m.method, m.name, m.id, m.has_id, batch) == ("tools/call", "search", 1, True, False)
+    messages, batch = jsonrpc.read_leniently(b"[" + call % (b"1", b"a", b"1") + b',1,"x",' + call % (b"2", b"b", b"NaN")
+                                             + b"]")
+    assert batch and [(m.name, m.id) for m in messages] == [("a", 1), ("b", 2)]
+    [m], _ = jsonrpc.read_leniently(call % (b'"\\udfff"', b"\\ud800", b"0"))
+    assert (m.name, m.id) == ("\\xed\\xa0\\x80", "\\xed\\xbf\\xbf")
+    m.name.encode()
+    assert jsonrpc.read_leniently(b"[" + b",".join([b'{"id":1}'] * (jsonrpc.MAX_BATCH + 1)) + b"]") is None
+    assert jsonrpc.read_leniently(b'{"method":"tools/call",}') is None
+    assert jsonrpc.read_leniently(b"5") == ([], False)
+
+
+@pytest.mark.parametrize(("body", "json_like"), [
+    (b'{"a":1}', True), (b' \r\n\t[1]', True), (b"\xef\xbb\xbf{", True), ('{"a":1}'.encode("utf-16"), True),
+    ('{"a":1}'.encode("utf-16-be"), True), (b"{broken", True), (b"", False), (b"a=1&b=2", False),
+    (b"--boundary\r\n", False), (b'"s"', False)])
+def test_what_begins_as_json(body, json_like):
+    """Rate limiting by tool refuses a body it cannot read only when it begins as JSON (a server might read a call in
+    it); a form or a file is not a call, and passes uncounted."""
+    assert jsonrpc.looks_like_json(body) is json_like
+
+
 def test_header_check():
     info = jsonrpc.peek(json.dumps(CALL).encode(), True)
     ok = jsonrpc.header_mismatch

@@ -12,7 +12,8 @@ import trio
 
 from gateway.http.server import Exchange
 from gateway.mcp.governance import error_response
-from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, WHOLE_LIMIT, BatchIds, counted
+from gateway.mcp.jsonrpc import MAX_BATCH
+from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, UNREADABLE, WHOLE_LIMIT, BatchIds, counted
 from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders
@@ -159,10 +160,15 @@ class RateLimiting:
         found = await counted(ex, self.tools)
         if found is TOO_LARGE:
             ex.close_after = True
-            await ex.respond(413, error_response(None, -32600, "a body whose method or tool lies past "
-                                                 f"{WHOLE_LIMIT} bytes cannot be rate limited"))
+            await ex.respond(413, error_response(None, -32600, f"a body over {WHOLE_LIMIT} bytes cannot be rate "
+                                                 "limited by method or tool"))
             return True
-        assert isinstance(found, list)  # TOO_LARGE is the only other answer
+        if found is UNREADABLE:
+            await ex.respond(400, error_response(None, -32600, "the body cannot be read as JSON-RPC calls (or is a "
+                                                 f"batch of more than {MAX_BATCH}): it cannot be rate limited by "
+                                                 "method or tool"))
+            return True
+        assert isinstance(found, list)  # TOO_LARGE and UNREADABLE are the only other answers
         last = len(found) - 1
         for i, (name, rpc_id) in enumerate(found):
             key = self.prefix + name
