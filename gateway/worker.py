@@ -1,7 +1,10 @@
 """One worker process: a Trio proxy on its own SO_REUSEPORT listener(s). `gateway run` runs one in the foreground.
 
 SIGTERM/SIGINT drain it: stop accepting, finish in-flight requests (and SSE streams) for up to drain_timeout, then
-exit. The supervisor starts several of these; each reports readiness once its listeners accept.
+exit. The supervisor starts several of these; each reports readiness once its listeners accept. Under the root,
+RETIRE_SIGNAL starts the same drain without the exit: the root sends it to every worker of a generation at once (as
+nginx's master sends SIGQUIT to all its workers), and the supervisor's SIGTERM, sent to one worker after another,
+then only collects them, each exiting as soon as its drain is over (never by itself, which would be a restart).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ log = logging.getLogger("gateway.worker")
 
 POOL_SWEEP_S = 5.0
 KEEPER_SYNC_TIMEOUT_S = 2.0  # a starting worker waits this long at most for the keeper's first snapshot
+RETIRE_SIGNAL = signal.SIGUSR2  # from the root: drain now, exit at SIGTERM (SIGQUIT is blocked: a terminal's)
 
 
 def listen_addresses(config: Config) -> list[tuple[str, int]]:
@@ -69,7 +73,7 @@ def bind_all(config: Config) -> list[socket.socket]:
 async def serve_worker(config: Config, listeners: list[socket.socket], *,
                        ready: Callable[[], None] | None = None, bus: str | None = None, worker_id: str = "1.0",
                        workers: int = 1, parent: int | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then drain for up to drain_timeout seconds.
+    """Serve until SIGTERM/SIGINT (under the root: or RETIRE_SIGNAL), then drain for up to drain_timeout seconds.
 
     With `bus` (under the supervisor) shared state comes from the state keeper; without it (`gateway run`, tests)
     the keeper's logic runs in this process, exact for this one worker.
@@ -96,8 +100,9 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     settings.log_refused = pipeline.log_refused
     settings.refused_phases = runtime.global_phases
     ctx = zmq.Context() if bus is not None else None
+    stops = (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL) if parent is not None else (signal.SIGTERM, signal.SIGINT)
     try:
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(*stops) as signals:
             async with dns.serving(gw), trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
@@ -118,21 +123,29 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                         await shared.synced.wait()
                 else:
                     await nursery.start(shared.run_local, Keeper(config, 1))
-                # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own the
-                # connections: those must be left to finish.
-                await nursery.start(_serve_until_drained, listeners, pipeline, settings,
-                                    _tls_of(config, listeners, runtime.server_tls))
-                log.info("worker %d accepting on %s (codec %s)", os.getpid(),
-                         ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
-                if ready is not None:
-                    ready()
-                async for signum in signals:
-                    log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
-                             gw.drain_timeout)
-                    break
-                await _drain(listeners, settings, gw.drain_timeout)
+                # The connections have a nursery of their own, so that those the drain_timeout cuts are over (their
+                # log phase run) while the log writers and queues still run to flush what they wrote.
+                async with trio.open_nursery() as serving:
+                    # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own
+                    # the connections: those must be left to finish.
+                    await serving.start(_serve_until_drained, listeners, pipeline, settings,
+                                        _tls_of(config, listeners, runtime.server_tls))
+                    log.info("worker %d accepting on %s (codec %s)", os.getpid(),
+                             ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
+                    if ready is not None:
+                        ready()
+                    async for signum in signals:
+                        log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
+                                 gw.drain_timeout)
+                        break
+                    await _drain(listeners, settings, gw.drain_timeout)
+                    serving.cancel_scope.cancel()
                 shared.release()
                 await telemetry.drain()
+                if signum == RETIRE_SIGNAL:  # retired by the root: its supervisor's SIGTERM says when to exit
+                    async for stop in signals:
+                        if stop != RETIRE_SIGNAL:
+                            break
                 nursery.cancel_scope.cancel()
     finally:
         pool.close_all()  # also when cancelled: no pooled upstream socket is left open

@@ -5,6 +5,9 @@ drain); a second one forces it (workers are killed).
 SIGHUP or admin `reload`: re-read and validate the config; a bad one is rejected and the running generation keeps
 serving untouched; a good one starts generation G+1 on the same listener slots, then retires G, whose workers
 finish their in-flight requests and SSE streams (up to drain_timeout).
+A retired generation's workers, and on a graceful stop every worker, are told to drain all at once (RETIRE_SIGNAL, as
+nginx's master sends SIGQUIT to every worker); their supervisor's shutdown, one worker after another, then only
+collects them: one drain_timeout for them all, never one per worker.
 """
 
 from __future__ import annotations
@@ -45,13 +48,14 @@ from gateway.status.app import current_config_text
 from gateway.status.collect import gateway_registry
 from gateway.status.page import StatusPage
 from gateway.telemetry.supervision import install_restart_counter
-from gateway.worker import listen_addresses
+from gateway.worker import RETIRE_SIGNAL, listen_addresses
 from supervisor import (
     ChildInfo,
     ChildSpec,
     Handle,
     RestartIntensityExceeded,
     StartError,
+    SupervisorNotRunning,
     serve,
 )
 from supervisor.forkserver import ForkServer
@@ -95,6 +99,9 @@ class Node:
         self._reload_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.fork_server: ForkServer | None = None
+        # Each generation's workers supervisor until it is retired, asked directly: the root is busy for as long as
+        # it retires a generation (its terminate_child lasts the drain), and must not delay telling the others.
+        self._generations: dict[int, Handle | None] = {}  # (None: not known yet)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -153,6 +160,7 @@ class Node:
 
     async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
         self.generation = 1
+        self._generations[1] = None
         first = self._generation_spec(1, text, config)
         current = self._write_current(text)
         spawner = self._spawner()
@@ -204,6 +212,8 @@ class Node:
                     await self._kill_everything()
                 else:
                     log.info("stopping: workers drain for up to %gs", config.gateway.drain_timeout)
+                    for generation in list(self._generations):  # (those being retired were told already)
+                        await self._signal_workers(RETIRE_SIGNAL, generation)
                     with trio.move_on_after(config.gateway.drain_timeout + 10):
                         await self.root.stop()
                 nursery.cancel_scope.cancel()
@@ -240,8 +250,10 @@ class Node:
                     log.info("%s: graceful stop", signal.Signals(signum).name)
                     self._stop.set()
 
-    async def _signal_workers(self, signum: signal.Signals) -> None:
-        for info in await self._all_workers():
+    async def _signal_workers(self, signum: signal.Signals, generation: int | None = None) -> None:
+        """Send `signum` to every running worker (of `generation` only, when given), all at once."""
+        infos = await self._all_workers() if generation is None else await self._workers_of(generation)
+        for info in infos:
             if info.pid is not None and info.pid.os_pid:
                 try:
                     os.kill(info.pid.os_pid, signum)
@@ -291,9 +303,21 @@ class Node:
 
     async def current_workers(self) -> list[ChildInfo[ChildRef]]:
         """The workers of the generation now serving."""
-        info = await self.child(f"workers@{self.generation}")
+        return await self._workers_of(self.generation)
+
+    async def _workers_of(self, generation: int) -> list[ChildInfo[ChildRef]]:
+        """The workers of `generation`, asked of its supervisor (found through the root only when not known)."""
+        handle = self._generations.get(generation)
+        if handle is not None:
+            try:
+                return await handle.which_children()
+            except SupervisorNotRunning:
+                pass  # the root restarted it (its restart intensity was exceeded): ask the root for the new one
+        info = await self.child(f"workers@{generation}")
         if info is None or info.pid is None or not isinstance(info.pid.value, Handle):
             return []
+        if generation in self._generations:
+            self._generations[generation] = info.pid.value
         return await info.pid.value.which_children()
 
     def _write_current(self, text: str) -> str:
@@ -338,10 +362,11 @@ class Node:
         old = self.generation
         new = old + 1
         try:
-            await self.root.start_child(self._generation_spec(new, text, config))  # type: ignore[union-attr]
+            ref = await self.root.start_child(self._generation_spec(new, text, config))  # type: ignore[union-attr]
         except Exception as e:
             raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
                 from None
+        self._generations[new] = ref.value if isinstance(ref.value, Handle) else None
         previous = self.config
         self.generation = new
         self.config = config
@@ -368,8 +393,11 @@ class Node:
             pass  # logged by reload
 
     async def _retire(self, generation: int, addresses: list[tuple[str, int]]) -> None:
+        """Tell every worker of `generation` to drain, together; then its supervisor collects them as they finish."""
         root = self.root
         assert root is not None
+        await self._signal_workers(RETIRE_SIGNAL, generation)
+        self._generations.pop(generation, None)
         await root.terminate_child(f"workers@{generation}")
         await root.delete_child(f"workers@{generation}")
         _remove(os.path.join(self.run_dir, f"config.gen{generation}.yaml"))
