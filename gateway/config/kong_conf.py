@@ -219,6 +219,22 @@ KONG_CONF: dict[str, str] = {
     "worker_consistency": _not("whether workers rebuild the router at once or in the background",
                                "a configuration is applied by `gateway reload`: each new generation of workers "
                                "starts with it whole"),
+    # Kong's keys from kong_defaults.lua and constants.lua's CONF_PARSERS that kong.conf.default does not list
+    "router_consistency": _not("the deprecated name of worker_consistency",
+                               "a configuration is applied by `gateway reload`: each new generation of workers "
+                               "starts with it whole"),
+    "privileged_worker": _not("the deprecated name of dedicated_config_processing", _HYBRID),
+    "_debug_pg_ttl_cleanup_interval": _not("a Postgres debugging setting", _DB),
+    "worker_events_max_payload": _not("the largest payload of Kong's worker events",
+                                      "workers share state through the state keeper's bus, whose messages have no "
+                                      "such limit to set"),
+    "client_body_buffer_size": _not("the request body size Kong's PDK reads from memory",
+                                    "a body a route buffers (`request_buffering`, the default) is kept in memory up "
+                                    "to 1 MiB, beyond that in an unnamed temporary file"),
+    "host_ports": _not("the ports a container maps to the ones Kong listens on (port_maps' older form)",
+                       "X-Forwarded-Port, routes' ports and the log's port are the port the gateway listens on"),
+    "kic": _not("whether Kong runs under the Kong Ingress Controller", "the gateway is configured by its file, "
+                                                                       "applied by `gateway reload`"),
     "worker_state_update_frequency": _not("how often workers look for changed entities", "there is no database to "
                                                                                         "look at: a changed "
                                                                                         "configuration is applied "

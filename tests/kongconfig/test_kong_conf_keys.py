@@ -18,6 +18,7 @@ from gateway.config.schema import GatewaySettings
 from gateway.runtime import compile_config
 
 KONG_CONF_DEFAULT = Path(__file__).parent / "real" / "kong.conf.default"
+KONG_DEFAULTS = Path(__file__).parent / "real" / "kong_defaults.lua"  # every key Kong's conf loader takes
 OURS = {f.encode_name for f in msgspec.structs.fields(GatewaySettings)}
 
 
@@ -33,6 +34,10 @@ def kong_conf_keys() -> list[tuple[str, str]]:
 
 
 KEYS = kong_conf_keys()
+# kong_defaults.lua's `key = value` lines: Kong takes these too, though kong.conf.default does not list them all
+# (deprecated names such as router_consistency, privileged_worker; host_ports, kic, worker_events_max_payload, ...)
+ALL_KEYS = sorted({m.group(1) for line in KONG_DEFAULTS.read_text().splitlines()
+                   if (m := re.match(r"([a-z_0-9]+) = ", line))})
 
 
 def as_yaml_value(text: str) -> object:
@@ -223,3 +228,11 @@ def test_check_config_prints_each_kong_key_on_its_own_line(tmp_path: Path, capsy
         "gateway.proxy_listen", "gateway.nginx_worker_processes", "gateway.log_level", "gateway.proxy_access_log",
         "gateway.resolver_address", "gateway.mem_cache_size", "gateway.port_maps"]
     assert all("unknown field" not in line for line in lines)
+
+
+@pytest.mark.parametrize("key", [k for k in ALL_KEYS if k not in OURS and k not in ALIASES])
+def test_every_key_kongs_conf_loader_takes_is_refused_by_name_not_as_unknown(key):
+    """A Kong key outside kong.conf.default (a deprecated name, an internal one) is refused saying what it is in
+    Kong, as the listed ones are: a Kong user's file never meets "unknown field (check the spelling)"."""
+    [message] = outcome({key: "x"})
+    assert message.startswith(f"gateway.{key}: kong.conf's {key} "), message
