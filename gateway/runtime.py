@@ -106,12 +106,13 @@ class UpstreamGroup:
         self.discovered = False  # its targets come from etcd or Consul at run time
         self.direct = False  # a service's own host (no upstream entity): Kong resolves it in access, not a balancer
 
-    def replace_targets(self, targets: list[TargetRuntime]) -> None:
-        """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs)."""
+    def replace_targets(self, targets: list[TargetRuntime], weights: list[int] | None = None) -> None:
+        """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs),
+        weighted by `weights` (the admin channel's overrides) or else the targets' own."""
         self.targets = targets
         self.keys = [f"{self.name}|{t.name}" for t in targets]
-        self.balancer = make_balancer(self.algorithm, [t.weight for t in targets], slots=self.slots,
-                                      addresses=balancer_addresses(targets))
+        self.balancer = make_balancer(self.algorithm, [t.weight for t in targets] if weights is None else weights,
+                                      slots=self.slots, addresses=balancer_addresses(targets))
         self.unusable = frozenset()
 
 

@@ -7,10 +7,14 @@ target the workers know is down until the checker's re-sent view arrives; so unt
 
 from __future__ import annotations
 
+import logging
+
+import pytest
+
 from gateway.bus import protocol as p
 from gateway.config import parse_config
 from gateway.discovery.types import TargetInfo
-from gateway.keeper.state import HEALTH_GRACE_S, Keeper
+from gateway.keeper.state import HEALTH_GRACE_S, LOG_TEXT, Keeper
 from gateway.state.shared import SharedState
 
 ACTIVE = """
@@ -116,3 +120,43 @@ def test_the_keeper_ticks_fast_while_it_waits_for_the_checkers_first_report():
     k.handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
     assert not k.ticking()
     assert not keeper(checked=False).ticking()
+
+
+def discovery_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "gateway.keeper" and "discovery:" in r.getMessage()]
+
+
+def test_a_discovery_change_is_logged_as_what_changed_in_a_bounded_line(caplog: pytest.LogCaptureFixture) -> None:
+    """README: registry text reaches the log as one line of at most 200 characters. A line naming every target made
+    50,326 characters at 3,000 targets, and a list growing one key at a time wrote 75 MB; the line says what came
+    and went instead: counts and the first few names."""
+    caplog.set_level(logging.INFO, "gateway.keeper")
+    k = keeper(discovered=True)
+    many = [TargetInfo(f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}", 8000) for i in range(3000)]
+    for n in range(1, 301):  # registered one by one
+        k.discover("up", many[:n])
+    k.discover("up", many)
+    k.discover("up", many[5:] + [TargetInfo("10.9.9.9", 8000)])
+    k.discover("up", [])
+    lines = discovery_lines(caplog)
+    assert len(lines) == 303
+    fixed = len("discovery: upstream up now has 3000 target(s) ()")
+    assert max(len(line) for line in lines) <= fixed + LOG_TEXT + len("...")
+    assert lines[0] == "discovery: upstream up now has 1 target(s) (added 1: 10.0.0.1:8000)"
+    assert lines[299] == "discovery: upstream up now has 300 target(s) (added 1: 10.0.1.50:8000)"
+    assert lines[300] == ("discovery: upstream up now has 3000 target(s) (added 2700: 10.0.1.51:8000, 10.0.1.52:8000, "
+                          "10.0.1.53:8000, 10.0.1.54:8000, 10.0.1.55:8000 and 2695 more)")
+    assert lines[301] == ("discovery: upstream up now has 2996 target(s) (added 1: 10.9.9.9:8000; removed 5: "
+                          "10.0.0.1:8000, 10.0.0.2:8000, 10.0.0.3:8000, 10.0.0.4:8000, 10.0.0.5:8000)")
+    assert lines[302].startswith("discovery: upstream up now has 0 target(s) (removed 2996: 10.0.0.6:8000, ")
+
+
+def test_a_discovered_name_reaches_the_log_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "gateway.keeper")
+    k = keeper(discovered=True)
+    k.discover("up", [TargetInfo("a\nb" + "x" * 300, 80)])
+    k.discover("up", [TargetInfo("a\nb" + "x" * 300, 80, 7)])
+    lines = discovery_lines(caplog)
+    assert lines[0].startswith("discovery: upstream up now has 1 target(s) (added 1: a\\nbxxx")
+    assert lines[0].endswith("x...)") and "\n" not in lines[0]
+    assert lines[1].startswith("discovery: upstream up now has 1 target(s) (changed 1: a\\nbxxx")

@@ -18,6 +18,7 @@ from gateway.breaker.state import State
 from gateway.bus import protocol as p
 from gateway.config import Config, load_config
 from gateway.discovery.dns import target_names
+from gateway.discovery.http import excerpt
 from gateway.discovery.service import discovered_upstreams
 from gateway.health.passive import PassiveChecker
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
@@ -36,6 +37,8 @@ TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often while
 HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's
 PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
 REDIS_PREFIX = "gateway:rl:"  # every key policy redis keeps in Redis starts with this
+LOGGED_NAMES = 5  # a discovery change's log line names this many targets added (and removed, changed) at most
+LOG_TEXT = 200  # ... in at most this many characters (README: registry text reaches the log as one line of 200)
 
 
 class Keeper:
@@ -244,7 +247,8 @@ class Keeper:
 
     def discover(self, upstream: str, targets: list[p.TargetInfo]) -> list[p.Msg]:
         """Discovery's new list for an upstream: remember it, and tell workers and the checker."""
-        if self.discovered.get(upstream) == targets:
+        before = self.discovered.get(upstream)
+        if before == targets:
             return []
         self.discovered[upstream] = list(targets)
         names = {t.name for t in targets}
@@ -261,8 +265,8 @@ class Keeper:
         for key in [k for k in self.targets if k.startswith(upstream + "|") and k.split("|", 1)[1] not in names]:
             del self.targets[key]
         self.passive.retain(upstream, names)
-        log.info("discovery: upstream %s now has %d target(s): %s", upstream, len(targets),
-                 ", ".join(t.name for t in targets) or "none")
+        log.info("discovery: upstream %s now has %d target(s)%s", upstream, len(targets),
+                 list_change(before or [], targets))
         # The new targets' states go out too: workers may still hold older verdicts on them (from before a keeper
         # restart), and the keeper only publishes flips, so a stale "unhealthy" would otherwise never be corrected.
         return [p.UpstreamTargets(upstream=upstream, targets=list(targets))] + \
@@ -357,6 +361,22 @@ class Keeper:
             self.configure(load_config(self.config_path))
             return {"incarnation": self.incarnation}, [self.snapshot()]
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
+
+
+def list_change(before: list[p.TargetInfo], after: list[p.TargetInfo]) -> str:
+    """What changed from one discovered list to the next, for the log: counts of targets added, removed and changed
+    (weight, name), each with its first LOGGED_NAMES names, at most LOG_TEXT characters of registry text: a list
+    of thousands must not make a line of every name at each change."""
+    old = {t.name: t for t in before}
+    new = {t.name for t in after}
+    parts = [(what, [t.name for t in targets]) for what, targets in (
+        ("added", [t for t in after if t.name not in old]),
+        ("removed", [t for t in before if t.name not in new]),
+        ("changed", [t for t in after if t.name in old and old[t.name] != t]))]
+    text = "; ".join(f"{what} {len(names)}: {', '.join(names[:LOGGED_NAMES])}"
+                     + (f" and {len(names) - LOGGED_NAMES} more" if len(names) > LOGGED_NAMES else "")
+                     for what, names in parts if names)
+    return f" ({excerpt(text, LOG_TEXT)})" if text else ""
 
 
 def _proxy_cache_admin(keeper: Keeper, action: str, args: dict[str, Any], now: float) -> Any:

@@ -18,7 +18,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -183,18 +183,21 @@ class SharedState:
         elif isinstance(msg, p.BreakersChanged):
             for update in msg.updates:
                 self.breakers.apply(update)
-                self._recompute(update.target)
-                if update.state in _OPEN and self.on_sweep is not None:
-                    for group, index in self._groups.get(update.target, ()):
-                        if group.sweep:
-                            self.on_sweep(group, index)
+            groups = self._groups
+            self._recompute_groups(g for u in msg.updates for g, _ in groups.get(u.target, ()))  # then sweep
+            if self.on_sweep is not None:
+                for update in msg.updates:
+                    if update.state in _OPEN:
+                        for group, index in self._groups.get(update.target, ()):
+                            if group.sweep:
+                                self.on_sweep(group, index)
         elif isinstance(msg, p.ProbePermit):
             self.breakers.permit(msg.target)
             self._recompute(msg.target)
         elif isinstance(msg, p.TargetsChanged):
-            self._apply_targets(msg.targets)
+            self._recompute_groups(self._apply_targets(msg.targets))
         elif isinstance(msg, p.UpstreamTargets):
-            self._replace_targets(msg.upstream, msg.targets)
+            self._recompute_groups(self._replace_targets(msg.upstream, msg.targets))
         elif isinstance(msg, p.Snapshot):
             if not self.incarnation:  # the answer to the Hello sent at start: the keeper is up, no need to wait for
                 self.incarnation = msg.incarnation  # its next heartbeat (up to HEARTBEAT_S) to know it
@@ -206,8 +209,7 @@ class SharedState:
             for update in msg.breakers:
                 self.breakers.apply(update)
             self._apply_targets(msg.targets)
-            for key in list(self._groups):
-                self._recompute(key)
+            self._recompute_groups(g for groups in self._by_name.values() for g in groups)
             self.synced.set()
 
     def _keeper_found(self, incarnation: str) -> None:
@@ -245,33 +247,53 @@ class SharedState:
             event.set()
         self._waiters.clear()
 
-    def _replace_targets(self, upstream: str, infos: list[p.TargetInfo]) -> None:
+    def _replace_targets(self, upstream: str, infos: list[p.TargetInfo]) -> list[UpstreamGroup]:
+        """Discovery's new list for `upstream`: new targets and balancers for its groups (the admin channel's weights
+        kept), indexed again; returns the groups, for the caller to recompute once each."""
         groups = self._by_name.get(upstream, ())
+        for group in groups:  # a key names its upstream: only these groups hold the keys `upstream|...`
+            for key in group.keys:
+                self._groups.pop(key, None)
+        prefix = upstream + "|"
+        overrides = self._weights
         for group in groups:
-            group.replace_targets([TargetRuntime(t.host, t.port, t.weight, group.host_header, t.hostname)
-                                   for t in infos])
-        if groups:
-            self._index_targets()
-            for key in {k for g in groups for k in g.keys}:
-                self._recompute(key)
+            targets = [TargetRuntime(t.host, t.port, t.weight, group.host_header, t.hostname) for t in infos]
+            group.replace_targets(targets, [overrides.get(prefix + t.name, t.weight) for t in targets])
+            for index, key in enumerate(group.keys):
+                self._groups.setdefault(key, []).append((group, index))
+        return list(groups)
 
-    def _apply_targets(self, targets: list[p.TargetState]) -> None:
+    def _apply_targets(self, targets: list[p.TargetState]) -> list[UpstreamGroup]:
+        """Drains, health verdicts and weights from the keeper; returns the groups they touch, to recompute once
+        each (one recompute per state would walk a group once per target of it)."""
+        touched: dict[int, UpstreamGroup] = {}
         for state in targets:
             (self._drained.add if state.drained else self._drained.discard)(state.key)
             if state.healthy is not None:
                 (self._unhealthy.discard if state.healthy else self._unhealthy.add)(state.key)
-            if state.weight is None:
-                self._weights.pop(state.key, None)
-            else:
+            # A balancer holds the override, or the target's own weight when there is none: re-weight it (which
+            # may rebuild its whole schedule) only when one is set or lifted.
+            reweight = state.weight is not None or self._weights.pop(state.key, None) is not None
+            if state.weight is not None:
                 self._weights[state.key] = state.weight
             for group, index in self._groups.get(state.key, ()):
-                weight = state.weight if state.weight is not None else group.targets[index].weight
-                group.balancer.set_weight(index, weight)
-            self._recompute(state.key)
+                touched[id(group)] = group
+                if reweight:
+                    weight = state.weight if state.weight is not None else group.targets[index].weight
+                    group.balancer.set_weight(index, weight)
+        return list(touched.values())
 
     def _recompute(self, key: str) -> None:
         for group, _ in self._groups.get(key, ()):
             self._recompute_group(group)
+
+    def _recompute_groups(self, groups: Iterable[UpstreamGroup]) -> None:
+        """Recompute each group once, however many of its targets a message named."""
+        seen: set[int] = set()
+        for group in groups:
+            if id(group) not in seen:
+                seen.add(id(group))
+                self._recompute_group(group)
 
     def _recompute_group(self, group: UpstreamGroup) -> None:
         """A group skips what is drained, circuit-open or unhealthy, and every target when its healthy weight is
