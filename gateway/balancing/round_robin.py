@@ -25,6 +25,8 @@ def smooth_schedule(weights: Sequence[int]) -> list[int]:
     effective = [weight // divisor for weight in weights]
     live = [index for index, weight in enumerate(effective) if weight]
     total = sum(effective)
+    if total == len(live):  # equal weights (each 1 once cut): the period is the targets in order, built in O(n)
+        return live
     current = [0] * len(effective)
     schedule = []
     for _ in range(total):

@@ -51,3 +51,25 @@ def test_set_weight_recomputes_the_schedule():
     picks = [balancer.pick() for _ in range(6)]
     assert picks.count(1) == 4
     assert picks.count(0) == 2
+
+
+def _reference_schedule(weights):
+    """nginx's smooth WRR step by step, for every weight pattern (the loop smooth_schedule shortens)."""
+    from math import gcd
+    divisor = gcd(*weights)
+    effective = [w // divisor for w in weights]
+    live = [i for i, w in enumerate(effective) if w]
+    current, total, out = [0] * len(weights), sum(effective), []
+    for _ in range(total):
+        for i in live:
+            current[i] += effective[i]
+        best = max(live, key=current.__getitem__)
+        current[best] -= total
+        out.append(best)
+    return out
+
+
+def test_equal_weights_make_the_targets_in_order_as_nginxs_steps_do():
+    for weights in ([1] * 7, [100] * 50, [100, 0, 100, 0, 100], [3, 3, 0]):
+        assert smooth_schedule(weights) == _reference_schedule(weights)
+
