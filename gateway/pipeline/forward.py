@@ -151,10 +151,11 @@ class Forwarder:
                          pinned_target.name)
                 await session_not_found(ex)
                 return
-            if pinned is not None and pinned in group.unusable and not (
-                    self.shared is not None and self.shared.is_drained(group.keys[pinned])):
+            if pinned is not None and pinned in group.unusable and (
+                    self.shared is None or self.shared.is_down(group.keys[pinned])):
                 # The session's server is circuit-open or unhealthy: the client had better start a new session
-                # elsewhere. A drained target keeps its sessions: draining stops new ones, as connection draining does.
+                # elsewhere. A drained target, one of weight 0 or a healthy one of an upstream below its
+                # healthchecks.threshold keeps its sessions: those stop new ones, as connection draining does.
                 await session_not_found(ex)
                 return
             host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry

@@ -123,6 +123,11 @@ class SharedState:
     def is_drained(self, key: str) -> bool:
         return key in self._drained
 
+    def is_down(self, key: str) -> bool:
+        """Whether target `key` itself fails: unhealthy, or its circuit open (not merely drained, weighted 0 or
+        in an upstream unhealthy as a whole): an MCP session pinned to it starts again elsewhere."""
+        return key in self._unhealthy or self.breakers.is_open(key)
+
     def begin(self, group: UpstreamGroup, index: int) -> bool:
         """A request goes to a breaker-covered target: True if it is a half-open probe (spending our permit)."""
         if not self.breakers.permits:  # no breaker half-open here: the common case

@@ -128,3 +128,29 @@ async def test_a_session_call_reaches_its_server_when_a_target_before_it_leaves_
     assert "Traceback" not in log, log[-1500:]
     assert status == 200, body
     assert json.loads(body)["result"]["name"] == server
+
+
+async def test_a_session_on_the_only_target_is_still_served_once_its_weight_is_0(
+        etcd: EtcdProcess, nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Weight 0 stops new sessions (Kong's 503, no peer), not the ones a target has, even when it is the upstream's
+    only target (the upstream's total weight 0 made every target unusable, and the session got 404)."""
+    server = FakeMcp("only")
+    await nursery.start(server.serve)
+    client = EtcdClient([etcd.endpoint], timeout=2)
+    await client.put(PREFIX + "only", f"127.0.0.1:{server.port}".encode())
+    with node_factory(tmp_path) as make:
+        gw = make(_config(etcd.endpoint), mcp=session_keys(TEST_KEY))
+        await gw.start(workers=1)
+        status, headers, body = await _exchange(gw.port, _post(gw.port, json.dumps(INIT_BODY).encode()))
+        assert status == 200, body
+        session_id = headers["mcp-session-id"]
+        await client.put(PREFIX + "only", json.dumps({"target": f"127.0.0.1:{server.port}", "weight": 0}).encode())
+
+        async def weighed_0() -> bool:
+            status, _, _ = await _exchange(gw.port, _post(gw.port, json.dumps(INIT_BODY).encode()))
+            return status == 503  # no new session: the worker has the new weight
+
+        await wait_for(weighed_0, 5, what="new sessions refused")
+        status, _, body = await _exchange(gw.port, _post(gw.port, TOOLS_LIST, session_id))
+    assert status == 200, body
+    assert json.loads(body)["result"]["name"] == "only"
