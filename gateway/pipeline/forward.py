@@ -130,6 +130,8 @@ class Forwarder:
             if type(whole) is not bytes:
                 spooled = whole  # type: ignore[assignment]
             body, body_done = whole, True  # type: ignore[assignment]  # _exchange sends a SpooledBody from its file
+        elif framing == CHUNKED and route.request_buffering:  # a chunked body that came whole with its head: it
+            headers, framing = with_length(headers, len(body)), LENGTH  # goes with its length too, as nginx sends it
         # nginx's proxy_ssl_name $upstream_host: with preserve_host, an https upstream gets the client's Host as SNI
         sni = _sni(client_host) if svc.tls is not None and route.preserve_host and client_host else None
         try:
