@@ -48,7 +48,7 @@ def demo(tmp_path):
 
 
 def test_the_mcp_load_scenarios_run_against_the_demo_without_a_failure(demo):
-    out = subprocess.run([str(ROOT / "scripts" / "load"), "--host", demo, "--time", "10s", "--users", "4",
+    out = subprocess.run([str(ROOT / "scripts" / "load"), "--host", demo, "--time", "4s", "--users", "4",
                           "--spawn-rate", "4"], capture_output=True, text=True, timeout=240)
     report = out.stdout + out.stderr
     assert out.returncode == 0, report
