@@ -246,6 +246,11 @@ def number(value: float, precision: int) -> str:
     return f"{value:.{precision}g}"
 
 
+def lua_string(number: float) -> bytes:
+    """How Lua (LuaJIT) writes a number into a string (tostring, a header's value): "%.14g"."""
+    return b"%.14g" % number
+
+
 def _plain_numbers(doc: Any, precision: int, numbers: list[str], tag: str, depth: int) -> Any:
     """`doc` with each number json.dumps would not write as "%.<precision>g" writes it replaced by a tagged string
     (its text in `numbers`)."""

@@ -26,13 +26,14 @@ Rules:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import IntEnum
 from math import ceil, inf
 
 from gateway.ratelimit.bucket import Bucket
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
 from gateway.ratelimit.spec import LimitSpec
-from gateway.ratelimit.windows import window_bounds
+from gateway.ratelimit.windows import kong_reset, reset_at, window_bounds
 
 LOW_WATER = 0.5  # ask for more once a lease is below this share of its last grant
 LEAD_S = 0.05  # ask for this many seconds of the key's recent demand
@@ -63,7 +64,7 @@ class Decision:
         self.tokens = tokens  # tokens left here after this request
         self.local = local  # per-window remaining of the local share, when decided on it
         self.delay = delay  # seconds to hold an admitted request (limit-req without nodelay)
-        self.retry_after = retry_after  # seconds, when denied
+        self.retry_after = retry_after  # seconds, when denied (Retry-After: see _retry_after)
         self.wall = wall
 
     @property
@@ -88,7 +89,7 @@ class Lease:
 
     __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
                  "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "used", "unused",
-                 "unused_grant", "release_next", "admitted", "bases", "ends", "next_roll", "unreported",
+                 "unused_grant", "release_next", "admitted", "bases", "ends", "resets", "next_roll", "unreported",
                  "unreported_total", "flagged", "local")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
@@ -112,7 +113,10 @@ class Lease:
         self.unused = 0  # expired tokens to give back
         self.unused_grant: Grant | None = None
         self.release_next = 0.0  # monotonic time the next paced token may go
-        self.ends = [window_bounds(w.period, wall)[1] for w in spec.windows]  # local windows (wall)
+        bounds = [window_bounds(w.period, wall) for w in spec.windows]
+        self.ends = [end for _, end in bounds]  # local windows (wall)
+        # when Kong's RateLimit-Reset of each local window runs out (wall): not its end for a month or a year
+        self.resets = [reset_at(w.period, start) for w, (start, _) in zip(spec.windows, bounds, strict=True)]
         self.next_roll = min(self.ends, default=inf)
         self.admitted = 0  # requests admitted here, ever; in local window i: admitted - bases[i] (see counts)
         self.bases = [0] * len(spec.windows)
@@ -158,8 +162,10 @@ class LeaseTable:
                 delay = self._spend(lease, now, wall)
                 return Decision(Status.ADMIT, spec, lease.grant, lease.tokens, None, delay, 0, wall)
             self._void(lease)
+        grant = lease.grant
         if now < lease.blocked_until:
-            return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, ceil(lease.blocked_until - now), wall)
+            retry_after = _retry_after(spec, grant, None, wall, lease.blocked_until - now)
+            return Decision(Status.DENY, spec, grant, 0, None, 0.0, retry_after, wall)
         if self._fallback or (final and lease.in_flight):  # the keeper is lost, or silent on this key all along
             return self._local_share(lease, now, wall) if spec.fault_tolerant else UNAVAILABLE
         if not lease.due:
@@ -167,13 +173,12 @@ class LeaseTable:
             self._due.append(lease)
         if not waited or lease.in_flight:
             return WAIT
-        grant = lease.grant
         if grant is not None and grant.unavailable:  # policy redis: Redis is away and fault_tolerant is off
             return UNAVAILABLE
         if not final and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
             return WAIT  # the keeper had room, this worker's other requests took it: wait for the next grant
         # The keeper answers but had nothing for us: the limit's tail is being handed out.
-        return Decision(Status.DENY, spec, lease.grant, 0, None, 0.0, 1, wall)
+        return Decision(Status.DENY, spec, grant, 0, None, 0.0, _retry_after(spec, grant, None, wall, 1.0), wall)
 
     def spend(self, key: str, spec: LimitSpec, now: float, wall: float) -> Lease | None:
         """`take`'s common case without a Decision: the key's lease (to read the headers from) when one of its
@@ -333,7 +338,8 @@ class LeaseTable:
                 self._flagged.append(lease)
         left = tuple(max(0, share - count) for share, count in zip(shares, counts, strict=True))
         if retry:
-            return Decision(Status.DENY, spec, lease.grant, 0, left, 0.0, ceil(retry), wall)
+            return Decision(Status.DENY, spec, lease.grant, 0, left, 0.0, _retry_after(spec, None, left, wall, retry),
+                            wall)
         return Decision(Status.ADMIT, spec, lease.grant, 0, left, delay, 0, wall)
 
     def _local_bucket(self, lease: Lease, now: float) -> Bucket:
@@ -351,7 +357,8 @@ class LeaseTable:
         """Start the local windows that `wall` has moved into."""
         for i, w in enumerate(lease.spec.windows):
             if wall >= lease.ends[i]:
-                lease.ends[i] = window_bounds(w.period, wall)[1]
+                start, lease.ends[i] = window_bounds(w.period, wall)
+                lease.resets[i] = reset_at(w.period, start)
                 lease.bases[i] = lease.admitted
                 lease.unreported[i] = 0
         lease.next_roll = min(lease.ends)
@@ -374,3 +381,14 @@ class LeaseTable:
         if lease.spec.bucketed:
             lease.used = 0
         return returned
+
+
+def _retry_after(spec: LimitSpec, grant: Grant | None, local: Sequence[int] | None, wall: float, wait: float) -> int:
+    """Retry-After of a denial: with a window exhausted (as the keeper's `grant` or the `local` share says), Kong's
+    RateLimit-Reset of the longest such window, the one Kong's headers report then; else the bucket's or the keeper's
+    `wait`, in seconds."""
+    remaining = local if local is not None else grant.remaining if grant is not None else ()
+    for i in range(len(remaining) - 1, -1, -1):  # windows are in PERIODS order: the longest last
+        if remaining[i] <= 0:
+            return kong_reset(spec.windows[i].period, wall)
+    return ceil(wait)

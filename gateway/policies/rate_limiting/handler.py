@@ -75,7 +75,8 @@ class RateLimiting:
         # Kong reads it as nginx's $http_<name>: case-insensitive, "_" standing for "-"
         self.header = (config.header_name or "").lower().replace("_", "-").encode()
         self.path = config.path or ""
-        self.headers = None if config.hide_client_headers else RateLimitHeaders(self.spec)
+        self.headers = None if config.hide_client_headers else RateLimitHeaders(
+            self.spec, [getattr(config, w.period) for w in self.spec.windows])  # Kong reports 2.5 as 2.5
         self.error_code = config.error_code
         self.error_message = config.error_message
         # limit_by mcp-method / mcp-tool: what the body calls is counted (gateway.mcp.ratekeys)

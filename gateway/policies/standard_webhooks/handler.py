@@ -18,6 +18,7 @@ from base64 import b64encode
 from hashlib import sha256
 
 from gateway.http.server import Exchange
+from gateway.policies.cjson import lua_string as lua_string  # re-exported: response-ratelimiting imports it here
 from gateway.policies.standard_webhooks.schema import StandardWebhooksConfig
 
 BODY_LIMIT = 1024 * 1024  # bytes; a longer body is refused as a missing one
@@ -36,11 +37,6 @@ def lua_number(text: bytes) -> float | None:
     if _HEX.fullmatch(text):
         return float.fromhex(text.decode())
     return None
-
-
-def lua_string(number: float) -> bytes:
-    """How Lua (LuaJIT) writes a number into a string: "%.14g"."""
-    return b"%.14g" % number
 
 
 def signature(keyed: hmac.HMAC, webhook_id: bytes, timestamp: bytes, body: bytes) -> bytes:
