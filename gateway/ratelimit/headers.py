@@ -107,11 +107,6 @@ class RateLimitHeaders:
         return headers
 
 
-def retry_after(decision: Decision) -> bytes:
-    """The one header line a denial sends with hide_client_headers."""
-    return b"Retry-After: %d\r\n" % decision.retry_after
-
-
 def _kong_remaining(kong: Sequence[tuple[float, int]], lefts: Sequence[float]) -> list[float]:
     """Kong's remaining of each window, max(0, limit - usage - 1), from what is left of its whole limit (usage:
     whole - 1 - left, the requests before this one)."""
