@@ -6,8 +6,10 @@ Both codecs apply `check_request_head`, so they accept and reject exactly the sa
 
 Flow control is h11's: after a message's END, `next_event` returns NEED_DATA until `start_next_cycle` (h11's
 PAUSED), except that the peer's EOF still shows as CLOSED. CLOSED and errors are sticky. `keep_alive` is True only
-once both messages of the exchange are complete and the connection may carry another; HTTP/1.0 never persists (as
-in h11). tests/http/test_codec_conformance.py pins all of this for both codecs.
+once both messages of the exchange are complete and the connection may carry another. An HTTP/1.0 client that
+sends `Connection: keep-alive` is kept alive, as by nginx, when its answer has a length (it says `Connection:
+keep-alive`; one of unknown length is close-delimited): by the llhttp codec only, since h11 never keeps HTTP/1.0
+alive (the h11 codec closes after the answer). tests/http/test_codec_conformance.py pins all of this for both codecs.
 """
 
 from __future__ import annotations
@@ -192,6 +194,20 @@ def escape_request_line(data: bytes) -> bytes | None:
     if line.isascii():
         return None
     return _HIGH.sub(lambda m: b"%%%02X" % m[0][0], line) + data[len(line):]
+
+
+def version_missing(method: bytes, target: bytes) -> ProtocolError:
+    """A request line that ended without an HTTP version (an HTTP/0.9 request: nothing else of its head follows),
+    answered 400 at its line end, as nginx's ngx_http_parse_request_line ends it there: for a method other than GET,
+    "client sent invalid method in HTTP/0.9 request"; a GET nginx serves as HTTP/0.9 (a body without a head), which
+    the gateway does not speak, so it gets 400 too. Waiting for the rest of a head would answer only at the header
+    timeout."""
+    message = "client sent invalid method in HTTP/0.9 request" if method != b"GET" else \
+        "HTTP/0.9 requests are not served"
+    error = ProtocolError(message)
+    error.method = method
+    error.target = target
+    return error
 
 
 def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:

@@ -4,6 +4,11 @@ h11 is more lenient than llhttp in a few places that matter to a proxy (it unfol
 ends, merges repeated identical Content-Lengths), and it normalises what it parses. So that both codecs accept,
 reject and report the same heads, this adapter keeps a copy of the bytes of the head h11 is waiting for (its
 public `trailing_data` once per head, then what arrives) and applies the shared rules to that raw head.
+
+Where it differs from the llhttp codec (the default): h11 does not keep an HTTP/1.0 client alive even when it asks
+for keep-alive ("we simplify life by simply not supporting keep-alive with HTTP/1.0 peers", h11/_connection.py), so
+such a client gets `Connection: close` after each answer, where llhttp (and nginx) keep the connection when the
+answer has a length.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from gateway.http.codec import (
     check_request_head,
     escape_request_line,
     overflow_error,
+    version_missing,
 )
 from gateway.http.codec_llhttp import REASONS, _close_delimited, _has_token, _wants_keep_alive
 
@@ -255,10 +261,24 @@ class H11Server(_H11Codec):
             return CLOSED
         if ev is h11.NEED_DATA:
             self._framing_fault()
+            if self._probe is not None:
+                self._check_request_line(self._probe)
             return NEED_DATA
         if ev is h11.PAUSED:
             return NEED_DATA
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
+
+    @staticmethod
+    def _check_request_line(probe: bytearray) -> None:
+        """A request line that ended without a version (HTTP/0.9's `method target`) is refused at its line end, as
+        by nginx and the llhttp codec; h11 would wait for the blank line that ends a head."""
+        end = probe.find(b"\n")
+        if end < 0:
+            return
+        line = bytes(probe[:end]).rstrip(b"\r")
+        method, _, target = line.partition(b" ")
+        if target and b" " not in target and _METHOD.fullmatch(method) is not None:
+            raise version_missing(method, target)
 
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
                       lines: bytes = b"", framing: int | None = None) -> bytes:

@@ -30,6 +30,7 @@ from gateway.http.codec import (
     check_request_head,
     escape_request_line,
     overflow_error,
+    version_missing,
 )
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
@@ -63,6 +64,18 @@ def _close_delimited(headers: Headers) -> bool:
         if name == b"transfer-encoding":
             chunked = value.lower().rsplit(b",", 1)[-1].strip(_OWS) == b"chunked"
     return not chunked
+
+
+def _check_codings(headers: Headers) -> None:
+    """nginx's ngx_http_upstream_process_transfer_encoding (>= 1.23): an upstream's one Transfer-Encoding header
+    says `chunked` and nothing else, or its answer is a 502 ("upstream sent unknown Transfer-Encoding"). llhttp
+    takes any coding (chunked when it is the final one, else read to EOF), which would relay a gzip body with the
+    coding that says so dropped; h11 refuses them."""
+    codings = [value for name, value in headers if name == b"transfer-encoding"]
+    if len(codings) > 1:
+        raise ProtocolError("upstream sent duplicate header line: Transfer-Encoding", 502)
+    if codings and codings[0].lower() != b"chunked":
+        raise ProtocolError(f"upstream sent unknown Transfer-Encoding: {codings[0]!r}", 502)
 
 
 def _declares_body(headers: Headers) -> bool:
@@ -232,6 +245,8 @@ class _Parsing(_BodyFramer):
                 self._head_fed += len(data)
                 if self._head_fed > self._max_head:
                     self._fail(self._overflow())
+                else:
+                    self._head_waits(data)
             return
         if error is None:
             self._upgraded(data, upgrade_at)
@@ -247,6 +262,9 @@ class _Parsing(_BodyFramer):
     def _reparse_escaped(self, data: bytes) -> bool:
         """A request target llhttp refused: parsed again with its raw bytes 0x80-0xFF escaped (server side)."""
         return False
+
+    def _head_waits(self, data: bytes) -> None:
+        """The head being parsed goes on after `data`, the chunk just fed: a look at what it holds so far."""
 
     def _overflow(self) -> ProtocolError:
         """The error for a head that went past the limit before it ended."""
@@ -308,7 +326,8 @@ class LlhttpServer(_Parsing):
         self._started = False  # a request is being parsed: EOF now is an error, not CLOSED
         self._method = b"GET"
         self._version = b"1.1"
-        self._persist = False  # the current request allows another one after it (HTTP/1.1, no close)
+        # the current request allows another one after it (HTTP/1.1 without close, HTTP/1.0 with keep-alive)
+        self._persist = False
         self._request_done = False
         self._response_done = False
         self._close = False
@@ -355,6 +374,19 @@ class LlhttpServer(_Parsing):
 
     def _overflow(self) -> ProtocolError:
         return overflow_error(len(self._url), self._max_line)
+
+    def _head_waits(self, data: bytes) -> None:
+        # A request line that ended without a version (HTTP/0.9) is a whole request for nginx; llhttp takes it as
+        # 0.9 too but reads header lines after it, so it would wait for a blank line that never comes. Before any
+        # header line (and once the target began), a chunk that ends with a line end ends the request line: that
+        # line, being `method target`, has no version. (Only for a head split across reads: never per request.)
+        if self._headers or not self._url or data[-1:] != b"\n":
+            return
+        before = self._before
+        whole = data if before is None else before + data
+        method = self._parser.get_method()
+        if whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1:-1].rstrip(b"\r") == method + b" " + self._url:
+            self._fail(version_missing(method, self._url))
 
     def _reparse_escaped(self, data: bytes) -> bool:
         # nginx takes raw 0x80-0xFF bytes in a target. The head's bytes: those of a head that began with a chunk;
@@ -467,7 +499,7 @@ class LlhttpServer(_Parsing):
         if type(ev) is Request:
             self._method = ev.method
             self._version = ev.http_version
-            self._persist = ev.keep_alive and ev.http_version == b"1.1"  # h11 never keeps HTTP/1.0 alive
+            self._persist = ev.keep_alive
         elif ev is END:
             self._request_done = True
         return ev
@@ -509,14 +541,17 @@ class LlhttpServer(_Parsing):
                 parts.append(b"transfer-encoding: chunked\r\n")
                 chunked = True
             elif not head:
-                keep = False
+                keep = False  # (nginx's chunked filter turns an HTTP/1.0 client's keep-alive off here)
         if chunked and not self._no_body:
             self._chunked = True
         self.open_ended = not length and not self._no_body
         self._close = not keep
         self._response_done = False
-        if not keep and not said_close:
-            parts.append(b"connection: close\r\n")
+        if not keep:
+            if not said_close:
+                parts.append(b"connection: close\r\n")
+        elif not http11:  # an HTTP/1.0 client that asked for keep-alive: told it holds (nginx's header filter)
+            parts.append(b"connection: keep-alive\r\n")
         parts.append(b"\r\n")
         return b"".join(parts)
 
@@ -643,6 +678,8 @@ class LlhttpClient(_Parsing):
             self._skip = True  # llhttp parsed it as a body-less message; the final response follows
             return
         version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
+        if b"transfer-encoding" in dict(headers):  # (one C call: no bytecode per header)
+            _check_codings(headers)
         events = self._events
         if self._method == b"HEAD":
             keep = version == b"1.1" and _wants_keep_alive(version, headers)

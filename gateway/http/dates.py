@@ -1,4 +1,6 @@
-"""HTTP dates as nginx reads them (ngx_parse_http_time), sans-I/O: what Kong's hmac-auth checks its clock skew with.
+"""HTTP dates as nginx reads them (ngx_parse_http_time), sans-I/O: what Kong's hmac-auth checks its clock skew with;
+and as nginx writes them: NOW, the `Date` line every response carries (ngx_http_header_filter's, from its cached
+ngx_cached_http_time), formatted once a second, never per response.
 
 Three forms: RFC 1123 (`Sun, 06 Nov 1994 08:49:37 GMT`), RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and asctime
 (`Sun Nov  6 08:49:37 1994`). As in nginx, the weekday and the zone are not looked at (the time is always UTC), a
@@ -6,6 +8,8 @@ month is known by its first letters, and a day must exist in its month.
 """
 
 from __future__ import annotations
+
+import time
 
 _MONTH_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
@@ -117,3 +121,38 @@ def _parse(value: bytes) -> int:
         year -= 1
     days = 365 * year + year // 4 - year // 100 + year // 400 + 367 * month // 12 - 30 + day - 1 - 719527 + 31 + 28
     return days * 86400 + hour * 3600 + minute * 60 + second
+
+
+_WEEKDAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov", b"Dec")
+
+
+def http_date(seconds: int) -> bytes:
+    """An instant (seconds since the epoch) in IMF-fixdate (RFC 9110 5.6.7), as nginx's ngx_http_time writes it:
+    `Sun, 06 Nov 1994 08:49:37 GMT`, in English whatever the locale."""
+    t = time.gmtime(seconds)
+    return b"%b, %02d %b %d %02d:%02d:%02d GMT" % (_WEEKDAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year,
+                                                   t.tm_hour, t.tm_min, t.tm_sec)
+
+
+class HttpNow:
+    """The current second as a response's `Date` header line (`Date: <IMF-fixdate>` and CRLF), for every response
+    without a Date of its own. `refresh` formats it again when the second changed: the worker's timer sweeper calls
+    it each time it wakes (gateway.http.timers, at least twice a second), so a response reads one attribute."""
+
+    __slots__ = ("second", "line")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.line = b""
+        self.refresh()
+
+    def refresh(self, now: float | None = None) -> None:
+        """Format the line again if the second (`now`, else the wall clock's) is not the one it shows."""
+        second = int(time.time() if now is None else now)
+        if second != self.second:
+            self.second = second
+            self.line = b"Date: " + http_date(second) + b"\r\n"
+
+
+NOW = HttpNow()  # one per process: each worker's sweeper keeps it current

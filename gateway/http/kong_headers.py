@@ -10,6 +10,10 @@ filter's last step, after the plugins'):
 `X-Kong-Upstream-Status` (the upstream's status) is off by default. The token names this gateway, not Kong:
 `mcp-gateway/<version>`. The settings are parsed once (KongHeaders); a response costs one call that returns the
 lines to add, formatted.
+
+The same call adds nginx's `Date` (ngx_http_header_filter's, after every header filter, whatever `headers` says) to a
+response that has none by then: an upstream's own is kept (Kong's `proxy_pass_header Date`), as is one a plugin set
+(a proxy-cache hit's stored one); a plugin that removed the upstream's gets the gateway's, as in nginx.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway import __version__
+from gateway.http.dates import NOW
 from gateway.http.ids import new_request_id
 from gateway.http.timers import run_clock
 from gateway.kong_array import kong_array
@@ -29,7 +34,6 @@ _SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
 _VIA_AND_SERVER = _VIA_LINE + _SERVER_LINE
 _DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n%b"
 PROXIED = "kong-proxied"  # ex.state: a plugin answered as Kong's KONG_PROXIED (proxy-cache's hit)
-_SERVER_OR_VIA = frozenset({b"server", b"via"})
 _DEFAULTS = {"via", "server", "x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency",
              "x-kong-request-id"}
 
@@ -123,21 +127,23 @@ class KongHeaders:
             sent = last.started
             lines = self._proxied % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
                                      b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
-            return lines + self._via_and_server(headers) if self.via or self.server else lines
+            seen = dict(headers)
+            lines += self._via_and_server(headers, seen)
+            return lines if b"date" in seen else lines + NOW.line
         return self._own_lines(ex, headers, rid, upstream_status)
 
     @staticmethod
     def _add_none(ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
-        """`headers: off`: nothing added; an answer of the gateway's own loses a plugin's Server, as Kong's runloop
-        removes it (a proxied one keeps the upstream's)."""
-        if not ex.tries and not (ex.state and PROXIED in ex.state) and any(hv[0] == b"server" for hv in headers):
+        """`headers: off`: nothing of Kong's added (nginx's Date apart); an answer of the gateway's own loses a plugin's
+        Server, as Kong's runloop removes it (a proxied one keeps the upstream's)."""
+        seen = dict(headers)
+        if b"server" in seen and not ex.tries and not (ex.state and PROXIED in ex.state):
             headers[:] = [hv for hv in headers if hv[0] != b"server"]
-        return b""
+        return b"" if b"date" in seen else NOW.line
 
-    def _via_and_server(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+    def _via_and_server(self, headers: list[tuple[bytes, bytes]], seen: dict[bytes, bytes]) -> bytes:
         """A proxied response's Via (the upstream's own extended in `headers`, else a line) and Server (a line, when
-        the upstream sent none), as far as they are on."""
-        seen = dict(headers)  # (one C call: the names an upstream sent)
+        the upstream sent none), as far as they are on; `seen` is dict(headers) (one C call: the names sent)."""
         lines = b""
         if self.via:
             if b"via" in seen:
@@ -162,6 +168,8 @@ class KongHeaders:
                 tail = b"" if b"server" in seen else _SERVER_LINE
             else:
                 tail = _VIA_LINE if b"server" in seen else _VIA_AND_SERVER
+            if b"date" not in seen:  # (an upstream's usually comes: one test)
+                tail += NOW.line
             return _DEFAULT_LINES % ((head_at - sent) * 1000.0 + 0.5, (sent - ex.started) * 1000.0 + 0.5, rid, tail)
         return self._own_lines(ex, headers, rid, upstream_status)
 
@@ -174,19 +182,23 @@ class KongHeaders:
             return self._cached_lines(ex, headers, rid, status)
         started = ex.started
         own = self._own
-        if any(hv[0] in _SERVER_OR_VIA for hv in headers):  # (a plugin's): Kong's replaces Server, or removes it
+        seen = dict(headers)
+        if b"server" in seen or b"via" in seen:  # (a plugin's): Kong's replaces Server, or removes it
             if self.via and [hv[1] for hv in headers if hv[0] == b"via"] == [SERVER_TOKEN]:
                 own = self._plugins_server
             else:
                 headers[:] = [hv for hv in headers if hv[0] != b"server"]
-        return own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
+        lines = own % {b"l": (self._clock() - started) * 1000.0 + 0.5 if started else 0, b"r": rid}
+        return lines if b"date" in seen else lines + NOW.line
 
     def _cached_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes, status: int) -> bytes:
         """For a plugin's answer Kong counts as proxied (proxy-cache's hit sets KONG_PROXIED): the headers of a
         proxied response, the upstream latency 0, the proxy latency the time to this answer and the upstream status
         the stored one; Via, and Server only when the stored response has none."""
         lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
-        return lines + self._via_and_server(headers)
+        seen = dict(headers)
+        lines += self._via_and_server(headers, seen)
+        return lines if b"date" in seen else lines + NOW.line
 
     def _new_id(self, ex: Any) -> bytes:
         """The request's id, for an answer of our own given before anything named it (b"" when not sent)."""

@@ -20,6 +20,9 @@ waits on its upstream (for the response head, or for more of its body: one recv(
 closed or reset ends its request there: the upstream connection is closed (its server stops working for no one, a
 least-connections count is given back) and the log says 499. Relayed streams have a watch of their own
 (gateway.pipeline.streamwatch).
+
+Each time it wakes, the sweeper also refreshes the responses' `Date` line (gateway.http.dates.NOW): a new second is
+formatted once, not per response, at most CLIENT_CHECK_S late.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from collections.abc import Callable
 from typing import Protocol
 
 import trio
+
+from gateway.http.dates import NOW
 
 TIMER_RESOLUTION_S = 0.1
 CLIENT_CHECK_S = 0.5
@@ -209,6 +214,7 @@ class Timers:
         check_at = trio.current_time() + CLIENT_CHECK_S
         while True:
             now = trio.current_time()
+            NOW.refresh()
             self.expire(now)
             if now >= check_at:
                 self.check_clients()

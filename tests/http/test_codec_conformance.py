@@ -405,16 +405,46 @@ def test_http10_request_keep_alive_true_with_connection_keep_alive(codec: str) -
     assert parse_requests(codec, raw) == [req(b"GET", b"/", [(b"connection", b"keep-alive")], b"1.0", keep=True), END]
 
 
-def test_http10_connection_is_closed_after_the_response_even_with_keep_alive(codec: str) -> None:
-    # Request.keep_alive is the client's wish; like h11 (which never keeps HTTP/1.0 alive) both codecs close.
-    raw, keep = serve(codec, b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", 200, [(b"content-length", b"2")],
-                      [b"ok"])
+GET10_KEEP_ALIVE = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+
+
+def test_http10_keep_alive_client_keeps_its_connection_after_an_answer_with_a_length_INHERENT(codec: str) -> None:
+    """nginx keeps an HTTP/1.0 client that asked for keep-alive (ApacheBench's `ab -k`) whatever the version, and
+    says so (ngx_http_handler, the header filter's `Connection: keep-alive`); so does the llhttp codec, and the next
+    request is read. INHERENT: h11 never keeps an HTTP/1.0 peer alive, so the h11 codec closes."""
+    server = new_server(codec)
+    server.receive_data(GET10_KEEP_ALIVE + b"GET /second HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert isinstance(server.next_event(), Request) and server.next_event() is END
+    raw = server.response_head(200, [(b"content-length", b"2")]) + server.body(b"ok") + server.end()
     events, delimited = h11_read_response(raw)
-    assert events[0][:2] == ("response", 200)
+    assert events[1:] == [("data", b"ok"), "end"] and delimited
+    if codec == "h11":
+        assert header(events[0][3], b"connection") == [b"close"]
+        assert server.keep_alive is False
+        return
+    assert header(events[0][3], b"connection") == [b"keep-alive"]
+    assert server.keep_alive and not server.closing
+    server.start_next_cycle()
+    second = server.next_event()
+    assert isinstance(second, Request) and second.target == b"/second"
+
+
+def test_http10_keep_alive_client_gets_an_answer_of_unknown_length_close_delimited(codec: str) -> None:
+    """An HTTP/1.0 client cannot read chunked: an answer without a length ends with the connection, whatever it
+    asked (nginx's chunked filter turns its keep-alive off)."""
+    raw, keep = serve(codec, GET10_KEEP_ALIVE, 200, [(b"content-type", b"text/plain")], [b"ok"])
+    events, delimited = h11_read_response(raw)
     assert header(events[0][3], b"connection") == [b"close"]
-    assert events[1:] == [("data", b"ok"), "end"]
-    assert delimited
+    assert header(events[0][3], b"transfer-encoding") == []
+    assert events[1:] == [("data", b"ok"), "end"] and not delimited
     assert keep is False
+
+
+def test_http10_client_without_keep_alive_is_closed(codec: str) -> None:
+    raw, keep = serve(codec, GET10, 200, [(b"content-length", b"2")], [b"ok"])
+    events, delimited = h11_read_response(raw)
+    assert header(events[0][3], b"connection") == [b"close"]
+    assert delimited and keep is False
 
 
 def test_connection_close_on_http11(codec: str) -> None:
@@ -606,6 +636,45 @@ def assert_rejected(codec: str, raw: bytes, status: int, every_offset: bool = Tr
 )
 def test_malformed_request_line_is_400(codec: str, line: bytes) -> None:
     assert_rejected(codec, line + b"\r\nHost: a\r\n\r\n", 400)
+
+
+@pytest.mark.parametrize("raw", [b"POST /x\r\n", b"GET /x\r\n", b"HEAD /x\n", b"\r\nDELETE /x?a=b\r\n",
+                                 b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST /x\r\n"])
+def test_a_request_line_without_a_version_is_400_at_its_line_end(codec: str, raw: bytes) -> None:
+    """An HTTP/0.9 request line (`method target`, no version) is a whole request for nginx, answered at its line
+    end (ngx_http_parse_request_line: "client sent invalid method in HTTP/0.9 request", 400; a GET nginx serves as
+    HTTP/0.9, which the gateway does not speak: 400 too). Waiting for the blank line of a head, which such a
+    client never sends, would answer only at header_timeout_s (408). However the bytes are cut, and after a
+    request on the same connection."""
+    events = parse_requests(codec, raw)
+    assert events[-1] == ("error", 400)
+    assert [e for e in events if e != END and e[0] != "error"] == (
+        [req(b"GET", b"/", [(b"host", b"a")])] if raw.startswith(b"GET / HTTP/1.1") else [])
+
+
+def test_an_http09_error_names_its_method_and_target(codec: str) -> None:
+    """What the log shows of a refused HTTP/0.9 request, and nginx's words for its method."""
+    server = new_server(codec)
+    server.receive_data(b"POST /x\r\n")
+    with pytest.raises(ProtocolError) as caught:
+        server.next_event()
+    assert (caught.value.status, caught.value.method, caught.value.target) == (400, b"POST", b"/x")
+    assert str(caught.value) == "client sent invalid method in HTTP/0.9 request"
+
+
+@pytest.mark.parametrize("raw", [b"GET /x HTTP/1.1\r\n", b"GET /x HTTP/1.1\r\nHost: a\r\n", b"GET /x HTTP/1.1\r\nHo",
+                                 b"GET /x", b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\n",
+                                 # a body whose last line reads as the next request line so far
+                                 b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\nGET /x\nGET /x HT"])
+def test_a_request_head_cut_after_its_versioned_request_line_waits_for_the_rest(codec: str, raw: bytes) -> None:
+    """The HTTP/0.9 check refuses only a request line without a version: a head cut anywhere else waits."""
+    server = new_server(codec)
+    server.receive_data(raw)
+    while (ev := server.next_event()) is not NEED_DATA:
+        if ev is END:
+            server.response_head(200, [(b"content-length", b"0")])
+            server.end()
+            server.start_next_cycle()
 
 
 def test_a_malformed_request_line_is_400_before_an_unsupported_coding_however_cut(codec: str) -> None:
@@ -1153,7 +1222,7 @@ def test_response_content_length_kept(codec: str) -> None:
     assert keep
 
 
-@pytest.mark.parametrize("request_head", [GET11, GET10, HEAD11])
+@pytest.mark.parametrize("request_head", [GET11, GET10, HEAD11, GET10_KEEP_ALIVE])
 @pytest.mark.parametrize("headers", [[(b"content-type", b"text/plain"), (b"content-length", b"11")],
                                      [(b"content-type", b"text/plain")]])
 def test_a_response_framed_by_the_callers_word_is_the_same_as_one_the_codec_reads(
@@ -1642,20 +1711,25 @@ def test_several_exchanges_on_one_upstream_connection(codec: str) -> None:
         client.start_next_cycle()
 
 
-@pytest.mark.parametrize(
-    "head",
-    [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc",
-     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"],
-)
-def test_response_transfer_coding_other_than_chunked_INHERENT(codec: str, head: bytes) -> None:
-    # INHERENT: h11 refuses any response Transfer-Encoding but `chunked` (502); llhttp follows RFC 9112 6.3 (chunked
-    # when it is the final coding, else read until EOF). Checking it in the llhttp codec would mean a header scan
-    # per response on the hot path for a coding servers do not send.
-    events = parse_response(codec, head, eof=True)
-    if codec == "h11":
-        assert events == [("error", 502)]
-    else:
-        assert events[1:] == [data(b"abc"), END, CLOSED]
+@pytest.mark.parametrize(("method", "head"), [
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc"),
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: identity\r\n\r\nabc"),
+    (b"GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+    (b"HEAD", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+    (b"GET", b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: gzip\r\n\r\n"),
+], ids=["gzip", "gzip-chunked", "identity", "chunked-twice", "head", "204"])
+def test_response_transfer_coding_other_than_chunked_is_502(codec: str, method: bytes, head: bytes) -> None:
+    """nginx >= 1.23 (ngx_http_upstream_process_transfer_encoding) takes one Transfer-Encoding header saying
+    `chunked`, else "upstream sent unknown Transfer-Encoding" (502), whatever the request or the status; relayed,
+    a coding the gateway cannot undo would reach the client unlabelled (the header is hop-by-hop). llhttp alone
+    would read such a body (chunked when chunked is the final coding, else to EOF)."""
+    assert parse_response(codec, head, method=method, eof=True) == [("error", 502)]
+
+
+def test_response_transfer_coding_chunked_in_any_case_is_read(codec: str) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    assert parse_response(codec, head) == [resp(200, b"OK", [(b"transfer-encoding", b"Chunked")]), data(b"abc"), END]
 
 
 # ===================================================================================================================

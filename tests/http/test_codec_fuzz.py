@@ -393,7 +393,6 @@ def _any(pattern: bytes, flags: int = 0) -> Check:
 
 LLHTTP_METHODS = {b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"QUERY"}
 _CONTENT_LENGTH = re.compile(rb"(?i)content-length:[ \t]*([0-9]+)[ \t]*\r")
-_TRANSFER_ENCODING = re.compile(rb"(?im)^transfer-encoding:[ \t]*([^\r\n]*?)[ \t]*\r?$")
 _INTERIM_WITH_LENGTH = (rb"(?m)^HTTP/1\.[01] 1(?:0[4-9]|[1-9][0-9])[^\r\n]*\r\n(?:[^\r\n]*\r\n)*?"
                         rb"(?i:content-length:[ \t]*0*[1-9]|transfer-encoding:)")
 
@@ -427,9 +426,9 @@ KNOWN: dict[str, Known] = {
     "inherent-upgrade-with-body": Known("server", "llhttp cannot read the body of an Upgrade request (501)",
                                         lambda raw, h11, llhttp: bool(llhttp) and llhttp[-1] == ("error", 501)
                                         and re.search(rb"(?i)\nupgrade:", raw) is not None),
-    "inherent-response-coding": Known("client", "h11 refuses a response Transfer-Encoding but chunked (once)",
-                                      lambda raw, h11, llhttp: len(found := _TRANSFER_ENCODING.findall(raw)) > 1
-                                      or any(v.lower() != b"chunked" for v in found)),
+    "inherent-http10-keep-alive": Known("server", "h11 never keeps an HTTP/1.0 client alive; llhttp does when it "
+                                        "asked (Connection: keep-alive) and the answer has a length, as nginx",
+                                        lambda raw, h11, llhttp: _http10_kept(h11, llhttp)),
     "inherent-response-length-digits": Known("client", "h11 refuses a response Content-Length of over 20 digits "
                                              "(leading zeros), llhttp reads it",
                                              lambda raw, h11, llhttp: any(len(v) > 20 and int(v) < 1 << 64
@@ -450,6 +449,16 @@ KNOWN: dict[str, Known] = {
                                            "the connection cannot be kept", lambda raw, h11, llhttp: _stray(raw, h11,
                                                                                                          llhttp)),
 }
+
+
+def _http10_kept(h11: Events, llhttp: Events) -> bool:
+    """The two agree up to an answer after which llhttp keeps the connection and h11 not, to an HTTP/1.0 request
+    that asked for keep-alive."""
+    apart = next((i for i, (a, b) in enumerate(zip(h11, llhttp, strict=False)) if a != b), None)
+    if apart is None or (h11[apart], llhttp[apart]) != (("keep", False), ("keep", True)):
+        return False
+    request = next((e for e in reversed(h11[:apart]) if type(e) is tuple and e[0] == "request"), None)
+    return request is not None and request[4] == b"1.0" and request[5] is True
 
 
 def _stray(raw: bytes, h11: Events, llhttp: Events) -> bool:
@@ -622,6 +631,13 @@ FIXED = [
         "400: chunked applied twice is malformed (RFC 9112 6.1), not an unsupported coding (501)"),
     Bug("server", b"CONNECT a:1 HTTP/1.1\r\nHost : a\r\n\r\n", "error-status-precedence",
         "400: whitespace before the colon (RFC 9112 5.1) is found before CONNECT's 405"),
+    # (found by a review, not this fuzz: llhttp read these, chunked when chunked was the final coding)
+    Bug("client", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        "response-coding", "502: nginx >= 1.23 takes no upstream coding but chunked (\"unknown Transfer-Encoding\")"),
+    Bug("client", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", "response-coding",
+        "502: nor a coding read to EOF"),
+    Bug("client", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "response-coding", "502: nor two Transfer-Encoding headers (nginx: duplicate header line)"),
 ]
 
 
