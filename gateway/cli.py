@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("admin", parents=[locating], help="send one command to the admin channel, print the JSON reply")
     a.add_argument("cmd", help="status, reload, stop, workers; the state keeper's breakers, limits, targets, "
                    "proxy-cache (README: CLI, Shared state)")
-    a.add_argument("args", nargs="*", help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
+    a.add_argument("args", nargs="*", default=[],  # (without a default, argparse would name it as required)
+                   help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
     k = sub.add_parser("keeper", help=argparse.SUPPRESS)  # started by the supervisor

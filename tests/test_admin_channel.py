@@ -19,7 +19,18 @@ import sys
 import pytest
 import trio
 import zmq
-from test_shared_state import ENV, ROOT, Backends, Gateway, config, free_port, http, key, route
+from test_shared_state import ENV, ROOT, Backends, Gateway, admin_call, config, free_port, http, key, route
+
+import gateway.node.admin as admin_module
+from gateway.bus.admin_protocol import AdminRequest
+from gateway.bus.admin_server import bind_admin
+from gateway.bus.zmq_trio import TrioSocket
+from gateway.node.admin import changes_state, serve_admin
+from gateway.node.control import render_status
+from gateway.node.root import SUPERVISOR_ANSWER_S, Node, load_validated
+from supervisor import ChildInfo
+from supervisor.core import ChildState
+from supervisor.spec import ChildType
 
 OPS = ROOT / "scripts" / "ops"
 
@@ -277,3 +288,158 @@ def test_deeply_nested_huge_or_out_of_range_requests_get_a_clear_error_and_log_n
         sock.close()
     still_serving(gw, before)
     assert "Traceback" not in gw.log() and "internal error" not in gw.log()
+
+
+# ---- arguments the keeper and the root refuse in one plain line ----------------------------------------------------
+
+
+def test_a_reload_path_with_a_nul_byte_is_rejected_plainly_without_a_traceback(gateway):
+    """open() raises ValueError (not OSError) for a NUL byte: the root refuses the path as it refuses any config it
+    cannot read, keeping the running one, instead of an "internal error" and a traceback in its log."""
+    gw, _, _ = gateway
+    reply = admin_call(gw.endpoint, "reload", config=f"{gw.dir}/a\x00b.yaml")
+    assert reply["ok"] is False
+    assert reply["error"].startswith("config rejected, still serving the previous one:")
+    assert "the path contains a NUL byte" in reply["error"] and "internal error" not in reply["error"]
+    assert "Traceback" not in gw.log()
+
+
+def test_an_unknown_target_is_quoted_whole_and_one_that_is_not_a_string_is_named_as_such(gateway):
+    """A KeyError's message reaches the operator whole (its closing quote was stripped with the repr's); a target of
+    another JSON type is not "unknown" but of the wrong type."""
+    gw, _, _ = gateway
+    assert admin_call(gw.endpoint, "breakers", action="open", target="zz") == {
+        "v": 1, "ok": False, "error": "no circuit breaker for target 'zz'"}
+    assert admin_call(gw.endpoint, "targets", action="drain", target="zz")["error"] == (
+        "no target 'zz'; `targets` lists them as upstream|host:port")
+    for cmd, action in (("breakers", "open"), ("breakers", "reset"), ("targets", "drain")):
+        for value in (None, 5, True, 1.5):
+            reply = admin_call(gw.endpoint, cmd, action=action, target=value)
+            assert reply["ok"] is False, (cmd, value)
+            assert reply["error"] == (f"target={json.dumps(value)}: target must be a string upstream|host:port"), \
+                (cmd, value, reply)
+
+
+def test_a_weight_that_is_not_a_whole_number_is_refused_with_the_range_and_changes_nothing(gateway):
+    """Kong's target weight is an integer 0..65535: null, a float, a boolean or other text is refused with the
+    keeper's own range message (not Python's int() words, nor 1.5 or true applied as 1)."""
+    gw, a, _ = gateway
+    target = key("up", a)
+    before = {t["key"]: t["weight"] for t in gw.admin("targets")}[target]  # type: ignore[index, union-attr]
+    for value in (None, 1.5, True, False, "1.5", " 7", "+7", "٣", -1, 65536):
+        reply = admin_call(gw.endpoint, "targets", action="weight", target=target, weight=value)
+        assert reply["ok"] is False, (value, reply)
+        assert reply["error"] == f"weight must be 0..65535 (an integer), got {json.dumps(value)}", (value, reply)
+    assert {t["key"]: t["weight"] for t in gw.admin("targets")}[target] == before  # type: ignore[index, union-attr]
+
+
+# ---- the admin server: reads answered during a change, changes one after another ----------------------------------
+
+
+@pytest.fixture
+async def admin_server(tmp_path):
+    """serve_admin on a real ROUTER socket with a handler whose changes wait for `release`; a DEALER to talk to it.
+    Yields (dealer, release, started: the commands in the order the handler began them)."""
+    ctx = zmq.Context()
+    router = bind_admin(ctx, f"ipc://{tmp_path}/admin.sock")
+    client = ctx.socket(zmq.DEALER)
+    client.setsockopt(zmq.LINGER, 0)
+    client.connect(f"ipc://{tmp_path}/admin.sock")
+    release, started = trio.Event(), []
+
+    async def handler(request):
+        started.append(f"{request.cmd} {request.args.get('n')}")
+        if request.cmd == "fail":
+            raise RuntimeError("boom")
+        if changes_state(request):
+            await release.wait()
+        return request.args.get("n")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve_admin, router, handler)
+            yield TrioSocket(client), release, started
+            nursery.cancel_scope.cancel()
+    finally:
+        client.close()
+        router.close()
+        ctx.term()
+
+
+async def _send(sock: TrioSocket, cmd: str, **args: object) -> None:
+    await sock.send_multipart([b"", json.dumps({"cmd": cmd, "args": args}).encode()])
+
+
+async def _reply(sock: TrioSocket) -> dict:
+    with trio.fail_after(2):
+        return json.loads((await sock.recv_multipart())[-1])
+
+
+async def test_reads_are_answered_while_a_reload_runs_and_changes_wait_their_turn_in_order(admin_server):
+    """A reload that takes long (its new workers starting) no longer holds up `status` or a listing; a second reload
+    and a breaker opened after it still wait, and run in the order they came (one DEALER: one ordered pipe)."""
+    sock, release, started = admin_server
+    await _send(sock, "reload", n=1)
+    await _send(sock, "reload", n=2)
+    await _send(sock, "breakers", action="open", n=3)
+    await _send(sock, "status", n=4)
+    await _send(sock, "targets", n=5)  # action list
+    assert {(await _reply(sock))["result"] for _ in range(2)} == {4, 5}  # while reload 1 waits
+    await trio.sleep(0.05)
+    assert [c for c in started if not c.startswith(("status", "targets"))] == ["reload 1"]
+    release.set()
+    assert [(await _reply(sock))["result"] for _ in range(3)] == [1, 2, 3]
+    assert [c for c in started if not c.startswith(("status", "targets"))] == ["reload 1", "reload 2", "breakers 3"]
+
+
+async def test_a_failing_handler_and_a_flood_get_error_replies(admin_server, monkeypatch):
+    """A handler's exception is an `internal error` reply (logged); past MAX_IN_FLIGHT requests being answered, the
+    next is refused with `busy` at once instead of queued without bound; a malformed one is answered at once."""
+    sock, release, _ = admin_server
+    await _send(sock, "fail")
+    assert (await _reply(sock))["error"] == "internal error: RuntimeError: boom"
+    monkeypatch.setattr(admin_module, "MAX_IN_FLIGHT", 2)
+    for n in range(3):
+        await _send(sock, "reload", n=n)
+    assert (await _reply(sock))["error"] == "busy: 2 admin requests are being answered; try again"
+    await sock.send_multipart([b"", b"{"])
+    assert (await _reply(sock))["error"].startswith("malformed request")
+    release.set()
+    assert sorted([(await _reply(sock))["result"] for _ in range(2)]) == [0, 1]
+
+
+def test_only_reads_skip_the_queue_of_changes():
+    """status, workers and the keeper's listings are reads; reload, stop and every other keeper action (or one
+    that is not a string) may change state."""
+    reads = [("status", {}), ("workers", {}), ("breakers", {}), ("breakers", {"action": "list"}), ("limits", {}),
+             ("limits", {"action": "show", "key": "k"}), ("targets", {}), ("proxy-cache", {"action": "get"}),
+             ("frobnicate", {})]
+    changes = [("reload", {}), ("stop", {}), ("breakers", {"action": "open"}), ("breakers", {"action": "reset"}),
+               ("limits", {"action": "reset"}), ("targets", {"action": "drain"}), ("targets", {"action": "weight"}),
+               ("targets", {"action": 5}), ("proxy-cache", {"action": "purge"}), ("proxy-cache", {"action": "flush"})]
+    assert not any(changes_state(AdminRequest(cmd, args)) for cmd, args in reads)
+    assert all(changes_state(AdminRequest(cmd, args)) for cmd, args in changes)
+
+
+async def test_status_shows_a_busy_supervisors_last_listed_children_instead_of_waiting(tmp_path, autojump_clock):
+    """The root supervisor answers between operations (OTP's): while a reload starts the new generation, or the old
+    one drains, `status` and `workers` wait SUPERVISOR_ANSWER_S for it, then show the children it last listed,
+    marked busy, instead of outwaiting the CLI's 5 s."""
+
+    class Busy:
+        async def which_children(self):
+            await trio.sleep_forever()
+
+    path = tmp_path / "gateway.yaml"
+    path.write_text(json.dumps(config(free_port(), [{"name": "s", "url": "http://127.0.0.1:9"}], [route("s", "s")])))
+    node = Node(str(path), None)
+    node.config = load_validated(str(path))[1]
+    node.root = Busy()
+    node._last_listed["root"] = [ChildInfo("keeper", None, ChildState.RUNNING, ChildType.WORKER, 2)]
+    began = trio.current_time()
+    status = await node.status()
+    assert trio.current_time() - began == pytest.approx(SUPERVISOR_ANSWER_S)
+    assert status["tree"]["busy"] is True
+    assert [(c["id"], c["restarts"]) for c in status["tree"]["children"]] == [("keeper", 2)]
+    assert await node.handle_admin(AdminRequest("workers")) == []
+    assert "busy starting or stopping a child" in render_status(status)

@@ -57,6 +57,13 @@ def test_check_config_needs_exactly_one_file(args):
     assert "check-config takes one config file: gateway check-config FILE (or --config FILE)" in result.stderr
 
 
+def test_admin_without_a_command_names_only_the_command_as_missing():
+    """KEY=VALUE arguments are optional (`gateway admin status`): argparse must not call them required too."""
+    result = run_cli("admin")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == "gateway admin: error: the following arguments are required: cmd"
+
+
 def test_check_config_reports_a_broken_file_with_the_field_path(tmp_path):
     path = tmp_path / "broken.yml"
     path.write_text(BROKEN)

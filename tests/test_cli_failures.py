@@ -243,6 +243,20 @@ def test_status_with_the_admin_socket_gone_says_so_at_once(running):
     assert took < 4  # not the admin call's 5 s timeout
 
 
+def test_status_through_the_admin_endpoint_alone_finds_the_gateway_from_another_directory(running, tmp_path):
+    """`--admin ipc://PATH` names the gateway (README "CLI": WHICH): the working directory's run/gateway.pid, which
+    does not exist there, is not consulted; an endpoint where nothing answers says so, not "not running"."""
+    out = subprocess.run([sys.executable, "-m", "gateway", "status", "--admin", f"ipc://{running.dir}/run/admin.sock"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert f"pid {running.root_pid()}" in out.stdout
+    nobody = subprocess.run([sys.executable, "-m", "gateway", "status", "--admin", f"ipc://{tmp_path}/none.sock"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert nobody.returncode == 1
+    assert nobody.stderr.splitlines() == [
+        f"gateway: not running at ipc://{tmp_path}/none.sock (its socket {tmp_path}/none.sock does not exist)"]
+
+
 def test_an_admin_endpoint_that_is_not_ipc_is_one_line_not_a_traceback(running):
     out = running.cli("status", "--admin", "nonsense")
     assert out.returncode == 1
@@ -285,6 +299,33 @@ def test_check_config_on_hostile_files_is_a_few_lines_and_exit_2(tmp_path, conte
     assert out.returncode == 2
     assert expected in out.stderr and str(path) in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.splitlines()) <= 9
+
+
+@pytest.mark.parametrize("args", [("check-config", "fifo"), ("start", "--config", "fifo"),
+                                  ("status", "--config", "fifo"), ("reload", "--config", "fifo"),
+                                  ("stop", "--config", "fifo")])
+def test_a_config_that_is_a_fifo_is_refused_at_once_naming_the_file(tmp_path, args):
+    """Opening a FIFO waits for a writer for ever: a config path that is not a regular file (nor a directory, which
+    read_text names) is refused before it is opened, one line and exit 2, as any unreadable config."""
+    os.mkfifo(tmp_path / "fifo")
+    out = subprocess.run([sys.executable, "-m", "gateway", *args], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=10)
+    assert out.returncode == 2
+    lines = out.stderr.splitlines()
+    assert lines[0] == "fifo: cannot read the config file: not a regular file (a FIFO); name the YAML file itself"
+    assert lines[1:] == ([] if args[0] != "reload" else [  # (reload adds what it does about a file that does not check)
+        "gateway: not reloaded: fifo does not check (a running gateway keeps serving the config it has); fix it, "
+        "then reload again"])
+
+
+def test_a_pid_file_that_is_a_fifo_is_refused_at_once_naming_the_file(tmp_path):
+    """The pid file is opened without blocking and refused unless it is a regular file: one line, exit 1."""
+    os.mkfifo(tmp_path / "fifo")
+    for command in ("status", "stop"):
+        out = subprocess.run([sys.executable, "-m", "gateway", command, "--pid-file", "fifo"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=10)
+        assert out.returncode == 1
+        assert out.stderr.splitlines() == ["gateway: cannot read the pid file fifo: not a regular file"]
 
 
 def test_a_forced_stop_ends_a_gateway_draining_a_request_within_seconds(tmp_path):

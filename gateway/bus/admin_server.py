@@ -1,4 +1,4 @@
-"""The admin endpoint: a ZeroMQ ROUTER socket answering AdminRequests with a handler, one at a time.
+"""The admin endpoint's socket: a ZeroMQ ROUTER bound for the root (gateway.node.admin serves it).
 
 ipc endpoints are created with 0600 permissions (only the gateway's user may talk to it); a tcp endpoint needs
 CURVE keys, which this gateway does not configure yet, so it is refused at start rather than left open.
@@ -11,12 +11,10 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import trio
 import zmq
 
-from gateway.bus.admin_protocol import AdminProtocolError, AdminReply, AdminRequest, decode_request, encode_reply
+from gateway.bus.admin_protocol import AdminRequest
 from gateway.bus.ipc import in_use, listener_pid
-from gateway.bus.zmq_trio import TrioSocket
 
 log = logging.getLogger("gateway.admin")
 
@@ -54,23 +52,3 @@ def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
         os.umask(old)
     return sock
 
-
-async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
-                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Answer requests until cancelled. REQ clients (empty delimiter frame) and DEALER clients both work."""
-    tsock = TrioSocket(sock)
-    task_status.started()
-    while True:
-        frames = await tsock.recv_multipart()
-        if len(frames) < 2:
-            continue  # not from a peer we can answer
-        envelope, payload = frames[:-1], frames[-1]
-        try:
-            request = decode_request(payload)
-            reply = AdminReply(ok=True, result=await handler(request))
-        except (AdminProtocolError, AdminCommandError) as e:
-            reply = AdminReply(ok=False, error=str(e))
-        except Exception as e:
-            log.exception("admin command failed")
-            reply = AdminReply(ok=False, error=f"internal error: {type(e).__name__}: {e}")
-        await tsock.send_multipart([*envelope, encode_reply(reply)])

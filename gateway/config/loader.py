@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -102,7 +103,33 @@ _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Load and validate the file at `path`."""
-    return parse_config(read_text(path), os.fspath(path))
+    return parse_config(read_config_text(path), os.fspath(path))
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """The config file's text (read_text), refusing at once a path with a NUL byte (open() raises ValueError) and
+    one that is neither a regular file nor a directory: opening a FIFO with no writer would wait for ever."""
+    name = os.fspath(path)
+    if "\0" in name:
+        raise ConfigError([f"{name.replace(chr(0), '?')}: cannot read the config file: the path contains a NUL byte "
+                           "(shown as ?)"])
+    try:
+        mode = os.stat(name).st_mode
+    except OSError:
+        mode = None  # read_text says why it cannot be read
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ConfigError([f"{name}: cannot read the config file: not a regular file ({_file_kind(mode)}); name the "
+                           "YAML file itself"])
+    return read_text(name)
+
+
+def _file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in a word or two."""
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
 
 
 def parse_config(text: str, name: str = "<config>") -> Config:

@@ -4,6 +4,7 @@ target health verdicts and discovered targets, and the host-wide stores (Kong's 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -199,8 +200,9 @@ class Keeper:
         if isinstance(msg, p.AdminOp):
             try:
                 result, broadcasts = self.admin(msg.cmd, msg.args, now, wall)
-            except (KeyError, ValueError) as e:
-                return [p.AdminResult(id=msg.id, ok=False, error=str(e).strip("'\""))], []
+            except (KeyError, ValueError) as e:  # (a KeyError's str() is its message's repr: take the message)
+                error = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+                return [p.AdminResult(id=msg.id, ok=False, error=error)], []
             except (TypeError, ArithmeticError) as e:  # e.g. a list as target: it must not kill the keeper
                 return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
             return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
@@ -308,7 +310,7 @@ class Keeper:
         if cmd == "breakers":
             if action == "list":
                 return self.breakers.describe(now), []
-            target = _need(args, "target")
+            target = _target(args)
             if action == "reset":
                 update = self.breakers.reset(target)
             elif action == "open":
@@ -332,7 +334,7 @@ class Keeper:
                 names = target_names(self.discovered)[0]
                 return [{"key": t.key, "drained": t.drained, "weight": t.weight, "healthy": t.healthy,
                          **({"name": names[t.key]} if t.key in names else {})} for t in self.targets.values()], []
-            key = _need(args, "target")
+            key = _target(args)
             if key not in self.targets:
                 raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")
             state = self.targets[key]
@@ -341,10 +343,7 @@ class Keeper:
             elif action == "enable":
                 state.drained = False
             elif action == "weight":
-                weight = int(_need(args, "weight"))
-                if not 0 <= weight <= 65535:
-                    raise ValueError("weight must be 0..65535")
-                state.weight = weight
+                state.weight = _weight(_need(args, "weight"))
             else:
                 _bad(cmd, action)
             return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
@@ -427,6 +426,29 @@ def _need(args: dict[str, Any], name: str) -> Any:
     if name not in args:
         raise ValueError(f"missing argument {name}=...")
     return args[name]
+
+
+def _target(args: dict[str, Any]) -> str:
+    """The target= argument: a target's name is a string (an integer or null is not an unknown target)."""
+    target = _need(args, "target")
+    if not isinstance(target, str):
+        raise ValueError(f"target={_shown(target)}: target must be a string upstream|host:port")
+    return target
+
+
+def _weight(value: Any) -> int:
+    """A target weight as Kong's schema has it, an integer 0..65535, given as a JSON integer or its decimal text (as
+    the CLI sends it); a float, a boolean or null is refused, never rounded."""
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ValueError(f"weight must be 0..65535 (an integer), got {_shown(value)}")
+    return value
+
+
+def _shown(value: Any) -> str:
+    """An argument as the operator wrote it in JSON (null, true, 1.5, "x"), at most 40 characters."""
+    return excerpt(json.dumps(value), 40)
 
 
 def _bad(cmd: str, action: str) -> Any:

@@ -287,24 +287,34 @@ def _wait_gone(pid: int, timeout: float) -> bool:
 
 def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None, as_json: bool = True,
           pid_file: str | None = None, endpoint: str | None = None) -> int:
-    """Send one admin command and print the reply; say so at once when no gateway runs."""
+    """Send one admin command and print the reply; say so at once when no gateway runs. `endpoint` (--admin) without
+    `pid_file` names the gateway alone: it is asked there, whatever pid file the working directory has."""
     where = _located(config_path, pid_file, endpoint)
-    try:
-        pid = _running_pid(where.pid_file)
-    except NotRunning as e:
-        print(f"gateway: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+    pid = None
+    if endpoint is None or pid_file is not None:
+        try:
+            pid = _running_pid(where.pid_file)
+        except NotRunning as e:
+            print(f"gateway: {e}", file=sys.stderr)
+            return EXIT_FAILURE
     socket_path = where.admin[len("ipc://"):] if where.admin.startswith("ipc://") else None
     if socket_path is not None and not os.path.exists(socket_path):  # else the call would wait out its timeout
-        print(f"gateway: pid {pid} is running, but its admin socket {socket_path} does not exist; pass the "
-              f"--admin ipc://PATH it was started with (gateway.admin); see its log ({where.log_file})",
-              file=sys.stderr)
+        if pid is None:
+            print(f"gateway: not running at {where.admin} (its socket {socket_path} does not exist)", file=sys.stderr)
+        else:
+            print(f"gateway: pid {pid} is running, but its admin socket {socket_path} does not exist; pass the "
+                  f"--admin ipc://PATH it was started with (gateway.admin); see its log ({where.log_file})",
+                  file=sys.stderr)
         return EXIT_FAILURE
     timeout = RELOAD_TIMEOUT_S if cmd == "reload" else ADMIN_TIMEOUT_S
     try:
         reply = admin_call(where.admin, cmd, args, timeout=timeout)
     except AdminUnavailable as e:
-        print(f"gateway: pid {pid} is running, but {e}; see its log ({where.log_file})", file=sys.stderr)
+        if pid is None:
+            print(f"gateway: {e}; is a gateway running there? (`--pid-file` names it by its pid file)",
+                  file=sys.stderr)
+        else:
+            print(f"gateway: pid {pid} is running, but {e}; see its log ({where.log_file})", file=sys.stderr)
         return EXIT_FAILURE
     except zmq.ZMQError as e:
         print(f"gateway: cannot reach the admin endpoint {where.admin}: {e}; it takes ipc://PATH", file=sys.stderr)
@@ -361,6 +371,8 @@ def render_status(status: dict[str, Any]) -> str:
             detail.append(f"restarts {node['restarts']}")
         if node.get("state") and node["state"] != "running":
             detail.append(node["state"])
+        if node.get("busy"):
+            detail.append("busy starting or stopping a child: its children as last listed")
         lines.append(f"{prefix}{branch}{node['id']}  " + "  ".join(detail))
         children = node.get("children", [])
         for i, child in enumerate(children):

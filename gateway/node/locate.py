@@ -10,16 +10,20 @@ program, is stale: it is removed, and the gateway is reported as not running.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 
 import yaml
 
 from gateway.config import ConfigError
+from gateway.config.loader import read_config_text
 from gateway.config.schema import MAX_UNIX_PATH, GatewaySettings
 from gateway.node.paths import absolute_endpoint
 
 DEFAULTS = GatewaySettings()
+MAX_PID_FILE_BYTES = 64  # a pid and a newline; more is not a pid file
 
 
 class NotRunning(Exception):
@@ -57,9 +61,12 @@ def _read_gateway_block(path: str) -> tuple[dict[str, str], str | None]:
         problems = e.messages
     hint = "pass --pid-file (and, to status or reload, --admin) to name the running gateway"
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.load(f, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        text = read_config_text(path)
+    except ConfigError as e:  # it cannot be read at all (validating it found the same): that one line says so
+        raise ConfigError([*problems, *(m for m in e.messages if m not in problems)]) from None
+    try:
+        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError:
         raise ConfigError([*problems, f"{path}: cannot find gateway.pid_file and gateway.admin in it; {hint}"]) \
             from None
     block = doc.get("gateway", {}) if isinstance(doc, dict) else None
@@ -100,8 +107,7 @@ def socket_path_problems(config_path: str, gw: GatewaySettings) -> list[str]:
 def running_pid(pid_file: str, remove_stale: bool = True) -> int:
     """The pid of the gateway that wrote `pid_file`, if it runs; NotRunning otherwise (a stale file is removed)."""
     try:
-        with open(pid_file) as f:
-            text = f.read().strip()
+        text = _read_pid_file(pid_file)
     except FileNotFoundError:
         raise NotRunning(f"not running (no pid file {pid_file})") from None
     except OSError as e:
@@ -121,6 +127,21 @@ def running_pid(pid_file: str, remove_stale: bool = True) -> int:
         except OSError:
             pass
     raise NotRunning(f"not running ({why})")
+
+
+def _read_pid_file(pid_file: str) -> str:
+    """Its text, stripped; opened without blocking (a FIFO with no writer would wait for ever) and refused unless it
+    is a regular file (OSError, as a directory gets)."""
+    fd = os.open(pid_file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        return os.read(fd, MAX_PID_FILE_BYTES).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
 
 
 def alive(pid: int) -> bool:

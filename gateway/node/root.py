@@ -26,16 +26,17 @@ import zmq
 
 from gateway import __version__
 from gateway.bus.admin_protocol import AdminRequest
-from gateway.bus.admin_server import AdminCommandError, bind_admin, serve_admin
+from gateway.bus.admin_server import AdminCommandError, bind_admin
 from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.bus.protocol import pub_endpoint
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
-from gateway.config.document import read_text
+from gateway.config.loader import read_config_text
 from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import tree
+from gateway.node.admin import serve_admin
 from gateway.node.files import PID_MODE, lock_run_dir, make_run_dir, write_atomically
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
@@ -66,6 +67,9 @@ log = logging.getLogger("gateway.node")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets", "proxy-cache"})  # answered by the state keeper
+# `status` and `workers` wait this long for a supervisor busy starting or stopping a child (the root, while a reload
+# starts the new generation or the old one drains), then show the children it last listed
+SUPERVISOR_ANSWER_S = 0.5
 
 
 class StartupError(Exception):
@@ -74,7 +78,7 @@ class StartupError(Exception):
 
 def load_validated(path: str) -> tuple[str, Config]:
     """The config text and its validated Config; ConfigError lists every problem."""
-    text = read_text(path)
+    text = read_config_text(path)
     config = parse_config(text, path)
     compile_config(config, path)
     return text, config
@@ -102,6 +106,7 @@ class Node:
         # Each generation's workers supervisor until it is retired, asked directly: the root is busy for as long as
         # it retires a generation (its terminate_child lasts the drain), and must not delay telling the others.
         self._generations: dict[int, Handle | None] = {}  # (None: not known yet)
+        self._last_listed: dict[str, list[ChildInfo[ChildRef]]] = {}  # supervisor id -> the children it last listed
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -197,6 +202,7 @@ class Node:
                     self.root = await nursery.start(serve, tree.root_spec(config, children))
                 except StartError as e:
                     raise StartupError(f"workers failed to start: {e}") from None
+                self._last_listed["root"] = await self.root.which_children()  # (for a status while it is busy)
                 await nursery.start(serve_admin, admin, self.handle_admin)
                 if self.fork_server is not None and self.fork_server.enabled:
                     nursery.start_soon(self.fork_server.run)
@@ -400,6 +406,7 @@ class Node:
         self._generations.pop(generation, None)
         await root.terminate_child(f"workers@{generation}")
         await root.delete_child(f"workers@{generation}")
+        self._last_listed.pop(f"workers@{generation}", None)
         _remove(os.path.join(self.run_dir, f"config.gen{generation}.yaml"))
         if generation == self.generation - 1:
             self.slots.retain_only(addresses)
@@ -420,7 +427,7 @@ class Node:
             self._stop.set()
             return {"stopping": True}
         if cmd == "workers":
-            return [_child_json(info, trio.current_time()) for info in await self._all_workers()]
+            return [_child_json(info, trio.current_time()) for info in await self._listed_workers()]
         if cmd in KEEPER_COMMANDS:
             try:
                 reply = await self.keeper.call(cmd, request.args)
@@ -441,10 +448,49 @@ class Node:
                 out += await info.pid.value.which_children()
         return out
 
+    async def _listed(self, key: str, handle: Handle) -> tuple[list[ChildInfo[ChildRef]], bool]:
+        """The supervisor's children; while it is busy starting or stopping a child (it answers between operations,
+        as OTP's do), those it last listed, and True."""
+        with trio.move_on_after(SUPERVISOR_ANSWER_S):
+            try:
+                children = await handle.which_children()
+            except SupervisorNotRunning:
+                children = []  # (it has just stopped: a retired generation's)
+            self._last_listed[key] = children
+            return children, False
+        return self._last_listed.get(key, []), True
+
+    async def _listed_workers(self) -> list[ChildInfo[ChildRef]]:
+        """Every worker, for `workers`: as _all_workers, without waiting for a busy supervisor."""
+        if self.root is None:
+            return []
+        out = []
+        for info in (await self._listed("root", self.root))[0]:
+            if info.pid is not None and isinstance(info.pid.value, Handle):
+                out += (await self._listed(str(info.id), info.pid.value))[0]
+        return out
+
+    async def _tree_json(self, key: str, handle: Handle, out: dict[str, Any], now: float) -> dict[str, Any]:
+        """`out` (the supervisor's own entry) with its children, each supervisor's with theirs; "busy": true where
+        a supervisor busy starting or stopping a child is shown with the children it last listed."""
+        children, busy = await self._listed(key, handle)
+        if busy:
+            out["busy"] = True
+        out["children"] = []
+        for info in children:
+            entry = _child_json(info, now)
+            ref = info.pid
+            if ref is not None and isinstance(ref.value, Handle):
+                entry = await self._tree_json(str(info.id), ref.value, entry, now)
+            out["children"].append(entry)
+        return out
+
     async def status(self) -> dict[str, Any]:
         assert self.root is not None and self.config is not None
         gw = self.config.gateway
         now = trio.current_time()
+        root = {"id": "root", "type": "supervisor", "strategy": "one_for_one", "intensity": gw.restart_intensity,
+                "period_s": gw.restart_period_s}
         return {
             "version": __version__,
             "pid": os.getpid(),
@@ -452,18 +498,8 @@ class Node:
             "config": self.config_path,
             "generation": self.generation,
             "listen": [f"{h}:{p}" for h, p in listen_addresses(self.config)],
-            "tree": {"id": "root", "type": "supervisor", "strategy": "one_for_one",
-                     "intensity": gw.restart_intensity, "period_s": gw.restart_period_s,
-                     "children": [await _tree_json(info, now) for info in await self.root.which_children()]},
+            "tree": await self._tree_json("root", self.root, root, now),
         }
-
-
-async def _tree_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
-    out = _child_json(info, now)
-    ref = info.pid
-    if ref is not None and isinstance(ref.value, Handle):
-        out["children"] = [await _tree_json(child, now) for child in await ref.value.which_children()]
-    return out
 
 
 def _child_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:

@@ -9,8 +9,8 @@
     GET /status  -> 200        Kong's Status API /status JSON (gateway.status.kong); the status page
                                (gateway.status.page), when the app has one, to a request whose Accept prefers
                                text/html (a browser); /status.json the page's data
-    GET /status/ready          Kong's readiness; GET /upstreams/{u}/targets[/all|/{t}], /upstreams/{u}/health:
-                               Kong's read-only upstream routes (gateway.status.kong)
+    GET /status/ready          Kong's readiness; POST /status/ready status=draining: 503 "draining" from then on
+    GET /upstreams/{u}/targets[/all|/{t}], /upstreams/{u}/health: Kong's read-only upstream routes (gateway.status.kong)
 
 /health answers 200 only when every check is healthy: degraded counts as not healthy (503), so a load balancer
 in front takes a degraded gateway out. Checks run concurrently, each bounded by `check_timeout`; a check that
@@ -172,6 +172,7 @@ class StatusApp:
         self.config_text = config_text or (lambda: None)
         self.node_id = node_id or (lambda: _node_id(self.config()))
         self.kong_upstreams = kong.KongUpstreamRoutes(self.config, self.keeper_targets, self.node_id)
+        self.draining = False  # Kong's kong:status:ready false: set by POST /status/ready, kept across reloads
 
     @property
     def uptime(self) -> int:
@@ -188,12 +189,17 @@ class StatusApp:
                     return
         if scope["type"] != "http":
             return
-        handler = self.routes.get(scope["path"])
+        path = KONG_SLASHED.get(scope["path"], scope["path"])
+        handler = self.routes.get(path)
         method = scope["method"]
-        upstream_route = kong.KongUpstreamRoutes.match(scope["path"]) if handler is None else None
-        if upstream_route is not None or scope["path"].startswith("/upstreams/") or scope["path"] == "/upstreams":
+        upstream_route = kong.KongUpstreamRoutes.match(path) if handler is None else None
+        if upstream_route is not None or path.startswith("/upstreams/") or path == "/upstreams":
             status, headers, body = await self.kong_upstream(scope, upstream_route)
-        elif scope["path"] == "/status" and method not in ("GET", "HEAD"):
+        elif path == "/status/ready" and method == "POST":
+            status, headers, body = await self.kong_drain(scope, receive)
+        elif path == "/status/ready" and method not in ("GET", "HEAD"):
+            status, headers, body = _kong_method(method, b"GET, HEAD, OPTIONS, POST")
+        elif path == "/status" and method not in ("GET", "HEAD"):
             status, headers, body = _kong_method(method)
         elif handler is None:
             status, headers, body = _json(404, {"error": "not found", "paths": sorted(self.routes) + KONG_PATHS})
@@ -263,6 +269,8 @@ class StatusApp:
     async def kong_ready(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Kong's Status API readiness (kong/status/ready.lua), for probes written for Kong: 200 {"message":
         "ready"}, else 503 with what is not ready as the message."""
+        if self.draining:
+            return _json(503, {"message": "draining"})
         parts, error = await self.readiness()
         if error is None:
             not_ready = [name for name, ok in parts.items() if not ok]
@@ -270,6 +278,21 @@ class StatusApp:
                 return _json(200, {"message": "ready"})
             error = "not ready: " + ", ".join(not_ready)
         return _json(503, {"message": error})
+
+    async def kong_drain(self, scope: dict[str, Any], receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Kong's POST /status/ready: status=draining (query, form or JSON body) sets the node draining, so that
+        GET /status/ready answers 503 {"message": "draining"} (a load balancer takes the node out) until a restart;
+        204. Anything else is 400."""
+        body = await _read_body(receive, MAX_POST_BYTES)
+        if body is None:
+            return _json(413, {"message": "Request body too large"})
+        status, doc = kong.ready_post(_header(scope, b"content-type"), body, kong.query_args(scope))
+        if status != 204:
+            return _json(status, doc)
+        if not self.draining:
+            log.warning("status: POST /status/ready status=draining: /status/ready answers 503 until a restart")
+        self.draining = True
+        return 204, [], b""
 
     async def live(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return _json(200, {"alive": True, "node": self.node, "uptime": self.uptime, "timestamp": _timestamp()})
@@ -341,6 +364,8 @@ class StatusApp:
         return _json(200, await self.page.data())
 
 
+KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready"}  # Kong's default_route drops the slash
+MAX_POST_BYTES = 64 * 1024  # a POST /status/ready body (status=draining) is a few bytes
 KONG_PATHS = ["/upstreams/{upstream}/health", "/upstreams/{upstream}/targets", "/upstreams/{upstream}/targets/all",
               "/upstreams/{upstream}/targets/{target}"]
 
@@ -354,10 +379,26 @@ def _vary(answer: tuple[int, list[tuple[bytes, bytes]], bytes]) -> tuple[int, li
     return answer
 
 
-def _kong_method(method: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The request's body, or None once it passes `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)  # (the client went away: what came is all there is)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _kong_method(method: str, allow: bytes = b"GET, HEAD, OPTIONS") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Kong's answer to a method a Status API route does not have (OPTIONS lists those it has)."""
     if method == "OPTIONS":
-        allow = b"GET, HEAD, OPTIONS"
         return 204, [(b"allow", allow), (b"access-control-allow-methods", allow),
                      (b"access-control-allow-headers", b"Content-Type")], b""
     return _json(405, kong.METHOD_NOT_ALLOWED)

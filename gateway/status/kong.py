@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,7 @@ from gateway.telemetry.health_metrics import has_checks
 EMPTY_CONFIG_HASH = "0" * 32  # Kong's DECLARATIVE_EMPTY_CONFIG_HASH: no config, or one without entities
 NOT_FOUND = {"message": "Not found"}
 METHOD_NOT_ALLOWED = {"message": "Method not allowed"}
+BAD_REQUEST = {"message": "Bad request"}  # (Kong's exit(400) has no body: nginx's page; Kong's own words for a 400)
 PAGE_SIZE = 100  # Kong's DAO pagination: page_size, max_page_size
 MAX_PAGE_SIZE = 1000
 
@@ -48,6 +50,27 @@ Answer = tuple[int, Any]  # status, JSON document (None: no body)
 def kong_id(entity: str, key: str) -> str:
     """The id Kong's declarative loader gives an `entity` (schema name) without one: generate_uuid(schema, key)."""
     return str(uuid.uuid5(uuid.uuid5(_KONG_NAMESPACE, entity), key))
+
+
+def ready_post(content_type: str, body: bytes, query: dict[str, str]) -> tuple[int, Any]:
+    """Kong's POST /status/ready (kong/status/ready.lua) on its `self.params` (api_helpers.parse_params: the query's
+    arguments, a form body's over them, a JSON object body's over those): (204, None) for status=draining, which
+    the caller applies; a JSON body that does not parse is 400 "Cannot parse JSON body"; anything else 400."""
+    params: dict[str, Any] = dict(query)
+    ctype = content_type.lower()
+    if "application/json" in ctype:
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError):
+            return 400, {"message": "Cannot parse JSON body"}
+        if isinstance(doc, dict):
+            params.update(doc)
+    elif "application/x-www-form-urlencode" in ctype:  # (Kong's test, spelled so)
+        form = parse_qs(body.decode("latin-1"), keep_blank_values=True)
+        params.update({k: v[0] for k, v in form.items()})
+    if params.get("status") == "draining":
+        return 204, None
+    return 400, BAD_REQUEST
 
 
 def query_args(scope: dict[str, Any]) -> dict[str, str]:

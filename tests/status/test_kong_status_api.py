@@ -307,3 +307,67 @@ async def test_health_when_the_keeper_does_not_answer(served: tuple[Source, int]
     balancer = (await request(port, "GET", "/upstreams/hc/health?balancer_health=1")).json()
     assert "data" not in balancer
 
+
+
+# --- /status/ready: Kong's methods and its drain switch (kong/status/ready.lua, api_helpers.attach_routes) ---------
+
+
+async def test_a_trailing_slash_on_kongs_status_routes_is_ignored_as_kongs_default_route_does(
+        served: tuple[Source, int]) -> None:
+    """kong/status/init.lua sets api_helpers.default_route, which resolves a path without its one trailing slash
+    before answering 404: /status/ and /status/ready/ are /status and /status/ready."""
+    _, port = served
+    status = await request(port, "GET", "/status/")
+    assert status.status == 200 and set(status.json()) == {"memory", "server", "configuration_hash"}
+    ready = await request(port, "GET", "/status/ready/")
+    assert (ready.status, ready.json()) == (200, {"message": "ready"})
+    assert (await request(port, "GET", "/status//")).status == 404  # one slash only
+
+
+async def test_status_ready_has_kongs_methods_get_head_post_and_options(served: tuple[Source, int]) -> None:
+    """ready.lua defines GET and POST; attach_routes adds HEAD and an OPTIONS listing them (204); handle_error
+    answers any other method 405 {"message": "Method not allowed"}, not the gateway's own 405 shape."""
+    _, port = served
+    options = await request(port, "OPTIONS", "/status/ready")
+    assert options.status == 204 and options.header("allow") == "GET, HEAD, OPTIONS, POST"
+    head = await request(port, "HEAD", "/status/ready")
+    assert head.status == 200 and head.body == b""
+    for method in ("DELETE", "PUT", "PATCH"):
+        reply = await request(port, method, "/status/ready")
+        assert (reply.status, reply.json()) == (405, {"message": "Method not allowed"}), method
+
+
+@pytest.mark.parametrize(("headers", "body", "query"), [
+    ([("content-type", "application/x-www-form-urlencoded")], b"status=draining", ""),
+    ([("content-type", "application/json")], b'{"status": "draining"}', ""),
+    ([], b"", "?status=draining"),
+], ids=["form", "json", "query"])
+async def test_post_status_draining_makes_status_ready_answer_503_draining(
+        nursery: trio.Nursery, loaded: tuple[str, Any], headers: list[tuple[str, str]], body: bytes,
+        query: str) -> None:
+    """POST /status/ready with status=draining (Kong's self.params: the query, a form or a JSON body) answers 204
+    and from then on GET /status/ready is 503 {"message": "draining"}, so a load balancer takes the node out while
+    it keeps serving; the flag is the app's, so a reload (which keeps the status server) does not clear it."""
+    app = StatusApp(Source(), _registry(), config=lambda: loaded[1])
+    _, port = await nursery.start(serve_status, app, "127.0.0.1", 0)
+    drained = await request(port, "POST", f"/status/ready{query}", headers=headers, body=body)
+    assert drained.status == 204 and drained.body == b""
+    ready = await request(port, "GET", "/status/ready")
+    assert (ready.status, ready.json()) == (503, {"message": "draining"})
+    assert app.draining is True
+
+
+async def test_any_other_post_to_status_ready_is_400_and_changes_nothing(served: tuple[Source, int]) -> None:
+    """ready.lua: a POST without status=draining is 400; a JSON body that does not parse is Kong's 400 "Cannot
+    parse JSON body" (api_helpers.parse_params); /status/ready stays ready."""
+    _, port = served
+    json_type = [("content-type", "application/json")]
+    for headers, body in (([], b""), ([("content-type", "application/x-www-form-urlencoded")], b"status=ready"),
+                          (json_type, b'{"status": ["draining"]}'), (json_type, b'["status", "draining"]'),
+                          ([("content-type", "text/plain")], b"status=draining")):
+        reply = await request(port, "POST", "/status/ready", headers=headers, body=body)
+        assert (reply.status, reply.json()) == (400, {"message": "Bad request"}), body
+    broken = await request(port, "POST", "/status/ready", headers=json_type, body=b'{"status": ')
+    assert (broken.status, broken.json()) == (400, {"message": "Cannot parse JSON body"})
+    ready = await request(port, "GET", "/status/ready")
+    assert (ready.status, ready.json()) == (200, {"message": "ready"})

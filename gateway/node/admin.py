@@ -1,0 +1,102 @@
+"""The root's admin endpoint server: each request is answered in its own task, so a slow one (a reload waiting for its
+new workers) does not hold up `status` or `workers`; requests that change state still run one after another, in the
+order they came, in one task of their own.
+
+The ROUTER socket is read by one task and written from any (gateway.bus.zmq_trio.PumpedSocket: sends never block, a
+ROUTER drops a reply to a peer that has gone). A request that does not decode is answered at once, without a task;
+at most MAX_IN_FLIGHT requests are answered at a time, and one past that is refused with `busy` rather than queued
+without bound. The size cap (MAX_REQUEST_BYTES, and ZeroMQ's MAXMSGSIZE set by bind_admin) is unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+import zmq
+
+from gateway.bus.admin_protocol import AdminProtocolError, AdminReply, AdminRequest, decode_request, encode_reply
+from gateway.bus.admin_server import AdminCommandError
+from gateway.bus.zmq_trio import PumpedSocket
+
+log = logging.getLogger("gateway.admin")
+
+MAX_IN_FLIGHT = 64  # requests answered at once (a reload and the reads made meanwhile need a handful)
+READ_ONLY = {"status": None, "workers": None,  # (None: any action)
+             "breakers": frozenset({"list"}), "limits": frozenset({"list", "show"}), "targets": frozenset({"list"}),
+             "proxy-cache": frozenset({"list", "get"})}
+
+AdminHandler = Callable[[AdminRequest], Awaitable[Any]]
+
+
+def changes_state(request: AdminRequest) -> bool:
+    """Whether the request may change something (reload, stop, a breaker opened, a target drained ...), and so waits
+    for those before it; a read, or a command no one knows (an error either way), is answered at once."""
+    if request.cmd not in READ_ONLY:
+        return request.cmd in ("reload", "stop")
+    actions = READ_ONLY[request.cmd]
+    return actions is not None and request.args.get("action", "list") not in actions
+
+
+async def answer(handler: AdminHandler, request: AdminRequest) -> AdminReply:
+    """The handler's result as a reply; its refusal (AdminCommandError) or failure as an error reply."""
+    try:
+        return AdminReply(ok=True, result=await handler(request))
+    except AdminCommandError as e:
+        return AdminReply(ok=False, error=str(e))
+    except Exception as e:
+        log.exception("admin command %s failed", request.cmd)
+        return AdminReply(ok=False, error=f"internal error: {type(e).__name__}: {e}")
+
+
+async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Answer requests until cancelled (the tasks answering are cancelled with it). REQ clients (empty delimiter
+    frame) and DEALER clients both work; a DEALER that sends several requests may get the replies in another order."""
+    # Changes go through one queue and one task, in the order they arrived (tasks started together run in any order)
+    send_change, receive_change = trio.open_memory_channel[tuple[list[bytes], AdminRequest]](MAX_IN_FLIGHT)
+    in_flight = 0
+
+    def reply(envelope: list[bytes], answer: AdminReply) -> None:
+        pumped.send([*envelope, encode_reply(answer)])
+
+    async def respond(envelope: list[bytes], request: AdminRequest) -> None:
+        nonlocal in_flight
+        try:
+            answered = await answer(handler, request)
+        finally:
+            in_flight -= 1
+        reply(envelope, answered)
+
+    async def run_changes() -> None:
+        async for envelope, request in receive_change:
+            await respond(envelope, request)
+
+    async with trio.open_nursery() as nursery:
+
+        def on_message(frames: list[bytes]) -> None:
+            nonlocal in_flight
+            if len(frames) < 2:
+                return  # not from a peer we can answer
+            envelope, payload = frames[:-1], frames[-1]
+            try:
+                request = decode_request(payload)
+            except AdminProtocolError as e:
+                reply(envelope, AdminReply(ok=False, error=str(e)))
+                return
+            if in_flight >= MAX_IN_FLIGHT:
+                reply(envelope, AdminReply(ok=False, error=f"busy: {in_flight} admin requests are being answered; "
+                                                           "try again"))
+                return
+            in_flight += 1
+            if changes_state(request):
+                send_change.send_nowait((envelope, request))  # (never full: it holds at most MAX_IN_FLIGHT)
+            else:
+                nursery.start_soon(respond, envelope, request)
+
+        pumped = PumpedSocket(sock, on_message)
+        nursery.start_soon(run_changes)
+        task_status.started()
+        await pumped.run()
