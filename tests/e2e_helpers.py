@@ -496,3 +496,18 @@ def etcd_binary() -> str | None:
     return find_etcd()[0]
 
 
+@contextlib.contextmanager
+def running_etcd(workdir: Path) -> Iterator[EtcdProcess]:
+    """A single-member etcd on free loopback ports, stopped by pid at the end (the test is skipped without etcd)."""
+    binary = etcd_binary()
+    if binary is None:
+        import pytest
+        pytest.skip("etcd is not installed and cannot be installed here (scripts/setup installs etcd-server)")
+    proc = EtcdProcess(binary, workdir)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+

@@ -18,15 +18,14 @@ import trio
 from consul_server import FakeConsul
 from e2e_helpers import (
     Backend,
-    EtcdProcess,
     GatewayNode,
     Load,
     _is_gateway,
     conns_per_worker,
     counts,
     delta,
-    etcd_binary,
     request,
+    running_etcd,
     upstream_conn_workers,
     wait_for,
 )
@@ -394,15 +393,8 @@ async def _health_code(port: int, want: int) -> bool:
 
 @pytest.fixture
 def etcd(tmp_path: Path):  # noqa: ANN201
-    binary = etcd_binary()
-    if binary is None:
-        pytest.skip("etcd is not installed and cannot be installed here (scripts/setup installs etcd-server)")
-    proc = EtcdProcess(binary, tmp_path)
-    proc.start()
-    try:
+    with running_etcd(tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def etcd_value(b: Backend, weight: int = 100) -> bytes:

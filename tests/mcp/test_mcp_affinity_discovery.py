@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 from backends import parse_raw_response
-from e2e_helpers import EtcdProcess, etcd_binary, node_factory, wait_for
+from e2e_helpers import EtcdProcess, node_factory, running_etcd, wait_for
 from mcp_helpers import INIT_BODY, TEST_KEY, FakeMcp, session_keys
 
 from gateway.discovery.etcd import EtcdClient
@@ -27,16 +27,8 @@ TOOLS_LIST = b'{"jsonrpc":"2.0","id":2,"method":"tools/list","params":{}}'
 
 @pytest.fixture
 def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    """A single-member etcd on free loopback ports, stopped by pid at the end (the test is skipped without etcd)."""
-    binary = etcd_binary()
-    if binary is None:
-        pytest.skip("etcd is not installed")
-    proc = EtcdProcess(binary, tmp_path)
-    proc.start()
-    try:
+    with running_etcd(tmp_path) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _config(endpoint: str) -> dict[str, Any]:
