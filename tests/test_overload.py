@@ -19,6 +19,7 @@ from conftest import _run_gateway, build_config
 from e2e_helpers import Backend, GatewayNode, HttpConn, owners
 from e2e_helpers import request as http_request
 
+from gateway.http.dates import parse_http_time
 from gateway.http.limits import RESERVED_FDS, derived_max_connections, raise_nofile_limit
 from gateway.http.net import bind_listener
 
@@ -39,6 +40,7 @@ async def test_beyond_max_connections_a_new_connection_gets_a_fast_503(gateway, 
     data, _ = await raw_exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", timeout=TIMEOUT)
     status, headers, body = parse_raw_response(data)
     assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1"
+    assert parse_http_time(headers["date"].encode()) is not None
     assert "connection limit" in json.loads(body)["message"]
     assert trio.current_time() - started < 1.0
     await held.pop().aclose()

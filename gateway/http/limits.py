@@ -18,12 +18,14 @@ import os
 import resource
 import socket
 
+from gateway.http.dates import NOW
+
 log = logging.getLogger("gateway.limits")
 
 RESERVED_FDS = 256  # descriptors never used for client connections
 SHED_BODY = b'{"message":"The gateway is at its connection limit, try again later"}'
-SHED_RESPONSE = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-                 b"retry-after: 1\r\nconnection: close\r\n\r\n%b" % (len(SHED_BODY), SHED_BODY))
+SHED_HEAD = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+             b"retry-after: 1\r\nconnection: close\r\n" % len(SHED_BODY))
 
 
 def raise_nofile_limit(wanted: int | None = None) -> int:
@@ -67,7 +69,7 @@ def shed(sock: socket.socket) -> None:
     """Refuse an accepted connection at once: the canned 503 if the kernel takes it without waiting, then close."""
     try:
         sock.setblocking(False)
-        sock.send(SHED_RESPONSE)
+        sock.send(SHED_HEAD + NOW.line + b"\r\n" + SHED_BODY)
     except OSError:
         pass
     finally:

@@ -18,6 +18,7 @@ import ssl
 import sys
 from typing import Any
 
+from gateway.http.dates import NOW
 from gateway.http.net import RECV_SIZE, Conn
 
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
@@ -32,8 +33,13 @@ PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent 
                    b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
                    b"<hr><center>mcp-gateway</center>\r\n</body>\r\n</html>\r\n")
 PLAIN_HTTP_HEAD = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
-                   b"Connection: close\r\n\r\n" % len(PLAIN_HTTP_BODY))
-PLAIN_HTTP_RESPONSE = PLAIN_HTTP_HEAD + PLAIN_HTTP_BODY
+                   % len(PLAIN_HTTP_BODY))
+
+
+def plain_http_answer(head_only: bool) -> bytes:
+    """nginx's 400 for a plain HTTP request on a TLS port, with this second's Date (the whole page unless HEAD)."""
+    head = PLAIN_HTTP_HEAD + NOW.line + b"Connection: close\r\n\r\n"
+    return head if head_only else head + PLAIN_HTTP_BODY
 
 
 class TlsError(Exception):
@@ -253,7 +259,7 @@ async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
             line = first.lstrip(b"\r\n")
         if line[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
             try:  # (to a HEAD, the head alone, as nginx answers it)
-                await conn.sendall(PLAIN_HTTP_HEAD if line.startswith(b"HEAD ") else PLAIN_HTTP_RESPONSE)
+                await conn.sendall(plain_http_answer(line.startswith(b"HEAD ")))
             except OSError:
                 pass
             raise PlainHttpOnTlsPort("a plain HTTP request on a TLS port")
