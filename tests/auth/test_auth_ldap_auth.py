@@ -165,7 +165,35 @@ class Scripted:
                 pass
 
 
-# BindResponse invalidCredentials (49); ExtendedResponse protocolError (2), as a server without TLS answers StartTLS
+class Doubling:
+    """A server that accepts the password "password" with its success written twice in one write, and refuses any
+    other."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+
+    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._answer, listeners)
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        buffer = bytearray()
+        async with stream:
+            try:
+                while data := await stream.receive_some(65536):
+                    buffer += data
+                    for frame in frames(buffer):
+                        right = frame.endswith(b"\x80\x08password")
+                        await stream.send_all(BIND_OK + BIND_OK if right else BIND_REFUSED)
+            except trio.BrokenResourceError:
+                pass
+
+
+# BindResponse success (0) and invalidCredentials (49); ExtendedResponse protocolError (2), as a server without TLS
+# answers StartTLS
+BIND_OK = bytes.fromhex("300c02010161070a010004000400")
 BIND_REFUSED = bytes.fromhex("300c02010161070a013104000400")
 START_TLS_DECLINED = bytes.fromhex("300c02010178070a010204000400")
 
@@ -534,6 +562,16 @@ async def test_an_answer_that_is_no_bind_response_is_401(nursery, gateway, answe
     server = Scripted([bytes.fromhex(answer)])
     port = await ldap_gateway(nursery, gateway, await nursery.start(server.serve))
     assert_401(await call(port, "/request", [("authorization", ldap())]))
+
+
+async def test_a_connection_that_answered_more_than_asked_is_not_reused(nursery, gateway):
+    """Kong reads one message per bind and lua's setkeepalive refuses a socket with unread data, so the next bind gets
+    a new connection and its own answer; a kept connection's leftover success let a wrong password through."""
+    server = Doubling()
+    port = await ldap_gateway(nursery, gateway, await nursery.start(server.serve))
+    upstream(await call(port, "/request", [("authorization", ldap())]))
+    assert_401(await call(port, "/request", [("authorization", ldap(password="wrong"))]))
+    assert server.connections == 2
 
 
 # ---- reading the header, sans I/O ------------------------------------------------------------------------------------

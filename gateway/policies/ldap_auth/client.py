@@ -16,7 +16,8 @@ included), the TLS handshake, and each request (written and answered).
 Connections are kept as Kong keeps them (setkeepalive after the bind, whatever its result): per worker process (its
 Trio run), per server and way of connecting, at most POOL_SIZE idle ones, each for `keepalive` seconds (0: for as
 long as it lives). A StartTLS connection is upgraded once, when made. One the server has closed (or written to
-unasked, as an LDAP server does before it disconnects) is noticed before reuse and dropped. A connection whose
+unasked, as an LDAP server does before it disconnects) is noticed before reuse and dropped; one that answered a bind
+with more bytes than its answer is not kept (lua's setkeepalive refuses "unread data in buffer"). A connection whose
 exchange failed is closed.
 """
 
@@ -215,7 +216,10 @@ async def bind(server: Server, dn: bytes, password: bytes, pools: Pools | None =
     except BaseException:
         await trio.aclose_forcefully(conn.stream)
         raise
-    pools.give_back(server, conn)
+    if conn.decoder.holds_bytes:  # not kept: the next bind would read them as its answer (lua's "unread data")
+        await trio.aclose_forcefully(conn.stream)
+    else:
+        pools.give_back(server, conn)
     if result.operation != BIND_RESPONSE:
         log.warning("ldap-auth: %s answered a bind with operation %d", server.where, result.operation)
         return False

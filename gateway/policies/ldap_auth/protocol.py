@@ -187,6 +187,11 @@ class ResponseDecoder:
     def receive_data(self, data: bytes | bytearray) -> None:
         self._buffer += data
 
+    @property
+    def holds_bytes(self) -> bool:
+        """Whether bytes past the responses taken are held (the server wrote more than was asked)."""
+        return bool(self._buffer)
+
     def next_result(self) -> LdapResult | None:
         """The next complete response, or None until more bytes arrive."""
         if self._error is not None:
