@@ -112,6 +112,15 @@ async def test_the_timestamp_is_signed_as_lua_writes_the_number_it_read(nursery,
     seen(await post(port, {"webhook-id": MESSAGE_ID, "webhook-signature": sign(16), "webhook-timestamp": "0x10"}))
 
 
+@pytest.mark.parametrize("sent", ["inf", "NaN"])
+async def test_a_timestamp_of_inf_or_nan_is_refused_even_signed(nursery, gateway, sent):
+    """A deliberate deviation (README): LuaJIT reads them and Kong's age check never refuses them, so a webhook signed
+    with one could be replayed without end; here they are no number."""
+    port = await webhooks_gateway(nursery, gateway)
+    assert_400(await post(port, {"webhook-id": MESSAGE_ID, "webhook-signature": sign(sent.lower()),
+                                 "webhook-timestamp": sent}))
+
+
 async def test_the_first_of_repeated_headers_is_the_one_read_as_in_kong(nursery, gateway):
     port = await webhooks_gateway(nursery, gateway)
     ts = int(time.time())

@@ -6,6 +6,8 @@ request"), whatever failed, as Kong answers.
 As in Kong's handler: the secret is the HMAC key as written (not base64-decoded); the signature header must equal
 the expected one (one signature, no list); a timestamp in the future passes; the timestamp is read as Lua's
 tonumber reads it (0 when it is not a number, which fails the age check) and signed as Lua writes that number back.
+Not LuaJIT's "inf" and "nan" (its tonumber reads them, and now - inf is never past the tolerance: a webhook signed with
+one could be replayed for ever); they are no number here.
 The body is read whole, up to BODY_LIMIT (Kong reads it from its 8 KiB buffer; a larger body is "missing" there).
 """
 
