@@ -458,6 +458,22 @@ async def test_a_preserved_host_that_is_an_address_sends_no_sni(gateway, nursery
     assert backend.server_names == [None]
 
 
+@pytest.mark.parametrize(("host", "sni"), [("a" * 64 + ".example.com", "a" * 64 + ".example.com"),
+                                         (".example.com", None)], ids=["label-over-63-bytes", "leading-dot"])
+async def test_a_preserved_host_idna_refuses_is_proxied_as_nginx_does(gateway, nursery, pki, host, sni, caplog):
+    """nginx sends $upstream_host as it came (SSL_set_tlsext_host_name, no IDNA check): a label over 63 bytes goes as
+    the SNI; a name Python's ssl cannot send at all goes without one. Either was a 500 with a traceback."""
+    backend = await sni_echo(nursery, pki.issue("localhost", "127.0.0.1"))
+    route = {"paths": ["/"], "preserve_host": True}
+    port = await gateway({"services": [service("s", f"https://localhost:{backend.port}", [route], retries=0)]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/", host=host)
+    assert reply.status == 200, reply.body
+    assert ["host", host] in reply.json()["headers"]
+    assert backend.server_names == [sni]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 async def test_a_service_client_certificate_is_presented_for_mutual_tls(gateway, nursery, pki):
     """18-upstream_tls "client certificate supplied via service.client_certificate": the upstream requiring a client
     certificate answers; "no client certificate supplied": it does not (nginx's 400 there, a refused handshake and

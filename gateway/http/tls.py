@@ -187,13 +187,28 @@ SEEN_SNI = "_gateway_server_name"
 
 def _new(ctx: ssl.SSLContext, conn: Conn, server_side: bool, server_hostname: str | None) -> TlsConn:
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    tls = ctx.wrap_bio(incoming, outgoing, server_side=server_side, server_hostname=server_hostname)
+    if server_hostname is None:
+        tls = ctx.wrap_bio(incoming, outgoing, server_side=server_side)
+    else:
+        tls = _wrap_client(ctx, incoming, outgoing, server_hostname)
     tconn = TlsConn(conn.sock, conn.peer, tls, incoming, outgoing)
     tconn.send_timer = conn.send_timer
     tconn.send_timeout = conn.send_timeout
     tconn.listen_port = conn.listen_port
     tconn.serial = conn.serial
     return tconn
+
+
+def _wrap_client(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, name: str) -> ssl.SSLObject:
+    """A client TLS object sending `name` as the SNI as nginx does (SSL_set_tlsext_host_name, no IDNA check: as
+    bytes, Python's idna codec is skipped, which refuses a label over 63 bytes). A name Python's ssl cannot send at
+    all (a leading dot, not ASCII) goes without SNI, or fails the handshake where the certificate must match it."""
+    try:
+        return ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=name.encode("ascii"))
+    except (UnicodeError, ValueError, TypeError):
+        if ctx.check_hostname:
+            raise TlsError(f"the upstream name {name[:255]!r} cannot be sent as a TLS server name") from None
+        return ctx.wrap_bio(incoming, outgoing, server_side=False)
 
 
 async def _drive(tconn: TlsConn, first: bytes = b"") -> None:
