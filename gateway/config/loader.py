@@ -70,6 +70,7 @@ from gateway.config.typedefs import (
     utf8_name_problem,
     wildcard_host_problem,
 )
+from gateway.http.realip import parse_network
 from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
 
 _SECTIONS: dict[str, Any] = {
@@ -439,7 +440,7 @@ def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
         if entry == "unix:":  # kong.conf's: trust the peers of UNIX-domain listeners; the gateway has none
             continue
         try:
-            ipaddress.ip_network(entry, strict=False)
+            parse_network(entry)
         except ValueError:
             errors.append(f'gateway.trusted_ips[{i}]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", "::1"), '
                           f'got {show(entry)}')

@@ -82,20 +82,24 @@ class Pool:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout or float("inf")
         self._max_requests = max_requests
-        self._idle: dict[tuple, list[UpstreamConn]] = {}  # (host, port) or (host, port, ClientTls)
+        # (host, port) or (host, port, ClientTls): never an empty list, so a key (a client's Host, as the SNI of a
+        # preserve_host route) lasts only while a connection to it is idle
+        self._idle: dict[tuple, list[UpstreamConn]] = {}
         self._watch = select.epoll()
         self._open: dict[int, UpstreamConn] = {}  # by fd: every open connection of this pool, idle or busy
         self._first_idle: trio.Event | None = None  # set when a connection is put back while none was idle
 
     def take(self, key: tuple, now: float) -> UpstreamConn | None:
         """A reusable idle connection to `key`, or None; expired or readable ones are closed on the way."""
-        idle = self._idle.get(key)
+        idle = self._idle.pop(key, None)  # back in the table only if connections remain in it
         while idle:
             uc = idle.pop()
             uc.idle = False
             if now - uc.idle_since > self._idle_timeout or uc.has_input():
                 uc.close()
                 continue
+            if idle:
+                self._idle[key] = idle
             uc.reused = True
             return uc
         return None
@@ -106,6 +110,8 @@ class Pool:
         idle = self._idle.setdefault(uc.key, [])
         uc.served += 1
         if len(idle) >= self._max_idle or uc.served == self._max_requests:
+            if not idle:
+                del self._idle[uc.key]
             uc.close()
             return
         uc.codec.start_next_cycle()
@@ -122,8 +128,7 @@ class Pool:
         for fd, _ in self._watch.poll(0):
             uc = self._open.get(fd)
             if uc is not None and uc.idle and uc.has_input():
-                self._idle[uc.key].remove(uc)
-                uc.idle = False
+                self._unidle(uc)
                 uc.close()
                 closed += 1
         return closed
@@ -131,10 +136,12 @@ class Pool:
     def sweep(self, now: float) -> int:
         """Close idle connections past the idle timeout; returns how many were closed."""
         closed = 0
-        for idle in self._idle.values():
+        for key, idle in list(self._idle.items()):
             expired = [uc for uc in idle if now - uc.idle_since > self._idle_timeout]
             if expired:
                 idle[:] = [uc for uc in idle if now - uc.idle_since <= self._idle_timeout]
+                if not idle:
+                    del self._idle[key]
                 for uc in expired:
                     uc.idle = False
                     uc.close()
@@ -159,13 +166,20 @@ class Pool:
         doomed = [uc for uc in self._open.values() if uc.key[1] == port and _target_host(uc.key) == host]
         for uc in doomed:
             if uc.idle:
-                self._idle[uc.key].remove(uc)
-                uc.idle = False
+                self._unidle(uc)
                 uc.close()
             else:
                 uc.swept = True
                 uc.conn.shutdown()
         return len(doomed)
+
+    def _unidle(self, uc: UpstreamConn) -> None:
+        """Take an idle connection out of its key's list, and the key out of the table if that was its last."""
+        idle = self._idle[uc.key]
+        idle.remove(uc)
+        if not idle:
+            del self._idle[uc.key]
+        uc.idle = False
 
     def close_all(self) -> None:
         for idle in self._idle.values():
@@ -208,7 +222,7 @@ class Pool:
     async def watch_forever(self) -> None:
         """Run `watch` every WATCH_S while connections are idle; with none, wait for the first (a worker's task)."""
         while True:
-            if any(self._idle.values()):
+            if self._idle:
                 await trio.sleep(WATCH_S)
             else:
                 self._first_idle = trio.Event()

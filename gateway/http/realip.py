@@ -30,11 +30,24 @@ TRUST_CACHE = 4096  # peers whose trust is remembered (a balancer's few addresse
 _DECLINED, _DONE, _OK = 0, 1, 2  # nginx's NGX_DECLINED, NGX_DONE, NGX_OK
 _SEPARATORS = b" ,"
 _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
+# the prefix lengths Kong's ip.lua takes, as written: its tables keyed tostring(0..32) and tostring(0..128)
+_PREFIXES = {4: frozenset(map(str, range(33))), 6: frozenset(map(str, range(129)))}
 
 
 def parse_network(text: str) -> Network:
-    """An IP or CIDR as Kong's ip_or_cidr accepts it (host bits may be set: "127.0.0.1/8"); ValueError otherwise."""
-    return ipaddress.ip_network(text, strict=False)
+    """An IP or CIDR as Kong's ip_or_cidr accepts it (kong/tools/ip.lua), for ip-restriction and trusted_ips alike: an
+    address as inet_pton reads it (no IPv6 zone), a prefix length written "0".."32" ("0".."128" for IPv6), never a
+    netmask or a zero-padded number; host bits may be set ("127.0.0.1/8" is 127.0.0.0/8, as lua-resty-ipmatcher and
+    nginx's set_real_ip_from take it). ValueError otherwise."""
+    address, slash, prefix = text.partition("/")
+    if "%" in address:
+        raise ValueError(f"{text!r}: an IPv6 zone is not part of an address")
+    addr = ipaddress.ip_address(address)
+    if not slash:
+        return ipaddress.ip_network(addr)
+    if prefix not in _PREFIXES[addr.version]:
+        raise ValueError(f"{text!r}: the prefix length is not a number from 0 to {addr.max_prefixlen}")
+    return ipaddress.ip_network((addr, int(prefix)), strict=False)
 
 
 def normalized(addr: Address) -> Address:

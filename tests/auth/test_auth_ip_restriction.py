@@ -166,6 +166,34 @@ def test_bad_addresses_are_config_errors(entry, expected):
     assert info.value.messages == [f"<config>: plugins[0].{expected}"]
 
 
+def _allow(entry: str) -> list[str]:
+    """The config errors of an ip-restriction allowing `entry` (written as a JSON string: any character goes)."""
+    config = parse_config("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
+                          f"plugins: [{{name: ip-restriction, config: {{allow: [{json.dumps(entry)}]}}}}]")
+    try:
+        compile_config(config)
+    except ConfigError as e:
+        return e.messages
+    return []
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/255.0.0.0", "10.0.0.0/0.0.0.255", "10.0.0.0/08", "10.0.0.0/+8",
+                                   "10.0.0.0/ 8", "::/0128", "fe80::1%eth0", "fe80::1%eth0/64", "10.0.0.0/8/8",
+                                   "it's"])
+def test_entries_kong_refuses_are_refused_with_its_message(entry):
+    """Kong's typedefs.ip_or_cidr (kong/tools/ip.lua is_valid_ip_or_cidr): a prefix length is one of the strings
+    "0".."32" ("0".."128" for IPv6), so never a netmask, a hostmask or a padded number, and the address is what
+    inet_pton reads, so no IPv6 zone; Python's ip_network takes all of those. The entry is quoted as Kong quotes it."""
+    assert _allow(entry) == [f"<config>: plugins[0].config.allow[0]: invalid ip or cidr range: '{entry}'"]
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.1/8", "10.0.0.0/32", "0.0.0.0/0", "::/0", "::1/128", "2001:db8::1/32",
+                                   "::ffff:10.0.0.0/104", "fe80::1"])
+def test_entries_kong_takes_load(entry):
+    """What Kong takes still loads, host bits included (lua-resty-ipmatcher shifts them out: 10.0.0.1/8 is 10/8)."""
+    assert _allow(entry) == []
+
+
 def test_ip_restriction_needs_a_list():
     config = parse_config("services: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
                           "plugins: [{name: ip-restriction, config: {allow: [], deny: []}}]")

@@ -3,9 +3,12 @@ real_ip_recursive configure it, case by case from ngx_http_get_forwarded_addr.""
 
 from __future__ import annotations
 
-import pytest
+import ipaddress
 
-from gateway.http.realip import ClientAddress
+import pytest
+from test_auth_config import errors
+
+from gateway.http.realip import ClientAddress, parse_network
 
 PEER = "10.0.0.2"  # the balancer in front of the gateway
 
@@ -91,3 +94,25 @@ def test_ipv6_trusted_ranges():
     got = resolve([("x-forwarded-for", "2001:db8::7, ::1")], trusted=("::1/128",), header="X-Forwarded-For",
                   recursive=True, peer="::1")
     assert got == ("2001:db8::7", True)
+
+
+KONG_REFUSES = ["10.0.0.0/255.0.0.0", "10.0.0.0/0.0.0.255", "10.0.0.0/08", "::/0128", "fe80::1%eth0", "10.0.0.0/33"]
+
+
+@pytest.mark.parametrize("entry", KONG_REFUSES)
+def test_trusted_ips_refuse_what_kongs_conf_loader_refuses(entry):
+    """kong.conf's trusted_ips go through ip.lua's is_valid_ip_or_cidr (kong/conf_loader/parse.lua) as ip-restriction's
+    entries do: a netmask, a hostmask, a padded prefix length or an IPv6 zone is refused, not read as a network."""
+    with pytest.raises(ValueError):
+        parse_network(entry)
+    [message] = errors(f"gateway: {{trusted_ips: ['{entry}']}}")
+    assert message.startswith(f'gateway.trusted_ips[0]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", "::1"), '
+                              f'got "{entry}"')
+
+
+def test_a_network_with_host_bits_is_its_network():
+    """nginx's set_real_ip_from and lua-resty-ipmatcher take 10.0.0.1/8 as 10.0.0.0/8 (host bits dropped)."""
+    assert parse_network("10.0.0.1/8") == ipaddress.ip_network("10.0.0.0/8")
+    assert parse_network("2001:db8::1/32") == ipaddress.ip_network("2001:db8::/32")
+    assert parse_network("::1") == ipaddress.ip_network("::1/128")
+    assert resolve([("x-real-ip", "1.2.3.4")], trusted=("10.9.9.9/8",)) == ("1.2.3.4", True)

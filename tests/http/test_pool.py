@@ -25,6 +25,16 @@ async def _listener(nursery: trio.Nursery, host: str) -> int:
     return listeners[0].socket.getsockname()[1]
 
 
+async def _close(stream: trio.SocketStream) -> None:
+    await stream.aclose()
+
+
+async def _listener_closing(nursery: trio.Nursery) -> int:
+    """A server on 127.0.0.1 that closes every connection it accepts; its port."""
+    listeners = await nursery.start(partial(trio.serve_tcp, _close, 0, host="127.0.0.1"))
+    return listeners[0].socket.getsockname()[1]
+
+
 async def test_the_sweep_of_a_named_target_closes_its_connections_to_each_address(nursery):
     """An MCP session's requests go to the address of the name they began on; those connections are the name's."""
     port = await _listener(nursery, "127.0.0.2")
@@ -69,3 +79,41 @@ async def test_an_idle_timeout_of_zero_keeps_idle_connections(nursery):
     uc = await pool.connect(("127.0.0.1", port), 5)
     pool.put(uc, 0.0)
     assert pool.take(("127.0.0.1", port), 1e9) is uc
+
+
+def _sni_key(port: int, host: str) -> tuple:
+    """A pool key of a preserve_host route to a TLS service: one per client Host (the SNI sent)."""
+    return ("127.0.0.1", port, None, None, host)
+
+
+async def test_a_key_whose_last_idle_connection_leaves_leaves_the_pool_table(nursery):
+    """Every way an idle list empties (taken, expired in sweep or take, closed by watch or close_target, or kept
+    from the start by upstream_keepalive 0) drops its key: a client varying its Host (a pool key per SNI with
+    preserve_host) cannot grow the worker's pool table without bound, as lua-nginx-module's bounded keepalive cache."""
+    port = await _listener(nursery, "127.0.0.1")
+    closing = await _listener_closing(nursery)
+    pool = Pool(LlhttpClient, idle_timeout=10)
+    conns = [await pool.connect(_sni_key(port, f"h{i}.test"), 5) for i in range(4)]
+    for uc in conns:
+        pool.put(uc, 0.0)
+    assert len(pool._idle) == 4
+    assert pool.take(conns[0].key, 1.0) is conns[0]  # taken: busy, its key kept by nothing
+    assert conns[0].key not in pool._idle
+    pool.put(conns[0], 1.0)
+    assert pool.take(conns[1].key, 10.5) is None  # expired on the way out
+    assert pool.sweep(10.5) == 2  # h2 and h3; h0, back at 1.0, is not yet expired
+    assert list(pool._idle) == [conns[0].key]
+    assert pool.close_target("127.0.0.1", port) == 1
+    assert pool._idle == {} and pool.idle_count() == 0
+
+    watched = await pool.connect(_sni_key(closing, "w.test"), 5)
+    pool.put(watched, 0.0)
+    with trio.fail_after(5):
+        while not pool.watch():  # the peer's FIN
+            await trio.sleep(0.01)
+    assert pool._idle == {}
+
+    unkept = Pool(LlhttpClient, max_idle=0)  # upstream_keepalive 0
+    uc = await unkept.connect(_sni_key(port, "k.test"), 5)
+    unkept.put(uc, 0.0)
+    assert uc.conn.closed and unkept._idle == {}

@@ -4,6 +4,7 @@ from typing import Annotated
 
 import msgspec
 
+from gateway.config.errors import inline
 from gateway.http.realip import parse_network
 
 
@@ -21,4 +22,4 @@ class IpRestrictionConfig(msgspec.Struct, forbid_unknown_fields=True):
                 try:
                     parse_network(entry)
                 except ValueError:
-                    raise ValueError(f"{field}[{i}]: invalid ip or cidr range: {entry!r}") from None
+                    raise ValueError(f"{field}[{i}]: invalid ip or cidr range: '{inline(entry)}'") from None
