@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import ssl
+import struct
 from typing import Any
 
 import pytest
 import trio
+import trustme
 from backends import (
     BadBackend,
     Client,
@@ -300,6 +304,49 @@ async def test_chunked_upstream_dying_mid_response_never_gets_a_last_chunk(nurse
     assert not body.endswith(b"0\r\n\r\n")
     assert reset
     await setup.assert_alive()
+
+
+CUT_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nfirst part, "
+FORGED_RECORD = b"\x17\x03\x03\x00\x20" + b"\x42" * 32  # application data whose MAC cannot verify
+
+
+async def cutting_upstream(tls_ctx: ssl.SSLContext | None, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+    """Answers with a body that ends at the close, then breaks it: a forged record over TLS, a reset over TCP."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def on_conn(stream: trio.SocketStream) -> None:
+        conn = trio.SSLStream(stream, tls_ctx, server_side=True) if tls_ctx is not None else stream
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += await conn.receive_some(65536)
+        await conn.send_all(CUT_HEAD)
+        await trio.sleep(0.1)
+        if tls_ctx is not None:
+            await stream.send_all(FORGED_RECORD)
+            await trio.sleep(0.1)
+            await stream.aclose()
+        else:
+            stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            stream.socket.close()
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(on_conn, listeners, handler_nursery=nursery)
+
+
+@pytest.mark.parametrize("scheme", ["https", "http"])
+async def test_a_body_ending_at_the_close_cut_by_a_reset_never_looks_complete(gateway, nursery, scheme):
+    """nginx takes a failed read (a reset, a TLS record that does not decrypt) as upstream_error: no last chunk, the
+    client's connection closed; only the upstream's close ends such a body. Both were ended with the 0 chunk."""
+    tls_ctx = None
+    if scheme == "https":
+        tls_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        trustme.CA().issue_cert("127.0.0.1").configure_cert(tls_ctx)
+    up = await nursery.start(cutting_upstream, tls_ctx)
+    port = await gateway({"services": [service("s", f"{scheme}://127.0.0.1:{up}", [{"paths": ["/"]}], retries=0)]})
+    data, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n") and b"first part, " in data
+    assert not data.endswith(b"\r\n0\r\n\r\n"), "the cut body was ended as if complete"
 
 
 async def test_post_is_not_retried_after_the_upstream_received_it(nursery, gateway):

@@ -155,6 +155,15 @@ class ClientCodec(Protocol):
     @property
     def keep_alive(self) -> bool: ...
     def start_next_cycle(self) -> None: ...
+    # The connection the responses come from, when the codec is told (the pool does): at the end of a body that ends
+    # at the close, its `reset` (the end was a reset or a broken TLS record) makes the body cut, not ended.
+    transport: Transport | None
+
+
+class Transport(Protocol):
+    """What a codec reads of its connection (gateway.http.net.Conn)."""
+
+    reset: bool
 
 
 # nginx's status for a request head past large_client_header_buffers, answered 400 "Request header or cookie too

@@ -29,6 +29,7 @@ from gateway.http.codec import (
     ProtocolError,
     Request,
     Response,
+    Transport,
     check_head_size,
     check_reason,
     check_request_head,
@@ -360,11 +361,12 @@ def _check_response_head(headers: Headers) -> None:
 class H11Client(_H11Codec):
     """Client side of an upstream connection."""
 
-    __slots__ = ("_method", "_closed", "_upgrade")
+    __slots__ = ("_method", "_closed", "_upgrade", "transport")
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
         self._method = b"GET"
+        self.transport: Transport | None = None
         self._closed = False
         self._upgrade = False  # an Upgrade header was sent: h11 accepts a 101 (never reset: not reused after it)
 
@@ -428,6 +430,8 @@ class H11Client(_H11Codec):
                     keep = not _close_delimited(headers)
                 return Response(status, bytes(ev.reason), headers, version, keep)
             if type(ev) is h11.EndOfMessage:
+                if self._eof and self.transport is not None and self.transport.reset:  # ended by a reset: cut
+                    raise ProtocolError("upstream connection broke mid-response", 502, cut=True)
                 return self._end(ev, 502)
             if type(ev) is h11.ConnectionClosed:
                 self._closed = True

@@ -25,6 +25,7 @@ from gateway.http.codec import (
     ProtocolError,
     Request,
     Response,
+    Transport,
     check_head_size,
     check_reason,
     check_request_head,
@@ -590,7 +591,7 @@ class LlhttpClient(_Parsing):
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
                  "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked", "_upgrade",
-                 "_switched")
+                 "_switched", "transport")
     _parser: httptools.HttpResponseParser
 
     _MALFORMED = "malformed upstream response"
@@ -615,6 +616,7 @@ class LlhttpClient(_Parsing):
         self._upgrade = False  # the request asked to switch protocols: a 101 may answer it (never reset: such a
         # connection is not reused)
         self._switched: Response | None = None  # that 101, until llhttp stops for the switch (_upgraded)
+        self.transport: Transport | None = None
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
@@ -738,6 +740,9 @@ class LlhttpClient(_Parsing):
         if self._in_message and not self._dead:
             if self._in_head or not _close_delimited(self._response_headers):
                 self._fail(ProtocolError("upstream closed the connection mid-response", 502, cut=True))
+                return
+            if self.transport is not None and self.transport.reset:  # nginx: upstream_error, no last chunk
+                self._fail(ProtocolError("upstream connection broke mid-response", 502, cut=True))
                 return
             events.append(END)
             self._in_message = False

@@ -30,12 +30,14 @@ _PROBE = select.poll()
 
 
 class Conn:
-    """A connected non-blocking socket with awaitable recv/sendall; recv returns b"" at EOF or reset.
+    """A connected non-blocking socket with awaitable recv/sendall; recv returns b"" at EOF or reset (`reset` tells
+    them apart).
 
     With a `send_timer`, a write that has to wait for the peer to read is bounded by `send_timeout` seconds (the
     timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
 
-    __slots__ = ("sock", "_budget", "peer", "closed", "send_timer", "send_timeout", "listen_port", "serial", "requests")
+    __slots__ = ("sock", "_budget", "peer", "closed", "reset", "send_timer", "send_timeout", "listen_port", "serial",
+                 "requests")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
     server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
@@ -46,6 +48,7 @@ class Conn:
         self.peer = peer
         self._budget = CHECKPOINT_EVERY
         self.closed = False
+        self.reset = False  # the b"" a read returned was a failure (a reset, a broken TLS record), not the peer's end
         self.send_timer: ConnTimer | None = None
         self.send_timeout = 60.0
         self.listen_port = b""  # a client connection: the port it came in on (X-Forwarded-Port)
@@ -66,9 +69,11 @@ class Conn:
                 try:
                     await trio.lowlevel.wait_readable(sock)
                 except trio.ClosedResourceError:
+                    self.reset = True
                     return b""  # closed under us (Pool.close_target)
             except OSError as e:
                 if e.errno in _CLOSED_ERRNOS:
+                    self.reset = True
                     return b""
                 raise
 
@@ -80,6 +85,7 @@ class Conn:
             return None
         except OSError as e:
             if e.errno in _CLOSED_ERRNOS:
+                self.reset = True
                 return b""
             raise
 
@@ -100,6 +106,7 @@ class Conn:
             try:
                 await trio.lowlevel.wait_readable(sock)
             except trio.ClosedResourceError:
+                self.reset = True
                 return b""  # closed under us (Pool.close_target)
             data = self.recv_ready()
             if data is not None:

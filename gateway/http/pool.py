@@ -47,6 +47,7 @@ class UpstreamConn:
     def __init__(self, conn: Conn, codec: ClientCodec, key: tuple, pool: Pool | None = None) -> None:
         self.conn = conn
         self.codec = codec
+        codec.transport = conn  # a close-delimited body ended by a reset is cut, not ended
         self.key = key
         self.idle_since = 0.0
         self.reused = False

@@ -88,7 +88,10 @@ class TlsConn(Conn):
                     return b""
                 self._in.write(raw)
                 continue
-            except (ssl.SSLZeroReturnError, ssl.SSLError):
+            except ssl.SSLZeroReturnError:  # close_notify
+                return b""
+            except ssl.SSLError:  # a record that does not decrypt: the connection is broken, not ended
+                self.reset = True
                 return b""
             if self._out.pending:
                 await Conn.sendall(self, self._out.read())
@@ -117,7 +120,10 @@ class TlsConn(Conn):
                 if not raw:
                     return b""
                 self._in.write(raw)
-            except (ssl.SSLZeroReturnError, ssl.SSLError):
+            except ssl.SSLZeroReturnError:  # close_notify
+                return b""
+            except ssl.SSLError:  # a record that does not decrypt: the connection is broken, not ended
+                self.reset = True
                 return b""
 
     def _poll_records(self) -> bytes | None:
@@ -129,6 +135,7 @@ class TlsConn(Conn):
         except BlockingIOError:
             return None
         except OSError:
+            self.reset = True
             return b""
         if not raw:
             return b""
@@ -137,7 +144,10 @@ class TlsConn(Conn):
             data = self._tls.read(RECV_SIZE)
         except ssl.SSLWantReadError:
             return None
+        except ssl.SSLZeroReturnError:
+            return b""
         except ssl.SSLError:
+            self.reset = True
             return b""
         self._pushback += data
         return data

@@ -1462,6 +1462,37 @@ def test_response_close_delimited_ends_at_eof(codec: str) -> None:
         resp(200, b"OK", [(b"content-type", b"text/plain")], keep=False), data(b"streamed until close"), END, CLOSED]
 
 
+class _Transport:
+    reset = False
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_close_delimited_body_ended_by_a_reset_is_cut_not_ended(codec: str, reset: bool) -> None:
+    """nginx takes a failed read (a reset, a TLS record that does not decrypt) as upstream_error: the body is cut
+    (502 if nothing was sent, no last chunk otherwise), where the peer's close ends it."""
+    client = new_client(codec)
+    client.transport = transport = _Transport()
+    client.request_head(b"GET", b"/", [(b"host", b"upstream")])
+    client.end()
+    raw = b"HTTP/1.1 200 OK\r\n\r\npartial"
+    events = collect(client, [raw])
+    transport.reset = reset
+    events += collect(client, [], eof=True)
+    ending = [("error", 502)] if reset else [END, CLOSED]
+    assert events == [resp(200, b"OK", [], keep=False), data(b"partial"), *ending]
+
+
+def test_a_reset_after_a_whole_body_of_known_length_is_no_cut(codec: str) -> None:
+    client = new_client(codec)
+    client.transport = transport = _Transport()
+    client.request_head(b"GET", b"/", [(b"host", b"upstream")])
+    client.end()
+    events = collect(client, [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    transport.reset = True
+    assert events + collect(client, [], eof=True) == [
+        resp(200, b"OK", [(b"content-length", b"2")]), data(b"ok"), END, CLOSED]
+
+
 def test_response_close_delimited_without_eof_is_not_finished(codec: str) -> None:
     raw = b"HTTP/1.1 200 OK\r\n\r\npartial"
     assert parse_response(codec, raw) == [resp(200, b"OK", [], keep=False), data(b"partial")]
