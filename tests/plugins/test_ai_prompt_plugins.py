@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from typing import Any
 
 import msgspec
@@ -22,6 +24,7 @@ from plugin_helpers import (
 )
 
 from gateway.policies.ai_prompt_decorator.schema import AiPromptDecoratorConfig
+from gateway.policies.ai_prompt_guard.handler import AiPromptGuard
 from gateway.policies.ai_prompt_guard.schema import AiPromptGuardConfig
 from gateway.policies.ai_prompt_template.handler import render
 from gateway.policies.ai_prompt_template.schema import AiPromptTemplateConfig
@@ -289,13 +292,52 @@ async def test_guard_deny_only_refuses_a_denied_word_in_history_when_history_is_
     assert (reply.status, body_json(reply)) == (400, BAD_REQUEST)
 
 
-@pytest.mark.parametrize("pattern", ["[]", "(?R)", r"\p{L}"])
-def test_guard_refuses_a_pattern_it_cannot_run_at_load(pattern):
-    """Kong's "returns a 500 on a bad regex in deny list" ("[]": PCRE refuses it) answers every request 500; here, as
-    nginx refuses a bad regex at load, check-config says so, and so for PCRE syntax Python's re lacks (recursion,
-    Unicode properties), which the guard could not enforce."""
+@pytest.mark.parametrize(("pattern", "problem"), [("[]", "missing terminating ] for character class at offset 2"),
+                                                  ("(", "missing closing parenthesis at offset 1")])
+def test_guard_refuses_a_pattern_pcre_refuses_at_load(pattern, problem):
+    """Kong's "returns a 500 on a bad regex in deny list" answers every request 500; here, as nginx refuses a bad
+    regex at load, check-config says so, in PCRE2's words."""
     message = refused(plugin("ai-prompt-guard", deny_patterns=["ok", pattern]))
-    assert "plugins[0].config.deny_patterns[1]: " in message and "is not a regex the gateway can run" in message
+    assert message.endswith(f'plugins[0].config.deny_patterns[1]: "{pattern}" is not a valid regex ({problem}): Kong '
+                            "would answer 500 to every request the guard checks")
+
+
+async def test_guard_takes_and_enforces_pcre_syntax_pythons_re_lacks(nursery, gateway):
+    """Recursion and Unicode properties were refused while the patterns ran on Python's re; PCRE2 runs them as Kong
+    does (\\p{Lu} without UTF: an ASCII or Latin-1 upper-case letter, one byte)."""
+    port = await guarded(nursery, gateway, deny_patterns=[r"^(\((?1)*\))$", r"^\p{Lu}+$"])
+    assert (await post(port, b'{"prompt": "(()(()))"}')).status == 400
+    assert (await post(port, b'{"prompt": "EDAM"}')).status == 400
+    assert (await post(port, b'{"prompt": "(()"}')).status == 200
+
+
+async def test_guard_answers_500_when_a_pattern_reaches_pcres_match_limit(nursery, gateway, caplog):
+    """`^(\\w+\\s?)+$` over 40 letters and a "!" backtracks exponentially: on Python's re the worker (every connection
+    on it) hung for hours. Kong's PCRE stops at its match limit (nginx_http_lua_regex_match_limit, 100000) with an
+    error, which guard-prompt.lua logs ("bad regex pattern ..., failed to execute: ...") and answers
+    kong.response.exit(500); in the allow list too."""
+    body = json.dumps({"prompt": "a" * 40 + "!"}).encode()
+    with caplog.at_level(logging.ERROR, "gateway.policies"):
+        port = await guarded(nursery, gateway, deny_patterns=[r"^(\w+\s?)+$"])
+        reply = await post(port, body)
+    assert (reply.status, body_json(reply)["message"]) == (500, "An unexpected error occurred")
+    assert "ai-prompt-guard: bad regex pattern '^(\\w+\\s?)+$', failed to execute: pcre2_match() failed: -47: " \
+           "match limit exceeded" in caplog.text
+    port = await guarded(nursery, gateway, allow_patterns=[r"^(\w+\s?)+$"])
+    assert (await post(port, body)).status == 500
+    assert (await post(port, b'{"prompt": "a b c"}')).status == 200
+
+
+def test_guard_checks_kongs_dotstar_patterns_in_linear_time():
+    """Kong's documented pattern style `.*(A|a)pples.*` was quadratic on Python's re (a search from every offset,
+    the `.*` running to the end and back each time: 4.3 s for 32 KiB, the worker blocked meanwhile); PCRE anchors a
+    leading `.*`, so the check is linear and takes microseconds."""
+    patterns = [".*(A|a)pples.*", ".*(P|p)ears.*", ".*(B|b)ananas.*", ".*(C|c)herries.*"]
+    guard = AiPromptGuard(msgspec.convert({"deny_patterns": patterns}, AiPromptGuardConfig))
+    prompt = b"x" * 32768
+    started = time.monotonic()
+    assert guard.allowed(prompt) and not guard.allowed(prompt + b" pears")
+    assert time.monotonic() - started < 0.05
 
 
 async def test_guard_checks_a_completions_prompt(nursery, gateway):

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import msgspec
 import pytest
 from plugin_helpers import (
     call,
@@ -12,6 +15,8 @@ from plugin_helpers import (
 )
 
 from gateway.config import ConfigError, parse_config
+from gateway.policies.cors.handler import Cors
+from gateway.policies.cors.schema import CorsConfig
 from gateway.runtime import compile_config
 
 PREFLIGHT = [("origin", "http://app.example.com"), ("access-control-request-method", "POST"),
@@ -125,3 +130,33 @@ def test_cors_cannot_be_configured_for_a_consumer():
                           'consumers: [{username: u, plugins: [{name: cors}]}]\n')
     with pytest.raises(ConfigError, match="cors plugin cannot be configured for a consumer"):
         compile_config(config)
+
+
+def cors_of(*origins: str) -> Cors:
+    return Cors(msgspec.convert({"origins": list(origins)}, CorsConfig))
+
+
+def test_a_regex_origin_runs_as_kongs_pcre_without_utf():
+    """Kong matches a regex entry with ngx.re.find(subject, regex, "ajo") (handler.lua): PCRE over the bytes, no
+    UTF. `[[:alpha:]]` is a POSIX class, named groups compile, and \\w is ASCII: b"caf\\xe9" is no word, where
+    Python's re on the latin-1 text took "é" for a letter."""
+    posix = cors_of(r"http://[[:alpha:]]+\.test", "x.test")  # (with its ":", an entry matches the whole origin)
+    assert posix._allowed(b"http://ab.test") == b"http://ab.test" and posix._allowed(b"http://a1.test") is None
+    assert cors_of(r"(?<sub>api)\.test", "x.test")._allowed(b"https://api.test:8443") == b"https://api.test:8443"
+    assert cors_of(r"\w+\.test", "x.test")._allowed(b"http://caf\xe9.test") is None
+    assert cors_of(r"\w+\.test", "x.test")._allowed(b"http://cafe.test") == b"http://cafe.test"
+
+
+def test_a_regex_origin_that_fails_is_logged_and_allows_nothing_the_next_entry_still_tried(caplog):
+    """At PCRE's match limit ngx.re.find returns an error: Kong logs "could not search for domain" and goes on."""
+    origin = b"http://" + b"a" * 40 + b"!"
+    with caplog.at_level(logging.ERROR, "gateway.policies"):
+        assert cors_of(r"(\w+\s?)+$", "x.test")._allowed(origin) is None
+        assert cors_of(r"(\w+\s?)+$", r".*!")._allowed(origin) == origin
+    assert "cors: could not search for domain: pcre2_match() failed: -47: match limit exceeded" in caplog.text
+
+
+def test_an_invalid_origin_regex_is_refused_in_pcres_words():
+    with pytest.raises(msgspec.ValidationError, match=r'origins\[1\]: "\[\[:alpha:\]" is not a valid regex '
+                                                      r"\(missing terminating \] for character class at offset 10\)"):
+        cors_of("x.test", "[[:alpha:]")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
-from gateway.config.errors import inline
-from gateway.policies.ai_prompt_guard.pcre import pattern_problem
+from gateway.config.errors import inline, show
+from gateway.policies.pcre2 import pattern_problem, unavailable
 
 LLM_FORMATS = ("openai", "bedrock", "gemini")
 
@@ -44,7 +44,7 @@ def check_llm_format(llm_format: str) -> None:
 
 
 class AiPromptGuardConfig(msgspec.Struct, forbid_unknown_fields=True):
-    allow_patterns: list[str] | None = None  # PCRE (ngx.re.find "jo"): see the handler
+    allow_patterns: list[str] | None = None  # PCRE2 (ngx.re.find "jo"): see the handler
     deny_patterns: list[str] | None = None
     allow_all_conversation_history: bool = False  # true: only the latest user message is checked
     max_request_body_size: int = 8 * 1024
@@ -54,11 +54,13 @@ class AiPromptGuardConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         check_length("allow_patterns", self.allow_patterns, 10, 500)
         check_length("deny_patterns", self.deny_patterns, 10, 500)
+        if (self.allow_patterns or self.deny_patterns) and (why := unavailable()) is not None:
+            raise ValueError(why)
         for name, patterns in (("allow_patterns", self.allow_patterns), ("deny_patterns", self.deny_patterns)):
             for i, pattern in enumerate(patterns or ()):
                 if (problem := pattern_problem(pattern)) is not None:
-                    raise ValueError(f"{name}[{i}]: {pattern!r} is not a regex the gateway can run "
-                                     f"({inline(problem)}): PCRE refuses it, or it needs PCRE syntax Python's re lacks")
+                    raise ValueError(f"{name}[{i}]: {show(pattern)} is not a valid regex ({problem}): Kong would "
+                                     "answer 500 to every request the guard checks")
         check_body_size(self.max_request_body_size)
         check_llm_format(self.llm_format)
         if not self.allow_patterns and not self.deny_patterns:

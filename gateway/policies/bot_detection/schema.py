@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import msgspec
 
-from gateway.config.patterns import regex_problem
+from gateway.policies.pcre2 import pattern_problem, unavailable
 
 Regex = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's strings are at least one character
 
 
 class BotDetectionConfig(msgspec.Struct, forbid_unknown_fields=True):
-    allow: list[Regex] = []  # User-Agent regexes let through even if they look like bots
+    allow: list[Regex] = []  # User-Agent regexes let through even if they look like bots (PCRE, as Kong's)
     deny: list[Regex] = []  # User-Agent regexes refused (403)
 
     def __post_init__(self) -> None:
+        if (why := unavailable()) is not None:  # Kong's own bot patterns need it too
+            raise ValueError(why)
         for field in ("allow", "deny"):
             for i, rule in enumerate(getattr(self, field)):
-                problem = regex_problem(rule, re.ASCII)
+                problem = pattern_problem(rule)  # Kong's is_regex: ngx.re.match compiles it
                 if problem is not None:
                     raise ValueError(f"{field}[{i}]: not a valid regex: {problem}")

@@ -5,7 +5,9 @@ header_filter phase.
 
 Origins: none or "*" allow all; a single plain origin is always sent as is; otherwise the request's Origin is
 normalised (scheme://host[:port], default ports dropped) and compared with each plain entry, or matched by each
-regex entry (anchored at both ends; against the host alone when the entry has no ":").
+regex entry (anchored at both ends; against the host alone when the entry has no ":"), as Kong's ngx.re.find "ajo"
+runs it, on PCRE2 (gateway.policies.pcre2): over the bytes, without UTF, under Kong's match limit; a regex that
+fails (the match limit reached) is logged and allows nothing, as in Kong.
 
 Compiled once: what Kong's configure_origin and configure_credentials do to the response headers (set, add and clear
 calls, in order) depends only on the config and the request's Origin, never on the response. So it is worked out
@@ -16,16 +18,18 @@ names and one extend. The result is the header list the calls one by one would h
 
 from __future__ import annotations
 
+import logging
 import re
 from operator import itemgetter
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.memo import Memo
-from gateway.policies.cors.schema import METHODS, CorsConfig
+from gateway.policies.cors.schema import METHODS, PLAIN, CorsConfig
 from gateway.policies.header_list import escape_value, get_header
+from gateway.policies.pcre2 import ANCHORED, PcreMatchError, Regex
 
-_PLAIN = re.compile(r"^[A-Za-z0-9.:/-]+$")
+log = logging.getLogger("gateway.policies")
 # LuaSocket's url.parse patterns: "^([%w][%w%+%-%.]*)%:", "^//([^/%?#]*)" and the port's ":([^:%]]*)$"
 _SCHEME = re.compile(r"([A-Za-z0-9][A-Za-z0-9+\-.]*):")
 _AUTHORITY_END = re.compile(r"[/?#]")
@@ -116,18 +120,18 @@ class Cors:
     def __init__(self, config: CorsConfig) -> None:
         origins = config.origins or []
         self.allow_all = not origins or origins == ["*"]
-        self.single = origins[0].encode() if len(origins) == 1 and _PLAIN.match(origins[0]) else None
+        self.single = origins[0].encode() if len(origins) == 1 and PLAIN.match(origins[0]) else None
         self.star_listed = "*" in origins
         # Kong's cached_domains, order aside (any entry matching sends the same normalised Origin): the plain
         # entries' normalised domains, and the regexes with whether they match the host alone (no attribute here may
         # be named `entries`, which marks a logger: gateway.runtime)
         self.plain_domains = frozenset(normalize_origin(entry).domain for entry in origins
-                                       if entry != "*" and _PLAIN.match(entry))
-        self.regexes: list[tuple[re.Pattern[str], bool]] = []
+                                       if entry != "*" and PLAIN.match(entry))
+        self.regexes: list[tuple[Regex, bool]] = []
         for entry in origins:
-            if entry != "*" and not _PLAIN.match(entry):
+            if entry != "*" and not PLAIN.match(entry):
                 pattern = entry if entry.endswith("$") else entry + "$"
-                self.regexes.append((re.compile(pattern.removeprefix("^")), ":" not in entry))
+                self.regexes.append((Regex(pattern.removeprefix("^"), ANCHORED), ":" not in entry))
         self.credentials = config.credentials
         self.allow_headers = escape_value(",".join(config.headers).encode()) if config.headers else None
         self.methods = ",".join(config.methods).encode() if config.methods is not None else ",".join(METHODS).encode()
@@ -226,9 +230,14 @@ class Cors:
     def _allowed(self, origin: bytes) -> bytes | None:
         """The normalised request Origin when an entry allows it (equal to a plain entry's, or matched by a regex)."""
         req = normalize_origin(origin.decode("latin-1"))
-        if req.domain in self.plain_domains or \
-                any(regex.match(req.host if by_host else req.domain) for regex, by_host in self.regexes):
+        if req.domain in self.plain_domains:
             return req.domain.encode("latin-1")
+        for regex, by_host in self.regexes:
+            try:
+                if regex.search((req.host if by_host else req.domain).encode("latin-1")):
+                    return req.domain.encode("latin-1")
+            except PcreMatchError as e:
+                log.error("cors: could not search for domain: %s (regex '%s')", e, e.pattern)
         return None
 
     def _credentials(self, calls: _Calls, allow_all: bool, in_filter: bool, origin: bytes | None) -> None:

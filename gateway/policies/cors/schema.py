@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
 
 from gateway.config.errors import show
-from gateway.config.patterns import regex_problem
+from gateway.policies.pcre2 import pattern_problem, unavailable
 
 Method = Literal["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 METHODS: list[Method] = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
+PLAIN = re.compile(r"^[A-Za-z0-9.:/-]+$")  # Kong's test of an origin that is no regex (always a valid one)
 
 
 class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -26,8 +28,10 @@ class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         for i, origin in enumerate(self.origins or ()):
-            if origin == "*":
+            if origin == "*" or PLAIN.match(origin):
                 continue
-            problem = regex_problem(origin)
+            if (why := unavailable()) is not None:
+                raise ValueError(f"origins[{i}]: {why}")
+            problem = pattern_problem(origin)  # Kong's is_regex: ngx.re.match compiles it
             if problem is not None:
                 raise ValueError(f"origins[{i}]: {show(origin)} is not a valid regex ({problem})")
