@@ -175,10 +175,12 @@ KONG_CONF: dict[str, str] = {
                                                "file (nginx's client_body_temp_path); with `request_buffering: "
                                                "false` it streams to the upstream as it arrives"),
     "nginx_admin_client_body_buffer_size": _not("the Admin API's buffer for request bodies", _ADMIN),
-    "nginx_http_lua_regex_match_limit": _not("PCRE's match limit for Lua's regexes", f"{_LUA}: the gateway's "
-                                                                                     "regexes are Python's"),
-    "nginx_http_lua_regex_cache_max_entries": _not("the cache of Lua's compiled regexes", f"{_LUA}: the gateway's "
-                                                                                          "regexes are Python's"),
+    "nginx_http_lua_regex_match_limit": _not("PCRE's match limit for Lua's regexes", f"{_LUA}: the plugins that run "
+                                             "PCRE (bot-detection, ai-prompt-guard, cors) use Kong's default limit, "
+                                             "100000, which is not configurable"),
+    "nginx_http_lua_regex_cache_max_entries": _not("the cache of Lua's compiled regexes", f"{_LUA}: each configured "
+                                                   "regex is compiled once, when the config loads; there is no cache "
+                                                   "to size"),
     # DATASTORE
     "database": _not("the database Kong keeps its entities in", _DB),
     **{f"pg_{ro}{name}": _not(f"the {'read-only ' if ro else ''}Postgres connection's {what}", _DB)
