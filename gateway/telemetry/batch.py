@@ -382,8 +382,11 @@ class Queues:
                 self._nursery = None
 
     async def drain(self) -> None:
-        for queue in list(self.queues.values()):
-            await queue.drain()
+        """Drain every queue, each in a task of its own, as Kong's queues each flush from a timer of their own at a
+        worker's exit: a collector that cannot be reached keeps its own queue retrying, not the others waiting."""
+        async with trio.open_nursery() as nursery:
+            for queue in list(self.queues.values()):
+                nursery.start_soon(queue.drain)
 
 
 QUEUES = Queues()

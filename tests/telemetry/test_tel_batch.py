@@ -8,6 +8,7 @@ import trio.testing
 
 from gateway.metrics import RECORDER
 from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig, Queues, apply_legacy_queue
+from gateway.telemetry.service import DRAIN_S
 
 
 class Collector:
@@ -168,6 +169,30 @@ async def test_drain_sends_what_waits_without_the_delay(nursery, autojump):
     start = trio.current_time()
     await queue.drain()
     assert [b for _, b in sink.batches] == [[0, 1, 2, 3, 4]] and trio.current_time() - start < 1
+
+
+async def test_a_queue_whose_collector_is_down_keeps_no_other_queue_from_draining(nursery, autojump):
+    """Kong's queues each run in a timer of their own (queue.lua:243-251) and at a worker's exit each sends what it
+    holds (queue.lua:406-412): one retrying a collector that is down for all of WorkerTelemetry.drain's DRAIN_S must
+    not keep a healthy queue after it from sending (drained one after the other, its entries were lost)."""
+    delivered: list[str] = []
+
+    async def down(batch: list[str]) -> None:
+        raise OSError("connection refused")
+
+    async def healthy(batch: list[str]) -> None:
+        delivered.extend(batch)
+
+    queues = Queues()
+    failing = queues.queue_for("down", QueueConfig(), down)  # (first: drained first)
+    flushing = queues.queue_for("up", QueueConfig(max_batch_size=1000, max_coalescing_delay=1000), healthy)
+    await nursery.start(queues.run)
+    failing.put("lost-anyway")
+    flushing.put("must-be-sent")
+    await trio.sleep(0.1)
+    with trio.move_on_after(DRAIN_S):
+        await queues.drain()
+    assert delivered == ["must-be-sent"]
 
 
 async def test_entries_are_formatted_by_the_queue_not_by_put(nursery, autojump):
