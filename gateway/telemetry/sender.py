@@ -1,17 +1,20 @@
 """Sending a batch to a collector over HTTP/1.1 (http-log, OTLP/HTTP, Zipkin): the proxy's own upstream codec
-(llhttp) on a Trio stream, TLS with Trio's SSL stream for https, one kept-alive connection per sender. A log entry
-per request goes this way with Kong's defaults (http-log's batch of one), so a send is a few joins and a parse.
+(llhttp) on a Trio stream, TLS with Trio's SSL stream for https, kept-alive connections in a pool per sender. A log
+entry per request goes this way with Kong's defaults (http-log's batch of one), so a send is a few joins and a parse.
 
 Each phase has its own bound, as Kong's senders do: connecting (connect_timeout), sending the request
 (send_timeout), reading the response (read_timeout). A 2xx answer is success; anything else, a timeout or a broken
 connection raises SendError, which the batch queue retries. The connection is reused for the next batch when the
-exchange ended cleanly and it was idle less than `keepalive` seconds; otherwise a new one is opened.
+exchange ended cleanly and it was idle less than `keepalive` seconds; otherwise a new one is opened. Each send has a
+connection to itself (Kong's senders make a client per send): concurrent sends (a queue's concurrency_limit -1) each
+take an idle one or open their own, and at most POOL_SIZE stay idle afterwards.
 """
 
 from __future__ import annotations
 
 import base64
 import ssl
+from typing import Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -22,6 +25,8 @@ from gateway.http.net import NameNotResolved, open_tcp_stream
 from gateway.http.tls_contexts import client_context
 
 MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) and discarded up to this much
+POOL_SIZE = 30  # idle connections a sender keeps: ngx_lua's lua_socket_pool_size, which Kong's senders' pools have
+C = TypeVar("C")
 
 
 class SendError(Exception):
@@ -89,6 +94,45 @@ async def connect(host: str, port: int, *, tls: bool, server_hostname: str | Non
         raise SendError(f"{where}: could not connect: {e}") from None
 
 
+class IdlePool(Generic[C]):
+    """The connections a sender keeps alive between sends, the last used first out. A send takes one for itself, so
+    concurrent sends never share one. Bookkeeping only, no await: what is to be closed is returned to the caller."""
+
+    def __init__(self, keepalive: float, size: int = POOL_SIZE) -> None:
+        self.keepalive = keepalive
+        self.size = size
+        self._idle: list[tuple[C, float]] = []  # (connection, idle since), the most recently used last
+
+    def __len__(self) -> int:
+        return len(self._idle)
+
+    def take(self) -> tuple[C | None, list[C]]:
+        """The most recently used connection if idle less than keepalive (else None: open one), and those to close:
+        when it has been idle too long, so have all the others."""
+        idle = self._idle
+        if not idle:
+            return None, []
+        conn, since = idle.pop()
+        if kept_alive(since, self.keepalive):
+            return conn, []
+        expired = [conn, *(c for c, _ in idle)]
+        idle.clear()
+        return None, expired
+
+    def give(self, conn: C) -> C | None:
+        """Keep `conn`, idle from now; returns it to close when POOL_SIZE are idle already."""
+        if len(self._idle) >= self.size:
+            return conn
+        self._idle.append((conn, trio.current_time()))
+        return None
+
+    def clear(self) -> list[C]:
+        """Forget every idle connection; returns them to close."""
+        conns = [c for c, _ in self._idle]
+        self._idle.clear()
+        return conns
+
+
 async def close_quietly(stream: trio.abc.Stream) -> None:
     """Close a collector connection, even from a cancelled task, within half a second, whatever state it is in."""
     with trio.CancelScope(shield=True), trio.move_on_after(0.5):
@@ -98,8 +142,18 @@ async def close_quietly(stream: trio.abc.Stream) -> None:
             pass
 
 
+class _Connection:
+    """A kept-alive connection to a collector and its codec."""
+
+    __slots__ = ("stream", "codec")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.codec = LlhttpClient()
+
+
 class HttpSender:
-    """POSTs (or PUTs, PATCHes) bodies to one endpoint; not safe for concurrent use (one batch at a time)."""
+    """POSTs (or PUTs, PATCHes) bodies to one endpoint; concurrent sends each use a connection of their own."""
 
     def __init__(self, endpoint: Endpoint, headers: list[tuple[bytes, bytes]] | None = None, *,
                  connect_timeout: float = 10.0, send_timeout: float = 10.0, read_timeout: float = 10.0,
@@ -111,9 +165,7 @@ class HttpSender:
         self.read_timeout = read_timeout
         self.keepalive = keepalive
         self.verify = verify  # Kong's http-log sends with ssl_verify = false
-        self._stream: trio.abc.Stream | None = None
-        self._codec: LlhttpClient | None = None
-        self._idle_since = 0.0
+        self._pool: IdlePool[_Connection] = IdlePool(keepalive)
         # what every request carries after Host, Content-Type and Content-Length: the userinfo's Authorization,
         # then the configured headers but those (the sender's own win)
         own = [(b"authorization", endpoint.authorization)] if endpoint.authorization is not None else []
@@ -125,33 +177,33 @@ class HttpSender:
         """Send one request; returns the 2xx status, or raises SendError."""
         headers = [(b"host", self.endpoint.host_header), (b"content-type", content_type),
                    (b"content-length", b"%d" % len(body)), *self._tail]
-        reused = self._stream is not None and kept_alive(self._idle_since, self.keepalive)
-        if not reused:
-            await self.close()
+        conn, expired = self._pool.take()
+        for old in expired:
+            await close_quietly(old.stream)
         status = 0
-        for retry in (reused, False):
+        for retry in (conn is not None, False):
+            if conn is None:
+                conn = _Connection(await self._connect())
             try:
-                status = await self._exchange(method, headers, body)
+                status = await self._exchange(conn, method, headers, body)
                 break
             except _NothingBack:  # on a kept-alive connection: closed by the collector while idle, so sent again
-                await self.close()
+                await close_quietly(conn.stream)
+                conn = None
                 if not retry:
                     raise
             except BaseException:
-                await self.close()
+                await close_quietly(conn.stream)
                 raise
         if not 200 <= status < 300:  # (the connection is kept when the answer allowed it, as lua-resty-http does)
             raise SendError(f"{self.endpoint}: the collector answered {status}")
         return status
 
-    async def _exchange(self, method: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> int:
+    async def _exchange(self, conn: _Connection, method: bytes, headers: list[tuple[bytes, bytes]],
+                        body: bytes) -> int:
         """One request and its answer's status; the connection is kept for the next when the answer allows it."""
         ep = self.endpoint
-        if self._stream is None:
-            self._stream = await self._connect()
-            self._codec = LlhttpClient()
-        stream, codec = self._stream, self._codec
-        assert codec is not None
+        stream, codec = conn.stream, conn.codec
         try:
             with trio.fail_after(self.send_timeout):
                 await stream.send_all(codec.request_head(method, self._target, headers, LENGTH) + body + codec.end())
@@ -183,9 +235,11 @@ class HttpSender:
             raise (SendError if size else _NothingBack)(f"{ep}: reading the answer failed: {e}") from None
         if codec.keep_alive:
             codec.start_next_cycle()
-            self._idle_since = trio.current_time()
+            surplus = self._pool.give(conn)
+            if surplus is not None:
+                await close_quietly(surplus.stream)
         else:
-            await self.close()
+            await close_quietly(stream)
         return status
 
     async def _connect(self) -> trio.abc.Stream:
@@ -194,6 +248,6 @@ class HttpSender:
                              verify=self.verify, timeout=self.connect_timeout, where=str(ep))
 
     async def close(self) -> None:
-        stream, self._stream, self._codec = self._stream, None, None
-        if stream is not None:
-            await close_quietly(stream)
+        """Close the idle connections (those in use are closed by their sends)."""
+        for conn in self._pool.clear():
+            await close_quietly(conn.stream)

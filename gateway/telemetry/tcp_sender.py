@@ -1,4 +1,6 @@
-"""Writing log lines to a collector over a plain TCP (or TLS) connection (tcp-log): one kept-alive connection.
+"""Writing log lines to a collector over a plain TCP (or TLS) connection (tcp-log, statsd's use_tcp): kept-alive
+connections, one to a send (a send takes an idle one or opens its own, as Kong's senders open a socket each, so
+concurrent sends never write into one connection; one at a time, as tcp-log's queue sends, they use one).
 
 As Kong's tcp-log: connect (and handshake) within `timeout`, write, keep the connection for the next lines while it
 is idle less than `keepalive` seconds (0: for as long as it lives). Nothing is read back, so a connection the
@@ -14,13 +16,13 @@ import ssl
 
 import trio
 
-from gateway.telemetry.sender import SendError, close_quietly, connect, kept_alive
+from gateway.telemetry.sender import IdlePool, SendError, close_quietly, connect
 
 _SHUT = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
 
 class TcpSender:
-    """Sends bytes to host:port; not safe for concurrent use (the queue sends one batch at a time)."""
+    """Sends bytes to host:port; concurrent sends each use a connection of their own."""
 
     def __init__(self, host: str, port: int, *, tls: bool = False, sni: str | None = None, timeout: float = 10.0,
                  keepalive: float = 60.0) -> None:
@@ -28,37 +30,50 @@ class TcpSender:
         self.timeout = timeout
         self.keepalive = keepalive
         self.where = f"{'tls' if tls else 'tcp'}://{f'[{host}]' if ':' in host else host}:{port}"
-        self._stream: trio.abc.Stream | None = None
-        self._idle_since = 0.0
+        self._pool: IdlePool[trio.abc.Stream] = IdlePool(keepalive)
 
     async def send(self, data: bytes) -> None:
         """Write `data` whole, or raise SendError (the connection is then dropped)."""
-        if self._stream is not None and not (kept_alive(self._idle_since, self.keepalive) and self._quiet()):
-            await self.close()
-        if self._stream is None:
-            self._stream = await connect(self.host, self.port, tls=self.tls, server_hostname=self.sni, verify=False,
-                                         timeout=self.timeout, where=self.where)
+        stream = await self._take()
+        if stream is None:
+            stream = await connect(self.host, self.port, tls=self.tls, server_hostname=self.sni, verify=False,
+                                   timeout=self.timeout, where=self.where)
         try:
             with trio.fail_after(self.timeout):
-                await self._stream.send_all(data)
+                await stream.send_all(data)
         except trio.TooSlowError:
-            await self.close()
+            await close_quietly(stream)
             raise SendError(f"{self.where}: the collector took no data for {self.timeout:g}s") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
-            await self.close()
+            await close_quietly(stream)
             raise SendError(f"{self.where}: sending failed: {e}") from None
-        self._idle_since = trio.current_time()
+        except BaseException:  # cancelled mid-write: what the connection carried is unknown
+            await close_quietly(stream)
+            raise
+        surplus = self._pool.give(stream)
+        if surplus is not None:
+            await close_quietly(surplus)
 
-    def _quiet(self) -> bool:
-        """Whether the kept connection is still open both ways: the collector has not shut it."""
-        stream = self._stream
-        raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
-        assert isinstance(raw, trio.SocketStream)
-        poller = select.poll()
-        poller.register(raw.socket.fileno(), select.POLLRDHUP)
-        return not any(events & _SHUT for _, events in poller.poll(0))
+    async def _take(self) -> trio.abc.Stream | None:
+        """An idle connection the collector has not shut, idle less than keepalive; None: open one."""
+        while True:
+            stream, expired = self._pool.take()
+            for old in expired:
+                await close_quietly(old)
+            if stream is None or _quiet(stream):
+                return stream
+            await close_quietly(stream)
 
     async def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
+        """Close the idle connections (those in use are closed by their sends)."""
+        for stream in self._pool.clear():
             await close_quietly(stream)
+
+
+def _quiet(stream: trio.abc.Stream) -> bool:
+    """Whether a kept connection is still open both ways: the collector has not shut it."""
+    raw = stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+    assert isinstance(raw, trio.SocketStream)
+    poller = select.poll()
+    poller.register(raw.socket.fileno(), select.POLLRDHUP)
+    return not any(events & _SHUT for _, events in poller.poll(0))

@@ -12,18 +12,20 @@ import pytest
 import trio
 
 from gateway.policies.http_log.handler import kong_endpoint
-from gateway.telemetry.sender import MAX_RESPONSE_BYTES, Endpoint, HttpSender, SendError
+from gateway.telemetry.sender import MAX_RESPONSE_BYTES, Endpoint, HttpSender, IdlePool, SendError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 JSON = b"application/json"
 
 
 class Answer(NamedTuple):
-    """What the collector does with one request: write `data`, then hang up or not; or never answer (`silent`)."""
+    """What the collector does with one request: write `data` (after `delay` seconds), then hang up or not; or never
+    answer (`silent`)."""
 
     data: bytes = OK
     hang_up: bool = False
     silent: bool = False
+    delay: float = 0.0
 
 
 HANG_UP = Answer(b"", hang_up=True)  # close the connection without a byte of answer
@@ -78,6 +80,7 @@ class Collector:
                 answer = self.answers.pop(0) if self.answers else Answer()
                 if answer.silent:
                     await trio.sleep_forever()
+                await trio.sleep(answer.delay)
                 await stream.send_all(answer.data)
                 if answer.hang_up:
                     await stream.aclose()
@@ -175,6 +178,54 @@ async def test_two_sends_reuse_one_kept_alive_connection(collector: Collector) -
 
     assert len(collector.connections) == 1
     assert [request.rsplit(b"\r\n\r\n", 1)[1] for request in collector.connections[0]] == [b"first", b"second"]
+
+
+async def test_concurrent_sends_each_use_a_connection_of_their_own_and_each_body_arrives_once(
+        collector: Collector) -> None:
+    """A queue with concurrency_limit -1 sends its batches concurrently through the plugin's one sender; Kong's
+    http-log makes a client per send (handler.lua, http.new()), so they never share a connection. Sharing the kept
+    one made them collide (BusyResourceError, "another task closed this fd") and the retries send bodies twice."""
+    http = sender(collector)
+    await http.send(b"first", JSON)  # leaves a kept-alive connection
+    collector.answers = [Answer(delay=0.2) for _ in range(5)]
+    statuses: list[int] = []
+
+    async def send(body: bytes) -> None:
+        statuses.append(await http.send(body, JSON))
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(send, b"r%d" % i)
+
+    assert statuses == [200] * 5
+    assert sorted(request.rsplit(b"\r\n\r\n", 1)[1] for request in collector.requests[1:]) == [
+        b"r%d" % i for i in range(5)]
+    assert len(collector.connections) == 5  # the kept one and four more, all idle now
+    await http.send(b"after", JSON)
+    assert len(collector.connections) == 5
+    await http.close()
+
+
+async def test_the_pool_keeps_at_most_its_size_idle_and_takes_the_last_used_first(autojump_clock) -> None:
+    pool: IdlePool[str] = IdlePool(keepalive=10, size=2)
+    assert pool.give("a") is None and pool.give("b") is None
+    assert pool.give("c") == "c"  # full: the caller closes it
+    assert pool.take() == ("b", [])
+    assert pool.give("b") is None
+
+
+async def test_when_the_last_used_idle_connection_expired_every_idle_one_is_to_be_closed(autojump_clock) -> None:
+    pool: IdlePool[str] = IdlePool(keepalive=10)
+    pool.give("old")
+    await trio.sleep(5)
+    pool.give("newer")
+    await trio.sleep(6)  # "newer" idle 6 s, "old" 11 s
+    assert pool.take() == ("newer", [])
+    pool.give("newer")
+    await trio.sleep(10)
+    assert pool.take() == (None, ["newer", "old"])
+    assert len(pool) == 0
 
 
 @pytest.mark.parametrize("answer", [

@@ -12,7 +12,9 @@ import trio
 from backends import EchoBackend, free_port, request, service, wait_until
 from tls_helpers import Pki
 
+from gateway.config import parse_config
 from gateway.policies.tcp_log.schema import TcpLogConfig
+from gateway.runtime import compile_config
 from gateway.telemetry.sender import SendError
 from gateway.telemetry.tcp_sender import TcpSender
 
@@ -96,6 +98,40 @@ async def test_tls_sends_the_configured_server_name(nursery, gateway, tmp_path):
     assert collector.server_names == ["logs.test"] and len(collector.connections) == 1
 
 
+async def test_an_ip_address_as_tls_sni_completes_the_handshake_without_sni(nursery, gateway, tmp_path):
+    """Kong passes tls_sni to sslhandshake whatever it is (OpenSSL would send an address as the name); Python's ssl
+    takes an address as server_hostname but sends no SNI for it (RFC 6066 names no address), so none arrives."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*Pki().files(tmp_path, "logs", "logs.test"))
+    collector = Collector(context)
+    port = await _proxied(nursery, gateway, collector, tls=True, tls_sni="127.0.0.1")
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/tls")).status == 200
+    await wait_until(lambda: collector.lines, "a line over TLS")
+    assert [json.loads(line)["request"]["uri"] for line in collector.lines] == ["/tls"]
+    assert collector.server_names == [None]
+
+
+async def test_concurrent_sends_each_use_a_connection_of_their_own(nursery):
+    """statsd's use_tcp with queue.concurrency_limit -1 sends batches concurrently through one TcpSender; as Kong's
+    senders (a socket per send), they never share a connection: writing into the same one collided
+    (BusyResourceError)."""
+    collector = Collector()
+    await nursery.start(collector.serve)
+    sender = TcpSender("127.0.0.1", collector.port)
+    await sender.send(b"0\n")  # leaves a kept-alive connection
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as sends:
+            for i in range(1, 4):
+                sends.start_soon(sender.send, b"%d\n" % i)
+    await wait_until(lambda: len(collector.lines) >= 4, "4 lines")
+    assert sorted(collector.lines) == [b"0", b"1", b"2", b"3"] and len(collector.connections) == 3
+    await sender.send(b"4\n")  # an idle one is reused
+    await wait_until(lambda: len(collector.lines) >= 5, "5 lines")
+    assert len(collector.connections) == 3
+    await sender.close()
+
+
 async def test_a_connection_the_collector_closed_while_idle_is_replaced_and_no_line_is_lost(nursery, gateway):
     collector = Collector()
     port = await _proxied(nursery, gateway, collector)
@@ -159,14 +195,28 @@ async def test_the_sender_says_where_it_could_not_connect():
 
 @pytest.mark.parametrize(("config", "message"), [
     ({"host": "a b", "port": 1}, 'host: expected a host name or an IP address, got "a b"'),
-    ({"host": "h", "port": 1, "tls_sni": "h"}, "tls_sni: only used with tls: true"),
-    ({"host": "h", "port": 1, "tls": True, "tls_sni": "10.0.0.1"}, 'tls_sni: expected a host name, got "10.0.0.1"'),
+    ({"host": "h", "port": 1, "tls": True, "tls_sni": "a b"},
+     'tls_sni: expected a host name or an IP address, got "a b"'),
     ({"host": "h", "port": 1, "custom_fields_by_lua": {"a": "return 1"}},
      "custom_fields_by_lua: the gateway runs no Lua; remove it"),
 ])
 def test_config_errors_name_the_field(config: dict, message: str):
     with pytest.raises(msgspec.ValidationError, match=message):
         msgspec.convert(config, TcpLogConfig)
+
+
+SERVICE = "services: [{name: s, url: 'http://127.0.0.1:1', routes: [{name: r, paths: [/]}]}]\n"
+
+
+@pytest.mark.parametrize("config", ["{host: logs.test, port: 9000, tls: false, tls_sni: logs.test}",
+                                    "{host: logs.test, port: 9000, tls_sni: logs.test}",
+                                    "{host: logs.test, port: 9000, tls: true, tls_sni: 10.0.0.1}",
+                                    "{host: logs.test, port: 9000, tls: true, tls_sni: '::1'}"],
+                         ids=["tls-false", "tls-default", "ipv4", "ipv6"])
+def test_tls_sni_without_tls_or_as_an_ip_address_is_accepted_as_kong_accepts_it(config: str):
+    """kong/plugins/tcp-log/schema.lua: tls_sni is a plain string, with no entity check tying it to tls (the handler
+    uses it only when tls is true): a config Kong loads, TLS switched off with the SNI left in place, loads here."""
+    compile_config(parse_config(SERVICE + f"plugins: [{{name: tcp-log, config: {config}}}]\n", "t.yml"), "t.yml")
 
 
 def test_kongs_defaults():

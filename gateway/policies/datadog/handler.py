@@ -3,9 +3,9 @@ agent, `<prefix>.<stat>:<value>|<type>[|@<rate>]|#<tags>`. The tags: `<service_n
 dots as "_">`, `<status_tag>:<status>`, `<consumer_tag>:<the consumer's id, custom_id or username>` when the metric
 names a consumer_identifier and the consumer has it, then the metric's own tags. Values from Kong's serializer:
 request.count 1, latency (request), upstream_latency (proxy, -1 when no upstream answered), kong_latency,
-request.size and response.size. Sent through Kong's queue off the request path; a datagram that could not be
-sent (the agent's port refused it) is logged and lost, and the batch's other datagrams still go: Kong's send_statsd
-logs the failure and goes on, and its queue never sends the batch again.
+request.size and response.size. Sent through Kong's queue off the request path; a datagram sent while the agent's
+port is closed is lost, and the batch's other datagrams still go (gateway.telemetry.udp_sender): Kong's send_statsd
+logs a failure and goes on, and its queue never sends the batch again.
 """
 
 from __future__ import annotations

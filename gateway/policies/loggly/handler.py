@@ -1,8 +1,8 @@
 """Kong's loggly: every request's serialized entry, as JSON, in an RFC 5424 syslog message of its own over UDP to
 Loggly, `<PRI>1 <UTC time> <hostname> kong - - [<key>@41058 tag="kong"] {json}`. The facility is user; the severity
 the configured one for the response's class (below 400, 4xx, 5xx); an entry whose severity is less severe than
-`log_level` is not sent (nor serialized). Off the request path; as in Kong, nothing is sent twice (the UDP sender
-logs and drops what the kernel refuses)."""
+`log_level` is not sent (nor serialized). Off the request path; as in Kong, nothing is sent twice (what is sent
+while the port is closed is lost: gateway.telemetry.udp_sender)."""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@ to a statsd server over UDP (a datagram per line, or lines combined up to `udp_p
 newline), off the request path through Kong's queue (`queue`; Kong's queue of a statsd instance is its own, named by
 the plugin's id, and so is it here).
 
-As in Kong: over UDP a line the kernel refuses (the server's port closed) is logged and the next one is sent, the
-batch is never sent again; over TCP a batch whose connection could not be made is retried as the queue says (Kong's
+As in Kong: over UDP a line sent while the server's port is closed is lost, the batch is never sent again
+(gateway.telemetry.udp_sender); over TCP a batch whose connection could not be made is retried as the queue says (Kong's
 logger fails to connect and its queue retries the batch). The batch's lines go in one write, so a write that fails
 is retried too, where Kong logs it and goes on: after a connection was made, that is rare."""
 

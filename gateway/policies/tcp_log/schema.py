@@ -20,16 +20,16 @@ class TcpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
     timeout: Annotated[float, msgspec.Meta(gt=0, le=2**31 - 2)] = 10000  # ms, to connect, handshake and send
     keepalive: Milliseconds = 60000  # ms an idle connection to the collector is kept (0: as long as it lives)
     tls: bool = False  # TLS to the collector (its certificate is not checked, as in Kong)
-    tls_sni: str | None = None  # the server name sent in the TLS handshake
+    # the server name sent in the TLS handshake; unused without tls, as in Kong. An IP address is accepted, as Kong
+    # does, and sends no SNI (Python's ssl does not, RFC 6066 names no address; Kong's OpenSSL would send it)
+    tls_sni: str | None = None
     custom_fields_by_lua: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not is_host(self.host):
             raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
-        if self.tls_sni is not None and not (is_host(self.tls_sni) and not _is_ip(self.tls_sni)):
-            raise ValueError(f"tls_sni: expected a host name, got {show(self.tls_sni)}")
-        if self.tls_sni is not None and not self.tls:
-            raise ValueError("tls_sni: only used with tls: true")
+        if self.tls_sni is not None and not is_host(self.tls_sni):
+            raise ValueError(f"tls_sni: expected a host name or an IP address, got {show(self.tls_sni)}")
         if self.custom_fields_by_lua:
             raise ValueError("custom_fields_by_lua: the gateway runs no Lua; remove it")
 

@@ -1,8 +1,8 @@
 """Kong's udp-log: every request's serialized entry, as JSON (no newline), in a datagram of its own to a collector,
-off the request path (the worker's queue for the collector sends them). As in Kong, nothing is sent again: a send
-the kernel refuses (the collector's port was closed, and said so with an ICMP port unreachable to an earlier
-datagram) is logged and the entry dropped, and so is an entry too large for a datagram (over 65,507 bytes). Sending
-it again would not help: a datagram to a closed port is lost without an error, which only the next send hears of."""
+off the request path (the worker's queue for the collector sends them). As in Kong, nothing is sent twice: a
+datagram to a closed port is lost (the kernel tells the next send, which the sender then makes once more, as Kong's
+fresh socket per entry never hears of it; gateway.telemetry.udp_sender), and an entry too large for a datagram
+(over 65,507 bytes) is dropped and logged."""
 
 from __future__ import annotations
 
