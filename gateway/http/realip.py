@@ -34,12 +34,15 @@ _HEX = {c: int(chr(c), 16) for c in b"0123456789abcdefABCDEF"}
 _PREFIXES = {4: frozenset(map(str, range(33))), 6: frozenset(map(str, range(129)))}
 
 
-def parse_network(text: str) -> Network:
+def parse_network(text: str, brackets: bool = False) -> Network:
     """An IP or CIDR as Kong's ip_or_cidr accepts it (kong/tools/ip.lua), for ip-restriction and trusted_ips alike: an
     address as inet_pton reads it (no IPv6 zone), a prefix length written "0".."32" ("0".."128" for IPv6), never a
     netmask or a zero-padded number; host bits may be set ("127.0.0.1/8" is 127.0.0.0/8, as lua-resty-ipmatcher and
-    nginx's set_real_ip_from take it). ValueError otherwise."""
+    nginx's set_real_ip_from take it). With `brackets`, an IPv6 address may be in brackets, as lua-resty-ipmatcher's
+    parse_ipv6 takes it (ip-restriction; nginx's set_real_ip_from does not). ValueError otherwise."""
     address, slash, prefix = text.partition("/")
+    if brackets and address[:1] == "[" and address[-1:] == "]" and ":" in address:
+        address = address[1:-1]
     if "%" in address:
         raise ValueError(f"{text!r}: an IPv6 zone is not part of an address")
     addr = ipaddress.ip_address(address)

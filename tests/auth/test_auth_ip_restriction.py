@@ -94,6 +94,8 @@ async def call6(port: int, target: str = "/", headers: list[tuple[str, str]] | N
     ({"allow": ["127.0.0.1"]}, 403),
     ({"deny": ["::1"]}, 403),
     ({"deny": ["2001:db8::/32"]}, 200),
+    ({"deny": ["[::1]"]}, 403),  # lua-resty-ipmatcher's parse_ipv6 takes an address in brackets
+    ({"allow": ["[::1]/128"]}, 200),
 ])
 async def test_allow_and_deny_over_ipv6(nursery, config, status):
     backend = EchoBackend()
@@ -179,7 +181,7 @@ def _allow(entry: str) -> list[str]:
 
 @pytest.mark.parametrize("entry", ["10.0.0.0/255.0.0.0", "10.0.0.0/0.0.0.255", "10.0.0.0/08", "10.0.0.0/+8",
                                    "10.0.0.0/ 8", "::/0128", "fe80::1%eth0", "fe80::1%eth0/64", "10.0.0.0/8/8",
-                                   "it's"])
+                                   "it's", "[10.0.0.1]", "[::1"])
 def test_entries_kong_refuses_are_refused_with_its_message(entry):
     """Kong's typedefs.ip_or_cidr (kong/tools/ip.lua is_valid_ip_or_cidr): a prefix length is one of the strings
     "0".."32" ("0".."128" for IPv6), so never a netmask, a hostmask or a padded number, and the address is what
@@ -188,7 +190,7 @@ def test_entries_kong_refuses_are_refused_with_its_message(entry):
 
 
 @pytest.mark.parametrize("entry", ["10.0.0.1/8", "10.0.0.0/32", "0.0.0.0/0", "::/0", "::1/128", "2001:db8::1/32",
-                                   "::ffff:10.0.0.0/104", "fe80::1"])
+                                   "::ffff:10.0.0.0/104", "fe80::1", "[::1]", "[2001:db8::]/32"])
 def test_entries_kong_takes_load(entry):
     """What Kong takes still loads, host bits included (lua-resty-ipmatcher shifts them out: 10.0.0.1/8 is 10/8)."""
     assert _allow(entry) == []

@@ -110,6 +110,13 @@ def test_trusted_ips_refuse_what_kongs_conf_loader_refuses(entry):
                               f'got "{entry}"')
 
 
+def test_trusted_ips_refuse_an_address_in_brackets_as_nginx_does():
+    """ip-restriction takes [::1] (lua-resty-ipmatcher strips the brackets); nginx's set_real_ip_from, which Kong
+    writes trusted_ips into, does not: Kong would not start."""
+    assert parse_network("[::1]", brackets=True) == ipaddress.ip_network("::1/128")
+    assert errors("gateway: {trusted_ips: ['[::1]']}")
+
+
 def test_a_network_with_host_bits_is_its_network():
     """nginx's set_real_ip_from and lua-resty-ipmatcher take 10.0.0.1/8 as 10.0.0.0/8 (host bits dropped)."""
     assert parse_network("10.0.0.1/8") == ipaddress.ip_network("10.0.0.0/8")

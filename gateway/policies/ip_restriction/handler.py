@@ -15,8 +15,8 @@ class IpRestriction:
     __slots__ = ("deny", "allow", "status", "message")
 
     def __init__(self, config: IpRestrictionConfig) -> None:
-        self.deny = AddressSet(parse_network(e) for e in config.deny) if config.deny else None
-        self.allow = AddressSet(parse_network(e) for e in config.allow) if config.allow else None
+        self.deny = AddressSet(parse_network(e, brackets=True) for e in config.deny) if config.deny else None
+        self.allow = AddressSet(parse_network(e, brackets=True) for e in config.allow) if config.allow else None
         self.status = config.status or 403
         self.message = config.message
 

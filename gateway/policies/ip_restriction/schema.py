@@ -20,6 +20,6 @@ class IpRestrictionConfig(msgspec.Struct, forbid_unknown_fields=True):
         for field in ("allow", "deny"):
             for i, entry in enumerate(getattr(self, field) or ()):
                 try:
-                    parse_network(entry)
+                    parse_network(entry, brackets=True)
                 except ValueError:
                     raise ValueError(f"{field}[{i}]: invalid ip or cidr range: '{inline(entry)}'") from None
