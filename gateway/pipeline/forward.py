@@ -63,7 +63,7 @@ class Attempt:
     started, when its response head came (0.0: none), when it ended and how (`code`, as `_finished` says)."""
 
     __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started", "head_at", "ended", "code",
-                 "uri")
+                 "uri", "last")
 
     def __init__(self, group: UpstreamGroup, index: int, uri: bytes = b"") -> None:
         self.group = group
@@ -77,6 +77,7 @@ class Attempt:
         self.ended = 0.0
         self.code = 0
         self.uri = uri  # the request target sent upstream
+        self.last = False  # no try follows this one if it fails
 
 
 class Forwarder:
@@ -198,6 +199,7 @@ class Forwarder:
                 if mcp is not None and mcp.rewrite_origin:
                     headers.append((b"origin", b"http://" + target.host_header))
                 attempt = Attempt(group, index, target_path)
+                attempt.last = not tries
                 if ex.tries is None:
                     ex.tries = [attempt]
                 else:
@@ -346,6 +348,7 @@ class Forwarder:
             if isinstance(e, UpstreamClosed):
                 self._finished(attempt, False, 0)
                 raise
+            attempt.last |= not replayable  # (sent: not tried again)
             if isinstance(e, BrokenPipeError):
                 self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
                 raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
@@ -489,7 +492,8 @@ class Forwarder:
                     return
             ok = True
         finally:
-            self._finished(attempt, ok and response.status < 500, response.status if ok else _blame(uc, failed))
+            self._finished(attempt, ok and response.status < 500, response.status if ok else _blame(uc, failed),
+                           response.status)
             if ok and codec.keep_alive and not unread:
                 self.pool.put(uc, attempt.ended)
             else:
@@ -519,11 +523,14 @@ class Forwarder:
         log.warning("circuit open for %s: closed its %d connection(s) (sweep_force_shutdown)", group.keys[index],
                     closed)
 
-    def _finished(self, attempt: Attempt, ok: bool, code: int) -> None:
+    def _finished(self, attempt: Attempt, ok: bool, code: int, status: int = 0) -> None:
         """A request to a target ended: tell the balancer, the breaker and passive health checks that cover it.
 
         `code` is the HTTP status, TCP_FAILURE or TIMEOUT, or 0 when the request ended for another reason
-        (the client went away) and says nothing about the target."""
+        (the client went away) and says nothing about the target; `status`, that of a response head that came.
+        Passive checks hear a TCP failure as Kong reports it: a try that is retried as one (Kong.balancer's
+        report_tcp_failure), the request's last try by its $upstream_status in the log phase (the head's status,
+        else nginx's 502: an HTTP status, counted only if listed in http_statuses)."""
         now = attempt.ended = self.clock()
         attempt.code = code
         active = self.active
@@ -541,7 +548,8 @@ class Forwarder:
             if group.breakers:
                 shared.outcome(attempt.key, ok, attempt.probe)
             if group.passive:
-                shared.passive(attempt.key, code)
+                shared.passive(attempt.key, (status or 502) if code == TCP_FAILURE and (attempt.last or status) else
+                               code)
         elif attempt.probe:
             shared.probe_given_up(attempt.key)  # type: ignore[union-attr]  # (a probe implies shared state)
 

@@ -1,0 +1,39 @@
+"""Passive health checks hear a failed try as Kong reports it: a try that is retried as a TCP failure
+(kong/init.lua Kong.balancer: get_last_failure, report_tcp_failure), the request's last try in the log phase by its
+$upstream_status (kong/runloop/handler.lua: report_http_status, report_timeout for 504): a refused connect there is
+nginx's 502, an HTTP status counted only when listed in passive.unhealthy.http_statuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from backends import free_port
+from e2e_helpers import GatewayNode, request, wait_for
+
+
+async def test_a_retried_try_is_a_tcp_failure_and_the_last_one_an_http_502(tmp_path: Path) -> None:
+    first, second, last = (f"127.0.0.1:{free_port()}" for _ in range(3))  # nothing listens: connects refused
+    retried = {"passive": {"unhealthy": {"tcp_failures": 1}}}  # (502 not among Kong's default http_statuses)
+    counted = {"passive": {"unhealthy": {"http_failures": 1, "http_statuses": [502]}}}
+    gw = GatewayNode(tmp_path / "gw", {
+        "upstreams": [{"name": "two", "healthchecks": retried, "targets": [{"target": first}, {"target": second}]},
+                      {"name": "one", "healthchecks": counted, "targets": [{"target": last}]}],
+        "services": [{"name": "s2", "url": "http://two", "retries": 1, "routes": [{"paths": ["/two"]}]},
+                     {"name": "s1", "url": "http://one", "retries": 0, "routes": [{"paths": ["/one"]}]}]})
+    try:
+        with trio.fail_after(30):
+            await gw.start(workers=1)
+            assert (await request(gw.port, "GET", "/two")).status == 502  # both tried, both refused
+            assert (await request(gw.port, "GET", "/one")).status == 502
+
+            async def one_down() -> bool:
+                return not (await gw.targets())[f"one|{last}"]["healthy"]
+            await wait_for(one_down, 5, interval=0.1, what="the last try's 502 counted as an HTTP failure")
+            states = await gw.targets()
+            # the retried try's target is out (tcp_failures 1); the last try's 502 is not listed: still in
+            assert sorted(states[f"two|{t}"]["healthy"] for t in (first, second)) == [False, True]
+            answer = await request(gw.port, "GET", "/one")
+            assert (answer.status, answer.json()["message"]) == (503, "failure to get a peer from the ring-balancer")
+    finally:
+        gw.cleanup()
