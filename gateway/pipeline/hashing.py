@@ -19,6 +19,9 @@ from gateway.runtime import UpstreamGroup
 
 _HASHING = frozenset({"consistent-hashing", "ip-hash"})
 MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: the query arguments looked at
+# The $http_ variables nginx defines itself (ngx_http_variables.c): they read the headers_in list that only a field
+# spelled with dashes joins (ngx_http_headers_in), so an X_Forwarded_For field is not $http_x_forwarded_for.
+_NGINX_OWN = frozenset({b"host", b"user-agent", b"referer", b"via", b"x-forwarded-for", b"cookie"})
 
 
 def balancer_key(group: UpstreamGroup, ex: Exchange, match: Match) -> bytes | None:
@@ -61,12 +64,16 @@ def _key(spec: tuple[str, bytes], group: UpstreamGroup, ex: Exchange, match: Mat
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """nginx's $http_<name> (1.23 and later, so Kong 3.x): every field of that name, joined with ", " ("; " for
-    Cookie)."""
+    """nginx's $http_<name> (Kong reads var["http_" .. replace_dashes_lower(name)]; nginx 1.23 and later, so Kong
+    3.x): every field of that name, joined with ", " ("; " for Cookie). A name is compared ignoring case and with "-"
+    and "_" the same (ngx_http_variable_unknown_header; Kong has underscores_in_headers on), except for the headers
+    nginx has its own variable for, whose fields only their dashed spelling reaches."""
+    wanted = name.replace(b"_", b"-")  # the same object when the name has no "_": no copy
+    loose = wanted not in _NGINX_OWN
     found: bytes | None = None
     for hname, value in headers:
-        if hname == name:
-            found = value if found is None else found + (b"; " if name == b"cookie" else b", ") + value
+        if hname == wanted or (loose and b"_" in hname and hname.replace(b"_", b"-") == wanted):
+            found = value if found is None else found + (b"; " if wanted == b"cookie" else b", ") + value
     return found
 
 
@@ -93,9 +100,16 @@ def _new_cookie(group: UpstreamGroup, ex: Exchange, name: bytes) -> bytes:
 
 def drop_new_cookie(group: UpstreamGroup, ex: Exchange) -> None:
     """No target could be picked: the 503 goes without the cookie _new_cookie set (in Kong the balancer fails before
-    the request counts as proxied, and only a proxied request's response gets it)."""
-    if "cookie" in (group.hash_on[0], group.hash_fallback[0]) and ex.response_lines:
-        start = b"Set-Cookie: %s=" % _safe(group.hash_on[1])
+    the request counts as proxied, and only a proxied request's response gets it), be it hash_on's or
+    hash_fallback's."""
+    if group.hash_on[0] == "cookie":
+        name = group.hash_on[1]
+    elif group.hash_fallback[0] == "cookie":
+        name = group.hash_fallback[1]
+    else:
+        return
+    if ex.response_lines:
+        start = b"Set-Cookie: %s=" % _safe(name)
         ex.response_lines = b"".join(line for line in ex.response_lines.splitlines(keepends=True)
                                      if not line.startswith(start))
 

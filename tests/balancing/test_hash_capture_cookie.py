@@ -169,6 +169,20 @@ async def test_no_cookie_when_no_target_can_be_picked(nursery, gateway):
     assert set_cookies(reply) == []  # Kong's balancer fails before the request counts as proxied
 
 
+async def test_no_fallback_cookie_when_no_target_can_be_picked(nursery, gateway):
+    """hash_fallback: cookie makes a new cookie too, and Kong's 503 from the access phase (handler.lua 1451-1453,
+    before KONG_PROXIED) sets neither it nor hash_on's."""
+    port = await gateway({"services": [service("svc", "http://idle")],
+                          "upstreams": [upstream("idle", [1, 2], [0, 0], algorithm="consistent-hashing",
+                                                 hash_on="header", hash_on_header="x-key", hash_fallback="cookie",
+                                                 hash_on_cookie="sticky")]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/")  # no x-key, no sticky cookie: the fallback makes one
+    assert reply.status == 503
+    assert reply.json()["message"] == "failure to get a peer from the ring-balancer"
+    assert set_cookies(reply) == []
+
+
 # --- header -------------------------------------------------------------------------------------------------------
 
 async def test_repeated_header_is_hashed_joined(nursery, gateway):
@@ -179,6 +193,19 @@ async def test_repeated_header_is_hashed_joined(nursery, gateway):
         plan += [(f"k{n}", "/", [("x-key", f"a{n}"), ("x-key", f"b{n}")]), (f"k{n}", "/", [("x-key", f"a{n}, b{n}")])]
     seen = await names_by_key(port, plan)
     assert all(len(names) == 1 for names in seen.values()), seen
+
+
+async def test_header_names_match_with_dashes_and_underscores_the_same(nursery, gateway):
+    """Kong hashes on var["http_x_key"] for hash_on_header X_Key, and nginx (underscores_in_headers on) reads both an
+    X-Key and an x_key field as it: the same key goes to the same target whichever spelling carries it."""
+    _, port = await cluster(nursery, gateway, 4, algorithm="consistent-hashing", hash_on="header",
+                            hash_on_header="X_Key")
+    plan = []
+    for n in range(12):
+        plan += [(f"k{n}", "/", [("X-Key", f"k{n}")]), (f"k{n}", "/", [("x_key", f"k{n}")])]
+    seen = await names_by_key(port, plan)
+    assert all(len(names) == 1 for names in seen.values()), seen
+    assert len(set().union(*seen.values())) >= 2  # the keys spread: not all hashed as ""
 
 
 # --- the keys, directly --------------------------------------------------------------------------------------------
@@ -224,6 +251,28 @@ def test_header_key_joins_repeats_and_keeps_empty_values():
     assert balancer_key(group(("header", b"x-k"), ("ip", b"")), FakeExchange(), m) == b"10.0.0.1"
 
 
+def test_header_key_reads_dashes_and_underscores_as_one_name():
+    """nginx's $http_<name> (ngx_http_variable_unknown_header) lower-cases a field's name and reads "-" as "_", and
+    Kong asks for http_ .. replace_dashes_lower(hash_on_header): every field so named counts, in request order."""
+    m = match_for(b"/", "/")
+    ex = FakeExchange([(b"x_k", b"a"), (b"other", b"z"), (b"x-k", b"b")])  # the codec lower-cases names
+    assert balancer_key(group(("header", b"x-k")), ex, m) == b"a, b"
+    assert balancer_key(group(("header", b"x_k")), ex, m) == b"a, b"
+    assert balancer_key(group(("header", b"x-k-y")), FakeExchange([(b"x_k-y", b"v")]), m) == b"v"
+    assert balancer_key(group(("header", b"x_k"), ("ip", b"")), FakeExchange([(b"xk", b"v")]), m) == b"10.0.0.1"
+
+
+def test_header_key_of_a_name_nginx_defines_reads_only_the_dashed_field():
+    """$http_user_agent, $http_x_forwarded_for, $http_cookie, ... are nginx's own variables over headers_in, which a
+    field spelled with "_" never joins: hash_on_header user_agent reads User-Agent, not User_Agent."""
+    m = match_for(b"/", "/")
+    ex = FakeExchange([(b"user_agent", b"u1"), (b"user-agent", b"u2"), (b"x_forwarded_for", b"f1"),
+                       (b"cookie", b"a=1"), (b"cookie", b"b=2")])
+    assert balancer_key(group(("header", b"user_agent")), ex, m) == b"u2"
+    assert balancer_key(group(("header", b"x-forwarded-for"), ("ip", b"")), ex, m) == b"10.0.0.1"
+    assert balancer_key(group(("header", b"cookie")), ex, m) == b"a=1; b=2"
+
+
 def test_query_arg_key_as_openresty_reads_it():
     g = group(("query_arg", b"k"), ("ip", b""))
     ex = FakeExchange()
@@ -260,6 +309,20 @@ def test_cookie_key_reads_the_cookie_or_makes_one():
     value = balancer_key(g, ex, m)
     assert value is not None and re.fullmatch(UUID.encode(), value)
     assert ex.response_lines == b"Set-Cookie: sticky=%s; Path=/app; Same-Site=Lax; HttpOnly\r\n" % value
+    ex.response_lines = b"X-Other: 1\r\n" + ex.response_lines
+    drop_new_cookie(g, ex)
+    assert ex.response_lines == b"X-Other: 1\r\n"
+
+
+def test_drop_new_cookie_drops_the_fallback_cookie():
+    """With hash_fallback: cookie the new cookie is named by hash_on_cookie, not by hash_on's header: a 503 with no
+    target drops that line and keeps the others."""
+    m = match_for(b"/", "/")
+    g = group(("header", b"x-key"), ("cookie", b"sess"))
+    ex = FakeExchange()
+    value = balancer_key(g, ex, m)
+    assert value is not None and re.fullmatch(UUID.encode(), value)
+    assert ex.response_lines.startswith(b"Set-Cookie: sess=%s;" % value)
     ex.response_lines = b"X-Other: 1\r\n" + ex.response_lines
     drop_new_cookie(g, ex)
     assert ex.response_lines == b"X-Other: 1\r\n"
