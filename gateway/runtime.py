@@ -381,8 +381,10 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
                              addresses=balancer_addresses(targets))
     group = UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),
                           _hash_key(up.hash_fallback, up, "fallback"))
-    passive = up.healthchecks.passive.unhealthy
-    group.passive = bool(passive.http_failures or passive.tcp_failures or passive.timeouts)
+    passive = up.healthchecks.passive
+    unhealthy = passive.unhealthy  # (a passive success alone counts too: it clears the probes' failures, as in Kong)
+    group.passive = bool(unhealthy.http_failures or unhealthy.tcp_failures or unhealthy.timeouts
+                         or passive.healthy.successes)
     group.panic = up.panic_mode
     group.slots = up.slots
     group.host_header = up.host_header

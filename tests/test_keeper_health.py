@@ -1,8 +1,11 @@
-"""What a new state keeper publishes about target health before and after the health checker's first report.
+"""Target health in the state keeper: one state machine per target for both checks, and what a new keeper
+publishes before and after the health checker's first report.
 
-A keeper that has just (re)started knows no verdicts. Publishing every target as healthy would send traffic to a
-target the workers know is down until the checker's re-sent view arrives; so until then it publishes no verdict
-(healthy=None) and workers keep theirs.
+The keeper counts the probes the checker reports (ProbeOutcomes) and the workers' proxied outcomes
+(PassiveOutcomes) on one machine per target, as Kong's one checker per upstream. A keeper that has just
+(re)started knows no verdicts. Publishing every target as healthy would send traffic to a target the workers know
+is down until the checker's re-sent view arrives; so until then it publishes no verdict (healthy=None) and workers
+keep theirs.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def test_an_empty_first_report_means_every_target_is_healthy():
 def test_after_the_first_report_only_flips_are_published():
     k = keeper()
     k.handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
-    _, broadcasts = k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9001", False)]), 0.0, 0.0)
+    _, broadcasts = k.handle(b"health", p.ProbeOutcomes(items=[("up", "127.0.0.1:9001", "http_failure")]), 0.0, 0.0)
     assert published(broadcasts) == {A: False}
 
 
@@ -160,3 +163,96 @@ def test_a_discovered_name_reaches_the_log_on_one_line(caplog: pytest.LogCapture
     assert lines[0].startswith("discovery: upstream up now has 1 target(s) (added 1: a\\nbxxx")
     assert lines[0].endswith("x...)") and "\n" not in lines[0]
     assert lines[1].startswith("discovery: upstream up now has 1 target(s) (changed 1: a\\nbxxx")
+
+
+# ---- both checks on one machine per target -------------------------------------------------------------------------
+
+BOTH = """
+    healthchecks:
+      active:
+        http_path: /health
+        healthy: {interval: 1, successes: 1}
+        unhealthy: {interval: 60, http_failures: 1}
+      passive:
+        healthy: {successes: 2}
+        unhealthy: {http_failures: 2, tcp_failures: 2}
+"""
+
+
+def checked_keeper(checks: str = BOTH) -> Keeper:
+    """A keeper with both checks on `up`, past the checker's first report."""
+    k = Keeper(parse_config("upstreams:\n  - name: up\n    targets: [{target: '127.0.0.1:9001'}, "
+                            "{target: '127.0.0.1:9002'}]\n" + checks), workers=1)
+    k.handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
+    return k
+
+
+def traffic(k: Keeper, code: int, target: str = "127.0.0.1:9001") -> dict[str, bool | None]:
+    return published(k.handle(b"w1", p.PassiveOutcomes(items=[("up", target, code)]), 0.0, 0.0)[1])
+
+
+def probe(k: Keeper, event: p.ProbeEvent, target: str = "127.0.0.1:9001") -> dict[str, bool | None]:
+    return published(k.handle(b"health", p.ProbeOutcomes(items=[("up", target, event)]), 0.0, 0.0)[1])
+
+
+def test_a_passing_probe_clears_the_failures_real_traffic_counted():
+    """Kong: passive http_failures 2; failure, passing probe, failure leaves the target healthy."""
+    k = checked_keeper()
+    assert traffic(k, 500) == {} and probe(k, "success") == {} and traffic(k, 500) == {}
+    assert k.targets[A].healthy is True
+    assert traffic(k, 500) == {A: False}, "two in a row take it out"
+
+
+def test_a_passive_success_clears_the_failures_probes_counted():
+    """Active tcp_failures 2: a failed probe, a good proxied answer (1 of passive's 2 successes), a failed probe."""
+    k = checked_keeper(BOTH.replace("http_failures: 1}", "http_failures: 1, tcp_failures: 2}"))
+    assert probe(k, "tcp_failure") == {} and traffic(k, 200) == {} and probe(k, "tcp_failure") == {}
+    assert k.targets[A].healthy is True
+    assert probe(k, "tcp_failure") == {A: False}
+
+
+def test_each_outcome_is_judged_by_its_own_checks_threshold():
+    k = checked_keeper()
+    assert probe(k, "http_failure") == {A: False}, "active http_failures 1"
+    assert traffic(k, 200) == {} and traffic(k, 200) == {A: True}, "passive successes 2 (a target in panic mode)"
+    assert traffic(k, 500) == {}, "passive http_failures 2"
+    assert probe(k, "success") == {} and traffic(k, -1) == {} and traffic(k, -1) == {A: False}, "tcp_failures 2"
+    assert probe(k, "success") == {A: True}, "active successes 1 bring back what passive took out"
+
+
+def test_outcomes_of_targets_the_keeper_does_not_know_are_not_counted():
+    """As lua-resty-healthcheck's incr_counter ("trying to increment a target that is not in the list")."""
+    k = checked_keeper()
+    assert probe(k, "http_failure", "127.0.0.1:1") == {} and traffic(k, 500, "127.0.0.1:1") == {}
+    assert k.health.targets == {}
+
+
+def test_a_running_keeper_answers_the_checkers_view_with_the_verdicts_it_has_wrong():
+    """The keeper owns the verdicts: a stale or empty view (the checker missed a publication, or restarted) is not
+    applied; the keeper tells the checker, directly, what it has wrong, so it probes at the right interval."""
+    k = checked_keeper()
+    probe(k, "http_failure")
+    replies, broadcasts = k.handle(b"health", p.HealthReport(items=[]), 0.0, 0.0)
+    assert broadcasts == [] and published(replies) == {A: False}
+    replies, broadcasts = k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9002", False),
+                                                                    ("up", "127.0.0.1:9001", False)]), 0.0, 0.0)
+    assert broadcasts == [] and published(replies) == {B: True}
+    assert k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9001", False)]), 0.0, 0.0) == ([], [])
+    assert k.targets[B].healthy is True and k.health.healthy("up", "127.0.0.1:9002")
+
+
+def test_a_new_keeper_starts_each_machine_from_the_checkers_view():
+    """After a keeper restart the view the checker re-sends sets both the verdicts and the machines: a target it held
+    unhealthy is UNHEALTHY, so a passing probe (successes 1) brings it back and a failed one is not counted."""
+    k = Keeper(parse_config("upstreams:\n  - name: up\n    targets: [{target: '127.0.0.1:9001'}, "
+                            "{target: '127.0.0.1:9002'}]\n" + BOTH), workers=1)
+    _, broadcasts = k.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9001", False)]), 0.0, 0.0)
+    assert published(broadcasts) == {A: False, B: True}
+    assert probe(k, "success") == {A: True}
+
+
+def test_a_reload_keeps_the_counts_of_the_targets_that_stay():
+    k = checked_keeper()
+    traffic(k, 500)
+    k.configure(parse_config("upstreams:\n  - name: up\n    targets: [{target: '127.0.0.1:9001'}]\n" + BOTH))
+    assert traffic(k, 500) == {A: False}, "the first failure still counts after the reload"

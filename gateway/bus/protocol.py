@@ -9,7 +9,7 @@ another version is dropped with a log line, so a mixed-version restart cannot co
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -57,10 +57,21 @@ class PassiveOutcomes(Msg, tag="passive"):
 
 
 class HealthReport(Msg, tag="health"):
-    """From the active health checker: targets that became healthy or unhealthy; to a new keeper, every target it
-    holds unhealthy (possibly none: a new keeper publishes no health verdicts until this first report)."""
+    """From the health checker, at start, to each new keeper and every second: the verdicts it last heard the keeper
+    publish, as the targets held unhealthy (possibly none). A new keeper starts from it (it publishes no verdicts
+    until this first report); a running one answers the checker, directly, with the verdicts it has wrong."""
 
     items: list[tuple[str, str, bool]] = []
+
+
+ProbeEvent = Literal["success", "http_failure", "tcp_failure", "timeout"]  # gateway.health.machine.Event's values
+
+
+class ProbeOutcomes(Msg, tag="probes"):
+    """From the health checker: what each probe found (upstream, host:port, event). The keeper counts them on the
+    target's one state machine with the active thresholds, as passive outcomes with the passive ones (Kong's)."""
+
+    items: list[tuple[str, str, ProbeEvent]] = []
 
 
 class Discovered(Msg, tag="discovered"):
@@ -193,9 +204,10 @@ class UpstreamTargets(Msg, tag="upstream_targets"):
     targets: list[TargetInfo] = []
 
 
-AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | Discovered | AdminOp | CacheFetch |
-          CacheStore | CachePurge | CountersGet | CountersAdd | Grants | ProbePermit | CacheEntry | CounterValues |
-          StoreBatch | AdminResult | Heartbeat | Snapshot | BreakersChanged | TargetsChanged | UpstreamTargets)
+AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | ProbeOutcomes | Discovered |
+          AdminOp | CacheFetch | CacheStore | CachePurge | CountersGet | CountersAdd | Grants | ProbePermit |
+          CacheEntry | CounterValues | StoreBatch | AdminResult | Heartbeat | Snapshot | BreakersChanged |
+          TargetsChanged | UpstreamTargets)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyMsg)

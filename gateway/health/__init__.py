@@ -1,10 +1,12 @@
 """Target health: Kong's active and passive checks on one sans-I/O state machine per target.
 
 `machine` is the state machine (states, events, counters, the explicit transition table), `policy` reads Kong's
-`healthchecks` block (and the nginx/HAProxy `check:` aliases) into what a result means, `passive` feeds it with
-proxied outcomes, `probe` does one TCP or HTTP(S) probe, `checker` runs the probes as a Trio service.
+`healthchecks` block (and the nginx/HAProxy `check:` aliases) into what a result means, `board` holds every
+target's machine and feeds it both checks' outcomes (the state keeper's), `probe` does one TCP or HTTP(S) probe,
+`checker` runs the probes as a Trio service, `process` is the health checker process reporting them to the keeper.
 """
 
+from gateway.health.board import HealthBoard as HealthBoard
 from gateway.health.checker import HealthChecker as HealthChecker
 from gateway.health.checker import UpstreamChecks as UpstreamChecks
 from gateway.health.checker import run_checks as run_checks
@@ -15,7 +17,6 @@ from gateway.health.machine import State as State
 from gateway.health.machine import TargetHealth as TargetHealth
 from gateway.health.machine import Thresholds as Thresholds
 from gateway.health.machine import Transition as Transition
-from gateway.health.passive import PassiveChecker as PassiveChecker
 from gateway.health.policy import TCP_FAILURE as TCP_FAILURE
 from gateway.health.policy import TIMEOUT as TIMEOUT
 from gateway.health.policy import ActivePolicy as ActivePolicy

@@ -1,19 +1,22 @@
 """The active health checker: one Trio task per target, probing at the interval its current state asks for.
 
-    checker = await nursery.start(run_checks, upstreams_from_config(config), on_change)
+    checker = await nursery.start(run_checks, upstreams_from_config(config), on_probe)
     checker.update_targets("erlmcp-cluster", targets)   # from discovery's on_change
-    checker.set_health("erlmcp-cluster", "10.0.1.10:8080", False)   # from passive checks / an operator
+    checker.set_health("erlmcp-cluster", "10.0.1.10:8080", False)   # the verdict the keeper published
 
-`on_change(upstream, "host:port", healthy)` is called when a target starts or stops getting traffic (its
-state machine crosses between healthy/mostly_healthy and unhealthy/mostly_unhealthy). As in Kong, a target is
-healthy until probes say otherwise; a target with weight 0 gets no traffic and is not probed. At most
-`concurrency` probes per upstream run at once; each is bounded by `timeout`.
+It judges nothing itself: `on_probe(upstream, "host:port", event)` gets each probe's event, which the keeper counts
+on the target's one state machine, with the passive outcomes (gateway.health.board, as Kong's one checker per
+upstream). The keeper's verdict picks the interval, as Kong's checker_callback: healthy.interval while the target
+gets traffic (healthy or mostly healthy), unhealthy.interval while it does not. As in Kong, a target is healthy
+until told otherwise; a target with weight 0 gets no traffic and is not probed. At most `concurrency` probes per
+upstream run at once; each is bounded by `timeout`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -23,13 +26,14 @@ from gateway.config.schema import Config
 from gateway.config.tls import ref_id
 from gateway.discovery.service import config_targets
 from gateway.discovery.types import TargetInfo
-from gateway.health.machine import Event, State, TargetHealth
-from gateway.health.passive import HealthCallback
+from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
 from gateway.health.probe import probe
 from gateway.tls_runtime import compile_client_ssl
 
 log = logging.getLogger("gateway.health")
+
+ProbeCallback = Callable[[str, str, Event], None]  # (upstream, "host:port", what the probe found)
 
 
 @dataclass
@@ -71,11 +75,11 @@ def _upstream_certificate(config: Config, ref: object) -> tuple[str, str] | None
 
 
 class _Target:
-    __slots__ = ("info", "health", "scope", "wake", "last_event", "last_probe")
+    __slots__ = ("info", "healthy", "scope", "wake", "last_event", "last_probe")
 
     def __init__(self, info: TargetInfo) -> None:
         self.info = info
-        self.health = TargetHealth()
+        self.healthy = True  # the keeper's verdict: it picks the interval
         self.scope = trio.CancelScope()
         self.wake = trio.Event()
         self.last_event: Event | None = None
@@ -94,9 +98,9 @@ class _Upstream:
 
 
 class HealthChecker:
-    def __init__(self, upstreams: list[UpstreamChecks], on_change: HealthCallback) -> None:
+    def __init__(self, upstreams: list[UpstreamChecks], on_probe: ProbeCallback) -> None:
         self.upstreams = {u.name: _Upstream(u) for u in upstreams}
-        self.on_change = on_change
+        self.on_probe = on_probe
         self._nursery: trio.Nursery | None = None
 
     # ---- the service --------------------------------------------------------------------------------------------
@@ -119,21 +123,22 @@ class HealthChecker:
             self._apply_targets(upstream, targets)
 
     def set_health(self, upstream: str, target: str, healthy: bool) -> None:
-        """Another source decided (passive checks, an operator): probing continues from that state."""
+        """The target's verdict (the keeper's, from both checks): probing goes on at that state's interval."""
         up = self.upstreams.get(upstream)
         t = up.targets.get(target) if up else None
-        if t is None:
+        if t is None or t.healthy == healthy:
             return
-        if t.health.force(healthy) is not None:
-            t.poke()  # its interval may have changed (healthy.interval vs unhealthy.interval)
+        t.healthy = healthy
+        t.poke()  # its interval may have changed (healthy.interval vs unhealthy.interval)
 
     def snapshot(self) -> dict[str, dict[str, bool]]:
-        return {name: {key: t.health.healthy for key, t in up.targets.items()} for name, up in self.upstreams.items()}
+        return {name: {key: t.healthy for key, t in up.targets.items()} for name, up in self.upstreams.items()}
 
-    def state(self, upstream: str, target: str) -> State | None:
+    def healthy(self, upstream: str, target: str) -> bool | None:
+        """The verdict the target is probed by; None for a target not probed."""
         up = self.upstreams.get(upstream)
         t = up.targets.get(target) if up else None
-        return t.health.state if t else None
+        return t.healthy if t else None
 
     def check(self) -> tuple[str, dict[str, Any]]:
         """For the status server: unhealthy when an upstream with targets has none healthy, degraded when some
@@ -141,8 +146,8 @@ class HealthChecker:
         status = "healthy"
         details: dict[str, Any] = {}
         for name, up in self.upstreams.items():
-            healthy = [k for k, t in up.targets.items() if t.health.healthy]
-            down = [k for k, t in up.targets.items() if not t.health.healthy]
+            healthy = [k for k, t in up.targets.items() if t.healthy]
+            down = [k for k, t in up.targets.items() if not t.healthy]
             details[name] = {"healthy": len(healthy), "unhealthy": len(down), "down": sorted(down)}
             if down:
                 status = "unhealthy" if not healthy else ("degraded" if status == "healthy" else status)
@@ -172,7 +177,7 @@ class HealthChecker:
             await trio.sleep(random.random() * min(0.05, policy.interval_for(True) or 0.05))
             next_at = trio.current_time()
             while True:
-                interval = policy.interval_for(t.health.healthy)
+                interval = policy.interval_for(t.healthy)
                 if interval <= 0:
                     await t.wake.wait()  # nothing to do in this state until someone else changes it
                     next_at = trio.current_time()
@@ -182,7 +187,7 @@ class HealthChecker:
                     await wake.wait()
                     # state changed from outside: re-plan with the interval of the new state
                     base = t.last_probe if t.last_probe is not None else trio.current_time()
-                    next_at = base + policy.interval_for(t.health.healthy)
+                    next_at = base + policy.interval_for(t.healthy)
                     continue
                 started = trio.current_time()
                 async with up.limiter:
@@ -190,16 +195,12 @@ class HealthChecker:
                                         up.spec.host_header or t.info.hostname or None)  # (a name's address: its name)
                 t.last_probe = started
                 t.last_event = event
-                if event is not None:
-                    transition = t.health.record(event, policy.thresholds)
-                    if transition is not None and transition.changed:
-                        log.warning("upstream %s: target %s is now %s (active check: %s)", up.spec.name, key,
-                                    "healthy" if transition.new.healthy else "unhealthy", event.value)
-                        self.on_change(up.spec.name, key, transition.new.healthy)
-                next_at = started + policy.interval_for(t.health.healthy)
+                if event is not None:  # (None: a status in neither list, which Kong does not count)
+                    self.on_probe(up.spec.name, key, event)
+                next_at = started + policy.interval_for(t.healthy)
 
 
-async def run_checks(upstreams: list[UpstreamChecks], on_change: HealthCallback, *,
+async def run_checks(upstreams: list[UpstreamChecks], on_probe: ProbeCallback, *,
                      task_status: trio.TaskStatus[HealthChecker] = trio.TASK_STATUS_IGNORED) -> None:
     """Run active checks until cancelled; task_status.started(checker) once every target's task is scheduled."""
-    await HealthChecker(upstreams, on_change).run(task_status=task_status)
+    await HealthChecker(upstreams, on_probe).run(task_status=task_status)

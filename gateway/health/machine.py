@@ -5,8 +5,11 @@ were seen, not enough to trip) and MOSTLY_UNHEALTHY (still gets none: some succe
 
 Events: SUCCESS, HTTP_FAILURE, TCP_FAILURE, TIMEOUT. Each has a counter and a threshold from the config
 (healthy.successes, unhealthy.http_failures / tcp_failures / timeouts); a threshold of 0 disables that counter,
-so the event is ignored. Optionally FAILURES, a threshold on all failure kinds counted together (nginx's and
-HAProxy's `fall`): a failure event then counts towards its own counter and towards that one.
+so the event is ignored. The thresholds come with each event: those of the check that saw it (active for a probe,
+passive for proxied traffic), while the counters and the state are the target's, shared by both checks, as in
+lua-resty-healthcheck's incr_counter (its `check` argument only picks `self.checks[check]`'s limit).
+Optionally FAILURES, a threshold on all failure kinds counted together (nginx's and HAProxy's `fall`): a failure
+event then counts towards its own counter and towards that one.
 
 Rules (Kong's):
 - A success on a HEALTHY target, or a failure on an UNHEALTHY one, changes nothing and is not counted.

@@ -1,6 +1,8 @@
 """The health checker process (`gateway health`): one copy for the whole gateway, supervised by the root (its shell:
-gateway.node.satellites), probing every target with active checks and reporting verdicts to the state keeper, which
-publishes them to every worker. Passive verdicts the keeper publishes are taken in, so probing goes on from them."""
+gateway.node.satellites), probing every target with active checks and reporting what each probe found to the state
+keeper. The keeper counts those with the passive outcomes on each target's one state machine (Kong's) and publishes
+the verdicts; the ones taken in here pick each target's probe interval, and are what this process re-sends to a new
+keeper (gateway.bus.protocol.HealthReport)."""
 
 from __future__ import annotations
 
@@ -11,36 +13,61 @@ from gateway.bus import protocol as p
 from gateway.bus.reporter import Reporter
 from gateway.config import Config
 from gateway.health.checker import HealthChecker, run_checks, upstreams_from_config
+from gateway.health.machine import Event
 
 
 async def serve(config: Config, bus: str, ctx: zmq.Context, nursery: trio.Nursery) -> None:
     """Start the checks in `nursery`, reporting on `bus`."""
     checker: HealthChecker | None = None
-    unhealthy: set[tuple[str, str]] = set()
+    verdicts: dict[tuple[str, str], bool] = {}  # as the keeper last published them
+    found: list[tuple[str, str, p.ProbeEvent]] = []
+    have_found = trio.Event()
 
-    def on_change(upstream: str, target: str, healthy: bool) -> None:
-        (unhealthy.discard if healthy else unhealthy.add)((upstream, target))
-        reporter.send(p.HealthReport(items=[(upstream, target, healthy)]))
+    def on_probe(upstream: str, target: str, event: Event) -> None:
+        found.append((upstream, target, event.value))
+        have_found.set()
+
+    async def send_found() -> None:
+        """Probes that end together go in one message."""
+        nonlocal have_found
+        while True:
+            await have_found.wait()
+            have_found = trio.Event()
+            reporter.send(p.ProbeOutcomes(items=found[:]))
+            found.clear()
 
     def on_message(msg: p.Msg) -> None:
         if checker is None:
             return
         if isinstance(msg, p.UpstreamTargets):
-            checker.update_targets(msg.upstream, msg.targets)
+            _take_targets(checker, verdicts, msg)
         elif isinstance(msg, p.Snapshot):
             for up in msg.upstreams:
-                checker.update_targets(up.upstream, up.targets)
-        if isinstance(msg, (p.TargetsChanged, p.Snapshot)):  # passive verdicts: probing goes on from them
+                _take_targets(checker, verdicts, up)
+        if isinstance(msg, (p.TargetsChanged, p.Snapshot)):
             for state in msg.targets:
+                if state.healthy is None:  # a new keeper that has no verdicts yet: keep ours
+                    continue
                 upstream, _, target = state.key.partition("|")
-                ours = (upstream, target) not in unhealthy
-                if state.healthy is not None and checker.state(upstream, target) is not None and ours != state.healthy:
-                    (unhealthy.discard if state.healthy else unhealthy.add)((upstream, target))
-                    checker.set_health(upstream, target, state.healthy)
+                verdicts[(upstream, target)] = state.healthy
+                checker.set_health(upstream, target, state.healthy)
 
-    def resend() -> None:  # sent even when empty: the keeper waits for it before publishing verdicts
-        reporter.send(p.HealthReport(items=[(u, t, False) for u, t in sorted(unhealthy)]))
+    def resend() -> None:  # sent even when empty: a new keeper waits for it before publishing verdicts
+        reporter.send(p.HealthReport(items=[(u, t, False) for (u, t), healthy in sorted(verdicts.items())
+                                            if not healthy]))
 
     reporter = Reporter(ctx, bus, on_message, resend)
     nursery.start_soon(reporter.run)
-    checker = await nursery.start(run_checks, upstreams_from_config(config), on_change)
+    nursery.start_soon(send_found)
+    checker = await nursery.start(run_checks, upstreams_from_config(config), on_probe)
+
+
+def _take_targets(checker: HealthChecker, verdicts: dict[tuple[str, str], bool], msg: p.UpstreamTargets) -> None:
+    """Discovery's new list: probe it, with the verdicts known of the targets that stay."""
+    names = {t.name for t in msg.targets}
+    for key in [k for k in verdicts if k[0] == msg.upstream and k[1] not in names]:
+        del verdicts[key]
+    checker.update_targets(msg.upstream, msg.targets)
+    for (upstream, target), healthy in verdicts.items():
+        if upstream == msg.upstream:
+            checker.set_health(upstream, target, healthy)

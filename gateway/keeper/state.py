@@ -21,7 +21,8 @@ from gateway.config import Config, load_config
 from gateway.discovery.dns import target_names
 from gateway.discovery.http import excerpt
 from gateway.discovery.service import discovered_upstreams
-from gateway.health.passive import PassiveChecker
+from gateway.health.board import HealthBoard
+from gateway.health.machine import Event
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
@@ -56,6 +57,7 @@ class Keeper:
         self.redis_wake = trio.Event()  # a key's call is due: the Redis level runs it now, not at its next tick
         self.breakers = BreakerBoard({})
         self.targets: dict[str, p.TargetState] = {}
+        self.health = HealthBoard({}, {})  # every target's health state machine (configure builds it)
         self.seen_workers: set[bytes] = set()
         self.reporters: dict[str, dict[bytes, None]] = {}  # target -> workers that sent its outcomes, latest last
         self._turns: dict[str, int] = {}  # target -> the candidate its next half-open permit goes to
@@ -96,16 +98,15 @@ class Keeper:
                 self.targets.setdefault(key, p.TargetState(key))
             self.breakers.cover(upstream, [f"{upstream}|{info.name}" for info in infos])
         self.breakers.adopt(old)
-        self.passive = PassiveChecker.from_config(config, self._passive_flip)
+        # One state machine per target for both checks; a reload keeps those of the targets that stay.
+        old_health, self.health = self.health, HealthBoard.from_config(config)
+        self.health.adopt(old_health, {(u, t) for u, _, t in (key.partition("|") for key in self.targets)})
         self.health_metrics = TargetHealthMetrics(config)
 
     def sample_metrics(self) -> None:
         """At each metrics flush: breaker states and Kong's target health gauges."""
         self.breakers.sample_states()
         self.health_metrics.sample(self.targets, self.discovered)
-
-    def _passive_flip(self, upstream: str, target: str, healthy: bool) -> None:
-        self._set_health(f"{upstream}|{target}", healthy, "passive checks")
 
     def _set_health(self, key: str, healthy: bool, source: str) -> None:
         state = self.targets.get(key)
@@ -123,6 +124,14 @@ class Keeper:
     def _flushed_flips(self) -> list[p.Msg]:
         flips, self._flips = self._flips, []
         return [p.TargetsChanged(targets=flips)] if flips else []
+
+    def _corrections(self, report: p.HealthReport) -> list[p.Msg]:
+        """The verdicts the checker's view has wrong (it missed a publication, or restarted and knows none): it
+        picks each target's probe interval by them. The keeper owns the verdicts, so the view itself is not applied."""
+        held = {f"{upstream}|{target}" for upstream, target, healthy in report.items if not healthy}
+        wrong = [state for key, state in self.targets.items()
+                 if state.healthy is not None and state.healthy == (key in held)]
+        return [p.TargetsChanged(targets=wrong)] if wrong else []
 
     # Each handler returns (replies to the sender, broadcasts to all).
 
@@ -154,15 +163,25 @@ class Keeper:
             return [], []
         if isinstance(msg, p.PassiveOutcomes):
             for upstream, target, code in msg.items:
-                self.passive.report(upstream, target, PASSIVE_CODES.get(code, code))
+                if f"{upstream}|{target}" in self.targets:  # (Kong's incr_counter: not in the list, not counted)
+                    flip = self.health.report(upstream, target, PASSIVE_CODES.get(code, code))
+                    if flip is not None:
+                        self._set_health(f"{upstream}|{target}", flip, "passive checks")
+            return [], self._flushed_flips()
+        if isinstance(msg, p.ProbeOutcomes):
+            for upstream, target, kind in msg.items:
+                if f"{upstream}|{target}" in self.targets:
+                    flip = self.health.probed(upstream, target, Event(kind))
+                    if flip is not None:
+                        self._set_health(f"{upstream}|{target}", flip, f"active checks: {kind}")
             return [], self._flushed_flips()
         if isinstance(msg, p.HealthReport):
+            if not self.health_pending:
+                return self._corrections(msg), []
             for upstream, target, healthy in msg.items:
-                self.passive.set_health(upstream, target, healthy)
-                self._set_health(f"{upstream}|{target}", healthy, "active checks")
-            if self.health_pending:
-                return [], self._verdicts_known()
-            return [], self._flushed_flips()
+                self.health.set_health(upstream, target, healthy)
+                self._set_health(f"{upstream}|{target}", healthy, "the health checker's last view")
+            return [], self._verdicts_known()
         if isinstance(msg, p.Discovered):
             return [], self.discover(msg.upstream, msg.targets)
         if isinstance(msg, p.Hello):
@@ -266,7 +285,7 @@ class Keeper:
             del self._early_health[key]
         for key in [k for k in self.targets if k.startswith(upstream + "|") and k.split("|", 1)[1] not in names]:
             del self.targets[key]
-        self.passive.retain(upstream, names)
+        self.health.retain(upstream, names)
         log.info("discovery: upstream %s now has %d target(s)%s", upstream, len(targets),
                  list_change(before or [], targets))
         # The new targets' states go out too: workers may still hold older verdicts on them (from before a keeper

@@ -1,5 +1,7 @@
 """The active checker against real sockets: a backend whose /health fails then recovers, TCP checks, timeouts,
-the concurrency limit, target updates from discovery, and the nginx aliases end to end."""
+the concurrency limit, target updates from discovery, and the nginx aliases end to end. The checker only reports
+probes; `LocalKeeper` plays the state keeper's part in process (counting them on a HealthBoard and handing the
+verdicts back), as gateway.keeper.state and gateway.health.process do over the bus."""
 
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from backends import free_port
 
 from gateway.config import parse_config
 from gateway.discovery import TargetInfo
-from gateway.health import ActivePolicy, Event, State, Thresholds, probe, run_checks, upstreams_from_config
-from gateway.health.checker import UpstreamChecks
+from gateway.health import ActivePolicy, Event, HealthBoard, HealthChecker, PassivePolicy, Thresholds, probe
+from gateway.health.checker import UpstreamChecks, upstreams_from_config
 
 TIMEOUT = 10
 
@@ -92,6 +94,34 @@ class Changes:
         await self.wait_for(lambda evs: evs.count(event) >= count)
 
 
+class LocalKeeper:
+    """The keeper's part: each probe counted on the target's state machine with the active thresholds; a flip is
+    recorded in `changes` and published back to the checker, whose interval it picks."""
+
+    def __init__(self, ups: list[UpstreamChecks], changes: Changes) -> None:
+        self.board = HealthBoard({u.name: u.policy.thresholds for u in ups}, {u.name: PassivePolicy() for u in ups})
+        self.changes = changes
+        self.checker = HealthChecker(ups, self.probed)
+
+    def probed(self, upstream: str, target: str, event: Event) -> None:
+        flip = self.board.probed(upstream, target, event)
+        if flip is not None:
+            self.changes(upstream, target, flip)
+            self.checker.set_health(upstream, target, flip)
+
+    def set_health(self, upstream: str, target: str, healthy: bool) -> None:
+        """Another source decided (passive checks): the machine and the checker's interval follow."""
+        self.board.set_health(upstream, target, healthy)
+        self.checker.set_health(upstream, target, healthy)
+
+
+async def run_checks(nursery: trio.Nursery, ups: list[UpstreamChecks], changes: Changes) -> LocalKeeper:
+    """The checker running with a LocalKeeper."""
+    keeper = LocalKeeper(ups, changes)
+    await nursery.start(keeper.checker.run)
+    return keeper
+
+
 def policy(**kw: object) -> ActivePolicy:
     base: dict[str, object] = {"type": "http", "http_path": "/health", "timeout_s": 0.5, "healthy_interval_s": 0.05,
                                "unhealthy_interval_s": 0.05,
@@ -109,11 +139,11 @@ async def test_target_goes_down_and_comes_back(nursery: trio.Nursery) -> None:
     port = await nursery.start(backend.serve)
     changes = Changes()
     name = f"127.0.0.1:{port}"
-    checker = await nursery.start(run_checks, [UpstreamChecks("erl", policy(), [tgt(port)])], changes)
+    checker = (await run_checks(nursery, [UpstreamChecks("erl", policy(), [tgt(port)])], changes)).checker
     with trio.fail_after(TIMEOUT):
         while len(backend.requests) < 3:
             await trio.sleep(0.01)
-    assert changes.events == [] and checker.state("erl", name) is State.HEALTHY
+    assert changes.events == [] and checker.healthy("erl", name) is True
     target, headers = backend.requests[0]
     assert target == "/health" and headers["host"] == "127.0.0.1" and headers["user-agent"] == "mcp-gateway-healthcheck"
 
@@ -131,7 +161,7 @@ async def test_tcp_check_and_connection_failures(nursery: trio.Nursery) -> None:
     port = free_port()
     changes = Changes()
     name = f"127.0.0.1:{port}"
-    await nursery.start(run_checks, [UpstreamChecks("t", policy(type="tcp"), [tgt(port)])], changes)
+    await run_checks(nursery, [UpstreamChecks("t", policy(type="tcp"), [tgt(port)])], changes)
     await changes.wait_event(("t", name, False))  # refused twice: tcp_failures 2
     backend = HealthBackend()
     await nursery.start(backend.serve, port)
@@ -144,7 +174,7 @@ async def test_timeouts_count(nursery: trio.Nursery) -> None:
     port = await nursery.start(backend.serve)
     changes = Changes()
     p = policy(timeout_s=0.1, thresholds=Thresholds(successes=1, timeouts=2))
-    checker = await nursery.start(run_checks, [UpstreamChecks("slow", p, [tgt(port)])], changes)
+    checker = (await run_checks(nursery, [UpstreamChecks("slow", p, [tgt(port)])], changes)).checker
     t0 = trio.current_time()
     await changes.wait_event(("slow", f"127.0.0.1:{port}", False))
     assert trio.current_time() - t0 < 2
@@ -159,7 +189,7 @@ async def test_concurrency_limit(nursery: trio.Nursery) -> None:
         b.delay = 0.15
         ports.append(await nursery.start(b.serve))
     p = policy(concurrency=2, timeout_s=1.0, healthy_interval_s=0.01)
-    await nursery.start(run_checks, [UpstreamChecks("c", p, [tgt(port) for port in ports])], Changes())
+    await run_checks(nursery, [UpstreamChecks("c", p, [tgt(port) for port in ports])], Changes())
     await trio.sleep(0.8)
     assert sum(len(b.requests) for b in backends) >= 6
     assert gauge.peak == 2, "never more than `concurrency` probes of one upstream at once"
@@ -170,7 +200,7 @@ async def test_target_updates_from_discovery(nursery: trio.Nursery) -> None:
     pa = await nursery.start(a.serve)
     pb = await nursery.start(b.serve)
     changes = Changes()
-    checker = await nursery.start(run_checks, [UpstreamChecks("u", policy(), [tgt(pa)])], changes)
+    checker = (await run_checks(nursery, [UpstreamChecks("u", policy(), [tgt(pa)])], changes)).checker
     checker.update_targets("u", [tgt(pa), tgt(pb)])
     checker.update_targets("elsewhere", [tgt(pb)])  # an upstream without active checks: ignored
     with trio.fail_after(TIMEOUT):
@@ -198,16 +228,35 @@ async def test_set_health_from_outside_and_per_state_intervals(nursery: trio.Nur
     name = f"127.0.0.1:{port}"
     changes = Changes()
     p = policy(healthy_interval_s=0, unhealthy_interval_s=0.05)
-    checker = await nursery.start(run_checks, [UpstreamChecks("u", p, [tgt(port)])], changes)
+    keeper = await run_checks(nursery, [UpstreamChecks("u", p, [tgt(port)])], changes)
     await trio.sleep(0.2)
     assert backend.requests == [], "healthy targets are not probed with healthy.interval 0"
-    checker.set_health("u", name, False)
+    keeper.set_health("u", name, False)
     await changes.wait_event(("u", name, True))
     assert 2 <= len(backend.requests) <= 4
     seen = len(backend.requests)
     await trio.sleep(0.2)
     assert len(backend.requests) == seen, "healthy again: probing stops"
-    checker.set_health("u", "127.0.0.1:1", False)  # unknown target: ignored
+    keeper.checker.set_health("u", "127.0.0.1:1", False)  # unknown target: ignored
+    assert keeper.checker.healthy("u", "127.0.0.1:1") is None
+
+
+async def test_a_mostly_healthy_target_is_probed_at_healthy_interval(nursery: trio.Nursery) -> None:
+    """Kong's checker_callback probes healthy and mostly_healthy targets at healthy.interval: the failures short of
+    unhealthy.http_failures come as fast as healthy probes; once unhealthy, unhealthy.interval (60 s) holds it."""
+    backend = HealthBackend()
+    backend.status = 503
+    port = await nursery.start(backend.serve)
+    name = f"127.0.0.1:{port}"
+    changes = Changes()
+    p = policy(healthy_interval_s=0.05, unhealthy_interval_s=60, thresholds=Thresholds(successes=1, http_failures=3))
+    keeper = await run_checks(nursery, [UpstreamChecks("u", p, [tgt(port)])], changes)
+    t0 = trio.current_time()
+    await changes.wait_event(("u", name, False))
+    assert trio.current_time() - t0 < 1 and len(backend.requests) == 3
+    assert keeper.checker.healthy("u", name) is False
+    await trio.sleep(0.3)
+    assert len(backend.requests) == 3, "unhealthy: the next probe is unhealthy.interval away"
 
 
 async def test_nginx_aliases_end_to_end(nursery: trio.Nursery) -> None:
@@ -227,7 +276,7 @@ upstreams:
     ups = upstreams_from_config(config)
     assert [u.name for u in ups] == ["erlmcp_cluster"] and ups[0].targets == [tgt(port)]
     changes = Changes()
-    await nursery.start(run_checks, ups, changes)
+    await run_checks(nursery, ups, changes)
     name = f"127.0.0.1:{port}"
     backend.status = 204  # a 2xx, but not the expected 200: a failure with expect_status
     await changes.wait_event(("erlmcp_cluster", name, False))
@@ -276,7 +325,7 @@ async def test_an_address_of_a_name_is_probed_with_the_name_as_host(nursery: tri
     backend = HealthBackend()
     port = await nursery.start(backend.serve)
     changes = Changes()
-    checker = await nursery.start(run_checks, [UpstreamChecks("u", policy(), [])], changes)
+    checker = (await run_checks(nursery, [UpstreamChecks("u", policy(), [])], changes)).checker
     checker.update_targets("u", [TargetInfo("127.0.0.1", port, 100, "mcp.internal")])
     with trio.fail_after(TIMEOUT):
         while not backend.requests:

@@ -4,6 +4,9 @@
 2. Every event sequence up to length 6, under threshold sets with disabled counters, one-shot thresholds and the
    combined `fall` counter, from both stable states, agrees with a reference model written the way
    lua-resty-healthcheck's `incr_counter` is (no table), on the internal state after every step.
+3. Both checks on one machine, as Kong reports probes and proxied traffic to one checker: every sequence up to
+   length 5 of events each judged by its own check's thresholds, counters shared, agrees with the same model; and
+   a success of either check clears the failures the other counted.
 """
 
 from __future__ import annotations
@@ -168,3 +171,85 @@ def test_kong_counters_are_per_kind() -> None:
     th.record(Event.TCP_FAILURE, t)
     assert th.state is State.MOSTLY_HEALTHY
     assert th.record(Event.TCP_FAILURE, t).new is State.UNHEALTHY
+
+
+# ---- both checks on one machine ------------------------------------------------------------------------------------
+
+ACTIVE = Thresholds(successes=1, http_failures=1, tcp_failures=2, timeouts=1)
+PASSIVE = Thresholds(successes=0, http_failures=2, tcp_failures=1, timeouts=3)
+# (active, passive) threshold pairs: Kong's blocks side by side; the nginx `fall` alias on the active side only
+CHECK_PAIRS = [
+    (ACTIVE, PASSIVE),
+    (Thresholds(successes=3, http_failures=2, tcp_failures=2, timeouts=2), Thresholds(successes=2, http_failures=3)),
+    (Thresholds(successes=2, failures=3), Thresholds(http_failures=2, tcp_failures=2, timeouts=2)),
+]
+
+
+@pytest.mark.parametrize("active, passive", CHECK_PAIRS)
+@pytest.mark.parametrize("start", [State.HEALTHY, State.UNHEALTHY])
+def test_every_mixed_sequence_of_both_checks_matches_the_reference(active: Thresholds, passive: Thresholds,
+                                                                    start: State) -> None:
+    """lua-resty-healthcheck's incr_counter with `check` picking the limit: every sequence up to length 5 of (event,
+    which check saw it) on one target, counters shared, agrees with the reference model step by step."""
+    steps = [(event, thresholds) for event in EVENTS for thresholds in (active, passive)]
+    checked = 0
+
+    def explore(th: TargetHealth, ref: str, ref_ctr: dict[str, int], depth: int) -> None:
+        nonlocal checked
+        if depth == 0:
+            return
+        for event, thresholds in steps:
+            mine = TargetHealth(th.state)
+            mine.counters = dict(th.counters)
+            ctr = dict(ref_ctr)
+            mine.record(event, thresholds)
+            expected = reference_step(ref, ctr, event, thresholds)
+            assert _NAMES[mine.state] == expected
+            checked += 1
+            explore(mine, expected, ctr, depth - 1)
+
+    zero = {"success": 0, "http_failure": 0, "tcp_failure": 0, "timeout": 0, "failures": 0}
+    explore(TargetHealth(start), _NAMES[start], zero, 5)
+    assert checked == sum(8 ** n for n in range(1, 6))
+
+
+def test_a_probe_success_clears_the_failures_real_traffic_counted() -> None:
+    """Passive http_failures 2: failure, passing probe, failure is still only one failure in a row."""
+    th = TargetHealth()
+    th.record(Event.HTTP_FAILURE, PASSIVE)
+    assert th.state is State.MOSTLY_HEALTHY and th.counters["http_failure"] == 1
+    assert th.record(Event.SUCCESS, ACTIVE) is not None and th.state is State.HEALTHY
+    th.record(Event.HTTP_FAILURE, PASSIVE)
+    assert th.state is State.MOSTLY_HEALTHY, "the probe's success started the count over"
+
+
+def test_a_passive_success_clears_the_failures_probes_counted() -> None:
+    """Active tcp_failures 2: a probe's TCP failure, then a good proxied answer (passive successes 2, so not yet
+    healthy again), then another failed probe: one failure in a row, the target still gets traffic."""
+    active = Thresholds(successes=1, tcp_failures=2)
+    passive = Thresholds(successes=2, tcp_failures=5)
+    th = TargetHealth()
+    th.record(Event.TCP_FAILURE, active)
+    assert th.record(Event.SUCCESS, passive) is None and th.state is State.MOSTLY_HEALTHY
+    assert th.counters == {"success": 1, "http_failure": 0, "tcp_failure": 0, "timeout": 0, "failures": 0}
+    th.record(Event.TCP_FAILURE, active)
+    assert th.state is State.MOSTLY_HEALTHY and th.healthy
+
+
+def test_each_event_is_judged_by_its_own_checks_threshold() -> None:
+    """The counter is shared, the limit is the reporting check's: with active http_failures 3 and passive 2, two
+    probe failures then one passive failure make 3 in a row, past the passive limit of 2; two passive failures
+    alone trip it, two probe failures do not."""
+    active, passive = Thresholds(http_failures=3), Thresholds(http_failures=2)
+    probes = TargetHealth()
+    probes.record(Event.HTTP_FAILURE, active)
+    assert probes.record(Event.HTTP_FAILURE, active) is None and probes.state is State.MOSTLY_HEALTHY
+    assert probes.record(Event.HTTP_FAILURE, passive).new is State.UNHEALTHY  # 3 >= 2
+    traffic = TargetHealth()
+    traffic.record(Event.HTTP_FAILURE, passive)
+    assert traffic.record(Event.HTTP_FAILURE, passive).new is State.UNHEALTHY
+    disabled = TargetHealth()
+    disabled.record(Event.TIMEOUT, Thresholds(timeouts=1, successes=1))
+    assert disabled.state is State.UNHEALTHY
+    assert disabled.record(Event.SUCCESS, Thresholds(http_failures=2)) is None, "passive successes 0: not counted"
+    assert disabled.record(Event.SUCCESS, Thresholds(successes=1)).new is State.HEALTHY

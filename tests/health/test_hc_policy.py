@@ -6,7 +6,7 @@ import pytest
 
 from gateway.config import ConfigError, parse_config
 from gateway.config.schema import Healthchecks
-from gateway.health import TCP_FAILURE, TIMEOUT, ActivePolicy, Event, PassiveChecker, PassivePolicy, State, Thresholds
+from gateway.health import TCP_FAILURE, TIMEOUT, ActivePolicy, Event, HealthBoard, PassivePolicy, State, Thresholds
 
 
 def healthchecks(yaml_block: str) -> Healthchecks:
@@ -110,7 +110,8 @@ def test_an_upstreams_504_counts_as_a_timeout_as_kongs_log_phase_reports_it() ->
         assert policy.classify(504) is Event.TIMEOUT
 
 
-def test_passive_checker() -> None:
+def test_passive_outcomes_on_the_board() -> None:
+    """Proxied outcomes classified by the passive policy and counted with the passive thresholds."""
     config = parse_config("""
 upstreams:
   - name: erl
@@ -120,23 +121,21 @@ upstreams:
         unhealthy: {http_failures: 3, tcp_failures: 1, timeouts: 2}
   - name: unchecked
 """)
-    changes: list[tuple[str, str, bool]] = []
-    passive = PassiveChecker.from_config(config, lambda u, t, h: changes.append((u, t, h)))
-    assert set(passive.policies) == {"erl"}
+    board = HealthBoard.from_config(config)
+    assert board.tracks("erl") and not board.tracks("unchecked")
     a, b = "10.0.1.10:8080", "10.0.1.11:8080"
-    assert passive.report("erl", a, 500) is None and passive.report("erl", a, 503) is None
-    assert passive.state("erl", a) is State.MOSTLY_HEALTHY and passive.healthy("erl", a)
-    assert passive.report("erl", a, 200) is None, "a success in between starts the count over"
+    assert board.report("erl", a, 500) is None and board.report("erl", a, 503) is None
+    assert board.state("erl", a) is State.MOSTLY_HEALTHY and board.healthy("erl", a)
+    assert board.report("erl", a, 200) is None, "a success in between starts the count over"
     for _ in range(2):
-        passive.report("erl", a, 500)
-    assert passive.report("erl", a, 500) is False and changes == [("erl", a, False)]
-    assert passive.report("erl", a, 500) is None, "already unhealthy"
-    assert passive.report("erl", b, TCP_FAILURE) is False, "tcp_failures: 1"
-    assert passive.report("erl", a, 200) is None and passive.report("erl", a, 201) is True
-    assert changes[-1] == ("erl", a, True)
-    assert passive.report("erl", a, 418) is None and passive.report("unchecked", a, 500) is None
-    passive.set_health("erl", b, True)
-    assert passive.healthy("erl", b)
-    passive.report("erl", b, TIMEOUT)
-    passive.retain("erl", {a})
-    assert passive.state("erl", b) is State.HEALTHY, "forgotten"
+        board.report("erl", a, 500)
+    assert board.report("erl", a, 500) is False
+    assert board.report("erl", a, 500) is None, "already unhealthy"
+    assert board.report("erl", b, TCP_FAILURE) is False, "tcp_failures: 1"
+    assert board.report("erl", a, 200) is None and board.report("erl", a, 201) is True
+    assert board.report("erl", a, 418) is None and board.report("unchecked", a, 500) is None
+    board.set_health("erl", b, True)
+    assert board.healthy("erl", b)
+    board.report("erl", b, TIMEOUT)
+    board.retain("erl", {a})
+    assert board.state("erl", b) is State.HEALTHY, "forgotten"

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
 import trustme
 from conftest import build_config
+from e2e_helpers import Backend, GatewayNode, request
 from tls_helpers import HttpsEcho, Pki
 
 from gateway.config.schema import ActiveHealthcheck, Healthchecks
@@ -275,3 +277,38 @@ async def test_an_https_probe_presents_the_upstreams_certificate_else_client_ssl
         assert await probe("127.0.0.1", backend.port, plain["none"], "localhost") is Event.TCP_FAILURE
         assert await probe("127.0.0.1", backend.port, with_ssl["none"], "localhost") is Event.SUCCESS
     assert [r["client_cert"] for r in backend.requests] == ["client.test", "global.test"]
+
+
+# --- lua-resty-healthcheck's incr_counter: one set of counters per target for both checks ----------------------------
+
+
+async def test_a_passing_probe_clears_the_failures_real_traffic_counted(tmp_path: Path, nursery: trio.Nursery) -> None:
+    """Kong creates one checker per upstream (healthcheckers.lua create_healthchecker) and reports both its probes and
+    the proxied traffic (balancer.report_http_status, check "passive") to it; lua-resty-healthcheck 3.1.0 keeps one
+    multi-counter per target (incr_counter), the check only picks the threshold, and a success clears the failure
+    counters whichever check saw it (MASK_SUCCESS). With passive http_failures 2: a failing request, passing probes,
+    another failing request leave the target healthy (mostly healthy, still probed at healthy.interval), and it keeps
+    its traffic. Counted apart, the probes never cleared the passive count and the second failure took it out, for
+    unhealthy.interval (60 s)."""
+    f = Backend("f")
+    await nursery.start(f.serve)
+    f.status = 500  # every real answer fails; its /health passes
+    checks = {"active": {"type": "http", "http_path": "/health", "timeout": 1,
+                         "healthy": {"interval": 0.1, "successes": 1},
+                         "unhealthy": {"interval": 60, "http_failures": 1}},
+              "passive": {"unhealthy": {"http_failures": 2, "http_statuses": [500]}}}
+    gw = GatewayNode(tmp_path / "gw", {
+        "upstreams": [{"name": "u", "healthchecks": checks, "targets": [{"target": f.target}]}],
+        "services": [{"name": "s", "url": "http://u", "retries": 0, "routes": [{"name": "r", "paths": ["/"]}]}]})
+    try:
+        with trio.fail_after(30):
+            await gw.start(workers=1)
+            assert (await request(gw.port, "GET", "/x")).status == 500  # passive failure 1 of 2: mostly healthy
+            await trio.sleep(0.6)  # several probes of /health pass meanwhile: the count is back to 0
+            assert (await request(gw.port, "GET", "/x")).status == 500  # failure 1 of 2 again
+            await trio.sleep(0.5)
+            assert (await gw.targets())[f"u|{f.target}"]["healthy"] is True
+            third = await request(gw.port, "GET", "/x")
+            assert third.status == 500, "the target still gets traffic (not the 503 of no peer)"
+    finally:
+        gw.cleanup()
