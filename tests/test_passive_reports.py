@@ -5,11 +5,15 @@ nginx's 502, an HTTP status counted only when listed in passive.unhealthy.http_s
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import trio
 from backends import free_port
 from e2e_helpers import GatewayNode, request, wait_for
+
+from gateway.config import parse_config
+from gateway.runtime import compile_config
 
 
 async def test_a_retried_try_is_a_tcp_failure_and_the_last_one_an_http_502(tmp_path: Path) -> None:
@@ -37,3 +41,15 @@ async def test_a_retried_try_is_a_tcp_failure_and_the_last_one_an_http_502(tmp_p
             assert (answer.status, answer.json()["message"]) == (503, "failure to get a peer from the ring-balancer")
     finally:
         gw.cleanup()
+
+
+def test_workers_report_traffic_when_only_passive_successes_count() -> None:
+    """A passive healthy.successes alone counts in Kong (it clears the probes' failures and can bring a target back),
+    so workers report outcomes for it; with no passive threshold at all they report nothing (no cost)."""
+    def group(passive: dict) -> bool:
+        doc = {"upstreams": [{"name": "u", "healthchecks": {"passive": passive}, "targets": [{"target": "a:1"}]}]}
+        return compile_config(parse_config(json.dumps(doc))).groups["u"].passive
+
+    assert group({"healthy": {"successes": 2}})
+    assert group({"unhealthy": {"timeouts": 1}})
+    assert not group({})
