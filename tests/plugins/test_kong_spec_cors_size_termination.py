@@ -223,6 +223,30 @@ async def test_require_content_length_refuses_a_request_without_one_with_411(nur
     assert (await call(port, "/", method="GET", body=[b"abc"])).status == 200
 
 
+async def _head_of_answer(port: int, request: bytes) -> bytes:
+    """The answer's head to a request sent as these bytes."""
+    data = b""
+    with trio.fail_after(5):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(request)
+            while b"\r\n\r\n" not in data and (chunk := await stream.receive_some(65536)):
+                data += chunk
+    return data
+
+
+@pytest.mark.parametrize(("coding", "status"), [(b"chunked", 200), (b"  chunked  ", 200), (b"Chunked", 411),
+                                                (b"CHUNKED", 411)])
+async def test_require_content_length_lets_through_only_a_coding_written_chunked(nursery, gateway, coding, status):
+    """handler.lua: `headers["Transfer-Encoding"] ~= "chunked"` is a plain string comparison, of the value as nginx
+    trimmed it; nginx takes any case of "chunked" as chunked (so the request gets that far), Kong answers 411."""
+    backend, port = await start(nursery, gateway, plugins=[size_limit(allowed_payload_size=2,
+                                                                      require_content_length=True)])
+    head = await _head_of_answer(port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding:%b\r\n\r\n"
+                                       b"1\r\na\r\n0\r\n\r\n" % coding)
+    assert head.startswith(b"HTTP/1.1 %d " % status), head[:200]
+    assert len(backend.requests) == (status == 200)
+
+
 async def test_a_negative_limit_is_accepted_and_refuses_even_an_empty_body(nursery, gateway):
     """kong/plugins/request-size-limiting/schema.lua: allowed_payload_size is any integer; handler.lua compares the
     size of the body (0 when there is none) with it, so a negative limit refuses every request."""

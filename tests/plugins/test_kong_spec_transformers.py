@@ -22,6 +22,7 @@ from plugin_helpers import (
     start,
 )
 
+from gateway.policies.base import LuaError
 from gateway.policies.response_transformer.handler import ResponseTransformer, is_json
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig
 
@@ -342,6 +343,117 @@ def test_appending_to_a_json_number_in_a_response_replaces_it():
     """body_transformer append_value: a string becomes { old, new }, a table gets it inserted, else { new }."""
     rt = transformer(append={"json": ["n:x", "s:y", "l:z"]})
     assert json.loads(body_of(rt, b'{"n":5,"s":"a","l":[1]}')) == {"n": ["x"], "s": ["a", "y"], "l": [1, "z"]}
+
+
+# --- response-transformer: bodies that are no JSON object -----------------------------------------------------------
+
+
+def test_a_json_array_body_is_written_again_by_its_lua_cjson():
+    """body_transformer.lua decodes with decode_array_with_array_mt(true): an array is a Lua table, the ops put
+    their names in its hash part (which cjson does not write for an array) and cjson_encode writes it again, so it
+    comes out as lua-cjson writes it (the gateway used to send an array as it came)."""
+    rt = transformer(remove={"json": ["x"]}, add={"json": ["y:z"]}, append={"json": ["a:b"]})
+    assert body_of(rt, b'[1.0, "a/b", {"k" : 2}]') == b'[1,"a\\/b",{"k":2}]'
+    assert body_of(rt, b" [] ") == b"[]"
+
+
+@pytest.mark.parametrize(("config", "body", "written"), [
+    ({"rename": {"json": ["a:b"]}}, b'"a/b"', b'"a\\/b"'),  # reading a string's "a" finds nothing
+    ({"replace": {"json": ["a:b"]}}, b' "x" ', b'"x"'),
+    ({"add": {"json": ["len:1"]}}, b'"x"', b'"x"'),  # a string "has" len (string.len): add writes nothing
+    ({"append": {"json": ["n:x"], "json_types": ["number"]}}, b"1.50", b"1.5"),  # no value: append indexes nothing
+    ({"append": {"json": ["n:x"], "json_types": ["number"]}}, b"true", b"true"),
+    ({"append": {"json": ["n:x"], "json_types": ["number"]}}, b"null", b"null"),
+])
+def test_a_scalar_body_no_op_writes_into_is_written_again(config, body, written):
+    """cjson decodes a top-level string, number, boolean or null to a Lua scalar; when no op of transform_json_body
+    fails on it (reading a string finds only the string library's names), cjson_encode writes it again."""
+    assert body_of(transformer(**config), body) == written
+
+
+@pytest.mark.parametrize(("config", "body", "kind"), [
+    ({"remove": {"json": ["a"]}}, b'"x"', "string"),
+    ({"rename": {"json": ["sub:b"]}}, b'"x"', "string"),
+    ({"replace": {"json": ["len:1"]}}, b'"x"', "string"),
+    ({"add": {"json": ["a:1"]}}, b'"x"', "string"),
+    ({"append": {"json": ["a:1"]}}, b'"x"', "string"),
+    ({"rename": {"json": ["a:b"]}}, b"1", "number"),
+    ({"replace": {"json": ["n:x"], "json_types": ["number"]}}, b"false", "boolean"),  # indexed before v is tested
+    ({"add": {"json": ["a:1"]}}, b"null", "userdata"),  # cjson.null
+])
+def test_an_op_indexing_a_scalar_body_fails_as_lua_does(config, body, kind):
+    """Writing into a Lua string, or indexing a number, boolean or cjson.null, is a Lua error; Kong's body_filter
+    runs outside any pcall, so the request fails (not: the body sent as it came)."""
+    with pytest.raises(LuaError, match=f"attempt to index local 'json_body' \\(a {kind} value\\)"):
+        body_of(transformer(**config), body)
+
+
+async def _raw_get(port: int, method: bytes = b"GET") -> bytes:
+    """All the gateway sends back to one request before it closes the connection (b"" for a reset)."""
+    data = b""
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(b"%b /x HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n" % method)
+            try:
+                while chunk := await stream.receive_some(65536):
+                    data += chunk
+            except trio.BrokenResourceError:
+                pass
+    return data
+
+
+async def _fixed_gateway(nursery: trio.Nursery, gateway: Any, body: bytes, **config: Any) -> int:
+    backend = FixedBackend(b"application/json", body)
+    await nursery.start(backend.serve)
+    return await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}", [{"paths": ["/"]}])],
+                          "plugins": [plugin("response-transformer", **config)]})
+
+
+async def test_a_json_number_body_an_op_indexes_gets_no_answer(nursery, gateway):
+    """The Lua error in body_filter ends the request with its head unsent (nginx holds a short head until the body
+    comes): the client's connection closes with no response."""
+    port = await _fixed_gateway(nursery, gateway, b"42", add={"json": ["a:1"]})
+    assert await _raw_get(port) == b""
+
+
+# --- response-transformer: Content-Length ---------------------------------------------------------------------------
+
+
+def test_json_changes_clear_a_json_responses_content_length_in_header_filter():
+    """header_transformer.lua: `if is_body_transform_set(conf) and is_json_body(headers["Content-Type"]) then
+    clear_header("Content-Length")`, on the headers as they came (a Content-Type replaced to JSON does not count);
+    the body filter sets the new body's length."""
+    rt = transformer(add={"json": ["a:b"]})
+    assert filtered(rt, [("content-type", "application/json"), ("content-length", "2")]) == {
+        "content-type": ["application/json"]}
+    assert filtered(rt, [("content-type", "text/plain"), ("content-length", "2")])["content-length"] == ["2"]
+    to_json = transformer(add={"json": ["a:b"]}, replace={"headers": ["content-type:application/json"]})
+    assert filtered(to_json, [("content-type", "text/plain"), ("content-length", "2")]) == {
+        "content-type": ["application/json"], "content-length": ["2"]}
+    from_json = transformer(add={"json": ["a:b"], "headers": ["content-length:9"]},
+                            replace={"headers": ["content-type:text/plain"]})
+    assert filtered(from_json, [("content-type", "application/json")]) == {"content-type": ["text/plain"]}
+
+
+async def test_a_head_answer_to_a_json_transform_has_no_content_length(nursery, gateway):
+    """Kong clears Content-Length in header_filter and a HEAD has no body to give it a new one, so its answer has
+    none (nginx writes no chunked coding to a HEAD either; the gateway's codec does: see the report)."""
+    _, port = await start(nursery, gateway, plugins=[plugin("response-transformer", add={"json": ["a:b"]})])
+    get = await call(port, "/x")
+    assert get.status == 200 and get.json()["a"] == "b" and get.header("content-length") == str(len(get.body))
+    head = await call(port, "/x", method="HEAD")
+    assert head.status == 200 and head.header("content-type") == "application/json"
+    assert head.header("content-length") is None, head.headers
+
+
+async def test_a_json_body_cjson_cannot_read_goes_out_chunked(nursery, gateway):
+    """Kong's header_filter cleared its Content-Length and the body filter sends it as it came: nginx frames it
+    chunked."""
+    port = await _fixed_gateway(nursery, gateway, b"{not json", add={"json": ["a:b"]})
+    reply = await call(port, "/x")
+    assert (reply.status, reply.body) == (200, b"{not json")
+    assert reply.header("content-length") is None and reply.header("transfer-encoding") == "chunked"
 
 
 # --- response-transformer: config errors ----------------------------------------------------------------------------

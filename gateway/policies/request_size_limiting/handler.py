@@ -16,16 +16,18 @@ class RequestSizeLimiting:
         self.require_content_length = config.require_content_length
 
     async def access(self, exchange: Exchange) -> bool:
-        length = None
-        chunked = expect = False
+        length = coding = None
+        expect = False
         for name, value in exchange.request.headers:
             if name == b"content-length":
                 length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = value.strip().lower() == b"chunked"
+            elif name == b"transfer-encoding":  # as get_headers gives it: a second line would make it a table
+                coding = value if coding is None else b""
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
-        if length is None and self.require_content_length and not chunked:  # Kong: chunked bodies are exempt
+        # Kong exempts `headers["Transfer-Encoding"] == "chunked"`, compared as written (the codec trimmed the
+        # value as nginx does): nginx reads "Chunked" as chunked too, but Kong answers it 411
+        if length is None and self.require_content_length and coding != b"chunked":
             exchange.close_after = not exchange.request_done
             await exchange.respond_error(411, "A valid Content-Length header is required")
             return True

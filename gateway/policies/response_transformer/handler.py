@@ -6,15 +6,20 @@ any change), and rename, replace and add set the header (its other values go). T
 Content-Type is application/json or a +json type, never text/event-stream; read whole up to
 gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, append of top-level keys, values cast by
 json_types as Kong's json_value() does. Lua's truthiness is kept: replace needs a present value other than false,
-add writes over a missing or false one. A body that is not a JSON object, or that cjson could not encode again (a
-NaN number), is sent unchanged, as Kong does.
+add writes over a missing or false one. The body is always written again by the plugin's lua-cjson, as Kong's is: an
+array too (the names land in the Lua table's hash part, which cjson does not write for an array), and a top-level
+string, number, boolean or null when no op indexes it as Lua would fail to (else LuaError: Kong's body_filter runs
+outside any pcall, so the request fails with its head unsent). A body cjson cannot read, or could not encode again
+(a NaN number), is sent unchanged. With JSON changes, the header filter drops the Content-Length of a response whose
+Content-Type (as it came) is JSON, as Kong's header_filter does: a transformed body gets its new length, one sent
+unchanged goes out chunked, and a HEAD answer has none.
 
 Compiled at config load: names encoded and lower-cased, values escaped, entries without a value dropped. What the
 header changes do to a response depends only on which of the names they test it has (and on the values of renamed
 ones), so they are played once per such set of names (`ResponseTransformer.plan`, a bounded memo) and a response
 pays one dict of its headers, the removal of the names that go and one extend. The phases are the config's: no
-header_filter without header changes, no body phases without JSON ones (so such a transformer's responses are never
-considered for their bodies).
+header_filter without header or JSON changes, no body phases without JSON ones (so such a transformer's responses are
+never considered for their bodies).
 """
 
 from __future__ import annotations
@@ -29,12 +34,16 @@ from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.policies import cjson
+from gateway.policies.base import LuaError
 from gateway.policies.cjson import CJSON_PRECISION
 from gateway.policies.header_list import TRANSFER_ENCODING_NAMES, escape_value
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig, Values, split_pair
 
 log = logging.getLogger("gateway.policies.response_transformer")
 _MISSING = object()
+# what indexing a Lua string finds (its metatable's __index is the string library): the only names a string body "has"
+LUA_STRING_METHODS = frozenset({"byte", "char", "dump", "find", "format", "gmatch", "gsub", "len", "lower", "match",
+                                "rep", "reverse", "sub", "upper"})
 
 # kong.tools.mime_type's grammar (RFC 2045): type "/" subtype, or "*", then `; attribute=value` parameters, nothing
 # else; parse_mime_type fails on anything more (a trailing ";", a parameter without a value).
@@ -149,9 +158,17 @@ class _HeaderPlan(NamedTuple):
     fixed: list[tuple[bytes, bytes]] | None
 
 
+def _clear_length(headers: Headers) -> None:
+    """kong.response.clear_header("Content-Length"), in place."""
+    for name, _ in headers:
+        if name == b"content-length":
+            headers[:] = [hv for hv in headers if hv[0] != b"content-length"]
+            return
+
+
 class ResponseTransformer:
     """A phase is an attribute only when the config needs it, as ResponsePhases takes a plugin's phases by hasattr:
-    header_filter with header changes, wants_body and body_filter with JSON ones."""
+    header_filter with header or JSON changes, wants_body and body_filter with JSON ones."""
 
     name = "response-transformer"
     priority = 800  # Kong's
@@ -173,18 +190,29 @@ class ResponseTransformer:
         self.tested = frozenset([old for old, _ in self.rename_headers] + [n for n, _ in self.replace_headers]
                                 + [n for n, _ in self.add_headers])
         self.plans: Memo[frozenset[bytes], _HeaderPlan] = Memo(_PLANS)
-        if self.remove_headers or self.rename_headers or self.replace_headers or self.add_headers \
-                or self.append_headers:
-            self.header_filter = self._header_filter
+        header_changes = bool(self.remove_headers or self.rename_headers or self.replace_headers
+                              or self.add_headers or self.append_headers)
         self.remove_json = [split_pair(name)[0] for name in config.remove.json]
         self.rename_json = [split_pair(e) for e in config.rename.json]
         self.replace_json = _values(config.replace)
         self.add_json = _values(config.add)
         self.append_json = _values(config.append)
+        # what transform_json_body's ops do to a body that is a Lua scalar: replace and add index it also for an
+        # entry whose value json_value() drops, append does not; a string is written into only where a name is (or,
+        # for add, is not) one of its methods
+        self.indexes_scalar = bool(config.remove.json or config.rename.json or config.replace.json
+                                   or config.add.json or self.append_json)
+        self.writes_string = bool(self.remove_json or self.append_json
+                                  or any(old in LUA_STRING_METHODS and new is not None for old, new in self.rename_json)
+                                  or any(name in LUA_STRING_METHODS for name, _ in self.replace_json)
+                                  or any(name not in LUA_STRING_METHODS for name, _ in self.add_json))
         # any JSON entry, also one whose value json_value() drops: Kong decodes and encodes the body again
         if config.remove.json or config.rename.json or config.replace.json or config.add.json or config.append.json:
             self.wants_body = self._wants_body
             self.body_filter = self._body_filter
+            self.header_filter = self._json_header_filter if header_changes else self._length_filter
+        elif header_changes:
+            self.header_filter = self._header_filter
 
     def plan(self, present: frozenset[bytes]) -> _HeaderPlan:
         """Kong's transform_headers played over names for a response having `present` of the tested names: remove,
@@ -244,6 +272,22 @@ class ResponseTransformer:
         headers += fixed
         return headers
 
+    def _length_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        """transform_headers' last step: a JSON response (by its Content-Type as it came) loses its Content-Length,
+        which the body filter's new body replaces (so a HEAD answer has none)."""
+        if self._wants_body(ex, status, headers):
+            _clear_length(headers)
+        return headers
+
+    def _json_header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        """The header changes, then `_length_filter`'s step (its Content-Type tested before the changes, as Kong
+        tests its get_headers() copy)."""
+        json = self._wants_body(ex, status, headers)
+        headers = self._header_filter(ex, status, headers)
+        if json:
+            _clear_length(headers)
+        return headers
+
     def _wants_body(self, ex: Exchange, status: int, headers: Headers) -> bool:
         for name, value in headers:
             if name == b"content-type":
@@ -257,8 +301,19 @@ class ResponseTransformer:
         except ValueError:
             log.warning("response-transformer: body transform failed: failed parsing json body")
             return body
-        if not isinstance(doc, dict):
+        if isinstance(doc, dict):
+            self._transform(doc)
+        elif not isinstance(doc, list):  # (an array's op names go to its hash part: nothing to do)
+            self._index_scalar(doc)
+        try:
+            return cjson.encode(doc, CJSON_PRECISION)  # body_transformer's own cjson.safe.new(): 14 digits
+        except ValueError:  # cjson.encode fails on NaN and infinities: Kong sends the body as it came
+            log.warning("response-transformer: body transform failed: Cannot serialise number: must not be NaN or "
+                        "Infinity")
             return body
+
+    def _transform(self, doc: dict[str, Any]) -> None:
+        """transform_json_body's ops on a JSON object, in place."""
         for name in self.remove_json:
             doc.pop(name, None)
         for old, new in self.rename_json:
@@ -274,9 +329,13 @@ class ResponseTransformer:
                 doc[name] = value
         for name, value in self.append_json:
             doc[name] = append_value(doc.get(name), value)
-        try:
-            return cjson.encode(doc, CJSON_PRECISION)  # body_transformer's own cjson.safe.new(): 14 digits
-        except ValueError:  # cjson.encode fails on NaN and infinities: Kong sends the body as it came
-            log.warning("response-transformer: body transform failed: Cannot serialise number: must not be NaN or "
-                        "Infinity")
-            return body
+
+    def _index_scalar(self, doc: Any) -> None:
+        """transform_json_body's ops on a body cjson decoded to a Lua scalar: LuaError where Lua's indexing fails
+        (a string is written into, any other value indexed), as Kong's body_filter, run outside a pcall, fails."""
+        if isinstance(doc, str):
+            if self.writes_string:
+                raise LuaError("response-transformer: attempt to index local 'json_body' (a string value)")
+        elif self.indexes_scalar:
+            kind = "userdata" if doc is None else "boolean" if isinstance(doc, bool) else "number"  # null: cjson.null
+            raise LuaError(f"response-transformer: attempt to index local 'json_body' (a {kind} value)")
