@@ -80,7 +80,7 @@ def verify(token: bytes, keyset: KeySet | None, rules: TokenRules, now: float) -
     is not in `keyset`, so the caller may refetch the keys) otherwise."""
     header, claims, signature = decode(token)
     alg = header.get("alg")
-    if alg not in ASYMMETRIC:
+    if not isinstance(alg, str) or alg not in ASYMMETRIC:  # (a list or an object is no algorithm: a 401, not a 500)
         raise TokenError(f"algorithm {alg!r} is not accepted (asymmetric algorithms only)")
     if keyset is None:
         raise TokenError(UNKNOWN_KID)

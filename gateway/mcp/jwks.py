@@ -93,7 +93,8 @@ def _key(entry: Any) -> Key | None:
     ops = entry.get("key_ops")
     if isinstance(ops, list) and "verify" not in ops:
         return None
-    family = _FAMILIES.get("RSA" if entry.get("kty") == "RSA" else entry.get("crv", ""), ())
+    curve = "RSA" if entry.get("kty") == "RSA" else entry.get("crv", "")
+    family = _FAMILIES.get(curve, ()) if isinstance(curve, str) else ()  # (RFC 7517 5: a key out of range is skipped)
     alg = entry.get("alg")
     if alg is not None:
         if alg not in family:

@@ -3,6 +3,7 @@ paths and challenges, and the ai-mcp-oauth2 config's refusals."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
@@ -68,6 +69,27 @@ def test_jwks_parsing_keeps_signing_keys_only():
                     jwk("verify-only", key_ops=["encrypt"])]}
     keys = parse_jwks(json.dumps(doc).encode())
     assert [k.kid for k in keys.keys] == ["sig"]
+
+
+def _part(value: object) -> bytes:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=")
+
+
+@pytest.mark.parametrize("alg", [["RS256"], {"RS256": True}])
+def test_a_token_whose_alg_is_no_string_is_an_invalid_token(alg):
+    """A JSON array or object as `alg` (unhashable) was a TypeError: 500 and a traceback for any client, where Kong's
+    jwt parser says "invalid alg" (401)."""
+    forged = _part({"alg": alg, "typ": "JWT", "kid": "k1"}) + b"." + _part({"iss": AS_URL, "aud": RESOURCE}) + b".c2ln"
+    with pytest.raises(b.TokenError, match="not accepted"):
+        b.verify(forged, keyset("k1"), RULES, 0)
+
+
+@pytest.mark.parametrize("crv", [["P-256"], {"name": "P-256"}])
+def test_a_key_whose_curve_is_no_string_is_skipped_and_the_others_kept(crv):
+    """RFC 7517 section 5: a key out of range is ignored; it threw the whole document away (every token 503 at
+    start-up, a rotated-in key never taken up)."""
+    odd = {"kty": "EC", "crv": crv, "x": "AAAA", "y": "AAAA", "kid": "odd", "use": "sig"}
+    assert [k.kid for k in parse_jwks(json.dumps({"keys": [odd, jwk("k1")]}).encode()).keys] == ["k1"]
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"keys": 3}'])
