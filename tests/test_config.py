@@ -4,6 +4,7 @@ path. Validation runs the same stages as `gateway check-config`: `parse_config` 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,60 @@ def test_yaml_syntax_error_names_the_line():
     [message] = info.value.messages
     assert message.startswith(f"{NAME}:4:1: YAML syntax error: ")
     assert "Traceback" not in message
+
+
+# --- a file named *json is JSON --------------------------------------------------------------------------------------
+# Kong reads it with cjson, not with its YAML parser (kong/db/declarative/init.lua, unserialize).
+
+JSON_DOC = {"_format_version": "3.0", "services": [{"name": "s", "url": "http://127.0.0.1:9",
+                                                  "tags": ["smile-\U0001F600"],
+                                                  "routes": [{"name": "r", "paths": ["/"]}]}]}
+
+
+def json_errors(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "kong.json")
+    return info.value.messages
+
+
+def test_a_tab_indented_json_file_loads(tmp_path):
+    """json.dumps(indent="\\t") and Go's MarshalIndent write tabs, which YAML refuses as indentation."""
+    path = tmp_path / "kong.json"
+    path.write_text(json.dumps(JSON_DOC, indent="\t", ensure_ascii=False))
+    assert [s.name for s in load_config(path).services] == ["s"]
+
+
+def test_a_json_surrogate_pair_escape_is_one_character(tmp_path):
+    """json.dumps writes U+1F600 as "\\ud83d\\ude00", which PyYAML would read as two lone surrogates."""
+    path = tmp_path / "kong.json"
+    path.write_text(json.dumps(JSON_DOC))
+    assert load_config(path).services[0].tags == ["smile-\U0001F600"]
+
+
+def test_a_json_syntax_error_names_the_line_and_column():
+    assert json_errors('{"_format_version": "3.0",\n "services": [}') == [
+        "kong.json:2:15: JSON syntax error: Expecting value"]
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('{"services": [{"name": "a", "name": "b"}]}',
+     'kong.json: services[0]: JSON error: the key "name" is given twice in one object; keys are unique: keep one'),
+    ('{"services": [{"name": "a\\ud83d"}]}',
+     "kong.json: services[0].name: JSON error: a \\u escape of a lone surrogate is not a character (write the "
+     "character, or its surrogate pair)"),
+    ('{"services": [{"retries": 1e999}]}', "kong.json: services[0].retries: expected a finite number, got .inf"),
+    ("null", "kong.json: the JSON document is null; write {} for a config without services"),
+])
+def test_json_is_held_to_what_yaml_files_are(text, message):
+    """A key twice, a lone surrogate, a number that is not finite: refused as in a YAML file."""
+    assert json_errors(text) == [message]
+
+
+@pytest.mark.parametrize("depth", [100, 100_000])
+def test_json_nested_too_deep_is_refused(depth):
+    """Past MAX_DEPTH levels, as YAML; far past it, json's own recursion limit is reported the same way."""
+    [message] = json_errors('{"a": ' + "[" * depth + "]" * depth + "}")
+    assert message.startswith("kong.json: ") and message.endswith("JSON error: nested more than 64 levels deep")
 
 
 @pytest.mark.parametrize(("text", "kind"), [("- a\n- b\n", "a list"), ("hello\n", "a string"), ("42\n", "a number")])

@@ -4,7 +4,9 @@ Credentials are `jwt_secrets`, `keyauth_credentials`, `basicauth_credentials`, `
 nested under a consumer or top-level with `consumer: <id or username>`. After loading, every credential and
 consumer-scoped plugin names its consumer by id, and every consumer has an id: the one given, else Kong's own (a
 UUIDv5 of the username, as Kong's declarative loader makes it), so X-Consumer-ID is the same in every worker and
-across reloads.
+across reloads. A credential without an id gets Kong's too where Kong derives it from the credential's cache_key
+(basic-auth and hmac-auth: the username; acls: the consumer and the group), so the credential id that logs and
+`limit_by: credential` use is Kong's; elsewhere (key-auth, jwt: Kong's is random) one of our own, stable the same way.
 
 Secrets (a jwt secret, an API key, an hmac-auth secret) are `Secret` objects whose repr never shows them, and a
 basic-auth password is hashed as it is decoded (`PasswordHash`): neither can reach a log line, a status page or an
@@ -35,6 +37,11 @@ _KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
 _CONSUMERS_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "consumers")
 # Ours, for what Kong would make random (an id must agree between workers that each load the file).
 _OWN_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "mcp-gateway")
+# The credentials whose id Kong's declarative loader derives from their cache_key (kong/plugins/*/daos.lua), each in
+# the namespace of its entity. jwt_secrets and keyauth_credentials are left out: their cache_key is {key}, an `auto`
+# field, for which build_cache_key gives up and the id is random.
+_CACHE_KEY_NAMESPACES = {attr: uuid.uuid5(_KONG_NAMESPACE, attr)
+                         for attr in ("basicauth_credentials", "hmacauth_credentials", "acls")}
 
 JwtAlgorithm = Literal["HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256",
                        "PS384", "PS512", "EdDSA"]
@@ -192,12 +199,27 @@ def kong_consumer_id(username: str) -> str:
     return str(uuid.uuid5(_CONSUMERS_NAMESPACE, username))
 
 
+def kong_credential_id(attr: str, cred: Any, consumer_ref: str | None) -> str | None:
+    """The id Kong's declarative loader gives a credential without one (declarative_config.lua build_cache_key and
+    generate_uuid): a UUIDv5 of "<entity>:*:<cache_key values>"; None where Kong's is random. `consumer_ref` is the
+    consumer as Kong's cache key names it: the `consumer:` string as written, or for a nested credential that names
+    none its consumer's id (None when Kong's is random: a consumer with neither id nor username)."""
+    if attr in ("basicauth_credentials", "hmacauth_credentials"):  # cache_key {username}
+        values = cred.username
+    elif attr == "acls" and consumer_ref is not None:  # cache_key {consumer, group}
+        values = f"{consumer_ref}:{cred.group}"
+    else:
+        return None
+    return str(uuid.uuid5(_CACHE_KEY_NAMESPACES[attr], f"{attr}:*:{values}"))
+
+
 def flatten_consumers(config: Config) -> None:
     """Give every consumer an id, and move its nested credentials and plugins to the top-level lists, naming it."""
     for consumer in config.consumers:
+        kong_id = consumer.id  # the id Kong's cache keys see (None: Kong's is random)
         if consumer.id is None:
             if consumer.username is not None:
-                consumer.id = kong_consumer_id(consumer.username)
+                consumer.id = kong_id = kong_consumer_id(consumer.username)
             elif consumer.custom_id is not None:
                 consumer.id = str(uuid.uuid5(_OWN_NAMESPACE, "consumers:custom_id:" + consumer.custom_id))
         for attr in CREDENTIALS:
@@ -206,6 +228,7 @@ def flatten_consumers(config: Config) -> None:
                 # As Kong's flatten: a nested credential may name its consumer (by id or username), no other
                 named = cred.consumer
                 cred._nested = named if named is not None and named not in (consumer.id, consumer.username) else True
+                cred._consumer_ref = kong_id if named is None else named
                 cred.consumer = consumer.id  # None when the consumer has neither username nor custom_id (an error)
             getattr(config, attr).extend(nested)
             setattr(consumer, attr, [])
@@ -248,6 +271,10 @@ def check_consumers(config: Config, errors: list[str]) -> None:
     counters: dict[tuple[str, str | None], int] = {}
     unique: dict[tuple[str, str], Any] = {}
     for attr in CREDENTIALS:
+        given_ids: dict[str, Any] = {}  # a derived id may not repeat another (Kong: "uniqueness violation")
+        for cred in getattr(config, attr):
+            if cred.id is not None:
+                given_ids.setdefault(cred.id, cred)
         for cred in getattr(config, attr):
             where = path_of(cred)
             nested = getattr(cred, "_nested", None)
@@ -265,6 +292,7 @@ def check_consumers(config: Config, errors: list[str]) -> None:
             if owner is None:
                 errors.append(f"{where}.consumer: no consumer with id or username {cred.consumer!r}")
                 continue
+            consumer_ref = getattr(cred, "_consumer_ref", cred.consumer)  # (top-level: as written)
             cred.consumer = owner.id
             for field in ("id", "key", "username", "group"):
                 value = getattr(cred, field, None)
@@ -273,7 +301,11 @@ def check_consumers(config: Config, errors: list[str]) -> None:
                                   "header)")
             n = counters[(attr, owner.id)] = counters.get((attr, owner.id), -1) + 1
             if cred.id is None:
-                cred.id = str(uuid.uuid5(_OWN_NAMESPACE, f"{attr}:{owner.id}:{n}"))
+                cred.id = kong_credential_id(attr, cred, consumer_ref)
+                if cred.id is None:  # Kong's would be random
+                    cred.id = str(uuid.uuid5(_OWN_NAMESPACE, f"{attr}:{owner.id}:{n}"))
+                elif (other := given_ids.setdefault(cred.id, cred)) is not cred:
+                    _repeated_id(attr, cred, other, errors)
             _check_credential(attr, cred, where, unique, errors)
     for plugin in config.plugins:
         if plugin.consumer is not None:
@@ -282,6 +314,18 @@ def check_consumers(config: Config, errors: list[str]) -> None:
                 errors.append(f"{path_of(plugin)}.consumer: no consumer with id or username {plugin.consumer!r}")
             else:
                 plugin.consumer = owner.id
+
+
+def _repeated_id(attr: str, cred: Any, other: Any, errors: list[str]) -> None:
+    """Two credentials that get one id, as Kong's declarative loader refuses them (declarative_config.lua
+    populate_references: "uniqueness violation"). Two basic-auth or hmac-auth ones of one username are reported by
+    their username (_check_credential)."""
+    where = path_of(cred)
+    if attr == "acls" and other.group == cred.group and other.consumer == cred.consumer:
+        errors.append(f"{where}.group: {show(cred.group)} is already given to this consumer by {path_of(other)} "
+                      "(Kong refuses a group given twice: both get the same id); keep one")
+    elif getattr(other, "username", None) != getattr(cred, "username", None) or attr == "acls":
+        errors.append(f"{where}.id: {cred.id!r}, the id Kong derives for it, is already used by {path_of(other)}")
 
 
 def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, str], Any],

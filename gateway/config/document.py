@@ -6,12 +6,19 @@ stack), reads `!!set` in hash order (messages change from run to run), reads `.i
 numbers no setting can use, and raises a bare ValueError for a scalar its tag cannot read (`!!int x`). Each is
 refused with the line and column, or the field path, where it is. An unquoted date stays text, as in YAML 1.2 and
 Kong (PyYAML 1.1 would make `tags: [2024-01-01]` a date, and `2024-02-30` a crash).
+
+A file whose name ends in `json` is read as JSON, as Kong reads it with cjson (kong/db/declarative/init.lua,
+unserialize): PyYAML would refuse tab indentation and split a surrogate-pair escape into two lone surrogates. The
+same strictness holds there: a key twice in one object, nesting deeper than MAX_DEPTH, a lone surrogate escape and
+a number too large to be finite are refused.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import re
 from typing import Any
 
 import yaml
@@ -98,7 +105,10 @@ def read_text(path: str | os.PathLike[str]) -> str:
 
 
 def read_document(text: str, name: str) -> Any:
-    """The YAML document in `text` as plain data, its numbers finite and its keys strings; ConfigError otherwise."""
+    """The YAML document in `text` (JSON when `name` ends in json, as Kong) as plain data, its numbers finite and its
+    keys strings; ConfigError otherwise."""
+    if name.endswith("json"):
+        return _read_json(text, name)
     try:
         loader = _StrictLoader(text)  # the reader checks every character here
         try:
@@ -111,6 +121,80 @@ def read_document(text: str, name: str) -> Any:
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
     return raw
+
+
+class _Repeated(dict[str, Any]):
+    """A JSON object that gave `key` twice (json keeps the last; the walk in _json_problems reports it)."""
+
+    key = ""
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: the object, marked (_Repeated) when a key came twice, for the walk to report."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    repeated = _Repeated(obj)
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            repeated.key = key
+            break
+        seen.add(key)
+    return repeated
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _read_json(text: str, name: str) -> Any:
+    """The JSON document in `text`, checked as read_document checks YAML; ConfigError naming the line and column, or
+    the field path, otherwise."""
+    try:
+        raw = json.loads(text, object_pairs_hook=_json_object)
+    except json.JSONDecodeError as e:
+        raise ConfigError([f"{name}:{e.lineno}:{e.colno}: JSON syntax error: {e.msg}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{name}: JSON error: nested more than {MAX_DEPTH} levels deep"]) from None
+    if raw is None:
+        raise ConfigError([f"{name}: the JSON document is null; write {{}} for a config without services"])
+    errors = _json_problems(raw) + _scalar_problems(raw) if isinstance(raw, dict) else []
+    if errors:
+        raise ConfigError([f"{name}: {e}" for e in errors])
+    return raw
+
+
+def _json_problems(raw: dict[str, Any]) -> list[str]:
+    """What JSON lets through that YAML here does not (nesting deeper than MAX_DEPTH, a key twice in one object),
+    and lone surrogate escapes (cjson refuses them; they are not characters), by field path. Iterative."""
+    errors: list[str] = []
+    stack: list[tuple[str, Any, int]] = [("", raw, 1)]
+    while stack:
+        path, node, depth = stack.pop()
+        where = path or "the document"
+        if isinstance(node, str):
+            if _SURROGATE.search(node):
+                errors.append(f"{where}: JSON error: a \\u escape of a lone surrogate is not a character (write "
+                              "the character, or its surrogate pair)")
+            continue
+        if not isinstance(node, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            errors.append(f"{where}: JSON error: nested more than {MAX_DEPTH} levels deep")
+            continue
+        if isinstance(node, list):
+            stack.extend((f"{path}[{i}]", item, depth + 1) for i, item in reversed(list(enumerate(node))))
+            continue
+        if isinstance(node, _Repeated):
+            errors.append(f"{where}: JSON error: the key {show(node.key)} is given twice in one object; keys are "
+                          "unique: keep one")
+        for key, value in reversed(list(node.items())):
+            key_path = f"{path}.{key_part(key)}" if path else key_part(key)
+            if _SURROGATE.search(key):
+                errors.append(f"{key_path}: JSON error: a \\u escape of a lone surrogate is not a character")
+            elif key not in _ANNOTATIONS:
+                stack.append((key_path, value, depth + 1))
+    return errors
 
 
 def _located(e: yaml.YAMLError, text: str, name: str) -> str:

@@ -1,4 +1,4 @@
-"""Read a YAML config file into a validated, flattened `Config`, or raise ConfigError naming every problem.
+"""Read a YAML (or JSON) config file into a validated, flattened `Config`, or raise ConfigError naming every problem.
 
 Loading never half-applies: the caller gets a whole Config or an exception. Nested Kong entities (routes under
 services, targets under upstreams, plugins under services/routes/consumers) are moved to the top-level lists with
@@ -134,7 +134,7 @@ def _file_kind(mode: int) -> str:
 
 
 def parse_config(text: str, name: str = "<config>") -> Config:
-    """Validate YAML text; `name` prefixes every error message."""
+    """Validate YAML text (JSON when `name` ends in json, as Kong reads it); `name` prefixes every error message."""
     raw = read_document(text, name)
     if raw is None:  # (Kong: "expected an object"; a file truncated as it was rewritten would drop every route)
         raise ConfigError([f"{name}: the file holds no YAML document (it is empty, or only comments); write {{}} "

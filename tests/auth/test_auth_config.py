@@ -69,6 +69,80 @@ def test_a_nested_credential_may_name_its_own_consumer_by_id_or_username(named):
     assert config.basicauth_credentials[0].consumer == "0fe87b4a-ce29-515a-88ec-8547e66550b9"
 
 
+# Kong's declarative ids: UUIDv5 of "<entity>:<ws>:<cache_key values>" in UUIDv5(this, "<entity>")
+# (kong/db/schema/others/declarative_config.lua: build_cache_key, generate_uuid, get_key_for_uuid_gen).
+KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
+
+
+def kong_generated_id(entity: str, key: str) -> str:
+    return str(uuid.uuid5(uuid.uuid5(KONG_NAMESPACE, entity), key))
+
+
+def test_the_id_formula_gives_kongs_own_expected_value():
+    """The formula the tests below use, checked against Kong's spec (05-error-flattening_spec.lua: target
+    10.244.0.12:80 of upstream f9792964-... gets 48322e4a-...)."""
+    assert kong_generated_id("targets", "targets:*:f9792964-6797-482c-bfdf-08220a4f6839:10.244.0.12:80") == \
+        "48322e4a-b3b0-591b-8ed6-fd95a6d75019"
+
+
+def test_basic_and_hmac_credentials_without_an_id_get_kongs_ids():
+    """Their cache_key is {username} (kong/plugins/basic-auth/daos.lua, hmac-auth/daos.lua), so Kong's id is derived
+    from the username; it is what logs write as authenticated_entity.id and what `limit_by: credential` counts by,
+    so ours must be the same for the same kong.yml."""
+    config = load("consumers: [{username: bob, basicauth_credentials: [{username: alice, password: pw}], "
+                  "hmacauth_credentials: [{username: hal, secret: s3cret}]}]")
+    basic_id = kong_generated_id("basicauth_credentials", "basicauth_credentials:*:alice")
+    hmac_id = kong_generated_id("hmacauth_credentials", "hmacauth_credentials:*:hal")
+    assert (config.basicauth_credentials[0].id, config.hmacauth_credentials[0].id) == (basic_id, hmac_id)
+    directory = Directory(config)
+    assert directory.basic["alice"][1].credential_id == basic_id
+    assert directory.hmac["hal"][1].credential_id == hmac_id
+
+
+def test_an_acl_without_an_id_gets_kongs_id_from_its_consumer_and_group():
+    """acls have cache_key {consumer, group}: nested, the consumer is its id; top-level (or nested naming it), the
+    `consumer:` string as written, as Kong's build_cache_key takes it."""
+    bob = kong_consumer_id("bob")
+    config = load("consumers: [{username: bob, acls: [{group: g}, {group: h, consumer: bob}]}]\n"
+                  "acls: [{consumer: bob, group: i}]")
+    assert {a.group: a.id for a in config.acls} == {"g": kong_generated_id("acls", f"acls:*:{bob}:g"),
+                                                    "h": kong_generated_id("acls", "acls:*:bob:h"),
+                                                    "i": kong_generated_id("acls", "acls:*:bob:i")}
+
+
+def test_credentials_whose_kong_id_is_random_get_stable_ids_of_ours():
+    """key-auth and jwt: cache_key {key}, an `auto` field, so Kong's id is random; so is an acl's of a consumer with
+    no username and no id. Ours are the same on every load, so every worker agrees."""
+    text = ("consumers: [{username: bob, keyauth_credentials: [{key: k1}], jwt_secrets: [{key: iss, secret: s}]}, "
+            "{custom_id: c-1, acls: [{group: g}]}]")
+    first, again = load(text), load(text)
+    for attr in ("keyauth_credentials", "jwt_secrets", "acls"):
+        [cred] = getattr(first, attr)
+        assert cred.id == getattr(again, attr)[0].id and uuid.UUID(cred.id)
+    assert first.acls[0].id != kong_generated_id("acls", f"acls:*:{first.consumers[1].id}:g")
+
+
+def test_a_group_given_twice_to_one_consumer_is_refused():
+    """Kong gives both acls the same id and refuses the second ("uniqueness violation: 'acls' entity with primary
+    key set to ... already declared", declarative_config.lua populate_references)."""
+    assert errors("consumers: [{username: bob, acls: [{group: admin}, {group: admin}]}]") == [
+        'consumers[0].acls[1].group: "admin" is already given to this consumer by consumers[0].acls[0] (Kong '
+        "refuses a group given twice: both get the same id); keep one"]
+
+
+def test_one_group_given_to_two_consumers_loads():
+    config = load("consumers: [{username: bob, acls: [{group: admin}]}, {username: eve, acls: [{group: admin}]}]")
+    assert len({a.id for a in config.acls}) == 2
+
+
+def test_a_derived_id_already_given_to_another_credential_is_refused():
+    taken = kong_generated_id("basicauth_credentials", "basicauth_credentials:*:alice")
+    assert errors(f"consumers: [{{username: bob, basicauth_credentials: [{{username: al, password: p, id: {taken}}}, "
+                  "{username: alice, password: q}]}]") == [
+        f"consumers[0].basicauth_credentials[1].id: '{taken}', the id Kong derives for it, is already used by "
+        "consumers[0].basicauth_credentials[0]"]
+
+
 def test_consumer_plugins_are_scoped_to_the_consumers_id():
     config = load("consumers: [{username: bob, plugins: [{name: rate-limiting, config: {minute: 5}}]}]")
     assert config.plugins[0].consumer == kong_consumer_id("bob")
