@@ -1,12 +1,17 @@
 """Decoding that reports every problem of an entity, not only the first: when msgspec refuses a mapping, each of
-its fields is checked alone (nested entities and lists of them too), so a file with 7 mistakes gets 7 lines."""
+its fields is checked alone (nested entities and lists of them too), so a file with 7 mistakes gets 7 lines.
+
+An integer field takes a float with no fractional part (`port: 8080.0`) as that integer, as Kong's schema does
+(kong/db/schema/init.lua, validate_field: any number equal to its floor); a string stays refused ("80"), and float
+and free-form fields are left as they are."""
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
@@ -20,10 +25,52 @@ def convert_all(item: Any, typ: Any, path: str, errors: list[str], dec_hook: Any
     try:
         return msgspec.convert(item, typ, dec_hook=dec_hook)
     except msgspec.ValidationError as e:
-        found: list[str] = []
-        _check(item, typ, path, found, dec_hook, e)
-        errors.extend(found)
-        return None
+        error = e
+    whole = whole_numbers(item, typ)  # (only when strict decoding failed: a file without such floats pays nothing)
+    if whole is not item:
+        try:
+            return msgspec.convert(whole, typ, dec_hook=dec_hook)
+        except msgspec.ValidationError as e:
+            item, error = whole, e
+    found: list[str] = []
+    _check(item, typ, path, found, dec_hook, error)
+    errors.extend(found)
+    return None
+
+
+def whole_numbers(value: Any, typ: Any) -> Any:
+    """`value` with each float of no fractional part made an int where `typ` wants an int (Kong's integer: any number
+    equal to its floor); `value` itself, unchanged, when there is none. Only int fields (and Literals of ints) are
+    touched: msgspec's lax mode would also take "80" for 80, which Kong refuses."""
+    inner = _unwrap(typ)
+    if inner is int or (typing.get_origin(inner) is Literal and all(type(a) is int for a in typing.get_args(inner))):
+        return int(value) if type(value) is float and value.is_integer() else value
+    if isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, msgspec.Struct):
+        hints = _field_types(inner)
+        items = ((k, v, hints.get(k)) for k, v in value.items())
+    elif isinstance(value, dict) and typing.get_origin(inner) is dict:
+        value_type = (typing.get_args(inner) or (Any, Any))[1]
+        items = ((k, v, value_type) for k, v in value.items())
+    elif isinstance(value, list) and typing.get_origin(inner) is list:
+        (item_type,) = typing.get_args(inner) or (Any,)
+        changed = [whole_numbers(v, item_type) for v in value]
+        return changed if any(new is not old for new, old in zip(changed, value, strict=True)) else value
+    else:
+        return value
+    out: dict[Any, Any] | None = None
+    for key, item, item_type in items:
+        new = item if item_type is None else whole_numbers(item, item_type)
+        if new is not item:
+            out = dict(value) if out is None else out
+            out[key] = new
+    return value if out is None else out
+
+
+@functools.cache
+def _field_types(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """A Struct's field types by the name a document uses for each."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.encode_name: hints[f.name] for f in msgspec.structs.fields(cls)}
 
 
 def salvage(item: Any, typ: Any, path: str, messages: list[str], dec_hook: Any = None) -> Any:
@@ -32,6 +79,7 @@ def salvage(item: Any, typ: Any, path: str, messages: list[str], dec_hook: Any =
     config is refused anyway."""
     if not isinstance(item, dict):
         return None
+    item = whole_numbers(item, typ)
     bad = set()
     for message in messages:
         field = message.split(": ", 1)[0]

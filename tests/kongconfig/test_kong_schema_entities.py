@@ -119,6 +119,39 @@ def test_service_timeouts_and_retries_keep_kongs_ranges(field: str, value: int, 
     assert errors(service(f"host: example.com, {field}: {value}")) == [f"services[0].{field}: {problem}"]
 
 
+def test_a_whole_number_float_is_an_integer_as_in_kong():
+    """Kong's integer is any number equal to its floor (kong/db/schema/init.lua, validate_field), and its YAML and
+    JSON parsers read 8080.0 as the number 8080: such a file loads in Kong, nested entities included."""
+    config = load("""
+        _format_version: "3.0"
+        services:
+        - {name: s, host: example.com, port: 8080.0, retries: 5.0, routes: [{paths: [/], regex_priority: 2.0,
+                                                                             https_redirect_status_code: 301.0}]}
+        upstreams:
+        - {name: u, targets: [{target: "127.0.0.1:80", weight: 100.0}]}
+        """)
+    assert (config.services[0].port, config.services[0].retries, config.targets[0].weight) == (8080, 5, 100)
+    assert (config.routes[0].regex_priority, config.routes[0].https_redirect_status_code) == (2, 301)
+    assert all(type(n) is int for n in (config.services[0].port, config.targets[0].weight))
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("'80'", 'expected int >= 1 and <= 65535, got "80"'),
+    ("80.5", "expected int >= 1 and <= 65535, got 80.5"),
+    ("70000.0", "expected int >= 1 and <= 65535, got 70000"),
+])
+def test_an_integer_field_still_refuses_a_string_a_fraction_and_an_out_of_range_float(value: str, problem: str):
+    """Kong refuses "80" (a string is not a number) and 80.5; a whole float is then held to the field's range."""
+    assert errors(service(f"host: example.com, port: {value}")) == [f"services[0].port: {problem}"]
+
+
+def test_a_free_form_value_keeps_its_float():
+    """Only fields the schema types as integers are changed: a plugin's config is left for its own schema."""
+    config = parse_config(service("host: example.com, plugins: [{name: rate-limiting, config: {minute: 5.0}}]"),
+                          "kong.yml")
+    assert type(config.plugins[0].config["minute"]) is float
+
+
 @pytest.mark.parametrize("protocol", ["tcp", "tls", "udp"])
 def test_a_stream_service_is_refused_saying_it_is_not_built(protocol: str):
     assert errors(service(f"host: x.y, protocol: {protocol}")) == [
