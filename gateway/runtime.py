@@ -18,6 +18,7 @@ import msgspec
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
 from gateway.breaker.config import BreakerConfig
 from gateway.config import Config, ConfigError, parse_host_port, path_of
+from gateway.config.decode import whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
@@ -555,7 +556,13 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
     if unknown:
         return None
     try:
-        return msgspec.convert(plugin.config, module.schema)
+        try:
+            return msgspec.convert(plugin.config, module.schema)
+        except msgspec.ValidationError:
+            whole = whole_numbers(plugin.config, module.schema)  # (Kong's integer: any number equal to its floor)
+            if whole is plugin.config:
+                raise
+            return msgspec.convert(whole, module.schema)
     except msgspec.ValidationError as e:
         message = describe_validation_error(e, plugin.config, module.schema, f"{where}.config")
         m = _CHECK_MESSAGE.match(message)

@@ -194,3 +194,14 @@ def test_a_routes_plugins_run_in_priority_order_whatever_their_order_in_the_file
                {"name": "rate-limiting", "config": {"second": 1}}, {"name": "acl", "config": {"allow": ["x"]}}]
     assert [p.name for p in policies(doc(plugins))] == ["correlation-id", "cors", "key-auth", "acl", "rate-limiting",
                                                        "request-termination"]
+
+
+def test_a_plugins_integer_field_takes_a_whole_number_float_as_kong_does():
+    """Kong's integer is any number equal to its floor, in a plugin's schema too: a redis port of 6379.0 loads; a
+    string stays refused."""
+    redis = {"host": "127.0.0.1", "port": 6379.0, "database": 1.0, "timeout": 2000.0}
+    [policy] = policies(doc([{"name": "rate-limiting", "config": {"minute": 5, "policy": "redis", "redis": redis}}]))
+    assert policy.name == "rate-limiting"
+    refused = errors(doc([{"name": "rate-limiting", "config": {"minute": 5, "policy": "redis",
+                                                               "redis": {**redis, "port": "6379"}}}]))
+    assert len(refused) == 1 and "redis.port" in refused[0]
