@@ -85,6 +85,7 @@ class _Child:
     pid: object | None = None
     restart_count: int = 0
     last_failure: object = None
+    last_pid: object | None = None  # the pid it exited as (a dynamic child being restarted is found by it)
 
 
 class _JobKind(Enum):
@@ -165,6 +166,7 @@ class SupervisorCore:
             return []
         del self._by_pid[pid]
         child.last_failure = reason
+        child.last_pid = pid
         report = Report(ReportKind.CHILD_TERMINATED, child.spec.id, reason, pid)
         restart = child.spec.restart
         if restart is Restart.PERMANENT or (restart is Restart.TRANSIENT and is_abnormal(reason)):
@@ -245,6 +247,13 @@ class SupervisorCore:
         if self._simple:
             child = self._by_pid.get(id_or_pid)
             if child is None:
+                # OTP's find_child: a child being restarted is found by the pid it exited as; with no process to
+                # stop it is forgotten, and its queued retry finds nothing
+                restarting = next((c for c in self._children.values() if c.state is ChildState.RESTARTING
+                                   and c.last_pid == id_or_pid), None)
+                if restarting is not None:
+                    self._delete(restarting)
+                    return [Reply(None)]
                 reason = "simple_one_for_one" if id_or_pid == self._template.id else "not_found"
                 return [Reply(ChildError(reason))]
         elif (child := self._children.get(id_or_pid)) is None:

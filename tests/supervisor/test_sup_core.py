@@ -589,6 +589,23 @@ def test_simple_one_for_one_start_child_wants_args_not_a_spec() -> None:
     assert isinstance(driver.request("start_child", spec("x")), TypeError)
 
 
+
+def test_simple_one_for_one_terminate_child_by_old_pid_removes_a_child_being_restarted() -> None:
+    """OTP's find_child looks a pid up among the children being restarted too: terminate_child(OldPid) of a child
+    whose restart failed is ok and forgets it, and its queued retry finds nothing (it was not_found, and the child
+    kept being retried, each retry counted, with no way to stop it)."""
+    driver = Driver(strategy="simple_one_for_one", children=[spec("conn")], intensity=5).started()
+    ref = driver.request("start_child", ["x"])
+    driver.failing("conn", "boom", "boom")
+    driver.do(driver.core.exited(ref, "crash"))  # the restart fails: the child is restarting, a retry queued
+    assert [c.state.value for c in driver.core.which_children()] == ["restarting"]
+    assert driver.request("terminate_child", ref) is None
+    assert driver.core.which_children() == []
+    driver.log.clear()
+    driver.run_retries()
+    assert driver.log == []
+
+
 # Shutdown reports: OTP expects shutdown (killed for brutal_kill); non-permanent children may also stop normally.
 
 SHUTDOWN_REPORT_TABLE = [
