@@ -28,7 +28,6 @@ from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
 from gateway.ratelimit.messages import LeaseRequest
-from gateway.ratelimit.remote import PENDING_S
 from gateway.runtime import compile_config, id_of
 from gateway.stores import Counters, HostCache
 from gateway.telemetry.health_metrics import TargetHealthMetrics
@@ -240,11 +239,20 @@ class Keeper:
         return [(sender, p.Grants(grants=grants)) for sender, grants in by_sender.items()]
 
     def overdue(self, now: float, wall: float) -> list[tuple[bytes, p.Msg]]:
-        """A request waited PENDING_S for a block: its Redis is too slow, so its hosts use their shares."""
-        late = {waiting[0][1].spec.store for waiting in self.pending.values() if now - waiting[0][2] >= PENDING_S}
+        """Requests that waited their Redis' timeout (redis.timeout, per plugin) for a block: that Redis is too slow,
+        so its hosts use their shares (or answer 500). Kong's request waits for its Redis as long as the timeout
+        says."""
+        late: dict[str, float] = {}
+        for waiting in self.pending.values():
+            if waiting:
+                store = waiting[0][1].spec.store
+                shared = self.stores.get(store)
+                bound = shared.settings.timeout_s if shared is not None else 0.0  # a plugin gone: no call answers
+                if now - waiting[0][2] >= bound:
+                    late[store] = bound
         answers = []
-        for store in late:
-            if self.ledger.store_down(store, f"no answer from Redis within {PENDING_S:g}s"):
+        for store, bound in late.items():
+            if self.ledger.store_down(store, f"no answer from Redis within {bound:g}s"):
                 log_store_down(self, store)
             answers += self.answer_pending(self.ledger.remote_keys(store), now, wall)
         return answers

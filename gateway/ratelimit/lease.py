@@ -9,12 +9,13 @@ Rules:
    given back by `sweep` (ReturnedLease), so the keeper credits the windows still current and the bucket.
 3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
    asking. Otherwise the answer is WAIT: the caller waits for the grant (`apply`) and calls `take` again with
-   `waited=True`, as often as it answers WAIT, until its wait of WAIT_S is over; its last call has `final=True`,
+   `waited=True`, as often as it answers WAIT, until its wait is over (WAIT_S; under policy redis as long as the
+   keeper waits for Redis, remote.wait_s, when that is longer); its last call has `final=True`,
    which never answers WAIT. WAIT again means the grant is still on its way, or the keeper had room but this
    worker's other requests took the tokens (a race, not the limit: the next grant is asked for). After that race
    a last call is denied, never admitted over the limit.
 4. The keeper lost (`fallback(True, n)`: no heartbeat for KEEPER_LOST_S, gateway/state/shared.py), or silent on
-   this key through a whole wait of WAIT_S (longer than that): the worker admits on a local share, per window
+   this key through a whole wait (rule 3; longer than that): the worker admits on a local share, per window
    limit // n (at least 1) counting all it admitted in that window, and a bucket of capacity / n refilled at
    rate / n that leased tokens spent here drain too (so a keeper late on one request does not open a fresh burst).
    `reports` hands what it admitted so to the keeper once it is back. A keeper that is merely slow is waited for:

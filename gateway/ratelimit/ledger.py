@@ -21,11 +21,15 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
 7. Keys of policy redis (spec.store) are shared by several gateway hosts: this host grants only the tokens it took
    from Redis in blocks (each window's `held`), as remote.py describes. A request the host cannot serve from what it
    holds, while Redis may still have room, gets no Grant yet (`grant` returns None): the keeper answers it once the
-   key's next block (or the news that Redis is away) arrives.
+   key's next block (or the news that Redis is away) arrives. A key's claims in Redis are made as its claimant:
+   the host, this Ledger's incarnation and (after the first) the generation of the key's state. A Ledger starts
+   empty, and so does a key's state after a reset or a changed spec: restating (so lowering) the claims an earlier
+   one left there would hand out again what it admitted (redis_script.py).
 """
 
 from __future__ import annotations
 
+import secrets
 from math import floor, inf
 
 from gateway.ratelimit.bucket import Bucket
@@ -84,12 +88,15 @@ class _Key:
 class Ledger:
     """All keys' authoritative state; one per gateway, in the state keeper, which knows the number of workers.
 
-    `host` names this gateway host in Redis (rule 7); `stores` maps a spec's store to its Redis.
+    `host` names this gateway host in Redis (rule 7), `claimant` this Ledger's claims there; `stores` maps a spec's
+    store to its Redis.
     """
 
     def __init__(self, workers: int = 1, host: str = "") -> None:
         self.workers = max(1, workers)
         self.host = host
+        self.claimant = f"{host}#{secrets.token_hex(6)}"
+        self._generation = 0  # remote key states started afresh: each gets a claimant of its own
         self.stores: dict[str, Store] = {}
         self._keys: dict[str, _Key] = {}
         self._remote: dict[str, _Key] = {}  # the keys of policy redis
@@ -367,10 +374,12 @@ class Ledger:
     def reset(self, key: str) -> bool:
         """Forget a key's usage (an operator's `limits reset`); True if it had any. (Under policy redis this
         host's part only: the counts in Redis stay.)"""
-        return self._drop(key)
+        return self._drop(key, renew=True)
 
-    def _drop(self, key: str) -> bool:
-        self._remote.pop(key, None)
+    def _drop(self, key: str, renew: bool = False) -> bool:
+        """Forget a key; `renew`: its state may start afresh in windows still current (a new claimant then)."""
+        if self._remote.pop(key, None) is not None and renew:
+            self._generation += 1
         return self._keys.pop(key, None) is not None
 
     def expire(self, now: float, wall: float) -> int:
@@ -401,11 +410,12 @@ class Ledger:
         moves the key to or from Redis (then it starts afresh)."""
         state = self._keys.get(key)
         if state is not None and state.spec != spec and (state.remote is not None or spec.remote):
-            self._drop(key)
+            self._drop(key, renew=True)
             state = None
         if state is None:
             store = self.stores.get(spec.store) if spec.remote else None
-            remote = RemoteKey(key, spec, store, now) if store is not None else None
+            claimant = f"{self.claimant}.{self._generation}" if self._generation else self.claimant
+            remote = RemoteKey(key, spec, store, now, claimant) if store is not None else None
             state = self._keys[key] = _Key(spec, now, remote)
             if remote is not None:
                 self._remote[key] = state

@@ -2,7 +2,7 @@
 anything but StoreError, and replacing its connection after any failure.
 
 coredis is imported only when a plugin uses policy redis (it takes about half a second to import).
-Found by testing coredis 6.9 on Trio (tests/ratelimit/test_rl_redis_client.py keeps the cases): a malformed reply
+Found by testing coredis 6.9 on Trio (tests/ratelimit/test_rl_redis.py keeps the cases): a malformed reply
 raises ValueError or InvalidResponse rather than a RedisError, and after a command times out on a connection that
 never answers, later commands on it time out too. So every failure is mapped here, and after a timeout or a broken
 reply the client is closed and a new one made.
@@ -11,6 +11,7 @@ reply the client is closed and a new one made.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +29,9 @@ T = TypeVar("T")
 
 NO_TIMEOUT_BOUND_S = 5.0  # redis.timeout 0 (none, in lua-resty-redis) still ends a call after this
 RESOLVE_RETRY_S = 1.0  # a Redis host name that did not resolve is asked again after this
+
+_NO_HELLO = re.compile(r"unknown command [`']hello[`']", re.IGNORECASE)  # Redis 5's answer (4's quotes)
+_without_hello: set[str] = set()  # addresses of Redis servers found too old (logged once each, per process)
 
 
 class RedisSettings(msgspec.Struct, frozen=True):
@@ -123,9 +127,12 @@ class RedisStore:
                 await trio.sleep(RESOLVE_RETRY_S)
                 continue
             self._unresolved = None
-            client = coredis.Redis(host=host, port=port, db=s.database, username=s.username,
-                                   password=s.password, stream_timeout=s.timeout_s, connect_timeout=s.timeout_s,
-                                   ssl_context=tls_context(s), client_name="mcp-gateway")
+            # Kong sends AUTH only with a password (a username alone is ignored) and no CLIENT SETNAME: an ACL
+            # user allowed just the policy's commands works (README: what the gateway sends)
+            client = coredis.Redis(host=host, port=port, db=s.database,
+                                   username=s.username if s.password else None, password=s.password or None,
+                                   stream_timeout=s.timeout_s, connect_timeout=s.timeout_s,
+                                   ssl_context=tls_context(s))
             try:
                 async with client:
                     self._client = client
@@ -171,7 +178,22 @@ class RedisStore:
             raise StoreError(f"no answer from Redis at {self.settings.address} within {bound:g}s") from None
         except Exception as e:  # noqa: BLE001 - coredis raises RedisError, ValueError, TimeoutError, OSError...
             self._discard()
+            if _no_hello(e):
+                raise StoreError(self._too_old()) from None
             raise StoreError(f"Redis at {self.settings.address}: {type(e).__name__}: {e}") from None
+
+    def _too_old(self) -> str:
+        """The Redis refused HELLO (before 6.0): coredis speaks only RESP3, which HELLO opens. Said once per Redis."""
+        why = f"Redis at {self.settings.address} does not know HELLO: policy redis needs Redis 6 or later"
+        if self.settings.address not in _without_hello:
+            _without_hello.add(self.settings.address)
+            log.error("%s (its client speaks RESP3 only); every call to it fails", why)
+        return why
+
+
+def _no_hello(e: Exception) -> bool:
+    """Is `e` a server's refusal of HELLO (Redis before 6.0: "unknown command `HELLO`")?"""
+    return _NO_HELLO.search(str(e)) is not None
 
 
 def _plain(value: object) -> object:

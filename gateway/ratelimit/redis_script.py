@@ -2,17 +2,26 @@
 
 One call per key does everything a host has to tell and ask: it registers the host as active, states its claim on
 each window (the tokens it holds for it: what it took, less what it gives back, plus what it admitted on its own
-while Redis was away), then takes a block. A window is a hash of claims, one field per host, and its count is their
-sum: a claim is idempotent, so a lost reply or a Redis restart that lost its data is repaired by the next call of
-every host (the resynchronisation). Blocks shrink
+while Redis was away), then takes a block. A window is a hash of claims, one field per *claimant*, and its count is
+their sum: a claim is idempotent, so a lost reply or a Redis restart that lost its data is repaired by the next call
+of every host (the resynchronisation). Blocks shrink
 as the limit nears: block = min(want, max(1, room // (2 * hosts active on the key))), the keeper's lease rule one
 level up, so the total over all hosts never exceeds the limit and little is stranded at the end of a window.
 
+A claimant is one incarnation of a host's state keeper, `<host>#<incarnation>` (`.<generation>` added for a key
+whose state there started afresh: a reset, a changed spec). A restarted keeper starts empty, so under the host's
+name alone its first claim (0 plus a block) would overwrite what its earlier incarnation admitted, and Redis would
+hand that part of the limit out again (Kong's INCRBY counts are never lowered by a restart). A dead incarnation's
+claim stays counted until the window's hash expires: its unspent tokens are lost to the window (under-admission,
+never over-admission). Host activity (`hosts`, `<key>|hosts`) is per host name, so a restart adds no host to the
+fallback shares or the block sizing.
+
 Keys (all under the plugin's prefix): `hosts` (sorted set: every host that called, by Redis time), `<key>|hosts`
-(hosts active on this key), `<key>|bucket` (hash: level, stamp, per-host outstanding `o:<host>` and last call
-`t:<host>`), `<key>|<period>|<window start>` (a window's claims, expiring GRACE_S after the window).
+(hosts active on this key), `<key>|bucket` (hash: level, stamp, per-claimant outstanding `o:<claimant>` and last
+call `t:<claimant>`), `<key>|<period>|<window start>` (a window's claims, expiring GRACE_S after the window).
 The bucket counts tokens leased and not yet reported spent (outstanding) as taken, as the keeper's Ledger does
-(rule 4 of ledger.py): it refills only up to capacity - outstanding; a silent host's outstanding is written off.
+(rule 4 of ledger.py): it refills only up to capacity - outstanding; a silent claimant's outstanding (a dead
+incarnation's too) is written off.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ local host, want = ARGV[1], tonumber(ARGV[2])
 local active_ms, seen_ms = tonumber(ARGV[3]), tonumber(ARGV[4])
 local rate, cap = tonumber(ARGV[5]), tonumber(ARGV[6])
 local spent, back, force, stale_ms = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local claimant = ARGV[11]
 for i = 1, 2 do
   redis.call('ZADD', KEYS[i], now, host)
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - seen_ms)
@@ -42,11 +52,11 @@ local nwin = #KEYS - 3
 local room = math.huge
 local totals = {}
 for i = 1, nwin do
-  local a = 10 + (i - 1) * 3
+  local a = 11 + (i - 1) * 3
   local claims = redis.call('HGETALL', KEYS[3 + i])
   local total = tonumber(ARGV[a + 3])
   for j = 1, #claims, 2 do
-    if claims[j] ~= host then total = total + tonumber(claims[j + 1]) end
+    if claims[j] ~= claimant then total = total + tonumber(claims[j + 1]) end
   end
   totals[i] = total
   room = math.min(room, tonumber(ARGV[a + 1]) - total)
@@ -64,8 +74,8 @@ if cap > 0 then
     elseif string.sub(f, 1, 2) == 't:' then seen[string.sub(f, 3)] = tonumber(v) end
   end
   level = stored or cap
-  outstanding[host] = math.max(0, (outstanding[host] or 0) - spent - back)
-  seen[host] = now
+  outstanding[claimant] = math.max(0, (outstanding[claimant] or 0) - spent - back)
+  seen[claimant] = now
   level = level + back
   local total = 0
   for h, o in pairs(outstanding) do
@@ -87,8 +97,9 @@ if cap > 0 then
     block = math.min(want, math.max(1, math.floor(room / (2 * active))))
   end
   level = level - block
-  outstanding[host] = outstanding[host] + block
-  redis.call('HSET', b, 'level', tostring(level), 'stamp', now, 'o:' .. host, outstanding[host], 't:' .. host, now)
+  outstanding[claimant] = outstanding[claimant] + block
+  redis.call('HSET', b, 'level', tostring(level), 'stamp', now, 'o:' .. claimant, outstanding[claimant],
+             't:' .. claimant, now)
   redis.call('PEXPIRE', b, math.max(stale_ms, math.ceil((cap - level) / rate * 1000)) + 1000)
   totals.block = block
 else
@@ -100,8 +111,8 @@ else
 end
 local reply = {totals.block, hosts, active, level == -1 and -1 or math.floor(level * 1000)}
 for i = 1, nwin do
-  local a = 10 + (i - 1) * 3
-  redis.call('HSET', KEYS[3 + i], host, tonumber(ARGV[a + 3]) + totals.block)
+  local a = 11 + (i - 1) * 3
+  redis.call('HSET', KEYS[3 + i], claimant, tonumber(ARGV[a + 3]) + totals.block)
   redis.call('EXPIREAT', KEYS[3 + i], tonumber(ARGV[a + 2]))
   reply[4 + i] = tonumber(ARGV[a + 1]) - totals[i] - totals.block
 end
@@ -110,7 +121,7 @@ return reply
 
 
 class WindowArgs(msgspec.Struct, frozen=True, array_like=True):
-    """One window of a call: its hash of claims, its limit and end (wall), and this host's claim on it."""
+    """One window of a call: its hash of claims, its limit and end (wall), and this claimant's claim on it."""
 
     key: str
     limit: int
@@ -138,11 +149,11 @@ class Reply(msgspec.Struct, frozen=True):
 
 def build_call(prefix: str, key: str, host: str, want: int, windows: Sequence[WindowArgs], *, active_s: float,
                seen_s: float, stale_s: float, rate: float = 0.0, capacity: float = 0.0, spent: int = 0,
-               back: int = 0, force: int = 0) -> Call:
-    """The KEYS and ARGV of one call (capacity 0: no bucket)."""
+               back: int = 0, force: int = 0, claimant: str = "") -> Call:
+    """The KEYS and ARGV of one call (capacity 0: no bucket); the claims are `claimant`'s (`host` when empty)."""
     keys = [prefix + "hosts", f"{prefix}{key}|hosts", f"{prefix}{key}|bucket", *(prefix + w.key for w in windows)]
     args = [host, str(want), str(int(active_s * 1000)), str(int(seen_s * 1000)), repr(float(rate)),
-            repr(float(capacity)), str(spent), str(back), str(force), str(int(stale_s * 1000))]
+            repr(float(capacity)), str(spent), str(back), str(force), str(int(stale_s * 1000)), claimant or host]
     for w in windows:
         args += [str(w.limit), str(int(w.end) + GRACE_S), str(w.claim)]
     return Call(keys, args)

@@ -8,10 +8,13 @@ Rules (the keeper's Ledger applies them to keys whose spec has a `store`):
 2. One call per key is in flight at a time; it states the host's claim on each window, max(held, used): what it
    took, less what it gave back, or what it admitted if that is more (rule 4). A claim that differs from what Redis
    last acknowledged makes the key due. A block that arrives after its shortest window ended is not used: the next
-   claim leaves it out, which gives it back to the longer windows.
+   claim leaves it out, which gives it back to the longer windows. A key's claims are its `claimant`'s, one per
+   keeper incarnation and key state (ledger.py rule 7): a restarted keeper, or a key's state started afresh, begins
+   empty and claims beside what the earlier one claimed, never over it.
 3. When a shorter window ends, the tokens it left unspent leave `held` of the longer windows still current (and so
    their next claim): a long window's count holds only tokens its shorter windows spent.
-4. Redis unreachable (a call failed or timed out, or a request waited PENDING_S for a block): the store is down.
+4. Redis unreachable (a call failed or timed out, or a request waited the plugin's redis.timeout for a block, as
+   long as Kong's request waits for its Redis): the store is down. A worker waits for that answer `wait_s`.
    With fault_tolerant, each window's cap becomes max(held, limit // hosts), hosts being the gateway hosts Redis saw
    within SEEN_S; a bucket is backed by a local one of capacity / hosts refilled at rate / hosts. What the host admits
    beyond what it held is part of its next claim, sent RETRY_S after the failure and then every RETRY_S until Redis
@@ -26,6 +29,7 @@ from __future__ import annotations
 from math import ceil, inf
 
 from gateway.ratelimit.bucket import Bucket
+from gateway.ratelimit.lease import WAIT_S
 from gateway.ratelimit.redis_script import Call, Reply, WindowArgs, build_call
 from gateway.ratelimit.spec import LimitSpec
 
@@ -37,7 +41,7 @@ ACTIVE_S = 2.0  # a host that called for a key this recently shares in the sizin
 SEEN_S = 60.0  # hosts Redis saw this recently divide a limit into fallback shares
 STALE_S = 10.0  # a host silent this long on a bucket is forgotten by Redis, with the tokens it held
 POOL_TTL_S = 1.0  # bucket tokens a host took and did not grant go back to Redis after this
-PENDING_S = 0.5  # a request waiting this long for a block: Redis is too slow, use the fallback share (rule 4)
+WAIT_MARGIN_S = 0.5  # a worker waits for a block this much longer than its keeper waits for Redis (rule 4)
 RETRY_S = 0.2  # while the store is down, a key with something to say calls again this often
 RESEND_S = 5.0  # a call unanswered this long is given up (the client's own timeout should have ended it)
 
@@ -62,11 +66,12 @@ class RemoteKey:
 
     __slots__ = ("key", "store", "remaining", "level", "active", "in_flight", "sent_at", "sent", "due", "granted",
                  "granted_since", "last_block", "waiting", "acked", "pool", "pool_expires", "spent", "back_bucket",
-                 "force_bucket", "fallback_bucket", "next_try", "fallback_granted", "bucket_sent")
+                 "force_bucket", "fallback_bucket", "next_try", "fallback_granted", "bucket_sent", "claimant")
 
-    def __init__(self, key: str, spec: LimitSpec, store: Store, now: float) -> None:
+    def __init__(self, key: str, spec: LimitSpec, store: Store, now: float, claimant: str = "") -> None:
         self.key = key
         self.store = store
+        self.claimant = claimant  # whose claims this key's calls make (redis_script.py); "": the host's name
         self.remaining: dict[str, tuple[float, int]] = {}  # period -> (window start, left across hosts) at last answer
         self.level: float | None = None  # the shared bucket's level, as of the last answer
         self.active = 1
@@ -159,7 +164,7 @@ class RemoteKey:
         call = build_call(self.store.prefix, self.key, host, want, args, active_s=ACTIVE_S, seen_s=SEEN_S,
                           stale_s=STALE_S, rate=spec.rate if spec.bucketed else 0.0,
                           capacity=spec.capacity if spec.bucketed else 0.0, spent=self.spent,
-                          back=self.back_bucket, force=self.force_bucket)
+                          back=self.back_bucket, force=self.force_bucket, claimant=self.claimant)
         self.bucket_sent = (self.spent, self.back_bucket, self.force_bucket)
         self.spent = self.back_bucket = self.force_bucket = 0
         self.in_flight, self.sent_at, self.due = True, now, False
@@ -199,6 +204,12 @@ class RemoteKey:
             else:
                 self.back_bucket += reply.block
         self.fallback_bucket = None
+
+
+def wait_s(timeout_s: float) -> float:
+    """How long a worker's request waits for a grant of a key of policy redis: its keeper waits for Redis up to
+    the Redis timeout (rule 4), then answers; never less than the usual lease wait."""
+    return max(WAIT_S, timeout_s + WAIT_MARGIN_S)
 
 
 def window_rolled(old_held: float, old_used: int, others: list) -> None:

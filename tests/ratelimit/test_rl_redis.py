@@ -1,5 +1,5 @@
-"""Policy redis against a real redis-server: the block script, the client's failure modes, and hosts (Ledger +
-LeaseTables) sharing one limit through it.
+"""Policy redis against a real redis-server: the block script, the client's failure modes and what it sends, and
+hosts (Ledger + LeaseTables) sharing one limit through it.
 
 A redis-server (Debian's, on a free loopback port, no persistence) is started per test that needs one and stopped
 by pid. Broken Redis behaviour (garbage replies, a connection that never answers) comes from a small TCP proxy in
@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from backends import Client, EchoBackend, service
 from dns_server import serve_names
 from e2e_helpers import Backend, node_factory
 from e2e_helpers import request as http_request
@@ -28,9 +30,13 @@ from gateway.dns.process import serving
 from gateway.ratelimit import LeaseTable, Ledger, LimitSpec, Status, Window
 from gateway.ratelimit.redis_client import RedisSettings, RedisStore, StoreError
 from gateway.ratelimit.redis_script import BadReply, WindowArgs, build_call, parse_reply
-from gateway.ratelimit.remote import PENDING_S
+from gateway.ratelimit.remote import WAIT_MARGIN_S
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins"))
+from plugin_helpers import http_codec, plugin  # noqa: E402, F401 - the fixture: one codec
 
 PREFIX = "gateway:rl:"
+REDIS5_HELLO = b"-ERR unknown command `HELLO`, with args beginning with: `3`, \r\n"
 
 
 @pytest.fixture(scope="session")
@@ -157,11 +163,13 @@ async def test_a_slow_redis_is_a_store_error_within_the_timeout_then_answers_aga
 
 
 class Proxy:
-    """TCP proxy to Redis; `mode` garbage replaces the next reply with bytes that are not RESP, swallow drops it."""
+    """TCP proxy to Redis; `mode` garbage replaces the next reply with bytes that are not RESP, swallow drops it;
+    `redis5` refuses HELLO as Redis before 6.0 does (HELLO, a connection's first command, comes in a packet alone)."""
 
-    def __init__(self, upstream: int) -> None:
+    def __init__(self, upstream: int, redis5: bool = False) -> None:
         self.upstream = upstream
         self.mode = ""
+        self.redis5 = redis5
         self.port = 0
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -174,6 +182,9 @@ class Proxy:
         async with client, await trio.open_tcp_stream("127.0.0.1", self.upstream) as server:
             async def up() -> None:
                 async for data in client:
+                    if self.redis5 and b"$5\r\nHELLO\r\n" in data[:32].upper():
+                        await client.send_all(REDIS5_HELLO)
+                        continue
                     await server.send_all(data)
 
             async def down() -> None:
@@ -207,6 +218,118 @@ async def test_a_broken_or_lost_reply_is_a_store_error_and_a_fresh_connection_an
     for _ in range(3):  # coredis alone would time out on every later call after a lost reply
         with trio.fail_after(2):
             assert (await store.take(window_call("a", 1), 1)).block == 1
+
+
+async def test_a_redis_without_hello_fails_every_call_saying_it_needs_redis_6_once(nursery, redis, caplog):
+    """coredis speaks RESP3 only and opens each connection with HELLO 3, which Redis before 6.0 does not know (Kong's
+    lua-resty-redis speaks RESP2): every call fails, and the error and one log line per Redis say why."""
+    proxy = Proxy(redis.port, redis5=True)
+    await nursery.start(proxy.serve)
+    store = await open_store(nursery, proxy.port, timeout_ms=1000)
+    with caplog.at_level(logging.ERROR, logger="gateway.ratelimit.redis"):
+        for _ in range(3):
+            with pytest.raises(StoreError, match="does not know HELLO: policy redis needs Redis 6 or later"):
+                await store.take(window_call("a", 1), 1)
+    assert [r.getMessage() for r in caplog.records if "HELLO" in r.getMessage()] == [
+        f"Redis at redis://127.0.0.1:{proxy.port}/0 does not know HELLO: policy redis needs Redis 6 or later (its "
+        "client speaks RESP3 only); every call to it fails"]
+
+
+# ---- what the gateway sends: Kong's AUTH rule, no CLIENT SETNAME, commands an ACL can list -----------------------
+
+
+async def _limited_request(gateway, backend_port: int, rl: dict) -> object:  # noqa: ANN001 - the conftest factory
+    """One request through a route with plugin `rl`."""
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend_port}",
+                                               [{"name": "r", "paths": ["/"], "plugins": [rl]}])]})
+    with trio.fail_after(5):
+        async with await Client.connect(port) as client:
+            return await client.request("GET", "/")
+
+
+async def test_a_username_without_a_password_sends_no_auth(nursery, gateway, redis):
+    """Kong sends AUTH only when redis.password is present (policies/init.lua; kong/tools/redis/schema.lua: "If
+    undefined, no AUTH commands are sent to Redis"): a username alone connects as the default user. coredis would
+    send HELLO 3 AUTH <username> "", which Redis refuses (WRONGPASS)."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    rl = plugin("rate-limiting", minute=100, policy="redis", fault_tolerant=False,
+                redis={"host": "127.0.0.1", "port": redis.port, "username": "ratelimit", "timeout": 2000})
+    reply = await _limited_request(gateway, backend.port, rl)
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    assert reply.header("x-ratelimit-remaining-minute") == "99"
+
+
+async def test_response_ratelimiting_works_for_a_user_allowed_only_its_commands(nursery, gateway, redis):
+    """An ACL user allowed the commands the README lists for response-ratelimiting (MGET, INCRBY, EXPIRE) is
+    enough: the client sends no CLIENT SETNAME (Kong sends none)."""
+    assert redis.command("ACL", "SETUSER", "rrl", "on", "allkeys", "+mget", "+incrby", "+expire",
+                         ">secret") == b"+OK\r\n"
+    backend = EchoBackend()
+    backend.extra_headers = [(b"x-kong-limit", b"video=1")]
+    await nursery.start(backend.serve)
+    rrl = plugin("response-ratelimiting", limits={"video": {"minute": 6}}, policy="redis", fault_tolerant=False,
+                 redis={"host": "127.0.0.1", "port": redis.port, "username": "rrl", "password": "secret",
+                        "timeout": 2000})
+    reply = await _limited_request(gateway, backend.port, rrl)
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    assert reply.header("x-ratelimit-remaining-video-minute") == "5"
+
+
+async def test_rate_limiting_works_for_a_user_allowed_only_the_commands_the_readme_lists(nursery, gateway, redis):
+    """The README's list for rate-limiting (EVALSHA, SCRIPT LOAD, and the commands the script runs) is all an ACL
+    user needs, so an operator can write one from it."""
+    assert redis.command("ACL", "SETUSER", "rl", "on", "allkeys", "+evalsha", "+script|load", "+time", "+zadd",
+                         "+zremrangebyscore", "+pexpire", "+zcard", "+zcount", "+hgetall", "+hset", "+hdel",
+                         "+expireat", ">secret") == b"+OK\r\n"
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    rl = plugin("rate-limiting", minute=100, policy="redis", fault_tolerant=False,
+                redis={"host": "127.0.0.1", "port": redis.port, "username": "rl", "password": "secret",
+                       "timeout": 2000})
+    reply = await _limited_request(gateway, backend.port, rl)
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    assert reply.header("x-ratelimit-remaining-minute") == "99"
+
+
+# ---- how long a request waits for Redis: its redis.timeout, as Kong's --------------------------------------------
+
+
+async def test_a_redis_slower_than_half_a_second_but_within_its_timeout_is_waited_for(nursery, gateway, redis):
+    """Kong waits for its Redis up to redis.timeout (red:set_timeout) and fails only when usage() does: a Redis
+    0.8 s late with a timeout of 5 s admits the request (fault_tolerant off), where a fixed 0.5 s gave a 500."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    rl = plugin("rate-limiting", minute=100, policy="redis", fault_tolerant=False,
+                redis={"host": "127.0.0.1", "port": redis.port, "timeout": 5000})
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}",
+                                               [{"name": "r", "paths": ["/"], "plugins": [rl]}])]})
+    redis.command("CLIENT", "PAUSE", "800", "ALL")
+    started = time.monotonic()
+    with trio.fail_after(6):
+        async with await Client.connect(port) as client:
+            reply = await client.request("GET", "/")
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    assert time.monotonic() - started >= 0.7
+
+
+async def test_a_request_waits_for_a_silent_redis_its_timeout_and_not_much_longer(nursery, gateway, redis):
+    """The wait follows redis.timeout both ways: with 1 s and a Redis paused longer, the request gets its 500
+    (fault_tolerant off) after that second, within the worker's margin (remote.WAIT_MARGIN_S)."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    rl = plugin("rate-limiting", minute=100, policy="redis", fault_tolerant=False,
+                redis={"host": "127.0.0.1", "port": redis.port, "timeout": 1000})
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}",
+                                               [{"name": "r", "paths": ["/"], "plugins": [rl]}])]})
+    redis.command("CLIENT", "PAUSE", "2000", "ALL")
+    started = time.monotonic()
+    with trio.fail_after(6):
+        async with await Client.connect(port) as client:
+            reply = await client.request("GET", "/")
+    waited = time.monotonic() - started
+    assert reply.status == 500
+    assert 0.9 <= waited < 1.0 + WAIT_MARGIN_S, waited
 
 
 # ---- hosts sharing a limit: Ledgers and LeaseTables, calls run on the real Redis -----------------------------------
@@ -322,13 +445,51 @@ async def test_with_redis_gone_each_host_admits_its_share_and_confesses_when_it_
     total_down = sum(h.admitted for h in hosts)
     assert total_down <= 401
     redis.start()
-    await trio.sleep(PENDING_S)
+    await trio.sleep(0.5)  # the hosts' retries (every RETRY_S) find it
     await drive(hosts, 0.6)
     assert not any(h.ledger.stores["rl"].down for h in hosts)
     # Redis (restarted empty) holds every host's claim again, and no more is admitted than the limit
     store_view = await store.take(window_call("probe", 0, limit=400, key="rl|k"), 1)
     assert store_view.remaining[0] <= 400 - total_down
     assert sum(h.admitted for h in hosts) <= 404
+
+
+async def test_a_restarted_keeper_keeps_what_its_earlier_incarnation_claimed_in_redis(nursery, redis):
+    """A keeper names its host in Redis the same after a restart (run_keeper: `<hostname>:<bus endpoint>`) and
+    starts empty: its claims are its incarnation's own, so its first call does not overwrite the earlier
+    incarnation's (what that one admitted). Kong's INCRBY counts are never lowered by a restart either: a day limit
+    of 40 admits 40 in the day, whatever restarts."""
+    if time.time() % 86400 > 86395:
+        await trio.sleep(86400 - time.time() % 86400 + 0.1)  # stay within one day window
+    store = await open_store(nursery, redis.port)
+    spec = LimitSpec(windows=(Window("day", 40),), store="rl")
+    before = Host("gw-host:ipc:///run/gateway/bus", store, 2, spec)
+    for _ in range(30):
+        await drive([before], 0.0, per_round=4)
+    assert before.admitted == 40  # the day's limit is used up
+    after = Host("gw-host:ipc:///run/gateway/bus", store, 2, spec)  # the restart: same name, an empty Ledger
+    for _ in range(30):
+        await drive([after], 0.0, per_round=4)
+    assert after.admitted == 0
+    probe = await store.take(window_call("probe", 0), 1)
+    assert probe.hosts == 2  # the restarted host is the same host for the fallback shares (with the probe)
+
+
+async def test_a_key_whose_spec_changes_keeps_what_it_claimed_before_in_redis(nursery, redis):
+    """A changed spec (a reload raising the limit) starts the key's state afresh in the keeper: its claims are a new
+    generation's, beside the earlier ones, so the window keeps counting what was admitted (Kong: the same counter,
+    compared with the new limit)."""
+    if time.time() % 86400 > 86395:
+        await trio.sleep(86400 - time.time() % 86400 + 0.1)
+    store = await open_store(nursery, redis.port)
+    host = Host("h1", store, 2, LimitSpec(windows=(Window("day", 20),), store="rl"))
+    for _ in range(20):
+        await drive([host], 0.0, per_round=4)
+    assert host.admitted == 20
+    host.spec = LimitSpec(windows=(Window("day", 30),), store="rl")  # the reload
+    for _ in range(20):
+        await drive([host], 0.0, per_round=4)
+    assert host.admitted == 30
 
 
 # ---- the Redis host's name: resolved by the gateway's DNS client (kong.conf's dns_* keys) ------------------------

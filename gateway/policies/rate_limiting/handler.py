@@ -19,6 +19,7 @@ from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
 from gateway.ratelimit.redis_client import RedisSettings
+from gateway.ratelimit.remote import wait_s
 from gateway.ratelimit.spec import LimitSpec
 from gateway.routing.normalize import normalize_path
 
@@ -62,6 +63,8 @@ class RateLimiting:
     def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object) -> None:
         self.spec = LimitSpec.from_plugin(config, plugin_id)
         self.store = SharedStore(plugin_id, config) if config.policy == "redis" else None
+        # a request waits for a grant as long as the keeper waits for the plugin's Redis (remote.py rule 4)
+        self.wait_s = wait_s(self.store.settings.timeout_s) if self.store is not None else WAIT_S
         self.shared = shared
         self.leases: LeaseTable | None = getattr(shared, "leases", None)
         self.local_share = LOCAL_SHARE.labels(plugin_id)
@@ -188,7 +191,7 @@ class RateLimiting:
         """Everything but a leased token: wait for a grant, the local share, a delay, a denial or a 500."""
         decision = leases.take(key, self.spec, now, wall)
         if decision.status == Status.WAIT:
-            decision = await self._wait_grant(leases, key, now + WAIT_S)
+            decision = await self._wait_grant(leases, key, now + self.wait_s)
         if decision.status == Status.ADMIT:
             for admitted in self.admitted:
                 RECORDER.counts[admitted] += 1
