@@ -1,9 +1,10 @@
 """Prometheus metrics for the whole gateway, summed across processes (prometheus_client's multiprocess mode).
 
 The root points PROMETHEUS_MULTIPROC_DIR at run/metrics before it starts any child, so every process's metrics land
-in files there and the status server's /metrics reads them all (gateway.status.collect). Counter and histogram files
-of processes that have exited stay and keep counting in the sums, so totals survive worker crashes and reloads;
-gauges are of live processes only (the status server removes a dead process's gauge files before each scrape).
+in files there and the status server's /metrics reads them all (gateway.status.collect). The counters and histograms
+of processes that have exited keep counting in the sums, so totals survive worker crashes and reloads: before a
+scrape the status server folds their files into one archive per type (`fold_dead_processes`), so the files do not
+pile up; gauges are of live processes only (it removes a dead process's live gauge files then).
 
 On the request path a worker only adds to plain dicts (`Recorder`); a task hands the sums to prometheus_client
 every FLUSH_S, whose multiprocess values are file-backed. A worker killed with SIGKILL loses at most its last
@@ -18,10 +19,12 @@ Two sets of families:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import threading
 import time
 from bisect import bisect_left
 from collections import Counter as Counter_
@@ -35,6 +38,8 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client import values as prometheus_values
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.mmap_dict import MmapedDict
 
 log = logging.getLogger("gateway.metrics")
 
@@ -343,6 +348,17 @@ def add_observations(child: Any, row: HistogramRow) -> None:
 RECORDER = Recorder()
 
 
+# The files of exited processes of these types (additive: their values sum across processes) are folded into one
+# archive per type, "<type>_archive.db", which scrapes read as one more process's file: the totals are kept and the
+# number of files stays bounded however many workers come and go. Gauges of other modes than "sum" are not (the
+# live ones are removed, and the gateway has no others).
+ARCHIVED = frozenset({"counter", "histogram", "summary", "gauge_sum"})
+ARCHIVE = "archive"
+# Folding and reading the files exclude each other; both happen in the root only (the status server), so a lock of
+# its own suffices.
+FILES_LOCK = threading.Lock()
+
+
 def prepare_multiprocess_dir(run_dir: str) -> str:
     """An empty run/metrics, exported to every child the root starts from now on, and used by the root itself for
     the metric values it makes from now on (prometheus_client chose its value class when it was imported, before
@@ -390,6 +406,73 @@ def sweep_dead_processes(path: str) -> list[int]:
     return dead
 
 
+def fold_dead_processes(path: str) -> list[int]:
+    """Fold the files of ARCHIVED types of processes that have exited into the archives (`fold_files`), holding
+    FILES_LOCK (it waits for a scrape reading the files: call it in a thread); returns their pids. Only the root
+    may fold (the lock is its own)."""
+    with FILES_LOCK:
+        try:
+            names = os.listdir(path)
+        except OSError:
+            return []
+        files: defaultdict[int, list[str]] = defaultdict(list)
+        for name in names:
+            kind, _, pid = name[:-3].rpartition("_")
+            if name.endswith(".db") and kind in ARCHIVED and pid.isdigit():
+                files[int(pid)].append(name)
+        dead = [pid for pid in files if pid != os.getpid() and not _alive(pid)]
+        if dead:
+            try:
+                fold_files(path, [name for pid in dead for name in files[pid]])
+            except Exception:  # (a full disk) the files stay as they were, counted as before, folded at a later scrape
+                log.exception("metrics: folding the files of exited processes failed")
+                return []
+        return dead
+
+
+def fold_files(path: str, names: list[str]) -> None:
+    """Add the values of `names` (files of exited processes) of each ARCHIVED type to that type's archive and delete
+    them; the others are left. The new archives are written aside and renamed over the old, then the files are
+    deleted; the caller holds FILES_LOCK, so a scrape sees the files or the archives that hold them, never both."""
+    groups: defaultdict[str, list[str]] = defaultdict(list)
+    for name in names:
+        kind = name[:-3].rpartition("_")[0]
+        if kind in ARCHIVED:
+            groups[kind].append(os.path.join(path, name))
+    written = []
+    try:
+        for kind, files in groups.items():
+            archive = os.path.join(path, f"{kind}_{ARCHIVE}.db")
+            totals: dict[str, float] = {}
+            for source in [archive, *files]:
+                try:
+                    if os.path.getsize(source) < 8:  # created, never sized: nothing in it
+                        continue
+                except FileNotFoundError:  # no archive yet
+                    continue
+                for key, value, _, _ in MmapedDict.read_all_values_from_file(source):
+                    totals[key] = totals.get(key, 0.0) + value
+            aside = archive + ".new"  # not *.db: no scrape reads it
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(aside)  # (left by a fold that failed: MmapedDict would add to it)
+            values = MmapedDict(aside)
+            try:
+                for key, total in totals.items():
+                    values.write_value(key, total, 0.0)
+            finally:
+                values.close()
+            written.append((aside, archive))
+    except BaseException:
+        for aside, _ in written:
+            os.remove(aside)
+        raise
+    for aside, archive in written:
+        os.replace(aside, archive)
+    for files in groups.values():
+        for source in files:
+            os.remove(source)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -414,16 +497,23 @@ class FilesCollector(multiprocess.MultiProcessCollector):
         self.files_path = path
 
     def collect(self):  # noqa: ANN201 - prometheus_client's Collector interface
-        files = []
-        for name in os.listdir(self.files_path):
-            if name.endswith(".db"):
-                path = os.path.join(self.files_path, name)
-                try:
-                    if os.path.getsize(path) >= 8:  # the header: how much of the file is used
-                        files.append(path)
-                except OSError:  # removed meanwhile (a dead process's live gauges)
-                    pass
-        return self.merge(files, accumulate=True)
+        with FILES_LOCK:  # no fold meanwhile: it would count a dead process's values twice, or not at all
+            files = []
+            for name in os.listdir(self.files_path):
+                if name.endswith(".db"):
+                    path = os.path.join(self.files_path, name)
+                    try:
+                        if os.path.getsize(path) >= 8:  # the header: how much of the file is used
+                            files.append(path)
+                    except OSError:  # removed meanwhile (a dead process's live gauges)
+                        pass
+            return self.merge(files, accumulate=True)
+
+
+def declared_labels() -> dict[str, tuple[str, ...]]:
+    """Each family of this module by name: its label names in the order it declares them, which is Kong's for
+    Kong's families (the merge of the files sorts them; /metrics writes them in this order)."""
+    return {m._name: m._labelnames for m in globals().values() if isinstance(m, MetricWrapperBase)}
 
 
 def multiprocess_registry(path: str) -> CollectorRegistry:

@@ -5,7 +5,8 @@
                                 "time" (the same, ISO 8601), "checks": {"workers": {"status", "details"}, ...}}
     GET /ready   -> 200 | 503  {"ready": bool, "node", "timestamp", "checks": {name: "ready"|"not_ready"}}
     GET /live    -> 200        {"alive": true, "node", "uptime", "timestamp"}
-    GET /metrics -> 200        Prometheus text (OpenMetrics when the scraper asks for it) from the registry given
+    GET /metrics -> 200        Prometheus text 0.0.4 as Kong writes it (gateway.status.collect.encode_text), or
+                               OpenMetrics (prometheus_client's) when the scraper asks for it, from the registry given
     GET /status  -> 200        Kong's Status API /status JSON (gateway.status.kong); the status page
                                (gateway.status.page), when the app has one, to a request whose Accept prefers
                                text/html (a browser); /status.json the page's data
@@ -32,7 +33,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import msgspec
 import trio
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
 from gateway.status import kong
 
@@ -148,13 +149,14 @@ class StatusApp:
 
     def __init__(self, source: StatusSource, registry: CollectorRegistry | None = None, *, version: str = "",
                  node: str | None = None, started_at: float | None = None, check_timeout: float = 2.0,
-                 prepare: Callable[[], None] | None = None, page: Any = None,
+                 prepare: Callable[[list[int]], None] | None = None, page: Any = None,
                  families: Callable[[], list[Any]] | None = None, config: Callable[[], Any] | None = None,
                  config_text: Callable[[], str | None] | None = None,
                  node_id: Callable[[], str] | None = None) -> None:
         self.source = source
         self.registry = registry if registry is not None else REGISTRY
-        self.prepare = prepare  # run before each scrape, in this thread (flush the root's counts, sweep dead pids)
+        # run before each scrape with the workers' pids, in this thread (flush the root's counts, sweep dead pids)
+        self.prepare = prepare
         self.version = version
         self.node = node or f"gateway@{socket.gethostname()}:{os.getpid()}"
         self.started_at = started_at if started_at is not None else time.time()
@@ -300,8 +302,12 @@ class StatusApp:
     async def metrics(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         accept = ",".join(v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"accept")
         encoder, content_type = choose_encoder(accept)
+        if not content_type.startswith("application/openmetrics-text"):  # any text/plain: Kong's 0.0.4
+            from gateway.status.collect import encode_text
+
+            encoder, content_type = encode_text, CONTENT_TYPE_PLAIN_0_0_4
         if self.prepare is not None:
-            self.prepare()
+            self.prepare(await self.worker_pids())
         body = await trio.to_thread.run_sync(encoder, self.registry)  # collectors may read files (multiprocess)
         return 200, [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")], body
 
@@ -320,11 +326,9 @@ class StatusApp:
         if isinstance(memory_args, str):
             return _vary(_json(400, {"message": memory_args}))
         unit, scale = memory_args
-        workers = await self.run_check("workers")
-        details = workers.details if isinstance(workers.details, dict) else {}
-        pids = [p for p in details.get("pids") or () if isinstance(p, int) and p > 0]
+        pids = await self.worker_pids()
         if self.prepare is not None:
-            self.prepare()
+            self.prepare(pids)
 
         def read() -> tuple[dict[str, Any], dict[str, int], str]:
             from gateway.status.collect import server_statistics
@@ -334,6 +338,12 @@ class StatusApp:
 
         memory, server, config_hash = await trio.to_thread.run_sync(read)  # files: metrics, /proc, the config
         return _vary(_json(200, {"memory": memory, "server": server, "configuration_hash": config_hash}))
+
+    async def worker_pids(self) -> list[int]:
+        """The pids of the workers serving, as the workers check reports them (none when it cannot)."""
+        workers = await self.run_check("workers")
+        details = workers.details if isinstance(workers.details, dict) else {}
+        return [p for p in details.get("pids") or () if isinstance(p, int) and p > 0]
 
     async def keeper_targets(self) -> list[dict[str, Any]] | None:
         """The keeper's target states (the source's overview), None when it does not answer (or there is none)."""

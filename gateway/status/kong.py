@@ -33,7 +33,7 @@ from urllib.parse import parse_qs
 from gateway.config import parse_host_port
 from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.health.threshold import upstream_healthy
-from gateway.telemetry.health_metrics import has_checks
+from gateway.telemetry.health_metrics import has_checks, target_health
 
 EMPTY_CONFIG_HASH = "0" * 32  # Kong's DECLARATIVE_EMPTY_CONFIG_HASH: no config, or one without entities
 NOT_FOUND = {"message": "Not found"}
@@ -398,10 +398,7 @@ class KongUpstreamRoutes:
             ip, port = _split_address(state["key"].partition("|")[2])
             override = state.get("weight")  # the keeper's weight, None: the configured one
             address_weight = weight if override is None else int(override)
-            if checked and weight > 0:
-                health = "HEALTHY" if state.get("healthy", True) else "UNHEALTHY"
-            else:
-                health = "HEALTHCHECKS_OFF"
+            health = target_health(checked, weight, state.get("healthy", True)).upper()
             addresses.append({"ip": ip, "port": port, "weight": address_weight, "health": health})
         total = sum(a["weight"] for a in addresses)
         unavailable = sum(a["weight"] for a in addresses if a["health"] == "UNHEALTHY")

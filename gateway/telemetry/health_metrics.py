@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import Config
+from gateway.config import Config, parse_host_port
+from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.discovery.dns import target_names
 from gateway.metrics import KONG_TARGET_HEALTH
 
@@ -21,6 +22,27 @@ def has_checks(upstream: Any) -> bool:
                 or passive.http_failures or passive.tcp_failures or passive.timeouts)
 
 
+def target_health(checked: bool, weight: int, healthy: bool | None) -> str:
+    """Kong's health of a target's address (healthcheckers.lua get_upstream_health: `using_hc and target.weight > 0`),
+    for both /metrics and the Status API: healthchecks_off unless its upstream checks and the target has weight;
+    None (no verdict yet) is healthy, as Kong's checker starts every target healthy."""
+    if not checked or weight <= 0:
+        return "healthchecks_off"
+    return "unhealthy" if healthy is False else "healthy"
+
+
+def _configured_weights(config: Config) -> dict[str, int]:
+    """"<upstream>|<host:port>" -> the weight the config gives that target (spelled as the runtime names it)."""
+    weights = {}
+    for target in config.targets:
+        hostport = parse_host_port(target.target, DEFAULT_TARGET_PORT)
+        if hostport is not None:
+            host, port = hostport
+            name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            weights[f"{target.upstream}|{name}"] = target.weight
+    return weights
+
+
 class TargetHealthMetrics:
     """What one config says about target health metrics: whether to export them, and which upstreams check."""
 
@@ -30,6 +52,7 @@ class TargetHealthMetrics:
         self.enabled = upstream_health_enabled(config.plugins)
         self.upstreams = {up.name for up in config.upstreams}
         self.checked = {up.name for up in config.upstreams if has_checks(up)}
+        self.weights = _configured_weights(config)
 
     def sample(self, targets: dict[str, Any], discovered: dict[str, list[Any]] | None = None) -> None:
         """`targets`: "<upstream>|<host:port>" -> its state (`healthy`: True, False or None: no verdict yet).
@@ -39,16 +62,16 @@ class TargetHealthMetrics:
         seen = set()
         if self.enabled:
             named, unresolved = target_names(discovered or {})
+            weights = self.weights | {f"{upstream}|{info.name}": info.weight
+                                      for upstream, infos in (discovered or {}).items() for info in infos}
             for key, state in targets.items():
                 upstream, _, target = key.partition("|")
                 if upstream not in self.upstreams:
                     continue  # a service's own host: Kong reports upstream entities only
                 if key in unresolved:
                     current = "dns_error"
-                elif upstream not in self.checked:
-                    current = "healthchecks_off"
                 else:
-                    current = "unhealthy" if state.healthy is False else "healthy"
+                    current = target_health(upstream in self.checked, weights.get(key, 1), state.healthy)
                 address = "" if current == "dns_error" else target  # Kong's: no address for a name without one
                 for name in STATES:
                     labels = (upstream, named.get(key, target), address, name, "http")

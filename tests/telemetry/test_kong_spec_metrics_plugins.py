@@ -259,3 +259,32 @@ async def test_prometheus_bandwidth_counts_both_directions(nursery, gateway):
     common = {"service": svc, "route": route, "workspace": "default", "consumer": ""}
     assert (sample("kong_bandwidth_bytes", direction="ingress", **common) or 0) > 100
     assert (sample("kong_bandwidth_bytes", direction="egress", **common) or 0) > len(reply.body)
+
+
+WEIGHT_0 = """_format_version: '3.0'
+upstreams:
+  - name: prom-w0
+    healthchecks: {active: {healthy: {interval: 5}, unhealthy: {interval: 5}}}
+    targets: [{target: '127.0.0.1:9001', weight: 100}, {target: '127.0.0.1:9002', weight: 0}]
+services:
+  - {name: s, host: prom-w0}
+routes:
+  - {name: r, service: s, paths: ['/']}
+plugins:
+  - {name: prometheus, config: {upstream_health_metrics: true}}
+"""
+
+
+def test_prometheus_a_weight_0_target_of_a_checked_upstream_is_healthchecks_off():
+    """healthcheckers.lua get_upstream_health: `if using_hc and target.weight > 0` HEALTHY / UNHEALTHY, else
+    HEALTHCHECKS_OFF, which exporter.lua labels kong_upstream_target_health with (lowercased): a weight-0 target of
+    an upstream that checks is healthchecks_off, as the Status API says too (08-targets_routes_spec)."""
+    from gateway.keeper.state import Keeper
+    from gateway.metrics import KONG_TARGET_HEALTH
+
+    keeper = Keeper(parse_config(WEIGHT_0), workers=1)
+    keeper.sample_metrics()
+    states = {(labels[1], labels[3]): child._value.get()
+              for labels, child in KONG_TARGET_HEALTH._metrics.items() if labels[0] == "prom-w0"}
+    on = sorted(key for key, value in states.items() if value == 1)
+    assert on == [("127.0.0.1:9001", "healthy"), ("127.0.0.1:9002", "healthchecks_off")]  # weight 100: checked
