@@ -165,17 +165,12 @@ class Scripted:
                 pass
 
 
-class Doubling:
+class Doubling(Scripted):
     """A server that accepts the password "password" with its success written twice in one write, and refuses any
     other."""
 
     def __init__(self) -> None:
-        self.connections = 0
-
-    async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self._answer, listeners)
+        super().__init__([])
 
     async def _answer(self, stream: trio.SocketStream) -> None:
         self.connections += 1

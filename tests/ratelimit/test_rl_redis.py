@@ -295,39 +295,35 @@ async def test_rate_limiting_works_for_a_user_allowed_only_the_commands_the_read
 # ---- how long a request waits for Redis: its redis.timeout, as Kong's --------------------------------------------
 
 
-async def test_a_redis_slower_than_half_a_second_but_within_its_timeout_is_waited_for(nursery, gateway, redis):
-    """Kong waits for its Redis up to redis.timeout (red:set_timeout) and fails only when usage() does: a Redis
-    0.8 s late with a timeout of 5 s admits the request (fault_tolerant off), where a fixed 0.5 s gave a 500."""
+async def _request_while_paused(nursery, gateway, redis, timeout_ms: int, pause_ms: int):  # noqa: ANN001, ANN202
+    """One request through rate-limiting (policy redis, fault_tolerant off, `timeout_ms`) while Redis is paused
+    `pause_ms`: the reply and how long it took."""
     backend = EchoBackend()
     await nursery.start(backend.serve)
     rl = plugin("rate-limiting", minute=100, policy="redis", fault_tolerant=False,
-                redis={"host": "127.0.0.1", "port": redis.port, "timeout": 5000})
+                redis={"host": "127.0.0.1", "port": redis.port, "timeout": timeout_ms})
     port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}",
                                                [{"name": "r", "paths": ["/"], "plugins": [rl]}])]})
-    redis.command("CLIENT", "PAUSE", "800", "ALL")
+    redis.command("CLIENT", "PAUSE", str(pause_ms), "ALL")
     started = time.monotonic()
     with trio.fail_after(6):
         async with await Client.connect(port) as client:
             reply = await client.request("GET", "/")
+    return reply, time.monotonic() - started
+
+
+async def test_a_redis_slower_than_half_a_second_but_within_its_timeout_is_waited_for(nursery, gateway, redis):
+    """Kong waits for its Redis up to redis.timeout (red:set_timeout) and fails only when usage() does: a Redis
+    0.8 s late with a timeout of 5 s admits the request (fault_tolerant off), where a fixed 0.5 s gave a 500."""
+    reply, waited = await _request_while_paused(nursery, gateway, redis, timeout_ms=5000, pause_ms=800)
     assert reply.status == 200, (reply.status, reply.body[:200])
-    assert time.monotonic() - started >= 0.7
+    assert waited >= 0.7
 
 
 async def test_a_request_waits_for_a_silent_redis_its_timeout_and_not_much_longer(nursery, gateway, redis):
     """The wait follows redis.timeout both ways: with 1 s and a Redis paused longer, the request gets its 500
     (fault_tolerant off) after that second, within the worker's margin (remote.WAIT_MARGIN_S)."""
-    backend = EchoBackend()
-    await nursery.start(backend.serve)
-    rl = plugin("rate-limiting", minute=100, policy="redis", fault_tolerant=False,
-                redis={"host": "127.0.0.1", "port": redis.port, "timeout": 1000})
-    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}",
-                                               [{"name": "r", "paths": ["/"], "plugins": [rl]}])]})
-    redis.command("CLIENT", "PAUSE", "2000", "ALL")
-    started = time.monotonic()
-    with trio.fail_after(6):
-        async with await Client.connect(port) as client:
-            reply = await client.request("GET", "/")
-    waited = time.monotonic() - started
+    reply, waited = await _request_while_paused(nursery, gateway, redis, timeout_ms=1000, pause_ms=2000)
     assert reply.status == 500
     assert 0.9 <= waited < 1.0 + WAIT_MARGIN_S, waited
 
