@@ -158,3 +158,19 @@ def test_kong_conf_dns_values_kong_refuses_are_refused_in_its_words(gw, message)
 def test_the_new_dns_client_is_refused_saying_which_client_the_gateway_has():
     [message] = _refusals({"new_dns_client": "on"})
     assert "the gateway's DNS client is Kong's default one, set by the dns_* keys" in message
+
+
+async def test_a_slow_nameserver_is_not_bounded_by_connect_timeout(nursery, gateway):
+    """Kong resolves a service's host in its access phase, bounded by its DNS client's timeouts; connect_timeout
+    bounds the connect to the address found. An answer after 0.6 s with connect_timeout 300 ms was a 504, and as the
+    query was cancelled nothing was cached: every request failed the same way."""
+    names = await serve_names(nursery, {"slow.test": ["127.0.0.2"]})
+    names.server.delay = 0.6
+    port, _ = await serve_on_addresses(nursery, ["127.0.0.2"], EchoBackend)
+    gw = await gateway({"services": [service("svc", f"http://slow.test:{port}", connect_timeout=300, retries=0)]},
+                       **names.settings)
+    with trio.fail_after(10):
+        first = await request(gw, "GET", "/x")
+        second = await request(gw, "GET", "/x")
+    assert (first.status, first.header("x-backend")) == (200, "127.0.0.2")
+    assert (second.status, second.header("x-backend")) == (200, "127.0.0.2")

@@ -24,7 +24,7 @@ import trio
 
 from gateway.http.codec import ClientCodec
 from gateway.http.errors import ConnectError, ConnectTimeout, NameResolutionFailed
-from gateway.http.net import Conn, NameNotResolved, open_connection
+from gateway.http.net import Conn, NameNotResolved, is_ip, open_connection, resolve
 from gateway.http.tls import TlsConn, TlsError, client_handshake
 from gateway.http.tls_contexts import ClientTls
 
@@ -193,12 +193,17 @@ class Pool:
                       server_name: str | None = None) -> UpstreamConn:
         """Open a new connection to `key` ((host, port), (host, port, tls, None) for TLS, or (address, port, tls,
         name) for one address of a name; an SNI of its own after those) within `timeout` seconds, the TLS handshake
-        included, or raise ConnectError."""
-        with trio.move_on_after(timeout):
+        included, or raise ConnectError. A name is looked up first, bounded by the DNS client's own timeouts only:
+        Kong resolves it in its access phase, and connect_timeout bounds the connect to the address found."""
+        host, port = key[0], key[1]
+        if not is_ip(host):
             try:
-                conn = await open_connection(key[0], key[1])
+                host, port = await resolve(host, port)
             except NameNotResolved as e:
                 raise NameResolutionFailed(f"cannot resolve {e.strerror}", key[0], e.kong_error) from None
+        with trio.move_on_after(timeout):
+            try:
+                conn = await open_connection(host, port)
             except OSError as e:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 if e.errno == errno.ECONNREFUSED:
