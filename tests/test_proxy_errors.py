@@ -14,6 +14,7 @@ import ssl
 import struct
 from typing import Any
 
+import h11
 import pytest
 import trio
 import trustme
@@ -22,6 +23,7 @@ from backends import (
     Client,
     EchoBackend,
     ScriptedBackend,
+    _Backend,
     free_port,
     parse_raw_response,
     raw_exchange,
@@ -724,3 +726,55 @@ async def test_a_response_head_cut_off_by_the_upstream_closing_is_retried(nurser
         replies = [await request(setup.port, "GET", f"/r{i}") for i in range(2)]
     assert [(r.status, r.json()["name"]) for r in replies] == [(200, "alive")] * 2
     assert broken.requests >= 1
+
+
+CHUNK = b"64\r\n" + b"z" * 100 + b"\r\n"  # 100-byte chunks: many body events per 64 KiB read
+CHUNKS = 60_000  # 6 MB of body, more than the loopback socket buffers hold
+
+
+class FastSmallChunks(_Backend):
+    """Answers with a chunked body of CHUNKS 100-byte chunks, written as fast as the gateway reads them."""
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        if await self._read_request(stream, h11.Connection(h11.SERVER)) is None:
+            return
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n"
+                              b"transfer-encoding: chunked\r\n\r\n")
+        for _ in range(CHUNKS // 600):
+            await stream.send_all(CHUNK * 600)
+        await stream.send_all(b"0\r\n\r\n")
+        await trio.sleep(5)
+
+
+async def test_a_slow_reading_client_is_not_cut_off_by_the_upstreams_read_timeout(nursery, gateway):
+    """nginx's proxy_read_timeout runs only while it waits on the upstream (ngx_event_pipe.c: rev->active &&
+    !rev->ready); a client reading slowly is bounded by send_timeout alone. A write to the client that had to wait
+    put back the read_timeout deadline set before the last upstream read, past by then: the client was reset."""
+    upstream = FastSmallChunks("fast")
+    await nursery.start(upstream.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{upstream.port}", read_timeout=100)]})
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    await sock.connect(("127.0.0.1", port))
+    await sock.send(b"GET / HTTP/1.1\r\nhost: gw.test\r\n\r\n")
+    got = bytearray()
+    reset = False
+    pauses = 0
+    with trio.fail_after(15):
+        while not got.endswith(b"\r\n0\r\n\r\n"):
+            try:
+                data = await sock.recv(65536)
+            except ConnectionResetError:
+                reset = True
+                break
+            if not data:
+                break
+            got += data
+            if len(got) // 1_000_000 > pauses:  # the client stops reading for 0.25 s after each MB
+                pauses += 1
+                await trio.sleep(0.25)
+    sock.close()
+    assert not reset, f"reset after {len(got)} bytes"
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert body.count(b"z") == CHUNKS * 100  # the whole body (reframed by the gateway: the same bytes)

@@ -135,9 +135,10 @@ class Conn:
             await self._send_rest(memoryview(data)[sent:], None)
             return
         saved = timer.save()
+        began = trio.current_time()
         timer.set(self.send_timeout, Phase.CLIENT_WRITE)
         await self._send_rest(memoryview(data)[sent:], timer)
-        timer.restore(saved)  # not reached when the timer fired: the scope is cancelled
+        timer.restore(saved, trio.current_time() - began)  # (not reached when the timer fired: the scope is cancelled)
 
     def send_now(self, data: bytes) -> int:
         """Send what the kernel takes at once; returns how many bytes (0 when it takes none or the peer is gone:

@@ -332,9 +332,10 @@ class Exchange:
                         await self.conn.sendall(codec.informational(100))
                 timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
                 saved = timer.save()
+                began = trio.current_time()
                 timer.set(self.settings.body_timeout, Phase.CLIENT_BODY)
                 data = await self.conn.recv()
-                timer.restore(saved)
+                timer.restore(saved, trio.current_time() - began)
                 codec.receive_data(data)
                 continue
             self._count(ev)  # type: ignore[arg-type]

@@ -72,6 +72,10 @@ class Phase(enum.IntEnum):
 
 
 _WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)
+# Phases whose timeout bounds a wait on one peer (nginx arms such a timer only while it waits on that peer): a write
+# to the client meanwhile does not use up their time
+_BETWEEN_TWO_OPERATIONS = frozenset({Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY,
+                                     Phase.CLIENT_BODY})
 
 
 class ConnTimer:
@@ -122,8 +126,13 @@ class ConnTimer:
         """The current deadline, phase and detail, for `restore` after a nested wait (a slow write, a body read)."""
         return self.at, self.phase, self.detail
 
-    def restore(self, saved: tuple[float, Phase, tuple[str, float] | None]) -> None:
+    def restore(self, saved: tuple[float, Phase, tuple[str, float] | None], waited: float = 0.0) -> None:
+        """Back to the saved deadline after a nested wait of `waited` seconds, which pushes back a deadline of a wait
+        on the other peer (read_timeout, write_timeout, client_body_timeout): nginx's proxy_read_timeout runs only
+        while nginx waits on the upstream, so a slow client's read is not charged to it."""
         at, self.phase, self.detail = saved
+        if waited and self.phase in _BETWEEN_TWO_OPERATIONS:
+            at += waited
         self.at = at
         if at < self.queued and self.timers is not None:
             self.timers.push(self, at)
