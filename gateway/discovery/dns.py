@@ -14,7 +14,10 @@ the targets Kong's balancer makes of them (kong/runloop/balancer/targets.lua, ba
 
 The DNS client keeps a name's last records through a failing server for dns_stale_ttl, and drops them at a name
 error, so a flapping nameserver moves no target. Each name is asked again half a second after its records expire
-(Kong's renewal timer), at least a second apart; one without records after REQUERY_S (Kong's REQUERY_INTERVAL).
+in the client's cache, or half a second after a stale answer, by when its background refresh is done (Kong's
+renewal timer: `max(now, expire) + 0.5`), at least a second apart; one without records after REQUERY_S (Kong's
+REQUERY_INTERVAL). A look-up takes as long as the DNS client does (its nameservers in turn, `timeout` a try, as
+Kong's balancer, which sets no limit of its own); lookup_bound_s is only a net under it.
 """
 
 from __future__ import annotations
@@ -26,12 +29,11 @@ import trio
 
 from gateway.discovery.types import OnChange, TargetInfo, normalise
 from gateway.dns import process as dns
-from gateway.dns.client import TYPE_SRV, DnsError, Record
+from gateway.dns.client import TYPE_LAST, TYPE_SRV, DnsError, Record, Resolver
 from gateway.http.net import is_ip
 
 log = logging.getLogger("gateway.discovery")
 
-RESOLVE_TIMEOUT_S = 2.0  # a name the resolver does not answer for in time has no records for now
 REQUERY_S = 30.0  # Kong's REQUERY_INTERVAL: a name without records is asked again after this
 RENEW_AFTER_S = 0.5  # Kong's renewal: this long after a name's records expire
 MIN_RENEW_S = 1.0  # Kong's renewal timer runs once a second
@@ -59,7 +61,7 @@ def target_names(discovered: dict[str, list[TargetInfo]]) -> tuple[dict[str, str
 
 async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False) -> tuple[list[TargetInfo], float]:
     """(`targets` with each name replaced by the targets its records make, the seconds until a name is due to be
-    asked again). The names are looked up at once, each for at most RESOLVE_TIMEOUT_S."""
+    asked again). The names are looked up at once, each resolution for at most lookup_bound_s."""
     found: dict[str, tuple[list[TargetInfo], float]] = {}
     async with trio.open_nursery() as nursery:
         for t in {t.host: t for t in targets if not is_ip(t.host)}.values():
@@ -77,44 +79,62 @@ async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False)
 
 
 async def _look_up(target: TargetInfo, use_srv_name: bool, found: dict[str, tuple[list[TargetInfo], float]]) -> None:
-    """Put in `found` the targets a name's records make and when to ask again; nothing when it has no records (or no
-    answer came in time)."""
-    with trio.move_on_after(RESOLVE_TIMEOUT_S):
-        try:
-            found[target.host] = await _targets_of(target, use_srv_name)
-        except DnsError as e:
-            log.debug("querying dns for %s failed: %s", target.host, e.message)
-        return
-    log.debug("%s: no answer from the resolver within %gs", target.host, RESOLVE_TIMEOUT_S)
+    """Put in `found` the targets a name's records make and when to ask again; nothing when it has no records."""
+    try:
+        found[target.host] = await _targets_of(target, use_srv_name)
+    except DnsError as e:
+        log.debug("querying dns for %s failed: %s", target.host, e.message)
+
+
+def lookup_bound_s(resolver: Resolver) -> float:
+    """The longest the DNS client may take to resolve a name: Kong's resolve_max_wait (timeout x attempts + 1) for
+    each query it makes in turn, one per record type of its order and search-list expansion of the name."""
+    types = len(set(resolver.order) - {TYPE_LAST}) or 1
+    return (resolver.timeout * resolver.attempts + 1) * types * (1 + len(resolver.search))
+
+
+async def _resolve(name: str) -> tuple[list[Record], float]:
+    """A name's records and the seconds until it is due to be asked again, half a second after they expire in the
+    client's cache (half a second from now when they were answered stale: Kong's schedule_dns_renewal)."""
+    resolver = dns.resolver()
+    bound = lookup_bound_s(resolver)
+    with trio.move_on_after(bound):
+        records = await resolver.resolve(name)
+        now = resolver.clock()
+        expiry = resolver.expiry(name)
+        if expiry is None:  # not cached (an IP literal)
+            expiry = now + min(r.ttl for r in records)
+        return records, max(now, expiry) - now + RENEW_AFTER_S
+    raise DnsError(name, f"no answer from the resolver within {bound:g}s")
 
 
 async def _targets_of(target: TargetInfo, use_srv_name: bool) -> tuple[list[TargetInfo], float]:
     name = target.host
-    records = await dns.resolver().resolve(name)
-    renew = min(r.ttl for r in records) + RENEW_AFTER_S
+    records, renew = await _resolve(name)
     if records[0].type != TYPE_SRV:
         return [TargetInfo(r.address, target.port, target.weight, name) for r in records], renew
     top = min(r.priority for r in records)
     made: list[TargetInfo] = []
     for r in records:
         if r.priority == top:
-            addresses, ttl = await _addresses_of(r)
-            renew = min(renew, ttl + RENEW_AFTER_S)
+            addresses, due = await _addresses_of(r)
+            renew = min(renew, due)
             made += [TargetInfo(a, r.port or target.port, r.weight or SRV_0_WEIGHT,
                                 r.target if use_srv_name else name) for a in addresses]
     return made, renew
 
 
 async def _addresses_of(record: Record) -> tuple[list[str], float]:
-    """The addresses of an SRV record's target (none when it has none), and their TTL."""
+    """The addresses of an SRV record's target (none when it has none), and the seconds until it is due to be asked
+    again."""
     if is_ip(record.target):
         return [record.target], math.inf
     try:
-        records = await dns.resolver().resolve(record.target)
+        records, renew = await _resolve(record.target)
     except DnsError as e:
         log.debug("querying dns for %s (an SRV target) failed: %s", record.target, e.message)
         return [], REQUERY_S
-    return [r.address for r in records if r.address], min(r.ttl for r in records)
+    return [r.address for r in records if r.address], renew
 
 
 async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, use_srv_name: bool = False, *,

@@ -263,6 +263,19 @@ class Resolver:
         records taken in turn."""
         return await self._toip(name, port, set())
 
+    def expiry(self, name: str, qtype: int | None = None) -> float | None:
+        """When (by `clock`) the cached records `resolve(name, qtype)` answers expire, in the past while they are
+        answered stale; None when none are cached. Kong's balancer asks a name again just after (lastQuery.expire)."""
+        for _ in range(MAX_CHAIN + 1):
+            item = self._cache.items.get(f"short:{qtype if qtype is not None else 'none'}:{name.lower()}")
+            entry = item[0] if item is not None else None
+            if not isinstance(entry, _Entry) or not entry.records:
+                return None
+            if entry.records[0].type != TYPE_CNAME or qtype == TYPE_CNAME:
+                return entry.expire
+            name, qtype = entry.records[0].cname, None
+        return None
+
     # -- cache ---------------------------------------------------------------------------------------------------
 
     def _lookup_cache(self, key: str) -> _Entry | None:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
-from dns_server import Names, serve_names
+from dns_server import Names, ScriptedDns, serve_names
 
 from gateway.bus import protocol as p
 from gateway.config import parse_config
@@ -18,6 +18,7 @@ from gateway.discovery import dns
 from gateway.discovery.dns import resolve_targets, run_dns
 from gateway.discovery.service import discovered_upstreams
 from gateway.discovery.types import TargetInfo
+from gateway.dns.client import Record, Resolver
 from gateway.dns.process import serving
 from gateway.keeper.state import Keeper
 from gateway.metrics import KONG_TARGET_HEALTH
@@ -38,10 +39,10 @@ def config(targets: str, upstream_extra: str = "", plugins: str = ""):  # noqa: 
 
 
 @asynccontextmanager
-async def resolving(names: Names, **settings: Any) -> AsyncIterator[None]:
+async def resolving(names: Names, **settings: Any) -> AsyncIterator[Resolver]:
     """This process's DNS client asking the test's server (as a worker's or the discovery process's would)."""
-    async with serving(GatewaySettings(**names.settings, **settings)):
-        yield
+    async with serving(GatewaySettings(**names.settings, **settings)) as client:
+        yield client
 
 
 async def resolved(targets: list[TargetInfo], use_srv_name: bool = False) -> list[TargetInfo]:
@@ -120,12 +121,43 @@ async def test_a_name_that_never_resolved_stays_a_target_by_its_name_without_wei
         assert await resolved([TargetInfo("gone.test", 80, 5)]) == [TargetInfo("gone.test", 80, 0, "gone.test")]
 
 
-async def test_names_are_asked_again_when_their_records_expire(nursery):
+async def test_names_are_asked_again_when_their_records_expire(nursery, autojump_clock):
     names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=7)
     async with resolving(names):
         assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == 7.5
     async with resolving(names, dns_valid_ttl_s=30):
         assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == 30.5
+
+
+async def test_a_name_is_asked_again_when_its_cached_records_expire_not_a_whole_ttl_later(nursery, autojump_clock):
+    """targets.lua schedule_dns_renewal: at `max(now, the cache entry's expire) + 0.5`, so records answered from the
+    cache are asked again when the entry expires, and a stale answer (its expiry past) half a second later, by when
+    the client's background refresh is done, not after the stale record's TTL all over again."""
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=60)
+    async with resolving(names):
+        await resolve_targets([TargetInfo("mcp.test", 80)])
+        await trio.sleep(20)
+        assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == 40.5  # from the cache
+        await trio.sleep(41)
+        assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == dns.MIN_RENEW_S  # stale, refreshed
+        await trio.sleep(1)
+        assert (await resolve_targets([TargetInfo("mcp.test", 80)]))[1] == 59.5  # refreshed a second ago
+
+
+async def test_a_changed_address_is_applied_two_seconds_after_the_old_records_expire(nursery, autojump_clock):
+    """Kong applies a change in DNS about TTL + 2 s after the last answer (the stale answer at TTL + 0.5, the
+    refreshed one at the next tick of its once-a-second timer), not two TTLs later."""
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=60)
+    reports: list[tuple[float, list[TargetInfo]]] = []
+    async with resolving(names), trio.open_nursery() as inner:
+        await inner.start(run_dns, "up", [TargetInfo("mcp.test", 80)],
+                          lambda _, targets: reports.append((trio.current_time(), targets)))
+        started = reports[0][0]
+        names.names["mcp.test"] = ["127.0.0.3"]
+        await trio.sleep(64)
+        inner.cancel_scope.cancel()
+    assert [(at - started, targets) for at, targets in reports] == [
+        (0, [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]), (61.5, [TargetInfo("127.0.0.3", 80, 100, "mcp.test")])]
 
 
 async def test_run_dns_reports_the_first_list_and_then_only_changes(nursery, autojump_clock):
@@ -203,11 +235,49 @@ def test_target_health_metrics_label_an_address_with_its_name_and_a_name_without
     assert states[("gone.test:80", "", "healthchecks_off")] == 0
 
 
-async def test_a_nameserver_that_does_not_answer_holds_up_no_report_past_its_timeout(nursery, autojump_clock):
+async def test_a_nameserver_that_does_not_answer_holds_up_no_report_past_the_clients_timeout(nursery,
+                                                                                              autojump_clock):
+    """The names are asked at once; a silent nameserver holds the look-up up for the DNS client's tries (timeout x
+    attempts), after which the client gives up: the name is a target without weight."""
     names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
     names.silent.add("slow.test")
-    async with resolving(names):
+    async with resolving(names) as client:
         started = trio.current_time()
         got = await resolved([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)])
-        assert trio.current_time() - started == dns.RESOLVE_TIMEOUT_S  # both asked at once, the silent one bounded
+        assert trio.current_time() - started == client.timeout * client.attempts
+    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]
+
+
+async def test_a_target_name_resolves_through_the_second_nameserver_when_the_first_is_down(nursery, autojump_clock):
+    """targets.lua queryDns sets no limit of its own on dns_client.resolve, which asks the nameservers in turn
+    (`timeout` each): with dns_resolver = [dead, good] the name resolves, its SRV and then its A query each answered
+    by the second after a timeout on the first, instead of being cut off with the first try."""
+    dead = ScriptedDns(lambda q: [])
+    await nursery.start(dead.serve)
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    settings = GatewaySettings(dns_resolver=[f"127.0.0.1:{dead.port}", f"127.0.0.1:{names.port}"])
+    async with serving(settings) as client:
+        started = trio.current_time()
+        got = await resolved([TargetInfo("mcp.test", 80, 100)])
+        assert trio.current_time() - started == 2 * client.timeout
+    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+
+
+async def test_a_look_up_the_client_does_not_end_is_cut_off_at_the_clients_own_bound(nursery, autojump_clock,
+                                                                                      monkeypatch):
+    """A net under the client's timeouts: a name it has not resolved within its resolve_max_wait for each query it
+    makes in turn is a target without weight for now, and the other names are reported."""
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    async with resolving(names) as client:
+        resolve = client.resolve
+
+        async def hangs(name: str, qtype: int | None = None) -> list[Record]:
+            if name == "slow.test":
+                await trio.sleep_forever()
+            return await resolve(name, qtype)
+
+        monkeypatch.setattr(client, "resolve", hangs)
+        started = trio.current_time()
+        got = await resolved([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)])
+        assert trio.current_time() - started == dns.lookup_bound_s(client) == (2 * 5 + 1) * 3
     assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]
