@@ -9,7 +9,8 @@ import json
 from pathlib import Path
 
 import trio
-from backends import free_port
+from backends import BadBackend, EchoBackend, free_port, service
+from backends import request as call
 from e2e_helpers import GatewayNode, request, wait_for
 
 from gateway.config import parse_config
@@ -53,3 +54,41 @@ def test_workers_report_traffic_when_only_passive_successes_count() -> None:
     assert group({"healthy": {"successes": 2}})
     assert group({"unhealthy": {"timeouts": 1}})
     assert not group({})
+
+
+async def test_a_target_that_closes_without_answering_is_a_passive_tcp_failure(nursery, gateway):
+    """nginx's "upstream prematurely closed connection": a failed try (Kong reports it retried as a TCP failure, the
+    last one by its 502); it was reported to nobody, though a close while the request was written counted."""
+    closer = BadBackend("close")
+    await nursery.start(closer.serve)
+    echo = EchoBackend("alive")
+    await nursery.start(echo.serve)
+    checks = {"passive": {"unhealthy": {"tcp_failures": 1}}}
+    up = {"name": "pair", "algorithm": "round-robin", "healthchecks": checks,
+          "targets": [{"target": f"127.0.0.1:{closer.port}"}, {"target": f"127.0.0.1:{echo.port}"}]}
+    port = await gateway({"services": [service("svc", "http://pair", retries=1)], "upstreams": [up]})
+    with trio.fail_after(10):
+        statuses = []
+        for i in range(6):
+            statuses.append((await call(port, "GET", f"/r{i}")).status)
+            await trio.sleep(0.05)  # (the keeper hears the report)
+    assert statuses == [200] * 6  # every GET that hit `closer` went on to `echo`
+    # Kong: the try on `closer` was a TCP failure (tcp_failures 1): unhealthy, it gets no more requests
+    assert len(closer.requests) == 1
+
+
+async def test_the_last_try_closed_without_an_answer_counts_as_nginxs_502(nursery, gateway):
+    closer = BadBackend("close")
+    await nursery.start(closer.serve)
+    checks = {"passive": {"unhealthy": {"http_failures": 1, "http_statuses": [502]}}}
+    up = {"name": "one", "healthchecks": checks, "targets": [{"target": f"127.0.0.1:{closer.port}"}]}
+    port = await gateway({"services": [service("svc", "http://one", retries=0)], "upstreams": [up]})
+    with trio.fail_after(10):
+        first = await call(port, "GET", "/a")
+        await trio.sleep(0.2)  # (the keeper hears the report)
+        second = await call(port, "GET", "/b")
+    assert first.status == 502
+    assert second.status == 503, (second.status, second.body)
+    # Kong's log phase reported $upstream_status 502 (listed): the only target is unhealthy, no peer is left
+    assert (second.status, second.json()["message"]) == (503, "failure to get a peer from the ring-balancer")
+    assert len(closer.requests) == 1

@@ -345,8 +345,8 @@ class Forwarder:
             timer.upstream = None
             timer.clear()
             uc.close()
-            if isinstance(e, UpstreamClosed):
-                self._finished(attempt, False, 0)
+            if isinstance(e, UpstreamClosed):  # no head: nginx's "prematurely closed", a failed try (not a pooled
+                self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))  # one gone stale)
                 raise
             attempt.last |= not replayable  # (sent: not tried again)
             if isinstance(e, BrokenPipeError):
