@@ -778,3 +778,24 @@ async def test_a_slow_reading_client_is_not_cut_off_by_the_upstreams_read_timeou
     head, _, body = bytes(got).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200")
     assert body.count(b"z") == CHUNKS * 100  # the whole body (reframed by the gateway: the same bytes)
+
+
+async def test_the_client_connection_stays_open_after_a_posts_504(nursery, gateway):
+    """nginx keeps a connection after its 502 or 504 (ngx_http_special_response_handler drops keep-alive only for
+    400, 413, 414, 495-497, 500, 501): a POST read whole gets its 504 and the next request on the same connection;
+    the gateway closed it (a timer's cancellation ended the whole connection loop)."""
+    hang = BadBackend("hang")
+    await nursery.start(hang.serve)
+    echo = EchoBackend("healthy")
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [
+        service("slow", f"http://127.0.0.1:{hang.port}", [{"paths": ["/x"]}], read_timeout=200, retries=0),
+        service("ok", f"http://127.0.0.1:{echo.port}", [{"paths": ["/ok"]}])]})
+    with trio.fail_after(10):
+        async with await Client.connect(port) as client:
+            first = await client.request("POST", "/x", body=b'{"id": 1}')
+            assert first.status == 504
+            assert first.header("connection") is None  # nginx keeps the connection: no `Connection: close`
+            second = await client.request("GET", "/ok")  # on the same connection
+    assert (second.status, second.json()["name"]) == (200, "healthy")
+    assert len(hang.requests) == 1

@@ -584,70 +584,78 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     timers.add(timer)
     served = 0
     try:
-        with timer.scope:
-            while True:
-                try:
-                    ev = codec.next_event()
-                    if ev is NEED_DATA and served:
-                        if connections.draining:
-                            timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
-                        codec.receive_data(await conn.recv())
+        while True:
+            with timer.scope:
+                while True:
+                    try:
                         ev = codec.next_event()
-                        if ev is NEED_DATA:
-                            timer.set(settings.header_timeout, Phase.HEAD)
-                    while ev is NEED_DATA:
-                        data = await conn.recv()
-                        if timer.phase == Phase.NEW:  # (a connection that never sends a byte is closed unanswered)
-                            timer.phase = Phase.HEAD
-                        codec.receive_data(data)
-                        ev = codec.next_event()
-                except ProtocolError as e:
-                    log.debug("bad request from %s: %s", conn.peer, e)
-                    await _refuse(conn, codec, timer, settings, e.status, e.method, e.target)
-                    return conn.readable()
-                except (BrokenPipeError, ConnectionError):
-                    return False
-                if ev is CLOSED:
-                    return False
-                idle_until = timer.at  # the previous request's end + keepalive_timeout: later than now
-                timer.clear()
-                served += 1
-                conn.requests = served
-                request: Request = ev  # type: ignore[assignment]
-                exchange = Exchange(request, conn, codec, timer, settings)
-                if (served >= last_request or idle_until >= old_at) and (
-                        served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
-                    exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
-                timer.exchange = exchange
-                try:
-                    await handler(exchange)
-                except ProtocolError as e:
-                    if not exchange.response_started:
+                        if ev is NEED_DATA and served:
+                            if connections.draining:
+                                timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
+                            codec.receive_data(await conn.recv())
+                            ev = codec.next_event()
+                            if ev is NEED_DATA:
+                                timer.set(settings.header_timeout, Phase.HEAD)
+                        while ev is NEED_DATA:
+                            data = await conn.recv()
+                            if timer.phase == Phase.NEW:  # (a connection that never sends a byte is closed unanswered)
+                                timer.phase = Phase.HEAD
+                            codec.receive_data(data)
+                            ev = codec.next_event()
+                    except ProtocolError as e:
                         log.debug("bad request from %s: %s", conn.peer, e)
-                        limited = str(e) == SIZE_LIMITED  # request-size-limiting's kong.response.error
-                        content_type = response_type(_accept(request.headers)) if limited else \
-                            page_type(request.headers, settings.error_type)
-                        await _answer_error(exchange, e.status, content_type, SIZE_LIMITED if limited else None)
-                        return not exchange.request_done
-                    return False
-                except (BrokenPipeError, ConnectionError):
-                    return False
-                except Exception:
-                    log.exception("request handler failed: %s %s", request.method, request.target)
-                    if not exchange.response_started:
-                        await _answer_error(exchange, 500, page_type(request.headers, settings.error_type))
-                    else:
-                        conn.abort()
-                    return False
-                if not exchange.response_done:
-                    conn.abort()  # the handler gave up mid-response: never let a cut body look complete
-                    return False
-                if not exchange.request_done and (codec.closing or not await _drain_request(exchange)):
-                    return True  # (an answer before the body: the body is read only to keep the connection)
-                if not codec.keep_alive:
-                    return False
-                codec.start_next_cycle()
-                timer.set(settings.keepalive_timeout, Phase.IDLE)
+                        await _refuse(conn, codec, timer, settings, e.status, e.method, e.target)
+                        return conn.readable()
+                    except (BrokenPipeError, ConnectionError):
+                        return False
+                    if ev is CLOSED:
+                        return False
+                    idle_until = timer.at  # the previous request's end + keepalive_timeout: later than now
+                    timer.clear()
+                    served += 1
+                    conn.requests = served
+                    request: Request = ev  # type: ignore[assignment]
+                    exchange = Exchange(request, conn, codec, timer, settings)
+                    if (served >= last_request or idle_until >= old_at) and (
+                            served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
+                        exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
+                    timer.exchange = exchange
+                    try:
+                        await handler(exchange)
+                    except ProtocolError as e:
+                        if not exchange.response_started:
+                            log.debug("bad request from %s: %s", conn.peer, e)
+                            limited = str(e) == SIZE_LIMITED  # request-size-limiting's kong.response.error
+                            content_type = response_type(_accept(request.headers)) if limited else \
+                                page_type(request.headers, settings.error_type)
+                            await _answer_error(exchange, e.status, content_type, SIZE_LIMITED if limited else None)
+                            return not exchange.request_done
+                        return False
+                    except (BrokenPipeError, ConnectionError):
+                        return False
+                    except Exception:
+                        log.exception("request handler failed: %s %s", request.method, request.target)
+                        if not exchange.response_started:
+                            await _answer_error(exchange, 500, page_type(request.headers, settings.error_type))
+                        else:
+                            conn.abort()
+                        return False
+                    if not exchange.response_done:
+                        conn.abort()  # the handler gave up mid-response: never let a cut body look complete
+                        return False
+                    if not exchange.request_done and (codec.closing or not await _drain_request(exchange)):
+                        return True  # (an answer before the body: the body is read only to keep the connection)
+                    if not codec.keep_alive:
+                        return False
+                    codec.start_next_cycle()
+                    timer.set(settings.keepalive_timeout, Phase.IDLE)
+
+            # The timer fired (the scope is the timer's alone): answer what can be answered, go on when it allows
+            if not await _timed_out(conn, codec, timer, settings):
+                return False
+            timer.scope = trio.CancelScope()
+            codec.start_next_cycle()
+            timer.set(settings.keepalive_timeout, Phase.IDLE)
     except BaseException:  # cancelled from outside (the worker stops: a drain timed out) mid-answer: a reset, never
         cut: Exchange | None = timer.exchange  # type: ignore[assignment]  # a FIN, which would make a body that
         if cut is not None and cut.response_started and not cut.response_done:  # ends with the connection look whole
@@ -655,19 +663,18 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
         raise
     finally:
         timers.discard(timer)
-    if timer.scope.cancelled_caught:
-        await _timed_out(conn, codec, timer, settings)
-    return False
 
 
-async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings) -> None:
-    """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole."""
+async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings) -> bool:
+    """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole. True when
+    the connection may serve another request: after an upstream's 504 to a request read whole, as nginx keeps it
+    (ngx_http_special_response_handler drops keep-alive only for 400, 413, 414, 495-497, 500 and 501)."""
     phase = timer.phase
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
     if timer.gone:  # not a timeout: the sweeper saw the client leave (gateway.http.timers)
         log.info(CLIENT_GONE_LOG, conn.peer)
         conn.abort()
-        return
+        return False
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
         await _refuse(conn, codec, timer, settings, 408, *codec.request_line_so_far())
@@ -683,15 +690,18 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
         target, seconds = timer.detail or ("?", 0.0)
         verb = _UPSTREAM_VERBS[phase]
         setting = "write_timeout" if phase == Phase.UPSTREAM_WRITE else "read_timeout"
-        exchange.close_after = True
+        if not exchange.request_done:  # the rest of the body would be read as the next request
+            exchange.close_after = True
         log.info("upstream %s did not %s within %gs (%s): 504", target, verb, seconds, setting)
         try:
             with trio.move_on_after(1.0):
                 await exchange.respond_error_page(504)
         except (BrokenPipeError, ConnectionError, OSError):
-            pass
+            return False
+        return exchange.response_done and not exchange.close_after and codec.keep_alive
     elif exchange is not None and exchange.response_started and not exchange.response_done:
         conn.abort()
+    return False
 
 
 async def _linger(conn: Conn) -> None:
