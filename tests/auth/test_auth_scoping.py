@@ -251,7 +251,9 @@ async def test_hash_on_consumer_keeps_each_consumer_on_one_target(nursery, gatew
     backends = [EchoBackend(f"t{i}") for i in range(3)]
     for b in backends:
         await nursery.start(b.serve)
-    consumers = [{"username": f"user{i}", "keyauth_credentials": [{"key": f"key{i}"}]} for i in range(5)]
+    # 11 consumers: the targets' ports (and so their points on the continuum) differ from run to run; 5 all landed
+    # on one target about once in 50 runs, 11 about once in 50,000
+    consumers = [{"username": f"user{i}", "keyauth_credentials": [{"key": f"key{i}"}]} for i in range(11)]
     port = await gateway({
         "upstreams": [upstream_doc("pool", [b.port for b in backends], algorithm="consistent-hashing",
                                    hash_on="consumer")],
@@ -259,7 +261,7 @@ async def test_hash_on_consumer_keeps_each_consumer_on_one_target(nursery, gatew
         "consumers": consumers})
     chosen = {}
     for _ in range(3):
-        for i in range(5):  # not a multiple of 3: round-robin (what a missing hash key gets) would move them
+        for i in range(11):  # not a multiple of 3: round-robin (what a missing hash key gets) would move them
             reply = await call(port, headers=[("apikey", f"key{i}")])
             assert reply.status == 200
             chosen.setdefault(i, set()).add(reply.header("x-backend"))

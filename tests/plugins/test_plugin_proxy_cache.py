@@ -495,7 +495,7 @@ async def test_a_body_stalled_past_read_timeout_is_a_504_logged_and_never_stored
     port = await start_bad(nursery, gateway, backend, read_timeout=200,
                            config={"response_code": [200, 504], "content_type": PAGES})
     with caplog.at_level(logging.INFO, "gateway.http"):
-        data, _ = await raw_exchange(port, b"GET /stall HTTP/1.1\r\nhost: gateway.test\r\n\r\n")
+        data, _ = await raw_exchange(port, b"GET /stall HTTP/1.1\r\nhost: gateway.test\r\nconnection: close\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 "), data  # (not a connection closed without a byte)
         status, headers, body = parse_raw_response(data)
         assert (status, headers["x-cache-status"], len(body)) == (504, "Bypass", int(headers["content-length"]))
