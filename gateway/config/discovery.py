@@ -160,7 +160,7 @@ class DiscoverySettings(_Base):
 class RegistrationSettings(_Base):
     """The gateway registers itself on start and removes itself on stop (the guide's register_service).
 
-    consul: PUT /v1/agent/service/register with an HTTP check (default: the status server's /health);
+    consul: PUT /v1/agent/service/register with an HTTP check (default: the status server's /status/ready);
     etcd: a key `<prefix><id>` = {"target": advertise, "weight": weight, ...} on a lease of `ttl_s`, kept alive.
     """
 

@@ -99,7 +99,7 @@ def _first_listen(gateway: GatewaySettings) -> str:
 
 
 def resolve_registration(settings: RegistrationSettings, gateway: GatewaySettings) -> Registration:
-    """Fill in the defaults: advertise = first listen address, check = the status server's /health, id."""
+    """Fill in the defaults: advertise = first listen address, check = the status server's /status/ready, id."""
     hp = parse_host_port(settings.advertise or _first_listen(gateway))
     if hp is None:  # the loader validated gateway.listen; a bare port is the only other shape
         raise ValueError(f"cannot tell the address to register from {settings.advertise or gateway.listen!r}")
@@ -112,7 +112,9 @@ def resolve_registration(settings: RegistrationSettings, gateway: GatewaySetting
         if shp is not None:
             chost = shp[0] if shp[0] not in _WILDCARDS else (host or "127.0.0.1")
             shown = f"[{chost}]" if ":" in chost else chost
-            check_url = f"http://{shown}:{shp[1]}/health"
+            # readiness (workers up, config loaded, not draining), not /health: that is degraded by one dead backend
+            # target, which every gateway sees at once, and would take the whole fleet out of the registry
+            check_url = f"http://{shown}:{shp[1]}/status/ready"
     return Registration(
         backend=settings.backend, endpoints=settings.address_list(), service=settings.service,
         id=settings.id or f"{settings.service}-{socket.gethostname()}-{port}", host=host, port=port,
@@ -221,6 +223,7 @@ async def run_registration(settings: RegistrationSettings, gateway: GatewaySetti
                                 reg.backend)
                     registered = False
                 if not registered:
+                    unsure = True  # from the moment it is sent: a stop before the answer must still deregister
                     await register_service(reg, client=client)
                     registered = True
                     link.extra["registered"] = True
@@ -230,7 +233,8 @@ async def run_registration(settings: RegistrationSettings, gateway: GatewaySetti
                 backoff.reset()
                 delay = refresh
             except (TransportError, ConsulError, EtcdError) as e:
-                unsure = unsure or (not registered and isinstance(e, TransportError))
+                if not registered and not isinstance(e, TransportError):
+                    unsure = False  # the registry answered no: it does not hold it
                 link.down(str(client.endpoint), str(e))
                 client.rotate()
                 delay = backoff.next_delay()

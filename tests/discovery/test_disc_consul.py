@@ -253,7 +253,7 @@ async def test_registration_appears_and_disappears(consul: FakeConsul) -> None:
                 assert registered["Service"] == "mcp-gateway" and registered["Port"] == 18080
                 assert registered["Address"] == "127.0.0.1" and registered["Tags"] == ["tcp", "mcp"]
                 check = consul.checks["service:mcp-gateway-1"]
-                assert check["HTTP"] == f"http://127.0.0.1:{status_port}/health" and check["Interval"] == "100ms"
+                assert check["HTTP"] == f"http://127.0.0.1:{status_port}/status/ready" and check["Interval"] == "100ms"
                 await rec.wait_equal("gateways", [TargetInfo("127.0.0.1", 18080, 100)])  # the check passed
 
                 consul.deregister("mcp-gateway-1")  # the agent lost it (e.g. restarted without state)

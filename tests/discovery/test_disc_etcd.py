@@ -302,7 +302,7 @@ async def test_registration_appears_and_disappears(shared_etcd: EtcdProcess) -> 
                 link = await reg_nursery.start(run_registration, reg, gw)
                 value = json.loads(await client.get("/gateway/upstreams/mcp-gateway/gw-1") or b"null")
                 assert value == {"target": "127.0.0.1:8080", "weight": 100, "id": "gw-1", "service": "mcp-gateway",
-                                 "tags": ["mcp"], "check": "http://127.0.0.1:8100/health"}
+                                 "tags": ["mcp"], "check": "http://127.0.0.1:8100/status/ready"}
                 assert link.details()["registered"] is True
                 await rec.wait_equal("gateways", [TargetInfo("127.0.0.1", 8080, 100)])  # discoverable by others
                 await trio.sleep(2.2)  # longer than the lease: kept alive

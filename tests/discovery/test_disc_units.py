@@ -139,7 +139,7 @@ def test_registration_resolution_and_payloads() -> None:
     assert reg.consul_payload() == {
         "ID": "erlmcp-gw", "Name": "mcp-gateway", "Tags": ["tcp", "mcp"], "Address": "", "Port": 8080,
         "Meta": {"v": "1"}, "Weights": {"Passing": 100, "Warning": 1},
-        "Check": {"HTTP": "http://127.0.0.1:8100/health", "Interval": "10s", "Timeout": "5s",
+        "Check": {"HTTP": "http://127.0.0.1:8100/status/ready", "Interval": "10s", "Timeout": "5s",
                   "DeregisterCriticalServiceAfter": "1m"}}
     etcd = resolve_registration(RegistrationSettings(backend="etcd", advertise="10.0.1.10:8080", weight=3,
                                                      check=""), gw)
