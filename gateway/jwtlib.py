@@ -7,7 +7,7 @@ The exception classes are imported where they are caught, inside the functions t
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jwt.algorithms import Algorithm
@@ -16,10 +16,28 @@ if TYPE_CHECKING:
 
 @functools.cache
 def algorithms() -> dict[str, Algorithm]:
-    """PyJWT's algorithm objects by name (HS256, RS256, ES256, EdDSA, ...)."""
-    from jwt.algorithms import get_default_algorithms
+    """PyJWT's algorithm objects by name (HS256, RS256, ES256, EdDSA, ...); PS256/384/512 verify a signature of any
+    salt length, as OpenSSL does by default (Kong's jwt_parser sets none: a token signed with the maximum salt, as
+    OpenSSL signed before 3.1, passes there; PyJWT takes only a salt of the hash's length)."""
+    from jwt.algorithms import RSAPSSAlgorithm, get_default_algorithms
 
-    return get_default_algorithms()
+    class AnySaltPss(RSAPSSAlgorithm):
+        def verify(self, msg: bytes, key: Any, sig: bytes) -> bool:
+            from cryptography.exceptions import InvalidSignature
+            from cryptography.hazmat.primitives.asymmetric import padding
+
+            try:
+                key.verify(sig, msg, padding.PSS(mgf=padding.MGF1(self.hash_alg()), salt_length=padding.PSS.AUTO),
+                           self.hash_alg())
+                return True
+            except InvalidSignature:
+                return False
+
+    found = get_default_algorithms()
+    for name in ("PS256", "PS384", "PS512"):
+        if name in found:
+            found[name] = AnySaltPss(getattr(RSAPSSAlgorithm, "SHA" + name[2:]))
+    return found
 
 
 @functools.cache

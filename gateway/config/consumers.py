@@ -331,6 +331,12 @@ def _repeated_id(attr: str, cred: Any, other: Any, errors: list[str]) -> None:
 def _check_credential(attr: str, cred: Any, where: str, unique: dict[tuple[str, str], Any],
                       errors: list[str]) -> None:
     if attr == "jwt_secrets":
+        for field in ("key", "secret", "rsa_public_key"):  # Kong's strings are one character at least (len_min 1)
+            value = getattr(cred, field)
+            if value is not None and not (value.value if isinstance(value, Secret) else value):
+                errors.append(f"{where}.{field}: must not be empty (an empty HMAC secret would verify any token "
+                              "signed with the empty key)" if field == "secret" else f"{where}.{field}: must not "
+                              "be empty")
         if cred.key is None:
             cred.key = secrets.token_hex(16)  # as Kong: a random key (that no token can name unless told)
         if cred.algorithm.startswith("HS"):

@@ -25,6 +25,7 @@ class ForeignKey:
 
 
 FOREIGN_KEY = ForeignKey()
+_OPENSSH = ("ssh-", "ecdsa-sha2-", "sk-")  # the OpenSSH public key formats
 
 
 def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
@@ -39,6 +40,12 @@ def prepare(cred: JwtCredential, secret_is_base64: bool) -> Any | None:
     if cred.algorithm.startswith("HS"):
         secret = (cred.secret or "").encode()
         return b64url_decode(secret) if secret_is_base64 else secret
+    if (cred.public_key or "").lstrip().startswith(_OPENSSH):  # PyJWT reads these; OpenSSL's pkey.new does not
+        if cred.algorithm.startswith("ES"):
+            return None
+        raise KeyMaterialError(f"{cred.where}.rsa_public_key: not usable as a {cred.algorithm} public key (PEM): an "
+                               "OpenSSH key, which Kong (OpenSSL) does not read; convert it with ssh-keygen -e -m "
+                               "PKCS8")
     try:
         key = algorithms()[cred.algorithm].prepare_key(cred.public_key or "")
     except (InvalidKeyError, PyJWTError, ValueError, TypeError) as e:
