@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 import h11
 import trio
+from backends import _Backend
 
 from gateway.config.discovery import RegistrationSettings
 from gateway.config.schema import GatewaySettings
@@ -15,46 +16,32 @@ from gateway.discovery.registration import resolve_registration, run_registratio
 from gateway.status.app import CheckResult, StatusApp
 
 
-class HoldingConsul:
+class HoldingConsul(_Backend):
     """Records requests; holds the register PUT unanswered, answers everything else 200."""
 
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str]] = []
+        super().__init__("consul")
         self.register_received = trio.Event()
         self.deregister_received = trio.Event()
 
-    async def handle(self, stream: trio.SocketStream) -> None:
+    @property
+    def calls(self) -> list[tuple[str, str]]:
+        return [(seen.method, seen.target) for seen in self.requests]
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
-        req = None
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await stream.receive_some(65536)
-                if not data:
-                    return
-                conn.receive_data(data)
-                continue
-            if isinstance(event, h11.Request):
-                req = event
-            if isinstance(event, h11.EndOfMessage):
-                break
-        assert req is not None
-        method, target = req.method.decode(), req.target.decode()
-        self.requests.append((method, target))
-        if target == "/v1/agent/service/register":
+        seen = await self._read_request(stream, conn)
+        if seen is None:
+            return
+        if seen.target == "/v1/agent/service/register":
             self.register_received.set()
             await trio.sleep_forever()  # the agent is slow: the registration is sent, the answer not yet
-        if target.startswith("/v1/agent/service/deregister/"):
+        if seen.target.startswith("/v1/agent/service/deregister/"):
             self.deregister_received.set()
         body = b"{}"
         await stream.send_all(conn.send(h11.Response(status_code=200, headers=[("Content-Length", str(len(body))),
                                                                              ("Connection", "close")]))
                               + conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        task_status.started(listeners[0].socket.getsockname()[1])
-        await trio.serve_listeners(self.handle, listeners)
 
 
 async def test_stop_during_unanswered_register_put_still_deregisters() -> None:
@@ -76,10 +63,10 @@ async def test_stop_during_unanswered_register_put_still_deregisters() -> None:
         with trio.move_on_after(1):
             await consul.deregister_received.wait()
         servers.cancel_scope.cancel()
-    assert ("PUT", "/v1/agent/service/register") in consul.requests
-    assert any(t.startswith("/v1/agent/service/deregister/gw-repro-1") for _, t in consul.requests), (
+    assert ("PUT", "/v1/agent/service/register") in consul.calls
+    assert any(t.startswith("/v1/agent/service/deregister/gw-repro-1") for _, t in consul.calls), (
         f"a registration was sent and never answered, then the gateway stopped without deregistering: "
-        f"{consul.requests}")
+        f"{consul.calls}")
 
 
 class OneTargetDown:
