@@ -233,3 +233,7 @@ class Timers:
             self._wake = alarm = trio.Event()
             with trio.move_on_at(at):
                 await alarm.wait()
+            # The tasks woken with this one run first, as nginx handles the events epoll reported before its expired
+            # timers: a request that reached its socket during a long pause (a GC) is read and its timer reset.
+            # Cancelled now, a task already woken would read it anyway and meet the cancel at its next checkpoint.
+            await trio.lowlevel.cancel_shielded_checkpoint()
