@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from e2e_helpers import GatewayNode
 
+from gateway.node.locate import NotRunning, running_pid
+
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = {"services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [{"paths": ["/"]}]}]}
 INTERRUPTED = (130, -signal.SIGINT)
@@ -226,6 +228,26 @@ def test_stop_never_signals_an_unrelated_process_its_pid_file_names(tmp_path):
     finally:
         bystander.kill()
         bystander.wait(timeout=10)
+
+
+@pytest.mark.parametrize("text", ["0", "00", "-1", "4194305", "99999999999999999999999"])
+def test_a_pid_file_naming_no_possible_pid_is_stale(tmp_path, text):
+    """0 and -1 are "my process group" and "every process" to kill(2) (stop signalled its own caller's group); a
+    number past Linux's highest pid made os.kill raise OverflowError."""
+    pid_file = tmp_path / "gateway.pid"
+    pid_file.write_text(text + "\n")
+    with pytest.raises(NotRunning, match=f"^not running \\({re.escape(str(pid_file))} holds no pid; removed the st"):
+        running_pid(str(pid_file))
+    assert not pid_file.exists()
+
+
+def test_stop_with_a_pid_file_naming_pid_0_signals_nobody(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "gateway.pid").write_text("0\n")
+    out = subprocess.run([sys.executable, "-m", "gateway", "stop"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=30, start_new_session=True)  # (a group of its own: the bug's SIGTERM stays there)
+    assert (out.returncode, out.stderr.strip()) == (
+        1, "gateway: not running (run/gateway.pid holds no pid; removed the stale pid file)")
 
 
 def test_status_with_the_admin_socket_gone_says_so_at_once(running):

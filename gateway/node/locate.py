@@ -24,6 +24,7 @@ from gateway.node.paths import absolute_endpoint
 
 DEFAULTS = GatewaySettings()
 MAX_PID_FILE_BYTES = 64  # a pid and a newline; more is not a pid file
+PID_MAX_LIMIT = 4_194_304  # Linux's highest possible pid (what /proc/sys/kernel/pid_max may be raised to)
 
 
 class NotRunning(Exception):
@@ -112,9 +113,10 @@ def running_pid(pid_file: str, remove_stale: bool = True) -> int:
         raise NotRunning(f"not running (no pid file {pid_file})") from None
     except OSError as e:
         raise NotRunning(f"cannot read the pid file {pid_file}: {e.strerror or e}") from None
-    if not text.isdigit():
+    pid = int(text) if text.isdigit() and len(text) <= 7 else 0
+    if not 0 < pid <= PID_MAX_LIMIT:  # (0 and -1 mean "my process group" and "every process" to kill(2))
         why = f"{pid_file} holds no pid"
-    elif not alive(pid := int(text)):
+    elif not alive(pid):
         why = f"{pid_file} names pid {pid}, which has exited"
     elif not is_gateway(pid):
         why = f"{pid_file} names pid {pid}, which is not a gateway (the pid was reused)"
