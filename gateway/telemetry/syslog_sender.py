@@ -1,6 +1,7 @@
 """Writing to the host's syslog daemon as glibc's syslog(3) does, for the syslog plugin: a datagram per message to a
-Unix socket (/dev/log), `<PRI>Mmm dd HH:MM:SS ident[pid]: message` (local time, the day padded with a space; the
-daemon adds the host name). Kong's syslog plugin calls syslog(3) through lsyslog, which opens the log with LOG_PID.
+Unix socket (/dev/log; on a stream socket, each message ended by a NUL byte), `<PRI>Mmm dd HH:MM:SS ident[pid]:
+message` (local time, the day padded with a space; the daemon adds the host name). Kong's syslog plugin calls
+syslog(3) through lsyslog, which opens the log with LOG_PID.
 
 Like glibc, a send that fails is tried once more on a fresh connection (a daemon that restarted has a new socket at
 the same path), then the message is dropped. Unlike glibc, a daemon that does not keep up never blocks the worker:
@@ -52,7 +53,7 @@ def header(pri: int, ident: bytes, pid: int, when: float) -> bytes:
 
 
 class SyslogSender:
-    """Sends datagrams to the Unix datagram socket at `path`; not safe for concurrent use (one queue sends)."""
+    """Sends messages to the Unix socket at `path`; not safe for concurrent use (one queue sends)."""
 
     def __init__(self, path: str, *, timeout: float = 10.0) -> None:
         self.path = path
@@ -83,14 +84,26 @@ class SyslogSender:
 
     async def _send(self, datagram: bytes) -> None:
         if self._socket is None:
-            sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            try:
-                await sock.connect(self.path)
-            except OSError:
-                sock.close()
-                raise
-            self._socket = sock
-        await self._socket.send(datagram)
+            self._socket = await self._connect(socket.SOCK_DGRAM)
+        if self._socket.type == socket.SOCK_DGRAM:
+            await self._socket.send(datagram)
+            return
+        message = memoryview(datagram + b"\0")  # glibc's framing on a stream: each message ends with a NUL byte
+        while message:
+            message = message[await self._socket.send(message):]
+
+    async def _connect(self, kind: int) -> trio.socket.SocketType:
+        """A socket connected to the daemon: a datagram one, or as glibc's openlog falls back when the daemon listens
+        on a stream socket (syslog-ng's `unix-stream("/dev/log")`: EPROTOTYPE), a stream one."""
+        sock = trio.socket.socket(socket.AF_UNIX, kind)
+        try:
+            await sock.connect(self.path)
+        except OSError as e:
+            sock.close()
+            if e.errno == errno.EPROTOTYPE and kind == socket.SOCK_DGRAM:
+                return await self._connect(socket.SOCK_STREAM)
+            raise
+        return sock
 
     def close(self) -> None:
         sock, self._socket = self._socket, None

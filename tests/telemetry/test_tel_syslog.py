@@ -210,6 +210,26 @@ async def test_the_sender_says_why_it_could_not_send(socket_dir):
         await sender.send(b"<14>x")
 
 
+async def test_a_stream_socket_gets_each_message_ended_by_a_nul_as_glibc_sends_it(socket_dir):
+    """glibc's openlog falls back to SOCK_STREAM when the daemon listens on one (syslog-ng's unix-stream: connect
+    fails with EPROTOTYPE) and ends each message with a NUL byte; datagrams only lost every entry there."""
+    path = os.path.join(socket_dir, "stream")
+    sender = SyslogSender(path, timeout=TIMEOUT)
+    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        await listener.bind(path)
+        listener.listen(1)
+        with trio.fail_after(TIMEOUT):
+            await sender.send(b"<14>first")
+            await sender.send(b"<11>second")
+            conn, _ = await listener.accept()
+            received = b""
+            with conn:
+                while received.count(b"\0") < 2:
+                    received += await conn.recv(65536)
+    sender.close()
+    assert received == b"<14>first\0<11>second\0"
+
+
 @pytest.mark.parametrize(("config", "message"), [
     ({"log_level": "warn"}, "Invalid enum value 'warn'"),
     ({"facility": "LOCAL0"}, "Invalid enum value 'LOCAL0'"),
