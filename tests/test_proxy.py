@@ -118,12 +118,15 @@ async def test_by_default_the_whole_body_is_read_before_the_upstream_and_sent_wi
     assert seen.header("transfer-encoding") is None
 
 
-async def test_a_chunked_body_that_came_whole_with_its_head_is_sent_with_its_length_too(nursery, gateway):
+@pytest.mark.parametrize("buffering", [True, False])
+async def test_a_chunked_body_that_came_whole_with_its_head_is_sent_with_its_length_too(nursery, gateway, buffering):
     """nginx sends every buffered body with its Content-Length, also one read in the same packet as the head (it
-    went up chunked: an upstream that takes no chunked request body failed on small requests only)."""
+    went up chunked: an upstream that takes no chunked request body failed on small requests only); with
+    request_buffering off too: a body read whole with its head is buffered for nginx (ngx_http_request_body.c)."""
     echo = EchoBackend()
     await nursery.start(echo.serve)
-    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{echo.port}")]})
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{echo.port}",
+                                               [{"paths": ["/"], "request_buffering": buffering}])]})
     with trio.fail_after(TIMEOUT):
         data, _ = await raw_exchange(port, b"POST /post HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
                                            b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
@@ -131,6 +134,28 @@ async def test_a_chunked_body_that_came_whole_with_its_head_is_sent_with_its_len
     seen = echo.requests[-1]
     assert seen.body == b"hello"
     assert (seen.header("content-length"), seen.header("transfer-encoding")) == ("5", None)
+
+
+class FailsFirst(EchoBackend):
+    """Reads its first request and closes the connection without an answer; answers every later one."""
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        if self.connections == 1:
+            await self._read_request(stream, h11.Connection(h11.SERVER))
+            return
+        await super().handle_conn(stream)
+
+
+async def test_without_request_buffering_a_put_whose_body_came_with_its_head_is_tried_again(nursery, gateway):
+    """nginx resends a request whose body it read whole with the head (request_body_no_buffering is cleared then):
+    proxy_request_buffering off stops a retry only once part of a body that is still coming has gone upstream."""
+    backend = FailsFirst("b")
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}",
+                                               [{"paths": ["/"], "request_buffering": False}], retries=1)]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "PUT", "/x", body=b"hello")  # head and body in one write
+    assert (reply.status, len(backend.requests), reply.json()["body"]) == (200, 2, "hello")
 
 
 async def test_a_buffered_body_larger_than_memory_holds_is_spooled_and_sent_whole(nursery, gateway, monkeypatch):

@@ -131,15 +131,15 @@ class Forwarder:
             if type(whole) is not bytes:
                 spooled = whole  # type: ignore[assignment]
             body, body_done = whole, True  # type: ignore[assignment]  # _exchange sends a SpooledBody from its file
-        elif framing == CHUNKED and route.request_buffering:  # a chunked body that came whole with its head: it
-            headers, framing = with_length(headers, len(body)), LENGTH  # goes with its length too, as nginx sends it
+        elif framing == CHUNKED and body_done:  # a chunked body that came whole with its head: it goes with its
+            headers, framing = with_length(headers, len(body)), LENGTH  # length too, as nginx sends it (buffered)
         # nginx's proxy_ssl_name $upstream_host: with preserve_host, an https upstream gets the client's Host as SNI
         sni = _sni(client_host) if svc.tls is not None and route.preserve_host and client_host else None
         try:
             # nginx resends a request already sent unless POST, LOCK or PATCH, or its body was not buffered (a
-            # route's request_buffering: false): that body may not be read twice
-            replayable = body_done and req.method not in NOT_RESENT and (route.request_buffering or framing == NO_BODY
-                                                                         or framing is None)
+            # route's request_buffering: false) and did not come whole with its head: that body may not be read
+            # twice (one read whole with the head is buffered for nginx too: ngx_http_read_client_request_body)
+            replayable = body_done and req.method not in NOT_RESENT
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
             # Each try picks from the targets as they are then, as Kong asks its balancer again for every try:
             # group.unusable (drained, circuit open or unhealthy, kept current by gateway.state), with the names
