@@ -193,14 +193,37 @@ def templates_of(settings: Any) -> Templates:
 # error it makes itself (a 501 for a Transfer-Encoding it does not know) with its own HTML page
 # (ngx_http_special_response.c; `server_tokens off`, so the tail names the server without a version).
 KONG_ERROR_PAGES = frozenset({400, 404, 405, 408, 411, 412, 413, 414, 417, 494, 500, 502, 503, 504})
-_NGINX_TITLES = {501: "501 Not Implemented", 505: "505 HTTP Version Not Supported"}
+# nginx's own pages (ngx_http_special_response.c) for the statuses it has one for; 495-497 are sent as 400s
+_NGINX_TITLES = {301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
+                 308: "Permanent Redirect", 401: "Authorization Required", 402: "Payment Required", 403: "Forbidden",
+                 406: "Not Acceptable", 407: "Proxy Authentication Required", 409: "Conflict", 410: "Gone",
+                 415: "Unsupported Media Type", 416: "Requested Range Not Satisfiable", 421: "Misdirected Request",
+                 429: "Too Many Requests", 498: "Not Found", 501: "Not Implemented", 505: "HTTP Version Not Supported",
+                 507: "Insufficient Storage"}
+_NGINX_400S = {495: "The SSL certificate error", 496: "No required SSL certificate was sent",
+               497: "The plain HTTP request was sent to HTTPS port"}
+
+
+def nginx_special_page(status: int, server: str = "mcp-gateway") -> tuple[int, bytes] | None:
+    """nginx's own answer to an error status outside KONG_ERROR_PAGES (its Content-Type: text/html): the status it
+    sends and its page; None when nginx has no page for the status (it sends no body)."""
+    if status in _NGINX_400S:
+        text = _NGINX_400S[status]
+        title, heading, extra, status = f"400 {text}", "400 Bad Request", f"<center>{text}</center>\r\n", 400
+    elif status in _NGINX_TITLES:
+        title = heading = f"{404 if status == 498 else status} {_NGINX_TITLES[status]}"  # 498: the 404 page
+        extra = ""
+    else:
+        return None
+    return status, (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{heading}</h1>"
+                    f"</center>\r\n{extra}<hr><center>{server}</center>\r\n</body>\r\n</html>\r\n").encode()
 
 
 def nginx_page(status: int, server: str = "mcp-gateway") -> bytes:
-    """nginx's own page for an error status outside KONG_ERROR_PAGES (its Content-Type: text/html)."""
-    title = _NGINX_TITLES.get(status) or f"{status}"
-    return (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
-            f"<hr><center>{server}</center>\r\n</body>\r\n</html>\r\n").encode()
+    """nginx's own page for an error status it has one for (501, 505: the errors the gateway makes itself)."""
+    page = nginx_special_page(status, server)
+    assert page is not None, status
+    return page[1]
 
 
 def error_body(message: str, request_id: bytes, content_type: bytes = JSON_TYPE,

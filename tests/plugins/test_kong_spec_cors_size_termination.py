@@ -280,12 +280,6 @@ async def test_a_204_has_no_content_length(nursery, gateway):
     assert (reply.status, reply.body, reply.header("content-length")) == (204, b"", None)
 
 
-async def test_an_empty_message_is_sent_as_is(nursery, gateway):
-    """handler.lua: `conf.message or DEFAULT_RESPONSE[status]` — "" is a message in Lua."""
-    _, port = await start(nursery, gateway, plugins=[termination(message="")])
-    assert (await call(port, "/")).json() == {"message": ""}
-
-
 async def test_a_trigger_in_the_query_is_the_argument_of_that_exact_name(nursery, gateway):
     """handler.lua: the trigger is looked up in kong.request.get_headers() (any case) and in get_query() (as
     named)."""

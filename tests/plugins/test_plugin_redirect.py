@@ -32,6 +32,15 @@ async def test_a_custom_status(nursery, gateway):
     assert (await call(port, "/status/200")).status == 302
 
 
+async def test_a_204_is_the_head_alone_without_content_length(nursery, gateway):
+    """kong.response.exit(204, "redirecting") sets Content-Length: 11, but nginx's header filter makes a 204
+    header-only and clears it (RFC 9110 8.6: no Content-Length in a 204)."""
+    _, port = await redirect_gateway(nursery, gateway, status_code=204)
+    reply = await call(port, "/")
+    assert (reply.status, reply.header("location"), reply.body) == (204, "https://example.com", b"")
+    assert reply.header("content-length") is None
+
+
 async def test_the_location_keeps_its_own_path_and_query(nursery, gateway):
     """supports path and query params in location"""
     _, port = await start(nursery, gateway, plugins=[plugin("redirect", location="https://example.com/path?foo=bar")])
@@ -58,7 +67,8 @@ async def test_keep_incoming_path_keeps_the_port_and_fragment_and_normalizes_the
     ({}, "config.location: required field is missing"),
     ({"location": "example.com/x"}, 'config.location: expected a URL with a scheme and a host, got "example.com/x"'),
     ({"location": "https://a.test", "status_code": 600}, "config.status_code: expected int >= 100 and <= 599"),
-    ({"location": "https://a.test/\r\nX-Injected: 1"}, "config.location: expected non-empty text without control"),
+    ({"location": "https://a.test/\r\nX-Injected: 1"}, "config.location: expected text without control characters"),
+    ({"location": ""}, "config.location: length must be at least 1"),  # Kong's len_min 1 of a string field
 ])
 def test_config_errors_name_the_field(config, message):
     assert message in refused({"name": "redirect", "config": config})

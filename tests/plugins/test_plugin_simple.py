@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from plugin_helpers import (
     body_json,
     call,
+    headers_of,
     http_codec,  # noqa: F401 - the fixture: one codec
     plugin,
     refused,
@@ -19,9 +21,12 @@ from plugin_helpers import (
     start,
 )
 
+from gateway.http.kong_errors import nginx_special_page
 from gateway.policies.bot_detection import handler as bot_detection
 from gateway.policies.bot_detection.rules import BOTS
 from gateway.policies.bot_detection.schema import BotDetectionConfig
+from gateway.policies.request_termination.handler import RequestTermination
+from gateway.policies.request_termination.schema import RequestTerminationConfig
 
 # --- correlation-id -------------------------------------------------------------------------------------------------
 
@@ -94,10 +99,57 @@ async def test_request_termination_sends_a_raw_body_with_its_content_type(nurser
     assert (reply.status, reply.body, reply.header("content-type")) == (418, b"<h1>no</h1>", "text/html")
 
 
-async def test_request_termination_without_a_default_message_sends_no_body(nursery, gateway):
-    _, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=410)])
+async def test_without_a_message_a_status_of_kongs_error_page_list_gets_kongs_error_page(nursery, gateway):
+    """handler.lua: kong.response.exit(400, nil) is ngx.exit(400) with nothing sent; nginx_kong.lua's error_page
+    hands 400 to kong/error_handlers.lua (text/plain without an Accept)."""
+    backend, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=400)])
     reply = await call(port, "/x")
-    assert (reply.status, reply.body) == (410, b"")
+    assert reply.status == 400
+    assert reply.body.startswith(b"Bad request\nrequest_id: "), reply.body
+    assert headers_of(reply, "content-type") == ["text/plain; charset=utf-8"]
+    assert not backend.requests
+
+
+async def test_without_a_message_another_status_gets_nginxs_own_page(nursery, gateway):
+    """ngx.exit(410) outside Kong's error_page list: nginx's special response page, text/html."""
+    backend, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=410)])
+    reply = await call(port, "/x")
+    assert reply.status == 410
+    assert (410, reply.body) == nginx_special_page(410)
+    assert b"<title>410 Gone</title>" in reply.body
+    assert headers_of(reply, "content-type") == ["text/html"]
+    assert not backend.requests
+
+
+async def test_without_a_message_a_2xx_is_sent_empty(nursery, gateway):
+    """ngx.exit(201) below 300: lua-nginx-module sends the head Kong set (Content-Length: 0), nginx adds no page."""
+    _, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=201)])
+    reply = await call(port, "/x")
+    assert (reply.status, reply.body, headers_of(reply, "content-length")) == (201, b"", ["0"])
+    assert headers_of(reply, "content-type") == []
+
+
+@pytest.mark.parametrize(("status", "answer"), [
+    (302, (302, "302 Found", "302 Found", "")),
+    (498, (498, "404 Not Found", "404 Not Found", "")),  # nginx's 404 page
+    (495, (400, "400 The SSL certificate error", "400 Bad Request", "<center>The SSL certificate error</center>\r\n")),
+])
+def test_nginxs_special_pages_are_ngx_http_special_responses(status, answer):
+    sent, title, heading, extra = answer
+    page = (f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{heading}</h1></center>\r\n"
+            f"{extra}<hr><center>mcp-gateway</center>\r\n</body>\r\n</html>\r\n")
+    assert nginx_special_page(status) == (sent, page.encode())
+
+
+@pytest.mark.parametrize("status", [300, 304, 418, 422, 499, 506, 599])
+def test_a_status_nginx_has_no_page_for_is_sent_empty(status):
+    assert nginx_special_page(status) is None
+
+
+@pytest.mark.parametrize(("status", "close"), [(400, True), (413, True), (501, True), (410, False), (408, False)])
+def test_without_a_message_nginx_closes_the_connection_after_some_statuses(status, close):
+    """ngx_http_special_response_handler turns keep-alive off for 400, 413, 414, 495-497, 500 and 501."""
+    assert RequestTermination(RequestTerminationConfig(status_code=status)).close is close
 
 
 async def test_a_trigger_terminates_only_requests_that_carry_it(nursery, gateway):
@@ -118,11 +170,34 @@ async def test_echo_returns_the_request(nursery, gateway):
     assert doc["headers"]["x-h"] == "v" and doc["raw_body"] == '{"k": 1}'
 
 
+async def test_the_echoed_path_is_kongs_normalized_path(nursery, gateway):
+    """handler.lua: path = kong.request.get_path(), since 3.0 normalize(get_raw_path(), true)."""
+    _, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=200, echo=True)])
+    reply = await call(port, "/a/../b%41//c/./d?x=1")
+    assert body_json(reply)["request"]["path"] == "/bA/c/d"
+
+
+async def test_echo_has_no_body_past_nginxs_client_body_buffer(nursery, gateway):
+    """kong/pdk/request.lua get_raw_body (and get_body) give nil for a body nginx wrote to a file: one over
+    client_body_buffer_size, Kong's default 8k; cjson then writes neither key."""
+    _, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=200, echo=True)])
+    for size, kept in ((8192, True), (8193, False)):
+        body = json.dumps({"k": "x" * (size - 9)}).encode()
+        assert len(body) == size
+        reply = await call(port, "/", [("content-type", "application/json")], method="POST", body=body)
+        request = body_json(reply)["request"]
+        assert ("raw_body" in request, "body" in request) == (kept, kept), size
+
+
 @pytest.mark.parametrize(("config", "message"), [
     ({"message": "m", "body": "b"}, "message cannot be used with content_type or body"),
     ({"content_type": "text/plain"}, "content_type requires a body"),
     ({"echo": True, "body": "b"}, "echo cannot be used with content_type and body"),
     ({"status_code": 600}, "config.status_code: expected int >= 100 and <= 599, got 600"),
+    # kong/db/schema/init.lua: a string field without len_min gets len_min 1
+    ({"message": ""}, "config.message: length must be at least 1"),
+    ({"body": ""}, "config.body: length must be at least 1"),
+    ({"body": "x", "content_type": ""}, "config.content_type: length must be at least 1"),
 ])
 def test_request_termination_config_errors(config, message):
     assert message in refused({"name": "request-termination", "config": config})

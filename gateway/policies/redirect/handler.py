@@ -1,9 +1,9 @@
 """Kong's redirect (kong/plugins/redirect/handler.lua): every request is answered `status_code` with
-`Location: <location>` and the body "redirecting". With `keep_incoming_path` Kong parses the location with ada (a
-WHATWG URL parser, 2.9 in Kong 3.x), sets its pathname to kong.request.get_path() (the request's path, normalized)
-and its search to the raw query, and sends the href: scheme and host lower-cased, a default port dropped, the
-location's fragment kept, the path and query percent-encoded as WHATWG's setters encode them (see `url_path` and
-`url_query`)."""
+`Location: <location>` and the body "redirecting" (a 204: the head alone, as nginx sends it). With
+`keep_incoming_path` Kong parses the location with ada (a WHATWG URL parser, 2.9 in Kong 3.x), sets its pathname to
+kong.request.get_path() (the request's path, normalized) and its search to the raw query, and sends the href: scheme
+and host lower-cased, a default port dropped, the location's fragment kept, the path and query percent-encoded as
+WHATWG's setters encode them (see `url_path` and `url_query`)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,9 @@ class Redirect:
             path, _, query = ex.request.target.partition(b"?")
             location = self.origin + url_path(normalize_path(path), self.special) + \
                 url_query(query, self.special) + self.fragment
-        await ex.send_head(self.status, [(b"location", location), (b"content-length", b"%d" % len(BODY))], BODY,
-                           end=True)
+        if self.status == 204:  # nginx's header filter: a 204 is the head alone, without Content-Length
+            await ex.send_head(204, [(b"location", location)], end=True)
+        else:
+            await ex.send_head(self.status, [(b"location", location), (b"content-length", b"%d" % len(BODY))], BODY,
+                               end=True)
         return True

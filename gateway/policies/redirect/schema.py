@@ -5,16 +5,18 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from gateway.config.consumers import HeaderText
-from gateway.config.errors import show
+from gateway.config.errors import CONTROL_FREE, show
 
 
 class RedirectConfig(msgspec.Struct, forbid_unknown_fields=True):
-    location: HeaderText  # the URL to redirect to (sent in a header: no control characters)
+    # the URL to redirect to (sent in a header: no control characters)
+    location: Annotated[str, msgspec.Meta(pattern=CONTROL_FREE)]
     status_code: Annotated[int, msgspec.Meta(ge=100, le=599)] = 301
     keep_incoming_path: bool = False  # the request's path and query in place of the location's
 
     def __post_init__(self) -> None:
+        if not self.location:  # Kong's len_min 1, implied for every string field
+            raise ValueError("location: length must be at least 1")
         try:
             parts = urlsplit(self.location)
         except ValueError:

@@ -3,11 +3,13 @@
 With `trigger`, only requests carrying that header (as kong.request.get_headers() finds it: in the first 100 lines,
 by the name as written, else lower-cased with "_" as "-") or query argument (as named) are answered. The answer:
 `body` as is (with `content_type`), or `{"message": message}` (Kong's default message for 401, 404, 405, 500, 502
-and 503; no body for other statuses without one), or with `echo` a JSON copy of the request as Kong's PDK reads it
-(scheme, host, port, headers, query, body by its Content-Type, raw body, method, path; the matched route and service
-as the log plugins write them). JSON is written as kong.response.exit's lua-cjson writes it (compact, "/" escaped, UTF-8
-as is, numbers with 16 significant digits, no key for a nil; a document it cannot encode, a NaN from the body, is
-Kong's 500), and a 204 has no Content-Length, Content-Type or body (nginx's).
+and 503), or with `echo` a JSON copy of the request as Kong's PDK reads it (scheme, host, port, headers, query, body
+by its Content-Type and raw body if nginx kept it in its 8 KiB buffer, method, normalized path; the matched route and
+service as the log plugins write them). Without a body Kong calls ngx.exit(status) and nginx answers: Kong's error
+page for a status of its error_page list, nginx's own HTML page for another status it has one for, else no body.
+JSON is written as kong.response.exit's lua-cjson writes it (compact, "/" escaped, UTF-8 as is, numbers with 16
+significant digits, no key for a nil; a document it cannot encode, a NaN from the body, is Kong's 500), and a 204
+has no Content-Length, Content-Type or body (nginx's).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import socket
 from typing import Any
 
 from gateway.http.codec import NGINX_HOSTS
+from gateway.http.kong_errors import KONG_ERROR_PAGES, nginx_special_page
 from gateway.http.server import Exchange
 from gateway.http.uri_args import add_arg, uri_args
 from gateway.policies import cjson
@@ -25,11 +28,15 @@ from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import escape_value, lookup, request_header
 from gateway.policies.request_body import get_body
 from gateway.policies.request_termination.schema import RequestTerminationConfig
+from gateway.routing.normalize import normalize_path
 
 DEFAULT_RESPONSE = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
                     500: "An unexpected error occurred", 502: "Bad Gateway", 503: "Service unavailable"}
-ECHO_BODY_LIMIT = 1024 * 1024  # bytes of a request body an echo reads back
+# bytes of a request body an echo reads back: Kong's get_raw_body has none of a body past nginx's
+# client_body_buffer_size (Kong's default 8k), which nginx wrote to a file
+ECHO_BODY_LIMIT = 8 * 1024
 MAX_ARGS = 100  # ngx.req.get_uri_args' and get_headers' default count, which Kong's get_query and get_headers keep
+NGINX_CLOSES = frozenset({400, 413, 414, 495, 496, 497, 500, 501})  # nginx turns keep-alive off for these
 
 
 def _text(raw: bytes) -> str:
@@ -66,19 +73,29 @@ class RequestTermination:
     priority = 2  # Kong's
 
     def __init__(self, config: RequestTerminationConfig, node: str = "") -> None:
-        self.status = config.status_code
+        self.status = self.sent_status = config.status_code
         self.trigger_header = config.trigger.encode() if config.trigger else None
         self.trigger_arg = config.trigger
         self.echo = config.echo
         self.node_id = node
-        # Kong's `conf.message or DEFAULT_RESPONSE[status]` ("" is a message in Lua)
+        # Kong's `conf.message or DEFAULT_RESPONSE[status]`
         self.message = config.message if config.message is not None else DEFAULT_RESPONSE.get(self.status)
+        self.error_page = self.close = False
+        self.content_type: bytes | None = None
+        self.body = b""
         if config.body is not None:
             self.body = config.body.encode()
             self.content_type = escape_value(config.content_type.encode()) if config.content_type else None
-        else:
-            self.body = cjson.encode({"message": self.message}) if self.message is not None else b""
-            self.content_type = JSON_UTF8 if self.message is not None else None
+        elif self.message is not None:
+            self.body = cjson.encode({"message": self.message})
+            self.content_type = JSON_UTF8
+        else:  # no body: kong.response.exit calls ngx.exit(status), and nginx makes the answer
+            self.close = self.status in NGINX_CLOSES
+            if self.status in KONG_ERROR_PAGES:
+                self.error_page = True
+            elif (page := nginx_special_page(self.status)) is not None:
+                self.sent_status, self.body = page
+                self.content_type = b"text/html"
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
@@ -86,21 +103,27 @@ class RequestTermination:
             if lookup(req.headers, self.trigger_header) is None and self.trigger_arg not in query(req.target):
                 return False
         if self.echo:
-            await self._send(ex, JSON_UTF8, cjson.encode(await self._echo(ex)))
+            await self._send(ex, self.status, JSON_UTF8, cjson.encode(await self._echo(ex)))
+            return True
+        if self.close:
+            ex.close_after = True
+        if self.error_page:
+            await ex.respond_error_page(self.status)
         else:
-            await self._send(ex, self.content_type, self.body)
+            await self._send(ex, self.sent_status, self.content_type, self.body)
         return True
 
-    async def _send(self, ex: Exchange, content_type: bytes | None, body: bytes) -> None:
+    @staticmethod
+    async def _send(ex: Exchange, status: int, content_type: bytes | None, body: bytes) -> None:
         """kong.response.exit: the body with its Content-Length; nothing of it for a 204 (nginx drops them)."""
         headers = []
-        if self.status == 204:
+        if status == 204:
             body = b""
         else:
             if content_type is not None:
                 headers.append((b"content-type", content_type))
             headers.append((b"content-length", b"%d" % len(body)))
-        await ex.send_head(self.status, headers, body, end=True)
+        await ex.send_head(status, headers, body, end=True)
 
     async def _echo(self, ex: Exchange) -> dict[str, Any]:
         """The document of Kong's echo; a key whose value is nil in Kong is left out (cjson writes none)."""
@@ -115,7 +138,8 @@ class RequestTermination:
             port = None
         request: dict[str, Any] = {
             "scheme": ex.conn.scheme.decode("latin-1"), "host": _host(req.host), "port": port, "headers": headers,
-            "query": query(req.target), "method": _text(req.method), "path": _text(req.target.partition(b"?")[0]),
+            "query": query(req.target), "method": _text(req.method),
+            "path": _text(normalize_path(req.target.partition(b"?")[0])),
             "uri_captures": _captures(ex.uri_captures())}
         if whole:
             request["raw_body"] = _text(raw)

@@ -18,6 +18,9 @@ class RequestTerminationConfig(msgspec.Struct, forbid_unknown_fields=True):
     trigger: HeaderName | None = None
 
     def __post_init__(self) -> None:
+        for name in ("message", "content_type", "body"):  # Kong's len_min 1, implied for every string field
+            if getattr(self, name) == "":
+                raise ValueError(f"{name}: length must be at least 1")
         # Kong's custom_validator, with its messages
         if self.message and (self.content_type or self.body):
             raise ValueError("message cannot be used with content_type or body")
