@@ -61,6 +61,7 @@ _HEX = frozenset(b"0123456789abcdefABCDEF")
 _HEX_PAIR = re.compile(rb"[0-9a-fA-F]{2}")
 _HEX_PREFIX = re.compile(rb"[0-9a-fA-F]+")
 _DECIMAL = re.compile(rb"\s*([0-9]+)\s*")  # Lua's ^%s*(%d+)%s*$
+_EXACT_DIGITS = 39  # 10^38 < 2^128 < 10^39: a datadog id of up to 39 digits is converted whole
 _AWS_ROOT = re.compile(rb"1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})")
 # PCRE's $ (Python's too) also matches before a final newline
 _GCP = re.compile(rb"([0-9a-f]{32})/([0-9]{1,20})(?:;o=([0-9]))?$")
@@ -338,17 +339,19 @@ def _datadog(values: Values, headers: Headers) -> Context | None:
     if sampled is None and priority is not None:
         log.warning("x-datadog-sampling-priority header invalid; ignoring.")
         return None
-    trace_id = _decimal(values, b"x-datadog-trace-id")
-    parent_id = _decimal(values, b"x-datadog-parent-id")
-    if trace_id is None:
+    trace = _decimal(values, b"x-datadog-trace-id")
+    parent = _decimal(values, b"x-datadog-parent-id")
+    if trace is None:
         if sampled is None:
             return None
         return Context(DATADOG, None, 0, None, None, sampled)
-    return Context(DATADOG, trace_id & MAX_TRACE, (trace_id.bit_length() + 7) // 8,
-                   None if parent_id is None else parent_id & MAX_SPAN, None, sampled)
+    trace_id, size = _low_bits(trace)
+    return Context(DATADOG, trace_id, size, None if parent is None else _low_bits(parent)[0] & MAX_SPAN, None,
+                   sampled)
 
 
-def _decimal(values: Values, name: bytes) -> int | None:
+def _decimal(values: Values, name: bytes) -> bytes | None:
+    """The digits of a decimal header, without its leading zeros (None: absent or, warned, invalid)."""
     value = _single(values, name)
     if value is None:
         return None
@@ -356,7 +359,18 @@ def _decimal(values: Values, name: bytes) -> int | None:
     if m is None:
         log.warning("%s header invalid; ignoring.", name.decode())
         return None
-    return int(m[1])
+    return m[1].lstrip(b"0")
+
+
+def _low_bits(digits: bytes) -> tuple[int, int]:
+    """(the low 128 bits, the size in bytes as Kong's bn to_binary gives it) of a decimal number of any length,
+    without int() on all of it (refused past 4300 digits, and quadratic)."""
+    if len(digits) > _EXACT_DIGITS:
+        # 10^128 is a multiple of 2^128: the last 128 digits hold the low 128 bits. The number is over 16 bytes,
+        # a size no injector keeps, so its exact size does not matter: 17 stands for all of them.
+        return int(digits[-128:]) & MAX_TRACE, 17
+    value = int(digits or b"0")
+    return value & MAX_TRACE, (value.bit_length() + 7) // 8
 
 
 def _aws(values: Values, headers: Headers) -> Context | None:

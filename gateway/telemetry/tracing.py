@@ -15,9 +15,12 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.kong_array import kong_array
+
+if TYPE_CHECKING:
+    from gateway.pipeline.forward import Attempt
 
 W3C, B3, B3_SINGLE, JAEGER = "w3c", "b3", "b3-single", "jaeger"
 INTERNAL, SERVER, CLIENT = 1, 2, 3  # OTLP's SpanKind values
@@ -89,6 +92,12 @@ def formats_out(inject: Iterable[str], default_format: str, found: Any) -> tuple
         if fmt not in out:
             out.append(fmt)
     return tuple(out)
+
+
+def balancer_hostname(attempt: Attempt) -> str:
+    """Kong's balancer_data.hostname of a try (zipkin's peer.hostname, opentelemetry's net.peer.name): the
+    upstream's host_header when it has one, else the target's name (not the address it resolved to)."""
+    return attempt.group.host_header or attempt.target.target
 
 
 # kong.conf's tracing_instrumentations (kong.conf.default, kong/conf_loader/parse.lua, kong/observability/tracing/

@@ -204,3 +204,25 @@ def test_a_propagation_block_without_default_format_is_refused(plugin):
         compile_config(parse_config(json.dumps({"plugins": [{"name": plugin, "config": {
             "propagation": {"extract": ["w3c"], "inject": ["preserve"]}}}]}), "t.yml"), "t.yml")
     assert info.value.messages == ["t.yml: plugins[0].config.propagation.default_format: required field missing"]
+
+
+# --- extractors/datadog.lua: ids of any length ----------------------------------------------------------------------
+
+HUGE_DEC = "9" * 5000  # fits in a header line, more digits than Python's int() takes (4300)
+HUGE = 10**5000 - 1
+
+
+@pytest.mark.parametrize(("digits", "value"), [
+    (HUGE_DEC, HUGE),
+    (" " + "0" * 5000 + "12345 ", 12345),
+    (str(2**128 + 5), 2**128 + 5),
+    (str(2**64), 2**64),
+], ids=["5000 digits", "leading zeros and spaces", "39 digits", "2^64"])  # (str() refuses HUGE too)
+def test_a_datadog_id_of_any_length_keeps_its_low_bytes_as_kongs_bn(digits, value):
+    """datadog.lua reads ^%s*(%d+)%s*$ of any length (bn.from_dec, to_binary); _base.lua keeps the trace id's low 16
+    bytes and the span id's low 8, and the trace id's size as it came (one over 16 bytes, which no injector keeps,
+    is not told apart)."""
+    found = _extract([("x-datadog-trace-id", digits), ("x-datadog-parent-id", digits)], (propagation.DATADOG,))
+    assert found is not None and found.format == propagation.DATADOG
+    assert (found.trace_id, found.span_id) == (value & propagation.MAX_TRACE, value & propagation.MAX_SPAN)
+    assert min(found.trace_size, 17) == min((value.bit_length() + 7) // 8, 17)

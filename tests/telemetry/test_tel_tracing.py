@@ -1,12 +1,16 @@
-"""Kong's sampler, span ids, and the opentelemetry plugin's propagation resolution (header_type vs propagation).
-The formats themselves are read and written by gateway.telemetry.propagation (tests/telemetry/test_tel_zipkin.py
-and test_kong_spec_tracing_plugins.py)."""
+"""Kong's sampler, span ids, the opentelemetry plugin's propagation resolution (header_type vs propagation) and its
+schema's empty strings. The formats themselves are read and written by gateway.telemetry.propagation
+(tests/telemetry/test_tel_zipkin.py and test_kong_spec_tracing_plugins.py)."""
 
 from __future__ import annotations
 
 import os
 
 import msgspec
+import pytest
+import trio
+from backends import EchoBackend, request, service
+from plugins.plugin_helpers import plugin, refused
 
 from gateway.policies.opentelemetry.handler import resolve_propagation
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
@@ -14,6 +18,7 @@ from gateway.telemetry.tracing import B3, JAEGER, W3C, new_span_id, sample
 
 TID = 0x0AF7651916CD43DD8448EB211C80319C
 SID = 0xB7AD6B7169203331
+ENDPOINT = "http://127.0.0.1:4318/v1/traces"
 ALL = (B3, W3C, JAEGER, "ot", "datadog", "aws", "gcp", "instana")  # Kong's get_plugin_params order for header_type
 
 
@@ -28,7 +33,7 @@ def test_sampler_is_kongs_trace_id_ratio():
 
 
 def _otel(**config) -> OpenTelemetryConfig:  # noqa: ANN003
-    return msgspec.convert({"traces_endpoint": "http://127.0.0.1:4318/v1/traces", **config}, OpenTelemetryConfig)
+    return msgspec.convert({"traces_endpoint": ENDPOINT, **config}, OpenTelemetryConfig)
 
 
 def test_propagation_defaults_preserve_the_incoming_format():
@@ -64,3 +69,37 @@ def test_forked_processes_draw_different_span_ids():
         os.close(read)
         os.waitpid(pid, 0)
     assert ids[0] != ids[1]
+
+
+@pytest.mark.parametrize(("field", "config"), [
+    ("traces_endpoint", {"traces_endpoint": ""}),
+    ("endpoint", {"endpoint": ""}),
+    ("logs_endpoint", {"traces_endpoint": ENDPOINT, "logs_endpoint": ""}),
+    ("http_response_header_for_traceid", {"traces_endpoint": ENDPOINT, "http_response_header_for_traceid": ""}),
+    ("headers", {"traces_endpoint": ENDPOINT, "headers": {"": "token"}}),
+    ("headers: Authorization", {"traces_endpoint": ENDPOINT, "headers": {"Authorization": ""}}),
+])
+def test_an_empty_string_is_refused_as_kongs_len_min(field, config):
+    """kong/db/schema/init.lua: a string field without its own len_min (the headers' names and values too) has
+    len_min 1, so "" is refused."""
+    assert f"plugins[0].config.{field}: length must be at least 1" in refused(plugin("opentelemetry", **config))
+
+
+@pytest.fixture
+def http_codec() -> str:
+    """One codec: what these tests check is above HTTP framing."""
+    return "llhttp"
+
+
+async def test_a_datadog_trace_id_of_any_length_is_proxied(nursery, gateway):
+    """datadog.lua takes any number of digits (bn.from_dec): a trace id longer than Python's int() takes is
+    proxied, and goes on in its low 64 bits."""
+    huge = "9" * 5000
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")],
+                          "plugins": [plugin("opentelemetry", traces_endpoint=ENDPOINT)]})
+    with trio.fail_after(10):
+        reply = await request(port, "GET", "/", headers=[("x-datadog-trace-id", huge)])
+    assert reply.status == 200
+    assert backend.requests[0].header("x-datadog-trace-id") == str(2**64 - 1)  # 10^5000 - 1 is -1 mod 2^64

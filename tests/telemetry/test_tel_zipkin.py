@@ -303,6 +303,18 @@ def test_config_errors_name_the_field(config, message):
     assert f"plugins[0].{message}" in refused(plugin("zipkin", **config))
 
 
+@pytest.mark.parametrize(("field", "config"), [
+    (name, {name: ""}) for name in ("local_service_name", "http_endpoint", "default_service_name", "tags_header",
+                                    "http_response_header_for_traceid")
+] + [
+    ("static_tags[0].name", {"static_tags": [{"name": "", "value": "x"}]}),
+    ("static_tags[0].value", {"static_tags": [{"name": "team", "value": ""}]}),
+])
+def test_an_empty_string_is_refused_as_kongs_len_min(field, config):
+    """kong/db/schema/init.lua: a string field without its own len_min has len_min 1, so "" is refused."""
+    assert f"plugins[0].config.{field}: length must be at least 1" in refused(plugin("zipkin", **config))
+
+
 @pytest.mark.parametrize(("config", "extract_", "inject_", "default"), [
     ({"header_type": "datadog"}, ALL, ("preserve", "datadog"), "b3"),
     ({"default_header_type": "instana"}, ALL, ("preserve",), "instana"),
@@ -692,3 +704,25 @@ async def test_the_log_entry_carries_the_trace_id_each_injected_format_carried(n
     line = json.loads(log.read_text().splitlines()[0])
     assert line["trace_id"] == {"b3": "0af7651916cd43dd", "w3c": "0000000000000000" + "0af7651916cd43dd"}
     assert _upstream(backend).header("b3").startswith("0af7651916cd43dd-")
+
+
+async def test_a_datadog_trace_id_of_any_length_is_proxied(nursery, gateway):
+    """datadog.lua takes any number of digits (bn.from_dec): a trace id longer than Python's int() takes is
+    proxied, and goes on in its low 64 bits (the datadog injector's size)."""
+    huge = "9" * 5000
+    port, backend, _ = await _start(nursery, gateway, _zipkin(None), collector=False)
+    assert (await _get(port, x_datadog_trace_id=huge, x_datadog_parent_id=huge)).status == 200
+    assert _upstream(backend).header("x-datadog-trace-id") == str(2**64 - 1)  # 10^5000 - 1 is -1 mod 2^64
+
+
+async def test_peer_hostname_is_kongs_balancer_hostname(nursery, gateway):
+    """zipkin/handler.lua tags the proxy span's peer.hostname with balancer_data.hostname: the upstream's
+    host_header when it has one (runloop/balancer/init.lua), not the target's address."""
+    backend, collector = EchoBackend(), EchoBackend("zipkin")
+    await nursery.start(backend.serve)
+    await nursery.start(collector.serve)
+    port = await gateway({"upstreams": [upstream("up", [backend.port], host_header="backend.internal")],
+                          "services": [service("svc", "http://up")],
+                          "plugins": [_zipkin(collector, sample_ratio=1)]})
+    assert (await _get(port)).status == 200
+    assert (await _received(collector, 3))["GET (proxy)"]["tags"]["peer.hostname"] == "backend.internal"

@@ -296,10 +296,11 @@ FACTS = st.builds(spans.Facts, method=st.sampled_from(["GET", "POST", "é"]), pa
                   access_start=st.one_of(st.none(), TIMES), access_end=st.one_of(st.none(), TIMES),
                   header_start=st.one_of(st.none(), TIMES), tries=TRIES)
 STATIC_NAMES = st.sampled_from(["http.host", "http.protocol", "kong.service_name", "static"])
-STATIC = st.lists(st.fixed_dictionaries({"name": STATIC_NAMES, "value": st.text(max_size=4)}),
+STATIC = st.lists(st.fixed_dictionaries({"name": STATIC_NAMES, "value": st.text(min_size=1, max_size=4)}),
                   max_size=3, unique_by=lambda tag: tag["name"])
 CONFIGS = st.fixed_dictionaries({
-    "local_service_name": st.text(max_size=6), "default_service_name": OPT_TEXT,
+    "local_service_name": st.text(min_size=1, max_size=6),
+    "default_service_name": st.one_of(st.none(), st.text(min_size=1, max_size=8)),
     "include_credential": st.booleans(), "static_tags": st.one_of(st.none(), STATIC),
     "http_span_name": st.sampled_from(["method", "method_path"]),
     "phase_duration_flavor": st.sampled_from(["annotations", "tags"])})

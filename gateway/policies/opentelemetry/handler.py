@@ -59,6 +59,7 @@ from gateway.telemetry.tracing import (
     W3C,
     SpanReport,
     TracingSettings,
+    balancer_hostname,
     new_span_id,
     new_trace_id,
     sample,
@@ -383,7 +384,7 @@ def balancer_spans(ex: Exchange, tid: bytes, root: int, balancer_id: int, end: i
     retries = route.service.retries if route is not None and route.service is not None else 0
     last = len(tries)
     final = tries[-1]
-    hostname = final.group.host_header or final.target.target
+    hostname = balancer_hostname(final)
     out = []
     for i, attempt in enumerate(tries, 1):
         host, port = attempt.target.key

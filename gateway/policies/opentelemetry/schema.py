@@ -17,6 +17,13 @@ Format = str  # checked in __post_init__, so the message can say which formats e
 TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)]
 
 
+def refuse_empty(owner: msgspec.Struct, fields: tuple[str, ...]) -> None:
+    """Kong's default len_min of 1 for a string field (kong/db/schema/init.lua): "" is refused, naming the field."""
+    for field in fields:
+        if getattr(owner, field) == "":
+            raise ValueError(f"{field}: length must be at least 1")
+
+
 def _check_format(field: str, value: str, extra: tuple[str, ...] = ()) -> None:
     if value in KONG_FORMATS or value in extra:
         return
@@ -46,6 +53,10 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
         _check_format("default_format", self.default_format)
 
 
+# The plain string fields (no one_of), which Kong's schema refuses empty
+_TEXT_FIELDS = ("traces_endpoint", "endpoint", "logs_endpoint", "http_response_header_for_traceid")
+
+
 class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     traces_endpoint: str | None = None  # OTLP/HTTP, e.g. http://collector:4318/v1/traces
     endpoint: str | None = None  # Kong's deprecated name for traces_endpoint
@@ -65,6 +76,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     propagation: Propagation = msgspec.field(default_factory=lambda: Propagation(default_format="w3c"))
 
     def __post_init__(self) -> None:
+        refuse_empty(self, _TEXT_FIELDS)
         if self.endpoint is not None:
             if self.traces_endpoint is not None and self.traces_endpoint != self.endpoint:
                 raise ValueError("endpoint and traces_endpoint: endpoint is the deprecated name of traces_endpoint; "
@@ -81,7 +93,11 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
         except ValueError as e:
             raise ValueError(f"traces_endpoint: {e}") from None
         for name, value in (self.headers or {}).items():
-            if not name or any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n\0"):
+            if not name:
+                raise ValueError("headers: length must be at least 1")
+            if not value:
+                raise ValueError(f"headers: {inline(name)}: length must be at least 1")
+            if any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n\0"):
                 raise ValueError(f"headers: invalid header {name!r}")
         for name, value in (self.resource_attributes or {}).items():
             if not name or value == "":
@@ -90,7 +106,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"resource_attributes: {inline(name)}: templates ($(...)) are not rendered by the "
                                  "gateway; give the value itself")
         header = self.http_response_header_for_traceid
-        if header is not None and (not header or any(c in header for c in " :\r\n\t")):
+        if header is not None and any(c in header for c in " :\r\n\t"):
             raise ValueError(f"http_response_header_for_traceid: invalid header name {header!r}")
         # Kong's Queue.get_plugin_params: a deprecated value other than its old default wins over the queue's
         apply_legacy_queue(self.queue, None, None, self.batch_span_count, self.batch_flush_delay)

@@ -45,7 +45,7 @@ from gateway.telemetry.propagation import (
     scan,
 )
 from gateway.telemetry.sender import Endpoint, HttpSender
-from gateway.telemetry.tracing import SpanReport, new_span_id, new_trace_id
+from gateway.telemetry.tracing import SpanReport, balancer_hostname, new_span_id, new_trace_id
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -249,7 +249,7 @@ class Zipkin:
             code = attempt.code
             facts.tries.append(spans.Try(_ip(host), port, us(attempt.started), "failed" if failed else None,
                                          (504 if code == _TIMEOUT else code if code > 0 else 502) if failed else None))
-            facts.peer_hostname, facts.peer_ip, facts.peer_port = host, _ip(host), port
+            facts.peer_hostname, facts.peer_ip, facts.peer_port = balancer_hostname(attempt), _ip(host), port
         return facts
 
     async def send(self, batch: list[bytes]) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from gateway.config.errors import inline
-from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs
+from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs, refuse_empty
 from gateway.telemetry.batch import QueueConfig
 from gateway.telemetry.sender import Endpoint
 
@@ -17,6 +17,9 @@ PROTECTED_TAGS = ("error", "http.method", "http.path", "http.status_code", "kong
                   "kong.consumer", "kong.credential", "kong.node.id", "kong.route", "kong.service", "lc",
                   "peer.hostname")
 _HEADER_CHARS = frozenset(" :\r\n\t\0")
+# The plain string fields (no one_of), which Kong's schema refuses empty
+_TEXT_FIELDS = ("local_service_name", "http_endpoint", "default_service_name", "tags_header",
+                "http_response_header_for_traceid")
 
 
 class StaticTag(msgspec.Struct, forbid_unknown_fields=True):
@@ -26,6 +29,7 @@ class StaticTag(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.name in PROTECTED_TAGS:
             raise ValueError(f"name: must not be one of: {', '.join(PROTECTED_TAGS)}")
+        refuse_empty(self, ("name", "value"))
 
 
 class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -51,6 +55,7 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
     propagation: Propagation = msgspec.field(default_factory=lambda: Propagation(default_format="b3"))
 
     def __post_init__(self) -> None:
+        refuse_empty(self, _TEXT_FIELDS)
         if self.http_endpoint is not None:
             try:
                 Endpoint(self.http_endpoint)
@@ -62,5 +67,5 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError(f"static_tags: repeated tags are not allowed: {inline(tag.name)}")
             seen.add(tag.name)
         header = self.http_response_header_for_traceid
-        if header is not None and (not header or _HEADER_CHARS.intersection(header)):
+        if header is not None and _HEADER_CHARS.intersection(header):
             raise ValueError(f"http_response_header_for_traceid: invalid header name {header!r}")
