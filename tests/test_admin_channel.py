@@ -408,6 +408,23 @@ async def test_a_failing_handler_and_a_flood_get_error_replies(admin_server, mon
     assert sorted([(await _reply(sock))["result"] for _ in range(2)]) == [0, 1]
 
 
+async def test_a_message_with_more_envelope_than_a_router_adds_is_dropped_unanswered(admin_server):
+    """MAXMSGSIZE bounds each frame, not a message: twenty 900 KiB frames before a good request (18 MiB, no frame
+    over 1 MiB) get no answer, as a message over 1 MiB gets none, nor does a request behind more envelope frames than
+    MAX_ENVELOPE_FRAMES; neither is handled, nor echoed back. One with a DEALER's or a REQ's envelope is answered."""
+    sock, _, started = admin_server
+    request = json.dumps({"cmd": "status", "args": {"n": 1}}).encode()
+    await sock.send_multipart([b"", *[b"x" * (900 << 10)] * 20, request])
+    await sock.send_multipart([b""] * admin_module.MAX_ENVELOPE_FRAMES + [request])  # (the ROUTER adds one more)
+    await sock.send_multipart([b"x" * admin_module.MAX_ENVELOPE_BYTES, request])
+    await _send(sock, "status", n=2)
+    assert (await _reply(sock))["result"] == 2
+    with trio.move_on_after(0.2):
+        extra = await sock.recv_multipart()
+        raise AssertionError(f"a reply of {sum(map(len, extra))} bytes")
+    assert started == ["status 2"]
+
+
 def test_only_reads_skip_the_queue_of_changes():
     """status, workers and the keeper's listings are reads; reload, stop and every other keeper action (or one
     that is not a string) may change state."""

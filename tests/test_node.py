@@ -11,14 +11,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import trio
 import zmq
 from backends import free_port, stop_process, wait_port
+from e2e_helpers import Backend, GatewayNode, request
 from loadgen import run_load
 
+from gateway.node.root import SUPERVISOR_ANSWER_S, Node
+from gateway.node.status_source import NodeStatus
+from gateway.status import CheckResult
 from gateway.worker import RETIRE_SIGNAL
+from supervisor import ChildInfo
+from supervisor.core import ChildState
+from supervisor.spec import ChildType
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_BACKEND = ROOT / "scripts" / "demo_backend.py"
@@ -610,3 +618,74 @@ def test_ctrl_c_in_a_terminal_stops_the_whole_tree_in_order(tmp_path, backend):
     # each worker told to drain by the root (all at once), not by the terminal's SIGINT
     assert output.count(f": {RETIRE_SIGNAL.name}, draining") == 2 and ": SIGINT, draining" not in output
     assert all(dead(pid) for pid in pids)
+
+
+async def test_health_checks_answer_from_the_last_listing_while_the_root_is_busy(tmp_path, autojump_clock):
+    """The discovery check never waits for a busy root: it answers at once from the root's last listing, with or
+    without a discovery process, while the incarnation listed runs; one that has exited since is asked of the root,
+    for SUPERVISOR_ANSWER_S at most, as `status` asks."""
+
+    class Busy:  # a root supervisor retiring a generation: it answers once the drain is over
+        async def which_children(self):
+            await trio.sleep_forever()
+
+    class Keeper:
+        async def call(self, cmd, args, timeout):
+            return SimpleNamespace(ok=True, result={"discovered": 1})
+
+    node = Node(str(tmp_path / "gateway.yaml"), None)
+    node.root, node.keeper = Busy(), Keeper()  # type: ignore[assignment]
+    check, began = NodeStatus(node), trio.current_time()
+    node._last_listed["root"] = []
+    assert (await check.discovery()).details == {"note": "no discovery configured"}
+    ref = SimpleNamespace(os_pid=4242, reason=None)
+    node._last_listed["root"] = [ChildInfo("discovery", ref, ChildState.RUNNING, ChildType.WORKER, 0)]
+    assert await check.discovery() == CheckResult("healthy", {"process": 4242, "upstreams": 1})
+    assert trio.current_time() == began
+    ref.reason = "killed"  # (exited: the root's restart, once it answers, is another incarnation)
+    assert await check.discovery() == CheckResult("unhealthy", {"process": "not running"})
+    assert trio.current_time() - began == pytest.approx(SUPERVISOR_ANSWER_S)
+
+
+async def test_health_stays_200_with_discovery_while_a_reload_drains_the_old_generation(tmp_path):
+    """A reload's drain keeps the root supervisor busy (terminate_child of workers@G lasts it): /health, its
+    discovery check included, answers from the tree as the root last listed it (with the discovery process the
+    reload restarted) instead of waiting for the root and timing out, which made it 503 for every drain."""
+    backend, upstream = Backend("a"), trio.CancelScope()  # (cancelled: the slow request ends, and the drain)
+
+    async def serve_backend(task_status: trio.TaskStatus[int]) -> None:
+        with upstream:
+            await backend.serve(task_status=task_status)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(serve_backend)
+        doc = {"upstreams": [{"name": "u", "targets": [{"target": f"localhost:{backend.port}"}]}],  # (a name: DNS)
+               "services": [{"name": "s", "host": "u", "routes": [{"paths": ["/"]}]}]}
+        gw = GatewayNode(tmp_path / "gw", doc, drain_timeout=60)
+        try:
+            await gw.start(workers=1)
+            before = await request(gw.status_port, "GET", "/health")
+            assert before.status == 200, before.json()
+            discovery = before.json()["checks"]["discovery"]["details"]["process"]
+            slow_done = trio.Event()
+
+            async def slow() -> None:
+                try:
+                    await request(gw.port, "GET", "/slow?s=60", timeout=60)
+                finally:
+                    slow_done.set()
+
+            nursery.start_soon(slow)
+            while backend.in_flight == 0:
+                await trio.sleep(0.02)
+            out = await gw.acli("reload")
+            assert out.returncode == 0, out.stderr
+            during = await request(gw.status_port, "GET", "/health", timeout=10)
+            assert not slow_done.is_set(), "the drain ended before /health was asked"
+            checks = during.json()["checks"]
+            assert during.status == 200, checks
+            assert checks["discovery"]["details"]["process"] not in (None, discovery), checks["discovery"]  # restarted
+        finally:
+            upstream.cancel()
+            await trio.to_thread.run_sync(gw.cleanup)
+            nursery.cancel_scope.cancel()

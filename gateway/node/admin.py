@@ -5,7 +5,9 @@ order they came, in one task of their own.
 The ROUTER socket is read by one task and written from any (gateway.bus.zmq_trio.PumpedSocket: sends never block, a
 ROUTER drops a reply to a peer that has gone). A request that does not decode is answered at once, without a task;
 at most MAX_IN_FLIGHT requests are answered at a time, and one past that is refused with `busy` rather than queued
-without bound. The size cap (MAX_REQUEST_BYTES, and ZeroMQ's MAXMSGSIZE set by bind_admin) is unchanged.
+without bound. The size cap (MAX_REQUEST_BYTES, and ZeroMQ's MAXMSGSIZE set by bind_admin) is unchanged; as
+MAXMSGSIZE bounds each frame, not a message, one whose envelope is longer than a ROUTER's (an identity, a REQ's
+empty delimiter) gets no answer at all, as ZeroMQ gives none to a frame over MAXMSGSIZE.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from gateway.bus.zmq_trio import PumpedSocket
 log = logging.getLogger("gateway.admin")
 
 MAX_IN_FLIGHT = 64  # requests answered at once (a reload and the reads made meanwhile need a handful)
+# The frames before the request that a reply echoes: the identity the ROUTER adds (at most 255 bytes in ZMTP), a REQ's
+# or a DEALER's empty delimiter, a hop or two through a proxy; a longer envelope is dropped unanswered.
+MAX_ENVELOPE_FRAMES = 4
+MAX_ENVELOPE_BYTES = 1024
 READ_ONLY = {"status": None, "workers": None,  # (None: any action)
              "breakers": frozenset({"list"}), "limits": frozenset({"list", "show"}), "targets": frozenset({"list"}),
              "proxy-cache": frozenset({"list", "get"})}
@@ -81,6 +87,8 @@ async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
             if len(frames) < 2:
                 return  # not from a peer we can answer
             envelope, payload = frames[:-1], frames[-1]
+            if len(envelope) > MAX_ENVELOPE_FRAMES or sum(map(len, envelope)) > MAX_ENVELOPE_BYTES:
+                return
             try:
                 request = decode_request(payload)
             except AdminProtocolError as e:

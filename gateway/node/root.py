@@ -300,12 +300,25 @@ class Node:
                 await root.start_child(spec)
             except Exception as e:
                 log.error("reload: %s did not start on the new config: %s", spec.id, e)
+        self._last_listed["root"] = await root.which_children()  # what listed_child answers while the old one drains
 
     async def child(self, child_id: str) -> ChildInfo[ChildRef] | None:
         """The root's child `child_id`, if it has one."""
         if self.root is None:
             return None
         return next((i for i in await self.root.which_children() if i.id == child_id), None)
+
+    async def listed_child(self, child_id: str) -> ChildInfo[ChildRef] | None:
+        """The root's child `child_id` as the root last listed it, while that incarnation still runs: for the status
+        server, which must not wait for the root, busy for a whole drain while a reload retires a generation. Only
+        when it has exited since is the root asked (its restart, or its last listing after SUPERVISOR_ANSWER_S)."""
+        if self.root is None:
+            return None
+        info = next((i for i in self._last_listed.get("root", []) if i.id == child_id), None)
+        if info is None or (info.pid is not None and info.pid.reason is None):
+            return info  # (the root's children change only through this Node, which lists them again each time)
+        children, _ = await self._listed("root", self.root)
+        return next((i for i in children if i.id == child_id), None)
 
     async def current_workers(self) -> list[ChildInfo[ChildRef]]:
         """The workers of the generation now serving."""
@@ -407,6 +420,7 @@ class Node:
         await root.terminate_child(f"workers@{generation}")
         await root.delete_child(f"workers@{generation}")
         self._last_listed.pop(f"workers@{generation}", None)
+        self._last_listed["root"] = [i for i in self._last_listed.get("root", []) if i.id != f"workers@{generation}"]
         _remove(os.path.join(self.run_dir, f"config.gen{generation}.yaml"))
         if generation == self.generation - 1:
             self.slots.retain_only(addresses)

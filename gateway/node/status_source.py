@@ -16,7 +16,8 @@ KEEPER_TIMEOUT_S = 0.5
 
 
 class NodeStatus(BaseStatusSource):
-    """Each check answers from state the root already has, or one short question to the keeper."""
+    """Each check answers from state the root already has, or one short question to the keeper; none waits for the
+    root supervisor, which a reload keeps busy while the old generation drains."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -45,10 +46,10 @@ class NodeStatus(BaseStatusSource):
         return CheckResult("healthy", {"keeper": health["incarnation"], "workers_connected": health["workers_seen"]})
 
     async def discovery(self) -> CheckResult:
-        child = await self.node.child("discovery")
+        child = await self.node.listed_child("discovery")  # (never waits for a root busy with a drain)
         if child is None:
             return CheckResult("healthy", {"note": "no discovery configured"})
-        if child.pid is None or not child.pid.os_pid:
+        if child.pid is None or not child.pid.os_pid or child.pid.reason is not None:  # (reason: it has exited)
             return CheckResult("unhealthy", {"process": "not running"})
         try:
             health = await self._keeper_health()
