@@ -94,6 +94,8 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
             return f"{path}: length must be at least {info.min_length}"
         if info.max_length is not None and len(value) > info.max_length:
             return f"{path}: length must be at most {info.max_length}"
+    if isinstance(info, mi.StrType) and isinstance(value, str) and len(value) < (info.min_length or 0):
+        return f"{path}: length must be at least {info.min_length}"  # Kong's len_min, checked before its match
     expected = _describe_type(info) or reason.split(",")[0].removeprefix("Expected ")
     if reason.startswith("Invalid enum value"):
         return f"{path}: expected one of {expected}, got {show(value)}"

@@ -352,6 +352,9 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
             else:
                 plugin.route = named.name
         _check_instance_name(plugin, errors)
+    for section in ("plugins", *CREDENTIALS, "certificates", "snis", "ca_certificates"):  # typedefs.tags, as above
+        for entity in getattr(config, section):
+            _check_tags(entity.tags, path_of(entity), errors)
 
 
 def _check_instance_name(plugin: Plugin, errors: list[str]) -> None:

@@ -232,6 +232,8 @@ class ActiveHealthcheck(Base):
         for name, values in (self.headers or {}).items():
             if problem := header_name_problem(name):
                 raise ValueError(f"headers: {problem}")
+            if "" in values:  # typedefs.headers: each value a string, so not empty
+                raise ValueError(f"headers.{key_part(name)}[{values.index('')}]: length must be at least 1")
             if any(c in value for value in values for c in "\r\n\0"):
                 raise ValueError(f"headers.{key_part(name)}: a value may not hold a line break or NUL")
 

@@ -19,6 +19,8 @@ from typing import Literal
 
 import msgspec
 
+from gateway.config.typedefs import KongString
+
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=True):
     """Same options as gateway.config.schema.Base (not imported from there: schema imports this module)."""
@@ -54,8 +56,8 @@ class CertificateEntity(_Base):
 class CaCertificateEntity(_Base):
     """Kong's `ca_certificates` entity: one CA certificate, referenced by id from services' `ca_certificates`."""
 
-    cert: str
-    cert_digest: str | None = None
+    cert: KongString
+    cert_digest: KongString | None = None
     id: str | None = None
     tags: list[str] = []
 

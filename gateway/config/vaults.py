@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from gateway.config.errors import inline, key_part
+from gateway.config.typedefs import tag_problem
 
 # Kong's referenceable fields of the plugins the gateway builds: paths into `config`; "*" is every value of a
 # mapping (header values). A deprecated shorthand (redis_password, endpoint) moves to a referenceable field in Kong
@@ -177,6 +178,12 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
         if unknown:
             errors.append(f"{where}: unknown keys {', '.join(unknown)} (a vault takes "
                           f"{', '.join(sorted(_VAULT_FIELDS))})")
+        if item.get("description") == "":
+            errors.append(f"{where}.description: length must be at least 1")  # Kong's string: never empty
+        tags = item.get("tags")
+        for j, tag in enumerate(tags if isinstance(tags, list) else ()):
+            if isinstance(tag, str) and (problem := tag_problem(tag)):
+                errors.append(f"{where}.tags[{j}]: {problem}")
         name, prefix = item.get("name"), item.get("prefix")
         if name is None:
             errors.append(f"{where}.name: required (env, the vault Kong OSS bundles)")

@@ -174,7 +174,7 @@ def test_the_plugin_cannot_be_configured_for_a_consumer():
 
 @pytest.mark.parametrize(("config", "message"), [
     ({}, "secret_v1: required field is missing"),
-    ({"secret_v1": ""}, 'secret_v1: expected non-empty text, got ""'),
+    ({"secret_v1": ""}, 'secret_v1: length must be at least 1'),
     ({"secret_v1": 123}, "secret_v1: expected non-empty text, got 123"),
     ({"secret_v1": "x", "tolerance_second": -1}, "tolerance_second: expected int >= 0, got -1"),
     ({"secret_v1": "x", "tolerance_second": 1.5}, "tolerance_second: expected int >= 0, got 1.5"),

@@ -9,6 +9,7 @@ import msgspec
 
 from gateway.config.errors import show
 from gateway.policies.pcre2 import pattern_problem, unavailable
+from gateway.policies.schema_types import KongString
 
 Method = Literal["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
 METHODS: list[Method] = ["GET", "HEAD", "PUT", "PATCH", "POST", "DELETE", "OPTIONS", "TRACE", "CONNECT"]
@@ -16,9 +17,9 @@ PLAIN = re.compile(r"^[A-Za-z0-9.:/-]+$")  # Kong's test of an origin that is no
 
 
 class CorsConfig(msgspec.Struct, forbid_unknown_fields=True):
-    origins: list[str] | None = None  # "*", plain origins or regexes; none: every origin
-    headers: list[str] | None = None
-    exposed_headers: list[str] | None = None
+    origins: list[KongString] | None = None  # "*", plain origins or regexes; none: every origin
+    headers: list[KongString] | None = None
+    exposed_headers: list[KongString] | None = None
     methods: list[Method] | None = msgspec.field(default_factory=lambda: list(METHODS))  # null: all (Kong's handler)
     max_age: float | None = None  # any number, sent as Lua's tostring writes it (Kong's schema has no bounds)
     credentials: bool = False

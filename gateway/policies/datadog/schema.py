@@ -21,7 +21,7 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 class DatadogMetric(msgspec.Struct, forbid_unknown_fields=True):
     name: StatName
     stat_type: StatType
-    tags: list[str] | None = None
+    tags: list[NonEmpty] | None = None
     sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
     consumer_identifier: ConsumerIdentifier | None = None
 

@@ -8,6 +8,7 @@ import msgspec
 
 from gateway.config.errors import inline
 from gateway.policies.response_transformer.schema import check_pairs
+from gateway.policies.schema_types import KongString
 
 # The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ...,
 # $(uri_captures.NAME), $(uri_captures[N]). Kong runs any Lua expression in its sandbox; other expressions are refused
@@ -29,9 +30,9 @@ def check_templates(where: str, entries: list[str], indexed: bool = True) -> Non
 
 
 class Names(msgspec.Struct, forbid_unknown_fields=True):
-    body: list[str] = []
-    headers: list[str] = []
-    querystring: list[str] = []
+    body: list[KongString] = []
+    headers: list[KongString] = []
+    querystring: list[KongString] = []
 
     def __post_init__(self) -> None:
         for i, name in enumerate(self.headers):
@@ -40,9 +41,9 @@ class Names(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Pairs(msgspec.Struct, forbid_unknown_fields=True):
-    body: list[str] = []
-    headers: list[str] = []
-    querystring: list[str] = []
+    body: list[KongString] = []
+    headers: list[KongString] = []
+    querystring: list[KongString] = []
 
     def __post_init__(self) -> None:
         for field in ("body", "querystring"):
@@ -63,7 +64,7 @@ class Renames(Pairs):
 
 
 class Replaces(Pairs):
-    uri: str | None = None
+    uri: KongString | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -76,7 +77,7 @@ class Replaces(Pairs):
 
 
 class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
-    http_method: str | None = None
+    http_method: KongString | None = None
     remove: Names = msgspec.field(default_factory=Names)
     rename: Renames = msgspec.field(default_factory=Renames)
     replace: Replaces = msgspec.field(default_factory=Replaces)

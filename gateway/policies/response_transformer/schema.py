@@ -8,6 +8,7 @@ from typing import Literal
 import msgspec
 
 from gateway.config.errors import inline
+from gateway.policies.schema_types import KongString
 
 _PAIR = re.compile(r"[^:]+:.*", re.DOTALL)  # fullmatch: Lua's `.` takes a newline, its `$` none after it
 _HEADER = re.compile(r"[A-Za-z0-9_-]+")  # fullmatch
@@ -35,13 +36,13 @@ def check_pairs(where: str, entries: list[str], headers: bool = False, both: boo
 
 
 class Names(msgspec.Struct, forbid_unknown_fields=True):
-    json: list[str] = []
-    headers: list[str] = []
+    json: list[KongString] = []
+    headers: list[KongString] = []
 
 
 class Renames(msgspec.Struct, forbid_unknown_fields=True):
-    json: list[str] = []
-    headers: list[str] = []
+    json: list[KongString] = []
+    headers: list[KongString] = []
 
     def __post_init__(self) -> None:
         check_pairs("json", self.json)
@@ -49,9 +50,9 @@ class Renames(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class Values(msgspec.Struct, forbid_unknown_fields=True):
-    json: list[str] = []
+    json: list[KongString] = []
     json_types: list[Literal["boolean", "number", "string"]] = []
-    headers: list[str] = []
+    headers: list[KongString] = []
 
     def __post_init__(self) -> None:
         check_pairs("json", self.json)
