@@ -20,8 +20,13 @@ HANDSHAKE = (b"GET /ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection:
 
 
 @pytest.fixture
-async def node(nursery: trio.Nursery, tmp_path: Path):  # noqa: ANN201 - a started gateway, stopped by pid at the end
-    echo, sse = EchoBackend(), EndlessSse()
+def echo() -> EchoBackend:
+    return EchoBackend()
+
+
+@pytest.fixture
+async def node(nursery: trio.Nursery, tmp_path: Path, echo: EchoBackend):  # noqa: ANN201 - a started gateway, stopped by pid at the end
+    sse = EndlessSse()
     for backend in (echo, sse):
         await nursery.start(backend.serve)
     gw = GatewayNode(tmp_path / "gw", {"services": [
@@ -43,15 +48,16 @@ async def _head(stream: trio.SocketStream) -> bytes:
     return data.partition(b"\r\n\r\n")[0].lower()
 
 
-async def test_an_answer_given_while_the_worker_drains_says_connection_close(node: GatewayNode) -> None:
+async def test_an_answer_given_while_the_worker_drains_says_connection_close(node: GatewayNode,
+                                                                               echo: EchoBackend) -> None:
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", node.port)
         # The request is with the upstream when the reload begins, and still there when the old worker is retired
-        # (after `gateway reload`'s own start-up and a new generation's, on a loaded host too); it ends within the
-        # drain_timeout (1 s) from then.
-        await stream.send_all(b"GET /slow?delay=1.2 HTTP/1.1\r\nHost: x\r\n\r\n")
-        await trio.sleep(0.2)
+        # (`gateway reload` returns then, however long it took on a loaded host); it ends within the drain_timeout
+        await stream.send_all(b"GET /slow?hold=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wait_until(lambda: echo.active == 1, "the request at the upstream")
         assert (await node.acli("reload")).returncode == 0
+        echo.release.set()
         head = await _head(stream)
         await stream.aclose()
     assert head.startswith(b"http/1.1 200 ") and b"\r\nconnection: close" in head
