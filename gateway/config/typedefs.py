@@ -13,7 +13,6 @@ from gateway.config.errors import inline, show
 from gateway.config.patterns import regex_problem
 from gateway.http.net import is_ip
 from gateway.routing.normalize import normalize_path
-from gateway.routing.router import python_regex
 
 _KONG_PATH = re.compile(r"/[A-Za-z0-9._~/%:@!$&'()*+,;=-]*")  # typedefs.path's RFC 3986 characters
 HEADER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # typedefs.header_name (kong.tools.http.validate_header_name)
@@ -156,7 +155,7 @@ def router_path_problem(path: str) -> str | None:
     if "//" in path:
         return f"must not have empty segments, got {show(path)}"
     if path.startswith("~"):
-        problem = regex_problem(python_regex(path[1:]).encode())  # as the router compiles it
+        problem = regex_problem(path[1:])  # as the router compiles it
         return None if problem is None else f"invalid regex {show(path[1:])}: {problem}"
     if _KONG_PATH.fullmatch(path):  # (Kong checks the %XX triplets of such a path only)
         raw = _HEX_TRIPLET.sub("___", path)

@@ -23,15 +23,16 @@ matches it on any listener.
 
 Kong 3.x's router takes the path (when a route has paths) as UTF-8 text: a request whose normalized path is not gets
 no route (Kong logs the router's error and answers 404). A route's header name is the header
-with `_` read as `-` (as ngx.req.get_headers() reads names), and a `~*` header value is a regex lower-cased whole
-(escapes too), searched in the lower-cased request value.
+with `_` read as `-` (as ngx.req.get_headers() reads names, and only in the first MAX_REQ_HEADERS lines), and a `~*`
+header value is a regex lower-cased whole (escapes too), searched in the lower-cased request value.
 
-A `~` path is Kong's regex: its named groups `(?<name>...)` are read as Python's `(?P<name>...)`, and `$` is the end
-of the path as in Rust's regex crate (python_regex); a path that is not ASCII is matched as text, so `\\w` and `.`
-take whole characters, as there. When the winning path is a regex with groups, the Match is a CaptureMatch whose
-`captures` are their values, Kong's `router_matches.uri_captures` (what `hash_on: uri_capture` hashes,
-request-transformer's templates read, and request-termination's echo shows): by number (0 the whole match) and by
-name; other matches cost nothing more.
+A `~` path (and a `~*` header value) is Kong's regex, which Kong's router runs with Rust's regex crate: python_regex
+reads it as that crate does (named groups `(?<name>...)`, inline flags `(?i)` anywhere, `$` the end of the path,
+POSIX classes `[[:alpha:]]`), and refuses what it refuses (look-around, back references); a path that is not ASCII
+is matched as text, so `\\w` and `.` take whole characters, as there. When the winning path is a regex with groups,
+the Match is a CaptureMatch whose `captures` are their values, Kong's `router_matches.uri_captures` (what `hash_on:
+uri_capture` hashes, request-transformer's templates read, and request-termination's echo shows): by number (0 the
+whole match) and by name; other matches cost nothing more.
 
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
 over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
@@ -60,6 +61,9 @@ Captures = dict[int | str, bytes | None]  # Kong's uri_captures: groups by numbe
 MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000)
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
 MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
+# Kong's lua_max_req_headers: its router reads the headers with ngx.req.get_headers(), which stops after that many
+# lines (kong/router/fields.lua); the same number as gateway.policies.header_list's, for the plugins
+MAX_REQ_HEADERS = 100
 
 _REGEX, _PREFIX, _NO_PATH = 2, 1, 0
 
@@ -218,7 +222,7 @@ def _value_matcher(value: str) -> re.Pattern[bytes] | bytes:
         try:
             return re.compile(python_regex(pattern.decode("latin-1")).encode("latin-1"))
         except (re.error, OverflowError, RecursionError):  # (lower-casing made it invalid: as the config checked it)
-            return re.compile(value[2:].encode(), re.IGNORECASE)
+            return re.compile(python_regex(value[2:]).encode(), re.IGNORECASE)
     return value.lower().encode()
 
 
@@ -284,8 +288,11 @@ class Router(Generic[T]):
                 text = path.decode()
             except UnicodeDecodeError:
                 return None
-        if self._header_names and not _texts(headers, self._header_names):
-            return None
+        if self._header_names:
+            if len(headers) > MAX_REQ_HEADERS:
+                headers = headers[:MAX_REQ_HEADERS]
+            if not _texts(headers, self._header_names):
+                return None
         hostname = _host_name(host) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
         for c in self._candidates:  # in Kong's priority order: the first that matches wins
@@ -353,56 +360,158 @@ class Router(Generic[T]):
 
 
 def python_regex(pattern: str) -> str:
-    """A Kong regex path (PCRE) as Python's re reads it: the named groups `(?<name>...)` and `(?'name'...)` become
-    `(?P<name>...)`, and the named back references `\\k<name>`, `\\k'name'`, `\\k{name}` and `\\g{name}` become
-    `(?P=name)`; `$` and `\\z` are the end of the path, as in Kong's router (Rust's regex; Python's `$` also matches
-    before a final line feed, which a path may hold as %0A) unless the `m` flag is set; escapes and character classes
-    are left as they are, and so is the rest."""
-    if "(?" not in pattern and "\\" not in pattern and "$" not in pattern:
+    """A Kong regex (a `~` route path, a `~*` header value) as Python's re reads it, so that it matches as Kong's
+    router (Rust's regex crate) does; raises re.error for what that router refuses or re cannot express.
+
+    Named groups `(?<name>...)` become `(?P<name>...)`; an inline flag group `(?i)` (`(?-i)`,
+    `(?is)`, `(?i-s)`), which Rust applies to the rest of its group, later alternatives included, becomes a scoped
+    `(?i:...)` closed at the group's end and reopened after each of its `|`; `$` is the end of the path, as `\\z`
+    (Python's `$` also matches before a final line feed, which a path may hold as %0A) unless the `m` flag is on
+    there; an ASCII POSIX class (`[[:alpha:]]`) becomes its ranges. Look-around, back references and the other
+    groups Rust has not are refused, as Kong refuses them; so are Unicode property classes, which re has not."""
+    if "(?" not in pattern and "\\" not in pattern and "$" not in pattern and "[:" not in pattern:
         return pattern
-    end = "$" if _MULTILINE.search(pattern) else "\\Z"
     out: list[str] = []
-    i, n, in_class = 0, len(pattern), False
+    frames = [_Frame("")]  # one per open group, the outermost the whole pattern
+    i, n = 0, len(pattern)
     while i < n:
         ch = pattern[i]
+        frame = frames[-1]
         if ch == "\\":
-            ref = None if in_class else _PCRE_BACKREF.match(pattern, i)
-            if ref is not None:
-                out.append(f"(?P={ref.group(ref.lastindex or 1)})")
-                i = ref.end()
-            else:
-                out.append("\\Z" if not in_class and pattern[i:i + 2] == "\\z" else pattern[i:i + 2])
-                i += 2
-            continue
-        if ch == "$" and not in_class:
-            out.append(end)
-            i += 1
-            continue
-        if in_class:
-            in_class = ch != "]"
+            _check_escape(pattern, i)
+            out.append("\\Z" if pattern[i:i + 2] == "\\z" else pattern[i:i + 2])
+            i += 2
         elif ch == "[":
-            in_class = True
+            cls, i = _python_class(pattern, i)
+            out.append(cls)
+        elif ch == "(":
+            i = _open_group(pattern, i, out, frames)
+        elif ch == ")":
+            out.append(")" * len(frame.scoped))
+            if len(frames) > 1:  # (else unbalanced: re says so)
+                frames.pop()
             out.append(ch)
             i += 1
-            if pattern.startswith("^", i):
-                out.append("^")
-                i += 1
-            if pattern.startswith("]", i):  # a "]" first in a class is one of its characters
-                out.append("]")
-                i += 1
-            continue
-        elif ch == "(" and (named := _PCRE_GROUP.match(pattern, i)) is not None:
-            out.append(f"(?P<{named.group(named.lastindex or 1)}>")
-            i = named.end()
-            continue
-        out.append(ch)
-        i += 1
+        elif ch == "|":
+            out.append(")" * len(frame.scoped) + "|" + "".join(frame.scoped))
+            i += 1
+        else:
+            out.append(("$" if "m" in frame.flags else "\\Z") if ch == "$" else ch)
+            i += 1
+    out.append(")" * len(frames[0].scoped))
     return "".join(out)
 
 
-_MULTILINE = re.compile(r"\(\?[a-zA-Z]*m[a-zA-Z]*[:)]")
-_PCRE_GROUP = re.compile(r"\(\?(?:<([A-Za-z_]\w*)>|'([A-Za-z_]\w*)')")
-_PCRE_BACKREF = re.compile(r"\\(?:k<([A-Za-z_]\w*)>|k'([A-Za-z_]\w*)'|k\{([A-Za-z_]\w*)\}|g\{([A-Za-z_]\w*)\})")
+class _Frame:
+    """A group being read: the flags on in it, and the scoped groups its inline flags opened (to close at its end)."""
+
+    __slots__ = ("flags", "scoped")
+
+    def __init__(self, flags: str) -> None:
+        self.flags = flags
+        self.scoped: list[str] = []
+
+
+def _unsupported(what: str) -> re.error:
+    return re.error(f"{what} not supported by Kong's router (Rust's regex crate)")
+
+
+def _check_escape(pattern: str, i: int) -> None:
+    """Refuses the escapes Kong's router refuses (back references) and those re cannot read as Rust does."""
+    esc = pattern[i + 1:i + 2]
+    if len(esc) == 1 and esc in "0123456789kg":  # (Rust takes no digit after a "\\": no octal either)
+        raise _unsupported(f"back references ({pattern[i:i + 2]}) are")
+    if esc in ("p", "P"):
+        end = pattern.find("}", i) + 1 if pattern.startswith("{", i + 2) else i + 3
+        raise re.error(f"Unicode property classes ({pattern[i:end or len(pattern)]}) are not supported by the "
+                       "gateway (Python's re has none)")
+
+
+def _open_group(pattern: str, i: int, out: list[str], frames: list[_Frame]) -> int:
+    """Reads the group opening at `i` into `out` (pushing its frame); returns where its contents start."""
+    frame = frames[-1]
+    if not pattern.startswith("(?", i):
+        out.append("(")
+        frames.append(_Frame(frame.flags))
+        return i + 1
+    kind = pattern[i + 2:i + 3]
+    if kind in ("=", "!") or pattern.startswith(("(?<=", "(?<!"), i):
+        raise _unsupported(f"look-around ({pattern[i:i + (3 if kind != '<' else 4)]}) is")
+    if pattern.startswith("(?P=", i):
+        raise _unsupported("back references ((?P=name)) are")
+    if kind in _NO_SUCH_GROUP:
+        raise _unsupported(_NO_SUCH_GROUP[kind])
+    if (named := _NAMED_GROUP.match(pattern, i)) is not None:
+        out.append(f"(?P<{named.group(1)}>")
+        frames.append(_Frame(frame.flags))
+        return named.end()
+    if (flags := _FLAGS.match(pattern, i)) is not None:
+        on, off, end = flags.group(1), flags.group(2) or "", flags.group(3)
+        changed = "".join(f for f in frame.flags + on if f not in off)
+        if end == ":":
+            out.append(flags.group(0))
+            frames.append(_Frame(changed))
+        elif on or off:  # `(?i)`: the rest of this group, as a scoped group closed at its end
+            opener = flags.group(0)[:-1] + ":"
+            out.append(opener)
+            frame.scoped.append(opener)
+            frame.flags = changed
+        else:
+            out.append(flags.group(0))  # "(?)": re refuses it, as Rust does
+        return flags.end()
+    out.append("(")  # `(?P<name>` and what re refuses
+    frames.append(_Frame(frame.flags))
+    return i + 1
+
+
+def _python_class(pattern: str, i: int) -> tuple[str, int]:
+    """The character class opening at `i` as re reads it, and where it ends: its ASCII POSIX classes as ranges."""
+    j, n = i + 1, len(pattern)
+    negated = pattern.startswith("^", j)
+    j += negated
+    items: list[str] = []
+    if pattern.startswith("]", j):  # a "]" first in a class is one of its characters
+        items.append("]")
+        j += 1
+    posix_negated = False
+    while j < n and pattern[j] != "]":
+        if pattern[j] == "\\":
+            _check_escape(pattern, j)
+            items.append(pattern[j:j + 2])
+            j += 2
+        elif (posix := _POSIX_CLASS.match(pattern, j)) is not None:
+            ranges = _POSIX_RANGES.get(posix.group(2))
+            if ranges is None:
+                raise re.error(f"unknown POSIX class {posix.group(0)} (the ASCII classes are "
+                               f"{', '.join(_POSIX_RANGES)})")
+            posix_negated = posix_negated or posix.group(1) == "^"
+            items.append(ranges)
+            j = posix.end()
+        else:
+            items.append(pattern[j])
+            j += 1
+    if j >= n:  # (unterminated: re says so)
+        return pattern[i:], n
+    if posix_negated:
+        if len(items) != 1:
+            raise re.error("a negated POSIX class ([:^name:]) is supported only alone in its class "
+                           "([[:^alpha:]] or [^[:^alpha:]])")
+        negated = not negated
+    return "[" + "^" * negated + "".join(items) + "]", j + 1
+
+
+# Rust's regex crate's ASCII classes (regex-syntax ClassAsciiKind)
+_POSIX_RANGES = {
+    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ", "cntrl": "\\x00-\\x1f\\x7f",
+    "digit": "0-9", "graph": "!-~", "lower": "a-z", "print": " -~", "punct": "!-/:-@\\[-`{-~",
+    "space": "\\t\\n\\x0b\\x0c\\r ", "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
+}
+_NO_SUCH_GROUP = {"#": "comments ((?#...)) are", ">": "atomic groups ((?>...)) are",
+                  "(": "conditional groups ((?(1)...)) are",
+                  "'": "named groups written (?'name'...) are"}  # (PCRE has them, Rust's regex not)
+_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]*):\]")
+_FLAGS = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
+_NAMED_GROUP = re.compile(r"\(\?<([A-Za-z_]\w*)>")
 
 
 def _texts(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> bool:

@@ -158,7 +158,8 @@ def test_a_regex_path_end_is_the_end_of_the_path():
     assert pick(r, "/z") == "z"
     assert pick(r, "/z%0A") == "all"
     assert python_regex("/a[$]\\$$") == "/a[$]\\$\\Z"
-    assert python_regex("(?m)/a$") == "(?m)/a$"
+    assert python_regex("(?m)/a$") == "(?m:/a$)"  # multi-line: `$` is a line's end there
+    assert python_regex("/(?m:a)$") == "/(?m:a)\\Z"  # not after its group
 
 
 # --- priorities (transform.lua get_priority) ----------------------------------------------------------------------
