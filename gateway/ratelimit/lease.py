@@ -7,6 +7,9 @@ Rules:
 2. Tokens belong to the windows current when they were granted and expire when the shortest of them ends; bucket
    tokens expire after the keeper's lease TTL. A grant for newer windows voids older tokens. Expired tokens are
    given back by `sweep` (ReturnedLease), so the keeper credits the windows still current and the bucket.
+   A key not asked for in IDLE_S is forgotten, its tokens given back the same way (leased ahead of need, they
+   would otherwise keep it until its shortest window ends, a day for `day: n`, for any identifier a client made
+   up), unless it has local-share use to report (rule 4) or a request in flight for less than IDLE_S.
 3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
    asking. Otherwise the answer is WAIT: the caller waits for the grant (`apply`) and calls `take` again with
    `waited=True`, as often as it answers WAIT, until its wait is over (WAIT_S; under policy redis as long as the
@@ -42,7 +45,7 @@ RATE_SPAN_MIN_S = 0.01  # shortest span a demand rate is measured over (the firs
 MAX_WANT = 10_000  # tokens one request may ask for
 WAIT_S = 1.0  # longest a request waits for a grant: longer than a lost keeper takes to be noticed (rule 4)
 RESEND_S = 0.25  # a lease request unanswered this long is sent again
-IDLE_S = 60.0  # a key idle this long with nothing to give back is forgotten
+IDLE_S = 60.0  # a key not asked for this long is forgotten, its tokens given back (rule 2)
 
 
 class Status(IntEnum):
@@ -235,14 +238,17 @@ class LeaseTable:
         return requests
 
     def sweep(self, now: float) -> list[ReturnedLease]:
-        """Give back expired tokens (and bucket tokens spent since last told); forget keys idle for IDLE_S."""
+        """Give back expired tokens (and bucket tokens spent since last told); forget keys idle for IDLE_S, giving
+        their tokens back too (rule 2)."""
         returned = []
         for key, lease in list(self._leases.items()):
-            if lease.tokens and now >= lease.expires:
+            idle = now - lease.touched >= IDLE_S and not lease.unreported_total and not (
+                lease.in_flight and now - lease.sent_at < IDLE_S)
+            if lease.tokens and (idle or now >= lease.expires):
                 self._void(lease)
             if lease.unused or (lease.used and lease.spec.bucketed):
                 returned.append(self._give_back(lease))
-            elif now - lease.touched >= IDLE_S and not (lease.tokens or lease.in_flight or lease.unreported_total):
+            if idle:
                 del self._leases[key]
         return returned
 

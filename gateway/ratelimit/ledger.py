@@ -25,11 +25,17 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    the host, this Ledger's incarnation and (after the first) the generation of the key's state. A Ledger starts
    empty, and so does a key's state after a reset or a changed spec: restating (so lowering) the claims an earlier
    one left there would hand out again what it admitted (redis_script.py).
+8. At most MAX_KEYS keys are kept: a new key beyond them evicts the least recently asked for, as Kong's full
+   `kong_rate_limiting_counters` shared dict evicts its least recently used counters. An evicted key seen again
+   starts afresh, its windows counting from 0 (as a Kong counter evicted and incremented again), so a window of it
+   may admit more than its limit; what its workers still hold of the old state is spent, and credited to the new
+   state when given back. A key of policy redis gets a new claimant (rule 7); its claims in Redis stay counted.
 """
 
 from __future__ import annotations
 
 import secrets
+from collections import OrderedDict
 from math import floor, inf
 
 from gateway.ratelimit.bucket import Bucket
@@ -44,6 +50,10 @@ LEASE_TTL_S = 1.0  # bucket tokens a worker leaves unspent this long go back to 
 WORKER_STALE_S = 10.0  # a worker silent this long on a key is forgotten, with its outstanding bucket tokens
 RESYNC_S = 1.0  # after a fallback report, the shares of workers not heard from yet stay reserved this long
 RESYNC_RETRY_S = 0.02  # when to ask again after a grant held back only by that reserve
+# Keys kept (rule 8). A key with one window takes about 1.2 KB here (2 KB with four), key string and spec
+# included: 75 MiB to 125 MiB in the keeper, for more keys than Kong's 12 MiB dict holds (some 45,000 counters, one
+# per key and period), so a host is never evicted sooner than Kong would be.
+MAX_KEYS = 65_536
 
 
 class _Window:
@@ -54,20 +64,20 @@ class _Window:
         self.end = end
         self.used = 0
         self.resync_until = 0.0  # wall; see rule 6
-        self.heard: set[str] = set()  # workers heard from since the resynchronisation began
+        self.heard: set[str] | None = None  # workers heard from since the resynchronisation began (rule 6)
         self.held = held  # tokens taken from Redis for this window (rule 7); inf: this host owns the limit
 
     def room(self, limit: int, wall: float, worker: str, workers: int, share: int = 0) -> int:
         """What is left to grant to `worker`, less the shares reserved while resynchronising."""
         left = int(min(limit, max(self.held, share))) - self.used
-        if wall < self.resync_until:
+        if wall < self.resync_until and self.heard is not None:
             self.heard.add(worker)
             left -= max(0, workers - len(self.heard)) * max(1, limit // workers)
         return left
 
     def reported(self, worker: str, wall: float) -> None:
         """`worker` reported fallback use in this window: begin or continue resynchronising."""
-        if wall >= self.resync_until:
+        if wall >= self.resync_until or self.heard is None:
             self.heard = set()
             self.resync_until = wall + RESYNC_S
         self.heard.add(worker)
@@ -98,7 +108,7 @@ class Ledger:
         self.claimant = f"{host}#{secrets.token_hex(6)}"
         self._generation = 0  # remote key states started afresh: each gets a claimant of its own
         self.stores: dict[str, Store] = {}
-        self._keys: dict[str, _Key] = {}
+        self._keys: OrderedDict[str, _Key] = OrderedDict()  # least recently asked for first (rule 8)
         self._remote: dict[str, _Key] = {}  # the keys of policy redis
         self._due: list[str] = []  # remote keys whose next call is due
 
@@ -413,16 +423,20 @@ class Ledger:
             self._drop(key, renew=True)
             state = None
         if state is None:
+            if len(self._keys) >= MAX_KEYS:  # rule 8
+                self._drop(next(iter(self._keys)), renew=True)
             store = self.stores.get(spec.store) if spec.remote else None
             claimant = f"{self.claimant}.{self._generation}" if self._generation else self.claimant
             remote = RemoteKey(key, spec, store, now, claimant) if store is not None else None
             state = self._keys[key] = _Key(spec, now, remote)
             if remote is not None:
                 self._remote[key] = state
-        elif state.spec != spec:
-            state.spec = spec
-            if spec.bucketed and state.bucket is None:
-                state.bucket = Bucket(spec.capacity, now)
+        else:
+            self._keys.move_to_end(key)
+            if state.spec != spec:
+                state.spec = spec
+                if spec.bucketed and state.bucket is None:
+                    state.bucket = Bucket(spec.capacity, now)
         return state
 
     def _current(self, state: _Key, period: str, wall: float) -> _Window:

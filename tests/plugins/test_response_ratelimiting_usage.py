@@ -59,6 +59,7 @@ def test_a_later_part_for_a_name_replaces_the_earlier_even_when_it_does_not_read
 
 
 def test_a_fraction_or_a_number_past_two_to_the_53_is_no_increment():
+    """A difference the README states: Kong's policy local counts video=0.5 (its counters and the bus's are whole)."""
     assert parse_increments(b"video=0.5, image=1e300", NAMES) == {}
 
 

@@ -5,7 +5,7 @@ from math import ceil
 import pytest
 
 from gateway.ratelimit import FallbackUsage, Grant, LeaseTable, Ledger, LimitSpec, ReturnedLease, Status, Window
-from gateway.ratelimit.lease import LEAD_S, RESEND_S, WAIT_S
+from gateway.ratelimit.lease import IDLE_S, LEAD_S, RESEND_S, WAIT_S
 
 T0 = 1_700_000_040.0  # a whole minute (UTC)
 SECOND = LimitSpec(windows=(Window("second", 100),))
@@ -319,6 +319,48 @@ def test_idle_keys_are_forgotten():
     table.sweep(100.0)
     assert table.take("k", SECOND, 100.0, T0 + 100).status is Status.WAIT
     assert table.refills(100.0)[0].used == 0
+
+
+DAY = LimitSpec(windows=(Window("day", 100),))
+
+
+def test_an_idle_key_holding_leased_tokens_is_forgotten_and_gives_them_back():
+    ledger, table = Ledger(), LeaseTable("w1", 1)
+    assert table.take("k", DAY, 0.0, T0).status is Status.WAIT
+    for request in table.refills(0.0):
+        table.apply(ledger.grant_request(request, 0.0, T0), 0.0, T0)
+    assert table.take("k", DAY, 0.0, T0, waited=True, final=True).status is Status.ADMIT
+    for request in table.refills(0.0):  # tokens asked for ahead of need, valid until the day ends
+        table.apply(ledger.grant_request(request, 0.0, T0), 0.0, T0)
+    assert table.sweep(IDLE_S - 1) == []
+    [back] = table.sweep(IDLE_S)
+    for returned in (back, *table.sweep(IDLE_S + 1)):
+        ledger.return_unused(returned)
+    assert ledger.usage("k", IDLE_S, T0 + IDLE_S) == {"day": 1.0}  # only what was spent stays counted
+    assert table.take("k", DAY, IDLE_S, T0 + IDLE_S).status is Status.WAIT  # forgotten: asks afresh
+
+
+def test_an_idle_key_with_local_share_use_to_report_is_kept_until_reported():
+    table = LeaseTable("w1", 2)
+    table.fallback(True, 2)
+    assert table.take("k", DAY, 0.0, T0).status is Status.ADMIT
+    table.sweep(IDLE_S * 2)
+    table.fallback(False, 2)
+    assert [usage.total for usage in table.reports(T0 + IDLE_S * 2)] == [1]
+    table.sweep(IDLE_S * 2)
+    assert table.reports(T0 + IDLE_S * 2) == []
+    assert table.take("k", DAY, IDLE_S * 2, T0 + IDLE_S * 2).status is Status.WAIT
+
+
+def test_a_key_whose_request_is_in_flight_is_kept_for_at_most_idle_s_after_sending_it():
+    for sent, kept in ((30.0, True), (0.0, False)):
+        table = LeaseTable("w1", 1)
+        table.take("k", DAY, 0.0, T0)
+        table.refills(sent)
+        table.sweep(IDLE_S + 1)  # idle since 0.0
+        table.apply(grant(5, expires=T0 + 86_400), IDLE_S + 1, T0 + IDLE_S + 1)
+        status = table.take("k", DAY, IDLE_S + 1, T0 + IDLE_S + 1).status
+        assert status is (Status.ADMIT if kept else Status.WAIT), sent
 
 
 def test_release_gives_every_token_back():

@@ -7,6 +7,7 @@ from math import floor
 
 import pytest
 
+import gateway.ratelimit.ledger as ledger_module
 from gateway.ratelimit import FallbackUsage, LeaseRequest, Ledger, LimitSpec, ReturnedLease, Window
 from gateway.ratelimit.ledger import LEASE_TTL_S, RESYNC_RETRY_S, RESYNC_S, WORKER_STALE_S
 
@@ -354,3 +355,44 @@ def test_grant_request_serves_a_workers_message():
     ledger, spec = Ledger(), per("minute", 100)
     grant = ledger.grant_request(LeaseRequest("k", spec, "w", 7), 0.0, T0)
     assert (grant.key, grant.granted) == ("k", 7)
+
+
+def test_the_ledger_keeps_at_most_max_keys_the_least_recently_asked_for_going_first(monkeypatch):
+    monkeypatch.setattr(ledger_module, "MAX_KEYS", 3)
+    ledger, spec = Ledger(), per("day", 100)
+    for key in ("a", "b", "c", "a", "d"):  # "a" asked for again: "b" is now the least recent
+        ledger.grant(key, spec, 1, 0.0, T0, "w")
+    assert ledger.keys() == ["c", "a", "d"]
+
+
+def test_a_stream_of_one_off_identifiers_keeps_the_newest_within_the_bound(monkeypatch):
+    monkeypatch.setattr(ledger_module, "MAX_KEYS", 500)
+    ledger, spec = Ledger(workers=2), per("day", 100)
+    for i in range(2000):  # limit_by header: a new value per request, within a second
+        assert ledger.grant(f"p|client-{i}", spec, 1, i * 1e-4, T0, "w1").granted == 1
+    ledger.expire(1.0, T0 + 1)
+    keys = ledger.keys()
+    assert len(keys) == 500 and keys[-1] == "p|client-1999" and keys[0] == "p|client-1500"
+
+
+def test_an_evicted_key_counts_afresh_as_a_kong_counter_evicted_from_its_shared_dict(monkeypatch):
+    monkeypatch.setattr(ledger_module, "MAX_KEYS", 2)
+    ledger, spec = Ledger(), per("day", 5)
+    assert exhaust(ledger, spec, T0) == 5
+    ledger.grant("x", spec, 1, 0.0, T0, "w")
+    ledger.grant("y", spec, 1, 0.0, T0, "w")  # "k" was the least recently asked for
+    assert "k" not in ledger.keys()
+    assert exhaust(ledger, spec, T0) == 5  # README: an evicted key starts again from 0, as in Kong
+
+
+def test_an_evicted_redis_key_claims_afresh_under_a_new_claimant(monkeypatch):
+    monkeypatch.setattr(ledger_module, "MAX_KEYS", 1)
+    ledger = Ledger(host="h")
+    ledger.add_store("rl", "p:")
+    spec = LimitSpec(windows=(Window("day", 100),), store="rl")
+    assert ledger.grant("k", spec, 1, 0.0, T0, "w") is None  # waits for its first block
+    first = ledger._keys["k"].remote.claimant
+    ledger.grant("other", per("day", 5), 1, 0.0, T0, "w")
+    assert ledger.keys() == ["other"] and ledger.remote_keys("rl") == []
+    ledger.grant("k", spec, 1, 0.0, T0, "w")
+    assert ledger._keys["k"].remote.claimant != first  # its earlier claims in Redis stay, never restated lower

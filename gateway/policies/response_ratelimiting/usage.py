@@ -37,7 +37,8 @@ def parse_increments(value: bytes | None, names: dict[bytes, str]) -> dict[str, 
     configured name (`names`: its bytes -> the name) sets that name's increment to its right side read as Lua's
     tonumber reads it; a later part for the same name replaces it, even when its number does not read (then the
     name has no increment, as Lua's nil). Not a whole number, or beyond 2**53: no increment either (Kong counts
-    fractions in its shared dict; Redis refuses them)."""
+    fractions in its shared dict, a difference the README states: our counters and their bus messages are whole;
+    Redis refuses them)."""
     increments: dict[str, int] = {}
     if value is None:
         return increments
