@@ -5,6 +5,7 @@ filter's last step, after the plugins'):
     an upstream's answer  Via: <its Via, >1.1 <token>; Server: <token> when the upstream sent none;
                           X-Kong-Upstream-Latency (request sent upstream -> response head, ms);
                           X-Kong-Proxy-Latency (request head -> sent upstream, ms)
+    a proxy-cache hit     the same (upstream latency 0), but Via: 1.1 <token> alone (the stored one replaced)
     the gateway's own     Server: <token>; X-Kong-Response-Latency (request head -> answer, ms)
     both                  X-Kong-Request-Id (the id the request is logged and answered under)
 `X-Kong-Upstream-Status` (the upstream's status) is off by default. The token names this gateway, not Kong:
@@ -194,10 +195,16 @@ class KongHeaders:
     def _cached_lines(self, ex: Any, headers: list[tuple[bytes, bytes]], rid: bytes, status: int) -> bytes:
         """For a plugin's answer Kong counts as proxied (proxy-cache's hit sets KONG_PROXIED): the headers of a
         proxied response, the upstream latency 0, the proxy latency the time to this answer and the upstream status
-        the stored one; Via, and Server only when the stored response has none."""
+        the stored one; Server only when the stored response has none, and Via the gateway's alone: Kong (3.8+)
+        extends $upstream_http_via, which a request no upstream answered does not have, so the stored Via goes."""
         lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
         seen = dict(headers)
-        lines += self._via_and_server(headers, seen)
+        if self.via:
+            if b"via" in seen:
+                headers[:] = [hv for hv in headers if hv[0] != b"via"]
+            lines += _VIA_LINE
+        if self.server and b"server" not in seen:
+            lines += _SERVER_LINE
         return lines if b"date" in seen else lines + NOW.line
 
     def _new_id(self, ex: Any) -> bytes:

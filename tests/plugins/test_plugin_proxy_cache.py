@@ -296,6 +296,18 @@ async def test_only_if_cached_with_an_entry_is_a_hit(nursery, gateway):
     assert status_of(await get(port, "/cache/60", [("cache-control", "only-if-cached")])) == "Hit"
 
 
+async def test_numbers_too_large_for_an_int_or_a_double_are_answered(nursery, gateway):
+    """A response max-age of 20 digits is Kong's 1e20 (stored as a Python int past 2**64 - 1 it reset the
+    connection); a request max-age LuaJIT reads as inf (0x1p99999, 5000 nines: a 500 before) is never exceeded."""
+    backend, port = await start(nursery, gateway, cache(cache_control=True))
+    target = "/response-headers?Cache-Control=public,%20max-age%3D" + "9" * 20
+    assert status_of(await get(port, target)) == "Miss"
+    for cc in ([], [("cache-control", "max-age=0x1p99999")], [("cache-control", "max-age=" + "9" * 5000)]):
+        reply = await get(port, target, cc)
+        assert reply.status == 200 and status_of(reply) == "Hit", cc
+    assert len(backend.requests) == 1
+
+
 async def test_a_no_cache_request_bypasses_with_cache_control(nursery, gateway):
     backend, port = await start(nursery, gateway, cache(cache_control=True))
     await get(port, "/cache/60")

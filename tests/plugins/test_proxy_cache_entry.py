@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 from plugin_helpers import plugin, refused
 
 from gateway.policies.proxy_cache import render_entry
@@ -54,6 +55,14 @@ def test_a_fractional_ttl_renders_as_a_number_and_a_whole_one_as_an_integer():
     assert repr(render_entry(encode(entry(ttl=60.0)))["ttl"]) == "60"  # type: ignore[index]
 
 
+def test_a_ttl_of_more_than_16_digits_renders_as_cjson_writes_it():
+    """cjson writes 1e+20: the rendering keeps the double (an int that large could not travel in a bus frame)."""
+    doc = render_entry(encode(entry(ttl=1e20)))
+    assert doc["ttl"] == 1e20 and type(doc["ttl"]) is float  # type: ignore[index]
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(doc)) == doc
+    assert type(render_entry(encode(entry(ttl=9999999999999998.0)))["ttl"]) is int  # type: ignore[index]
+
+
 def test_rendering_bytes_that_are_not_an_entry_gives_none():
     assert render_entry(b"nope") is None
 
@@ -91,6 +100,14 @@ def test_cache_ttl_is_above_zero():
                                                                          cache_ttl=-1))
 
 
+def test_ttls_take_any_whole_number_a_double_holds():
+    """Kong's integer is any number equal to its floor but infinity: 1e20 is one; 400 digits read as inf are not."""
+    accepted(cache_ttl=10**20, storage_ttl=10**20)
+    for field in ("cache_ttl", "storage_ttl"):
+        assert f"config.{field}: expected an integer" in refused(plugin("proxy-cache", strategy="memory",
+                                                                        **{field: 10**400}))
+
+
 def test_request_methods_are_kongs_five():
     assert 'config.request_method[0]: expected one of "GET", "HEAD", "PATCH", "POST", "PUT", got "DELETE"' in \
         refused(plugin("proxy-cache", strategy="memory", request_method=["DELETE"]))
@@ -107,10 +124,16 @@ def test_unknown_response_headers_are_refused():
         plugin("proxy-cache", strategy="memory", response_headers={"Via": True}))
 
 
-def test_kongs_example_configs_are_accepted():
+def accepted(**config: object) -> None:
     from gateway.config import parse_config
     from gateway.runtime import compile_config
 
+    doc = {"services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}],
+           "plugins": [plugin("proxy-cache", strategy="memory", **config)]}
+    compile_config(parse_config(json.dumps(doc)))
+
+
+def test_kongs_example_configs_are_accepted():
     for config in ({"strategy": "memory"},
                    {"strategy": "memory", "response_code": [200, 301], "request_method": ["GET"],
                     "content_type": ["application/json"]},
@@ -119,6 +142,4 @@ def test_kongs_example_configs_are_accepted():
                     "vary_query_params": ["foo"], "vary_headers": ["foo"], "storage_ttl": 600},
                    {"strategy": "memory", "memory": {"dictionary_name": "kong"},
                     "response_headers": {"age": False, "X-Cache-Status": False, "X-Cache-Key": False}}):
-        doc = {"services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}],
-               "plugins": [plugin("proxy-cache", **config)]}
-        compile_config(parse_config(json.dumps(doc)))
+        accepted(**{k: v for k, v in config.items() if k != "strategy"})

@@ -9,12 +9,15 @@ from typing import Any
 import msgspec
 import pytest
 
+from gateway.bus import protocol as p
 from gateway.http.codec import Request
+from gateway.http.kong_headers import SERVER_TOKEN, KongHeaders
 from gateway.http.server import HEADERS_SET, Exchange
 from gateway.policies.proxy_cache import handler as handler_module
 from gateway.policies.proxy_cache.entry import Entry, decode, encode
 from gateway.policies.proxy_cache.handler import ProxyCache
 from gateway.policies.proxy_cache.schema import ProxyCacheConfig
+from gateway.stores import HostCache
 
 NOW = 1_700_000_000
 JSON = [(b"content-type", b"application/json")]
@@ -128,6 +131,54 @@ async def test_with_cache_control_the_response_ttl_is_the_storage_time():
     store = Store()
     await miss(cache(store, cache_control=True), Ex(), headers=JSON + [(b"cache-control", b"max-age=0.5")])
     assert store.stored[0][2] == 0.5
+
+
+async def test_a_ttl_of_twenty_digits_is_stored_as_the_double_kong_stores():
+    """Kong's TTLs are doubles: max-age=99999999999999999999, or a cache_ttl / storage_ttl that large, is 1e20, which
+    the entry, the bus message to the keeper and the keeper's store all take (an int past 2**64 - 1 could not be
+    encoded)."""
+    for config, headers in (({"cache_control": True}, [(b"cache-control", b"max-age=99999999999999999999")]),
+                            ({"cache_ttl": 10**20}, []), ({"cache_ttl": 10**20, "storage_ttl": 10**20}, [])):
+        store = Store()
+        await miss(cache(store, **config), Ex(), headers=JSON + headers)
+        [(_, key, ttl)] = store.stored
+        assert ttl == 1e20 and type(ttl) is float, config
+        assert decode(store.entries[("kong_db_cache", key)]).ttl == 1e20  # type: ignore[union-attr]
+        assert p.decode(p.encode(p.CacheStore(dictionary="kong_db_cache", key=key, entry=b"e", ttl=ttl))) == \
+            p.CacheStore(dictionary="kong_db_cache", key=key, entry=b"e", ttl=1e20)
+        host = HostCache()
+        assert host.set(key, b"e", ttl, 10.0) and host.get(key, 1e19) == b"e"
+
+
+async def test_a_stored_ttl_keeps_the_16_digits_kongs_cjson_writes():
+    """Kong's entry is cjson with 16 significant digits: a 17-digit TTL is read back rounded (max-stale and min-fresh
+    see that), while the store keeps the entry for the TTL itself."""
+    store = Store()
+    await miss(cache(store, cache_control=True), Ex(),
+               headers=JSON + [(b"cache-control", b"max-age=12345678901234567")])
+    [(_, key, ttl)] = store.stored
+    assert ttl == 12345678901234568.0
+    assert decode(store.entries[("kong_db_cache", key)]).ttl == 12345678901234570.0  # type: ignore[union-attr]
+
+
+async def test_a_hits_via_is_the_gateways_alone():
+    """Kong (3.8+) extends $upstream_http_via, which a hit has none of: the stored Via is replaced by the gateway's
+    own; with Via off it is left as stored."""
+    store = Store()
+    policy = cache(store)
+    await miss(policy, Ex(), headers=JSON + [(b"via", b"1.1 origin-cache"), (b"server", b"origin")])
+    ex = Ex()
+    assert await policy.access(ex) is True  # type: ignore[arg-type]
+    stored = ex.sent[1]  # type: ignore[index]
+    ex.tries, ex.started = None, 0.0  # (what KongHeaders reads of an Exchange: no upstream try)
+    for setting in (["server_tokens", "latency_tokens", "X-Kong-Request-Id"], ["Via", "X-Kong-Request-Id"]):
+        headers = list(stored)
+        lines = KongHeaders.from_setting(setting).add(ex, headers, 200)
+        assert b"via" not in dict(headers) and (b"server", b"origin") in headers
+        assert lines.count(b"Via: 1.1 " + SERVER_TOKEN + b"\r\n") == 1 and b"Server:" not in lines
+    headers = list(stored)
+    assert b"Via" not in KongHeaders.from_setting(["Server"]).add(ex, headers, 200)
+    assert (b"via", b"1.1 origin-cache") in headers
 
 
 async def test_a_zero_storage_ttl_stores_for_good():

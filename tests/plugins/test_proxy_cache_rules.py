@@ -3,6 +3,9 @@ kong.tools.mime_type reads them, which requests and responses are cacheable, the
 
 from __future__ import annotations
 
+import math
+import time
+
 import msgspec
 
 from gateway.policies.proxy_cache.rules import (
@@ -52,6 +55,40 @@ def test_a_directive_without_a_value_after_its_equals_sign_is_true():
 def test_lua_number_refuses_what_tonumber_refuses():
     assert lua_number("60s") is None and lua_number('"60"') is None and lua_number("") is None
     assert lua_number(" -3 ") == -3
+
+
+def test_every_number_is_a_double_as_lua_reads_it():
+    """LuaJIT's tonumber gives a double: 20 digits are 1e20 (a Python int that large could not be stored)."""
+    for text, value in (("60", 60.0), ("99999999999999999999", 1e20), ("0x10", 16.0), ("9007199254740993", 2.0**53)):
+        assert lua_number(text) == value and type(lua_number(text)) is float, text
+
+
+def test_a_number_past_the_double_range_is_infinite_as_luajit_reads_it():
+    """lj_strscan: a binary exponent past the range scales to inf, more than 310 integer digits are inf."""
+    assert lua_number("0x1p99999") == math.inf and lua_number("-0x1p99999") == -math.inf
+    assert lua_number("0x" + "f" * 300) == math.inf and lua_number("0x1p-99999") == 0.0
+    assert lua_number("9" * 5000) == math.inf and lua_number("-" + "9" * 5000) == -math.inf
+    assert lua_number("1e99999999999999999999") == math.inf and lua_number("1e-99999999999999999999") == 0.0
+
+
+def test_an_exponent_is_read_only_up_to_luajits_65536():
+    """lj_strscan stops taking exponent digits once the value is 65536 or more: e700000 is e70000."""
+    assert lua_number("0." + "0" * 70000 + "1e700000") == 0.1
+
+
+def test_binary_numbers_are_read_as_luajit_reads_them():
+    assert lua_number("0b101") == 5.0 and lua_number("-0B1.00") == -1.0 and lua_number("0b.0") == 0.0
+    assert lua_number("0b" + "0" * 70 + "1" * 64) == float(2**64 - 1)
+    for text in ("0b", "0b.", "0b.1", "0b1.01", "0b12", "0b1e1", "0b" + "1" * 65):
+        assert lua_number(text) is None, text
+
+
+def test_a_long_string_that_is_no_number_is_refused_in_linear_time():
+    """A backtracking pattern would take many seconds for each of these (a header a client chooses)."""
+    started = time.perf_counter()
+    for text in ("1" * 30000 + "x", "0x" + "f" * 30000 + "g", "1." + "1" * 30000 + "x", "1e" + "1" * 30000 + "x"):
+        assert lua_number(text) is None
+    assert time.perf_counter() - started < 1
 
 
 def test_no_header_means_no_directives():
@@ -166,6 +203,12 @@ def test_expires_gives_the_ttl_when_cache_control_has_none():
     assert resource_ttl({}, b"not a date", NOW) == 0
 
 
+def test_a_ttl_of_twenty_digits_is_the_double_kong_computes():
+    ttl = resource_ttl(parse_directives(b"max-age=99999999999999999999"), None, NOW)
+    assert ttl == 1e20 and type(ttl) is float
+    assert rules(cache_ttl=10**20).response_ttl(response(), NOW) == 1e20
+
+
 def test_a_non_numeric_max_age_is_ignored():
     assert resource_ttl(parse_directives(b'max-age="60"'), None, NOW) == 0
 
@@ -210,3 +253,11 @@ def test_request_min_fresh_refreshes_entries_fresh_for_less():
 
 def test_request_directives_are_ignored_without_cache_control():
     assert rules().freshness(NOW - 3, 300, NOW, parse_directives(b"max-age=0, min-fresh=999")) == "Hit"
+
+
+def test_ttl_arithmetic_rounds_as_luas_doubles():
+    """Kong: res.ttl - (time() - res.timestamp) < cc["min-fresh"], in doubles: 2**60 - 1 is 2**60 and min-fresh
+    2**60 + 1 is read as 2**60, so no Refresh."""
+    assert rules(cache_control=True).freshness(NOW - 1, 2.0**60, NOW, parse_directives(
+        b"min-fresh=1152921504606846977")) == "Hit"
+    assert rules(cache_ttl=10**20).freshness(NOW - 10**6, 300, NOW, {}) == "Hit"

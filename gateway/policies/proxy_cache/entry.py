@@ -5,7 +5,8 @@ Sans-I/O.
 What Kong stores: the status; the response headers as they were when the plugin's header_filter ran (after the
 header filters of plugins of higher priority, with the X-Cache-Status and X-Cache-Key set on the way in, before
 Kong adds its request id); the body as the plugin's body_filter saw it; when it was stored (whole seconds); how long
-it is fresh (`ttl`); the format version; the request body, when it was read (on a miss, up to 8 KiB, Kong's
+it is fresh (`ttl`, a double as Lua's numbers are, kept to the 16 significant digits Kong's cjson writes); the
+format version; the request body, when it was read (on a miss, up to 8 KiB, Kong's
 client_body_buffer_size; absent after a Refresh, as in Kong).
 """
 
@@ -38,6 +39,12 @@ def encode(entry: Entry) -> bytes:
     return _encode(entry)
 
 
+def stored_number(value: float) -> float:
+    """A number as Kong's stored entry has it: cjson.safe writes 16 significant digits (CJSON_MAX_PRECISION), so a
+    TTL of 17 digits is read back rounded."""
+    return float(f"{value:.16g}")
+
+
 def decode(raw: bytes) -> Entry | None:
     """The entry, or None when the bytes are not one (Kong: "could not decode request object")."""
     try:
@@ -51,8 +58,9 @@ def _text(data: bytes) -> str:
 
 
 def _number(value: float) -> int | float:
-    """As cjson writes a Lua number: 60, not 60.0."""
-    return int(value) if float(value).is_integer() else value
+    """As cjson writes a Lua number: 60, not 60.0; 1e+20 (an integer of more than 16 digits is written with an
+    exponent, and stays a float here: an int that large cannot travel in a bus frame)."""
+    return int(value) if float(value).is_integer() and abs(value) < 1e16 else value
 
 
 def render(raw: bytes) -> dict[str, Any] | None:

@@ -47,7 +47,7 @@ from gateway.http.kong_headers import PROXIED
 from gateway.http.server import Exchange
 from gateway.policies.header_list import set_header
 from gateway.policies.proxy_cache import cache_key
-from gateway.policies.proxy_cache.entry import VERSION, Entry, decode, encode
+from gateway.policies.proxy_cache.entry import VERSION, Entry, decode, encode, stored_number
 from gateway.policies.proxy_cache.rules import Rules, header_value, parse_directives
 from gateway.policies.proxy_cache.schema import ProxyCacheConfig
 from gateway.stores.cache import ENTRY_LIMIT
@@ -105,7 +105,7 @@ class ProxyCache:
         self.dictionary = config.memory.dictionary_name
         self.cache_control = config.cache_control
         self.ignore_uri_case = config.ignore_uri_case
-        self.storage_ttl = config.storage_ttl
+        self.storage_ttl = float(config.storage_ttl) if config.storage_ttl is not None else None  # Lua's number
         self.vary_query_params = config.vary_query_params
         self.vary_headers = config.vary_headers
         shown = config.response_headers
@@ -239,7 +239,7 @@ class ProxyCache:
             log.warning("proxy-cache: storage_ttl %s is negative: %s not stored", ttl, key)
             return body
         raw = encode(Entry(status=status, headers=pending.res_headers, body=body, timestamp=now(),
-                           ttl=pending.res_ttl, req_body=pending.req_body))
+                           ttl=stored_number(pending.res_ttl), req_body=pending.req_body))
         if len(raw) > self.entry_limit:
             log.warning("proxy-cache: could not store %s in %s: no memory (an entry of %d bytes, %d at most)", key,
                         self.dictionary, len(raw), self.entry_limit)

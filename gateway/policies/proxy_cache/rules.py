@@ -12,10 +12,12 @@ at (Kong's TODO).
 
 A stored entry is served (Hit) unless, without `cache_control`, it is older than `cache_ttl`, or, with it, the
 request's Cache-Control says max-age (older than that), max-stale (stale longer than that) or min-fresh (fresh for
-less than that): then it is fetched again (Refresh). Times are whole seconds (ngx.time()).
+less than that): then it is fetched again (Refresh). Times are whole seconds (ngx.time()); numbers and TTLs are
+doubles, as Lua's are, so their arithmetic rounds as Kong's does (max-age=99999999999999999999 is 1e20).
 
 Cache-Control is read as Kong's parse_directive_header reads it: split at commas, each `name[=value]` with the name
-lower-cased (trailing blanks kept: "max-age =1" names "max-age "), the value a number when Lua's tonumber reads one.
+lower-cased (trailing blanks kept: "max-age =1" names "max-age "), the value a number when Lua's tonumber reads one
+(a number past the double range is inf, as LuaJIT reads it: 0x1p99999, or 311 digits).
 A directive whose value must be a number but is not (max-age="60", a bare max-age) is ignored here, where Kong's
 comparison raises a Lua error (a 500).
 """
@@ -30,13 +32,17 @@ from gateway.http.codec import Headers
 from gateway.http.dates import parse_http_time
 from gateway.policies.proxy_cache.schema import ProxyCacheConfig
 
-Directives = dict[bytes, int | float | bytes | bool]  # parse_directive_header's table
+Directives = dict[bytes, float | bytes | bool]  # parse_directive_header's table
 Freshness = Literal["Hit", "Refresh"]
 
 _PART = re.compile(rb"[^,]+")
 _DIRECTIVE = re.compile(rb"[ \t\n\x0b\f\r]*([^=]+)(?:=(.+))?")
-_DECIMAL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-_HEX_NUMBER = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
+# (the mantissa, the exponent); written so that no digit can be matched two ways: a long string that is no number
+# is refused in linear time
+_DECIMAL = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:[eE]([+-]?[0-9]+))?")
+_HEX_NUMBER = re.compile(r"([+-]?0[xX](?:[0-9a-fA-F]+(?:\.[0-9a-fA-F]*)?|\.[0-9a-fA-F]+))(?:[pP]([+-]?[0-9]+))?")
+# (the sign, the integer digits): no exponent, and a fraction of zeros only (LuaJIT drops them; any other is no number)
+_BINARY = re.compile(r"([+-]?)0[bB](?=\.?[01])([01]*)(?:\.0*)?")
 _SPECIAL = {"inf": math.inf, "infinity": math.inf, "nan": math.nan}  # LuaJIT's lj_strscan reads these, any case
 _LUA_SPACE = " \t\n\x0b\f\r"
 
@@ -50,23 +56,49 @@ _PARAMETERS = re.compile(_PARAMETER)
 MediaType = tuple[str, str, dict[str, str]]
 
 
-def lua_number(text: str) -> int | float | None:
-    """LuaJIT's tonumber of a string (decimal, with a fraction or an exponent; hexadecimal, with a fraction or a "p"
-    exponent too; inf, infinity or nan in any case, signed), or None."""
+def lua_number(text: str) -> float | None:
+    """LuaJIT's tonumber of a string, a double as Lua's numbers are (decimal, with a fraction or an exponent;
+    hexadecimal, with a fraction or a "p" exponent too; binary "0b"; inf, infinity or nan in any case, signed), or
+    None. What overflows is infinite, as lj_strscan makes it, never an error; linear in the length."""
     text = text.strip(_LUA_SPACE)
-    if _DECIMAL.fullmatch(text):
-        if "." in text or "e" in text or "E" in text:
-            return float(text)
-        return int(text)
-    if _HEX_NUMBER.fullmatch(text):
-        if "." in text or "p" in text or "P" in text:
+    m = _DECIMAL.fullmatch(text)
+    if m is not None:
+        exponent = m.group(2)
+        if exponent is not None and len(exponent) > 5:
+            text = f"{m.group(1)}e{_saturated(exponent)}"
+        return float(text)  # correctly rounded, as lj_strscan's; inf past the double range
+    m = _HEX_NUMBER.fullmatch(text)
+    if m is not None:
+        exponent = m.group(2)
+        if exponent is not None and len(exponent) > 5:
+            text = f"{m.group(1)}p{_saturated(exponent)}"
+        try:
             return float.fromhex(text)
-        return int(text, 16)
+        except OverflowError:
+            return -math.inf if text[0] == "-" else math.inf
+    m = _BINARY.fullmatch(text)
+    if m is not None:
+        digits = m.group(2).lstrip("0")
+        if len(digits) > 64:  # strscan_bin: more than 64 binary digits is no number
+            return None
+        value = float(int(digits or "0", 2))
+        return -value if m.group(1) == "-" else value
     sign, name = (text[0], text[1:]) if text[:1] in ("+", "-") else ("", text)
     special = _SPECIAL.get(name.lower())
     if special is None:
         return None
     return -special if sign == "-" else special
+
+
+def _saturated(exponent: str) -> str:
+    """lj_strscan's reading of a long exponent: digits are taken while the value is below 65536, the rest ignored
+    (1e700000 is 1e70000)."""
+    sign = exponent[0] if exponent[0] in "+-" else ""
+    digits = exponent.lstrip("+-").lstrip("0")
+    value = int(digits[:5] or "0")
+    if value < 65536 and len(digits) > 5:
+        value = int(digits[:6])
+    return f"{sign}{value}"
 
 
 def parse_directives(value: bytes | None) -> Directives:
@@ -84,9 +116,9 @@ def parse_directives(value: bytes | None) -> Directives:
     return out
 
 
-def number(directives: Directives, name: bytes) -> int | float | None:
+def number(directives: Directives, name: bytes) -> float | None:
     value = directives.get(name)
-    return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return value if type(value) is float else None
 
 
 def parse_mime_type(value: str) -> MediaType | None:
@@ -131,7 +163,7 @@ def last_value(headers: Headers, name: bytes) -> bytes | None:
     return found
 
 
-def resource_ttl(cc: Directives, expires: bytes | None, now: int) -> int | float:
+def resource_ttl(cc: Directives, expires: bytes | None, now: int) -> float:
     """kong.tools.http.calculate_resource_ttl: s-maxage, else max-age, else Expires - now; at least 0 (and 0 for
     nan)."""
     max_age = number(cc, b"s-maxage")
@@ -140,9 +172,9 @@ def resource_ttl(cc: Directives, expires: bytes | None, now: int) -> int | float
     if max_age is None and expires is not None:
         at = parse_http_time(expires)
         if at is not None:
-            max_age = at - now
+            max_age = float(at - now)
     # LuaJIT's math.max(max_age, 0) (maxsd) gives its second operand when the first is nan
-    return max_age if max_age is not None and max_age > 0 else 0
+    return max_age if max_age is not None and max_age > 0 else 0.0
 
 
 class Rules:
@@ -156,7 +188,7 @@ class Rules:
         # an entry Kong cannot parse (e.g. "application/xml;") matches nothing
         self.content_types = [t for t in map(parse_mime_type, config.content_type) if t is not None]
         self.cache_control = config.cache_control
-        self.cache_ttl = config.cache_ttl
+        self.cache_ttl = float(config.cache_ttl)  # a Lua number (finite: the schema's)
 
     def cacheable_request(self, method: bytes, cc: Directives) -> bool:
         if method not in self.methods:
@@ -176,7 +208,7 @@ class Rules:
             return False
         return resource_ttl(cc, header_value(headers, b"expires"), now) > 0
 
-    def response_ttl(self, headers: Headers, now: int) -> int | float:
+    def response_ttl(self, headers: Headers, now: int) -> float:
         """How long a cacheable response is fresh: its Cache-Control's (with cache_control), else cache_ttl."""
         if not self.cache_control:
             return self.cache_ttl

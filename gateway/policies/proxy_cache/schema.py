@@ -62,3 +62,15 @@ class ProxyCacheConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if not self.response_code:
             raise ValueError("response_code: length must be at least 1")  # Kong's len_min = 1
+        for name, ttl in (("cache_ttl", self.cache_ttl), ("storage_ttl", self.storage_ttl)):
+            if ttl is not None and not _finite(ttl):
+                raise ValueError(f"{name}: expected an integer")  # Kong reads it as inf, which is no integer
+
+
+def _finite(value: int) -> bool:
+    """Whether Kong's reading of an integer (a double) is finite: 1e20 is, a number of 310 digits is not."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
