@@ -142,10 +142,24 @@ async def test_a_body_over_the_limit_is_refused_as_a_missing_one(nursery, gatewa
     (b"1700000000", 1700000000.0), (b" 17\t", 17.0), (b"+5", 5.0), (b"-5", -5.0), (b"1e3", 1000.0), (b"12.5", 12.5),
     (b".5", 0.5), (b"5.", 5.0), (b"0x10", 16.0), (b"0X1p4", 16.0), (b"0x.8", 0.5),
     (b"XYZ", None), (b"", None), (b"1_000", None), (b"inf", None), (b"nan", None), (b"0x", None), (b"1e", None),
-    (b"--1", None), (b"1 2", None),
+    (b"--1", None), (b"1 2", None), (b"0x1p99999", None), (b"9" * 5000, None), (b"1e999", None),
 ])
 def test_timestamps_are_read_as_luas_tonumber_reads_them(text: bytes, number: float | None):
+    """As gateway.policies.luanumber reads them (LuaJIT's lj_strscan), but for what is not finite: no number here."""
     assert lua_number(text) == number
+
+
+async def test_a_timestamp_past_the_double_range_is_a_400_not_a_500(nursery, gateway):
+    """0x1p99999 made float.fromhex raise OverflowError: the plugin's 500."""
+    port = await webhooks_gateway(nursery, gateway)
+    assert_400(await post(port, {"webhook-id": MESSAGE_ID, "webhook-signature": sign("inf"),
+                                 "webhook-timestamp": "0x1p99999"}))
+
+
+def test_a_long_timestamp_that_is_no_number_is_read_in_linear_time():
+    started = time.perf_counter()
+    assert lua_number(b"1" * 30000 + b"x") is None
+    assert time.perf_counter() - started < 2.0  # (quadratic: about 10 s)
 
 
 @pytest.mark.parametrize(("number", "text"), [(1700000000.0, b"1700000000"), (16.0, b"16"), (12.5, b"12.5"),
