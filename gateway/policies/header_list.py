@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 from gateway.http.codec import Headers
+from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the lines get_headers() reads
 
 TRANSFER_ENCODING_NAMES = (b"transfer-encoding", b"transfer_encoding")  # which set_header leaves alone
 
@@ -59,7 +60,6 @@ def count_header(headers: Headers, name: bytes) -> int:
     return sum(1 for hname, _ in headers if hname == name)
 
 
-MAX_REQ_HEADERS = 100  # lua_max_req_headers: the header lines kong.request.get_headers() reads
 # nginx's $http_ variables with a handler of their own: these names only (no "_" for "-"), Cookie joined by "; "
 KNOWN_VARIABLES = {b"host": b", ", b"user-agent": b", ", b"referer": b", ", b"via": b", ",
                     b"x-forwarded-for": b", ", b"cookie": b"; "}

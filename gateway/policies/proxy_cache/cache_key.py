@@ -26,8 +26,8 @@ from collections.abc import Iterable, Sequence
 
 from gateway.http.codec import Headers
 from gateway.http.uri_args import Arg, Args, add_arg, unescape, uri_args  # noqa: F401 - unescape, uri_args: its parts
+from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the lines get_headers() reads
 
-MAX_REQ_HEADERS = 100  # Kong's lua_max_req_headers: kong.request.get_headers' default
 
 def header_args(headers: Headers, limit: int = MAX_REQ_HEADERS) -> Args:
     """ngx.req.get_headers(limit): lower-case name -> value, a list when repeated."""
