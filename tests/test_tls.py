@@ -3,6 +3,8 @@ TLS port, https upstreams with verification and client certificates, https-only 
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
 import json
 import logging
 import os
@@ -17,10 +19,15 @@ import time
 import pytest
 import trio
 from backends import EchoBackend, EndlessSse, free_port, parse_raw_response, raw_exchange, request, service
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from tls_helpers import HttpsEcho, Pki, encrypted_pair, expired_pair, https_get
 
 from gateway.config import ConfigError, parse_config
 from gateway.http.dates import parse_http_time
+from gateway.http.tls import names_address
 from gateway.runtime import compile_config
 
 TIMEOUT = 10
@@ -246,6 +253,84 @@ async def test_tls_verify_with_the_right_ca_passes_and_with_another_fails(gatewa
     with trio.fail_after(5):
         while backend.handshake_failures == 0:
             await trio.sleep(0.01)
+
+
+def issued(pki: Pki, cn: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> tuple[str, str]:
+    """A certificate of the test CA with subject CN=`cn` and these DNS and IP SANs (none: no subjectAltName), and
+    its key."""
+    ca_key = serialization.load_pem_private_key(pki.ca.private_key_pem.bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert_pem.bytes())
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30)))
+    sans = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
+async def test_an_ip_targets_certificate_is_checked_as_nginx_checks_it_and_against_its_ip_sans(gateway, nursery, pki):
+    """nginx checks an address as a name (ngx_ssl_check_host: X509_check_host): its DNS SANs, else the subject's CN,
+    never the IP SANs, which Python's ssl alone would look at; the IP SANs are taken too (RFC 6125)."""
+    certificates = {
+        "cn": (issued(pki, "127.0.0.1"), 200),  # `openssl req -subj /CN=<ip>`: Kong takes it
+        "ip_san": (issued(pki, "upstream.test", ips=("127.0.0.1",)), 200),  # where nginx would not
+        "dns_san": (issued(pki, "upstream.test", dns=("127.0.0.1",)), 200),
+        "cn_beside_a_dns_san": (issued(pki, "127.0.0.1", dns=("upstream.test",)), 502),  # the CN is not looked at
+        "another_address": (issued(pki, "127.0.0.2", ips=("127.0.0.2",)), 502),
+    }
+    services = []
+    for name, (cert, _) in certificates.items():
+        backend = HttpsEcho(cert)
+        await nursery.start(backend.serve)
+        services.append(service(name, f"https://127.0.0.1:{backend.port}", [{"paths": [f"/{name}"]}], retries=0,
+                                tls_verify=True, ca_certificates=[CA_GOOD]))
+    port = await gateway({"services": services, "ca_certificates": [{"id": CA_GOOD, "cert": pki.ca_pem}]})
+    with trio.fail_after(TIMEOUT):
+        statuses = {name: (await request(port, "GET", f"/{name}")).status for name in certificates}
+    assert statuses == {name: status for name, (_, status) in certificates.items()}
+
+
+@pytest.mark.parametrize(("cert", "address", "valid"), [
+    ({"subject": ((("commonName", "::1"),),)}, "::1", True),
+    ({"subject": ((("commonName", "FE80::A"),),)}, "fe80::a", True),  # compared as text, without case
+    ({"subject": ((("commonName", "0:0:0:0:0:0:0:1"),),)}, "::1", False),  # (as X509_check_host: another text)
+    ({"subjectAltName": (("IP Address", "0:0:0:0:0:0:0:1"),)}, "::1", True),  # Python's way to write it
+    ({"subjectAltName": (("IP Address", "10.0.0.5"), ("DNS", "a.test")),
+      "subject": ((("commonName", "10.0.0.6"),),)}, "10.0.0.6", False),
+    ({"subject": ((("organizationName", "10.0.0.5"),), (("commonName", "x"),), (("commonName", "10.0.0.5"),))},
+     "10.0.0.5", True),  # any of the subject's CNs
+])
+def test_names_address_takes_ip_sans_dns_sans_and_else_the_cn(cert, address, valid):
+    assert names_address(cert, address) is valid
+
+
+async def test_a_certificate_refused_on_a_try_retried_elsewhere_is_logged_with_the_target(gateway, nursery, pki,
+                                                                                          caplog):
+    """nginx logs every upstream handshake whose certificate fails verification, before its next try
+    (ngx_http_upstream_ssl_handshake: "upstream SSL certificate verify error"): the next target's answer must not
+    hide an untrusted certificate (a misconfigured target, or someone in the middle)."""
+    caplog.set_level(logging.INFO)
+    untrusted, trusted = HttpsEcho(Pki().issue("127.0.0.1")), HttpsEcho(pki.issue("127.0.0.1"))
+    for backend in (untrusted, trusted):
+        await nursery.start(backend.serve)
+    targets = [{"target": f"127.0.0.1:{untrusted.port}"}, {"target": f"127.0.0.1:{trusted.port}"}]
+    doc = {"upstreams": [{"name": "u", "targets": targets}],
+           "services": [service("s", "https://u", tls_verify=True, ca_certificates=[CA_GOOD])],
+           "ca_certificates": [{"id": CA_GOOD, "cert": pki.ca_pem}]}
+    port = await gateway(doc)
+    with trio.fail_after(TIMEOUT):
+        assert [(await request(port, "GET", "/")).status for _ in range(2)] == [200, 200]  # round-robin: one or
+        refused = [r.getMessage() for r in caplog.records  # both met the untrusted target first
+                   if r.levelno == logging.WARNING and "certificate verification failed" in r.getMessage()]
+        while untrusted.handshake_failures != len(refused):  # one line per refused handshake
+            await trio.sleep(0.01)
+    assert refused and all(f"127.0.0.1:{untrusted.port}" in m for m in refused), caplog.text
 
 
 async def test_client_certificate_is_presented_to_an_upstream_that_requires_one(gateway, nursery, pki):

@@ -211,7 +211,7 @@ class Pool:
                 raise ConnectError(f"cannot connect to {key[0]}:{key[1]}: {reason}") from None
             if tls is not None:
                 try:
-                    conn = await client_handshake(tls.context, conn, server_name or key[0])
+                    conn = await client_handshake(tls, conn, server_name or key[0])
                 except (TlsError, OSError) as e:
                     conn.close()
                     raise ConnectError(f"TLS with {key[0]}:{key[1]} failed: {e}") from None

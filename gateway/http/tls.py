@@ -12,14 +12,18 @@ Server side: `server_handshake` reads the first bytes itself, so that a plain HT
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import ssl
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.http.dates import NOW
-from gateway.http.net import RECV_SIZE, Conn
+from gateway.http.net import RECV_SIZE, Conn, is_ip
+
+if TYPE_CHECKING:
+    from gateway.http.tls_contexts import ClientTls
 
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
 # nginx's answer to a plain request on an ssl listener: its status 497 shown as 400 with its own page
@@ -44,6 +48,11 @@ def plain_http_answer(head_only: bool) -> bytes:
 
 class TlsError(Exception):
     """A TLS handshake that did not complete (bad input, a certificate refused, the peer gone)."""
+
+
+class CertificateRefused(TlsError):
+    """The peer's certificate failed verification (untrusted, expired, not for the name): perhaps someone in the
+    middle."""
 
 
 class PlainHttpOnTlsPort(TlsError):
@@ -238,7 +247,7 @@ async def _drive(tconn: TlsConn, first: bytes = b"") -> None:
                 raise TlsError("the peer closed the connection during the TLS handshake") from None
             tconn._in.write(raw)
         except ssl.SSLCertVerificationError as e:
-            raise TlsError(f"certificate verification failed: {e.verify_message}") from None
+            raise CertificateRefused(f"certificate verification failed: {e.verify_message}") from None
         except ssl.SSLError as e:
             if tconn._out.pending:  # an alert for the peer
                 try:
@@ -297,8 +306,44 @@ async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
     return tconn
 
 
-async def client_handshake(ctx: ssl.SSLContext, conn: Conn, server_hostname: str | None) -> TlsConn:
-    """The client side of a handshake on a connected upstream socket (SNI = server_hostname)."""
+async def client_handshake(tls: ClientTls, conn: Conn, server_hostname: str) -> TlsConn:
+    """The client side of a handshake on a connected upstream socket (SNI = server_hostname, unless an address).
+    A certificate refused is logged, with the target and the reason, whether or not the request is retried
+    elsewhere, as nginx logs each ("upstream SSL certificate verify error")."""
+    ctx, address = tls.context, False
+    if tls.verify and is_ip(server_hostname):
+        ctx, address = tls.address_context(), True
     tconn = _new(ctx, conn, False, server_hostname)
-    await _drive(tconn)
+    try:
+        await _drive(tconn)
+        if address and not names_address(tconn.tls.getpeercert() or {}, server_hostname):
+            raise CertificateRefused(f"certificate verification failed: IP address mismatch, certificate is not "
+                                     f"valid for {server_hostname!r}.")  # (Python's own words for it)
+    except CertificateRefused as e:
+        peer = conn.peer
+        where = f"{peer[0]}:{peer[1]}" if peer is not None else "?"
+        log.warning("TLS with upstream %s (name %r): %s", where, server_hostname, e)
+        raise
     return tconn
+
+
+def names_address(cert: dict[str, Any], address: str) -> bool:
+    """Whether a verified certificate (getpeercert()) is valid for an address: one of its IP SANs (RFC 6125), or, as
+    nginx's X509_check_host takes the address for a name, one of its DNS SANs, or with none of those its subject's
+    CN. Python's own check looks at the IP SANs only: certificates made with `-subj /CN=<ip>` would be refused."""
+    ip = ipaddress.ip_address(address)
+    name = address.lower()
+    dns_san = False
+    for kind, value in cert.get("subjectAltName", ()):
+        if kind == "IP Address":
+            try:
+                if ipaddress.ip_address(value.strip()) == ip:
+                    return True
+            except ValueError:
+                pass
+        elif kind == "DNS":
+            dns_san = True
+            if value.lower() == name:
+                return True
+    return not dns_san and any(key == "commonName" and value.lower() == name
+                               for rdn in cert.get("subject", ()) for key, value in rdn)

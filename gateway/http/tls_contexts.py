@@ -280,28 +280,47 @@ class ServerTls:
 
 class ClientTls:
     """How a service speaks TLS to its targets (hashable by identity: part of the pool's connection keys); `what`
-    names the client certificate's setting in messages (e.g. services[0].client_certificate)."""
+    names the client certificate's setting in messages (e.g. services[0].client_certificate).
 
-    __slots__ = ("context", "verify")
+    With `verify`, `context` checks the certificate and the name it is handed; a target that is an address gets
+    `address_context()` instead, which checks the certificate but no name: Python's ssl would compare an address
+    with the certificate's IP SANs only, where nginx compares it as a name, so tls.client_handshake checks it after
+    the handshake (tls.names_address)."""
+
+    __slots__ = ("context", "verify", "_address_context", "_ca_pems", "_client_pair", "_what")
 
     def __init__(self, verify: bool, ca_pems: Sequence[str] = (),
                  client_pair: tuple[str, str] | None = None, what: str = "service.client_certificate") -> None:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.set_alpn_protocols(ALPN)
-        if verify:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.check_hostname = True
-            if ca_pems:  # (none: Kong's nginx has no proxy_ssl_trusted_certificate, so it trusts no CA at all)
-                ctx.load_verify_locations(cadata="\n".join(ca_pems))
-        else:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
         if client_pair is not None:
             check_certificate(client_pair[0], what)
-            load_chain(ctx, client_pair[0], client_pair[1], what)
-        self.context = ctx
+        self.context = _client_tls_context(verify, verify, ca_pems, client_pair, what)
         self.verify = verify
+        self._address_context: ssl.SSLContext | None = None  # made on first use: most services never need it
+        self._ca_pems, self._client_pair, self._what = ca_pems, client_pair, what
+
+    def address_context(self) -> ssl.SSLContext:
+        """The context for a target that is an address (with `verify`): the certificate verified, its names not."""
+        if self._address_context is None:
+            self._address_context = _client_tls_context(self.verify, False, self._ca_pems, self._client_pair,
+                                                        self._what)
+        return self._address_context
+
+
+def _client_tls_context(verify: bool, check_hostname: bool, ca_pems: Sequence[str],
+                        client_pair: tuple[str, str] | None, what: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_alpn_protocols(ALPN)
+    ctx.check_hostname = check_hostname
+    if verify:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        if ca_pems:  # (none: Kong's nginx has no proxy_ssl_trusted_certificate, so it trusts no CA at all)
+            ctx.load_verify_locations(cadata="\n".join(ca_pems))
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    if client_pair is not None:
+        load_chain(ctx, client_pair[0], client_pair[1], what)
+    return ctx
 
 
 # --- the gateway's own TLS clients -----------------------------------------------------------------------------------
