@@ -34,7 +34,8 @@ PROTOCOL_VERSION_META = "io.modelcontextprotocol/protocolVersion"
 
 
 class RpcInfo:
-    """What a peek found. `method`/`name`/`version` are None when absent, not strings, or beyond the bytes read."""
+    """What a peek found. `method`/`name`/`version` are None when absent, not strings, or beyond the bytes read;
+    `valid` is False for a body that is not a JSON-RPC request as far as it was read (not JSON, or BAD_ID)."""
 
     __slots__ = ("method", "name", "version", "id", "batch", "valid")
 
@@ -45,7 +46,7 @@ class RpcInfo:
         self.version = version  # params._meta["io.modelcontextprotocol/protocolVersion"]
         self.id = id
         self.batch = batch
-        self.valid = valid  # False: not JSON (as far as it was read)
+        self.valid = valid
 
     @property
     def tool(self) -> str | None:
@@ -57,6 +58,7 @@ class RpcInfo:
 
 
 NOT_JSON = RpcInfo(valid=False)
+BAD_ID = RpcInfo(valid=False)  # JSON, but its id is not a string, number or null: JSON-RPC's Invalid Request
 BATCH = RpcInfo(batch=True)
 
 
@@ -100,8 +102,8 @@ def _info(method: Any, rpc_id: Any, params: Any) -> RpcInfo:
         if isinstance(meta, dict):
             v = meta.get(PROTOCOL_VERSION_META)
             version = v if isinstance(v, str) else None
-    if not isinstance(rpc_id, (str, int)) or isinstance(rpc_id, bool):
-        rpc_id = None
+    if rpc_id is not None and (isinstance(rpc_id, bool) or not isinstance(rpc_id, (str, int, float))):
+        return BAD_ID  # JSON-RPC ids are strings, numbers and null; an object, array or boolean is refused
     return RpcInfo(method, name, version, rpc_id)
 
 
@@ -110,6 +112,7 @@ def _info(method: Any, rpc_id: Any, params: Any) -> RpcInfo:
 _WS = re.compile(r"[ \t\n\r]*")
 _NESTED = re.compile(r'["{}\[\]]')
 _SCALAR_END = re.compile(r"[,}\]\s]")
+_NOT_AN_ID = object()  # an object or array id, never decoded (however deep: Python's parser would recurse)
 
 
 class _End(Exception):
@@ -183,10 +186,13 @@ def _top_member(key: str, s: str, i: int, found: dict[str, Any]) -> int:
     elif key == "id":
         found["id"] = None
         end = _skip(s, i)
-        try:
-            found["id"] = json.loads(s[i:end])
-        except ValueError:
-            pass
+        if s[i] in "{[":
+            found["id"] = _NOT_AN_ID
+        else:
+            try:
+                found["id"] = json.loads(s[i:end])  # a string or a scalar: no nesting to recurse into
+            except ValueError:
+                pass
         return end
     return _skip(s, i)
 
@@ -282,6 +288,8 @@ def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, ver
     """
     if info.batch:
         return "Mcp-Method header on a JSON-RPC batch (the 2026-07-28 revision has no batches)"
+    if info is BAD_ID:
+        return "the body is not a JSON-RPC request: its id is not a string, number or null"
     if info.method is None:
         return "the body has no JSON-RPC method to confirm the Mcp-Method header (within the bytes the gateway reads)"
     if method is not None and method.decode("latin-1") != info.method:

@@ -72,7 +72,7 @@ def parse_jwks(body: bytes) -> KeySet:
     """The KeySet of a JWKS document; ValueError when it is not one (not JSON, no `keys` list)."""
     try:
         doc = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested deeper than Python's parser goes)
         raise ValueError("not JSON") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
         raise ValueError('not a JWKS document (no "keys" list)')

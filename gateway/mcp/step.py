@@ -10,7 +10,8 @@ Bodies are read only when needed (routing on method/tool, or a request with Mcp-
 at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first. When a route on
 method or tool could take a request, a body that cannot be attributed is refused rather than routed as something
 else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message, 413 when its method, or a tools/call's
-tool, is not within peek_bytes.
+tool, is not within peek_bytes. A POST routed there on its Mcp-Method header has the header check before routing
+(`peek_for_routing`), since the route it picks may be a plain one, which has no MCP step.
 """
 
 from __future__ import annotations
@@ -90,13 +91,14 @@ class McpRequest:
     """What the MCP step (and the policies that read MCP bodies) learnt about one request, for the forwarder: body
     bytes already read, the Origin policy, edits its answer needs (ai-mcp-proxy: gateway.mcp.governance)."""
 
-    __slots__ = ("body", "body_done", "info", "peeked", "decoded", "origin_mode", "edit")
+    __slots__ = ("body", "body_done", "info", "peeked", "checked", "decoded", "origin_mode", "edit")
 
     def __init__(self) -> None:
         self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
         self.body_done = False
         self.info: jsonrpc.RpcInfo | None = None
         self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
+        self.checked = False  # the Mcp-Method / Mcp-Name headers agree with the body
         self.decoded: Any = None  # the whole body's messages, once decoded (gateway.mcp.body.messages)
         self.origin_mode = PASS
         self.edit: Any = None  # a gateway.mcp.governance.ResponseEdit for the answer, or None
@@ -151,15 +153,25 @@ class McpRoute:
                 await ex.respond(403, ORIGIN_FORBIDDEN)
                 return None
             mcp.origin_mode = shared.origin.upstream
-        if (h_method is not None or h_name is not None) and req.method == b"POST":
-            if not await read_peek(ex, mcp, shared):
-                return None
-            why = jsonrpc.header_mismatch(mcp.info, h_method, h_name, h_version)  # type: ignore[arg-type]
-            if why is not None:
-                rpc_id = mcp.info.id if mcp.info is not None else None
-                await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, rpc_id))
+        if (h_method is not None or h_name is not None) and req.method == b"POST" and not mcp.checked:
+            if not await _check_headers(ex, mcp, shared, h_method, h_name, h_version):
                 return None
         return mcp
+
+
+async def _check_headers(ex: Exchange, mcp: McpRequest, shared: McpShared, h_method: bytes | None,
+                         h_name: bytes | None, h_version: bytes | None) -> bool:
+    """The 2026-07-28 check of Mcp-Method / Mcp-Name / MCP-Protocol-Version against the body's first peek_bytes;
+    False when the request has been answered (400 with -32020, or 408)."""
+    if not await read_peek(ex, mcp, shared):
+        return False
+    info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
+    why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
+    if why is not None:
+        await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, info.id))
+        return False
+    mcp.checked = True
+    return True
 
 
 async def session_not_found(ex: Exchange) -> None:
@@ -168,20 +180,25 @@ async def session_not_found(ex: Exchange) -> None:
 
 
 async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None:
-    """Read (at most peek_bytes of) the body to find the method and tool a route may match; None if answered."""
+    """Read (at most peek_bytes of) the body to find the method and tool a route may match, and check a POST's
+    Mcp-Method / Mcp-Name headers against it, whatever route they pick; None if answered."""
     mcp = McpRequest()
     req = ex.request
-    h_method = h_name = None
+    h_method = h_name = h_version = None
     for name, value in req.headers:
         if name == b"mcp-method":
             h_method = value
         elif name == b"mcp-name":
             h_name = value
+        elif name == b"mcp-protocol-version":
+            h_version = value
     if h_method is not None:
-        # 2026-07-28: the headers say it (the MCP step checks them against the body before forwarding).
-        method = h_method.decode("latin-1")
+        if req.method == b"POST":
+            # 2026-07-28: the headers say it, but the route they pick may not look at them (a plain route, with
+            # no MCP step): they are checked against the body here, so the body's call is the one routed.
+            return mcp if await _check_headers(ex, mcp, shared, h_method, h_name, h_version) else None
         tool = jsonrpc.decode_header_value(h_name) if h_name is not None else None
-        mcp.info = jsonrpc.RpcInfo(method, tool)  # not from the body: the step reads it to check the headers
+        mcp.info = jsonrpc.RpcInfo(h_method.decode("latin-1"), tool)  # no body to check them against
         return mcp
     if req.method != b"POST":
         mcp.info = jsonrpc.NOT_JSON
@@ -209,7 +226,10 @@ async def _unroutable(ex: Exchange, mcp: McpRequest, limit: int, cut: bool) -> N
                "on MCP method or tool could take the request")
         await ex.respond(413, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, why, info.id))
         return
-    if cut or not jsonrpc.is_json(mcp.body or b""):
+    if info is jsonrpc.BAD_ID:
+        await ex.respond(400, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Request: the id is not a "
+                                                 "string, number or null"))
+    elif cut or not jsonrpc.is_json(mcp.body or b""):
         await ex.respond(400, jsonrpc.error_body(jsonrpc.PARSE_ERROR, "Parse error: the body is not JSON"))
     else:
         await ex.respond(400, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Request: the body is not a "

@@ -92,7 +92,8 @@ def test_a_key_whose_curve_is_no_string_is_skipped_and_the_others_kept(crv):
     assert [k.kid for k in parse_jwks(json.dumps({"keys": [odd, jwk("k1")]}).encode()).keys] == ["k1"]
 
 
-@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"keys": 3}'])
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"keys": 3}',
+                                  b'{"keys": ' + b"[" * 30000 + b"]" * 30000 + b"}"])  # (Python's parser recursed)
 def test_a_document_that_is_not_a_jwks_is_an_error(body):
     with pytest.raises(ValueError):
         parse_jwks(body)

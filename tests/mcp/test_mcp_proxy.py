@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from backends import Client, free_port, request, serve_on_addresses
 from dns_server import serve_names
 from mcp_helpers import INIT_BODY, JSON_HEADERS, TEST_KEY, FakeMcp, bounded, header, mcp_config, session_keys
@@ -142,6 +143,61 @@ async def test_header_body_mismatch_is_400_with_32020(gateway, nursery):
         sentinel = [("mcp-method", "tools/call"), ("mcp-name", "=?base64?d2hvYW1p?=")]  # "whoami"
         assert (await client.request("POST", "/mcp", modern + sentinel, call)).status == 200
     assert len(a.requests) == 2  # only the two consistent requests reached the upstream
+
+
+DEEP_ID_CALL = (b'{"jsonrpc":"2.0","id":' + b"[" * 30000 + b"]" * 30000 +
+                b',"method":"tools/call","params":{"name":"whoami","arguments":{}}}')  # 60 KB: within peek_bytes
+
+
+@bounded(20)
+async def test_a_deeply_nested_id_is_an_invalid_request_not_a_500(gateway, nursery):
+    """An id nested 30,000 deep (which Python's parser recurses on) is what JSON-RPC calls an Invalid Request: a header
+    check cannot confirm the headers on it (-32020), and a tool route cannot route it (-32600); before, the peek
+    raised RecursionError and the client got Kong's 500."""
+    a, b = await start_fakes(nursery, "a", "b")
+    doc = mcp_config([a.port])
+    doc["services"].append({"name": "tools", "url": f"http://127.0.0.1:{b.port}", "routes": [
+        {"name": "whoami", "paths": ["/tool"], "strip_path": False, "mcp_tools": ["whoami"]}]})
+    port = await gateway(doc, mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port, host="localhost") as client:
+        checked = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-method", "tools/call"),
+                                                        ("mcp-name", "whoami")], DEEP_ID_CALL)
+        routed = await client.request("POST", "/tool", JSON_HEADERS, DEEP_ID_CALL)
+    assert checked.status == 400 and checked.json()["error"]["code"] == -32020, checked.body
+    assert routed.status == 400 and routed.json()["error"]["code"] == -32600, routed.body
+    assert a.requests == [] and b.requests == []
+
+
+def lying_header_config(tool_port: int, rest_port: int, catch_all: dict) -> dict:
+    """A tools/call of `dangerous` has its own route (refused by request-termination, standing in for auth or a
+    per-tool limit); everything else on /mcp goes to a catch-all route of another kind."""
+    return {"_format_version": "3.0", "services": [
+        {"name": "tools", "url": f"http://127.0.0.1:{tool_port}", "routes": [
+            {"name": "dangerous", "paths": ["/mcp"], "strip_path": False, "mcp_tools": ["dangerous"],
+             "plugins": [{"name": "request-termination", "config": {"status_code": 403}}]}]},
+        {"name": "rest", "url": f"http://127.0.0.1:{rest_port}", "routes": [
+            {"name": "rest", "paths": ["/mcp"], "strip_path": False, **catch_all}]}]}
+
+
+@bounded(20)
+@pytest.mark.parametrize("catch_all", [{}, {"mcp": False}, {"mcp": True}], ids=["default", "mcp-false", "mcp-true"])
+async def test_a_lying_mcp_method_header_never_routes_a_call_past_its_route(gateway, nursery, catch_all):
+    """Routing on Mcp-Method / Mcp-Name checks them against the body first, whatever the route they pick: before, a
+    plain catch-all (which has no MCP step) took `tools/call dangerous` sent as `Mcp-Method: tools/list`."""
+    tools, rest = await start_fakes(nursery, "tools", "rest")
+    port = await gateway(lying_header_config(tools.port, rest.port, catch_all), mcp=session_keys(TEST_KEY))
+    call = rpc("tools/call", 3, name="dangerous", arguments={})
+    async with await Client.connect(port, host="localhost") as client:
+        assert (await client.request("POST", "/mcp", JSON_HEADERS, call)).status == 403
+        honest = [*JSON_HEADERS, ("mcp-method", "tools/call"), ("mcp-name", "dangerous")]
+        assert (await client.request("POST", "/mcp", honest, call)).status == 403
+        for lie in ([("mcp-method", "tools/list")], [("mcp-method", "tools/call"), ("mcp-name", "whoami")]):
+            lying = await client.request("POST", "/mcp", [*JSON_HEADERS, *lie], call)
+            assert lying.status == 400 and lying.json()["error"]["code"] == -32020 and lying.json()["id"] == 3, lie
+        listing = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-method", "tools/list")],
+                                       rpc("tools/list", 4))
+        assert listing.status == 200  # an agreeing header routes as before
+    assert len(rest.requests) == 1 and tools.requests == []
 
 
 @bounded(20)

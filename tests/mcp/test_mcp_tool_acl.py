@@ -12,7 +12,7 @@ from typing import Any
 import h11
 import pytest
 import trio
-from backends import Reply, service
+from backends import Client, Reply, service
 from oauth_helpers import JwksServer, ToolServer, call, oauth_plugin, sse_messages, token
 
 TOOLS = ["search", "book", "delete", "admin_reset"]
@@ -298,3 +298,56 @@ async def test_an_event_stream_that_ends_mid_event_is_filtered_too(nursery, gate
     passed on as it came, the refused tool in it)."""
     reply = await labelled(nursery, gateway, LabelledToolServer(b"text/event-stream", unended=True, chunked=chunked))
     assert reply.status == 200 and b'"search"' in reply.body and b'"delete"' not in reply.body
+
+
+class CompressingStream(ToolServer):
+    """GET: one event, then the stream stays open (as a session's stream does); gzip-compressed when the request's
+    Accept-Encoding offers gzip, as a compressing server does. Records the Accept-Encoding it saw."""
+
+    EVENT = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/message","params":{}}\n\n'
+
+    def __init__(self) -> None:
+        super().__init__(TOOLS)
+        self.accept_encoding: list[str | None] = []
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        seen = await self._read_request(stream, conn)
+        if seen is None:
+            return
+        offered = seen.header("accept-encoding")
+        self.accept_encoding.append(offered)
+        headers, data = [(b"content-type", b"text/event-stream")], self.EVENT
+        if offered and "gzip" in offered:
+            headers.append((b"content-encoding", b"gzip"))
+            data = gzip.compress(data)
+        await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) +
+                              conn.send(h11.Data(data=data)))
+        await trio.sleep_forever()
+
+
+async def test_a_governed_get_stream_asks_for_no_coding_and_its_events_flow(nursery, gateway):
+    """The GET stream's answer is edited too (a replayed tools/list), so its Accept-Encoding goes as for a POST's:
+    before, the server was asked for gzip, and the gateway read the compressed stream whole (no event reached the
+    client while it was open)."""
+    server = CompressingStream()
+    await nursery.start(server.serve)
+    port = await gateway({"services": [service("mcp", f"http://127.0.0.1:{server.port}", [
+        {"name": "mcp", "paths": ["/mcp"], "strip_path": False}])], "consumers": CONSUMERS,
+        "plugins": [{"name": "key-auth", "config": {"key_names": ["apikey"]}},
+                    {"name": "ai-mcp-proxy", "config": PROXY}]})
+    async with await Client.connect(port, host="localhost") as client:
+        await client.stream.send_all(client.conn.send(h11.Request(method="GET", target="/mcp", headers=[
+            ("host", "localhost"), ("accept", "text/event-stream"), ("accept-encoding", "gzip, deflate"),
+            ("apikey", "alice-key")])) + client.conn.send(h11.EndOfMessage()))
+        body = b""
+        with trio.fail_after(5):
+            while b"notifications/message" not in body:
+                ev = client.conn.next_event()
+                if ev is h11.NEED_DATA:
+                    client.conn.receive_data(await client.stream.receive_some(65536))
+                elif isinstance(ev, h11.Data):
+                    body += bytes(ev.data)
+                else:
+                    assert isinstance(ev, h11.Response) and ev.status_code == 200, ev
+    assert server.accept_encoding == [None]

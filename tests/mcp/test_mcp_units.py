@@ -150,10 +150,31 @@ def test_peek_batches_and_non_json():
     for body in (b"", b"not json", b'{"method": }', b'"string"', b"{"):
         info = jsonrpc.peek(body, True)
         assert info.method is None and not info.batch, body
-    odd = jsonrpc.peek(b'{"method":"tools/call","params":["positional"],"id":true}', True)
-    assert (odd.method, odd.name, odd.id) == ("tools/call", None, None)
+    odd = jsonrpc.peek(b'{"method":"tools/call","params":["positional"],"id":"x"}', True)
+    assert (odd.method, odd.name, odd.id) == ("tools/call", None, "x")
     uri = jsonrpc.peek(b'{"method":"resources/read","params":{"uri":"file:///x","name":"n"}}', True)
     assert uri.name == "file:///x" and uri.tool is None
+
+
+@pytest.mark.parametrize("rpc_id", [b"[1]", b'{"a":1}', b"true", b"false", b"[" * 30000 + b"]" * 30000,
+                                    b'{"a":' * 30000 + b"1" + b"}" * 30000, b'2,"id":[]'],
+                         ids=["array", "object", "true", "false", "deep-array", "deep-object", "repeated"])
+@pytest.mark.parametrize("complete", [True, False])
+def test_an_id_json_rpc_forbids_makes_an_invalid_request(rpc_id, complete):
+    """JSON-RPC ids are strings, numbers or null; any other is an Invalid Request, never decoded (an id nested
+    30,000 deep made Python's parser raise RecursionError out of the peek: a 500)."""
+    body = b'{"jsonrpc":"2.0","id":' + rpc_id + b',"method":"tools/call","params":{"name":"whoami"}}'
+    for info in (jsonrpc.peek(body, complete), jsonrpc._scan(body, complete)):
+        assert info is jsonrpc.BAD_ID and not info.valid and info.method is None
+        assert jsonrpc.header_mismatch(info, b"tools/call", b"whoami", None) is not None
+
+
+@pytest.mark.parametrize(("rpc_id", "expected"), [(b'"a"', "a"), (b"7", 7), (b"1.5", 1.5), (b"null", None),
+                                                  (b'[],"id":2', 2)])
+def test_string_number_and_null_ids_are_read(rpc_id, expected):
+    body = b'{"jsonrpc":"2.0","id":' + rpc_id + b',"method":"tools/list"}'
+    for info in (jsonrpc.peek(body, True), jsonrpc._scan(body, True)):
+        assert (info.valid, info.method, info.id) == (True, "tools/list", expected)
 
 
 @pytest.mark.parametrize("body", [

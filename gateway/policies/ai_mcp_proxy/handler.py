@@ -78,6 +78,7 @@ class AiMcpProxy:
                 subjects = self.subjects(ex)
                 mcp = mcp_body.current(ex) or mcp_body.attach(ex, McpRequest())
                 mcp.edit = ResponseEdit({ANY_ID}, lambda tool: acl.allowed(tool, subjects), [], False)
+                _no_coding(ex)
             return False
         mcp, whole = mcp_body.buffered(ex, self.limit) or await mcp_body.whole(ex, self.limit)
         if not whole:
@@ -103,8 +104,7 @@ class AiMcpProxy:
         if verdict.list_ids is not None or verdict.errors:
             mcp.edit = ResponseEdit(verdict.list_ids, lambda tool: acl.allowed(tool, subjects), verdict.errors,
                                     verdict.batch)
-            # The answer is edited: ask for it uncompressed.
-            ex.request.headers = [hv for hv in ex.request.headers if hv[0] != b"accept-encoding"]
+            _no_coding(ex)
         return False
 
     def _decide(self, tool: str, subjects: frozenset[str]) -> Denial | None:
@@ -139,6 +139,12 @@ def _unreadable(body: bytes) -> bytes:
         return error_response(None, jsonrpc.PARSE_ERROR, "Parse error: the body is not JSON")
     return error_response(None, jsonrpc.INVALID_REQUEST, "Invalid Request: expected a JSON-RPC message or a batch "
                           f"of at most {jsonrpc.MAX_BATCH} of them")
+
+
+def _no_coding(ex: Exchange) -> None:
+    """The answer may be edited: ask the server for it uncompressed (a compressed one cannot be filtered, and an
+    event stream would be read whole to find that out)."""
+    ex.request.headers = [hv for hv in ex.request.headers if hv[0] != b"accept-encoding"]
 
 
 def _set_length(ex: Exchange, length: int) -> None:
