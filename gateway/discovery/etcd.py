@@ -325,7 +325,8 @@ class _PrefixState:
             del self.bad[key]
 
     def current(self) -> list[TargetInfo]:
-        return normalise(list(self.targets.values()))
+        # in etcd's key order, as a range gives them: the same keys give the same targets, however they were learnt
+        return normalise([self.targets[key] for key in sorted(self.targets)])
 
 
 async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChange, *,

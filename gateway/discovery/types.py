@@ -7,10 +7,12 @@ from collections.abc import Callable
 
 import msgspec
 
-# A host is a bracketed IPv6 address or a name/IPv4 address without ':', brackets, '/', whitespace or control
-# characters; the port is ASCII digits (str's \d would take "٨٠" or, through int(), fail on "²").
+# A host is a bracketed IPv6 address or a name/IPv4 address of at most 253 characters (a DNS name's most) without
+# ':', brackets, '/', whitespace, control characters or lone surrogates (JSON's "\ud800" decodes to one, which no
+# UTF-8 report to the keeper can carry); the port is ASCII digits (str's \d would take "٨٠" or, through int(), fail
+# on "²").
 _HOST_PORT = re.compile(
-    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s\x00-\x1f\x7f]+)):(?P<port>[0-9]{1,5})$")
+    r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s\x00-\x1f\x7f\ud800-\udfff]{1,253})):(?P<port>[0-9]{1,5})$")
 
 
 class TargetInfo(msgspec.Struct, frozen=True, order=True):
