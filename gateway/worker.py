@@ -121,6 +121,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                     # keeper, serve on the config's state (the fault_tolerant fallback).
                     with trio.move_on_after(KEEPER_SYNC_TIMEOUT_S):
                         await shared.synced.wait()
+                    shared.start_without_keeper()
                 else:
                     await nursery.start(shared.run_local, Keeper(config, 1))
                 # The connections have a nursery of their own, so that those the drain_timeout cuts are over (their

@@ -242,6 +242,13 @@ class SharedState:
             self._gone = (self.incarnation, trio.current_time() + KEEPER_LOST_S)
             self._keeper_lost("the state keeper's connection closed")
 
+    def start_without_keeper(self) -> None:
+        """The worker starts serving before any keeper answered (one hangs, or is being restarted): local shares
+        until one is heard, as for a keeper lost later (without this, every rate-limited request waited for grants
+        no one would send, then was denied)."""
+        if not self.keeper_up:
+            self._keeper_lost("no state keeper answered at start")
+
     def _keeper_lost(self, why: str) -> None:
         self.keeper_up = False
         self.leases.fallback(True, self.workers)
