@@ -8,14 +8,23 @@ sealed with the address that created them (`name:port@address`), and go to that 
 seal, or whose target is no longer in the route's upstream, opens to None: the client gets
 the spec's 404 and initialises a new session. Costs on other traffic: one name compare per header, both ways, in
 loops that walk the headers anyway (gateway.pipeline.headers and forward).
+
+A session created by an authenticated request is bound to its caller (caller_identity: the consumer, else the
+token's issuer and subject, else the credential): its id opens only for that caller, another one (or a request no
+one authenticated) gets the 404 of an unknown session. The MCP server cannot do this itself when it never sees the
+token (ai-mcp-oauth2 does not forward it); the spec's Security Best Practices, "Session Hijacking", ask for it.
+A session created unauthenticated is not bound.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.mcp.sessions import SessionCodec, valid_header_value
+
+if TYPE_CHECKING:
+    from gateway.http.server import Exchange
 
 log = logging.getLogger("gateway.mcp")
 
@@ -43,15 +52,20 @@ class SessionAffinity:
             self._index_of = targets
         return self._index.get(name)
 
-    def open(self, session_id: bytes) -> tuple[int, str | None, bytes] | None:
+    def open(self, session_id: bytes, identity: bytes | None) -> tuple[int, str | None, bytes] | None:
         """(target index, the address of a named target that created it (else None), upstream session id) of a
-        gateway session id; None when the gateway did not seal it (forged, altered, another gateway's, or from
-        before the gateway) or its target left the upstream."""
-        opened = self.codec.decode(session_id)
+        gateway session id for a caller of `identity` (caller_identity); None when the gateway did not seal it
+        (forged, altered, another gateway's, or from before the gateway), it is bound to another caller, or its
+        target left the upstream."""
+        codec = self.codec
+        opened = codec.decode(session_id)
         if opened is None:
             log.info("MCP session id refused (not issued by this gateway's keys, or altered)")
             return None
-        sealed, upstream_sid = opened
+        sealed, upstream_sid, subject = opened
+        if subject is not None and (identity is None or not codec.same_subject(session_id, subject, identity)):
+            log.info("MCP session id refused: its session belongs to another caller")
+            return None
         target, _, address = sealed.partition("@")
         index = self.target_index(target)
         if index is None:
@@ -59,11 +73,31 @@ class SessionAffinity:
             return None
         return index, address or None, upstream_sid
 
-    def seal(self, target: Any, upstream_sid: bytes, address: str) -> bytes:
-        """The gateway's id for a session a target (a TargetRuntime) created over a connection to `address`; an id
-        the spec forbids passes on unsealed."""
+    def seal(self, target: Any, upstream_sid: bytes, address: str, identity: bytes | None) -> bytes:
+        """The gateway's id for a session a target (a TargetRuntime) created over a connection to `address`, bound
+        to `identity` (the caller's, unless None); an id the spec forbids passes on unsealed."""
         if not valid_header_value(upstream_sid):
             log.warning("upstream %s sent an unusable Mcp-Session-Id (%d bytes): passed on unsealed", target.name,
                         len(upstream_sid))
             return upstream_sid
-        return self.codec.encode(f"{target.name}@{address}" if target.named else target.name, upstream_sid)
+        return self.codec.encode(f"{target.name}@{address}" if target.named else target.name, upstream_sid, identity)
+
+
+def caller_identity(ex: Exchange) -> bytes | None:
+    """Who a request is, as its MCP sessions are bound to: kind and id of its consumer, else of the token's issuer
+    and subject (ai-mcp-oauth2 without a consumer), else of its credential; None when no one authenticated it."""
+    who = ex.consumer
+    if who is None or who.anonymous:  # (the anonymous consumer is whoever did not authenticate)
+        return None
+    if who.id is not None:
+        return b"consumer\x00" + who.id.encode("utf-8", "surrogatepass")
+    state = ex.state
+    entry = state.get("oauth2") if state is not None else None
+    if entry is not None:
+        sub = entry.claims.get("sub")
+        if type(sub) is str and sub:
+            # iss is one of the configured authorization servers (a URL: no NUL); JSON strings may hold surrogates
+            iss: str = entry.claims["iss"].rstrip("/")
+            return b"token\x00" + iss.encode("utf-8", "surrogatepass") + b"\x00" + sub.encode("utf-8", "surrogatepass")
+    credential = who.credential_id
+    return b"credential\x00" + credential.encode("utf-8", "surrogatepass") if credential else None

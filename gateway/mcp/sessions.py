@@ -2,10 +2,14 @@
 
 The gateway hands the client its own session id instead of the upstream's. The id carries the target that created
 the session ("host:port") and the upstream's own id, authenticated with HMAC-SHA256, so any worker process, and the
-gateway after a restart, can route a request to its session's target without a shared store.
+gateway after a restart, can route a request to its session's target without a shared store. A session created by
+an authenticated request is bound to its caller: the id also carries a digest of the caller's identity.
 
-    <key id> "." base64url( version(1) | len(target)(1) | target | upstream id | mac(16) )
+    <key id> "." base64url( version(1) | len(target)(1) | target | [subject(16)] | upstream id | mac(16) )
 
+- Version 1 has no subject (a session created unauthenticated, or sealed before subjects were); version 2 has one.
+- The subject is HMAC-SHA256(key, "mcp-gw-subject\\0" | identity) truncated to 128 bits, keyed so that a holder of
+  the id cannot test guesses of whose it is; the key is the one the id's key id names, as for the mac.
 - The key id names the key that signed; verification uses that key. The first configured key signs, every key
   verifies, so a key is rotated by putting a new one first and keeping the old one until its sessions are gone.
 - The mac is HMAC-SHA256(key, "mcp-gw-session\\0" | key id | "\\0" | payload) truncated to 128 bits.
@@ -24,20 +28,25 @@ from collections.abc import Sequence
 
 from gateway.memo import Memo
 
-VERSION = 1
+VERSION = 1  # no subject
+BOUND_VERSION = 2  # with the subject of the caller that created the session
 MAC_BYTES = 16
+SUBJECT_BYTES = 16
 MAX_UPSTREAM_ID = 4096  # a JWT's worth (the spec's example of an id); the spec sets no bound
-MAX_ID = 6144  # longer incoming ids are refused without decoding (a sealed MAX_UPSTREAM_ID is at most 5,859)
+MAX_ID = 6144  # longer incoming ids are refused without decoding (a sealed MAX_UPSTREAM_ID is at most 5,880)
 MIN_SECRET_BYTES = 16
 _DOMAIN = b"mcp-gw-session\x00"
+_SUBJECT_DOMAIN = b"mcp-gw-subject\x00"
 _KEY_ID = re.compile(rb"^[A-Za-z0-9_-]{1,32}$")
 OPENED_CACHE = 4096  # ids verified lately, per codec (a client sends its session's id with every call)
+
+Opened = tuple[str, bytes, bytes | None]  # target, upstream id, subject digest (None: the session is not bound)
 
 
 class SessionCodec:
     """Seals and opens gateway session ids with a list of (key id, secret); the first key signs."""
 
-    __slots__ = ("_signer", "_keys", "_opened")
+    __slots__ = ("_signer", "_keys", "_opened", "_subjects")
 
     def __init__(self, keys: Sequence[tuple[str, bytes]]) -> None:
         if not keys:
@@ -55,28 +64,34 @@ class SessionCodec:
         self._keys = table
         first = keys[0][0].encode()
         self._signer = (first, table[first])
-        self._opened: Memo[bytes, tuple[str, bytes]] = Memo(OPENED_CACHE)  # id -> what it opened to
+        self._opened: Memo[bytes, Opened] = Memo(OPENED_CACHE)  # id -> what it opened to
+        self._subjects: Memo[tuple[bytes, bytes], bytes] = Memo(OPENED_CACHE)  # (key id, identity) -> subject
 
     @property
     def key_ids(self) -> list[str]:
         return [k.decode() for k in self._keys]
 
-    def encode(self, target: str, upstream_id: bytes) -> bytes:
-        """The gateway's id for the session `upstream_id` created by `target` ("host:port")."""
+    def encode(self, target: str, upstream_id: bytes, identity: bytes | None = None) -> bytes:
+        """The gateway's id for the session `upstream_id` created by `target` ("host:port"), bound to `identity`
+        (the caller's, gateway.mcp.affinity.caller_identity) unless that is None."""
         t = target.encode()
         if not 0 < len(t) < 256:
             raise ValueError("target name must be 1-255 bytes")
         if len(upstream_id) > MAX_UPSTREAM_ID:
             raise ValueError(f"upstream session id longer than {MAX_UPSTREAM_ID} bytes")
         kid, secret = self._signer
-        payload = bytes((VERSION, len(t))) + t + upstream_id
+        if identity is None:
+            payload = bytes((VERSION, len(t))) + t + upstream_id
+        else:
+            payload = bytes((BOUND_VERSION, len(t))) + t + self._subject(kid, secret, identity) + upstream_id
         mac = _mac(secret, kid, payload)
         return kid + b"." + base64.urlsafe_b64encode(payload + mac).rstrip(b"=")
 
-    def decode(self, session_id: bytes) -> tuple[str, bytes] | None:
-        """(target, upstream id) of a gateway session id, or None when it is malformed, forged or signed by a key
-        that is no longer configured. An id verified lately is looked up, not verified again: the HMAC and base64
-        work is done once per session, not per call (only valid ids are kept, so forged ones cannot fill it)."""
+    def decode(self, session_id: bytes) -> Opened | None:
+        """(target, upstream id, subject: None when unbound) of a gateway session id, or None when it is malformed,
+        forged or signed by a key that is no longer configured. An id verified lately is looked up, not verified
+        again: the HMAC and base64 work is done once per session, not per call (only valid ids are kept, so forged
+        ones cannot fill it). The subject is the caller's business (same_subject), checked on every call."""
         opened = self._opened.get(session_id)
         if opened is not None:
             return opened
@@ -85,7 +100,22 @@ class SessionCodec:
             self._opened.keep(session_id, opened)
         return opened
 
-    def _open(self, session_id: bytes) -> tuple[str, bytes] | None:
+    def same_subject(self, session_id: bytes, subject: bytes, identity: bytes) -> bool:
+        """Whether `subject`, what this codec decoded from `session_id`, is the digest of `identity` (under the key
+        that sealed the id: compared on every request, as a cached decoding says nothing of the caller)."""
+        kid = session_id.partition(b".")[0]
+        secret = self._keys.get(kid)
+        return secret is not None and hmac.compare_digest(subject, self._subject(kid, secret, identity))
+
+    def _subject(self, kid: bytes, secret: bytes, identity: bytes) -> bytes:
+        """The subject of `identity` under key `kid`, made once per caller and key (a session's every call and
+        every answer that carries its id need it)."""
+        subject = self._subjects.get((kid, identity))
+        if subject is None:
+            subject = self._subjects.keep((kid, identity), _subject(secret, identity))
+        return subject
+
+    def _open(self, session_id: bytes) -> Opened | None:
         if len(session_id) > MAX_ID:
             return None
         kid, dot, body = session_id.partition(b".")
@@ -103,20 +133,26 @@ class SessionCodec:
         payload, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
         if not hmac.compare_digest(mac, _mac(secret, kid, payload)):
             return None
-        if payload[0] != VERSION:
+        version = payload[0]
+        if version != VERSION and version != BOUND_VERSION:
             return None
         tlen = payload[1]
-        if tlen == 0 or len(payload) < 2 + tlen:
+        start = 2 + tlen if version == VERSION else 2 + tlen + SUBJECT_BYTES  # of the upstream id
+        if tlen == 0 or len(payload) < start:
             return None
         try:
             target = payload[2:2 + tlen].decode()
         except UnicodeDecodeError:
             return None
-        return target, payload[2 + tlen:]
+        return target, payload[start:], None if version == VERSION else payload[2 + tlen:start]
 
 
 def _mac(secret: bytes, kid: bytes, payload: bytes) -> bytes:
     return hmac.new(secret, _DOMAIN + kid + b"\x00" + payload, hashlib.sha256).digest()[:MAC_BYTES]
+
+
+def _subject(secret: bytes, identity: bytes) -> bytes:
+    return hmac.digest(secret, _SUBJECT_DOMAIN + identity, "sha256")[:SUBJECT_BYTES]
 
 
 def valid_header_value(value: bytes) -> bool:

@@ -31,7 +31,7 @@ from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.http.tls_contexts import ClientTls
-from gateway.mcp.affinity import SessionAffinity
+from gateway.mcp.affinity import SessionAffinity, caller_identity
 from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge, ends_event
 from gateway.mcp.step import McpRequest, session_not_found
@@ -107,7 +107,7 @@ class Forwarder:
             session_id = None  # a tunnel is not an MCP transport: its session id is neither passed on nor pinned
         pinned = address = pinned_target = None
         if session_id is not None:  # only with affinity: a session the gateway sealed goes to its target
-            opened = affinity.open(session_id)  # type: ignore[union-attr]
+            opened = affinity.open(session_id, caller_identity(ex))  # type: ignore[union-attr]
             if opened is None:
                 await session_not_found(ex)
                 return
@@ -392,7 +392,7 @@ class Forwarder:
         switched = False
         try:
             headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc,
-                                                    ex.request.headers)[0] if hv[0] != b"content-length"]
+                                                    ex)[0] if hv[0] != b"content-length"]
             upgrade = b", ".join([v for n, v in response.headers if n == b"upgrade"])
             if upgrade.lower() == b"websocket":  # Kong's header filter drops another (not what it asked for)
                 headers.append((b"upgrade", upgrade))
@@ -427,7 +427,7 @@ class Forwarder:
         unread = False  # the rest of the body was not read: a header filter answered in its place (phases.Exit)
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
-                                                    ex.request.headers, new_session)
+                                                    ex, new_session)
             if response.status == 204:  # nginx's header filter: a 204 is header-only, without these (RFC 9110 8.6)
                 headers = [hv for hv in headers if hv[0] not in _NOT_ON_204]
                 framing, sse, edit = NO_BODY, False, None  # (no body: nothing to edit)
@@ -731,13 +731,13 @@ def _position(group: UpstreamGroup, index: int | None, target: TargetRuntime) ->
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
-                    uc: UpstreamConn, request_headers: Headers,
+                    uc: UpstreamConn, ex: Exchange,
                     new_session: str | None = None) -> tuple[Headers, int, bool]:
     """The response headers for the client: hop-by-hop ones dropped (but Trailer when the request's TE asked for
     trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does), the request id set, a
-    session id sealed (with the address `uc` reached; counted as opened on route `new_session` when the request had
-    none); with their framing (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an
-    event stream."""
+    session id sealed (with the address `uc` reached, bound to the caller of `ex`; counted as opened on route
+    `new_session` when the request had none); with their framing (LENGTH, or NO_BODY for none: the codec frames the
+    body) and whether the body is an event stream."""
     out: Headers = []
     named = None
     framing = NO_BODY
@@ -752,13 +752,14 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     content_type = hv[1]
             elif name == b"mcp-session-id":
                 if affinity is not None:
-                    hv = (name, affinity.seal(target, hv[1], uc.conn.peer[0] if uc.conn.peer else ""))
+                    hv = (name, affinity.seal(target, hv[1], uc.conn.peer[0] if uc.conn.peer else "",
+                                              caller_identity(ex)))
                     if new_session is not None:
                         RECORDER.count(MCP_SESSIONS, (new_session,))
             else:
                 if name == b"connection" and (options := connection_options(hv[1])):
                     named = options if named is None else named | options
-                elif name == b"trailer" and asks_trailers(request_headers):
+                elif name == b"trailer" and asks_trailers(ex.request.headers):
                     out.append(hv)
                 continue  # hop-by-hop, x-request-id
         out.append(hv)

@@ -41,7 +41,7 @@ async def test_session_id_is_sealed_and_restored_and_pinned(gateway, nursery):
     port = await gateway(mcp_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
     async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
-        target, upstream_sid = CODEC.decode(sid.encode())
+        target, upstream_sid, _ = CODEC.decode(sid.encode())
         backend = {"a": a, "b": b, "c": c}[first]
         assert target == f"127.0.0.1:{backend.port}"
         assert upstream_sid == f"up-{first}-1".encode()
@@ -358,7 +358,7 @@ async def test_a_route_without_mcp_keys_seals_and_pins_sessions(gateway, nursery
     port = await gateway(plain_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
     async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
-        target, upstream_sid = CODEC.decode(sid.encode())
+        target, upstream_sid, _ = CODEC.decode(sid.encode())
         assert upstream_sid == f"up-{first}-1".encode()
         for i in range(6):
             reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list", i))
@@ -410,7 +410,7 @@ async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(
         sessions = [await initialize(client) for _ in range(3)]
         assert sorted(name for _, name in sessions) == addresses  # new sessions take turns
         for sid, created_on in sessions:
-            target, _ = CODEC.decode(sid.encode())
+            target, _, _ = CODEC.decode(sid.encode())
             assert target == f"mcp.test:{port}@{created_on}"
             for i in range(4):  # the name's next address would be another one each time
                 reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)],

@@ -3,6 +3,7 @@ the session key file, config validation, and the router's method/tool category."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -31,8 +32,8 @@ def test_codec_round_trip_and_shape():
     sid = codec.encode("127.0.0.1:9001", b"3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7")
     assert sid.startswith(b"k1.")
     assert all(0x21 <= c <= 0x7E for c in sid) and b"=" not in sid  # visible ASCII, URL-safe, unpadded
-    assert codec.decode(sid) == ("127.0.0.1:9001", b"3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7")
-    assert codec.decode(codec.encode("[::1]:80", b"")) == ("[::1]:80", b"")
+    assert codec.decode(sid) == ("127.0.0.1:9001", b"3f2a9c0d4e5b6a7f8091a2b3c4d5e6f7", None)
+    assert codec.decode(codec.encode("[::1]:80", b"")) == ("[::1]:80", b"", None)
 
 
 def test_the_longest_upstream_id_with_the_longest_names_seals_within_max_id_and_opens():
@@ -42,7 +43,7 @@ def test_the_longest_upstream_id_with_the_longest_names_seals_within_max_id_and_
     upstream_id = b"eyJhbGciOiJSUzI1NiJ9." + b"a" * (MAX_UPSTREAM_ID - 25) + b".sig"
     sid = codec.encode("t" * 255, upstream_id)
     assert len(sid) <= MAX_ID < 8192
-    assert codec.decode(sid) == ("t" * 255, upstream_id)
+    assert codec.decode(sid) == ("t" * 255, upstream_id, None)
     assert valid_header_value(upstream_id) and not valid_header_value(upstream_id + b"x")
 
 
@@ -68,10 +69,10 @@ def test_codec_rotation_first_signs_all_verify():
     rotated = SessionCodec([K2, K1])
     retired = SessionCodec([K2])
     sid_old = old.encode("t:1", b"u")
-    assert rotated.decode(sid_old) == ("t:1", b"u")
+    assert rotated.decode(sid_old) == ("t:1", b"u", None)
     sid_new = rotated.encode("t:1", b"u")
     assert sid_new.startswith(b"k2.")
-    assert retired.decode(sid_new) == ("t:1", b"u")
+    assert retired.decode(sid_new) == ("t:1", b"u", None)
     assert retired.decode(sid_old) is None
     # same key id, different secret: refused
     assert SessionCodec([("k1", b"another-secret-01234567")]).decode(sid_old) is None
@@ -83,7 +84,7 @@ def test_an_id_verified_once_is_not_verified_again(monkeypatch):
     macs = []
     real = sessions._mac
     monkeypatch.setattr(sessions, "_mac", lambda *a: macs.append(a) or real(*a))
-    assert codec.decode(sid) == codec.decode(sid) == ("127.0.0.1:9001", b"abc")
+    assert codec.decode(sid) == codec.decode(sid) == ("127.0.0.1:9001", b"abc", None)
     assert len(macs) == 1
 
 
@@ -103,7 +104,90 @@ def test_the_verified_ids_kept_are_bounded_and_the_oldest_leaves_first():
         codec.decode(sid)
     assert len(codec._opened) == OPENED_CACHE
     assert ids[0] not in codec._opened and ids[-1] in codec._opened
-    assert codec.decode(ids[0]) == ("t:1", b"s0")  # verified again, still valid
+    assert codec.decode(ids[0]) == ("t:1", b"s0", None)  # verified again, still valid
+
+
+# --- session subjects (a session bound to the caller that created it) ------------------------------------------
+
+ALICE = b"consumer\x00alice-id"
+MALLORY = b"consumer\x00mallory-id"
+
+
+def test_an_id_sealed_for_a_caller_carries_a_subject_only_that_caller_matches():
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"up-a-1", ALICE)
+    assert all(0x21 <= c <= 0x7E for c in sid) and b"=" not in sid
+    target, upstream_id, subject = codec.decode(sid)
+    assert (target, upstream_id, len(subject)) == ("127.0.0.1:9001", b"up-a-1", sessions.SUBJECT_BYTES)
+    assert codec.same_subject(sid, subject, ALICE)
+    assert not codec.same_subject(sid, subject, MALLORY)
+    assert not codec.same_subject(sid, subject, b"")
+
+
+def test_the_subject_is_keyed_not_a_plain_hash_of_the_identity():
+    """A holder of the id could test guesses of a plain hash: the digest needs the key."""
+    sid = SessionCodec([K1]).encode("t:1", b"u", ALICE)
+    other = SessionCodec([("k1", b"another-secret-01234567")]).encode("t:1", b"u", ALICE)
+    subject = SessionCodec([K1]).decode(sid)[2]
+    assert subject not in (hashlib.sha256(ALICE).digest()[:16], hashlib.sha256(b"mcp-gw-subject\x00" + ALICE)
+                           .digest()[:16])
+    assert subject != SessionCodec([("k1", b"another-secret-01234567")]).decode(other)[2]
+
+
+def test_an_id_sealed_before_subjects_still_opens_unbound():
+    """Version 1 ids (sealed before this change, or for a session created without authentication) keep working:
+    this one was sealed by the codec before it had subjects."""
+    old = b"k1.AQ4xMjcuMC4wLjE6OTAwMXVwLWEtMWW78mQWFEvQp6QrfafKafw"
+    assert SessionCodec([K1]).decode(old) == ("127.0.0.1:9001", b"up-a-1", None)
+    assert SessionCodec([K1]).encode("127.0.0.1:9001", b"up-a-1") == old  # unbound ids are sealed as before
+
+
+def test_a_bound_id_rejects_every_single_byte_change():
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"abc", ALICE)
+    for i in range(len(sid)):
+        forged = sid[:i] + (b"B" if sid[i:i + 1] != b"B" else b"C") + sid[i + 1:]
+        assert codec.decode(forged) is None, forged
+
+
+def test_a_bound_id_survives_rotation_matched_under_the_key_that_sealed_it():
+    old = SessionCodec([K1])
+    rotated = SessionCodec([K2, K1])
+    sid_old = old.encode("t:1", b"u", ALICE)
+    _, _, subject = rotated.decode(sid_old)
+    assert rotated.same_subject(sid_old, subject, ALICE) and not rotated.same_subject(sid_old, subject, MALLORY)
+    sid_new = rotated.encode("t:1", b"u", ALICE)
+    assert sid_new.startswith(b"k2.")
+    _, _, subject_new = rotated.decode(sid_new)
+    assert subject_new != subject and rotated.same_subject(sid_new, subject_new, ALICE)
+    assert SessionCodec([K2]).decode(sid_old) is None  # k1 retired
+
+
+def test_the_longest_bound_id_seals_within_max_id():
+    codec = SessionCodec([("k" * 32, K1[1])])
+    sid = codec.encode("t" * 255, b"a" * MAX_UPSTREAM_ID, ALICE)
+    assert len(sid) <= MAX_ID
+    assert codec.decode(sid)[:2] == ("t" * 255, b"a" * MAX_UPSTREAM_ID)
+
+
+def test_a_cached_bound_id_is_matched_against_the_caller_every_time(monkeypatch):
+    """The id's opening is remembered, and each caller's digest (made once per key), but never the verdict."""
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"abc", ALICE)
+    digests = []
+    real = sessions._subject
+    monkeypatch.setattr(sessions, "_subject", lambda *a: digests.append(a) or real(*a))
+    for who in (MALLORY, ALICE, MALLORY, ALICE):
+        _, _, subject = codec.decode(sid)
+        assert codec.same_subject(sid, subject, who) == (who == ALICE)
+    assert len(codec._opened) == 1 and [a[1] for a in digests] == [MALLORY]  # ALICE's was made by encode
+
+
+def test_the_digests_kept_are_bounded():
+    codec = SessionCodec([K1])
+    for i in range(OPENED_CACHE + 1):
+        codec.encode("t:1", b"u", b"consumer\x00%d" % i)
+    assert len(codec._subjects) == OPENED_CACHE
 
 
 def test_codec_validates_keys():
