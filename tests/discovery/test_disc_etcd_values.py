@@ -3,14 +3,11 @@ not fatal to the process; the same keys give the same targets whatever order the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import trio
 import zmq
 from backends import free_port
-from etcd_server import EtcdProcess, find_etcd
+from etcd_server import EtcdProcess
+from test_disc_etcd import etcd, etcd_binary  # noqa: F401 - the fixtures: an etcd of the test's own
 
 from gateway.bus import protocol as p
 from gateway.config import parse_config
@@ -21,20 +18,7 @@ from gateway.discovery.process import serve
 from gateway.discovery.types import TargetInfo
 
 
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdProcess]:
-    path, why = find_etcd()
-    if path is None:
-        pytest.skip(why)
-    proc = EtcdProcess(path, tmp_path)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-async def test_a_target_host_no_report_can_carry_is_left_out_not_fatal(etcd: EtcdProcess) -> None:
+async def test_a_target_host_no_report_can_carry_is_left_out_not_fatal(etcd: EtcdProcess) -> None:  # noqa: F811
     """`{"target": "\\ud800:80"}` is valid JSON; its lone surrogate passed the host check and the report to the
     keeper (msgpack, UTF-8) raised UnicodeEncodeError out of the process: restarted, it read the key again, until
     the root's restart intensity stopped the gateway."""
@@ -74,7 +58,7 @@ upstreams:
     assert received[0].targets == [TargetInfo("10.0.0.1", 1, 100)], "the bad key is left out, the good one applies"
 
 
-async def test_the_same_etcd_keys_give_the_same_targets_whatever_the_history(etcd: EtcdProcess,
+async def test_the_same_etcd_keys_give_the_same_targets_whatever_the_history(etcd: EtcdProcess,  # noqa: F811
                                                                               nursery: trio.Nursery) -> None:
     """Two keys naming one address with different weights: the one last in etcd's key order wins, for a gateway that
     watched the puts as for one that read the prefix later (it was the first put, or the range's last)."""
