@@ -91,6 +91,21 @@ class BreakerBoard:
         self._counted(breaker.drain())
         return breaker.update()
 
+    def restore(self, target: str, state: State, opened_at: float) -> bool:
+        """A restarted keeper: `target`'s breaker open or forced open since `opened_at`, as the keeper before it
+        saved it. False when the config has no breaker for `target` (any more, or not until a source reports it)."""
+        breaker = self._breakers.get(target)
+        if breaker is None:
+            return False
+        breaker.restore(state, opened_at)
+        self._last[target] = state
+        return True
+
+    def not_closed(self) -> dict[str, tuple[State, float]]:
+        """The breakers away from closed, with when each opened: what a keeper saves to begin from after a restart."""
+        return {target: (breaker.state, breaker.opened_at) for target, breaker in self._breakers.items()
+                if breaker.state is not State.CLOSED}
+
     def states(self) -> list[BreakerUpdate]:
         """Every breaker's state (the snapshot a worker gets when it connects)."""
         return [breaker.update() for breaker in self._breakers.values()]

@@ -138,6 +138,19 @@ class Breaker:
         """Operator: open the breaker until `reset`."""
         return self._fire(Event.FORCE_OPEN, now)
 
+    def restore(self, state: State, opened_at: float) -> None:
+        """A restarted keeper: take up the state the one before it saved (open or forced open since `opened_at`, on
+        this keeper's clock); no transition is published (the keeper's snapshot carries it)."""
+        if state not in (State.OPEN, State.FORCED_OPEN):
+            raise ValueError(f"a breaker is restored open or forced open, not {state.name.lower()}")
+        self._state = state
+        self._enter(state, opened_at)
+
+    @property
+    def opened_at(self) -> float:
+        """When it last opened (or was forced open), on the keeper's clock: what the keeper saves to restore it."""
+        return self._opened_at
+
     def update(self) -> BreakerUpdate:
         """The current state as published (for snapshots)."""
         return BreakerUpdate(self.target, self._state)

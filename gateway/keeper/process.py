@@ -22,18 +22,27 @@ from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import load_config
 from gateway.dns import process as dns
 from gateway.keeper.redis_level import run_redis_level
+from gateway.keeper.saved import encode, read_saved
 from gateway.keeper.state import TICK_S, Keeper
 from gateway.metrics import RECORDER
+from gateway.node.files import write_atomically
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 
 log = logging.getLogger("gateway.keeper")
 
 HEARTBEAT_S = 0.25  # workers declare the keeper lost after KEEPER_LOST_S (three) without one (gateway/state/shared.py)
 IDLE_TICK_S = 0.5  # the tick's period while no breaker is away from closed (a breaker leaving closed wakes it at once)
+SAVE_EVERY_S = 0.25  # the state file is rewritten at once after a change, then at most this often (breakers can flap)
+SAVED_IN = (p.BreakersChanged, p.TargetsChanged, p.UpstreamTargets, p.Snapshot)  # publications that may change it
 
 
-async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None) -> None:
-    """Bind the bus sockets and serve until SIGTERM."""
+async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None,
+                       state_file: str | None = None) -> None:
+    """Bind the bus sockets and serve until SIGTERM; with `state_file`, begin from what it holds (the keeper before
+    this one saved it) and keep it up to date."""
+    saver = _Saver(keeper, state_file) if state_file is not None else None
+    if saver is not None:
+        saver.restore()
     ctx = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
     pub = ctx.socket(zmq.PUB)
@@ -55,6 +64,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
 
     def publish(msg: p.Msg) -> None:
         pub.send(p.encode(msg), zmq.NOBLOCK)
+        if saver is not None and isinstance(msg, SAVED_IN):  # whatever the file holds, workers are told of
+            saver.wake()
 
     def deliver(sender: bytes, msg: p.Msg) -> None:
         routed.send([sender, p.encode(msg)])
@@ -89,6 +100,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 nursery.start_soon(RECORDER.flush_forever)
                 if parent is not None:
                     nursery.start_soon(stop_when_orphaned, parent)
+                if saver is not None:
+                    nursery.start_soon(saver.run)
                 publish(keeper.snapshot())
                 log.info("state keeper %s serving the bus on %s", keeper.incarnation, bus)
                 if ready is not None:
@@ -96,6 +109,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 async for _ in signals:
                     break
                 nursery.cancel_scope.cancel()
+                if saver is not None:
+                    saver.save()  # a change still waiting for its turn
     finally:
         routed.close()
         pub.close(linger=0)
@@ -129,6 +144,50 @@ class _Timer:
             await trio.sleep(TICK_S)  # the first due time is at least one tick away
 
 
+class _Saver:
+    """The keeper's state file (saved.py): rewritten when a publication may have changed what it holds, at once,
+    then at most every SAVE_EVERY_S; never on a worker's request's way (the keeper writes it in a task of its own)."""
+
+    def __init__(self, keeper: Keeper, path: str) -> None:
+        self.keeper = keeper
+        self.path = path
+        self._woken = trio.Event()
+        self._written = b""  # what the file holds, as far as this keeper knows
+        self._failing = False
+
+    def restore(self) -> None:
+        """Begin from the file, if the keeper before this one left one."""
+        saved = read_saved(self.path)
+        if saved is not None:
+            self.keeper.restore(saved, trio.current_time(), time.time())
+            self._written = encode(self.keeper.saved(trio.current_time(), time.time()))
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def save(self) -> None:
+        """Write the file if what it must hold changed; a failure is logged (once until a write succeeds)."""
+        data = encode(self.keeper.saved(trio.current_time(), time.time()))
+        if data == self._written:
+            return
+        try:
+            write_atomically(self.path, data.decode())
+        except OSError as e:
+            if not self._failing:
+                log.error("state keeper: cannot write its state file %s (%s): a restarted keeper would lose the "
+                          "operators' overrides and open breakers", self.path, e.strerror or e)
+            self._failing = True
+            return
+        self._written, self._failing = data, False
+
+    async def run(self) -> None:
+        while True:
+            await self._woken.wait()
+            self._woken = trio.Event()
+            self.save()
+            await trio.sleep(SAVE_EVERY_S)
+
+
 async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any, timer: _Timer) -> None:
     while True:
         await timer.wait(keeper)
@@ -141,12 +200,15 @@ async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any, timer: _Tim
 
 def run_keeper(config_path: str, workers: int) -> int:
     """`gateway keeper`: the process the root supervises."""
-    from gateway.node.paths import absolute_endpoint
+    from gateway.node.paths import absolute_endpoint, keeper_state_file
     from supervisor import notify_ready
 
     parent = parent_or_exit()
     config = load_config(config_path)
     bus = absolute_endpoint(config.gateway.bus)
     keeper = Keeper(config, workers, config_path, host=f"{socket.gethostname()}:{bus}")
-    trio.run(lambda: serve_keeper(keeper, bus, notify_ready, parent))
+    # The root gives the keeper its config in the run directory (run/config.current.yaml), which holds the state
+    # file too: gateway.pid_file, which names that directory, may have changed in a reload the root has not applied.
+    state_file = keeper_state_file(os.path.dirname(os.path.abspath(config_path)))
+    trio.run(lambda: serve_keeper(keeper, bus, notify_ready, parent, state_file))
     return 0

@@ -15,6 +15,7 @@ import msgspec
 import trio
 
 from gateway.breaker.keeper import BreakerBoard
+from gateway.breaker.messages import BreakerUpdate
 from gateway.breaker.state import State
 from gateway.bus import protocol as p
 from gateway.config import Config, load_config
@@ -24,6 +25,7 @@ from gateway.discovery.service import discovered_upstreams
 from gateway.health.board import HealthBoard
 from gateway.health.machine import Event
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
+from gateway.keeper.saved import SavedBreaker, SavedState, SavedTarget
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
@@ -63,6 +65,9 @@ class Keeper:
         self.seq = 0
         self.discovered: dict[str, list[p.TargetInfo]] = {}
         self._early_health: dict[str, bool] = {}  # verdicts on targets of upstreams discovery has not reported yet
+        # What the keeper before this one saved of targets of upstreams a source has not reported yet (`restore`).
+        self._early_targets: dict[str, SavedTarget] = {}
+        self._early_breakers: dict[str, tuple[State, float]] = {}  # target -> its state, opened at (this clock)
         self._flips: list[p.TargetState] = []
         # A new keeper knows no verdicts: until the checker's first report (re-sent to every new keeper), it
         # publishes targets without one, so workers keep theirs rather than send traffic to a target known down.
@@ -87,8 +92,10 @@ class Keeper:
         self.breakers = BreakerBoard(runtime.breakers, runtime.breaker_upstreams)
         # A source's list replaces the config's (names resolved into addresses); an upstream no source reports for
         # any more (its discovery block or names gone) is the config's again.
-        sourced = {up.name for up in discovered_upstreams(config)}
+        sourced = self._sourced = {up.name for up in discovered_upstreams(config)}
         self.discovered = {u: infos for u, infos in self.discovered.items() if u in sourced}
+        self._early_targets = {k: v for k, v in self._early_targets.items() if k.split("|", 1)[0] in sourced}
+        self._early_breakers = {k: v for k, v in self._early_breakers.items() if k.split("|", 1)[0] in sourced}
         self.targets = {key: self.targets.get(key) or p.TargetState(key)
                         for group in runtime.all_groups() if group.name not in self.discovered for key in group.keys}
         for upstream, infos in self.discovered.items():
@@ -288,9 +295,14 @@ class Keeper:
             if key not in self.targets:
                 state = self.targets[key] = p.TargetState(key)
                 state.healthy = self._early_health.get(key, True)
+                if (saved := self._early_targets.get(key)) is not None:
+                    state.drained, state.weight = saved.drained, saved.weight
                 added.append(state)
-        for key in [k for k in self._early_health if k.startswith(upstream + "|")]:
-            del self._early_health[key]
+        restored = [BreakerUpdate(key, state) for key, (state, opened_at) in self._early_breakers.items()
+                    if key.startswith(upstream + "|") and self.breakers.restore(key, state, opened_at)]
+        for early in (self._early_health, self._early_targets, self._early_breakers):
+            for key in [k for k in early if k.startswith(upstream + "|")]:
+                del early[key]
         for key in [k for k in self.targets if k.startswith(upstream + "|") and k.split("|", 1)[1] not in names]:
             del self.targets[key]
         self.health.retain(upstream, names)
@@ -299,7 +311,38 @@ class Keeper:
         # The new targets' states go out too: workers may still hold older verdicts on them (from before a keeper
         # restart), and the keeper only publishes flips, so a stale "unhealthy" would otherwise never be corrected.
         return [p.UpstreamTargets(upstream=upstream, targets=list(targets))] + \
-            ([p.TargetsChanged(targets=self._published(added))] if added else [])
+            ([p.TargetsChanged(targets=self._published(added))] if added else []) + \
+            ([p.BreakersChanged(updates=restored)] if restored else [])
+
+    def restore(self, saved: SavedState, now: float, wall: float) -> None:
+        """Begin from what the keeper before this one saved (keeper/saved.py), before the first snapshot: the
+        operators' drains and weights, the breakers not closed (an open one's timeout runs from when it opened).
+        What the config no longer has is dropped; what is saved of an upstream a source reports waits for its list."""
+        for key, target in saved.targets.items():
+            state = self.targets.get(key)
+            if state is not None:
+                state.drained, state.weight = target.drained, target.weight
+            elif key.split("|", 1)[0] in self._sourced:
+                self._early_targets[key] = target
+        for key, breaker in saved.breakers.items():
+            restored = State.FORCED_OPEN if breaker.state == "forced_open" else State.OPEN
+            opened_at = now - max(0.0, wall - breaker.opened)  # (a wall clock set back: the whole timeout again)
+            if not self.breakers.restore(key, restored, opened_at) and key.split("|", 1)[0] in self._sourced:
+                self._early_breakers[key] = (restored, opened_at)
+        log.info("state keeper: took up %d target override(s) and %d breaker(s) not closed from the keeper before "
+                 "it%s", sum(t.drained or t.weight is not None for t in self.targets.values()),
+                 len(self.breakers.not_closed()),
+                 f" ({len(self._early_targets) + len(self._early_breakers)} wait for their upstream's discovery)"
+                 if self._early_targets or self._early_breakers else "")
+
+    def saved(self, now: float, wall: float) -> SavedState:
+        """What a keeper started after this one must begin from (`restore`): the state file's content."""
+        targets = {key: SavedTarget(s.drained, s.weight) for key, s in self.targets.items()
+                   if s.drained or s.weight is not None}
+        breakers = {key: SavedBreaker("forced_open" if state is State.FORCED_OPEN else "open",
+                                      round(wall - (now - opened_at), 3))
+                    for key, (state, opened_at) in (self._early_breakers | self.breakers.not_closed()).items()}
+        return SavedState(targets=self._early_targets | targets, breakers=breakers)
 
     def ticking(self) -> bool:
         """Has `tick` work due within TICK_S: a breaker not closed, or the wait for the checker's first report?"""

@@ -40,7 +40,7 @@ from gateway.node.admin import serve_admin
 from gateway.node.files import PID_MODE, lock_run_dir, make_run_dir, write_atomically
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
-from gateway.node.paths import absolute_endpoint
+from gateway.node.paths import absolute_endpoint, keeper_state_file
 from gateway.node.slots import ListenerSlots
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
@@ -126,6 +126,7 @@ class Node:
             self._run_lock = lock_run_dir(self.run_dir)  # held until this process ends
         except OSError as e:
             raise StartupError(str(e.strerror or e)) from None
+        _remove(keeper_state_file(self.run_dir))  # a start begins from the config: the last run's overrides go
         count = self.worker_count(config)
         self.metrics_dir = prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit it
         install_restart_counter()  # gateway_supervisor_restarts_total, from the supervisor's reports
