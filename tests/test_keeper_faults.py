@@ -1,6 +1,7 @@
 """The state keeper lost, hung or restarted, under real processes (`gateway start`): what the workers keep doing.
 
 A worker started while the state keeper hangs admits on its local share, as the workers that saw it go do.
+A keeper killed (kill -9) and restarted keeps the operators' overrides and the open breakers (its state file).
 
 README (Shared state): "Keeper lost (its connection closed: it exited; or no heartbeat for 0.75 s: it hangs): each
 worker admits its local share (limit / workers) with `fault_tolerant: true`"; DESIGN: "Losing any child other than a
@@ -12,14 +13,19 @@ hangs, while the limit has all its room.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import trio
 from backends import free_port
-from test_shared_state import Backends, Gateway, config, http, route, thread
+from test_shared_state import Backends, Gateway, config, http, load, route, thread
+
+from gateway.node.paths import KEEPER_STATE
 
 
 def _new_worker(gw: Gateway, old: int) -> int:
@@ -58,4 +64,166 @@ async def test_a_worker_started_while_the_keeper_hangs_admits_on_its_local_share
         finally:
             if keeper:
                 os.kill(keeper, signal.SIGCONT)
+            gw.stop()
+
+
+# ---- a keeper killed and restarted keeps what the operators set and the open breakers ------------------------------
+#
+# README (Shared state): "A drained target gets no new requests or sessions", "Open targets are skipped by the
+# balancer"; DESIGN: "Losing any child other than a worker must not fail client requests: workers keep serving on
+# their last known state ... and resynchronise when it returns". A new keeper began with every target enabled and
+# every breaker closed, and its first snapshot undid the drain, the weight and the open circuits in every worker (a
+# drained target got 281 requests in the next second; a failing one's 500s reached clients until it tripped again).
+# The keeper now keeps a state file in the run directory, and a new one begins from it.
+
+
+def _saved(gw: Gateway) -> dict:
+    path = gw.dir / "run" / KEEPER_STATE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _when(gw: Gateway, holds: Callable[[dict], bool], what: str) -> None:
+    """Wait until the state file holds what the test just set (the keeper writes it at once after a change)."""
+    deadline = time.monotonic() + 5
+    while not holds(_saved(gw)):
+        assert time.monotonic() < deadline, f"the state file never had {what}: {_saved(gw)}"
+        time.sleep(0.01)
+
+
+def _replaced(gw: Gateway, pid: int, since: int) -> None:
+    """Wait until a new keeper runs and every worker has resynchronised with it (the log's line, `since` its start)."""
+    deadline = time.monotonic() + 10
+    while True:
+        assert time.monotonic() < deadline, "the keeper was not restarted, or the workers did not resynchronise"
+        try:
+            keeper = gw.keeper()
+        except Exception:  # the admin channel may not answer while the keeper restarts
+            keeper = {}
+        if keeper.get("pid") not in (pid, None) and keeper.get("state") == "running" and \
+                gw.log()[since:].count("; resynchronising") >= gw.workers:
+            return
+        time.sleep(0.02)
+
+
+async def _killed_under_load(gw: Gateway, path: str) -> tuple[float, Counter[int]]:
+    """kill -9 the keeper while clients send requests to `path`, until 0.3 s after every worker has the new keeper's
+    snapshot; when the kill was (time.monotonic()), and the statuses clients got."""
+    keeper, logged = gw.keeper(), len(gw.log())
+    stop = trio.Event()
+    replies = []
+
+    async def clients() -> None:
+        replies.extend(await load(gw.port, path, clients=4, duration=15, stop=stop))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(clients)
+        killed = time.monotonic()
+        os.kill(keeper["pid"], signal.SIGKILL)
+        await thread(_replaced, gw, keeper["pid"], logged)
+        await trio.sleep(0.3)
+        stop.set()
+    return killed, Counter(r.status for r in replies)
+
+
+async def test_a_drain_a_weight_and_a_forced_open_circuit_stay_after_the_keeper_is_killed(tmp_path: Path) -> None:
+    """Also: a `gateway start` begins from the config, whatever the last run left in its state file."""
+    with Backends("a", "b", "c", "d") as (a, b, c, d):
+        targets = [{"target": f"127.0.0.1:{x.port}"} for x in (a, b, c, d)]
+        doc = config(free_port(), [{"name": "cb", "url": "http://up"}], [route("cb", "cb")],
+                     [{"name": "circuit-breaker", "service": "cb", "config": {}}], [{"name": "up", "targets": targets}])
+        gw = Gateway(tmp_path, doc, workers=2)
+        drained, forced, zero = (f"up|127.0.0.1:{x.port}" for x in (b, c, d))
+        left = f"up|127.0.0.1:{a.port}"
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / KEEPER_STATE).write_text(json.dumps(  # the last run's
+            {"version": 1, "targets": {left: {"drained": True}}, "breakers": {}}))
+        try:
+            gw.start()
+            assert not {t["key"]: t for t in gw.admin("targets")}[left]["drained"]  # type: ignore[union-attr]
+            gw.admin("targets", action="drain", target=drained)
+            gw.admin("targets", action="weight", target=zero, weight=0)
+            gw.admin("breakers", action="open", target=forced)
+            await thread(_when, gw, lambda saved: len(saved.get("targets", {})) == 2 and forced in saved["breakers"],
+                         "the drain, the weight and the forced open breaker")
+            assert oct((gw.dir / "run" / KEEPER_STATE).stat().st_mode & 0o777) == "0o600"
+            killed, statuses = await _killed_under_load(gw, "/cb")
+            reached = {"drained": len(b.hits("/cb", since=killed)), "forced open": len(c.hits("/cb", since=killed)),
+                       "weight 0": len(d.hits("/cb", since=killed))}
+            assert reached == {"drained": 0, "forced open": 0, "weight 0": 0}, f"{reached}; clients got {statuses}"
+            assert set(statuses) == {200} and a.hits("/cb", since=killed)
+            listed = {t["key"]: t for t in gw.admin("targets")}  # type: ignore[union-attr]
+            assert (listed[drained]["drained"], listed[zero]["weight"]) == (True, 0)
+            assert gw.admin("breakers")[forced]["state"] == "forced_open"  # type: ignore[index]
+        finally:
+            gw.stop()
+
+
+async def test_an_open_circuit_stays_open_after_the_keeper_is_killed(tmp_path: Path) -> None:
+    breaker = {"error_threshold": 5, "volume_threshold": 10, "half_open_timeout": 60000}
+    with Backends("a", "b") as (a, b):
+        targets = [{"target": f"127.0.0.1:{x.port}"} for x in (a, b)]
+        doc = config(free_port(), [{"name": "cb", "url": "http://up", "retries": 0}], [route("cb", "cb")],
+                     [{"name": "circuit-breaker", "service": "cb", "config": breaker}],
+                     [{"name": "up", "targets": targets}])
+        gw = Gateway(tmp_path, doc, workers=2)
+        try:
+            gw.start()
+            target = f"up|127.0.0.1:{b.port}"
+            b.mode = "fail"
+            stop = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: load(gw.port, "/cb", clients=4, duration=8, stop=stop))
+                with trio.fail_after(6):
+                    while gw.admin("breakers")[target]["state"] != "open":  # type: ignore[index]
+                        await trio.sleep(0.02)
+                stop.set()
+            await thread(_when, gw, lambda saved: saved.get("breakers", {}).get(target, {}).get("state") == "open",
+                         "the open breaker")
+            killed, statuses = await _killed_under_load(gw, "/cb")
+            state = gw.admin("breakers")[target]["state"]  # type: ignore[index]
+            assert b.hits("/cb", since=killed) == [], (
+                f"{len(b.hits('/cb', since=killed))} requests reached the open target; clients got {dict(statuses)}; "
+                f"breaker now {state}")
+            assert set(statuses) == {200} and state == "open"
+        finally:
+            gw.stop()
+
+
+# ---- a keeper killed and restarted does not hand a rate-limit window out again -------------------------------------
+#
+# README (Shared state): "In a whole window the gateway admits between 0.95 and 1.01 of the limit". A new keeper
+# counted every window from 0 and heard only what the workers had admitted on their local shares: with `minute: 100`
+# and 2 workers, 80 admitted, the keeper killed, then about 105 more in the same minute (185). Each worker now tells
+# a new keeper all it admitted in the windows still current (gateway/ratelimit/lease.py rule 5).
+
+RL_LIMIT = 100
+
+
+async def test_a_rate_limit_window_is_not_handed_out_again_after_the_keeper_is_killed(tmp_path: Path) -> None:
+    """`hour` rather than `minute`, so the test need not wait for a fresh window (only in an hour's last 15 s)."""
+    with Backends("ok") as (backend,):
+        doc = config(free_port(), [{"name": "rl", "url": f"http://127.0.0.1:{backend.port}"}], [route("rl", "rl")],
+                     [{"name": "rate-limiting", "service": "rl", "config": {"hour": RL_LIMIT, "limit_by": "service"}}])
+        gw = Gateway(tmp_path, doc, workers=2)
+        try:
+            gw.start()
+            left = 3600 - time.time() % 3600
+            if left < 15:
+                await trio.sleep(left + 0.05)
+            window = time.time() // 3600
+            before = await load(gw.port, "/rl", clients=4, duration=5, max_requests=int(0.8 * RL_LIMIT))
+            first = Counter(r.status for r in before)
+            assert first == Counter({200: int(0.8 * RL_LIMIT)}), first
+            keeper, logged = gw.keeper(), len(gw.log())
+            os.kill(keeper["pid"], signal.SIGKILL)
+            await thread(_replaced, gw, keeper["pid"], logged)
+            after = await load(gw.port, "/rl", clients=4, duration=5, max_requests=int(1.5 * RL_LIMIT))
+            second = Counter(r.status for r in after)
+            assert time.time() // 3600 == window, "the test crossed an hour's end"
+            assert set(second) <= {200, 429}, second
+            admitted = first[200] + second[200]
+            assert 0.95 * RL_LIMIT <= admitted <= 1.01 * RL_LIMIT, (
+                f"limit {RL_LIMIT}/hour: {first[200]} admitted before the keeper's kill -9, {second[200]} after it "
+                f"in the same window")
+        finally:
             gw.stop()

@@ -39,6 +39,13 @@ import trio
 import zmq
 from backends import free_port
 from loadgen import echo_answer, run_load
+from test_keeper_link import connected
+
+import gateway.state.shared as shared_module
+from gateway.bus import protocol as p
+from gateway.ratelimit import FallbackUsage, Grant, LimitSpec, Status, Window
+from gateway.ratelimit.windows import window_bounds
+from gateway.state.shared import KEEPER_LOST_S, SharedState
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
@@ -712,6 +719,55 @@ async def test_killing_the_state_keeper_under_load_fails_no_request(tmp_path):
             assert gw.admin("limits")["keys"], "the new keeper has the workers' rate-limit keys"  # type: ignore[index]
         finally:
             gw.stop()
+
+
+def _admitted_then_keeper_lost() -> tuple[SharedState, list, LimitSpec]:
+    """A worker of two admitted 20 on leased tokens (30 granted) of `day: 100`, then its keeper went: the 10 tokens
+    left, then 20 on its local share (50, counting the 30 already admitted)."""
+    spec = LimitSpec(windows=(Window("day", 100),))
+    shared, sent = connected("k1")
+    wall = time.time()
+    start, end = window_bounds("day", wall)
+    assert shared.leases.take("k", spec, time.monotonic(), wall).status is Status.WAIT
+    shared.flush(trio.current_time())
+    shared.on_message(p.Grants(grants=[Grant("k", 30, (70,), (end,), wall, end)]))
+    for _ in range(20):
+        assert shared.leases.take("k", spec, time.monotonic(), time.time()).admitted
+    shared.keeper_disconnected()
+    statuses = [shared.leases.take("k", spec, time.monotonic(), time.time()).status for _ in range(40)]
+    assert statuses.count(Status.ADMIT) == 30
+    sent.clear()
+    return shared, sent, spec
+
+
+async def test_a_restarted_keeper_hears_all_a_worker_admitted_in_the_window():
+    shared, sent, spec = _admitted_then_keeper_lost()
+    shared.on_message(p.Heartbeat(incarnation="k2"))
+    [usage] = [u for m in sent if isinstance(m, p.GiveBack) for u in m.fallback]
+    assert (usage.key, usage.windows, usage.total) == ("k", (50,), 20)  # leased and local; the local use, once
+    sent.clear()
+    shared.flush(trio.current_time())
+    assert not [m for m in sent if isinstance(m, p.GiveBack)]
+
+
+async def test_a_keeper_back_with_the_same_incarnation_hears_only_the_local_share_use(autojump_clock):
+    shared, sent, spec = _admitted_then_keeper_lost()
+    await trio.sleep(KEEPER_LOST_S + 0.01)  # its last heartbeats are stale no more
+    shared.on_message(p.Heartbeat(incarnation="k1"))
+    [usage] = [u for m in sent if isinstance(m, p.GiveBack) for u in m.fallback]
+    assert (usage.windows, usage.total) == ((20,), 20)  # it counted the leased tokens when it granted them
+
+
+async def test_reports_go_in_bounded_messages(monkeypatch):
+    monkeypatch.setattr(shared_module, "REPORT_BYTES", 2000)
+    shared, sent = connected("k1")
+    spec = LimitSpec(windows=(Window("day", 100),))
+    usages = [FallbackUsage("x" * 500 + str(i), "w1", spec, (1,), 1, 0.0) for i in range(10)]
+    sent.clear()
+    shared._give_reports(usages)
+    assert [len(m.fallback) for m in sent] == [2, 2, 2, 2, 2]
+    assert [u for m in sent for u in m.fallback] == usages
+    assert max(len(p.encode(m)) for m in sent) < 2000
 
 
 # ---- circuit breakers and target overrides -------------------------------------------------------------------------

@@ -21,11 +21,19 @@ Rules:
    this key through a whole wait (rule 3; longer than that): the worker admits on a local share, per window
    limit // n (at least 1) counting all it admitted in that window, and a bucket of capacity / n refilled at
    rate / n that leased tokens spent here drain too (so a keeper late on one request does not open a fresh burst).
-   `reports` hands what it admitted so to the keeper once it is back. A keeper that is merely slow is waited for:
-   what a worker admits on its own the keeper counts only afterwards, on top of what it already handed out.
+   `reports` hands what it admitted so to the keeper once it is back (to a new keeper incarnation, `restate`: rule
+   5). A keeper that is merely slow is waited for: what a worker admits on its own the keeper counts only
+   afterwards, on top of what it already handed out.
    With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500). Under policy redis the
    share is limit // (n x hosts), hosts as the keeper last heard from Redis (Grant.hosts); a grant that says
    Redis is away with fault_tolerant off (Grant.unavailable) is answered UNAVAILABLE too.
+5. A keeper restarted is a new incarnation with empty windows: `restate` tells it, per key, what this worker admitted
+   in each window still current (leased tokens spent and local-share use, `Lease.counts`), which replaces the
+   report of local-share use (so nothing is counted twice). Each worker states only its own admissions, so the
+   keeper's sum is what the gateway admitted. Under policy redis only the local-share use is stated: what the
+   leases admitted is claimed in Redis already, and stays (ledger.py rule 7). The old keeper's tokens, unspent or
+   expired, are dropped: they were not admitted, and the new keeper never granted them. (A key forgotten after
+   IDLE_S is not stated: its windows count from 0 at the new keeper, as an evicted key's do, ledger.py rule 8.)
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import IntEnum
 from math import ceil, inf
+from operator import attrgetter
 
 from gateway.ratelimit.bucket import Bucket
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
@@ -293,6 +302,24 @@ class LeaseTable:
                 self._roll(lease, wall)
             usages.append(FallbackUsage(lease.key, self.worker, lease.spec, tuple(lease.unreported),
                                         lease.unreported_total, wall))
+            lease.unreported = [0] * len(lease.unreported)
+            lease.unreported_total = 0
+        return usages
+
+    def restate(self, wall: float) -> list[FallbackUsage]:
+        """For a new keeper incarnation: what each key admitted here in its windows still current (rule 5), the keys
+        least recently asked for first (the keeper's LRU keeps the latest when full); drops the old keeper's tokens."""
+        usages = []
+        self._flagged.clear()
+        for lease in sorted(self._leases.values(), key=attrgetter("touched")):
+            lease.tokens = lease.unused = lease.used = 0
+            lease.unused_grant = None
+            lease.flagged = False
+            if wall >= lease.next_roll:
+                self._roll(lease, wall)
+            windows = tuple(lease.unreported) if lease.spec.remote else tuple(lease.counts())
+            if any(windows) or (lease.bucketed and lease.unreported_total):
+                usages.append(FallbackUsage(lease.key, self.worker, lease.spec, windows, lease.unreported_total, wall))
             lease.unreported = [0] * len(lease.unreported)
             lease.unreported_total = 0
         return usages

@@ -51,7 +51,8 @@ class ReturnedLease(msgspec.Struct, frozen=True, array_like=True):
 
 
 class FallbackUsage(msgspec.Struct, frozen=True, array_like=True):
-    """Worker -> keeper after an outage: requests it admitted on its local share, per window current at `wall`."""
+    """Worker -> keeper after an outage: requests it admitted on its local share, per window current at `wall`; to a
+    restarted keeper, all it admitted in those windows (lease.py rule 5). `total`: the local-share use (for buckets)."""
 
     key: str
     worker: str

@@ -32,6 +32,8 @@ from gateway.bus.channel import KeeperChannel
 from gateway.health.threshold import unusable_targets
 from gateway.metrics import LEASE_ROUND_TRIPS, RECORDER
 from gateway.ratelimit.lease import LeaseTable
+from gateway.ratelimit.ledger import MAX_KEYS
+from gateway.ratelimit.messages import FallbackUsage
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 from gateway.stores.cache import ENTRY_LIMIT as CACHE_ENTRY_LIMIT
 
@@ -44,6 +46,8 @@ KEEPER_LOST_S = 0.75  # no heartbeat for this long (3 of HEARTBEAT_S): the keepe
 LOST_SLACK_S = 0.01  # a quiet worker looks for the keeper's next heartbeat until KEEPER_LOST_S and this after the last
 SWEEP_S = 1.0  # expired leases are given back this often
 CALL_TIMEOUT_S = 0.25  # a host-wide store's answer later than this counts as none (the keeper is busy or gone)
+REPORT_BYTES = 1 << 20  # rate-limit reports go to the keeper in GiveBacks of about this size
+REPORT_ENTRY_BYTES = 256  # a report's size beside its key, at most (spec, worker, counts)
 
 
 class SharedState:
@@ -228,12 +232,29 @@ class SharedState:
         self.keeper_up = True
         self.leases.fallback(False, self.workers)
         self._send(p.Hello(worker=self.worker_id, pid=os.getpid()))
-        self._send(p.GiveBack(fallback=self.leases.reports(time.time())))
+        # A new incarnation counts every window from 0: it hears all this worker admitted in them, not only the
+        # local-share use (gateway/ratelimit/lease.py rule 5); at most as many keys as it keeps.
+        wall = time.time()
+        self._give_reports(self.leases.restate(wall)[-MAX_KEYS:] if replaced else self.leases.reports(wall))
         if replaced:  # what was asked of the old keeper, ask of this one (after the reports, as always)
             self.leases.requests_lost()
             requests = self.leases.refills(time.monotonic())
             if requests:
                 self._ask(requests)
+
+    def _give_reports(self, usages: list[FallbackUsage]) -> None:
+        """Send reports in GiveBacks of about REPORT_BYTES each: a worker may hold many keys, each of a client's
+        making, and a frame beyond the bus's MAX_MESSAGE would be refused."""
+        batch: list[FallbackUsage] = []
+        size = 0
+        for usage in usages:
+            cost = len(usage.key) + REPORT_ENTRY_BYTES
+            if batch and size + cost > REPORT_BYTES:
+                self._send(p.GiveBack(fallback=batch))
+                batch, size = [], 0
+            batch.append(usage)
+            size += cost
+        self._send(p.GiveBack(fallback=batch))
 
     def keeper_disconnected(self) -> None:
         """The connection to the keeper closed: it exited (the supervisor restarts it). No need to wait for the

@@ -432,3 +432,106 @@ def test_spending_below_half_the_grant_asks_ahead_of_need():
         table.spend("k", SECOND, 0.01, T0 + 0.01)
     [request] = table.refills(0.01)
     assert request.used == 6
+
+
+# ---- a new keeper incarnation (lease.py rule 5) -------------------------------------------------------------------
+
+MINUTE = LimitSpec(windows=(Window("minute", 100),))
+
+
+def test_a_new_keeper_hears_all_a_worker_admitted_in_the_window_leased_and_local():
+    table = ready(spec=MINUTE, granted=30, resets=(T0 + 60,), expires=T0 + 60)
+    takes(table, 20, spec=MINUTE)  # on leased tokens
+    table.fallback(True, 2)
+    assert takes(table, 50, spec=MINUTE).count(Status.ADMIT) == 30  # the 10 tokens left, then 20 of the share
+    table.fallback(False, 2)
+    [usage] = table.restate(T0 + 1)
+    assert usage == FallbackUsage("k", "w1", MINUTE, (50,), 20, T0 + 1)  # total: the local-share use (the bucket's)
+
+
+def test_restating_replaces_the_report_of_local_share_use():
+    table = LeaseTable("w1", 2)
+    table.fallback(True, 2)
+    takes(table, 10, spec=MINUTE)
+    table.fallback(False, 2)
+    assert [u.windows for u in table.restate(T0 + 1)] == [(10,)]
+    assert table.reports(T0 + 1) == [] and not table.pending  # counted once
+
+
+def test_the_old_keepers_tokens_are_dropped_not_spent_or_given_back():
+    table = ready(spec=MINUTE, granted=30, resets=(T0 + 60,), expires=T0 + 60)
+    takes(table, 5, spec=MINUTE)
+    [usage] = table.restate(T0 + 1)
+    assert usage.windows == (5,)
+    assert table.take("k", MINUTE, 0.02, T0 + 0.02).status is Status.WAIT  # asks the new keeper
+    assert table.sweep(IDLE_S + 1) == []  # nothing of the old keeper's goes to the new one
+
+
+def test_the_old_keepers_expired_tokens_are_not_given_back_to_the_new_one():
+    table = ready(spec=MINUTE, granted=30, resets=(T0 + 60,), expires=T0 + 0.5)
+    takes(table, 5, spec=MINUTE)
+    assert table.take("k", MINUTE, 0.6, T0 + 0.6).status is Status.WAIT  # 25 expired, to give back
+    table.restate(T0 + 1)
+    assert table.sweep(1.0) == []
+
+
+def test_restating_leaves_out_windows_that_have_ended_and_keys_without_use():
+    spec = LimitSpec(windows=(Window("second", 100), Window("minute", 1000)))
+    table = LeaseTable("w1", 2)
+    table.fallback(True, 2)
+    takes(table, 10, spec=spec)
+    table.take("idle", spec, 0.0, T0 - 1)  # admitted in a minute that has ended
+    table.fallback(False, 2)
+    [usage] = table.restate(T0 + 1.5)
+    assert (usage.key, usage.windows) == ("k", (0, 10))
+
+
+def test_keys_are_restated_least_recently_asked_for_first():
+    table = LeaseTable("w1", 2)
+    table.fallback(True, 2)
+    for now, key in ((0.3, "a"), (0.1, "b"), (0.2, "c")):
+        table.take(key, MINUTE, now, T0 + now)
+    table.fallback(False, 2)
+    assert [u.key for u in table.restate(T0 + 1)] == ["b", "c", "a"]
+
+
+def test_under_policy_redis_only_the_local_share_use_is_restated():
+    spec = LimitSpec(windows=(Window("minute", 100),), store="plugin-1")  # Redis holds what the leases admitted
+    table = ready(spec=spec, granted=30, resets=(T0 + 60,), expires=T0 + 60)
+    takes(table, 30, spec=spec)
+    table.fallback(True, 2)
+    assert takes(table, 30, spec=spec).count(Status.ADMIT) == 20
+    table.fallback(False, 2)
+    [usage] = table.restate(T0 + 1)
+    assert (usage.windows, usage.total) == ((20,), 20)
+
+
+def test_a_window_is_not_handed_out_again_by_a_restarted_keeper():
+    """Two workers spend 80 of 100 on one keeper, which is lost (they admit on their shares), then a new keeper (an
+    empty Ledger) takes over: the gateway admits the limit in the window, no more."""
+    old, tables = Ledger(workers=2), [LeaseTable("w1", 2), LeaseTable("w2", 2)]
+
+    def run(ledger, count, start):
+        admitted = 0
+        for i in range(count):
+            now = start + i * 0.001
+            table = tables[i % 2]
+            status = table.take("k", MINUTE, now, T0 + now).status
+            if status is Status.WAIT:
+                for request in table.refills(now):
+                    table.apply(ledger.grant_request(request, now, T0 + now), now, T0 + now)
+                status = table.take("k", MINUTE, now, T0 + now, waited=True, final=True).status
+            admitted += status is Status.ADMIT
+        return admitted
+
+    before = run(old, 80, 0.0)
+    for table in tables:
+        table.fallback(True, 2)
+    lost = run(old, 40, 0.5)  # each worker's share (50) counts what it admitted in the window
+    new = Ledger(workers=2)
+    for table in tables:
+        table.fallback(False, 2)
+        for usage in table.restate(T0 + 1):
+            new.report_fallback(usage, 1.0)
+    after = run(new, 100, 1.0)
+    assert (before, before + lost + after) == (80, 100)

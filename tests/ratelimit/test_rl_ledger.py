@@ -396,3 +396,14 @@ def test_an_evicted_redis_key_claims_afresh_under_a_new_claimant(monkeypatch):
     assert ledger.keys() == ["other"] and ledger.remote_keys("rl") == []
     ledger.grant("k", spec, 1, 0.0, T0, "w")
     assert ledger._keys["k"].remote.claimant != first  # its earlier claims in Redis stay, never restated lower
+
+
+def test_a_restarted_keeper_adds_up_what_every_worker_restates_and_grants_the_rest():
+    """A new Ledger hears from each worker all it admitted in the window (lease.py rule 5): the sum is the window's
+    count, and what is left is granted once every worker was heard from."""
+    ledger, spec = Ledger(workers=2), per("minute", 100)
+    ledger.report_fallback(FallbackUsage("k", "a", spec, (55,), 5, T0 + 10), 10.0)
+    assert ledger.grant("k", spec, 1000, 10.0, T0 + 10, "a").granted == 0  # b's share is reserved until b is heard
+    ledger.report_fallback(FallbackUsage("k", "b", spec, (25,), 0, T0 + 10), 10.0)
+    assert ledger.usage("k", 10.0, T0 + 10) == {"minute": 80.0}
+    assert exhaust(ledger, spec, T0 + 10, "a") == 20
