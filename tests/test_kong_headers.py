@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import trio
-from backends import EchoBackend, free_port, request, service, wait_until
+from backends import EchoBackend, ScriptedBackend, free_port, request, service, wait_until
 from conftest import build_config
 
 from gateway.config import ConfigError
@@ -175,3 +175,19 @@ def test_the_defaults_own_code_says_what_the_general_code_says(upstream, answere
         headers = [(b"content-type", b"text/plain"), *upstream]
         results.append((add(ex, headers, 200), headers))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("name", ["X-Pad", "X-Accel-Expires", "X-Accel-Redirect", "X-Accel-Limit-Rate",
+                                  "X-Accel-Buffering", "X-Accel-Charset"])
+async def test_the_headers_nginx_hides_from_clients_do_not_reach_them(nursery, gateway, name):
+    """nginx's proxy_hide_header defaults (ngx_http_proxy_module.c ngx_http_proxy_hide_headers), of which Kong's
+    template passes only Date and Server: an upstream's X-Pad and X-Accel-* never reach Kong's clients."""
+    backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Kept: yes\r\n%s: 10\r\n\r\nok"
+                               % name.encode()])
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}")]})
+    with trio.fail_after(10):
+        reply = await request(port, "GET", "/x")
+    assert (reply.status, reply.body, reply.header("x-kept")) == (200, b"ok", "yes")
+    assert reply.header(name.lower()) is None, reply.headers
+

@@ -53,7 +53,10 @@ TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive chec
 # nginx's proxy_next_upstream: a request already sent goes to the next server unless it is one of these
 NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
-_SPECIAL_OUT = HOP_BY_HOP | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
+# nginx's proxy_hide_header defaults but Date and Server, which Kong passes (nginx_kong.lua): never to the client
+_HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-accel-limit-rate",
+                         b"x-accel-buffering", b"x-accel-charset"})
+_SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
 _NOT_ON_204 = frozenset({b"content-length", b"content-type", b"last-modified"})
 
 
@@ -761,7 +764,7 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     named = options if named is None else named | options
                 elif name == b"trailer" and asks_trailers(ex.request.headers):
                     out.append(hv)
-                continue  # hop-by-hop, x-request-id
+                continue  # hop-by-hop, x-request-id, what nginx hides
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection
         out = [hv for hv in out if hv[0] not in named]
