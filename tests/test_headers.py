@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gateway.http.codec import CHUNKED, LENGTH, NO_BODY
-from gateway.pipeline.headers import connection_options, connection_tokens, upstream_request_headers
+from gateway.pipeline.headers import connection_options, connection_tokens, set_consumer, upstream_request_headers
 from gateway.policies.consumers import Consumer
 
 CLIENT_IP = "203.0.113.7"
@@ -37,7 +37,10 @@ def rewrite(headers: list[tuple[str, str]], trust: bool = False, consumer: Any =
             prefix: bytes = b""):
     """(upstream headers as a list of str pairs, client Host, request id)."""
     hdrs = [(k.lower().encode(), v.encode()) for k, v in headers]
-    out, host, rid, _, _ = upstream_request_headers(exchange(hdrs, trust, consumer), False, prefix)
+    ex = exchange(hdrs, trust)
+    if consumer is not None:
+        set_consumer(ex, consumer)  # what the authentication policy did in access
+    out, host, rid, _, _ = upstream_request_headers(ex, False, prefix)
     return [(k.decode(), v.decode()) for k, v in out], host, rid
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.http.codec import CHUNKED, LENGTH, NGINX_HOSTS, NO_BODY, SERVER_NAME, Headers, Request
 from gateway.http.ids import new_request_id, valid_request_id
 from gateway.http.kong_headers import SERVER_TOKEN
@@ -24,12 +26,16 @@ CONSUMER_HEADERS = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-con
 # ... also spelled with underscores, which Kong passes on (underscores_in_headers on) and a CGI or WSGI upstream
 # reads as the same HTTP_X_CONSUMER_* variable.
 _SPOOFED_CONSUMER = frozenset(name.replace(b"-", b"_") for name in CONSUMER_HEADERS)
+_CONSUMER_NAMES = CONSUMER_HEADERS | _SPOOFED_CONSUMER  # what set_consumer takes out of the request
 # Proxy is dropped as Kong drops it (httpoxy: a CGI upstream would read it as its HTTP_PROXY); Via is replaced by
 # Kong's, the client's first one extended.
 _DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | _SPOOFED_CONSUMER | {b"host", b"expect", b"x-forwarded-for", b"x-request-id",
                                                                 b"x-real-ip", b"proxy", b"via"}
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
 _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x-kong-request-id"}
+# ... for a request with a consumer, whose consumer headers are the gateway's (set_consumer), as the plugins after
+# authentication left them: they pass (the underscore spellings are still dropped).
+_SPECIAL_IN_AUTHENTICATED = _SPECIAL_IN - CONSUMER_HEADERS
 # What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port, X-Real-IP and Via, built once per client
 # address, scheme and listener port (a few, in practice) instead of five tuples per request.
 _OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
@@ -45,6 +51,24 @@ _UPGRADE_HEADERS = [(b"upgrade", b"websocket"), (b"connection", b"keep-alive, Up
 INBOUND_VIA = b"1.1 " + SERVER_TOKEN
 _INBOUND_VIA = (b"via", INBOUND_VIA)
 _TE_TRAILERS = (b"te", b"trailers")
+
+
+def set_consumer(ex: Exchange, who: Any) -> None:
+    """Make `who` (a gateway.policies.consumers Identity, or one like it) the request's consumer, as Kong's
+    set_consumer does (kong/plugins/key-auth/handler.lua: kong.client.authenticate, then kong.service.request.
+    set_header / clear_header of the consumer headers): the request's own headers change, so the plugins after it
+    (request-transformer, rate-limiting by header, the log) read the consumer's, and a client's copy is gone. Every
+    consumer header (and its underscore spelling) is taken out, then `who.upstream_headers` appended, each replacing
+    a header of its name (set_header: ai-mcp-oauth2's claim headers, written again when acl adds X-Consumer-Groups):
+    they must be final when this is called."""
+    ex.consumer = who
+    own = who.upstream_headers
+    names = _CONSUMER_NAMES
+    for hv in own:
+        if hv[0] not in names:
+            names = names | {hv[0]}
+    request = ex.request
+    request.headers = [hv for hv in request.headers if hv[0] not in names] + own
 
 
 def inbound_via(http_version: bytes) -> bytes:
@@ -112,7 +136,9 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     any peer as Kong does (the last hop is the one to believe); without one it is the client address. X-Real-IP is
     the client address. Via is Kong's, `1.1 <token>` after the client's first Via if any; a Proxy header is dropped;
     `TE: trailers` goes when the client's TE lists trailers.
-    Consumer headers come only from the request's consumer (ex.consumer). With `affinity` the client's
+    Consumer headers come only from the request's consumer: without one (ex.consumer None) the client's copies are
+    dropped; with one, set_consumer already wrote the consumer's into the request, and they pass as the plugins left
+    them (an underscore spelling is dropped either way). With `affinity` the client's
     Mcp-Session-Id is taken out (the caller puts the upstream's own id back); otherwise it passes through like any
     header and None is returned for it."""
     request = ex.request
@@ -128,9 +154,10 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     session_id = None
     te = False
     seen_forwarded = set() if trusted else _NOTHING_SEEN
+    special = _SPECIAL_IN if ex.consumer is None else _SPECIAL_IN_AUTHENTICATED
     for hv in headers:
         name = hv[0]
-        if name in _SPECIAL_IN:
+        if name in special:
             if name == b"host":
                 host = hv[1]
                 continue
@@ -218,9 +245,6 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     out.append((b"x-request-id", request_id))
     if ex.settings.request_id_upstream:  # kong.conf's headers_upstream
         out.append((b"x-kong-request-id", kong_id))
-    consumer = ex.consumer
-    if consumer is not None:
-        out += consumer.upstream_headers
     if te and asks_trailers(headers):  # Kong's upstream_te (the gateway drops trailers, as nginx's proxy does)
         out.append(_TE_TRAILERS)
     if framing == CHUNKED:

@@ -17,6 +17,7 @@ from gateway.config import Config, path_of
 from gateway.config.consumers import KongPasswordHash, PasswordHash
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.pipeline.headers import set_consumer
 from gateway.policies import cjson
 
 MAX_ARGS = 100  # the query arguments and header lines Kong's get_query and get_headers read (ngx_lua's default)
@@ -248,10 +249,10 @@ class AuthPolicy:
         if self.reads_body and isinstance(found, Identity):
             found = await self.check_body(ex, found)
         if isinstance(found, Identity):
-            ex.consumer = found
+            set_consumer(ex, found)
             return False
         if anon is not None:
-            ex.consumer = anon
+            set_consumer(ex, anon)
             return False
         await found.send(ex)
         return True

@@ -28,10 +28,6 @@ from gateway.metrics import wall_offset
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
 MAX_HEADERS = 100  # Kong's lua_max_req_headers / lua_max_resp_headers: what get_headers() reads by default
-# The request headers every authentication plugin sets or clears (Kong's set_consumer: kong.service.request.
-# set_header / clear_header, which change the request headers the serializer reads) once it has a consumer
-_CONSUMER_SET = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consumer-username",
-                           b"x-credential-identifier", b"x-anonymous-consumer"})
 _WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace (DECLARATIVE_DEFAULT_...)
 _WORKSPACE = "default"  # its name
 ORIGINAL_REQUEST = "ai.payload.original_request"  # ex.state: a body ai-prompt-template logs (Kong's serialize key)
@@ -288,14 +284,10 @@ def _request_headers(ex: Exchange) -> Any:
     """The request headers as Kong's kong.request.get_headers() reads them in the log phase: the client's as the
     plugins left them (kong.service.request.set_header and clear_header change them), so with the consumer's
     (X-Consumer-ID, -Username, -Custom-ID, X-Credential-Identifier, X-Anonymous-Consumer, acl's X-Consumer-Groups, ...)
-    in place of the client's copies once an authentication plugin set a consumer; the first 100 lines (the request's
-    own list when that is all of them)."""
+    in place of the client's copies once an authentication plugin set a consumer (gateway.pipeline.headers.
+    set_consumer writes them into the request); the first 100 lines (the request's own list when that is all of
+    them)."""
     headers = ex.request.headers
-    consumer = ex.consumer
-    if consumer is not None:
-        own = consumer.upstream_headers
-        names = _CONSUMER_SET.union([hv[0] for hv in own])
-        headers = [hv for hv in headers if hv[0] not in names] + own
     return headers[:MAX_HEADERS] if len(headers) > MAX_HEADERS else headers
 
 

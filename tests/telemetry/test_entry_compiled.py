@@ -19,6 +19,7 @@ from gateway.http.codec import Request
 from gateway.http.server import REFUSED, REQUEST_METHOD, REQUEST_URI, ROUTER_PATH, Exchange
 from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
 from gateway.metrics import wall_offset
+from gateway.pipeline.headers import set_consumer
 from gateway.telemetry.entry import ORIGINAL_REQUEST, Entry
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
@@ -465,7 +466,10 @@ def exchanges(draw: Any) -> tuple[Exchange, float, float, int, float, Any]:
     ex.sent = draw(st.integers(0, 4096))
     ex.route = draw(_ROUTE)
     ex.tries = draw(st.one_of(st.none(), st.lists(_ATTEMPT, max_size=4)))
-    ex.consumer = draw(consumers())
+    if (consumer := draw(consumers())) is not None:
+        set_consumer(ex, consumer)  # as the authentication policy wrote its headers into the request
+    else:
+        ex.consumer = None
     ex.response_headers = draw(st.one_of(st.none(), header_lists()))
     ex.response_lines = draw(response_lines())
     ex.state = draw(states())

@@ -13,6 +13,7 @@ X-Authenticated-Groups (which the session sets), not X-Consumer-Groups.
 from __future__ import annotations
 
 from gateway.http.server import Exchange
+from gateway.pipeline.headers import set_consumer
 from gateway.policies.acl.schema import AclConfig
 from gateway.policies.consumers import Rejection
 
@@ -55,5 +56,5 @@ class Acl:
             await FORBIDDEN.send(ex)
             return True
         if not self.hide:  # an empty X-Consumer-Groups for none (Kong's concat of no groups; 18-acl spec)
-            ex.consumer = who.with_groups_header()
+            set_consumer(ex, who.with_groups_header())
         return False

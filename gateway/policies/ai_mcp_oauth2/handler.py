@@ -38,6 +38,7 @@ from gateway.mcp.bearer import (
 )
 from gateway.mcp.jwks import JwksSource
 from gateway.memo import Memo
+from gateway.pipeline.headers import set_consumer
 from gateway.policies.ai_mcp_oauth2.schema import AiMcpOauth2Config
 from gateway.policies.consumers import Consumer, Directory, Identity, Rejection
 
@@ -159,14 +160,14 @@ class AiMcpOauth2:
                 await found.send(ex)
                 return True
             entry = found
-        ex.consumer = entry.identity
+        if not self.passthrough or self.claim_header_names:  # (before the claim headers go into the request)
+            names = self.claim_header_names if self.passthrough else self.claim_header_names | {_AUTHORIZATION}
+            req.headers = [hv for hv in req.headers if hv[0] not in names]
+        set_consumer(ex, entry.identity)  # (its claim headers are in its upstream headers already: _identity)
         if ex.state is None:
             ex.state = {"oauth2": entry}
         else:
             ex.state["oauth2"] = entry
-        if not self.passthrough or self.claim_header_names:
-            names = self.claim_header_names if self.passthrough else self.claim_header_names | {_AUTHORIZATION}
-            req.headers = [hv for hv in req.headers if hv[0] not in names]
         return False
 
     async def _verify(self, token: bytes, authorization: bytes, now: float) -> TokenEntry | Rejection:

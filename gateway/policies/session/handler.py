@@ -23,6 +23,7 @@ from typing import Any
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.memo import Memo
+from gateway.pipeline.headers import set_consumer
 from gateway.policies.consumers import Directory, Identity, cookie_value, header_value, query_values
 from gateway.policies.header_list import set_header
 from gateway.policies.request_body import get_body
@@ -125,7 +126,7 @@ class SessionPolicy:
                     set_header(headers, hname, value.encode())
             ex.request.headers = headers
         _keep(ex, _Request(session, who))
-        ex.consumer = who
+        set_consumer(ex, who)  # (its X-Authenticated-Groups is in its upstream headers already: _identity)
         return False
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
