@@ -31,6 +31,7 @@ from plugin_helpers import run_without_waiting
 from gateway.http.codec import Headers, Request
 from gateway.http.server import Exchange
 from gateway.memo import Memo
+from gateway.pipeline.headers import set_consumer
 from gateway.policies.consumers import Consumer, Directory, Identity, cookie_value, header_value, query_values
 from gateway.policies.header_list import set_header
 from gateway.policies.request_body import get_body
@@ -421,7 +422,7 @@ class RefPolicy:
                     set_header(headers, hname, value.encode())
             ex.request.headers = headers
         _keep(ex, _RefRequest(session, True))
-        ex.consumer = self._identity(consumer, credential_id, groups)
+        set_consumer(ex, self._identity(consumer, credential_id, groups))  # kong.client.authenticate + its headers
         return False
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:

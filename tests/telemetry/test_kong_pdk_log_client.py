@@ -20,6 +20,7 @@ from gateway.config import parse_config
 from gateway.http.codec import Request
 from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
+from gateway.pipeline.headers import set_consumer
 from gateway.policies.consumers import Directory
 from gateway.telemetry.entry import Entry
 
@@ -119,12 +120,12 @@ def test_the_consumer_headers_a_plugin_set_are_in_the_logged_request_headers():
     serializer's kong.request.get_headers() reads the request headers so changed (the client's copies replaced)."""
     ex = _exchange(headers=[(b"host", b"h"), (b"x-consumer-id", b"spoofed"), (b"x-anonymous-consumer", b"true"),
                             (b"x-consumer-custom-id", b"spoofed")])
-    ex.consumer = _directory().api_keys["secret-key"]
+    set_consumer(ex, _directory().api_keys["secret-key"])  # what key-auth does when it authenticates
     headers = _serialize(ex)["request"]["headers"]
     assert headers == {"host": "h", "x-consumer-id": BOB, "x-consumer-username": "bob",
                        "x-credential-identifier": KEY_ID}
     anonymous = _exchange()
-    anonymous.consumer = _directory().consumers[BOB].anonymous  # set_consumer(consumer, nil)
+    set_consumer(anonymous, _directory().consumers[BOB].anonymous)  # Kong's set_consumer(consumer, nil)
     headers = _serialize(anonymous)["request"]["headers"]
     assert headers["x-anonymous-consumer"] == "true" and headers["x-consumer-id"] == BOB
     alone = _exchange(headers=[(b"host", b"h"), (b"x-consumer-id", b"client's")])  # no plugin touched it
