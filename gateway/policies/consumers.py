@@ -138,7 +138,8 @@ class Directory:
             if c.username is not None:
                 self._by_ref.setdefault(c.username, consumer)
         groups: dict[str, list[str]] = {}
-        for acl in config.acls:
+        # Kong reads a consumer's acls by primary key (LMDB key order DB-less, ORDER BY id on Postgres): by id
+        for acl in sorted(config.acls, key=lambda a: a.id or ""):
             if acl.consumer in self.consumers and acl.group not in groups.setdefault(acl.consumer, []):
                 groups[acl.consumer].append(acl.group)
         for cid, names in groups.items():

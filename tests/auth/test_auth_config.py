@@ -110,6 +110,20 @@ def test_an_acl_without_an_id_gets_kongs_id_from_its_consumer_and_group():
                                                     "i": kong_generated_id("acls", "acls:*:bob:i")}
 
 
+def test_a_consumers_groups_are_in_acl_id_order_as_kong_reads_them():
+    """Kong's acl handler joins the groups as kong.db.acls:each_for_consumer reads them: by primary key (LMDB key
+    order DB-less, ORDER BY id on Postgres), so X-Consumer-Groups does not follow the file's order."""
+    config = load("consumers: [{username: bob, acls: [{group: b, id: 22222222-2222-4222-8222-222222222222}, "
+                  "{group: a, id: 11111111-1111-4111-8111-111111111111}]}]")
+    assert Directory(config).consumers[kong_consumer_id("bob")].groups == ("a", "b")
+
+
+def test_groups_without_ids_are_in_the_order_of_kongs_derived_ids():
+    """For bob, Kong derives acls:*:<bob's id>:admins = 8ade445c-... and :users = b12aa331-...: admins first."""
+    config = load("consumers: [{username: bob, acls: [{group: users}, {group: admins}]}]")
+    assert Directory(config).consumers[kong_consumer_id("bob")].groups == ("admins", "users")
+
+
 def test_credentials_whose_kong_id_is_random_get_stable_ids_of_ours():
     """key-auth and jwt: cache_key {key}, an `auto` field, so Kong's id is random; so is an acl's of a consumer with
     no username and no id. Ours are the same on every load, so every worker agrees."""
