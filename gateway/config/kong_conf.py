@@ -323,6 +323,9 @@ KONG_TYPES: dict[str, str] = {
                      "opentelemetry_tracing_sampling_rate", "nginx_http_keepalive_requests"), "number"),
 }
 _BOOLEANS = {"on": True, "true": True, "off": False, "false": False}
+# our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
+# false. (tracing_instrumentations and its alias take false itself; the refused keys' `off` is read by `_words`.)
+_OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen"))
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 # The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being
@@ -349,6 +352,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "lua_max_uri_args": ("100",),  # Kong's default
     "lua_max_post_args": ("100",),  # Kong's default
     "nginx_http_client_max_body_size": ("0", "0k", "0m"),  # Kong's default: no limit
+    "nginx_http_lua_regex_match_limit": ("100000",),  # Kong's default: the limit the gateway's PCRE runs use
 }
 
 # Kong's keys that kong.conf.default does not list, by family.
@@ -501,9 +505,12 @@ def as_written(message: str, aliased: dict[str, str]) -> str:
 
 def kong_value(key: str, value: Any) -> Any:
     """`value` of kong.conf's `key` as Kong's conf loader reads it (parse_value, listeners.lua): a boolean or number
-    key's text as the boolean or number; `listen`'s comma-separated string as its list; `status_listen` off (its
-    first entry `off`, or YAML's false) as null, one entry in the array form as that entry."""
+    key's text as the boolean or number; YAML's false (an unquoted `off`) as `off` where kong.conf takes the word;
+    `listen`'s comma-separated string as its list; `status_listen` off (its first entry `off`) as null, one entry in
+    the array form as that entry."""
     typ = KONG_TYPES.get(key)
+    if key in _OFF_WORD:
+        value = [_off(v) for v in value] if isinstance(value, list) else _off(value)
     if isinstance(value, str) and typ == "boolean":
         return _BOOLEANS.get(value.strip(), value)
     if isinstance(value, str) and typ == "number" and _NUMBER.fullmatch(value.strip()):
@@ -511,11 +518,16 @@ def kong_value(key: str, value: Any) -> Any:
         return int(number) if number.is_integer() else number
     if key == "listen" and isinstance(value, str) and "," in value:
         return kong_array(value)
-    if key == "status_listen" and (value is False or isinstance(value, str) or
+    if key == "status_listen" and (isinstance(value, str) or
                                    (isinstance(value, list) and all(isinstance(v, str) for v in value))):
-        entries = [] if value is False else kong_array(value)
-        if value is False or (entries and entries[0] == "off"):
+        entries = kong_array(value)
+        if entries and entries[0] == "off":
             return None
         if entries:
             return ", ".join(entries)  # several: refused by the loader, naming them
     return value
+
+
+def _off(value: Any) -> Any:
+    """YAML's false, an unquoted `off`, as the word."""
+    return "off" if value is False else value

@@ -62,6 +62,7 @@ from gateway.config.typedefs import (
     hosts_problem,
     kong_address,
     kong_host_problem,
+    listen_host_problem,
     path_problem,
     router_path_problem,
     tag_problem,
@@ -403,10 +404,12 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
     for i, entry in enumerate(listens):
         where = "gateway.listen" if isinstance(gw.listen, str) else f"gateway.listen[{i}]"
         addr, flags = listen_flags(entry)
-        hp = parse_host_port(addr, None)
-        if hp is None or hp[1] is None:
+        if addr == "off":
+            errors.append(f"{where}: kong.conf's off (no proxy listener) is not supported: the gateway proxies on "
+                          'at least one "host:port"')
+        elif (problem := _listen_problem(addr)) is not None:
             errors.append(f'{where}: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got '
-                          f'{show(entry)}')
+                          f'{show(entry)}{problem}')
         for flag in sorted(flags - LISTEN_FLAGS):
             errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" is)')
         tls = tls or "ssl" in flags
@@ -426,16 +429,27 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
                       f'got {show(gw.ssl_protocols)}')
     if gw.status_listen is not None:  # kong.conf's off and its array form are read by kong_conf.kong_value
         addr, flags = listen_flags(gw.status_listen)
-        hp = parse_host_port(addr, None)
         if "," in gw.status_listen:
             errors.append(f'gateway.status_listen: one address only (the status server takes one "host:port"), got '
                           f'{show(gw.status_listen)}')
-        elif hp is None or hp[1] is None:
-            errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(gw.status_listen)}')
+        elif (problem := _listen_problem(addr)) is not None:
+            errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(gw.status_listen)}'
+                          f'{problem}')
         else:
             errors += [f'gateway.status_listen: the listen option {show(flag)} is not supported (the status server '
                        f'takes one "host:port", plain HTTP, with reuseport and backlog=N)'
                        for flag in status_options(flags)[2]]
+
+
+def _listen_problem(addr: str) -> str | None:
+    """None for a listen address a socket can bind ("host:port", "[v6]:port"; `*` was made 0.0.0.0 at decoding),
+    else what to append to the message refusing it ("" when the shape is wrong), so that check-config refuses what
+    start could not bind for its syntax."""
+    hp = parse_host_port(addr, None)
+    if hp is None or hp[1] is None:
+        return ""
+    problem = listen_host_problem(hp[0])
+    return f" ({problem})" if problem else None
 
 
 def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:

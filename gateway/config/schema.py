@@ -16,7 +16,7 @@ from gateway.config.discovery import DiscoverySettings, HealthcheckAliases, Regi
 from gateway.config.errors import inline, key_part
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
-from gateway.config.typedefs import header_name_problem, kong_path_problem, sni_problem
+from gateway.config.typedefs import any_address, header_name_problem, kong_path_problem, sni_problem
 from gateway.config.units import Seconds, SecondsFromZero, SecondsOrNever, TimeoutMs
 from gateway.dns.sources import parse_nameserver
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
@@ -54,11 +54,14 @@ class GatewaySettings(Base):
     http_codec: Literal["auto", "h11", "llhttp"] = "auto"
     drain_timeout: Seconds = 30.0  # seconds old workers get to finish in-flight requests on reload/stop
     sse_keepalive: Seconds = 15.0  # seconds of SSE silence before the gateway sends a ":" comment
-    header_timeout_s: Seconds = 10.0  # a client must send a whole request head within this (408)
+    # a client must send a whole request head within this (408): nginx's client_header_timeout, whose default, 60 s,
+    # Kong leaves as it is
+    header_timeout_s: Seconds = 60.0
     keepalive_timeout_s: Seconds = 75.0  # idle client connection lifetime (nginx keepalive_timeout)
     # nginx's keepalive_requests (Kong's nginx_http_keepalive_requests: 10000) and keepalive_time: the request that
     # reaches either is answered with `Connection: close`, so long-lived clients are spread again over the workers
-    keepalive_requests: PosInt = 10000
+    # (keepalive_requests 0, as nginx takes it: every response ends its connection)
+    keepalive_requests: NonNegInt = 10000
     keepalive_time_s: Seconds = 3600.0
     client_body_timeout_s: Seconds = 60.0  # between two reads of a request body, else 408 (nginx client_body_timeout)
     send_timeout_s: Seconds = 60.0  # a client that reads nothing of its response for this long is cut (nginx)
@@ -73,7 +76,7 @@ class GatewaySettings(Base):
     # nginx's worker_rlimit_nofile: each worker's RLIMIT_NOFILE (soft and hard) at start; above the hard limit it
     # needs root (CAP_SYS_RESOURCE) and at most fs.nr_open. Not set: the soft limit is raised to the hard one
     worker_rlimit_nofile: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] | None = None
-    upstream_keepalive: NonNegInt = 64  # idle pooled connections kept per target
+    upstream_keepalive: NonNegInt = 512  # idle pooled connections kept per target (Kong's pool size, 512)
     # kong.conf's DNS client (gateway.dns): the nameservers ("ip[:port]"; none: /etc/resolv.conf's), the hosts file
     # read before them, the record types asked for in turn (LAST: the one that last answered the name), how long an
     # answer is kept (dns_valid_ttl: in place of every record's TTL), used stale while it is asked again, and how long
@@ -148,6 +151,9 @@ class GatewaySettings(Base):
     tracing_sampling_rate: float = 0.01
 
     def __post_init__(self) -> None:
+        self.listen = any_address(self.listen) if isinstance(self.listen, str) else list(map(any_address, self.listen))
+        if self.status_listen is not None:
+            self.status_listen = any_address(self.status_listen)
         if isinstance(self.trusted_ips, str):  # kong.conf's array form: "10.0.0.0/8, 192.168.0.1"
             self.trusted_ips = kong_array(self.trusted_ips)
         self._check_dns()

@@ -4,6 +4,7 @@ field."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated
 
@@ -102,6 +103,28 @@ def _kong_ipv6(address: str) -> tuple[str, str, int | None] | str:
     if not _KONG_IPV6.fullmatch(check):
         return f"invalid ipv6 address: {inline(address)}"
     return "ipv6", ":".join(group.rjust(4, "0") for group in check.lower().split(":")), port
+
+
+_STAR_LISTEN = re.compile(r"\A\s*\*(?=:[0-9]+(?:\s|\Z))")
+
+
+def any_address(entry: str) -> str:
+    """A listen entry's `*:PORT` as `0.0.0.0:PORT`: Kong's listeners.lua keeps `*` as a name, and nginx listens on
+    every IPv4 address for it (src/core/ngx_inet.c, `u->listen && len == 1 && *host == '*'`: INADDR_ANY)."""
+    return _STAR_LISTEN.sub("0.0.0.0", entry, count=1)
+
+
+def listen_host_problem(host: str) -> str | None:
+    """What makes a listen address's host one no socket can bind, in Kong's words (normalize_ip: an IPv4 address,
+    a bracketed IPv6 one or a host name, each by its characters), or None."""
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"invalid ipv6 address: {inline(host)}"
+        return None
+    address = kong_address(host)
+    return address if isinstance(address, str) else None
 
 
 def kong_host_problem(host: str) -> str | None:

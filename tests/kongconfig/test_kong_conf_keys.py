@@ -203,10 +203,10 @@ def test_aliases_set_our_fields():
 
 def test_an_alias_with_its_field_is_an_error_and_a_bad_value_names_the_key_as_written():
     assert outcome({"tracing_sampling_rate": 0.5, "opentelemetry_tracing_sampling_rate": 1.0,
-                    "nginx_http_keepalive_requests": 0, "upstream_keepalive_pool_size": "many"}) == [
+                    "nginx_http_keepalive_requests": -1, "upstream_keepalive_pool_size": "many"}) == [
         "gateway.opentelemetry_tracing_sampling_rate and gateway.tracing_sampling_rate: set one of them (kong.conf's "
         "opentelemetry_tracing_sampling_rate is tracing_sampling_rate here, under either name)",
-        "gateway.nginx_http_keepalive_requests: expected int >= 1, got 0",
+        "gateway.nginx_http_keepalive_requests: expected int >= 0, got -1",
         'gateway.upstream_keepalive_pool_size: expected int >= 0, got "many"',
     ]
 
