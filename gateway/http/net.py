@@ -243,7 +243,9 @@ async def resolve(host: str, port: int) -> tuple[str, int]:
 async def open_tcp_stream(host: str, port: int) -> trio.SocketStream:
     """trio.open_tcp_stream to a host name resolved by this process's DNS client (see `resolve`), as Kong's
     patched cosockets resolve theirs: for the gateway's own clients (log senders, health probes, LDAP, JWKS)."""
-    if not is_ip(host.strip("[]")):
+    if is_ip(bare := host.strip("[]")):
+        host = bare  # trio connects to "::1", not "[::1]"
+    else:
         host, port = await resolve(host, port)
     return await trio.open_tcp_stream(host, port)
 

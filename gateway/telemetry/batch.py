@@ -9,8 +9,9 @@ sender off the request path, bounded, retried with exponential backoff, and neve
 - A failed batch is retried after `initial_retry_delay`, doubling, each delay capped at `max_retry_delay`, until a
   try fails more than `max_retry_time` seconds after the first; then it is dropped (reason="retries").
   `concurrency_limit` 1 sends one batch at a time, in order; -1 is Kong's "do not enqueue": each entry is sent at
-  once as a batch of its own, all of them concurrently, unbounded (max_batch_size, max_coalescing_delay, max_entries
-  and max_bytes then play no part).
+  once as a batch of its own, concurrently, at most MAX_CONCURRENT_SENDS at once as Kong's timers (max_batch_size,
+  max_coalescing_delay and max_bytes then play no part); the entries beyond wait their turn, the oldest dropped
+  (reason="full") when more than max_entries wait.
 - Kong's log messages (queue.lua's wording and levels); the ones Kong writes for every entry (a full queue, an
   entry too large, an entry that is not a string with max_bytes) at most every WARN_EVERY_S seconds, with a count.
 - Entries are formatted (JSON, protobuf) by the queue's task as they come, so the queue holds bytes, not requests.
@@ -43,6 +44,9 @@ CAPACITY_WARNING_THRESHOLD = 0.8  # Kong's: "queue at 80% capacity"
 COALESCE_MIN_TIME = 0.05  # Kong's: a shorter max_coalescing_delay collects nothing more (one entry a batch)
 LEGACY_WARN_EVERY_S = 60.0  # Kong's MIN_WARNING_INTERVAL_SECONDS for the deprecated queue parameters
 WAKE_EVERY = 64  # entries that wake the queue's task while a batch coalesces (each held until then, unformatted)
+# sends at once with concurrency_limit -1: Kong's timers run on resty.timerng with at most 1024 threads per worker
+# (kong/globalpatches.lua), so at most that many of a queue's sends (and sockets) are open at once
+MAX_CONCURRENT_SENDS = 1024
 SENT = Counter("gateway_log_queue_sent_total", "Entries a log or trace queue delivered", ["queue"])
 
 
@@ -170,11 +174,20 @@ class BatchQueue:
         formatter = self.formatter
         config = self.config
         entries = self._entries
-        if config.concurrency_limit == -1:  # Kong's "do not enqueue": no bounds
+        if config.concurrency_limit == -1:  # Kong's "do not enqueue": sent at once while a send is free
             for item in raw:
                 if formatter is not None and (item := self._format(formatter, item)) is _FAILED:
                     continue
                 entries.append(item)
+            room = max(0, MAX_CONCURRENT_SENDS - self._busy) + config.max_entries
+            if len(entries) > room:  # more than max_entries would wait for a send: the oldest go
+                full = len(entries) - room
+                for _ in range(full):
+                    entries.popleft()
+                RECORDER.count(DROPPED, (self.name, "full"), full)
+                self._dropping = True
+                self._report(now, "full", logging.ERROR, "queue full, dropping old entries until processing is "
+                             "successful again", count=full)
             return
         max_entries = config.max_entries
         threshold = max_entries * CAPACITY_WARNING_THRESHOLD
@@ -260,6 +273,7 @@ class BatchQueue:
         """Form and send batches until cancelled. Entries keep being formatted and bounded while a batch is sent
         (or retried), so a collector that is down costs at most the queue's bounds."""
         config = self.config
+        sends = 1 if config.concurrency_limit == 1 else MAX_CONCURRENT_SENDS  # batches sent at once
         self._wake = trio.Event()
         self._idle = trio.Event()
         self._idle.set()
@@ -268,7 +282,7 @@ class BatchQueue:
                 task_status.started()
                 while True:
                     self._take_raw(trio.current_time())
-                    if not self._entries or (config.concurrency_limit == 1 and self._busy):
+                    if not self._entries or self._busy >= sends:
                         await self._wait()
                         continue
                     if len(self._entries) < self._max_batch and config.concurrency_limit == 1:

@@ -3,11 +3,13 @@
 entry per request goes this way with Kong's defaults (http-log's batch of one), so a send is a few joins and a parse.
 
 Each phase has its own bound, as Kong's senders do: connecting (connect_timeout), sending the request
-(send_timeout), reading the response (read_timeout). A 2xx answer is success; anything else, a timeout or a broken
-connection raises SendError, which the batch queue retries. The connection is reused for the next batch when the
-exchange ended cleanly and it was idle less than `keepalive` seconds; otherwise a new one is opened. Each send has a
-connection to itself (Kong's senders make a client per send): concurrent sends (a queue's concurrency_limit -1) each
-take an idle one or open their own, and at most POOL_SIZE stay idle afterwards.
+(send_timeout), reading the response (read_timeout). A 2xx answer is success, as Kong's http-log counts any status
+below 300 as delivered (one whose body passes MAX_RESPONSE_BYTES too: the rest is not read, the connection is closed);
+anything else, a timeout or a broken connection raises SendError, which the batch queue retries. The connection is
+reused for the next batch when the exchange ended cleanly and it was idle less than `keepalive` seconds; otherwise a
+new one is opened. Each send has a connection to itself (Kong's senders make a client per send): concurrent sends (a
+queue's concurrency_limit -1, at most batch.MAX_CONCURRENT_SENDS) each take an idle one or open their own, and at
+most POOL_SIZE stay idle afterwards.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from gateway.http.codec_llhttp import LlhttpClient
 from gateway.http.net import NameNotResolved, open_tcp_stream
 from gateway.http.tls_contexts import client_context
 
-MAX_RESPONSE_BYTES = 1 << 20  # a collector's answer is read (for its status) and discarded up to this much
+# a collector's answer is read (for its status) and discarded up to this much; past it, a 2xx answer is delivered
+# and its connection closed, any other is a SendError
+MAX_RESPONSE_BYTES = 1 << 20
 POOL_SIZE = 30  # idle connections a sender keeps: ngx_lua's lua_socket_pool_size, which Kong's senders' pools have
 C = TypeVar("C")
 
@@ -221,6 +225,9 @@ class HttpSender:
                         codec.receive_data(bytes(chunk))
                         size += len(chunk)
                         if size > MAX_RESPONSE_BYTES:
+                            if 200 <= status < 300:  # delivered; the rest of the body is left unread
+                                await close_quietly(stream)
+                                return status
                             raise SendError(f"{ep}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
                     elif type(event) is Response:
                         status = event.status

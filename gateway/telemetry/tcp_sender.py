@@ -26,6 +26,7 @@ class TcpSender:
 
     def __init__(self, host: str, port: int, *, tls: bool = False, sni: str | None = None, timeout: float = 10.0,
                  keepalive: float = 60.0) -> None:
+        host = host[1:-1] if host.startswith("[") else host  # Kong's host takes "[ipv6]"; the socket, the address
         self.host, self.port, self.tls, self.sni = host, port, tls, sni
         self.timeout = timeout
         self.keepalive = keepalive

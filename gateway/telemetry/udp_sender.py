@@ -29,6 +29,7 @@ class UdpSender:
     """Sends datagrams to host:port; concurrent sends each use a socket of their own."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 10.0) -> None:
+        host = host[1:-1] if host.startswith("[") else host  # Kong's host takes "[ipv6]"; the socket, the address
         self.host, self.port = host, port
         self.timeout = timeout
         self.where = f"udp://{f'[{host}]' if ':' in host else host}:{port}"
@@ -84,7 +85,7 @@ class UdpSender:
         self._refused_logged, self._refused = now, 0
 
     async def _connect(self) -> trio.socket.SocketType:
-        host, port = self.host.strip("[]"), self.port
+        host, port = self.host, self.port
         if not is_ip(host):
             try:
                 host, port = await resolve(host, port)

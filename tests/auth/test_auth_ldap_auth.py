@@ -638,7 +638,7 @@ def test_timeout_and_keepalive_mean_what_ngx_makes_of_them(timeout, keepalive, e
      "'ldaps' and 'start_tls' cannot be enabled simultaneously"),
     (f"{{{REQUIRED}, ldap_port: 65536}}", "plugins[0].config.ldap_port: expected"),
     ("{ldap_host: 'not a host', base_dn: b, attribute: uid}",
-     "plugins[0].config.ldap_host: expected a host name or an IP"),
+     "plugins[0].config.ldap_host: invalid value: not a host"),
     (f"{{{REQUIRED}, cache_ttl: -1}}", "plugins[0].config.cache_ttl: expected"),
     (f"{{{REQUIRED}, timeout: -1}}", "plugins[0].config.timeout: expected"),
     (f"{{{REQUIRED}, header_type: 'ldap('}}", "plugins[0].config.header_type: Kong reads it as a regular expression"),

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import trio
 import trio.testing
 
-from gateway.http.net import Conn
+from gateway.http.net import Conn, open_tcp_stream
 from gateway.http.timers import ConnTimer, Phase
 
 
@@ -100,3 +100,14 @@ async def test_a_long_write_re_arms_send_timeout_each_time_the_peer_reads_some(c
     assert len(deadlines) >= 3
     assert deadlines == sorted(deadlines)
     assert timer.at == math.inf and timer.phase is Phase.BUSY
+
+
+async def test_open_tcp_stream_connects_to_a_bracketed_ipv6_literal():
+    """Kong's typedefs.host takes `[::1]`, so a log sender or probe may be given it: the brackets are URL syntax,
+    not part of the address trio connects to."""
+    listener = (await trio.open_tcp_listeners(0, host="::1"))[0]
+    port = listener.socket.getsockname()[1]
+    async with listener:
+        stream = await open_tcp_stream("[::1]", port)
+        async with stream:
+            assert stream.socket.getpeername()[:2] == ("::1", port)

@@ -379,13 +379,17 @@ async def test_a_fresh_connection_closed_without_an_answer_raises_send_error(col
 CHUNK = b"10000\r\n" + b"x" * 0x10000 + b"\r\n"  # 64 KiB
 
 
-@pytest.mark.parametrize("answer", [
-    b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1) + b"x" * (MAX_RESPONSE_BYTES + 1),
-    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + CHUNK * 17 + b"0\r\n\r\n",
-], ids=["content-length", "chunked"])
-async def test_an_answer_larger_than_max_response_bytes_raises_send_error(
-        collector: Collector, answer: bytes) -> None:
-    collector.answers = [Answer(answer)]
+OVERSIZED = [  # an answer's head after its status line, and a body over MAX_RESPONSE_BYTES
+    b"Content-Length: %d\r\n\r\n" % (MAX_RESPONSE_BYTES + 1) + b"x" * (MAX_RESPONSE_BYTES + 1),
+    b"Transfer-Encoding: chunked\r\n\r\n" + CHUNK * 17 + b"0\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("rest", OVERSIZED, ids=["content-length", "chunked"])
+async def test_a_non_2xx_answer_larger_than_max_response_bytes_raises_send_error(
+        collector: Collector, rest: bytes) -> None:
+    """The size guard: an answer is never read past MAX_RESPONSE_BYTES; one that is not a 2xx is a failure."""
+    collector.answers = [Answer(b"HTTP/1.1 500 Internal Server Error\r\n" + rest)]
     http = sender(collector)
 
     with pytest.raises(SendError) as raised:
@@ -393,6 +397,21 @@ async def test_an_answer_larger_than_max_response_bytes_raises_send_error(
 
     assert str(raised.value) == (f"http://127.0.0.1:{collector.port}/log: "
                                  f"the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+
+
+@pytest.mark.parametrize("rest", OVERSIZED, ids=["content-length", "chunked"])
+async def test_a_2xx_answer_larger_than_max_response_bytes_is_delivered_on_a_closed_connection(
+        collector: Collector, rest: bytes) -> None:
+    """Kong's http-log counts any status below 300 as delivered (kong/plugins/http-log/handler.lua), so the batch
+    is not sent again; the body is left unread past MAX_RESPONSE_BYTES and the connection, mid-answer, is closed:
+    the next send opens another."""
+    collector.answers = [Answer(b"HTTP/1.1 200 OK\r\n" + rest)]
+    http = sender(collector)
+
+    assert await http.send(b"first", JSON) == 200
+    assert await http.send(b"second", JSON) == 200
+
+    assert [len(requests) for requests in collector.connections] == [1, 1]
 
 
 @pytest.mark.parametrize("answer", [

@@ -119,7 +119,7 @@ async def test_no_tags_leave_the_structured_data_as_kong_writes_it(nursery, gate
     ({"key": ""}, "Expected `str` of length >= 1"),
     ({"key": "k", "log_level": "warn"}, "Invalid enum value 'warn'"),
     ({"key": "k", "tags": ['a"b']}, "tags: expected text without quotes"),
-    ({"key": "k", "host": "a b"}, 'host: expected a host name or an IP address, got "a b"'),
+    ({"key": "k", "host": "a b"}, 'host: invalid value: a b'),
     ({"key": "k", "custom_fields_by_lua": {"a": "return 1"}}, "custom_fields_by_lua: the gateway runs no Lua"),
 ])
 def test_config_errors_name_the_field(config: dict, message: str):

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from gateway.config.errors import show
-from gateway.policies.tcp_log.schema import Port, is_host
+from gateway.policies.tcp_log.schema import Port, check_host
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 
 StatName = Literal["kong_latency", "latency", "request_count", "request_size", "response_size", "upstream_latency"]
@@ -65,8 +65,7 @@ class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
             self.host = os.environ.get("KONG_DATADOG_AGENT_HOST")
             if not self.host:
                 raise ValueError("host: null takes the agent's host from KONG_DATADOG_AGENT_HOST, which is not set")
-        if not is_host(self.host):
-            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        check_host("host", self.host)
         if self.port is None:
             text = os.environ.get("KONG_DATADOG_AGENT_PORT", "")
             if not text.isdigit() or not 0 < int(text) < 65536:

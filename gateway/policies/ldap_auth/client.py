@@ -68,6 +68,7 @@ class Server:
 
     def __init__(self, host: str, port: int, *, ldaps: bool, start_tls: bool, verify: bool, timeout: float,
                  keepalive: float) -> None:
+        host = host[1:-1] if host.startswith("[") else host  # Kong's ldap_host takes "[ipv6]"; the socket, the address
         self.host, self.port = host, port
         self.ldaps, self.start_tls, self.verify = ldaps, start_tls, verify
         self.timeout = timeout  # seconds, for each step

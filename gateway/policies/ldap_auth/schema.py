@@ -12,7 +12,7 @@ import msgspec
 
 from gateway.config.consumers import HeaderText
 from gateway.config.errors import inline, show
-from gateway.policies.tcp_log.schema import is_host
+from gateway.policies.tcp_log.schema import check_host
 
 Text = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's strings are at least one character
 AnyPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # Kong's typedefs.port
@@ -37,8 +37,7 @@ class LdapAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
     realm: HeaderText | None = None  # WWW-Authenticate: `<scheme> realm="<realm>"`, or the scheme alone
 
     def __post_init__(self) -> None:
-        if not is_host(self.ldap_host):
-            raise ValueError(f"ldap_host: expected a host name or an IP address, got {show(self.ldap_host)}")
+        check_host("ldap_host", self.ldap_host)
         if self.ldaps and self.start_tls:
             raise ValueError("ldaps and start_tls: 'ldaps' and 'start_tls' cannot be enabled simultaneously")
         try:

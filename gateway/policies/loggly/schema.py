@@ -6,7 +6,7 @@ import msgspec
 
 from gateway.config.errors import show
 from gateway.policies.syslog.schema import Severity
-from gateway.policies.tcp_log.schema import Port, is_host
+from gateway.policies.tcp_log.schema import Port, check_host
 
 
 class LogglyConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -22,8 +22,7 @@ class LogglyConfig(msgspec.Struct, forbid_unknown_fields=True):
     custom_fields_by_lua: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if not is_host(self.host):
-            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        check_host("host", self.host)
         for tag in self.tags:
             if not tag or any(c in tag for c in '"\\]\n'):  # RFC 5424 PARAM-VALUE: these would end it early
                 raise ValueError(f"tags: expected text without quotes, backslashes, ']' or line breaks, got "

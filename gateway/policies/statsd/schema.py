@@ -7,8 +7,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from gateway.config.errors import inline, show
-from gateway.policies.tcp_log.schema import Port, is_host
+from gateway.config.errors import inline
+from gateway.policies.tcp_log.schema import Port, check_host
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 
 MetricName = Literal["kong_latency", "latency", "request_count", "request_per_user", "request_size", "response_size",
@@ -78,8 +78,7 @@ class StatsdConfig(msgspec.Struct, forbid_unknown_fields=True):
     flush_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
-        if not is_host(self.host):
-            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        check_host("host", self.host)
         for i, codes in enumerate(self.allow_status_codes or ()):
             if not _RANGE.fullmatch(codes):
                 raise ValueError(f"allow_status_codes[{i}]: invalid value: {inline(codes)} (expected a range such as "

@@ -7,10 +7,11 @@ from typing import Annotated
 import msgspec
 
 from gateway.config.errors import show
+from gateway.config.typedefs import kong_host_problem
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Milliseconds = Annotated[float, msgspec.Meta(ge=0, le=2**31 - 2)]
-# Kong's typedefs.host: a host name (letters, digits, "-", "_", dots) or an IP address
+# tls_sni: a host name (letters, digits, "-", "_", dots) or an IP address
 _NAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9_])?")
 
 
@@ -26,8 +27,7 @@ class TcpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
     custom_fields_by_lua: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if not is_host(self.host):
-            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        check_host("host", self.host)
         if self.tls_sni is not None and not is_host(self.tls_sni):
             raise ValueError(f"tls_sni: expected a host name or an IP address, got {show(self.tls_sni)}")
         if self.custom_fields_by_lua:
@@ -43,4 +43,12 @@ def _is_ip(text: str) -> bool:
 
 
 def is_host(text: str) -> bool:
+    """A host name or an IP address (tls_sni's check)."""
     return _NAME.fullmatch(text) is not None or _is_ip(text)
+
+
+def check_host(field: str, host: str) -> None:
+    """Kong's typedefs.host for a plugin's host field (a name or an IP, "[ipv6]" too, no port): ValueError naming the
+    field, in Kong's words."""
+    if problem := kong_host_problem(host):
+        raise ValueError(f"{field}: {problem}")

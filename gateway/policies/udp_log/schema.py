@@ -4,8 +4,7 @@ from typing import Annotated
 
 import msgspec
 
-from gateway.config.errors import show
-from gateway.policies.tcp_log.schema import Port, is_host
+from gateway.policies.tcp_log.schema import Port, check_host
 
 
 class UdpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -15,7 +14,6 @@ class UdpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
     custom_fields_by_lua: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
-        if not is_host(self.host):
-            raise ValueError(f"host: expected a host name or an IP address, got {show(self.host)}")
+        check_host("host", self.host)
         if self.custom_fields_by_lua:
             raise ValueError("custom_fields_by_lua: the gateway runs no Lua; remove it")
