@@ -161,8 +161,9 @@ KONG_CONF: dict[str, str] = {
                                                                                             "`max_header_bytes` and "
                                                                                             "`max_header_line_bytes`"),
     "nginx_http_large_client_header_buffers": _ours("max_header_bytes` and `max_header_line_bytes",
-                                                    "nginx's `4 8k` is `max_header_bytes: 32768` (the whole head) "
-                                                    "with `max_header_line_bytes: 8192` (one line), the defaults"),
+                                                    "nginx's `4 8k` is `max_header_bytes: 32768` (the 4 buffers' "
+                                                    "total) with `max_header_line_bytes: 8192` (one buffer), the "
+                                                    "defaults"),
     "nginx_http_client_max_body_size": _not("nginx's limit on request bodies", f"{_NGINX}; a limit is the "
                                                                               "request-size-limiting plugin here "
                                                                               "(a global one: no service or route)"),

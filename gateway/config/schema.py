@@ -65,9 +65,9 @@ class GatewaySettings(Base):
     keepalive_time_s: Seconds = 3600.0
     client_body_timeout_s: Seconds = 60.0  # between two reads of a request body, else 408 (nginx client_body_timeout)
     send_timeout_s: Seconds = 60.0  # a client that reads nothing of its response for this long is cut (nginx)
-    # nginx's large_client_header_buffers (Kong's: 4 8k): a request head longer than max_header_bytes, or with a
-    # header line longer than max_header_line_bytes, gets 400 "Request header or cookie too large"; a request line
-    # longer than max_header_line_bytes gets 414
+    # nginx's large_client_header_buffers (Kong's: 4 8k) as max_header_bytes / max_header_line_bytes buffers of
+    # max_header_line_bytes after the 1k first one (gateway.http.codec.check_head_lines): a head they cannot hold, or
+    # a header line longer than one, gets 400 "Request header or cookie too large"; a longer request line 414
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 32768
     max_header_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 8192
     # per worker; beyond it new connections get a fast 503. Not set: derived from the descriptors the worker may open

@@ -15,6 +15,7 @@ alive (the h11 codec closes after the answer). tests/http/test_codec_conformance
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Protocol, final
 
 from gateway.memo import Derived
@@ -23,8 +24,11 @@ Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
 # How a request's headers frame its body, when the caller knows already (ClientCodec.request_head's `framing`).
 NO_BODY, LENGTH, CHUNKED = 0, 1, 2
 # nginx's large_client_header_buffers is 4 buffers of 8k (Kong's default): a request line or header line must fit
-# one (the server codecs' max_line_bytes), the whole head all four (max_header_bytes, 32768).
+# one (the server codecs' max_line_bytes), and they are max_header_bytes (32768) together (see check_head_lines).
 MAX_LINE_BYTES = 8192
+# nginx's client_header_buffer_size (Kong's: 1k): the buffer a request head is read into first. A head that ends in
+# it is within every limit, so the codecs size only a longer one.
+FIRST_BUFFER_BYTES = 1024
 
 
 class Request:
@@ -176,33 +180,184 @@ def answered_status(status: int) -> int:
     return 400 if status == HEAD_TOO_LARGE else status
 
 
-def check_head_size(start: int, headers: Headers, max_head: int, max_line: int) -> None:
-    """nginx's limits on a request head whose request line is `start` bytes: that line (414), each header line
-    (494) and the whole head (494). Codecs call it only when the head may be longer than `max_line`."""
-    if start > max_line:
+def head_buffers(max_head: int, max_line: int) -> tuple[int, int, int]:
+    """(size, count, bound) of the large header buffers a server codec's limits stand for: buffers of `max_line`
+    bytes, as many as `max_head` holds (one at least), and the most bytes a head can take with the first one."""
+    count = max(1, max_head // max_line)
+    return max_line, count, FIRST_BUFFER_BYTES + count * max_line
+
+
+def head_line_lengths(head: bytes | bytearray) -> list[int]:
+    """The length of each line of a whole request head as sent (from its request line to its blank line), its line
+    end included."""
+    return [n + 1 for n in map(len, head.split(b"\n"))][:-1]
+
+
+def estimated_line_lengths(method: bytes, target: bytes, headers: Headers) -> list[int]:
+    """The lengths of the lines of a head known only as parsed: `method target HTTP/1.1`, `name: value`."""
+    return [len(method) + len(target) + 12, *[len(name) + len(value) + 4 for name, value in headers], 2]
+
+
+def check_head_lines(lengths: Iterable[int], size: int, count: int) -> None:
+    """nginx's buffers for a request head whose lines are `lengths` bytes each, as sent (the request line first, the
+    blank line last): the head is read into a FIRST_BUFFER_BYTES buffer, and a line that does not end in the buffer
+    it began in is moved whole into the next of `count` buffers of `size` bytes (ngx_http_alloc_large_header_buffer),
+    so the room after the last line in a buffer is lost. A line longer than `size` is 414 (the request line: "client
+    sent too long URI") or 494, as is a head that needs more than `count` buffers."""
+    cap = FIRST_BUFFER_BYTES
+    pos = 0
+    first = True
+    for length in lengths:
+        if pos + length > cap:
+            if length > size:
+                if first:
+                    raise ProtocolError("request line too long", 414)
+                raise ProtocolError("request header line too long", HEAD_TOO_LARGE)
+            if not count:
+                raise ProtocolError("request head too large", HEAD_TOO_LARGE)
+            count -= 1
+            cap = size
+            pos = 0
+        pos += length
+        first = False
+
+
+class HeadBuffers:
+    """check_head_lines over a request head that has not ended, as its bytes arrive (from its request line on):
+    refused as soon as nginx would refuse it, the line not ended yet counted as far as it came (nginx moves or
+    refuses it once it fills the buffer it is in). Each byte is looked at once; a codec makes one only for a head
+    longer than FIRST_BUFFER_BYTES that spans reads."""
+
+    __slots__ = ("head", "fed", "_size", "_left", "_cap", "_pos", "_tail", "_first")
+
+    def __init__(self, head: object, size: int, count: int) -> None:
+        self.head = head  # what the codec keeps of this head: which head this one is for
+        self.fed = 0  # bytes fed
+        self._size = size
+        self._left = count
+        self._cap = FIRST_BUFFER_BYTES
+        self._pos = 0
+        self._tail = 0  # the bytes of the line not ended yet
+        self._first = True
+
+    def feed(self, data: bytes | bytearray) -> None:
+        """The next bytes of the head (none of them ending it)."""
+        self.fed += len(data)
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            self._place(self._tail + end + 1 - start)
+            self._tail = 0
+            start = end + 1
+        self._tail += len(data) - start
+        # the line not ended is refused once it fills its buffer: as a line one byte longer, it would not fit
+        if self._pos + self._tail + 1 > self._cap and (self._tail + 1 > self._size or not self._left):
+            self._place(self._tail + 1)
+
+    def _place(self, length: int) -> None:
+        if self._pos + length > self._cap:
+            if length > self._size:
+                if self._first:
+                    raise ProtocolError("request line too long", 414)
+                raise ProtocolError("request header line too long", HEAD_TOO_LARGE)
+            if not self._left:
+                raise ProtocolError("request head too large", HEAD_TOO_LARGE)
+            self._left -= 1
+            self._cap = self._size
+            self._pos = 0
+        self._pos += length
+        self._first = False
+
+
+def check_head_buffers(lengths: list[int], version: bytes, size: int, count: int) -> None:
+    """A head longer than FIRST_BUFFER_BYTES, in nginx's order: its request line's size (414), its version (505,
+    see nginx_version) and then its header lines' buffers (494), as nginx reads them one after the other."""
+    if lengths[0] > max(FIRST_BUFFER_BYTES, size):  # (else it fits the first buffer or a large one)
         raise ProtocolError("request line too long", 414)
-    total = start + 4
-    for name, value in headers:
-        size = len(name) + len(value) + 4
-        if size > max_line:
-            raise ProtocolError("request header line too long", HEAD_TOO_LARGE)
-        total += size
-    if total > max_head:
-        raise ProtocolError("request head too large", HEAD_TOO_LARGE)
+    if version != b"1.1" and version != b"1.0":
+        nginx_version(version)
+    check_head_lines(lengths, size, count)
+
+
+def nginx_version(version: bytes) -> bytes:
+    """The version nginx serves a request line's `HTTP/<version>` as (ngx_http_parse_request_line): 1.0, or 1.1 for
+    1.1 and any later 1.x (RFC 9112 2.3: as the highest minor version known; nginx reads up to three digits of
+    it, leading zeros aside). A major version above 1 is 505, as soon as its digit is read ("client sent invalid
+    version"); anything else is 400."""
+    first = version[:1]
+    if first and (first in b"23456789" or first == b"1" and version[1:2].isdigit()):
+        raise ProtocolError("client sent invalid version", 505)
+    major, dot, minor = version.partition(b".")
+    if major != b"1" or not dot or not minor.isdigit():
+        raise ProtocolError("unsupported HTTP version")
+    value = 0
+    for digit in minor:
+        if value > 99:
+            raise ProtocolError("unsupported HTTP version")
+        value = value * 10 + digit - 48
+    return b"1.1" if value else b"1.0"
 
 
 _HIGH = re.compile(rb"[\x80-\xff]")
+_NOT_TOKEN = re.compile(rb"[^!#$%&'*+.^_`|~0-9A-Za-z-]")  # a byte no token (RFC 9110 5.6.2) holds
+_NOT_IN_NAME = re.compile(rb"[\x00-\x20\x7f]")  # what ends nginx's reading of a name: a 400
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_METHOD = re.compile(rb"[A-Z_-]+")  # ngx_http_parse_request_line's method characters
 
 
-def escape_request_line(data: bytes) -> bytes | None:
-    """`data` with the bytes 0x80-0xFF of its first line %-escaped, or None when there are none. nginx takes such
-    bytes in a request target (a client that sends `/café` unescaped); both parsers refuse them, so a server codec
-    parses the line again escaped, which the router decodes as it decodes `/caf%C3%A9`."""
+def check_start(line: bytes | bytearray, max_line: int) -> None:
+    """A request line (as far as it came, without its LF) whose version nginx does not speak is 505 as soon as its
+    major version's digit is read (ngx_http_parse_request_line), before anything after it is read; or 414 when
+    nginx refused the line for its length before it got there (see check_head_lines)."""
+    method, _, rest = line.partition(b" ")
+    target, space, token = rest.rpartition(b" ")
+    major = token[5:6]
+    if space and token[:5] == b"HTTP/" and major and (major in b"23456789" or major == b"1" and token[6:7].isdigit()) \
+            and _METHOD.fullmatch(method) is not None and _CONTROL.search(target) is None:  # (nginx reads those first)
+        if len(line) + 1 > max(FIRST_BUFFER_BYTES, max_line):
+            raise ProtocolError("request line too long", 414)
+        raise ProtocolError("client sent invalid version", 505)
+
+
+def mend_request_head(data: bytes, max_line: int) -> bytes | None:
+    """`data` (a request head from its request line on, whole or not, and what follows it) as both parsers can take
+    what nginx takes in it, or None when nothing needed mending; for a head one of them refused. In its request line,
+    bytes 0x80-0xFF %-escaped (nginx takes them in a target: a client that sends `/café` unescaped; the router
+    decodes it as `/caf%C3%A9`) and a version nginx takes written as the one it serves (`HTTP/1.2` as `HTTP/1.1`:
+    see nginx_version; check_start's 505 is raised); in a header name nginx calls invalid and reads on (a byte
+    outside tokens, 0x80-0xFF among them: ngx_http_parse_header_line's invalid_header), those bytes replaced by
+    `.`, which check_request_head drops as nginx drops the line (ignore_invalid_headers). Line lengths are kept but
+    for the request line's."""
     end = data.find(b"\n")
     line = data if end < 0 else data[:end]
-    if line.isascii():
+    check_start(line, max_line)
+    core = line[:-1] if line[-1:] == b"\r" else line
+    mended = core
+    method, _, rest = core.partition(b" ")
+    target, space, token = rest.rpartition(b" ")
+    version = token[5:]
+    if space and token[:5] == b"HTTP/" and version and version != b"1.1" and version != b"1.0" and \
+            _METHOD.fullmatch(method) is not None and _CONTROL.search(target) is None:  # (nginx reads those first)
+        try:
+            mended = core[:len(core) - len(version)] + nginx_version(version)
+        except ProtocolError:
+            pass
+    if not mended.isascii():
+        mended = _HIGH.sub(lambda m: b"%%%02X" % m[0][0], mended)
+    if end < 0:
+        return None if mended == core else mended + line[len(core):]
+    stop = data.find(b"\n\r\n", end)
+    fields = data[end + 1:] if stop < 0 else data[end + 1:stop + 1]
+    lines = fields.split(b"\n")
+    changed = False
+    for n, field in enumerate(lines):
+        name, colon, value = field.partition(b":")
+        if _NOT_TOKEN.search(name) is not None and _NOT_IN_NAME.search(name) is None and name:
+            lines[n] = _NOT_TOKEN.sub(b".", name) + colon + value
+            changed = True
+    if mended == core and not changed:
         return None
-    return _HIGH.sub(lambda m: b"%%%02X" % m[0][0], line) + data[len(line):]
+    rest = data[end + 1 + len(fields):]
+    return mended + line[len(core):] + b"\n" + b"\n".join(lines) + rest
 
 
 def version_missing(method: bytes, target: bytes) -> ProtocolError:
@@ -220,8 +375,8 @@ def version_missing(method: bytes, target: bytes) -> ProtocolError:
 
 
 def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
-    """A request head went past its limit before it ended: 414 while its request line is longer than `max_line`
-    (it did not end, or ended too long), else 494."""
+    """A request head went past its limit before it ended: 414 while its request line, `start_so_far` bytes as sent
+    (its CRLF included once it ended), is longer than `max_line` (it did not end, or ended too long), else 494."""
     if start_so_far > max_line:
         return ProtocolError("request line too long", 414)
     return ProtocolError("request head too large", HEAD_TOO_LARGE)
@@ -259,6 +414,20 @@ def nginx_host(host: bytes) -> bytes:
 _UNIQUE = frozenset({b"authorization", b"expect", b"if-modified-since", b"if-unmodified-since", b"if-match",
                      b"if-none-match", b"content-range", b"if-range"})
 _CHECKED = frozenset({b"content-length", b"transfer-encoding", b"host"}) | _UNIQUE
+# A header name nginx calls invalid (ngx_http_parse_header_line's invalid_header: a byte other than a letter, a
+# digit, `-` and, with Kong's `underscores_in_headers on`, `_`): with nginx's `ignore_invalid_headers on` its line
+# is logged and dropped, never a 400 and never sent on. (A name holding a byte that is no token's, which the parsers
+# refuse, reaches check_request_head mended by mend_request_head.)
+_INVALID = 2
+_NGINX_NAME = re.compile(rb"[a-z0-9_-]*")
+
+
+def _name_kind(name: bytes) -> int:
+    return 1 if name in _CHECKED else 0 if _NGINX_NAME.fullmatch(name) is not None else _INVALID
+
+
+# each header name's kind: 0 for most, 1 for those check_request_head reads, _INVALID. Indexed: no call on a hit
+_NAME_KINDS: Derived[bytes, int] = Derived(_name_kind, 4096)
 
 
 _NOT_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
@@ -283,7 +452,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
     form, the host (Host, or the authority of an absolute-form target, which replaces the Host header, RFC 9112
     3.2.2) and whether the client expects 100-continue."""
     if http_version != b"1.1" and http_version != b"1.0":
-        raise ProtocolError("unsupported HTTP version")  # llhttp's parser rejects most of these with 400 itself
+        raise ProtocolError("unsupported HTTP version")  # (the codecs read it with nginx_version)
     if method == b"CONNECT":
         raise ProtocolError("CONNECT is not allowed: the gateway is not a tunnel", 405)  # nginx >= 1.21.1
     if method == b"TRACE":
@@ -294,7 +463,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
     expect = False
     unique: set[bytes] | None = None
     for name, value in headers:
-        if name in _CHECKED:  # one set lookup for the many headers that are none of these
+        if _NAME_KINDS[name]:  # one dict lookup for the many headers that are none of these
             if name == b"content-length":
                 content_lengths += 1
                 if not value.isdigit() or (len(value) > 18 and not length_in_range(value)):
@@ -307,6 +476,9 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
                 if host is not None:
                     raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
                 host = value
+            elif name not in _UNIQUE:  # a name nginx calls invalid: its line is dropped, as by nginx
+                headers[:] = [field for field in headers if _NAME_KINDS[field[0]] is not _INVALID]
+                return check_request_head(method, target, headers, http_version)
             else:
                 if unique is None:
                     unique = {name}

@@ -21,19 +21,25 @@ from gateway.http.chunked import ChunkedFraming
 from gateway.http.codec import (
     CLOSED,
     END,
+    FIRST_BUFFER_BYTES,
     HEAD_TOO_LARGE,
     MAX_LINE_BYTES,
     NEED_DATA,
     Event,
+    HeadBuffers,
     Headers,
     ProtocolError,
     Request,
     Response,
     Transport,
-    check_head_size,
+    check_head_buffers,
     check_reason,
     check_request_head,
-    escape_request_line,
+    check_start,
+    head_buffers,
+    head_line_lengths,
+    mend_request_head,
+    nginx_version,
     overflow_error,
     version_missing,
 )
@@ -41,6 +47,7 @@ from gateway.http.codec_llhttp import REASONS, _close_delimited, _has_token, _wa
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")  # no field-vchar (RFC 9110 5.5); llhttp refuses them, h11 not
+_TARGET_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 
 def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | None:
@@ -171,11 +178,13 @@ class _H11Codec:
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method", "_no_body", "open_ended", "_max_line")
+    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check")
 
     def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
-        super().__init__(h11.SERVER, max_header_bytes)
-        self._max_line = min(max_line_bytes, max_header_bytes)
+        # nginx's large header buffers (check_head_lines); h11 waits for a head (or trailers) as long as they hold
+        self._max_line, self._buffers, bound = head_buffers(max_header_bytes, min(max_line_bytes, max_header_bytes))
+        super().__init__(h11.SERVER, bound)
+        self._head_check: HeadBuffers | None = None  # nginx's buffers over a long head that has not ended
         self._method = b"GET"
         self._no_body = False
         self.open_ended = False
@@ -202,6 +211,7 @@ class H11Server(_H11Codec):
         if probe is None:
             return None
         try:
+            self._check_start(probe)  # (before what the line ends mean: nginx answers at the version's digit)
             head = _split_head(probe, 400)
             if head is None:
                 return None
@@ -210,16 +220,22 @@ class H11Server(_H11Codec):
             version = start.rpartition(b" ")[2]
             if not version.startswith(b"HTTP/"):
                 return None
-            if size > self._max_line:  # (else no line can be too long)
-                check_head_size(len(start), headers, self._max, self._max_line)
             method, _, rest = start.partition(b" ")
             if _NGINX_METHOD.fullmatch(method) is None:  # (h11 takes any token: `get` would match no GET route)
                 raise ProtocolError("invalid method: nginx takes A-Z, _ and - only")
-            checked = check_request_head(method, rest.rpartition(b" ")[0], headers, version[5:])
+            target = rest.rpartition(b" ")[0]
+            if _TARGET_CONTROL.search(target) is not None:  # (h11 refused it: nginx, before the version)
+                raise ProtocolError("invalid request target")
+            version = version[5:]
+            if size > FIRST_BUFFER_BYTES:  # (else it fits nginx's first buffer)
+                check_head_buffers(head_line_lengths(probe[:size]), version, self._max_line, self._buffers)
+            if version != b"1.1" and version != b"1.0":
+                version = nginx_version(version)  # (h11 takes 1.2 to 9.9)
+            checked = check_request_head(method, target, headers, version)
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
             raise
-        return size, checked, headers, version[5:]
+        return size, checked, headers, version
 
     def _next_event(self) -> Event:
         conn = self._conn
@@ -232,9 +248,15 @@ class H11Server(_H11Codec):
             ev = conn.next_event()
         except h11.RemoteProtocolError as e:
             head = self._probe
-            if head is not None and (escaped := escape_request_line(bytes(head))) is not None:
-                self._skip_empty_lines(bytearray(escaped))  # nginx's raw 0x80-0xFF bytes: parsed again, escaped
-                return self._next_event()
+            if head is not None:
+                try:
+                    mended = mend_request_head(bytes(head), self._max_line)
+                except ProtocolError as refused:  # a version nginx does not speak: 505
+                    refused.method, refused.target = _request_line_of(head)
+                    raise refused from None
+                if mended is not None:
+                    self._skip_empty_lines(bytearray(mended))  # what nginx takes and h11 refuses: parsed again
+                    return self._next_event()
             if head is not None and all(_request_line_of(head)):  # (a broken request line is a 400 first, as
                 self._raw_request()  # in nginx) the shared rules decide the status of a complete head h11 rejected
             if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time
@@ -252,7 +274,7 @@ class H11Server(_H11Codec):
             headers = raw[2]
             if any(name == b"transfer-encoding" for name, _ in headers):  # chunked (check_request_head)
                 self._check_chunks(400)
-            version = bytes(ev.http_version)
+            version = raw[3]
             self._method = bytes(ev.method)
             target, host, expect = raw[1]
             return Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host, expect)
@@ -262,12 +284,35 @@ class H11Server(_H11Codec):
             return CLOSED
         if ev is h11.NEED_DATA:
             self._framing_fault()
-            if self._probe is not None:
-                self._check_request_line(self._probe)
+            if (waiting := self._probe) is not None:
+                self._check_request_line(waiting)
+                self._check_start(waiting)
+                if len(waiting) > FIRST_BUFFER_BYTES:
+                    self._check_buffers(waiting)
             return NEED_DATA
         if ev is h11.PAUSED:
             return NEED_DATA
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
+
+    def _check_start(self, probe: bytearray) -> None:
+        """check_start on the request line as far as it came."""
+        end = probe.find(b"\n")
+        try:
+            check_start(probe if end < 0 else probe[:end], self._max_line)
+        except ProtocolError as e:
+            e.method, e.target = _request_line_of(probe)
+            raise
+
+    def _check_buffers(self, probe: bytearray) -> None:
+        """A head longer than nginx's first buffer that has not ended: refused once nginx would refuse it."""
+        check = self._head_check
+        if check is None or check.head is not probe:
+            check = self._head_check = HeadBuffers(probe, self._max_line, self._buffers)
+        try:
+            check.feed(probe[check.fed:])
+        except ProtocolError as e:
+            e.method, e.target = _request_line_of(probe)
+            raise
 
     @staticmethod
     def _check_request_line(probe: bytearray) -> None:
@@ -331,11 +376,11 @@ def _request_line_of(raw: bytearray) -> tuple[bytes, bytes]:
 
 
 def _line_so_far(raw: bytearray | None) -> int:
-    """The length of the request line in `raw` (all of it when the line has not ended)."""
+    """The length of the request line in `raw` as sent, its CRLF included (all of it when the line has not ended)."""
     if raw is None:
         return 0
     end = raw.find(b"\r\n")
-    return end if end >= 0 else len(raw)
+    return end + 2 if end >= 0 else len(raw)
 
 
 def _split_line(line: bytes) -> tuple[bytes, bytes]:

@@ -15,21 +15,28 @@ from gateway.http.codec import (
     CHUNKED,
     CLOSED,
     END,
+    FIRST_BUFFER_BYTES,
     HEAD_TOO_LARGE,
     LENGTH,
     MAX_LINE_BYTES,
     NEED_DATA,
     NO_BODY,
     Event,
+    HeadBuffers,
     Headers,
     ProtocolError,
     Request,
     Response,
     Transport,
-    check_head_size,
+    check_head_buffers,
     check_reason,
     check_request_head,
-    escape_request_line,
+    check_start,
+    estimated_line_lengths,
+    head_buffers,
+    head_line_lengths,
+    mend_request_head,
+    nginx_version,
     overflow_error,
     version_missing,
 )
@@ -227,7 +234,7 @@ class _Parsing(_BodyFramer):
     def _feed(self, data: bytes) -> None:
         self._feeding = len(data)
         self._at_start = True
-        # What follows a refusal may feed the parser again (_upgraded, _reparse_escaped): out of the except blocks,
+        # What follows a refusal may feed the parser again (_upgraded, _reparse_mended): out of the except blocks,
         # where Python would make the exception being handled the __context__ of any raised meanwhile, hiding what a
         # callback raised (httptools' HttpParserCallbackError carries it there).
         error: httptools.HttpParserError | None = None
@@ -241,7 +248,7 @@ class _Parsing(_BodyFramer):
             if self._in_head:  # the head goes on in the next chunk: bound it (h11's max_incomplete_event_size)
                 if self._head_fed:
                     self._head_chunks.append(data)
-                else:  # (kept for _reparse_escaped, which needs the whole line; a split head is rare)
+                else:  # (kept for _reparse_mended and the head's size, which need its bytes; a split head is rare)
                     self._head_chunks = [data]
                 self._head_fed += len(data)
                 if self._head_fed > self._max_head:
@@ -252,7 +259,7 @@ class _Parsing(_BodyFramer):
         if error is None:
             self._upgraded(data, upgrade_at)
             return
-        if type(error) is httptools.HttpParserInvalidURLError and self._reparse_escaped(data):
+        if self._in_head and self._reparse_mended(data):
             return
         self._bad_method = isinstance(error, httptools.HttpParserInvalidMethodError)
         cause = error.__context__  # what a callback raised
@@ -260,8 +267,8 @@ class _Parsing(_BodyFramer):
             cause = ProtocolError(f"{self._MALFORMED}: {error}", self._BAD)
         self._fail(cause)
 
-    def _reparse_escaped(self, data: bytes) -> bool:
-        """A request target llhttp refused: parsed again with its raw bytes 0x80-0xFF escaped (server side)."""
+    def _reparse_mended(self, data: bytes) -> bool:
+        """A request head llhttp refused: parsed again as mend_request_head mends it, if it does (server side)."""
         return False
 
     def _head_waits(self, data: bytes) -> None:
@@ -312,17 +319,25 @@ class _Parsing(_BodyFramer):
 
 
 class LlhttpServer(_Parsing):
-    """Server side of a client connection."""
+    """Server side of a client connection.
+
+    A request head is sized as nginx's buffers hold it (check_head_lines) on its bytes as sent, which the codec has
+    for a head that began a read (the chunks it kept for it). httptools tells no offsets, so of a head that began in
+    the read that ended the request before it (pipelined) the codec knows only the parts: it is sized as
+    `method target HTTP/1.1` and `name: value` lines (estimated_line_lengths), and, not yet ended, bounded by its
+    whole size only. (nginx itself sizes such a head where the request before it left its buffers.)"""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_stale_method", "_before", "_prev")
+                 "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
 
     def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
-        super().__init__(httptools.HttpRequestParser(self), max_header_bytes)
-        self._max_line = min(max_line_bytes, max_header_bytes)
+        # nginx's large header buffers (check_head_lines); a head (or trailers) may take as much as they hold
+        self._max_line, self._buffers, bound = head_buffers(max_header_bytes, min(max_line_bytes, max_header_bytes))
+        super().__init__(httptools.HttpRequestParser(self), bound)
+        self._head_check: HeadBuffers | None = None  # nginx's buffers over a long head that has not ended
         self._url = b""
         self._started = False  # a request is being parsed: EOF now is an error, not CLOSED
         self._method = b"GET"
@@ -355,13 +370,14 @@ class LlhttpServer(_Parsing):
         method = parser.get_method()
         url = self._url
         try:
-            if self._head_partial or self._head_fed + self._feeding > self._max_line:  # (else no line can be)
-                check_head_size(len(method) + len(url) + 10, headers, self._max_head, self._max_line)
+            # a head that began a read and ended in its first FIRST_BUFFER_BYTES fits nginx's first buffer
+            if self._head_partial or self._head_fed or self._prev.find(b"\r\n\r\n", 0, FIRST_BUFFER_BYTES) <= 0:
+                self._check_buffers(method, url, headers)
             if parser.get_http_version() == "1.1":
                 version = b"1.1"
                 keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
             else:
-                version = parser.get_http_version().encode()
+                version = nginx_version(parser.get_http_version().encode())  # (llhttp takes 0.9 and 2.0 too)
                 keep = _wants_keep_alive(version, headers)
             url, host, expect = check_request_head(method, url, headers, version)
         except ProtocolError as e:
@@ -370,13 +386,49 @@ class LlhttpServer(_Parsing):
             raise
         self._events.append(Request(method, url, headers, version, keep, host, expect))
 
+    def _check_buffers(self, method: bytes, url: bytes, headers: Headers) -> None:
+        """nginx's buffers for the head just parsed, when it may not fit the first one (check_head_buffers): sized
+        on its bytes when they are known (it began a read: the chunks kept for it and this one), else on its parts
+        (the class's docstring)."""
+        if self._head_partial:
+            lengths = estimated_line_lengths(method, url, headers)
+            if sum(lengths) <= FIRST_BUFFER_BYTES:
+                return
+        else:
+            data = b"".join(self._head_chunks) + self._prev if self._head_fed else self._prev
+            if data[:1] == b"\r" or data[:1] == b"\n":
+                data = data.lstrip(b"\r\n")  # (the empty lines llhttp skips before a request line)
+            size = data.find(b"\r\n\r\n") + 4
+            if size <= FIRST_BUFFER_BYTES:
+                return
+            lengths = head_line_lengths(data[:size])
+        check_head_buffers(lengths, self._parser.get_http_version().encode(), self._max_line, self._buffers)
+
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
 
     def _overflow(self) -> ProtocolError:
-        return overflow_error(len(self._url), self._max_line)
+        url = self._url  # (the request line as sent, if it ended: `method target HTTP/1.1`)
+        return overflow_error(len(self._parser.get_method()) + len(url) + 12 if url else 0, self._max_line)
 
     def _head_waits(self, data: bytes) -> None:
+        if self._parser.get_http_version() == "2.0":  # (llhttp's 2.0 once it read the 2): nginx's 505, at once
+            try:  # (check_start; the request line taken as `method target HTTP/2.0`)
+                check_start(b"%b %b HTTP/2.0" % (self._parser.get_method(), self._url), self._max_line)
+            except ProtocolError as e:
+                self._fail(e)
+                return
+        if self._head_fed > FIRST_BUFFER_BYTES and not self._head_partial:  # (a head pipelined after another in the
+            check = self._head_check  # same read: its whole size only, see the class's docstring)
+            try:
+                if check is None or check.head is not self._head_chunks:
+                    check = self._head_check = HeadBuffers(self._head_chunks, self._max_line, self._buffers)
+                    check.feed(b"".join(self._head_chunks).lstrip(b"\r\n"))
+                else:
+                    check.feed(data)
+            except ProtocolError as e:
+                self._fail(e)
+                return
         # A request line that ended without a version (HTTP/0.9) is a whole request for nginx; llhttp takes it as
         # 0.9 too but reads header lines after it, so it would wait for a blank line that never comes. Before any
         # header line (and once the target began), a chunk that ends with a line end ends the request line: that
@@ -389,24 +441,30 @@ class LlhttpServer(_Parsing):
         if whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1:-1].rstrip(b"\r") == method + b" " + self._url:
             self._fail(version_missing(method, self._url))
 
-    def _reparse_escaped(self, data: bytes) -> bool:
-        # nginx takes raw 0x80-0xFF bytes in a target. The head's bytes: those of a head that began with a chunk;
-        # one that began after other requests is found by parsing again what came since the last chunk that began
-        # between two requests (however the requests before it, and this head, were cut into chunks).
-        if not self._in_head:
-            return False
+    def _reparse_mended(self, data: bytes) -> bool:
+        # nginx takes what llhttp refuses (mend_request_head). The head's bytes: those of a head that began with a
+        # chunk; one that began after other requests is found by parsing again what came since the last chunk that
+        # began between two requests (however the requests before it, and this head, were cut into chunks).
         if not self._head_partial:  # (past the empty lines llhttp skips before a request line)
             head = (b"".join(self._head_chunks) + data if self._head_fed else data).lstrip(b"\r\n")
         elif self._before is not None and (start := _pipelined_head(whole := self._before + data)) is not None:
             head = whole[start:]
         else:
             return False
-        if (escaped := escape_request_line(head)) is None:
+        try:
+            mended = mend_request_head(head, self._max_line)
+        except ProtocolError as e:  # a version nginx does not speak: 505 (receive_data adds the method)
+            self._fail(e)
+            return True
+        if mended is None:
             return False
         self._parser = httptools.HttpRequestParser(self)
         self._head_chunks = []
-        self._before, self._prev = b"", escaped
-        self._feed(escaped)
+        self._before, self._prev = b"", mended
+        self._feed(mended)
+        if self._in_head and not self._head_partial and not self._dead:  # the head goes on: mended again from its
+            self._head_chunks = [head]  # bytes as sent once more of them came (`HTTP/1.1` may go on as `HTTP/1.1000`)
+            self._head_fed = len(head)
         return True
 
     def on_message_complete(self) -> None:

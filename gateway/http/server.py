@@ -797,4 +797,5 @@ async def _answer_error(ex: Exchange, status: int, content_type: bytes, message:
 
 
 _REASONS = {400: b"Bad Request", 405: b"Method Not Allowed", 408: b"Request Timeout", 413: b"Content Too Large",
-            414: b"URI Too Long", 500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway"}
+            414: b"URI Too Long", 500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+            505: b"HTTP Version Not Supported"}

@@ -778,16 +778,27 @@ def test_raw_bytes_above_0x7f_in_a_target_are_taken_escaped_as_nginx_takes_them(
                                           END]
 
 
-@pytest.mark.parametrize("version", [b"1.2", b"2.0", b"0.9", b"3.0"])
-def test_unsupported_http_version_is_400(codec: str, version: bytes) -> None:
+@pytest.mark.parametrize("version", [b"0.9", b"1", b"1.", b"01.1", b"1.1000"])
+def test_a_version_nginx_does_not_read_is_400(codec: str, version: bytes) -> None:
     assert_rejected(codec, b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % version, 400)
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"3.0", b"2", b"10.0"])
+def test_a_major_version_above_1_is_505(codec: str, version: bytes) -> None:
+    assert_rejected(codec, b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % version, 505)
+
+
+@pytest.mark.parametrize("version", [b"1.00"])
+def test_a_version_nginx_reads_as_10_is_served_as_10(codec: str, version: bytes) -> None:
+    assert parse_requests(codec, b"GET / HTTP/%s\r\nHost: a\r\n\r\n" % version) == \
+        [("request", b"GET", b"/", [(b"host", b"a")], b"1.0", False), END]
 
 
 def test_header_without_colon_is_400(codec: str) -> None:
     assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: a\r\nNoColonHere\r\n\r\n", 400)
 
 
-@pytest.mark.parametrize("line", [b"X-Bad\x00: v", b"X(A): v", b"X-A: a\x00b", b": empty-name"])
+@pytest.mark.parametrize("line", [b"X-Bad\x00: v", b"X-A: a\x00b", b": empty-name", b"X(A) : v", b"X\x7f(: v"])
 def test_invalid_header_characters_are_400(codec: str, line: bytes) -> None:
     assert_rejected(codec, b"GET / HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n\r\n", 400)
 

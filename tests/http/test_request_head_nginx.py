@@ -1,0 +1,269 @@
+"""How both server codecs read a request head where nginx (Kong's settings) reads it differently from the RFCs.
+
+Kong's nginx runs with `ignore_invalid_headers on` (nginx's default), `underscores_in_headers on`,
+`client_header_buffer_size 1k` and `large_client_header_buffers 4 8k`. What these tests pin, each checked against a
+real nginx 1.22 so configured, and read from src/http/ngx_http_parse.c and ngx_http_request.c:
+
+- head sizes: a head is read into a 1k buffer, and a line that does not end in the buffer it began in is moved whole
+  into the next of 4 buffers of 8k (ngx_http_alloc_large_header_buffer): the limits are on each line as sent (its CRLF
+  and padding included), a line never straddles two buffers, a request line that needs more than 8192 bytes with its
+  CRLF is 414 and a header line 494 (400 "Request header or cookie too large" through Kong's error handler);
+- versions: a major version above 1 is 505 (nginx's own page: 505 is not one of Kong's error_page statuses), as soon
+  as its digit is read; a later 1.x minor version is served as HTTP/1.1;
+- header names: one holding a byte nginx calls invalid (anything but letters, digits, `-` and `_`) is dropped, never a
+  400 and never sent upstream; a byte <= 0x20 or 0x7f in a name, or a name that is empty, stays a 400;
+- a deliberate difference: a control byte in a field value, which nginx passes on, is a 400 (README, "What the data
+  plane does").
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from backends import EchoBackend, parse_raw_response, raw_exchange, service
+
+from gateway.http.codec import (
+    HEAD_TOO_LARGE,
+    NEED_DATA,
+    HeadBuffers,
+    ProtocolError,
+    Request,
+    check_head_buffers,
+    check_head_lines,
+    head_line_lengths,
+    nginx_version,
+)
+from gateway.http.codecs import codec_classes
+from gateway.http.kong_errors import nginx_page
+
+TIMEOUT = 10
+
+
+@pytest.fixture(params=["h11", "llhttp"])
+def codec(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def first_event(codec: str, chunks: list[bytes], **limits: int) -> object:
+    """The first event a server codec (Kong's limits by default) gives for `chunks`, or ("error", status)."""
+    server = codec_classes(codec)[0](**limits)
+    try:
+        for chunk in chunks:
+            server.receive_data(chunk)
+            ev = server.next_event()
+            if ev is not NEED_DATA:
+                return ev
+    except ProtocolError as e:
+        return ("error", e.status)
+    return NEED_DATA
+
+
+def cuts(raw: bytes, *at: int) -> list[list[bytes]]:
+    """`raw` whole, and cut at each of `at`."""
+    return [[raw], *[[raw[:n], raw[n:]] for n in at]]
+
+
+# --- head sizes: nginx's buffers ------------------------------------------------------------------------------------
+
+
+def request_line(wire_length: int) -> bytes:
+    """A request line of `wire_length` bytes, its CRLF included, and a small head after it."""
+    line = b"GET /" + b"a" * (wire_length - len(b"GET / HTTP/1.1\r\n")) + b" HTTP/1.1\r\n"
+    assert len(line) == wire_length
+    return line + b"Host: a\r\n\r\n"
+
+
+def fields(count: int, line: int) -> bytes:
+    """A head with `count` fields whose lines are `line` bytes each, CRLF included."""
+    return b"GET / HTTP/1.1\r\nHost: a\r\n" + b"".join(
+        b"X-%04d: " % i + b"v" * (line - 10) + b"\r\n" for i in range(count)) + b"\r\n"
+
+
+def test_a_request_line_of_8192_bytes_with_its_crlf_fits_a_large_buffer(codec):
+    for chunks in cuts(request_line(8192), 1000):
+        assert isinstance(first_event(codec, chunks), Request)
+
+
+@pytest.mark.parametrize("wire_length", [8193, 8194])
+def test_a_request_line_that_needs_more_than_8192_bytes_with_its_crlf_is_414(codec, wire_length):
+    for chunks in cuts(request_line(wire_length), 1000):
+        assert first_event(codec, chunks) == ("error", 414)
+
+
+def test_five_fields_of_5000_bytes_need_five_large_buffers_494(codec):
+    raw = fields(5, 5000)
+    assert len(raw) < 26000  # far under 4 x 8k: but each 8k buffer holds one such line only
+    for chunks in cuts(raw, 3000):
+        assert first_event(codec, chunks) == ("error", HEAD_TOO_LARGE)
+
+
+def test_a_33k_head_of_small_fields_fits_the_first_buffer_and_four_large_ones(codec):
+    raw = fields(330, 100)
+    assert len(raw) > 32768
+    for chunks in cuts(raw, 3000):
+        assert isinstance(first_event(codec, chunks), Request)
+
+
+def test_a_field_line_is_measured_as_sent_padding_included(codec):
+    exact = b"X-A:" + b"v" * (8192 - len(b"X-A:\r\n")) + b"\r\n"  # no space after the colon: 8192 bytes
+    padded = b"X-A: " + b"v" * (8193 - len(b"X-A: \r\n") - 3) + b"   \r\n"  # 8190 once its padding is stripped
+    assert len(exact) == 8192 and len(padded) == 8193
+    assert isinstance(first_event(codec, [b"GET / HTTP/1.1\r\nHost: a\r\n" + exact + b"\r\n"]), Request)
+    assert first_event(codec, [b"GET / HTTP/1.1\r\nHost: a\r\n" + padded + b"\r\n"]) == ("error", HEAD_TOO_LARGE)
+
+
+def test_a_field_line_that_never_ends_is_494_once_it_fills_a_large_buffer(codec):
+    """nginx refuses a line the moment it fills an 8k buffer, not when the head reaches 4 x 8k."""
+    server = codec_classes(codec)[0]()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: ")
+    assert server.next_event() is NEED_DATA
+    sent = 33
+    with pytest.raises(ProtocolError) as caught:
+        while sent < 40000:
+            server.receive_data(b"c" * 500)
+            sent += 500
+            assert server.next_event() is NEED_DATA
+    assert caught.value.status == HEAD_TOO_LARGE
+    assert sent < 8192 + 1024
+
+
+def test_the_buffer_rule_itself():
+    """check_head_lines: a line that does not end in its buffer is moved whole, so the room after it is lost."""
+    check_head_lines([1000, 24, 8192, 2], 8192, 2)  # the first buffer filled exactly, then one line per 8k buffer
+    with pytest.raises(ProtocolError) as caught:
+        check_head_lines([1000, 25, 8192, 2], 8192, 2)  # the 25 no longer fits: three large buffers needed
+    assert caught.value.status == HEAD_TOO_LARGE
+    with pytest.raises(ProtocolError) as caught:
+        check_head_lines([8193, 2], 8192, 4)
+    assert caught.value.status == 414
+    assert head_line_lengths(b"GET / HTTP/1.1\r\nA: b\r\n\r\n") == [16, 6, 2]
+    check_head_buffers([1000, 26], b"1.1", 512, 1)  # buffers smaller than the first: a line that fits it is taken
+    with pytest.raises(ProtocolError) as caught:
+        check_head_buffers([1025, 2], b"1.1", 512, 4)
+    assert caught.value.status == 414
+
+
+def test_a_head_not_ended_is_refused_when_its_buffers_are_full():
+    check = HeadBuffers(None, 100, 1)
+    check.feed(b"A" * 1000 + b"\n")  # the request line, in the first buffer
+    check.feed(b"B" * 22 + b"\n")  # the first buffer is full to its last byte (1024)
+    check.feed(b"C" * 99)  # in the one large buffer: one byte short of filling it
+    with pytest.raises(ProtocolError) as caught:
+        check.feed(b"C")
+    assert caught.value.status == HEAD_TOO_LARGE
+
+
+# --- versions -------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", [b"1.2", b"1.9", b"1.10", b"1.99", b"1.999", b"1.01"])
+def test_a_later_http1_minor_version_is_served_as_http11(codec, version):
+    raw = b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n"
+    for chunks in [*cuts(raw, 12, len(raw) - 18), [raw[i:i + 1] for i in range(len(raw))]]:
+        ev = first_event(codec, chunks)
+        assert isinstance(ev, Request) and ev.http_version == b"1.1" and ev.keep_alive, (chunks, ev)
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"3.0", b"2", b"10.0", b"1.1a"])
+def test_a_major_version_above_1_is_505_and_a_broken_one_400(codec, version):
+    raw = b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n"
+    status = 400 if version == b"1.1a" else 505
+    for chunks in [*cuts(raw, 12), [raw[i:i + 1] for i in range(len(raw))]]:
+        assert first_event(codec, chunks) == ("error", status), chunks
+
+
+def test_a_major_version_above_1_is_505_before_the_head_ends(codec):
+    """nginx answers at the version's digit: a head that never ends (or a header it would refuse) changes nothing."""
+    assert first_event(codec, [b"GET / HTTP/2.0\r\nHost: a\r\n"]) == ("error", 505)
+    assert first_event(codec, [b"GET / HTTP/2.0\r\nX@\x01: a\r\n\r\n"]) == ("error", 505)
+
+
+def test_a_minor_version_of_four_digits_is_400_however_it_is_cut(codec):
+    raw = b"GET / HTTP/1.1000\r\nHost: a\r\n\r\n"
+    assert first_event(codec, [raw]) == ("error", 400)
+    assert first_event(codec, [raw[i:i + 1] for i in range(len(raw))]) == ("error", 400)
+
+
+def test_nginx_version():
+    assert [nginx_version(v) for v in (b"1.0", b"1.00", b"1.1", b"1.2", b"1.001", b"1.999")] == \
+        [b"1.0", b"1.0", b"1.1", b"1.1", b"1.1", b"1.1"]
+    for version, status in [(b"2.0", 505), (b"11", 505), (b"0.9", 400), (b"1.1000", 400), (b"1", 400), (b"", 400)]:
+        with pytest.raises(ProtocolError) as caught:
+            nginx_version(version)
+        assert caught.value.status == status, version
+
+
+# --- header names nginx calls invalid -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [b"X@Q", b"X/Q", b"X{Q}", b"X(Q)", b"X\xc3\xa9Q", b"Q;X", b"X.Q", b"X!Q", b"X~Q",
+                                  b"\xff", b"X\"Q"])
+def test_a_header_name_nginx_calls_invalid_is_dropped(codec, name):
+    raw = b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": v\r\nX_Kept: k\r\n\r\n"
+    for chunks in [*cuts(raw, 30), [raw[i:i + 1] for i in range(len(raw))]]:
+        ev = first_event(codec, chunks)
+        assert isinstance(ev, Request), (chunks, ev)
+        assert ev.headers == [(b"host", b"a"), (b"x_kept", b"k")]  # underscores_in_headers on: `_` is valid
+
+
+@pytest.mark.parametrize("line", [b"X@Q : v", b"X@\x01Q: v", b"X@\x7fQ: v", b": v", b"X@Q\tR: v"])
+def test_a_header_name_nginx_refuses_stays_400(codec, line):
+    assert first_event(codec, [b"GET / HTTP/1.1\r\nHost: a\r\n" + line + b"\r\n\r\n"]) == ("error", 400)
+
+
+def test_a_dropped_header_is_no_second_host_or_length(codec):
+    raw = b"POST / HTTP/1.1\r\nHost: a\r\nHost.: b\r\nContent-Length: 2\r\nContent-Length@: 9\r\n\r\nok"
+    ev = first_event(codec, [raw])
+    assert isinstance(ev, Request) and ev.headers == [(b"host", b"a"), (b"content-length", b"2")]
+
+
+# --- through the gateway --------------------------------------------------------------------------------------------
+
+
+async def _gateway_and_echo(nursery: trio.Nursery, gateway) -> tuple[int, EchoBackend]:  # noqa: ANN001
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{echo.port}")]})
+    return port, echo
+
+
+async def test_an_invalid_header_name_never_reaches_the_upstream(nursery, gateway):
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    raw, _ = await raw_exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\nX@Q: v\r\nX.Q: v\r\nX_Kept: k\r\n"
+                                      b"Connection: close\r\n\r\n", timeout=TIMEOUT)
+    status, _, body = parse_raw_response(raw)
+    assert status == 200, (status, body)
+    names = [k for k, _ in echo.requests[0].headers]
+    assert "x_kept" in names and "x@q" not in names and "x.q" not in names
+
+
+@pytest.mark.parametrize("version", [b"2.0", b"3.0"])
+async def test_a_major_version_above_1_gets_nginxs_505_page_and_the_connection_closes(nursery, gateway, version):
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    raw, _ = await raw_exchange(port, b"GET /x HTTP/" + version + b"\r\nHost: a\r\n\r\n", timeout=TIMEOUT)
+    _, headers, body = parse_raw_response(raw)  # (raw_exchange reads until the gateway closes)
+    assert raw.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
+    assert body == nginx_page(505) and headers["content-type"] == "text/html"
+    assert headers["connection"] == "close"
+    assert echo.requests == []
+
+
+async def test_an_http12_request_is_proxied_as_http11(nursery, gateway):
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    raw, _ = await raw_exchange(port, b"GET /x HTTP/1.2\r\nHost: a\r\nConnection: close\r\n\r\n", timeout=TIMEOUT)
+    status, _, body = parse_raw_response(raw)
+    assert status == 200, (status, body)
+    assert [r.target for r in echo.requests] == ["/x"]
+
+
+@pytest.mark.parametrize("byte", [b"\x01", b"\x1b", b"\x7f"])
+async def test_a_control_byte_in_a_field_value_is_refused_unlike_nginx(nursery, gateway, byte):
+    """nginx passes a control byte other than NUL, CR and LF in a field value on (ngx_http_parse_header_line refuses
+    only NUL there); the gateway refuses it with 400, as RFC 9110 5.5 allows and llhttp does: its lenient mode would
+    also relax how CR and LF end a line, which is what request smuggling plays on. A deliberate difference (README)."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    head = b"GET /x HTTP/1.1\r\nHost: a\r\nX-A: a" + byte + b"b\r\nConnection: close\r\n\r\n"
+    raw, _ = await raw_exchange(port, head, timeout=TIMEOUT)
+    status, _, body = parse_raw_response(raw)
+    assert status == 400, (status, body)
+    assert echo.requests == []
