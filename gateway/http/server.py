@@ -103,7 +103,7 @@ class ServerSettings:
                  "request_id_upstream", "keepalive_requests", "keepalive_time", "log_refused", "error_templates",
                  "refused_phases")
 
-    def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 10.0, keepalive_timeout: float = 75.0,
+    def __init__(self, codec_cls: type[ServerCodec], header_timeout: float = 60.0, keepalive_timeout: float = 75.0,
                  max_header_bytes: int = 32768, max_connections: int = 10000, send_timeout: float = 60.0,
                  body_timeout: float = 60.0, error_type: bytes = TEXT_TYPE,
                  kong_headers: KongHeaders | None = None, request_id_upstream: bool = True,
