@@ -156,6 +156,9 @@ class JwtSecret(_Base):
 class KeyAuthCredential(_Base):
     consumer: str | None = None
     key: Secret | None = None  # Kong makes a random one when absent
+    # Kong's `ttl = true` entity: DB-less Kong reads it as the Unix time the key stops authenticating at
+    # (kong/db/strategies/off/init.lua, process_ttl_field); null: never
+    ttl: float | None = None
     id: str | None = None
     tags: list[str] = []
 

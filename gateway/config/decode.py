@@ -3,7 +3,12 @@ its fields is checked alone (nested entities and lists of them too), so a file w
 
 An integer field takes a float with no fractional part (`port: 8080.0`) as that integer, as Kong's schema does
 (kong/db/schema/init.lua, validate_field: any number equal to its floor); a string stays refused ("80"), and float
-and free-form fields are left as they are."""
+and free-form fields are left as they are.
+
+A field set to null (YAML `~`, as `kong config db_export` writes every unset field) is not set: it takes its default,
+as in Kong's declarative loader, where null passes every field that is not `required` (kong/db/schema/init.lua,
+validate_field). A Struct names in NULL_REFUSED the fields Kong requires though they have a default (a route's
+`strip_path`): null is refused there, with Kong's words, as it is on a field without a default (unset_nulls)."""
 
 from __future__ import annotations
 
@@ -36,6 +41,80 @@ def convert_all(item: Any, typ: Any, path: str, errors: list[str], dec_hook: Any
     _check(item, typ, path, found, dec_hook, error)
     errors.extend(found)
     return None
+
+
+def unset_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
+    """`value` (a document's entity, as `typ` decodes it) without its null fields that have a default, so each
+    takes that default; nested Structs too (routes under a service, healthchecks). A null stays where the field
+    takes None, and where it has no default (msgspec refuses it); one on a field of the Struct's NULL_REFUSED is
+    refused here. `value` itself, unchanged, when there is nothing to do."""
+    inner = _unwrap(typ)
+    if isinstance(value, list) and typing.get_origin(inner) is list:
+        if not any(isinstance(v, dict) for v in value):
+            return value  # (paths, tags: no entity in them)
+        (item_type,) = typing.get_args(inner) or (Any,)
+        changed = [unset_nulls(v, item_type, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return changed if any(new is not old for new, old in zip(changed, value, strict=True)) else value
+    if typing.get_origin(inner) in (Union, types.UnionType):  # `str | SniEntity`: a mapping is the Struct
+        structs = [t for t in map(_unwrap, typing.get_args(inner))
+                   if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+        inner = structs[0] if len(structs) == 1 else inner
+    if not (isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, msgspec.Struct)):
+        return value
+    nullable = _nullable_fields(inner)
+    hints = _field_types(inner)
+    out: dict[Any, Any] | None = None
+    for key, item in value.items():
+        if item is None:
+            unset = nullable.get(key)
+            if unset is None:
+                continue  # unknown, takes None, or has no default: msgspec says what it is
+            if unset is _REFUSED:
+                errors.append(f"{join_path(path, key_part(key))}: required field missing (Kong refuses null here; "
+                              "remove the key for its default)")
+            new = _UNSET
+        elif isinstance(item, dict | list) and key in hints:
+            new = unset_nulls(item, hints[key], join_path(path, key_part(key)), errors)
+            if new is item:
+                continue
+        else:
+            continue
+        if out is None:
+            out = dict(value)
+        if new is _UNSET:
+            del out[key]
+        else:
+            out[key] = new
+    return value if out is None else out
+
+
+_UNSET: Any = object()
+_REFUSED: Any = object()
+
+
+@functools.cache
+def _nullable_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """The fields of `cls` where a null is not given to msgspec, by the name a document uses: _UNSET (the key is
+    dropped: the field has a default and does not take None) or _REFUSED (NULL_REFUSED: Kong's required)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    refused: frozenset[str] = getattr(cls, "NULL_REFUSED", frozenset())
+    out: dict[str, Any] = {}
+    for f in msgspec.structs.fields(cls):
+        if f.encode_name in refused:
+            out[f.encode_name] = _REFUSED
+        elif (f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT) \
+                and not _takes_none(hints[f.name]):
+            out[f.encode_name] = _UNSET
+    return out
+
+
+def _takes_none(typ: Any) -> bool:
+    """Whether `typ` (Annotated or not) admits None."""
+    while typing.get_origin(typ) is Annotated:
+        typ = typing.get_args(typ)[0]
+    if typ is Any or typ is None or typ is type(None):
+        return True
+    return typing.get_origin(typ) in (Union, types.UnionType) and any(_takes_none(t) for t in typing.get_args(typ))
 
 
 def whole_numbers(value: Any, typ: Any) -> Any:

@@ -1,7 +1,8 @@
 """The forms of Kong's declarative format that are not entity fields, handled on the raw document before decoding.
 
 - `_comment` (a string) and `_ignore` (a list) at the top and on every entity, and Kong's `created_at` /
-  `updated_at` timestamps, are annotations: checked for their type and dropped.
+  `updated_at` timestamps (null, or Kong's type: whole seconds, a number of ms on targets; updated_at only on the
+  entities that have one: not on credentials and acls), are annotations: checked and dropped.
 - A reference to another entity may be a mapping (`service: {id: ...}` or `{name: ...}`, as decK writes them): it
   becomes the plain id or name.
 - Kong entities and fields the gateway does not build are refused with a message that says so (never "unknown
@@ -25,6 +26,7 @@ NESTED = {
     "upstreams": ("targets",),
     "consumers": ("plugins", "jwt_secrets", "keyauth_credentials", "basicauth_credentials", "hmacauth_credentials",
                   "acls"),
+    "certificates": ("snis",),
 }
 # entity -> its reference fields and the entity each names
 REFERENCES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -41,6 +43,10 @@ REFERENCES: dict[str, dict[str, tuple[str, ...]]] = {
     "upstreams": {"client_certificate": ("id",)},
 }
 ANNOTATIONS = ("_comment", "_ignore", "created_at", "updated_at")
+# Kong's credentials and acls have a created_at and no updated_at (kong/plugins/*/daos.lua); targets' timestamps are
+# typedefs.auto_timestamp_ms (a number), every other entity's auto_timestamp_s (an integer)
+_NO_UPDATED_AT = frozenset({"jwt_secrets", "keyauth_credentials", "basicauth_credentials", "hmacauth_credentials",
+                            "acls"})
 
 _NOT_BUILT = "is not supported by the gateway"
 UNSUPPORTED_SECTIONS = {
@@ -158,7 +164,8 @@ def _decode_in_regex(m: re.Match[str]) -> str:
     return _META.get(char, char)
 
 
-def _annotations(obj: dict[str, Any], path: str, errors: list[str]) -> dict[str, Any]:
+def _annotations(obj: dict[str, Any], path: str, errors: list[str], section: str = "") -> dict[str, Any]:
+    """`obj` without its annotations (`section`: the entity's kind, for its timestamps), each checked."""
     out = {}
     for key, value in obj.items():
         if key == "_comment":
@@ -167,9 +174,13 @@ def _annotations(obj: dict[str, Any], path: str, errors: list[str]) -> dict[str,
         elif key == "_ignore":
             if not isinstance(value, list):
                 errors.append(f"{_join(path, key)}: expected a list")
-        elif key in ("created_at", "updated_at") and path:
+        elif key in ("created_at", "updated_at") and path and not (key == "updated_at" and section in _NO_UPDATED_AT):
+            if value is None:  # (Kong's auto field: set at load)
+                continue
             if not isinstance(value, int | float) or isinstance(value, bool):
                 errors.append(f"{_join(path, key)}: expected a number (a Unix time)")
+            elif section != "targets" and value != int(value):  # Kong's integer: any number equal to its floor
+                errors.append(f"{_join(path, key)}: expected an integer (a Unix time in seconds)")
         else:
             out[key] = value
     return out
@@ -178,7 +189,7 @@ def _annotations(obj: dict[str, Any], path: str, errors: list[str]) -> dict[str,
 def _entity(section: str, item: Any, path: str, errors: list[str], vaults: Vaults) -> Any:
     if not isinstance(item, dict):
         return item
-    item = _annotations(item, path, errors)
+    item = _annotations(item, path, errors, section)
     for field, why in UNSUPPORTED_FIELDS.get(section, {}).items():
         if field in item:
             value = item.pop(field)

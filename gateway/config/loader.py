@@ -30,7 +30,7 @@ from gateway.config.consumers import (
     flatten_consumers,
     stored_passwords,
 )
-from gateway.config.decode import convert_all, salvage
+from gateway.config.decode import convert_all, salvage, unset_nulls
 from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, key_part, show
 from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare
@@ -191,6 +191,7 @@ def _decode(raw: dict[str, Any], errors: list[str], failed: set[tuple[str, str]]
             continue
         decoded = []
         for i, item in enumerate(items):
+            item = unset_nulls(item, typ, f"{key}[{i}]", errors)  # null: not set, as in Kong
             obj = _convert(item, typ, f"{key}[{i}]", errors, failed, key)
             if obj is not None:
                 decoded.append(obj)

@@ -7,7 +7,7 @@ fields of our own carry their unit in the name where Kong has no precedent. Unkn
 from __future__ import annotations
 
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -219,6 +219,7 @@ class ActiveUnhealthy(Base):
 
 
 class ActiveHealthcheck(Base):
+    NULL_REFUSED: ClassVar[frozenset[str]] = frozenset({"https_verify_certificate"})  # Kong's required (decode.py)
     type: Literal["http", "https", "tcp"] = "http"
     http_path: str = "/"
     timeout: HealthSeconds = 1  # Kong's seconds (under 1 ms: ngx's 60 s default, gateway.health.policy)
@@ -311,6 +312,7 @@ class Upstream(Base):
 
 
 class Plugin(Base):
+    NULL_REFUSED: ClassVar[frozenset[str]] = frozenset({"enabled", "protocols"})  # Kong's required (decode.py)
     name: str
     service: str | None = None
     route: str | None = None
@@ -324,6 +326,9 @@ class Plugin(Base):
 
 
 class Route(Base):
+    NULL_REFUSED: ClassVar[frozenset[str]] = frozenset({  # Kong's required fields that have a default (decode.py)
+        "protocols", "https_redirect_status_code", "strip_path", "preserve_host", "request_buffering",
+        "response_buffering"})
     name: str | None = None
     service: str | None = None  # implied when nested under a service
     paths: list[str] = []
@@ -353,6 +358,7 @@ class Route(Base):
 
 
 class Service(Base):
+    NULL_REFUSED: ClassVar[frozenset[str]] = frozenset({"protocol", "port", "enabled"})  # Kong's required (decode.py)
     name: str | None = None  # Kong's services need no name: an unnamed one is known by its id (or its path)
     url: str | None = None
     protocol: Literal["http", "https"] = "http"

@@ -151,10 +151,13 @@ class Directory:
                 self.jwt[s.key] = JwtCredential(owner.credential_identity(s.id, s.key), s.key, s.algorithm,
                                                 s.secret.value if s.secret else None, s.rsa_public_key, path_of(s))
         self.api_keys: dict[str, Identity] = {}
+        self.api_key_expiry: dict[str, float] = {}  # a key with a ttl: the Unix time it stops authenticating at
         for k in config.keyauth_credentials:
             owner = self.consumers.get(k.consumer or "")
             if owner is not None and k.key is not None:
                 self.api_keys[k.key.value] = owner.credential_identity(k.id, k.id)
+                if k.ttl is not None:
+                    self.api_key_expiry[k.key.value] = k.ttl
         self.basic: dict[str, tuple[PasswordHash, Identity]] = {}
         for b in config.basicauth_credentials:
             owner = self.consumers.get(b.consumer or "")

@@ -189,8 +189,9 @@ def test_consumer_plugins_are_scoped_to_the_consumers_id():
      "consumers[0].basicauth_credentials[0].password: required field is missing"),
     ("consumers: [{username: a, basicauth_credentials: [{username: u, password: ''}]}]",
      "consumers[0].basicauth_credentials[0].password: must not be empty"),
-    ("consumers: [{username: a, keyauth_credentials: [{key: k, ttl: 60}]}]",
-     "consumers[0].keyauth_credentials[0].ttl: unknown field (check the spelling; see the README's config reference)"),
+    ("consumers: [{username: a, hmacauth_credentials: [{username: u, ttl: 60}]}]",  # (keyauth's is Kong's)
+     "consumers[0].hmacauth_credentials[0].ttl: unknown field (check the spelling; see the README's config "
+     "reference)"),
     ('consumers: [{username: "a\\r\\nX-Admin: 1"}]',
      "consumers[0].username: control characters are not allowed (it is sent upstream in a header)"),
 ])

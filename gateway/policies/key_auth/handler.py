@@ -3,7 +3,8 @@ credential. Each of `key_names` in turn is looked for in the headers, then the q
 found is the key.
 
 Kong's answers: 401 "No API key found in request", "Duplicate API key found" (the same name given twice),
-"Unauthorized" (no such key), each with `WWW-Authenticate: Key` (or `Key realm="..."`).
+"Unauthorized" (no such key, or one whose credential's `ttl`, a Unix time, is past), each with
+`WWW-Authenticate: Key` (or `Key realm="..."`).
 
 The body is read only when a name is in neither the headers nor the query, or to take the key out of it
 (hide_credentials), and as Kong's kong.request.get_body reads it (gateway.policies.request_body): a form, JSON or
@@ -21,6 +22,7 @@ the header it names; unlike Kong it also removes the header the key was read fro
 
 from __future__ import annotations
 
+import time
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -68,7 +70,8 @@ class KeyName:
 class KeyAuth(AuthPolicy):
     name = "key-auth"
     priority = 1250  # Kong's
-    __slots__ = ("names", "in_header", "in_query", "searches_body", "hide", "keys", "no_key", "duplicate", "invalid")
+    __slots__ = ("names", "in_header", "in_query", "searches_body", "hide", "keys", "expiring", "no_key", "duplicate",
+                 "invalid")
 
     def __init__(self, config: KeyAuthConfig, directory: Directory) -> None:
         super().__init__(directory.anonymous(config.anonymous), config.run_on_preflight)
@@ -77,7 +80,12 @@ class KeyAuth(AuthPolicy):
         self.in_query = config.key_in_query
         self.searches_body = config.key_in_body
         self.hide = config.hide_credentials
-        self.keys = {key.encode("utf-8", "surrogateescape"): who for key, who in directory.api_keys.items()}
+        expiry = directory.api_key_expiry
+        self.keys = {key.encode("utf-8", "surrogateescape"): who for key, who in directory.api_keys.items()
+                     if key not in expiry}
+        # keys with a ttl, looked up only when a key is not among the others: (Unix time they end at, identity)
+        self.expiring = {key.encode("utf-8", "surrogateescape"): (expiry[key], who)
+                         for key, who in directory.api_keys.items() if key in expiry}
         realm = f'Key realm="{config.realm}"' if config.realm is not None else "Key"
         self.no_key = Rejection(401, "No API key found in request", realm)
         self.duplicate = Rejection(401, "Duplicate API key found", realm)
@@ -113,7 +121,19 @@ class KeyAuth(AuthPolicy):
         if not key:
             return self.no_key
         who = self.keys.get(key)
-        return who if who is not None else self.invalid
+        if who is not None:
+            return who
+        if self.expiring:
+            return self._unexpired(key)
+        return self.invalid
+
+    def _unexpired(self, key: bytes) -> Identity | Rejection:
+        """A key with a ttl: its consumer until that Unix time, then unknown (DB-less Kong returns no credential
+        whose ttl is past: kong/db/strategies/off/init.lua, process_ttl_field)."""
+        entry = self.expiring.get(key)
+        if entry is None or time.time() >= entry[0]:
+            return self.invalid
+        return entry[1]
 
     async def authenticate_body(self, ex: Exchange) -> Identity | Rejection:
         """key_in_body: the same search, the body as the third place (read when first needed)."""
