@@ -14,7 +14,9 @@ lines to add, formatted.
 
 The same call adds nginx's `Date` (ngx_http_header_filter's, after every header filter, whatever `headers` says) to a
 response that has none by then: an upstream's own is kept (Kong's `proxy_pass_header Date`), as is one a plugin set
-(a proxy-cache hit's stored one); a plugin that removed the upstream's gets the gateway's, as in nginx.
+(a proxy-cache hit's stored one). A proxied answer without one (the upstream sent none, or a plugin removed it) gets
+the gateway's too, as RFC 9110 6.6.1 asks of a proxy; Kong's gets none (`proxy_pass_header Date` leaves nginx's proxy
+an empty Date in r->headers_out.date, so its header filter adds none).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ RESPONSE_HEADERS = ("server_tokens", "latency_tokens", "via", "server", "x-kong-
                     "x-kong-response-latency", "x-kong-admin-latency", "x-kong-upstream-latency",
                     "x-kong-upstream-status", "x-kong-request-id")
 UPSTREAM_HEADERS = ("x-kong-request-id",)
+# What Kong's runloop sets by assignment on a proxied answer, when `headers` has it on (kong/runloop/handler.lua
+# header_filter: `header[name] = value`, which replaces the upstream's lines of that name: lua-nginx-module's
+# ngx_http_set_header_helper). Its Via extends the upstream's and its Server is only added: neither is here.
+ASSIGNED_BY_KONG = frozenset({b"x-kong-upstream-latency", b"x-kong-proxy-latency", b"x-kong-upstream-status",
+                              b"x-kong-request-id"})
 
 
 def entries(setting: list[str] | str) -> list[str]:
@@ -76,10 +83,12 @@ class KongHeaders:
     here, from the headers that are on. `add` is Kong's defaults' own code when those are what is on (the usual
     case, on every response), else the general one."""
 
-    __slots__ = ("via", "server", "upstream_status", "request_id", "_proxied", "_cached", "_own", "_plugins_server",
-                 "_clock", "add")
+    __slots__ = ("via", "server", "upstream_status", "request_id", "assigned", "_proxied", "_cached", "_own",
+                 "_plugins_server", "_clock", "add")
 
     def __init__(self, on: set[str]) -> None:
+        # (an upstream's own lines of these are not relayed: gateway.pipeline.forward)
+        self.assigned = frozenset(name for name in ASSIGNED_BY_KONG if name.decode() in on)
         self.via = "via" in on
         self.server = "server" in on
         self.upstream_status = "x-kong-upstream-status" in on

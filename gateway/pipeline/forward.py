@@ -27,6 +27,7 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.kong_errors import NO_PEER
+from gateway.http.kong_headers import ASSIGNED_BY_KONG
 from gateway.http.pool import Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
@@ -56,8 +57,13 @@ _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
 # nginx's proxy_hide_header defaults but Date and Server, which Kong passes (nginx_kong.lua): never to the client
 _HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-accel-limit-rate",
                          b"x-accel-buffering", b"x-accel-charset"})
-_SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | {b"x-request-id", b"mcp-session-id", b"content-length", b"content-type"}
-_NOT_ON_204 = frozenset({b"content-length", b"content-type", b"last-modified"})
+_SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b"mcp-session-id", b"content-length",
+                                                              b"content-type"}
+# The fields but Content-Type (above) that nginx (1.23+) takes once from an upstream (ngx_http_upstream_headers_in:
+# those of ngx_http_upstream_process_header_line, _process_last_modified and _process_expires), a later line of one
+# "ignored", each with a bit: those seen are kept in one int (at most 255: no allocation)
+_ONCE = {b"date": 1, b"server": 2, b"etag": 4, b"last-modified": 8, b"location": 16, b"expires": 32, b"refresh": 64,
+         b"status": 128}
 
 
 class Attempt:
@@ -431,9 +437,8 @@ class Forwarder:
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
                                                     ex, new_session)
-            if response.status == 204:  # nginx's header filter: a 204 is header-only, without these (RFC 9110 8.6)
-                headers = [hv for hv in headers if hv[0] not in _NOT_ON_204]
-                framing, sse, edit = NO_BODY, False, None  # (no body: nothing to edit)
+            if response.status == 204:  # no body, nothing to edit; its head goes out as it came (nginx's header
+                sse, edit = False, None  # filter empties only a 204 without an upstream's status line)
             try:
                 first, done = codec.take_body()  # what came with the head: one write when the answer is small
             except ProtocolError as e:  # (a bad chunk in that read) nothing went out: the upstream's 502
@@ -737,22 +742,25 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     uc: UpstreamConn, ex: Exchange,
                     new_session: str | None = None) -> tuple[Headers, int, bool]:
     """The response headers for the client: hop-by-hop ones dropped (but Trailer when the request's TE asked for
-    trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does), the request id set, a
-    session id sealed (with the address `uc` reached, bound to the caller of `ex`; counted as opened on route
-    `new_session` when the request had none); with their framing (LENGTH, or NO_BODY for none: the codec frames the
-    body) and whether the body is an event stream."""
+    trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does), a repeated single-valued
+    field's later lines dropped (nginx 1.23+), those the gateway's `headers` setting replaces dropped (Kong assigns
+    its own), the request id set, a session id sealed (with the address `uc` reached, bound to the caller of `ex`;
+    counted as opened on route `new_session` when the request had none); with their framing (LENGTH, or NO_BODY for
+    none: the codec frames the body) and whether the body is an event stream."""
     out: Headers = []
     named = None
     framing = NO_BODY
     content_type = None
+    once = 0
     for hv in headers:
         name = hv[0]
         if name in _SPECIAL_OUT:
             if name == b"content-length":
                 framing = LENGTH
             elif name == b"content-type":
-                if content_type is None:
-                    content_type = hv[1]
+                if content_type is not None:
+                    continue  # nginx's one Content-Type: the first (as below)
+                content_type = hv[1]
             elif name == b"mcp-session-id":
                 if affinity is not None:
                     hv = (name, affinity.seal(target, hv[1], uc.conn.peer[0] if uc.conn.peer else "",
@@ -760,16 +768,23 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     if new_session is not None:
                         RECORDER.count(MCP_SESSIONS, (new_session,))
             else:
-                if name == b"connection" and (options := connection_options(hv[1])):
-                    named = options if named is None else named | options
-                elif name == b"trailer" and asks_trailers(ex.request.headers):
-                    out.append(hv)
+                if name == b"connection":
+                    if options := connection_options(hv[1]):
+                        named = options if named is None else named | options
+                elif name == b"trailer":
+                    if asks_trailers(ex.request.headers):
+                        out.append(hv)
+                elif name in ASSIGNED_BY_KONG:  # Kong's header filter sets it when `headers` has it on
+                    if (kong := ex.settings.kong_headers) is None or name not in kong.assigned:
+                        out.append(hv)
                 continue  # hop-by-hop, x-request-id, what nginx hides
+        elif name in _ONCE:
+            bit = _ONCE[name]
+            if once & bit:
+                continue  # "upstream sent duplicate header line: ..., ignored"
+            once |= bit
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection
         out = [hv for hv in out if hv[0] not in named]
     out.append((b"x-request-id", request_id))
     return out, framing, content_type is not None and content_type[:17].lower() == b"text/event-stream"
-
-
-
