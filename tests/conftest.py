@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,6 +31,21 @@ if os.environ.get("CI"):
     hypothesis.settings.load_profile("ci")
 
 CODECS = ["h11", "llhttp"]
+
+# Every gateway process a test starts (each CLI call, the root, the zygote) imports some 300 gateway modules. With
+# PYTHONDONTWRITEBYTECODE set and no __pycache__ beside the sources, each of them compiled them all again (a quarter
+# of a second a process): they share one bytecode cache for the session instead, outside the source tree, removed
+# at the end. Set at import, before the test modules copy os.environ for their subprocesses.
+_PYCACHE: str | None = None
+if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
+    _PYCACHE = tempfile.mkdtemp(prefix="gateway-tests-pycache-")
+    os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
+    del os.environ["PYTHONDONTWRITEBYTECODE"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PYCACHE is not None:
+        shutil.rmtree(_PYCACHE, ignore_errors=True)
 
 
 @pytest.fixture

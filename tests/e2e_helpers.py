@@ -31,6 +31,9 @@ from etcd_server import EtcdProcess as EtcdProcess
 from etcd_server import find_etcd
 from loadgen import LoadResult, one_request
 
+from gateway.bus.admin_client import AdminUnavailable, admin_call
+from gateway.node.control import ADMIN_TIMEOUT_S, RELOAD_TIMEOUT_S
+
 # ---- backends --------------------------------------------------------------------------------------------------------
 
 
@@ -311,9 +314,7 @@ class GatewayNode:
             return None
 
     async def status(self) -> dict[str, Any]:
-        out = await self.acli("status", "--json", timeout=60)
-        assert out.returncode == 0, out.stderr
-        doc = json.loads(out.stdout)
+        doc = await self.admin("status")
 
         def walk(node: dict[str, Any]) -> None:
             if node.get("pid"):
@@ -334,9 +335,19 @@ class GatewayNode:
         return [w["pid"] for w in generation["children"] if w["pid"]]
 
     async def admin(self, cmd: str, **args: Any) -> Any:
-        out = await self.acli("admin", cmd, *(f"{k}={v}" for k, v in args.items()), timeout=60)
-        assert out.returncode == 0, f"admin {cmd} {args}: {out.stderr}"
-        return json.loads(out.stdout)
+        """The result of one admin command, sent as `gateway admin CMD KEY=VALUE...` sends it (the values as
+        strings, the CLI's timeouts) but from this process: a CLI process costs most of a second of imports, and
+        the tests ask often. The CLI itself is tested by test_admin_channel.py and test_node.py."""
+        socket_path = self.dir / "run" / "admin.sock"
+        assert socket_path.exists(), f"admin {cmd} {args}: no admin socket {socket_path}"
+        timeout = RELOAD_TIMEOUT_S if cmd == "reload" else ADMIN_TIMEOUT_S
+        words = {key: str(value) for key, value in args.items()}
+        try:
+            reply = await trio.to_thread.run_sync(lambda: admin_call(f"ipc://{socket_path}", cmd, words, timeout))
+        except AdminUnavailable as e:
+            raise AssertionError(f"admin {cmd} {args}: {e}") from None
+        assert reply.ok, f"admin {cmd} {args}: {reply.error}"
+        return reply.result
 
     async def targets(self) -> dict[str, dict[str, Any]]:
         """The keeper's view: {"upstream|host:port": {"drained", "weight", "healthy"}}."""

@@ -740,7 +740,7 @@ async def test_keeper_restart_keeps_health_of_discovered_targets_and_re_added_ta
     assert keeper
     os.kill(keeper, signal.SIGKILL)
     restarted = await wait_for(lambda: _new_keeper(gw, keeper), 10, interval=0.05, what="a new keeper")
-    await trio.sleep(0.5)
+    await trio.sleep(1.0)  # a whole check interval (ACTIVE: 1 s) of the new keeper's, for the checker to report
     during_restart = phases.end("keeper restart")
     await trio.sleep(1.0)
     after_restart = phases.end("after restart")

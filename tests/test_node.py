@@ -73,13 +73,19 @@ class Gateway:
     def start(self, workers: int = 2) -> subprocess.CompletedProcess[str]:
         return self.cli("start", "--config", str(self.config), "--workers", str(workers))
 
-    def status(self) -> dict:
+    def cli_status(self) -> dict:
+        """`gateway status --json`, parsed."""
         out = self.cli("status", "--json")
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
-    def worker_pids(self) -> list[int]:
-        generation = self.status()["tree"]["children"][-1]
+    def status(self) -> dict:
+        """What `gateway status --json` prints, asked of the admin socket from this process (a CLI process costs
+        most of a second of imports; test_start_status_stop runs the CLI's)."""
+        return admin_status(self)
+
+    def worker_pids(self, status: dict | None = None) -> list[int]:
+        generation = (status or self.status())["tree"]["children"][-1]
         return [w["pid"] for w in generation["children"] if w["pid"]]
 
     def root_pid(self) -> int | None:
@@ -93,14 +99,20 @@ class Gateway:
         return path.read_text() if path.exists() else ""
 
     def kill_all(self) -> None:
+        """SIGTERM (a graceful stop); a second one forces it if the root still runs half a second later."""
         pid = self.root_pid()
         if pid:
-            for sig in (signal.SIGTERM, signal.SIGTERM):
+            for sig, wait in ((signal.SIGTERM, 0.5), (signal.SIGTERM, 10.0)):
+                if dead(pid):
+                    return
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     return
-                time.sleep(0.5)
+                try:
+                    wait_until(lambda: dead(pid), timeout=wait)
+                except TimeoutError:
+                    pass
 
 
 @pytest.fixture
@@ -142,7 +154,7 @@ def test_start_status_stop(node):
     started = node.start(workers=2)
     assert started.returncode == 0, started.stderr
     assert "gateway started" in started.stdout
-    status = node.status()
+    status = node.cli_status()
     children = status["tree"]["children"]
     assert [c["id"] for c in children] == ["zygote", "keeper", "workers@1"]
     assert [c.get("started_by") for c in children] == ["exec", "fork", None]  # the zygote forks the others
@@ -476,8 +488,8 @@ def test_killing_workers_faster_than_the_intensity_stops_the_gateway(tmp_path, b
         kills = 0
         deadline = time.monotonic() + 30
         while root.poll() is None and time.monotonic() < deadline:
-            try:
-                pids = gw.worker_pids()
+            try:  # with the CLI, as fast as it answers (each zombie not reaped yet would be killed again)
+                pids = gw.worker_pids(gw.cli_status())
             except (AssertionError, json.JSONDecodeError):
                 continue  # the root is going away
             for pid in pids:
