@@ -30,6 +30,7 @@ from gateway.bus.admin_server import AdminCommandError, bind_admin
 from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.bus.protocol import pub_endpoint
+from gateway.cli import EXIT_FAILURE, EXIT_OK
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.config.loader import read_config_text
 from gateway.config.tls import listen_flags, status_options
@@ -65,7 +66,6 @@ from supervisor.refs import ChildRef
 
 log = logging.getLogger("gateway.node")
 
-EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets", "proxy-cache"})  # answered by the state keeper
 # `status` and `workers` wait this long for a supervisor busy starting or stopping a child (the root, while a reload
 # starts the new generation or the old one drains), then show the children it last listed
