@@ -2,11 +2,12 @@
 
 Every address gets `floor(weight / total weight * targets * 160)` points (at least one when its weight is not 0) on a
 continuum of `slots` points (1,000 when `slots` is below that, Kong's minimum), each at `xxhash32("<ip>::<port> <n>")
-mod slots`; a point already taken moves the address on to its next name. Targets are placed sorted by name and port,
-their addresses by "ip:port", so the continuum depends on the targets and weights only, never on their order. A key
-goes to the owner of its own point `xxhash32(key) mod slots`, or of the first taken point below it (wrapping round);
-a skipped (unhealthy, drained, already tried) owner passes the key on further down, as Kong's getPeer walks past an
-unavailable address. Built this way, a key goes to the target Kong's balancer sends it to.
+mod slots` (the hash signed, as luaxxhash returns it); a point already taken moves the address on to its next name.
+Targets are placed sorted by name and port, their addresses by "ip:port", so the continuum depends on the targets and
+weights only, never on their order. A key goes to the owner of its own point `xxhash32(key) mod slots`, or of the
+first taken point below it (wrapping round); a skipped (unhealthy, drained, already tried) owner passes the key on
+further down, as Kong's getPeer walks past an unavailable address. Built this way, a key goes to the target Kong's
+balancer sends it to.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def xxhash32(data: bytes) -> int:
 
 
 def continuum_index(value: bytes, points: int) -> int:
-    """Kong's get_continuum_index, 0-based (Kong's is this plus one)."""
-    return xxhash32(value) % points
+    """Kong's get_continuum_index, 0-based (Kong's is this plus one): luaxxhash's hash is LuaJIT's signed int32 (its
+    last step is bit.bxor), and Lua's modulo of a negative number is a floor modulo, as Python's."""
+    h = xxhash32(value)
+    return (h - 0x100000000 if h & 0x80000000 else h) % points
 
 
 def kong_address(target: str, address: str) -> str:

@@ -14,7 +14,7 @@ from urllib.parse import unquote_to_bytes
 
 from gateway.http.server import Exchange
 from gateway.routing import Match
-from gateway.routing.normalize import normalize_path
+from gateway.routing.normalize import nginx_uri
 from gateway.runtime import UpstreamGroup
 
 _HASHING = frozenset({"consistent-hashing", "ip-hash"})
@@ -48,8 +48,8 @@ def _key(spec: tuple[str, bytes], group: UpstreamGroup, ex: Exchange, match: Mat
             return None
         ident = who.id if who.id is not None else who.credential_id
         return ident.encode() if ident else None
-    if kind == "path":  # nginx's $uri: the request's path, normalized (not the upstream path a route strips)
-        return normalize_path(ex.request.target.partition(b"?")[0])
+    if kind == "path":  # nginx's $uri (Kong's var.uri): the request's path decoded (not the upstream path)
+        return nginx_uri(ex.request.target.partition(b"?")[0])
     if kind == "header":
         return _header(ex.request.headers, name)
     if kind == "cookie":

@@ -26,6 +26,19 @@ def normalize_path(path: bytes) -> bytes:
     same object: the router tells by `is` that nothing changed)."""
     if b"%" in path:
         path = _TRIPLET.sub(_decode, path)
+    return _resolve_segments(path)
+
+
+def nginx_uri(path: bytes) -> bytes:
+    """nginx's $uri of a request path (ngx_http_parse_complex_uri, merge_slashes on): every %XX decoded once, the
+    octet then read as if sent raw (a decoded "/" separates segments), dot segments removed, slashes merged."""
+    if b"%" in path:
+        path = _TRIPLET.sub(lambda m: bytes((int(m.group(1), 16),)), path)
+    return _resolve_segments(path)
+
+
+def _resolve_segments(path: bytes) -> bytes:
+    """`path` with its dot segments removed and runs of slashes merged; `path` itself when it has none."""
     if b"/." not in path and b"//" not in path and path[:1] != b".":  # (a dot segment starts after a slash)
         return path
     kept: list[bytes] = []  # segments, each with the slash that ended it

@@ -336,3 +336,18 @@ def test_hash_on_path_is_the_normalized_request_path_not_the_stripped_upstream_p
     keys = [balancer_key(group(("path", b"")), FakeExchange(target=target), match)  # type: ignore[arg-type]
             for target in (b"/a/x?q=1", b"/b//x", b"/a/./x")]
     assert keys == [b"/a/x", b"/b/x", b"/a/x"]
+
+
+def test_hash_on_path_is_nginx_uri_so_an_escape_is_the_same_key_as_its_character():
+    """Kong's get_value_to_hash takes var.uri for hash_on path (kong/runloop/balancer/init.lua): nginx decodes
+    every %XX in it, so /users/a%40b goes where /users/a@b goes."""
+    group: Any = SimpleNamespace(algorithm="consistent-hashing", hash_on=("path", b""), hash_fallback=("none", b""),
+                                 cookie_path="/")
+    router = Router([RouteSpec("r", paths=["/"])])
+
+    def key(target: bytes) -> bytes | None:
+        ex: Any = SimpleNamespace(request=SimpleNamespace(headers=[], target=target), client_ip="10.0.0.1",
+                                  consumer=None)
+        return balancer_key(group, ex, router.match(b"GET", target, b"h", []))
+
+    assert key(b"/users/a%40b?x=1") == key(b"/users/a@b") == b"/users/a@b"

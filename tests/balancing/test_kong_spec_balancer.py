@@ -257,6 +257,15 @@ def test_continuum_index_is_the_hash_modulo_the_points():
     assert continuum_index(b"dupa", 1000) == 0x1A47C09D % 1000
 
 
+def test_continuum_index_takes_the_hash_signed_as_luaxxhash_returns_it():
+    """luaxxhash's test.lua expects -631806169 for "aaaa" (0xDA576727: LuaJIT's bit ops return signed int32), and
+    Kong's get_continuum_index is Lua's floor modulo of that, which differs from the unsigned one unless the points
+    divide 2**32."""
+    assert continuum_index(b"aaaa", 1000) == -631806169 % 1000 == 831
+    assert continuum_index(b"aaaa", 10000) == -631806169 % 10000
+    assert continuum_index(b"aaaa", 1024) == 0xDA576727 % 1024
+
+
 def test_keys_split_by_weight_and_a_key_keeps_its_target():
     """"gets an IP address and port number; consistent hashing": weights 10 and 5, 1,500 keys."""
     balancer = KongConsistentHashing([10, 5], [("mashape.com", "1.2.3.4", 123), ("getkong.org", "5.6.7.8", 321)],
@@ -269,7 +278,8 @@ def test_keys_split_by_weight_and_a_key_keeps_its_target():
 
 def test_evaluate_the_change_in_the_continuum():
     """"evaluate the change in the continuum": 5 targets, then 6, then 8, 10,000 keys, Kong's bounds on how many
-    keys move."""
+    keys move; but 6 to 8 moves 26.23%, over the spec's 25, as Kong's own consistent_hashing.lua computes it under
+    LuaJIT with luaxxhash's signed hash (14.53, 37.94, 26.23: run this session), so that bound is Kong's figure."""
     def mapping(n: int) -> list[tuple[str, str, int]]:
         addresses = [(f"10.0.0.{i}", f"10.0.0.{i}", i) for i in range(1, n + 1)]
         balancer = KongConsistentHashing([100] * n, addresses, slots=5000)
@@ -281,7 +291,7 @@ def test_evaluate_the_change_in_the_continuum():
     res1, res2, res3 = mapping(5), mapping(6), mapping(8)
     assert moved(res1, res2) < 20
     assert moved(res1, res3) < 40
-    assert moved(res2, res3) < 25
+    assert moved(res1, res2) == 14.53 and moved(res1, res3) == 37.94 and moved(res2, res3) == 26.23
 
 
 def test_skips_unhealthy_addresses():
@@ -403,3 +413,19 @@ def test_more_points_than_the_continuum_holds_is_logged_and_keeps_what_was_place
     assert "needs more than 1000 points" in caplog.text
     assert 0 < len(balancer.points()) < 7 * 160
     assert all(balancer.pick(f"k{n}".encode()) is not None for n in range(100))
+
+
+# Kong's getPeer(false, nil, "user-<n>") for n = 1..30 over 10.0.0.1..3:80 of weight 100: its own
+# consistent_hashing.lua run under LuaJIT 2.1 with luaxxhash 1.0 (the last digit of the address picked)
+KONG_PICKS = {10000: "1 2 1 2 2 1 2 3 1 2 3 3 2 1 1 3 1 1 1 3 3 1 3 3 1 3 1 1 1 1".split(),
+              1000: "1 1 3 3 1 1 2 3 3 2 3 3 1 1 3 3 1 3 1 2 2 3 3 3 1 3 2 1 1 1".split()}
+
+
+@pytest.mark.parametrize("slots", [10000, 1000])
+def test_keys_go_to_the_targets_kongs_own_balancer_picks(slots):
+    """Slots that do not divide 2**32 (Kong's default 10000 among them) place points and keys where the signed hash
+    puts them: about half the keys went elsewhere with the unsigned one."""
+    addresses = [(f"10.0.0.{i}", f"10.0.0.{i}", 80) for i in (1, 2, 3)]
+    balancer = KongConsistentHashing([100, 100, 100], addresses, slots=slots)
+    got = [addresses[balancer.pick(f"user-{n}".encode())][1].rsplit(".", 1)[1] for n in range(1, 31)]
+    assert got == KONG_PICKS[slots]

@@ -9,7 +9,7 @@ import trio
 from backends import EchoBackend, request, service
 
 from gateway.routing import Router, RouteSpec
-from gateway.routing.normalize import escape_path, normalize_path
+from gateway.routing.normalize import escape_path, nginx_uri, normalize_path
 
 
 @pytest.mark.parametrize(("raw", "normal"), [
@@ -77,3 +77,18 @@ async def test_a_route_scoped_plugin_cannot_be_stepped_around(nursery, gateway):
         reply = await request(port, "GET", "/public/a%20b/../c%2fd?q=%61")
     assert reply.status == 200
     assert [seen.target for seen in echo.requests] == ["/public/c%2Fd?q=%61"]  # (the query is left as it is)
+
+
+@pytest.mark.parametrize(("path", "uri"), [
+    (b"/users/a%40b", b"/users/a@b"),  # a reserved character decoded, unlike Kong's normalize
+    (b"/v1/x%3Ay%2Cz", b"/v1/x:y,z"),
+    (b"/a%2Fb", b"/a/b"),  # a decoded slash separates segments
+    (b"/a/%2E%2E/b", b"/b"),  # a decoded dot segment is removed
+    (b"/a//b/./c", b"/a/b/c"),
+    (b"/%2541", b"/%41"),  # decoded once
+    (b"/plain", b"/plain"),
+])
+def test_nginx_uri_decodes_every_escape_once_then_resolves_segments(path, uri):
+    """Kong's hash_on path hashes nginx's $uri (ngx_http_parse_complex_uri), not its router's normalization: so
+    `/users/a%40b` and `/users/a@b` are one key, as through Kong."""
+    assert nginx_uri(path) == uri
