@@ -4,7 +4,9 @@ The root points PROMETHEUS_MULTIPROC_DIR at run/metrics before it starts any chi
 in files there and the status server's /metrics reads them all (gateway.status.collect). The counters and histograms
 of processes that have exited keep counting in the sums, so totals survive worker crashes and reloads: before a
 scrape the status server folds their files into one archive per type (`fold_dead_processes`), so the files do not
-pile up; gauges are of live processes only (it removes a dead process's live gauge files then).
+pile up; gauges are of live processes only (it removes a dead process's live gauge files then). The state keeper's
+target health and breaker states, whose label sets go with the config, are not in those files, which cannot forget
+one: the keeper publishes them whole (`StateGauge`).
 
 On the request path a worker only adds to plain dicts (`Recorder`); a task hands the sums to prometheus_client
 every FLUSH_S, whose multiprocess values are file-backed. A worker killed with SIGKILL loses at most its last
@@ -20,6 +22,7 @@ Two sets of families:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -39,6 +42,7 @@ import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client import values as prometheus_values
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from prometheus_client.mmap_dict import MmapedDict
 
 log = logging.getLogger("gateway.metrics")
@@ -69,10 +73,10 @@ KONG_REQUEST_LATENCY = Histogram("kong_request_latency_ms", "Total latency incur
 # ever ran (mode "sum") exposes the exact name and only ever grows, as Kong's counter does.
 KONG_BANDWIDTH = Gauge("kong_bandwidth_bytes", "Total bandwidth (ingress/egress) throughput in bytes",
                        ["service", "route", "direction", "workspace", "consumer"], multiprocess_mode="sum")
-KONG_TARGET_HEALTH = Gauge("kong_upstream_target_health", "Health status of targets of upstream. States = "
-                           "healthchecks_off|healthy|unhealthy|dns_error, value is 1 when state is populated.",
-                           ["upstream", "target", "address", "state", "subsystem"], multiprocess_mode="livemax")
-METRIC_ERRORS = Counter("kong_nginx_metric_errors_total", "Number of errors while recording or exporting metrics")
+METRIC_ERRORS = Counter("kong_nginx_metric_errors_total", "Number of nginx-lua-prometheus errors")
+# Kong's nginx timers, summed over the workers: running = Trio tasks runnable at the sample, pending = the worker's
+# other living tasks (sampled at each flush: gateway.telemetry.service.WorkerTelemetry.sample)
+KONG_NGINX_TIMERS = Gauge("kong_nginx_timers", "Number of nginx timers", ["state"], multiprocess_mode="livesum")
 
 # --- the gateway's own ----------------------------------------------------------------------------------------------
 
@@ -88,8 +92,6 @@ CONNECTIONS = Gauge("gateway_connections", "Client connections by state: active,
                     "writing (a request in progress), waiting (idle keep-alive)", ["state"],
                     multiprocess_mode="livesum")
 ACCEPTED = Counter("gateway_connections_accepted_total", "Client connections accepted")
-BREAKER_STATE = Gauge("gateway_circuit_breaker_state", "Circuit breaker state per target: 1 for the current state "
-                      "(closed, open, half_open)", ["target", "state"], multiprocess_mode="livemax")
 BREAKER_TRANSITIONS = Counter("gateway_circuit_breaker_transitions_total", "Circuit breaker transitions per target",
                               ["target", "from_state", "to_state"])
 RATELIMIT_ADMITTED = Counter("gateway_ratelimit_admitted_total", "Requests a rate-limiting plugin admitted (each "
@@ -136,6 +138,87 @@ def tool_label(name: str) -> str:
         _tool_labels.add(name)
         return name
     return OTHER_TOOL
+
+
+# --- the state keeper's current state -------------------------------------------------------------------------------
+
+STATE_SUFFIX = ".state"  # not .db: prometheus_client's reader of the files passes them by
+_published: dict[str, tuple[str, int, list[list[Any]]]] = {}  # family -> (directory, pid, rows) last written
+
+
+class StateGauge(Gauge):
+    """A gauge of what one process holds now (the state keeper's target health and breaker states), whose label
+    sets come and go with the config. Its values live in memory, where remove() works, not in the multiprocess
+    files, which keep every label set a process ever wrote until it exits (prometheus_client cannot remove one
+    there). Its owner `publish`es the family as it is to a file of its own, which /metrics reads whole
+    (`read_states`): a label set removed is gone from the next scrape, as Kong's exporter resets
+    upstream_target_health at each."""
+
+    def _metric_init(self) -> None:
+        self._value = prometheus_values.MutexValue(self._type, self._name, self._name, self._labelnames,
+                                                   self._labelvalues, self._documentation)
+
+    def remove(self, *labelvalues: Any) -> None:
+        """Forget a label set (in memory: no multiprocess warning)."""
+        with self._lock:
+            self._metrics.pop(tuple(str(value) for value in labelvalues), None)
+
+    def publish(self) -> None:
+        """Write the family's label sets and values to `<name>_<pid>.state` in the multiprocess directory when they
+        changed since this process last wrote it (outside multiprocess mode: nothing). Written aside and renamed
+        over, so a scrape reads the old rows or the new, never a part."""
+        path = os.environ.get(MULTIPROC_ENV)
+        if not path:
+            return
+        (family,) = self.collect()
+        rows = sorted([*sample.labels.values(), sample.value] for sample in family.samples)
+        pid = os.getpid()
+        if _published.get(self._name) == (path, pid, rows):
+            return
+        target = os.path.join(path, f"{self._name}_{pid}{STATE_SUFFIX}")
+        with open(target + ".new", "w", encoding="utf-8") as f:
+            json.dump({"help": self._documentation, "labels": list(self._labelnames), "rows": rows}, f)
+        os.replace(target + ".new", target)
+        _published[self._name] = (path, pid, rows)
+
+
+def read_states(path: str) -> list[Metric]:
+    """The families StateGauges published, each as its last publish left it (a file of an exited process is removed
+    by `sweep_dead_processes`); a label set in two files (a keeper and its successor, for a moment) at its max."""
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        return []
+    docs: dict[str, tuple[str, list[str]]] = {}  # family -> (help, label names)
+    values: defaultdict[str, dict[tuple[str, ...], float]] = defaultdict(dict)
+    for name in names:
+        if not name.endswith(STATE_SUFFIX):
+            continue
+        try:
+            with open(os.path.join(path, name), encoding="utf-8") as f:
+                doc = json.load(f)
+        except (OSError, ValueError):  # removed meanwhile (its process exited)
+            continue
+        family = name[:-len(STATE_SUFFIX)].rpartition("_")[0]
+        docs.setdefault(family, (doc["help"], doc["labels"]))
+        seen = values[family]
+        for *labels, value in doc["rows"]:
+            key = tuple(labels)
+            seen[key] = max(value, seen.get(key, value))
+    out = []
+    for family, (documentation, labelnames) in docs.items():
+        metric = Metric(family, documentation, "gauge")
+        for labels, value in values[family].items():
+            metric.add_sample(family, dict(zip(labelnames, labels, strict=True)), value)
+        out.append(metric)
+    return out
+
+
+KONG_TARGET_HEALTH = StateGauge("kong_upstream_target_health", "Health status of targets of upstream. States = "
+                                "healthchecks_off|healthy|unhealthy|dns_error, value is 1 when state is populated.",
+                                ["upstream", "target", "address", "state", "subsystem"])
+BREAKER_STATE = StateGauge("gateway_circuit_breaker_state", "Circuit breaker state per target: 1 for the current "
+                           "state (closed, open, half_open)", ["target", "state"])
 
 HistogramRow = list  # per label set: counts per bucket (the last is +Inf), then the sum
 
@@ -387,21 +470,29 @@ def release_metric_files() -> None:
 
 
 def sweep_dead_processes(path: str) -> list[int]:
-    """Remove the live-gauge files of processes that have exited (their counters stay); returns their pids."""
+    """Remove the live-gauge and published-state files of processes that have exited (their counters stay);
+    returns their pids."""
     dead: list[int] = []
     try:
         names = os.listdir(path)
     except OSError:
         return dead
     for name in names:
-        if not (name.startswith("gauge_live") and name.endswith(".db")):
+        state = name.endswith(STATE_SUFFIX)
+        if not (state or (name.startswith("gauge_live") and name.endswith(".db"))):
             continue
-        try:
-            pid = int(name.rsplit("_", 1)[1][:-3])
-        except ValueError:
+        pid_text = name.rpartition(".")[0].rpartition("_")[2]
+        if not pid_text.isdigit():
             continue
-        if pid != os.getpid() and not _alive(pid):
+        pid = int(pid_text)
+        if pid == os.getpid() or _alive(pid):
+            continue
+        if state:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, name))
+        else:
             multiprocess.mark_process_dead(pid, path)
+        if pid not in dead:
             dead.append(pid)
     return dead
 

@@ -116,13 +116,15 @@ class BreakerBoard:
         return {name: self._get(name).describe(now) for name in targets}
 
     def sample_states(self) -> None:
-        """gateway_circuit_breaker_state: 1 for each breaker's current state, 0 for the others (metrics flush)."""
+        """gateway_circuit_breaker_state: 1 for each breaker's current state, 0 for the others (metrics flush),
+        published whole (a StateGauge), so a target the config no longer has leaves /metrics."""
         for target, breaker in self._breakers.items():
             for state in State:
                 BREAKER_STATE.labels(target, _NAMES[state]).set(1 if breaker.state is state else 0)
         for labels in list(BREAKER_STATE._metrics):
             if labels[0] not in self._breakers:  # a target the config no longer has
                 BREAKER_STATE.remove(*labels)
+        BREAKER_STATE.publish()
 
     def _counted(self, updates: list[BreakerUpdate]) -> list[BreakerUpdate]:
         """Count each transition (gateway_circuit_breaker_transitions_total) as it is published."""

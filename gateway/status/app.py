@@ -6,7 +6,8 @@
     GET /ready   -> 200 | 503  {"ready": bool, "node", "timestamp", "checks": {name: "ready"|"not_ready"}}
     GET /live    -> 200        {"alive": true, "node", "uptime", "timestamp"}
     GET /metrics -> 200        Prometheus text 0.0.4 as Kong writes it (gateway.status.collect.encode_text), or
-                               OpenMetrics (prometheus_client's) when the scraper asks for it, from the registry given
+                               OpenMetrics (prometheus_client's) when the scraper asks for it, from the registry given;
+                               Kong's Status API route (its methods and trailing slash, as /status's)
     GET /status  -> 200        Kong's Status API /status JSON (gateway.status.kong); the status page
                                (gateway.status.page), when the app has one, to a request whose Accept prefers
                                text/html (a browser); /status.json the page's data
@@ -201,7 +202,7 @@ class StatusApp:
             status, headers, body = await self.kong_drain(scope, receive)
         elif path == "/status/ready" and method not in ("GET", "HEAD"):
             status, headers, body = _kong_method(method, b"GET, HEAD, OPTIONS, POST")
-        elif path == "/status" and method not in ("GET", "HEAD"):
+        elif path in ("/status", "/metrics") and method not in ("GET", "HEAD"):
             status, headers, body = _kong_method(method)
         elif handler is None:
             status, headers, body = _json(404, {"error": "not found", "paths": sorted(self.routes) + KONG_PATHS})
@@ -270,15 +271,21 @@ class StatusApp:
 
     async def kong_ready(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Kong's Status API readiness (kong/status/ready.lua), for probes written for Kong: 200 {"message":
-        "ready"}, else 503 with what is not ready as the message."""
+        "ready"}, else 503 with what is not ready as the message; a loaded config without entities (the one whose
+        /status configuration_hash is all zeros) is not ready, as Kong's is_dbless_ready says of the empty config's
+        hash."""
         if self.draining:
             return _json(503, {"message": "draining"})
         parts, error = await self.readiness()
         if error is None:
             not_ready = [name for name, ok in parts.items() if not ok]
-            if not not_ready:
+            config = self.config()
+            if not_ready:
+                error = "not ready: " + ", ".join(not_ready)
+            elif config is not None and not kong.has_entities(config):
+                error = "no configuration available (empty configuration present)"
+            else:
                 return _json(200, {"message": "ready"})
-            error = "not ready: " + ", ".join(not_ready)
         return _json(503, {"message": error})
 
     async def kong_drain(self, scope: dict[str, Any], receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -374,7 +381,8 @@ class StatusApp:
         return _json(200, await self.page.data())
 
 
-KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready"}  # Kong's default_route drops the slash
+# Kong's default_route drops the slash
+KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready", "/metrics/": "/metrics"}
 MAX_POST_BYTES = 64 * 1024  # a POST /status/ready body (status=draining) is a few bytes
 KONG_PATHS = ["/upstreams/{upstream}/health", "/upstreams/{upstream}/targets", "/upstreams/{upstream}/targets/all",
               "/upstreams/{upstream}/targets/{target}"]

@@ -19,11 +19,21 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from gateway.metrics import RECORDER, FilesCollector, declared_labels, fold_dead_processes, sweep_dead_processes
+from gateway.metrics import (
+    RECORDER,
+    FilesCollector,
+    declared_labels,
+    fold_dead_processes,
+    read_states,
+    sweep_dead_processes,
+)
 from gateway.status.kong import rss_bytes
 from gateway.telemetry.node_id import node_id
 
 CONNECTION_STATES = ("active", "reading", "writing", "waiting")
+TIMER_STATES = ("running", "pending")
+# the workers' families /metrics writes as one of Kong's node families (every state, 0 when no worker has one)
+NODE_FAMILIES = frozenset({"kong_nginx_timers"})
 # Kong's metrics kept in its shared dict, which /metrics shows only while a prometheus plugin is enabled (its
 # metric_data(local_only)), its error counter among them; its node families and target health are local metrics,
 # always shown
@@ -58,17 +68,16 @@ class GatewayCollector:
             self.worker_pids = sorted(worker_pids)
 
     def families(self) -> list[Metric]:
-        """Every process's families as the files hold them (what the status page reads), once the files of exited
-        processes are folded (a thread: this reads and writes files)."""
+        """Every process's families as the files hold them (what the status page reads), and the state keeper's
+        current target health and breaker states (gateway.metrics.StateGauge), once the files of exited processes
+        are folded (a thread: this reads and writes files)."""
         fold_dead_processes(self.path)
-        return list(self._files.collect())
+        return [*self._files.collect(), *read_states(self.path)]
 
     def collect(self) -> Iterator[Metric]:
         families = self.families()
-        if self.kong_enabled():
-            yield from families
-        else:
-            yield from (family for family in families if family.name not in PLUGIN_FAMILIES)
+        hidden = NODE_FAMILIES if self.kong_enabled() else NODE_FAMILIES | PLUGIN_FAMILIES
+        yield from (family for family in families if family.name not in hidden)
         yield from self._kong_node(families)
 
     def _kong_node(self, families: list[Metric]) -> Iterator[Metric]:
@@ -99,6 +108,10 @@ class GatewayCollector:
             if rss is not None:  # gone since: Kong's memory stats leave a worker it cannot read out too
                 memory.add_metric([node, str(pid), "http"], rss)
         yield memory
+        timers = GaugeMetricFamily("kong_nginx_timers", "Number of nginx timers", labels=["state"])
+        for state in TIMER_STATES:
+            timers.add_metric([state], values.get(("kong_nginx_timers", state), 0.0))
+        yield timers
         # DB-less, as Kong's "off" strategy: there is no datastore to lose, and Kong reports it reachable.
         yield GaugeMetricFamily("kong_datastore_reachable", "Datastore reachable from Kong, 0 is unreachable", 1)
 
@@ -110,7 +123,7 @@ def _sums(families: list[Metric]) -> dict[tuple[str, str], float]:
         if family.name in ("gateway_requests", "gateway_connections_accepted"):
             total = sum(s.value for s in family.samples if s.name.endswith("_total"))
             out[(family.name, "total")] = total
-        elif family.name == "gateway_connections":
+        elif family.name in ("gateway_connections", "kong_nginx_timers"):
             for sample in family.samples:
                 key = (family.name, sample.labels.get("state", ""))
                 out[key] = out.get(key, 0.0) + sample.value

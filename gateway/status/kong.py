@@ -182,11 +182,15 @@ _ENTITY_LISTS = ("services", "routes", "upstreams", "targets", "plugins", "consu
 def config_hash(text: str | None, config: Any) -> str:
     """Kong's declarative hash of a config file: md5 of its text (declarative/init.lua parse_string), all zeros when
     nothing is loaded or the config has no entities (import.lua load_into_cache)."""
-    if text is None or config is None:
-        return EMPTY_CONFIG_HASH
-    if not any(getattr(config, name, None) for name in _ENTITY_LISTS):
+    if text is None or config is None or not has_entities(config):
         return EMPTY_CONFIG_HASH
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()
+
+
+def has_entities(config: Any) -> bool:
+    """Whether a loaded config has any entity: without one, Kong's hash is the empty config's (all zeros) and its
+    /status/ready is 503 (ready.lua is_dbless_ready)."""
+    return any(getattr(config, name, None) for name in _ENTITY_LISTS)
 
 
 # --- the upstream routes --------------------------------------------------------------------------------------------

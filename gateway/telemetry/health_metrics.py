@@ -1,5 +1,6 @@
 """Kong's kong_upstream_target_health, set by the state keeper (which holds every target's verdict) at each
-metrics flush, when a prometheus plugin turns upstream_health_metrics on."""
+metrics flush, when a prometheus plugin turns upstream_health_metrics on, and published whole (a StateGauge), so
+/metrics shows the targets and upstreams of the current config only."""
 
 from __future__ import annotations
 
@@ -80,4 +81,5 @@ class TargetHealthMetrics:
         for known in list(KONG_TARGET_HEALTH._metrics):
             if known not in seen:
                 KONG_TARGET_HEALTH.remove(*known)
+        KONG_TARGET_HEALTH.publish()
 

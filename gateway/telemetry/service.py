@@ -12,7 +12,7 @@ import trio
 from gateway.config import Config
 from gateway.http.server import ConnectionSet
 from gateway.http.timers import Phase
-from gateway.metrics import ACCEPTED, CONNECTIONS, RECORDER, TARGET_ACTIVE, Recorder
+from gateway.metrics import ACCEPTED, CONNECTIONS, KONG_NGINX_TIMERS, RECORDER, TARGET_ACTIVE, Recorder
 from gateway.telemetry.batch import QUEUES
 from gateway.telemetry.lines import LINES, Lines
 from gateway.telemetry.phase import LogPhase
@@ -70,8 +70,9 @@ class WorkerTelemetry:
             await QUEUES.drain()
 
     def sample(self) -> None:
-        """At each flush: connections by state and requests in progress per target (never on the request path).
-        One pass over the connections, comparing small ints; those relaying a stream are not in it (they write)."""
+        """At each flush: connections by state, requests in progress per target and the worker's Trio tasks (never
+        on the request path). One pass over the connections, comparing small ints; those relaying a stream are not in
+        it (they write)."""
         connections = self.connections
         reading = waiting = 0
         for timer in connections.timers.live:
@@ -94,3 +95,6 @@ class WorkerTelemetry:
                 TARGET_ACTIVE.labels(*labels).set(0)
         for (upstream, target), n in active.items():
             TARGET_ACTIVE.labels(upstream, target).set(n)
+        tasks = trio.lowlevel.current_statistics()  # Kong's nginx timers: runnable tasks run, the others pend
+        KONG_NGINX_TIMERS.labels("running").set(tasks.tasks_runnable)
+        KONG_NGINX_TIMERS.labels("pending").set(tasks.tasks_living - tasks.tasks_runnable)
