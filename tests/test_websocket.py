@@ -117,8 +117,9 @@ class WsBackend:
     """A WebSocket-ish echo server; `mode`: "echo", "silent" (says nothing after its 101), "sink" (nor reads),
     "flood" (sends without pause after its 101), or "refuse" (400)."""
 
-    def __init__(self, mode: str = "echo") -> None:
+    def __init__(self, mode: str = "echo", switch: bytes = b"Upgrade: websocket\r\nConnection: Upgrade\r\n") -> None:
         self.mode = mode
+        self.switch = switch  # its 101's Upgrade and Connection lines
         self.port = 0
         self.heads: list[tuple[bytes, dict[bytes, bytes]]] = []
         self.received: list[tuple[int, bytes]] = []  # frames from the client, unmasked
@@ -144,8 +145,8 @@ class WsBackend:
                 return
             accept = accept_for(headers[b"sec-websocket-key"])
             greeting = frame(TEXT, b"hello", mask=False) if self.mode == "echo" else b""
-            await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                                  b"Sec-WebSocket-Accept: %b\r\nX-Backend: ws\r\n\r\n%b" % (accept, greeting))
+            await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\n%bSec-WebSocket-Accept: %b\r\nX-Backend: ws\r\n"
+                                  b"\r\n%b" % (self.switch, accept, greeting))
             if self.mode == "sink":
                 await trio.sleep_forever()  # reads nothing more: the gateway's writes to it end up waiting
             if self.mode == "flood":
@@ -173,8 +174,9 @@ class WsBackend:
                 self.eof.set()
 
 
-async def start(nursery: trio.Nursery, gateway, mode: str = "echo", **fields) -> tuple[WsBackend, int]:  # noqa: ANN001
-    backend = WsBackend(mode)
+async def start(nursery: trio.Nursery, gateway, mode: str = "echo", switch: bytes | None = None,  # noqa: ANN001
+                **fields) -> tuple[WsBackend, int]:
+    backend = WsBackend(mode) if switch is None else WsBackend(mode, switch)
     await nursery.start(backend.serve)
     port = await gateway({"services": [service("ws", f"http://127.0.0.1:{backend.port}", **fields)]})
     return backend, port
@@ -287,6 +289,49 @@ async def test_upgrade_without_connection_upgrade_is_kongs_upgrade(nursery, gate
             assert await read_frames(stream, buf, 2) == [(TEXT, b"hello"), (TEXT, b"echo: ping")]
     seen = backend.heads[0][1]
     assert (seen[b"upgrade"], seen[b"connection"]) == (b"websocket", b"keep-alive, Upgrade")
+
+
+async def test_first_frame_with_a_handshake_whose_connection_does_not_name_upgrade_reaches_the_upstream(
+        nursery, gateway):
+    """Sent in the same packet as such a handshake (tunnelled, as Kong reads Upgrade alone), the first frame goes
+    upstream first once the 101 came, as nginx relays what followed the head (ngx_http_upstream.c
+    ngx_http_upstream_process_upgraded: `if (r->header_in->last > r->header_in->pos)`); llhttp calls the request
+    no upgrade, so its codec finds those bytes again."""
+    backend, port = await start(nursery, gateway)
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buf = bytearray()
+        async with stream:
+            await stream.send_all(handshake(base64.b64encode(os.urandom(16)), connection=b"keep-alive")
+                                  + frame(TEXT, b"first", mask=True))
+            assert (await read_head(stream, buf))[0].startswith(b"HTTP/1.1 101 ")
+            assert await read_frames(stream, buf, 2) == [(TEXT, b"hello"), (TEXT, b"echo: first")]
+    assert backend.received == [(TEXT, b"first")]
+
+
+@pytest.mark.parametrize("switch", [
+    b"Upgrade: websocket\r\n",  # no Connection
+    b"Upgrade: websocket\r\nConnection: keep-alive\r\n",
+    b"",  # neither
+])
+async def test_a_101_without_connection_upgrade_is_tunnelled_as_nginx_does(nursery, gateway, switch):
+    """nginx decides on the client's request alone (ngx_http_proxy_module.c ngx_http_proxy_process_header: a 101 to
+    a request with Upgrade sets u->upgrade; ngx_http_upstream_upgrade: "TODO: prevent upgrade if not requested or
+    not possible"): the 101 goes out with nginx's own `Connection: upgrade` (ngx_http_header_filter_module.c) and
+    the upstream's Upgrade when it is `websocket` (Kong's header filter, kong/runloop/handler.lua), then the
+    tunnel."""
+    backend, port = await start(nursery, gateway, switch=switch)
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        buf = bytearray()
+        async with stream:
+            await stream.send_all(handshake(base64.b64encode(os.urandom(16))))
+            start_line, headers = await read_head(stream, buf)
+            assert start_line.startswith(b"HTTP/1.1 101 ")
+            assert headers[b"connection"] == b"upgrade"
+            assert headers.get(b"upgrade") == (b"websocket" if switch else None)
+            await stream.send_all(frame(TEXT, b"ping", mask=True))
+            assert await read_frames(stream, buf, 2) == [(TEXT, b"hello"), (TEXT, b"echo: ping")]
 
 
 async def test_upstream_silent_longer_than_read_timeout_ends_the_tunnel(nursery, gateway, caplog):
@@ -441,6 +486,64 @@ def test_server_codec_switch_keeps_what_followed_the_head(codec):
     assert server.keep_alive is False
 
 
+FIRST = b"\x81\x85abcd-frame-bytes"  # a client's first frame (masked), the new protocol's first bytes
+SOCKET = b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n"  # ... and its Connection, then its blank line
+
+
+def _declined(server, status: int = 426) -> None:  # noqa: ANN001
+    """Answer the request read with a `status` (not a switch) and go on to the next one."""
+    assert server.take_body()[1]
+    server.response_head(status, [(b"content-length", b"0")])
+    server.end()
+    server.start_next_cycle()
+
+
+@pytest.mark.parametrize("codec", ["h11", "llhttp"])
+@pytest.mark.parametrize(("before", "chunks"), [
+    (b"", [SOCKET + b"Connection: keep-alive\r\n\r\n" + FIRST]),  # Connection not naming upgrade
+    (b"", [SOCKET + b"\r\n" + FIRST]),  # no Connection
+    (b"", [SOCKET + b"\r", b"\n" + FIRST]),  # the head split in its blank line, the frame in the next read
+    (b"", [SOCKET + b"Content-Length: 3\r\n\r\nabc" + FIRST]),  # a body goes first (README)
+    (b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n", [SOCKET + b"\r\n" + FIRST]),  # after another request, same read
+    (b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n", [SOCKET + b"\r\n" + FIRST]),
+], ids=["keep-alive", "no-connection", "split-head", "body", "pipelined", "after-a-declined-upgrade"])
+def test_server_codec_switch_after_an_upgrade_without_connection_upgrade_keeps_what_followed(codec, before, chunks):
+    """Kong tunnels a request whose Upgrade is websocket whatever its Connection (kong/runloop/handler.lua), nginx on
+    any 101 to a request with Upgrade (ngx_http_proxy_module.c) and relays first what followed the head
+    (ngx_http_upstream.c ngx_http_upstream_process_upgraded, r->header_in): so the codec keeps those bytes though
+    llhttp calls such a request no upgrade (it wants Connection: upgrade too), as h11 keeps them."""
+    server = codec_classes(codec)[0]()
+    server.receive_data(before + chunks[0])
+    if before:
+        assert server.next_event().target == b"/a"
+        _declined(server)
+    for chunk in chunks[1:]:
+        assert server.next_event() is NEED_DATA
+        server.receive_data(chunk)
+    ev = server.next_event()
+    assert type(ev) is Request and ev.target == b"/ws"
+    assert server.take_body()[1]
+    server.switch_protocols([(b"upgrade", b"websocket"), (b"connection", b"upgrade")])
+    assert server.take_upgraded() == FIRST
+    assert server.keep_alive is False
+
+
+@pytest.mark.parametrize("codec", ["h11", "llhttp"])
+@pytest.mark.parametrize("connection", [b"", b"Connection: keep-alive\r\n", b"Connection: Upgrade\r\n"])
+def test_server_codec_an_upgrade_not_switched_reads_what_followed_as_the_next_request(codec, connection):
+    """An upgrade answered otherwise (a plugin's answer, the backend's 426; or not a WebSocket one) leaves the
+    connection HTTP: what followed its head is the next request, as nginx reads the rest of r->header_in
+    (ngx_http_set_keepalive); and that request's own switch gives what followed it."""
+    server = codec_classes(codec)[0]()
+    server.receive_data(SOCKET + connection + b"\r\n" + SOCKET + b"\r\n" + FIRST)
+    assert type(server.next_event()) is Request
+    _declined(server)
+    assert type(server.next_event()) is Request
+    assert server.take_body()[1]
+    server.switch_protocols([(b"upgrade", b"websocket"), (b"connection", b"upgrade")])
+    assert server.take_upgraded() == FIRST
+
+
 @pytest.mark.parametrize("codec", ["h11", "llhttp"])
 def test_client_codec_switch_on_101_to_an_upgrade_request(codec):
     client = codec_classes(codec)[1]()
@@ -471,25 +574,42 @@ def test_client_codec_an_upgrade_declined_is_an_answer_but_the_connection_is_not
 
 
 @pytest.mark.parametrize("codec", ["h11", "llhttp"])
-def test_client_codec_a_101_without_upgrade_headers_is_502(codec):
+@pytest.mark.parametrize("chunks", [
+    [b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x05hello"],  # neither Upgrade nor Connection
+    [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"],
+    [b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n\x81\x05hello"],
+    [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello"],
+    [b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching", b" Protocols\r\nUpgrade: x\r\n\r", b"\n\x81\x05hello"],
+], ids=["bare", "no-connection", "connection-keep-alive", "after-a-100", "split-after-a-100"])
+def test_client_codec_a_101_without_upgrade_headers_switches_as_nginx(codec, chunks):
+    """This was a 502. nginx decides on the request alone (ngx_http_proxy_process_header: a 101 to a request with
+    Upgrade sets u->upgrade) and never reads the 101's Upgrade or Connection (ngx_http_upstream_upgrade: "TODO:
+    prevent upgrade if not requested or not possible"): the codec hands the connection over, with what came after
+    the 101's head."""
     client = codec_classes(codec)[1]()
     client.request_head(b"GET", b"/ws", [(b"host", b"up"), (b"upgrade", b"websocket"),
                                          (b"connection", b"keep-alive, Upgrade")], None)
     client.end()
-    client.receive_data(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
-    with pytest.raises(ProtocolError) as e:
-        while client.next_event() is not NEED_DATA:
-            pass
-    assert e.value.status == 502
+    for chunk in chunks[:-1]:
+        client.receive_data(chunk)
+        assert client.next_event() is NEED_DATA
+    client.receive_data(chunks[-1])
+    ev = client.next_event()
+    assert type(ev) is Response and ev.status == 101
+    assert client.next_event() is NEED_DATA
+    assert client.take_upgraded() == b"\x81\x05hello"
+    assert client.keep_alive is False
 
 
 @pytest.mark.parametrize("codec", ["h11", "llhttp"])
-def test_client_codec_101_to_a_request_with_its_own_framing_is_502(codec):
-    """The proxy's ordinary requests (framing given) never carry Upgrade: a 101 to one is unsolicited."""
+@pytest.mark.parametrize("switch", [b"Upgrade: websocket\r\nConnection: Upgrade\r\n", b""])
+def test_client_codec_101_to_a_request_with_its_own_framing_is_502(codec, switch):
+    """The proxy's ordinary requests (framing given) never carry Upgrade: a 101 to one is unsolicited (nginx would
+    pass it on as a final answer; the gateway answers 502 on purpose, README "WebSockets")."""
     client = codec_classes(codec)[1]()
     client.request_head(b"GET", b"/", [(b"host", b"up")], NO_BODY)
     client.end()
-    client.receive_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    client.receive_data(b"HTTP/1.1 101 Switching Protocols\r\n%b\r\n" % switch)
     with pytest.raises(ProtocolError) as e:
         client.next_event()
     assert e.value.status == 502

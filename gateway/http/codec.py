@@ -118,8 +118,9 @@ class ServerCodec(Protocol):
     def response_head(self, status: int, headers: Headers, reason: bytes = b"", close: bool = False,
                       lines: bytes = b"", framing: int | None = None) -> bytes: ...
     def informational(self, status: int) -> bytes: ...  # e.g. 100 Continue
-    # A 101 head, after a request that asked to switch protocols (Upgrade, Connection: upgrade) and whose END was
-    # taken: the connection carries the new protocol from there on, never another HTTP message (keep_alive False).
+    # A 101 head, after a request that asked to switch protocols (an Upgrade header, whatever its Connection) and
+    # whose END was taken: the connection carries the new protocol from there on, never another HTTP message
+    # (keep_alive False).
     # `headers` go out as they are (the caller's Upgrade and Connection included), then `lines`.
     def switch_protocols(self, headers: Headers, reason: bytes = b"", lines: bytes = b"") -> bytes: ...
     # After switch_protocols: the bytes the client sent after its request head, already read off the socket (the
@@ -152,8 +153,9 @@ class ClientCodec(Protocol):
     # After the Response: the body bytes parsed so far and whether END came with them (next_event in a loop).
     def take_body(self) -> tuple[bytes, bool]: ...
     # A request whose headers ask to switch protocols (Upgrade, and Connection naming upgrade; sent with
-    # framing=None) may be answered 101: next_event gives that Response (status 101), then NEED_DATA for good, and
-    # this gives the bytes that came after its head, the first of the new protocol's. Such a connection is never
+    # framing=None) may be answered 101, whatever the 101's Upgrade and Connection say (nginx looks at the request
+    # alone): next_event gives that Response (status 101), then NEED_DATA for good, and this gives the bytes that
+    # came after its head, the first of the new protocol's. Such a connection is never
     # reused (keep_alive False), whatever the answer. A 101 to any other request is a ProtocolError (502).
     def take_upgraded(self) -> bytes: ...
     @property

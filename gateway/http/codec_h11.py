@@ -43,7 +43,7 @@ from gateway.http.codec import (
     overflow_error,
     version_missing,
 )
-from gateway.http.codec_llhttp import REASONS, _close_delimited, _has_token, _wants_keep_alive
+from gateway.http.codec_llhttp import REASONS, _close_delimited, _wants_keep_alive
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")  # no field-vchar (RFC 9110 5.5); llhttp refuses them, h11 not
@@ -424,11 +424,10 @@ class H11Client(_H11Codec):
     def take_upgraded(self) -> bytes:
         return bytes(self._conn.trailing_data[0])  # what h11 left unparsed after the 101 (it pauses there)
 
-    def _switched(self, ev: h11.InformationalResponse, headers: Headers) -> Response:
-        """The 101 h11 accepted (to a request with Upgrade): as llhttp, only with Upgrade and Connection: upgrade."""
-        if not any(name == b"upgrade" for name, _ in headers) or not any(
-                name == b"connection" and _has_token(value, b"upgrade") for name, value in headers):
-            raise ProtocolError("upstream switched protocols without Upgrade and Connection: upgrade", 502)
+    @staticmethod
+    def _switched(ev: h11.InformationalResponse, headers: Headers) -> Response:
+        """The 101 h11 accepted (to a request with Upgrade), whatever its Upgrade and Connection say: nginx switches
+        on the request alone (ngx_http_upstream_upgrade: "TODO: prevent upgrade if not requested or not possible")."""
         return Response(101, bytes(ev.reason), headers, bytes(ev.http_version), False)
 
     def _raw_response(self) -> Headers | None:

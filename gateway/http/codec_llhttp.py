@@ -7,6 +7,7 @@ the events that preceded it, so a valid pipelined request is still answered befo
 
 from __future__ import annotations
 
+import re
 from http import HTTPStatus
 
 import httptools
@@ -44,6 +45,7 @@ from gateway.http.codec import (
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CHUNK_END = b"0\r\n\r\n"
 _OWS = b" \t"
+_STATUS_101 = re.compile(rb"HTTP/[0-9]\.[0-9] 101[ \r]")  # a status line of 101, as llhttp reads one
 
 
 def _has_token(value: bytes, token: bytes) -> bool:
@@ -105,17 +107,32 @@ class _Completions:
 
 
 def _completed(data: bytes) -> int:
-    """How many requests a fresh parser sees end in `data` (which begins between two), up to its first error."""
+    """How many requests a fresh parser sees end in `data` (which begins between two), up to its first error or
+    a request it stops for (Upgrade with Connection: upgrade)."""
     counter = _Completions()
     try:
         httptools.HttpRequestParser(counter).feed_data(data)
-    except httptools.HttpParserError:
+    except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         pass
     return counter.ended
 
 
-# the most bytes since a chunk that began between two requests kept for _reparse_escaped: what a connection holds while
-# a request spans reads (a body longer than this before a raw-byte head pipelined after it: that head gets 400)
+def _end_of_requests(data: bytes, count: int) -> int:
+    """The least prefix of `data` (which begins between two requests) in which `count` requests end (httptools tells
+    no offsets): a dozen parses, for the rare paths that need an offset."""
+    low, high = 0, len(data)
+    while low < high:
+        middle = (low + high) // 2
+        if _completed(data[:middle]) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+# the most bytes since a chunk that began between two requests kept for _reparse_mended and take_upgraded: what a
+# connection holds while a request spans reads (a body longer than this before a raw-byte head pipelined after it:
+# that head gets 400; one sent with an Upgrade alone: what followed it in its last read is not relayed on a switch)
 _REPARSE_WINDOW = 8192
 
 
@@ -126,13 +143,7 @@ def _pipelined_head(data: bytes) -> int | None:
     count = _completed(data)
     if not count:
         return None
-    low, high = 0, len(data)
-    while low < high:
-        middle = (low + high) // 2
-        if _completed(data[:middle]) >= count:
-            high = middle
-        else:
-            low = middle + 1
+    low = _end_of_requests(data, count)
     while data[low:low + 1] in (b"\r", b"\n"):
         low += 1
     return low if low < len(data) else None
@@ -259,6 +270,8 @@ class _Parsing(_BodyFramer):
         if error is None:
             self._upgraded(data, upgrade_at)
             return
+        if self._switched_anyway(data):
+            return
         if self._in_head and self._reparse_mended(data):
             return
         self._bad_method = isinstance(error, httptools.HttpParserInvalidMethodError)
@@ -269,6 +282,11 @@ class _Parsing(_BodyFramer):
 
     def _reparse_mended(self, data: bytes) -> bool:
         """A request head llhttp refused: parsed again as mend_request_head mends it, if it does (server side)."""
+        return False
+
+    def _switched_anyway(self, data: bytes) -> bool:
+        """llhttp stopped after a 101 it calls no upgrade (without Upgrade or Connection: upgrade), which answers
+        ours: switched all the same (client side)."""
         return False
 
     def _head_waits(self, data: bytes) -> None:
@@ -328,7 +346,7 @@ class LlhttpServer(_Parsing):
     whole size only. (nginx itself sizes such a head where the request before it left its buffers.)"""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev")
+                 "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -352,6 +370,7 @@ class LlhttpServer(_Parsing):
         # the bytes before it since the last chunk that began between two requests (b"": it began so itself); None:
         # more than _REPARSE_WINDOW of them
         self._before: bytes | None = b""
+        self._tunnel_mark: tuple[bytes, int] | None = None  # when _tunnel is current (_upgraded, take_upgraded)
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -451,6 +470,10 @@ class LlhttpServer(_Parsing):
             head = whole[start:]
         else:
             return False
+        if not (b"A" <= head[:1] <= b"Z" or head[:1] == b"_" or head[:1] == b"-"):
+            # Not a method's first byte: nginx refuses it at once, nothing to mend; and the bytes stay as they came
+            # for take_upgraded (a WebSocket frame sent with its handshake).
+            return False
         try:
             mended = mend_request_head(head, self._max_line)
         except ProtocolError as e:  # a version nginx does not speak: 505 (receive_data adds the method)
@@ -522,8 +545,7 @@ class LlhttpServer(_Parsing):
         # ordinary request (answering anything but 101 declines the upgrade) and parse on after it, which httptools
         # allows; but a body llhttp skipped cannot be recovered, so such a request is refused instead. What came
         # after its head is also kept as it is: when the answer is a 101 (switch_protocols), those bytes are the
-        # new protocol's (take_upgraded). (A second upgrade request in the same chunk, pipelined after a first
-        # one, keeps the first one's: a client waits for the switch before it speaks the new protocol.)
+        # new protocol's (take_upgraded), while the events parsed from them, and no chunk since, are all there is.
         events = self._events
         request = events[-2]
         assert type(request) is Request  # the head llhttp parsed before it stopped
@@ -534,10 +556,31 @@ class LlhttpServer(_Parsing):
                 self._fail(ProtocolError("protocol upgrade with a request body is not supported", 501))
                 return
         rest = data[offset:]
+        queued = len(events)
         if rest:
             self._before, self._prev = b"", rest
             self._feed(rest)
         self._tunnel = rest
+        self._tunnel_mark = (self._prev, len(events) - queued)
+
+    def take_upgraded(self) -> bytes:
+        # What followed the request answered: kept by _upgraded when llhttp stopped for it (Connection: upgrade);
+        # else (an Upgrade alone, which Kong tunnels too) in the bytes since the last chunk that began between two
+        # requests, none having come since its END (the last taken): past as many requests as a fresh parser sees
+        # end in them, less those whose events are still queued.
+        mark = self._tunnel_mark
+        events = self._events
+        if mark is not None and mark[0] is self._prev and mark[1] == len(events):
+            rest = self._tunnel
+        elif (before := self._before) is None:  # (over _REPARSE_WINDOW of them, a long body say: not known)
+            rest = b""
+        else:
+            whole = before + self._prev
+            ended = _completed(whole) - sum(ev is END for ev in events)
+            # (none: they begin after it, at an upgrade request pipelined after it that llhttp stopped for)
+            rest = whole[_end_of_requests(whole, ended):] if ended > 0 else whole
+        self._tunnel, self._tunnel_mark = b"", None
+        return rest
 
     def next_event(self) -> Event:
         events = self._events
@@ -725,7 +768,8 @@ class LlhttpClient(_Parsing):
         if reason and reason != b"OK":
             check_reason(reason)
         if status < 200:
-            if status == 101 and self._upgrade:  # the switch asked for: queued once llhttp stops for it (_upgraded)
+            # the switch asked for, whatever the 101's Upgrade and Connection say: queued once llhttp stops for it
+            if status == 101 and self._upgrade:
                 version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
                 self._switched = Response(status, reason, headers, version, False)
                 self._skip = True
@@ -811,13 +855,34 @@ class LlhttpClient(_Parsing):
         if switched is None:
             self._fail(ProtocolError("upstream switched protocols without being asked to", 502))
             return
-        # The 101 to our upgrade request (llhttp stops only for one with Upgrade and Connection: upgrade): the rest
-        # is the new protocol's. The parser is retired; nothing on this connection is HTTP any more.
+        # The 101 to our upgrade request, whatever its Upgrade and Connection say (_switched_anyway): the rest is the
+        # new protocol's. The parser is retired; nothing on this connection is HTTP any more.
         self._switched = None
         self._events.append(switched)
         self._tunnel = data[offset:]
         self._dead = True
         self._keep = False
+
+    def _switched_anyway(self, data: bytes) -> bool:
+        # nginx switches on the request alone (ngx_http_proxy_process_header: a 101 to one with Upgrade), never
+        # reading the 101's Upgrade or Connection; llhttp pauses after any 101 but tells where only when both say
+        # so. Its head is the first after the interim ones before it (their empty lines skipped) whose status is 101.
+        if self._switched is None:
+            return False
+        head = b"".join(self._head_chunks) + data if self._head_fed else data  # (from where the 101 began, or before)
+        start = 0
+        while True:
+            while head[start:start + 1] in (b"\r", b"\n"):
+                start += 1
+            end = head.find(b"\r\n\r\n", start)
+            if end < 0:  # pragma: no cover - llhttp ended the head in this chunk
+                return False
+            end += 4
+            if _STATUS_101.match(head, start):
+                break
+            start = end
+        self._upgraded(data, end - (len(head) - len(data)))
+        return True
 
     def _fail(self, error: ProtocolError) -> None:
         if error.status != 502:  # a limit a callback enforced (431 on the server side)
