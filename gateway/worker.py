@@ -89,7 +89,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     max_connections = gw.max_connections or derived_max_connections(nofile)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s,
-                              ERROR_DEFAULT_TYPES[gw.error_default_type], KongHeaders.from_setting(gw.headers),
+                              ERROR_DEFAULT_TYPES[gw.error_default_type],
+                              KongHeaders.from_setting(gw.headers, gw.charset),
                               "x-kong-request-id" in enabled(gw.headers_upstream), gw.keepalive_requests,
                               gw.keepalive_time_s, gw.max_header_line_bytes, templates_of(gw))
     pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.upstream_keepalive_max_requests)

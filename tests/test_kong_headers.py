@@ -133,13 +133,15 @@ def test_enabled_headers_are_kongs(setting, expected):
 
 
 def test_no_header_enabled_adds_only_nginxs_date_and_removes_a_plugins_server_from_an_own_answer():
-    """`headers: off` takes Kong's headers away, not nginx's Date (its header filter writes one whatever Kong sets)."""
+    """`headers: off` takes Kong's headers away, not nginx's Date (its header filter writes one whatever Kong sets)
+    nor its charset (nginx_http_charset's)."""
     for setting in ("off", ["X-Kong-Admin-Latency"]):  # (no Admin API here: nothing to send)
         kong = KongHeaders.from_setting(setting)
-        own = SimpleNamespace(tries=None, state=None)
+        own = SimpleNamespace(tries=None, state=None, status=200)
         headers = [(b"content-type", b"text/plain"), (b"server", b"plugin")]
-        assert kong.add(own, headers, 200) == NOW.line and headers == [(b"content-type", b"text/plain")]
-        proxied = SimpleNamespace(tries=[object()], state=None)
+        assert kong.add(own, headers, 200) == NOW.line
+        assert headers == [(b"content-type", b"text/plain; charset=UTF-8")]
+        proxied = SimpleNamespace(tries=[object()], state=None, status=200)
         headers = [(b"server", b"upstream")]
         assert kong.add(proxied, headers, 200) == NOW.line and headers == [(b"server", b"upstream")]
 
@@ -171,7 +173,7 @@ def test_the_defaults_own_code_says_what_the_general_code_says(upstream, answere
     results = []
     for add in (kong._add_defaults, kong._add_any):
         ex = SimpleNamespace(request_id=b"rid", tries=[last] if answered else [], started=10.0 if answered else 0.0,
-                             request=None, state=None)
+                             request=None, state=None, status=200)
         headers = [(b"content-type", b"text/plain"), *upstream]
         results.append((add(ex, headers, 200), headers))
     assert results[0] == results[1]

@@ -277,8 +277,8 @@ def is_kong_error(resp: Resp) -> bool:
     (kong/error_handlers.lua, error_default_type), or HTML / XML when it asked for one; or nginx's own page for a
     status Kong's error handler does not take."""
     content_type = resp.header(b"content-type") or b""
-    if content_type == b"text/html":  # a status outside Kong's error_page list (501): nginx's own page
-        return resp.body == nginx_page(resp.status)
+    if content_type == b"text/html; charset=UTF-8":  # a status outside Kong's error_page list (501, 505): nginx's
+        return resp.body == nginx_page(resp.status)  # own page (its charset from Kong's nginx_http_charset)
     if content_type.startswith(b"text/plain"):
         return _TEXT_ERROR.fullmatch(resp.body) is not None
     if content_type.startswith((b"text/html", b"application/xml")):

@@ -168,8 +168,6 @@ KONG_CONF: dict[str, str] = {
                                                                               "request-size-limiting plugin here "
                                                                               "(a global one: no service or route)"),
     "nginx_admin_client_max_body_size": _not("the Admin API's limit on request bodies", _ADMIN),
-    "nginx_http_charset": _not("nginx's charset of Content-Type", f"{_NGINX}; no charset is added to or converted "
-                                                                  "in responses"),
     "nginx_http_client_body_buffer_size": _not("nginx's buffer for request bodies",
                                                f"{_NGINX}; a body a route buffers (`request_buffering`, the default) "
                                                "is kept in memory up to 1 MiB, beyond that in an unnamed temporary "
@@ -298,6 +296,7 @@ ALIASES: dict[str, str] = {
     "upstream_keepalive_pool_size": "upstream_keepalive",  # idle connections kept per address, port and SNI; 0: none
     "upstream_keepalive_idle_timeout": "upstream_idle_timeout_s",  # seconds; 0: kept however long idle
     "nginx_http_keepalive_requests": "keepalive_requests",  # nginx's keepalive_requests
+    "nginx_http_charset": "charset",  # nginx's charset (Kong's UTF-8; off: none)
     "dns_valid_ttl": "dns_valid_ttl_s",  # seconds, in place of every record's TTL
     "dns_stale_ttl": "dns_stale_ttl_s",
     "dns_not_found_ttl": "dns_not_found_ttl_s",
@@ -326,7 +325,7 @@ KONG_TYPES: dict[str, str] = {
 _BOOLEANS = {"on": True, "true": True, "off": False, "false": False}
 # our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
 # false. (tracing_instrumentations and its alias take false itself; the refused keys' `off` is read by `_words`.)
-_OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen"))
+_OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen", "charset", "nginx_http_charset"))
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 # The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being

@@ -7,6 +7,7 @@ fields of our own carry their unit in the name where Kong has no precedent. Unkn
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
@@ -20,7 +21,7 @@ from gateway.config.typedefs import any_address, header_name_problem, kong_path_
 from gateway.config.units import Seconds, SecondsFromZero, SecondsOrNever, TimeoutMs
 from gateway.dns.sources import parse_nameserver
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
-from gateway.http.kong_headers import RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
+from gateway.http.kong_headers import CHARSET_OFF, KONG_CHARSET, RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.kong_array import kong_array
 from gateway.telemetry.tracing import instrumentation_names, tracing_problems
 
@@ -39,6 +40,7 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=
 
 NGINX_SSL_CIPHERS = "HIGH:!aNULL:!MD5"  # nginx's default ssl_ciphers
 MAX_UNIX_PATH = 107  # bytes in a Unix socket's path (sun_path holds 108, with the terminating NUL)
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: a charset name, written in Content-Type
 
 
 # --- gateway: block (what Kong keeps in kong.conf) ---------------------------------------------------------------
@@ -144,6 +146,10 @@ class GatewaySettings(Base):
     headers: list[str] | str = msgspec.field(default_factory=lambda: ["server_tokens", "latency_tokens",
                                                                       "X-Kong-Request-Id"])
     headers_upstream: list[str] | str = msgspec.field(default_factory=lambda: ["X-Kong-Request-Id"])
+    # kong.conf's nginx_http_charset (nginx's `charset`, Kong's UTF-8): `; charset=<it>` added to the Content-Type of
+    # a response of nginx's charset_types (text/html, text/plain ...) that names none (gateway.http.kong_headers);
+    # off (YAML's unquoted off, false, too): none
+    charset: str = KONG_CHARSET
     # kong.conf's: which of Kong's tracing instrumentations make spans (a list or Kong's comma-separated string; off,
     # all, request, router, balancer; YAML's unquoted off, false, is off), and the tracer's sampling rate
     # (gateway.telemetry.tracing; the opentelemetry plugin exports them)
@@ -162,6 +168,9 @@ class GatewaySettings(Base):
         for name, known in (("headers", RESPONSE_HEADERS), ("headers_upstream", UPSTREAM_HEADERS)):
             if bad := invalid_entries(getattr(self, name), known):
                 raise ValueError(f"{name}: invalid entry {bad[0]!r} (Kong's: {', '.join(known)}, or off)")
+        if self.charset != CHARSET_OFF and not _TOKEN.fullmatch(self.charset):
+            raise ValueError("charset (kong.conf's nginx_http_charset): expected a charset name (such as UTF-8) or "
+                             f"off, got '{inline(self.charset)}'")
         # parse.lua checks both only for a non-empty tracing_instrumentations (empty, kong.conf's `key =`: none)
         if instrumentation_names(self.tracing_instrumentations) and (
                 problems := tracing_problems(self.tracing_instrumentations, self.tracing_sampling_rate)):

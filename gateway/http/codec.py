@@ -435,6 +435,28 @@ _NAME_KINDS: Derived[bytes, int] = Derived(_name_kind, 4096)
 _NOT_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# The fields nginx (1.23+) takes once from an upstream (ngx_http_upstream_headers_in: those of
+# ngx_http_upstream_process_header_line, _process_last_modified, _process_expires, and Content-Type, one field of
+# headers_out): a later line of one is "upstream sent duplicate header line: ..., ignored"
+_SINGLE_FROM_UPSTREAM = frozenset({b"status", b"content-type", b"date", b"etag", b"server", b"location", b"refresh",
+                                   b"last-modified", b"expires"})
+
+
+def first_of_single(headers: Headers) -> Headers:
+    """An upstream's response headers with the later lines of a field nginx takes once dropped (the client codecs
+    call it only when a name repeats)."""
+    seen: set[bytes] = set()
+    out: Headers = []
+    for field in headers:
+        name = field[0]
+        if name in _SINGLE_FROM_UPSTREAM:
+            if name in seen:
+                continue
+            seen.add(name)
+        out.append(field)
+    return out
+
+
 def check_reason(reason: bytes) -> None:
     """A reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 4): a control character in one is a broken
     response, never relayed to a client."""

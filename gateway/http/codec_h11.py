@@ -36,6 +36,7 @@ from gateway.http.codec import (
     check_reason,
     check_request_head,
     check_start,
+    first_of_single,
     head_buffers,
     head_line_lengths,
     mend_request_head,
@@ -464,6 +465,8 @@ class H11Client(_H11Codec):
             if type(ev) is h11.Response:
                 headers = self._raw_response()
                 assert headers is not None
+                if len(dict(headers)) != len(headers):  # a name repeats
+                    headers = first_of_single(headers)
                 version = bytes(ev.http_version)
                 status = ev.status_code
                 if self._method != b"HEAD" and status != 204 and status != 304 and not _close_delimited(headers) \

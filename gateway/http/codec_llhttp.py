@@ -34,6 +34,7 @@ from gateway.http.codec import (
     check_request_head,
     check_start,
     estimated_line_lengths,
+    first_of_single,
     head_buffers,
     head_line_lengths,
     mend_request_head,
@@ -782,7 +783,10 @@ class LlhttpClient(_Parsing):
             self._skip = True  # llhttp parsed it as a body-less message; the final response follows
             return
         version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
-        if b"transfer-encoding" in dict(headers):  # (one C call: no bytecode per header)
+        names = dict(headers)  # (one C call: no bytecode per header)
+        if len(names) != len(headers):  # a name repeats
+            headers = first_of_single(headers)
+        if b"transfer-encoding" in names:
             _check_codings(headers)
         events = self._events
         if self._method == b"HEAD":

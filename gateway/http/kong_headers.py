@@ -17,11 +17,16 @@ response that has none by then: an upstream's own is kept (Kong's `proxy_pass_he
 (a proxy-cache hit's stored one). A proxied answer without one (the upstream sent none, or a plugin removed it) gets
 the gateway's too, as RFC 9110 6.6.1 asks of a proxy; Kong's gets none (`proxy_pass_header Date` leaves nginx's proxy
 an empty Date in r->headers_out.date, so its header filter adds none).
+
+And it does what nginx's charset filter (kong.conf's nginx_http_charset, Kong's `charset UTF-8;`) leaves in the
+Content-Type, after the plugins' header filters: `; charset=<name>` added to a type of nginx's charset_types that names
+no charset, except on a 301 or 302 (`charset_type`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from gateway import __version__
@@ -29,6 +34,7 @@ from gateway.http.dates import NOW
 from gateway.http.ids import new_request_id
 from gateway.http.timers import run_clock
 from gateway.kong_array import kong_array
+from gateway.memo import Derived
 
 SERVER_TOKEN = f"mcp-gateway/{__version__}".encode()
 _VIA = b"1.1 " + SERVER_TOKEN
@@ -52,6 +58,14 @@ UPSTREAM_HEADERS = ("x-kong-request-id",)
 ASSIGNED_BY_KONG = frozenset({b"x-kong-upstream-latency", b"x-kong-proxy-latency", b"x-kong-upstream-status",
                               b"x-kong-request-id"})
 
+CHARSET_OFF = "off"  # nginx's `charset off` (compared as nginx does: case-sensitive)
+KONG_CHARSET = "UTF-8"  # kong_defaults.lua's nginx_http_charset
+# ngx_http_charset_filter_module's default charset_types, lower case (nginx compares a type lower-cased)
+CHARSET_TYPES = frozenset((b"text/html", b"text/xml", b"text/plain", b"text/vnd.wap.wml", b"application/javascript",
+                           b"application/rss+xml"))
+_REDIRECTS = (301, 302)  # ngx_http_set_charset: no charset on these (Netscape 4 took it for the next page's)
+_CHARSET_MEMO = 256  # distinct Content-Type values remembered (a multipart boundary makes each value new)
+
 
 def entries(setting: list[str] | str) -> list[str]:
     """The entries of a `headers` / `headers_upstream` setting: a list, or kong.conf's comma-separated string."""
@@ -62,6 +76,21 @@ def invalid_entries(setting: list[str] | str, known: tuple[str, ...]) -> list[st
     """The entries Kong's conf loader refuses: names in any case, but "off" in lower case only ("OFF" names no
     header)."""
     return [t for t in entries(setting) if t != "off" and t.lower() not in known]
+
+
+def charset_type(suffix: bytes, ctype: bytes | None) -> bytes | None:
+    """The Content-Type nginx's charset and header filters make of `ctype` (suffix: `; charset=<name>`), or None
+    when they leave it. A value with a parameter is always left: an upstream's type is the whole value unless it has a
+    `charset=`, which is then its own (ngx_http_upstream_copy_content_type); one Lua set (ngx.header, kong.response)
+    has its type end at the first `;`, but nginx's header filter adds a charset only to a value that is its type."""
+    if ctype is not None and ctype.lower() in CHARSET_TYPES:
+        return ctype + suffix
+    return None
+
+
+def _no_charset(ctype: bytes | None) -> None:
+    """`charset off`: no Content-Type changed."""
+    return None
 
 
 def enabled(setting: list[str] | str) -> set[str]:
@@ -84,9 +113,12 @@ class KongHeaders:
     case, on every response), else the general one."""
 
     __slots__ = ("via", "server", "upstream_status", "request_id", "assigned", "_proxied", "_cached", "_own",
-                 "_plugins_server", "_clock", "add")
+                 "_plugins_server", "_clock", "add", "types")
 
-    def __init__(self, on: set[str]) -> None:
+    def __init__(self, on: set[str], charset: str = KONG_CHARSET) -> None:
+        # a Content-Type value -> what nginx's charset filter makes of it, or None (most: left as they are)
+        make = _no_charset if charset == CHARSET_OFF else partial(charset_type, b"; charset=" + charset.encode())
+        self.types: Derived[bytes | None, bytes | None] = Derived(make, _CHARSET_MEMO)
         # (an upstream's own lines of these are not relayed: gateway.pipeline.forward)
         self.assigned = frozenset(name for name in ASSIGNED_BY_KONG if name.decode() in on)
         self.via = "via" in on
@@ -120,10 +152,10 @@ class KongHeaders:
             self._add_defaults if on == _DEFAULTS else self._add_any if on else self._add_none
 
     @classmethod
-    def from_setting(cls, setting: list[str] | str) -> KongHeaders:
+    def from_setting(cls, setting: list[str] | str, charset: str = KONG_CHARSET) -> KongHeaders:
         """With none on (`off`), the gateway's own answers still lose a plugin's Server, as Kong's runloop removes
-        it."""
-        return cls(enabled(setting) - {"server_tokens", "latency_tokens", "x-kong-admin-latency"})
+        it. `charset`: kong.conf's nginx_http_charset (`off`: none added)."""
+        return cls(enabled(setting) - {"server_tokens", "latency_tokens", "x-kong-admin-latency"}, charset)
 
     def _add_any(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
         """The lines to add to the response `ex` is sending (`headers`, edited in place as Kong leaves them): a
@@ -138,15 +170,18 @@ class KongHeaders:
             lines = self._proxied % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
                                      b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             seen = dict(headers)
+            if self.types[seen.get(b"content-type")] is not None:
+                self._charset(ex, headers)
             lines += self._via_and_server(headers, seen)
             return lines if b"date" in seen else lines + NOW.line
         return self._own_lines(ex, headers, rid, upstream_status)
 
-    @staticmethod
-    def _add_none(ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
-        """`headers: off`: nothing of Kong's added (nginx's Date apart); an answer of the gateway's own loses a plugin's
-        Server, as Kong's runloop removes it (a proxied one keeps the upstream's)."""
+    def _add_none(self, ex: Any, headers: list[tuple[bytes, bytes]], upstream_status: int) -> bytes:
+        """`headers: off`: nothing of Kong's added (nginx's Date and charset apart); an answer of the gateway's own
+        loses a plugin's Server, as Kong's runloop removes it (a proxied one keeps the upstream's)."""
         seen = dict(headers)
+        if self.types[seen.get(b"content-type")] is not None:
+            self._charset(ex, headers)
         if b"server" in seen and not ex.tries and not (ex.state and PROXIED in ex.state):
             headers[:] = [hv for hv in headers if hv[0] != b"server"]
         return b"" if b"date" in seen else NOW.line
@@ -173,6 +208,8 @@ class KongHeaders:
             head_at = last.head_at or self._clock()  # (none: the try failed, and Kong's answer is still proxied)
             sent = last.started
             seen = dict(headers)
+            if self.types[seen.get(b"content-type")] is not None:
+                self._charset(ex, headers)
             if b"via" in seen:
                 _append_via(headers)
                 tail = b"" if b"server" in seen else _SERVER_LINE
@@ -193,6 +230,8 @@ class KongHeaders:
         started = ex.started
         own = self._own
         seen = dict(headers)
+        if self.types[seen.get(b"content-type")] is not None:
+            self._charset(ex, headers)
         if b"server" in seen or b"via" in seen:  # (a plugin's): Kong's replaces Server, or removes it
             if self.via and [hv[1] for hv in headers if hv[0] == b"via"] == [SERVER_TOKEN]:
                 own = self._plugins_server
@@ -208,6 +247,8 @@ class KongHeaders:
         extends $upstream_http_via, which a request no upstream answered does not have, so the stored Via goes."""
         lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
         seen = dict(headers)
+        if self.types[seen.get(b"content-type")] is not None:
+            self._charset(ex, headers)
         if self.via:
             if b"via" in seen:
                 headers[:] = [hv for hv in headers if hv[0] != b"via"]
@@ -215,6 +256,18 @@ class KongHeaders:
         if self.server and b"server" not in seen:
             lines += _SERVER_LINE
         return lines if b"date" in seen else lines + NOW.line
+
+    def _charset(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
+        """The last Content-Type (the one nginx sends) with its charset, unless the response is a 301 or 302 (called
+        when `types` has a value for it)."""
+        if ex.status in _REDIRECTS:
+            return
+        for i in range(len(headers) - 1, -1, -1):
+            name, value = headers[i]
+            if name == b"content-type":
+                if (typed := self.types[value]) is not None:
+                    headers[i] = (name, typed)
+                return
 
     def _new_id(self, ex: Any) -> bytes:
         """The request's id, for an answer of our own given before anything named it (b"" when not sent)."""

@@ -59,11 +59,6 @@ _HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-
                          b"x-accel-buffering", b"x-accel-charset"})
 _SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b"mcp-session-id", b"content-length",
                                                               b"content-type"}
-# The fields but Content-Type (above) that nginx (1.23+) takes once from an upstream (ngx_http_upstream_headers_in:
-# those of ngx_http_upstream_process_header_line, _process_last_modified and _process_expires), a later line of one
-# "ignored", each with a bit: those seen are kept in one int (at most 255: no allocation)
-_ONCE = {b"date": 1, b"server": 2, b"etag": 4, b"last-modified": 8, b"location": 16, b"expires": 32, b"refresh": 64,
-         b"status": 128}
 
 
 class Attempt:
@@ -742,24 +737,21 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     uc: UpstreamConn, ex: Exchange,
                     new_session: str | None = None) -> tuple[Headers, int, bool]:
     """The response headers for the client: hop-by-hop ones dropped (but Trailer when the request's TE asked for
-    trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does), a repeated single-valued
-    field's later lines dropped (nginx 1.23+), those the gateway's `headers` setting replaces dropped (Kong assigns
-    its own), the request id set, a session id sealed (with the address `uc` reached, bound to the caller of `ex`;
-    counted as opened on route `new_session` when the request had none); with their framing (LENGTH, or NO_BODY for
-    none: the codec frames the body) and whether the body is an event stream."""
+    trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does; a repeated single-valued
+    field's later lines are gone already: codec.first_of_single), those the gateway's `headers` setting replaces
+    dropped (Kong assigns its own), the request id set, a session id sealed (with the address `uc` reached, bound to
+    the caller of `ex`; counted as opened on route `new_session` when the request had none); with their framing
+    (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream."""
     out: Headers = []
     named = None
     framing = NO_BODY
     content_type = None
-    once = 0
     for hv in headers:
         name = hv[0]
         if name in _SPECIAL_OUT:
             if name == b"content-length":
                 framing = LENGTH
-            elif name == b"content-type":
-                if content_type is not None:
-                    continue  # nginx's one Content-Type: the first (as below)
+            elif name == b"content-type":  # (one: the client codecs keep the first of a field nginx takes once)
                 content_type = hv[1]
             elif name == b"mcp-session-id":
                 if affinity is not None:
@@ -778,11 +770,6 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                     if (kong := ex.settings.kong_headers) is None or name not in kong.assigned:
                         out.append(hv)
                 continue  # hop-by-hop, x-request-id, what nginx hides
-        elif name in _ONCE:
-            bit = _ONCE[name]
-            if once & bit:
-                continue  # "upstream sent duplicate header line: ..., ignored"
-            once |= bit
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection
         out = [hv for hv in out if hv[0] not in named]

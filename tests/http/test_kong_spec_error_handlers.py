@@ -536,11 +536,11 @@ async def test_the_error_handlers_page_to_a_grpc_accept_is_the_message_alone(nur
 async def test_a_501_is_nginxs_own_page_not_kongs(nursery, gateway):
     """kong/templates/nginx_kong.lua's error_page hands 400 404 405 408 411 412 413 414 417 494 500 502 503 504 to
     Kong's handler; nginx answers the 501 for a Transfer-Encoding it does not know with its own page (still with
-    Kong's headers: the header filter is the server's)."""
+    Kong's headers: the header filter is the server's), and Kong's charset (nginx 1.22 with `charset UTF-8;`)."""
     port = await gateway({"services": []})
     data, _ = await raw_exchange(port, b"POST / HTTP/1.1\r\nhost: gw\r\ntransfer-encoding: gzip, chunked\r\n\r\n")
     status, headers, body = parse_raw_response(data)
-    assert (status, headers["content-type"]) == (501, "text/html")
+    assert (status, headers["content-type"]) == (501, "text/html; charset=UTF-8")
     assert body == (b"<html>\r\n<head><title>501 Not Implemented</title></head>\r\n<body>\r\n"
                     b"<center><h1>501 Not Implemented</h1></center>\r\n<hr><center>mcp-gateway</center>\r\n"
                     b"</body>\r\n</html>\r\n")

@@ -243,7 +243,7 @@ async def test_a_major_version_above_1_gets_nginxs_505_page_and_the_connection_c
     raw, _ = await raw_exchange(port, b"GET /x HTTP/" + version + b"\r\nHost: a\r\n\r\n", timeout=TIMEOUT)
     _, headers, body = parse_raw_response(raw)  # (raw_exchange reads until the gateway closes)
     assert raw.startswith(b"HTTP/1.1 505 HTTP Version Not Supported\r\n")
-    assert body == nginx_page(505) and headers["content-type"] == "text/html"
+    assert body == nginx_page(505) and headers["content-type"] == "text/html; charset=UTF-8"  # (Kong's charset)
     assert headers["connection"] == "close"
     assert echo.requests == []
 

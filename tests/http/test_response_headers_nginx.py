@@ -12,6 +12,8 @@ import pytest
 import trio
 from backends import ScriptedBackend, request, service
 
+from gateway.http.codec import Response
+from gateway.http.codecs import codec_classes
 from gateway.http.kong_headers import KongHeaders
 from gateway.pipeline.forward import _client_headers
 
@@ -52,28 +54,47 @@ def client_headers(lines: list[tuple[bytes, bytes]], headers: str | None = DEFAU
 # --- repeated single-valued fields ---------------------------------------------------------------------------------
 
 
+def upstream_headers(codec: str, lines: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """The headers a client codec gives of an upstream's answer with header `lines`."""
+    client = codec_classes(codec)[1]()
+    client.request_head(b"GET", b"/", [(b"host", b"up")])
+    client.end()
+    client.receive_data(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + b"".join(b"%s: %s\r\n" % line for line in lines)
+                        + b"\r\n")
+    response = client.next_event()
+    assert type(response) is Response
+    assert response.headers[0] == (b"content-length", b"0")
+    return response.headers[1:]
+
+
+@pytest.mark.parametrize("codec", ["h11", "llhttp"])
 @pytest.mark.parametrize(("name", "first", "second"), SINGLE_VALUED, ids=[n for n, _, _ in SINGLE_VALUED])
-def test_a_repeated_single_valued_field_keeps_its_first_line_only(name: str, first: str, second: str) -> None:
+def test_a_repeated_single_valued_field_keeps_its_first_line_only(codec: str, name: str, first: str,
+                                                                  second: str) -> None:
     """nginx 1.23+ (src/http/ngx_http_upstream.c ngx_http_upstream_process_header_line, _process_last_modified,
     _process_expires): a second line of the field is logged "upstream sent duplicate header line ... ignored" and
     given hash 0, which ngx_http_upstream_process_headers skips: the client gets the first, the others around it
-    untouched. Two Locations make Chromium refuse the answer; two Content-Types or ETags are read differently."""
+    untouched. Two Locations make Chromium refuse the answer; two Content-Types or ETags are read differently. The
+    client codecs drop it as they read the head, as nginx's upstream module does."""
     lines = [(name.encode(), first.encode()), (b"x-a", b"1"), (name.encode(), second.encode()), (b"x-b", b"2")]
-    assert client_headers(lines) == [(name.encode(), first.encode()), (b"x-a", b"1"), (b"x-b", b"2")]
+    assert upstream_headers(codec, lines) == [(name.encode(), first.encode()), (b"x-a", b"1"), (b"x-b", b"2")]
 
 
-def test_several_repeated_fields_each_keep_their_first_line() -> None:
+@pytest.mark.parametrize("codec", ["h11", "llhttp"])
+def test_several_repeated_fields_each_keep_their_first_line(codec: str) -> None:
     """Each field is counted apart: Server's second line goes, Date's first stays."""
     lines = [(b"server", b"a"), (b"date", RFC_DATE.encode()), (b"server", b"b"), (b"date", LATER_DATE.encode()),
              (b"server", b"c")]
-    assert client_headers(lines) == [(b"server", b"a"), (b"date", RFC_DATE.encode())]
+    assert upstream_headers(codec, lines) == [(b"server", b"a"), (b"date", RFC_DATE.encode())]
 
 
+@pytest.mark.parametrize("codec", ["h11", "llhttp"])
 @pytest.mark.parametrize("name", EVERY_LINE)
-def test_a_field_nginx_takes_more_than_once_keeps_every_line(name: str) -> None:
+def test_a_field_nginx_takes_more_than_once_keeps_every_line(codec: str, name: str) -> None:
     """ngx_http_upstream_process_cache_control, _process_vary, _process_multi_header_lines link repeated lines; Link,
     Set-Cookie and the fields nginx does not know are copied one by one: every line reaches the client."""
     lines = [(name.encode(), b"one"), (name.encode(), b"two")]
+    assert upstream_headers(codec, lines) == lines
     assert client_headers(lines) == lines
 
 
@@ -99,8 +120,9 @@ async def test_a_repeated_single_valued_field_reaches_the_client_once(nursery, g
 async def test_a_proxied_204_keeps_its_content_type_last_modified_and_content_length(nursery, gateway):
     """src/http/ngx_http_header_filter_module.c drops Content-Type, Last-Modified and Content-Length from a 204 only
     when `r->headers_out.status_line` is empty; a proxied answer has the upstream's (ngx_http_proxy_process_status_line,
-    ngx_http_upstream_process_headers), so they go out as they came (Content-Length from content_length_n), and
-    no body: ngx_http_proxy_input_filter_init reads none after a 204 (nginx 1.22 answers so, Kong's directives)."""
+    ngx_http_upstream_process_headers), so they go out as they came (Content-Length from content_length_n; the
+    Content-Type with Kong's charset), and no body: ngx_http_proxy_input_filter_init reads none after a 204 (nginx
+    1.22 answers so, Kong's directives)."""
     answer = (b"HTTP/1.1 204 No Content\r\nContent-Type: text/plain\r\nContent-Length: 0\r\nLast-Modified: "
               + RFC_DATE.encode() + b"\r\n\r\n")
     backend = ScriptedBackend([answer])
@@ -110,13 +132,13 @@ async def test_a_proxied_204_keeps_its_content_type_last_modified_and_content_le
         reply = await request(port, "GET", "/x")
     assert reply.status == 204 and reply.body == b""
     assert [reply.header(h) for h in ("content-type", "last-modified", "content-length")] == \
-        ["text/plain", RFC_DATE, "0"]
+        ["text/plain; charset=UTF-8", RFC_DATE, "0"]
     assert reply.header("transfer-encoding") is None
 
 
 async def test_a_proxied_304_keeps_its_content_length_and_content_type(nursery, gateway):
     """A 304 takes the same path: the upstream's Content-Length (the length a 200 would have, RFC 9110 8.6) and
-    Content-Type go out, no body (nginx's chunked filter frames none for a 304)."""
+    Content-Type (with Kong's charset) go out, no body (nginx's chunked filter frames none for a 304)."""
     answer = b"HTTP/1.1 304 Not Modified\r\nContent-Type: text/plain\r\nContent-Length: 1234\r\nETag: \"x\"\r\n\r\n"
     backend = ScriptedBackend([answer])
     await nursery.start(backend.serve)
@@ -124,7 +146,8 @@ async def test_a_proxied_304_keeps_its_content_length_and_content_type(nursery, 
     with trio.fail_after(TIMEOUT):
         reply = await request(port, "GET", "/x")
     assert reply.status == 304 and reply.body == b""
-    assert [reply.header(h) for h in ("content-type", "content-length", "etag")] == ["text/plain", "1234", '"x"']
+    assert [reply.header(h) for h in ("content-type", "content-length", "etag")] == \
+        ["text/plain; charset=UTF-8", "1234", '"x"']
 
 
 # --- X-Kong-* of an upstream ----------------------------------------------------------------------------------------

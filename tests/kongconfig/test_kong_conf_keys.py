@@ -75,7 +75,7 @@ def test_every_key_is_ours_an_alias_or_in_the_table():
     assert not (ours & table) and not (aliases & table) and not (OURS & (set(ALIASES) | set(KONG_CONF)))
     assert set(ALIASES.values()) <= OURS
     assert set(ACCEPTED) <= set(KONG_CONF)
-    assert (len(ours), len(aliases), len(table)) == (30, 9, 139)
+    assert (len(ours), len(aliases), len(table)) == (30, 10, 138)
 
 
 PAIRED = {"ssl_cert_key": "ssl_cert"}  # kong/conf_loader/parse.lua: a key alone: "ssl_cert must be specified"
@@ -114,9 +114,11 @@ def test_each_key_of_the_table_is_refused_by_name(key: str):
     ("pg_host", "gateway.pg_host: kong.conf's pg_host (the Postgres connection's host) is not supported by the "
                 "gateway: the gateway has no database: its configuration is the file given to `gateway start "
                 "--config` (Kong's declarative format, as DB-less Kong takes it), applied again by `gateway reload`"),
-    ("nginx_http_charset", "gateway.nginx_http_charset: kong.conf's nginx_http_charset (nginx's charset of "
-                           "Content-Type) is not supported by the gateway: nginx directives cannot be injected: the "
-                           "gateway is not nginx; no charset is added to or converted in responses"),
+    ("nginx_http_client_header_buffer_size", "gateway.nginx_http_client_header_buffer_size: kong.conf's "
+                                             "nginx_http_client_header_buffer_size (nginx's first buffer for a "
+                                             "request head) is not supported by the gateway: nginx directives cannot "
+                                             "be injected: the gateway is not nginx; a request head's limits are "
+                                             "`max_header_bytes` and `max_header_line_bytes`"),
     ("cluster_control_plane", "gateway.cluster_control_plane: kong.conf's cluster_control_plane (a data plane's "
                               "control plane) is not supported by the gateway: hybrid mode (control plane and data "
                               "planes) is not built: each gateway loads its own configuration file, as a "
@@ -188,7 +190,8 @@ def test_any_other_value_of_those_keys_is_refused_saying_which_passes(key: str, 
 
 
 def test_a_refused_key_set_to_null_or_empty_configures_nothing():
-    assert outcome({"pg_host": None, "nginx_http_charset": "", "cluster_dp_labels": [], "proxy_listen": None}) == []
+    assert outcome({"pg_host": None, "nginx_http_client_body_buffer_size": "", "cluster_dp_labels": [],
+                    "proxy_listen": None}) == []
 
 
 def test_aliases_set_our_fields():

@@ -93,10 +93,12 @@ async def test_request_termination_answers_503_with_kongs_default_message(nurser
 
 
 async def test_request_termination_sends_a_raw_body_with_its_content_type(nursery, gateway):
+    """kong.response.exit's Content-Type, with nginx's charset filter's `; charset=UTF-8` (nginx_http_charset)."""
     rt = plugin("request-termination", status_code=418, body="<h1>no</h1>", content_type="text/html")
     _, port = await start(nursery, gateway, plugins=[rt])
     reply = await call(port, "/x")
-    assert (reply.status, reply.body, reply.header("content-type")) == (418, b"<h1>no</h1>", "text/html")
+    assert (reply.status, reply.body, reply.header("content-type")) == (418, b"<h1>no</h1>",
+                                                                        "text/html; charset=UTF-8")
 
 
 async def test_without_a_message_a_status_of_kongs_error_page_list_gets_kongs_error_page(nursery, gateway):
@@ -111,13 +113,14 @@ async def test_without_a_message_a_status_of_kongs_error_page_list_gets_kongs_er
 
 
 async def test_without_a_message_another_status_gets_nginxs_own_page(nursery, gateway):
-    """ngx.exit(410) outside Kong's error_page list: nginx's special response page, text/html."""
+    """ngx.exit(410) outside Kong's error_page list: nginx's special response page, text/html (with Kong's charset,
+    as nginx's charset filter leaves its pages)."""
     backend, port = await start(nursery, gateway, plugins=[plugin("request-termination", status_code=410)])
     reply = await call(port, "/x")
     assert reply.status == 410
     assert (410, reply.body) == nginx_special_page(410)
     assert b"<title>410 Gone</title>" in reply.body
-    assert headers_of(reply, "content-type") == ["text/html"]
+    assert headers_of(reply, "content-type") == ["text/html; charset=UTF-8"]
     assert not backend.requests
 
 
