@@ -29,8 +29,11 @@ _SPOOFED_CONSUMER = frozenset(name.replace(b"-", b"_") for name in CONSUMER_HEAD
 _CONSUMER_NAMES = CONSUMER_HEADERS | _SPOOFED_CONSUMER  # what set_consumer takes out of the request
 # Proxy is dropped as Kong drops it (httpoxy: a CGI upstream would read it as its HTTP_PROXY); Via is replaced by
 # Kong's, the client's first one extended.
-_DROP_IN = HOP_BY_HOP | CONSUMER_HEADERS | _SPOOFED_CONSUMER | {b"host", b"expect", b"x-forwarded-for", b"x-request-id",
-                                                                b"x-real-ip", b"proxy", b"via"}
+# A request's Trailer passes, as nginx's proxy passes it (ngx_http_proxy_module's headers dropped: Host, Connection,
+# Keep-Alive, Expect, Upgrade, TE, Content-Length, Transfer-Encoding), and Kong's spec leaves it.
+_DROP_IN = (HOP_BY_HOP - {b"trailer"}) | CONSUMER_HEADERS | _SPOOFED_CONSUMER | {b"host", b"expect", b"x-forwarded-for",
+                                                                               b"x-request-id", b"x-real-ip",
+                                                                               b"proxy", b"via"}
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
 _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x-kong-request-id"}
 # ... for a request with a consumer, whose consumer headers are the gateway's (set_consumer), as the plugins after
@@ -51,6 +54,7 @@ _UPGRADE_HEADERS = [(b"upgrade", b"websocket"), (b"connection", b"keep-alive, Up
 INBOUND_VIA = b"1.1 " + SERVER_TOKEN
 _INBOUND_VIA = (b"via", INBOUND_VIA)
 _TE_TRAILERS = (b"te", b"trailers")
+_KEEP_ALIVE = (b"connection", b"keep-alive")  # Kong's upstream_connection, on every request but an upgrade
 
 
 def set_consumer(ex: Exchange, who: Any) -> None:
@@ -135,7 +139,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     strip_path route matched, unless empty or "/"). An X-Forwarded-For the request has gets the peer appended, from
     any peer as Kong does (the last hop is the one to believe); without one it is the client address. X-Real-IP is
     the client address. Via is Kong's, `1.1 <token>` after the client's first Via if any; a Proxy header is dropped;
-    `TE: trailers` goes when the client's TE lists trailers.
+    `Connection: keep-alive` goes with every request but an upgrade (Kong's upstream_connection); `TE: trailers`
+    goes when the client's TE lists trailers.
     Consumer headers come only from the request's consumer: without one (ex.consumer None) the client's copies are
     dropped; with one, set_consumer already wrote the consumer's into the request, and they pass as the plugins left
     them (an underscore spelling is dropped either way). With `affinity` the client's
@@ -144,12 +149,14 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     request = ex.request
     headers = request.headers
     trusted = ex.peer_trusted
-    connection = 0  # 1: a Connection header (the headers it names are dropped too), 2: an Upgrade (after the loop)
+    # 1: a Connection header (the headers it names are dropped too), 2: an Upgrade (after the loop), 4: an
+    # X-Forwarded-For or a Via (the client's first line of each kept, an empty one too, as Kong reads them)
+    connection = 0
     framing = NO_BODY
     out: Headers = []
     host = b""
-    xff = b""
-    via = b""
+    xff: bytes | None = None
+    via: bytes | None = None
     request_id = b""
     session_id = None
     te = False
@@ -162,8 +169,9 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 host = hv[1]
                 continue
             if name == b"x-forwarded-for":  # kept, the peer appended (Kong: a client's too, the last hop being ours)
-                if not xff:  # (Kong's get_header reads the first line of a repeated one)
+                if xff is None:  # (Kong's get_header reads the first line of a repeated one)
                     xff = hv[1]
+                    connection |= 4
                 continue
             if name == b"x-request-id":
                 if not request_id and valid_request_id(hv[1]):
@@ -182,13 +190,16 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 if not trusted or name in seen_forwarded:
                     continue
                 seen_forwarded.add(name)
+                if not hv[1]:  # Kong keeps the empty value, and nginx's proxy_set_header sends no empty header
+                    continue
             else:
                 if name == b"connection":
                     connection |= 1
                 elif name == b"transfer-encoding":
                     framing = CHUNKED  # chunked, and nothing else: gateway.http.codec.check_request_head
-                elif name == b"via" and not via:
+                elif name == b"via" and via is None:
                     via = hv[1]
+                    connection |= 4
                 elif name == b"te":
                     te = True
                 elif name == b"upgrade":
@@ -196,19 +207,16 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 continue  # hop-by-hop, consumer headers, expect, x-real-ip, proxy, via
         out.append(hv)
     if connection:
-        if connection & 1 and (named := connection_tokens(headers)):
-            out = [hv for hv in out if hv[0] not in named]
-            if trusted:
-                seen_forwarded -= named
+        if connection & 1 and (named := connection_tokens(headers)):  # (a trusted peer's X-Forwarded-* Kong read
+            out = [hv for hv in out if hv[0] not in named or hv[0] in seen_forwarded]  # before it dropped these)
         if connection & 2 and framing != CHUNKED and upgrade_asked(request):  # (a chunked body: no upgrade)
-            out += _UPGRADE_HEADERS  # Kong's upstream_upgrade and upstream_connection
-            framing = UPGRADE
+            framing = UPGRADE  # Kong's upstream_upgrade and upstream_connection: added last
     kong_id = ex.request_id = new_request_id()  # Kong's id of the request, whatever X-Request-Id the client sent
     if not request_id:
         request_id = kong_id
     if trusted:
         client_ip = ex.client_ip.encode()
-        out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff else client_ip))
+        out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode() if xff is not None else client_ip))
         if b"x-forwarded-proto" not in seen_forwarded:
             out.append((b"x-forwarded-proto", ex.conn.scheme))
         if b"x-forwarded-host" not in seen_forwarded:
@@ -220,8 +228,9 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if b"x-forwarded-prefix" not in seen_forwarded and prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))
         out.append((b"x-real-ip", client_ip))
+        out.append(_KEEP_ALIVE)
         inbound = inbound_via(request.http_version)
-        out.append((b"via", via + b", " + inbound if via else inbound))
+        out.append((b"via", via + b", " + inbound if via is not None else inbound))
     else:
         conn = ex.conn
         key = (ex.client_ip, conn.scheme, conn.listen_port)
@@ -229,13 +238,13 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         if own is None:
             ip = key[0].encode()
             own = _OWN_FORWARDED.keep(key, [(b"x-forwarded-for", ip), (b"x-forwarded-proto", key[1]),
-                                            (b"x-forwarded-port", key[2]), (b"x-real-ip", ip),
+                                            (b"x-forwarded-port", key[2]), (b"x-real-ip", ip), _KEEP_ALIVE,
                                             _INBOUND_VIA])
-        if xff or via or request.http_version != b"1.1":  # rare: a client (or a balancer not trusted) sent one
-            out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()) if xff else own[0])
-            out += own[1:4]
+        if connection & 4 or request.http_version != b"1.1":  # rare: a client (or a balancer not trusted) sent one
+            out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()) if xff is not None else own[0])
+            out += own[1:5]
             inbound = inbound_via(request.http_version)
-            out.append((b"via", via + b", " + inbound if via else inbound))
+            out.append((b"via", via + b", " + inbound if via is not None else inbound))
         else:
             out += own
         out.append((b"x-forwarded-host", NGINX_HOSTS[host] if host else SERVER_NAME))
@@ -247,6 +256,10 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         out.append((b"x-kong-request-id", kong_id))
     if te and asks_trailers(headers):  # Kong's upstream_te (the gateway drops trailers, as nginx's proxy does)
         out.append(_TE_TRAILERS)
-    if framing == CHUNKED:
-        out.append((b"transfer-encoding", b"chunked"))
+    if framing > LENGTH:  # (one test for the two rare cases)
+        if framing == CHUNKED:
+            out.append((b"transfer-encoding", b"chunked"))
+        else:  # UPGRADE
+            out.remove(_KEEP_ALIVE)
+            out += _UPGRADE_HEADERS
     return out, host, request_id, session_id, framing
