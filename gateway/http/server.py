@@ -12,7 +12,7 @@ import itertools
 import logging
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -70,6 +70,7 @@ ROUTER_PATH = "router_path"  # ex.state: the router's upstream path of a request
 REQUEST_METHOD = "request_method"  # ex.state: the method as the client sent it, once a policy has changed it
 HEADERS_SET = "headers_set"  # ex.state: response headers a policy set in access (kong.response.set_header)
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
+HELD_FILE = "held_file"  # ex.state: the rest of a body read whole in access, in a file (Exchange.hold_body)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
                   Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
@@ -179,6 +180,16 @@ class ConnectionSet:
         await self._empty.wait()
 
 
+class BodyFile(Protocol):
+    """A request body kept in a file (gateway.pipeline.request_buffer.SpooledBody), read back from its start."""
+
+    def read(self) -> bytes:
+        """The next piece; b"" at the end."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
@@ -284,7 +295,8 @@ class Exchange:
         """Body bytes that arrived with the head, and whether that was all of it: lets the proxy send in one write."""
         held, self._held = self._held or b"", None
         if self._request_done:
-            return held, True
+            state = self.state
+            return held, state is None or HELD_FILE not in state  # (a held file: receive_body reads it back)
         body, self._request_done = self._codec.take_body()
         if body:
             self._count(body)
@@ -307,11 +319,25 @@ class Exchange:
             chunks.append(chunk)
             size += len(chunk)
         self._held = b"".join(chunks)
-        return self._held, self._request_done
+        state = self.state
+        return self._held, self._request_done and (state is None or HELD_FILE not in state)
 
     def replace_body(self, body: bytes) -> None:
         """Send `body` upstream instead of what read_body returned (a whole body; the caller fixes the headers)."""
         self._held = body
+        state = self.state
+        if state is not None and HELD_FILE in state:
+            state.pop(HELD_FILE).close()
+
+    def hold_body(self, body: bytes, rest: BodyFile | None = None) -> None:
+        """Keep a body a policy read to its end in access (request-size-limiting, as Kong's ngx.req.read_body): `body`,
+        then what `rest` holds (a body too large for memory), is what receive_body and take_buffered_body give
+        next, as if the client were sending it."""
+        self._held = body
+        if rest is not None:
+            if self.state is None:
+                self.state = {}
+            self.state[HELD_FILE] = rest
 
     async def receive_body(self) -> bytes | None:
         """The next chunk of the request body, or None at its end."""
@@ -340,6 +366,12 @@ class Exchange:
                 continue
             self._count(ev)  # type: ignore[arg-type]
             return ev  # type: ignore[return-value]
+        state = self.state
+        if state is not None and HELD_FILE in state:  # the client's body was read before (hold_body): its file
+            chunk = state[HELD_FILE].read()
+            if chunk:
+                return chunk
+            state.pop(HELD_FILE).close()
         return None
 
     @property

@@ -7,6 +7,9 @@ client that gives up mid-body never reaches the upstream; a chunked body is re-f
 sends a buffered body. Up to MEMORY_LIMIT it stays in memory; beyond, it goes to an unnamed temporary file (nginx's
 client_body_temp_path), read back for each try. With `request_buffering: false` the body streams to the upstream
 as it arrives (nginx's `off`, what Kong's unbuffered proxying does).
+
+request-size-limiting reads a body without Content-Length whole in access, as Kong's does (`read_within`): kept the
+same way (memory, then a temporary file) for the proxying, which reads it back as it would read the client.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ class SpooledBody:
     def close(self) -> None:
         self.file.close()
 
+    def __del__(self) -> None:
+        self.file.close()  # (one held for a request that ended before it was sent: a later plugin answered)
+
 
 async def read_whole(ex: Exchange, first: bytes) -> bytes | SpooledBody:
     """The rest of the request body after `first`, read to its end: bytes, or a SpooledBody over MEMORY_LIMIT."""
@@ -64,6 +70,46 @@ async def _spool(ex: Exchange, parts: list[bytes], size: int) -> SpooledBody:
         file.close()
         raise
     return SpooledBody(file, size)
+
+
+async def read_within(ex: Exchange, limit: int) -> bool:
+    """Read the rest of the request body now (Kong's ngx.req.read_body in access), unless more than `limit` bytes
+    of it come (ex.body_received: also those another reader took): then False, what was read dropped, the rest
+    unread (the answer closes the connection). Otherwise the body is kept for the proxying (Exchange.hold_body):
+    in memory up to MEMORY_LIMIT, the whole of a larger one in a temporary file."""
+    body, done = ex.take_buffered_body()
+    parts = [body]
+    size = len(body)
+    file: IO[bytes] | None = None
+    try:
+        while not done and ex.body_received <= limit:
+            chunk = await ex.receive_body()
+            if chunk is None:
+                done = True
+            elif file is not None:
+                file.write(chunk)
+                size += len(chunk)
+            else:
+                parts.append(chunk)
+                size += len(chunk)
+                if size > MEMORY_LIMIT:
+                    file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, or closed below
+                    file.writelines(parts)
+                    parts = []
+    except BaseException:
+        if file is not None:
+            file.close()
+        raise
+    if ex.body_received > limit:
+        if file is not None:
+            file.close()
+        return False
+    if file is None:
+        ex.hold_body(b"".join(parts) if len(parts) > 1 else body)
+    else:
+        file.seek(0)
+        ex.hold_body(b"", SpooledBody(file, size))
+    return True
 
 
 def with_length(headers: Headers, size: int) -> Headers:

@@ -1,6 +1,7 @@
 """Kong's bot-detection (kong/plugins/bot-detection/handler.lua): the User-Agent (stripped) is let through when an
 `allow` regex finds it, refused 403 when a `deny` regex or one of Kong's bot patterns (rules.py) does. No User-Agent
-passes; two of them get 400 "Only one User-Agent header allowed". Verdicts are cached per User-Agent (10,000).
+passes; two of them get 400 "Only one User-Agent header allowed". Like Kong's kong.request.get_headers(), only the
+first MAX_REQ_HEADERS (100) header lines are read. Verdicts are cached per User-Agent (10,000).
 
 Kong matches with ngx.re.find "jo", and so does this, on PCRE2 (gateway.policies.pcre2): over the User-Agent's bytes,
 without UTF, under Kong's match limit. A regex that fails (the match limit reached) finds nothing, as Kong's
@@ -15,6 +16,7 @@ from gateway.memo import Memo
 from gateway.policies.bot_detection.rules import BOTS
 from gateway.policies.bot_detection.schema import BotDetectionConfig
 from gateway.policies.pcre2 import PcreMatchError, Regex
+from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the lines get_headers() reads
 
 CACHE_SIZE = 10000
 # Kong's generic patterns (`[Bb]ot`, `[Ss]pider`, `[Cc]rawl[a-z]{0,50}` after up to 50 name characters, ...) can only
@@ -65,7 +67,10 @@ class BotDetection:
 
     async def access(self, ex: Exchange) -> bool:
         agent = None
-        for name, value in ex.request.headers:
+        headers = ex.request.headers
+        if len(headers) > MAX_REQ_HEADERS:  # a User-Agent after them is not seen: the request passes
+            headers = headers[:MAX_REQ_HEADERS]
+        for name, value in headers:
             if name == b"user-agent":
                 if agent is not None:
                     await ex.respond_error(400, "Only one User-Agent header allowed")

@@ -14,6 +14,10 @@ calls, in order) depends only on the config and the request's Origin, never on t
 once per config (`Plan`), or once per distinct Origin when the config makes it depend on one (a bounded memo), as
 the names whose headers go and the (escaped) headers appended at the end; a response then costs one look for those
 names and one extend. The result is the header list the calls one by one would have left.
+
+A header Kong sets to "" (a preflight's Access-Control-Allow-Methods for `methods: []`, its Access-Control-Allow-
+Headers for an empty Access-Control-Request-Headers) is not sent: lua-nginx-module's ngx_http_set_header_helper
+gives an empty value hash 0, which nginx's header filter skips.
 """
 
 from __future__ import annotations
@@ -170,9 +174,10 @@ class Cors:
             out.append((_ACAH, self.allow_headers))
         else:
             requested = get_header(headers, b"access-control-request-headers")
-            if requested is not None:
+            if requested:  # (an empty value set is no header line: ngx_http_set_header_helper gives it hash 0)
                 out.append((_ACAH, escape_value(requested)))
-        out.append((_ACAM, self.methods))
+        if self.methods:  # (`methods: []`: Kong sets "", so none)
+            out.append((_ACAM, self.methods))
         if self.max_age is not None:
             out.append((_ACMA, self.max_age))
         if self.private_network and get_header(headers, b"access-control-request-private-network") == b"true":

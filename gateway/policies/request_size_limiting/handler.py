@@ -1,10 +1,17 @@
-"""Reject request bodies over a size: 413 up front from Content-Length, or as soon as a streamed body passes it."""
+"""Kong's request-size-limiting (kong/plugins/request-size-limiting/handler.lua), in access: 413 (417 when the client
+asked `Expect: 100-continue`) for a Content-Length over the limit; without one, the body is read there, to its end
+or until it passes the limit (Kong's get_raw_body, or its temporary file's size), so no later plugin runs for a body
+it refuses, whatever the route's request_buffering. The body read is kept for the proxying
+(gateway.pipeline.request_buffer.read_within). Like Kong's kong.request.get_headers(), only the first MAX_REQ_HEADERS
+(100) header lines are read."""
 
 from __future__ import annotations
 
 from gateway.http.kong_errors import SIZE_LIMITED
 from gateway.http.server import Exchange
+from gateway.pipeline.request_buffer import read_within
 from gateway.policies.request_size_limiting.schema import RequestSizeLimitingConfig
+from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the lines get_headers() reads
 
 
 class RequestSizeLimiting:
@@ -18,22 +25,28 @@ class RequestSizeLimiting:
     async def access(self, exchange: Exchange) -> bool:
         length = coding = None
         expect = False
-        for name, value in exchange.request.headers:
+        headers = exchange.request.headers
+        if len(headers) > MAX_REQ_HEADERS:
+            headers = headers[:MAX_REQ_HEADERS]
+        for name, value in headers:
             if name == b"content-length":
                 length = int(value)
             elif name == b"transfer-encoding":  # as get_headers gives it: a second line would make it a table
                 coding = value if coding is None else b""
             elif name == b"expect":
                 expect = value.strip().lower() == b"100-continue"
-        # Kong exempts `headers["Transfer-Encoding"] == "chunked"`, compared as written (the codec trimmed the
-        # value as nginx does): nginx reads "Chunked" as chunked too, but Kong answers it 411
-        if length is None and self.require_content_length and coding != b"chunked":
-            exchange.close_after = not exchange.request_done
-            await exchange.respond_error(411, "A valid Content-Length header is required")
-            return True
-        if (length or 0) > self.limit:  # Kong sizes a request without a body at 0 (get_raw_body's "")
-            exchange.close_after = not exchange.request_done
-            await exchange.respond_error(417 if expect else 413, SIZE_LIMITED)  # Kong's, 417 with Expect
-            return True
-        exchange.body_limit = self.limit  # enforced on the bytes as they stream
-        return False
+        if length is not None:
+            if length <= self.limit:
+                return False
+        else:
+            # Kong exempts `headers["Transfer-Encoding"] == "chunked"`, compared as written (the codec trimmed the
+            # value as nginx does): nginx reads "Chunked" as chunked too, but Kong answers it 411
+            if self.require_content_length and coding != b"chunked":
+                exchange.close_after = not exchange.request_done
+                await exchange.respond_error(411, "A valid Content-Length header is required")
+                return True
+            if await read_within(exchange, self.limit):  # Kong sizes a request without a body at 0 (get_raw_body's "")
+                return False
+        exchange.close_after = not exchange.request_done
+        await exchange.respond_error(417 if expect else 413, SIZE_LIMITED)  # Kong's, 417 with Expect
+        return True
