@@ -32,7 +32,6 @@ from gateway.http.ids import new_request_id, x_request_id
 from gateway.http.kong_errors import (
     KONG_ERROR_PAGES,
     KONG_TEMPLATES,
-    SIZE_LIMITED,
     TEXT_TYPE,
     Templates,
     error_body,
@@ -194,7 +193,7 @@ class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
     __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
-                 "_expect_continue", "close_after", "state", "body_limit", "body_received", "timer",
+                 "_expect_continue", "close_after", "state", "body_received", "timer",
                  "request_id", "response_lines", "status", "settings", "client_ip", "peer_trusted", "consumer",
                  "phases", "_held", "route", "tries", "sent", "response_headers", "mcp", "started")
 
@@ -231,7 +230,6 @@ class Exchange:
         self.close_after = False
         self.state: dict[str, Any] | None = None  # per-request notes for policies (lazily created)
         self._expect_continue = request.expect_continue
-        self.body_limit: int | None = None  # set by request-size-limiting; enforced as the body streams
         self.body_received = 0  # request body bytes read so far (decoded, without chunked framing)
 
     def add_response_lines(self, lines: bytes) -> None:
@@ -299,15 +297,8 @@ class Exchange:
             return held, state is None or HELD_FILE not in state  # (a held file: receive_body reads it back)
         body, self._request_done = self._codec.take_body()
         if body:
-            self._count(body)
+            self.body_received += len(body)
         return (held + body if held else body), self._request_done
-
-    def _count(self, chunk: bytes) -> None:
-        self.body_received += len(chunk)
-        if self.body_limit is not None:
-            if self.body_received > self.body_limit:
-                self.close_after = True  # request-size-limiting's answer; 417 when the client asked 100-continue
-                raise ProtocolError(SIZE_LIMITED, 417 if self.request.expect_continue else 413)
 
     async def read_body(self, limit: int) -> tuple[bytes, bool]:
         """Read the request body to its end, or until more than `limit` bytes: (the bytes, whether that is all of
@@ -364,7 +355,7 @@ class Exchange:
                 timer.restore(saved, trio.current_time() - began)
                 codec.receive_data(data)
                 continue
-            self._count(ev)  # type: ignore[arg-type]
+            self.body_received += len(ev)  # type: ignore[arg-type]
             return ev  # type: ignore[return-value]
         state = self.state
         if state is not None and HELD_FILE in state:  # the client's body was read before (hold_body): its file
@@ -657,10 +648,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     except ProtocolError as e:
                         if not exchange.response_started:
                             log.debug("bad request from %s: %s", conn.peer, e)
-                            limited = str(e) == SIZE_LIMITED  # request-size-limiting's kong.response.error
-                            content_type = response_type(_accept(request.headers)) if limited else \
-                                page_type(request.headers, settings.error_type)
-                            await _answer_error(exchange, e.status, content_type, SIZE_LIMITED if limited else None)
+                            content_type = page_type(request.headers, settings.error_type)
+                            await _answer_error(exchange, e.status, content_type, None)
                             return not exchange.request_done
                         return False
                     except (BrokenPipeError, ConnectionError):
