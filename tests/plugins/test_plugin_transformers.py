@@ -144,8 +144,6 @@ async def test_http_method_changes_the_upstream_method(nursery, gateway):
     ({"add": {"body": ["novalue"]}}, "config.add.body[0]: key 'novalue' has no value"),
     ({"rename": {"headers": ["x-a:not valid"]}}, "config.rename.headers[0]: 'not valid' is not a valid header"),
     ({"add": {"cookies": ["a:b"]}}, "config.add.cookies"),
-    # a line break would end the header early upstream (Python's `$` matched before a final newline)
-    ({"add": {"headers": ["x-a:b\n"]}}, "config.add.headers[0]: the value of 'x-a' holds a line break or NUL"),
     ({"remove": {"headers": ["x-a\n"]}}, "config.remove.headers[0]: "),
 ])
 def test_request_transformer_config_errors_name_the_field(config, message):

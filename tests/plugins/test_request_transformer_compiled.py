@@ -3,8 +3,9 @@ keys, the values without a template, the templates' parts and a replace.uri with
 query string is parsed and the route's captures read only when an op or a template needs them; set_headers writes
 only the names the ops may have set or cleared when nothing else in the header table would change. `Reference` below
 is the plugin's per-request code as it was before it was compiled (kong/plugins/request-transformer/access.lua as
-the gateway reads it): both must leave the same request (method, target, headers in order, body, upstream path), give
-the same error and log the same, for every config and request."""
+the gateway reads it, its template environment a table each template reads from the request when it first needs it,
+and every entry of an op that runs rendered, as Kong's iter() does): both must leave the same request (method, target,
+headers in order, body, upstream path), give the same error and log the same, for every config and request."""
 
 from __future__ import annotations
 
@@ -67,25 +68,40 @@ def ref_encode_query(args: dict[str, Any]) -> bytes:
     return b"&".join(sorted(encode_args({name: value}) for name, value in args.items()))
 
 
-def ref_render(value: str, env: Any) -> str:
+class RefEnv:
+    """access.lua's `__meta_environment`: `headers` and `query_params` read from the request when a template first
+    reads them (a copy), then kept (rawset)."""
+
+    def __init__(self, request: Request, captures: dict[int | str, bytes | None]) -> None:
+        self.request, self.captures, self.kept = request, captures, {}
+
+    def __getitem__(self, table: str) -> Any:
+        if table == "uri_captures":
+            return self.captures
+        if table not in self.kept:
+            self.kept[table] = list(self.request.headers) if table == "headers" else ref_get_query(self.request.target)
+        return self.kept[table]
+
+
+def ref_render(value: str, env: RefEnv) -> str:
     if "$(" not in value:
         return value
-    headers, query, captures = env
 
     def lookup_template(m: Any) -> str:
         name = m.group(2) or m.group(4)
         table = m.group(1)
         if table == "uri_captures":
-            value = captures.get(name if name is not None else int(m.group(5)))
+            value = env.captures.get(name if name is not None else int(m.group(5)))
             return _text(value) if value else ""
+        loaded = env[table]  # headers[1] reads `headers` too
         if name is None:
             return ""
         if table == "headers":
-            header = lookup(headers, _bytes(name))
+            header = lookup(loaded, _bytes(name))
             if isinstance(header, list):
                 header = header[0]
             return _text(header) if header is not None else ""
-        found = query.get(name)
+        found = loaded.get(name)
         if isinstance(found, list):
             found = found[0]
         return "true" if found is True else "" if found is None else str(found)
@@ -111,6 +127,7 @@ def ref_set_header(headers: Headers, name: bytes, values: list[Any]) -> Headers:
 class RefOps:
     def __init__(self, config: RequestTransformerConfig, field: str) -> None:
         self.remove = [split_pair(entry)[0] for entry in getattr(config.remove, field)]
+        self.remove_values = [v for _, v in map(split_pair, getattr(config.remove, field)) if v is not None]
         self.rename = _pairs(getattr(config.rename, field))
         self.replace = _pairs(getattr(config.replace, field))
         self.add = _pairs(getattr(config.add, field))
@@ -130,15 +147,10 @@ class Reference:
         self.headers = RefOps(config, "headers")
         self.query = RefOps(config, "querystring")
         self.body = RefOps(config, "body")
-        header_entries = [e for ops in (config.remove, config.rename, config.replace, config.add, config.append)
-                          for e in ops.headers]
-        self.headers_read_early = any(m.group(1) == "headers" for e in header_entries for m in TEMPLATE.finditer(e))
 
     async def access(self, ex: Any) -> bool:
         req = ex.request
-        original_query = ref_get_query(req.target)
-        captures = ex.uri_captures()
-        env = (req.headers, original_query, captures)
+        env = RefEnv(req, ex.uri_captures())
         if self.uri is not None:
             upstream_path = ref_render(self.uri, env)
             if not upstream_path.startswith("/"):
@@ -148,15 +160,13 @@ class Reference:
                 return True
             ex.set_upstream_path(escape_path(_bytes(upstream_path)))
         if self.method is not None:
-            await self._method(ex, original_query)
+            await self._method(ex)
         if self.headers:
             req.headers = self._headers(req.headers, env)
-            if not self.headers_read_early:
-                env = (req.headers, original_query, captures)
         if self.body:
             await self._body(ex, env)
         if self.query:
-            copy = {k: list(v) if isinstance(v, list) else v for k, v in original_query.items()}
+            copy = {k: list(v) if isinstance(v, list) else v for k, v in env["query_params"].items()}
             args = self._apply(copy, self.query, env, from_body=False)
             assert args is not None
             path = req.target.partition(b"?")[0]
@@ -164,7 +174,7 @@ class Reference:
             ex.rewrite_target(path + b"?" + query if query else path)
         return False
 
-    async def _method(self, ex: Any, query: dict[str, Any]) -> None:
+    async def _method(self, ex: Any) -> None:
         req = ex.request
         ex.set_method(self.method)
         if self.method in (b"GET", b"HEAD", b"TRACE") and \
@@ -172,6 +182,7 @@ class Reference:
             raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
             form = decode_args(raw) if whole else {}
             if form:
+                query = ref_get_query(req.target)
                 for name, value in form.items():
                     current = query.get(name)
                     if current is None:
@@ -208,6 +219,8 @@ class Reference:
             return True
 
         cleared: dict[bytes, None] = {}
+        for value in ops.remove_values:
+            ref_render(value, env)
         for name in ops.remove:
             key = name.lower().encode()
             if get(key) is not None:
@@ -220,22 +233,21 @@ class Reference:
             if moved:
                 cleared[old_key.lower()] = None
         for name, value in ops.replace:
-            key = name.lower().encode()
+            key, rendered = name.lower().encode(), _bytes(ref_render(value, env))
             if get(key) is not None:
-                table[key] = _bytes(ref_render(value, env))
+                table[key] = rendered
         for name, value in ops.add:
-            key = name.encode()
+            key, rendered = name.encode(), _bytes(ref_render(value, env))
             if get(key) is None and key.lower() != b"host":
-                table[key] = _bytes(ref_render(value, env))
+                table[key] = rendered
         for name, value in ops.append:
-            key, lower = name.encode(), name.lower().encode()
+            key, lower, added = name.encode(), name.lower().encode(), _bytes(ref_render(value, env))
             if lower == b"host":
                 continue
             if key != lower and get(key) is not None:
                 table[key] = get(key)
                 table.pop(lower, None)
             current = get(key)
-            added = _bytes(ref_render(value, env))
             table[key] = [current, added] if isinstance(current, bytes) else [*current, added] \
                 if isinstance(current, list) else [added]
         out = [hv for hv in headers if hv[0] not in cleared] if cleared else list(headers)
@@ -288,6 +300,7 @@ class Reference:
             new = self._apply(doc, self.body, env, from_body=bool(raw))
             return None if new is None else cjson.encode(new, CJSON_PRECISION)
         ops = self.body
+        self._render_all(ops, env, bool(raw), True)
         if isinstance(doc, list):
             changed = bool(ops.remove or ops.add or ops.append)
             return cjson.encode(doc, CJSON_PRECISION) if changed else None
@@ -299,12 +312,20 @@ class Reference:
             if writes:
                 raise LuaError("request-transformer: attempt to index local 'parameters' (a string value)")
             return None
-        kind = "nil" if doc is None else "boolean" if isinstance(doc, bool) else "number"
+        kind = "userdata" if doc is None else "boolean" if isinstance(doc, bool) else "number"
         raise LuaError(f"request-transformer: attempt to index local 'parameters' (a {kind} value)")
+
+    def _render_all(self, ops: RefOps, env: RefEnv, from_body: bool, appends: bool) -> None:
+        """Kong's iter() renders every entry's value of each op that runs."""
+        present = [*ops.remove_values, *(new for _, new in ops.rename), *(v for _, v in ops.replace)] \
+            if from_body else []
+        for value in [*present, *(v for _, v in ops.add), *(v for _, v in ops.append if appends)]:
+            ref_render(value, env)
 
     def _multipart(self, parts: Multipart, env: Any, from_body: bool) -> bool:
         ops = self.body
         changed = False
+        self._render_all(ops, env, from_body, False)
         if from_body:
             for old, new in ops.rename:
                 target = ref_render(new, env)
@@ -329,6 +350,7 @@ class Reference:
 
     def _apply(self, args: dict[str, Any], ops: RefOps, env: Any, from_body: bool) -> dict[str, Any] | None:
         changed = False
+        self._render_all(ops, env, from_body or ops is self.query, True)
         if from_body or ops is self.query:
             for name in ops.remove:
                 args.pop(name, None)
@@ -348,7 +370,7 @@ class Reference:
                 changed = True
         for name, value in ops.append:
             current = args.get(name)
-            args[name] = [ref_render(value, env)] if current == {} else append_value(current, ref_render(value, env))
+            args[name] = append_value(current, ref_render(value, env))
             changed = True
         return args if changed or ops is self.query else None
 
@@ -453,14 +475,16 @@ def ops(header_entries: st.SearchStrategy[list[str]], arg_entries: st.SearchStra
                                                    "body": arg_entries}
     if uri:
         optional["uri"] = st.sampled_from(["/x", "/a/$(uri_captures[1])", "x", "", "/$(headers.x_a)/é",
-                                           "$(uri_captures.n)", "/a b", "/$(query_params.a)"])
+                                           "$(uri_captures.n)", "/a b", "/$(query_params.a)", "/$(headers[1])",
+                                           "/$(query_params[2])"])
     return st.fixed_dictionaries({}, optional=optional)
 
 
 configs = st.fixed_dictionaries({}, optional={
     "http_method": st.sampled_from(["GET", "POST", "HEAD", "PUT", "TRACE"]),
-    "remove": ops(st.lists(header_names, max_size=3), st.lists(arg_names | arg_names.map(lambda n: n + ":x"),
-                                                                 max_size=3)),
+    # a remove entry's value is rendered too (Kong's iter()): a template in it reads its table then
+    "remove": ops(st.lists(header_names | st.tuples(header_names, values).map(":".join), max_size=3),
+                  st.lists(arg_names | st.tuples(arg_names, values).map(":".join), max_size=3)),
     "rename": ops(entries(header_names, header_names), entries(arg_names, arg_names | values)),
     "replace": ops(entries(header_names.filter(lambda n: n.lower() != "host"), bare=True), entries(arg_names),
                    uri=True),
@@ -604,8 +628,11 @@ def test_the_query_string_is_parsed_only_when_an_op_or_a_template_needs_it(monke
     run_without_waiting(transformer(add={"headers": ["x-from-query:$(query_params.a)"]}).access(ex))
     assert parsed == [b"/x?a=1"] and ex.request.headers == [(b"x-from-query", b"1")]
     ex = FakeExchange(b"POST", b"/x?a=1", [])
-    run_without_waiting(transformer(http_method="GET").access(ex))  # a form body would go into the query
-    assert parsed == [b"/x?a=1", b"/x?a=1"]
+    run_without_waiting(transformer(http_method="GET").access(ex))  # no form body to put into the query
+    assert parsed == [b"/x?a=1"]
+    ex = FakeExchange(b"POST", b"/x?a=1", [(b"content-type", b"application/x-www-form-urlencoded")], b"b=2")
+    run_without_waiting(transformer(http_method="GET").access(ex))  # get_query's table of its own, then set_query
+    assert parsed == [b"/x?a=1", b"/x?a=1"] and ex.request.target == b"/x?a=1&b=2"
 
 
 def test_query_templates_in_query_ops_read_the_query_as_it_came():

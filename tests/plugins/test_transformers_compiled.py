@@ -83,12 +83,14 @@ config_name = st.sampled_from(CONFIG_NAMES)
 entry = st.builds(lambda n, v: f"{n}:{v}", config_name, st.sampled_from(VALUES))
 rename = st.builds(lambda o, n: f"{o}:{n}", config_name, config_name)
 entries = st.lists(entry, max_size=4)
+# "name:" appends nothing in Kong but fails its header filter (add_header(name, nil)): the schema refuses it
+appends = st.lists(entry.filter(lambda e: not e.endswith(":")), max_size=4)
 response = st.lists(st.tuples(st.sampled_from(RESPONSE_NAMES), st.sampled_from([b"1", b"2", b"x y"])), max_size=7)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(remove=st.lists(config_name, max_size=3), renames=st.lists(rename, max_size=3), replace=entries, add=entries,
-       append=entries, responses=st.lists(response, min_size=1, max_size=4))
+       append=appends, responses=st.lists(response, min_size=1, max_size=4))
 def test_compiled_header_changes_leave_the_headers_kongs_calls_leave(remove, renames, replace, add, append,
                                                                      responses):
     config = rt_config(remove={"headers": remove}, rename={"headers": renames}, replace={"headers": replace},

@@ -13,9 +13,12 @@ escaping); a form body as ngx.decode_args reads it (its first 100 pieces) and ng
 tested with Lua's truthiness (a JSON null counts, false does not); headers are changed on the table
 kong.request.get_headers() gives (its first 100 lines; a name as written, else lower-cased with "_" as "-"), cleared
 with clear_header and set again with set_headers (a header set in place of the first line of its name; values
-escaped as ngx.req.set_header escapes them: a CR or LF becomes %0D, %0A); and the template's `headers` are read
-when a template first reads them: during the header changes when one of them has a headers template, else after
-those changes. Bytes that are not UTF-8 (in a query, a header, a body) go through unchanged.
+escaped as ngx.req.set_header escapes them: a CR or LF becomes %0D, %0A). As in Kong's template environment, the
+templates' `headers` and `query_params` are read from the request when a template (of any op, remove's too: Kong's
+iter() renders every entry's value) first reads them, and kept for the rest of the request: a replace.uri template
+reading them keeps them as the client sent them (before the method's form arguments join the query, before the
+header changes), and the query ops start from a copy of the query so kept. Bytes that are not UTF-8 (in a query, a
+header, a body) go through unchanged.
 
 What does not depend on the request is made once, when the config is loaded: the ops' names as the header table's
 keys (and the other keys get_headers()' metatable would try), the values without a template (as text and as header
@@ -34,7 +37,7 @@ from itertools import compress
 from operator import itemgetter
 from typing import Any
 
-from gateway.http.codec import Headers
+from gateway.http.codec import Headers, Request
 from gateway.http.server import Exchange
 from gateway.http.uri_args import MAX_URI_ARGS, escape_arg, uri_args
 from gateway.http.uri_args import encode_args as ngx_encode_args
@@ -60,7 +63,6 @@ _LUA_STRING_METHODS = frozenset({"byte", "char", "dump", "find", "format", "gmat
 _FORM_TO_QUERY = (b"GET", b"HEAD", b"TRACE")  # transform_method: the methods a form body goes into the query for
 log = logging.getLogger(__name__)
 Args = dict[str, Any]  # name -> str, True (no "="), or a list of them
-Env = tuple[Headers, Args, dict[int | str, bytes | None]]  # a template's headers, query_params, uri_captures
 # A value's template, split where TEMPLATE matches: text, and (table, NAME or None, NAME as bytes, N) lookups
 Template = tuple[str | tuple[str, str | None, bytes | None, int | None], ...]
 _NAME, _VALUE = itemgetter(0), itemgetter(1)  # a header line's name, its value
@@ -185,9 +187,41 @@ def _template(value: str) -> Template | None:
     return tuple(parts)
 
 
-def _render(template: Template, env: Env | None) -> str:
+class _Env:
+    """Kong's template environment (access.lua `__meta_environment`): `headers` and `query_params` are read from the
+    request when a template first reads them and kept for the rest of the request (its rawset); the route's captures
+    do not change."""
+
+    __slots__ = ("request", "headers", "query", "captures")
+
+    def __init__(self, request: Request, captures: dict[int | str, bytes | None]) -> None:
+        self.request = request
+        self.headers: Headers | None = None  # the request's list as it stood (the plugin sets new lists, never edits)
+        self.query: Args | None = None
+        self.captures = captures
+
+    def load(self, tables: set[str]) -> None:
+        """The tables templates about to be rendered read, as the request stands now, unless already kept: Kong
+        renders every entry of an op that runs, also where the op then changes nothing."""
+        if self.headers is None and "headers" in tables:
+            self.headers = self.request.headers
+        if self.query is None and "query_params" in tables:
+            self.query = get_query(self.request.target)
+
+    def get_headers(self) -> Headers:
+        if self.headers is None:
+            self.headers = self.request.headers
+        return self.headers
+
+    def get_query(self) -> Args:
+        if self.query is None:
+            self.query = get_query(self.request.target)
+        return self.query
+
+
+def _render(template: Template, env: _Env | None) -> str:
     """A value with templates: each `$(...)` as Kong's template environment reads it."""
-    headers, query, captures = env  # type: ignore[misc]  # None only where there is no template
+    assert env is not None  # there is one wherever there is a template
     out = []
     for part in template:
         if isinstance(part, str):
@@ -195,18 +229,18 @@ def _render(template: Template, env: Env | None) -> str:
             continue
         table, name, raw_name, number = part
         if table == "uri_captures":  # by name, or by number ([0]: the whole match); a group that took no part: ""
-            value = captures.get(name if name is not None else number)  # type: ignore[arg-type]
+            value = env.captures.get(name if name is not None else number)  # type: ignore[arg-type]
             out.append(_text(value) if value else "")
         elif name is None:  # headers[1], query_params[1]: nil in Kong's tables
             continue
         elif table == "headers":  # ngx.req.get_headers(): the name as written, else lower-cased with _ as -
-            header = lookup(headers, raw_name)  # type: ignore[arg-type]
+            header = lookup(env.get_headers(), raw_name)  # type: ignore[arg-type]
             if isinstance(header, list):
                 header = header[0]
             if header is not None:
                 out.append(_text(header))
         else:
-            found = query.get(name)
+            found = env.get_query().get(name)
             if isinstance(found, list):
                 found = found[0]
             out.append("true" if found is True else "" if found is None else str(found))  # tostring(v or '')
@@ -222,7 +256,8 @@ class _Ops:
     """One target's (querystring or body) remove, rename, replace, add and append lists; a value with its template
     (None: the value is used as it is)."""
 
-    __slots__ = ("remove", "rename", "replace", "add", "append", "active", "reads")
+    __slots__ = ("remove", "rename", "replace", "add", "append", "active", "reads", "present_reads", "add_reads",
+                 "append_reads")
 
     def __init__(self, config: RequestTransformerConfig, field: str) -> None:
         self.remove = [split_pair(entry)[0] for entry in getattr(config.remove, field)]  # iter() splits these too
@@ -231,9 +266,14 @@ class _Ops:
         self.add = [(name, value, _template(value)) for name, value in _pairs(getattr(config.add, field))]
         self.append = [(name, value, _template(value)) for name, value in _pairs(getattr(config.append, field))]
         self.active = bool(self.remove or self.rename or self.replace or self.add or self.append)
-        # the tables its values' templates read
-        self.reads = {table for ops in (self.rename, self.replace, self.add, self.append) for _, value, _ in ops
-                      for table in _tables(value)}
+        # the tables its values' templates read: those Kong renders only for a body that is not empty (remove's too,
+        # though the gateway need not render them), add's, append's
+        removed = [value for _, value in map(split_pair, getattr(config.remove, field)) if value is not None]
+        self.present_reads = {table for value in removed for table in _tables(value)} | \
+            {table for ops in (self.rename, self.replace) for _, value, _ in ops for table in _tables(value)}
+        self.add_reads = {table for _, value, _ in self.add for table in _tables(value)}
+        self.append_reads = {table for _, value, _ in self.append for table in _tables(value)}
+        self.reads = self.present_reads | self.add_reads | self.append_reads
 
 
 class RequestTransformer:
@@ -251,15 +291,8 @@ class RequestTransformer:
         self.query = _Ops(config, "querystring")
         self.body = _Ops(config, "body")
         self._compile_headers(config)
-        # Kong's template environment reads `headers` when a template first does: while the headers change when a
-        # header change has such a template, else after them (so removed headers are gone for the body and query)
-        header_entries = [e for ops in (config.remove, config.rename, config.replace, config.add, config.append)
-                          for e in ops.headers]
-        self.headers_read_early = any(m.group(1) == "headers" for e in header_entries for m in TEMPLATE.finditer(e))
-        reads = self.query.reads | self.body.reads | self.header_reads | \
-            (_tables(self.uri) if self.uri is not None else set())
-        # the query string is parsed for the query ops, a method that takes a form body into it, or a template
-        self.reads_query = self.query.active or self.form_to_query or "query_params" in reads
+        self.uri_reads = _tables(self.uri) if self.uri is not None else set()
+        reads = self.query.reads | self.body.reads | self.header_reads | self.uri_reads
         self.reads_captures = "uri_captures" in reads
         self.templated = bool(reads)
         # the query ops change a copy of the query when their templates read the query as it came
@@ -299,19 +332,20 @@ class RequestTransformer:
         self.header_keys = frozenset([new for _, _, new, _ in self.header_rename] +
                                      [key for key, *_ in self.header_replace] + [key for key, *_ in self.header_add] +
                                      [key for key, *_ in self.header_append])
-        self.header_reads = {table for ops in (config.rename, config.replace, config.add, config.append)
+        # the tables the header ops' templates read (remove's too: Kong renders their values)
+        self.header_reads = {table for ops in (config.remove, config.rename, config.replace, config.add, config.append)
                              for _, text in _pairs(ops.headers) for table in _tables(text)}
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
-        original_query = get_query(req.target) if self.reads_query else {}
         # what the templates read (None: there is no template)
-        env = (req.headers, original_query, ex.uri_captures() if self.reads_captures else {}) if self.templated \
-            else None
+        env = _Env(req, ex.uri_captures() if self.reads_captures else {}) if self.templated else None
         if self.uri is not None:  # Kong's transform_uri, first of all
             if self.uri_path is not None:
                 ex.set_upstream_path(self.uri_path)
             else:
+                if env is not None and self.uri_reads:
+                    env.load(self.uri_reads)  # as the client sent them ($(headers[1]) reads `headers` too)
                 upstream_path = self.uri if self.uri_template is None else _render(self.uri_template, env)
                 if not upstream_path.startswith("/"):  # kong.service.request.set_path's error: Kong's 500
                     log.error("request-transformer: replace.uri %r rendered %r, which is no path (it must start "
@@ -320,31 +354,38 @@ class RequestTransformer:
                     return True
                 ex.set_upstream_path(escape_path(_bytes(upstream_path)))
         if self.method is not None:
-            await self._method(ex, original_query)
+            await self._method(ex)
         if self.header_ops:
+            if env is not None and self.header_reads:
+                env.load(self.header_reads)  # the headers as the client sent them
             req.headers = self._headers(req.headers, env)
-            if env is not None and not self.headers_read_early:
-                env = (req.headers, original_query, env[2])
         if self.body.active:
             await self._body(ex, env)
         if self.query.active:
-            args = {k: list(v) if isinstance(v, list) else v for k, v in original_query.items()} \
-                if self.query_copied else original_query
+            if env is None:
+                args = get_query(req.target)
+            else:  # cycle_aware_deep_copy(template_env.query_params): the query as a template first read it
+                env.load(self.query.reads)
+                kept = env.get_query()
+                args = {k: list(v) if isinstance(v, list) else v for k, v in kept.items()} \
+                    if self.query_copied else kept
             _apply(args, self.query, env, True)
             path = req.target.partition(b"?")[0]
             query = encode_query(args)
             ex.rewrite_target(path + b"?" + query if query else path)
         return False
 
-    async def _method(self, ex: Exchange, query: Args) -> None:
+    async def _method(self, ex: Exchange) -> None:
         """transform_method: the method; for GET, HEAD and TRACE a form body's arguments go into the query string
-        (a name already there gets the body's value after its own), written as set_query writes it."""
+        (get_query's table of its own: a name already there gets the body's value after its own), written as
+        set_query writes it."""
         req = ex.request
         ex.set_method(self.method)  # type: ignore[arg-type]
         if self.form_to_query and _content_kind(request_header(req.headers, b"content-type")) == _FORM:
             raw, whole = await ex.read_body(REQUEST_BODY_LIMIT)
             form = decode_args(raw) if whole else {}
             if form:
+                query = get_query(req.target)
                 for name, value in form.items():
                     current = query.get(name)
                     if current is None:
@@ -356,7 +397,7 @@ class RequestTransformer:
                 path = req.target.partition(b"?")[0]
                 ex.rewrite_target(path + b"?" + encode_query(query))
 
-    def _headers(self, headers: Headers, env: Env | None) -> Headers:
+    def _headers(self, headers: Headers, env: _Env | None) -> Headers:
         """transform_headers on the table get_headers() gives (`table`: raw keys, looked up as its metatable does),
         then clear_header for the removed and renamed names and set_headers with the table."""
         first = headers if len(headers) <= _MAX_HEADERS else headers[:_MAX_HEADERS]
@@ -433,7 +474,7 @@ class RequestTransformer:
             out = _set_header(out, table_key.lower(), table_value)
         return out
 
-    async def _body(self, ex: Exchange, env: Env | None) -> None:
+    async def _body(self, ex: Exchange, env: _Env | None) -> None:
         req = ex.request
         content_type = request_header(req.headers, b"content-type")
         kind = _content_kind(content_type)
@@ -443,6 +484,8 @@ class RequestTransformer:
         if not whole:
             return  # over the limit: forwarded unchanged
         if kind == _MULTIPART:
+            if env is not None:  # transform_multipart_body has no append
+                env.load(self.body.present_reads | self.body.add_reads if raw else self.body.add_reads)
             multipart = Multipart(raw, content_type)
             if not self._multipart(multipart, env, bool(raw)):
                 return
@@ -453,6 +496,8 @@ class RequestTransformer:
                 return
             body = body_or_none
         else:
+            if env is not None:
+                env.load(self.body.reads if raw else self.body.add_reads | self.body.append_reads)
             args = decode_args(raw)
             if not _apply(args, self.body, env, bool(raw)):
                 return
@@ -461,7 +506,7 @@ class RequestTransformer:
         headers = [hv for hv in req.headers if hv[0] != b"transfer-encoding"]
         req.headers = _set_header(headers, b"content-length", b"%d" % len(body))
 
-    def _json(self, raw: bytes, env: Env | None) -> bytes | None:
+    def _json(self, raw: bytes, env: _Env | None) -> bytes | None:
         """transform_json_body: the body written again by lua-cjson, or None when it stays as it came."""
         try:
             doc = cjson.decode(raw)
@@ -471,6 +516,8 @@ class RequestTransformer:
             if raw:
                 return None
             doc = {}
+        if env is not None:
+            env.load(self.body.reads if raw else self.body.add_reads | self.body.append_reads)
         if isinstance(doc, dict):
             return cjson.encode(doc, CJSON_PRECISION) if _apply(doc, self.body, env, bool(raw)) else None
         ops = self.body
@@ -486,10 +533,10 @@ class RequestTransformer:
             if writes:
                 raise LuaError("request-transformer: attempt to index local 'parameters' (a string value)")
             return None
-        kind = "nil" if doc is None else "boolean" if isinstance(doc, bool) else "number"
+        kind = "userdata" if doc is None else "boolean" if isinstance(doc, bool) else "number"
         raise LuaError(f"request-transformer: attempt to index local 'parameters' (a {kind} value)")
 
-    def _multipart(self, parts: Multipart, env: Env | None, from_body: bool) -> bool:
+    def _multipart(self, parts: Multipart, env: _Env | None, from_body: bool) -> bool:
         """Kong's transform_multipart_body: rename, remove, replace (need a body), add; whether anything changed."""
         ops = self.body
         changed = False
@@ -516,7 +563,7 @@ class RequestTransformer:
         return changed
 
 
-def _apply(args: Args, ops: _Ops, env: Env | None, present: bool) -> bool:
+def _apply(args: Args, ops: _Ops, env: _Env | None, present: bool) -> bool:
     """The ops on a name -> value mapping (in place); whether one changed it (a body none changed is kept as it
     came). remove, rename and replace run when `present`: always for the query string, for a body when it is not
     empty (Kong's content_length > 0)."""
@@ -539,10 +586,7 @@ def _apply(args: Args, ops: _Ops, env: Env | None, present: bool) -> bool:
             args[name] = value if template is None else _render(template, env)
             changed = True
     for name, value, template in ops.append:
-        current = args.get(name)
-        added = value if template is None else _render(template, env)
-        # table.insert into an empty JSON object makes it the array [value]
-        args[name] = [added] if current == {} else append_value(current, added)
+        args[name] = append_value(args.get(name), value if template is None else _render(template, env))
         changed = True
     return changed
 

@@ -107,16 +107,22 @@ def json_value(value: str | None, json_type: str | None) -> Any:
 
 
 def append_value(current: Any, value: Any) -> Any:
-    """Kong's append_value(): a string becomes [it, value], a Lua table gets value inserted (an object: at key 1,
-    which cjson writes "1"), anything else (absent, a number, a boolean, null) becomes [value]."""
+    """Kong's append_value(): a string becomes [it, value], a Lua table gets value inserted, anything else (absent, a
+    number, a boolean, null) becomes [value]. An object (a table of string keys) gets it at the integer key after its
+    border (#t: 1, then 2, ...), which lua-cjson writes as "1", "2" beside its own keys, and as an array when the
+    object had none: {} becomes [value]."""
     if isinstance(current, str):
         return [current, value]
     if isinstance(current, list):
         current.append(value)
         return current
     if isinstance(current, dict):
-        current["1"] = value
-        return current
+        border = 1
+        while border in current:
+            border += 1
+        current[border] = value
+        # only the inserted keys are integers, 1 to border: all of them, the table is an array
+        return list(current.values()) if len(current) == border else current
     return [value]
 
 
