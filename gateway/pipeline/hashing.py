@@ -12,6 +12,7 @@ from __future__ import annotations
 import uuid
 from urllib.parse import unquote_to_bytes
 
+from gateway.http.cookies import cookie_value
 from gateway.http.server import Exchange
 from gateway.routing import Match
 from gateway.routing.normalize import nginx_uri
@@ -53,7 +54,7 @@ def _key(spec: tuple[str, bytes], group: UpstreamGroup, ex: Exchange, match: Mat
     if kind == "header":
         return _header(ex.request.headers, name)
     if kind == "cookie":
-        value = _cookie(ex.request.headers, name)
+        value = cookie_value(ex.request.headers, name)
         return _new_cookie(group, ex, name) if value is None else value
     if kind == "query_arg":
         return _query_arg(match.query, name) if match.query else None
@@ -75,19 +76,6 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if hname == wanted or (loose and b"_" in hname and hname.replace(b"_", b"-") == wanted):
             found = value if found is None else found + (b"; " if wanted == b"cookie" else b", ") + value
     return found
-
-
-def _cookie(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    """nginx's $cookie_<name>: the first cookie of that name (compared ignoring case) in the Cookie fields; its value
-    runs to the next ";"."""
-    wanted = name.lower()
-    for hname, value in headers:
-        if hname == b"cookie":
-            for part in value.split(b";"):
-                k, eq, v = part.lstrip(b" ").partition(b"=")
-                if eq and k.rstrip(b" ").lower() == wanted:
-                    return v.lstrip(b" ")
-    return None
 
 
 def _new_cookie(group: UpstreamGroup, ex: Exchange, name: bytes) -> bytes:

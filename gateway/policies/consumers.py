@@ -322,17 +322,5 @@ def first_headers(headers: Headers) -> Headers:
     return headers if len(headers) <= MAX_ARGS else headers[:MAX_ARGS]
 
 
-def cookie_value(headers: Headers, name: bytes) -> bytes | None:
-    """nginx's $cookie_NAME: the first cookie of that name (compared case-insensitively) in the Cookie headers."""
-    for n, v in headers:
-        if n != b"cookie":
-            continue
-        for part in v.replace(b",", b";").split(b";"):
-            k, eq, value = part.strip().partition(b"=")
-            if eq and k.lower() == name:
-                return value
-    return None
-
-
 def _unquote(raw: bytes) -> str:
     return unquote_to_bytes(raw.replace(b"+", b" ")).decode("utf-8", "surrogateescape")

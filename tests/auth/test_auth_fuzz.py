@@ -26,11 +26,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.config import parse_config
+from gateway.http.cookies import cookie_value
 from gateway.http.realip import ClientAddress, parse_address
 from gateway.http.server import Exchange
 from gateway.policies.basic_auth.handler import BasicAuth, decode_basic
 from gateway.policies.basic_auth.schema import BasicAuthConfig
-from gateway.policies.consumers import Directory, Identity, Rejection, cookie_value, query_values
+from gateway.policies.consumers import Directory, Identity, Rejection, query_values
 from gateway.policies.hmac_auth.handler import HmacAuth, parse_signature
 from gateway.policies.hmac_auth.schema import HmacAuthConfig
 from gateway.policies.jwt.handler import Jwt

@@ -29,10 +29,11 @@ from hypothesis import strategies as st
 from plugin_helpers import run_without_waiting
 
 from gateway.http.codec import Headers, Request
+from gateway.http.cookies import cookie_value
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.pipeline.headers import set_consumer
-from gateway.policies.consumers import Consumer, Directory, Identity, cookie_value, header_value, query_values
+from gateway.policies.consumers import Consumer, Directory, Identity, header_value, query_values
 from gateway.policies.header_list import set_header
 from gateway.policies.request_body import get_body
 from gateway.policies.session import handler, seal

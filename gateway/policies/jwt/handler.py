@@ -20,6 +20,7 @@ import re
 import time
 from typing import Any
 
+from gateway.http.cookies import cookie_value
 from gateway.http.server import Exchange
 from gateway.jwtlib import algorithms
 from gateway.memo import Memo
@@ -28,7 +29,6 @@ from gateway.policies.consumers import (
     Directory,
     Identity,
     Rejection,
-    cookie_value,
     first_headers,
     header_key,
     header_value,
@@ -37,6 +37,7 @@ from gateway.policies.consumers import (
 from gateway.policies.jwt.keys import FOREIGN_KEY, prepare
 from gateway.policies.jwt.schema import JwtConfig
 from gateway.policies.jwt.token import decode_token
+from gateway.policies.luanumber import tonumber
 
 CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance
 CACHE_TOKEN_BYTES = 4096  # longer tokens are verified every time (bounds the cache's memory to ~16 MiB)
@@ -179,8 +180,13 @@ class Jwt(AuthPolicy):
                 failed[claim] = "token not valid yet"
         if failed:
             return failed
-        if self.max_exp > 0 and (not _is_number(exp) or exp - now > self.max_exp):
-            return {"exp": "exceeds maximum allowed expiration"}
+        if self.max_exp > 0:
+            # Kong's check_maximum_expiration refuses only a missing exp, then computes `exp - time()`: Lua takes a
+            # numeric string as its number there (anything else fails in Kong with a 500: here the same 401)
+            if isinstance(exp, str):
+                exp = tonumber(exp)
+            if not _is_number(exp) or exp - now > self.max_exp:
+                return {"exp": "exceeds maximum allowed expiration"}
         return None
 
 

@@ -11,11 +11,11 @@ JSON, fewer than two dots), "invalid alg" (not one of the 13 Kong verifies), "in
 from __future__ import annotations
 
 import binascii
-import json
 import re
 from typing import Any
 
 from gateway.config.consumers import JWT_ALGORITHMS
+from gateway.policies import cjson
 
 _URL_SAFE = re.compile(rb"[A-Za-z0-9_-]*")
 
@@ -45,7 +45,7 @@ def _json(data: bytes | None) -> Any:
     """cjson.decode of a decoded part (raw bytes in its strings are kept, as cjson keeps them); raises if invalid."""
     if data is None:
         raise ValueError("not base64")
-    return json.loads(data.decode("utf-8", "surrogateescape"))
+    return cjson.decode(data)
 
 
 def decode_token(token: bytes) -> Token | str:

@@ -21,10 +21,11 @@ import time
 from typing import Any
 
 from gateway.http.codec import Headers
+from gateway.http.cookies import cookie_value
 from gateway.http.server import Exchange
 from gateway.memo import Memo
 from gateway.pipeline.headers import set_consumer
-from gateway.policies.consumers import Directory, Identity, cookie_value, header_value, query_values
+from gateway.policies.consumers import Directory, Identity, header_value, query_values
 from gateway.policies.header_list import set_header
 from gateway.policies.request_body import get_body
 from gateway.policies.session.lifecycle import HEADERS, OPEN, READINGS, Contents, Session, Settings
