@@ -17,6 +17,9 @@ TRANSFER_ENCODING_NAMES = (b"transfer-encoding", b"transfer_encoding")  # which 
 # value, the control bytes but HTAB (0x00-0x08, 0x0A-0x1F, 0x7F) become %XX
 _VALUE_BYTE = [b"%%%02X" % b if (b < 0x20 and b != 0x09) or b == 0x7F else bytes([b]) for b in range(256)]
 _UNSAFE_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# ... and in a name (its header_name bitmap): the control bytes, space, DEL, bytes 0x80-0xFF and `"(),/:;<=>?@[\]{}`
+_NAME_ESCAPED = frozenset(range(0x21)) | frozenset(range(0x7F, 0x100)) | frozenset(b'"(),/:;<=>?@[\\]{}')
+_NAME_BYTE = [b"%%%02X" % b if b in _NAME_ESCAPED else bytes([b]) for b in range(256)]
 
 
 def escape_value(value: bytes) -> bytes:
@@ -24,6 +27,11 @@ def escape_value(value: bytes) -> bytes:
     if _UNSAFE_VALUE.search(value) is None:
         return value
     return b"".join([_VALUE_BYTE[b] for b in value])
+
+
+def escape_name(name: bytes) -> bytes:
+    """A header name as ngx.header and ngx.req.set_header send it (a name from the config, escaped once at load)."""
+    return b"".join([_NAME_BYTE[b] for b in name])
 
 
 def set_header(headers: Headers, name: bytes, value: bytes) -> Headers:

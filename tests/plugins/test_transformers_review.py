@@ -26,7 +26,7 @@ from test_request_transformer_compiled import FakeExchange
 
 from gateway.http.codec import Headers
 from gateway.policies import cjson
-from gateway.policies.header_list import escape_value
+from gateway.policies.header_list import escape_name, escape_value
 from gateway.policies.request_transformer.handler import RequestTransformer
 from gateway.policies.request_transformer.schema import RequestTransformerConfig
 from gateway.policies.response_transformer.handler import ResponseTransformer, append_value
@@ -203,3 +203,21 @@ def test_a_response_header_value_with_a_line_break_is_set_escaped():
                               replace={"headers": ["x-c:1\x002"]})
     assert rt.header_filter(None, 200, [(b"x-c", b"old")]) == [(b"x-c", b"1%002"), (b"x-a", b"b%0Ac"),
                                                                (b"x-b", b"%7F%0D%0A")]
+
+
+# ngx_http_lua_escape_uri's header_name bitmap (src/ngx_http_lua_util.c): which bytes a header name is escaped in
+_HEADER_NAME_BITMAP = (0xffffffff, 0xfc009305, 0x38000001, 0xa8000000, 0xffffffff, 0xffffffff, 0xffffffff,
+                       0xffffffff)
+
+
+def test_escape_name_is_copy_escaped_header_byte_for_byte():
+    for b in range(256):
+        escaped = _HEADER_NAME_BITMAP[b >> 5] & (1 << (b & 0x1f))
+        assert escape_name(bytes([b])) == (b"%%%02X" % b if escaped else bytes([b])), b
+
+
+def test_a_response_header_name_with_a_line_break_is_set_escaped():
+    """Kong's schema checks no name of add, append and replace; ngx.header escapes it as it sets it, so a name from
+    the config can never end a header line."""
+    rt = response_transformer(add={"headers": ["x-a\r\nx-injected:1"]})
+    assert rt.header_filter(None, 200, []) == [(b"x-a%0D%0Ax-injected", b"1")]

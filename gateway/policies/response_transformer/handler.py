@@ -36,7 +36,7 @@ from gateway.memo import Memo
 from gateway.policies import cjson
 from gateway.policies.base import LuaError
 from gateway.policies.cjson import CJSON_PRECISION
-from gateway.policies.header_list import TRANSFER_ENCODING_NAMES, escape_value
+from gateway.policies.header_list import TRANSFER_ENCODING_NAMES, escape_name, escape_value
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig, Values, split_pair
 
 log = logging.getLogger("gateway.policies.response_transformer")
@@ -138,11 +138,13 @@ def _values(values: Values) -> list[tuple[str, Any]]:
 
 def _header_pairs(entries: list[str]) -> list[tuple[bytes, bytes | None]]:
     """(name, value) of each entry; a name as kong.response's setters write it and get_headers() finds it: lower
-    case, "_" as "-" (lua-nginx-module's transform_underscores_in_response_headers, on in Kong)."""
+    case, "_" as "-" (lua-nginx-module's transform_underscores_in_response_headers, on in Kong), and escaped as
+    ngx.header escapes a name (Kong's schema does not check the names of add, append and replace)."""
     out = []
     for entry in entries:
         name, value = split_pair(entry)
-        out.append((name.lower().replace("_", "-").encode(), value.encode() if value is not None else None))
+        raw = value.encode() if value is not None else None
+        out.append((escape_name(name.lower().replace("_", "-").encode()), raw))
     return out
 
 
