@@ -14,6 +14,7 @@ from gateway.bus import protocol as p
 from gateway.config import parse_config
 from gateway.keeper.process import serve_keeper
 from gateway.keeper.state import Keeper
+from gateway.metrics import RECORDER
 from gateway.policies.proxy_cache.entry import Entry, encode
 from gateway.state import shared as shared_module
 from gateway.state.shared import CALL_TIMEOUT_S, SharedState
@@ -322,6 +323,8 @@ async def test_two_workers_share_cache_entries_and_counters_over_the_bus(tmp_pat
             nursery.cancel_scope.cancel()
     finally:
         ctx.term()
+    # the keeper served in this process took its metrics sampler with it (a later flush would publish its state)
+    assert not any(getattr(sampler, "__self__", None).__class__ is Keeper for sampler in RECORDER.samplers)
 
 
 # ---- the operator's proxy-cache commands (Kong's Admin API /proxy-cache endpoints) -----------------------------------

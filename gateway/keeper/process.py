@@ -7,6 +7,7 @@ id tells workers to resynchronise).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -112,6 +113,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 if saver is not None:
                     saver.save()  # a change still waiting for its turn
     finally:
+        with contextlib.suppress(ValueError):  # (an in-process keeper: its sampler must not outlive it)
+            RECORDER.samplers.remove(keeper.sample_metrics)
         routed.close()
         pub.close(linger=0)
         ctx.term()
