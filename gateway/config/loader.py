@@ -287,6 +287,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     """Cross-field and cross-entity rules; each message names every field involved. References by id or name are
     resolved to the entity's name (or, for an unnamed route, to the route itself)."""
     _check_listen(config.gateway, errors)
+    _check_bus(config.gateway.bus, errors)
     _check_client_address(config.gateway, errors)
     _check_ids(config, errors)
     consumer_errors: list[str] = []
@@ -440,6 +441,23 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
             errors += [f'gateway.status_listen: the listen option {show(flag)} is not supported (the status server '
                        f'takes one "host:port", plain HTTP, with reuseport and backlog=N)'
                        for flag in status_options(flags)[2]]
+
+
+def _check_bus(bus: str, errors: list[str]) -> None:
+    """gateway.bus as the root binds it and every process connects to it (its PUB endpoint the next port, or the
+    path beside it: gateway.bus.protocol.pub_endpoint), so that check-config refuses what start could not use."""
+    if bus.startswith("ipc://") and len(bus) > len("ipc://"):
+        return
+    if bus.startswith("tcp://"):
+        host, colon, port = bus[len("tcp://"):].rpartition(":")
+        if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65534:
+            errors.append(f"gateway.bus: expected tcp://HOST:PORT with a port from 1 to 65534 (the next one is the "
+                          f"bus's PUB socket), got {show(bus)}")
+        elif host in ("*", "0.0.0.0", "[::]", "::"):
+            errors.append(f"gateway.bus: {show(bus)} can be bound but not connected to: name the address the "
+                          f"gateway's processes connect to (e.g. tcp://127.0.0.1:{port})")
+        return
+    errors.append(f"gateway.bus: expected ipc://PATH or tcp://HOST:PORT (e.g. ipc://run/bus.sock), got {show(bus)}")
 
 
 def _listen_problem(addr: str) -> str | None:

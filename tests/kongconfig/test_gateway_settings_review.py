@@ -154,3 +154,24 @@ def test_kongs_default_regex_match_limit_passes(value: object):
 def test_another_regex_match_limit_is_refused_naming_the_accepted_value():
     (message,) = refusal({"nginx_http_lua_regex_match_limit": 200000})
     assert message.endswith("`nginx_http_lua_regex_match_limit: 100000` is accepted (it is what the gateway does)")
+
+
+# --- gateway.bus: check-config refuses what start cannot use ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("bus", "says"), [
+    ("foo", "expected ipc://PATH or tcp://HOST:PORT"),
+    ("ipc://", "expected ipc://PATH or tcp://HOST:PORT"),
+    ("tcp://127.0.0.1:x", "a port from 1 to 65534"),
+    ("tcp://127.0.0.1:65535", "a port from 1 to 65534"),  # (its PUB socket takes the next port)
+    ("tcp://*:5555", "can be bound but not connected to"),
+    ("tcp://0.0.0.0:5555", "can be bound but not connected to"),
+])
+def test_a_bus_that_start_could_not_use_is_refused_by_check_config(bus: str, says: str) -> None:
+    [message] = refusal({"bus": bus})
+    assert message.startswith("<config>: gateway.bus: ") and says in message, message
+
+
+@pytest.mark.parametrize("bus", ["ipc://run/bus.sock", "ipc:///tmp/gw/bus.sock", "tcp://127.0.0.1:5555"])
+def test_a_bus_the_processes_can_bind_and_reach_loads(bus: str) -> None:
+    assert gateway_of({"bus": bus}).bus == bus
