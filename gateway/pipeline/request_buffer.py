@@ -47,28 +47,34 @@ class SpooledBody:
         self.file.close()  # (one held for a request that ended before it was sent: a later plugin answered)
 
 
-async def read_whole(ex: Exchange, first: bytes) -> bytes | SpooledBody:
-    """The rest of the request body after `first`, read to its end: bytes, or a SpooledBody over MEMORY_LIMIT."""
+async def read_whole(ex: Exchange, first: bytes, limit: int | None = None) -> bytes | SpooledBody | None:
+    """The rest of the request body after `first`, read to its end: bytes, or a SpooledBody over MEMORY_LIMIT; None
+    once more than `limit` bytes of it have come (ex.body_received), what was read dropped and the rest unread."""
     parts = [first]
     size = len(first)
-    while (chunk := await ex.receive_body()) is not None:
+    while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
         parts.append(chunk)
         size += len(chunk)
         if size > MEMORY_LIMIT:
-            return await _spool(ex, parts, size)
+            return await _spool(ex, parts, size, limit)
+    if limit is not None and ex.body_received > limit:
+        return None
     return b"".join(parts)
 
 
-async def _spool(ex: Exchange, parts: list[bytes], size: int) -> SpooledBody:
+async def _spool(ex: Exchange, parts: list[bytes], size: int, limit: int | None) -> SpooledBody | None:
     file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, closed by the forwarder
     try:
         file.writelines(parts)
-        while (chunk := await ex.receive_body()) is not None:
+        while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
             file.write(chunk)
             size += len(chunk)
     except BaseException:
         file.close()
         raise
+    if limit is not None and ex.body_received > limit:
+        file.close()
+        return None
     return SpooledBody(file, size)
 
 
@@ -78,37 +84,19 @@ async def read_within(ex: Exchange, limit: int) -> bool:
     unread (the answer closes the connection). Otherwise the body is kept for the proxying (Exchange.hold_body):
     in memory up to MEMORY_LIMIT, the whole of a larger one in a temporary file."""
     body, done = ex.take_buffered_body()
-    parts = [body]
-    size = len(body)
-    file: IO[bytes] | None = None
-    try:
-        while not done and ex.body_received <= limit:
-            chunk = await ex.receive_body()
-            if chunk is None:
-                done = True
-            elif file is not None:
-                file.write(chunk)
-                size += len(chunk)
-            else:
-                parts.append(chunk)
-                size += len(chunk)
-                if size > MEMORY_LIMIT:
-                    file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, or closed below
-                    file.writelines(parts)
-                    parts = []
-    except BaseException:
-        if file is not None:
-            file.close()
-        raise
     if ex.body_received > limit:
-        if file is not None:
-            file.close()
         return False
-    if file is None:
-        ex.hold_body(b"".join(parts) if len(parts) > 1 else body)
+    if done:
+        ex.hold_body(body)
+        return True
+    whole = await read_whole(ex, body, limit)
+    if whole is None:
+        return False
+    if isinstance(whole, SpooledBody):
+        whole.rewind()
+        ex.hold_body(b"", whole)
     else:
-        file.seek(0)
-        ex.hold_body(b"", SpooledBody(file, size))
+        ex.hold_body(whole)
     return True
 
 

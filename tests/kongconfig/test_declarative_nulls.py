@@ -5,14 +5,13 @@ time the key stops authenticating at (DB-less Kong, kong/db/strategies/off/init.
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from types import SimpleNamespace
 
-import pytest
+from test_kong_forms import errors, load
 from tls_helpers import self_signed
 
-from gateway.config import ConfigError, parse_config
+from gateway.config import parse_config
 from gateway.policies.consumers import Directory, Identity, Rejection
 from gateway.policies.key_auth.handler import KeyAuth
 from gateway.policies.key_auth.schema import KeyAuthConfig
@@ -35,18 +34,6 @@ keyauth_credentials:
   key: test
   consumer: e150d090-4d53-4e55-bff8-efaaccd34ec4
 """
-
-
-def load(text: str):  # noqa: ANN201
-    config = parse_config(textwrap.dedent(text), "kong.yml")
-    compile_config(config, "kong.yml")
-    return config
-
-
-def errors(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load(text)
-    return [m.removeprefix("kong.yml: ") for m in info.value.messages]
 
 
 def test_kongs_db_export_consumer_and_keyauth_credential_with_nulls_load():
