@@ -323,6 +323,18 @@ KONG_TYPES: dict[str, str] = {
                      "opentelemetry_tracing_sampling_rate", "nginx_http_keepalive_requests"), "number"),
 }
 _BOOLEANS = {"on": True, "true": True, "off": False, "false": False}
+# kong.conf's `nginx_<block>_<directive> = NONE` writes no directive (parse.lua's parse_nginx_directives), so nginx's
+# default holds: for the keys that are settings of ours, nginx's default value; the ones refused otherwise pass when
+# no directive is what the gateway does (no ssl_conf_command; no stream block at all).
+NGINX_NONE: dict[str, Any] = {
+    "nginx_http_charset": "off",  # ngx_http_charset_filter_module: charset off
+    "nginx_http_keepalive_requests": 1000,  # ngx_http_core_module.c
+    "nginx_proxy_real_ip_header": "X-Real-IP",  # ngx_http_realip_module.c
+    "nginx_proxy_real_ip_recursive": False,
+    "nginx_http_ssl_protocols": "TLSv1.2 TLSv1.3",  # ngx_event_openssl.h's NGX_SSL_DEFAULT_PROTOCOLS
+    "nginx_http_ssl_session_tickets": True,  # ngx_http_ssl_module.c
+}
+_NONE_PASSES = re.compile(r"nginx_(?:stream_.+|.+_ssl_conf_command)")
 # our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
 # false. (tracing_instrumentations and its alias take false itself; the refused keys' `off` is read by `_words`.)
 _OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen", "charset", "nginx_http_charset"))
@@ -478,6 +490,11 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
         if not isinstance(key, str):
             out[key] = value
             continue
+        if value == "NONE" and key.startswith("nginx_"):
+            if key in NGINX_NONE:
+                value = NGINX_NONE[key]
+            elif _NONE_PASSES.fullmatch(key):
+                continue
         value = kong_value(key, value)
         target = ALIASES.get(key)
         if target is not None:

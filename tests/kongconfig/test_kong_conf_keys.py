@@ -204,6 +204,29 @@ def test_aliases_set_our_fields():
     assert (gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.keepalive_requests) == (0, 0, 100)
 
 
+def test_an_nginx_directive_set_to_none_is_nginx_default():
+    """kong.conf's `nginx_<block>_<directive> = NONE` writes no directive (Kong's conf_loader/parse.lua,
+    parse_nginx_directives: `if v ~= "NONE"`), so nginx's own default holds: charset off, keepalive_requests 1000
+    (ngx_http_core_module.c), realip's X-Real-IP and recursive off, ssl_protocols TLSv1.2 TLSv1.3, tickets on."""
+    config = parse_config(json.dumps({"gateway": {
+        "nginx_http_charset": "NONE", "nginx_http_keepalive_requests": "NONE", "nginx_proxy_real_ip_header": "NONE",
+        "nginx_proxy_real_ip_recursive": "NONE", "nginx_http_ssl_protocols": "NONE",
+        "nginx_http_ssl_session_tickets": "NONE"}}))
+    gw = config.gateway
+    assert (gw.charset, gw.keepalive_requests, gw.real_ip_header, gw.real_ip_recursive) == (
+        "off", 1000, "X-Real-IP", False)
+    assert (gw.ssl_protocols, gw.ssl_session_tickets) == ("TLSv1.2 TLSv1.3", True)
+
+
+def test_none_passes_for_a_refused_directive_whose_absence_is_what_the_gateway_does():
+    """Kong's defaults set nginx_http_ssl_conf_command and the nginx_stream_* keys to NONE (kong_defaults.lua): no
+    directive. One whose absence leaves nginx doing something the gateway does not stays refused."""
+    assert outcome({"nginx_http_ssl_conf_command": "NONE", "nginx_http_proxy_ssl_conf_command": "NONE",
+                    "nginx_stream_ssl_protocols": "NONE", "nginx_stream_ssl_session_tickets": "NONE"}) == []
+    assert [m.split(": ", 1)[0] for m in outcome({"nginx_http_client_max_body_size": "NONE"})] == [
+        "gateway.nginx_http_client_max_body_size"]  # nginx's default limit, 1m, is not built
+
+
 def test_an_alias_with_its_field_is_an_error_and_a_bad_value_names_the_key_as_written():
     assert outcome({"tracing_sampling_rate": 0.5, "opentelemetry_tracing_sampling_rate": 1.0,
                     "nginx_http_keepalive_requests": -1, "upstream_keepalive_pool_size": "many"}) == [
