@@ -286,14 +286,28 @@ def is_ip(host: str) -> bool:
     return False
 
 
-def bind_listener(host: str, port: int, reuse_port: bool = True, backlog: int = 4096) -> socket.socket:
-    """A non-blocking listening socket; SO_REUSEPORT lets every worker process bind its own on the same port."""
+def unbound_listener(host: str, reuse_port: bool) -> socket.socket:
+    """A TCP socket for listening on `host` (SO_REUSEADDR, SO_REUSEPORT if asked). An IPv6 one is IPv6-only, as
+    nginx's `listen [::]:8000` (ipv6only=on): IPv4 clients are an IPv4 address's, and `0.0.0.0:8000` and
+    `[::]:8000` are two listeners side by side."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_listener(host: str, port: int, reuse_port: bool = True, backlog: int = 4096) -> socket.socket:
+    """A non-blocking listening socket; SO_REUSEPORT lets every worker process bind its own on the same port."""
+    sock = unbound_listener(host, reuse_port)
+    try:
         sock.bind((host, port))
         sock.listen(backlog)
         sock.setblocking(False)

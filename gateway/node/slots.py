@@ -122,9 +122,9 @@ def claimant(host: str, port: int) -> int | None:
 
 
 def _overlapping_claimant(host: str, port: int) -> int | None:
-    """A gateway on the wildcard address holds every specific address of the port (and the other way round, only
-    the wildcard's claimant can be named)."""
-    for other in (host, *WILDCARDS):
+    """A gateway on the wildcard address of the family holds every specific address of the port (and the other way
+    round, only the wildcard's claimant can be named); IPv6 listeners being IPv6-only, `::` holds no IPv4 one."""
+    for other in (host, WILDCARDS[":" in host]):
         pid = claimant(other, port)
         if pid:
             return pid

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
+
+from gateway.http.net import unbound_listener
 
 log = logging.getLogger("gateway.status")
 
@@ -25,13 +26,11 @@ def hypercorn_config(host: str, port: int, backlog: int = 128) -> HypercornConfi
     return cfg
 
 
-def _reuseport_socket(host: str, port: int) -> int:
-    """A TCP socket bound to host:port with SO_REUSEPORT (nginx's listen reuseport), detached for hypercorn's
-    fd:// bind; a bind failure raises OSError here."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+def _listen_socket(host: str, port: int, reuseport: bool) -> int:
+    """A TCP socket bound to host:port (SO_REUSEPORT with nginx's listen reuseport; IPv6-only for an IPv6 address,
+    as nginx's ipv6only=on), detached for hypercorn's fd:// bind; a bind failure raises OSError here."""
+    sock = unbound_listener(host, reuseport)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
     except OSError:
         sock.close()
@@ -47,8 +46,7 @@ async def serve_status(app: Any, host: str, port: int, *, backlog: int = 128, re
     `reuseport`: kong.conf's status_listen options, as nginx's listen takes them.
     """
     cfg = hypercorn_config(host, port, backlog)
-    if reuseport:
-        cfg.bind = [f"fd://{_reuseport_socket(host, port)}"]
+    cfg.bind = [f"fd://{_listen_socket(host, port, reuseport)}"]
 
     started = False
 
