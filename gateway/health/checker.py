@@ -33,6 +33,7 @@ from gateway.tls_runtime import compile_client_ssl
 
 log = logging.getLogger("gateway.health")
 
+CHECK_INTERVAL = 0.1  # lua-resty-healthcheck's
 ProbeCallback = Callable[[str, str, Event], None]  # (upstream, "host:port", what the probe found)
 
 
@@ -173,9 +174,10 @@ class HealthChecker:
     async def _run_target(self, up: _Upstream, key: str, t: _Target) -> None:
         policy = up.spec.policy
         with t.scope:
-            # Spread the first probes of many targets over a moment instead of one burst.
+            # As Kong's checker:start, the first probe comes an interval after the target is taken (spread over a
+            # moment, so many targets do not make one burst).
             await trio.sleep(random.random() * min(0.05, policy.interval_for(True) or 0.05))
-            next_at = trio.current_time()
+            next_at = trio.current_time() + _period(policy.interval_for(t.healthy))
             while True:
                 interval = policy.interval_for(t.healthy)
                 if interval <= 0:
@@ -187,7 +189,7 @@ class HealthChecker:
                     await wake.wait()
                     # state changed from outside: re-plan with the interval of the new state
                     base = t.last_probe if t.last_probe is not None else trio.current_time()
-                    next_at = base + policy.interval_for(t.healthy)
+                    next_at = base + _period(policy.interval_for(t.healthy))
                     continue
                 started = trio.current_time()
                 async with up.limiter:
@@ -197,7 +199,13 @@ class HealthChecker:
                 t.last_event = event
                 if event is not None:  # (None: a status in neither list, which Kong does not count)
                     self.on_probe(up.spec.name, key, event)
-                next_at = started + policy.interval_for(t.healthy)
+                next_at = started + _period(policy.interval_for(t.healthy))
+
+
+def _period(interval: float) -> float:
+    """The time between two probes of a target: lua-resty-healthcheck probes from one timer that runs every 0.1 s
+    (its CHECK_INTERVAL), so a shorter interval still waits that long."""
+    return max(interval, CHECK_INTERVAL)
 
 
 async def run_checks(upstreams: list[UpstreamChecks], on_probe: ProbeCallback, *,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 import ssl
 
-import h11
 import trio
 
 from gateway.health.machine import Event
@@ -23,7 +22,6 @@ from gateway.health.policy import ActivePolicy
 from gateway.http.net import open_tcp_stream
 from gateway.http.tls_contexts import client_context, load_chain
 
-USER_AGENT = "mcp-gateway-healthcheck"
 # lua-resty-healthcheck's match on the line it reads, with ngx.re's "joi" flags (case-insensitive)
 STATUS_LINE = re.compile(rb"HTTP/\d+\.\d+\s+(\d+)", re.IGNORECASE)
 MAX_LINE = 65536  # a first line longer than this is no status line
@@ -38,15 +36,11 @@ def _ssl_context(policy: ActivePolicy) -> ssl.SSLContext:
     return ctx
 
 
-def request_headers(policy: ActivePolicy, host_header: str) -> list[tuple[str, str]]:
-    headers = [("Host", host_header), ("User-Agent", USER_AGENT), ("Accept", "*/*"), ("Connection", "close")]
-    return headers + [(k, v) for k, v in policy.headers if k.lower() not in ("host", "connection", "content-length")]
-
-
 def request_bytes(policy: ActivePolicy, host_header: str) -> bytes:
-    conn = h11.Connection(h11.CLIENT)
-    data = conn.send(h11.Request(method="GET", target=policy.http_path, headers=request_headers(policy, host_header)))
-    return data + conn.send(h11.EndOfMessage())
+    """lua-resty-healthcheck's probe, byte for byte: `GET <http_path> HTTP/1.0`, the configured headers as
+    written (UTF-8; check-config refuses a line break or NUL in them), then the Host; nothing of its own."""
+    head = "".join(f"{name}: {value}\r\n" for name, value in policy.headers)
+    return f"GET {policy.http_path} HTTP/1.0\r\n{head}Host: {host_header}\r\n\r\n".encode()
 
 
 async def _first_line(stream: trio.abc.Stream) -> bytes | None:

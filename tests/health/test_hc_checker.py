@@ -145,7 +145,7 @@ async def test_target_goes_down_and_comes_back(nursery: trio.Nursery) -> None:
             await trio.sleep(0.01)
     assert changes.events == [] and checker.healthy("erl", name) is True
     target, headers = backend.requests[0]
-    assert target == "/health" and headers["host"] == "127.0.0.1" and headers["user-agent"] == "mcp-gateway-healthcheck"
+    assert target == "/health" and headers["host"] == "127.0.0.1" and "user-agent" not in headers
 
     backend.status = 503  # /health starts failing
     await changes.wait_event(("erl", name, False))
