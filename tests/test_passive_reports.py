@@ -92,3 +92,26 @@ async def test_the_last_try_closed_without_an_answer_counts_as_nginxs_502(nurser
     # Kong's log phase reported $upstream_status 502 (listed): the only target is unhealthy, no peer is left
     assert (second.status, second.json()["message"]) == (503, "failure to get a peer from the ring-balancer")
     assert len(closer.requests) == 1
+
+
+async def test_a_post_not_tried_again_is_reported_by_its_502_not_as_a_tcp_failure(nursery, gateway) -> None:
+    """With passive.unhealthy.tcp_failures 1 and Kong's default http_statuses, a POST whose target closes without
+    answering gets 502 and leaves the target healthy in Kong (the log phase reports $upstream_status 502, not
+    listed): the next POST reaches the target again (another 502). nginx tries a sent POST no further
+    (ngx_http_upstream_next's non_idempotent rule), so the try is the request's last, reported in Kong's log phase
+    (kong/runloop/handler.lua report_http_status). It was a TCP failure: the target went unhealthy, the next POST a
+    503 "failure to get a peer"."""
+    closer = BadBackend("close")
+    await nursery.start(closer.serve)
+    checks = {"passive": {"unhealthy": {"tcp_failures": 1}}}
+    up = {"name": "one", "healthchecks": checks, "targets": [{"target": f"127.0.0.1:{closer.port}"}]}
+    port = await gateway({"services": [service("svc", "http://one")], "upstreams": [up]})  # retries: Kong's 5
+    with trio.fail_after(10):
+        first = await call(port, "POST", "/a", body=b"x")
+        tried = len(closer.requests)
+        await trio.sleep(0.3)  # (the keeper hears the report, if any)
+        second = await call(port, "POST", "/b", body=b"y")
+    assert first.status == 502
+    assert tried == 1  # a POST that was sent is not tried again (nginx's non_idempotent rule)
+    assert second.status == 502, (second.status, second.body)  # Kong: still healthy, the POST reaches it again
+    assert len(closer.requests) == 2

@@ -349,10 +349,10 @@ class Forwarder:
             timer.upstream = None
             timer.clear()
             uc.close()
+            attempt.last |= not replayable  # (sent: not tried again, so reported by its 502 as Kong's log phase)
             if isinstance(e, UpstreamClosed):  # no head: nginx's "prematurely closed", a failed try (not a pooled
                 self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))  # one gone stale)
                 raise
-            attempt.last |= not replayable  # (sent: not tried again)
             if isinstance(e, BrokenPipeError):
                 self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
                 raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
