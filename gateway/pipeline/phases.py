@@ -117,7 +117,11 @@ class ResponsePhases:
         decides from the headers as they made them whether a body filter needs the upstream's body whole, as Kong's
         body filters decide in header_filter after the plugins of higher priority. (status, headers, whether a
         filter's Exit answers in the response's place)."""
-        result = self._header_filters(ex, status, headers)
+        try:
+            result = self._header_filters(ex, status, headers)
+        except Exception:
+            ex.response_started = True  # a failed header filter: no answer, as from send_head (nginx's header filter
+            raise  # failing sends nothing, whether or not the body had come)
         if ex.state is None:
             ex.state = {}
         ex.state[_HEAD_FILTERED] = (headers, result)

@@ -281,13 +281,28 @@ async def test_request_max_stale_refreshes_an_entry_stale_for_longer(nursery, ga
     assert status_of(await get(port, "/cache/2", [("cache-control", "max-stale=1")])) == "Refresh"
 
 
-async def test_only_if_cached_without_an_entry_is_kongs_504(nursery, gateway):
+async def test_only_if_cached_without_an_entry_is_nginxs_504_page(nursery, gateway):
+    """handler.lua:276-277: kong.response.exit(504) without a body, so nginx's error page through
+    kong/error_handlers.lua:55-60: no Accept and no Content-Type -> error_default_type (text/plain,
+    kong.conf.default), the template of kong/tools/http.lua "%s\\nrequest_id: %s\\n"."""
     backend, port = await start(nursery, gateway, cache(cache_control=True, storage_ttl=600))
     reply = await get(port, "/get?not=here", [("cache-control", "only-if-cached")])
     assert reply.status == 504
-    assert reply.json()["message"] == "The upstream server is timing out"
+    assert (reply.header("content-type") or "").startswith("text/plain"), reply.header("content-type")
+    assert reply.body.startswith(b"The upstream server is timing out\nrequest_id: "), reply.body
     assert status_of(reply) is None
     assert backend.requests == []
+
+
+async def test_only_if_cached_504_takes_its_format_from_the_request_content_type(nursery, gateway):
+    """kong/error_handlers.lua:55-57: without Accept, the request's Content-Type picks the error page's format (here
+    XML), as for any of nginx's own error pages."""
+    _, port = await start(nursery, gateway, cache(cache_control=True))
+    reply = await get(port, "/get?not=here", [("cache-control", "only-if-cached"),
+                                              ("content-type", "application/xml")])
+    assert reply.status == 504
+    assert (reply.header("content-type") or "").startswith("application/xml"), reply.header("content-type")
+    assert b"<message>The upstream server is timing out</message>" in reply.body, reply.body
 
 
 async def test_only_if_cached_with_an_entry_is_a_hit(nursery, gateway):

@@ -72,8 +72,8 @@ class Ex:
     async def send_head(self, status: int, headers: list, body: bytes = b"", end: bool = False) -> None:
         self.sent = (status, headers, body)
 
-    async def respond_error(self, status: int) -> None:
-        self.sent = (status, [], b"error")
+    async def respond_error_page(self, status: int) -> None:
+        self.sent = (status, [], b"error page")
 
 
 @pytest.fixture(autouse=True)

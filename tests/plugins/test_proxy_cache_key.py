@@ -8,6 +8,9 @@ import random
 import string
 import uuid
 
+import pytest
+
+from gateway.policies.base import LuaError
 from gateway.policies.proxy_cache.cache_key import (
     build_cache_key,
     header_args,
@@ -94,6 +97,19 @@ def test_params_key_keeps_the_configured_order_of_vary_query_params():
 
 def test_a_bare_argument_is_its_name_alone():
     assert params_key({b"a": True, b"b": b""}) == b"a:b="
+
+
+@pytest.mark.parametrize("values", [[True, True], [b"x", True], [b"x", b"y", True]])
+def test_a_repeated_argument_with_a_bare_value_fails_as_kongs_table_sort(values):
+    """cache_key.lua:39 `sort(arg)`: LuaJIT's auxsort compares every element of a list of two or more, and `<` on
+    a boolean is a Lua error."""
+    with pytest.raises(LuaError, match="attempt to compare"):
+        params_key({b"a": values})
+
+
+def test_a_repeated_bare_argument_outside_vary_query_params_is_not_sorted():
+    """generate_key_from only looks at the vary_query_params fields."""
+    assert params_key({b"a": [True, True], b"b": b"1"}, ["b"]) == b"b=1"
 
 
 # --- headers_key (05-cache_key_spec.lua) ----------------------------------------------------------------------------

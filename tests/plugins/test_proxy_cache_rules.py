@@ -7,7 +7,9 @@ import math
 import time
 
 import msgspec
+import pytest
 
+from gateway.policies.base import LuaError
 from gateway.policies.proxy_cache.rules import (
     Rules,
     header_value,
@@ -209,8 +211,15 @@ def test_a_ttl_of_twenty_digits_is_the_double_kong_computes():
     assert rules(cache_ttl=10**20).response_ttl(response(), NOW) == 1e20
 
 
-def test_a_non_numeric_max_age_is_ignored():
-    assert resource_ttl(parse_directives(b'max-age="60"'), None, NOW) == 0
+def test_a_non_numeric_max_age_fails_as_kongs_math_max():
+    """kong/tools/http.lua:629: math.max of a string tonumber refused is a Lua error."""
+    with pytest.raises(LuaError, match="got string"):
+        resource_ttl(parse_directives(b'max-age="60"'), None, NOW)
+
+
+def test_a_numeric_s_maxage_spares_a_bare_max_age():
+    """`res_cc["s-maxage"] or res_cc["max-age"]`: max-age is not looked at when s-maxage is there."""
+    assert resource_ttl(parse_directives(b"max-age, s-maxage=20"), None, NOW) == 20
 
 
 def test_the_ttl_of_a_response_is_cache_ttl_without_cache_control():
@@ -249,6 +258,19 @@ def test_request_min_fresh_refreshes_entries_fresh_for_less():
     r = rules(cache_control=True)
     assert r.freshness(NOW, 2, NOW, parse_directives(b"min-fresh=30")) == "Refresh"
     assert r.freshness(NOW, 40, NOW, parse_directives(b"min-fresh=30")) == "Hit"
+
+
+@pytest.mark.parametrize("directive", [b"max-age=abc", b"max-stale", b'min-fresh="1"'])
+def test_a_compared_request_directive_that_is_no_number_fails_as_luas_comparison(directive):
+    """handler.lua:300-311 compare max-age, max-stale and min-fresh with numbers: a string or true is a Lua error."""
+    with pytest.raises(LuaError, match="attempt to compare number with"):
+        rules(cache_control=True).freshness(NOW, 10, NOW, parse_directives(directive))
+
+
+def test_a_request_max_age_that_refreshes_spares_a_later_bad_directive():
+    """handler.lua:300-301 returns Refresh before max-stale is compared."""
+    assert rules(cache_control=True).freshness(NOW - 5, 10, NOW, parse_directives(b"max-age=1, max-stale")) == \
+        "Refresh"
 
 
 def test_request_directives_are_ignored_without_cache_control():

@@ -9,7 +9,8 @@ The key is the hex SHA-256 of `prefix|method|uri|params|headers`:
              (ASCII) with ignore_uri_case
     params   "name=value" pieces joined by ":" for the vary_query_params present in the request (all arguments,
              sorted by name, when none are configured); a bare argument is its name alone, a repeated one its values
-             sorted and joined by ","
+             sorted and joined by "," (LuaError when one of them is bare: Kong's table.sort cannot compare a
+             boolean)
     headers  the same for vary_headers (nothing when none are configured); a name is looked up as configured, then
              lower-cased with "_" as "-" (ngx.req.get_headers' table)
 
@@ -26,6 +27,7 @@ from collections.abc import Iterable, Sequence
 
 from gateway.http.codec import Headers
 from gateway.http.uri_args import Arg, Args, add_arg, unescape, uri_args  # noqa: F401 - unescape, uri_args: its parts
+from gateway.policies.base import LuaError
 from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the lines get_headers() reads
 
 
@@ -53,9 +55,13 @@ def prefix_uuid(consumer_id: str | None = None, route_id: str | None = None) -> 
 
 
 def _joined(values: list[Arg]) -> bytes:
-    # Kong sorts the list and concatenates it; a bare argument among them makes its sort fail (a Lua error): here it
-    # counts as an empty value.
-    return b",".join(sorted(v if isinstance(v, bytes) else b"" for v in values))
+    """Kong's table.sort and concat of a repeated argument's values: a bare one (true) among them fails the sort,
+    which compares every element of a list of two or more (lib_table.c auxsort)."""
+    strings = [v for v in values if isinstance(v, bytes)]
+    if len(strings) != len(values):
+        other = "two boolean values" if not strings else "string with boolean"
+        raise LuaError(f"attempt to compare {other}")
+    return b",".join(sorted(strings))
 
 
 def _key_from(args: Args, fields: Iterable[bytes], normalize: bool = False) -> bytes:

@@ -4,9 +4,14 @@ dictionary of the state keeper (Kong's shared dict, which all nginx workers of a
 access: a request that cannot be cached gets X-Cache-Status: Bypass. Otherwise its key (gateway.policies.proxy_cache
 .cache_key) is set as X-Cache-Key and looked up: a fresh entry is the answer (X-Cache-Status: Hit, Age), the upstream
 is not contacted and no later plugin's access step runs (their header and body filters do, on the cached response);
-no entry: X-Cache-Status: Miss, or Kong's 504 for Cache-Control: only-if-cached (with cache_control); a stale one:
-Refresh. An entry that cannot be read is left alone (logged; no X-Cache-Status); one of another format version is
-purged (Bypass). Miss, Refresh and that Bypass go upstream, and the response may be stored.
+no entry: X-Cache-Status: Miss, or nginx's 504 error page for Cache-Control: only-if-cached (with cache_control:
+Kong's body-less kong.response.exit(504)); a stale one: Refresh. An entry that cannot be read is left alone (logged;
+no X-Cache-Status); one of another format version is purged (Bypass). Miss, Refresh and that Bypass go upstream, and
+the response may be stored.
+
+Where Kong's Lua fails (a Cache-Control or query argument it cannot read: see rules and cache_key), LuaError is
+raised: in access the pipeline answers Kong's 500 and the upstream is not contacted; in header_filter the request
+ends with no answer, as Kong's failed header filter.
 
 header_filter: the response is stored only when cacheable (gateway.policies.proxy_cache.rules), else X-Cache-Status
 becomes Bypass. Its headers are kept as they are at this point (the gateway's X-Request-Id apart: Kong adds its
@@ -104,12 +109,13 @@ class ProxyCache:
         self.shared = shared
         self.dictionary = config.memory.dictionary_name
         self.cache_control = config.cache_control
-        self.ignore_uri_case = config.ignore_uri_case
+        self.ignore_uri_case = bool(config.ignore_uri_case)  # (null: off)
         self.storage_ttl = float(config.storage_ttl) if config.storage_ttl is not None else None  # Lua's number
         self.vary_query_params = config.vary_query_params
         self.vary_headers = config.vary_headers
         shown = config.response_headers
-        self.show_age, self.show_status, self.show_key = shown.age, shown.x_cache_status, shown.x_cache_key
+        self.show_age, self.show_status, self.show_key = \
+            bool(shown.age), bool(shown.x_cache_status), bool(shown.x_cache_key)  # (null: off)
 
     def key_of(self, ex: Exchange) -> str:
         req = ex.request
@@ -142,7 +148,7 @@ class ProxyCache:
         raw = await self.shared.cache_fetch(self.dictionary, key) if self.shared is not None else None
         if raw is None:
             if self.cache_control and b"only-if-cached" in cc:
-                await ex.respond_error(504)
+                await ex.respond_error_page(504)  # kong.response.exit(504): no body, so nginx's error page
                 return True
             body, whole = await ex.read_body(REQUEST_BODY_LIMIT)
             pending.req_body = body if whole else None

@@ -18,8 +18,10 @@ doubles, as Lua's are, so their arithmetic rounds as Kong's does (max-age=999999
 Cache-Control is read as Kong's parse_directive_header reads it: split at commas, each `name[=value]` with the name
 lower-cased (trailing blanks kept: "max-age =1" names "max-age "), the value a number when Lua's tonumber reads one
 (a number past the double range is inf, as LuaJIT reads it: 0x1p99999, or 311 digits).
-A directive whose value must be a number but is not (max-age="60", a bare max-age) is ignored here, where Kong's
-comparison raises a Lua error (a 500).
+
+Where Kong's Lua fails, these raise LuaError (gateway.policies.base): a part starting with "=" before any part was
+read (string.lower(nil)); a directive whose value must be a number but is not (max-age="60", a bare max-age) where
+Kong compares it with a number (freshness) or takes math.max of it (the response's s-maxage or max-age).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Literal
 
 from gateway.http.codec import Headers
 from gateway.http.dates import parse_http_time
+from gateway.policies.base import LuaError
 from gateway.policies.luanumber import tonumber as lua_number
 from gateway.policies.proxy_cache.schema import ProxyCacheConfig
 
@@ -49,23 +52,34 @@ MediaType = tuple[str, str, dict[str, str]]
 
 
 def parse_directives(value: bytes | None) -> Directives:
-    """kong.tools.http.parse_directive_header: directive name -> a number, the value as written, or True."""
+    """kong.tools.http.parse_directive_header: directive name -> a number, the value as written, or True.
+    LuaError for a part starting with "=" (no name) before any other was read: Kong lower-cases the nil capture."""
     out: Directives = {}
     if not value:
         return out
     for part in _PART.findall(value):
         m = _DIRECTIVE.match(part)
-        if m is None:  # "=5": no name (Kong reuses the previous match's captures there)
-            continue
+        if m is None:
+            if not out:
+                raise LuaError("bad argument #1 to 'lower' (string expected, got nil)")
+            continue  # Kong's match leaves its reused captures as they were: the previous directive, set again
         raw = m.group(2)
         number = lua_number(raw.decode("latin-1")) if raw is not None else None
         out[m.group(1).lower()] = number if number is not None else raw if raw is not None else True
     return out
 
 
-def number(directives: Directives, name: bytes) -> float | None:
+def _lua_type(value: bytes | bool) -> str:
+    return "boolean" if value is True else "string"
+
+
+def compared(directives: Directives, name: bytes) -> float | None:
+    """A directive Kong compares with a number: None when absent; LuaError when it is no number, as Lua's `<` on a
+    number and a string or boolean."""
     value = directives.get(name)
-    return value if type(value) is float else None
+    if value is None or isinstance(value, float):
+        return value
+    raise LuaError(f"attempt to compare number with {_lua_type(value)}")
 
 
 def parse_mime_type(value: str) -> MediaType | None:
@@ -112,11 +126,16 @@ def last_value(headers: Headers, name: bytes) -> bytes | None:
 
 def resource_ttl(cc: Directives, expires: bytes | None, now: int) -> float:
     """kong.tools.http.calculate_resource_ttl: s-maxage, else max-age, else Expires - now; at least 0 (and 0 for
-    nan)."""
-    max_age = number(cc, b"s-maxage")
-    if max_age is None:
-        max_age = number(cc, b"max-age")
-    if max_age is None and expires is not None:
+    nan). LuaError when the directive taken is no number, as Kong's math.max of it."""
+    directive = cc.get(b"s-maxage")
+    if directive is None:
+        directive = cc.get(b"max-age")
+    max_age: float | None = None
+    if isinstance(directive, float):
+        max_age = directive
+    elif directive is not None:
+        raise LuaError(f"bad argument #1 to 'max' (number expected, got {_lua_type(directive)})")
+    elif expires is not None:
         at = parse_http_time(expires)
         if at is not None:
             max_age = float(at - now)
@@ -143,6 +162,8 @@ class Rules:
         return not (self.cache_control and (b"no-store" in cc or b"no-cache" in cc))
 
     def cacheable_response(self, status: int, headers: Headers, now: int) -> bool:
+        """Kong's header_filter test (its Cache-Control read first, whatever cache_control says: LuaError as there)."""
+        cc = parse_directives(header_value(headers, b"cache-control"))
         if status not in self.statuses:
             return False
         content_type = last_value(headers, b"content-type")
@@ -150,7 +171,6 @@ class Rules:
             return False
         if not self.cache_control:
             return True
-        cc = parse_directives(header_value(headers, b"cache-control"))
         if b"private" in cc or b"no-store" in cc or b"no-cache" in cc:
             return False
         return resource_ttl(cc, header_value(headers, b"expires"), now) > 0
@@ -163,17 +183,18 @@ class Rules:
                             header_value(headers, b"expires"), now)
 
     def freshness(self, timestamp: int, ttl: float, now: int, cc: Directives) -> Freshness:
-        """Whether an entry stored at `timestamp` (fresh for `ttl`) may answer a request with Cache-Control `cc`."""
+        """Whether an entry stored at `timestamp` (fresh for `ttl`) may answer a request with Cache-Control `cc`
+        (LuaError, in Kong's order, for a directive it compares that is no number)."""
         age = now - timestamp
         if not self.cache_control:
             return "Refresh" if age > self.cache_ttl else "Hit"
-        max_age = number(cc, b"max-age")
+        max_age = compared(cc, b"max-age")
         if max_age is not None and age > max_age:
             return "Refresh"
-        max_stale = number(cc, b"max-stale")
+        max_stale = compared(cc, b"max-stale")
         if max_stale is not None and age - ttl > max_stale:
             return "Refresh"
-        min_fresh = number(cc, b"min-fresh")
+        min_fresh = compared(cc, b"min-fresh")
         if min_fresh is not None and ttl - age < min_fresh:
             return "Refresh"
         return "Hit"

@@ -38,11 +38,12 @@ class MemoryConfig(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ResponseHeaders(msgspec.Struct, forbid_unknown_fields=True):
-    """Which of the diagnostic headers responses carry (all of them with a Kong-Debug request header)."""
+    """Which of the diagnostic headers responses carry (all of them with a Kong-Debug request header). Kong's fields
+    are not required: null is accepted, and is off (the handler's `conf.response_headers[header]` is nil)."""
 
-    age: bool = True
-    x_cache_status: bool = msgspec.field(default=True, name="X-Cache-Status")
-    x_cache_key: bool = msgspec.field(default=True, name="X-Cache-Key")
+    age: bool | None = True
+    x_cache_status: bool | None = msgspec.field(default=True, name="X-Cache-Status")
+    x_cache_key: bool | None = msgspec.field(default=True, name="X-Cache-Key")
 
 
 class ProxyCacheConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,7 +53,7 @@ class ProxyCacheConfig(msgspec.Struct, forbid_unknown_fields=True):
     content_type: list[Text] = msgspec.field(default_factory=lambda: ["text/plain", "application/json"])
     cache_ttl: Annotated[int, msgspec.Meta(gt=0)] = 300
     cache_control: bool = False
-    ignore_uri_case: bool = False
+    ignore_uri_case: bool | None = False  # required = false in Kong: null is off
     storage_ttl: int | None = None
     memory: MemoryConfig = msgspec.field(default_factory=MemoryConfig)
     vary_query_params: list[Text] | None = None
