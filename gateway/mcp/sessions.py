@@ -8,6 +8,8 @@ an authenticated request is bound to its caller: the id also carries a digest of
     <key id> "." base64url( version(1) | len(target)(1) | target | [subject(16)] | upstream id | mac(16) )
 
 - Version 1 has no subject (a session created unauthenticated, or sealed before subjects were); version 2 has one.
+  Versions 3 and 4 are 1 and 2 with a two-byte (big-endian) target length, for a target past 255 bytes (a named
+  target's `name:port@address`, the name up to DNS's 253 bytes).
 - The subject is HMAC-SHA256(key, "mcp-gw-subject\\0" | identity) truncated to 128 bits, keyed so that a holder of
   the id cannot test guesses of whose it is; the key is the one the id's key id names, as for the mac.
 - The key id names the key that signed; verification uses that key. The first configured key signs, every key
@@ -30,6 +32,9 @@ from gateway.memo import Memo
 
 VERSION = 1  # no subject
 BOUND_VERSION = 2  # with the subject of the caller that created the session
+LONG_VERSION = 3  # VERSION with a two-byte target length: a named target's `name:port@address` may pass 255 bytes
+LONG_BOUND_VERSION = 4  # BOUND_VERSION likewise
+MAX_TARGET = 320  # bytes of a target: a 253-byte DNS name, ":65535", "@" and "[v6]:port" (307); MAX_ID holds it
 MAC_BYTES = 16
 SUBJECT_BYTES = 16
 MAX_UPSTREAM_ID = 4096  # a JWT's worth (the spec's example of an id); the spec sets no bound
@@ -75,15 +80,17 @@ class SessionCodec:
         """The gateway's id for the session `upstream_id` created by `target` ("host:port"), bound to `identity`
         (the caller's, gateway.mcp.affinity.caller_identity) unless that is None."""
         t = target.encode()
-        if not 0 < len(t) < 256:
-            raise ValueError("target name must be 1-255 bytes")
+        if not 0 < len(t) <= MAX_TARGET:
+            raise ValueError(f"target name must be 1-{MAX_TARGET} bytes")
         if len(upstream_id) > MAX_UPSTREAM_ID:
             raise ValueError(f"upstream session id longer than {MAX_UPSTREAM_ID} bytes")
         kid, secret = self._signer
-        if identity is None:
-            payload = bytes((VERSION, len(t))) + t + upstream_id
+        bound = identity is not None
+        if len(t) < 256:
+            head = bytes((BOUND_VERSION if bound else VERSION, len(t)))
         else:
-            payload = bytes((BOUND_VERSION, len(t))) + t + self._subject(kid, secret, identity) + upstream_id
+            head = bytes((LONG_BOUND_VERSION if bound else LONG_VERSION,)) + len(t).to_bytes(2, "big")
+        payload = head + t + (self._subject(kid, secret, identity) if identity is not None else b"") + upstream_id
         mac = _mac(secret, kid, payload)
         return kid + b"." + base64.urlsafe_b64encode(payload + mac).rstrip(b"=")
 
@@ -134,17 +141,21 @@ class SessionCodec:
         if not hmac.compare_digest(mac, _mac(secret, kid, payload)):
             return None
         version = payload[0]
-        if version != VERSION and version != BOUND_VERSION:
+        if version == VERSION or version == BOUND_VERSION:
+            at, tlen = 2, payload[1]
+        elif (version == LONG_VERSION or version == LONG_BOUND_VERSION) and len(payload) >= 3:
+            at, tlen = 3, int.from_bytes(payload[1:3], "big")
+        else:
             return None
-        tlen = payload[1]
-        start = 2 + tlen if version == VERSION else 2 + tlen + SUBJECT_BYTES  # of the upstream id
+        end = at + tlen  # of the target
+        start = end if version == VERSION or version == LONG_VERSION else end + SUBJECT_BYTES  # of the upstream id
         if tlen == 0 or len(payload) < start:
             return None
         try:
-            target = payload[2:2 + tlen].decode()
+            target = payload[at:end].decode()
         except UnicodeDecodeError:
             return None
-        return target, payload[start:], None if version == VERSION else payload[2 + tlen:start]
+        return target, payload[start:], payload[end:start] if start > end else None
 
 
 def _mac(secret: bytes, kid: bytes, payload: bytes) -> bytes:

@@ -417,3 +417,26 @@ async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(
                                              rpc("tools/list", i))
                 assert reply.status == 200
                 assert reply.json()["result"]["name"] == created_on
+
+
+# A valid DNS name of 245 bytes (labels of at most 63): "name:port" fits the sealed id's 255-byte target field,
+# but "name:port@address", what a named target's session is sealed with, does not.
+LONG = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 48]) + ".test"
+
+
+@bounded(15)
+async def test_initialize_on_a_target_with_a_long_dns_name_gets_the_servers_answer_and_a_session(gateway, nursery):
+    """Spec 2025-06-18 basic/transports.mdx, Session Management 1: the server MAY assign a session id on the
+    response containing the InitializeResult; a proxy must deliver that response. A DNS name may be 253 bytes
+    (RFC 1035), and a named target's session is sealed as `name:port@address`, past 255 bytes here (it was a
+    500 for an initialize the server accepted)."""
+    assert len(LONG) == 245
+    names = await serve_names(nursery, {LONG: ["127.0.0.2"]})
+    port, _ = await serve_on_addresses(nursery, ["127.0.0.2"], FakeMcp)
+    config = mcp_config([port])
+    config["upstreams"][0]["targets"] = [{"target": f"{LONG}:{port}"}]
+    gw = await gateway(config, mcp=session_keys(TEST_KEY), **names.settings)
+    async with await Client.connect(gw, host="localhost") as client:
+        reply = await client.request("POST", "/mcp", JSON_HEADERS, json.dumps(INIT_BODY).encode())
+    assert reply.status == 200, (reply.status, reply.body[:200])
+    assert reply.header("mcp-session-id"), "no session id given to the client"

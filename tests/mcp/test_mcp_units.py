@@ -16,7 +16,7 @@ from gateway.config import ConfigError
 from gateway.mcp import jsonrpc, sessions
 from gateway.mcp.keys import load_or_create_key_file, resolve_secret
 from gateway.mcp.origin import OriginPolicy, check_entry
-from gateway.mcp.sessions import MAX_ID, MAX_UPSTREAM_ID, OPENED_CACHE, SessionCodec, valid_header_value
+from gateway.mcp.sessions import MAX_ID, MAX_TARGET, MAX_UPSTREAM_ID, OPENED_CACHE, SessionCodec, valid_header_value
 from gateway.mcp.sse import ends_event
 from gateway.routing import NEEDS_MCP, Router, RouteSpec
 from gateway.runtime import compile_config
@@ -41,9 +41,9 @@ def test_the_longest_upstream_id_with_the_longest_names_seals_within_max_id_and_
     stays under MAX_ID (and under a header line's 8 KiB), so it opens again (seen: 725 bytes got 404 before)."""
     codec = SessionCodec([("k" * 32, K1[1])])
     upstream_id = b"eyJhbGciOiJSUzI1NiJ9." + b"a" * (MAX_UPSTREAM_ID - 25) + b".sig"
-    sid = codec.encode("t" * 255, upstream_id)
+    sid = codec.encode("t" * MAX_TARGET, upstream_id)
     assert len(sid) <= MAX_ID < 8192
-    assert codec.decode(sid) == ("t" * 255, upstream_id, None)
+    assert codec.decode(sid) == ("t" * MAX_TARGET, upstream_id, None)
     assert valid_header_value(upstream_id) and not valid_header_value(upstream_id + b"x")
 
 
@@ -165,9 +165,21 @@ def test_a_bound_id_survives_rotation_matched_under_the_key_that_sealed_it():
 
 def test_the_longest_bound_id_seals_within_max_id():
     codec = SessionCodec([("k" * 32, K1[1])])
-    sid = codec.encode("t" * 255, b"a" * MAX_UPSTREAM_ID, ALICE)
+    sid = codec.encode("t" * MAX_TARGET, b"a" * MAX_UPSTREAM_ID, ALICE)
     assert len(sid) <= MAX_ID
-    assert codec.decode(sid)[:2] == ("t" * 255, b"a" * MAX_UPSTREAM_ID)
+    assert codec.decode(sid)[:2] == ("t" * MAX_TARGET, b"a" * MAX_UPSTREAM_ID)
+
+
+@pytest.mark.parametrize("identity", [None, ALICE])
+def test_a_target_past_255_bytes_seals_with_a_two_byte_length_and_opens(identity):
+    """A named target's session is sealed as `name:port@address`; a DNS name may be 253 bytes (RFC 1035), so the
+    target may pass what one length byte holds (an initialize got a 500 for a 245-byte name)."""
+    codec = SessionCodec([K1])
+    name = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]) + ":65535@[2001:db8::1]:65535"
+    assert len(name) > 255
+    target, upstream_id, subject = codec.decode(codec.encode(name, b"sid", identity))
+    assert (target, upstream_id, subject is None) == (name, b"sid", identity is None)
+    assert codec.decode(codec.encode("127.0.0.1:9", b"sid", identity))[0] == "127.0.0.1:9"  # short: one byte
 
 
 def test_a_cached_bound_id_is_matched_against_the_caller_every_time(monkeypatch):
