@@ -11,7 +11,10 @@ Rules:
    would otherwise keep it until its shortest window ends, a day for `day: n`, for any identifier a client made
    up), unless it has local-share use to report (rule 4) or a request in flight for less than IDLE_S.
 3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
-   asking. Otherwise the answer is WAIT: the caller waits for the grant (`apply`) and calls `take` again with
+   asking (sooner than the window's end while tokens charged to it may come back unspent, ledger.py rule 9; this
+   worker's expired tokens go back with its next request). A denial reports a window that has ended since that
+   grant as this worker counts it (Kong: limit - usage of a period that did not stop the request).
+   Otherwise the answer is WAIT: the caller waits for the grant (`apply`) and calls `take` again with
    `waited=True`, as often as it answers WAIT, until its wait is over (WAIT_S; under policy redis as long as the
    keeper waits for Redis, remote.wait_s, when that is longer); its last call has `final=True`,
    which never answers WAIT. WAIT again means the grant is still on its way, or the keeper had room but this
@@ -75,7 +78,7 @@ class Decision:
         self.spec = spec
         self.grant = grant  # the keeper's last word on the key (per-window remaining)
         self.tokens = tokens  # tokens left here after this request
-        self.local = local  # per-window remaining of the local share, when decided on it
+        self.local = local  # per-window remaining when not the grant's: the local share's, or a denial's (rule 3)
         self.delay = delay  # seconds to hold an admitted request (limit-req without nodelay)
         self.retry_after = retry_after  # seconds, when denied (Retry-After: see _retry_after)
         self.wall = wall
@@ -177,8 +180,7 @@ class LeaseTable:
             self._void(lease)
         grant = lease.grant
         if now < lease.blocked_until:
-            retry_after = _retry_after(spec, grant, None, wall, lease.blocked_until - now)
-            return Decision(Status.DENY, spec, grant, 0, None, 0.0, retry_after, wall)
+            return self._denied(lease, wall, lease.blocked_until - now)
         if self._fallback or (final and lease.in_flight):  # the keeper is lost, or silent on this key all along
             return self._local_share(lease, now, wall) if spec.fault_tolerant else UNAVAILABLE
         if not lease.due:
@@ -191,7 +193,7 @@ class LeaseTable:
         if not final and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
             return WAIT  # the keeper had room, this worker's other requests took it: wait for the next grant
         # The keeper answers but had nothing for us: the limit's tail is being handed out.
-        return Decision(Status.DENY, spec, grant, 0, None, 0.0, _retry_after(spec, grant, None, wall, 1.0), wall)
+        return self._denied(lease, wall, 1.0)
 
     def spend(self, key: str, spec: LimitSpec, now: float, wall: float) -> Lease | None:
         """`take`'s common case without a Decision: the key's lease (to read the headers from) when one of its
@@ -238,7 +240,10 @@ class LeaseTable:
                 continue  # the answer is on its way; spending more marks the key due again
             span = max(now - lease.demand_since, RATE_SPAN_MIN_S)
             want = min(MAX_WANT, max(1, ceil(lease.demand * LEAD_S / span)))
-            requests.append(LeaseRequest(lease.key, lease.spec, self.worker, want, lease.used))
+            unused, back = lease.unused, lease.unused_grant  # expired tokens go back first (ledger.py rule 9)
+            lease.unused, lease.unused_grant = 0, None
+            requests.append(LeaseRequest(lease.key, lease.spec, self.worker, want, lease.used, unused,
+                                         back.wall if back is not None else 0.0))
             lease.demand = lease.used = 0
             lease.demand_since = lease.sent_at = now
             if not lease.in_flight:
@@ -342,6 +347,19 @@ class LeaseTable:
         delay = max(0.0, lease.release_next - now)
         lease.release_next += lease.pace
         return delay
+
+    def _denied(self, lease: Lease, wall: float, wait: float) -> Decision:
+        """A denial on the keeper's last grant. A window that has ended since then reports its limit less what this
+        worker admitted in the new one (rule 3): the keeper has said nothing of it to this worker."""
+        spec, grant = lease.spec, lease.grant
+        local = None
+        if grant is not None and grant.resets and wall >= grant.resets[0]:  # the shortest window (the first) ended
+            if wall >= lease.next_roll:
+                self._roll(lease, wall)
+            counts = lease.counts()
+            local = tuple(max(0, w.limit - counts[i]) if wall >= grant.resets[i] else grant.remaining[i]
+                          for i, w in enumerate(spec.windows))
+        return Decision(Status.DENY, spec, grant, 0, local, 0.0, _retry_after(spec, grant, local, wall, wait), wall)
 
     def _local_share(self, lease: Lease, now: float, wall: float) -> Decision:
         """Admit on this worker's share of every limit, counting it for `reports`."""

@@ -8,7 +8,7 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    in ever smaller pieces, so little is stranded at a worker that cannot spend it before the window ends.
 3. Windows are aligned on the UTC wall clock (windows.py); tokens are valid until the shortest window ends. Tokens
    given back unspent are credited to the windows they were charged to that are still current (the longer ones).
-4. Buckets count the tokens leased and not yet reported spent (`outstanding`) as taken: the level may refill
+4. Buckets count the tokens leased and not yet reported spent (`outstanding`, rule 9) as taken: the level may refill
    only up to capacity - outstanding, so admissions over any interval T stay within capacity + rate * T even when
    a worker sits on a lease. Outstanding tokens of a worker silent for WORKER_STALE_S are written off.
 5. Use a worker reports after an outage (FallbackUsage) is added to the windows it fell in, if still current,
@@ -33,6 +33,13 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    starts afresh, its windows counting from 0 (as a Kong counter evicted and incremented again), so a window of it
    may admit more than its limit; what its workers still hold of the old state is spent, and credited to the new
    state when given back. A key of policy redis gets a new claimant (rule 7); its claims in Redis stay counted.
+9. Kong counts admitted requests only; a window's count here also holds the tokens leased ahead of need, which
+   come back if unspent: when they expire (within RETURN_S: workers give them back at their sweep, or with their
+   next request) or when the worker holding them forgets the key (lease.py rule 2). Each worker's tokens are
+   `outstanding` until it reports them spent (LeaseRequest.used) or gives them back, or is silent WORKER_STALE_S.
+   So an exhausted window's `retry` is its end only when none of its tokens is outstanding; until then the worker
+   asks again when they expire (RECHECK_S at most), and every RETURN_POLL_S while they are being given back, rather
+   than refusing until the window ends what Kong, whose count has not reached the limit, admits.
 """
 
 from __future__ import annotations
@@ -53,10 +60,15 @@ LEASE_TTL_S = 1.0  # bucket tokens a worker leaves unspent this long go back to 
 WORKER_STALE_S = 10.0  # a worker silent this long on a key is forgotten, with its outstanding bucket tokens
 RESYNC_S = 1.0  # after a fallback report, the shares of workers not heard from yet stay reserved this long
 RESYNC_RETRY_S = 0.02  # when to ask again after a grant held back only by that reserve
-# Keys kept (rule 8). A key with one window takes about 1.2 KB here (2 KB with four), key string and spec
-# included: 75 MiB to 125 MiB in the keeper, for more keys than Kong's 12 MiB dict holds (some 45,000 counters, one
-# per key and period), so a host is never evicted sooner than Kong would be.
+# Keys kept (rule 8). A key with one window takes about 1.35 KB here (2.15 KB with four), key string, spec and a
+# worker's outstanding tokens included: 85 MiB to 140 MiB in the keeper, for more keys than Kong's 12 MiB dict holds
+# (some 45,000 counters, one per key and period), so a host is never evicted sooner than Kong would be.
 MAX_KEYS = 65_536
+# Rule 9. Workers give expired tokens back at their sweep, every second (gateway/state/shared.py SWEEP_S), and the
+# bus takes a few ms: a window's count may still go down this long after the tokens charged to it expired.
+RETURN_S = 1.5
+RETURN_POLL_S = 0.1  # meanwhile a worker refused by that window asks again this often
+RECHECK_S = 1.0  # and at least this often while they are valid or not yet reported spent
 
 
 class _Window:
@@ -87,15 +99,16 @@ class _Window:
 
 
 class _Key:
-    __slots__ = ("spec", "windows", "bucket", "outstanding", "seen", "remote")
+    __slots__ = ("spec", "windows", "bucket", "outstanding", "seen", "remote", "lent_until")
 
     def __init__(self, spec: LimitSpec, now: float, remote: RemoteKey | None = None) -> None:
         self.spec = spec
         self.windows: dict[str, _Window] = {}
         self.remote = remote
         self.bucket = Bucket(spec.capacity, now) if spec.bucketed and remote is None else None
-        self.outstanding: dict[str, int] = {}  # bucket tokens leased per worker, not yet reported spent
+        self.outstanding: dict[str, int] = {}  # tokens leased per worker, not yet reported spent or given back
         self.seen: dict[str, float] = {}  # worker -> last request (monotonic)
+        self.lent_until = 0.0  # wall: when the tokens granted last expire (rule 9)
 
 
 class Ledger:
@@ -128,8 +141,7 @@ class Ledger:
         if used:
             if remote is not None:
                 remote.spent += used
-            else:
-                _settle(state, worker, used)
+            _settle(state, worker, used)
         windows = [self._current(state, w.period, wall) for w in spec.windows]
         if remote is not None:
             return self._grant_remote(state, remote, windows, want, now, wall, worker)
@@ -143,19 +155,22 @@ class Ledger:
             granted = min(want, max(1, int(room) // (2 * self._active(state, now))))
             for win in windows:
                 win.used += granted
-        remaining = tuple(max(0, w.limit - win.used) for w, win in zip(spec.windows, windows, strict=True))
-        retry = max((win.end - wall for left, win in zip(remaining, windows, strict=True) if not left), default=0.0)
         expires = min((win.end for win in windows), default=inf)
+        if bucket is not None:
+            expires = min(expires, wall + LEASE_TTL_S)
+        if granted:
+            _lent(state, worker, granted, expires)
+        remaining = tuple(max(0, w.limit - win.used) for w, win in zip(spec.windows, windows, strict=True))
+        retry = max((_exhausted_retry(state, win, wall) for left, win in zip(remaining, windows, strict=True)
+                     if not left), default=0.0)
         delay = 0.0
         if bucket is not None:
             if granted:
                 if spec.paced:
                     delay = (spec.capacity - bucket.level) / spec.rate
                 bucket.level -= granted
-                state.outstanding[worker] = state.outstanding.get(worker, 0) + granted
             if bucket.level < 1:
                 retry = max(retry, (1 - bucket.level) / spec.rate)
-            expires = min(expires, wall + LEASE_TTL_S)
         if not granted and not retry and want > 0:
             retry = RESYNC_RETRY_S  # held back only by the shares reserved while resynchronising
         return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry, delay)
@@ -193,11 +208,16 @@ class Ledger:
             remaining = tuple(max(0, min(w.limit - win.used, remote.left(w.period, win.start, w.limit) +
                                          int(win.held) - win.used)) for w, win in zip(spec.windows, windows,
                                                                                        strict=True))
+        expires = min((win.end for win in windows), default=inf)
+        if spec.bucketed:
+            expires = min(expires, wall + LEASE_TTL_S)
+        if granted:
+            _lent(state, worker, granted, expires)
         retry = 0.0
         if want > 0 and not granted:
             for win, left, host_room in zip(windows, remaining, rooms, strict=True):
                 if host_room < 1 and (down or not left):
-                    retry = max(retry, win.end - wall)
+                    retry = max(retry, _exhausted_retry(state, win, wall))
             if bucket_room < 1:
                 if down:
                     retry = max(retry, (1 - bucket_room) / (spec.rate / remote.hosts()))
@@ -211,9 +231,6 @@ class Ledger:
                     self._check_due(state, remote, windows, now, force=True)
                     return None
         self._check_due(state, remote, windows, now)
-        expires = min((win.end for win in windows), default=inf)
-        if spec.bucketed:
-            expires = min(expires, wall + LEASE_TTL_S)
         return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry,
                      hosts=remote.hosts())
 
@@ -233,7 +250,9 @@ class Ledger:
         self._due.append(remote.key)
 
     def grant_request(self, request: LeaseRequest, now: float, wall: float) -> Grant | None:
-        """`grant` for a worker's LeaseRequest."""
+        """`grant` for a worker's LeaseRequest, after crediting the expired tokens it gives back with it (rule 9)."""
+        if request.unused:
+            self.return_unused(ReturnedLease(request.key, request.worker, request.unused, 0, request.unused_wall))
         return self.grant(request.key, request.spec, request.want, now, wall, request.worker, request.used)
 
     # ---- the Redis level (rule 7): calls are built here, run by the keeper, and their outcomes applied here -----
@@ -347,7 +366,7 @@ class Ledger:
                 remote.spent += returned.used
         elif state.bucket is not None:
             state.bucket.level += returned.unused
-            _settle(state, returned.worker, returned.unused + returned.used)
+        _settle(state, returned.worker, returned.unused + returned.used)
 
     def report_fallback(self, usage: FallbackUsage, now: float) -> None:
         """Account for requests a worker admitted on its local share while the keeper was unreachable."""
@@ -409,6 +428,8 @@ class Ledger:
                     del state.seen[worker]
                     state.outstanding.pop(worker, None)
             spec, bucket, remote = state.spec, state.bucket, state.remote
+            if not state.windows and bucket is None:
+                state.outstanding.clear()  # void with the windows they were charged to (only a bucket counts them on)
             if remote is not None and (remote.in_flight or remote.due or remote.back_bucket or remote.force_bucket or
                                        remote.spent or remote.pool):
                 continue
@@ -462,6 +483,23 @@ class Ledger:
     def _active(state: _Key, now: float) -> int:
         """Workers that asked for this key within ACTIVE_S (at least 1)."""
         return max(1, sum(1 for seen in state.seen.values() if now - seen < ACTIVE_S))
+
+
+def _lent(state: _Key, worker: str, granted: int, expires: float) -> None:
+    """`granted` tokens, void from `expires` (wall), are out at `worker` until reported spent or given back."""
+    state.outstanding[worker] = state.outstanding.get(worker, 0) + granted
+    state.lent_until = max(state.lent_until, expires)
+
+
+def _exhausted_retry(state: _Key, win: _Window, wall: float) -> float:
+    """When to ask again for the exhausted window `win` (rule 9): its end, unless tokens charged to it may still
+    come back unspent; then when they expire (RECHECK_S at most), RETURN_POLL_S while workers give them back."""
+    end = win.end - wall
+    if state.lent_until <= win.start or not state.outstanding:  # nothing granted in it, or nothing still out
+        return end
+    if wall < state.lent_until:
+        return min(end, max(RETURN_POLL_S, min(state.lent_until - wall, RECHECK_S)))
+    return min(end, RETURN_POLL_S if wall < state.lent_until + RETURN_S else RECHECK_S)
 
 
 def _settle(state: _Key, worker: str, count: int) -> None:

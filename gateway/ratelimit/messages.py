@@ -8,13 +8,16 @@ from gateway.ratelimit.spec import LimitSpec
 
 
 class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
-    """Worker -> keeper: `want` more tokens of `key`; `used` counts tokens spent since the last request."""
+    """Worker -> keeper: `want` more tokens of `key`; `used` counts tokens spent since the last request; `unused`
+    tokens of a grant made at `unused_wall` expired unspent here, given back first (as a ReturnedLease would)."""
 
     key: str
     spec: LimitSpec
     worker: str
     want: int
     used: int = 0
+    unused: int = 0
+    unused_wall: float = 0.0
 
 
 class Grant(msgspec.Struct, frozen=True, array_like=True):
@@ -22,7 +25,8 @@ class Grant(msgspec.Struct, frozen=True, array_like=True):
 
     remaining/resets are per window of the spec (wall-clock ends); `wall` is the keeper's clock at the grant and
     names the windows the tokens belong to; the tokens are void from `expires` (wall) on. `retry` > 0 means a limit
-    is exhausted: asking again sooner than `retry` seconds cannot succeed. `delay` (limit-req without nodelay) is how
+    is exhausted: asking again sooner than `retry` seconds is pointless (the window's end, or sooner while tokens
+    charged to it may come back unspent: ledger.py rule 9). `delay` (limit-req without nodelay) is how
     long after the grant the first token may be used; the next ones follow 1 / rate apart. `hosts` is how many
     gateway hosts share the limit (policy redis), so a worker's local share is limit / (workers x hosts);
     `unavailable`: the shared store is unreachable and fault_tolerant is off (Kong answers 500).

@@ -153,3 +153,45 @@ async def test_a_fractional_limit_is_reported_as_configured_through_the_plugin(n
     assert [r.status for r in got] == [200, 200, 200, 429]
     assert [(r.header("x-ratelimit-limit-hour"), r.header("ratelimit-limit")) for r in got] == [("2.5", "2.5")] * 4
     assert [r.header("x-ratelimit-remaining-hour") for r in got] == ["1.5", "0.5", "0", "0"]
+
+
+# ---- a 429 of a longer window: the other windows as they are now -------------------------------------------------
+# handler.lua:160-186: a period that is not the one that stopped the request (`stop == nil or stop == k`, line 164)
+# reports limit - usage of its current window, whatever the keeper's last grant to this worker said of an earlier one.
+T = at(2026, 3, 5, 13, 0, 10)  # 50 s before a minute's end, an hour's start
+
+
+def test_a_429_of_the_minute_reports_the_current_seconds_remaining():
+    """second=1, minute=2: one request in each of two seconds, a third in a later second: Kong's usage is second 0,
+    minute 2, so it answers 429 with X-RateLimit-Remaining-Second: 1 and -Minute: 0."""
+    spec = LimitSpec(windows=(Window("second", 1), Window("minute", 2)))
+    got = replies(spec, [T + 0.1, T + 1.1, T + 2.1])
+    assert [verdict for verdict, _ in got] == ["admitted", "admitted", "denied"]
+    assert (got[2][1][b"X-RateLimit-Remaining-Second"], got[2][1][b"X-RateLimit-Remaining-Minute"]) == (b"1", b"0")
+
+
+def test_a_worker_refused_until_the_hours_end_reports_each_later_minute_afresh():
+    """second=6, minute=6, hour=10: six requests in one minute, four in the next fill the hour; in the minute after,
+    the worker refuses on the keeper's word from the minute before (no asking), and reports the new minute's limit
+    less its usage there (0): -Minute: 6, not the 2 the keeper said of the minute before."""
+    spec = LimitSpec(windows=(Window("second", 6), Window("minute", 6), Window("hour", 10)))
+    walls = [T + 0.1] * 6 + [T + 60.1] * 4 + [T + 63.0, T + 121.0]
+    got = replies(spec, walls)
+    assert [verdict for verdict, _ in got] == ["admitted"] * 10 + ["denied"] * 2
+    remaining = [tuple(h[b"X-RateLimit-Remaining-" + p] for p in (b"Second", b"Minute", b"Hour")) for _, h in got[10:]]
+    assert remaining == [(b"6", b"2", b"0"), (b"6", b"6", b"0")]
+    assert got[11][1][b"Retry-After"] == b"%d" % kong_reset("hour", T + 121.0)
+
+
+async def test_a_429_of_the_minute_reports_the_current_seconds_remaining_through_the_plugin(nursery, gateway):
+    """The same through the gateway: the third request, in a later second, is a 429 with -Second: 1, -Minute: 0."""
+    _, port = await start(nursery, gateway, plugins=[plugin("rate-limiting", second=1, minute=2)])
+    while 60 - time.time() % 60 <= 4:  # three seconds within one minute
+        await trio.sleep(60 - time.time() % 60 + 0.01)
+    for _ in range(2):
+        await trio.sleep(1 - time.time() % 1 + 0.01)
+        assert (await call(port, "/")).status == 200
+    await trio.sleep(1 - time.time() % 1 + 0.01)
+    third = await call(port, "/")
+    assert third.status == 429
+    assert (third.header("x-ratelimit-remaining-second"), third.header("x-ratelimit-remaining-minute")) == ("1", "0")

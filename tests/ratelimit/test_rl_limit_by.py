@@ -54,10 +54,10 @@ async def backend(nursery: trio.Nursery) -> str:
     return f"http://127.0.0.1:{echo.port}"
 
 
-async def by_path(nursery: trio.Nursery, gateway: Any) -> int:
-    """One service, every path routed; the plugin on the service, limit_by path for /limited."""
+async def by_path(nursery: trio.Nursery, gateway: Any, path: str = "/limited") -> int:
+    """One service, every path routed; the plugin on the service, limit_by path for `path`."""
     url = await backend(nursery)
-    svc = service("svc", url, [{"paths": ["/"]}], plugins=[limit(limit_by="path", path="/limited")])
+    svc = service("svc", url, [{"paths": ["/"]}], plugins=[limit(limit_by="path", path=path)])
     return int(await gateway({"services": [svc]}, **TRUSTED))
 
 
@@ -111,6 +111,16 @@ async def test_path_mode_does_not_match_a_longer_path(nursery, gateway):
     assert remaining(await call(port, "/limited", A)) == (200, "1")
     assert remaining(await call(port, "/limited/more", A)) == (200, "1")  # A's IP counter, not the path's
     assert remaining(await call(port, "/limited/", A)) == (200, "0")  # nor a trailing slash
+
+
+@pytest.mark.parametrize("path", ["/a%41", "/a%2fb", "/a/./b"])
+async def test_path_mode_a_path_not_in_normalized_form_is_never_the_identifier(nursery, gateway, path):
+    """Kong compares kong.request.get_path(), normalized (kong/pdk/request.lua get_path; kong/tools/uri.lua
+    normalize: %41 decoded, %2f upper-cased, dot segments removed), with `path` (handler.lua get_identifier): a
+    request for the configured path itself is "/aA", "/a%2Fb" or "/a/b" there, so it counts by the client's IP."""
+    port = await by_path(nursery, gateway, path)
+    assert remaining(await call(port, path, A)) == (200, "1")
+    assert remaining(await call(port, "/other", A)) == (200, "0")  # the same counter: A's IP
 
 
 # --- limit_by: service ----------------------------------------------------------------------------------------------

@@ -93,6 +93,9 @@ class RateLimiting:
         # limit_by path: the configured path (Kong's typedefs.path, so ASCII) and its key, built once
         self.path_bytes = self.path.encode("ascii", "replace")
         self.path_key = self.prefix + self.path
+        # a target equal to it needs no normalizing only if normalizing leaves it as it is (Kong compares the
+        # normalized path: a `path` such as /a%41, /a%2fb or /a/./b never matches); b"" matches no target
+        self.path_normal = self.path_bytes if normalize_path(self.path_bytes) == self.path_bytes else b""
         # limit_by service: route -> its service's key (built on a route's first request; as many as the config has
         # routes, and gone with the config)
         self.route_keys: dict[object, str] = {}
@@ -134,7 +137,7 @@ class RateLimiting:
         target the client sent, without the query, normalized as the router normalizes it) is `path`, exactly;
         any other request is counted by the client's IP."""
         uri = ex.request_uri()
-        if uri == self.path_bytes:  # the common case of the configured path: nothing to normalize
+        if uri == self.path_normal:  # the configured path, sent as it is normalized: nothing to normalize
             return self.path_key
         query = uri.find(b"?")
         if normalize_path(uri if query < 0 else uri[:query]) == self.path_bytes:
