@@ -3,9 +3,10 @@
 A browser tricked by DNS rebinding sends requests for `evil.example:8000` to a local server; MCP servers bound to
 loopback answer 421 to a Host that is not theirs (the Python SDK allows `127.0.0.1:*`, `localhost:*`, `[::1]:*`).
 Behind the gateway the server sees the target's own host:port, so its check always passes: the gateway checks the
-client's Host instead. Entries: `host` (any port), `host:port`, `host:*`, `*.domain` (its subdomains, any port),
-or `*` (anything). By default (`allowed_hosts` not set) a gateway listening only on loopback allows the loopback
-names and its listen addresses, as the SDK does; one listening elsewhere allows any Host.
+client's Host instead. Entries: `host` (any port), `host:port`, `host:*`, `*.domain` (its subdomains, any port;
+`*.domain:port` on that port only), `*:port` (any host on that port), or `*` (anything). By default
+(`allowed_hosts` not set) a gateway listening only on loopback allows the loopback names and its listen addresses,
+as the SDK does; one listening elsewhere allows any Host.
 """
 
 from __future__ import annotations
@@ -26,25 +27,39 @@ _ENTRY = re.compile(r"^(\*|\*\.[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]
 class HostPolicy:
     """Which Host header values may reach an MCP route's servers."""
 
-    __slots__ = ("any", "hosts", "host_ports", "suffixes", "_verdicts")
+    __slots__ = ("any", "hosts", "host_ports", "suffixes", "suffix_ports", "ports", "_verdicts")
 
     def __init__(self, allow: Sequence[str]) -> None:
-        self.any = "*" in allow
         hosts: set[bytes] = set()
         host_ports: set[bytes] = set()
         suffixes: list[bytes] = []
+        suffix_ports: set[tuple[bytes, bytes]] = set()
+        ports: set[bytes] = set()  # any host on these
+        self.any = False
         for entry in allow:
             value = entry.strip().lower()
             host, _, port = value.rpartition(":") if not value.endswith("]") and ":" in value else (value, "", "")
-            if host.startswith("*."):
-                suffixes.append(host[1:].encode())
-            elif port and port != "*":
+            if port == "*":
+                port = ""
+            if host == "*":
+                if port:
+                    ports.add(port.encode())
+                else:
+                    self.any = True
+            elif host.startswith("*."):
+                if port:
+                    suffix_ports.add((host[1:].encode(), port.encode()))
+                else:
+                    suffixes.append(host[1:].encode())
+            elif port:
                 host_ports.add(value.encode())
-            elif host != "*":
+            else:
                 hosts.add(host.encode())
         self.hosts = frozenset(hosts)
         self.host_ports = frozenset(host_ports)
         self.suffixes = tuple(suffixes)
+        self.suffix_ports = frozenset(suffix_ports)
+        self.ports = frozenset(ports)
         self._verdicts: Memo[bytes, bool] = Memo(VERDICTS_KEPT)  # Host values seen lately (the same few, in practice)
 
     def allowed(self, host: bytes | None) -> bool:
@@ -65,13 +80,18 @@ class HostPolicy:
         if value in self.host_ports:
             return True
         name = value[: value.index(b"]") + 1] if value.startswith(b"[") and b"]" in value else value.partition(b":")[0]
-        return name in self.hosts or (bool(self.suffixes) and name.endswith(self.suffixes))
+        if name in self.hosts or (bool(self.suffixes) and name.endswith(self.suffixes)):
+            return True
+        port = value[len(name) + 1:] if value[len(name):len(name) + 1] == b":" else b""
+        if not port:
+            return False
+        return port in self.ports or any(name.endswith(suffix) and port == p for suffix, p in self.suffix_ports)
 
 
 def check_host_entry(entry: str) -> str | None:
     """Why an allowed_hosts entry is malformed, or None."""
     if _ENTRY.match(entry.strip()) is None:
-        return f'expected "host", "host:port", "host:*", "*.domain" or "*", got {show(entry)}'
+        return f'expected "host", "host:port", "host:*", "*.domain[:port]", "*:port" or "*", got {show(entry)}'
     return None
 
 

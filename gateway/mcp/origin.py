@@ -56,7 +56,8 @@ def check_entry(entry: str) -> str | None:
         return None
     if entry == "null":
         return None  # the opaque origin of sandboxed frames and file: pages, allowed only when listed
-    m = re.match(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\s\[\]]+)(:(\d{1,5}|\*))?/?$", entry)
+    m = re.match(r"^(https?)://(\[[0-9a-fA-F:.]+\]|[^/:\s\[\]*]+)(:(\d{1,5}|\*))?/?$", entry)
     if m is None:
-        return f'expected "*", "null" or "scheme://host[:port]" (port may be "*"), got {show(entry)}'
+        return (f'expected "*", "null" or "scheme://host[:port]" (port may be "*"; the host is one name, no '
+                f'wildcard), got {show(entry)}')
     return None

@@ -462,6 +462,34 @@ def test_demo_config_is_valid_and_mcp():
 # --- Host policy ---------------------------------------------------------------------------------------------------
 
 
+def test_a_wildcard_domain_with_a_port_admits_its_subdomains_on_that_port_only():
+    """As the SDK's transport_security allows a host:port entry only on its port (an entry the config accepts is
+    applied as written: `*.example.com:8443` admitted any port)."""
+    from gateway.mcp.hosts import HostPolicy
+
+    policy = HostPolicy(["*.example.com:8443"])
+    assert policy.allowed(b"a.example.com:8443") and policy.allowed(b"A.b.Example.com:8443")
+    assert not policy.allowed(b"a.example.com:9999") and not policy.allowed(b"a.example.com")
+    assert not policy.allowed(b"example.com:8443") and not policy.allowed(b"evil.test:8443")
+    assert HostPolicy(["*.example.com:*"]).allowed(b"a.example.com:9999")
+
+
+def test_a_star_with_a_port_admits_any_host_on_that_port():
+    """`*:8443` was kept as the literal host "*:8443", which no Host matches."""
+    from gateway.mcp.hosts import HostPolicy
+
+    policy = HostPolicy(["*:8443"])
+    assert policy.allowed(b"mcp.example.com:8443") and policy.allowed(b"[::1]:8443")
+    assert not policy.allowed(b"mcp.example.com:8444") and not policy.allowed(b"mcp.example.com")
+    assert HostPolicy(["*:*"]).allowed(b"anything")
+
+
+def test_an_origin_entry_with_a_wildcard_host_is_refused_at_load():
+    """No browser sends `https://*.example.com` as its Origin: the entry matched nothing, so it is refused."""
+    assert check_entry("https://*.example.com") is not None
+    assert check_entry("https://app.example.com:*") is None
+
+
 def test_a_host_verdict_is_remembered_and_the_memory_is_bounded():
     from gateway.mcp.hosts import VERDICTS_KEPT, HostPolicy
 
