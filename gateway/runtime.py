@@ -22,6 +22,7 @@ from gateway.config.decode import whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.discovery.types import target_key
 from gateway.http import kong_errors
 from gateway.http.net import is_ip
 from gateway.http.realip import ClientAddress
@@ -41,7 +42,9 @@ log = logging.getLogger("gateway.runtime")
 
 
 class TargetRuntime:
-    """One upstream target: its address, and the Host header it expects (MCP servers check it)."""
+    """One upstream target: its address, and the Host header it expects (MCP servers check it). `name` is its
+    identity on the bus, in health and breakers: 'ip:port', or 'hostname/ip:port' for an address of a name
+    (gateway.discovery.types.target_key), so two names at one address are two targets, as in Kong."""
 
     __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs",
                  "named", "target")
@@ -56,7 +59,7 @@ class TargetRuntime:
         self.target = hostname or host  # what the upstream's target names: the name for an address of a name
         self.weight = weight
         shown = f"[{host}]" if ":" in host else host
-        self.name = f"{shown}:{port}"
+        self.name = target_key(host, port, hostname)
         # Kong's set_host_header: the upstream's host_header, else the target's host (its name), and its port unless
         # it is the scheme's own (80 for http, 443 for https)
         name = host_header or hostname or shown

@@ -155,6 +155,26 @@ def test_kong_conf_dns_values_kong_refuses_are_refused_in_its_words(gw, message)
     assert _refusals(gw) == [message]
 
 
+def test_dns_valid_ttl_0_is_accepted_as_kong_accepts_it():
+    """Kong: dns_valid_ttl is `typ = "number"` with no range (kong/conf_loader/constants.lua:371), and
+    kong/resty/dns/client.lua:200 (cacheinsert) applies a validTtl of 0 as every record's TTL (0 is truthy in Lua:
+    `ttl = validTtl or math_huge`), i.e. answers are refreshed on each use."""
+    assert _refusals({"dns_valid_ttl": 0}) == []
+    assert parse_config(json.dumps({"gateway": {"dns_valid_ttl": 0}})).gateway.dns_valid_ttl_s == 0
+
+
+@pytest.mark.parametrize("key", ["dns_stale_ttl", "dns_not_found_ttl", "dns_error_ttl", "dns_valid_ttl"])
+def test_dns_ttls_of_thirty_days_are_accepted_as_kong_accepts_them(key):
+    """Kong: the dns TTLs are `typ = "number"` without an upper bound (kong/conf_loader/constants.lua:371-375); the
+    client keeps a record `ttl + staleTtl` in its LRU (kong/resty/dns/client.lua:255), which no timer holds."""
+    assert _refusals({key: 30 * 86400}) == []
+
+
+def test_a_negative_dns_ttl_is_refused():
+    """A lifetime below 0 is no lifetime (Kong's client would expire the entry before it is used)."""
+    assert _refusals({"dns_stale_ttl": -1}) != []
+
+
 def test_the_new_dns_client_is_refused_saying_which_client_the_gateway_has():
     [message] = _refusals({"new_dns_client": "on"})
     assert "the gateway's DNS client is Kong's default one, set by the dns_* keys" in message

@@ -174,14 +174,15 @@ async def test_active_checks_take_a_failing_target_out_and_bring_it_back(backend
 
 async def test_a_target_name_is_resolved_into_its_addresses_each_checked_and_sent_the_name(backends, gateway,
                                                                                           nursery) -> None:
-    """Kong's balancer: `localhost:<port>` becomes the target 127.0.0.1:<port> (localhost's IPv4 address) for the
-    keeper, the checker and every worker, and requests and probes still carry the name."""
+    """Kong's balancer: `localhost:<port>` becomes the target 127.0.0.1:<port> (localhost's IPv4 address) of the name
+    localhost (keyed `localhost/127.0.0.1:<port>`) for the keeper, the checker and every worker, and requests and
+    probes still carry the name."""
     (a,) = await backends("a")
     gw = gateway({"upstreams": [{"name": "named", "targets": [{"target": f"localhost:{a.port}"}],
                                  "healthchecks": ACTIVE}],
                   "services": [service("named", "/")]}, dns_valid_ttl_s=1)
     await gw.start()
-    resolved = await wait_for(lambda: _has_targets(gw, {f"named|127.0.0.1:{a.port}"}), 10, interval=0.1,
+    resolved = await wait_for(lambda: _has_targets(gw, {f"named|localhost/127.0.0.1:{a.port}"}), 10, interval=0.1,
                               what="the name resolved into its address")
     await wait_for(lambda: a.health_hits >= 1, 10, what="a probe of the address")
     for _ in range(4):
@@ -189,12 +190,18 @@ async def test_a_target_name_is_resolved_into_its_addresses_each_checked_and_sen
         assert reply.status == 200
     assert a.hosts == {"localhost", f"localhost:{a.port}"}  # the probes' Host has no port (lua-resty-healthcheck)
     a.health_status = 503  # the address's own verdict
-    await wait_for(lambda: _health_is(gw, False, ("named", a)), 10, interval=0.1, what="the address unhealthy")
+    await wait_for(lambda: _key_healthy_is(gw, False, f"named|localhost/{a.target}"), 10, interval=0.1,
+                   what="the address unhealthy")
     report("dns targets", resolved_after_s=round(resolved, 2))
 
 
 async def _has_targets(gw: GatewayNode, keys: set[str]) -> bool:
     return set(await gw.targets()) == keys
+
+
+async def _key_healthy_is(gw: GatewayNode, healthy: bool, key: str) -> bool:
+    """The keeper's verdict on the target `key` is `healthy`."""
+    return (await gw.targets())[key]["healthy"] is healthy
 
 
 async def _health_is(gw: GatewayNode, healthy: bool, *which: tuple[str, Backend]) -> bool:

@@ -18,7 +18,7 @@ from gateway.config.errors import inline, key_part
 from gateway.config.mcp import McpSettings
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSuite, Ref, SniEntity
 from gateway.config.typedefs import any_address, header_name_problem, kong_path_problem, sni_problem
-from gateway.config.units import Seconds, SecondsFromZero, SecondsOrNever, TimeoutMs
+from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
 from gateway.dns.sources import parse_nameserver
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import CHARSET_OFF, KONG_CHARSET, RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
@@ -29,6 +29,8 @@ NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=999)]
+# A DNS cache lifetime in seconds: Kong's dns_*_ttl are plain numbers (conf_loader/constants.lua), no timer holds them
+DnsTtl = Annotated[float, msgspec.Meta(ge=0)]
 
 
 class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=True):
@@ -86,10 +88,11 @@ class GatewaySettings(Base):
     dns_resolver: list[str] | str = []  # a list, or kong.conf's comma-separated string (made a list at load)
     dns_hostsfile: str = "/etc/hosts"
     dns_order: list[str] | str = msgspec.field(default_factory=lambda: ["LAST", "SRV", "A", "CNAME"])
-    dns_valid_ttl_s: Seconds | None = None
-    dns_stale_ttl_s: SecondsFromZero = 3600.0
-    dns_not_found_ttl_s: SecondsFromZero = 30.0
-    dns_error_ttl_s: SecondsFromZero = 1.0
+    # (Kong's plain numbers, from 0 without an upper bound: 0 valid_ttl refreshes an answer at each use)
+    dns_valid_ttl_s: DnsTtl | None = None
+    dns_stale_ttl_s: DnsTtl = 3600.0
+    dns_not_found_ttl_s: DnsTtl = 30.0
+    dns_error_ttl_s: DnsTtl = 1.0
     dns_no_sync: bool = False
     dns_cache_size: PosInt = 10000
     upstream_idle_timeout_s: SecondsOrNever = 60.0  # (0: kept however long idle)

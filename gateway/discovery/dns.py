@@ -3,10 +3,16 @@ the targets Kong's balancer makes of them (kong/runloop/balancer/targets.lua, ba
 
 - A (or AAAA) records: each address of `name:port` is a target of its own (its own health checks, passive counts,
   breaker and MCP sessions) with the name's weight, and the name as its Host header and TLS name
-  (TargetInfo.hostname).
-- SRV records: those of the lowest priority, each with its own weight (0 counts as 1, Kong's SRV_0_WEIGHT) and its
-  own port (0: the configured one), at the addresses of the record's target; the Host header is the configured
-  name, or the record's target with the upstream's `use_srv_name`.
+  (TargetInfo.hostname). Its identity is (name, address, port): two names at one address are two targets, each
+  with its weight, Host header and health (Kong's checker keys targets by ip, port and hostname).
+- SRV records: those of the lowest priority, each ONE target with its own weight (0 counts as 1, Kong's
+  SRV_0_WEIGHT) and its own port (0: the configured one) at the record's target, as Kong's address whose `ip` is
+  the record's target: a name there is resolved at each connection (gateway.http.net, Kong's toip), its addresses
+  taking turns, so a record's share of the traffic is its weight however many addresses its target has. The Host
+  header is the configured name, or, with the upstream's `use_srv_name`, the record's target when it is a name.
+- An answer of TTL 0 (the first one, or the second in a row: Kong's guard against a cache counting a TTL down):
+  ONE target `name:port` of the name's weight, resolved at each connection, asked again after TTL0_RETRY_S (Kong's
+  ttl0Interval), as Kong's virtual SRV record (targets.lua update_dns_result).
 - A name without records is a target by its name (with itself as hostname) and weight 0, as Kong's balancer has
   it (queryDns: a failed query is an empty record, so the target has no address and no weight): it takes no
   request, the upstream's other targets take them all, its health is Kong's dns_error, and an upstream none of
@@ -27,7 +33,7 @@ import math
 
 import trio
 
-from gateway.discovery.types import OnChange, TargetInfo, normalise
+from gateway.discovery.types import OnChange, TargetInfo, normalise, valid_host
 from gateway.dns import process as dns
 from gateway.dns.client import TYPE_LAST, TYPE_SRV, DnsError, Record, Resolver
 from gateway.http.net import is_ip
@@ -38,6 +44,7 @@ REQUERY_S = 30.0  # Kong's REQUERY_INTERVAL: a name without records is asked aga
 RENEW_AFTER_S = 0.5  # Kong's renewal: this long after a name's records expire
 MIN_RENEW_S = 1.0  # Kong's renewal timer runs once a second
 SRV_0_WEIGHT = 1  # an SRV record of weight 0 takes as few requests as can be, not none (Kong's)
+TTL0_RETRY_S = 60.0  # Kong's ttl0Interval (balancers.lua TTL_0_RETRY): a TTL-0 name is asked again after this
 
 
 def has_names(targets: list[TargetInfo]) -> bool:
@@ -45,27 +52,35 @@ def has_names(targets: list[TargetInfo]) -> bool:
     return any(not is_ip(t.host) for t in targets)
 
 
+def unresolved(info: TargetInfo) -> bool:
+    """Is this the stand-in for a name that did not resolve (resolve_targets: by its name, weight 0)?"""
+    return info.weight == 0 and info.hostname == info.host
+
+
 def target_names(discovered: dict[str, list[TargetInfo]]) -> tuple[dict[str, str], set[str]]:
-    """Over the sources' target lists: ("<upstream>|<ip:port>" -> the `name:port` it is an address of, the keys of
-    names that did not resolve)."""
+    """Over the sources' target lists: ("<upstream>|<target key>" -> the `name:port` it is an address of, the keys
+    of names that did not resolve)."""
     named: dict[str, str] = {}
-    unresolved: set[str] = set()
+    missing: set[str] = set()
     for upstream, infos in discovered.items():
         for info in infos:
-            if info.hostname == info.host:
-                unresolved.add(f"{upstream}|{info.name}")
+            if unresolved(info):
+                missing.add(f"{upstream}|{info.name}")
             elif info.hostname:
                 named[f"{upstream}|{info.name}"] = f"{info.hostname}:{info.port}"
-    return named, unresolved
+    return named, missing
 
 
-async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False) -> tuple[list[TargetInfo], float]:
+async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False,
+                          ttl0: dict[str, bool] | None = None) -> tuple[list[TargetInfo], float]:
     """(`targets` with each name replaced by the targets its records make, the seconds until a name is due to be
-    asked again). The names are looked up at once, each resolution for at most lookup_bound_s."""
+    asked again). The names are looked up at once, each resolution for at most lookup_bound_s. `ttl0`: name ->
+    whether its last answer had TTL 0 (kept across calls by run_dns; a name not in it is asked for the first time)."""
+    ttl0 = {} if ttl0 is None else ttl0
     found: dict[str, tuple[list[TargetInfo], float]] = {}
     async with trio.open_nursery() as nursery:
         for t in {t.host: t for t in targets if not is_ip(t.host)}.values():
-            nursery.start_soon(_look_up, t, use_srv_name, found)
+            nursery.start_soon(_look_up, t, use_srv_name, found, ttl0)
     out: list[TargetInfo] = []
     renew = math.inf
     for t in targets:
@@ -78,10 +93,11 @@ async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False)
     return normalise(out), max(renew, MIN_RENEW_S)
 
 
-async def _look_up(target: TargetInfo, use_srv_name: bool, found: dict[str, tuple[list[TargetInfo], float]]) -> None:
+async def _look_up(target: TargetInfo, use_srv_name: bool, found: dict[str, tuple[list[TargetInfo], float]],
+                   ttl0: dict[str, bool]) -> None:
     """Put in `found` the targets a name's records make and when to ask again; nothing when it has no records."""
     try:
-        found[target.host] = await _targets_of(target, use_srv_name)
+        found[target.host] = await _targets_of(target, use_srv_name, ttl0)
     except DnsError as e:
         log.debug("querying dns for %s failed: %s", target.host, e.message)
 
@@ -108,42 +124,33 @@ async def _resolve(name: str) -> tuple[list[Record], float]:
     raise DnsError(name, f"no answer from the resolver within {bound:g}s")
 
 
-async def _targets_of(target: TargetInfo, use_srv_name: bool) -> tuple[list[TargetInfo], float]:
+async def _targets_of(target: TargetInfo, use_srv_name: bool, ttl0: dict[str, bool]) -> tuple[list[TargetInfo], float]:
     name = target.host
     records, renew = await _resolve(name)
+    zero = records[0].ttl == 0
+    # Kong's update_dns_result: TTL 0 on the first answer, or on two in a row, is one virtual SRV entry of the
+    # target's own weight (an SRV answer's weights too are set aside), its name resolved at each request
+    if zero and ttl0.get(name, True):
+        ttl0[name] = True
+        return [TargetInfo(name, target.port, target.weight, name)], TTL0_RETRY_S
+    ttl0[name] = zero
     if records[0].type != TYPE_SRV:
         return [TargetInfo(r.address, target.port, target.weight, name) for r in records], renew
     top = min(r.priority for r in records)
-    made: list[TargetInfo] = []
-    for r in records:
-        if r.priority == top:
-            addresses, due = await _addresses_of(r)
-            renew = min(renew, due)
-            made += [TargetInfo(a, r.port or target.port, r.weight or SRV_0_WEIGHT,
-                                r.target if use_srv_name else name) for a in addresses]
-    return made, renew
-
-
-async def _addresses_of(record: Record) -> tuple[list[str], float]:
-    """The addresses of an SRV record's target (none when it has none), and the seconds until it is due to be asked
-    again."""
-    if is_ip(record.target):
-        return [record.target], math.inf
-    try:
-        records, renew = await _resolve(record.target)
-    except DnsError as e:
-        log.debug("querying dns for %s (an SRV target) failed: %s", record.target, e.message)
-        return [], REQUERY_S
-    return [r.address for r in records if r.address], renew
+    made = [TargetInfo(r.target, r.port or target.port, r.weight or SRV_0_WEIGHT,
+                       r.target if use_srv_name and not is_ip(r.target) else name)
+            for r in records if r.priority == top and valid_host(r.target)]  # (a target no socket can reach: none)
+    return made, renew if made else REQUERY_S
 
 
 async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, use_srv_name: bool = False, *,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Report the upstream's targets with their names resolved, then again whenever they change."""
     last: list[TargetInfo] | None = None
+    ttl0: dict[str, bool] = {}
     started = False
     while True:
-        current, renew = await resolve_targets(targets, use_srv_name)
+        current, renew = await resolve_targets(targets, use_srv_name, ttl0)
         if current != last:
             on_change(upstream, current)
             last = current

@@ -15,9 +15,28 @@ _HOST_PORT = re.compile(
     r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s\x00-\x1f\x7f\ud800-\udfff]{1,253})):(?P<port>[0-9]{1,5})$")
 
 
+def address_text(host: str, port: int) -> str:
+    """'host:port', '[v6]:port' for an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def target_key(host: str, port: int, hostname: str = "") -> str:
+    """A target's identity: 'host:port' for an address given as it is (or a name standing for itself), and
+    'hostname/host:port' for an address of a name, so that two names at one address are two targets, as Kong's
+    balancer and health checker keep them (by ip, port and the target's name). '/' is in no host."""
+    address = address_text(host, port)
+    return address if not hostname or hostname == host else f"{hostname}/{address}"
+
+
+def key_address(key: str) -> str:
+    """The 'host:port' of a target_key (what it connects to)."""
+    return key.rpartition("/")[2]
+
+
 class TargetInfo(msgspec.Struct, frozen=True, order=True):
     """One target of an upstream: where it is and its balancing weight (0 = no traffic, as in Kong); `hostname`: the
-    name it is an address of (gateway.discovery.dns), its Host and TLS name."""
+    name it is an address of (gateway.discovery.dns), its Host and TLS name. `host` may itself be a name (an SRV
+    record's target, a name answered with TTL 0): it is then resolved at each connection, as Kong's toip."""
 
     host: str
     port: int
@@ -26,8 +45,13 @@ class TargetInfo(msgspec.Struct, frozen=True, order=True):
 
     @property
     def name(self) -> str:
-        """'host:port' ('[v6]:port'), the same spelling as the runtime's TargetRuntime.name."""
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        """Its identity (target_key), the same spelling as the runtime's TargetRuntime.name."""
+        return target_key(self.host, self.port, self.hostname)
+
+    @property
+    def address(self) -> str:
+        """'host:port' ('[v6]:port'): where it connects."""
+        return address_text(self.host, self.port)
 
 
 OnChange = Callable[[str, list[TargetInfo]], None]
@@ -52,8 +76,6 @@ def valid_host(host: str) -> bool:
 
 
 def normalise(targets: list[TargetInfo]) -> list[TargetInfo]:
-    """One entry per address (the last one wins), sorted: two reports of the same set compare equal."""
-    by_addr: dict[tuple[str, int], TargetInfo] = {}
-    for t in targets:
-        by_addr[(t.host, t.port)] = t
-    return sorted(by_addr.values())
+    """One entry per target (its name: address and the name it is an address of; the last one wins), sorted: two
+    reports of the same set compare equal."""
+    return sorted({t.name: t for t in targets}.values())

@@ -4,7 +4,7 @@
     checker.update_targets("erlmcp-cluster", targets)   # from discovery's on_change
     checker.set_health("erlmcp-cluster", "10.0.1.10:8080", False)   # the verdict the keeper published
 
-It judges nothing itself: `on_probe(upstream, "host:port", event)` gets each probe's event, which the keeper counts
+It judges nothing itself: `on_probe(upstream, target key, event)` gets each probe's event, which the keeper counts
 on the target's one state machine, with the passive outcomes (gateway.health.board, as Kong's one checker per
 upstream). The keeper's verdict picks the interval, as Kong's checker_callback: healthy.interval while the target
 gets traffic (healthy or mostly healthy), unhealthy.interval while it does not. As in Kong, a target is healthy
@@ -34,7 +34,8 @@ from gateway.tls_runtime import compile_client_ssl
 log = logging.getLogger("gateway.health")
 
 CHECK_INTERVAL = 0.1  # lua-resty-healthcheck's
-ProbeCallback = Callable[[str, str, Event], None]  # (upstream, "host:port", what the probe found)
+# (upstream, the target's key: "ip:port", or "hostname/ip:port" for an address of a name, what the probe found)
+ProbeCallback = Callable[[str, str, Event], None]
 
 
 @dataclass
@@ -158,6 +159,8 @@ class HealthChecker:
 
     def _apply_targets(self, upstream: str, targets: list[TargetInfo]) -> None:
         up = self.upstreams[upstream]
+        # by name, hostname included: two names at one ip:port are probed each with its Host (Kong's checker keys
+        # targets by ip, port and hostname: healthcheckers.lua populate_healthchecker)
         wanted = {t.name: t for t in targets if t.weight > 0}
         for key in [k for k in up.targets if k not in wanted]:
             up.targets.pop(key).scope.cancel()

@@ -32,6 +32,7 @@ from urllib.parse import parse_qs
 
 from gateway.config import parse_host_port
 from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.discovery.types import key_address
 from gateway.health.threshold import upstream_healthy
 from gateway.telemetry.health_metrics import has_checks, target_health
 
@@ -399,7 +400,7 @@ class KongUpstreamRoutes:
         weight = int(target.entity["weight"])
         addresses: list[dict[str, Any]] = []
         for state in mine:
-            ip, port = _split_address(state["key"].partition("|")[2])
+            ip, port = _split_address(key_address(state["key"].partition("|")[2]))
             override = state.get("weight")  # the keeper's weight, None: the configured one
             address_weight = weight if override is None else int(override)
             health = target_health(checked, weight, state.get("healthy", True)).upper()

@@ -222,7 +222,7 @@ def build(overview: dict[str, Any], now: Sample, base: Sample | None, gauges: di
         err_rps = _rate(now, base, ("target_err", key))
         error_rate = (err_rps / rps) if rps and err_rps is not None else (0.0 if rps is not None else None)
         buckets = _delta_rows(now.buckets.get(key, []), base.buckets.get(key) if base else None)
-        shown = f"{target} ({names[key]})" if key in names else target
+        shown = f"{target.rpartition('/')[2]} ({names[key]})" if key in names else target  # (its address)
         row = {"key": key, "target": shown, "status": status, "health": health, "breaker": breaker or "-",
                "weight": weight, "drained": drained, "active": int(gauges["active"].get(key, 0)),
                "rps": rps, "error_rate": error_rate,

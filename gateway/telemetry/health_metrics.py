@@ -9,6 +9,7 @@ from typing import Any
 from gateway.config import Config, parse_host_port
 from gateway.config.loader import DEFAULT_TARGET_PORT
 from gateway.discovery.dns import target_names
+from gateway.discovery.types import key_address
 from gateway.metrics import KONG_TARGET_HEALTH
 
 STATES = ("healthchecks_off", "healthy", "unhealthy", "dns_error")
@@ -73,7 +74,7 @@ class TargetHealthMetrics:
                     current = "dns_error"
                 else:
                     current = target_health(upstream in self.checked, weights.get(key, 1), state.healthy)
-                address = "" if current == "dns_error" else target  # Kong's: no address for a name without one
+                address = "" if current == "dns_error" else key_address(target)  # (Kong: none for a name without one)
                 for name in STATES:
                     labels = (upstream, named.get(key, target), address, name, "http")
                     KONG_TARGET_HEALTH.labels(*labels).set(1 if name == current else 0)

@@ -1,6 +1,7 @@
-"""An upstream's target names resolved into one target per address, as Kong's balancer resolves them
-(gateway.discovery.dns), and what the keeper, the workers and the metrics make of those addresses. Names are resolved
-by the gateway's DNS client from a DNS server of the test (tests/dns_server.py)."""
+"""An upstream's target names resolved into one target per address (an SRV record, or a name answered with TTL 0:
+one target, resolved at each connection), as Kong's balancer resolves them (gateway.discovery.dns), and what the
+keeper, the workers and the metrics make of those addresses. Names are resolved by the gateway's DNS client from a
+DNS server of the test (tests/dns_server.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from gateway.discovery.service import discovered_upstreams
 from gateway.discovery.types import TargetInfo
 from gateway.dns.client import Record, Resolver
 from gateway.dns.process import serving
+from gateway.health import ActivePolicy, Event, HealthChecker, Thresholds
+from gateway.health.checker import UpstreamChecks
 from gateway.keeper.state import Keeper
 from gateway.metrics import KONG_TARGET_HEALTH
 from gateway.node.tree import needs_discovery
@@ -64,13 +67,36 @@ async def test_ipv4_addresses_are_the_targets_when_a_name_has_both(nursery):
 
 
 async def test_srv_records_of_the_lowest_priority_are_targets_with_their_own_port_and_weight(nursery):
-    """targets.lua update_dns_result: only the top priority's records; balancers.lua addAddress: the record's weight
-    (0 as SRV_0_WEIGHT, 1) and port (0: the target's), the target's name as Host header."""
+    """targets.lua update_dns_result: only the top priority's records; balancers.lua addAddress: one address per
+    record, at the record's target (`entry_ip = entry.address or entry.target`, resolved at each request), with the
+    record's weight (0 as SRV_0_WEIGHT, 1) and port (0: the target's), the target's name as Host header."""
     names = await serve_names(nursery, {"a.node": ["127.0.0.2"], "b.node": ["127.0.0.3"], "c.node": ["127.0.0.4"]})
     names.srv["svc.test"] = [(10, 30, 9001, "a.node"), (10, 0, 0, "b.node"), (20, 50, 9003, "c.node")]
     async with resolving(names):
         got = await resolved([TargetInfo("svc.test", 80, 100)])
-    assert got == [TargetInfo("127.0.0.2", 9001, 30, "svc.test"), TargetInfo("127.0.0.3", 80, 1, "svc.test")]
+    assert got == [TargetInfo("a.node", 9001, 30, "svc.test"), TargetInfo("b.node", 80, 1, "svc.test")]
+
+
+async def test_srv_record_whose_target_has_several_addresses_keeps_its_own_weight_share(nursery):
+    """Kong balancers.lua:351-387 (addAddress): one address per SRV record, `ip = entry.target` (the target name),
+    `weight = entry.weight`, the name resolved at each request by toip (targets.lua:556 getAddressPeer), which takes
+    its addresses in turn. Two SRV records of weight 10 thus get half the traffic each, even when one's target has
+    two A records (spec/01-unit/09-balancer/04-round_robin_spec.lua:502-528)."""
+    names = await serve_names(nursery, {"a.node": ["127.0.0.2", "127.0.0.3"], "b.node": ["127.0.0.4"]})
+    names.srv["svc.test"] = [(10, 10, 9001, "a.node"), (10, 10, 9002, "b.node")]
+    async with resolving(names):
+        got = await resolved([TargetInfo("svc.test", 80, 100)])
+    assert got == [TargetInfo("a.node", 9001, 10, "svc.test"), TargetInfo("b.node", 9002, 10, "svc.test")]
+
+
+async def test_an_srv_record_whose_target_is_an_address_is_that_address(nursery):
+    """balancers.lua addAddress: `ip = entry.target`, an IP literal, connected to as it is; setHostHeader: an IP
+    address's Host header is the target's name, even with use_srv_name."""
+    names = await serve_names(nursery, {})
+    names.srv["svc.test"] = [(10, 10, 9001, "127.0.0.2")]
+    async with resolving(names):
+        assert await resolved([TargetInfo("svc.test", 80)], use_srv_name=True) == [
+            TargetInfo("127.0.0.2", 9001, 10, "svc.test")]
 
 
 async def test_use_srv_name_makes_each_records_target_its_host_header(nursery):
@@ -78,7 +104,50 @@ async def test_use_srv_name_makes_each_records_target_its_host_header(nursery):
     names.srv["svc.test"] = [(10, 30, 9001, "a.node")]
     async with resolving(names):
         assert await resolved([TargetInfo("svc.test", 80)], use_srv_name=True) == [
-            TargetInfo("127.0.0.2", 9001, 30, "a.node")]
+            TargetInfo("a.node", 9001, 30, "a.node")]
+
+
+async def test_a_ttl_0_name_is_one_target_of_its_weight_resolved_at_each_connection(nursery):
+    """Kong targets.lua:369-403 (update_dns_result): an answer of TTL 0 is replaced by one virtual SRV entry
+    {target = name, port = target.port, weight = target.weight}, resolved at each request (getAddressPeer -> toip,
+    the name's A records in turn). A TTL-0 name of weight 100 beside an IP target of weight 100 takes half the
+    traffic, however many addresses it has (spec/01-unit/09-balancer/04-round_robin_spec.lua:972-1027)."""
+    names = await serve_names(nursery, {"zero.test": ["127.0.0.2", "127.0.0.3"]}, ttl=0)
+    async with resolving(names):
+        got = await resolved([TargetInfo("zero.test", 80, 100), TargetInfo("127.0.0.9", 80, 100)])
+    assert got == [TargetInfo("127.0.0.9", 80, 100), TargetInfo("zero.test", 80, 100, "zero.test")]
+
+
+async def test_a_ttl_0_name_is_asked_again_after_kongs_ttl0_interval(nursery, autojump_clock):
+    """Kong balancers.lua:26 TTL_0_RETRY = 60 (ttl0Interval): the virtual SRV entry's record lives 60 s, when the
+    name is asked again to see whether its TTL is still 0 (spec/01-unit/09-balancer/01-generic_spec.lua:1762)."""
+    names = await serve_names(nursery, {"zero.test": ["127.0.0.2"]}, ttl=0)
+    async with resolving(names):
+        _, renew = await resolve_targets([TargetInfo("zero.test", 80)])
+    assert renew == dns.TTL0_RETRY_S == 60
+
+
+async def test_a_first_ttl_0_after_a_ttl_is_taken_as_records_and_the_second_as_ttl_0(nursery, autojump_clock):
+    """Kong targets.lua:364-368: TTL 0 counts when the answer before it had TTL 0 too (or there was none), so that a
+    cache counting a TTL down to 0 (lua-resty-dns-client issue 51) does not switch the name to per-request look-ups."""
+    names = await serve_names(nursery, {"zero.test": ["127.0.0.2"]}, ttl=0)
+    ttl0 = {"zero.test": False}  # its answer before had a TTL
+    async with resolving(names):
+        first, _ = await resolve_targets([TargetInfo("zero.test", 80)], ttl0=ttl0)
+        await trio.sleep(1)
+        second, _ = await resolve_targets([TargetInfo("zero.test", 80)], ttl0=ttl0)
+    assert first == [TargetInfo("127.0.0.2", 80, 100, "zero.test")]
+    assert second == [TargetInfo("zero.test", 80, 100, "zero.test")]
+
+
+async def test_two_target_names_resolving_to_one_address_are_two_targets(nursery):
+    """Kong targets.lua:504-530 (queryDns, per target) and balancers.lua:351-387 (addAddress appends to that target's
+    addresses with its weight, and its Host header, setHostHeader balancers.lua:329-348): `one.test:80` and
+    `two.test:80` both at 127.0.0.2 are two addresses, each with its own weight and Host header."""
+    names = await serve_names(nursery, {"one.test": ["127.0.0.2"], "two.test": ["127.0.0.2"]})
+    async with resolving(names):
+        got = await resolved([TargetInfo("one.test", 80, 100), TargetInfo("two.test", 80, 50)])
+    assert sorted((t.name, t.weight) for t in got) == [("one.test/127.0.0.2:80", 100), ("two.test/127.0.0.2:80", 50)]
 
 
 async def test_a_name_whose_server_fails_keeps_its_addresses_for_kongs_stale_ttl(nursery, autojump_clock):
@@ -184,9 +253,9 @@ def test_the_keeper_keeps_one_state_per_address_and_forgets_the_name():
     keeper = Keeper(config("[{target: 'mcp.test:80'}]"), workers=1)
     assert set(keeper.targets) == {"up|mcp.test:80"}
     keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.3", 80, 100, "mcp.test")])
-    assert set(keeper.targets) == {"up|127.0.0.2:80", "up|127.0.0.3:80"}
+    assert set(keeper.targets) == {"up|mcp.test/127.0.0.2:80", "up|mcp.test/127.0.0.3:80"}
     keeper.configure(config("[{target: 'mcp.test:80'}]"))  # a reload: the resolved list stays, the name does not
-    assert set(keeper.targets) == {"up|127.0.0.2:80", "up|127.0.0.3:80"}
+    assert set(keeper.targets) == {"up|mcp.test/127.0.0.2:80", "up|mcp.test/127.0.0.3:80"}
     keeper.configure(config("[{target: '127.0.0.4:80'}]"))  # no name any more: the config's targets again
     assert set(keeper.targets) == {"up|127.0.0.4:80"}
 
@@ -195,21 +264,31 @@ async def test_a_circuit_breaker_covers_each_address_of_a_name_and_no_address_go
     breaker = "plugins:\n  - {name: circuit-breaker, service: s}\n"
     keeper = Keeper(config("[{target: 'mcp.test:80'}]", plugins=breaker), workers=1)
     keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.3", 80, 100, "mcp.test")])
-    assert set(keeper.breakers.describe(0.0)) == {"up|127.0.0.2:80", "up|127.0.0.3:80"}
-    keeper.breakers.force_open("up|127.0.0.2:80", 0.0)
+    assert set(keeper.breakers.describe(0.0)) == {"up|mcp.test/127.0.0.2:80", "up|mcp.test/127.0.0.3:80"}
+    keeper.breakers.force_open("up|mcp.test/127.0.0.2:80", 0.0)
     keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.4", 80, 100, "mcp.test")])
     described = keeper.breakers.describe(0.0)
-    assert set(described) == {"up|127.0.0.2:80", "up|127.0.0.4:80"}
-    assert described["up|127.0.0.2:80"]["state"] == "forced_open"  # an address that stays keeps its breaker
+    assert set(described) == {"up|mcp.test/127.0.0.2:80", "up|mcp.test/127.0.0.4:80"}
+    assert described["up|mcp.test/127.0.0.2:80"]["state"] == "forced_open"  # an address that stays keeps its breaker
     keeper.configure(config("[{target: 'mcp.test:80'}]", plugins=breaker))  # a reload keeps them too
-    assert keeper.breakers.describe(0.0)["up|127.0.0.2:80"]["state"] == "forced_open"
+    assert keeper.breakers.describe(0.0)["up|mcp.test/127.0.0.2:80"]["state"] == "forced_open"
 
 
 def test_the_keepers_target_list_names_the_name_of_each_address():
     keeper = Keeper(config("[{target: 'mcp.test:80'}, {target: '127.0.0.9:80'}]"), workers=1)
     keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.9", 80)])
     listed, _ = keeper.admin("targets", {}, 0.0, 0.0)
-    assert {t["key"]: t.get("name") for t in listed} == {"up|127.0.0.2:80": "mcp.test:80", "up|127.0.0.9:80": None}
+    assert {t["key"]: t.get("name") for t in listed} == {"up|mcp.test/127.0.0.2:80": "mcp.test:80",
+                                                         "up|127.0.0.9:80": None}
+
+
+def test_the_keeper_keeps_two_names_at_one_address_apart():
+    """Kong's checker keys a target by (ip, port, hostname) (healthcheckers.lua:47-55 add_target(ipaddr, port,
+    target.name)): two names at one ip:port are two targets with their own state, and an IP target keeps its
+    `ip:port` spelling."""
+    keeper = Keeper(config("[{target: 'one.test:80'}, {target: 'two.test:80'}]"), workers=1)
+    keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "one.test"), TargetInfo("127.0.0.2", 80, 50, "two.test")])
+    assert set(keeper.targets) == {"up|one.test/127.0.0.2:80", "up|two.test/127.0.0.2:80"}
 
 
 async def test_a_worker_sends_a_names_address_its_name_as_host_and_tls_name():
@@ -219,14 +298,67 @@ async def test_a_worker_sends_a_names_address_its_name_as_host_and_tls_name():
     shared.on_message(p.UpstreamTargets(upstream="up", targets=[TargetInfo("127.0.0.2", 8080, 100, "mcp.test")]))
     (target,) = runtime.services["s"].group.targets
     assert (target.host, target.name, target.host_header, target.server_name) == (
-        "127.0.0.2", "127.0.0.2:8080", b"mcp.test:8080", "mcp.test")
+        "127.0.0.2", "mcp.test/127.0.0.2:8080", b"mcp.test:8080", "mcp.test")
     assert not target.named  # an address: sessions are sealed to it as it is
+
+
+async def test_a_worker_resolves_an_srv_records_target_name_at_each_connection():
+    """Kong balancers.lua addAddress: the address of an SRV record whose target is a name has that name as its `ip`
+    and the configured name as Host (setHostHeader); getAddressPeer resolves it per request (toip). The worker's
+    target is that name, resolved connection by connection (gateway.http.net)."""
+    shared = SharedState("w1", 1)
+    runtime = compile_config(config("[{target: 'svc.test:80'}]"))
+    shared.attach(runtime)
+    shared.on_message(p.UpstreamTargets(upstream="up", targets=[TargetInfo("a.node", 9001, 10, "svc.test")]))
+    (target,) = runtime.services["s"].group.targets
+    assert (target.host, target.name, target.host_header, target.weight) == (
+        "a.node", "svc.test/a.node:9001", b"svc.test:9001", 10)
+    assert target.named  # resolved at each connection, its addresses in turn
+
+
+async def test_an_srv_records_target_name_is_probed_as_one_target_through_the_dns_client(nursery):
+    """Kong healthcheckers.lua:47-55 adds the address with `ip` = the record's target name and hostname = the
+    target's name; lua-resty-healthcheck connects to that `ip`, which Kong's patched cosocket resolves (toip): one
+    health state for the record, probed at one of its target's addresses, with the target's name as Host."""
+    hosts: list[str] = []
+
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            with trio.move_on_after(1):
+                while b"\r\n\r\n" not in head:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    head += chunk
+            hosts.extend(line[5:].strip().decode() for line in head.split(b"\r\n") if line.lower().startswith(b"host:"))
+            try:
+                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            except trio.BrokenResourceError:
+                pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    names = await serve_names(nursery, {"a.node": ["127.0.0.1"]})
+    policy = ActivePolicy(type="http", timeout_s=1.0, healthy_interval_s=0.1, unhealthy_interval_s=0.1,
+                          thresholds=Thresholds(successes=1, http_failures=1))
+    probes: list[tuple[str, str, Event]] = []
+    async with resolving(names):
+        checker = HealthChecker([UpstreamChecks("up", policy, [TargetInfo("a.node", port, 10, "svc.test")])],
+                                lambda *probe: probes.append(probe))
+        await nursery.start(checker.run)
+        with trio.fail_after(5):
+            while not probes:
+                await trio.sleep(0.01)
+    assert probes[0] == ("up", f"svc.test/a.node:{port}", Event.SUCCESS)
+    assert hosts[0] == "svc.test"
 
 
 def test_target_health_metrics_label_an_address_with_its_name_and_a_name_without_one_dns_error():
     prometheus = "plugins:\n  - {name: prometheus, config: {upstream_health_metrics: true}}\n"
     keeper = Keeper(config("[{target: 'mcp.test:80'}, {target: 'gone.test:80'}]", plugins=prometheus), workers=1)
-    keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("gone.test", 80, 100, "gone.test")])
+    keeper.discover("up", [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("gone.test", 80, 0, "gone.test")])
     keeper.sample_metrics()
     states = {(labels[1], labels[2], labels[3]): metric._value.get()
               for labels, metric in KONG_TARGET_HEALTH._metrics.items() if labels[0] == "up"}

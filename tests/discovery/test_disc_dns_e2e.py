@@ -41,4 +41,4 @@ async def test_an_srv_named_target_spreads_by_the_records_weights_to_their_ports
 
 
 async def _two_addresses(node: GatewayNode) -> bool:
-    return len([key for key in await node.targets() if key.startswith("up|127.0.0.1:")]) == 2
+    return len([key for key in await node.targets() if key.startswith("up|svc.test/node.test:")]) == 2

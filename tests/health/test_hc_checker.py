@@ -331,3 +331,47 @@ async def test_an_address_of_a_name_is_probed_with_the_name_as_host(nursery: tri
         while not backend.requests:
             await trio.sleep(0.01)
     assert backend.requests[0][1]["host"] == "mcp.internal"
+
+
+async def _serve_status_by_host(nursery: trio.Nursery, statuses: dict[str, int], hosts: list[str]) -> int:
+    """A backend that answers each request with the status its Host has in `statuses` (200 else), noting the Host."""
+    async def handler(stream: trio.SocketStream) -> None:
+        async with stream:
+            head = b""
+            with trio.move_on_after(1):
+                while b"\r\n\r\n" not in head:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    head += chunk
+            host = next((line[5:].strip().decode() for line in head.split(b"\r\n")[1:]
+                         if line.lower().startswith(b"host:")), "")
+            hosts.append(host)
+            status = statuses.get(host, 200)
+            try:
+                await stream.send_all(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
+            except trio.BrokenResourceError:
+                pass
+
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    nursery.start_soon(trio.serve_listeners, handler, listeners)
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def test_two_names_at_one_address_are_two_targets_each_probed_with_its_name(nursery: trio.Nursery) -> None:
+    """lua-resty-healthcheck keys a target by (ip, port, hostname) (`self.targets[ip][port][hostname]`), and Kong
+    adds each address with its target's name (kong/runloop/balancer/healthcheckers.lua:47-55 `hc:add_target(ipaddr,
+    port, target.name, ...)`): two names at one ip:port are probed each with its own Host and judged apart. Kong's
+    spec/02-integration/05-proxy/10-balancer/01-healthchecks_spec.lua:1893 ("targets that resolve to the same IP"):
+    target2.test goes UNHEALTHY while target1.test stays healthy."""
+    hosts: list[str] = []
+    port = await _serve_status_by_host(nursery, {"target2.test": 503}, hosts)
+    changes = Changes()
+    keeper = await run_checks(nursery, [UpstreamChecks("u", policy(), [])], changes)
+    keeper.checker.update_targets("u", [TargetInfo("127.0.0.1", port, 100, "target1.test"),
+                                        TargetInfo("127.0.0.1", port, 100, "target2.test")])
+    one, two = f"target1.test/127.0.0.1:{port}", f"target2.test/127.0.0.1:{port}"
+    await changes.wait_event(("u", two, False))
+    assert {"target1.test", "target2.test"} <= set(hosts)
+    assert keeper.checker.healthy("u", one) is True and keeper.checker.healthy("u", two) is False
+    assert ("u", one, False) not in changes.events
