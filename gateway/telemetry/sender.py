@@ -161,9 +161,16 @@ class HttpSender:
 
     def __init__(self, endpoint: Endpoint, headers: list[tuple[bytes, bytes]] | None = None, *,
                  connect_timeout: float = 10.0, send_timeout: float = 10.0, read_timeout: float = 10.0,
-                 keepalive: float = 60.0, verify: bool = False) -> None:
+                 keepalive: float = 60.0, verify: bool = False, configured_host: bool = False,
+                 only_200: bool = False) -> None:
+        """`configured_host`: a Host in `headers` is sent in place of the endpoint's (lua-resty-http's rule, which
+        Kong's opentelemetry keeps; http-log drops it). `only_200`: an answer but 200 is a failed send (Kong's
+        opentelemetry export); else any 2xx is delivered."""
         self.endpoint = endpoint
         self.headers = headers or []
+        self.only_200 = only_200
+        host = next((v for n, v in self.headers if n.lower() == b"host"), None) if configured_host else None
+        self.host_header = host if host is not None else endpoint.host_header
         self.connect_timeout = connect_timeout
         self.send_timeout = send_timeout
         self.read_timeout = read_timeout
@@ -179,7 +186,7 @@ class HttpSender:
 
     async def send(self, body: bytes, content_type: bytes, method: bytes = b"POST") -> int:
         """Send one request; returns the 2xx status, or raises SendError."""
-        headers = [(b"host", self.endpoint.host_header), (b"content-type", content_type),
+        headers = [(b"host", self.host_header), (b"content-type", content_type),
                    (b"content-length", b"%d" % len(body)), *self._tail]
         conn, expired = self._pool.take()
         for old in expired:
@@ -199,7 +206,8 @@ class HttpSender:
             except BaseException:
                 await close_quietly(conn.stream)
                 raise
-        if not 200 <= status < 300:  # (the connection is kept when the answer allowed it, as lua-resty-http does)
+        if not 200 <= status < 300 or (self.only_200 and status != 200):  # (the connection is kept when the
+            # answer allowed it, as lua-resty-http does)
             raise SendError(f"{self.endpoint}: the collector answered {status}")
         return status
 

@@ -726,3 +726,17 @@ async def test_peer_hostname_is_kongs_balancer_hostname(nursery, gateway):
                           "plugins": [_zipkin(collector, sample_ratio=1)]})
     assert (await _get(port)).status == 200
     assert (await _received(collector, 3))["GET (proxy)"]["tags"]["peer.hostname"] == "backend.internal"
+
+
+def test_zipkin_a_kong_consumer_tag_from_the_tags_header_stays_without_a_consumer():
+    """Kong: kong/plugins/zipkin/handler.lua:168-185 sets the Zipkin-Tags header's tags on the request span when the
+    trace starts (request_tags.lua takes any name, kong.consumer too), and the log step only sets kong.consumer
+    `if ngx_ctx.authenticated_consumer then` (handler.lua:410-411): with no authenticated consumer a
+    `Zipkin-Tags: kong.consumer=from-header` tag is exported as it came (it was taken away)."""
+    settings = spans.Settings(msgspec.convert({}, ZipkinConfig))
+    facts = spans.Facts(method="GET", path="/", host="example.com", status=200, start=1_000, end=2_000,
+                        node_id="node", request_tags={"kong.consumer": "from-header", "foo": "bar"})
+    request = spans.build(settings, facts, "ab" * 16, 1, None, 2)[-1]
+    assert request.kind == "SERVER"
+    assert request.tags.get("foo") == "bar"
+    assert request.tags.get("kong.consumer") == "from-header", request.tags

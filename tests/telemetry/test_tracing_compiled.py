@@ -217,7 +217,8 @@ def ref_build(s: spans.Settings, f: spans.Facts, trace_id: str, span_id: int, pa
         proxy.set_tag("peer.hostname", f.peer_hostname)
         proxy.ip, proxy.port = f.peer_ip, f.peer_port
     request.set_tag("http.status_code", f.status)
-    request.set_tag("kong.consumer", f.consumer_id)
+    if f.consumer_id is not None:  # handler.lua: `if ngx_ctx.authenticated_consumer then`
+        request.set_tag("kong.consumer", f.consumer_id)
     if s.include_credential and f.credential_id is not None:
         request.set_tag("kong.credential", f.credential_id)
     request.set_tag("kong.node.id", f.node_id)

@@ -144,7 +144,8 @@ class OpenTelemetry:
         self.content_type = content_type.encode() if content_type is not None else otlp.CONTENT_TYPE
         self.sender = HttpSender(Endpoint(config.traces_endpoint or ""), headers,
                                  connect_timeout=config.connect_timeout / 1000,
-                                 send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000)
+                                 send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
+                                 configured_host=True, only_200=True)  # (Kong's utils.lua http_export_request)
         attributes: dict[str, Any] = {"service.name": "kong", "service.version": __version__,
                                       "service.instance.id": node_id}  # Kong's: kong.node.get_id()
         attributes.update(config.resource_attributes or {})

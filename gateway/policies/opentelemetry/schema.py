@@ -97,7 +97,9 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
                 raise ValueError("headers: length must be at least 1")
             if not value:
                 raise ValueError(f"headers: {inline(name)}: length must be at least 1")
-            if any(c in name for c in " :\r\n\t") or any(c in value for c in "\r\n\0"):
+            if problem := header_name_problem(name):  # (the map's keys are Kong's typedefs.header_name)
+                raise ValueError(f"headers: {problem}")
+            if any(c in value for c in "\r\n\0"):
                 raise ValueError(f"headers: invalid header {name!r}")
         for name, value in (self.resource_attributes or {}).items():
             if not name or value == "":

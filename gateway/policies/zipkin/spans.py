@@ -214,7 +214,8 @@ def build(settings: Settings, facts: Facts, trace_id: str, span_id: int, parent_
         proxy.set_tag("peer.hostname", f.peer_hostname)
         proxy.ip, proxy.port = f.peer_ip, f.peer_port
     request.set_tag("http.status_code", f.status)
-    request.set_tag("kong.consumer", f.consumer_id)
+    if f.consumer_id is not None:  # (none: a kong.consumer tag from the tags header stays, as in Kong)
+        request.set_tag("kong.consumer", f.consumer_id)
     if settings.include_credential and f.credential_id is not None:
         request.set_tag("kong.credential", f.credential_id)
     request.set_tag("kong.node.id", f.node_id)
