@@ -176,3 +176,15 @@ def test_with_transform_false_a_password_that_is_not_a_stored_hash_is_refused():
         "kong.yml: consumers[0].basicauth_credentials[0].password: with _transform: false a password is Kong's stored "
         "hash (40 lower-case hex digits: SHA-1 of the password and the consumer id); remove _transform: false to give "
         "the password itself"]
+
+
+async def test_proxy_authorization_spelled_with_an_underscore_is_read_as_kongs_get_header(nursery, gateway):
+    """Kong: kong/plugins/basic-auth/access.lua:177 get_header("proxy-authorization") -> kong/tools/http.lua:561
+    ngx.var.http_proxy_authorization, which matches a `Proxy_Authorization` header line; the credential is valid, so
+    Kong proxies the request as bob (access.lua:181-183, set_consumer)."""
+    routes = [{"paths": ["/"], "plugins": [{"name": "basic-auth", "config": {}}]}]
+    _, port = await start(nursery, gateway, routes, consumers=CONSUMERS)
+    reply = await call(port, headers=[("Proxy_Authorization", basic("bob", "kong"))])
+    seen = upstream(reply)  # asserts 200
+    assert seen["x-consumer-username"] == "bob"
+    assert seen["x-credential-identifier"] == "bob"

@@ -4,6 +4,8 @@ never reached."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from plugin_helpers import (
     call,
@@ -12,6 +14,9 @@ from plugin_helpers import (
     refused,
     start,
 )
+
+from gateway.config import parse_config
+from gateway.runtime import compile_config
 
 
 async def redirect_gateway(nursery, gateway, **config):  # noqa: ANN001,ANN003,ANN201
@@ -72,3 +77,25 @@ async def test_keep_incoming_path_keeps_the_port_and_fragment_and_normalizes_the
 ])
 def test_config_errors_name_the_field(config, message):
     assert message in refused({"name": "redirect", "config": config})
+
+
+SPACED = "https://example.com/some page"
+
+
+def test_a_location_with_a_space_in_its_path_is_accepted_as_kong_accepts_it():
+    """Kong: kong/db/schema/typedefs.lua:205-221 (validate_url: a scheme and a host are all it asks), the type of
+    kong/plugins/redirect/schema.lua:22-27's `location`."""
+    config = parse_config(json.dumps({
+        "services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}],
+        "plugins": [{"name": "redirect", "config": {"location": SPACED}}]}))
+    compile_config(config)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_a_location_with_a_space_is_sent_as_written_or_its_path_replaced(nursery, gateway, keep):
+    """Kong: kong/plugins/redirect/handler.lua:14 (the location as written) or :20-23 (ada's href: the request's
+    path and query in place of the location's), then :31 kong.response.exit(301, "redirecting", {Location=...})."""
+    _, port = await start(nursery, gateway, plugins=[plugin("redirect", location=SPACED, keep_incoming_path=keep)])
+    reply = await call(port, "/x?y=1")
+    assert reply.status == 301
+    assert reply.header("location") == ("https://example.com/x?y=1" if keep else SPACED)

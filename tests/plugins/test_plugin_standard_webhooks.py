@@ -200,3 +200,17 @@ def test_config_errors_name_the_field(config: dict, message: str):
 def test_kongs_defaults():
     config = StandardWebhooksConfig(secret_v1="abc123")
     assert config.tolerance_second == 5 * 60
+
+
+async def test_webhook_headers_past_the_100th_header_line_are_missing(nursery, gateway):
+    """Kong: internal.lua:36 `kong.request.get_headers()` holds only the first 100 lines (pdk/request.lua:664-668),
+    so a webhook whose three headers come after 110 other lines is "missing required headers": 400
+    (internal.lua:40-43)."""
+    _, port = await start(nursery, gateway, [{"paths": ["/"], "plugins": [
+        plugin("standard-webhooks", secret_v1=SECRET)]}])
+    ts = int(time.time())
+    filler = [(f"x-filler-{i}", "v") for i in range(110)]
+    reply = await call(port, "/", [("content-type", "application/json"), *filler, ("webhook-id", MESSAGE_ID),
+                                   ("webhook-timestamp", str(ts)), ("webhook-signature", sign(ts))], "POST", BODY)
+    assert reply.status == 400, (reply.status, reply.body[:200])
+    assert reply.json()["message"] == "Bad request"

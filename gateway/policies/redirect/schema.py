@@ -21,6 +21,7 @@ class RedirectConfig(msgspec.Struct, forbid_unknown_fields=True):
             parts = urlsplit(self.location)
         except ValueError:
             parts = None
-        # Kong's typedefs.url: a scheme and a host ("https://:80" or "https://user@" have none)
-        if parts is None or not parts.scheme or not parts.hostname or " " in self.location:
+        # Kong's typedefs.url: a scheme and a host ("https://:80" or "https://user@" have none); a space is taken
+        # in the path, query or fragment, as LuaSocket's parse takes it (sent as written), not in the host
+        if parts is None or not parts.scheme or not parts.hostname or " " in parts.netloc:
             raise ValueError(f"location: expected a URL with a scheme and a host, got {show(self.location)}")

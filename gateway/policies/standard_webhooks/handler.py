@@ -23,6 +23,7 @@ from gateway.http.server import Exchange
 from gateway.policies.cjson import lua_string as lua_string  # re-exported: response-ratelimiting imports it here
 from gateway.policies.luanumber import tonumber
 from gateway.policies.standard_webhooks.schema import StandardWebhooksConfig
+from gateway.routing.router import MAX_REQ_HEADERS
 
 BODY_LIMIT = 1024 * 1024  # bytes; a longer body is refused as a missing one
 
@@ -54,7 +55,10 @@ class StandardWebhooks:
 
     async def access(self, ex: Exchange) -> bool:
         webhook_id = given = timestamp = None
-        for name, value in ex.request.headers:  # the first of each, as Kong's getHeader takes
+        headers = ex.request.headers
+        if len(headers) > MAX_REQ_HEADERS:
+            headers = headers[:MAX_REQ_HEADERS]  # kong.request.get_headers(): the first 100 lines only
+        for name, value in headers:  # the first of each, as Kong's getHeader takes
             if name[:8] == b"webhook-":
                 if name == b"webhook-id":
                     webhook_id = value if webhook_id is None else webhook_id
