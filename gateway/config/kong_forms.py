@@ -2,7 +2,8 @@
 
 - `_comment` (a string) and `_ignore` (a list) at the top and on every entity, and Kong's `created_at` /
   `updated_at` timestamps (null, or Kong's type: whole seconds, a number of ms on targets; updated_at only on the
-  entities that have one: not on credentials and acls), are annotations: checked and dropped.
+  entities that have one: not on credentials and acls), are annotations: checked and dropped, but for the
+  created_at of services, routes and consumers, which Kong's log entry copies (`loaded_at()` stands for the others).
 - A reference to another entity may be a mapping (`service: {id: ...}` or `{name: ...}`, as decK writes them): it
   becomes the plain id or name.
 - Kong entities and fields the gateway does not build are refused with a message that says so (never "unknown
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from gateway.balancing.registry import ALGORITHMS
@@ -47,6 +49,18 @@ ANNOTATIONS = ("_comment", "_ignore", "created_at", "updated_at")
 # typedefs.auto_timestamp_ms (a number), every other entity's auto_timestamp_s (an integer)
 _NO_UPDATED_AT = frozenset({"jwt_secrets", "keyauth_credentials", "basicauth_credentials", "hmacauth_credentials",
                             "acls"})
+_LOGGED = frozenset({"services", "routes", "consumers"})  # the entities whose timestamps Kong's log entry carries
+
+
+# when this process last prepared a document: DB-less Kong's updated_at of every entity, and the created_at of one
+# the file gives none (kong/db/schema/init.lua:1920-1939, process_auto_fields(input, "insert") at load)
+_loaded_at = int(time.time())
+
+
+def loaded_at() -> int:
+    """The Unix time (seconds, as ngx.time()) of the config this process loaded last."""
+    return _loaded_at
+
 
 _NOT_BUILT = "is not supported by the gateway"
 UNSUPPORTED_SECTIONS = {
@@ -101,6 +115,8 @@ GRPC_WHY = "gRPC needs HTTP/2 to the upstream, and the gateway forwards HTTP/1.1
 def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -> dict[str, Any]:
     """The document with annotations dropped, references made plain and unsupported Kong keys refused (removed, so
     what remains is still checked). Messages are appended to `errors` with their field paths."""
+    global _loaded_at
+    _loaded_at = int(time.time())
     doc = _annotations(raw, "", errors)
     vault_items = doc.pop("vaults", None)
     if isinstance(vault_items, list):
@@ -181,6 +197,8 @@ def _annotations(obj: dict[str, Any], path: str, errors: list[str], section: str
                 errors.append(f"{_join(path, key)}: expected a number (a Unix time)")
             elif section != "targets" and value != int(value):  # Kong's integer: any number equal to its floor
                 errors.append(f"{_join(path, key)}: expected an integer (a Unix time in seconds)")
+            elif key == "created_at" and section in _LOGGED:
+                out[key] = int(value)  # Kong's log entry copies it (updated_at is the load time whatever is given)
         else:
             out[key] = value
     return out

@@ -343,6 +343,7 @@ class Route(Base):
         "response_buffering"})
     name: str | None = None
     service: str | None = None  # implied when nested under a service
+    created_at: int | None = None  # Kong's (whole seconds), as the file gives it; else the load time is logged
     paths: list[str] = []
     methods: list[str] = []
     hosts: list[str] = []
@@ -372,6 +373,7 @@ class Route(Base):
 class Service(Base):
     NULL_REFUSED: ClassVar[frozenset[str]] = frozenset({"protocol", "port", "enabled"})  # Kong's required (decode.py)
     name: str | None = None  # Kong's services need no name: an unnamed one is known by its id (or its path)
+    created_at: int | None = None  # Kong's (whole seconds), as the file gives it; else the load time is logged
     url: str | None = None
     protocol: Literal["http", "https"] = "http"
     host: str | None = None
@@ -400,6 +402,7 @@ class Consumer(Base):
     username: str | None = None
     custom_id: str | None = None
     jwt_secrets: list[JwtSecret] = []
+    created_at: int | None = None  # Kong's (whole seconds), as the file gives it; else the load time is logged
     keyauth_credentials: list[KeyAuthCredential] = []
     basicauth_credentials: list[BasicAuthCredential] = []
     hmacauth_credentials: list[HmacAuthCredential] = []

@@ -28,14 +28,15 @@ _B64 = re.compile(rb"[A-Za-z0-9+/]*")
 class Consumer:
     """One consumer: its identifiers, tags and ACL groups (in config order)."""
 
-    __slots__ = ("id", "username", "custom_id", "tags", "groups", "_anonymous")
+    __slots__ = ("id", "username", "custom_id", "tags", "created_at", "groups", "_anonymous")
 
     def __init__(self, id: str, username: str | None, custom_id: str | None,  # noqa: A002 - Kong's name
-                 tags: tuple[str, ...] = ()) -> None:
+                 tags: tuple[str, ...] = (), created_at: int | None = None) -> None:
         self.id = id
         self.username = username
         self.custom_id = custom_id
         self.tags = tags  # the entity's, as Kong's log serializer copies it
+        self.created_at = created_at  # the file's (None: the load time is logged)
         self.groups: tuple[str, ...] = ()
         self._anonymous: Identity | None = None
 
@@ -132,7 +133,7 @@ class Directory:
         for c in config.consumers:
             if c.id is None:
                 continue
-            consumer = Consumer(c.id, c.username, c.custom_id, tuple(c.tags))
+            consumer = Consumer(c.id, c.username, c.custom_id, tuple(c.tags), c.created_at)
             self.consumers[c.id] = consumer
             self._by_ref.setdefault(c.id, consumer)
             if c.username is not None:

@@ -20,16 +20,16 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from gateway.config.kong_forms import loaded_at
 from gateway.http.codec import NGINX_HOSTS
 from gateway.http.server import REFUSED, ROUTER_PATH, Exchange
 from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
 from gateway.memo import Derived
 from gateway.metrics import wall_offset
+from gateway.telemetry.entities import WORKSPACE_ID, WORKSPACE_NAME
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
 MAX_HEADERS = 100  # Kong's lua_max_req_headers / lua_max_resp_headers: what get_headers() reads by default
-_WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace (DECLARATIVE_DEFAULT_...)
-_WORKSPACE = "default"  # its name
 ORIGINAL_REQUEST = "ai.payload.original_request"  # ex.state: a body ai-prompt-template logs (Kong's serialize key)
 _encode = msgspec.json.Encoder().encode
 _ENTITY = msgspec.json.Decoder(dict[str, Any])
@@ -96,12 +96,12 @@ class LogEntry(msgspec.Struct, gc=False):
     client_ip: str
     started_at: int
     source: str
-    workspace: str = _WORKSPACE_ID
-    workspace_name: str = _WORKSPACE
+    workspace: str = WORKSPACE_ID
+    workspace_name: str = WORKSPACE_NAME
     tries: list[_Try] | UnsetType = UNSET
     route: msgspec.Raw | UnsetType = UNSET
     service: msgspec.Raw | UnsetType = UNSET
-    consumer: dict[str, Any] | UnsetType = UNSET
+    consumer: msgspec.Raw | UnsetType = UNSET
     authenticated_entity: dict[str, str] | UnsetType = UNSET
     correlation_id: str | UnsetType = UNSET
     ai: dict[str, Any] | UnsetType = UNSET
@@ -219,7 +219,7 @@ class Entry:
         consumer = ex.consumer
         if consumer is not None:
             if consumer.id is not None:  # (none: ldap-auth's credential, Kong's kong.client.authenticate(nil, cred))
-                doc.consumer = _consumer(consumer)
+                doc.consumer = _CONSUMERS[consumer.consumer]
             if consumer.credential_id is not None:  # Kong's {id = credential.id, consumer_id = credential.consumer_id}
                 entity = {"id": consumer.credential_id}
                 owner = getattr(consumer, "entity_consumer_id", None)  # only a session's credential table has one
@@ -252,11 +252,14 @@ class Entry:
         return self.json() + b"\n"
 
     def json(self) -> bytes:
-        """The serializer's table as JSON, no newline (what udp-log sends as a datagram); made once, for all the
-        loggers of the request (everything it reads is final once the response is sent)."""
+        """The serializer's table as JSON, no newline (what udp-log sends as a datagram), as lua-cjson writes it
+        (file-log, syslog, http-log, tcp-log, udp-log and loggly encode with OpenResty's cjson, whose
+        encode_escape_forward_slash is on): every "/" as "\\/" ("/" is only ever in a string, so replacing the
+        byte is exact). Made once, for all the loggers of the request (everything it reads is final once the
+        response is sent)."""
         encoded = self._json
         if encoded is None:
-            encoded = self._json = _encode(self.serialize())
+            encoded = self._json = _encode(self.serialize()).replace(b"/", b"\\/")
         return encoded
 
 
@@ -400,14 +403,22 @@ def _tls(tls: Any) -> dict[str, Any]:
     return {"version": tls.version(), "cipher": cipher[0] if cipher else None, "client_verify": "NONE"}
 
 
-def _consumer(consumer: Any) -> dict[str, Any]:
-    """Kong's consumer entity as the serializer copies it: id, username, custom_id, tags (those set)."""
-    out = {k: v for k, v in (("id", consumer.id), ("username", consumer.username),
-                             ("custom_id", consumer.custom_id)) if v is not None}
-    tags = getattr(getattr(consumer, "consumer", None), "tags", None)
-    if tags:
-        out["tags"] = list(tags)
-    return out
+def _consumer(consumer: Any) -> msgspec.Raw:
+    """Kong's consumer entity (gateway.policies.consumers.Consumer) as the serializer copies it: id, username,
+    custom_id, tags (those set) and its created_at / updated_at (kong/db/schema/entities/consumers.lua:10-11, as the
+    declarative loader gave them: the file's created_at, else the load time); no ws_id (key-auth's kong.client.
+    load_consumer selects it without show_ws_id). Its JSON, made on the consumer's first log entry."""
+    out: dict[str, Any] = {k: v for k, v in (("id", consumer.id), ("username", consumer.username),
+                                             ("custom_id", consumer.custom_id)) if v is not None}
+    if consumer.tags:
+        out["tags"] = list(consumer.tags)
+    loaded = loaded_at()
+    out["created_at"], out["updated_at"] = consumer.created_at or loaded, loaded
+    return msgspec.Raw(_encode(out))
+
+
+# a consumer of the config -> its entity's JSON (a Consumer is made once per config load, so is its entry here)
+_CONSUMERS: Derived[Any, msgspec.Raw] = Derived(_consumer, 10_000)
 
 
 def _status_of(code: int) -> int:
@@ -453,8 +464,8 @@ def summary(entry: Entry) -> dict[str, Any]:
         "request": {"size": entry.request_size()},
         "response": {"status": entry.status, "size": ex.sent},
         "latencies": {"kong": round(kong), "proxy": round(proxy), "request": round(request)},
-        "workspace": _WORKSPACE_ID,
-        "workspace_name": _WORKSPACE,
+        "workspace": WORKSPACE_ID,
+        "workspace_name": WORKSPACE_NAME,
     }
     route = ex.route
     if route is not None:

@@ -8,9 +8,10 @@ than a scheduler round late. Formatting happens in that task, off the request pa
 
 For a file that is not a regular file (a pipe, /dev/stdout) a write is atomic only up to PIPE_BUF, so lines are
 written one by one there. `reopen()` (SIGUSR1, as nginx's `reopen`) closes every file, which is opened again by the
-next write: after logrotate has moved it, the next lines go to a new file. A file that cannot be opened or written
-is reported once per reason; its lines are counted as dropped (gateway_log_lines_dropped_total) and lost, never
-waited for.
+next write: after logrotate has moved it, the next lines go to a new file. A batch with a line of file-log's
+`reopen` closes the file first and keeps the one it opens, as Kong's per-path file cache does. A file that cannot be
+opened or written is reported once per reason; its lines are counted as dropped (gateway_log_lines_dropped_total) and
+lost, never waited for.
 
 The same writer serves gateway.access_log, the file-log plugin and any other line log (the MCP audit log):
 `writer_for(path)` returns the process's one writer for a path.
@@ -56,8 +57,10 @@ class LineWriter:
         self._failed: str | None = None  # the last error reported, so a broken file is logged once per reason
 
     def put(self, line: bytes, reopen: bool = False) -> None:
-        """Queue a formatted line (ending with a newline); with `reopen`, the file is opened anew to write it and
-        closed after (file-log's `reopen`, decided by the plugin instance that writes, as Kong decides it)."""
+        """Queue a formatted line (ending with a newline); with `reopen`, the file is opened anew to write it
+        (file-log's `reopen`, decided by the plugin instance that writes, as Kong decides it: kong/plugins/file-log/
+        handler.lua:38-59 closes the path's cached file before the write and keeps the one it opens, which the next
+        write without `reopen` uses)."""
         if not self._pending:
             self._owner.dirty(self)
         self._pending.append((None, line))
@@ -119,8 +122,6 @@ class LineWriter:
             self.close()
         else:
             self._failed = None
-        if reopen:
-            self.close()
         return written
 
     def _write(self, fd: int, lines: list[bytes]) -> int:

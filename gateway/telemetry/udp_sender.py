@@ -7,6 +7,10 @@ answering a datagram makes the socket's next send fail with ECONNREFUSED, and th
 entry from a fresh socket, which never hears of an earlier datagram, so a send refused so is made once more: the
 datagram goes out once, and reaches the collector if it listens again. The host is resolved again after any
 other failure, as a collector that moved would need.
+
+statsd and datadog send a batch with `send_each`, as Kong's statsd logger: a socket that cannot be made (a name
+that does not resolve) fails the batch, which the queue retries; a datagram that fails on the socket is logged and
+lost.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+from collections.abc import Iterable
 
 import trio
 
@@ -39,39 +44,63 @@ class UdpSender:
 
     async def send(self, datagram: bytes) -> None:
         """Send `datagram`; one too large is dropped (logged); raise SendError when it could not be sent."""
+        sock, self._socket = self._socket, None
+        try:
+            if sock is None:
+                sock = await self._open()
+            await self._send_on(sock, datagram)
+        except BaseException:
+            if sock is not None:  # the next send makes a socket anew, resolving the host again
+                sock.close()
+            raise
+        self._keep(sock)
+
+    async def send_each(self, datagrams: Iterable[bytes], plugin: str) -> None:
+        """A batch's datagrams as Kong's statsd logger sends them (statsd, datadog: statsd_logger.lua): the socket is
+        made first, and SendError raised when it cannot be (the name does not resolve: Kong's setpeername fails,
+        its handler returns false and its queue retries the batch); a datagram that then fails is logged, naming
+        `plugin`, and lost, and the next one is sent on the same socket."""
+        sock, self._socket = self._socket, None
+        if sock is None:
+            sock = await self._open()
+        try:
+            for datagram in datagrams:
+                try:
+                    await self._send_on(sock, datagram)
+                except SendError as e:
+                    log.error("%s: failed to send data: %s", plugin, e)  # (the message says where)
+        except BaseException:
+            sock.close()
+            raise
+        self._keep(sock)
+
+    async def _send_on(self, sock: trio.socket.SocketType, datagram: bytes) -> None:
+        """One datagram on a connected socket; one too large is dropped (logged); SendError when it failed."""
         if len(datagram) > MAX_DATAGRAM:
             log.warning("%s: a log entry of %d bytes does not fit in a datagram (at most %d): dropped", self.where,
                         len(datagram), MAX_DATAGRAM)
             return
-        sock, self._socket = self._socket, None
         try:
             with trio.fail_after(self.timeout):
-                if sock is None:
-                    sock = await self._connect()
                 try:
                     await sock.send(datagram)
                 except ConnectionRefusedError:  # an earlier datagram's ICMP error, cleared: this one was not sent
                     self._log_refused()
                     await sock.send(datagram)
         except trio.TooSlowError:
-            if sock is not None:
-                sock.close()
             raise SendError(f"{self.where}: could not send within {self.timeout:g}s") from None
         except OSError as e:
-            if sock is not None:
-                sock.close()
             if e.errno == errno.EMSGSIZE:  # (an IPv6 path, or a smaller limit than MAX_DATAGRAM assumes)
                 log.warning("%s: a log entry of %d bytes does not fit in a datagram: dropped", self.where,
                             len(datagram))
                 return
             raise SendError(f"{self.where}: sending failed: {e.strerror or e}") from None
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
+
+    def _keep(self, sock: trio.socket.SocketType) -> None:
+        """Keep `sock` for the next send, unless a concurrent send kept its own."""
         if self._socket is None:
             self._socket = sock
-        else:  # a concurrent send kept its own
+        else:
             sock.close()
 
     def _log_refused(self) -> None:
@@ -84,19 +113,25 @@ class UdpSender:
                     "unreachable)", self.where, self._refused)
         self._refused_logged, self._refused = now, 0
 
-    async def _connect(self) -> trio.socket.SocketType:
+    async def _open(self) -> trio.socket.SocketType:
+        """A socket connected to host:port (the host resolved); SendError when it cannot be made in time."""
         host, port = self.host, self.port
-        if not is_ip(host):
-            try:
-                host, port = await resolve(host, port)
-            except NameNotResolved as e:
-                raise SendError(f"{self.where}: cannot resolve {self.host}: {e.reason}") from None
-        sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            await sock.connect((host, port))
-        except OSError:
-            sock.close()
-            raise
+            with trio.fail_after(self.timeout):
+                if not is_ip(host):
+                    host, port = await resolve(host, port)
+                sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    await sock.connect((host, port))
+                except BaseException:
+                    sock.close()
+                    raise
+        except NameNotResolved as e:
+            raise SendError(f"{self.where}: cannot resolve {self.host}: {e.reason}") from None
+        except trio.TooSlowError:
+            raise SendError(f"{self.where}: could not connect within {self.timeout:g}s") from None
+        except OSError as e:
+            raise SendError(f"{self.where}: cannot connect: {e.strerror or e}") from None
         return sock
 
     def close(self) -> None:

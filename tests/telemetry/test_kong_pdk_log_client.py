@@ -17,6 +17,7 @@ from test_tel_access_log import log_lines
 from tls_helpers import Pki, https_get
 
 from gateway.config import parse_config
+from gateway.config.kong_forms import loaded_at
 from gateway.http.codec import Request
 from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
@@ -91,7 +92,9 @@ def test_a_credential_entity_gives_an_authenticated_entity_without_consumer_id()
     ex.consumer = _directory().api_keys["secret-key"]
     doc = _serialize(ex)
     assert doc["authenticated_entity"] == {"id": KEY_ID}
-    assert doc["consumer"] == {"id": BOB, "username": "bob", "tags": ["team-a"]}  # the entity, its tags too
+    loaded = loaded_at()  # (the entity's created_at / updated_at: the config's load time)
+    assert doc["consumer"] == {"id": BOB, "username": "bob", "tags": ["team-a"], "created_at": loaded,
+                               "updated_at": loaded}  # the entity, its tags and timestamps too
 
 
 def test_a_session_credential_names_its_consumer():

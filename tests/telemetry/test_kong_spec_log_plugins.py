@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import msgspec
 import pytest
 import trio
-from backends import EchoBackend
+from backends import EchoBackend, request, service
 
 from gateway.config import ConfigError, parse_config
+from gateway.policies.file_log.handler import FileLog
+from gateway.policies.file_log.schema import FileLogConfig
 from gateway.policies.http_log.handler import HttpLog
 from gateway.policies.http_log.schema import HttpLogConfig
 from gateway.runtime import compile_config
 from gateway.telemetry.batch import Queues
+from gateway.telemetry.lines import Lines
 
 SERVICE = "services: [{name: s, url: 'http://127.0.0.1:1', routes: [{name: r, paths: [/]}]}]\n"
 TIMEOUT = 10
@@ -112,3 +116,73 @@ async def test_http_log_basic_credentials_are_the_userinfo_as_written(nursery, u
     URL has it: not percent-decoded, and no ":" added when there is no password."""
     _, authorization = await _sent(nursery, f"http://{userinfo}@127.0.0.1:{{port}}/logs")
     assert authorization == "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+# --- file-log: the line and the file it goes to ----------------------------------------------------------------------
+
+
+async def test_file_log_line_escapes_forward_slashes_as_cjson(nursery, gateway, tmp_path):
+    """kong/plugins/file-log/handler.lua:37 writes cjson.encode(message) with OpenResty's lua-cjson, whose
+    encode_escape_forward_slash is on by default (as for syslog, http-log, tcp-log, udp-log and loggly, which encode
+    the entry with the same cjson): the logged uri /api/x is written `"uri":"\\/api\\/x"`."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "file.log"
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [
+        {"name": "api", "paths": ["/api"], "plugins": [{"name": "file-log", "config": {"path": str(log)}}]}])]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/api/x")).status == 200
+        while not (log.exists() and log.read_text().endswith("\n")):
+            await trio.sleep(0.01)
+    raw = log.read_text()
+    assert '"uri":"\\/api\\/x"' in raw, raw[:200]
+    assert "/" not in raw.replace("\\/", "")
+
+
+class _Entry:
+    """What FileLog defers (Entry.json_line reads entry.json())."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def json(self) -> bytes:
+        return b'{"uuid":"%s"}' % self.text.encode()
+
+
+def test_file_log_logs_are_lost_if_reopen_false_and_the_file_was_removed_after_a_reopen_write(tmp_path):
+    """spec/03-plugins/04-file-log/01-log_spec.lua:536-553 with kong/plugins/file-log/handler.lua:31-59: the worker
+    keeps one file per path for every instance; a reopen = true write closes it, opens the path and keeps the new
+    file; a reopen = false instance then writes to that file, and the removed path is not created again."""
+    path = tmp_path / "file.log"
+    lines = Lines()
+    writer = lines.writer_for(str(path))
+    reopening = FileLog(FileLogConfig(path=str(path), reopen=True), writer)
+    keeping = FileLog(FileLogConfig(path=str(path), reopen=False), writer)
+    try:
+        reopening.log_entry(_Entry("first"))  # type: ignore[arg-type]
+        lines.flush()
+        assert path.read_text() == '{"uuid":"first"}\n'
+        os.remove(path)
+        keeping.log_entry(_Entry("second"))  # type: ignore[arg-type]
+        lines.flush()
+        assert not path.exists()
+    finally:
+        lines.close()
+
+
+def test_file_log_a_reopen_write_recreates_a_removed_file(tmp_path):
+    """kong/plugins/file-log/handler.lua:38-56: with reopen = true the path is opened again before the write
+    (O_CREAT), so a removed file comes back (spec 04-file-log/01-log_spec.lua "reopens file on each request")."""
+    path = tmp_path / "file.log"
+    lines = Lines()
+    writer = lines.writer_for(str(path))
+    reopening = FileLog(FileLogConfig(path=str(path), reopen=True), writer)
+    try:
+        reopening.log_entry(_Entry("first"))  # type: ignore[arg-type]
+        lines.flush()
+        os.remove(path)
+        reopening.log_entry(_Entry("second"))  # type: ignore[arg-type]
+        lines.flush()
+        assert path.read_text() == '{"uuid":"second"}\n'
+    finally:
+        lines.close()

@@ -11,7 +11,12 @@ import trio
 from backends import EchoBackend, request, service, wait_until
 from backends import UdpCollector as Collector
 
+import gateway.telemetry.udp_sender as udp_sender
+from gateway.http.net import NameNotResolved
+from gateway.policies.datadog.handler import Datadog
 from gateway.policies.datadog.schema import DatadogConfig
+from gateway.telemetry.batch import Queues
+from gateway.telemetry.sender import SendError
 
 TIMEOUT = 10
 CONSUMERS = [{"username": "foo", "custom_id": "bar", "id": "4fd6b3d8-6c3e-4a5a-9d09-0b6c1b2a9c01",
@@ -156,10 +161,49 @@ def test_config_errors_name_the_field(config: dict, message: str):
         msgspec.convert(config, DatadogConfig)
 
 
-def test_host_null_without_the_environment_is_refused(monkeypatch):
+def test_null_host_and_port_are_valid_config_without_the_agent_environment(monkeypatch):
+    """spec/03-plugins/08-datadog/02-schema_spec.lua:11-15 "accepts null host and port", with no KONG_DATADOG_*
+    variable set: the agent's address is read when a batch is sent (kong/plugins/datadog/statsd_logger.lua:23-29)."""
     monkeypatch.delenv("KONG_DATADOG_AGENT_HOST", raising=False)
-    with pytest.raises(msgspec.ValidationError, match="KONG_DATADOG_AGENT_HOST, which is not set"):
-        msgspec.convert({"host": None}, DatadogConfig)
+    monkeypatch.delenv("KONG_DATADOG_AGENT_PORT", raising=False)
+    config = msgspec.convert({"host": None, "port": None}, DatadogConfig)
+    assert (config.host, config.port) == (None, None)
+
+
+@pytest.mark.parametrize(("settings", "missing"), [
+    ({"host": None}, "KONG_DATADOG_AGENT_HOST"),
+    ({"host": "127.0.0.1", "port": None}, "KONG_DATADOG_AGENT_PORT"),
+])
+async def test_a_batch_with_no_agent_address_fails_naming_the_plugin_and_what_is_missing(monkeypatch, settings,
+                                                                                          missing):
+    """kong/plugins/datadog/statsd_logger.lua:26-35: with neither the config's host (port) nor the environment's,
+    setpeername fails and so does statsd_logger:new; datadog/handler.lua:51-56 returns false, err and the queue
+    retries the batch (kong/tools/queue.lua). Here the batch's send raises, saying what to set."""
+    monkeypatch.delenv("KONG_DATADOG_AGENT_HOST", raising=False)
+    monkeypatch.delenv("KONG_DATADOG_AGENT_PORT", raising=False)
+    plugin = Datadog(msgspec.convert(settings, DatadogConfig), "p1", Queues())
+    with trio.fail_after(2), pytest.raises(SendError, match=rf"^datadog: .*{missing} is not"):
+        await plugin.send([[b"kong.request.count:1|c|#name:s,status:200"]])
+
+
+async def test_a_batch_whose_agent_name_does_not_resolve_is_failed_to_the_queue(monkeypatch):
+    """kong/plugins/datadog/statsd_logger.lua:26-35 (setpeername cannot resolve the name: no logger) and
+    kong/plugins/datadog/handler.lua:51-56 (send_entries_to_datadog returns false, err): the queue retries the
+    batch. Only a datagram that fails on a made socket is logged and lost."""
+    unresolvable(monkeypatch)
+    config = msgspec.convert({"host": "agent.example.invalid", "port": 8125}, DatadogConfig)
+    plugin = Datadog(config, "p2", Queues())
+    with trio.fail_after(2), pytest.raises(SendError, match="cannot resolve agent.example.invalid"):
+        await plugin.send([[b"kong.request.count:1|c|#name:s,status:200"]])
+
+
+def unresolvable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DNS client answers "name error" for every name (no network needed)."""
+
+    async def resolve(host: str, port: int) -> tuple[str, int]:
+        raise NameNotResolved(host, "3 name error")
+
+    monkeypatch.setattr(udp_sender, "resolve", resolve)
 
 
 def test_kongs_defaults():

@@ -16,13 +16,15 @@ import pytest
 import trio
 from backends import EchoBackend, free_port, request, service, wait_until
 from backends import UdpCollector as Collector
+from test_tel_datadog import unresolvable
 
 from gateway.config import ConfigError, parse_config
-from gateway.policies.statsd.handler import HOSTNAME
+from gateway.policies.statsd.handler import HOSTNAME, Statsd
 from gateway.policies.statsd.lines import Formatter, Packer, rate_suffix
 from gateway.policies.statsd.schema import DEFAULT_METRICS, StatsdConfig
 from gateway.runtime import compile_config
-from gateway.telemetry.batch import QueueConfig
+from gateway.telemetry.batch import QueueConfig, Queues
+from gateway.telemetry.sender import SendError
 
 TIMEOUT = 10
 SERVICE_ID = "0b3f1a52-7c1e-4c55-9d2a-5a1f0c9e7a01"
@@ -548,6 +550,17 @@ async def test_over_tcp_a_batch_whose_connection_failed_is_retried(nursery, gate
     await wait_until(lambda: collector.data, "the retried batch")
     await trio.sleep(0.1)
     assert collector.data == b"kong.service.statsd1.request.count:1|c\n"
+
+
+async def test_over_udp_a_batch_whose_host_does_not_resolve_is_failed_to_the_queue(monkeypatch):
+    """kong/plugins/statsd/statsd_logger.lua:95-109 (setpeername cannot resolve the name: statsd_logger:new fails) and
+    kong/plugins/statsd/log.lua:370-374 (send_entries_to_upstream_server returns false, err): the queue retries the
+    batch (kong/tools/queue.lua). Only a send on a made logger that fails is logged and lost."""
+    unresolvable(monkeypatch)
+    config = msgspec.convert({"host": "statsd.example.invalid", "port": 8125}, StatsdConfig)
+    plugin = Statsd(config, "p1", Queues())
+    with trio.fail_after(2), pytest.raises(SendError, match="cannot resolve statsd.example.invalid"):
+        await plugin.send([b"kong.service.s.request.count:1|c"])
 
 
 # --- the lines, without I/O (log.lua, statsd_logger.lua) ------------------------------------------------------------

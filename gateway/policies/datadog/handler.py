@@ -5,12 +5,14 @@ names a consumer_identifier and the consumer has it, then the metric's own tags.
 request.count 1, latency (request), upstream_latency (proxy, -1 when no upstream answered), kong_latency,
 request.size and response.size. Sent through Kong's queue off the request path; a datagram sent while the agent's
 port is closed is lost, and the batch's other datagrams still go (gateway.telemetry.udp_sender): Kong's send_statsd
-logs a failure and goes on, and its queue never sends the batch again.
+logs a failure and goes on, and its queue never sends the batch again. A batch with no socket to send it on (the
+agent's name does not resolve; no host or port, from the config or the environment) fails, and the queue retries it:
+Kong's statsd_logger:new fails (datadog/statsd_logger.lua:23-35) and datadog/handler.lua:51-56 returns false.
 """
 
 from __future__ import annotations
 
-import logging
+import os
 from typing import Any
 
 from gateway.policies.datadog.schema import DatadogConfig, DatadogMetric
@@ -19,8 +21,6 @@ from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.entry import Entry, summary
 from gateway.telemetry.sender import SendError
 from gateway.telemetry.udp_sender import UdpSender
-
-log = logging.getLogger("gateway.telemetry")
 
 _TYPES = {"gauge": "g", "counter": "c", "timer": "ms", "histogram": "h", "meter": "m", "set": "s",
           "distribution": "d"}
@@ -47,8 +47,9 @@ class Datadog:
     entries = True  # its log step takes the whole Entry (gateway.telemetry.phase)
 
     def __init__(self, config: DatadogConfig, plugin_id: str, queues: Queues = QUEUES) -> None:
-        assert config.host is not None and config.port is not None  # the schema resolved a null
-        self.sender = UdpSender(config.host, config.port)
+        agent = _agent(config.host, config.port)
+        self.sender = UdpSender(*agent) if isinstance(agent, tuple) else None
+        self.no_agent = agent if isinstance(agent, str) else ""  # why there is no sender
         self.metrics = [_Metric(m, config.prefix) for m in config.metrics]
         self.tag_names = (config.service_name_tag + ":", config.status_tag + ":", config.consumer_tag + ":")
         # Kong names the queue after the plugin instance
@@ -82,13 +83,27 @@ class Datadog:
         return out
 
     async def send(self, batch: list[Any]) -> None:
-        """Each datagram of the batch; one that fails is logged and the next is sent (never raises: no retry)."""
-        for lines in batch:
-            for line in lines:
-                try:
-                    await self.sender.send(line)
-                except SendError as e:
-                    log.error("datadog: failed to send data: %s", e)  # (the message says where)
+        """Each datagram of the batch; one that fails is logged and the next is sent. SendError (the queue retries
+        the batch) when there is no agent to send to or no socket could be made."""
+        if self.sender is None:
+            raise SendError(self.no_agent)
+        await self.sender.send_each([line for lines in batch for line in lines], "datadog")
+
+
+def _agent(host: str | None, port: int | None) -> tuple[str, int] | str:
+    """The agent's (host, port): the config's, a null one from the gateway's environment as Kong reads it
+    (statsd_logger.lua:23-29: KONG_DATADOG_AGENT_HOST, tonumber(KONG_DATADOG_AGENT_PORT)); else why there is none."""
+    host = host or os.environ.get("KONG_DATADOG_AGENT_HOST") or None
+    if port is None:
+        text = os.environ.get("KONG_DATADOG_AGENT_PORT", "").strip()
+        port = int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+    if host is None:
+        return ("datadog: no agent host to send the metrics to: the plugin's host is null and KONG_DATADOG_AGENT_HOST "
+                "is not set in the gateway's environment; set one of them")
+    if port is None:
+        return ("datadog: no agent port to send the metrics to: the plugin's port is null and KONG_DATADOG_AGENT_PORT "
+                "is not a port number in the gateway's environment; set one of them")
+    return host, port
 
 
 def _consumer_id(consumer: dict[str, Any], identifier: str) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Literal
 
 import msgspec
@@ -45,7 +44,8 @@ def _default_metrics() -> list[DatadogMetric]:
 
 
 class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
-    # null: the agent named by KONG_DATADOG_AGENT_HOST / KONG_DATADOG_AGENT_PORT in the gateway's environment
+    # null: the agent named by KONG_DATADOG_AGENT_HOST / KONG_DATADOG_AGENT_PORT in the gateway's environment, read
+    # when a batch is sent (kong/plugins/datadog/statsd_logger.lua:23-29): valid config whatever the environment
     host: str | None = "localhost"
     port: Port | None = 8125
     prefix: NonEmpty = "kong"
@@ -61,17 +61,8 @@ class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
     retry_count: int | None = None
 
     def __post_init__(self) -> None:
-        if self.host is None:
-            self.host = os.environ.get("KONG_DATADOG_AGENT_HOST")
-            if not self.host:
-                raise ValueError("host: null takes the agent's host from KONG_DATADOG_AGENT_HOST, which is not set")
-        check_host("host", self.host)
-        if self.port is None:
-            text = os.environ.get("KONG_DATADOG_AGENT_PORT", "")
-            if not text.isdigit() or not 0 < int(text) < 65536:
-                raise ValueError("port: null takes the agent's port from KONG_DATADOG_AGENT_PORT, which is not a port "
-                                 f"({show(text) if text else 'not set'})")
-            self.port = int(text)
+        if self.host is not None:
+            check_host("host", self.host)
         if self.retry_count is not None:
             raise ValueError("retry_count: it no longer works in Kong 3.x; use queue.max_retry_time")
         apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)

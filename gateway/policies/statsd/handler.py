@@ -3,25 +3,22 @@ to a statsd server over UDP (a datagram per line, or lines combined up to `udp_p
 newline), off the request path through Kong's queue (`queue`; Kong's queue of a statsd instance is its own, named by
 the plugin's id, and so is it here).
 
-As in Kong: over UDP a line sent while the server's port is closed is lost, the batch is never sent again
-(gateway.telemetry.udp_sender); over TCP a batch whose connection could not be made is retried as the queue says (Kong's
-logger fails to connect and its queue retries the batch). The batch's lines go in one write, so a write that fails
-is retried too, where Kong logs it and goes on: after a connection was made, that is rare."""
+As in Kong: a batch whose socket could not be made (over UDP, a host name that does not resolve; over TCP, a
+connection that could not be made) is retried as the queue says (Kong's logger fails to connect, statsd/log.lua:370-374
+returns false and its queue retries the batch); over UDP a line sent while the server's port is closed is lost, the
+batch is never sent again (gateway.telemetry.udp_sender). Over TCP the batch's lines go in one write, so a write that
+fails is retried too, where Kong logs it and goes on: after a connection was made, that is rare."""
 
 from __future__ import annotations
 
-import logging
 import socket
 
 from gateway.policies.statsd.lines import Formatter, Packer
 from gateway.policies.statsd.schema import StatsdConfig
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
 from gateway.telemetry.entry import Entry, summary
-from gateway.telemetry.sender import SendError
 from gateway.telemetry.tcp_sender import TcpSender
 from gateway.telemetry.udp_sender import UdpSender
-
-log = logging.getLogger("gateway.telemetry")
 
 HOSTNAME = socket.gethostname().replace(".", "_")  # Kong's node hostname with dots as "_", read once
 TCP_TIMEOUT_S = 1.0  # statsd_logger.lua: sock:settimeout(1000) to connect and send
@@ -64,16 +61,8 @@ class Statsd:
             await self.sender.send(b"".join(line + b"\n" for line in lines))  # raises SendError: retried
             return
         packer = Packer(self.packet_size)
-        for line in lines:
-            datagram = packer.add(line)
-            if datagram is not None:
-                await self._send_datagram(self.sender, datagram)
+        datagrams = [datagram for line in lines if (datagram := packer.add(line)) is not None]
         datagram = packer.flush()
         if datagram is not None:
-            await self._send_datagram(self.sender, datagram)
-
-    async def _send_datagram(self, sender: UdpSender, datagram: bytes) -> None:
-        try:
-            await sender.send(datagram)
-        except SendError as e:
-            log.error("statsd: failed to send data: %s", e)  # (the message says where)
+            datagrams.append(datagram)
+        await self.sender.send_each(datagrams, "statsd")  # raises SendError when no socket could be made: retried
