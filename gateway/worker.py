@@ -9,6 +9,7 @@ then only collects them, each exiting as soon as its drain is over (never by its
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import os
@@ -32,6 +33,7 @@ from gateway.http.server import ServerSettings, serve_listener
 from gateway.http.tls import quiet_bad_server_names
 from gateway.http.tls_contexts import ServerTls
 from gateway.keeper.state import Keeper
+from gateway.node import logfile
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
 from gateway.pipeline.forward import Forwarder
@@ -103,7 +105,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     ctx = zmq.Context() if bus is not None else None
     stops = (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL) if parent is not None else (signal.SIGTERM, signal.SIGINT)
     try:
-        with trio.open_signal_receiver(*stops) as signals:
+        with trio.open_signal_receiver(*stops) as signals, contextlib.ExitStack() as reopening:
             async with dns.serving(gw), trio.open_nursery() as nursery:
                 nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
@@ -111,6 +113,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 nursery.start_soon(forwarder.streams.run_forever)
                 nursery.start_soon(settings.connections.timers.expire_forever)
                 await nursery.start(telemetry.run)
+                reopening.enter_context(logfile.also_on_signal())  # SIGUSR1: gateway.log_file too, not just access logs
                 for service in runtime.background:  # policies' background work (ai-mcp-oauth2's JWKS refresh)
                     nursery.start_soon(service)
                 if parent is not None:

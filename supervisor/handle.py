@@ -1,7 +1,7 @@
 """The owner's side of a supervisor: requests travel to its loop through the inbox and wait for the reply."""
 
 import contextlib
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Collection, Hashable, Sequence
 from typing import cast
 
 import trio
@@ -19,10 +19,12 @@ Request = Callable[[SupervisorCore], list[Action]]
 class Handle:
     """The owner's side of a running supervisor: OTP's dynamic supervisor API, plus stop()."""
 
-    def __init__(self, name: str, inbox: trio.MemorySendChannel[object], stopped: trio.Event) -> None:
+    def __init__(self, name: str, inbox: trio.MemorySendChannel[object], stopped: trio.Event,
+                 running: Callable[[], Collection[ChildRef]] = tuple) -> None:
         self.name = name
         self._inbox = inbox
         self._stopped = stopped
+        self._running = running
 
     async def start_child(self, spec_or_args: ChildSpec | Sequence[object]) -> ChildRef:
         """Add and start a child (simple_one_for_one: the template with extra args); its ref."""
@@ -43,6 +45,12 @@ class Handle:
     async def which_children(self) -> list[ChildInfo[ChildRef]]:
         """Every child with its id, ref (os_pid, started_at, value), state, type and restart count."""
         return cast(list[ChildInfo[ChildRef]], await self._call(lambda core: [Reply(core.which_children())]))
+
+    def running_children(self) -> list[ChildRef]:
+        """The children whose task or process runs at this moment, one being started or stopped included, read
+        without a request: answered at once while the supervisor is busy (which_children waits, as OTP's does).
+        For signalling them; what the policy holds is which_children's."""
+        return [ref for ref in self._running() if ref.reason is None]
 
     async def count_children(self) -> ChildCounts:
         """Counts of specs, running children, supervisors and workers."""

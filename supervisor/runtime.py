@@ -67,7 +67,8 @@ class _Runtime:
         self._core = SupervisorCore(spec.flags, spec.children, trio.current_time, spec.name)
         self._send, self._inbox = trio.open_memory_channel[object](math.inf)
         self._stopped = trio.Event()
-        self._handle = Handle(spec.name, self._send, self._stopped)
+        self._running: set[ChildRef] = set()  # refs started and not yet exited (Handle.running_children)
+        self._handle = Handle(spec.name, self._send, self._stopped, self._running.copy)
         self._call: Call | None = None
 
     async def run(self, task_status: trio.TaskStatus[Handle]) -> object:
@@ -143,9 +144,11 @@ class _Runtime:
 
     async def _start(self, start: Start) -> list[Action]:
         ref = _make_ref(start)
+        self._running.add(ref)
         try:
             await self._nursery.start(ref.run, self._on_exit)
         except Exception as exc:
+            self._running.discard(ref)
             return self._core.start_failed(start.key, exc)
         return self._core.started(start.key, ref)
 
@@ -162,6 +165,7 @@ class _Runtime:
         return actions
 
     def _on_exit(self, ref: ChildRef, reason: object) -> None:
+        self._running.discard(ref)
         self._post(_Exited(ref, reason))
 
     def _post(self, message: object) -> None:

@@ -522,3 +522,121 @@ def running_etcd(workdir: Path) -> Iterator[EtcdProcess]:
         proc.stop()
 
 
+
+
+# ---- a daemonised gateway driven by signals (tests/test_ops_*.py) ---------------------------------------------------
+
+
+class HoldingBackend:
+    """A thread-per-connection HTTP/1.1 backend: `/slow` answers 200 after `hold_s` seconds, anything else at once
+    (Connection: close); for blocking tests, where the Trio `Backend` would need a nursery."""
+
+    def __init__(self, hold_s: float) -> None:
+        import socket
+        import threading
+
+        self.hold_s = hold_s
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            try:
+                head = conn.recv(65536)
+                if b" /slow" in head.split(b"\r\n", 1)[0]:
+                    time.sleep(self.hold_s)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.server.close()
+
+
+def blocking_get(port: int, path: str = "/", timeout: float = 15) -> int:
+    """One GET on a new connection; its status code (0: closed without an answer)."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        head = sock.recv(65536)
+    return int(head.split(b" ", 2)[1]) if head else 0
+
+
+def request_in_flight(port: int, path: str = "/slow") -> tuple[Any, list[int]]:
+    """A GET running in a thread, with the backend once this returns (after 0.5 s); (thread, [its status code])."""
+    import threading
+
+    codes: list[int] = []
+
+    def run() -> None:
+        try:
+            codes.append(blocking_get(port, path))
+        except OSError:
+            codes.append(-1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    return thread, codes
+
+
+def start_daemonised(gw: GatewayNode) -> int:
+    """`gateway start` (daemonised: its processes log to run/gateway.log); the root's pid."""
+    out = gw.cli("start", "--config", str(gw.config), timeout=40)
+    assert out.returncode == 0, out.stderr + gw.log()[-2000:]
+    root = gw.root_pid()
+    assert root is not None
+    gw.root = root
+    gw.pids.add(root)
+    gw.pids.update(descendants_of(root))
+    return root
+
+
+def descendants_of(pid: int) -> list[int]:
+    from gateway.node.root import descendants
+
+    return descendants(pid)
+
+
+def process_name(pid: int) -> str:
+    """/proc/PID/comm: `gateway worker`, `gateway keeper`, ... ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def has_exited(pid: int) -> bool:
+    """Gone, or a zombie (the test's own child, or a subreaper's, not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except OSError:
+        return True
+
+
+def becomes_true(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Whether `predicate()` became true within `timeout` seconds (blocking)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def admin_now(gw: GatewayNode, cmd: str, timeout: float = 20, **args: Any) -> Any:
+    """One admin command, blocking; the reply (ok, result, error)."""
+    return admin_call(f"ipc://{gw.dir / 'run' / 'admin.sock'}", cmd, {k: str(v) for k, v in args.items()}, timeout)

@@ -637,7 +637,7 @@ async def test_health_checks_answer_from_the_last_listing_while_the_root_is_busy
     without a discovery process, while the incarnation listed runs; one that has exited since is asked of the root,
     for SUPERVISOR_ANSWER_S at most, as `status` asks."""
 
-    class Busy:  # a root supervisor retiring a generation: it answers once the drain is over
+    class Busy:  # a root supervisor starting a child (a reload's new generation): it answers once that is done
         async def which_children(self):
             await trio.sleep_forever()
 
@@ -660,9 +660,9 @@ async def test_health_checks_answer_from_the_last_listing_while_the_root_is_busy
 
 
 async def test_health_stays_200_with_discovery_while_a_reload_drains_the_old_generation(tmp_path):
-    """A reload's drain keeps the root supervisor busy (terminate_child of workers@G lasts it): /health, its
-    discovery check included, answers from the tree as the root last listed it (with the discovery process the
-    reload restarted) instead of waiting for the root and timing out, which made it 503 for every drain."""
+    """While a reload's old generation drains, /health, its discovery check included, answers at once, with the
+    discovery process the reload restarted (the retired generation drains beside the root supervisor, which never
+    waits for it; and a busy root is answered for from its last listing), so a drain never makes it 503."""
     backend, upstream = Backend("a"), trio.CancelScope()  # (cancelled: the slow request ends, and the drain)
 
     async def serve_backend(task_status: trio.TaskStatus[int]) -> None:

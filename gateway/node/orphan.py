@@ -23,6 +23,8 @@ import signal
 
 import trio
 
+from gateway.node import logfile
+
 PARENT_CHECK_S = 0.5
 ROOT_PID_ENV = "GATEWAY_ROOT_PID"
 
@@ -52,9 +54,11 @@ _GROUP_SIGNALS = {signal.SIGINT, signal.SIGHUP, signal.SIGQUIT}
 
 def parent_or_exit() -> int:
     """The parent pid to watch; exit at once if the root already died (we were re-parented). Blocks SIGINT, SIGHUP
-    and SIGQUIT (what a terminal or a dropped session sends the whole process group: the root alone acts on them):
-    called first thing by every child of the root, before any thread starts (they inherit the mask)."""
+    and SIGQUIT (what a terminal or a dropped session sends the whole process group: the root alone acts on them),
+    and follows the log file through rotations (SIGUSR1, relayed by the root: gateway.node.logfile): called first
+    thing by every child of the root, before any thread starts (they inherit the mask)."""
     signal.pthread_sigmask(signal.SIG_BLOCK, _GROUP_SIGNALS)
+    logfile.follow()
     parent = os.getppid()
     root = os.environ.get(ROOT_PID_ENV)
     if parent == 1 or (root is not None and root.isdigit() and int(root) != parent):

@@ -7,11 +7,20 @@ serving untouched; a good one starts generation G+1 on the same listener slots, 
 finish their in-flight requests and SSE streams (up to drain_timeout).
 A retired generation's workers, and on a graceful stop every worker, are told to drain all at once (RETIRE_SIGNAL, as
 nginx's master sends SIGQUIT to every worker); their supervisor's shutdown, one worker after another, then only
-collects them: one drain_timeout for them all, never one per worker.
+collects them: one drain_timeout for them all, never one per worker. A retired generation leaves the root supervisor
+at once (gateway.node.generation) and a task of the root's nursery waits for its drain, so the root supervisor goes on
+restarting children and starting generations meanwhile, as nginx's master goes on with its loop.
+A graceful stop also closes the root's listening sockets at once (the workers close theirs as they start to drain):
+new connections are refused, not queued for no one (as nginx's master and workers close theirs on SIGQUIT).
+SIGUSR1 (nginx's reopen): the root reopens gateway.log_file (its stderr, when daemonised) and relays the signal to
+its other processes, which reopen it and the access logs (gateway.node.logfile). SIGUSR2 (nginx's binary upgrade) is
+ignored with a warning: restart the gateway to run an upgraded version.
+Signals are handled at once, whatever the supervisors are busy with: nothing on their path asks a supervisor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -36,9 +45,10 @@ from gateway.config.loader import read_config_text
 from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
-from gateway.node import tree
+from gateway.node import logfile, tree
 from gateway.node.admin import serve_admin
 from gateway.node.files import PID_MODE, lock_run_dir, make_run_dir, write_atomically
+from gateway.node.generation import Generation
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint, keeper_state_file
@@ -68,7 +78,7 @@ log = logging.getLogger("gateway.node")
 
 KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets", "proxy-cache"})  # answered by the state keeper
 # `status` and `workers` wait this long for a supervisor busy starting or stopping a child (the root, while a reload
-# starts the new generation or the old one drains), then show the children it last listed
+# starts the new generation or a worker's start takes seconds), then show the children it last listed
 SUPERVISOR_ANSWER_S = 0.5
 
 
@@ -103,9 +113,9 @@ class Node:
         self._reload_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.fork_server: ForkServer | None = None
-        # Each generation's workers supervisor until it is retired, asked directly: the root is busy for as long as
-        # it retires a generation (its terminate_child lasts the drain), and must not delay telling the others.
-        self._generations: dict[int, Handle | None] = {}  # (None: not known yet)
+        # Every generation whose workers run: the serving one and those still draining (until their supervisor
+        # has stopped). Their workers are signalled from here, without asking any supervisor.
+        self._generations: dict[int, Generation] = {}
         self._last_listed: dict[str, list[ChildInfo[ChildRef]]] = {}  # supervisor id -> the children it last listed
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
@@ -150,6 +160,7 @@ class Node:
                 raise StartupError(f"gateway.bus: {in_use(endpoint, _root_of(holder), 'gateway.bus')}")
         self.keeper = KeeperLink(ctx, bus)
         os.environ[ROOT_PID_ENV] = str(os.getpid())  # children check it is their parent (orphan.py)
+        logfile.adopt(gw.log_file)  # when our stderr is the log file, SIGUSR1 reopens it in every process
         self.fork_server = ForkServer()
         try:
             return await self._serve(text, config, admin)
@@ -166,8 +177,7 @@ class Node:
 
     async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
         self.generation = 1
-        self._generations[1] = None
-        first = self._generation_spec(1, text, config)
+        first = self._generation(1, text, config)
         current = self._write_current(text)
         spawner = self._spawner()
         children = [tree.keeper_spec(current, self.worker_count(config), config, spawner),
@@ -190,7 +200,7 @@ class Node:
                             config_text=lambda: current_config_text(self.run_dir))
             children.append(ChildSpec("status", partial(serve_status, app, host, port, backlog=backlog,
                                                         reuseport=reuseport), shutdown=5000))
-        children.append(first)
+        children.append(first.child_spec())
         if gw.registration is not None:
             children.append(ChildSpec("registration", partial(run_registration, gw.registration, gw),
                                       shutdown=6000))
@@ -199,6 +209,8 @@ class Node:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                first.nursery = nursery
+                self._generations[1] = first
                 try:
                     self.root = await nursery.start(serve, tree.root_spec(config, children))
                 except StartError as e:
@@ -216,13 +228,18 @@ class Node:
                     self.ready(f"pid {os.getpid()}, {self.worker_count(config)} workers")
                 await self._stop.wait()
                 if self._forced:
-                    await self._kill_everything()
+                    self._kill_everything()
                 else:
-                    log.info("stopping: workers drain for up to %gs", config.gateway.drain_timeout)
-                    for generation in list(self._generations):  # (those being retired were told already)
-                        await self._signal_workers(RETIRE_SIGNAL, generation)
+                    log.info("stopping: workers drain for up to %gs; new connections are refused",
+                             config.gateway.drain_timeout)
+                    for generation in self._generations.values():
+                        if not generation.retiring:  # (those were told already)
+                            generation.signal_workers(RETIRE_SIGNAL)
+                    self.slots.stop_listening()
                     with trio.move_on_after(config.gateway.drain_timeout + 10):
                         await self.root.stop()
+                        for generation in list(self._generations.values()):  # retiring: their _retire stops them
+                            await generation.wait_stopped()
                 nursery.cancel_scope.cancel()
         except* RestartIntensityExceeded as group:
             log.critical("root supervisor gave up: more than %d restarts in %ds (last: %s); the gateway exits",
@@ -242,32 +259,40 @@ class Node:
         return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
 
     async def _signals(self) -> None:
+        """Each signal as it comes, none awaiting anything: a busy supervisor never holds up the next signal."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                                       signal.SIGUSR1) as signals:
+                                       signal.SIGUSR1, signal.SIGUSR2) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
-                elif signum == signal.SIGUSR1:  # nginx's reopen: the workers reopen their log files
-                    await self._signal_workers(signal.SIGUSR1)
+                elif signum == signal.SIGUSR1:
+                    self._reopen()
+                elif signum == signal.SIGUSR2:  # nginx's binary upgrade: its default action would kill the root
+                    log.warning("SIGUSR2: ignoring it (nginx's binary upgrade): this gateway does not replace its "
+                                "own code; restart it to run an upgraded version")
                 elif self._stop.is_set():
                     log.warning("second %s: forcing the stop", signal.Signals(signum).name)
                     self._forced = True
-                    await self._kill_everything()  # the graceful stop in progress now ends at once
+                    self._kill_everything()  # the graceful stop in progress now ends at once
                 else:
                     log.info("%s: graceful stop", signal.Signals(signum).name)
                     self._stop.set()
 
-    async def _signal_workers(self, signum: signal.Signals, generation: int | None = None) -> None:
-        """Send `signum` to every running worker (of `generation` only, when given), all at once."""
-        infos = await self._all_workers() if generation is None else await self._workers_of(generation)
-        for info in infos:
-            if info.pid is not None and info.pid.os_pid:
-                try:
-                    os.kill(info.pid.os_pid, signum)
-                except ProcessLookupError:
-                    pass
+    def _reopen(self) -> None:
+        """nginx's reopen: gateway.log_file here, then SIGUSR1 to every other process (they reopen it, and the
+        workers their access logs), draining ones included, as nginx signals its exiting workers too."""
+        path = logfile.reopen()
+        log.info("SIGUSR1: reopening log files%s", f" ({path} and the access logs)" if path else "")
+        root = self.root
+        if root is not None:
+            for ref in root.running_children():  # keeper, health, discovery, zygote (the others are tasks here)
+                if ref.os_pid and ref.started_at is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(ref.os_pid, signal.SIGUSR1)
+        for generation in self._generations.values():
+            generation.signal_workers(signal.SIGUSR1)
 
-    async def _kill_everything(self) -> None:
+    def _kill_everything(self) -> None:
         """SIGKILL every process below the root: found in /proc, not asked of the supervisor, which is busy with the
         graceful stop a forced one cuts short (and would answer only once it is over)."""
         for pid in descendants(os.getpid()):
@@ -301,7 +326,7 @@ class Node:
                 await root.start_child(spec)
             except Exception as e:
                 log.error("reload: %s did not start on the new config: %s", spec.id, e)
-        self._last_listed["root"] = await root.which_children()  # what listed_child answers while the old one drains
+        self._last_listed["root"] = await root.which_children()  # what listed_child answers while the root is busy
 
     async def child(self, child_id: str) -> ChildInfo[ChildRef] | None:
         """The root's child `child_id`, if it has one."""
@@ -311,7 +336,7 @@ class Node:
 
     async def listed_child(self, child_id: str) -> ChildInfo[ChildRef] | None:
         """The root's child `child_id` as the root last listed it, while that incarnation still runs: for the status
-        server, which must not wait for the root, busy for a whole drain while a reload retires a generation. Only
+        server, which must not wait for the root, busy for as long as it starts a child (a new generation). Only
         when it has exited since is the root asked (its restart, or its last listing after SUPERVISOR_ANSWER_S)."""
         if self.root is None:
             return None
@@ -326,19 +351,15 @@ class Node:
         return await self._workers_of(self.generation)
 
     async def _workers_of(self, generation: int) -> list[ChildInfo[ChildRef]]:
-        """The workers of `generation`, asked of its supervisor (found through the root only when not known)."""
-        handle = self._generations.get(generation)
-        if handle is not None:
-            try:
-                return await handle.which_children()
-            except SupervisorNotRunning:
-                pass  # the root restarted it (its restart intensity was exceeded): ask the root for the new one
-        info = await self.child(f"workers@{generation}")
-        if info is None or info.pid is None or not isinstance(info.pid.value, Handle):
+        """The workers of `generation`, asked of its supervisor (none while the root restarts it)."""
+        known = self._generations.get(generation)
+        handle = known.handle if known is not None else None
+        if handle is None:
             return []
-        if generation in self._generations:
-            self._generations[generation] = info.pid.value
-        return await info.pid.value.which_children()
+        try:
+            return await handle.which_children()
+        except SupervisorNotRunning:
+            return []  # it has just given up: the root is restarting it
 
     def _write_current(self, text: str) -> str:
         """The config the keeper reads (at start, on reload_config, and after a restart); 0600."""
@@ -346,8 +367,8 @@ class Node:
         write_atomically(path, text)
         return path
 
-    def _generation_spec(self, generation: int, text: str, config: Config) -> Any:
-        """Write the config snapshot the generation's workers load, and its supervisor spec."""
+    def _generation(self, generation: int, text: str, config: Config) -> Generation:
+        """Write the config snapshot the generation's workers load; the generation, to be started by the root."""
         snapshot = os.path.join(self.run_dir, f"config.gen{generation}.yaml")
         write_atomically(snapshot, text)
         addresses = listen_addresses(config)
@@ -355,7 +376,8 @@ class Node:
         workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config,
                                     self._spawner())
                    for i in range(count)]
-        return tree.workers_supervisor(generation, workers, config)
+        return Generation(generation, tree.workers_supervisor(generation, workers, config),
+                          drain_timeout=config.gateway.drain_timeout + tree.SHUTDOWN_MARGIN_MS / 1000)
 
     async def reload(self, config_path: str | None = None) -> dict[str, Any]:
         """Apply the config file again (or `config_path`, which it then runs from): the new generation accepts before
@@ -369,6 +391,8 @@ class Node:
                 raise
 
     async def _reload(self, path: str) -> dict[str, Any]:
+        if self._stop.is_set():
+            raise AdminCommandError("the gateway is stopping; start it again to run this config")
         try:
             text, config = load_validated(path)
         except ConfigError as e:
@@ -381,12 +405,14 @@ class Node:
             raise AdminCommandError(f"config rejected, still serving the previous one: {e.strerror}") from None
         old = self.generation
         new = old + 1
+        generation = self._generation(new, text, config)
+        generation.nursery = self._nursery
         try:
-            ref = await self.root.start_child(self._generation_spec(new, text, config))  # type: ignore[union-attr]
+            await self.root.start_child(generation.child_spec())  # type: ignore[union-attr]
         except Exception as e:
             raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
                 from None
-        self._generations[new] = ref.value if isinstance(ref.value, Handle) else None
+        self._generations[new] = generation
         previous = self.config
         self.generation = new
         self.config = config
@@ -403,7 +429,7 @@ class Node:
         for key in restart_needed:
             log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
         log.info("reload: generation %d accepting; generation %d draining", new, old)
-        self._nursery.start_soon(self._retire, old, addresses)  # type: ignore[union-attr]
+        self._nursery.start_soon(self._retire, self._generations[old], addresses)  # type: ignore[union-attr]
         return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
 
     async def _reload_logged(self) -> None:
@@ -412,20 +438,33 @@ class Node:
         except AdminCommandError:
             pass  # logged by reload
 
-    async def _retire(self, generation: int, addresses: list[tuple[str, int]]) -> None:
-        """Tell every worker of `generation` to drain, together; then its supervisor collects them as they finish."""
+    async def _retire(self, generation: Generation, addresses: list[tuple[str, int]]) -> None:
+        """Tell every worker of `generation` to drain, together; take it out of the root supervisor at once (its
+        link lets go); then wait here, not in the root supervisor, for its supervisor to collect them as they
+        finish, and kill what is left past the drain's deadline."""
         root = self.root
         assert root is not None
-        await self._signal_workers(RETIRE_SIGNAL, generation)
-        self._generations.pop(generation, None)
-        await root.terminate_child(f"workers@{generation}")
-        await root.delete_child(f"workers@{generation}")
-        self._last_listed.pop(f"workers@{generation}", None)
-        self._last_listed["root"] = [i for i in self._last_listed.get("root", []) if i.id != f"workers@{generation}"]
-        _remove(os.path.join(self.run_dir, f"config.gen{generation}.yaml"))
-        if generation == self.generation - 1:
+        generation.retiring = True
+        generation.signal_workers(RETIRE_SIGNAL)
+        try:
+            await root.terminate_child(generation.id)  # (at once: a retiring link does not wait for the drain)
+            await root.delete_child(generation.id)
+        except SupervisorNotRunning:
+            pass  # the root is stopping (its shutdown stops the link just as fast)
+        self._last_listed.pop(generation.id, None)
+        self._last_listed["root"] = [i for i in self._last_listed.get("root", []) if i.id != generation.id]
+        with trio.move_on_after(generation.drain_timeout) as deadline:
+            await generation.stop()
+        if deadline.cancelled_caught:
+            log.warning("generation %d: still draining %gs after its retirement; killing what is left",
+                        generation.number, generation.drain_timeout)
+            generation.kill()
+            await generation.stop()
+        self._generations.pop(generation.number, None)
+        _remove(os.path.join(self.run_dir, f"config.gen{generation.number}.yaml"))
+        if generation.number == self.generation - 1:
             self.slots.retain_only(addresses)
-        log.info("generation %d has stopped", generation)
+        log.info("generation %d has stopped", generation.number)
 
     # ---- admin --------------------------------------------------------------------------------------------------
 
@@ -454,15 +493,6 @@ class Node:
         raise AdminCommandError(f"unknown command {cmd!r}; try: status, reload, stop, workers, "
                                 f"{', '.join(sorted(KEEPER_COMMANDS))}")
 
-    async def _all_workers(self) -> list[ChildInfo[ChildRef]]:
-        if self.root is None:
-            return []
-        out = []
-        for info in await self.root.which_children():
-            if info.pid is not None and isinstance(info.pid.value, Handle):
-                out += await info.pid.value.which_children()
-        return out
-
     async def _listed(self, key: str, handle: Handle) -> tuple[list[ChildInfo[ChildRef]], bool]:
         """The supervisor's children; while it is busy starting or stopping a child (it answers between operations,
         as OTP's do), those it last listed, and True."""
@@ -476,7 +506,7 @@ class Node:
         return self._last_listed.get(key, []), True
 
     async def _listed_workers(self) -> list[ChildInfo[ChildRef]]:
-        """Every worker, for `workers`: as _all_workers, without waiting for a busy supervisor."""
+        """Every worker of the generations in the root's tree, for `workers`, without waiting for a busy supervisor."""
         if self.root is None:
             return []
         out = []

@@ -15,6 +15,7 @@ SO_REUSEPORT, that nothing else listens there. A second gateway learns the first
 from __future__ import annotations
 
 import errno
+import os
 import socket
 import struct
 
@@ -81,6 +82,20 @@ class ListenerSlots:
         for addr in list(self._claims):
             if addr not in addresses:
                 self._claims.pop(addr).close()
+
+    def stop_listening(self) -> None:
+        """A graceful stop: close this process's copy of every listening socket now, so that once the draining
+        workers have closed theirs new connections are refused instead of queued for no one (nginx's
+        ngx_close_listening_sockets on SIGQUIT). Each descriptor number stays taken (by /dev/null) until close(),
+        so a worker started meanwhile cannot inherit another file under it; the claims stay too (close())."""
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for socks in self._sockets.values():
+                for sock in socks:
+                    if sock.fileno() >= 0:
+                        os.dup2(null, sock.fileno(), inheritable=False)
+        finally:
+            os.close(null)
 
     def close(self) -> None:
         self.retain_only([])

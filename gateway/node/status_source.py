@@ -17,7 +17,7 @@ KEEPER_TIMEOUT_S = 0.5
 
 class NodeStatus(BaseStatusSource):
     """Each check answers from state the root already has, or one short question to the keeper; none waits for the
-    root supervisor, which a reload keeps busy while the old generation drains."""
+    root supervisor, which a reload keeps busy while it starts the new generation."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
@@ -46,7 +46,7 @@ class NodeStatus(BaseStatusSource):
         return CheckResult("healthy", {"keeper": health["incarnation"], "workers_connected": health["workers_seen"]})
 
     async def discovery(self) -> CheckResult:
-        child = await self.node.listed_child("discovery")  # (never waits for a root busy with a drain)
+        child = await self.node.listed_child("discovery")  # (never waits for a busy root)
         if child is None:
             return CheckResult("healthy", {"note": "no discovery configured"})
         if child.pid is None or not child.pid.os_pid or child.pid.reason is not None:  # (reason: it has exited)

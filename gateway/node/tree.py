@@ -6,7 +6,8 @@
      ├─ health      OS process: `gateway health`, active checks (when an upstream has them)
      ├─ discovery   OS process: `gateway discovery`, etcd / Consul watches (when an upstream has them)
      ├─ status      Trio task in the root: hypercorn serving /health /ready /live /metrics on status_listen
-     └─ workers@G   one_for_one supervisor of generation G (a reload starts G+1 beside it, then retires G)
+     └─ workers@G   one_for_one supervisor of generation G (a reload starts G+1 beside it, then retires G: it leaves
+          │         the root at once, and drains in the root's nursery: gateway.node.generation)
           ├─ worker-1   OS process: `gateway worker`, inheriting its listener slots
           └─ worker-N
      └─ registration  Trio task in the root: the gateway's own entry in Consul or etcd (when configured)
@@ -15,12 +16,11 @@
 from __future__ import annotations
 
 import sys
-from functools import partial
 
 from gateway.config import Config
 from gateway.discovery.service import discovered_upstreams
 from gateway.node.zygote import needed_libraries
-from supervisor import ChildSpec, ChildType, Process, Restart, Strategy, SupervisorSpec, SupFlags, serve
+from supervisor import ChildSpec, Process, Restart, Strategy, SupervisorSpec, SupFlags
 from supervisor.forkserver import ForkServer
 
 SHUTDOWN_MARGIN_MS = 5000  # beyond drain_timeout, before a draining worker is killed
@@ -71,12 +71,11 @@ def needs_discovery(config: Config) -> bool:
     return bool(discovered_upstreams(config))
 
 
-def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> ChildSpec:
+def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config) -> SupervisorSpec:
+    """workers@G's own spec; the root's child workers@G is its link (gateway.node.generation: permanent, supervisor)."""
     gw = config.gateway
-    spec = SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, gw.worker_restart_intensity, gw.worker_restart_period_s),
+    return SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, gw.worker_restart_intensity, gw.worker_restart_period_s),
                           workers, name=f"workers@{generation}")
-    return ChildSpec(f"workers@{generation}", partial(serve, spec), restart=Restart.PERMANENT,
-                     type=ChildType.SUPERVISOR)
 
 
 def root_spec(config: Config, children: list[ChildSpec]) -> SupervisorSpec:

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway.metrics import release_metric_files
+from gateway.node import logfile
 from supervisor.zygote import Entry, serve, set_process_name
 
 WARM_UP_CONFIG = "_format_version: '3.0'\nservices: [{name: s, url: 'http://127.0.0.1:1', routes: [{paths: [/]}]}]\n"
@@ -74,6 +75,7 @@ def run_zygote(control_fd: int, libraries: Sequence[str] = ()) -> int:
     reaches the whole process group: the zygote leaves them to the root, which stops it last."""
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGQUIT):  # (also sent to the group: the root's alone)
         signal.signal(signum, signal.SIG_IGN)
+    logfile.follow()  # SIGUSR1 (relayed by the root): what it writes goes to the rotated log file's successor
     preload(libraries)
     release_metric_files()
     set_process_name("gateway zygote")

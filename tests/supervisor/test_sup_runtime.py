@@ -325,3 +325,36 @@ async def test_log_messages_are_only_formatted_when_emitted(caplog: pytest.LogCa
         assert len(runs) == 2
         await handle.stop()
     assert formatted == []
+
+
+async def test_running_children_are_answered_at_once_while_the_supervisor_is_busy_stopping_one(
+    autojump_clock: object,
+) -> None:
+    """which_children waits while the supervisor stops a child (OTP's supervisor answers between operations);
+    running_children, for signalling them, reads the children whose task runs at once, the one being stopped
+    included, and leaves out each as soon as it has exited."""
+
+    async def slow_to_stop(*, task_status: trio.TaskStatus[str]) -> None:
+        task_status.started("slow")
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(10)
+
+    workers = Workers()
+    spec = SupervisorSpec(SupFlags(), [workers.spec("a"), ChildSpec("slow", slow_to_stop, shutdown=60000)], "root")
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(serve, spec)
+        nursery.start_soon(handle.terminate_child, "slow")
+        await trio.sleep(1)  # "slow" is stopping: the supervisor is busy for 9 s more
+        with trio.move_on_after(1) as waited:
+            await handle.which_children()
+        assert waited.cancelled_caught
+        began = trio.current_time()
+        assert sorted(ref.value for ref in handle.running_children()) == ["a", "slow"]
+        assert trio.current_time() == began
+        await trio.sleep(10)
+        assert [ref.value for ref in handle.running_children()] == ["a"]
+        await handle.stop()
+    assert handle.running_children() == []

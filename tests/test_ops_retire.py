@@ -1,0 +1,205 @@
+"""A reload's old generation drains beside the root supervisor, not inside it (real processes: `gateway start`,
+then `gateway reload` while a request holds the old worker): the root supervisor goes on starting generations and
+restarting children meanwhile, and the root goes on handling signals.
+
+nginx's master never waits for old workers: on SIGHUP it starts new workers and signals the old ones
+(src/os/unix/ngx_process_cycle.c, ngx_master_process_cycle: `if (ngx_reconfigure)` ... ngx_start_worker_processes,
+ngx_signal_worker_processes(cycle, NGX_SHUTDOWN_SIGNAL)), and every later signal (reopen, reload, respawn on SIGCHLD
+through ngx_reap_children) is handled at the next turn of the same loop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from e2e_helpers import (
+    GatewayNode,
+    HoldingBackend,
+    admin_now,
+    becomes_true,
+    blocking_get,
+    descendants_of,
+    process_name,
+    request_in_flight,
+    start_daemonised,
+)
+
+from gateway.bus.admin_client import AdminUnavailable
+from gateway.node.generation import Generation
+from supervisor import ChildSpec, Strategy, SupervisorSpec, SupFlags, serve
+
+HOLD_S = 5.0  # the request that keeps generation 1 draining
+
+
+@pytest.fixture
+def backend() -> Iterator[HoldingBackend]:
+    backend = HoldingBackend(HOLD_S)
+    yield backend
+    backend.close()
+
+
+def _gateway(tmp_path: Path, backend: HoldingBackend, **gateway: Any) -> Iterator[GatewayNode]:
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "read_timeout": 30000,
+                         "routes": [{"paths": ["/"]}]}]}
+    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None, drain_timeout=10, **gateway)
+    try:
+        yield gw
+    finally:
+        if gw.root:
+            gw.pids.update(descendants_of(gw.root))
+        gw.cleanup()
+
+
+@pytest.fixture
+def gw(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from _gateway(tmp_path, backend)
+
+
+@pytest.fixture
+def gw_with_access_log(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from _gateway(tmp_path, backend, access_log=True)
+
+
+def _reload(gw: GatewayNode) -> None:
+    reply = admin_now(gw, "reload", timeout=30)
+    assert reply.ok, reply.error
+
+
+def test_a_second_reload_starts_its_generation_while_the_first_ones_old_workers_still_drain(gw):
+    """`kong reload` is nginx's SIGHUP (kong/cmd/reload.lua): a reload during another's drain starts new workers at
+    once; it never waits for the draining ones (nor, with an SSE stream held, for drain_timeout)."""
+    start_daemonised(gw)
+    thread, codes = request_in_flight(gw.port)  # generation 1 drains it for HOLD_S
+    _reload(gw)  # generation 2 accepts; generation 1 drains
+    _reload(gw)  # generation 3
+    assert thread.is_alive(), "the second reload returned only once generation 1's drain was over"
+    assert blocking_get(gw.port) == 200
+    thread.join(timeout=15)
+    assert codes == [200]
+
+
+def test_sigusr1_during_a_drain_reopens_the_access_log_at_once(gw_with_access_log):
+    """nginx's master handles SIGUSR1 at once, whatever old workers do (ngx_master_process_cycle: `if (ngx_reopen)`
+    -> ngx_reopen_files, ngx_signal_worker_processes(cycle, NGX_REOPEN_SIGNAL)): after logrotate's rename, the
+    serving workers write into a new access.log while the old generation still drains."""
+    gw = gw_with_access_log
+    root = start_daemonised(gw)
+    log_path = gw.dir / "run" / "access.log"
+    thread, codes = request_in_flight(gw.port)
+    _reload(gw)
+    assert blocking_get(gw.port) == 200  # generation 2's worker has the access log open
+    assert becomes_true(lambda: log_path.exists() and log_path.read_text().count("\n") >= 1, 3)
+    os.rename(log_path, gw.dir / "run" / "access.log.1")
+    os.kill(root, signal.SIGUSR1)
+
+    def reopened() -> bool:
+        assert blocking_get(gw.port) == 200
+        return log_path.exists() and log_path.stat().st_size > 0
+
+    assert becomes_true(reopened, 2.5, interval=0.2), "requests are still logged to the rotated access.log.1"
+    assert thread.is_alive()  # (all of it while generation 1 drained)
+    thread.join(timeout=15)
+    assert codes == [200]
+
+
+def test_a_keeper_killed_during_a_drain_is_restarted_at_once(gw):
+    """An OTP supervisor restarts a crashed permanent child as soon as it sees the exit; nginx's master respawns a
+    dead process at the next turn of its loop (ngx_process_cycle.c: `if (ngx_reap)` -> ngx_reap_children ->
+    ngx_spawn_process), old workers draining or not: the bus (rate limits, breakers, targets) is back in
+    milliseconds, not after the drain."""
+    root = start_daemonised(gw)
+    keeper = next((p for p in descendants_of(root) if process_name(p) == "gateway keeper"), None)
+    assert keeper is not None, [(p, process_name(p)) for p in descendants_of(root)]
+    thread, codes = request_in_flight(gw.port)
+    _reload(gw)
+    gw.pids.update(descendants_of(root))
+    os.kill(keeper, signal.SIGKILL)
+
+    def keeper_back() -> bool:
+        try:
+            return bool(admin_now(gw, "breakers", timeout=1).ok)
+        except AdminUnavailable:
+            return False
+
+    assert becomes_true(keeper_back, 2.5, interval=0.1), "the keeper was not restarted while generation 1 drained"
+    assert thread.is_alive()
+    thread.join(timeout=15)
+    assert codes == [200]
+
+
+# ---- the link between the root supervisor and a generation (gateway.node.generation), with task children ----------
+
+
+def _generation(stop_s: float = 10.0, crashes: list[int] | None = None) -> Generation:
+    """Generation 1 with one task worker that takes `stop_s` to stop (a drain), or that crashes at start of each
+    run while `crashes` holds anything (intensity 1 / 5 s)."""
+
+    async def worker(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        if crashes:
+            crashes.pop()
+            raise RuntimeError("crashed")
+        try:
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(stop_s)
+
+    spec = SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, 1, 5), [ChildSpec("worker-1", worker, shutdown=60000)],
+                          name="workers@1")
+    return Generation(1, spec, drain_timeout=30)
+
+
+async def test_a_retired_generation_leaves_the_root_supervisor_at_once_and_drains_beside_it(autojump_clock):
+    """Retiring: the root supervisor's terminate_child of workers@G returns at once (it is free for the next
+    request); the generation's own supervisor then collects its draining worker, awaited in the root's nursery."""
+    generation = _generation()
+    async with trio.open_nursery() as nursery:
+        generation.nursery = nursery
+        root = await nursery.start(serve, SupervisorSpec(children=[generation.child_spec()], name="root"))
+        began = trio.current_time()
+        generation.retiring = True
+        await root.terminate_child("workers@1")
+        await root.delete_child("workers@1")
+        assert trio.current_time() == began
+        assert len(generation.workers()) == 1  # still draining
+        await generation.stop()
+        assert trio.current_time() - began == pytest.approx(10)
+        assert generation.workers() == []
+        await root.stop()
+
+
+async def test_a_generation_stopped_by_the_root_is_waited_for_as_a_supervisor_child(autojump_clock):
+    """The root's own shutdown (a graceful stop) waits for the generation's, as for a supervisor child with an
+    `infinity` shutdown (so the children started before it, the keeper among them, stop after its workers)."""
+    generation = _generation()
+    async with trio.open_nursery() as nursery:
+        generation.nursery = nursery
+        root = await nursery.start(serve, SupervisorSpec(children=[generation.child_spec()], name="root"))
+        began = trio.current_time()
+        await root.stop()
+        assert trio.current_time() - began == pytest.approx(10)
+        assert generation.workers() == []
+
+
+async def test_a_generation_giving_up_is_restarted_by_the_root_with_a_new_supervisor(autojump_clock):
+    """OTP's escalation: past its intensity the generation's supervisor exits, its link exits with that reason, and
+    the root restarts it (counting it against its own intensity) with a new supervisor."""
+    crashes = [1, 1]  # two crashes in a second: more than intensity 1
+    generation = _generation(stop_s=0, crashes=crashes)
+    async with trio.open_nursery() as nursery:
+        generation.nursery = nursery
+        root = await nursery.start(serve, SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, 3, 5),
+                                                         [generation.child_spec()], name="root"))
+        first = generation.handle
+        await trio.sleep(1)
+        (link,) = await root.which_children()
+        assert link.restart_count == 1 and link.pid is not None and link.pid.value is generation.handle
+        assert generation.handle is not first and len(generation.workers()) == 1
+        await root.stop()

@@ -1,0 +1,90 @@
+"""Signals to the root of a daemonised gateway (real processes): SIGUSR1 reopens gateway.log_file in every process,
+SIGUSR2 is ignored.
+
+nginx: on SIGUSR1 the master runs ngx_reopen_files (src/core/ngx_cycle.c), which reopens every open file, the
+error_log included, and ends with ngx_log_redirect_stderr so that stderr follows the reopened error log, and signals
+its workers to do the same (ngx_process_cycle.c, `if (ngx_reopen)`); Kong's logrotate recipe is that SIGUSR1. The
+master catches SIGUSR2 (src/os/unix/ngx_process.c, the signals[] table, NGX_CHANGEBIN_SIGNAL): a binary upgrade, or
+", ignoring" when it cannot do one; it never dies of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    GatewayNode,
+    HoldingBackend,
+    admin_now,
+    becomes_true,
+    blocking_get,
+    descendants_of,
+    has_exited,
+    process_name,
+    start_daemonised,
+)
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[GatewayNode]:
+    backend = HoldingBackend(0)
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "routes": [{"paths": ["/"]}]}]}
+    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None)
+    try:
+        yield gw
+    finally:
+        if gw.root:
+            gw.pids.update(descendants_of(gw.root))
+        gw.cleanup()
+        backend.close()
+
+
+def _stderr_of(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/fd/2")
+    except OSError:
+        return ""  # (gone meanwhile)
+
+
+def test_sigusr1_reopens_the_log_file_in_every_process_after_logrotate_moved_it(gw):
+    """logrotate without copytruncate: rename, then `kill -USR1` the root. The root and each of its processes
+    (keeper, zygote, workers) write to a new run/gateway.log from then on; what is logged next (a reload) is in it."""
+    root = start_daemonised(gw)
+    log_path = gw.dir / "run" / "gateway.log"
+    rotated = gw.dir / "run" / "gateway.log.1"
+    processes = [root, *(p for p in descendants_of(root) if process_name(p) != "gateway spare")]
+    assert {process_name(p) for p in processes} >= {"gateway keeper", "gateway worker"}
+    assert all(_stderr_of(p) == str(log_path) for p in processes)
+    os.rename(log_path, rotated)
+    os.kill(root, signal.SIGUSR1)
+
+    def moved_on() -> bool:
+        return all(_stderr_of(p) in (str(log_path), "") for p in processes)
+
+    assert becomes_true(moved_on, 3), {process_name(p): _stderr_of(p) for p in processes}
+    reply = admin_now(gw, "reload")
+    assert reply.ok, reply.error
+    assert becomes_true(lambda: "generation 2 accepting" in log_path.read_text(), 3), rotated.read_text()[-500:]
+    assert "SIGUSR1: reopening log files" in log_path.read_text()
+    assert "generation 2 accepting" not in rotated.read_text()
+    new_worker = next(p for p in descendants_of(root) if process_name(p) == "gateway worker" and p not in processes)
+    assert _stderr_of(new_worker) == str(log_path)  # (forked from a zygote whose stderr predates the rotation)
+
+
+def test_sigusr2_to_the_root_is_ignored_and_says_so(gw):
+    """SIGUSR2's default action would end the root with no drain or cleanup. The gateway does no binary upgrade
+    (README: restart it to run an upgraded version), so the root logs that it ignores it and serves on, its workers
+    untouched (SIGUSR2 is also the root's RETIRE_SIGNAL to workers: never relayed)."""
+    root = start_daemonised(gw)
+    workers = [p for p in descendants_of(root) if process_name(p) == "gateway worker"]
+    os.kill(root, signal.SIGUSR2)
+    assert becomes_true(lambda: "SIGUSR2: ignoring it" in gw.log(), 3), gw.log()[-1500:]
+    assert not has_exited(root)
+    assert blocking_get(gw.port) == 200
+    assert [p for p in descendants_of(root) if process_name(p) == "gateway worker"] == workers
+    assert "draining" not in gw.log()
+    assert gw.cli("status", timeout=20).returncode == 0

@@ -1,0 +1,119 @@
+"""A graceful stop of a daemonised gateway (real processes), with a request in flight: new connections are refused
+at once, and the signals that come meanwhile are handled at once.
+
+nginx: on SIGQUIT the master signals the workers and closes its listening sockets at once
+(src/os/unix/ngx_process_cycle.c, ngx_master_process_cycle: `if (ngx_quit) { ngx_signal_worker_processes(cycle,
+NGX_SHUTDOWN_SIGNAL); ngx_close_listening_sockets(cycle); ...}`), and so does each worker (ngx_worker_process_cycle,
+`if (ngx_quit)` ... ngx_close_listening_sockets); `kong quit` (kong/cmd/quit.lua) is that SIGQUIT. The master's loop
+handles each signal flag at its next turn, also during a graceful stop: `if (ngx_reopen)` (ngx_reopen_files,
+NGX_REOPEN_SIGNAL to the workers) and `if (ngx_terminate)` (SIGTERM, then SIGKILL, to the workers).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_helpers import (
+    GatewayNode,
+    HoldingBackend,
+    becomes_true,
+    descendants_of,
+    has_exited,
+    request_in_flight,
+    start_daemonised,
+)
+
+
+def _gateway(tmp_path: Path, hold_s: float) -> Iterator[GatewayNode]:
+    backend = HoldingBackend(hold_s)
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "read_timeout": 30000,
+                         "routes": [{"paths": ["/"]}]}]}
+    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None, drain_timeout=10)
+    try:
+        yield gw
+    finally:
+        if gw.root:
+            gw.pids.update(descendants_of(gw.root))
+        gw.cleanup()
+        backend.close()
+
+
+@pytest.fixture
+def gw(tmp_path: Path) -> Iterator[GatewayNode]:
+    yield from _gateway(tmp_path, 3.0)
+
+
+@pytest.fixture
+def gw_held_long(tmp_path: Path) -> Iterator[GatewayNode]:
+    yield from _gateway(tmp_path, 6.0)
+
+
+def _connect_and_ask(port: int) -> str:
+    """What a new client sees: refused, answered, closed, reset, or left hanging (no answer within 2 s)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+            sock.settimeout(2)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            try:
+                head = sock.recv(65536)
+            except TimeoutError:
+                return "hanging"
+            except ConnectionResetError:
+                return "reset"
+            return f"answered {head[:12]!r}" if head else "closed"
+    except ConnectionRefusedError:
+        return "refused"
+
+
+def test_a_graceful_stop_refuses_new_connections_while_the_in_flight_request_finishes(gw):
+    """The root and the workers close their listening sockets as the stop begins: a client connecting then is
+    refused at once (and can try another instance), not queued in an accept queue no one reads until the drain
+    ends; the request in flight is still answered."""
+    root = start_daemonised(gw)
+    thread, codes = request_in_flight(gw.port)
+    os.kill(root, signal.SIGTERM)
+    assert becomes_true(lambda: "new connections are refused" in gw.log(), 2)
+    time.sleep(0.2)  # (the worker closes its copy when it starts to drain)
+    assert _connect_and_ask(gw.port) == "refused"
+    assert thread.is_alive()  # (still draining)
+    thread.join(timeout=15)
+    assert codes == [200], "the in-flight request was cut by the graceful stop"
+    assert becomes_true(lambda: has_exited(root), 10)
+
+
+def test_sigusr1_during_a_graceful_stop_lets_the_stop_finish_cleanly(gw):
+    """logrotate's nightly SIGUSR1 landing during a stop reopens the log files and the stop goes on: the root ends
+    with "gateway stopped", no traceback."""
+    root = start_daemonised(gw)
+    thread, codes = request_in_flight(gw.port)
+    os.kill(root, signal.SIGTERM)
+    time.sleep(0.3)
+    os.kill(root, signal.SIGUSR1)
+    assert becomes_true(lambda: has_exited(root), 15), "the root did not exit"
+    thread.join(timeout=15)
+    assert codes == [200]
+    log = gw.log()
+    assert "SIGUSR1: reopening log files" in log
+    assert "Traceback" not in log and "gateway stopped" in log, log[-1500:]
+
+
+def test_a_second_sigterm_after_a_sigusr1_still_forces_the_stop_at_once(gw_held_long):
+    """README: a second SIGTERM forces the stop. A SIGUSR1 before it is handled at once and holds nothing up."""
+    gw = gw_held_long
+    root = start_daemonised(gw)
+    thread, _ = request_in_flight(gw.port)
+    os.kill(root, signal.SIGTERM)
+    time.sleep(0.3)
+    os.kill(root, signal.SIGUSR1)
+    time.sleep(0.2)
+    os.kill(root, signal.SIGTERM)
+    forced = time.monotonic()
+    assert becomes_true(lambda: has_exited(root), 2), f"the root ran {time.monotonic() - forced:.1f}s more"
+    assert "second SIGTERM: forcing the stop" in gw.log()
+    thread.join(timeout=15)
