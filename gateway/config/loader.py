@@ -633,7 +633,7 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         for i, value in enumerate(values):
             if value == "":
                 errors.append(f"{where}.headers.{key_part(name)}[{i}]: must not be empty (a header's value to match)")
-            elif value.startswith("~*") and (problem := regex_problem(value[2:].encode(), re.IGNORECASE)):
+            elif value.startswith("~*") and (problem := regex_problem(value[2:], header=True)):
                 errors.append(f"{where}.headers.{key_part(name)}[{i}]: invalid regex {show(value[2:])}: {problem}")
 
 

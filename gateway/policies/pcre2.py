@@ -20,10 +20,15 @@ LIBRARY = "libpcre2-8.so.0"
 # Kong's nginx_http_lua_regex_match_limit default (kong/templates/kong_defaults.lua), lua_regex_match_limit in nginx
 MATCH_LIMIT = 100000
 ANCHORED = 0x80000000  # PCRE2_ANCHORED: ngx.re's "a" flag
+# compile options a route regex takes to be read as Rust's regex crate reads it (gateway.routing.kong_regex)
+UTF = 0x00080000  # PCRE2_UTF: the pattern and subjects are UTF-8 text, matched by characters
+UCP = 0x00020000  # PCRE2_UCP: \w, \d, \s, \b and POSIX classes by Unicode properties
+DOLLAR_ENDONLY = 0x00000010  # PCRE2_DOLLAR_ENDONLY: `$` is the end of the subject only (not before a final \n)
 _ERROR_NOMATCH = -1
 _ERROR_MATCHLIMIT = -47
 _JIT_COMPLETE = 0x1
 _CONFIG_JIT = 1
+_INFO_CAPTURECOUNT, _INFO_NAMECOUNT, _INFO_NAMEENTRYSIZE, _INFO_NAMETABLE = 4, 17, 18, 19
 
 
 class PcreMatchError(Exception):
@@ -49,6 +54,8 @@ class _Lib:
         self.data_free = _fn(dll, "pcre2_match_data_free_8", None, [p])
         self.code_free = _fn(dll, "pcre2_code_free_8", None, [p])
         self.error_message = _fn(dll, "pcre2_get_error_message_8", i, [i, ctypes.c_char_p, size])
+        self.pattern_info = _fn(dll, "pcre2_pattern_info_8", i, [p, u32, p])
+        self.ovector = _fn(dll, "pcre2_get_ovector_pointer_8", p, [p])
         context = _fn(dll, "pcre2_match_context_create_8", p, [p])(None)
         if not context:
             raise MemoryError("pcre2_match_context_create failed")
@@ -159,3 +166,44 @@ class Regex:
 
     def __repr__(self) -> str:
         return f"Regex({self.pattern!r})"
+
+
+class CaptureRegex(Regex):
+    """A Regex whose search also gives where each of its groups matched (`groups` of them, besides the whole match),
+    and the numbers of its named groups (`names`): a route regex's captures."""
+
+    __slots__ = ("groups", "names", "_ovector")
+
+    def __init__(self, pattern: str | bytes, options: int = 0) -> None:
+        super().__init__(pattern, options)
+        lib = _lib()
+        count = ctypes.c_uint32(0)
+        lib.pattern_info(self._code, _INFO_CAPTURECOUNT, ctypes.byref(count))
+        self.groups: int = count.value
+        self.names: dict[str, int] = _names(lib, self._code)
+        # (the match block's offsets, read in place: the block lives as long as this object)
+        self._ovector = (ctypes.c_size_t * (2 * self.groups + 2)).from_address(lib.ovector(self._data))
+
+    def find(self, subject: bytes) -> list[int] | None:
+        """The start and end offsets of the whole match and of each group (UNSET for a group that took no part) when
+        the pattern finds `subject`, else None: also when PCRE2 fails, the match limit reached (bounded work, for a
+        caller that has no error to report) or a UTF pattern's subject not UTF-8."""
+        if self._match(self._code, subject, len(subject), 0, 0, self._data, self._context) >= 0:
+            return self._ovector[:]  # (a match: the match block holds every group)
+        return None
+
+
+UNSET = ctypes.c_size_t(-1).value  # PCRE2_UNSET: the offsets of a group that took no part in the match
+
+
+def _names(lib: _Lib, code: int) -> dict[str, int]:
+    """A compiled pattern's named groups, name -> number (PCRE2's name table: 2 bytes of number, then the name)."""
+    count, size, table = ctypes.c_uint32(0), ctypes.c_uint32(0), ctypes.c_void_p(0)
+    lib.pattern_info(code, _INFO_NAMECOUNT, ctypes.byref(count))
+    if not count.value:
+        return {}
+    lib.pattern_info(code, _INFO_NAMEENTRYSIZE, ctypes.byref(size))
+    lib.pattern_info(code, _INFO_NAMETABLE, ctypes.byref(table))
+    raw = ctypes.string_at(table.value or 0, count.value * size.value)
+    entries = (raw[i:i + size.value] for i in range(0, len(raw), size.value))
+    return {e[2:].split(b"\0", 1)[0].decode(): int.from_bytes(e[:2], "big") for e in entries}

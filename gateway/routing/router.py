@@ -23,16 +23,17 @@ matches it on any listener.
 
 Kong 3.x's router takes the path (when a route has paths) as UTF-8 text: a request whose normalized path is not gets
 no route (Kong logs the router's error and answers 404). A route's header name is the header
-with `_` read as `-` (as ngx.req.get_headers() reads names, and only in the first MAX_REQ_HEADERS lines), and a `~*`
-header value is a regex lower-cased whole (escapes too), searched in the lower-cased request value.
+with `_` read as `-` (as ngx.req.get_headers() reads names, and only in the first MAX_REQ_HEADERS lines); a route's
+header value is lower-cased as Lua lower-cases it (ASCII letters only), the request's as Rust does (all of Unicode),
+and a `~*` header value is a regex lower-cased whole (escapes too), searched in the lower-cased request value.
 
-A `~` path (and a `~*` header value) is Kong's regex, which Kong's router runs with Rust's regex crate: python_regex
-reads it as that crate does (named groups `(?<name>...)`, inline flags `(?i)` anywhere, `$` the end of the path,
-POSIX classes `[[:alpha:]]`), and refuses what it refuses (look-around, back references); a path that is not ASCII
-is matched as text, so `\\w` and `.` take whole characters, as there. When the winning path is a regex with groups,
-the Match is a CaptureMatch whose `captures` are their values, Kong's `router_matches.uri_captures` (what `hash_on:
-uri_capture` hashes, request-transformer's templates read, and request-termination's echo shows): by number (0 the
-whole match) and by name; other matches cost nothing more.
+A `~` path (and a `~*` header value) is Kong's regex, which Kong's router runs with Rust's regex crate;
+gateway.routing.kong_regex compiles it on PCRE2 as that crate reads it, bounded by a match limit. A `~` path is
+Kong's `^` glued to the regex and searched: only its first top-level alternative is anchored, and strip_path strips
+as many bytes as the match has, from the path's start. When the winning route's regexes have groups, the Match is a
+CaptureMatch whose `captures` are their values, Kong's `router_matches.uri_captures` (what `hash_on: uri_capture`
+hashes, request-transformer's templates read, and request-termination's echo shows): by number (0 the whole match)
+and by name, the path's, then each `~*` header value's over them; other matches cost nothing more.
 
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
 over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
@@ -49,15 +50,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import parse_qsl
 
 from gateway.memo import Memo
+from gateway.routing.kong_regex import Captures, captures, compile_header, compile_path, took_part
 from gateway.routing.normalize import escape_path, header_safe, needs_escape, normalize_path
 from gateway.routing.paths import SLASH, sanitize_postfix, upstream_path
 
+if TYPE_CHECKING:
+    from gateway.policies.pcre2 import CaptureRegex
+
 T = TypeVar("T")
-Captures = dict[int | str, bytes | None]  # Kong's uri_captures: groups by number and by name
 MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000)
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
 MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
@@ -128,36 +132,24 @@ class CaptureMatch(Match[T]):
         return CaptureMatch(self.payload, self.path if path is None else path, query, self.prefix, captures)
 
 
-def captures_of(m: re.Match[bytes] | re.Match[str]) -> Captures:
-    """Kong's uri_captures of a regex match: every group by number (0: the whole match), the named ones by name."""
-    captures: dict[int | str, bytes | str | None] = dict(enumerate((m.group(0), *m.groups())))
-    captures.update(m.groupdict())
-    if isinstance(m.string, str):  # a path matched as text
-        return {k: v.encode() if isinstance(v, str) else v for k, v in captures.items()}
-    return captures  # type: ignore[return-value]
-
-
 NEEDS_MCP: Match = Match(None, b"", b"")  # returned by Router.match: call again with mcp=(method, tool)
 _NO_ROUTE: Match = Match(None, b"", b"")  # a remembered None
 
 
 class _Candidate(Generic[T]):
-    __slots__ = ("spec", "kind", "prefix", "regex", "text_regex", "rank", "exact_hosts", "wild_hosts", "port_hosts",
-                 "any_hosts", "exact_snis", "wild_snis", "headers", "query", "order", "mcp", "priority")
+    __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
+                 "exact_snis", "wild_snis", "headers", "header_regex", "capturing", "query", "order", "mcp", "priority")
 
     def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
         self.spec = spec
         self.order = order
         self.prefix = b""
-        self.regex: re.Pattern[bytes] | None = None
-        self.text_regex: re.Pattern[str] | None = None  # for a path that is not ASCII (see Router._match)
+        self.regex: CaptureRegex | None = None
         if path is None:
             self.kind = _NO_PATH
         elif path.startswith("~"):
             self.kind = _REGEX
-            pattern = python_regex(path[1:])
-            self.regex = re.compile(pattern.encode())
-            self.text_regex = _text_regex(pattern)
+            self.regex = compile_path(path[1:])
         else:
             self.kind = _PREFIX
             self.prefix = normalize_path(path.encode())  # as Kong: compared with normalized request paths
@@ -179,6 +171,8 @@ class _Candidate(Generic[T]):
         # Kong looks a route's header up as ngx.req.get_headers() does: "user_agent" is the User-Agent header
         self.headers = [(k.replace("_", "-").encode(), [_value_matcher(v) for v in vals])
                         for k, vals in spec.headers.items()]
+        self.header_regex = any(not isinstance(m, bytes) for _, ms in self.headers for m in ms)
+        self.capturing = self.header_regex or (self.regex is not None and self.regex.groups > 0)
         self.query = list(spec.query.items())
         # Kong 3.x's route priority (kong/router/transform.lua get_priority), highest first: the categories; hosts
         # that are all plain (no wildcard); the number of headers; a regex path above any prefix, by regex_priority;
@@ -213,26 +207,13 @@ def split_host_port(host: str) -> tuple[str, int | None]:
     return host, None
 
 
-def _value_matcher(value: str) -> re.Pattern[bytes] | bytes:
-    """Kong (kong/router/transform.lua): a header value is lower-cased, and so is the request's; one starting with
-    `~*` is then a regex searched in the lower-cased request value. The whole regex is lower-cased (Lua's
-    `value:lower()`, ASCII only), escapes too: `\\D` is `\\d` there."""
+def _value_matcher(value: str) -> CaptureRegex | bytes:
+    """Kong (kong/router/transform.lua:438): a route's header value is lower-cased by Lua's `value:lower()` (ASCII
+    letters only: `MÜNCHEN` is `mÜnchen`), and compared with the request's lower-cased value; one starting with `~*`
+    is a regex, lower-cased whole (escapes too: `\\D` is `\\d` there), searched in it."""
     if value.startswith("~*"):
-        pattern = value[2:].encode().lower()
-        try:
-            return re.compile(python_regex(pattern.decode("latin-1")).encode("latin-1"))
-        except (re.error, OverflowError, RecursionError):  # (lower-casing made it invalid: as the config checked it)
-            return re.compile(python_regex(value[2:]).encode(), re.IGNORECASE)
-    return value.lower().encode()
-
-
-def _text_regex(pattern: str) -> re.Pattern[str] | None:
-    """A regex path as Kong's router (Rust's regex crate, on text) matches a path that is not ASCII: `\\w`, `.`
-    and classes take whole UTF-8 characters. None: it does not compile as text (the bytes one is used)."""
-    try:
-        return re.compile(pattern)
-    except (re.error, OverflowError, RecursionError):
-        return None
+        return compile_header(value[2:])
+    return value.encode().lower()
 
 
 class Router(Generic[T]):
@@ -278,14 +259,13 @@ class Router(Generic[T]):
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
                mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
-               sni: bytes | None = None, text: str | None = None) -> Match[T] | None:
-        # (`text`: not an argument; the path as text when it is not ASCII: regex paths then match characters)
+               sni: bytes | None = None) -> Match[T] | None:
         raw, sep, query = target.partition(b"?")
         path = normalize_path(raw)  # Kong routes (and strips) the normalized path
         escape = path is not raw or needs_escape(raw)  # (the router remembers its answers: once per target)
         if not path.isascii() and self._text_path:
             try:
-                text = path.decode()
+                path.decode()
             except UnicodeDecodeError:
                 return None
         if self._header_names:
@@ -314,24 +294,18 @@ class Router(Generic[T]):
                 if not _query_match(c.query, qargs):
                     continue
             kind = c.kind
-            m = None
+            spans = None
             if kind == _PREFIX:
                 if not path.startswith(c.prefix):
                     continue
-                strip = len(c.prefix)
+                matched = c.prefix
             elif kind == _REGEX:
-                if text is None or c.text_regex is None:  # (an ASCII path: the bytes are the characters)
-                    m = c.regex.match(path)  # type: ignore[union-attr]
-                    if m is None:
-                        continue
-                    strip = m.end()
-                else:
-                    m = c.text_regex.match(text)  # type: ignore[assignment]
-                    if m is None:
-                        continue
-                    strip = len(text[:m.end()].encode())
+                spans = c.regex.find(path)  # type: ignore[union-attr]
+                if spans is None:
+                    continue
+                matched = path[spans[0]:spans[1]]  # (found anywhere when the regex's `^` is not on its alternative)
             else:
-                strip = 0
+                matched = b""
             if c.mcp:
                 if mcp is None:
                     return NEEDS_MCP
@@ -341,7 +315,10 @@ class Router(Generic[T]):
         else:
             return None
         spec = c.spec
-        prefix = path[:strip] if strip and spec.strip_path else b""
+        found = _captures(c, path, spans, headers) if c.capturing else None
+        # Kong strips as many bytes as the match has, counted from the path's start (kong/router/atc.lua:339)
+        strip = len(matched)
+        prefix = matched if strip and spec.strip_path else b""
         if spec.join is not None:
             path = upstream_path(spec.join, path, strip, spec.strip_path)
         elif strip and spec.strip_path:
@@ -354,164 +331,9 @@ class Router(Generic[T]):
             path = escape_path(path)
             if prefix:  # (X-Forwarded-Prefix: a regex's match is the client's; a decoded CR LF would add a line)
                 prefix = header_safe(prefix)
-        if m is not None and c.regex.groups:  # type: ignore[union-attr]
-            return CaptureMatch(spec.payload, path, query if sep else b"", prefix, captures_of(m))
+        if found is not None:
+            return CaptureMatch(spec.payload, path, query if sep else b"", prefix, found)
         return Match(spec.payload, path, query if sep else b"", prefix)
-
-
-def python_regex(pattern: str) -> str:
-    """A Kong regex (a `~` route path, a `~*` header value) as Python's re reads it, so that it matches as Kong's
-    router (Rust's regex crate) does; raises re.error for what that router refuses or re cannot express.
-
-    Named groups `(?<name>...)` become `(?P<name>...)`; an inline flag group `(?i)` (`(?-i)`,
-    `(?is)`, `(?i-s)`), which Rust applies to the rest of its group, later alternatives included, becomes a scoped
-    `(?i:...)` closed at the group's end and reopened after each of its `|`; `$` is the end of the path, as `\\z`
-    (Python's `$` also matches before a final line feed, which a path may hold as %0A) unless the `m` flag is on
-    there; an ASCII POSIX class (`[[:alpha:]]`) becomes its ranges. Look-around, back references and the other
-    groups Rust has not are refused, as Kong refuses them; so are Unicode property classes, which re has not."""
-    if "(?" not in pattern and "\\" not in pattern and "$" not in pattern and "[:" not in pattern:
-        return pattern
-    out: list[str] = []
-    frames = [_Frame("")]  # one per open group, the outermost the whole pattern
-    i, n = 0, len(pattern)
-    while i < n:
-        ch = pattern[i]
-        frame = frames[-1]
-        if ch == "\\":
-            _check_escape(pattern, i)
-            out.append("\\Z" if pattern[i:i + 2] == "\\z" else pattern[i:i + 2])
-            i += 2
-        elif ch == "[":
-            cls, i = _python_class(pattern, i)
-            out.append(cls)
-        elif ch == "(":
-            i = _open_group(pattern, i, out, frames)
-        elif ch == ")":
-            out.append(")" * len(frame.scoped))
-            if len(frames) > 1:  # (else unbalanced: re says so)
-                frames.pop()
-            out.append(ch)
-            i += 1
-        elif ch == "|":
-            out.append(")" * len(frame.scoped) + "|" + "".join(frame.scoped))
-            i += 1
-        else:
-            out.append(("$" if "m" in frame.flags else "\\Z") if ch == "$" else ch)
-            i += 1
-    out.append(")" * len(frames[0].scoped))
-    return "".join(out)
-
-
-class _Frame:
-    """A group being read: the flags on in it, and the scoped groups its inline flags opened (to close at its end)."""
-
-    __slots__ = ("flags", "scoped")
-
-    def __init__(self, flags: str) -> None:
-        self.flags = flags
-        self.scoped: list[str] = []
-
-
-def _unsupported(what: str) -> re.error:
-    return re.error(f"{what} not supported by Kong's router (Rust's regex crate)")
-
-
-def _check_escape(pattern: str, i: int) -> None:
-    """Refuses the escapes Kong's router refuses (back references) and those re cannot read as Rust does."""
-    esc = pattern[i + 1:i + 2]
-    if len(esc) == 1 and esc in "0123456789kg":  # (Rust takes no digit after a "\\": no octal either)
-        raise _unsupported(f"back references ({pattern[i:i + 2]}) are")
-    if esc in ("p", "P"):
-        end = pattern.find("}", i) + 1 if pattern.startswith("{", i + 2) else i + 3
-        raise re.error(f"Unicode property classes ({pattern[i:end or len(pattern)]}) are not supported by the "
-                       "gateway (Python's re has none)")
-
-
-def _open_group(pattern: str, i: int, out: list[str], frames: list[_Frame]) -> int:
-    """Reads the group opening at `i` into `out` (pushing its frame); returns where its contents start."""
-    frame = frames[-1]
-    if not pattern.startswith("(?", i):
-        out.append("(")
-        frames.append(_Frame(frame.flags))
-        return i + 1
-    kind = pattern[i + 2:i + 3]
-    if kind in ("=", "!") or pattern.startswith(("(?<=", "(?<!"), i):
-        raise _unsupported(f"look-around ({pattern[i:i + (3 if kind != '<' else 4)]}) is")
-    if pattern.startswith("(?P=", i):
-        raise _unsupported("back references ((?P=name)) are")
-    if kind in _NO_SUCH_GROUP:
-        raise _unsupported(_NO_SUCH_GROUP[kind])
-    if (named := _NAMED_GROUP.match(pattern, i)) is not None:
-        out.append(f"(?P<{named.group(1)}>")
-        frames.append(_Frame(frame.flags))
-        return named.end()
-    if (flags := _FLAGS.match(pattern, i)) is not None:
-        on, off, end = flags.group(1), flags.group(2) or "", flags.group(3)
-        changed = "".join(f for f in frame.flags + on if f not in off)
-        if end == ":":
-            out.append(flags.group(0))
-            frames.append(_Frame(changed))
-        elif on or off:  # `(?i)`: the rest of this group, as a scoped group closed at its end
-            opener = flags.group(0)[:-1] + ":"
-            out.append(opener)
-            frame.scoped.append(opener)
-            frame.flags = changed
-        else:
-            out.append(flags.group(0))  # "(?)": re refuses it, as Rust does
-        return flags.end()
-    out.append("(")  # `(?P<name>` and what re refuses
-    frames.append(_Frame(frame.flags))
-    return i + 1
-
-
-def _python_class(pattern: str, i: int) -> tuple[str, int]:
-    """The character class opening at `i` as re reads it, and where it ends: its ASCII POSIX classes as ranges."""
-    j, n = i + 1, len(pattern)
-    negated = pattern.startswith("^", j)
-    j += negated
-    items: list[str] = []
-    if pattern.startswith("]", j):  # a "]" first in a class is one of its characters
-        items.append("]")
-        j += 1
-    posix_negated = False
-    while j < n and pattern[j] != "]":
-        if pattern[j] == "\\":
-            _check_escape(pattern, j)
-            items.append(pattern[j:j + 2])
-            j += 2
-        elif (posix := _POSIX_CLASS.match(pattern, j)) is not None:
-            ranges = _POSIX_RANGES.get(posix.group(2))
-            if ranges is None:
-                raise re.error(f"unknown POSIX class {posix.group(0)} (the ASCII classes are "
-                               f"{', '.join(_POSIX_RANGES)})")
-            posix_negated = posix_negated or posix.group(1) == "^"
-            items.append(ranges)
-            j = posix.end()
-        else:
-            items.append(pattern[j])
-            j += 1
-    if j >= n:  # (unterminated: re says so)
-        return pattern[i:], n
-    if posix_negated:
-        if len(items) != 1:
-            raise re.error("a negated POSIX class ([:^name:]) is supported only alone in its class "
-                           "([[:^alpha:]] or [^[:^alpha:]])")
-        negated = not negated
-    return "[" + "^" * negated + "".join(items) + "]", j + 1
-
-
-# Rust's regex crate's ASCII classes (regex-syntax ClassAsciiKind)
-_POSIX_RANGES = {
-    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ", "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9", "graph": "!-~", "lower": "a-z", "print": " -~", "punct": "!-/:-@\\[-`{-~",
-    "space": "\\t\\n\\x0b\\x0c\\r ", "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
-}
-_NO_SUCH_GROUP = {"#": "comments ((?#...)) are", ">": "atomic groups ((?>...)) are",
-                  "(": "conditional groups ((?(1)...)) are",
-                  "'": "named groups written (?'name'...) are"}  # (PCRE has them, Rust's regex not)
-_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]*):\]")
-_FLAGS = re.compile(r"\(\?([a-zA-Z]*)(?:-([a-zA-Z]*))?([:)])")
-_NAMED_GROUP = re.compile(r"\(\?<([A-Za-z_]\w*)>")
 
 
 def _texts(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> bool:
@@ -554,16 +376,44 @@ def _host_name(host: bytes) -> bytes:
     return name if sep and port.isdigit() else host
 
 
-def _headers_match(wanted: list[tuple[bytes, list[re.Pattern[bytes] | bytes]]],
-                   headers: list[tuple[bytes, bytes]]) -> bool:
+def _lower(value: bytes) -> bytes:
+    """A request header value lower-cased as atc-router's `lower()` does (Rust's `to_lowercase`: all of Unicode;
+    the router has checked that the values of the headers routes name are UTF-8)."""
+    return value.lower() if value.isascii() else value.decode().lower().encode()
+
+
+def _headers_match(wanted: list[tuple[bytes, list[CaptureRegex | bytes]]], headers: list[tuple[bytes, bytes]]) -> bool:
     for name, matchers in wanted:
         for hname, hvalue in headers:
-            if hname == name and any(
-                    m.search(hvalue.lower()) if isinstance(m, re.Pattern) else m == hvalue.lower() for m in matchers):
-                break
+            if hname == name:
+                value = _lower(hvalue)
+                if any(m == value if isinstance(m, bytes) else m.find(value) is not None for m in matchers):
+                    break
         else:
             return False
     return True
+
+
+def _captures(c: _Candidate[T], path: bytes, spans: list[int] | None,
+              headers: list[tuple[bytes, bytes]]) -> Captures | None:
+    """Kong's uri_captures of the chosen route: atc-router gathers the groups of every regex the route's expression
+    matched into one map, in the expression's order (the path, then each header; src/interpreter.rs:76-93), a group
+    that took no part left out; kong/router/atc.lua:352-358 keeps it when it holds more than the whole match."""
+    if not c.header_regex:  # (a regex path with groups: the common case)
+        return captures(c.regex, path, spans) if took_part(spans) > 1 else None  # type: ignore[arg-type]
+    found: Captures = {} if spans is None else captures(c.regex, path, spans)  # type: ignore[arg-type]
+    for name, matchers in c.headers:
+        values = [_lower(hvalue) for hname, hvalue in headers if hname == name]
+        for m in matchers:  # the first that matches (`||`), at its first value that does (`any`)
+            if isinstance(m, bytes):
+                if m in values:
+                    break
+                continue
+            hit = next(((v, s) for v in values if (s := m.find(v)) is not None), None)
+            if hit is not None:
+                found.update((k, v) for k, v in captures(m, *hit).items() if v is not None)
+                break
+    return found if sum(v is not None for v in found.values()) > 1 else None
 
 
 def _parse_query(query: bytes) -> dict[bytes, list[bytes]]:
