@@ -407,12 +407,11 @@ def _hash_key(kind: str, up: Upstream, which: str) -> tuple[str, bytes]:
 
 def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
              tls: ClientTls | None = None) -> ServiceRuntime:
-    default_port = 443 if tls is not None else 80
-    if svc.url is not None:
+    if svc.url is not None:  # Kong's url shorthand: 443 for an https URL without a port (services.lua:97-102)
         parts = urlsplit(svc.url)
-        host, port, path = parts.hostname or "", parts.port or default_port, parts.path or None
-    else:
-        host, port, path = svc.host or "", svc.port or default_port, svc.path
+        host, port, path = parts.hostname or "", parts.port or (443 if tls is not None else 80), parts.path or None
+    else:  # services.lua:18,38: `port` defaults to 80 whatever the protocol
+        host, port, path = svc.host or "", svc.port or 80, svc.path
     group = groups.get(host)
     if group is None:  # a plain host:port: an implicit upstream of one target
         group = UpstreamGroup(f"{svc.name}:{host}:{port}", [TargetRuntime(host, port, 100)], "round-robin",

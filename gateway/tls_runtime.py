@@ -36,7 +36,7 @@ def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
     """The certificates listeners serve, or None when no listener has `ssl`; problems are appended to `errors`,
     those of the certificate entities and of the CA certificates services name too (once each)."""
     gw = config.gateway
-    options = ServerOptions(gw.ssl_protocols, gw.ssl_cipher_suite, gw.ssl_ciphers, gw.ssl_session_tickets)
+    options = ServerOptions(gw.ssl_protocols, gw.ssl_cipher_suite, gw.ssl_ciphers, gw.ssl_session_tickets, gw.charset)
     _check_ca_certificates(config, errors)
     before = len(errors)
     contexts = _certificate_contexts(config, options, errors)

@@ -23,7 +23,7 @@ import trustme
 from backends import Client, EchoBackend, free_port, raw_exchange, request, service
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from tls_helpers import HttpsEcho, Pki, expired_pair
+from tls_helpers import HttpsEcho, Pki, ca_and_leaf, expired_pair
 
 from gateway.config import ConfigError, parse_config
 from gateway.http.tls_contexts import ServerOptions, ServerTls, TrustStore, server_context, use_trust_store
@@ -428,6 +428,57 @@ async def test_tls_verify_without_ca_certificates_trusts_no_ca(gateway, nursery,
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/tls")).status == 502
         assert (await request(port, "GET", "/ca")).status == 200
+
+
+@pytest.mark.parametrize(("names", "host", "status"), [
+    (["a*.example.test"], "api.example.test", 200),  # a partial wildcard in the leftmost label
+    (["a*.example.test"], "bpi.example.test", 502),  # whose fixed part must match
+    (["*.example.test"], "a.b.example.test", 502),  # a wildcard stands for one label
+    (["localhost"], None, 200),  # the service's host, named in a DNS subjectAltName
+])
+async def test_tls_verify_checks_the_name_as_nginxs_x509_check_host(gateway, nursery, names, host, status):
+    """nginx src/event/ngx_event_openssl.c:5275 (ngx_ssl_check_host): X509_check_host(cert, name, len, 0, NULL),
+    flags 0, so no X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS (Python's default): `a*.example.test` matches
+    `api.example.test`. The name is `proxy_ssl_name $upstream_host` (kong/templates/nginx_kong.lua), the client's
+    Host with preserve_host."""
+    ca, cert, key = ca_and_leaf("upstream", names)
+    backend = HttpsEcho((cert, key))
+    await nursery.start(backend.serve)
+    route = {"paths": ["/"], "preserve_host": host is not None}
+    port = await gateway({"services": [service("s", f"https://localhost:{backend.port}", [route], retries=0,
+                                               tls_verify=True, ca_certificates=[CA_ID])],
+                          "ca_certificates": [{"id": CA_ID, "cert": ca}]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/", host=host)).status == status
+
+
+async def test_no_alpn_is_offered_to_an_https_upstream(gateway, nursery, pki):
+    """nginx src/http/ngx_http_upstream.c:1791-1797: ALPN is set on an upstream TLS connection only when
+    u->ssl_alpn_protocol is set, which the HTTP/1.x proxy module Kong proxies with never sets (only
+    ngx_http_proxy_v2_module.c and the grpc module do): an upstream offering ALPN selects none for Kong's
+    connection (and one that refuses a client without a common protocol still serves it)."""
+    backend = HttpsEcho(pki.issue("upstream.test", "127.0.0.1"))
+    backend.ctx.set_alpn_protocols(["http/1.1"])
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("s", f"https://127.0.0.1:{backend.port}")]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/x")).status == 200
+    assert backend.alpn_selected == [None]
+
+
+@pytest.mark.parametrize(("fields", "target_port"), [
+    ({"protocol": "https", "host": "127.0.0.1"}, 80),  # `port` defaults to 80 whatever the protocol
+    ({"url": "https://127.0.0.1"}, 443),  # the url shorthand's default for https
+    ({"url": "http://127.0.0.1"}, 80),
+])
+def test_a_services_port_defaults_as_kongs_schema_says(fields, target_port):
+    """kong/db/schema/entities/services.lua:18,38: `port` defaults to 80 (Kong's own spec,
+    spec/01-unit/01-db/01-schema/11-declarative_config/02-process_auto_fields_spec.lua "accepts entities":
+    protocol https and host example.com give port = 80); only the url shorthand (lines 97-102) picks 443 for an
+    https URL without a port."""
+    doc = {"services": [{"name": "s", **fields, "routes": [{"paths": ["/"]}]}]}
+    runtime = compile_config(parse_config(json.dumps(doc), "c.yml"), "c.yml")
+    assert runtime.services["s"].group.targets[0].port == target_port
 
 
 @pytest.mark.parametrize(("host", "preserve_host", "sent_host", "sni"), [

@@ -106,11 +106,12 @@ async def test_unknown_sni_without_a_default_certificate_gets_an_alert(gateway, 
 
 
 async def test_plain_http_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, tmp_path):
-    """nginx's own page for its 497 (ngx_http_special_response.c), shown as 400, and the connection closed."""
+    """nginx's own page for its 497 (ngx_http_special_response.c), shown as 400, and the connection closed; its
+    text/html gets Kong's `charset UTF-8` from nginx's charset filter (see the tests below)."""
     _, tls_port, echo = await tls_gateway(gateway, nursery, pki, tmp_path)
     data, _ = await raw_exchange(tls_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
     status, headers, body = parse_raw_response(data)
-    assert (status, headers["content-type"], headers["connection"]) == (400, "text/html", "close")
+    assert (status, headers["content-type"], headers["connection"]) == (400, "text/html; charset=UTF-8", "close")
     assert body == (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
                     b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
                     b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
@@ -121,6 +122,22 @@ async def test_plain_http_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, 
     status, head_headers, head_body = parse_raw_response(head_only)  # to a HEAD, the same head and no body
     assert (status, head_body) == (400, b"") and head_headers.keys() == headers.keys()
     assert echo.requests == []
+
+
+@pytest.mark.parametrize(("settings", "content_type"), [
+    ({}, "text/html; charset=UTF-8"),  # Kong's default, kong_defaults.lua:89 nginx_http_charset = UTF-8
+    ({"charset": "koi8-r"}, "text/html; charset=koi8-r"),
+    ({"charset": "off"}, "text/html"),  # nginx's `charset off`: the type as the page has it
+])
+async def test_the_plain_http_400_on_a_tls_port_carries_the_configured_charset(gateway, nursery, pki, tmp_path,
+                                                                               settings, content_type):
+    """nginx sends the NGX_HTTP_TO_HTTPS page (ngx_http_special_response.c, Content-Type text/html) through its
+    header filters, ngx_http_charset_filter_module.c among them: text/html is one of its default charset_types
+    (line 127), and only a 301 or 302 goes without (ngx_http_set_charset), so `charset` adds itself."""
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, **settings)
+    data, _ = await raw_exchange(tls_port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    status, headers, _ = parse_raw_response(data)
+    assert (status, headers["content-type"]) == (400, content_type)
 
 
 async def test_plain_http_after_empty_lines_on_the_tls_port_gets_nginx_400(gateway, nursery, pki, tmp_path):
@@ -205,6 +222,53 @@ async def test_alpn_is_http_1_1(gateway, nursery, pki, tmp_path):
                 return tls.selected_alpn_protocol()
 
     assert await trio.to_thread.run_sync(alpn) == "http/1.1"
+
+
+def resumed(port: int, pki: Pki, version: ssl.TLSVersion, server_name: str = "default.test") -> bool:
+    """Whether a client's second connection (at TLS `version`) resumed the session of its first."""
+    ctx = pki.client_context()
+    ctx.minimum_version = ctx.maximum_version = version
+    session, reused = None, False
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname=server_name, session=session) as tls:
+                tls.sendall(b"GET /x HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+                while tls.recv(65536):  # (TLS 1.3's tickets come with the first records after the handshake)
+                    pass
+                reused, session = tls.session_reused, tls.session
+    return reused
+
+
+@pytest.mark.parametrize("tickets", [True, False], ids=["tickets-on", "tickets-off"])
+async def test_a_tls13_session_resumes_whether_session_tickets_are_on_or_off(gateway, nursery, pki, tmp_path,
+                                                                             tickets):
+    """nginx's `ssl_session_tickets off` is SSL_OP_NO_TICKET and nothing more (ngx_http_ssl_module.c); with Kong's
+    session cache (kong/templates/nginx_kong.lua:128 `ssl_session_cache shared:SSL:10m`) OpenSSL then sends TLS 1.3
+    tickets that name a session kept in that cache (stateful), and the client resumes as with stateless tickets."""
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_session_tickets=tickets)
+    with trio.fail_after(TIMEOUT):
+        assert await trio.to_thread.run_sync(lambda: resumed(tls_port, pki, ssl.TLSVersion.TLSv1_3)) is True
+
+
+async def test_a_tls12_session_resumes_by_its_id_with_session_tickets_off(gateway, nursery, pki, tmp_path):
+    """Without tickets a TLS 1.2 client resumes by session id, from the server's session cache (nginx_kong.lua:128
+    ssl_session_cache)."""
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_session_tickets=False)
+    with trio.fail_after(TIMEOUT):
+        assert await trio.to_thread.run_sync(lambda: resumed(tls_port, pki, ssl.TLSVersion.TLSv1_2)) is True
+
+
+async def test_a_session_on_a_certificate_the_sni_picked_resumes_with_session_tickets_off(gateway, nursery, pki,
+                                                                                            tmp_path):
+    """The session cache is the listener's, whichever certificate the SNI picks, as Kong's one shared:SSL zone
+    serves every certificate of its one server block."""
+    a_cert, a_key = pki.issue("a.example.com")
+    _, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path,
+                                       [{"cert": a_cert, "key": a_key, "snis": ["a.example.com"]}],
+                                       ssl_session_tickets=False)
+    with trio.fail_after(TIMEOUT):
+        assert await trio.to_thread.run_sync(
+            lambda: resumed(tls_port, pki, ssl.TLSVersion.TLSv1_3, "a.example.com")) is True
 
 
 async def test_tls13_only_refuses_a_tls12_client(gateway, nursery, pki, tmp_path):

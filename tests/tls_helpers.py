@@ -70,6 +70,39 @@ def expired_pair() -> tuple[str, str]:
     return self_signed("expired.test", -30, -1)
 
 
+def ca_and_leaf(common_name: str, dns_names: list[str]) -> tuple[str, str, str]:
+    """(CA PEM, leaf PEM, leaf key PEM): a new CA and a leaf it signed, subject CN `common_name`, with a DNS
+    subjectAltName of `dns_names` when there are any (none: no subjectAltName at all). Unlike trustme's, any name
+    goes, e.g. a partial wildcard (`a*.example.test`)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(days=1))
+          .not_valid_after(now + dt.timedelta(days=30))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                              critical=False))
+    if dns_names:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]),
+                                        critical=False)
+    leaf = builder.sign(ca_key, hashes.SHA256())
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    return ca.public_bytes(pem).decode(), leaf.public_bytes(pem).decode(), key_pem
+
+
 def peer_common_name(tls_sock: ssl.SSLSocket | ssl.SSLObject) -> str:
     """The first SAN DNS name of the certificate the server presented."""
     der = tls_sock.getpeercert(binary_form=True)
@@ -96,7 +129,8 @@ def https_get(port: int, ctx: ssl.SSLContext, server_name: str | None, path: str
 
 class HttpsEcho:
     """An HTTPS upstream (trio.SSLStream + h11) answering JSON that describes each request and the client
-    certificate it saw; counts connections."""
+    certificate it saw; counts connections, and records the ALPN protocol each handshake selected (None: none; set
+    protocols on `ctx` to offer some)."""
 
     def __init__(self, cert: tuple[str, str], client_ca: str | None = None, name: str = "tls-echo") -> None:
         self.name = name
@@ -113,6 +147,7 @@ class HttpsEcho:
         self.port = 0
         self.connections = 0
         self.handshake_failures = 0
+        self.alpn_selected: list[str | None] = []
         self.requests: list[dict[str, Any]] = []
 
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
@@ -131,6 +166,7 @@ class HttpsEcho:
             await trio.aclose_forcefully(stream)
             return
         self.connections += 1
+        self.alpn_selected.append(tls.selected_alpn_protocol())
         peer = tls.getpeercert()
         client = next((v for k, v in peer.get("subjectAltName", ()) if k == "DNS"), None) if peer else None
         conn = h11.Connection(h11.SERVER)

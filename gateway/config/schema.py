@@ -377,7 +377,7 @@ class Service(Base):
     url: str | None = None
     protocol: Literal["http", "https"] = "http"
     host: str | None = None
-    port: Port | None = None  # default 80, or 443 for https
+    port: Port | None = None  # default 80 (Kong's, whatever the protocol); an https:// url without one: 443
     path: str | None = None
     connect_timeout: TimeoutMs = 60000
     write_timeout: TimeoutMs = 60000

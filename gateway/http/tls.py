@@ -6,12 +6,15 @@ non-blocking socket loop as `Conn` (no thread, no blocking handshake, no trio.SS
 send deadlines above it do not know whether a connection is encrypted.
 
 Server side: `server_handshake` reads the first bytes itself, so that a plain HTTP request on a TLS port gets nginx's
-400 ("The plain HTTP request was sent to HTTPS port") and garbage is dropped without a traceback. Client side:
-`client_handshake` for upstream connections. Either way a handshake that fails raises TlsError with the reason.
+400 ("The plain HTTP request was sent to HTTPS port"), garbage is dropped without a traceback, and a ClientHello
+whose ALPN list holds none of nginx's protocols is refused as nginx refuses it (`client_hello_alpn`: Python's ssl
+would carry on without ALPN). Client side: `client_handshake` for upstream connections. Either way a handshake that
+fails raises TlsError with the reason.
 """
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 import socket
@@ -20,6 +23,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from gateway.http.dates import NOW
+from gateway.http.kong_headers import CHARSET_OFF, KONG_CHARSET
 from gateway.http.net import RECV_SIZE, Conn, is_ip
 
 if TYPE_CHECKING:
@@ -36,14 +40,130 @@ PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent 
                    b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
                    b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
                    b"<hr><center>mcp-gateway</center>\r\n</body>\r\n</html>\r\n")
-PLAIN_HTTP_HEAD = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\nContent-Length: %d\r\n"
-                   % len(PLAIN_HTTP_BODY))
 
 
-def plain_http_answer(head_only: bool) -> bytes:
-    """nginx's 400 for a plain HTTP request on a TLS port, with this second's Date (the whole page unless HEAD)."""
-    head = PLAIN_HTTP_HEAD + NOW.line + b"Connection: close\r\n\r\n"
+def plain_http_head_for(charset: str) -> bytes:
+    """The head of that 400 up to its Date: text/html with `; charset=<charset>` as nginx's charset filter adds it
+    (Kong's `charset UTF-8`, kong.conf's nginx_http_charset; `off`: none)."""
+    ctype = b"text/html" if charset == CHARSET_OFF else b"text/html; charset=" + charset.encode()
+    return (b"HTTP/1.1 400 Bad Request\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+            % (ctype, len(PLAIN_HTTP_BODY)))
+
+
+def plain_http_answer(head: bytes, head_only: bool) -> bytes:
+    """nginx's 400 for a plain HTTP request on a TLS port (`head` from plain_http_head_for), with this second's Date
+    (the whole page unless HEAD)."""
+    head += NOW.line + b"Connection: close\r\n\r\n"
     return head if head_only else head + PLAIN_HTTP_BODY
+
+
+class ListenerContext(ssl.SSLContext):
+    """The SSLContext a TLS listener's handshakes start with, carrying what its port answers plain HTTP with (built
+    at config load: it depends on the configured charset)."""
+
+    plain_http_head: bytes = plain_http_head_for(KONG_CHARSET)
+
+
+# --- the ALPN list of a ClientHello --------------------------------------------------------------------------------
+
+# nginx's NGX_HTTP_ALPN_PROTOS (src/http/modules/ngx_http_ssl_module.c:24): what an `ssl` listener without http2
+# selects from, in its order of preference
+LISTENER_ALPN = ("http/1.1", "http/1.0", "http/0.9")
+_LISTENER_ALPN = frozenset(p.encode() for p in LISTENER_ALPN)
+# The fatal alert no_application_protocol (120, RFC 7301 section 3.2), in the clear: what OpenSSL sends when nginx's
+# ALPN callback finds none of its protocols (SSL_TLSEXT_ERR_ALERT_FATAL, ngx_http_ssl_module.c:528-533)
+NO_APPLICATION_PROTOCOL_ALERT = b"\x15\x03\x03\x00\x02\x02\x78"
+_MAX_HELLO = 65536  # bytes of ClientHello read ahead for its ALPN list (real ones are under 2 KiB); more: not looked at
+_MAX_HELLO_RECORDS = 4  # records it may be split into (a ClientHello fits in one record of 16 KiB)
+_MAX_RECORD = 16384  # TLS's largest plaintext record (RFC 8446 section 5.1)
+_ALPN_EXTENSION = 16
+
+
+class Hello(enum.Enum):
+    """What client_hello_alpn makes of a connection's first bytes when they give no ALPN list."""
+
+    NO_ALPN = "no ALPN extension, or not a ClientHello OpenSSL would take (it answers those itself)"
+
+
+def client_hello_alpn(data: bytes | bytearray) -> tuple[bytes, ...] | Hello | int:
+    """The ALPN protocol names the ClientHello at the start of `data` offers, read without I/O: an int when `data`
+    ends before the ClientHello does (it must grow to at least that many bytes first), Hello.NO_ALPN when it offers
+    none, is malformed, or is longer than this looks (_MAX_HELLO, _MAX_HELLO_RECORDS). Every length is checked
+    before it is used; the bytes a caller reads ahead are bounded by those limits."""
+    message = bytearray()
+    pos, need = 0, 0  # need: the handshake message's length with its header, once known
+    for _ in range(_MAX_HELLO_RECORDS):
+        if len(data) < pos + 5:
+            return pos + 5
+        if data[pos] != TLS_HANDSHAKE_RECORD or data[pos + 1] != 3:
+            return Hello.NO_ALPN
+        size = int.from_bytes(data[pos + 3:pos + 5], "big")
+        if size == 0 or size > _MAX_RECORD:
+            return Hello.NO_ALPN
+        if len(data) < pos + 5 + size:
+            return pos + 5 + size
+        message += data[pos + 5:pos + 5 + size]
+        pos += 5 + size
+        if not need and len(message) >= 4:
+            if message[0] != 1:  # not a ClientHello
+                return Hello.NO_ALPN
+            need = 4 + int.from_bytes(message[1:4], "big")
+            if need > _MAX_HELLO:
+                return Hello.NO_ALPN
+        if need and len(message) >= need:
+            return _alpn_of(memoryview(message)[4:need])
+    return Hello.NO_ALPN
+
+
+def _alpn_of(hello: memoryview) -> tuple[bytes, ...] | Hello:
+    """The ALPN list of a ClientHello's body (RFC 8446 section 4.1.2: version, random, session id, cipher suites,
+    compression methods, extensions)."""
+    end = len(hello)
+    pos = 34  # legacy_version, random
+    if pos >= end or hello[pos] > 32:
+        return Hello.NO_ALPN
+    pos += 1 + hello[pos]  # legacy_session_id
+    if pos + 2 > end:
+        return Hello.NO_ALPN
+    pos += 2 + int.from_bytes(hello[pos:pos + 2], "big")  # cipher_suites
+    if pos >= end:
+        return Hello.NO_ALPN
+    pos += 1 + hello[pos]  # legacy_compression_methods
+    if pos + 2 > end or pos + 2 + int.from_bytes(hello[pos:pos + 2], "big") != end:
+        return Hello.NO_ALPN  # (no extensions, or their length not the rest of the message)
+    pos += 2
+    seen: set[int] = set()
+    names: tuple[bytes, ...] | None = None
+    while pos < end:
+        if pos + 4 > end:
+            return Hello.NO_ALPN
+        kind, size = int.from_bytes(hello[pos:pos + 2], "big"), int.from_bytes(hello[pos + 2:pos + 4], "big")
+        pos += 4
+        if pos + size > end or kind in seen:  # (OpenSSL refuses an extension sent twice)
+            return Hello.NO_ALPN
+        seen.add(kind)
+        if kind == _ALPN_EXTENSION:
+            names = _protocol_names(hello[pos:pos + size])
+            if names is None:
+                return Hello.NO_ALPN
+        pos += size
+    return Hello.NO_ALPN if names is None else names
+
+
+def _protocol_names(ext: memoryview) -> tuple[bytes, ...] | None:
+    """RFC 7301's ProtocolNameList (a 2-byte length, then names of 1 to 255 bytes, each after its 1-byte length);
+    None if malformed, as an empty list or name is to OpenSSL (tls_parse_ctos_alpn: decode_error)."""
+    if len(ext) < 3 or int.from_bytes(ext[:2], "big") != len(ext) - 2:
+        return None
+    names = []
+    pos = 2
+    while pos < len(ext):
+        size = ext[pos]
+        if size == 0 or pos + 1 + size > len(ext):
+            return None
+        names.append(bytes(ext[pos + 1:pos + 1 + size]))
+        pos += 1 + size
+    return tuple(names)
 
 
 class TlsError(Exception):
@@ -230,7 +350,7 @@ def _wrap_client(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.Mem
         return ctx.wrap_bio(incoming, outgoing, server_side=False)
 
 
-async def _drive(tconn: TlsConn, first: bytes = b"") -> None:
+async def _drive(tconn: TlsConn, first: bytes | bytearray = b"") -> None:
     """Run the handshake to its end, reading and writing through the raw socket."""
     tls = tconn.tls
     if first:
@@ -277,9 +397,10 @@ def quiet_bad_server_names() -> None:
     sys.unraisablehook = hook
 
 
-async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
+async def server_handshake(ctx: ListenerContext, conn: Conn) -> TlsConn:
     """The server side of a handshake on an accepted connection; PlainHttpOnTlsPort (after answering nginx's 400)
-    or TlsError otherwise. Bounded by the caller's timer."""
+    or TlsError otherwise (a ClientHello offering ALPN but no HTTP/1.x is refused with no_application_protocol).
+    Bounded by the caller's timer."""
     first = await Conn.recv(conn)
     if not first:
         raise TlsError("the peer closed the connection before a ClientHello")
@@ -293,17 +414,43 @@ async def server_handshake(ctx: ssl.SSLContext, conn: Conn) -> TlsConn:
             line = first.lstrip(b"\r\n")
         if line[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
             try:  # (to a HEAD, the head alone, as nginx answers it)
-                await conn.sendall(plain_http_answer(line.startswith(b"HEAD ")))
+                await conn.sendall(plain_http_answer(ctx.plain_http_head, line.startswith(b"HEAD ")))
             except OSError:
                 pass
             raise PlainHttpOnTlsPort("a plain HTTP request on a TLS port")
         raise TlsError("not a TLS ClientHello")
+    hello = await _whole_client_hello(conn, first)
     tconn = _new(ctx, conn, True, None)
-    await _drive(tconn, first)
+    await _drive(tconn, hello)
     name = getattr(tconn.tls, SEEN_SNI, None)
     if name:
         tconn.server_name = name.lower().encode()
     return tconn
+
+
+async def _whole_client_hello(conn: Conn, first: bytes) -> bytes | bytearray:
+    """The connection's first bytes read on to the end of its ClientHello (bounded: client_hello_alpn), which is
+    refused, with nginx's alert, if it offers ALPN protocols and none of LISTENER_ALPN."""
+    data: bytes | bytearray = first
+    offered = client_hello_alpn(data)
+    if isinstance(offered, int):  # (rare: a ClientHello in several segments or records)
+        data = bytearray(first)
+        while isinstance(offered, int):
+            while len(data) < offered:
+                more = await Conn.recv(conn)
+                if not more:
+                    raise TlsError("the peer closed the connection during its ClientHello")
+                data += more
+            offered = client_hello_alpn(data)
+    if isinstance(offered, tuple) and _LISTENER_ALPN.isdisjoint(offered):
+        try:
+            await conn.sendall(NO_APPLICATION_PROTOCOL_ALERT)
+        except OSError:
+            pass
+        shown = b", ".join(offered[:8]).decode("ascii", "backslashreplace")
+        raise TlsError(f"the client offers ALPN {shown[:200]} and none of {', '.join(LISTENER_ALPN)}: refused with "
+                       "the no_application_protocol alert, as nginx refuses it")
+    return data
 
 
 async def client_handshake(tls: ClientTls, conn: Conn, server_hostname: str) -> TlsConn:

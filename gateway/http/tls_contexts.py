@@ -20,7 +20,8 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
-from gateway.http.tls import SEEN_SNI
+from gateway.http.kong_headers import KONG_CHARSET
+from gateway.http.tls import LISTENER_ALPN, SEEN_SNI, ListenerContext, plain_http_head_for
 from gateway.kong_array import kong_array
 
 if TYPE_CHECKING:
@@ -28,7 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.tls")
 _Context = TypeVar("_Context", bound=ssl.SSLContext)
-ALPN = ["http/1.1"]
 # kong/conf_loader/constants.lua CIPHER_SUITES (Mozilla's server-side TLS recommendations, and OpenSSL's FIPS list):
 # each suite's protocols, which replace ssl_protocols (kong/conf_loader/parse.lua), and its TLS 1.2 ciphers; TLS 1.3
 # suites are OpenSSL's defaults. `old` has kong/templates/nginx_kong.lua's `ssl_conf_command CipherString
@@ -59,16 +59,18 @@ VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1, "T
 
 
 class ServerOptions:
-    """kong.conf's TLS settings for listeners: `protocols` are ssl_protocols, used only with the custom suite."""
+    """kong.conf's TLS settings for listeners: `protocols` are ssl_protocols, used only with the custom suite;
+    `charset` (nginx_http_charset) is for the 400 a plain HTTP request on a TLS port gets."""
 
-    __slots__ = ("protocols", "cipher_suite", "ciphers", "tickets")
+    __slots__ = ("protocols", "cipher_suite", "ciphers", "tickets", "charset")
 
     def __init__(self, protocols: str = "TLSv1.2 TLSv1.3", cipher_suite: str = "intermediate",
-                 ciphers: str | None = None, tickets: bool = True) -> None:
+                 ciphers: str | None = None, tickets: bool = True, charset: str = KONG_CHARSET) -> None:
         self.protocols = protocols.split()
         self.cipher_suite = cipher_suite
         self.ciphers = ciphers
         self.tickets = tickets
+        self.charset = charset
 
 
 def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> list[x509.Certificate]:
@@ -178,11 +180,12 @@ def read_pem_file(path: str, what: str) -> str:
 
 
 def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], what: str,
-                   names: Sequence[tuple[str, str]] | None = None) -> ssl.SSLContext:
+                   names: Sequence[tuple[str, str]] | None = None) -> ListenerContext:
     """A listener context serving `pairs` of (certificate PEM, key PEM) (e.g. an RSA and an ECDSA one). `names`:
     the settings each pair comes from, for messages (default: a certificate entity's fields under `what`)."""
     names = names or [(f"{what}.cert", f"{what}.key"), (f"{what}.cert_alt", f"{what}.key_alt")]
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ListenerContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.plain_http_head = plain_http_head_for(options.charset)
     if options.cipher_suite == "custom":
         protocols, ciphers = options.protocols, options.ciphers
     else:
@@ -204,13 +207,14 @@ def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], wha
             ctx.load_dh_params(f"/proc/self/fd/{fd}")
         finally:
             os.close(fd)
-    ctx.set_alpn_protocols(ALPN)
+    ctx.set_alpn_protocols(list(LISTENER_ALPN))  # (a client offering none of them: tls.server_handshake refuses it)
     ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     if options.cipher_suite in ("modern", "intermediate"):  # Kong's prefer_server_ciphers off: all are safe, let the
         ctx.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE  # client choose (old, fips and custom: the server's order)
-    if not options.tickets:
-        ctx.options |= ssl.OP_NO_TICKET
-        ctx.num_tickets = 0
+    if not options.tickets:  # nginx's ssl_session_tickets off: SSL_OP_NO_TICKET and no more. TLS 1.2 then resumes
+        ctx.options |= ssl.OP_NO_TICKET  # by session id, TLS 1.3 by the stateful tickets OpenSSL still sends, both
+        # from the server's session cache (OpenSSL's own, on by default: SSL_SESS_CACHE_SERVER), kept by the context
+        # handshakes start with (ServerTls.context), whichever certificate the SNI then picks
     types = []
     for i, (cert_pem, key_pem) in enumerate(pairs):
         cert_what, key_what = names[min(i, len(names) - 1)]
@@ -240,7 +244,7 @@ class ServerTls:
     last label as `*` (`example.*`), then the sni `*`, else the default certificate. A client without SNI gets the
     default certificate (or the `*` one without a default). With neither, the unrecognized_name alert."""
 
-    def __init__(self, default: ssl.SSLContext | None, by_sni: dict[str, ssl.SSLContext],
+    def __init__(self, default: ListenerContext | None, by_sni: dict[str, ssl.SSLContext],
                  options: ServerOptions, handshake_timeout: float = 10.0) -> None:
         self.exact = {n: c for n, c in by_sni.items() if "*" not in n}
         self.leading = [(n, c) for n, c in by_sni.items() if n.startswith("*.") and "." in n[2:]]
@@ -308,10 +312,15 @@ class ClientTls:
 
 def _client_tls_context(verify: bool, check_hostname: bool, ca_pems: Sequence[str],
                         client_pair: tuple[str, str] | None, what: str) -> ssl.SSLContext:
+    """An upstream client context as nginx's proxy module makes it: no ALPN (ngx_http_upstream.c:1791-1797 sets it
+    only for the HTTP/2 and gRPC proxies), and a certificate's name checked with X509_check_host flags 0
+    (ngx_event_openssl.c:5275): `a*.example.com` matches `api.example.com`."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(ALPN)
     ctx.check_hostname = check_hostname
+    # Python's default host flags are X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS; CPython's private SSLContext._host_flags
+    # (X509_VERIFY_PARAM_set_hostflags, no public setter) takes nginx's 0; test_kong_spec_tls checks it still works
+    ctx._host_flags = 0  # type: ignore[attr-defined]
     if verify:
         ctx.verify_mode = ssl.CERT_REQUIRED
         if ca_pems:  # (none: Kong's nginx has no proxy_ssl_trusted_certificate, so it trusts no CA at all)
