@@ -460,3 +460,15 @@ async def test_status_shows_a_busy_supervisors_last_listed_children_instead_of_w
     assert [(c["id"], c["restarts"]) for c in status["tree"]["children"]] == [("keeper", 2)]
     assert await node.handle_admin(AdminRequest("workers")) == []
     assert "busy starting or stopping a child" in render_status(status)
+
+
+def test_the_text_status_lists_a_retiring_generation_and_its_draining_workers_after_the_tree():
+    status = {"version": "1", "pid": 10, "uptime_s": 5.0, "generation": 2, "listen": ["127.0.0.1:8000"],
+              "config": "gateway.yaml",
+              "tree": {"id": "root", "type": "supervisor", "strategy": "one_for_one", "intensity": 5, "period_s": 60,
+                       "children": [{"id": "workers@2", "type": "supervisor", "state": "running", "children": []}]},
+              "retiring": [{"id": "workers@1", "type": "supervisor", "state": "retiring",
+                            "children": [{"id": "worker-1", "type": "worker", "state": "draining", "pid": 42,
+                                          "uptime_s": 9.0}]}]}
+    lines = render_status(status).splitlines()
+    assert lines[-2:] == ["workers@1  retiring", "└─ worker-1  pid 42  up 9.0s  draining"]

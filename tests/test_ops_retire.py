@@ -84,6 +84,23 @@ def test_a_second_reload_starts_its_generation_while_the_first_ones_old_workers_
     assert codes == [200]
 
 
+def test_status_and_workers_show_a_draining_generation_until_it_exits(gw):
+    """nginx's old workers stay visible while they shut down (ps: "worker process is shutting down"): the status
+    lists a retiring generation beside the tree, with its worker's pid, and `workers` lists that worker too,
+    until the drain is over."""
+    start_daemonised(gw)
+    thread, codes = request_in_flight(gw.port)
+    _reload(gw)
+    status = admin_now(gw, "status").result
+    assert [g["id"] for g in status["retiring"]] == ["workers@1"]
+    (old_worker,) = status["retiring"][0]["children"]
+    assert old_worker["pid"] and status["retiring"][0]["state"] == "retiring"
+    assert old_worker["pid"] in [w["pid"] for w in admin_now(gw, "workers").result]
+    thread.join(timeout=15)
+    assert codes == [200]
+    assert becomes_true(lambda: admin_now(gw, "status").result["retiring"] == [], 5)
+
+
 def test_sigusr1_during_a_drain_reopens_the_access_log_at_once(gw_with_access_log):
     """nginx's master handles SIGUSR1 at once, whatever old workers do (ngx_master_process_cycle: `if (ngx_reopen)`
     -> ngx_reopen_files, ngx_signal_worker_processes(cycle, NGX_REOPEN_SIGNAL)): after logrotate's rename, the

@@ -386,6 +386,8 @@ def render_status(status: dict[str, Any]) -> str:
             walk(child, prefix + ("" if top else ("   " if last else "│  ")), i == len(children) - 1, False)
 
     walk(status["tree"], "", True, True)
+    for generation in status.get("retiring", []):  # a reload's old workers, draining beside the tree
+        walk(generation, "", True, True)
     return "\n".join(lines)
 
 

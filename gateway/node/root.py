@@ -481,7 +481,10 @@ class Node:
             self._stop.set()
             return {"stopping": True}
         if cmd == "workers":
-            return [_child_json(info, trio.current_time()) for info in await self._listed_workers()]
+            now = trio.current_time()
+            return [_child_json(info, now) for info in await self._listed_workers()] + [
+                _draining_json(ref, now) for g in list(self._generations.values()) if g.retiring
+                for ref in g.workers()]  # (a reload's old workers, still draining)
         if cmd in KEEPER_COMMANDS:
             try:
                 reply = await self.keeper.call(cmd, request.args)
@@ -544,7 +547,18 @@ class Node:
             "generation": self.generation,
             "listen": [f"{h}:{p}" for h, p in listen_addresses(self.config)],
             "tree": await self._tree_json("root", self.root, root, now),
+            # reloads' old generations, draining outside the root's tree (gateway.node.generation) until they exit
+            "retiring": [{"id": g.id, "type": "supervisor", "state": "retiring",
+                          "children": [_draining_json(ref, now) for ref in g.workers()]}
+                         for g in list(self._generations.values()) if g.retiring],
         }
+
+
+def _draining_json(ref: ChildRef, now: float) -> dict[str, Any]:
+    """A retiring generation's worker, as its supervisor (busy stopping it) cannot list it: asked of no one."""
+    started = ref.started_at
+    return {"id": ref.id, "type": "worker", "state": "draining", "pid": ref.os_pid,
+            "uptime_s": round(now - started, 3) if started is not None else None}
 
 
 def _child_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
