@@ -70,6 +70,7 @@ REQUEST_METHOD = "request_method"  # ex.state: the method as the client sent it,
 HEADERS_SET = "headers_set"  # ex.state: response headers a policy set in access (kong.response.set_header)
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
 HELD_FILE = "held_file"  # ex.state: the rest of a body read whole in access, in a file (Exchange.hold_body)
+BODY_SET = "body_set"  # ex.state: a plugin set the body (Exchange.replace_body: ngx.req.set_body_data, in memory)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
                   Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
@@ -314,11 +315,15 @@ class Exchange:
         return self._held, self._request_done and (state is None or HELD_FILE not in state)
 
     def replace_body(self, body: bytes) -> None:
-        """Send `body` upstream instead of what read_body returned (a whole body; the caller fixes the headers)."""
+        """Send `body` upstream instead of what read_body returned (a whole body; the caller fixes the headers).
+        As ngx.req.set_body_data, the body is in memory from now on (BODY_SET), whatever its size."""
         self._held = body
         state = self.state
-        if state is not None and HELD_FILE in state:
+        if state is None:
+            state = self.state = {}
+        elif HELD_FILE in state:
             state.pop(HELD_FILE).close()
+        state[BODY_SET] = True
 
     def hold_body(self, body: bytes, rest: BodyFile | None = None) -> None:
         """Keep a body a policy read to its end in access (request-size-limiting, as Kong's ngx.req.read_body): `body`,

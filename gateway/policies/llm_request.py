@@ -20,26 +20,31 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.http.server import Exchange
+from gateway.http.server import BODY_SET, Exchange
 from gateway.policies import cjson
 from gateway.policies.base import LuaError
 from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import get_header, set_header
 from gateway.policies.request_body import FORM, JSON, get_body, media_type
 
-CLIENT_BODY_BUFFER = 8192  # nginx's client_body_buffer_size, Kong's default (8k): a body this size stays in memory
+CLIENT_BODY_BUFFER = 8192  # nginx's client_body_buffer_size, Kong's default (8k): a chunked body this size stays in
+# memory; one with a Content-Length while what is left to read is under the buffer and a quarter (10 KiB:
+# ngx_http_read_client_request_body sizes its one buffer to the body then)
+LENGTH_BODY_BUFFER = CLIENT_BODY_BUFFER + (CLIENT_BODY_BUFFER >> 2) - 1
 MISSING: Any = object()  # a key the table does not have (Lua's nil; JSON's null is cjson.null, a true value)
 _PARSED = "ai.parse-request"  # ex.state: parse-request ran for this request
 _IN_USE = "ai.request-body-table"  # ex.state: the request body table in use
-_SET = "ai.body-set"  # ex.state: an AI plugin set the body (ngx.req.set_body_data keeps it in memory)
 
 
 async def raw_body(ex: Exchange, max_size: int, form: bool = False) -> bytes | None:
-    """kong.request.get_raw_body(max_size): the whole body, or None when it is too large to read (for a form body,
-    get_post_args: over the buffer, whatever max_size)."""
-    limit = CLIENT_BODY_BUFFER if form else max(CLIENT_BODY_BUFFER, max_size)
+    """kong.request.get_raw_body(max_size): the whole body, or None when it is too large to read: a body nginx keeps
+    in memory is read whatever max_size (as is one a plugin set), one in a file up to max_size (for a form body,
+    get_post_args: in memory only)."""
+    chunked = any(name == b"transfer-encoding" for name, _ in ex.request.headers)
+    memory = CLIENT_BODY_BUFFER if chunked else LENGTH_BODY_BUFFER
+    limit = memory if form else max(memory, max_size)
     raw, whole = await ex.read_body(limit)
-    if ex.state is not None and ex.state.get(_SET):
+    if ex.state is not None and ex.state.get(BODY_SET):
         return raw
     return raw if whole and len(raw) <= limit else None
 
@@ -98,9 +103,6 @@ def set_in_use(ex: Exchange, doc: Any) -> None:
 def set_body(ex: Exchange, body: bytes, content_type: bytes | None = None) -> None:
     """kong.service.request.set_raw_body (and set_body's Content-Type): the upstream gets `body`, with its length."""
     ex.replace_body(body)
-    if ex.state is None:
-        ex.state = {}
-    ex.state[_SET] = True
     headers = [hv for hv in ex.request.headers if hv[0] != b"transfer-encoding"]
     set_header(headers, b"content-length", b"%d" % len(body))
     if content_type is not None:
