@@ -28,6 +28,7 @@ from ldap_server import PEOPLE_DN, close_kept_connections, slapd_fixture  # noqa
 
 from gateway.config import ConfigError, parse_config
 from gateway.policies.consumers import Directory
+from gateway.policies.ldap_auth import handler
 from gateway.policies.ldap_auth.handler import LdapAuth, read_credentials, scheme_pattern
 from gateway.policies.ldap_auth.schema import LdapAuthConfig
 from gateway.runtime import compile_config
@@ -421,6 +422,33 @@ async def test_concurrent_requests_with_the_same_credentials_wait_for_one_bind(n
     assert (statuses, len(relay.binds)) == ([200] * 5, 1)
 
 
+def test_waiting_for_another_requests_bind_lasts_at_most_kongs_lock_timeout():
+    """kong/global.lua:23-26: LOCK_OPTS timeout 5, the resty.lock mlcache's run_callback waits on."""
+    assert handler.LOCK_TIMEOUT_S == 5.0
+
+
+async def test_requests_waiting_for_a_silent_servers_bind_give_up_at_the_lock_timeout(nursery, gateway, monkeypatch):
+    """kong/resty/mlcache/init.lua:651-656 ("could not acquire callback lock: timeout") raised by access.lua:189-190,
+    answered 500 by kong/init.lua:406-417: each request waits at most the lock timeout for the others' binds (which
+    fail uncached against a silent server), then its own bind's timeout. Lock timeout shortened to 0.5 s here."""
+    monkeypatch.setattr(handler, "LOCK_TIMEOUT_S", 0.5)
+    silent = Scripted(None)  # accepts, reads, never answers
+    port = await ldap_gateway(nursery, gateway, await nursery.start(silent.serve), timeout=200)
+    answered: list[float] = []
+    started = trio.current_time()
+
+    async def one() -> None:
+        assert_500(await call(port, "/request", [("authorization", ldap())]))
+        answered.append(trio.current_time() - started)
+
+    with trio.move_on_after(0.5 + 0.2 + 0.4):  # lock + bind + slack; one after another, the 9th would need 1.8 s
+        async with trio.open_nursery() as requests:
+            for _ in range(9):
+                requests.start_soon(one)
+    assert len(answered) == 9, [round(t, 2) for t in answered]
+    assert silent.connections < 9  # the last ones gave up waiting rather than binding
+
+
 async def test_plugins_with_the_same_server_base_dn_attribute_and_ttl_share_outcomes(nursery, gateway, slapd):
     """Kong's cache key names no route: another route's plugin finds the bind already made"""
     relay = Relay(slapd.port)
@@ -539,6 +567,32 @@ async def test_a_server_silent_past_the_timeout_is_500_and_not_remembered(nurser
     assert silent.connections == 2
 
 
+# a SEQUENCE header, the rest never sent: a 2 GiB answer (4 length bytes), and 0x80 (BER's indefinite form), which
+# Kong reads as 128 bytes to come
+UNFINISHED = {"huge-length": bytes.fromhex("30847fffffff"), "indefinite-length": bytes.fromhex("3080")}
+
+
+@pytest.mark.parametrize("answer", list(UNFINISHED.values()), ids=list(UNFINISHED))
+async def test_an_answer_announcing_more_than_the_server_sends_is_500_and_not_remembered(nursery, gateway, answer):
+    """kong/plugins/ldap-auth/ldap.lua:34-55, 72-78: receive(packet_len) times out, parse_ldap_result(nil) raises in
+    the cache callback (not cached), access.lua:189-190: 500. The gateway does not wait for an answer over
+    MAX_RESPONSE_BYTES: it is the same server error at once."""
+    server = Scripted([answer, answer])
+    port = await ldap_gateway(nursery, gateway, await nursery.start(server.serve), timeout=100)
+    for _ in range(2):
+        with trio.fail_after(2):
+            assert_500(await call(port, "/request", [("authorization", ldap())]))
+    assert server.connections == 2
+
+
+async def test_an_answer_announcing_more_than_the_server_sends_is_500_even_with_anonymous(nursery, gateway):
+    """kong/plugins/ldap-auth/access.lua:312: do_authentication raises before the anonymous consumer is set."""
+    server = Scripted([UNFINISHED["huge-length"]])
+    port = await ldap_gateway(nursery, gateway, await nursery.start(server.serve), timeout=100, anonymous="no-body")
+    with trio.fail_after(2):
+        assert_500(await call(port, "/request", [("authorization", ldap())]))
+
+
 async def test_a_server_that_declines_start_tls_is_500(nursery, gateway):
     server = Scripted([START_TLS_DECLINED])
     port = await ldap_gateway(nursery, gateway, await nursery.start(server.serve), start_tls=True)
@@ -628,6 +682,37 @@ def test_timeout_and_keepalive_mean_what_ngx_makes_of_them(timeout, keepalive, e
     config = LdapAuthConfig(ldap_host="h", base_dn="b", attribute="uid", timeout=timeout, keepalive=keepalive)
     policy = LdapAuth(config, Directory(parse_config("{}", "t.yml")))
     assert (policy.server.timeout, policy.server.keepalive) == expected
+
+
+@pytest.mark.parametrize(("keepalive", "seconds"), [(0.5, 0.0), (-0.5, 0.0), (1500.7, 1.5), (-1, -1.0),
+                                                    (-1e300, -1.0), (1e300, -1.0)])
+def test_keepalive_is_whole_milliseconds_as_setkeepalive_reads_it(keepalive, seconds):
+    """kong/plugins/ldap-auth/access.lua:116 sock:setkeepalive(conf.keepalive); lua-nginx-module's
+    ngx_http_lua_socket_tcp_setkeepalive: `(ngx_msec_t) luaL_checkinteger(L, 2)` truncates toward zero, 0 is no
+    timer (kept for ever); a negative count (or one past 2^63, INT64_MIN on x86-64) is a timer already expired: not
+    kept (the gateway's -1.0)."""
+    config = LdapAuthConfig(ldap_host="h", base_dn="b", attribute="uid", keepalive=keepalive)
+    policy = LdapAuth(config, Directory(parse_config("{}", "t.yml")))
+    assert policy.server.keepalive == seconds
+
+
+def test_a_negative_keepalive_is_accepted_as_kong_accepts_it():
+    """kong/plugins/ldap-auth/schema.lua:24: keepalive is a number without bounds, and setkeepalive(-1) does not
+    raise."""
+    runtime = compile_config(parse_config(
+        SERVICE + f"plugins: [{{name: ldap-auth, config: {{{REQUIRED}, keepalive: -1}}}}]", "t.yml"), "t.yml")
+    [policy] = runtime.router.match(b"GET", b"/", None, []).payload.policies
+    assert isinstance(policy, LdapAuth) and policy.server.keepalive < 0
+
+
+async def test_with_a_negative_keepalive_no_connection_is_reused(nursery, gateway, slapd):
+    """lua-nginx-module ngx_http_lua_socket_tcp_setkeepalive: ngx_add_timer(c->read, (ngx_msec_t) -1) sets a timer
+    that has already expired, and ngx_http_lua_socket_keepalive_close_handler closes the connection on it."""
+    relay = Relay(slapd.port)
+    port = await ldap_gateway(nursery, gateway, await nursery.start(relay.serve), keepalive=-1)
+    upstream(await call(port, "/request", [("authorization", ldap())]))
+    upstream(await call(port, "/request", [("authorization", ldap("newton", "apple"))]))
+    assert relay.connections == 2
 
 
 @pytest.mark.parametrize(("config", "expected"), [

@@ -13,6 +13,7 @@ from gateway.policies.ldap_auth.protocol import (
     LdapResult,
     ProtocolError,
     ResponseDecoder,
+    ResponseTooLong,
     bind_request,
     encode_integer,
     encode_length,
@@ -130,36 +131,50 @@ def test_malformed_results_are_protocol_errors(hex_content, why):
         parse_result(bytes.fromhex(hex_content))
 
 
-@pytest.mark.parametrize(("wire", "why"), [
-    ("310c02010161070a010004000400", "should be a SEQUENCE"),
-    ("3080", "indefinite length"),
-    ("3089", "a length of 9 bytes"),
-    ("1f", None),  # one byte: not yet a header
-], ids=["not-a-sequence", "indefinite", "huge-length-of-length", "incomplete"])
-def test_a_frame_that_is_no_ldap_message_is_refused(wire, why):
+def test_a_frame_that_is_no_sequence_is_refused():
     decoder = ResponseDecoder()
-    decoder.receive_data(bytes.fromhex(wire))
-    if why is None:
-        assert decoder.next_result() is None
-        return
-    with pytest.raises(ProtocolError, match=why):
+    decoder.receive_data(bytes.fromhex("310c02010161070a010004000400"))
+    with pytest.raises(ProtocolError, match="should be a SEQUENCE"):
         decoder.next_result()
 
 
-def test_an_oversized_response_is_refused_before_it_is_read():
+@pytest.mark.parametrize("wire", ["1f", "3080", "3089" + "00" * 8], ids=["one-byte", "indefinite", "length-of-9"])
+def test_an_incomplete_frame_waits_for_more_bytes(wire):
+    decoder = ResponseDecoder()
+    decoder.receive_data(bytes.fromhex(wire))
+    assert decoder.next_result() is None
+
+
+def test_an_indefinite_length_is_read_as_128_bytes_as_kong_reads_it():
+    """kong/plugins/ldap-auth/ldap.lua:34-55: only a first length byte over 128 is the long form; 0x80 is 128."""
+    content = BIND_OK[2:] + b"\x00" * (128 - len(BIND_OK[2:]))
+    decoder = ResponseDecoder()
+    decoder.receive_data(b"\x30\x80" + content[:-1])
+    assert decoder.next_result() is None
+    decoder.receive_data(content[-1:])
+    assert decoder.next_result() == LdapResult(1, BIND_RESPONSE, 0, b"", b"")
+
+
+def test_a_long_form_length_may_take_up_to_127_bytes_as_kong_reads_it():
+    """kong/plugins/ldap-auth/ldap.lua:34-55: elen - 128 length bytes, whatever their number."""
+    assert decode_all(b"\x30\xff" + b"\x00" * 126 + BIND_OK[1:]) == [LdapResult(1, BIND_RESPONSE, 0, b"", b"")]
+
+
+def test_an_oversized_response_is_too_long_before_it_is_read():
+    """Not a ProtocolError (a refused bind): Kong would wait for the bytes and fail with a server error."""
     decoder = ResponseDecoder()
     decoder.receive_data(b"\x30\x84" + (MAX_RESPONSE_BYTES + 1).to_bytes(4, "big"))
-    with pytest.raises(ProtocolError, match="at most"):
+    with pytest.raises(ResponseTooLong, match="at most"):
         decoder.next_result()
 
 
 def test_after_a_protocol_error_the_decoder_keeps_refusing():
     decoder = ResponseDecoder()
-    decoder.receive_data(bytes.fromhex("3080"))
+    decoder.receive_data(bytes.fromhex("310c02010161070a010004000400"))
     with pytest.raises(ProtocolError):
         decoder.next_result()
     decoder.receive_data(BIND_OK)
-    with pytest.raises(ProtocolError, match="indefinite"):
+    with pytest.raises(ProtocolError, match="should be a SEQUENCE"):
         decoder.next_result()
 
 

@@ -8,17 +8,18 @@ alive between calls. The bytes are gateway.policies.ldap_auth.protocol's.
 3. Unavailable(remembered=True) (Kong: 500, and the miss is cached for cache_ttl): no connection could be made
    (refused, unreachable, no answer within the timeout), or the server declined StartTLS.
 4. Unavailable(remembered=False) (Kong: 500, not cached): the connection broke or went silent for `timeout` while a
-   request was written or its answer awaited.
+   request was written or its answer awaited, or the answer announced more than MAX_RESPONSE_BYTES (Kong would wait
+   for them and fail the same way; the gateway does not wait to buffer them).
 
 `timeout` bounds each step on its own, as the ngx socket timeout Kong sets does: connecting (name resolution
 included), the TLS handshake, and each request (written and answered).
 
 Connections are kept as Kong keeps them (setkeepalive after the bind, whatever its result): per worker process (its
 Trio run), per server and way of connecting, at most POOL_SIZE idle ones, each for `keepalive` seconds (0: for as
-long as it lives). A StartTLS connection is upgraded once, when made. One the server has closed (or written to
-unasked, as an LDAP server does before it disconnects) is noticed before reuse and dropped; one that answered a bind
-with more bytes than its answer is not kept (lua's setkeepalive refuses "unread data in buffer"). A connection whose
-exchange failed is closed.
+long as it lives; negative: closed at once, as ngx's already expired timer closes it). A StartTLS connection is
+upgraded once, when made. One the server has closed (or written to unasked, as an LDAP server does before it
+disconnects) is noticed before reuse and dropped; one that answered a bind with more bytes than its answer is not
+kept (lua's setkeepalive refuses "unread data in buffer"). A connection whose exchange failed is closed.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from gateway.policies.ldap_auth.protocol import (
     LdapResult,
     ProtocolError,
     ResponseDecoder,
+    ResponseTooLong,
     bind_request,
     start_tls_request,
 )
@@ -72,7 +74,7 @@ class Server:
         self.host, self.port = host, port
         self.ldaps, self.start_tls, self.verify = ldaps, start_tls, verify
         self.timeout = timeout  # seconds, for each step
-        self.keepalive = keepalive  # seconds an idle connection is kept; 0: as long as it lives
+        self.keepalive = keepalive  # seconds an idle connection is kept; 0: as long as it lives; negative: not kept
         self.where = f"{f'[{host}]' if ':' in host else host}:{port}"
         # Kong pools StartTLS connections apart from the others; a verified TLS connection is not one an unverified
         # config made
@@ -104,7 +106,8 @@ class Connection:
 
     async def exchange(self, encode: Callable[[int], bytes], timeout: float, where: str) -> LdapResult:
         """Write the request `encode(message id)` and read its answer; Unavailable (not remembered) when the
-        connection breaks or is silent for `timeout`; ProtocolError when the answer is malformed."""
+        connection breaks or is silent for `timeout`, or announces an answer too long to read; ProtocolError when
+        the answer is malformed."""
         message_id = self.next_id
         self.next_id += 1
         try:
@@ -118,6 +121,8 @@ class Connection:
                 return result
         except trio.TooSlowError:
             raise Unavailable(f"no answer from {where} within {timeout:g}s", remembered=False) from None
+        except ResponseTooLong as e:
+            raise Unavailable(f"{where} announced {e}", remembered=False) from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
             raise Unavailable(f"the connection to {where} failed: {e!r}", remembered=False) from None
 
@@ -161,6 +166,9 @@ class Pools:
         return None
 
     def give_back(self, server: Server, conn: Connection) -> None:
+        if server.keepalive < 0:  # ngx's keepalive timer already expired: closed at once
+            conn.close_now()
+            return
         now = trio.current_time()
         conn.idle_until = now + server.keepalive if server.keepalive > 0 else inf
         idle = self._idle.setdefault(server.pool_key, deque())

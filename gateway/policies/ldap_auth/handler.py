@@ -21,7 +21,9 @@ StartTLS declined: the same 500 again until the TTL ends, without contacting the
 The cache is per host, as Kong's kong.cache is per node (lua-resty-mlcache: an LRU per nginx worker over the
 kong_db_cache shared dict all workers of the node see), in two levels:
 1. L1, per worker process and config load (BindCache): an outcome found here costs no message to anyone. Concurrent
-   requests of the worker with the same credentials wait for one look-up below (and one bind).
+   requests of the worker with the same credentials wait for one look-up below (and one bind), each at most 5 s in
+   all (LOCK_TIMEOUT_S): then, unless an outcome has been cached meanwhile, it is a 500, as mlcache's callback lock
+   times out (kong/global.lua LOCK_OPTS, kong/resty/mlcache/init.lua run_callback).
 2. L2, the state keeper's host-wide dictionary kong_db_cache (gateway.stores, what proxy-cache uses too), read with
    one bus round trip (SharedState.cache_fetch) when L1 misses, before binding. A bind's outcome goes to both levels
    (the unavailable miss too, as Kong's neg_ttl is cache_ttl). The L2 value carries the wall-clock instant
@@ -44,6 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 import weakref
@@ -73,6 +76,8 @@ log = logging.getLogger("gateway.policies")
 CACHE_ENTRIES = 16384  # outcomes remembered per worker and config load; the oldest leaves first
 DEFAULT_SOCKET_TIMEOUT_S = 60.0  # ngx's lua_socket_*_timeout: what a timeout of 0 (or null) means
 DEFAULT_KEEPALIVE_S = 60.0  # ngx's lua_socket_keepalive_timeout: what a null keepalive means
+# kong/global.lua LOCK_OPTS.timeout: how long mlcache lets a miss wait for another's callback of the same key
+LOCK_TIMEOUT_S = 5.0
 # Kong's "^(.*?):(.+)$" (PCRE without flags: "." stops at a newline, "$" also before a final newline)
 _USER_PASSWORD = re.compile(rb"(.*?):(.+)$")
 _UNSAFE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # escaped as %XX in a header value, as ngx_lua's set_header does
@@ -186,6 +191,18 @@ def scheme_pattern(header_type: str) -> re.Pattern[bytes]:
     return re.compile(rb"\s*" + header_type.lower().encode() + rb"\s+")
 
 
+def keepalive_seconds(keepalive: float | None) -> float:
+    """Server.keepalive from Kong's conf.keepalive as setkeepalive reads it (lua-nginx-module's
+    ngx_http_lua_socket_tcp_setkeepalive: `(ngx_msec_t) luaL_checkinteger(L, 2)`): whole milliseconds truncated
+    toward zero; 0 for ever; nil ngx's 60 s. A negative count becomes a huge unsigned one whose timer (current + it,
+    compared signed) has already expired: the connection is closed at once, as is one past 2^63 ms, where the cast
+    yields INT64_MIN on x86-64."""
+    if keepalive is None:
+        return DEFAULT_KEEPALIVE_S
+    ms = math.trunc(keepalive) if math.isfinite(keepalive) and abs(keepalive) < 2**63 else -(2**63)
+    return ms / 1000 if ms >= 0 else -1.0
+
+
 def www_authenticate(header_type: str, realm: str | None) -> str:
     scheme = "LDAP" if header_type == "ldap" else header_type  # Kong keeps "LDAP" for configs that predate header_type
     return f'{scheme} realm="{realm}"' if realm is not None else scheme
@@ -202,11 +219,10 @@ class LdapAuth(AuthPolicy):
                  shared: Any = None) -> None:
         super().__init__(directory.anonymous(config.anonymous), True)
         timeout_ms = int(config.timeout or 0)  # ngx truncates to whole milliseconds; 0 means its default
-        keepalive_ms = config.keepalive
         self.server = Server(config.ldap_host, config.ldap_port, ldaps=config.ldaps, start_tls=config.start_tls,
                              verify=config.verify_ldap_host,
                              timeout=timeout_ms / 1000 if timeout_ms > 0 else DEFAULT_SOCKET_TIMEOUT_S,
-                             keepalive=keepalive_ms / 1000 if keepalive_ms is not None else DEFAULT_KEEPALIVE_S)
+                             keepalive=keepalive_seconds(config.keepalive))
         self.hide = config.hide_credentials
         self.scheme = scheme_pattern(config.header_type)
         self.dn_prefix = config.attribute.encode() + b"="
@@ -265,7 +281,10 @@ class LdapAuth(AuthPolicy):
         return CredentialIdentity(key, username) if outcome == ACCEPTED else None
 
     async def _outcome(self, key: str, username: bytes, password: bytes) -> str:
+        """The outcome cached under `key`, or this request's bind's. Waiting for other requests' binds of the same
+        key lasts at most LOCK_TIMEOUT_S in all, then fails as mlcache's callback lock does."""
         cache = self.cache
+        deadline: float | None = None
         while True:
             outcome = cache.get(key, trio.current_time())
             if outcome is not None:
@@ -273,7 +292,16 @@ class LdapAuth(AuthPolicy):
             underway = cache.pending.get(key)
             if underway is None:
                 break
-            await underway.wait()  # then the cache has its outcome, unless that bind failed uncached: ours then
+            if deadline is None:
+                deadline = trio.current_time() + LOCK_TIMEOUT_S
+            with trio.move_on_at(deadline):
+                await underway.wait()  # then the cache has its outcome, unless that bind failed uncached: ours then
+                continue
+            outcome = cache.get(key, trio.current_time())
+            if outcome is not None:
+                return outcome
+            raise Unavailable(f"{self.server.where}: could not acquire callback lock: timeout (another request's "
+                              f"bind with these credentials took more than {LOCK_TIMEOUT_S:g}s)", False)
         done = cache.pending[key] = trio.Event()
         try:
             outcome = await self._fetch_host(key)

@@ -8,13 +8,16 @@ result code, matched DN, diagnostic message; the rest of a response (referrals, 
 response's name and value, controls) is skipped.
 
 Rules of the decoder:
-1. A response is a SEQUENCE (0x30) with a definite length, short or long form (Active Directory writes every length
-   in four bytes), at most MAX_RESPONSE_BYTES long.
+1. A response is a SEQUENCE (0x30) whose length is read as Kong's calculate_payload_length reads it
+   (kong/plugins/ldap-auth/ldap.lua:34-55): the short form; the long form of 1 to 127 length bytes (Active Directory
+   writes every length in four); and 0x80, BER's indefinite form, taken as 128 bytes. A response announcing more
+   than MAX_RESPONSE_BYTES is ResponseTooLong at once: Kong would wait for bytes that do not come and fail the
+   request (a server error), and the gateway never buffers that much.
 2. Inside: an INTEGER message id, then an [APPLICATION n] constructed operation holding an ENUMERATED result code
    and two OCTET STRINGs (matched DN, diagnostic message).
 3. INTEGER and ENUMERATED are minimal two's complement of 1 to 8 bytes, as OpenSSL's d2i (Kong's decoder) requires.
 4. Anything else is a ProtocolError naming what was wrong; the connection is then useless (the decoder keeps
-   raising it).
+   raising it, or ResponseTooLong).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ EXTENDED_REQUEST = 23
 EXTENDED_RESPONSE = 24
 START_TLS_OID = b"1.3.6.1.4.1.1466.20037"
 LDAP_VERSION = 3
-MAX_RESPONSE_BYTES = 1 << 20  # a bind or StartTLS answer is tens of bytes; a longer one is refused, not buffered
+MAX_RESPONSE_BYTES = 1 << 20  # a bind or StartTLS answer is tens of bytes; a longer one is never buffered
 
 # result codes (RFC 4511 appendix A), by name for the log
 SUCCESS = 0
@@ -53,6 +56,10 @@ _TAG_NUMBER = 0x1F  # the low five bits; all ones announces a multi-byte tag num
 
 class ProtocolError(Exception):
     """Bytes that are not the LDAP response expected."""
+
+
+class ResponseTooLong(Exception):
+    """A response announcing more than MAX_RESPONSE_BYTES: not malformed (Kong would wait for it), but not read."""
 
 
 class LdapResult(NamedTuple):
@@ -131,6 +138,20 @@ def read_header(data: bytes | bytearray, at: int, end: int) -> tuple[int, int, i
     return identifier, int.from_bytes(data[at + 2:at + 2 + count], "big"), at + 2 + count
 
 
+def read_response_header(data: bytes | bytearray) -> tuple[int, int, int] | None:
+    """(identifier octet, content length, where the content starts) of the response at the start of `data`, the
+    length read as Kong reads it (the module docstring, 1); None while the header is incomplete."""
+    if len(data) < 2:
+        return None
+    first = data[1]
+    if first <= 0x80:  # Kong's `elen > 128` test: 0x80 (indefinite in BER) is a length of 128
+        return data[0], first, 2
+    count = first - 0x80
+    if len(data) < 2 + count:
+        return None
+    return data[0], int.from_bytes(data[2:2 + count], "big"), 2 + count
+
+
 def _element(data: bytes, at: int, end: int, what: str) -> tuple[int, int, int]:
     """(identifier, content start, content end) of a complete element inside data[at:end]."""
     header = read_header(data, at, end)
@@ -182,7 +203,7 @@ class ResponseDecoder:
 
     def __init__(self) -> None:
         self._buffer = bytearray()
-        self._error: ProtocolError | None = None
+        self._error: ProtocolError | ResponseTooLong | None = None
 
     def receive_data(self, data: bytes | bytearray) -> None:
         self._buffer += data
@@ -198,19 +219,19 @@ class ResponseDecoder:
             raise self._error
         try:
             buffer = self._buffer
-            header = read_header(buffer, 0, len(buffer))
+            header = read_response_header(buffer)
             if header is None:
                 return None
             identifier, length, start = header
             if identifier != _SEQUENCE:
                 raise ProtocolError(f"a response should be a SEQUENCE (0x30), got identifier 0x{identifier:02x}")
             if length > MAX_RESPONSE_BYTES:
-                raise ProtocolError(f"a response of {length} bytes (at most {MAX_RESPONSE_BYTES} are read)")
+                raise ResponseTooLong(f"a response of {length} bytes (at most {MAX_RESPONSE_BYTES} are read)")
             if len(buffer) < start + length:
                 return None
             content = bytes(buffer[start:start + length])
             del buffer[:start + length]
             return parse_result(content)
-        except ProtocolError as e:
+        except (ProtocolError, ResponseTooLong) as e:
             self._error = e
             raise

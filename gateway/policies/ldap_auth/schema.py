@@ -31,7 +31,8 @@ class LdapAuthConfig(msgspec.Struct, forbid_unknown_fields=True):
     cache_ttl: NonNegative = 60  # how long a bind's outcome is remembered per username and password (0: until reload)
     hide_credentials: bool = False  # the upstream gets neither Authorization nor Proxy-Authorization
     timeout: Milliseconds | None = 10000  # for each step: connect, TLS handshake, each request (0 or null: 60 s)
-    keepalive: NonNegative | None = 60000  # ms an idle connection is kept (0: as long as it lives; null: 60 s)
+    # ms an idle connection is kept, truncated to whole ms (0: as long as it lives; null: 60 s; negative: not kept)
+    keepalive: float | None = 60000
     anonymous: Text | None = None  # consumer id or username admitted when authentication fails
     header_type: HeaderText = "ldap"  # the scheme of Authorization (a regular expression, compared lower-cased)
     realm: HeaderText | None = None  # WWW-Authenticate: `<scheme> realm="<realm>"`, or the scheme alone
