@@ -633,3 +633,19 @@ async def test_an_event_stream_of_fixed_length_gets_no_comments_that_would_break
             assert reply.body == SseBackend.event(0) + SseBackend.event(1)
             assert reply.header("content-length") == str(len(reply.body))
             assert (await client.request("GET", "/mcp", headers=[("accept", "text/event-stream")])).status == 200
+
+
+@pytest.mark.parametrize("size", [b"8000000000000000", b"ffffffffffffffff"])
+async def test_a_chunk_size_past_nginx_off_t_is_a_bad_request_at_once(nursery, gateway, size):
+    """ngx_http_parse_chunked (src/http/ngx_http_parse.c, sw_chunk_size: "if (ctx->size > NGX_MAX_OFF_T_VALUE / 16)
+    goto invalid;") refuses a size of 2**63 or more, and ngx_http_request_body_chunked_filter answers 400 at once:
+    nothing waits for the bytes announced, nothing goes upstream."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, client_body_timeout_s=2)
+    started = trio.current_time()
+    data, _ = await raw_exchange(port, b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                       b"%b\r\nhello" % size, timeout=5)
+    elapsed = trio.current_time() - started
+    assert parse_raw_response(data)[0] == 400 and elapsed < 1.0, (data[:40], elapsed)
+    assert echo.requests == []

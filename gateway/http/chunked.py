@@ -3,7 +3,8 @@
 h11 reads chunked framing leniently: a bare LF ends a trailer line or the trailer section, any bytes but LF may
 follow the ';' of a chunk line (a bare CR among them), whitespace may follow a chunk size, a chunk size may pass
 2**64, trailers may be folded. A front end that reads the same bytes strictly would see a different message end,
-which is how requests are smuggled. So the h11 codec shows its chunked bodies to this check as well: each body
+which is how requests are smuggled. (Sizes past 2**63 - 1 are refused, by the llhttp codec too: nginx's off_t
+limit, in ngx_http_parse_chunked.) So the h11 codec shows its chunked bodies to this check as well: each body
 byte h11 hands over must be one this check has seen framed as llhttp frames it (RFC 9112 7.1, without the optional
 whitespace around ';' and '=' that llhttp refuses), and at the first byte that is not, the message fails, after
 the body bytes before it, as llhttp fails it (tests/http/test_codec_fuzz.py compares the two).
@@ -20,7 +21,7 @@ _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n")
 _TRAILER_LINE = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
 _FRAMING = (b"content-length:", b"transfer-encoding:")  # llhttp refuses them in trailers (RFC 9110 6.5.1: may)
-_MAX_SIZE_DIGITS = 16  # 64 bits of hex, leading zeros aside
+MAX_CHUNK_SIZE = (1 << 63) - 1  # nginx's NGX_MAX_OFF_T_VALUE: a larger size is invalid (ngx_http_parse_chunked)
 
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
 
@@ -75,7 +76,7 @@ class ChunkedFraming:
             m = _CHUNK_LINE.fullmatch(line)
             if m is None:
                 self._fail("invalid chunk line")
-            elif len(m.group(1).lstrip(b"0")) > _MAX_SIZE_DIGITS:
+            elif int(m.group(1), 16) > MAX_CHUNK_SIZE:
                 self._fail("chunk size too large")
             else:
                 self._left = int(m.group(1), 16)
@@ -94,3 +95,9 @@ class ChunkedFraming:
 
     def _fail(self, message: str) -> None:
         self.error = ProtocolError(message, self._status)
+
+
+def oversized(line: bytes) -> bool:
+    """Is `line` a chunk-size line (its CRLF included) whose size is past MAX_CHUNK_SIZE?"""
+    m = _CHUNK_LINE.fullmatch(line)
+    return m is not None and int(m.group(1), 16) > MAX_CHUNK_SIZE

@@ -12,6 +12,7 @@ from http import HTTPStatus
 
 import httptools
 
+from gateway.http.chunked import oversized
 from gateway.http.codec import (
     CHUNKED,
     CLOSED,
@@ -347,7 +348,8 @@ class LlhttpServer(_Parsing):
     whole size only. (nginx itself sizes such a head where the request before it left its buffers.)"""
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark")
+                 "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark",
+                 "_chunk_at")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -372,6 +374,7 @@ class LlhttpServer(_Parsing):
         # more than _REPARSE_WINDOW of them
         self._before: bytes | None = b""
         self._tunnel_mark: tuple[bytes, int] | None = None  # when _tunnel is current (_upgraded, take_upgraded)
+        self._chunk_at: int | None = None  # a chunk-size line was read: where its chunk's data begins in _events
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -496,6 +499,12 @@ class LlhttpServer(_Parsing):
         self._started = False
         self._at_start = False
 
+    def on_chunk_header(self) -> None:
+        self._chunk_at = len(self._events)
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_at = None
+
     def request_line_so_far(self) -> tuple[bytes, bytes]:
         if not self._in_head or self._dead:
             return b"", b""
@@ -522,6 +531,8 @@ class LlhttpServer(_Parsing):
                 self._before = b""
             self._prev = data
             self._feed(data)
+            if self._chunk_at is not None:
+                self._size_chunk(data)
         elif self._started:
             self._fail(ProtocolError("client closed the connection mid-request"))
         else:  # between requests: the client is done
@@ -540,6 +551,29 @@ class LlhttpServer(_Parsing):
                 error.method = self._parser.get_method()
                 if self._headers:  # (a header line came: the request line was whole)
                     error.target = self._url
+
+    def _size_chunk(self, data: bytes) -> None:
+        """A chunk-size line was read in `data` and its chunk goes on past it: a size past nginx's off_t is invalid
+        (ngx_http_parse_chunked; llhttp takes up to 2**64 - 1), the request a bad one before any of that chunk's
+        data. httptools tells no offsets: the line ends where the chunk's data in `data`, all of it after the line,
+        begins."""
+        at, self._chunk_at = self._chunk_at, None
+        if at is None or self._dead:
+            return
+        events = self._events
+        after = 0
+        for ev in events[at:]:
+            if type(ev) is not bytes:
+                return  # a last chunk's trailer section: no data of its own
+            after += len(ev)
+        head = data[: len(data) - after]
+        start = head.rfind(b"\n", 0, len(head) - 1) + 1
+        if not start and self._before:  # the line began in an earlier read
+            head = self._before + head
+            start = head.rfind(b"\n", 0, len(head) - 1) + 1
+        if oversized(head[start:]):
+            del events[at:]
+            self._fail(ProtocolError("chunk size too large", self._BAD))
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         # llhttp stops after a request with Upgrade (or CONNECT), skipping any body. Like h11 we serve it as an

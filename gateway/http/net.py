@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
+from collections.abc import Callable
 
 import trio
 
@@ -37,7 +38,7 @@ class Conn:
     timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
 
     __slots__ = ("sock", "_budget", "peer", "closed", "reset", "send_timer", "send_timeout", "listen_port", "serial",
-                 "requests")
+                 "requests", "heard")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
     server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
@@ -54,6 +55,9 @@ class Conn:
         self.listen_port = b""  # a client connection: the port it came in on (X-Forwarded-Port)
         self.serial = 0  # a client connection: nginx's $connection, the worker's count of connections accepted
         self.requests = 0  # ... and $connection_requests, the number of the request being served on it
+        # While set, a write that waits for the peer to read also watches for the peer speaking first (an upstream
+        # answering before it read the whole request): this is called then, and may raise to end the write.
+        self.heard: Callable[[], None] | None = None
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""
@@ -154,7 +158,11 @@ class Conn:
         sock = self.sock
         while view:
             try:
-                await trio.lowlevel.wait_writable(sock)
+                if self.heard is None:
+                    await trio.lowlevel.wait_writable(sock)
+                else:
+                    while await readable_first(sock):
+                        self.heard()
             except trio.ClosedResourceError:
                 raise BrokenPipeError(errno.EBADF, "connection closed by the gateway") from None
             try:
@@ -212,6 +220,32 @@ class Conn:
             except OSError:
                 pass
             self.close()
+
+
+async def readable_first(sock: socket.socket) -> bool:
+    """Wait until `sock` has bytes (or an EOF) to read or room to write: True when it is readable (a peer that
+    speaks while it does not read); raises trio.ClosedResourceError when it is closed under us."""
+    readable = closed = False
+    async with trio.open_nursery() as nursery:
+
+        async def listen() -> None:
+            nonlocal readable
+            try:
+                await trio.lowlevel.wait_readable(sock)
+            except trio.ClosedResourceError:
+                return  # (the write side says so)
+            readable = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(listen)
+        try:
+            await trio.lowlevel.wait_writable(sock)
+        except trio.ClosedResourceError:
+            closed = True
+        nursery.cancel_scope.cancel()
+    if closed:
+        raise trio.ClosedResourceError
+    return readable
 
 
 class NameNotResolved(OSError):

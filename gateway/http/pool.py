@@ -22,7 +22,7 @@ import select
 
 import trio
 
-from gateway.http.codec import ClientCodec
+from gateway.http.codec import NEED_DATA, ClientCodec, Event
 from gateway.http.errors import ConnectError, ConnectTimeout, NameResolutionFailed
 from gateway.http.net import Conn, NameNotResolved, is_ip, open_connection, resolve
 from gateway.http.tls import TlsConn, TlsError, client_handshake
@@ -37,6 +37,14 @@ def _target_host(key: tuple) -> str:
     """The host of the target a pool key's connections serve: the name, for those to one address of a name
     (keyed (address, port, tls, name[, sni]); (host, port, tls, None, sni) for another TLS name)."""
     return (key[3] if len(key) > 3 else None) or key[0]
+
+
+class Answered(Exception):
+    """The upstream answered before it took the whole request: `event` is what it sent (a Response, or CLOSED)."""
+
+    def __init__(self, event: Event) -> None:
+        super().__init__("the upstream answered before the request was sent")
+        self.event = event
 
 
 class UpstreamConn:
@@ -56,6 +64,20 @@ class UpstreamConn:
         self.served = 0  # requests it carried to their end (upstream_keepalive_max_requests)
         self._pool = pool
 
+    def heard(self) -> None:
+        """The upstream spoke while the request was going out (Conn.heard): what it sent is read, and once that is
+        a response head (or the connection's end) the request stops there (Answered). A 1xx, or part of a head,
+        lets it go on, as nginx goes on writing until the head is in (ngx_http_upstream_send_request_handler)."""
+        data = self.conn.recv_ready()
+        if data is None:
+            return
+        codec = self.codec
+        codec.receive_data(data)
+        if (ev := codec.next_event()) is not NEED_DATA:
+            if self._pool is not None:  # the rest of the request never goes: nor does another request on it
+                self._pool.retire(self)
+            raise Answered(ev)
+
     def has_input(self) -> bool:
         """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout. On a TLS connection,
         records that carry no data (a session ticket) do not count."""
@@ -65,6 +87,7 @@ class UpstreamConn:
         return conn.pending_input() if isinstance(conn, TlsConn) and conn.sock.fileno() >= 0 else True
 
     def close(self) -> None:
+        self.conn.heard = None  # (a bound method of this connection's: no cycle left behind)
         if not self.conn.closed:
             if self._pool is not None:
                 self._pool.forget(self)
@@ -121,6 +144,10 @@ class Pool:
         idle.append(uc)
         if self._first_idle is not None:
             self._first_idle.set()
+
+    def retire(self, uc: UpstreamConn) -> None:
+        """Make the request `uc` carries its last: `put` closes it instead of keeping it."""
+        uc.served = self._max_requests - 1  # (0, no limit: -1, which put's count makes 0)
 
     def watch(self) -> int:
         """Close idle connections that became readable since the last call (a stray byte, or the peer's FIN); returns

@@ -28,7 +28,7 @@ from gateway.http.errors import (
 )
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.kong_headers import ASSIGNED_BY_KONG
-from gateway.http.pool import Pool, UpstreamConn
+from gateway.http.pool import Answered, Pool, UpstreamConn
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.http.tls_contexts import ClientTls
@@ -313,23 +313,30 @@ class Forwarder:
             timer.set_until(now + svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
             if replayable:  # a timeout ends this try, not the client's connection
                 timer.upstream = uc.conn
-            await uc.conn.sendall(data)
-            if spooled is not None:
-                while chunk := spooled.read():  # type: ignore[union-attr]
-                    timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
-                    await uc.conn.sendall(codec.body(chunk))
-                await uc.conn.sendall(codec.end())
-            elif not body_done:
-                while (chunk := await ex.receive_body()) is not None:
-                    timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
-                    await uc.conn.sendall(codec.body(chunk))
-                await uc.conn.sendall(codec.end())
+            uc.conn.heard = uc.heard  # a write that has to wait hears an answer that comes first (nginx reads as it
+            # writes: ngx_http_upstream_process_header is the read handler from the connect on)
             reading = (detail[0], svc.read_timeout)
-            timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
-            ev = codec.next_event()
-            if ev is NEED_DATA:
-                codec.receive_data(await uc.conn.recv_after_wait())
+            try:
+                await uc.conn.sendall(data)
+                if spooled is not None:
+                    while chunk := spooled.read():  # type: ignore[union-attr]
+                        timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+                        await uc.conn.sendall(codec.body(chunk))
+                    await uc.conn.sendall(codec.end())
+                elif not body_done:
+                    while (chunk := await ex.receive_body()) is not None:
+                        timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
+                        await uc.conn.sendall(codec.body(chunk))
+                    await uc.conn.sendall(codec.end())
+                timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
                 ev = codec.next_event()
+                if ev is NEED_DATA:
+                    codec.receive_data(await uc.conn.recv_after_wait())
+                    ev = codec.next_event()
+            except Answered as answered:
+                ev = answered.event
+                _answered_early(ex, target)
+            uc.conn.heard = None  # (a TLS record's answer written while the response is read must not hear it)
             while ev is NEED_DATA:  # a head in pieces: read_timeout runs between two reads, as nginx's
                 timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
                 codec.receive_data(await uc.conn.recv())
@@ -678,6 +685,16 @@ async def _edited_body(ex: Exchange, uc: UpstreamConn, status: int, headers: Hea
         body = edit.json_body(body)
     headers = [hv for hv in headers if hv[0] != b"content-length"] + [(b"content-length", b"%d" % len(body))]
     return status, headers, body
+
+
+def _answered_early(ex: Exchange, target: TargetRuntime) -> None:
+    """The upstream answered before it took the whole request: that answer is relayed as any other (nginx stops
+    writing the request once the head is in: ngx_http_upstream_send_request_handler), never tried again elsewhere,
+    and its connection is not reused (Pool.retire). A client body still unread then ends the client's
+    connection after the answer, which lingers (ngx_http_finalize_connection: reading_body, keepalive off)."""
+    log.info("upstream %s answered before it read the whole request: the rest of it is not sent", target.name)
+    if not ex.request_done:
+        ex.close_after = True
 
 
 def _blame(uc: UpstreamConn, code: int) -> int:

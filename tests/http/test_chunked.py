@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.http.chunked import ChunkedFraming
+from gateway.http.codec import END, NEED_DATA, ProtocolError, Request
+from gateway.http.codec_llhttp import LlhttpServer
 
 VALID = b"5\r\nhello\r\n6;name=value;flag\r\n world\r\nA;q=\"a \\\" b\"\r\n0123456789\r\n0\r\nX-Sum: 1\r\n\r\n"
 
@@ -93,3 +95,50 @@ def test_nothing_is_read_after_a_fault() -> None:
     framing.feed(b"hello\r\n0\r\n\r\n")
     assert framing.error is not None
     assert framing.body_ok == 0
+
+
+@pytest.mark.parametrize("size", [b"8000000000000000", b"ffffffffffffffff", b"10000000000000000"])
+def test_a_chunk_size_past_nginx_off_t_is_refused(size: bytes) -> None:
+    """ngx_http_parse_chunked: size > NGX_MAX_OFF_T_VALUE / 16 before another digit -> invalid (2**63 or more)."""
+    framing = feed(size + b"\r\nhello")
+    assert framing.error is not None and "too large" in str(framing.error) and framing.body_ok == 0
+
+
+def test_the_largest_chunk_size_nginx_takes_is_taken() -> None:
+    """2**63 - 1, leading zeros aside, is a size nginx reads (NGX_MAX_OFF_T_VALUE)."""
+    framing = feed(b"00007fffffffffffffff\r\nhello")
+    assert framing.error is None and framing.body_ok == 5
+
+
+def _llhttp_events(pieces: list[bytes]) -> list[object]:
+    """What the llhttp server codec makes of a chunked request fed in `pieces`: body bytes, "END", or the error."""
+    codec = LlhttpServer()
+    out: list[object] = []
+    for piece in [b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", *pieces]:
+        codec.receive_data(piece)
+        while True:
+            try:
+                ev = codec.next_event()
+            except ProtocolError as e:
+                return [*out, str(e)]
+            if ev is NEED_DATA:
+                break
+            if type(ev) is not Request:
+                out.append("END" if ev is END else ev)
+    return out
+
+
+@pytest.mark.parametrize(("pieces", "before"), [([b"8000000000000000\r\nhello"], []),
+                                                ([b"80000000", b"00000000\r\n", b"hello"], []),
+                                                ([b"5\r\nhello\r\n0008000000000000000;a=b\r\n", b"xy"], [b"hello"])],
+                         ids=["one read", "line cut", "later chunk"])
+def test_llhttp_refuses_a_chunk_size_past_nginx_off_t_before_its_data(pieces: list[bytes], before: list[bytes]) -> None:
+    """llhttp itself takes sizes up to 2**64 - 1; the codec refuses 2**63 and more (ngx_http_parse_chunked), with
+    none of that chunk's data passed on, however the line came."""
+    assert _llhttp_events(pieces) == [*before, "chunk size too large"]
+
+
+def test_llhttp_takes_chunk_data_that_reads_like_a_huge_size_line() -> None:
+    """The size is read where llhttp read the chunk-size line, never in the data: a data line of 16 hex digits is
+    data."""
+    assert _llhttp_events([b"12\r\n8000000000000000\r\n\r\n", b"0\r\n\r\n"]) == [b"8000000000000000\r\n", "END"]

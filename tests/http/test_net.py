@@ -111,3 +111,58 @@ async def test_open_tcp_stream_connects_to_a_bracketed_ipv6_literal():
         stream = await open_tcp_stream("[::1]", port)
         async with stream:
             assert stream.socket.getpeername()[:2] == ("::1", port)
+
+
+class _Spoke(Exception):
+    pass
+
+
+async def test_a_write_that_waits_hears_the_peer_speak_first():
+    """With `heard` set, a write the peer does not read ends when the peer speaks instead (an upstream's early answer:
+    nginx reads the upstream while it writes, ngx_http_upstream_process_header); `heard` decides, here by raising."""
+    ours, peer = socket.socketpair()
+    conn = Conn(ours)
+    calls: list[bytes | None] = []
+
+    def heard() -> None:
+        calls.append(conn.recv_ready())
+        raise _Spoke
+
+    conn.heard = heard
+
+    async def speak() -> None:
+        await trio.sleep(0.05)
+        peer.send(b"HTTP/1.1 413 ")
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(speak)
+            try:
+                await conn.sendall(b"x" * 8_000_000)
+            except _Spoke:
+                pass
+    assert calls == [b"HTTP/1.1 413 "]
+    conn.close()
+    peer.close()
+
+
+async def test_a_write_that_waits_with_heard_set_still_ends_when_the_peer_reads():
+    """A peer that reads and says nothing gets the whole write, as without `heard`."""
+    ours, peer = socket.socketpair()
+    conn = Conn(ours)
+    conn.heard = lambda: None
+    received = 0
+
+    def read_all() -> None:
+        nonlocal received
+        while chunk := peer.recv(1 << 20):
+            received += len(chunk)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(trio.to_thread.run_sync, read_all)
+            await conn.sendall(b"x" * 8_000_000)
+            conn.sock.shutdown(socket.SHUT_WR)
+    assert received == 8_000_000
+    conn.close()
+    peer.close()
