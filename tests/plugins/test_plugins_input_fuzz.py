@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from plugin_helpers import call, http_codec  # noqa: F401 - the fixture: one codec
 
 from gateway.policies.base import LuaError
-from gateway.policies.ldap_auth.protocol import LdapResult, ProtocolError, ResponseDecoder
+from gateway.policies.ldap_auth.protocol import LdapResult, ProtocolError, ResponseDecoder, ResponseTooLong
 from gateway.policies.proxy_cache import cache_key
 from gateway.policies.proxy_cache.entry import decode
 from gateway.policies.proxy_cache.rules import Rules, parse_directives, resource_ttl
@@ -145,16 +145,25 @@ def test_any_bytes_from_an_ldap_server_give_results_or_a_protocol_error(chunks):
             decoder.receive_data(chunk)
             while (result := decoder.next_result()) is not None:
                 assert isinstance(result, LdapResult)
-    except ProtocolError:
+    except (ProtocolError, ResponseTooLong):
         pass
 
 
-@pytest.mark.parametrize("prefix", [b"\x30\x84\xff\xff\xff\xff", b"\x30\x80", b"\x30\x89" + b"\xff" * 9])
+@pytest.mark.parametrize("prefix", [b"\x30\x84\xff\xff\xff\xff", b"\x30\x89" + b"\xff" * 9])
 def test_an_ldap_answer_claiming_an_absurd_length_is_refused_not_awaited(prefix):
+    """Kong would wait for the bytes (a server error when they do not come); the gateway refuses at once what it
+    would never buffer (over MAX_RESPONSE_BYTES): the same 500, without the wait."""
     decoder = ResponseDecoder()
-    with pytest.raises(ProtocolError):
+    with pytest.raises(ResponseTooLong):
         decoder.receive_data(prefix)
         decoder.next_result()
+
+
+def test_an_ldap_answer_with_the_indefinite_length_byte_waits_for_128_bytes_as_kong_reads_it():
+    """kong/plugins/ldap-auth/asn1.lua: only a first length byte over 128 is the long form, so 0x80 is 128 bytes."""
+    decoder = ResponseDecoder()
+    decoder.receive_data(b"\x30\x80")
+    assert decoder.next_result() is None
 
 
 # ---- hostile requests and answers through the real gateway ---------------------------------------------------------
