@@ -640,3 +640,18 @@ def becomes_true(predicate: Callable[[], bool], timeout: float, interval: float 
 def admin_now(gw: GatewayNode, cmd: str, timeout: float = 20, **args: Any) -> Any:
     """One admin command, blocking; the reply (ok, result, error)."""
     return admin_call(f"ipc://{gw.dir / 'run' / 'admin.sock'}", cmd, {k: str(v) for k, v in args.items()}, timeout)
+
+
+def gateway_in_front_of(backend: HoldingBackend, tmp_path: Path, **gateway: Any) -> Iterator[GatewayNode]:
+    """A one-worker gateway (not started) with one route to `backend`; afterwards every process it started is
+    stopped, then the backend."""
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "read_timeout": 30000,
+                         "routes": [{"paths": ["/"]}]}]}
+    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None, **gateway)
+    try:
+        yield gw
+    finally:
+        if gw.root:
+            gw.pids.update(descendants_of(gw.root))
+        gw.cleanup()
+        backend.close()

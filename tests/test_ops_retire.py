@@ -14,7 +14,6 @@ import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -25,6 +24,7 @@ from e2e_helpers import (
     becomes_true,
     blocking_get,
     descendants_of,
+    gateway_in_front_of,
     process_name,
     request_in_flight,
     start_daemonised,
@@ -38,32 +38,13 @@ HOLD_S = 5.0  # the request that keeps generation 1 draining
 
 
 @pytest.fixture
-def backend() -> Iterator[HoldingBackend]:
-    backend = HoldingBackend(HOLD_S)
-    yield backend
-    backend.close()
-
-
-def _gateway(tmp_path: Path, backend: HoldingBackend, **gateway: Any) -> Iterator[GatewayNode]:
-    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "read_timeout": 30000,
-                         "routes": [{"paths": ["/"]}]}]}
-    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None, drain_timeout=10, **gateway)
-    try:
-        yield gw
-    finally:
-        if gw.root:
-            gw.pids.update(descendants_of(gw.root))
-        gw.cleanup()
+def gw(tmp_path: Path) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(HoldingBackend(HOLD_S), tmp_path, drain_timeout=10)
 
 
 @pytest.fixture
-def gw(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
-    yield from _gateway(tmp_path, backend)
-
-
-@pytest.fixture
-def gw_with_access_log(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
-    yield from _gateway(tmp_path, backend, access_log=True)
+def gw_with_access_log(tmp_path: Path) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(HoldingBackend(HOLD_S), tmp_path, drain_timeout=10, access_log=True)
 
 
 def _reload(gw: GatewayNode) -> None:

@@ -23,6 +23,7 @@ from e2e_helpers import (
     becomes_true,
     blocking_get,
     descendants_of,
+    gateway_in_front_of,
     has_exited,
     process_name,
     start_daemonised,
@@ -31,16 +32,7 @@ from e2e_helpers import (
 
 @pytest.fixture
 def gw(tmp_path: Path) -> Iterator[GatewayNode]:
-    backend = HoldingBackend(0)
-    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "routes": [{"paths": ["/"]}]}]}
-    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None)
-    try:
-        yield gw
-    finally:
-        if gw.root:
-            gw.pids.update(descendants_of(gw.root))
-        gw.cleanup()
-        backend.close()
+    yield from gateway_in_front_of(HoldingBackend(0), tmp_path)
 
 
 def _stderr_of(pid: int) -> str:

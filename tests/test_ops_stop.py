@@ -23,7 +23,7 @@ from e2e_helpers import (
     GatewayNode,
     HoldingBackend,
     becomes_true,
-    descendants_of,
+    gateway_in_front_of,
     has_exited,
     request_in_flight,
     start_daemonised,
@@ -31,17 +31,7 @@ from e2e_helpers import (
 
 
 def _gateway(tmp_path: Path, hold_s: float) -> Iterator[GatewayNode]:
-    backend = HoldingBackend(hold_s)
-    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "read_timeout": 30000,
-                         "routes": [{"paths": ["/"]}]}]}
-    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None, drain_timeout=10)
-    try:
-        yield gw
-    finally:
-        if gw.root:
-            gw.pids.update(descendants_of(gw.root))
-        gw.cleanup()
-        backend.close()
+    yield from gateway_in_front_of(HoldingBackend(hold_s), tmp_path, drain_timeout=10)
 
 
 @pytest.fixture
