@@ -671,8 +671,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         return False
                     if not exchange.request_done and (codec.closing or not await _drain_request(exchange)):
                         return True  # (an answer before the body: the body is read only to keep the connection)
-                    if not codec.keep_alive:
-                        return False
+                    if not codec.keep_alive:  # nginx lingers when input is waiting (a pipelined request): a
+                        return conn.readable()  # close would reset the connection and the answer's end with it
                     codec.start_next_cycle()
                     timer.set(settings.keepalive_timeout, Phase.IDLE)
 
@@ -723,6 +723,9 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
             with trio.move_on_after(1.0):
                 await exchange.respond_error_page(504)
         except (BrokenPipeError, ConnectionError, OSError):
+            return False
+        if not exchange.request_done:  # the client may still be sending its body: closing now would reset the 504
+            await _linger(conn)  # away (nginx's lingering close of a request whose body is being read)
             return False
         return exchange.response_done and not exchange.close_after and codec.keep_alive
     elif exchange is not None and exchange.response_started and not exchange.response_done:

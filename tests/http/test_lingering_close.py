@@ -5,6 +5,8 @@ and reads and drops what the client still sends, bounded in time, before closing
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import trio
 from backends import EchoBackend, parse_raw_response, service
@@ -86,3 +88,88 @@ async def test_lingering_ends_when_the_client_stops_sending(nursery, gateway, mo
                 await stream.send_all(b"x")
                 await trio.sleep(0.05)
     await stream.aclose()
+
+
+async def test_a_response_closing_at_keepalive_requests_lingers_over_a_pipelined_request(nursery, gateway):
+    """The answer that ends a kept-alive connection (here keepalive_requests 1) is delivered whole although a
+    pipelined request waits unread: nginx lingers then (src/http/ngx_http_request.c, ngx_http_finalize_connection:
+    `r->header_in->pos < r->header_in->last || r->connection->read->ready || r->connection->pipeline` ->
+    ngx_http_set_lingering_close). A close with input unread would make the kernel reset the connection and throw
+    away the end of the answer still queued."""
+    backend = EchoBackend()
+    port = await nursery.start(backend.serve)
+    gw = await gateway({"services": [service("svc", f"http://127.0.0.1:{port}")]}, keepalive_requests=1)
+    size = 8_000_000
+    stream = await trio.open_tcp_stream("127.0.0.1", gw)
+    received = bytearray()
+    reset = False
+    try:
+        with trio.fail_after(TIMEOUT):
+            await stream.send_all(b"GET /big?bytes=%d&delay=0.3 HTTP/1.1\r\nhost: a\r\n\r\n" % size)
+            await trio.sleep(0.1)  # the second request arrives while the first waits for its upstream
+            await stream.send_all(b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
+            await trio.sleep(1.0)  # a client busy elsewhere: the answer fills the socket buffers meanwhile
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    reset = True
+                    break
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        await trio.aclose_forcefully(stream)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    assert b"connection: close" in head.lower()
+    assert (len(body), reset) == (size, False)
+
+
+async def _head_only(stream: trio.SocketStream) -> None:
+    """An upstream that takes a request head and then reads nothing more (its body fills the buffers)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        if not chunk:
+            return
+        data += chunk
+    await trio.sleep(TIMEOUT)
+
+
+async def test_a_504_for_an_upstream_write_timeout_lingers_over_the_unread_request_body(nursery, gateway):
+    """An upstream that stops reading an unbuffered request body gets the client nginx's 504 (write_timeout) while
+    the client is still uploading; the connection then closes with a lingering close, so the upload ends and the
+    client reads the 504 (src/http/ngx_http_request.c, ngx_http_finalize_connection: `if (r->reading_body) {
+    r->keepalive = 0; r->lingering_close = 1; }`). A close with the body unread would reset it: a client that sends
+    its whole body before reading (urllib3, curl) would report a reset instead of the 504."""
+    listeners = await nursery.start(partial(trio.serve_tcp, _head_only, 0, host="127.0.0.1"))
+    up = listeners[0].socket.getsockname()[1]
+    gw = await gateway({"services": [service("svc", f"http://127.0.0.1:{up}", write_timeout=300, retries=0,
+                                             routes=[{"paths": ["/"], "request_buffering": False}])]})
+    size = 48 << 20
+    stream = await trio.open_tcp_stream("127.0.0.1", gw)
+    received = bytearray()
+    upload_reset = reset = False
+    try:
+        with trio.fail_after(TIMEOUT):
+            await stream.send_all(b"PUT /up HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n" % size)
+            piece = b"x" * (1 << 20)
+            try:
+                for _ in range(size >> 20):
+                    await stream.send_all(piece)
+            except trio.BrokenResourceError:
+                upload_reset = True
+            while True:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    reset = True
+                    break
+                if not chunk:
+                    break
+                received += chunk
+    finally:
+        await trio.aclose_forcefully(stream)
+    assert received.startswith(b"HTTP/1.1 504"), bytes(received[:200])
+    assert (upload_reset, reset) == (False, False)
