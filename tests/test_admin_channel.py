@@ -15,6 +15,7 @@ import random
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 import trio
@@ -472,3 +473,36 @@ def test_the_text_status_lists_a_retiring_generation_and_its_draining_workers_af
                                           "uptime_s": 9.0}]}]}
     lines = render_status(status).splitlines()
     assert lines[-2:] == ["workers@1  retiring", "└─ worker-1  pid 42  up 9.0s  draining"]
+
+
+def test_status_is_answered_while_a_reload_checks_a_large_config(gateway):
+    """A reload's check of its file (read, parse, compile: seconds for thousands of services) runs beside the root's
+    loop, so `status` is answered meanwhile, as the README promises for reads during a reload (it waited for the
+    whole check: 2 s for 8,000 services, past the CLI's patience at 10,000). The file is rejected at its last
+    service, so the gateway keeps its config."""
+    gw, _, _ = gateway
+    big = json.loads(gw.config.read_text())
+    big["services"] = [{"name": f"s{i}", "url": f"http://127.0.0.1:{1000 + i}",
+                        "routes": [{"name": f"r{i}", "paths": [f"/p{i}"]}]} for i in range(8000)]
+    big["services"].append({"name": "bad", "url": "http://127.0.0.1:1", "retries": "many"})
+    big["routes"] = []
+    path = f"{gw.dir}/big.json"
+    with open(path, "w") as f:
+        json.dump(big, f)
+    reloader, asker = dealer(gw), dealer(gw)
+    try:
+        reloader.send_multipart([b"", json.dumps({"v": 1, "cmd": "reload", "args": {"config": path}}).encode()])
+        time.sleep(0.3)
+        asked = time.monotonic()
+        asker.send_multipart([b"", b'{"v": 1, "cmd": "status"}'])
+        assert asker.poll(8000), "no answer to status"
+        waited = time.monotonic() - asked
+        assert json.loads(asker.recv_multipart()[-1])["ok"] is True
+        answered_first = not reloader.poll(0)
+        assert reloader.poll(15000), "no answer to the reload"
+        rejected = json.loads(reloader.recv_multipart()[-1])
+        assert rejected["ok"] is False and "config rejected" in rejected["error"], rejected
+        assert answered_first, f"status took {waited:.2f}s and came after the reload's answer"
+    finally:
+        reloader.close()
+        asker.close()

@@ -393,8 +393,8 @@ class Node:
     async def _reload(self, path: str) -> dict[str, Any]:
         if self._stop.is_set():
             raise AdminCommandError("the gateway is stopping; start it again to run this config")
-        try:
-            text, config = load_validated(path)
+        try:  # (in a thread: a large file takes seconds to check, while status and signals are answered)
+            text, config = await trio.to_thread.run_sync(load_validated, path)
         except ConfigError as e:
             raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
                 from None
