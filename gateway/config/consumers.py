@@ -232,11 +232,13 @@ def flatten_consumers(config: Config) -> None:
                 named = cred.consumer
                 cred._nested = named if named is not None and named not in (consumer.id, consumer.username) else True
                 cred._consumer_ref = kong_id if named is None else named
+                cred._parent = consumer  # its consumer, whatever another consumer's username is (check_consumers)
                 cred.consumer = consumer.id  # None when the consumer has neither username nor custom_id (an error)
             getattr(config, attr).extend(nested)
             setattr(consumer, attr, [])
         for plugin in consumer.plugins:
             plugin.consumer = consumer.id
+            plugin._parent = consumer  # type: ignore[attr-defined]  # as a nested credential's
             config.plugins.append(plugin)
         consumer.plugins = []
 
@@ -245,7 +247,8 @@ def check_consumers(config: Config, errors: list[str]) -> None:
     """Consumers are identifiable and unique; every credential names a consumer that exists (then by its id);
     keys and usernames that identify a credential are unique. Secret values are never quoted."""
 
-    by_ref: dict[str | None, Any] = {}
+    by_id: dict[str | None, Any] = {}
+    by_username: dict[str, Any] = {}
     seen: dict[tuple[str, str], Any] = {}
     for consumer in config.consumers:
         where = path_of(consumer)
@@ -268,9 +271,9 @@ def check_consumers(config: Config, errors: list[str]) -> None:
             if other is not None:
                 errors.append(f"{where}.{field}: {value!r} is already used by {path_of(other)}")
             seen[(field, value)] = consumer
-        by_ref.setdefault(consumer.id, consumer)
+        by_id.setdefault(consumer.id, consumer)
         if consumer.username is not None:
-            by_ref.setdefault(consumer.username, consumer)
+            by_username.setdefault(consumer.username, consumer)
     counters: dict[tuple[str, str | None], int] = {}
     unique: dict[tuple[str, str], Any] = {}
     for attr in CREDENTIALS:
@@ -291,7 +294,7 @@ def check_consumers(config: Config, errors: list[str]) -> None:
                 errors.append(f"{where}.consumer: name the consumer (its id or username), or nest the credential "
                               "under it")
                 continue
-            owner = by_ref.get(cred.consumer)
+            owner = _owner(cred, by_username, by_id)
             if owner is None:
                 errors.append(f"{where}.consumer: no consumer with id or username {cred.consumer!r}")
                 continue
@@ -312,11 +315,22 @@ def check_consumers(config: Config, errors: list[str]) -> None:
             _check_credential(attr, cred, where, unique, errors)
     for plugin in config.plugins:
         if plugin.consumer is not None:
-            owner = by_ref.get(plugin.consumer)
+            owner = _owner(plugin, by_username, by_id)
             if owner is None:
                 errors.append(f"{path_of(plugin)}.consumer: no consumer with id or username {plugin.consumer!r}")
             else:
                 plugin.consumer = owner.id
+
+
+def _owner(entity: Any, by_username: dict[str, Any], by_id: dict[str | None, Any]) -> Any | None:
+    """The consumer a credential or plugin belongs to, by Kong's declarative rules: a nested one, the consumer it is
+    nested under (declarative_config.lua populate_references gives it its parent's primary key); a `consumer:` string,
+    the consumer with that username, else the one with that id (find_entity: by_key before by_id)."""
+    parent = getattr(entity, "_parent", None)
+    if parent is not None:
+        return parent
+    owner = by_username.get(entity.consumer)
+    return owner if owner is not None else by_id.get(entity.consumer)
 
 
 def _repeated_id(attr: str, cred: Any, other: Any, errors: list[str]) -> None:

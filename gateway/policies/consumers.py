@@ -23,6 +23,7 @@ from gateway.policies import cjson
 MAX_ARGS = 100  # the query arguments and header lines Kong's get_query and get_headers read (ngx_lua's default)
 JSON_UTF8 = b"application/json; charset=utf-8"  # Kong's content type for its error bodies
 _B64 = re.compile(rb"[A-Za-z0-9+/]*")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)  # kong/tools/uuid.lua
 
 
 class Consumer:
@@ -128,16 +129,15 @@ class Directory:
     """The consumers and credentials of one config load, indexed as the authentication policies look them up."""
 
     def __init__(self, config: Config) -> None:
-        self.consumers: dict[str, Consumer] = {}
-        self._by_ref: dict[str, Consumer] = {}
+        self.consumers: dict[str, Consumer] = {}  # by id
+        self._by_username: dict[str, Consumer] = {}
         for c in config.consumers:
             if c.id is None:
                 continue
             consumer = Consumer(c.id, c.username, c.custom_id, tuple(c.tags), c.created_at)
             self.consumers[c.id] = consumer
-            self._by_ref.setdefault(c.id, consumer)
             if c.username is not None:
-                self._by_ref.setdefault(c.username, consumer)
+                self._by_username.setdefault(c.username, consumer)
         groups: dict[str, list[str]] = {}
         # Kong reads a consumer's acls by primary key (LMDB key order DB-less, ORDER BY id on Postgres): by id
         for acl in sorted(config.acls, key=lambda a: a.id or ""):
@@ -172,8 +172,11 @@ class Directory:
                 self.hmac[h.username] = (h.secret.value, owner.credential_identity(h.id, h.username))
 
     def find(self, ref: str) -> Consumer | None:
-        """A consumer by id or username (Kong's `anonymous` and plugin `consumer` references)."""
-        return self._by_ref.get(ref)
+        """A consumer as Kong's `anonymous` names it (kong/pdk/client.lua load_consumer with search_by_username): the
+        one with that id when it is a UUID, else the one with that username."""
+        if _UUID.fullmatch(ref) is not None and (consumer := self.consumers.get(ref)) is not None:
+            return consumer
+        return self._by_username.get(ref)
 
     def anonymous(self, ref: str | None) -> Identity | None:
         """The identity for a plugin's `anonymous` setting; ValueError (a config error) when it names no one."""
