@@ -96,6 +96,21 @@ def _declares_body(headers: Headers) -> bool:
                for name, value in headers)
 
 
+def _body_framing(headers: Headers) -> bytes:
+    """The header line framing a request's body (check_request_head let one at most through, and a
+    Transfer-Encoding only as `chunked`), or b"" when it has none."""
+    for name, value in headers:
+        if name == b"content-length":
+            return b"content-length: " + value if value.strip(b"0") else b""
+        if name == b"transfer-encoding":
+            return b"transfer-encoding: chunked"
+    return b""
+
+
+# an ordinary head for the body of an upgrade request that llhttp skipped (LlhttpServer._read_skipped_body)
+_BODY_HEAD = b"POST / HTTP/1.1\r\nhost: upgrade\r\n%b\r\n\r\n"
+
+
 class _Completions:
     """A throwaway parser's callbacks: how many messages it saw end."""
 
@@ -576,20 +591,18 @@ class LlhttpServer(_Parsing):
             self._fail(ProtocolError("chunk size too large", self._BAD))
 
     def _upgraded(self, data: bytes, offset: int) -> None:
-        # llhttp stops after a request with Upgrade (or CONNECT), skipping any body. Like h11 we serve it as an
-        # ordinary request (answering anything but 101 declines the upgrade) and parse on after it, which httptools
-        # allows; but a body llhttp skipped cannot be recovered, so such a request is refused instead. What came
+        # llhttp stops after a request with Upgrade and Connection: upgrade, skipping any body. Like h11 (and nginx,
+        # which switches only on a 101: ngx_http_proxy_module.c 2039-2044) we serve it as an ordinary request
+        # (answering anything but 101 declines the upgrade) and parse on after it, which httptools allows. What came
         # after its head is also kept as it is: when the answer is a 101 (switch_protocols), those bytes are the
         # new protocol's (take_upgraded), while the events parsed from them, and no chunk since, are all there is.
         events = self._events
         request = events[-2]
         assert type(request) is Request  # the head llhttp parsed before it stopped
-        for name, value in request.headers:
-            if (name == b"content-length" and value.strip(b"0")) or name == b"transfer-encoding":
-                events.pop()
-                events.pop()
-                self._fail(ProtocolError("protocol upgrade with a request body is not supported", 501))
-                return
+        framing = _body_framing(request.headers)
+        if framing:
+            self._read_skipped_body(data[offset:], framing)
+            return
         rest = data[offset:]
         queued = len(events)
         if rest:
@@ -597,6 +610,22 @@ class LlhttpServer(_Parsing):
             self._feed(rest)
         self._tunnel = rest
         self._tunnel_mark = (self._prev, len(events) - queued)
+
+    def _read_skipped_body(self, rest: bytes, framing: bytes) -> None:
+        """The body llhttp skipped after an upgrade request's head (`rest`: what followed that head), read by its
+        framing as nginx reads any request's: a fresh parser takes an ordinary head framed so, its events dropped,
+        then `rest`. The bytes kept since a chunk began between two requests start with that head, as if it had
+        come in the upgrade request's place, so take_upgraded and _reparse_mended parse them again alike."""
+        events = self._events
+        del events[-1]  # the END llhttp gave the request, its body skipped
+        head = _BODY_HEAD % framing
+        self._parser = httptools.HttpRequestParser(self)
+        self._parser.feed_data(head)
+        del events[-1]  # that head's Request: the request is the upgrade's, already queued
+        self._before, self._prev = head, rest
+        self._tunnel, self._tunnel_mark = b"", None
+        if rest:
+            self._feed(rest)
 
     def take_upgraded(self) -> bytes:
         # What followed the request answered: kept by _upgraded when llhttp stopped for it (Connection: upgrade);

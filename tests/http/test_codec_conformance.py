@@ -599,16 +599,58 @@ def test_upgrade_request_is_served_as_an_ordinary_request(codec: str) -> None:
     ]
 
 
-def test_upgrade_request_with_body_INHERENT(codec: str) -> None:
-    # INHERENT: llhttp stops at an Upgrade request without reading its body and httptools cannot resume inside it,
-    # so the llhttp codec refuses such a request (501) rather than lose the body; h11 reads it.
-    raw = b"POST / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 5\r\n\r\nhello"
-    expected = {
-        "h11": [req(b"POST", b"/", [(b"host", b"a"), (b"connection", b"Upgrade"), (b"upgrade", b"h2c"),
-                                    (b"content-length", b"5")]), data(b"hello"), END],
-        "llhttp": [("error", 501)],
-    }
-    assert parse_requests(codec, raw, every_offset=False) == expected[codec]
+_H2C = [(b"host", b"a"), (b"connection", b"Upgrade, HTTP2-Settings"), (b"upgrade", b"h2c"),
+        (b"http2-settings", b"AAMAAABkAARAAAAAAAIAAAAA")]
+_H2C_HEAD = (b"POST /submit HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+             b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n")
+
+
+def test_an_upgrade_request_with_a_length_has_its_body_read_then_the_next_request(codec: str) -> None:
+    """An upgrade offer (JDK's HttpClient sends `Upgrade: h2c` so on a first http:// POST) is an ordinary request
+    until a 101 answers it: nginx reads its body by its Content-Length (src/http/ngx_http_request_body.c) and
+    switches only on a 101 (ngx_http_proxy_module.c 2039-2044). llhttp skips the body of such a head; the codec
+    reads it all the same, however the bytes are cut, and the request pipelined after it."""
+    raw = _H2C_HEAD + b"Content-Length: 5\r\n\r\nhelloGET /next HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert parse_requests(codec, raw) == [req(b"POST", b"/submit", [*_H2C, (b"content-length", b"5")]),
+                                          data(b"hello"), END, req(b"GET", b"/next", [(b"host", b"a")]), END]
+
+
+def test_an_upgrade_request_with_a_chunked_body_has_its_body_read_then_the_next_request(codec: str) -> None:
+    """The same with a chunked body: read by its chunks, as nginx reads any request's (ngx_http_parse_chunked)."""
+    raw = (_H2C_HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+           b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert parse_requests(codec, raw) == [req(b"POST", b"/submit", [*_H2C, (b"transfer-encoding", b"chunked")]),
+                                          data(b"hello"), END, req(b"GET", b"/next", [(b"host", b"a")]), END]
+
+
+def test_a_bad_chunk_in_the_body_of_an_upgrade_request_is_400(codec: str) -> None:
+    """Its body is framed as strictly as any request's: a chunk size that is not hex is a 400 (ngx_http_parse_chunked)
+    after the request's head."""
+    raw = _H2C_HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+    assert parse_requests(codec, raw, every_offset=False) == [
+        req(b"POST", b"/submit", [*_H2C, (b"transfer-encoding", b"chunked")]), ("error", 400)]
+
+
+_WS_WITH_BODY = (b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                 b"Content-Length: 5\r\n\r\nabc=1")
+_FRAME = b"\x81\x85abcd-frame-bytes"  # a client's first WebSocket frame, sent before the 101 came
+
+
+@pytest.mark.parametrize("cut", [0, 20, len(_WS_WITH_BODY) - 2, len(_WS_WITH_BODY)],
+                         ids=["one-read", "in-the-head", "in-the-body", "frame-apart"])
+def test_a_switch_after_an_upgrade_request_with_a_body_keeps_what_followed_the_body(codec: str, cut: int) -> None:
+    """Kong sends a handshake's body with it and nginx tunnels a 101 after it (ngx_http_proxy_module.c 2039-2044),
+    relaying first what the client sent past the request (ngx_http_upstream_process_upgraded, r->header_in): the
+    body is the request's, the bytes after it the new protocol's, however the reads cut them."""
+    raw = _WS_WITH_BODY + _FRAME
+    server = new_server(codec)
+    for chunk in ([raw] if not cut else [raw[:cut], raw[cut:]]):
+        server.receive_data(chunk)
+    ev = server.next_event()
+    assert type(ev) is Request and ev.target == b"/ws"
+    assert server.take_body() == (b"abc=1", True)
+    server.switch_protocols([(b"upgrade", b"websocket"), (b"connection", b"upgrade")])
+    assert server.take_upgraded() == _FRAME
 
 
 # ===================================================================================================================

@@ -423,9 +423,6 @@ KNOWN: dict[str, Known] = {
                                    # (a request line may follow a body directly: "helloPOST //x  HTTP/1.1")
                                    _any(rb"(?:^|\n|(?=(?:GET|POST|PUT|HEAD|DELETE|OPTIONS|PATCH) ))"
                                         rb"[A-Z]+(?: [^\r\n]*)?  ")),
-    "inherent-upgrade-with-body": Known("server", "llhttp cannot read the body of an Upgrade request (501)",
-                                        lambda raw, h11, llhttp: bool(llhttp) and llhttp[-1] == ("error", 501)
-                                        and re.search(rb"(?i)\nupgrade:", raw) is not None),
     "inherent-http10-keep-alive": Known("server", "h11 never keeps an HTTP/1.0 client alive; llhttp does when it "
                                         "asked (Connection: keep-alive) and the answer has a length, as nginx",
                                         lambda raw, h11, llhttp: _http10_kept(h11, llhttp)),
