@@ -55,7 +55,7 @@ class TargetRuntime:
         self.host = host
         self.port = port
         self.key = (host, port)
-        self.named = not is_ip(host)  # a host name: its addresses take turns, connection by connection (http.net)
+        self.named = not is_ip(host)  # a host name: looked up for every try, its addresses in turn (forward.py)
         self.target = hostname or host  # what the upstream's target names: the name for an address of a name
         self.weight = weight
         shown = f"[{host}]" if ":" in host else host

@@ -33,10 +33,26 @@ EMPTY_WATCH_S = 1.0  # while none is idle, the watch waits this long, or until o
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
 
 
-def _target_host(key: tuple) -> str:
-    """The host of the target a pool key's connections serve: the name, for those to one address of a name
-    (keyed (address, port, tls, name[, sni]); (host, port, tls, None, sni) for another TLS name)."""
-    return (key[3] if len(key) > 3 else None) or key[0]
+def _target_of(key: tuple) -> tuple:
+    """The (host, port) of the target a pool key's connections serve: the name's, for those to an address of a
+    name (keyed (address, port, tls, (name, port))[, sni]), whose port an SRV record may have changed)."""
+    return (key[3] if len(key) > 3 else None) or (key[0], key[1])
+
+
+def _where(key: tuple) -> str:
+    """A pool key's address for a person: 'address:port', and the name it is an address of."""
+    named = key[3] if len(key) > 3 else None
+    return f"{key[0]}:{key[1]}" if named is None else f"{key[0]}:{key[1]} ({named[0]})"
+
+
+async def locate(host: str, port: int) -> tuple[str, int]:
+    """(address, port) of a target's host name from this process's DNS client (its cache; the name's records take
+    turns, an SRV record's port replaces `port`), as Kong's balancer looks the name up for every try (toip);
+    NameResolutionFailed when it has no address."""
+    try:
+        return await resolve(host, port)
+    except NameNotResolved as e:
+        raise NameResolutionFailed(f"cannot resolve {e.strerror}", host, e.kong_error) from None
 
 
 class Answered(Exception):
@@ -95,7 +111,8 @@ class UpstreamConn:
 
 
 class Pool:
-    """Idle upstream connections keyed by (host, port), most recently used first."""
+    """Idle upstream connections keyed by address and port (and what else keeps them apart: TLS settings, the name
+    they are an address of, the SNI), most recently used first."""
 
     def __init__(self, codec_cls: type[ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
                  max_requests: int = 0) -> None:
@@ -106,7 +123,7 @@ class Pool:
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout or float("inf")
         self._max_requests = max_requests
-        # (host, port) or (host, port, ClientTls): never an empty list, so a key (a client's Host, as the SNI of a
+        # (host, port) or (host, port, ClientTls, ...): never an empty list, so a key (a client's Host, as the SNI of a
         # preserve_host route) lasts only while a connection to it is idle
         self._idle: dict[tuple, list[UpstreamConn]] = {}
         self._watch = select.epoll()
@@ -189,9 +206,10 @@ class Pool:
         """Close every connection to a target, idle or carrying a request (circuit-breaker's sweep_force_shutdown:
         a request in flight ends as if the target had closed it); returns how many. A busy one is shut down, not
         closed: its task reads the EOF (or fails its write) wherever it waits, a Trio wait or the stream watch
-        (which a closed descriptor would leave without a word), and closes it. Connections to one address of a
-        named target (keyed (address, port, tls, name)) are the name's."""
-        doomed = [uc for uc in self._open.values() if uc.key[1] == port and _target_host(uc.key) == host]
+        (which a closed descriptor would leave without a word), and closes it. Connections to the addresses of a
+        named target (keyed (address, port, tls, (name, port))) are the name's."""
+        target = (host, port)
+        doomed = [uc for uc in self._open.values() if _target_of(uc.key) == target]
         for uc in doomed:
             if uc.idle:
                 self._unidle(uc)
@@ -219,15 +237,13 @@ class Pool:
     async def connect(self, key: tuple, timeout: float, tls: ClientTls | None = None,
                       server_name: str | None = None) -> UpstreamConn:
         """Open a new connection to `key` ((host, port), (host, port, tls, None) for TLS, or (address, port, tls,
-        name) for one address of a name; an SNI of its own after those) within `timeout` seconds, the TLS handshake
-        included, or raise ConnectError. A name is looked up first, bounded by the DNS client's own timeouts only:
-        Kong resolves it in its access phase, and connect_timeout bounds the connect to the address found."""
+        (name, port)) for an address of a name; an SNI of its own after those) within `timeout` seconds, the TLS
+        handshake included, or raise ConnectError. A name as host is looked up first (`locate`), bounded by the DNS
+        client's own timeouts only: Kong resolves it before connecting, and connect_timeout bounds the connect to
+        the address found."""
         host, port = key[0], key[1]
         if not is_ip(host):
-            try:
-                host, port = await resolve(host, port)
-            except NameNotResolved as e:
-                raise NameResolutionFailed(f"cannot resolve {e.strerror}", key[0], e.kong_error) from None
+            host, port = await locate(host, port)
         with trio.move_on_after(timeout):
             try:
                 conn = await open_connection(host, port)
@@ -235,13 +251,13 @@ class Pool:
                 reason = os.strerror(e.errno) if e.errno else str(e)
                 if e.errno == errno.ECONNREFUSED:
                     reason = "connection refused"
-                raise ConnectError(f"cannot connect to {key[0]}:{key[1]}: {reason}") from None
+                raise ConnectError(f"cannot connect to {_where(key)}: {reason}") from None
             if tls is not None:
                 try:
-                    conn = await client_handshake(tls, conn, server_name or key[0])
+                    conn = await client_handshake(tls, conn, server_name or _target_of(key)[0])
                 except (TlsError, OSError) as e:
                     conn.close()
-                    raise ConnectError(f"TLS with {key[0]}:{key[1]} failed: {e}") from None
+                    raise ConnectError(f"TLS with {_where(key)} failed: {e}") from None
                 except BaseException:
                     conn.close()
                     raise
@@ -250,7 +266,7 @@ class Pool:
             self._watch.register(fd, _WATCH)
             self._open[fd] = uc
             return uc
-        raise ConnectTimeout(f"connect to {key[0]}:{key[1]} timed out after {timeout:g}s")
+        raise ConnectTimeout(f"connect to {_where(key)} timed out after {timeout:g}s")
 
     async def watch_forever(self) -> None:
         """Run `watch` every WATCH_S while connections are idle; with none, wait for the first (a worker's task)."""

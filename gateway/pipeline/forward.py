@@ -28,7 +28,7 @@ from gateway.http.errors import (
 )
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.kong_headers import ASSIGNED_BY_KONG
-from gateway.http.pool import Answered, Pool, UpstreamConn
+from gateway.http.pool import Answered, Pool, UpstreamConn, locate
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.http.tls_contexts import ClientTls
@@ -272,7 +272,9 @@ class Forwarder:
         what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one.
         `replayable`: a timeout may end this try and the request go to the next target. `sni`: the TLS name, when
         not the target's (preserve_host's Host); its connections are pooled apart.
-        `address`: the one of a named target to connect to (an MCP session's), not the name's next."""
+        `address`: the one of a named target to connect to (an MCP session's), not the name's next. Otherwise a
+        name is looked up for every try, as Kong's balancer does (toip: from the DNS cache, its records in turn),
+        and a connection to the address found is taken from the pool, where Kong keys it by ip and port."""
         pool = self.pool
         now = attempt.started = self.clock()
         group = attempt.group
@@ -282,7 +284,8 @@ class Forwarder:
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
         tls = svc.tls
-        key = target.key if tls is None and address is None else _pool_key(target, tls, address, sni)
+        key = target.key if tls is None and address is None and not target.named else \
+            await self._located_key(attempt, target, tls, address, sni)
         uc = pool.take(key, now)
         if uc is None:
             try:
@@ -509,6 +512,19 @@ class Forwarder:
             else:
                 uc.close()
 
+    async def _located_key(self, attempt: Attempt, target: TargetRuntime, tls: ClientTls | None,
+                           address: str | None, sni: str | None) -> tuple[Any, ...]:
+        """The pool key of this try: for a named target without an `address` of its own, that of the name's address
+        this try goes to (`locate`); a name without one ends the try (its NameResolutionFailed)."""
+        port = 0
+        if target.named and address is None:
+            try:
+                address, port = await locate(target.host, target.port)
+            except NameResolutionFailed:
+                self._finished(attempt, False, 0)
+                raise
+        return _pool_key(target, tls, address, sni, port)
+
     async def _gone(self, error: UpstreamError, svc: ServiceRuntime, target: TargetRuntime,
                     address: str | None = None) -> bool:
         """After a pooled connection closed on us: is the target itself gone (a fresh connect fails)?
@@ -717,12 +733,12 @@ def _is_json(headers: Headers) -> bool:
 
 
 def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None = None,
-              sni: str | None = None) -> tuple[Any, ...]:
-    """The pool's key for connections to a target, over `tls` or not. Those to one `address` of a named target
-    (an MCP session's) carry the name as well: the circuit's sweep of the name closes them (Pool.close_target).
-    Those made with another TLS name (`sni`) carry it: Kong pools by ip, port and SNI."""
+              sni: str | None = None, port: int = 0) -> tuple[Any, ...]:
+    """The pool's key for connections to a target, over `tls` or not. Those to an `address` of a named target (at
+    `port`, an SRV record's, or else the target's) carry the target as well: the circuit's sweep of the name closes
+    them (Pool.close_target). Those made with another TLS name (`sni`) carry it: Kong pools by ip, port and SNI."""
     if address is not None:
-        key: tuple[Any, ...] = (address, target.port, tls, target.host)
+        key: tuple[Any, ...] = (address, port or target.port, tls, target.key)
     elif tls is None:
         return target.key
     else:
