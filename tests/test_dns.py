@@ -1,5 +1,5 @@
 """Host names of services and targets, resolved by the gateway's DNS client (Kong's) from the nameserver
-`dns_resolver` names: every address of a name takes its turn, connection by connection (Kong's toip rotates a
+`dns_resolver` names: every address of a name takes its turn, try by try (Kong's toip rotates a
 name's records), an SRV record's port is the one connected to, and a name without an address is Kong's 503 "name
 resolution failed" (a server failure Kong's 500). The names come from a DNS server of the test (tests/dns_server.py)."""
 

@@ -7,11 +7,11 @@ the targets Kong's balancer makes of them (kong/runloop/balancer/targets.lua, ba
   with its weight, Host header and health (Kong's checker keys targets by ip, port and hostname).
 - SRV records: those of the lowest priority, each ONE target with its own weight (0 counts as 1, Kong's
   SRV_0_WEIGHT) and its own port (0: the configured one) at the record's target, as Kong's address whose `ip` is
-  the record's target: a name there is resolved at each connection (gateway.http.net, Kong's toip), its addresses
+  the record's target: a name there is looked up for every try (gateway.http.net, Kong's toip), its addresses
   taking turns, so a record's share of the traffic is its weight however many addresses its target has. The Host
   header is the configured name, or, with the upstream's `use_srv_name`, the record's target when it is a name.
 - An answer of TTL 0 (the first one, or the second in a row: Kong's guard against a cache counting a TTL down):
-  ONE target `name:port` of the name's weight, resolved at each connection, asked again after TTL0_RETRY_S (Kong's
+  ONE target `name:port` of the name's weight, looked up for every try, asked again after TTL0_RETRY_S (Kong's
   ttl0Interval), as Kong's virtual SRV record (targets.lua update_dns_result).
 - A name without records is a target by its name (with itself as hostname) and weight 0, as Kong's balancer has
   it (queryDns: a failed query is an empty record, so the target has no address and no weight): it takes no

@@ -266,7 +266,7 @@ class NameNotResolved(OSError):
 
 async def resolve(host: str, port: int) -> tuple[str, int]:
     """(address, port) to connect to for a host name, as Kong's balancer has them from its DNS client's toip: the
-    name's records take turns, connection by connection, and an SRV record's port (unless 0) replaces `port`."""
+    name's records take turns, try by try, and an SRV record's port (unless 0) replaces `port`."""
     try:
         address, srv_port = await dns.resolver().toip(host, port)
     except DnsError as e:
