@@ -548,17 +548,15 @@ async def test_consistent_hashing_on_a_header_keeps_a_key_on_one_target(nursery,
 
 
 async def test_sse_events_stream_as_sent_with_keepalive_comments(nursery, gateway):
-    """Three events 1.2 s apart through a gateway with sse_keepalive 0.5 s and a service read_timeout of 500 ms.
+    """Three events 1.2 s apart through a gateway with sse_keepalive 0.5 s (and a service read_timeout of 5 s, longer
+    than the gaps: a silence past it cuts the stream, tests/test_event_stream_relay.py).
 
     Each event must reach the client when the backend sends it (not when the stream ends), whole and in order,
-    with `: keepalive` comments in the gaps. The silences between events (1.2 s) are longer than read_timeout
-    (0.5 s), and still the stream is not cut: for `text/event-stream` responses the gateway replaces the read
-    timeout with its keep-alive timer (an idle event stream is healthy; a stalled plain body is not), so a
-    read_timeout shorter than the event gap must not turn into a 504 or a reset.
+    with `: keepalive` comments in the gaps.
     """
     backend = SseBackend(events=3, gap=1.2)
     await nursery.start(backend.serve)
-    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}", read_timeout=500)]},
+    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}", read_timeout=5000)]},
                          sse_keepalive=0.5)
     with trio.fail_after(TIMEOUT):
         reply = await request(port, "GET", "/mcp", headers=[("accept", "text/event-stream")])

@@ -946,8 +946,6 @@ def upstream_scripts(seed: int, n: int) -> list[Script]:
             framed = b""
         raw = head + framed
         valid = not [t for t in tags if t not in ("interim", "http10", "trailer", "ok-line", "nothing", "sse")]
-        if sse and not valid and end in ("keep", "stall"):
-            end = "close"  # an event stream has no read timeout (by design): a stalled one would be left open
         if rng.random() < 0.3 and len(raw) > 1:  # cut into pieces (never the bytes after it: see `after`)
             cuts = sorted(set(rng.randint(1, len(raw) - 1) for _ in range(rng.randint(1, 4))))
             segments = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]

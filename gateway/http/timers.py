@@ -11,8 +11,9 @@ Expiring does not walk every connection: timers wait in a min-heap by the deadli
 a phase change pushes an entry only when it brings the deadline earlier than that (lazy deletion: an entry whose
 time is no longer the timer's queued time is stale and dropped when popped; a popped timer whose deadline moved
 later is queued again). So a request costs a comparison or two, and a sweep looks only at what is due: tens of
-thousands of idle streams (no deadline) cost nothing, and an idle worker's sweeper wakes twice a second, not ten
-times (a push of a deadline earlier than the sweeper's next wake-up wakes it).
+thousands of idle streams (each one entry, its read_timeout, moved later by what the upstream sends without a push)
+cost nothing until due, and an idle worker's sweeper wakes twice a second, not ten times (a push of a deadline
+earlier than the sweeper's next wake-up wakes it).
 
 The sweeper also does what nginx's ngx_http_upstream_check_broken_connection does with proxy_ignore_client_abort
 off (Kong's setting): every CLIENT_CHECK_S it walks the live connections and peeks at the client of each one that

@@ -495,7 +495,8 @@ class Forwarder:
             if not done and not unread:
                 try:
                     if sse:
-                        await self._relay_events(ex, uc, first, edit, splitter)
+                        await self._relay_events(ex, uc, first, (attempt.target.name, svc.read_timeout),
+                                                 _coded(headers), edit, splitter)
                     else:
                         await _stream_body(ex, uc, svc.read_timeout)
                 except (ProtocolError, UpstreamError) as e:
@@ -579,31 +580,38 @@ class Forwarder:
         elif attempt.probe:
             shared.probe_given_up(attempt.key)  # type: ignore[union-attr]  # (a probe implies shared state)
 
-    async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes,
-                            edit: ResponseEdit | None = None, splitter: EventSplitter | None = None) -> None:
+    async def _relay_events(self, ex: Exchange, uc: UpstreamConn, first: bytes, reading: tuple[str, float],
+                            coded: bool, edit: ResponseEdit | None = None,
+                            splitter: EventSplitter | None = None) -> None:
         """Relay an SSE stream event by event; idle gaps get a comment so idle timeouts elsewhere keep it open; a
         client that hangs up ends the stream upstream at once (MCP: closing the stream cancels the request).
 
-        No read timeout applies: an idle stream is healthy while TCP keep-alive finds the peer. The one wait of an
-        idle stream is parked in the worker's stream watch (gateway.pipeline.streamwatch), resumed when its upstream
-        speaks, when its client left, or when the keep-alive wheel (gateway.pipeline.keepalive) owes it the rest of
-        a comment; nothing interrupts a write. The comment goes only between events, so it can never split one.
-        With `edit` (and its `splitter`), whole events only are passed on, each edited, so a piece of one is held
-        until the rest arrives.
+        The service's read_timeout (`reading`: the target's name and the seconds) bounds every wait for the
+        upstream, as nginx's proxy_read_timeout does (ngx_http_upstream_process_non_buffered_request): a silence
+        that long cuts the response, through the connection's coarse timer, as in `_stream_body`. Keep-alive
+        comments to the client do not hold that deadline off. The one wait of an idle stream is parked in the
+        worker's stream watch (gateway.pipeline.streamwatch), resumed when its upstream speaks, when its client
+        left, or when the keep-alive wheel (gateway.pipeline.keepalive) owes it the rest of a comment. The comment
+        goes only between events, so it can never split one, and never into a `coded` body (Content-Encoding),
+        which goes on byte for byte. With `edit` (and its `splitter`), whole events only are passed on, each
+        edited, so a piece of one is held until the rest arrives.
 
         Raises BrokenPipeError when the client went away, so the upstream connection is closed, never pooled."""
         codec = uc.codec
         conn = uc.conn
         wheel = self.keepalives
-        stream = wheel.open(ex)
+        stream = wheel.open(ex, not coded)
         tail = first[-4:]  # the last bytes relayed: the stream is between events when they end with a blank line
         stream.at_boundary = not first or splitter is not None or ends_event(tail)
         watch = self.streams
         watch.watch(ex.conn, stream)
-        timers = ex.timer.timers
+        timer = ex.timer
+        read_timeout = reading[1]
+        timers = timer.timers
         if timers is not None:
-            timers.park(ex.timer)
+            timers.park(timer)
         try:
+            timer.set(read_timeout, Phase.UPSTREAM_BODY, reading)
             while True:
                 if stream.gone:
                     raise BrokenPipeError("the client closed the event stream")
@@ -614,10 +622,12 @@ class Forwarder:
                         owed, stream.owed = stream.owed, b""
                         await ex.conn.sendall(owed)
                     continue
+                timer.set(read_timeout, Phase.UPSTREAM_BODY, reading)
                 stream.last = wheel.now
                 codec.receive_data(data)
                 while (ev := codec.next_event()) is not NEED_DATA:
                     if ev is END:  # (an event the stream ended without its blank line: edited as any other)
+                        timer.clear()
                         rest = splitter.pending if splitter is not None else b""
                         await ex.end(edit.event(rest) if rest else b"")  # type: ignore[union-attr]
                         return
@@ -634,11 +644,13 @@ class Forwarder:
                     tail = chunk[-4:] if len(chunk) >= 4 else (tail + chunk)[-4:]
                     stream.at_boundary = ends_event(tail)
         finally:
+            if timer.phase == Phase.UPSTREAM_BODY and timer.at <= self.clock() and not timer.gone:
+                log.warning("upstream %s sent nothing of its event stream within %gs (read_timeout): the response "
+                            "is cut, as nginx's upstream timed out", *reading)
             if timers is not None:
-                timers.unpark(ex.timer)
+                timers.unpark(timer)
             watch.unwatch(stream)
             wheel.close(stream)
-
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
     """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does."""
