@@ -20,6 +20,7 @@ from gateway.breaker.config import BreakerConfig
 from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.decode import whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
+from gateway.config.kong_forms import url_host
 from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
 from gateway.discovery.types import target_key
@@ -409,7 +410,7 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
              tls: ClientTls | None = None) -> ServiceRuntime:
     if svc.url is not None:  # Kong's url shorthand: 443 for an https URL without a port (services.lua:97-102)
         parts = urlsplit(svc.url)
-        host, port, path = parts.hostname or "", parts.port or (443 if tls is not None else 80), parts.path or None
+        host, port, path = url_host(parts), parts.port or (443 if tls is not None else 80), parts.path or None
     else:  # services.lua:18,38: `port` defaults to 80 whatever the protocol
         host, port, path = svc.host or "", svc.port or 80, svc.path
     group = groups.get(host)

@@ -13,6 +13,7 @@ import ssl
 from urllib.parse import urlsplit
 
 from gateway.config import Config
+from gateway.config.kong_forms import url_host
 from gateway.config.loader import path_of
 from gateway.config.schema import Service, Upstream, ssl_cert_values
 from gateway.config.tls import CaCertificateEntity, CertificateEntity, certificate_key, listen_flags, ref_id
@@ -223,5 +224,5 @@ def compile_client_tls(svc: Service, config: Config, errors: list[str],
 
 def _upstream_of(svc: Service, config: Config) -> Upstream | None:
     """The upstream a service's host names, found as gateway.runtime finds it (None: the host is a target)."""
-    host = urlsplit(svc.url).hostname if svc.url is not None else svc.host
+    host = url_host(urlsplit(svc.url)) if svc.url is not None else svc.host
     return next((up for up in config.upstreams if up.name == host), None)

@@ -193,7 +193,14 @@ def _check(value: Any, typ: Any, path: str, found: list[str], dec_hook: Any,
             _check(element, item_type, f"{path}[{i}]", found, dec_hook)
         if len(found) > before:
             return
-    found.append(describe_validation_error(err, value, typ, path))
+    elif isinstance(value, dict) and typing.get_origin(inner) is dict:  # each value under its key (`headers.x-a`)
+        value_type = (typing.get_args(inner) or (Any, Any))[1]
+        before = len(found)
+        for key, element in value.items():
+            _check(element, value_type, join_path(path, key_part(key)), found, dec_hook)
+        if len(found) > before:
+            return
+    found.append(describe_validation_error(err, value, typ, path, dec_hook))
 
 
 def _check_struct(value: dict[str, Any], cls: type[msgspec.Struct], path: str, found: list[str],

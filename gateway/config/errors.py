@@ -23,7 +23,7 @@ import msgspec.inspect as mi
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 CONTROL_FREE = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"  # the pattern of gateway.config.consumers.HeaderText
-_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")  # a field, an index, a value of a mapping
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f", '"': '\\"', "\\": "\\\\"}
 _PATH_RESERVED = frozenset(" .:[]")
@@ -72,13 +72,17 @@ def join_path(prefix: str, suffix: str) -> str:
     return prefix + suffix if suffix.startswith("[") else f"{prefix}.{suffix.lstrip('.')}"
 
 
-def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, prefix: str) -> str:
-    """`prefix.path: expected int >= 0, got "ten"` from msgspec's "Expected `int`, got `str` - at `$.x`"."""
+def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, prefix: str,
+                              dec_hook: Any = None) -> str:
+    """`prefix.path: expected int >= 0, got "ten"` from msgspec's "Expected `int`, got `str` - at `$.x`"; a value
+    in a mapping (msgspec's `[...]`) named by its key: `prefix.headers.x-a`."""
     text = str(err)
     m = _MSGSPEC_PATH.search(text)
     rel = m.group("path") if m else ""
     reason = text[: m.start()] if m else text
-    parts = [(name, int(idx) if idx else None) for name, idx in _PATH_PART.findall(rel)]
+    parts = _name_keys(rel, raw, typ, text, dec_hook)
+    if parts is not None:
+        rel = "".join(f"[{idx}]" if idx is not None else f".{key_part(name)}" for name, idx in parts)
     path = join_path(prefix, rel)
     if reason.startswith("Object contains unknown field"):
         field = reason[reason.index("`") + 1:reason.rindex("`")]  # (the key may hold a backtick)
@@ -87,8 +91,8 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
     if reason.startswith("Object missing required field"):
         field = reason.split("`")[1]
         return f"{join_path(path, field)}: required field is missing"
-    value, found = _lookup(raw, parts)
-    info = _unwrap(_lookup_type(typ, parts))
+    value, found = _lookup(raw, parts) if parts is not None else (None, False)
+    info = _unwrap(_lookup_type(typ, parts)) if parts is not None else None
     if isinstance(info, mi.ListType | mi.DictType) and isinstance(value, list | dict):  # Kong's LENGTH_MIN / MAX
         if info.min_length is not None and len(value) < info.min_length:
             return f"{path}: length must be at least {info.min_length}"
@@ -137,7 +141,45 @@ def _code(char: str) -> str:
     return f"\\u{ord(char):04x}" if ord(char) <= 0xFFFF else f"\\U{ord(char):08x}"
 
 
-def _lookup(raw: Any, parts: list[tuple[str, int | None]]) -> tuple[Any, bool]:
+def _name_keys(rel: str, raw: Any, typ: Any, text: str, dec_hook: Any) -> list[tuple[Any, int | None]] | None:
+    """msgspec's path as (field or key, index) steps, each `[...]` (a value of a mapping: msgspec does not say
+    which) made the key of the value it refuses: the one that, alone in its mapping, gets the same error. None if
+    none does (then msgspec's path and wording are shown)."""
+    parts: list[tuple[Any, int | None]] = []
+    trial = raw  # with each mapping resolved so far reduced to its refused key
+    for name, idx, any_key in _PATH_PART.findall(rel):
+        if not any_key:
+            parts.append((name, int(idx)) if idx else (name, None))
+            continue
+        mapping, found = _lookup(trial, parts)
+        if not (found and isinstance(mapping, dict)):
+            return None
+        for key, value in mapping.items():
+            alone = _replaced(trial, parts, {key: value})
+            try:
+                msgspec.convert(alone, typ, dec_hook=dec_hook)
+            except msgspec.ValidationError as e:
+                if str(e) == text:
+                    trial = alone
+                    parts.append((key, None))
+                    break
+        else:
+            return None
+    return parts
+
+
+def _replaced(raw: Any, parts: list[tuple[Any, int | None]], new: Any) -> Any:
+    """A copy of `raw` with the value at `parts` replaced by `new` (only the containers on the way are copied)."""
+    if not parts:
+        return new
+    (name, idx), rest = parts[0], parts[1:]
+    out = list(raw) if idx is not None else dict(raw)
+    step = idx if idx is not None else name
+    out[step] = _replaced(raw[step], rest, new)
+    return out
+
+
+def _lookup(raw: Any, parts: list[tuple[Any, int | None]]) -> tuple[Any, bool]:
     cur = raw
     for name, idx in parts:
         try:
@@ -147,7 +189,7 @@ def _lookup(raw: Any, parts: list[tuple[str, int | None]]) -> tuple[Any, bool]:
     return cur, True
 
 
-def _lookup_type(typ: Any, parts: list[tuple[str, int | None]]) -> mi.Type | None:
+def _lookup_type(typ: Any, parts: list[tuple[Any, int | None]]) -> mi.Type | None:
     info: mi.Type | None = mi.type_info(typ)
     for name, idx in parts:
         info = _unwrap(info)

@@ -8,6 +8,7 @@
   becomes the plain id or name.
 - Kong entities and fields the gateway does not build are refused with a message that says so (never "unknown
   key"); a field set to null (or to Kong's default) configures nothing and passes.
+- A service's `url` shorthand names its host as written (`url_host`): case is kept, as in the `host` field.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 import time
 from typing import Any
+from urllib.parse import SplitResult
 
 from gateway.balancing.registry import ALGORITHMS
 from gateway.config.errors import inline, key_part
@@ -110,6 +112,17 @@ for _field in ("sticky_sessions_cookie", "sticky_sessions_cookie_path"):
 _ROUTE_PROTOCOLS = {"http", "https"}
 # Kong's grpc and grpcs services, routes and health checks speak HTTP/2 to the upstream (nginx's grpc_pass)
 GRPC_WHY = "gRPC needs HTTP/2 to the upstream, and the gateway forwards HTTP/1.1"
+
+
+def url_host(parts: SplitResult) -> str:
+    """The host of a url as Kong's services shorthand takes it (socket.url's parse, services.lua:97): without
+    userinfo, port and IPv6 brackets, its case kept, so that it names an upstream as the `host` field does (Kong
+    looks upstreams up by exact name, kong/runloop/balancer/upstreams.lua:131-146); urlsplit's `hostname` lower-cases
+    it. "" when the url has none."""
+    hostinfo = parts.netloc.rpartition("@")[2]
+    if hostinfo.startswith("["):
+        return hostinfo[1:].partition("]")[0]
+    return hostinfo.partition(":")[0]
 
 
 def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import ipaddress
 import os
 import re
 import stat
-import uuid
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,7 +32,7 @@ from gateway.config.consumers import (
 from gateway.config.decode import convert_all, salvage, unset_nulls
 from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, key_part, show
-from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare
+from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare, url_host
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
     Config,
@@ -101,6 +100,8 @@ _REMOVED_GATEWAY_KEYS = {
 _HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$")
 DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
 _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
+# Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -149,8 +150,9 @@ def parse_config(text: str, name: str = "<config>") -> Config:
         stored_passwords(raw, errors)
     failed: set[tuple[str, str]] = set()  # (section, name or id) of entities that did not decode
     config = _decode(raw, errors, failed)
-    _flatten(config)
+    given = _flatten(config)
     _check(config, errors, failed)
+    _check_given_references(config, given, failed, errors)
     trust = _trust_store(config.gateway, errors)
     if errors:
         raise ConfigError([f"{name}: {e}" for e in in_file_order(errors, list(original))], config, list(original))
@@ -256,31 +258,80 @@ def path_of(obj: Any) -> str:
     return getattr(obj, "_path", "?")
 
 
-def _flatten(config: Config) -> None:
+# A nested entity's own reference to the kind of entity it is nested under, which its parent replaces:
+# (the entity, the field, the id or name it gives, the section it names)
+_GivenReference = tuple[Any, str, str, str]
+_REFERENCED_BY = {"services": "id or name", "routes": "id or name", "upstreams": "id or name",
+                  "consumers": "id or username", "certificates": "id"}
+
+
+def _flatten(config: Config) -> list[_GivenReference]:
+    """Nested entities moved to the top-level lists, naming their parent; returns the references to their parent's
+    kind they gave themselves, which must name an entity all the same (_check_given_references)."""
+    given: list[_GivenReference] = []
     for svc in config.services:
         if svc.name is None:
             svc.name = svc.id or path_of(svc)  # how routes, plugins and metrics name it
             svc._unnamed = True  # type: ignore[attr-defined]
         for route in svc.routes:
+            _keep_reference(route, "service", "services", given)
             route.service = svc.name
             config.routes.append(route)
         for plugin in svc.plugins:
+            _keep_reference(plugin, "service", "services", given)
             plugin.service = svc.name
             config.plugins.append(plugin)
         svc.routes, svc.plugins = [], []
     for route in config.routes:
         for plugin in route.plugins:
+            _keep_reference(plugin, "route", "routes", given)
             plugin.route = route.name
             plugin._route = route  # type: ignore[attr-defined]  # routes need no name: matched by this route
             config.plugins.append(plugin)
         route.plugins = []
     for up in config.upstreams:
         for target in up.targets:
+            _keep_reference(target, "upstream", "upstreams", given)
             target.upstream = up.name
             config.targets.append(target)
         up.targets = []
+    for consumer in config.consumers:  # (its nested credentials' references: gateway.config.consumers checks them)
+        for plugin in consumer.plugins:
+            _keep_reference(plugin, "consumer", "consumers", given)
+    for cert in config.certificates:
+        for sni in cert.snis:
+            if isinstance(sni, SniEntity):
+                _keep_reference(sni, "certificate", "certificates", given)
     flatten_consumers(config)
     flatten_tls(config.certificates, config.snis)
+    return given
+
+
+def _keep_reference(entity: Any, field: str, section: str, given: list[_GivenReference]) -> None:
+    """Note the reference `entity` gives in `field`, if any, before its parent's replaces it."""
+    value = ref_id(getattr(entity, field))
+    if value is not None:
+        given.append((entity, field, value, section))
+
+
+def _check_given_references(config: Config, given: list[_GivenReference], failed: set[tuple[str, str]],
+                            errors: list[str]) -> None:
+    """A nested entity's own reference to its parent's kind names an entity, though the parent replaces it: Kong's
+    populate_references records it before setting the parent's key, and validate_references refuses the file when
+    it names none (kong/db/schema/others/declarative_config.lua:438-455, 470-500)."""
+    names: dict[str, set[str | None]] = {
+        "services": {s.name for s in config.services if not getattr(s, "_unnamed", False)},
+        "routes": {r.name for r in config.routes},
+        "upstreams": {u.name for u in config.upstreams},
+        "consumers": {c.username for c in config.consumers},
+        "certificates": set(),
+    }
+    known = {section: keys | {e.id for e in getattr(config, section)} for section, keys in names.items()}
+    for entity, field, value, section in given:
+        if value not in known[section] and (section, value) not in failed:
+            kind = section[:-1]
+            errors.append(f"{path_of(entity)}.{field}: no {kind} with {_REFERENCED_BY[section]} {value!r}; remove "
+                          f"the field (nested, it belongs to the {kind} it is under) or name one that exists")
 
 
 def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> None:
@@ -374,9 +425,7 @@ def _check_ids(config: Config, errors: list[str]) -> None:
         for obj in getattr(config, section):
             if obj.id is None:
                 continue
-            try:
-                uuid.UUID(obj.id)
-            except ValueError:
+            if not _UUID.fullmatch(obj.id):
                 errors.append(f'{path_of(obj)}.id: expected a UUID (e.g. "{_EXAMPLE_ID}"), got {show(obj.id)}')
                 continue
             if obj.id in seen:
@@ -531,9 +580,9 @@ def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
         return
     svc.protocol = parts.scheme  # type: ignore[assignment]  # http or https
     svc.port = svc.path = None
-    if not parts.hostname:
+    if not (host := url_host(parts)):
         errors.append(f'{where}.url: no host in {show(url)}')
-    elif problem := kong_host_problem(parts.hostname):
+    elif problem := kong_host_problem(host):
         errors.append(f"{where}.url: invalid host in {show(url)}: {problem}")
     if port == 0:
         errors.append(f'{where}.url: port must be 1-65535 in {show(url)}')

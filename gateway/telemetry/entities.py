@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from gateway.config.kong_forms import loaded_at
+from gateway.config.kong_forms import loaded_at, url_host
 from gateway.config.schema import Route, Service
 from gateway.metrics import RouteObservations
 
@@ -86,8 +86,8 @@ def _entity(entity: Any, kind: str) -> dict[str, Any]:
     url = getattr(entity, "url", None)
     if url:  # Kong stores a service's url as its parts
         parts = urlsplit(url)
-        out.update(protocol=parts.scheme, host=parts.hostname, port=parts.port or (443 if parts.scheme == "https"
-                                                                                   else 80))
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        out.update(protocol=parts.scheme, host=url_host(parts), port=port)  # (the host as written, as Kong's)
         if parts.path:
             out["path"] = parts.path
     return msgspec.to_builtins(out)  # type: ignore[no-any-return]
