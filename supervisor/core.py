@@ -124,9 +124,11 @@ class SupervisorCore:
         specs: Sequence[ChildSpec],
         clock: Callable[[], float],
         name: str = "supervisor",
+        pid_alive: Callable[[object], bool] = lambda pid: True,
     ) -> None:
         self.flags = flags
         self.name = name
+        self._pid_alive = pid_alive  # False for a pid whose process has exited (OTP's is_process_alive)
         self.phase = Phase.NEW
         self._clock = clock
         self._window = RestartWindow(flags.intensity, flags.period)
@@ -254,6 +256,8 @@ class SupervisorCore:
                 if restarting is not None:
                     self._delete(restarting)
                     return [Reply(None)]
+                if id_or_pid != self._template.id and not self._pid_alive(id_or_pid):
+                    return [Reply(None)]  # a child that has already exited: find_child answers the template, ok
                 reason = "simple_one_for_one" if id_or_pid == self._template.id else "not_found"
                 return [Reply(ChildError(reason))]
         elif (child := self._children.get(id_or_pid)) is None:

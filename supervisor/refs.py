@@ -29,6 +29,11 @@ class ChildRef(ABC):
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id!r} os_pid={self.os_pid}>"
 
+    @property
+    def exited(self) -> bool:
+        """Has this incarnation ended (its exit reason known)?"""
+        return self._done.is_set()
+
     @abstractmethod
     async def run(self, on_exit: ExitCallback, *, task_status: trio.TaskStatus[object]) -> None:
         """Start the child, report readiness through `task_status`, and call `on_exit` when it ends."""
@@ -94,6 +99,13 @@ class TaskRef(ChildRef):
                 if not self._started:
                     raise
                 reason = exc.reason if isinstance(exc, ChildExit) else exc
+            except BaseException as exc:  # SystemExit, a group holding one: an exit like any other (OTP restarts a
+                if _cancelled_only(exc):  # permanent child whatever it died of); a Cancelled is this scope's stop
+                    raise
+                if not self._started or isinstance(exc, KeyboardInterrupt):  # an interrupt is the operator's: it
+                    self._finish(on_exit, exc)  # goes on up, its exit reported
+                    raise
+                reason = exc
         if self._scope.cancelled_caught:
             reason = KILLED if self._killed else SHUTDOWN
         self._finish(on_exit, reason)
@@ -115,3 +127,10 @@ class _Status:
 
     def started(self, value: object = None) -> None:
         self._ref._mark_started(self._task_status, value)
+
+
+def _cancelled_only(exc: BaseException) -> bool:
+    """Is `exc` a trio.Cancelled, or a group of nothing else?"""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.split(trio.Cancelled)[1] is None
+    return isinstance(exc, trio.Cancelled)

@@ -64,7 +64,8 @@ class _Runtime:
 
     def __init__(self, spec: SupervisorSpec) -> None:
         self._name = spec.name
-        self._core = SupervisorCore(spec.flags, spec.children, trio.current_time, spec.name)
+        self._core = SupervisorCore(spec.flags, spec.children, trio.current_time, spec.name,
+                                    lambda pid: not (isinstance(pid, ChildRef) and pid.exited))
         self._send, self._inbox = trio.open_memory_channel[object](math.inf)
         self._stopped = trio.Event()
         self._running: set[ChildRef] = set()  # refs started and not yet exited (Handle.running_children)

@@ -1,7 +1,11 @@
 """The Trio runtime with in-memory task children."""
 
 import logging
+import os
+import subprocess
+import sys
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
@@ -358,3 +362,83 @@ async def test_running_children_are_answered_at_once_while_the_supervisor_is_bus
         assert [ref.value for ref in handle.running_children()] == ["a"]
         await handle.stop()
     assert handle.running_children() == []
+
+
+# --- exits of any kind, and terminate_child of a child gone (OTP's supervisor.erl) ---
+
+ROOT = str(Path(__file__).resolve().parents[2])
+ENV = {**os.environ, "PYTHONPATH": ROOT}
+
+
+def run_bounded(code: str, timeout: float = 6.0) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter; a hang is killed (by pid, subprocess.run's own kill) and fails the test."""
+    try:
+        return subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"the supervisor hung (killed after {timeout} s); stdout so far: {e.stdout!r}")
+
+
+SYSTEM_EXIT_CHILD = """\
+import trio
+from functools import partial
+from supervisor import ChildSpec, SupervisorSpec, SupFlags, serve
+
+starts = []
+
+async def child(name, *, task_status):
+    starts.append(name)
+    task_status.started(name)
+    await trio.sleep(0.05)
+    if name == "a" and starts.count("a") == 1:
+        raise SystemExit(3)  # e.g. a library calling sys.exit() inside a task child
+    await trio.sleep_forever()
+
+async def main():
+    children = [ChildSpec("a", partial(child, "a")), ChildSpec("b", partial(child, "b"))]
+    spec = SupervisorSpec(SupFlags(intensity=5), children)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(serve, spec)
+        await trio.sleep(0.5)
+        print("starts", starts, flush=True)
+        await handle.stop()
+    print("stopped", flush=True)
+
+trio.run(main)
+"""
+
+
+def test_task_child_exiting_with_a_base_exception_is_restarted_not_a_hang() -> None:
+    """OTP doc (supervisor, child_spec restart): "A `permanent` child process is always restarted." Whatever a child
+    dies of, the supervisor gets its 'EXIT' and restart_child/3 -> do_restart/3 (supervisor.erl 727-736) restarts it.
+
+    So a permanent task child that raises SystemExit (a library's sys.exit()) after started() is restarted, and the
+    supervisor stops normally afterwards. (It once escaped the child's ref unreported: no restart, and a stop that
+    waited for ever for the child's exit. Run in an interpreter of its own, so that a hang fails instead of hanging.)
+    """
+    result = run_bounded(SYSTEM_EXIT_CHILD)
+    assert "starts ['a', 'b', 'a']" in result.stdout, result.stdout + result.stderr
+    assert "stopped" in result.stdout
+
+
+async def test_simple_one_for_one_terminate_child_of_a_child_that_already_exited_is_ok() -> None:
+    """OTP find_child/2 (supervisor.erl 1151-1164), simple_one_for_one: a pid that is no (longer a) child and is not
+    alive is answered with the template, so handle_call({terminate_child, Pid}) (466-472) replies `ok`; the doc:
+    "If the specified process is alive, but is not a child of the specified supervisor, the function returns
+    {error,not_found}" -- only a *live* stranger is not_found. Terminating a dynamic child that has just finished on its
+    own (the usual race) is therefore `ok`, not ChildError('not_found').
+    """
+
+    async def job(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()  # and ends at once: a normal exit of a transient child, which is then forgotten
+
+    template = ChildSpec("job", job, restart="transient")
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(serve, SupervisorSpec(SupFlags("simple_one_for_one"), [template]))
+        ref = await handle.start_child([])
+        with trio.fail_after(5):
+            while ref.reason is None or (await handle.count_children()).workers:
+                await trio.sleep(0.01)
+        try:
+            await handle.terminate_child(ref)  # OTP: ok
+        finally:
+            await handle.stop()
