@@ -31,6 +31,7 @@ import msgspec
 import trio
 
 from gateway.http.server import Exchange
+from gateway.mcp.body import leniently
 
 log = logging.getLogger("gateway.mcp")
 
@@ -251,11 +252,15 @@ class ToolAudit:
 
 
 def _calls_read(mcp: Any) -> list[tuple[str | None, None, Any]]:
-    """The tools/calls of a body that some reader (rate limiting by tool, the router's peek) looked at."""
+    """The tools/calls of a body that some reader (rate limiting by tool, ai-mcp-proxy, the router's peek) looked at;
+    one the strict decoder refused (NaN, Infinity) as a server reads it, which is how rate limiting counted it."""
     if mcp is None:
         return []
-    if mcp.decoded:
-        return [(m.name, None, m.answer_id) for m in mcp.decoded[0] if m.method == "tools/call"]
+    decoded = mcp.decoded
+    if decoded is False:
+        decoded = leniently(mcp)
+    if decoded:
+        return [(m.name, None, m.answer_id) for m in decoded[0] if m.method == "tools/call"]
     info = mcp.info
     if info is None or info.method != "tools/call":
         return []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
+from gateway.mcp.confirm import read_all
 from gateway.mcp.step import McpRequest
 
 
@@ -42,23 +43,7 @@ async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
     """The request with its whole body read, and False when the body is longer than `limit` bytes (then what was
     read stays in `mcp.body`). A client stalling mid-body gets 408 from the connection loop (client_body_timeout)."""
     mcp = current(ex) or attach(ex, McpRequest())
-    if mcp.body is None:
-        body, done = ex.take_buffered_body()
-    else:
-        body, done = mcp.body, mcp.body_done
-    if not done and len(body) <= limit:
-        parts = [body]
-        size = len(body)
-        while size <= limit:
-            chunk = await ex.receive_body()
-            if chunk is None:
-                done = True
-                break
-            parts.append(chunk)
-            size += len(chunk)
-        body = b"".join(parts)
-    mcp.body, mcp.body_done = body, done
-    return mcp, done and len(body) <= limit
+    return mcp, await read_all(ex, mcp, limit)
 
 
 def messages(mcp: McpRequest) -> tuple[list[jsonrpc.Message], bool] | None:
@@ -67,3 +52,12 @@ def messages(mcp: McpRequest) -> tuple[list[jsonrpc.Message], bool] | None:
     if decoded is None:
         decoded = mcp.decoded = jsonrpc.decode_messages(mcp.body or b"") or False
     return decoded or None
+
+
+def leniently(mcp: McpRequest) -> tuple[list[jsonrpc.Message], bool] | None:
+    """The messages of a whole body that `messages` refuses, as a server may still read it (NaN, Infinity: see
+    jsonrpc.read_leniently), read once per request: for counting and the audit, never for forwarding."""
+    lenient = mcp.lenient
+    if lenient is None:
+        lenient = mcp.lenient = jsonrpc.read_leniently(mcp.body or b"") or False
+    return lenient or None

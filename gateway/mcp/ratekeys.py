@@ -19,10 +19,10 @@ from typing import Any
 
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
-from gateway.mcp.body import buffered, messages, whole
+from gateway.mcp.body import buffered, leniently, messages, whole
+from gateway.mcp.confirm import WHOLE_LIMIT  # bodies past it that begin as JSON are refused (413)
 
 MAX_NAME = 128
-WHOLE_LIMIT = 1 << 20  # bodies up to this are read whole; longer ones that begin as JSON are refused
 NOT_RPC = object()  # the request's id when it is not a JSON-RPC request (the limit answers with Kong's body)
 TOO_LARGE = object()  # a body past WHOLE_LIMIT: what it calls cannot be known, it is refused (413)
 UNREADABLE = object()  # a body that begins as JSON but no parser reads (or a batch past MAX_BATCH): refused (400)
@@ -41,7 +41,7 @@ async def counted(ex: Exchange, tools: bool) -> list[tuple[str, Any]] | object:
     body = mcp.body or b""
     if not complete:
         return TOO_LARGE if jsonrpc.looks_like_json(body) else []
-    decoded = messages(mcp) or jsonrpc.read_leniently(body)
+    decoded = messages(mcp) or leniently(mcp)
     if decoded is None:
         return UNREADABLE if jsonrpc.looks_like_json(body) else []  # not JSON: nothing a server will run
     batch = BatchIds([m.answer_id for m in decoded[0] if m.has_id]) if decoded[1] else None

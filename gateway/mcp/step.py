@@ -11,7 +11,10 @@ at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, wh
 method or tool could take a request, a body that cannot be attributed is refused rather than routed as something
 else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message, 413 when its method, or a tools/call's
 tool, is not within peek_bytes. A POST routed there on its Mcp-Method header has the header check before routing
-(`peek_for_routing`), since the route it picks may be a plain one, which has no MCP step.
+(`peek_for_routing`), since the route it picks may be a plain one, which has no MCP step. A body longer than
+peek_bytes is then read whole (gateway.mcp.confirm) before the call its first bytes name is routed on or confirms
+the headers, since the server runs the last of a repeated member: 400 when the whole body names another call, 413
+(-32020 for the header check) when it is too long to know.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from gateway.config.mcp import McpSettings
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
+from gateway.mcp.confirm import mismatch, read_all, whole_call, whole_limit
 from gateway.mcp.hosts import HostPolicy, check_host_entry, default_allowed_hosts
 from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
 from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
@@ -48,6 +52,7 @@ class McpShared:
     def __init__(self, settings: McpSettings, pid_file: str, body_timeout: float, errors: list[str],
                  listen_hosts: Sequence[str] = ("127.0.0.1",)) -> None:
         self.peek_bytes = settings.peek_bytes
+        self.whole_bytes = whole_limit(settings.peek_bytes)  # a longer body's call is read whole up to this
         self.body_timeout = body_timeout
         self.key_file = settings.session_key_file or default_key_file(pid_file)
         self.audit_log = settings.audit_log or os.path.join(os.path.dirname(os.path.abspath(pid_file)),
@@ -91,7 +96,7 @@ class McpRequest:
     """What the MCP step (and the policies that read MCP bodies) learnt about one request, for the forwarder: body
     bytes already read, the Origin policy, edits its answer needs (ai-mcp-proxy: gateway.mcp.governance)."""
 
-    __slots__ = ("body", "body_done", "info", "peeked", "checked", "decoded", "origin_mode", "edit")
+    __slots__ = ("body", "body_done", "info", "peeked", "checked", "decoded", "lenient", "origin_mode", "edit")
 
     def __init__(self) -> None:
         self.body: bytes | None = None  # None: nothing read yet (the forwarder takes the buffered body itself)
@@ -100,6 +105,7 @@ class McpRequest:
         self.peeked = False  # info comes from the body (not only from Mcp-Method / Mcp-Name headers)
         self.checked = False  # the Mcp-Method / Mcp-Name headers agree with the body
         self.decoded: Any = None  # the whole body's messages, once decoded (gateway.mcp.body.messages)
+        self.lenient: Any = None  # as a server's lenient parser reads them, once (gateway.mcp.body.leniently)
         self.origin_mode = PASS
         self.edit: Any = None  # a gateway.mcp.governance.ResponseEdit for the answer, or None
 
@@ -161,12 +167,22 @@ class McpRoute:
 
 async def _check_headers(ex: Exchange, mcp: McpRequest, shared: McpShared, h_method: bytes | None,
                          h_name: bytes | None, h_version: bytes | None) -> bool:
-    """The 2026-07-28 check of Mcp-Method / Mcp-Name / MCP-Protocol-Version against the body's first peek_bytes;
-    False when the request has been answered (400 with -32020, or 408)."""
+    """The 2026-07-28 check of Mcp-Method / Mcp-Name / MCP-Protocol-Version against the body (its first peek_bytes,
+    then all of a longer one: the server runs its last call); False when the request has been answered (400 with
+    -32020, or 408)."""
     if not await read_peek(ex, mcp, shared):
         return False
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
+    if why is None and _cut(mcp, shared):
+        if await read_all(ex, mcp, shared.whole_bytes):
+            info = mcp.info = whole_call(mcp)
+            why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
+        else:
+            ex.close_after = True  # the rest of the body is not read
+            why = (f"the body is longer than {shared.whole_bytes} bytes: the gateway cannot confirm the headers "
+                   f"past its first {shared.peek_bytes} (gateway.mcp.peek_bytes), where a repeated member would "
+                   "name the call a server runs")
     if why is not None:
         await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, info.id))
         return False
@@ -206,12 +222,42 @@ async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None
     if not await read_peek(ex, mcp, shared):
         return None
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
-    cut = not mcp.body_done or len(mcp.body or b"") > shared.peek_bytes
-    if not info.valid or cut and not info.batch and (info.method is None or info.tool is None
-                                                      and info.method == "tools/call"):
+    cut = _cut(mcp, shared)
+    if not info.valid or cut and (info.method is None or info.tool is None and info.method == "tools/call"):
         await _unroutable(ex, mcp, shared.peek_bytes, cut)
         return None
+    if cut and not await _confirm(ex, mcp, shared):
+        return None
     return mcp
+
+
+def _cut(mcp: McpRequest, shared: McpShared) -> bool:
+    """Whether the peek saw only the first peek_bytes of a longer body (and is a JSON object's: a batch has no
+    single call to confirm)."""
+    info = mcp.info
+    return (not mcp.body_done or len(mcp.body or b"") > shared.peek_bytes) and info is not None and not info.batch
+
+
+async def _confirm(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
+    """Read a body longer than peek_bytes whole and route on its call only if it is the one its first bytes name
+    (the server runs the last of a repeated member); False when answered (413 too long to know, 400 another call)."""
+    prefix: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
+    if not await read_all(ex, mcp, shared.whole_bytes):
+        ex.close_after = True  # the rest of the body is not read
+        why = (f"the body is longer than {shared.whole_bytes} bytes: the call named in its first {shared.peek_bytes} "
+               "(gateway.mcp.peek_bytes) cannot be confirmed, a member repeated after them would be the one a server "
+               "runs, and a route on MCP method or tool could take the request")
+        await ex.respond(413, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, why, prefix.id))
+        return False
+    whole = mcp.info = whole_call(mcp)
+    if not whole.valid:
+        await _unroutable(ex, mcp, shared.peek_bytes, False)
+        return False
+    other = mismatch(prefix, whole, shared.peek_bytes)
+    if other is not None:
+        await ex.respond(400, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, other, whole.id))
+        return False
+    return True
 
 
 async def _unroutable(ex: Exchange, mcp: McpRequest, limit: int, cut: bool) -> None:
