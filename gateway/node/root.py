@@ -230,13 +230,13 @@ class Node:
                 if self._forced:
                     self._kill_everything()
                 else:
-                    log.info("stopping: workers drain for up to %gs; new connections are refused",
-                             config.gateway.drain_timeout)
+                    drain = self.config.gateway.drain_timeout if self.config else config.gateway.drain_timeout
+                    log.info("stopping: workers drain for up to %gs; new connections are refused", drain)
                     for generation in self._generations.values():
                         if not generation.retiring:  # (those were told already)
                             generation.signal_workers(RETIRE_SIGNAL)
                     self.slots.stop_listening()
-                    with trio.move_on_after(config.gateway.drain_timeout + 10):
+                    with trio.move_on_after(drain + 10):
                         await self.root.stop()
                         for generation in list(self._generations.values()):  # retiring: their _retire stops them
                             await generation.wait_stopped()
@@ -400,16 +400,19 @@ class Node:
                 from None
         addresses = listen_addresses(config)
         try:
-            self.slots.ensure(addresses, self.worker_count(config))
+            opened = self.slots.ensure(addresses, self.worker_count(config))
         except OSError as e:
             raise AdminCommandError(f"config rejected, still serving the previous one: {e.strerror}") from None
         old = self.generation
         new = old + 1
-        generation = self._generation(new, text, config)
-        generation.nursery = self._nursery
         try:
+            generation = self._generation(new, text, config)
+            generation.nursery = self._nursery
             await self.root.start_child(generation.child_spec())  # type: ignore[union-attr]
-        except Exception as e:
+        except BaseException as e:
+            self.slots.undo(opened)  # no worker serves what it opened: connections would queue there for no one
+            if not isinstance(e, Exception):
+                raise
             raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
                 from None
         self._generations[new] = generation
@@ -429,7 +432,7 @@ class Node:
         for key in restart_needed:
             log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
         log.info("reload: generation %d accepting; generation %d draining", new, old)
-        self._nursery.start_soon(self._retire, self._generations[old], addresses)  # type: ignore[union-attr]
+        self._nursery.start_soon(self._retire, self._generations[old])  # type: ignore[union-attr]
         return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
 
     async def _reload_logged(self) -> None:
@@ -438,14 +441,16 @@ class Node:
         except AdminCommandError:
             pass  # logged by reload
 
-    async def _retire(self, generation: Generation, addresses: list[tuple[str, int]]) -> None:
-        """Tell every worker of `generation` to drain, together; take it out of the root supervisor at once (its
-        link lets go); then wait here, not in the root supervisor, for its supervisor to collect them as they
-        finish, and kill what is left past the drain's deadline."""
+    async def _retire(self, generation: Generation) -> None:
+        """Tell every worker of `generation` to drain, together, and stop listening on the addresses the serving
+        config no longer has; take it out of the root supervisor at once (its link lets go); then wait here, not in
+        the root supervisor, for its supervisor to collect them as they finish, and kill what is left past the
+        drain's deadline."""
         root = self.root
-        assert root is not None
+        assert root is not None and self.config is not None
         generation.retiring = True
         generation.signal_workers(RETIRE_SIGNAL)
+        self.slots.release(listen_addresses(self.config))
         try:
             await root.terminate_child(generation.id)  # (at once: a retiring link does not wait for the drain)
             await root.delete_child(generation.id)
@@ -462,8 +467,8 @@ class Node:
             await generation.stop()
         self._generations.pop(generation.number, None)
         _remove(os.path.join(self.run_dir, f"config.gen{generation.number}.yaml"))
-        if generation.number == self.generation - 1:
-            self.slots.retain_only(addresses)
+        if len(self._generations) == 1:  # the serving one alone: no worker was given a parked descriptor
+            self.slots.free_parked()
         log.info("generation %d has stopped", generation.number)
 
     # ---- admin --------------------------------------------------------------------------------------------------

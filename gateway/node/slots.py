@@ -36,14 +36,23 @@ class AddressInUse(OSError):
         self.pid = pid
 
 
+class Opened:
+    """What one `ensure` added (sockets, claims): closed again by `undo` when what needed them did not start."""
+
+    def __init__(self, sockets: list[tuple[tuple[str, int], socket.socket]], claims: list[tuple[str, int]]) -> None:
+        self.sockets = sockets
+        self.claims = claims
+
+
 class ListenerSlots:
     """Per listen address, a growing list of bound sockets; worker i of n serves slots i, i+n, i+2n, ..."""
 
     def __init__(self) -> None:
         self._sockets: dict[tuple[str, int], list[socket.socket]] = {}
         self._claims: dict[tuple[str, int], socket.socket] = {}
+        self._parked: list[socket.socket] = []  # released sockets whose descriptor numbers stay taken (release)
 
-    def ensure(self, addresses: list[tuple[str, int]], count: int) -> None:
+    def ensure(self, addresses: list[tuple[str, int]], count: int) -> Opened:
         """Claim and bind what is missing so every address has at least `count` slots; all-or-nothing on failure."""
         claimed: list[tuple[str, int]] = []
         added: list[tuple[tuple[str, int], socket.socket]] = []
@@ -68,37 +77,76 @@ class ListenerSlots:
             raise
         for addr, sock in added:
             self._sockets.setdefault(addr, []).append(sock)
+        return Opened(added, claimed)
+
+    def undo(self, opened: Opened) -> None:
+        """Close what `ensure` opened for a generation that did not start (nginx closes the sockets a failed new
+        cycle opened): a socket no worker serves would queue connections for no one."""
+        for addr, sock in opened.sockets:
+            socks = self._sockets.get(addr, [])
+            if sock in socks:
+                socks.remove(sock)
+                if not socks:
+                    del self._sockets[addr]
+            sock.close()
+        for addr in opened.claims:
+            claim = self._claims.pop(addr, None)
+            if claim is not None:
+                claim.close()
+
+    def release(self, addresses: list[tuple[str, int]]) -> None:
+        """Stop listening on the addresses not in `addresses` (a reload dropped them; the old generation was told to
+        drain, closing its copies): new connections there are refused at once, and the address may be bound by
+        another program, as nginx closes the listening sockets a new cycle no longer has. The descriptor numbers
+        stay taken (parked on /dev/null) until `free_parked`, as the old generation's workers were given them."""
+        for addr in list(self._sockets):
+            if addr not in addresses:
+                socks = self._sockets.pop(addr)
+                _park(socks)
+                self._parked += socks
+        for addr in list(self._claims):
+            if addr not in addresses:
+                self._claims.pop(addr).close()
+
+    def free_parked(self) -> None:
+        """Close the parked descriptors: no generation that was given them runs any more."""
+        for sock in self._parked:
+            sock.close()
+        self._parked = []
 
     def fds_for(self, addresses: list[tuple[str, int]], index: int, workers: int) -> list[int]:
         """File descriptors worker `index` of `workers` inherits."""
         return [s.fileno() for addr in addresses for i, s in enumerate(self._sockets[addr]) if i % workers == index]
-
-    def retain_only(self, addresses: list[tuple[str, int]]) -> None:
-        """Close the sockets of addresses no longer configured (after the workers using them have stopped)."""
-        for addr in list(self._sockets):
-            if addr not in addresses:
-                for sock in self._sockets.pop(addr):
-                    sock.close()
-        for addr in list(self._claims):
-            if addr not in addresses:
-                self._claims.pop(addr).close()
 
     def stop_listening(self) -> None:
         """A graceful stop: close this process's copy of every listening socket now, so that once the draining
         workers have closed theirs new connections are refused instead of queued for no one (nginx's
         ngx_close_listening_sockets on SIGQUIT). Each descriptor number stays taken (by /dev/null) until close(),
         so a worker started meanwhile cannot inherit another file under it; the claims stay too (close())."""
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            for socks in self._sockets.values():
-                for sock in socks:
-                    if sock.fileno() >= 0:
-                        os.dup2(null, sock.fileno(), inheritable=False)
-        finally:
-            os.close(null)
+        for socks in self._sockets.values():
+            _park(socks)
 
     def close(self) -> None:
-        self.retain_only([])
+        for socks in self._sockets.values():
+            for sock in socks:
+                sock.close()
+        self._sockets = {}
+        for claim in self._claims.values():
+            claim.close()
+        self._claims = {}
+        self.free_parked()
+
+
+def _park(socks: list[socket.socket]) -> None:
+    """Close the sockets under their descriptor numbers, which stay taken by /dev/null until the socket objects'
+    close(): a worker started meanwhile with those numbers cannot inherit another file under them."""
+    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for sock in socks:
+            if sock.fileno() >= 0:
+                os.dup2(null, sock.fileno(), inheritable=False)
+    finally:
+        os.close(null)
 
 
 def _claim(host: str, port: int) -> socket.socket:
