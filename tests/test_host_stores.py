@@ -168,11 +168,11 @@ def test_the_keeper_answers_none_for_an_unknown_dictionary_or_key():
 def test_the_keeper_purges_one_entry_or_flushes_the_dictionary():
     k = keeper()
     for key in ("a", "b"):
-        k.handle(b"w1", p.CacheStore(dictionary="d", key=key, entry=b"e"), 0.0, 0.0)
-    k.handle(b"w1", p.CachePurge(dictionary="d", key="a"), 0.0, 0.0)
-    assert len(k.caches["d"]) == 1
-    k.handle(b"w1", p.CachePurge(dictionary="d"), 0.0, 0.0)
-    assert len(k.caches["d"]) == 0
+        k.handle(b"w1", p.CacheStore(dictionary="kong", key=key, entry=b"e"), 0.0, 0.0)
+    k.handle(b"w1", p.CachePurge(dictionary="kong", key="a"), 0.0, 0.0)
+    assert len(k.caches["kong"]) == 1
+    k.handle(b"w1", p.CachePurge(dictionary="kong"), 0.0, 0.0)
+    assert len(k.caches["kong"]) == 0
 
 
 def test_the_keeper_adds_counters_from_every_worker_and_reports_them():
@@ -291,8 +291,8 @@ async def test_a_batch_the_bus_refuses_ends_its_calls_at_once():
 def test_the_keeper_answers_a_batch_with_one_batch_of_the_answers_in_order():
     k = keeper()
     batch = p.StoreBatch(items=[p.CountersAdd(items=[("a", 2, 60.0)]), p.CountersGet(id=1, keys=["a"]),
-                                p.CacheStore(dictionary="d", key="x", entry=b"e"),
-                                p.CacheFetch(id=2, dictionary="d", key="x")])
+                                p.CacheStore(dictionary="kong", key="x", entry=b"e"),
+                                p.CacheFetch(id=2, dictionary="kong", key="x")])
     assert k.handle(b"w1", batch, 0.0, 0.0) == ([p.StoreBatch(items=[p.CounterValues(id=1, values=[2]),
                                                                      p.CacheEntry(id=2, entry=b"e")])], [])
 

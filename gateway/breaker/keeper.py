@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.breaker.config import BreakerConfig
@@ -10,6 +10,12 @@ from gateway.breaker.machine import Breaker
 from gateway.breaker.messages import BreakerUpdate, Outcome
 from gateway.breaker.state import State
 from gateway.metrics import BREAKER_STATE, BREAKER_TRANSITIONS, RECORDER
+
+
+def _unknown(target: str) -> float | None:
+    """(BreakerBoard.record) No permit's grant time is known: a probe's outcome takes back the oldest in flight."""
+    return None
+
 
 _NAMES = {State.CLOSED: "closed", State.OPEN: "open", State.HALF_OPEN: "half_open", State.FORCED_OPEN: "forced_open"}
 
@@ -44,14 +50,16 @@ class BreakerBoard:
             if key not in self._breakers:
                 self._breakers[key] = Breaker(key, config)
 
-    def record(self, outcomes: Iterable[Outcome], now: float) -> tuple[list[BreakerUpdate], list[str]]:
-        """Count a worker's outcomes (unknown targets are ignored)."""
+    def record(self, outcomes: Iterable[Outcome], now: float, granted_at: Callable[[str], float | None] = _unknown
+               ) -> tuple[list[BreakerUpdate], list[str]]:
+        """Count a worker's outcomes (unknown targets are ignored); `granted_at(target)`: when the permit a probe to
+        `target` spent was granted (None: unknown)."""
         touched: dict[str, Breaker] = {}
         permits: list[str] = []
         for outcome in outcomes:
             breaker = self._breakers.get(outcome.target)
             if breaker is not None:
-                breaker.record_outcome(outcome, now)
+                breaker.record_outcome(outcome, now, granted_at(outcome.target) if outcome.probe else None)
                 permits += _probes(breaker, now)
                 touched[outcome.target] = breaker
         return self._counted(_drain(touched.values())), permits
@@ -63,6 +71,23 @@ class BreakerBoard:
             breaker.tick(now)
             permits += _probes(breaker, now)
         return self._counted(_drain(self._breakers.values())), permits
+
+    def take_back(self, target: str, granted_at: float, now: float) -> list[str]:
+        """A permit granted at `granted_at` went to a worker that is gone: it is no longer in flight, and the permits
+        this frees are granted again at once (for the keeper to place with a live worker)."""
+        breaker = self._breakers.get(target)
+        if breaker is None or not breaker.take_back(granted_at):
+            return []
+        return _probes(breaker, now)
+
+    def __contains__(self, target: str) -> bool:
+        """Has `target` a breaker?"""
+        return target in self._breakers
+
+    def in_flight(self, target: str) -> tuple[float, ...]:
+        """When each of `target`'s permits in flight was granted (none without a breaker)."""
+        breaker = self._breakers.get(target)
+        return breaker.in_flight if breaker is not None else ()
 
     def all_closed(self) -> bool:
         """No breaker has a timer running (open) or probes out (half-open): `tick` has nothing to do."""

@@ -94,8 +94,9 @@ class Breaker:
         """Count one request's result."""
         return self.record_outcome(single(self.target, success, probe), now)
 
-    def record_outcome(self, outcome: Outcome, now: float) -> State:
-        """Count a worker's batch of results. Half-open counts only probes; open ignores all (late) results."""
+    def record_outcome(self, outcome: Outcome, now: float, granted_at: float | None = None) -> State:
+        """Count a worker's batch of results. Half-open counts only probes; open ignores all (late) results.
+        `granted_at`: when the permit a probe spent was granted, if known (else the oldest in flight is taken)."""
         state, failures = self._state, outcome.failures
         if state is State.CLOSED:
             self._window.add(now, outcome.successes + failures, failures)
@@ -111,7 +112,9 @@ class Breaker:
         if state is State.HALF_OPEN:
             if not outcome.probe:
                 return state  # sent before the breaker opened: says nothing about recovery
-            if self._permits:
+            if granted_at is not None:
+                self.take_back(granted_at)
+            elif self._permits:
                 self._permits.pop(0)
             if not failures and not outcome.successes:  # a probe given up (its client left): no verdict
                 return state
@@ -121,6 +124,19 @@ class Breaker:
             recovered = self._successes >= self.config.success_threshold
             return self._fire(Event.RECOVER if recovered else Event.SUCCESS, now)
         return self._fire(Event.FAILURE if failures else Event.SUCCESS, now)
+
+    @property
+    def in_flight(self) -> tuple[float, ...]:
+        """When each permit in flight was granted (as of the last grant: lapsed ones are dropped when granting)."""
+        return tuple(self._permits)
+
+    def take_back(self, granted_at: float) -> bool:
+        """The permit granted at `granted_at` is no longer in flight (spent, or its holder is gone); False when it was
+        not (it lapsed, or the breaker left half-open since)."""
+        if granted_at not in self._permits:
+            return False
+        self._permits.remove(granted_at)
+        return True
 
     def tick(self, now: float) -> State:
         """Fire the open timeout when it is due; the keeper calls this on a timer."""

@@ -82,11 +82,19 @@ class Discovered(Msg, tag="discovered"):
 
 
 class AdminOp(Msg, tag="admin"):
-    """From the root: an operator's command on shared state (breakers, limits, targets)."""
+    """From the root: an operator's command on shared state (breakers, limits, targets). `deadline`: this host's
+    time.monotonic() (one clock for the root and its keeper) past which the root has stopped waiting and reported the
+    command failed, so the keeper must not carry it out (0: none); but for the commands in LATE_APPLIED."""
 
     cmd: str = ""
     args: dict[str, Any] = {}
     id: int = 0
+    deadline: float = 0.0
+
+
+# Carried out however late: reload_config re-reads the config the root has written, which is right whenever it comes
+# (the root says so when the keeper does not confirm: "it reads the new config when it restarts").
+LATE_APPLIED = frozenset({"reload_config"})
 
 
 class CacheFetch(Msg, tag="cache_fetch"):

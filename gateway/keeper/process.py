@@ -3,6 +3,10 @@
 Workers never wait on it in the common case: they hold token leases and the last published breaker and target
 states, and fall back to local shares while it is away (it is restarted by the root supervisor; a new incarnation
 id tells workers to resynchronise).
+
+A worker that exits is forgotten (Keeper.peer_gone) as soon as the bus finds it gone: its ROUTER refuses a message
+to a peer whose connection closed (ROUTER_MANDATORY), and each closed connection it reports (a socket monitor) has
+every known worker sent a heartbeat of its own, which finds the one that left.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -35,6 +40,9 @@ HEARTBEAT_S = 0.25  # workers declare the keeper lost after KEEPER_LOST_S (three
 IDLE_TICK_S = 0.5  # the tick's period while no breaker is away from closed (a breaker leaving closed wakes it at once)
 SAVE_EVERY_S = 0.25  # the state file is rewritten at once after a change, then at most this often (breakers can flap)
 SAVED_IN = (p.BreakersChanged, p.TargetsChanged, p.UpstreamTargets, p.Snapshot)  # publications that may change it
+# After a connection closes, when the workers are looked for (seconds after it): ZeroMQ reports the close just before
+# its I/O thread lets go of the peer's id (microseconds later on an idle host), so a second look follows the first.
+PEER_CHECKS_S = (0.01, 0.2)
 
 
 async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None,
@@ -50,7 +58,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
     for sock in (router, pub):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, p.MAX_MESSAGE)
-    router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a message to a peer that is gone raises EHOSTUNREACH (send_to)
     old = os.umask(0o177)
     try:
         for sock, endpoint in ((router, bus), (pub, p.pub_endpoint(bus))):
@@ -68,8 +76,17 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
         if saver is not None and isinstance(msg, SAVED_IN):  # whatever the file holds, workers are told of
             saver.wake()
 
-    def deliver(sender: bytes, msg: p.Msg) -> None:
-        routed.send([sender, p.encode(msg)])
+    def send_to(peer: bytes, msg: p.Msg) -> None:
+        """A direct message; a peer found gone is forgotten, and the permits it held go to others."""
+        queue = [(peer, msg)]
+        while queue:
+            to, direct = queue.pop(0)
+            try:
+                routed.send([to, p.encode(direct)])  # (False, dropped: its queue is full, it hangs or is slow)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+                queue += keeper.peer_gone(to, trio.current_time())
 
     def on_message(frames: list[bytes]) -> None:
         if len(frames) != 2:
@@ -78,25 +95,36 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
         try:
             msg = p.decode(frame)
         except p.BadMessage as e:
-            log.warning("dropped a message from a worker: %s", e)
+            log.warning("state keeper: dropped a message from %s: %s", keeper.peers.name(sender), e)
             return
+        try:
+            dispatch(sender, msg)
+        except Exception:  # a bug, not a bad message (handle refuses those): the keeper and its state outlive it
+            log.exception("state keeper: a %s from %s could not be handled, and is dropped", type(msg).__name__,
+                          keeper.peers.name(sender))
+
+    def dispatch(sender: bytes, msg: p.Msg) -> None:
         replies, broadcasts = keeper.handle(sender, msg, trio.current_time(), time.time())
         for reply in replies:
-            routed.send([sender, p.encode(reply)])
+            send_to(sender, reply)
         for b in broadcasts:
             publish(b)
             if isinstance(b, p.BreakersChanged):  # maybe one opened: its timer runs from now
                 timer.wake()
 
     routed = PumpedSocket(router, on_message)
+    checks = _Wakeup()
+    closed = PumpedSocket(router.get_monitor_socket(zmq.EVENT_DISCONNECTED), lambda frames: checks.wake())
     timer = _Timer()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with dns.serving(keeper.dns_settings), trio.open_nursery() as nursery:
                 nursery.start_soon(routed.run)
+                nursery.start_soon(closed.run)
                 nursery.start_soon(_heartbeats, keeper, publish)
-                nursery.start_soon(_ticks, keeper, routed, publish, timer)
-                nursery.start_soon(run_redis_level, keeper, deliver)
+                nursery.start_soon(_peer_checks, keeper, send_to, checks)
+                nursery.start_soon(_ticks, keeper, send_to, publish, timer)
+                nursery.start_soon(run_redis_level, keeper, send_to)
                 RECORDER.samplers.append(keeper.sample_metrics)
                 nursery.start_soon(RECORDER.flush_forever)
                 if parent is not None:
@@ -115,6 +143,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
     finally:
         with contextlib.suppress(ValueError):  # (an in-process keeper: its sampler must not outlive it)
             RECORDER.samplers.remove(keeper.sample_metrics)
+        router.disable_monitor()
+        closed.close()
         routed.close()
         pub.close(linger=0)
         ctx.term()
@@ -125,6 +155,30 @@ async def _heartbeats(keeper: Keeper, publish: Any) -> None:
         keeper.seq += 1
         publish(p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
         await trio.sleep(HEARTBEAT_S)
+
+
+async def _peer_checks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], closed: _Wakeup) -> None:
+    """After a connection closed, a heartbeat sent to each known worker itself finds the one gone (send_to)."""
+    while True:
+        await closed.wait()
+        for delay in PEER_CHECKS_S:
+            await trio.sleep(delay)
+            for peer in keeper.peers.ids():
+                send_to(peer, p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
+
+
+class _Wakeup:
+    """Woken any number of times while its task is busy: its next wait returns at once, once."""
+
+    def __init__(self) -> None:
+        self._woken = trio.Event()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    async def wait(self) -> None:
+        await self._woken.wait()
+        self._woken = trio.Event()
 
 
 class _Timer:
@@ -191,12 +245,12 @@ class _Saver:
             await trio.sleep(SAVE_EVERY_S)
 
 
-async def _ticks(keeper: Keeper, routed: PumpedSocket, publish: Any, timer: _Timer) -> None:
+async def _ticks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], publish: Any, timer: _Timer) -> None:
     while True:
         await timer.wait(keeper)
         direct, broadcasts = keeper.tick(trio.current_time())
         for worker, msg in direct:
-            routed.send([worker, p.encode(msg)])
+            send_to(worker, msg)
         for b in broadcasts:
             publish(b)
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -25,6 +26,8 @@ from gateway.discovery.service import discovered_upstreams
 from gateway.health.board import HealthBoard
 from gateway.health.machine import Event
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
+from gateway.keeper.intake import refusal
+from gateway.keeper.peers import Peers
 from gateway.keeper.saved import SavedBreaker, SavedState, SavedTarget
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
@@ -59,9 +62,7 @@ class Keeper:
         self.breakers = BreakerBoard({})
         self.targets: dict[str, p.TargetState] = {}
         self.health = HealthBoard({}, {})  # every target's health state machine (configure builds it)
-        self.seen_workers: set[bytes] = set()
-        self.reporters: dict[str, dict[bytes, None]] = {}  # target -> workers that sent its outcomes, latest last
-        self._turns: dict[str, int] = {}  # target -> the candidate its next half-open permit goes to
+        self.peers = Peers()  # the live workers, and the probe permits each holds
         self.seq = 0
         self.discovered: dict[str, list[p.TargetInfo]] = {}
         self._early_health: dict[str, bool] = {}  # verdicts on targets of upstreams discovery has not reported yet
@@ -142,8 +143,13 @@ class Keeper:
     # Each handler returns (replies to the sender, broadcasts to all).
 
     def handle(self, sender: bytes, msg: p.Msg, now: float, wall: float) -> tuple[list[p.Msg], list[p.Msg]]:
+        """A message from `sender`; one the keeper cannot use (intake.py) is dropped with a log line, unapplied."""
+        why = refusal(msg, wall)
+        if why is not None:
+            log.warning("state keeper: dropped the %s from %s: %s", type(msg).__name__, self.peers.name(sender), why)
+            return [], []
         if isinstance(msg, p.AskLeases):
-            self.seen_workers.add(sender)
+            joined = self._seen(sender)
             grants = []
             for r in msg.requests:
                 grant = self.ledger.grant_request(r, now, wall)
@@ -153,14 +159,14 @@ class Keeper:
                     self.redis_wake.set()
                 else:
                     grants.append(grant)
-            return ([p.Grants(grants=grants)] if grants else []), []
+            return joined + ([p.Grants(grants=grants)] if grants else []), []
         if isinstance(msg, p.Outcomes):
-            for item in msg.items:
-                reporters = self.reporters.setdefault(item.target, {})
-                reporters.pop(sender, None)
-                reporters[sender] = None
-            updates, permits = self.breakers.record(msg.items, now)
-            return [p.ProbePermit(target=t) for t in permits], ([p.BreakersChanged(updates=updates)] if updates else [])
+            joined = self._seen(sender)
+            self.peers.reported(sender, [item.target for item in msg.items if item.target in self.breakers])
+            updates, permits = self.breakers.record(msg.items, now, lambda target: self.peers.spent(sender, target))
+            for target in permits:  # freed by a probe's outcome: to the worker that has traffic for the target
+                self.peers.hold(sender, target, now)
+            return joined + [p.ProbePermit(target=t) for t in permits], self._breakers_changed(updates)
         if isinstance(msg, p.GiveBack):
             for back in msg.returned:
                 self.ledger.return_unused(back)
@@ -191,8 +197,8 @@ class Keeper:
         if isinstance(msg, p.Discovered):
             return [], self.discover(msg.upstream, msg.targets)
         if isinstance(msg, p.Hello):
-            self.seen_workers.add(sender)
-            return [self.snapshot()], []
+            self.peers.seen(sender, msg.worker, msg.pid)
+            return [self.snapshot(), *self._waiting_permits(sender)], []
         if isinstance(msg, p.StoreBatch):
             answers: list[p.CacheEntry | p.CounterValues] = []
             for call in msg.items:
@@ -203,7 +209,7 @@ class Keeper:
         if isinstance(msg, p.CacheFetch):
             cache = self.caches.get(msg.dictionary)
             return [p.CacheEntry(id=msg.id, entry=cache.get(msg.key, now) if cache is not None else None)], []
-        if isinstance(msg, p.CacheStore):
+        if isinstance(msg, p.CacheStore):  # (of one of Kong's shared dicts: intake.py)
             cache = self.caches.get(msg.dictionary) or self.caches.setdefault(msg.dictionary, HostCache())
             if not cache.set(msg.key, msg.entry, msg.ttl, now):
                 log.warning("proxy-cache: an entry of %d bytes is larger than the whole dictionary %s (%d bytes): "
@@ -223,6 +229,11 @@ class Keeper:
                 self.counters.add(key, n, ttl, now)
             return [], []
         if isinstance(msg, p.AdminOp):
+            if msg.deadline and msg.cmd not in p.LATE_APPLIED and (late := time.monotonic() - msg.deadline) > 0:
+                log.warning("state keeper: refused the operator's `%s %s`, read %.1fs after its deadline: the root "
+                            "has reported it failed", msg.cmd, msg.args.get("action", "list"), late)
+                return [p.AdminResult(id=msg.id, ok=False, error=f"the state keeper read the command {late:.1f}s "
+                                      "after its deadline (it was stopped or busy); it was not carried out")], []
             try:
                 result, broadcasts = self.admin(msg.cmd, msg.args, now, wall)
             except (KeyError, ValueError) as e:  # (a KeyError's str() is its message's repr: take the message)
@@ -232,6 +243,52 @@ class Keeper:
                 return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
             return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
         return [], []
+
+    def peer_gone(self, sender: bytes, now: float) -> list[tuple[bytes, p.Msg]]:
+        """The bus found `sender` gone (its process exited: a worker replaced, or retired by a reload): forget it, and
+        its requests waiting on Redis; the probe permits it held are taken back and placed with live workers."""
+        if sender not in self.peers:
+            return []
+        name = self.peers.name(sender)
+        held = self.peers.forget(sender)
+        for key in [k for k, waiting in self.pending.items() if any(w[0] == sender for w in waiting)]:
+            self.pending[key] = [w for w in self.pending[key] if w[0] != sender]
+            if not self.pending[key]:
+                del self.pending[key]
+        direct = [placed for target, granted_at in held for again in self.breakers.take_back(target, granted_at, now)
+                  if (placed := self._place(again, now)) is not None]
+        log.info("state keeper: %s is gone%s", name,
+                 f"; {len(held)} probe permit(s) it held were taken back" if held else "")
+        return direct
+
+    def _seen(self, sender: bytes) -> list[p.Msg]:
+        """A worker's message: a worker the keeper did not know gets the permits waiting for one."""
+        return self._waiting_permits(sender) if self.peers.seen(sender) else []
+
+    def _waiting_permits(self, sender: bytes) -> list[p.Msg]:
+        """The permits granted while no worker was known (those still in flight), to `sender`."""
+        waiting, self.peers.waiting = self.peers.waiting, []
+        permits: list[p.Msg] = []
+        for target, granted_at in waiting:
+            if granted_at in self.breakers.in_flight(target):
+                self.peers.hold(sender, target, granted_at)
+                permits.append(p.ProbePermit(target=target))
+        return permits
+
+    def _place(self, target: str, granted_at: float) -> tuple[bytes, p.Msg] | None:
+        """A permit just granted, to the live worker Peers.place picks; None: it waits for a worker to connect."""
+        self.peers.keep_only(target, self.breakers.in_flight(target))
+        sender = self.peers.place(target, granted_at)
+        return (sender, p.ProbePermit(target=target)) if sender is not None else None
+
+    def _breakers_changed(self, updates: list[BreakerUpdate]) -> list[p.Msg]:
+        """Transitions to publish; a breaker's permits out are void once it leaves half-open."""
+        for update in updates:
+            if update.state is State.HALF_OPEN:
+                self.peers.half_open(update.target)
+            else:
+                self.peers.keep_only(update.target, ())
+        return [p.BreakersChanged(updates=updates)] if updates else []
 
     def answer_pending(self, keys: list[str], now: float, wall: float) -> list[tuple[bytes, p.Msg]]:
         """Grant what waits on `keys` (a block arrived, or Redis is away); what still cannot be served waits on."""
@@ -359,19 +416,9 @@ class Keeper:
                             "without it", HEALTH_GRACE_S)
                 verdicts = self._verdicts_known()
         updates, permits = self.breakers.tick(now)
-        for update in updates:
-            if update.state is State.HALF_OPEN:
-                self._turns[update.target] = 0
-        direct: list[tuple[bytes, p.Msg]] = []
-        for target in permits:
-            # To the workers that sent this target traffic, the latest first: an idle worker would sit on its permit
-            # until it lapses. A lapsed permit goes to the next candidate.
-            workers = list(reversed(self.reporters.get(target, {}))) or sorted(self.seen_workers)
-            if workers:
-                turn = self._turns.get(target, 0)
-                direct.append((workers[turn % len(workers)], p.ProbePermit(target=target)))
-                self._turns[target] = turn + 1
-        return direct, verdicts + ([p.BreakersChanged(updates=updates)] if updates else [])
+        changed = self._breakers_changed(updates)
+        direct = [placed for target in permits if (placed := self._place(target, now)) is not None]
+        return direct, verdicts + changed
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
         """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight],
@@ -387,7 +434,7 @@ class Keeper:
                 update = self.breakers.force_open(target, now)
             else:
                 _bad(cmd, action)
-            return self.breakers.describe(now, target), [p.BreakersChanged(updates=[update])]
+            return self.breakers.describe(now, target), self._breakers_changed([update])
         if cmd == "limits":
             if action in ("list", "show") and "key" not in args:
                 return {"keys": self.ledger.keys()}, []
@@ -421,7 +468,7 @@ class Keeper:
         if cmd == "proxy-cache":
             return _proxy_cache_admin(self, action, args, now), []
         if cmd == "health":
-            return {"incarnation": self.incarnation, "workers_seen": len(self.seen_workers),
+            return {"incarnation": self.incarnation, "workers_seen": len(self.peers),
                     "targets": {t.key: t.healthy for t in self.targets.values()},
                     "discovered": {u: len(t) for u, t in self.discovered.items()}}, []
         if cmd == "reload_config":

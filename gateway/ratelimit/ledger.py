@@ -53,7 +53,7 @@ from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, Retur
 from gateway.ratelimit.redis_script import Call, Reply
 from gateway.ratelimit.remote import LEAD_S, LOW_WATER, RemoteKey, Store, window_rolled
 from gateway.ratelimit.spec import LimitSpec
-from gateway.ratelimit.windows import window_bounds
+from gateway.ratelimit.windows import PERIODS, usable_wall, window_bounds
 
 ACTIVE_S = 2.0  # a worker that asked for a key this recently shares in the sizing of its leases
 LEASE_TTL_S = 1.0  # bucket tokens a worker leaves unspent this long go back to the bucket
@@ -69,6 +69,10 @@ MAX_KEYS = 65_536
 RETURN_S = 1.5
 RETURN_POLL_S = 0.1  # meanwhile a worker refused by that window asks again this often
 RECHECK_S = 1.0  # and at least this often while they are valid or not yet reported spent
+# A fallback report is dated by this host's clock just before it leaves the worker: one dated further ahead of the
+# keeper's clock than this is no report of this host's, and would move the key's windows ahead of time (rule 5).
+REPORT_AHEAD_S = 1.0
+SHOWN_KEY = 60  # characters of a key a problem's description quotes (keys are of a client's making)
 
 
 class _Window:
@@ -461,6 +465,8 @@ class Ledger:
                 state.spec = spec
                 if spec.bucketed and state.bucket is None:
                     state.bucket = Bucket(spec.capacity, now)
+                elif not spec.bucketed:
+                    state.bucket = None  # a reload to fixed-window: no bucket limits it (nor divides by its rate)
         return state
 
     def _current(self, state: _Key, period: str, wall: float) -> _Window:
@@ -483,6 +489,66 @@ class Ledger:
     def _active(state: _Key, now: float) -> int:
         """Workers that asked for this key within ACTIVE_S (at least 1)."""
         return max(1, sum(1 for seen in state.seen.values() if now - seen < ACTIVE_S))
+
+
+# ---- what a worker's message must hold for the ledger to use it (the keeper checks a message whole, first) ---------
+
+
+def spec_problem(spec: LimitSpec) -> str | None:
+    """What makes `spec` one the ledger cannot keep (LimitSpec itself checks the algorithm and that a rate is above
+    0), or None: each window a known period, once, with a limit of 0 or more; a bucket's rate finite, its burst >= 0."""
+    periods = [w.period for w in spec.windows]
+    for period in periods:
+        if period not in PERIODS:
+            return f"unknown rate-limit period {period!r} (expected one of {', '.join(PERIODS)})"
+    if len(set(periods)) != len(periods):
+        return f"a period given twice in windows {periods}"
+    negative = [w.limit for w in spec.windows if w.limit < 0]
+    if negative:
+        return f"a negative limit {negative[0]}"
+    if spec.bucketed and not (0 < spec.rate < inf):
+        return f"rate {spec.rate!r}: a bucket's rate is a finite number above 0"
+    if spec.burst < 0:
+        return f"a negative burst {spec.burst}"
+    return None
+
+
+def request_problem(request: LeaseRequest) -> str | None:
+    """What makes a worker's LeaseRequest one the ledger cannot grant, or None."""
+    why = spec_problem(request.spec)
+    if why is None and min(request.want, request.used, request.unused) < 0:
+        why = f"negative counts (want {request.want}, used {request.used}, unused {request.unused})"
+    return None if why is None else f"lease request for key {request.key[:SHOWN_KEY]!r}: {why}"
+
+
+def returned_problem(returned: ReturnedLease) -> str | None:
+    """What makes a worker's ReturnedLease one the ledger cannot credit, or None (a negative count would charge)."""
+    if min(returned.unused, returned.used) < 0:
+        return (f"tokens given back for key {returned.key[:SHOWN_KEY]!r}: negative counts (unused {returned.unused}, "
+                f"used {returned.used})")
+    return None
+
+
+def report_problem(usage: FallbackUsage, wall: float) -> str | None:
+    """What makes a worker's FallbackUsage one the ledger cannot count (rule 5) when the keeper's clock reads `wall`,
+    or None: a usable spec, one count per window of it, counts >= 0, and a date this host's clock can have made."""
+    why = spec_problem(usage.spec)
+    if why is None:
+        why = _counts_problem(usage, wall)
+    return None if why is None else f"fallback report for key {usage.key[:SHOWN_KEY]!r}: {why}"
+
+
+def _counts_problem(usage: FallbackUsage, wall: float) -> str | None:
+    """report_problem's part past the spec: the counts and the date."""
+    if len(usage.windows) != len(usage.spec.windows):
+        return f"{len(usage.windows)} count(s) for the {len(usage.spec.windows)} window(s) of its spec"
+    if min(usage.windows, default=0) < 0 or usage.total < 0:
+        return f"negative counts {list(usage.windows)}, total {usage.total}"
+    if not usable_wall(usage.wall):
+        return f"dated {usage.wall!r}, not a time windows are found for"
+    if usage.wall > wall + REPORT_AHEAD_S:
+        return f"dated {usage.wall - wall:.3f}s ahead of the keeper's clock"
+    return None
 
 
 def _lent(state: _Key, worker: str, granted: int, expires: float) -> None:

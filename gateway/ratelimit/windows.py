@@ -12,6 +12,15 @@ FIXED_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 # Kong's window lengths (kong/plugins/rate-limiting/expiration.lua): its reset counts a month as 30 days and a year
 # as 365 from the calendar period's start, whatever the calendar says
 KONG_SECONDS = {**FIXED_SECONDS, "month": 2592000, "year": 31536000}
+# The wall clocks a window can be found for: window_bounds computes the end of the calendar year holding `wall`, and
+# Python's datetime ends with the year 9999 (a worker's clock is this host's, decades inside this range)
+FIRST_WALL = 0.0
+LAST_WALL = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
+
+
+def usable_wall(wall: float) -> bool:
+    """Can `wall` (Unix seconds, from a worker's message) name windows? Not NaN, infinite or beyond the calendar."""
+    return FIRST_WALL <= wall < LAST_WALL
 
 
 def window_bounds(period: str, wall: float) -> tuple[float, float]:

@@ -486,8 +486,7 @@ class SharedState:
 
         self._send = send
         self._local = keeper
-        keeper.seen_workers.add(b"local")
-        self.on_message(p.Heartbeat(incarnation=keeper.incarnation))
+        self.on_message(p.Heartbeat(incarnation=keeper.incarnation))  # (its Hello makes this process the worker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._periodic)
             nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
