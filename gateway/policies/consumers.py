@@ -291,12 +291,6 @@ def remove_header(ex: Exchange, name: bytes) -> None:
     ex.request.headers = [hv for hv in ex.request.headers if hv[0] != name]
 
 
-def header_key(name: str) -> bytes:
-    """A configured header name as the request's (lower-cased) names are compared with it; like ngx's
-    get_headers(), an underscore in the configured name stands for a hyphen."""
-    return name.lower().replace("_", "-").encode()
-
-
 def query_values(target: bytes, name: str) -> list[str | None]:
     """The decoded values of query argument `name` (None for a bare `?name`), as Kong's kong.request.get_query()
     reads them: split on "&", names and values percent-decoded with "+" as a space, the first MAX_ARGS named

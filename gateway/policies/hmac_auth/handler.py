@@ -3,7 +3,8 @@ headers="...", signature="..."`, an HMAC of the listed request headers under the
 hmacauth credential, with a Date or X-Date within `clock_skew` seconds of now.
 
 What is signed is Kong's signing string (`Plan.signing_string`). Each listed name gives a line. A header gives
-`name: value` (its first value; the name as the client spelled it) and a missing one gives `name:`.
+`name: value` (the name as the client listed it, the value as kong.request.get_header reads it:
+gateway.policies.hmac_auth.headers) and a missing one gives `name:`.
 `request-line` gives `GET /path?query HTTP/1.1`, and `@request-target` gives `@request-target: get /path?query`.
 The lines are joined with newlines.
 
@@ -16,10 +17,14 @@ Kong's answers are all 401 with `WWW-Authenticate: hmac` (or `hmac realm="..."`)
   SHA-256=<base64>`, is wrong.
 
 What does not depend on the request is worked out once: per credentials header value, what it says under the config
-(its fields, the credential, the algorithm, enforce_headers, the signature decoded, the signing string's lines) as a
-`Plan`, remembered (`HmacAuth.plans`); per credential and algorithm, the HMAC key schedule (`Keyed`). A request pays
-one pass over its headers, the clock, its signing string and, unless its Plan has verified that same string before,
-one HMAC. Nothing that depends on the time or the body is remembered.
+(its fields, the credential, the algorithm, enforce_headers, the signature decoded, the signing string's lines and
+the names they read) as a `Plan`, remembered (`HmacAuth.plans`); per credential and algorithm, the HMAC key schedule
+(`Keyed`). A request pays one pass over its headers (from which Authorization, Proxy-Authorization, X-Date, Date
+and the signed headers are read), the clock, its signing string and, unless its Plan has verified that same string
+before, one HMAC. Nothing that depends on the time or the body is remembered.
+
+With `validate_request_body` the body is read as kong.request.get_raw_body() reads it: whole while nginx keeps it in
+memory (client_body_buffer_size, 8 KiB; a body with a Content-Length under 10 KiB), else it fails ("does not match").
 """
 
 from __future__ import annotations
@@ -39,10 +44,12 @@ from gateway.policies.consumers import (
     Identity,
     Rejection,
     decode_base64,
-    header_value,
     remove_header,
 )
+from gateway.policies.header_list import request_header
+from gateway.policies.hmac_auth.headers import HeaderName, RequestHeaders
 from gateway.policies.hmac_auth.schema import HmacAuthConfig
+from gateway.policies.llm_request import LENGTH_BODY_BUFFER, raw_body
 
 # Kong reads the header with a PCRE pattern (unanchored; "." stops at a newline):
 #     \s*[Hh]mac\s*username="(.+)",\s*algorithm="(.+)",\s*headers="(.+)",\s*signature="(.+)"
@@ -58,12 +65,16 @@ _IPAD = bytes(byte ^ 0x36 for byte in range(256))  # RFC 2104's inner and outer 
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 # Dates as read: the clients of one second send the same few (a client's distinct dates cannot grow it past the bound)
 _DATES: Derived[bytes, int | None] = Derived(parse_http_time, 256)
-BODY_LIMIT = 1024 * 1024  # bytes of body whose digest is checked; a longer one fails, as Kong's over its buffer
+# The most body bytes whose digest is checked (a body with a Content-Length; 8 KiB for a chunked one): what nginx keeps
+# in memory for kong.request.get_raw_body(), which fails for a longer one (written to a file)
+BODY_LIMIT = LENGTH_BODY_BUFFER
 PLANS = 1024  # credentials header values remembered per plugin instance and worker (a config load starts afresh)
 PLAN_VALUE_BYTES = 1024  # a longer header value, or verified signing string, is read each time, not remembered
 KEYED = 1024  # (credential, algorithm) key schedules remembered per plugin instance and worker
 
 clock = time.time  # the wall clock (tests replace it)
+AUTHORIZATION, PROXY_AUTHORIZATION = HeaderName(b"authorization"), HeaderName(b"proxy-authorization")
+X_DATE, DATE = HeaderName(b"x-date"), HeaderName(b"date")
 
 
 class Signature:
@@ -150,12 +161,12 @@ class Plan:
     __slots__ = ("lines", "keyed", "signature", "who", "verified")
 
     def __init__(self, names: list[bytes], keyed: Keyed, signature: bytes | None, who: Identity) -> None:
-        # Per listed name: the header looked up (kong.request.get_header's: lower case, "_" read as "-"), its line's
-        # start when it is there, and its line when it is not (None: the request line or target, made per request)
+        # Per listed name: the header kong.request.get_header looks up, its line's start when it is there, and its
+        # line when it is not (None: the request line or target, made per request)
         lines = []
         for name in names:
             missing = None if name in (b"request-line", b"@request-target") else name + b":"
-            lines.append((name.lower().replace(b"_", b"-"), name + b": ", missing, name))
+            lines.append((HeaderName(name), name + b": ", missing, name))
         self.lines = lines
         self.keyed = keyed
         # The signature as nginx's decode_base64 reads it (None: it does not decode, so nothing matches). Kong compares
@@ -168,13 +179,12 @@ class Plan:
         # string is the client's, no secret: compared with ==. The time and the body are checked every time.
         self.verified: bytes | None = None
 
-    def signing_string(self, headers: dict[bytes, bytes], ex: Exchange) -> bytes:
-        """Kong's signing string (see the module's docstring) over `headers`, each name's first value; the request
-        line or target from the one the client sent, even when a policy before this one (key-auth's
-        hide_credentials) rewrote the request's."""
+    def signing_string(self, headers: RequestHeaders, ex: Exchange) -> bytes:
+        """Kong's signing string (see the module's docstring) over `headers`; the request line or target from the one
+        the client sent, even when a policy before this one (key-auth's hide_credentials) rewrote the request's."""
         out = []
-        for key, start, missing, name in self.lines:
-            value = headers.get(key)
+        for header, start, missing, name in self.lines:
+            value = headers.get(header)
             if value is not None:
                 out.append(start + value)
             elif missing is not None:
@@ -241,17 +251,17 @@ class HmacAuth(AuthPolicy):
 
     def authenticate(self, ex: Exchange) -> Identity | Rejection:
         req = ex.request
-        headers = dict(reversed(req.headers))  # each name's first value, as kong.request.get_header reads it
-        authorization = headers.get(b"authorization")
-        proxy_authorization = headers.get(b"proxy-authorization")
+        headers = RequestHeaders(req.headers)
+        authorization = headers.get(AUTHORIZATION)
+        proxy_authorization = headers.get(PROXY_AUTHORIZATION)
         if authorization is None and proxy_authorization is None:
             return self.unauthorized
         # X-Date, or else Date, within clock_skew seconds of now (whole seconds, as ngx.time())
         now = int(clock())
-        x_date = headers.get(b"x-date")
+        x_date = headers.get(X_DATE)
         when = _DATES[x_date] if x_date is not None else None
         if when is None or abs(now - when) > self.skew:
-            date = headers.get(b"date")
+            date = headers.get(DATE)
             when = _DATES[date] if date is not None else None
             if when is None or abs(now - when) > self.skew:
                 return self.no_date
@@ -266,10 +276,10 @@ class HmacAuth(AuthPolicy):
                 plan = plans[authorization] if len(authorization) <= PLAN_VALUE_BYTES else self._plan(authorization)
             if self.hide:  # (Kong's order: before it is checked, parsed or not; the signing string goes without it)
                 remove_header(ex, b"authorization")
-                headers.pop(b"authorization", None)
+                headers.forget(b"authorization")
         elif self.hide:
             remove_header(ex, b"proxy-authorization")
-            headers.pop(b"proxy-authorization", None)
+            headers.forget(b"proxy-authorization")
         if plan is None or isinstance(plan, Rejection):
             return self.unverified
         signing = plan.signing_string(headers, ex)
@@ -282,11 +292,12 @@ class HmacAuth(AuthPolicy):
         return plan.who
 
     async def check_body(self, ex: Exchange, found: Identity) -> Identity | Rejection:
-        """validate_request_body: the Digest header is the body's SHA-256 (no Digest passes with no body)."""
-        body, whole = await ex.read_body(BODY_LIMIT)
-        if not whole:
+        """validate_request_body: the Digest header is the body's SHA-256 (no Digest passes with no body). The body
+        is read as kong.request.get_raw_body() reads it: one nginx wrote to a file (past its buffer) fails."""
+        body = await raw_body(ex, 0)  # (no max size: Kong calls get_raw_body() without one)
+        if body is None:
             return self.mismatch
-        given = header_value(ex.request.headers, b"digest")
+        given = request_header(ex.request.headers, b"digest")
         if given is None:
             return found if not body else self.mismatch
         return found if hmac.compare_digest(given, body_digest(body)) else self.mismatch

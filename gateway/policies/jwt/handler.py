@@ -30,13 +30,13 @@ from gateway.policies.consumers import (
     Identity,
     Rejection,
     first_headers,
-    header_key,
     header_value,
     query_values,
 )
 from gateway.policies.jwt.keys import FOREIGN_KEY, prepare
 from gateway.policies.jwt.schema import JwtConfig
 from gateway.policies.jwt.token import decode_token
+from gateway.policies.key_auth.handler import KeyName
 from gateway.policies.luanumber import tonumber
 
 CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance
@@ -69,7 +69,8 @@ class Jwt(AuthPolicy):
         super().__init__(directory.anonymous(config.anonymous), config.run_on_preflight)
         self.params = list(dict.fromkeys(config.uri_param_names))
         self.cookies = [c.lower().encode() for c in dict.fromkeys(config.cookie_names)]
-        self.headers = [header_key(h) for h in dict.fromkeys(config.header_names)]
+        # per header name, the names get_headers()' table is read with: as configured, then a miss normalized
+        self.headers = [KeyName(h).headers for h in dict.fromkeys(config.header_names)]
         self.claim = config.key_claim_name
         self.claims_to_verify = list(dict.fromkeys(config.claims_to_verify or ()))
         self.max_exp = config.maximum_expiration
@@ -101,7 +102,9 @@ class Jwt(AuthPolicy):
 
     def _token(self, ex: Exchange) -> bytes | Rejection:
         """Kong's retrieve_tokens: every distinct non-empty token found; exactly one is wanted. Query arguments and
-        header lines past the first MAX_ARGS are not looked at (Kong's get_query and get_headers stop there)."""
+        header lines past the first MAX_ARGS are not looked at (Kong's get_query and get_headers stop there). A
+        header name is looked up as get_headers()' table reads it: as configured (header_names ["x_token"] finds a
+        line `x_token`), and only on a miss lower-cased with "_" as "-" (`x-token`)."""
         req = ex.request
         found: dict[Any, None] = {}
         target = req.target
@@ -116,8 +119,11 @@ class Jwt(AuthPolicy):
             if cookie:
                 found[cookie] = None
         headers = first_headers(req.headers)
-        for header_name in self.headers:
-            header = header_value(headers, header_name)
+        for spellings in self.headers:
+            for header_name in spellings:
+                header = header_value(headers, header_name)
+                if header is not None:
+                    break
             if header is not None:
                 m = _BEARER.search(header)
                 if m is not None:
