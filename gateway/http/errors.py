@@ -24,6 +24,14 @@ class ConnectTimeout(ConnectError):
     status = 504
 
 
+class LocalError(UpstreamError):
+    """No socket for the upstream connection (socket() failed: EMFILE, ENFILE, ENOBUFS, ENOMEM): the gateway's own
+    failure, not the target's. nginx's ngx_event_connect_peer returns NGX_ERROR for it and ngx_http_upstream_connect
+    answers 500 at once: no next upstream, no peer marked failed (so no retry and nothing reported)."""
+
+    status = 500
+
+
 class NameResolutionFailed(ConnectError):
     """The target's host name has no address; no health check counts it against the target, and it is not retried.
     Kong's balancer (kong/runloop/balancer/init.lua execute) says 503 "name resolution failed" for a name error or an

@@ -284,12 +284,20 @@ async def open_tcp_stream(host: str, port: int) -> trio.SocketStream:
     return await trio.open_tcp_stream(host, port)
 
 
+class NoSocket(OSError):
+    """socket() itself failed (EMFILE, ENFILE, ENOBUFS, ENOMEM): this process is out of descriptors or memory; no
+    connect was tried, so it says nothing of the peer."""
+
+
 async def open_connection(host: str, port: int) -> Conn:
     """Connect a non-blocking TCP socket (IPv4 or IPv6 literal or a name: see `resolve`) with TCP_NODELAY and
-    keep-alive."""
+    keep-alive; NoSocket when no socket could be made for it."""
     if not is_ip(host):
         host, port = await resolve(host, port)
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise NoSocket(e.errno, e.strerror) from None
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

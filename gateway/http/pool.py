@@ -12,25 +12,50 @@ response (another client's, perhaps). So, as nginx does:
 - idle connections that become readable (a stray byte, or the peer's FIN) are closed by `watch`, which the worker
   runs every WATCH_S: every connection is registered once, edge-triggered, in the pool's own epoll, so watching
   costs no system call per request; those with activity since the last look are checked and closed if idle.
+
+Idle connections hold descriptors, which an accepted client's upstream connection must always find: the pool keeps
+its connections of all keys within the upstream half of the descriptor budget (`upstream_budget`), closing the least
+recently used idle one before a new one would pass it, and again when socket() fails for want of a descriptor (nginx's
+ngx_drain_connections); failing still, the connect is the gateway's own failure (LocalError), not the target's.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import resource
 import select
 
 import trio
 
 from gateway.http.codec import NEED_DATA, ClientCodec, Event
-from gateway.http.errors import ConnectError, ConnectTimeout, NameResolutionFailed
-from gateway.http.net import Conn, NameNotResolved, is_ip, open_connection, resolve
+from gateway.http.errors import ConnectError, ConnectTimeout, LocalError, NameResolutionFailed
+from gateway.http.limits import derived_max_connections
+from gateway.http.net import Conn, NameNotResolved, NoSocket, is_ip, open_connection, resolve
 from gateway.http.tls import TlsConn, TlsError, client_handshake
 from gateway.http.tls_contexts import ClientTls
 
 WATCH_S = 0.1  # how often idle connections that became readable are looked for (the timer resolution)
 EMPTY_WATCH_S = 1.0  # while none is idle, the watch waits this long, or until one is put back
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET
+NO_SOCKET_LOG_S = 1.0  # a burst of failed socket() calls is one error line per this many seconds
+
+log = logging.getLogger("gateway.pool")
+
+
+def _nofile() -> int:
+    """This process's descriptor limit (the soft RLIMIT_NOFILE); 0 for none."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 0 if soft == resource.RLIM_INFINITY else soft
+
+
+def upstream_budget() -> int:
+    """Upstream connections the descriptor limit has room for beside as many clients: the derived max_connections,
+    each client's second descriptor being its upstream's (gateway.http.limits), which idle ones of absent clients
+    may hold."""
+    nofile = _nofile()
+    return derived_max_connections(nofile) if nofile else 1 << 62
 
 
 def _target_of(key: tuple) -> tuple:
@@ -115,11 +140,18 @@ class Pool:
     they are an address of, the SNI), most recently used first."""
 
     def __init__(self, codec_cls: type[ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
-                 max_requests: int = 0) -> None:
+                 max_requests: int = 0, max_open: int | None = None) -> None:
         """`max_idle` connections kept per key; one idle past `idle_timeout` seconds is closed (0: never); one that
         carried `max_requests` requests is closed instead of kept (0: no limit): kong.conf's
-        upstream_keepalive_pool_size, _idle_timeout and _max_requests."""
+        upstream_keepalive_pool_size, _idle_timeout and _max_requests. With `max_open` connections open (idle and
+        busy, of all keys; not given: `upstream_budget()` as the descriptor limit is when the pool is made), a new
+        one first closes the least recently used idle one, so idle connections never take the descriptor an
+        accepted client's upstream connection needs."""
         self._codec_cls = codec_cls
+        self._max_open = max_open or upstream_budget()
+        self._connecting = 0  # connects under way: their descriptors are taken, not yet in _open
+        self._no_socket_logged = -NO_SOCKET_LOG_S
+        self._no_socket_unlogged = 0
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout or float("inf")
         self._max_requests = max_requests
@@ -227,6 +259,46 @@ class Pool:
             del self._idle[uc.key]
         uc.idle = False
 
+    def _drain_one(self) -> bool:
+        """Close the least recently used idle connection, whatever its key, to free its descriptor (nginx's
+        ngx_drain_connections for reusable connections); False if none was idle."""
+        if not self._idle:
+            return False
+        oldest = min(self._idle.values(), key=lambda idle: idle[0].idle_since)[0]
+        self._unidle(oldest)
+        oldest.close()
+        return True
+
+    async def _open_socket(self, host: str, port: int, key: tuple) -> Conn:
+        """open_connection; out of sockets, once more after closing the least recently used idle connection, and
+        then LocalError: the gateway's own failure, never the target's."""
+        try:
+            return await open_connection(host, port)
+        except NoSocket as e:
+            error = e
+        if self._drain_one():
+            try:
+                return await open_connection(host, port)
+            except NoSocket as e:
+                error = e
+        raise self._no_socket(key, error)
+
+    def _no_socket(self, key: tuple, e: OSError) -> LocalError:
+        """The LocalError for a failed socket(), logged at error level once per NO_SOCKET_LOG_S at most (with how
+        many failed since the last line), naming the descriptor limit an operator would raise."""
+        reason = e.strerror or str(e)
+        self._no_socket_unlogged += 1
+        now = trio.current_time()
+        if now - self._no_socket_logged >= NO_SOCKET_LOG_S:
+            log.error("no socket for a connection to %s: %s (%d upstream connect(s) failed so since the last such "
+                      "line: answered 500); this worker's descriptor limit (RLIMIT_NOFILE) is %d, with %d upstream "
+                      "connection(s) open (%d idle): raise gateway.worker_rlimit_nofile (or the hard limit), or lower "
+                      "max_connections", _where(key), reason, self._no_socket_unlogged, _nofile(), len(self._open),
+                      self.idle_count())
+            self._no_socket_logged = now
+            self._no_socket_unlogged = 0
+        return LocalError(f"no socket for a connection to {_where(key)}: {reason}")
+
     def close_all(self) -> None:
         for idle in self._idle.values():
             for uc in idle:
@@ -238,34 +310,40 @@ class Pool:
                       server_name: str | None = None) -> UpstreamConn:
         """Open a new connection to `key` ((host, port), (host, port, tls, None) for TLS, or (address, port, tls,
         (name, port)) for an address of a name; an SNI of its own after those) within `timeout` seconds, the TLS
-        handshake included, or raise ConnectError. A name as host is looked up first (`locate`), bounded by the DNS
-        client's own timeouts only: Kong resolves it before connecting, and connect_timeout bounds the connect to
-        the address found."""
+        handshake included, or raise ConnectError (LocalError when this process has no socket for it). A name as
+        host is looked up first (`locate`), bounded by the DNS client's own timeouts only: Kong resolves it before
+        connecting, and connect_timeout bounds the connect to the address found."""
         host, port = key[0], key[1]
         if not is_ip(host):
             host, port = await locate(host, port)
-        with trio.move_on_after(timeout):
-            try:
-                conn = await open_connection(host, port)
-            except OSError as e:
-                reason = os.strerror(e.errno) if e.errno else str(e)
-                if e.errno == errno.ECONNREFUSED:
-                    reason = "connection refused"
-                raise ConnectError(f"cannot connect to {_where(key)}: {reason}") from None
-            if tls is not None:
+        if len(self._open) + self._connecting >= self._max_open:
+            self._drain_one()
+        self._connecting += 1
+        try:
+            with trio.move_on_after(timeout):
                 try:
-                    conn = await client_handshake(tls, conn, server_name or _target_of(key)[0])
-                except (TlsError, OSError) as e:
-                    conn.close()
-                    raise ConnectError(f"TLS with {_where(key)} failed: {e}") from None
-                except BaseException:
-                    conn.close()
-                    raise
-            uc = UpstreamConn(conn, self._codec_cls(), key, self)
-            fd = conn.sock.fileno()
-            self._watch.register(fd, _WATCH)
-            self._open[fd] = uc
-            return uc
+                    conn = await self._open_socket(host, port, key)
+                except OSError as e:
+                    reason = os.strerror(e.errno) if e.errno else str(e)
+                    if e.errno == errno.ECONNREFUSED:
+                        reason = "connection refused"
+                    raise ConnectError(f"cannot connect to {_where(key)}: {reason}") from None
+                if tls is not None:
+                    try:
+                        conn = await client_handshake(tls, conn, server_name or _target_of(key)[0])
+                    except (TlsError, OSError) as e:
+                        conn.close()
+                        raise ConnectError(f"TLS with {_where(key)} failed: {e}") from None
+                    except BaseException:
+                        conn.close()
+                        raise
+                uc = UpstreamConn(conn, self._codec_cls(), key, self)
+                fd = conn.sock.fileno()
+                self._watch.register(fd, _WATCH)
+                self._open[fd] = uc
+                return uc
+        finally:
+            self._connecting -= 1
         raise ConnectTimeout(f"connect to {_where(key)} timed out after {timeout:g}s")
 
     async def watch_forever(self) -> None:

@@ -5,7 +5,9 @@ next target when nothing was sent, or when the method is idempotent and the whol
 write_timeout or read_timeout is such a failure (nginx's default `proxy_next_upstream error timeout`), and an
 invalid response head is not (no invalid_header in that default): it is answered 502 at once. A pooled
 connection that the upstream closed as the request crossed it (no response byte) is not the target's failure: the
-same target is tried again on another connection, and that costs no try (nginx's cached-peer rule).
+same target is tried again on another connection, and that costs no try (nginx's cached-peer rule). A connect the
+gateway has no socket for (out of descriptors: LocalError) is its own failure, not the target's: 500 at once, no
+retry, nothing reported to the balancer's health or the breaker (nginx's NGX_ERROR from ngx_event_connect_peer).
 After the response head has been sent to the client, a failing upstream aborts the client connection (a reset),
 so a cut-off body can never look complete.
 """
@@ -21,6 +23,7 @@ from gateway.http.codec import CHUNKED, CLOSED, END, LENGTH, NEED_DATA, NO_BODY,
 from gateway.http.errors import (
     BadResponse,
     ConnectTimeout,
+    LocalError,
     NameResolutionFailed,
     UpstreamClosed,
     UpstreamError,
@@ -212,6 +215,9 @@ class Forwarder:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                         headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
+                    if type(e) is LocalError:  # no socket: nginx's 500 at once, no next upstream
+                        error = e
+                        break
                     if tried_in is not targets:  # discovery replaced the list since the last failure
                         nameless = failed = frozenset()
                         tried_in = targets
@@ -240,7 +246,7 @@ class Forwarder:
                 await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
                                   route.name if session_id is None else None, mcp.edit if mcp is not None else None)
                 return
-            if pinned_target is not None and error is not None and (
+            if pinned_target is not None and error is not None and type(error) is not LocalError and (
                     not error.sent or await self._gone(error, svc, pinned_target, address)):
                 log.info("MCP session target %s unreachable (%s): session not found", pinned_target.name, error)
                 await session_not_found(ex)
@@ -292,7 +298,7 @@ class Forwarder:
                 uc = await pool.connect(key, svc.connect_timeout, tls, sni or target.server_name)
             except UpstreamError as e:
                 self._finished(attempt, False, TIMEOUT if isinstance(e, ConnectTimeout) else
-                               0 if isinstance(e, NameResolutionFailed) else TCP_FAILURE)
+                               0 if isinstance(e, (NameResolutionFailed, LocalError)) else TCP_FAILURE)
                 raise
             now = self.clock()
         codec = uc.codec
@@ -537,6 +543,8 @@ class Forwarder:
         tls = svc.tls
         try:
             uc = await self.pool.connect(_pool_key(target, tls, address), svc.connect_timeout, tls, target.server_name)
+        except LocalError:
+            return False  # (the gateway's own failure: nothing known of the target)
         except UpstreamError:
             return True
         uc.close()
