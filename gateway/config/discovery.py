@@ -16,6 +16,7 @@ Cross-field rules are checked in `__post_init__`; msgspec reports those at the S
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -29,8 +30,19 @@ Weight = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 
 DEFAULT_ENDPOINTS = {"etcd": "127.0.0.1:2379", "consul": "127.0.0.1:8500"}
 DEFAULT_ETCD_PREFIX = "/gateway/upstreams/{name}/"
+# What an unset field stands for where it is read. The Structs default to None instead, so that a field the chosen
+# backend does not read can be refused when it is set.
+DEFAULT_WEIGHT = 100
+DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_RETRY_INITIAL_S = 0.5
+DEFAULT_RETRY_MAX_S = 30.0
+DEFAULT_CHECK_INTERVAL = "10s"
+DEFAULT_CHECK_TIMEOUT = "5s"
+DEFAULT_LEASE_TTL_S = 10
+DEFAULT_REFRESH_S = 30.0
 
-_ENDPOINT = re.compile(r"^(?:http://)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})/?$")
+_ENDPOINT = re.compile(r"^(?:http://)?(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
+_ADVERTISE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|[^:\[\]/]+):(?P<port>\d{1,5})$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _STATUS_CLASS = re.compile(r"^([1-5])xx$")
@@ -43,10 +55,23 @@ class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
 # --- helpers (also used by the services) --------------------------------------------------------------------------
 
 
+def is_ipv6(text: str) -> bool:
+    """Whether `text` is an IPv6 address (what may stand in brackets), not merely made of its characters."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_port_ok(m: re.Match[str] | None) -> bool:
+    return (m is not None and 0 < int(m.group("port")) < 65536
+            and (m.group("v6") is None or is_ipv6(m.group("v6"))))
+
+
 def valid_endpoint(text: str) -> bool:
-    """'host:port' or 'http://host:port' with a port in 1..65535."""
-    m = _ENDPOINT.match(text.strip())
-    return m is not None and 0 < int(m.group(1)) < 65536
+    """'host:port', 'http://host:port' or 'http://[v6]:port' with a port in 1..65535."""
+    return _host_port_ok(_ENDPOINT.match(text.strip()))
 
 
 def parse_duration(value: int | float | str, number_unit: float = 1.0) -> float:
@@ -75,6 +100,15 @@ def consul_duration(seconds: float) -> str:
     return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
+def go_duration(text: str) -> str:
+    """A duration parse_duration accepts, spelt as Go's time.ParseDuration wants it ("10" and "10 s" -> "10s";
+    "1m" stays "1m"): Consul refuses a registration whose check durations it cannot parse."""
+    m = _DURATION.match(text)
+    if m is None or m.group(2) is None:
+        return consul_duration(parse_duration(text))
+    return f"{m.group(1)}{m.group(2)}"
+
+
 def _check_endpoints(endpoints: list[str], field: str) -> None:
     if not endpoints:
         raise ValueError(f"{field}: expected at least one endpoint")
@@ -92,6 +126,7 @@ def _check_retry(initial: float, maximum: float) -> None:
 
 _ETCD_ONLY = ("prefix",)
 _CONSUL_ONLY = ("service", "tag", "datacenter", "passing_only", "wait_s", "token")
+_REGISTRY_ONLY = ("default_weight", "timeout_s", "retry_initial_s", "retry_max_s")  # how a registry is read
 
 
 class DiscoverySettings(_Base):
@@ -111,14 +146,16 @@ class DiscoverySettings(_Base):
     passing_only: bool | None = None  # consul: ?passing (default true)
     wait_s: Annotated[float, msgspec.Meta(gt=0, le=600)] | None = None  # consul: blocking query wait (default 60)
     token: str | None = None  # consul: X-Consul-Token
-    default_weight: Weight = 100  # for values that carry no weight
-    timeout_s: Seconds = 5.0  # per request (a consul blocking query gets wait_s on top)
-    retry_initial_s: Seconds = 0.5  # first retry delay after the registry is lost; doubles up to retry_max_s
-    retry_max_s: Seconds = 30.0
+    # etcd and consul (type static refuses them: its targets carry their own weights, and no registry is asked)
+    default_weight: Weight | None = None  # for entries that carry no weight (default 100)
+    timeout_s: Seconds | None = None  # per request (default 5; a consul blocking query gets wait_s on top)
+    retry_initial_s: Seconds | None = None  # first retry delay after the registry is lost (default 0.5); doubles
+    retry_max_s: Seconds | None = None  # up to this (default 30)
 
     def __post_init__(self) -> None:
         if self.type == "static":
-            extra = [f for f in ("endpoints",) + _ETCD_ONLY + _CONSUL_ONLY if getattr(self, f) is not None]
+            extra = [f for f in ("endpoints",) + _ETCD_ONLY + _CONSUL_ONLY + _REGISTRY_ONLY
+                     if getattr(self, f) is not None]
             if extra:
                 raise ValueError(f"{extra[0]}: not used with type static (targets come from the config)")
             return
@@ -132,9 +169,25 @@ class DiscoverySettings(_Base):
             raise ValueError("prefix: must not be empty")
         if self.service is not None and not self.service.strip():
             raise ValueError("service: must not be empty")
-        _check_retry(self.retry_initial_s, self.retry_max_s)
+        _check_retry(self.registry_retry_initial_s, self.registry_retry_max_s)
 
     # -- resolved values -----------------------------------------------------------------------------------------
+
+    @property
+    def registry_default_weight(self) -> int:
+        return self.default_weight if self.default_weight is not None else DEFAULT_WEIGHT
+
+    @property
+    def registry_timeout_s(self) -> float:
+        return self.timeout_s if self.timeout_s is not None else DEFAULT_TIMEOUT_S
+
+    @property
+    def registry_retry_initial_s(self) -> float:
+        return self.retry_initial_s if self.retry_initial_s is not None else DEFAULT_RETRY_INITIAL_S
+
+    @property
+    def registry_retry_max_s(self) -> float:
+        return self.retry_max_s if self.retry_max_s is not None else DEFAULT_RETRY_MAX_S
 
     def endpoint_list(self) -> list[str]:
         return list(self.endpoints) if self.endpoints else [DEFAULT_ENDPOINTS.get(self.type, "")]
@@ -160,8 +213,9 @@ class DiscoverySettings(_Base):
 class RegistrationSettings(_Base):
     """The gateway registers itself on start and removes itself on stop (the guide's register_service).
 
-    consul: PUT /v1/agent/service/register with an HTTP check (default: the status server's /status/ready);
-    etcd: a key `<prefix><id>` = {"target": advertise, "weight": weight, ...} on a lease of `ttl_s`, kept alive.
+    consul: PUT /v1/agent/service/register with an HTTP check (default: the status server's /status/ready; without
+    a status server, a TTL check the gateway passes); etcd: a key `<prefix><id>` = {"target": advertise, "weight":
+    weight, ...} on a lease of `ttl_s`, kept alive. A field the backend (or `check: ""`) leaves unread is refused.
     """
 
     backend: Literal["consul", "etcd"]
@@ -169,16 +223,16 @@ class RegistrationSettings(_Base):
     service: str = "mcp-gateway"
     id: str | None = None  # default: <service>-<hostname>-<port>
     advertise: str | None = None  # "host:port" others should use; default: the first gateway.listen address
-    check: str | None = None  # consul HTTP check URL; default http://<status_listen>/health; "" for none
-    check_interval: str = "10s"
-    check_timeout: str = "5s"
+    check: str | None = None  # HTTP check URL; default http://<status_listen>/status/ready; "" for none (consul)
+    check_interval: str | None = None  # consul: the HTTP check's Interval (default 10s)
+    check_timeout: str | None = None  # consul: its Timeout (default 5s); a TTL check's TTL is interval + timeout
     deregister_critical_after: str | None = None  # consul DeregisterCriticalServiceAfter
     tags: list[str] = []
     meta: dict[str, str] = {}
     weight: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 100
     prefix: str | None = None  # etcd; default /gateway/upstreams/<service>/
-    ttl_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] = 10  # etcd lease
-    refresh_s: Seconds = 30.0  # consul: how often the registration is verified (re-registered if gone)
+    ttl_s: Annotated[int, msgspec.Meta(ge=2, le=3600)] | None = None  # etcd: the lease (default 10)
+    refresh_s: Seconds | None = None  # consul: how often the registration is verified, re-made if gone (default 30)
     token: str | None = None  # consul X-Consul-Token
     timeout_s: Seconds = 5.0
     retry_initial_s: Seconds = 0.5
@@ -191,10 +245,8 @@ class RegistrationSettings(_Base):
             raise ValueError("service: must not be empty")
         if self.id is not None and not self.id.strip():
             raise ValueError("id: must not be empty")
-        if self.advertise is not None:
-            m = re.match(r"^(?:\[[0-9a-fA-F:.]+\]|[^:\[\]/]+):(\d{1,5})$", self.advertise)
-            if not m or not 0 < int(m.group(1)) < 65536:
-                raise ValueError(f'advertise: expected "host:port", got {show(self.advertise)}')
+        if self.advertise is not None and not _host_port_ok(_ADVERTISE.match(self.advertise)):
+            raise ValueError(f'advertise: expected "host:port", got {show(self.advertise)}')
         if self.check and not self.check.startswith(("http://", "https://")):
             raise ValueError(f'check: expected an http:// or https:// URL, got {show(self.check)}')
         for field in ("check_interval", "check_timeout", "deregister_critical_after"):
@@ -206,10 +258,20 @@ class RegistrationSettings(_Base):
                     raise ValueError(f"{field}: {e}") from None
         if self.backend == "consul" and self.prefix is not None:
             raise ValueError("prefix: not used with backend consul")
-        if self.backend == "etcd":
-            for field in ("deregister_critical_after", "token"):
+        if self.backend == "consul" and self.ttl_s is not None:
+            raise ValueError("ttl_s: not used with backend consul (it is the etcd lease; Consul's check is set "
+                             "by check, check_interval and check_timeout)")
+        if self.backend == "consul" and self.check == "":
+            for field in ("check_interval", "check_timeout", "deregister_critical_after"):
                 if getattr(self, field) is not None:
-                    raise ValueError(f"{field}: not used with backend etcd")
+                    raise ValueError(f'{field}: not used with check: "" (it registers no check; remove the '
+                                     f'field, or leave check unset)')
+        if self.backend == "etcd":
+            for field in ("deregister_critical_after", "token", "check_interval", "check_timeout", "refresh_s"):
+                if getattr(self, field) is not None:
+                    raise ValueError(f"{field}: not used with backend etcd" + (
+                        "" if field in ("deregister_critical_after", "token") else
+                        " (the lease of ttl_s seconds is kept alive every ttl_s/3, and etcd runs no check)"))
         if self.prefix is not None and not self.prefix:
             raise ValueError("prefix: must not be empty")
         _check_retry(self.retry_initial_s, self.retry_max_s)

@@ -173,6 +173,20 @@ class ConsulClient:
             raise ConsulError(f"{target}: HTTP {resp.status}: {excerpt(resp.body)}", resp.status)
         return resp.status
 
+    async def pass_ttl_check(self, check_id: str) -> bool:
+        """PUT /v1/agent/check/pass/<check_id>: True once the agent took it; False when it has no such TTL check
+        (404, or the 500 "CheckID ... does not have associated TTL" Consul answers for it). ConsulError for another
+        4xx (ACL denied, rate-limited: says nothing about what the agent has), TransportError for another 5xx."""
+        target = f"/v1/agent/check/pass/{quote(check_id, safe=':')}"
+        resp = await request(self.endpoint, "PUT", target, body=b"", headers=self._headers(), timeout=self.timeout)
+        if resp.status == 200:
+            return True
+        if resp.status == 404 or (resp.status == 500 and b"does not have associated TTL" in resp.body):
+            return False
+        if resp.status >= 500:
+            raise TransportError(f"{self.endpoint}: {target}: HTTP {resp.status}: {excerpt(resp.body)}")
+        raise ConsulError(f"{target}: HTTP {resp.status}: {excerpt(resp.body)}", resp.status)
+
     async def get_json(self, target: str) -> tuple[int, Any]:
         """(200, decoded body) or (404, None): the agent does not know it. ConsulError for another 4xx."""
         resp = await request(self.endpoint, "GET", target, headers=self._headers(), timeout=self.timeout)
@@ -195,8 +209,8 @@ async def run_consul(upstream: str, settings: DiscoverySettings, on_change: OnCh
     config's targets); on Consul loss the last known targets stay and queries resume with backoff.
     """
     service = settings.consul_service(upstream)
-    client = ConsulClient(settings.endpoint_list(), settings.timeout_s, settings.token)
-    backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+    client = ConsulClient(settings.endpoint_list(), settings.registry_timeout_s, settings.token)
+    backoff = Backoff(settings.registry_retry_initial_s, settings.registry_retry_max_s)
     link = link or LinkState(f"discovery: upstream {upstream} (consul service {service})", log)
     link.extra.update({"type": "consul", "service": service})
     index = 0
@@ -208,7 +222,7 @@ async def run_consul(upstream: str, settings: DiscoverySettings, on_change: OnCh
             index, body = await client.health_service(
                 service, index=index, wait_s=settings.consul_wait_s, passing=settings.consul_passing_only,
                 tag=settings.tag, dc=settings.datacenter)
-            current = parse_health_entries(body, settings.default_weight, settings.consul_passing_only,
+            current = parse_health_entries(body, settings.registry_default_weight, settings.consul_passing_only,
                                            service=service)
             link.up(str(client.endpoint), f" ({len(current)} instances of {service})")
             link.extra.update({"targets": len(current), "index": index})

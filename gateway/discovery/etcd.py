@@ -10,6 +10,11 @@ the one it read. Losing etcd keeps the last known targets; it retries with cappe
 prefix again (changes made meanwhile are reported) and watches anew. etcd counts as back once a watch is created
 (or delivers events): a range that works while every watch fails keeps backing off.
 
+While a watch runs, the member serving it is asked a linearizable read of one key every PROBE_INTERVAL_S (within
+`timeout_s`): a member that hung, or lost its leader, leaves its watch silent without closing it, and etcd's Go
+client would leave it too (keepalive pings, WithRequireLeader). A failed probe counts as losing etcd: the next
+endpoint is read and watched.
+
 An answer is decoded whole (msgspec Structs: base64 keys and values, revisions as int64) before any of it is
 applied: one that is malformed anywhere (a wrong JSON shape, invalid base64, a revision that is not an integer, a
 key outside the prefix) is refused as a whole, like a lost etcd. A well-formed key whose value is not a target is
@@ -23,6 +28,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from functools import partial
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -32,9 +38,12 @@ from gateway.config.discovery import DiscoverySettings
 from gateway.config.errors import show
 from gateway.discovery.backoff import Backoff, LinkState
 from gateway.discovery.http import Endpoint, TransportError, excerpt, open_stream, request
+from gateway.discovery.liveness import while_responsive
 from gateway.discovery.types import OnChange, TargetInfo, normalise, parse_host_port
 
 log = logging.getLogger("gateway.discovery.etcd")
+
+PROBE_INTERVAL_S = 5.0  # one small read per watch this often: a hung member is left within this plus timeout_s
 
 
 class EtcdError(Exception):
@@ -188,6 +197,15 @@ class EtcdClient:
         answer = decode_answer(doc, RangeResponse, f"{self.endpoint}: /v3/kv/range", key)
         return answer.header.revision, answer.kvs
 
+    async def probe(self, key: str) -> None:
+        """A linearizable read of `key`, counting only: a member answers it only when it is live and has a leader
+        (it asks the leader for its commit index), so a hung or cut-off member fails it within the timeout."""
+        raw = key.encode()
+        try:
+            await self._decoded("/v3/kv/range", {"key": b64(raw), "count_only": True}, RangeResponse, raw)
+        except TransportError as e:
+            raise TransportError(f"liveness probe: {e}") from None
+
     async def watch_prefix(self, prefix: str,
                            start_revision: int) -> AsyncGenerator[tuple[int, list[WatchEvent]], None]:
         """(revision, events) per watch response with events, from `start_revision` on, and (revision, []) for the
@@ -338,11 +356,11 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
     config's targets when etcd is down, and picks up etcd's as soon as it is back.
     """
     prefix = settings.etcd_prefix(upstream)
-    client = EtcdClient(settings.endpoint_list(), settings.timeout_s)
-    backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+    client = EtcdClient(settings.endpoint_list(), settings.registry_timeout_s)
+    backoff = Backoff(settings.registry_retry_initial_s, settings.registry_retry_max_s)
     link = link or LinkState(f"discovery: upstream {upstream} (etcd {prefix})", log)
     link.extra.update({"type": "etcd", "prefix": prefix})
-    state = _PrefixState(upstream, settings.default_weight)
+    state = _PrefixState(upstream, settings.registry_default_weight)
     reported: list[TargetInfo] | None = None
     started = False
     compactions = 0  # in a row, without a watch event between them
@@ -355,6 +373,25 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
             reported = current
             on_change(upstream, list(current))
 
+    async def follow(start_revision: int) -> None:
+        nonlocal compactions
+        async with aclosing(client.watch_prefix(prefix, start_revision)) as watch:
+            async for revision, events in watch:
+                # Only a watch that etcd created (or that delivers) makes etcd "back": a range that works before a
+                # watch that fails at once is a failed attempt, retried with growing delays, logged once.
+                link.up(str(client.endpoint), f" ({len(state.targets)} targets under {prefix})")
+                backoff.reset()
+                if not events:
+                    continue
+                compactions = 0
+                for ev in events:
+                    if ev.type == "DELETE":
+                        state.delete(ev.kv.key)
+                    else:
+                        state.put(ev.kv.key, ev.kv.value)
+                link.extra["revision"] = revision
+                report()
+
     while True:
         try:
             revision, kvs = await client.range_prefix(prefix)
@@ -363,22 +400,7 @@ async def run_etcd(upstream: str, settings: DiscoverySettings, on_change: OnChan
             if not started:
                 started = True
                 task_status.started()
-            async with aclosing(client.watch_prefix(prefix, revision + 1)) as watch:
-                async for revision, events in watch:
-                    # Only a watch that etcd created (or that delivers) makes etcd "back": a range that works before
-                    # a watch that fails at once is a failed attempt, retried with growing delays, logged once.
-                    link.up(str(client.endpoint), f" ({len(state.targets)} targets under {prefix})")
-                    backoff.reset()
-                    if not events:
-                        continue
-                    compactions = 0
-                    for ev in events:
-                        if ev.type == "DELETE":
-                            state.delete(ev.kv.key)
-                        else:
-                            state.put(ev.kv.key, ev.kv.value)
-                    link.extra["revision"] = revision
-                    report()
+            await while_responsive(partial(follow, revision + 1), partial(client.probe, prefix), PROBE_INTERVAL_S)
         except Compacted as e:
             log.info("upstream %s: %s; reading %s again", upstream, e, prefix)
             compactions += 1

@@ -2,7 +2,8 @@
 
 One connection per request (`Connection: close`): registry calls are rare (a blocking query or a watch stream
 lasts seconds to minutes), so pooling would buy nothing. Streams (etcd's /v3/watch) get TCP keep-alive so a
-silently vanished peer is noticed without a read timeout cutting a legitimately idle watch.
+silently vanished peer is noticed without a read timeout cutting a legitimately idle watch; a peer that hung while
+its kernel still acks the keep-alive is caught by the watcher's own liveness probe (gateway.discovery.liveness).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from gateway.config.discovery import valid_endpoint
 from gateway.config.errors import show
 from gateway.http.net import open_tcp_stream
 
@@ -50,12 +52,11 @@ class Endpoint:
 
     @classmethod
     def parse(cls, text: str) -> Endpoint:
-        """'host:port', 'http://host:port' or 'http://[v6]:port'."""
-        rest = text.strip().removeprefix("http://").rstrip("/")
-        host, _, port = rest.rpartition(":")
-        if not host or not port.isdigit():
+        """'host:port', 'http://host:port' or 'http://[v6]:port' (what the config's valid_endpoint accepts)."""
+        if not valid_endpoint(text):
             raise ValueError(f'expected "host:port" or "http://host:port", got {show(text)}')
-        return cls(host.strip("[]"), int(port))
+        host, _, port = text.strip().removeprefix("http://").rstrip("/").rpartition(":")
+        return cls(host.removeprefix("[").removesuffix("]"), int(port))
 
     @property
     def authority(self) -> str:

@@ -7,10 +7,13 @@ from collections.abc import Callable
 
 import msgspec
 
-# A host is a bracketed IPv6 address or a name/IPv4 address of at most 253 characters (a DNS name's most) without
-# ':', brackets, '/', whitespace, control characters or lone surrogates (JSON's "\ud800" decodes to one, which no
-# UTF-8 report to the keeper can carry); the port is ASCII digits (str's \d would take "٨٠" or, through int(), fail
-# on "²").
+from gateway.config.discovery import is_ipv6
+
+# A host is a bracketed IPv6 address (its characters matched here, then parsed as an address by parse_host_port:
+# "[10.0.0.1:80]" is none) or a name/IPv4 address of at most 253 characters (a DNS name's most) without ':',
+# brackets, '/', whitespace, control characters or lone surrogates (JSON's "\ud800" decodes to one, which no UTF-8
+# report to the keeper can carry); the port is ASCII digits (str's \d would take "٨٠" or, through int(), fail on
+# "²").
 _HOST_PORT = re.compile(
     r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]/\s\x00-\x1f\x7f\ud800-\udfff]{1,253})):(?P<port>[0-9]{1,5})$")
 
@@ -59,14 +62,18 @@ OnChange = Callable[[str, list[TargetInfo]], None]
 
 
 def parse_host_port(text: str) -> tuple[str, int] | None:
-    """'host:port' or '[v6]:port' -> (host, port); None when malformed or the port is out of range."""
+    """'host:port' or '[v6]:port' -> (host, port); None when malformed, the port is out of range or what stands in
+    brackets is no IPv6 address."""
     m = _HOST_PORT.match(text.strip())
     if not m:
         return None
     port = int(m.group("port"))
     if not 0 < port < 65536:
         return None
-    return m.group("v6") or m.group("host"), port
+    v6 = m.group("v6")
+    if v6 is not None and not is_ipv6(v6):
+        return None
+    return v6 or m.group("host"), port
 
 
 def valid_host(host: str) -> bool:

@@ -31,7 +31,8 @@ upstreams:
     assert consul.endpoint_list() == ["127.0.0.1:8500"] and consul.consul_service("erl") == "erl"
     assert consul.consul_wait_s == 60 and consul.consul_passing_only is True
     assert static.type == "static" and none is None
-    assert (etcd.retry_initial_s, etcd.retry_max_s, etcd.timeout_s, etcd.default_weight) == (0.5, 30.0, 5.0, 100)
+    assert (etcd.registry_retry_initial_s, etcd.registry_retry_max_s, etcd.registry_timeout_s,
+            etcd.registry_default_weight) == (0.5, 30.0, 5.0, 100)
 
 
 def test_discovery_explicit() -> None:

@@ -148,7 +148,8 @@ def test_registration_resolution_and_payloads() -> None:
     assert etcd.check_url is None
     no_status = resolve_registration(RegistrationSettings(backend="consul"),
                                      GatewaySettings(listen="10.0.0.1:80", status_listen=None))
-    assert no_status.check_url is None and "Check" not in no_status.consul_payload()
+    assert no_status.check_url is None and no_status.consul_payload()["Check"]["TTL"] == "15s", (
+        "no status server to check: a TTL check of check_interval + check_timeout, passed by the gateway")
 
 
 def test_config_targets() -> None:
