@@ -26,7 +26,7 @@ from gateway.dns import process as dns
 from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.kong_errors import ERROR_DEFAULT_TYPES, templates_of
 from gateway.http.kong_headers import KongHeaders, enabled
-from gateway.http.limits import derived_max_connections, raise_nofile_limit
+from gateway.http.limits import derived_max_connections, raise_nofile_limit, warn_beyond_nofile
 from gateway.http.net import bind_listener
 from gateway.http.pool import Pool
 from gateway.http.server import ServerSettings, serve_listener
@@ -89,6 +89,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     server_cls, client_cls = codec_classes(codec_name)
     nofile = raise_nofile_limit(gw.worker_rlimit_nofile)  # whether or not max_connections is set
     max_connections = gw.max_connections or derived_max_connections(nofile)
+    if gw.max_connections:
+        warn_beyond_nofile(gw.max_connections, nofile)
     settings = ServerSettings(server_cls, gw.header_timeout_s, gw.keepalive_timeout_s, gw.max_header_bytes,
                               max_connections, gw.send_timeout_s, gw.client_body_timeout_s,
                               ERROR_DEFAULT_TYPES[gw.error_default_type],

@@ -35,6 +35,8 @@ async def test_beyond_max_connections_a_new_connection_gets_a_fast_503(gateway, 
     await nursery.start(echo.serve)
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, max_connections=3)
     held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+    for stream in held:  # a request under way on each: none is reusable (tests/test_overload_reuse.py)
+        await stream.send_all(b"GET /x HTTP/1.1\r\n")
     await trio.sleep(0.1)  # the worker has accepted them
     started = trio.current_time()
     data, _ = await raw_exchange(port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n", timeout=TIMEOUT)
@@ -140,7 +142,8 @@ async def test_a_full_worker_sheds_while_the_other_worker_serves(tmp_path):
                     conn = await HttpConn.open(node.port)
                     assert (await conn.request("GET", "/x")).status == 200
                     owner = owners(workers, local_port=node.port).get((node.port, conn.local_port))
-                    if owner == full:
+                    if owner == full:  # with a request under way: not reusable (tests/test_overload_reuse.py)
+                        await conn.stream.send_all(b"GET /x HTTP/1.1\r\n")
                         held.append(conn)
                     else:
                         await conn.aclose()

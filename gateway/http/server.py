@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -42,7 +43,7 @@ from gateway.http.kong_errors import (
     response_type,
 )
 from gateway.http.kong_headers import KongHeaders
-from gateway.http.limits import SpareFd, shed
+from gateway.http.limits import Shedder, SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
 from gateway.http.tls import PlainHttpOnTlsPort, TlsError, server_handshake
@@ -57,6 +58,8 @@ ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUF
 ACCEPT_BACKOFF_S = 0.1
 ACCEPT_BATCH = 64  # connections taken per wake-up of the listener
 _SERIALS = itertools.count(1)  # the connections this worker accepted (nginx's $connection)
+REUSE_AT_ONCE = 32  # at max_connections, reusable connections closed at once at most (nginx's ngx_drain_connections)
+REUSE_LOG_EVERY_S = 1.0  # ... saying so at most this often
 DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may still bring one more request
 LINGER_TIME_S = 30.0  # nginx's lingering_time: the longest a closing connection reads what its client still sends
 LINGER_TIMEOUT_S = 5.0  # nginx's lingering_timeout: ... while the client sends something at least this often
@@ -133,16 +136,50 @@ class ServerSettings:
 
 
 class ConnectionSet:
-    """The live client connections of one worker: their timers, and what a drain needs to close and wait for."""
+    """The live client connections of one worker: their timers, the reusable ones (what a new client at
+    max_connections may take the place of), and what a drain needs to close and wait for."""
 
     def __init__(self) -> None:
         self.active = 0
         self.accepted = 0  # ever (metrics: kong_nginx_connections_total{state="accepted"})
         self.draining = False
+        # nginx's reusable connections (ngx_reusable_connection): accepted and silent so far, kept alive between
+        # requests, or lingering after their answer; oldest first (insertion order). A connection is in it only while
+        # it waits for a read in one of those states.
+        self.reusable: dict[Conn, None] = {}
+        self.closing = 0  # of `active`: closed by `reuse`, their tasks not yet over ...
+        self._reused: set[Conn] = set()  # ... which are these
+        self.shedder = Shedder()
+        self._reuse_logged = -math.inf
         self._spare: SpareFd | None = None
         self.timers = Timers()
         self._empty = trio.Event()
         self._empty.set()
+
+    def reuse(self, max_connections: int) -> bool:
+        """At max_connections: close the oldest reusable connections for a new client, an eighth of them, at least
+        one and at most REUSE_AT_ONCE, as nginx's ngx_drain_connections; False when none could be. One whose client
+        has just sent something (its task has yet to read it) is left alone."""
+        wanted = max(min(REUSE_AT_ONCE, len(self.reusable) // 8), 1)
+        reused = self._reused
+        closed = 0
+        for conn in self.reusable:  # (each leaves it once its task sees the end of its connection)
+            if conn.closed or conn.readable():
+                continue
+            conn.close()
+            reused.add(conn)
+            closed += 1
+            if closed == wanted:
+                break
+        if not closed:
+            return False
+        self.closing += closed
+        now = trio.current_time()
+        if now - self._reuse_logged >= REUSE_LOG_EVERY_S:
+            self._reuse_logged = now
+            log.warning("gateway.max_connections (%d) is not enough: closing the oldest idle connections for new "
+                        "ones", max_connections)
+        return True
 
     def spare_fd(self) -> SpareFd:
         """The worker's spare descriptor (gateway.http.limits), opened on first use."""
@@ -161,7 +198,10 @@ class ConnectionSet:
         self.active += 1
         self._empty = trio.Event() if self._empty.is_set() else self._empty
 
-    def closed(self) -> None:
+    def closed(self, conn: Conn) -> None:
+        if self.closing and conn in self._reused:
+            self._reused.discard(conn)
+            self.closing -= 1
         self.active -= 1
         if self.active == 0:
             self._empty.set()
@@ -502,10 +542,13 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                          tls: ServerTls | None = None,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Accept connections until cancelled; each runs `handle_connection` in this nursery (after a TLS handshake on
-    a listener with `tls`). Beyond max_connections (all listeners of the worker together), or out of descriptors,
-    a connection is answered a fast 503 and closed (gateway.http.limits), never left waiting in the queue."""
+    a listener with `tls`). At max_connections (all listeners of the worker together) a new connection takes the
+    place of the oldest reusable ones (ConnectionSet.reuse); with none, or out of descriptors, it is answered a
+    fast 503 and closed (gateway.http.limits), never left waiting in the queue."""
     connections = settings.connections
+    max_connections = settings.max_connections
     spare = connections.spare_fd()
+    shed_lingering = connections.shedder.shed
     listen_port = b"%d" % listener.getsockname()[1]
     async with trio.open_nursery() as nursery:
         task_status.started()
@@ -525,8 +568,11 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                     if e.errno == errno.EBADF:
                         return
                     if e.errno in ACCEPT_CAPACITY_ERRNOS:
-                        if _shed_with_spare(listener, spare):
+                        refused = _shed_with_spare(listener, spare)
+                        if refused:
                             continue
+                        if refused is None:
+                            break  # the queue is empty (accept(2) takes a descriptor before it looks)
                         log.error("accept failed (%s) and no spare descriptor; backing off %.1fs",
                                   errno.errorcode.get(e.errno), ACCEPT_BACKOFF_S)
                         await trio.sleep(ACCEPT_BACKOFF_S)
@@ -534,8 +580,9 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                     if e.errno in (errno.ECONNABORTED, errno.EPROTO):
                         continue
                     raise
-                if connections.active >= settings.max_connections:
-                    shed(sock)
+                if connections.active - connections.closing >= max_connections and \
+                        not connections.reuse(max_connections):
+                    shed_lingering(sock, nursery)
                     SHED.labels("max_connections").inc()
                     continue
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -546,12 +593,16 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                 nursery.start_soon(_connection_task, conn, handler, settings, tls)
 
 
-def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool:
-    """Out of descriptors: free the spare, refuse one connection with 503, take the spare again."""
+def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool | None:
+    """Out of descriptors: free the spare, refuse one connection with 503, take the spare again. True when one was
+    refused, None when the queue turned out empty, False when there is no spare (or it did not help)."""
     if not spare.release():
         return False
     try:
         sock, _ = listener.accept()
+    except BlockingIOError:
+        spare.take()
+        return None
     except OSError:
         spare.take()
         return False
@@ -573,12 +624,13 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
                 except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
                     log.debug("TLS handshake with %s failed: %s", conn.peer, e)
             if plain is not None:  # answered: its body, if any, is read and dropped, or the close would reset
-                await _linger(conn)  # the answer away before the client reads it (nginx's lingering close)
+                # the answer away before the client reads it (nginx's lingering close)
+                await _linger(conn, settings.connections)
             if tls_conn is None:
                 return
             conn = tls_conn
         if await handle_connection(conn, handler, settings):
-            await _linger(conn)
+            await _linger(conn, settings.connections)
     except OSError as e:  # the peer went away in a place that did not expect it: this connection ends, not the worker
         log.debug("connection from %s ended: %s", conn.peer, e)
     except Exception:
@@ -586,7 +638,7 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
         conn.abort()
     finally:
         conn.close()
-        settings.connections.closed()
+        settings.connections.closed(conn)
 
 
 async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> bool:
@@ -610,6 +662,9 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     timer.client = conn
     timers = connections.timers
     timers.add(timer)
+    reusable = connections.reusable  # (in it while waiting for a first byte, or for a next request: see reuse)
+    reusable[conn] = None
+    keepalive_timeout, idle = settings.keepalive_timeout, Phase.IDLE  # (read per request)
     served = 0
     try:
         while True:
@@ -620,7 +675,9 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         if ev is NEED_DATA and served:
                             if connections.draining:
                                 timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
+                            reusable[conn] = None
                             codec.receive_data(await conn.recv())
+                            del reusable[conn]
                             ev = codec.next_event()
                             if ev is NEED_DATA:
                                 timer.set(settings.header_timeout, Phase.HEAD)
@@ -628,6 +685,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                             data = await conn.recv()
                             if timer.phase == Phase.NEW:  # (a connection that never sends a byte is closed unanswered)
                                 timer.phase = Phase.HEAD
+                                del reusable[conn]
                             codec.receive_data(data)
                             ev = codec.next_event()
                     except ProtocolError as e:
@@ -642,8 +700,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     timer.clear()
                     served += 1
                     conn.requests = served
-                    request: Request = ev  # type: ignore[assignment]
-                    exchange = Exchange(request, conn, codec, timer, settings)
+                    exchange = Exchange(ev, conn, codec, timer, settings)  # type: ignore[arg-type]  # (a Request)
                     if (served >= last_request or idle_until >= old_at) and (
                             served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
                         exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
@@ -653,13 +710,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     except ProtocolError as e:
                         if not exchange.response_started:
                             log.debug("bad request from %s: %s", conn.peer, e)
-                            content_type = page_type(request.headers, settings.error_type)
+                            content_type = page_type(exchange.request.headers, settings.error_type)
                             await _answer_error(exchange, e.status, content_type, None)
                             return not exchange.request_done
                         return False
                     except (BrokenPipeError, ConnectionError):
                         return False
                     except Exception:
+                        request = exchange.request
                         log.exception("request handler failed: %s %s", request.method, request.target)
                         if not exchange.response_started:
                             await _answer_error(exchange, 500, page_type(request.headers, settings.error_type))
@@ -674,14 +732,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     if not codec.keep_alive:  # nginx lingers when input is waiting (a pipelined request): a
                         return conn.readable()  # close would reset the connection and the answer's end with it
                     codec.start_next_cycle()
-                    timer.set(settings.keepalive_timeout, Phase.IDLE)
+                    timer.set(keepalive_timeout, idle)
 
             # The timer fired (the scope is the timer's alone): answer what can be answered, go on when it allows
             if not await _timed_out(conn, codec, timer, settings):
                 return False
             timer.scope = trio.CancelScope()
             codec.start_next_cycle()
-            timer.set(settings.keepalive_timeout, Phase.IDLE)
+            timer.set(keepalive_timeout, idle)
     except BaseException:  # cancelled from outside (the worker stops: a drain timed out) mid-answer: a reset, never
         cut: Exchange | None = timer.exchange  # type: ignore[assignment]  # a FIN, which would make a body that
         if cut is not None and cut.response_started and not cut.response_done:  # ends with the connection look whole
@@ -689,6 +747,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
         raise
     finally:
         timers.discard(timer)
+        reusable.pop(conn, None)  # (one whose timer fired while it waited)
 
 
 async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings) -> bool:
@@ -725,7 +784,8 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
         except (BrokenPipeError, ConnectionError, OSError):
             return False
         if not exchange.request_done:  # the client may still be sending its body: closing now would reset the 504
-            await _linger(conn)  # away (nginx's lingering close of a request whose body is being read)
+            # away (nginx's lingering close of a request whose body is being read)
+            await _linger(conn, settings.connections)
             return False
         return exchange.response_done and not exchange.close_after and codec.keep_alive
     elif exchange is not None and exchange.response_started and not exchange.response_done:
@@ -733,13 +793,16 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
     return False
 
 
-async def _linger(conn: Conn) -> None:
+async def _linger(conn: Conn, connections: ConnectionSet) -> None:
     """nginx's lingering close. Closing a socket with input unread sends a reset, which ends the client's upload with
     an error (urllib3 and curl then report that instead of the answer) and can destroy the answer before the client
     reads it. So the answer is ended with a FIN, and what the client still sends is read and dropped while it keeps
-    coming (LINGER_TIMEOUT_S) for at most LINGER_TIME_S; then the connection closes."""
+    coming (LINGER_TIMEOUT_S) for at most LINGER_TIME_S; then the connection closes. Meanwhile the connection is
+    reusable, as nginx's ngx_http_set_lingering_close makes it: a new client at max_connections may close it."""
     if conn.closed:
         return
+    reusable = connections.reusable
+    reusable[conn] = None
     try:
         conn.sock.shutdown(socket.SHUT_WR)
         with trio.move_on_after(LINGER_TIME_S):
@@ -750,6 +813,8 @@ async def _linger(conn: Conn) -> None:
                     return
     except (OSError, TlsError):
         pass
+    finally:
+        reusable.pop(conn, None)
 
 
 async def _drain_request(exchange: Exchange) -> bool:
