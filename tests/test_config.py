@@ -236,6 +236,21 @@ def test_json_is_held_to_what_yaml_files_are(text, message):
     assert json_errors(text) == [message]
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('consumers:\n  - username: "a\\ud800"\n',
+     "consumers[0].username: a \\u escape of a surrogate is not a character (write the character itself, or its "
+     "\\U escape: \\U0001F600)"),
+    ('services:\n  - name: s\n    tags: {"\\udc00": 1}\n',
+     "services[0].tags: a key with a \\u escape of a surrogate, which is not a character"),
+])
+def test_a_yaml_escape_of_a_surrogate_is_refused_at_its_field(text, message):
+    """PyYAML reads "\\ud800" as a lone surrogate, which is no character: a consumer's username of one could not be
+    encoded for X-Consumer-Username, and check-config and start ended in a traceback."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, NAME)
+    assert info.value.messages == [f"{NAME}: {message}"]
+
+
 @pytest.mark.parametrize("depth", [100, 100_000])
 def test_json_nested_too_deep_is_refused(depth):
     """Past MAX_DEPTH levels, as YAML; far past it, json's own recursion limit is reported the same way."""

@@ -158,7 +158,7 @@ def _read_json(text: str, name: str) -> Any:
         raise ConfigError([f"{name}: JSON error: nested more than {MAX_DEPTH} levels deep"]) from None
     if raw is None:
         raise ConfigError([f"{name}: the JSON document is null; write {{}} for a config without services"])
-    errors = _json_problems(raw) + _scalar_problems(raw) if isinstance(raw, dict) else []
+    errors = _json_problems(raw) + _scalar_problems(raw, False) if isinstance(raw, dict) else []
     if errors:
         raise ConfigError([f"{name}: {e}" for e in errors])
     return raw
@@ -212,14 +212,20 @@ def _located(e: yaml.YAMLError, text: str, name: str) -> str:
     return f"{name}{where}: {kind}: {' '.join(problem.split())}"
 
 
-def _scalar_problems(raw: Any) -> list[str]:
-    """Infinite or NaN numbers and keys that are not strings, by field path. Iterative, and each shared node
-    (a YAML alias) is visited once, so neither a deep document nor an alias bomb costs more than its text."""
+def _scalar_problems(raw: Any, surrogates: bool = True) -> list[str]:
+    """Infinite or NaN numbers, keys that are not strings and YAML escapes of surrogates (not characters: the text
+    could not be encoded, sent or logged), by field path. Iterative, and each shared node (a YAML alias) is visited
+    once, so neither a deep document nor an alias bomb costs more than its text. (JSON's surrogates: _json_problems.)"""
     errors: list[str] = []
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", raw)]
     while stack:
         path, node = stack.pop()
+        if isinstance(node, str):
+            if surrogates and _SURROGATE.search(node):
+                errors.append(f"{path or 'the document'}: a \\u escape of a surrogate is not a character (write "
+                              "the character itself, or its \\U escape: \\U0001F600)")
+            continue
         if isinstance(node, float) and not math.isfinite(node):
             yaml_name = ".nan" if math.isnan(node) else ".inf" if node > 0 else "-.inf"
             errors.append(f"{path}: expected a finite number, got {yaml_name}")
@@ -233,6 +239,9 @@ def _scalar_problems(raw: Any) -> list[str]:
             if not isinstance(key, str):
                 if path:  # at the top, an unknown key like any other (the loader lists the known ones)
                     errors.append(f"{path}: a key must be a string, got {show(key)} (quote it)")
+            elif surrogates and _SURROGATE.search(key):
+                errors.append(f"{path or 'the document'}: a key with a \\u escape of a surrogate, which is not a "
+                              "character")
             elif key not in _ANNOTATIONS:
                 stack.append((f"{path}.{key_part(key)}" if path else key_part(key), value))
     return errors

@@ -144,9 +144,12 @@ def test_an_empty_name_is_refused():
 
 
 def test_a_name_that_is_not_utf8_is_refused():
-    """A YAML escape of half a surrogate pair is no UTF-8 text (it made the loader crash computing the route's id)."""
+    """A YAML escape of half a surrogate pair is no UTF-8 text (it made the loader crash computing the route's id):
+    refused where the document is read, as any string of one (Kong's utf8_name says "invalid utf-8 character
+    sequence")."""
     assert errors('services: [{name: s, url: "http://h", routes: [{name: "\\ud83e", paths: [/]}]}]') == [
-        "services[0].routes[0].name: invalid utf-8 character sequence"]
+        "services[0].routes[0].name: a \\u escape of a surrogate is not a character (write the character itself, "
+        "or its \\U escape: \\U0001F600)"]
 
 
 @pytest.mark.parametrize("name", ["~3..x4~.M-p~1__3_", "孔", "Конг", "🦍"])
