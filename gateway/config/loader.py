@@ -644,9 +644,7 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         route.service = services[route.service].name
     elif ("services", route.service) not in failed:
         errors.append(f"{where}.service: no service with id or name {route.service!r}")
-    if route.name is not None and any("\ud800" <= c <= "\udfff" for c in route.name):  # (a YAML "\ud83e" escape)
-        errors.append(f"{where}.name: invalid utf-8 character sequence")
-    elif route.name is not None and (problem := utf8_name_problem(route.name)):
+    if route.name is not None and (problem := utf8_name_problem(route.name)):
         errors.append(f"{where}.name: {problem}")
     errors += [f"{where}.tags[{i}]: {problem}" for i, tag in enumerate(route.tags) if (problem := tag_problem(tag))]
     if not route.protocols:
