@@ -5,8 +5,8 @@
                                 "time" (the same, ISO 8601), "checks": {"workers": {"status", "details"}, ...}}
     GET /ready   -> 200 | 503  {"ready": bool, "node", "timestamp", "checks": {name: "ready"|"not_ready"}}
     GET /live    -> 200        {"alive": true, "node", "uptime", "timestamp"}
-    GET /metrics -> 200        Prometheus text 0.0.4 as Kong writes it (gateway.status.collect.encode_text), or
-                               OpenMetrics (prometheus_client's) when the scraper asks for it, from the registry given;
+    GET /metrics -> 200        Prometheus text 0.0.4 as Kong writes it (gateway.status.collect.encode_text), with
+                               Kong's Content-Type, whatever the Accept (as Kong's exporter), from the registry given;
                                Kong's Status API route (its methods and trailing slash, as /status's)
     GET /status  -> 200        Kong's Status API /status JSON (gateway.status.kong); the status page
                                (gateway.status.page), when the app has one, to a request whose Accept prefers
@@ -34,7 +34,6 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import msgspec
 import trio
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
 
 from gateway.status import kong
 
@@ -153,7 +152,8 @@ class StatusApp:
                  prepare: Callable[[list[int]], None] | None = None, page: Any = None,
                  families: Callable[[], list[Any]] | None = None, config: Callable[[], Any] | None = None,
                  config_text: Callable[[], str | None] | None = None,
-                 node_id: Callable[[], str] | None = None) -> None:
+                 node_id: Callable[[], str] | None = None,
+                 statistics: Callable[[], dict[str, int]] | None = None) -> None:
         self.source = source
         self.registry = registry if registry is not None else REGISTRY
         # run before each scrape with the workers' pids, in this thread (flush the root's counts, sweep dead pids)
@@ -171,6 +171,9 @@ class StatusApp:
         # Kong's Status API reads: every process's metric families (the page's, else the registry's), the loaded
         # config and its text (none given: no config), the node id (of the config, unless given).
         self.families = families or getattr(page, "families", None) or (lambda: list(self.registry.collect()))
+        # /status "server" (a thread): the registry's own reader of the few families it needs when it has one
+        # (gateway.status.collect.GatewayRegistry), else derived from every family
+        self.statistics = statistics or getattr(self.registry, "server_statistics", None) or self._statistics
         self.config = config or (lambda: None)
         self.config_text = config_text or (lambda: None)
         self.node_id = node_id or (lambda: _node_id(self.config()))
@@ -307,17 +310,14 @@ class StatusApp:
         return _json(200, {"alive": True, "node": self.node, "uptime": self.uptime, "timestamp": _timestamp()})
 
     async def metrics(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        accept = ",".join(v.decode("latin-1") for k, v in scope.get("headers", []) if k.lower() == b"accept")
-        encoder, content_type = choose_encoder(accept)
-        if not content_type.startswith("application/openmetrics-text"):  # any text/plain: Kong's 0.0.4
-            from gateway.status.collect import encode_text
+        """Kong's exporter's text and Content-Type whatever the Accept (exporter.lua collect()): a Prometheus 2.x
+        asking for OpenMetrics first still gets le="25" (its series of le="25.0" would be others)."""
+        from gateway.status.collect import encode_text
 
-            encoder, content_type = encode_text, CONTENT_TYPE_PLAIN_0_0_4
         if self.prepare is not None:
             self.prepare(await self.worker_pids())
-        body = await trio.to_thread.run_sync(encoder, self.registry)  # collectors may read files (multiprocess)
-        return 200, [(b"content-type", content_type.encode()), (b"cache-control", b"no-store")], body
-
+        body = await trio.to_thread.run_sync(encode_text, self.registry)  # collectors may read files (multiprocess)
+        return 200, [(b"content-type", METRICS_CONTENT_TYPE), (b"cache-control", b"no-store")], body
 
     async def status_page(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         body = await self.page.html()
@@ -338,13 +338,17 @@ class StatusApp:
             self.prepare(pids)
 
         def read() -> tuple[dict[str, Any], dict[str, int], str]:
-            from gateway.status.collect import server_statistics
-
-            return (kong.memory_stats(pids, unit, scale), server_statistics(self.families()),
+            return (kong.memory_stats(pids, unit, scale), self.statistics(),
                     kong.config_hash(self.config_text(), self.config()))
 
         memory, server, config_hash = await trio.to_thread.run_sync(read)  # files: metrics, /proc, the config
         return _vary(_json(200, {"memory": memory, "server": server, "configuration_hash": config_hash}))
+
+    def _statistics(self) -> dict[str, int]:
+        """/status "server" from every family (a registry without a reader of its own)."""
+        from gateway.status.collect import server_statistics
+
+        return server_statistics(self.families())
 
     async def worker_pids(self) -> list[int]:
         """The pids of the workers serving, as the workers check reports them (none when it cannot)."""
@@ -381,6 +385,7 @@ class StatusApp:
         return _json(200, await self.page.data())
 
 
+METRICS_CONTENT_TYPE = b"text/plain; charset=UTF-8"  # Kong's exporter.lua collect(), whatever the Accept
 # Kong's default_route drops the slash
 KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready", "/metrics/": "/metrics"}
 MAX_POST_BYTES = 64 * 1024  # a POST /status/ready body (status=draining) is a few bytes

@@ -24,6 +24,7 @@ from gateway.metrics import (
     FilesCollector,
     declared_labels,
     fold_dead_processes,
+    read_families,
     read_states,
     sweep_dead_processes,
 )
@@ -42,6 +43,8 @@ PLUGIN_FAMILIES = frozenset({"kong_http_requests", "kong_kong_latency_ms", "kong
 # Kong's counters that prometheus_client holds as gauges to keep Kong's name, which has no _total
 # (gateway.metrics.KONG_BANDWIDTH): the text says counter, as Kong's does
 KONG_COUNTERS = frozenset({"kong_bandwidth_bytes"})
+# the families Kong's /status "server" numbers come from (server_statistics)
+SERVER_FAMILIES = ("gateway_requests", "gateway_connections_accepted", "gateway_connections")
 _TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
 _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")  # written as gauges of their own after the family, as
 # prometheus_client's text encoder does
@@ -73,6 +76,12 @@ class GatewayCollector:
         are folded (a thread: this reads and writes files)."""
         fold_dead_processes(self.path)
         return [*self._files.collect(), *read_states(self.path)]
+
+    def server_statistics(self) -> dict[str, int]:
+        """Kong's /status "server" from SERVER_FAMILIES' files alone (a thread): its cost does not grow with the
+        per-route histograms, as Kong's nginx counters cost the same whatever the number of routes. Exited processes'
+        files are read as they are (the next scrape folds them)."""
+        return server_statistics(read_families(self.path, SERVER_FAMILIES))
 
     def collect(self) -> Iterator[Metric]:
         families = self.families()
@@ -218,9 +227,21 @@ def _lua_bound(le: str) -> str:
         return le
 
 
-def gateway_registry(path: str, **kwargs: Any) -> tuple[CollectorRegistry, GatewayCollector]:
+class GatewayRegistry(CollectorRegistry):
+    """The registry /metrics encodes, which also gives Kong's /status "server" numbers without collecting every
+    family (StatusApp uses its `server_statistics`)."""
+
+    def __init__(self, collector: GatewayCollector) -> None:
+        super().__init__()
+        self.collector = collector
+        self.register(collector)
+
+    def server_statistics(self) -> dict[str, int]:
+        """Kong's /status "server" numbers (GatewayCollector.server_statistics; a thread: it reads files)."""
+        return self.collector.server_statistics()
+
+
+def gateway_registry(path: str, **kwargs: Any) -> tuple[GatewayRegistry, GatewayCollector]:
     """The registry /metrics encodes, and its collector (whose `prepare` runs before each scrape)."""
-    registry = CollectorRegistry()
     collector = GatewayCollector(path, **kwargs)
-    registry.register(collector)
-    return registry, collector
+    return GatewayRegistry(collector), collector

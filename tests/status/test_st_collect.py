@@ -135,7 +135,7 @@ async def test_metrics_has_each_workers_memory_as_kong_does(tmp_path: Path) -> N
     registry, collector = gateway_registry(str(tmp_path), node="n")
     app = StatusApp(source, registry, prepare=collector.prepare)
     status, headers, body = await app.metrics({"headers": []})
-    assert status == 200 and dict(headers)[b"content-type"] == b"text/plain; version=0.0.4; charset=utf-8"
+    assert status == 200 and dict(headers)[b"content-type"] == b"text/plain; charset=UTF-8"
     [line] = _lines(body.decode(), "kong_memory_workers_lua_vms_bytes{")
     match = re.fullmatch(rf'kong_memory_workers_lua_vms_bytes{{node_id="({UUID})",pid="{os.getpid()}",'
                          r'kong_subsystem="http"} (\d+)', line)
