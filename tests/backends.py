@@ -578,3 +578,26 @@ async def serve_on_addresses(nursery: trio.Nursery, addresses: list[str], make: 
         await nursery.start(backend.serve)
         backends.append(backend)
     return port, backends
+
+
+async def upload(port: int, head: bytes, size: int, timeout: float = 20) -> tuple[bytes, bool]:
+    """Send `head` and a body of `size` bytes, then read the answer, as urllib3 (requests) and many clients do:
+    (everything received, whether the upload failed on a reset, which such a client reports instead of the answer)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = b""
+    reset = False
+    with trio.fail_after(timeout):
+        try:
+            await stream.send_all(head)
+            chunk = b"x" * 65536
+            for _ in range(size // len(chunk)):
+                await stream.send_all(chunk)
+        except trio.BrokenResourceError:
+            reset = True
+        try:
+            while data := await stream.receive_some(65536):
+                received += data
+        except trio.BrokenResourceError:
+            pass
+    await stream.aclose()
+    return received, reset

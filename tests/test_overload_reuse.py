@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import trio
-from backends import EchoBackend, free_port, parse_raw_response, service, stop_process, wait_port
+from backends import EchoBackend, free_port, parse_raw_response, service, stop_process, upload, wait_port
 from e2e_helpers import Backend, HttpConn
 from e2e_helpers import request as http_request
 
@@ -22,29 +22,6 @@ from gateway.http.limits import SHED_LINGER_TIME_S, SHED_LINGERS, Shedder
 TIMEOUT = 15
 BODY = 8 * 1024 * 1024  # far past what the kernel's buffers hold on either side (as tests/http/test_lingering_close)
 UNDER_WAY = b"GET /x HTTP/1.1\r\n"  # part of a request head: the connection is no longer reusable (nginx, below)
-
-
-async def _upload(port: int, head: bytes, size: int) -> tuple[bytes, bool]:
-    """Send `head` and `size` body bytes, then read the answer, as urllib3 and curl do: (what was received, whether
-    the upload failed on a reset, which such a client reports instead of the answer)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = b""
-    reset = False
-    with trio.fail_after(TIMEOUT):
-        try:
-            await stream.send_all(head)
-            chunk = b"x" * 65536
-            for _ in range(size // len(chunk)):
-                await stream.send_all(chunk)
-        except trio.BrokenResourceError:
-            reset = True
-        try:
-            while data := await stream.receive_some(65536):
-                received += data
-        except trio.BrokenResourceError:
-            pass
-    await stream.aclose()
-    return received, reset
 
 
 async def _busy(port: int, count: int) -> list[trio.SocketStream]:
@@ -80,7 +57,7 @@ async def test_the_shed_503_reaches_a_client_still_uploading_without_a_reset(gat
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, max_connections=1)
     held = await _busy(port, 1)  # the worker is full, with nothing reusable
     try:
-        received, reset = await _upload(port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % BODY,
+        received, reset = await upload(port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % BODY,
                                         BODY)
         assert received and parse_raw_response(received)[0] == 503
         assert not reset, "the client's upload ended on a reset: it reports that, not the 503"

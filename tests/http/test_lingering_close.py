@@ -9,35 +9,12 @@ from functools import partial
 
 import pytest
 import trio
-from backends import EchoBackend, parse_raw_response, service
+from backends import EchoBackend, parse_raw_response, service, upload
 
 from gateway.http import server
 
 TIMEOUT = 20
 BODY = 8 * 1024 * 1024  # far past what the kernel's buffers hold on either side
-
-
-async def upload(port: int, head: bytes, size: int) -> tuple[bytes, bool]:
-    """Send `head` and a body of `size` bytes, then read the answer, as urllib3 (requests) and many clients do:
-    (everything received, whether the upload failed on a reset, which such a client reports instead of the answer)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = b""
-    reset = False
-    with trio.fail_after(TIMEOUT):
-        try:
-            await stream.send_all(head)
-            chunk = b"x" * 65536
-            for _ in range(size // len(chunk)):
-                await stream.send_all(chunk)
-        except trio.BrokenResourceError:
-            reset = True
-        try:
-            while data := await stream.receive_some(65536):
-                received += data
-        except trio.BrokenResourceError:
-            pass
-    await stream.aclose()
-    return received, reset
 
 
 @pytest.fixture
