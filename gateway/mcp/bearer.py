@@ -16,10 +16,12 @@ and `none` never pass.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
+from gateway.http.codec import Headers
 from gateway.jwtlib import algorithms, parser
 from gateway.mcp.jwks import KeySet
 
@@ -30,6 +32,7 @@ _BEARER = re.compile(rb"[Bb][Ee][Aa][Rr][Ee][Rr] +([A-Za-z0-9\-._~+/]+=*) *$")  
 _UNVERIFIED = {"verify_signature": False, "verify_exp": False, "verify_nbf": False, "verify_iat": False,
                "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False}
 UNKNOWN_KID = "unknown key id"
+_TIMES = ("exp", "nbf", "iat")  # the NumericDate claims
 
 
 class TokenError(Exception):
@@ -46,6 +49,39 @@ def bearer_token(authorization: bytes | None) -> bytes | None:
         return None
     m = _BEARER.match(authorization.strip())
     return m.group(1) if m is not None else None
+
+
+def _names_token(args: bytes) -> bool:
+    """Is one of these `&`-separated form arguments named `access_token` (its name %-decoded, `+` a space)?"""
+    for arg in args.split(b"&"):
+        name = arg.partition(b"=")[0]
+        if name == b"access_token" or b"%" in name and unquote_to_bytes(name.replace(b"+", b" ")) == b"access_token":
+            return True
+    return False
+
+
+def query_has_token(target: bytes) -> bool:
+    """Does the request target's query carry an `access_token` (RFC 6750 2.3's method, which MCP forbids)?"""
+    query = target.partition(b"?")[2]
+    return bool(query) and _names_token(query)
+
+
+def form_has_token(body: bytes) -> bool:
+    """Does a form-encoded body carry an `access_token` (RFC 6750 2.2's method)?"""
+    return _names_token(body)
+
+
+def is_preflight(headers: Headers) -> bool:
+    """A CORS preflight (of an OPTIONS request): Access-Control-Request-Method and no body (neither a
+    Content-Length above 0 nor a Transfer-Encoding), as the Fetch standard sends it. Anything more may carry an
+    MCP message."""
+    asks = False
+    for name, value in headers:
+        if name == b"access-control-request-method":
+            asks = True
+        elif name == b"transfer-encoding" or name == b"content-length" and value.strip(b" \t0"):  # (a digit but 0)
+            return False
+    return asks
 
 
 class TokenRules:
@@ -106,11 +142,15 @@ def check_claims(claims: dict[str, Any], rules: TokenRules, now: float) -> None:
     exp = claims.get("exp")
     if not _number(exp):
         raise TokenError("the token has no expiry (exp)")
+    for name in _TIMES:  # a NaN or infinite time compares as "in time" forever (RFC 7519 2: a NumericDate is a time)
+        value = claims.get(name)
+        if value is not None and not (_number(value) and (isinstance(value, int) or math.isfinite(value))):
+            raise TokenError(f"malformed claims: {name} is not a finite number (a NumericDate)")
     assert exp is not None  # _number
     if exp + rules.leeway <= now:
         raise TokenError("the token has expired")
     nbf = claims.get("nbf")
-    if nbf is not None and (not _number(nbf) or nbf - rules.leeway > now):
+    if nbf is not None and nbf - rules.leeway > now:
         raise TokenError("the token is not valid yet")
     iss = claims.get("iss")
     if not isinstance(iss, str) or iss not in rules.issuers:

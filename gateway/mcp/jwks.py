@@ -53,7 +53,11 @@ class KeySet:
 
     def __init__(self, keys: list[Key]) -> None:
         self.keys = keys
-        self.by_kid = {k.kid: k for k in keys if k.kid is not None}
+        # RFC 7517 4.5: keys of different types may share a kid, so a kid names a list and the alg picks among it
+        self.by_kid: dict[str, list[Key]] = {}
+        for k in keys:
+            if k.kid is not None:
+                self.by_kid.setdefault(k.kid, []).append(k)
 
     def candidates(self, kid: Any, alg: str) -> list[Key] | None:
         """The keys a token with this `kid` header and `alg` may be verified with; None: the kid is unknown (a
@@ -62,10 +66,10 @@ class KeySet:
             return [k for k in self.keys if alg in k.algorithms]
         if not isinstance(kid, str):
             return []
-        key = self.by_kid.get(kid)
-        if key is None:
+        keys = self.by_kid.get(kid)
+        if keys is None:
             return None
-        return [key] if alg in key.algorithms else []
+        return [k for k in keys if alg in k.algorithms]
 
 
 def parse_jwks(body: bytes) -> KeySet:
@@ -199,9 +203,11 @@ class JwksSource:
             done, self._done = self._done, trio.Event()
             done.set()
 
-    async def refetch(self, wait: float) -> bool:
+    async def refetch(self, wait: float) -> bool | None:
         """A token names a key id we do not know: ask for a fetch (at most one per REFETCH_MIN_S) and wait for it,
-        at most `wait` seconds. True when a fetch ended meanwhile (the caller looks the key up again)."""
+        at most `wait` seconds. True: a fetch ended meanwhile (the caller looks the key up again); False: none was
+        due (the keys in hand are the latest); None: the fetch did not end in time (whether the key exists is
+        unknown, as when the keys cannot be loaded)."""
         if not self._fetching:
             if not self.cache.may_refetch(trio.current_time()):
                 return False
@@ -210,4 +216,4 @@ class JwksSource:
         with trio.move_on_after(wait):
             await done.wait()
             return True
-        return False
+        return None

@@ -8,7 +8,9 @@ token, 401 with `error="invalid_token"` and a description; a token whose claims 
 without consumer_optional), 403. The token names the request's consumer (consumer_claim, looked up by consumer_by)
 or, without one, a credential (credential_claim, `sub`): rate limiting by consumer or credential counts per subject,
 as Kong does. The token never reaches the upstream unless passthrough_credentials (the spec forbids passing it on);
-claim_to_header / upstream_headers copy claims into upstream headers (client-sent copies are removed).
+claim_to_header / upstream_headers copy claims into upstream headers (client-sent copies are removed). A token also
+in the query string or a form body is 400 invalid_request (RFC 6750 3.1). A CORS preflight (no body) passes without
+a token, its Authorization and claim headers removed.
 
 Verified tokens are cached per worker (bounded) until they expire or the keys are refreshed, so a token seen again
 costs a dictionary lookup and the time checks. A token whose key id is unknown makes the worker refetch the JWKS (at
@@ -24,6 +26,7 @@ from typing import Any
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
+from gateway.mcp import body
 from gateway.mcp.bearer import (
     UNKNOWN_KID,
     TokenError,
@@ -32,8 +35,11 @@ from gateway.mcp.bearer import (
     challenge,
     claim_at,
     claim_strings,
+    form_has_token,
+    is_preflight,
     metadata_document,
     metadata_paths,
+    query_has_token,
     verify,
 )
 from gateway.mcp.jwks import JwksSource
@@ -41,6 +47,7 @@ from gateway.memo import Memo
 from gateway.pipeline.headers import set_consumer
 from gateway.policies.ai_mcp_oauth2.schema import AiMcpOauth2Config
 from gateway.policies.consumers import Consumer, Directory, Identity, Rejection
+from gateway.policies.request_body import FORM, media_type
 
 log = logging.getLogger("gateway.policies")
 _KEYS_UNAVAILABLE = Rejection(503, "the authorization server's keys (JWKS) could not be loaded; try again later")
@@ -48,6 +55,9 @@ _KEYS_UNAVAILABLE = Rejection(503, "the authorization server's keys (JWKS) could
 CACHE_ENTRIES = 4096  # verified tokens remembered per plugin instance and worker
 CACHE_TOKEN_BYTES = 8192  # longer tokens are verified every time
 _AUTHORIZATION = b"authorization"
+_TWO_METHODS = "the access token must be sent in the Authorization header only, not also in the query string or " \
+    "a form body (RFC 6750 section 3.1)"
+FORM_BODY_LIMIT = 1 << 20  # bytes of a form body searched for an access_token
 
 
 class TokenIdentity:
@@ -125,6 +135,9 @@ class AiMcpOauth2:
             (c.header.lower().encode(), [c.claim]) for c in config.claim_to_header or ()] + [
             (u.header.lower().encode(), list(u.path)) for u in config.upstream_headers or ()]
         self.claim_header_names = frozenset(name for name, _ in self.claim_headers)
+        self.preflight_strip = self.claim_header_names | {_AUTHORIZATION}
+        self.two_methods = Rejection(400, _TWO_METHODS, challenge(self.metadata_url, "invalid_request", _TWO_METHODS,
+                                                                  scope))
         self.index: dict[str, dict[str, Consumer]] = {"id": {}, "username": {}, "custom_id": {}}
         for consumer in directory.consumers.values():
             self.index["id"][consumer.id] = consumer
@@ -136,16 +149,24 @@ class AiMcpOauth2:
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
+        if req.method == b"OPTIONS" and is_preflight(req.headers):
+            # no MCP message and no token to check: what would pass for one (or for a claim header) stays here
+            req.headers = [hv for hv in req.headers if hv[0] not in self.preflight_strip]
+            return False
         authorization = None
-        preflight = req.method == b"OPTIONS"
+        content_type = None
         for name, value in req.headers:
             if name == _AUTHORIZATION:
-                authorization = value
-                break
-            if preflight and name == b"access-control-request-method":
-                return False  # a CORS preflight carries no MCP message and never a token
+                if authorization is None:
+                    authorization = value
+            elif name == b"content-type":
+                content_type = value
         if authorization is None:
             await self.missing.send(ex)
+            return True
+        if query_has_token(req.target) or (
+                content_type is not None and media_type(content_type) == FORM and await _form_has_token(ex)):
+            await self.two_methods.send(ex)  # (the token must not travel upstream in the URL or the body)
             return True
         now = time.time()
         entry = self.cache.get(authorization)  # keyed by the header as sent: a token seen again skips its parsing
@@ -177,7 +198,12 @@ class AiMcpOauth2:
             try:
                 claims = verify(token, keyset, self.rules, now)
             except TokenError as e:
-                if e.description != UNKNOWN_KID or not await self.jwks.refetch(self.wait):
+                if e.description != UNKNOWN_KID:
+                    raise
+                refetched = await self.jwks.refetch(self.wait)
+                if refetched is None:  # the fetch hangs: the key may well be there
+                    return _KEYS_UNAVAILABLE
+                if not refetched:
                     raise
                 keyset = self.jwks.keyset
                 claims = verify(token, keyset, self.rules, time.time())
@@ -243,6 +269,13 @@ class AiMcpOauth2:
             if _header_safe(text):
                 out.append((name, text.encode()))
         return out
+
+
+async def _form_has_token(ex: Exchange) -> bool:
+    """Does the form body (its first FORM_BODY_LIMIT bytes) carry `access_token` (RFC 6750 2.2)? The bytes read are
+    kept for the upstream."""
+    mcp, _ = await body.whole(ex, FORM_BODY_LIMIT)
+    return form_has_token(mcp.body or b"")
 
 
 def _header_safe(text: str) -> bool:
