@@ -510,26 +510,28 @@ async def raw_exchange(port: int, data: bytes | list[bytes], pause: float = 0.0,
     Returns (everything received, whether the connection ended with a reset rather than a clean close).
     """
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = bytearray()
-    reset = False
     try:
         with trio.fail_after(timeout):
             for i, piece in enumerate(data if isinstance(data, list) else [data]):
                 if i and pause:
                     await trio.sleep(pause)
                 await stream.send_all(piece)
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    reset = True
-                    break
-                if not chunk:
-                    break
-                received += chunk
+            return await read_to_end(stream)
     finally:
         await trio.aclose_forcefully(stream)
-    return bytes(received), reset
+
+
+async def read_to_end(stream: trio.SocketStream) -> tuple[bytes, bool]:
+    """Read until the peer closes: (everything received, whether it ended with a reset rather than a clean close)."""
+    received = bytearray()
+    while True:
+        try:
+            chunk = await stream.receive_some(65536)
+        except trio.BrokenResourceError:
+            return bytes(received), True
+        if not chunk:
+            return bytes(received), False
+        received += chunk
 
 
 def parse_raw_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -584,7 +586,6 @@ async def upload(port: int, head: bytes, size: int, timeout: float = 20) -> tupl
     """Send `head` and a body of `size` bytes, then read the answer, as urllib3 (requests) and many clients do:
     (everything received, whether the upload failed on a reset, which such a client reports instead of the answer)."""
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    received = b""
     reset = False
     with trio.fail_after(timeout):
         try:
@@ -594,10 +595,6 @@ async def upload(port: int, head: bytes, size: int, timeout: float = 20) -> tupl
                 await stream.send_all(chunk)
         except trio.BrokenResourceError:
             reset = True
-        try:
-            while data := await stream.receive_some(65536):
-                received += data
-        except trio.BrokenResourceError:
-            pass
+        received, _ = await read_to_end(stream)
     await stream.aclose()
     return received, reset

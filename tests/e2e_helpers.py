@@ -528,14 +528,16 @@ def running_etcd(workdir: Path) -> Iterator[EtcdProcess]:
 
 
 class HoldingBackend:
-    """A thread-per-connection HTTP/1.1 backend: `/slow` answers 200 after `hold_s` seconds, anything else at once
-    (Connection: close); for blocking tests, where the Trio `Backend` would need a nursery."""
+    """A thread-per-connection HTTP/1.1 backend: `/slow` answers 200 after `hold_s` seconds (or once `release()` is
+    called), anything else at once (Connection: close); for blocking tests, where the Trio `Backend` would need a
+    nursery."""
 
     def __init__(self, hold_s: float) -> None:
         import socket
         import threading
 
         self.hold_s = hold_s
+        self.gate = threading.Event()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -555,10 +557,14 @@ class HoldingBackend:
             try:
                 head = conn.recv(65536)
                 if b" /slow" in head.split(b"\r\n", 1)[0]:
-                    time.sleep(self.hold_s)
+                    self.gate.wait(self.hold_s)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             except OSError:
                 pass
+
+    def release(self) -> None:
+        """Answer every held `/slow` request now."""
+        self.gate.set()
 
     def close(self) -> None:
         self.server.close()

@@ -18,6 +18,7 @@ import pytest
 from backends import free_port
 from e2e_helpers import (
     GatewayNode,
+    HoldingBackend,
     admin_now,
     becomes_true,
     blocking_get,
@@ -28,54 +29,18 @@ from e2e_helpers import (
 )
 
 
-class GateBackend:
-    """A thread-per-connection HTTP/1.1 backend: `/slow` answers 200 once `release()` is called (or after `hold_s`),
-    anything else at once (Connection: close)."""
-
-    def __init__(self, hold_s: float = 15.0) -> None:
-        self.hold_s = hold_s
-        self.gate = threading.Event()
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def release(self) -> None:
-        self.gate.set()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: Any) -> None:
-        with conn:
-            try:
-                head = conn.recv(65536)
-                if b" /slow" in head.split(b"\r\n", 1)[0]:
-                    self.gate.wait(self.hold_s)
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.gate.set()
-        self.server.close()
-
-
 @pytest.fixture
-def backend() -> Iterator[GateBackend]:
-    b = GateBackend()
+def backend() -> Iterator[HoldingBackend]:
+    b = HoldingBackend(hold_s=15.0)
     try:
         yield b
     finally:
+        b.release()
         b.close()
 
 
 @pytest.fixture
-def make_gw(tmp_path: Path, backend: GateBackend) -> Iterator[Any]:
+def make_gw(tmp_path: Path, backend: HoldingBackend) -> Iterator[Any]:
     made: list[GatewayNode] = []
 
     def make(**gateway: Any) -> GatewayNode:

@@ -9,7 +9,7 @@ from functools import partial
 
 import pytest
 import trio
-from backends import EchoBackend, parse_raw_response, service, upload
+from backends import EchoBackend, parse_raw_response, read_to_end, service, upload
 
 from gateway.http import server
 
@@ -78,23 +78,13 @@ async def test_a_response_closing_at_keepalive_requests_lingers_over_a_pipelined
     gw = await gateway({"services": [service("svc", f"http://127.0.0.1:{port}")]}, keepalive_requests=1)
     size = 8_000_000
     stream = await trio.open_tcp_stream("127.0.0.1", gw)
-    received = bytearray()
-    reset = False
     try:
         with trio.fail_after(TIMEOUT):
             await stream.send_all(b"GET /big?bytes=%d&delay=0.3 HTTP/1.1\r\nhost: a\r\n\r\n" % size)
             await trio.sleep(0.1)  # the second request arrives while the first waits for its upstream
             await stream.send_all(b"GET /next HTTP/1.1\r\nhost: a\r\n\r\n")
             await trio.sleep(1.0)  # a client busy elsewhere: the answer fills the socket buffers meanwhile
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    reset = True
-                    break
-                if not chunk:
-                    break
-                received += chunk
+            received, reset = await read_to_end(stream)
     finally:
         await trio.aclose_forcefully(stream)
     head, _, body = bytes(received).partition(b"\r\n\r\n")
@@ -126,8 +116,7 @@ async def test_a_504_for_an_upstream_write_timeout_lingers_over_the_unread_reque
                                              routes=[{"paths": ["/"], "request_buffering": False}])]})
     size = 48 << 20
     stream = await trio.open_tcp_stream("127.0.0.1", gw)
-    received = bytearray()
-    upload_reset = reset = False
+    upload_reset = False
     try:
         with trio.fail_after(TIMEOUT):
             await stream.send_all(b"PUT /up HTTP/1.1\r\nhost: a\r\ncontent-length: %d\r\n\r\n" % size)
@@ -137,15 +126,7 @@ async def test_a_504_for_an_upstream_write_timeout_lingers_over_the_unread_reque
                     await stream.send_all(piece)
             except trio.BrokenResourceError:
                 upload_reset = True
-            while True:
-                try:
-                    chunk = await stream.receive_some(65536)
-                except trio.BrokenResourceError:
-                    reset = True
-                    break
-                if not chunk:
-                    break
-                received += chunk
+            received, reset = await read_to_end(stream)
     finally:
         await trio.aclose_forcefully(stream)
     assert received.startswith(b"HTTP/1.1 504"), bytes(received[:200])
