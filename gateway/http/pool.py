@@ -1,4 +1,4 @@
-"""Keep-alive connections to upstream targets, per target, bounded, with an idle timeout.
+"""Keep-alive connections to upstream targets, looked up per target, bounded in all, with an idle timeout.
 
 The bookkeeping is synchronous (httpcore's lesson): taking and returning a connection never awaits, so
 cancellation cannot leave the pool inconsistent. Only opening a new connection does I/O.
@@ -141,12 +141,14 @@ class Pool:
 
     def __init__(self, codec_cls: type[ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
                  max_requests: int = 0, max_open: int | None = None) -> None:
-        """`max_idle` connections kept per key; one idle past `idle_timeout` seconds is closed (0: never); one that
-        carried `max_requests` requests is closed instead of kept (0: no limit): kong.conf's
-        upstream_keepalive_pool_size, _idle_timeout and _max_requests. With `max_open` connections open (idle and
-        busy, of all keys; not given: `upstream_budget()` as the descriptor limit is when the pool is made), a new
-        one first closes the least recently used idle one, so idle connections never take the descriptor an
-        accepted client's upstream connection needs."""
+        """`max_idle` idle connections kept in all, whatever their keys (nginx's `keepalive` and OpenResty's
+        `balancer_keepalive`, which Kong's upstream_keepalive_pool_size sets: one cache per worker, looked up by
+        address, port and SNI), the least recently used closed to make room for one put back; one idle past
+        `idle_timeout` seconds is closed (0: never); one that carried `max_requests` requests is closed instead of
+        kept (0: no limit): kong.conf's upstream_keepalive_pool_size, _idle_timeout and _max_requests. With
+        `max_open` connections open (idle and busy, of all keys; not given: `upstream_budget()` as the descriptor
+        limit is when the pool is made), a new one first closes the least recently used idle one, so idle
+        connections never take the descriptor an accepted client's upstream connection needs."""
         self._codec_cls = codec_cls
         self._max_open = max_open or upstream_budget()
         self._connecting = 0  # connects under way: their descriptors are taken, not yet in _open
@@ -158,6 +160,7 @@ class Pool:
         # (host, port) or (host, port, ClientTls, ...): never an empty list, so a key (a client's Host, as the SNI of a
         # preserve_host route) lasts only while a connection to it is idle
         self._idle: dict[tuple, list[UpstreamConn]] = {}
+        self._lru: dict[UpstreamConn, None] = {}  # every idle connection, least recently put back first
         self._watch = select.epoll()
         self._open: dict[int, UpstreamConn] = {}  # by fd: every open connection of this pool, idle or busy
         self._first_idle: trio.Event | None = None  # set when a connection is put back while none was idle
@@ -168,6 +171,7 @@ class Pool:
         while idle:
             uc = idle.pop()
             uc.idle = False
+            del self._lru[uc]
             if now - uc.idle_since > self._idle_timeout or uc.has_input():
                 uc.close()
                 continue
@@ -178,19 +182,24 @@ class Pool:
         return None
 
     def put(self, uc: UpstreamConn, now: float) -> None:
-        """Return a connection whose exchange completed cleanly; closed instead if the pool is full or the
-        connection carried its last request."""
-        idle = self._idle.setdefault(uc.key, [])
+        """Return a connection whose exchange completed cleanly, closing the least recently used idle one if the
+        pool is full (ngx_http_lua_balancer_free_peer); closed instead if keep-alive is off or the connection
+        carried its last request."""
         uc.served += 1
-        if len(idle) >= self._max_idle or uc.served == self._max_requests:
-            if not idle:
-                del self._idle[uc.key]
+        if not self._max_idle or uc.served == self._max_requests:
             uc.close()
             return
+        lru = self._lru
+        if len(lru) >= self._max_idle:
+            self._drain_one()
         uc.codec.start_next_cycle()
         uc.idle_since = now
         uc.idle = True
-        idle.append(uc)
+        lru[uc] = None
+        if (idle := self._idle.get(uc.key)) is None:
+            self._idle[uc.key] = [uc]
+        else:
+            idle.append(uc)
         if self._first_idle is not None:
             self._first_idle.set()
 
@@ -221,6 +230,7 @@ class Pool:
                     del self._idle[key]
                 for uc in expired:
                     uc.idle = False
+                    del self._lru[uc]
                     uc.close()
                 closed += len(expired)
         return closed
@@ -228,7 +238,7 @@ class Pool:
     def idle_count(self, key: tuple | None = None) -> int:
         if key is not None:
             return len(self._idle.get(key, ()))
-        return sum(map(len, self._idle.values()))
+        return len(self._lru)
 
     def forget(self, uc: UpstreamConn) -> None:
         """A connection is closing: it leaves the watch (the kernel drops its epoll entry with the last fd)."""
@@ -258,13 +268,14 @@ class Pool:
         if not idle:
             del self._idle[uc.key]
         uc.idle = False
+        del self._lru[uc]
 
     def _drain_one(self) -> bool:
         """Close the least recently used idle connection, whatever its key, to free its descriptor (nginx's
         ngx_drain_connections for reusable connections); False if none was idle."""
-        if not self._idle:
+        if not self._lru:
             return False
-        oldest = min(self._idle.values(), key=lambda idle: idle[0].idle_since)[0]
+        oldest = next(iter(self._lru))
         self._unidle(oldest)
         oldest.close()
         return True
@@ -304,6 +315,7 @@ class Pool:
             for uc in idle:
                 uc.close()
         self._idle.clear()
+        self._lru.clear()
         self._watch.close()
 
     async def connect(self, key: tuple, timeout: float, tls: ClientTls | None = None,

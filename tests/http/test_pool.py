@@ -117,3 +117,35 @@ async def test_a_key_whose_last_idle_connection_leaves_leaves_the_pool_table(nur
     uc = await unkept.connect(_sni_key(port, "k.test"), 5)
     unkept.put(uc, 0.0)
     assert uc.conn.closed and unkept._idle == {}
+
+
+async def test_a_full_pool_closes_its_least_recently_used_connection_to_keep_the_one_put_back(nursery):
+    """lua-nginx-module's ngx_http_lua_balancer_free_peer (src/ngx_http_lua_balancer.c:636, the cache Kong's
+    upstream_keepalive_pool_size sizes): no free slot, the last of the cache (least recently used) is closed and
+    the connection just done is kept, most recently used."""
+    port = await _listener(nursery, "127.0.0.1")
+    pool = Pool(LlhttpClient, max_idle=2)
+    key = ("127.0.0.1", port)
+    first, second, third = [await pool.connect(key, 5) for _ in range(3)]
+    for i, uc in enumerate((first, second, third)):
+        pool.put(uc, float(i))
+    assert first.conn.closed and not third.conn.closed
+    assert pool.idle_count() == 2
+    assert pool.take(key, 3.0) is third
+
+
+async def test_the_pool_size_bounds_idle_connections_of_all_targets_together(nursery):
+    """OpenResty's balancer_keepalive (as nginx's keepalive) is one cache per worker, looked up by address, port
+    and SNI: connections to another target take the room of the least recently used, whatever its target."""
+    port = await _listener(nursery, "127.0.0.1")
+    other = await _listener(nursery, "127.0.0.2")
+    pool = Pool(LlhttpClient, max_idle=2)
+    old, newer = [await pool.connect(("127.0.0.1", port), 5) for _ in range(2)]
+    pool.put(old, 0.0)
+    pool.put(newer, 1.0)
+    elsewhere = await pool.connect(("127.0.0.2", other), 5)
+    pool.put(elsewhere, 2.0)
+    assert old.conn.closed and not newer.conn.closed
+    assert pool.idle_count() == 2
+    assert pool.idle_count(("127.0.0.2", other)) == 1
+    assert pool.take(("127.0.0.1", port), 3.0) is newer
