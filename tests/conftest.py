@@ -32,6 +32,11 @@ if os.environ.get("CI"):
 
 CODECS = ["h11", "llhttp"]
 
+# kong.conf's KONG_<KEY> variables override every config's `gateway:` settings, the gateways the tests start as
+# subprocesses included: a developer's shell's must not change what the tests check (tests set them by monkeypatch).
+for _variable in [v for v in os.environ if v.startswith("KONG_")]:
+    del os.environ[_variable]
+
 # Every gateway process a test starts (each CLI call, the root, the zygote) imports some 300 gateway modules. With
 # PYTHONDONTWRITEBYTECODE set and no __pycache__ beside the sources, each of them compiled them all again (a quarter
 # of a second a process): they share one bytecode cache for the session instead, outside the source tree, removed

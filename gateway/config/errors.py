@@ -11,11 +11,15 @@ Every message is one line, `field path: what is wrong`, whatever the file holds,
   \uXXXX too (`gateway."a\u002eb"` for the key "a.b", `"a\u0020b"` for "a b"). So a path holds no space and no
   separator but its own: it ends at the message's first ": " and splits at its dots and brackets; and the quoted
   form, pasted into the file as a double-quoted YAML key, is that key.
+
+Every ConfigError's messages are also as the latest load has them reported (`as_reported`): a secret resolved from a
+vault reference shown as the reference, and a `gateway:` field a KONG_<KEY> variable set named with the variable.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -30,9 +34,11 @@ _PATH_RESERVED = frozenset(" .:[]")
 
 
 class ConfigError(Exception):
-    """An invalid configuration: one message per problem, each naming the file and the field path."""
+    """An invalid configuration: one message per problem, each naming the file and the field path; each as the
+    latest load has it reported (`as_reported`: no secret of a reference, the variables that set a field)."""
 
     def __init__(self, messages: list[str], partial: Any = None, order: list[str] | None = None) -> None:
+        messages = [as_reported(m) for m in messages]
         super().__init__("\n".join(messages))
         self.messages = messages
         # What did decode of a refused file, and its top-level keys in file order, so that later stages can report
@@ -238,3 +244,80 @@ def _describe_type(info: mi.Type | None) -> str | None:
     if isinstance(info, mi.UnionType):
         return " or ".join(filter(None, (_describe_type(t) for t in info.types)))
     return None
+
+
+# --- what the latest load's messages must not show, and must say ------------------------------------------------------
+# A secret resolved from a vault reference is validated as the field's value (Kong validates the reference text only,
+# kong/db/schema/init.lua:995), so a check's message may quote it: every ConfigError shows the reference in its place.
+# A `gateway:` field set by a KONG_<KEY> variable is named with the variable. The latest load (parse_config) records
+# both; the checks that run after it (compile_config, at check-config, start and reload) are reported by it too.
+
+_LONG_SECRET = 8  # a secret this long is hidden in every message; a shorter one only where its field is named
+
+
+@dataclass
+class _Hidden:
+    """A resolved secret, the reference it came from, and the field path (or entity) whose messages may show it."""
+
+    secret: str
+    reference: str
+    scope: str
+    pattern: re.Pattern[str] = field(init=False)
+    note: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.note = f" ({self.reference} is shown in place of the secret it resolved to)"
+        forms = sorted({self.secret, show(self.secret)[1:-1], repr(self.secret)[1:-1]} - {""}, key=len, reverse=True)
+        # the reference and the note first: text already reported is matched as it is, so reporting twice is the same
+        self.pattern = re.compile("|".join(map(re.escape, [self.note, self.reference, *forms])))
+
+    def replace(self, m: re.Match[str]) -> str:
+        """A match of `pattern`: the note and the reference stay, a form of the secret becomes the reference."""
+        return m.group(0) if m.group(0) in (self.note, self.reference) else self.reference
+
+
+_hidden: list[_Hidden] = []
+_variables: dict[str, str] = {}  # a `gateway.<field>` path -> the KONG_<KEY> variable that set it
+
+
+def new_load() -> None:
+    """Forget what the previous load recorded (a new file is being loaded)."""
+    _hidden.clear()
+    _variables.clear()
+
+
+def hide(secret: str, reference: str, scope: str) -> None:
+    """Have messages show `reference` in place of `secret`: those naming `scope` (a field path or an entity's path,
+    `plugins[0]`), and every message when the secret is long enough not to be an ordinary word."""
+    if secret and secret != reference:
+        _hidden.append(_Hidden(secret, reference, scope))
+
+
+def name_variable(path: str, variable: str) -> None:
+    """Have messages about `path` (`gateway.trusted_ips`) say that `variable` set it."""
+    _variables[path] = variable
+
+
+def _named_at(message: str, path: str) -> int | None:
+    """Where the text after the first mention of the field path `path` (or of a path under it) in `message` starts,
+    past its ": "; None when there is none."""
+    m = re.search(rf"(?:^|(?<=[\s:])){re.escape(path)}(?=[.:\[\s]|$)[^\s:]*(?:: )?", message)
+    return None if m is None else m.end()
+
+
+def as_reported(message: str) -> str:
+    """`message` as the latest load reports it: each secret it resolved shown as its reference, and the variable
+    named where it set the field. Reporting a reported message changes nothing."""
+    for hidden in _hidden:
+        start = _named_at(message, hidden.scope)
+        if start is None and len(hidden.secret) < _LONG_SECRET:
+            continue
+        start = start or 0
+        replaced = hidden.pattern.sub(hidden.replace, message[start:])
+        if replaced != message[start:]:
+            message = message[:start] + replaced + ("" if hidden.note in replaced else hidden.note)
+    for path, variable in _variables.items():
+        note = f" (set by the environment variable {variable}, which overrides the file)"
+        if note not in message and _named_at(message, path) is not None:
+            message += note
+    return message

@@ -12,11 +12,17 @@ field", never accepted and ignored.
   not list, such as the nginx directives any `nginx_<block>_<directive>` injects.
 
 A refused key set to null (or empty) configures nothing and passes, as a refused entity field does.
+
+A `KONG_<KEY>` environment variable sets kong.conf's `<key>` over the file's value, as in Kong (parse.lua's
+overrides: the environment beats the file, which beats the default): for a key taken here, the variable's text is
+the value, read as kong.conf's text is; for a refused one, it is refused as the file key is. Variables that name no
+kong.conf key are ignored, as Kong ignores them (`KONG_DATADOG_AGENT_HOST` is the datadog plugin's own).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -211,11 +217,11 @@ KONG_CONF: dict[str, str] = {
     "resolver_lru_cache_size": _not("the size of the new DNS client's per-worker cache", _NEW_DNS),
     "resolver_mem_cache_size": _not("the size of the new DNS client's shared cache", _NEW_DNS),
     # VAULTS
-    "vault_env_prefix": _not("the env vault's default prefix", "give the prefix in a `vaults` entry (`vaults: "
-                                                               "[{name: env, prefix: my-env, config: {prefix: "
-                                                               "APP_}}]` makes `{vault://my-env/token}` read "
-                                                               "APP_TOKEN) or in the reference "
-                                                               "(`{vault://env/token?prefix=APP_}`)"),
+    "vault_env_prefix": ("is read from the environment variable KONG_VAULT_ENV_PREFIX here, as Kong reads it (the "
+                         "env vault's default prefix), not from the file: set the variable, or give the prefix in a "
+                         "`vaults` entry (`vaults: [{name: env, prefix: my-env, config: {prefix: APP_}}]` makes "
+                         "`{vault://my-env/token}` read APP_TOKEN) or in the reference "
+                         "(`{vault://env/token?prefix=APP_}`)"),
     # TUNING & BEHAVIOR
     "worker_consistency": _not("whether workers rebuild the router at once or in the background",
                                "a configuration is applied by `gateway reload`: each new generation of workers "
@@ -419,6 +425,22 @@ _NGINX_UPSTREAM_EQUIVALENTS = {
     "keepalive_timeout": "`upstream_idle_timeout_s` (seconds)",
 }
 _FIELDS = frozenset(f.encode_name for f in msgspec.structs.fields(GatewaySettings))
+# kong.conf's keys that are fields here under the same name (the others of ours, `listen`, `workers`, `bus` ..., are
+# not kong.conf's: no KONG_ variable sets them)
+KONG_KEYS = frozenset((
+    "client_ssl", "client_ssl_cert", "client_ssl_cert_key", "dns_cache_size", "dns_hostsfile", "dns_no_sync",
+    "dns_order", "dns_resolver", "error_default_type", "error_template_html", "error_template_json",
+    "error_template_plain", "error_template_xml", "headers", "headers_upstream", "lua_ssl_trusted_certificate",
+    "lua_ssl_verify_depth", "real_ip_header", "real_ip_recursive", "ssl_cert", "ssl_cert_key", "ssl_cipher_suite",
+    "ssl_ciphers", "ssl_protocols", "ssl_session_tickets", "status_listen", "tracing_instrumentations",
+    "tracing_sampling_rate", "trusted_ips", "upstream_keepalive_max_requests"))
+# Kong's keys in kong_defaults.lua that neither kong.conf.default nor a dynamic namespace covers
+_UNLISTED = frozenset(("cluster_cjson", "cluster_rpc", "cluster_rpc_sync", "wasm_dynamic_module"))
+# conf_loader/constants.lua's DYNAMIC_KEY_NAMESPACES: any KONG_<namespace>_<name> variable is a key of Kong's
+_DYNAMIC = re.compile(r"(?:nginx_(?:main|events|http|upstream|proxy|location|status|admin|stream|supstream|sproxy|"
+                      r"wasm)|pluginserver|vault)_.+")
+ENVIRONMENT_PREFIX = "KONG_"
+VAULT_ENV_PREFIX = "vault_env_prefix"  # read by the env vault itself (gateway.config.vaults), not a setting here
 
 
 def refusal(key: str) -> str | None:
@@ -548,3 +570,39 @@ def kong_value(key: str, value: Any) -> Any:
 def _off(value: Any) -> Any:
     """YAML's false, an unquoted `off`, as the word."""
     return "off" if value is False else value
+
+
+def is_kong_key(key: str) -> bool:
+    """Whether `key` is one of kong.conf's keys (taken here, under Kong's name, or refused), as a KONG_<KEY> variable
+    names one."""
+    return (key in KONG_KEYS or key in ALIASES or key in KONG_CONF or key in _UNLISTED
+            or _DYNAMIC.fullmatch(key) is not None)
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """kong.conf's keys that KONG_<KEY> variables set (parse.lua's overrides reads `"KONG_" .. upper(k)`), as {key:
+    variable}, in the variables' order by name. KONG_VAULT_ENV_PREFIX is left to the env vault, which reads it."""
+    found: dict[str, str] = {}
+    for variable in sorted(environ):
+        if not variable.startswith(ENVIRONMENT_PREFIX):
+            continue
+        key = variable[len(ENVIRONMENT_PREFIX):].lower()
+        if variable == ENVIRONMENT_PREFIX + key.upper() and key != VAULT_ENV_PREFIX and is_kong_key(key):
+            found[key] = variable
+    return found
+
+
+def overridden(block: dict[str, Any], environment: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The `gateway:` mapping with each key of `environment` (from_environment) set to its variable's text, and the
+    file's value of the same setting under its other name (an alias, or the field it stands for) dropped: the
+    variable wins over the file whichever name either uses."""
+    if not environment:
+        return block
+    names: dict[str, set[str]] = {}  # a setting's names, by each of them
+    for alias, target in ALIASES.items():
+        names.setdefault(alias, {alias}).add(target)
+        names.setdefault(target, {target}).add(alias)
+    given = {name for key in environment for name in names.get(key, {key})}
+    out = {key: value for key, value in block.items() if key not in given}
+    out.update({key: environ[variable] for key, variable in environment.items()})
+    return out

@@ -8,9 +8,11 @@ their parent named, so later stages see one shape. Each entity remembers its sou
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import stat
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,7 +33,7 @@ from gateway.config.consumers import (
 )
 from gateway.config.decode import convert_all, salvage, unset_nulls
 from gateway.config.document import read_document, read_text
-from gateway.config.errors import ConfigError, in_file_order, key_part, show
+from gateway.config.errors import ConfigError, in_file_order, key_part, name_variable, new_load, show
 from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare, url_host
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
@@ -70,6 +72,7 @@ from gateway.config.typedefs import (
     utf8_name_problem,
     wildcard_host_problem,
 )
+from gateway.config.vaults import resolve_settings
 from gateway.http.realip import parse_network
 from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
 
@@ -102,6 +105,8 @@ DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
 _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 # Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+log = logging.getLogger("gateway.config")
+_announced: dict[str, str] = {}  # the KONG_ variables this process last said it applied
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -135,8 +140,10 @@ def _file_kind(mode: int) -> str:
     return "a special file"
 
 
-def parse_config(text: str, name: str = "<config>") -> Config:
-    """Validate YAML text (JSON when `name` ends in json, as Kong reads it); `name` prefixes every error message."""
+def parse_config(text: str, name: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+    """Validate YAML text (JSON when `name` ends in json, as Kong reads it); `name` prefixes every error message.
+    kong.conf's KONG_<KEY> variables are read from `environ` (this process's environment when not given)."""
+    new_load()
     raw = read_document(text, name)
     if raw is None:  # (Kong: "expected an object"; a file truncated as it was rewritten would drop every route)
         raise ConfigError([f"{name}: the file holds no YAML document (it is empty, or only comments); write {{}} "
@@ -149,15 +156,31 @@ def parse_config(text: str, name: str = "<config>") -> Config:
     if raw.get("_transform") is False:
         stored_passwords(raw, errors)
     failed: set[tuple[str, str]] = set()  # (section, name or id) of entities that did not decode
+    environ = os.environ if environ is None else environ
+    environment = kong_conf.from_environment(environ)
+    unresolved = _settings(raw, environ, environment, errors)
+    resolved_at = len(errors)
     config = _decode(raw, errors, failed)
     given = _flatten(config)
     _check(config, errors, failed)
     _check_given_references(config, given, failed, errors)
     trust = _trust_store(config.gateway, errors)
     if errors:
+        errors[resolved_at:] = [e for e in errors[resolved_at:] if _field(e) not in unresolved]
         raise ConfigError([f"{name}: {e}" for e in in_file_order(errors, list(original))], config, list(original))
     use_trust_store(trust)  # what this process's own TLS clients verify against, as the config it loaded says
+    _announce(environment)
     return config
+
+
+def _announce(environment: dict[str, str]) -> None:
+    """Log the KONG_ variables that set `gateway:` fields, once per process (and again when they change)."""
+    if environment != _announced:
+        _announced.clear()
+        _announced.update(environment)
+        if environment:
+            log.info("kong.conf from the environment, over the file: %s",
+                     ", ".join(f"{variable} (gateway.{key})" for key, variable in environment.items()))
 
 
 def _trust_store(gw: GatewaySettings, errors: list[str]) -> TrustStore:
@@ -174,6 +197,30 @@ def _trust_store(gw: GatewaySettings, errors: list[str]) -> TrustStore:
 def _kind(value: Any) -> str:
     kinds = {list: "a list", dict: "a mapping", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
     return kinds.get(type(value), type(value).__name__)
+
+
+def _field(message: str) -> str:
+    """The field a message is about: its path, without indices (`gateway.trusted_ips`)."""
+    return message.split(":", 1)[0].split("[", 1)[0]
+
+
+def _settings(raw: dict[str, Any], environ: Mapping[str, str], environment: dict[str, str],
+              errors: list[str]) -> set[str]:
+    """The `gateway:` section (kong.conf's) as Kong's conf loader makes it, in `raw`: the KONG_ variables' values
+    over the file's, then the references resolved. Returns the fields whose reference could not be (`gateway.x`):
+    what their text would make of them is not reported besides."""
+    if "gateway" not in raw and not environment:
+        return set()
+    block = {} if raw.get("gateway") is None else raw["gateway"]  # null configures nothing; false is an error
+    if not isinstance(block, dict):
+        return set()
+    for key, variable in environment.items():
+        name_variable(f"gateway.{key}", variable)
+        if key in kong_conf.ALIASES:
+            name_variable(f"gateway.{kong_conf.ALIASES[key]}", variable)
+    block = kong_conf.overridden(block, environment, environ)
+    raw["gateway"], unresolved = resolve_settings(block, kong_conf.ALIASES, errors)
+    return unresolved
 
 
 def _decode(raw: dict[str, Any], errors: list[str], failed: set[tuple[str, str]]) -> Config:

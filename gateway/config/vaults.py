@@ -4,14 +4,19 @@ Kong OSS bundles one vault, `env` (kong/vaults/env): `{vault://env/my-secret}` i
 MY_SECRET (upper case, dashes as underscores, after the vault's `prefix`); `{vault://env/creds/password}` reads
 CREDS as a JSON object and takes its "password" string; `?prefix=P_` overrides the prefix for one reference and
 `#2` asks for the previous version (`<NAME>_PREVIOUS`). A `vaults` entity names a configured env vault:
-`{prefix: my-env, name: env, config: {prefix: APP_}}` makes `{vault://my-env/token}` read APP_TOKEN.
+`{prefix: my-env, name: env, config: {prefix: APP_}}` makes `{vault://my-env/token}` read APP_TOKEN. The env vault
+named as such (`{vault://env/...}`) takes its prefix from kong.conf's vault_env_prefix, which the gateway reads from
+the environment variable KONG_VAULT_ENV_PREFIX as Kong does (kong/pdk/vault.lua, get_vault_name_and_config_by_name).
 
 References are resolved only in the fields Kong's schemas mark `referenceable` (REFERENCEABLE); anywhere else a
 reference is the literal text, as in Kong. Where Kong logs a reference it cannot resolve and goes on with the
 field unset, the file is refused here, naming the field, the reference and the variable: a secret that silently
 becomes nothing (no Redis AUTH, no session secret) is a failure found later, at a request. Every process of the
 gateway resolves its references itself, from the environment the gateway was started with (the config snapshots
-it writes keep the references, never the secrets); `gateway check-config` resolves them from its own.
+it writes keep the references, never the secrets); `gateway check-config` resolves them from its own. A `gateway:`
+setting (kong.conf's) may be a reference too, resolved as Kong's conf loader does, from the env vault only. Each
+resolved secret is recorded (gateway.config.errors.hide), so that no message shows it: Kong checks the reference,
+never the secret, so none of Kong's messages can show one.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from gateway.config.errors import inline, key_part
+from gateway.config.errors import hide, inline, key_part, show
 from gateway.config.typedefs import tag_problem
+from gateway.kong_array import kong_array
 
 # Kong's referenceable fields of the plugins the gateway builds: paths into `config`; "*" is every value of a
 # mapping (header values). A deprecated shorthand (redis_password, endpoint) moves to a referenceable field in Kong
@@ -46,6 +52,10 @@ BUNDLED = "env"  # the vaults Kong OSS bundles (kong.constants.BUNDLED_VAULTS)
 _VAULT_PREFIX = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")  # the vaults entity's prefix (Kong's Lua pattern)
 _ENV_PREFIX = re.compile(r"[A-Za-z_-][A-Za-z0-9_-]*")  # the env vault's config.prefix
 _VAULT_FIELDS = {"id", "prefix", "name", "description", "config", "tags"}
+# Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
+ENV_PREFIX_VARIABLE = "KONG_VAULT_ENV_PREFIX"  # kong.conf's vault_env_prefix, as Kong reads it from the environment
 
 
 class VaultError(ValueError):
@@ -65,12 +75,21 @@ def is_reference(value: Any) -> bool:
 
 
 class Vaults:
-    """The env vaults a file configures (by prefix) and the environment they read."""
+    """The env vaults a file configures (by prefix) and the environment they read. `entities=False`: kong.conf's,
+    which Kong resolves before it loads any `vaults` entity, so only the env vault itself."""
 
     def __init__(self, configured: Mapping[str, str | None] | None = None,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, entities: bool = True) -> None:
         self.configured = dict(configured or {})  # a vaults entity's prefix -> its config.prefix
         self.environ = os.environ if environ is None else environ
+        self.entities = entities
+
+    def env_prefix(self) -> str | None:
+        """The env vault's own prefix: kong.conf's vault_env_prefix, from KONG_VAULT_ENV_PREFIX (empty: none). Kong
+        skips one that fails the schema's match; here it is refused, as a prefix that reads another variable."""
+        value = self.environ.get(ENV_PREFIX_VARIABLE) or None
+        return None if value is None else _env_prefix(value, f"the environment variable {ENV_PREFIX_VARIABLE} "
+                                                             "(kong.conf's vault_env_prefix)")
 
     def resolve(self, reference: str) -> str:
         """The secret a reference names; VaultError says why there is none."""
@@ -81,15 +100,18 @@ class Vaults:
             if prefix == BROKEN:
                 raise Unresolved
         elif name == BUNDLED:
-            prefix = None
+            prefix = self.env_prefix()
+        elif not self.entities:
+            raise VaultError(f"no vault {show(name)}: a kong.conf setting can reference the env vault only "
+                             "({vault://env/...}), as Kong resolves kong.conf before it loads any `vaults` entity")
         else:
-            raise VaultError(f"no vault {name!r}: the gateway has Kong OSS's env vault ({{vault://env/...}}) and "
-                                 "the `vaults` entries that configure it (by their prefix)")
+            raise VaultError(f"no vault {show(name)}: the gateway has Kong OSS's env vault ({{vault://env/...}}) and "
+                             "the `vaults` entries that configure it (by their prefix)")
         resource, key = _resource_and_key(url.path, reference)
         version = _version(url.fragment, reference)
         for option, values in _query(url.query).items():
             if option != "prefix":
-                raise VaultError(f"{inline(reference)}: unknown option {option!r} (the env vault takes prefix)")
+                raise VaultError(f"{inline(reference)}: unknown option {show(option)} (the env vault takes prefix)")
             prefix = _env_prefix(values[-1], f"{inline(reference)}: prefix")
         variable = _variable((prefix or "") + resource, version)
         value = self.environ.get(variable)
@@ -119,11 +141,14 @@ def _resource_and_key(path: str, reference: str) -> tuple[str, str | None]:
 
 
 def _version(fragment: str, reference: str) -> int | None:
+    """kong.pdk.vault's `tonumber(version, 10)`, of ASCII digits (`#²` is no number to Lua); None: the current one.
+    Only 2 means anything to the env vault, so a number of many digits is just not 2."""
     if not fragment:
         return None
-    if not fragment.isdigit():
+    if not (fragment.isascii() and fragment.isdigit()):
         raise VaultError(f"{inline(reference)}: the version (#{inline(fragment)}) must be a number")
-    return int(fragment)
+    digits = fragment.lstrip("0") or "0"
+    return int(digits) if len(digits) < 10 else None
 
 
 def _query(query: str) -> dict[str, list[str]]:
@@ -137,7 +162,7 @@ def _query(query: str) -> dict[str, list[str]]:
 def _env_prefix(value: Any, where: str) -> str:
     if not isinstance(value, str) or _ENV_PREFIX.fullmatch(value) is None:
         raise VaultError(f"{where}: expected letters, digits, _ and - (not starting with a digit), got "
-                             f"{value!r}")
+                         f"{show(value)}")
     return value
 
 
@@ -150,14 +175,15 @@ def _variable(resource: str, version: int | None) -> str:
 def _json_key(value: str, key: str, variable: str, reference: str) -> str:
     try:
         document = json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):  # (cjson.safe: nesting too deep is an error value too)
         raise VaultError(f"{inline(reference)}: the environment variable {inline(variable)} is not JSON, so it has "
-                         f"no key {key!r}") from None
+                         f"no key {show(key)}") from None
     if not isinstance(document, dict) or key not in document:
-        raise VaultError(f"{inline(reference)}: the JSON in {inline(variable)} has no key {key!r}")
+        raise VaultError(f"{inline(reference)}: the JSON in {inline(variable)} has no key {show(key)}")
     found = document[key]
     if not isinstance(found, str):
-        raise VaultError(f"{inline(reference)}: {inline(variable)}[{key!r}] is a {type(found).__name__}, not a string")
+        raise VaultError(f"{inline(reference)}: {inline(variable)}[{show(key)}] is a {type(found).__name__}, not a "
+                         "string")
     return found
 
 
@@ -167,45 +193,40 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
     if items is None:
         return Vaults(configured, environ)
     if not isinstance(items, list):
-        errors.append("vaults: expected a list")
+        errors.append(f"vaults: expected a list, got {show(items)}")
         return Vaults(configured, environ)
+    ids: dict[str, str] = {}
     for i, item in enumerate(items):
         where = f"vaults[{i}]"
         if not isinstance(item, dict):
-            errors.append(f"{where}: expected a mapping (prefix, name, config)")
+            errors.append(f"{where}: expected a mapping (prefix, name, config), got {show(item)}")
             continue
-        unknown = sorted(key_part(k) for k in item if k not in _VAULT_FIELDS)
-        if unknown:
-            errors.append(f"{where}: unknown keys {', '.join(unknown)} (a vault takes "
-                          f"{', '.join(sorted(_VAULT_FIELDS))})")
-        if item.get("description") == "":
-            errors.append(f"{where}.description: length must be at least 1")  # Kong's string: never empty
-        tags = item.get("tags")
-        for j, tag in enumerate(tags if isinstance(tags, list) else ()):
-            if isinstance(tag, str) and (problem := tag_problem(tag)):
-                errors.append(f"{where}.tags[{j}]: {problem}")
+        _check_entity_fields(item, where, ids, errors)
         name, prefix = item.get("name"), item.get("prefix")
         if name is None:
             errors.append(f"{where}.name: required (env, the vault Kong OSS bundles)")
             continue
+        if not isinstance(name, str):
+            errors.append(f"{where}.name: expected a string (env, the vault Kong OSS bundles), got {show(name)}")
+            continue
         if name != BUNDLED:
-            errors.append(f"{where}.name: vault {name!r} is not supported by the gateway (Kong OSS bundles the env "
-                          "vault only)")
+            errors.append(f"{where}.name: vault {show(name)} is not supported by the gateway (Kong OSS bundles the "
+                          "env vault only)")
             continue
         if not isinstance(prefix, str) or _VAULT_PREFIX.fullmatch(prefix) is None:
             errors.append(f"{where}.prefix: expected lower-case letters, digits and dashes, starting with a letter, "
-                          f"got {prefix!r}")
+                          f"got {show(prefix)}")
             continue
         if prefix == BUNDLED:
             errors.append(f"{where}.prefix: 'env' is the bundled vault's own name; choose another prefix")
             continue
         if prefix in configured:
-            errors.append(f"{where}.prefix: vault prefix {prefix!r} is already used")
+            errors.append(f"{where}.prefix: vault prefix {show(prefix)} is already used")
             continue
         configured[prefix] = BROKEN  # until its config is read: references to it are not reported again
         config = item.get("config") or {}
         if not isinstance(config, dict):
-            errors.append(f"{where}.config: expected a mapping (prefix)")
+            errors.append(f"{where}.config: expected a mapping (prefix), got {show(config)}")
             continue
         others = sorted(key_part(k) for k in config if k != "prefix")
         if others:
@@ -220,6 +241,36 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
     return Vaults(configured, environ)
 
 
+def _check_entity_fields(item: dict[str, Any], where: str, ids: dict[str, str], errors: list[str]) -> None:
+    """kong/db/schema/entities/vaults.lua's fields besides name, prefix and config: no other key; `id` a UUID (the
+    dashed form) unique among the vaults; `description` a string, never empty; `tags` Kong's typedefs.tags."""
+    unknown = sorted(key_part(k) for k in item if k not in _VAULT_FIELDS)
+    if unknown:
+        errors.append(f"{where}: unknown keys {', '.join(unknown)} (a vault takes {', '.join(sorted(_VAULT_FIELDS))})")
+    entity_id = item.get("id")
+    if entity_id is not None:
+        if not isinstance(entity_id, str) or not _UUID.fullmatch(entity_id):
+            errors.append(f'{where}.id: expected a UUID (e.g. "{_EXAMPLE_ID}"), got {show(entity_id)}')
+        elif entity_id in ids:
+            errors.append(f"{where}.id: {show(entity_id)} is already used by {ids[entity_id]}")
+        else:
+            ids[entity_id] = where
+    description = item.get("description")
+    if description is not None and not isinstance(description, str):
+        errors.append(f"{where}.description: expected a string, got {show(description)}")
+    elif description == "":
+        errors.append(f"{where}.description: length must be at least 1")  # Kong's string: never empty
+    tags = item.get("tags")
+    if tags is not None and not isinstance(tags, list):
+        errors.append(f"{where}.tags: expected a list of strings, got {show(tags)}")
+    for j, tag in enumerate(tags if isinstance(tags, list) else ()):
+        problem = tag_problem(tag) if isinstance(tag, str) else f"expected a string, got {show(tag)}"
+        if problem:
+            errors.append(f"{where}.tags[{j}]: {problem}")
+            if not isinstance(tag, str):
+                break  # (one is enough: a list of lists, from a YAML alias, could be millions)
+
+
 def resolve_plugin(item: dict[str, Any], path: str, vaults: Vaults, errors: list[str]) -> None:
     """Replace the references in a plugin entity's referenceable config fields by their secrets (in place)."""
     name = item.get("name")
@@ -228,16 +279,17 @@ def resolve_plugin(item: dict[str, Any], path: str, vaults: Vaults, errors: list
     if paths is None or not isinstance(config, dict):
         return
     for fields in paths:
-        _resolve_at(config, fields, f"{path}.config", vaults, errors)
+        _resolve_at(config, fields, f"{path}.config", path, vaults, errors)
 
 
 def resolve_certificate(item: dict[str, Any], path: str, vaults: Vaults, errors: list[str]) -> None:
     """Replace the references in a certificate entity's PEM fields (in place)."""
     for field in CERTIFICATE_FIELDS:
-        _resolve_at(item, (field,), path, vaults, errors)
+        _resolve_at(item, (field,), path, path, vaults, errors)
 
 
-def _resolve_at(obj: dict[str, Any], fields: tuple[str, ...], path: str, vaults: Vaults, errors: list[str]) -> None:
+def _resolve_at(obj: dict[str, Any], fields: tuple[str, ...], path: str, entity: str, vaults: Vaults,
+                errors: list[str]) -> None:
     first, rest = fields[0], fields[1:]
     if first == "*":
         keys = list(obj)
@@ -250,11 +302,56 @@ def _resolve_at(obj: dict[str, Any], fields: tuple[str, ...], path: str, vaults:
         where = f"{path}.{key_part(key)}"
         if rest:
             if isinstance(value, dict):
-                _resolve_at(value, rest, where, vaults, errors)
+                _resolve_at(value, rest, where, entity, vaults, errors)
         elif is_reference(value):
-            try:
-                obj[key] = vaults.resolve(value)
-            except VaultError as e:
-                errors.append(f"{where}: {e}")
-            except Unresolved:
-                pass
+            obj[key] = _resolved(value, where, (entity,), vaults, errors)
+
+
+def _resolved(reference: str, where: str, scopes: tuple[str, ...], vaults: Vaults, errors: list[str]) -> str:
+    """The secret `reference` names, hidden from the messages about `scopes`; the reference itself, with the reason
+    in `errors`, when there is none."""
+    try:
+        secret = vaults.resolve(reference)
+    except VaultError as e:
+        errors.append(f"{where}: {e}")
+        return reference
+    except Unresolved:
+        return reference
+    for scope in scopes:
+        hide(secret, reference, scope)
+    return secret
+
+
+# kong/conf_loader/constants.lua's CONF_PARSERS keys of typ array that the gateway takes (its name, or Kong's): their
+# text is split at commas first and each item that is a reference resolved (conf_loader/init.lua:402-430)
+_ARRAYS = frozenset(("listen", "status_listen", "ssl_cert", "ssl_cert_key", "headers", "headers_upstream",
+                     "trusted_ips", "dns_resolver", "dns_order", "lua_ssl_trusted_certificate",
+                     "tracing_instrumentations", "opentelemetry_tracing"))
+
+
+def resolve_settings(block: dict[str, Any], aliases: Mapping[str, str], errors: list[str],
+                     environ: Mapping[str, str] | None = None) -> tuple[dict[str, Any], set[str]]:
+    """The `gateway:` mapping (kong.conf's) with its references resolved as Kong's conf loader resolves kong.conf's
+    (kong/conf_loader/init.lua:402-430, 483-520): a value that is a reference, or each item of a list, or of an
+    array key's comma-separated text, that is one; from the env vault only. `aliases`: Kong's name -> the field it
+    is here, whose messages must not show the secret either. Also returns the paths (`gateway.x`, under both names)
+    of the fields with a reference that could not be resolved (the reason is in `errors`)."""
+    vaults = Vaults(None, environ, entities=False)
+    out = dict(block)
+    unresolved: set[str] = set()
+    for key, value in block.items():
+        if not isinstance(key, str):
+            continue
+        where = f"gateway.{key_part(key)}"
+        scopes = (where, f"gateway.{aliases[key]}") if key in aliases else (where,)
+        if isinstance(value, str) and "{vault://" in value and key in _ARRAYS:
+            value = kong_array(value)  # (a reference alone too: the secret is one item, never split)
+        before = len(errors)
+        if is_reference(value):
+            out[key] = _resolved(value, where, scopes, vaults, errors)
+        elif isinstance(value, list) and any(is_reference(v) for v in value):
+            out[key] = [_resolved(v, f"{where}[{i}]", scopes, vaults, errors) if is_reference(v) else v
+                        for i, v in enumerate(value)]
+        if len(errors) > before:
+            unresolved.update(scopes)
+    return out, unresolved

@@ -48,7 +48,7 @@ def preload(libraries: Sequence[str] = ()) -> None:
 
     # msgspec builds its decoders' type information on first use (~12 ms for the config schema): do it here, once;
     # likewise the CLI's argument parser.
-    compile_config(parse_config(WARM_UP_CONFIG, "<zygote warm-up>"))
+    compile_config(parse_config(WARM_UP_CONFIG, "<zygote warm-up>", environ={}))  # (not the operator's KONG_*)
     gateway.cli.parser()
     for name in libraries:
         if name in OPTIONAL_LIBRARIES:

@@ -107,7 +107,7 @@ def test_a_bad_or_repeated_id_is_an_error():
 
 @pytest.mark.parametrize(("doc", "message"), [
     ("consumer_groups: [{name: gold}]", "consumer_groups: Kong's consumer_groups is not supported"),
-    ("vaults: [{name: hcv, prefix: my-hcv}]", "vaults[0].name: vault 'hcv' is not supported by the gateway"),
+    ("vaults: [{name: hcv, prefix: my-hcv}]", 'vaults[0].name: vault "hcv" is not supported by the gateway'),
     ("services: [{name: s, url: 'https://a', tls_sans: {dnsnames: [a.test]}}]",
      "services[0].tls_sans: tls_sans (the names an upstream certificate may carry) is not supported"),
     ("services: [{name: s, url: 'http://a', routes: [{paths: [/], sources: [{ip: 10.0.0.1}]}]}]",

@@ -84,14 +84,14 @@ def test_percent_escapes_in_the_resource_are_decoded():
 
 @pytest.mark.parametrize(("reference", "env", "message"), [
     ("{vault://env/absent}", {}, "the environment variable ABSENT is not set"),
-    ("{vault://aws/secret}", {}, "no vault 'aws'"),
+    ("{vault://aws/secret}", {}, 'no vault "aws"'),
     ("{vault://env/}", {}, "no secret named"),
     ("{vault:///x}", {}, "no vault named"),
     ("{vault://env/t#latest}", {"T": "x"}, "the version (#latest) must be a number"),
-    ("{vault://env/t?ttl=60}", {"T": "x"}, "unknown option 'ttl'"),
+    ("{vault://env/t?ttl=60}", {"T": "x"}, 'unknown option "ttl"'),
     ("{vault://env/t?prefix=1A}", {"T": "x"}, "prefix: expected letters"),
     ("{vault://env/creds/password}", {"CREDS": "plain"}, "CREDS is not JSON"),
-    ("{vault://env/creds/password}", {"CREDS": '{"user": "u"}'}, "has no key 'password'"),
+    ("{vault://env/creds/password}", {"CREDS": '{"user": "u"}'}, 'has no key "password"'),
     ("{vault://env/creds/port}", {"CREDS": '{"port": 6379}'}, "is a int, not a string"),
 ])
 def test_a_reference_that_cannot_be_resolved_says_why(reference, env, message):
@@ -163,7 +163,7 @@ def test_a_reference_nested_in_a_service_plugin_is_resolved_and_named_by_its_pat
 
 
 @pytest.mark.parametrize(("vault", "message"), [
-    ({"name": "hcv", "prefix": "my-hcv"}, "vaults[0].name: vault 'hcv' is not supported by the gateway"),
+    ({"name": "hcv", "prefix": "my-hcv"}, 'vaults[0].name: vault "hcv" is not supported by the gateway'),
     ({"name": "env", "prefix": "env"}, "vaults[0].prefix: 'env' is the bundled vault's own name"),
     ({"name": "env", "prefix": "My_Env"}, "vaults[0].prefix: expected lower-case letters"),
     ({"name": "env", "prefix": "e2", "config": {"base64_decode": True}},
@@ -196,7 +196,7 @@ def test_a_vaults_entry_takes_kongs_annotations(monkeypatch):
 
 def test_two_vaults_entries_with_one_prefix_are_refused():
     vault = {"name": "env", "prefix": "e2"}
-    assert errors({"vaults": [vault, vault]}) == ["vaults[1].prefix: vault prefix 'e2' is already used"]
+    assert errors({"vaults": [vault, vault]}) == ['vaults[1].prefix: vault prefix "e2" is already used']
 
 
 # --- end to end -----------------------------------------------------------------------------------------------------
