@@ -210,7 +210,9 @@ class Keeper:
             cache = self.caches.get(msg.dictionary)
             return [p.CacheEntry(id=msg.id, entry=cache.get(msg.key, now) if cache is not None else None)], []
         if isinstance(msg, p.CacheStore):  # (of one of Kong's shared dicts: intake.py)
-            cache = self.caches.get(msg.dictionary) or self.caches.setdefault(msg.dictionary, HostCache())
+            cache = self.caches.get(msg.dictionary)
+            if cache is None:
+                cache = self.caches[msg.dictionary] = HostCache.named(msg.dictionary)
             if not cache.set(msg.key, msg.entry, msg.ttl, now):
                 log.warning("proxy-cache: an entry of %d bytes is larger than the whole dictionary %s (%d bytes): "
                             "not stored", len(msg.entry), msg.dictionary, cache.capacity)

@@ -37,10 +37,16 @@ Rules:
    leases admitted is claimed in Redis already, and stays (ledger.py rule 7). The old keeper's tokens, unspent or
    expired, are dropped: they were not admitted, and the new keeper never granted them. (A key forgotten after
    IDLE_S is not stated: its windows count from 0 at the new keeper, as an evicted key's do, ledger.py rule 8.)
+6. At most MAX_LEASES keys are kept: a new key beyond them evicts one not asked for since it last came up in the
+   eviction order (CLOCK, an approximate LRU: a take only stamps `touched`, which the hot path does anyway), its
+   tokens given back at the next `sweep` as rule 2's idle key's are, and a grant still on its way for it when it
+   comes. An evicted key seen again starts afresh, as at the keeper (ledger.py rule 8); its local-share use not yet
+   reported goes to the keeper all the same, unless the keeper is lost (then it is forgotten with the key).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from enum import IntEnum
 from math import ceil, inf
@@ -58,6 +64,12 @@ MAX_WANT = 10_000  # tokens one request may ask for
 WAIT_S = 1.0  # longest a request waits for a grant: longer than a lost keeper takes to be noticed (rule 4)
 RESEND_S = 0.25  # a lease request unanswered this long is sent again
 IDLE_S = 60.0  # a key not asked for this long is forgotten, its tokens given back (rule 2)
+# Keys a worker keeps (rule 6): the keeper's (ledger.py MAX_KEYS), so a worker's bound never makes it forget a key the
+# keeper still counts (and a restarted keeper hears of every key it can hold). A lease takes about 1 KB with one
+# window (1.3 KB with four), its key and last grant included: 65 to 85 MiB per worker at most, where without a bound a
+# client making up identifiers grew a worker by as many leases as it sent requests in IDLE_S.
+MAX_LEASES = 65_536
+EVICT_SCAN = 64  # keys asked for since they last came up are passed over this many times at most, then one goes
 
 
 class Status(IntEnum):
@@ -104,7 +116,7 @@ class Lease:
     """One key's tokens at this worker, its request state and its per-window counts."""
 
     __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
-                 "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "used", "unused",
+                 "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "aged", "used", "unused",
                  "unused_grant", "release_next", "admitted", "bases", "ends", "resets", "next_roll", "unreported",
                  "unreported_total", "flagged", "local")
 
@@ -125,6 +137,7 @@ class Lease:
         self.demand = 0  # takes since the last request
         self.demand_since = now
         self.touched = now
+        self.aged = now  # `touched` when the key last came up in the eviction order (rule 6)
         self.used = 0  # tokens spent since last told to the keeper
         self.unused = 0  # expired tokens to give back
         self.unused_grant: Grant | None = None
@@ -156,9 +169,10 @@ class LeaseTable:
         self.worker = worker
         self._workers = max(1, workers)
         self._fallback = False
-        self._leases: dict[str, Lease] = {}
+        self._leases: OrderedDict[str, Lease] = OrderedDict()  # in eviction order (rule 6)
         self._due: list[Lease] = []
-        self._flagged: list[Lease] = []
+        self._flagged: dict[Lease, None] = {}  # leases with local-share use to report, in order
+        self._returned: list[ReturnedLease] = []  # tokens of evicted keys, for the next `sweep` (rule 6)
 
     def take(self, key: str, spec: LimitSpec, now: float, wall: float, waited: bool = False,
              final: bool = False) -> Decision:
@@ -170,7 +184,7 @@ class LeaseTable:
         """
         lease = self._leases.get(key)
         if lease is None or (lease.spec is not spec and lease.spec != spec):
-            lease = self._leases[key] = Lease(key, spec, now, wall)  # a changed spec starts afresh
+            lease = self._start(key, spec, now, wall)  # a changed spec starts afresh
         lease.demand += 1
         lease.touched = now
         if lease.tokens:
@@ -209,7 +223,9 @@ class LeaseTable:
     def apply(self, grant: Grant, now: float, wall: float) -> None:
         """Add the keeper's grant to the key's lease (tokens of older windows are voided first)."""
         lease = self._leases.get(grant.key)
-        if lease is None:
+        if lease is None:  # evicted (rule 6) or forgotten meanwhile
+            if grant.granted:
+                self._returned.append(ReturnedLease(grant.key, self.worker, grant.granted, 0, grant.wall))
             return
         lease.in_flight = False
         if lease.tokens and (now >= lease.expires or grant.resets != lease.grant.resets):  # type: ignore[union-attr]
@@ -253,8 +269,8 @@ class LeaseTable:
 
     def sweep(self, now: float) -> list[ReturnedLease]:
         """Give back expired tokens (and bucket tokens spent since last told); forget keys idle for IDLE_S, giving
-        their tokens back too (rule 2)."""
-        returned = []
+        their tokens back too (rule 2), and those of keys evicted since the last sweep (rule 6)."""
+        returned, self._returned = self._returned, []
         for key, lease in list(self._leases.items()):
             idle = now - lease.touched >= IDLE_S and not lease.unreported_total and not (
                 lease.in_flight and now - lease.sent_at < IDLE_S)
@@ -268,7 +284,7 @@ class LeaseTable:
 
     def release(self) -> list[ReturnedLease]:
         """Give every token back and forget all leases (the worker is stopping)."""
-        returned = []
+        returned, self._returned = self._returned, []
         for lease in self._leases.values():
             self._void(lease)
             if lease.unused or (lease.used and lease.spec.bucketed):
@@ -300,7 +316,7 @@ class LeaseTable:
         if self._fallback:
             return []
         usages = []
-        flagged, self._flagged = self._flagged, []
+        flagged, self._flagged = self._flagged, {}
         for lease in flagged:
             lease.flagged = False
             if wall >= lease.next_roll:
@@ -316,6 +332,7 @@ class LeaseTable:
         least recently asked for first (the keeper's LRU keeps the latest when full); drops the old keeper's tokens."""
         usages = []
         self._flagged.clear()
+        self._returned.clear()  # the old keeper's tokens (evicted keys'): the new keeper never granted them
         for lease in sorted(self._leases.values(), key=attrgetter("touched")):
             lease.tokens = lease.unused = lease.used = 0
             lease.unused_grant = None
@@ -328,6 +345,32 @@ class LeaseTable:
             lease.unreported = [0] * len(lease.unreported)
             lease.unreported_total = 0
         return usages
+
+    def _start(self, key: str, spec: LimitSpec, now: float, wall: float) -> Lease:
+        """A new lease for `key`, evicting one first when MAX_LEASES are kept (rule 6)."""
+        leases = self._leases
+        if key not in leases and len(leases) >= MAX_LEASES:
+            self._evict()
+        lease = leases[key] = Lease(key, spec, now, wall)
+        return lease
+
+    def _evict(self) -> None:
+        """Forget a key not asked for since it last came up (CLOCK), or the first after EVICT_SCAN that were; its
+        tokens are given back at the next sweep (rule 6)."""
+        leases = self._leases
+        for _ in range(EVICT_SCAN):
+            key, lease = leases.popitem(last=False)
+            if lease.touched == lease.aged:
+                break
+            lease.aged = lease.touched
+            leases[key] = lease  # asked for since: to the back, once
+        else:
+            key, lease = leases.popitem(last=False)
+        self._void(lease)
+        if lease.unused or (lease.used and lease.spec.bucketed):
+            self._returned.append(self._give_back(lease))
+        if lease.flagged and self._fallback:  # no keeper to report it to before it is gone
+            del self._flagged[lease]
 
     def _spend(self, lease: Lease, now: float, wall: float) -> float:
         """Spend one leased token; returns how long to hold the request (limit-req without nodelay)."""
@@ -387,7 +430,7 @@ class LeaseTable:
             lease.unreported_total += 1
             if not lease.flagged:
                 lease.flagged = True
-                self._flagged.append(lease)
+                self._flagged[lease] = None
         left = tuple(max(0, share - count) for share, count in zip(shares, counts, strict=True))
         if retry:
             return Decision(Status.DENY, spec, lease.grant, 0, left, 0.0, _retry_after(spec, None, left, wall, retry),

@@ -40,10 +40,17 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    So an exhausted window's `retry` is its end only when none of its tokens is outstanding; until then the worker
    asks again when they expire (RECHECK_S at most), and every RETURN_POLL_S while they are being given back, rather
    than refusing until the window ends what Kong, whose count has not reached the limit, admits.
+10. Kong's local policy keeps each counter with its period's TTL (policies/init.lua: `shm:incr(cache_key, value, 0,
+   EXPIRATION[period])`), so `expire` (the keeper calls it every second) drops a key's ended windows, and the key
+   once nothing is left to count: no window current, no bucket token out or missing, no call to Redis under way or
+   owed. A key with a current window is never dropped (its tokens out stay counted). Each key is looked at when its
+   first window ends (a heap of due times, so a call with nothing due costs nothing), and a key kept only by its
+   bucket or by Redis EXPIRE_RECHECK_S later.
 """
 
 from __future__ import annotations
 
+import heapq
 import secrets
 from collections import OrderedDict
 from math import floor, inf
@@ -60,9 +67,10 @@ LEASE_TTL_S = 1.0  # bucket tokens a worker leaves unspent this long go back to 
 WORKER_STALE_S = 10.0  # a worker silent this long on a key is forgotten, with its outstanding bucket tokens
 RESYNC_S = 1.0  # after a fallback report, the shares of workers not heard from yet stay reserved this long
 RESYNC_RETRY_S = 0.02  # when to ask again after a grant held back only by that reserve
-# Keys kept (rule 8). A key with one window takes about 1.35 KB here (2.15 KB with four), key string, spec and a
-# worker's outstanding tokens included: 85 MiB to 140 MiB in the keeper, for more keys than Kong's 12 MiB dict holds
-# (some 45,000 counters, one per key and period), so a host is never evicted sooner than Kong would be.
+# Keys kept (rule 8). A key with one window takes about 1.45 KB here (2.25 KB with four), key string, spec, its place
+# in the expiry schedule and a worker's outstanding tokens included: 90 MiB to 145 MiB in the keeper, for more keys
+# than Kong's 12 MiB dict holds (some 45,000 counters, one per key and period), so a host is never evicted sooner
+# than Kong would be.
 MAX_KEYS = 65_536
 # Rule 9. Workers give expired tokens back at their sweep, every second (gateway/state/shared.py SWEEP_S), and the
 # bus takes a few ms: a window's count may still go down this long after the tokens charged to it expired.
@@ -72,6 +80,7 @@ RECHECK_S = 1.0  # and at least this often while they are valid or not yet repor
 # A fallback report is dated by this host's clock just before it leaves the worker: one dated further ahead of the
 # keeper's clock than this is no report of this host's, and would move the key's windows ahead of time (rule 5).
 REPORT_AHEAD_S = 1.0
+EXPIRE_RECHECK_S = 1.0  # a key kept by its bucket or its calls to Redis (rule 10) is looked at again this often
 SHOWN_KEY = 60  # characters of a key a problem's description quotes (keys are of a client's making)
 
 
@@ -103,9 +112,10 @@ class _Window:
 
 
 class _Key:
-    __slots__ = ("spec", "windows", "bucket", "outstanding", "seen", "remote", "lent_until")
+    __slots__ = ("key", "spec", "windows", "bucket", "outstanding", "seen", "remote", "lent_until", "check_at")
 
-    def __init__(self, spec: LimitSpec, now: float, remote: RemoteKey | None = None) -> None:
+    def __init__(self, key: str, spec: LimitSpec, now: float, remote: RemoteKey | None = None) -> None:
+        self.key = key
         self.spec = spec
         self.windows: dict[str, _Window] = {}
         self.remote = remote
@@ -113,6 +123,7 @@ class _Key:
         self.outstanding: dict[str, int] = {}  # tokens leased per worker, not yet reported spent or given back
         self.seen: dict[str, float] = {}  # worker -> last request (monotonic)
         self.lent_until = 0.0  # wall: when the tokens granted last expire (rule 9)
+        self.check_at = inf  # wall: when `expire` looks at the key next (rule 10)
 
 
 class Ledger:
@@ -131,6 +142,7 @@ class Ledger:
         self._keys: OrderedDict[str, _Key] = OrderedDict()  # least recently asked for first (rule 8)
         self._remote: dict[str, _Key] = {}  # the keys of policy redis
         self._due: list[str] = []  # remote keys whose next call is due
+        self._checks: list[tuple[float, str]] = []  # heap of (wall, key): when `expire` looks at a key (rule 10)
 
     def grant(self, key: str, spec: LimitSpec, want: int, now: float, wall: float, worker: str,
               used: int = 0) -> Grant | None:
@@ -139,7 +151,7 @@ class Ledger:
         None: a key of policy redis needs the next block first (rule 7); ask again after `remote_applied` or
         `remote_failed` for it, with used=0.
         """
-        state = self._state(key, spec, now)
+        state = self._state(key, spec, now, wall)
         state.seen[worker] = now
         remote = state.remote
         if used:
@@ -375,7 +387,7 @@ class Ledger:
     def report_fallback(self, usage: FallbackUsage, now: float) -> None:
         """Account for requests a worker admitted on its local share while the keeper was unreachable."""
         spec = usage.spec
-        state = self._state(usage.key, spec, now)
+        state = self._state(usage.key, spec, now, usage.wall)
         for w, count in zip(spec.windows, usage.windows, strict=True):
             win = self._current(state, w.period, usage.wall)
             if count and win.start <= usage.wall:  # a report from an already replaced window is dropped
@@ -419,31 +431,58 @@ class Ledger:
         return self._keys.pop(key, None) is not None
 
     def expire(self, now: float, wall: float) -> int:
-        """Drop ended windows, silent workers and keys left with nothing to remember; return how many keys went."""
+        """Drop the ended windows of the keys due to be looked at by `wall`, and those of them left with nothing to
+        remember (rule 10); return how many keys went. Nothing due: one look at the heap."""
         dropped = 0
-        for key, state in list(self._keys.items()):
-            for period, win in list(state.windows.items()):
-                if wall >= win.end:
-                    if state.remote is not None:
-                        self._rolled(state, period, win, wall)
-                    del state.windows[period]
-            for worker, seen in list(state.seen.items()):
-                if now - seen >= WORKER_STALE_S:
-                    del state.seen[worker]
-                    state.outstanding.pop(worker, None)
-            spec, bucket, remote = state.spec, state.bucket, state.remote
-            if not state.windows and bucket is None:
-                state.outstanding.clear()  # void with the windows they were charged to (only a bucket counts them on)
-            if remote is not None and (remote.in_flight or remote.due or remote.back_bucket or remote.force_bucket or
-                                       remote.spent or remote.pool):
-                continue
-            if not state.windows and not state.outstanding and (
-                    bucket is None or bucket.refill(now, spec.rate, spec.capacity) >= spec.capacity):
-                self._drop(key)
+        checks = self._checks
+        while checks and checks[0][0] <= wall:
+            at, key = heapq.heappop(checks)
+            state = self._keys.get(key)
+            if state is None or state.check_at != at:
+                continue  # dropped, or due again at another time
+            if self._expire_key(state, now, wall):
                 dropped += 1
+                continue
+            due = min((win.end for win in state.windows.values()), default=inf)
+            if not state.windows or (state.bucket is not None and state.outstanding):
+                due = min(due, wall + EXPIRE_RECHECK_S)  # (stale workers' bucket tokens are written off here)
+            self._check(state, due)
         return dropped
 
-    def _state(self, key: str, spec: LimitSpec, now: float) -> _Key:
+    def _expire_key(self, state: _Key, now: float, wall: float) -> bool:
+        """Drop the key's ended windows and silent workers; drop the key, True, if nothing is left to count."""
+        for period, win in list(state.windows.items()):
+            if wall >= win.end:
+                if state.remote is not None:
+                    self._rolled(state, period, win, wall)
+                del state.windows[period]
+        for worker, seen in list(state.seen.items()):
+            if now - seen >= WORKER_STALE_S:
+                del state.seen[worker]
+                state.outstanding.pop(worker, None)
+        spec, bucket, remote = state.spec, state.bucket, state.remote
+        if not state.windows and bucket is None:
+            state.outstanding.clear()  # void with the windows they were charged to (only a bucket counts them on)
+        if remote is not None and (remote.in_flight or remote.due or remote.back_bucket or remote.force_bucket or
+                                   remote.spent or remote.pool):
+            return False
+        if not state.windows and not state.outstanding and (
+                bucket is None or bucket.refill(now, spec.rate, spec.capacity) >= spec.capacity):
+            self._drop(state.key)
+            return True
+        return False
+
+    def _check(self, state: _Key, at: float) -> None:
+        """Have `expire` look at the key at `at` (wall), instead of when it was to; inf: never."""
+        state.check_at = at
+        if at == inf:
+            return
+        heapq.heappush(self._checks, (at, state.key))
+        if len(self._checks) > 2 * len(self._keys) + 1024:  # entries of keys since dropped or rescheduled
+            self._checks = [(s.check_at, k) for k, s in self._keys.items() if s.check_at != inf]
+            heapq.heapify(self._checks)
+
+    def _state(self, key: str, spec: LimitSpec, now: float, wall: float) -> _Key:
         """The key's state, created on first use; a changed spec keeps the windows' counts (a reload), unless it
         moves the key to or from Redis (then it starts afresh)."""
         state = self._keys.get(key)
@@ -456,9 +495,11 @@ class Ledger:
             store = self.stores.get(spec.store) if spec.remote else None
             claimant = f"{self.claimant}.{self._generation}" if self._generation else self.claimant
             remote = RemoteKey(key, spec, store, now, claimant) if store is not None else None
-            state = self._keys[key] = _Key(spec, now, remote)
+            state = self._keys[key] = _Key(key, spec, now, remote)
             if remote is not None:
                 self._remote[key] = state
+            if not spec.windows:  # a bucket alone: `_current` schedules no look at it (rule 10)
+                self._check(state, wall + EXPIRE_RECHECK_S)
         else:
             self._keys.move_to_end(key)
             if state.spec != spec:
@@ -477,6 +518,8 @@ class Ledger:
                 self._rolled(state, period, win, wall)
             win = state.windows[period] = _Window(*window_bounds(period, wall),
                                                   held=0.0 if state.remote is not None else inf)
+            if win.end < state.check_at:
+                self._check(state, win.end)
         return win
 
     @staticmethod

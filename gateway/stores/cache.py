@@ -3,8 +3,9 @@
 Rules (lua-nginx-module's shared dict):
 1. `set(key, value, ttl)` stores bytes for `ttl` seconds (0: until evicted or deleted), replacing any older value.
 2. `get` answers None for a key that is absent or expired; an expired entry is dropped when found.
-3. The dict holds at most `capacity` bytes (keys and values). A set that does not fit evicts the least recently used
-   entries first, as the shm's LRU does; a value larger than the whole dict is refused (False: "no memory").
+3. The dict holds at most `capacity` bytes (keys and values), the size of Kong's shared dict of its name (SIZES).
+   A set that does not fit evicts the least recently used entries first, as the shm's LRU does; a value larger than
+   the whole dict is refused (False: "no memory").
 4. `delete` and `flush` remove one entry or all.
 """
 
@@ -17,7 +18,18 @@ from gateway.bus.protocol import MAX_MESSAGE
 
 DEFAULT_DICTIONARY = "kong_db_cache"  # proxy-cache's memory.dictionary_name default
 ENTRY_LIMIT = MAX_MESSAGE - (64 << 10)  # bytes of one entry: it travels in one bus frame, with room to spare
-DEFAULT_CAPACITY = 128 << 20  # Kong's kong_db_cache: mem_cache_size, 128m by default
+# kong.conf's mem_cache_size, 128m by default (kong/templates/kong_defaults.lua): the size of kong_db_cache and
+# kong_core_db_cache. The gateway refuses the key (it has no entity cache), so Kong's default is theirs.
+MEM_CACHE_SIZE = 128 << 20
+# Each shared dict's size in Kong's nginx template (kong/templates/nginx_kong.lua, http), and prometheus_metrics's,
+# which kong/conf_loader injects (5m) with the prometheus plugin loaded: a dictionary holds what Kong's would. The
+# names are those proxy-cache's schema accepts (gateway/policies/proxy_cache/schema.py DICTIONARIES); others, as in
+# Kong, are no shared dict (nginx_http_lua_shared_dict, to declare one, is refused: the gateway is not nginx).
+SIZES = {"kong": 5 << 20, "kong_locks": 8 << 20, "kong_healthchecks": 5 << 20, "kong_cluster_events": 5 << 20,
+         "kong_rate_limiting_counters": 12 << 20, "kong_core_db_cache": MEM_CACHE_SIZE,
+         "kong_core_db_cache_miss": 12 << 20, "kong_db_cache": MEM_CACHE_SIZE, "kong_db_cache_miss": 12 << 20,
+         "kong_secrets": 5 << 20, "prometheus_metrics": 5 << 20}
+DEFAULT_CAPACITY = SIZES[DEFAULT_DICTIONARY]
 ENTRY_OVERHEAD = 64  # bytes charged per entry beyond key and value (the shm's node), so tiny entries are bounded too
 
 
@@ -25,6 +37,11 @@ class HostCache:
     """Entries of one dictionary, least recently used first."""
 
     __slots__ = ("capacity", "size", "_entries")
+
+    @classmethod
+    def named(cls, name: str) -> HostCache:
+        """The dictionary `name`, with the size of Kong's shared dict of that name."""
+        return cls(SIZES.get(name, DEFAULT_CAPACITY))
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
