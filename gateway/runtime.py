@@ -176,10 +176,9 @@ class RouteRuntime:
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
         self.request_buffering = True  # Kong's default: the whole body is read before an upstream is contacted
         self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
-        # ai-mcp-proxy's audit (logging.log_audits): a line per tools/call when the request ends (gateway.mcp.audit)
-        chains = [policies, *(consumer_policies or {}).values()]
-        audits = (getattr(p, "audit", None) for chain in chains for p in chain)
-        self.audit = next((audit for audit in audits if audit is not None), None)
+        # ai-mcp-proxy's audit (logging.log_audits) for a request with no consumer's chain: a line per tools/call
+        # when the request ends (gateway.mcp.audit); a consumer's chain has its own (`collect`)
+        self.audit = audit_of(policies)
 
     def collect(self, before: Collected | None, consumer_id: str | None, done: tuple[int, str]) -> Collected:
         """Kong's collected plugins (plugins_iterator.lua get_next_and_collect: each plugin is looked up once, when
@@ -200,15 +199,23 @@ class RouteRuntime:
 
 
 class Collected:
-    """The plugins a request collected (`chain`, in priority order): their response phases and log steps."""
+    """The plugins a request collected (`chain`, in priority order): their response phases, log steps and audit."""
 
-    __slots__ = ("key", "chain", "phases", "loggers")
+    __slots__ = ("key", "chain", "phases", "loggers", "audit")
 
     def __init__(self, key: Any, chain: list[Policy]) -> None:
         self.key = key
         self.chain = chain
         self.phases = ResponsePhases.of(chain)
         self.loggers = [p for p in chain if is_logger(p)]
+        self.audit = audit_of(chain)
+
+
+def audit_of(chain: list[Policy]) -> Any:
+    """The audit of the chain's ai-mcp-proxy (None: it has none, or its logging.log_audits is off): Kong gives a
+    request the config of the instance it collected (plugins_iterator.lua get_next_and_collect), so a consumer's own
+    instance decides for that consumer's calls."""
+    return next((audit for p in chain if (audit := getattr(p, "audit", None)) is not None), None)
 
 
 class _NoService:

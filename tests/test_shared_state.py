@@ -624,6 +624,7 @@ class FakeExchange:
     status = 0
     route = None  # (limit_by service: no route, so the key is the client's IP, the same for every one)
     client_ip = "127.0.0.1"
+    phases = None  # (no header filter after rate-limiting: its headers go as formatted lines)
 
     def add_response_lines(self, lines: bytes) -> None:
         pass

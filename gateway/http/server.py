@@ -295,6 +295,14 @@ class Exchange:
         headers_set[:] = [hv for hv in headers_set if hv[0] != name]
         headers_set.append((name, value))
 
+    def set_response_headers(self, headers: Headers) -> None:
+        """set_response_header of each (name in lower case, value), in order: several headers a policy sets at once."""
+        if self.state is None:
+            self.state = {}
+        headers_set = self.state.setdefault(HEADERS_SET, [])
+        names = {name for name, _ in headers}
+        headers_set[:] = [hv for hv in headers_set if hv[0] not in names] + headers
+
     def set_method(self, method: bytes) -> None:
         """Send the request upstream as `method` (kong.service.request.set_method); the client's stays the request
         line's (request_line_method)."""

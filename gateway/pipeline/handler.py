@@ -19,6 +19,7 @@ from gateway.runtime import RouteRuntime, Runtime
 from gateway.telemetry.phase import CLIENT_CLOSED, COLLECTED_LOGGERS, LogPhase
 
 log = logging.getLogger("gateway.pipeline")
+AUDIT = "audit"  # ex.state: (the audit of the ai-mcp-proxy the request collected, the route's name)
 
 
 class Pipeline:
@@ -75,7 +76,7 @@ class Pipeline:
             if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
                 if ex.state is None:
                     ex.state = {}
-                ex.state["audit"] = (route.audit, route.name)
+                ex.state[AUDIT] = (route.audit, route.name)
             if match.captures is not None:  # a regex path with groups: for the policies' templates and echo
                 if ex.state is None:
                     ex.state = {}
@@ -122,7 +123,7 @@ class Pipeline:
         finally:
             self.log_phase.done(ex, started, self.runtime, failed)
             state = ex.state
-            if state is not None and (audit := state.get("audit")) is not None:
+            if state is not None and (audit := state.get(AUDIT)) is not None:
                 audit[0].record(ex, started, audit[1])  # also when the client left mid-answer
 
 
@@ -161,8 +162,8 @@ async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
     """Run the chain, moving to the consumer's own chain (at the same point in priority order) whenever a policy
     changes who the request is: Kong looks each plugin up when its turn comes, for all its phases (plugins_iterator.lua
     get_next_and_collect), so the response phases and log steps of the plugins already passed stay those of the
-    instances that were looked up then (a global correlation-id's, not the consumer's own). True if a policy
-    answered."""
+    instances that were looked up then (a global correlation-id's, not the consumer's own), and the audit is the
+    collected ai-mcp-proxy's. True if a policy answered."""
     policies = route.policies
     by_consumer: dict[str, list[Policy]] = route.consumer_policies  # type: ignore[assignment]
     chain = policies
@@ -185,9 +186,14 @@ async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
                 # the response phases and log steps: those collected so far, up to this policy, then the new chain's
                 collected = route.collect(collected, cid, done)
                 ex.phases = collected.phases
-                if ex.state is None:
-                    ex.state = {}
-                ex.state[COLLECTED_LOGGERS] = collected.loggers
+                state = ex.state
+                if state is None:
+                    state = ex.state = {}
+                state[COLLECTED_LOGGERS] = collected.loggers
+                if collected.audit is not None:  # the collected ai-mcp-proxy's audit setting, not the route's
+                    state[AUDIT] = (collected.audit, route.name)
+                else:
+                    state.pop(AUDIT, None)
     return False
 
 

@@ -1,5 +1,6 @@
 """Kong's rate-limiting response headers as formatted header lines (Exchange.add_response_lines), with everything
-constant built once per LimitSpec at config load."""
+constant built once per LimitSpec at config load; `header_pairs` makes them headers for the plugins' header filters
+to see, when one can (gateway.policies.rate_limiting.handler)."""
 
 from __future__ import annotations
 
@@ -120,3 +121,13 @@ def _whole(number: float) -> bytes:
 
 def _lines(headers: Headers) -> bytes:
     return b"".join([b"%b: %b\r\n" % (name, value) for name, value in headers])
+
+
+def header_pairs(lines: bytes) -> Headers:
+    """Formatted header lines as (lower-case name, value) pairs: the headers' form the header filters see."""
+    pairs: Headers = []
+    for line in lines.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b": ")
+            pairs.append((name.lower(), value))
+    return pairs

@@ -120,3 +120,50 @@ async def test_calls_refused_by_a_rate_limit_are_logged_as_limited(nursery, gate
     lines = await audit_lines(tmp_path, 2)
     assert [(d["decision"], d["status"]) for d in lines] == [("allowed", 200), ("limited", 429)]
     assert lines[1]["upstream"] is None
+
+
+def _scoped_audit_config(server: ToolServer, tmp_path: Path, consumer_proxy: dict[str, Any],
+                         global_proxy: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """key-auth for alice and bob, bob with his own ai-mcp-proxy, and a global one unless `global_proxy` is None:
+    (the config, the gateway's MCP settings)."""
+    plugins: list[dict[str, Any]] = [{"name": "key-auth"}]
+    if global_proxy is not None:
+        plugins.append({"name": "ai-mcp-proxy", "config": global_proxy})
+    return ({"services": [service("mcp", f"http://127.0.0.1:{server.port}",
+                                  [{"name": "mcp", "paths": ["/mcp"], "strip_path": False}])],
+             "consumers": [CONSUMERS[0], {**CONSUMERS[1], "plugins": [{"name": "ai-mcp-proxy",
+                                                                        "config": consumer_proxy}]}],
+             "plugins": plugins},
+            {"audit_log": str(tmp_path / "audit.log")})
+
+
+async def test_a_consumers_own_ai_mcp_proxy_without_audits_keeps_its_calls_out_of_the_log(nursery, gateway, tmp_path):
+    """kong/runloop/plugins_iterator.lua:215-266 (lookup_cfg: a consumer's instance beats a global one) and :372-410
+    (get_next_and_collect: every phase gets the config of the instance looked up): bob's own ai-mcp-proxy
+    (log_audits false) decides for bob's calls, the global one (log_audits true) for alice's."""
+    server = ToolServer(["search"])
+    await nursery.start(server.serve)
+    config, mcp = _scoped_audit_config(server, tmp_path, {"mode": "passthrough-listener"},
+                                       {"mode": "passthrough-listener", "logging": {"log_audits": True}})
+    port = await gateway(config, mcp=mcp)
+    bob = await call(port, "/mcp", [*RPC_HEADERS, ("apikey", "bob-key")], "POST", body=rpc_body(("search", 1)))
+    alice = await call(port, "/mcp", [*RPC_HEADERS, ("apikey", "alice-key")], "POST", body=rpc_body(("search", 2)))
+    assert bob.status == alice.status == 200
+    lines = await audit_lines(tmp_path, 1)  # (alice's line is written after bob's would have been)
+    assert [(d["consumer"], d["rpc_id"]) for d in lines] == [("alice", 2)]
+
+
+async def test_a_consumers_own_ai_mcp_proxy_with_audits_logs_only_that_consumers_calls(nursery, gateway, tmp_path):
+    """kong/runloop/plugins_iterator.lua:215-266: alice has no ai-mcp-proxy instance (none global, none of hers), so
+    nothing of that plugin runs on her requests and her calls are not audited; bob's own instance (log_audits true)
+    audits his."""
+    server = ToolServer(["search"])
+    await nursery.start(server.serve)
+    config, mcp = _scoped_audit_config(server, tmp_path,
+                                       {"mode": "passthrough-listener", "logging": {"log_audits": True}}, None)
+    port = await gateway(config, mcp=mcp)
+    alice = await call(port, "/mcp", [*RPC_HEADERS, ("apikey", "alice-key")], "POST", body=rpc_body(("search", 1)))
+    bob = await call(port, "/mcp", [*RPC_HEADERS, ("apikey", "bob-key")], "POST", body=rpc_body(("search", 2)))
+    assert alice.status == bob.status == 200
+    lines = await audit_lines(tmp_path, 1)  # (bob's line is written after alice's would have been)
+    assert [(d["consumer"], d["rpc_id"]) for d in lines] == [("bob", 2)]

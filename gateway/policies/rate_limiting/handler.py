@@ -16,7 +16,7 @@ from gateway.mcp.jsonrpc import MAX_BATCH
 from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, UNREADABLE, WHOLE_LIMIT, BatchIds, counted
 from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
-from gateway.ratelimit.headers import RateLimitHeaders
+from gateway.ratelimit.headers import RateLimitHeaders, header_pairs
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
 from gateway.ratelimit.redis_client import RedisSettings
 from gateway.ratelimit.remote import wait_s
@@ -158,9 +158,25 @@ class RateLimiting:
             for admitted in self.admitted:
                 counts[admitted] += 1
             if self.headers is not None:
-                ex.add_response_lines(self.headers.admitted(lease, wall))
+                if ex.phases is None:  # no header filter at all: the fast path, as in `_report`
+                    ex.add_response_lines(self.headers.admitted(lease, wall))
+                else:
+                    self._report(ex, self.headers.admitted(lease, wall))
             return False
         return await self._decide(ex, leases, key, now, wall)
+
+    def _report(self, ex: Exchange, lines: bytes) -> None:
+        """Kong sets the headers in access (ngx.header), so every header filter of the request sees them: when one
+        runs after this plugin in the chain (response-transformer removing or renaming them, adding one only when
+        absent), they are set before the filters run (Exchange.set_response_headers); else (none, or only ones of
+        higher priority, which set headers of their own: correlation-id, cors) they are appended to the head as
+        they are, formatted: the fast path."""
+        phases = ex.phases
+        filters = phases.header_filters if phases is not None else None
+        if filters and filters[-1].priority < self.priority:  # (the chain is in priority order: the last is latest)
+            ex.set_response_headers(header_pairs(lines))
+        else:
+            ex.add_response_lines(lines)
 
     async def _access_mcp(self, ex: Exchange, leases: LeaseTable) -> bool:
         """limit_by mcp-method / mcp-tool: one token per method or tool the body calls (a batch: per element)."""
@@ -183,7 +199,7 @@ class RateLimiting:
             lease = leases.spend(key, self.spec, now, wall)
             if lease is not None:
                 if self.headers is not None and i == last:
-                    ex.add_response_lines(self.headers.admitted(lease, wall))
+                    self._report(ex, self.headers.admitted(lease, wall))
                 continue
             if await self._decide(ex, leases, key, now, wall, rpc_id, headers=i == last):
                 return True
@@ -203,14 +219,14 @@ class RateLimiting:
             if decision.delay:
                 await trio.sleep(decision.delay)  # limit-req without nodelay: nginx delays, it does not reject
             if self.headers is not None and headers:
-                ex.add_response_lines(self.headers.decided(decision))
+                self._report(ex, self.headers.decided(decision))
             return False
         if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
             await ex.respond_error(500)  # Kong: "An unexpected error occurred"
             return True
         RECORDER.count(RATELIMIT_REJECTED, (self.plugin_id, self._exhausted(decision)))
         if self.headers is not None:  # Kong: hide_client_headers hides Retry-After too
-            ex.add_response_lines(self.headers.decided(decision))
+            self._report(ex, self.headers.decided(decision))
         if rpc_id is NOT_RPC or rpc_id == []:  # (a batch of notifications only: no JSON-RPC answer is due)
             await ex.respond_error(self.error_code, self.error_message)  # keep-alive, as Kong (a small body is read)
             return True
