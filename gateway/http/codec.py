@@ -302,45 +302,68 @@ def nginx_version(version: bytes) -> bytes:
 _HIGH = re.compile(rb"[\x80-\xff]")
 _NOT_TOKEN = re.compile(rb"[^!#$%&'*+.^_`|~0-9A-Za-z-]")  # a byte no token (RFC 9110 5.6.2) holds
 _NOT_IN_NAME = re.compile(rb"[\x00-\x20\x7f]")  # what ends nginx's reading of a name: a 400
-_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-_METHOD = re.compile(rb"[A-Z_-]+")  # ngx_http_parse_request_line's method characters
+NGINX_METHOD = re.compile(rb"[A-Z_-]+")  # ngx_http_parse_request_line's method characters
+# A target ngx_http_parse_request_line reads through: a path, or a schema, `://`, a host of its characters (or an IP
+# literal), a port and a path or query; any byte but a space or a control byte in those
+_TARGET = (rb"(?:/[^ \x00-\x1f\x7f]*|[A-Za-z][A-Za-z0-9+.-]*://(?:[A-Za-z0-9.-]*|\[[A-Za-z0-9:._~!$&'()*+,;=-]*\])"
+           rb"(?::[0-9]*)?(?:[/?][^ \x00-\x1f\x7f]*)?)")
+NGINX_TARGET = re.compile(_TARGET)
+# the start of a request line whose major version is above 1, as far as nginx reads it (runs of spaces included)
+_ABOVE_1 = re.compile(rb"[A-Z_-]+ +" + _TARGET + rb" +HTTP/(?:[2-9]|1[0-9])")
+_SPACES = re.compile(rb" {2,}")
+_VERSION = re.compile(rb"HTTP/[0-9]+\.[0-9]+")  # what sw_spaces_after_digit may follow
+
+
+def check_target(target: bytes) -> None:
+    """A request whose version nginx does not speak (nginx_version's error) is 400 all the same when nginx refused
+    its target first (ngx_http_parse_request_line reads the line in order): "invalid request target"."""
+    if NGINX_TARGET.fullmatch(target) is None:
+        raise ProtocolError("invalid request target")
 
 
 def check_start(line: bytes | bytearray, max_line: int) -> None:
     """A request line (as far as it came, without its LF) whose version nginx does not speak is 505 as soon as its
-    major version's digit is read (ngx_http_parse_request_line), before anything after it is read; or 414 when
-    nginx refused the line for its length before it got there (see check_head_lines)."""
-    method, _, rest = line.partition(b" ")
-    target, space, token = rest.rpartition(b" ")
-    major = token[5:6]
-    if space and token[:5] == b"HTTP/" and major and (major in b"23456789" or major == b"1" and token[6:7].isdigit()) \
-            and _METHOD.fullmatch(method) is not None and _CONTROL.search(target) is None:  # (nginx reads those first)
+    major version's digit is read (ngx_http_parse_request_line: after a method and a target it takes, whatever the
+    runs of spaces between them), before anything after it is read; or 414 when nginx refused the line for its
+    length before it got there (see check_head_lines)."""
+    if _ABOVE_1.match(line) is not None:
         if len(line) + 1 > max(FIRST_BUFFER_BYTES, max_line):
             raise ProtocolError("request line too long", 414)
         raise ProtocolError("client sent invalid version", 505)
 
 
+def _single_spaced(line: bytes) -> bytes:
+    """A request line (without its line end) with the runs of spaces nginx skips before the target and before the
+    version made single (sw_spaces_before_uri, sw_http_09), and the spaces it skips after the version's digits
+    dropped (sw_spaces_after_digit): h11 takes single spaces only, llhttp none after the version."""
+    if b"  " in line:
+        line = _SPACES.sub(b" ", line)
+    if line[-1:] == b" " and _VERSION.fullmatch(line[:-1].rpartition(b" ")[2]) is not None:
+        return line[:-1]
+    return line
+
+
 def mend_request_head(data: bytes, max_line: int) -> bytes | None:
     """`data` (a request head from its request line on, whole or not, and what follows it) as both parsers can take
     what nginx takes in it, or None when nothing needed mending; for a head one of them refused. In its request line,
-    bytes 0x80-0xFF %-escaped (nginx takes them in a target: a client that sends `/café` unescaped; the router
-    decodes it as `/caf%C3%A9`) and a version nginx takes written as the one it serves (`HTTP/1.2` as `HTTP/1.1`:
-    see nginx_version; check_start's 505 is raised); in a header name nginx calls invalid and reads on (a byte
-    outside tokens, 0x80-0xFF among them: ngx_http_parse_header_line's invalid_header), those bytes replaced by
-    `.`, which check_request_head drops as nginx drops the line (ignore_invalid_headers). Line lengths are kept but
-    for the request line's."""
+    runs of spaces made single and spaces after the version dropped (_single_spaced), bytes 0x80-0xFF %-escaped
+    (nginx takes them in a target: a client that sends `/café` unescaped; the router decodes it as `/caf%C3%A9`) and
+    a version nginx takes written as the one it serves (`HTTP/1.2` as `HTTP/1.1`: see nginx_version; check_start's
+    505 is raised); in a header name nginx calls invalid and reads on (a byte outside tokens, 0x80-0xFF among them:
+    ngx_http_parse_header_line's invalid_header), those bytes replaced by `.`, which check_request_head drops as
+    nginx drops the line (ignore_invalid_headers). Line lengths are kept but for the request line's."""
     end = data.find(b"\n")
     line = data if end < 0 else data[:end]
     check_start(line, max_line)
     core = line[:-1] if line[-1:] == b"\r" else line
-    mended = core
-    method, _, rest = core.partition(b" ")
+    mended = _single_spaced(core)
+    method, _, rest = mended.partition(b" ")
     target, space, token = rest.rpartition(b" ")
     version = token[5:]
     if space and token[:5] == b"HTTP/" and version and version != b"1.1" and version != b"1.0" and \
-            _METHOD.fullmatch(method) is not None and _CONTROL.search(target) is None:  # (nginx reads those first)
+            NGINX_METHOD.fullmatch(method) is not None and NGINX_TARGET.fullmatch(target) is not None:  # (read first)
         try:
-            mended = core[:len(core) - len(version)] + nginx_version(version)
+            mended = mended[:len(mended) - len(version)] + nginx_version(version)
         except ProtocolError:
             pass
     if not mended.isascii():
@@ -389,6 +412,10 @@ def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
 # nginx's ngx_http_validate_host also refuses two dots in a row and a name that is empty once its port and one final dot
 # are gone (an empty Host, ".", ":80"): the two lookaheads
 _AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+# The authority of an absolute-form target: ngx_http_parse_request_line's sw_host takes letters, digits, `.` and `-`
+# only (anything else but `:`, `/`, `?` and a space after them is a 400), or an IP literal; then a port of digits.
+# ngx_http_validate_host then refuses it as a Host (the lookaheads).
+_TARGET_AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
 # a verdict per Host value: the few a host's clients send, each checked once
 _VALID_HOSTS: Derived[bytes, bool] = Derived(lambda host: _AUTHORITY.fullmatch(host) is not None, 4096)
@@ -530,23 +557,26 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
     if host is None and http_version == b"1.1":
         raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
     if target[:1] != b"/":
-        target, host = _origin_form(target, headers)
+        target, host = _origin_form(target, host, headers)
     elif host is not None and not _VALID_HOSTS[host]:
         raise ProtocolError("invalid Host header")
     return target, host, expect and http_version == b"1.1"  # RFC 9110 10.1.1: an HTTP/1.0 one is ignored
 
 
-def _origin_form(target: bytes, headers: Headers) -> tuple[bytes, bytes]:
+def _origin_form(target: bytes, host_header: bytes | None, headers: Headers) -> tuple[bytes, bytes]:
     """The origin-form of an absolute-form target and its authority, set as Host (in place); 400 for anything
-    else."""
+    else, and for a Host header that is no valid host, as in nginx: ngx_http_process_host checks it before the
+    request line's host wins."""
     if target == b"*":
         raise ProtocolError("asterisk-form request targets (OPTIONS *) are not supported")
     m = _ABSOLUTE.fullmatch(target)
     if m is None:
         raise ProtocolError("invalid request target: expected a path or an absolute http(s) URI")
     authority, path = m.group(1), m.group(2)
-    if not authority or b"@" in authority or _AUTHORITY.fullmatch(authority) is None:
-        raise ProtocolError("invalid authority in the request target")
+    if _TARGET_AUTHORITY.fullmatch(authority) is None:
+        raise ProtocolError("invalid host in the request target: letters, digits, `.` and `-` only, or [IP]")
+    if host_header is not None and not _VALID_HOSTS[host_header]:
+        raise ProtocolError("invalid Host header")
     host = next((i for i, hv in enumerate(headers) if hv[0] == b"host"), None)
     if host is None:
         headers.append((b"host", authority))

@@ -25,6 +25,7 @@ from gateway.http.codec import (
     HEAD_TOO_LARGE,
     MAX_LINE_BYTES,
     NEED_DATA,
+    NGINX_METHOD,
     Event,
     HeadBuffers,
     Headers,
@@ -36,6 +37,7 @@ from gateway.http.codec import (
     check_reason,
     check_request_head,
     check_start,
+    check_target,
     first_of_single,
     head_buffers,
     head_line_lengths,
@@ -222,7 +224,7 @@ class H11Server(_H11Codec):
             if not version.startswith(b"HTTP/"):
                 return None
             method, _, rest = start.partition(b" ")
-            if _NGINX_METHOD.fullmatch(method) is None:  # (h11 takes any token: `get` would match no GET route)
+            if NGINX_METHOD.fullmatch(method) is None:  # (h11 takes any token: `get` would match no GET route)
                 raise ProtocolError("invalid method: nginx takes A-Z, _ and - only")
             target = rest.rpartition(b" ")[0]
             if _TARGET_CONTROL.search(target) is not None:  # (h11 refused it: nginx, before the version)
@@ -231,7 +233,11 @@ class H11Server(_H11Codec):
             if size > FIRST_BUFFER_BYTES:  # (else it fits nginx's first buffer)
                 check_head_buffers(head_line_lengths(probe[:size]), version, self._max_line, self._buffers)
             if version != b"1.1" and version != b"1.0":
-                version = nginx_version(version)  # (h11 takes 1.2 to 9.9)
+                try:
+                    version = nginx_version(version)  # (h11 takes 1.2 to 9.9)
+                except ProtocolError:
+                    check_target(target)
+                    raise
             checked = check_request_head(method, target, headers, version)
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
@@ -324,6 +330,7 @@ class H11Server(_H11Codec):
             return
         line = bytes(probe[:end]).rstrip(b"\r")
         method, _, target = line.partition(b" ")
+        target = target.strip(b" ")  # (nginx skips spaces around it)
         if target and b" " not in target and _METHOD.fullmatch(method) is not None:
             raise version_missing(method, target)
 
@@ -361,8 +368,7 @@ class H11Server(_H11Codec):
         return _H11Codec.body(self, data)
 
 
-_METHOD = re.compile(rb"[A-Z]{1,20}")
-_NGINX_METHOD = re.compile(rb"[A-Z_-]+")  # ngx_http_parse_request_line's method characters
+_METHOD = re.compile(rb"[A-Z_-]{1,20}")  # a method (nginx's characters) as far as _request_line_of looks
 
 
 def _request_line_of(raw: bytearray) -> tuple[bytes, bytes]:

@@ -22,6 +22,7 @@ from gateway.http.codec import (
     LENGTH,
     MAX_LINE_BYTES,
     NEED_DATA,
+    NGINX_METHOD,
     NO_BODY,
     Event,
     HeadBuffers,
@@ -34,6 +35,7 @@ from gateway.http.codec import (
     check_reason,
     check_request_head,
     check_start,
+    check_target,
     estimated_line_lengths,
     first_of_single,
     head_buffers,
@@ -43,6 +45,7 @@ from gateway.http.codec import (
     overflow_error,
     version_missing,
 )
+from gateway.memo import Derived
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
 _CHUNK_END = b"0\r\n\r\n"
@@ -145,6 +148,28 @@ def _end_of_requests(data: bytes, count: int) -> int:
         else:
             low = middle + 1
     return low
+
+
+def _llhttp_knows(method: bytes) -> bool:
+    """Does llhttp take `method` in a request head? It knows a fixed table (GET ... QUERY; PRI only as HTTP/2's
+    preface, no header after it), where nginx takes any of A-Z, `_` and `-`."""
+    try:
+        httptools.HttpRequestParser(_Completions()).feed_data(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n")
+    except httptools.HttpParserUpgrade:  # (CONNECT)
+        return True
+    except httptools.HttpParserError:
+        return False
+    return True
+
+
+# whether llhttp knows a method it refused a head for: the few a client sends, each probed once
+_LLHTTP_KNOWS: Derived[bytes, bool] = Derived(_llhttp_knows, 256)
+
+
+def _as_known_method(head: bytes, method: bytes) -> bytes:
+    """`head`, whose request line begins with `method` (one llhttp does not know), with GET in its place, padded with
+    spaces (which llhttp skips before a target) to keep the line's length (a method of one or two letters aside)."""
+    return b"GET" + b" " * (len(method) - 3) + head[len(method):]
 
 
 # the most bytes since a chunk that began between two requests kept for _reparse_mended and take_upgraded: what a
@@ -353,6 +378,24 @@ class _Parsing(_BodyFramer):
 
 
 
+class _SentMethod:
+    """The callbacks of a parser fed a head whose method llhttp does not know, written as one it knows
+    (_as_known_method): the server's own but for on_headers_complete (LlhttpServer._sent_headers_complete)."""
+
+    __slots__ = ("on_message_begin", "on_url", "on_header", "on_headers_complete", "on_body", "on_message_complete",
+                 "on_chunk_header", "on_chunk_complete")
+
+    def __init__(self, server: LlhttpServer) -> None:
+        self.on_message_begin = server.on_message_begin
+        self.on_url = server.on_url
+        self.on_header = server.on_header
+        self.on_headers_complete = server._sent_headers_complete
+        self.on_body = server.on_body
+        self.on_message_complete = server.on_message_complete
+        self.on_chunk_header = server.on_chunk_header
+        self.on_chunk_complete = server.on_chunk_complete
+
+
 class LlhttpServer(_Parsing):
     """Server side of a client connection.
 
@@ -364,7 +407,7 @@ class LlhttpServer(_Parsing):
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
                  "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark",
-                 "_chunk_at")
+                 "_chunk_at", "_as_sent")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -390,6 +433,7 @@ class LlhttpServer(_Parsing):
         self._before: bytes | None = b""
         self._tunnel_mark: tuple[bytes, int] | None = None  # when _tunnel is current (_upgraded, take_upgraded)
         self._chunk_at: int | None = None  # a chunk-size line was read: where its chunk's data begins in _events
+        self._as_sent = b""  # the method of the head being parsed, when the parser reads another (_SentMethod)
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -415,7 +459,11 @@ class LlhttpServer(_Parsing):
                 version = b"1.1"
                 keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
             else:
-                version = nginx_version(parser.get_http_version().encode())  # (llhttp takes 0.9 and 2.0 too)
+                try:
+                    version = nginx_version(parser.get_http_version().encode())  # (llhttp takes 0.9 and 2.0 too)
+                except ProtocolError:
+                    check_target(url)
+                    raise
                 keep = _wants_keep_alive(version, headers)
             url, host, expect = check_request_head(method, url, headers, version)
         except ProtocolError as e:
@@ -423,6 +471,23 @@ class LlhttpServer(_Parsing):
             e.target = url
             raise
         self._events.append(Request(method, url, headers, version, keep, host, expect))
+
+    def _sent_headers_complete(self) -> None:
+        """on_headers_complete of a parser whose head's method stands for the client's (_SentMethod): that head's
+        Request (or error) carries the client's. The parser's later heads are read as they are."""
+        method = self._as_sent
+        if not method:
+            self.on_headers_complete()
+            return
+        self._as_sent = b""
+        try:
+            self.on_headers_complete()
+        except ProtocolError as e:
+            e.method = method
+            raise
+        request = self._events[-1]
+        assert type(request) is Request
+        request.method = method
 
     def _check_buffers(self, method: bytes, url: bytes, headers: Headers) -> None:
         """nginx's buffers for the head just parsed, when it may not fit the first one (check_head_buffers): sized
@@ -476,8 +541,9 @@ class LlhttpServer(_Parsing):
         before = self._before
         whole = data if before is None else before + data
         method = self._parser.get_method()
-        if whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1:-1].rstrip(b"\r") == method + b" " + self._url:
-            self._fail(version_missing(method, self._url))
+        line = whole[whole.rfind(b"\n", 0, len(whole) - 1) + 1:-1].rstrip(b"\r")
+        if line[:len(method) + 1] == method + b" " and line[len(method):].lstrip(b" ") == self._url:
+            self._fail(version_missing(self._as_sent or method, self._url))
 
     def _reparse_mended(self, data: bytes) -> bool:
         # nginx takes what llhttp refuses (mend_request_head). The head's bytes: those of a head that began with a
@@ -493,20 +559,47 @@ class LlhttpServer(_Parsing):
             # Not a method's first byte: nginx refuses it at once, nothing to mend; and the bytes stay as they came
             # for take_upgraded (a WebSocket frame sent with its handshake).
             return False
+        method_end = head.find(b" ")
+        if method_end < 0:
+            return self._method_goes_on(head)
+        method = head[:method_end]
         try:
             mended = mend_request_head(head, self._max_line)
-        except ProtocolError as e:  # a version nginx does not speak: 505 (receive_data adds the method)
+        except ProtocolError as e:  # a version nginx does not speak: 505
+            e.method = method
             self._fail(e)
             return True
-        if mended is None:
+        # a method nginx takes and llhttp does not know: read as GET, the Request given the client's (_SentMethod)
+        self._as_sent = method if NGINX_METHOD.fullmatch(method) is not None and not _LLHTTP_KNOWS[method] else b""
+        if self._as_sent:
+            mended = _as_known_method(head if mended is None else mended, method)
+        elif mended is None:
             return False
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = httptools.HttpRequestParser(_SentMethod(self) if self._as_sent else self)
         self._head_chunks = []
         self._before, self._prev = b"", mended
         self._feed(mended)
-        if self._in_head and not self._head_partial and not self._dead:  # the head goes on: mended again from its
-            self._head_chunks = [head]  # bytes as sent once more of them came (`HTTP/1.1` may go on as `HTTP/1.1000`)
+        chunks = self._head_chunks
+        # The head goes on (the chunk fed is its start, not a later head's that was mended in turn): mended again from
+        # its bytes as sent once more of them came (`HTTP/1.1` may go on as `HTTP/1.1000`).
+        if self._in_head and not self._head_partial and not self._dead and len(chunks) == 1 and chunks[0] is mended:
+            self._head_chunks = [head]
             self._head_fed = len(head)
+        return True
+
+    def _method_goes_on(self, head: bytes) -> bool:
+        """llhttp refused `head`, a request line not past its method yet: one nginx takes waits for the rest of it,
+        the parser left refusing whatever comes (it is sticky), so that the next read mends the head with it."""
+        if NGINX_METHOD.fullmatch(head) is None:
+            return False
+        try:  # (nginx's 414 for a request line that fills its buffers)
+            HeadBuffers(head, self._max_line, self._buffers).feed(head)
+        except ProtocolError as e:
+            self._fail(e)
+            return True
+        self._head_chunks = [head]
+        self._head_fed = len(head)
+        self._head_partial = False
         return True
 
     def on_message_complete(self) -> None:
@@ -524,7 +617,7 @@ class LlhttpServer(_Parsing):
         if not self._in_head or self._dead:
             return b"", b""
         # llhttp's method is this request's once its target began, or once it changed from the previous one's
-        method = self._parser.get_method()
+        method = self._as_sent or self._parser.get_method()
         if not self._url and method == self._stale_method:
             return b"", b""
         # the request line was whole: its line break came (the head's chunks, this one's last, are kept while it is
@@ -563,7 +656,7 @@ class LlhttpServer(_Parsing):
                 self._parser.get_method() == b"HEAD" and self._stale_method != b"HEAD")):
             error = self._events[-1]
             if type(error) is ProtocolError and not error.method:
-                error.method = self._parser.get_method()
+                error.method = self._as_sent or self._parser.get_method()
                 if self._headers:  # (a header line came: the request line was whole)
                     error.target = self._url
 

@@ -10,6 +10,10 @@ real nginx 1.22 so configured, and read from src/http/ngx_http_parse.c and ngx_h
   CRLF is 414 and a header line 494 (400 "Request header or cookie too large" through Kong's error handler);
 - versions: a major version above 1 is 505 (nginx's own page: 505 is not one of Kong's error_page statuses), as soon
   as its digit is read; a later 1.x minor version is served as HTTP/1.1;
+- request lines (nginx 1.27.1, the one Kong 3.x bundles): any method of A-Z, `_` and `-` (llhttp knows a fixed
+  table), runs of spaces before the target and the version and spaces after the version, and an absolute-form
+  target's host of letters, digits, `.` and `-` (or an IP literal), with a Host header that must be valid all the
+  same;
 - header names: one holding a byte nginx calls invalid (anything but letters, digits, `-` and `_`) is dropped, never a
   400 and never sent upstream; a byte <= 0x20 or 0x7f in a name, or a name that is empty, stays a 400;
 - a deliberate difference: a control byte in a field value, which nginx passes on, is a 400 (README, "What the data
@@ -178,6 +182,35 @@ def test_a_major_version_above_1_is_505_before_the_head_ends(codec):
     assert first_event(codec, [b"GET / HTTP/2.0\r\nX@\x01: a\r\n\r\n"]) == ("error", 505)
 
 
+@pytest.mark.parametrize("line", [b"GET * HTTP/2.0", b"FOO * HTTP/2.0", b"PUT h.test/x HTTP/11", b"GET @/x HTTP/3.0",
+                                  b"GET http://a_b/x HTTP/2.0"])
+def test_a_target_nginx_refuses_is_400_before_its_version_is_505(codec, line):
+    """ngx_http_parse_request_line reads the line in order: a target it refuses (sw_spaces_before_uri takes `/` or a
+    schema's letter; sw_schema wants `://`; sw_host its characters) is NGX_HTTP_PARSE_INVALID_REQUEST before the
+    version is read."""
+    raw = line + b"\r\nHost: a\r\n\r\n"
+    for chunks in [*cuts(raw, 6, len(line) - 2), [raw[i:i + 1] for i in range(len(raw))]]:
+        assert first_event(codec, chunks) == ("error", 400), chunks
+
+
+@pytest.mark.parametrize("line", [b"FOO  / HTTP/11 ", b"GET /x  HTTP/2.0   ", b"GET / HTTP/2.0 garbage"])
+def test_a_major_version_above_1_is_505_whatever_follows_it(codec, line):
+    """sw_first_major_digit / sw_major_digit answer 505 at the digit: runs of spaces before it change nothing, and
+    nothing after it is read."""
+    raw = line + b"\r\nHost: a\r\n\r\n"
+    for chunks in [*cuts(raw, 12, len(line)), [raw[i:i + 1] for i in range(len(raw))]]:
+        assert first_event(codec, chunks) == ("error", 505), chunks
+
+
+@pytest.mark.parametrize("line", [b"GET / HTTP/1 .1", b"GET / HTTP/1. 1", b"GET / HTTP/1.1 1", b"GET / HTTP/ 1.1"])
+def test_a_space_inside_the_version_is_400_however_it_is_cut(codec, line):
+    """Only sw_minor_digit goes on to sw_spaces_after_digit at a space: one after `HTTP/`, the major digit or the dot
+    is NGX_HTTP_PARSE_INVALID_REQUEST, as is anything but spaces and the line end after the minor digits."""
+    raw = line + b"\r\nHost: a\r\n\r\n"
+    for chunks in [*cuts(raw, 12, len(line) - 1), [raw[i:i + 1] for i in range(len(raw))]]:
+        assert first_event(codec, chunks) == ("error", 400), chunks
+
+
 def test_a_minor_version_of_four_digits_is_400_however_it_is_cut(codec):
     raw = b"GET / HTTP/1.1000\r\nHost: a\r\n\r\n"
     assert first_event(codec, [raw]) == ("error", 400)
@@ -191,6 +224,79 @@ def test_nginx_version():
         with pytest.raises(ProtocolError) as caught:
             nginx_version(version)
         assert caught.value.status == status, version
+
+
+# --- request lines: src/http/ngx_http_parse.c and ngx_http_request.c at release-1.27.1 -----------------------------
+
+
+@pytest.mark.parametrize("method", [b"FOO", b"BAN", b"X_Y", b"M-SEARCH-X", b"PRI"])
+def test_a_method_llhttp_does_not_know_is_read_however_the_head_is_cut(codec, method):
+    """ngx_http_parse_request_line's sw_start and sw_method take any run of A-Z, `_` and `-` as a method (one
+    outside its switch is NGX_HTTP_UNKNOWN, and served): the Request carries it as sent, whatever the reads."""
+    raw = method + b" /x HTTP/1.1\r\nHost: a\r\n\r\n"
+    for chunks in [*cuts(raw, 1, 2, len(method), len(method) + 3, 20), [raw[i:i + 1] for i in range(len(raw))]]:
+        ev = first_event(codec, chunks)
+        assert isinstance(ev, Request) and (ev.method, ev.target) == (method, b"/x"), (chunks, ev)
+
+
+def test_a_refused_head_with_an_unknown_method_names_that_method(codec):
+    """What the 400 and its log line show (and whether the answer has a body) is the method as sent."""
+    raw = b"FOO /x HTTP/1.1\r\nHost: a b\r\n\r\n"
+    for chunks in [*cuts(raw, 2, 8, 20), [raw[i:i + 1] for i in range(len(raw))]]:
+        server = codec_classes(codec)[0]()
+        with pytest.raises(ProtocolError) as caught:
+            for chunk in chunks:
+                server.receive_data(chunk)
+                server.next_event()
+        assert (caught.value.status, caught.value.method) == (400, b"FOO"), chunks
+
+
+def test_a_method_that_never_ends_is_414_once_it_fills_a_large_buffer(codec):
+    """The method is the request line's start: nginx's 414 ("client sent too long URI") once the line needs more
+    than a large header buffer (see check_head_lines), however slowly it comes."""
+    chunks = [b"FOO", *[b"O" * 1000] * 9]
+    assert first_event(codec, chunks) == ("error", 414)
+
+
+def test_a_version_above_1_is_505_with_spaces_after_it(codec):
+    """sw_first_major_digit answers 505 at the digit, before sw_spaces_after_digit reads on."""
+    raw = b"GET /x HTTP/2.0  \r\nHost: a\r\n\r\n"
+    for chunks in [*cuts(raw, 12, 16), [raw[i:i + 1] for i in range(len(raw))]]:
+        assert first_event(codec, chunks) == ("error", 505), chunks
+
+
+@pytest.mark.parametrize("line", [b"GET  /x", b"GET /x ", b"X_Y /x", b"FOO  /x  "])
+def test_a_request_line_without_a_version_is_400_at_its_end_whatever_its_spaces(codec, line):
+    """sw_spaces_before_uri and sw_http_09 skip spaces around the target; a line end after it is HTTP/0.9 (for a
+    method but GET, NGX_HTTP_PARSE_INVALID_09_METHOD), which the gateway answers 400 there and then (see
+    version_missing), not at the header timeout."""
+    assert first_event(codec, [line + b"\r\n"]) == ("error", 400)
+
+
+@pytest.mark.parametrize("authority", [b"a_b.test", b"a%41.test", b"a!b.test", b"a~b.test", b"user@a.test",
+                                       b"a,b", b"", b"a..b", b".", b":80"])
+def test_an_absolute_targets_host_of_other_characters_is_400(codec, authority):
+    """sw_host takes letters, digits, `.` and `-`, and sw_host_end anything but `:`, `/`, `?` and a space after them
+    as NGX_HTTP_PARSE_INVALID_REQUEST; ngx_http_validate_host refuses two dots in a row and an empty name ("client
+    sent invalid host in request line"): 400 both."""
+    raw = b"GET http://" + authority + b"/x HTTP/1.1\r\nHost: c\r\n\r\n"
+    assert first_event(codec, [raw]) == ("error", 400)
+
+
+@pytest.mark.parametrize("authority", [b"A-1.test", b"a.test.:8000", b"127.0.0.1", b"[::1]:80", b"a.test:99999"])
+def test_an_absolute_targets_host_of_nginxs_characters_replaces_the_host_header(codec, authority):
+    """sw_host, sw_host_ip_literal and sw_port (any digits in 1.27.1: its port range check came in 1.29.5): the
+    request line's host wins over the Host header (ngx_http_process_host: `if (r->headers_in.server.len)`)."""
+    ev = first_event(codec, [b"GET http://" + authority + b"/x HTTP/1.1\r\nHost: c\r\n\r\n"])
+    assert isinstance(ev, Request) and (ev.target, ev.host, ev.headers) == (b"/x", authority, [(b"host", authority)])
+
+
+@pytest.mark.parametrize("host", [b"bad..host", b"a b", b"", b".", b"a/b"])
+def test_an_invalid_host_header_is_400_with_an_absolute_target_too(codec, host):
+    """ngx_http_process_host validates the Host header ("client sent invalid host header", 400: two dots in a row,
+    a space, a `/`, an empty name) before it lets the request line's host win."""
+    raw = b"GET http://a.test/x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    assert first_event(codec, [raw]) == ("error", 400)
 
 
 # --- header names nginx calls invalid -------------------------------------------------------------------------------
@@ -266,4 +372,73 @@ async def test_a_control_byte_in_a_field_value_is_refused_unlike_nginx(nursery, 
     raw, _ = await raw_exchange(port, head, timeout=TIMEOUT)
     status, _, body = parse_raw_response(raw)
     assert status == 400, (status, body)
+    assert echo.requests == []
+
+
+async def _status(port: int, raw: bytes) -> int:
+    data, _ = await raw_exchange(port, raw, timeout=TIMEOUT)
+    return parse_raw_response(data)[0]
+
+
+@pytest.mark.parametrize("line", [b"GET /x HTTP/1.1 \r\n", b"GET /x HTTP/1.1   \r\n"], ids=["one", "three"])
+async def test_spaces_after_the_http_version_are_taken_as_nginx_takes_them(nursery, gateway, line):
+    """src/http/ngx_http_parse.c (1.27.1) sw_minor_digit (`if (ch == ' ') state = sw_spaces_after_digit;`) and
+    sw_spaces_after_digit (`case ' ': break; case CR: state = sw_almost_done;`): nginx takes spaces between the
+    version and the line end (since 0.6.16, "compatibility with mget"), so Kong proxies such a request."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    assert await _status(port, line + b"Host: a\r\nConnection: close\r\n\r\n") == 200
+    assert [seen.target for seen in echo.requests] == ["/x"]
+
+
+@pytest.mark.parametrize("line", [b"GET  /x HTTP/1.1\r\n", b"GET /x  HTTP/1.1\r\n"], ids=["before-uri", "after-uri"])
+async def test_runs_of_spaces_in_the_request_line_are_taken(nursery, gateway, line):
+    """src/http/ngx_http_parse.c (1.27.1) sw_spaces_before_uri (`case ' ': break;`) and sw_http_09 (`case ' ':
+    break;`): nginx skips runs of spaces before the target and before the version."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    assert await _status(port, line + b"Host: a\r\nConnection: close\r\n\r\n") == 200
+    assert [seen.target for seen in echo.requests] == ["/x"]
+
+
+@pytest.mark.parametrize("method", [b"FOO", b"BAN", b"X_Y"])
+async def test_any_method_of_nginxs_characters_is_proxied_as_sent(nursery, gateway, method):
+    """src/http/ngx_http_parse.c (1.27.1) sw_start / sw_method: any of A-Z, `_` and `-` makes a method (one not in
+    its switch stays NGX_HTTP_UNKNOWN and is served), and Kong's router matches a route without `methods` for any
+    of them. The upstream gets the client's method."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    assert await _status(port, method + b" /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n") == 200
+    assert [seen.method for seen in echo.requests] == [method.decode()]
+
+
+async def test_the_body_of_an_unknown_method_is_framed_as_any_methods(nursery, gateway):
+    """ngx_http_read_client_request_body frames a body by Content-Length or chunked whatever the method: two
+    pipelined requests with an unknown method, one body of each framing, reach the upstream whole and in order."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    raw = (b"BAN /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nfirst"
+           b"BAN /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+           b"6\r\nsecond\r\n0\r\n\r\n")
+    data, _ = await raw_exchange(port, raw, timeout=TIMEOUT)
+    assert data.count(b"HTTP/1.1 200 ") == 2, data[:300]
+    assert [(seen.method, seen.target, seen.body) for seen in echo.requests] == \
+        [("BAN", "/a", b"first"), ("BAN", "/b", b"second")]
+
+
+@pytest.mark.parametrize("bad_host", [b"bad..host", b"a b"])
+async def test_an_invalid_host_header_is_400_even_when_the_target_is_absolute(nursery, gateway, bad_host):
+    """src/http/ngx_http_request.c (1.27.1) ngx_http_process_host validates the Host header ("client sent invalid
+    host header", 400) before `if (r->headers_in.server.len) return NGX_OK;` lets the request line's host win: an
+    absolute-form target does not excuse an invalid Host header."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    raw = b"GET http://a.test/x HTTP/1.1\r\nHost: " + bad_host + b"\r\nConnection: close\r\n\r\n"
+    assert await _status(port, raw) == 400
+    assert echo.requests == []
+
+
+@pytest.mark.parametrize("authority", [b"a_b.test", b"a%41.test", b"a!b.test", b"a~b.test"])
+async def test_an_absolute_target_host_outside_nginxs_request_line_characters_is_400(nursery, gateway, authority):
+    """src/http/ngx_http_parse.c (1.27.1) sw_host of ngx_http_parse_request_line takes letters, digits, `.` and `-`
+    only, then sw_host_end refuses anything but `:`, `/`, `?` or a space (NGX_HTTP_PARSE_INVALID_REQUEST, 400): no
+    such host is routed on or sent as X-Forwarded-Host."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+    raw = b"GET http://" + authority + b"/x HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n"
+    assert await _status(port, raw) == 400
     assert echo.requests == []
