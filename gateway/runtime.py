@@ -7,16 +7,17 @@ Problems found here (an unknown algorithm, a bad plugin config) are config error
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import re
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
 
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
-from gateway.breaker.config import BreakerConfig
+from gateway.breaker.config import BreakerConfig, probe_ttl
 from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.decode import whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
@@ -87,7 +88,7 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers", "sweep", "passive", "panic", "slots", "host_header", "discovered", "hashing",
+                 "breakers", "sweep", "unbroken", "passive", "panic", "slots", "host_header", "discovered", "hashing",
                  "cookie_path", "direct")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
@@ -104,6 +105,9 @@ class UpstreamGroup:
         self.unusable: frozenset[int] = frozenset()  # drained by an operator, or circuit open (gateway.state)
         self.breakers = False  # a circuit-breaker plugin covers this upstream: report outcomes
         self.sweep = False  # its sweep_force_shutdown: a circuit that opens closes the target's connections
+        # With `breakers`: what the requests the plugin does not run for skip (`unusable` without the targets skipped
+        # for their open circuits), kept current with `unusable` (gateway.state); read through _Unbroken.
+        self.unbroken: frozenset[int] = frozenset()
         self.passive = False  # passive health checks can trip: report outcomes
         self.panic = False  # all targets unhealthy: send to all of them rather than answer 503 (Envoy's panic)
         self.slots = 10000
@@ -287,6 +291,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                     if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
     plugin_objs = _plugins(config, errors, shared, consumers, mcp)
+    breakers = _breakers(config, services, plugin_objs, errors)
     services_by_name = {svc.name: svc for svc in config.services}
     specs = []
     v1_routes: list[str] = []
@@ -296,6 +301,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
             continue  # an unknown service: reported by the loader
         if route.service is not None and not services_by_name[route.service].enabled:
             continue  # Kong: the routes of a disabled service are not put in the router (their requests get 404)
+        svc = breakers.bypass.get(id(route), svc)  # (the circuit-breaker of its upstream does not run for it)
         rname = route.name or f"routes[{i}]"
         mcp_route = None
         if route.mcp or route.mcp_methods or route.mcp_tools:
@@ -327,7 +333,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         raise ConfigError([f"{name}: {e}" for e in errors])
     runtime = Runtime(config, Router(specs), {k: v for k, v in services.items() if v}, groups, mcp,  # type: ignore[misc]
                       consumers)
-    runtime.breakers, runtime.breaker_upstreams = _breakers(config, services, plugin_objs)  # type: ignore[arg-type]
+    runtime.breakers, runtime.breaker_upstreams = breakers.targets, breakers.upstreams
     runtime.server_tls = server_tls
     runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
                                                      if _is_global(p)], None))
@@ -432,37 +438,95 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
                           svc.write_timeout / 1000, svc.read_timeout / 1000, svc.retries, tls)
 
 
-def _breakers(config: Config, services: dict[str, ServiceRuntime],
-              plugins: list[tuple[Plugin, Any, Policy | None]]) \
-        -> tuple[dict[str, BreakerConfig], dict[str, BreakerConfig]]:
-    """One breaker per target of every upstream a circuit-breaker plugin covers (a service's or a route's
-    instance beats a global one), keyed as on the bus: "<upstream>|<host:port>"; and each such upstream's."""
-    routes = {r.name: r.service for r in config.routes if r.name}
-    chosen: dict[str, tuple[int, Any]] = {}
-    for plugin, cfg, _ in plugins:
-        if plugin.name != "circuit-breaker":
+class Breakers(NamedTuple):
+    """What the circuit-breaker instances make of a config (_breakers)."""
+
+    targets: dict[str, BreakerConfig]  # one breaker per target of each upstream covered, keyed as on the bus
+    upstreams: dict[str, BreakerConfig]  # each such upstream's, for the targets a source reports
+    bypass: dict[int, ServiceRuntime]  # id(route) -> its service as seen by requests the plugin does not run for
+
+
+def _breakers(config: Config, services: dict[str | None, ServiceRuntime], plugins: list[Built],
+              errors: list[str]) -> Breakers:
+    """A breaker for each target of every upstream the requests of a circuit-breaker instance go to: the instance
+    of each route is Kong's (route, then service, then global), and a route without one is not covered (its
+    requests neither skip open circuits nor count in them: `bypass`). The breakers are per target for the whole
+    gateway, so the instances covering one upstream must agree (two that do not are an error, in `errors`); a
+    probe's permit lasts `probe_ttl` of the longest-running service among those whose requests it covers."""
+    instances = [(plugin, cfg) for plugin, cfg, _ in plugins if plugin.name == "circuit-breaker"]
+    if not instances:
+        return Breakers({}, {}, {})
+    enabled = {svc.name for svc in config.services if svc.enabled}
+    covering: dict[str, list[tuple[Plugin, Any]]] = {}  # upstream group name -> the instances its requests run
+    groups: dict[str, UpstreamGroup] = {}
+    ttls: dict[str, float] = {}
+    uncovered: list[tuple[Route, ServiceRuntime]] = []
+    for route in config.routes:
+        svc = services.get(route.service or "")
+        if svc is None or route.service not in enabled:
+            continue  # no upstream (Kong's 503), or not routed at all
+        found = [(_SCOPE_ORDER[scope], i) for i, (plugin, _) in enumerate(instances)
+                 if (scope := _scope(plugin, route)) is not None]
+        if not found:
+            uncovered.append((route, svc))
             continue
-        owner = getattr(plugin, "_route", None)
-        if owner is not None or plugin.route is not None or plugin.service is not None:
-            svc = services.get(plugin.service or (owner.service if owner is not None else None)
-                               or routes.get(plugin.route or "") or "")
-            targets = [svc.group] if svc else []
-            rank = 2
-        else:
-            targets = list({id(s.group): s.group for s in services.values()}.values())  # every service's upstream
-            rank = 1
-        for group in targets:
-            if rank > chosen.get(group.name, (0, None))[0]:
-                chosen[group.name] = (rank, (group, cfg))
-    out: dict[str, BreakerConfig] = {}
-    by_upstream: dict[str, BreakerConfig] = {}
-    for _, (group, cfg) in chosen.values():
+        plugin, cfg = instances[min(found)[1]]
+        group = groups[svc.group.name] = svc.group
+        mine = covering.setdefault(group.name, [])
+        if all(other is not plugin for other, _ in mine):
+            mine.append((plugin, cfg))
+        ttl = probe_ttl(svc.connect_timeout, svc.write_timeout, svc.read_timeout, svc.retries + 1)
+        ttls[group.name] = max(ttls.get(group.name, 0.0), ttl)
+    targets: dict[str, BreakerConfig] = {}
+    upstreams: dict[str, BreakerConfig] = {}
+    for name, mine in covering.items():
+        group, (first, cfg) = groups[name], mine[0]
+        other = next((plugin for plugin, c in mine[1:] if c != cfg), None)
+        if other is not None:
+            what = f"the host of service {name.split(':', 1)[0]!r}" if group.direct else f"upstream {name!r}"
+            errors.append(f"{path_of(first)} and {path_of(other)}: two circuit-breaker instances with different "
+                          f"configs run for requests to {what}, but a target has one breaker for the whole gateway, "
+                          "which cannot follow both; give them the same config, or keep one of them")
+            continue
         group.breakers = True
         group.sweep = cfg.sweep_force_shutdown
-        config_ = by_upstream[group.name] = BreakerConfig.from_plugin(cfg)
+        breaker = upstreams[name] = BreakerConfig.from_plugin(cfg, ttls[name])
         for key in group.keys:
-            out[key] = config_
-    return out, by_upstream
+            targets[key] = breaker
+    bypass: dict[int, ServiceRuntime] = {}
+    seen: dict[int, ServiceRuntime] = {}  # id(service) -> its copy for uncovered routes, one per service
+    for route, svc in uncovered:
+        if svc.group.breakers:
+            if (unbroken := seen.get(id(svc))) is None:
+                unbroken = seen[id(svc)] = copy.copy(svc)
+                unbroken.group = _Unbroken(svc.group)
+            bypass[id(route)] = unbroken
+    return Breakers(targets, upstreams, bypass)
+
+
+class _Unbroken(UpstreamGroup):
+    """An upstream as the requests the circuit-breaker does not run for see it (a route without an instance on an
+    upstream other routes' instance covers): the upstream's own balancer, targets and settings, read through at
+    each use (discovery's new lists show at once), but no breaker: it skips no target for its open circuit, and
+    its requests are neither counted nor probes. Only routes hold it, never the worker's state (which keeps the
+    upstream's `unusable` and `unbroken` current), so no field of its own is ever set but these."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, base: UpstreamGroup) -> None:  # (not UpstreamGroup's: every other field is the base's)
+        self._base = base
+        self.breakers = False
+        self.sweep = False
+
+    def __getattr__(self, name: str) -> Any:
+        """A field this object does not set: the upstream's (only called when the usual lookup fails)."""
+        if name == "_base":  # (unset: a copy made without __init__)
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    @property
+    def unusable(self) -> frozenset[int]:  # type: ignore[override]
+        return self._base.unbroken
 
 
 # Kong's PROTOCOLS_WITH_SUBSYSTEM: a plugin runs on HTTP requests when one of its protocols is of the http subsystem.

@@ -966,7 +966,8 @@ class KeptConnection:
 
 async def test_a_probe_whose_client_left_gives_its_permit_back_at_once(pair):
     """A half-open probe whose client leaves ends with no verdict, and its permit goes back to the keeper then, not
-    after probe_ttl_s (10 s, with no probe allowed meanwhile): the next requests probe the target again."""
+    after the probe's expiry (minutes, from the service's timeouts, with no probe allowed meanwhile): the next
+    requests probe the target again."""
     gw, a, b = pair
     reset_all(gw, a, b)
     b.mode = "fail"

@@ -28,6 +28,13 @@ class Balancer(Protocol):
         """Index of the chosen target, or None when every target is skipped or has weight 0."""
         ...
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """A retry's target once every target not in `skip` has failed this request (`pick` skipping them found
+        none; only for a balancer that skips them): Kong's least-connections starts over with them all (getPeer
+        drops handle.failedAddresses), its latency ends the request (None: no peer, Kong's 503) but for a sole
+        target in service, which every try gets."""
+        ...
+
     def started(self, index: int) -> None:
         """A request began on target `index`."""
         ...

@@ -71,6 +71,10 @@ class ConsistentHashing(IgnoresLoad):
                 index = table[slot]
         return index
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Not reached (a retry goes to the key's target again, whatever was tried); the key's target."""
+        return self.pick(hash_key, skip)
+
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target; only the slots it gains or loses change owner."""
         self._weights[index] = check_weight(weight)

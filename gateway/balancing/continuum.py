@@ -209,6 +209,11 @@ class KongConsistentHashing(IgnoresLoad):
                 return owner
         return None
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Not reached (a retry starts again from the key's point, whatever was tried:
+        consistent_hashing.lua); the key's target."""
+        return self.pick(hash_key, skip)
+
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target: as in Kong, every address's share of points is computed again."""
         self._weights[index] = check_weight(weight)

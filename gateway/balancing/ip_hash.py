@@ -46,6 +46,11 @@ class IpHash(IgnoresLoad):
             digest = stable_hash(digest.to_bytes(8, "little"))
         return self._round_robin.pick(None, skip)
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Every target not in `skip` failed this request: the address's own sequence again (not Kong's
+        algorithm; as its least-connections starts over)."""
+        return self.pick(hash_key, skip)
+
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target (most addresses remap, as with nginx)."""
         self._weights[index] = check_weight(weight)

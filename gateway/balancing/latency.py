@@ -9,9 +9,10 @@ lowest decayed EWMA of its response times divided by its weight.
 - A target that joins (at start, or when its weight becomes positive) starts at the average EWMA of the targets
   then in service (Kong's slow start: calculate_slow_start_ewma, the newcomers counting as 0), touched now; a
   target whose weight becomes 0 forgets its EWMA.
-- Ties go to the lowest index (Kong's: the order of a Lua table). With one target in service it is picked, also on
-  a retry (Kong's address_count 1); with several, a retry skips those tried (`skip`) and None comes when none is
-  left.
+- Ties go to the lowest index (Kong's: the order of a Lua table). A retry skips the targets tried (`skip`); once
+  every one has failed the request, it ends (`start_over` gives None: getPeer's "all endpoints have been retried",
+  ERR_NO_PEERS_AVAILABLE), but for a sole target in service, which every retry gets (Kong's address_count 1: the
+  targets not skipped as unusable).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ class KongLatency:
         """The target in service with the lowest decayed EWMA / weight, not in `skip`; the key is ignored."""
         ewma = self._ewma
         if len(ewma) <= 1:
-            return next(iter(ewma), None)
+            only = next(iter(ewma), None)
+            return None if only in skip else only
         now = self._clock()
         weights = self._weights
         best = None
@@ -78,6 +80,13 @@ class KongLatency:
             if best is None or score < best_score:
                 best, best_score = index, score
         return best
+
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Every target not in `skip` failed this request: the sole one in service if there is one (Kong's
+        address_count 1 does not filter handle.failedAddresses), else None (latency.lua getPeer, "all endpoints
+        have been retried": ERR_NO_PEERS_AVAILABLE, the request's 503)."""
+        serving = [index for index in self._ewma if index not in skip]
+        return serving[0] if len(serving) == 1 else None
 
     def started(self, index: int) -> None:
         """Kong's latency balancer does not count requests in flight."""

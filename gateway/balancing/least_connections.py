@@ -52,6 +52,11 @@ class LeastConnections:
         self._update(index)
         return index
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Every target not in `skip` failed this request: Kong's getPeer drops handle.failedAddresses and
+        starts over with the best of them all (least_connections.lua: "we failed all addresses")."""
+        return self.pick(hash_key, skip)
+
     def started(self, index: int) -> None:
         """Count a request in flight on `index`."""
         self._active[index] += 1

@@ -33,6 +33,11 @@ class RandomTwoChoices:
         # active[second] / weights[second] < active[first] / weights[first], without division
         return second if active[second] * weights[first] < active[first] * weights[second] else first
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Every target not in `skip` failed this request: draw again among them all (not Kong's algorithm;
+        as its least-connections does)."""
+        return self.pick(hash_key, skip)
+
     def started(self, index: int) -> None:
         """Count a request in flight on `index`."""
         self._active[index] += 1

@@ -72,6 +72,11 @@ class RoundRobin(IgnoresLoad):
         self._cursor = (cursor + 1) % len(schedule)
         return index
 
+    def start_over(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
+        """Not reached (a retry does not skip the targets tried: the wheel's next entry, whatever was
+        tried, round_robin.lua); the next pick."""
+        return self.pick(hash_key, skip)
+
     def set_weight(self, index: int, weight: int) -> None:
         """Re-weight one target and recompute the schedule."""
         self._weights[index] = check_weight(weight)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gateway.breaker.config import BreakerConfig
@@ -25,7 +26,8 @@ class BreakerBoard:
 
     A permit is a target name: whoever receives it may send one probe. Permits freed by a probe's outcome go back
     to the worker that reported it (it has traffic for the target); those of a breaker just half-open, or lapsed
-    after probe_ttl_s, come out of `tick` for the keeper to spread over the workers.
+    after probe_ttl_s (BreakerConfig: as long as a probe can run), come out of `tick` for the keeper to spread over
+    the workers.
     """
 
     def __init__(self, configs: Mapping[str, BreakerConfig],
@@ -94,10 +96,12 @@ class BreakerBoard:
         return all(breaker.state is State.CLOSED for breaker in self._breakers.values())
 
     def adopt(self, old: BreakerBoard) -> None:
-        """Keep the breakers (and so the states) of targets whose config did not change: a reload."""
+        """Keep the breakers (and so the states) of targets whose thresholds did not change: a reload. A new probe
+        lifetime alone (the services' timeouts changed) is taken on by the breaker kept."""
         for target, breaker in old._breakers.items():
             mine = self._breakers.get(target)
-            if mine is not None and mine.config == breaker.config:
+            if mine is not None and replace(mine.config, probe_ttl_s=breaker.config.probe_ttl_s) == breaker.config:
+                breaker.config = mine.config
                 self._breakers[target] = breaker
                 if target in old._last:
                     self._last[target] = old._last[target]

@@ -106,9 +106,9 @@ class Breaker:
             else:
                 self._consecutive += failures
                 longest = self._consecutive
-            if not failures:
-                return self._fire(Event.SUCCESS, now)
-            return self._fire(Event.TRIP if self._tripped(now, longest) else Event.FAILURE, now)
+            if self._tripped(now, longest):  # a success can bring the volume up to its threshold, as a failure can
+                return self._fire(Event.TRIP, now)
+            return self._fire(Event.FAILURE if failures else Event.SUCCESS, now)
         if state is State.HALF_OPEN:
             if not outcome.probe:
                 return state  # sent before the breaker opened: says nothing about recovery
@@ -184,7 +184,7 @@ class Breaker:
                 "probe_successes": self._successes}
 
     def _tripped(self, now: float, longest: int) -> bool:
-        """Did the failure just counted pass a threshold (see BreakerConfig)?"""
+        """Do the window's counts, or the longest run of failures just counted, pass a threshold (BreakerConfig)?"""
         config = self.config
         requests, failures = self._window.totals(now)
         if requests >= config.volume_threshold and failures >= config.error_threshold:

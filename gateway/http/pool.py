@@ -26,6 +26,7 @@ import logging
 import os
 import resource
 import select
+from collections.abc import Callable
 
 import trio
 
@@ -91,7 +92,7 @@ class Answered(Exception):
 class UpstreamConn:
     """A connection to one target with its codec; `reused` tells a retry policy it may have gone stale."""
 
-    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "served", "_pool")
+    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "served", "carrying", "_pool")
 
     def __init__(self, conn: Conn, codec: ClientCodec, key: tuple, pool: Pool | None = None) -> None:
         self.conn = conn
@@ -103,6 +104,7 @@ class UpstreamConn:
         self.idle = False  # waiting in the pool
         self.swept = False  # closed by the gateway under a request (close_target): not the target's failure
         self.served = 0  # requests it carried to their end (upstream_keepalive_max_requests)
+        self.carrying: object = None  # the user's record of the request it carries, or carried last: close_target
         self._pool = pool
 
     def heard(self) -> None:
@@ -244,14 +246,17 @@ class Pool:
         """A connection is closing: it leaves the watch (the kernel drops its epoll entry with the last fd)."""
         self._open.pop(uc.conn.sock.fileno(), None)
 
-    def close_target(self, host: str, port: int) -> int:
-        """Close every connection to a target, idle or carrying a request (circuit-breaker's sweep_force_shutdown:
-        a request in flight ends as if the target had closed it); returns how many. A busy one is shut down, not
-        closed: its task reads the EOF (or fails its write) wherever it waits, a Trio wait or the stream watch
-        (which a closed descriptor would leave without a word), and closes it. Connections to the addresses of a
-        named target (keyed (address, port, tls, (name, port))) are the name's."""
+    def close_target(self, host: str, port: int, cuts: Callable[[object], bool] | None = None) -> int:
+        """Close the connections to a target that are idle, and those carrying a request: each one, or with `cuts`
+        those it accepts (given the `carrying` of each: circuit-breaker's sweep_force_shutdown cuts its upstream's
+        requests, not those of another upstream at the same address); returns how many. A busy one is shut down,
+        not closed: its task reads the EOF (or fails its write) wherever it waits, a Trio wait or the stream watch
+        (which a closed descriptor would leave without a word), and closes it; its request ends as if the target
+        had closed it. Connections to the addresses of a named target (keyed (address, port, tls, (name, port)))
+        are the name's."""
         target = (host, port)
-        doomed = [uc for uc in self._open.values() if _target_of(uc.key) == target]
+        doomed = [uc for uc in self._open.values()
+                  if _target_of(uc.key) == target and (uc.idle or cuts is None or cuts(uc.carrying))]
         for uc in doomed:
             if uc.idle:
                 self._unidle(uc)

@@ -17,10 +17,13 @@ earlier than the sweeper's next wake-up wakes it).
 
 The sweeper also does what nginx's ngx_http_upstream_check_broken_connection does with proxy_ignore_client_abort
 off (Kong's setting): every CLIENT_CHECK_S it walks the live connections and peeks at the client of each one that
-waits on its upstream (for the response head, or for more of its body: one recv(MSG_PEEK) each). A client that
-closed or reset ends its request there: the upstream connection is closed (its server stops working for no one, a
-least-connections count is given back) and the log says 499. Relayed streams have a watch of their own
-(gateway.pipeline.streamwatch).
+waits on its upstream (to connect, to take the request, for the response head, or for more of its body: one
+recv(MSG_PEEK) each). A client that closed or reset ends its request there, and its tries with it (nginx's
+ngx_http_upstream_next tries no other server for a client gone): the upstream connection is closed (its server
+stops working for no one, a least-connections count is given back) and the log says 499. A client that only
+half-closed (its request sent whole, then a FIN) is gone too, as for nginx: its check_broken_connection takes the
+EOF (epoll's EPOLLRDHUP, or recv(MSG_PEEK) returning 0) for a client that closed. Relayed streams have a watch of
+their own (gateway.pipeline.streamwatch).
 
 Each time it wakes, the sweeper also refreshes the responses' `Date` line (gateway.http.dates.NOW): a new second is
 formatted once, not per response, at most CLIENT_CHECK_S late.
@@ -70,9 +73,13 @@ class Phase(enum.IntEnum):
     UPSTREAM_BODY = 6  # relaying the response body (read_timeout between reads)
     CLIENT_BODY = 7  # waiting for the next piece of the request body (client_body_timeout_s between reads)
     CLIENT_WRITE = 8  # a write to the client waits for it to read (send_timeout_s, as nginx's send_timeout)
+    UPSTREAM_CONNECT = 9  # connecting to a target, the TLS handshake included (connect_timeout, the connect's own)
 
 
-_WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)
+# nginx watches the client from the start of the upstream request to its end (ngx_http_upstream_init_request sets
+# ngx_http_upstream_rd_check_broken_connection before the connect)
+_WAITING_ON_UPSTREAM = frozenset({Phase.UPSTREAM_CONNECT, Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ,
+                                  Phase.UPSTREAM_BODY})
 # Phases whose timeout bounds a wait on one peer (nginx arms such a timer only while it waits on that peer): a write
 # to the client meanwhile does not use up their time
 _BETWEEN_TWO_OPERATIONS = frozenset({Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY,

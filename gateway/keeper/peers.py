@@ -3,7 +3,8 @@ is called, which targets' traffic each reported last, and the half-open probe pe
 
 A replaced worker (killed and restarted, or retired by a reload) never comes back under its id: its successor
 connects with a new one. The keeper forgets an id when the bus finds it gone (process.py), and takes back the permits
-it held, so that they go to a live worker at once instead of each lapsing after probe_ttl_s to go to the same dead id.
+it held, so that they go to a live worker at once instead of each lapsing after probe_ttl_s (as long as a probe of the
+upstream's services may run: minutes with Kong's default timeouts) to go to the same dead id.
 """
 
 from __future__ import annotations

@@ -57,6 +57,7 @@ TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive chec
 # nginx's proxy_next_upstream: a request already sent goes to the next server unless it is one of these
 NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
+_WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)  # _relay's reads of a body, read_timeout apart
 # nginx's proxy_hide_header defaults but Date and Server, which Kong passes (nginx_kong.lua): never to the client
 _HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-accel-limit-rate",
                          b"x-accel-buffering", b"x-accel-charset"})
@@ -181,10 +182,11 @@ class Forwarder:
                             skip = skip | nameless | failed
                         index = group.balancer.pick(hash_key, skip)
                         if index is None:
-                            if not failed:
-                                break  # nothing to pick at all
-                            failed = frozenset()  # every target tried: Kong's balancer goes round again
-                            continue
+                            if failed:  # every target failed this request: Kong's least-connections starts over,
+                                index = group.balancer.start_over(hash_key, group.unusable | nameless)  # its
+                                failed = frozenset()  # latency ends (but for a sole target)
+                            if index is None:
+                                break  # Kong's balancer.execute: "failure to get a peer", 503
                     else:
                         index = pinned
                     tries -= 1
@@ -255,6 +257,12 @@ class Forwarder:
                 if hash_key is not None:  # Kong's balancer failed before proxying: no cookie of hash_on cookie
                     drop_new_cookie(group, ex)
                 await ex.respond_error(503, NO_PEER)
+            elif index is None:  # none left for a retry: Kong.balancer's ngx.exit(503), through Kong's error handler
+                log.info("%s; no target left to retry in upstream %r: 503", error, group.name)
+                last = ex.tries[-1]  # type: ignore[index]
+                if self.shared is not None and last.group.passive:  # Kong's log phase: the last try's target, by
+                    self.shared.passive(last.key, 503)  # ngx.status ($upstream_status ends on the failed pick)
+                await ex.respond_error_page(503)
             else:
                 log.info("%s: %d", error, error.status)
                 if isinstance(error, NameResolutionFailed) and not ex.tries:
@@ -283,24 +291,30 @@ class Forwarder:
         and a connection to the address found is taken from the pool, where Kong keys it by ip and port."""
         pool = self.pool
         now = attempt.started = self.clock()
-        group = attempt.group
         active = self.active
         active[attempt.key] = active.get(attempt.key, 0) + 1  # until _finished
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
-        attempt.probe = group.breakers and self.shared is not None and self.shared.begin(group, attempt.index)
+        if attempt.group.breakers:
+            attempt.probe = self.shared is not None and self.shared.begin(attempt.group, attempt.index)
         tls = svc.tls
         key = target.key if tls is None and address is None and not target.named else \
             await self._located_key(attempt, target, tls, address, sni)
         uc = pool.take(key, now)
         if uc is None:
+            ex.timer.clear(Phase.UPSTREAM_CONNECT)  # the sweeper watches the client meanwhile (check_clients)
             try:
                 uc = await pool.connect(key, svc.connect_timeout, tls, sni or target.server_name)
             except UpstreamError as e:
+                ex.timer.clear()
                 self._finished(attempt, False, TIMEOUT if isinstance(e, ConnectTimeout) else
                                0 if isinstance(e, (NameResolutionFailed, LocalError)) else TCP_FAILURE)
                 raise
+            except BaseException:  # cancelled: the client left (its 499), or the worker stops
+                self._finished(attempt, False, 0)
+                raise
             now = self.clock()
+        uc.carrying = attempt  # (a circuit's sweep cuts the connections carrying its upstream's requests only)
         codec = uc.codec
         data = codec.request_head(method, path, headers, framing)
         spooled = None
@@ -512,12 +526,24 @@ class Forwarder:
                     return
             ok = True
         finally:
-            self._finished(attempt, ok and response.status < 500, response.status if ok else _blame(uc, failed),
-                           response.status)
+            self._finished(attempt, ok and response.status < 500,
+                           response.status if ok else self._cut(ex, uc, failed, attempt), response.status)
             if ok and codec.keep_alive and not unread:
                 self.pool.put(uc, attempt.ended)
             else:
                 uc.close()
+
+    def _cut(self, ex: Exchange, uc: UpstreamConn, failed: int, attempt: Attempt) -> int:
+        """The outcome of a relay that did not complete, `_blame`'s of `failed`. One read_timeout ended (the upstream
+        fell silent mid-response: nginx's "upstream timed out") is a failure of the target for its breaker, told
+        here, as a mid-response break is; passive health checks keep their accounting (0, as for any relay
+        cancelled), and so does the log."""
+        timer = ex.timer
+        if not failed and attempt.group.breakers and self.shared is not None and not uc.swept and \
+                timer.phase in _WAITING_ON_UPSTREAM and timer.at <= self.clock() and not timer.gone:
+            self.shared.outcome(attempt.key, False, attempt.probe)
+            attempt.probe = False  # (its outcome is sent: _finished must not give its permit back as well)
+        return _blame(uc, failed)
 
     async def _located_key(self, attempt: Attempt, target: TargetRuntime, tls: ClientTls | None,
                            address: str | None, sni: str | None) -> tuple[Any, ...]:
@@ -551,12 +577,18 @@ class Forwarder:
         return False
 
     def sweep(self, group: UpstreamGroup, index: int) -> None:
-        """The circuit of a target whose breaker has sweep_force_shutdown opened: close its connections, idle and
-        busy (a request in flight ends as if the target had closed it: 502, or a cut response)."""
+        """The circuit of a target whose breaker has sweep_force_shutdown opened: close its idle connections, and
+        the busy ones carrying requests the breaker covers (a request in flight ends as if the target had closed
+        it: 502, or a cut response). Another upstream's requests to the same address run on, as do those of the
+        routes the plugin does not run for (their Attempt's group is an _Unbroken: no breakers)."""
         target = group.targets[index]
-        closed = self.pool.close_target(target.host, target.port)
-        log.warning("circuit open for %s: closed its %d connection(s) (sweep_force_shutdown)", group.keys[index],
-                    closed)
+        key = group.keys[index]
+
+        def covered(attempt: object) -> bool:
+            return isinstance(attempt, Attempt) and attempt.key == key and attempt.group.breakers
+
+        closed = self.pool.close_target(target.host, target.port, covered)
+        log.warning("circuit open for %s: closed its %d connection(s) (sweep_force_shutdown)", key, closed)
 
     def _finished(self, attempt: Attempt, ok: bool, code: int, status: int = 0) -> None:
         """A request to a target ended: tell the balancer, the breaker and passive health checks that cover it.

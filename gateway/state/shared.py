@@ -331,15 +331,21 @@ class SharedState:
     def _recompute_group(self, group: UpstreamGroup) -> None:
         """A group skips what is drained, circuit-open or unhealthy, and every target when its healthy weight is
         not above its healthchecks.threshold (Kong's unhealthy balancer: 503); with panic_mode, an unhealthy
-        upstream uses its unhealthy targets anyway (Envoy's panic mode). gateway.health.threshold has the rules."""
+        upstream uses its unhealthy targets anyway (Envoy's panic mode). gateway.health.threshold has the rules.
+        A group a circuit-breaker covers gets `unbroken` too: the same without its circuits, for the requests the
+        plugin does not run for (gateway.runtime._Unbroken)."""
         keys = group.keys
         weights = self._weights
         unhealthy = self._unhealthy
+        weighted = [weights.get(k, t.weight) for k, t in zip(keys, group.targets, strict=True)]
+        sick = {i for i, k in enumerate(keys) if k in unhealthy}
+        threshold = self._thresholds.get(group.name, 0)
         group.unusable = unusable_targets(
-            [weights.get(k, t.weight) for k, t in zip(keys, group.targets, strict=True)],
-            {i for i, k in enumerate(keys) if k in unhealthy},
-            {i for i, k in enumerate(keys) if k in self._drained or self.breakers.is_open(k)},
-            self._thresholds.get(group.name, 0), group.panic)
+            weighted, sick, {i for i, k in enumerate(keys) if k in self._drained or self.breakers.is_open(k)},
+            threshold, group.panic)
+        if group.breakers:
+            group.unbroken = unusable_targets(weighted, sick, {i for i, k in enumerate(keys) if k in self._drained},
+                                              threshold, group.panic)
 
     # ---- the periodic work --------------------------------------------------------------------------------------
 

@@ -95,10 +95,25 @@ def test_a_retry_skips_the_tried_targets_until_none_is_left():
     assert balancer.pick(None, tried) is None
 
 
+def test_once_every_target_failed_the_request_the_retries_end():
+    """latency.lua getPeer: with no address left that has not failed, "all endpoints have been retried" and
+    ERR_NO_PEERS_AVAILABLE (balancer/init.lua's 503): no starting over, unlike least-connections."""
+    assert latency([1, 1, 1]).start_over(None, ()) is None
+
+
 def test_with_one_target_in_service_a_retry_gets_it_again():
-    """Kong's address_count 1: the only address, failed or not."""
-    balancer = latency([1, 0])
-    assert balancer.pick(None, {0}) == 0
+    """Kong's address_count 1 (the addresses in service, the unavailable ones not counted): getPeer does not filter
+    handle.failedAddresses, so the only address gets every try, failed or not."""
+    assert latency([1, 0]).pick(None, {0}) is None  # (skipped: the request's failed target)
+    assert latency([1, 0]).start_over(None, ()) == 0
+    assert latency([1, 1]).start_over(None, {1}) == 0  # the other one out of service (unhealthy, say)
+
+
+def test_a_sole_target_out_of_service_is_not_picked():
+    """latency.lua afterHostUpdate keeps only available addresses in its EWMA table: an unhealthy sole target
+    leaves getPeer "No peers are available" (a 503), never the target itself."""
+    assert latency([1]).pick(None, {0}) is None
+    assert latency([1]).start_over(None, {0}) is None
 
 
 def test_a_joining_target_starts_at_the_average_and_a_leaving_one_forgets():

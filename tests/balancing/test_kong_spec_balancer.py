@@ -185,6 +185,15 @@ def test_least_connections_retries_every_target_once_before_any_again():
     assert balancer.pick(None, set(tried)) is None  # the proxy then starts over, as Kong drops its failed list
 
 
+def test_least_connections_starts_over_with_the_best_once_every_target_failed():
+    """least_connections.lua getPeer: "we failed all addresses, so drop the list of failed ones, we are trying again,
+    so we restart using the ones that previously failed us", the top of the heap: the least loaded by weight."""
+    balancer = LeastConnections([20, 50, 70])
+    balancer.started(2)  # (1 + 1) / 70 > (0 + 1) / 50
+    assert balancer.start_over(None, ()) == 1
+    assert balancer.start_over(None, {1}) == 2  # (the targets out of service stay out)
+
+
 # --- latency (06-latency_spec.lua, latency.lua) --------------------------------------------------------------------
 
 

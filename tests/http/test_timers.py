@@ -261,11 +261,26 @@ def test_a_client_that_sent_bytes_or_nothing_while_waiting_is_left_alone():
     run(main)
 
 
+def test_a_client_that_closed_while_its_request_is_connected_or_written_upstream_ends_the_request():
+    """nginx watches the client from the start of the upstream request, the connect included:
+    ngx_http_upstream_init_request sets ngx_http_upstream_rd_check_broken_connection before ngx_http_upstream_connect
+    (src/http/ngx_http_upstream.c:661)."""
+    async def main() -> None:
+        timers = Timers()
+        connect, write = _waiting(timers, Phase.UPSTREAM_CONNECT, True), _waiting(timers, Phase.UPSTREAM_WRITE, True)
+        assert timers.check_clients() == 2
+        for timer in (connect, write):
+            assert timer.scope.cancel_called and timer.gone
+
+    run(main)
+
+
 def test_a_client_not_waiting_on_its_upstream_is_not_looked_at():
     async def main() -> None:
         timers = Timers()
         others = [_waiting(timers, phase, True) for phase in Phase
-                  if phase not in (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)]
+                  if phase not in (Phase.UPSTREAM_CONNECT, Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ,
+                                   Phase.UPSTREAM_BODY)]
         assert timers.check_clients() == 0
         assert all(timer.client.peeks == 0 and not timer.scope.cancel_called for timer in others)  # type: ignore[union-attr]
 

@@ -1,0 +1,223 @@
+"""Retries that Kong and nginx would not make: a balancer that has no target left to retry ends the request, and a
+client that hangs up while its request is connected or written upstream ends it and its tries at once."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import trio
+from backends import BadBackend, free_port, request, service, upstream, wait_until
+from e2e_helpers import GatewayNode, wait_for
+from e2e_helpers import request as node_request
+
+TIMEOUT = 10
+
+
+def assert_error_page(reply, status: int, message: str) -> None:  # noqa: ANN001
+    """Kong's error handler's page (kong/error_handlers.lua) for a request with no Accept or Content-Type."""
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.body.decode() == f"{message}\nrequest_id: {reply.header('x-request-id')}\n"
+
+
+# --- when every target was tried: what each of Kong's balancers does ------------------------------------------------
+
+
+async def test_the_latency_balancer_ends_the_retries_once_every_target_failed(nursery, gateway):
+    """kong/runloop/balancer/latency.lua ewma:getPeer, lines 197-200: with no address left that has not failed,
+    `ngx_log(ngx_WARN, "all endpoints have been retried") return nil, balancers.errors.ERR_NO_PEERS_AVAILABLE`;
+    kong/runloop/balancer/init.lua execute (line 355) makes it `return nil, "failure to get a peer from the
+    ring-balancer", 503` and kong/init.lua Kong.balancer (lines 1347-1360) `return ngx.exit(errcode)` for the retry:
+    nginx's 503, through kong/error_handlers.lua (spec/01-unit/09-balancer/06-latency_spec.lua "retries, after all
+    addresses failed, retry end"). Two failing targets and retries 5: each gets the GET once, the client a 503."""
+    first, second = BadBackend("close", "first"), BadBackend("close", "second")
+    await nursery.start(first.serve)
+    await nursery.start(second.serve)
+    port = await gateway({"services": [service("svc", "http://pair", retries=5)],
+                          "upstreams": [upstream("pair", [first.port, second.port], algorithm="latency")]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/x")
+    assert (len(first.requests), len(second.requests)) == (1, 1)
+    assert_error_page(reply, 503, "The upstream server is currently unavailable")
+
+
+async def test_least_connections_starts_over_once_every_target_failed(nursery, gateway):
+    """kong/runloop/balancer/least_connections.lua getPeer: "we failed all addresses, so drop the list of failed
+    ones, we are trying again, so we restart using the ones that previously failed us. Until eventually we hit the
+    limit of retries": two failing targets and retries 3 make four tries, two each, and nginx's 502."""
+    first, second = BadBackend("close", "first"), BadBackend("close", "second")
+    await nursery.start(first.serve)
+    await nursery.start(second.serve)
+    port = await gateway({"services": [service("svc", "http://pair", retries=3)],
+                          "upstreams": [upstream("pair", [first.port, second.port], algorithm="least-connections")]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/x")
+    assert (len(first.requests), len(second.requests)) == (2, 2)
+    assert_error_page(reply, 502, "An invalid response was received from the upstream server")
+
+
+async def test_the_try_before_a_retry_with_no_peer_is_reported_by_the_requests_503(tmp_path: Path) -> None:
+    """Kong's log phase (kong/runloop/handler.lua log.after) reports the balancer handle's last address by
+    `tonumber(sub(var.upstream_status, -3)) or ngx.status`: after a retry whose getPeer failed, $upstream_status ends
+    on that pick, with no status of its own, so the request's 503 is reported (report_http_status) against the last
+    target tried, the one before it having been reported as a TCP failure by Kong.balancer. With http_failures 1 for
+    503 only, the last target tried goes down, the first stays up."""
+    first, second = (f"127.0.0.1:{free_port()}" for _ in range(2))  # nothing listens: connects refused
+    checks = {"passive": {"unhealthy": {"http_failures": 1, "http_statuses": [503]}}}
+    gw = GatewayNode(tmp_path / "gw", {
+        "upstreams": [{"name": "pair", "algorithm": "latency", "healthchecks": checks,
+                       "targets": [{"target": first}, {"target": second}]}],
+        "services": [{"name": "svc", "url": "http://pair", "retries": 5, "routes": [{"paths": ["/"]}]}]})
+    try:
+        with trio.fail_after(30):
+            await gw.start(workers=1)
+            assert (await node_request(gw.port, "GET", "/x")).status == 503
+
+            async def one_down() -> bool:
+                return any(not state["healthy"] for state in (await gw.targets()).values())
+            await wait_for(one_down, 5, interval=0.1, what="the request's 503 counted against the last try")
+            await trio.sleep(0.3)  # (nothing else comes)
+            states = await gw.targets()
+        assert sorted(states[f"pair|{t}"]["healthy"] for t in (first, second)) == [False, True]
+    finally:
+        gw.cleanup()
+
+
+# --- a client that hangs up while its request is connected or written upstream ---------------------------------------
+
+
+class SilentTls:
+    """A TLS upstream that accepts connections and never answers the ClientHello (the connect, handshake included,
+    runs into connect_timeout); it counts the connections and notes when the gateway closes each."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+        self.closed_at: list[float] = []
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        self.port = sock.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            with sock:
+                while True:
+                    conn, _ = await sock.accept()
+                    self.accepted += 1
+                    nursery.start_soon(self._hold, conn)
+
+    async def _hold(self, conn) -> None:  # noqa: ANN001
+        with conn:
+            try:
+                while await conn.recv(65536):
+                    pass
+            except OSError:
+                pass
+            self.closed_at.append(trio.current_time())
+
+
+async def _connecting(nursery, gateway, **settings) -> tuple[SilentTls, trio.SocketStream]:  # noqa: ANN001, ANN003
+    """A client whose GET waits on the connect to a target that never finishes it (connect_timeout 1 s, retries 5)."""
+    silent = SilentTls()
+    await nursery.start(silent.serve)
+    port = await gateway({"services": [service("svc", f"https://127.0.0.1:{silent.port}", connect_timeout=1000,
+                                               retries=5)]}, **settings)
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    await client.send_all(b"GET /x HTTP/1.1\r\nhost: gw\r\n\r\n")
+    await wait_until(lambda: silent.accepted >= 1, "the connect upstream")
+    await trio.sleep(0.2)
+    return silent, client
+
+
+async def test_a_client_that_leaves_during_the_connect_ends_the_tries(nursery, gateway):
+    """nginx watches the client from the start of the upstream request, the connect included:
+    src/http/ngx_http_upstream.c ngx_http_upstream_init_request (line 661) sets `r->read_event_handler =
+    ngx_http_upstream_rd_check_broken_connection` (proxy_ignore_client_abort off, Kong's setting) before the
+    connect; ngx_http_upstream_check_broken_connection then closes the upstream connection ("client prematurely
+    closed connection, so upstream connection is closed too", 499), and ngx_http_upstream_next (line 4677) tries no
+    other server for a client connection in error. So the client's hang-up costs that one connect, abandoned."""
+    with trio.fail_after(TIMEOUT):
+        silent, client = await _connecting(nursery, gateway)
+        await client.aclose()
+        left = trio.current_time()
+        await trio.sleep(2.0)  # the first try's connect_timeout has long passed
+    assert silent.accepted == 1
+    assert silent.closed_at and silent.closed_at[0] - left < 0.8
+
+
+async def test_a_client_that_leaves_during_the_connect_is_logged_499(nursery, gateway, tmp_path):
+    """ngx_http_upstream_check_broken_connection finalizes with NGX_HTTP_CLIENT_CLOSED_REQUEST: the log says 499,
+    nothing sent, as for a client gone while the response head is awaited."""
+    log = tmp_path / "access.log"
+    with trio.fail_after(TIMEOUT):
+        _, client = await _connecting(nursery, gateway, access_log=str(log))
+        await client.aclose()
+        await wait_until(lambda: log.exists() and log.read_text().strip(), "an access log line")
+    response = json.loads(log.read_text().splitlines()[0])["response"]
+    assert (response["status"], response["size"]) == (499, 0)
+
+
+async def test_a_client_that_half_closes_during_the_connect_is_gone_as_for_nginx(nursery, gateway):
+    """ngx_http_upstream_check_broken_connection takes a client's EOF for a client gone, whole request or not: on
+    Linux epoll's EPOLLRDHUP (`ev->pending_eof`, line 1463), elsewhere `recv(c->fd, buf, 1, MSG_PEEK)` returning 0
+    (lines 1511-1548: `ev->eof = 1; c->error = 1`), then 499; ngx_http_upstream_init_request even posts the check at
+    once when the client's read event is ready (lines 651-652). So a client that sends its GET and then shuts its
+    side down (a FIN) ends the try like one that closed."""
+    with trio.fail_after(TIMEOUT):
+        silent, client = await _connecting(nursery, gateway)
+        await client.send_eof()
+        left = trio.current_time()
+        await wait_until(lambda: silent.closed_at, "the connect abandoned")
+        await trio.sleep(1.5)
+    assert silent.accepted == 1
+    assert silent.closed_at[0] - left < 0.8
+
+
+class Deaf:
+    """An upstream that accepts connections and never reads from them (a write to it waits, then write_timeout)."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.accepted = 0
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        self.port = sock.getsockname()[1]
+        held = []
+        task_status.started(self.port)
+        try:
+            with sock:
+                while True:
+                    conn, _ = await sock.accept()
+                    held.append(conn)
+                    self.accepted += 1
+        finally:
+            for conn in held:
+                conn.close()
+
+
+async def test_a_client_that_leaves_while_its_request_is_written_ends_the_tries(nursery, gateway):
+    """nginx's check of the client runs while the request is written upstream too (ngx_http_upstream.c:661 sets
+    ngx_http_upstream_rd_check_broken_connection for the whole upstream exchange): a client that closes then ends
+    the request at once with 499, and ngx_http_upstream_next (line 4677) tries no other server for it. An idempotent
+    PUT whose client left while the upstream would not read it is not sent again after write_timeout."""
+    deaf = Deaf()
+    await nursery.start(deaf.serve)
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{deaf.port}", write_timeout=1000,
+                                               retries=5)]})
+    size = 16 << 20  # more than loopback's socket buffers take
+    with trio.fail_after(TIMEOUT):
+        client = await trio.open_tcp_stream("127.0.0.1", port)
+        await client.send_all(b"PUT /x HTTP/1.1\r\nhost: gw\r\ncontent-length: %d\r\n\r\n" % size)
+        chunk = b"x" * (1 << 20)
+        for _ in range(size // len(chunk)):
+            await client.send_all(chunk)
+        await wait_until(lambda: deaf.accepted >= 1, "the write upstream")
+        await trio.sleep(0.2)
+        await client.aclose()  # gone while the gateway writes the body to the first try's target
+        await trio.sleep(2.0)  # past the first try's write_timeout
+    assert deaf.accepted == 1
