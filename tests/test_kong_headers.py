@@ -173,10 +173,32 @@ def test_the_defaults_own_code_says_what_the_general_code_says(upstream, answere
     results = []
     for add in (kong._add_defaults, kong._add_any):
         ex = SimpleNamespace(request_id=b"rid", tries=[last] if answered else [], started=10.0 if answered else 0.0,
-                             request=None, state=None, status=200)
+                             request=None, state=None, status=200, phases=None)
         headers = [(b"content-type", b"text/plain"), *upstream]
         results.append((add(ex, headers, 200), headers))
     assert results[0] == results[1]
+
+
+def _proxied(phases: object) -> SimpleNamespace:
+    last = SimpleNamespace(head_at=10.0042, started=10.0011)
+    return SimpleNamespace(request_id=b"rid", tries=[last], started=10.0, request=None, state=None, status=201,
+                           phases=phases)
+
+
+def test_without_response_phases_the_upstream_status_is_a_line_added_after_the_head():
+    """No header filter runs: before and after Kong's plugins' header filters are one place, so the line is added
+    with the others (kong/runloop/handler.lua header_filter.before's header[X-Kong-Upstream-Status])."""
+    kong = KongHeaders.from_setting(["X-Kong-Upstream-Status"])
+    assert b"X-Kong-Upstream-Status: 201\r\n" in kong.add(_proxied(None), [(b"date", b"d")], 201)
+
+
+def test_with_response_phases_the_upstream_status_is_left_to_them():
+    """A request whose plugins filter the headers got X-Kong-Upstream-Status before the filters
+    (gateway.pipeline.phases, Kong's header_filter.before): not added again after them, where a filter may have
+    renamed or removed it."""
+    kong = KongHeaders.from_setting(["X-Kong-Upstream-Status", "X-Kong-Request-Id"])
+    lines = kong.add(_proxied(object()), [(b"date", b"d")], 201)
+    assert lines == b"X-Kong-Request-Id: rid\r\n"
 
 
 @pytest.mark.parametrize("name", ["X-Pad", "X-Accel-Expires", "X-Accel-Redirect", "X-Accel-Limit-Rate",

@@ -39,7 +39,7 @@ class AccessOnly:
 
 
 def exchange(method: bytes = b"GET") -> SimpleNamespace:
-    return SimpleNamespace(request=SimpleNamespace(method=method), state=None)
+    return SimpleNamespace(request=SimpleNamespace(method=method), state=None, tries=None)  # (the gateway's own answer)
 
 
 def test_a_chain_without_response_phases_has_none():

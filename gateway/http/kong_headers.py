@@ -8,7 +8,9 @@ filter's last step, after the plugins'):
     a proxy-cache hit     the same (upstream latency 0), but Via: 1.1 <token> alone (the stored one replaced)
     the gateway's own     Server: <token>; X-Kong-Response-Latency (request head -> answer, ms)
     both                  X-Kong-Request-Id (the id the request is logged and answered under)
-`X-Kong-Upstream-Status` (the upstream's status) is off by default. The token names this gateway, not Kong:
+`X-Kong-Upstream-Status` (the upstream's status) is off by default; Kong sets it before the plugins' header filters
+(header_filter.before), so a request with response phases gets it from those (gateway.pipeline.phases), and only one
+without, on which no filter runs, from here. The token names this gateway, not Kong:
 `mcp-gateway/<version>`. The settings are parsed once (KongHeaders); a response costs one call that returns the
 lines to add, formatted.
 
@@ -55,7 +57,8 @@ UPSTREAM_HEADERS = ("x-kong-request-id",)
 # What Kong's runloop sets by assignment on a proxied answer, when `headers` has it on (kong/runloop/handler.lua
 # header_filter: `header[name] = value`, which replaces the upstream's lines of that name: lua-nginx-module's
 # ngx_http_set_header_helper). Its Via extends the upstream's and its Server is only added: neither is here.
-ASSIGNED_BY_KONG = frozenset({b"x-kong-upstream-latency", b"x-kong-proxy-latency", b"x-kong-upstream-status",
+UPSTREAM_STATUS = b"x-kong-upstream-status"
+ASSIGNED_BY_KONG = frozenset({b"x-kong-upstream-latency", b"x-kong-proxy-latency", UPSTREAM_STATUS,
                               b"x-kong-request-id"})
 
 CHARSET_OFF = "off"  # nginx's `charset off` (compared as nginx does: case-sensitive)
@@ -113,7 +116,7 @@ class KongHeaders:
     case, on every response), else the general one."""
 
     __slots__ = ("via", "server", "upstream_status", "request_id", "assigned", "_proxied", "_cached", "_own",
-                 "_plugins_server", "_clock", "add", "types")
+                 "_plugins_server", "_filtered", "_clock", "add", "types")
 
     def __init__(self, on: set[str], charset: str = KONG_CHARSET) -> None:
         # a Content-Type value -> what nginx's charset filter makes of it, or None (most: left as they are)
@@ -130,6 +133,7 @@ class KongHeaders:
             proxied += b"X-Kong-Upstream-Latency: %(u)d\r\n"
         if "x-kong-proxy-latency" in on:
             proxied += b"X-Kong-Proxy-Latency: %(p)d\r\n"
+        filtered = proxied  # (with response phases: X-Kong-Upstream-Status went in before the filters)
         if self.upstream_status:  # (a cache hit's is the stored response's status, as Kong's ngx.status)
             proxied += b"X-Kong-Upstream-Status: %(s)d\r\n"
         cached = proxied
@@ -143,8 +147,10 @@ class KongHeaders:
             cached += b"X-Kong-Request-Id: %(r)b\r\n"
             own += b"X-Kong-Request-Id: %(r)b\r\n"
             plugins_server += b"X-Kong-Request-Id: %(r)b\r\n"
+            filtered += b"X-Kong-Request-Id: %(r)b\r\n"
         self._proxied = proxied
         self._cached = cached
+        self._filtered = filtered
         self._own = own
         self._plugins_server = plugins_server
         self._clock: Callable[[], float] = run_clock()
@@ -167,8 +173,10 @@ class KongHeaders:
         if tries:
             last = tries[-1]
             sent = last.started
-            lines = self._proxied % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
-                                     b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
+            # (X-Kong-Upstream-Status: set before the header filters, when the request has them)
+            fmt = self._filtered if self.upstream_status and ex.phases is not None else self._proxied
+            lines = fmt % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
+                           b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             seen = dict(headers)
             if self.types[seen.get(b"content-type")] is not None:
                 self._charset(ex, headers)
@@ -245,7 +253,8 @@ class KongHeaders:
         proxied response, the upstream latency 0, the proxy latency the time to this answer and the upstream status
         the stored one; Server only when the stored response has none, and Via the gateway's alone: Kong (3.8+)
         extends $upstream_http_via, which a request no upstream answered does not have, so the stored Via goes."""
-        lines = self._cached % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
+        fmt = self._filtered if self.upstream_status and ex.phases is not None else self._cached
+        lines = fmt % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
         seen = dict(headers)
         if self.types[seen.get(b"content-type")] is not None:
             self._charset(ex, headers)

@@ -4,25 +4,33 @@ get_value_to_hash (kong/runloop/balancer/init.lua).
 As in Kong, a value that is present but empty is a key (hash_fallback is for a value that is absent), and
 `hash_on: cookie` always yields one: without the cookie a new UUID is the key, and the response (whichever target,
 or the gateway itself after failed tries, answers) carries `Set-Cookie: <name>=<uuid>; Path=<hash_on_cookie_path>;
-Same-Site=Lax; HttpOnly`, so the client's next requests go where this one went.
+Same-Site=Lax; HttpOnly`, so the client's next requests go where this one went. The line waits in the lines added to
+the head (Exchange.response_lines); a request whose plugins filter the headers has it set in the headers before they
+run, as Kong's header_filter.before does (`set_new_cookie`, from gateway.pipeline.phases).
 """
 
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 from urllib.parse import unquote_to_bytes
 
+from gateway.http.codec import Headers
 from gateway.http.cookies import cookie_value
 from gateway.http.server import Exchange
 from gateway.routing import Match
 from gateway.routing.normalize import nginx_uri
-from gateway.runtime import UpstreamGroup
+
+if TYPE_CHECKING:  # (gateway.runtime imports gateway.pipeline.phases, which imports this module)
+    from gateway.runtime import UpstreamGroup
 
 _HASHING = frozenset({"consistent-hashing", "ip-hash"})
 MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: the query arguments looked at
 # The $http_ variables nginx defines itself (ngx_http_variables.c): they read the headers_in list that only a field
 # spelled with dashes joins (ngx_http_headers_in), so an X_Forwarded_For field is not $http_x_forwarded_for.
 _NGINX_OWN = frozenset({b"host", b"user-agent", b"referer", b"via", b"x-forwarded-for", b"cookie"})
+_LINE = b"Set-Cookie: "  # the start of _new_cookie's line: no other policy adds a Set-Cookie to response_lines
+NEW_COOKIE = "hash_cookie"  # ex.state: the header value of _new_cookie's line, once set_new_cookie took it
 
 
 def balancer_key(group: UpstreamGroup, ex: Exchange, match: Match) -> bytes | None:
@@ -81,8 +89,43 @@ def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
 def _new_cookie(group: UpstreamGroup, ex: Exchange, name: bytes) -> bytes:
     """No cookie: a new UUID is the key, and the response sets it (Kong's balancer.set_cookie, its attributes)."""
     value = str(uuid.uuid4()).encode()
-    ex.add_response_lines(b"Set-Cookie: %s=%s; Path=%s; Same-Site=Lax; HttpOnly\r\n"
+    ex.add_response_lines(_LINE + b"%s=%s; Path=%s; Same-Site=Lax; HttpOnly\r\n"
                           % (_safe(name), value, _safe(group.cookie_path.encode())))
+    return value
+
+
+def set_new_cookie(ex: Exchange, headers: Headers) -> Headers:
+    """`headers` (not changed: a new list, or itself) with the cookie _new_cookie made, for a proxied response whose
+    plugins filter the headers: Kong's balancer.set_cookie in header_filter.before (kong/runloop/balancer/init.lua),
+    which replaces the first Set-Cookie of that cookie's name (its value starting with "<name>=", case-sensitive) or
+    adds one, the others left as they are. The line leaves response_lines for ex.state, where an answer given in the
+    response's place (a 502 after its body broke off) finds it again."""
+    lines = ex.response_lines
+    value: bytes | None
+    if lines and _LINE in lines:
+        value = _take_line(ex, lines)
+    elif (state := ex.state) is None or (value := state.get(NEW_COOKIE)) is None:
+        return headers
+    prefix = value[:value.index(b"=") + 1]
+    for i, (name, old) in enumerate(headers):
+        if name == b"set-cookie" and old.startswith(prefix):
+            return headers[:i] + [(name, value)] + headers[i + 1:]
+    return [*headers, (b"set-cookie", value)]
+
+
+def _take_line(ex: Exchange, lines: bytes) -> bytes:
+    """The value of _new_cookie's line, taken out of response_lines (`lines`, which have it) and kept in ex.state."""
+    value = b""
+    kept = []
+    for line in lines.splitlines(keepends=True):
+        if line.startswith(_LINE):
+            value = line[len(_LINE):].rstrip(b"\r\n")
+        else:
+            kept.append(line)
+    ex.response_lines = b"".join(kept)
+    if ex.state is None:
+        ex.state = {}
+    ex.state[NEW_COOKIE] = value
     return value
 
 

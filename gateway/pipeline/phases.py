@@ -2,7 +2,10 @@
 
 - header_filter runs on every response the request gets, proxied or answered by the gateway itself (a 401 from an
   authentication plugin, a 429, a 404 with no route: then the global plugins' filters run, as in Kong), before the
-  head is written, so the head stays one write. Like Kong, it runs for every plugin of the request's chain, also
+  head is written, so the head stays one write. The headers a policy set in access go in first, then on a proxied
+  response what Kong's runloop sets before the plugins' filters (header_filter.before): X-Kong-Upstream-Status and
+  the balancer's new hash_on cookie, so a filter can rename or remove them; Kong's other headers come after the
+  filters (gateway.http.kong_headers). Like Kong, it runs for every plugin of the request's chain, also
   those after the one that answered. A header filter may answer in the response's place by raising Exit (Kong's
   kong.response.exit(status) in header_filter: response-ratelimiting's 429). When the gateway answers in place of
   a response whose head the filters saw (`filter_head`, then its body broke off or stalled while read whole: a 502
@@ -26,8 +29,10 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from gateway.http.codec import END, NEED_DATA, Headers
+from gateway.http.kong_headers import PROXIED, UPSTREAM_STATUS
 from gateway.http.server import HEADERS_SET, Exchange
 from gateway.http.timers import Phase
+from gateway.pipeline.hashing import set_new_cookie
 
 log = logging.getLogger("gateway.phases")
 
@@ -129,11 +134,14 @@ class ResponsePhases:
 
     def _header_filters(self, ex: Exchange, status: int, headers: Headers) -> tuple[int, Headers, bool]:
         """The header filters, headers a policy set in access (Exchange.set_response_header) going in first, as
-        Kong's do: (status, headers, exited), a filter's Exit giving its status and Content-Length: 0."""
+        Kong's do, then Kong's header_filter.before: (status, headers, exited), a filter's Exit giving its status and
+        Content-Length: 0."""
         state = ex.state
         if state and (headers_set := state.get(HEADERS_SET)):  # (kept for an answer in the response's place)
             names = {name for name, _ in headers_set}
             headers = [hv for hv in headers if hv[0] not in names] + headers_set
+        if ex.tries or (state and PROXIED in state):  # Kong's ctx.KONG_PROXIED
+            headers = _before(ex, status, headers)
         try:
             for f in self.header_filters:
                 headers = f.header_filter(ex, status, headers)
@@ -154,6 +162,19 @@ class ResponsePhases:
         for f in self.event_filters:
             event = f.event_filter(ex, event)
         return event
+
+
+def _before(ex: Exchange, status: int, headers: Headers) -> Headers:
+    """What Kong's runloop sets on a proxied response before the plugins' header filters (kong/runloop/handler.lua
+    header_filter.before, run first by kong/init.lua Kong.header_filter): X-Kong-Upstream-Status, `status`, when
+    kong.conf's `headers` has it on (by assignment: in place of any of that name; KongHeaders leaves its line out when
+    the request has response phases), then the balancer's new hash_on cookie (hashing.set_new_cookie). The list
+    given is left as it is (filter_head knows the response by it): what changes is a new one."""
+    kong = ex.settings.kong_headers
+    if kong is not None and kong.upstream_status:
+        headers = [hv for hv in headers if hv[0] != UPSTREAM_STATUS]
+        headers.append((UPSTREAM_STATUS, b"%d" % status))
+    return set_new_cookie(ex, headers)
 
 
 async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, read_timeout: float,

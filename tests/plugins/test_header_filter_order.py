@@ -1,15 +1,19 @@
 """Response headers a plugin sets in access are there before the header filters run, as Kong's (set through
 ngx.header in access, then kong/init.lua Kong.header_filter runs the collected plugins' header_filter): rate-limiting's,
-which response-transformer (priority 800, after rate-limiting's 910) can remove, rename or find present."""
+which response-transformer (priority 800, after rate-limiting's 910) can remove, rename or find present. So are those
+Kong's runloop sets on a proxied response in header_filter.before, which Kong.header_filter runs before the plugins':
+X-Kong-Upstream-Status and the balancer's new hash_on cookie."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import msgspec
-from plugin_helpers import call, http_codec, plugin, start  # noqa: F401 - http_codec: the tests' codec fixture
+from backends import EchoBackend, service, upstream
+from plugin_helpers import call, headers_of, http_codec, plugin, start  # noqa: F401 - http_codec: the codec fixture
 
 from gateway.http.server import Exchange
+from gateway.pipeline.hashing import NEW_COOKIE, set_new_cookie
 from gateway.pipeline.phases import ResponsePhases
 from gateway.policies.rate_limiting.handler import RateLimiting
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
@@ -102,3 +106,119 @@ def test_header_pairs_are_the_lines_with_lower_case_names():
     """The header filters compare names in lower case (gateway.pipeline.phases.HeaderFilter)."""
     assert header_pairs(b"Retry-After: 5\r\nRateLimit-Reset: 7\r\n") == [(b"retry-after", b"5"),
                                                                          (b"ratelimit-reset", b"7")]
+
+
+# --- Kong's header_filter.before: X-Kong-Upstream-Status and the hash_on cookie -------------------------------------
+
+COOKIE = b"sticky=5c3b2c5e-8f4a-4c1e-9a57-0b6f3d8e2a11; Path=/; Same-Site=Lax; HttpOnly"
+
+
+async def test_response_transformer_renames_the_upstream_status_header_kong_sets_before_it(nursery, gateway):
+    """kong/runloop/handler.lua header_filter.before sets X-Kong-Upstream-Status when kong.conf's `headers` has it,
+    and kong/init.lua Kong.header_filter runs that before execute_collected_plugins_iterator(..., "header_filter"):
+    response-transformer's rename (header_transformer.lua transform_headers) finds it and moves it."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({
+        "services": [service("svc", f"http://127.0.0.1:{backend.port}", [{"paths": ["/"]}])],
+        "plugins": [plugin("response-transformer",
+                           rename={"headers": ["X-Kong-Upstream-Status:X-Upstream-Status"]})]},
+        headers=["X-Kong-Upstream-Status"])
+    reply = await call(port, "/?status=201")
+    assert reply.status == 201
+    assert reply.header("x-upstream-status") == "201"
+    assert reply.header("x-kong-upstream-status") is None
+
+
+async def test_the_upstream_status_header_is_sent_once_when_a_header_filter_runs(nursery, gateway):
+    """With a header filter on the route, X-Kong-Upstream-Status goes in before it (handler.lua header_filter.before)
+    and nothing adds it again after the filters (header_filter.after sets only the latencies, Via, Server and the
+    request id)."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    port = await gateway({
+        "services": [service("svc", f"http://127.0.0.1:{backend.port}", [{"paths": ["/"]}])],
+        "plugins": [plugin("response-transformer", add={"headers": ["X-Filtered:1"]})]},
+        headers=["X-Kong-Upstream-Status"])
+    reply = await call(port, "/?status=202")
+    assert reply.header("x-filtered") == "1"
+    assert headers_of(reply, "x-kong-upstream-status") == ["202"]
+
+
+async def _hash_on_cookie(nursery, gateway, transformer: dict, upstream_cookies=()):  # noqa: ANN001, ANN202
+    backend = EchoBackend()
+    backend.extra_headers = list(upstream_cookies)
+    await nursery.start(backend.serve)
+    return await gateway({
+        "services": [service("svc", "http://sticky")],
+        "upstreams": [upstream("sticky", [backend.port], algorithm="consistent-hashing", hash_on="cookie",
+                               hash_on_cookie="sticky")],
+        "plugins": [plugin("response-transformer", **transformer)]})
+
+
+async def test_response_transformer_renames_the_hash_on_cookie_kong_sets_before_it(nursery, gateway):
+    """kong/runloop/handler.lua header_filter.before calls balancer.set_cookie(ctx.balancer_data.hash_cookie)
+    before the plugins' header filters: response-transformer's rename of Set-Cookie moves the new cookie too."""
+    port = await _hash_on_cookie(nursery, gateway, {"rename": {"headers": ["Set-Cookie:X-Sticky"]}})
+    reply = await call(port, "/")
+    assert reply.status == 200
+    assert headers_of(reply, "set-cookie") == []
+    assert [v.split("=")[0] for v in headers_of(reply, "x-sticky")] == ["sticky"]
+
+
+async def test_the_hash_on_cookie_replaces_the_upstreams_of_its_name_and_keeps_the_others(nursery, gateway):
+    """kong/runloop/balancer/init.lua set_cookie: the Set-Cookie value starting with "<hash_on_cookie>=" is replaced
+    in its place, the upstream's other cookies are kept."""
+    port = await _hash_on_cookie(nursery, gateway, {"add": {"headers": ["X-Filtered:1"]}},
+                                 [(b"set-cookie", b"sticky=upstream; Path=/"), (b"set-cookie", b"other=1")])
+    reply = await call(port, "/")
+    cookies = headers_of(reply, "set-cookie")
+    assert reply.header("x-filtered") == "1"
+    assert len(cookies) == 2 and cookies[1] == "other=1"
+    assert cookies[0].startswith("sticky=") and cookies[0].endswith("; Path=/; Same-Site=Lax; HttpOnly")
+    assert cookies[0] != "sticky=upstream; Path=/"
+
+
+def _answering(lines: bytes = b"") -> SimpleNamespace:
+    """What set_new_cookie uses of an Exchange: the lines for the head and the per-request state."""
+    return SimpleNamespace(response_lines=lines, state=None)
+
+
+def test_set_cookie_adds_the_new_cookie_when_the_response_has_none_of_its_name():
+    """balancer.set_cookie: a Set-Cookie of another name is kept and the new one added (a table of both)."""
+    ex = _answering(b"X-RateLimit-Limit-Minute: 5\r\nSet-Cookie: " + COOKIE + b"\r\n")
+    headers = [(b"set-cookie", b"a=1")]
+    assert set_new_cookie(ex, headers) == [(b"set-cookie", b"a=1"), (b"set-cookie", COOKIE)]  # type: ignore[arg-type]
+    assert headers == [(b"set-cookie", b"a=1")]  # (a new list: filter_head knows the response by the one given)
+    assert ex.response_lines == b"X-RateLimit-Limit-Minute: 5\r\n"  # not sent again after the filters
+
+
+def test_set_cookie_compares_the_cookie_name_case_sensitively():
+    """balancer.set_cookie compares `sub(cookie_header[i], 1, #prefix) == prefix`: Sticky= is another cookie."""
+    ex = _answering(b"Set-Cookie: " + COOKIE + b"\r\n")
+    assert set_new_cookie(ex, [(b"set-cookie", b"Sticky=x")]) == [  # type: ignore[arg-type]
+        (b"set-cookie", b"Sticky=x"), (b"set-cookie", COOKIE)]
+
+
+def test_set_cookie_replaces_only_the_first_cookie_of_its_name():
+    """balancer.set_cookie breaks at the first match: a later Set-Cookie of the same name stays."""
+    ex = _answering(b"Set-Cookie: " + COOKIE + b"\r\n")
+    headers = [(b"set-cookie", b"sticky=1"), (b"x", b"y"), (b"set-cookie", b"sticky=2")]
+    assert set_new_cookie(ex, headers) == [  # type: ignore[arg-type]
+        (b"set-cookie", COOKIE), (b"x", b"y"), (b"set-cookie", b"sticky=2")]
+
+
+def test_the_new_cookie_is_set_again_on_an_answer_in_the_responses_place():
+    """A 502 after the head's filters ran (its body broke off) is still the proxied request's answer (Kong's
+    ctx.balancer_data.hash_cookie stays): the cookie, taken out of the lines, is kept in the request's state."""
+    ex = _answering(b"Set-Cookie: " + COOKIE + b"\r\n")
+    set_new_cookie(ex, [])  # type: ignore[arg-type]
+    assert ex.state == {NEW_COOKIE: COOKIE} and ex.response_lines == b""
+    assert set_new_cookie(ex, [(b"content-length", b"0")]) == [  # type: ignore[arg-type]
+        (b"content-length", b"0"), (b"set-cookie", COOKIE)]
+
+
+def test_without_a_new_cookie_the_headers_are_left_as_they_are():
+    """Nothing of Kong's balancer.set_cookie without ctx.balancer_data.hash_cookie (the client sent the cookie)."""
+    headers = [(b"set-cookie", b"sticky=1")]
+    assert set_new_cookie(_answering(b"X-A: 1\r\n"), headers) is headers  # type: ignore[arg-type]
