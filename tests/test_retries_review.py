@@ -221,3 +221,85 @@ async def test_a_client_that_leaves_while_its_request_is_written_ends_the_tries(
         await client.aclose()  # gone while the gateway writes the body to the first try's target
         await trio.sleep(2.0)  # past the first try's write_timeout
     assert deaf.accepted == 1
+
+
+LC_TIMEOUT = 10
+
+
+class Holder:
+    """An HTTP/1.1 upstream on 127.0.0.1 that answers "<name>" to every request; one whose path starts with /hold
+    after `hold` seconds. With `once`, it stops listening after its first connection (later connects are refused)
+    while that connection is served on."""
+
+    def __init__(self, name: str, hold: float = 4.0, once: bool = False) -> None:
+        self.name = name
+        self.hold = hold
+        self.once = once
+        self.port = 0
+        self.paths: list[str] = []
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        sock = trio.socket.socket()
+        await sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        self.port = sock.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            try:
+                while True:
+                    conn, _ = await sock.accept()
+                    nursery.start_soon(self._serve, conn)
+                    if self.once:
+                        sock.close()
+                        return
+            finally:
+                sock.close()
+
+    async def _serve(self, conn) -> None:  # noqa: ANN001
+        with conn:
+            data = b""
+            try:
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        more = await conn.recv(65536)
+                        if not more:
+                            return
+                        data += more
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    path = head.split(b" ", 2)[1].decode()
+                    self.paths.append(path)
+                    if path.startswith("/hold"):
+                        await trio.sleep(self.hold)
+                    body = self.name.encode()
+                    await conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+            except OSError:
+                return
+
+
+async def test_least_connections_keeps_the_count_of_a_request_in_flight_when_another_connect_to_its_target_fails(
+        nursery, gateway):
+    """Each try gives back only the count it took: Kong's least-connections counts an address when getPeer picks
+    it (kong/runloop/balancer/least_connections.lua getPeer: `updateConnectionCount(self.binaryHeap, address, 1)`)
+    and gives that count back on the retry or at the end (releaseHandleAddress), a refused connect included.
+
+    A (index 0) holds /hold-1 and then refuses connects; B holds /hold-2. One request in flight each: the tie goes
+    to A, whose connect is refused (502, retries 0). A and B still have one request each in flight and A was picked
+    last, so the next request goes to B (least_connections.py: the pass of the one served least), a 200. With A's
+    count taken away by the refused connect, A (0 in flight) is picked again and refuses: a 502."""
+    a, b = Holder("A", once=True), Holder("B")
+    await nursery.start(a.serve)
+    await nursery.start(b.serve)
+    port = await gateway({"services": [service("svc", "http://pair", retries=0, connect_timeout=2000)],
+                          "upstreams": [upstream("pair", [a.port, b.port], algorithm="least-connections")]})
+    with trio.fail_after(LC_TIMEOUT):
+        async with trio.open_nursery() as held:
+            held.start_soon(request, port, "GET", "/hold-1")
+            await wait_until(lambda: "/hold-1" in a.paths + b.paths, "the first request upstream")
+            held.start_soon(request, port, "GET", "/hold-2")
+            await wait_until(lambda: "/hold-2" in a.paths + b.paths, "the second request upstream")
+            assert (a.paths, b.paths) == (["/hold-1"], ["/hold-2"])
+            refused = await request(port, "GET", "/third")  # the tie: A, which refuses
+            assert refused.status == 502, (refused.status, refused.body)
+            reply = await request(port, "GET", "/fourth")
+            assert (reply.status, reply.body) == (200, b"B"), (reply.status, reply.body)
+            held.cancel_scope.cancel()

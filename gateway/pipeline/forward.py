@@ -293,6 +293,8 @@ class Forwarder:
         now = attempt.started = self.clock()
         active = self.active
         active[attempt.key] = active.get(attempt.key, 0) + 1  # until _finished
+        if attempt.balancer.follows_load:  # counted as picked, as Kong's getPeer counts it: _finished gives it back
+            attempt.balancer.started(attempt.index)
         # Spend a half-open probe permit before the first await: otherwise another request of this worker could
         # pick the target meanwhile (it is not skipped while we hold the permit) and reach it as a non-probe.
         if attempt.group.breakers:
@@ -326,8 +328,6 @@ class Forwarder:
         else:
             spooled = body
             spooled.rewind()  # type: ignore[union-attr]  # (a try after a failed one starts over)
-        if attempt.balancer.follows_load:
-            attempt.balancer.started(attempt.index)
         try:
             # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
             # answers 504, and the cleanup below runs as the cancellation passes through.
@@ -553,7 +553,7 @@ class Forwarder:
         if target.named and address is None:
             try:
                 address, port = await locate(target.host, target.port)
-            except NameResolutionFailed:
+            except BaseException:  # no address (NameResolutionFailed), or cancelled: the try ends here
                 self._finished(attempt, False, 0)
                 raise
         return _pool_key(target, tls, address, sni, port)
