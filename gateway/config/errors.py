@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 import msgspec.inspect as mi
@@ -257,19 +258,26 @@ _LONG_SECRET = 8  # a secret this long is hidden in every message; a shorter one
 
 @dataclass
 class _Hidden:
-    """A resolved secret, the reference it came from, and the field path (or entity) whose messages may show it."""
+    """A resolved secret (or a part of one), the reference it came from, the field path (or entity) whose messages
+    may show it, and whether every other message may not (`anywhere`). A part of a URL secret is matched as a word of
+    its own (`bounded`), never inside a longer one."""
 
     secret: str
     reference: str
     scope: str
+    anywhere: bool
+    bounded: bool = False
     pattern: re.Pattern[str] = field(init=False)
     note: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.note = f" ({self.reference} is shown in place of the secret it resolved to)"
         forms = sorted({self.secret, show(self.secret)[1:-1], repr(self.secret)[1:-1]} - {""}, key=len, reverse=True)
+        hidden = "|".join(map(re.escape, forms))
+        if self.bounded:
+            hidden = rf"(?<![0-9A-Za-z])(?:{hidden})(?![0-9A-Za-z])"
         # the reference and the note first: text already reported is matched as it is, so reporting twice is the same
-        self.pattern = re.compile("|".join(map(re.escape, [self.note, self.reference, *forms])))
+        self.pattern = re.compile("|".join([re.escape(self.note), re.escape(self.reference), hidden]))
 
     def replace(self, m: re.Match[str]) -> str:
         """A match of `pattern`: the note and the reference stay, a form of the secret becomes the reference."""
@@ -278,6 +286,7 @@ class _Hidden:
 
 _hidden: list[_Hidden] = []
 _variables: dict[str, str] = {}  # a `gateway.<field>` path -> the KONG_<KEY> variable that set it
+_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://([^/?#]*)")  # a URL's scheme and its netloc (RFC 3986)
 
 
 def new_load() -> None:
@@ -288,9 +297,34 @@ def new_load() -> None:
 
 def hide(secret: str, reference: str, scope: str) -> None:
     """Have messages show `reference` in place of `secret`: those naming `scope` (a field path or an entity's path,
-    `plugins[0]`), and every message when the secret is long enough not to be an ordinary word."""
-    if secret and secret != reference:
-        _hidden.append(_Hidden(secret, reference, scope))
+    `plugins[0]`), and every message when the secret is long enough not to be an ordinary word. Of a URL, its parts
+    too, which a message may quote alone (Python's urlsplit quotes the netloc or the host it refuses): its user info
+    and password as a secret is hidden; its netloc and host where `scope` is named, when not an ordinary word."""
+    if not secret or secret == reference:
+        return
+    _hidden.append(_Hidden(secret, reference, scope, len(secret) >= _LONG_SECRET))
+    credentials, others = _url_parts(secret)
+    parts = {part: len(part) >= _LONG_SECRET for part in credentials}
+    parts.update((part, False) for part in others if len(part) >= _LONG_SECRET and part not in parts)
+    for part in sorted(parts.keys() - {secret, reference}, key=len, reverse=True):  # (a part before those in it)
+        _hidden.append(_Hidden(part, reference, scope, parts[part], bounded=True))
+
+
+def _url_parts(secret: str) -> tuple[set[str], set[str]]:
+    """A URL's credentials (its user info and password, as written and unescaped) and the other parts of its
+    authority (netloc, host and port, host); empty sets for text that is no URL."""
+    m = _AUTHORITY.match(secret)
+    if m is None:
+        return set(), set()
+    netloc = m.group(1)
+    userinfo, _, hostport = netloc.rpartition("@")
+    password = userinfo.partition(":")[2]
+    if ":" not in hostport or hostport.startswith("[") and "]:" not in hostport:
+        host = hostport  # (no port: an IPv6 address in brackets has colons of its own)
+    else:
+        host = hostport.rpartition(":")[0]
+    credentials = {userinfo, unquote(userinfo), password, unquote(password)} - {""}
+    return credentials, {netloc, hostport, host, host.strip("[]")} - {""}
 
 
 def name_variable(path: str, variable: str) -> None:
@@ -300,8 +334,12 @@ def name_variable(path: str, variable: str) -> None:
 
 def _named_at(message: str, path: str) -> int | None:
     """Where the text after the first mention of the field path `path` (or of a path under it) in `message` starts,
-    past its ": "; None when there is none."""
-    m = re.search(rf"(?:^|(?<=[\s:])){re.escape(path)}(?=[.:\[\s]|$)[^\s:]*(?:: )?", message)
+    past its ": "; None when there is none. A check's message under its mapping's path names the field after it
+    (`gateway: headers: invalid entry ...`, msgspec's path and a __post_init__'s words): that mentions
+    `gateway.headers` too."""
+    parent, dot, last = path.rpartition(".")
+    named = rf"{re.escape(parent)}(?:\.|: ){re.escape(last)}" if dot else re.escape(path)
+    m = re.search(rf"(?:^|(?<=[\s:])){named}(?=[.:\[\s]|$)[^\s:]*(?:: )?", message)
     return None if m is None else m.end()
 
 
@@ -310,7 +348,7 @@ def as_reported(message: str) -> str:
     named where it set the field. Reporting a reported message changes nothing."""
     for hidden in _hidden:
         start = _named_at(message, hidden.scope)
-        if start is None and len(hidden.secret) < _LONG_SECRET:
+        if start is None and not hidden.anywhere:
             continue
         start = start or 0
         replaced = hidden.pattern.sub(hidden.replace, message[start:])

@@ -105,6 +105,7 @@ DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
 _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 # Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+_SECTION_CHECK = re.compile(r"gateway: ([a-z0-9_]+)(?=[:\s\[.]|$)")  # a GatewaySettings check's own words
 log = logging.getLogger("gateway.config")
 _announced: dict[str, str] = {}  # the KONG_ variables this process last said it applied
 
@@ -200,8 +201,12 @@ def _kind(value: Any) -> str:
 
 
 def _field(message: str) -> str:
-    """The field a message is about: its path, without indices (`gateway.trusted_ips`)."""
-    return message.split(":", 1)[0].split("[", 1)[0]
+    """The field a message is about: its path, without indices (`gateway.trusted_ips`); a check of the `gateway:`
+    section names its field after the section's path (`gateway: headers: invalid entry ...`)."""
+    path = message.split(":", 1)[0]
+    if path == "gateway" and (m := _SECTION_CHECK.match(message)):
+        path = f"gateway.{m.group(1)}"
+    return path.split("[", 1)[0]
 
 
 def _settings(raw: dict[str, Any], environ: Mapping[str, str], environment: dict[str, str],
@@ -219,7 +224,7 @@ def _settings(raw: dict[str, Any], environ: Mapping[str, str], environment: dict
         if key in kong_conf.ALIASES:
             name_variable(f"gateway.{kong_conf.ALIASES[key]}", variable)
     block = kong_conf.overridden(block, environment, environ)
-    raw["gateway"], unresolved = resolve_settings(block, kong_conf.ALIASES, errors)
+    raw["gateway"], unresolved = resolve_settings(block, kong_conf.ALIASES, errors, environ)
     return unresolved
 
 

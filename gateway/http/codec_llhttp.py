@@ -570,12 +570,13 @@ class LlhttpServer(_Parsing):
             self._fail(e)
             return True
         # a method nginx takes and llhttp does not know: read as GET, the Request given the client's (_SentMethod)
-        self._as_sent = method if NGINX_METHOD.fullmatch(method) is not None and not _LLHTTP_KNOWS[method] else b""
-        if self._as_sent:
+        as_sent = method if NGINX_METHOD.fullmatch(method) is not None and not _LLHTTP_KNOWS[method] else b""
+        if as_sent:
             mended = _as_known_method(head if mended is None else mended, method)
-        elif mended is None:
+        elif mended is None:  # (nothing to mend: a head read as GET and refused again keeps the method as sent)
             return False
-        self._parser = httptools.HttpRequestParser(_SentMethod(self) if self._as_sent else self)
+        self._as_sent = as_sent
+        self._parser = httptools.HttpRequestParser(_SentMethod(self) if as_sent else self)
         self._head_chunks = []
         self._before, self._prev = b"", mended
         self._feed(mended)

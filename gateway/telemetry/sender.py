@@ -48,16 +48,20 @@ class Endpoint:
     __slots__ = ("url", "scheme", "host", "port", "target", "authorization", "host_header")
 
     def __init__(self, url: str) -> None:
-        parts = urlsplit(url)
+        # No message quotes the URL or a part of it: its user info may be a password (a vault reference's secret).
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:
+            raise ValueError(f"not a valid URL: {_unparsable(e)}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"expected an http:// or https:// URL with a host, got {url!r}")
+            raise ValueError("expected an http:// or https:// URL with a host")
         self.url = url
         self.scheme = parts.scheme
         self.host = parts.hostname
         try:
             port = parts.port
         except ValueError:
-            raise ValueError(f"invalid port in {url!r}") from None
+            raise ValueError("invalid port: expected a number from 0 to 65535 after the host's colon") from None
         self.port = port or (443 if parts.scheme == "https" else 80)
         self.target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         self.authorization: bytes | None = None
@@ -70,6 +74,18 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"{self.scheme}://{self.host}:{self.port}{self.target.split('?', 1)[0]}"
+
+
+def _unparsable(error: ValueError) -> str:
+    """Why urlsplit refused a URL, in words that do not quote it (its own messages quote the netloc or the host)."""
+    text = str(error)
+    if "NFKC" in text:
+        return "its host or user info holds a character that Unicode normalization (NFKC) makes one of / ? # @ :"
+    if "IPv4 or IPv6" in text:
+        return "the host in brackets is not an IP address (brackets hold an IPv6 address, as in http://[::1]:8080/)"
+    if "IPv6" in text:
+        return "a [ or ] of the host is unbalanced (an IPv6 address is written http://[::1]:8080/)"
+    return "it cannot be split into scheme, host and path"
 
 
 def kept_alive(idle_since: float, keepalive: float) -> bool:

@@ -251,6 +251,23 @@ def test_a_refused_head_with_an_unknown_method_names_that_method(codec):
         assert (caught.value.status, caught.value.method) == (400, b"FOO"), chunks
 
 
+@pytest.mark.parametrize("fields", [b"Content-Length: 3\r\nContent-Length: 4\r\n",
+                                    b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"],
+                         ids=["two-lengths", "length-and-chunked"])
+def test_a_head_refused_for_its_framing_names_the_unknown_method_it_was_sent_with(codec, fields):
+    """nginx refuses these heads with 400 after reading the method as sent (ngx_http_request.c:1856, "client sent
+    duplicate header line", and :2070, "Content-Length" and "Transfer-Encoding"); llhttp refuses them itself, in the
+    head read again with GET in place of FOO, and the 400 and its log line still show FOO."""
+    raw = b"FOO /x HTTP/1.1\r\nHost: a\r\n" + fields + b"\r\nabcd"
+    for chunks in cuts(raw, 2, 8, 30):
+        server = codec_classes(codec)[0]()
+        with pytest.raises(ProtocolError) as caught:
+            for chunk in chunks:
+                server.receive_data(chunk)
+                server.next_event()
+        assert (caught.value.status, caught.value.method) == (400, b"FOO"), chunks
+
+
 def test_a_method_that_never_ends_is_414_once_it_fills_a_large_buffer(codec):
     """The method is the request line's start: nginx's 414 ("client sent too long URI") once the line needs more
     than a large header buffer (see check_head_lines), however slowly it comes."""

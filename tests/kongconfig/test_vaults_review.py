@@ -63,25 +63,67 @@ def test_a_json_secret_nested_too_deep_is_refused_naming_the_variable(monkeypatc
 # --- secrets in messages ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("plugin", "field", "value"), [
-    ("http-log", "http_endpoint", f"https://logger:{SECRET}@logs.example.com:99999/in"),
-    ("opentelemetry", "traces_endpoint", f"https://otel:{SECRET}@otel.example.com:99999/v1/traces"),
-    ("datadog", "host", f"agent {SECRET}"),
-])
-def test_a_message_about_a_referenced_field_shows_the_reference_not_the_secret(monkeypatch, tmp_path, plugin, field,
-                                                                               value):
+def check_messages(tmp_path, doc: dict) -> list[str]:
+    """The messages `gateway check-config` (and a reload) prints for `doc`."""
+    path = tmp_path / "kong.yml"
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError) as e:
+        check_file(str(path))
+    return [m.removeprefix(f"{path}: ") for m in e.value.messages]
+
+
+def test_a_message_about_a_referenced_field_shows_the_reference_not_the_secret(monkeypatch, tmp_path):
     """kong/db/schema/init.lua:995-997: `if field.referenceable and is_reference(value) then return true end` -
     Kong validates the reference, never the secret, so none of its messages can hold one. The gateway validates the
     secret (what it will use) and shows the reference in its place, in check-config's messages too."""
-    monkeypatch.setenv("THE_SECRET", value)
-    path = tmp_path / "kong.yml"
-    path.write_text(json.dumps({"plugins": [{"name": plugin, "config": {field: "{vault://env/the-secret}"}}]}))
-    with pytest.raises(ConfigError) as e:
-        check_file(str(path))  # what `gateway check-config` runs
-    (message,) = e.value.messages
+    monkeypatch.setenv("THE_SECRET", f"agent {SECRET}")
+    (message,) = check_messages(tmp_path, {"plugins": [{"name": "datadog",
+                                                         "config": {"host": "{vault://env/the-secret}"}}]})
     assert SECRET not in message
-    assert message.startswith(f"{path}: plugins[0].config.{field}: ")
+    assert message.startswith("plugins[0].config.host: ")
     assert message.endswith("({vault://env/the-secret} is shown in place of the secret it resolved to)")
+
+
+@pytest.mark.parametrize(("plugin", "field", "url"), [
+    ("http-log", "http_endpoint", f"https://logger:{SECRET}@logs.example.com:99999/in"),
+    ("opentelemetry", "traces_endpoint", f"https://otel:{SECRET}@otel.example.com:99999/v1/traces"),
+    ("http-log", "http_endpoint", f"https://logger:{SECRET}@[{SECRET}]/in"),
+    ("http-log", "http_endpoint", f"https://logger:Pa\uff03{SECRET}@logs.example.com/in"),
+])
+def test_a_message_about_a_referenced_endpoint_quotes_no_part_of_its_url(monkeypatch, tmp_path, plugin, field, url):
+    """kong/db/schema/init.lua:995-997 (Kong checks the reference only). A collector URL's checks (its port, an IP
+    literal in brackets, a character NFKC makes a delimiter, which Python's urlsplit refuses quoting the netloc or the
+    host) say what is wrong without quoting the URL or any part of it: its user info holds a password."""
+    monkeypatch.setenv("THE_SECRET", url)
+    (message,) = check_messages(tmp_path, {"plugins": [{"name": plugin,
+                                                         "config": {field: "{vault://env/the-secret}"}}]})
+    assert message.startswith(f"plugins[0].config.{field}: ")
+    assert SECRET not in message and "logger" not in message and "example.com" not in message
+
+
+def test_a_urls_credentials_and_host_quoted_alone_are_shown_as_the_reference():
+    """What any check might quote of a URL secret, as urlsplit quotes a netloc it refuses: its netloc, user info,
+    password or host is the reference where the field is named, and a password long enough not to be an ordinary
+    word is hidden in every message."""
+    new_load()
+    hide(f"https://logger:{SECRET}@logs.example.com:8080/in", "{vault://env/url}", "plugins[0]")
+    note = " ({vault://env/url} is shown in place of the secret it resolved to)"
+    for quoted in [f"logger:{SECRET}@logs.example.com:8080", f"logger:{SECRET}", SECRET, "logs.example.com"]:
+        assert as_reported(f"kong.yml: plugins[0].config.x: netloc '{quoted}' is bad") == (
+            "kong.yml: plugins[0].config.x: netloc '{vault://env/url}' is bad" + note)
+    assert as_reported(f"kong.yml: routes[0].name: {SECRET}") == "kong.yml: routes[0].name: {vault://env/url}" + note
+    assert as_reported("kong.yml: routes[0].hosts[0]: logs.example.com") == (
+        "kong.yml: routes[0].hosts[0]: logs.example.com")  # a host is no secret where the URL's field is not named
+    new_load()
+
+
+def test_a_urls_short_parts_are_not_taken_for_a_piece_of_a_word():
+    """A URL's parts are hidden as words of their own: a password `x` leaves the words that hold an x readable."""
+    new_load()
+    hide("https://u:x@host/", "{vault://env/url}", "plugins[0]")
+    assert as_reported("kong.yml: plugins[0].config.x: expected an http:// or https:// URL with a host") == (
+        "kong.yml: plugins[0].config.x: expected an http:// or https:// URL with a host")
+    new_load()
 
 
 def test_a_short_secret_is_hidden_only_in_the_messages_about_its_field():
@@ -290,6 +332,47 @@ def test_a_reference_in_a_gateway_setting_that_cannot_be_resolved_is_refused(mon
     monkeypatch.delenv("SSL_CERT", raising=False)
     assert errors({"gateway": {"ssl_cert": "{vault://env/ssl-cert}", "ssl_cert_key": "/k.pem"}}) == [
         "gateway.ssl_cert[0]: {vault://env/ssl-cert}: the environment variable SSL_CERT is not set"]
+
+
+@pytest.mark.parametrize("key", ["headers", "dns_order", "headers_upstream", "tracing_instrumentations"])
+def test_a_short_secret_in_a_gateway_list_setting_is_hidden_in_the_message_of_its_check(monkeypatch, tmp_path, key):
+    """init.lua:407-425 resolves each item of an array key; a secret under 8 characters is hidden where its field is
+    named, and the checks of these keys (Kong's wording, `gateway: <key>: invalid entry ...`) name it after the
+    section's path."""
+    monkeypatch.setenv("SHORT", "hunter2")
+    messages = check_messages(tmp_path, {"gateway": {key: "{vault://env/short}"}})
+    assert messages and all("hunter2" not in m for m in messages), messages
+    assert any("{vault://env/short}" in m for m in messages), messages
+
+
+def test_a_gateway_setting_whose_reference_cannot_be_resolved_is_reported_once(monkeypatch):
+    """init.lua:501-504 fails on the reference: what its text would make of the field (`invalid entry
+    '{vault://env/nope}'`) is not reported besides."""
+    monkeypatch.delenv("NOPE", raising=False)
+    assert errors({"gateway": {"headers": "{vault://env/nope}"}}) == [
+        "gateway.headers[0]: {vault://env/nope}: the environment variable NOPE is not set"]
+
+
+def test_a_gateway_settings_reference_is_resolved_from_the_environment_given_to_the_loader(monkeypatch):
+    """kong/conf_loader/init.lua:483-520 resolves kong.conf's references from the environment its variables come
+    from: parse_config's `environ` (the zygote's warm-up passes {}), not this process's."""
+    monkeypatch.setenv("IP_HEADER", "X-From-The-Process")
+    doc = json.dumps({"gateway": {"real_ip_header": "{vault://env/ip-header}"}})
+    given = parse_config(doc, "kong.yml", environ={"IP_HEADER": "X-Given"})
+    assert given.gateway.real_ip_header == "X-Given"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc, "kong.yml", environ={})
+    assert e.value.messages == [
+        "kong.yml: gateway.real_ip_header: {vault://env/ip-header}: the environment variable IP_HEADER is not set"]
+
+
+def test_a_gateway_settings_check_names_the_kong_variable_that_set_it(monkeypatch):
+    """A check's message of a `gateway:` key in Kong's words (`gateway: headers: invalid entry ...`) is about that
+    key: it names the KONG_<KEY> variable that set it, as a message worded `gateway.<key>:` does."""
+    monkeypatch.setenv("KONG_HEADERS", "bogus")
+    (message,) = errors({})
+    assert message.startswith("gateway: headers: invalid entry 'bogus'")
+    assert message.endswith(" (set by the environment variable KONG_HEADERS, which overrides the file)")
 
 
 def test_a_gateway_setting_references_the_env_vault_only(monkeypatch):
