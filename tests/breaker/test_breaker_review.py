@@ -97,6 +97,17 @@ async def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
         await trio.aclose_forcefully(stream)
 
 
+async def open_event_stream(port: int, path: bytes) -> trio.SocketStream:
+    """A client's event stream through the gateway, its first event (PathBackend's "data: one") received."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(b"GET %s HTTP/1.1\r\nHost: gw.test\r\nAccept: text/event-stream\r\n\r\n" % path)
+    received = b""
+    with trio.fail_after(5):
+        while b"data: one" not in received:
+            received += await stream.receive_some(4096)
+    return stream
+
+
 def compiled(doc: dict) -> Runtime:
     cfg = parse_config(yaml.safe_dump({"_format_version": "3.0", **doc}), "kong.yml")
     return compile_config(cfg, "kong.yml")
@@ -347,13 +358,8 @@ async def test_sweep_force_shutdown_cuts_only_the_opened_targets_requests(gatewa
         "upstreams": [{"name": "up", "targets": target}, {"name": "up2", "targets": target}],
         "plugins": [{"name": "circuit-breaker", "service": "cb",
                      "config": {**TRIPS_AT_ONCE, "sweep_force_shutdown": True}}]})
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await open_event_stream(port, b"/tg/sse")
     try:
-        await stream.send_all(b"GET /tg/sse HTTP/1.1\r\nHost: gw.test\r\nAccept: text/event-stream\r\n\r\n")
-        received = b""
-        with trio.fail_after(5):
-            while b"data: one" not in received:
-                received += await stream.receive_some(4096)
         assert (await get(port, "/cb/fail"))[0] == 500  # opens up's circuit (and sweeps)
         await trio.sleep(0.3)
         assert (await get(port, "/cb/ok"))[0] == 503  # it is open
@@ -380,13 +386,8 @@ async def test_sweep_force_shutdown_cuts_the_opened_upstreams_stream(gateway, nu
         "upstreams": [{"name": "up", "targets": [{"target": f"127.0.0.1:{backend.port}"}]}],
         "plugins": [{"name": "circuit-breaker", "service": "cb",
                      "config": {**TRIPS_AT_ONCE, "sweep_force_shutdown": True}}]})
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await open_event_stream(port, b"/cb/sse")
     try:
-        await stream.send_all(b"GET /cb/sse HTTP/1.1\r\nHost: gw.test\r\nAccept: text/event-stream\r\n\r\n")
-        received = b""
-        with trio.fail_after(5):
-            while b"data: one" not in received:
-                received += await stream.receive_some(4096)
         assert (await get(port, "/cb/fail"))[0] == 500  # opens up's circuit, and sweeps
         cut = False
         with trio.move_on_after(2.0):
