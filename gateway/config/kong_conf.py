@@ -344,6 +344,8 @@ _NONE_PASSES = re.compile(r"nginx_(?:stream_.+|.+_ssl_conf_command)")
 # our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
 # false. (tracing_instrumentations and its alias take false itself; the refused keys' `off` is read by `_words`.)
 _OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen", "charset", "nginx_http_charset"))
+# ... and those whose `off` (the word, as kong.conf writes it) is our false: prefix_handler.lua's `~= "off"`
+_OFF_FALSE = frozenset(("access_log",))
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 # The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being
@@ -544,10 +546,13 @@ def as_written(message: str, aliased: dict[str, str]) -> str:
 
 def kong_value(key: str, value: Any) -> Any:
     """`value` of kong.conf's `key` as Kong's conf loader reads it (parse_value, listeners.lua): a boolean or number
-    key's text as the boolean or number; YAML's false (an unquoted `off`) as `off` where kong.conf takes the word;
+    key's text as the boolean or number; YAML's false (an unquoted `off`) as `off` where kong.conf takes the word, and
+    the word as false where our field is a boolean (access_log);
     `listen`'s comma-separated string as its list; `status_listen` off (its first entry `off`) as null, one entry in
     the array form as that entry."""
     typ = KONG_TYPES.get(key)
+    if key in _OFF_FALSE and value == "off":
+        return False
     if key in _OFF_WORD:
         value = [_off(v) for v in value] if isinstance(value, list) else _off(value)
     if isinstance(value, str) and typ == "boolean":

@@ -392,6 +392,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     _check_listen(config.gateway, errors)
     _check_bus(config.gateway.bus, errors)
     _check_client_address(config.gateway, errors)
+    _check_access_log(config.gateway.access_log, errors)
     _check_ids(config, errors)
     consumer_errors: list[str] = []
     check_consumers(config, consumer_errors)
@@ -588,6 +589,38 @@ def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
     elif not _TOKEN.match(gw.real_ip_header):
         errors.append(f'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
                       f'got {show(gw.real_ip_header)}')
+
+
+def _check_access_log(value: bool | str, errors: list[str]) -> None:
+    """A file nginx could not open at start fails the start (src/core/ngx_cycle.c:383-397; Kong's prefix_handler
+    creates it first): refused here, not found at run time with every line dropped. nginx's parameters after the
+    path would be taken as part of the file's name. (true: the pid file's directory, checked at start.)"""
+    if not isinstance(value, str):
+        return
+    where = "gateway.access_log"
+    words = value.split()
+    if not words:
+        errors.append(f"{where}: an empty path; give a file path, true (access.log beside pid_file) or off")
+        return
+    if len(words) > 1:
+        errors.append(f"{where}: expected a file path alone (or off), got {show(value)}: nginx's access_log "
+                      "parameters (a format name, buffer=, flush=, gzip, if=) are not taken, the gateway writes its "
+                      "own JSON lines, a batch per scheduler round; remove what follows the path")
+        return
+    if words[0] != value:
+        errors.append(f"{where}: {show(value)} has spaces around the path; remove them")
+        return
+    path = os.path.abspath(value)
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        errors.append(f"{where}: {path} is a directory; name a file in it (e.g. {os.path.join(path, 'access.log')})")
+    elif not os.path.isdir(directory):
+        errors.append(f"{where}: the directory {directory} does not exist (the gateway creates the file, not its "
+                      "directory); create it, or choose another path")
+    elif not os.access(path if os.path.exists(path) else directory, os.W_OK):
+        what = path if os.path.exists(path) else f"a file in {directory}"
+        errors.append(f"{where}: this user cannot write {what} (permission denied); give it write access, or choose "
+                      "another path")
 
 
 def _check_service(svc: Service, errors: list[str]) -> None:

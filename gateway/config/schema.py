@@ -103,8 +103,9 @@ class GatewaySettings(Base):
     worker_restart_intensity: NonNegInt = 5  # workers supervisor, per generation; escalates to the root
     worker_restart_period_s: PosInt = 10
     worker_start_timeout_s: Seconds = 15.0
-    # A JSON line per request in the shape of Kong's log plugins (gateway.telemetry): false (off), true (access.log
-    # beside pid_file) or a file path. Every worker appends to the same file; SIGUSR1 reopens it (log rotation).
+    # A JSON line per request in the shape of Kong's log plugins (gateway.telemetry): false or "off" (Kong's off),
+    # true (access.log beside pid_file) or a file path alone (no nginx parameters), in a directory that exists.
+    # Every worker appends to the same file; SIGUSR1 reopens it (log rotation).
     access_log: bool | str = False
     syslog_socket: str = "/dev/log"  # where the syslog plugin sends (a Unix datagram socket; syslog(3)'s is /dev/log)
     # The client address, as kong.conf's settings of the same names (nginx's realip module): a request from a peer

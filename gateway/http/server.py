@@ -239,7 +239,7 @@ class Exchange:
                  "phases", "_held", "route", "tries", "sent", "response_headers", "mcp", "started")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
-                 settings: ServerSettings) -> None:
+                 settings: ServerSettings, started: float = 0.0) -> None:
         self.request = request
         self.settings = settings
         self.timer = timer  # the handler may set a deadline for its phase (e.g. waiting for an upstream)
@@ -262,7 +262,8 @@ class Exchange:
         self.sent = 0
         self.response_headers: Headers | None = None
         self.mcp: Any = None
-        self.started = 0.0  # when the handler took the request (Trio clock), for latencies
+        # When its head's first bytes came (Trio clock), as nginx's r->start_sec/msec: latencies and started_at
+        self.started = started
         self.conn = conn
         self._codec = codec
         self._request_done = False
@@ -670,6 +671,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     timer.client = conn
     timers = connections.timers
     timers.add(timer)
+    clock = timers.clock
+    head_at = 0.0  # when the first bytes of a head that came in pieces (or of the connection's first) arrived
     reusable = connections.reusable  # (in it while waiting for a first byte, or for a next request: see reuse)
     reusable[conn] = None
     keepalive_timeout, idle = settings.keepalive_timeout, Phase.IDLE  # (read per request)
@@ -688,17 +691,19 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                             del reusable[conn]
                             ev = codec.next_event()
                             if ev is NEED_DATA:
-                                timer.set(settings.header_timeout, Phase.HEAD)
+                                head_at = clock()
+                                timer.set_until(head_at + settings.header_timeout, Phase.HEAD)
                         while ev is NEED_DATA:
                             data = await conn.recv()
                             if timer.phase == Phase.NEW:  # (a connection that never sends a byte is closed unanswered)
                                 timer.phase = Phase.HEAD
                                 del reusable[conn]
+                                head_at = clock()
                             codec.receive_data(data)
                             ev = codec.next_event()
                     except ProtocolError as e:
                         log.debug("bad request from %s: %s", conn.peer, e)
-                        await _refuse(conn, codec, timer, settings, e.status, e.method, e.target)
+                        await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at)
                         return conn.readable()
                     except (BrokenPipeError, ConnectionError):
                         return False
@@ -708,7 +713,11 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     timer.clear()
                     served += 1
                     conn.requests = served
-                    exchange = Exchange(ev, conn, codec, timer, settings)  # type: ignore[arg-type]  # (a Request)
+                    if head_at:  # nginx's request starts with its first bytes (ngx_http_alloc_request)
+                        started, head_at = head_at, 0.0
+                    else:  # (the head came whole, or was already read: now is when it came)
+                        started = clock()
+                    exchange = Exchange(ev, conn, codec, timer, settings, started)  # type: ignore[arg-type]
                     if (served >= last_request or idle_until >= old_at) and (
                             served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
                         exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
@@ -743,7 +752,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     timer.set(keepalive_timeout, idle)
 
             # The timer fired (the scope is the timer's alone): answer what can be answered, go on when it allows
-            if not await _timed_out(conn, codec, timer, settings):
+            if not await _timed_out(conn, codec, timer, settings, head_at):
                 return False
             timer.scope = trio.CancelScope()
             codec.start_next_cycle()
@@ -758,7 +767,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
         reusable.pop(conn, None)  # (one whose timer fired while it waited)
 
 
-async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings) -> bool:
+async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings,
+                     head_at: float = 0.0) -> bool:
     """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole. True when
     the connection may serve another request: after an upstream's 504 to a request read whole, as nginx keeps it
     (ngx_http_special_response_handler drops keep-alive only for 400, 413, 414, 495-497, 500 and 501)."""
@@ -770,7 +780,7 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
         return False
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        await _refuse(conn, codec, timer, settings, 408, *codec.request_line_so_far())
+        await _refuse(conn, codec, timer, settings, 408, *codec.request_line_so_far(), head_at)
     elif phase == Phase.CLIENT_WRITE:
         log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
                  conn.peer, conn.send_timeout)
@@ -846,13 +856,12 @@ async def _drain_request(exchange: Exchange) -> bool:
 
 
 async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
-                  method: bytes = b"", target: bytes = b"") -> None:
+                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0) -> None:
     """Answer a request whose head could not be read (or not in time) and log it, as nginx does with its 400, 408
     and 414: the request is what its request line said (`method`, `target`: b"" when unknown; no target past a line
-    too long, as nginx has none), with no headers."""
+    too long, as nginx has none), with no headers, started when its first bytes came (`head_at`; 0: now)."""
     request = Request(method, b"" if status == 414 else target, [], b"1.1", False)
-    exchange = Exchange(request, conn, codec, timer, settings)
-    exchange.started = trio.current_time()
+    exchange = Exchange(request, conn, codec, timer, settings, head_at or trio.current_time())
     exchange.state = {REFUSED: True}
     exchange.phases = settings.refused_phases
     await _answer_error(exchange, status, settings.error_type)

@@ -8,7 +8,6 @@ import logging
 from gateway.http.codec import ProtocolError, answered_status, nginx_host
 from gateway.http.kong_errors import NO_ROUTE
 from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
-from gateway.http.timers import run_clock
 from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
@@ -29,12 +28,11 @@ class Pipeline:
         self.runtime = runtime
         self.forwarder = forwarder
         self.log_phase = log_phase if log_phase is not None else LogPhase()
-        self.clock = run_clock()
 
     async def __call__(self, ex: Exchange) -> None:
         """Route, run policies, forward; then the log phase, which reads the route and MCP request from the Exchange
         (one coroutine, not two: its frame is held by every open stream, and its call is made for every request)."""
-        started = ex.started = self.clock()
+        started = ex.started  # (the connection loop's: when the head's first bytes came)
         failed = 0  # the status the connection loop answers when the handling raises
         try:
             req = ex.request

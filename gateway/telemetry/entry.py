@@ -254,12 +254,12 @@ class Entry:
     def json(self) -> bytes:
         """The serializer's table as JSON, no newline (what udp-log sends as a datagram), as lua-cjson writes it
         (file-log, syslog, http-log, tcp-log, udp-log and loggly encode with OpenResty's cjson, whose
-        encode_escape_forward_slash is on): every "/" as "\\/" ("/" is only ever in a string, so replacing the
-        byte is exact). Made once, for all the loggers of the request (everything it reads is final once the
-        response is sent)."""
+        encode_escape_forward_slash is on): every "/" as "\\/" and DEL as "\\u007f" (its char2escape table's entry
+        127; both bytes are only ever in a string, so replacing them is exact). Made once, for all the loggers of
+        the request (everything it reads is final once the response is sent)."""
         encoded = self._json
         if encoded is None:
-            encoded = self._json = _encode(self.serialize()).replace(b"/", b"\\/")
+            encoded = self._json = _encode(self.serialize()).replace(b"/", b"\\/").replace(b"\x7f", b"\\u007f")
         return encoded
 
 

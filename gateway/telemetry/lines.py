@@ -7,11 +7,15 @@ request tasks of the moment have run: under load many lines per system call, at 
 than a scheduler round late. Formatting happens in that task, off the request path.
 
 For a file that is not a regular file (a pipe, /dev/stdout) a write is atomic only up to PIPE_BUF, so lines are
-written one by one there. `reopen()` (SIGUSR1, as nginx's `reopen`) closes every file, which is opened again by the
-next write: after logrotate has moved it, the next lines go to a new file. A batch with a line of file-log's
-`reopen` closes the file first and keeps the one it opens, as Kong's per-path file cache does. A file that cannot be
-opened or written is reported once per reason; its lines are counted as dropped (gateway_log_lines_dropped_total) and
-lost, never waited for.
+written one by one there. Files are opened with O_NONBLOCK, so a worker never waits to open one: a FIFO with no
+reader is not opened (ENXIO; opened by a later batch once one came); once open, writes block as nginx's do (a full
+pipe is waited for, never given half a line). A failed write
+keeps the descriptor of such a file, as nginx keeps it (ngx_http_log_write): the FIFO's next reader gets the next
+lines. `reopen()` (SIGUSR1, as nginx's `reopen`) closes every file, which is opened again by the next write: after
+logrotate has moved it, the next lines go to a new file. A batch with a line of file-log's `reopen` closes the file
+first and keeps the one it opens, as Kong's per-path file cache does. A file that cannot be opened or written is
+reported once per reason; its lines are counted as dropped (gateway_log_lines_dropped_total) and lost, never waited
+for.
 
 The same writer serves gateway.access_log, the file-log plugin and any other line log (the MCP audit log):
 `writer_for(path)` returns the process's one writer for a path.
@@ -34,6 +38,8 @@ from gateway.metrics import RECORDER
 log = logging.getLogger("gateway.telemetry")
 
 FILE_MODE = 0o644  # Kong's file-log: S_IRUSR | S_IWUSR | S_IRGRP | S_IROTH
+# O_NONBLOCK: opening a FIFO for writing waits for a reader without it (cleared once open)
+_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
 MAX_BATCH_BYTES = 1 << 20  # a batch is written in pieces of at most this many bytes (each of whole lines)
 
 DROPPED = Counter("gateway_log_lines_dropped_total", "Log lines that could not be written (the file could not be "
@@ -119,7 +125,8 @@ class LineWriter:
         except OSError as e:
             self._report(f"cannot write: {e.strerror or e}")
             RECORDER.count(DROPPED, (self.path,), len(lines) - written)
-            self.close()
+            if self._regular:  # (a pipe's descriptor is kept: opening it again could only fail or race its reader)
+                self.close()
         else:
             self._failed = None
         return written
@@ -138,11 +145,12 @@ class LineWriter:
         if self._fd >= 0:
             return self._fd
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+            fd = os.open(self.path, _FLAGS, FILE_MODE)
         except OSError as e:
             self._report(f"cannot open: {e.strerror or errno.errorcode.get(e.errno or 0, e)}")
             return -1
         self._fd = fd
+        os.set_blocking(fd, True)  # opened: its writes wait for a full pipe as nginx's do (no line cut in two)
         try:
             self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
         except OSError:

@@ -4,7 +4,8 @@ the code before that change, and both must give the same JSON bytes (key order i
 strategies make: headers (repeated names, odd bytes, credentials, more than 100 lines), query strings (repeated, bare,
 percent-encoded, over the argument limit), tries (none, failed, several), consumers and credentials, TLS, MCP,
 correlation-id, traces, routes with and without a service. Two behaviours were added to the reference since: the JSON
-writes "/" as "\\/", as lua-cjson does (`_cjson`), and the consumer has its created_at / updated_at."""
+writes "/" as "\\/" and DEL as "\\u007f", as lua-cjson does (`_cjson`), and the consumer has its created_at /
+updated_at."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ _encode = msgspec.json.Encoder().encode
 
 
 def _cjson(encoded: bytes) -> bytes:
-    """JSON as lua-cjson writes it: "/" escaped (encode_escape_forward_slash, on by default)."""
-    return encoded.replace(b"/", b"\\/")
+    """JSON as lua-cjson writes it: "/" escaped (encode_escape_forward_slash, on by default), and DEL (its
+    char2escape table's entry 127: "\\u007f")."""
+    return encoded.replace(b"/", b"\\/").replace(b"\x7f", b"\\u007f")
 FUZZ = settings(max_examples=400, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 
