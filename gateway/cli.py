@@ -48,16 +48,17 @@ def parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
-    k = sub.add_parser("keeper", help=argparse.SUPPRESS)  # started by the supervisor
+    # The supervisor's own children: added without help=, which is what lists a command in --help
+    k = sub.add_parser("keeper")  # started by the supervisor
     k.add_argument("--config", required=True)
     k.add_argument("--workers", type=int, default=1)
     for kind in ("health", "discovery"):
-        sat = sub.add_parser(kind, help=argparse.SUPPRESS)  # started by the supervisor
+        sat = sub.add_parser(kind)  # started by the supervisor
         sat.add_argument("--config", required=True)
-    z = sub.add_parser("zygote", help=argparse.SUPPRESS)  # started by the supervisor: the template children fork from
+    z = sub.add_parser("zygote")  # started by the supervisor: the template children fork from
     z.add_argument("--control-fd", type=int, required=True)
     z.add_argument("--preload", default="", help="optional libraries to import (gateway.node.zygote)")
-    w = sub.add_parser("worker", help=argparse.SUPPRESS)  # started by the supervisor
+    w = sub.add_parser("worker")  # started by the supervisor
     w.add_argument("--config", required=True)
     w.add_argument("--fds", required=True)
     w.add_argument("--generation", type=int, default=1)

@@ -185,3 +185,14 @@ def test_run_on_a_port_already_in_use_fails_with_a_clear_message(tmp_path):
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Address already in use" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_help_lists_the_operators_commands_and_not_the_supervisors_own():
+    """`gateway --help` names what an operator runs; the children the supervisor starts (keeper, health, discovery,
+    zygote, worker) are not listed, nor as argparse's `==SUPPRESS==` marker."""
+    out = run_cli("--help")
+    assert out.returncode == 0
+    assert "check-config" in out.stdout and "reload" in out.stdout
+    assert "SUPPRESS" not in out.stdout
+    assert not any(line.split()[:1] == [name] for line in out.stdout.splitlines()
+                   for name in ("keeper", "health", "discovery", "zygote", "worker"))
