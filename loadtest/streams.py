@@ -135,15 +135,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 60) -> None:
+def wait_port(port: int, proc: subprocess.Popen, what: str, log: Path | None = None, timeout: float = 60) -> None:
+    """Wait until `proc` (`what`) accepts on `port`; exit at once, with its last words, if it exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            said = log.read_text(errors="replace").strip().splitlines()[-5:] if log else []
+            raise SystemExit("\n".join([f"streams.py: {what} exited ({proc.returncode}) before it accepted on "
+                                         f"127.0.0.1:{port}", *said]))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
-    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+    raise SystemExit(f"streams.py: {what}: nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -235,21 +240,63 @@ def stop(proc: subprocess.Popen, group: bool = True) -> None:
             proc.wait(10)
 
 
+def whole(low: int, high: int = 10**9):  # noqa: ANN201 - an argparse type: a whole number in [low, high]
+    def check(text: str) -> int:
+        if not text.strip().isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"expected a whole number of {low} to {high}, got {text!r}")
+        return int(text)
+
+    return check
+
+
+def seconds(text: str) -> float:
+    """Seconds above 0 (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < 10**6:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected seconds above 0, got {text!r}")
+    return value
+
+
+def ensure_project_environment() -> None:
+    """Re-execute with the project's virtualenv (.venv, made by scripts/setup) when this python lacks the gateway:
+    the gateway's processes run with this interpreter."""
+    import importlib.util
+
+    if importlib.util.find_spec("gateway") and importlib.util.find_spec("trio"):
+        return
+    python = ROOT / ".venv" / "bin" / "python"
+    if not python.exists() or os.environ.get("GATEWAY_STREAMS_REEXEC"):
+        raise SystemExit(f"streams.py: {sys.executable} cannot import the gateway; run scripts/setup, then "
+                         f".venv/bin/python loadtest/streams.py")
+    os.execve(python, [str(python), str(Path(__file__).resolve()), *sys.argv[1:]],
+              {**os.environ, "GATEWAY_STREAMS_REEXEC": "1"})
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("mode", nargs="?", default="run", choices=["run", "backend", "client"])
-    p.add_argument("--streams", type=int, default=1000)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--clients", type=int, default=0, help="client processes (default: 1 per 12,000 streams)")
-    p.add_argument("--backends", type=int, default=0, help="backend processes (default: 1 per 12,000 streams)")
-    p.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
-    p.add_argument("--probes", type=int, default=500, help="ordinary requests for the latency figures")
-    p.add_argument("--sse-keepalive", type=float, default=15.0,
+    p.add_argument("--streams", type=whole(1), default=1000, help="idle streams to open (default 1000)")
+    p.add_argument("--workers", type=whole(1, 1024), default=2, help="gateway workers (default 2)")
+    p.add_argument("--clients", type=whole(0, 250), default=0,
+                   help="client processes, on 127.0.0.2 and up (default: 1 per 12,000 streams)")
+    p.add_argument("--backends", type=whole(0, 1024), default=0,
+                   help="backend processes (default: 1 per 12,000 streams)")
+    p.add_argument("--idle", type=seconds, default=10.0, help="seconds of idle CPU measurement (default 10)")
+    p.add_argument("--probes", type=whole(1), default=500,
+                   help="ordinary requests for the latency figures (default 500)")
+    p.add_argument("--sse-keepalive", type=seconds, default=15.0,
                    help="gateway.sse_keepalive: seconds of silence before a stream gets a comment (default 15)")
-    p.add_argument("--port", type=int)
-    p.add_argument("--count", type=int)
-    p.add_argument("--source")
+    p.add_argument("--port", type=whole(1, 65535), help=argparse.SUPPRESS)  # the backend and client modes'
+    p.add_argument("--count", type=whole(0), help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
     args = p.parse_args()
+    needs = {"run": [], "backend": ["port"], "client": ["port", "count", "source"]}[args.mode]
+    if missing := [f"--{name}" for name in needs if getattr(args, name) is None]:
+        p.error(f"the {args.mode} mode (which the run starts itself) needs {', '.join(missing)}")
+    ensure_project_environment()
     if args.mode == "backend":
         run_backend(args.port)
         return 0
@@ -267,8 +314,8 @@ def main() -> int:
             for port in ports:
                 procs.append(subprocess.Popen([sys.executable, __file__, "backend", "--port", str(port)],
                                               start_new_session=True))
-            for port in ports:
-                wait_port(port)
+            for port, proc in zip(ports, procs, strict=True):
+                wait_port(port, proc, "the backend")
             gw_port = free_port()
             config = Path(tmp) / "gateway.json"
             config.write_text(json.dumps({
@@ -283,7 +330,7 @@ def main() -> int:
             gateway = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--foreground", "--workers",
                                         str(args.workers), "--config", str(config)], cwd=ROOT, stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
-            wait_port(gw_port)
+            wait_port(gw_port, gateway, "the gateway", Path(tmp) / "gateway.out")
             time.sleep(2)  # every worker accepting
             pids = group_pids(gateway.pid)
             rss_before = rss_bytes(pids)
@@ -298,6 +345,8 @@ def main() -> int:
             opened = failed = 0
             for proc in procs[-clients:]:
                 line = proc.stdout.readline()  # type: ignore[union-attr]
+                if not line:
+                    raise SystemExit(f"streams.py: a client process exited ({proc.wait()}) before it reported")
                 result = json.loads(line)
                 opened += result["opened"]
                 failed += result["failed"]

@@ -137,9 +137,16 @@ async def _events(stream: trio.SocketStream, conn: h11.Connection, name: str, co
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
+def port(text: str) -> int:
+    """A TCP port, 1-65535 (an argparse type)."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port of 1-65535, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=port, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--name", default="backend")
     args = p.parse_args()
@@ -147,6 +154,8 @@ def main() -> None:
         trio.run(partial(trio.serve_tcp, partial(_guarded, name=args.name), args.port, host=args.host))
     except KeyboardInterrupt:
         pass
+    except OSError as e:  # the port in use, an address not of this host
+        raise SystemExit(f"demo_backend.py: cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
 
 async def _guarded(stream: trio.SocketStream, name: str) -> None:

@@ -126,18 +126,25 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], reuse_port: 
                     nursery.start_soon(_exchange, client, upstream)
 
 
-def _addr(text: str) -> tuple[str, int]:
+def address(text: str) -> tuple[str, int]:
+    """HOST:PORT (an argparse type)."""
     host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port of 1-65535, got {text!r}")
     return host, int(port)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--listen", required=True, type=_addr)
-    p.add_argument("--upstream", required=True, type=_addr)
+    p.add_argument("--listen", required=True, type=address, metavar="HOST:PORT")
+    p.add_argument("--upstream", required=True, type=address, metavar="HOST:PORT")
     p.add_argument("--reuse-port", action="store_true", help="several processes share the port (SO_REUSEPORT)")
     args = p.parse_args()
-    trio.run(serve, args.listen, args.upstream, args.reuse_port)
+    try:
+        trio.run(serve, args.listen, args.upstream, args.reuse_port)
+    except OSError as e:  # the listen port in use (its bind comes first)
+        host, port = args.listen
+        raise SystemExit(f"floor_proxy.py: cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 if __name__ == "__main__":

@@ -56,9 +56,16 @@ def build(name: str) -> MCPServer:
     return server
 
 
+def port(text: str) -> int:
+    """A TCP port, 1-65535 (an argparse type)."""
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port of 1-65535, got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--port", type=port, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--name", default="mcp-server")
     p.add_argument("--json-response", action="store_true", help="answer POSTs with application/json, not SSE")

@@ -1,0 +1,66 @@
+"""What scripts/ops/* share: one request to the gateway's admin channel (a ZeroMQ ROUTER speaking JSON) with plain
+pyzmq, and their common options (--admin, --timeout). Not a command: the scripts beside it import it.
+
+    {"v": 1, "cmd": "targets", "args": {"action": "list"}}  ->  {"v": 1, "ok": true, "result": ...}
+                                                            or  {"v": 1, "ok": false, "error": "..."}
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import sys
+
+try:
+    import zmq
+except ImportError:  # a python3 without pyzmq (`scripts/ops/breakers` on a PATH's python3): the project's .venv has it
+    VENV = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", ".venv", "bin", "python")
+    if os.path.exists(VENV) and not os.environ.get("GATEWAY_OPS_REEXEC"):
+        os.execve(VENV, [VENV, *sys.argv], {**os.environ, "GATEWAY_OPS_REEXEC": "1"})
+    sys.exit(f"{os.path.basename(sys.argv[0])}: needs pyzmq: run scripts/setup (it makes .venv with it), "
+             f"or run this with a python3 that has pyzmq")
+
+
+def seconds(text: str) -> float:
+    value = float(text)  # argparse turns a ValueError into "invalid seconds value"
+    if not (math.isfinite(value) and 0 < value <= 86400):
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 (at most 86400), got {text!r}")
+    return value
+
+
+def endpoint(text: str) -> str:
+    """ipc://PATH with PATH made absolute (relative paths are relative to the working directory)."""
+    return "ipc://" + os.path.abspath(text[len("ipc://"):]) if text.startswith("ipc://") else text
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An ArgumentParser with --admin and --timeout; `doc` is the script's docstring (its first line describes it)."""
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `breakers | head -1` ends quietly, as does Ctrl-C
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--admin", type=endpoint, default=os.environ.get("GATEWAY_ADMIN", "ipc://run/admin.sock"),
+                   help="admin endpoint (default: $GATEWAY_ADMIN or ipc://run/admin.sock, relative to the cwd)")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait for the reply (default 5)")
+    return p
+
+
+def call(options: argparse.Namespace, cmd: str, **args: object) -> object:
+    """The command's result from the gateway at options.admin; exits 1 with a message when it does not answer within
+    options.timeout or refuses the command."""
+    prog, admin, timeout = os.path.basename(sys.argv[0]), options.admin, options.timeout
+    with zmq.Context.instance().socket(zmq.REQ) as sock:
+        sock.linger, sock.rcvtimeo = 0, int(timeout * 1000)
+        try:
+            sock.connect(admin)
+            sock.send_json({"v": 1, "cmd": cmd, "args": args})
+            reply = sock.recv_json()
+        except zmq.Again:
+            sys.exit(f"{prog}: no answer from {admin} within {timeout:g}s (is the gateway running?)")
+        except zmq.ZMQError as e:
+            sys.exit(f"{prog}: cannot use --admin {admin!r}: {e} (the gateway's is ipc://PATH)")
+    if not isinstance(reply, dict) or not reply.get("ok"):
+        error = reply.get("error") if isinstance(reply, dict) else f"unexpected reply {reply!r}"
+        sys.exit(f"{prog}: {args.get('action', cmd)} failed: {error}")
+    return reply["result"]
