@@ -598,3 +598,14 @@ async def upload(port: int, head: bytes, size: int, timeout: float = 20) -> tupl
         received, _ = await read_to_end(stream)
     await stream.aclose()
     return received, reset
+
+
+async def log_lines(path: Any, n: int, timeout: float = 10.0) -> list[dict]:
+    """The first n JSON lines of a log file (a pathlib.Path), waiting (bounded) for the writer task to write them."""
+    with trio.fail_after(timeout):
+        while True:
+            text = path.read_text() if path.exists() else ""
+            lines = text.splitlines()
+            if len(lines) >= n:
+                return [json.loads(line) for line in lines]
+            await trio.sleep(0.02)

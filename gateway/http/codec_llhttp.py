@@ -377,7 +377,6 @@ class _Parsing(_BodyFramer):
         self._dead = True
 
 
-
 class _SentMethod:
     """The callbacks of a parser fed a head whose method llhttp does not know, written as one it knows
     (_as_known_method): the server's own but for on_headers_complete (LlhttpServer._sent_headers_complete)."""

@@ -3,24 +3,12 @@ request in the shape of Kong's serializer, proxied or answered by the gateway it
 
 from __future__ import annotations
 
-import json
 import socket
 
 import trio
-from backends import BadBackend, EchoBackend, parse_raw_response, raw_exchange, request, service
+from backends import BadBackend, EchoBackend, log_lines, parse_raw_response, raw_exchange, request, service
 
 TIMEOUT = 10
-
-
-async def log_lines(path, n: int) -> list[dict]:  # noqa: ANN001
-    """The first n lines of a log file, waiting (bounded) for the writer task to write them."""
-    with trio.fail_after(TIMEOUT):
-        while True:
-            text = path.read_text() if path.exists() else ""
-            lines = text.splitlines()
-            if len(lines) >= n:
-                return [json.loads(line) for line in lines]
-            await trio.sleep(0.02)
 
 
 async def test_access_log_has_one_kong_shaped_line_per_request(nursery, gateway, tmp_path):

@@ -13,24 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 import trio
-from backends import parse_raw_response, raw_exchange, service
+from backends import log_lines, parse_raw_response, raw_exchange, service
 
 from gateway.cli import EXIT_OK, check_config
 from gateway.config import ConfigError, parse_config
 from gateway.telemetry.service import access_log_path
 
 TIMEOUT = 10
-
-
-async def log_lines(path, n: int, timeout: float = TIMEOUT) -> list[dict]:  # noqa: ANN001
-    """The first n lines of a log file, waiting (bounded) for the writer task to write them."""
-    with trio.fail_after(timeout):
-        while True:
-            text = path.read_text() if path.exists() else ""
-            lines = text.splitlines()
-            if len(lines) >= n:
-                return [json.loads(line) for line in lines]
-            await trio.sleep(0.02)
 
 
 def _settings(access_log: str) -> str:
