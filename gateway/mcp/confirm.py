@@ -4,8 +4,9 @@ relies on it.
 JSON parsers keep the last of a repeated member (the `mcp` SDK's pydantic_core, Python's json, msgspec): a body can
 name `whoami` in its first bytes and `dangerous` after them, and the server runs `dangerous`. So a body longer than
 peek_bytes whose call matters (a route on MCP method or tool could take it, or it carries Mcp-Method / Mcp-Name) is
-read whole, up to `whole_limit`, and decoded; the call it names must be the one its first bytes name. A body within
-peek_bytes was decoded whole by the peek already and is not read again.
+read whole, up to `whole_limit`, and decoded; the call it names must be the one its first bytes name, as far as they
+name it: what they leave unnamed (a response has no method; a method or tool may follow large params) is taken from
+the whole body. A body within peek_bytes was decoded whole by the peek already and is not read again.
 """
 
 from __future__ import annotations
@@ -53,12 +54,23 @@ def whole_call(mcp: McpRequest) -> jsonrpc.RpcInfo:
     return jsonrpc.peek(mcp.body or b"", True)
 
 
+def unnamed(prefix: jsonrpc.RpcInfo, names: bool = False) -> str | None:
+    """What of its call a body's first peek_bytes leave unnamed: its JSON-RPC method, a tools/call's tool, and with
+    `names` the params member any method mirrors in Mcp-Name; None when they name it all."""
+    if prefix.method is None:
+        return "JSON-RPC method"
+    key = jsonrpc.NAME_BEARING.get(prefix.method)
+    if prefix.name is None and key is not None and (names or prefix.method == "tools/call"):
+        return "tool (params.name)" if prefix.method == "tools/call" else f"params.{key}"
+    return None
+
+
 def mismatch(prefix: jsonrpc.RpcInfo, whole: jsonrpc.RpcInfo, peek_bytes: int) -> str | None:
     """Why the whole body's call (its method, and a tools/call's tool: what routes match) is not the one its first
-    peek_bytes name, or None when it is."""
-    if whole.method != prefix.method:
+    peek_bytes name, or None when it is; what they leave unnamed is the whole body's to say."""
+    if prefix.method is not None and whole.method != prefix.method:
         what = "JSON-RPC method"
-    elif whole.tool != prefix.tool:
+    elif prefix.tool is not None and whole.tool != prefix.tool:
         what = "tool (params.name)"
     else:
         return None

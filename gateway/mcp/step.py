@@ -9,12 +9,13 @@ every route has it unless `mcp: false` (gateway.mcp.affinity, applied by the for
 Bodies are read only when needed (routing on method/tool, or a request with Mcp-Method/Mcp-Name headers), and then
 at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first. When a route on
 method or tool could take a request, a body that cannot be attributed is refused rather than routed as something
-else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message, 413 when its method, or a tools/call's
-tool, is not within peek_bytes. A POST routed there on its Mcp-Method header has the header check before routing
-(`peek_for_routing`), since the route it picks may be a plain one, which has no MCP step. A body longer than
-peek_bytes is then read whole (gateway.mcp.confirm) before the call its first bytes name is routed on or confirms
-the headers, since the server runs the last of a repeated member: 400 when the whole body names another call, 413
-(-32020 for the header check) when it is too long to know.
+else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message. A POST routed there on its Mcp-Method
+header has the header check before routing (`peek_for_routing`), since the route it picks may be a plain one, which
+has no MCP step. A body longer than peek_bytes is then read whole (gateway.mcp.confirm, up to `whole_bytes`) before
+the call its first bytes name is routed on or confirms the headers, since the server runs the last of a repeated
+member: 400 when the whole body names another call, 413 (-32020 for the header check) when it is too long to know.
+What the first bytes leave unnamed (a response has no method; a method or tool may follow large params) is taken
+from the whole body the same way: a response goes where a request without a method goes.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from gateway.config.mcp import McpSettings
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
-from gateway.mcp.confirm import mismatch, read_all, whole_call, whole_limit
+from gateway.mcp.confirm import mismatch, read_all, unnamed, whole_call, whole_limit
 from gateway.mcp.hosts import HostPolicy, check_host_entry, default_allowed_hosts
 from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
 from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
@@ -168,21 +169,27 @@ class McpRoute:
 async def _check_headers(ex: Exchange, mcp: McpRequest, shared: McpShared, h_method: bytes | None,
                          h_name: bytes | None, h_version: bytes | None) -> bool:
     """The 2026-07-28 check of Mcp-Method / Mcp-Name / MCP-Protocol-Version against the body (its first peek_bytes,
-    then all of a longer one: the server runs its last call); False when the request has been answered (400 with
-    -32020, or 408)."""
+    then all of a longer one: the server runs its last call, and its method or name may follow large params); False
+    when the request has been answered (400 with -32020, or 408)."""
     if not await read_peek(ex, mcp, shared):
         return False
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
-    if why is None and _cut(mcp, shared):
+    missing = unnamed(info, names=True) if why is not None and info.valid else None
+    if (why is None or missing is not None) and _cut(mcp, shared):
         if await read_all(ex, mcp, shared.whole_bytes):
             info = mcp.info = whole_call(mcp)
             why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
         else:
             ex.close_after = True  # the rest of the body is not read
-            why = (f"the body is longer than {shared.whole_bytes} bytes: the gateway cannot confirm the headers "
-                   f"past its first {shared.peek_bytes} (gateway.mcp.peek_bytes), where a repeated member would "
-                   "name the call a server runs")
+            if missing is None:
+                why = (f"the body is longer than {shared.whole_bytes} bytes: the gateway cannot confirm the headers "
+                       f"past its first {shared.peek_bytes} (gateway.mcp.peek_bytes), where a repeated member would "
+                       "name the call a server runs")
+            else:
+                why = (f"the body is longer than {shared.whole_bytes} bytes and its {missing} is not within its "
+                       f"first {shared.peek_bytes} (gateway.mcp.peek_bytes): the gateway cannot confirm the headers "
+                       "(send it before large params, or raise gateway.mcp.peek_bytes)")
     if why is not None:
         await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, info.id))
         return False
@@ -223,8 +230,8 @@ async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None
         return None
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     cut = _cut(mcp, shared)
-    if not info.valid or cut and (info.method is None or info.tool is None and info.method == "tools/call"):
-        await _unroutable(ex, mcp, shared.peek_bytes, cut)
+    if not info.valid:
+        await _unroutable(ex, mcp, cut)
         return None
     if cut and not await _confirm(ex, mcp, shared):
         return None
@@ -240,18 +247,25 @@ def _cut(mcp: McpRequest, shared: McpShared) -> bool:
 
 async def _confirm(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
     """Read a body longer than peek_bytes whole and route on its call only if it is the one its first bytes name
-    (the server runs the last of a repeated member); False when answered (413 too long to know, 400 another call)."""
+    (the server runs the last of a repeated member), what they leave unnamed taken from the whole body; False when
+    answered (413 too long to know, 400 another call or not a message)."""
     prefix: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     if not await read_all(ex, mcp, shared.whole_bytes):
         ex.close_after = True  # the rest of the body is not read
-        why = (f"the body is longer than {shared.whole_bytes} bytes: the call named in its first {shared.peek_bytes} "
-               "(gateway.mcp.peek_bytes) cannot be confirmed, a member repeated after them would be the one a server "
-               "runs, and a route on MCP method or tool could take the request")
+        missing = unnamed(prefix)
+        if missing is None:
+            why = (f"the body is longer than {shared.whole_bytes} bytes: the call named in its first "
+                   f"{shared.peek_bytes} (gateway.mcp.peek_bytes) cannot be confirmed, a member repeated after them "
+                   "would be the one a server runs, and a route on MCP method or tool could take the request")
+        else:
+            why = (f"the body is longer than {shared.whole_bytes} bytes and its {missing} is not within its first "
+                   f"{shared.peek_bytes} (gateway.mcp.peek_bytes), and a route on MCP method or tool could take the "
+                   "request: send the method and tool name before large params, or raise gateway.mcp.peek_bytes")
         await ex.respond(413, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, why, prefix.id))
         return False
     whole = mcp.info = whole_call(mcp)
     if not whole.valid:
-        await _unroutable(ex, mcp, shared.peek_bytes, False)
+        await _unroutable(ex, mcp, False)
         return False
     other = mismatch(prefix, whole, shared.peek_bytes)
     if other is not None:
@@ -260,18 +274,12 @@ async def _confirm(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
     return True
 
 
-async def _unroutable(ex: Exchange, mcp: McpRequest, limit: int, cut: bool) -> None:
-    """Refuse a body whose method or tool cannot be known while a route on them could take it: routed on what was
-    read, it could reach a server through another route than its own, past that route's limits."""
+async def _unroutable(ex: Exchange, mcp: McpRequest, cut: bool) -> None:
+    """Refuse a body that is not a JSON-RPC message while a route on method or tool could take it: routed as one
+    without a method, it could reach a server through another route than its own, past that route's limits."""
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     if cut:
         ex.close_after = True  # the rest of the body is not read
-    if info.valid:
-        what = "JSON-RPC method" if info.method is None else "tool"
-        why = (f"the {what} is not within the first {limit} bytes of the body (gateway.mcp.peek_bytes), and a route "
-               "on MCP method or tool could take the request")
-        await ex.respond(413, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, why, info.id))
-        return
     if info is jsonrpc.BAD_ID:
         await ex.respond(400, jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Request: the id is not a "
                                                  "string, number or null"))

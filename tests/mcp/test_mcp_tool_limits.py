@@ -174,8 +174,9 @@ TOOL_CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments
 
 async def test_a_tool_routes_limit_holds_for_a_call_whose_tool_lies_past_peek_bytes(gateway, nursery):
     """A tools/call whose tool (or a body whose method) is not within peek_bytes, where a tool route could take it, is
-    refused (413), never routed as another call (it once went through the plain route, past the tool route's limit);
-    a body that is not JSON-RPC there gets 400 (-32700 not JSON, -32600 not a message)."""
+    read whole and routed on its tool, so the tool route's limit counts it (429), never routed as another call (it
+    once went through the plain route, past the tool route's limit); a body that is not JSON-RPC there gets 400
+    (-32700 not JSON, -32600 not a message)."""
     server = FakeMcp("server")
     await nursery.start(server.serve)
     tool_route = {"name": "special", "paths": ["/mcp"], "strip_path": False, "mcp_tools": ["special"],
@@ -187,9 +188,12 @@ async def test_a_tool_routes_limit_holds_for_a_call_whose_tool_lies_past_peek_by
     padded = TOOL_CALL % (b"x" * 70_000)
     late_method = b'{"jsonrpc":"2.0","id":1,"params":{"name":"special","arguments":{"q":"' + b"x" * 70_000 + \
         b'"}},"method":"tools/call"}'
-    for body, status, code in [(padded, 413, -32600), (late_method, 413, -32600), (b"{nope", 400, -32700),
-                               (b'"a string"', 400, -32600)]:
+    for body in (padded, late_method):
         async with await Client.connect(port, host="localhost") as client:
             reply = await client.request("POST", "/mcp", JSON_HEADERS, body)
-        assert (reply.status, reply.json()["error"]["code"]) == (status, code), body[:40]
+        assert (reply.status, reply.json()["message"]) == (429, "API rate limit exceeded"), body[:40]
+    for body, code in [(b"{nope", -32700), (b'"a string"', -32600)]:
+        async with await Client.connect(port, host="localhost") as client:
+            reply = await client.request("POST", "/mcp", JSON_HEADERS, body)
+        assert (reply.status, reply.json()["error"]["code"]) == (400, code), body[:40]
     assert len(server.requests) == 1
