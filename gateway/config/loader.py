@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import os
 import re
+import socket
 import stat
 from collections.abc import Mapping
 from typing import Any
@@ -503,20 +504,9 @@ def _unique(items: list[Any], section: str, errors: list[str]) -> dict[str, Any]
 
 
 def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
-    listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
-    tls = False
-    for i, entry in enumerate(listens):
-        where = "gateway.listen" if isinstance(gw.listen, str) else f"gateway.listen[{i}]"
-        addr, flags = listen_flags(entry)
-        if addr == "off":
-            errors.append(f"{where}: kong.conf's off (no proxy listener) is not supported: the gateway proxies on "
-                          'at least one "host:port"')
-        elif (problem := _listen_problem(addr)) is not None:
-            errors.append(f'{where}: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got '
-                          f'{show(entry)}{problem}')
-        for flag in sorted(flags - LISTEN_FLAGS):
-            errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" is)')
-        tls = tls or "ssl" in flags
+    """gateway.listen and status_listen as nginx would take Kong's proxy_listen and status_listen (and what the
+    gateway's one socket per address can do), and the default certificate and protocols of the ` ssl` ones."""
+    proxies = _check_proxy_listen(gw.listen, errors)
     certs, keys = ssl_cert_values(gw.ssl_cert), ssl_cert_values(gw.ssl_cert_key)
     if certs and not keys:  # kong/conf_loader/parse.lua's messages
         errors.append("gateway.ssl_cert_key must be specified")
@@ -532,17 +522,121 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
         errors.append(f'gateway.ssl_protocols: expected some of {", ".join(VERSIONS)} (e.g. "TLSv1.2 TLSv1.3"), '
                       f'got {show(gw.ssl_protocols)}')
     if gw.status_listen is not None:  # kong.conf's off and its array form are read by kong_conf.kong_value
-        addr, flags = listen_flags(gw.status_listen)
-        if "," in gw.status_listen:
-            errors.append(f'gateway.status_listen: one address only (the status server takes one "host:port"), got '
-                          f'{show(gw.status_listen)}')
+        _check_status_listen(gw.status_listen, proxies, errors)
+
+
+_Listener = tuple[str, str, str, int]  # (its field, its "host:port", its host, its port)
+
+
+def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Listener]:
+    """Each entry's shape and flags; an address listed twice is refused as nginx refuses "a duplicate listen"
+    (src/http/ngx_http.c:1467-1470), and one a wildcard entry of its port also covers because the gateway binds a
+    socket per entry (nginx folds them into the wildcard's one). The entries that can be bound are returned."""
+    listens = [listen] if isinstance(listen, str) else listen
+    if not listens:  # kong/conf_loader/listeners.lua:97-99
+        errors.append('gateway.listen: expected at least one "host:port" (e.g. ["0.0.0.0:8000", "0.0.0.0:8443 ssl"]), '
+                      "got []: the gateway proxies on at least one address")
+    proxies: list[_Listener] = []
+    for i, entry in enumerate(listens):
+        where = "gateway.listen" if isinstance(listen, str) else f"gateway.listen[{i}]"
+        addr, flags = listen_flags(entry)
+        if addr == "off":
+            errors.append(f"{where}: kong.conf's off (no proxy listener) is not supported: the gateway proxies on "
+                          'at least one "host:port"')
         elif (problem := _listen_problem(addr)) is not None:
-            errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(gw.status_listen)}'
-                          f'{problem}')
+            errors.append(f'{where}: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got '
+                          f'{show(entry)}{problem}')
         else:
-            errors += [f'gateway.status_listen: the listen option {show(flag)} is not supported (the status server '
-                       f'takes one "host:port", plain HTTP, with reuseport and backlog=N)'
-                       for flag in status_options(flags)[2]]
+            this: _Listener = (where, addr, *_bound_at(addr))
+            overlap = next(((other, why) for other in proxies if (why := _overlap(other, this)) is not None),
+                           None)
+            if overlap is None:
+                proxies.append(this)
+            elif overlap[1] == "":
+                errors.append(f"{where}: {show(addr)} is the address of {overlap[0][0]} {show(overlap[0][1])} again, "
+                              'which nginx refuses ("a duplicate listen"); list each address once')
+            else:
+                errors.append(f"{where}: {show(addr)} overlaps {overlap[0][0]} {show(overlap[0][1])} ({overlap[1]}): "
+                              "the gateway binds a socket per entry and cannot bind both (nginx folds them into one "
+                              "socket); remove one, or give it another port")
+        for flag in sorted(flags - LISTEN_FLAGS):
+            errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" is)')
+    return proxies
+
+
+def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: list[str]) -> None:
+    """One plain-HTTP address with nginx's reuseport and backlog=N, on no address of the proxy's: nginx would share
+    one socket between Kong's proxy and status servers and choose the server by Host; the gateway's status server
+    has its own socket, and the kernel would hand it proxy clients."""
+    addr, flags = listen_flags(status_listen)
+    if "," in status_listen:
+        errors.append(f'gateway.status_listen: one address only (the status server takes one "host:port"), got '
+                      f'{show(status_listen)}')
+        return
+    if (problem := _listen_problem(addr)) is not None:
+        errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(status_listen)}{problem}')
+        return
+    for flag in status_options(flags)[2]:
+        if flag.startswith("backlog="):  # nginx's message (src/http/ngx_http_core_module.c:4057-4060)
+            errors.append(f"gateway.status_listen: invalid backlog {show(flag)}: give a number from 1 to 2147483647 "
+                          f"(e.g. backlog=511; the kernel caps it at net.core.somaxconn)")
+        else:
+            errors.append(f'gateway.status_listen: the listen option {show(flag)} is not supported (the status '
+                          f'server takes one "host:port", plain HTTP, with reuseport and backlog=N)')
+    status: _Listener = ("gateway.status_listen", addr, *_bound_at(addr))
+    for proxy in proxies:
+        if (why := _overlap(proxy, status)) is not None:
+            clash = (f"is the proxy's address ({proxy[0]} {show(proxy[1])})" if not why else
+                     f"overlaps the proxy's {proxy[0]} {show(proxy[1])} ({why})")
+            errors.append(f"gateway.status_listen: {show(addr)} {clash}: nginx would share one socket and give Kong's "
+                          "status server only the requests for Host: kong_status, but the gateway's status server "
+                          "has its own socket, and the kernel would hand it proxy clients; give gateway.status_listen "
+                          "a port of its own")
+            return
+
+
+_WILDCARDS = {4: "0.0.0.0", 6: "::"}
+
+
+def _bound_at(addr: str) -> tuple[str, int]:
+    """(host, port) of a listen address _listen_problem took."""
+    at = parse_host_port(addr, None)
+    assert at is not None and at[1] is not None
+    return at[0], at[1]
+
+
+def _overlap(first: _Listener, second: _Listener) -> str | None:
+    """None when the two listen addresses are distinct sockets; "" when they are one address; else why one takes the
+    other's connections: the wildcard address of the port and family (an IPv6 listener is IPv6-only, and a name is
+    bound as IPv4, as gateway.http.net makes them)."""
+    (_, _, host_a, port), (_, _, host_b, port_b) = first, second
+    family = 6 if ":" in host_a else 4
+    if port != port_b or family != (6 if ":" in host_b else 4):
+        return None
+    ip_a, ip_b = _bound_ip(host_a), _bound_ip(host_b)
+    if ip_a == ip_b:
+        return ""
+    if _WILDCARDS[family] not in (ip_a, ip_b):
+        return None
+    return f'"{_shown(_WILDCARDS[family], port)}" listens on every IPv{family} address of port {port}'
+
+
+def _bound_ip(host: str) -> str:
+    """The address a listening socket binds for `host`, as text: a name's first IPv4 address, as socket.bind
+    resolves it (looked up only when another listener has its port); a name that does not resolve stands for
+    itself (the start fails, naming it)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    try:
+        return str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    except (OSError, UnicodeError, IndexError):
+        return host.lower()
+
+
+def _shown(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _check_bus(bus: str, errors: list[str]) -> None:

@@ -15,6 +15,7 @@ ones are config errors naming the entity.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -72,20 +73,38 @@ def listen_flags(entry: str) -> tuple[str, set[str]]:
 
 
 LISTEN_FLAGS = {"ssl"}
+NGX_LISTEN_BACKLOG = 511  # nginx's listen without backlog=N on Linux (src/os/unix/ngx_linux_config.h)
+_NGX_MAX_INT_T = 2**63 - 1  # ngx_atoi's limit (NGX_MAX_INT_T_VALUE, 64-bit)
+_INT_MAX = 2**31 - 1
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def status_options(flags: set[str]) -> tuple[int, bool, list[str]]:
     """(backlog, reuseport, the options refused) of status_listen's nginx listen options: `reuseport` and
-    `backlog=N` (N >= 1) are taken (Kong's default line has both); any other is refused."""
-    backlog, reuseport, refused = 128, False, []
+    `backlog=N` are taken (Kong's default line has both), any other is refused, as is a backlog nginx refuses."""
+    backlog, reuseport, refused = NGX_LISTEN_BACKLOG, False, []
     for flag in sorted(flags):
         if flag == "reuseport":
             reuseport = True
-        elif flag.startswith("backlog=") and flag[8:].isdigit() and int(flag[8:]) >= 1:
-            backlog = int(flag[8:])
+        elif flag.startswith("backlog=") and (value := _listen_backlog(flag[8:])) is not None:
+            backlog = value
         else:
             refused.append(flag)
     return backlog, reuseport, refused
+
+
+def _listen_backlog(text: str) -> int | None:
+    """The backlog nginx's `backlog=N` gives listen(), as a value Python's listen() takes, or None where nginx says
+    "invalid backlog": ngx_atoi (ASCII digits, at most NGX_MAX_INT_T_VALUE) stored in a C int (the low 32 bits), 0
+    and -1 refused (src/http/ngx_http_core_module.c:4053-4060). A negative int is read unsigned by Linux's listen()
+    and capped at net.core.somaxconn: INT_MAX is capped the same way (Python's listen() makes a negative one 0)."""
+    if not _DIGITS.fullmatch(text) or int(text) > _NGX_MAX_INT_T:
+        return None
+    low = int(text) & 0xFFFFFFFF
+    as_int = low - 2**32 if low > _INT_MAX else low
+    if as_int in (0, -1):
+        return None
+    return as_int if as_int > 0 else _INT_MAX
 
 
 def certificate_key(cert: CertificateEntity, index: int) -> str:

@@ -180,15 +180,13 @@ class ClientAddress:
 
 
 def _parse_addr_port(text: bytes) -> tuple[Address, int | None] | None:
-    """ngx_parse_addr_port: "ip", "ip:port", "[ipv6]" or "[ipv6]:port" -> (address, port or None)."""
+    """ngx_parse_addr_port of nginx 1.27.1 (Kong 3.x's): "ip", "ip:port" or "[ipv6]:port" -> (address, port or None);
+    a bracketed address without a port is declined (src/core/ngx_inet.c:642; taken from nginx 1.27.3 on)."""
     addr = _parse_addr(text)
     if addr is not None:
         return addr, None
     if text[:1] == b"[":
         close = text.find(b"]")
-        if close == len(text) - 1:
-            addr = _parse_addr(text[1:-1])
-            return (addr, None) if addr is not None else None
         if close < 0 or text[close + 1:close + 2] != b":":
             return None
         host, port = text[1:close], text[close + 2:]

@@ -28,11 +28,17 @@ WILDCARDS = ("0.0.0.0", "::")
 class AddressInUse(OSError):
     """Another gateway (`pid`) or another program listens on an address this gateway is configured for."""
 
-    def __init__(self, host: str, port: int, pid: int | None) -> None:
+    def __init__(self, host: str, port: int, pid: int | None, held: tuple[str, int] | None = None) -> None:
         where = f"{_display(host)}:{port}"
-        super().__init__(errno.EADDRINUSE, f"cannot listen on {where}: address in use"
-                         + (f" by gateway pid {pid}; stop that gateway, or change gateway.listen" if pid else
-                            " (by another program); stop it (`ss -ltnp` names it), or change gateway.listen"))
+        if held is not None:  # this gateway's own listener (a reload adding an address its old one covers)
+            why = (f"this gateway listens on {_display(held[0])}:{port}, and a wildcard address takes every address "
+                   f"of its port and family (nginx's reload fails the same way); keep {_display(held[0])}:{port} in "
+                   "gateway.listen, or stop and start the gateway to change it")
+        elif pid:
+            why = f"address in use by gateway pid {pid}; stop that gateway, or change gateway.listen"
+        else:
+            why = "address in use (by another program); stop it (`ss -ltnp` names it), or change gateway.listen"
+        super().__init__(errno.EADDRINUSE, f"cannot listen on {where}: {why}")
         self.pid = pid
 
 
@@ -59,6 +65,9 @@ class ListenerSlots:
         try:
             for addr in addresses:
                 if addr not in self._claims:
+                    held = _overlapping_own(addr, list(self._claims))
+                    if held is not None:
+                        raise AddressInUse(*addr, os.getpid(), held)
                     self._claims[addr] = _claim(*addr)
                     claimed.append(addr)
                 have = len(self._sockets.get(addr, ()))
@@ -191,6 +200,17 @@ def _overlapping_claimant(host: str, port: int) -> int | None:
         pid = claimant(other, port)
         if pid:
             return pid
+    return None
+
+
+def _overlapping_own(addr: tuple[str, int], claims: list[tuple[str, int]]) -> tuple[str, int] | None:
+    """The address this gateway already holds that `addr` cannot be bound beside: the other one of a wildcard and a
+    specific address of one port and family (the kernel refuses the second bind; its claim is another name)."""
+    host, port = addr
+    v6 = ":" in host
+    for other in claims:
+        if other[1] == port and (":" in other[0]) == v6 and WILDCARDS[v6] in (host, other[0]):
+            return other
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -9,12 +10,13 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve
 
+from gateway.config.tls import NGX_LISTEN_BACKLOG
 from gateway.http.net import unbound_listener
 
 log = logging.getLogger("gateway.status")
 
 
-def hypercorn_config(host: str, port: int, backlog: int = 128) -> HypercornConfig:
+def hypercorn_config(host: str, port: int, backlog: int = NGX_LISTEN_BACKLOG) -> HypercornConfig:
     cfg = HypercornConfig()
     cfg.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     cfg.accesslog = None
@@ -26,24 +28,35 @@ def hypercorn_config(host: str, port: int, backlog: int = 128) -> HypercornConfi
     return cfg
 
 
+class StatusListenError(OSError):
+    """The status server cannot bind gateway.status_listen; its text (also its repr, which a supervisor's start
+    error shows) names the setting and what to do."""
+
+    def __repr__(self) -> str:
+        return str(self.strerror)
+
+
 def _listen_socket(host: str, port: int, reuseport: bool) -> int:
     """A TCP socket bound to host:port (SO_REUSEPORT with nginx's listen reuseport; IPv6-only for an IPv6 address,
-    as nginx's ipv6only=on), detached for hypercorn's fd:// bind; a bind failure raises OSError here."""
+    as nginx's ipv6only=on), detached for hypercorn's fd:// bind; a bind failure raises StatusListenError here."""
     sock = unbound_listener(host, reuseport)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as e:
         sock.close()
-        raise
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        todo = "stop what listens there (`ss -ltnp` names it), or " if e.errno == errno.EADDRINUSE else ""
+        raise StatusListenError(e.errno, f"gateway.status_listen: cannot listen on {shown}: {e.strerror or e}; "
+                                         f"{todo}change gateway.status_listen") from None
     return sock.detach()
 
 
-async def serve_status(app: Any, host: str, port: int, *, backlog: int = 128, reuseport: bool = False,
+async def serve_status(app: Any, host: str, port: int, *, backlog: int = NGX_LISTEN_BACKLOG, reuseport: bool = False,
                        task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve `app` on host:port until cancelled; task_status.started((host, bound port)) once listening.
 
-    Port 0 picks a free port (tests). A bind failure (port in use) raises OSError before started(). `backlog` and
-    `reuseport`: kong.conf's status_listen options, as nginx's listen takes them.
+    Port 0 picks a free port (tests). A bind failure (port in use) raises StatusListenError before started().
+    `backlog` and `reuseport`: kong.conf's status_listen options, as nginx's listen takes them.
     """
     cfg = hypercorn_config(host, port, backlog)
     cfg.bind = [f"fd://{_listen_socket(host, port, reuseport)}"]

@@ -71,7 +71,6 @@ def test_a_value_that_is_not_an_address_ends_the_walk():
 @pytest.mark.parametrize(("value", "client"), [
     ("1.2.3.4:5678", "1.2.3.4"),
     ("[2001:db8::1]:443", "2001:db8::1"),
-    ("[2001:db8::1]", "2001:db8::1"),
     ("2001:db8::1", "2001:db8::1"),
     ("2001:DB8:0:0::1", "2001:db8::1"),
     ("1.2.3.4, ", "1.2.3.4"),
@@ -84,6 +83,15 @@ def test_a_value_that_is_not_an_address_ends_the_walk():
 ])
 def test_address_forms(value, client):
     assert resolve([("x-forwarded-for", value)], header="X-Forwarded-For") == (client, True)
+
+
+def test_a_bracketed_ipv6_address_without_port_is_not_taken():
+    """nginx 1.27.1 (Kong 3.x's) reads the header's address with ngx_parse_addr_port, which declines a bracketed IPv6
+    address without a port: src/core/ngx_inet.c:642 (release-1.27.1) `if (p == NULL || p == last - 1 || *++p !=
+    ':') { return NGX_DECLINED; }`, so the trusted peer stays the client (nginx 1.27.3's commit b2a67d261 "Realip:
+    allowed square brackets with portless IPv6 address" is not in Kong 3.x)."""
+    assert resolve([("x-real-ip", "[2001:db8::1]")]) == (PEER, True)
+    assert resolve([("x-forwarded-for", "[2001:db8::1]")], header="X-Forwarded-For") == (PEER, True)
 
 
 def test_an_ipv4_mapped_peer_is_matched_as_ipv4():
