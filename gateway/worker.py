@@ -36,6 +36,7 @@ from gateway.keeper.state import Keeper
 from gateway.node import logfile
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
+from gateway.node.start_only import inherited
 from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.handler import Pipeline
 from gateway.runtime import compile_config
@@ -220,7 +221,7 @@ def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.
     from supervisor import notify_ready
 
     parent = parent_or_exit()
-    config = load_config(config_path)
+    config = inherited(load_config(config_path))  # a reload's snapshot, with the bus and run directory of the start
     listeners = []
     for fd in fds:
         sock = socket.socket(fileno=fd)

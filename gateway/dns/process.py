@@ -1,7 +1,8 @@
 """This process's DNS client: each worker resolves its services' host names with it, the discovery process its
 upstreams' target names. `serving(settings)` makes one from the gateway's dns_* settings for the life of the
 process's nursery (its stale answers are refreshed in the background there); outside it (a test, a tool) a client
-with Kong's defaults, reading /etc/resolv.conf and /etc/hosts, refreshes in the foreground."""
+with Kong's defaults, reading /etc/resolv.conf and /etc/hosts, refreshes in the foreground. `renew` replaces a
+block's resolver by one from a reload's settings (the state keeper's: a worker's reload is a new process)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,17 @@ from gateway.dns.client import Resolver
 if TYPE_CHECKING:
     from gateway.config.schema import GatewaySettings
 
-_serving: list[Resolver] = []  # the resolvers of `serving` blocks open now, the latest last
+
+class _Block:
+    """A `serving` block open now: its resolver, which `renew` may replace."""
+
+    __slots__ = ("resolver",)
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+
+_serving: list[_Block] = []  # the `serving` blocks open now, the latest last
 _default: Resolver | None = None
 
 
@@ -24,7 +35,7 @@ def resolver() -> Resolver:
     """The resolver of this process: the latest `serving` block's, else one with Kong's defaults."""
     global _default
     if _serving:
-        return _serving[-1]
+        return _serving[-1].resolver
     if _default is None:
         _default = Resolver.from_system()
     return _default
@@ -43,10 +54,22 @@ async def serving(gw: GatewaySettings) -> AsyncIterator[Resolver]:
     """Make the resolver of `gw`'s settings this process's for the block (blocks may overlap, as gateways started
     side by side in one test process do: the latest open one serves)."""
     async with trio.open_nursery() as nursery:
-        mine = from_settings(gw, nursery)
+        mine = _Block(from_settings(gw, nursery))
         _serving.append(mine)
         try:
-            yield mine
+            yield mine.resolver
         finally:
             _serving.remove(mine)
             nursery.cancel_scope.cancel()
+
+
+def renew(current: Resolver, gw: GatewaySettings) -> Resolver:
+    """Put a resolver made from `gw` (its cache empty, the hosts file and resolv.conf read again) in the place of
+    `current`, a `serving` block's: Kong's reload takes a new DNS client from the reloaded kong.conf
+    (kong/init.lua:654-656 `kong.dns`, which conf_loader made). Refreshes `current` has under way end in the block's
+    nursery."""
+    block = next((block for block in _serving if block.resolver is current), None)
+    if block is None:
+        raise ValueError("renew: the resolver given is no open `serving` block's (its block has ended)")
+    block.resolver = from_settings(gw, current.nursery)
+    return block.resolver

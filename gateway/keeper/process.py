@@ -25,8 +25,9 @@ import zmq
 
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.dns import process as dns
+from gateway.dns.client import Resolver
 from gateway.keeper.redis_level import run_redis_level
 from gateway.keeper.saved import encode, read_saved
 from gateway.keeper.state import TICK_S, Keeper
@@ -119,7 +120,8 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
     timer = _Timer()
     try:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-            async with dns.serving(keeper.dns_settings), trio.open_nursery() as nursery:
+            async with dns.serving(keeper.dns_settings) as resolver, trio.open_nursery() as nursery:
+                keeper.on_reload = _ResolverRenewal(resolver)
                 nursery.start_soon(routed.run)
                 nursery.start_soon(closed.run)
                 nursery.start_soon(_heartbeats, keeper, publish)
@@ -143,6 +145,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 if saver is not None:
                     saver.save()  # a change still waiting for its turn
     finally:
+        keeper.on_reload = None
         with contextlib.suppress(ValueError):  # (an in-process keeper: its sampler must not outlive it)
             RECORDER.samplers.remove(keeper.sample_metrics)
         router.disable_monitor()
@@ -167,6 +170,17 @@ async def _peer_checks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], 
             await trio.sleep(delay)
             for peer in keeper.peers.ids():
                 send_to(peer, p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
+
+
+class _ResolverRenewal:
+    """A reload's part in the keeper process: the resolver of its Redis hosts made anew from the reloaded dns_*
+    keys, as Kong's reload gives the workers that connect to Redis a new DNS client (dns/process.py renew)."""
+
+    def __init__(self, resolver: Resolver) -> None:
+        self.resolver = resolver
+
+    def __call__(self, config: Config) -> None:
+        self.resolver = dns.renew(self.resolver, config.gateway)
 
 
 class _Wakeup:
@@ -267,10 +281,11 @@ async def _expiry(keeper: Keeper) -> None:
 def run_keeper(config_path: str, workers: int) -> int:
     """`gateway keeper`: the process the root supervises."""
     from gateway.node.paths import absolute_endpoint, keeper_state_file
+    from gateway.node.start_only import inherited
     from supervisor import notify_ready
 
     parent = parent_or_exit()
-    config = load_config(config_path)
+    config = inherited(load_config(config_path))  # a restart after a reload keeps the bus of the start
     bus = absolute_endpoint(config.gateway.bus)
     keeper = Keeper(config, workers, config_path, host=f"{socket.gethostname()}:{bus}")
     # The root gives the keeper its config in the run directory (run/config.current.yaml), which holds the state

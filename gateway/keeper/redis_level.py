@@ -6,14 +6,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 import trio
 
 from gateway.bus import protocol as p
+from gateway.http.net import is_ip
 from gateway.keeper.state import Keeper, log_store_down
 from gateway.metrics import REDIS_FALLBACK
-from gateway.ratelimit.redis_client import RedisStore, StoreError
+from gateway.ratelimit.redis_client import RedisSettings, RedisStore, StoreError
 from gateway.ratelimit.redis_script import Call
 
 log = logging.getLogger("gateway.keeper")
@@ -25,7 +25,7 @@ async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """The keeper's Redis level (policy redis): runs the due block calls off every worker's request path, answers
     the requests that waited for them, and notices a Redis that is too slow. One client per plugin's Redis."""
-    clients: dict[str, tuple[Any, RedisStore, trio.CancelScope]] = {}
+    clients: dict[str, tuple[tuple[RedisSettings, int], RedisStore, trio.CancelScope]] = {}  # by plugin (_made_for)
     reported: dict[str, int] = {}
     async with trio.open_nursery() as nursery:
         task_status.started()
@@ -33,13 +33,14 @@ async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None
         while True:
             for name, shared in keeper.stores.items():
                 known = clients.get(name)
-                if known is None or known[0] != shared.settings:
+                made_for = _made_for(shared.settings, keeper.reloads)
+                if known is None or known[0] != made_for:
                     if known is not None:  # calls still under way on the old client end first (a reload's
                         nursery.start_soon(_retire, known[1], known[2])  # retiring workers hand back tokens so)
                     client = RedisStore(shared.settings)
                     scope = trio.CancelScope()
                     nursery.start_soon(_serve_client, client, scope)
-                    clients[name] = (shared.settings, client, scope)
+                    clients[name] = (made_for, client, scope)
             if not keeper.stores:  # no policy redis: sleep until a reload brings one (configure wakes us)
                 await keeper.redis_wake.wait()
             with trio.move_on_after(REDIS_TICK_S):
@@ -59,6 +60,12 @@ async def run_redis_level(keeper: Keeper, deliver: Callable[[bytes, p.Msg], None
                 entry = clients.get(store)
                 if entry is not None:
                     nursery.start_soon(_remote_call, keeper, entry[1], store, key, call, deliver)
+
+
+def _made_for(settings: RedisSettings, reloads: int) -> tuple[RedisSettings, int]:
+    """What a client serves: its settings, and for a host name the reload whose resolver found its address (Kong's
+    reload connects from new workers, resolving the name with the reloaded dns_* keys)."""
+    return settings, 0 if is_ip(settings.host.strip("[]")) else reloads
 
 
 async def _serve_client(client: RedisStore, scope: trio.CancelScope) -> None:

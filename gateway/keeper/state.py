@@ -10,6 +10,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -29,12 +30,14 @@ from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.keeper.intake import refusal
 from gateway.keeper.peers import Peers
 from gateway.keeper.saved import SavedBreaker, SavedState, SavedTarget
+from gateway.node.start_only import inherited
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
 from gateway.ratelimit.messages import LeaseRequest
 from gateway.runtime import compile_config, id_of
 from gateway.stores import Counters, HostCache
+from gateway.stores.cache import FLUSHED_BY_RELOAD
 from gateway.telemetry.health_metrics import TargetHealthMetrics
 
 log = logging.getLogger("gateway.keeper")
@@ -76,7 +79,9 @@ class Keeper:
         self._pending_since: float | None = None
         self.caches: dict[str, HostCache] = {}  # proxy-cache's dictionaries (Kong's shared dicts), made when used
         self.counters = Counters()  # response-ratelimiting's policy local
-        self.dns_settings = config.gateway  # the process's resolver (its Redis hosts'): the dns_* keys at its start
+        self.dns_settings = config.gateway  # the process's resolver (its Redis hosts'): the dns_* keys of the config
+        self.reloads = 0  # reloads applied: the Redis level makes a client to a host name anew after one
+        self.on_reload: Callable[[Config], None] | None = None  # the process's part (process.py: a new resolver)
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -109,6 +114,18 @@ class Keeper:
         old_health, self.health = self.health, HealthBoard.from_config(config)
         self.health.adopt(old_health, {(u, t) for u, _, t in (key.partition("|") for key in self.targets)})
         self.health_metrics = TargetHealthMetrics(config)
+
+    def reload(self, config: Config) -> None:
+        """A reload's config, applied as Kong's reload applies its own: the new dns_* keys (a new resolver, and new
+        Redis clients for host names), the dictionaries Kong's reload purges emptied (stores/cache.py)."""
+        self.configure(config)
+        self.dns_settings = config.gateway
+        self.reloads += 1
+        if self.on_reload is not None:
+            self.on_reload(config)
+        for name in FLUSHED_BY_RELOAD:
+            if (cache := self.caches.get(name)) is not None:
+                cache.flush()
 
     def sample_metrics(self) -> None:
         """At each metrics flush: breaker states and Kong's target health gauges."""
@@ -476,7 +493,7 @@ class Keeper:
         if cmd == "reload_config":
             if self.config_path is None:
                 raise ValueError("this keeper was started without a config path")
-            self.configure(load_config(self.config_path))
+            self.reload(inherited(load_config(self.config_path)))
             return {"incarnation": self.incarnation}, [self.snapshot()]
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
 

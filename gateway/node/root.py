@@ -53,6 +53,7 @@ from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint, keeper_state_file
 from gateway.node.slots import ListenerSlots
+from gateway.node.start_only import changed, hand_down, keep
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
@@ -117,6 +118,7 @@ class Node:
         # has stopped). Their workers are signalled from here, without asking any supervisor.
         self._generations: dict[int, Generation] = {}
         self._last_listed: dict[str, list[ChildInfo[ChildRef]]] = {}  # supervisor id -> the children it last listed
+        self._status_app: StatusApp | None = None  # the status server's, when status_listen is set
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Node:
                 raise StartupError(f"gateway.bus: {in_use(endpoint, _root_of(holder), 'gateway.bus')}")
         self.keeper = KeeperLink(ctx, bus)
         os.environ[ROOT_PID_ENV] = str(os.getpid())  # children check it is their parent (orphan.py)
+        hand_down(gw)  # whatever file a reload gives them, children keep the bus and run directory of the start
         logfile.adopt(gw.log_file)  # when our stderr is the log file, SIGUSR1 reopens it in every process
         self.fork_server = ForkServer()
         try:
@@ -198,6 +201,7 @@ class Node:
             app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
                             prepare=collector.prepare, page=page, config=lambda: self.config,
                             config_text=lambda: current_config_text(self.run_dir))
+            self._status_app = app
             children.append(ChildSpec("status", partial(serve_status, app, host, port, backlog=backlog,
                                                         reuseport=reuseport), shutdown=5000))
         children.append(first.child_spec())
@@ -398,6 +402,10 @@ class Node:
         except ConfigError as e:
             raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
                 from None
+        previous = self.config
+        assert previous is not None
+        restart_needed = changed(previous.gateway, config.gateway)
+        keep(config, previous.gateway)
         addresses = listen_addresses(config)
         try:
             opened = self.slots.ensure(addresses, self.worker_count(config))
@@ -416,7 +424,6 @@ class Node:
             raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
                 from None
         self._generations[new] = generation
-        previous = self.config
         self.generation = new
         self.config = config
         if path != self.config_path:
@@ -428,7 +435,8 @@ class Node:
         except KeeperUnavailable:
             log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
         await self._restart_satellites(current, config)
-        restart_needed = _start_only_changes(previous, config)
+        if self._status_app is not None:
+            self._status_app.reloaded()
         for key in restart_needed:
             log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
         log.info("reload: generation %d accepting; generation %d draining", new, old)
@@ -575,16 +583,6 @@ def _child_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
             "uptime_s": round(now - started, 3) if started is not None else None,
             "restarts": info.restart_count,
             **({"started_by": ref.started_by} if isinstance(ref, ProcessRef) else {})}
-
-
-START_ONLY = ("admin", "bus", "pid_file", "log_file", "status_listen", "restart_intensity", "restart_period_s",
-              "registration")  # the root applies these when it starts; a reload leaves them as they were
-
-
-def _start_only_changes(old: Config | None, new: Config) -> list[str]:
-    if old is None:
-        return []
-    return [key for key in START_ONLY if getattr(old.gateway, key) != getattr(new.gateway, key)]
 
 
 def _write_pid(path: str) -> None:

@@ -14,6 +14,7 @@ from gateway.config import Config, load_config
 from gateway.dns import process as dns
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
+from gateway.node.start_only import inherited
 
 
 async def _serve_until_sigterm(config: Config, service: Callable[[zmq.Context, trio.Nursery], Awaitable[None]],
@@ -43,7 +44,7 @@ def run_satellite(kind: str, config_path: str) -> int:
     else:
         from gateway.discovery.process import serve
     parent = parent_or_exit()
-    config = load_config(config_path)
+    config = inherited(load_config(config_path))  # the bus of the start, whatever a reload wrote there
     service = partial(serve, config, absolute_endpoint(config.gateway.bus))
     trio.run(lambda: _serve_until_sigterm(config, service, notify_ready, parent))
     return 0

@@ -11,7 +11,7 @@
     GET /status  -> 200        Kong's Status API /status JSON (gateway.status.kong); the status page
                                (gateway.status.page), when the app has one, to a request whose Accept prefers
                                text/html (a browser); /status.json the page's data
-    GET /status/ready          Kong's readiness; POST /status/ready status=draining: 503 "draining" from then on
+    GET /status/ready          Kong's readiness; POST /status/ready status=draining: 503 "draining" until a reload
     GET /upstreams/{u}/targets[/all|/{t}], /upstreams/{u}/health: Kong's read-only upstream routes (gateway.status.kong)
 
 /health answers 200 only when every check is healthy: degraded counts as not healthy (503), so a load balancer
@@ -178,7 +178,14 @@ class StatusApp:
         self.config_text = config_text or (lambda: None)
         self.node_id = node_id or (lambda: _node_id(self.config()))
         self.kong_upstreams = kong.KongUpstreamRoutes(self.config, self.keeper_targets, self.node_id)
-        self.draining = False  # Kong's kong:status:ready false: set by POST /status/ready, kept across reloads
+        self.draining = False  # Kong's kong:status:ready false: set by POST /status/ready, cleared by a reload
+
+    def reloaded(self) -> None:
+        """The gateway has reloaded its config: forget the draining flag, as `kong reload` flushes the kong shm
+        but for its preserved keys, kong:status:ready not among them (kong/init.lua reset_kong_shm)."""
+        if self.draining:
+            log.info("status: reload: /status/ready no longer answers draining (POST status=draining again to drain)")
+        self.draining = False
 
     @property
     def uptime(self) -> int:
@@ -293,8 +300,8 @@ class StatusApp:
 
     async def kong_drain(self, scope: dict[str, Any], receive: Receive) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Kong's POST /status/ready: status=draining (query, form or JSON body) sets the node draining, so that
-        GET /status/ready answers 503 {"message": "draining"} (a load balancer takes the node out) until a restart;
-        204. Anything else is 400."""
+        GET /status/ready answers 503 {"message": "draining"} (a load balancer takes the node out) until a reload
+        or a restart; 204. Anything else is 400."""
         body = await _read_body(receive, MAX_POST_BYTES)
         if body is None:
             return _json(413, {"message": "Request body too large"})
@@ -302,7 +309,7 @@ class StatusApp:
         if status != 204:
             return _json(status, doc)
         if not self.draining:
-            log.warning("status: POST /status/ready status=draining: /status/ready answers 503 until a restart")
+            log.warning("status: POST /status/ready status=draining: /status/ready answers 503 until a reload")
         self.draining = True
         return 204, [], b""
 

@@ -7,6 +7,7 @@ Rules (lua-nginx-module's shared dict):
    A set that does not fit evicts the least recently used entries first, as the shm's LRU does; a value larger than
    the whole dict is refused (False: "no memory").
 4. `delete` and `flush` remove one entry or all.
+5. A reload empties the dictionaries Kong's reload purges (FLUSHED_BY_RELOAD); the others keep their entries.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ SIZES = {"kong": 5 << 20, "kong_locks": 8 << 20, "kong_healthchecks": 5 << 20, "
          "kong_core_db_cache_miss": 12 << 20, "kong_db_cache": MEM_CACHE_SIZE, "kong_db_cache_miss": 12 << 20,
          "kong_secrets": 5 << 20, "prometheus_metrics": 5 << 20}
 DEFAULT_CAPACITY = SIZES[DEFAULT_DICTIONARY]
+# The dictionaries a reload empties. nginx's reload keeps each shared dict (src/core/ngx_cycle.c:464-473 reuses a
+# zone of the same name and size), but Kong's init then flushes `kong` (kong/init.lua reset_kong_shm: flush_all but
+# its preserve_keys, none a proxy-cache key), and DB-less Kong loads its file again, purging kong.core_cache and
+# kong.cache (kong/db/declarative/import.lua:500-501), the mlcaches on kong_core_db_cache and kong_db_cache, with
+# their `_miss` shms (kong/resty/mlcache/init.lua purge: dict and dict_miss flush_all). The others keep their entries.
+FLUSHED_BY_RELOAD = ("kong", "kong_core_db_cache", "kong_core_db_cache_miss", "kong_db_cache", "kong_db_cache_miss")
 ENTRY_OVERHEAD = 64  # bytes charged per entry beyond key and value (the shm's node), so tiny entries are bounded too
 
 

@@ -347,7 +347,7 @@ async def test_post_status_draining_makes_status_ready_answer_503_draining(
         query: str) -> None:
     """POST /status/ready with status=draining (Kong's self.params: the query, a form or a JSON body) answers 204
     and from then on GET /status/ready is 503 {"message": "draining"}, so a load balancer takes the node out while
-    it keeps serving; the flag is the app's, so a reload (which keeps the status server) does not clear it."""
+    it keeps serving (until a reload: tests/test_reload_start_only_keys.py)."""
     app = StatusApp(Source(), _registry(), config=lambda: loaded[1])
     _, port = await nursery.start(serve_status, app, "127.0.0.1", 0)
     drained = await request(port, "POST", f"/status/ready{query}", headers=headers, body=body)
