@@ -142,16 +142,20 @@ async def test_a_post_crossing_the_upstreams_idle_close_is_not_sent_again(nurser
 # --- 2. CONNECT and asterisk-form -------------------------------------------------------------------------------------
 
 
-async def test_connect_gets_405_and_what_follows_is_never_parsed(nursery, gateway):
+@pytest.mark.parametrize(("target", "status", "text"), [(b"127.0.0.1:22", 400, b"Bad request"),
+                                                        (b"/", 405, b"Method not allowed")])
+async def test_connect_is_refused_and_what_follows_is_never_parsed(nursery, gateway, target, status, text):
+    """nginx 1.27.1 answers a CONNECT whose target it parses (a path) with 405, an authority (which it does not
+    parse) with 400; Kong's error handler writes the text."""
     echo = EchoBackend()
     await nursery.start(echo.serve)
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", [{"hosts": ["127.0.0.1"]}])]})
-    data, _ = await raw_exchange(port, b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n"
-                                       b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-    status, headers, body = parse_raw_response(data)
-    assert status == 405
+    data, _ = await raw_exchange(port, b"CONNECT %s HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\n" % target
+                                 + b"GET /smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    got, headers, body = parse_raw_response(data)
+    assert got == status
     assert headers["connection"] == "close"
-    assert body.startswith(b"Method not allowed\nrequest_id: ")  # nginx's own error: Kong's text page
+    assert body.startswith(text + b"\nrequest_id: ")  # nginx's own error: Kong's text page
     assert data.count(b"HTTP/1.1 ") == 1  # one answer, then the connection closed
     assert echo.requests == []
 

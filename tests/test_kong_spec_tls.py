@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tls_helpers import HttpsEcho, Pki, ca_and_leaf, expired_pair
 
 from gateway.config import ConfigError, parse_config
+from gateway.http.kong_errors import nginx_page
 from gateway.http.tls_contexts import ServerOptions, ServerTls, TrustStore, server_context, use_trust_store
 from gateway.runtime import compile_config
 
@@ -306,7 +307,8 @@ async def test_an_https_only_route_with_a_redirect_code_redirects(gateway, nurse
                "https_redirect_status_code": code}]
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", routes)]})
     reply = await request(port, "GET", target, host="example.com")
-    assert (reply.status, reply.header("location"), reply.body) == (code, location, b"")
+    assert (reply.status, reply.header("location"), reply.body) == (code, location, nginx_page(code))
+    assert reply.header("content-type").startswith("text/html")  # kong.response.exit(code) without a body: nginx's
     assert echo.requests == []
 
 

@@ -7,7 +7,10 @@ which is how requests are smuggled. (Sizes past 2**63 - 1 are refused, by the ll
 limit, in ngx_http_parse_chunked.) So the h11 codec shows its chunked bodies to this check as well: each body
 byte h11 hands over must be one this check has seen framed as llhttp frames it (RFC 9112 7.1, without the optional
 whitespace around ';' and '=' that llhttp refuses), and at the first byte that is not, the message fails, after
-the body bytes before it, as llhttp fails it (tests/http/test_codec_fuzz.py compares the two).
+the body bytes before it, as llhttp fails it (tests/http/test_codec_fuzz.py compares the two). In a response, spaces
+and tabs may follow a chunk size, as nginx reads them (ngx_http_parse_chunked: SP or HTAB there begins an extension)
+and the llhttp codec's response parser takes them (llhttp's lenient_spaces_after_chunk_size); a request's chunk size
+takes none.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from gateway.http.codec import ProtocolError
 
 _TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
-_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n")
+_EXTENSIONS = rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n"
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)" + _EXTENSIONS)
+_RESPONSE_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*" + _EXTENSIONS)  # (whitespace after the size)
 _TRAILER_LINE = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
 _FRAMING = (b"content-length:", b"transfer-encoding:")  # llhttp refuses them in trailers (RFC 9110 6.5.1: may)
 MAX_CHUNK_SIZE = (1 << 63) - 1  # nginx's NGX_MAX_OFF_T_VALUE: a larger size is invalid (ngx_http_parse_chunked)
@@ -28,11 +33,12 @@ _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
 
 class ChunkedFraming:
     """Feed it the raw bytes of a message from the first byte of its chunked body on. `error` is set at the first
-    framing fault (and nothing more is read); `body_ok` is how many body bytes came before it."""
+    framing fault (and nothing more is read); `body_ok` is how many body bytes came before it. `spaces_after_size`:
+    a response's framing, whose chunk sizes may be followed by spaces and tabs."""
 
-    __slots__ = ("error", "body_ok", "_state", "_left", "_line", "_max_line", "_status")
+    __slots__ = ("error", "body_ok", "_state", "_left", "_line", "_max_line", "_status", "_chunk_line")
 
-    def __init__(self, status: int, max_line: int) -> None:
+    def __init__(self, status: int, max_line: int, spaces_after_size: bool = False) -> None:
         self.error: ProtocolError | None = None
         self.body_ok = 0  # body bytes framed so far
         self._state = _SIZE
@@ -40,6 +46,7 @@ class ChunkedFraming:
         self._line = bytearray()  # a chunk, chunk-end or trailer line, until its LF
         self._max_line = max_line
         self._status = status  # of a framing fault: 400 for a request, 502 for a response
+        self._chunk_line = _RESPONSE_CHUNK_LINE if spaces_after_size else _CHUNK_LINE  # (a response's: see above)
 
     @property
     def done(self) -> bool:
@@ -73,7 +80,7 @@ class ChunkedFraming:
     def _end_of_line(self, line: bytes) -> None:
         state = self._state
         if state == _SIZE:
-            m = _CHUNK_LINE.fullmatch(line)
+            m = self._chunk_line.fullmatch(line)
             if m is None:
                 self._fail("invalid chunk line")
             elif int(m.group(1), 16) > MAX_CHUNK_SIZE:

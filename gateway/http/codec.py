@@ -97,6 +97,10 @@ class ProtocolError(Exception):
         self.method = b""  # of a request head refused: the answer to a HEAD has no body, an error's neither
         self.target = b""  # ... and its target, when its request line was whole (what the log shows)
         self.cut = cut  # the peer closed the connection mid-message: nothing it sent was wrong in itself
+        # Of a request head refused: the header lines nginx had read when it refused it (r->headers_in.headers, what
+        # Kong's error handler picks the page's format from); None: none (a request line refused, say) ...
+        self.headers: Headers | None = None
+        self.fields = -1  # ... and of one too large (494): how many header lines came before the one refused
 
 
 class ServerCodec(Protocol):
@@ -208,20 +212,25 @@ def check_head_lines(lengths: Iterable[int], size: int, count: int) -> None:
     sent too long URI") or 494, as is a head that needs more than `count` buffers."""
     cap = FIRST_BUFFER_BYTES
     pos = 0
-    first = True
-    for length in lengths:
+    for n, length in enumerate(lengths):
         if pos + length > cap:
             if length > size:
-                if first:
+                if not n:
                     raise ProtocolError("request line too long", 414)
-                raise ProtocolError("request header line too long", HEAD_TOO_LARGE)
+                raise _too_large("request header line too long", n - 1)
             if not count:
-                raise ProtocolError("request head too large", HEAD_TOO_LARGE)
+                raise _too_large("request head too large", n - 1)
             count -= 1
             cap = size
             pos = 0
         pos += length
-        first = False
+
+
+def _too_large(message: str, fields: int) -> ProtocolError:
+    """A head refused as too large (494) at a line after `fields` header lines, which nginx had read."""
+    error = ProtocolError(message, HEAD_TOO_LARGE)
+    error.fields = fields
+    return error
 
 
 class HeadBuffers:
@@ -230,7 +239,7 @@ class HeadBuffers:
     refuses it once it fills the buffer it is in). Each byte is looked at once; a codec makes one only for a head
     longer than FIRST_BUFFER_BYTES that spans reads."""
 
-    __slots__ = ("head", "fed", "_size", "_left", "_cap", "_pos", "_tail", "_first")
+    __slots__ = ("head", "fed", "_size", "_left", "_cap", "_pos", "_tail", "_lines")
 
     def __init__(self, head: object, size: int, count: int) -> None:
         self.head = head  # what the codec keeps of this head: which head this one is for
@@ -240,7 +249,7 @@ class HeadBuffers:
         self._cap = FIRST_BUFFER_BYTES
         self._pos = 0
         self._tail = 0  # the bytes of the line not ended yet
-        self._first = True
+        self._lines = 0  # placed in the buffers (the request line first)
 
     def feed(self, data: bytes | bytearray) -> None:
         """The next bytes of the head (none of them ending it)."""
@@ -258,16 +267,38 @@ class HeadBuffers:
     def _place(self, length: int) -> None:
         if self._pos + length > self._cap:
             if length > self._size:
-                if self._first:
+                if not self._lines:
                     raise ProtocolError("request line too long", 414)
-                raise ProtocolError("request header line too long", HEAD_TOO_LARGE)
+                raise _too_large("request header line too long", self._lines - 1)
             if not self._left:
-                raise ProtocolError("request head too large", HEAD_TOO_LARGE)
+                raise _too_large("request head too large", self._lines - 1)
             self._left -= 1
             self._cap = self._size
             self._pos = 0
         self._pos += length
-        self._first = False
+        self._lines += 1
+
+
+def read_before(error: ProtocolError, head: Headers | bytes | bytearray) -> None:
+    """Note on `error`, when it refuses a head as too large (494) and has no header lines yet, those nginx had read
+    before the line it refused: of `head` (the head's header lines as parsed so far, or its bytes as sent from its
+    request line on), those before error.fields, or all when that is not known. Only when refusing."""
+    if error.status != HEAD_TOO_LARGE or error.headers is not None:
+        return
+    headers = head if isinstance(head, list) else _ended_lines(head)
+    error.headers = headers[:error.fields] if error.fields >= 0 else headers
+
+
+def _ended_lines(head: bytes | bytearray) -> Headers:
+    """The header lines that ended in the bytes of a head (from its request line on), as (name, value)."""
+    headers = []
+    for line in bytes(head).split(b"\n")[1:-1]:
+        line = line.rstrip(b"\r")
+        if not line:  # the blank line: the head's end
+            break
+        name, _, value = line.partition(b":")
+        headers.append((name.lower(), value.strip(b" \t")))
+    return headers
 
 
 def check_head_buffers(lengths: list[int], version: bytes, size: int, count: int) -> None:
@@ -501,82 +532,127 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
                        http_version: bytes) -> tuple[bytes, bytes | None, bool]:
     """Reject what request smuggling and RFC 9112 forbid, identically for every codec; returns the target in origin
     form, the host (Host, or the authority of an absolute-form target, which replaces the Host header, RFC 9112
-    3.2.2) and whether the client expects 100-continue."""
-    if http_version != b"1.1" and http_version != b"1.0":
-        raise ProtocolError("unsupported HTTP version")  # (the codecs read it with nginx_version)
-    if method == b"CONNECT":
-        raise ProtocolError("CONNECT is not allowed: the gateway is not a tunnel", 405)  # nginx >= 1.21.1
-    if method == b"TRACE":
-        raise ProtocolError("TRACE is not allowed", 405)  # nginx's, before any location (Kong's spec 13)
-    content_lengths = 0
-    transfer_encoding = None
-    host = None
-    expect = False
-    unique: set[bytes] | None = None
-    for name, value in headers:
-        if _NAME_KINDS[name]:  # one dict lookup for the many headers that are none of these
-            if name == b"content-length":
-                content_lengths += 1
-                if not value.isdigit() or (len(value) > 18 and not length_in_range(value)):
-                    raise ProtocolError("invalid Content-Length")
-            elif name == b"transfer-encoding":
-                if transfer_encoding is not None:
-                    raise ProtocolError("more than one Transfer-Encoding header")
-                transfer_encoding = value
-            elif name == b"host":
-                if host is not None:
-                    raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
-                host = value
-            elif name not in _UNIQUE:  # a name nginx calls invalid: its line is dropped, as by nginx
-                headers[:] = [field for field in headers if _NAME_KINDS[field[0]] is not _INVALID]
-                return check_request_head(method, target, headers, http_version)
-            else:
-                if unique is None:
-                    unique = {name}
-                elif name in unique:
-                    raise ProtocolError(f"client sent duplicate header line: {name.decode()}")  # nginx's words
+    3.2.2) and whether the client expects 100-continue. A refusal is nginx's first for the head and carries the
+    header lines nginx had read then (ProtocolError.headers): none for a request line (a CONNECT's `host:port`),
+    those up to a header line it refuses as it reads it, all of them for what it checks once the head ended."""
+    try:
+        if http_version != b"1.1" and http_version != b"1.0":
+            raise _line_error("unsupported HTTP version")  # (the codecs read it with nginx_version)
+        content_lengths = 0
+        transfer_encoding = None
+        host = None
+        expect = False
+        unique: set[bytes] | None = None
+        for name, value in headers:
+            if _NAME_KINDS[name]:  # one dict lookup for the many headers that are none of these
+                if name == b"content-length":
+                    content_lengths += 1
+                    if not value.isdigit() or (len(value) > 18 and not length_in_range(value)):
+                        raise ProtocolError("invalid Content-Length")
+                elif name == b"transfer-encoding":
+                    if transfer_encoding is not None:
+                        raise _refused_at("more than one Transfer-Encoding header", headers, name)
+                    transfer_encoding = value
+                elif name == b"host":
+                    if host is not None:
+                        raise _refused_at("an HTTP/1.1 request needs exactly one Host header", headers, name)
+                    host = value
+                elif name not in _UNIQUE:  # a name nginx calls invalid: its line is dropped, as by nginx
+                    headers[:] = [field for field in headers if _NAME_KINDS[field[0]] is not _INVALID]
+                    return check_request_head(method, target, headers, http_version)
                 else:
-                    unique.add(name)
-                if name == b"expect":
-                    expect = value.lower() == b"100-continue"
-    if content_lengths > 1:
-        raise ProtocolError("more than one Content-Length header")
-    if transfer_encoding is not None:
-        if content_lengths:
-            raise ProtocolError("both Content-Length and Transfer-Encoding")
-        if http_version == b"1.0":  # nginx's: "client sent HTTP/1.0 request with Transfer-Encoding header"
-            raise ProtocolError("an HTTP/1.0 request with a Transfer-Encoding header")
-        codings = transfer_encoding.lower()
-        if codings != b"chunked":
-            # RFC 9112 6.3: chunked not last (or applied twice, 6.1) -> the length is unknowable -> 400 (nginx: 501
-            # for any value but chunked); a coding we lack -> 501.
-            applied = [c.strip(b" \t") for c in codings.split(b",")]
-            if applied[-1] != b"chunked" or b"chunked" in applied[:-1]:
-                raise ProtocolError("chunked must be the final transfer coding, applied once")
-            raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
-    if host is None and http_version == b"1.1":
-        raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
-    if target[:1] != b"/":
-        target, host = _origin_form(target, host, headers)
-    elif host is not None and not _VALID_HOSTS[host]:
-        raise ProtocolError("invalid Host header")
-    return target, host, expect and http_version == b"1.1"  # RFC 9110 10.1.1: an HTTP/1.0 one is ignored
+                    if unique is None:
+                        unique = {name}
+                    elif name in unique:  # nginx's words
+                        raise _refused_at(f"client sent duplicate header line: {name.decode()}", headers, name)
+                    else:
+                        unique.add(name)
+                    if name == b"expect":
+                        expect = value.lower() == b"100-continue"
+        if content_lengths > 1:
+            raise _refused_at("more than one Content-Length header", headers, b"content-length")
+        if transfer_encoding is not None:
+            if content_lengths:
+                raise ProtocolError("both Content-Length and Transfer-Encoding")
+            if http_version == b"1.0":  # nginx's: "client sent HTTP/1.0 request with Transfer-Encoding header"
+                raise ProtocolError("an HTTP/1.0 request with a Transfer-Encoding header")
+            codings = transfer_encoding.lower()
+            if codings != b"chunked":
+                # RFC 9112 6.3: chunked not last (or applied twice, 6.1) -> the length is unknowable -> 400 (nginx:
+                # 501 for any value but chunked); a coding we lack -> 501.
+                applied = [c.strip(b" \t") for c in codings.split(b",")]
+                if applied[-1] != b"chunked" or b"chunked" in applied[:-1]:
+                    raise ProtocolError("chunked must be the final transfer coding, applied once")
+                raise ProtocolError("only Transfer-Encoding: chunked is supported", 501)
+        if host is None and http_version == b"1.1":
+            raise ProtocolError("an HTTP/1.1 request needs exactly one Host header")
+        if target[:1] != b"/":
+            target, host = _origin_form(target, host, headers)
+        elif host is not None and not _VALID_HOSTS[host]:
+            raise _refused_at("invalid Host header", headers, b"host", 1)
+        if method in _NOT_ALLOWED:  # nginx's last check of a head (ngx_http_process_request_header; Kong's spec 13)
+            raise ProtocolError(f"client sent {method.decode()} method: not allowed", 405)
+        return target, host, expect and http_version == b"1.1"  # RFC 9110 10.1.1: an HTTP/1.0 one is ignored
+    except ProtocolError as e:
+        if e.headers is None or e.headers:  # (not a request line's own refusal)
+            if target[:1] != b"/" and (line := _target_error(target)) is not None:
+                raise line from None  # nginx refused the request line before it read a header line
+            if e.headers is None:
+                e.headers = headers
+        raise
+
+
+# nginx answers these methods 405 once their head was read (ngx_http_process_request_header: TRACE, and CONNECT since
+# 1.21.1, whose target nginx parses only as a path or an absolute URI: its usual `host:port` is a 400 before that)
+_NOT_ALLOWED = frozenset({b"TRACE", b"CONNECT"})
+
+
+def _line_error(message: str) -> ProtocolError:
+    """A 400 for the request line, which nginx refuses before it reads any header line."""
+    error = ProtocolError(message)
+    error.headers = []
+    return error
+
+
+def _refused_at(message: str, headers: Headers, name: bytes, nth: int = 2) -> ProtocolError:
+    """A 400 for a header line nginx refuses as soon as it reads it (the `nth` line named `name`: a second Host,
+    a Host that is no host; ngx_http_process_host, ngx_http_process_unique_header_line), with the lines read up
+    to it."""
+    error = ProtocolError(message)
+    for n, field in enumerate(headers):
+        if field[0] == name:
+            nth -= 1
+            if not nth:
+                error.headers = headers[:n + 1]
+                break
+    return error
+
+
+def _target_error(target: bytes) -> ProtocolError | None:
+    """The 400 for a target (not a path) nginx's ngx_http_parse_request_line refuses, or None: an absolute http(s)
+    URI whose host nginx takes (anything else: an authority `host:port`, `*`, another scheme)."""
+    if target == b"*":
+        return _line_error("asterisk-form request targets (OPTIONS *) are not supported")
+    m = _ABSOLUTE.fullmatch(target)
+    if m is None:
+        return _line_error("invalid request target: expected a path or an absolute http(s) URI")
+    if _TARGET_AUTHORITY.fullmatch(m.group(1)) is None:
+        return _line_error("invalid host in the request target: letters, digits, `.` and `-` only, or [IP]")
+    return None
 
 
 def _origin_form(target: bytes, host_header: bytes | None, headers: Headers) -> tuple[bytes, bytes]:
     """The origin-form of an absolute-form target and its authority, set as Host (in place); 400 for anything
     else, and for a Host header that is no valid host, as in nginx: ngx_http_process_host checks it before the
     request line's host wins."""
-    if target == b"*":
-        raise ProtocolError("asterisk-form request targets (OPTIONS *) are not supported")
+    error = _target_error(target)
+    if error is not None:
+        raise error
     m = _ABSOLUTE.fullmatch(target)
-    if m is None:
-        raise ProtocolError("invalid request target: expected a path or an absolute http(s) URI")
+    assert m is not None  # (_target_error matched it)
     authority, path = m.group(1), m.group(2)
-    if _TARGET_AUTHORITY.fullmatch(authority) is None:
-        raise ProtocolError("invalid host in the request target: letters, digits, `.` and `-` only, or [IP]")
     if host_header is not None and not _VALID_HOSTS[host_header]:
-        raise ProtocolError("invalid Host header")
+        raise _refused_at("invalid Host header", headers, b"host", 1)
     host = next((i for i, hv in enumerate(headers) if hv[0] == b"host"), None)
     if host is None:
         headers.append((b"host", authority))

@@ -44,17 +44,29 @@ from gateway.http.codec import (
     mend_request_head,
     nginx_version,
     overflow_error,
+    read_before,
     version_missing,
 )
-from gateway.http.codec_llhttp import REASONS, _close_delimited, _wants_keep_alive
+from gateway.http.codec_llhttp import (
+    REASONS,
+    UNKNOWN_CODING,
+    _check_codings,
+    _close_delimited,
+    _wants_keep_alive,
+    mend_response_head,
+)
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")  # no field-vchar (RFC 9110 5.5); llhttp refuses them, h11 not
 _TARGET_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+# a Transfer-Encoding line whose value a tab ends (then spaces at most): not `chunked` to nginx, nor to llhttp
+_CODING_TAB = re.compile(rb"(?im)^transfer-encoding:[^\r\n]*\t *\r$")
 
 
-def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | None:
+def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -> tuple[int, bytes, Headers] | None:
     """(size, start line, headers) of the head at the start of `raw`, split as llhttp splits it; None if incomplete.
+    A value loses the spaces and tabs before it and the `trailing` bytes after it (a response's: spaces only, as
+    LlhttpClient.on_header keeps it).
 
     Raises ProtocolError(status) for what llhttp rejects and h11 tolerates: bare LF line ends, obs-fold, control
     characters in a field.
@@ -77,7 +89,7 @@ def _split_head(raw: bytearray, status: int) -> tuple[int, bytes, Headers] | Non
         name, _, value = line.partition(b":")
         if name[-1:] == b" " or name[-1:] == b"\t":
             raise ProtocolError("whitespace before the colon of a header field", status)  # RFC 9112 5.1
-        headers.append((name.lower(), value.strip(b" \t")))
+        headers.append((name.lower(), value.lstrip(b" \t").rstrip(trailing)))
     return size, lines[0], headers
 
 
@@ -127,9 +139,10 @@ class _H11Codec:
         except h11.RemoteProtocolError as e:  # pragma: no cover - h11 raises RuntimeError for data after EOF
             raise ProtocolError(str(e), e.error_status_hint) from None
 
-    def _check_chunks(self, status: int) -> None:
-        """A chunked body follows the head just split: check its framing from its first byte on."""
-        self._chunks = ChunkedFraming(status, self._max)
+    def _check_chunks(self, status: int, spaces_after_size: bool = False) -> None:
+        """A chunked body follows the head just split: check its framing from its first byte on (`spaces_after_size`:
+        a response's, as the llhttp codec's response parser reads it)."""
+        self._chunks = ChunkedFraming(status, self._max, spaces_after_size)
         self._chunks.feed(self._after_head)
 
     def _body(self, data: bytes) -> bytes:
@@ -239,8 +252,11 @@ class H11Server(_H11Codec):
                     check_target(target)
                     raise
             checked = check_request_head(method, target, headers, version)
+            if _CODING_TAB.search(probe, 0, size) is not None:  # (one Transfer-Encoding, `chunked` once stripped)
+                raise ProtocolError(UNKNOWN_CODING, 501)  # as the llhttp codec answers it (LlhttpServer._parser_error)
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
+            read_before(e, probe)
             raise
         return size, checked, headers, version
 
@@ -272,6 +288,7 @@ class H11Server(_H11Codec):
                 error = ProtocolError(str(e), e.error_status_hint)
             if head is not None:
                 error.method, error.target = _request_line_of(head)
+                read_before(error, head)
             raise error from None
         if type(ev) is h11.Data:
             return self._body(bytes(ev.data))
@@ -319,6 +336,7 @@ class H11Server(_H11Codec):
             check.feed(probe[check.fed:])
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
+            read_before(e, probe)
             raise
 
     @staticmethod
@@ -402,7 +420,8 @@ def _check_response_head(headers: Headers) -> None:
     for name, value in headers:
         if name == b"content-length":
             lengths += 1
-            if not value.isdigit() or int(value) >> 64:  # llhttp refuses what overflows 64 bits
+            digits = value.rstrip(b" \t")  # (llhttp takes OWS after the digits; a tab stays in the value)
+            if not digits.isdigit() or int(digits) >> 64:  # llhttp refuses what overflows 64 bits
                 raise ProtocolError("invalid Content-Length in upstream response", 502)
         elif name == b"transfer-encoding":
             chunked = True
@@ -411,9 +430,10 @@ def _check_response_head(headers: Headers) -> None:
 
 
 class H11Client(_H11Codec):
-    """Client side of an upstream connection."""
+    """Client side of an upstream connection. A head h11 refuses is parsed again as mend_response_head writes it, when
+    that mends it (as the llhttp codec does: LlhttpClient._reparse_mended)."""
 
-    __slots__ = ("_method", "_closed", "_upgrade", "transport")
+    __slots__ = ("_method", "_closed", "_upgrade", "transport", "_sent")
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
@@ -421,12 +441,38 @@ class H11Client(_H11Codec):
         self.transport: Transport | None = None
         self._closed = False
         self._upgrade = False  # an Upgrade header was sent: h11 accepts a 101 (never reset: not reused after it)
+        self._sent: Headers = []  # the request's headers (_reparse_mended)
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
+        self._sent = headers
         if framing is None and any(name == b"upgrade" for name, _ in headers):
             self._upgrade = True
         return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+
+    def _reparse_mended(self) -> bool:
+        """The head h11 refused, parsed again as mend_response_head writes it, when that changes it: by a fresh h11
+        connection that sent the request as this one did (its method, Connection and Upgrade: what frames the
+        answer), once all of it went (else the refusal stands, a rare case of a rare case)."""
+        probe = self._probe
+        if probe is None or self._conn.our_state is not h11.MUST_CLOSE:  # (DONE, until h11's refusal made it so)
+            return False
+        mended = mend_response_head(bytes(probe), interims=False)
+        if mended is None or mended[0] == probe:
+            return False
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max)
+        sent = [hv for hv in self._sent if hv[0].lower() not in (b"content-length", b"transfer-encoding")]
+        try:
+            conn.send(h11.Request(method=self._method, target=b"/", headers=sent))
+        except h11.LocalProtocolError:  # pragma: no cover - the proxy's requests carry a Host
+            return False
+        conn.send(h11.EndOfMessage())
+        conn.receive_data(mended[0])
+        if self._eof:
+            conn.receive_data(b"")
+        self._conn = conn
+        self._probe = bytearray(mended[0])
+        return True
 
     def take_upgraded(self) -> bytes:
         return bytes(self._conn.trailing_data[0])  # what h11 left unparsed after the 101 (it pauses there)
@@ -440,7 +486,16 @@ class H11Client(_H11Codec):
     def _raw_response(self) -> Headers | None:
         probe = self._probe
         self._probe = None
-        head = None if probe is None else _split_head(probe, 502)
+        if probe is None:
+            return None
+        try:
+            head = _split_head(probe, 502, b" ")
+        except ProtocolError:  # bare LF line ends, which h11 takes: split as mended, as llhttp reads them
+            mended = mend_response_head(bytes(probe), interims=False)
+            if mended is None or mended[0] == probe:
+                raise
+            probe = bytearray(mended[0])
+            head = _split_head(probe, 502, b" ")
         if head is None:
             return None
         size, start, headers = head
@@ -464,6 +519,9 @@ class H11Client(_H11Codec):
                 if self._eof and self._probe is not None and not self._probe:
                     self._closed = True  # EOF before any byte of a response: as llhttp, CLOSED
                     return CLOSED
+                if self._reparse_mended():
+                    conn = self._conn
+                    continue
                 self._raw_response()
                 raise ProtocolError(str(e), 502, cut=self._eof) from None
             if type(ev) is h11.Data:
@@ -471,14 +529,17 @@ class H11Client(_H11Codec):
             if type(ev) is h11.Response:
                 headers = self._raw_response()
                 assert headers is not None
-                if len(dict(headers)) != len(headers):  # a name repeats
+                names = dict(headers)
+                if len(names) != len(headers):  # a name repeats
                     headers = first_of_single(headers)
+                if b"transfer-encoding" in names:
+                    _check_codings(headers)  # (the value as nginx keeps it: `chunked<TAB>` is no chunked)
                 version = bytes(ev.http_version)
                 status = ev.status_code
                 if self._method != b"HEAD" and status != 204 and status != 304 and not _close_delimited(headers) \
                         and all(name != b"content-length" for name, _ in headers):  # chunked, then
-                    self._check_chunks(502)
-                keep = version == b"1.1" and _wants_keep_alive(version, headers)
+                    self._check_chunks(502, spaces_after_size=True)
+                keep = version >= b"1.1" and _wants_keep_alive(version, headers)
                 if keep and self._method != b"HEAD" and status != 204 and status != 304:
                     keep = not _close_delimited(headers)
                 return Response(status, bytes(ev.reason), headers, version, keep)

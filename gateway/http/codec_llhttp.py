@@ -43,11 +43,14 @@ from gateway.http.codec import (
     mend_request_head,
     nginx_version,
     overflow_error,
+    read_before,
     version_missing,
 )
 from gateway.memo import Derived
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
+# a request's Transfer-Encoding of `chunked` and a tab (nginx's 501; both server codecs' words for it)
+UNKNOWN_CODING = "client sent unknown Transfer-Encoding: a tab after chunked"
 _CHUNK_END = b"0\r\n\r\n"
 _OWS = b" \t"
 _STATUS_101 = re.compile(rb"HTTP/[0-9]\.[0-9] 101[ \r]")  # a status line of 101, as llhttp reads one
@@ -59,8 +62,9 @@ def _has_token(value: bytes, token: bytes) -> bool:
 
 
 def _wants_keep_alive(version: bytes, headers: Headers) -> bool:
-    """HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive` (tokens)."""
-    keep = version == b"1.1"
+    """HTTP/1.1 persists unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive` (tokens). (An
+    upstream's later 1.x or 2.0 is read as 1.1: ngx_http_proxy_process_status_line closes below 1.1 only.)"""
+    keep = version >= b"1.1"
     for name, value in headers:
         if name == b"connection":
             if _has_token(value, b"close"):
@@ -68,6 +72,14 @@ def _wants_keep_alive(version: bytes, headers: Headers) -> bool:
             if _has_token(value, b"keep-alive"):
                 keep = True
     return keep
+
+
+def _later_version_keeps(version: bytes, status: int, headers: Headers) -> bool:
+    """Does an upstream's answer (not to HEAD) of a version other than 1.1 leave its connection open? Below 1.1 no;
+    a later one (1.2, 2.0) as a 1.1 answer would (ngx_http_proxy_process_status_line closes below 1.1 only), where
+    llhttp's should_keep_alive reads an `x.0` as 1.0."""
+    return version > b"1.1" and _wants_keep_alive(version, headers) and (
+        status == 204 or status == 304 or not _close_delimited(headers))
 
 
 def _close_delimited(headers: Headers) -> bool:
@@ -85,7 +97,8 @@ def _check_codings(headers: Headers) -> None:
     """nginx's ngx_http_upstream_process_transfer_encoding (>= 1.23): an upstream's one Transfer-Encoding header
     says `chunked` and nothing else, or its answer is a 502 ("upstream sent unknown Transfer-Encoding"). llhttp
     takes any coding (chunked when it is the final one, else read to EOF), which would relay a gzip body with the
-    coding that says so dropped; h11 refuses them."""
+    coding that says so dropped; h11 refuses them. The value is a response's as nginx keeps it (a tab after
+    `chunked` stays: see LlhttpClient.on_header), so `chunked<TAB>`, which llhttp reads to EOF, is refused too."""
     codings = [value for name, value in headers if name == b"transfer-encoding"]
     if len(codings) > 1:
         raise ProtocolError("upstream sent duplicate header line: Transfer-Encoding", 502)
@@ -94,8 +107,8 @@ def _check_codings(headers: Headers) -> None:
 
 
 def _declares_body(headers: Headers) -> bool:
-    """Does a head announce body bytes (chunked, or a length above 0)?"""
-    return any(name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0"))
+    """Does a response head announce body bytes (chunked, or a length above 0; a tab may end it: on_header)?"""
+    return any(name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0\t"))
                for name, value in headers)
 
 
@@ -108,6 +121,75 @@ def _body_framing(headers: Headers) -> bytes:
         if name == b"transfer-encoding":
             return b"transfer-encoding: chunked"
     return b""
+
+
+# Where a response head ends, its lines ended by LF alone or CRLF (nginx's ngx_http_parse_header_line)
+_RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
+# IIS's status with a sub-status, `403.1` (nginx's ngx_http_parse_status_line, sw_space_after_status: status 403)
+_IIS_STATUS = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ +[0-9]{3})\.[^ \r\n]*")
+_INTERIM_STATUS = re.compile(rb"HTTP/[0-9]+\.[0-9]+ +1(?!01)[0-9]{2}(?![0-9])")  # a 1xx but a switch: a head follows
+
+
+def mend_response_head(data: bytes, interims: bool = True) -> tuple[bytes, int] | None:
+    """`data` (an upstream's bytes from a status line on, after the empty lines llhttp skips) with its heads, the
+    interim ones and the final one (the first head only, without `interims`), written as both parsers take what
+    nginx takes in them, and where the last head mended ends in what is returned; None while that head has not
+    ended. Only for a head a parser refused (a rare path):
+    lines ended by LF alone end in CRLF (ngx_http_parse_status_line and _header_line end a line at LF), IIS's
+    `403.1` status is 403 (sw_space_after_status: `case '.'`, the rest its text), and IIS's duplicate `HTTP/1.1 ...`
+    line among the header lines is dropped, as nginx ignores it (ngx_http_parse_header_line's sw_ignore_line, for an
+    upstream's head only). The bytes after the final head are left as they came."""
+    out = [data[:len(data) - len(data.lstrip(b"\r\n"))]]
+    pos = len(out[0])
+    while True:
+        end = _RESPONSE_HEAD_END.search(data, pos)
+        if end is None:
+            return None
+        lines = data[pos:end.end()].split(b"\n")  # ..., the blank line, b""
+        status = lines[0].removesuffix(b"\r")
+        if (iis := _IIS_STATUS.match(status)) is not None:
+            status = iis[1] + status[iis.end():]
+        out.append(status + b"\r\n")
+        out += [line.removesuffix(b"\r") + b"\r\n" for line in lines[1:-1] if not line.startswith(b"HTTP/")]
+        pos = end.end()
+        if not interims or _INTERIM_STATUS.match(status) is None:
+            head = b"".join(out)
+            return head + data[pos:], len(head)
+
+
+def _first_head(data: bytes, after_interim: bool) -> int | None:
+    """Where the head a parser refused begins in `data`, the chunks since the one it began in: past the empty lines
+    llhttp skips; when an interim response ended in that chunk (`after_interim`), maybe past the rest of it first
+    (each head llhttp took ends at its first CRLF CRLF). None when no status line begins there."""
+    start = len(data) - len(data.lstrip(b"\r\n"))
+    if not data.startswith(b"HTTP/", start) and after_interim:
+        end = data.find(b"\r\n\r\n", start)
+        start = end + 4 if end >= 0 else len(data)
+        start += len(data) - start - len(data[start:].lstrip(b"\r\n"))
+    return start if data.startswith(b"HTTP/", start) else None
+
+
+class _HeadPending:
+    """Stands for the response parser while a head llhttp refused, to be mended, has not ended: whatever comes is
+    refused, so that LlhttpClient._reparse_mended sees the head again with it."""
+
+    __slots__ = ()
+
+    def feed_data(self, data: bytes) -> None:
+        raise httptools.HttpParserError("the rest of a head to mend")
+
+
+_HEAD_PENDING = _HeadPending()
+
+
+def _response_parser(client: LlhttpClient) -> httptools.HttpResponseParser:
+    """A response parser for `client`, lenient where nginx is (and h11 too): any `HTTP/d.d` version (HTTP/1.2 and
+    HTTP/3.0 status lines are relayed; ngx_http_parse_status_line takes any major 1-9), and spaces or tabs after a
+    chunk size (ngx_http_parse_chunked: they begin an extension; gateway.http.chunked checks the h11 codec's alike).
+    Once per upstream connection."""
+    parser = httptools.HttpResponseParser(client)
+    parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
+    return parser
 
 
 # an ordinary head for the body of an upgrade request that llhttp skipped (LlhttpServer._read_skipped_body)
@@ -319,8 +401,12 @@ class _Parsing(_BodyFramer):
         self._bad_method = isinstance(error, httptools.HttpParserInvalidMethodError)
         cause = error.__context__  # what a callback raised
         if not isinstance(cause, ProtocolError):
-            cause = ProtocolError(f"{self._MALFORMED}: {error}", self._BAD)
+            cause = self._parser_error(error)
         self._fail(cause)
+
+    def _parser_error(self, error: httptools.HttpParserError) -> ProtocolError:
+        """The error llhttp's own refusal (no callback's) stands for."""
+        return ProtocolError(f"{self._MALFORMED}: {error}", self._BAD)
 
     def _reparse_mended(self, data: bytes) -> bool:
         """A request head llhttp refused: parsed again as mend_request_head mends it, if it does (server side)."""
@@ -468,6 +554,7 @@ class LlhttpServer(_Parsing):
         except ProtocolError as e:
             e.method = method
             e.target = url
+            read_before(e, headers)
             raise
         self._events.append(Request(method, url, headers, version, keep, host, expect))
 
@@ -508,6 +595,25 @@ class LlhttpServer(_Parsing):
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
+
+    def _parser_error(self, error: httptools.HttpParserError) -> ProtocolError:
+        # llhttp refuses a Transfer-Encoding check_request_head took as `chunked` (it strips OWS) right after the head:
+        # one whose `chunked` a tab follows, which nginx keeps in the value (ngx_http_parse_header_line ends a value
+        # at SP, CR or LF only) and answers 501 for, before any body (ngx_http_process_request_header: "client sent
+        # unknown Transfer-Encoding"). The Request queued for that head is taken back: the request is refused whole.
+        events = self._events
+        request = events[-1] if events else None
+        if type(request) is Request and str(error) == "Request has invalid `Transfer-Encoding`":
+            del events[-1]
+            refused = ProtocolError(UNKNOWN_CODING, 501)
+            refused.method, refused.target = request.method, request.target
+            return refused
+        return _Parsing._parser_error(self, error)
+
+    def _fail(self, error: ProtocolError) -> None:
+        if self._in_head:  # a head refused before it ended: the header lines llhttp gave so far (read_before)
+            read_before(error, self._headers)  # type: ignore[arg-type]  # a list while a head is parsed
+        _Parsing._fail(self, error)
 
     def _overflow(self) -> ProtocolError:
         url = self._url  # (the request line as sent, if it ended: `method target HTTP/1.1`)
@@ -845,7 +951,10 @@ class LlhttpServer(_Parsing):
 
 
 class LlhttpClient(_Parsing):
-    """Client side of an upstream connection."""
+    """Client side of an upstream connection.
+
+    A head llhttp refuses is parsed again as mend_response_head writes it, when that mends it (bare LF line ends,
+    IIS's `403.1` and duplicate status line, all of which nginx takes): the rare head only, once it has ended."""
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
                  "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked", "_upgrade",
@@ -856,13 +965,14 @@ class LlhttpClient(_Parsing):
     _BAD = 502
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
-        super().__init__(httptools.HttpResponseParser(self), max_header_bytes)
+        super().__init__(_response_parser(self), max_header_bytes)
         self._reason = b""
         self._method = b"GET"
         self._keep = True  # the last response allows another exchange
         self._request_close = False  # our request said Connection: close
         self._in_message = False
-        self._skip = False  # parsing a 1xx, which is not an event
+        # parsing a 1xx, which is not an event; None once one ended in this exchange (see _reparse_mended)
+        self._skip: bool | None = False
         self._response_headers: Headers = []
         self._request_sent = False
         self._response_done = False
@@ -912,6 +1022,12 @@ class LlhttpClient(_Parsing):
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # A value as nginx keeps it: its trailing spaces dropped, not a tab (ngx_http_parse_header_line's sw_value
+        # ends it at SP, CR, LF or NUL only), so that `Transfer-Encoding: chunked<TAB>`, which llhttp does not read
+        # as chunked, is no `chunked` to _check_codings. (Before a value llhttp skips both, as h11 does.)
+        self._headers.append((name.lower(), value.rstrip(b" ")))
+
     def on_headers_complete(self) -> None:
         if self._dead:  # a response after the one to a HEAD, in the same chunk: unsolicited
             self._keep = False
@@ -946,7 +1062,7 @@ class LlhttpClient(_Parsing):
             _check_codings(headers)
         events = self._events
         if self._method == b"HEAD":
-            keep = version == b"1.1" and _wants_keep_alive(version, headers)
+            keep = version >= b"1.1" and _wants_keep_alive(version, headers)
             events.append(Response(status, reason, headers, version, keep))
             # httptools cannot tell llhttp to skip the body it expects: end the message here and retire the parser;
             # start_next_cycle gives the connection a fresh one.
@@ -956,7 +1072,8 @@ class LlhttpClient(_Parsing):
             self._head_answered = True
             self._head_chunked = any(name == b"transfer-encoding" for name, _ in headers)
         else:
-            keep = version == b"1.1" and parser.should_keep_alive()  # False when close-delimited, too
+            # (llhttp's False when close-delimited, too; it reads a 2.0 or 3.0 as 1.0: _later_version_keeps)
+            keep = _later_version_keeps(version, status, headers) if version != b"1.1" else parser.should_keep_alive()
             self._response_headers = headers
             events.append(Response(status, reason, headers, version, keep))
         self._keep = keep and not self._request_close
@@ -969,7 +1086,7 @@ class LlhttpClient(_Parsing):
 
     def on_message_complete(self) -> None:
         if self._skip:
-            self._skip = False
+            self._skip = None  # (an interim response ended: start_next_cycle resets it)
             self._in_message = False  # EOF after a 1xx is EOF before the response, as in h11
         elif not self._dead:
             self._events.append(END)
@@ -1044,6 +1161,39 @@ class LlhttpClient(_Parsing):
         self._upgraded(data, end - (len(head) - len(data)))
         return True
 
+    def _reparse_mended(self, data: bytes) -> bool:
+        # A head llhttp refused (in `data`, or begun in the chunks kept for it), parsed again from its start once it
+        # has ended, as mend_response_head writes it, when that changes it; a fresh parser reads it and what follows.
+        # Heads of responses after the one asked for (bytes nobody asked for) are not mended.
+        if END in self._events:
+            return False
+        chunks = b"".join(self._head_chunks) + data if self._head_fed else data
+        start = _first_head(chunks, self._skip is None)
+        if start is None:
+            return False
+        head = chunks[start:]
+        mended = mend_response_head(head)
+        if mended is None:  # not ended yet: the rest is waited for (as h11 waits), then all of it mended
+            if len(head) > self._max_head:
+                self._fail(self._overflow())
+            else:
+                self._parser = _HEAD_PENDING  # type: ignore[assignment]  # (it refuses what comes: back here)
+                self._head_chunks = [head]
+                self._head_fed = len(head)
+            return True
+        data, end = mended
+        if data == head and self._parser is not _HEAD_PENDING:  # nothing to mend: llhttp's error stands (after a
+            return False  # wait, the head is parsed again for it)
+        self._parser = _response_parser(self)
+        self._head_chunks = []
+        self._head_fed = 0
+        self._feed(data)
+        if self._head_answered:  # (receive_data's look, on the bytes as mended)
+            self._head_answered = False
+            if len(data) != end:
+                self._keep = False
+        return True
+
     def _fail(self, error: ProtocolError) -> None:
         if error.status != 502:  # a limit a callback enforced (431 on the server side)
             error = ProtocolError(str(error), 502)
@@ -1079,6 +1229,6 @@ class LlhttpClient(_Parsing):
         self._request_sent = False
         self._skip = False
         if self._dead and self._keep:  # retired after a HEAD response, cleanly
-            self._parser = httptools.HttpResponseParser(self)
+            self._parser = _response_parser(self)
             self._dead = False
             self._head_chunked = False

@@ -193,6 +193,9 @@ def templates_of(settings: Any) -> Templates:
 # error it makes itself (a 501 for a Transfer-Encoding it does not know) with its own HTML page
 # (ngx_http_special_response.c; `server_tokens off`, so the tail names the server without a version).
 KONG_ERROR_PAGES = frozenset({400, 404, 405, 408, 411, 412, 413, 414, 417, 494, 500, 502, 503, 504})
+# The statuses nginx turns keep-alive off for as it answers them itself (ngx_http_special_response_handler): the
+# connection ends with the answer
+KEEPALIVE_OFF = frozenset({400, 413, 414, 495, 496, 497, 500, 501})
 # nginx's own pages (ngx_http_special_response.c) for the statuses it has one for; 495-497 are sent as 400s
 _NGINX_TITLES = {301: "Moved Permanently", 302: "Found", 303: "See Other", 307: "Temporary Redirect",
                  308: "Permanent Redirect", 401: "Authorization Required", 402: "Payment Required", 403: "Forbidden",
@@ -220,7 +223,8 @@ def nginx_special_page(status: int, server: str = "mcp-gateway") -> tuple[int, b
 
 
 def nginx_page(status: int, server: str = "mcp-gateway") -> bytes:
-    """nginx's own page for an error status it has one for (501, 505: the errors the gateway makes itself)."""
+    """nginx's own page for a status it has one for (501, 505: the errors the gateway makes itself; an https
+    redirect's 301, 302, 307, 308)."""
     page = nginx_special_page(status, server)
     assert page is not None, status
     return page[1]

@@ -31,6 +31,7 @@ from gateway.http.codec import (
 from gateway.http.conditional import NOT_MODIFIED_DROPS, precondition
 from gateway.http.ids import new_request_id, x_request_id
 from gateway.http.kong_errors import (
+    KEEPALIVE_OFF,
     KONG_ERROR_PAGES,
     KONG_TEMPLATES,
     TEXT_TYPE,
@@ -535,9 +536,12 @@ class Exchange:
     async def respond_error_page(self, status: int) -> None:
         """An error nginx itself answers (an upstream that failed or timed out), as Kong's error handler answers it:
         Kong's text for the status in the format of the Accept header, else of the Content-Type, else of
-        error_default_type (text/plain unless configured)."""
+        error_default_type (text/plain unless configured). A 400, 413, 414 or 500 ends the connection, as nginx turns
+        keep-alive off for them."""
         if not self.request_id:
             self.request_id = new_request_id()
+        if status in KEEPALIVE_OFF:
+            self.close_after = True
         content_type = page_type(self.request.headers, self.settings.error_type)
         body = error_body(error_message(status), self.request_id, content_type, self.settings.error_templates)
         await self.respond(status, body, header_type(content_type) or b"",
@@ -703,7 +707,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                             ev = codec.next_event()
                     except ProtocolError as e:
                         log.debug("bad request from %s: %s", conn.peer, e)
-                        await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at)
+                        await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at, e.headers)
                         return conn.readable()
                     except (BrokenPipeError, ConnectionError):
                         return False
@@ -856,15 +860,16 @@ async def _drain_request(exchange: Exchange) -> bool:
 
 
 async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
-                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0) -> None:
+                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0, read: Headers | None = None) -> None:
     """Answer a request whose head could not be read (or not in time) and log it, as nginx does with its 400, 408
     and 414: the request is what its request line said (`method`, `target`: b"" when unknown; no target past a line
-    too long, as nginx has none), with no headers, started when its first bytes came (`head_at`; 0: now)."""
+    too long, as nginx has none), with no headers, started when its first bytes came (`head_at`; 0: now). The
+    answer's format is Kong's error handler's choice from the header lines nginx had read (`read`: the error's)."""
     request = Request(method, b"" if status == 414 else target, [], b"1.1", False)
     exchange = Exchange(request, conn, codec, timer, settings, head_at or trio.current_time())
     exchange.state = {REFUSED: True}
     exchange.phases = settings.refused_phases
-    await _answer_error(exchange, status, settings.error_type)
+    await _answer_error(exchange, status, page_type(read, settings.error_type) if read else settings.error_type)
     if settings.log_refused is not None:
         settings.log_refused(exchange)
 

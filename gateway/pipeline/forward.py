@@ -19,7 +19,18 @@ from typing import Any
 
 import trio
 
-from gateway.http.codec import CHUNKED, CLOSED, END, LENGTH, NEED_DATA, NO_BODY, Headers, ProtocolError, Response
+from gateway.http.codec import (
+    CHUNKED,
+    CLOSED,
+    END,
+    LENGTH,
+    NEED_DATA,
+    NO_BODY,
+    Headers,
+    ProtocolError,
+    Response,
+    length_in_range,
+)
 from gateway.http.errors import (
     BadResponse,
     ConnectTimeout,
@@ -59,6 +70,7 @@ NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
 _WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)  # _relay's reads of a body, read_timeout apart
 # nginx's proxy_hide_header defaults but Date and Server, which Kong passes (nginx_kong.lua): never to the client
+# (X-Accel-Limit-Rate, hidden, is acted on: _limit_rate)
 _HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-accel-limit-rate",
                          b"x-accel-buffering", b"x-accel-charset"})
 _SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b"mcp-session-id", b"content-length",
@@ -427,6 +439,8 @@ class Forwarder:
         try:
             headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc,
                                                     ex)[0] if hv[0] != b"content-length"]
+            if type(ex.conn) is _PacedConn:  # (a 101 with X-Accel-Limit-Rate: nginx relays a tunnel unpaced)
+                ex.conn = ex.conn.conn
             upgrade = b", ".join([v for n, v in response.headers if n == b"upgrade"])
             if upgrade.lower() == b"websocket":  # Kong's header filter drops another (not what it asked for)
                 headers.append((b"upgrade", upgrade))
@@ -692,6 +706,80 @@ class Forwarder:
             watch.unwatch(stream)
             wheel.close(stream)
 
+
+def _limit_rate(ex: Exchange, headers: Headers) -> None:
+    """An upstream's X-Accel-Limit-Rate as nginx takes it (ngx_http_upstream_process_limit_rate: the first line's
+    value by ngx_atoi, r->limit_rate; one that is not a number is ignored, as is a later line; Kong's template sets
+    no proxy_ignore_headers): the answer's writes to the client paced at that many bytes a second (_PacedConn),
+    unless its last X-Accel-Buffering says `no` (ngx_http_upstream_process_buffering): nginx's non-buffered relay
+    sets r->limit_rate to 0 (ngx_http_upstream_send_response). A 101 is not paced (_tunnel relays bytes as they are).
+    Not read: a route's `response_buffering: false` (nginx's proxy_buffering off), which lifts the limit too."""
+    if type(ex.conn) is _PacedConn:  # (a second X-Accel-Limit-Rate line)
+        return
+    rate = None
+    buffering = True
+    for name, value in headers:
+        if name == b"x-accel-limit-rate":
+            if rate is None:
+                rate = int(value) if value.isdigit() and length_in_range(value) else 0  # (ngx_atoi's NGX_ERROR: 0)
+        elif name == b"x-accel-buffering":
+            lowered = value.lower()
+            buffering = False if lowered == b"no" else True if lowered == b"yes" else buffering
+    if rate and buffering:
+        ex.conn = _PacedConn(ex.conn, ex, rate)  # type: ignore[assignment]  # (a Conn but for its sendall)
+
+
+class _PacedConn:
+    """The client connection of an answer an upstream limited (X-Accel-Limit-Rate, _limit_rate): its body goes out
+    as nginx's write filter lets it (ngx_http_write_filter_module.c, r->limit_rate): at most `rate` bytes a second
+    from the request's start, a second's worth to begin with (`rate * (now - start + 1) - sent`), each write followed
+    by the pause its size takes at that rate. The response head goes at once and is not counted (nginx counts it: a
+    difference of its size over the rate). The pauses hold no phase's deadline: a read_timeout pending is pushed back
+    by them, as by a slow client's write. Any other attribute is the connection's."""
+
+    __slots__ = ("conn", "_ex", "_rate", "_sent", "_ready", "_head")
+
+    def __init__(self, conn: Any, ex: Exchange, rate: int) -> None:
+        self.conn = conn  # the connection itself
+        self._ex = ex
+        self._rate = rate
+        self._sent = 0  # body bytes written
+        self._ready = 0.0  # when the pause after the last write ends
+        self._head = True  # the next write is the response head's (with the first body bytes)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    async def sendall(self, data: bytes) -> None:
+        head = b""
+        if self._head:  # (the server codec's head: it ends at its first blank line)
+            self._head = False
+            end = data.find(b"\r\n\r\n") + 4
+            head, data = (data[:end], data[end:]) if end >= 4 else (data, b"")
+        view = memoryview(data)
+        rate = self._rate
+        while view or head:
+            now = trio.current_time()
+            room = int(rate * (now - self._ex.started + 1)) - self._sent if now >= self._ready else 0
+            if room <= 0 and view:
+                await self._pause(max(self._ready - now, -room / rate))
+                continue
+            piece = bytes(view[:room])
+            await self.conn.sendall(head + piece if head else piece)
+            head = b""
+            self._sent += len(piece)
+            self._ready = trio.current_time() + len(piece) / rate
+            view = view[len(piece):]
+
+    async def _pause(self, seconds: float) -> None:
+        timer = self._ex.timer
+        saved = timer.save()
+        timer.clear()
+        began = trio.current_time()
+        await trio.sleep(seconds)
+        timer.restore(saved, trio.current_time() - began)
+
+
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
     """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does."""
     codec = uc.codec
@@ -854,6 +942,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                 elif name in ASSIGNED_BY_KONG:  # Kong's header filter sets it when `headers` has it on
                     if (kong := ex.settings.kong_headers) is None or name not in kong.assigned:
                         out.append(hv)
+                elif name == b"x-accel-limit-rate":  # (rare: only an answer with it pays for it)
+                    _limit_rate(ex, headers)
                 continue  # hop-by-hop, x-request-id, what nginx hides
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection

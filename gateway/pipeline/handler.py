@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from gateway.http.codec import ProtocolError, answered_status, nginx_host
-from gateway.http.kong_errors import NO_ROUTE
+from gateway.http.kong_errors import NO_ROUTE, nginx_page
 from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
 from gateway.mcp.body import attach, current
 from gateway.mcp.resource import answer_metadata
@@ -206,13 +206,14 @@ def _scheme(ex: Exchange) -> bytes:
 
 
 async def _use_https(ex: Exchange, status: int, host: bytes | None) -> None:
-    """Kong's answer to plain HTTP on an https-only route: 426 with Upgrade, or a redirect to the https URL."""
+    """Kong's answer to plain HTTP on an https-only route: 426 with Upgrade, or a redirect to the https URL, whose
+    body is nginx's own page for the status (Kong's kong.response.exit(status) has none: nginx makes the answer)."""
     if status == 426:
         await ex.respond_error(426, "Please use HTTPS protocol",
                                [(b"connection", b"Upgrade"), (b"upgrade", b"TLS/1.2, HTTP/1.1")])
         return
     location = b"https://" + _forwarded_host(ex, host) + ex.request.target
-    await ex.respond(status, b"", extra=[(b"location", location)])
+    await ex.respond(status, nginx_page(status), b"text/html", [(b"location", location)])
 
 
 def _forwarded_host(ex: Exchange, host: bytes | None) -> bytes:

@@ -550,8 +550,15 @@ def test_asterisk_form_is_400(codec: str, method: bytes) -> None:
 
 
 @pytest.mark.parametrize("target", [b"127.0.0.1:22", b"good.test:443"])
-def test_connect_is_405_and_nothing_after_it_is_parsed(codec: str, target: bytes) -> None:
+def test_connect_to_an_authority_is_400_and_nothing_after_it_is_parsed(codec: str, target: bytes) -> None:
+    """nginx 1.27.1 parses no authority form: `host:port` is a bad scheme, 400 (ngx_http_parse.c sw_spaces_before_uri,
+    sw_schema_slash); its 405 for CONNECT needs a target it could parse."""
     raw = b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n" % (target, target)
+    assert parse_requests(codec, raw, every_offset=False) == [("error", 400)]
+
+
+def test_connect_to_a_path_is_405_and_nothing_after_it_is_parsed(codec: str) -> None:
+    raw = b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\nGET /after HTTP/1.1\r\nHost: a\r\n\r\n"
     assert parse_requests(codec, raw, every_offset=False) == [("error", 405)]
 
 
@@ -1657,7 +1664,6 @@ def test_malformed_status_line_is_502(codec: str, status_line: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nhi",
         b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: 2\r\n\r\nhi",
-        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nhi",
         b"HTTP/1.1 200 OK\r\nNoColon\r\nContent-Length: 2\r\n\r\nhi",
     ],
 )
@@ -1694,9 +1700,11 @@ def test_response_head_larger_than_max_header_bytes_is_502(codec: str) -> None:
     assert collect(client, [raw[i : i + 1] for i in range(len(raw))]) == [("error", 502)]
 
 
-def test_response_header_values_lose_surrounding_whitespace(codec: str) -> None:
-    raw = b"HTTP/1.1 200 OK\r\nX-Pad: \t v \t\r\nContent-Length: 0\r\n\r\n"
-    assert parse_response(codec, raw) == [resp(200, b"OK", [(b"x-pad", b"v"), (b"content-length", b"0")]), END]
+def test_response_header_values_lose_leading_whitespace_and_trailing_spaces(codec: str) -> None:
+    """A trailing tab stays, as nginx keeps it (ngx_http_parse_header_line ends a value at SP, CR or LF only; see
+    test_upstream_response_nginx.py)."""
+    raw = b"HTTP/1.1 200 OK\r\nX-Pad: \t v \t \r\nContent-Length: 0\r\n\r\n"
+    assert parse_response(codec, raw) == [resp(200, b"OK", [(b"x-pad", b"v \t"), (b"content-length", b"0")]), END]
 
 
 def exchange(client, request_headers, response: bytes, eof: bool = False) -> list[object]:

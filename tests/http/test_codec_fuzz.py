@@ -434,9 +434,12 @@ KNOWN: dict[str, Known] = {
     "inherent-status-of-several-faults": Known("server", "a head with several faults: llhttp says 400 at its first bad "
                                                "byte, the h11 codec's shared rules may name another (501, 405)",
                                                _ends_apart((405, 501), (400,))),
+    "inherent-chunk-size-space-then-extension": Known("client", "a response's chunk size, whitespace, then an "
+                                                      "extension (`5 ;a`): llhttp reads it, as nginx does; h11 takes "
+                                                      "whitespace before the line end only (502; pinned in "
+                                                      "test_upstream_response_nginx.py)",
+                                                      _any(rb"(?m)^[0-9A-Fa-f]+[ \t]+;")),
     # --- bugs found by this fuzz (minimized in BUGS below) ----------------------------------------------------------
-    "response-minor-version": Known("client", "h11 takes an HTTP/1.2+ response, llhttp refuses it",
-                                    _any(rb"(?m)^HTTP/1\.[2-9]")),
     "empty-line-before-response": Known("client", "llhttp skips empty lines before a status line, h11 refuses them",
                                         _any(rb"(?:\A|\n\r?\n)[\r\n]+(?:HTTP/|\Z)")),
     "stray-line-end-after-response": Known("client", "a CR or LF after a response's end: llhttp skips it (the pool's "
@@ -460,7 +463,7 @@ def _stray(raw: bytes, h11: Events, llhttp: Events) -> bool:
     """The two agree but on the last response's keep-alive (h11 no, llhttp yes), and the bytes end in CR or LF."""
     last = len(h11) - 1
     return (raw[-1:] in (b"\r", b"\n") and h11[last:] == [("keep", False)] and llhttp[:last] == h11[:last]
-            and llhttp[last:last + 1] == [("keep", True)] and llhttp[last + 1:] in ([], [CLOSED]))
+            and llhttp[last:last + 1] == [("keep", True)])  # (h11's connection ends: what llhttp reads on is moot)
 
 
 def explain(side: str, inputs: list[bytes], h11: Events, llhttp: Events) -> list[str]:
@@ -569,8 +572,6 @@ class Bug(NamedTuple):
 
 
 BUGS = [
-    Bug("client", b"HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n", "response-minor-version",
-        "RFC 9110 2.5 says read it as 1.1 (h11 does, yet marks Response.keep_alive False), llhttp 502s"),
     Bug("client", b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "empty-line-before-response",
         "RFC 9112 2.2 lets only a server skip empty lines before a start line: h11 502s, llhttp reads the response"),
 ]
