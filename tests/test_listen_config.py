@@ -5,6 +5,7 @@ where nginx refuses or where the gateway would serve differently, naming the fie
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 from functools import partial
@@ -15,6 +16,7 @@ from backends import free_port
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, parse_config
+from gateway.config.loader import check_kept_status_listen
 from gateway.config.tls import listen_flags, status_options
 from gateway.node.slots import AddressInUse, ListenerSlots
 from gateway.status import BaseStatusSource, StatusApp, serve_status
@@ -146,7 +148,68 @@ async def test_a_status_address_in_use_names_gateway_status_listen():
                      "gateway.status_listen"), shown
 
 
+def test_a_reload_keeping_the_running_status_listen_refuses_it_on_a_proxy_address():
+    """A reload keeps the running status_listen (gateway.node.start_only.keep) after the load checked the file's own,
+    so a file that moves status_listen and lists the running status address in `listen` passed, and the bind then
+    failed against the gateway's own status server as "address in use (by another program)". The root checks the
+    kept one again (the status server has its own socket: in Kong nginx would share the proxy's, src/http/ngx_http.c
+    :1440 at release-1.27.1, as test_a_status_listen_on_an_address_of_the_proxy_is_refused says)."""
+    config = parse_config(json.dumps({"gateway": {"listen": ["127.0.0.1:8000", "localhost:8100"],
+                                                  "status_listen": "127.0.0.1:8200"}}), "f.yml")
+    config.gateway.status_listen = "127.0.0.1:8100 reuseport"  # the running one, as start_only.keep puts it back
+    [message] = check_kept_status_listen(config.gateway)
+    assert message.startswith('gateway.status_listen: "127.0.0.1:8100" (the running one: a reload keeps '
+                              "status_listen until the next start) is the proxy's address (gateway.listen[1] "
+                              '"localhost:8100")'), message
+    assert message.endswith("remove it from gateway.listen[1], or stop and start the gateway to move the status "
+                            "server"), message
+    config.gateway.status_listen = "127.0.0.1:8200"
+    assert check_kept_status_listen(config.gateway) == []
+
+
 # --- claiming addresses on a reload ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "again"), [("localhost", "127.0.0.1"), ("::1", "0::1")])
+def test_a_listen_address_spelled_anew_keeps_its_slots(first: str, again: str):
+    """nginx's reload keeps every listening socket whose address is the same sockaddr, however the new `listen`
+    spells it (the name was resolved at parse): release-1.27.1 src/core/ngx_cycle.c:527-534 `if
+    (ngx_cmp_sockaddr(nls[n].sockaddr, ..., ls[i].sockaddr, ..., 1) == NGX_OK) { nls[n].fd = ls[i].fd; ...
+    ls[i].remain = 1;`. The slots were kept by the text, so `localhost:P` reloaded as `127.0.0.1:P` probed the
+    address against the gateway's own socket and was refused as "address in use (by another program)"."""
+    slots = ListenerSlots()
+    port = free_port()
+    try:
+        slots.ensure([(first, port)], 2)
+        fds = [slots.fds_for([(first, port)], i, 2) for i in range(2)]
+        opened = slots.ensure([(again, port)], 2)
+        assert (opened.sockets, opened.claims) == ([], [])
+        assert [slots.fds_for([(again, port)], i, 2) for i in range(2)] == fds
+        slots.release([(again, port)])  # the old generation retired: its spelling is gone, not its sockets
+        assert [slots.fds_for([(again, port)], i, 2) for i in range(2)] == fds
+        family = socket.AF_INET6 if ":" in again else socket.AF_INET
+        with socket.create_connection((again, port), timeout=2) as conn:
+            assert conn.family == family
+    finally:
+        slots.close()
+
+
+def test_another_gateway_on_another_spelling_of_an_address_is_named_by_its_pid():
+    """A claim is named after the address the socket binds: a second gateway listening on `127.0.0.1:P` while one
+    listens on `localhost:P` learns its pid, where the probe's bind said "(by another program)"."""
+    first, second = ListenerSlots(), ListenerSlots()
+    port = free_port()
+    try:
+        first.ensure([("localhost", port)], 1)
+        with pytest.raises(AddressInUse) as info:
+            second.ensure([("127.0.0.1", port)], 1)
+    finally:
+        second.close()
+        first.close()
+    assert info.value.strerror == (f"cannot listen on 127.0.0.1:{port}: address in use by gateway pid {os.getpid()}; "
+                                   "stop that gateway, or change gateway.listen"), info.value.strerror
+
+
 
 
 def test_a_reload_adding_an_address_this_gateways_wildcard_covers_names_this_gateway():

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -212,3 +213,60 @@ def test_a_reload_to_more_workers_that_fails_to_start_leaves_every_connection_se
     assert not reply.ok and "still serving generation 1" in (reply.error or ""), reply
     outcomes = _many_gets(gw.port, 16, 2.0)
     assert outcomes.count("200") == 16, f"16 GETs to the served address after the failed reload: {sorted(outcomes)}"
+
+
+# --- what a reload's listen keeps and refuses (one gateway for these tests: each reload leaves it serving) -----------
+
+
+@pytest.fixture(scope="module")
+def on_localhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
+    """A one-worker gateway listening on `localhost:P`, its status server on 127.0.0.1:S; it answers 200 itself."""
+    doc = {"routes": [{"name": "echo", "paths": ["/"]}],
+           "plugins": [{"name": "request-termination", "route": "echo", "config": {"status_code": 200}}]}
+    gw = GatewayNode(tmp_path_factory.mktemp("respelled"), doc, workers=1)
+    gw.doc["gateway"]["listen"] = f"localhost:{gw.port}"
+    gw.config.write_text(json.dumps(gw.doc, indent=1))
+    root = start_daemonised(gw)
+    try:
+        yield gw
+    finally:
+        gw.pids.update(descendants_of(root))
+        gw.cleanup()
+
+
+def _listener_inode(port: int) -> str:
+    """The inode of the one socket listening on 127.0.0.1:`port` (ss -e), which a reload keeping it leaves as it was."""
+    out = subprocess.run(["ss", "-Hltne", f"src 127.0.0.1:{port}"], capture_output=True, text=True, timeout=10)
+    [inode] = [f for line in out.stdout.splitlines() for f in line.split() if f.startswith("ino:")]
+    return inode
+
+
+def test_a_reload_spelling_a_listen_name_as_its_address_keeps_its_socket(on_localhost):
+    """nginx's reload keeps a listening socket whose address is the same sockaddr, however the new config spells it
+    (release-1.27.1 src/core/ngx_cycle.c:527-534: `ngx_cmp_sockaddr(...) == NGX_OK` -> `nls[n].fd = ls[i].fd; ...
+    ls[i].remain = 1;`; the name was resolved at parse, ngx_parse_url). `listen localhost:P` reloaded as
+    `127.0.0.1:P` was refused: "cannot listen on 127.0.0.1:P: address in use (by another program)"."""
+    gw = on_localhost
+    before = _listener_inode(gw.port)
+    _rewrite(gw, listen=f"127.0.0.1:{gw.port}")
+    _reload(gw)
+    assert blocking_get(gw.port) == 200
+    assert _listener_inode(gw.port) == before
+
+
+def test_a_reload_listing_the_running_status_address_is_refused_naming_status_listen(on_localhost):
+    """status_listen takes effect at a start (a reload keeps the running one, gateway.node.start_only.keep), and on a
+    proxy address it is refused (in Kong nginx would share one socket, src/http/ngx_http.c:1440 at release-1.27.1;
+    the gateway's status server has its own). A file moving status_listen and listing the running status address in
+    `listen` passed the load's check of its own status_listen, then failed at the bind: "address in use (by another
+    program); stop it (`ss -ltnp` names it)". It is refused naming the file and both fields, and nothing changes."""
+    gw = on_localhost
+    listen = gw.doc["gateway"]["listen"]
+    _rewrite(gw, listen=[listen, f"127.0.0.1:{gw.status_port}"], status_listen=f"127.0.0.1:{free_port()}")
+    reply = admin_now(gw, "reload", timeout=30)
+    assert not reply.ok
+    assert reply.error.startswith(f'config rejected, still serving the previous one:\n{gw.config}: '
+                                  f'gateway.status_listen: "127.0.0.1:{gw.status_port}" (the running one'), reply.error
+    assert f'(gateway.listen[1] "127.0.0.1:{gw.status_port}")' in reply.error, reply.error
+    assert blocking_get(gw.port) == 200
+    _rewrite(gw, listen=listen, status_listen=f"127.0.0.1:{gw.status_port}")  # as the gateway runs, for later tests

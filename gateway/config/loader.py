@@ -564,10 +564,20 @@ def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Lis
     return proxies
 
 
-def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: list[str]) -> None:
+def check_kept_status_listen(gw: GatewaySettings) -> list[str]:
+    """The refusal of a status_listen on an address of gateway.listen, for a reloaded config whose status_listen the
+    root has set back to the running one (gateway.node.start_only.keep): the load checked the file's own."""
+    errors: list[str] = []
+    if gw.status_listen is not None:
+        _check_status_listen(gw.status_listen, _check_proxy_listen(gw.listen, []), errors, kept=True)
+    return errors
+
+
+def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: list[str], kept: bool = False) -> None:
     """One plain-HTTP address with nginx's reuseport and backlog=N, on no address of the proxy's: nginx would share
     one socket between Kong's proxy and status servers and choose the server by Host; the gateway's status server
-    has its own socket, and the kernel would hand it proxy clients."""
+    has its own socket, and the kernel would hand it proxy clients. `kept`: status_listen is the running one, which a
+    reload keeps."""
     addr, flags = listen_flags(status_listen)
     if "," in status_listen:
         errors.append(f'gateway.status_listen: one address only (the status server takes one "host:port"), got '
@@ -588,10 +598,12 @@ def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: l
         if (why := _overlap(proxy, status)) is not None:
             clash = (f"is the proxy's address ({proxy[0]} {show(proxy[1])})" if not why else
                      f"overlaps the proxy's {proxy[0]} {show(proxy[1])} ({why})")
-            errors.append(f"gateway.status_listen: {show(addr)} {clash}: nginx would share one socket and give Kong's "
-                          "status server only the requests for Host: kong_status, but the gateway's status server "
-                          "has its own socket, and the kernel would hand it proxy clients; give gateway.status_listen "
-                          "a port of its own")
+            running, remedy = ((" (the running one: a reload keeps status_listen until the next start)",
+                                f"remove it from {proxy[0]}, or stop and start the gateway to move the status server")
+                               if kept else ("", "give gateway.status_listen a port of its own"))
+            errors.append(f"gateway.status_listen: {show(addr)}{running} {clash}: nginx would share one socket and "
+                          "give Kong's status server only the requests for Host: kong_status, but the gateway's status "
+                          f"server has its own socket, and the kernel would hand it proxy clients; {remedy}")
             return
 
 
@@ -613,7 +625,7 @@ def _overlap(first: _Listener, second: _Listener) -> str | None:
     family = 6 if ":" in host_a else 4
     if port != port_b or family != (6 if ":" in host_b else 4):
         return None
-    ip_a, ip_b = _bound_ip(host_a), _bound_ip(host_b)
+    ip_a, ip_b = bound_ip(host_a), bound_ip(host_b)
     if ip_a == ip_b:
         return ""
     if _WILDCARDS[family] not in (ip_a, ip_b):
@@ -621,10 +633,10 @@ def _overlap(first: _Listener, second: _Listener) -> str | None:
     return f'"{_shown(_WILDCARDS[family], port)}" listens on every IPv{family} address of port {port}'
 
 
-def _bound_ip(host: str) -> str:
+def bound_ip(host: str) -> str:
     """The address a listening socket binds for `host`, as text: a name's first IPv4 address, as socket.bind
-    resolves it (looked up only when another listener has its port); a name that does not resolve stands for
-    itself (the start fails, naming it)."""
+    resolves it (check-config looks it up only when another listener has its port; the root's listener slots are
+    kept by it); a name that does not resolve stands for itself (the start fails, naming it)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

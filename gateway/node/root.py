@@ -41,7 +41,7 @@ from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.bus.protocol import pub_endpoint
 from gateway.cli import EXIT_FAILURE, EXIT_OK
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
-from gateway.config.loader import read_config_text
+from gateway.config.loader import check_kept_status_listen, read_config_text
 from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
@@ -406,6 +406,9 @@ class Node:
         assert previous is not None
         restart_needed = changed(previous.gateway, config.gateway)
         keep(config, previous.gateway)
+        if clashes := check_kept_status_listen(config.gateway):  # the running status server's address in `listen`
+            raise AdminCommandError("config rejected, still serving the previous one:\n"
+                                    + "\n".join(f"{path}: {clash}" for clash in clashes))
         addresses = listen_addresses(config)
         try:
             opened = self.slots.ensure(addresses, self.worker_count(config))

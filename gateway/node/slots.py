@@ -10,6 +10,11 @@ One gateway per address: SO_REUSEPORT would let a second gateway of the same use
 of the connections. So before binding its slots the root claims each address with an abstract Unix socket named
 after it (released by the kernel when the process dies, whatever kills it), and checks with a plain bind, without
 SO_REUSEPORT, that nothing else listens there. A second gateway learns the first one's pid from its claim.
+
+Claims and slots are kept by the address a socket binds (a name resolved as the bind resolves it, `[0::1]` as `::1`),
+not by how the config spells it: nginx's reload keeps a listening socket whose new address is the same sockaddr
+(release-1.27.1 src/core/ngx_cycle.c:527-534, ngx_cmp_sockaddr), so `localhost:P` reloaded as `127.0.0.1:P` goes on
+serving from the same socket.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import os
 import socket
 import struct
 
+from gateway.config.loader import bound_ip
 from gateway.http.net import bind_listener
 
 CLAIM_PREFIX = "mcp-gateway/listen/"
 WILDCARDS = ("0.0.0.0", "::")
+Address = tuple[str, int]  # (host, port)
 
 
 class AddressInUse(OSError):
@@ -45,77 +52,91 @@ class AddressInUse(OSError):
 class Opened:
     """What one `ensure` added (sockets, claims): closed again by `undo` when what needed them did not start."""
 
-    def __init__(self, sockets: list[tuple[tuple[str, int], socket.socket]], claims: list[tuple[str, int]]) -> None:
+    def __init__(self, sockets: list[tuple[Address, socket.socket]], claims: list[Address],
+                 bound: dict[Address, Address]) -> None:
         self.sockets = sockets
         self.claims = claims
+        self.bound = bound  # the slots' bound addresses of the listen addresses before this `ensure`
 
 
 class ListenerSlots:
-    """Per listen address, a growing list of bound sockets; worker i of n serves slots i, i+n, i+2n, ..."""
+    """Per bound address, a growing list of bound sockets; worker i of n serves slots i, i+n, i+2n, ..."""
 
     def __init__(self) -> None:
-        self._sockets: dict[tuple[str, int], list[socket.socket]] = {}
-        self._claims: dict[tuple[str, int], socket.socket] = {}
+        self._sockets: dict[Address, list[socket.socket]] = {}  # by bound address, as are the claims
+        self._claims: dict[Address, socket.socket] = {}
+        self._bound: dict[Address, Address] = {}  # each listen address (as configured) -> the address it binds
         self._parked: list[socket.socket] = []  # released sockets whose descriptor numbers stay taken (release)
 
-    def ensure(self, addresses: list[tuple[str, int]], count: int) -> Opened:
-        """Claim and bind what is missing so every address has at least `count` slots; all-or-nothing on failure."""
-        claimed: list[tuple[str, int]] = []
-        added: list[tuple[tuple[str, int], socket.socket]] = []
+    def ensure(self, addresses: list[Address], count: int) -> Opened:
+        """Claim and bind what is missing so every address has at least `count` slots; all-or-nothing on failure. A
+        name is resolved again (as nginx's reload parses `listen` anew); an address whose bound one is held already
+        keeps its sockets, however it is spelled."""
+        bound = {addr: (bound_ip(addr[0]), addr[1]) for addr in addresses}
+        spelled: dict[Address, Address] = {}  # each bound address, as first listed (messages name it so)
+        for addr, at in bound.items():
+            spelled.setdefault(at, addr)
+        claimed: list[Address] = []
+        added: list[tuple[Address, socket.socket]] = []
         try:
-            for addr in addresses:
-                if addr not in self._claims:
-                    held = _overlapping_own(addr, list(self._claims))
+            for at, addr in spelled.items():
+                if at not in self._claims:
+                    held = _overlapping_own(at, list(self._claims))
                     if held is not None:
                         raise AddressInUse(*addr, os.getpid(), held)
-                    self._claims[addr] = _claim(*addr)
-                    claimed.append(addr)
-                have = len(self._sockets.get(addr, ()))
+                    self._claims[at] = _claim(at, addr)
+                    claimed.append(at)
+                have = len(self._sockets.get(at, ()))
                 for _ in range(count - have):
                     try:
-                        sock = bind_listener(*addr)
+                        sock = bind_listener(*at)
                     except OSError as e:
                         raise OSError(e.errno, f"cannot listen on {_display(addr[0])}:{addr[1]}: {e.strerror}") \
                             from None
-                    added.append((addr, sock))
+                    added.append((at, sock))
         except BaseException:
             for _, sock in added:
                 sock.close()
-            for addr in claimed:
-                self._claims.pop(addr).close()
+            for at in claimed:
+                self._claims.pop(at).close()
             raise
-        for addr, sock in added:
-            self._sockets.setdefault(addr, []).append(sock)
-        return Opened(added, claimed)
+        for at, sock in added:
+            self._sockets.setdefault(at, []).append(sock)
+        before = dict(self._bound)
+        self._bound.update(bound)
+        return Opened(added, claimed, before)
 
     def undo(self, opened: Opened) -> None:
         """Close what `ensure` opened for a generation that did not start (nginx closes the sockets a failed new
         cycle opened): a socket no worker serves would queue connections for no one."""
-        for addr, sock in opened.sockets:
-            socks = self._sockets.get(addr, [])
+        for at, sock in opened.sockets:
+            socks = self._sockets.get(at, [])
             if sock in socks:
                 socks.remove(sock)
                 if not socks:
-                    del self._sockets[addr]
+                    del self._sockets[at]
             sock.close()
-        for addr in opened.claims:
-            claim = self._claims.pop(addr, None)
+        for at in opened.claims:
+            claim = self._claims.pop(at, None)
             if claim is not None:
                 claim.close()
+        self._bound = opened.bound
 
-    def release(self, addresses: list[tuple[str, int]]) -> None:
+    def release(self, addresses: list[Address]) -> None:
         """Stop listening on the addresses not in `addresses` (a reload dropped them; the old generation was told to
         drain, closing its copies): new connections there are refused at once, and the address may be bound by
         another program, as nginx closes the listening sockets a new cycle no longer has. The descriptor numbers
         stay taken (parked on /dev/null) until `free_parked`, as the old generation's workers were given them."""
-        for addr in list(self._sockets):
-            if addr not in addresses:
-                socks = self._sockets.pop(addr)
+        self._bound = {addr: self._bound_of(addr) for addr in addresses}
+        kept = set(self._bound.values())
+        for at in list(self._sockets):
+            if at not in kept:
+                socks = self._sockets.pop(at)
                 _park(socks)
                 self._parked += socks
-        for addr in list(self._claims):
-            if addr not in addresses:
-                self._claims.pop(addr).close()
+        for at in list(self._claims):
+            if at not in kept:
+                self._claims.pop(at).close()
 
     def free_parked(self) -> None:
         """Close the parked descriptors: no generation that was given them runs any more."""
@@ -123,9 +144,14 @@ class ListenerSlots:
             sock.close()
         self._parked = []
 
-    def fds_for(self, addresses: list[tuple[str, int]], index: int, workers: int) -> list[int]:
+    def fds_for(self, addresses: list[Address], index: int, workers: int) -> list[int]:
         """File descriptors worker `index` of `workers` inherits."""
-        return [s.fileno() for addr in addresses for i, s in enumerate(self._sockets[addr]) if i % workers == index]
+        return [s.fileno() for addr in addresses for i, s in enumerate(self._sockets[self._bound_of(addr)])
+                if i % workers == index]
+
+    def _bound_of(self, addr: Address) -> Address:
+        """The address `addr`'s slots bind, as the last `ensure` resolved it (the same sockets for every call)."""
+        return self._bound.get(addr) or (bound_ip(addr[0]), addr[1])
 
     def stop_listening(self) -> None:
         """A graceful stop: close this process's copy of every listening socket now, so that once the draining
@@ -143,6 +169,7 @@ class ListenerSlots:
         for claim in self._claims.values():
             claim.close()
         self._claims = {}
+        self._bound = {}
         self.free_parked()
 
 
@@ -158,8 +185,10 @@ def _park(socks: list[socket.socket]) -> None:
         os.close(null)
 
 
-def _claim(host: str, port: int) -> socket.socket:
-    """Hold the address's claim, after checking nothing else listens there; AddressInUse otherwise."""
+def _claim(at: Address, addr: Address) -> socket.socket:
+    """Hold the claim of the bound address `at` (of the listen address `addr`, which messages name), after checking
+    nothing else listens there; AddressInUse otherwise."""
+    host, port = at
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         claim.bind(_claim_name(host, port))
@@ -167,21 +196,21 @@ def _claim(host: str, port: int) -> socket.socket:
     except OSError as e:
         claim.close()
         if e.errno == errno.EADDRINUSE:
-            raise AddressInUse(host, port, claimant(host, port)) from None
+            raise AddressInUse(*addr, claimant(host, port)) from None
         raise
     try:
         probe = bind_listener(host, port, reuse_port=False)  # fails if anyone else listens, SO_REUSEPORT or not
     except OSError as e:
         claim.close()
         if e.errno == errno.EADDRINUSE:
-            raise AddressInUse(host, port, _overlapping_claimant(host, port)) from None
-        raise OSError(e.errno, f"cannot listen on {_display(host)}:{port}: {e.strerror}") from None
+            raise AddressInUse(*addr, _overlapping_claimant(host, port)) from None
+        raise OSError(e.errno, f"cannot listen on {_display(addr[0])}:{port}: {e.strerror}") from None
     probe.close()
     return claim
 
 
 def claimant(host: str, port: int) -> int | None:
-    """The pid of the gateway holding this address's claim, if one does."""
+    """The pid of the gateway holding the claim of this bound address, if one does."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         try:
@@ -203,7 +232,7 @@ def _overlapping_claimant(host: str, port: int) -> int | None:
     return None
 
 
-def _overlapping_own(addr: tuple[str, int], claims: list[tuple[str, int]]) -> tuple[str, int] | None:
+def _overlapping_own(addr: Address, claims: list[Address]) -> Address | None:
     """The address this gateway already holds that `addr` cannot be bound beside: the other one of a wildcard and a
     specific address of one port and family (the kernel refuses the second bind; its claim is another name)."""
     host, port = addr
