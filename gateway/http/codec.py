@@ -34,12 +34,13 @@ FIRST_BUFFER_BYTES = 1024
 class Request:
     """A request head. `keep_alive` is the client's wish (version and Connection header). `host` (the Host header,
     or the authority of an absolute-form target) and `expect_continue` are what check_request_head found on its way
-    through the headers as they arrived: what routing reads, before any policy may rewrite the headers."""
+    through the headers as they arrived: what routing reads, before any policy may rewrite the headers. `absolute`:
+    the request line's target when it was in absolute form (`target` is its origin form; nginx's $request keeps it)."""
 
-    __slots__ = ("method", "target", "headers", "http_version", "keep_alive", "host", "expect_continue")
+    __slots__ = ("method", "target", "headers", "http_version", "keep_alive", "host", "expect_continue", "absolute")
 
     def __init__(self, method: bytes, target: bytes, headers: Headers, http_version: bytes, keep_alive: bool,
-                 host: bytes | None = None, expect_continue: bool = False):
+                 host: bytes | None = None, expect_continue: bool = False, absolute: bytes | None = None):
         self.method = method
         self.target = target
         self.headers = headers
@@ -47,6 +48,7 @@ class Request:
         self.keep_alive = keep_alive
         self.host = host
         self.expect_continue = expect_continue
+        self.absolute = absolute
 
     def __repr__(self) -> str:
         return f"Request({self.method!r}, {self.target!r}, {self.headers!r}, {self.http_version!r})"

@@ -301,7 +301,9 @@ class H11Server(_H11Codec):
             version = raw[3]
             self._method = bytes(ev.method)
             target, host, expect = raw[1]
-            return Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host, expect)
+            line_target = bytes(ev.target)
+            return Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host, expect,
+                           None if target == line_target else line_target)
         if type(ev) is h11.EndOfMessage:
             return self._end(ev, HEAD_TOO_LARGE)
         if type(ev) is h11.ConnectionClosed:

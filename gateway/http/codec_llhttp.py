@@ -550,13 +550,14 @@ class LlhttpServer(_Parsing):
                     check_target(url)
                     raise
                 keep = _wants_keep_alive(version, headers)
-            url, host, expect = check_request_head(method, url, headers, version)
+            target, host, expect = check_request_head(method, url, headers, version)
         except ProtocolError as e:
             e.method = method
             e.target = url
             read_before(e, headers)
             raise
-        self._events.append(Request(method, url, headers, version, keep, host, expect))
+        self._events.append(Request(method, target, headers, version, keep, host, expect,
+                                    None if target is url else url))  # (an absolute-form url: a new origin form)
 
     def _sent_headers_complete(self) -> None:
         """on_headers_complete of a parser whose head's method stands for the client's (_SentMethod): that head's

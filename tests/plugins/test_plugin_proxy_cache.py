@@ -652,3 +652,21 @@ async def test_a_hit_is_logged_as_the_gateways_own_answer_with_no_upstream_try(n
     assert miss["source"] == "upstream" and miss["tries"]
     assert hit["source"] == "kong" and hit["tries"] == [] and hit["upstream_status"] == ""
     assert hit["response"]["status"] == 200 and hit["response"]["headers"]["x-cache-status"] == "Hit"
+
+
+async def test_an_absolute_form_request_cannot_seed_the_entry_of_the_origin_form_request(nursery, gateway):
+    """Kong keys the request line as sent (proxy-cache/handler.lua:243 `ngx_re_sub(ngx.var.request, ...)`; nginx's
+    $request is r->request_line, release-1.27.1 src/http/ngx_http_request.c:1122-1123): `GET http://evil.test/get`
+    has an entry of its own, so its answer (made for X-Forwarded-Host: evil.test) is never a Hit for `GET /get`."""
+    backend, port = await start(nursery, gateway, cache())
+    data, _ = await raw_exchange(port, b"GET http://evil.test/get HTTP/1.1\r\nhost: gateway.test\r\n"
+                                       b"connection: close\r\n\r\n")
+    status, headers, _ = parse_raw_response(data)
+    assert (status, headers.get("x-cache-status")) == (200, "Miss")
+    normal = await get(port, "/get")
+    assert status_of(normal) == "Miss", (status_of(normal), normal.json()["headers"].get("x-forwarded-host"))
+    assert normal.json()["headers"].get("x-forwarded-host") == "gateway.test"
+    assert len(backend.requests) == 2
+    assert key_of(normal) == hashlib.sha256(f"{ROUTE_ID}|GET|GET /get HTTP/1.1||".encode()).hexdigest()
+    assert headers.get("x-cache-key") == hashlib.sha256(
+        f"{ROUTE_ID}|GET|GET http://evil.test/get HTTP/1.1||".encode()).hexdigest()

@@ -122,8 +122,9 @@ class ProxyCache:
         consumer = ex.consumer
         route = ex.route
         facts = route.facts if route is not None else None
-        # ngx.var.request: the request line as the client sent it, whatever request-transformer made of the method
-        uri = cache_key.request_uri(ex.request_line_method(), ex.request_uri(), req.http_version,
+        # ngx.var.request: the request line as the client sent it, whatever request-transformer made of the method,
+        # an absolute-form target as it was (its entry is not the origin form's, which it could otherwise fill)
+        uri = cache_key.request_uri(ex.request_line_method(), req.absolute or ex.request_uri(), req.http_version,
                                     self.ignore_uri_case)
         return cache_key.build_cache_key(
             consumer.id if consumer is not None else None, facts.route_id if facts is not None else None,
