@@ -15,6 +15,7 @@ import random
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -25,7 +26,7 @@ from test_shared_state import ENV, ROOT, Backends, Gateway, admin_call, config, 
 import gateway.node.admin as admin_module
 from gateway.bus.admin_protocol import AdminRequest
 from gateway.bus.admin_server import bind_admin
-from gateway.bus.zmq_trio import TrioSocket
+from gateway.bus.zmq_trio import PUMP_BATCH, PumpedSocket, TrioSocket
 from gateway.node.admin import changes_state, serve_admin
 from gateway.node.control import render_status
 from gateway.node.root import SUPERVISOR_ANSWER_S, Node, load_validated
@@ -332,6 +333,124 @@ def test_a_weight_that_is_not_a_whole_number_is_refused_with_the_range_and_chang
         assert reply["ok"] is False, (value, reply)
         assert reply["error"] == f"weight must be 0..65535 (an integer), got {json.dumps(value)}", (value, reply)
     assert {t["key"]: t["weight"] for t in gw.admin("targets")}[target] == before  # type: ignore[index, union-attr]
+
+
+def test_a_weight_of_thousands_of_digits_is_refused_with_the_range_not_a_python_hint(gateway):
+    """kong/db/schema/entities/targets.lua:33: `weight = { ..., type = "integer", default = 100, between = { 0,
+    65535 } }`. A pasted or runaway `weight=<5000 digits>` got Python's own "Exceeds the limit (4300 digits) for
+    integer string conversion ... use sys.set_int_max_str_digits()" instead of the range the other bad weights get."""
+    gw, a, _ = gateway
+    reply = admin_call(gw.endpoint, "targets", action="weight", target=key("up", a), weight="9" * 5000)
+    assert reply["ok"] is False
+    assert reply["error"].startswith('weight must be 0..65535 (an integer), got "999'), reply["error"][:300]
+    assert "set_int_max_str_digits" not in reply["error"]
+
+
+# ---- the admin endpoint under a flood ------------------------------------------------------------------------------
+
+
+def test_a_client_flooding_the_admin_endpoint_does_not_hold_up_another_clients_status(gateway):
+    """README (Admin): "Each request is answered in a task of its own"; nginx's event loop handles one bounded batch
+    of ready events per turn (src/event/ngx_event.c, ngx_process_events_and_timers: ngx_process_events, then timers
+    and posted events). Two clients sending malformed requests without pause (their error replies never read) kept
+    the root inside PumpedSocket.pump, which read until the queue was empty: another client's `status`, the signal
+    handler and the supervisors waited seconds, until the flood paused."""
+    gw, _, _ = gateway
+    before = tree(gw)
+    stop = threading.Event()
+
+    def flood() -> None:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(gw.endpoint)
+        deadline = time.monotonic() + 6
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    sock.send(b"x", zmq.NOBLOCK)
+                except zmq.Again:
+                    time.sleep(0.0001)
+        finally:
+            sock.close()
+
+    flooders = [threading.Thread(target=flood, daemon=True) for _ in range(2)]
+    for t in flooders:
+        t.start()
+    asker = dealer(gw)
+    try:
+        time.sleep(0.5)
+        began = time.monotonic()
+        asker.send_multipart([b"", b'{"v": 1, "cmd": "status"}'])
+        answered = asker.poll(4000) and json.loads(asker.recv_multipart()[-1])["ok"]
+        took = time.monotonic() - began
+    finally:
+        stop.set()
+        for t in flooders:
+            t.join(timeout=10)
+        asker.close()
+    assert answered and took < 1.0, f"`status` took {took:.1f}s (answered: {answered}) while two clients flooded"
+    still_serving(gw, before)
+
+
+@pytest.fixture
+def pair(tmp_path):
+    """A ROUTER (to pump) and a DEALER connected to it over ipc."""
+    ctx = zmq.Context()
+    router, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    for sock in (router, client):
+        sock.setsockopt(zmq.LINGER, 0)
+    router.bind(f"ipc://{tmp_path}/pump.sock")
+    client.connect(f"ipc://{tmp_path}/pump.sock")
+    try:
+        yield router, client
+    finally:
+        client.close()
+        router.close()
+        ctx.term()
+
+
+async def test_a_pumped_socket_hands_over_a_backlog_in_bounded_batches_letting_other_tasks_run(pair):
+    """As nginx takes one bounded batch of events per turn (src/event/ngx_event.c), PumpedSocket.run hands at most
+    PUMP_BATCH messages to its callback, then lets the other tasks run: 500 messages waiting are taken over several
+    turns of another task (they were all taken in one, the loop held up for as long as messages kept coming)."""
+    router, client = pair
+    for _ in range(500):
+        client.send(b"x")
+    time.sleep(0.3)  # (all of them with the ROUTER before it is read)
+    got: list[list[bytes]] = []
+    seen = [0]  # how many the callback had at each turn of this task
+    pumped = PumpedSocket(router, got.append)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pumped.run)
+        with trio.fail_after(5):
+            while len(got) < 500:
+                await trio.lowlevel.checkpoint()
+                seen.append(len(got))
+        nursery.cancel_scope.cancel()
+    steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    assert max(steps) <= 2 * PUMP_BATCH, steps  # (Trio may run a round's tasks in either order: two batches at most)
+    assert len(got) == 500
+
+
+async def test_a_send_that_leaves_messages_waiting_wakes_the_receiving_task_for_them(pair):
+    """ZMQ_FD is edge-triggered (zmq_getsockopt(3)): a send, which pumps at most PUMP_BATCH of the messages waiting,
+    consumes the edge; the task parked on the fd is woken for the rest, not left asleep until the peer sends again
+    (a bus reply or a keeper heartbeat left unread)."""
+    router, client = pair
+    got: list[list[bytes]] = []
+    pumped = PumpedSocket(router, got.append)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pumped.run)
+        await trio.sleep(0.1)  # parked on the fd: nothing has come
+        for _ in range(3 * PUMP_BATCH):
+            client.send(b"x")
+        time.sleep(0.3)  # (blocking: the loop does not look at the fd until the send below has taken the edge)
+        assert pumped.send([b"nobody", b"dropped"])  # (a ROUTER drops a message for a peer it does not know)
+        assert len(got) == PUMP_BATCH
+        with trio.fail_after(2):
+            while len(got) < 3 * PUMP_BATCH:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
 
 
 # ---- the admin server: reads answered during a change, changes one after another ----------------------------------

@@ -11,10 +11,12 @@ import json
 import os
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,9 @@ from typing import Any
 import pytest
 from e2e_helpers import GatewayNode
 
+from gateway.bus.admin_protocol import AdminReply
+from gateway.cli import main
+from gateway.node import control
 from gateway.node.locate import NotRunning, running_pid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -481,3 +486,103 @@ def test_a_second_gateway_in_a_run_directory_in_use_is_refused(roommates):
     first_pid = int((first.dir.parent / "run" / "a.pid").read_text())
     assert f"is in use by gateway pid {first_pid}" in out.stderr, out.stderr
 
+
+
+# ---- a root the command may not signal, or one that is gone --------------------------------------------------------
+
+FAKE_ROOT = "#!/bin/sh\nsleep 20\n"  # run as `/bin/sh DIR/gateway start`: what locate.is_gateway takes for a root
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_stop_by_a_user_who_may_not_signal_the_root_is_a_clear_error_not_a_traceback():
+    """kong/cmd/utils/nginx_signals.lua:66-68 (send_signal): `local code = kill.kill(kong_conf.nginx_pid, "-s " ..
+    signal); if code ~= 0 then return nil, "could not send signal"`; nginx (release-1.27.1)
+    src/os/unix/ngx_process.c:638-643 (ngx_os_signal_process) logs "kill(%P, %d) failed". A gateway started by root
+    (or a service user) and `gateway stop` run by an operator's own account: kill(2) fails with EPERM, and the
+    command said so with a Python traceback."""
+    work = Path(tempfile.mkdtemp(prefix="gw-stop-perm-"))
+    os.chmod(work, 0o755)
+    script = work / "gateway"
+    script.write_text(FAKE_ROOT)
+    script.chmod(0o755)
+    fake = subprocess.Popen(["/bin/sh", str(script), "start"], start_new_session=True)
+    try:
+        pid_file = work / "gateway.pid"
+        pid_file.write_text(f"{fake.pid}\n")
+        pid_file.chmod(0o644)
+        out = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                              "gateway", "stop", "--pid-file", str(pid_file), "--timeout", "1"],
+                             cwd=work, capture_output=True, text=True, timeout=30)
+        assert (out.returncode, out.stderr.splitlines()) == (1, [
+            f"gateway: could not send signal to pid {fake.pid} (named by {pid_file}): permission denied; run "
+            "`gateway stop` as the user the gateway runs as (or as root)"])
+        assert fake.poll() is None
+    finally:
+        os.killpg(fake.pid, signal.SIGKILL)
+        fake.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_stop_of_a_root_that_exits_before_the_signal_says_it_is_not_running(tmp_path, monkeypatch, capsys):
+    """kong/cmd/utils/nginx_signals.lua (send_signal): a kill that fails is "could not send signal", an error, not a
+    crash. The root may exit between the pid file's check and the signal (another stop, a crash): kill(2) fails with
+    ESRCH, and `stop` says it is not running (exit 1, as for any gateway not running), not a traceback."""
+    def gone(pid: int, signum: int) -> None:
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(control, "_running_pid", lambda pid_file: 4242)
+    monkeypatch.setattr(control.os, "kill", gone)
+    assert control.stop(None, 1.0, str(tmp_path / "gateway.pid")) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"gateway: not running (pid 4242, named by {tmp_path}/gateway.pid, exited before it could be signalled)"]
+
+
+@pytest.mark.parametrize(("leftover", "problem"), [("stale socket", "refuses connections: nothing listens on it"),
+                                                   ("directory", "is a directory, not a socket")],
+                         ids=["stale-socket", "directory"])
+def test_status_at_an_admin_path_nothing_listens_on_says_not_running_at_once(tmp_path, leftover, problem):
+    """README (CLI): "When no gateway runs, they say so at once". A kill -9 of the root leaves its admin socket file
+    (nothing removes it); `gateway status --admin ipc://.../admin.sock` then waited out the admin call's 5 s and said
+    "no answer ... is a gateway running there?", though connect(2) to the file is refused at once (ECONNREFUSED: no
+    process listens); so did an --admin naming a directory."""
+    path = tmp_path / "admin.sock"
+    if leftover == "directory":
+        path.mkdir()
+    else:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:  # closed unlinked: as a SIGKILL leaves it
+            listener.bind(str(path))
+            listener.listen()
+    began = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "gateway", "status", "--admin", f"ipc://{path}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    took = time.monotonic() - began
+    assert (out.returncode, out.stderr.splitlines()) == (1, [
+        f"gateway: not running at ipc://{path} (its socket {path} {problem})"])
+    assert took < 3, f"it took {took:.1f}s to say so"
+
+
+def test_admin_reload_sends_a_relative_config_path_resolved_where_the_command_runs(tmp_path, monkeypatch, capsys):
+    """kong/cmd/reload.lua:14: `local new_config = assert(conf_loader(args.conf, ...))` reads `kong reload -c F` in
+    the command's own process; README (CLI): "Relative paths are relative to the working directory", and `gateway
+    reload --config F` sends os.path.abspath(F). `gateway admin reload config=F` sent F as typed, and the root
+    resolved it against its own working directory: run elsewhere (as --admin allows), it reloaded another file of
+    that name there, or failed naming a path the operator never typed."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # where the gateway's admin socket would be
+    listener.bind(str(tmp_path / "admin.sock"))
+    listener.listen()
+    sent: list[tuple[str, Any]] = []
+
+    def answer(endpoint: str, cmd: str, args: Any = None, timeout: float = 5.0) -> AdminReply:
+        sent.append((cmd, args))
+        return AdminReply(ok=True, result={"generation": 2})
+
+    monkeypatch.setattr(control, "admin_call", answer)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    try:
+        code = main(["admin", "--admin", f"ipc://{tmp_path}/admin.sock", "reload", "config=next.yaml"])
+    finally:
+        listener.close()
+    assert code == 0, capsys.readouterr().err
+    assert sent == [("reload", {"config": str(elsewhere / "next.yaml")})]

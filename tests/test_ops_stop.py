@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,9 @@ import pytest
 from e2e_helpers import (
     GatewayNode,
     HoldingBackend,
+    admin_now,
     becomes_true,
+    descendants_of,
     gateway_in_front_of,
     has_exited,
     request_in_flight,
@@ -107,3 +111,59 @@ def test_a_second_sigterm_after_a_sigusr1_still_forces_the_stop_at_once(gw_held_
     assert becomes_true(lambda: has_exited(root), 2), f"the root ran {time.monotonic() - forced:.1f}s more"
     assert "second SIGTERM: forcing the stop" in gw.log()
     thread.join(timeout=15)
+
+
+def test_a_repeated_sigquit_or_a_second_gateway_stop_keeps_the_stop_graceful(gw):
+    """nginx (release-1.27.1) src/os/unix/ngx_process.c:346-347, the master's handler: `case
+    ngx_signal_value(NGX_SHUTDOWN_SIGNAL): ngx_quit = 1;` -- a second SIGQUIT sets the same flag again, and
+    ngx_process_cycle.c:203-207 (`if (ngx_quit) { ngx_signal_worker_processes(cycle, NGX_SHUTDOWN_SIGNAL); ...`)
+    keeps the shutdown graceful; only SIGTERM/SIGINT (ngx_process.c:351-353, ngx_terminate) are fast. kong/cmd/quit.lua
+    sends that SIGQUIT, and SIGTERM (`nginx_signals.stop`) only once its timeout has run out. `gateway stop` sends
+    SIGQUIT: a second one (a deploy script and an operator), or a `kill -QUIT`, while the first drains, cuts nothing."""
+    root = start_daemonised(gw)
+    thread, codes = request_in_flight(gw.port)
+    first = subprocess.Popen([sys.executable, "-m", "gateway", "stop"], cwd=gw.dir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert becomes_true(lambda: "graceful stop" in gw.log(), 5), gw.log()[-2000:]
+        os.kill(root, signal.SIGQUIT)
+        second = gw.cli("stop", timeout=20)
+        thread.join(timeout=8)
+        assert codes == [200], f"a repeated graceful stop cut the in-flight request: {second.stdout}{second.stderr}"
+        assert (second.returncode, second.stdout.strip()) == (0, f"gateway stopped (pid {root})"), second.stderr
+        _, first_err = first.communicate(timeout=15)
+        assert first.returncode == 0, first_err
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    log = gw.log()
+    assert "SIGQUIT: graceful stop" in log, log[-2000:]  # (`gateway stop`'s, as `kong quit`'s)
+    assert log.count("SIGQUIT: the graceful stop goes on (SIGTERM forces it)") == 2, log[-2000:]
+    assert "forcing the stop" not in log and "gateway stopped" in log
+
+
+def test_a_stop_during_a_sighup_reload_ends_the_root_cleanly(gw):
+    """nginx (release-1.27.1) src/os/unix/ngx_process_cycle.c:177-211: the master looks at `ngx_terminate` /
+    `ngx_quit` before `ngx_reconfigure`, and `if (!live && (ngx_terminate || ngx_quit)) ngx_master_process_exit(cycle)`:
+    a stop that comes while a reload is under way ends the master cleanly. The SIGHUP reload, once its new generation
+    started, asks the root supervisor for its children after the stop has shut it down (SupervisorNotRunning): the
+    root still ends with "gateway stopped", without a traceback. A stopped state keeper holds the reload at
+    its reload_config call (up to 2 s), so that the SIGTERM lands there every time (in the wild, SIGHUP then SIGTERM
+    5-20 ms later)."""
+    root = start_daemonised(gw)
+    keeper = next(c["pid"] for c in admin_now(gw, "status").result["tree"]["children"] if c["id"] == "keeper")
+    os.kill(keeper, signal.SIGSTOP)
+    try:
+        os.kill(root, signal.SIGHUP)
+        assert becomes_true(lambda: "supervisor root: started: child='workers@2'" in gw.log(), 5), gw.log()[-2000:]
+        gw.pids.update(descendants_of(root))
+        os.kill(root, signal.SIGTERM)  # the reload now waits for the keeper's answer to reload_config
+        time.sleep(0.2)
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    assert becomes_true(lambda: has_exited(root), 8), "the root did not exit"
+    log = gw.log()
+    assert "Traceback" not in log and "SupervisorNotRunning" not in log, log[log.find("Traceback") - 200:][:3000]
+    assert "reload cut short: the root supervisor has stopped (the gateway is stopping)" in log, log[-2000:]
+    assert "gateway stopped" in log, log[-2000:]

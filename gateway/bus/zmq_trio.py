@@ -12,6 +12,8 @@ from collections.abc import Callable
 import trio
 import zmq
 
+PUMP_BATCH = 64  # messages a PumpedSocket's run or send takes before letting other tasks run
+
 
 class TrioSocket:
     """A non-blocking view of a zmq.Socket for one owning Trio task."""
@@ -55,16 +57,19 @@ class PumpedSocket:
 
     Any operation on the socket may consume ZMQ_FD's edge, so whoever sends also pumps what has arrived; the one
     `run` task parks on the fd only when ZMQ_EVENTS says nothing is waiting. No wake-up is ever lost, and no task
-    but `run` waits on the fd.
+    but `run` waits on the fd. `run` and `send` take at most PUMP_BATCH messages at a time, then let the other tasks
+    run (a sender's pump that leaves messages waking `run` for them): a peer sending without pause cannot hold up the
+    event loop, as nginx handles one bounded batch of ready events per turn.
     """
 
-    __slots__ = ("sock", "_fd", "_on_message", "_pumping")
+    __slots__ = ("sock", "_fd", "_on_message", "_pumping", "_parked")
 
     def __init__(self, sock: zmq.Socket, on_message: Callable[[list[bytes]], None]) -> None:
         self.sock = sock
         self._fd: int = sock.getsockopt(zmq.FD)  # type: ignore[assignment]  # ZMQ_FD is an int option
         self._on_message = on_message
         self._pumping = False
+        self._parked: trio.CancelScope | None = None  # `run`'s wait on the fd, while it waits
 
     def send(self, frames: list[bytes]) -> bool:
         """Queue a message without blocking; False when zmq's queue is full (the peer is gone or slow)."""
@@ -73,22 +78,27 @@ class PumpedSocket:
         except zmq.Again:
             return False
         finally:
-            self.pump()
+            if self.pump(PUMP_BATCH) and self._parked is not None:
+                self._parked.cancel()  # the edge is consumed and messages wait: `run` takes them at its turn
         return True
 
-    def pump(self) -> None:
-        """Dispatch every message that has arrived (a callback that sends does not recurse: the loop goes on)."""
+    def pump(self, limit: int | None = None) -> bool:
+        """Dispatch what has arrived, at most `limit` messages (None: all); True when it stopped at the limit with
+        more perhaps waiting. A callback that sends does not recurse: the loop goes on."""
         if self._pumping:
-            return
+            return False
         self._pumping = True
         try:
             sock = self.sock
-            while True:
+            taken = 0
+            while limit is None or taken < limit:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
-                    return
+                    return False
+                taken += 1
                 self._on_message(frames)
+            return True
         finally:
             self._pumping = False
 
@@ -96,10 +106,13 @@ class PumpedSocket:
         """Receive until cancelled."""
         sock = self.sock
         while True:
-            self.pump()
-            if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type, operator]  # an int option
+            more = self.pump(PUMP_BATCH)
+            if more or sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type, operator]  # an int option
+                await trio.lowlevel.checkpoint()  # more waiting: the other tasks' turn first
                 continue
-            await trio.lowlevel.wait_readable(self._fd)
+            with trio.CancelScope() as self._parked:
+                await trio.lowlevel.wait_readable(self._fd)
+            self._parked = None
 
     def close(self, linger: int = 0) -> None:
         """Close; `linger` ms for queued messages to leave (0: dropped)."""

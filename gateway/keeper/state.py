@@ -574,8 +574,9 @@ def _target(args: dict[str, Any]) -> str:
 
 def _weight(value: Any) -> int:
     """A target weight as Kong's schema has it, an integer 0..65535, given as a JSON integer or its decimal text (as
-    the CLI sends it); a float, a boolean or null is refused, never rounded."""
-    if isinstance(value, str) and value.isascii() and value.isdigit():
+    the CLI sends it); a float, a boolean, null or text of more than five digits (never given to int(), whose own
+    refusal past 4300 digits names no range) is refused, never rounded."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value.lstrip("0")) <= 5:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ValueError(f"weight must be 0..65535 (an integer), got {_shown(value)}")

@@ -10,6 +10,8 @@ import errno
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import time
@@ -254,14 +256,24 @@ def _read_line(fd: int, timeout: float) -> str:
 
 
 def stop(config_path: str | None, timeout: float, pid_file: str | None = None) -> int:
-    """Graceful stop (SIGTERM); after `timeout` seconds, a second SIGTERM forces it."""
+    """Graceful stop (SIGQUIT, as `kong quit` sends: a second one, from a second `gateway stop`, keeps it graceful, as
+    nginx's master does); after `timeout` seconds, SIGTERM forces it."""
     where = _located(config_path, pid_file, None)
     try:
         pid = _running_pid(where.pid_file)
     except NotRunning as e:
         print(f"gateway: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    os.kill(pid, signal.SIGTERM)
+    try:
+        os.kill(pid, signal.SIGQUIT)
+    except ProcessLookupError:
+        print(f"gateway: not running (pid {pid}, named by {where.pid_file}, exited before it could be signalled)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    except PermissionError:  # kong/cmd/utils/nginx_signals.lua: "could not send signal"
+        print(f"gateway: could not send signal to pid {pid} (named by {where.pid_file}): permission denied; run "
+              "`gateway stop` as the user the gateway runs as (or as root)", file=sys.stderr)
+        return EXIT_FAILURE
     if _wait_gone(pid, timeout):
         print(f"gateway stopped (pid {pid})")
         return EXIT_OK
@@ -297,6 +309,8 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
     """Send one admin command and print the reply; say so at once when no gateway runs. `endpoint` (--admin) without
     `pid_file` names the gateway alone: it is asked there, whatever pid file the working directory has."""
     where = _located(config_path, pid_file, endpoint)
+    if cmd == "reload" and args and isinstance(args.get("config"), str) and args["config"]:
+        args = {**args, "config": os.path.abspath(args["config"])}  # where the command runs, as `reload --config`
     pid = None
     if endpoint is None or pid_file is not None:
         try:
@@ -305,13 +319,13 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
             print(f"gateway: {e}", file=sys.stderr)
             return EXIT_FAILURE
     socket_path = where.admin[len("ipc://"):] if where.admin.startswith("ipc://") else None
-    if socket_path is not None and not os.path.exists(socket_path):  # else the call would wait out its timeout
+    problem = _socket_problem(socket_path) if socket_path is not None else None
+    if problem is not None:
         if pid is None:
-            print(f"gateway: not running at {where.admin} (its socket {socket_path} does not exist)", file=sys.stderr)
+            print(f"gateway: not running at {where.admin} (its socket {socket_path} {problem})", file=sys.stderr)
         else:
-            print(f"gateway: pid {pid} is running, but its admin socket {socket_path} does not exist; pass the "
-                  f"--admin ipc://PATH it was started with (gateway.admin); see its log ({where.log_file})",
-                  file=sys.stderr)
+            print(f"gateway: pid {pid} is running, but its admin socket {socket_path} {problem}; pass the --admin "
+                  f"ipc://PATH it was started with (gateway.admin); see its log ({where.log_file})", file=sys.stderr)
         return EXIT_FAILURE
     timeout = RELOAD_TIMEOUT_S if cmd == "reload" else ADMIN_TIMEOUT_S
     try:
@@ -342,6 +356,31 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
     else:
         print(json.dumps(reply.result, indent=2))
     return EXIT_OK
+
+
+def _socket_problem(path: str) -> str | None:
+    """Why no gateway can answer on the admin socket `path`, when that is known at once (the call would wait out
+    its timeout): none there, not a socket, or a socket file nothing listens on (connect(2) refused: a root killed
+    with kill -9 leaves it)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return "does not exist"
+    except OSError as e:
+        return f"cannot be reached ({e.strerror or e})"
+    if not stat.S_ISSOCK(mode):
+        return "is a directory, not a socket" if stat.S_ISDIR(mode) else "is not a socket"
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except ConnectionRefusedError:
+        return "refuses connections: nothing listens on it"
+    except OSError:
+        pass  # (a full backlog, a path too long to connect to: the call says what it finds)
+    finally:
+        probe.close()
+    return None
 
 
 def reload(config_path: str | None, pid_file: str | None = None, endpoint: str | None = None) -> int:

@@ -1,7 +1,8 @@
 """The root process (`gateway start --foreground`): the supervision tree, listener slots, signals, admin endpoint.
 
 SIGTERM/SIGINT/SIGQUIT (SIGQUIT: nginx's and `kong quit`'s graceful stop) or admin `stop`: graceful stop (workers
-drain); a second one forces it (workers are killed).
+drain); a SIGTERM or SIGINT during a stop forces it (workers are killed), a second SIGQUIT does not (nginx's master
+only sets ngx_quit again; `gateway stop` sends SIGQUIT, and SIGTERM once its --timeout has passed).
 SIGHUP or admin `reload`: re-read and validate the config; a bad one is rejected and the running generation keeps
 serving untouched; a good one starts generation G+1 on the same listener slots, then retires G, whose workers
 finish their in-flight requests and SSE streams (up to drain_timeout).
@@ -224,7 +225,7 @@ class Node:
                 if self.fork_server is not None and self.fork_server.enabled:
                     nursery.start_soon(self.fork_server.run)
                 nursery.start_soon(self.keeper.run)
-                nursery.start_soon(self._signals)
+                await nursery.start(self._signals)  # handled before the pid file names this process
                 _write_pid(config.gateway.pid_file)
                 log.info("gateway %s started: pid %d, %d workers on %s", __version__, os.getpid(),
                          self.worker_count(config), ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)))
@@ -262,10 +263,11 @@ class Node:
         config = self.config
         return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
 
-    async def _signals(self) -> None:
+    async def _signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Each signal as it comes, none awaiting anything: a busy supervisor never holds up the next signal."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
                                        signal.SIGUSR1, signal.SIGUSR2) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
@@ -274,6 +276,8 @@ class Node:
                 elif signum == signal.SIGUSR2:  # nginx's binary upgrade: its default action would kill the root
                     log.warning("SIGUSR2: ignoring it (nginx's binary upgrade): this gateway does not replace its "
                                 "own code; restart it to run an upgraded version")
+                elif self._stop.is_set() and signum == signal.SIGQUIT:  # nginx: ngx_quit = 1 again, still graceful
+                    log.info("SIGQUIT: the graceful stop goes on (SIGTERM forces it)")
                 elif self._stop.is_set():
                     log.warning("second %s: forcing the stop", signal.Signals(signum).name)
                     self._forced = True
@@ -447,10 +451,15 @@ class Node:
         return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
 
     async def _reload_logged(self) -> None:
+        """SIGHUP's reload; a stop that lands meanwhile ends it quietly (nginx's master takes ngx_quit / ngx_terminate
+        before ngx_reconfigure), as the root supervisor it asks has stopped."""
         try:
             await self.reload()
         except AdminCommandError:
             pass  # logged by reload
+        except SupervisorNotRunning:
+            log.info("reload cut short: the root supervisor has stopped%s",
+                     " (the gateway is stopping)" if self._stop.is_set() else "")
 
     async def _retire(self, generation: Generation) -> None:
         """Tell every worker of `generation` to drain, together, and stop listening on the addresses the serving
