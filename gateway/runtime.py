@@ -151,7 +151,7 @@ class RouteRuntime:
 
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
                  "chain", "consumer_chains", "collected", "https_redirect", "facts", "loggers", "audit",
-                 "request_buffering")
+                 "request_buffering", "response_buffering")
 
     def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
                  mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
@@ -179,6 +179,7 @@ class RouteRuntime:
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
         self.request_buffering = True  # Kong's default: the whole body is read before an upstream is contacted
+        self.response_buffering = True  # Kong's default; false lifts an upstream's X-Accel-Limit-Rate (forward)
         self.facts = facts  # names, ids and entity JSON for logs, metrics and traces (gateway.telemetry.entities)
         # ai-mcp-proxy's audit (logging.log_audits) for a request with no consumer's chain: a line per tools/call
         # when the request ends (gateway.mcp.audit); a consumer's chain has its own (`collect`)
@@ -318,6 +319,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         if "http" not in route.protocols:
             route_runtime.https_redirect = route.https_redirect_status_code
         route_runtime.request_buffering = route.request_buffering
+        route_runtime.response_buffering = route.response_buffering
         specs.append(RouteSpec(route_runtime, paths=route.paths, methods=route.methods, hosts=route.hosts,
                                snis=route.snis or (), headers=route.headers, query=route.query,
                                regex_priority=route.regex_priority, strip_path=route.strip_path,

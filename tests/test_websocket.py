@@ -5,7 +5,7 @@ both ways until either side closes (or the upstream is silent for the service's 
 The backend is a small Trio server written here: it answers the handshake (Sec-WebSocket-Accept from the key, as
 RFC 6455 4.2.2), sends a greeting frame in the same packet as its 101, then echoes every text frame back, unmasked,
 as "echo: <text>"; a close frame is answered with one and the connection closed (other modes: silent after its
-101, not reading at all, or refusing the handshake). The last tests take the pieces apart: the detection in
+101, not reading at all, or refusing or declining the handshake). The last tests take the pieces apart: the detection in
 gateway.pipeline.headers and both codecs' side of a switch.
 """
 
@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import trio
@@ -25,6 +26,7 @@ from tls_helpers import Pki
 
 from gateway.http.codec import NEED_DATA, NO_BODY, ProtocolError, Request, Response
 from gateway.http.codecs import codec_classes
+from gateway.pipeline.forward import _client_headers
 from gateway.pipeline.headers import UPGRADE, upstream_request_headers
 from gateway.pipeline.tunnel import UPSTREAM_SILENT, UPSTREAM_STUCK
 
@@ -115,7 +117,7 @@ async def read_eof(stream: trio.abc.Stream) -> bytes:
 
 class WsBackend:
     """A WebSocket-ish echo server; `mode`: "echo", "silent" (says nothing after its 101), "sink" (nor reads),
-    "flood" (sends without pause after its 101), or "refuse" (400)."""
+    "flood" (sends without pause after its 101), "refuse" (400) or "decline" (426 naming websocket in Upgrade)."""
 
     def __init__(self, mode: str = "echo", switch: bytes = b"Upgrade: websocket\r\nConnection: Upgrade\r\n") -> None:
         self.mode = mode
@@ -138,6 +140,10 @@ class WsBackend:
             buf = bytearray()
             start, headers = await read_head(stream, buf)
             self.heads.append((start, headers))
+            if self.mode == "decline":  # RFC 9110 15.5.22: a 426 names the protocol to use in Upgrade
+                await stream.send_all(b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                                      b"Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n")
+                return
             if self.mode == "refuse" or b"upgrade" not in headers:
                 status = b"400 Bad Request" if self.mode == "refuse" else b"426 Upgrade Required"
                 body = b"not a websocket handshake"
@@ -272,6 +278,40 @@ async def test_upstream_refusing_the_upgrade_gives_the_client_its_answer(nursery
             await stream.send_all(handshake(base64.b64encode(os.urandom(16))))
             assert (await read_head(stream, buf))[0].startswith(b"HTTP/1.1 400 ")
     assert backend.heads[0][1][b"upgrade"] == b"websocket"
+
+
+async def test_a_426_to_a_handshake_keeps_the_upstreams_upgrade_websocket(nursery, gateway):
+    """An upstream declining a handshake with 426 names the protocol to use in Upgrade (RFC 9110 15.5.22), and
+    through Kong the client gets it: nginx 1.27.1 has no "Upgrade" in ngx_http_upstream_headers_in[]
+    (src/http/ngx_http_upstream.c), so ngx_http_upstream_process_headers copies the upstream's Upgrade whatever the
+    status; Kong's header_filter.before (kong/runloop/handler.lua 1529-1532) removes it only `if upgrade and
+    lower(upgrade) ~= lower(var.upstream_upgrade)`, which access.before set to "websocket" for the handshake."""
+    backend, port = await start(nursery, gateway, mode="decline")
+    with trio.fail_after(TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(handshake(base64.b64encode(os.urandom(16))))
+            start_line, headers = await read_head(stream, bytearray())
+    assert start_line.startswith(b"HTTP/1.1 426 ")
+    assert backend.heads[0][1][b"upgrade"] == b"websocket"  # Kong's upstream_upgrade went upstream
+    assert headers.get(b"sec-websocket-version") == b"13"  # the answer is relayed ...
+    assert headers.get(b"upgrade") == b"websocket"  # ... with its Upgrade: websocket
+
+
+@pytest.mark.parametrize(("upgrade", "lines", "kept"), [
+    (True, [(b"upgrade", b"WebSocket")], b"WebSocket"),  # Kong compares in lower case, passes it as it came
+    (True, [(b"upgrade", b"h2c")], None),  # not what Kong asked for
+    (True, [(b"upgrade", b"websocket"), (b"upgrade", b"websocket")], None),  # two lines: "websocket, websocket"
+    (False, [(b"upgrade", b"websocket")], None),  # no upgrade asked: var.upstream_upgrade is empty
+])
+def test_an_answers_upgrade_is_kept_only_when_it_is_the_websocket_kong_asked_for(upgrade, lines, kept):
+    """kong/runloop/handler.lua header_filter.before: `local upgrade = var.upstream_http_upgrade` (nginx joins
+    repeated lines with ", ") is removed `if upgrade and lower(upgrade) ~= lower(var.upstream_upgrade)`, and
+    var.upstream_upgrade is "websocket" only for a request whose Upgrade is websocket (access.before)."""
+    ex: Any = SimpleNamespace(settings=SimpleNamespace(kong_headers=None), request=SimpleNamespace(headers=[]))
+    unused: Any = None  # the target and connection: only an MCP session id needs them
+    out, _, _ = _client_headers([(b"content-length", b"0"), *lines], b"rid", None, unused, unused, ex, upgrade=upgrade)
+    assert [value for name, value in out if name == b"upgrade"] == ([kept] if kept else [])
 
 
 async def test_upgrade_without_connection_upgrade_is_kongs_upgrade(nursery, gateway):

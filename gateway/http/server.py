@@ -351,6 +351,12 @@ class Exchange:
             self.body_received += len(body)
         return (held + body if held else body), self._request_done
 
+    def take_held_file(self) -> BodyFile | None:
+        """The file of a body a policy read whole in access (hold_body), taken out for the proxying to send from,
+        or None: then receive_body does not read it back."""
+        state = self.state
+        return state.pop(HELD_FILE) if state is not None and HELD_FILE in state else None
+
     async def read_body(self, limit: int) -> tuple[bytes, bool]:
         """Read the request body to its end, or until more than `limit` bytes: (the bytes, whether that is all of
         it). They are kept: the forwarder sends them (or what replace_body put instead) before the rest."""

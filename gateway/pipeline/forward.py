@@ -55,7 +55,7 @@ from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, asks_trailers, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
-from gateway.pipeline.request_buffer import SpooledBody, read_whole, with_length
+from gateway.pipeline.request_buffer import SpooledBody, held_whole, read_whole, with_length
 from gateway.pipeline.streamwatch import StreamWatch
 from gateway.pipeline.tunnel import relay
 from gateway.routing import Match
@@ -143,7 +143,11 @@ class Forwarder:
             body, body_done = mcp.take_body(ex)
             headers = mcp.upstream_headers(headers)
         spooled: SpooledBody | None = None
-        if not body_done and route.request_buffering:  # Kong's default: the whole body before any upstream
+        if not body_done and (spooled := held_whole(ex, body)) is not None:  # a policy read it whole in access
+            if framing == CHUNKED:
+                headers, framing = with_length(headers, spooled.size), LENGTH
+            body, body_done = spooled, True  # type: ignore[assignment]  # (as below)
+        elif not body_done and route.request_buffering:  # Kong's default: the whole body before any upstream
             whole = await read_whole(ex, body)
             size = len(whole) if type(whole) is bytes else whole.size  # type: ignore[union-attr]
             if framing == CHUNKED:
@@ -158,7 +162,8 @@ class Forwarder:
         try:
             # nginx resends a request already sent unless POST, LOCK or PATCH, or its body was not buffered (a
             # route's request_buffering: false) and did not come whole with its head: that body may not be read
-            # twice (one read whole with the head is buffered for nginx too: ngx_http_read_client_request_body)
+            # twice (one read whole with the head, or by a policy in access, is buffered for nginx too:
+            # ngx_http_read_client_request_body)
             replayable = body_done and req.method not in NOT_RESENT
             hash_key = balancer_key(group, ex, match) if pinned is None and group.hashing else None
             # Each try picks from the targets as they are then, as Kong asks its balancer again for every try:
@@ -258,7 +263,8 @@ class Forwarder:
                     await self._tunnel(ex, svc, uc, response, attempt, request_id)
                     return
                 await self._relay(ex, svc, uc, response, attempt, request_id, affinity,
-                                  route.name if session_id is None else None, mcp.edit if mcp is not None else None)
+                                  route.name if session_id is None else None, mcp.edit if mcp is not None else None,
+                                  upgrade)
                 return
             if pinned_target is not None and error is not None and type(error) is not LocalError and (
                     not error.sent or await self._gone(error, svc, pinned_target, address)):
@@ -428,9 +434,9 @@ class Forwarder:
 
     async def _tunnel(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response,
                       attempt: Attempt, request_id: bytes) -> None:
-        """The upstream switched protocols: its 101 to the client (response headers handled as any answer's, with
-        its Upgrade when that is `websocket`, what Kong asked for, and nginx's own `Connection: upgrade` line, in
-        its text: ngx_http_header_filter_module writes it so on every 101), then bytes relayed
+        """The upstream switched protocols: its 101 to the client (response headers handled as any answer's to an
+        upgrade, its Upgrade kept when that is `websocket`, and nginx's own `Connection: upgrade` line, in its text:
+        ngx_http_header_filter_module writes it so on every 101), then bytes relayed
         both ways (gateway.pipeline.tunnel) until either side closes or a timeout of the service ends it. Both
         connections are closed after it, neither reused; the target's request lasts as long as the tunnel (the
         balancer counts it as active meanwhile)."""
@@ -438,12 +444,9 @@ class Forwarder:
         switched = False
         try:
             headers = [hv for hv in _client_headers(response.headers, request_id, None, attempt.target, uc,
-                                                    ex)[0] if hv[0] != b"content-length"]
+                                                    ex, upgrade=True)[0] if hv[0] != b"content-length"]
             if type(ex.conn) is _PacedConn:  # (a 101 with X-Accel-Limit-Rate: nginx relays a tunnel unpaced)
                 ex.conn = ex.conn.conn
-            upgrade = b", ".join([v for n, v in response.headers if n == b"upgrade"])
-            if upgrade.lower() == b"websocket":  # Kong's header filter drops another (not what it asked for)
-                headers.append((b"upgrade", upgrade))
             headers.append((b"Connection", b"upgrade"))  # nginx's own line, in its text
             to_upstream = await ex.switch_protocols(headers, response.reason)
             switched = True
@@ -463,9 +466,10 @@ class Forwarder:
 
     async def _relay(self, ex: Exchange, svc: ServiceRuntime, uc: UpstreamConn, response: Response, attempt: Attempt,
                      request_id: bytes, affinity: SessionAffinity | None, new_session: str | None = None,
-                     edit: ResponseEdit | None = None) -> None:
+                     edit: ResponseEdit | None = None, upgrade: bool = False) -> None:
         """Stream the response to the client; pool the connection only after a clean, complete exchange.
         `new_session`: the route's name when the request had no session id (an id in the response opens one).
+        `upgrade`: the request asked for a WebSocket upgrade, and this is the answer declining it (a 426, say).
 
         With `edit` (ai-mcp-proxy: tools/list results to filter, a batch's errors to add) a JSON answer is read
         whole (bounded) and edited, an event stream is edited event by event (gateway.mcp.governance)."""
@@ -475,7 +479,7 @@ class Forwarder:
         unread = False  # the rest of the body was not read: a header filter answered in its place (phases.Exit)
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
-                                                    ex, new_session)
+                                                    ex, new_session, upgrade)
             if response.status == 204:  # no body, nothing to edit; its head goes out as it came (nginx's header
                 sse, edit = False, None  # filter empties only a 204 without an upstream's status line)
             try:
@@ -711,10 +715,11 @@ def _limit_rate(ex: Exchange, headers: Headers) -> None:
     """An upstream's X-Accel-Limit-Rate as nginx takes it (ngx_http_upstream_process_limit_rate: the first line's
     value by ngx_atoi, r->limit_rate; one that is not a number is ignored, as is a later line; Kong's template sets
     no proxy_ignore_headers): the answer's writes to the client paced at that many bytes a second (_PacedConn),
-    unless its last X-Accel-Buffering says `no` (ngx_http_upstream_process_buffering): nginx's non-buffered relay
-    sets r->limit_rate to 0 (ngx_http_upstream_send_response). A 101 is not paced (_tunnel relays bytes as they are).
-    Not read: a route's `response_buffering: false` (nginx's proxy_buffering off), which lifts the limit too."""
-    if type(ex.conn) is _PacedConn:  # (a second X-Accel-Limit-Rate line)
+    unless the relay is nginx's non-buffered one, which sets r->limit_rate to 0 (ngx_http_upstream_send_response):
+    the answer's last X-Accel-Buffering says `no` (ngx_http_upstream_process_buffering), or the route has
+    `response_buffering: false` (Kong's @unbuffered_response and @unbuffered locations: proxy_buffering off). A 101
+    is not paced (_tunnel relays bytes as they are)."""
+    if type(ex.conn) is _PacedConn or not ex.route.response_buffering:  # (paced already: a second line)
         return
     rate = None
     buffering = True
@@ -907,14 +912,17 @@ def _position(group: UpstreamGroup, index: int | None, target: TargetRuntime) ->
 
 
 def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffinity | None, target: TargetRuntime,
-                    uc: UpstreamConn, ex: Exchange,
-                    new_session: str | None = None) -> tuple[Headers, int, bool]:
+                    uc: UpstreamConn, ex: Exchange, new_session: str | None = None,
+                    upgrade: bool = False) -> tuple[Headers, int, bool]:
     """The response headers for the client: hop-by-hop ones dropped (but Trailer when the request's TE asked for
     trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does; a repeated single-valued
     field's later lines are gone already: codec.first_of_single), those the gateway's `headers` setting replaces
     dropped (Kong assigns its own), the request id set, a session id sealed (with the address `uc` reached, bound to
     the caller of `ex`; counted as opened on route `new_session` when the request had none); with their framing
-    (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream."""
+    (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream.
+    The answer to a WebSocket `upgrade` (a 101, a 426, any status) keeps its Upgrade, last, when that is `websocket`
+    in any case: nginx copies it, and Kong's header filter drops it only when it differs from the upstream_upgrade
+    Kong asked for (kong/runloop/handler.lua header_filter.before)."""
     out: Headers = []
     named = None
     framing = NO_BODY
@@ -949,4 +957,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
     if named:  # rare: end-to-end headers the upstream named in Connection
         out = [hv for hv in out if hv[0] not in named]
     out.append((b"x-request-id", request_id))
+    if upgrade:  # (nginx's $upstream_http_upgrade, Kong's test: the lines joined)
+        value = b", ".join([v for n, v in headers if n == b"upgrade"])
+        if value.lower() == b"websocket":
+            out.append((b"upgrade", value))
     return out, framing, content_type is not None and content_type[:17].lower() == b"text/event-stream"

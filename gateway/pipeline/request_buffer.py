@@ -9,11 +9,13 @@ client_body_temp_path), read back for each try. With `request_buffering: false` 
 as it arrives (nginx's `off`, what Kong's unbuffered proxying does).
 
 request-size-limiting reads a body without Content-Length whole in access, as Kong's does (`read_within`): kept the
-same way (memory, then a temporary file) for the proxying, which reads it back as it would read the client.
+same way (memory, then a temporary file) for the proxying, which sends it with its length whatever the route's
+`request_buffering` (`held_whole`), as nginx sends a body read before its proxy handler.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from typing import IO
 
@@ -25,20 +27,35 @@ CHUNK = 1 << 16  # what a spooled body is read back (and sent) in
 
 
 class SpooledBody:
-    """A whole body too large for memory, in an unnamed temporary file; `rewind` before each try."""
+    """A whole body too large for memory, in an unnamed temporary file (after `first`, bytes a reader took out of
+    it before it was sent: `resume`); `rewind` before each try."""
 
-    __slots__ = ("file", "size")
+    __slots__ = ("file", "size", "_first", "_start", "_next")
 
     def __init__(self, file: IO[bytes], size: int) -> None:
         self.file = file
         self.size = size
+        self._first = b""
+        self._start = 0  # where the body's bytes in the file begin (after `_first`)
+        self._next = b""  # `_first`, until read
 
     def rewind(self) -> None:
-        self.file.seek(0)
+        self.file.seek(self._start)
+        self._next = self._first
 
     def read(self) -> bytes:
         """The next CHUNK of the body; b"" at its end."""
+        if self._next:
+            first, self._next = self._next, b""
+            return first
         return self.file.read(CHUNK)
+
+    def resume(self, first: bytes) -> None:
+        """The body is now `first`, then the file from where reading it stopped; `size` says so."""
+        start = self.file.tell()
+        self.size = len(first) + self.file.seek(0, os.SEEK_END) - start
+        self._first, self._start = first, start
+        self.rewind()
 
     def close(self) -> None:
         self.file.close()
@@ -98,6 +115,20 @@ async def read_within(ex: Exchange, limit: int) -> bool:
     else:
         ex.hold_body(whole)
     return True
+
+
+def held_whole(ex: Exchange, first: bytes) -> SpooledBody | None:
+    """A body a policy read whole in access into a file (read_within), as the proxying sends it: `first` (what the
+    request still held: bytes read back from the file since, or an MCP peek's), then the file from where that
+    reading stopped. nginx sends a body read before its proxy handler with its length and may send it again on a
+    retry, whatever proxy_request_buffering says (ngx_http_request_body.c: request_body_no_buffering is dropped when
+    r->request_body is there already). None when no body is held in a file."""
+    held = ex.take_held_file()
+    if held is None:
+        return None
+    body: SpooledBody = held  # type: ignore[assignment]  # (read_within holds only these)
+    body.resume(first)
+    return body
 
 
 def with_length(headers: Headers, size: int) -> Headers:

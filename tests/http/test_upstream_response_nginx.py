@@ -309,3 +309,23 @@ async def test_x_accel_limit_rate_paces_the_body_unless_the_upstream_turned_buff
         assert reply.header("x-accel-limit-rate") is None and reply.header("x-accel-buffering") is None
         took = reply.chunks[-1][0] - reply.chunks[0][0]
         assert least <= took < most, (name, took)
+
+
+@pytest.mark.parametrize("http_codec", ["llhttp"])  # (the relay, not the codec)
+async def test_x_accel_limit_rate_does_not_pace_a_route_without_response_buffering(nursery, gateway, http_codec):
+    """A route with `response_buffering: false` is Kong's @unbuffered_response location (kong/runloop/handler.lua:1407
+    `if route.response_buffering == false then return exec("@unbuffered_response")`; kong/templates/nginx_kong.lua:295
+    `proxy_buffering off;`), and nginx's unbuffered relay lifts the upstream's X-Accel-Limit-Rate
+    (ngx_http_upstream.c:3092 in ngx_http_upstream_send_response: `if (!u->buffering) { ... r->limit_rate = 0;`). So
+    4000 bytes limited to 2000 B/s arrive at once, the field still hidden."""
+    body = b"x" * 4000
+    limited = b"HTTP/1.1 200 OK\r\nX-Accel-Limit-Rate: 2000\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+    backend = ScriptedBackend([limited])
+    await nursery.start(backend.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}",
+                                               [{"paths": ["/"], "response_buffering": False}])]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/")
+    assert reply.status == 200 and reply.body == body and reply.header("x-accel-limit-rate") is None
+    took = reply.chunks[-1][0] - reply.chunks[0][0]
+    assert took < 0.5, f"the answer was paced over {took:.2f}s on a route with response_buffering: false"
