@@ -12,10 +12,10 @@ injected clock, counted in whole seconds (see `supervisor.intensity`).
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from supervisor.actions import (
     Action,
@@ -125,10 +125,12 @@ class SupervisorCore:
         clock: Callable[[], float],
         name: str = "supervisor",
         pid_alive: Callable[[object], bool] = lambda pid: True,
+        place: Callable[[Hashable], int] | None = None,
     ) -> None:
         self.flags = flags
         self.name = name
         self._pid_alive = pid_alive  # False for a pid whose process has exited (OTP's is_process_alive)
+        self._place = place  # SupervisorSpec.place
         self.phase = Phase.NEW
         self._clock = clock
         self._window = RestartWindow(flags.intensity, flags.period)
@@ -156,7 +158,8 @@ class SupervisorCore:
         return self._run(_Job(_JobKind.INIT, deque((_Op.START, child) for child in self._children.values())))
 
     def shutdown(self, reason: object = SHUTDOWN) -> list[Action]:
-        """Stop all children in reverse start order (simple_one_for_one: all at once), then Exit(reason)."""
+        """Stop all children in reverse start order (simple_one_for_one: all at once; with a `place`, from the
+        highest place down), then Exit(reason)."""
         self._expect_idle(Phase.RUNNING)
         return self._begin_shutdown(reason)
 
@@ -232,7 +235,12 @@ class SupervisorCore:
         if self._simple:
             if isinstance(spec_or_args, ChildSpec):
                 return [Reply(TypeError("simple_one_for_one start_child takes extra args, not a ChildSpec"))]
-            child = _Child(next(self._keys), self._template, tuple(spec_or_args))
+            try:
+                args = tuple(spec_or_args)
+            except TypeError:
+                return [Reply(TypeError(f"simple_one_for_one start_child takes a sequence of extra args, "
+                                        f"not {spec_or_args!r}"))]
+            child = _Child(next(self._keys), self._template, args)
         elif not isinstance(spec_or_args, ChildSpec):
             return [Reply(TypeError(f"start_child takes a ChildSpec, not {spec_or_args!r}"))]
         elif (existing := self._children.get(spec_or_args.id)) is not None:
@@ -247,7 +255,7 @@ class SupervisorCore:
         """Stop a child but keep its spec (temporary and simple_one_for_one children are removed)."""
         self._expect_idle(Phase.RUNNING)
         if self._simple:
-            child = self._by_pid.get(id_or_pid)
+            child = _find(self._by_pid, id_or_pid)
             if child is None:
                 # OTP's find_child: a child being restarted is found by the pid it exited as; with no process to
                 # stop it is forgotten, and its queued retry finds nothing
@@ -260,7 +268,7 @@ class SupervisorCore:
                     return [Reply(None)]  # a child that has already exited: find_child answers the template, ok
                 reason = "simple_one_for_one" if id_or_pid == self._template.id else "not_found"
                 return [Reply(ChildError(reason))]
-        elif (child := self._children.get(id_or_pid)) is None:
+        elif (child := _find(self._children, id_or_pid)) is None:
             return [Reply(ChildError("not_found"))]
         return self._run(_Job(_JobKind.TERMINATE_CHILD, deque([(_Op.TERMINATE, child)])))
 
@@ -323,7 +331,10 @@ class SupervisorCore:
                 return [child]
 
     def _begin_shutdown(self, reason: object) -> list[Action]:
-        steps = deque((_Op.TERMINATE, child) for child in reversed(self._children.values()))
+        children = list(reversed(self._children.values()))
+        if (place := self._place) is not None:
+            children.sort(key=lambda child: place(child.spec.id), reverse=True)  # (stable: ties stay reversed)
+        steps = deque((_Op.TERMINATE, child) for child in children)
         return self._run(_Job(_JobKind.SHUTDOWN, steps, concurrent=self._simple, exit_reason=reason))
 
     def _run(self, job: _Job) -> list[Action]:
@@ -378,7 +389,7 @@ class SupervisorCore:
     def _stopped_child(self, child_id: Hashable) -> tuple[_Child, None] | tuple[None, ChildError]:
         if self._simple:
             return None, ChildError("simple_one_for_one")
-        child = self._children.get(child_id)
+        child = _find(self._children, child_id)
         if child is None:
             return None, ChildError("not_found")
         if child.state is ChildState.RUNNING:
@@ -406,6 +417,15 @@ class SupervisorCore:
             raise RuntimeError(f"supervisor {self.name!r} is busy with {self._job.kind.value}")
         if self.phase is not phase:
             raise RuntimeError(f"supervisor {self.name!r} is {self.phase.value}, not {phase.value}")
+
+
+def _find(table: Mapping[Any, _Child], key: object) -> _Child | None:
+    """The child `key` names, or None; OTP takes any term as an id (validId(_Id) -> true) and answers not_found for
+    one that names no child, so a key the dict cannot hash (a list) names none rather than crashing the loop."""
+    try:
+        return table.get(key)
+    except TypeError:
+        return None
 
 
 def _clean_shutdown(spec: ChildSpec, reason: object) -> bool:

@@ -1,8 +1,10 @@
 """The owner's side of a supervisor: requests travel to its loop through the inbox and wait for the reply."""
 
+from __future__ import annotations
+
 import contextlib
 from collections.abc import Callable, Collection, Hashable, Sequence
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import trio
 
@@ -10,8 +12,10 @@ from supervisor.actions import Action, Reply
 from supervisor.core import ChildCounts, ChildInfo, SupervisorCore
 from supervisor.errors import SupervisorNotRunning
 from supervisor.reasons import NORMAL
-from supervisor.refs import ChildRef
 from supervisor.spec import ChildSpec
+
+if TYPE_CHECKING:  # (refs asks a supervisor child's Handle to kill it)
+    from supervisor.refs import ChildRef
 
 Request = Callable[[SupervisorCore], list[Action]]
 
@@ -20,15 +24,17 @@ class Handle:
     """The owner's side of a running supervisor: OTP's dynamic supervisor API, plus stop()."""
 
     def __init__(self, name: str, inbox: trio.MemorySendChannel[object], stopped: trio.Event,
-                 running: Callable[[], Collection[ChildRef]] = tuple) -> None:
+                 running: Callable[[], Collection[ChildRef]] = tuple,
+                 kill: Callable[[], None] = lambda: None) -> None:
         self.name = name
         self._inbox = inbox
         self._stopped = stopped
         self._running = running
+        self._kill = kill
 
     async def start_child(self, spec_or_args: ChildSpec | Sequence[object]) -> ChildRef:
         """Add and start a child (simple_one_for_one: the template with extra args); its ref."""
-        return cast(ChildRef, await self._call(lambda core: core.start_child(spec_or_args)))
+        return cast("ChildRef", await self._call(lambda core: core.start_child(spec_or_args)))
 
     async def terminate_child(self, id_or_ref: object) -> None:
         """Stop a child by id (simple_one_for_one: by ref), keeping its spec unless temporary."""
@@ -36,7 +42,7 @@ class Handle:
 
     async def restart_child(self, child_id: Hashable) -> ChildRef:
         """Start again a stopped child whose spec is kept; its new ref."""
-        return cast(ChildRef, await self._call(lambda core: core.restart_child(child_id)))
+        return cast("ChildRef", await self._call(lambda core: core.restart_child(child_id)))
 
     async def delete_child(self, child_id: Hashable) -> None:
         """Forget the spec of a stopped child."""
@@ -44,7 +50,7 @@ class Handle:
 
     async def which_children(self) -> list[ChildInfo[ChildRef]]:
         """Every child with its id, ref (os_pid, started_at, value), state, type and restart count."""
-        return cast(list[ChildInfo[ChildRef]], await self._call(lambda core: [Reply(core.which_children())]))
+        return cast("list[ChildInfo[ChildRef]]", await self._call(lambda core: [Reply(core.which_children())]))
 
     def running_children(self) -> list[ChildRef]:
         """The children whose task or process runs at this moment, one being started or stopped included, read
@@ -61,6 +67,12 @@ class Handle:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             self._inbox.send_nowait(Call(lambda core: core.shutdown(NORMAL)))
         await self._stopped.wait()
+
+    def kill(self) -> None:
+        """Kill the supervisor and its subtree at once, OTP's exit(Sup, kill): every child is killed where it stands
+        (SIGKILL, a supervisor child killed the same way), with no orderly shutdown; `serve` then raises
+        ChildExit(killed). Returns at once, while the children die (stop() waits)."""
+        self._kill()
 
     async def _call(self, request: Request) -> object:
         call = Call(request)

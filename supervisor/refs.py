@@ -7,6 +7,7 @@ from typing import Any
 import trio
 
 from supervisor.errors import ChildExit
+from supervisor.handle import Handle
 from supervisor.reasons import KILLED, NORMAL, SHUTDOWN
 from supervisor.spec import BRUTAL_KILL, INFINITY, Shutdown
 
@@ -102,8 +103,10 @@ class TaskRef(ChildRef):
             except BaseException as exc:  # SystemExit, a group holding one: an exit like any other (OTP restarts a
                 if _cancelled_only(exc):  # permanent child whatever it died of); a Cancelled is this scope's stop
                     raise
-                if not self._started or isinstance(exc, KeyboardInterrupt):  # an interrupt is the operator's: it
-                    self._finish(on_exit, exc)  # goes on up, its exit reported
+                # Before its start: a start error (is_start_error). An interrupt is the operator's: it goes on up,
+                # its exit reported.
+                if not self._started or isinstance(exc, KeyboardInterrupt):
+                    self._finish(on_exit, exc)
                     raise
                 reason = exc
         if self._scope.cancelled_caught:
@@ -116,6 +119,20 @@ class TaskRef(ChildRef):
     def kill(self) -> None:
         self._killed = True
         self._scope.cancel()
+
+
+class SupervisorRef(TaskRef):
+    """A supervisor child run as a task (`serve`, which reports its Handle as started).
+
+    Killing it kills the supervisor and its subtree at once (Handle.kill), as OTP's exit(Sup, kill) takes the
+    supervisor's linked children with it; cancelling alone would run its orderly shutdown, each grandchild given its
+    full shutdown time.
+    """
+
+    def kill(self) -> None:
+        if isinstance(self.value, Handle):
+            self.value.kill()
+        super().kill()
 
 
 class _Status:
@@ -134,3 +151,11 @@ def _cancelled_only(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return exc.split(trio.Cancelled)[1] is None
     return isinstance(exc, trio.Cancelled)
+
+
+def is_start_error(exc: BaseException) -> bool:
+    """Is what a child's start raised a start error (OTP's do_start_child_i: whatever the start function does is
+    caught, `What -> {error, What}`)? Anything but a cancellation of the start and the operator's interrupt."""
+    if isinstance(exc, BaseExceptionGroup):
+        return not _cancelled_only(exc) and exc.split(KeyboardInterrupt)[0] is None
+    return not isinstance(exc, (trio.Cancelled, KeyboardInterrupt))

@@ -3,7 +3,8 @@
 One loop per supervisor takes events from an inbox (child exits, retries, the owner's requests) one at a
 time and carries out the policy's actions, starting and stopping children one by one as OTP does. The
 loop and the children are shielded from outside cancellation: cancelling `serve` becomes a request to
-shut down, so children are still stopped in reverse start order with their shutdown values.
+shut down, so children are still stopped in reverse start order with their shutdown values. Only
+Handle.kill (OTP's exit(Sup, kill)) ends the loop where it stands, every child killed with it.
 """
 
 import contextlib
@@ -18,12 +19,12 @@ import trio
 
 from supervisor.actions import Action, Exit, Initialized, Reply, Report, ReportKind, RetryLater, Start, Terminate
 from supervisor.core import SupervisorCore
-from supervisor.errors import SupervisorNotRunning
+from supervisor.errors import ChildExit, SupervisorNotRunning
 from supervisor.handle import Call, Handle
 from supervisor.process import Process, ProcessRef
-from supervisor.reasons import SHUTDOWN
-from supervisor.refs import ChildRef, TaskRef
-from supervisor.spec import SupervisorSpec
+from supervisor.reasons import KILLED, SHUTDOWN
+from supervisor.refs import ChildRef, SupervisorRef, TaskRef, is_start_error
+from supervisor.spec import ChildType, SupervisorSpec
 
 logger = logging.getLogger("supervisor")
 
@@ -41,7 +42,8 @@ async def serve(spec: SupervisorSpec, *, task_status: trio.TaskStatus[Handle] = 
 
     Returns after Handle.stop(). Raises StartError if a child fails to start (before started() is
     called), RestartIntensityExceeded (exit reason shutdown) when it gives up after too many
-    restarts, and Cancelled, once every child is stopped, when it is cancelled.
+    restarts, Cancelled, once every child is stopped, when it is cancelled, and ChildExit(killed)
+    after Handle.kill().
     """
     reason = await _Runtime(spec).run(task_status)
     if isinstance(reason, BaseException):
@@ -65,12 +67,13 @@ class _Runtime:
     def __init__(self, spec: SupervisorSpec) -> None:
         self._name = spec.name
         self._core = SupervisorCore(spec.flags, spec.children, trio.current_time, spec.name,
-                                    lambda pid: not (isinstance(pid, ChildRef) and pid.exited))
+                                    lambda pid: not (isinstance(pid, ChildRef) and pid.exited), spec.place)
         self._send, self._inbox = trio.open_memory_channel[object](math.inf)
         self._stopped = trio.Event()
         self._running: set[ChildRef] = set()  # refs started and not yet exited (Handle.running_children)
-        self._handle = Handle(spec.name, self._send, self._stopped, self._running.copy)
+        self._handle = Handle(spec.name, self._send, self._stopped, self._running.copy, self._kill)
         self._call: Call | None = None
+        self._loop_scope = trio.CancelScope(shield=True)
 
     async def run(self, task_status: trio.TaskStatus[Handle]) -> object:
         """Run until the policy exits; return the exit reason."""
@@ -78,12 +81,20 @@ class _Runtime:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._watch_cancellation)
-                with trio.CancelScope(shield=True):
+                reason: object = ChildExit(KILLED)  # unless the loop ends on its own (see _kill)
+                with self._loop_scope:
                     reason = await self._loop(task_status)
                 nursery.cancel_scope.cancel()
         finally:
             self._stopped.set()
         return reason
+
+    def _kill(self) -> None:
+        """OTP's exit(Sup, kill): the supervisor dies at once and its children with it, without its orderly shutdown
+        (so a supervisor child's brutal_kill, or the kill after its shutdown timeout, takes its subtree at once)."""
+        for ref in list(self._running):  # (one being started or stopped included)
+            ref.kill()
+        self._loop_scope.cancel()
 
     async def _watch_cancellation(self) -> None:
         """Turn cancellation from outside into a shutdown request."""
@@ -98,7 +109,7 @@ class _Runtime:
             while exit_action is None:
                 exit_action = await self._execute(self._dispatch(await self._inbox.receive()), task_status)
         except BaseException:
-            # A bug, not a policy decision: take the children down rather than hang the nursery.
+            # A bug, not a policy decision, or Handle.kill: take the children down rather than hang the nursery.
             for child in self._core.which_children():
                 if isinstance(child.pid, ChildRef):
                     child.pid.kill()
@@ -148,8 +159,10 @@ class _Runtime:
         self._running.add(ref)
         try:
             await self._nursery.start(ref.run, self._on_exit)
-        except Exception as exc:
+        except BaseException as exc:
             self._running.discard(ref)
+            if not is_start_error(exc):
+                raise
             return self._core.start_failed(start.key, exc)
         return self._core.started(start.key, ref)
 
@@ -201,4 +214,5 @@ class _Runtime:
 def _make_ref(start: Start) -> ChildRef:
     if isinstance(start.spec.start, Process):
         return ProcessRef(start.spec.id, start.spec.start, start.args)
-    return TaskRef(start.spec.id, cast(Callable[..., Awaitable[Any]], start.spec.start), start.args)
+    task_ref = SupervisorRef if start.spec.type is ChildType.SUPERVISOR else TaskRef
+    return task_ref(start.spec.id, cast(Callable[..., Awaitable[Any]], start.spec.start), start.args)

@@ -1,6 +1,6 @@
 """Child specifications and supervisor flags with OTP's defaults and validation."""
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final, Literal
@@ -46,6 +46,10 @@ class ChildSpec:
     type: ChildType = ChildType.WORKER
 
     def __post_init__(self) -> None:
+        try:
+            hash(self.id)
+        except TypeError:
+            raise TypeError(f"child id {self.id!r} is not hashable: use a string, a number or a tuple") from None
         object.__setattr__(self, "restart", Restart(self.restart))
         object.__setattr__(self, "type", ChildType(self.type))
         if self.shutdown is None:
@@ -72,11 +76,17 @@ class SupFlags:
 
 @dataclass(frozen=True)
 class SupervisorSpec:
-    """Everything `serve` needs to run a supervisor: its flags, its children and a name for logs."""
+    """Everything `serve` needs to run a supervisor: its flags, its children and a name for logs.
+
+    `place` (not OTP's) gives each child id its place in the tree as drawn, for a supervisor whose start_child calls
+    add children in the middle of it (a reload's new generation): its shutdown stops children from the highest place
+    down, ties in reverse start order, rather than in reverse start order alone.
+    """
 
     flags: SupFlags = field(default_factory=SupFlags)
     children: Sequence[ChildSpec] = field(default_factory=tuple)
     name: str = "supervisor"
+    place: Callable[[Hashable], int] | None = None
 
 
 def _is_int(value: object) -> bool:

@@ -11,11 +11,16 @@
           ├─ worker-1   OS process: `gateway worker`, inheriting its listener slots
           └─ worker-N
      └─ registration  Trio task in the root: the gateway's own entry in Consul or etcd (when configured)
+
+The root stops them in the reverse of this order (`place`), reloads or not. A reload's start_child adds workers@G+1,
+and the health and discovery processes restarted on its config, after `registration`: in OTP's reverse start order
+they would stop first, and the gateway would leave the registry only once its workers had drained.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Hashable
 
 from gateway.config import Config
 from gateway.discovery.service import discovered_upstreams
@@ -23,6 +28,7 @@ from gateway.node.zygote import needed_libraries
 from supervisor import ChildSpec, Process, Restart, Strategy, SupervisorSpec, SupFlags
 from supervisor.forkserver import ForkServer
 
+ROOT_CHILDREN = ("zygote", "keeper", "health", "discovery", "status", "workers@", "registration")  # as drawn above
 SHUTDOWN_MARGIN_MS = 5000  # beyond drain_timeout, before a draining worker is killed
 ZYGOTE_SHUTDOWN_MS = 2000  # it holds nothing to clean up
 
@@ -78,7 +84,14 @@ def workers_supervisor(generation: int, workers: list[ChildSpec], config: Config
                           workers, name=f"workers@{generation}")
 
 
+def place(child_id: Hashable) -> int:
+    """The root's child `child_id`'s place in the tree as drawn (every workers@G at workers@'s); one it does not draw
+    comes last, so is stopped first, as a child started last would be."""
+    key = "workers@" if isinstance(child_id, str) and child_id.startswith("workers@") else child_id
+    return ROOT_CHILDREN.index(key) if key in ROOT_CHILDREN else len(ROOT_CHILDREN)
+
+
 def root_spec(config: Config, children: list[ChildSpec]) -> SupervisorSpec:
     gw = config.gateway
     return SupervisorSpec(SupFlags(Strategy.ONE_FOR_ONE, gw.restart_intensity, gw.restart_period_s), children,
-                          name="root")
+                          name="root", place=place)
