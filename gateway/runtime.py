@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import ipaddress
 import logging
 import re
 from typing import Any, NamedTuple
@@ -22,8 +23,9 @@ from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.decode import whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.kong_forms import url_host
-from gateway.config.loader import DEFAULT_TARGET_PORT, load_config
+from gateway.config.loader import load_config
 from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.discovery.service import target_address
 from gateway.discovery.types import target_key
 from gateway.http import kong_errors
 from gateway.http.net import is_ip
@@ -60,15 +62,25 @@ class TargetRuntime:
         self.named = not is_ip(host)  # a host name: looked up for every try, its addresses in turn (forward.py)
         self.target = hostname or host  # what the upstream's target names: the name for an address of a name
         self.weight = weight
-        shown = f"[{host}]" if ":" in host else host
         self.name = target_key(host, port, hostname)
-        # Kong's set_host_header: the upstream's host_header, else the target's host (its name), and its port unless
-        # it is the scheme's own (80 for http, 443 for https)
-        name = host_header or hostname or shown
+        # Kong's set_host_header: the upstream's host_header, else the target's host (its name, or its address as
+        # Kong's targets DAO stores it), and its port unless it is the scheme's own (80 for http, 443 for https)
+        name = host_header or hostname or _kong_host(host)
         self.host_header = (name if port == 80 else f"{name}:{port}").encode()
         self.host_header_tls = (name if port == 443 else f"{name}:{port}").encode()
         # TLS: the name sent as SNI and verified in the certificate (the upstream's host_header, else the target)
         self.server_name = _without_port(host_header) if host_header else hostname or host
+
+
+def _kong_host(host: str) -> str:
+    """An address as Kong's target names it (kong/db/dao/targets.lua format_target): an IPv6 one bracketed and
+    expanded (`[0000:0000:0000:0000:0000:0000:0000:0001]`, kong/tools/ip.lua normalize_ipv6), others as they are."""
+    if ":" not in host:
+        return host
+    try:
+        return f"[{ipaddress.IPv6Address(host).exploded}]"
+    except ValueError:
+        return f"[{host}]"
 
 
 def balancer_addresses(targets: list[TargetRuntime]) -> list[tuple[str, str, int]]:
@@ -395,8 +407,8 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
     targets = []
     for t in config.targets:
         if t.upstream == up.name:
-            host, port = parse_host_port(t.target, DEFAULT_TARGET_PORT)  # type: ignore[misc]
-            targets.append(TargetRuntime(host, port, t.weight, up.host_header))  # type: ignore[arg-type]
+            host, port = target_address(t.target)  # type: ignore[misc]  # the loader refused every other target
+            targets.append(TargetRuntime(host, port, t.weight, up.host_header))
     balancer = make_balancer(algorithm, [t.weight for t in targets], slots=up.slots,
                              addresses=balancer_addresses(targets))
     group = UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),

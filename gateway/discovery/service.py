@@ -9,6 +9,7 @@ per upstream is its initial list). `status.check()` summarises every source for 
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from functools import partial
 from typing import Any
@@ -16,27 +17,43 @@ from typing import Any
 import trio
 
 from gateway.config.discovery import DiscoverySettings
+from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.config.loader import parse_host_port as config_host_port
 from gateway.config.schema import Config, Upstream
+from gateway.config.typedefs import kong_address
 from gateway.discovery.backoff import LinkState
 from gateway.discovery.consul import run_consul
 from gateway.discovery.dns import has_names, run_dns
 from gateway.discovery.etcd import run_etcd
-from gateway.discovery.types import OnChange, TargetInfo, normalise, parse_host_port
+from gateway.discovery.types import OnChange, TargetInfo, normalise
 
 log = logging.getLogger("gateway.discovery")
 
-DEFAULT_TARGET_PORT = 8000  # Kong's, as in gateway.config.loader
+
+def target_address(target: str) -> tuple[str, int] | None:
+    """A config target's (host, port) as Kong's balancer takes it (kong/db/dao/targets.lua format_target): port 8000
+    when it names none (a bare IPv6 address too), an IPv4 address as kong/tools/ip.lua normalize_ipv4 writes it
+    (`127.000.000.001` is 127.0.0.1) and an IPv6 one in a single spelling, so that the workers, the health process
+    and discovery name a target alike. None for what the loader refuses."""
+    address = config_host_port(target, DEFAULT_TARGET_PORT)
+    if address is None:
+        return None
+    host, port = address[0], address[1] or DEFAULT_TARGET_PORT
+    if ":" in host:
+        try:
+            return str(ipaddress.IPv6Address(host)), port
+        except ValueError:
+            return None
+    kong = kong_address(host)
+    return (kong[1] if isinstance(kong, tuple) and kong[0] == "ipv4" else host), port
 
 
 def config_targets(config: Config, upstream: str) -> list[TargetInfo]:
     """The targets the config lists for an upstream (after the loader moved nested targets to config.targets)."""
     out = []
     for t in config.targets:
-        if t.upstream == upstream:
-            text = t.target if parse_host_port(t.target) else f"{t.target}:{DEFAULT_TARGET_PORT}"
-            hp = parse_host_port(text)
-            if hp is not None:
-                out.append(TargetInfo(hp[0], hp[1], t.weight))
+        if t.upstream == upstream and (address := target_address(t.target)) is not None:
+            out.append(TargetInfo(address[0], address[1], t.weight))
     return normalise(out)
 
 

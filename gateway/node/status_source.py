@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gateway.bus.keeper_link import KeeperUnavailable
-from gateway.config import parse_host_port
-from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.discovery.service import target_address
 from gateway.status import BaseStatusSource, CheckResult
 
 if TYPE_CHECKING:
@@ -92,7 +91,7 @@ class NodeStatus(BaseStatusSource):
                 upstreams[up.name] = {"checked": has_checks(up), "targets": {},
                                       "threshold": up.healthchecks.threshold}
             for t in config.targets:
-                hostport = parse_host_port(t.target, DEFAULT_TARGET_PORT)
+                hostport = target_address(t.target)
                 if t.upstream in upstreams and hostport is not None:
                     host, port = hostport
                     name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as TargetRuntime names it

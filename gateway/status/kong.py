@@ -30,8 +30,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
-from gateway.config import parse_host_port
-from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.discovery.service import target_address
 from gateway.discovery.types import key_address
 from gateway.health.threshold import upstream_healthy
 from gateway.telemetry.health_metrics import has_checks, target_health
@@ -245,10 +244,10 @@ def upstream_entities(config: Any) -> list[tuple[Any, str, list[KongTarget]]]:
     for t in getattr(config, "targets", None) or ():
         if t.upstream not in by_name:
             continue
-        hostport = parse_host_port(t.target, DEFAULT_TARGET_PORT)
+        hostport = target_address(t.target)
         if hostport is None:
             continue
-        host, port = hostport[0], hostport[1] or DEFAULT_TARGET_PORT
+        host, port = hostport
         up_id = ids[t.upstream]
         nested = getattr(t, "_path", "").startswith("upstreams[")
         target_id = t.id or kong_id("targets", f"targets:*:{up_id if nested else t.upstream}:{t.target}")

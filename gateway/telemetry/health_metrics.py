@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import Config, parse_host_port
-from gateway.config.loader import DEFAULT_TARGET_PORT
+from gateway.config import Config
 from gateway.discovery.dns import target_names
+from gateway.discovery.service import target_address
 from gateway.discovery.types import key_address
 from gateway.metrics import KONG_TARGET_HEALTH
 
@@ -37,7 +37,7 @@ def _configured_weights(config: Config) -> dict[str, int]:
     """"<upstream>|<host:port>" -> the weight the config gives that target (spelled as the runtime names it)."""
     weights = {}
     for target in config.targets:
-        hostport = parse_host_port(target.target, DEFAULT_TARGET_PORT)
+        hostport = target_address(target.target)
         if hostport is not None:
             host, port = hostport
             name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -26,22 +26,22 @@ async def _gateway(nursery, gateway, config: dict) -> int:  # noqa: ANN001
     return port
 
 
-async def test_a_comma_does_not_separate_cookies(nursery, gateway):
-    """jwt's cookie_names: the token is nginx's $cookie_NAME (Kong's retrieve_tokens: `var["cookie_" .. v]`),
-    which nginx >= 1.23 (Kong 3.x bundles OpenResty 1.27) reads with ngx_http_parse_cookie_lines: ";" is the only
-    separator (a "," belongs to the value), spaces may stand around the "=", and the value runs to the next ";".
-    (The gateway split on "," too and needed `name=` with no space.)
+async def test_a_comma_ends_a_cookie_passed_over(nursery, gateway):
+    """jwt's cookie_names: the token is nginx's $cookie_NAME (Kong's retrieve_tokens: `var["cookie_" .. v]`). Kong
+    3.x bundles OpenResty 1.27.1, whose nginx reads it with ngx_http_parse_multi_header_lines (release-1.27.1
+    src/http/ngx_http_variables.c:1081, src/http/ngx_http_parse.c): a cookie that is not the one asked for ends at
+    the next ";" or "," (its `skip:` loop), spaces may stand around the "=", and the value runs to the next ";".
+    (Only nginx 1.29.6's ngx_http_parse_cookie_lines makes ";" the sole separator.)
 
-    `other=1,crumble=<token>`: for nginx one cookie named `other`; $cookie_crumble is empty, Kong finds no token."""
+    `other=1,crumble=<token>`: $cookie_crumble is the token, Kong verifies it."""
     port = await _gateway(nursery, gateway, {"cookie_names": ["crumble"]})
     reply = await call(port, "/", [("cookie", f"other=1,crumble={make_token('bobkey')}")])
-    assert (reply.status, message(reply)) == (401, {"message": "Unauthorized"})
-    assert reply.header("www-authenticate") == "Bearer"
+    assert reply.status == 200, reply.body
 
 
 async def test_a_comma_belongs_to_the_cookie_value(nursery, gateway):
-    """`crumble=<token>,other=1`: nginx's value runs to the next ";", so the token's signature part is
-    `<sig>,other=1`, not base64url: Kong's "Bad token; invalid signature"."""
+    """`crumble=<token>,other=1`: nginx's value runs to the next ";" (a "," does not end it), so the token's
+    signature part is `<sig>,other=1`, not base64url: Kong's "Bad token; invalid signature"."""
     port = await _gateway(nursery, gateway, {"cookie_names": ["crumble"]})
     reply = await call(port, "/", [("cookie", f"crumble={make_token('bobkey')},other=1")])
     assert (reply.status, message(reply)) == (401, {"message": "Bad token; invalid signature"})

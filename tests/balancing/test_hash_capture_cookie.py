@@ -11,6 +11,7 @@ import re
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import trio
 from backends import EchoBackend, request, service, upstream
 
@@ -312,6 +313,34 @@ def test_cookie_key_reads_the_cookie_or_makes_one():
     ex.response_lines = b"X-Other: 1\r\n" + ex.response_lines
     drop_new_cookie(g, ex)
     assert ex.response_lines == b"X-Other: 1\r\n"
+
+
+def test_cookie_key_is_found_after_a_comma_and_no_new_cookie_is_set():
+    """kong/runloop/balancer/init.lua:144 reads the key as `var["cookie_" .. upstream.hash_on_cookie]` and sets a new
+    cookie only `if not identifier` (line 148). Kong 3.x bundles OpenResty 1.27.1 (.requirements), whose nginx
+    evaluates $cookie_NAME with ngx_http_parse_multi_header_lines (release-1.27.1 src/http/ngx_http_variables.c:1081),
+    which passes over another cookie up to the next ';' OR ',' (src/http/ngx_http_parse.c, its `skip:` loop). So for
+    `Cookie: other=1, sticky=abc` Kong hashes "abc" and sets no cookie (the gateway split on ';' alone, as nginx
+    1.29.6's ngx_http_parse_cookie_lines, and issued a new cookie to every such client)."""
+    ex = FakeExchange([(b"cookie", b"other=1, sticky=abc")])
+    assert balancer_key(group(("cookie", b"sticky")), ex, match_for(b"/", "/")) == b"abc"
+    assert ex.response_lines == b""
+
+
+@pytest.mark.parametrize(("cookie", "key"), [
+    (b"sticky=abc, other=1", b"abc, other=1"),  # the value runs to the next ';' only
+    (b"stickyx=1, sticky=2", b"2"),  # a longer name is another cookie
+    (b"sticky;sticky=abc", None),  # the character after the name is consumed before the skip: a new key
+], ids=["comma-in-value", "longer-name", "no-equals-sign"])
+def test_cookie_key_is_read_as_nginx_1_27_reads_a_cookie(cookie, key):
+    """The rest of ngx_http_parse_multi_header_lines (nginx release-1.27.1 src/http/ngx_http_parse.c): the name is
+    compared with ngx_strncasecmp at the start of each pair, then spaces, then `*start++ != '='` (a pair whose name is
+    followed by something else loses that character before skipping to the next ';' or ','), spaces, and the value
+    up to the next ';'."""
+    ex = FakeExchange([(b"cookie", cookie)])
+    value = balancer_key(group(("cookie", b"sticky")), ex, match_for(b"/", "/"))
+    found = value if ex.response_lines == b"" else None  # (a new cookie set: nginx found none)
+    assert found == key
 
 
 def test_drop_new_cookie_drops_the_fallback_cookie():
