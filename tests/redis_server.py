@@ -3,12 +3,14 @@ pid."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from backends import free_port, stop_process
@@ -88,3 +90,18 @@ class RedisProcess:
             return (self.workdir / "redis.log").read_text(errors="replace")[-500:]
         except OSError:
             return ""
+
+
+@contextlib.contextmanager
+def running_redis(workdir: Path) -> Iterator[RedisProcess]:
+    """A Redis on a free loopback port for the block, stopped by pid at its end (the test is skipped without one)."""
+    binary, why = find_redis()
+    if binary is None:
+        import pytest
+        pytest.skip(why)
+    server = RedisProcess(binary, workdir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

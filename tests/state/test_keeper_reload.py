@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import trio
 from e2e_helpers import Backend, GatewayNode
-from redis_server import RedisProcess, find_redis
+from redis_server import RedisProcess, running_redis
 
 from gateway.bus import protocol as p
 from gateway.config import parse_config
@@ -150,15 +150,8 @@ async def test_a_reload_purges_proxy_caches_default_dictionary_and_keeps_another
 
 @pytest.fixture
 def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    binary, why = find_redis()
-    if binary is None:
-        pytest.skip(why)
-    server = RedisProcess(binary, tmp_path)
-    server.start()
-    try:
+    with running_redis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def _answers_until(port: int, wanted: int, seconds: float) -> list[int]:
