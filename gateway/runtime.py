@@ -407,8 +407,11 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
     targets = []
     for t in config.targets:
         if t.upstream == up.name:
-            host, port = target_address(t.target)  # type: ignore[misc]  # the loader refused every other target
-            targets.append(TargetRuntime(host, port, t.weight, up.host_header))
+            address = target_address(t.target)
+            if address is None:  # (the loader refuses what Kong's normalize_ip does: none should get here)
+                errors.append(f"{path_of(t)}.target: {t.target!r} is no address or name Kong's balancer takes")
+                continue
+            targets.append(TargetRuntime(*address, t.weight, up.host_header))
     balancer = make_balancer(algorithm, [t.weight for t in targets], slots=up.slots,
                              addresses=balancer_addresses(targets))
     group = UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),

@@ -39,12 +39,9 @@ def target_address(target: str) -> tuple[str, int] | None:
     if address is None:
         return None
     host, port = address[0], address[1] or DEFAULT_TARGET_PORT
-    if ":" in host:
-        try:
-            return str(ipaddress.IPv6Address(host)), port
-        except ValueError:
-            return None
     kong = kong_address(host)
+    if ":" in host:  # normalize_ipv6's reading (`:1:2:3:4:5:6:7` is 0:1:...), then one spelling of it
+        return (str(ipaddress.IPv6Address(kong[1])), port) if isinstance(kong, tuple) else None
     return (kong[1] if isinstance(kong, tuple) and kong[0] == "ipv4" else host), port
 
 

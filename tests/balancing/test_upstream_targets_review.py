@@ -3,6 +3,7 @@ format_target over kong/tools/ip.lua normalize_ip), the same for the workers, th
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -101,3 +102,18 @@ def test_the_workers_and_the_health_process_name_a_target_alike():
     workers = sorted(t.name for t in compile_config(config).groups["u"].targets)
     health = sorted(t.name for t in config_targets(config, "u"))
     assert workers == health == ["127.0.0.1:81", "[::1]:8000", "[::1]:82"]
+
+
+def test_a_bracketed_ipv6_target_with_a_leading_colon_compiles_as_kong_normalizes_it():
+    """kong/tools/ip.lua:190-193 (normalize_ipv6) reads a leading ":" as "0:", so `[:1:2:3:4:5:6:7]:8080` is the
+    address 0:1:...:7, port 8080 (kong/db/dao/targets.lua:31-37 format_target): the loader takes it, and the
+    runtime balances to that address (it once died unpacking the None of an address it could not read)."""
+    doc = {"services": [{"name": "s", "url": "http://u", "routes": [{"name": "r", "paths": ["/"]}]}],
+           "upstreams": [{"name": "u", "targets": [{"target": "[:1:2:3:4:5:6:7]:8080"}]}]}
+    config = parse_config(yaml.safe_dump(doc, sort_keys=False), "kong.yml")  # accepted, as Kong accepts it
+    try:
+        compiled = compile_config(config, "kong.yml")
+    except TypeError as e:  # the traceback check-config prints
+        raise AssertionError(f"compile_config crashed on a target Kong takes: {e!r}") from None
+    [target] = compiled.groups["u"].targets
+    assert (ipaddress.IPv6Address(target.host), target.port) == (ipaddress.IPv6Address("0:1:2:3:4:5:6:7"), 8080)
