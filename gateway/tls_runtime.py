@@ -22,6 +22,7 @@ from gateway.http.tls_contexts import (
     ServerOptions,
     ServerTls,
     check_ca_certificate,
+    client_ciphers,
     read_pem_file,
     server_context,
 )
@@ -191,7 +192,8 @@ def compile_client_tls(svc: Service, config: Config, errors: list[str],
                        client_ssl: tuple[str, str] | None = None) -> ClientTls | None:
     """How an https service speaks TLS to its targets; None for http. The certificate presented is the service's
     client_certificate, else its upstream's (kong/runloop/upstream_ssl.lua), else `client_ssl`'s
-    (compile_client_ssl: nginx's proxy_ssl_certificate)."""
+    (compile_client_ssl: nginx's proxy_ssl_certificate); the ciphers, those ssl_cipher_suite gives TLS clients
+    (`old`: Kong's proxy_ssl_conf_command, security level 0)."""
     if not is_https(svc):
         return None
     where = path_of(svc)
@@ -215,7 +217,7 @@ def compile_client_tls(svc: Service, config: Config, errors: list[str],
             pair, what = (named[0] if named else None), f"{path_of(owner)}.client_certificate"
             break
     try:
-        return ClientTls(bool(svc.tls_verify), ca_pems, pair, what)
+        return ClientTls(bool(svc.tls_verify), ca_pems, pair, what, client_ciphers(config.gateway.ssl_cipher_suite))
     except ValueError as e:
         if str(e) not in errors:  # an upstream's, once however many services use it
             errors.append(str(e))

@@ -193,7 +193,7 @@ def _trust_store(gw: GatewaySettings, errors: list[str]) -> TrustStore:
         errors.append(f"gateway.lua_ssl_verify_depth: {depth} cannot be obeyed: Python's ssl module cannot limit the "
                       f"depth of a certificate chain, so the gateway's TLS clients take chains of up to OpenSSL's "
                       f"{OPENSSL_VERIFY_DEPTH} intermediate certificates; remove it (or set {OPENSSL_VERIFY_DEPTH})")
-    return TrustStore.from_setting(gw.lua_ssl_trusted_certificate, errors)
+    return TrustStore.from_setting(gw.lua_ssl_trusted_certificate, errors, cipher_suite=gw.ssl_cipher_suite)
 
 
 def _kind(value: Any) -> str:

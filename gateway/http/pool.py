@@ -34,7 +34,7 @@ from gateway.http.codec import NEED_DATA, ClientCodec, Event
 from gateway.http.errors import ConnectError, ConnectTimeout, LocalError, NameResolutionFailed
 from gateway.http.limits import derived_max_connections
 from gateway.http.net import Conn, NameNotResolved, NoSocket, is_ip, open_connection, resolve
-from gateway.http.tls import TlsConn, TlsError, client_handshake
+from gateway.http.tls import ServerNameRefused, TlsConn, TlsError, client_handshake
 from gateway.http.tls_contexts import ClientTls
 
 WATCH_S = 0.1  # how often idle connections that became readable are looked for (the timer resolution)
@@ -327,9 +327,10 @@ class Pool:
                       server_name: str | None = None) -> UpstreamConn:
         """Open a new connection to `key` ((host, port), (host, port, tls, None) for TLS, or (address, port, tls,
         (name, port)) for an address of a name; an SNI of its own after those) within `timeout` seconds, the TLS
-        handshake included, or raise ConnectError (LocalError when this process has no socket for it). A name as
-        host is looked up first (`locate`), bounded by the DNS client's own timeouts only: Kong resolves it before
-        connecting, and connect_timeout bounds the connect to the address found."""
+        handshake included, or raise ConnectError (LocalError when this process has no socket for it, or OpenSSL
+        refuses `server_name` as the TLS server name). A name as host is looked up first (`locate`), bounded by the
+        DNS client's own timeouts only: Kong resolves it before connecting, and connect_timeout bounds the connect
+        to the address found."""
         host, port = key[0], key[1]
         if not is_ip(host):
             host, port = await locate(host, port)
@@ -348,6 +349,9 @@ class Pool:
                 if tls is not None:
                     try:
                         conn = await client_handshake(tls, conn, server_name or _target_of(key)[0])
+                    except ServerNameRefused as e:  # the request's name, not the target: nginx's 500, no retry
+                        conn.close()
+                        raise LocalError(f"TLS with {_where(key)} not started: {e}") from None
                     except (TlsError, OSError) as e:
                         conn.close()
                         raise ConnectError(f"TLS with {_where(key)} failed: {e}") from None

@@ -175,6 +175,12 @@ class CertificateRefused(TlsError):
     middle."""
 
 
+class ServerNameRefused(TlsError):
+    """OpenSSL would not take the name as the TLS server name (SSL_set_tlsext_host_name: over 255 bytes): the
+    request's fault, not the target's, so nginx ends the request with 500 and tries no other target
+    (ngx_http_upstream.c, ngx_http_upstream_ssl_init_connection)."""
+
+
 class PlainHttpOnTlsPort(TlsError):
     """The client spoke plain HTTP to a TLS listener (answered with nginx's 400 before closing)."""
 
@@ -341,9 +347,14 @@ def _new(ctx: ssl.SSLContext, conn: Conn, server_side: bool, server_hostname: st
 def _wrap_client(ctx: ssl.SSLContext, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, name: str) -> ssl.SSLObject:
     """A client TLS object sending `name` as the SNI as nginx does (SSL_set_tlsext_host_name, no IDNA check: as
     bytes, Python's idna codec is skipped, which refuses a label over 63 bytes). A name Python's ssl cannot send at
-    all (a leading dot, not ASCII) goes without SNI, or fails the handshake where the certificate must match it."""
+    all (a leading dot, not ASCII) goes without SNI, or fails the handshake where the certificate must match it; one
+    OpenSSL refuses (too long) raises ServerNameRefused, as nginx fails the request for it."""
     try:
         return ctx.wrap_bio(incoming, outgoing, server_side=False, server_hostname=name.encode("ascii"))
+    except ssl.SSLError as e:
+        shown = repr(name if len(name) <= 64 else name[:64] + "...")  # (a client may have sent it: kept short)
+        raise ServerNameRefused(f"OpenSSL refuses the TLS server name {shown} ({len(name)} bytes; it takes up to "
+                                f"255): {e.reason or e}") from None
     except (UnicodeError, ValueError, TypeError):
         if ctx.check_hostname:
             raise TlsError(f"the upstream name {name[:255]!r} cannot be sent as a TLS server name") from None

@@ -54,6 +54,9 @@ YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
 ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 -----END DH PARAMETERS-----
 """
+# kong/templates/nginx_kong.lua gives the `old` suite's CipherString to TLS clients too: `proxy_ssl_conf_command` (the
+# upstream connections) and `lua_ssl_conf_command` (the gateway's own clients); the other suites set none there
+_OLD_CLIENT_CIPHERS = "DEFAULT:@SECLEVEL=0"
 VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1, "TLSv1.2": ssl.TLSVersion.TLSv1_2,
             "TLSv1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -71,6 +74,12 @@ class ServerOptions:
         self.ciphers = ciphers
         self.tickets = tickets
         self.charset = charset
+
+
+def client_ciphers(cipher_suite: str) -> str | None:
+    """The cipher string TLS clients get with kong.conf's ssl_cipher_suite: `old`'s DEFAULT at security level 0
+    (OpenSSL then takes an upstream's 1024-bit RSA key, as Kong's nginx does), else None (the context's own)."""
+    return _OLD_CLIENT_CIPHERS if cipher_suite == "old" else None
 
 
 def check_certificate(pem: str, what: str, now: dt.datetime | None = None) -> list[x509.Certificate]:
@@ -284,39 +293,44 @@ class ServerTls:
 
 class ClientTls:
     """How a service speaks TLS to its targets (hashable by identity: part of the pool's connection keys); `what`
-    names the client certificate's setting in messages (e.g. services[0].client_certificate).
+    names the client certificate's setting in messages (e.g. services[0].client_certificate); `ciphers`, the
+    cipher string of kong.conf's suite (client_ciphers).
 
     With `verify`, `context` checks the certificate and the name it is handed; a target that is an address gets
     `address_context()` instead, which checks the certificate but no name: Python's ssl would compare an address
     with the certificate's IP SANs only, where nginx compares it as a name, so tls.client_handshake checks it after
     the handshake (tls.names_address)."""
 
-    __slots__ = ("context", "verify", "_address_context", "_ca_pems", "_client_pair", "_what")
+    __slots__ = ("context", "verify", "_address_context", "_ca_pems", "_client_pair", "_what", "_ciphers")
 
     def __init__(self, verify: bool, ca_pems: Sequence[str] = (),
-                 client_pair: tuple[str, str] | None = None, what: str = "service.client_certificate") -> None:
+                 client_pair: tuple[str, str] | None = None, what: str = "service.client_certificate",
+                 ciphers: str | None = None) -> None:
         if client_pair is not None:
             check_certificate(client_pair[0], what)
-        self.context = _client_tls_context(verify, verify, ca_pems, client_pair, what)
+        self.context = _client_tls_context(verify, verify, ca_pems, client_pair, what, ciphers)
         self.verify = verify
         self._address_context: ssl.SSLContext | None = None  # made on first use: most services never need it
-        self._ca_pems, self._client_pair, self._what = ca_pems, client_pair, what
+        self._ca_pems, self._client_pair, self._what, self._ciphers = ca_pems, client_pair, what, ciphers
 
     def address_context(self) -> ssl.SSLContext:
         """The context for a target that is an address (with `verify`): the certificate verified, its names not."""
         if self._address_context is None:
             self._address_context = _client_tls_context(self.verify, False, self._ca_pems, self._client_pair,
-                                                        self._what)
+                                                        self._what, self._ciphers)
         return self._address_context
 
 
 def _client_tls_context(verify: bool, check_hostname: bool, ca_pems: Sequence[str],
-                        client_pair: tuple[str, str] | None, what: str) -> ssl.SSLContext:
+                        client_pair: tuple[str, str] | None, what: str, ciphers: str | None) -> ssl.SSLContext:
     """An upstream client context as nginx's proxy module makes it: no ALPN (ngx_http_upstream.c:1791-1797 sets it
-    only for the HTTP/2 and gRPC proxies), and a certificate's name checked with X509_check_host flags 0
-    (ngx_event_openssl.c:5275): `a*.example.com` matches `api.example.com`."""
+    only for the HTTP/2 and gRPC proxies), a certificate's name checked with X509_check_host flags 0
+    (ngx_event_openssl.c:5275): `a*.example.com` matches `api.example.com`; and `ciphers`, Kong's
+    proxy_ssl_conf_command CipherString, whose security level OpenSSL verifies the upstream's chain at."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ciphers is not None:
+        ctx.set_ciphers(ciphers)
     ctx.check_hostname = check_hostname
     # Python's default host flags are X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS; CPython's private SSLContext._host_flags
     # (X509_VERIFY_PARAM_set_hostflags, no public setter) takes nginx's 0; test_kong_spec_tls checks it still works
@@ -342,19 +356,23 @@ OPENSSL_VERIFY_DEPTH = 100
 class TrustStore:
     """kong.conf's lua_ssl_trusted_certificate: what the gateway's own TLS clients (health probes, Redis, the log and
     trace senders, ldap-auth, JWKS fetches) verify servers against: the system's CAs (`system`: OpenSSL's default
-    paths, or SSL_CERT_FILE / SSL_CERT_DIR) and/or the PEM certificates given."""
+    paths, or SSL_CERT_FILE / SSL_CERT_DIR) and/or the PEM certificates given. `ciphers`: the cipher string of
+    kong.conf's ssl_cipher_suite (client_ciphers: Kong's lua_ssl_conf_command)."""
 
-    __slots__ = ("system", "cadata")
+    __slots__ = ("system", "cadata", "ciphers")
 
-    def __init__(self, system: bool = True, pems: Sequence[str] = ()) -> None:
+    def __init__(self, system: bool = True, pems: Sequence[str] = (), ciphers: str | None = None) -> None:
         self.system = system
         self.cadata = "\n".join(pems)
+        self.ciphers = ciphers
 
     @classmethod
     def from_setting(cls, setting: Sequence[str] | str, errors: list[str],
-                     what: str = "gateway.lua_ssl_trusted_certificate") -> TrustStore:
+                     what: str = "gateway.lua_ssl_trusted_certificate",
+                     cipher_suite: str = "intermediate") -> TrustStore:
         """The store of a setting: a list, or Kong's comma-separated string, of `system`, files, PEM texts and their
-        base64 (kong/conf_loader/parse.lua); an entry that gives no certificate appends Kong's message to `errors`."""
+        base64 (kong/conf_loader/parse.lua); an entry that gives no certificate appends Kong's message to `errors`.
+        `cipher_suite`: kong.conf's ssl_cipher_suite, whose client ciphers the contexts get."""
         system, pems = False, []
         for entry in kong_array(setting):
             if entry == "system":
@@ -364,10 +382,12 @@ class TrustStore:
             else:
                 shown = "the PEM text given" if "-----BEGIN " in entry else entry
                 errors.append(f"{what}: failed loading certificate from {shown}")
-        return cls(system, pems)
+        return cls(system, pems, client_ciphers(cipher_suite))
 
     def context(self, verify: bool, cls: type[_Context]) -> _Context:
         ctx = cls(ssl.PROTOCOL_TLS_CLIENT)
+        if self.ciphers is not None:
+            ctx.set_ciphers(self.ciphers)
         if not verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE

@@ -6,8 +6,9 @@ write_timeout or read_timeout is such a failure (nginx's default `proxy_next_ups
 invalid response head is not (no invalid_header in that default): it is answered 502 at once. A pooled
 connection that the upstream closed as the request crossed it (no response byte) is not the target's failure: the
 same target is tried again on another connection, and that costs no try (nginx's cached-peer rule). A connect the
-gateway has no socket for (out of descriptors: LocalError) is its own failure, not the target's: 500 at once, no
-retry, nothing reported to the balancer's health or the breaker (nginx's NGX_ERROR from ngx_event_connect_peer).
+gateway has no socket for (out of descriptors), or whose TLS server name OpenSSL refuses (a preserved Host over 255
+bytes), is not the target's failure (LocalError): 500 at once, no retry, nothing reported to the balancer's health
+or the breaker (nginx's NGX_ERROR from ngx_event_connect_peer, or from ngx_http_upstream_ssl_name).
 After the response head has been sent to the client, a failing upstream aborts the client connection (a reset),
 so a cut-off body can never look complete.
 """
@@ -234,7 +235,7 @@ class Forwarder:
                     uc, response = await self._exchange(ex, svc, target, attempt, req.method, target_path,
                                                         headers, framing, body, body_done, replayable, address, sni)
                 except UpstreamError as e:
-                    if type(e) is LocalError:  # no socket: nginx's 500 at once, no next upstream
+                    if type(e) is LocalError:  # no socket, or no SNI: nginx's 500 at once, no next upstream
                         error = e
                         break
                     if tried_in is not targets:  # discovery replaced the list since the last failure

@@ -177,6 +177,29 @@ def test_a_rename_to_an_empty_header_name_is_refused_with_kongs_message(name):
     assert err.endswith("rename.headers[0]: '' is not a valid header"), err
 
 
+# --- the ops that would set Host: Kong's upstream host, which the gateway has not, so refused -----------------------
+
+_HOST_WHY = ("Host is not supported by the gateway (Kong would make it the upstream's Host and TLS server name); set "
+             "the route's preserve_host, or the upstream's host_header")
+
+
+@pytest.mark.parametrize("entry", ["x-host:host", "x-host:Host", "x-host::HOST"])
+def test_renaming_a_header_to_host_is_refused(entry):
+    """kong/plugins/request-transformer/access.lua:178-192 renames into the table set_headers is given, and
+    kong/pdk/service/request.lua:455-458 makes its Host `ngx.var.upstream_host`: the upstream's Host and TLS server
+    name (nginx_kong.lua `proxy_ssl_name $upstream_host`), X-Forwarded-Host staying the client's."""
+    err = refused(plugin("request-transformer", rename={"headers": ["x-a:x-b", entry]}))
+    assert err.endswith(f"config.rename.headers[1]: renaming a header to {_HOST_WHY}"), err
+
+
+@pytest.mark.parametrize("entry", ["host:v", "Host:$(headers.x_a)", "HOST:"])
+def test_appending_to_host_is_refused(entry):
+    """access.lua:210-225: append, unlike add (`name:lower() ~= HOST`), sets Host in the table set_headers is given
+    (append_value onto the Host transform_headers cleared), and so the upstream host (request.lua:455-458)."""
+    err = refused(plugin("request-transformer", append={"headers": [entry]}))
+    assert err.endswith(f"config.append.headers[0]: appending to {_HOST_WHY}"), err
+
+
 # --- header values with control bytes: taken, escaped as lua-nginx-module escapes them -----------------------------
 
 # ngx_http_lua_escape_uri's header_value bitmap (src/ngx_http_lua_util.c): which bytes copy_escaped_header escapes

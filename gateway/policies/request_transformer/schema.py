@@ -7,7 +7,7 @@ import re
 import msgspec
 
 from gateway.config.errors import inline
-from gateway.policies.response_transformer.schema import check_pairs
+from gateway.policies.response_transformer.schema import check_pairs, split_pair
 from gateway.policies.schema_types import KongString
 
 # The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ...,
@@ -57,10 +57,26 @@ class Pairs(msgspec.Struct, forbid_unknown_fields=True):
         check_templates("headers", self.headers)
 
 
+# Kong's set_headers makes a Host it is given the upstream's Host and TLS server name (kong/pdk/service/request.lua
+# 455-458: ngx.var.upstream_host); the gateway has no per-request upstream host, so the ops that would set one
+# (replace, rename onto host, append) are refused rather than left undone. (Kong's `add` never sets Host.)
+_HOST_WHY = ("is not supported by the gateway (Kong would make it the upstream's Host and TLS server name); set the "
+             "route's preserve_host, or the upstream's host_header")
+
+
+def _refuse_host(entries: list[str], name_of: str, doing: str) -> None:
+    """ValueError naming the first entry whose `name_of` side ("name" or "new", of "name:new") is Host."""
+    for i, entry in enumerate(entries):
+        name, new = split_pair(entry)
+        if ((new or "") if name_of == "new" else name).lower() == "host":
+            raise ValueError(f"headers[{i}]: {doing} Host {_HOST_WHY}")
+
+
 class Renames(Pairs):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_pairs("headers", self.headers, headers=True, both=True)
+        _refuse_host(self.headers, "new", "renaming a header to")
 
 
 class Replaces(Pairs):
@@ -70,10 +86,13 @@ class Replaces(Pairs):
         super().__post_init__()
         if self.uri is not None:
             check_templates("uri", [self.uri], indexed=False)
-        for i, entry in enumerate(self.headers):
-            if entry.partition(":")[0].lower() == "host":
-                raise ValueError(f"headers[{i}]: replacing Host is not supported by the gateway (set the route's "
-                                 "preserve_host, or the upstream's host_header)")
+        _refuse_host(self.headers, "name", "replacing")
+
+
+class Appends(Pairs):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _refuse_host(self.headers, "name", "appending to")
 
 
 class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -82,7 +101,7 @@ class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
     rename: Renames = msgspec.field(default_factory=Renames)
     replace: Replaces = msgspec.field(default_factory=Replaces)
     add: Pairs = msgspec.field(default_factory=Pairs)
-    append: Pairs = msgspec.field(default_factory=Pairs)
+    append: Appends = msgspec.field(default_factory=Appends)
 
     def __post_init__(self) -> None:
         if self.http_method is not None and not re.fullmatch(r"[A-Z]+", self.http_method):
