@@ -397,6 +397,10 @@ class Node:
             except AdminCommandError as e:
                 log.error("reload of %s rejected: %s", path, e)
                 raise
+            except SupervisorNotRunning:  # a stop came meanwhile: nginx's master takes it before a reload
+                log.info("reload cut short: the root supervisor has stopped%s",
+                         " (the gateway is stopping)" if self._stop.is_set() else "")
+                raise AdminCommandError("the gateway stopped during this reload") from None
 
     async def _reload(self, path: str) -> dict[str, Any]:
         if self._stop.is_set():
@@ -456,10 +460,7 @@ class Node:
         try:
             await self.reload()
         except AdminCommandError:
-            pass  # logged by reload
-        except SupervisorNotRunning:
-            log.info("reload cut short: the root supervisor has stopped%s",
-                     " (the gateway is stopping)" if self._stop.is_set() else "")
+            pass  # logged by reload (a stop that cut it short too)
 
     async def _retire(self, generation: Generation) -> None:
         """Tell every worker of `generation` to drain, together, and stop listening on the addresses the serving
