@@ -559,14 +559,19 @@ class EndlessSse(_Backend):
         seen = await self._read_request(stream, conn)
         if seen is None:
             return
-        await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-            (b"content-type", b"text/event-stream")])) + conn.send(h11.Data(data=b"data: one\n\n")))
-        try:
-            while await stream.receive_some(1024):
-                pass
-        except trio.BrokenResourceError:
-            pass
+        await one_event_then_silence(stream, conn)
         self.closed_at = trio.current_time()
+
+
+async def one_event_then_silence(stream: trio.SocketStream, conn: h11.Connection) -> None:
+    """Answer with an event stream of one event, then send nothing until the peer closes the connection."""
+    await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
+        (b"content-type", b"text/event-stream")])) + conn.send(h11.Data(data=b"data: one\n\n")))
+    try:
+        while await stream.receive_some(1024):
+            pass
+    except trio.BrokenResourceError:
+        pass
 
 
 async def serve_on_addresses(nursery: trio.Nursery, addresses: list[str], make: Any) -> tuple[int, list[Any]]:

@@ -9,7 +9,7 @@ import h11
 import pytest
 import trio
 import yaml
-from backends import _Backend
+from backends import _Backend, one_event_then_silence
 
 from gateway.breaker import Breaker, BreakerBoard, BreakerConfig, State
 from gateway.breaker.config import PROBE_MARGIN_S
@@ -43,13 +43,7 @@ class PathBackend(_Backend):
                     pass
                 return
             if path.endswith("/sse"):
-                await stream.send_all(conn.send(h11.Response(status_code=200, headers=[
-                    (b"content-type", b"text/event-stream")])) + conn.send(h11.Data(data=b"data: one\n\n")))
-                try:
-                    while await stream.receive_some(1024):
-                        pass
-                except trio.BrokenResourceError:
-                    pass
+                await one_event_then_silence(stream, conn)
                 self.closed_streams += 1
                 return
             status = 500 if path.endswith("/fail") else 200
@@ -295,17 +289,22 @@ async def test_a_body_timeout_leaves_passive_health_accounting_as_it_was(gateway
     assert (await get(port, "/ok"))[0] == 200
 
 
-async def test_a_route_without_the_plugin_is_not_blocked_by_another_routes_breaker(gateway, nursery):
-    """README (Kong's scoping): "Per plugin name one instance applies, the first found in Kong's order: ... route,
-    service, global". With an instance on route a only, the plugin does not run for route b of the same service:
-    once a's circuit is open, b's requests still reach the target."""
+async def _breaker_on_route_a_only(gateway, nursery) -> int:
+    """A gateway whose service has routes a (/a) and b (/b) to one PathBackend, a circuit-breaker on route a only."""
     backend = PathBackend()
     await nursery.start(backend.serve)
-    port = await gateway({
+    return await gateway({
         "services": [{"name": "s", "url": "http://up", "retries": 0,
                       "routes": [{"name": "a", "paths": ["/a"]}, {"name": "b", "paths": ["/b"]}]}],
         "upstreams": [{"name": "up", "targets": [{"target": f"127.0.0.1:{backend.port}"}]}],
         "plugins": [{"name": "circuit-breaker", "route": "a", "config": TRIPS_AT_ONCE}]})
+
+
+async def test_a_route_without_the_plugin_is_not_blocked_by_another_routes_breaker(gateway, nursery):
+    """README (Kong's scoping): "Per plugin name one instance applies, the first found in Kong's order: ... route,
+    service, global". With an instance on route a only, the plugin does not run for route b of the same service:
+    once a's circuit is open, b's requests still reach the target."""
+    port = await _breaker_on_route_a_only(gateway, nursery)
     assert (await get(port, "/a/fail"))[0] == 500
     await trio.sleep(0.3)
     assert (await get(port, "/a/ok"))[0] == 503  # a's circuit is open, as configured
@@ -316,13 +315,7 @@ async def test_a_route_without_the_plugin_is_not_blocked_by_another_routes_break
 async def test_a_route_without_the_plugin_is_not_counted_in_another_routes_breaker(gateway, nursery):
     """README (Kong's scoping): the plugin does not run for route b, so b's 500s say nothing to a's breaker, which
     stays closed."""
-    backend = PathBackend()
-    await nursery.start(backend.serve)
-    port = await gateway({
-        "services": [{"name": "s", "url": "http://up", "retries": 0,
-                      "routes": [{"name": "a", "paths": ["/a"]}, {"name": "b", "paths": ["/b"]}]}],
-        "upstreams": [{"name": "up", "targets": [{"target": f"127.0.0.1:{backend.port}"}]}],
-        "plugins": [{"name": "circuit-breaker", "route": "a", "config": TRIPS_AT_ONCE}]})
+    port = await _breaker_on_route_a_only(gateway, nursery)
     for _ in range(3):
         assert (await get(port, "/b/fail"))[0] == 500
     await trio.sleep(0.3)
