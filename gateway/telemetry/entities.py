@@ -90,4 +90,6 @@ def _entity(entity: Any, kind: str) -> dict[str, Any]:
         out.update(protocol=parts.scheme, host=url_host(parts), port=port)  # (the host as written, as Kong's)
         if parts.path:
             out["path"] = parts.path
+    elif kind == "services" and "port" not in out:
+        out["port"] = 80  # Kong's default whatever the protocol (services.lua: port required, default 80)
     return msgspec.to_builtins(out)  # type: ignore[no-any-return]

@@ -60,6 +60,19 @@ def test_the_log_entry_of_a_service_given_by_url_carries_its_host_as_written():
     assert json.loads(bytes(facts.service_json))["host"] == "Backend-Pool"
 
 
+def test_the_log_entry_of_a_service_given_by_host_without_a_port_carries_kongs_default_port_80():
+    """kong/db/schema/entities/services.lua:18,38: `port = typedefs.port { required = true, default = default_port }`
+    (80, whatever the protocol: spec/01-unit/01-db/01-schema/11-declarative_config/03-flatten_spec.lua:145-156 stores
+    `protocol = "https"`, `port = 80`), and kong/pdk/log.lua:928 copies that entity into every log entry."""
+    config, _ = _load("""
+        services:
+        - {name: foo, host: example.com, protocol: https, routes: [{name: r, paths: [/]}]}
+    """)
+    facts = RouteFacts(config.routes[0], "r", config.services[0])
+    assert facts.service_json is not None
+    assert json.loads(bytes(facts.service_json))["port"] == 80
+
+
 # --- ids ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("given", ["769bdf5116df54769830ef26800b5448", "{769bdf51-16df-5476-9830-ef26800b5448}",
