@@ -53,7 +53,6 @@ from gateway.config.tls import (
     CaCertificateEntity,
     CertificateEntity,
     SniEntity,
-    certificate_key,
     flatten_tls,
     listen_flags,
     ref_id,
@@ -322,17 +321,15 @@ def _flatten(config: Config) -> list[_GivenReference]:
     """Nested entities moved to the top-level lists, naming their parent; returns the references to their parent's
     kind they gave themselves, which must name an entity all the same (_check_given_references)."""
     given: list[_GivenReference] = []
+    _label_unnamed_services(config.services)
     for svc in config.services:
-        if svc.name is None:
-            svc.name = svc.id or path_of(svc)  # how routes, plugins and metrics name it
-            svc._unnamed = True  # type: ignore[attr-defined]
         for route in svc.routes:
             _keep_reference(route, "service", "services", given)
-            route.service = svc.name
+            _nest(route, "service", svc)
             config.routes.append(route)
         for plugin in svc.plugins:
             _keep_reference(plugin, "service", "services", given)
-            plugin.service = svc.name
+            _nest(plugin, "service", svc)
             config.plugins.append(plugin)
         svc.routes, svc.plugins = [], []
     for route in config.routes:
@@ -345,7 +342,7 @@ def _flatten(config: Config) -> list[_GivenReference]:
     for up in config.upstreams:
         for target in up.targets:
             _keep_reference(target, "upstream", "upstreams", given)
-            target.upstream = up.name
+            _nest(target, "upstream", up)
             config.targets.append(target)
         up.targets = []
     for consumer in config.consumers:  # (its nested credentials' references: gateway.config.consumers checks them)
@@ -358,6 +355,34 @@ def _flatten(config: Config) -> list[_GivenReference]:
     flatten_consumers(config)
     flatten_tls(config.certificates, config.snis)
     return given
+
+
+def _label_unnamed_services(services: list[Service]) -> None:
+    """Give each unnamed service the label routes, plugins and the runtime know it by (in `name`, marked `_unnamed`):
+    its id, or its place in the file when it has none or a service is named with it (Kong keeps the two apart: names
+    and ids are looked up separately). A place ("services[0]") is neither a name (typedefs.utf8_name takes no `[`)
+    nor an id (a UUID), and no reference resolves to a label (_references): only to a name or an id."""
+    names = {svc.name for svc in services if svc.name is not None}
+    for svc in services:
+        if svc.name is None:
+            svc.name = svc.id if svc.id is not None and svc.id not in names else path_of(svc)
+            svc._unnamed = True  # type: ignore[attr-defined]
+
+
+def _nest(child: Any, field: str, parent: Any) -> None:
+    """A nested entity's reference to its parent: the parent's name (or label), and the parent itself in `_<field>`,
+    so that _check takes it as resolved (the label of an unnamed parent is no reference a user can write)."""
+    setattr(child, field, parent.name)
+    setattr(child, f"_{field}", parent)
+
+
+def _references(named: list[Any], every: list[Any], section: str, errors: list[str]) -> dict[str, Any]:
+    """What a reference to an entity of `section` can say, and the entity it names: an entity's name (unique, else an
+    error) before another's id, as Kong's find_entity looks up by_key before by_id
+    (kong/db/schema/others/declarative_config.lua:464-466). Labels of unnamed entities are not references."""
+    found = {entity.id: entity for entity in every if entity.id}
+    found.update(_unique(named, section, errors))
+    return found
 
 
 def _keep_reference(entity: Any, field: str, section: str, given: list[_GivenReference]) -> None:
@@ -388,8 +413,8 @@ def _check_given_references(config: Config, given: list[_GivenReference], failed
 
 
 def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> None:
-    """Cross-field and cross-entity rules; each message names every field involved. References by id or name are
-    resolved to the entity's name (or, for an unnamed route, to the route itself)."""
+    """Cross-field and cross-entity rules; each message names every field involved. References (a name, else an id:
+    _references) are resolved to the entity's name or label (or, for an unnamed route, to the route itself)."""
     _check_listen(config.gateway, errors)
     _check_bus(config.gateway.bus, errors)
     _check_client_address(config.gateway, errors)
@@ -399,14 +424,11 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     check_consumers(config, consumer_errors)
     gone = {ref for section, ref in failed if section == "consumers"}
     errors += [e for e in consumer_errors if not any(e.endswith(f"username {ref!r}") for ref in gone)]
-    services = _unique([s for s in config.services if not getattr(s, "_unnamed", False)], "services", errors)
-    services.update({s.name: s for s in config.services if getattr(s, "_unnamed", False)})  # type: ignore[misc]
-    services.update({s.id: s for s in config.services if s.id})
-    routes = _unique([r for r in config.routes if r.name], "routes", errors)
-    routes.update({r.id: r for r in config.routes if r.id})
-    upstreams = _unique(config.upstreams, "upstreams", errors)
-    upstreams.update({u.id: u for u in config.upstreams if u.id})
-    certificates = {certificate_key(c, i): c for i, c in enumerate(config.certificates)}
+    services = _references([s for s in config.services if not getattr(s, "_unnamed", False)], config.services,
+                           "services", errors)
+    routes = _references([r for r in config.routes if r.name], config.routes, "routes", errors)
+    upstreams = _references(config.upstreams, config.upstreams, "upstreams", errors)
+    certificates = {c.id: c for c in config.certificates if c.id}  # Kong's certificates have no name
     ca_certificates = {c.id for c in config.ca_certificates if c.id}
     for svc in config.services:
         _check_service(svc, errors)
@@ -422,7 +444,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     seen_targets: dict[tuple[str | None, str, int | None], Target] = {}  # Kong: unique per upstream and target
     for target in config.targets:
         where = path_of(target)
-        upstream = upstreams.get(target.upstream or "")
+        upstream = getattr(target, "_upstream", None) or upstreams.get(target.upstream or "")
         if upstream is not None:
             target.upstream = upstream.name
         elif ("upstreams", target.upstream) not in failed:
@@ -445,7 +467,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     for plugin in config.plugins:
         where = path_of(plugin)
         if plugin.service is not None:
-            service = services.get(plugin.service)
+            service = getattr(plugin, "_service", None) or services.get(plugin.service)
             if service is not None:
                 plugin.service = service.name
             elif ("services", plugin.service) not in failed:
@@ -813,7 +835,7 @@ def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str])
         cert = ref_id(sni.certificate)
         if cert is None:
             errors.append(f"{where}.certificate: required (the id of a certificate)")
-        elif cert not in certificates:
+        elif cert not in certificates and getattr(sni, "_certificate", None) is None:
             errors.append(f"{where}.certificate: no certificate with id {cert!r}")
         name = sni.name.lower()
         # typedefs.wildcard_host, as Kong's snis entity: `*foo.test` loads too, though Kong's certificate lookup
@@ -831,6 +853,8 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
     where = path_of(route)
     if route.service is None:
         pass  # as Kong: answered 503 "no Service found with those values" unless a plugin answers
+    elif getattr(route, "_service", None) is not None:
+        pass  # nested: its parent's
     elif route.service in services:
         route.service = services[route.service].name
     elif ("services", route.service) not in failed:

@@ -108,7 +108,8 @@ def _listen_backlog(text: str) -> int | None:
 
 
 def certificate_key(cert: CertificateEntity, index: int) -> str:
-    """The id a certificate is known by: its own, or its place in the file (for nested snis)."""
+    """The key the runtime knows a certificate by: its id, or its place in the file (for nested snis; no reference
+    can name it so: Kong's certificates are referenced by id only)."""
     return cert.id or f"certificates[{index}]"
 
 
@@ -118,6 +119,7 @@ def flatten_tls(certificates: list[CertificateEntity], snis: list[SniEntity]) ->
         for j, item in enumerate(cert.snis):
             sni = SniEntity(name=item) if isinstance(item, str) else item
             sni.certificate = Ref(id=certificate_key(cert, i))
+            sni._certificate = cert  # type: ignore[attr-defined]  # resolved: a place in the file is no reference
             sni._path = f"{getattr(cert, '_path', f'certificates[{i}]')}.snis[{j}]"  # type: ignore[attr-defined]
             snis.append(sni)
         cert.snis = []
