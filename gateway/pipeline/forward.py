@@ -370,6 +370,9 @@ class Forwarder:
                         timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
                         await uc.conn.sendall(codec.body(chunk))
                     await uc.conn.sendall(codec.end())
+                # read_timeout bounds the whole head (interim 1xx ones too) from the request's end: nginx arms it
+                # once the request is sent (ngx_http_upstream_send_request), never again while the head comes in
+                # pieces (ngx_http_upstream_process_header's re-arm is `#if 0`)
                 timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
                 ev = codec.next_event()
                 if ev is NEED_DATA:
@@ -379,8 +382,7 @@ class Forwarder:
                 ev = answered.event
                 _answered_early(ex, target)
             uc.conn.heard = None  # (a TLS record's answer written while the response is read must not hear it)
-            while ev is NEED_DATA:  # a head in pieces: read_timeout runs between two reads, as nginx's
-                timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
+            while ev is NEED_DATA:  # a head in pieces: the deadline set above stands
                 codec.receive_data(await uc.conn.recv())
                 ev = codec.next_event()
             if ev is CLOSED:
