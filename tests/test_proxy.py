@@ -548,16 +548,16 @@ async def test_consistent_hashing_on_a_header_keeps_a_key_on_one_target(nursery,
 
 
 async def test_sse_events_stream_as_sent_with_keepalive_comments(nursery, gateway):
-    """Three events 1.2 s apart through a gateway with sse_keepalive 0.5 s (and a service read_timeout of 5 s, longer
+    """Three events 0.6 s apart through a gateway with sse_keepalive 0.2 s (and a service read_timeout of 5 s, longer
     than the gaps: a silence past it cuts the stream, tests/test_event_stream_relay.py).
 
     Each event must reach the client when the backend sends it (not when the stream ends), whole and in order,
     with `: keepalive` comments in the gaps.
     """
-    backend = SseBackend(events=3, gap=1.2)
+    backend = SseBackend(events=3, gap=0.6)
     await nursery.start(backend.serve)
     port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}", read_timeout=5000)]},
-                         sse_keepalive=0.5)
+                         sse_keepalive=0.2)
     with trio.fail_after(TIMEOUT):
         reply = await request(port, "GET", "/mcp", headers=[("accept", "text/event-stream")])
     assert reply.status == 200
@@ -608,9 +608,9 @@ async def test_a_silence_after_an_event_gets_comments_however_its_end_was_writte
     """The blank line that ends an event may come in a write of its own (servers that write line by line), a CRLF
     split across writes, or lines may end with CR (the SSE format allows all three): the stream is between events
     all the same, and its silence gets keep-alive comments (found by an MCP review: none came)."""
-    backend = PiecewiseSse(pieces, gap=0.8)
+    backend = PiecewiseSse(pieces, gap=0.45)
     await nursery.start(backend.serve)
-    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}")]}, sse_keepalive=0.2)
+    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}")]}, sse_keepalive=0.1)
     with trio.fail_after(TIMEOUT):
         reply = await request(port, "GET", "/mcp", headers=[("accept", "text/event-stream")])
     assert reply.body.startswith(b"".join(pieces))
@@ -621,9 +621,9 @@ async def test_an_event_stream_of_fixed_length_gets_no_comments_that_would_break
     """An upstream event stream with a Content-Length keeps it (no re-framing): a comment in one of its silences
     would add bytes the length does not count, a corrupt body and the start of a bogus next response on the
     connection. Its silences get none; the body arrives as sent and the connection serves the next request."""
-    backend = SseBackend(events=2, gap=1.2, length=True)
+    backend = SseBackend(events=2, gap=0.4, length=True)
     await nursery.start(backend.serve)
-    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}")]}, sse_keepalive=0.3)
+    port = await gateway({"services": [service("sse", f"http://127.0.0.1:{backend.port}")]}, sse_keepalive=0.1)
     with trio.fail_after(TIMEOUT):
         async with await Client.connect(port) as client:
             reply = await client.request("GET", "/mcp", headers=[("accept", "text/event-stream")])
