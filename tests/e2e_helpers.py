@@ -530,7 +530,7 @@ def running_etcd(workdir: Path) -> Iterator[EtcdProcess]:
 class HoldingBackend:
     """A thread-per-connection HTTP/1.1 backend: `/slow` answers 200 after `hold_s` seconds (or once `release()` is
     called), anything else at once (Connection: close); for blocking tests, where the Trio `Backend` would need a
-    nursery."""
+    nursery. `held` counts the `/slow` requests that have arrived."""
 
     def __init__(self, hold_s: float) -> None:
         import socket
@@ -538,6 +538,8 @@ class HoldingBackend:
 
         self.hold_s = hold_s
         self.gate = threading.Event()
+        self.held = 0
+        self._count = threading.Lock()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -557,6 +559,8 @@ class HoldingBackend:
             try:
                 head = conn.recv(65536)
                 if b" /slow" in head.split(b"\r\n", 1)[0]:
+                    with self._count:
+                        self.held += 1
                     self.gate.wait(self.hold_s)
                 conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
             except OSError:
@@ -580,11 +584,12 @@ def blocking_get(port: int, path: str = "/", timeout: float = 15) -> int:
     return int(head.split(b" ", 2)[1]) if head else 0
 
 
-def request_in_flight(port: int, path: str = "/slow") -> tuple[Any, list[int]]:
-    """A GET running in a thread, with the backend once this returns (after 0.5 s); (thread, [its status code])."""
+def request_in_flight(port: int, backend: HoldingBackend, path: str = "/slow") -> tuple[Any, list[int]]:
+    """A GET of `path` running in a thread, held by `backend` once this returns; (thread, [its status code])."""
     import threading
 
     codes: list[int] = []
+    before = backend.held
 
     def run() -> None:
         try:
@@ -594,7 +599,7 @@ def request_in_flight(port: int, path: str = "/slow") -> tuple[Any, list[int]]:
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    time.sleep(0.5)
+    assert becomes_true(lambda: backend.held > before, 15, interval=0.01), f"GET {path} did not reach the backend"
     return thread, codes
 
 

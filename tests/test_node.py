@@ -17,7 +17,7 @@ import pytest
 import trio
 import zmq
 from backends import free_port, stop_process, wait_port
-from e2e_helpers import Backend, GatewayNode, request
+from e2e_helpers import Backend, GatewayNode, process_name, request
 from loadgen import run_load
 
 from gateway.node.root import SUPERVISOR_ANSWER_S, Node
@@ -32,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_BACKEND = ROOT / "scripts" / "demo_backend.py"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend():
+    """The demo backend (stateless: every test of this file can use the same one)."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, str(DEMO_BACKEND), "--port", str(port), "--name", "b1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -62,6 +63,7 @@ class Gateway:
         self.port = port
         self.config = workdir / "gateway.yaml"
         self.write_config(backend_port, **settings)
+        self.log_from = 0  # log() leaves out what the gateway logged before (for a test on a shared gateway)
 
     def write_config(self, backend_port: int, **settings: object) -> None:
         self.config.write_text(gateway_config(self.port, backend_port, **settings))
@@ -96,7 +98,7 @@ class Gateway:
 
     def log(self) -> str:
         path = self.dir / "run" / "gateway.log"
-        return path.read_text() if path.exists() else ""
+        return path.read_text()[self.log_from:] if path.exists() else ""
 
     def kill_all(self) -> None:
         """SIGTERM (a graceful stop); a second one forces it if the root still runs half a second later."""
@@ -120,6 +122,51 @@ def node(tmp_path, backend):
     gw = Gateway(tmp_path, free_port(), backend)
     yield gw
     gw.kill_all()
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory, backend):
+    """A gateway already started (2 workers, with an MCP route besides `all`), shared by the tests that only look
+    at it: none of them changes what it runs (a rejected reload changes nothing; the test puts the file back)."""
+    gw = Gateway(tmp_path_factory.mktemp("serving"), free_port(), backend)
+    doc = json.loads(gw.config.read_text())
+    doc["routes"].append({"name": "mcp", "service": "b", "paths": ["/mcp"], "strip_path": False, "mcp": True})
+    gw.config.write_text(json.dumps(doc))
+    try:
+        started = gw.start(workers=2)
+        assert started.returncode == 0, started.stderr
+        yield gw
+    finally:
+        gw.kill_all()
+
+
+@pytest.fixture(scope="module")
+def _reloaded_gateway(tmp_path_factory, backend):
+    gw = Gateway(tmp_path_factory.mktemp("reloaded"), free_port(), backend)
+    try:
+        started = gw.start(workers=2)
+        assert started.returncode == 0, started.stderr
+        yield gw
+    finally:
+        gw.kill_all()
+
+
+@pytest.fixture
+def reloading(_reloaded_gateway):
+    """A running gateway (2 workers) shared by the tests of successful reloads: each test finds it serving its own
+    config file, as started (the generation it is at aside: the test reads it), and sees only what is logged from
+    its start on; afterwards the file and the config it runs from are put back (a reload), if the test changed them."""
+    gw = _reloaded_gateway
+    original = gw.config.read_text()
+    assert gw.status()["config"] == str(gw.config)
+    gw.log_from = 0
+    gw.log_from = len(gw.log())
+    yield gw
+    gw.log_from = 0
+    if gw.config.read_text() != original or gw.status()["config"] != str(gw.config):
+        gw.config.write_text(original)
+        out = gw.cli("reload", "--config", str(gw.config))
+        assert out.returncode == 0, out.stderr
 
 
 def alive(pid: int) -> bool:
@@ -184,8 +231,8 @@ def test_start_reports_a_port_in_use(node):
     assert "Traceback" not in out.stderr
 
 
-def test_a_second_gateway_on_the_same_address_is_refused_with_the_first_ones_pid(node, tmp_path, backend):
-    assert node.start(workers=2).returncode == 0
+def test_a_second_gateway_on_the_same_address_is_refused_with_the_first_ones_pid(serving, tmp_path, backend):
+    node = serving
     (tmp_path / "other").mkdir()
     other = Gateway(tmp_path / "other", node.port, backend)
     try:
@@ -210,26 +257,19 @@ def test_start_refuses_an_address_that_another_program_holds_with_so_reuseport(n
     assert f"cannot listen on 127.0.0.1:{node.port}: address in use (by another program)" in out.stderr
 
 
-def test_files_holding_config_or_secrets_are_private(tmp_path, backend):
-    gw = Gateway(tmp_path, free_port(), backend)
-    doc = json.loads(gw.config.read_text())
-    doc["routes"].append({"name": "mcp", "service": "b", "paths": ["/mcp"], "strip_path": False, "mcp": True})
-    gw.config.write_text(json.dumps(doc))
-    try:
-        assert gw.start(workers=1).returncode == 0
-        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:  # reads (creates) the key file
-            sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nMcp-Session-Id: k.forged\r\n"
-                         b"Connection: close\r\n\r\n" % gw.port)
-            assert b" 404 " in sock.recv(65536)
-        run = tmp_path / "run"
-        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [run, *run.iterdir()] if not p.is_socket()}
-        assert modes["run"] & 0o007 == 0 and modes["run"] & 0o700 == 0o700, oct(modes["run"])  # 0750 or 0700
-        for name in ("config.current.yaml", "config.gen1.yaml", "mcp-session.key"):
-            assert modes[name] == 0o600, (name, oct(modes[name]))
-        assert modes["gateway.log"] & ~0o640 == 0, oct(modes["gateway.log"])
-        assert modes["gateway.pid"] & 0o022 == 0
-    finally:
-        gw.kill_all()
+def test_files_holding_config_or_secrets_are_private(serving):
+    gw = serving  # its config has an MCP route
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:  # reads (creates) the key file
+        sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nMcp-Session-Id: k.forged\r\n"
+                     b"Connection: close\r\n\r\n" % gw.port)
+        assert b" 404 " in sock.recv(65536)
+    run = gw.dir / "run"
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [run, *run.iterdir()] if not p.is_socket()}
+    assert modes["run"] & 0o007 == 0 and modes["run"] & 0o700 == 0o700, oct(modes["run"])  # 0750 or 0700
+    for name in ("config.current.yaml", "config.gen1.yaml", "mcp-session.key"):
+        assert modes[name] == 0o600, (name, oct(modes[name]))
+    assert modes["gateway.log"] & ~0o640 == 0, oct(modes["gateway.log"])
+    assert modes["gateway.pid"] & 0o022 == 0
 
 
 def test_start_rejects_an_invalid_config(node):
@@ -250,10 +290,10 @@ def test_killed_worker_is_replaced_and_other_requests_do_not_fail(node):
             results = []
 
             async def load():
-                results.append(await run_load(node.port, concurrency=concurrency, duration=4.0, keepalive=False))
+                results.append(await run_load(node.port, concurrency=concurrency, duration=2.75, keepalive=False))
 
             nursery.start_soon(load)
-            await trio.sleep(1.5)
+            await trio.sleep(0.75)  # the load is under way; it goes on 2 s after the kill
             os.kill(victim, signal.SIGKILL)
             killed_at = time.monotonic()
             replaced = await trio.to_thread.run_sync(
@@ -308,10 +348,11 @@ def test_a_killed_worker_accepts_again_and_a_killed_keeper_serves_again_within_m
     """The targets on an idle machine are 50 ms (worker) and 100 ms (keeper): children are forked from the zygote.
     Asserted with margins for a busy machine (the best of three, and every one well under exec's ~1 s); printed."""
     assert node.start(workers=1).returncode == 0
+    root = node.root_pid()
     worker_ms, keeper_ms = [], []
     for _ in range(3):
         (pid,) = node.worker_pids()
-        time.sleep(0.3)
+        wait_until(lambda: _spares(root), timeout=10)  # the zygote's next spare is forked, waiting
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         wait_until(lambda pid=pid: dead(pid), timeout=5, interval=0.0005)
@@ -325,7 +366,7 @@ def test_a_killed_worker_accepts_again_and_a_killed_keeper_serves_again_within_m
 
     for _ in range(3):
         old = keeper()
-        time.sleep(0.3)
+        wait_until(lambda: _spares(root), timeout=10)
         os.kill(old["pid"], signal.SIGKILL)
         killed = time.monotonic()
         wait_until(lambda old=old: (k := keeper())["pid"] not in (None, old["pid"]) and k["state"] == "running",
@@ -349,13 +390,15 @@ def test_losing_the_zygote_falls_back_to_exec_until_it_is_back(node):
 
     before = children()
     zygote, victim = before["zygote"], before["worker-1"]["pid"]
+    old_spares = set(_spares(node.root_pid()))  # (the lost zygote's spare may stay a while)
     os.kill(zygote["pid"], signal.SIGKILL)
     wait_until(lambda: dead(zygote["pid"]), timeout=5, interval=0.001)
     os.kill(victim, signal.SIGKILL)  # while the new zygote is still importing (about a second)
     wait_until(lambda: children()["worker-1"]["pid"] not in (None, victim), timeout=30)
     assert children()["worker-1"]["started_by"] == "exec"
     wait_until(lambda: children()["zygote"]["pid"] not in (None, zygote["pid"]), timeout=30)
-    time.sleep(0.5)  # its hello is in
+    # Its hello is in (it says hello before it reports ready), and it has forked its first spare:
+    wait_until(lambda: set(_spares(node.root_pid())) - old_spares, timeout=30)
     victim = children()["worker-2"]["pid"]
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: children()["worker-2"]["pid"] not in (None, victim), timeout=30)
@@ -377,6 +420,11 @@ def test_every_child_stops_when_the_root_is_killed(node):
         socket.create_connection(("127.0.0.1", node.port), timeout=1).close()
 
 
+def _spares(root: int) -> list[int]:
+    """The zygote's spares (forked ahead of a request, re-parented to the root)."""
+    return [p for p in _children_of(root) if process_name(p) == "gateway spare"]
+
+
 def _children_of(pid: int) -> list[int]:
     out = []
     for entry in os.listdir("/proc"):
@@ -390,21 +438,22 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-def test_reload_under_load_fails_no_request(node, backend):
-    assert node.start(workers=2).returncode == 0
+def test_reload_under_load_fails_no_request(reloading):
+    node = reloading
+    generation = node.status()["generation"]
     before = set(node.worker_pids())
 
     async def scenario():
         results = []
 
         async def load(keepalive: bool):
-            results.append(await run_load(node.port, concurrency=8, duration=5.0, keepalive=keepalive))
+            results.append(await run_load(node.port, concurrency=8, duration=3.5, keepalive=keepalive))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(load, True)
             nursery.start_soon(load, False)
-            for _ in range(2):
-                await trio.sleep(1.5)
+            for _ in range(2):  # the load goes on about 1.4 s after the second reload (at about 2.1 s)
+                await trio.sleep(0.75)
                 out = await trio.to_thread.run_sync(lambda: node.cli("reload"))
                 assert out.returncode == 0, out.stderr
         return results
@@ -413,16 +462,19 @@ def test_reload_under_load_fails_no_request(node, backend):
     assert all(r.failed == 0 for r in results), [r.errors for r in results]
     assert all(r.ok > 100 for r in results)
     status = node.status()
-    assert status["generation"] == 3
+    assert status["generation"] == generation + 2
     assert not before & set(node.worker_pids())
 
 
-def test_reload_with_an_invalid_config_keeps_serving(node, backend):
-    assert node.start(workers=2).returncode == 0
+def test_reload_with_an_invalid_config_keeps_serving(serving):
+    node = serving
     pids = node.worker_pids()
     good = node.config.read_text()
     node.config.write_text(good.replace('"routes"', '"rootes"'))
-    out = node.cli("reload")
+    try:
+        out = node.cli("reload")
+    finally:
+        node.config.write_text(good)
     assert out.returncode == 2
     assert "config rejected, still serving the previous one" in out.stderr
     assert "rootes: unknown top-level key" in out.stderr
@@ -432,39 +484,39 @@ def test_reload_with_an_invalid_config_keeps_serving(node, backend):
     assert result.ok > 0 and result.failed == 0
 
 
-def test_sighup_with_a_file_that_is_not_utf8_keeps_serving_and_the_fixed_file_reloads(node, backend):
+def test_sighup_with_a_file_that_is_not_utf8_keeps_serving_and_the_fixed_file_reloads(reloading):
     """SIGHUP reads the file the gateway runs from: a broken one is logged as rejected (the root lives on, the same
     generation serves), and the next SIGHUP after it is fixed applies it."""
-    assert node.start(workers=1).returncode == 0
-    root, pids = node.root_pid(), node.worker_pids()
+    node = reloading
+    root, pids, generation = node.root_pid(), node.worker_pids(), node.status()["generation"]
     good = node.config.read_bytes()
     node.config.write_bytes(b'_comment: "\xff"\n' + good)
     os.kill(root, signal.SIGHUP)
     wait_until(lambda: "not UTF-8 text" in node.log(), timeout=15)
     assert "config rejected, still serving the previous one" in node.log()
     assert "Traceback" not in node.log()
-    assert alive(root) and node.status()["generation"] == 1 and node.worker_pids() == pids
+    assert alive(root) and node.status()["generation"] == generation and node.worker_pids() == pids
     assert get_status(node.port) == 200
     node.config.write_bytes(good)
     os.kill(root, signal.SIGHUP)
-    wait_until(lambda: node.status()["generation"] == 2, timeout=30, interval=0.2)
+    wait_until(lambda: node.status()["generation"] == generation + 1, timeout=30, interval=0.02)
     assert get_status(node.port) == 200
 
 
-def test_sse_stream_opened_before_a_reload_keeps_receiving_events(node):
-    assert node.start(workers=2).returncode == 0
+def test_sse_stream_opened_before_a_reload_keeps_receiving_events(reloading):
+    node = reloading
 
     async def scenario():
         stream = await trio.open_tcp_stream("127.0.0.1", node.port)
-        await stream.send_all(b"GET /events?count=12&interval=0.25 HTTP/1.1\r\nHost: x\r\n\r\n")
+        await stream.send_all(b"GET /events?count=10&interval=0.25 HTTP/1.1\r\nHost: x\r\n\r\n")
         received = b""
         reloaded_at = None
         with trio.fail_after(20):
-            while b"tick 11 " not in received:
+            while b"tick 9 " not in received:
                 chunk = await stream.receive_some(65536)
                 assert chunk, "stream closed early"
                 received += chunk
-                if b"tick 2 " in received and reloaded_at is None:
+                if b"tick 0 " in received and reloaded_at is None:
                     out = await trio.to_thread.run_sync(lambda: node.cli("reload"))
                     assert out.returncode == 0, out.stderr
                     reloaded_at = received.count(b"data: tick")
@@ -473,8 +525,8 @@ def test_sse_stream_opened_before_a_reload_keeps_receiving_events(node):
 
     received, reloaded_at = trio.run(scenario)
     ticks = [int(line.split()[2]) for line in received.decode().splitlines() if line.startswith("data: tick")]
-    assert ticks == list(range(12))
-    assert reloaded_at < 12  # events kept coming after the new generation took over
+    assert ticks == list(range(10))
+    assert reloaded_at < 10  # events kept coming after the new generation took over
 
 
 def test_killing_workers_faster_than_the_intensity_stops_the_gateway(tmp_path, backend):
@@ -541,24 +593,25 @@ def test_a_config_without_a_readable_gateway_block_asks_for_the_pid_file(node):
     assert out.returncode == 0 and not alive(root)
 
 
-def test_reload_with_another_config_switches_to_it_and_later_reloads_reread_it(node, backend):
-    assert node.start(workers=1).returncode == 0
-    other = node.dir / "other.yaml"
+def test_reload_with_another_config_switches_to_it_and_later_reloads_reread_it(reloading, tmp_path):
+    node = reloading
+    generation = node.status()["generation"]
+    other = tmp_path / "other.yaml"
     other.write_text(node.config.read_text().replace('"name": "all"', '"name": "other-route"'))
     out = node.cli("reload", "--config", str(other))
     assert out.returncode == 0, out.stderr
-    assert f"reloaded {other}: generation 2 serving" in out.stdout
+    assert f"reloaded {other}: generation {generation + 1} serving" in out.stdout
     assert node.status()["config"] == str(other)
     other.write_text(other.read_text().replace('"routes"', '"rootes"'))
     out = node.cli("reload")  # no --config: the file it now runs from
     assert out.returncode == 2 and "rootes: unknown top-level key" in out.stderr
     assert f"reload of {other} rejected: config rejected, still serving the previous one" in node.log()
     assert "rootes: unknown top-level key" in node.log()
-    assert node.status()["generation"] == 2
+    assert node.status()["generation"] == generation + 1
 
 
-def test_a_reload_of_a_start_only_setting_says_it_needs_a_restart(node, backend):
-    assert node.start(workers=1).returncode == 0
+def test_a_reload_of_a_start_only_setting_says_it_needs_a_restart(reloading, backend):
+    node = reloading
     node.write_config(backend, restart_intensity=9)
     out = node.cli("reload")
     assert out.returncode == 0, out.stderr
@@ -566,9 +619,8 @@ def test_a_reload_of_a_start_only_setting_says_it_needs_a_restart(node, backend)
     assert "gateway.restart_intensity changed; it takes effect at the next start" in node.log()
 
 
-def test_status_into_a_pipe_closed_early_is_no_traceback(node):
-    assert node.start(workers=1).returncode == 0
-    out = subprocess.run(f"{sys.executable} -m gateway status | head -c 10", shell=True, cwd=node.dir,
+def test_status_into_a_pipe_closed_early_is_no_traceback(serving):
+    out = subprocess.run(f"{sys.executable} -m gateway status | head -c 10", shell=True, cwd=serving.dir,
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.startswith("gateway ") and out.stderr == "", out.stderr
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,17 +35,30 @@ from gateway.bus.admin_client import AdminUnavailable
 from gateway.node.generation import Generation
 from supervisor import ChildSpec, Strategy, SupervisorSpec, SupFlags, serve
 
-HOLD_S = 5.0  # the request that keeps generation 1 draining
+HOLD_S = 8.0  # the longest the held request keeps generation 1 draining; each test releases it once it has checked
+# what it checks during the drain (under drain_timeout: were it not released, it still ends within the drain)
 
 
 @pytest.fixture
-def gw(tmp_path: Path) -> Iterator[GatewayNode]:
-    yield from gateway_in_front_of(HoldingBackend(HOLD_S), tmp_path, drain_timeout=10)
+def backend() -> HoldingBackend:
+    return HoldingBackend(HOLD_S)  # (closed by gateway_in_front_of)
 
 
 @pytest.fixture
-def gw_with_access_log(tmp_path: Path) -> Iterator[GatewayNode]:
-    yield from gateway_in_front_of(HoldingBackend(HOLD_S), tmp_path, drain_timeout=10, access_log=True)
+def gw(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(backend, tmp_path, drain_timeout=10)
+
+
+@pytest.fixture
+def gw_with_access_log(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(backend, tmp_path, drain_timeout=10, access_log=True)
+
+
+def drained(thread: threading.Thread, codes: list[int], backend: HoldingBackend) -> None:
+    """The held request answered (the backend lets it go), through generation 1's draining worker."""
+    backend.release()
+    thread.join(timeout=15)
+    assert codes == [200]
 
 
 def _reload(gw: GatewayNode) -> None:
@@ -52,44 +66,43 @@ def _reload(gw: GatewayNode) -> None:
     assert reply.ok, reply.error
 
 
-def test_a_second_reload_starts_its_generation_while_the_first_ones_old_workers_still_drain(gw):
+def test_a_second_reload_starts_its_generation_while_the_first_ones_old_workers_still_drain(gw, backend):
     """`kong reload` is nginx's SIGHUP (kong/cmd/reload.lua): a reload during another's drain starts new workers at
     once; it never waits for the draining ones (nor, with an SSE stream held, for drain_timeout)."""
     start_daemonised(gw)
-    thread, codes = request_in_flight(gw.port)  # generation 1 drains it for HOLD_S
+    thread, codes = request_in_flight(gw.port, backend)  # generation 1 drains it until released
     _reload(gw)  # generation 2 accepts; generation 1 drains
     _reload(gw)  # generation 3
     assert thread.is_alive(), "the second reload returned only once generation 1's drain was over"
     assert blocking_get(gw.port) == 200
-    thread.join(timeout=15)
-    assert codes == [200]
+    drained(thread, codes, backend)
 
 
-def test_status_and_workers_show_a_draining_generation_until_it_exits(gw):
+def test_status_and_workers_show_a_draining_generation_until_it_exits(gw, backend):
     """nginx's old workers stay visible while they shut down (ps: "worker process is shutting down"): the status
     lists a retiring generation beside the tree, with its worker's pid, and `workers` lists that worker too,
     until the drain is over."""
     start_daemonised(gw)
-    thread, codes = request_in_flight(gw.port)
+    thread, codes = request_in_flight(gw.port, backend)
     _reload(gw)
     status = admin_now(gw, "status").result
     assert [g["id"] for g in status["retiring"]] == ["workers@1"]
     (old_worker,) = status["retiring"][0]["children"]
     assert old_worker["pid"] and status["retiring"][0]["state"] == "retiring"
     assert old_worker["pid"] in [w["pid"] for w in admin_now(gw, "workers").result]
-    thread.join(timeout=15)
-    assert codes == [200]
+    assert thread.is_alive()  # (all of it while generation 1 drained)
+    drained(thread, codes, backend)
     assert becomes_true(lambda: admin_now(gw, "status").result["retiring"] == [], 5)
 
 
-def test_sigusr1_during_a_drain_reopens_the_access_log_at_once(gw_with_access_log):
+def test_sigusr1_during_a_drain_reopens_the_access_log_at_once(gw_with_access_log, backend):
     """nginx's master handles SIGUSR1 at once, whatever old workers do (ngx_master_process_cycle: `if (ngx_reopen)`
     -> ngx_reopen_files, ngx_signal_worker_processes(cycle, NGX_REOPEN_SIGNAL)): after logrotate's rename, the
     serving workers write into a new access.log while the old generation still drains."""
     gw = gw_with_access_log
     root = start_daemonised(gw)
     log_path = gw.dir / "run" / "access.log"
-    thread, codes = request_in_flight(gw.port)
+    thread, codes = request_in_flight(gw.port, backend)
     _reload(gw)
     assert blocking_get(gw.port) == 200  # generation 2's worker has the access log open
     assert becomes_true(lambda: log_path.exists() and log_path.read_text().count("\n") >= 1, 3)
@@ -102,11 +115,10 @@ def test_sigusr1_during_a_drain_reopens_the_access_log_at_once(gw_with_access_lo
 
     assert becomes_true(reopened, 2.5, interval=0.2), "requests are still logged to the rotated access.log.1"
     assert thread.is_alive()  # (all of it while generation 1 drained)
-    thread.join(timeout=15)
-    assert codes == [200]
+    drained(thread, codes, backend)
 
 
-def test_a_keeper_killed_during_a_drain_is_restarted_at_once(gw):
+def test_a_keeper_killed_during_a_drain_is_restarted_at_once(gw, backend):
     """An OTP supervisor restarts a crashed permanent child as soon as it sees the exit; nginx's master respawns a
     dead process at the next turn of its loop (ngx_process_cycle.c: `if (ngx_reap)` -> ngx_reap_children ->
     ngx_spawn_process), old workers draining or not: the bus (rate limits, breakers, targets) is back in
@@ -114,7 +126,7 @@ def test_a_keeper_killed_during_a_drain_is_restarted_at_once(gw):
     root = start_daemonised(gw)
     keeper = next((p for p in descendants_of(root) if process_name(p) == "gateway keeper"), None)
     assert keeper is not None, [(p, process_name(p)) for p in descendants_of(root)]
-    thread, codes = request_in_flight(gw.port)
+    thread, codes = request_in_flight(gw.port, backend)
     _reload(gw)
     gw.pids.update(descendants_of(root))
     os.kill(keeper, signal.SIGKILL)
@@ -127,8 +139,7 @@ def test_a_keeper_killed_during_a_drain_is_restarted_at_once(gw):
 
     assert becomes_true(keeper_back, 2.5, interval=0.1), "the keeper was not restarted while generation 1 drained"
     assert thread.is_alive()
-    thread.join(timeout=15)
-    assert codes == [200]
+    drained(thread, codes, backend)
 
 
 # ---- the link between the root supervisor and a generation (gateway.node.generation), with task children ----------

@@ -34,18 +34,24 @@ from e2e_helpers import (
 )
 
 
-def _gateway(tmp_path: Path, hold_s: float) -> Iterator[GatewayNode]:
-    yield from gateway_in_front_of(HoldingBackend(hold_s), tmp_path, drain_timeout=10)
+@pytest.fixture
+def backend() -> HoldingBackend:
+    return HoldingBackend(3.0)  # (closed by gateway_in_front_of)
 
 
 @pytest.fixture
-def gw(tmp_path: Path) -> Iterator[GatewayNode]:
-    yield from _gateway(tmp_path, 3.0)
+def gw(tmp_path: Path, backend: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(backend, tmp_path, drain_timeout=10)
 
 
 @pytest.fixture
-def gw_held_long(tmp_path: Path) -> Iterator[GatewayNode]:
-    yield from _gateway(tmp_path, 6.0)
+def held_long() -> HoldingBackend:
+    return HoldingBackend(6.0)
+
+
+@pytest.fixture
+def gw_held_long(tmp_path: Path, held_long: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(held_long, tmp_path, drain_timeout=10)
 
 
 def _connect_and_ask(port: int) -> str:
@@ -65,30 +71,34 @@ def _connect_and_ask(port: int) -> str:
         return "refused"
 
 
-def test_a_graceful_stop_refuses_new_connections_while_the_in_flight_request_finishes(gw):
+def test_a_graceful_stop_refuses_new_connections_while_the_in_flight_request_finishes(gw, backend):
     """The root and the workers close their listening sockets as the stop begins: a client connecting then is
     refused at once (and can try another instance), not queued in an accept queue no one reads until the drain
     ends; the request in flight is still answered."""
     root = start_daemonised(gw)
-    thread, codes = request_in_flight(gw.port)
+    thread, codes = request_in_flight(gw.port, backend)
     os.kill(root, signal.SIGTERM)
     assert becomes_true(lambda: "new connections are refused" in gw.log(), 2)
     time.sleep(0.2)  # (the worker closes its copy when it starts to drain)
     assert _connect_and_ask(gw.port) == "refused"
     assert thread.is_alive()  # (still draining)
+    backend.release()
     thread.join(timeout=15)
     assert codes == [200], "the in-flight request was cut by the graceful stop"
     assert becomes_true(lambda: has_exited(root), 10)
 
 
-def test_sigusr1_during_a_graceful_stop_lets_the_stop_finish_cleanly(gw):
+def test_sigusr1_during_a_graceful_stop_lets_the_stop_finish_cleanly(gw, backend):
     """logrotate's nightly SIGUSR1 landing during a stop reopens the log files and the stop goes on: the root ends
     with "gateway stopped", no traceback."""
     root = start_daemonised(gw)
-    thread, codes = request_in_flight(gw.port)
+    thread, codes = request_in_flight(gw.port, backend)
     os.kill(root, signal.SIGTERM)
     time.sleep(0.3)
     os.kill(root, signal.SIGUSR1)
+    assert becomes_true(lambda: "SIGUSR1: reopening log files" in gw.log(), 5)
+    assert thread.is_alive()  # (the stop still drains the request)
+    backend.release()
     assert becomes_true(lambda: has_exited(root), 15), "the root did not exit"
     thread.join(timeout=15)
     assert codes == [200]
@@ -97,11 +107,11 @@ def test_sigusr1_during_a_graceful_stop_lets_the_stop_finish_cleanly(gw):
     assert "Traceback" not in log and "gateway stopped" in log, log[-1500:]
 
 
-def test_a_second_sigterm_after_a_sigusr1_still_forces_the_stop_at_once(gw_held_long):
+def test_a_second_sigterm_after_a_sigusr1_still_forces_the_stop_at_once(gw_held_long, held_long):
     """README: a second SIGTERM forces the stop. A SIGUSR1 before it is handled at once and holds nothing up."""
     gw = gw_held_long
     root = start_daemonised(gw)
-    thread, _ = request_in_flight(gw.port)
+    thread, _ = request_in_flight(gw.port, held_long)
     os.kill(root, signal.SIGTERM)
     time.sleep(0.3)
     os.kill(root, signal.SIGUSR1)
@@ -113,7 +123,7 @@ def test_a_second_sigterm_after_a_sigusr1_still_forces_the_stop_at_once(gw_held_
     thread.join(timeout=15)
 
 
-def test_a_repeated_sigquit_or_a_second_gateway_stop_keeps_the_stop_graceful(gw):
+def test_a_repeated_sigquit_or_a_second_gateway_stop_keeps_the_stop_graceful(gw, backend):
     """nginx (release-1.27.1) src/os/unix/ngx_process.c:346-347, the master's handler: `case
     ngx_signal_value(NGX_SHUTDOWN_SIGNAL): ngx_quit = 1;` -- a second SIGQUIT sets the same flag again, and
     ngx_process_cycle.c:203-207 (`if (ngx_quit) { ngx_signal_worker_processes(cycle, NGX_SHUTDOWN_SIGNAL); ...`)
@@ -121,7 +131,7 @@ def test_a_repeated_sigquit_or_a_second_gateway_stop_keeps_the_stop_graceful(gw)
     sends that SIGQUIT, and SIGTERM (`nginx_signals.stop`) only once its timeout has run out. `gateway stop` sends
     SIGQUIT: a second one (a deploy script and an operator), or a `kill -QUIT`, while the first drains, cuts nothing."""
     root = start_daemonised(gw)
-    thread, codes = request_in_flight(gw.port)
+    thread, codes = request_in_flight(gw.port, backend)
     first = subprocess.Popen([sys.executable, "-m", "gateway", "stop"], cwd=gw.dir, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
     try:

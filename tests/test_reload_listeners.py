@@ -103,7 +103,7 @@ def test_an_address_a_reload_removes_stops_taking_connections_at_once(make_gw, b
     gw = make_gw(drain_timeout=12)
     start_daemonised(gw)
     old_port = gw.port
-    thread, codes = request_in_flight(old_port)  # generation 1 drains it until the backend is released
+    thread, codes = request_in_flight(old_port, backend)  # generation 1 drains it until the backend is released
     new_port = free_port()
     _rewrite(gw, listen=f"127.0.0.1:{new_port}")
     _reload(gw)
@@ -130,7 +130,7 @@ def test_an_old_generation_ending_during_the_next_reload_keeps_the_new_addresses
     root = start_daemonised(gw)
     keeper = next((p for p in descendants_of(root) if process_name(p) == "gateway keeper"), None)
     assert keeper is not None
-    thread, codes = request_in_flight(gw.port)  # generation 1 drains it until the backend is released
+    thread, codes = request_in_flight(gw.port, backend)  # generation 1 drains it until the backend is released
     _reload(gw)  # generation 2, same config; generation 1 draining
     extra = free_port()
     _rewrite(gw, listen=[f"127.0.0.1:{gw.port}", f"127.0.0.1:{extra}"])
