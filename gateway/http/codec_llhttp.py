@@ -54,6 +54,10 @@ UNKNOWN_CODING = "client sent unknown Transfer-Encoding: a tab after chunked"
 _CHUNK_END = b"0\r\n\r\n"
 _OWS = b" \t"
 _STATUS_101 = re.compile(rb"HTTP/[0-9]\.[0-9] 101[ \r]")  # a status line of 101, as llhttp reads one
+# Body pieces (llhttp's on_body calls: one a chunk at least) that one body event joins at most: a read of 1-byte chunks
+# is a few dozen events, not thousands of objects, and an event stands for bounded work (the readers count events
+# against their checkpoint budget: gateway.http.net.Conn.pace).
+_JOIN_MOST = 256
 
 
 def _has_token(value: bytes, token: bytes) -> bool:
@@ -433,9 +437,11 @@ class _Parsing(_BodyFramer):
             self._message_done()
             return body, True
         chunks: list[bytes] = []
-        while events and type(chunk := events[0]) is bytes:
+        for chunk in events:  # (one slice deleted after: each del of the first would move all the rest)
+            if type(chunk) is not bytes:
+                break
             chunks.append(chunk)
-            del events[0]
+        del events[:len(chunks)]
         if events and events[0] is END:
             del events[0]
             self._message_done()
@@ -446,6 +452,18 @@ class _Parsing(_BodyFramer):
 
     def next_event(self) -> Event:
         raise NotImplementedError
+
+    def _join_body(self, first: bytes) -> bytes:
+        """`first`, a body piece just taken from the queue, with the pieces queued after it (up to _JOIN_MOST in
+        all): one event for the chunks of a read, however small they are."""
+        events = self._events
+        pieces = [first]
+        for piece in events[:_JOIN_MOST - 1]:
+            if type(piece) is not bytes:
+                break
+            pieces.append(piece)
+        del events[:len(pieces) - 1]
+        return b"".join(pieces)
 
     def _message_done(self) -> None:
         """The END of the message being parsed was taken (what next_event does when it returns END)."""
@@ -868,6 +886,8 @@ class LlhttpServer(_Parsing):
             self._persist = ev.keep_alive
         elif ev is END:
             self._request_done = True
+        elif events and type(events[0]) is bytes and type(ev) is bytes:  # (a chunked body's chunks, one a piece)
+            ev = self._join_body(ev)
         return ev
 
     def _message_done(self) -> None:

@@ -2,7 +2,8 @@
 
 Trio's SocketStream costs several scheduler hops per operation; on the hot path we call the socket directly and
 park on `wait_readable`/`wait_writable` only when the kernel says EAGAIN. A budget forces a checkpoint now and
-then, so a peer that always has data ready cannot starve the other tasks.
+then, so a peer that always has data ready cannot starve the other tasks: it counts reads and writes that did not
+wait, and the body events parsed from what was read (`pace`), whose work a read of tiny chunks multiplies.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from gateway.dns.client import DnsError
 from gateway.http.timers import ConnTimer, Phase
 
 RECV_SIZE = 65536
-CHECKPOINT_EVERY = 32  # immediate successes allowed between forced checkpoints
+CHECKPOINT_EVERY = 32  # immediate successes (and body events: Conn.pace) allowed between forced checkpoints
 # EBADF: the socket was closed by the gateway itself under a task that was about to read or write it
 _CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN, errno.EBADF}
 
@@ -80,6 +81,15 @@ class Conn:
                     self.reset = True
                     return b""
                 raise
+
+    async def pace(self) -> None:
+        """Count one body event parsed from this connection's reads against the checkpoint budget: a read of 1-byte
+        chunks is thousands of them (nginx parses those in C), which must not hold the worker's other clients. The
+        checkpoint is shielded: it lets the others run, and cancels nothing (the event taken is not lost)."""
+        self._budget -= 1
+        if self._budget <= 0:
+            self._budget = CHECKPOINT_EVERY
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def recv_ready(self) -> bytes | None:
         """Bytes already readable, b"" at EOF or reset, None if the read would have to wait (no await at all)."""

@@ -360,13 +360,14 @@ class Exchange:
     async def read_body(self, limit: int) -> tuple[bytes, bool]:
         """Read the request body to its end, or until more than `limit` bytes: (the bytes, whether that is all of
         it). They are kept: the forwarder sends them (or what replace_body put instead) before the rest."""
-        chunks = [self._held] if self._held else []
-        size = len(self._held or b"")
-        self._held = None
-        while size <= limit and (chunk := await self.receive_body()) is not None:
-            chunks.append(chunk)
-            size += len(chunk)
-        self._held = b"".join(chunks)
+        body, self._held = self._held or b"", None
+        if len(body) <= limit and (chunk := await self.receive_body()) is not None:
+            whole = bytearray(body)  # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes)
+            whole += chunk
+            while len(whole) <= limit and (chunk := await self.receive_body()) is not None:
+                whole += chunk
+            body = bytes(whole)
+        self._held = body
         state = self.state
         return self._held, self._request_done and (state is None or HELD_FILE not in state)
 
@@ -417,6 +418,7 @@ class Exchange:
                 codec.receive_data(data)
                 continue
             self.body_received += len(ev)  # type: ignore[arg-type]
+            await self.conn.pace()  # (a read of tiny chunks is many events: the worker's other clients get a turn)
             return ev  # type: ignore[return-value]
         state = self.state
         if state is not None and HELD_FILE in state:  # the client's body was read before (hold_body): its file

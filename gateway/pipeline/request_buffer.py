@@ -67,22 +67,24 @@ class SpooledBody:
 async def read_whole(ex: Exchange, first: bytes, limit: int | None = None) -> bytes | SpooledBody | None:
     """The rest of the request body after `first`, read to its end: bytes, or a SpooledBody over MEMORY_LIMIT; None
     once more than `limit` bytes of it have come (ex.body_received), what was read dropped and the rest unread."""
-    parts = [first]
-    size = len(first)
+    # One buffer, not an object per chunk: what a body held in memory costs is its bytes, however it was chunked
+    # (a list of 2-byte chunks weighs 20 times the body), so MEMORY_LIMIT bounds what is really held.
+    body = bytearray(first)
     while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
-        parts.append(chunk)
-        size += len(chunk)
-        if size > MEMORY_LIMIT:
-            return await _spool(ex, parts, size, limit)
+        body += chunk
+        if len(body) > MEMORY_LIMIT:
+            return await _spool(ex, body, limit)
     if limit is not None and ex.body_received > limit:
         return None
-    return b"".join(parts)
+    return bytes(body)
 
 
-async def _spool(ex: Exchange, parts: list[bytes], size: int, limit: int | None) -> SpooledBody | None:
+async def _spool(ex: Exchange, body: bytearray, limit: int | None) -> SpooledBody | None:
     file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, closed by the forwarder
+    size = len(body)
     try:
-        file.writelines(parts)
+        file.write(body)
+        body.clear()  # (the caller's buffer: freed now, not when the rest has come)
         while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
             file.write(chunk)
             size += len(chunk)
