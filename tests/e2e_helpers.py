@@ -291,6 +291,7 @@ class GatewayNode:
         self.config.write_text(json.dumps(self.doc, indent=1))
         self.pids: set[int] = set()  # every process of this gateway we have seen (cleanup kills by these pids)
         self.root: int | None = None
+        self.proc: subprocess.Popen[bytes] | None = None  # the root, when start() started it (reaped by cleanup)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=self.dir, capture_output=True,
@@ -300,11 +301,23 @@ class GatewayNode:
         return await trio.to_thread.run_sync(lambda: self.cli(*args, timeout=timeout))
 
     async def start(self, workers: int = 2) -> None:
-        out = await self.acli("start", "--config", str(self.config), "--workers", str(workers))
-        self.root = self.root_pid()
-        if self.root:
-            self.pids.add(self.root)
-        assert out.returncode == 0, f"gateway start failed: {out.stdout}{out.stderr}\n{self.log()[-3000:]}"
+        """Start the root as `gateway start` does (its command line: `gateway start --foreground --ready-fd`, in a
+        session of its own, its output to the log file; back once it says every worker accepts), without the
+        `gateway start` process itself: a second interpreter and check of the config, most of a second a start on a
+        busy machine. That command is tested on its own (test_node.py, test_cli*.py, start_daemonised)."""
+        read_fd, write_fd = os.pipe()
+        argv = [sys.executable, "-m", "gateway", "start", "--foreground", "--config", str(self.config),
+                "--ready-fd", str(write_fd), "--workers", str(workers)]
+        (self.dir / "run").mkdir(exist_ok=True)
+        with open(self.dir / "run" / "gateway.log", "ab") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                         pass_fds=(write_fd,), start_new_session=True)
+        os.close(write_fd)
+        line = await trio.to_thread.run_sync(_read_line, read_fd, 60.0)
+        self.root = self.proc.pid
+        self.pids.add(self.root)
+        assert line.startswith("ready"), f"gateway start failed: {line!r}\n{self.log()[-3000:]}"
+        assert self.root_pid() == self.root
         await self.status()
 
     def root_pid(self) -> int | None:
@@ -376,6 +389,25 @@ class GatewayNode:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+
+
+def _read_line(fd: int, timeout: float) -> str:
+    """The first line written to the pipe `fd` within `timeout` seconds (what came, if it closed or time ran out)."""
+    import select
+
+    data = b""
+    try:
+        while b"\n" not in data and select.select([fd], [], [], timeout)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    return data.decode(errors="replace").split("\n", 1)[0]
 
 
 @contextlib.contextmanager
