@@ -215,11 +215,13 @@ class Ids:
         return load_id, load_body(load_id, size, reply, pace)
 
 
-async def _client(port: int, deadline: float, keepalive: bool, result: LoadResult, started: float, index: int,
-                  ids: Ids | None, path: str) -> None:
+async def client(port: int, running: Callable[[], bool], keepalive: bool, result: LoadResult, started: float,
+                 index: int, ids: Ids | None, path: str) -> None:
+    """One client of a load: requests one after the other while `running()`, on a kept-alive connection (a new one
+    after a failure) or a new one each, counted into `result`; with `ids`, each checked (see checked_request)."""
     stream: trio.SocketStream | None = None
     conn: h11.Connection | None = None
-    while time.monotonic() < deadline:
+    while running():
         load_id = ""
         try:
             if stream is None:
@@ -253,15 +255,21 @@ async def _client(port: int, deadline: float, keepalive: bool, result: LoadResul
 
 
 async def run_load(port: int, *, concurrency: int = 10, duration: float = 3.0, keepalive: bool = True,
-                   integrity: bool = True, large: float = 0.2, slow: float = 0.0, path: str = "/") -> LoadResult:
-    """Load the port for `duration` seconds; returns the counts. With `integrity`, every 200 is checked to be the
-    request's own answer, whole (the backend must echo: see the module's doc); `large` is the share of large
-    request bodies (and, independently, of large answers), `slow` that of large answers sent slowly (paced)."""
-    result = LoadResult()
+                   integrity: bool = True, large: float = 0.2, slow: float = 0.0, path: str = "/",
+                   stop: trio.Event | None = None, result: LoadResult | None = None) -> LoadResult:
+    """Load the port for `duration` seconds, or until `stop` is set; returns the counts (kept in `result` as they
+    come, when given). With `integrity`, every 200 is checked to be the request's own answer, whole (the backend must
+    echo: see the module's doc); `large` is the share of large request bodies (and, independently, of large
+    answers), `slow` that of large answers sent slowly (paced)."""
+    result = LoadResult() if result is None else result
     started = time.monotonic()
     deadline = started + duration
+
+    def running() -> bool:
+        return time.monotonic() < deadline and not (stop is not None and stop.is_set())
+
     ids = Ids(large, slow=slow) if integrity else None
     async with trio.open_nursery() as nursery:
         for i in range(concurrency):
-            nursery.start_soon(_client, port, deadline, keepalive, result, started, i, ids, path)
+            nursery.start_soon(client, port, running, keepalive, result, started, i, ids, path)
     return result
