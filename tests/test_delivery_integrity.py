@@ -7,14 +7,15 @@ kind); every 200 is compared byte for byte with the answer to THAT request. A 20
 (`misdelivered`), shorter than the answer (`truncated`) or otherwise different (`corrupt`) is never acceptable;
 faults may only cost requests the client sees failing (an error status, a connection cut before the end).
 
-Scenarios, each with at most 8 s of load, stopping by itself: reloads every second; backend targets killed and
-restarted; clients that abort mid-request or mid-response and clients that pipeline, mixed into normal load; a
-worker killed with SIGKILL.
+Scenarios, each under load for as long as its faults take and half a second more (2-4 s on an idle host), stopping
+by itself: reloads every second; backend targets killed and restarted; clients that abort mid-request or mid-response
+and clients that pipeline, mixed into normal load (for LOAD_S); each worker killed with SIGKILL, in turn.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -30,6 +31,7 @@ import pytest
 import test_node
 import trio
 from backends import free_port, stop_process, wait_port
+from e2e_helpers import admin_now, becomes_true
 from loadgen import (
     INTEGRITY_KINDS,
     MAX_EVENT,
@@ -44,23 +46,28 @@ from loadgen import (
 )
 from test_node import DEMO_BACKEND, gateway_config
 
+from gateway.node.control import RELOAD_TIMEOUT_S
+
 backend, node = test_node.backend, test_node.node  # the fixtures: a demo backend, a 2-worker gateway in front of it
 
-LOAD_S = 7.0
+LOAD_S = 3.0  # the load of a scenario without faults of its own to wait for (the aborting and pipelining clients)
+TAIL_S = 0.5  # how long the load goes on after a scenario's last fault (a few hundred requests on an idle host)
 # What a fault may cost, as the client sees it: an error status, or a connection cut before the response's end.
 VISIBLE = {"status 502", "status 503", "status 504", "ConnectionError", "RemoteProtocolError", "BrokenResourceError"}
 
 
 async def mixed_load(port: int, seconds: float = LOAD_S, clients: int = 4, large: float = 0.25, slow: float = 0.0,
                      paths: tuple[str, ...] = ("/",), during: Callable[[], Awaitable[None]] | None = None,
-                     ) -> LoadResult:
-    """On each of `paths`, `clients` clients on kept-alive connections and as many on a new connection per request,
-    for `seconds`, with `during` running meanwhile; the merged counts."""
-    results: list[LoadResult] = []
+                     tail: float = TAIL_S) -> LoadResult:
+    """On each of `paths`, `clients` clients on kept-alive connections and as many on a new connection per request:
+    for `seconds`, or, with `during`, while it runs and `tail` seconds after it is done (so every fault it makes
+    happens under load, however long it takes on a busy host); the merged counts."""
+    total = LoadResult()
+    stop = trio.Event()
 
     async def load(keepalive: bool, path: str) -> None:
-        results.append(await run_load(port, concurrency=clients, duration=seconds, keepalive=keepalive, large=large,
-                                      slow=slow, path=path))
+        await run_load(port, concurrency=clients, duration=seconds if during is None else math.inf,
+                       keepalive=keepalive, large=large, slow=slow, path=path, stop=stop, result=total)
 
     async with trio.open_nursery() as nursery:
         for path in paths:
@@ -68,9 +75,8 @@ async def mixed_load(port: int, seconds: float = LOAD_S, clients: int = 4, large
             nursery.start_soon(load, False, path)
         if during is not None:
             await during()
-    total = LoadResult()
-    for result in results:
-        total.merge(result)
+            await trio.sleep(tail)
+            stop.set()
     return total
 
 
@@ -105,25 +111,34 @@ def test_the_check_tells_an_answer_of_another_request_or_a_cut_one_from_the_righ
 # ---- a. reloads ----------------------------------------------------------------------------------------------------
 
 
+RELOADING_S = 3.0  # reloads start in the load's first RELOADING_S (the first two whenever they can)
+
+
 def test_reload_every_second_under_mixed_load_delivers_every_answer_whole_to_its_client(node):
     assert node.start(workers=2).returncode == 0
     reloads = []
 
+    def reload() -> object:
+        """What `gateway reload` asks the root over its admin socket, asked from this process: the CLI's own process
+        would cost most of a second of imports, on a host busy with the load (test_node runs the CLI's reload)."""
+        reply = admin_now(node, "reload", timeout=RELOAD_TIMEOUT_S)
+        assert reply.ok, reply.error
+        return reply.result
+
     async def reload_every_second() -> None:
-        """A reload starts every second (at once if the previous one took longer), until 1 s before the end."""
+        """A reload starts every second from half a second in (at once if the previous one took longer), until
+        RELOADING_S into the load, and at least two (the load goes on until the last one is done, and TAIL_S more)."""
         began = time.monotonic()
-        last = began + LOAD_S - 1.0
-        while (at := began + len(reloads) + 1.0) < last and time.monotonic() < last:
+        last = began + RELOADING_S
+        while (at := began + 0.5 + len(reloads)) < last and time.monotonic() < last or len(reloads) < 2:
             await trio.sleep(max(0.0, at - time.monotonic()))
-            out = await trio.to_thread.run_sync(node.cli, "reload")
-            assert out.returncode == 0, out.stderr
-            reloads.append(out)
+            reloads.append(await trio.to_thread.run_sync(reload))
 
     result = trio.run(lambda: mixed_load(node.port, during=reload_every_second))
     report("reload every second", reloads=len(reloads), load=result)
-    # (about 5 on an idle host; a reload under the load of a busy one takes 2-3 s, and one loaded by other work can
-    # fit only one into the load's 7 s: what is checked is delivery across each of them, not their pace)
-    assert len(reloads) >= 1
+    # (3 when each takes less than a second, as they do but on a host loaded by other work: what is checked is
+    # delivery across each of them, not their pace)
+    assert len(reloads) >= 2
     assert node.status()["generation"] == len(reloads) + 1
     assert_delivered(result, floor=200)
 
@@ -180,10 +195,10 @@ def test_backends_killed_and_restarted_mid_load_cost_only_visible_failures(node)
 
         async def kill_and_restart() -> None:
             for i in (0, 1, 2, 0):
-                await trio.sleep(0.8)
+                await trio.sleep(0.4)  # (each target takes hundreds of requests a second)
                 targets.kill(i)
                 kills.append(i)
-                await trio.sleep(0.5)
+                await trio.sleep(0.3)
                 targets.start(i)
                 await trio.to_thread.run_sync(wait_port, targets.ports[i], 30)
 
@@ -350,7 +365,7 @@ def test_aborting_and_pipelining_clients_get_no_other_clients_answers(node, back
                 nursery.start_soon(abort_mid_response, node.port, deadline, ids, 200 + i, tally)
                 nursery.start_soon(pipeline, node.port, deadline, ids, 300 + i, pipelined, started)
 
-    result = trio.run(lambda: mixed_load(node.port, clients=2, paths=PATHS, during=abusers))
+    result = trio.run(lambda: mixed_load(node.port, clients=2, paths=PATHS, during=abusers, tail=0.0))  # (LOAD_S)
     report(f"aborting and pipelining clients, {codec}", normal=result, pipelined=pipelined, abusers=dict(tally))
     assert tally["aborted mid-request"] > 20 and tally["aborted mid-response"] > 20, tally
     assert tally["misdelivered"] == tally["truncated"] == tally["corrupt"] == 0, tally
@@ -368,7 +383,7 @@ def test_a_worker_killed_with_sigkill_under_load_cuts_answers_visibly_never_misd
 
     async def kill_each_worker() -> None:
         for _ in range(2):
-            await trio.sleep(2.0)
+            await trio.sleep(1.0)  # (a replaced worker is back within milliseconds: test_node)
             pids = await trio.to_thread.run_sync(node.worker_pids)
             victim = pids[len(killed) % len(pids)]
             os.kill(victim, signal.SIGKILL)
@@ -376,7 +391,9 @@ def test_a_worker_killed_with_sigkill_under_load_cuts_answers_visibly_never_misd
 
     result = trio.run(lambda: mixed_load(node.port, clients=clients, large=0.3, slow=0.3, during=kill_each_worker))
     report("worker killed", kills=len(killed), load=result)
-    assert len(killed) == 2 and not set(killed) & set(node.worker_pids())
+    assert len(killed) == 2
+    assert becomes_true(lambda: not set(killed) & set(node.worker_pids()), timeout=10), \
+        f"killed workers still in the tree: {killed}, {node.worker_pids()}"  # both replaced
     assert_delivered(result, floor=200, allowed=VISIBLE)
     # a kill can cost each client (2 * clients: kept-alive and new-connection ones) at most the request it had on the
     # killed worker
