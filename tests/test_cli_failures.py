@@ -25,9 +25,11 @@ from typing import Any
 import pytest
 from e2e_helpers import GatewayNode
 
+from gateway.bus.admin_client import admin_call
 from gateway.bus.admin_protocol import AdminReply
 from gateway.cli import main
 from gateway.node import control
+from gateway.node.control import ADMIN_TIMEOUT_S
 from gateway.node.locate import NotRunning, running_pid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +61,13 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
         yield gw
     finally:
         gw.cleanup()
+
+
+def status_of(gw: GatewayNode) -> dict[str, Any]:
+    """What `gateway status --json` prints, asked from this process (the command itself is tested below)."""
+    reply = admin_call(f"ipc://{gw.dir}/run/admin.sock", "status", None, timeout=ADMIN_TIMEOUT_S)
+    assert reply.ok, reply.error
+    return reply.result
 
 
 def rewrite(gw: GatewayNode, **gateway: Any) -> None:
@@ -300,7 +309,7 @@ def test_reload_from_a_file_that_does_not_check_keeps_the_running_config(running
         f"{broken}:2:1: YAML syntax error: expected the node content, but found '<stream end>'",
         f"gateway: not reloaded: {broken} does not check (a running gateway keeps serving the config it has); fix "
         "it, then reload again"]
-    status = json.loads(running.cli("status", "--json").stdout)
+    status = status_of(running)
     assert (status["generation"], status["config"]) == (1, str(running.config))
 
 
@@ -430,49 +439,46 @@ def test_a_reload_from_an_emptied_config_file_keeps_the_running_config(running: 
         out = running.cli("reload")
     finally:
         running.config.write_text(text)
-    status = json.loads(running.cli("status", "--json").stdout)
+    status = status_of(running)
     assert status["generation"] == 1, "the empty file was loaded: the gateway now has no routes"
     assert out.returncode == 2 and str(running.config) in out.stderr
 
 
 @pytest.fixture(params=["admin", "bus"])
-def sharing(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, GatewayNode, GatewayNode]]:
-    """Two gateways with their own listen, status port and pid file, and one admin (or bus) endpoint between them."""
-    endpoint = f"ipc://{tmp_path}/shared/{request.param}.sock"
-    first = gateway_node(tmp_path / "first", **{request.param: endpoint})
-    second = gateway_node(tmp_path / "second", **{request.param: endpoint})
+def sharing(request: pytest.FixtureRequest, running: GatewayNode,
+            tmp_path: Path) -> Iterator[tuple[str, GatewayNode, GatewayNode]]:
+    """The running gateway, and a second with its own listen, status port and pid file and the running one's admin
+    (or bus) endpoint."""
+    second = gateway_node(tmp_path / "second", **{request.param: f"ipc://{running.dir}/run/{request.param}.sock"})
     try:
-        yield request.param, first, second
+        yield request.param, running, second
     finally:
         second.cleanup()
-        first.cleanup()
 
 
 def test_a_second_start_on_the_ipc_endpoint_of_a_running_gateway_is_refused(sharing):
     """Its socket file was taken for a stale one and replaced: `status` of the first then answered for the second
     (an operations review). A live endpoint is refused, naming the gateway that holds it."""
     setting, first, second = sharing
-    assert first.cli("start", "--config", str(first.config), timeout=40).returncode == 0, first.log()[-2000:]
     first_pid = first.root_pid()
     out = second.cli("start", "--config", str(second.config), timeout=40)
-    status = json.loads(first.cli("status", "--json", "--config", str(first.config)).stdout or "{}")
-    assert status.get("pid") == first_pid
+    assert status_of(first)["pid"] == first_pid, "the first gateway's admin socket now answers for another"
     assert out.returncode == 1
     assert f"gateway.{setting}" in out.stderr and f"gateway pid {first_pid}" in out.stderr
 
 
 @pytest.fixture
-def roommates(tmp_path: Path) -> Iterator[tuple[GatewayNode, GatewayNode]]:
-    """Two gateways with their own listen, status, pid file, admin and bus; their pid files in one directory."""
-    run = tmp_path / "run"
-    nodes = [gateway_node(tmp_path / name, pid_file=f"{run}/{name}.pid", admin=f"ipc://{run}/{name}-admin.sock",
-                          bus=f"ipc://{run}/{name}-bus.sock", log_file=f"{run}/{name}.log") for name in ("a", "b")]
+def roommates(running: GatewayNode, tmp_path: Path) -> Iterator[tuple[GatewayNode, GatewayNode]]:
+    """The running gateway, and a second with its own listen, status, pid file, admin and bus: its pid file in the
+    running one's run directory."""
+    run = running.dir / "run"
+    second = gateway_node(tmp_path / "b", pid_file=f"{run}/b.pid", admin=f"ipc://{run}/b-admin.sock",
+                          bus=f"ipc://{run}/b-bus.sock", log_file=f"{run}/b.log")
     try:
-        yield nodes[0], nodes[1]
+        yield running, second
     finally:
-        for node, name in ((nodes[1], "b"), (nodes[0], "a")):
-            node.root = int((run / f"{name}.pid").read_text()) if (run / f"{name}.pid").exists() else None
-            node.cleanup()
+        second.root = int((run / "b.pid").read_text()) if (run / "b.pid").exists() else None
+        second.cleanup()
 
 
 def test_a_second_gateway_in_a_run_directory_in_use_is_refused(roommates):
@@ -480,10 +486,9 @@ def test_a_second_gateway_in_a_run_directory_in_use_is_refused(roommates):
     it stopped, so the first could not restart a worker and exited (an operations review). Kong: "Kong is already
     running in <prefix>"."""
     first, second = roommates
-    assert first.cli("start", "--config", str(first.config), timeout=40).returncode == 0
     out = second.cli("start", "--config", str(second.config), timeout=40)
     assert out.returncode == 1
-    first_pid = int((first.dir.parent / "run" / "a.pid").read_text())
+    first_pid = first.root_pid()
     assert f"is in use by gateway pid {first_pid}" in out.stderr, out.stderr
 
 

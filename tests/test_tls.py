@@ -193,7 +193,7 @@ async def test_a_server_name_that_is_not_ascii_fails_its_handshake_quietly(gatew
                                   b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 20])
 async def test_garbage_and_truncated_client_hellos_are_dropped_and_the_worker_lives(gateway, nursery, pki, tmp_path,
                                                                                      junk):
-    http_port, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_handshake_timeout_s=1)
+    http_port, tls_port, _ = await tls_gateway(gateway, nursery, pki, tmp_path, ssl_handshake_timeout_s=0.5)
     data, _ = await raw_exchange(tls_port, junk, timeout=5)  # a truncated hello waits for the handshake timeout
     assert b"HTTP/1.1 200" not in data
     assert (await get(tls_port, pki.client_context(), "default.test"))[0] == 200
@@ -638,7 +638,7 @@ async def test_closing_an_sse_response_over_tls_closes_the_upstream_stream_at_on
 
 async def test_an_idle_sse_stream_over_tls_gets_its_keepalive_comments(gateway, nursery, pki, tmp_path):
     """TLS records are written by the stream's own task, so the wheel wakes it to send what it owes."""
-    sse, client = await sse_over_tls(gateway, nursery, pki, tmp_path, sse_keepalive=0.2)
+    sse, client = await sse_over_tls(gateway, nursery, pki, tmp_path, sse_keepalive=0.1)
     with trio.fail_after(TIMEOUT):
         received = b""
         while received.count(b": keepalive\n\n") < 3:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 import trio
 from backends import Client, EchoBackend, service
 from dns_server import serve_names
-from e2e_helpers import Backend, node_factory
+from e2e_helpers import Backend, node_factory, wait_for
 from e2e_helpers import request as http_request
 from redis_server import RedisProcess, find_redis
 
@@ -157,7 +158,7 @@ async def test_a_slow_redis_is_a_store_error_within_the_timeout_then_answers_aga
     with pytest.raises(StoreError, match="within 0.3s"):
         await store.take(window_call("a", 1), 1)
     assert time.monotonic() - started < 0.6
-    await trio.sleep(1.0)
+    await trio.sleep(max(0.0, started + 1.0 - time.monotonic()))  # until the pause is over
     with trio.fail_after(2):
         assert (await store.take(window_call("a", 1), 1)).block == 1
 
@@ -541,6 +542,12 @@ async def test_a_redis_that_never_answers_fails_calls_without_logging_tracebacks
     assert [(r.name, r.getMessage()) for r in caplog.records if r.exc_info and r.levelno >= logging.WARNING] == []
 
 
+def _script_calls(server: RedisProcess) -> int:
+    """How many EVALSHA calls (the block script) `server` has taken."""
+    found = re.search(rb"cmdstat_evalsha:calls=(\d+)", server.command("INFO", "commandstats"))
+    return int(found[1]) if found else 0
+
+
 def _limited(backend: Backend, redis_port: int) -> dict:
     """One route, rate limited through Redis (fault_tolerant off) far above what a test sends."""
     return {"services": [{"name": "s", "url": f"http://{backend.target}", "routes": [{"name": "r", "paths": ["/"]}]}],
@@ -573,14 +580,27 @@ async def test_a_reload_to_another_redis_fails_no_request(nursery, tmp_path, red
                     except (OSError, ConnectionError, trio.TooSlowError):
                         statuses[0] += 1
 
+            async def serving_through(server: RedisProcess) -> None:
+                """Until the retiring generation is gone (its workers handed back their tokens), `server` has
+                taken calls, and requests went on being served after both."""
+                calls = _script_calls(server)
+
+                async def one_generation() -> bool:
+                    tree = (await node.status())["tree"]
+                    return sum(c["id"].startswith("workers@") for c in tree["children"]) == 1
+                await wait_for(one_generation, 20, what="the retiring generation gone")
+                await wait_for(lambda: _script_calls(server) >= calls + 3, 20, what=f"calls to Redis {server.port}")
+                served = sum(statuses.values())
+                await wait_for(lambda: sum(statuses.values()) >= served + 50, 20, what="requests served after")
+
             async with trio.open_nursery() as load:
                 for _ in range(4):
                     load.start_soon(client)
-                await trio.sleep(0.5)
+                await serving_through(servers[0])
                 for i in range(4):
                     node.config.write_text(json.dumps({**node.doc, **_limited(backend, servers[(i + 1) % 2].port)}))
-                    assert (await node.acli("reload")).returncode == 0
-                    await trio.sleep(0.7)
+                    await node.admin("reload")  # what `gateway reload` sends (test_node.py runs the command)
+                    await serving_through(servers[(i + 1) % 2])
                 done.set()
             assert statuses[200] > 0 and dict(statuses) == {200: statuses[200]}, node.log()[-1500:]
         finally:
