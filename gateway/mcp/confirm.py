@@ -35,16 +35,14 @@ async def read_all(ex: Exchange, mcp: McpRequest, limit: int) -> bool:
     else:
         body, done = mcp.body, mcp.body_done
     if not done and len(body) <= limit:
-        parts = [body]
-        size = len(body)
-        while size <= limit:
+        whole = bytearray(body)  # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes)
+        while len(whole) <= limit:
             chunk = await ex.receive_body()
             if chunk is None:
                 done = True
                 break
-            parts.append(chunk)
-            size += len(chunk)
-        body = b"".join(parts)
+            whole += chunk
+        body = bytes(whole)
     mcp.body, mcp.body_done = body, done
     return done and len(body) <= limit
 

@@ -305,21 +305,19 @@ async def read_peek(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
     limit = shared.peek_bytes
     body, done = ex.take_buffered_body() if mcp.body is None else (mcp.body, mcp.body_done)
     if not done and len(body) < limit:
-        parts = [body]
-        size = len(body)
+        whole = bytearray(body)  # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes)
         with trio.move_on_after(shared.body_timeout) as scope:
-            while size < limit:
+            while len(whole) < limit:
                 chunk = await ex.receive_body()
                 if chunk is None:
                     done = True
                     break
-                parts.append(chunk)
-                size += len(chunk)
+                whole += chunk
         if scope.cancelled_caught:
             ex.close_after = True
             await ex.respond(408, BODY_TIMEOUT)
             return False
-        body = b"".join(parts)
+        body = bytes(whole)
     mcp.body, mcp.body_done = body, done
     mcp.peeked = True
     if done and len(body) <= limit:
