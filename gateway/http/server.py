@@ -47,7 +47,7 @@ from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import Shedder, SpareFd, shed
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
-from gateway.http.tls import PlainHttpOnTlsPort, TlsError, server_handshake
+from gateway.http.tls import PlainHttpOnTlsPort, TlsError, plain_http_answer, server_handshake
 from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import SHED, TIMEOUTS
 
@@ -636,20 +636,21 @@ def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool | None:
 async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None) -> None:
     try:
         if tls is not None:
-            tls_conn = plain = None
+            tls_conn = None
+            plain = False
             with trio.move_on_after(tls.handshake_timeout):
                 try:
                     tls_conn = await server_handshake(tls.context, conn)
-                except PlainHttpOnTlsPort as e:
-                    plain = e
+                except PlainHttpOnTlsPort:
+                    plain = True
                 except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
                     log.debug("TLS handshake with %s failed: %s", conn.peer, e)
-            if plain is not None:  # answered: its body, if any, is read and dropped, or the close would reset
-                # the answer away before the client reads it (nginx's lingering close)
-                await _linger(conn, settings.connections)
-            if tls_conn is None:
+            if plain:  # read as any plain connection: what the parser refuses gets its 400, a request nginx's 497
+                handler = _plain_http_on_tls(tls.context.plain_http_head)
+            elif tls_conn is None:
                 return
-            conn = tls_conn
+            else:
+                conn = tls_conn
         if await handle_connection(conn, handler, settings):
             await _linger(conn, settings.connections)
     except OSError as e:  # the peer went away in a place that did not expect it: this connection ends, not the worker
@@ -660,6 +661,20 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
     finally:
         conn.close()
         settings.connections.closed(conn)
+
+
+def _plain_http_on_tls(head: bytes) -> Handler:
+    """The handler of a plain HTTP connection to a TLS listener: a request parsed whole gets nginx's page for its
+    497 (ngx_http_process_request: "client sent plain HTTP request to HTTPS port", `head`: plain_http_head_for),
+    and the connection closes after it."""
+
+    async def answer(ex: Exchange) -> None:
+        data = plain_http_answer(head, ex.request.method == b"HEAD")
+        ex.status, ex.sent = 400, len(data)
+        ex.response_started = ex.response_done = ex.close_after = True
+        await ex.conn.sendall(data)
+
+    return answer
 
 
 async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> bool:
@@ -742,8 +757,12 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                             content_type = page_type(exchange.request.headers, settings.error_type)
                             await _answer_error(exchange, e.status, content_type, None)
                             return not exchange.request_done
+                        if not exchange.response_done:
+                            conn.abort()  # (a cut body must not look complete)
                         return False
                     except (BrokenPipeError, ConnectionError):
+                        if exchange.response_started and not exchange.response_done:
+                            conn.abort()
                         return False
                     except Exception:
                         request = exchange.request
@@ -758,8 +777,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         return False
                     if not exchange.request_done and (codec.closing or not await _drain_request(exchange)):
                         return True  # (an answer before the body: the body is read only to keep the connection)
-                    if not codec.keep_alive:  # nginx lingers when input is waiting (a pipelined request): a
-                        return conn.readable()  # close would reset the connection and the answer's end with it
+                    if not codec.keep_alive or exchange.close_after:  # nginx lingers when input is waiting (a
+                        return conn.readable()  # pipelined request): a close would reset the answer's end with it
                     codec.start_next_cycle()
                     timer.set(keepalive_timeout, idle)
 

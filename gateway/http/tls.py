@@ -5,11 +5,11 @@ into the incoming BIO, records to send come out of the outgoing one. `TlsConn` d
 non-blocking socket loop as `Conn` (no thread, no blocking handshake, no trio.SSLStream), so the codec, timers and
 send deadlines above it do not know whether a connection is encrypted.
 
-Server side: `server_handshake` reads the first bytes itself, so that a plain HTTP request on a TLS port gets nginx's
-400 ("The plain HTTP request was sent to HTTPS port"), garbage is dropped without a traceback, and a ClientHello
-whose ALPN list holds none of nginx's protocols is refused as nginx refuses it (`client_hello_alpn`: Python's ssl
-would carry on without ALPN). Client side: `client_handshake` for upstream connections. Either way a handshake that
-fails raises TlsError with the reason.
+Server side: `server_handshake` looks at the first byte as nginx does, so that a connection that does not start a
+handshake is served as plain HTTP (its requests then get nginx's 400 "The plain HTTP request was sent to HTTPS port",
+`plain_http_answer`), and a ClientHello whose ALPN list holds none of nginx's protocols is refused as nginx refuses it
+(`client_hello_alpn`: Python's ssl would carry on without ALPN). Client side: `client_handshake` for upstream
+connections. Either way a handshake that fails raises TlsError with the reason.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import socket
 import ssl
+import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +31,12 @@ if TYPE_CHECKING:
     from gateway.http.tls_contexts import ClientTls
 
 TLS_HANDSHAKE_RECORD = 0x16  # the first byte of every ClientHello
+SSLV2_HELLO = 0x80  # a first byte with this bit: an SSLv2-format ClientHello, which nginx hands to OpenSSL too
+log = logging.getLogger("gateway.tls")
 # nginx's answer to a plain request on an ssl listener: its status 497 shown as 400 with its own page
 # (ngx_http_special_response.c's ngx_http_error_497_page, then the tail of `server_tokens off`, naming the server
 # without a version as gateway.http.kong_errors.nginx_page does); Kong's error_page does not list 497, so its error
 # handler never renders it. nginx closes the connection after it (ngx_http_special_response_handler: keepalive off).
-_MAX_EMPTY_LINES = 1024  # bytes of CR and LF skipped before a plain request line on a TLS port
-log = logging.getLogger("gateway.tls")
 PLAIN_HTTP_BODY = (b"<html>\r\n<head><title>400 The plain HTTP request was sent to HTTPS port</title></head>\r\n"
                    b"<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n"
                    b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n"
@@ -182,7 +183,7 @@ class ServerNameRefused(TlsError):
 
 
 class PlainHttpOnTlsPort(TlsError):
-    """The client spoke plain HTTP to a TLS listener (answered with nginx's 400 before closing)."""
+    """The connection's first byte starts no TLS handshake: nginx reads it as plain HTTP (nothing of it was read)."""
 
 
 class TlsConn(Conn):
@@ -310,6 +311,16 @@ class TlsConn(Conn):
         the connection) waits, False if the records were only TLS housekeeping (a session ticket)."""
         return self._poll_records() is not None
 
+    def abort(self) -> None:
+        """Close with a TCP reset and no close_notify, which would tell the peer the data ended cleanly: nginx ends a
+        connection in error without it (ngx_event_openssl.c:3261-3263, ngx_ssl_shutdown: SSL_set_quiet_shutdown)."""
+        if not self.closed:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+            Conn.close(self)
+
     def close(self) -> None:
         """Send close_notify when the socket takes it at once, then close (never waits on a peer)."""
         if not self.closed:
@@ -409,27 +420,18 @@ def quiet_bad_server_names() -> None:
 
 
 async def server_handshake(ctx: ListenerContext, conn: Conn) -> TlsConn:
-    """The server side of a handshake on an accepted connection; PlainHttpOnTlsPort (after answering nginx's 400)
-    or TlsError otherwise (a ClientHello offering ALPN but no HTTP/1.x is refused with no_application_protocol).
-    Bounded by the caller's timer."""
+    """The server side of a handshake on an accepted connection; PlainHttpOnTlsPort, with nothing read, when the
+    first byte starts none (nginx's test, ngx_http_request.c:754-803, ngx_http_ssl_handshake: 0x16 or a byte with
+    the high bit set is a handshake, anything else plain HTTP); TlsError when it fails (a ClientHello offering ALPN
+    but no HTTP/1.x is refused with no_application_protocol). Bounded by the caller's timer."""
+    first_byte = await _peek_first_byte(conn)
+    if first_byte is None:
+        raise TlsError("the peer closed the connection before a ClientHello")
+    if first_byte != TLS_HANDSHAKE_RECORD and not first_byte & SSLV2_HELLO:
+        raise PlainHttpOnTlsPort("plain HTTP on a TLS port")
     first = await Conn.recv(conn)
     if not first:
         raise TlsError("the peer closed the connection before a ClientHello")
-    if first[0] != TLS_HANDSHAKE_RECORD:
-        line = first.lstrip(b"\r\n")
-        while not line and len(first) < _MAX_EMPTY_LINES:  # nginx skips empty lines before a request line
-            more = await Conn.recv(conn)
-            if not more:
-                raise TlsError("the peer closed the connection before a ClientHello")
-            first += more
-            line = first.lstrip(b"\r\n")
-        if line[:1].isalpha():  # a request line: plain HTTP sent to the TLS port
-            try:  # (to a HEAD, the head alone, as nginx answers it)
-                await conn.sendall(plain_http_answer(ctx.plain_http_head, line.startswith(b"HEAD ")))
-            except OSError:
-                pass
-            raise PlainHttpOnTlsPort("a plain HTTP request on a TLS port")
-        raise TlsError("not a TLS ClientHello")
     hello = await _whole_client_hello(conn, first)
     tconn = _new(ctx, conn, True, None)
     await _drive(tconn, hello)
@@ -437,6 +439,19 @@ async def server_handshake(ctx: ListenerContext, conn: Conn) -> TlsConn:
     if name:
         tconn.server_name = name.lower().encode()
     return tconn
+
+
+async def _peek_first_byte(conn: Conn) -> int | None:
+    """The connection's first byte, left for whoever reads it (nginx's recv(.., 1, MSG_PEEK)); None at EOF or reset."""
+    while True:
+        try:
+            data = conn.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            await conn.wait_readable()
+            continue
+        except OSError:
+            return None
+        return data[0] if data else None
 
 
 async def _whole_client_hello(conn: Conn, first: bytes) -> bytes | bytearray:

@@ -59,6 +59,10 @@ ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
 _OLD_CLIENT_CIPHERS = "DEFAULT:@SECLEVEL=0"
 VERSIONS = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1, "TLSv1.2": ssl.TLSVersion.TLSv1_2,
             "TLSv1.3": ssl.TLSVersion.TLSv1_3}
+# The option that disables each version: nginx sets it for every version ssl_protocols leaves out
+# (src/event/ngx_event_openssl.c:363-388, ngx_ssl_create), so a list with a gap leaves the gap out
+_NO_VERSION = {ssl.TLSVersion.TLSv1: ssl.OP_NO_TLSv1, ssl.TLSVersion.TLSv1_1: ssl.OP_NO_TLSv1_1,
+               ssl.TLSVersion.TLSv1_2: ssl.OP_NO_TLSv1_2, ssl.TLSVersion.TLSv1_3: ssl.OP_NO_TLSv1_3}
 
 
 class ServerOptions:
@@ -201,9 +205,12 @@ def server_context(options: ServerOptions, pairs: Sequence[tuple[str, str]], wha
         suite_protocols, ciphers = SUITES[options.cipher_suite]
         protocols = suite_protocols.split()
     versions = sorted(VERSIONS[p] for p in protocols)
-    with warnings.catch_warnings():  # TLS 1.0 and 1.1 (the old suite): deprecated in Python, still in OpenSSL
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings():  # TLS 1.0 and 1.1 (the old suite), OP_NO_TLS*: deprecated in Python, not in
+        warnings.simplefilter("ignore", DeprecationWarning)  # OpenSSL
         ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
+        for version, option in _NO_VERSION.items():
+            if versions[0] < version < versions[-1] and version not in versions:
+                ctx.options |= option
     if ciphers:
         try:
             ctx.set_ciphers(ciphers)

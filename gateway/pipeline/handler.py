@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from gateway.http.codec import ProtocolError, answered_status, nginx_host
+from gateway.http.codec import SERVER_NAME, ProtocolError, answered_status, nginx_host
 from gateway.http.kong_errors import NO_ROUTE, nginx_page
 from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
 from gateway.mcp.body import attach, current
@@ -218,9 +218,10 @@ async def _use_https(ex: Exchange, status: int, host: bytes | None) -> None:
 
 def _forwarded_host(ex: Exchange, host: bytes | None) -> bytes:
     """Kong's forwarded_host: a trusted balancer's X-Forwarded-Host, else nginx's $host (the Host without its port,
-    in lower case), so a redirect to https does not keep the plain listener's port."""
+    in lower case), so a redirect to https does not keep the plain listener's port; without a Host, $host is Kong's
+    server_name (ngx_http_variables.c:1230-1236, kong/templates/nginx_kong.lua `server_name kong`)."""
     if ex.peer_trusted:
         for name, value in ex.request.headers:
             if name == b"x-forwarded-host":
                 return value
-    return nginx_host(host) if host else b""
+    return nginx_host(host) if host else SERVER_NAME
