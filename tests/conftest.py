@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
-import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,19 +36,12 @@ for _variable in [v for v in os.environ if v.startswith("KONG_")]:
     del os.environ[_variable]
 
 # Every gateway process a test starts (each CLI call, the root, the zygote) imports some 300 gateway modules. With
-# PYTHONDONTWRITEBYTECODE set and no __pycache__ beside the sources, each of them compiled them all again (a quarter
-# of a second a process): they share one bytecode cache for the session instead, outside the source tree, removed
-# at the end. Set at import, before the test modules copy os.environ for their subprocesses.
-_PYCACHE: str | None = None
-if os.environ.get("PYTHONDONTWRITEBYTECODE") and not os.environ.get("PYTHONPYCACHEPREFIX"):
-    _PYCACHE = tempfile.mkdtemp(prefix="gateway-tests-pycache-")
-    os.environ["PYTHONPYCACHEPREFIX"] = _PYCACHE
-    del os.environ["PYTHONDONTWRITEBYTECODE"]
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if _PYCACHE is not None:
-        shutil.rmtree(_PYCACHE, ignore_errors=True)
+# PYTHONDONTWRITEBYTECODE set, each of them compiled them all again (a quarter of a second a process): the tests'
+# subprocesses keep bytecode beside the sources as Python does by default (__pycache__, ignored by git), and so read
+# the installed packages' too (a cache directory of its own, PYTHONPYCACHEPREFIX, made the first process of a session
+# compile the standard library, and the first MCP SDK server pydantic and starlette: 6-8 s). Set at import, before
+# the test modules copy os.environ for their subprocesses.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 
 @pytest.fixture
