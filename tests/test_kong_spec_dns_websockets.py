@@ -34,6 +34,11 @@ from gateway.http.kong_errors import NO_PEER
 
 TIMEOUT = 10
 PING, PONG = 0x9, 0xA
+# The tunnel tests' timeout (read_timeout, write_timeout or send_timeout) and their 15 events, one every TALK_EVERY_S:
+# the events last TALK_S, nearly twice the timeout, and each comes well within it of the one before.
+TUNNEL_TIMEOUT_MS = 400
+TALK_EVERY_S = 0.05
+TALK_S = 15 * TALK_EVERY_S
 
 
 # --- 05-dns_spec: a service's host name -----------------------------------------------------------------------------
@@ -178,17 +183,24 @@ class _Captured(worker.SharedState):
 
 
 async def _discovered_gateway(nursery, gateway, monkeypatch, names: Names, targets: list[str],  # noqa: ANN001
-                              settings: dict[str, Any] | None = None, **fields) -> int:  # noqa: ANN003
+                              settings: dict[str, Any] | None = None, reports: list[list[TargetInfo]] | None = None,
+                              **fields) -> int:  # noqa: ANN003
     """A gateway whose upstream `up` has `targets` (host:port), resolved from `names` as the discovery service
-    resolves them (gateway.discovery.dns.run_dns) and handed to the worker as the keeper hands them."""
+    resolves them (gateway.discovery.dns.run_dns) and handed to the worker as the keeper hands them (each hand-over
+    also appended to `reports`, when given)."""
     monkeypatch.setattr(worker, "SharedState", _Captured)
     gw = await gateway({"upstreams": [{"name": "up", "targets": [{"target": t} for t in targets]}],
                         "services": [service("svc", "http://up", **fields)]}, **names.settings, **(settings or {}))
     shared = _Captured.last
     assert shared is not None
     infos = [TargetInfo(t.rpartition(":")[0], int(t.rpartition(":")[2])) for t in targets]
-    await nursery.start(run_dns, "up", infos, lambda up, found: shared.on_message(
-        p.UpstreamTargets(upstream=up, targets=found)))
+
+    def hand_over(up: str, found: list[TargetInfo]) -> None:
+        if reports is not None:
+            reports.append(found)
+        shared.on_message(p.UpstreamTargets(upstream=up, targets=found))
+
+    await nursery.start(run_dns, "up", infos, hand_over)
     return gw
 
 
@@ -225,12 +237,14 @@ async def test_a_target_name_that_resolves_later_gets_its_share(nursery, gateway
     monkeypatch.setattr(discovery_dns, "MIN_RENEW_S", 0.1)
     port, _ = await serve_on_addresses(nursery, ["127.0.0.2", "127.0.0.3"], EchoBackend)
     names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    reports: list[list[TargetInfo]] = []
     gw = await _discovered_gateway(nursery, gateway, monkeypatch, names, [f"mcp.test:{port}", f"late.test:{port}"],
-                                   {"dns_not_found_ttl_s": 0.1}, retries=0)
+                                   {"dns_not_found_ttl_s": 0.1}, reports, retries=0)
     with trio.fail_after(TIMEOUT):
         assert {(await request(gw, "GET", "/x?framing=close")).header("x-backend") for _ in range(4)} == {"127.0.0.2"}
         names.names["late.test"] = ["127.0.0.3"]
-        await trio.sleep(0.5)
+        while not any(t.host == "127.0.0.3" and t.weight for t in reports[-1]):  # queried again, handed over
+            await trio.sleep(0.02)
         seen = [(await request(gw, "GET", "/x?framing=close")).header("x-backend") for _ in range(4)]
     assert sorted(seen) == ["127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"]
 
@@ -274,6 +288,7 @@ class KongWsServer:
         self.heads: list[tuple[bytes, dict[bytes, bytes]]] = []
         self.received: list[tuple[int, bytes]] = []
         self.eof = trio.Event()
+        self.last_tick_at = 0.0  # when the sending of the last text frame of `talk_every` began
 
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -303,6 +318,7 @@ class KongWsServer:
         n = 0
         try:
             while not self.quiet.is_set():
+                self.last_tick_at = trio.current_time()
                 await stream.send_all(frame(TEXT, b"tick %d" % n + b"." * self.talk_size, mask=False))
                 n += 1
                 await trio.sleep(self.talk_every)
@@ -435,17 +451,17 @@ async def test_a_client_that_keeps_talking_keeps_a_tunnel_open_though_the_upstre
     """nginx's ngx_http_upstream_process_upgraded (Kong's upgraded connections) runs on every event of either side
     and re-arms the upstream's read timer (proxy_read_timeout, the service's read_timeout) each time: the tunnel
     ends after read_timeout without an event, not after read_timeout of upstream silence while the client talks."""
-    server, port = await _ws_gateway(nursery, gateway, KongWsServer(silent=True), read_timeout=600)
+    server, port = await _ws_gateway(nursery, gateway, KongWsServer(silent=True), read_timeout=TUNNEL_TIMEOUT_MS)
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(handshake(base64.b64encode(os.urandom(16)), path=b"/up-ws"))
             assert (await read_head(stream, bytearray()))[0].startswith(b"HTTP/1.1 101 ")
-            for i in range(15):  # 1.5 s of a message every 0.1 s: two and a half times read_timeout
+            for i in range(15):  # TALK_S of a message every TALK_EVERY_S: nearly twice read_timeout
+                stopped = trio.current_time()  # (at the last, when the last event began)
                 await stream.send_all(frame(TEXT, b"still here %d" % i, mask=True))
-                await trio.sleep(0.1)
+                await trio.sleep(TALK_EVERY_S)
             assert not server.eof.is_set()
-            stopped = trio.current_time()
             assert await read_eof(stream) == b""  # ... and read_timeout after the last, the tunnel ends
             waited = trio.current_time() - stopped
     assert len(server.received) == 15
@@ -456,8 +472,8 @@ async def test_an_upstream_that_keeps_talking_keeps_a_tunnel_open_though_it_read
     """ngx_http_upstream_process_upgraded re-arms the upstream's write timer (proxy_send_timeout, the service's
     write_timeout) on every event too: a write to the upstream that waits ends the tunnel only after write_timeout
     without an event, and each frame the upstream sends is one."""
-    server, port = await _ws_gateway(nursery, gateway, KongWsServer(talk_every=0.1, deaf=True), write_timeout=600,
-                                     read_timeout=60_000)
+    server, port = await _ws_gateway(nursery, gateway, KongWsServer(talk_every=TALK_EVERY_S, deaf=True),
+                                     write_timeout=TUNNEL_TIMEOUT_MS, read_timeout=60_000)
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
@@ -475,12 +491,11 @@ async def test_an_upstream_that_keeps_talking_keeps_a_tunnel_open_though_it_read
 
             async with trio.open_nursery() as flooding:
                 flooding.start_soon(flood)
-                ticks = await read_frames(stream, buf, 15)  # 1.5 s of ticks, the tunnel's writes waiting all along
+                ticks = await read_frames(stream, buf, 15)  # TALK_S of ticks, the tunnel's writes waiting all along
                 assert ticks[-1] == (TEXT, b"tick 14")
-                server.quiet.set()
-                stopped = trio.current_time()
+                server.quiet.set()  # (no tick after this: the last event is the last tick the upstream sent)
                 rest = await read_eof(stream)  # ... and write_timeout after the last tick, the tunnel ends
-                waited = trio.current_time() - stopped
+                waited = trio.current_time() - server.last_tick_at
                 flooding.cancel_scope.cancel()
     assert len(parse_frames(bytearray(rest))) <= 1
     assert 0.2 <= waited < 3, waited
@@ -490,18 +505,19 @@ async def test_a_client_that_keeps_talking_keeps_a_tunnel_open_though_it_reads_n
     """ngx_http_upstream_process_upgraded re-arms the client's write timer (send_timeout) on every event as well: a
     write to a client that reads nothing ends the connection only after send_timeout without an event, and each
     frame the client sends is one."""
-    server, port = await _ws_gateway(nursery, gateway, KongWsServer(silent=True, talk_every=0.001, talk_size=30000),
-                                     send_timeout_s=0.6)
+    # (ticks of 65 kB a millisecond fill the buffers to the client in about a tenth of a second)
+    server, port = await _ws_gateway(nursery, gateway, KongWsServer(silent=True, talk_every=0.001, talk_size=65000),
+                                     send_timeout_s=TUNNEL_TIMEOUT_MS / 1000)
     with trio.fail_after(TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(handshake(base64.b64encode(os.urandom(16)), path=b"/up-ws"))
             # (the 101 and the first ticks are left unread: the gateway's writes to the client soon wait)
-            for i in range(15):  # 1.5 s of a message every 0.1 s: two and a half times send_timeout
+            for i in range(15):  # TALK_S of a message every TALK_EVERY_S: nearly twice send_timeout
+                stopped = trio.current_time()  # (at the last, when the last event began)
                 await stream.send_all(frame(TEXT, b"still here %d" % i, mask=True))
-                await trio.sleep(0.1)
+                await trio.sleep(TALK_EVERY_S)
             assert not server.eof.is_set()
-            stopped = trio.current_time()
             await server.eof.wait()  # ... and send_timeout after the last, the gateway gives up on the client
             waited = trio.current_time() - stopped
     server.quiet.set()

@@ -7,94 +7,82 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_helpers import GatewayNode
+import trio
+from e2e_helpers import GatewayNode, HoldingBackend, becomes_true, request_in_flight
 from test_cli_failures import node  # noqa: F401  (the one-gateway fixture, stopped after the test)
 
-SLOW_S = 2.0  # the backend's answer time: a request is in flight when the signal comes
+HOLD_S = 30.0  # the backend holds a request until the test releases it (at the latest this long)
 
 
 @pytest.fixture
-def slow_backend() -> Iterator[int]:
-    """A backend that answers every request 200 after SLOW_S seconds."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def answer(conn: socket.socket) -> None:
-        with conn:
-            conn.recv(65536)
-            time.sleep(SLOW_S)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=answer, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+def holding_backend() -> Iterator[HoldingBackend]:
+    """A backend that answers `/slow` 200 once released: a request is in flight as long as the test needs."""
+    backend = HoldingBackend(HOLD_S)
     try:
-        yield server.getsockname()[1]
+        yield backend
     finally:
-        server.close()
+        backend.release()
+        backend.close()
 
 
-def get(port: int) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        head = sock.recv(65536)
-    return int(head.split(b" ", 2)[1]) if head else 0
-
-
-@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGQUIT], ids=["hup", "quit"])
-def test_a_signal_to_the_process_group_reaches_the_root_alone_and_cuts_no_request(tmp_path: Path, slow_backend: int,
-                                                                                  signum: signal.Signals) -> None:
-    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{slow_backend}", "routes": [{"paths": ["/"]}]}]}
+@pytest.mark.parametrize(("signum", "acted", "done"), [
+    (signal.SIGHUP, "reload: generation 2 accepting", "generation 1 has stopped"),  # a reload
+    (signal.SIGQUIT, "SIGQUIT: graceful stop", "gateway stopped"),  # a graceful stop
+], ids=["hup", "quit"])
+def test_a_signal_to_the_process_group_reaches_the_root_alone_and_cuts_no_request(
+        tmp_path: Path, holding_backend: HoldingBackend, signum: signal.Signals, acted: str, done: str) -> None:
+    """The request is held by the backend from before the signal until the root has acted on it (`acted` in its
+    output); the root's output is read once it is done with it (`done`: every process the signal came to has been
+    collected), and stopped."""
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{holding_backend.port}",
+                         "routes": [{"paths": ["/"]}]}]}
     gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None)
-    root = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--foreground", "--config", str(gw.config)],
-                            cwd=gw.dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    out_file = tmp_path / "root.out"
+
+    def output() -> str:
+        return out_file.read_text(errors="replace")
+
+    with open(out_file, "wb") as out:
+        root = subprocess.Popen([sys.executable, "-m", "gateway", "start", "--foreground", "--config", str(gw.config)],
+                                cwd=gw.dir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     gw.root = root.pid
     try:
         deadline = time.monotonic() + 30
         while gw.root_pid() != root.pid:
             assert time.monotonic() < deadline and root.poll() is None, "the gateway did not start"
             time.sleep(0.05)
-        codes: list[int] = []
-        request = threading.Thread(target=lambda: codes.append(get(gw.port)))
-        request.start()
-        time.sleep(0.5)  # the request is with the backend
+        request, codes = request_in_flight(gw.port, holding_backend)  # (back once the backend holds it)
         os.killpg(root.pid, signum)
+        assert becomes_true(lambda: acted in output(), 30), output()
+        holding_backend.release()
         request.join(timeout=15)
-        time.sleep(1)
-        os.kill(root.pid, signal.SIGTERM)
-        output, _ = root.communicate(timeout=30)
+        assert becomes_true(lambda: done in output(), 30), output()
+        if root.poll() is None:  # (a reload leaves it running; a SIGQUIT's stop ends it)
+            os.kill(root.pid, signal.SIGTERM)
+        root.wait(timeout=30)
     finally:
         gw.cleanup()
         if root.poll() is None:
             root.kill()
             root.wait()
-    assert f"killed by signal {signum.name}" not in output, output
+    assert f"killed by signal {signum.name}" not in output(), output()
     assert codes == [200]
 
 
 def test_sigquit_to_the_root_is_a_graceful_stop_as_in_nginx_and_kong(node):  # noqa: F811
-    assert node.cli("start", "--config", str(node.config), timeout=40).returncode == 0
+    trio.run(node.start, 1)  # the root, as `gateway start` starts it
     root = node.root_pid()
     assert root is not None
     os.kill(root, signal.SIGQUIT)
-    deadline = time.monotonic() + 20
-    while os.path.exists(f"/proc/{root}") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    assert node.proc is not None
+    node.proc.wait(timeout=20)
     log = node.log()
     assert "SIGQUIT: graceful stop" in log and "gateway stopped" in log, log[-2000:]
     assert not (node.dir / "run" / "gateway.pid").exists()

@@ -1,87 +1,65 @@
-"""MCP sessions through the supervised gateway (real processes): two workers, then `gateway stop` + `gateway start`.
+"""MCP sessions through the supervised gateway (real processes): two workers, then `gateway stop` and a start again.
 
 No session key is configured: the workers share the generated key file (run/mcp-session.key), so a session id
 sealed by one worker opens in the other, and in the workers of the restarted gateway.
+
+The gateway is started as `gateway start` starts it (e2e_helpers.GatewayNode.start: its root, in a session of its
+own, back once every worker accepts) and stopped by `gateway stop`; the SDK servers, which keep nothing but the
+sessions of each test's clients, serve every test of the module.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import stat
-import subprocess
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from backends import Client as HttpClient
-from backends import free_port
+from e2e_helpers import GatewayNode
 from mcp_helpers import JSON_HEADERS, SdkServers, bounded, mcp_config, sdk_client, whoami
 
 NAMES = ["alpha", "beta", "gamma"]
 
 
-class Node:
-    """`python -m gateway` CLI calls in a scratch directory (run/ there holds pid file, admin socket, key file)."""
+class Node(GatewayNode):
+    """The supervised gateway in a scratch directory (run/ there holds pid file, admin socket, key file)."""
 
     def __init__(self, workdir: Path, doc: dict) -> None:
-        self.dir = workdir
-        self.port = free_port()
-        self.config = workdir / "gateway.json"
-        doc = {**doc, "gateway": {"listen": f"127.0.0.1:{self.port}", "status_listen": None, "drain_timeout": 1}}
-        self.config.write_text(json.dumps(doc))
+        # (a stop's drain lasts drain_timeout: the clients' GET streams stay open; no request is in flight then)
+        super().__init__(workdir, doc, status_listen=None, drain_timeout=0.3)
 
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=self.dir, capture_output=True, text=True,
-                              timeout=timeout)
-
-    def start(self, workers: int = 2) -> None:
-        out = self.cli("start", "--config", str(self.config), "--workers", str(workers))
+    async def stop(self) -> None:  # type: ignore[override]
+        """`gateway stop`, which succeeds."""
+        out = await self.acli("stop", "--config", str(self.config), "--timeout", "10", timeout=30)
         assert out.returncode == 0, out.stderr
 
-    def stop(self) -> None:
-        out = self.cli("stop", "--config", str(self.config), "--timeout", "10")
-        assert out.returncode == 0, out.stderr
 
-    def worker_pids(self) -> list[int]:
-        out = self.cli("status", "--config", str(self.config), "--json")
-        generation = json.loads(out.stdout)["tree"]["children"][-1]
-        return [w["pid"] for w in generation["children"] if w["pid"]]
-
-    def kill(self) -> None:
-        try:
-            pid = int((self.dir / "run" / "gateway.pid").read_text())
-        except (OSError, ValueError):
-            return
-        for _ in range(2):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
+@pytest.fixture(scope="module")
+def servers() -> Iterator[SdkServers]:
+    """The SDK servers alpha, beta and gamma, for every test here."""
+    sdk = SdkServers()
+    try:
+        sdk.start(*NAMES)
+        yield sdk
+    finally:
+        sdk.stop_all()
 
 
 @pytest.fixture
-def cluster(tmp_path):
-    servers = SdkServers()
-    node = None
+def cluster(tmp_path, servers):
+    node = Node(tmp_path, mcp_config([servers.ports[n] for n in NAMES]))
     try:
-        servers.start(*NAMES)
-        node = Node(tmp_path, mcp_config([servers.ports[n] for n in NAMES]))
         yield servers, node
     finally:
-        if node is not None:
-            node.kill()
-        servers.stop_all()
+        node.cleanup()
 
 
 def test_session_survives_workers_and_a_restart(cluster):
     servers, node = cluster
-    node.start(workers=2)
-    assert len(node.worker_pids()) == 2
+    trio.run(node.start, 2)
+    assert len(trio.run(node.worker_pids)) == 2
     key_file = node.dir / "run" / "mcp-session.key"
     url = f"http://127.0.0.1:{node.port}/mcp"
 
@@ -90,8 +68,8 @@ def test_session_survives_workers_and_a_restart(cluster):
         async with sdk_client(url, fresh_connections=True) as (client, ids):
             first = client.server_info.name
             before = [await whoami(client) for _ in range(20)]
-            await trio.to_thread.run_sync(node.stop)
-            await trio.to_thread.run_sync(node.start)
+            await node.stop()
+            await node.start(2)
             after = [await whoami(client) for _ in range(20)]
             assert len(set(ids.seen)) == 1  # one session id, sealed once, used throughout
             sid = ids.seen[0]
@@ -109,12 +87,12 @@ def test_session_survives_workers_and_a_restart(cluster):
     assert before == [first] * 20
     assert after == [first] * 20
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    node.stop()
+    trio.run(node.stop)
 
 
 def test_sessions_of_many_clients_across_workers(cluster):
     servers, node = cluster
-    node.start(workers=2)
+    trio.run(node.start, 2)
     url = f"http://127.0.0.1:{node.port}/mcp"
     firsts: list[str] = []
 
@@ -132,7 +110,7 @@ def test_sessions_of_many_clients_across_workers(cluster):
 
     trio.run(bounded(40)(scenario))
     assert len(firsts) == 6
-    node.stop()
+    trio.run(node.stop)
 
 
 def plain_kong_config(ports: list[int]) -> dict:
@@ -144,22 +122,17 @@ def plain_kong_config(ports: list[int]) -> dict:
 
 
 @pytest.fixture
-def plain_cluster(tmp_path):
-    servers = SdkServers()
-    node = None
+def plain_cluster(tmp_path, servers):
+    node = Node(tmp_path, plain_kong_config([servers.ports[n] for n in NAMES]))
     try:
-        servers.start(*NAMES)
-        node = Node(tmp_path, plain_kong_config([servers.ports[n] for n in NAMES]))
         yield servers, node
     finally:
-        if node is not None:
-            node.kill()
-        servers.stop_all()
+        node.cleanup()
 
 
 def test_plain_route_pins_ten_concurrent_sessions_across_workers_and_a_restart(plain_cluster):
     servers, node = plain_cluster
-    node.start(workers=2)
+    trio.run(node.start, 2)
     url = f"http://127.0.0.1:{node.port}/mcp"
     firsts: list[str] = []
     sids: list[str] = []
@@ -184,8 +157,8 @@ def test_plain_route_pins_ten_concurrent_sessions_across_workers_and_a_restart(p
                 nursery.start_soon(session, [], restarted, started)
             while len(started) < 10:
                 await trio.sleep(0.05)
-            await trio.to_thread.run_sync(node.stop)
-            await trio.to_thread.run_sync(node.start)
+            await node.stop()
+            await node.start(2)
             restarted.set()
         # A tampered id is refused with the spec's 404, so the client initialises again.
         tampered = sids[0][:-2] + ("AA" if not sids[0].endswith("AA") else "BB")
@@ -199,4 +172,4 @@ def test_plain_route_pins_ten_concurrent_sessions_across_workers_and_a_restart(p
     trio.run(bounded(90)(scenario))
     assert len(firsts) == 10 and len(set(sids)) == 10
     assert len(set(firsts)) >= 2, firsts  # round-robin spread the sessions over the servers
-    node.stop()
+    trio.run(node.stop)

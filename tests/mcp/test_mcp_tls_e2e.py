@@ -1,6 +1,9 @@
-"""TLS end to end with real processes (issue 18): `gateway start --workers 2` terminating HTTPS in front of HTTPS MCP
-SDK servers, driven by the MCP SDK client, curl and `openssl s_client` (SNI, resumption, renegotiation), and a
-certificate replaced by `gateway reload`."""
+"""TLS end to end with real processes (issue 18): the supervised gateway with two workers (started as `gateway start
+--workers 2` starts it: e2e_helpers.GatewayNode.start) terminating HTTPS in front of HTTPS MCP SDK servers, driven by
+the MCP SDK client, curl and `openssl s_client` (SNI, resumption, renegotiation), and a certificate replaced by
+`gateway reload`.
+
+The SDK servers serve every test here; so does one gateway, but for the reload's, which has a gateway of its own."""
 
 from __future__ import annotations
 
@@ -9,12 +12,14 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 import trio
 from backends import free_port, stop_process, wait_port
+from e2e_helpers import GatewayNode
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp_helpers import SERVER_SCRIPT, bounded, whoami
@@ -26,13 +31,12 @@ OPENSSL = shutil.which("openssl")
 CURL = shutil.which("curl")
 
 
-class TlsNode:
+class TlsNode(GatewayNode):
     """The supervised gateway in a scratch directory, listening with TLS only, over HTTPS upstreams."""
 
     def __init__(self, workdir: Path, pki: Pki, upstream_ports: list[int]) -> None:
-        self.dir = workdir
+        super().__init__(workdir, {})
         self.pki = pki
-        self.port = free_port()
         self.ca_file = workdir / "ca.pem"
         self.ca_file.write_text(pki.ca_pem)
         self.config = workdir / "gateway.json"
@@ -53,30 +57,20 @@ class TlsNode:
         }
         self.config.write_text(json.dumps(doc))
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=self.dir, capture_output=True, text=True,
-                              timeout=60)
-
-    def start(self) -> None:
-        out = self.cli("start", "--config", str(self.config), "--workers", "2")
-        assert out.returncode == 0, out.stderr
-
-    def stop(self) -> None:
-        self.cli("stop", "--config", str(self.config), "--timeout", "10")
-
 
 @pytest.fixture(scope="module")
 def pki() -> Pki:
     return Pki()
 
 
-@pytest.fixture
-def tls_cluster(tmp_path, pki):
+@pytest.fixture(scope="module")
+def upstream_ports(tmp_path_factory, pki) -> Iterator[list[int]]:
+    """The HTTPS SDK servers alpha and beta (a certificate of the test CA for localhost and 127.0.0.1): their ports."""
+    workdir = tmp_path_factory.mktemp("upstreams")
     procs = []
-    node = None
     try:
-        cert_file = tmp_path / "upstream.pem"
-        key_file = tmp_path / "upstream.key"
+        cert_file = workdir / "upstream.pem"
+        key_file = workdir / "upstream.key"
         cert, key = pki.issue("localhost", "127.0.0.1")
         cert_file.write_text(cert)
         key_file.write_text(key)
@@ -89,14 +83,31 @@ def tls_cluster(tmp_path, pki):
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for port in ports:
             wait_port(port, timeout=30)
-        node = TlsNode(tmp_path, pki, ports)
-        node.start()
-        yield node
+        yield ports
     finally:
-        if node is not None:
-            node.stop()
         for proc in procs:
             stop_process(proc)
+
+
+def running_node(workdir: Path, pki: Pki, upstream_ports: list[int]) -> Iterator[TlsNode]:
+    node = TlsNode(workdir, pki, upstream_ports)
+    try:
+        trio.run(node.start, 2)
+        yield node
+    finally:
+        node.cleanup()
+
+
+@pytest.fixture(scope="module")
+def tls_cluster(tmp_path_factory, pki, upstream_ports) -> Iterator[TlsNode]:
+    """The gateway of the tests that leave it as they found it."""
+    yield from running_node(tmp_path_factory.mktemp("gateway"), pki, upstream_ports)
+
+
+@pytest.fixture
+def own_tls_node(tmp_path, pki, upstream_ports) -> Iterator[TlsNode]:
+    """A gateway of its own, for a test that changes it."""
+    yield from running_node(tmp_path / "gateway", pki, upstream_ports)
 
 
 def test_mcp_sdk_session_over_https_through_two_workers_to_https_servers(tls_cluster, pki):
@@ -162,8 +173,8 @@ def test_renegotiation_is_refused_and_the_gateway_serves_on(tls_cluster):
 
 
 @pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
-def test_reload_serves_a_new_certificate(tls_cluster, pki):
-    node = tls_cluster
+def test_reload_serves_a_new_certificate(own_tls_node, pki):
+    node = own_tls_node
     before = s_client(node.port, "-servername", "mcp.test", "-showcerts")
     node.write_config(pki.issue("mcp.test", "localhost", "renewed.test"))
     out = node.cli("reload", "--config", str(node.config))
