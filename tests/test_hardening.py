@@ -66,7 +66,8 @@ async def test_a_late_or_second_upstream_answer_never_reaches_the_next_client(nu
     backend, port = await start_stray(nursery, gateway, delay)
     with trio.fail_after(TIMEOUT):
         for i in range(6):  # each request a new client, so a misdelivery would cross clients
-            await trio.sleep(0.15)  # the stray answer of the previous request arrives meanwhile
+            while backend.strays_sent < i or backend.closed_by_peer < i:  # the stray answer of the previous request
+                await trio.sleep(0.01)  # arrived meanwhile, and the gateway closed the connection it came on
             reply = await request(port, "GET", f"/client-{i}")
             assert (reply.status, reply.body) == (200, f"/client-{i}".encode())
     assert backend.connections == 6  # no connection that carried a stray answer was used again
@@ -231,7 +232,7 @@ async def test_a_client_that_never_reads_is_cut_after_send_timeout_and_the_upstr
 
     echo = CountingEcho()
     await nursery.start(echo.serve)
-    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, send_timeout_s=1)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, send_timeout_s=0.5)
     client = await trio.open_tcp_stream("127.0.0.1", port)
     client.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
     try:
@@ -244,7 +245,7 @@ async def test_a_client_that_never_reads_is_cut_after_send_timeout_and_the_upstr
             elapsed = trio.current_time() - started
     finally:
         await trio.aclose_forcefully(client)
-    assert 0.9 <= elapsed < 5.0
+    assert 0.45 <= elapsed < 5.0
 
 
 # --- 6. framing headers named in Connection never change framing -----------------------------------------------------
@@ -271,7 +272,7 @@ async def test_content_length_named_in_connection_keeps_the_body(nursery, gatewa
 async def test_a_client_stalling_mid_upload_gets_408_not_504(nursery, gateway):
     echo = EchoBackend()
     await nursery.start(echo.serve)
-    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, client_body_timeout_s=0.5)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, client_body_timeout_s=0.25)
     started = trio.current_time()
     data, _ = await raw_exchange(port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
     elapsed = trio.current_time() - started
@@ -279,7 +280,7 @@ async def test_a_client_stalling_mid_upload_gets_408_not_504(nursery, gateway):
     assert status == 408
     assert headers["connection"] == "close"
     assert body.startswith(b"Request timeout\nrequest_id: ")  # nginx's own error: Kong's text page
-    assert 0.4 <= elapsed < 3.0
+    assert 0.2 <= elapsed < 3.0
     assert echo.requests == []  # the upstream got a partial request and a closed connection, never a whole one
 
 

@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import trio
+import trio.testing
 
 import gateway.discovery.consul as disc_consul
 import gateway.discovery.http as disc_http
@@ -52,7 +53,7 @@ ETCD_CASES = int(os.environ.get("DISCFUZZ_CASES", "106"))
 CONSUL_CASES = int(os.environ.get("DISCFUZZ_CASES", "60"))
 TIMEOUT_S = 0.25  # discovery.timeout_s of every case
 WAIT_S = 0.2  # consul wait_s
-RETRY = (0.01, 0.05)  # retry_initial_s, retry_max_s
+RETRY = (0.005, 0.025)  # retry_initial_s, retry_max_s (short: a case waits out a backoff after each refusal)
 DEFAULT_WEIGHT = 7
 CASE_BUDGET = 8.0  # a whole case (start, S1, mutations, S2)
 CONVERGE = 2.0  # from healing to S2 on_change
@@ -235,14 +236,15 @@ def http(status: int, body: bytes, headers: list[tuple[str, str]] | None = None,
         return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
     if framing == "chunked":
         head.append("Transfer-Encoding: chunked")
-        out = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        parts = [("\r\n".join(head) + "\r\n\r\n").encode("latin-1")]
         r = rng or random.Random(0)
         i = 0
         while i < len(body):
             n = r.randrange(1, 64) if r.random() < 0.5 else r.randrange(1, 4096)
-            out += chunk(body[i:i + n])
+            parts.append(chunk(body[i:i + n]))
             i += n
-        return out + b"0\r\n\r\n"
+        parts.append(b"0\r\n\r\n")
+        return b"".join(parts)  # (joined once: adding each chunk to the bytes so far was quadratic in a 1.5 MiB body)
     head[0] = head[0].replace("HTTP/1.1", "HTTP/1.0")  # close-delimited
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
@@ -331,6 +333,7 @@ class Fake(LoopbackServer):
         self.after_plan = trio.Event()
         self.compact_watches = False
         self.requests: list[tuple[float, str]] = []
+        self.idle = trio.Event()  # a client's watch or blocking query waits for a change (nothing pending)
         self.port = 0
         self.set_state(entries)
 
@@ -417,6 +420,7 @@ class Fake(LoopbackServer):
                 line = {"result": {"header": self.header(), "canceled": True, "compact_revision": str(self.revision)}}
                 await stream.send_all(chunk(json.dumps(line).encode() + b"\n") + b"0\r\n\r\n")
                 return
+            self.idle.set()
             await self.changed.wait()
 
     async def good_health(self, stream: trio.SocketStream, req: Request, body: bytes | None = None) -> None:
@@ -426,6 +430,7 @@ class Fake(LoopbackServer):
         if index > 0 and index >= self.index:
             with trio.move_on_after(seconds):
                 while index >= self.index:
+                    self.idle.set()
                     await self.changed.wait()
         payload = json.dumps(self.health_doc()).encode() if body is None else body
         await stream.send_all(http(200, payload, [("X-Consul-Index", str(self.index)),
@@ -835,7 +840,9 @@ async def run_case(kind: str, index: int, caplog: pytest.LogCaptureFixture) -> N
                 phase = "converging to S1"
                 with trio.fail_after(CONVERGE):
                     await recorder.wait_for(expected(s1))
-                await trio.sleep(0.02)  # the client is idle on its watch / blocking query
+                with trio.fail_after(CONVERGE):  # the client is idle on its watch / blocking query
+                    await fake.idle.wait()
+                    await trio.testing.wait_all_tasks_blocked()  # (and has read all the fake sent it)
                 mark = len(caplog.records)
                 phase = "serving the mutations"
                 fake.begin(plan)
@@ -882,7 +889,7 @@ async def run_case(kind: str, index: int, caplog: pytest.LogCaptureFixture) -> N
 @pytest.fixture
 def fuzz_env(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
     monkeypatch.setattr(disc_http, "MAX_BODY", MAX_BODY)
-    monkeypatch.setattr(disc_consul, "MIN_QUERY_INTERVAL", 0.01)  # (0.1 s a query would be most of the run time)
+    monkeypatch.setattr(disc_consul, "MIN_QUERY_INTERVAL", 0.002)  # (0.1 s a query would be most of the run time)
     caplog.set_level(logging.INFO)
     return caplog
 

@@ -14,8 +14,8 @@ import socket
 import msgspec
 import pytest
 import trio
-from backends import EchoBackend, free_port, request, service, wait_until
-from backends import UdpCollector as Collector
+import trio.testing
+from backends import EchoBackend, UdpCollector, free_port, request, service, wait_until
 from test_tel_datadog import unresolvable
 
 from gateway.config import ConfigError, parse_config
@@ -23,8 +23,10 @@ from gateway.policies.statsd.handler import HOSTNAME, Statsd
 from gateway.policies.statsd.lines import Formatter, Packer, rate_suffix
 from gateway.policies.statsd.schema import DEFAULT_METRICS, StatsdConfig
 from gateway.runtime import compile_config
-from gateway.telemetry.batch import QueueConfig, Queues
+from gateway.telemetry.batch import QUEUES, QueueConfig, Queues
 from gateway.telemetry.sender import SendError
+from gateway.telemetry.tcp_sender import TcpSender
+from gateway.telemetry.udp_sender import UdpSender
 
 TIMEOUT = 10
 SERVICE_ID = "0b3f1a52-7c1e-4c55-9d2a-5a1f0c9e7a01"
@@ -41,6 +43,31 @@ KEY = "/request?apikey=kong"
 def http_codec() -> str:
     """One codec: what is checked here is above HTTP framing."""
     return "llhttp"
+
+
+async def sent_out(port: int) -> None:
+    """Once this returns, everything the in-process gateway queued for the collector on `port` has been sent and
+    read: the queues sending to it are drained (what they hold goes out, the batches in flight are waited for), and,
+    twice, every task of the test (the gateway's, the collector's) waits with nothing to read."""
+    with trio.fail_after(TIMEOUT):
+        for _ in range(2):
+            for queue in list(QUEUES.queues.values()):
+                sender = getattr(getattr(queue.handler, "__self__", None), "sender", None)
+                if isinstance(sender, UdpSender | TcpSender) and sender.port == port:
+                    await queue.drain()
+            await trio.testing.wait_all_tasks_blocked()
+
+
+class Collector(UdpCollector):
+    """backends.UdpCollector, whose `received` waits until the gateway has nothing left to send it (`sent_out`)
+    instead of a fixed pause in which no more may come."""
+
+    async def received(self, n: int) -> list[str]:
+        """The first `n` datagrams as text, once they came and nothing more is to come."""
+        await wait_until(lambda: len(self.datagrams) >= n, f"{n} datagrams")
+        await sent_out(self.port)
+        assert len(self.datagrams) == n, self.datagrams
+        return [d.decode() for d in self.datagrams]
 
 
 class TcpCollector:
@@ -498,7 +525,7 @@ async def test_lines_sent_while_the_server_is_down_are_lost_and_the_next_request
         assert trio.current_time() - started < 2
     await wait_until(lambda: any("datagram(s) sent to it were lost" in r.getMessage() and r.levelno == logging.WARNING
                                  for r in caplog.records), "a refusal logged")
-    await trio.sleep(0.2)
+    await sent_out(collector.port)  # every line of the three requests was sent while the port was closed
     back = Collector(collector.port)
     await nursery.start(back.serve)
     with trio.fail_after(TIMEOUT):
@@ -521,7 +548,7 @@ async def test_logs_over_tcp_with_one_metric(nursery, gateway):
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", KEY)).status == 200
     await wait_until(lambda: collector.data, "the line")
-    await trio.sleep(0.1)
+    await sent_out(collector.port)
     assert collector.data == b"kong.service.statsd1.request.count:1|c\n"
 
 
@@ -533,22 +560,23 @@ async def test_over_tcp_each_line_ends_with_a_newline_and_no_packets_are_combine
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", KEY)).status == 200
     await wait_until(lambda: collector.data.count(b"\n") >= 12, "12 lines")
-    await trio.sleep(0.1)
+    await sent_out(collector.port)
     assert collector.data.endswith(b"\n")
     matches(collector.data.decode().split("\n")[:-1], DEFAULT_LINES)
 
 
-async def test_over_tcp_a_batch_whose_connection_failed_is_retried(nursery, gateway):
+async def test_over_tcp_a_batch_whose_connection_failed_is_retried(nursery, gateway, caplog):
     """Kong's logger cannot be made when the connection fails, and its queue retries the batch: the lines of a
     request made while the server was down arrive once it is up."""
     collector = TcpCollector(free_port())
     port = await _tcp(nursery, gateway, collector.port, metrics=[_metric("request_count")])
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", KEY)).status == 200
-    await trio.sleep(0.3)
+    await wait_until(lambda: any("could not process entries" in r.getMessage() for r in caplog.records),
+                     "a try that failed")
     await nursery.start(collector.serve)
     await wait_until(lambda: collector.data, "the retried batch")
-    await trio.sleep(0.1)
+    await sent_out(collector.port)
     assert collector.data == b"kong.service.statsd1.request.count:1|c\n"
 
 
