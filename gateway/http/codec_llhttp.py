@@ -1235,6 +1235,8 @@ class LlhttpClient(_Parsing):
         del events[0]
         if ev is END:
             self._response_done = True
+        elif type(ev) is bytes and events and type(events[0]) is bytes:  # (a chunked body's chunks, one a piece)
+            ev = self._join_body(ev)
         return ev
 
     def _message_done(self) -> None:

@@ -35,34 +35,32 @@ class EventTooLarge(Exception):
 
 
 class EventSplitter:
-    """Body chunks in, whole events out. The bytes of an event not yet ended are kept as pieces and looked at once:
-    each chunk is searched with the last 3 bytes before it (an end of event is at most 4 bytes), so a long event
-    costs time linear in its size, not quadratic."""
+    """Body chunks in, whole events out. The bytes of an event not yet ended are kept in one buffer (an event of tiny
+    chunks weighs its bytes, not an object per chunk) and looked at once: each chunk is searched with the last 3
+    bytes before it (an end of event is at most 4 bytes), so a long event costs time linear in its size, not
+    quadratic."""
 
-    __slots__ = ("_held", "_size", "_tail")
+    __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._held: list[bytes] = []  # the pieces of an event not yet ended (no end of event in them)
-        self._size = 0
-        self._tail = b""  # their last 3 bytes
+        self._held = bytearray()  # the bytes of an event not yet ended (no end of event in them)
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The events `chunk` completes (possibly none), in order."""
         held = self._held
         if not held:
             return self._split(chunk)
-        tail = self._tail
+        tail = held[-3:]
         m = _END.search(tail + chunk)
         if m is None:
-            held.append(chunk)
-            self._size += len(chunk)
-            self._tail = (tail + chunk[-3:])[-3:]
-            if self._size > MAX_EVENT:
+            held += chunk
+            if len(held) > MAX_EVENT:
                 raise EventTooLarge(f"an event of the stream passed {MAX_EVENT} bytes without ending")
             return []
         cut = m.end() - len(tail)  # (> 0: the held bytes end no event, so neither do their last 3)
-        first = b"".join(held) + chunk[:cut]
-        self._held, self._size, self._tail = [], 0, b""
+        held += chunk[:cut]
+        first = bytes(held)
+        held.clear()
         return [first, *self._split(chunk[cut:])]
 
     def _split(self, buf: bytes) -> list[bytes]:
@@ -73,16 +71,15 @@ class EventSplitter:
             events.append(buf[start:m.end()])
             start = m.end()
         if start < len(buf):
-            rest = buf[start:] if start else buf
-            self._held, self._size, self._tail = [rest], len(rest), rest[-3:]
-            if self._size > MAX_EVENT:
+            self._held += memoryview(buf)[start:]
+            if len(self._held) > MAX_EVENT:
                 raise EventTooLarge(f"an event of the stream passed {MAX_EVENT} bytes without ending")
         return events
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet ended (what a stream that ends leaves: edited as an event, then sent)."""
-        return b"".join(self._held)
+        return bytes(self._held)
 
 
 def data_of(event: bytes) -> bytes | None:

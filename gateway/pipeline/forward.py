@@ -692,6 +692,7 @@ class Forwarder:
                         rest = splitter.pending if splitter is not None else b""
                         await ex.end(edit.event(rest) if rest else b"")  # type: ignore[union-attr]
                         return
+                    await conn.pace()  # (a read of tiny chunks is many events: the worker's other clients get a turn)
                     if splitter is not None:
                         try:
                             events = splitter.feed(ev)  # type: ignore[arg-type]
@@ -789,7 +790,8 @@ class _PacedConn:
 
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
-    """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does."""
+    """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does. Each chunk
+    counts against the upstream connection's checkpoint budget (Conn.pace), as each read does."""
     codec = uc.codec
     conn = uc.conn
     timer = ex.timer
@@ -801,6 +803,7 @@ async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> N
                 timer.clear()
                 await ex.end()
                 return
+            await conn.pace()
             await ex.send_body(ev)  # type: ignore[arg-type]
 
 
@@ -818,26 +821,27 @@ class AnswerTooLarge(Exception):
 async def _edited_body(ex: Exchange, uc: UpstreamConn, status: int, headers: Headers, first: bytes, done: bool,
                        edit: ResponseEdit, detail: tuple[str, float]) -> tuple[int, Headers, bytes]:
     """Read a (non-event-stream) answer whole and edit it: (status, headers with the new length, body). The client
-    has seen nothing yet, so an upstream too slow between two reads gets the client a 504 (read_timeout)."""
-    parts = [first]
-    size = len(first)
+    has seen nothing yet, so an upstream too slow between two reads gets the client a 504 (read_timeout). The body
+    is held in one buffer (an answer of tiny chunks weighs its bytes), its chunks paced as _stream_body's."""
+    whole = bytearray(first)
     codec = uc.codec
+    conn = uc.conn
     timer = ex.timer
     while not done:
         timer.set(detail[1], Phase.UPSTREAM_READ, detail)
-        data = await uc.conn.recv()
+        data = await conn.recv()
         timer.clear()
         codec.receive_data(data)
         while (ev := codec.next_event()) is not NEED_DATA:
             if ev is END:
                 done = True
                 break
-            parts.append(ev)  # type: ignore[arg-type]
-            size += len(ev)  # type: ignore[arg-type]
-            if size > MAX_EDITED_BODY:
+            await conn.pace()
+            whole += ev  # type: ignore[arg-type]
+            if len(whole) > MAX_EDITED_BODY:
                 raise AnswerTooLarge(error_response(None, -32603, "the upstream's answer is too large for the "
                                                     f"gateway to filter ({MAX_EDITED_BODY} bytes at most)"))
-    body = b"".join(parts)
+    body = bytes(whole)
     if status == 202 and edit.errors:  # the server accepted the forwarded part: the gateway's errors are the answer
         status, body = 200, edit.accepted_body()
         headers = [hv for hv in headers if hv[0] != b"content-type"] + [(b"content-type", b"application/json")]

@@ -182,9 +182,10 @@ async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, rea
     """Read an upstream body to its end for the body filters: (body, True), or (what was read, False) once it
     passes `limit`, for the caller to stream on unchanged. read_timeout applies between reads, as when streaming;
     with no head sent yet, a stall past it gets the client a 504 (gateway.http.server._timed_out), logged with the
-    upstream the head came from (the timer's detail as the head's read left it)."""
-    parts = [first]
-    size = len(first)
+    upstream the head came from (the timer's detail as the head's read left it). The body is held in one buffer (one
+    of tiny chunks weighs its bytes, not an object per chunk), and each chunk counts against the upstream
+    connection's checkpoint budget (Conn.pace: a read of 1-byte chunks must not hold the worker's other clients)."""
+    body = bytearray(first)
     timer = ex.timer
     detail = ((timer.detail or ("?", 0.0))[0], read_timeout)
     while True:
@@ -193,14 +194,14 @@ async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, rea
         while (ev := codec.next_event()) is not NEED_DATA:
             if ev is END:
                 timer.clear()
-                return b"".join(parts), True
-            parts.append(ev)
-            size += len(ev)
-        if size > limit:
+                return bytes(body), True
+            await conn.pace()
+            body += ev
+        if len(body) > limit:
             timer.clear()
             log.warning("response body of %s %s is over %d bytes: sent unfiltered", ex.request.method.decode(),
                         ex.request.target[:200].decode("latin-1"), limit)
-            return b"".join(parts), False
+            return bytes(body), False
 
 
 def _is_event_stream(headers: Headers) -> bool:
