@@ -32,7 +32,7 @@ from etcd_server import find_etcd
 from loadgen import LoadResult, one_request
 
 from gateway.bus.admin_client import AdminUnavailable, admin_call
-from gateway.node.control import ADMIN_TIMEOUT_S, RELOAD_TIMEOUT_S
+from gateway.node.control import ADMIN_TIMEOUT_S, RELOAD_TIMEOUT_S, read_line
 
 # ---- backends --------------------------------------------------------------------------------------------------------
 
@@ -313,7 +313,7 @@ class GatewayNode:
             self.proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          pass_fds=(write_fd,), start_new_session=True)
         os.close(write_fd)
-        line = await trio.to_thread.run_sync(_read_line, read_fd, 60.0)
+        line = await trio.to_thread.run_sync(read_line, read_fd, 60.0)
         self.root = self.proc.pid
         self.pids.add(self.root)
         assert line.startswith("ready"), f"gateway start failed: {line!r}\n{self.log()[-3000:]}"
@@ -392,22 +392,6 @@ class GatewayNode:
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(5)
-
-
-def _read_line(fd: int, timeout: float) -> str:
-    """The first line written to the pipe `fd` within `timeout` seconds (what came, if it closed or time ran out)."""
-    import select
-
-    data = b""
-    try:
-        while b"\n" not in data and select.select([fd], [], [], timeout)[0]:
-            chunk = os.read(fd, 4096)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    return data.decode(errors="replace").split("\n", 1)[0]
 
 
 @contextlib.contextmanager

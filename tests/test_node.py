@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -132,17 +133,16 @@ def serving(tmp_path_factory, backend):
     doc = json.loads(gw.config.read_text())
     doc["routes"].append({"name": "mcp", "service": "b", "paths": ["/mcp"], "strip_path": False, "mcp": True})
     gw.config.write_text(json.dumps(doc))
-    try:
-        started = gw.start(workers=2)
-        assert started.returncode == 0, started.stderr
-        yield gw
-    finally:
-        gw.kill_all()
+    yield from _running(gw)
 
 
 @pytest.fixture(scope="module")
 def _reloaded_gateway(tmp_path_factory, backend):
-    gw = Gateway(tmp_path_factory.mktemp("reloaded"), free_port(), backend)
+    yield from _running(Gateway(tmp_path_factory.mktemp("reloaded"), free_port(), backend))
+
+
+def _running(gw: Gateway) -> Iterator[Gateway]:
+    """`gw` started with 2 workers, for as long as the fixture lasts; then stopped."""
     try:
         started = gw.start(workers=2)
         assert started.returncode == 0, started.stderr

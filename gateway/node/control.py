@@ -192,7 +192,7 @@ def start_daemon(config_path: str, workers: int | None) -> int:
                                 start_new_session=True)
     os.close(write_fd)
     try:
-        line = _read_line(read_fd, START_TIMEOUT_S)
+        line = read_line(read_fd, START_TIMEOUT_S)
     except KeyboardInterrupt:
         proc.send_signal(signal.SIGINT)  # as Ctrl-C would stop it in the foreground: it cleans up after itself
         if _reap(proc, FORCED_STOP_WAIT_S) is None:
@@ -236,7 +236,9 @@ def _last_line(path: str, offset: int) -> str:
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
-def _read_line(fd: int, timeout: float) -> str:
+def read_line(fd: int, timeout: float) -> str:
+    """The first line written to the pipe `fd` within `timeout` seconds (what came, if it closed or time ran out);
+    `fd` is closed. How `gateway start` hears its root say it is ready (the tests' GatewayNode.start too)."""
     import select
 
     data = b""

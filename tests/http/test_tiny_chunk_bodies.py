@@ -33,6 +33,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 
 import pytest
 import trio
@@ -46,8 +47,10 @@ from gateway.http.net import CHECKPOINT_EVERY, RECV_SIZE, Conn
 from gateway.http.pool import UpstreamConn
 from gateway.http.server import Exchange, ServerSettings
 from gateway.http.timers import ConnTimer, Phase
+from gateway.mcp import body as mcp_body
 from gateway.mcp.governance import ResponseEdit
 from gateway.mcp.sse import EventSplitter
+from gateway.mcp.step import McpRequest, read_peek
 from gateway.pipeline.forward import Forwarder, _edited_body, _stream_body
 from gateway.pipeline.phases import read_whole_body
 from gateway.pipeline.request_buffer import read_whole
@@ -79,17 +82,31 @@ async def _read_body(ex: Exchange) -> object:
     return (await ex.read_body(1 << 20))[0]
 
 
+async def _mcp_whole(ex: Exchange) -> object:
+    """The MCP whole-body read (ai-mcp-proxy, ai-mcp-oauth2, the MCP rate keys, the MCP router's confirmation)."""
+    mcp, whole = await mcp_body.whole(ex, 1 << 20)
+    return mcp.body if whole else None
+
+
+async def _mcp_peek(ex: Exchange) -> object:
+    """The MCP router's peek at the first peek_bytes."""
+    mcp = McpRequest()
+    assert await read_peek(ex, mcp, SimpleNamespace(peek_bytes=1 << 20, body_timeout=TIMEOUT))  # type: ignore[arg-type]
+    return mcp.body
+
+
 # --- a body kept in memory costs what it weighs, however it was chunked ---------------------------------------------
 
 
 @CODECS
-@pytest.mark.parametrize("reader", [_read_whole, _read_body], ids=["read_whole", "read_body"])
+@pytest.mark.parametrize("reader", [_read_whole, _read_body, _mcp_whole, _mcp_peek],
+                         ids=["read_whole", "read_body", "mcp_whole", "mcp_peek"])
 async def test_a_body_of_2_byte_chunks_held_in_memory_weighs_about_its_size(
         codec_cls: type[ServerCodec], reader: Callable[[Exchange], Awaitable[object]],
         conn_pair: tuple[Conn, socket.socket]) -> None:
-    """A body read whole in memory (request buffering, read_whole; a plugin's read_body) while the client stalls
-    before its last chunk holds about its own size (and what the codec keeps of the last read), not an object and a
-    list entry per 2-byte chunk (~24 times the body): nginx holds client_body_buffer_size at most
+    """A body read whole in memory (request buffering, read_whole; a plugin's read_body; the MCP readers) while the
+    client stalls before its last chunk holds about its own size (and what the codec keeps of the last read), not an
+    object and a list entry per 2-byte chunk (~24 times the body): nginx holds client_body_buffer_size at most
     (ngx_http_request_body.c:1338-1340)."""
     conn, peer = conn_pair
     size = 10_000  # (h11 parses an event per chunk, slowly under tracemalloc)
@@ -162,6 +179,25 @@ async def test_reading_a_body_of_1_byte_chunks_gives_the_other_tasks_turns(
     assert turns >= 2, f"{turns} turns for the other task while {chunks} 1-byte chunks were parsed"  # (3 expected)
 
 
+# What both flooding processes below send: 1-byte chunks on SOCK, as fast as it is read, for at most argv[2] seconds
+# or until their stdin closes.
+_FLOOD_LOOP = r"""
+SOCK.setblocking(False)
+piece = memoryview(b"1\r\nX\r\n" * 10000)
+view = piece
+deadline = time.monotonic() + float(sys.argv[2])
+print("flooding", flush=True)
+while time.monotonic() < deadline:
+    readable, writable, _ = select.select([sys.stdin], [SOCK], [], 0.1)
+    if readable:
+        break
+    if writable:
+        try:
+            view = view[SOCK.send(view):] or piece
+        except BlockingIOError:
+            pass
+"""
+
 # A client in a process of its own (not a thread of this one, whose GIL it would share with the gateway): uploads an
 # endless chunked body of 1-byte chunks as fast as the gateway reads it, for at most argv[2] seconds or until its
 # stdin closes; then resets the connection (what the gateway has not read yet is dropped by the kernel).
@@ -169,20 +205,8 @@ _FLOOD = r"""
 import select, socket, struct, sys, time
 sock = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
 sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-sock.setblocking(False)
-piece = memoryview(b"1\r\nX\r\n" * 10000)
-view = piece
-deadline = time.monotonic() + float(sys.argv[2])
-print("flooding", flush=True)
-while time.monotonic() < deadline:
-    readable, writable, _ = select.select([sys.stdin], [sock], [], 0.1)
-    if readable:
-        break
-    if writable:
-        try:
-            view = view[sock.send(view):] or piece
-        except BlockingIOError:
-            pass
+"""
+_FLOOD += _FLOOD_LOOP.replace("SOCK", "sock") + r"""
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 sock.close()
 """
@@ -415,20 +439,8 @@ head = b""
 while b"\r\n\r\n" not in head:
     head += upstream.recv(65536)
 upstream.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
-upstream.setblocking(False)
-piece = memoryview(b"1\r\nX\r\n" * 10000)
-view = piece
-deadline = time.monotonic() + float(sys.argv[2])
-print("flooding", flush=True)
-while time.monotonic() < deadline:
-    readable, writable, _ = select.select([sys.stdin], [upstream], [], 0.1)
-    if readable:
-        break
-    if writable:
-        try:
-            view = view[upstream.send(view):] or piece
-        except BlockingIOError:
-            pass
+"""
+_UPSTREAM_FLOOD += _FLOOD_LOOP.replace("SOCK", "upstream") + r"""
 for sock in (upstream, client):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()

@@ -11,7 +11,8 @@ import functools
 import json
 import subprocess
 import sys
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,17 @@ class SdkServers:
 
     def name_of(self, port: int) -> str:
         return next(n for n, p in self.ports.items() if p == port)
+
+
+@contextmanager
+def sdk_servers(*names: str, extra: tuple[str, ...] = ()) -> Iterator[SdkServers]:
+    """SDK servers started by name (with `extra` arguments), all stopped at the end."""
+    sdk = SdkServers()
+    try:
+        sdk.start(*names, extra=extra)
+        yield sdk
+    finally:
+        sdk.stop_all()
 
 
 def mcp_config(ports: list[int], *, route: dict[str, Any] | None = None, upstream: dict[str, Any] | None = None,

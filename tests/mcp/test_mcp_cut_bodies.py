@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from backends import Client as HttpClient
-from mcp_helpers import JSON_HEADERS, TEST_KEY, SdkServers, bounded, mcp_config, session_keys
+from mcp_helpers import JSON_HEADERS, TEST_KEY, bounded, mcp_config, sdk_servers, session_keys
 
 from gateway.config.mcp import McpSettings
 from gateway.mcp import jsonrpc
@@ -159,12 +159,8 @@ def http_codec() -> str:
 
 @pytest.fixture(scope="module")
 def sdk_server():
-    sdk = SdkServers()
-    try:
-        sdk.start("alpha", extra=("--json-response",))
+    with sdk_servers("alpha", extra=("--json-response",)) as sdk:
         yield sdk
-    finally:
-        sdk.stop_all()
 
 
 async def _session(http: HttpClient, host: str) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ import pytest
 import trio
 from backends import Client as HttpClient
 from e2e_helpers import GatewayNode
-from mcp_helpers import JSON_HEADERS, SdkServers, bounded, mcp_config, sdk_client, whoami
+from mcp_helpers import JSON_HEADERS, SdkServers, bounded, mcp_config, sdk_client, sdk_servers, whoami
 
 NAMES = ["alpha", "beta", "gamma"]
 
@@ -39,12 +39,8 @@ class Node(GatewayNode):
 @pytest.fixture(scope="module")
 def servers() -> Iterator[SdkServers]:
     """The SDK servers alpha, beta and gamma, for every test here."""
-    sdk = SdkServers()
-    try:
-        sdk.start(*NAMES)
+    with sdk_servers(*NAMES) as sdk:
         yield sdk
-    finally:
-        sdk.stop_all()
 
 
 @pytest.fixture

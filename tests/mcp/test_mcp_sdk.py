@@ -13,7 +13,17 @@ import pytest
 import trio
 from backends import Client as HttpClient
 from mcp.shared.exceptions import MCPError
-from mcp_helpers import JSON_HEADERS, TEST_KEY, SdkServers, bounded, mcp_config, sdk_client, session_keys, whoami
+from mcp_helpers import (
+    JSON_HEADERS,
+    TEST_KEY,
+    SdkServers,
+    bounded,
+    mcp_config,
+    sdk_client,
+    sdk_servers,
+    session_keys,
+    whoami,
+)
 
 NAMES = ["alpha", "beta", "gamma"]
 
@@ -22,12 +32,8 @@ pytestmark = pytest.mark.parametrize("http_codec", ["llhttp"])  # the codecs hav
 
 @pytest.fixture(scope="module")
 def servers():
-    sdk = SdkServers()
-    try:
-        sdk.start(*NAMES)
+    with sdk_servers(*NAMES) as sdk:
         yield sdk
-    finally:
-        sdk.stop_all()
 
 
 def ports(servers: SdkServers) -> list[int]:
