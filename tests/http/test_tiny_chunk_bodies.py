@@ -34,6 +34,7 @@ import time
 import tracemalloc
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import TypeVar
 
 import pytest
 import trio
@@ -63,6 +64,7 @@ CODECS = pytest.mark.parametrize("codec_cls", [H11Server, LlhttpServer], ids=["h
 CHUNKS_PER_TURN = {H11Server: CHECKPOINT_EVERY, LlhttpServer: 256 * CHECKPOINT_EVERY,
                    H11Client: CHECKPOINT_EVERY, LlhttpClient: 256 * CHECKPOINT_EVERY}
 TIMEOUT = 10
+T = TypeVar("T")
 
 
 def _exchange(codec_cls: type[ServerCodec], conn: Conn, data: bytes = b"") -> Exchange:
@@ -93,6 +95,25 @@ async def _mcp_peek(ex: Exchange) -> object:
     mcp = McpRequest()
     assert await read_peek(ex, mcp, SimpleNamespace(peek_bytes=1 << 20, body_timeout=TIMEOUT))  # type: ignore[arg-type]
     return mcp.body
+
+
+async def _turns_while(work: Callable[[], Awaitable[T]]) -> tuple[int, T]:
+    """How many turns another task had (one a checkpoint of its own) while `work` ran, and what `work` returned."""
+    turns = 0
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            await trio.lowlevel.checkpoint()
+            turns += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        await trio.lowlevel.checkpoint()  # (the other task is under way)
+        turns = 0
+        result = await work()
+        nursery.cancel_scope.cancel()
+    return turns, result
 
 
 # --- a body kept in memory costs what it weighs, however it was chunked ---------------------------------------------
@@ -159,22 +180,14 @@ async def test_reading_a_body_of_1_byte_chunks_gives_the_other_tasks_turns(
     conn, _ = conn_pair
     chunks = 3 * CHUNKS_PER_TURN[codec_cls]
     ex = _exchange(codec_cls, conn, b"1\r\nX\r\n" * chunks + LAST_CHUNK)
-    turns = 0
-    body = bytearray()
 
-    async def other_task() -> None:
-        nonlocal turns
-        while True:
-            await trio.lowlevel.checkpoint()
-            turns += 1
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(other_task)
-        await trio.lowlevel.checkpoint()  # (the other task is under way)
-        turns = 0
+    async def read() -> bytes:
+        body = bytearray()
         while (piece := await ex.receive_body()) is not None:
             body += piece
-        nursery.cancel_scope.cancel()
+        return bytes(body)
+
+    turns, body = await _turns_while(read)
     assert body == b"X" * chunks
     assert turns >= 2, f"{turns} turns for the other task while {chunks} 1-byte chunks were parsed"  # (3 expected)
 
@@ -334,20 +347,7 @@ async def test_relaying_an_upstream_body_of_1_byte_chunks_gives_the_other_tasks_
     reader.start()
     try:
         ex = await _client_exchange(Conn(ours), head)
-        turns = 0
-
-        async def other_task() -> None:
-            nonlocal turns
-            while True:
-                await trio.lowlevel.checkpoint()
-                turns += 1
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
-            await trio.lowlevel.checkpoint()  # (the other task is under way)
-            turns = 0
-            body = await relay(ex, uc)
-            nursery.cancel_scope.cancel()
+        turns, body = await _turns_while(lambda: relay(ex, uc))
     finally:
         ours.shutdown(socket.SHUT_WR)
         reader.join()

@@ -24,7 +24,7 @@ from backends import Client, EchoBackend, service
 from dns_server import serve_names
 from e2e_helpers import Backend, node_factory, wait_for
 from e2e_helpers import request as http_request
-from redis_server import RedisProcess, find_redis
+from redis_server import RedisProcess, find_redis, running_redis
 
 from gateway.config.schema import GatewaySettings
 from gateway.dns.process import serving
@@ -49,13 +49,9 @@ def redis_binary() -> str:
 
 
 @pytest.fixture
-def redis(redis_binary: str, tmp_path: Path) -> Iterator[RedisProcess]:
-    server = RedisProcess(redis_binary, tmp_path)
-    server.start()
-    try:
+def redis(tmp_path: Path) -> Iterator[RedisProcess]:
+    with running_redis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 async def open_store(nursery: trio.Nursery, port: int, timeout_ms: int = 5000) -> RedisStore:
