@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from auth_helpers import (
@@ -16,7 +18,9 @@ from auth_helpers import (
 )
 
 from gateway.config import ConfigError, parse_config
-from gateway.policies.basic_auth.handler import decode_basic
+from gateway.policies.basic_auth.handler import BasicAuth, decode_basic
+from gateway.policies.basic_auth.schema import BasicAuthConfig
+from gateway.policies.consumers import Directory, Rejection
 
 CONSUMERS = [
     {"username": "bob", "basicauth_credentials": [{"username": "bob", "password": "kong"},
@@ -136,6 +140,38 @@ async def test_anonymous(nursery, gateway):
 ])
 def test_decode_basic_reads_the_header_as_kong_does(header, expected):
     assert decode_basic(header) == expected
+
+
+def hiding_policy() -> BasicAuth:
+    return BasicAuth(BasicAuthConfig(hide_credentials=True), Directory(parse_config("{}", "t.yml")))
+
+
+def bare_exchange(headers: list[tuple[bytes, bytes]]) -> Any:
+    """What authenticate reads and hide_credentials rewrites of an exchange: its request's headers."""
+    return SimpleNamespace(request=SimpleNamespace(headers=headers))
+
+
+@pytest.mark.parametrize("name", [b"authorization", b"proxy-authorization"])
+@pytest.mark.parametrize("decoded", [b"an-api-token-without-a-colon", b":::"], ids=["no-colon", "colons-only"])
+def test_hide_credentials_keeps_a_basic_value_that_decodes_to_no_username_and_password(name, decoded):
+    """kong/plugins/basic-auth/access.lua:51-59: when ([^:]+):(.*) finds nothing in the decoded value,
+    retrieve_credentials returns before access.lua:68-69 clears the header, so the request (401, or the anonymous
+    consumer with `anonymous`) keeps it."""
+    value = b"Basic " + base64.b64encode(decoded)
+    ex = bare_exchange([(name, value)])
+    assert isinstance(hiding_policy().authenticate(ex), Rejection)
+    assert ex.request.headers == [(name, value)]
+
+
+@pytest.mark.parametrize("name", [b"authorization", b"proxy-authorization"])
+@pytest.mark.parametrize("value", [b"Bearer Ym9iOmtvbmc=", b"Basic", b"Basic !!!!", b"Basic Y"],
+                         ids=["not-basic", "no-credentials", "not-base64", "one-base64-digit"])
+def test_hide_credentials_removes_a_value_that_is_not_basic_base64(name, value):
+    """kong/plugins/basic-auth/access.lua:36-49: a value without a match of \\s*[Bb]asic\\s*(.+), or whose capture
+    ngx.decode_base64 refuses, skips the parsing and reaches access.lua:68-69, which clears the header."""
+    ex = bare_exchange([(name, value), (b"x-other", b"kept")])
+    assert isinstance(hiding_policy().authenticate(ex), Rejection)
+    assert ex.request.headers == [(b"x-other", b"kept")]
 
 
 # --- a file Kong exported (_transform: false): passwords are Kong's stored hashes ----------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -651,6 +652,41 @@ def test_header_type_is_a_pattern_as_in_kong():
 def test_an_unsafe_username_is_escaped_in_x_credential_identifier():
     from gateway.policies.ldap_auth.handler import CredentialIdentity
     assert CredentialIdentity("k", b"a\rb\x00c").upstream_headers == [(b"x-credential-identifier", b"a%0Db%00c")]
+
+
+def accepting_policy(**config: Any) -> LdapAuth:
+    """ldap-auth whose cache already holds a successful bind of einstein:password (no LDAP server is contacted)."""
+    policy = LdapAuth(LdapAuthConfig(ldap_host="127.0.0.1", ldap_port=1, base_dn=PEOPLE_DN, attribute="uid",
+                                     **config), Directory(parse_config("{}", "t.yml")), cache=handler.BindCache())
+    policy.cache.keep(policy.cache_key(b"einstein", b"password"), handler.ACCEPTED, 0, trio.current_time())
+    return policy
+
+
+def bare_exchange(headers: list[tuple[bytes, bytes]]) -> Any:
+    """What authenticate_awaited reads and hide_credentials rewrites of an exchange: its request's headers."""
+    return SimpleNamespace(request=SimpleNamespace(headers=headers))
+
+
+async def test_proxy_authorization_spelled_with_an_underscore_is_read_as_kongs_get_header():
+    """kong/plugins/ldap-auth/access.lua:244-245 reads both headers with kong.request.get_header, which is
+    kong/tools/http.lua:561 ngx.var["http_" .. replace_dashes(name)]: $http_proxy_authorization matches a
+    `proxy_authorization` line (kong/templates/nginx_kong.lua:30 underscores_in_headers on)."""
+    ex = bare_exchange([(b"proxy_authorization", ldap().encode())])
+    found = await accepting_policy().authenticate_awaited(ex)
+    assert isinstance(found, handler.CredentialIdentity)
+    assert found.upstream_headers == [(b"x-credential-identifier", b"einstein")]
+
+
+async def test_hide_credentials_removes_only_the_headers_of_the_exact_names():
+    """kong/plugins/ldap-auth/access.lua:274-275 clear_header(AUTHORIZATION), clear_header(PROXY_AUTHORIZATION):
+    ngx.req.clear_header removes the lines whose name has the same length and letters, any case
+    (lua-nginx-module src/ngx_http_lua_headers_in.c:212-213), so a `proxy_authorization` line that authenticated
+    still goes upstream."""
+    ex = bare_exchange([(b"proxy_authorization", ldap().encode()), (b"authorization", b"other")])
+    found = await accepting_policy(hide_credentials=True).authenticate_awaited(ex)
+    assert isinstance(found, handler.CredentialIdentity)
+    assert found.upstream_headers == [(b"x-credential-identifier", b"einstein")]
+    assert ex.request.headers == [(b"proxy_authorization", ldap().encode())]
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------------

@@ -29,14 +29,14 @@ _DECOY = PasswordHash("")  # checked against when the username is unknown, so bo
 CACHE_ENTRIES = 4096  # Authorization values verified, per plugin instance and worker (a config load starts afresh)
 
 
-def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
-    """(username, password) from a Basic credentials header value, as Kong reads it; None if it has none."""
+def basic_decoded(header: bytes) -> bytes | None:
+    """The decoded credentials of a Basic header value; None if it is not Basic or not base64 (ngx.decode_base64)."""
     m = _BASIC.search(header)
-    if m is None:
-        return None
-    decoded = decode_base64(m.group(1))
-    if decoded is None:
-        return None
+    return decode_base64(m.group(1)) if m is not None else None
+
+
+def split_basic(decoded: bytes) -> tuple[bytes, bytes] | None:
+    """(username, password) from decoded Basic credentials; None without a colon after a username."""
     # Kong's ([^:]+):(.*), searched: from the first character that is not a colon to the next colon, and the rest of
     # that line. (As a regex search it is quadratic in a decoded value without a colon.)
     start = len(decoded) - len(decoded.lstrip(b":"))
@@ -44,6 +44,12 @@ def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
     if colon < 0:
         return None
     return decoded[start:colon], decoded[colon + 1:].partition(b"\n")[0]
+
+
+def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
+    """(username, password) from a Basic credentials header value, as Kong reads it; None if it has none."""
+    decoded = basic_decoded(header)
+    return split_basic(decoded) if decoded is not None else None
 
 
 class BasicAuth(AuthPolicy):
@@ -63,8 +69,10 @@ class BasicAuth(AuthPolicy):
     def _read(self, ex: Exchange, name: bytes, value: bytes | None) -> tuple[bytes, bytes] | None:
         if value is None:
             return None
-        given = decode_basic(value)
-        if self.hide:
+        decoded = basic_decoded(value)
+        given = split_basic(decoded) if decoded is not None else None
+        # Kong's retrieve_credentials returns before clearing a header that decodes without user:password
+        if self.hide and (given is not None or decoded is None):
             remove_header(ex, name)
         return given
 

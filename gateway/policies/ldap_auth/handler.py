@@ -11,7 +11,8 @@ Answers, as Kong's:
   kong.client.authenticate(nil, credential)): upstream, X-Credential-Identifier is the username and the consumer
   headers are absent (also those an earlier plugin set). The credential's id is Kong's cache key, so rate limiting
   by credential counts per username and password. With hide_credentials, Authorization and Proxy-Authorization are
-  both removed, on success only.
+  both removed, on success only, by their exact names (Kong's clear_header): a line spelled with "_", which is read
+  as Kong's kong.request.get_header reads it, still goes upstream.
 
 A bind's outcome is remembered for cache_ttl seconds (0: until the config is reloaded, as Kong's cache is purged
 then) under Kong's key, a SHA-256 of ldap_host, ldap_port, base_dn, attribute, cache_ttl, username and password,
@@ -63,9 +64,9 @@ from gateway.policies.consumers import (
     Identity,
     Rejection,
     decode_base64,
-    header_value,
     remove_header,
 )
+from gateway.policies.header_list import request_header
 from gateway.policies.ldap_auth import client
 from gateway.policies.ldap_auth.client import Server, Unavailable
 from gateway.policies.ldap_auth.schema import LdapAuthConfig
@@ -247,8 +248,8 @@ class LdapAuth(AuthPolicy):
 
     async def authenticate_awaited(self, ex: Exchange) -> Identity | Rejection:
         headers = ex.request.headers
-        authorization = header_value(headers, b"authorization")
-        proxy_authorization = header_value(headers, b"proxy-authorization")
+        authorization = request_header(headers, b"authorization")  # (kong.request.get_header: "_" as "-")
+        proxy_authorization = request_header(headers, b"proxy-authorization")
         if authorization is None and proxy_authorization is None:
             return self.unauthorized
         found = None
