@@ -1,12 +1,18 @@
 """Sending datagrams to a collector over UDP (udp-log, loggly, statsd, datadog): a socket connected to the address
 the host resolves to, kept for the next datagram (a concurrent send makes one of its own).
 
+Each send (an entry, or a statsd or datadog batch) resolves the host again through the gateway's DNS client, as
+Kong's setpeername on the fresh socket of each does (kong/globalpatches.lua `udp_resolve_setpeername`: its DNS
+client's toip, cached for the record's TTL): a collector whose record changed gets the datagrams once its TTL
+passed, and the records of a name with several take turns. While the answer is cached the lookup costs no query;
+the kept socket is used while the name resolves to the address it is connected to, and a new one is made when not.
+
 A connected UDP socket hears back from the kernel when the collector's port is closed: the ICMP port unreachable
 answering a datagram makes the socket's next send fail with ECONNREFUSED, and that send did not send its datagram
 (Linux checks the pending error before it builds the datagram, and the failed call clears it). Kong sends each
 entry from a fresh socket, which never hears of an earlier datagram, so a send refused so is made once more: the
-datagram goes out once, and reaches the collector if it listens again. The host is resolved again after any
-other failure, as a collector that moved would need.
+datagram goes out once, and reaches the collector if it listens again. After any other failure the socket is
+closed, and the next send makes a new one.
 
 statsd and datadog send a batch with `send_each`, as Kong's statsd logger: a socket that cannot be made (a name
 that does not resolve) fails the batch, which the queue retries; a datagram that fails on the socket is logged and
@@ -30,6 +36,9 @@ REFUSED_LOG_EVERY_S = 10.0  # a sender logs that the collector refused earlier d
 log = logging.getLogger("gateway.telemetry")
 
 
+Address = tuple[str, int]
+
+
 class UdpSender:
     """Sends datagrams to host:port; concurrent sends each use a socket of their own."""
 
@@ -38,31 +47,27 @@ class UdpSender:
         self.host, self.port = host, port
         self.timeout = timeout
         self.where = f"udp://{f'[{host}]' if ':' in host else host}:{port}"
-        self._socket: trio.socket.SocketType | None = None  # the idle socket
+        self._literal: Address | None = (host, port) if is_ip(host) else None  # an address: nothing to resolve
+        self._idle: tuple[trio.socket.SocketType, Address] | None = None  # the idle socket and where it is connected
         self._refused_logged = -REFUSED_LOG_EVERY_S
         self._refused = 0  # refusals since the last logged
 
     async def send(self, datagram: bytes) -> None:
         """Send `datagram`; one too large is dropped (logged); raise SendError when it could not be sent."""
-        sock, self._socket = self._socket, None
+        sock, peer = await self._take()
         try:
-            if sock is None:
-                sock = await self._open()
             await self._send_on(sock, datagram)
         except BaseException:
-            if sock is not None:  # the next send makes a socket anew, resolving the host again
-                sock.close()
+            sock.close()  # the next send makes a socket anew
             raise
-        self._keep(sock)
+        self._keep(sock, peer)
 
     async def send_each(self, datagrams: Iterable[bytes], plugin: str) -> None:
         """A batch's datagrams as Kong's statsd logger sends them (statsd, datadog: statsd_logger.lua): the socket is
         made first, and SendError raised when it cannot be (the name does not resolve: Kong's setpeername fails,
         its handler returns false and its queue retries the batch); a datagram that then fails is logged, naming
         `plugin`, and lost, and the next one is sent on the same socket."""
-        sock, self._socket = self._socket, None
-        if sock is None:
-            sock = await self._open()
+        sock, peer = await self._take()
         try:
             for datagram in datagrams:
                 try:
@@ -72,7 +77,25 @@ class UdpSender:
         except BaseException:
             sock.close()
             raise
-        self._keep(sock)
+        self._keep(sock, peer)
+
+    async def _take(self) -> tuple[trio.socket.SocketType, Address]:
+        """A socket connected to the address the host resolves to now, and that address: the idle socket when it
+        is connected there, else a new one; SendError when the name does not resolve or no socket can be made."""
+        peer = self._literal or await self._resolve()
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            if idle[1] == peer:
+                return idle
+            idle[0].close()  # connected to where the name no longer leads (or to another of its records)
+        return await self._connect(peer), peer
+
+    def _keep(self, sock: trio.socket.SocketType, peer: Address) -> None:
+        """Keep `sock`, connected to `peer`, for the next send, unless a concurrent send kept its own."""
+        if self._idle is None:
+            self._idle = (sock, peer)
+        else:
+            sock.close()
 
     async def _send_on(self, sock: trio.socket.SocketType, datagram: bytes) -> None:
         """One datagram on a connected socket; one too large is dropped (logged); SendError when it failed."""
@@ -96,13 +119,6 @@ class UdpSender:
                 return
             raise SendError(f"{self.where}: sending failed: {e.strerror or e}") from None
 
-    def _keep(self, sock: trio.socket.SocketType) -> None:
-        """Keep `sock` for the next send, unless a concurrent send kept its own."""
-        if self._socket is None:
-            self._socket = sock
-        else:
-            sock.close()
-
     def _log_refused(self) -> None:
         """Say, at most every REFUSED_LOG_EVERY_S seconds, how many datagrams the collector's closed port refused."""
         self._refused += 1
@@ -113,29 +129,32 @@ class UdpSender:
                     "unreachable)", self.where, self._refused)
         self._refused_logged, self._refused = now, 0
 
-    async def _open(self) -> trio.socket.SocketType:
-        """A socket connected to host:port (the host resolved); SendError when it cannot be made in time."""
-        host, port = self.host, self.port
+    async def _resolve(self) -> Address:
+        """The address and port the host name resolves to now (the DNS client's, TTL-cached; an SRV record's port
+        replaces the configured one); SendError when it does not resolve in time."""
         try:
             with trio.fail_after(self.timeout):
-                if not is_ip(host):
-                    host, port = await resolve(host, port)
-                sock = trio.socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
-                try:
-                    await sock.connect((host, port))
-                except BaseException:
-                    sock.close()
-                    raise
+                return await resolve(self.host, self.port)
         except NameNotResolved as e:
             raise SendError(f"{self.where}: cannot resolve {self.host}: {e.reason}") from None
         except trio.TooSlowError:
-            raise SendError(f"{self.where}: could not connect within {self.timeout:g}s") from None
+            raise SendError(f"{self.where}: could not resolve {self.host} within {self.timeout:g}s") from None
+
+    async def _connect(self, peer: Address) -> trio.socket.SocketType:
+        """A socket connected to `peer`; SendError when it cannot be made."""
+        try:
+            sock = trio.socket.socket(socket.AF_INET6 if ":" in peer[0] else socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                await sock.connect(peer)  # (a UDP connect only sets the peer: it does not wait)
+            except BaseException:
+                sock.close()
+                raise
         except OSError as e:
             raise SendError(f"{self.where}: cannot connect: {e.strerror or e}") from None
         return sock
 
     def close(self) -> None:
         """Close the idle socket (one in use is closed by its send)."""
-        sock, self._socket = self._socket, None
-        if sock is not None:
-            sock.close()
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle[0].close()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import socket
 
 import pytest
 import trio
 from backends import EchoBackend, request, service, wait_until
 from backends import UdpCollector as Collector
+from dns_server import serve_names
 from prometheus_client import REGISTRY
 
 from gateway.config import ConfigError, parse_config
@@ -118,6 +120,56 @@ async def test_datadog_a_request_no_route_matched_is_sent_without_a_service(nurs
     with trio.fail_after(TIMEOUT):
         assert (await request(port, "GET", "/NonMatch")).status == 404
     assert await collector.received(1) == ["kong.request.count:1|c|#name:,status:404"]
+
+
+class _Agent:
+    """A statsd or Datadog agent stand-in bound to `address`:`port` (any loopback address)."""
+
+    def __init__(self, address: str, port: int = 0) -> None:
+        self.address, self.port = address, port
+        self.datagrams: list[bytes] = []
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((self.address, self.port))
+            self.port = sock.getsockname()[1]
+            task_status.started()
+            while True:
+                self.datagrams.append(await sock.recv(65536))
+
+
+async def test_statsd_and_datadog_send_to_the_agents_new_address_once_its_ttl_passed(nursery, gateway):
+    """kong/plugins/statsd/log.lua:369-370 and datadog/handler.lua:52 make a new logger for every batch, whose UDP
+    socket's setpeername (statsd_logger.lua:103, datadog/statsd_logger.lua:30) Kong resolves with its DNS client
+    (kong/globalpatches.lua:567 `client.toip`, cached for the record's TTL): once an agent's record changed and
+    its TTL passed, the metrics go to the agent's new address."""
+    names = await serve_names(nursery, {"statsd.test": ["127.0.0.1"], "datadog.test": ["127.0.0.1"]}, ttl=1)
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    metric = {"name": "request_count", "stat_type": "counter", "sample_rate": 1}
+    agents, routes = {}, []
+    for plugin in ("statsd", "datadog"):
+        old = _Agent("127.0.0.1")
+        await nursery.start(old.serve)
+        new = _Agent("127.0.0.2", old.port)
+        await nursery.start(new.serve)
+        agents[plugin] = (old, new)
+        config = {"host": f"{plugin}.test", "port": old.port, "metrics": [metric]}
+        routes.append({"paths": [f"/{plugin}"], "plugins": [{"name": plugin, "config": config}]})
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", routes)]},
+                         **names.settings)
+    with trio.fail_after(TIMEOUT):
+        for plugin, (old, _) in agents.items():
+            assert (await request(port, "GET", f"/{plugin}")).status == 200
+            await wait_until(lambda old=old: old.datagrams, f"{plugin}'s first datagram")
+    names.names = {"statsd.test": ["127.0.0.2"], "datadog.test": ["127.0.0.2"]}  # the agents moved
+    with trio.move_on_after(6):  # the TTL is 1 s: Kong's resolver has the new address well before this
+        while not all(new.datagrams for _, new in agents.values()):
+            for plugin in agents:
+                assert (await request(port, "GET", f"/{plugin}")).status == 200
+            await trio.sleep(0.25)
+    assert {plugin: bool(new.datagrams) for plugin, (_, new) in agents.items()} == {"statsd": True, "datadog": True}
 
 
 # --- prometheus ----------------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ import pytest
 import trio
 from backends import EchoBackend, request, service, wait_until
 from backends import UdpCollector as Collector
+from dns_server import Names, serve_names
 
+from gateway.dns import process as dns_process
+from gateway.dns.client import Resolver
 from gateway.policies.udp_log.schema import UdpLogConfig
 from gateway.telemetry.sender import SendError
 from gateway.telemetry.udp_sender import UdpSender
@@ -121,6 +124,87 @@ async def test_the_sender_resolves_a_host_name(nursery):
     await wait_until(lambda: collector.datagrams, "the datagram")
     assert collector.datagrams == [b"{}"]
     sender.close()
+
+
+class _Agent:
+    """A collector stand-in on `address` (any loopback address): each datagram with the address it came from."""
+
+    def __init__(self, address: str, port: int = 0) -> None:
+        self.address, self.port = address, port
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            await sock.bind((self.address, self.port))
+            self.port = sock.getsockname()[1]
+            task_status.started()
+            while True:
+                data, source = await sock.recvfrom(65536)
+                self.received.append((data, source))
+
+
+class _Clock:
+    """The DNS client's cache clock, moved by hand (a record's TTL passes at once)."""
+
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _agent_by_name(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> tuple[Names, _Clock, _Agent,
+                                                                                           _Agent]:
+    """agent.test (TTL 1 s) at 127.0.0.1, as this process's DNS client has it, a collector there and one on the
+    same port at 127.0.0.2, where the name may be moved."""
+    names = await serve_names(nursery, {"agent.test": ["127.0.0.1"]}, ttl=1)
+    clock = _Clock()
+    resolver = Resolver(nameservers=[("127.0.0.1", names.port)], hosts={}, timeout=1, clock=clock)
+    monkeypatch.setattr(dns_process, "resolver", lambda: resolver)
+    old = _Agent("127.0.0.1")
+    await nursery.start(old.serve)
+    new = _Agent("127.0.0.2", old.port)
+    await nursery.start(new.serve)
+    return names, clock, old, new
+
+
+async def test_the_sender_reuses_its_socket_and_asks_no_dns_server_while_the_answer_is_fresh(nursery, monkeypatch):
+    """Kong's setpeername resolves the name for every entry or batch through its DNS client (globalpatches.lua
+    `udp_resolve_setpeername`: client.toip), which answers from its cache until the record's TTL passes: the
+    sends after the first ask no server, and here go from the socket the first one made."""
+    names, _, old, _ = await _agent_by_name(nursery, monkeypatch)
+    sender = UdpSender("agent.test", old.port, timeout=2)
+    try:
+        await sender.send(b"1")
+        asked = names.asked("agent.test")
+        await sender.send_each([b"2", b"3"], "statsd")
+        await sender.send(b"4")
+        await wait_until(lambda: len(old.received) >= 4, "4 datagrams")
+    finally:
+        sender.close()
+    assert [data for data, _ in old.received] == [b"1", b"2", b"3", b"4"]
+    assert len({source for _, source in old.received}) == 1  # one socket
+    assert names.asked("agent.test") == asked
+
+
+async def test_the_sender_follows_the_hosts_new_address_once_its_ttl_passed(nursery, monkeypatch):
+    """kong/plugins/statsd/log.lua:369-370 and datadog/handler.lua:52 make a logger, and so a socket whose
+    setpeername resolves the name (statsd_logger.lua:103; udp-log/handler.lua:19 per entry), for every batch:
+    once the agent's record changed and its TTL passed, the datagrams go to its new address."""
+    names, clock, old, new = await _agent_by_name(nursery, monkeypatch)
+    sender = UdpSender("agent.test", old.port, timeout=2)
+    try:
+        await sender.send_each([b"before"], "datadog")
+        names.names["agent.test"] = ["127.0.0.2"]  # the agent moved (a restarted pod, a new VM)
+        await sender.send_each([b"cached"], "datadog")  # the record's TTL has not passed
+        clock.now += 1.5
+        await sender.send_each([b"after"], "datadog")
+        await sender.send(b"entry")
+        await wait_until(lambda: len(old.received) + len(new.received) >= 4, "4 datagrams")
+    finally:
+        sender.close()
+    assert [data for data, _ in old.received] == [b"before", b"cached"]
+    assert [data for data, _ in new.received] == [b"after", b"entry"]
 
 
 async def test_the_sender_says_why_it_could_not_send():

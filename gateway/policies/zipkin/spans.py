@@ -21,7 +21,11 @@ import msgspec
 from gateway.telemetry.tracing import new_span_id
 
 _encode = msgspec.json.Encoder().encode
-_TAG = re.compile(r"\s*(\S+)\s*=\s*(.*\S)\s*", re.ASCII | re.DOTALL)  # request_tags.lua's pattern
+# request_tags.lua's pattern `^%s*(%S+)%s*=%s*(.*%S)%s*$` on the item with its white space stripped, where it
+# matches and captures as on the item itself: the value is then all after the "=" and its white space, which ends
+# with non-space. Linear: the pattern as written backtracks `.*\S` at every position of a run of spaces.
+_TAG = re.compile(r"(\S+)\s*=\s*(.+)", re.ASCII | re.DOTALL)
+_SPACE = " \t\n\v\f\r"  # Lua's %s (C's isspace) and re.ASCII's \s
 
 
 class Annotation(msgspec.Struct):
@@ -295,7 +299,7 @@ def parse_tags(values: list[str]) -> tuple[dict[str, str], list[str]]:
     for header in values:
         for item in header.split(";"):
             if item:
-                m = _TAG.fullmatch(item)
+                m = _TAG.fullmatch(item.strip(_SPACE))
                 if m is None:
                     errors.append(item)
                 else:
