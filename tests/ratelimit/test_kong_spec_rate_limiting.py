@@ -60,6 +60,34 @@ def test_an_empty_string_is_refused(config, field):
     assert field in refused(plugin("rate-limiting", second=1, **config))
 
 
+# ---- schema: the gateway's bucket keys -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ({"rate": 1}, "config.rate: only algorithm token-bucket or limit-req uses it; fixed-window (the default)"),
+    ({"burst": 10}, "config.burst: only algorithm token-bucket or limit-req uses it; fixed-window (the default)"),
+    ({"burst": 0}, "config.burst: only algorithm token-bucket or limit-req uses it; fixed-window (the default)"),
+    ({"nodelay": True}, "config.nodelay: only algorithm limit-req uses it; fixed-window (the default)"),
+    ({"algorithm": "token-bucket", "rate": 1, "nodelay": False},
+     "config.nodelay: only algorithm limit-req uses it; token-bucket never delays a request"),
+], ids=["rate", "burst", "burst-0", "nodelay", "nodelay-under-token-bucket"])
+def test_a_bucket_key_the_algorithm_does_not_read_is_refused_not_ignored(config, message):
+    """schema.lua (fields: second .. year, limit_by, ..., sync_rate) has no rate, burst or nodelay: they are the
+    gateway's own, read by algorithm token-bucket (rate, burst) and limit-req (all three: LimitSpec.bucketed, .paced).
+    Beside the default fixed-window, `rate: 1` with `minute: 100` would let 100 a second through; token-bucket never
+    delays, so `nodelay` says nothing there. A key the gateway takes must do what it says: check-config names it."""
+    assert message in refused(plugin("rate-limiting", minute=100, **config))
+
+
+def test_the_bucket_keys_are_taken_by_the_algorithms_that_read_them():
+    """limit-req reads rate, burst and nodelay; token-bucket rate and burst (gateway/ratelimit/spec.py LimitSpec)."""
+    for config in ({"algorithm": "limit-req", "rate": 2, "burst": 3, "nodelay": True},
+                   {"algorithm": "token-bucket", "rate": 2, "burst": 3}):
+        doc = {"services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}],
+               "plugins": [plugin("rate-limiting", **config)]}
+        compile_config(parse_config(json.dumps(doc)))
+
+
 # ---- schema: redis ---------------------------------------------------------------------------------------------------
 
 

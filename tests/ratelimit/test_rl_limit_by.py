@@ -1,16 +1,20 @@
-"""rate-limiting's `limit_by: path` and `limit_by: service` as Kong's get_identifier (kong/plugins/rate-limiting/
-handler.lua) has them, through the gateway (in-process, real sockets):
+"""rate-limiting's `limit_by: path`, `limit_by: service` and `limit_by: header` as Kong's get_identifier
+(kong/plugins/rate-limiting/handler.lua) has them, through the gateway (in-process, real sockets) and on the
+compiled plugin:
 
 - path: the identifier is the path only for a request whose kong.request.get_path() (normalized, without the query)
   equals `path`; every other request is counted by the client's (forwarded) IP;
 - service: the identifier is the matched service's id (kong.router.get_service().id), so a global plugin counts
-  each service apart; a route without a service falls back to the IP.
+  each service apart; a route without a service falls back to the IP;
+- header: the identifier is kong.request.get_header(header_name), nginx's $http_<name>; one past 128 characters is
+  counted under its digest, so a client's identifiers cannot make keys long.
 
 Two client addresses come from X-Forwarded-For, the peer (127.0.0.1) being a trusted balancer. Limits are per day
 so that no window ends during a test."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from types import SimpleNamespace
 from typing import Any
@@ -153,12 +157,13 @@ async def test_service_mode_route_without_service_falls_back_to_the_client_ip(nu
 # --- the identifier itself ------------------------------------------------------------------------------------------
 
 
-def compiled_key(doc: dict[str, Any], target: bytes) -> str:
-    """The counter key the first rate-limiting plugin on the route `target` matches makes, from a fresh compile."""
+def compiled_key(doc: dict[str, Any], target: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> str:
+    """The counter key the first rate-limiting plugin on the route `target` matches makes for a request with
+    `headers` (lower-case names, as the codecs give them) from client A, from a fresh compile."""
     runtime = compile_config(parse_config(json.dumps(doc)))
     route = runtime.router.match(b"GET", target, None, []).payload
     (policy,) = [p for p in route.policies if p.name == "rate-limiting"]
-    return str(policy.key(SimpleNamespace(route=route, client_ip=A)))
+    return str(policy.key(SimpleNamespace(route=route, client_ip=A, request=SimpleNamespace(headers=list(headers)))))
 
 
 PLUGIN = "0b6f3c52-8d2e-4f4a-a1c9-7e5d3b2a1f00"
@@ -175,6 +180,42 @@ def test_service_mode_identifier_is_the_services_configured_id():
 def test_service_mode_identifier_of_a_service_without_id_is_the_same_in_every_compile():
     first, again = compiled_key(SERVICES, b"/unnamed"), compiled_key(SERVICES, b"/unnamed")
     assert first == again and first.startswith(PLUGIN + "|") and first != PLUGIN + "|" + A
+
+
+def by_header(name: str) -> dict[str, Any]:
+    return {"services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}],
+            "plugins": [{"name": "rate-limiting", "id": PLUGIN,
+                         "config": {"day": 2, "limit_by": "header", "header_name": name}}]}
+
+
+def test_header_mode_identifier_of_cookie_is_every_cookie_line_joined_as_nginx_http_cookie():
+    """handler.lua: `identifier = kong.request.get_header(conf.header_name)`, which is kong/tools/http.lua
+    `ngx.var["http_" .. replace_dashes(name)]`, returned as it is when it holds no ", ". For Cookie that variable is
+    nginx's ngx_http_variable_cookies (src/http/ngx_http_variables.c:185, :819-822 at release-1.27.1): every Cookie
+    line joined by "; ". So "a=1" + "b=2" and "a=1" + "c=3" are two counters, not both "a=1"."""
+    doc = by_header("Cookie")
+    assert compiled_key(doc, b"/", ((b"cookie", b"a=1"), (b"cookie", b"b=2"))) == PLUGIN + "|a=1; b=2"
+    assert compiled_key(doc, b"/", ((b"cookie", b"a=1"), (b"cookie", b"c=3"))) == PLUGIN + "|a=1; c=3"
+
+
+def test_header_mode_identifier_of_up_to_128_characters_is_the_header_value_as_it_is():
+    """The identifier is the header's value (handler.lua get_identifier); up to 128 characters it is the key's own."""
+    value = b"k" * 128
+    assert compiled_key(by_header("X-Client"), b"/", ((b"x-client", value),)) == PLUGIN + "|" + "k" * 128
+
+
+def test_header_mode_a_longer_identifier_is_counted_under_its_digest_apart_from_every_short_one():
+    """Kong's counters live in a shared dict bounded in bytes (kong_rate_limiting_counters 12m, kong/templates/
+    nginx_kong.lua); the gateway bounds the number of keys, so a key's size must not grow with a client's 8 KB header
+    value: past 128 characters the identifier is its SHA-256 digest (as gateway/mcp/ratekeys.py MAX_NAME), after
+    "#" where a short identifier's key has "|", so no header value, not even the digest's text, makes the same key."""
+    value = b"v" * 129
+    digest = hashlib.sha256(value).hexdigest()
+    doc = by_header("X-Client")
+    assert compiled_key(doc, b"/", ((b"x-client", value),)) == PLUGIN + "#" + digest
+    assert compiled_key(doc, b"/", ((b"x-client", b"v" * 8000),)) != PLUGIN + "#" + digest
+    for short in (digest, "#" + digest):  # the digest's own text is a short identifier, kept under "|"
+        assert compiled_key(doc, b"/", ((b"x-client", short.encode()),)) == PLUGIN + "|" + short
 
 
 def test_path_must_be_a_kong_path():

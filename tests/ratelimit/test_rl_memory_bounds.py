@@ -4,8 +4,12 @@ fixed-size shared dict, whatever identifiers a client makes up."""
 
 from __future__ import annotations
 
+import json
 import time
+import tracemalloc
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import h11
 import pytest
@@ -14,9 +18,11 @@ from e2e_helpers import node_factory
 
 import gateway.ratelimit.lease as lease_module
 import gateway.ratelimit.ledger as ledger_module
+from gateway.config import parse_config
 from gateway.ratelimit import Grant, LeaseTable, Ledger, LimitSpec, ReturnedLease, Status, Window
 from gateway.ratelimit.lease import MAX_LEASES
 from gateway.ratelimit.ledger import MAX_KEYS
+from gateway.runtime import compile_config
 
 T0 = 1_700_000_040.0  # a whole minute (UTC)
 SECOND = LimitSpec(windows=(Window("second", 100),))
@@ -154,6 +160,60 @@ def test_a_workers_lease_table_is_bounded_whatever_the_number_of_keys_a_client_m
             table.apply(ledger.grant_request(request, now, wall), now, wall)
     assert len(ledger.keys()) <= MAX_KEYS
     assert len(table._leases) <= MAX_LEASES <= MAX_KEYS
+
+
+MIB = 1024 * 1024
+
+
+def _header_plugin() -> Any:
+    """The compiled rate-limiting plugin of a one-route config, limit_by header X-Client."""
+    doc = {"services": [{"name": "s", "url": "http://127.0.0.1:1", "routes": [{"paths": ["/"]}]}],
+           "plugins": [{"name": "rate-limiting", "id": "0b6f3c52-8d2e-4f4a-a1c9-7e5d3b2a1f00",
+                        "config": {"minute": 100, "limit_by": "header", "header_name": "X-Client"}}]}
+    runtime = compile_config(parse_config(json.dumps(doc)))
+    route = runtime.router.match(b"GET", b"/", None, []).payload
+    (policy,) = [p for p in route.policies if p.name == "rate-limiting"]
+    return policy
+
+
+def test_long_header_identifiers_keep_each_key_within_the_stated_memory_bound() -> None:
+    """Kong keeps its counters in `lua_shared_dict kong_rate_limiting_counters 12m` (kong/templates/nginx_kong.lua),
+    a bound in bytes: long identifiers only mean fewer counters. The gateway bounds the count of keys (MAX_LEASES,
+    MAX_KEYS) and states their memory (README: a worker 65-85 MiB, the keeper 90-145 MiB at the bound), so a key must
+    not grow with a client's header value (up to a header line's 8 KB): X-Client values of 8,000 bytes, 1,500 of
+    them, measured in a worker's LeaseTable and the keeper's Ledger and scaled to the bound, stay within it."""
+    policy = _header_plugin()
+    n = 1500
+    values = [(b"%06d" % i) + b"x" * 7994 for i in range(n)]
+    spec = policy.spec
+    now0, wall0 = time.monotonic(), time.time()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        table = LeaseTable("w1", 1)
+        requests = []
+        for i, value in enumerate(values):
+            ex = SimpleNamespace(request=SimpleNamespace(headers=[(b"x-client", value)]), client_ip="10.0.0.1")
+            now = now0 + i * 1e-6
+            table.take(policy.key(ex), spec, now, wall0 + i * 1e-6)
+            requests += table.refills(now)
+        worker_bytes = tracemalloc.get_traced_memory()[0] - before
+
+        before = tracemalloc.get_traced_memory()[0]
+        ledger = Ledger(1)
+        for i, request in enumerate(requests):
+            # the keeper decodes each bus message: its key is a string of its own, not the worker's
+            fresh = request.__class__(*(bytes(request.key, "latin-1").decode("latin-1") if f == "key"
+                                        else getattr(request, f) for f in request.__struct_fields__))
+            ledger.grant_request(fresh, now0 + i * 1e-6, wall0 + i * 1e-6)
+        keeper_bytes = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(requests) == n and len(ledger.keys()) == n
+    worker_at_bound = worker_bytes / n * MAX_LEASES
+    keeper_at_bound = keeper_bytes / n * MAX_KEYS
+    assert worker_at_bound <= 85 * MIB, f"a worker's leases at MAX_LEASES: {worker_at_bound / MIB:.0f} MiB"
+    assert keeper_at_bound <= 145 * MIB, f"the keeper's keys at MAX_KEYS: {keeper_at_bound / MIB:.0f} MiB"
 
 
 def test_an_evicted_key_gives_its_leased_tokens_back_at_the_next_sweep(monkeypatch: pytest.MonkeyPatch) -> None:

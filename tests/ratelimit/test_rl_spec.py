@@ -17,8 +17,8 @@ def test_a_fractional_limit_admits_as_many_as_kong_does():
 
 
 def test_bucket_settings_are_carried_over():
-    spec = LimitSpec.from_plugin(RateLimitingConfig(algorithm="limit-req", rate=10, burst=20, nodelay=False,
-                                                    fault_tolerant=False))
+    spec = LimitSpec.from_plugin(msgspec.convert({"algorithm": "limit-req", "rate": 10, "burst": 20, "nodelay": False,
+                                                  "fault_tolerant": False}, RateLimitingConfig))
     assert (spec.algorithm, spec.rate, spec.burst, spec.nodelay, spec.fault_tolerant) == \
         ("limit-req", 10.0, 20, False, False)
     assert spec.bucketed and spec.paced

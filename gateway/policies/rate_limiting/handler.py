@@ -6,6 +6,7 @@ code RATE_LIMITED, data.retry_after)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from hashlib import sha256
 from time import monotonic, time
 
 import trio
@@ -13,8 +14,9 @@ import trio
 from gateway.http.server import Exchange
 from gateway.mcp.governance import error_response
 from gateway.mcp.jsonrpc import MAX_BATCH
-from gateway.mcp.ratekeys import NOT_RPC, TOO_LARGE, UNREADABLE, WHOLE_LIMIT, BatchIds, counted
+from gateway.mcp.ratekeys import MAX_NAME, NOT_RPC, TOO_LARGE, UNREADABLE, WHOLE_LIMIT, BatchIds, counted
 from gateway.metrics import LOCAL_SHARE, RATELIMIT_ADMITTED, RATELIMIT_REJECTED, RECORDER
+from gateway.policies.header_list import request_header
 from gateway.policies.rate_limiting.schema import RateLimitingConfig
 from gateway.ratelimit.headers import RateLimitHeaders, header_pairs
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
@@ -74,8 +76,12 @@ class RateLimiting:
         self.admitted = [(RATELIMIT_ADMITTED, (plugin_id, w)) for w in self.windows]
         self.plugin_id = plugin_id
         self.prefix = plugin_id + "|"
+        # an identifier past MAX_NAME characters is counted under its digest, so a client's long header value does not
+        # make a long key (in every worker's leases and the keeper's ledger); "#", not "|", after the plugin's id
+        # keeps such keys apart from every short identifier's
+        self.digest_prefix = plugin_id + "#"
         self.limit_by = config.limit_by
-        # Kong reads it as nginx's $http_<name>: case-insensitive, "_" standing for "-"
+        # the name as $http_<name> and get_headers() match it: any case, "_" standing for "-"
         self.header = (config.header_name or "").lower().replace("_", "-").encode()
         self.path = config.path or ""
         self.headers = None if config.hide_client_headers else RateLimitHeaders(
@@ -92,7 +98,7 @@ class RateLimiting:
             "header": RateLimiting._by_header}.get(config.limit_by, RateLimiting._by_identity)
         # limit_by path: the configured path (Kong's typedefs.path, so ASCII) and its key, built once
         self.path_bytes = self.path.encode("ascii", "replace")
-        self.path_key = self.prefix + self.path
+        self.path_key = self._key(self.path)
         # a target equal to it needs no normalizing only if normalizing leaves it as it is (Kong compares the
         # normalized path: a `path` such as /a%41, /a%2fb or /a/./b never matches); b"" matches no target
         self.path_normal = self.path_bytes if normalize_path(self.path_bytes) == self.path_bytes else b""
@@ -105,17 +111,27 @@ class RateLimiting:
         the plugin's prefix and Kong's identifier for limit_by, which falls back to the client's IP."""
         return self.by(self, ex)
 
+    def _key(self, ident: str) -> str:
+        """The counter key of an identifier: the plugin's prefix and the identifier, or past MAX_NAME characters its
+        digest (as gateway.mcp.ratekeys counts long names)."""
+        if len(ident) <= MAX_NAME:
+            return self.prefix + ident
+        return self.digest_prefix + sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()
+
     def _by_identity(self, ex: Exchange) -> str:
         """consumer, credential, ip: like Kong, a missing consumer or credential falls back to the client's IP."""
-        return self.prefix + identifier(ex, self.limit_by)
+        ident = identifier(ex, self.limit_by)
+        return self.prefix + ident if len(ident) <= MAX_NAME else self._key(ident)
 
     def _by_header(self, ex: Exchange) -> str:
-        """The first `header_name` header's value; without one, the client's IP."""
-        name = self.header
-        for hname, value in ex.request.headers:
-            if hname == name:
-                return self.prefix + value.decode("latin-1")
-        return self.prefix + ex.client_ip
+        """Kong's kong.request.get_header(header_name): nginx's $http_<name> (every Cookie line joined by "; ", of
+        another header the first line: gateway.policies.header_list.request_header); without one, the client's IP."""
+        value = request_header(ex.request.headers, self.header)
+        if value is None:
+            return self._key(ex.client_ip)
+        if len(value) <= MAX_NAME:
+            return self.prefix + value.decode("latin-1")
+        return self.digest_prefix + sha256(value).hexdigest()  # (the bytes the client sent, not re-encoded)
 
     def _by_service(self, ex: Exchange) -> str:
         """Kong's kong.router.get_service().id: the matched route's service (its configured id, else the one the
@@ -128,8 +144,8 @@ class RateLimiting:
             facts = route.facts if route is not None else None
             service_id = facts.service_id if facts is not None else ""
             if not service_id:
-                return self.prefix + ex.client_ip
-            key = self.route_keys[route] = self.prefix + service_id
+                return self._key(ex.client_ip)
+            key = self.route_keys[route] = self._key(service_id)
         return key
 
     def _by_path(self, ex: Exchange) -> str:
@@ -142,7 +158,7 @@ class RateLimiting:
         query = uri.find(b"?")
         if normalize_path(uri if query < 0 else uri[:query]) == self.path_bytes:
             return self.path_key
-        return self.prefix + ex.client_ip
+        return self._key(ex.client_ip)
 
     async def access(self, ex: Exchange) -> bool:
         leases = self.leases

@@ -31,6 +31,10 @@ _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 # kong.tools.ip: an IPv4 address with an optional port, and a host name's characters
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(:\d+)?")
 _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
+# the algorithms that read each of the gateway's bucket keys, and why the others do not
+BUCKET_KEYS = {"rate": ("token-bucket", "limit-req"), "burst": ("token-bucket", "limit-req"), "nodelay": ("limit-req",)}
+NEVER_READS = {"fixed-window": "(the default) counts calendar windows and has no bucket",
+               "token-bucket": "never delays a request"}
 SHORTHANDS = ("host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify", "server_name")
 
 
@@ -94,10 +98,21 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
     error_message: Text = "API rate limit exceeded"
     algorithm: Literal["fixed-window", "token-bucket", "limit-req"] = "fixed-window"
     rate: Limit | None = None  # token-bucket / limit-req: tokens per second
-    burst: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] = 0
-    nodelay: bool = False  # limit-req: nginx's limit_req delays the excess unless told nodelay
+    # `burst` and `nodelay` as the config gave them (None: absent), so that one given to an algorithm that does not
+    # read it is refused; the properties below are their values
+    burst_given: Annotated[int, msgspec.Meta(ge=0, le=MAX_COUNT)] | None = msgspec.field(default=None, name="burst")
+    # limit-req: nginx's limit_req delays the excess unless told nodelay
+    nodelay_given: bool | None = msgspec.field(default=None, name="nodelay")
     sync_rate: float = SYNC_RATE_REALTIME
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+
+    @property
+    def burst(self) -> int:
+        return self.burst_given or 0
+
+    @property
+    def nodelay(self) -> bool:
+        return bool(self.nodelay_given)
 
     def __post_init__(self) -> None:
         if self.algorithm == "fixed-window" and not any(getattr(self, w) for w in WINDOWS):
@@ -105,6 +120,7 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
         check_periods_order(self)
         if self.algorithm != "fixed-window" and self.rate is None:
             raise ValueError(f"algorithm {self.algorithm} needs rate (requests per second)")
+        check_bucket_keys(self)
         if self.limit_by == "header" and not self.header_name:
             raise ValueError("limit_by is header: set header_name")
         if self.limit_by == "path" and not self.path:
@@ -130,6 +146,18 @@ class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
             if self.algorithm == "limit-req" and not self.nodelay:
                 raise ValueError("algorithm limit-req without nodelay delays requests by the host's own bucket; "
                                  "with policy redis set nodelay: true (or use policy local)")
+
+
+def check_bucket_keys(config: RateLimitingConfig) -> None:
+    """`rate`, `burst` and `nodelay` (the gateway's own, not Kong's) only with an algorithm that reads them: accepted
+    elsewhere they would be ignored (`rate: 1` beside `minute: 100` letting 100 a second through)."""
+    given = (("rate", config.rate), ("burst", config.burst_given), ("nodelay", config.nodelay_given))
+    for key, value in given:
+        readers = BUCKET_KEYS[key]
+        if value is not None and config.algorithm not in readers:
+            what = NEVER_READS[config.algorithm]
+            raise ValueError(f"{key}: only algorithm {' or '.join(readers)} uses it; {config.algorithm} {what}, so it "
+                             f"would be ignored: remove {key}, or set algorithm to {' or '.join(readers)}")
 
 
 def check_periods_order(config: RateLimitingConfig) -> None:
