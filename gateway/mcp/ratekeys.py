@@ -9,12 +9,12 @@ refused (413): JSON parsers keep the last of a repeated member, so a method or t
 the one run, and padding cannot dodge a limit. So is a body that begins as JSON but that no parser reads. `mcp-tool`
 counts each tools/call under its tool's name, `mcp-method` each request or notification under its method; a batch
 counts each element. What has no method or tool to count (GET streams, DELETE, responses, bodies that do not begin
-as JSON) is not counted. Names longer than MAX_NAME are counted under a digest, so keys stay small.
+as JSON) is not counted. Names longer than MAX_NAME are counted under a digest, so keys stay small (the
+rate-limiting handler's key rule, in a namespace of its own, so no short name shares a long one's counter).
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from gateway.http.server import Exchange
@@ -26,10 +26,6 @@ MAX_NAME = 128
 NOT_RPC = object()  # the request's id when it is not a JSON-RPC request (the limit answers with Kong's body)
 TOO_LARGE = object()  # a body past WHOLE_LIMIT: what it calls cannot be known, it is refused (413)
 UNREADABLE = object()  # a body that begins as JSON but no parser reads (or a batch past MAX_BATCH): refused (400)
-
-
-def _name(name: str) -> str:
-    return name if len(name) <= MAX_NAME else "sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 
 async def counted(ex: Exchange, tools: bool) -> list[tuple[str, Any]] | object:
@@ -49,7 +45,7 @@ async def counted(ex: Exchange, tools: bool) -> list[tuple[str, Any]] | object:
     for m in decoded[0]:
         name = m.name if tools else m.method
         if name is not None and (not tools or m.method == "tools/call"):
-            out.append((_name(name), batch if batch is not None else m.answer_id if m.has_id else NOT_RPC))
+            out.append((name, batch if batch is not None else m.answer_id if m.has_id else NOT_RPC))
     return out
 
 

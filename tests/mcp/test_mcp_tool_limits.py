@@ -6,6 +6,7 @@ peek_bytes where a tool route could take it) is refused, never forwarded uncount
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -92,6 +93,18 @@ async def test_a_batch_counts_each_call(nursery, gateway):
     assert reply.status == 200 and len(reply.json()) == 3
     assert (await rpc(port, tool_call("search", 4))).status == 200
     assert (await rpc(port, tool_call("search", 5))).status == 429
+
+
+async def test_a_long_tool_name_and_a_short_name_spelling_its_digest_have_counts_of_their_own(nursery, gateway):
+    """A name past 128 characters is counted under its digest, in a namespace no short name reaches: a client
+    calling a tool named after that digest spends none of the long-named tool's calls (a session-30 finding: the
+    digest was written as the short name `sha256:<hex>`)."""
+    _, port = await setup(nursery, gateway, day=1)
+    long_name = "t" * 200
+    digest_spelled = "sha256:" + hashlib.sha256(long_name.encode()).hexdigest()
+    assert (await rpc(port, tool_call(digest_spelled))).status == 200
+    assert (await rpc(port, tool_call(long_name))).status == 200
+    assert (await rpc(port, tool_call(long_name))).status == 429
 
 
 async def test_limit_by_method_counts_methods(nursery, gateway):

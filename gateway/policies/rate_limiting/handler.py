@@ -210,7 +210,7 @@ class RateLimiting:
         assert isinstance(found, list)  # TOO_LARGE and UNREADABLE are the only other answers
         last = len(found) - 1
         for i, (name, rpc_id) in enumerate(found):
-            key = self.prefix + name
+            key = self._key(name)
             now, wall = monotonic(), time()
             lease = leases.spend(key, self.spec, now, wall)
             if lease is not None:
