@@ -56,7 +56,12 @@ def decode(raw: bytes) -> Any:
 
 
 def _strtoll(digits: str) -> int:
-    return min(max(int(digits), -_LLONG), _LLONG - 1)
+    """strtoll: an integer past 64 bits clamped (told by its digits first: int() refuses more than 4,300 of them)."""
+    significant = digits.lstrip("+-").lstrip("0")
+    if len(significant) > 19:
+        return -_LLONG if digits[0] == "-" else _LLONG - 1
+    value = int(significant or "0")
+    return max(-value, -_LLONG) if digits[0] == "-" else min(value, _LLONG - 1)
 
 
 def _check_surrogates(text: str) -> None:

@@ -92,3 +92,18 @@ async def test_a_numeric_string_exp_within_the_maximum_passes(nursery, gateway):
     reply = await call(port, "/", [("authorization", "Bearer " + sign_raw(json.dumps({"iss": "bobkey", "exp": late})
                                                                          .encode()))])
     assert (reply.status, message(reply)) == (401, {"exp": "exceeds maximum allowed expiration"})
+
+
+async def test_a_claim_with_a_4400_digit_integer_is_verified_as_lua_cjson_reads_it(nursery, gateway):
+    """Kong's jwt_parser decodes the claims with lua-cjson (kong/plugins/jwt/jwt_parser.lua:260-261,
+    `json.decode(base64_decode(claims_64))`); lua-cjson's json_next_number_token reads an integer with strtoll, which
+    clamps one past 64 bits to LLONG_MAX (the gateway's own cjson.decode docstring: "an integer past 64 bits is
+    clamped"). So a properly signed token whose claims carry a 4400-digit integer decodes, is verified and passes
+    (kong/plugins/jwt/handler.lua:182-185 reports "Bad token; ..." only when decode_token fails).
+
+    The gateway's cjson.decode handed the digits to Python's int(), which refuses more than 4300 digits
+    (sys.int_info.str_digits_check_threshold): ValueError, read as invalid JSON, 401 "Bad token; invalid JSON"."""
+    port = await _gateway(nursery, gateway, {})
+    token = sign_raw(b'{"iss":"bobkey","n":' + b"7" * 4400 + b"}")
+    reply = await call(port, "/", [("authorization", f"Bearer {token}")])
+    assert reply.status == 200, (reply.status, message(reply))

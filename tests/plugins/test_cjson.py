@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.policies.cjson import encode
+from gateway.policies.cjson import decode, encode
 
 
 def test_output_is_compact_with_slashes_escaped():
@@ -16,3 +16,12 @@ def test_control_characters_and_del_are_escaped_as_lua_cjson_escapes_them():
 
 def test_non_ascii_text_is_written_as_utf8():
     assert encode({"m": "café"}) == '{"m":"café"}'.encode()
+
+
+def test_integers_past_64_bits_are_clamped_however_many_digits_they_have():
+    """lua-cjson reads an integer with strtoll, which clamps one past 64 bits (Python's int() refuses more than
+    4,300 digits: such a document was not JSON to the gateway)."""
+    assert decode(b'{"n":' + b"7" * 4400 + b"}") == {"n": 2**63 - 1}
+    assert decode(b"[-" + b"9" * 5000 + b", 9223372036854775808, -9223372036854775809, 12]") == \
+        [-2**63, 2**63 - 1, -2**63, 12]
+    assert decode(b"[-" + b"0" * 5000 + b"5]") == [-5]  # (not JSON to Python: the lenient reader's strtoll)
