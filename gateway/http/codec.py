@@ -35,12 +35,18 @@ class Request:
     """A request head. `keep_alive` is the client's wish (version and Connection header). `host` (the Host header,
     or the authority of an absolute-form target) and `expect_continue` are what check_request_head found on its way
     through the headers as they arrived: what routing reads, before any policy may rewrite the headers. `absolute`:
-    the request line's target when it was in absolute form (`target` is its origin form; nginx's $request keeps it)."""
+    the request line's target when it was in absolute form (`target` is its origin form; nginx's $request keeps it).
+    `size`: the bytes the codec read of the request but its body's data, nginx's $request_length less that data: the
+    head as the client sent it (request line to blank line; one llhttp read after another in the same read, as its
+    parts would be sent: LlhttpServer), counted as it was parsed, before any policy changed it; and a chunked body's
+    framing (chunk lines, CRLFs, trailer section) as its chunks are parsed. 0: a head no codec read."""
 
-    __slots__ = ("method", "target", "headers", "http_version", "keep_alive", "host", "expect_continue", "absolute")
+    __slots__ = ("method", "target", "headers", "http_version", "keep_alive", "host", "expect_continue", "absolute",
+                 "size")
 
     def __init__(self, method: bytes, target: bytes, headers: Headers, http_version: bytes, keep_alive: bool,
-                 host: bytes | None = None, expect_continue: bool = False, absolute: bytes | None = None):
+                 host: bytes | None = None, expect_continue: bool = False, absolute: bytes | None = None,
+                 size: int = 0):
         self.method = method
         self.target = target
         self.headers = headers
@@ -49,6 +55,7 @@ class Request:
         self.host = host
         self.expect_continue = expect_continue
         self.absolute = absolute
+        self.size = size
 
     def __repr__(self) -> str:
         return f"Request({self.method!r}, {self.target!r}, {self.headers!r}, {self.http_version!r})"

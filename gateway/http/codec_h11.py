@@ -94,7 +94,7 @@ def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -
 
 
 class _H11Codec:
-    __slots__ = ("_conn", "_max", "_probe", "_eof", "_error", "_after_head", "_chunks", "_body_given")
+    __slots__ = ("_conn", "_max", "_probe", "_eof", "_error", "_after_head", "_chunks", "_body_given", "_chunked_fed")
 
     def __init__(self, role: type[h11.CLIENT] | type[h11.SERVER], max_header_bytes: int) -> None:
         self._conn = h11.Connection(role, max_incomplete_event_size=max_header_bytes)
@@ -105,6 +105,7 @@ class _H11Codec:
         self._after_head = b""  # the bytes that came after the head just split, with it
         self._chunks: ChunkedFraming | None = None  # a chunked body's framing, checked (gateway.http.chunked)
         self._body_given = 0  # body bytes handed over for the current message
+        self._chunked_fed = 0  # bytes received from the first byte of its chunked body on
 
     def next_event(self) -> Event:
         if self._error is not None:
@@ -132,6 +133,7 @@ class _H11Codec:
                 self._probe += data
             elif self._chunks is not None:
                 self._chunks.feed(data)
+                self._chunked_fed += len(data)
         else:
             self._eof = True
         try:
@@ -144,6 +146,7 @@ class _H11Codec:
         a response's, as the llhttp codec's response parser reads it)."""
         self._chunks = ChunkedFraming(status, self._max, spaces_after_size)
         self._chunks.feed(self._after_head)
+        self._chunked_fed = len(self._after_head)
 
     def _body(self, data: bytes) -> bytes:
         """Body bytes h11 parsed, as far as their framing held (the fault raised once they are handed over)."""
@@ -194,7 +197,7 @@ class _H11Codec:
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check")
+    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check", "_request")
 
     def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         # nginx's large header buffers (check_head_lines); h11 waits for a head (or trailers) as long as they hold
@@ -204,6 +207,7 @@ class H11Server(_H11Codec):
         self._method = b"GET"
         self._no_body = False
         self.open_ended = False
+        self._request: Request | None = None  # the last head's: its chunked body's framing adds to its size
 
     def request_line_so_far(self) -> tuple[bytes, bytes]:
         probe = self._probe
@@ -302,10 +306,15 @@ class H11Server(_H11Codec):
             self._method = bytes(ev.method)
             target, host, expect = raw[1]
             line_target = bytes(ev.target)
-            return Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host, expect,
-                           None if target == line_target else line_target)
+            self._request = Request(self._method, target, headers, version, _wants_keep_alive(version, headers), host,
+                                    expect, None if target == line_target else line_target, raw[0])
+            return self._request
         if type(ev) is h11.EndOfMessage:
-            return self._end(ev, HEAD_TOO_LARGE)
+            end = self._end(ev, HEAD_TOO_LARGE)
+            if self._chunks is not None and self._request is not None:  # a chunked body's framing: the bytes it took
+                # (those received from its start on, less those after its end) but its data
+                self._request.size += self._chunked_fed - len(self._conn.trailing_data[0]) - self._body_given
+            return end
         if type(ev) is h11.ConnectionClosed:
             return CLOSED
         if ev is h11.NEED_DATA:

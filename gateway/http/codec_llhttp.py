@@ -198,6 +198,8 @@ def _response_parser(client: LlhttpClient) -> httptools.HttpResponseParser:
 
 # an ordinary head for the body of an upgrade request that llhttp skipped (LlhttpServer._read_skipped_body)
 _BODY_HEAD = b"POST / HTTP/1.1\r\nhost: upgrade\r\n%b\r\n\r\n"
+_NO_REQUEST = Request(b"", b"", [], b"1.1", False)  # a server codec's last head, before its first
+_CHUNK_LINE = re.compile(rb"[0-9A-Fa-f]+(?:;[^\r\n]*)?\r\n")  # a chunk-size line, told from a trailer line
 
 
 class _Completions:
@@ -510,7 +512,7 @@ class LlhttpServer(_Parsing):
 
     __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
                  "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark",
-                 "_chunk_at", "_as_sent")
+                 "_chunk_at", "_as_sent", "_request")
     _parser: httptools.HttpRequestParser
 
     _MALFORMED = "malformed request"
@@ -537,6 +539,7 @@ class LlhttpServer(_Parsing):
         self._tunnel_mark: tuple[bytes, int] | None = None  # when _tunnel is current (_upgraded, take_upgraded)
         self._chunk_at: int | None = None  # a chunk-size line was read: where its chunk's data begins in _events
         self._as_sent = b""  # the method of the head being parsed, when the parser reads another (_SentMethod)
+        self._request = _NO_REQUEST  # the last head's: its chunked body's framing adds to its size
 
     # httptools callbacks -------------------------------------------------------------------------------------------
 
@@ -555,9 +558,13 @@ class LlhttpServer(_Parsing):
         method = parser.get_method()
         url = self._url
         try:
-            # a head that began a read and ended in its first FIRST_BUFFER_BYTES fits nginx's first buffer
-            if self._head_partial or self._head_fed or self._prev.find(b"\r\n\r\n", 0, FIRST_BUFFER_BYTES) <= 0:
-                self._check_buffers(method, url, headers)
+            # a head that began a read and ended in its first FIRST_BUFFER_BYTES fits nginx's first buffer, and its
+            # size is where it ended (with empty lines before it, which nginx skips uncounted: a client's stray CRLF
+            # sent with its next request)
+            size = 0 if self._head_partial or self._head_fed else \
+                self._prev.find(b"\r\n\r\n", 0, FIRST_BUFFER_BYTES) + 4
+            if size <= 4:
+                size = self._check_buffers(method, url, headers)
             if parser.get_http_version() == "1.1":
                 version = b"1.1"
                 keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
@@ -574,8 +581,10 @@ class LlhttpServer(_Parsing):
             e.target = url
             read_before(e, headers)
             raise
-        self._events.append(Request(method, target, headers, version, keep, host, expect,
-                                    None if target is url else url))  # (an absolute-form url: a new origin form)
+        request = Request(method, target, headers, version, keep, host, expect,
+                          None if target is url else url, size)  # (an absolute-form url: a new origin form)
+        self._events.append(request)
+        self._request = request
 
     def _sent_headers_complete(self) -> None:
         """on_headers_complete of a parser whose head's method stands for the client's (_SentMethod): that head's
@@ -594,23 +603,25 @@ class LlhttpServer(_Parsing):
         assert type(request) is Request
         request.method = method
 
-    def _check_buffers(self, method: bytes, url: bytes, headers: Headers) -> None:
-        """nginx's buffers for the head just parsed, when it may not fit the first one (check_head_buffers): sized
-        on its bytes when they are known (it began a read: the chunks kept for it and this one), else on its parts
-        (the class's docstring)."""
+    def _check_buffers(self, method: bytes, url: bytes, headers: Headers) -> int:
+        """The size of the head just parsed, and nginx's buffers for it when it may not fit the first one
+        (check_head_buffers): on its bytes when they are known (it began a read: the chunks kept for it and this
+        one), else on its parts (the class's docstring)."""
         if self._head_partial:
             lengths = estimated_line_lengths(method, url, headers)
-            if sum(lengths) <= FIRST_BUFFER_BYTES:
-                return
+            size = sum(lengths)
+            if size <= FIRST_BUFFER_BYTES:
+                return size
         else:
             data = b"".join(self._head_chunks) + self._prev if self._head_fed else self._prev
             if data[:1] == b"\r" or data[:1] == b"\n":
                 data = data.lstrip(b"\r\n")  # (the empty lines llhttp skips before a request line)
             size = data.find(b"\r\n\r\n") + 4
             if size <= FIRST_BUFFER_BYTES:
-                return
+                return size
             lengths = head_line_lengths(data[:size])
         check_head_buffers(lengths, self._parser.get_http_version().encode(), self._max_line, self._buffers)
+        return size
 
     def on_body(self, body: bytes) -> None:
         self._events.append(body)
@@ -736,7 +747,17 @@ class LlhttpServer(_Parsing):
         self._chunk_at = len(self._events)
 
     def on_chunk_complete(self) -> None:
-        self._chunk_at = None
+        # The chunk's framing, in its request's size (nginx's $request_length counts the bytes as read): its size
+        # line as clients write it (`%x` CRLF) when the chunk came in one read (httptools tells no offsets), as it came
+        # when it spanned reads (_size_chunk counted it); its data's CRLF, or the last chunk's trailer section (as
+        # `name: value` CRLF lines) and blank line.
+        at = self._chunk_at
+        if at is None:
+            framing = 2
+        else:
+            self._chunk_at = None
+            framing = len(b"%x" % sum(map(len, self._events[at:]))) + 4  # type: ignore[arg-type]  # (its data)
+        self._request.size += framing + self._max_head - self._trailers.room
 
     def request_line_so_far(self) -> tuple[bytes, bytes]:
         if not self._in_head or self._dead:
@@ -789,7 +810,7 @@ class LlhttpServer(_Parsing):
         """A chunk-size line was read in `data` and its chunk goes on past it: a size past nginx's off_t is invalid
         (ngx_http_parse_chunked; llhttp takes up to 2**64 - 1), the request a bad one before any of that chunk's
         data. httptools tells no offsets: the line ends where the chunk's data in `data`, all of it after the line,
-        begins."""
+        begins. The line is counted in its request's size."""
         at, self._chunk_at = self._chunk_at, None
         if at is None or self._dead:
             return
@@ -797,16 +818,23 @@ class LlhttpServer(_Parsing):
         after = 0
         for ev in events[at:]:
             if type(ev) is not bytes:
-                return  # a last chunk's trailer section: no data of its own
+                self._request.size += 3  # a last chunk's trailer section: no data of its own (its line `0` CRLF)
+                return
             after += len(ev)
         head = data[: len(data) - after]
         start = head.rfind(b"\n", 0, len(head) - 1) + 1
         if not start and self._before:  # the line began in an earlier read
             head = self._before + head
             start = head.rfind(b"\n", 0, len(head) - 1) + 1
-        if oversized(head[start:]):
+        line = head[start:]
+        if oversized(line):
             del events[at:]
             self._fail(ProtocolError("chunk size too large", self._BAD))
+            return
+        # its size line as it came, counted in its request's size (on_chunk_complete counts the rest); a line that is
+        # none is the last chunk's trailer section begun in this read (llhttp gives a field once the next one began):
+        # that chunk's line was `0` CRLF
+        self._request.size += len(line) if _CHUNK_LINE.fullmatch(line) is not None else 3
 
     def _upgraded(self, data: bytes, offset: int) -> None:
         # llhttp stops after a request with Upgrade and Connection: upgrade, skipping any body. Like h11 (and nginx,
@@ -837,9 +865,11 @@ class LlhttpServer(_Parsing):
         events = self._events
         del events[-1]  # the END llhttp gave the request, its body skipped
         head = _BODY_HEAD % framing
+        request = self._request
         self._parser = httptools.HttpRequestParser(self)
         self._parser.feed_data(head)
         del events[-1]  # that head's Request: the request is the upgrade's, already queued
+        self._request = request
         self._before, self._prev = head, rest
         self._tunnel, self._tunnel_mark = b"", None
         if rest:

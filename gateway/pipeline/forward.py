@@ -81,10 +81,13 @@ _SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b
 class Attempt:
     """One try of one target, with what its end must be reported to (captured at the start, so a target list
     replaced by discovery meanwhile cannot misdirect the report), and what the log phase reads of it: when it
-    started, when its response head came (0.0: none), when it ended and how (`code`, as `_finished` says)."""
+    started, when its response head came (0.0: none), when it ended and how (`code`, as `_finished` says).
+    `peer`, set only when the try looked its target's name up (or had an address of its own): the pool key of the
+    address it went to, (address, port, ...), Kong's balancer_data ip and port; without it, the target's own."""
 
     __slots__ = ("group", "balancer", "index", "key", "target", "probe", "started", "head_at", "ended", "code",
-                 "uri", "last")
+                 "uri", "last", "peer")
+    peer: tuple[Any, ...]  # (unset on the usual try, to an address: no work per request)
 
     def __init__(self, group: UpstreamGroup, index: int, uri: bytes = b"") -> None:
         self.group = group
@@ -577,7 +580,8 @@ class Forwarder:
             except BaseException:  # no address (NameResolutionFailed), or cancelled: the try ends here
                 self._finished(attempt, False, 0)
                 raise
-        return _pool_key(target, tls, address, sni, port)
+        key = attempt.peer = _pool_key(target, tls, address, sni, port)
+        return key
 
     async def _gone(self, error: UpstreamError, svc: ServiceRuntime, target: TargetRuntime,
                     address: str | None = None) -> bool:

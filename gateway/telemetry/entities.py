@@ -16,6 +16,7 @@ import msgspec
 
 from gateway.config.kong_forms import loaded_at, url_host
 from gateway.config.schema import Route, Service
+from gateway.config.tls import ref_id
 from gateway.metrics import RouteObservations
 
 # Kong's declarative config derives entity ids from this namespace (kong/db/schema/others/declarative_config.lua).
@@ -23,11 +24,14 @@ _KONG_NAMESPACE = uuid.UUID("fd02801f-0957-4a15-a55a-c8d9606f30b5")
 _OWN_NAMESPACE = uuid.uuid5(_KONG_NAMESPACE, "mcp-gateway")  # for what Kong would make random
 WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"  # DB-less Kong's default workspace (DECLARATIVE_DEFAULT_...)
 WORKSPACE_NAME = "default"  # its name
+# Kong's fields of each entity the gateway builds (kong/db/schema/entities/services.lua, routes.lua): the serializer
+# copies every one that is set (kong/pdk/log.lua:927-928); the gateway's own (a route's query, mcp...) are not Kong's
 _ENTITY_FIELDS = {
     "services": ("id", "name", "protocol", "host", "port", "path", "retries", "connect_timeout", "write_timeout",
-                 "read_timeout", "enabled", "tags"),
-    "routes": ("id", "name", "protocols", "methods", "hosts", "paths", "headers", "strip_path", "preserve_host",
-               "regex_priority", "path_handling", "https_redirect_status_code", "request_buffering",
+                 "read_timeout", "enabled", "tags", "client_certificate", "tls_verify", "tls_verify_depth",
+                 "ca_certificates"),
+    "routes": ("id", "name", "protocols", "methods", "hosts", "paths", "headers", "snis", "strip_path",
+               "preserve_host", "regex_priority", "path_handling", "https_redirect_status_code", "request_buffering",
                "response_buffering", "tags"),
 }
 
@@ -78,11 +82,15 @@ class RouteFacts:
 
 
 def _entity(entity: Any, kind: str) -> dict[str, Any]:
+    """The fields of `entity` that are set, in Kong's shapes: a service's client_certificate, a foreign key, is
+    {"id": ...} (its id however the config named it)."""
     out = {}
     for name in _ENTITY_FIELDS[kind]:
         value = getattr(entity, name, None)
         if value is not None and value != [] and value != {}:
             out[name] = value
+    if "client_certificate" in out:
+        out["client_certificate"] = {"id": ref_id(out["client_certificate"])}
     url = getattr(entity, "url", None)
     if url:  # Kong stores a service's url as its parts
         parts = urlsplit(url)

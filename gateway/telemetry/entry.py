@@ -36,12 +36,16 @@ _ENTITY = msgspec.json.Decoder(dict[str, Any])
 
 
 def request_size(ex: Exchange) -> int:
-    """Bytes of the request as sent (nginx's $request_length): the request line as the client wrote it, the header
-    lines ("name: value\\r\\n" each), the blank line that ends them, the body."""
+    """nginx's $request_length: the bytes read of the request, its head as the client sent it (whatever policies
+    changed since), the body's data as read, a chunked body's framing (Request.size). A head no codec read (one the
+    connection loop refused) counts as its request line and header lines would be sent ("name: value\\r\\n")."""
     req = ex.request
-    headers = req.headers
-    return (len(ex.request_line_method()) + len(ex.request_uri()) + len(req.http_version) + 11
-            + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers) + ex.body_received)
+    size = req.size
+    if not size:
+        headers = req.headers
+        size = (len(ex.request_line_method()) + len(ex.request_uri()) + len(req.http_version) + 11
+                + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers))
+    return size + ex.body_received
 
 
 class _Request(msgspec.Struct, gc=False):
@@ -324,7 +328,10 @@ def _header_table(headers: Any, redact: bool) -> dict[str, Any]:
 
 def _response_headers(ex: Exchange) -> dict[str, Any]:
     """ngx.resp.get_headers(): the response's header table, its first 100 lines: the response's headers, then the
-    lines policies added (rate limits, Kong's own), pre-formatted."""
+    lines policies added (rate limits, Kong's own), pre-formatted; but the Date line the gateway adds to a response
+    without one: nginx's header filter writes its Date into the output alone, never into r->headers_out
+    (ngx_http_header_filter_module.c:472-477), so Kong's entry has a date only when the upstream (or a plugin) set
+    one."""
     headers = ex.response_headers or ()
     out = _headers(headers[:MAX_HEADERS] if len(headers) > MAX_HEADERS else headers, False)
     room = MAX_HEADERS - len(headers)
@@ -346,9 +353,12 @@ def _response_headers(ex: Exchange) -> dict[str, Any]:
 
 
 def _line(line: bytes) -> tuple[str, str] | None:
-    """A header line's key and value in the header table (None: not a header line)."""
+    """A header line's key and value in the header table (None: not a header line, or nginx's Date)."""
     name, sep, value = line.partition(b":")
-    return (name.strip().decode("latin-1").lower(), _text(value.strip())) if sep else None
+    if not sep:
+        return None
+    key = name.strip().decode("latin-1").lower()
+    return None if key == "date" else (key, _text(value.strip()))
 
 
 # the lines policies add: the same few on every response, but for Kong's latencies and request id
@@ -372,7 +382,10 @@ def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[_Try]
     no retry was left (Kong's header filter: try_count > retries), its code then the response's status."""
     out = []
     for attempt in tries:
-        host, port = attempt.target.key
+        # the address it connected to (Kong's balancer_data.ip, kong/init.lua:1411): a named target's, the one its
+        # look-up gave (pipeline.forward.Attempt.peer); else the target's own
+        peer = getattr(attempt, "peer", None) or attempt.target.key
+        host, port = peer[0], peer[1]
         start = (attempt.started + wall) * 1000
         out.append(_Try(host, port, round(start), round(start * 1e6)))
     if len(out) > 1:
@@ -388,13 +401,18 @@ def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[_Try]
 
 
 def _upstream_status(tries: list[Any], status: int) -> str:
-    """nginx's $upstream_status: each try's outcome, ", "-separated (none for a try the client left before its
-    head). A try whose head came says the head's status (the one relayed), also when its body was then cut."""
+    """nginx's $upstream_status: each try's outcome, ", "-separated. A try whose head came says the head's status
+    (the one relayed), also when its body was then cut; one that failed, its failure's (502, 504); one followed by
+    another 502 whatever ended it (ngx_http_upstream_next sets every such try's status, ngx_http_upstream.c:4413);
+    the last one, ended with no head and no failure of the target's (the client left, 499), `-`: nginx's state
+    without a status (ngx_http_upstream_status_variable, :5723-5727)."""
     if len(tries) == 1:
         last = tries[0]
         code = status if last.head_at else last.code
-        return str(_status_of(code)) if code else ""
-    return ", ".join([str(status if t.head_at else _status_of(t.code)) for t in tries if t.head_at or t.code])
+        return str(_status_of(code)) if code else "-"
+    last = tries[-1]
+    return ", ".join([*[str(status if t.head_at else _status_of(t.code) if t.code else 502) for t in tries[:-1]],
+                      str(status if last.head_at else _status_of(last.code)) if last.head_at or last.code else "-"])
 
 def _tls(tls: Any) -> dict[str, Any]:
     """Kong's request.tls: the TLS version and cipher as nginx names them (OpenSSL's names), and $ssl_client_verify

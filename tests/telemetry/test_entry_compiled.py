@@ -161,9 +161,11 @@ class ReferenceEntry:
             doc["tries"] = _tries(tries, self.wall, self.status, ex.route)
             last = tries[-1]
             doc["upstream_uri"] = _text(last.uri)
-            # changed since the freeze (2026-12-05): a try whose head came says the head's status
-            doc["upstream_status"] = ", ".join(str(self.status if t.head_at else _status_of(t.code))
-                                               for t in tries if t.head_at or t.code)
+            # changed since the freeze (2026-12-05): a try whose head came says the head's status; (2026-12-06) a
+            # try followed by another without a code says 502, the last one without a head or a code `-`
+            doc["upstream_status"] = ", ".join(
+                [str(self.status if t.head_at else _status_of(t.code) if t.code else 502) for t in tries[:-1]]
+                + [str(self.status if last.head_at else _status_of(last.code)) if last.head_at or last.code else "-"])
         elif ex.state and (path := ex.state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
             query = req.target.partition(b"?")[2]  # adds the "?" of the client's empty query, or the arguments
             doc["upstream_uri"] = _text(path + b"?" + query if query or ex.request_uri()[-1:] == b"?" else path)
@@ -219,8 +221,8 @@ class ReferenceEntry:
         if lines:  # header lines policies added (rate limits), pre-formatted
             for line in lines.split(b"\r\n"):
                 name, sep, value = line.partition(b":")
-                if sep:
-                    headers.append((name.strip(), value.strip()))
+                if sep and name.strip().lower() != b"date":  # (changed since the freeze, 2026-12-06: nginx's Date
+                    headers.append((name.strip(), value.strip()))  # is never in r->headers_out)
         return _headers(headers[:MAX_HEADERS], frozenset())  # ngx.resp.get_headers(): its first 100
 
 

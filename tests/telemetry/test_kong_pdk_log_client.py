@@ -18,11 +18,15 @@ from tls_helpers import Pki, https_get
 
 from gateway.config import parse_config
 from gateway.config.kong_forms import loaded_at
-from gateway.http.codec import Request
+from gateway.config.schema import Route, Service
+from gateway.http.codec import NEED_DATA, Request
+from gateway.http.codec_h11 import H11Server
+from gateway.http.codec_llhttp import LlhttpServer
 from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
 from gateway.pipeline.headers import set_consumer
 from gateway.policies.consumers import Directory
+from gateway.telemetry.entities import RouteFacts
 from gateway.telemetry.entry import Entry
 
 TIMEOUT = 10
@@ -34,12 +38,31 @@ KEY_ID = "6c5e2d2a-0000-4000-8000-0000000000a1"
 
 
 def _exchange(target: bytes = b"/x", headers: list[tuple[bytes, bytes]] | None = None, method: bytes = b"GET",
-              tls: Any = None) -> Exchange:
+              tls: Any = None, request: Request | None = None) -> Exchange:
     conn = SimpleNamespace(peer=("127.0.0.1", 50000), scheme=b"https" if tls else b"http", listen_port=b"8000")
     if tls is not None:
         conn.tls = tls
     hdrs = headers if headers is not None else [(b"host", b"example.test")]
-    return Exchange(Request(method, target, hdrs, b"1.1", True), conn, None, None, None)  # type: ignore[arg-type]
+    if request is None:
+        request = Request(method, target, hdrs, b"1.1", True)
+    return Exchange(request, conn, None, None, None)  # type: ignore[arg-type]
+
+
+def _parsed(codec: Any, *reads: bytes) -> Exchange:
+    """The Exchange of the request a server codec parsed from `reads` (one a read), its body's data read as the
+    connection's Exchange reads it (body_received)."""
+    request, body = None, 0
+    for data in reads:
+        codec.receive_data(data)
+        while (ev := codec.next_event()) is not NEED_DATA:
+            if type(ev) is Request:
+                request = ev
+            elif type(ev) is bytes:
+                body += len(ev)
+    assert request is not None
+    ex = _exchange(request=request)
+    ex.body_received = body
+    return ex
 
 
 def _serialize(ex: Exchange, status: int = 200) -> dict[str, Any]:
@@ -178,16 +201,36 @@ def test_request_size_is_the_request_as_sent():
     assert _serialize(ex)["request"]["size"] == len(raw)
 
 
-@pytest.mark.xfail(strict=True, reason="the entry counts the header lines a policy left; the codec would have to keep "
-                   "the head's byte count (gateway/http/codec*.py, hot path)")
-def test_request_size_counts_a_header_a_plugin_removed():
-    """nginx's $request_length is counted as the head is read: a header key-auth's hide_credentials removed later
-    (kong.service.request.clear_header) is still in it."""
+SERVER_CODECS = [pytest.param(H11Server, id="h11"), pytest.param(LlhttpServer, id="llhttp")]
+
+
+@pytest.mark.parametrize("codec", SERVER_CODECS)
+def test_request_size_is_the_head_as_the_client_sent_it_whatever_plugins_changed_since(codec):
+    """log.lua:909 `size = to_decimal(var.request_length)`: nginx counts the head's bytes as it reads them
+    (release-1.27.1 src/http/ngx_http_request.c:1124 the request line, :1454 each header line, :1519 the blank line),
+    odd spacing included: a header key-auth's hide_credentials removed later (kong.service.request.clear_header) is
+    still in it, one request-transformer added (ngx.req.set_header) is not, whether the head came in one read or in
+    pieces."""
     from gateway.policies.consumers import remove_header
-    raw = b"GET /x HTTP/1.1\r\nhost: h\r\napikey: secret-key\r\n\r\n"
-    ex = _exchange(b"/x", [(b"host", b"h"), (b"apikey", b"secret-key")])
-    remove_header(ex, b"apikey")
-    assert _serialize(ex)["request"]["size"] == len(raw)
+    raw = b"GET /x HTTP/1.1\r\nhost:  h \r\napikey:secret-key\r\n\r\n"
+    for reads in ((raw,), (raw[:20], raw[20:])):
+        ex = _parsed(codec(), *reads)
+        remove_header(ex, b"apikey")
+        ex.request.headers = [*ex.request.headers, (b"x-added", b"v" * 1000)]
+        assert _serialize(ex)["request"]["size"] == len(raw)
+
+
+@pytest.mark.parametrize("codec", SERVER_CODECS)
+def test_request_size_counts_a_chunked_bodys_framing_as_the_client_sent_it(codec):
+    """log.lua:909 `size = to_decimal(var.request_length)`: nginx adds the body's bytes as the chunked parser consumed
+    them (release-1.27.1 src/http/ngx_http_request_body.c:120 what came with the head, :397 each read), chunk-size
+    lines, CRLFs, the last chunk and its trailer section included: a body in one read, and one whose chunk (its
+    size line with an extension) goes on in the next reads."""
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    whole = head + b"5\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: 1\r\n\r\n"
+    assert _serialize(_parsed(codec(), whole))["request"]["size"] == len(whole)
+    pieces = (head + b"10;ext=1\r\n" + b"x" * 6, b"y" * 10 + b"\r\n0\r\nX-", b"Trailer: 1\r\n\r\n")
+    assert _serialize(_parsed(codec(), *pieces))["request"]["size"] == len(b"".join(pieces))
 
 
 async def test_tls_requests_carry_kongs_request_tls(nursery, gateway, tmp_path):
@@ -230,6 +273,78 @@ def test_only_a_try_followed_by_another_or_the_last_of_a_5xx_without_retries_lef
     ex = _exchange()
     ex.route, ex.tries = _route(5), [_attempt(503, head=True)]
     assert "state" not in _serialize(ex, 503)["tries"][0]
+
+
+def test_upstream_status_of_a_try_the_client_left_before_its_head_is_a_dash():
+    """log.lua:913 `upstream_status = var.upstream_status`: nginx pushes a state for each try as it connects
+    (release-1.27.1 src/http/ngx_http_upstream.c:1540) and a client that leaves ends the request 499 without setting
+    its status (only ngx_http_upstream_next does, :4413), which ngx_http_upstream_status_variable writes as `-`
+    (:5727); none of a try would be the empty string."""
+    ex = _exchange()
+    ex.route, ex.tries = _route(), [_attempt(0, head=False)]  # (code 0: the client left, nothing of the target's)
+    assert _serialize(ex, 499)["upstream_status"] == "-"
+
+
+def test_upstream_status_of_a_try_followed_by_another_is_502_whatever_ended_it():
+    """ngx_http_upstream_next (release-1.27.1 src/http/ngx_http_upstream.c:4413) sets the status of every try it
+    moves on from, 502 for an error, a pooled connection found closed (u->peer.cached) included: the try that cost
+    the request nothing is in $upstream_status as in `tries` (a failed state, code 502)."""
+    ex = _exchange()
+    ex.route, ex.tries = _route(), [_attempt(0, head=False), _attempt(200, head=True)]
+    doc = _serialize(ex)
+    assert doc["upstream_status"] == "502, 200"
+    assert [t.get("code") for t in doc["tries"]] == [502, None]
+
+
+async def test_a_try_to_a_named_host_logs_the_address_it_connected_to(nursery, gateway, tmp_path):
+    """log.lua:925 `tries = ctx.balancer_data.tries`; kong/init.lua:1411 `current_try.ip = balancer_data_ip`, the
+    address the balancer resolved the host to and connects to (set_current_peer): a service whose host is
+    `localhost` is logged with 127.0.0.1, its port the service's."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)  # on 127.0.0.1 only
+    log = tmp_path / "file.log"
+    port = await gateway({"services": [service("svc", f"http://localhost:{backend.port}", [
+        {"name": "api", "paths": ["/api"]}])], "plugins": [{"name": "file-log", "config": {"path": str(log)}}]})
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/api/x")).status == 200
+        (line,) = await log_lines(log, 1)
+    assert [(t["ip"], t["port"]) for t in line["tries"]] == [("127.0.0.1", backend.port)]
+
+
+# --- response headers ------------------------------------------------------------------------------------------------
+
+
+def test_the_response_headers_have_no_date_the_upstream_did_not_send():
+    """log.lua:884 `response_headers = ngx.resp.get_headers()`, r->headers_out's list: nginx's header filter writes
+    the Date it adds into the output alone (release-1.27.1 src/http/ngx_http_header_filter_module.c:472-477), so the
+    entry has a date only when the upstream sent one (Kong's `proxy_pass_header Date`) or a plugin set one."""
+    ex = _exchange()
+    ex.response_headers = [(b"content-type", b"text/plain")]
+    ex.response_lines = b"X-Kong-Request-Id: r1\r\nDate: Sat, 06 Dec 2025 22:00:00 GMT\r\n"  # (the gateway's own)
+    headers = _serialize(ex)["response"]["headers"]
+    assert "date" not in headers and headers["x-kong-request-id"] == "r1"
+    ex.response_headers = [(b"date", b"Fri, 05 Dec 2025 10:00:00 GMT")]  # the upstream's, no line of the gateway's
+    ex.response_lines = b"X-Kong-Request-Id: r1\r\n"
+    assert _serialize(ex)["response"]["headers"]["date"] == "Fri, 05 Dec 2025 10:00:00 GMT"
+
+
+# --- route and service -----------------------------------------------------------------------------------------------
+
+
+def test_the_logged_route_and_service_carry_their_tls_fields_in_kongs_shapes():
+    """log.lua:927-928 `route = cycle_aware_deep_copy(ctx.route)`, `service = ...(ctx.service)`: every field set, a
+    route's `snis` and an https service's tls_verify, tls_verify_depth, ca_certificates (ids) and
+    client_certificate, a foreign key: {id} (kong/db/schema/entities/services.lua)."""
+    ca, cert = "5b6a7c61-0000-4000-8000-0000000000ca", "5b6a7c61-0000-4000-8000-0000000000cc"
+    svc = Service(name="s", url="https://127.0.0.1:9443", tls_verify=False, tls_verify_depth=2, ca_certificates=[ca],
+                  client_certificate=cert)
+    facts = RouteFacts(Route(name="r", paths=["/"], snis=["a.example"]), "r", svc)
+    assert facts.service_json is not None
+    route, logged = msgspec.json.decode(facts.route_json), msgspec.json.decode(facts.service_json)
+    assert route["snis"] == ["a.example"]
+    assert (logged["tls_verify"], logged["tls_verify_depth"], logged["ca_certificates"],
+            logged["client_certificate"]) == (False, 2, [ca], {"id": cert})
+    assert "snis" not in msgspec.json.decode(RouteFacts(Route(name="r", paths=["/"]), "r", svc).route_json)  # (none)
 
 
 # --- upstream_uri of a request a plugin answered ---------------------------------------------------------------------

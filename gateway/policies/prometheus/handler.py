@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.metrics import head_size
 from gateway.policies.prometheus.schema import PrometheusConfig
+from gateway.telemetry.entry import request_size
 
 
 class Prometheus:
@@ -59,5 +59,5 @@ class Prometheus:
         if self.status:
             obs.by_consumer.append((status, "service" if head else "kong", who))
         if self.bandwidth:
-            obs.bytes_by_consumer[("ingress", who)] += head_size(ex.request) + ex.body_received
+            obs.bytes_by_consumer[("ingress", who)] += request_size(ex)  # Kong's: the entry's request.size
             obs.bytes_by_consumer[("egress", who)] += ex.sent
