@@ -1,8 +1,11 @@
 """request-transformer and response-transformer against Kong on the points of a review: the template environment's
 lazy, kept tables (kong/plugins/request-transformer/access.lua `__meta_environment`), append_value onto an empty JSON
 object (lua-cjson writes {[1] = v} as an array), an append.headers entry without a value (Kong's header filter fails
-on it), the rename message of an empty name (schema.lua validate_headers' tostring("")), and header values with
-control bytes (taken by the schema, escaped by lua-nginx-module's ngx_http_lua_copy_escaped_header)."""
+on it), the rename message of an empty name (schema.lua validate_headers' tostring("")), header values with
+control bytes (taken by the schema, escaped by lua-nginx-module's ngx_http_lua_copy_escaped_header), the methods
+kong.service.request.set_method takes, a header value set empty (lua-nginx-module removes the header), an append to
+one of nginx's built-in single response headers (it overwrites the line), and the header changes that would break
+the framing of a body the gateway frames itself (refused)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from backends import service
+from backends import Client, service
 from plugin_helpers import (
     call,
     http_codec,  # noqa: F401 - the fixture: one codec
@@ -244,3 +247,197 @@ def test_a_response_header_name_with_a_line_break_is_set_escaped():
     the config can never end a header line."""
     rt = response_transformer(add={"headers": ["x-a\r\nx-injected:1"]})
     assert rt.header_filter(None, 200, []) == [(b"x-a%0D%0Ax-injected", b"1")]
+
+
+# --- http_method: only the methods kong.service.request.set_method takes ----------------------------------------------
+
+KONG_METHODS = ["GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "MKCOL", "COPY", "MOVE", "PROPFIND", "PROPPATCH",
+                "LOCK", "UNLOCK", "PATCH", "TRACE"]
+
+
+@pytest.mark.parametrize("method", ["PURGE", "CONNECT"])
+def test_an_http_method_kong_cannot_set_is_refused(method):
+    """kong/pdk/service/request.lua (3.9.3) 175-191: set_method's accepted_methods; 213-215 `if not method_id then
+    error("invalid method: " .. method, 2)`. The schema (typedefs.http_method, `^%u+$`) takes PURGE, and every request
+    on the route then fails in access (a 500): what cannot work is refused, naming config.http_method."""
+    err = refused(plugin("request-transformer", http_method=method))
+    assert f"config.http_method: '{method}' is not a method Kong can set" in err, err
+    assert err.endswith("use one of " + ", ".join(KONG_METHODS)), err
+
+
+def test_every_method_kong_can_set_is_taken():
+    for method in KONG_METHODS:
+        assert request_transformer(http_method=method).method == method.encode()
+
+
+# --- a request header value set empty: ngx.req.set_header(name, "") removes the name's lines, adds none -----------
+
+
+def test_an_added_header_whose_template_renders_empty_is_not_sent():
+    """access.lua (3.9.3) 203-207 puts the rendered "" in the table (pl.template renders `$(expr)` as
+    tostring(expr or '')), 231 set_headers -> ngx.req.set_header("x-user", ""): lua-nginx-module's
+    ngx_http_set_header_helper (src/ngx_http_lua_headers_in.c 260-261, `if (value->len == 0) return NGX_OK;`)
+    creates no header for it. An upstream that tests for X-User's presence sees none, as behind Kong."""
+    ex = transformed(request_transformer(add={"headers": ["x-user:$(query_params.u)"]}), b"/x", [(b"x-a", b"1")])
+    assert ex.request.headers == [(b"x-a", b"1")]
+
+
+def test_a_replaced_header_whose_template_renders_empty_is_removed():
+    """access.lua (3.9.3) 196-200 replaces x-user's value with the rendered "", then set_headers: ngx_http_set_header_
+    helper (src/ngx_http_lua_headers_in.c 216) removes every line of the name when the value is empty."""
+    ex = transformed(request_transformer(replace={"headers": ["x-user:$(query_params.u)"]}), b"/x",
+                     [(b"x-user", b"alice"), (b"x-a", b"1"), (b"x-user", b"bob")])
+    assert ex.request.headers == [(b"x-a", b"1")]
+
+
+def test_an_appended_empty_value_is_a_line_only_beside_a_value_already_there():
+    """append_value gives {current, ""} or {""}: ngx.req.set_header sets the first value (overriding: "" removes) and
+    adds each other one as a new line (no_override: ngx_http_set_header_helper goes to new_header, empty or not)."""
+    rt = request_transformer(append={"headers": ["x-a:$(query_params.u)"]})
+    assert transformed(rt, b"/x", [(b"x-a", b"1")]).request.headers == [(b"x-a", b"1"), (b"x-a", b"")]
+    assert transformed(rt, b"/x", [(b"x-b", b"1")]).request.headers == [(b"x-b", b"1")]
+
+
+def test_a_header_the_client_sent_empty_is_dropped_when_the_headers_are_set_again():
+    """transform_headers ends with set_headers(get_headers()'s table): each of its names is set again, and one the
+    client sent empty ("") loses its line; a name sent empty and again keeps the other value, at the end."""
+    ex = transformed(request_transformer(add={"headers": ["x-new:1"]}), b"/x",
+                     [(b"x-empty", b""), (b"x-two", b""), (b"x-a", b"1"), (b"x-two", b"2")])
+    assert ex.request.headers == [(b"x-a", b"1"), (b"x-two", b"2"), (b"x-new", b"1")]
+
+
+def test_query_and_body_values_a_template_renders_empty_are_sent_empty():
+    """Kong's own code keeps them: set_query (make_ordered_args) writes `u=`, cjson.encode `"b":""`,
+    ngx.encode_args `b=`."""
+    rt = request_transformer(add={"querystring": ["u:$(headers.x)"], "body": ["b:$(headers.x)"]})
+    ex = transformed(rt, b"/x", [JSON], b'{"a":1}')
+    assert (ex.request.target, ex.body) == (b"/x?u=", b'{"a":1,"b":""}')
+    assert transformed(rt, b"/x", [FORM], b"a=1").body == b"a=1&b="
+
+
+# --- response-transformer: append onto nginx's built-in single response headers -----------------------------------
+
+
+def test_appending_content_type_leaves_one_content_type():
+    """header_transformer.lua (3.9.3) 120-122 add_header -> kong.response.add_header -> ngx.resp.add_header,
+    lua-nginx-module's ngx_http_lua_set_output_header with override off. Content-Type is one of its built-in headers
+    (src/ngx_http_lua_headers_out.c ngx_http_set_content_type_header): it sets r->headers_out.content_type, and nginx
+    sends one Content-Type, the appended value."""
+    rt = response_transformer(append={"headers": ["content-type:text/plain"]})
+    head = [(b"content-type", b"application/json"), (b"content-length", b"2")]
+    assert rt.header_filter(None, 200, head) == [(b"content-length", b"2"), (b"content-type", b"text/plain")]
+
+
+def test_appending_etag_leaves_one_etag():
+    """ETag is a built-in single header (ngx_http_set_builtin_header): with r->headers_out.etag set by the
+    upstream's ETag (nginx release-1.27.1 src/http/ngx_http_upstream.c 219-223, copy_header_line's offset), the
+    line's value is overwritten (`h->value = *value`): one ETag, the appended one. Twice: still one, the last."""
+    rt = response_transformer(append={"headers": ['etag:"b"']})
+    assert rt.header_filter(None, 200, [(b"etag", b'"a"'), (b"x", b"1")]) == [(b"x", b"1"), (b"etag", b'"b"')]
+    twice = response_transformer(append={"headers": ["server:a", "x-m:1", "server:b", "x-m:2"]})
+    assert twice.header_filter(None, 200, []) == [(b"x-m", b"1"), (b"server", b"b"), (b"x-m", b"2")]
+
+
+def test_appending_to_a_relative_location_adds_a_line_and_to_an_absolute_one_replaces_it():
+    """ngx_http_upstream_rewrite_location (release-1.27.1 src/http/ngx_http_upstream.c 5436-5478) leaves a relative
+    Location out of r->headers_out.location: add_header finds no slot and adds a line. An absolute one holds it."""
+    rt = response_transformer(append={"headers": ["location:http://b/"]})
+    assert rt.header_filter(None, 302, [(b"location", b"/a")]) == [(b"location", b"/a"), (b"location", b"http://b/")]
+    assert rt.header_filter(None, 302, [(b"location", b"http://a/")]) == [(b"location", b"http://b/")]
+
+
+def test_appending_to_a_multi_valued_built_in_header_adds_a_line():
+    """Cache-Control, WWW-Authenticate and Link are ngx_http_set_builtin_multi_header's: add_header adds a line."""
+    rt = response_transformer(append={"headers": ["cache-control:no-store"]})
+    assert rt.header_filter(None, 200, [(b"cache-control", b"private")]) == [
+        (b"cache-control", b"private"), (b"cache-control", b"no-store")]
+
+
+def test_a_header_renamed_from_an_empty_value_is_not_sent():
+    """rename is set_header(new, old's value): ngx.header[new] = "" clears (ngx_http_lua_headers_out.c
+    ngx_http_set_header_helper, `value->len == 0` -> hash 0), so the empty header is gone under either name."""
+    rt = response_transformer(rename={"headers": ["x-a:x-b"]})
+    assert rt.header_filter(None, 200, [(b"x-a", b""), (b"x-c", b"1")]) == [(b"x-c", b"1")]
+    assert rt.header_filter(None, 200, [(b"x-a", b""), (b"x-a", b"2")]) == [(b"x-b", b"2")]
+
+
+def test_a_header_sent_twice_renamed_onto_a_single_header_keeps_its_last_value():
+    """set_header(new, {v1, v2}) sets v1, then adds v2 without override: a built-in single header's slot is
+    overwritten (ngx_http_set_builtin_header), so one line with v2."""
+    rt = response_transformer(rename={"headers": ["x-tag:etag"]})
+    assert rt.header_filter(None, 200, [(b"x-tag", b'"1"'), (b"x-tag", b'"2"')]) == [(b"etag", b'"2"')]
+
+
+# --- framing headers: the changes that would break a body's framing are refused ------------------------------------
+
+_FRAMING_WHY = ("bodies itself (Content-Length or chunked coding, from the body it sends), and this change would "
+                "break that framing; remove the entry")
+
+
+@pytest.mark.parametrize(("op", "entry", "doing"), [
+    ("remove", "content-length", "removing 'content-length'"),
+    ("remove", "Transfer-Encoding", "removing 'Transfer-Encoding'"),
+    ("rename", "content-length:x-len", "renaming 'content-length'"),
+    ("rename", "transfer-encoding:x-te", "renaming 'transfer-encoding'"),
+    ("rename", "x-len:Content_Length", "renaming a header to 'Content_Length'"),
+    ("rename", "x-te:transfer-encoding", "renaming a header to 'transfer-encoding'"),
+    ("replace", "content-length:3", "replacing 'content-length'"),
+    ("add", "content-length:3", "adding 'content-length'"),
+    ("add", "transfer-encoding:chunked", "adding 'transfer-encoding'"),
+    ("append", "content-length:3", "appending to 'content-length'"),
+    ("append", "transfer-encoding:chunked", "appending to 'transfer-encoding'"),
+])
+def test_a_request_header_change_that_breaks_the_body_framing_is_refused(op, entry, doing):
+    """The gateway frames the upstream request from the request's Content-Length or Transfer-Encoding: without them a
+    body is not sent (or the upstream reads it as the next request), with another length or a second one the
+    request is broken (h11: a 500). Kong's nginx frames it itself too ($proxy_internal_body_length), from a
+    content_length_n these calls set (ngx_http_lua_headers_in.c ngx_http_set_content_length_header): broken there
+    as well."""
+    err = refused(plugin("request-transformer", **{op: {"headers": ["x-ok:1" if op != "remove" else "x-ok", entry]}}))
+    assert err.endswith(f"config.{op}.headers[1]: {doing} is refused: the gateway frames request {_FRAMING_WHY}"), err
+
+
+@pytest.mark.parametrize(("op", "entry", "doing"), [
+    ("rename", "x-len:content_length", "renaming a header to 'content_length'"),
+    ("replace", "content-length:3", "replacing 'content-length'"),
+    ("add", "Content-Length:3", "adding 'Content-Length'"),
+    ("append", "content-length:3", "appending to 'content-length'"),
+    ("append", "transfer-encoding:chunked", "appending to 'transfer-encoding'"),
+])
+def test_a_response_header_change_that_breaks_the_body_framing_is_refused(op, entry, doing):
+    """kong.response.set_header / add_header("Content-Length", v) set r->headers_out.content_length_n
+    (ngx_http_lua_headers_out.c ngx_http_set_content_length_header): nginx then sends that length (or two lines of
+    it, with the upstream's) whatever the body; add_header takes Transfer-Encoding too (set_header ignores it),
+    beside nginx's own chunked coding or length."""
+    err = refused(plugin("response-transformer", **{op: {"headers": ["x-ok:1", entry]}}))
+    assert err.endswith(f"config.{op}.headers[1]: {doing} is refused: the gateway frames response {_FRAMING_WHY}"), err
+
+
+def test_the_framing_header_changes_that_keep_a_message_whole_are_taken():
+    response_transformer(remove={"headers": ["content-length", "transfer-encoding"]},
+                         rename={"headers": ["content-length:x-len", "x-te:transfer-encoding"]},
+                         replace={"headers": ["transfer-encoding:gzip"]}, add={"headers": ["transfer-encoding:gzip"]})
+    request_transformer(replace={"headers": ["transfer-encoding:gzip"]})
+
+
+@pytest.mark.parametrize("http_codec", ["h11", "llhttp"])
+async def test_the_framing_header_changes_taken_give_whole_messages(nursery, gateway):
+    """A response's Content-Length removed or renamed: Kong's clear_header sets content_length_n to -1 and nginx
+    sends the body chunked (release-1.27.1 src/http/modules/ngx_http_chunked_filter_module.c 74, 95). A chunked
+    request's Transfer-Encoding replaced: nginx frames the upstream request itself, so does the gateway (the
+    replaced value goes nowhere). All on one connection: a message framed wrong would break the next."""
+    _, port = await start(nursery, gateway, routes=[
+        {"paths": ["/rm"], "plugins": [plugin("response-transformer", remove={"headers": ["content-length"]})]},
+        {"paths": ["/mv"], "plugins": [plugin("response-transformer",
+                                              rename={"headers": ["content-length:x-length"]})]},
+        {"paths": ["/te"], "plugins": [plugin("request-transformer",
+                                              replace={"headers": ["transfer-encoding:gzip"]})]}])
+    async with await Client.connect(port) as client:
+        removed = await client.request("GET", "/rm")
+        renamed = await client.request("GET", "/mv")
+        posted = await client.request("POST", "/te", body=[b"hel", b"lo"])
+    assert removed.header("content-length") is None and removed.header("transfer-encoding") == "chunked"
+    assert removed.json()["body_len"] == 0 and renamed.json()["body_len"] == 0  # (the whole JSON read)
+    assert renamed.header("x-length") == str(len(renamed.body)) and renamed.header("transfer-encoding") == "chunked"
+    got = posted.json()
+    assert got["body"] == "hello" and ["transfer-encoding", "gzip"] not in got["headers"], got

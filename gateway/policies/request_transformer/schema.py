@@ -7,7 +7,13 @@ import re
 import msgspec
 
 from gateway.config.errors import inline
-from gateway.policies.response_transformer.schema import check_pairs, split_pair
+from gateway.policies.response_transformer.schema import (
+    CONTENT_LENGTH,
+    FRAMING,
+    check_pairs,
+    refuse_framing,
+    split_pair,
+)
 from gateway.policies.schema_types import KongString
 
 # The templates the gateway renders: $(headers.NAME), $(headers["NAME"]), $(query_params.NAME), ...,
@@ -38,6 +44,7 @@ class Names(msgspec.Struct, forbid_unknown_fields=True):
         for i, name in enumerate(self.headers):
             if not re.fullmatch(r"[A-Za-z0-9_-]+", name.partition(":")[0]):
                 raise ValueError(f"headers[{i}]: '{inline(name)}' is not a valid header")
+        refuse_framing(self.headers, FRAMING, "removing", "request")
 
 
 class Pairs(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,6 +84,8 @@ class Renames(Pairs):
         super().__post_init__()
         check_pairs("headers", self.headers, headers=True, both=True)
         _refuse_host(self.headers, "new", "renaming a header to")
+        refuse_framing(self.headers, FRAMING, "renaming", "request")
+        refuse_framing(self.headers, FRAMING, "renaming a header to", "request", new=True)
 
 
 class Replaces(Pairs):
@@ -87,12 +96,27 @@ class Replaces(Pairs):
         if self.uri is not None:
             check_templates("uri", [self.uri], indexed=False)
         _refuse_host(self.headers, "name", "replacing")
+        # (a chunked request's Transfer-Encoding replaced stays chunked: the gateway sends its own framing headers)
+        refuse_framing(self.headers, CONTENT_LENGTH, "replacing", "request")
+
+
+class Adds(Pairs):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_framing(self.headers, FRAMING, "adding", "request")
 
 
 class Appends(Pairs):
     def __post_init__(self) -> None:
         super().__post_init__()
         _refuse_host(self.headers, "name", "appending to")
+        refuse_framing(self.headers, FRAMING, "appending to", "request")
+
+
+# kong.service.request.set_method's accepted_methods (kong/pdk/service/request.lua 175-191): any other method passes
+# Kong's schema (`^%u+$`) and then fails every request in access ("invalid method", a 500)
+SET_METHODS = ("GET", "HEAD", "PUT", "POST", "DELETE", "OPTIONS", "MKCOL", "COPY", "MOVE", "PROPFIND", "PROPPATCH",
+               "LOCK", "UNLOCK", "PATCH", "TRACE")
 
 
 class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -100,9 +124,15 @@ class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
     remove: Names = msgspec.field(default_factory=Names)
     rename: Renames = msgspec.field(default_factory=Renames)
     replace: Replaces = msgspec.field(default_factory=Replaces)
-    add: Pairs = msgspec.field(default_factory=Pairs)
+    add: Adds = msgspec.field(default_factory=Adds)
     append: Appends = msgspec.field(default_factory=Appends)
 
     def __post_init__(self) -> None:
-        if self.http_method is not None and not re.fullmatch(r"[A-Z]+", self.http_method):
+        if self.http_method is None:
+            return
+        if not re.fullmatch(r"[A-Z]+", self.http_method):
             raise ValueError(f"http_method: invalid value: {inline(self.http_method)}")  # typedefs.http_method: ^%u+$
+        if self.http_method not in SET_METHODS:
+            raise ValueError(f"http_method: '{self.http_method}' is not a method Kong can set (its "
+                             "kong.service.request.set_method fails every request with it, a 500); use one of "
+                             f"{', '.join(SET_METHODS)}")

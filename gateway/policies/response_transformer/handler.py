@@ -2,7 +2,11 @@
 
 Headers, in Kong's order: remove, rename, replace (only present ones), add (only absent ones), append. As in Kong,
 rename, replace and add test the headers as they came from upstream (kong.response.get_headers() is taken before
-any change), and rename, replace and add set the header (its other values go). The JSON body (a response whose
+any change), and rename, replace and add set the header (its other values go; a value set empty, a renamed header's
+empty one, is no line: lua-nginx-module's ngx.header clears it). Append adds a line, but to one of nginx's built-in
+single headers (Content-Type, ETag, Location, ...: SINGLE_BUILTIN) whose headers_out slot holds a line it overwrites
+that line, as ngx.resp.add_header does; a relative Location from upstream holds no slot (nginx leaves it out so as
+not to rewrite it), so an append to it adds a second line as in Kong. The JSON body (a response whose
 Content-Type is application/json or a +json type, never text/event-stream; read whole up to
 gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, append of top-level keys, values cast by
 json_types as Kong's json_value() does. Lua's truthiness is kept: replace needs a present value other than false,
@@ -14,12 +18,13 @@ outside any pcall, so the request fails with its head unsent). A body cjson cann
 Content-Type (as it came) is JSON, as Kong's header_filter does: a transformed body gets its new length, one sent
 unchanged goes out chunked, and a HEAD answer has none.
 
-Compiled at config load: names encoded and lower-cased, values escaped, entries without a value dropped. What the
-header changes do to a response depends only on which of the names they test it has (and on the values of renamed
-ones), so they are played once per such set of names (`ResponseTransformer.plan`, a bounded memo) and a response
-pays one dict of its headers, the removal of the names that go and one extend. The phases are the config's: no
-header_filter without header or JSON changes, no body phases without JSON ones (so such a transformer's responses are
-never considered for their bodies).
+Compiled at config load: names encoded and lower-cased, values escaped, entries without a value dropped, the
+built-in single headers appended to picked out. What the header changes do to a response depends only on which of
+the names they test it has (and on the values of renamed ones, and, with an append to Location, on whether its value
+is relative), so they are played once per such set of names (`ResponseTransformer.plan`, a bounded memo) and a
+response pays one dict of its headers, the removal of the names that go and one extend. The phases are the config's:
+no header_filter without header or JSON changes, no body phases without JSON ones (so such a transformer's responses
+are never considered for their bodies).
 """
 
 from __future__ import annotations
@@ -155,6 +160,16 @@ def _set(pairs: list[tuple[bytes, bytes | None]]) -> list[tuple[bytes, bytes]]:
 
 _PLANS = 64  # header plans kept per config: one per set of tested names that responses have (a few at most)
 
+# lua-nginx-module's built-in response headers set through one headers_out slot (ngx_http_lua_headers_out.c
+# ngx_http_lua_set_handlers: ngx_http_set_builtin_header and its Location, Last-Modified, Content-Length and
+# Content-Type variants; WWW-Authenticate, Cache-Control and Link are multi-valued and not here). ETag and E-Tag
+# share one slot in nginx; here each is its own.
+SINGLE_BUILTIN = frozenset({b"server", b"date", b"content-encoding", b"location", b"refresh", b"last-modified",
+                            b"content-range", b"accept-ranges", b"expires", b"e-tag", b"etag", b"content-length",
+                            b"content-type"})
+_RELATIVE_LOCATION = b"location:relative"  # in a plan's names: the response's Location starts with "/"
+_EMPTY, _UPSTREAM, _SET = 0, 1, 2  # a built-in header's slot: no line, the upstream's line, the last line added
+
 
 class _HeaderPlan(NamedTuple):
     """Kong's transform_headers for responses having one set of the tested names: the names whose headers (as they
@@ -193,10 +208,13 @@ class ResponseTransformer:
         self.replace_headers = _set(_header_pairs(config.replace.headers))
         self.add_headers = _set(_header_pairs(config.add.headers))
         self.append_headers = _set(_header_pairs(config.append.headers))
+        # the built-in single headers appended to (which overwrite the line their slot holds)
+        self.single_appends = frozenset(name for name, _ in self.append_headers if name in SINGLE_BUILTIN)
+        self.appends_location = b"location" in self.single_appends
         # the names whose presence in the response (as it came) the changes depend on: rename's old names, replace's
-        # and add's
+        # and add's, the built-in single headers appended to
         self.tested = frozenset([old for old, _ in self.rename_headers] + [n for n, _ in self.replace_headers]
-                                + [n for n, _ in self.add_headers])
+                                + [n for n, _ in self.add_headers]) | self.single_appends
         self.plans: Memo[frozenset[bytes], _HeaderPlan] = Memo(_PLANS)
         header_changes = bool(self.remove_headers or self.rename_headers or self.replace_headers
                               or self.add_headers or self.append_headers)
@@ -229,15 +247,31 @@ class ResponseTransformer:
         response."""
         cleared = set(self.remove_headers)
         added: list[tuple[bytes, bytes, bytes | None]] = []
+        # the slot of each built-in single header appended to: an upstream's line holds it, but for a relative
+        # Location (ngx_http_upstream_rewrite_location) or an E-Tag (whose slot is ETag's)
+        slots = {name: _UPSTREAM if name in present and name != b"e-tag" and not (
+            name == b"location" and _RELATIVE_LOCATION in present) else _EMPTY for name in self.single_appends}
 
         def clear(name: bytes) -> None:
             cleared.add(name)
             added[:] = [a for a in added if a[0] != name]
+            if name in slots:
+                slots[name] = _EMPTY
+
+        def hold(name: bytes, value: bytes) -> None:
+            """The slot holds the line just set, unless a relative Location (ngx_http_set_location_header)."""
+            slots[name] = _EMPTY if name == b"location" and value[:1] == b"/" else _SET
 
         def put(name: bytes, value: bytes, old: bytes | None = None) -> None:
             if name not in TRANSFER_ENCODING_NAMES:  # which kong.response.set_header ignores
                 clear(name)
                 added.append((name, value, old))
+                if name in slots:
+                    hold(name, value)
+
+        for name in self.remove_headers:
+            if name in slots:
+                slots[name] = _EMPTY
 
         for old, new in self.rename_headers:
             if old in present:
@@ -249,7 +283,15 @@ class ResponseTransformer:
         for name, value in self.add_headers:
             if name not in present:
                 put(name, value)
-        added += [(name, value, None) for name, value in self.append_headers]
+        for name, value in self.append_headers:  # the line a slot holds goes (the new value at the end, as put's)
+            slot = slots.get(name, _EMPTY)
+            if slot == _SET:  # the last line added of the name
+                del added[max(i for i, entry in enumerate(added) if entry[0] == name)]
+            elif slot == _UPSTREAM:
+                cleared.add(name)
+            added.append((name, value, None))
+            if name in slots:
+                hold(name, value)
         renames = any(old is not None for _, _, old in added)
         return self.plans.keep(present, _HeaderPlan(frozenset(cleared), tuple(added),
                                                      None if renames else [(name, value) for name, value, _ in added]))
@@ -257,6 +299,8 @@ class ResponseTransformer:
     def _header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
         came = dict(headers)  # Kong's kong.response.get_headers() copy: the names, each with its last value
         present = self.tested.intersection(came)
+        if self.appends_location and came.get(b"location", b"")[:1] == b"/":
+            present = present | {_RELATIVE_LOCATION}
         cleared, added, fixed = self.plans.get(present) or self.plan(present)
         unique = len(came) == len(headers)  # no name twice
         if fixed is None:  # a renamed header takes the values its old name came with
@@ -265,9 +309,11 @@ class ResponseTransformer:
                 if old is None:
                     fixed.append((name, value))
                 elif unique:
-                    fixed.append((name, came[old]))
-                else:
-                    fixed += [(name, v) for n, v in headers if n == old]
+                    if came[old]:
+                        fixed.append((name, came[old]))
+                else:  # set_header of the values: a built-in single header keeps the last (set_builtin_header)
+                    values = [v for n, v in headers if n == old]
+                    fixed += [(name, v) for v in (values[-1:] if name in SINGLE_BUILTIN else values) if v]
         if gone := cleared.intersection(came):  # clear_header of each
             if unique:  # each goes where it stands
                 try:

@@ -35,6 +35,22 @@ def check_pairs(where: str, entries: list[str], headers: bool = False, both: boo
             raise ValueError(f"{where}[{i}]: '{inline(value or '')}' is not a valid header")
 
 
+CONTENT_LENGTH = ("content-length",)
+FRAMING = ("content-length", "transfer-encoding")
+
+
+def refuse_framing(entries: list[str], names: tuple[str, ...], doing: str, message: str, new: bool = False) -> None:
+    """ValueError naming the first header entry whose name (with `new`, rename's new name), "_" read as "-", is one of
+    `names`: a header that frames the `message` ("request" or "response") body, which the gateway writes itself."""
+    for i, entry in enumerate(entries):
+        name, new_name = split_pair(entry)
+        header = (new_name or "") if new else name
+        if header.lower().replace("_", "-") in names:
+            raise ValueError(f"headers[{i}]: {doing} '{inline(header)}' is refused: the gateway frames {message} "
+                             "bodies itself (Content-Length or chunked coding, from the body it sends), and this "
+                             "change would break that framing; remove the entry")
+
+
 class Names(msgspec.Struct, forbid_unknown_fields=True):
     json: list[KongString] = []
     headers: list[KongString] = []
@@ -47,6 +63,8 @@ class Renames(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         check_pairs("json", self.json)
         check_pairs("headers", self.headers, headers=True, both=True)
+        # (a rename onto Transfer-Encoding is dropped: kong.response.set_header ignores it)
+        refuse_framing(self.headers, CONTENT_LENGTH, "renaming a header to", "response", new=True)
 
 
 class Values(msgspec.Struct, forbid_unknown_fields=True):
@@ -59,9 +77,22 @@ class Values(msgspec.Struct, forbid_unknown_fields=True):
         check_pairs("headers", self.headers)
 
 
+class Replaces(Values):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_framing(self.headers, CONTENT_LENGTH, "replacing", "response")
+
+
+class Adds(Values):
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_framing(self.headers, CONTENT_LENGTH, "adding", "response")
+
+
 class Appends(Values):
     def __post_init__(self) -> None:
         super().__post_init__()
+        refuse_framing(self.headers, FRAMING, "appending to", "response")  # add_header takes Transfer-Encoding too
         for i, entry in enumerate(self.headers):
             # header_transformer calls add_header(name, nil) for it, which raises in validate_header: Kong's header
             # filter fails (outside any pcall), and every response of the route ends with its connection closed
@@ -73,6 +104,6 @@ class Appends(Values):
 class ResponseTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
     remove: Names = msgspec.field(default_factory=Names)
     rename: Renames = msgspec.field(default_factory=Renames)
-    replace: Values = msgspec.field(default_factory=Values)
-    add: Values = msgspec.field(default_factory=Values)
+    replace: Replaces = msgspec.field(default_factory=Replaces)
+    add: Adds = msgspec.field(default_factory=Adds)
     append: Appends = msgspec.field(default_factory=Appends)
