@@ -405,6 +405,29 @@ async def test_a_listed_status_is_cached(nursery, gateway):
     assert second.status == 417 and status_of(second) == "Hit"
 
 
+async def test_a_proxied_204_and_304_are_cached_and_a_204_hit_drops_its_content_type(nursery, gateway):
+    """Kong stores the empty body its body_filter sees at eof (kong/pdk/response.lua:577-578 `if eof and not
+    body_buffer then return chunk end`; handler.lua:387 `if body then`: "" is true in Lua). A proxied 204 or 304
+    reaches the body filters: nginx 1.27.1 makes them header-only only without a status line of their own
+    (src/http/ngx_http_header_filter_module.c:208-244), and a proxied response keeps the upstream's
+    (ngx_http_upstream.c:2945), so ngx_http_upstream_finalize_request sends the last buffer through the body
+    filters (4645-4660, ngx_http_send_special(r, NGX_HTTP_LAST)). The hit is kong.response.exit(status, "", headers):
+    ngx.status clears the status line (lua-nginx-module ngx_http_lua_misc.c:118), so the 204 is nginx's own and
+    goes out without its Content-Type (header filter 226-228); a 304 keeps it."""
+    backend, port = await start(nursery, gateway, cache(response_code=[204, 304],
+                                                        content_type=["text/html; charset=utf-8"]))
+    for status in (204, 304):
+        first = await get(port, f"/status/{status}")
+        second = await get(port, f"/status/{status}")
+        assert (first.status, status_of(first)) == (status, "Miss")
+        assert first.header("content-type") == "text/html; charset=utf-8"
+        assert (second.status, status_of(second), second.body) == (status, "Hit", b"")
+    assert second.header("content-type") == "text/html; charset=utf-8"  # the 304's
+    hit_204 = await get(port, "/status/204")
+    assert status_of(hit_204) == "Hit" and hit_204.header("content-type") is None
+    assert len(backend.requests) == 2
+
+
 async def test_a_content_type_not_listed_bypasses(nursery, gateway):
     _, port = await start(nursery, gateway, cache())
     assert status_of(await get(port, "/xml")) == "Bypass"

@@ -55,6 +55,7 @@ class Ex:
         self.request_done = True
         self.close_after = False
         self.request_id = b""
+        self.tries: list | None = None  # an upstream's answer has its try
         self.body = body
         self.sent: tuple[int, list, bytes] | None = None
 
@@ -196,12 +197,49 @@ async def test_a_request_body_is_kept_up_to_8_kib():
     assert first.req_body == b"a=1" and second.req_body is None  # type: ignore[union-attr]
 
 
-async def test_204_and_304_responses_are_never_stored():
+async def test_the_gateways_own_204_and_304_are_never_stored():
+    """nginx 1.27.1 makes a 204 or 304 without an upstream's status line header-only
+    (src/http/ngx_http_header_filter_module.c:226-246): lua-nginx-module runs no body filter for it
+    (ngx_http_lua_util.c ngx_http_lua_send_chain_link, `if (r->header_only)`), so Kong's body_filter never stores
+    request-termination's 204."""
     store = Store()
     policy = cache(store, response_code=[204, 304])
-    await miss(policy, Ex(), status=204)
-    await miss(policy, Ex(b"GET", b"/y"), status=304)
+    await miss(policy, Ex(), status=204, body=b"")
+    await miss(policy, Ex(b"GET", b"/y"), status=304, body=b"")
     assert store.stored == []
+
+
+async def test_a_proxied_204_and_304_are_stored_with_an_empty_body():
+    """A proxied response keeps the upstream's status line (ngx_http_upstream.c:2945), so nginx does not make it
+    header-only and its empty last buffer reaches the body filters (4645-4660); kong.response.get_raw_body gives ""
+    at eof (kong/pdk/response.lua:577-578) and handler.lua:387 `if body then` stores it."""
+    store = Store()
+    policy = cache(store, response_code=[204, 304])
+    for status, target in ((204, b"/x"), (304, b"/y")):
+        ex = Ex(b"GET", target)
+        ex.tries = [object()]
+        await miss(policy, ex, status=status, body=b"")
+    entries = [decode(store.entries[("kong_db_cache", key)]) for _, key, _ in store.stored]
+    assert [(e.status, e.body) for e in entries] == [(204, b""), (304, b"")]  # type: ignore[union-attr]
+
+
+async def test_a_204_hit_has_no_content_type_and_a_304_hit_keeps_it():
+    """A hit is kong.response.exit(res.status, res.body, res.headers) (handler.lua:348), whose ngx.status clears the
+    status line (lua-nginx-module ngx_http_lua_misc.c:118): nginx's header filter drops a 204's Content-Type
+    (ngx_http_header_filter_module.c:226-228) and keeps a 304's."""
+    store = Store()
+    policy = cache(store, response_code=[204, 304])
+    sent = []
+    for status, target in ((204, b"/x"), (304, b"/y")):
+        ex = Ex(b"GET", target)
+        ex.tries = [object()]
+        await miss(policy, ex, status=status, body=b"")
+        hit = Ex(b"GET", target)
+        assert await policy.access(hit) is True  # type: ignore[arg-type]
+        sent.append(hit.sent)
+    (s204, h204, b204), (s304, h304, b304) = sent  # type: ignore[misc]
+    assert (s204, b204, dict(h204).get(b"content-type")) == (204, b"", None)
+    assert (s304, b304, dict(h304).get(b"content-type")) == (304, b"", b"application/json")
 
 
 async def test_an_entry_over_the_limit_is_not_stored_and_logged(caplog: pytest.LogCaptureFixture):

@@ -143,6 +143,26 @@ def test_a_header_named_with_an_underscore_is_found_as_written():
     assert headers_key(header_args([(b"x_foo", b"1")]), ["x-foo"]) == b""
 
 
+def test_a_vary_header_with_upper_case_and_underscores_is_found_lower_cased_before_dashed():
+    """cache_key.lua:36 `args[field]` on kong.request.get_headers(), whose req_headers_mt.__index (lua-resty-core
+    lib/resty/core/request.lua since v0.1.26, in Kong's OpenResty 1.27.1.2) looks the name up lower-cased as it
+    is, then with "_" as "-". Kong keeps underscores in header names (kong/templates/nginx_kong.lua:30
+    `underscores_in_headers on`), so vary_headers ["X_Tenant"] keys a client's `X_Tenant` line, ahead of an
+    `x-tenant` one."""
+    assert headers_key(header_args([(b"x_tenant", b"a")]), ["X_Tenant"]) == b"X_Tenant=a"
+    assert headers_key(header_args([(b"x-tenant", b"b"), (b"x_tenant", b"a")]), ["X_Tenant"]) == b"X_Tenant=a"
+    assert headers_key(header_args([(b"x-tenant", b"b")]), ["X_Tenant"]) == b"X_Tenant=b"
+
+
+def test_a_vary_query_param_is_found_only_as_configured():
+    """kong.request.get_query() is ngx.req.get_uri_args()'s plain table: no __index, so a name is not lower-cased
+    nor dashed."""
+    args = uri_args(b"X_Tenant=a&x-tenant=b")
+    assert params_key(args, ["X_Tenant"]) == b"X_Tenant=a"
+    assert params_key(args, ["x_tenant"]) == b""
+    assert params_key(args, ["X-Tenant"]) == b""
+
+
 # --- the key: the exact string Kong hashes ---------------------------------------------------------------------------
 
 

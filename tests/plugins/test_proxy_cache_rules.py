@@ -188,6 +188,18 @@ def test_private_no_store_and_no_cache_responses_are_not_cached_with_cache_contr
         assert rules().cacheable_response(200, headers, NOW)
 
 
+def test_the_responses_cache_control_is_only_its_lines_named_cache_control():
+    """handler.lua:78 reads ngx.var.sent_http_cache_control, which nginx 1.27.1 gives from headers_out.cache_control
+    (src/http/ngx_http_variables.c:334-335): the upstream module puts only `Cache-Control` lines there
+    (ngx_http_upstream.c:255-258); an upstream's `cache_control:` line is an unknown header, not matched with "_" as
+    "-" as $sent_http_expires or the request's $http_cache_control would match it."""
+    headers = response("application/json", ("cache-control", "max-age=60"), ("cache_control", "private"))
+    assert rules(cache_control=True).cacheable_response(200, headers, NOW)
+    assert rules(cache_control=True).response_ttl(headers, NOW) == 60
+    only_underscored = response("application/json", ("cache_control", "max-age=60"))
+    assert not rules(cache_control=True).cacheable_response(200, only_underscored, NOW)
+
+
 def test_a_response_without_a_ttl_is_not_cached_with_cache_control():
     assert not rules(cache_control=True).cacheable_response(200, response(), NOW)
     assert not rules(cache_control=True).cacheable_response(

@@ -12,7 +12,8 @@ The key is the hex SHA-256 of `prefix|method|uri|params|headers`:
              sorted and joined by "," (LuaError when one of them is bare: Kong's table.sort cannot compare a
              boolean)
     headers  the same for vary_headers (nothing when none are configured); a name is looked up as configured, then
-             lower-cased with "_" as "-" (ngx.req.get_headers' table)
+             lower-cased, then lower-cased with "_" as "-" (ngx.req.get_headers' table); a query parameter only as
+             configured (ngx.req.get_uri_args' table has no __index)
 
 Arguments come from the query string as it is when the plugin runs (after plugins of higher priority changed it),
 parsed as ngx.req.get_uri_args parses them: the first 100, unescaped with "+" as a space, "=value" without a name
@@ -64,12 +65,22 @@ def _joined(values: list[Arg]) -> bytes:
     return b",".join(sorted(strings))
 
 
+def _header_arg(args: Args, field: bytes) -> Arg | list[Arg] | None:
+    """The __index of ngx.req.get_headers()'s table (lua-resty-core request.lua): the name lower-cased, then, when
+    it has a "_", with "_" as "-" (a client's `X_Tenant` line is "x_tenant" there: Kong keeps underscores)."""
+    name = field.lower()
+    arg = args.get(name)
+    if arg is None and b"_" in name:
+        arg = args.get(name.replace(b"_", b"-"))
+    return arg
+
+
 def _key_from(args: Args, fields: Iterable[bytes], normalize: bool = False) -> bytes:
     parts = []
     for field in fields:
         arg = args.get(field)
         if arg is None and normalize:
-            arg = args.get(field.lower().replace(b"_", b"-"))
+            arg = _header_arg(args, field)
         if arg is None or arg is False:
             continue
         if isinstance(arg, list):

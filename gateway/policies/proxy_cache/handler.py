@@ -17,15 +17,18 @@ header_filter: the response is stored only when cacheable (gateway.policies.prox
 becomes Bypass. Its headers are kept as they are at this point (the gateway's X-Request-Id apart: Kong adds its
 request id after the plugins); its body, read whole for body_filter (up to RESPONSE_BODY_LIMIT; a longer one streams
 unchanged and is not stored), is stored with them for storage_ttl, else the Cache-Control TTL (cache_control), else
-cache_ttl. As in nginx, a HEAD request's, a 204's and a 304's response has no body for body_filter, so is never
-stored. An entry over gateway.stores.cache.ENTRY_LIMIT is not stored (logged): the response goes out as the
+cache_ttl. As in nginx, a HEAD request's response has no body for body_filter, so is never stored; nor is a 204 or
+304 of the gateway's own (request-termination's), which nginx makes header-only (it has no upstream's status line).
+A proxied 204 or 304 keeps the upstream's status line, so its empty body reaches body_filter and is stored, as Kong
+stores "". An entry over gateway.stores.cache.ENTRY_LIMIT is not stored (logged): the response goes out as the
 Miss it said it was, as Kong's does when the shared dict refuses it; so is one whose TTL is infinite
 (Cache-Control: max-age=inf with cache_control), which Kong's cjson cannot encode.
 
 On a hit the stored headers are sent without the hop-by-hop ones, Content-Length (the body's own is set) and any
-"ratelimit-remaining" header (Kong's rule); Age, X-Cache-Status and X-Cache-Key are set again. The diagnostic
-headers follow response_headers (age, X-Cache-Status, X-Cache-Key), or are all sent when the request has a
-Kong-Debug header.
+"ratelimit-remaining" header (Kong's rule); Age, X-Cache-Status and X-Cache-Key are set again. A 204 hit goes
+without Content-Type, as nginx's header filter drops it from kong.response.exit's 204 (no upstream status line).
+The diagnostic headers follow response_headers (age, X-Cache-Status, X-Cache-Key), or are all sent when the request
+has a Kong-Debug header.
 
 Only the response header_filter judged is stored. The header filters run again, with this plugin's decision made,
 on an answer the gateway sends in place of one whose head they saw: its 502 or 504 page when an upstream body read
@@ -65,7 +68,7 @@ REQUEST_BODY_LIMIT = 8192  # a request body Kong keeps in the entry: nginx's cli
 _NOT_SERVED = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                          b"trailers", b"transfer-encoding", b"upgrade", b"content-length", b"age", b"x-cache-status",
                          b"x-cache-key", b"x-request-id"})
-_NO_BODY = frozenset({204, 304})  # nginx's header_only statuses: no body filter runs for them
+_NO_BODY = frozenset({204, 304})  # header-only without an upstream's status line: no body filter runs for them
 _STATUS, _KEY, _AGE = b"x-cache-status", b"x-cache-key", b"age"
 
 
@@ -181,7 +184,8 @@ class ProxyCache:
 
     async def _answer(self, ex: Exchange, entry: Entry, key: str, t: int, debug: bool) -> None:
         headers: Headers = [hv for hv in entry.headers
-                            if hv[0] not in _NOT_SERVED and b"ratelimit-remaining" not in hv[0]]
+                            if hv[0] not in _NOT_SERVED and b"ratelimit-remaining" not in hv[0]
+                            and not (entry.status == 204 and hv[0] == b"content-type")]
         if debug or self.show_age:
             headers.append((_AGE, b"%d" % (t - entry.timestamp)))
         if debug or self.show_status:
@@ -235,7 +239,7 @@ class ProxyCache:
         if pending is None or not pending.cacheable or pending.key is None:
             return body
         key, pending.key = pending.key, None
-        if status in _NO_BODY:
+        if status in _NO_BODY and not ex.tries:  # the gateway's own (nginx's header filter: header-only)
             return body
         if not math.isfinite(pending.res_ttl):  # max-age=inf: cjson refuses the entry, Kong's strategy stores nothing
             log.warning("proxy-cache: could not encode request object %s (its ttl is %s)", key, pending.res_ttl)

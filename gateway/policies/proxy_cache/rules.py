@@ -17,7 +17,9 @@ doubles, as Lua's are, so their arithmetic rounds as Kong's does (max-age=999999
 
 Cache-Control is read as Kong's parse_directive_header reads it: split at commas, each `name[=value]` with the name
 lower-cased (trailing blanks kept: "max-age =1" names "max-age "), the value a number when Lua's tonumber reads one
-(a number past the double range is inf, as LuaJIT reads it: 0x1p99999, or 311 digits).
+(a number past the double range is inf, as LuaJIT reads it: 0x1p99999, or 311 digits). The response's is its lines
+named Cache-Control (nginx's $sent_http_cache_control); the request's, and the response's Expires, take a header
+named with "_" for "-" too, as nginx's variables for other headers match names.
 
 Where Kong's Lua fails, these raise LuaError (gateway.policies.base): a part starting with "=" before any part was
 read (string.lower(nil)); a directive whose value must be a number but is not (max-age="60", a bare max-age) where
@@ -106,13 +108,24 @@ def media_type_matches(content_type: str, expected: list[MediaType]) -> bool:
     return False
 
 
-def header_value(headers: Headers, name: bytes) -> bytes | None:
-    """nginx's $http_NAME / $sent_http_NAME: the values of every header of that name (a "_" in a header's name
-    counting as "-", as nginx's variables match them), joined by ", "; None when there is none."""
-    values = [v for n, v in headers if n == name or (len(n) == len(name) and n.replace(b"_", b"-") == name)]
+def _joined(values: list[bytes]) -> bytes | None:
     if not values:
         return None
     return values[0] if len(values) == 1 else b", ".join(values)
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """nginx's $http_NAME / $sent_http_NAME for a header it has no variable of its own for (the request's
+    $http_cache_control, the response's $sent_http_expires): the values of every header of that name (a "_" in a
+    header's name counting as "-", as ngx_http_variable_unknown_header matches them), joined by ", "; None when there
+    is none."""
+    return _joined([v for n, v in headers if n == name or (len(n) == len(name) and n.replace(b"_", b"-") == name)])
+
+
+def sent_cache_control(headers: Headers) -> bytes | None:
+    """$sent_http_cache_control: the response's headers_out.cache_control (ngx_http_variables.c), which holds only
+    the lines named Cache-Control (an upstream's `cache_control:` is an unknown header to nginx), joined by ", "."""
+    return _joined([v for n, v in headers if n == b"cache-control"])
 
 
 def last_value(headers: Headers, name: bytes) -> bytes | None:
@@ -163,7 +176,7 @@ class Rules:
 
     def cacheable_response(self, status: int, headers: Headers, now: int) -> bool:
         """Kong's header_filter test (its Cache-Control read first, whatever cache_control says: LuaError as there)."""
-        cc = parse_directives(header_value(headers, b"cache-control"))
+        cc = parse_directives(sent_cache_control(headers))
         if status not in self.statuses:
             return False
         content_type = last_value(headers, b"content-type")
@@ -179,8 +192,7 @@ class Rules:
         """How long a cacheable response is fresh: its Cache-Control's (with cache_control), else cache_ttl."""
         if not self.cache_control:
             return self.cache_ttl
-        return resource_ttl(parse_directives(header_value(headers, b"cache-control")),
-                            header_value(headers, b"expires"), now)
+        return resource_ttl(parse_directives(sent_cache_control(headers)), header_value(headers, b"expires"), now)
 
     def freshness(self, timestamp: int, ttl: float, now: int, cc: Directives) -> Freshness:
         """Whether an entry stored at `timestamp` (fresh for `ttl`) may answer a request with Cache-Control `cc`
