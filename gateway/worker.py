@@ -23,6 +23,7 @@ import zmq
 from gateway.config import Config, load_config, parse_host_port
 from gateway.config.tls import listen_flags
 from gateway.dns import process as dns
+from gateway.health.local import run_local_checks
 from gateway.http.codecs import codec_classes, resolve_codec
 from gateway.http.kong_errors import ERROR_DEFAULT_TYPES, templates_of
 from gateway.http.kong_headers import KongHeaders, enabled
@@ -131,6 +132,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                     shared.start_without_keeper()
                 else:
                     await nursery.start(shared.run_local, Keeper(config, 1))
+                    await nursery.start(run_local_checks, config, shared)  # (under the root: the health process)
                 # The connections have a nursery of their own, so that those the drain_timeout cuts are over (their
                 # log phase run) while the log writers and queues still run to flush what they wrote.
                 async with trio.open_nursery() as serving:

@@ -3,20 +3,28 @@ publishes before and after the health checker's first report.
 
 The keeper counts the probes the checker reports (ProbeOutcomes) and the workers' proxied outcomes
 (PassiveOutcomes) on one machine per target, as Kong's one checker per upstream. A keeper that has just
-(re)started knows no verdicts. Publishing every target as healthy would send traffic to a target the workers know
-is down until the checker's re-sent view arrives; so until then it publishes no verdict (healthy=None) and workers
-keep theirs.
+(re)started knows only the verdicts of its state file, which may lag a flip. Publishing those could send traffic to a
+target the workers know is down until the checker's re-sent view arrives; so until then it publishes no verdict
+(healthy=None) and workers keep theirs. Without active checks there is no checker, and the file's verdicts stand.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import signal
+from pathlib import Path
 
 import pytest
+import trio
+from e2e_helpers import Backend, GatewayNode, request, wait_for
 
 from gateway.bus import protocol as p
 from gateway.config import parse_config
 from gateway.discovery.types import TargetInfo
+from gateway.keeper import process
+from gateway.keeper.saved import SavedState, SavedTarget, decode, encode, read_saved
 from gateway.keeper.state import HEALTH_GRACE_S, LOG_TEXT, Keeper
 from gateway.state.shared import SharedState
 
@@ -256,3 +264,159 @@ def test_a_reload_keeps_the_counts_of_the_targets_that_stay():
     traffic(k, 500)
     k.configure(parse_config("upstreams:\n  - name: up\n    targets: [{target: '127.0.0.1:9001'}]\n" + BOTH))
     assert traffic(k, 500) == {A: False}, "the first failure still counts after the reload"
+
+
+# ---- a reload that removes the checks, a restarted keeper, an operator's verdict -----------------------------------
+
+PASSIVE = """
+    healthchecks:
+      passive:
+        unhealthy: {http_failures: 1}
+"""
+UNCHECKED = "upstreams:\n  - name: up\n    targets: [{target: '127.0.0.1:9001'}, {target: '127.0.0.1:9002'}]\n"
+
+
+def test_a_reload_that_removes_the_checks_brings_an_unhealthy_target_back():
+    """Kong rebuilds its balancers at a reload (kong/runloop/handler.lua 3.9.1:693-697 stop_healthcheckers, :766-771
+    balancer.init()); an upstream whose new healthchecks use no check gets no checker (balancer/healthcheckers.lua
+    :253-254 `return populate_balancer(balancer)`), so every address is available again. Kept unhealthy, with no
+    check left to revive it, the target got no traffic until a restart."""
+    k = checked_keeper(PASSIVE)
+    assert traffic(k, 500) == {A: False}
+    k.reload(parse_config(UNCHECKED + PASSIVE))  # (Kong's delayed_clear keeps the states the new checker reads back)
+    assert verdicts(k.snapshot().targets) == {A: False, B: True}
+    k.reload(parse_config(UNCHECKED))
+    assert verdicts(k.snapshot().targets) == {A: True, B: True}
+    assert k.admin("health", {}, 0.0, 0.0)[0]["targets"] == {A: True, B: True}
+
+
+def restarted(k: Keeper, config: str) -> Keeper:
+    """The keeper the root starts after `k` is killed: it begins from the state file `k` left (keeper/saved.py)."""
+    new = Keeper(parse_config(config), workers=1)
+    new.restore(decode(encode(k.saved(0.0, 0.0))), 0.0, 0.0)
+    return new
+
+
+def test_a_passive_verdict_survives_a_keeper_restart():
+    """Kong keeps each target's state in the kong_healthchecks shared dict (healthcheckers.lua:276), which outlives a
+    worker: a new checker reads it back (lua-resty-healthcheck 3.1.0 healthcheck.lua:1682 `target.internal_health =
+    INTERNAL_STATES[self.shm:get(state_key)]`). With passive checks only there is no health checker to re-send the
+    verdicts, so a new keeper's first snapshot gave the dead target traffic again; the state file now holds them."""
+    k = checked_keeper(PASSIVE)
+    assert traffic(k, 500) == {A: False}
+    new = restarted(k, UNCHECKED + PASSIVE)
+    assert verdicts(new.snapshot().targets) == {A: False, B: True}
+    assert traffic(new, 500, "127.0.0.1:9002") == {B: False}, "counted afresh: the other target still trips"
+    assert traffic(new, 500) == {}, "a failure on an unhealthy target is not counted (its machine is UNHEALTHY)"
+    assert verdicts(restarted(k, UNCHECKED).snapshot().targets) == {A: True, B: True}, "no checks: no verdict"
+
+
+def test_the_checkers_first_report_replaces_the_verdicts_of_the_state_file():
+    """The file follows the keeper's publications by up to SAVE_EVERY_S; the checker's view is those publications:
+    a target it holds healthy is healthy, whatever the file said."""
+    k = checked_keeper()
+    probe(k, "http_failure")
+    new = restarted(k, UNCHECKED + BOTH)
+    _, broadcasts = new.handle(b"health", p.HealthReport(items=[("up", "127.0.0.1:9002", False)]), 0.0, 0.0)
+    assert published(broadcasts) == {A: True, B: False}
+
+
+async def test_a_verdict_reached_just_after_a_keeper_starts_is_saved_at_once(tmp_path: Path) -> None:
+    """The saver wrote an empty file for the keeper's first snapshot, then waited SAVE_EVERY_S before the next
+    write: a target that failed in that time and a keeper killed before it were a verdict lost."""
+    path = tmp_path / "keeper.state.json"
+    k = checked_keeper(PASSIVE)
+    saver = process._Saver(k, str(path))
+    saver.restore()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(saver.run)
+        saver.wake()  # the first snapshot: nothing to save
+        await trio.sleep(0.01)
+        traffic(k, 500)
+        saver.wake()
+        await trio.sleep(0.01)
+        assert read_saved(str(path)) == SavedState(targets={A: SavedTarget(healthy=False)})
+        nursery.cancel_scope.cancel()
+
+
+def test_an_operator_marks_a_target_unhealthy_and_healthy_again():
+    """Kong's PUT /upstreams/{u}/targets/{t}/unhealthy and /healthy (kong/api/routes/upstreams.lua:236-246) set the
+    state and clear the counters (lua-resty-healthcheck 3.1.0 set_target_status, healthcheck.lua:931-970)."""
+    k = checked_keeper()
+    traffic(k, 500)  # passive failure 1 of 2
+    result, broadcasts = k.admin("targets", {"action": "healthy", "target": A}, 0.0, 0.0)
+    assert result["healthy"] is True and published(broadcasts) == {A: True}
+    assert traffic(k, 500) == {}, "the count was cleared: 1 of 2 again"
+    result, broadcasts = k.admin("targets", {"action": "unhealthy", "target": A}, 0.0, 0.0)
+    assert result["healthy"] is False and published(broadcasts) == {A: False}
+    assert probe(k, "success") == {A: True}, "an UNHEALTHY machine: active successes 1 bring it back"
+
+
+def test_an_operator_verdict_on_a_target_of_an_upstream_without_checks_is_refused():
+    """Kong answers 400 "no healthchecker found for <upstream>" (kong/runloop/balancer/init.lua post_health)."""
+    k = Keeper(parse_config(UNCHECKED), workers=1)
+    with pytest.raises(ValueError, match="upstream 'up' has no health checks"):
+        k.admin("targets", {"action": "unhealthy", "target": A}, 0.0, 0.0)
+    assert k.targets[A].healthy is True
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="needs Linux /proc")
+async def test_a_passive_verdict_outlives_a_keeper_kill_yields_to_an_operator_and_to_a_reload_without_checks(
+        tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The unit tests above, through the processes. A target passive checks took out (one 500, http_failures 1)
+    stays out after the keeper is killed and restarted (Kong's kong_healthchecks shared dict outlives a worker: the
+    state file now holds the verdict); `gateway admin targets healthy|unhealthy target=K` are Kong's PUT
+    /upstreams/{u}/targets/{t}/healthy and /unhealthy; a reload whose upstream has no checks gives every target
+    traffic again (Kong's rebuilt balancer: healthcheckers.lua:253-254 populate_balancer)."""
+    a = Backend("a")
+    await nursery.start(a.serve)
+    a.status = 500
+    key = f"u|{a.target}"
+
+    def doc(healthchecks: dict | None) -> dict:
+        up: dict = {"name": "u", "targets": [{"target": a.target}]}
+        if healthchecks is not None:
+            up["healthchecks"] = healthchecks
+        return {"upstreams": [up],
+                "services": [{"name": "s", "url": "http://u", "routes": [{"name": "r", "paths": ["/"]}]}]}
+
+    async def statuses(n: int = 3) -> list[int]:
+        return [(await request(gw.port, "GET", "/x")).status for _ in range(n)]
+
+    async def verdict(healthy: bool) -> bool:
+        return (await gw.targets())[key]["healthy"] is healthy
+
+    gw = GatewayNode(tmp_path / "gw", doc({"passive": {"unhealthy": {"http_failures": 1}}}))
+    try:
+        with trio.fail_after(40):
+            await gw.start(workers=1)
+            assert await statuses(1) == [500]
+            await wait_for(lambda: verdict(False), 10, interval=0.05, what="a unhealthy")
+            assert await statuses(1) == [503]  # Kong: failure to get a peer
+
+            keeper = await gw.child_pid("keeper")
+            assert keeper is not None
+            os.kill(keeper, signal.SIGKILL)
+
+            async def replaced() -> bool:
+                pid = await gw.child_pid("keeper")
+                return pid is not None and pid != keeper
+
+            await wait_for(replaced, 15, interval=0.05, what="a new keeper")
+            await trio.sleep(1.0)  # the new keeper's snapshot reaches the worker (it answers the worker's Hello)
+            hits = a.hits
+            assert await statuses() == [503] * 3 and a.hits == hits, await gw.targets()
+
+            a.status = 200
+            cli = await gw.acli("admin", "--config", str(gw.config), "targets", "healthy", f"target={key}")
+            assert cli.returncode == 0 and json.loads(cli.stdout)["healthy"] is True, cli.stderr
+            assert await statuses() == [200] * 3
+            await gw.admin("targets", action="unhealthy", target=key)
+            assert await statuses() == [503] * 3
+
+            gw.config.write_text(json.dumps({**gw.doc, **doc(None)}, indent=1))
+            await gw.admin("reload")
+            await trio.sleep(0.5)  # the new generation serves
+            assert await statuses() == [200] * 3, await gw.targets()
+    finally:
+        gw.cleanup()

@@ -43,12 +43,15 @@ def request_bytes(policy: ActivePolicy, host_header: str) -> bytes:
     return f"GET {policy.http_path} HTTP/1.0\r\n{head}Host: {host_header}\r\n\r\n".encode()
 
 
-async def _first_line(stream: trio.abc.Stream) -> bytes | None:
+async def _first_line(stream: trio.abc.Stream, timeout: float) -> bytes | None:
     """The answer's first line as ngx's `sock:receive()` gives it (up to "\\n", a "\\r" before it dropped); None
-    when the peer closed before its end."""
+    when the peer closed before its end. `timeout` bounds each wait for more of it, not the whole line: the
+    cosocket arms its read timer afresh each time it waits for more (lua-nginx-module v0.10.27
+    ngx_http_lua_socket_tcp.c:2874-2875, `ngx_add_timer(rev, u->read_timeout)`)."""
     buf = bytearray()
     while (end := buf.find(b"\n")) < 0 and len(buf) <= MAX_LINE:
-        chunk = await stream.receive_some(4096)
+        with trio.fail_after(timeout):
+            chunk = await stream.receive_some(4096)
         if not chunk:
             return None
         buf += chunk
@@ -66,8 +69,7 @@ async def _http(stream: trio.abc.Stream, policy: ActivePolicy, host_header: str)
     try:
         with trio.fail_after(policy.timeout_s):
             await stream.send_all(request_bytes(policy, host_header))
-        with trio.fail_after(policy.timeout_s):
-            line = await _first_line(stream)
+        line = await _first_line(stream, policy.timeout_s)
     except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
         return Event.TCP_FAILURE
     if line is None:

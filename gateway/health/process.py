@@ -2,7 +2,7 @@
 gateway.node.satellites), probing every target with active checks and reporting what each probe found to the state
 keeper. The keeper counts those with the passive outcomes on each target's one state machine (Kong's) and publishes
 the verdicts; the ones taken in here pick each target's probe interval, and are what this process re-sends to a new
-keeper (gateway.bus.protocol.HealthReport)."""
+keeper (gateway.bus.protocol.HealthReport). `gateway run` runs the same checks in its one process (local.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,47 @@ from gateway.health.checker import HealthChecker, run_checks, upstreams_from_con
 from gateway.health.machine import Event
 
 
+class Verdicts:
+    """The keeper's verdicts as the checker follows them: each picks its target's probe interval, and the whole
+    view is what a new keeper is told (`report`)."""
+
+    def __init__(self, checker: HealthChecker) -> None:
+        self.checker = checker
+        self.known: dict[tuple[str, str], bool] = {}  # as the keeper last published them
+
+    def on_message(self, msg: p.Msg) -> None:
+        """A message from the keeper: discovery's lists and the verdicts it publishes."""
+        if isinstance(msg, p.UpstreamTargets):
+            self._take_targets(msg)
+        elif isinstance(msg, p.Snapshot):
+            for up in msg.upstreams:
+                self._take_targets(up)
+        if isinstance(msg, (p.TargetsChanged, p.Snapshot)):
+            for state in msg.targets:
+                if state.healthy is None:  # a new keeper that has no verdicts yet: keep ours
+                    continue
+                upstream, _, target = state.key.partition("|")
+                self.known[(upstream, target)] = state.healthy
+                self.checker.set_health(upstream, target, state.healthy)
+
+    def report(self) -> p.HealthReport:
+        """The view, as the targets held unhealthy (possibly none: a new keeper waits for it all the same)."""
+        return p.HealthReport(items=[(u, t, False) for (u, t), healthy in sorted(self.known.items()) if not healthy])
+
+    def _take_targets(self, msg: p.UpstreamTargets) -> None:
+        """Discovery's new list: probe it, with the verdicts known of the targets that stay."""
+        names = {t.name for t in msg.targets}
+        for key in [k for k in self.known if k[0] == msg.upstream and k[1] not in names]:
+            del self.known[key]
+        self.checker.update_targets(msg.upstream, msg.targets)
+        for (upstream, target), healthy in self.known.items():
+            if upstream == msg.upstream:
+                self.checker.set_health(upstream, target, healthy)
+
+
 async def serve(config: Config, bus: str, ctx: zmq.Context, nursery: trio.Nursery) -> None:
     """Start the checks in `nursery`, reporting on `bus`."""
-    checker: HealthChecker | None = None
-    verdicts: dict[tuple[str, str], bool] = {}  # as the keeper last published them
+    verdicts: Verdicts | None = None
     found: list[tuple[str, str, p.ProbeEvent]] = []
     have_found = trio.Event()
 
@@ -37,37 +74,13 @@ async def serve(config: Config, bus: str, ctx: zmq.Context, nursery: trio.Nurser
             found.clear()
 
     def on_message(msg: p.Msg) -> None:
-        if checker is None:
-            return
-        if isinstance(msg, p.UpstreamTargets):
-            _take_targets(checker, verdicts, msg)
-        elif isinstance(msg, p.Snapshot):
-            for up in msg.upstreams:
-                _take_targets(checker, verdicts, up)
-        if isinstance(msg, (p.TargetsChanged, p.Snapshot)):
-            for state in msg.targets:
-                if state.healthy is None:  # a new keeper that has no verdicts yet: keep ours
-                    continue
-                upstream, _, target = state.key.partition("|")
-                verdicts[(upstream, target)] = state.healthy
-                checker.set_health(upstream, target, state.healthy)
+        if verdicts is not None:
+            verdicts.on_message(msg)
 
     def resend() -> None:  # sent even when empty: a new keeper waits for it before publishing verdicts
-        reporter.send(p.HealthReport(items=[(u, t, False) for (u, t), healthy in sorted(verdicts.items())
-                                            if not healthy]))
+        reporter.send(verdicts.report() if verdicts is not None else p.HealthReport())
 
     reporter = Reporter(ctx, bus, on_message, resend)
     nursery.start_soon(reporter.run)
     nursery.start_soon(send_found)
-    checker = await nursery.start(run_checks, upstreams_from_config(config), on_probe)
-
-
-def _take_targets(checker: HealthChecker, verdicts: dict[tuple[str, str], bool], msg: p.UpstreamTargets) -> None:
-    """Discovery's new list: probe it, with the verdicts known of the targets that stay."""
-    names = {t.name for t in msg.targets}
-    for key in [k for k in verdicts if k[0] == msg.upstream and k[1] not in names]:
-        del verdicts[key]
-    checker.update_targets(msg.upstream, msg.targets)
-    for (upstream, target), healthy in verdicts.items():
-        if upstream == msg.upstream:
-            checker.set_health(upstream, target, healthy)
+    verdicts = Verdicts(await nursery.start(run_checks, upstreams_from_config(config), on_probe))

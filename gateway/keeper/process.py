@@ -229,36 +229,39 @@ class _Saver:
         self._failing = False
 
     def restore(self) -> None:
-        """Begin from the file, if the keeper before this one left one."""
+        """Begin from the file, if the keeper before this one left one. (No file and a file of nothing are one: the
+        first write waits for something to save, so the keeper's first change is not held back by SAVE_EVERY_S.)"""
         saved = read_saved(self.path)
         if saved is not None:
             self.keeper.restore(saved, trio.current_time(), time.time())
-            self._written = encode(self.keeper.saved(trio.current_time(), time.time()))
+        self._written = encode(self.keeper.saved(trio.current_time(), time.time()))
 
     def wake(self) -> None:
         self._woken.set()
 
-    def save(self) -> None:
-        """Write the file if what it must hold changed; a failure is logged (once until a write succeeds)."""
+    def save(self) -> bool:
+        """Write the file if what it must hold changed (whether it did); a failure is logged (once until a write
+        succeeds)."""
         data = encode(self.keeper.saved(trio.current_time(), time.time()))
         if data == self._written:
-            return
+            return False
         try:
             write_atomically(self.path, data.decode())
         except OSError as e:
             if not self._failing:
                 log.error("state keeper: cannot write its state file %s (%s): a restarted keeper would lose the "
-                          "operators' overrides and open breakers", self.path, e.strerror or e)
+                          "operators' overrides, health verdicts and open breakers", self.path, e.strerror or e)
             self._failing = True
-            return
+            return False
         self._written, self._failing = data, False
+        return True
 
     async def run(self) -> None:
         while True:
             await self._woken.wait()
             self._woken = trio.Event()
-            self.save()
-            await trio.sleep(SAVE_EVERY_S)
+            if self.save():  # (a publication that changed nothing in it, the first snapshot's, delays no change)
+                await trio.sleep(SAVE_EVERY_S)
 
 
 async def _ticks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], publish: Any, timer: _Timer) -> None:

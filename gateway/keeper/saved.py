@@ -1,9 +1,11 @@
 """The keeper's state file: what must survive the keeper's own restart (a kill -9, a crash), read by the next one.
 
-It holds the operators' target overrides (drained, weight) and the breakers that are not closed (open, half-open,
-forced open), with when each opened as wall-clock time (the keeper's clock starts again in a new process). The keeper
-rewrites it when one of those may have changed (keeper/process.py: at once, then at most every SAVE_EVERY_S); a new
-keeper begins from it (Keeper.restore). It belongs to one run of the gateway: the root removes it at start.
+It holds the operators' target overrides (drained, weight), the targets health checks hold unhealthy (Kong keeps
+those in its kong_healthchecks shared dict, which outlives a worker), and the breakers that are not closed (open,
+half-open, forced open), with when each opened as wall-clock time (the keeper's clock starts again in a new
+process). The keeper rewrites it when one of those may have changed (keeper/process.py: at once, then at most every
+SAVE_EVERY_S); a new keeper begins from it (Keeper.restore). It belongs to one run of the gateway: the root removes
+it at start.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ MAX_BYTES = 64 << 20  # a larger file is ignored: thousands of targets take a fe
 
 
 class SavedTarget(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    """An operator's override of one target (p.TargetState without the health verdict, which the checker holds)."""
+    """One target's p.TargetState: an operator's override, or its health verdict when that is unhealthy."""
 
     drained: bool = False
     weight: Annotated[int, msgspec.Meta(ge=0, le=65535)] | None = None
+    healthy: bool = True
 
 
 class SavedBreaker(msgspec.Struct, forbid_unknown_fields=True):

@@ -73,8 +73,9 @@ class Keeper:
         self._early_targets: dict[str, SavedTarget] = {}
         self._early_breakers: dict[str, tuple[State, float]] = {}  # target -> its state, opened at (this clock)
         self._flips: list[p.TargetState] = []
-        # A new keeper knows no verdicts: until the checker's first report (re-sent to every new keeper), it
-        # publishes targets without one, so workers keep theirs rather than send traffic to a target known down.
+        # A new keeper knows no verdicts but the state file's, which may lag: until the checker's first report
+        # (re-sent to every new keeper), it publishes targets without one, so workers keep theirs rather than send
+        # traffic to a target known down. Without active checks there is no checker: the file's verdicts stand.
         self.health_pending = needs_health(config)
         self._pending_since: float | None = None
         self.caches: dict[str, HostCache] = {}  # proxy-cache's dictionaries (Kong's shared dicts), made when used
@@ -113,6 +114,7 @@ class Keeper:
         # One state machine per target for both checks; a reload keeps those of the targets that stay.
         old_health, self.health = self.health, HealthBoard.from_config(config)
         self.health.adopt(old_health, {(u, t) for u, _, t in (key.partition("|") for key in self.targets)})
+        self._uncheck()
         self.health_metrics = TargetHealthMetrics(config)
 
     def reload(self, config: Config) -> None:
@@ -144,6 +146,46 @@ class Keeper:
         state.healthy = healthy
         log.warning("target %s is now %s (%s)", key, "healthy" if healthy else "unhealthy", source)
         self._flips.append(state)
+
+    def _uncheck(self) -> None:
+        """Targets of upstreams without health checks (any more: a reload) are healthy: Kong's rebuilt balancer adds
+        every address available when its upstream uses no check (kong/runloop/balancer/healthcheckers.lua
+        create_healthchecker: `return populate_balancer(balancer)`), and nothing here could revive them later."""
+        for key, state in self.targets.items():
+            if state.healthy is False and not self.health.tracks(key.partition("|")[0]):
+                state.healthy = True
+                log.warning("target %s is now healthy (its upstream has no health checks any more)", key)
+        self._early_health = {k: v for k, v in self._early_health.items() if self.health.tracks(k.partition("|")[0])}
+
+    def _take_view(self, report: p.HealthReport) -> None:
+        """A new keeper's verdicts from the checker's first report: the targets it holds unhealthy are, every other
+        one is healthy. It replaces what the state file gave (restore): it is what the last keeper published, which
+        the file follows by up to keeper/process.py's SAVE_EVERY_S."""
+        reported = {f"{upstream}|{target}" for upstream, target, _ in report.items}
+        for upstream, target, healthy in report.items:
+            self.health.set_health(upstream, target, healthy)
+            self._set_health(f"{upstream}|{target}", healthy, "the health checker's last view")
+        for key, state in self.targets.items():
+            if state.healthy is False and key not in reported:
+                upstream, _, target = key.partition("|")
+                self.health.set_health(upstream, target, True)
+                self._set_health(key, True, "the health checker's last view")
+        for key, saved in self._early_targets.items():
+            if not saved.healthy and key not in reported:
+                self._early_health[key] = True
+
+    def _force_health(self, key: str, healthy: bool) -> None:
+        """An operator's verdict on a target, Kong's PUT /upstreams/{u}/targets/{t}/healthy (or /unhealthy): its
+        state set and its counters cleared (lua-resty-healthcheck set_target_status); refused, as Kong's 400 "no
+        healthchecker found", for an upstream without health checks, whose targets are always healthy."""
+        upstream, _, target = key.partition("|")
+        if not self.health.tracks(upstream):
+            raise ValueError(f"upstream {upstream!r} has no health checks (its healthchecks.active intervals and "
+                             f"healthchecks.passive failure counts are all 0), so its targets always get traffic; "
+                             f"to take {key} out, drain it: `targets drain target={key}`")
+        self.health.set_health(upstream, target, healthy)
+        self.targets[key].healthy = healthy
+        log.warning("target %s set %s by an operator", key, "healthy" if healthy else "unhealthy")
 
     def _flushed_flips(self) -> list[p.Msg]:
         flips, self._flips = self._flips, []
@@ -207,9 +249,7 @@ class Keeper:
         if isinstance(msg, p.HealthReport):
             if not self.health_pending:
                 return self._corrections(msg), []
-            for upstream, target, healthy in msg.items:
-                self.health.set_health(upstream, target, healthy)
-                self._set_health(f"{upstream}|{target}", healthy, "the health checker's last view")
+            self._take_view(msg)
             return [], self._verdicts_known()
         if isinstance(msg, p.Discovered):
             return [], self.discover(msg.upstream, msg.targets)
@@ -370,9 +410,12 @@ class Keeper:
             key = f"{upstream}|{t.name}"
             if key not in self.targets:
                 state = self.targets[key] = p.TargetState(key)
-                state.healthy = self._early_health.get(key, True)
-                if (saved := self._early_targets.get(key)) is not None:
+                saved = self._early_targets.get(key)
+                state.healthy = self._early_health.get(key, saved is None or saved.healthy)
+                if saved is not None:
                     state.drained, state.weight = saved.drained, saved.weight
+                if not state.healthy:
+                    self.health.set_health(upstream, t.name, False)
                 added.append(state)
         restored = [BreakerUpdate(key, state) for key, (state, opened_at) in self._early_breakers.items()
                     if key.startswith(upstream + "|") and self.breakers.restore(key, state, opened_at)]
@@ -392,29 +435,35 @@ class Keeper:
 
     def restore(self, saved: SavedState, now: float, wall: float) -> None:
         """Begin from what the keeper before this one saved (keeper/saved.py), before the first snapshot: the
-        operators' drains and weights, the breakers not closed (an open one's timeout runs from when it opened).
-        What the config no longer has is dropped; what is saved of an upstream a source reports waits for its list."""
+        operators' drains and weights, the unhealthy verdicts (counted afresh from), the breakers not closed (an open
+        one's timeout runs from when it opened). What the config no longer has is dropped (a verdict, with its
+        upstream's checks); what is saved of an upstream a source reports waits for its list."""
         for key, target in saved.targets.items():
+            upstream, _, name = key.partition("|")
+            if not target.healthy and not self.health.tracks(upstream):
+                target = msgspec.structs.replace(target, healthy=True)
             state = self.targets.get(key)
             if state is not None:
-                state.drained, state.weight = target.drained, target.weight
-            elif key.split("|", 1)[0] in self._sourced:
+                state.drained, state.weight, state.healthy = target.drained, target.weight, target.healthy
+                if not target.healthy:
+                    self.health.set_health(upstream, name, False)
+            elif upstream in self._sourced and target != SavedTarget():
                 self._early_targets[key] = target
         for key, breaker in saved.breakers.items():
             restored = State.FORCED_OPEN if breaker.state == "forced_open" else State.OPEN
             opened_at = now - max(0.0, wall - breaker.opened)  # (a wall clock set back: the whole timeout again)
             if not self.breakers.restore(key, restored, opened_at) and key.split("|", 1)[0] in self._sourced:
                 self._early_breakers[key] = (restored, opened_at)
-        log.info("state keeper: took up %d target override(s) and %d breaker(s) not closed from the keeper before "
-                 "it%s", sum(t.drained or t.weight is not None for t in self.targets.values()),
-                 len(self.breakers.not_closed()),
+        log.info("state keeper: took up %d target override(s), %d unhealthy target(s) and %d breaker(s) not closed "
+                 "from the keeper before it%s", sum(t.drained or t.weight is not None for t in self.targets.values()),
+                 sum(t.healthy is False for t in self.targets.values()), len(self.breakers.not_closed()),
                  f" ({len(self._early_targets) + len(self._early_breakers)} wait for their upstream's discovery)"
                  if self._early_targets or self._early_breakers else "")
 
     def saved(self, now: float, wall: float) -> SavedState:
         """What a keeper started after this one must begin from (`restore`): the state file's content."""
-        targets = {key: SavedTarget(s.drained, s.weight) for key, s in self.targets.items()
-                   if s.drained or s.weight is not None}
+        targets = {key: SavedTarget(s.drained, s.weight, s.healthy is not False) for key, s in self.targets.items()
+                   if s.drained or s.weight is not None or s.healthy is False}
         breakers = {key: SavedBreaker("forced_open" if state is State.FORCED_OPEN else "open",
                                       round(wall - (now - opened_at), 3))
                     for key, (state, opened_at) in (self._early_breakers | self.breakers.not_closed()).items()}
@@ -440,8 +489,8 @@ class Keeper:
         return direct, verdicts + changed
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
-        """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight],
-        proxy-cache [list|get|purge|flush] [key=] [plugin=]."""
+        """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight|healthy|
+        unhealthy], proxy-cache [list|get|purge|flush] [key=] [plugin=]."""
         action = args.get("action", "list")
         if cmd == "breakers":
             if action == "list":
@@ -474,16 +523,21 @@ class Keeper:
             if key not in self.targets:
                 raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")
             state = self.targets[key]
-            if action == "drain":
-                state.drained = True
-            elif action == "enable":
-                state.drained = False
-            elif action == "weight":
-                state.weight = _weight(_need(args, "weight"))
+            if action in ("healthy", "unhealthy"):
+                self._force_health(key, action == "healthy")
+                published = [state]  # (an operator's verdict goes out even while a new keeper waits for the checker)
             else:
-                _bad(cmd, action)
+                if action == "drain":
+                    state.drained = True
+                elif action == "enable":
+                    state.drained = False
+                elif action == "weight":
+                    state.weight = _weight(_need(args, "weight"))
+                else:
+                    _bad(cmd, action)
+                published = self._published([state])
             return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
-                [p.TargetsChanged(targets=self._published([state]))]
+                [p.TargetsChanged(targets=published)]
         if cmd == "proxy-cache":
             return _proxy_cache_admin(self, action, args, now), []
         if cmd == "health":

@@ -81,6 +81,7 @@ class SharedState:
         self._send: Callable[[p.Msg], bool] = lambda msg: False
         self._pump: Callable[[], None] = _nothing  # hands over what the bus has received, now
         self._local: Any = None  # the keeper's logic (gateway.keeper.state.Keeper), in-process, when there is no bus
+        self._beside: list[Callable[[p.Msg], None]] = []  # ... and who else in this process hears it (`local_line`)
         # Called when a breaker opens on a target of a group with sweep_force_shutdown (the forwarder's sweep).
         self.on_sweep: Callable[[UpstreamGroup, int], None] | None = None
 
@@ -486,8 +487,7 @@ class SharedState:
 
         def send(msg: p.Msg) -> bool:
             replies, broadcasts = keeper.handle(b"local", msg, trio.current_time(), time.time())
-            for m in (*replies, *broadcasts):
-                self.on_message(m)
+            self._from_local(*replies, *broadcasts)
             return True
 
         self._send = send
@@ -497,6 +497,19 @@ class SharedState:
             nursery.start_soon(self._periodic)
             nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
             task_status.started()
+
+    def local_line(self, on_message: Callable[[p.Msg], None]) -> Callable[[p.Msg], bool]:
+        """With the keeper's logic in this process (`run_local`), a line to it for another part of the process
+        (`gateway run`'s health checker, gateway.health.local): `on_message` hears all it sends, after this worker;
+        the function returned sends to it."""
+        self._beside.append(on_message)
+        return lambda msg: self._send(msg)
+
+    def _from_local(self, *msgs: p.Msg) -> None:
+        for msg in msgs:
+            self.on_message(msg)
+            for listener in self._beside:
+                listener(msg)
 
     def _wake_flush(self) -> None:
         """Something is waiting to be sent: a quiet worker waiting for the keeper's heartbeat flushes now."""
@@ -526,8 +539,7 @@ class SharedState:
             if self._local is not None:
                 self._last_heartbeat = now
                 direct, broadcasts = self._local.tick(now)
-                for m in (*(m for _, m in direct), *broadcasts):
-                    self.on_message(m)
+                self._from_local(*(m for _, m in direct), *broadcasts)
             self.flush(now)
             if now >= next_sweep:
                 next_sweep = now + SWEEP_S

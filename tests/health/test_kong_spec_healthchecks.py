@@ -180,6 +180,25 @@ async def test_a_plain_http_answer_slower_than_the_timeout_is_a_timeout(nursery:
     assert await probe("127.0.0.1", port, http(timeout_s=0.2)) is Event.TIMEOUT
 
 
+async def test_the_timeout_bounds_each_wait_for_the_status_line_not_the_whole_line(nursery: trio.Nursery) -> None:
+    """sock:receive() (lua-resty-healthcheck 3.1.0 healthcheck.lua:1085) waits with the read timeout re-armed after
+    each wait that returned data (lua-nginx-module v0.10.27 ngx_http_lua_socket_tcp.c:2874-2875 `if (rev->active)
+    ngx_add_timer(rev, u->read_timeout)`): a status line that comes in pieces, each gap under the timeout, is read
+    whole even though it takes longer. One fail_after around the whole line called it a timeout."""
+
+    async def trickle(stream: trio.abc.Stream) -> None:
+        await stream.receive_some(65536)
+        for i, piece in enumerate((b"HTTP/1.1 ", b"2", b"00 OK\r\n")):
+            if i:
+                await trio.sleep(0.3)  # each gap 0.3 s < the 0.5 s timeout; the line takes 0.6 s
+            await stream.send_all(piece)
+        await trio.sleep_forever()
+
+    port = await serve(nursery, trickle)
+    with trio.fail_after(5):
+        assert await probe("127.0.0.1", port, http(timeout_s=0.5)) is Event.SUCCESS
+
+
 @pytest.mark.parametrize(("verify", "expected"), [(False, Event.SUCCESS), (True, Event.TCP_FAILURE)])
 async def test_https_verify_certificate(verify: bool, expected: Event, nursery: trio.Nursery) -> None:
     """The spec's #https recovery test turns https_verify_certificate off for its self-signed backends; on, a
@@ -312,3 +331,31 @@ async def test_a_passing_probe_clears_the_failures_real_traffic_counted(tmp_path
             assert third.status == 500, "the target still gets traffic (not the 503 of no peer)"
     finally:
         gw.cleanup()
+
+
+# --- healthcheckers.lua: the checks run however the gateway is started -----------------------------------------------
+
+
+@pytest.mark.parametrize("http_codec", ["h11"])
+async def test_gateway_run_probes_the_active_checks_it_accepts(gateway, nursery: trio.Nursery) -> None:  # noqa: ANN001
+    """Kong runs the active checks of every upstream whose healthy or unhealthy interval is not 0, however it is
+    started (kong/runloop/balancer/healthcheckers.lua 3.9.1:226-235 is_upstream_using_healthcheck, :274
+    healthcheck.new, whose checker:start arms the probe timer). `gateway run` (one process, no bus: the `gateway`
+    fixture's path) started no health checker: the config loaded, no probe was sent, the failing target kept its
+    traffic. A /health answering 500 with unhealthy.http_failures 1 takes it out after one probe."""
+    bad, good = Backend("bad"), Backend("good")
+    for backend in (bad, good):
+        await nursery.start(backend.serve)
+    bad.health_status = 500
+    checks = {"active": {"type": "http", "http_path": "/health", "timeout": 1,
+                         "healthy": {"interval": 0.1, "successes": 1},
+                         "unhealthy": {"interval": 0.1, "http_failures": 1}}}
+    port = await gateway({
+        "_format_version": "3.0",
+        "upstreams": [{"name": "u", "healthchecks": checks,
+                       "targets": [{"target": bad.target}, {"target": good.target}]}],
+        "services": [{"name": "s", "url": "http://u", "routes": [{"name": "r", "paths": ["/"]}]}]})
+    await trio.sleep(0.5)  # five healthy intervals
+    statuses = [(await request(port, "GET", "/x")).status for _ in range(6)]
+    assert bad.health_hits > 0, "no active probe was ever sent"
+    assert statuses == [200] * 6 and bad.hits == 0, (bad.hits, good.hits)
