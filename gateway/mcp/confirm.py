@@ -4,9 +4,10 @@ relies on it.
 JSON parsers keep the last of a repeated member (the `mcp` SDK's pydantic_core, Python's json, msgspec): a body can
 name `whoami` in its first bytes and `dangerous` after them, and the server runs `dangerous`. So a body longer than
 peek_bytes whose call matters (a route on MCP method or tool could take it, or it carries Mcp-Method / Mcp-Name) is
-read whole, up to `whole_limit`, and decoded; the call it names must be the one its first bytes name, as far as they
-name it: what they leave unnamed (a response has no method; a method or tool may follow large params) is taken from
-the whole body. A body within peek_bytes was decoded whole by the peek already and is not read again.
+read whole, up to `whole_limit`, and decoded (past it, a body whose headers no route decided on is forwarded
+unconfirmed: gateway.mcp.step); the call it names must be the one its first bytes name, as far as they name it:
+what they leave unnamed (a response has no method; a method or tool may follow large params) is taken from the
+whole body. A body within peek_bytes was decoded whole by the peek already and is not read again.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ of its remaining elements). A body with nothing left to forward is answered by t
 
 `ResponseEdit` applies to the server's answer: a JSON body whole, or a `text/event-stream` event by event. It filters
 the `tools` of every result answering one of the request's tools/list calls (on a GET stream, which may replay
-answers, any result carrying `tools`), and puts the gateway's errors beside the server's answers to a batch. An
-answer it does not need to change is passed on byte for byte.
+answers, any result carrying `tools`), makes such a result's `cacheScope` "private", and puts the gateway's errors
+beside the server's answers to a batch. An answer it does not need to change is passed on byte for byte.
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from gateway.mcp.sse import data_of, message_event, with_data
 INVALID_PARAMS = -32602
 TOOL_DENIED = INVALID_PARAMS  # the code MCP servers give a tool call they will not run (an unknown tool)
 ANY_ID = object()  # filter every result carrying tools (GET streams, or a tools/list whose id cannot be a key)
+# A filtered tools/list result is this caller's view: 2026-07-28 (SEP-2549) lets a client or intermediary serve a
+# `cacheScope: "public"` result across authorization contexts, so it goes out "private" (reused only by the same
+# caller). An absent cacheScope already means private (the SDK's default); ttlMs is left as the server gave it.
+PRIVATE = "private"
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
@@ -179,7 +183,8 @@ class ResponseEdit:
         return changed
 
     def _filter(self, message: Any) -> bool:
-        """Drop the tools the caller may not use from a tools/list result in place; True if any was dropped."""
+        """Drop the tools the caller may not use from a tools/list result in place, and make the result
+        `cacheScope: "private"` (see PRIVATE); True if it changed."""
         ids = self.list_ids
         if ids is None or not isinstance(message, dict):
             return False
@@ -195,9 +200,12 @@ class ResponseEdit:
                     return False
             except TypeError:
                 pass  # an unhashable id: filter it (never leak)
+        changed = "cacheScope" in result and result["cacheScope"] != PRIVATE
+        if changed:
+            result["cacheScope"] = PRIVATE
         allowed = self.allowed
         kept = [t for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str) and allowed(t["name"])]
         if len(kept) == len(tools):
-            return False
+            return changed
         result["tools"] = kept
         return True

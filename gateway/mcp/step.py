@@ -13,9 +13,11 @@ else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message. A POST 
 header has the header check before routing (`peek_for_routing`), since the route it picks may be a plain one, which
 has no MCP step. A body longer than peek_bytes is then read whole (gateway.mcp.confirm, up to `whole_bytes`) before
 the call its first bytes name is routed on or confirms the headers, since the server runs the last of a repeated
-member: 400 when the whole body names another call, 413 (-32020 for the header check) when it is too long to know.
-What the first bytes leave unnamed (a response has no method; a method or tool may follow large params) is taken
-from the whole body the same way: a response goes where a request without a method goes.
+member: 400 when the whole body names another call, 413 (400 with -32020 for the header check) when it is too long
+to know. What the first bytes leave unnamed (a response has no method; a method or tool may follow large params) is
+taken from the whole body the same way: a response goes where a request without a method goes. On a route no
+method or tool decided, a body too long to read whole goes to the server with its headers unconfirmed: nothing in
+the gateway acts on them there, and the server checks them against what it runs (SEP-2243 requires it of servers).
 """
 
 from __future__ import annotations
@@ -161,35 +163,44 @@ class McpRoute:
                 return None
             mcp.origin_mode = shared.origin.upstream
         if (h_method is not None or h_name is not None) and req.method == b"POST" and not mcp.checked:
-            if not await _check_headers(ex, mcp, shared, h_method, h_name, h_version):
+            if not await _check_headers(ex, mcp, shared, h_method, h_name, h_version,
+                                        bool(self.methods or self.tools)):
                 return None
         return mcp
 
 
 async def _check_headers(ex: Exchange, mcp: McpRequest, shared: McpShared, h_method: bytes | None,
-                         h_name: bytes | None, h_version: bytes | None) -> bool:
+                         h_name: bytes | None, h_version: bytes | None, routed: bool) -> bool:
     """The 2026-07-28 check of Mcp-Method / Mcp-Name / MCP-Protocol-Version against the body (its first peek_bytes,
     then all of a longer one: the server runs its last call, and its method or name may follow large params); False
-    when the request has been answered (400 with -32020, or 408)."""
+    when the request has been answered (400 with -32020, or 408).
+
+    `routed`: a route on MCP method or tool takes, or could take, the request. Only then does a body too long to read
+    whole get 400: elsewhere nothing in the gateway acts on the headers, and the server, which SEP-2243 requires to
+    check them against what it runs, gets the request unconfirmed (`checked` stays False)."""
     if not await read_peek(ex, mcp, shared):
         return False
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
     missing = unnamed(info, names=True) if why is not None and info.valid else None
     if (why is None or missing is not None) and _cut(mcp, shared):
-        if await read_all(ex, mcp, shared.whole_bytes):
+        if mcp.body_done or await read_all(ex, mcp, shared.whole_bytes):  # (a policy may hold it whole already)
             info = mcp.info = whole_call(mcp)
             why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
+        elif not routed:
+            return True
         else:
             ex.close_after = True  # the rest of the body is not read
             if missing is None:
                 why = (f"the body is longer than {shared.whole_bytes} bytes: the gateway cannot confirm the headers "
                        f"past its first {shared.peek_bytes} (gateway.mcp.peek_bytes), where a repeated member would "
-                       "name the call a server runs")
+                       "name the call a server runs, and a route on MCP method or tool could take the request "
+                       "(raise gateway.mcp.peek_bytes to at least the body's length)")
             else:
                 why = (f"the body is longer than {shared.whole_bytes} bytes and its {missing} is not within its "
-                       f"first {shared.peek_bytes} (gateway.mcp.peek_bytes): the gateway cannot confirm the headers "
-                       "(send it before large params, or raise gateway.mcp.peek_bytes)")
+                       f"first {shared.peek_bytes} (gateway.mcp.peek_bytes), and a route on MCP method or tool could "
+                       "take the request: the gateway cannot confirm the headers (send it before large params, or "
+                       "raise gateway.mcp.peek_bytes)")
     if why is not None:
         await ex.respond(400, jsonrpc.error_body(jsonrpc.HEADER_MISMATCH, why, info.id))
         return False
@@ -219,7 +230,7 @@ async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None
         if req.method == b"POST":
             # 2026-07-28: the headers say it, but the route they pick may not look at them (a plain route, with
             # no MCP step): they are checked against the body here, so the body's call is the one routed.
-            return mcp if await _check_headers(ex, mcp, shared, h_method, h_name, h_version) else None
+            return mcp if await _check_headers(ex, mcp, shared, h_method, h_name, h_version, True) else None
         tool = jsonrpc.decode_header_value(h_name) if h_name is not None else None
         mcp.info = jsonrpc.RpcInfo(h_method.decode("latin-1"), tool)  # no body to check them against
         return mcp

@@ -26,7 +26,7 @@ from mcp_helpers import JSON_HEADERS, TEST_KEY, bounded, mcp_config, sdk_servers
 
 from gateway.config.mcp import McpSettings
 from gateway.mcp import jsonrpc
-from gateway.mcp.step import McpRequest, McpShared, peek_for_routing
+from gateway.mcp.step import McpRequest, McpRoute, McpShared, peek_for_routing
 
 PEEK = 1024  # gateway.mcp.peek_bytes; the body is read whole up to 1 MiB
 PAD = "x" * 4000  # past PEEK, within 1 MiB
@@ -54,15 +54,29 @@ class StandInExchange:
         self.answer = (status, json.loads(body))
 
 
+def shared_settings(tmp_path: Path) -> McpShared:
+    """The gateway-wide MCP settings with peek_bytes 1024."""
+    errors: list[str] = []
+    shared = McpShared(McpSettings(peek_bytes=PEEK), str(tmp_path / "gateway.pid"), 5.0, errors)
+    assert errors == []
+    return shared
+
+
 async def route(body: dict[str, Any] | bytes, tmp_path: Path,
                 headers: tuple[tuple[bytes, bytes], ...] = ()) -> tuple[McpRequest | None, StandInExchange]:
     """peek_for_routing on `body` (peek_bytes 1024): what the router is given, and the stand-in with any answer."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    errors: list[str] = []
-    shared = McpShared(McpSettings(peek_bytes=PEEK), str(tmp_path / "gateway.pid"), 5.0, errors)
-    assert errors == []
     ex = StandInExchange(raw, headers)
-    return await peek_for_routing(ex, shared), ex  # type: ignore[arg-type]
+    return await peek_for_routing(ex, shared_settings(tmp_path)), ex  # type: ignore[arg-type]
+
+
+async def mcp_step(body: bytes, tmp_path: Path, headers: tuple[tuple[bytes, bytes], ...], tools: tuple[str, ...] = (),
+                   held: McpRequest | None = None) -> tuple[McpRequest | None, StandInExchange]:
+    """The MCP step of a route (`mcp: true`, or with `mcp_tools`) on `body`, after routing: what goes on to the
+    forwarder, and the stand-in with any answer. `held`: what a policy already read of the body."""
+    ex = StandInExchange(body, headers)
+    step = McpRoute(shared_settings(tmp_path), tools=tools)
+    return await step.inbound(ex, held), ex  # type: ignore[arg-type]
 
 
 def routed_on(mcp: McpRequest | None, ex: StandInExchange) -> tuple[str | None, str | None]:
@@ -141,6 +155,54 @@ async def test_mcp_headers_are_checked_against_a_method_and_name_past_peek_bytes
     mcp, ex = await route(late, tmp_path, ((b"mcp-method", b"tools/call"), (b"mcp-name", b"book")))
     assert mcp is None and ex.answer is not None
     assert (ex.answer[0], ex.answer[1]["id"], ex.answer[1]["error"]["code"]) == (400, 4, -32020)
+
+
+LONG_CALL = json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                        "params": {"name": "search", "arguments": {"q": LONG}}}).encode()
+SEARCH_HEADERS = ((b"mcp-method", b"tools/call"), (b"mcp-name", b"search"))
+
+
+async def test_headers_a_body_too_long_to_confirm_carries_reach_the_server_where_no_route_decides_on_them(
+        tmp_path):
+    """The SDK's default client sends Mcp-Method / Mcp-Name on every POST (2026-07-28), and its server takes bodies up
+    to 4 MiB (mcp/server/transport_security.py:15) and checks the headers against what it runs (mcp/shared/
+    inbound.py classify_inbound_request: -32020); Kong proxies any body size (kong_defaults.lua:90
+    `nginx_http_client_max_body_size = 0`). On an `mcp: true` route that no method or tool picked, nothing in the
+    gateway acts on the headers: a call past the 1 MiB it reads to confirm them goes on unconfirmed, the bytes read
+    first and the rest after them (it got 400 -32020)."""
+    mcp, ex = await mcp_step(LONG_CALL, tmp_path, SEARCH_HEADERS)
+    assert mcp is not None and ex.answer is None and not ex.close_after
+    assert not mcp.checked and not mcp.body_done and LONG_CALL.startswith(mcp.body or b"NONE")
+    assert mcp.info is not None and (mcp.info.method, mcp.info.tool) == ("tools/call", "search")
+
+
+async def test_headers_on_a_body_too_long_to_confirm_are_refused_where_a_tool_route_decides(tmp_path):
+    """Where the headers choose the route (before routing, as a route on MCP method or tool could take the request)
+    or the route is one on a tool, the call they name is routed on: a body too long to confirm them gets 400 -32020
+    with its id, saying why and what to do, and the rest of it is not read (the connection closes)."""
+    mcp, ex = await route(LONG_CALL, tmp_path, SEARCH_HEADERS)
+    assert mcp is None and ex.answer is not None and ex.close_after
+    assert (ex.answer[0], ex.answer[1]["id"], ex.answer[1]["error"]["code"]) == (400, 9, -32020)
+    assert "route on MCP method or tool" in ex.answer[1]["error"]["message"]
+    assert "raise gateway.mcp.peek_bytes" in ex.answer[1]["error"]["message"]
+    mcp, ex = await mcp_step(LONG_CALL, tmp_path, SEARCH_HEADERS, tools=("search",))
+    assert mcp is None and ex.answer is not None
+    assert (ex.answer[0], ex.answer[1]["error"]["code"]) == (400, -32020)
+
+
+async def test_headers_are_confirmed_against_a_body_a_policy_holds_whole_whatever_its_length(tmp_path):
+    """A body a policy read whole (ai-mcp-proxy with a max_request_body_size past 1 MiB) is confirmed against all of
+    it: a lying Mcp-Name is refused (400 -32020), an honest one is confirmed (it got 400 as too long to read)."""
+    for name, confirmed in ((b"search", True), (b"book", False)):
+        held = McpRequest()
+        held.body, held.body_done = LONG_CALL, True
+        mcp, ex = await mcp_step(LONG_CALL, tmp_path, ((b"mcp-method", b"tools/call"), (b"mcp-name", name)),
+                                 held=held)
+        if confirmed:
+            assert mcp is not None and mcp.checked and ex.answer is None
+        else:
+            assert mcp is None and ex.answer is not None and ex.answer[:1] == (400,)
+            assert (ex.answer[1]["id"], ex.answer[1]["error"]["code"]) == (9, -32020)
 
 
 # ---- through a gateway, in front of the SDK's server -------------------------------------------------------------

@@ -83,6 +83,41 @@ def test_json_answers_are_filtered_for_the_requested_ids_only():
     assert edit({8}).json_body(body) is body
 
 
+PUBLIC_LISTING = {"jsonrpc": "2.0", "id": 7, "result": {"ttlMs": 60000, "cacheScope": "public",
+                                                      "tools": [{"name": "a"}, {"name": "xb"}]}}
+
+
+def test_a_filtered_tools_list_result_goes_out_cache_scope_private_with_its_ttl():
+    """SEP-2549 (2026-07-28; the SDK's mcp_types/_v2026_07_28 CacheableResult.cache_scope): "public" lets "any client
+    or intermediary (e.g., shared gateway, caching proxy)" serve a result "across authorization contexts"; the
+    gateway's answer is one caller's view, so "private" (the same caller may still reuse it for ttlMs)."""
+    result = json.loads(edit({7}).json_body(json.dumps(PUBLIC_LISTING).encode()))["result"]
+    assert result == {"ttlMs": 60000, "cacheScope": "private", "tools": [{"name": "a"}]}
+
+
+def test_a_tools_list_result_is_made_private_also_when_no_tool_is_dropped():
+    """The view is per caller whether or not this caller lost a tool: another caller's may differ."""
+    listing = {**PUBLIC_LISTING, "result": {**PUBLIC_LISTING["result"], "tools": [{"name": "a"}]}}
+    assert json.loads(edit({7}).json_body(json.dumps(listing).encode()))["result"]["cacheScope"] == "private"
+    event = b"event: message\ndata: " + json.dumps(listing).encode() + b"\n\n"
+    assert json.loads(data_of(edit({ANY_ID}).event(event)))["result"]["cacheScope"] == "private"
+
+
+def test_a_result_already_private_or_without_a_scope_passes_byte_for_byte():
+    """No cacheScope is private already (the SDK's CacheableResult default; earlier revisions have none)."""
+    for result in ({"tools": [{"name": "a"}]}, {"cacheScope": "private", "tools": [{"name": "a"}]}):
+        body = json.dumps({"jsonrpc": "2.0", "id": 7, "result": result}).encode()
+        assert edit({7}).json_body(body) is body
+
+
+def test_only_the_requested_lists_scope_is_changed():
+    """Other results (resources/list, prompts/list, another id's) are not filtered per caller: left as they came."""
+    body = json.dumps({**PUBLIC_LISTING, "id": 8}).encode()
+    assert edit({7}).json_body(body) is body
+    resources = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"cacheScope": "public", "resources": []}})
+    assert edit({7}).json_body(resources.encode()) == resources.encode()
+
+
 def test_the_gateways_errors_join_a_batch_answer():
     error = b'{"jsonrpc":"2.0","id":2,"error":{"code":-32602,"message":"no"}}'
     out = json.loads(edit(None, [error], True).json_body(b'[{"jsonrpc":"2.0","id":1,"result":{}}]'))

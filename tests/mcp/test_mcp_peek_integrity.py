@@ -11,11 +11,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 import trio
 from backends import Client, service
-from mcp_helpers import JSON_HEADERS, FakeMcp, bounded, mcp_config
+from mcp import Client as SdkClient
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from mcp_helpers import JSON_HEADERS, TEST_KEY, FakeMcp, bounded, mcp_config, session_keys
 from oauth_helpers import ToolServer, call
+from sdk_tools_server import sdk_tools_server
 
 RPC_HEADERS = [("content-type", "application/json"), ("accept", "application/json, text/event-stream")]
 PEEK = {"peek_bytes": 1024}
@@ -159,6 +164,31 @@ async def test_mcp_headers_on_an_mcp_route_are_checked_against_the_whole_body(ga
     body = long_call("whoami")
     assert (await post(port, [body[:600], body[600:]], DECOY_HEADERS)).status == 200
     assert [seen.body for seen in server.requests] == [body]
+
+
+async def sdk_call_size(url: str, n: int) -> str:
+    """tools/call size with an n-character argument, by the SDK client in its default mode (2026-07-28)."""
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(20, read=30)) as http:
+        async with SdkClient(streamable_http_client(url, http_client=http)) as client:
+            assert client.protocol_version == "2026-07-28"
+            try:
+                result = await client.call_tool("size", {"s": "y" * n})
+            except MCPError as e:
+                return f"error {e.error.code}: {e.error.message}"
+            return result.content[0].text  # type: ignore[union-attr]
+
+
+@bounded(60)
+async def test_an_sdk_tool_call_past_a_mebibyte_reaches_the_server_on_a_plain_mcp_route(gateway):
+    """The SDK's default client (every POST with Mcp-Method / Mcp-Name) calls a tool with a 2 MB argument, which the
+    SDK server takes directly (DEFAULT_MAX_REQUEST_BODY_SIZE 4 MiB, mcp/server/transport_security.py:15; Kong:
+    `nginx_http_client_max_body_size = 0`, kong_defaults.lua:90). On a plain `mcp: true` route, where no route or
+    plugin acts on the headers, it reaches the server, which checks them itself (it got 400 -32020, "the body is
+    longer than 1048576 bytes: the gateway cannot confirm the headers")."""
+    with sdk_tools_server() as sport:
+        assert await sdk_call_size(f"http://127.0.0.1:{sport}/mcp", 2_000_000) == "2000000"  # directly
+        port = await gateway(mcp_config([sport]), mcp=session_keys(TEST_KEY))
+        assert await sdk_call_size(f"http://127.0.0.1:{port}/mcp", 2_000_000) == "2000000"
 
 
 # ---- the audit log --------------------------------------------------------------------------------------------

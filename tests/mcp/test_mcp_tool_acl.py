@@ -10,10 +10,16 @@ import json
 from typing import Any
 
 import h11
+import httpx2
 import pytest
 import trio
 from backends import Client, Reply, service
+from mcp import Client as SdkClient
+from mcp.client.caching import CacheConfig, InMemoryResponseCacheStore
+from mcp.client.streamable_http import streamable_http_client
+from mcp_helpers import TEST_KEY, bounded, mcp_config, session_keys
 from oauth_helpers import JwksServer, ToolServer, call, oauth_plugin, sse_messages, token
+from sdk_tools_server import sdk_tools_server
 
 TOOLS = ["search", "book", "delete", "admin_reset"]
 CONSUMERS = [
@@ -351,3 +357,37 @@ async def test_a_governed_get_stream_asks_for_no_coding_and_its_events_flow(nurs
                 else:
                     assert isinstance(ev, h11.Response) and ev.status_code == 200, ev
     assert server.accept_encoding == [None]
+
+
+async def sdk_tool_names(url: str, key: str, store: InMemoryResponseCacheStore) -> list[str]:
+    """tools/list by an SDK client (default mode, 2026-07-28) of `key`'s principal, its response cache in `store`,
+    which the principals of one host application share, public entries included (CacheConfig.share_public)."""
+    cache = CacheConfig(store=store, partition=key, share_public=True, target_id=url)
+    async with httpx2.AsyncClient(headers={"apikey": key}, timeout=20) as http:
+        async with SdkClient(streamable_http_client(url, http_client=http), cache=cache) as client:
+            assert client.protocol_version == "2026-07-28"
+            return [t.name for t in (await client.list_tools()).tools]
+
+
+@bounded(60)
+async def test_a_filtered_tools_list_is_not_served_to_another_caller_from_a_shared_sdk_cache(gateway):
+    """The SDK server marks its tools/list `cacheScope: "public"` (60 s). SEP-2549 (2026-07-28), as the SDK has it:
+    "public" may be shared across authorization contexts, "private" only reused within the one that produced it
+    (mcp/server/caching.py:29-31; mcp/client/caching.py:64-65, share_public at 119-124). ai-mcp-proxy's answer is
+    alice's own view (`delete` in it): passed on public, a store shared by a host application's users served it to
+    bob, who may not see `delete`. The gateway's filtered answers go out "private"."""
+    with sdk_tools_server("--public-tools") as sport:
+        doc = mcp_config([sport])
+        doc["consumers"] = [{"username": "alice", "keyauth_credentials": [{"key": "alice-key"}]},
+                            {"username": "bob", "keyauth_credentials": [{"key": "bob-key"}]}]
+        doc["plugins"] = [{"name": "key-auth", "config": {"key_names": ["apikey"]}},
+                          {"name": "ai-mcp-proxy", "config": {
+                              "mode": "passthrough-listener",
+                              "default_acl": [{"scope": "tools", "allow": ["alice", "bob"]}],
+                              "tools": [{"name": "delete", "acl": {"allow": ["alice"]}}]}}]
+        port = await gateway(doc, mcp=session_keys(TEST_KEY))
+        url = f"http://127.0.0.1:{port}/mcp"
+        assert "delete" not in await sdk_tool_names(url, "bob-key", InMemoryResponseCacheStore())  # his own view
+        shared = InMemoryResponseCacheStore()
+        assert "delete" in await sdk_tool_names(url, "alice-key", shared)
+        assert "delete" not in await sdk_tool_names(url, "bob-key", shared)
