@@ -34,8 +34,7 @@ from collections import Counter as Counter_
 from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
-from itertools import chain
-from operator import sub
+from operator import attrgetter, sub
 from typing import Any
 
 import trio
@@ -275,7 +274,7 @@ class RouteObservations(Observed):
         self.kong_ends: list[float] = []  # when the request went upstream (or the gateway answered)
         self.sents: list[float] = []  # upstream latency: heads - sents
         self.heads: list[float] = []
-        self.requests: list[Any] = []  # bandwidth: the Requests (their heads' sizes), bodies' sizes, bytes sent
+        self.requests: list[Any] = []  # bandwidth: the Requests (their sizes, `_size`), bodies' sizes, bytes sent
         self.bodies: list[int] = []
         self.sent: list[int] = []
         self.bytes_by_consumer: defaultdict[tuple[str, str], int] = defaultdict(int)  # (direction, consumer)
@@ -304,7 +303,7 @@ class RouteObservations(Observed):
         if self.requests:
             requests, bodies, sent = self.requests, self.bodies, self.sent
             self.requests, self.bodies, self.sent = [], [], []
-            ingress = sum(map(_head_size, requests)) + sum(bodies)
+            ingress = sum(map(_size, requests)) + sum(bodies)
             KONG_BANDWIDTH.labels(service, route, "ingress", WORKSPACE, "").inc(ingress)
             KONG_BANDWIDTH.labels(service, route, "egress", WORKSPACE, "").inc(sum(sent))
         if self.bytes_by_consumer:
@@ -313,15 +312,11 @@ class RouteObservations(Observed):
                 KONG_BANDWIDTH.labels(service, route, direction, WORKSPACE, who).inc(n)
 
 
-def head_size(request: Any) -> int:
-    """Bytes of a request head as the client sent it the usual way ("name: value\\r\\n" per header): nginx's
-    $request_length less the body. Summed by C loops."""
-    headers = request.headers
-    return (len(request.method) + len(request.target) + len(request.http_version) + 11  # "M T HTTP/v\\r\\n", "\\r\\n"
-            + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers))
-
-
-_head_size = head_size
+# A Request's bytes as the codec read them but its body's data (gateway.http.codec.Request.size: the head as the
+# client sent it, whatever plugins changed since, and a chunked body's framing): with the body's data, nginx's
+# $request_length, which Kong's ingress bandwidth counts (kong/pdk/log.lua request.size). A routed request's head
+# was always read by a codec (gateway.telemetry.entry.request_size sizes those the connection loop refused).
+_size = attrgetter("size")
 
 
 def _observe_ms(child: Any, family: Histogram, starts: list[float], ends: list[float]) -> None:

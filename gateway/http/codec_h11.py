@@ -367,6 +367,12 @@ class H11Server(_H11Codec):
                       lines: bytes = b"", framing: int | None = None) -> bytes:
         if lines:  # h11 frames only (name, value) pairs
             headers = [*headers, *(_split_line(line) for line in lines.split(b"\r\n")[:-1])]
+        request = self._request
+        if request is not None and request.method == b"HEAD" != self._method:
+            # a policy sent it upstream as HEAD: the head alone, then the close that shows its body cut
+            # (Exchange.set_method); h11, which has no API for it, is told the request was a HEAD
+            self._method = self._conn._request_method = b"HEAD"
+            close = True
         if close:
             headers = [*headers, (b"connection", b"close")]
         self._no_body = self._method == b"HEAD" or status == 204 or status == 304

@@ -510,8 +510,8 @@ class LlhttpServer(_Parsing):
     `method target HTTP/1.1` and `name: value` lines (estimated_line_lengths), and, not yet ended, bounded by its
     whole size only. (nginx itself sizes such a head where the request before it left its buffers.)"""
 
-    __slots__ = ("_url", "_started", "_method", "_version", "_persist", "_request_done", "_response_done", "_close",
-                 "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark",
+    __slots__ = ("_url", "_started", "_method", "_answering", "_version", "_persist", "_request_done", "_response_done",
+                 "_close", "_max_line", "_buffers", "_head_check", "_stale_method", "_before", "_prev", "_tunnel_mark",
                  "_chunk_at", "_as_sent", "_request")
     _parser: httptools.HttpRequestParser
 
@@ -524,7 +524,10 @@ class LlhttpServer(_Parsing):
         self._head_check: HeadBuffers | None = None  # nginx's buffers over a long head that has not ended
         self._url = b""
         self._started = False  # a request is being parsed: EOF now is an error, not CLOSED
+        # The request being answered (the last one handed over; `_request` may be one parsed ahead) and the method
+        # the client sent it with: a policy may change the method (Exchange.set_method, as ngx.req.set_method)
         self._method = b"GET"
+        self._answering = _NO_REQUEST
         self._version = b"1.1"
         # the current request allows another one after it (HTTP/1.1 without close, HTTP/1.0 with keep-alive)
         self._persist = False
@@ -911,6 +914,7 @@ class LlhttpServer(_Parsing):
             raise ev  # and again on every later call: the connection is finished
         del events[0]
         if type(ev) is Request:
+            self._answering = ev
             self._method = ev.method
             self._version = ev.http_version
             self._persist = ev.keep_alive
@@ -949,6 +953,9 @@ class LlhttpServer(_Parsing):
         if lines:
             parts.append(lines)
         head = self._method == b"HEAD"
+        if not head and self._answering.method == b"HEAD":  # a policy sent it upstream as HEAD: no body comes
+            head = True
+            keep = False  # the head alone, then the close that shows its body cut (Exchange.set_method)
         self._no_body = head or status == 204 or status == 304
         self._chunked = False
         if status != 204 and status != 304 and not chunked and not length:

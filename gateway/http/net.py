@@ -36,10 +36,12 @@ class Conn:
     them apart).
 
     With a `send_timer`, a write that has to wait for the peer to read is bounded by `send_timeout` seconds (the
-    timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra."""
+    timer's CLIENT_WRITE phase); a write the kernel takes at once costs nothing extra. A write that fails (or is
+    cancelled) leaves in `unsent` how many of its bytes the kernel did not take: nginx counts only what writev()
+    returned (c->sent), which a client that went away mid-response never got all of."""
 
     __slots__ = ("sock", "_budget", "peer", "closed", "reset", "send_timer", "send_timeout", "listen_port", "serial",
-                 "requests", "heard")
+                 "requests", "heard", "unsent")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
     server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
@@ -59,6 +61,7 @@ class Conn:
         # While set, a write that waits for the peer to read also watches for the peer speaking first (an upstream
         # answering before it read the whole request): this is called then, and may raise to end the write.
         self.heard: Callable[[], None] | None = None
+        self.unsent = 0  # of the last write that raised: the bytes the kernel did not take (set only then)
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""
@@ -128,17 +131,20 @@ class Conn:
             # woken for nothing (it happens with epoll): wait again
 
     async def sendall(self, data: bytes) -> None:
-        """Send every byte, waiting for buffer space as needed; raises BrokenPipeError if the peer is gone."""
+        """Send every byte, waiting for buffer space as needed; raises BrokenPipeError if the peer is gone (`unsent`
+        then says how many bytes did not go)."""
         sock = self.sock
         self._budget -= 1
         if self._budget <= 0:
             self._budget = CHECKPOINT_EVERY
+            self.unsent = len(data)  # (should the checkpoint be cancelled)
             await trio.lowlevel.checkpoint()
         try:
             sent = sock.send(data)
         except BlockingIOError:
             sent = 0
         except OSError as e:
+            self.unsent = len(data)
             if e.errno in _CLOSED_ERRNOS:
                 raise BrokenPipeError(e.errno, "peer closed the connection") from None
             raise
@@ -166,25 +172,29 @@ class Conn:
         """The rest of a write the kernel did not take at once; with a timer, send_timeout bounds each wait for
         the peer to read, not the whole write (nginx's send_timeout: between two successive writes)."""
         sock = self.sock
-        while view:
-            try:
-                if self.heard is None:
-                    await trio.lowlevel.wait_writable(sock)
-                else:
-                    while await readable_first(sock):
-                        self.heard()
-            except trio.ClosedResourceError:
-                raise BrokenPipeError(errno.EBADF, "connection closed by the gateway") from None
-            try:
-                view = view[sock.send(view):]
-            except BlockingIOError:
-                continue
-            except OSError as e:
-                if e.errno in _CLOSED_ERRNOS:
-                    raise BrokenPipeError(e.errno, "peer closed the connection") from None
-                raise
-            if timer is not None and view:  # the peer read some: the wait for the rest starts again
-                timer.set(self.send_timeout, Phase.CLIENT_WRITE)
+        try:
+            while view:
+                try:
+                    if self.heard is None:
+                        await trio.lowlevel.wait_writable(sock)
+                    else:
+                        while await readable_first(sock):
+                            self.heard()
+                except trio.ClosedResourceError:
+                    raise BrokenPipeError(errno.EBADF, "connection closed by the gateway") from None
+                try:
+                    view = view[sock.send(view):]
+                except BlockingIOError:
+                    continue
+                except OSError as e:
+                    if e.errno in _CLOSED_ERRNOS:
+                        raise BrokenPipeError(e.errno, "peer closed the connection") from None
+                    raise
+                if timer is not None and view:  # the peer read some: the wait for the rest starts again
+                    timer.set(self.send_timeout, Phase.CLIENT_WRITE)
+        except BaseException:  # (the send timer's cancellation too)
+            self.unsent = len(view)
+            raise
 
     def peer_closed(self) -> bool | None:
         """Once the socket polled readable, with no read under way: True if the peer closed (EOF or reset), False

@@ -237,7 +237,7 @@ class Exchange:
     __slots__ = ("request", "conn", "_codec", "_request_done", "response_started", "response_done",
                  "_expect_continue", "close_after", "state", "body_received", "timer",
                  "request_id", "response_lines", "status", "settings", "client_ip", "peer_trusted", "consumer",
-                 "phases", "_held", "route", "tries", "sent", "response_headers", "mcp", "started")
+                 "phases", "_held", "route", "tries", "sent", "response_headers", "mcp", "started", "answered_at")
 
     def __init__(self, request: Request, conn: Conn, codec: ServerCodec, timer: ConnTimer,
                  settings: ServerSettings, started: float = 0.0) -> None:
@@ -257,10 +257,14 @@ class Exchange:
         self.phases: Any = None
         self._held: bytes | None = None  # body bytes a policy read ahead (read_body) or replaced (replace_body)
         # What the log phase reads after the response (gateway.telemetry): the matched route, the upstream tries
-        # (the forwarder's attempts, in order), bytes written to the client, the response headers, the MCP request.
+        # (the forwarder's attempts, in order), bytes written to the client (those the kernel took: nginx's c->sent),
+        # the response headers, the MCP request.
         self.route: Any = None
         self.tries: list[Any] | None = None
         self.sent = 0
+        # An answer of the gateway's own (no try): when its head was about to go (Trio clock), where Kong's kong
+        # latency ends (its header filter's start: kong/init.lua header_filter), however long the client reads
+        self.answered_at = 0.0
         self.response_headers: Headers | None = None
         self.mcp: Any = None
         # When its head's first bytes came (Trio clock), as nginx's r->start_sec/msec: latencies and started_at
@@ -307,7 +311,11 @@ class Exchange:
 
     def set_method(self, method: bytes) -> None:
         """Send the request upstream as `method` (kong.service.request.set_method); the client's stays the request
-        line's (request_line_method)."""
+        line's (request_line_method). The answer is framed by the client's method, which the client reads it by,
+        but one sent upstream as HEAD has no body to send: its head goes alone and the connection closes after it,
+        so the client sees the body the head announces cut. (nginx frames by the method as changed: a head alone on
+        a connection kept, whose next response the client reads as that body; a body to a client's HEAD, read as
+        the next response.)"""
         if self.state is None:
             self.state = {}
         self.state.setdefault(REQUEST_METHOD, self.request.method)
@@ -436,12 +444,14 @@ class Exchange:
                         reason: bytes = b"", framing: int | None = None) -> None:
         """Send the response head, optionally with the first body bytes and the end, in a single write. `framing`:
         see ServerCodec.response_head (ignored when the request's plugins filter the headers)."""
-        if self.tries is None and status == 200 and (verdict := precondition(self.request.headers, headers)):
-            # the gateway's own 200 (Kong's kong.response.exit): nginx's conditional checks, before any header filter
-            if verdict == 412:
-                await self.respond_error_page(412)
-                return
-            status, headers, body = 304, [hv for hv in headers if hv[0] not in NOT_MODIFIED_DROPS], b""
+        if self.tries is None:
+            self.answered_at = trio.current_time()
+            if status == 200 and (verdict := precondition(self.request.headers, headers)):
+                # the gateway's own 200 (Kong's kong.response.exit): nginx's conditional checks, before any filter
+                if verdict == 412:
+                    await self.respond_error_page(412)
+                    return
+                status, headers, body = 304, [hv for hv in headers if hv[0] not in NOT_MODIFIED_DROPS], b""
         codec = self._codec
         self.response_started = True
         upstream_status = status
@@ -464,7 +474,11 @@ class Exchange:
             data += codec.end()
             self.response_done = True
         self.sent += len(data)
-        await self.conn.sendall(data)
+        try:
+            await self.conn.sendall(data)
+        except BaseException:
+            self._unsent(len(data))
+            raise
 
     async def switch_protocols(self, headers: Headers, reason: bytes = b"") -> bytes | None:
         """Send a 101 head (an upstream's switch, proxied; `headers` with its Upgrade and Connection): from then on
@@ -485,20 +499,34 @@ class Exchange:
         self.response_done = True  # the HTTP response is complete (what follows a 101 is not HTTP)
         if status != 101:  # a header filter's Exit (Content-Length: 0): its answer, and the connection ends with it
             self.close_after = True
-            data = codec.response_head(status, headers, b"", True, lines) + codec.end()
-            self.sent += len(data)
-            await self.conn.sendall(data)
+            await self.send_framed(codec.response_head(status, headers, b"", True, lines) + codec.end())
             return None
-        data = codec.switch_protocols(headers, reason, lines)
-        self.sent += len(data)
-        await self.conn.sendall(data)
+        await self.send_framed(codec.switch_protocols(headers, reason, lines))
         return codec.take_upgraded()
 
     async def send_body(self, data: bytes) -> None:
         if data:
             data = self._codec.body(data)
             self.sent += len(data)
+            try:
+                await self.conn.sendall(data)
+            except BaseException:
+                self._unsent(len(data))
+                raise
+
+    async def send_framed(self, data: bytes) -> None:
+        """Send bytes the codec framed already (what `send_now` left, say), counted as they go."""
+        self.sent += len(data)
+        try:
             await self.conn.sendall(data)
+        except BaseException:
+            self._unsent(len(data))
+            raise
+
+    def _unsent(self, size: int) -> None:
+        """A write of `size` bytes (counted in `sent` before it began) failed: take back what the kernel did not take
+        (a TLS connection's count is of its records: at most the write's own size)."""
+        self.sent -= min(self.conn.unsent, size)
 
     def extra_body(self, data: bytes) -> bytes | None:
         """`data` framed as body bytes of the gateway's own in the response being sent (an SSE comment), for
@@ -511,16 +539,21 @@ class Exchange:
         """Send framed body bytes (`extra_body`) only as far as the kernel takes them at once (no await: for a
         worker-wide task writing to a connection whose own task is parked between writes). Returns the bytes still
         to send, in order and before anything else: b"" when all went, all of them when the connection cannot write
-        this way."""
-        self.sent += len(framed)
-        return framed[self.conn.send_now(framed):]
+        this way (then `send_framed` the rest)."""
+        sent = self.conn.send_now(framed)
+        self.sent += sent
+        return framed[sent:]
 
     async def end(self, last: bytes = b"") -> None:
         codec = self._codec
         self.response_done = True
         data = (codec.body(last) if last else b"") + codec.end()
         self.sent += len(data)
-        await self.conn.sendall(data)
+        try:
+            await self.conn.sendall(data)
+        except BaseException:
+            self._unsent(len(data))
+            raise
 
     async def respond(self, status: int, body: bytes, content_type: bytes = JSON,
                       extra: Headers | None = None) -> None:
@@ -670,9 +703,9 @@ def _plain_http_on_tls(head: bytes) -> Handler:
 
     async def answer(ex: Exchange) -> None:
         data = plain_http_answer(head, ex.request.method == b"HEAD")
-        ex.status, ex.sent = 400, len(data)
+        ex.status = 400
         ex.response_started = ex.response_done = ex.close_after = True
-        await ex.conn.sendall(data)
+        await ex.send_framed(data)
 
     return answer
 
@@ -931,10 +964,9 @@ async def _answer_error(ex: Exchange, status: int, content_type: bytes, message:
     head = b"".join([b"HTTP/1.1 %d %b\r\n" % (status, _REASONS.get(status, b"Error")),
                      *[b"%b: %b\r\n" % hv for hv in headers], b"connection: close\r\n", lines, b"\r\n"])
     data = head if ex.request.method == b"HEAD" else head + body
-    ex.sent = len(data)
     try:
         with trio.move_on_after(1.0):
-            await ex.conn.sendall(data)
+            await ex.send_framed(data)
     except (BrokenPipeError, ConnectionError, OSError):
         pass
 

@@ -685,7 +685,7 @@ class Forwarder:
                     await watch.wait_upstream(stream, conn)
                     if stream.owed and not stream.gone:  # a comment the wheel could not write at once
                         owed, stream.owed = stream.owed, b""
-                        await ex.conn.sendall(owed)
+                        await ex.send_framed(owed)
                     continue
                 timer.set(read_timeout, Phase.UPSTREAM_BODY, reading)
                 stream.last = wheel.now
@@ -748,9 +748,10 @@ class _PacedConn:
     from the request's start, a second's worth to begin with (`rate * (now - start + 1) - sent`), each write followed
     by the pause its size takes at that rate. The response head goes at once and is not counted (nginx counts it: a
     difference of its size over the rate). The pauses hold no phase's deadline: a read_timeout pending is pushed back
-    by them, as by a slow client's write. Any other attribute is the connection's."""
+    by them, as by a slow client's write. A write that fails leaves in `unsent` what of it did not go, the pieces
+    not yet tried included (as Conn.unsent). Any other attribute is the connection's."""
 
-    __slots__ = ("conn", "_ex", "_rate", "_sent", "_ready", "_head")
+    __slots__ = ("conn", "_ex", "_rate", "_sent", "_ready", "_head", "unsent")
 
     def __init__(self, conn: Any, ex: Exchange, rate: int) -> None:
         self.conn = conn  # the connection itself
@@ -759,6 +760,7 @@ class _PacedConn:
         self._sent = 0  # body bytes written
         self._ready = 0.0  # when the pause after the last write ends
         self._head = True  # the next write is the response head's (with the first body bytes)
+        self.unsent = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.conn, name)
@@ -771,18 +773,26 @@ class _PacedConn:
             head, data = (data[:end], data[end:]) if end >= 4 else (data, b"")
         view = memoryview(data)
         rate = self._rate
-        while view or head:
-            now = trio.current_time()
-            room = int(rate * (now - self._ex.started + 1)) - self._sent if now >= self._ready else 0
-            if room <= 0 and view:
-                await self._pause(max(self._ready - now, -room / rate))
-                continue
-            piece = bytes(view[:room])
-            await self.conn.sendall(head + piece if head else piece)
-            head = b""
-            self._sent += len(piece)
-            self._ready = trio.current_time() + len(piece) / rate
-            view = view[len(piece):]
+        left = len(head) + len(view)  # not yet written
+        writing = b""  # the write under way
+        try:
+            while view or head:
+                now = trio.current_time()
+                room = int(rate * (now - self._ex.started + 1)) - self._sent if now >= self._ready else 0
+                if room <= 0 and view:
+                    await self._pause(max(self._ready - now, -room / rate))
+                    continue
+                piece = bytes(view[:room])
+                writing = head + piece if head else piece
+                await self.conn.sendall(writing)
+                left -= len(writing)
+                writing = head = b""
+                self._sent += len(piece)
+                self._ready = trio.current_time() + len(piece) / rate
+                view = view[len(piece):]
+        except BaseException:
+            self.unsent = left - len(writing) + min(self.conn.unsent, len(writing)) if writing else left
+            raise
 
     async def _pause(self, seconds: float) -> None:
         timer = self._ex.timer

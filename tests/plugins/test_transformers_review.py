@@ -14,8 +14,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from backends import Client, service
+from backends import Client, raw_exchange, service
 from plugin_helpers import (
+    TIMEOUT,
     call,
     http_codec,  # noqa: F401 - the fixture: one codec
     plugin,
@@ -268,6 +269,49 @@ def test_an_http_method_kong_cannot_set_is_refused(method):
 def test_every_method_kong_can_set_is_taken():
     for method in KONG_METHODS:
         assert request_transformer(http_method=method).method == method.encode()
+
+
+def _split_response(data: bytes) -> tuple[bytes, int, bytes]:
+    """(the head, its Content-Length, what follows the head) of the response at the start of `data`."""
+    head, _, rest = data.partition(b"\r\n\r\n")
+    length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
+    return head, length[0], rest
+
+
+@pytest.mark.parametrize("http_codec", ["h11", "llhttp"])
+async def test_a_get_sent_upstream_as_head_is_answered_with_the_head_alone_then_the_close_that_shows_it_cut(
+        nursery, gateway):
+    """kong/plugins/request-transformer/access.lua:457 `set_method(conf.http_method:upper())` is ngx.req.set_method
+    (r->method, lua-nginx-module src/ngx_http_lua_req_method.c:114): the upstream's HEAD answer has no body
+    (release-1.27.1 ngx_http_proxy_module.c:1281-1283 ctx->head). nginx sends the head alone and keeps the
+    connection (ngx_http_header_filter_module.c:186-187 header_only), so a client that asked with GET reads the next
+    response as the body the head announced. The gateway sends the head alone and closes: the client sees that
+    body cut, and no response of another request is taken for it (h11 reset the connection with nothing sent)."""
+    _, port = await start(nursery, gateway, routes=[
+        {"paths": ["/head"], "plugins": [plugin("request-transformer", http_method="HEAD")]}, {"paths": ["/get"]}])
+    pipelined = b"GET /head HTTP/1.1\r\nHost: a\r\n\r\nGET /get HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    data, reset = await raw_exchange(port, pipelined, timeout=TIMEOUT)
+    head, length, rest = _split_response(data)
+    assert head.startswith(b"HTTP/1.1 200 ") and length > 0, data
+    assert b"\r\nconnection: close" in head.lower(), head
+    assert (rest, reset) == (b"", False)  # nothing after the head: the second request is not answered on it
+
+
+@pytest.mark.parametrize("http_codec", ["h11", "llhttp"])
+async def test_a_head_sent_upstream_as_get_is_answered_with_the_head_alone(nursery, gateway):
+    """The other way (ngx.req.set_method("GET") on a client's HEAD): the upstream answers with a body, which nginx
+    sends (r->method is GET: not header_only) and a client that asked with HEAD reads as the next response. The
+    gateway frames the answer by the client's method: the head alone, and the connection goes on."""
+    _, port = await start(nursery, gateway, routes=[
+        {"paths": ["/"], "plugins": [plugin("request-transformer", http_method="GET")]}])
+    pipelined = b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    data, reset = await raw_exchange(port, pipelined, timeout=TIMEOUT)
+    head, length, rest = _split_response(data)
+    assert head.startswith(b"HTTP/1.1 200 ") and length > 0, data
+    assert rest.startswith(b"HTTP/1.1 200 "), data  # the second response follows the head: no body between
+    _, second_length, second_body = _split_response(rest)
+    assert (len(second_body), reset) == (second_length, False)
+    assert json.loads(second_body)["method"] == "GET"
 
 
 # --- a request header value set empty: ngx.req.set_header(name, "") removes the name's lines, adds none -----------

@@ -10,10 +10,11 @@ from __future__ import annotations
 import itertools
 import json
 import socket
+import struct
 
 import pytest
 import trio
-from backends import EchoBackend, request, service, wait_until
+from backends import EchoBackend, raw_exchange, request, service, wait_until
 from backends import UdpCollector as Collector
 from dns_server import serve_names
 from prometheus_client import REGISTRY
@@ -193,10 +194,12 @@ async def logged(route: str, n: int) -> None:
 
 
 async def _prometheus(nursery: trio.Nursery, gateway, config: dict, *, svc: str, route: str,  # noqa: ANN001
-                      key_auth: bool = False) -> int:
+                      key_auth: bool = False, others: tuple[dict, ...] = ()) -> int:
+    """An echo backend behind route `route` of service `svc` with a prometheus plugin of `config` (and key-auth,
+    and the `others` plugins): the gateway's port."""
     backend = EchoBackend()
     await nursery.start(backend.serve)
-    plugins = [{"name": "prometheus", "config": config}] + ([{"name": "key-auth"}] if key_auth else [])
+    plugins = [*others, {"name": "prometheus", "config": config}] + ([{"name": "key-auth"}] if key_auth else [])
     return await gateway({"services": [service(svc, f"http://127.0.0.1:{backend.port}", [
         {"name": route, "paths": ["/"], "plugins": plugins}])], "consumers": CONSUMERS})
 
@@ -311,6 +314,136 @@ async def test_prometheus_bandwidth_counts_both_directions(nursery, gateway):
     common = {"service": svc, "route": route, "workspace": "default", "consumer": ""}
     assert (sample("kong_bandwidth_bytes", direction="ingress", **common) or 0) > 100
     assert (sample("kong_bandwidth_bytes", direction="egress", **common) or 0) > len(reply.body)
+
+
+CACHE = {"name": "proxy-cache", "config": {"strategy": "memory", "content_type": ["*"]}}
+LARGE = "/?bytes=7000000"  # an echo answer larger than the kernel's buffers on both sides (net.core.wmem_max: 4 MiB)
+
+
+async def _cached_large_answer(port: int, route: str) -> None:
+    """LARGE fetched once (a Miss, stored by proxy-cache): the next request of it is a Hit."""
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", LARGE)).header("x-cache-status") == "Miss"
+    await logged(route, 1)
+
+
+def _slow_client() -> trio.socket.SocketType:
+    """A client socket whose receive buffer holds 4 KB: a large answer waits in the gateway's write, not here."""
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+async def test_prometheus_a_proxy_cache_hit_is_observed_in_upstream_latency(nursery, gateway):
+    """A hit counts as proxied in Kong: kong/plugins/proxy-cache/handler.lua:334 `nctx.KONG_PROXIED = true` before
+    its exit, so kong/init.lua:1630-1633 (header_filter) sets KONG_WAITING_TIME (about 0), kong/pdk/log.lua:921
+    serializes it as latencies.proxy, and kong/plugins/prometheus/exporter.lua:360-362 observes
+    kong_upstream_latency_ms when it is >= 0: a miss and a hit are two observations."""
+    svc, route = unique("svc"), unique("route")
+    port = await _prometheus(nursery, gateway, {"latency_metrics": True}, svc=svc, route=route, others=(CACHE,))
+    with trio.fail_after(TIMEOUT):
+        miss = await request(port, "GET", "/")
+        hit = await request(port, "GET", "/")
+    assert (miss.header("x-cache-status"), hit.header("x-cache-status")) == ("Miss", "Hit")
+    await logged(route, 2)
+    labels = {"service": svc, "route": route, "workspace": "default"}
+    assert sample("kong_request_latency_ms_count", **labels) == 2
+    assert sample("kong_upstream_latency_ms_count", **labels) == 2
+
+
+async def test_prometheus_kong_latency_of_a_gateways_answer_ends_at_its_head_not_when_the_client_read_it(
+        nursery, gateway):
+    """kong_kong_latency_ms observes latencies.kong = `KONG_PROXY_LATENCY or KONG_RESPONSE_LATENCY` (kong/pdk/
+    log.lua:920), which kong/init.lua sets before a byte of the body goes: in header_filter (1636-1638 for a hit,
+    KONG_PROXIED; 1641-1643 otherwise) or at the end of access (1214, a plugin's exit). The time a slow client takes
+    to read a large cached answer is in the request latency only."""
+    svc, route = unique("svc"), unique("route")
+    port = await _prometheus(nursery, gateway, {"latency_metrics": True}, svc=svc, route=route, others=(CACHE,))
+    await _cached_large_answer(port, route)
+    labels = {"service": svc, "route": route, "workspace": "default"}
+    kong_before = sample("kong_kong_latency_ms_sum", **labels) or 0.0
+    request_before = sample("kong_request_latency_ms_sum", **labels) or 0.0
+    with trio.fail_after(TIMEOUT):
+        sock = _slow_client()
+        await sock.connect(("127.0.0.1", port))
+        stream = trio.SocketStream(sock)
+        try:
+            await stream.send_all(f"GET {LARGE} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n".encode())
+            await trio.sleep(1)  # reads nothing for a second
+            received = bytearray()
+            while chunk := await stream.receive_some(1 << 20):
+                received += chunk
+        finally:
+            await stream.aclose()
+    assert b"x-cache-status: hit" in bytes(received).partition(b"\r\n\r\n")[0].lower()
+    assert len(received) > 7_000_000
+    await logged(route, 2)
+    request_ms = (sample("kong_request_latency_ms_sum", **labels) or 0.0) - request_before
+    kong_ms = (sample("kong_kong_latency_ms_sum", **labels) or 0.0) - kong_before
+    assert request_ms >= 800  # the send to the slow client is in the request's latency, as in Kong
+    assert kong_ms < 400, f"kong latency of a cache hit {kong_ms:.0f} ms: the slow client's read time"
+
+
+async def test_prometheus_ingress_is_the_head_the_client_sent_not_the_headers_a_plugin_changed(nursery, gateway):
+    """kong/plugins/prometheus/handler.lua:46 `serialized.ingress_size = tonumber(message.request.size)`, which
+    kong/pdk/log.lua:909 takes from nginx's $request_length: the bytes read from the client (release-1.27.1
+    src/http/ngx_http_request.c:1124 the request line, :1454, :1519 each header line as read). A header
+    request-transformer adds for the upstream was never received, and one it removes was."""
+    svc, route = unique("svc"), unique("route")
+    transformer = {"name": "request-transformer", "config": {"add": {"headers": ["x-added:" + "a" * 1000]},
+                                                             "remove": {"headers": ["x-gone"]}}}
+    port = await _prometheus(nursery, gateway, {"bandwidth_metrics": True}, svc=svc, route=route,
+                             others=(transformer,))
+    raw = b"GET / HTTP/1.1\r\nhost: gw.test\r\nx-gone: 1\r\nconnection: close\r\n\r\n"
+    received, _ = await raw_exchange(port, raw, timeout=TIMEOUT)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    await logged(route, 1)
+    assert sample("kong_bandwidth_bytes", service=svc, route=route, direction="ingress", workspace="default",
+                  consumer="") == len(raw)
+
+
+async def test_prometheus_ingress_counts_a_chunked_bodys_framing(nursery, gateway):
+    """nginx's $request_length (Kong's ingress, as above) adds a body's bytes as read off the socket, before the
+    chunked filter decodes them (release-1.27.1 src/http/ngx_http_request_body.c:120 the part read with the head,
+    :397 `r->request_length += n` per read): chunk-size lines and CRLFs count. Twenty 1-byte chunks are 125 bytes
+    on the wire, not 20."""
+    svc, route = unique("svc"), unique("route")
+    port = await _prometheus(nursery, gateway, {"bandwidth_metrics": True}, svc=svc, route=route)
+    raw = (b"POST / HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+           + b"1\r\nx\r\n" * 20 + b"0\r\n\r\n")
+    received, _ = await raw_exchange(port, raw, timeout=TIMEOUT)
+    assert received.startswith(b"HTTP/1.1 200 ")
+    await logged(route, 1)
+    assert sample("kong_bandwidth_bytes", service=svc, route=route, direction="ingress", workspace="default",
+                  consumer="") == len(raw)
+
+
+async def test_prometheus_egress_of_an_aborted_download_is_what_the_kernel_took(nursery, gateway):
+    """kong/plugins/prometheus/handler.lua:45 `serialized.egress_size = tonumber(message.response.size)`, from
+    nginx's $bytes_sent (kong/pdk/log.lua:917): r->connection->sent (release-1.27.1 src/http/ngx_http_variables.c:
+    1784), grown only by what writev() returned (src/os/unix/ngx_writev_chain.c:91 `c->sent += sent`). A client
+    that reads 20 KB of a 7 MB hit and resets the connection got at most what the kernel's buffers took."""
+    svc, route = unique("svc"), unique("route")
+    port = await _prometheus(nursery, gateway, {"bandwidth_metrics": True}, svc=svc, route=route, others=(CACHE,))
+    await _cached_large_answer(port, route)
+    labels = {"service": svc, "route": route, "workspace": "default", "consumer": ""}
+    before = sample("kong_bandwidth_bytes", direction="egress", **labels) or 0.0
+    sock = _slow_client()
+    try:
+        with trio.fail_after(TIMEOUT):
+            await sock.connect(("127.0.0.1", port))
+            await sock.send(f"GET {LARGE} HTTP/1.1\r\nhost: gw.test\r\n\r\n".encode())
+            received = bytearray()
+            while len(received) < 20_000:
+                received += await sock.recv(4096)
+            await trio.sleep(0.5)  # the gateway's write fills the kernel's buffers, and waits
+    finally:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset: a client killed
+        sock.close()
+    assert b"x-cache-status: hit" in bytes(received).partition(b"\r\n\r\n")[0].lower()
+    await logged(route, 2)
+    egress = (sample("kong_bandwidth_bytes", direction="egress", **labels) or 0.0) - before
+    assert 20_000 <= egress < 7_000_000, f"{egress:.0f} bytes counted sent to a client that read {len(received)}"
 
 
 WEIGHT_0 = """_format_version: '3.0'

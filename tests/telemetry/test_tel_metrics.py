@@ -16,13 +16,14 @@ from prometheus_client import CollectorRegistry, Histogram
 from gateway import metrics
 from gateway.http.codec import Request
 from gateway.metrics import (
+    KONG_BANDWIDTH,
     MCP_TOOL_CALLS,
     OTHER_TOOL,
     RECORDER,
     SUPERVISOR_RESTARTS,
     Recorder,
+    RouteObservations,
     add_observations,
-    head_size,
     sweep_dead_processes,
     tool_label,
 )
@@ -143,11 +144,22 @@ async def test_a_crashed_child_is_counted_with_its_exit_reason():
     assert after == {("sup", "c1", "boom"): before + 1}  # "sup@7" is counted as "sup"; the reason as reported
 
 
-def test_a_heads_size_is_the_bytes_the_client_sent_for_it():
-    """nginx's $request_length less the body (prometheus' ingress bandwidth): request line, header lines, blank line."""
+def test_a_routes_ingress_bandwidth_is_its_requests_sizes_as_read_and_their_bodies():
+    """nginx's $request_length (prometheus' ingress bandwidth: kong/plugins/prometheus/handler.lua:46, kong/pdk/
+    log.lua:909): what the codec read of each request (Request.size: its head as sent, whatever its headers are now)
+    and the body's data."""
     wire = b"POST /mcp HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n"
-    request = Request(b"POST", b"/mcp", [(b"host", b"a"), (b"content-length", b"2")], b"1.1", True, b"a", False)
-    assert head_size(request) == len(wire)
+    request = Request(b"POST", b"/mcp", [(b"host", b"a"), (b"content-length", b"2")], b"1.1", True, b"a", False,
+                      size=len(wire))
+    request.headers.append((b"x-added", b"by a plugin"))
+    obs = RouteObservations("ingress-r", "ingress-svc", "ingress-route")
+    obs.requests += [request, request]
+    obs.bodies += [2, 2]
+    obs.sent += [10, 20]
+    obs.flush()
+    ingress = KONG_BANDWIDTH.labels("ingress-svc", "ingress-route", "ingress", "default", "")._value.get()
+    egress = KONG_BANDWIDTH.labels("ingress-svc", "ingress-route", "egress", "default", "")._value.get()
+    assert (ingress, egress) == (2 * (len(wire) + 2), 30)
 
 
 @pytest.fixture

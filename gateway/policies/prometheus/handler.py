@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.http.kong_headers import PROXIED
 from gateway.policies.prometheus.schema import PrometheusConfig
 from gateway.telemetry.entry import request_size
 
@@ -51,7 +52,19 @@ class Prometheus:
                 obs.sents.append(last.started)
                 obs.heads.append(head or last.ended or ended)
             else:
-                obs.kong_ends.append(ended)
+                self._answered(obs, ex, ended)
+
+    @staticmethod
+    def _answered(obs: Any, ex: Any, ended: float) -> None:
+        """The latencies of an answer of the gateway's own: Kong's kong latency ends as its head goes (kong/init.lua
+        header_filter: KONG_RESPONSE_LATENCY, or KONG_PROXY_LATENCY of a proxy-cache hit), not when the client has
+        read it; a hit is proxied to Kong (its KONG_PROXIED), with an upstream latency (KONG_WAITING_TIME) of 0."""
+        at = ex.answered_at or ended  # (none: no head went, a 499, or the connection loop's error page follows)
+        obs.kong_ends.append(at)
+        state = ex.state
+        if state and PROXIED in state:
+            obs.sents.append(at)
+            obs.heads.append(at)
 
     def _by_consumer(self, obs: Any, ex: Any, status: int, head: float) -> None:
         """per_consumer with an authenticated consumer: the consumer label is its username."""
