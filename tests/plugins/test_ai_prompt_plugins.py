@@ -379,6 +379,24 @@ async def test_guard_reads_a_body_without_content_type_as_json(nursery, gateway)
     assert (await post(port, b'{"prompt": "brie"}', [])).status == 200
 
 
+async def test_an_empty_content_type_is_not_read_as_json(nursery, gateway):
+    """parse-request.lua:39 `kong.request.get_header("Content-Type") or "application/json"`: an empty header is ""
+    (nginx 1.27.1 finds $http_content_type with length 0, src/http/ngx_http_variables.c:995-1000), a true value in
+    Lua, so get_body("") (kong/pdk/request.lua:824, 902) reads no table (parse-request.lua:44-48). The guard reads
+    an empty one: 400 "bad request" (guard-prompt.lua:73, 138); the decorator finds no messages
+    (decorate-prompt.lua:73-74)."""
+    chat_body = json.dumps({"messages": [{"role": "user", "content": "I like brie"}]}).encode()
+    decorator = plugin("ai-prompt-decorator", prompts={"append": [{"role": "system", "content": "Be brief."}]})
+    _, port = await start(nursery, gateway, routes=[
+        {"paths": ["/guard"], "plugins": [plugin("ai-prompt-guard", deny_patterns=["edam"])]},
+        {"paths": ["/decorate"], "plugins": [decorator]}])
+    reply = await post(port, chat_body, [("content-type", "")], path="/guard")
+    assert (reply.status, body_json(reply)) == (400, BAD_REQUEST)
+    reply = await post(port, chat_body, [("content-type", "")], path="/decorate")
+    chat_only = {"error": {"message": "this LLM route only supports llm/chat type requests"}}
+    assert (reply.status, body_json(reply)) == (400, chat_only)
+
+
 async def test_guard_reads_a_form_body_by_its_content_type(nursery, gateway):
     """kong.request.get_body: a form's arguments are the table; its prompt is checked."""
     port = await guarded(nursery, gateway, deny_patterns=["edam"])

@@ -24,7 +24,8 @@ and the signed headers are read), the clock, its signing string and, unless its 
 before, one HMAC. Nothing that depends on the time or the body is remembered.
 
 With `validate_request_body` the body is read as kong.request.get_raw_body() reads it: whole while nginx keeps it in
-memory (client_body_buffer_size, 8 KiB; a body with a Content-Length under 10 KiB), else it fails ("does not match").
+memory (gateway.policies.llm_request.raw_body: under 10 KiB of a Content-Length body left to read after the bytes
+that came with the head, up to 8 KiB of a chunked one's raw bytes), else it fails ("does not match").
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ _IPAD = bytes(byte ^ 0x36 for byte in range(256))  # RFC 2104's inner and outer 
 _OPAD = bytes(byte ^ 0x5C for byte in range(256))
 # Dates as read: the clients of one second send the same few (a client's distinct dates cannot grow it past the bound)
 _DATES: Derived[bytes, int | None] = Derived(parse_http_time, 256)
-# The most body bytes whose digest is checked (a body with a Content-Length; 8 KiB for a chunked one): what nginx keeps
-# in memory for kong.request.get_raw_body(), which fails for a longer one (written to a file)
+# nginx's in-memory bound for a Content-Length body past its preread (raw_body; a chunked one's: 8 KiB of raw bytes):
+# kong.request.get_raw_body() fails for a longer one (written to a file)
 BODY_LIMIT = LENGTH_BODY_BUFFER
 PLANS = 1024  # credentials header values remembered per plugin instance and worker (a config load starts afresh)
 PLAN_VALUE_BYTES = 1024  # a longer header value, or verified signing string, is read each time, not remembered
