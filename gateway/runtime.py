@@ -8,6 +8,7 @@ Problems found here (an unknown algorithm, a bad plugin config) are config error
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import ipaddress
 import logging
@@ -34,6 +35,7 @@ from gateway.http.tls_contexts import ClientTls, ServerTls
 from gateway.mcp.affinity import SessionAffinity
 from gateway.mcp.step import McpRoute, McpShared
 from gateway.pipeline.phases import ResponsePhases
+from gateway.plugin_index import Built, ConsumerChains, PluginIndex, RouteScoping, ordered
 from gateway.policies import REGISTRY
 from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
@@ -162,11 +164,11 @@ class RouteRuntime:
     """A route as the pipeline uses it."""
 
     __slots__ = ("name", "service", "preserve_host", "policies", "consumer_policies", "mcp", "affinity", "phases",
-                 "chain", "consumer_chains", "collected", "https_redirect", "facts", "loggers", "audit",
-                 "request_buffering", "response_buffering")
+                 "chain", "collected", "https_redirect", "facts", "loggers", "audit", "request_buffering",
+                 "response_buffering")
 
     def __init__(self, name: str, service: ServiceRuntime | None, preserve_host: bool, policies: list[Policy],
-                 mcp: McpRoute | None = None, consumer_policies: dict[str, list[Policy]] | None = None,
+                 mcp: McpRoute | None = None, consumer_policies: ConsumerChains | None = None,
                  affinity: SessionAffinity | None = None, facts: RouteFacts | None = None) -> None:
         self.name = name
         self.service = service  # None: Kong's route without a service (503 unless a plugin answers)
@@ -174,19 +176,18 @@ class RouteRuntime:
         # The response phases (header_filter, body_filter) of the chain; None when no plugin of the chain has one
         # (gateway.pipeline.phases). A consumer's are what `collect` makes of the chains.
         self.phases = ResponsePhases.of(policies)
-        # The whole chains (every phase), the route's own and each consumer's, and what `collect` made of them.
+        # The route's whole chain (every phase), and what `collect` made of it and the consumers' chains.
         self.chain = policies
-        self.consumer_chains = consumer_policies or {}
         self.collected: dict[Any, Collected] = {}
         # In priority order, as resolved for a request with no consumer: the policies with an access step here,
         # those with a log step (run after the response; `entries` says how they take it: gateway.telemetry.phase)
         # in `loggers`.
         self.policies = [p for p in policies if hasattr(p, "access")]
         self.loggers = [p for p in policies if is_logger(p)]
-        # Consumer id -> the chain resolved for that consumer (Kong resolves each plugin when its turn comes, with
-        # the consumer authenticated so far); None when no consumer-scoped plugin can apply to this route.
-        self.consumer_policies = None if consumer_policies is None else {
-            c: [p for p in chain if hasattr(p, "access")] for c, chain in consumer_policies.items()}
+        # Consumer id -> the access steps of the chain resolved for that consumer (Kong resolves each plugin when its
+        # turn comes, with the consumer authenticated so far), for the consumers whose chain is not the route's own;
+        # None when no consumer-scoped plugin can apply to this route.
+        self.consumer_policies = consumer_policies
         self.mcp = mcp  # `mcp: true`: header checks, Origin policy, method/tool routing (gateway.mcp.step)
         self.affinity = affinity  # MCP session affinity: every route unless `mcp: false` (gateway.mcp.affinity)
         self.https_redirect: int | None = None  # protocols [https] only: the status a plain HTTP request gets
@@ -206,7 +207,8 @@ class RouteRuntime:
         found = self.collected.get(key)
         if found is None:
             base = before.chain if before is not None else self.chain
-            new = self.consumer_chains[consumer_id] if consumer_id is not None else self.chain
+            chains = self.consumer_policies
+            new = chains.whole(consumer_id) if chains is not None and consumer_id is not None else self.chain
             chain = [p for p in base if (-p.priority, p.name) <= done] + \
                 [p for p in new if (-p.priority, p.name) > done]
             found = Collected(key, chain)
@@ -304,7 +306,10 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                     if hp is not None]
     mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
     plugin_objs = _plugins(config, errors, shared, consumers, mcp)
-    breakers = _breakers(config, services, plugin_objs, errors)
+    index = PluginIndex(plugin_objs)
+    # how the instances apply to each route; a route without a service ends with Kong's 503, after every plugin
+    scoping = {id(route): index.route(route, (NO_SERVICE,) if route.service is None else ()) for route in config.routes}
+    breakers = _breakers(config, services, plugin_objs, scoping, errors)
     services_by_name = {svc.name: svc for svc in config.services}
     specs = []
     v1_routes: list[str] = []
@@ -320,11 +325,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         if route.mcp or route.mcp_methods or route.mcp_tools:
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
         affinity = None if route.mcp is False or svc is None else SessionAffinity(mcp, svc.group)
-        policies, consumer_policies = _policies_for(route, plugin_objs)
-        if svc is None:  # Kong's route without a service: 503 after every plugin that could answer
-            policies = [*policies, NO_SERVICE]
-            consumer_policies = {cid: [*chain, NO_SERVICE] for cid, chain in (consumer_policies or {}).items()} \
-                or None
+        scoped = scoping[id(route)]
+        policies, consumer_policies = scoped.chain, scoped.consumer_chains()
         facts = RouteFacts(route, rname, services_by_name.get(route.service or ""))
         route_runtime = RouteRuntime(rname, svc, route.preserve_host, policies, mcp_route, consumer_policies, affinity,
                                      facts)
@@ -349,8 +351,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                       consumers)
     runtime.breakers, runtime.breaker_upstreams = breakers.targets, breakers.upstreams
     runtime.server_tls = server_tls
-    runtime.global_phases = ResponsePhases.of(_chain([(p, (False, False, False), policy) for p, _, policy in plugin_objs
-                                                     if _is_global(p)], None))
+    runtime.global_phases = ResponsePhases.of(ordered(index.chosen([(0, (None, None, None))])))
     runtime.global_loggers = _global_loggers(plugin_objs)
     for _, _, policy in plugin_objs:
         store = getattr(policy, "store", None)
@@ -464,7 +465,7 @@ class Breakers(NamedTuple):
 
 
 def _breakers(config: Config, services: dict[str | None, ServiceRuntime], plugins: list[Built],
-              errors: list[str]) -> Breakers:
+              scoping: dict[int, RouteScoping], errors: list[str]) -> Breakers:
     """A breaker for each target of every upstream the requests of a circuit-breaker instance go to: the instance
     of each route is Kong's (route, then service, then global), and a route without one is not covered (its
     requests neither skip open circuits nor count in them: `bypass`). The breakers are per target for the whole
@@ -474,7 +475,7 @@ def _breakers(config: Config, services: dict[str | None, ServiceRuntime], plugin
     if not instances:
         return Breakers({}, {}, {})
     enabled = {svc.name for svc in config.services if svc.enabled}
-    covering: dict[str, list[tuple[Plugin, Any]]] = {}  # upstream group name -> the instances its requests run
+    covering: dict[str, dict[int, tuple[Plugin, Any]]] = {}  # upstream name -> id(instance) -> its requests' ones
     groups: dict[str, UpstreamGroup] = {}
     ttls: dict[str, float] = {}
     uncovered: list[tuple[Route, ServiceRuntime]] = []
@@ -482,21 +483,19 @@ def _breakers(config: Config, services: dict[str | None, ServiceRuntime], plugin
         svc = services.get(route.service or "")
         if svc is None or route.service not in enabled:
             continue  # no upstream (Kong's 503), or not routed at all
-        found = [(_SCOPE_ORDER[scope], i) for i, (plugin, _) in enumerate(instances)
-                 if (scope := _scope(plugin, route)) is not None]
-        if not found:
+        found = scoping[id(route)].chosen.get("circuit-breaker")
+        if found is None:
             uncovered.append((route, svc))
             continue
-        plugin, cfg = instances[min(found)[1]]
+        plugin, cfg, _ = found[1]
         group = groups[svc.group.name] = svc.group
-        mine = covering.setdefault(group.name, [])
-        if all(other is not plugin for other, _ in mine):
-            mine.append((plugin, cfg))
+        covering.setdefault(group.name, {}).setdefault(id(plugin), (plugin, cfg))
         ttl = probe_ttl(svc.connect_timeout, svc.write_timeout, svc.read_timeout, svc.retries + 1)
         ttls[group.name] = max(ttls.get(group.name, 0.0), ttl)
     targets: dict[str, BreakerConfig] = {}
     upstreams: dict[str, BreakerConfig] = {}
-    for name, mine in covering.items():
+    for name, by_id in covering.items():
+        mine = list(by_id.values())
         group, (first, cfg) = groups[name], mine[0]
         other = next((plugin for plugin, c in mine[1:] if c != cfg), None)
         if other is not None:
@@ -553,16 +552,10 @@ _PROTOCOLS = _HTTP_PROTOCOLS | {"tcp", "tls", "tls_passthrough", "udp"}
 # typedefs.protocols_http, whose elements are the http subsystem's only
 _ANY_PROTOCOL = frozenset({"datadog", "file-log", "http-log", "ip-restriction", "loggly", "prometheus", "proxy-cache",
                            "request-transformer", "session", "statsd", "syslog", "tcp-log", "udp-log", "zipkin"})
-# Kong's lookup order for a plugin's instance (kong/runloop/plugins_iterator.lua lookup_cfg): the first of these
-# (route, service, consumer) scopes that has one wins.
-_SCOPE_ORDER = {scope: rank for rank, scope in enumerate([
-    (True, True, True), (True, False, True), (False, True, True), (True, True, False),
-    (False, False, True), (True, False, False), (False, True, False), (False, False, False)])}
 
 _WS_WHY = (" (ws and wss are Kong Enterprise's WebSocket protocols; a WebSocket upgrade comes through an http or "
            "https route, and plugins for http and https apply to it)")
 
-Built = tuple[Plugin, Any, Policy | None]
 _LLM = ("it calls LLM providers; the gateway's AI plugins are ai-mcp-proxy, ai-mcp-oauth2, ai-prompt-guard, "
         "ai-prompt-decorator and ai-prompt-template")
 NOT_BUILT = {  # Kong's bundled plugins this gateway refuses, and why (any other unknown name: a typo, or custom)
@@ -624,7 +617,7 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         if not plugin.enabled or _HTTP_PROTOCOLS.isdisjoint(plugin.protocols):
             continue  # Kong skips it: disabled, or for stream protocols only
         plugin_id = id_of(plugin)
-        params = inspect.signature(module.build).parameters  # what else the plugin needs: the consumers, MCP's
+        params = _parameters(module.build)  # what else the plugin needs: the consumers, MCP's
         extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp), ("gateway", config.gateway))
                  if name in params}
         try:
@@ -638,8 +631,7 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
 
 def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -> Any:
     """The plugin's config decoded with its schema; a key the gateway does not enforce is refused by name."""
-    fields = msgspec.structs.fields(module.schema)
-    known = {f.encode_name for f in fields}
+    known = _config_keys(module.schema)
     unknown = [k for k in plugin.config if k not in known]
     for key in unknown:
         errors.append(f"{where}.config.{key_part(key)} is not supported by the gateway's {plugin.name} plugin (it "
@@ -665,6 +657,18 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
     return None
 
 
+@functools.cache
+def _parameters(build: Any) -> frozenset[str]:
+    """The names of a plugin's build parameters (worked out once per plugin, not per instance)."""
+    return frozenset(inspect.signature(build).parameters)
+
+
+@functools.cache
+def _config_keys(schema: Any) -> frozenset[str]:
+    """The keys a plugin's config schema takes (worked out once per plugin, not per instance)."""
+    return frozenset(f.encode_name for f in msgspec.structs.fields(schema))
+
+
 def _is_global(plugin: Plugin) -> bool:
     return getattr(plugin, "_route", None) is None and plugin.route is plugin.service is plugin.consumer is None
 
@@ -687,43 +691,3 @@ def _route_key(plugin: Plugin) -> Any:
     """What a plugin's route scope names: the route itself when nested under it (routes may be unnamed)."""
     owner = getattr(plugin, "_route", None)
     return plugin.route if owner is None or owner.name is not None else id(owner)
-
-
-def _scope(plugin: Plugin, route: Route) -> tuple[bool, bool, bool] | None:
-    """Which of (route, service, consumer) the plugin is scoped to, if it can apply to `route` at all."""
-    owner = getattr(plugin, "_route", None)
-    if owner is not None:
-        if owner is not route:
-            return None
-    elif plugin.route is not None and plugin.route != route.name:
-        return None
-    if plugin.service is not None and plugin.service != route.service:
-        return None
-    return (owner is not None or plugin.route is not None, plugin.service is not None, plugin.consumer is not None)
-
-
-def _policies_for(route: Route, plugins: list[Built]) -> tuple[list[Policy], dict[str, list[Policy]] | None]:
-    """Kong's scoping for one route: the chain for a request with no consumer, and per consumer that some plugin
-    is scoped to, the chain resolved with that consumer (None when there is none)."""
-    candidates = [(plugin, scope, policy) for plugin, _, policy in plugins
-                  if (scope := _scope(plugin, route)) is not None]
-    default = _chain(candidates, None)
-    chains: dict[str, list[Policy]] = {}
-    for consumer in {p.consumer for p, _, _ in candidates if p.consumer is not None}:
-        chain = _chain(candidates, consumer)
-        if [id(p) for p in chain] != [id(p) for p in default]:
-            chains[consumer] = chain
-    return default, chains or None
-
-
-def _chain(candidates: list[tuple[Plugin, tuple[bool, bool, bool], Policy | None]],
-           consumer: str | None) -> list[Policy]:
-    chosen: dict[str, tuple[int, Policy | None]] = {}
-    for plugin, scope, policy in candidates:
-        if plugin.consumer is not None and plugin.consumer != consumer:
-            continue
-        rank = _SCOPE_ORDER[scope]
-        if plugin.name not in chosen or rank < chosen[plugin.name][0]:
-            chosen[plugin.name] = (rank, policy)
-    policies = [p for _, p in chosen.values() if p is not None]
-    return sorted(policies, key=lambda p: (-p.priority, p.name))
