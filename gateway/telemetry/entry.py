@@ -22,6 +22,7 @@ from msgspec import UNSET, UnsetType
 
 from gateway.config.kong_forms import loaded_at
 from gateway.http.codec import NGINX_HOSTS
+from gateway.http.kong_headers import PROXIED
 from gateway.http.server import REFUSED, ROUTER_PATH, Exchange
 from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
 from gateway.memo import Derived
@@ -135,7 +136,9 @@ class Entry:
     def latencies(self) -> tuple[float, float, float, float]:
         """(kong, proxy, request, receive) in ms, as Kong's: kong until the last try went out, proxy from then until
         its head came, or the try failed (a 502, a 504: Kong's waiting time ends at its error page), or the client
-        left; -1 when nothing was proxied (a plugin or the router answered)."""
+        left; -1 when nothing was proxied (a plugin or the router answered: kong then ends as the answer's head
+        goes, Kong's KONG_RESPONSE_LATENCY, however long the client reads; a proxy-cache hit, KONG_PROXIED, has a
+        proxy latency of 0 and the rest of the answer as receive)."""
         lat = self._latencies
         if lat is None:
             started, ended = self.started, self.ended
@@ -147,7 +150,12 @@ class Entry:
                 lat = ((last.started - started) * 1000.0, (waited - last.started) * 1000.0, request,
                        (ended - waited) * 1000.0)
             else:
-                lat = (request, -1.0, request, 0.0)
+                ex = self.ex
+                at = ex.answered_at or ended  # (none: no head went, a 499, or the connection loop's error page)
+                if ex.state and PROXIED in ex.state:
+                    lat = ((at - started) * 1000.0, 0.0, request, (ended - at) * 1000.0)
+                else:
+                    lat = ((at - started) * 1000.0, -1.0, request, 0.0)
             self._latencies = lat
         return lat
 

@@ -22,6 +22,7 @@ from gateway.config.schema import Route, Service
 from gateway.http.codec import NEED_DATA, Request
 from gateway.http.codec_h11 import H11Server
 from gateway.http.codec_llhttp import LlhttpServer
+from gateway.http.kong_headers import PROXIED
 from gateway.http.realip import ClientAddress
 from gateway.http.server import Exchange
 from gateway.pipeline.headers import set_consumer
@@ -312,6 +313,27 @@ async def test_a_try_to_a_named_host_logs_the_address_it_connected_to(nursery, g
 
 
 # --- response headers ------------------------------------------------------------------------------------------------
+
+
+def test_kong_latency_of_the_gateways_own_answer_ends_as_its_head_goes():
+    """kong/pdk/log.lua: latencies.kong = KONG_PROXY_LATENCY or KONG_RESPONSE_LATENCY, which kong/init.lua sets as
+    the header filter starts (or at access's end for a plugin's exit): the time a slow client takes to read the answer
+    is in latencies.request only. Nothing proxied: proxy -1, receive 0."""
+    ex = _exchange()
+    ex.answered_at = 10.1  # the head went 100 ms in; the client read the rest until 10.5
+    latencies = _serialize(ex)["latencies"]
+    assert latencies == {"kong": 100, "proxy": -1, "request": 500, "receive": 0}
+
+
+def test_a_proxy_cache_hit_has_a_proxy_latency_of_0_and_the_rest_as_receive():
+    """proxy-cache's hit sets KONG_PROXIED (kong/plugins/proxy-cache/handler.lua), so kong/init.lua's header filter
+    sets KONG_WAITING_TIME (the head's start less access's end: about 0) and KONG_PROXY_LATENCY; the body's sending
+    is its receive time."""
+    ex = _exchange()
+    ex.answered_at = 10.1
+    ex.state = {PROXIED: True}
+    latencies = _serialize(ex)["latencies"]
+    assert latencies == {"kong": 100, "proxy": 0, "request": 500, "receive": 400}
 
 
 def test_the_response_headers_have_no_date_the_upstream_did_not_send():
