@@ -46,7 +46,6 @@ from gateway.telemetry.service import WorkerTelemetry
 
 log = logging.getLogger("gateway.worker")
 
-POOL_SWEEP_S = 5.0
 KEEPER_SYNC_TIMEOUT_S = 2.0  # a starting worker waits this long at most for the keeper's first snapshot
 RETIRE_SIGNAL = signal.SIGUSR2  # from the root: drain now, exit at SIGTERM (SIGQUIT is blocked: a terminal's)
 
@@ -111,7 +110,6 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     try:
         with trio.open_signal_receiver(*stops) as signals, contextlib.ExitStack() as reopening:
             async with dns.serving(gw), trio.open_nursery() as nursery:
-                nursery.start_soon(_sweep_pool, pool)
                 nursery.start_soon(pool.watch_forever)
                 nursery.start_soon(forwarder.keepalives.run_forever)
                 nursery.start_soon(forwarder.streams.run_forever)
@@ -210,12 +208,6 @@ async def _drain(listeners: list[socket.socket], settings: ServerSettings, timeo
         await settings.connections.wait_empty()
         return
     log.warning("drain timeout: closing %d connection(s) still open", settings.connections.active)
-
-
-async def _sweep_pool(pool: Pool) -> None:
-    while True:
-        await trio.sleep(POOL_SWEEP_S)
-        pool.sweep(trio.current_time())
 
 
 def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.0", workers: int = 1) -> int:

@@ -266,20 +266,19 @@ async def test_content_length_named_in_connection_keeps_the_body(nursery, gatewa
     assert echo.requests[0].header("content-length") == "5"
 
 
-# --- 7. a client stalling mid-upload gets 408, and the upstream connection is closed --------------------------------
+# --- 7. a client stalling mid-upload is cut off at client_body_timeout, and the upstream connection is closed --------
 
 
-async def test_a_client_stalling_mid_upload_gets_408_not_504(nursery, gateway):
+async def test_a_client_stalling_mid_upload_is_closed_at_client_body_timeout_not_504(nursery, gateway):
+    """Closed unanswered, as nginx terminates a 408 (release-1.27.1 src/http/ngx_http_request.c:2531-2541): no 504
+    after the upstream's read_timeout, no page."""
     echo = EchoBackend()
     await nursery.start(echo.serve)
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}")]}, client_body_timeout_s=0.25)
     started = trio.current_time()
     data, _ = await raw_exchange(port, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n" + b"x" * 10)
     elapsed = trio.current_time() - started
-    status, headers, body = parse_raw_response(data)
-    assert status == 408
-    assert headers["connection"] == "close"
-    assert body.startswith(b"Request timeout\nrequest_id: ")  # nginx's own error: Kong's text page
+    assert data == b""
     assert 0.2 <= elapsed < 3.0
     assert echo.requests == []  # the upstream got a partial request and a closed connection, never a whole one
 

@@ -13,6 +13,10 @@ response (another client's, perhaps). So, as nginx does:
   runs every WATCH_S: every connection is registered once, edge-triggered, in the pool's own epoll, so watching
   costs no system call per request; those with activity since the last look are checked and closed if idle.
 
+An idle connection is closed when its idle timeout is due, as OpenResty's timer on each pooled connection closes it
+(ngx_http_lua_balancer_free_peer), not only refused by `take`: the same task wakes then (`sweep`). No timer per
+connection: the idle ones wait in the order they were put back, which is the order they expire in.
+
 Idle connections hold descriptors, which an accepted client's upstream connection must always find: the pool keeps
 its connections of all keys within the upstream half of the descriptor budget (`upstream_budget`), closing the least
 recently used idle one before a new one would pass it, and again when socket() fails for want of a descriptor (nginx's
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import resource
 import select
@@ -222,20 +227,23 @@ class Pool:
         return closed
 
     def sweep(self, now: float) -> int:
-        """Close idle connections past the idle timeout; returns how many were closed."""
-        closed = 0
-        for key, idle in list(self._idle.items()):
-            expired = [uc for uc in idle if now - uc.idle_since > self._idle_timeout]
-            if expired:
-                idle[:] = [uc for uc in idle if now - uc.idle_since <= self._idle_timeout]
-                if not idle:
-                    del self._idle[key]
-                for uc in expired:
-                    uc.idle = False
-                    del self._lru[uc]
-                    uc.close()
-                closed += len(expired)
-        return closed
+        """Close idle connections whose idle timeout is due; returns how many were closed. The least recently put
+        back come first (`put` is given the clock's reading), so the walk ends at the first one still in time."""
+        timeout = self._idle_timeout
+        expired = []
+        for uc in self._lru:
+            if uc.idle_since + timeout > now:  # (as _due reckons it)
+                break
+            expired.append(uc)
+        for uc in expired:
+            self._unidle(uc)
+            uc.close()
+        return len(expired)
+
+    def _due(self) -> float:
+        """When the oldest idle connection's idle timeout is due (inf: none idle, or no timeout)."""
+        oldest = next(iter(self._lru), None)
+        return math.inf if oldest is None else oldest.idle_since + self._idle_timeout
 
     def idle_count(self, key: tuple | None = None) -> int:
         if key is not None:
@@ -368,13 +376,15 @@ class Pool:
         raise ConnectTimeout(f"connect to {_where(key)} timed out after {timeout:g}s")
 
     async def watch_forever(self) -> None:
-        """Run `watch` every WATCH_S while connections are idle; with none, wait for the first (a worker's task)."""
+        """Run `watch` every WATCH_S while connections are idle, and `sweep` then and when the oldest one's idle
+        timeout is due, if sooner; with none idle, wait for the first (a worker's task)."""
         while True:
             if self._idle:
-                await trio.sleep(WATCH_S)
+                await trio.sleep_until(min(trio.current_time() + WATCH_S, self._due()))
             else:
                 self._first_idle = trio.Event()
                 with trio.move_on_after(EMPTY_WATCH_S):
                     await self._first_idle.wait()
                 self._first_idle = None
             self.watch()
+            self.sweep(trio.current_time())

@@ -417,7 +417,7 @@ class Exchange:
                     self._expect_continue = False
                     if not self.response_started:  # never a 1xx after the final response
                         await self.conn.sendall(codec.informational(100))
-                timer = self.timer  # a client stalling mid-body gets 408 (not the upstream's 504)
+                timer = self.timer  # a client stalling mid-body times out as the client (408), not the upstream (504)
                 saved = timer.save()
                 began = trio.current_time()
                 timer.set(self.settings.body_timeout, Phase.CLIENT_BODY)
@@ -778,9 +778,10 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     else:  # (the head came whole, or was already read: now is when it came)
                         started = clock()
                     exchange = Exchange(ev, conn, codec, timer, settings, started)  # type: ignore[arg-type]
-                    if (served >= last_request or idle_until >= old_at) and (
-                            served >= last_request or (served > 1 and connections.timers.clock() >= old_at)):
-                        exchange.close_after = True  # nginx's keepalive_requests / keepalive_time: this one is the last
+                    # nginx's keepalive_requests / keepalive_time (counted from the accept, the first request's too:
+                    # ngx_http_update_location_config): this one is the last. (A deadline before old_at: now is too.)
+                    if served >= last_request or (idle_until >= old_at and clock() > old_at):
+                        exchange.close_after = True
                     timer.exchange = exchange
                     try:
                         await handler(exchange)
@@ -833,7 +834,8 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
 
 async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings,
                      head_at: float = 0.0) -> bool:
-    """A connection's timer fired: answer what can still be answered, never leave a cut body looking whole. True when
+    """A connection's timer fired: answer what nginx answers there (an upstream's 504; nothing to a client too slow
+    with its head or body, whose request is logged 408), never leave a cut body looking whole. True when
     the connection may serve another request: after an upstream's 504 to a request read whole, as nginx keeps it
     (ngx_http_special_response_handler drops keep-alive only for 400, 413, 414, 495-497, 500 and 501)."""
     phase = timer.phase
@@ -844,15 +846,18 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
         return False
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        await _refuse(conn, codec, timer, settings, 408, *codec.request_line_so_far(), head_at)
+        log.info("client %s did not send a whole request head within header_timeout_s (%gs): connection closed "
+                 "unanswered (logged 408)", conn.peer, settings.header_timeout)
+        _log_unanswered(conn, codec, timer, settings, 408, *codec.request_line_so_far(), head_at)
     elif phase == Phase.CLIENT_WRITE:
         log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
                  conn.peer, conn.send_timeout)
         conn.abort()
     elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
-        log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): 408",
-                 conn.peer, exchange.settings.body_timeout)
-        await _answer_error(exchange, 408, page_type(exchange.request.headers, settings.error_type))
+        # nginx answers nothing: ngx_http_finalize_request (and the upstream module's, for a body read while it is
+        # proxied) terminates a 408; the handler's log phase said 408 (gateway.telemetry.phase._closing_status)
+        log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): "
+                 "connection closed unanswered (logged 408)", conn.peer, settings.body_timeout)
     elif phase in _UPSTREAM_VERBS and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = _UPSTREAM_VERBS[phase]
@@ -919,17 +924,38 @@ async def _drain_request(exchange: Exchange) -> bool:
     return False
 
 
-async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
-                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0, read: Headers | None = None) -> None:
-    """Answer a request whose head could not be read (or not in time) and log it, as nginx does with its 400, 408
-    and 414: the request is what its request line said (`method`, `target`: b"" when unknown; no target past a line
-    too long, as nginx has none), with no headers, started when its first bytes came (`head_at`; 0: now). The
-    answer's format is Kong's error handler's choice from the header lines nginx had read (`read`: the error's)."""
+def _refused(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
+             method: bytes, target: bytes, head_at: float) -> Exchange:
+    """The request of a head that could not be read (or not in time), as nginx logs it: what its request line said
+    (`method`, `target`: b"" when unknown; no target past a line too long, as nginx has none), with no headers,
+    started when its first bytes came (`head_at`; 0: now)."""
     request = Request(method, b"" if status == 414 else target, [], b"1.1", False)
     exchange = Exchange(request, conn, codec, timer, settings, head_at or trio.current_time())
     exchange.state = {REFUSED: True}
+    return exchange
+
+
+async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
+                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0, read: Headers | None = None) -> None:
+    """Answer a request whose head could not be read and log it, as nginx does with its 400, 414 and 494 (see
+    `_refused`). The answer's format is Kong's error handler's choice from the header lines nginx had read (`read`:
+    the error's)."""
+    exchange = _refused(conn, codec, timer, settings, status, method, target, head_at)
     exchange.phases = settings.refused_phases
     await _answer_error(exchange, status, page_type(read, settings.error_type) if read else settings.error_type)
+    if settings.log_refused is not None:
+        settings.log_refused(exchange)
+
+
+def _log_unanswered(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
+                    method: bytes = b"", target: bytes = b"", head_at: float = 0.0) -> None:
+    """Log a request whose head did not come in time with `status` (408) and send nothing, as nginx: its
+    ngx_http_process_request_line/_headers close a timed-out head with ngx_http_close_request(r, 408), whose status
+    is the log's alone (ngx_http_free_request); Kong's error_page is never reached. The connection then closes."""
+    exchange = _refused(conn, codec, timer, settings, status, method, target, head_at)
+    exchange.request_id = new_request_id()
+    exchange.status = status
+    exchange.response_started = exchange.response_done = True  # (over, with that status: what the log reads)
     if settings.log_refused is not None:
         settings.log_refused(exchange)
 

@@ -159,10 +159,12 @@ async def test_the_logged_url_names_the_host_as_nginxs_host_variable(nursery, ga
 
 
 async def test_a_request_head_that_times_out_is_logged_408(nursery, gateway, tmp_path):
+    """Closed unanswered, logged 408: nginx release-1.27.1 src/http/ngx_http_request.c:1097-1101
+    `ngx_http_close_request(r, NGX_HTTP_REQUEST_TIME_OUT)`, whose status only the log gets (:3740-3742)."""
     access = tmp_path / "access.log"
     port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
     received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\nhost: gw\r\n")
-    assert parse_raw_response(received)[0] == 408
+    assert received == b""
     (line,) = await log_lines(access, 1)
     assert line["response"]["status"] == 408
 
@@ -174,8 +176,8 @@ async def test_a_connection_that_sends_nothing_is_closed_unanswered_and_unlogged
     port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.2)
     received, _ = await raw_exchange(port, b"")
     assert received == b""
-    received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\n")  # then one that did start: logged
-    assert parse_raw_response(received)[0] == 408
+    received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\n")  # then one that did start: logged (unanswered)
+    assert received == b""
     (line,) = await log_lines(access, 1)
     assert line["response"]["status"] == 408
 

@@ -103,14 +103,14 @@ async def test_latencies_request_and_started_at_count_from_the_first_byte_of_the
 
 
 async def test_a_head_timeout_logs_the_time_the_head_took_as_request_latency(nursery, gateway, tmp_path):
-    """nginx logs a header timeout with status 408 (src/http/ngx_http_request.c:1097-1101
+    """nginx logs a header timeout with status 408 and answers nothing (src/http/ngx_http_request.c:1097-1101
     `ngx_http_close_request(r, NGX_HTTP_REQUEST_TIME_OUT)`) and its $request_time counts from the request's first
     bytes (ngx_http_alloc_request's start_sec/start_msec), so Kong's latencies.request is about
     client_header_timeout."""
     access = tmp_path / "access.log"
     port = await gateway({"services": []}, access_log=str(access), header_timeout_s=0.4)
     received, _ = await raw_exchange(port, b"GET / HTTP/1.1\r\nhost: gw\r\n")
-    assert parse_raw_response(received)[0] == 408
+    assert received == b""
     (line,) = await log_lines(access, 1)
     assert line["response"]["status"] == 408
     assert line["latencies"]["request"] >= 300, line["latencies"]
