@@ -33,6 +33,7 @@ from gateway.http.net import is_ip
 from gateway.http.realip import ClientAddress
 from gateway.http.tls_contexts import ClientTls, ServerTls
 from gateway.mcp.affinity import SessionAffinity
+from gateway.mcp.resource import MetadataPaths
 from gateway.mcp.step import McpRoute, McpShared
 from gateway.pipeline.phases import ResponsePhases
 from gateway.plugin_index import Built, ConsumerChains, PluginIndex, RouteScoping, ordered
@@ -269,9 +270,9 @@ class Runtime:
         self.server_tls: ServerTls | None = None  # the certificates of listeners with `ssl` (gateway.tls_runtime)
         self.global_phases: ResponsePhases | None = None  # global plugins' response phases: for a 404 (no route)
         self.global_loggers: list[Any] = []  # log steps of global plugins: what logs a request no route matched
-        # Documents answered before routing, without authentication: path -> JSON body (ai-mcp-oauth2's RFC 9728
-        # protected resource metadata); None when no plugin serves one.
-        self.well_known: dict[bytes, bytes] | None = None
+        # ai-mcp-oauth2's RFC 9728 metadata paths, for a request that no route matched: routed as their resource's
+        # path (gateway.mcp.resource); None when no plugin serves one.
+        self.well_known: MetadataPaths | None = None
         # Background tasks of policies (ai-mcp-oauth2's JWKS refresh), run in each worker's nursery.
         self.background: list[Any] = []
         gw = config.gateway
@@ -358,7 +359,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
         if store is not None:
             runtime.stores[store.name] = store
         runtime.background += getattr(policy, "background", ())
-    runtime.well_known = _well_known(plugin_objs, name)
+    runtime.well_known = _well_known(plugin_objs)
     return runtime
 
 
@@ -381,21 +382,14 @@ def check_file(path: str) -> Runtime:
     return compile_config(config, path)
 
 
-def _well_known(plugins: list[Built], name: str) -> dict[bytes, bytes] | None:
-    """The documents policies serve at fixed paths (path -> body); two different ones at one path are an error."""
-    served: dict[bytes, tuple[bytes, str]] = {}
-    errors = []
-    for plugin, _, policy in plugins:
-        for path, body in getattr(policy, "well_known", {}).items():
-            where = path_of(plugin)
-            if path in served and served[path][0] != body:
-                errors.append(f"{name}: {where}: its metadata document would be served at {path.decode()}, where "
-                              f"{served[path][1]} serves a different one (set metadata_endpoint on one of them)")
-                continue
-            served.setdefault(path, (body, where))
-    if errors:
-        raise ConfigError(errors)
-    return {path: body for path, (body, _) in served.items()} or None
+def _well_known(plugins: list[Built]) -> MetadataPaths | None:
+    """The paths policies serve a document at, with their resource's path; several policies may share a path (one
+    per host): the routing of each one's resource tells them apart."""
+    served = MetadataPaths()
+    for _, _, policy in plugins:
+        if getattr(policy, "well_known", None):
+            served.add(policy)
+    return served if served.by_path else None
 
 
 def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:

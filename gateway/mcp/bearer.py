@@ -191,18 +191,22 @@ def claim_strings(value: Any) -> list[str]:
 def metadata_paths(resource: str, metadata_endpoint: str | None) -> tuple[str, list[str]]:
     """(the metadata URL named in challenges, the paths the document is served at).
 
-    Default: RFC 9728's `/.well-known/oauth-protected-resource` + the resource's path, which MCP clients also try on
-    their own, and Kong's default (the resource's path + `/.well-known/oauth-protected-resource`) beside it. A
-    configured `metadata_endpoint` (a path, or an absolute URL) is served at its path only."""
+    Default: RFC 9728's `/.well-known/oauth-protected-resource` + the resource's path (section 3.1: only a slash
+    right after the host is dropped, so `/mcp/` keeps its own), which MCP clients also try on their own; the same
+    without the path's final slash (what the TypeScript SDK asks for); and Kong's default (the resource's path +
+    `/.well-known/oauth-protected-resource`). A configured `metadata_endpoint` (a path, or an absolute URL) is served
+    at its path only."""
     parts = urlsplit(resource)
     origin = f"{parts.scheme}://{parts.netloc}"
     if metadata_endpoint is not None:
         if metadata_endpoint.startswith("/"):
             return origin + metadata_endpoint, [metadata_endpoint]
         return metadata_endpoint, [urlsplit(metadata_endpoint).path or "/"]
-    path = parts.path.rstrip("/")
+    path = parts.path if parts.path != "/" else ""
     rfc = WELL_KNOWN + path
-    return origin + rfc, [rfc] + ([path + WELL_KNOWN] if path else [])
+    bare = path.rstrip("/")
+    paths = [rfc] + ([WELL_KNOWN + bare] if bare != path else []) + ([bare + WELL_KNOWN] if bare else [])
+    return origin + rfc, paths
 
 
 def metadata_document(resource: str, authorization_servers: list[str], scopes: list[str] | None) -> bytes:

@@ -9,7 +9,6 @@ from gateway.http.codec import SERVER_NAME, ProtocolError, answered_status, ngin
 from gateway.http.kong_errors import NO_ROUTE, nginx_page
 from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
 from gateway.mcp.body import attach, current
-from gateway.mcp.resource import answer_metadata
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
 from gateway.policies.base import Policy
@@ -39,12 +38,6 @@ class Pipeline:
             runtime = self.runtime
             if runtime.client_address is not None:
                 ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
-            well_known = runtime.well_known
-            if well_known is not None:  # ai-mcp-oauth2's metadata documents, public and answered before routing
-                document = well_known.get(req.target.partition(b"?")[0])
-                if document is not None:
-                    await answer_metadata(ex, document)
-                    return
             host = req.host  # as it arrived: policies run after routing
             router = runtime.router
             if router.needs_conn:  # a route's hosts name a port (the listener's), or a route has snis
@@ -60,6 +53,10 @@ class Pipeline:
                 attach(ex, mcp)  # policies reading the body go on from what the peek read
                 port, sni = _conn_facts(ex, router) if router.needs_conn else (None, None)
                 match = router.match(req.method, req.target, host, req.headers, routing_key(mcp), port, sni)
+            if match is None and runtime.well_known is not None:
+                # an ai-mcp-oauth2 metadata path no route covers: routed as its resource is, the plugin answers it
+                port, sni = _conn_facts(ex, router) if router.needs_conn else (None, None)
+                match = runtime.well_known.route(router, req.method, req.target, host, req.headers, port, sni)
             if match is None:
                 ex.phases = runtime.global_phases  # Kong runs the global plugins' header_filter on a 404
                 await ex.respond_error(404, NO_ROUTE)

@@ -1,6 +1,7 @@
 """ai-mcp-oauth2 under adversarial review: which requests count as a CORS preflight (and what of them reaches the
-upstream), a token sent in more than one way, keys sharing a kid, a JWKS refetch that hangs, and time claims that are
-no times. In-process gateway and helper servers on 127.0.0.1 in the test's nursery, as test_mcp_oauth.py."""
+upstream, its URL included), a token sent in more than one way, keys sharing a kid, a JWKS refetch that hangs, and
+time claims that are no times. In-process gateway and helper servers on 127.0.0.1 in the test's nursery, as
+test_mcp_oauth.py."""
 
 from __future__ import annotations
 
@@ -79,6 +80,18 @@ async def test_a_preflight_does_not_forward_client_copies_of_claim_headers(nurse
     reply = await call(port, "/mcp", [*PREFLIGHT, ("x-user-id", "admin")], method="OPTIONS")
     assert reply.status == 200, reply.status
     assert "x-user-id" not in forwarded_headers(reply), "a client-sent claim header reached the upstream"
+
+
+async def test_a_preflight_with_an_access_token_in_its_query_is_no_exemption(nursery, gateway):
+    """MCP authorization spec (2025-06-18 and 2025-11-25, Access Token Usage): "Access tokens MUST NOT be included
+    in the URI query string"; Token Passthrough: the resource server does not pass a client's token on. RFC 6750
+    section 2.3 names `access_token` in the query as a token. A preflight carrying one is checked like any request
+    (no Authorization header: 401), so the URL with the token never reaches the upstream."""
+    port, _ = await setup(nursery, gateway)
+    tok = token(RESOURCE)
+    reply = await call(port, f"/mcp?access_token={tok}", PREFLIGHT, method="OPTIONS")
+    assert reply.status == 401, (reply.status, reply.body[:200])
+    assert tok not in reply.body.decode(errors="replace"), "the bearer token reached the upstream in the URL"
 
 
 # ---- how the token travels --------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ or, without one, a credential (credential_claim, `sub`): rate limiting by consum
 as Kong does. The token never reaches the upstream unless passthrough_credentials (the spec forbids passing it on);
 claim_to_header / upstream_headers copy claims into upstream headers (client-sent copies are removed). A token also
 in the query string or a form body is 400 invalid_request (RFC 6750 3.1). A CORS preflight (no body) passes without
-a token, its Authorization and claim headers removed.
+a token, its Authorization and claim headers removed, unless its query names an access_token: that one is checked
+like any request (MCP: no token in a URI, none passed on). The resource's metadata document (RFC 9728) is answered
+here, for requests routed to the plugin's route at one of its paths (gateway.mcp.resource).
 
 Verified tokens are cached per worker (bounded) until they expire or the keys are refreshed, so a token seen again
 costs a dictionary lookup and the time checks. A token whose key id is unknown makes the worker refetch the JWKS (at
@@ -23,6 +25,7 @@ import json
 import logging
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
@@ -43,6 +46,7 @@ from gateway.mcp.bearer import (
     verify,
 )
 from gateway.mcp.jwks import JwksSource
+from gateway.mcp.resource import answer_metadata
 from gateway.memo import Memo
 from gateway.pipeline.headers import set_consumer
 from gateway.policies.ai_mcp_oauth2.schema import AiMcpOauth2Config
@@ -117,8 +121,9 @@ class AiMcpOauth2:
                                f"ai-mcp-oauth2 {plugin_id}")
         self.background = [self.jwks.run]  # started in the worker's nursery (gateway.worker)
         self.metadata_url, paths = metadata_paths(config.resource, config.metadata_endpoint)
-        document = metadata_document(config.resource, config.authorization_servers, config.scopes_supported)
-        self.well_known = {path.encode(): document for path in paths}
+        self.document = metadata_document(config.resource, config.authorization_servers, config.scopes_supported)
+        self.well_known = frozenset(path.encode() for path in paths)
+        self.resource_path = (urlsplit(config.resource).path or "/").encode()  # (what routes a well_known path)
         scope = " ".join(config.scopes_supported) if config.scopes_supported else None
         self.scope = scope
         self.missing = Rejection(401, "Unauthorized", challenge(self.metadata_url, scope=scope))
@@ -149,7 +154,10 @@ class AiMcpOauth2:
 
     async def access(self, ex: Exchange) -> bool:
         req = ex.request
-        if req.method == b"OPTIONS" and is_preflight(req.headers):
+        if req.target.partition(b"?")[0] in self.well_known:
+            await answer_metadata(ex, self.document)
+            return True
+        if req.method == b"OPTIONS" and is_preflight(req.headers) and not query_has_token(req.target):
             # no MCP message and no token to check: what would pass for one (or for a claim header) stays here
             req.headers = [hv for hv in req.headers if hv[0] not in self.preflight_strip]
             return False
