@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Protocol, final
 
 from gateway.memo import Derived
+from gateway.routing.normalize import nginx_refusal
 
 Headers = list[tuple[bytes, bytes]]  # names lower-cased, in wire order
 # How a request's headers frame its body, when the caller knows already (ClientCodec.request_head's `framing`).
@@ -547,6 +548,8 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
     try:
         if http_version != b"1.1" and http_version != b"1.0":
             raise _line_error("unsupported HTTP version")  # (the codecs read it with nginx_version)
+        if _COMPLEX_URI(target) is not None:  # (only such a path has anything for nginx to decode or resolve)
+            _check_uri(target)
         content_lengths = 0
         transfer_encoding = None
         host = None
@@ -621,6 +624,24 @@ def _line_error(message: str) -> ProtocolError:
     error = ProtocolError(message)
     error.headers = []
     return error
+
+
+# A "%" or a "/." in a target: what makes nginx parse its path (ngx_http_parse_request_line's quoted_uri and
+# complex_uri) and possibly refuse it. One search of the target: the common one has neither.
+_COMPLEX_URI = re.compile(rb"%|/\.").search
+
+
+def _check_uri(target: bytes) -> None:
+    """nginx's ngx_http_process_request_uri, once the request line is read and before any header line: a path
+    ngx_http_parse_complex_uri refuses (gateway.routing.normalize.nginx_refusal) is a 400 "client sent invalid
+    request". A target nginx refused earlier, while parsing the line, is left to _target_error."""
+    if target[:1] != b"/":
+        if _target_error(target) is not None:
+            return
+        target = _ABSOLUTE.fullmatch(target).group(2)  # type: ignore[union-attr]  # (_target_error matched it)
+    message = nginx_refusal(target)
+    if message is not None:
+        raise _line_error(message)
 
 
 def _refused_at(message: str, headers: Headers, name: bytes, nth: int = 2) -> ProtocolError:

@@ -29,12 +29,49 @@ def normalize_path(path: bytes) -> bytes:
     return _resolve_segments(path)
 
 
+def _octet(m: re.Match[bytes]) -> bytes:
+    return bytes((int(m.group(1), 16),))
+
+
 def nginx_uri(path: bytes) -> bytes:
     """nginx's $uri of a request path (ngx_http_parse_complex_uri, merge_slashes on): every %XX decoded once, the
     octet then read as if sent raw (a decoded "/" separates segments), dot segments removed, slashes merged."""
     if b"%" in path:
-        path = _TRIPLET.sub(lambda m: bytes((int(m.group(1), 16),)), path)
+        path = _TRIPLET.sub(_octet, path)
     return _resolve_segments(path)
+
+
+_BAD_ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
+
+
+def nginx_refusal(target: bytes) -> str | None:
+    """Why nginx answers a request target (origin form) 400 "client sent invalid request" before any Lua runs, or
+    None: ngx_http_parse_complex_uri refuses, in the path alone (up to the first "?" or "#"), a "%" not followed by
+    two hex digits, an escaped NUL (%00) and a ".." segment above the root once every %XX is decoded ("%2e%2e" too).
+    (nginx parses only a path with a "%" or "/." so: the codecs call this for those alone.)"""
+    path = target.partition(b"?")[0].partition(b"#")[0]
+    if b"%" in path:
+        if _BAD_ESCAPE.search(path) is not None:
+            return "invalid request: a \"%\" in the path is not followed by two hex digits (send \"%\" as %25)"
+        path = _TRIPLET.sub(_octet, path)
+        if b"\x00" in path:  # (the codecs refuse a raw NUL: this one was %00)
+            return "invalid request: an encoded NUL (%00) in the path"
+    if b"/.." in path and _climbs(path):
+        return "invalid request: a \"..\" segment of the path climbs above its root"
+    return None
+
+
+def _climbs(path: bytes) -> bool:
+    """Whether a ".." segment of `path` has no segment left to remove (nginx's sw_dot_dot reaching the start)."""
+    depth = 0
+    for segment in path.split(b"/"):
+        if segment == b"..":
+            if not depth:
+                return True
+            depth -= 1
+        elif segment and segment != b".":
+            depth += 1
+    return False
 
 
 def _resolve_segments(path: bytes) -> bytes:

@@ -22,8 +22,9 @@ dot is kept). Either side is split at its first `:` (Kong's split_host_port), th
 matches it on any listener.
 
 Kong 3.x's router takes the path (when a route has paths) as UTF-8 text: a request whose normalized path is not gets
-no route (Kong logs the router's error and answers 404). A route's header name is the header
-with `_` read as `-` (as ngx.req.get_headers() reads names, and only in the first MAX_REQ_HEADERS lines); a route's
+no route (Kong logs the router's error and answers 404). A route's header name is read as ngx.req.get_headers()
+reads names (in the first MAX_REQ_HEADERS lines): X-Version and x_version are the lines named x_version when the
+request has one, else those named x-version; a route's
 header value is lower-cased as Lua lower-cases it (ASCII letters only), the request's as Rust does (all of Unicode),
 and a `~*` header value is a regex lower-cased whole (escapes too), searched in the lower-cased request value.
 
@@ -168,9 +169,9 @@ class _Candidate(Generic[T]):
         self.any_hosts = bool(spec.hosts)
         self.exact_snis = frozenset(s.encode() for s in spec.snis if "*" not in s) if spec.snis else None
         self.wild_snis = [_wildcard(s) for s in spec.snis if "*" in s]
-        # Kong looks a route's header up as ngx.req.get_headers() does: "user_agent" is the User-Agent header
-        self.headers = [(k.replace("_", "-").encode(), [_value_matcher(v) for v in vals])
-                        for k, vals in spec.headers.items()]
+        # Kong looks a route's header up as ngx.req.get_headers() does (see _header_values): X-Version and
+        # x_version are the field x_version, read from lines named x_version, else from lines named x-version
+        self.headers = [(_HeaderField(k), [_value_matcher(v) for v in vals]) for k, vals in spec.headers.items()]
         self.header_regex = any(not isinstance(m, bytes) for _, ms in self.headers for m in ms)
         self.capturing = self.header_regex or (self.regex is not None and self.regex.groups > 0)
         self.query = list(spec.query.items())
@@ -231,7 +232,8 @@ class Router(Generic[T]):
         self._needs_query = any(c.query for c in cands)
         # The headers routes name: their values go into Kong's ATC context as text, and one that is not UTF-8 makes
         # the match an error (a 404 whatever the routes, kong/router/fields.lua)
-        self._header_names = frozenset(name for c in cands for name, _ in c.headers)
+        self._header_fields = {field.under: field for c in cands for field, _ in c.headers}
+        self._header_names = frozenset(n for f in self._header_fields.values() for n in (f.under, f.dash))
         # Kong's router takes the request path (when a route has paths) as UTF-8 text: a path that is not is an
         # error, and a 404 whatever the routes (kong/router/atc.lua)
         self._text_path = any(c.kind != _NO_PATH for c in cands)
@@ -271,7 +273,7 @@ class Router(Generic[T]):
         if self._header_names:
             if len(headers) > MAX_REQ_HEADERS:
                 headers = headers[:MAX_REQ_HEADERS]
-            if not _texts(headers, self._header_names):
+            if not _texts(headers, self._header_names, self._header_fields):
                 return None
         hostname = _host_name(host) if host else b""
         qargs: dict[bytes, list[bytes]] | None = None
@@ -336,14 +338,19 @@ class Router(Generic[T]):
         return Match(spec.payload, path, query if sep else b"", prefix)
 
 
-def _texts(headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> bool:
-    """Whether the values of the headers named `names` are UTF-8 text (an ASCII value needs no decoding)."""
-    for name, value in headers:
-        if name in names and not value.isascii():
-            try:
-                value.decode()
-            except UnicodeDecodeError:
-                return False
+def _texts(headers: list[tuple[bytes, bytes]], names: frozenset[bytes], fields: dict[bytes, _HeaderField]) -> bool:
+    """Whether the values Kong reads of the header fields routes name (`names`: their spellings) are UTF-8 text. Only
+    when a line of such a name has a value that is not ASCII are the fields read one by one (_header_values): a line
+    its field does not read (x-version beside an x_version) does not count."""
+    if all(value.isascii() for name, value in headers if name in names):
+        return True
+    for field in fields.values():
+        for value in _header_values(headers, field):
+            if not value.isascii():
+                try:
+                    value.decode()
+                except UnicodeDecodeError:
+                    return False
     return True
 
 
@@ -382,13 +389,37 @@ def _lower(value: bytes) -> bytes:
     return value.lower() if value.isascii() else value.decode().lower().encode()
 
 
-def _headers_match(wanted: list[tuple[bytes, list[CaptureRegex | bytes]]], headers: list[tuple[bytes, bytes]]) -> bool:
-    for name, matchers in wanted:
-        for hname, hvalue in headers:
-            if hname == name:
-                value = _lower(hvalue)
-                if any(m == value if isinstance(m, bytes) else m.find(value) is not None for m in matchers):
-                    break
+class _HeaderField:
+    """A route header as Kong's router reads it (kong/router/transform.lua: the field
+    http.headers.<name lower-cased, `-` as `_`>, looked up in ngx.req.get_headers()'s table): `under`, its name with
+    `_`, and `dash`, with `-`."""
+
+    __slots__ = ("under", "dash")
+
+    def __init__(self, name: str) -> None:
+        self.under = name.lower().replace("-", "_").encode()
+        self.dash = self.under.replace(b"_", b"-")
+
+
+def _header_values(headers: list[tuple[bytes, bytes]], field: _HeaderField) -> list[bytes]:
+    """The values Kong's router reads for `field` (kong/router/fields.lua:280 `params.headers[name]`): those of the
+    lines named `field.under` when the request has one, else of those named `field.dash`, as lua-resty-core's
+    req_headers_mt (lib/resty/core/request.lua) tries the key itself before its `_` -> `-` spelling."""
+    under = field.under
+    values = [value for name, value in headers if name == under]
+    if values or under == field.dash:
+        return values
+    dash = field.dash
+    return [value for name, value in headers if name == dash]
+
+
+def _headers_match(wanted: list[tuple[_HeaderField, list[CaptureRegex | bytes]]],
+                   headers: list[tuple[bytes, bytes]]) -> bool:
+    for field, matchers in wanted:
+        for hvalue in _header_values(headers, field):
+            value = _lower(hvalue)
+            if any(m == value if isinstance(m, bytes) else m.find(value) is not None for m in matchers):
+                break
         else:
             return False
     return True
@@ -402,8 +433,8 @@ def _captures(c: _Candidate[T], path: bytes, spans: list[int] | None,
     if not c.header_regex:  # (a regex path with groups: the common case)
         return captures(c.regex, path, spans) if took_part(spans) > 1 else None  # type: ignore[arg-type]
     found: Captures = {} if spans is None else captures(c.regex, path, spans)  # type: ignore[arg-type]
-    for name, matchers in c.headers:
-        values = [_lower(hvalue) for hname, hvalue in headers if hname == name]
+    for field, matchers in c.headers:
+        values = [_lower(hvalue) for hvalue in _header_values(headers, field)]
         for m in matchers:  # the first that matches (`||`), at its first value that does (`any`)
             if isinstance(m, bytes):
                 if m in values:

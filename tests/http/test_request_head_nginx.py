@@ -316,6 +316,37 @@ def test_an_invalid_host_header_is_400_with_an_absolute_target_too(codec, host):
     assert first_event(codec, [raw]) == ("error", 400)
 
 
+# --- paths nginx refuses: ngx_http_process_request_uri -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [b"/../x", b"/a/../../x", b"/%2e%2e/x", b"/a%zz", b"/a%", b"/f.php%00.jpg",
+                                    b"http://a.test/a/../../x", b"http://a.test/%zz?q"])
+def test_a_path_nginx_refuses_is_400_before_any_header_line(codec, target):
+    """nginx 1.27.1 src/http/ngx_http_request.c:1129 calls ngx_http_process_request_uri once the request line is
+    parsed, before any header line is read, and :1270-1276 answers what ngx_http_parse_complex_uri refuses (a ".."
+    above the root, a "%" without two hex digits, %00) 400 "client sent invalid request": a refusal carrying no
+    header line (a second Host after it is not what is refused, and Accept does not choose the page's format)."""
+    server = codec_classes(codec)[0]()
+    server.receive_data(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nHost: b\r\nAccept: application/json\r\n\r\n")
+    with pytest.raises(ProtocolError) as refused:
+        server.next_event()
+    assert (refused.value.status, refused.value.headers, refused.value.target) == (400, [], target)
+
+
+@pytest.mark.parametrize("target", [b"/a/../x", b"/%2e/x", b"/x?q=%zz&p=/../..", b"/a%2541", b"/a..b/..%2F"])
+def test_a_path_nginx_parses_is_read_as_sent(codec, target):
+    """ngx_http_parse_complex_uri takes a ".." with a segment to remove and whole escapes, and parses no query: the
+    request is read, its target as the client sent it (the router normalizes it)."""
+    ev = first_event(codec, [b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"])
+    assert isinstance(ev, Request) and ev.target == target
+
+
+def test_a_version_nginx_refuses_is_answered_before_the_path(codec):
+    """ngx_http_parse_request_line refuses a major version above 1 (505) before ngx_http_process_request_uri reads
+    the path (ngx_http_request.c:1111-1129)."""
+    assert first_event(codec, [b"GET /%zz HTTP/2.0\r\nHost: a\r\n\r\n"]) == ("error", 505)
+
+
 # --- header names nginx calls invalid -------------------------------------------------------------------------------
 
 
@@ -459,3 +490,26 @@ async def test_an_absolute_target_host_outside_nginxs_request_line_characters_is
     raw = b"GET http://" + authority + b"/x HTTP/1.1\r\nHost: c.test\r\nConnection: close\r\n\r\n"
     assert await _status(port, raw) == 400
     assert echo.requests == []
+
+
+async def test_a_path_nginx_refuses_gets_the_400_of_an_invalid_request_line_and_is_not_proxied(nursery, gateway):
+    """nginx 1.27.1 ngx_http_request.c:1270-1276 ("client sent invalid request", 400, before any Lua: Kong's router
+    never sees the path): the answer is the one to any request line nginx refuses (an absolute target's host it does
+    not take), and nothing reaches the upstream; a path under the root and a query nginx does not parse go on."""
+    port, echo = await _gateway_and_echo(nursery, gateway)
+
+    async def answer(target: bytes) -> tuple[int, str, bytes]:
+        data, _ = await raw_exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n", timeout=TIMEOUT)
+        status, headers, body = parse_raw_response(data)  # (raw_exchange reads until the gateway closes)
+        return status, headers["content-type"], body.partition(b"request_id: ")[0]  # (each request's own id)
+
+    invalid_line = await answer(b"http://a_b/x")
+    assert invalid_line[0] == 400
+    for target in (b"/../etc/passwd", b"/a/../../x", b"/%2e%2e/x", b"/..", b"/a%zz", b"/a%2", b"/a%",
+                   b"/file.php%00.jpg"):
+        assert await answer(target) == invalid_line, target
+    assert echo.requests == []
+    data, _ = await raw_exchange(port, b"GET /a/../b?q=%zz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                                 timeout=TIMEOUT)
+    assert parse_raw_response(data)[0] == 200
+    assert [seen.target for seen in echo.requests] == ["/b?q=%zz"]

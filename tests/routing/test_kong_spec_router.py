@@ -94,11 +94,49 @@ def test_kong_select_use_cases(method, target, host, headers, port, expected):
 def test_a_route_header_name_with_underscores_names_the_dashed_header():
     """spec/01-unit/08-router_spec.lua (use case 15, `user_agent`; "names are case-insensitive", `USER_AGENT`): a
     route's header is looked up as ngx.req.get_headers() looks names up (kong/router/fields.lua, the name through
-    replace_dashes_lower): `user_agent` is the User-Agent header."""
+    replace_dashes_lower): `user_agent` is the User-Agent header, and a request line spelt `user_agent` too (the
+    spec's first select passes the key `user_agent`; Kong's nginx keeps such a line: nginx_kong.lua:30
+    `underscores_in_headers on`)."""
     r = router(("upper", {"headers": {"USER_AGENT": ["foo", "bar"]}}), ("lower", {"headers": {"user_agent": ["baz"]}}))
     assert pick(r, headers=[("User-Agent", "foo")]) == "upper"
     assert pick(r, headers=[("user-agent", "BAZ")]) == "lower"
-    assert pick(r, headers=[("user_agent", "baz")]) is None  # (a request header spelt so: nginx drops it)
+    assert pick(r, headers=[("user_agent", "foo")]) == "upper"
+    assert pick(r, headers=[("User_Agent", "baz")]) == "lower"
+
+
+def test_a_request_header_spelt_with_an_underscore_is_read_before_its_dashed_spelling():
+    """lua-resty-core lib/resty/core/request.lua req_headers_mt: `rawget(tb, key)` first, the `_` -> `-` spelling
+    only when that is nil; kong/router/fields.lua:280 reads `params.headers["x_version"]` for the route header
+    X-Version (transform.lua:428 replace_dashes_lower). With `X-Version: v1` and `X_Version: v2` both sent, Kong's
+    router reads "v2" alone: the v2 route matches and a v1 route does not."""
+    r = router(("v1", {"headers": {"X-Version": ["v1"]}, "methods": ["GET"]}),
+               ("v2", {"headers": {"X-Version": ["v2"]}}), ("any", {"paths": ["/"]}))
+    assert pick(r, headers=[("X-Version", "v1"), ("X_Version", "v2")]) == "v2"
+    assert pick(r, headers=[("X_Version", "v2"), ("X-Version", "v1")]) == "v2"
+    assert pick(r, headers=[("X-Version", "v1")]) == "v1"
+
+
+def test_a_header_regex_captures_the_value_its_field_reads():
+    """kong/router/atc.lua:388 (the capture map of the matched expression): a `~*` header value ran on the field's
+    value, which is the `_` spelling's when the request has one (lua-resty-core req_headers_mt)."""
+    r = router(("r", {"headers": {"x-version": ["~*v(\\d+)"]}}))
+    m = r.match(b"GET", b"/", b"h", [(b"x-version", b"v1"), (b"x_version", b"v2")])
+    assert m is not None and m.captures == {0: b"v2", 1: b"2"}
+
+
+async def test_a_request_header_spelt_with_an_underscore_reaches_the_route_through_the_gateway(gateway, nursery):
+    """The codecs keep a header named `X_Version` (nginx_kong.lua:30 `underscores_in_headers on`), lower-cased as
+    ngx.req.get_headers() keys it, and the route header X-Version reads it (kong/router/fields.lua:280)."""
+    v2, other = EchoBackend("v2"), EchoBackend("other")
+    await nursery.start(v2.serve)
+    await nursery.start(other.serve)
+    port = await gateway({"services": [
+        service("v2", f"http://127.0.0.1:{v2.port}", [{"name": "v2", "headers": {"X-Version": ["v2"]}}]),
+        service("other", f"http://127.0.0.1:{other.port}", [{"name": "other", "paths": ["/"]}])]})
+    with trio.fail_after(5):
+        reply = await request(port, "GET", "/x", headers=[("X_Version", "v2")])
+    assert reply.status == 200
+    assert reply.header("x-backend") == "v2"
 
 
 def test_a_header_regex_is_lower_cased_with_its_escapes():
@@ -133,6 +171,15 @@ def test_a_header_value_that_is_not_utf8_matches_no_route_when_a_route_names_tha
     assert r.match(b"GET", b"/", b"h", [(b"x-tier", "gölď".encode())]).payload == "all"  # type: ignore[union-attr]
     assert r.match(b"GET", b"/", b"h", [(b"x-other", b"\xff")]).payload == "all"  # type: ignore[union-attr]
     assert r.match(b"GET", b"/", b"h", [(b"x-tier", b"\xff")]) is None
+
+
+def test_a_header_value_its_field_does_not_read_may_be_any_bytes():
+    """kong/router/fields.lua:280: the field x_tier is `params.headers["x_tier"]`, an `x_tier` line's value when the
+    request has one (lua-resty-core req_headers_mt), so an `x-tier` line beside it never enters the ATC context."""
+    r = router(("h", {"headers": {"x-tier": ["gold"]}}), ("all", {"paths": ["/"]}))
+    m = r.match(b"GET", b"/", b"h", [(b"x-tier", b"\xff"), (b"x_tier", b"gold")])
+    assert m is not None and m.payload == "h"
+    assert r.match(b"GET", b"/", b"h", [(b"x-tier", b"gold"), (b"x_tier", b"\xff")]) is None
 
 
 def test_a_regex_path_matches_characters_of_a_utf8_path():

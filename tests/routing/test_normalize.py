@@ -9,7 +9,7 @@ import trio
 from backends import EchoBackend, request, service
 
 from gateway.routing import Router, RouteSpec
-from gateway.routing.normalize import escape_path, nginx_uri, normalize_path
+from gateway.routing.normalize import escape_path, nginx_refusal, nginx_uri, normalize_path
 
 
 @pytest.mark.parametrize(("raw", "normal"), [
@@ -92,3 +92,40 @@ def test_nginx_uri_decodes_every_escape_once_then_resolves_segments(path, uri):
     """Kong's hash_on path hashes nginx's $uri (ngx_http_parse_complex_uri), not its router's normalization: so
     `/users/a%40b` and `/users/a@b` are one key, as through Kong."""
     assert nginx_uri(path) == uri
+
+
+@pytest.mark.parametrize("target", [
+    b"/..", b"/../etc/passwd", b"/a/../../x", b"//..", b"/./..", b"/a/b/../../..",
+    b"/%2e%2e/x", b"/.%2E", b"/a%2F..%2F..%2Fx",  # decoded, then read as if sent raw
+    b"/..?x", b"/..#x",  # the ".." segment ends at "?" or "#" too
+])
+def test_nginx_refuses_a_dot_dot_segment_above_the_root(target):
+    """nginx 1.27.1 src/http/ngx_http_parse.c:1444-1463 (ngx_http_parse_complex_uri, sw_dot_dot then "/", "?" or
+    "#": `u -= 4; for (;;) { if (u < r->uri.data) return NGX_HTTP_PARSE_INVALID_REQUEST;`) and :1563-1568 (a final
+    ".."); a decoded octet is read again in the state before its "%" (sw_quoted_second: `state = quoted_state`)."""
+    assert nginx_refusal(target) is not None
+
+
+@pytest.mark.parametrize("target", [b"/a%zz", b"/a%2", b"/a%", b"/a%%41", b"/a%2?x", b"/%25%g1", b"/%?x"])
+def test_nginx_refuses_a_percent_without_two_hex_digits_in_the_path(target):
+    """ngx_http_parse.c:1496-1514 and :1552 (sw_quoted, sw_quoted_second: a byte that is no hex digit, `?` and `#`
+    too, `return NGX_HTTP_PARSE_INVALID_REQUEST;`) and :1556-1557 (the path ends after a "%")."""
+    assert nginx_refusal(target) is not None
+
+
+def test_nginx_refuses_an_encoded_nul_in_the_path():
+    """ngx_http_parse.c:1526-1527 (sw_quoted_second: `} else if (ch == '\\0') { return
+    NGX_HTTP_PARSE_INVALID_REQUEST; }`); "%2500" is "%" then "00" (a decoded "%" is not decoded again)."""
+    assert nginx_refusal(b"/file.php%00.jpg") is not None
+    assert nginx_refusal(b"/a%2500") is None
+
+
+@pytest.mark.parametrize("target", [
+    b"/a/../x", b"/a/./../b", b"/a/%2e%2e/b", b"/..a", b"/a..", b"/...", b"/a%25", b"/%2e",
+    b"/x?q=%zz&p=/../..", b"/x?%00", b"/x#/../..", b"/x#%zz",  # the query and a fragment are not parsed
+])
+def test_nginx_takes_a_path_that_stays_under_the_root_with_whole_escapes(target):
+    """ngx_http_parse_complex_uri parses the path up to the first "?" (`goto args`, which looks for "#" alone) or
+    "#" (`goto done`); a ".." that has a segment to remove, and a segment that only starts or ends with dots, are
+    taken."""
+    assert nginx_refusal(target) is None
