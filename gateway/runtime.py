@@ -305,7 +305,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
     listen_hosts = [hp[0] for hp in (parse_host_port(a.split()[0], None) for a in listens if a.split())
                     if hp is not None]
-    mcp = McpShared(gw.mcp, gw.pid_file, gw.header_timeout_s, errors, listen_hosts)
+    mcp = McpShared(gw.mcp, gw.pid_file, errors, listen_hosts)
     plugin_objs = _plugins(config, errors, shared, consumers, mcp)
     index = PluginIndex(plugin_objs)
     # how the instances apply to each route; a route without a service ends with Kong's 503, after every plugin

@@ -41,7 +41,8 @@ def buffered(ex: Exchange, limit: int) -> tuple[McpRequest, bool] | None:
 
 async def whole(ex: Exchange, limit: int) -> tuple[McpRequest, bool]:
     """The request with its whole body read, and False when the body is longer than `limit` bytes (then what was
-    read stays in `mcp.body`). A client stalling mid-body gets 408 from the connection loop (client_body_timeout)."""
+    read stays in `mcp.body`). A client stalling mid-body is the connection loop's (client_body_timeout: closed,
+    logged 408)."""
     mcp = current(ex) or attach(ex, McpRequest())
     return mcp, await read_all(ex, mcp, limit)
 

@@ -30,7 +30,7 @@ def whole_limit(peek_bytes: int) -> int:
 
 async def read_all(ex: Exchange, mcp: McpRequest, limit: int) -> bool:
     """Read the rest of the body into `mcp.body`, stopping once it is longer than `limit`; True when it is whole and
-    within it. A client stalling mid-body gets 408 from the connection loop (client_body_timeout)."""
+    within it. A client stalling mid-body is the connection loop's (client_body_timeout: closed, logged 408)."""
     if mcp.body is None:
         body, done = ex.take_buffered_body()
     else:

@@ -27,8 +27,6 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import trio
-
 from gateway.config.mcp import McpSettings
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
@@ -45,18 +43,16 @@ AUDIT_LOG_NAME = "mcp-audit.log"  # ai-mcp-proxy's audit lines, beside the pid f
 SESSION_NOT_FOUND = jsonrpc.error_body(jsonrpc.SESSION_NOT_FOUND, "Session not found")
 ORIGIN_FORBIDDEN = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Origin not allowed")
 HOST_MISDIRECTED = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "Invalid Host header")
-BODY_TIMEOUT = jsonrpc.error_body(jsonrpc.INVALID_REQUEST, "request body not received in time")
 _INBOUND = {b"origin": 0, b"mcp-method": 1, b"mcp-name": 2, b"mcp-protocol-version": 3}  # what inbound reads
 
 
 class McpShared:
     """The gateway-wide MCP settings of one config load: keys (the codec), Origin policy, peek bound."""
 
-    def __init__(self, settings: McpSettings, pid_file: str, body_timeout: float, errors: list[str],
+    def __init__(self, settings: McpSettings, pid_file: str, errors: list[str],
                  listen_hosts: Sequence[str] = ("127.0.0.1",)) -> None:
         self.peek_bytes = settings.peek_bytes
         self.whole_bytes = whole_limit(settings.peek_bytes)  # a longer body's call is read whole up to this
-        self.body_timeout = body_timeout
         self.key_file = settings.session_key_file or default_key_file(pid_file)
         self.audit_log = settings.audit_log or os.path.join(os.path.dirname(os.path.abspath(pid_file)),
                                                             AUDIT_LOG_NAME)
@@ -173,13 +169,12 @@ async def _check_headers(ex: Exchange, mcp: McpRequest, shared: McpShared, h_met
                          h_name: bytes | None, h_version: bytes | None, routed: bool) -> bool:
     """The 2026-07-28 check of Mcp-Method / Mcp-Name / MCP-Protocol-Version against the body (its first peek_bytes,
     then all of a longer one: the server runs its last call, and its method or name may follow large params); False
-    when the request has been answered (400 with -32020, or 408).
+    when the request has been answered (400 with -32020).
 
     `routed`: a route on MCP method or tool takes, or could take, the request. Only then does a body too long to read
     whole get 400: elsewhere nothing in the gateway acts on the headers, and the server, which SEP-2243 requires to
     check them against what it runs, gets the request unconfirmed (`checked` stays False)."""
-    if not await read_peek(ex, mcp, shared):
-        return False
+    await read_peek(ex, mcp, shared.peek_bytes)
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
     missing = unnamed(info, names=True) if why is not None and info.valid else None
@@ -237,8 +232,7 @@ async def peek_for_routing(ex: Exchange, shared: McpShared) -> McpRequest | None
     if req.method != b"POST":
         mcp.info = jsonrpc.NOT_JSON
         return mcp
-    if not await read_peek(ex, mcp, shared):
-        return None
+    await read_peek(ex, mcp, shared.peek_bytes)
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
     cut = _cut(mcp, shared)
     if not info.valid:
@@ -309,25 +303,21 @@ def routing_key(mcp: McpRequest) -> tuple[str | None, str | None]:
     return info.method, info.tool
 
 
-async def read_peek(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
-    """Read the body up to peek_bytes (it stays in `mcp` for the forwarder) and inspect it; False if answered."""
+async def read_peek(ex: Exchange, mcp: McpRequest, limit: int) -> None:
+    """Read the body up to `limit` (peek_bytes; it stays in `mcp` for the forwarder) and inspect it."""
     if mcp.peeked:
-        return True
-    limit = shared.peek_bytes
+        return
     body, done = ex.take_buffered_body() if mcp.body is None else (mcp.body, mcp.body_done)
     if not done and len(body) < limit:
-        whole = bytearray(body)  # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes)
-        with trio.move_on_after(shared.body_timeout) as scope:
-            while len(whole) < limit:
-                chunk = await ex.receive_body()
-                if chunk is None:
-                    done = True
-                    break
-                whole += chunk
-        if scope.cancelled_caught:
-            ex.close_after = True
-            await ex.respond(408, BODY_TIMEOUT)
-            return False
+        # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes; a client stalling mid-body is
+        # the connection loop's, as every body read: client_body_timeout between reads, closed unanswered as nginx)
+        whole = bytearray(body)
+        while len(whole) < limit:
+            chunk = await ex.receive_body()
+            if chunk is None:
+                done = True
+                break
+            whole += chunk
         body = bytes(whole)
     mcp.body, mcp.body_done = body, done
     mcp.peeked = True
@@ -335,4 +325,3 @@ async def read_peek(ex: Exchange, mcp: McpRequest, shared: McpShared) -> bool:
         mcp.info = jsonrpc.peek(body, True)
     else:
         mcp.info = jsonrpc.peek(body[:limit], False)
-    return True

@@ -105,14 +105,15 @@ async def test_a_body_stalled_past_client_body_timeout_is_closed_unanswered_and_
     echo = EchoBackend()
     await nursery.start(echo.serve)
     access = tmp_path / "access.log"
-    routes = [{"paths": ["/buffered"]}, {"paths": ["/unbuffered"], "request_buffering": False}]
+    routes = [{"paths": ["/buffered"]}, {"paths": ["/unbuffered"], "request_buffering": False},
+              {"paths": ["/mcp"], "mcp": True}]  # (its body peeked for the JSON-RPC call: the MCP step reads it)
     port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", routes)]},
                          access_log=str(access), client_body_timeout_s=0.2)
-    for path in (b"/buffered", b"/unbuffered"):
+    for path in (b"/buffered", b"/unbuffered", b"/mcp"):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         try:
             with trio.fail_after(TIMEOUT):
-                await stream.send_all(b"POST %b HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc" % path)
+                await stream.send_all(b"POST %b HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nabc" % path)
                 received, _ = await read_to_end(stream)
         finally:
             await trio.aclose_forcefully(stream)
@@ -120,7 +121,35 @@ async def test_a_body_stalled_past_client_body_timeout_is_closed_unanswered_and_
     assert echo.body_started.is_set()  # the unbuffered body was on its way upstream
     assert echo.requests == []  # never a whole request
     with trio.fail_after(TIMEOUT):
-        while len(lines := access.read_text().splitlines() if access.exists() else []) < 2:
+        while len(lines := access.read_text().splitlines() if access.exists() else []) < 3:
             await trio.sleep(0.02)
     assert [(line["request"]["uri"], line["response"]["status"]) for line in map(json.loads, lines)] == [
-        ("/buffered", 408), ("/unbuffered", 408)]
+        ("/buffered", 408), ("/unbuffered", 408), ("/mcp", 408)]
+
+
+async def test_client_body_timeout_bounds_each_wait_for_body_bytes_on_an_mcp_route_too(nursery, gateway):
+    """client_body_timeout is nginx's time between two successive reads (ngx_http_read_client_request_body_handler
+    re-arms it after each read), not a bound on the whole body: a JSON-RPC body trickled in within it reaches the
+    server, on an MCP route whose body the gateway peeks too (its peek was bounded as a whole, by header_timeout_s,
+    and answered 408)."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", [
+        {"paths": ["/mcp"], "mcp": True}])]}, client_body_timeout_s=0.3, header_timeout_s=0.3)
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await stream.send_all(b"POST /mcp HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                                  b"Accept: application/json, text/event-stream\r\nConnection: close\r\n"
+                                  b"Mcp-Method: ping\r\n"  # (2026-07-28: its body is read to confirm it)
+                                  b"Content-Length: %d\r\n\r\n" % len(body))
+            for i in range(0, len(body), 8):  # 0.6 s in all, 0.12 s between pieces
+                await stream.send_all(body[i:i + 8])
+                await trio.sleep(0.12)
+            received, _ = await read_to_end(stream)
+    finally:
+        await trio.aclose_forcefully(stream)
+    assert received.startswith(b"HTTP/1.1 200 "), received[:200]
+    assert [r.body for r in echo.requests] == [body]
+

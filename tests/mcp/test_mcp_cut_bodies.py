@@ -57,7 +57,7 @@ class StandInExchange:
 def shared_settings(tmp_path: Path) -> McpShared:
     """The gateway-wide MCP settings with peek_bytes 1024."""
     errors: list[str] = []
-    shared = McpShared(McpSettings(peek_bytes=PEEK), str(tmp_path / "gateway.pid"), 5.0, errors)
+    shared = McpShared(McpSettings(peek_bytes=PEEK), str(tmp_path / "gateway.pid"), errors)
     assert errors == []
     return shared
 
