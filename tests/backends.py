@@ -371,23 +371,27 @@ async def wait_until(predicate: Any, what: str, timeout: float = 10.0) -> Any:
 
 
 class UdpCollector:
-    """A log or metrics collector stand-in on a UDP port (udp-log, statsd, datadog): the datagrams it received;
-    `close` stops listening (the port then answers ICMP port unreachable)."""
+    """A log or metrics collector stand-in on a UDP port of `address` (any loopback address; udp-log, statsd,
+    datadog): the datagrams it received and the address each came from; `close` stops listening (the port then
+    answers ICMP port unreachable)."""
 
-    def __init__(self, port: int = 0) -> None:
-        self.port = port
+    def __init__(self, port: int = 0, address: str = "127.0.0.1") -> None:
+        self.port, self.address = port, address
         self.datagrams: list[bytes] = []
+        self.sources: list[tuple[str, int]] = []
         self._socket: trio.socket.SocketType | None = None
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         sock = self._socket = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:
-            await sock.bind(("127.0.0.1", self.port))
+            await sock.bind((self.address, self.port))
             self.port = sock.getsockname()[1]
             task_status.started()
             try:
                 while True:
-                    self.datagrams.append(await sock.recv(65536))
+                    data, source = await sock.recvfrom(65536)
+                    self.datagrams.append(data)
+                    self.sources.append(source)
             except (OSError, trio.ClosedResourceError):  # closed
                 pass
 

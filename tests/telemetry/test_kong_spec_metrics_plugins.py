@@ -123,23 +123,6 @@ async def test_datadog_a_request_no_route_matched_is_sent_without_a_service(nurs
     assert await collector.received(1) == ["kong.request.count:1|c|#name:,status:404"]
 
 
-class _Agent:
-    """A statsd or Datadog agent stand-in bound to `address`:`port` (any loopback address)."""
-
-    def __init__(self, address: str, port: int = 0) -> None:
-        self.address, self.port = address, port
-        self.datagrams: list[bytes] = []
-
-    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((self.address, self.port))
-            self.port = sock.getsockname()[1]
-            task_status.started()
-            while True:
-                self.datagrams.append(await sock.recv(65536))
-
-
 async def test_statsd_and_datadog_send_to_the_agents_new_address_once_its_ttl_passed(nursery, gateway):
     """kong/plugins/statsd/log.lua:369-370 and datadog/handler.lua:52 make a new logger for every batch, whose UDP
     socket's setpeername (statsd_logger.lua:103, datadog/statsd_logger.lua:30) Kong resolves with its DNS client
@@ -151,9 +134,9 @@ async def test_statsd_and_datadog_send_to_the_agents_new_address_once_its_ttl_pa
     metric = {"name": "request_count", "stat_type": "counter", "sample_rate": 1}
     agents, routes = {}, []
     for plugin in ("statsd", "datadog"):
-        old = _Agent("127.0.0.1")
+        old = Collector(0, "127.0.0.1")
         await nursery.start(old.serve)
-        new = _Agent("127.0.0.2", old.port)
+        new = Collector(old.port, "127.0.0.2")
         await nursery.start(new.serve)
         agents[plugin] = (old, new)
         config = {"host": f"{plugin}.test", "port": old.port, "metrics": [metric]}

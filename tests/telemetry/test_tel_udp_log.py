@@ -126,24 +126,6 @@ async def test_the_sender_resolves_a_host_name(nursery):
     sender.close()
 
 
-class _Agent:
-    """A collector stand-in on `address` (any loopback address): each datagram with the address it came from."""
-
-    def __init__(self, address: str, port: int = 0) -> None:
-        self.address, self.port = address, port
-        self.received: list[tuple[bytes, tuple[str, int]]] = []
-
-    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        with sock:
-            await sock.bind((self.address, self.port))
-            self.port = sock.getsockname()[1]
-            task_status.started()
-            while True:
-                data, source = await sock.recvfrom(65536)
-                self.received.append((data, source))
-
-
 class _Clock:
     """The DNS client's cache clock, moved by hand (a record's TTL passes at once)."""
 
@@ -153,17 +135,17 @@ class _Clock:
         return self.now
 
 
-async def _agent_by_name(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> tuple[Names, _Clock, _Agent,
-                                                                                           _Agent]:
+async def _agent_by_name(nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch) -> tuple[Names, _Clock, Collector,
+                                                                                           Collector]:
     """agent.test (TTL 1 s) at 127.0.0.1, as this process's DNS client has it, a collector there and one on the
     same port at 127.0.0.2, where the name may be moved."""
     names = await serve_names(nursery, {"agent.test": ["127.0.0.1"]}, ttl=1)
     clock = _Clock()
     resolver = Resolver(nameservers=[("127.0.0.1", names.port)], hosts={}, timeout=1, clock=clock)
     monkeypatch.setattr(dns_process, "resolver", lambda: resolver)
-    old = _Agent("127.0.0.1")
+    old = Collector(0, "127.0.0.1")
     await nursery.start(old.serve)
-    new = _Agent("127.0.0.2", old.port)
+    new = Collector(old.port, "127.0.0.2")
     await nursery.start(new.serve)
     return names, clock, old, new
 
@@ -179,11 +161,11 @@ async def test_the_sender_reuses_its_socket_and_asks_no_dns_server_while_the_ans
         asked = names.asked("agent.test")
         await sender.send_each([b"2", b"3"], "statsd")
         await sender.send(b"4")
-        await wait_until(lambda: len(old.received) >= 4, "4 datagrams")
+        await wait_until(lambda: len(old.datagrams) >= 4, "4 datagrams")
     finally:
         sender.close()
-    assert [data for data, _ in old.received] == [b"1", b"2", b"3", b"4"]
-    assert len({source for _, source in old.received}) == 1  # one socket
+    assert old.datagrams == [b"1", b"2", b"3", b"4"]
+    assert len(set(old.sources)) == 1  # one socket
     assert names.asked("agent.test") == asked
 
 
@@ -200,11 +182,11 @@ async def test_the_sender_follows_the_hosts_new_address_once_its_ttl_passed(nurs
         clock.now += 1.5
         await sender.send_each([b"after"], "datadog")
         await sender.send(b"entry")
-        await wait_until(lambda: len(old.received) + len(new.received) >= 4, "4 datagrams")
+        await wait_until(lambda: len(old.datagrams) + len(new.datagrams) >= 4, "4 datagrams")
     finally:
         sender.close()
-    assert [data for data, _ in old.received] == [b"before", b"cached"]
-    assert [data for data, _ in new.received] == [b"after", b"entry"]
+    assert old.datagrams == [b"before", b"cached"]
+    assert new.datagrams == [b"after", b"entry"]
 
 
 async def test_the_sender_says_why_it_could_not_send():
