@@ -4,13 +4,15 @@ hosts (gateway.discovery.dns), all in one Trio task tree.
     status = await nursery.start(run_discovery, config, on_change)
 
 `on_change(upstream, targets)` receives each upstream's full current list whenever it changes (the first call
-per upstream is its initial list). `status.check()` summarises every source for the status server.
+per upstream is its initial list, which may come after the start). `status.check()` summarises every source for
+the status server.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
@@ -28,6 +30,17 @@ from gateway.discovery.etcd import run_etcd
 from gateway.discovery.types import OnChange, TargetInfo, normalise
 
 log = logging.getLogger("gateway.discovery")
+
+# A registry answers its first request within milliseconds, or hangs for up to its timeout_s: the discovery process
+# reports ready after this at most, within the worker_start_timeout_s its supervisor gives it (first_wait).
+FIRST_WAIT_S = 1.0
+
+
+def first_wait(start_timeout_s: float) -> float:
+    """How long the discovery process waits for its sources' first answers before it reports ready: FIRST_WAIT_S,
+    or a quarter of the start timeout its supervisor gives it when that is shorter (the rest is the process's own
+    start)."""
+    return min(FIRST_WAIT_S, start_timeout_s / 4)
 
 
 def target_address(target: str) -> tuple[str, int] | None:
@@ -106,17 +119,34 @@ async def run_source(upstream: Upstream, config: Config, on_change: OnChange, *,
     await runner(name, settings, on_change, link=link, task_status=task_status)
 
 
-async def run_discovery(config: Config, on_change: OnChange, *,
+async def run_discovery(config: Config, on_change: OnChange, *, first_wait_s: float = FIRST_WAIT_S,
                         task_status: trio.TaskStatus[DiscoveryStatus] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run every upstream's source until cancelled; started(status) once each source made its first attempt.
+    """Run every upstream's source until cancelled; started(status) once each source made its first attempt, or
+    after `first_wait_s`, whichever comes first: a registry that answers is in the first report, one that hangs
+    (a first request may take its whole `timeout_s`) delays the start by at most that, and reports when it answers.
 
     Upstreams without a `discovery:` block whose targets are addresses are not reported: their config targets are
     already in the runtime.
     """
     status = DiscoveryStatus()
     async with trio.open_nursery() as nursery:
-        async with trio.open_nursery() as starting:  # first attempts in parallel: one slow registry delays no other
-            for up in discovered_upstreams(config):
-                starting.start_soon(nursery.start, partial(run_source, up, config, on_change, status=status))
+        attempted: dict[str, trio.Event] = {}
+        for up in discovered_upstreams(config):  # first attempts in parallel: one slow registry delays no other
+            attempted[up.name] = trio.Event()
+            nursery.start_soon(_flag_started, partial(run_source, up, config, on_change, status=status),
+                               attempted[up.name])
+        with trio.move_on_after(first_wait_s):
+            for event in attempted.values():
+                await event.wait()
+        if waiting := [name for name, event in attempted.items() if not event.is_set()]:
+            log.info("discovery: ready without a first answer for upstream(s) %s after %gs; their targets follow "
+                     "when their registry answers", ", ".join(waiting), first_wait_s)
         task_status.started(status)
         await trio.sleep_forever()
+
+
+async def _flag_started(source: Callable[..., Awaitable[None]], started: trio.Event) -> None:
+    """Run `source` (a run_source), setting `started` once it has made its first attempt."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(source)
+        started.set()

@@ -44,6 +44,7 @@ from gateway.cli import EXIT_FAILURE, EXIT_OK
 from gateway.config import Config, ConfigError, parse_config, parse_host_port
 from gateway.config.loader import check_kept_status_listen, read_config_text
 from gateway.config.tls import listen_flags, status_options
+from gateway.discovery.backoff import Backoff
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import logfile, tree
@@ -82,6 +83,9 @@ KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets", "proxy-cache"})  #
 # `status` and `workers` wait this long for a supervisor busy starting or stopping a child (the root, while a reload
 # starts the new generation or a worker's start takes seconds), then show the children it last listed
 SUPERVISOR_ANSWER_S = 0.5
+# A satellite (health checker, discovery) that failed to start at a reload is tried again after 1 s, doubling to 30 s
+SATELLITE_RETRY_INITIAL_S = 1.0
+SATELLITE_RETRY_MAX_S = 30.0
 
 
 class StartupError(Exception):
@@ -120,6 +124,7 @@ class Node:
         self._generations: dict[int, Generation] = {}
         self._last_listed: dict[str, list[ChildInfo[ChildRef]]] = {}  # supervisor id -> the children it last listed
         self._status_app: StatusApp | None = None  # the status server's, when status_listen is set
+        self._satellite_retries: dict[str, trio.CancelScope] = {}  # satellite -> its restart after a failed one
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -322,9 +327,14 @@ class Node:
         return [tree.satellite_spec(kind, current, config, self._spawner()) for kind in kinds]
 
     async def _restart_satellites(self, current: str, config: Config) -> None:
-        """They read the config at start: replace them with ones started on the new config."""
+        """They read the config at start: replace them with ones started on the new config. One that fails to start
+        is started again with backoff until it runs (or the next reload replaces it): start_child forgets a spec whose
+        start failed, as OTP's does, so the root keeps it rather than let the gateway run on without it."""
         root = self.root
         assert root is not None
+        for scope in self._satellite_retries.values():  # (they wait for the reload lock this reload holds)
+            scope.cancel()
+        self._satellite_retries.clear()
         for kind in ("health", "discovery"):
             if await self.child(kind) is not None:
                 await root.terminate_child(kind)
@@ -333,8 +343,35 @@ class Node:
             try:
                 await root.start_child(spec)
             except Exception as e:
-                log.error("reload: %s did not start on the new config: %s", spec.id, e)
+                log.error("reload: %s did not start on the new config: %s; trying again", spec.id, e)
+                scope = self._satellite_retries[str(spec.id)] = trio.CancelScope()
+                self._nursery.start_soon(self._start_satellite_again, spec, scope)  # type: ignore[union-attr]
         self._last_listed["root"] = await root.which_children()  # what listed_child answers while the root is busy
+
+    async def _start_satellite_again(self, spec: ChildSpec, scope: trio.CancelScope) -> None:
+        """Try to start `spec` (a satellite a reload could not start) with capped, jittered backoff until it runs, the
+        gateway stops or a reload cancels `scope`; each attempt under the reload lock, so no reload runs meanwhile."""
+        root = self.root
+        assert root is not None
+        backoff = Backoff(SATELLITE_RETRY_INITIAL_S, SATELLITE_RETRY_MAX_S)
+        with scope:
+            while True:
+                await trio.sleep(backoff.next_delay())
+                if self._stop.is_set():
+                    return
+                async with self._reload_lock:
+                    try:
+                        await root.start_child(spec)
+                    except SupervisorNotRunning:
+                        return  # the gateway is stopping
+                    except Exception as e:
+                        log.error("%s still does not start: %s; trying again", spec.id, e)
+                        continue
+                    log.warning("%s started on the reloaded config after %d failed attempt(s)", spec.id,
+                                backoff.attempts)
+                    self._last_listed["root"] = await root.which_children()
+                    self._satellite_retries.pop(str(spec.id), None)
+                    return
 
     async def child(self, child_id: str) -> ChildInfo[ChildRef] | None:
         """The root's child `child_id`, if it has one."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 from backends import free_port
+from e2e_helpers import GatewayNode
 from etcd_server import EtcdProcess, find_etcd
 
 from gateway.config import parse_config
@@ -61,13 +63,23 @@ def shared_etcd(etcd_binary: str, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 class CuttableProxy:
-    """A TCP proxy to etcd that can cut every connection and refuse new ones: a network partition."""
+    """A TCP proxy to etcd that can cut every connection and refuse new ones (a network partition), or take new ones
+    and answer none (`hold`: a hung member) until `release` closes them (the member restarted)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0
         self.open = True
         self._scopes: set[trio.CancelScope] = set()
+        self._holding: trio.Event | None = None
+
+    def hold(self) -> None:
+        self._holding = trio.Event()
+
+    def release(self) -> None:
+        if self._holding is not None:
+            self._holding.set()
+            self._holding = None
 
     async def serve(self, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -82,6 +94,9 @@ class CuttableProxy:
 
     async def _handle(self, client: trio.SocketStream) -> None:
         async with client:
+            if (holding := self._holding) is not None:
+                await holding.wait()
+                return
             if not self.open:
                 return
             try:
@@ -281,6 +296,58 @@ upstreams:
     assert state == "unhealthy" and details["dyn"]["state"] == "down" and details["fixed"]["state"] == "ok"
     assert details["dyn"]["targets"] == 2
 
+
+async def test_a_first_answer_after_the_start_is_reported(shared_etcd: EtcdProcess, nursery: trio.Nursery) -> None:
+    """run_discovery starts once each source made its first attempt or after `first_wait_s` (the discovery process
+    reports ready then: a hung etcd holds a first attempt for its whole `timeout_s`, past the process's start
+    timeout); the source goes on, and its first answer is reported when it comes."""
+    client = EtcdClient([shared_etcd.endpoint])
+    await client.put("/late/1", b"10.0.0.1:1")
+    proxy = CuttableProxy(shared_etcd.client_port)
+    port = await nursery.start(proxy.serve)
+    proxy.hold()
+    config = parse_config(f"""
+upstreams:
+  - name: late
+    discovery: {{type: etcd, endpoints: ["127.0.0.1:{port}"], prefix: /late/, timeout_s: 30, retry_initial_s: 0.05,
+                 retry_max_s: 0.1}}
+""")
+    rec = Recorder()
+    with trio.fail_after(1):
+        await nursery.start(partial(run_discovery, config, rec, first_wait_s=0.2))
+    assert rec.latest == {}
+    proxy.release()
+    await rec.wait_equal("late", [T(1)])
+
+
+async def test_a_gateway_starts_and_reloads_while_etcd_hangs_then_follows_it(shared_etcd: EtcdProcess,
+                                                                               nursery: trio.Nursery,
+                                                                               tmp_path: Path) -> None:
+    """README "Health checks and discovery": a gateway starts on its config's targets while etcd is down, and
+    discovery is applied live. The discovery process was ready only after etcd's first answer, which a hung etcd
+    holds for `timeout_s`: past `worker_start_timeout_s`, `gateway start` failed ("discovery: not ready within
+    2.0 s"), and a reload's new discovery process failed to start, leaving none. Now both go through, and once etcd
+    answers its targets reach the keeper."""
+    client = EtcdClient([shared_etcd.endpoint])
+    await client.put("/hung/a", b"127.0.0.1:1001")
+    proxy = CuttableProxy(shared_etcd.client_port)
+    port = await nursery.start(proxy.serve)
+    proxy.hold()
+    doc = {"services": [{"name": "s", "host": "up", "routes": [{"name": "r", "paths": ["/"]}]}],
+           "upstreams": [{"name": "up", "discovery": {"type": "etcd", "endpoints": [f"127.0.0.1:{port}"],
+                                                      "prefix": "/hung/", "timeout_s": 8, "retry_initial_s": 0.05,
+                                                      "retry_max_s": 0.1}}]}
+    gw = GatewayNode(tmp_path / "gw", doc, worker_start_timeout_s=2)
+    try:
+        await gw.start(workers=1)
+        assert (await gw.admin("reload"))["generation"] == 2
+        assert await gw.targets() == {}
+        proxy.release()
+        with trio.fail_after(3):
+            while "up|127.0.0.1:1001" not in await gw.targets():
+                await trio.sleep(0.05)
+    finally:
+        gw.cleanup()
 
 # ---- self-registration ----------------------------------------------------------------------------------------------
 
