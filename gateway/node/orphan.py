@@ -61,6 +61,8 @@ def parent_or_exit() -> int:
     logfile.follow()
     parent = os.getppid()
     root = os.environ.get(ROOT_PID_ENV)
-    if parent == 1 or (root is not None and root.isdigit() and int(root) != parent):
+    # re-parented: to another process than the root named (a root that is a container's PID 1 is our parent 1),
+    # or, without that name, to init
+    if (int(root) != parent) if root is not None and root.isdigit() else parent == 1:
         raise SystemExit(f"the root process {root or ''} is gone".replace("  ", " "))
     return parent
