@@ -18,19 +18,23 @@ refreshed on each use. Concurrent queries for the same name and type are merged 
 Background refreshes run in the nursery given to the Resolver (`open_resolver` makes one for the resolver's life):
 they end with it. Without a nursery a stale entry is refreshed in the foreground.
 
-Wire: UDP from a socket connected to the nameserver (the kernel drops datagrams from any other address), a random
-query id, replies with another id or question ignored, TCP when the reply is truncated; `attempts` tries in all, each
-of `timeout` seconds, taking the nameservers in turn from the first (from a random one with resolv.conf's `rotate`).
+Wire: UDP from one socket per nameserver, connected to it (the kernel drops datagrams from any other address) and
+kept for the whole query, one random query id for all its tries, replies with another id or question ignored, so a
+reply that comes after its try's timeout is taken by the next try on that socket (as lua-resty-dns's resolver, whose
+sockets live as long as the query); TCP when the reply is truncated, each connect, send and read of it bounded by
+`timeout` (as a cosocket's timers, re-armed whenever bytes arrive); `attempts` tries in all, each of `timeout`
+seconds, taking the nameservers in turn from the first (from a random one with resolv.conf's `rotate`).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import random
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -224,8 +228,9 @@ class Resolver:
                     resolv_conf: str = "/etc/resolv.conf", env: Mapping[str, str] | None = None,
                     **settings: Any) -> Resolver:
         """A Resolver set up as Kong's kong/tools/dns.lua does: nameservers from dns_resolver or else resolv.conf,
-        whose timeout, attempts, ndots and search (or domain) also apply (LOCALDOMAIN and RES_OPTIONS from `env`
-        override it); a missing hosts file or resolv.conf counts as empty. `settings` are the other arguments."""
+        whose timeout, attempts, ndots and search (or domain) also apply (LOCALDOMAIN and RES_OPTIONS from `env`,
+        by default this process's environment, override it); a missing hosts file or resolv.conf counts as empty
+        (and without resolv.conf, as in Kong, the environment is not read). `settings` are the other arguments."""
         try:
             with open(hostsfile, encoding="utf-8", errors="replace") as f:
                 hosts = parse_hosts(f.read())
@@ -233,11 +238,9 @@ class Resolver:
             hosts = {}
         try:
             with open(resolv_conf, encoding="utf-8", errors="replace") as f:
-                conf = parse_resolv_conf(f.read())
+                conf = apply_env(parse_resolv_conf(f.read()), os.environ if env is None else env)
         except FileNotFoundError:
-            conf = parse_resolv_conf("")
-        if env is not None:
-            conf = apply_env(conf, env)
+            conf = parse_resolv_conf("")  # the environment is not read either (client.lua:588-595)
         nameservers = [parse_nameserver(s) for s in dns_resolver] or resolv_conf_nameservers(conf)
         options = conf.options
         if "timeout" in options:
@@ -533,8 +536,8 @@ class Resolver:
     # -- wire ----------------------------------------------------------------------------------------------------
 
     async def _query(self, name: str, qtype: int) -> Reply:
-        """lua-resty-dns's query: `attempts` tries over the nameservers in turn; _QueryFailed with the last try's
-        error when none gave a reply."""
+        """lua-resty-dns's query: `attempts` tries over the nameservers in turn, all with one id, each nameserver's
+        on one socket kept until the query ends; _QueryFailed with the last try's error when none gave a reply."""
         if not self.nameservers:
             raise _QueryFailed("failed to create a resolver: no nameservers specified")
         qid = self._ids.randrange(0x10000)
@@ -544,50 +547,53 @@ class Resolver:
             raise _QueryFailed(str(e)) from None
         error = ""
         first = self.rng.randrange(len(self.nameservers)) if self.rotate else 0
-        for attempt in range(first, first + self.attempts):
-            server = self.nameservers[attempt % len(self.nameservers)]
-            try:
-                return await self._udp_try(server, query, qid, name, qtype)
-            except _QueryFailed as e:
-                error = str(e)
+        with ExitStack() as sockets:
+            opened: dict[int, _UdpPeer] = {}
+            for attempt in range(first, first + self.attempts):
+                index = attempt % len(self.nameservers)
+                try:
+                    if index not in opened:
+                        opened[index] = sockets.enter_context(await _UdpPeer.open(self.nameservers[index]))
+                    reply = await self._udp_try(opened[index], query, qid, name, qtype)
+                except _QueryFailed as e:
+                    error = str(e)
+                    continue
+                if reply.truncated:
+                    try:
+                        return await self._tcp_query(self.nameservers[index], query, qid, name, qtype)
+                    except _QueryFailed as e:
+                        error = str(e)
+                        continue
+                return reply
         raise _QueryFailed(error)
 
-    async def _udp_try(self, server: Nameserver, query: bytes, qid: int, name: str, qtype: int) -> Reply:
-        ip, port = server
-        where = f"UDP server {ip}:{port}"
+    async def _udp_try(self, peer: _UdpPeer, query: bytes, qid: int, name: str, qtype: int) -> Reply:
+        """One try: the query sent on the nameserver's socket, then the first reply to it read there within
+        `timeout`, a late reply to an earlier try (same id, same question) included."""
+        where = peer.where
         try:
-            sock = trio.socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+            await peer.sock.send(query)
         except OSError as e:
-            raise _QueryFailed(f"failed to create a UDP socket for {where}: {e.strerror or e}") from None
-        with sock:
-            try:
-                await sock.connect((ip, port))
-                peer = sock.getpeername()[:2]
-                await sock.send(query)
-            except OSError as e:
-                raise _QueryFailed(f"failed to send request to {where}: {e.strerror or e}") from None
-            reply: Reply | None = None
-            with trio.move_on_after(self.timeout):
-                while reply is None:
-                    try:
-                        data, source = await sock.recvfrom(65535)
-                    except OSError as e:
-                        raise _QueryFailed(f"failed to receive reply from {where}: {e.strerror or e}") from None
-                    if source[:2] != peer:
-                        continue
-                    try:
-                        reply = parse_response(data, qid, name, qtype)
-                    except DnsMismatchError:
-                        continue
-                    except DnsFormatError as e:
-                        raise _QueryFailed(f"bad reply from {where}: {e}") from None
-            if reply is None:
-                raise _QueryFailed(f"failed to receive reply from {where}: timeout")
-        if reply.truncated:
-            return await self._tcp_query(server, query, qid, name, qtype)
-        return reply
+            raise _QueryFailed(f"failed to send request to {where}: {e.strerror or e}") from None
+        with trio.move_on_after(self.timeout):
+            while True:
+                try:
+                    data, source = await peer.sock.recvfrom(65535)
+                except OSError as e:
+                    raise _QueryFailed(f"failed to receive reply from {where}: {e.strerror or e}") from None
+                if source[:2] != peer.address:
+                    continue
+                try:
+                    return parse_response(data, qid, name, qtype)
+                except DnsMismatchError:
+                    continue
+                except DnsFormatError as e:
+                    raise _QueryFailed(f"bad reply from {where}: {e}") from None
+        raise _QueryFailed(f"failed to receive reply from {where}: timeout")
 
     async def _tcp_query(self, server: Nameserver, query: bytes, qid: int, name: str, qtype: int) -> Reply:
+        """The query over TCP (a truncated UDP reply): the connect, the send and each read bounded by `timeout` on
+        its own, as lua-resty-dns's tcp socket (one settimeout for all three)."""
         ip, port = server
         where = f"TCP server {ip}:{port}"
         try:
@@ -605,8 +611,13 @@ class Resolver:
             try:
                 with trio.fail_after(self.timeout):
                     await sock.send(len(query).to_bytes(2, "big") + query)
-                    size = int.from_bytes(await _recv_exactly(sock, 2), "big")
-                    data = await _recv_exactly(sock, size)
+            except trio.TooSlowError:
+                raise _QueryFailed(f"failed to send query to {where}: timeout") from None
+            except OSError as e:
+                raise _QueryFailed(f"failed to send query to {where}: {e.strerror or e}") from None
+            try:
+                size = int.from_bytes(await _recv_exactly(sock, 2, self.timeout), "big")
+                data = await _recv_exactly(sock, size, self.timeout)
             except trio.TooSlowError:
                 raise _QueryFailed(f"failed to receive reply from {where}: timeout") from None
             except OSError as e:
@@ -620,10 +631,45 @@ class Resolver:
         return reply
 
 
-async def _recv_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
+class _UdpPeer:
+    """A UDP socket connected to one nameserver, for the tries of one query; `address` is its peer as the kernel
+    reports it, to check each datagram's source against."""
+
+    def __init__(self, sock: trio.socket.SocketType, address: tuple[str, int], where: str) -> None:
+        self.sock = sock
+        self.address = address
+        self.where = where
+
+    @classmethod
+    async def open(cls, server: Nameserver) -> _UdpPeer:
+        ip, port = server
+        where = f"UDP server {ip}:{port}"
+        try:
+            sock = trio.socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+        except OSError as e:
+            raise _QueryFailed(f"failed to create a UDP socket for {where}: {e.strerror or e}") from None
+        try:
+            await sock.connect((ip, port))
+            address = sock.getpeername()[:2]
+        except OSError as e:
+            sock.close()
+            raise _QueryFailed(f"failed to send request to {where}: {e.strerror or e}") from None
+        return cls(sock, address, where)
+
+    def __enter__(self) -> _UdpPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+
+async def _recv_exactly(sock: trio.socket.SocketType, size: int, timeout: float) -> bytes:
+    """`size` bytes from a stream socket; trio.TooSlowError when `timeout` passes with no byte arriving (the wait
+    starts again with each piece, as nginx re-arms a read timer when data comes)."""
     data = b""
     while len(data) < size:
-        chunk = await sock.recv(size - len(data))
+        with trio.fail_after(timeout):
+            chunk = await sock.recv(size - len(data))
         if not chunk:
             raise OSError(f"connection closed after {len(data)} of {size} bytes")
         data += chunk

@@ -2,10 +2,11 @@
 
 The model is lua-resty-dns (lib/resty/dns/resolver.lua), the wire client of Kong's DNS client: one question, the
 recursion-desired flag, no EDNS; from a reply the A, AAAA, SRV and CNAME records of the answer and additional
-sections (Kong asks with `additional_section = true`), each with its owner name and TTL; other types and classes
-are skipped. Unlike lua-resty-dns, the reply's question must be the one asked (a spoofed or stray reply is refused),
-and every length, offset and compression pointer is checked: whatever the bytes, the outcome is a Reply or a
-DnsFormatError (DnsMismatchError when the reply is well formed but answers another query).
+sections (Kong asks with `additional_section = true`), each with its owner name and TTL (0 for one with its top
+bit set, as RFC 2181 8 says); other types and classes are skipped. Unlike lua-resty-dns, the reply's question must
+be the one asked (a spoofed or stray reply is refused), and every length, offset and compression pointer is
+checked: whatever the bytes, the outcome is a Reply or a DnsFormatError (DnsMismatchError when the reply is well
+formed but answers another query).
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ def _record(data: bytes, pos: int, section: str) -> tuple[Record | None, int]:
     if pos + _RR_FIXED.size > len(data):
         raise DnsFormatError(f"DNS {section} record {name!r} is cut off by the end of the message")
     rtype, rclass, ttl, rdlength = _RR_FIXED.unpack_from(data, pos)
+    if ttl & 0x80000000:
+        ttl = 0  # RFC 2181 8 (lua-resty-dns reads it negative, and Kong's cache then drops the answer)
     start = pos + _RR_FIXED.size
     stop = start + rdlength
     if stop > len(data):

@@ -133,7 +133,7 @@ def apply_env(conf: ResolvConf, env: Mapping[str, str]) -> ResolvConf:
     """resolv.conf overridden by the environment as the C resolver does: LOCALDOMAIN replaces `search` (and
     `domain`), RES_OPTIONS adds options."""
     localdomain = env.get("LOCALDOMAIN", "")
-    if localdomain.strip():
+    if localdomain:  # one of blanks too: it empties the search list (utils.lua `if localdomain ~= ""`)
         conf.domain = None
         conf.search = [host.lower() for host in localdomain.split()]
     for option in env.get("RES_OPTIONS", "").split():

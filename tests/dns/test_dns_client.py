@@ -10,6 +10,7 @@ answers), from a small scripted DNS server on real UDP and TCP sockets. Cache te
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,21 @@ from typing import Any
 import pytest
 import trio
 from backends import free_port
-from dns_server import Answer, Dnsmasq, Query, ScriptedDns, a, aaaa, cname, records, reply, run_dnsmasq, srv, start
+from dns_server import (
+    Answer,
+    Dnsmasq,
+    Query,
+    ScriptedDns,
+    Stream,
+    a,
+    aaaa,
+    cname,
+    records,
+    reply,
+    run_dnsmasq,
+    srv,
+    start,
+)
 
 from gateway.dns.client import TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_SRV, DnsError, Resolver, open_resolver
 from gateway.dns.sources import (
@@ -118,6 +133,40 @@ def test_resolv_conf_environment_localdomain_and_res_options_override() -> None:
                                                         {"ndots": 2, "debug": True})
     unchanged = apply_env(parse_resolv_conf("domain myservice.com\n"), {"LOCALDOMAIN": "", "RES_OPTIONS": ""})
     assert unchanged.domain == "myservice.com"
+
+
+def test_resolv_conf_environment_localdomain_of_blanks_empties_the_search_list() -> None:
+    """kong/resty/dns/utils.lua:217 `if localdomain ~= ""`: any other value, blanks too, replaces the search list
+    with its words (none here)."""
+    conf = apply_env(parse_resolv_conf("search a.test b.test\n"), {"LOCALDOMAIN": "  "})
+    assert (conf.domain, conf.search) == (None, [])
+
+
+def test_from_system_reads_localdomain_and_res_options_from_the_process_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resolver of the dns_* settings (gateway/dns/process.py from_settings, which passes no `env`) reads this
+    process's LOCALDOMAIN and RES_OPTIONS over resolv.conf: kong/resty/dns/client.lua:590
+    `utils.applyEnv(utils.parseResolvConf(resolvconffile))`, utils.lua:216 `os.getenv("LOCALDOMAIN")`, :226
+    `os.getenv("RES_OPTIONS")`; kong.conf.default:1466-1469 "The settings in the latter file will be overridden by
+    the environment variables `LOCALDOMAIN` and `RES_OPTIONS` if they have been set"."""
+    (tmp_path / "resolv.conf").write_text("search a.test\noptions ndots:1 attempts:5 timeout:2\n")
+    monkeypatch.setenv("LOCALDOMAIN", "svc.corp.example corp.example")
+    monkeypatch.setenv("RES_OPTIONS", "ndots:3 attempts:2 timeout:1")
+    r = Resolver.from_system(dns_resolver=["127.0.0.1:53"], resolv_conf=str(tmp_path / "resolv.conf"),
+                             hostsfile=str(tmp_path / "hosts"))
+    assert r.search == ["svc.corp.example", "corp.example"]
+    assert (r.ndots, r.attempts, r.timeout) == (3, 2, 1.0)
+
+
+def test_from_system_without_resolv_conf_does_not_read_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kong/resty/dns/client.lua:588-595: applyEnv runs on a resolv.conf that exists; without one the settings are
+    empty (`resolv = {}`), LOCALDOMAIN and RES_OPTIONS unread."""
+    monkeypatch.setenv("LOCALDOMAIN", "corp.example")
+    monkeypatch.setenv("RES_OPTIONS", "ndots:3")
+    r = Resolver.from_system(dns_resolver=["127.0.0.1:53"], resolv_conf=str(tmp_path / "missing"),
+                             hostsfile=str(tmp_path / "hosts"))
+    assert (r.search, r.ndots) == ([], 1)
 
 
 def test_resolv_conf_ipv6_nameserver_with_a_scope_is_skipped() -> None:
@@ -491,6 +540,45 @@ async def test_malformed_reply_fails_that_try_and_the_next_one_is_made() -> None
         nursery.cancel_scope.cancel()
 
 
+async def test_a_late_reply_to_an_earlier_try_is_taken_by_the_next_try() -> None:
+    """lua-resty-dns keeps one UDP socket per nameserver for the whole query and sends each try of it with one id
+    (lib/resty/dns/resolver.lua v0.23: :140-168 the sockets made in new(), which Kong's client calls once per query,
+    kong/resty/dns/client.lua:743; :873 one `id`; :890-904 each try `sock:send(query)` then `sock:receive(4096)` on
+    the socket pick_sock gives); a read timeout leaves the socket open (lua-nginx-module v0.10.28
+    src/ngx_http_lua_socket_udp.c:1299-1301 `#if 0 ngx_http_lua_socket_udp_finalize`). So a reply that comes
+    after its try's timeout is read, and taken (:645 same id), by the next try: a nameserver that always answers in
+    1.5 timeouts is answered on the second try, not timed out on every one."""
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, records({("slow.test", TYPE_A): [a("slow.test", "10.0.0.7")]}), delay=0.15)
+        r = resolver_for(server, timeout=0.1, attempts=3)
+        with trio.fail_after(2):
+            assert [x.address for x in await r.resolve("slow.test", TYPE_A)] == ["10.0.0.7"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_tcp_reply_arriving_in_pieces_is_bounded_per_read_not_as_a_whole() -> None:
+    """lua-resty-dns's tcp socket has one settimeout for connect, send and each receive (resolver.lua v0.23:175
+    `tcp_sock:settimeout(timeout)`, :818 `sock:receive(2)`, :830 `sock:receive(len)`), and the cosocket's read
+    timer is re-armed whenever bytes arrive (lua-nginx-module v0.10.28 src/ngx_http_lua_socket_tcp.c:2874-2875
+    `if (rev->active) { ngx_add_timer(rev, u->read_timeout); }`): a large truncated answer that comes over TCP
+    in pieces, each within the timeout, is read whole though the whole takes longer."""
+    targets = [f"node{i}.big.test" for i in range(60)]
+
+    def answer(q: Query) -> list[Answer]:
+        if q.transport == "udp":
+            return [reply(q.id, q.name, q.type, tc=True)]
+        full = reply(q.id, q.name, q.type, answers=[srv(q.name, 1, 1, 8000 + i, t) for i, t in enumerate(targets)])
+        data = struct.pack("!H", len(full)) + full
+        return [Stream(data, chunk=len(data) // 3 + 1, pause=0.2)]  # 3 pieces, 0.2 s apart: 0.6 s in all
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, answer)
+        r = resolver_for(server, timeout=0.35, attempts=1)
+        with trio.fail_after(3):
+            got = await r.resolve("big.test", TYPE_SRV)
+        assert [x.target for x in got] == targets
+        nursery.cancel_scope.cancel()
+
+
 # == caching: TTLs, errors, stale records (02-client_spec "verifies ...", 03-client_cache_spec) =====================
 
 
@@ -540,6 +628,25 @@ async def test_error_answers_are_cached_for_their_ttl_then_served_stale(rcode: i
         with pytest.raises(DnsError, match=message):
             await r.resolve("err.test", TYPE_A)
         assert len(server.queries) == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_ttl_with_the_top_bit_set_is_not_cached_for_decades() -> None:
+    """RFC 2181 8: a TTL with its most significant bit set is taken as zero. lua-resty-dns reads it negative
+    (resolver.lua v0.23:389 `lshift(byte_1, 24) + ...`, LuaJIT's signed 32-bit lshift) and Kong's cacheinsert
+    then drops the answer (kong/resty/dns/client.lua:255 `lru_ttl = ttl + staleTtl`, :270 `if lru_ttl <= 0 then
+    dnscache:delete(key)`): a day later the name is asked again, not answered from a cache of 68 years."""
+    clock = FakeClock()
+    address = ["10.0.0.1"]
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, lambda q: [reply(q.id, q.name, q.type,
+                                                       answers=[a(q.name, address[0], ttl=0x80000000 + 5)])])
+        r = resolver_for(server, clock=clock)
+        assert [x.address for x in await r.resolve("big.test", TYPE_A)] == ["10.0.0.1"]
+        address[0] = "10.0.0.2"
+        clock.now += 24 * 3600
+        assert [x.address for x in await r.resolve("big.test", TYPE_A)] == ["10.0.0.2"]
+        assert len(server.queries) == 2
         nursery.cancel_scope.cancel()
 
 

@@ -13,8 +13,9 @@ function of its number and the question, so a failure reproduces with `make_case
 Properties: `Resolver.resolve` returns records of one name and one type (the asked type; A, AAAA or SRV when none
 was asked), addresses being IP literals, or raises DnsError with a one-line message; `toip` returns an IP literal (an
 IP literal name: itself) and a port; `resolve_targets` returns targets whose hosts are IP literals, or the configured
-name with weight 0; each call ends within timeout x attempts plus a margin; nothing else escapes; the cache holds at
-most cache_size keys; no query stays in flight and no task of the resolver outlives its nursery.
+name with weight 0; each call ends within timeout x attempts plus a margin (a TCP read is bounded on its own, as
+Kong's, and no reply here comes in pieces for longer); nothing else escapes; the cache holds at most cache_size keys;
+no query stays in flight and no task of the resolver outlives its nursery.
 
 Each bug the fuzz found is pinned by a plain regression test at the end of the file.
 """
@@ -250,10 +251,10 @@ class Gen:
             return [Stream(struct.pack("!H", max(0, len(body) - rng.choice([1, 5, len(body)]))) + body)]
         if pick < 0.64:
             return [Stream((prefix + body)[:rng.randrange(len(body) + 2)])]
-        if pick < 0.78:
-            return [Stream(prefix + body, chunk=1)]
-        if pick < 0.84:  # too slow: the whole reply would take 3 timeouts
-            return [Stream(prefix + body, chunk=max(1, len(body) // 3), pause=timeout)]
+        if pick < 0.78:  # in pieces, back to back: a byte at a time (a large reply: 997 bytes, or it takes seconds)
+            return [Stream(prefix + body, chunk=1 if len(body) < 2000 else 997)]
+        if pick < 0.84:  # too slow: each piece comes 1.5 timeouts after the last (a read's bound)
+            return [Stream(prefix + body, chunk=max(1, len(body) // 3), pause=timeout * 1.5)]
         if pick < 0.90:  # connected, then silent past the timeout
             return [Stream(b"\x00", pause=timeout * 3)]
         return [self.malformed()]

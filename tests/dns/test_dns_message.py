@@ -76,6 +76,15 @@ def test_reply_records_of_each_type_with_name_and_ttl() -> None:
     ]
 
 
+def test_reply_ttl_with_the_top_bit_set_is_zero() -> None:
+    """RFC 2181 8: "a TTL value received with the most significant bit set ... treated as if the entire value
+    received was zero"; lua-resty-dns reads such a TTL as a negative number (resolver.lua v0.23:389, LuaJIT's
+    signed lshift), which Kong's cache does not keep either (kong/resty/dns/client.lua:270)."""
+    data = reply(7, "big.test", TYPE_A, answers=[a("big.test", "10.0.0.1", ttl=0x80000005),
+                                                 a("big.test", "10.0.0.2", ttl=0x7FFFFFFF)])
+    assert [r.ttl for r in parse_response(data, 7, "big.test", TYPE_A).answers] == [0, 0x7FFFFFFF]
+
+
 def test_reply_names_through_compression_pointers() -> None:
     pointer = b"\xc0\x0c"  # -> the question's name
     data = reply(1, "host.test", TYPE_A, answers=[a(pointer, "10.0.0.1"), a(b"\x03www" + pointer, "10.0.0.2")])
