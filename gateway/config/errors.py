@@ -269,9 +269,11 @@ class _Hidden:
     bounded: bool = False
     pattern: re.Pattern[str] = field(init=False)
     note: str = field(init=False)
+    scope_named: re.Pattern[str] = field(init=False)  # where a message names `scope` (_path_named)
 
     def __post_init__(self) -> None:
         self.note = f" ({self.reference} is shown in place of the secret it resolved to)"
+        self.scope_named = _path_named(self.scope)
         forms = sorted({self.secret, show(self.secret)[1:-1], repr(self.secret)[1:-1]} - {""}, key=len, reverse=True)
         hidden = "|".join(map(re.escape, forms))
         if self.bounded:
@@ -332,14 +334,19 @@ def name_variable(path: str, variable: str) -> None:
     _variables[path] = variable
 
 
-def _named_at(message: str, path: str) -> int | None:
-    """Where the text after the first mention of the field path `path` (or of a path under it) in `message` starts,
-    past its ": "; None when there is none. A check's message under its mapping's path names the field after it
-    (`gateway: headers: invalid entry ...`, msgspec's path and a __post_init__'s words): that mentions
-    `gateway.headers` too."""
+def _path_named(path: str) -> re.Pattern[str]:
+    """A mention of the field path `path` (or of a path under it) in a message, up to the text after it, past its
+    ": ". A check's message under its mapping's path names the field after it (`gateway: headers: invalid entry ...`,
+    msgspec's path and a __post_init__'s words): that mentions `gateway.headers` too. (Compiled once per path: a
+    large config's references outnumber the re module's cache, and every message is checked against each.)"""
     parent, dot, last = path.rpartition(".")
     named = rf"{re.escape(parent)}(?:\.|: ){re.escape(last)}" if dot else re.escape(path)
-    m = re.search(rf"(?:^|(?<=[\s:])){named}(?=[.:\[\s]|$)[^\s:]*(?:: )?", message)
+    return re.compile(rf"(?:^|(?<=[\s:])){named}(?=[.:\[\s]|$)[^\s:]*(?:: )?")
+
+
+def _named_at(message: str, named: re.Pattern[str]) -> int | None:
+    """Where the text after the first mention `named` (_path_named) finds in `message` starts; None when none."""
+    m = named.search(message)
     return None if m is None else m.end()
 
 
@@ -347,7 +354,7 @@ def as_reported(message: str) -> str:
     """`message` as the latest load reports it: each secret it resolved shown as its reference, and the variable
     named where it set the field. Reporting a reported message changes nothing."""
     for hidden in _hidden:
-        start = _named_at(message, hidden.scope)
+        start = _named_at(message, hidden.scope_named)
         if start is None and not hidden.anywhere:
             continue
         start = start or 0
@@ -356,6 +363,6 @@ def as_reported(message: str) -> str:
             message = message[:start] + replaced + ("" if hidden.note in replaced else hidden.note)
     for path, variable in _variables.items():
         note = f" (set by the environment variable {variable}, which overrides the file)"
-        if note not in message and _named_at(message, path) is not None:
+        if note not in message and _named_at(message, _path_named(path)) is not None:
             message += note
     return message

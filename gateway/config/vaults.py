@@ -224,8 +224,10 @@ def read_vaults(items: Any, errors: list[str], environ: Mapping[str, str] | None
             errors.append(f"{where}.prefix: vault prefix {show(prefix)} is already used")
             continue
         configured[prefix] = BROKEN  # until its config is read: references to it are not reported again
-        config = item.get("config") or {}
-        if not isinstance(config, dict):
+        config = item.get("config")
+        if config is None:
+            config = {}
+        elif not isinstance(config, dict):  # (false, 0, "" too: Kong's record is a table)
             errors.append(f"{where}.config: expected a mapping (prefix), got {show(config)}")
             continue
         others = sorted(key_part(k) for k in config if k != "prefix")

@@ -383,3 +383,33 @@ def test_a_gateway_setting_references_the_env_vault_only(monkeypatch):
                    "gateway": {"real_ip_header": "{vault://my-env/header}"}}) == [
         'gateway.real_ip_header: no vault "my-env": a kong.conf setting can reference the env vault only '
         "({vault://env/...}), as Kong resolves kong.conf before it loads any `vaults` entity"]
+
+
+def test_messages_are_reported_in_time_linear_in_the_references_a_large_config_resolved():
+    """Kong checks a reference's text, never its secret (kong/db/schema/init.lua: a referenceable field holding a
+    reference is valid), so references add nothing to reporting errors. Every message is looked at for each resolved
+    secret's field path: with a pattern built per look, past the 512 the re module caches, each look compiled one (a
+    520-route migration, a referenced Redis password and one refused key a route: 69 s of check-config)."""
+    new_load()
+    try:
+        for i in range(600):
+            hide("a-long-redis-password", "{vault://env/rl-redis-password}",
+                 f"services[0].routes[{i}].plugins[0].config.redis.password")
+        started = time.monotonic()
+        reported = [as_reported(f"services[0].routes[{i}].expression: not supported") for i in range(600)]
+        took = time.monotonic() - started
+    finally:
+        new_load()
+    assert reported[599] == "services[0].routes[599].expression: not supported"
+    assert took < 5, f"600 messages against 600 references took {took:.1f} s"
+
+
+@pytest.mark.parametrize("config", [False, 0, ""])
+def test_a_vaults_entry_whose_config_is_not_a_mapping_is_refused(config):
+    """kong/db/schema/entities/vaults.lua: `config = { type = "record" }`, and a record's value must be a table
+    (kong/db/schema/init.lua: "expected a record"): `config: false`, `0` or `""` was taken as an empty config."""
+    with pytest.raises(ConfigError) as e:
+        parse_config(json.dumps({"vaults": [{"name": "env", "prefix": "my-env", "config": config}]}), "kong.yml")
+    assert any(m.startswith("kong.yml: vaults[0].config: expected a mapping") for m in e.value.messages), \
+        e.value.messages
+
