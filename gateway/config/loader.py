@@ -738,6 +738,11 @@ def _check_access_log(value: bool | str, errors: list[str]) -> None:
     if words[0] != value:
         errors.append(f"{where}: {show(value)} has spaces around the path; remove them")
         return
+    if value.startswith("syslog:"):  # nginx's syslog target (ngx_http_log_module.c), not a file name
+        errors.append(f"{where}: {show(value)} is nginx's syslog target, which the gateway does not build (it would "
+                      "be a file of that name); give a file path, or send the entries to syslog with the syslog "
+                      "plugin")
+        return
     path = os.path.abspath(value)
     directory = os.path.dirname(path)
     if os.path.isdir(path):

@@ -130,6 +130,11 @@ def bytes_to_str(n: int, unit: str = "", scale: int = 2) -> str:
     raise ValueError(f"invalid unit '{unit}' (expected 'k/K', 'm/M', or 'g/G')")
 
 
+def convert_bytes(n: int, unit: str, scale: int) -> int | str:
+    """kong/pdk/node.lua convert_bytes: unit b (any case) is the number of bytes, others bytes_to_str's text."""
+    return int(n) if unit.lower() == "b" else bytes_to_str(n, unit, scale)
+
+
 def memory_args(args: dict[str, str]) -> tuple[str, int] | str:
     """/status's unit (default "m") and scale (default 2) as Kong's health.lua reads them, or the 400's message.
     A scale that is not a number is ignored (Kong's tonumber gives nil, so the default)."""
@@ -170,7 +175,7 @@ def memory_stats(pids: list[int], unit: str, scale: int) -> dict[str, Any]:
         if rss is None:
             workers.append({"pid": pid, "err": f"could not get worker's memory (pid: {pid}): not running"})
         else:
-            workers.append({"pid": pid, "http_allocated_gc": bytes_to_str(rss, unit, scale)})
+            workers.append({"pid": pid, "http_allocated_gc": convert_bytes(rss, unit, scale)})
     return {"workers_lua_vms": workers, "lua_shared_dicts": {}}
 
 

@@ -57,6 +57,17 @@ def test_an_access_log_that_is_a_directory_is_refused(tmp_path):
     assert f"{tmp_path} is a directory" in message
 
 
+@pytest.mark.parametrize("value", ["syslog:server=127.0.0.1:514,tag=kong", "syslog:server=unix:/dev/log"])
+def test_nginxs_syslog_target_is_refused_not_taken_as_a_file_name(tmp_path, monkeypatch, value):
+    """nginx's access_log sends to syslog when its argument starts with `syslog:` (release-1.27.1
+    src/http/modules/ngx_http_log_module.c:1285), and Kong passes proxy_access_log to it as it is
+    (templates/nginx_kong.lua `access_log ${{PROXY_ACCESS_LOG}};`). Not built here: refused, naming syslog, where the
+    first was a file of that name in the working directory and the second "a directory that does not exist"."""
+    monkeypatch.chdir(tmp_path)
+    message = _refusal(value)
+    assert "nginx's syslog target" in message and "does not exist" not in message, message
+
+
 def test_an_empty_access_log_is_refused(tmp_path):
     """nginx's access_log takes a path, `off` or `syslog:`: "" names no file (ngx_open_file("") fails, ENOENT)."""
     assert "an empty path" in _refusal("")
