@@ -330,8 +330,12 @@ class H11Server(_H11Codec):
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
 
     def _check_start(self, probe: bytearray) -> None:
-        """check_start on the request line as far as it came."""
+        """check_start on the request line as far as it came; a first byte no method begins with is refused at once,
+        as nginx's sw_start (ngx_http_parse_request_line: A-Z, "_" or "-"), not once a line end comes (llhttp too)."""
         end = probe.find(b"\n")
+        line = probe.lstrip(b"\r\n")  # (the empty lines sw_start skips)
+        if line and not (65 <= line[0] <= 90 or line[0] == 45 or line[0] == 95):
+            raise ProtocolError("client sent invalid method", 400)
         try:
             check_start(probe if end < 0 else probe[:end], self._max_line)
         except ProtocolError as e:

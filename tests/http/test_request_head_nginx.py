@@ -316,6 +316,14 @@ def test_an_invalid_host_header_is_400_with_an_absolute_target_too(codec, host):
     assert first_event(codec, [raw]) == ("error", 400)
 
 
+@pytest.mark.parametrize("first", [b"\x81", b"a", b"1", b" ", b"\x16"])
+def test_a_first_byte_no_method_begins_with_is_400_at_once(codec, first):
+    """nginx 1.27.1 src/http/ngx_http_parse.c:150-151, ngx_http_parse_request_line's sw_start: a byte other than
+    A-Z, "_", "-" (or the CR/LF of an empty line) is NGX_HTTP_PARSE_INVALID_METHOD at once, without waiting for a
+    line end (a WebSocket frame sent before a refused handshake's answer: h11 waited header_timeout_s)."""
+    assert first_event(codec, [b"\r\n" + first + b"xyz"]) == ("error", 400)
+
+
 # --- paths nginx refuses: ngx_http_process_request_uri -------------------------------------------------------------
 
 
