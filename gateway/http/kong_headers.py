@@ -45,15 +45,19 @@ _SERVER_LINE = b"Server: " + SERVER_TOKEN + b"\r\n"
 _VIA_AND_SERVER = _VIA_LINE + _SERVER_LINE
 _DEFAULT_LINES = b"X-Kong-Upstream-Latency: %d\r\nX-Kong-Proxy-Latency: %d\r\nX-Kong-Request-Id: %b\r\n%b"
 PROXIED = "kong-proxied"  # ex.state: a plugin answered as Kong's KONG_PROXIED (proxy-cache's hit)
+# ex.state: the upstream's own Via lines, joined (nginx's $upstream_http_via), noted by gateway.pipeline.forward for a
+# request whose plugins filter the headers (they may set or remove Via before Kong's is built from it)
+UPSTREAM_VIA = "upstream_via"
 _DEFAULTS = {"via", "server", "x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency",
              "x-kong-request-id"}
 
-# kong/conf_loader/constants.lua HEADER_KEY_TO_NAME (lower case); X-Kong-Admin-Latency has no place here (no Admin
-# API): accepted, as Kong accepts it, and never sent, as by Kong's proxy.
+# kong/conf_loader/constants.lua HEADER_KEY_TO_NAME (lower case); X-Kong-Admin-Latency has no place on the proxy's
+# answers (KongHeaders): the status server sends it, as Kong's admin_header_filter does (gateway.status.app).
 RESPONSE_HEADERS = ("server_tokens", "latency_tokens", "via", "server", "x-kong-proxy-latency",
                     "x-kong-response-latency", "x-kong-admin-latency", "x-kong-upstream-latency",
                     "x-kong-upstream-status", "x-kong-request-id")
 UPSTREAM_HEADERS = ("x-kong-request-id",)
+ADMIN_LATENCY = "x-kong-admin-latency"
 # What Kong's runloop sets by assignment on a proxied answer, when `headers` has it on (kong/runloop/handler.lua
 # header_filter: `header[name] = value`, which replaces the upstream's lines of that name: lua-nginx-module's
 # ngx_http_set_header_helper). Its Via extends the upstream's and its Server is only added: neither is here.
@@ -105,7 +109,7 @@ def enabled(setting: list[str] | str) -> set[str]:
     if "server_tokens" in on:
         on |= {"via", "server"}
     if "latency_tokens" in on:
-        on |= {"x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency"}
+        on |= {"x-kong-proxy-latency", "x-kong-response-latency", "x-kong-upstream-latency", ADMIN_LATENCY}
     return on
 
 
@@ -116,7 +120,7 @@ class KongHeaders:
     case, on every response), else the general one."""
 
     __slots__ = ("via", "server", "upstream_status", "request_id", "assigned", "_proxied", "_cached", "_own",
-                 "_plugins_server", "_filtered", "_clock", "add", "types")
+                 "_plugins_server", "_filtered", "_clock", "add", "types", "_after_proxied", "_after_own")
 
     def __init__(self, on: set[str], charset: str = KONG_CHARSET) -> None:
         # a Content-Type value -> what nginx's charset filter makes of it, or None (most: left as they are)
@@ -128,6 +132,12 @@ class KongHeaders:
         self.server = "server" in on
         self.upstream_status = "x-kong-upstream-status" in on
         self.request_id = "x-kong-request-id" in on
+        # what Kong's runloop assigns after the plugins' header filters (header_filter.after), in place of a plugin's
+        # lines of those names: on a proxied answer, and on one of the gateway's own (Server apart: _own_lines)
+        self._after_proxied = frozenset(name.encode() for name in (
+            "x-kong-upstream-latency", "x-kong-proxy-latency", "via", "x-kong-request-id") if name in on)
+        self._after_own = frozenset(name.encode() for name in ("x-kong-response-latency", "x-kong-request-id")
+                                    if name in on)
         proxied = own = b""
         if "x-kong-upstream-latency" in on:
             proxied += b"X-Kong-Upstream-Latency: %(u)d\r\n"
@@ -173,8 +183,11 @@ class KongHeaders:
         if tries:
             last = tries[-1]
             sent = last.started
-            # (X-Kong-Upstream-Status: set before the header filters, when the request has them)
-            fmt = self._filtered if self.upstream_status and ex.phases is not None else self._proxied
+            if ex.phases is None:
+                fmt = self._proxied
+            else:  # (X-Kong-Upstream-Status: set before the header filters)
+                fmt = self._filtered if self.upstream_status else self._proxied
+                _reassign(ex, headers, self._after_proxied)
             lines = fmt % {b"u": ((last.head_at or self._clock()) - sent) * 1000.0 + 0.5,
                            b"p": (sent - ex.started) * 1000.0 + 0.5, b"s": upstream_status, b"r": rid}
             seen = dict(headers)
@@ -215,6 +228,8 @@ class KongHeaders:
             last = tries[-1]
             head_at = last.head_at or self._clock()  # (none: the try failed, and Kong's answer is still proxied)
             sent = last.started
+            if ex.phases is not None:
+                _reassign(ex, headers, self._after_proxied)
             seen = dict(headers)
             if self.types[seen.get(b"content-type")] is not None:
                 self._charset(ex, headers)
@@ -237,6 +252,8 @@ class KongHeaders:
             return self._cached_lines(ex, headers, rid, status)
         started = ex.started
         own = self._own
+        if ex.phases is not None:
+            _reassign(ex, headers, self._after_own)
         seen = dict(headers)
         if self.types[seen.get(b"content-type")] is not None:
             self._charset(ex, headers)
@@ -253,7 +270,11 @@ class KongHeaders:
         proxied response, the upstream latency 0, the proxy latency the time to this answer and the upstream status
         the stored one; Server only when the stored response has none, and Via the gateway's alone: Kong (3.8+)
         extends $upstream_http_via, which a request no upstream answered does not have, so the stored Via goes."""
-        fmt = self._filtered if self.upstream_status and ex.phases is not None else self._cached
+        if ex.phases is None:
+            fmt = self._cached
+        else:
+            fmt = self._filtered if self.upstream_status else self._cached
+            _reassign(ex, headers, self._after_proxied)
         lines = fmt % {b"u": 0, b"p": (self._clock() - ex.started) * 1000.0 + 0.5, b"s": status, b"r": rid}
         seen = dict(headers)
         if self.types[seen.get(b"content-type")] is not None:
@@ -284,6 +305,26 @@ class KongHeaders:
             return b""
         rid = ex.request_id = new_request_id()
         return rid
+
+
+def _reassign(ex: Any, headers: list[tuple[bytes, bytes]], names: frozenset[bytes]) -> None:
+    """A plugin's lines of the `names` Kong assigns after the header filters dropped from `headers` (lua-nginx-module's
+    header assignment replaces every line of the name), and, Via among them, the upstream's own put back, as it
+    came (Kong builds its Via from $upstream_http_via, whatever the plugins made of the header): only a request
+    whose plugins filter the headers calls this."""
+    if names and any(hv[0] in names for hv in headers):
+        headers[:] = [hv for hv in headers if hv[0] not in names]
+    if b"via" in names and ex.state and (via := ex.state.get(UPSTREAM_VIA)) is not None:
+        headers.append((b"via", via))
+
+
+def note_via(ex: Any, value: bytes) -> None:
+    """Note one of the upstream's Via lines (UPSTREAM_VIA), for a request whose plugins filter the headers."""
+    state = ex.state
+    if state is None:
+        state = ex.state = {}
+    via = state.get(UPSTREAM_VIA)
+    state[UPSTREAM_VIA] = value if via is None else via + b", " + value
 
 
 def _append_via(headers: list[tuple[bytes, bytes]]) -> None:

@@ -206,7 +206,8 @@ class Node:
             page = StatusPage(source, collector.families, prepare=collector.prepare)
             app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
                             prepare=collector.prepare, page=page, config=lambda: self.config,
-                            config_text=lambda: current_config_text(self.run_dir))
+                            config_text=lambda: current_config_text(self.run_dir),
+                            headers=lambda: (self.config or config).gateway.headers)
             self._status_app = app
             children.append(ChildSpec("status", partial(serve_status, app, host, port, backlog=backlog,
                                                         reuseport=reuseport), shutdown=5000))

@@ -42,7 +42,7 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.kong_errors import NO_PEER
-from gateway.http.kong_headers import ASSIGNED_BY_KONG
+from gateway.http.kong_headers import ASSIGNED_BY_KONG, note_via
 from gateway.http.pool import Answered, Pool, UpstreamConn, locate
 from gateway.http.server import Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
@@ -75,7 +75,7 @@ _WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)  # _relay's re
 _HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-accel-limit-rate",
                          b"x-accel-buffering", b"x-accel-charset"})
 _SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b"mcp-session-id", b"content-length",
-                                                              b"content-type"}
+                                                              b"content-type", b"via"}
 
 
 class Attempt:
@@ -938,9 +938,10 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
     """The response headers for the client: hop-by-hop ones dropped (but Trailer when the request's TE asked for
     trailers, as Kong keeps it; the trailers themselves are dropped, as nginx's proxy does; a repeated single-valued
     field's later lines are gone already: codec.first_of_single), those the gateway's `headers` setting replaces
-    dropped (Kong assigns its own), the request id set, a session id sealed (with the address `uc` reached, bound to
-    the caller of `ex`; counted as opened on route `new_session` when the request had none); with their framing
-    (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream.
+    dropped (Kong assigns its own), the Via noted when plugins filter the headers (Kong's own Via extends the
+    upstream's as it came: kong_headers.UPSTREAM_VIA), the request id set, a session id sealed (with the address `uc`
+    reached, bound to the caller of `ex`; counted as opened on route `new_session` when the request had none); with
+    their framing (LENGTH, or NO_BODY for none: the codec frames the body) and whether the body is an event stream.
     The answer to a WebSocket `upgrade` (a 101, a 426, any status) keeps its Upgrade, last, when that is `websocket`
     in any case: nginx copies it, and Kong's header filter drops it only when it differs from the upstream_upgrade
     Kong asked for (kong/runloop/handler.lua header_filter.before)."""
@@ -973,6 +974,10 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                         out.append(hv)
                 elif name == b"x-accel-limit-rate":  # (rare: only an answer with it pays for it)
                     _limit_rate(ex, headers)
+                elif name == b"via":  # kept; noted when plugins may change it before Kong's is built from it
+                    if ex.phases is not None:
+                        note_via(ex, hv[1])
+                    out.append(hv)
                 continue  # hop-by-hop, x-request-id, what nginx hides
         out.append(hv)
     if named:  # rare: end-to-end headers the upstream named in Connection

@@ -18,6 +18,8 @@
 in front takes a degraded gateway out. Checks run concurrently, each bounded by `check_timeout`; a check that
 raises or times out is unhealthy with the reason in its details (erlmcp's try/catch around each check).
 The data comes from a `StatusSource`; the root supplies the live one, tests a fake.
+Every answer gets what Kong's admin_header_filter adds (Kong.status_header_filter is it: kong/init.lua), as far as
+kong.conf's `headers` turns them on: `Server: <token>` and `X-Kong-Admin-Latency` (ms from the request to its head).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import msgspec
 import trio
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from gateway.http.kong_headers import ADMIN_LATENCY, SERVER_TOKEN, enabled
 from gateway.status import kong
 
 log = logging.getLogger("gateway.status")
@@ -42,6 +45,7 @@ log = logging.getLogger("gateway.status")
 HealthStatus = Literal["healthy", "degraded", "unhealthy"]
 CHECKS = ("workers", "bus", "discovery", "upstreams", "memory")
 _ORDER = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+KONG_HEADERS = "server_tokens, latency_tokens"  # kong.conf's default `headers`, as the Status API reads it
 
 
 class CheckResult(msgspec.Struct):
@@ -153,8 +157,12 @@ class StatusApp:
                  families: Callable[[], list[Any]] | None = None, config: Callable[[], Any] | None = None,
                  config_text: Callable[[], str | None] | None = None,
                  node_id: Callable[[], str] | None = None,
-                 statistics: Callable[[], dict[str, int]] | None = None) -> None:
+                 statistics: Callable[[], dict[str, int]] | None = None,
+                 headers: Callable[[], list[str] | str] | None = None) -> None:
         self.source = source
+        # kong.conf's `headers` as now loaded (it changes on a reload), and what it turns on: (setting, Server, latency)
+        self.headers = headers or (lambda: KONG_HEADERS)
+        self._admin_on: tuple[object, bool, bool] = (None, False, False)
         self.registry = registry if registry is not None else REGISTRY
         # run before each scrape with the workers' pids, in this thread (flush the root's counts, sweep dead pids)
         self.prepare = prepare
@@ -202,6 +210,7 @@ class StatusApp:
                     return
         if scope["type"] != "http":
             return
+        started = time.monotonic()
         path = KONG_SLASHED.get(scope["path"], scope["path"])
         handler = self.routes.get(path)
         method = scope["method"]
@@ -222,8 +231,22 @@ class StatusApp:
         else:
             status, headers, body = await handler(scope)
         headers.append((b"content-length", str(len(body)).encode()))
+        self._add_admin_headers(headers, started)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
+
+    def _add_admin_headers(self, headers: list[tuple[bytes, bytes]], started: float) -> None:
+        """Kong's admin_header_filter: X-Kong-Admin-Latency (ms since `started`) and Server, when `headers` has them
+        on (the setting read anew only when a reload changed it)."""
+        setting = self.headers()
+        if setting is not self._admin_on[0]:
+            on = enabled(setting)
+            self._admin_on = (setting, "server" in on, ADMIN_LATENCY in on)
+        _, server, latency = self._admin_on
+        if latency:
+            headers.append((b"x-kong-admin-latency", b"%d" % ((time.monotonic() - started) * 1000.0 + 0.5)))
+        if server:
+            headers.append((b"server", SERVER_TOKEN))
 
     # ---- endpoints ----------------------------------------------------------------------------------------------
 

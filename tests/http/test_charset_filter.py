@@ -51,7 +51,7 @@ def test_only_a_bare_type_of_charset_types_gets_the_charset(ctype, expected):
 
 
 def _ex(status: int = 200, tries: list[object] | None = None) -> SimpleNamespace:
-    return SimpleNamespace(request_id=b"rid", tries=tries, started=0.0, state=None, status=status)
+    return SimpleNamespace(request_id=b"rid", tries=tries, started=0.0, state=None, status=status, phases=None)
 
 
 @pytest.mark.parametrize("setting", [["server_tokens", "latency_tokens", "X-Kong-Request-Id"], "Via", "off"])

@@ -56,6 +56,7 @@ class Ex:
         self.close_after = False
         self.request_id = b""
         self.tries: list | None = None  # an upstream's answer has its try
+        self.phases = None  # (KongHeaders: no other plugin's header filter)
         self.body = body
         self.sent: tuple[int, list, bytes] | None = None
 
