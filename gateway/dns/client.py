@@ -33,10 +33,10 @@ import os
 import random
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -66,6 +66,8 @@ from gateway.dns.sources import (
 
 __all__ = ["TYPE_A", "TYPE_AAAA", "TYPE_CNAME", "TYPE_LAST", "TYPE_SRV", "DnsError", "Record", "Resolver",
            "open_resolver"]
+
+_T = TypeVar("_T")
 
 TYPE_LAST = -1
 ORDER_TYPES = {"LAST": TYPE_LAST, "SRV": TYPE_SRV, "A": TYPE_A, "AAAA": TYPE_AAAA, "CNAME": TYPE_CNAME}
@@ -596,32 +598,13 @@ class Resolver:
         its own, as lua-resty-dns's tcp socket (one settimeout for all three)."""
         ip, port = server
         where = f"TCP server {ip}:{port}"
-        try:
-            sock = trio.socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
-        except OSError as e:
-            raise _QueryFailed(f"failed to create a TCP socket for {where}: {e.strerror or e}") from None
-        with sock:
-            try:
-                with trio.fail_after(self.timeout):
-                    await sock.connect((ip, port))
-            except trio.TooSlowError:
-                raise _QueryFailed(f"failed to connect to {where}: timeout") from None
-            except OSError as e:
-                raise _QueryFailed(f"failed to connect to {where}: {e.strerror or e}") from None
-            try:
-                with trio.fail_after(self.timeout):
-                    await sock.send(len(query).to_bytes(2, "big") + query)
-            except trio.TooSlowError:
-                raise _QueryFailed(f"failed to send query to {where}: timeout") from None
-            except OSError as e:
-                raise _QueryFailed(f"failed to send query to {where}: {e.strerror or e}") from None
-            try:
-                size = int.from_bytes(await _recv_exactly(sock, 2, self.timeout), "big")
-                data = await _recv_exactly(sock, size, self.timeout)
-            except trio.TooSlowError:
-                raise _QueryFailed(f"failed to receive reply from {where}: timeout") from None
-            except OSError as e:
-                raise _QueryFailed(f"failed to receive reply from {where}: {e.strerror or e}") from None
+        timeout = self.timeout
+        with _socket(ip, socket.SOCK_STREAM, where) as sock:
+            await _step(f"failed to connect to {where}", timeout, sock.connect((ip, port)))
+            await _step(f"failed to send query to {where}", timeout, sock.send(len(query).to_bytes(2, "big") + query))
+            reply_to = f"failed to receive reply from {where}"  # (each read bounded on its own: _recv_exactly)
+            size = int.from_bytes(await _step(reply_to, math.inf, _recv_exactly(sock, 2, timeout)), "big")
+            data = await _step(reply_to, math.inf, _recv_exactly(sock, size, timeout))
         try:
             reply = parse_response(data, qid, name, qtype)
         except DnsFormatError as e:
@@ -644,10 +627,7 @@ class _UdpPeer:
     async def open(cls, server: Nameserver) -> _UdpPeer:
         ip, port = server
         where = f"UDP server {ip}:{port}"
-        try:
-            sock = trio.socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
-        except OSError as e:
-            raise _QueryFailed(f"failed to create a UDP socket for {where}: {e.strerror or e}") from None
+        sock = _socket(ip, socket.SOCK_DGRAM, where)
         try:
             await sock.connect((ip, port))
             address = sock.getpeername()[:2]
@@ -661,6 +641,26 @@ class _UdpPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def _socket(ip: str, kind: socket.SocketKind, where: str) -> trio.socket.SocketType:
+    """A socket of `kind` for a nameserver at `ip`; _QueryFailed naming `where` when none can be made."""
+    try:
+        return trio.socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind)
+    except OSError as e:
+        name = "TCP" if kind == socket.SOCK_STREAM else "UDP"
+        raise _QueryFailed(f"failed to create a {name} socket for {where}: {e.strerror or e}") from None
+
+
+async def _step(what: str, timeout: float, step: Awaitable[_T]) -> _T:
+    """`step`'s result within `timeout`; _QueryFailed saying `what` failed, and why, otherwise."""
+    try:
+        with trio.fail_after(timeout):
+            return await step
+    except trio.TooSlowError:
+        raise _QueryFailed(f"{what}: timeout") from None
+    except OSError as e:
+        raise _QueryFailed(f"{what}: {e.strerror or e}") from None
 
 
 async def _recv_exactly(sock: trio.socket.SocketType, size: int, timeout: float) -> bytes:

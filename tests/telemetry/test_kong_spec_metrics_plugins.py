@@ -378,11 +378,16 @@ async def test_prometheus_ingress_is_the_head_the_client_sent_not_the_headers_a_
     port = await _prometheus(nursery, gateway, {"bandwidth_metrics": True}, svc=svc, route=route,
                              others=(transformer,))
     raw = b"GET / HTTP/1.1\r\nhost: gw.test\r\nx-gone: 1\r\nconnection: close\r\n\r\n"
+    assert await _ingress_of(port, raw, svc, route) == len(raw)
+
+
+async def _ingress_of(port: int, raw: bytes, svc: str, route: str) -> float | None:
+    """The route's ingress bytes once the request `raw` was answered 200 and logged."""
     received, _ = await raw_exchange(port, raw, timeout=TIMEOUT)
     assert received.startswith(b"HTTP/1.1 200 ")
     await logged(route, 1)
-    assert sample("kong_bandwidth_bytes", service=svc, route=route, direction="ingress", workspace="default",
-                  consumer="") == len(raw)
+    return sample("kong_bandwidth_bytes", service=svc, route=route, direction="ingress", workspace="default",
+                  consumer="")
 
 
 async def test_prometheus_ingress_counts_a_chunked_bodys_framing(nursery, gateway):
@@ -394,11 +399,7 @@ async def test_prometheus_ingress_counts_a_chunked_bodys_framing(nursery, gatewa
     port = await _prometheus(nursery, gateway, {"bandwidth_metrics": True}, svc=svc, route=route)
     raw = (b"POST / HTTP/1.1\r\nhost: gw.test\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
            + b"1\r\nx\r\n" * 20 + b"0\r\n\r\n")
-    received, _ = await raw_exchange(port, raw, timeout=TIMEOUT)
-    assert received.startswith(b"HTTP/1.1 200 ")
-    await logged(route, 1)
-    assert sample("kong_bandwidth_bytes", service=svc, route=route, direction="ingress", workspace="default",
-                  consumer="") == len(raw)
+    assert await _ingress_of(port, raw, svc, route) == len(raw)
 
 
 async def test_prometheus_egress_of_an_aborted_download_is_what_the_kernel_took(nursery, gateway):
