@@ -28,16 +28,16 @@ def whole_limit(peek_bytes: int) -> int:
     return max(WHOLE_LIMIT, peek_bytes)
 
 
-async def read_all(ex: Exchange, mcp: McpRequest, limit: int) -> bool:
-    """Read the rest of the body into `mcp.body`, stopping once it is longer than `limit`; True when it is whole and
-    within it. A client stalling mid-body is the connection loop's (client_body_timeout: closed, logged 408)."""
+async def read_to(ex: Exchange, mcp: McpRequest, size: int) -> None:
+    """Read the body into `mcp.body` (after what a reader before kept there) until it is whole or holds `size`
+    bytes. A client stalling mid-body is the connection loop's (client_body_timeout: closed, logged 408)."""
     if mcp.body is None:
         body, done = ex.take_buffered_body()
     else:
         body, done = mcp.body, mcp.body_done
-    if not done and len(body) <= limit:
+    if not done and len(body) < size:
         whole = bytearray(body)  # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes)
-        while len(whole) <= limit:
+        while len(whole) < size:
             chunk = await ex.receive_body()
             if chunk is None:
                 done = True
@@ -45,7 +45,13 @@ async def read_all(ex: Exchange, mcp: McpRequest, limit: int) -> bool:
             whole += chunk
         body = bytes(whole)
     mcp.body, mcp.body_done = body, done
-    return done and len(body) <= limit
+
+
+async def read_all(ex: Exchange, mcp: McpRequest, limit: int) -> bool:
+    """Read the rest of the body into `mcp.body`, stopping once it is longer than `limit`; True when it is whole and
+    within it."""
+    await read_to(ex, mcp, limit + 1)
+    return mcp.body_done and len(mcp.body or b"") <= limit
 
 
 def whole_call(mcp: McpRequest) -> jsonrpc.RpcInfo:

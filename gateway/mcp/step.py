@@ -31,7 +31,7 @@ from gateway.config.mcp import McpSettings
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
-from gateway.mcp.confirm import mismatch, read_all, unnamed, whole_call, whole_limit
+from gateway.mcp.confirm import mismatch, read_all, read_to, unnamed, whole_call, whole_limit
 from gateway.mcp.hosts import HostPolicy, check_host_entry, default_allowed_hosts
 from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
 from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
@@ -307,19 +307,8 @@ async def read_peek(ex: Exchange, mcp: McpRequest, limit: int) -> None:
     """Read the body up to `limit` (peek_bytes; it stays in `mcp` for the forwarder) and inspect it."""
     if mcp.peeked:
         return
-    body, done = ex.take_buffered_body() if mcp.body is None else (mcp.body, mcp.body_done)
-    if not done and len(body) < limit:
-        # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes; a client stalling mid-body is
-        # the connection loop's, as every body read: client_body_timeout between reads, closed unanswered as nginx)
-        whole = bytearray(body)
-        while len(whole) < limit:
-            chunk = await ex.receive_body()
-            if chunk is None:
-                done = True
-                break
-            whole += chunk
-        body = bytes(whole)
-    mcp.body, mcp.body_done = body, done
+    await read_to(ex, mcp, limit)
+    body, done = mcp.body or b"", mcp.body_done
     mcp.peeked = True
     if done and len(body) <= limit:
         mcp.info = jsonrpc.peek(body, True)
