@@ -48,6 +48,18 @@ class Balancer(Protocol):
         ...
 
 
+@runtime_checkable
+class FollowsHealth(Protocol):
+    """A balancer that forgets what it learnt of a target taken out of service (Kong's latency: its EWMA), as Kong
+    calls its algorithm's afterHostUpdate on every change of an address's availability (balancers.lua
+    setAddressStatus). The worker's state checks for it (isinstance) when a group's unusable targets change; the
+    balancers without it are not told."""
+
+    def set_unavailable(self, unavailable: frozenset[int]) -> None:
+        """`unavailable`: every target no request may go to for a reason of its own (unhealthy, drained), whole."""
+        ...
+
+
 class IgnoresLoad:
     """For the balancers whose choice does not depend on load (round-robin, the hashes): the proxy does not tell them
     of a request's start and end."""

@@ -6,9 +6,12 @@ lowest decayed EWMA of its response times divided by its weight.
   (the estimate decays towards 0 while a target is left alone, so a slow one is tried again later).
 - Requests in flight are not counted (Kong's getPeer does not): requests that overlap all go to the target with the
   lowest score until one of them ends and its time is folded in.
-- A target that joins (at start, or when its weight becomes positive) starts at the average EWMA of the targets
-  then in service (Kong's slow start: calculate_slow_start_ewma, the newcomers counting as 0), touched now; a
-  target whose weight becomes 0 forgets its EWMA.
+- A target that joins (at start, when its weight becomes positive, or when it is available again) starts at the
+  average EWMA of the targets then in service (Kong's slow start: calculate_slow_start_ewma, the newcomers counting
+  as 0), touched now; a target whose weight becomes 0, or that becomes unavailable (`set_unavailable`: unhealthy or
+  drained), forgets its EWMA (afterHostUpdate, which Kong runs on every health change: balancers.lua
+  setAddressStatus). A circuit-open target keeps its EWMA: the requests the circuit-breaker does not run for may
+  still go to it, through this balancer.
 - Ties go to the lowest index (Kong's: the order of a Lua table). A retry skips the targets tried (`skip`); once
   every one has failed the request, it ends (`start_over` gives None: getPeer's "all endpoints have been retried",
   ERR_NO_PEERS_AVAILABLE), but for a sole target in service, which every retry gets (Kong's address_count 1: the
@@ -39,8 +42,9 @@ class KongLatency:
         self._weights = check_weights(weights)
         self._clock = clock
         self._decay_s = decay_s
-        self._ewma: dict[int, float] = {}  # the targets in service (weight > 0), by index
+        self._ewma: dict[int, float] = {}  # the targets in service (weight > 0, available), in index order
         self._touched: dict[int, float] = {}
+        self._unavailable: frozenset[int] = frozenset()
         self._join([index for index, weight in enumerate(self._weights) if weight])
 
     def _join(self, indexes: list[int]) -> None:
@@ -48,12 +52,17 @@ class KongLatency:
         if not indexes:
             return
         ewma = self._ewma
-        serving = len(ewma) + len(indexes)
-        start = sum(ewma.values()) / serving
+        start = sum(ewma.values()) / (len(ewma) + len(indexes))
         now = self._clock()
         for index in indexes:
             ewma[index] = start
             self._touched[index] = now
+        self._ewma = dict(sorted(ewma.items()))  # a pick's ties go to the lowest index, whoever joined last
+
+    def _leave(self, index: int) -> None:
+        """Kong's afterHostUpdate for a target leaving service: its EWMA is forgotten."""
+        self._ewma.pop(index, None)
+        self._touched.pop(index, None)
 
     def _decayed(self, index: int, rtt: float, now: float) -> float:
         weight = exp(-max(now - self._touched[index], 0.0) / self._decay_s)
@@ -103,7 +112,19 @@ class KongLatency:
         with the slow-start EWMA."""
         self._weights[index] = check_weight(weight)
         if not weight:
-            self._ewma.pop(index, None)
-            self._touched.pop(index, None)
-        elif index not in self._ewma:
+            self._leave(index)
+        elif index not in self._ewma and index not in self._unavailable:
             self._join([index])
+
+    def set_unavailable(self, unavailable: frozenset[int]) -> None:
+        """The targets out of service for their health (or drained) changed: those that left forget their EWMA,
+        those back (with a weight) start at the slow-start EWMA (latency.lua afterHostUpdate, which Kong runs on
+        every health event: balancers.lua setAddressStatus). Called only when the group's unusable targets change."""
+        before = self._unavailable
+        if unavailable == before:
+            return
+        self._unavailable = unavailable
+        for index in unavailable - before:
+            self._leave(index)
+        weights = self._weights
+        self._join(sorted(index for index in before - unavailable if weights[index] and index not in self._ewma))

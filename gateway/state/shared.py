@@ -24,6 +24,7 @@ from typing import Any
 import trio
 import zmq
 
+from gateway.balancing.base import FollowsHealth
 from gateway.breaker.messages import given_up
 from gateway.breaker.state import State
 from gateway.breaker.view import BreakerView
@@ -334,19 +335,28 @@ class SharedState:
         not above its healthchecks.threshold (Kong's unhealthy balancer: 503); with panic_mode, an unhealthy
         upstream uses its unhealthy targets anyway (Envoy's panic mode). gateway.health.threshold has the rules.
         A group a circuit-breaker covers gets `unbroken` too: the same without its circuits, for the requests the
-        plugin does not run for (gateway.runtime._Unbroken)."""
+        plugin does not run for (gateway.runtime._Unbroken). A balancer that follows health (Kong's latency) hears
+        which targets are out for their own sake."""
         keys = group.keys
         weights = self._weights
         unhealthy = self._unhealthy
         weighted = [weights.get(k, t.weight) for k, t in zip(keys, group.targets, strict=True)]
         sick = {i for i, k in enumerate(keys) if k in unhealthy}
+        drained = {i for i, k in enumerate(keys) if k in self._drained}
         threshold = self._thresholds.get(group.name, 0)
         group.unusable = unusable_targets(
-            weighted, sick, {i for i, k in enumerate(keys) if k in self._drained or self.breakers.is_open(k)},
-            threshold, group.panic)
+            weighted, sick, drained | {i for i, k in enumerate(keys) if self.breakers.is_open(k)}, threshold,
+            group.panic)
         if group.breakers:
-            group.unbroken = unusable_targets(weighted, sick, {i for i, k in enumerate(keys) if k in self._drained},
-                                              threshold, group.panic)
+            group.unbroken = unusable_targets(weighted, sick, drained, threshold, group.panic)
+        balancer = group.balancer
+        if isinstance(balancer, FollowsHealth):
+            # Kong forgets an unavailable address's EWMA (afterHostUpdate): here an unhealthy or drained target that
+            # no request may go to. Not a circuit-open one (still open to the requests the plugin does not run
+            # for), nor one skipped only because the whole upstream is below its threshold (Kong's addresses stay
+            # available then), nor an unhealthy one panic mode sends to.
+            out = group.unusable & (sick | drained)
+            balancer.set_unavailable(out & group.unbroken if group.breakers else out)
 
     # ---- the periodic work --------------------------------------------------------------------------------------
 
