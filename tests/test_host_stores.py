@@ -137,12 +137,33 @@ def test_adding_sweeps_expired_counters_every_sweep_every_adds(monkeypatch):
     assert len(counters) == 1
 
 
-def test_past_max_keys_the_oldest_counter_is_dropped(monkeypatch):
+def test_past_max_keys_the_least_recently_incremented_counter_is_dropped(monkeypatch):
+    """Kong's local policies count with `shm:incr` (kong/plugins/response-ratelimiting/policies/init.lua:140).
+    lua-nginx-module's incr moves a live key to the head of the dict's LRU queue (src/ngx_http_lua_shdict.c:1797-1798)
+    and a full dict drops the last of that queue, the least recently used (ngx_http_lua_shdict_expire:262, called
+    with n == 0 from incr at :1863): an active client's long-period counter outlives a flood of new keys, though it
+    was the first one in."""
+    monkeypatch.setattr(counters_module, "MAX_KEYS", 3)
+    counters = Counters()
+    counters.add("active", 5, 3600.0, now=0.0)
+    counters.add("idle-a", 1, 3600.0, now=1.0)
+    counters.add("idle-b", 1, 3600.0, now=2.0)
+    counters.add("active", 5, 3600.0, now=3.0)
+    counters.add("newcomer", 1, 3600.0, now=4.0)
+    assert [counters.get(k, 5.0) for k in ("active", "idle-a", "idle-b", "newcomer")] == [10, 0, 1, 1]
+
+
+def test_reading_a_live_counter_makes_it_the_most_recently_used(monkeypatch):
+    """`shm:get` (policies/init.lua:154) goes through ngx_http_lua_shdict_lookup, which moves the live key it finds
+    to the head of the LRU queue (src/ngx_http_lua_shdict.c:219-220), so a counter read on every request is not the
+    one a full dict drops."""
     monkeypatch.setattr(counters_module, "MAX_KEYS", 2)
     counters = Counters()
-    for key in "abc":
-        counters.add(key, 1, 60.0, now=0.0)
-    assert [counters.get(k, 0.0) for k in "abc"] == [0, 1, 1]
+    counters.add("read", 1, 60.0, now=0.0)
+    counters.add("other", 1, 60.0, now=0.0)
+    assert counters.get("read", 1.0) == 1
+    counters.add("new", 1, 60.0, now=2.0)
+    assert [counters.get(k, 3.0) for k in ("read", "other", "new")] == [1, 0, 1]
 
 
 # ---- the keeper's handling ------------------------------------------------------------------------------------------

@@ -1,15 +1,18 @@
 """Host-wide counters with a lifetime, as Kong's local policies keep them in an nginx shared dict.
 
-Rules (lua-nginx-module's `incr(key, value, init, init_ttl)`):
+Rules (lua-nginx-module's `incr(key, value, init, init_ttl)` and `get(key)`, src/ngx_http_lua_shdict.c):
 1. `add(key, n, ttl)` on a key that is absent or expired starts it at n, living `ttl` seconds from now (0: no end);
    on a live key it adds n and leaves its end where it was.
 2. `get` answers 0 for a key that is absent or expired.
-3. Expired keys are swept as keys are added (every SWEEP_EVERY adds), so memory follows the live keys; past
-   MAX_KEYS live keys the oldest are dropped, as a full shm evicts.
+3. Both `add` and a `get` that finds a live key make the key the most recently used (ngx_http_lua_shdict_lookup
+   moves it to the head of the dict's LRU queue). Past MAX_KEYS live keys, the least recently used is dropped, as a
+   full shm evicts the last of that queue (ngx_http_lua_shdict_expire with n == 0).
+4. Expired keys are swept as keys are added (every SWEEP_EVERY adds), so memory follows the live keys.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from math import inf
 
 SWEEP_EVERY = 4096
@@ -20,7 +23,9 @@ class Counters:
     __slots__ = ("_values", "_adds")
 
     def __init__(self) -> None:
-        self._values: dict[str, list[float]] = {}  # key -> [value, ends at]
+        # key -> [value, ends at], least recently used first (an OrderedDict: moving a key and dropping the first
+        # are O(1))
+        self._values: OrderedDict[str, list[float]] = OrderedDict()
         self._adds = 0
 
     def __len__(self) -> int:
@@ -30,6 +35,7 @@ class Counters:
         found = self._values.get(key)
         if found is None or found[1] <= now:
             return 0
+        self._values.move_to_end(key)
         return int(found[0])
 
     def add(self, key: str, n: int, ttl: float, now: float) -> int:
@@ -37,14 +43,16 @@ class Counters:
         self._adds += 1
         if self._adds % SWEEP_EVERY == 0:
             self.sweep(now)
-        found = self._values.get(key)
+        values = self._values
+        found = values.get(key)
         if found is None or found[1] <= now:
             if found is not None:
-                del self._values[key]  # a restarted key goes to the end of the eviction order
-            elif len(self._values) >= MAX_KEYS:
-                del self._values[next(iter(self._values))]
-            self._values[key] = [n, now + ttl if ttl > 0 else inf]
+                del values[key]  # a restarted key is the most recently used
+            elif len(values) >= MAX_KEYS:
+                values.popitem(last=False)
+            values[key] = [n, now + ttl if ttl > 0 else inf]
             return n
+        values.move_to_end(key)
         found[0] += n
         return int(found[0])
 

@@ -115,3 +115,20 @@ async def test_a_used_up_limit_turns_the_response_into_a_429_and_nothing_is_coun
     assert all(name != b"x-kong-limit" for name, _ in stop.value.headers)
     p.log(ex, 0.0, 0.0, 429)
     assert keeper.added == []
+
+
+async def test_a_limit_name_with_an_underscore_names_the_client_headers_with_a_dash_and_the_upstreams_with_it():
+    """Kong's header_filter sets "X-RateLimit-Limit-" .. limit_name .. "-" .. period_name with `ngx.header[k] = v`
+    (kong/plugins/response-ratelimiting/header_filter.lua:75-80, kong/pdk/private/rate_limiting.lua:102), and
+    lua-nginx-module's ngx_http_lua_ffi_set_resp_header (src/ngx_http_lua_headers.c:980-987) writes every "_" of a
+    response header name as "-" (lua_transform_underscores_in_response_headers, on by default:
+    src/ngx_http_lua_module.c:1760-1761). access.lua:100's kong.service.request.set_header (ngx.req.set_header)
+    has no such rule: the upstream's X-RateLimit-Remaining-video_hd keeps it. The name in X-Kong-Limit is the
+    configured one."""
+    keeper = Keeper(0)
+    p = policy(keeper, limits={"video_hd": {"second": 6}})
+    ex = Exchange()
+    assert not await p.access(ex)
+    assert ex.request.headers == [(b"x-ratelimit-remaining-video_hd", b"6")]
+    headers = p.header_filter(ex, 200, [(b"x-kong-limit", b"video_hd=2")])
+    assert headers == [(b"x-ratelimit-limit-video-hd-second", b"6"), (b"x-ratelimit-remaining-video-hd-second", b"4")]

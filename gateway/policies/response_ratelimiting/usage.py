@@ -11,7 +11,10 @@ increments header, and the headers and verdicts both make.
 - The upstream's answer carries `name=n, other=m` in header_name (Kong's parse_header, below). The client gets, per
   name and period, X-RateLimit-Limit-<name>-<period> and X-RateLimit-Remaining-<name>-<period> (remaining less this
   response's increment, never below 0), unless hide_client_headers; the response becomes a 429 without a body when
-  a name with a positive increment has a period with nothing remaining (<= 0) already in access.
+  a name with a positive increment has a period with nothing remaining (<= 0) already in access. A "_" of the name
+  is a "-" in these client headers only: Kong sets them with ngx.header, and lua-nginx-module writes every "_" of a
+  response header name as "-" (lua_transform_underscores_in_response_headers, on by default; the upstream
+  request's header, set with ngx.req.set_header, keeps it).
 - After the response, each non-zero increment is added to the name's counters of all six periods (Kong's
   get_timestamps: configured or not), unless the response became that 429.
 
@@ -65,8 +68,8 @@ class PeriodLimit(NamedTuple):
     slot: int  # in PERIODS, and in periods.windows' answer
     period: str
     limit: float
-    limit_header: tuple[bytes, bytes]  # x-ratelimit-limit-<name>-<period>: <limit>
-    remaining_header: bytes  # x-ratelimit-remaining-<name>-<period>
+    limit_header: tuple[bytes, bytes]  # x-ratelimit-limit-<name, "_" as "-">-<period>: <limit>
+    remaining_header: bytes  # x-ratelimit-remaining-<name, "_" as "-">-<period>
 
 
 class NamedLimit(NamedTuple):
@@ -85,9 +88,10 @@ class Plan:
         self.limits = []
         for name, by_period in limits.items():
             lname = name.lower().encode()
+            client = lname.replace(b"_", b"-")  # (see the module's docstring)
             periods = tuple(PeriodLimit(PERIODS.index(period), period, limit,
-                                        (b"x-ratelimit-limit-%b-%b" % (lname, period.encode()), lua_string(limit)),
-                                        b"x-ratelimit-remaining-%b-%b" % (lname, period.encode()))
+                                        (b"x-ratelimit-limit-%b-%b" % (client, period.encode()), lua_string(limit)),
+                                        b"x-ratelimit-remaining-%b-%b" % (client, period.encode()))
                             for period, limit in by_period.periods())
             self.limits.append(NamedLimit(name, b"x-ratelimit-remaining-" + lname, periods))
         self.names = {name.encode(): name for name in limits}
