@@ -457,7 +457,10 @@ _AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9\-._~!$&'()*+,;
 # only (anything else but `:`, `/`, `?` and a space after them is a 400), or an IP literal; then a port of digits.
 # ngx_http_validate_host then refuses it as a Host (the lookaheads).
 _TARGET_AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9.-]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
-_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)([^#]*)")
+# An absolute http(s) URI: its authority, then a path or query, which may hold a fragment as an origin-form target's
+# does (ngx_http_parse_request_line's sw_host_end goes on in the origin form's states; a `#` right after the
+# authority is a 400 there)
+_ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)((?:[/?].*)?)", re.S)
 # a verdict per Host value: the few a host's clients send, each checked once
 _VALID_HOSTS: Derived[bytes, bool] = Derived(lambda host: _AUTHORITY.fullmatch(host) is not None, 4096)
 SERVER_NAME = b"kong"  # Kong's nginx server_name: $host of a request without a Host (HTTP/1.0)

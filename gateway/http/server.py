@@ -20,6 +20,7 @@ import trio
 from gateway.http.codec import (
     CLOSED,
     END,
+    HEAD_TOO_LARGE,
     MAX_LINE_BYTES,
     NEED_DATA,
     Headers,
@@ -64,6 +65,11 @@ REUSE_LOG_EVERY_S = 1.0  # ... saying so at most this often
 DRAIN_IDLE_GRACE_S = 1.0  # on drain, how long an idle kept-alive connection may still bring one more request
 LINGER_TIME_S = 30.0  # nginx's lingering_time: the longest a closing connection reads what its client still sends
 LINGER_TIMEOUT_S = 5.0  # nginx's lingering_timeout: ... while the client sends something at least this often
+# Refusals of a head too large that linger whatever is waiting: the rest of the head is likely still on its way. nginx
+# sets r->lingering_close for a 494 (ngx_http_process_request_headers); a 414 comes right after a read that filled the
+# buffer, which leaves c->read->ready set (ngx_unix_recv clears it only when n < size), and
+# ngx_http_finalize_connection lingers on either
+_LINGER_REFUSED = frozenset({414, HEAD_TOO_LARGE})
 
 JSON = b"application/json"
 REQUEST_URI = "request_uri"  # ex.state: the target as the client sent it, once a policy has rewritten it
@@ -764,7 +770,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     except ProtocolError as e:
                         log.debug("bad request from %s: %s", conn.peer, e)
                         await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at, e.headers)
-                        return conn.readable()
+                        return e.status in _LINGER_REFUSED or conn.readable()
                     except (BrokenPipeError, ConnectionError):
                         return False
                     if ev is CLOSED:

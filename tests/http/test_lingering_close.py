@@ -131,3 +131,44 @@ async def test_a_504_for_an_upstream_write_timeout_lingers_over_the_unread_reque
         await trio.aclose_forcefully(stream)
     assert received.startswith(b"HTTP/1.1 504"), bytes(received[:200])
     assert (upload_reset, reset) == (False, False)
+
+
+async def _refused_then_rest(port: int, start: bytes, rest: bytes) -> tuple[int, bytes]:
+    """Send `start`, a head too large to read, take the answer whole, then send `rest` of the head in pieces, as a
+    slow link brings it: (the answer's status, what came after it). A reset on the way is an AssertionError."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        with trio.fail_after(TIMEOUT):
+            await stream.send_all(start)
+            received = b""
+            while b"\r\n\r\n" not in received or len(received.partition(b"\r\n\r\n")[2]) < int(
+                    parse_raw_response(received)[1]["content-length"]):
+                data = await stream.receive_some(65536)
+                assert data, f"the connection ended before a whole response: {received!r}"
+                received += data
+            await trio.sleep(0.1)  # the rest comes a moment after the answer
+            try:
+                for piece in (rest[:4000], rest[4000:8000], rest[8000:], b"\r\n\r\n"):
+                    await stream.send_all(piece)
+                    await trio.sleep(0.05)
+                end = await stream.receive_some(65536)
+            except trio.BrokenResourceError as e:
+                raise AssertionError(f"the rest of the head met a reset, no lingering close: {e}") from None
+    finally:
+        await trio.aclose_forcefully(stream)
+    return parse_raw_response(received)[0], end
+
+
+async def test_a_head_refused_as_too_large_lingers_over_the_rest_of_it(nursery, gateway):
+    """494, a header line too long (Kong's 400 "Request header or cookie too large"): nginx release-1.27.1
+    src/http/ngx_http_request.c:1410-1413 (ngx_http_process_request_headers) sets `r->lingering_close = 1` before
+    finalizing it, so ngx_http_finalize_connection (:2810-2818) calls ngx_http_set_lingering_close: a FIN after the
+    answer (:3498) and the rest of the head read and dropped. 414, a request line too long (:1229-1236): it follows a
+    read that filled the buffer, which leaves c->read->ready set (src/os/unix/ngx_recv.c:155-166 clears it only when
+    n < size), and `r->connection->read->ready` lingers too. Closing at once would reset the client still writing."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{echo.port}", [{"paths": ["/"]}])]})
+    cookie = b"GET /x HTTP/1.1\r\nHost: a\r\nCookie: " + b"c" * 9000  # past one 8k buffer
+    assert await _refused_then_rest(port, cookie, b"c" * 12000) == (400, b"")  # (b"": the FIN, no reset)
+    assert await _refused_then_rest(port, b"GET /" + b"a" * 9000, b"a" * 12000) == (414, b"")

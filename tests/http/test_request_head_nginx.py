@@ -308,6 +308,22 @@ def test_an_absolute_targets_host_of_nginxs_characters_replaces_the_host_header(
     assert isinstance(ev, Request) and (ev.target, ev.host, ev.headers) == (b"/x", authority, [(b"host", authority)])
 
 
+@pytest.mark.parametrize(("target", "origin"), [(b"http://a.test/api#frag", b"/api#frag"),
+                                                (b"http://a.test?q=1#frag", b"/?q=1#frag")])
+def test_an_absolute_target_with_a_fragment_is_read_as_its_origin_form(codec, target, origin):
+    """nginx release-1.27.1 src/http/ngx_http_parse.c:382-391: once an absolute-form target's host ends, sw_host_end
+    goes on in the origin form's states (sw_after_slash_in_uri, sw_uri), which take a `#` (:521-524); the request is
+    then the origin form's (whose path ngx_http_parse_complex_uri cuts at the `#`, as the router does)."""
+    ev = first_event(codec, [b"GET " + target + b" HTTP/1.1\r\nHost: c\r\n\r\n"])
+    assert isinstance(ev, Request) and (ev.target, ev.host) == (origin, b"a.test")
+
+
+def test_a_fragment_right_after_an_absolute_targets_host_is_400(codec):
+    """nginx release-1.27.1 src/http/ngx_http_parse.c:374-403: sw_host_end takes `:`, `/`, `?` or a space after the
+    host; a `#` there is NGX_HTTP_PARSE_INVALID_REQUEST."""
+    assert first_event(codec, [b"GET http://a.test#frag HTTP/1.1\r\nHost: c\r\n\r\n"]) == ("error", 400)
+
+
 @pytest.mark.parametrize("host", [b"bad..host", b"a b", b"", b".", b"a/b"])
 def test_an_invalid_host_header_is_400_with_an_absolute_target_too(codec, host):
     """ngx_http_process_host validates the Host header ("client sent invalid host header", 400: two dots in a row,
