@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from gateway.config.errors import show
 from gateway.config.schema import GatewaySettings
 from gateway.kong_array import kong_array
 
@@ -126,8 +127,6 @@ KONG_CONF: dict[str, str] = {
     "admin_listen": _not("the Admin API's listeners", _ADMIN),
     "nginx_user": _not("the user and group of nginx's workers", f"{_NGINX}; its processes run as the user that "
                                                                  "starts it"),
-    "nginx_worker_processes": _ours("workers", "`workers: 4`, or unset for nginx's auto (one per CPU); "
-                                               "`gateway start --workers N` overrides it"),
     "nginx_daemon": ("is how `gateway start` is run here, not a config key: it runs as a daemon, and `gateway start "
                      "--foreground` stays in the foreground (Kong's nginx_daemon = off)"),
     "mem_cache_size": _not("the size of Kong's entity caches", _CACHE),
@@ -313,6 +312,10 @@ ALIASES: dict[str, str] = {
     "nginx_proxy_real_ip_recursive": "real_ip_recursive",
     "nginx_http_ssl_protocols": "ssl_protocols",
     "nginx_http_ssl_session_tickets": "ssl_session_tickets",
+    # nginx's worker_processes: a number, or auto (one per CPU, nginx.c's ngx_ncpu), which is `workers` unset
+    # (kong_value); Kong's nginx_worker_processes is its older name (constants.lua's alias)
+    "nginx_main_worker_processes": "workers",
+    "nginx_worker_processes": "workers",
 }
 
 # kong/conf_loader/constants.lua's CONF_PARSERS typ of the keys taken here (ours and aliases, as written), read as
@@ -339,6 +342,8 @@ NGINX_NONE: dict[str, Any] = {
     "nginx_proxy_real_ip_recursive": False,
     "nginx_http_ssl_protocols": "TLSv1.2 TLSv1.3",  # ngx_event_openssl.h's NGX_SSL_DEFAULT_PROTOCOLS
     "nginx_http_ssl_session_tickets": True,  # ngx_http_ssl_module.c
+    "nginx_main_worker_processes": 1,  # nginx.c's ngx_core_module_init_conf
+    "nginx_worker_processes": 1,
 }
 _NONE_PASSES = re.compile(r"nginx_(?:stream_.+|.+_ssl_conf_command)")
 # our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
@@ -347,6 +352,11 @@ _OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen",
 # ... and those whose `off` (the word, as kong.conf writes it) is our false: prefix_handler.lua's `~= "off"`
 _OFF_FALSE = frozenset(("access_log",))
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# `number` keys whose Kong default is NONE (kong_defaults.lua): their text NONE is tonumber("NONE"), nil: unset
+_NONE_UNSET = frozenset(("dns_valid_ttl",))
+# nginx's worker_processes: `auto` is one worker per CPU, what `workers` unset is; a number is taken as it is
+_WORKER_PROCESSES = frozenset(("nginx_main_worker_processes", "nginx_worker_processes"))
+_DIGITS = re.compile(r"[0-9]+")  # ngx_atoi's
 
 # The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being
 # comma-separated): they pass.
@@ -514,17 +524,23 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
         if not isinstance(key, str):
             out[key] = value
             continue
+        value = kong_value(key, value)
         if value == "NONE" and key.startswith("nginx_"):
             if key in NGINX_NONE:
                 value = NGINX_NONE[key]
             elif _NONE_PASSES.fullmatch(key):
                 continue
-        value = kong_value(key, value)
+        if key in _WORKER_PROCESSES and isinstance(value, str):
+            errors.append(f"gateway.{key}: expected auto or a number of worker processes, got {show(value)}")
+            continue
         target = ALIASES.get(key)
         if target is not None:
             if target in block:
                 errors.append(f"gateway.{key} and gateway.{target}: set one of them (kong.conf's {key} is "
                               f"{target} here, under either name)")
+            elif target in aliased:  # (nginx_worker_processes and nginx_main_worker_processes)
+                errors.append(f"gateway.{aliased[target]} and gateway.{key}: set one of them (both are {target} "
+                              "here)")
             else:
                 out[target] = value
                 aliased[target] = key
@@ -545,21 +561,28 @@ def as_written(message: str, aliased: dict[str, str]) -> str:
 
 
 def kong_value(key: str, value: Any) -> Any:
-    """`value` of kong.conf's `key` as Kong's conf loader reads it (parse_value, listeners.lua): a boolean or number
-    key's text as the boolean or number; YAML's false (an unquoted `off`) as `off` where kong.conf takes the word, and
-    the word as false where our field is a boolean (access_log);
-    `listen`'s comma-separated string as its list; `status_listen` off (its first entry `off`) as null, one entry in
-    the array form as that entry."""
+    """`value` of kong.conf's `key` as Kong's conf loader reads it (parse_value, listeners.lua): the text of each of
+    kong.conf's keys stripped, whatever its type (a KONG_ variable's too); a boolean or number key's text as the
+    boolean or number, NONE as unset where that is Kong's default; nginx's worker_processes auto as `workers` unset;
+    YAML's false (an unquoted `off`) as `off` where kong.conf takes the word, and the word as false where our field
+    is a boolean (access_log); `listen`'s comma-separated string as its list; `status_listen` off (its first entry
+    `off`) as null, one entry in the array form as that entry."""
     typ = KONG_TYPES.get(key)
+    if isinstance(value, str) and is_kong_key(key):
+        value = value.strip()  # parse.lua's parse_value, before any check
     if key in _OFF_FALSE and value == "off":
         return False
     if key in _OFF_WORD:
         value = [_off(v) for v in value] if isinstance(value, list) else _off(value)
     if isinstance(value, str) and typ == "boolean":
-        return _BOOLEANS.get(value.strip(), value)
-    if isinstance(value, str) and typ == "number" and _NUMBER.fullmatch(value.strip()):
+        return _BOOLEANS.get(value, value)
+    if isinstance(value, str) and typ == "number" and _NUMBER.fullmatch(value):
         number = float(value)
         return int(number) if number.is_integer() else number
+    if value == "NONE" and key in _NONE_UNSET:
+        return None
+    if isinstance(value, str) and key in _WORKER_PROCESSES:
+        return None if value == "auto" else int(value) if _DIGITS.fullmatch(value) else value
     if key == "listen" and isinstance(value, str) and "," in value:
         return kong_array(value)
     if key == "status_listen" and (isinstance(value, str) or
@@ -603,11 +626,19 @@ def overridden(block: dict[str, Any], environment: Mapping[str, str], environ: M
     variable wins over the file whichever name either uses."""
     if not environment:
         return block
-    names: dict[str, set[str]] = {}  # a setting's names, by each of them
+    names: dict[str, set[str]] = {}  # a setting's names, by each of them (one set per setting)
     for alias, target in ALIASES.items():
-        names.setdefault(alias, {alias}).add(target)
-        names.setdefault(target, {target}).add(alias)
+        names[alias] = names.setdefault(target, {target})
+        names[alias].add(alias)
     given = {name for key in environment for name in names.get(key, {key})}
     out = {key: value for key, value in block.items() if key not in given}
     out.update({key: environ[variable] for key, variable in environment.items()})
     return out
+
+
+def carried(environ: Mapping[str, str]) -> dict[str, str]:
+    """The KONG_<KEY> variables of `environ` that set kong.conf's keys (KONG_VAULT_ENV_PREFIX too), as {variable:
+    text}: what `gateway reload` carries to the running gateway, whose root applies them over its own environment,
+    as `kong reload` loads kong.conf with its own process's variables (kong/cmd/reload.lua)."""
+    variables = [*from_environment(environ).values(), ENVIRONMENT_PREFIX + VAULT_ENV_PREFIX.upper()]
+    return {variable: environ[variable] for variable in sorted(variables) if variable in environ}

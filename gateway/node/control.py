@@ -21,7 +21,7 @@ import zmq
 
 from gateway.bus.admin_client import AdminUnavailable, admin_call
 from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
-from gateway.config import Config, ConfigError, parse_host_port
+from gateway.config import Config, ConfigError, kong_conf, parse_host_port
 from gateway.config.schema import GatewaySettings
 from gateway.config.tls import listen_flags, status_options
 from gateway.http.net import bind_listener
@@ -387,8 +387,11 @@ def _socket_problem(path: str) -> str | None:
 
 def reload(config_path: str | None, pid_file: str | None = None, endpoint: str | None = None) -> int:
     """Reload the running gateway: with --config F, from F (which it then keeps: later reloads and SIGHUP re-read F,
-    as `kong reload -c` does); without, from the file it was started with or last reloaded from."""
-    args = {"config": os.path.abspath(config_path)} if config_path else None
+    as `kong reload -c` does); without, from the file it was started with or last reloaded from. This command's
+    KONG_<KEY> variables go with it: the gateway applies them over its own, as `kong reload` loads kong.conf in its
+    own process (kong/cmd/reload.lua), and keeps them for later reloads."""
+    args: dict[str, Any] = {"config": os.path.abspath(config_path)} if config_path else {}
+    args.update(kong_conf.carried(os.environ))
     if config_path is not None:  # a file that does not check is never reloaded: say so without asking the gateway
         try:
             load_validated(config_path)

@@ -22,12 +22,13 @@ Signals are handled at once, whatever the supervisors are busy with: nothing on 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -41,7 +42,7 @@ from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.bus.protocol import pub_endpoint
 from gateway.cli import EXIT_FAILURE, EXIT_OK
-from gateway.config import Config, ConfigError, parse_config, parse_host_port
+from gateway.config import Config, ConfigError, kong_conf, parse_config, parse_host_port
 from gateway.config.loader import check_kept_status_listen, read_config_text
 from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.backoff import Backoff
@@ -74,7 +75,7 @@ from supervisor import (
     serve,
 )
 from supervisor.forkserver import ForkServer
-from supervisor.process import ProcessRef
+from supervisor.process import Process, ProcessRef
 from supervisor.refs import ChildRef
 
 log = logging.getLogger("gateway.node")
@@ -92,10 +93,11 @@ class StartupError(Exception):
     """The gateway could not start; the message says why (printed by `gateway start`)."""
 
 
-def load_validated(path: str) -> tuple[str, Config]:
-    """The config text and its validated Config; ConfigError lists every problem."""
+def load_validated(path: str, environ: Mapping[str, str] | None = None) -> tuple[str, Config]:
+    """The config text and its validated Config, kong.conf's KONG_ variables read from `environ` (this process's
+    environment when not given); ConfigError lists every problem."""
     text = read_config_text(path)
-    config = parse_config(text, path)
+    config = parse_config(text, path, environ)
     compile_config(config, path)
     return text, config
 
@@ -413,8 +415,10 @@ class Node:
         write_atomically(path, text)
         return path
 
-    def _generation(self, generation: int, text: str, config: Config) -> Generation:
-        """Write the config snapshot the generation's workers load; the generation, to be started by the root."""
+    def _generation(self, generation: int, text: str, config: Config,
+                    environ: Mapping[str, str] | None = None) -> Generation:
+        """Write the config snapshot the generation's workers load; the generation, to be started by the root. Its
+        workers start with `environ` when given (the one its config was checked under), else with the root's."""
         snapshot = os.path.join(self.run_dir, f"config.gen{generation}.yaml")
         write_atomically(snapshot, text)
         addresses = listen_addresses(config)
@@ -422,16 +426,21 @@ class Node:
         workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config,
                                     self._spawner())
                    for i in range(count)]
+        if environ is not None:
+            workers = [_started_with(spec, environ) for spec in workers]
         return Generation(generation, tree.workers_supervisor(generation, workers, config),
                           drain_timeout=config.gateway.drain_timeout + tree.SHUTDOWN_MARGIN_MS / 1000)
 
-    async def reload(self, config_path: str | None = None) -> dict[str, Any]:
+    async def reload(self, config_path: str | None = None,
+                     variables: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Apply the config file again (or `config_path`, which it then runs from): the new generation accepts before
-        the old one stops accepting. A rejected config changes nothing; why is logged and raised."""
+        the old one stops accepting. `variables` (`gateway reload`'s KONG_* ones) apply over the root's environment
+        and, once the reload succeeds, join it for later reloads and children, as `kong reload` writes what it loaded
+        to the prefix's .kong_env. A rejected config changes nothing; why is logged and raised."""
         async with self._reload_lock:
             path = os.path.abspath(config_path) if config_path else self.config_path
             try:
-                return await self._reload(path)
+                return await self._reload(path, dict(variables or {}))
             except AdminCommandError as e:
                 log.error("reload of %s rejected: %s", path, e)
                 raise
@@ -440,11 +449,12 @@ class Node:
                          " (the gateway is stopping)" if self._stop.is_set() else "")
                 raise AdminCommandError("the gateway stopped during this reload") from None
 
-    async def _reload(self, path: str) -> dict[str, Any]:
+    async def _reload(self, path: str, variables: dict[str, str]) -> dict[str, Any]:
         if self._stop.is_set():
             raise AdminCommandError("the gateway is stopping; start it again to run this config")
+        environ = {**os.environ, **variables} if variables else None  # what the config is checked and run under
         try:  # (in a thread: a large file takes seconds to check, while status and signals are answered)
-            text, config = await trio.to_thread.run_sync(load_validated, path)
+            text, config = await trio.to_thread.run_sync(load_validated, path, environ)
         except ConfigError as e:
             raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
                 from None
@@ -463,7 +473,7 @@ class Node:
         old = self.generation
         new = old + 1
         try:
-            generation = self._generation(new, text, config)
+            generation = self._generation(new, text, config, environ)
             generation.nursery = self._nursery
             await self.root.start_child(generation.child_spec())  # type: ignore[union-attr]
         except BaseException as e:
@@ -475,6 +485,7 @@ class Node:
         self._generations[new] = generation
         self.generation = new
         self.config = config
+        os.environ.update(variables)  # for later reloads and the children started from now on (satellites, keeper)
         if path != self.config_path:
             log.info("reload: the gateway now runs from %s (was %s)", path, self.config_path)
             self.config_path = path
@@ -540,7 +551,7 @@ class Node:
             path = request.args.get("config")
             if path is not None and not isinstance(path, str):
                 raise AdminCommandError("reload: config=PATH must be a string")
-            return await self.reload(path)
+            return await self.reload(path, _reload_variables(request.args))
         if cmd == "stop":
             self._stop.set()
             return {"stopping": True}
@@ -634,6 +645,25 @@ def _child_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
             "uptime_s": round(now - started, 3) if started is not None else None,
             "restarts": info.restart_count,
             **({"started_by": ref.started_by} if isinstance(ref, ProcessRef) else {})}
+
+
+def _reload_variables(args: Mapping[str, object]) -> dict[str, str]:
+    """An admin `reload`'s KONG_<KEY> arguments (`gateway reload` sends its own environment's) that set kong.conf's
+    keys; the others are ignored, as Kong's conf loader ignores them."""
+    given: dict[str, str] = {}
+    for key, value in args.items():
+        if key.startswith(kong_conf.ENVIRONMENT_PREFIX):
+            if not isinstance(value, str):
+                raise AdminCommandError(f"reload: {key}=TEXT must be a string (a KONG_ variable's text)")
+            given[key] = value
+    return kong_conf.carried(given)
+
+
+def _started_with(spec: ChildSpec, environ: Mapping[str, str]) -> ChildSpec:
+    """`spec`, its process started with `environ` in place of the root's environment (a reload's KONG_ variables
+    join the root's only once the reload has succeeded)."""
+    assert isinstance(spec.start, Process)
+    return dataclasses.replace(spec, start=dataclasses.replace(spec.start, env=dict(environ)))
 
 
 def _write_pid(path: str) -> None:

@@ -75,7 +75,7 @@ def test_every_key_is_ours_an_alias_or_in_the_table():
     assert not (ours & table) and not (aliases & table) and not (OURS & (set(ALIASES) | set(KONG_CONF)))
     assert set(ALIASES.values()) <= OURS
     assert set(ACCEPTED) <= set(KONG_CONF)
-    assert (len(ours), len(aliases), len(table)) == (30, 10, 138)
+    assert (len(ours), len(aliases), len(table)) == (30, 11, 137)
 
 
 PAIRED = {"ssl_cert_key": "ssl_cert"}  # kong/conf_loader/parse.lua: a key alone: "ssl_cert must be specified"
@@ -108,9 +108,11 @@ def test_each_key_of_the_table_is_refused_by_name(key: str):
                      "\"0.0.0.0:8443 ssl\"]` (a list, or one \"host:port\"); of the suffixes only `ssl` is supported "
                      "(http2, proxy_protocol, deferred, bind, reuseport, backlog=, ipv6only= and so_keepalive= are "
                      "not), and there is no off"),
-    ("nginx_worker_processes", "gateway.nginx_worker_processes: kong.conf's nginx_worker_processes is `workers` "
-                               "here: `workers: 4`, or unset for nginx's auto (one per CPU); `gateway start "
-                               "--workers N` overrides it"),
+    ("nginx_main_worker_rlimit_nofile", "gateway.nginx_main_worker_rlimit_nofile: kong.conf's "
+                                        "nginx_main_worker_rlimit_nofile is `worker_rlimit_nofile` here: "
+                                        "`worker_rlimit_nofile: 16384` (nginx's worker_rlimit_nofile); leave it unset "
+                                        "in place of auto: the soft limit is then raised to the hard one (Kong's auto: "
+                                        "ulimit -n, 1024 to 16384)"),
     ("pg_host", "gateway.pg_host: kong.conf's pg_host (the Postgres connection's host) is not supported by the "
                 "gateway: the gateway has no database: its configuration is the file given to `gateway start "
                 "--config` (Kong's declarative format, as DB-less Kong takes it), applied again by `gateway reload`"),
@@ -130,7 +132,8 @@ def test_each_key_of_the_table_is_refused_by_name(key: str):
                  "reload`; `database: off` is accepted (it is what the gateway does)"),
 ])
 def test_exact_messages(key: str, message: str):
-    value = {"proxy_listen": "0.0.0.0:8000", "nginx_worker_processes": "auto", "database": "postgres"}.get(key, "x")
+    value = {"proxy_listen": "0.0.0.0:8000", "nginx_main_worker_rlimit_nofile": "auto",
+             "database": "postgres"}.get(key, "x")
     assert outcome({key: value}) == [message]
 
 
@@ -245,7 +248,7 @@ def test_removed_keys_are_still_refused_with_their_own_message():
 
 def test_check_config_prints_each_kong_key_on_its_own_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     path = tmp_path / "kong.yml"
-    path.write_text("gateway:\n  proxy_listen: 0.0.0.0:8000\n  nginx_worker_processes: auto\n  log_level: notice\n"
+    path.write_text("gateway:\n  proxy_listen: 0.0.0.0:8000\n  nginx_worker_processes: lots\n  log_level: notice\n"
                     "  proxy_access_log: logs/access.log\n  resolver_address: 8.8.8.8\n  mem_cache_size: 128m\n"
                     "  port_maps: '80:8000'\n  database: off\n")
     assert check_config(str(path)) == 2

@@ -9,11 +9,21 @@ import json
 import pytest
 from test_kong_conf_keys import outcome
 
-from gateway.config import parse_config
+from gateway.config import ConfigError, parse_config
 
 
-def settings(gateway: dict[str, object]) -> object:
-    return parse_config(json.dumps({"gateway": gateway}), "f").gateway
+def settings(gateway: dict[str, object], environ: dict[str, str] | None = None) -> object:
+    """The `gateway:` settings of a file with `gateway`, the KONG_ variables read from `environ` when given."""
+    return parse_config(json.dumps({"gateway": gateway}), "f", environ=environ).gateway
+
+
+def problems(gateway: dict[str, object], environ: dict[str, str]) -> list[str]:
+    """The messages refusing a file with `gateway` under the KONG_ variables `environ` ([] when it loads)."""
+    try:
+        parse_config(json.dumps({"gateway": gateway}), "f", environ=environ)
+    except ConfigError as e:
+        return [m.removeprefix("f: ") for m in e.messages]
+    return []
 
 
 # --- types: parse.lua's parse_value -----------------------------------------------------------------------------
@@ -49,6 +59,24 @@ def test_numbers_are_read_from_their_text(key: str, text: str, field: str, value
 def test_a_number_key_given_a_word_is_still_refused_naming_it():
     [message] = outcome({"upstream_keepalive_max_requests": "many"})
     assert message.startswith("gateway.upstream_keepalive_max_requests: ")
+
+
+def test_the_text_of_a_string_key_is_stripped_a_kong_variables_too():
+    """kong/conf_loader/parse.lua:69-71 parse_value: `if type(value) == "string" then value = strip(value) end`, for
+    every key whatever its type, before the enum check (parse.lua:228-234): KONG_ERROR_DEFAULT_TYPE="application/json "
+    is application/json, and KONG_REAL_IP_HEADER=" X-Forwarded-For" is X-Forwarded-For."""
+    environ = {"KONG_ERROR_DEFAULT_TYPE": "application/json ", "KONG_REAL_IP_HEADER": " X-Forwarded-For"}
+    gw = settings({}, environ)
+    assert (gw.error_default_type, gw.real_ip_header) == ("application/json", "X-Forwarded-For")  # type: ignore[attr-defined]
+    assert settings({"error_default_type": " text/plain "}, {}).error_default_type == "text/plain"  # type: ignore[attr-defined]
+
+
+def test_dns_valid_ttl_none_is_unset_as_kongs_default_is():
+    """kong.conf.default's `#dns_valid_ttl = NONE` and kong_defaults.lua:167: a `number` key (constants.lua's
+    CONF_PARSERS) whose text NONE parse_value (parse.lua:87-88) makes tonumber("NONE"), nil: not set, each record's
+    own TTL holds. Uncommenting the default line, or KONG_DNS_VALID_TTL=NONE, loads."""
+    assert settings({"dns_valid_ttl": "NONE"}, {}).dns_valid_ttl_s is None  # type: ignore[attr-defined]
+    assert settings({"dns_valid_ttl": 30}, {"KONG_DNS_VALID_TTL": " NONE"}).dns_valid_ttl_s is None  # type: ignore[attr-defined]
 
 
 # --- listeners: listeners.lua's parse_listeners -------------------------------------------------------------------
@@ -149,3 +177,43 @@ def test_the_nginx_directive_a_key_stands_for_sets_it(key: str, value: str, fiel
     nginx_http_ssl_protocols / nginx_http_ssl_session_tickets (`directives`): the directive, given, is the
     setting."""
     assert getattr(settings({key: value}), field) == expected
+
+
+# --- nginx's worker_processes: kong_defaults.lua:81 and 85, constants.lua's alias ----------------------------------
+
+
+@pytest.mark.parametrize(("gateway", "environ"), [
+    ({"nginx_worker_processes": "auto"}, {}), ({"nginx_main_worker_processes": "auto"}, {}),
+    ({}, {"KONG_NGINX_WORKER_PROCESSES": "auto"}), ({"workers": 3}, {"KONG_NGINX_MAIN_WORKER_PROCESSES": " auto"}),
+])
+def test_worker_processes_auto_is_one_worker_per_cpu(gateway: dict[str, object], environ: dict[str, str]):
+    """kong_defaults.lua:81 and 85, `nginx_worker_processes = auto` (Kong's older name of nginx_main_worker_processes,
+    constants.lua's alias): nginx 1.27.1 reads `worker_processes auto;` as ngx_ncpu (src/core/nginx.c:1566-1568),
+    sysconf(_SC_NPROCESSORS_ONLN) (src/os/unix/ngx_posix_init.c:61-65): one worker per online CPU, what `workers`
+    unset is. The variable beats the file's `workers` (parse.lua's overrides: the environment beats the file)."""
+    assert settings(gateway, environ).workers is None  # type: ignore[attr-defined]
+
+
+def test_worker_processes_given_a_number_is_that_many_workers():
+    """nginx.c:1571-1575: any other value is ngx_atoi's number of workers; `NONE` writes no directive (parse.lua:951,
+    parse_nginx_directives), so nginx's default, 1 (nginx.c:1148 ngx_conf_init_value), holds."""
+    assert settings({"nginx_worker_processes": 4}, {}).workers == 4  # type: ignore[attr-defined]
+    assert settings({}, {"KONG_NGINX_MAIN_WORKER_PROCESSES": "2"}).workers == 2  # type: ignore[attr-defined]
+    assert settings({"nginx_main_worker_processes": "NONE"}, {}).workers == 1  # type: ignore[attr-defined]
+
+
+def test_worker_processes_under_two_names_in_one_file_is_an_error():
+    """One setting (`workers` here): both names in the file, or `workers` beside Kong's name, are a contradiction the
+    file must settle, as for every key taken under two names."""
+    assert problems({"nginx_main_worker_processes": "auto", "nginx_worker_processes": 2}, {}) == [
+        "gateway.nginx_main_worker_processes and gateway.nginx_worker_processes: set one of them (both are workers "
+        "here)"]
+    assert problems({"workers": 3, "nginx_worker_processes": "auto"}, {}) == [
+        "gateway.nginx_worker_processes and gateway.workers: set one of them (kong.conf's nginx_worker_processes is "
+        "workers here, under either name)"]
+
+
+def test_worker_processes_that_is_neither_auto_nor_a_number_is_refused_saying_what_it_takes():
+    assert problems({}, {"KONG_NGINX_WORKER_PROCESSES": "lots"}) == [
+        'gateway.nginx_worker_processes: expected auto or a number of worker processes, got "lots" (set by the '
+        "environment variable KONG_NGINX_WORKER_PROCESSES, which overrides the file)"]
