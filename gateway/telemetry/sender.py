@@ -2,14 +2,14 @@
 (llhttp) on a Trio stream, TLS with Trio's SSL stream for https, kept-alive connections in a pool per sender. A log
 entry per request goes this way with Kong's defaults (http-log's batch of one), so a send is a few joins and a parse.
 
-Each phase has its own bound, as Kong's senders do: connecting (connect_timeout), sending the request
-(send_timeout), reading the response (read_timeout). A 2xx answer is success, as Kong's http-log counts any status
-below 300 as delivered (one whose body passes MAX_RESPONSE_BYTES too: the rest is not read, the connection is closed);
-anything else, a timeout or a broken connection raises SendError, which the batch queue retries. The connection is
-reused for the next batch when the exchange ended cleanly and it was idle less than `keepalive` seconds; otherwise a
-new one is opened. Each send has a connection to itself (Kong's senders make a client per send): concurrent sends (a
-queue's concurrency_limit -1, at most batch.MAX_CONCURRENT_SENDS) each take an idle one or open their own, and at
-most POOL_SIZE stay idle afterwards.
+Each phase has its own bound, as Kong's senders do: connecting (connect_timeout), sending the request (send_timeout),
+reading the response (read_timeout), 0 being the cosocket's default, 60 s (socket_timeout). A 2xx answer is success,
+as Kong's http-log counts any status below 300 as delivered (one whose body passes MAX_RESPONSE_BYTES too: the rest is
+not read, the connection is closed); anything else, a timeout or a broken connection raises SendError, which the batch
+queue retries. The connection is reused for the next batch when the exchange ended cleanly and it was idle less than
+`keepalive` seconds; otherwise a new one is opened. Each send has a connection to itself (Kong's senders make a client
+per send): concurrent sends (a queue's concurrency_limit -1, at most batch.MAX_CONCURRENT_SENDS) each take an idle one
+or open their own, and at most POOL_SIZE stay idle afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from gateway.http.tls_contexts import client_context
 # and its connection closed, any other is a SendError
 MAX_RESPONSE_BYTES = 1 << 20
 POOL_SIZE = 30  # idle connections a sender keeps: ngx_lua's lua_socket_pool_size, which Kong's senders' pools have
+LUA_SOCKET_TIMEOUT_S = 60.0  # ngx_lua's lua_socket_connect/send/read_timeout default (Kong's template sets none)
 C = TypeVar("C")
 
 
@@ -88,6 +89,14 @@ def _unparsable(error: ValueError) -> str:
     return "it cannot be split into scheme, host and path"
 
 
+def socket_timeout(seconds: float) -> float:
+    """A phase's bound as a cosocket's settimeouts takes it (lua-nginx-module ngx_http_lua_socket_tcp.c
+    settimeouts: `if (connect_timeout > 0) ... else u->connect_timeout = u->conf->connect_timeout`): a timeout of
+    0 whole milliseconds (0, or under 1 ms, which ngx_lua truncates to 0) is ngx_lua's default, 60 s, not a deadline
+    already past."""
+    return seconds if seconds >= 0.001 else LUA_SOCKET_TIMEOUT_S
+
+
 def kept_alive(idle_since: float, keepalive: float) -> bool:
     """Whether a connection idle since `idle_since` may be reused: idle less than `keepalive` seconds, or forever
     with 0 (ngx_lua's setkeepalive(0), which Kong's senders call with the plugin's keepalive)."""
@@ -96,8 +105,8 @@ def kept_alive(idle_since: float, keepalive: float) -> bool:
 
 async def connect(host: str, port: int, *, tls: bool, server_hostname: str | None, verify: bool, timeout: float,
                   where: str) -> trio.abc.Stream:
-    """A TCP stream to a collector, TLS when `tls` (SNI `server_hostname`, certificate checked only with `verify`,
-    as Kong's log senders do not); SendError naming `where` when it cannot be had within `timeout` seconds."""
+    """A TCP stream to a collector, TLS when `tls` (SNI `server_hostname`, certificate and name checked only with
+    `verify`); SendError naming `where` when it cannot be had within `timeout` seconds."""
     try:
         with trio.fail_after(timeout):
             stream: trio.abc.Stream = await open_tcp_stream(host, port)
@@ -179,19 +188,22 @@ class HttpSender:
                  connect_timeout: float = 10.0, send_timeout: float = 10.0, read_timeout: float = 10.0,
                  keepalive: float = 60.0, verify: bool = False, configured_host: bool = False,
                  only_200: bool = False) -> None:
-        """`configured_host`: a Host in `headers` is sent in place of the endpoint's (lua-resty-http's rule, which
-        Kong's opentelemetry keeps; http-log drops it). `only_200`: an answer but 200 is a failed send (Kong's
-        opentelemetry export); else any 2xx is delivered."""
+        """Timeouts in seconds, taken as a cosocket takes them (socket_timeout). `verify`: check an https
+        collector's certificate and name against the trust store. `configured_host`: a Host in `headers` is sent in
+        place of the endpoint's (lua-resty-http's rule, which Kong's opentelemetry keeps; http-log drops it).
+        `only_200`: an answer but 200 is a failed send (Kong's opentelemetry export); else any 2xx is delivered."""
         self.endpoint = endpoint
         self.headers = headers or []
         self.only_200 = only_200
         host = next((v for n, v in self.headers if n.lower() == b"host"), None) if configured_host else None
         self.host_header = host if host is not None else endpoint.host_header
-        self.connect_timeout = connect_timeout
-        self.send_timeout = send_timeout
-        self.read_timeout = read_timeout
+        self.connect_timeout = socket_timeout(connect_timeout)
+        self.send_timeout = socket_timeout(send_timeout)
+        self.read_timeout = socket_timeout(read_timeout)
         self.keepalive = keepalive
-        self.verify = verify  # Kong's http-log sends with ssl_verify = false
+        # lua-resty-http verifies unless told not to: Kong's http-log passes ssl_verify = false, its opentelemetry
+        # and zipkin senders nothing
+        self.verify = verify
         self._pool: IdlePool[_Connection] = IdlePool(keepalive)
         # what every request carries after Host, Content-Type and Content-Length: the userinfo's Authorization,
         # then the configured headers but those (the sender's own win)

@@ -220,6 +220,24 @@ async def test_balancer_span_is_the_one_sent_upstream(nursery, gateway):
         <= root.end_time_unix_nano
 
 
+async def test_balancer_span_net_peer_ip_is_the_address_a_named_target_resolved_to(nursery, gateway):
+    """instrumentation.lua:103-105 `["net.peer.ip"] = try.ip, ["net.peer.port"] = try.port`: the try's ip is the
+    address the balancer resolved the name to (kong/init.lua:1411 `current_try.ip = balancer_data_ip`), and
+    net.peer.name (118-119) the host name: a service at http://localhost:<port> has net.peer.ip 127.0.0.1."""
+    backend, collector = EchoBackend(), EchoBackend("collector")
+    await nursery.start(backend.serve)
+    await nursery.start(collector.serve)
+    port = await gateway({"services": [service("svc", f"http://localhost:{backend.port}",
+                                               [{"name": "r", "paths": ["/api"]}])],
+                          "plugins": [_otel(collector)]},
+                         tracing_instrumentations="request,balancer", tracing_sampling_rate=1)
+    assert (await _get(port)).status == 200
+    [try1] = _named(await _wait_spans(collector, 2), "kong.balancer")
+    attrs = _attrs(try1)
+    assert (attrs.get("net.peer.ip"), attrs.get("net.peer.port"), attrs.get("net.peer.name")) == \
+        ("127.0.0.1", backend.port, "localhost"), attrs
+
+
 async def test_all_is_the_request_router_and_balancer_spans(nursery, gateway):
     """01-instrumentations_spec "all": one kong, one kong.router and one kong.balancer span (of Kong's others the
     gateway makes none); the router span is the request span's child (instrumentation.lua _M.router)."""
@@ -341,6 +359,19 @@ async def test_the_last_try_is_failed_when_the_retries_are_used_up(nursery, gate
     assert try1.status.code == Status.STATUS_CODE_ERROR and _attrs(try1)["http.status_code"] == 502
 
 
+async def test_an_upstream_499_response_still_has_http_status_code_and_route(nursery, gateway):
+    """kong/runloop/handler.lua:1561 `instrumentation.runloop_before_header_filter(status)` runs in the header filter
+    of every proxied response, and instrumentation.lua:327-333 sets `http.status_code` (ngx.status) and `http.route`:
+    an upstream that answers 499 gets a request span with both. Only a client that left before the head went (no
+    header filter ran) leaves them out."""
+    port, _, collector = await _start(nursery, gateway, {"tracing_instrumentations": "request",
+                                                          "tracing_sampling_rate": 1})
+    assert (await _get(port, "/api?status=499")).status == 499
+    [span] = await _wait_spans(collector, 1)
+    attrs = _attrs(span)
+    assert (attrs.get("http.status_code"), attrs.get("http.route")) == (499, "/api"), attrs
+
+
 async def test_kongs_otlp_scope(nursery, gateway):
     """kong/observability/otlp/init.lua encode_traces: the scope is kong-internal 0.1.0."""
     port, _, collector = await _start(nursery, gateway, {"tracing_instrumentations": "request",
@@ -372,3 +403,19 @@ async def test_a_request_nginx_refused_has_no_spans(nursery, gateway):
     assert data.startswith(b"HTTP/1.1 400")
     await trio.sleep(0.3)
     assert collector.requests == []
+
+
+async def test_a_request_nginx_refused_has_no_trace_id_header(nursery, gateway):
+    """kong/plugins/opentelemetry/traces.lua:108-118: header_filter adds http_response_header_for_traceid only `if
+    trace_id`, the tracing context's or the root span's (`ngx.ctx.KONG_SPANS[1]`), both from the request
+    instrumentation, which starts in the rewrite phase (kong/runloop/handler.lua:1178-1181). nginx's page for a
+    malformed request (its 400) goes through /kong_error_handler, whose rewrite_by_lua_block is empty
+    (kong/templates/nginx_kong.lua:401-411): no trace id, no header. A proxied request has it."""
+    port, _, collector = await _start(nursery, gateway, {"tracing_instrumentations": "all",
+                                                          "tracing_sampling_rate": 1},
+                                      http_response_header_for_traceid="x-trace")
+    assert (await _get(port)).header("x-trace") is not None
+    data, _ = await raw_exchange(port, b"GET /api HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n")
+    head = data.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 400"), head
+    assert b"\r\nx-trace:" not in head, head

@@ -15,11 +15,15 @@ import pytest
 import trio
 from backends import EchoBackend, Seen, free_port, request, service, upstream, wait_until
 from plugins.plugin_helpers import plugin, refused
+from telemetry.test_otel_export_as_kong import TlsCollector, _Collector
 
 from gateway.policies.zipkin import spans
+from gateway.policies.zipkin.handler import Zipkin
 from gateway.policies.zipkin.schema import ZipkinConfig
 from gateway.telemetry import propagation
+from gateway.telemetry.batch import Queues
 from gateway.telemetry.propagation import B3, B3_SINGLE, JAEGER, W3C, extract, inject, plugin_params, scan
+from gateway.telemetry.sender import SendError
 
 TIMEOUT = 10
 TID16 = "0af7651916cd43dd8448eb211c80319c"
@@ -732,6 +736,22 @@ async def test_a_datadog_trace_id_of_any_length_is_proxied(nursery, gateway):
     assert _upstream(backend).header("x-datadog-trace-id") == str(2**64 - 1)  # 10^5000 - 1 is -1 mod 2^64
 
 
+async def test_a_try_to_a_named_target_has_the_address_it_resolved_to(nursery, gateway):
+    """kong/plugins/zipkin/handler.lua:381-383 `span.ip = try.ip; span.port = try.port` and 403-404 the proxy span's
+    `balancer_data.ip`: the address the balancer resolved the name to (kong/init.lua:1411 `current_try.ip =
+    balancer_data_ip`): a service at http://localhost:<port> has remoteEndpoint ipv4 127.0.0.1."""
+    backend, collector = EchoBackend(), EchoBackend("zipkin")
+    await nursery.start(backend.serve)
+    await nursery.start(collector.serve)
+    port = await gateway({"services": [service("svc", f"http://localhost:{backend.port}")],
+                          "plugins": [_zipkin(collector, sample_ratio=1)]})
+    assert (await _get(port)).status == 200
+    found = await _received(collector, 3)
+    remote = {"serviceName": "svc", "port": backend.port, "ipv4": "127.0.0.1"}
+    assert (found["GET (balancer try 1)"]["remoteEndpoint"], found["GET (proxy)"]["remoteEndpoint"]) == \
+        (remote, remote)
+
+
 async def test_peer_hostname_is_kongs_balancer_hostname(nursery, gateway):
     """zipkin/handler.lua tags the proxy span's peer.hostname with balancer_data.hostname: the upstream's
     host_header when it has one (runloop/balancer/init.lua), not the target's address."""
@@ -757,3 +777,36 @@ def test_zipkin_a_kong_consumer_tag_from_the_tags_header_stays_without_a_consume
     assert request.kind == "SERVER"
     assert request.tags.get("foo") == "bar"
     assert request.tags.get("kong.consumer") == "from-header", request.tags
+
+
+# --- the reporter's sender -------------------------------------------------------------------------------------------
+
+
+def _reporter(url: str, **config: Any) -> Zipkin:
+    return Zipkin(msgspec.convert({"http_endpoint": url, **config}, ZipkinConfig), "p", queues=Queues())
+
+
+async def test_an_https_collector_whose_certificate_is_not_trusted_gets_no_spans(nursery):
+    """kong/plugins/zipkin/reporter.lua:34-40 `httpc:request_uri(conf.http_endpoint, { method = "POST", headers = ...,
+    body = ... })` passes no ssl_verify, and lua-resty-http 0.17.2 (kong-latest.rockspec) verifies by default
+    (lib/resty/http_connect.lua `ssl_verify = true -- default`): a collector whose certificate no trusted CA signed
+    fails the handshake and gets no spans."""
+    collector = TlsCollector()
+    await nursery.start(collector.serve)
+    with trio.fail_after(5), pytest.raises(SendError, match="could not connect"):
+        await _reporter(f"https://localhost:{collector.port}/api/v2/spans").send([b"{}"])
+    assert collector.requests == []
+
+
+async def test_zero_timeouts_are_the_cosockets_default_not_an_instant_failure(nursery):
+    """Kong's schema takes 0 (typedefs.timeout, kong/db/schema/typedefs.lua:352-354) and reporter.lua:33 hands the
+    three to `httpc:set_timeouts`, the cosocket's settimeouts, where 0 is ngx_lua's 60 s default
+    (lua-nginx-module ngx_http_lua_socket_tcp.c: `if (connect_timeout > 0) ... else u->connect_timeout =
+    u->conf->connect_timeout`): a collector that answers at once gets the batch."""
+    collector = _Collector(b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n")
+    await nursery.start(collector.serve)
+    reporter = _reporter(f"http://127.0.0.1:{collector.port}/api/v2/spans", connect_timeout=0, send_timeout=0,
+                         read_timeout=0)
+    with trio.fail_after(5):
+        await reporter.send([b"{}"])
+    assert len(collector.requests) == 1

@@ -99,7 +99,7 @@ def ref_request_span(ex: Any, trace: Any, start: int, end: int, status: int) -> 
         ("http.client_ip", ex.client_ip), ("net.peer.ip", ex.peer_ip),
         ("kong.request.id", ex.request_id.decode("latin-1")),
     ]
-    if status != 499:
+    if ex.response_started or status != 499:  # the client left before the head: no header_filter ran
         route = ex.route
         attributes += [("http.status_code", status),
                        ("http.route", route.facts.http_route if route is not None else "")]
@@ -115,7 +115,7 @@ def ref_balancer_spans(ex: Any, trace: Any, end: int, status: int, wall: float) 
     hostname = final.group.host_header or final.target.target
     out = []
     for i, attempt in enumerate(tries, 1):
-        host, port = attempt.target.key
+        host, port = (attempt.peer or attempt.target.key)[:2]  # the address the try connected to, Kong's try.ip
         attributes: list[tuple[str, Any]] = [("try_count", i), ("net.peer.ip", ref_ip(host)), ("net.peer.port", port)]
         failed = i < last or (status > 499 and last > retries)
         if failed:
@@ -311,10 +311,10 @@ class FakeExchange:
     """What the opentelemetry plugin's log step reads of a finished request."""
 
     def __init__(self, request: Any, scheme: bytes, client_ip: str, peer_ip: str, request_id: bytes, route: Any,
-                 tries: list[Any] | None) -> None:
+                 tries: list[Any] | None, response_started: bool) -> None:
         self.request, self.conn = request, SimpleNamespace(scheme=scheme)
         self.client_ip, self.peer_ip, self.request_id = client_ip, peer_ip, request_id
-        self.route, self.tries = route, tries
+        self.route, self.tries, self.response_started = route, tries, response_started
 
     def request_line_method(self) -> bytes:
         return self.request.method
@@ -329,12 +329,13 @@ def fake_request(method: bytes, target: bytes, host: bytes | None, version: byte
 
 LATIN1 = st.binary(max_size=12)
 CLOCK = st.floats(0, 1e6)
-TRY = st.builds(lambda host_header, target, host, port, started, ended, code: SimpleNamespace(
+TRY = st.builds(lambda host_header, target, host, port, started, ended, code, peer: SimpleNamespace(
     group=SimpleNamespace(host_header=host_header), target=SimpleNamespace(target=target, key=(host, port)),
-    started=started, ended=ended, code=code),
+    started=started, ended=ended, code=code, peer=peer),
     st.one_of(st.none(), st.sampled_from(["h.test", "é"])), st.sampled_from(["t.test:80", "127.0.0.1:8080"]),
     st.sampled_from(["127.0.0.1", "::1", "0:0::1", "t.test", "é"]), st.integers(0, 65535), CLOCK,
-    st.one_of(st.just(0.0), CLOCK), st.sampled_from([-2, -1, 0, 200, 502, 503]))
+    st.one_of(st.just(0.0), CLOCK), st.sampled_from([-2, -1, 0, 200, 502, 503]),
+    st.one_of(st.none(), st.tuples(st.sampled_from(["10.0.0.2", "::2"]), st.integers(1, 65535), st.none())))
 ROUTES = st.one_of(st.none(), st.builds(
     lambda path, service: SimpleNamespace(facts=SimpleNamespace(http_route=path), service=service),
     st.one_of(st.text(max_size=6), st.just("/")),
@@ -346,7 +347,7 @@ EXCHANGES = st.builds(
               st.sampled_from([b"1.1", b"1.0", b"2", b"0.9"])),
     st.sampled_from([b"http", b"https"]), st.sampled_from(["127.0.0.1", "::1", ""]),
     st.sampled_from(["127.0.0.1", "10.0.0.1"]), st.one_of(st.just(b"0" * 32), LATIN1), ROUTES,
-    st.one_of(st.none(), st.lists(TRY, max_size=3)))
+    st.one_of(st.none(), st.lists(TRY, max_size=3)), st.booleans())
 STATUSES = st.one_of(st.sampled_from([200, 404, 499, 500, 502, 504]), st.integers(0, 599))
 TRACES = st.tuples(st.integers(1, (1 << 128) - 1), st.sampled_from([0, 8, 16]), st.integers(0, (1 << 64) - 1))
 _PLUGINS: dict[str, handler.OpenTelemetry] = {}

@@ -69,7 +69,7 @@ log = logging.getLogger("gateway.telemetry")
 
 STATE_KEY = "opentelemetry"
 SERVER_NAME = "kong"  # Kong's nginx server_name: nginx's $host for a request without a Host
-CLIENT_CLOSED = 499  # nginx's: the client left before the response (Kong's header_filter did not run)
+CLIENT_CLOSED = 499  # nginx's: the client left before the response head went (Kong's header_filter never ran)
 _TIMEOUT = -2  # a try's code when it timed out (gateway.pipeline.forward)
 
 
@@ -142,10 +142,11 @@ class OpenTelemetry:
         # Kong's get_headers: a "Content-Type" in `headers` is sent as it is, else protobuf's
         content_type = (config.headers or {}).get("Content-Type")
         self.content_type = content_type.encode() if content_type is not None else otlp.CONTENT_TYPE
+        # Kong's utils.lua http_export_request: lua-resty-http's request_uri, which verifies an https collector
         self.sender = HttpSender(Endpoint(config.traces_endpoint or ""), headers,
                                  connect_timeout=config.connect_timeout / 1000,
                                  send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
-                                 configured_host=True, only_200=True)  # (Kong's utils.lua http_export_request)
+                                 verify=True, configured_host=True, only_200=True)
         attributes: dict[str, Any] = {"service.name": "kong", "service.version": __version__,
                                       "service.instance.id": node_id}  # Kong's: kong.node.get_id()
         attributes.update(config.resource_attributes or {})
@@ -265,10 +266,13 @@ class OpenTelemetry:
 
 class OpenTelemetryWithHeader(OpenTelemetry):
     """The plugin with http_response_header_for_traceid: Kong's header_filter adds the trace id to every response
-    the request gets, also one answered before the access step when tracing is on (a route's plugins without it pay
-    nothing)."""
+    the request gets, also one answered before the access step when tracing is on, but not nginx's page for a
+    request it refused before Kong's rewrite phase (a route's plugins without it pay nothing)."""
 
     def header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
+        state = ex.state
+        if state is not None and REFUSED in state:  # nginx's own error page: no rewrite phase, so no trace id
+            return headers
         trace = self.current(ex)
         if trace is not None:
             headers.append((self.response_header, b"%032x" % trace.trace_id))
@@ -367,7 +371,8 @@ def request_span(ex: Exchange, tid: bytes, span_id: int, parent_id: int, start: 
                                                                     uri.decode("latin-1").encode()))
                   + fields + otlp.string_key_value("kong.request.id", request_id if request_id.isascii() else
                                                    request_id.decode("latin-1").encode()))
-    if status != CLIENT_CLOSED:  # set in Kong's header_filter, which a request whose client left never reaches
+    if ex.response_started or status != CLIENT_CLOSED:  # set in Kong's header_filter, which a request whose
+        # client left before its head went never reaches (an upstream's or a plugin's own 499 does)
         route = ex.route
         attributes += _RESPONSES[status, route.facts.http_route if route is not None else ""]  # paths[1] or ""
     return otlp.span(tid, span_id, parent_id, _REQUEST, start, end, attributes)
@@ -388,7 +393,10 @@ def balancer_spans(ex: Exchange, tid: bytes, root: int, balancer_id: int, end: i
     hostname = balancer_hostname(final)
     out = []
     for i, attempt in enumerate(tries, 1):
-        host, port = attempt.target.key
+        # the address the try connected to (Kong's try.ip, kong/init.lua:1411): a named target's, the one its
+        # look-up gave (pipeline.forward.Attempt.peer); else the target's own
+        peer = getattr(attempt, "peer", None) or attempt.target.key
+        host, port = peer[0], peer[1]
         failed = i < last or (status > 499 and last > retries)
         code = None
         if failed:
@@ -406,8 +414,7 @@ def balancer_spans(ex: Exchange, tid: bytes, root: int, balancer_id: int, end: i
 
 @lru_cache(maxsize=1024)
 def _ip(host: str) -> str | None:
-    """A try's address; None for a host name (the gateway does not record the address it resolved, where Kong's
-    balancer has it)."""
+    """A try's address as net.peer.ip; None for a host name (a try whose name was never resolved)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -115,8 +115,10 @@ class Zipkin:
         self.sender: HttpSender | None = None
         self.queue: BatchQueue | None = None
         if config.http_endpoint is not None:  # null: Kong's reporter sends nothing, so nothing is built
+            # Kong's reporter.lua: lua-resty-http's request_uri without ssl_verify, so an https collector is verified
             self.sender = HttpSender(Endpoint(config.http_endpoint), connect_timeout=config.connect_timeout / 1000,
-                                     send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000)
+                                     send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
+                                     verify=True)
             # Kong names the queue after the plugin instance; ours also after where it sends
             self.queue = queues.queue_for(f"zipkin:{plugin_id}:{config.http_endpoint}", config.queue, self.send,
                                           self.format, settings=config, sized=False)  # Kong queues tables
@@ -244,7 +246,10 @@ class Zipkin:
                 if service is not None:
                     facts.service_id, facts.service_name, facts.peer_port = rf.service_id, service.name, service.port
         for i, attempt in enumerate(tries):
-            host, port = attempt.target.key
+            # the address the try connected to (Kong's try.ip): a named target's, the one its look-up gave
+            # (pipeline.forward.Attempt.peer); else the target's own
+            peer = getattr(attempt, "peer", None) or attempt.target.key
+            host, port = peer[0], peer[1]
             failed = i < len(tries) - 1
             code = attempt.code
             facts.tries.append(spans.Try(_ip(host), port, us(attempt.started), "failed" if failed else None,
@@ -331,8 +336,7 @@ _PATHS: Derived[bytes, str] = Derived(lambda raw: normalize_path(raw).decode("ut
 
 @lru_cache(maxsize=1024)
 def _ip(host: str) -> str | None:
-    """A target's address for the span's remote end; None for a host name (the gateway does not record the address
-    it resolved, where Kong's balancer has it)."""
+    """A try's address for the span's remote end; None for a host name (a try whose name was never resolved)."""
     try:
         return str(ipaddress.ip_address(host))
     except ValueError:

@@ -118,8 +118,8 @@ class Settings:
 
 
 class Try(msgspec.Struct):
-    """A balancer try: its target (`ip` None when the target is a host name), when it started, and for a try that
-    failed Kong's balancer state and status."""
+    """A balancer try: the address it went to (`ip` None for a name never resolved), when it started, and for a try
+    that failed Kong's balancer state and status."""
 
     ip: str | None
     port: int
