@@ -202,6 +202,15 @@ async def test_otel_the_trace_id_header_is_the_one_sent_upstream(nursery, gatewa
     assert re.fullmatch(f"00-{TID16}-{HEX16}-00", _upstream(backend).header("traceparent") or "")
 
 
+async def test_otel_an_underscore_in_the_trace_id_header_name_is_sent_as_a_dash(nursery, gateway):
+    """traces.lua:117 kong.response.add_header(conf.http_response_header_for_traceid, ...): lua-nginx-module writes a
+    "_" of a response header name as "-" (transform_underscores_in_response_headers, on by default)."""
+    port, _, _ = await _start(nursery, gateway, sampling_rate=0, http_response_header_for_traceid="X_Trace_Id")
+    reply = await _get(port, traceparent=f"00-{TID16}-{SID1}-01")
+    assert [v for k, v in reply.headers if k.lower() == "x-trace-id"] == [TID16]
+    assert not [k for k, _ in reply.headers if k.lower() == "x_trace_id"]
+
+
 async def test_otel_resource_service_instance_id_is_the_node_id(nursery, gateway):
     """Kong's otlp encoder (kong/observability/otlp/init.lua): service.instance.id is kong.node.get_id()."""
     port, _, collector = await _start(nursery, gateway, sampling_rate=1)

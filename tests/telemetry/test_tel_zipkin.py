@@ -518,6 +518,17 @@ async def test_http_response_header_for_traceid_also_on_a_request_no_route_match
         assert reply.status == status and re.fullmatch("[0-9a-f]{32}", reply.header("x-b3-traceid"))
 
 
+async def test_an_underscore_in_the_trace_id_header_name_is_sent_as_a_dash(nursery, gateway):
+    """zipkin/handler.lua:239 kong.response.add_header(conf.http_response_header_for_traceid, ...): lua-nginx-module
+    writes a "_" of a response header name as "-" (ngx_http_lua_headers.c, transform_underscores_in_response_headers
+    on by default)."""
+    port, _, _ = await _start(nursery, gateway, lambda c: _zipkin(c, http_response_header_for_traceid="X_Trace_Id"),
+                              routes=[{"name": "r", "paths": ["/api"]}])
+    reply = await _get(port, "/api")
+    names = {k.lower() for k, _ in reply.headers}
+    assert "x-trace-id" in names and "x_trace_id" not in names
+
+
 async def test_a_request_no_route_matched_reports_the_callers_trace(nursery, gateway):
     """zipkin_spec "generates spans, tags and annotations for non-matched requests", "propagates b3 headers for
     non-matched requests": a b3 trace id without a span id, the tags header's error = true."""

@@ -137,7 +137,8 @@ class OpenTelemetry:
         self.new_formats = formats_for(self.params, None)  # what a request without a trace context gets: decided once
         self.w3c_only = self.new_formats == (W3C,) and not self.clear
         header = config.http_response_header_for_traceid
-        self.response_header = header.lower().encode() if header else b""
+        # kong.response.add_header: lua-nginx-module writes a "_" of a response header name as "-"
+        self.response_header = header.lower().replace("_", "-").encode() if header else b""
         headers = [(k.encode(), v.encode()) for k, v in (config.headers or {}).items()]
         # Kong's get_headers: a "Content-Type" in `headers` is sent as it is, else protobuf's
         content_type = (config.headers or {}).get("Content-Type")

@@ -111,7 +111,8 @@ class Zipkin:
         self.settings = spans.Settings(config)
         self.node_id = node_id
         header = config.http_response_header_for_traceid
-        self.response_header = header.lower().encode() if header else b""
+        # kong.response.add_header: lua-nginx-module writes a "_" of a response header name as "-"
+        self.response_header = header.lower().replace("_", "-").encode() if header else b""
         self.sender: HttpSender | None = None
         self.queue: BatchQueue | None = None
         if config.http_endpoint is not None:  # null: Kong's reporter sends nothing, so nothing is built
