@@ -265,7 +265,10 @@ class TlsConn(Conn):
     def _poll_records(self) -> bytes | None:
         """Once the socket polled readable, with no read under way: the plaintext its records carry (kept for the
         next recv), b"" at the end (EOF, reset, close_notify or a broken record), None if there was nothing, or
-        only TLS housekeeping (a session ticket)."""
+        only TLS housekeeping (a session ticket). Reads one socket buffer at most: with plaintext (or more than a
+        partial record) held already, it only peeks whether the peer closed, as Conn.peer_closed does."""
+        if self._pushback or self._in.pending > _MAX_RECORD:
+            return self._peek_end()
         try:
             raw = self.sock.recv(RECV_SIZE)
         except BlockingIOError:
@@ -285,12 +288,27 @@ class TlsConn(Conn):
         except ssl.SSLError:
             self.reset = True
             return b""
-        self._pushback += data
+        self._pushback = data
         return data
+
+    def _peek_end(self) -> bytes | None:
+        """_poll_records with input held, reading nothing more: b"" if the peer closed (EOF or reset, with nothing
+        unread in the socket), else bytes (the plaintext held, or the socket's next byte), None if neither is there.
+        A client pipelining an upload while its request waits then stays in the kernel's buffer, as nginx only looks
+        for the end there (ngx_http_upstream.c:1415-1470, ngx_http_upstream_check_broken_connection: the EOF flag,
+        or recv(.., 1, MSG_PEEK))."""
+        try:
+            peeked = self.sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return self._pushback or None
+        except OSError:
+            self.reset = True
+            return b""
+        return (self._pushback or peeked) if peeked else b""
 
     def peer_closed(self) -> bool | None:
         """Conn.peer_closed through TLS: a close_notify or EOF is the end; session housekeeping is not (None);
-        plaintext (a pipelined request) is kept for the next recv."""
+        plaintext (a pipelined request) is kept for the next recv, and once some is, nothing more is read."""
         data = self._poll_records()
         return None if data is None else not data
 
