@@ -7,9 +7,11 @@ its own id, a notification is dropped. What remains is forwarded unchanged (a ba
 of its remaining elements). A body with nothing left to forward is answered by the gateway alone.
 
 `ResponseEdit` applies to the server's answer: a JSON body whole, or a `text/event-stream` event by event. It filters
-the `tools` of every result answering one of the request's tools/list calls (on a GET stream, which may replay
-answers, any result carrying `tools`), makes such a result's `cacheScope` "private", and puts the gateway's errors
-beside the server's answers to a batch. An answer it does not need to change is passed on byte for byte.
+the `tools` of every result carrying them in the answer to a body with a tools/list call (or on a GET stream, which
+may replay answers), whatever the result's id: servers echo an id as they read it (python-sdk v1.10 answers "7" with
+7, the TypeScript SDK rounds integers past 2**53), so matching ids would pass a list on unfiltered. It makes such a
+result's `cacheScope` "private", and puts the gateway's errors beside the server's answers to a batch. An answer it
+does not need to change is passed on byte for byte.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from gateway.mcp.sse import data_of, message_event, with_data
 
 INVALID_PARAMS = -32602
 TOOL_DENIED = INVALID_PARAMS  # the code MCP servers give a tool call they will not run (an unknown tool)
-ANY_ID = object()  # filter every result carrying tools (GET streams, or a tools/list whose id cannot be a key)
+ANY_ID = object()  # an answer's tools/list id the gateway does not know (GET streams, an id that cannot be a key)
 # A filtered tools/list result is this caller's view: 2026-07-28 (SEP-2549) lets a client or intermediary serve a
 # `cacheScope: "public"` result across authorization contexts, so it goes out "private" (reused only by the same
 # caller). An absent cacheScope already means private (the SDK's default); ttlMs is left as the server gave it.
@@ -50,7 +52,7 @@ class Verdict:
     forward   the body to send upstream (None: nothing goes upstream, the gateway answers alone)
     errors    the gateway's JSON-RPC error responses (bytes each), for denied requests
     calls     (tool name, Denial or None, JSON-RPC id) per tools/call judged, for the audit log
-    list_ids  ids of the tools/list requests forwarded (their results are filtered)
+    list_ids  ids of the tools/list requests forwarded (None: none; else every result carrying tools is filtered)
     batch     the body was a batch
     denial    the Denial of a single refused request (its HTTP answer may depend on it)
     """
@@ -96,7 +98,7 @@ def judge(messages: list[Message], batch: bool, decide: Callable[[str], Denial |
             rpc_id = m.id
             try:
                 ids.add(rpc_id)
-            except TypeError:  # an id that cannot be a key (an object): filter every answer instead
+            except TypeError:  # an id that cannot be a key (an object): not_filtered answers with id null
                 ids.add(ANY_ID)
             verdict.list_ids = ids
         kept.append(m.raw)
@@ -183,10 +185,9 @@ class ResponseEdit:
         return changed
 
     def _filter(self, message: Any) -> bool:
-        """Drop the tools the caller may not use from a tools/list result in place, and make the result
-        `cacheScope: "private"` (see PRIVATE); True if it changed."""
-        ids = self.list_ids
-        if ids is None or not isinstance(message, dict):
+        """Drop the tools the caller may not use from a result carrying tools in place, whatever its id (see the
+        module's docstring), and make the result `cacheScope: "private"` (see PRIVATE); True if it changed."""
+        if self.list_ids is None or not isinstance(message, dict):
             return False
         result = message.get("result")
         if not isinstance(result, dict):
@@ -194,12 +195,6 @@ class ResponseEdit:
         tools = result.get("tools")
         if not isinstance(tools, list):
             return False
-        if ANY_ID not in ids:
-            try:
-                if message.get("id") not in ids:
-                    return False
-            except TypeError:
-                pass  # an unhashable id: filter it (never leak)
         changed = "cacheScope" in result and result["cacheScope"] != PRIVATE
         if changed:
             result["cacheScope"] = PRIVATE

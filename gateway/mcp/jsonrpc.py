@@ -307,6 +307,22 @@ def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, ver
     return None
 
 
+# Every released revision (python-sdk v2 mcp_types/version.py KNOWN_PROTOCOL_VERSIONS): a server of any of them may
+# be behind the gateway, so where the gateway answers in a server's place it takes these and refuses any other.
+PROTOCOL_VERSIONS = ("2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25", "2026-07-28")
+_VERSIONS = frozenset(v.encode() for v in PROTOCOL_VERSIONS)
+
+
+def unsupported_version(value: bytes) -> bytes | None:
+    """The 400 body for an MCP-Protocol-Version header naming no released revision (2025-06-18 transports: the
+    server "MUST respond with 400 Bad Request"), as python-sdk's streamable_http.py writes it; None if it names one."""
+    if value in _VERSIONS:
+        return None
+    return msgspec.json.encode({"jsonrpc": "2.0", "id": "server-error", "error": {
+        "code": INVALID_REQUEST, "message": f"Bad Request: Unsupported protocol version: {value.decode('latin-1')}. "
+                                           f"Supported versions: {', '.join(PROTOCOL_VERSIONS)}"}})
+
+
 def error_body(code: int, message: str, rpc_id: Any = None) -> bytes:
     """A JSON-RPC error response body (id null when the request's id is unknown)."""
     return msgspec.json.encode({"jsonrpc": "2.0", "id": rpc_id, "error": {"code": code, "message": message}})

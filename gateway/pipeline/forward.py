@@ -486,8 +486,10 @@ class Forwarder:
         try:
             headers, framing, sse = _client_headers(response.headers, request_id, affinity, attempt.target, uc,
                                                     ex, new_session, upgrade)
-            if response.status == 204:  # no body, nothing to edit; its head goes out as it came (nginx's header
-                sse, edit = False, None  # filter empties only a 204 without an upstream's status line)
+            if response.status == 204:  # no body, nothing to filter; its head goes out as it came (nginx's header
+                sse = False  # filter empties only a 204 without an upstream's status line), unless a batch's
+                if edit is not None and not edit.errors:  # refused calls are owed their errors (_edited_body)
+                    edit = None
             try:
                 first, done = codec.take_body()  # what came with the head: one write when the answer is small
             except ProtocolError as e:  # (a bad chunk in that read) nothing went out: the upstream's 502
@@ -509,7 +511,8 @@ class Forwarder:
                     failed = TCP_FAILURE  # the rest of its body is unread: the connection is closed, not pooled
                     await ex.respond(502, e.body)
                     return
-                await ex.send_head(status, headers, first, end=True, reason=response.reason)
+                await ex.send_head(status, headers, first, end=True,
+                                   reason=response.reason if status == response.status else b"")
                 ok = True
                 return
             if not done and edit is None and (phases := ex.phases) is not None:  # a body filter's, whole?
@@ -856,8 +859,8 @@ async def _edited_body(ex: Exchange, uc: UpstreamConn, status: int, headers: Hea
                 raise AnswerTooLarge(error_response(None, -32603, "the upstream's answer is too large for the "
                                                     f"gateway to filter ({MAX_EDITED_BODY} bytes at most)"))
     body = bytes(whole)
-    if status == 202 and edit.errors:  # the server accepted the forwarded part: the gateway's errors are the answer
-        status, body = 200, edit.accepted_body()
+    if edit.errors and (status == 202 or not body and 200 <= status < 300):  # the server accepted the forwarded
+        status, body = 200, edit.accepted_body()  # part without an answer (202, 204): the gateway's errors are it
         headers = [hv for hv in headers if hv[0] != b"content-type"] + [(b"content-type", b"application/json")]
     elif edit.list_ids is not None and _coded(headers):  # a compressed tools list (the gateway asked for none):
         body = edit.not_filtered()  # it cannot be read, so it is not passed on

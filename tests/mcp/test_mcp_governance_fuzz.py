@@ -90,9 +90,8 @@ ANSWER = st.fixed_dictionaries({"jsonrpc": st.just("2.0"), "id": st.sampled_from
 def test_an_edited_answer_never_lists_a_refused_tool(doc):
     edit = ResponseEdit({1, "a", None}, lambda t: not refused(t), [], False)
     out = json.loads(edit.json_body(json.dumps(doc).encode()))
-    for message in out if isinstance(out, list) else [out]:
-        if isinstance(message, dict) and message.get("id") in (1, "a", None):  # answers to the tracked requests
-            assert not any(isinstance(n, str) and refused(n) for n in listed(message))
+    for message in out if isinstance(out, list) else [out]:  # whatever its id (a server may echo 1 as "1")
+        assert not any(isinstance(n, str) and refused(n) for n in listed(message))
 
 
 @FUZZ

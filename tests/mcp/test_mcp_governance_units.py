@@ -77,10 +77,23 @@ def edit(ids, errors=(), batch=False) -> ResponseEdit:  # noqa: ANN001
 LISTING = {"jsonrpc": "2.0", "id": 7, "result": {"tools": [{"name": "a"}, {"name": "xb"}, {"name": 3}, "junk"]}}
 
 
-def test_json_answers_are_filtered_for_the_requested_ids_only():
+def test_json_answers_to_a_body_with_a_tools_list_are_filtered():
     body = json.dumps(LISTING).encode()
     assert json.loads(edit({7}).json_body(body))["result"]["tools"] == [{"name": "a"}]
-    assert edit({8}).json_body(body) is body
+    assert edit(None).json_body(body) is body  # no tools/list asked for (or an open ACL): nothing to filter
+
+
+@pytest.mark.parametrize(("sent", "echoed"), [("7", 7), (2**53 + 1, 2**53), (7, "other")])
+def test_a_tools_list_answer_is_filtered_whatever_id_the_server_echoes(sent, echoed):
+    """Servers echo an id as they read it: python-sdk v1.9.4..v1.12.0 (src/mcp/types.py `RequestId = Annotated[int |
+    str, Field(union_mode="left_to_right")]`) answers "7" with 7, and its clients take 7 for their "7" (the SDK's
+    dispatcher `coerce_request_id`, "matches the TS SDK"); the TypeScript SDK's JSON.parse rounds an integer past
+    2**53 to a double. Matching answers to the request's ids would pass such a list on unfiltered (denied tools
+    leaked): every result carrying tools in the answer to a tools/list is filtered."""
+    verdict = judged(json.dumps({"jsonrpc": "2.0", "id": sent, "method": "tools/list"}).encode())
+    answer = json.dumps({**LISTING, "id": echoed}).encode()
+    out = json.loads(ResponseEdit(verdict.list_ids, lambda t: not t.startswith("x"), [], False).json_body(answer))
+    assert out["result"]["tools"] == [{"name": "a"}] and out["id"] == echoed
 
 
 PUBLIC_LISTING = {"jsonrpc": "2.0", "id": 7, "result": {"ttlMs": 60000, "cacheScope": "public",
@@ -110,10 +123,8 @@ def test_a_result_already_private_or_without_a_scope_passes_byte_for_byte():
         assert edit({7}).json_body(body) is body
 
 
-def test_only_the_requested_lists_scope_is_changed():
-    """Other results (resources/list, prompts/list, another id's) are not filtered per caller: left as they came."""
-    body = json.dumps({**PUBLIC_LISTING, "id": 8}).encode()
-    assert edit({7}).json_body(body) is body
+def test_only_a_tools_lists_scope_is_changed():
+    """Other results (resources/list, prompts/list) are not filtered per caller: left as they came."""
     resources = json.dumps({"jsonrpc": "2.0", "id": 7, "result": {"cacheScope": "public", "resources": []}})
     assert edit({7}).json_body(resources.encode()) == resources.encode()
 

@@ -13,7 +13,7 @@ import h11
 import httpx2
 import pytest
 import trio
-from backends import Client, Reply, service
+from backends import Client, Reply, parse_raw_response, raw_exchange, service
 from mcp import Client as SdkClient
 from mcp.client.caching import CacheConfig, InMemoryResponseCacheStore
 from mcp.client.streamable_http import streamable_http_client
@@ -172,10 +172,71 @@ async def test_a_batch_whose_rest_is_notifications_gets_the_gateways_errors(nurs
     assert len(server.bodies) == 1  # the notification went on (the server answered it 202)
 
 
+class QuietServer(ToolServer):
+    """Accepts a body of notifications with `status` and no body (202, 204, or a 200 with Content-Length 0)."""
+
+    status = 202
+
+    async def handle_conn(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while (seen := await self._read_request(stream, conn)) is not None:
+            self.bodies.append(seen.body)
+            headers = [] if self.status == 204 else [(b"content-length", b"0")]
+            await stream.send_all(conn.send(h11.Response(status_code=self.status, headers=headers))
+                                  + conn.send(h11.EndOfMessage()))
+            conn.start_next_cycle()
+
+
+async def test_a_batch_whose_rest_the_server_accepts_without_an_answer_gets_the_gateways_errors(nursery, gateway):
+    """A batch [a refused call, a notification]: the gateway forwards the notification and owes the client the
+    error of the call (JSON-RPC 2.0 section 6: an Array with "the corresponding Response objects"), whether the
+    server accepts the rest with 202 (MCP's answer to notifications), 204 or a 200 without a body; the answer is
+    then the gateway's own, "200 OK" (not the server's reason phrase)."""
+    server = QuietServer(TOOLS)
+    await nursery.start(server.serve)
+    port = await gateway({"services": [service("mcp", f"http://127.0.0.1:{server.port}", [
+        {"name": "mcp", "paths": ["/mcp"], "strip_path": False}])], "consumers": CONSUMERS, "plugins": [
+        {"name": "key-auth", "config": {"key_names": ["apikey"]}}, {"name": "ai-mcp-proxy", "config": PROXY}]})
+    body = json.dumps([tool_call("delete", 1), {"jsonrpc": "2.0", "method": "notifications/initialized"}]).encode()
+    request = (b"POST /mcp HTTP/1.1\r\nhost: gateway.test\r\ncontent-type: application/json\r\naccept: "
+               b"application/json, text/event-stream\r\napikey: bob-key\r\nconnection: close\r\n"
+               b"content-length: %d\r\n\r\n%b" % (len(body), body))
+    for status in (202, 204, 200):
+        server.status = status
+        data, _ = await raw_exchange(port, request)
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n"), (status, data)
+        _, headers, answer = parse_raw_response(data)
+        assert headers["content-type"] == "application/json" and headers["content-length"] == str(len(answer))
+        assert [(m["id"], m["error"]["code"]) for m in json.loads(answer)] == [(1, -32602)], status
+    assert [json.loads(b) for b in server.bodies] == [[{"jsonrpc": "2.0", "method": "notifications/initialized"}]] * 3
+
+
 async def test_a_refused_notification_alone_gets_202(nursery, gateway):
     server, port = await setup(nursery, gateway)
     reply = await rpc(port, {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete"}}, "bob-key")
     assert reply.status == 202 and server.bodies == []
+
+
+async def test_where_the_gateway_answers_alone_an_unsupported_protocol_version_gets_the_servers_400(nursery, gateway):
+    """MCP 2025-06-18 basic/transports, Protocol Version Header: "If the server receives a request with an invalid or
+    unsupported MCP-Protocol-Version, it MUST respond with 400 Bad Request". A call the gateway refuses is answered
+    in the server's place, so as the server would: python-sdk v1.12.0 src/mcp/server/streamable_http.py
+    `_validate_protocol_version` (before it runs anything, notifications included) answers 400 with
+    `_create_error_response`'s body, id "server-error", -32600. Supported: every released revision (the SDK's
+    KNOWN_PROTOCOL_VERSIONS)."""
+    server, port = await setup(nursery, gateway)
+    bad = [("mcp-protocol-version", "1999-01-01")]
+    expected = {"jsonrpc": "2.0", "id": "server-error", "error": {"code": -32600, "message": (
+        "Bad Request: Unsupported protocol version: 1999-01-01. Supported versions: 2024-11-05, 2025-03-26, "
+        "2025-06-18, 2025-11-25, 2026-07-28")}}
+    refused_notification = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete"}}
+    for body in (tool_call("delete"), [tool_call("delete", 1), tool_call("admin_reset", 2)], refused_notification):
+        reply = await rpc(port, body, "bob-key", bad)
+        assert (reply.status, reply.json()) == (400, expected), body
+        assert reply.header("content-type") == "application/json"
+    reply = await rpc(port, tool_call("delete"), "bob-key", [("mcp-protocol-version", "2025-06-18")])
+    assert reply.status == 200 and reply.json()["error"]["code"] == -32602
+    assert server.bodies == []
 
 
 @pytest.mark.parametrize(("body", "status", "code"), [

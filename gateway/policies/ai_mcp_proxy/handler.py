@@ -115,7 +115,12 @@ class AiMcpProxy:
         return Denial(f"tool '{tool}' is not allowed", scope)
 
     async def _answer(self, ex: Exchange, verdict: Verdict) -> None:
-        """Nothing is left to forward: the gateway's errors are the whole answer (202 when there are none)."""
+        """Nothing is left to forward: the gateway's errors are the whole answer (202 when there are none), or the
+        400 a server gives an unsupported MCP-Protocol-Version, which it checks before it runs anything."""
+        for name, value in ex.request.headers:
+            if name == b"mcp-protocol-version" and (refused := jsonrpc.unsupported_version(value)) is not None:
+                await ex.respond(400, refused)
+                return
         if not verdict.errors:
             await ex.send_head(202, [(b"content-length", b"0")], end=True)
             return
