@@ -265,8 +265,11 @@ KONG_CONF: dict[str, str] = {
     "lua_socket_pool_size": _not("the size of each Lua socket pool", f"{_LUA}; each of its own clients keeps its "
                                                                      "own connections"),
     "untrusted_lua": _not("whether Lua code in plugin configurations runs, and how",
-                          f"{_LUA}; the plugins and fields that take Lua code (pre-function, post-function, "
-                          "custom_fields_by_lua, ...) are refused"),
+                          f"{_LUA} (the plugins and fields that take Lua code, pre-function, post-function, "
+                          "custom_fields_by_lua, ..., are refused) but renders request-transformer's $(...) "
+                          "templates, as Kong's default, sandbox, does; off, with which Kong fails every request "
+                          "such a template is rendered for (a 500), is not built: remove the key (without "
+                          "templates that changes nothing)"),
     "untrusted_lua_sandbox_requires": _not("the modules sandboxed Lua may require", _LUA),
     "untrusted_lua_sandbox_environment": _not("the globals sandboxed Lua may use", _LUA),
     "openresty_path": _not("the OpenResty installation Kong runs on", "the gateway is a Python program, not "
@@ -371,7 +374,7 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "allow_debug_header": ("off",),  # Kong's default
     "request_debug": ("off",),
     "wasm": ("off",),  # Kong's default
-    "untrusted_lua": ("off",),
+    "untrusted_lua": ("sandbox", "on"),  # Kong's default; on runs the same templates outside the sandbox
     "vaults": ("bundled", "env", "bundled env"),  # Kong OSS bundles the env vault only (kong/constants.lua)
     "plugins": ("bundled",),
     "router_flavor": ("traditional_compatible",),  # Kong's default

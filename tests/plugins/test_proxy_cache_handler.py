@@ -347,3 +347,37 @@ async def test_an_answer_in_place_of_the_response_judged_is_never_stored():
     assert policy.wants_body(ex, 502, page) is False  # type: ignore[arg-type]
     policy.body_filter(ex, 502, page, b'{"message": "An invalid response was received"}')  # type: ignore[arg-type]
     assert store.stored == []
+
+
+async def test_a_hit_sends_a_stored_header_names_underscores_as_dashes():
+    """A hit is kong.response.exit(res.status, res.body, res.headers) (handler.lua:348), which sets each stored
+    header with ngx.header (pdk/response.lua:669); lua-nginx-module writes its "_" as "-"
+    (lua_transform_underscores_in_response_headers, on by default: ngx_http_lua_headers.c 980-988). The miss, which
+    nginx relays as the upstream sent it, and the stored entry (GET /proxy-cache) keep the upstream's name."""
+    store = Store()
+    policy = cache(store)
+    missed = await miss(policy, Ex(), headers=JSON + [(b"x_foo", b"1"), (b"x-bar", b"2")])
+    assert (b"x_foo", b"1") in missed
+    [raw] = store.entries.values()
+    assert (b"x_foo", b"1") in decode(raw).headers  # type: ignore[union-attr]
+    ex = Ex()
+    assert await policy.access(ex) is True  # type: ignore[arg-type]
+    names = [n for n, _ in ex.sent[1]]  # type: ignore[index]
+    assert (b"x-foo", b"1") in ex.sent[1] and b"x_foo" not in names  # type: ignore[index]
+    assert (b"x-bar", b"2") in ex.sent[1]  # type: ignore[index]
+
+
+async def test_a_stored_name_that_becomes_one_a_hit_does_not_send_is_dropped():
+    """handler.lua's overwritable_header tests the stored name (lower-cased): `content_length` and
+    `x-ratelimit_remaining` pass it, and ngx.header sends them as Content-Length (the stored value, in place of the
+    body's length) and X-RateLimit-Remaining. The gateway frames the body itself: the Content-Length a hit sends is
+    its body's, once; the rate-limiting header, tested by its stored name as Kong tests it, goes out."""
+    store = Store()
+    policy = cache(store)
+    await miss(policy, Ex(), headers=JSON + [(b"content_length", b"99"), (b"x-ratelimit_remaining", b"3")],
+               body=b'{"a":1}')
+    ex = Ex()
+    assert await policy.access(ex) is True  # type: ignore[arg-type]
+    headers = ex.sent[1]  # type: ignore[index]
+    assert [v for n, v in headers if n == b"content-length"] == [b"7"]
+    assert (b"x-ratelimit-remaining", b"3") in headers

@@ -485,3 +485,26 @@ async def test_the_framing_header_changes_taken_give_whole_messages(nursery, gat
     assert renamed.header("x-length") == str(len(renamed.body)) and renamed.header("transfer-encoding") == "chunked"
     got = posted.json()
     assert got["body"] == "hello" and ["transfer-encoding", "gzip"] not in got["headers"], got
+
+
+# --- a JSON key renamed to its own name; a body or query entry without a name ----------------------------------------
+
+
+def test_renaming_a_json_key_to_its_own_name_removes_it():
+    """kong/plugins/response-transformer/body_transformer.lua 127-132: the new name is set, then the old one cleared
+    (`json_body[new_name] = value; json_body[old_name] = nil`), so a key renamed to itself is gone, as a header is
+    (test_renaming_a_response_header_to_its_own_name_removes_it)."""
+    policy = response_transformer(rename={"json": ["a:a"]})
+    out = policy.body_filter(None, 200, [JSON], b'{"a":1,"b":2}')
+    assert json.loads(out) == {"b": 2}
+
+
+@pytest.mark.parametrize("op", ["add", "append", "replace", "rename"])
+@pytest.mark.parametrize("field", ["body", "querystring"])
+@pytest.mark.parametrize("entry", [":v", "::v"])
+def test_a_request_body_or_query_entry_without_a_name_is_refused(op, field, entry):
+    """kong/plugins/request-transformer/schema.lua 13-16, check_for_value (the custom_validator of every body and
+    querystring element of rename, replace, add and append, line 79): `entry:match("^([^:]+):*(.-)$")` finds no
+    name in ":v" (a name is one character or more other than ':'), and Kong refuses the entry."""
+    err = refused(plugin("request-transformer", **{op: {field: ["k:v", entry]}}))
+    assert err.endswith(f"config.{op}.{field}[1]: '{entry}' has no name before its ':' (write 'name:value')"), err

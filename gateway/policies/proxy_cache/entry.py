@@ -7,7 +7,9 @@ header filters of plugins of higher priority, with the X-Cache-Status and X-Cach
 Kong adds its request id); the body as the plugin's body_filter saw it; when it was stored (whole seconds); how long
 it is fresh (`ttl`, a double as Lua's numbers are, kept to the 16 significant digits Kong's cjson writes); the
 format version; the request body, when it was read (on a miss, up to 8 KiB, Kong's
-client_body_buffer_size; absent after a Refresh, as in Kong).
+client_body_buffer_size; absent after a Refresh, as in Kong). Not Kong's: `sent_names`, the header names as a hit
+sends them when one has a "_" (Kong's hit sets each with ngx.header, which writes "_" as "-"), worked out once when
+the entry is stored.
 """
 
 from __future__ import annotations
@@ -29,6 +31,16 @@ class Entry(msgspec.Struct, forbid_unknown_fields=False):
     ttl: float
     version: int = VERSION
     req_body: bytes | None = None
+    sent_names: list[bytes] | None = None  # the names of `headers` as a hit sends them; None: as they are
+
+
+def sent_names(headers: list[tuple[bytes, bytes]]) -> list[bytes] | None:
+    """The names of `headers` as kong.response.exit sets them on a hit (ngx.header: lua-nginx-module's
+    lua_transform_underscores_in_response_headers, on by default, writes each "_" as "-"), or None when none has a
+    "_" (the names go out as stored)."""
+    if not any(b"_" in name for name, _ in headers):
+        return None
+    return [name.replace(b"_", b"-") for name, _ in headers]
 
 
 _encode = msgspec.msgpack.Encoder().encode

@@ -25,8 +25,12 @@ Miss it said it was, as Kong's does when the shared dict refuses it; so is one w
 (Cache-Control: max-age=inf with cache_control), which Kong's cjson cannot encode.
 
 On a hit the stored headers are sent without the hop-by-hop ones, Content-Length (the body's own is set) and any
-"ratelimit-remaining" header (Kong's rule); Age, X-Cache-Status and X-Cache-Key are set again. A 204 hit goes
-without Content-Type, as nginx's header filter drops it from kong.response.exit's 204 (no upstream status line).
+"ratelimit-remaining" header (Kong's rule); Age, X-Cache-Status and X-Cache-Key are set again. Kong sets the stored
+headers with ngx.header, so a name's "_" goes out as "-" (`x_foo` as `x-foo`; a miss sends the upstream's name as it
+is): the names are so written when the entry is stored (entry.sent_names), and one that becomes a name the hit does
+not send (`content_length`, `keep_alive`) is not sent either (Kong would set Content-Length to the stored value, and
+pass a Keep-Alive line on). A 204 hit goes without Content-Type, as nginx's header filter drops it from
+kong.response.exit's 204 (no upstream status line).
 The diagnostic headers follow response_headers (age, X-Cache-Status, X-Cache-Key), or are all sent when the request
 has a Kong-Debug header.
 
@@ -55,7 +59,7 @@ from gateway.http.kong_headers import PROXIED
 from gateway.http.server import Exchange
 from gateway.policies.header_list import set_header
 from gateway.policies.proxy_cache import cache_key
-from gateway.policies.proxy_cache.entry import VERSION, Entry, decode, encode, stored_number
+from gateway.policies.proxy_cache.entry import VERSION, Entry, decode, encode, sent_names, stored_number
 from gateway.policies.proxy_cache.rules import Rules, header_value, parse_directives
 from gateway.policies.proxy_cache.schema import ProxyCacheConfig
 from gateway.stores.cache import ENTRY_LIMIT
@@ -183,9 +187,15 @@ class ProxyCache:
             ex.set_response_header(_STATUS, status)
 
     async def _answer(self, ex: Exchange, entry: Entry, key: str, t: int, debug: bool) -> None:
-        headers: Headers = [hv for hv in entry.headers
-                            if hv[0] not in _NOT_SERVED and b"ratelimit-remaining" not in hv[0]
-                            and not (entry.status == 204 and hv[0] == b"content-type")]
+        headers: Headers
+        if entry.sent_names is None:
+            headers = [hv for hv in entry.headers
+                       if hv[0] not in _NOT_SERVED and b"ratelimit-remaining" not in hv[0]
+                       and not (entry.status == 204 and hv[0] == b"content-type")]
+        else:  # Kong tests the stored name for a rate-limiting header, nginx the name sent
+            headers = [(sent, value) for (name, value), sent in zip(entry.headers, entry.sent_names, strict=False)
+                       if sent not in _NOT_SERVED and b"ratelimit-remaining" not in name
+                       and not (entry.status == 204 and sent == b"content-type")]
         if debug or self.show_age:
             headers.append((_AGE, b"%d" % (t - entry.timestamp)))
         if debug or self.show_status:
@@ -250,7 +260,8 @@ class ProxyCache:
             log.warning("proxy-cache: storage_ttl %s is negative: %s not stored", ttl, key)
             return body
         raw = encode(Entry(status=status, headers=pending.res_headers, body=body, timestamp=now(),
-                           ttl=stored_number(pending.res_ttl), req_body=pending.req_body))
+                           ttl=stored_number(pending.res_ttl), req_body=pending.req_body,
+                           sent_names=sent_names(pending.res_headers)))
         if len(raw) > self.entry_limit:
             log.warning("proxy-cache: could not store %s in %s: no memory (an entry of %d bytes, %d at most)", key,
                         self.dictionary, len(raw), self.entry_limit)

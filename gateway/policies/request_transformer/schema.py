@@ -56,7 +56,11 @@ class Pairs(msgspec.Struct, forbid_unknown_fields=True):
         for field in ("body", "querystring"):
             entries = getattr(self, field)
             for i, entry in enumerate(entries):
+                # Kong's check_for_value: `^([^:]+):*(.-)$` needs a name before the first ":" and a value after
                 name, _, value = entry.partition(":")
+                if not name:
+                    raise ValueError(f"{field}[{i}]: '{inline(entry)}' has no name before its ':' (write "
+                                     "'name:value')")
                 if not value.lstrip(":"):
                     raise ValueError(f"{field}[{i}]: key '{inline(name)}' has no value")
             check_templates(field, entries)

@@ -9,7 +9,8 @@ that line, as ngx.resp.add_header does; a relative Location from upstream holds 
 not to rewrite it), so an append to it adds a second line as in Kong. The JSON body (a response whose
 Content-Type is application/json or a +json type, never text/event-stream; read whole up to
 gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, append of top-level keys, values cast by
-json_types as Kong's json_value() does. Lua's truthiness is kept: replace needs a present value other than false,
+json_types as Kong's json_value() does; a key renamed to its own name is removed, as Kong sets the new name and then
+clears the old. Lua's truthiness is kept: replace needs a present value other than false,
 add writes over a missing or false one. The body is always written again by the plugin's lua-cjson, as Kong's is: an
 array too (the names land in the Lua table's hash part, which cjson does not write for an array), and a top-level
 string, number, boolean or null when no op indexes it as Lua would fail to (else LuaError: Kong's body_filter runs
@@ -219,7 +220,10 @@ class ResponseTransformer:
         header_changes = bool(self.remove_headers or self.rename_headers or self.replace_headers
                               or self.add_headers or self.append_headers)
         self.remove_json = [split_pair(name)[0] for name in config.remove.json]
-        self.rename_json = [split_pair(e) for e in config.rename.json]
+        # (old, new) of the renames that apply ("a:" has none); new is None for a key renamed to itself: Kong sets
+        # the new name, then clears the old one, so that key is dropped
+        self.rename_json = [(old, None if new == old else new) for old, new in map(split_pair, config.rename.json)
+                            if new is not None]
         self.replace_json = _values(config.replace)
         self.add_json = _values(config.add)
         self.append_json = _values(config.append)
@@ -229,7 +233,7 @@ class ResponseTransformer:
         self.indexes_scalar = bool(config.remove.json or config.rename.json or config.replace.json
                                    or config.add.json or self.append_json)
         self.writes_string = bool(self.remove_json or self.append_json
-                                  or any(old in LUA_STRING_METHODS and new is not None for old, new in self.rename_json)
+                                  or any(old in LUA_STRING_METHODS for old, _ in self.rename_json)
                                   or any(name in LUA_STRING_METHODS for name, _ in self.replace_json)
                                   or any(name not in LUA_STRING_METHODS for name, _ in self.add_json))
         # any JSON entry, also one whose value json_value() drops: Kong decodes and encodes the body again
@@ -371,8 +375,10 @@ class ResponseTransformer:
         for name in self.remove_json:
             doc.pop(name, None)
         for old, new in self.rename_json:
-            if old in doc and new is not None:
-                doc[new] = doc.pop(old)
+            if old in doc:
+                value = doc.pop(old)
+                if new is not None:
+                    doc[new] = value
         for name, value in self.replace_json:
             current = doc.get(name, _MISSING)
             if current is not _MISSING and current is not False:  # Lua: present and not false (0 and "" count)
