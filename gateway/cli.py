@@ -184,14 +184,14 @@ def _child(args: argparse.Namespace) -> int:
 def check_config(path: str) -> int:
     """Validate `path` through every stage a start would run; print a summary or every error."""
     from gateway.config import ConfigError
-    from gateway.node.locate import socket_path_problems
+    from gateway.node.control import path_problems
     from gateway.runtime import check_file
 
     try:
         config = check_file(path).config
-        problems = socket_path_problems(path, config.gateway)  # the root could not bind them
+        problems = path_problems(path, config.gateway)  # what start refuses of its files and sockets
         if problems:
-            raise ConfigError(problems)
+            raise ConfigError([line for line, _ in problems])
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)

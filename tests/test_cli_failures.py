@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,6 +120,61 @@ def test_a_pid_file_directory_that_cannot_be_made_is_named_with_its_setting_at_o
     assert out.stderr.splitlines() == [
         f"gateway: cannot start: {node.config}: gateway.pid_file: {node.dir / 'blocker'} is not a directory; make it "
         "a directory this user can write to, or choose another path for gateway.pid_file"]
+
+
+@pytest.mark.parametrize("key", ["pid_file", "log_file"])
+def test_check_config_refuses_a_pid_or_log_file_that_is_a_directory_as_start_does(tmp_path, capsys, key):
+    """nginx release-1.27.1 src/core/ngx_cycle.c:320-325 and 363-390: `nginx -t` opens the pid file and every log file
+    and fails on one it cannot open (`open() "<path>" failed (21: Is a directory)`); kong/cmd/check.lua:6 runs the
+    conf_loader start runs. check-config said OK to a file that `gateway start` then refused; now both say it in the
+    same line, naming the setting."""
+    gw = gateway_node(tmp_path / "gw", **{key: str(tmp_path)})
+    line = (f"{gw.config}: gateway.{key}: {tmp_path}: is a directory; choose another path for gateway.{key}")
+    assert main(["check-config", str(gw.config)]) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+    config = control.load_validated(str(gw.config))[1]
+    assert control.startup_problem(str(gw.config), config.gateway) == (line, 1)
+
+
+def test_a_pid_file_the_root_cannot_write_once_started_is_one_line_naming_the_setting(node):
+    """nginx release-1.27.1 src/core/ngx_cycle.c:1037-1043 (ngx_create_pidfile): a pid file that cannot be written is
+    one line, `open() "<path>" failed (<errno>: <reason>)`, and nginx exits. The root writes its pid file last, once
+    its children run; failing there (a directory changed under it since the checks) raised out of its nursery, and
+    `gateway start` printed a line of the ExceptionGroup traceback's box as the reason."""
+    code = textwrap.dedent(f"""
+        import sys
+        from gateway.node import root
+        def refused(path):
+            raise PermissionError(13, "Permission denied", path)
+        root._write_pid = refused
+        from gateway.cli import main
+        sys.exit(main(["start", "--foreground", "--config", {str(node.config)!r}, "--workers", "1"]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=node.dir, capture_output=True, text=True, timeout=40,
+                         start_new_session=True)
+    stop_pids(out.stderr)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert out.stderr.splitlines()[-1] == (f"gateway: cannot start: {node.config}: gateway.pid_file: cannot write "
+                                           "run/gateway.pid: Permission denied")
+
+
+def test_a_listen_address_this_machine_lacks_names_the_file_and_the_setting(node):
+    """nginx release-1.27.1 src/core/ngx_connection.c (ngx_open_listening_sockets): `bind() to <addr> failed (99:
+    Cannot assign requested address)`, nginx naming the address of its `listen`. The start said only "cannot listen
+    on 192.0.2.1:P: Cannot assign requested address", naming neither the file nor gateway.listen."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("192.0.2.1", 0))
+            pytest.skip("this machine has 192.0.2.1 (TEST-NET-1)")
+        except OSError:
+            pass
+    rewrite(node, listen=f"192.0.2.1:{node.port}", status_listen=None)
+    out = start(node)
+    assert out.returncode == 1
+    assert (f"gateway: cannot start: {node.config}: gateway.listen: cannot listen on 192.0.2.1:{node.port}: Cannot "
+            "assign requested address (no interface of this machine has that address: `ip addr` lists them); change "
+            "gateway.listen") in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("key", ["admin", "bus"])

@@ -423,3 +423,55 @@ services:
         parse_config(doc, "c.yml")
     assert e.value.messages == ["c.yml: services[0].routes[0].mcp is false but services[0].routes[0].mcp_tools is "
                                 "set: routing on MCP methods or tools needs the MCP layer (remove mcp: false)"]
+
+
+# --- the gateway's own files and sockets (what `gateway start` would refuse, refused by the config check) -----------
+
+
+def test_a_tcp_admin_endpoint_is_refused_by_the_config_check():
+    """kong/cmd/check.lua:6 runs conf_loader, the validation kong/cmd/start.lua:50 runs: what start refuses of a
+    setting, check refuses. A tcp:// admin endpoint would need CURVE keys, which cannot be configured (README, CLI);
+    `gateway start` refused it at bind time while check-config said OK."""
+    assert errors("gateway: {admin: 'tcp://127.0.0.1:1'}\n" + SERVICE) == [
+        'gateway.admin: "tcp://127.0.0.1:1" is a tcp endpoint, which needs CURVE keys (not configurable yet) to keep '
+        "other users off the admin channel; use an ipc:// path (e.g. ipc://run/admin.sock)"]
+
+
+@pytest.mark.parametrize(("key", "value", "example"), [("pid_file", "", "run/gateway.pid"),
+                                                       ("log_file", "", "run/gateway.log"),
+                                                       ("pid_file", "run/", "run/gateway.pid")])
+def test_a_pid_or_log_file_that_names_no_file_is_refused(key, value, example):
+    """nginx release-1.27.1 src/core/ngx_cycle.c:320-325: `nginx -t` creates the pid file (ngx_create_pidfile,
+    :1035-1043) and fails when it cannot be opened. An empty pid_file passed check-config, and start then died with
+    a traceback writing it (os.replace(tmp, ""))."""
+    assert errors(f"gateway: {{{key}: '{value}'}}\n" + SERVICE) == [
+        f'gateway.{key}: expected the path of a file (e.g. {example}), got "{value}"']
+
+
+def test_a_bus_at_the_admin_sockets_path_is_refused_naming_both_settings():
+    """Start bound the admin socket there, then found the bus's path in use and blamed "gateway pid N", its own
+    root (kong/cmd/start.lua:56-57 says "already running" of a process that runs). The fault is the two settings'
+    collision."""
+    assert errors("gateway: {admin: 'ipc:///tmp/gw/run/admin.sock', bus: 'ipc:///tmp/gw/run/admin.sock'}\n"
+                  + SERVICE) == [
+        "gateway.bus: /tmp/gw/run/admin.sock is also the path of gateway.admin; give each its own path"]
+
+
+@pytest.mark.parametrize(("name", "what"), [("gateway.lock", "lock file"),
+                                            ("config.current.yaml", "copy of the current config"),
+                                            ("config.gen2.yaml", "config snapshot of a generation"),
+                                            ("keeper.state.json", "state keeper's state file"),
+                                            ("metrics", "metrics directory")])
+def test_a_pid_file_named_as_a_file_of_its_run_directory_is_refused(name, what):
+    """kong/cmd/start.lua:56-57: a second start in a prefix in use is refused. A pid file renamed over the run
+    directory's lock (gateway.node.files) left the flock on an unlinked inode, so a second gateway whose pid file was
+    in that directory took the run directory (its config copies replacing the first's) and its pid file."""
+    assert errors(f"gateway: {{pid_file: /tmp/gw/run/{name}}}\n" + SERVICE) == [
+        f"gateway.pid_file: /tmp/gw/run/{name} is the run directory's {what}, which the gateway writes (the run "
+        "directory is gateway.pid_file's); choose another name"]
+
+
+def test_a_log_file_that_is_the_pid_file_is_refused_naming_both_settings():
+    """The log appended to the pid file: `gateway stop` then read no pid in it, took it for stale and removed it."""
+    assert errors("gateway: {pid_file: /tmp/gw/run/gw.pid, log_file: /tmp/gw/run/gw.pid}\n" + SERVICE) == [
+        "gateway.log_file: /tmp/gw/run/gw.pid is also the path of gateway.pid_file; give each its own path"]

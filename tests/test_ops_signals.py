@@ -1,5 +1,6 @@
 """Signals to the root of a daemonised gateway (real processes): SIGUSR1 reopens gateway.log_file in every process,
-SIGUSR2 is ignored.
+SIGUSR2 is ignored, SIGHUPs that come during a reload make one more; and the state keeper applies a reload under
+the KONG_ variables the root checked it under.
 
 nginx: on SIGUSR1 the master runs ngx_reopen_files (src/core/ngx_cycle.c), which reopens every open file, the
 error_log included, and ends with ngx_log_redirect_stderr so that stderr follows the reopened error log, and signals
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,6 +30,10 @@ from e2e_helpers import (
     process_name,
     start_daemonised,
 )
+
+from gateway.bus import protocol as p
+from gateway.config import parse_config
+from gateway.keeper.state import Keeper
 
 
 @pytest.fixture
@@ -80,3 +86,47 @@ def test_sigusr2_to_the_root_is_ignored_and_says_so(gw):
     assert [p for p in descendants_of(root) if process_name(p) == "gateway worker"] == workers
     assert "draining" not in gw.log()
     assert gw.cli("status", timeout=20).returncode == 0
+
+
+def test_sighups_that_come_during_a_reload_make_one_more_reload(gw):
+    """nginx release-1.27.1 src/os/unix/ngx_process_cycle.c:87-99: the master keeps SIGHUP blocked but in sigsuspend
+    (:163), and its handler only sets `ngx_reconfigure = 1` (src/os/unix/ngx_process.c:364-365); a reload clears the
+    flag, then runs (ngx_process_cycle.c:211-240). SIGHUPs that come while one runs are one pending signal: one more
+    reload, however many came. The root started a reload per SIGHUP: five made five generations, one after another.
+    A stopped state keeper holds the first reload at its reload_config call, so the others come while it runs."""
+    root = start_daemonised(gw)
+    keeper = next(c["pid"] for c in admin_now(gw, "status").result["tree"]["children"] if c["id"] == "keeper")
+    os.kill(keeper, signal.SIGSTOP)
+    try:
+        os.kill(root, signal.SIGHUP)
+        assert becomes_true(lambda: "supervisor root: started: child='workers@2'" in gw.log(), 5), gw.log()[-2000:]
+        for _ in range(4):
+            os.kill(root, signal.SIGHUP)
+            time.sleep(0.02)
+    finally:
+        os.kill(keeper, signal.SIGCONT)
+    assert becomes_true(lambda: "reload: generation 3 accepting" in gw.log(), 8), gw.log()[-2000:]
+    time.sleep(0.5)  # (a reload takes tens of milliseconds: one more would show by now)
+    assert admin_now(gw, "status").result["generation"] == 3, gw.log()[-2000:]
+
+
+def test_the_state_keeper_reloads_under_the_kong_variables_the_root_checked_the_config_under(tmp_path, monkeypatch):
+    """kong/cmd/reload.lua:14-16 loads kong.conf with the `kong reload` process's KONG_<KEY> variables, and every
+    process of the reloaded node runs that result. `gateway reload`'s variables reached the new workers and
+    satellites, but the running state keeper re-read the config with the environment it started with (a
+    KONG_DNS_HOSTSFILE reached it only at its next restart): the root now sends them with reload_config, and the
+    keeper applies them over its own, keeping them for later reloads as the root does."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 redis.test\n")
+    monkeypatch.setenv("KONG_DNS_HOSTSFILE", "unset")  # (so that the keeper's os.environ.update is undone)
+    monkeypatch.delenv("KONG_DNS_HOSTSFILE")
+    path = tmp_path / "config.current.yaml"
+    path.write_text("_format_version: '3.0'\n")
+    keeper = Keeper(parse_config(path.read_text()), workers=1, config_path=str(path))
+    assert keeper.dns_settings.dns_hostsfile != str(hosts)
+    replies, _ = keeper.handle(b"root", p.AdminOp(cmd="reload_config", args={"KONG_DNS_HOSTSFILE": str(hosts)}, id=1),
+                               0.0, time.time())
+    assert isinstance(replies[0], p.AdminResult) and replies[0].ok, replies
+    assert keeper.dns_settings.dns_hostsfile == str(hosts)
+    keeper.handle(b"root", p.AdminOp(cmd="reload_config", id=2), 0.0, time.time())  # (a later SIGHUP's)
+    assert keeper.dns_settings.dns_hostsfile == str(hosts)

@@ -1,7 +1,8 @@
 """The admin endpoint's socket: a ZeroMQ ROUTER bound for the root (gateway.node.admin serves it).
 
 ipc endpoints are created with 0600 permissions (only the gateway's user may talk to it); a tcp endpoint needs
-CURVE keys, which this gateway does not configure yet, so it is refused at start rather than left open.
+CURVE keys, which this gateway does not configure yet, so the config check refuses it (gateway.config.loader, as
+check-config and start run it) rather than leave it open; bind_admin refuses it too.
 """
 
 from __future__ import annotations

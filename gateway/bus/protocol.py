@@ -93,7 +93,8 @@ class AdminOp(Msg, tag="admin"):
 
 
 # Carried out however late: reload_config re-reads the config the root has written, which is right whenever it comes
-# (the root says so when the keeper does not confirm: "it reads the new config when it restarts").
+# (the root says so when the keeper does not confirm: "it reads the new config when it restarts"). Its args are the
+# KONG_<KEY> variables the root checked that config under, which the keeper applies over its own environment.
 LATE_APPLIED = frozenset({"reload_config"})
 
 

@@ -75,6 +75,8 @@ from gateway.config.typedefs import (
 from gateway.config.vaults import resolve_settings
 from gateway.http.realip import parse_network
 from gateway.http.tls_contexts import OPENSSL_VERIFY_DEPTH, VERSIONS, TrustStore, use_trust_store
+from gateway.node.files import METRICS_DIR, run_dir_file
+from gateway.node.paths import absolute_endpoint
 
 _SECTIONS: dict[str, Any] = {
     "services": Service,
@@ -417,6 +419,8 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     _references) are resolved to the entity's name or label (or, for an unnamed route, to the route itself)."""
     _check_listen(config.gateway, errors)
     _check_bus(config.gateway.bus, errors)
+    _check_admin(config.gateway.admin, errors)
+    _check_run_files(config.gateway, errors)
     _check_client_address(config.gateway, errors)
     _check_access_log(config.gateway.access_log, errors)
     _check_ids(config, errors)
@@ -688,6 +692,52 @@ def _check_bus(bus: str, errors: list[str]) -> None:
                           f"gateway's processes connect to (e.g. tcp://127.0.0.1:{port})")
         return
     errors.append(f"gateway.bus: expected ipc://PATH or tcp://HOST:PORT (e.g. ipc://run/bus.sock), got {show(bus)}")
+
+
+def _check_admin(admin: str, errors: list[str]) -> None:
+    """gateway.admin as the root binds it, so that check-config refuses what start would: an ipc:// path only (a tcp
+    endpoint would need CURVE keys, which cannot be configured yet, to keep others off the admin channel)."""
+    if admin.startswith("ipc://") and len(admin) > len("ipc://"):
+        return
+    if admin.startswith("tcp://"):
+        errors.append(f"gateway.admin: {show(admin)} is a tcp endpoint, which needs CURVE keys (not configurable yet) "
+                      "to keep other users off the admin channel; use an ipc:// path (e.g. ipc://run/admin.sock)")
+        return
+    errors.append(f"gateway.admin: expected ipc://PATH (e.g. ipc://run/admin.sock), got {show(admin)}")
+
+
+def _check_run_files(gw: GatewaySettings, errors: list[str]) -> None:
+    """gateway.pid_file, log_file and the admin and bus sockets each a file of its own, none a file the gateway keeps
+    in its run directory (the pid file's): one written over another is lost (a pid file renamed over the run
+    directory's lock lets a second gateway in; a log file that is the pid file makes `gateway stop` find no pid)."""
+    from gateway.bus.protocol import pub_endpoint  # (gateway.bus.protocol imports gateway.config)
+
+    files: list[tuple[str, str, str]] = []  # (setting, what of it, absolute path)
+    for key, example in (("pid_file", "run/gateway.pid"), ("log_file", "run/gateway.log")):
+        value: str = getattr(gw, key)
+        if os.path.basename(value) in ("", ".", ".."):
+            errors.append(f"gateway.{key}: expected the path of a file (e.g. {example}), got {show(value)}")
+        else:
+            files.append((f"gateway.{key}", "", os.path.abspath(value)))
+    sockets = [("gateway.admin", "", gw.admin), ("gateway.bus", "", gw.bus)]
+    if gw.bus.startswith("ipc://") and len(gw.bus) > len("ipc://"):
+        sockets.append(("gateway.bus", "its PUB socket ", pub_endpoint(gw.bus)))
+    files += [(key, what, absolute_endpoint(endpoint)[len("ipc://"):]) for key, what, endpoint in sockets
+              if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://")]
+    run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
+    named: dict[str, str] = {}  # path -> the setting that names it first
+    for key, what, path in files:
+        directory, name = os.path.split(path)
+        owned = run_dir_file(name) if directory == run_dir else None
+        if path in named:
+            errors.append(f"{key}: {what}{path} is also the path of {named[path]}; give each its own path")
+        elif owned is not None:
+            errors.append(f"{key}: {what}{path} is the run directory's {owned}, which the gateway writes (the run "
+                          "directory is gateway.pid_file's); choose another name")
+        elif directory == os.path.join(run_dir, METRICS_DIR):
+            errors.append(f"{key}: {what}{path} is in the run directory's metrics directory, which each start "
+                          "empties; choose another directory")
+        named.setdefault(path, key)
 
 
 def _listen_problem(addr: str) -> str | None:

@@ -20,7 +20,8 @@ from gateway.breaker.keeper import BreakerBoard
 from gateway.breaker.messages import BreakerUpdate
 from gateway.breaker.state import State
 from gateway.bus import protocol as p
-from gateway.config import Config, load_config
+from gateway.config import Config, kong_conf, parse_config
+from gateway.config.loader import read_config_text
 from gateway.discovery.dns import target_names
 from gateway.discovery.http import excerpt
 from gateway.discovery.service import discovered_upstreams
@@ -547,7 +548,11 @@ class Keeper:
         if cmd == "reload_config":
             if self.config_path is None:
                 raise ValueError("this keeper was started without a config path")
-            self.reload(inherited(load_config(self.config_path)))
+            # its arguments: the KONG_ variables the root checked the config under (`gateway reload`'s among them)
+            variables = kong_conf.carried({key: value for key, value in args.items() if isinstance(value, str)})
+            environ = {**os.environ, **variables}
+            self.reload(inherited(parse_config(read_config_text(self.config_path), self.config_path, environ)))
+            os.environ.update(variables)  # kept for later reloads, as the root keeps them
             return {"incarnation": self.incarnation}, [self.snapshot()]
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
 

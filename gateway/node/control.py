@@ -25,7 +25,7 @@ from gateway.config import Config, ConfigError, kong_conf, parse_host_port
 from gateway.config.schema import GatewaySettings
 from gateway.config.tls import listen_flags, status_options
 from gateway.http.net import bind_listener
-from gateway.node.files import make_run_dir, open_log
+from gateway.node.files import file_problem, open_log
 from gateway.node.locate import Location, NotRunning, alive, locate, socket_path_problems
 from gateway.node.locate import running_pid as _running_pid
 from gateway.node.paths import absolute_endpoint
@@ -120,17 +120,9 @@ def startup_problem(config_path: str, gw: GatewaySettings) -> tuple[str, int] | 
     """What would stop a start halfway, found before anything is started: (one line naming the file, the setting
     and what to do; the exit status), or None. The root would otherwise fail deep inside (a traceback in its log,
     or a zmq context that never terminates)."""
-    too_long = socket_path_problems(config_path, gw)
-    if too_long:
-        return too_long[0], EXIT_CONFIG
-    files = [("pid_file", gw.pid_file),
-             *((key, path[len("ipc://"):]) for key in ("admin", "bus")
-               if (path := absolute_endpoint(getattr(gw, key))).startswith("ipc://"))]
-    for key, path in files:
-        problem = _directory_problem(os.path.dirname(os.path.abspath(path)))
-        if problem is not None:
-            return (f"{config_path}: gateway.{key}: {problem}; make it a directory this user can write to, or "
-                    f"choose another path for gateway.{key}", EXIT_FAILURE)
+    problems = path_problems(config_path, gw)
+    if problems:
+        return problems[0]
     if gw.status_listen:
         address, flags = listen_flags(gw.status_listen)
         at = parse_host_port(address, None)
@@ -146,17 +138,19 @@ def startup_problem(config_path: str, gw: GatewaySettings) -> tuple[str, int] | 
     return None
 
 
-def _directory_problem(directory: str) -> str | None:
-    """Why the gateway could not create its files in `directory` (created if missing, as the root would), if so."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        return f"{directory} is not a directory"
-    try:
-        make_run_dir(directory)
-    except OSError as e:
-        return f"cannot create the directory {directory}: {e.strerror or e}"
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return f"cannot write in the directory {directory} (permission denied)"
-    return None
+def path_problems(config_path: str, gw: GatewaySettings) -> list[tuple[str, int]]:
+    """The files and sockets a start would make that it could not (nothing is made): one line each, naming the file,
+    the setting and what to do, with its exit status; `check-config` makes these checks too, as `nginx -t` opens the
+    pid and log files (src/core/ngx_cycle.c, ngx_init_cycle in test mode)."""
+    problems = [(line, EXIT_CONFIG) for line in socket_path_problems(config_path, gw)]
+    files = [("pid_file", gw.pid_file, False), ("log_file", gw.log_file, True),
+             *((key, path[len("ipc://"):], False) for key in ("admin", "bus")
+               if (path := absolute_endpoint(getattr(gw, key))).startswith("ipc://"))]
+    for key, path, appended in files:
+        problem = file_problem(path, appended)
+        if problem is not None:
+            problems.append((f"{config_path}: gateway.{key}: {problem} for gateway.{key}", EXIT_FAILURE))
+    return problems
 
 
 def start_daemon(config_path: str, workers: int | None) -> int:

@@ -11,7 +11,10 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import stat
+
+from gateway.node.paths import KEEPER_STATE
 
 log = logging.getLogger("gateway.node")
 
@@ -32,7 +35,55 @@ def make_run_dir(path: str) -> str:
     return path
 
 
+# The run directory's own files (the pid file's directory): what each name is
 LOCK_NAME = "gateway.lock"
+CURRENT_CONFIG = "config.current.yaml"  # the config the state keeper and satellites read
+METRICS_DIR = "metrics"  # emptied at each start (gateway.metrics.prepare_multiprocess_dir)
+RUN_DIR_FILES = {LOCK_NAME: "lock file", CURRENT_CONFIG: "copy of the current config", KEEPER_STATE: "state keeper's "
+                 "state file", METRICS_DIR: "metrics directory", "mcp-session.key": "default MCP session key file"}
+SNAPSHOT = re.compile(r"config\.gen[0-9]+\.yaml")  # a generation's config, which its workers read
+
+
+def snapshot_name(generation: int) -> str:
+    """The file name of the config snapshot `generation`'s workers read, in the run directory."""
+    return f"config.gen{generation}.yaml"
+
+
+def run_dir_file(name: str) -> str | None:
+    """What the gateway keeps under the file name `name` in its run directory, if anything."""
+    if SNAPSHOT.fullmatch(name):
+        return "config snapshot of a generation"
+    return RUN_DIR_FILES.get(name)
+
+
+def directory_problem(directory: str) -> str | None:
+    """Why the gateway could not create its files in `directory` (made with its parents if missing, as the root
+    makes it), if so. Nothing is created: `check-config` looks as `start` does."""
+    directory = os.path.abspath(directory)
+    existing = directory
+    while not os.path.lexists(existing):  # (what the root would create, up to what is there)
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == directory:
+            return f"cannot write in the directory {directory} (permission denied)"
+        return f"cannot create the directory {directory}: cannot write in {existing} (permission denied)"
+    return None
+
+
+def file_problem(path: str, appended: bool) -> str | None:
+    """Why the gateway could not write the file `path` (replaced by a rename, or `appended` to: the log file), and
+    what to do, ending "choose another path" (for the caller to name the setting), if so; as nginx -t opens its pid
+    and log files, but nothing is created."""
+    if os.path.isdir(path):
+        return f"{path}: is a directory; choose another path"
+    if appended and os.path.lexists(path) and not os.access(path, os.W_OK):
+        return f"{path}: cannot open it for writing (permission denied); let this user write it, or choose another path"
+    problem = directory_problem(os.path.dirname(os.path.abspath(path)))
+    if problem is None:
+        return None
+    return f"{problem}; make it a directory this user can write to, or choose another path"
 
 
 def lock_run_dir(path: str) -> int:

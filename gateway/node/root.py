@@ -5,7 +5,8 @@ drain); a SIGTERM or SIGINT during a stop forces it (workers are killed), a seco
 only sets ngx_quit again; `gateway stop` sends SIGQUIT, and SIGTERM once its --timeout has passed).
 SIGHUP or admin `reload`: re-read and validate the config; a bad one is rejected and the running generation keeps
 serving untouched; a good one starts generation G+1 on the same listener slots, then retires G, whose workers
-finish their in-flight requests and SSE streams (up to drain_timeout).
+finish their in-flight requests and SSE streams (up to drain_timeout). SIGHUPs that come while a reload runs make one
+more reload, however many they are, as nginx's master keeps one pending SIGHUP.
 A retired generation's workers, and on a graceful stop every worker, are told to drain all at once (RETIRE_SIGNAL, as
 nginx's master sends SIGQUIT to every worker); their supervisor's shutdown, one worker after another, then only
 collects them: one drain_timeout for them all, never one per worker. A retired generation leaves the root supervisor
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -50,12 +52,12 @@ from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir
 from gateway.node import logfile, tree
 from gateway.node.admin import serve_admin
-from gateway.node.files import PID_MODE, lock_run_dir, make_run_dir, write_atomically
+from gateway.node.files import CURRENT_CONFIG, PID_MODE, lock_run_dir, make_run_dir, snapshot_name, write_atomically
 from gateway.node.generation import Generation
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint, keeper_state_file
-from gateway.node.slots import ListenerSlots
+from gateway.node.slots import AddressInUse, ListenerSlots
 from gateway.node.start_only import changed, hand_down, keep
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
@@ -119,6 +121,7 @@ class Node:
         self._stop = trio.Event()
         self._forced = False
         self._reload_lock = trio.Lock()
+        self._sighup_pending = False  # a SIGHUP's reload waits for the reload lock (nginx: ngx_reconfigure is set)
         self._nursery: trio.Nursery | None = None
         self.fork_server: ForkServer | None = None
         # Every generation whose workers run: the serving one and those still draining (until their supervisor
@@ -141,11 +144,12 @@ class Node:
             raise StartupError("\n".join(e.messages)) from None
         self.config = config
         gw = config.gateway
-        self.run_dir = make_run_dir(os.path.dirname(os.path.abspath(gw.pid_file)))
         try:
+            self.run_dir = make_run_dir(os.path.dirname(os.path.abspath(gw.pid_file)))
             self._run_lock = lock_run_dir(self.run_dir)  # held until this process ends
         except OSError as e:
-            raise StartupError(str(e.strerror or e)) from None
+            why = f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e)
+            raise StartupError(f"{self.config_path}: gateway.pid_file: {why}") from None
         _remove(keeper_state_file(self.run_dir))  # a start begins from the config: the last run's overrides go
         count = self.worker_count(config)
         self.metrics_dir = prepare_multiprocess_dir(self.run_dir)  # before any child starts: they inherit it
@@ -153,7 +157,7 @@ class Node:
         try:
             self.slots.ensure(listen_addresses(config), count)
         except OSError as e:
-            raise StartupError(str(e.strerror or e)) from None
+            raise StartupError(f"{self.config_path}: gateway.listen: {_listen_failure(e)}") from None
         ctx = zmq.Context()
         try:
             admin = bind_admin(ctx, absolute_endpoint(gw.admin))
@@ -183,8 +187,8 @@ class Node:
             self.slots.close()
             _remove(gw.pid_file)
             _remove(absolute_endpoint(gw.admin)[len("ipc://"):])
-            _remove(os.path.join(self.run_dir, f"config.gen{self.generation}.yaml"))
-            _remove(os.path.join(self.run_dir, "config.current.yaml"))
+            _remove(os.path.join(self.run_dir, snapshot_name(self.generation)))
+            _remove(os.path.join(self.run_dir, CURRENT_CONFIG))
 
     async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
         self.generation = 1
@@ -234,7 +238,11 @@ class Node:
                     nursery.start_soon(self.fork_server.run)
                 nursery.start_soon(self.keeper.run)
                 await nursery.start(self._signals)  # handled before the pid file names this process
-                _write_pid(config.gateway.pid_file)
+                try:
+                    _write_pid(config.gateway.pid_file)
+                except OSError as e:
+                    raise StartupError(f"{self.config_path}: gateway.pid_file: cannot write {config.gateway.pid_file}"
+                                       f": {e.strerror or e}") from None
                 log.info("gateway %s started: pid %d, %d workers on %s", __version__, os.getpid(),
                          self.worker_count(config), ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)))
                 if self.ready:
@@ -278,7 +286,9 @@ class Node:
             task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
-                    self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
+                    if not self._sighup_pending:  # (else the reload it asks for is waiting already)
+                        self._sighup_pending = True
+                        self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
                 elif signum == signal.SIGUSR1:
                     self._reopen()
                 elif signum == signal.SIGUSR2:  # nginx's binary upgrade: its default action would kill the root
@@ -411,7 +421,7 @@ class Node:
 
     def _write_current(self, text: str) -> str:
         """The config the keeper reads (at start, on reload_config, and after a restart); 0600."""
-        path = os.path.join(self.run_dir, "config.current.yaml")
+        path = os.path.join(self.run_dir, CURRENT_CONFIG)
         write_atomically(path, text)
         return path
 
@@ -419,7 +429,7 @@ class Node:
                     environ: Mapping[str, str] | None = None) -> Generation:
         """Write the config snapshot the generation's workers load; the generation, to be started by the root. Its
         workers start with `environ` when given (the one its config was checked under), else with the root's."""
-        snapshot = os.path.join(self.run_dir, f"config.gen{generation}.yaml")
+        snapshot = os.path.join(self.run_dir, snapshot_name(generation))
         write_atomically(snapshot, text)
         addresses = listen_addresses(config)
         count = self.worker_count(config)
@@ -438,16 +448,20 @@ class Node:
         and, once the reload succeeds, join it for later reloads and children, as `kong reload` writes what it loaded
         to the prefix's .kong_env. A rejected config changes nothing; why is logged and raised."""
         async with self._reload_lock:
-            path = os.path.abspath(config_path) if config_path else self.config_path
-            try:
-                return await self._reload(path, dict(variables or {}))
-            except AdminCommandError as e:
-                log.error("reload of %s rejected: %s", path, e)
-                raise
-            except SupervisorNotRunning:  # a stop came meanwhile: nginx's master takes it before a reload
-                log.info("reload cut short: the root supervisor has stopped%s",
-                         " (the gateway is stopping)" if self._stop.is_set() else "")
-                raise AdminCommandError("the gateway stopped during this reload") from None
+            return await self._reload_locked(config_path, variables)
+
+    async def _reload_locked(self, config_path: str | None, variables: Mapping[str, str] | None) -> dict[str, Any]:
+        """reload, under the reload lock."""
+        path = os.path.abspath(config_path) if config_path else self.config_path
+        try:
+            return await self._reload(path, dict(variables or {}))
+        except AdminCommandError as e:
+            log.error("reload of %s rejected: %s", path, e)
+            raise
+        except SupervisorNotRunning:  # a stop came meanwhile: nginx's master takes it before a reload
+            log.info("reload cut short: the root supervisor has stopped%s",
+                     " (the gateway is stopping)" if self._stop.is_set() else "")
+            raise AdminCommandError("the gateway stopped during this reload") from None
 
     async def _reload(self, path: str, variables: dict[str, str]) -> dict[str, Any]:
         if self._stop.is_set():
@@ -469,7 +483,8 @@ class Node:
         try:
             opened = self.slots.ensure(addresses, self.worker_count(config))
         except OSError as e:
-            raise AdminCommandError(f"config rejected, still serving the previous one: {e.strerror}") from None
+            raise AdminCommandError(f"config rejected, still serving the previous one:\n{path}: gateway.listen: "
+                                    f"{_listen_failure(e)}") from None
         old = self.generation
         new = old + 1
         try:
@@ -490,8 +505,8 @@ class Node:
             log.info("reload: the gateway now runs from %s (was %s)", path, self.config_path)
             self.config_path = path
         current = self._write_current(text)
-        try:
-            await self.keeper.call("reload_config", {})
+        try:  # under the environment the config was checked under (its KONG_ variables: the keeper reads it too)
+            await self.keeper.call("reload_config", kong_conf.carried(os.environ))
         except KeeperUnavailable:
             log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
         await self._restart_satellites(current, config)
@@ -505,11 +520,15 @@ class Node:
 
     async def _reload_logged(self) -> None:
         """SIGHUP's reload; a stop that lands meanwhile ends it quietly (nginx's master takes ngx_quit / ngx_terminate
-        before ngx_reconfigure), as the root supervisor it asks has stopped."""
-        try:
-            await self.reload()
-        except AdminCommandError:
-            pass  # logged by reload (a stop that cut it short too)
+        before ngx_reconfigure), as the root supervisor it asks has stopped. SIGHUPs that come before it holds the
+        reload lock are this reload; those that come while it runs make one more, whatever their number, as nginx's
+        master leaves SIGHUP blocked while it reloads (src/os/unix/ngx_process_cycle.c:87-99, 163, 211-214)."""
+        async with self._reload_lock:
+            self._sighup_pending = False
+            try:
+                await self._reload_locked(None, None)
+            except AdminCommandError:
+                pass  # logged by _reload_locked (a stop that cut it short too)
 
     async def _retire(self, generation: Generation) -> None:
         """Tell every worker of `generation` to drain, together, and stop listening on the addresses the serving
@@ -536,7 +555,7 @@ class Node:
             generation.kill()
             await generation.stop()
         self._generations.pop(generation.number, None)
-        _remove(os.path.join(self.run_dir, f"config.gen{generation.number}.yaml"))
+        _remove(os.path.join(self.run_dir, snapshot_name(generation.number)))
         if len(self._generations) == 1:  # the serving one alone: no worker was given a parked descriptor
             self.slots.free_parked()
         log.info("generation %d has stopped", generation.number)
@@ -664,6 +683,16 @@ def _started_with(spec: ChildSpec, environ: Mapping[str, str]) -> ChildSpec:
     join the root's only once the reload has succeeded)."""
     assert isinstance(spec.start, Process)
     return dataclasses.replace(spec, start=dataclasses.replace(spec.start, env=dict(environ)))
+
+
+def _listen_failure(e: OSError) -> str:
+    """Why a listen address could not be bound, and what to do (AddressInUse says both itself)."""
+    if isinstance(e, AddressInUse):
+        return str(e.strerror)
+    if e.errno == errno.EADDRNOTAVAIL:
+        return (f"{e.strerror} (no interface of this machine has that address: `ip addr` lists them); change "
+                "gateway.listen")
+    return f"{e.strerror or e}; change gateway.listen"
 
 
 def _write_pid(path: str) -> None:
