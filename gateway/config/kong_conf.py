@@ -264,12 +264,6 @@ KONG_CONF: dict[str, str] = {
     "lua_package_cpath": _not("the Lua C module search path", _LUA),
     "lua_socket_pool_size": _not("the size of each Lua socket pool", f"{_LUA}; each of its own clients keeps its "
                                                                      "own connections"),
-    "untrusted_lua": _not("whether Lua code in plugin configurations runs, and how",
-                          f"{_LUA} (the plugins and fields that take Lua code, pre-function, post-function, "
-                          "custom_fields_by_lua, ..., are refused) but renders request-transformer's $(...) "
-                          "templates, as Kong's default, sandbox, does; off, with which Kong fails every request "
-                          "such a template is rendered for (a 500), is not built: remove the key (without "
-                          "templates that changes nothing)"),
     "untrusted_lua_sandbox_requires": _not("the modules sandboxed Lua may require", _LUA),
     "untrusted_lua_sandbox_environment": _not("the globals sandboxed Lua may use", _LUA),
     "openresty_path": _not("the OpenResty installation Kong runs on", "the gateway is a Python program, not "
@@ -351,7 +345,8 @@ NGINX_NONE: dict[str, Any] = {
 _NONE_PASSES = re.compile(r"nginx_(?:stream_.+|.+_ssl_conf_command)")
 # our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
 # false. (tracing_instrumentations and its alias take false itself; the refused keys' `off` is read by `_words`.)
-_OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen", "charset", "nginx_http_charset"))
+_OFF_WORD = frozenset(("headers", "headers_upstream", "status_listen", "listen", "charset", "nginx_http_charset",
+                       "untrusted_lua"))
 # ... and those whose `off` (the word, as kong.conf writes it) is our false: prefix_handler.lua's `~= "off"`
 _OFF_FALSE = frozenset(("access_log",))
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
@@ -374,7 +369,6 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "allow_debug_header": ("off",),  # Kong's default
     "request_debug": ("off",),
     "wasm": ("off",),  # Kong's default
-    "untrusted_lua": ("sandbox", "on"),  # Kong's default; on runs the same templates outside the sandbox
     "vaults": ("bundled", "env", "bundled env"),  # Kong OSS bundles the env vault only (kong/constants.lua)
     "plugins": ("bundled",),
     "router_flavor": ("traditional_compatible",),  # Kong's default
@@ -448,7 +442,7 @@ KONG_KEYS = frozenset((
     "error_template_plain", "error_template_xml", "headers", "headers_upstream", "lua_ssl_trusted_certificate",
     "lua_ssl_verify_depth", "real_ip_header", "real_ip_recursive", "ssl_cert", "ssl_cert_key", "ssl_cipher_suite",
     "ssl_ciphers", "ssl_protocols", "ssl_session_tickets", "status_listen", "tracing_instrumentations",
-    "tracing_sampling_rate", "trusted_ips", "upstream_keepalive_max_requests"))
+    "tracing_sampling_rate", "trusted_ips", "untrusted_lua", "upstream_keepalive_max_requests"))
 # Kong's keys in kong_defaults.lua that neither kong.conf.default nor a dynamic namespace covers
 _UNLISTED = frozenset(("cluster_cjson", "cluster_rpc", "cluster_rpc_sync", "wasm_dynamic_module"))
 # conf_loader/constants.lua's DYNAMIC_KEY_NAMESPACES: any KONG_<namespace>_<name> variable is a key of Kong's
@@ -599,8 +593,8 @@ def kong_value(key: str, value: Any) -> Any:
 
 
 def _off(value: Any) -> Any:
-    """YAML's false, an unquoted `off`, as the word."""
-    return "off" if value is False else value
+    """YAML's false and true, an unquoted `off` and `on`, as the words."""
+    return "off" if value is False else "on" if value is True else value
 
 
 def is_kong_key(key: str) -> bool:

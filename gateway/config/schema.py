@@ -136,6 +136,10 @@ class GatewaySettings(Base):
     # lua_ssl_verify_depth only as OpenSSL's own limit (100): Python's ssl module cannot set another
     lua_ssl_trusted_certificate: list[str] | str = "system"
     lua_ssl_verify_depth: NonNegInt | None = None
+    # kong.conf's: whether Lua in plugin configurations runs. The gateway runs none, but renders request-transformer's
+    # $(...) templates as Kong's default (sandbox) and `on` do; with `off` Kong fails each request such a template is
+    # rendered for (a 500), so a template is refused at load then (gateway.policies.request_transformer.build)
+    untrusted_lua: Literal["sandbox", "on", "off"] = "sandbox"
     # kong.conf's: the format of the errors nginx itself answers (502, 504, 400...) to a request with neither an
     # Accept nor a Content-Type header (gateway.http.kong_errors.page_type)
     error_default_type: Literal["text/plain", "text/html", "application/json", "application/xml"] = "text/plain"

@@ -75,7 +75,7 @@ def test_every_key_is_ours_an_alias_or_in_the_table():
     assert not (ours & table) and not (aliases & table) and not (OURS & (set(ALIASES) | set(KONG_CONF)))
     assert set(ALIASES.values()) <= OURS
     assert set(ACCEPTED) <= set(KONG_CONF)
-    assert (len(ours), len(aliases), len(table)) == (30, 11, 137)
+    assert (len(ours), len(aliases), len(table)) == (31, 11, 136)
 
 
 PAIRED = {"ssl_cert_key": "ssl_cert"}  # kong/conf_loader/parse.lua: a key alone: "ssl_cert must be specified"
@@ -174,8 +174,7 @@ def test_a_typo_of_ours_is_still_an_unknown_field():
     ("vaults", "bundled,env"), ("vaults", ["env"]), ("plugins", "bundled"), ("lua_ssl_protocols", "TLSv1.2 TLSv1.3"),
     ("lua_ssl_protocols", "TLSv1.3,TLSv1.2"), ("new_dns_client", False), ("new_dns_client", "off"),
     ("lua_max_uri_args", 100), ("nginx_http_client_max_body_size", 0), ("nginx_http_client_max_body_size", "0m"),
-    ("ssl_prefer_server_ciphers", True), ("allow_debug_header", "false"), ("untrusted_lua", "sandbox"),
-    ("untrusted_lua", True),
+    ("ssl_prefer_server_ciphers", True), ("allow_debug_header", "false"),
 ])
 def test_the_value_that_says_what_the_gateway_does_passes(key: str, value: object):
     assert outcome({key: value}) == []
@@ -186,24 +185,11 @@ def test_the_value_that_says_what_the_gateway_does_passes(key: str, value: objec
     ("vaults", "bundled,aws"), ("plugins", "bundled,my-plugin"), ("plugins", False), ("lua_ssl_protocols", "TLSv1.3"),
     ("router_flavor", "expressions"), ("new_dns_client", "on"), ("lua_max_uri_args", 500),
     ("nginx_http_client_max_body_size", "10m"), ("ssl_prefer_server_ciphers", False), ("request_debug", True),
-    ("untrusted_lua", False),
 ])
 def test_any_other_value_of_those_keys_is_refused_saying_which_passes(key: str, value: object):
     [message] = outcome({key: value})
     assert message.startswith(f"gateway.{key}: kong.conf's {key} (")
     assert message.endswith(f"; `{key}: {ACCEPTED[key][0]}` is accepted (it is what the gateway does)")
-
-
-def test_untrusted_lua_off_is_refused_as_kong_fails_request_transformer_templates_with_it():
-    """kong/tools/sandbox/init.lua 134-135 (`enabled`: untrusted_lua ~= "off"); request-transformer/access.lua 79-86
-    (param_value: with Lua disabled, a value matching `%$%(.*%)` is an error) and 126 (iter() raises it): with
-    `untrusted_lua = off` every request a request-transformer with a $(...) value runs on fails (Kong's 500), where
-    the gateway renders the template. Kong's default, sandbox, is what the gateway does, and passes."""
-    [message] = outcome({"untrusted_lua": "off"})
-    assert message.startswith("gateway.untrusted_lua: kong.conf's untrusted_lua (")
-    assert "renders request-transformer's $(...) templates, as Kong's default, sandbox, does; off, with which Kong " \
-           "fails every request such a template is rendered for (a 500), is not built: remove the key" in message
-    assert outcome({"untrusted_lua": "sandbox"}) == []
 
 
 def test_a_refused_key_set_to_null_or_empty_configures_nothing():

@@ -28,6 +28,7 @@ from plugin_helpers import (
 from test_kong_spec_transformers import FixedBackend
 from test_request_transformer_compiled import FakeExchange
 
+from gateway.config import ConfigError, parse_config
 from gateway.http.codec import Headers
 from gateway.policies import cjson
 from gateway.policies.header_list import escape_name, escape_value
@@ -35,6 +36,7 @@ from gateway.policies.request_transformer.handler import RequestTransformer
 from gateway.policies.request_transformer.schema import RequestTransformerConfig
 from gateway.policies.response_transformer.handler import ResponseTransformer, append_value
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig
+from gateway.runtime import compile_config
 
 FORM = (b"content-type", b"application/x-www-form-urlencoded")
 JSON = (b"content-type", b"application/json")
@@ -508,3 +510,41 @@ def test_a_request_body_or_query_entry_without_a_name_is_refused(op, field, entr
     name in ":v" (a name is one character or more other than ':'), and Kong refuses the entry."""
     err = refused(plugin("request-transformer", **{op: {field: ["k:v", entry]}}))
     assert err.endswith(f"config.{op}.{field}[1]: '{entry}' has no name before its ':' (write 'name:value')"), err
+
+
+def _compiled(gateway: dict[str, Any], plugin_doc: dict) -> str | None:
+    """The config error of a one-route config with this `gateway:` section and plugin (global), or None."""
+    config = parse_config(json.dumps({"gateway": gateway, "services": [{"name": "s", "url": "http://127.0.0.1:1",
+                                                                        "routes": [{"paths": ["/"]}]}],
+                                      "plugins": [plugin_doc]}))
+    try:
+        compile_config(config)
+    except ConfigError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize(("op", "field"), [("add", "headers"), ("append", "querystring"), ("replace", "body"),
+                                           ("rename", "querystring")])
+def test_with_untrusted_lua_off_a_template_is_refused_as_kong_fails_the_requests_it_renders(op, field):
+    """kong/tools/sandbox/init.lua 134-135 (`enabled`: untrusted_lua ~= "off"); request-transformer/access.lua
+    79-86 (param_value, which every entry of rename, replace, add and append goes through, lines 179-411: with Lua
+    disabled a value matching `%$%(.*%)` is an error) and 126 (iter() raises it: Kong's 500 for every such request)."""
+    err = _compiled({"untrusted_lua": "off"}, plugin("request-transformer", **{op: {field: ["k:v", "x:$(headers.y)"]}}))
+    assert err is not None and f"config.{op}.{field}[1]: a $(...) template, which Kong runs as Lua: with " \
+                                  "kong.conf's untrusted_lua off Kong answers 500" in err, err
+
+
+def test_with_untrusted_lua_off_a_template_in_replace_uri_is_refused():
+    """access.lua:491 renders replace.uri with param_value too."""
+    err = _compiled({"untrusted_lua": False}, plugin("request-transformer", replace={"uri": "/$(uri_captures[1])"}))
+    assert err is not None and "config.replace.uri: a $(...) template" in err, err
+
+
+def test_with_untrusted_lua_off_values_without_templates_load_and_sandbox_renders_templates():
+    """param_value with Lua disabled returns a value without $(...) as it is (access.lua 85-86); Kong's default,
+    sandbox (and on), renders the templates the gateway supports."""
+    assert _compiled({"untrusted_lua": "off"}, plugin("request-transformer", add={"headers": ["k:v"]})) is None
+    for setting in ("sandbox", "on", True):
+        assert _compiled({"untrusted_lua": setting},
+                         plugin("request-transformer", add={"headers": ["x:$(headers.y)"]})) is None

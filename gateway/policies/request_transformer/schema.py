@@ -131,6 +131,19 @@ class RequestTransformerConfig(msgspec.Struct, forbid_unknown_fields=True):
     add: Adds = msgspec.field(default_factory=Adds)
     append: Appends = msgspec.field(default_factory=Appends)
 
+    def first_template(self) -> str | None:
+        """Where the first value Kong renders as a template holds a $(...) (access.lua's param_value: what follows an
+        entry's name in rename, replace, add and append, and replace.uri), or None."""
+        for op in ("rename", "replace", "add", "append"):
+            pairs = getattr(self, op)
+            for field in ("headers", "querystring", "body"):
+                for i, entry in enumerate(getattr(pairs, field)):
+                    if _ANY_TEMPLATE.search(entry.partition(":")[2]):
+                        return f"{op}.{field}[{i}]"
+        if self.replace.uri is not None and _ANY_TEMPLATE.search(self.replace.uri):
+            return "replace.uri"
+        return None
+
     def __post_init__(self) -> None:
         if self.http_method is None:
             return
