@@ -15,8 +15,12 @@ sender off the request path, bounded, retried with exponential backoff, and neve
 - Kong's log messages (queue.lua's wording and levels); the ones Kong writes for every entry (a full queue, an
   entry too large, an entry that is not a string with max_bytes) at most every WARN_EVERY_S seconds, with a count.
 - Entries are formatted (JSON, protobuf) by the queue's task as they come, so the queue holds bytes, not requests.
+- At a worker's exit, what a queue still holds once its drain is over (or cut) is lost: logged with the count, as
+  Kong logs lost entries, and counted (reason="exit").
 
-Queues are per process and named: plugin instances that send to the same place share one (Kong's queue names).
+Queues are per process and named: plugin instances that send to the same place share one (Kong's queue names). A
+queue's metric label and log lines show its `label`: a collector URL in it without its userinfo and query (a
+password, a token), which Kong's schema keeps secret (http-log's http_endpoint is `encrypted`).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 import trio
@@ -37,8 +42,8 @@ from gateway.metrics import RECORDER
 log = logging.getLogger("gateway.telemetry")
 
 DROPPED = Counter("gateway_log_queue_dropped_total", "Entries a log or trace queue dropped: full (the oldest went "
-                  "to make room), too_large (longer than max_bytes), retries (the batch failed for max_retry_time) "
-                  "or format", ["queue", "reason"])
+                  "to make room), too_large (longer than max_bytes), retries (the batch failed for max_retry_time), "
+                  "format, or exit (still queued when the worker exited)", ["queue", "reason"])
 WARN_EVERY_S = 10.0  # what Kong logs per entry (a full queue...) is logged at most this often (every drop is counted)
 CAPACITY_WARNING_THRESHOLD = 0.8  # Kong's: "queue at 80% capacity"
 COALESCE_MIN_TIME = 0.05  # Kong's: a shorter max_coalescing_delay collects nothing more (one entry a batch)
@@ -98,6 +103,16 @@ def apply_legacy_queue(queue: QueueConfig, queue_size: int | None, flush_timeout
                         "queue.max_coalescing_delay instead")
 
 
+def public_url(url: str) -> str:
+    """`url` as a queue's label shows it: scheme://host:port/path, without the userinfo (the collector's Basic
+    credentials), ;params, ?query or #fragment, which may carry a secret (Kong's http_endpoint is `encrypted`)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # (the schemas validated the URL: not expected)
+        return "(url)"
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path.split(';', 1)[0]}"
+
+
 _FAILED = object()  # a formatter's failure
 Handler = Callable[[list[Any]], Awaitable[None]]  # sends a batch; raises (any Exception) when it failed
 Formatter = Callable[[Any], Any]
@@ -146,6 +161,7 @@ class BatchQueue:
         self._wake: trio.Event | None = None
         self._coalescing = False  # the task waits out max_coalescing_delay for the batch it has begun
         self._busy = 0  # batches being sent (or retried)
+        self._unsent = 0  # entries of the batches given to _deliver that were neither sent nor dropped (cancelled)
         self._capacity_warned = False  # Kong's self.warned: "queue at 80% capacity" logged, not yet below it
         self._dropping = False  # Kong's already_dropped_entries: "queue resumed processing" when a batch is taken
         self._reported: dict[str, tuple[float, int]] = {}  # what is logged per entry: (last logged, count since)
@@ -314,8 +330,10 @@ class BatchQueue:
 
     async def _deliver(self, batch: list[Any]) -> None:
         """Send one batch, retrying as the config says (the caller counted it in `_busy`)."""
+        self._unsent += len(batch)
         try:
             await self._deliver_retrying(batch)
+            self._unsent -= len(batch)  # sent or dropped, and counted: only a cancelled send stays unsent
         finally:
             if self.config.concurrency_limit == 1:  # Kong's next batch starts coalescing once this one is done
                 self._first_at = trio.current_time()
@@ -330,7 +348,9 @@ class BatchQueue:
         until a try fails more than max_retry_time seconds after the first began."""
         config = self.config
         started = trio.current_time()
-        retries = 0
+        # Kong's 2 ^ retry_count * initial_retry_delay is a double, inf past 2^1023 and then capped: doubled here
+        # from the capped delay (the same values), never a power too large for a float
+        delay = min(config.max_retry_delay, config.initial_retry_delay)
         while True:
             try:
                 await self.handler(batch)
@@ -341,8 +361,8 @@ class BatchQueue:
                               "were lost", self.name, len(batch))
                     RECORDER.count(DROPPED, (self.name, "retries"), len(batch))
                     return
-                await trio.sleep(min(config.max_retry_delay, 2 ** retries * config.initial_retry_delay))
-                retries += 1
+                await trio.sleep(delay)
+                delay = min(config.max_retry_delay, delay * 2)
             else:
                 RECORDER.count(SENT, (self.name,), len(batch))
                 return
@@ -360,6 +380,19 @@ class BatchQueue:
             self._started()
             await self._deliver(self._batch())
 
+    def discard(self) -> None:
+        """At a worker's exit, once the queue's task is over: what the queue still holds (waiting, or in a batch
+        whose send was cancelled) is lost. Logged with the count, as Kong logs lost entries (queue.lua:345-347), and
+        counted (reason="exit")."""
+        lost = len(self._entries) + len(self._raw) + self._unsent
+        self._entries.clear()
+        self._raw = []
+        self._bytes = self._unsent = 0
+        if lost:
+            RECORDER.count(DROPPED, (self.name, "exit"), lost)
+            log.error("queue %s: could not send entries before the worker's exit. %d queue entries were lost",
+                      self.name, lost)
+
 
 class Queues:
     """The process's queues by name, and the nursery their tasks run in (queues made later start there too)."""
@@ -367,17 +400,21 @@ class Queues:
     def __init__(self) -> None:
         self.queues: dict[str, BatchQueue] = {}
         self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()  # run is over (set again when it runs)
+        self._stopped.set()
 
     def queue_for(self, name: str, config: QueueConfig, handler: Handler, formatter: Formatter | None = None,
-                  settings: object = None, sized: bool = True, coalesce: bool = True) -> BatchQueue:
+                  settings: object = None, sized: bool = True, coalesce: bool = True,
+                  label: str | None = None) -> BatchQueue:
         """The queue named `name` for these settings: plugin instances with the same name and settings (the queue's
         and the sender's, `settings`) share one, as Kong shares queues by name; other settings get their own. The
         newest instance's handler and formatter serve it: a reload's other changes (a datadog plugin's tag names,
-        say) apply to what is queued from then on."""
+        say) apply to what is queued from then on. `label`: the name its metrics and log lines show (default
+        `name`), a collector URL in it as public_url gives it."""
         key = f"{name}\0{msgspec.json.encode(config).decode()}\0{msgspec.json.encode(settings).decode()}"
         queue = self.queues.get(key)
         if queue is None:
-            queue = self.queues[key] = BatchQueue(name, config, handler, formatter, sized, coalesce)
+            queue = self.queues[key] = BatchQueue(label or name, config, handler, formatter, sized, coalesce)
             if self._nursery is not None:
                 self._nursery.start_soon(queue.run)
         else:
@@ -385,15 +422,20 @@ class Queues:
         return queue
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            for queue in self.queues.values():
-                await nursery.start(queue.run)
-            self._nursery = nursery
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        """The queues' tasks, until cancelled or closed."""
+        self._stopped = trio.Event()
+        try:
+            async with trio.open_nursery() as nursery:
+                for queue in self.queues.values():
+                    await nursery.start(queue.run)
+                self._nursery = nursery
+                task_status.started()
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    self._nursery = None
+        finally:
+            self._stopped.set()
 
     async def drain(self) -> None:
         """Drain every queue, each in a task of its own, as Kong's queues each flush from a timer of their own at a
@@ -401,6 +443,15 @@ class Queues:
         async with trio.open_nursery() as nursery:
             for queue in list(self.queues.values()):
                 nursery.start_soon(queue.drain)
+
+    async def close(self) -> None:
+        """At a worker's exit, after the drain: stop the queues' tasks (a send in progress is cancelled) and discard
+        what they still hold, each queue's loss logged and counted."""
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+        await self._stopped.wait()
+        for queue in self.queues.values():
+            queue.discard()
 
 
 QUEUES = Queues()

@@ -64,10 +64,12 @@ class WorkerTelemetry:
             self.recorder.samplers.remove(self.sample)
 
     async def drain(self, timeout: float = DRAIN_S) -> None:
-        """Write the pending lines and give the log plugins' queues up to `timeout` to send what they hold."""
+        """Write the pending lines and give the log plugins' queues up to `timeout` to send what they hold; then stop
+        them: what they still hold is lost, logged and counted per queue."""
         self.lines.flush()
         with trio.move_on_after(timeout):
             await QUEUES.drain()
+        await QUEUES.close()
 
     def sample(self) -> None:
         """At each flush: connections by state, requests in progress per target and the worker's Trio tasks (never

@@ -1,14 +1,28 @@
-"""Kong's queue semantics (kong/tools/queue.lua) on a mock clock: batching, bounds, retries, concurrency, drain."""
+"""Kong's queue semantics (kong/tools/queue.lua) on a mock clock: batching, bounds, retries, concurrency, drain,
+what a worker's exit loses, and the queues' labels (no collector credentials on /metrics)."""
 
 from __future__ import annotations
 
+import logging
+
+import msgspec
+import prometheus_client
 import pytest
 import trio
 import trio.testing
+from backends import free_port, wait_until
 
+from gateway.config import parse_config
+from gateway.http.server import ConnectionSet
 from gateway.metrics import RECORDER
-from gateway.telemetry.batch import DROPPED, BatchQueue, QueueConfig, Queues, apply_legacy_queue
-from gateway.telemetry.service import DRAIN_S
+from gateway.policies.http_log.handler import HttpLog
+from gateway.policies.http_log.schema import HttpLogConfig
+from gateway.policies.opentelemetry.handler import OpenTelemetry
+from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
+from gateway.policies.zipkin.handler import Zipkin
+from gateway.policies.zipkin.schema import ZipkinConfig
+from gateway.telemetry.batch import DROPPED, QUEUES, BatchQueue, QueueConfig, Queues, apply_legacy_queue, public_url
+from gateway.telemetry.service import DRAIN_S, WorkerTelemetry
 
 
 class Collector:
@@ -293,3 +307,156 @@ async def test_a_shared_queue_is_served_by_its_newest_instances_handler_and_form
     assert second is first
     assert second.formatter is not None and second.formatter(None) == b"new" and second.handler is newer_handler
     assert queues.queue_for("datadog:p1", QueueConfig(), Collector(), settings=("h", 2)) is not first
+
+
+def _dropped(queue: str, reason: str) -> float:
+    RECORDER.flush()
+    return DROPPED.labels(queue, reason)._value.get()
+
+
+# ---- retries past 2^1023 ---------------------------------------------------------------------------------------------
+
+
+async def test_a_batch_failing_past_1024_retries_is_retried_every_max_retry_delay_until_max_retry_time(nursery,
+                                                                                                         autojump):
+    """kong/tools/queue.lua:354 `sleep(math_min(self.max_retry_delay, 2 ^ retry_count * self.initial_retry_delay))`:
+    Lua's 2 ^ n is a double (inf past 2^1023, capped by the min), so a collector down for an hour with
+    max_retry_delay 1 (max_retry_time has no upper bound, queue_schema.lua) is retried every second, and the batch
+    dropped after the hour (queue.lua:344-347); no power of two too large for a float ends the queue's task."""
+    sink = Collector()
+    sink.down = True
+    queue = BatchQueue("retry-past-1024", QueueConfig(max_retry_delay=1, max_retry_time=3600), sink)
+    await _run(queue, nursery)
+    before = _dropped("retry-past-1024", "retries")
+    logging.getLogger("gateway.telemetry").disabled = True  # (a warning per try)
+    try:
+        queue.put("x")
+        await trio.sleep(3700)
+    finally:
+        logging.getLogger("gateway.telemetry").disabled = False
+    gaps = [round(b - a, 3) for a, b in zip(sink.attempts, sink.attempts[1:], strict=False)]
+    assert gaps[:7] == [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64]
+    assert len(gaps) > 3000 and set(gaps[7:]) == {1}
+    assert _dropped("retry-past-1024", "retries") - before == 1
+
+
+# ---- what a worker's exit loses --------------------------------------------------------------------------------------
+
+
+async def test_what_the_queues_still_hold_when_their_drain_is_cut_is_logged_and_counted_as_lost(nursery, autojump,
+                                                                                                caplog):
+    """Kong never drops entries without an error naming the count (queue.lua:345-347, "%d queue entries were lost").
+    A worker's drain gives the queues DRAIN_S; then the batch a queue's task was retrying and the entries waiting
+    behind it are lost: one error line for that queue with their count, and gateway_log_queue_dropped_total
+    {reason="exit"}; a queue that sent everything says nothing."""
+
+    async def down(batch: list[int]) -> None:
+        raise OSError("connection refused")
+
+    queues = Queues()
+    failing = queues.queue_for("exit-down", QueueConfig(max_batch_size=2), down)
+    healthy = queues.queue_for("exit-up", QueueConfig(), Collector())
+    await nursery.start(queues.run)
+    before = _dropped("exit-down", "exit")
+    for i in range(5):
+        failing.put(i)  # two in the batch being retried, three waiting
+    healthy.put("sent")
+    await trio.sleep(0.1)
+    with caplog.at_level(logging.ERROR, logger="gateway.telemetry"):
+        with trio.move_on_after(DRAIN_S):
+            await queues.drain()
+        await queues.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["queue exit-down: could not send entries before the worker's exit. 5 queue entries were lost"]
+    assert _dropped("exit-down", "exit") - before == 5 and _dropped("exit-up", "exit") == 0
+    assert len(failing) == 0
+
+
+async def test_a_workers_telemetry_drain_ends_with_the_loss_of_what_its_queues_hold(autojump, caplog):
+    """WorkerTelemetry.drain (a worker's exit): the queues get DRAIN_S, then what they hold is lost, logged and
+    counted; here the batch the drain itself was retrying (no queue task runs)."""
+
+    async def down(batch: list[bytes]) -> None:
+        raise OSError("connection refused")
+
+    name = "exit-worker"
+    queue = QUEUES.queue_for(name, QueueConfig(max_batch_size=10, max_coalescing_delay=100), down)
+    try:
+        telemetry = WorkerTelemetry(parse_config('_format_version: "3.0"\ngateway: {access_log: false}\n'),
+                                    ConnectionSet())
+        for i in range(5):
+            queue.put(b"entry %d" % i)
+        before = _dropped(name, "exit")
+        with caplog.at_level(logging.ERROR, logger="gateway.telemetry"):
+            await telemetry.drain()
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert f"queue {name}: could not send entries before the worker's exit. 5 queue entries were lost" in errors
+        assert _dropped(name, "exit") - before == 5
+    finally:
+        for key in [k for k, q in QUEUES.queues.items() if q is queue]:
+            del QUEUES.queues[key]
+
+
+# ---- labels: no collector credentials on /metrics or in the log ------------------------------------------------------
+
+
+def test_a_queue_label_shows_a_collector_url_without_userinfo_params_query_or_fragment():
+    """kong/plugins/http-log/schema.lua:12: http_endpoint is `encrypted = true, referenceable = true`: its userinfo
+    (Basic credentials) and a query (a token) are secrets; what it names, scheme, host, port and path, is not."""
+    assert public_url("https://user:pa%40ss@collector.example:8443/v1/logs;k=v?token=t#f") == (
+        "https://collector.example:8443/v1/logs")
+    assert public_url("http://[::1]:9411/api/v2/spans") == "http://[::1]:9411/api/v2/spans"
+    assert public_url("http://user@127.0.0.1") == "http://127.0.0.1"
+
+
+SECRET_URL = "http://logger:s3cr3t-P4ss@127.0.0.1:9{path}?token=t0k3n"
+
+
+@pytest.mark.parametrize(("plugin", "expected"), [
+    (lambda: HttpLog(msgspec.convert({"http_endpoint": SECRET_URL.format(path="/logs")}, HttpLogConfig), Queues()),
+     "http-log:http://127.0.0.1:9/logs:POST:application/json:"),
+    (lambda: Zipkin(msgspec.convert({"http_endpoint": SECRET_URL.format(path="/api/v2/spans")}, ZipkinConfig), "p",
+                    queues=Queues()),
+     "zipkin:p:http://127.0.0.1:9/api/v2/spans"),
+    (lambda: OpenTelemetry(msgspec.convert({"traces_endpoint": SECRET_URL.format(path="/v1/traces")},
+                                           OpenTelemetryConfig), "p", queues=Queues()),
+     "opentelemetry:p:http://127.0.0.1:9/v1/traces:traces"),
+], ids=["http-log", "zipkin", "opentelemetry"])
+def test_a_plugins_queue_label_names_its_collector_without_credentials_or_query(plugin, expected):
+    """Kong's queue names carry the endpoint (http-log's make_queue_name, handler.lua:167-185), which Kong keeps
+    secret (schema `encrypted`) and exports no metric of: the label (gateway_log_queue_*'s `queue`, the queue's
+    log lines) keeps where it sends, not the userinfo or the query."""
+    queue = plugin().queue
+    assert queue.name.startswith(expected)
+    assert "s3cr3t" not in queue.name and "t0k3n" not in queue.name and "logger" not in queue.name
+
+
+def test_http_log_endpoints_differing_only_in_credentials_keep_queues_of_their_own():
+    """The label hides the credentials, the queue's identity keeps them: Kong's queue name is the whole endpoint
+    (http-log handler.lua:167-185), so each collector account gets its own queue (and its own Authorization)."""
+    queues = Queues()
+    first, second = (HttpLog(msgspec.convert({"http_endpoint": f"http://{user}@127.0.0.1:9/logs"}, HttpLogConfig),
+                             queues).queue for user in ("a:1", "b:2"))
+    assert first is not second and first.name == second.name
+
+
+async def test_http_log_endpoint_credentials_are_published_neither_on_metrics_nor_in_the_log(nursery, caplog):
+    """/metrics (status_listen, scraped and stored by Prometheus) and the error log show the queue's label: a
+    batch dropped by an http-log whose http_endpoint has userinfo and a token query shows neither."""
+    refused = free_port()
+    config = msgspec.convert({"http_endpoint": f"http://logger:s3cr3t-P4ss@127.0.0.1:{refused}/logs?token=t0k3n",
+                              "queue": {"max_retry_time": -1}}, HttpLogConfig)
+    queues = Queues()
+    plugin = HttpLog(config, queues)
+    plugin.queue.formatter = None  # the entry is already JSON
+    await nursery.start(queues.run)
+    before = _dropped(plugin.queue.name, "retries")
+    with caplog.at_level(logging.WARNING, logger="gateway.telemetry"):
+        plugin.queue.put(b'{"request":{}}')
+        await wait_until(lambda: _dropped(plugin.queue.name, "retries") > before, "the entry dropped", timeout=10)
+    exposition = prometheus_client.generate_latest().decode()
+    assert f'gateway_log_queue_dropped_total{{queue="{plugin.queue.name}",reason="retries"}}' in exposition
+    logged = [r.getMessage() for r in caplog.records]
+    assert any("max_retry_time exceeded" in line for line in logged)
+    for text in (exposition, *logged):
+        assert "s3cr3t" not in text and "t0k3n" not in text

@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.policies.http_log.schema import HttpLogConfig
-from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues, public_url
 from gateway.telemetry.entry import Entry
 from gateway.telemetry.sender import Endpoint, HttpSender
 
@@ -26,10 +26,13 @@ class HttpLog:
         self.method = config.method.encode()
         self.content_type = config.content_type.encode()
         self.single = config.queue.max_batch_size == 1
-        # Kong's queue name: instances sending to the same place with the same settings share a queue
-        name = ":".join(str(x) for x in ("http-log", config.http_endpoint, config.method, config.content_type,
-                                         config.timeout, config.keepalive))
-        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json, settings=config.headers)
+        # Kong's queue name: instances sending to the same place with the same settings share a queue; its label
+        # (metrics, log lines) without the endpoint's credentials and query
+        settings = (config.method, config.content_type, config.timeout, config.keepalive)
+        name = ":".join(str(x) for x in ("http-log", config.http_endpoint, *settings))
+        label = ":".join(str(x) for x in ("http-log", public_url(config.http_endpoint), *settings))
+        self.queue: BatchQueue = queues.queue_for(name, config.queue, self.send, Entry.json, settings=config.headers,
+                                                  label=label)
 
     def log_entry(self, entry: Entry) -> None:
         self.queue.put(entry)

@@ -37,7 +37,7 @@ from gateway.memo import Derived
 from gateway.metrics import wall_offset
 from gateway.policies.opentelemetry.schema import OpenTelemetryConfig
 from gateway.telemetry import otlp
-from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues, public_url
 from gateway.telemetry.otlp import SpanBytes
 from gateway.telemetry.propagation import (
     TRACE_HEADERS,
@@ -153,9 +153,11 @@ class OpenTelemetry:
         attributes.update(config.resource_attributes or {})
         self.resource = otlp.resource(attributes)
         # Kong names the queue after the plugin instance; ours also after where it sends (an instance without an
-        # id is named after its scope, which two configs may share)
-        self.queue: BatchQueue = queues.queue_for(f"opentelemetry:{plugin_id}:{config.traces_endpoint}:traces",
-                                                  config.queue, self.send, self.format, settings=config)
+        # id is named after its scope, which two configs may share); its label without the endpoint's credentials
+        # and query
+        self.queue: BatchQueue = queues.queue_for(
+            f"opentelemetry:{plugin_id}:{config.traces_endpoint}:traces", config.queue, self.send, self.format,
+            settings=config, label=f"opentelemetry:{plugin_id}:{public_url(config.traces_endpoint or '')}:traces")
 
     # ---- access: propagation ------------------------------------------------------------------------------------
 

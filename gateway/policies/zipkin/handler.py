@@ -33,7 +33,7 @@ from gateway.policies.zipkin import spans
 from gateway.policies.zipkin.schema import ZipkinConfig
 from gateway.routing.normalize import normalize_path
 from gateway.telemetry import propagation
-from gateway.telemetry.batch import QUEUES, BatchQueue, Queues
+from gateway.telemetry.batch import QUEUES, BatchQueue, Queues, public_url
 from gateway.telemetry.entities import RouteFacts
 from gateway.telemetry.propagation import (
     TRACE_HEADERS,
@@ -120,9 +120,11 @@ class Zipkin:
             self.sender = HttpSender(Endpoint(config.http_endpoint), connect_timeout=config.connect_timeout / 1000,
                                      send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
                                      verify=True)
-            # Kong names the queue after the plugin instance; ours also after where it sends
+            # Kong names the queue after the plugin instance; ours also after where it sends (its label without the
+            # endpoint's credentials and query)
             self.queue = queues.queue_for(f"zipkin:{plugin_id}:{config.http_endpoint}", config.queue, self.send,
-                                          self.format, settings=config, sized=False)  # Kong queues tables
+                                          self.format, settings=config, sized=False,  # Kong queues tables
+                                          label=f"zipkin:{plugin_id}:{public_url(config.http_endpoint)}")
 
     # ---- access: propagation ------------------------------------------------------------------------------------
 
