@@ -302,11 +302,21 @@ def test_a_refused_buffering_directive_names_the_route_field_that_does_it(key, i
                                                if "response" in instead else " here"))
 
 
-def test_the_refusal_of_client_body_buffer_size_says_where_buffered_bodies_go():
-    """nginx_http_client_body_buffer_size: a body a route buffers goes to a temporary file beyond 1 MiB (README
-    "What the data plane does"), not "never written to disk"."""
-    [message] = refusals("services: []\ngateway: {nginx_http_client_body_buffer_size: 8k}")
-    assert "temporary file" in message and "never written to disk" not in message
+def test_kongs_client_body_buffer_size_is_accepted_under_either_name():
+    """nginx_http_client_body_buffer_size = 8k (kong/templates/kong_defaults.lua:91; client_body_buffer_size, its name
+    before 3.0, still listed at :117) is what the gateway does: a body a route buffers is kept in memory up to 8 KiB
+    (gateway.pipeline.request_buffer.MEMORY_LIMIT)."""
+    config = parse_config("services: []\ngateway: {nginx_http_client_body_buffer_size: 8k, client_body_buffer_size: "
+                          "8192}", "c.yml")
+    assert config.services == []
+
+
+def test_the_refusal_of_another_client_body_buffer_size_says_where_buffered_bodies_go():
+    """nginx_http_client_body_buffer_size other than 8k: a body a route buffers goes to a temporary file beyond 8 KiB
+    (README "What the data plane does"), not "never written to disk"; the refusal says which value passes."""
+    [message] = refusals("services: []\ngateway: {nginx_http_client_body_buffer_size: 1m}")
+    assert "temporary file" in message and "8 KiB" in message and "never written to disk" not in message
+    assert message.endswith("`nginx_http_client_body_buffer_size: 8k` is accepted (it is what the gateway does)")
 
 
 def test_an_upstream_with_http_health_checks_still_loads():

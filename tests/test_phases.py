@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import msgspec
+
 from gateway.pipeline.phases import Exit, ResponsePhases
+from gateway.policies.response_transformer.handler import ResponseTransformer
+from gateway.policies.response_transformer.schema import ResponseTransformerConfig
 
 
 class Tag:
@@ -111,6 +115,45 @@ def test_an_event_stream_is_never_buffered():
     assert phases.buffers(exchange(), 200, [(b"content-type", b"application/json")])
     assert not phases.buffers(exchange(), 200, [(b"content-type", b"text/event-stream; charset=utf-8")])
     assert not phases.buffers(exchange(b"HEAD"), 200, [(b"content-type", b"application/json")])
+
+
+class Store:
+    """Keeps the bodies it is given, as proxy-cache stores them: it reads a body, never changes it."""
+
+    name = "store"
+    priority = 1
+
+    def __init__(self) -> None:
+        self.stored: list[bytes] = []
+
+    def wants_body(self, ex, status, headers):  # noqa: ANN001,ANN201
+        return True
+
+    def body_filter(self, ex, status, headers, body):  # noqa: ANN001,ANN201
+        self.stored.append(body)
+        return body
+
+
+def _too_large() -> SimpleNamespace:
+    """The exchange of a proxied GET /big whose body passed the limit (what refuses_unfiltered logs of it)."""
+    return SimpleNamespace(request=SimpleNamespace(method=b"GET", target=b"/big"))
+
+
+def test_a_body_too_large_to_read_whole_is_refused_when_a_filter_must_change_it():
+    """Kong's response-transformer transforms a JSON body whatever its size (kong/plugins/response-transformer/
+    handler.lua:34-41 reads it whole by kong.response.get_raw_body): one past the limit the gateway reads whole is
+    answered 502 (by the forwarder) rather than passed on with the keys the config removes."""
+    config = msgspec.convert({"remove": {"json": ["secret"]}}, ResponseTransformerConfig)
+    phases = ResponsePhases.of([ResponseTransformer(config)])
+    assert phases.refuses_unfiltered(_too_large(), 200, [(b"content-type", b"application/json")])
+    assert not phases.refuses_unfiltered(_too_large(), 200, [(b"content-type", b"text/plain")])  # (not its body)
+
+
+def test_a_body_too_large_to_read_whole_streams_on_when_the_filters_only_read_it():
+    """A filter without `changes_body` (proxy-cache, which stores what it reads) does not need the body changed:
+    past the limit it streams on as it came, the filter skipped (nothing stored)."""
+    phases = ResponsePhases.of([Store()])
+    assert not phases.refuses_unfiltered(_too_large(), 200, [(b"content-type", b"application/json")])
 
 
 def test_a_log_step_is_marked_by_a_boolean_entries_not_by_any_attribute_of_that_name():

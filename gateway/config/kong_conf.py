@@ -173,11 +173,13 @@ KONG_CONF: dict[str, str] = {
                                                                               "request-size-limiting plugin here "
                                                                               "(a global one: no service or route)"),
     "nginx_admin_client_max_body_size": _not("the Admin API's limit on request bodies", _ADMIN),
-    "nginx_http_client_body_buffer_size": _not("nginx's buffer for request bodies",
+    "nginx_http_client_body_buffer_size": _not("nginx's buffer for request bodies, other than Kong's default 8k",
                                                f"{_NGINX}; a body a route buffers (`request_buffering`, the default) "
-                                               "is kept in memory up to 1 MiB, beyond that in an unnamed temporary "
-                                               "file (nginx's client_body_temp_path); with `request_buffering: "
-                                               "false` it streams to the upstream as it arrives"),
+                                               "is kept in memory up to 8 KiB, beyond that whole in an unnamed "
+                                               "temporary file (nginx's client_body_temp_path), as with Kong's 8k, "
+                                               "and the plugins that read a body from memory (hmac-auth, ai-prompt-*, "
+                                               "request-termination's echo) read what an 8k buffer holds; with "
+                                               "`request_buffering: false` it streams to the upstream as it arrives"),
     "nginx_admin_client_body_buffer_size": _not("the Admin API's buffer for request bodies", _ADMIN),
     "nginx_http_lua_regex_match_limit": _not("PCRE's match limit for Lua's regexes", f"{_LUA}: the plugins that run "
                                              "PCRE (bot-detection, ai-prompt-guard, cors) use Kong's default limit, "
@@ -234,9 +236,11 @@ KONG_CONF: dict[str, str] = {
     "worker_events_max_payload": _not("the largest payload of Kong's worker events",
                                       "workers share state through the state keeper's bus, whose messages have no "
                                       "such limit to set"),
-    "client_body_buffer_size": _not("the request body size Kong's PDK reads from memory",
-                                    "a body a route buffers (`request_buffering`, the default) is kept in memory up "
-                                    "to 1 MiB, beyond that in an unnamed temporary file"),
+    "client_body_buffer_size": _not("the name nginx_http_client_body_buffer_size had before Kong 3.0, which removed "
+                                    "it: Kong 3 sets nothing from it",
+                                    "the buffer is nginx_http_client_body_buffer_size, whose default, 8k, is what "
+                                    "the gateway does: a body a route buffers is kept in memory up to 8 KiB, beyond "
+                                    "that whole in an unnamed temporary file"),
     "host_ports": _not("the ports a container maps to the ones Kong listens on (port_maps' older form)",
                        "X-Forwarded-Port, routes' ports and the log's port are the port the gateway listens on"),
     "kic": _not("whether Kong runs under the Kong Ingress Controller", "the gateway is configured by its file, "
@@ -379,6 +383,8 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "lua_max_uri_args": ("100",),  # Kong's default
     "lua_max_post_args": ("100",),  # Kong's default
     "nginx_http_client_max_body_size": ("0", "0k", "0m"),  # Kong's default: no limit
+    "nginx_http_client_body_buffer_size": ("8k", "8192"),  # Kong's default: request_buffer.MEMORY_LIMIT
+    "client_body_buffer_size": ("8k", "8192"),  # (Kong's kong_defaults.lua still lists it, with 8k)
     "nginx_http_lua_regex_match_limit": ("100000",),  # Kong's default: the limit the gateway's PCRE runs use
 }
 
@@ -571,6 +577,8 @@ def kong_value(key: str, value: Any) -> Any:
         return False
     if key in _OFF_WORD:
         value = [_off(v) for v in value] if isinstance(value, list) else _off(value)
+    if key == "untrusted_lua" and value is True:  # (YAML's true: an unquoted `on`)
+        value = "on"
     if isinstance(value, str) and typ == "boolean":
         return _BOOLEANS.get(value, value)
     if isinstance(value, str) and typ == "number" and _NUMBER.fullmatch(value):
@@ -593,8 +601,8 @@ def kong_value(key: str, value: Any) -> Any:
 
 
 def _off(value: Any) -> Any:
-    """YAML's false and true, an unquoted `off` and `on`, as the words."""
-    return "off" if value is False else "on" if value is True else value
+    """YAML's false, an unquoted `off`, as the word."""
+    return "off" if value is False else value
 
 
 def is_kong_key(key: str) -> bool:

@@ -56,7 +56,7 @@ from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, asks_trailers, connection_options, upstream_request_headers
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
-from gateway.pipeline.request_buffer import SpooledBody, held_whole, read_whole, with_length
+from gateway.pipeline.request_buffer import MEMORY_LIMIT, BodyInHand, SpooledBody, held_whole, read_whole, with_length
 from gateway.pipeline.streamwatch import StreamWatch
 from gateway.pipeline.tunnel import relay
 from gateway.routing import Match
@@ -68,6 +68,8 @@ log = logging.getLogger("gateway.forward")
 TCP_FAILURE, TIMEOUT = -1, -2  # non-HTTP outcomes, as the keeper's passive checks read them
 # nginx's proxy_next_upstream: a request already sent goes to the next server unless it is one of these
 NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
+# a body in hand up to this goes in the request head's write; a larger one after it, never copied onto it
+JOIN_LIMIT = MEMORY_LIMIT
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
 _WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)  # _relay's reads of a body, read_timeout apart
 # nginx's proxy_hide_header defaults but Date and Server, which Kong passes (nginx_kong.lua): never to the client
@@ -305,7 +307,8 @@ class Forwarder:
                         body_done: bool, replayable: bool, address: str | None = None,
                         sni: str | None = None) -> tuple[UpstreamConn, Response]:
         """Send the request and read the response head; on failure the connection is closed, never pooled. `body`:
-        what is in hand (all of it when `body_done`; the rest then comes from the client), or a whole spooled one.
+        what is in hand (all of it when `body_done`; the rest then comes from the client: one over JOIN_LIMIT is
+        written after the head, not copied onto it), or a whole spooled one, sent in pieces.
         `replayable`: a timeout may end this try and the request go to the next target. `sni`: the TLS name, when
         not the target's (preserve_host's Host); its connections are pooled apart.
         `address`: the one of a named target to connect to (an MCP session's), not the name's next. Otherwise a
@@ -341,14 +344,14 @@ class Forwarder:
         uc.carrying = attempt  # (a circuit's sweep cuts the connections carrying its upstream's requests only)
         codec = uc.codec
         data = codec.request_head(method, path, headers, framing)
-        spooled = None
-        if type(body) is bytes:
+        spooled: SpooledBody | BodyInHand | None = None
+        if type(body) is bytes and len(body) <= JOIN_LIMIT:  # the common small request: one write
             if body:
                 data += codec.body(body)
             if body_done:
                 data += codec.end()
-        else:
-            spooled = body
+        else:  # a body in its file, or one too large to copy onto the head: sent after it, in pieces
+            spooled = BodyInHand(body) if type(body) is bytes else body  # type: ignore[assignment]
             spooled.rewind()  # type: ignore[union-attr]  # (a try after a failed one starts over)
         try:
             # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
@@ -364,11 +367,12 @@ class Forwarder:
             try:
                 await uc.conn.sendall(data)
                 if spooled is not None:
-                    while chunk := spooled.read():  # type: ignore[union-attr]
+                    while piece := spooled.read():
                         timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
-                        await uc.conn.sendall(codec.body(chunk))
-                    await uc.conn.sendall(codec.end())
-                elif not body_done:
+                        await uc.conn.sendall(codec.body(piece))
+                    if body_done:
+                        await uc.conn.sendall(codec.end())
+                if not body_done:  # (the rest, after what was in hand)
                     while (chunk := await ex.receive_body()) is not None:
                         timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
                         await uc.conn.sendall(codec.body(chunk))
@@ -523,6 +527,10 @@ class Forwarder:
                     except (ProtocolError, UpstreamError) as e:  # nothing went out: the gateway's 502
                         log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
                         failed = TCP_FAILURE
+                        await ex.respond_error_page(502)
+                        return
+                    if not done and phases.refuses_unfiltered(ex, status, filtered):  # (too large to change)
+                        unread = ok = True  # the upstream answered: its connection is closed, the rest unread
                         await ex.respond_error_page(502)
                         return
             splitter = None

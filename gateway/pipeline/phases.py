@@ -12,8 +12,11 @@
   or 504 page), they run again on that answer, with the headers set in access: a filter that keeps per-response
   state from header_filter to body_filter must not apply what it decided on the first to the second (proxy-cache).
 - body_filter sees a whole, non-streaming body: the gateway's own answers, and upstream bodies that a filter asks
-  for (`wants_body`), read whole up to RESPONSE_BODY_LIMIT. text/event-stream is never buffered. A body over the
-  limit is streamed unchanged (logged), as Kong leaves a request body it did not buffer in memory.
+  for (`wants_body`), read whole up to RESPONSE_BODY_LIMIT. text/event-stream is never buffered. Kong reads such a
+  body whole whatever its size (kong/pdk/response.lua get_raw_body), so a body over the limit that a filter must
+  change (`changes_body`: response-transformer's JSON operations) is never passed on unfiltered: the answer is a 502
+  (`refuses_unfiltered`, logged naming the limit and the plugin); one that the filters only read (proxy-cache
+  storing it) streams on unchanged, and unstored (logged).
 - event_filter is the place for filters over single SSE events (a later MCP plugin filtering `tools/list`
   results): policies would provide `event_filter(ex, event: bytes) -> bytes`, and the forwarder's SSE relay would
   split the stream at blank lines and run `ResponsePhases.filter_event` on each event. Nothing uses it yet.
@@ -64,6 +67,9 @@ class HeaderFilter(Protocol):
 
 
 class BodyFilter(Protocol):
+    """A filter whose body_filter changes the body it wants (not one that only reads it) also has `changes_body =
+    True`: a body it cannot have whole is then refused rather than passed on unfiltered (refuses_unfiltered)."""
+
     name: str
     priority: int
 
@@ -79,12 +85,13 @@ class BodyFilter(Protocol):
 class ResponsePhases:
     """The response filters of one plugin chain, in the chain's (priority) order."""
 
-    __slots__ = ("header_filters", "body_filters", "event_filters")
+    __slots__ = ("header_filters", "body_filters", "event_filters", "body_changers")
 
     def __init__(self, policies: Sequence[Any]) -> None:
         self.header_filters = [p for p in policies if hasattr(p, "header_filter")]
         self.body_filters = [p for p in policies if hasattr(p, "body_filter")]
         self.event_filters = [p for p in policies if hasattr(p, "event_filter")]
+        self.body_changers = [p for p in self.body_filters if getattr(p, "changes_body", False)]
 
     @classmethod
     def of(cls, policies: Sequence[Any]) -> ResponsePhases | None:
@@ -157,6 +164,23 @@ class ResponsePhases:
             return False
         return any(f.wants_body(ex, status, headers) for f in self.body_filters)
 
+    def refuses_unfiltered(self, ex: Exchange, status: int, headers: Headers, limit: int = RESPONSE_BODY_LIMIT) -> bool:
+        """An upstream body `buffers` asked for is over `limit`: whether it must not be passed on (True: a filter
+        that changes bodies wants this one, and the caller answers 502 in its place; logged as an error naming the
+        limit and the plugin) or may stream on unchanged, the filters that only read it (proxy-cache) skipped
+        (False; logged as a warning)."""
+        request = ex.request
+        what = f"{request.method.decode()} {request.target[:200].decode('latin-1')}"
+        changer = next((f for f in self.body_changers if f.wants_body(ex, status, headers)), None)
+        if changer is not None:
+            log.error("response body of %s is over %d bytes (RESPONSE_BODY_LIMIT, what the gateway reads whole for "
+                      "a body filter), which plugin %s must change: answered 502 rather than passed on unchanged (the "
+                      "plugin transforms answers within the limit only)", what, limit, changer.name)
+            return True
+        log.warning("response body of %s is over %d bytes (RESPONSE_BODY_LIMIT): sent unfiltered, not stored", what,
+                    limit)
+        return False
+
     def filter_event(self, ex: Exchange, event: bytes) -> bytes:
         """One whole SSE event through the event filters (see the module doc: not wired into the relay yet)."""
         for f in self.event_filters:
@@ -180,11 +204,12 @@ def _before(ex: Exchange, status: int, headers: Headers) -> Headers:
 async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, read_timeout: float,
                           limit: int = RESPONSE_BODY_LIMIT) -> tuple[bytes, bool]:
     """Read an upstream body to its end for the body filters: (body, True), or (what was read, False) once it
-    passes `limit`, for the caller to stream on unchanged. read_timeout applies between reads, as when streaming;
-    with no head sent yet, a stall past it gets the client a 504 (gateway.http.server._timed_out), logged with the
-    upstream the head came from (the timer's detail as the head's read left it). The body is held in one buffer (one
-    of tiny chunks weighs its bytes, not an object per chunk), and each chunk counts against the upstream
-    connection's checkpoint budget (Conn.pace: a read of 1-byte chunks must not hold the worker's other clients)."""
+    passes `limit` (ResponsePhases.refuses_unfiltered says what then). read_timeout applies between reads, as when
+    streaming; with no head sent yet, a stall past it gets the client a 504 (gateway.http.server._timed_out), logged
+    with the upstream the head came from (the timer's detail as the head's read left it). The body is held in one
+    buffer (one of tiny chunks weighs its bytes, not an object per chunk), and each chunk counts against the
+    upstream connection's checkpoint budget (Conn.pace: a read of 1-byte chunks must not hold the worker's other
+    clients)."""
     body = bytearray(first)
     timer = ex.timer
     detail = ((timer.detail or ("?", 0.0))[0], read_timeout)
@@ -199,8 +224,6 @@ async def read_whole_body(ex: Exchange, codec: Any, conn: Any, first: bytes, rea
             body += ev
         if len(body) > limit:
             timer.clear()
-            log.warning("response body of %s %s is over %d bytes: sent unfiltered", ex.request.method.decode(),
-                        ex.request.target[:200].decode("latin-1"), limit)
             return bytes(body), False
 
 

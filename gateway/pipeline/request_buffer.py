@@ -4,9 +4,13 @@ body is read from the client before an upstream is contacted, and sent with a Co
 A body that came with its head (the common case: small JSON-RPC calls) is already whole and costs nothing here. A
 body still arriving is read to its end first, so a slow or stalled client holds no upstream connection, and a
 client that gives up mid-body never reaches the upstream; a chunked body is re-framed with its length, as nginx
-sends a buffered body. Up to MEMORY_LIMIT it stays in memory; beyond, it goes to an unnamed temporary file (nginx's
-client_body_temp_path), read back for each try. With `request_buffering: false` the body streams to the upstream
-as it arrives (nginx's `off`, what Kong's unbuffered proxying does).
+sends a buffered body. Up to MEMORY_LIMIT, nginx's client_body_buffer_size as Kong sets it (8k), it stays in memory;
+a larger one goes whole to an unnamed temporary file (nginx's client_body_temp_path), read back for each try and
+sent in pieces of CHUNK bytes, so what a body still arriving or waiting on its upstream holds is about one such
+buffer, however large it is (nginx release-1.27.1 ngx_http_request_body.c:175-195 and 1340-1343, one
+client_body_buffer_size buffer written to the file each time it fills; ngx_http_upstream.c:652-653, the body sent
+through one buffer of that size). With `request_buffering: false` the body streams to the upstream as it arrives
+(nginx's `off`, what Kong's unbuffered proxying does).
 
 request-size-limiting reads a body without Content-Length whole in access, as Kong's does (`read_within`): kept the
 same way (memory, then a temporary file) for the proxying, which sends it with its length whatever the route's
@@ -22,8 +26,10 @@ from typing import IO
 from gateway.http.codec import Headers
 from gateway.http.server import Exchange
 
-MEMORY_LIMIT = 1 << 20  # bytes of a body kept in memory; the rest of a larger one is spooled to a temporary file
-CHUNK = 1 << 16  # what a spooled body is read back (and sent) in
+# bytes of a body kept in memory: nginx's client_body_buffer_size, Kong's nginx_http_client_body_buffer_size (8k,
+# kong/templates/kong_defaults.lua); a larger body is spooled whole to a temporary file
+MEMORY_LIMIT = 8192
+CHUNK = 8192  # what a spooled body is read back (and sent) in: one buffer of that size, as nginx sends it
 
 
 class SpooledBody:
@@ -64,30 +70,56 @@ class SpooledBody:
         self.file.close()  # (one held for a request that ended before it was sent: a later plugin answered)
 
 
+class BodyInHand:
+    """A body in memory too large to copy onto the request head (over MEMORY_LIMIT: one that came with its head, or
+    that a plugin read): sent as a SpooledBody is, after the head, as it is (nginx writes a body's buffers after the
+    head's, never into one); `rewind` before each try."""
+
+    __slots__ = ("body", "_next")
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self._next = body
+
+    def rewind(self) -> None:
+        self._next = self.body
+
+    def read(self) -> bytes:
+        """The whole body, then b""."""
+        piece, self._next = self._next, b""
+        return piece
+
+
 async def read_whole(ex: Exchange, first: bytes, limit: int | None = None) -> bytes | SpooledBody | None:
     """The rest of the request body after `first`, read to its end: bytes, or a SpooledBody over MEMORY_LIMIT; None
     once more than `limit` bytes of it have come (ex.body_received), what was read dropped and the rest unread."""
+    if len(first) > MEMORY_LIMIT:  # (more than a buffer came before: to the file at once, not copied first)
+        return await _spool(ex, first, limit)
     # One buffer, not an object per chunk: what a body held in memory costs is its bytes, however it was chunked
     # (a list of 2-byte chunks weighs 20 times the body), so MEMORY_LIMIT bounds what is really held.
     body = bytearray(first)
     while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
         body += chunk
         if len(body) > MEMORY_LIMIT:
+            del chunk  # (in the file from now on: not held while the rest comes)
             return await _spool(ex, body, limit)
     if limit is not None and ex.body_received > limit:
         return None
     return bytes(body)
 
 
-async def _spool(ex: Exchange, body: bytearray, limit: int | None) -> SpooledBody | None:
+async def _spool(ex: Exchange, body: bytes | bytearray, limit: int | None) -> SpooledBody | None:
+    """read_whole's rest, `body` first, into an unnamed temporary file."""
     file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, closed by the forwarder
     size = len(body)
     try:
         file.write(body)
-        body.clear()  # (the caller's buffer: freed now, not when the rest has come)
+        if isinstance(body, bytearray):
+            body.clear()  # (read_whole's buffer: freed now, not when the rest has come)
         while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
             file.write(chunk)
             size += len(chunk)
+            del chunk  # (not held while the next one is awaited)
     except BaseException:
         file.close()
         raise

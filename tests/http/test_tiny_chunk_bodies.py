@@ -53,7 +53,7 @@ from gateway.mcp.sse import EventSplitter
 from gateway.mcp.step import McpRequest, read_peek
 from gateway.pipeline.forward import Forwarder, _edited_body, _stream_body
 from gateway.pipeline.phases import read_whole_body
-from gateway.pipeline.request_buffer import read_whole
+from gateway.pipeline.request_buffer import SpooledBody, read_whole
 
 HEAD = b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
@@ -76,7 +76,12 @@ def _exchange(codec_cls: type[ServerCodec], conn: Conn, data: bytes = b"") -> Ex
 
 
 async def _read_whole(ex: Exchange) -> object:
-    return await read_whole(ex, b"")
+    """Request buffering's read: its bytes (read back from the file of one past MEMORY_LIMIT)."""
+    body = await read_whole(ex, b"")
+    if isinstance(body, SpooledBody):
+        body.rewind()
+        return b"".join(iter(body.read, b""))
+    return body
 
 
 async def _read_body(ex: Exchange) -> object:

@@ -12,7 +12,7 @@ from typing import Any
 
 import h11
 import trio
-from backends import MAX_EVENT, Client, Reply, _Backend
+from backends import MAX_EVENT, Client, Reply, ScriptedBackend, _Backend
 from plugin_helpers import TIMEOUT, body_json, http_codec, plugin, start  # noqa: F401 - http_codec: fixture
 
 BIG = 1024 * 1024  # Kong's create_big_data(1024 * 1024)
@@ -85,3 +85,23 @@ async def test_response_transformer_removes_a_json_field_from_a_large_body(nurse
     """05-big_response_body_spec "remove parameters on large POST"."""
     doc = await _post_big(nursery, gateway)
     assert "params" not in doc
+
+
+async def test_response_transformer_answers_502_for_a_json_body_too_large_to_transform(nursery, gateway):
+    """Kong's response-transformer reads the whole body, whatever its size, and transforms it
+    (kong/plugins/response-transformer/handler.lua:34-41, `local body = kong.response.get_raw_body()` ... `return
+    kong.response.set_raw_body(json_body)`; kong/pdk/response.lua:570-600, get_raw_body buffers every chunk, with no
+    limit, until eof): a key the config removes never reaches the client. The gateway reads a body whole for its
+    filters up to RESPONSE_BODY_LIMIT (8 MiB, gateway.pipeline.phases); past it, one a filter must change is not
+    passed on: a 502 takes its place, as the MCP edit refuses an answer too large to filter (forward.AnswerTooLarge).
+    (It was sent on unfiltered: a `remove.json` secret leaked on any answer over 8 MiB.)"""
+    body = json.dumps({"secret": "s3cr3t-hash", "pad": "a" * (9 << 20)}).encode()
+    big = ScriptedBackend([b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+                           % len(body), body])
+    await nursery.start(big.serve)
+    transformer = plugin("response-transformer", remove={"json": ["secret"]})
+    port = await gateway({"services": [{"name": "svc", "url": f"http://127.0.0.1:{big.port}", "routes": [
+        {"paths": ["/"], "plugins": [transformer]}]}]})
+    reply = await call(port, "big.test", "/big", [])
+    assert reply.status == 502
+    assert b"s3cr3t-hash" not in reply.body

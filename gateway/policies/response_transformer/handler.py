@@ -17,7 +17,8 @@ string, number, boolean or null when no op indexes it as Lua would fail to (else
 outside any pcall, so the request fails with its head unsent). A body cjson cannot read, or could not encode again
 (a NaN number), is sent unchanged. With JSON changes, the header filter drops the Content-Length of a response whose
 Content-Type (as it came) is JSON, as Kong's header_filter does: a transformed body gets its new length, one sent
-unchanged goes out chunked, and a HEAD answer has none.
+unchanged goes out chunked, and a HEAD answer has none. A JSON body over RESPONSE_BODY_LIMIT is answered 502, never
+sent untransformed (`changes_body`: gateway.pipeline.phases.ResponsePhases.refuses_unfiltered).
 
 Compiled at config load: names encoded and lower-cased, values escaped, entries without a value dropped, the
 built-in single headers appended to picked out. What the header changes do to a response depends only on which of
@@ -196,6 +197,7 @@ class ResponseTransformer:
 
     name = "response-transformer"
     priority = 800  # Kong's
+    changes_body = True
 
     header_filter: Callable[[Exchange, int, Headers], Headers]
     wants_body: Callable[[Exchange, int, Headers], bool]
