@@ -6,7 +6,9 @@ of processes that have exited keep counting in the sums, so totals survive worke
 scrape the status server folds their files into one archive per type (`fold_dead_processes`), so the files do not
 pile up; gauges are of live processes only (it removes a dead process's live gauge files then). The state keeper's
 target health and breaker states, whose label sets go with the config, are not in those files, which cannot forget
-one: the keeper publishes them whole (`StateGauge`).
+one: the keeper publishes them whole (`StateGauge`). The files' pages are allocated when a file is made or grown
+(`AllocatedDict`): on a full disk a process leaves out of them what they have no room for and serves on, where
+prometheus_client's sparse files would kill it (SIGBUS) at its next metric update.
 
 On the request path a worker only adds to plain dicts (`Recorder`); a task hands the sums to prometheus_client
 every FLUSH_S, whose multiprocess values are file-backed. A worker killed with SIGKILL loses at most its last
@@ -22,11 +24,14 @@ Two sets of families:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
+import mmap
 import os
 import re
 import shutil
+import struct
 import threading
 import time
 from bisect import bisect_left
@@ -57,6 +62,127 @@ UPSTREAM_LATENCY_BUCKETS = (25, 50, 80, 100, 250, 400, 700, 1000, 2000, 5000, 10
 TARGET_LATENCY_BUCKETS = (0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
 
 _ROUTE = ["service", "route", "workspace"]
+
+# --- the files: every page allocated before it is written -----------------------------------------------------------
+
+INITIAL_FILE_SIZE = 1 << 16  # prometheus_client's first size of a file (mmap_dict._INITIAL_MMAP_SIZE)
+_USED = struct.Struct("i")  # a file's header: how many of its bytes are used
+_VALUE = struct.Struct("dd")  # an entry's value and timestamp
+
+
+class AllocatedDict(MmapedDict):
+    """prometheus_client's MmapedDict (one process's values of one type, an mmap'ed file) with the file's pages
+    allocated on its filesystem (posix_fallocate) when it is created and each time it grows, before any is written.
+    prometheus_client's leaves the file sparse (truncate): on a full filesystem the first write to a page never
+    allocated is a SIGBUS, which kills the process; here a full disk is an OSError at creation or growth (and a file
+    it created but could not allocate is removed)."""
+
+    def __init__(self, filename: str) -> None:
+        self._fname = filename
+        self._positions: dict[str, int] = {}
+        self._f = open(filename, "a+b")  # noqa: SIM115 - closed by close()
+        size = 0
+        try:
+            size = os.fstat(self._f.fileno()).st_size  # not 0: a file an exited process of this pid left
+            self._capacity = size or INITIAL_FILE_SIZE
+            os.posix_fallocate(self._f.fileno(), 0, self._capacity)  # (also the holes of a file left sparse)
+            self._m = mmap.mmap(self._f.fileno(), self._capacity)
+        except BaseException:
+            self._f.close()
+            if not size:
+                with contextlib.suppress(OSError):
+                    os.remove(filename)
+            raise
+        self._used = _USED.unpack_from(self._m, 0)[0]
+        if self._used == 0:
+            self._used = 8
+            self._m[0:4] = _USED.pack(self._used)
+        else:
+            for key, _, _, pos in self._read_all_values():
+                self._positions[key] = pos
+
+    def _init_value(self, key: str) -> None:
+        """Append `key`'s entry (zeros), first growing the file, allocated, if it has no room (as MmapedDict's, which
+        grows it sparse)."""
+        encoded = key.encode("utf-8")
+        padded = encoded + b" " * (8 - (len(encoded) + 4) % 8)
+        entry = struct.pack(f"i{len(padded)}sdd", len(encoded), padded, 0.0, 0.0)
+        end = self._used + len(entry)
+        if end > self._capacity:
+            capacity = self._capacity
+            while end > capacity:
+                capacity *= 2
+            os.posix_fallocate(self._f.fileno(), 0, capacity)  # OSError (ENOSPC) where the filesystem is full
+            old, self._m = self._m, mmap.mmap(self._f.fileno(), capacity)
+            old.close()
+            self._capacity = capacity
+        self._m[self._used:end] = entry
+        self._used = end
+        self._m[0:4] = _USED.pack(end)
+        self._positions[key] = end - 16
+
+
+class ValuesDict(AllocatedDict):
+    """The AllocatedDict prometheus_client's multiprocess values write to (`prometheus_values.MmapedDict`, set below):
+    a label set its file has no room for (the filesystem full when the file is created, or grown for it) stays out of
+    the file for the life of the process, its value kept only by the value object, in memory, so not in /metrics;
+    the label sets already in the file are still written to it. Each label set left out counts in
+    kong_nginx_metric_errors_total, the first failure of a file is logged: Kong logs and counts a metric update its
+    shared dict has no room for (kong/plugins/prometheus/prometheus.lua:462-464, log_error_kv). A write to a label
+    set in the file costs what MmapedDict's does."""
+
+    def __init__(self, filename: str) -> None:
+        self._left_out: set[str] = set()
+        try:
+            super().__init__(filename)
+        except OSError as error:  # no file: every label set stays out
+            self._f = self._m = None
+            self._positions, self._used, self._capacity = {}, 0, 0
+            _log_no_room(filename, error)
+
+    def read_value(self, key: str) -> tuple[float, float]:
+        pos = self._positions.get(key)
+        if pos is None and (pos := self._place(key)) is None:
+            return 0.0, 0.0
+        return _VALUE.unpack_from(self._m, pos)
+
+    def write_value(self, key: str, value: float, timestamp: float) -> None:
+        pos = self._positions.get(key)
+        if pos is None and (pos := self._place(key)) is None:
+            return
+        self._m[pos:pos + 16] = _VALUE.pack(value, timestamp)  # (one slice: a reader never sees a half-written value)
+
+    def _place(self, key: str) -> int | None:
+        """The position of a new label set's entry, or None if the file has no room for it (then never again)."""
+        if key in self._left_out:
+            return None
+        if self._f is not None:
+            try:
+                self._init_value(key)
+                return self._positions[key]
+            except OSError as error:
+                if not self._left_out:
+                    _log_no_room(self._fname, error)
+        self._left_out.add(key)
+        # counted at the next flush (Recorder.flush): the value's lock, held here, is not reentrant
+        RECORDER.count(METRIC_ERRORS, ())
+        return None
+
+
+_LEFT_OUT = ("the metrics of this process that are not in that file yet stay out of /metrics until it restarts "
+             "(each counted in kong_nginx_metric_errors_total)")
+
+
+def _log_no_room(filename: str, error: OSError, consequence: str = _LEFT_OUT) -> None:
+    """One error line: which metrics file could not be written, where, why ("disk full"), and what follows."""
+    reason = "disk full" if error.errno in (errno.ENOSPC, errno.EDQUOT) else error.strerror
+    log.error("metrics: cannot write %s in %s (%s): %s; free space on that filesystem", os.path.basename(filename),
+              os.path.dirname(filename), reason, consequence)
+
+
+# Every multiprocess value of prometheus_client makes its files with the name MmapedDict of its module, looked up
+# when it opens one: ours, set before this module declares its families.
+prometheus_values.MmapedDict = ValuesDict  # type: ignore[misc, assignment]  # (called with a file name only)
 
 # --- Kong's families ------------------------------------------------------------------------------------------------
 
@@ -142,7 +268,8 @@ def tool_label(name: str) -> str:
 # --- the state keeper's current state -------------------------------------------------------------------------------
 
 STATE_SUFFIX = ".state"  # not .db: prometheus_client's reader of the files passes them by
-_published: dict[str, tuple[str, int, list[list[Any]]]] = {}  # family -> (directory, pid, rows) last written
+# family -> (directory, pid, rows) last written (rows None: the last publish failed)
+_published: dict[str, tuple[str, int, list[list[Any]] | None]] = {}
 
 
 class StateGauge(Gauge):
@@ -175,9 +302,18 @@ class StateGauge(Gauge):
         if _published.get(self._name) == (path, pid, rows):
             return
         target = os.path.join(path, f"{self._name}_{pid}{STATE_SUFFIX}")
-        with open(target + ".new", "w", encoding="utf-8") as f:
-            json.dump({"help": self._documentation, "labels": list(self._labelnames), "rows": rows}, f)
-        os.replace(target + ".new", target)
+        try:
+            with open(target + ".new", "w", encoding="utf-8") as f:
+                json.dump({"help": self._documentation, "labels": list(self._labelnames), "rows": rows}, f)
+            os.replace(target + ".new", target)
+        except OSError as error:  # (a full disk) the last rows written stay; tried again at the next publish
+            with contextlib.suppress(OSError):
+                os.remove(target + ".new")
+            RECORDER.count(METRIC_ERRORS, ())
+            if _published.get(self._name) != (path, pid, None):  # logged once until a publish succeeds
+                _log_no_room(target, error, f"/metrics shows {self._name} as last written until a publish can")
+                _published[self._name] = (path, pid, None)
+            return
         _published[self._name] = (path, pid, rows)
 
 
@@ -510,7 +646,11 @@ def fold_dead_processes(path: str) -> list[int]:
         if dead:
             try:
                 fold_files(path, [name for pid in dead for name in files[pid]])
-            except Exception:  # (a full disk) the files stay as they were, counted as before, folded at a later scrape
+            except OSError as error:  # the files stay as they were, counted as before, folded at a later scrape
+                _log_no_room(os.path.join(path, f"*_{ARCHIVE}.db"), error, "the files of exited processes stay, "
+                             "counted as they are, until a scrape can fold them")
+                return []
+            except Exception:
                 log.exception("metrics: folding the files of exited processes failed")
                 return []
         return dead
@@ -525,7 +665,7 @@ def fold_files(path: str, names: list[str]) -> None:
         kind = name[:-3].rpartition("_")[0]
         if kind in ARCHIVED:
             groups[kind].append(os.path.join(path, name))
-    written = []
+    written: list[tuple[str, str]] = []
     try:
         for kind, files in groups.items():
             archive = os.path.join(path, f"{kind}_{ARCHIVE}.db")
@@ -541,16 +681,17 @@ def fold_files(path: str, names: list[str]) -> None:
             aside = archive + ".new"  # not *.db: no scrape reads it
             with contextlib.suppress(FileNotFoundError):
                 os.remove(aside)  # (left by a fold that failed: MmapedDict would add to it)
-            values = MmapedDict(aside)
+            values = AllocatedDict(aside)  # a full disk: OSError, not SIGBUS
+            written.append((aside, archive))
             try:
                 for key, total in totals.items():
                     values.write_value(key, total, 0.0)
             finally:
                 values.close()
-            written.append((aside, archive))
     except BaseException:
         for aside, _ in written:
-            os.remove(aside)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(aside)
         raise
     for aside, archive in written:
         os.replace(aside, archive)
