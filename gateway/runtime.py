@@ -21,7 +21,7 @@ import msgspec
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
 from gateway.breaker.config import BreakerConfig, probe_ttl
 from gateway.config import Config, ConfigError, parse_host_port, path_of
-from gateway.config.decode import whole_numbers
+from gateway.config.decode import kong_nulls, kong_shorthands, whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.kong_forms import url_host
 from gateway.config.loader import load_config
@@ -624,7 +624,8 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
 
 
 def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -> Any:
-    """The plugin's config decoded with its schema; a key the gateway does not enforce is refused by name."""
+    """The plugin's config decoded with its schema, its shorthands and nulls read as Kong's plugin code reads them;
+    a key the gateway does not enforce is refused by name."""
     known = _config_keys(module.schema)
     unknown = [k for k in plugin.config if k not in known]
     for key in unknown:
@@ -632,16 +633,22 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
                       f"takes: {', '.join(sorted(known))})")
     if unknown:
         return None
+    found: list[str] = []  # Kong's shorthands, then its nulls, as its plugin code reads them (gateway.config.decode)
+    raw = kong_shorthands(plugin.config, module.schema, f"{where}.config", found)
+    raw = kong_nulls(raw, module.schema, f"{where}.config", found)
+    if found:
+        errors.extend(found)
+        return None
     try:
         try:
-            return msgspec.convert(plugin.config, module.schema)
+            return msgspec.convert(raw, module.schema)
         except msgspec.ValidationError:
-            whole = whole_numbers(plugin.config, module.schema)  # (Kong's integer: any number equal to its floor)
-            if whole is plugin.config:
+            whole = whole_numbers(raw, module.schema)  # (Kong's integer: any number equal to its floor)
+            if whole is raw:
                 raise
             return msgspec.convert(whole, module.schema)
     except msgspec.ValidationError as e:
-        message = describe_validation_error(e, plugin.config, module.schema, f"{where}.config")
+        message = describe_validation_error(e, raw, module.schema, f"{where}.config")
         m = _CHECK_MESSAGE.match(message)
         if m is not None:  # a check's own message that names its field: "path: field[0]: why" -> "path.field[0]: why"
             message = f"{m['path']}.{m['field']}: {m['rest']}"

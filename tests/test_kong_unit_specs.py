@@ -367,8 +367,8 @@ def legacy_warnings(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFi
 
 
 def test_queue_converts_common_legacy_queue_parameters(legacy_warnings, caplog):
-    """27-queue_spec.lua, "converts common legacy queue parameters" (retry_count is refused by the gateway's schemas,
-    see README)."""
+    """27-queue_spec.lua, "converts common legacy queue parameters" (retry_count, which Kong ignores, is taken by the
+    plugins' schemas: tests/kongconfig/test_deprecated_plugin_fields.py)."""
     queue = QueueConfig()
     apply_legacy_queue(queue, 234, 345)
     assert (queue.max_batch_size, queue.max_coalescing_delay) == (234, 345)

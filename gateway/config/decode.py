@@ -8,10 +8,18 @@ and free-form fields are left as they are.
 A field set to null (YAML `~`, as `kong config db_export` writes every unset field) is not set: it takes its default,
 as in Kong's declarative loader, where null passes every field that is not `required` (kong/db/schema/init.lua,
 validate_field). A Struct names in NULL_REFUSED the fields Kong requires though they have a default (a route's
-`strip_path`): null is refused there, with Kong's words, as it is on a field without a default (unset_nulls)."""
+`strip_path`): null is refused there, with Kong's words, as it is on a field without a default (unset_nulls).
+
+A plugin's config is read as Kong's plugin code reads it (kong_nulls): Kong keeps the null and the plugin gets nil
+(kong/db/schema/init.lua, process_auto_fields: `if value == null and not nulls then value = nil` when the plugins
+iterator selects it), not the default. A null stays where the field takes None; a field of the Struct's NULL_AS
+takes what Kong's code makes of nil there (`if conf.x` off: false; `conf.x or "kong"`: the default); a null on any
+other field with a default is refused, naming the field. Kong's deprecated shorthand fields (a Struct's SHORTHANDS)
+are read first, as Kong reads them before anything else (kong_shorthands)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 import types
@@ -20,7 +28,7 @@ from typing import Annotated, Any, Literal, Union
 
 import msgspec
 
-from gateway.config.errors import describe_validation_error, join_path, key_part
+from gateway.config.errors import describe_validation_error, inline, join_path, key_part, show
 
 _UNKNOWN = "unknown field (check the spelling; see the README's config reference)"
 
@@ -106,6 +114,146 @@ def _nullable_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
                 and not _takes_none(hints[f.name]):
             out[f.encode_name] = _UNSET
     return out
+
+
+def kong_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
+    """A plugin's config (`value`, as `typ` decodes it) with each null as Kong's plugin code reads it (nil): kept
+    where the field takes None, the Struct's NULL_AS value where it names the field, refused (one message appended
+    to `errors`) on any other field with a default; nested records, and lists and maps of them, too. `value`
+    itself, unchanged, when there is nothing to do."""
+    inner = _unwrap(typ)
+    origin = typing.get_origin(inner)
+    if isinstance(value, list) and origin is list:
+        if not any(isinstance(v, dict | list) for v in value):
+            return value
+        (item_type,) = typing.get_args(inner) or (Any,)
+        items = [kong_nulls(v, item_type, f"{path}[{i}]", errors) for i, v in enumerate(value)]
+        return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
+    if isinstance(value, dict) and origin is dict:
+        value_type = (typing.get_args(inner) or (Any, Any))[1]
+        entries = {k: kong_nulls(v, value_type, join_path(path, key_part(k)), errors) for k, v in value.items()}
+        return entries if any(entries[k] is not v for k, v in value.items()) else value
+    if not (isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, msgspec.Struct)):
+        return value
+    rules = _null_rules(inner)
+    hints = _field_types(inner)
+    out: dict[Any, Any] | None = None
+    for key, item in value.items():
+        if item is None:
+            rule = rules.get(key)
+            if rule is None:
+                continue  # unknown, takes None, or has no default: msgspec says what it is
+            if isinstance(rule, _Refused):
+                errors.append(f"{join_path(path, key_part(key))}: null is refused here: Kong reads it as no value "
+                              f"(nil) or refuses it, never as the default{rule.shown}; give a value, or remove the key "
+                              "for the default")
+                continue
+            new = copy.deepcopy(rule)
+        elif isinstance(item, dict | list) and key in hints:
+            new = kong_nulls(item, hints[key], join_path(path, key_part(key)), errors)
+            if new is item:
+                continue
+        else:
+            continue
+        if out is None:
+            out = dict(value)
+        out[key] = new
+    return value if out is None else out
+
+
+class _Refused(typing.NamedTuple):
+    shown: str  # " <the default>" as a message shows it, or "" for a record or list of them
+
+
+@functools.cache
+def _null_rules(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """What a null becomes on each field of `cls` where it is not None, by the name a document uses: the value of
+    the Struct's NULL_AS (what Kong's code makes of nil there), or _Refused (a field with a default nil is not)."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    null_as: dict[str, Any] = getattr(cls, "NULL_AS", {})
+    out: dict[str, Any] = {}
+    for f in msgspec.structs.fields(cls):
+        if f.encode_name in null_as:
+            out[f.encode_name] = null_as[f.encode_name]
+        elif f.default is not msgspec.NODEFAULT and not _takes_none(hints[f.name]):
+            out[f.encode_name] = _Refused(f" {_shown(f.default)}")
+        elif f.default_factory is not msgspec.NODEFAULT and not _takes_none(hints[f.name]):
+            default = f.default_factory()
+            scalars = isinstance(default, list) and not any(isinstance(v, dict | list | msgspec.Struct)
+                                                            for v in default)
+            out[f.encode_name] = _Refused(f" {_shown(default)}" if scalars else "")
+    return out
+
+
+def _shown(value: Any) -> str:
+    """A default as a message shows it: a scalar as YAML writes it, a list of them in brackets."""
+    if isinstance(value, list):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    return show(value)
+
+
+def kong_shorthands(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
+    """A plugin's config with Kong's deprecated shorthand fields read as Kong reads them, first of all
+    (kong/db/schema/init.lua, process_auto_fields): `typ`'s SHORTHANDS maps a shorthand's key to the path of the
+    field that replaced it. A shorthand given beside that field given with another value is refused with Kong's
+    message (validate_deprecation_exclusiveness; a field given false or null is passed over, as Lua's `if
+    new_field_value` is); then the field keeps a value given to it, else takes the shorthand's, a null too
+    (null_aware_table_merge). A shorthand given a value is left holding the field's, so that the config's own
+    merge (which logs Kong's deprecation line) changes nothing. `value` itself when there is nothing to do."""
+    shorthands: dict[str, tuple[str, ...]] = getattr(_unwrap(typ), "SHORTHANDS", {})
+    if not isinstance(value, dict) or not any(key in value for key in shorthands):
+        return value
+    hints = _field_types(_unwrap(typ))
+    out = copy.deepcopy(value)
+    for key, (*parents, name) in shorthands.items():
+        if key not in out or not _decodes(out[key], hints[key]):
+            continue  # (absent; or of the wrong type, which msgspec reports on the shorthand's own key)
+        given = out[key]
+        node: Any = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        field = node.get(name) if isinstance(node, dict) else None
+        if given is not None and field is not None and field is not False and not _same(field, given):
+            errors.append(f"{join_path(path, key)}: both deprecated and new field are used but their values "
+                          f"mismatch: {key} = {_lua_text(given)} vs {'.'.join((*parents, name))} = "
+                          f"{_lua_text(field)}; remove {key} (deprecated), or give both the same value")
+            continue
+        if field is None:
+            field = given
+            node = out
+            for part in parents:
+                if isinstance(node, dict) and node.get(part) is None:
+                    node[part] = {}
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict):  # (else not a record: msgspec says so)
+                node[name] = given
+        if given is not None:
+            out[key] = field
+    return out
+
+
+def _decodes(value: Any, typ: Any) -> bool:
+    try:
+        msgspec.convert(value, typ)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Kong's deepcompare of two scalars: a boolean equals only a boolean (Python's True == 1 does not hold)."""
+    if type(a) is bool or type(b) is bool:
+        return a is b
+    return bool(a == b)
+
+
+def _lua_text(value: Any) -> str:
+    """A value as Lua's tostring writes it into Kong's message (a whole number without `.0`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return inline(value) if isinstance(value, str) else str(value)
 
 
 def _takes_none(typ: Any) -> bool:

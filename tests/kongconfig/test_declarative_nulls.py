@@ -1,21 +1,29 @@
 """A field set to null, as `kong config db_export` writes every unset field (`~`), is not set, as in Kong's
 declarative loader; where Kong requires the field null is refused. keyauth_credentials take Kong's `ttl`: the Unix
-time the key stops authenticating at (DB-less Kong, kong/db/strategies/off/init.lua process_ttl_field)."""
+time the key stops authenticating at (DB-less Kong, kong/db/strategies/off/init.lua process_ttl_field). A plugin's
+config field given null is what Kong's plugin code makes of nil (kong/db/schema/init.lua:1950, the select that hands
+a plugin its config: `if value == null and not nulls then value = nil`), not its default."""
 
 from __future__ import annotations
 
 import json
+import textwrap
 import time
+import typing
 from types import SimpleNamespace
+from typing import Any
 
+import msgspec
 from test_kong_forms import errors, load
 from tls_helpers import self_signed
 
 from gateway.config import parse_config
+from gateway.config.decode import kong_nulls
+from gateway.policies import REGISTRY
 from gateway.policies.consumers import Directory, Identity, Rejection
 from gateway.policies.key_auth.handler import KeyAuth
 from gateway.policies.key_auth.schema import KeyAuthConfig
-from gateway.runtime import compile_config
+from gateway.runtime import Runtime, compile_config
 
 # spec/01-unit/01-db/10-declarative_spec.lua:29, "ttl fields are accepted in DB-less schema validation"
 KONG_SPEC_DOC = """\
@@ -219,3 +227,118 @@ def test_a_key_authenticates_until_its_ttl_then_is_unknown():
 def test_keys_without_a_ttl_are_never_checked_against_the_clock():
     policy = key_auth("{key: plain, ttl: ~}")
     assert policy.expiring == {} and b"plain" in policy.keys
+
+
+def read_as_kong(plugin: str, config: dict[str, Any]) -> Any:
+    """`config` decoded with the plugin's schema after its nulls are read as Kong's code reads them."""
+    problems: list[str] = []
+    raw = kong_nulls(config, REGISTRY[plugin].schema, "config", problems)
+    assert problems == []
+    return msgspec.convert(raw, REGISTRY[plugin].schema)
+
+
+def compiled(text: str) -> Runtime:
+    return compile_config(parse_config(textwrap.dedent(text), "kong.yml"), "kong.yml")
+
+
+def test_decks_prometheus_dump_with_null_switches_loads_them_off():
+    """decK's dump of Kong 3.12 (real/deck/...001-entities-with-tags__expected312.yaml:111) writes `wasm_metrics:
+    null`: kong/plugins/prometheus/schema.lua has `default = false` without `required`, so Kong keeps the null and
+    the handler gets nil, off for `if conf.per_consumer` (prometheus/handler.lua:31) and `if configs[i].wasm_metrics`
+    (exporter.lua:235)."""
+    (policy,) = compiled("""
+        plugins:
+        - name: prometheus
+          config: {ai_metrics: false, bandwidth_metrics: false, latency_metrics: ~, per_consumer: ~,
+                   status_code_metrics: false, upstream_health_metrics: ~, wasm_metrics: ~}
+        """).global_loggers
+    cfg = policy.config
+    assert (cfg.per_consumer, cfg.latency_metrics, cfg.upstream_health_metrics, cfg.wasm_metrics) == (False,) * 4
+
+
+def test_a_null_switch_kongs_code_tests_for_truth_is_off():
+    """redirect/handler.lua:17 `if conf.keep_incoming_path`, statsd_logger.lua:97 `if conf.use_tcp`, session.lua:117
+    `if conf.read_body_for_logout`, and rate-limiting's redis ssl options (policies/init.lua:110-111) handed to
+    lua-resty-redis, which connects in plain text without them: nil is off in each."""
+    assert read_as_kong("redirect", {"location": "https://example.com/", "keep_incoming_path": None}) \
+        .keep_incoming_path is False
+    statsd = read_as_kong("statsd", {"use_tcp": None, "hostname_in_prefix": None})
+    assert (statsd.use_tcp, statsd.hostname_in_prefix) == (False, False)
+    session = read_as_kong("session", {"secret": "s" * 32, "read_body_for_logout": None, "remember": None})
+    assert (session.read_body_for_logout, session.remember) == (False, False)
+    redis = read_as_kong("rate-limiting", {"minute": 1, "redis": {"ssl": None, "ssl_verify": None}}).redis
+    assert (redis.ssl, redis.ssl_verify) == (False, False)
+
+
+def test_a_null_kongs_code_reads_as_the_default_is_the_default():
+    """`conf.x or <default>` in Kong's code: datadog/handler.lua:33-38 and statsd_logger.lua:75 (prefix, tags),
+    jwt/handler.lua:245 (maximum_expiration ~= nil and > 0), bot-detection/handler.lua:40,48 (`if conf.allow`),
+    hmac-auth/access.lua:68 (`if conf.enforce_headers and ...`), kong/llm/plugin/shared-filters/parse-request.lua:58
+    (`if llm_format and llm_format ~= "openai"`), and lua-resty-session 4.0.5's `configuration.x or DEFAULT_X`
+    (session.new) for the session settings Kong hands it (session/session.lua:26-47)."""
+    datadog = read_as_kong("datadog", {"prefix": None, "service_name_tag": None, "status_tag": None,
+                                       "consumer_tag": None})
+    assert (datadog.prefix, datadog.service_name_tag, datadog.status_tag, datadog.consumer_tag) == \
+        ("kong", "name", "status", "consumer")
+    assert read_as_kong("jwt", {"maximum_expiration": None}).maximum_expiration == 0
+    assert read_as_kong("bot-detection", {"allow": None, "deny": None}).allow == []
+    assert read_as_kong("hmac-auth", {"enforce_headers": None}).enforce_headers == []
+    assert read_as_kong("ai-prompt-guard", {"allow_patterns": [".*"], "llm_format": None}).llm_format == "openai"
+    session = read_as_kong("session", {"secret": "s" * 32, "idling_timeout": None, "cookie_name": None,
+                                       "cookie_http_only": None, "storage": None})
+    assert (session.idling_timeout, session.cookie_name, session.cookie_http_only, session.storage) == \
+        (900, "session", True, "cookie")
+
+
+def test_a_null_kongs_code_reads_as_another_value_is_that_value():
+    """rate-limiting/handler.lua:60-85 and response-ratelimiting/access.lua:17-30 match no limit_by for nil and key
+    by the client address (`identifier or kong.client.get_forwarded_ip()`), not by consumer; lua-resty-session 4.0.5
+    takes SameSite Lax (DEFAULT_COOKIE_SAME_SITE) and no Secure (DEFAULT_COOKIE_SECURE is nil) where Kong's defaults
+    are Strict and true; session.lua:90-92 logs nobody out without logout_methods."""
+    assert read_as_kong("rate-limiting", {"minute": 1, "limit_by": None}).limit_by == "ip"
+    assert read_as_kong("response-ratelimiting", {"limits": {"video": {"minute": 1}}, "limit_by": None}) \
+        .limit_by == "ip"
+    session = read_as_kong("session", {"secret": "s" * 32, "cookie_same_site": None, "cookie_secure": None,
+                                       "logout_methods": None})
+    assert (session.cookie_same_site, session.cookie_secure, session.logout_methods) == ("Lax", False, [])
+
+
+def test_a_null_whose_nil_is_not_the_default_is_refused_naming_the_field():
+    """http-log/handler.lua:101-112 hands nil to lua-resty-http's set_timeout, proxy-cache/handler.lua:316 compares
+    with it, and Kong's queue asserts a number (kong/tools/queue.lua, Queue.enqueue): null is no default there."""
+    assert errors("""
+        plugins:
+        - name: http-log
+          config: {http_endpoint: "http://127.0.0.1:9/", timeout: ~, queue: {max_batch_size: ~}}
+        - {name: proxy-cache, config: {strategy: memory, cache_ttl: ~}}
+        """) == [
+        "plugins[0].config.timeout: null is refused here: Kong reads it as no value (nil) or refuses it, never as "
+        "the default 10000; give a value, or remove the key for the default",
+        "plugins[0].config.queue.max_batch_size: null is refused here: Kong reads it as no value (nil) or refuses "
+        "it, never as the default 1; give a value, or remove the key for the default",
+        "plugins[1].config.cache_ttl: null is refused here: Kong reads it as no value (nil) or refuses it, never as "
+        "the default 300; give a value, or remove the key for the default",
+    ]
+
+
+def test_every_null_as_names_a_field_of_its_schema_and_fits_it():
+    """What a Struct's NULL_AS gives a null must be a value its field takes, so a null never fails to decode."""
+    seen: set[type] = set()
+    todo = [module.schema for module in REGISTRY.values()]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
+        fields = {f.encode_name: hints[f.name] for f in msgspec.structs.fields(cls)}
+        for name, value in getattr(cls, "NULL_AS", {}).items():
+            assert name in fields, (cls, name)
+            msgspec.convert(value, fields[name])
+        for typ in fields.values():
+            todo += [t for t in _types_in(typ) if isinstance(t, type) and issubclass(t, msgspec.Struct)]
+    assert len(seen) > len(REGISTRY)
+
+
+def _types_in(typ: Any) -> list[Any]:
+    return [typ, *(t for arg in typing.get_args(typ) for t in _types_in(arg))]

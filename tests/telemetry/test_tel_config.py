@@ -52,8 +52,6 @@ def test_http_log_keys_as_kong():
     p = plugin("plugins: [{name: http-log, config: {http_endpoint: 'http://127.0.0.1:9/', queue_size: 7, "
                "flush_timeout: 3}}]")
     assert p.queue.config.max_batch_size == 7 and p.queue.config.max_coalescing_delay == 3  # Kong's old names
-    assert errors("plugins: [{name: http-log, config: {http_endpoint: 'http://h/', retry_count: 3}}]") == [
-        "plugins[0].config.retry_count: it no longer works in Kong 3.x; use queue.max_retry_time"]
     assert errors("plugins: [{name: http-log, config: {http_endpoint: 'http://h/', headers: {Host: x}}}]") == [
         "plugins[0].config.headers: cannot contain 'Host' header"]
     assert "user info" in errors("plugins: [{name: http-log, config: {http_endpoint: 'http://u:p@h/', "

@@ -152,7 +152,6 @@ async def test_queue_size_sends_in_batches_with_nothing_lost(nursery, gateway):
     ({"metrics": [{"name": "nope", "stat_type": "counter", "sample_rate": 1}]}, "Invalid enum value 'nope'"),
     ({"metrics": [{"name": "latency", "stat_type": "timer", "sample_rate": 2}]}, "Expected `float` <= 1"),
     ({"metrics": [{"name": "latency", "stat_type": "timer", "tags": ["a:"]}]}, "tags: expected a tag that does not"),
-    ({"retry_count": 3}, "retry_count: it no longer works in Kong 3.x"),
     ({"host": "a b"}, 'host: invalid value: a b'),
     ({"custom_fields_by_lua": {}}, "unknown field `custom_fields_by_lua`"),
 ])

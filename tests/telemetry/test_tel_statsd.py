@@ -796,8 +796,6 @@ def test_the_schema_accepts(config):
     pytest.param({"tag_style": "invalid type"},
                  'config.tag_style: expected one of "dogstatsd", "influxdb", "librato", "signalfx"',
                  id="rejects invalid tag_style"),
-    pytest.param({"retry_count": 10}, "config.retry_count: it no longer works in Kong 3.x; use queue.max_retry_time",
-                 id="retry_count no longer works"),
     pytest.param({"custom_fields_by_lua": {"a": "return 1"}},
                  "config.custom_fields_by_lua is not supported by the gateway's statsd plugin",
                  id="a key Kong's statsd does not have"),

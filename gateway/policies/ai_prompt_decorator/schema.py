@@ -4,6 +4,8 @@ Kong would send the upstream the request converted to its OpenAI-like format."""
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import msgspec
 
 from gateway.policies.ai_prompt_guard.schema import check_body_size, check_llm_format
@@ -39,6 +41,10 @@ class Prompts(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class AiPromptDecoratorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, read as openai (kong/llm/plugin/shared-filters/parse-request.lua:57-58 `if llm_format and
+    # llm_format ~= "openai"`; gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"llm_format": "openai"}
+
     prompts: Prompts | None = None
     max_request_body_size: int = 8 * 1024
     llm_format: str = "openai"

@@ -7,6 +7,8 @@ messages carry their content as parts, which the guard refuses (400) whatever th
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import msgspec
 
 from gateway.config.errors import inline, show
@@ -44,6 +46,10 @@ def check_llm_format(llm_format: str) -> None:
 
 
 class AiPromptGuardConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, read as openai (kong/llm/plugin/shared-filters/parse-request.lua:57-58 `if llm_format and
+    # llm_format ~= "openai"`; gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"llm_format": "openai"}
+
     allow_patterns: list[str] | None = None  # PCRE2 (ngx.re.find "jo"): see the handler
     deny_patterns: list[str] | None = None
     allow_all_conversation_history: bool = False  # true: only the latest user message is checked

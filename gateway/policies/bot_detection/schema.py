@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
@@ -12,6 +12,9 @@ Regex = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's strings are at leas
 
 
 class BotDetectionConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, skipped as an empty list is (handler.lua:40, 48: `if conf.allow then`; gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"allow": [], "deny": []}
+
     allow: list[Regex] = []  # User-Agent regexes let through even if they look like bots (PCRE, as Kong's)
     deny: list[Regex] = []  # User-Agent regexes refused (403)
 

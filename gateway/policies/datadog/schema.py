@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from gateway.config.errors import show
+from gateway.policies.http_log.schema import warn_retry_count
 from gateway.policies.tcp_log.schema import Port, check_host
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 
@@ -44,6 +45,9 @@ def _default_metrics() -> list[DatadogMetric]:
 
 
 class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, read `conf.x or <the default>` (handler.lua:33-38, statsd_logger.lua:75; gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"prefix": "kong", "service_name_tag": "name", "status_tag": "status",
+                                         "consumer_tag": "consumer"}
     # null: the agent named by KONG_DATADOG_AGENT_HOST / KONG_DATADOG_AGENT_PORT in the gateway's environment, read
     # when a batch is sent (kong/plugins/datadog/statsd_logger.lua:23-29): valid config whatever the environment
     host: str | None = "localhost"
@@ -55,7 +59,7 @@ class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
     metrics: list[DatadogMetric] = msgspec.field(default_factory=_default_metrics)
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     # Kong 3.x's deprecated forms: queue_size and flush_timeout still map onto the queue (Kong's
-    # Queue.get_plugin_params); retry_count "no longer works" in Kong, so it is refused here.
+    # Queue.get_plugin_params); retry_count "no longer works" in Kong: taken and ignored (warn_retry_count).
     queue_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
     flush_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
     retry_count: int | None = None
@@ -63,6 +67,5 @@ class DatadogConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.host is not None:
             check_host("host", self.host)
-        if self.retry_count is not None:
-            raise ValueError("retry_count: it no longer works in Kong 3.x; use queue.max_retry_time")
+        warn_retry_count("datadog", self.retry_count)
         apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)

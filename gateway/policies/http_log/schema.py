@@ -1,5 +1,6 @@
 """Kong's http-log plugin config (kong/plugins/http-log/schema.lua), with Kong's queue (typedefs.queue)."""
 
+import logging
 from typing import Annotated, Literal
 
 import msgspec
@@ -9,7 +10,10 @@ from gateway.config.typedefs import header_name_problem
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.sender import Endpoint
 
+log = logging.getLogger("gateway.policies.http_log")
+
 _FORBIDDEN_HEADERS = {"host": "Host", "content-length": "Content-Length", "content-type": "Content-Type"}
+RETRY_COUNT_OLD_DEFAULT = 10  # Kong 2.x's default, in every 2.x export: its schema's deprecation.old_default
 
 
 class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
@@ -21,7 +25,7 @@ class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
     headers: dict[str, str] | None = None
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     # Kong 3.x's deprecated forms: queue_size and flush_timeout still map onto the queue (as Kong's
-    # Queue.get_plugin_params does); retry_count "no longer works" in Kong, so it is refused here.
+    # Queue.get_plugin_params does); retry_count "no longer works" in Kong: taken and ignored (warn_retry_count).
     queue_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
     flush_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
     retry_count: int | None = None
@@ -32,8 +36,7 @@ class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
             endpoint = Endpoint(self.http_endpoint)
         except ValueError as e:
             raise ValueError(f"http_endpoint: {e}") from None
-        if self.retry_count is not None:
-            raise ValueError("retry_count: it no longer works in Kong 3.x; use queue.max_retry_time")
+        warn_retry_count("http-log", self.retry_count)
         if self.custom_fields_by_lua:
             raise ValueError("custom_fields_by_lua: the gateway runs no Lua; remove it")
         for name, value in (self.headers or {}).items():
@@ -58,3 +61,12 @@ def check_header(name: str, value: str) -> None:
         raise ValueError("headers: length must be at least 1")
     if any(c in value for c in "\r\n\0"):
         raise ValueError(f"headers: the value of '{inline(name)}' holds a line break or NUL")
+
+
+def warn_retry_count(plugin: str, retry_count: int | None) -> None:
+    """Kong 3.x's retry_count of http-log, statsd and datadog: taken and ignored (kong/tools/queue.lua:465 does
+    nothing with it), Kong's deprecation line logged for a value other than its old default, 10, which every Kong 2.x
+    export carries (kong/db/schema/init.lua, validate_field: silent for null and for old_default)."""
+    if retry_count is not None and retry_count != RETRY_COUNT_OLD_DEFAULT:
+        log.warning("%s: config.retry_count no longer works, please use config.queue.max_retry_time instead "
+                    "(deprecated after 4.0)", plugin)

@@ -1,6 +1,6 @@
 """Kong's jwt plugin config (kong/plugins/jwt/schema.lua)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -10,6 +10,9 @@ Name = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's schema strings are a
 
 
 class JwtConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, no check as 0 (handler.lua:245 `if conf.maximum_expiration ~= nil and ... > 0`; gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"maximum_expiration": 0}
+
     uri_param_names: list[Name] = msgspec.field(default_factory=lambda: ["jwt"])
     cookie_names: list[Name] = []
     header_names: list[Name] = msgspec.field(default_factory=lambda: ["authorization"])

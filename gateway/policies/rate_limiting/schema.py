@@ -8,7 +8,7 @@ database, which this gateway does not have: it is refused with a pointer to `red
 import ipaddress
 import logging
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -35,12 +35,15 @@ _HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 BUCKET_KEYS = {"rate": ("token-bucket", "limit-req"), "burst": ("token-bucket", "limit-req"), "nodelay": ("limit-req",)}
 NEVER_READS = {"fixed-window": "(the default) counts calendar windows and has no bucket",
                "token-bucket": "never delays a request"}
-SHORTHANDS = ("host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify", "server_name")
+SHORTHAND_FIELDS = ("host", "port", "timeout", "username", "password", "database", "ssl", "ssl_verify",
+                    "server_name")
 
 
 class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
     """Kong's `redis` record (kong/tools/redis/schema.lua): where the counters shared by every gateway host live."""
 
+    # null: nil, which the policies hand lua-resty-redis's connect as its ssl options: off (policies/init.lua:110-111)
+    NULL_AS: ClassVar[dict[str, Any]] = {"ssl": False, "ssl_verify": False}
     host: Text | None = None
     port: Port = 6379
     timeout: Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)] = 2000  # ms, for connecting and for each command
@@ -69,6 +72,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
 class RedisShorthands(msgspec.Struct, kw_only=True):
     """Kong's deprecated `redis_<field>` settings, still accepted beside `redis` (merge_redis_shorthands)."""
 
+    # each one's `deprecation.replaced_with` path, read by gateway.config.decode.kong_shorthands
+    SHORTHANDS: ClassVar[dict[str, tuple[str, ...]]] = {f"redis_{field}": ("redis", field)
+                                                        for field in SHORTHAND_FIELDS}
     redis_host: Text | None = None
     redis_port: Port | None = None
     redis_password: str | None = None
@@ -81,6 +87,9 @@ class RedisShorthands(msgspec.Struct, kw_only=True):
 
 
 class RateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
+    # null: nil, which get_identifier matches with no limit_by and so keys by the client address (handler.lua:60-85)
+    NULL_AS: ClassVar[dict[str, Any]] = {"limit_by": "ip"}
+
     second: Limit | None = None
     minute: Limit | None = None
     hour: Limit | None = None
@@ -228,10 +237,12 @@ def check_path(path: str) -> None:
 
 def merge_redis_shorthands(config: Any, plugin: str) -> None:
     """Kong's deprecated `redis_<field>` shorthands fill `redis.<field>`, each one set logging Kong's deprecation line
-    (kong.deprecation, removal in 4.0); both forms disagreeing is an error. `config`: a plugin config with `redis`
-    (RedisConfig) and a `redis_<field>` for each of SHORTHANDS; `plugin`: its name (rate-limiting's,
-    response-ratelimiting's)."""
-    for field in SHORTHANDS:
+    (kong.deprecation, removal in 4.0). From a file, gateway.config.decode.kong_shorthands has already settled each
+    pair as Kong does, seeing which `redis` fields the file gave (a disagreement refused even with `redis.port` at
+    its default 6379), and left both holding the result; a config built in code, where that cannot be seen, is
+    refused only when `redis.<field>` is not its default. `config`: a plugin config with `redis` (RedisConfig) and a
+    `redis_<field>` for each of SHORTHAND_FIELDS; `plugin`: its name (rate-limiting's, response-ratelimiting's)."""
+    for field in SHORTHAND_FIELDS:
         value = getattr(config, "redis_" + field)
         if value is None:
             continue

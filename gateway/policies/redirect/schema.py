@@ -1,6 +1,6 @@
 """Kong's redirect plugin config (kong/plugins/redirect/schema.lua)."""
 
-from typing import Annotated
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 import msgspec
@@ -9,6 +9,9 @@ from gateway.config.errors import CONTROL_FREE, show
 
 
 class RedirectConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, off for handler.lua:17 `if conf.keep_incoming_path` (gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"keep_incoming_path": False}
+
     # the URL to redirect to (sent in a header: no control characters)
     location: Annotated[str, msgspec.Meta(pattern=CONTROL_FREE)]
     status_code: Annotated[int, msgspec.Meta(ge=100, le=599)] = 301

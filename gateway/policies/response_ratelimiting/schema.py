@@ -10,7 +10,7 @@ refused with a pointer to `redis`.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -50,6 +50,9 @@ class PeriodLimits(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ResponseRateLimitingConfig(RedisShorthands, forbid_unknown_fields=True):
+    # null: nil, which get_identifier matches with no limit_by and so keys by the client address (access.lua:17-30)
+    NULL_AS: ClassVar[dict[str, Any]] = {"limit_by": "ip"}
+
     limits: dict[str, PeriodLimits]
     header_name: Annotated[str, msgspec.Meta(min_length=1)] = "x-kong-limit"  # Kong's strings are not empty
     limit_by: Literal["consumer", "credential", "ip"] = "consumer"

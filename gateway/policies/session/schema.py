@@ -8,7 +8,7 @@ accepted and, as in Kong (they have no `deprecation`), win over the field they f
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -34,6 +34,17 @@ KONG_STORAGE = ("storage: kong keeps sessions in Kong's database, which this gat
 
 
 class SessionConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, handed to lua-resty-session 4.0.5's new (session.lua:26-47), which reads it as its own default
+    # (`configuration.x or DEFAULT_X`): Kong's but for cookie_same_site (Lax) and cookie_secure (none: off); the
+    # logout settings are skipped when nil (session.lua:90-117) (gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {
+        "storage": "cookie", "audience": "default", "idling_timeout": 900, "rolling_timeout": 3600,
+        "absolute_timeout": 86400, "stale_ttl": 10, "cookie_name": "session", "cookie_path": "/",
+        "cookie_same_site": "Lax", "cookie_http_only": True, "cookie_secure": False, "remember": False,
+        "remember_cookie_name": "remember", "remember_rolling_timeout": 604800,
+        "remember_absolute_timeout": 2592000, "read_body_for_logout": False, "logout_methods": [],
+        "hash_subject": False, "store_metadata": False}
+
     secret: Text | None = None
     storage: Literal["cookie", "kong"] = "cookie"
     audience: Text = "default"

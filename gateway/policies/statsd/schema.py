@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
 from gateway.config.errors import inline
+from gateway.policies.http_log.schema import warn_retry_count
 from gateway.policies.tcp_log.schema import Port, check_host
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 
@@ -57,6 +58,9 @@ DEFAULT_METRICS = (
 
 
 class StatsdConfig(msgspec.Struct, forbid_unknown_fields=True):
+    # null: nil, which Kong tests for truth: off (statsd_logger.lua:97, 128; log.lua:254, 449; gateway.config.decode)
+    NULL_AS: ClassVar[dict[str, Any]] = {"use_tcp": False, "hostname_in_prefix": False}
+
     host: str = "localhost"
     port: Port = 8125
     prefix: Annotated[str, msgspec.Meta(min_length=1)] = "kong"
@@ -72,7 +76,7 @@ class StatsdConfig(msgspec.Struct, forbid_unknown_fields=True):
     tag_style: TagStyle | None = None
     queue: QueueConfig = msgspec.field(default_factory=QueueConfig)
     # Kong 3.x's deprecated forms: queue_size and flush_timeout still map onto the queue (Kong's
-    # Queue.get_plugin_params); retry_count "no longer works" in Kong, so it is refused here.
+    # Queue.get_plugin_params); retry_count "no longer works" in Kong: taken and ignored (warn_retry_count).
     retry_count: int | None = None
     queue_size: Annotated[int, msgspec.Meta(ge=1)] | None = None
     flush_timeout: Annotated[float, msgspec.Meta(ge=0)] | None = None
@@ -86,8 +90,7 @@ class StatsdConfig(msgspec.Struct, forbid_unknown_fields=True):
             if not _RANGE_READ.search(codes):  # Kong's log phase fails on it for every request that reaches it
                 raise ValueError(f"allow_status_codes[{i}]: invalid value: {inline(codes)} (Kong reads a range as two "
                                  "3-digit codes, such as 200-299)")
-        if self.retry_count is not None:
-            raise ValueError("retry_count: it no longer works in Kong 3.x; use queue.max_retry_time")
+        warn_retry_count("statsd", self.retry_count)
         # Kong's get_plugin_params: a legacy value other than its old default replaces the queue's
         apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)
 
