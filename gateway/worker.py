@@ -137,7 +137,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                     # Draining closes the listeners rather than cancelling the accept loops, whose nurseries own
                     # the connections: those must be left to finish.
                     await serving.start(_serve_until_drained, listeners, pipeline, settings,
-                                        _tls_of(config, listeners, runtime.server_tls))
+                                        _tls_of(config, listeners, runtime.server_tls),
+                                        _flagged(config, listeners, "proxy_protocol"))
                     log.info("worker %d accepting on %s (codec %s)", os.getpid(),
                              ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
                     if ready is not None:
@@ -163,28 +164,33 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
 
 
 async def _serve_until_drained(listeners: list[socket.socket], pipeline: Pipeline, settings: ServerSettings,
-                               tls: list[ServerTls | None],
+                               tls: list[ServerTls | None], proxied: list[bool],
                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     async with trio.open_nursery() as nursery:
-        for sock, sock_tls in zip(listeners, tls, strict=True):
-            await nursery.start(serve_listener, sock, pipeline, settings, sock_tls)
+        for sock, sock_tls, sock_proxied in zip(listeners, tls, proxied, strict=True):
+            await nursery.start(serve_listener, sock, pipeline, settings, sock_tls, sock_proxied)
         task_status.started()
 
 
 def _tls_of(config: Config, listeners: list[socket.socket], server_tls: ServerTls | None) -> list[ServerTls | None]:
     """Per listener socket, the certificates it serves when its listen entry says `ssl`, else None."""
+    return [server_tls if ssl else None for ssl in _flagged(config, listeners, "ssl")]
+
+
+def _flagged(config: Config, listeners: list[socket.socket], flag: str) -> list[bool]:
+    """Per listener socket, whether its listen entry has `flag` (`ssl`, `proxy_protocol`)."""
     listens = [config.gateway.listen] if isinstance(config.gateway.listen, str) else config.gateway.listen
-    ssl_ports: dict[int, set[str]] = {}
+    ports: dict[int, set[str]] = {}
     for entry in listens:
         addr, flags = listen_flags(entry)
         host, port = parse_host_port(addr, None)  # type: ignore[misc]  # validated at load
-        if "ssl" in flags:
-            ssl_ports.setdefault(port, set()).add(_normal_host(host))  # type: ignore[arg-type]
-    out: list[ServerTls | None] = []
+        if flag in flags:
+            ports.setdefault(port, set()).add(_normal_host(host))  # type: ignore[arg-type]
+    out: list[bool] = []
     for sock in listeners:
         host, port = sock.getsockname()[:2]
-        hosts = ssl_ports.get(port, set())
-        out.append(server_tls if _normal_host(host) in hosts or (hosts and len(listens) == 1) else None)
+        hosts = ports.get(port, set())
+        out.append(_normal_host(host) in hosts or bool(hosts and len(listens) == 1))
     return out
 
 

@@ -121,7 +121,7 @@ KONG_CONF: dict[str, str] = {
     "cluster_use_proxy": _not("hybrid mode's connections through proxy_server", _HYBRID),
     # NGINX
     "proxy_listen": _ours("listen", '`listen: ["0.0.0.0:8000", "0.0.0.0:8443 ssl"]` (a list, or one "host:port"); '
-                                    "of the suffixes only `ssl` is supported (http2, proxy_protocol, deferred, bind, "
+                                    "of the suffixes `ssl` and `proxy_protocol` are supported (http2, deferred, bind, "
                                     "reuseport, backlog=, ipv6only= and so_keepalive= are not), and there is no off"),
     "stream_listen": _not("the listeners of stream proxying", _STREAM),
     "admin_listen": _not("the Admin API's listeners", _ADMIN),

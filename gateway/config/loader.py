@@ -586,7 +586,8 @@ def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Lis
                               "the gateway binds a socket per entry and cannot bind both (nginx folds them into one "
                               "socket); remove one, or give it another port")
         for flag in sorted(flags - LISTEN_FLAGS):
-            errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" is)')
+            errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" and '
+                          '"proxy_protocol" are)')
     return proxies
 
 
@@ -761,9 +762,11 @@ def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
             errors.append(f'gateway.trusted_ips[{i}]: expected an IP address or a CIDR (e.g. "10.0.0.0/8", "::1"), '
                           f'got {show(entry)}')
     gw.trusted_ips = [entry for entry in gw.trusted_ips if entry != "unix:"]
-    if gw.real_ip_header.lower() == "proxy_protocol":
-        errors.append("gateway.real_ip_header: proxy_protocol is not supported (the gateway does not read the PROXY "
-                      "protocol); name a header such as X-Forwarded-For or X-Real-IP")
+    if gw.real_ip_header.lower() == "proxy_protocol" and gw.real_ip_header != "proxy_protocol":
+        # nginx's realip takes proxy_protocol in lower case only (strcmp): any other spelling would name a header,
+        # one with an underscore that nginx ignores (underscores_in_headers off), so it would never apply
+        errors.append(f"gateway.real_ip_header: write proxy_protocol in lower case, as nginx's realip reads it, "
+                      f"got {show(gw.real_ip_header)}")
     elif not _TOKEN.match(gw.real_ip_header):
         errors.append(f'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
                       f'got {show(gw.real_ip_header)}')

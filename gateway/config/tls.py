@@ -8,7 +8,8 @@
   protocols) or `custom` with `ssl_ciphers` and `ssl_protocols`, `ssl_session_tickets`, and ours,
   `ssl_handshake_timeout_s`; for the gateway's TLS clients, `client_ssl` / `client_ssl_cert` / `client_ssl_cert_key`
   (to upstreams) and `lua_ssl_trusted_certificate` / `lua_ssl_verify_depth` (its own: probes, Redis, senders).
-- A listen address with ` ssl` (Kong's `proxy_listen = 0.0.0.0:8443 ssl`) terminates TLS.
+- A listen address with ` ssl` (Kong's `proxy_listen = 0.0.0.0:8443 ssl`) terminates TLS; with ` proxy_protocol`
+  its connections start with a PROXY protocol header (gateway.http.proxy_protocol).
 Certificates are checked when the config is compiled (gateway.http.tls_contexts): expired, mismatched or unreadable
 ones are config errors naming the entity.
 """
@@ -72,7 +73,7 @@ def listen_flags(entry: str) -> tuple[str, set[str]]:
     return (parts[0] if parts else ""), set(parts[1:])
 
 
-LISTEN_FLAGS = {"ssl"}
+LISTEN_FLAGS = {"ssl", "proxy_protocol"}  # of kong/conf_loader/listeners.lua's http flags, those built
 NGX_LISTEN_BACKLOG = 511  # nginx's listen without backlog=N on Linux (src/os/unix/ngx_linux_config.h)
 _NGX_MAX_INT_T = 2**63 - 1  # ngx_atoi's limit (NGX_MAX_INT_T_VALUE, 64-bit)
 _INT_MAX = 2**31 - 1

@@ -41,7 +41,7 @@ class Conn:
     returned (c->sent), which a client that went away mid-response never got all of."""
 
     __slots__ = ("sock", "_budget", "peer", "closed", "reset", "send_timer", "send_timeout", "listen_port", "serial",
-                 "requests", "heard", "unsent")
+                 "requests", "heard", "unsent", "proxied")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
     server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
@@ -62,6 +62,8 @@ class Conn:
         # answering before it read the whole request): this is called then, and may raise to end the write.
         self.heard: Callable[[], None] | None = None
         self.unsent = 0  # of the last write that raised: the bytes the kernel did not take (set only then)
+        # a client connection on a proxy_protocol listener: the client its PROXY header names (realip.proxied_client)
+        self.proxied: tuple[str, int] | None = None
 
     async def recv(self) -> bytes:
         """Bytes that are ready, waiting for some if none are; b"" when the peer closed or reset."""

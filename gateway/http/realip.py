@@ -11,8 +11,13 @@ ngx_http_get_forwarded_addr, step for step, with its address parser (ngx_parse_a
 ngx_inet6_addr) and the address written back as nginx writes $remote_addr (ngx_sock_ntop: an IPv4-mapped address as
 `::ffff:1.2.3.4`).
 
-Sans-I/O: `ClientAddress.resolve(peer, headers)` -> (client address, whether the peer is trusted);
-`ClientAddress.forwarded_port(peer, port, headers)` -> the client port (Kong's kong.client.get_forwarded_port).
+With `real_ip_header: proxy_protocol` (nginx's NGX_HTTP_REALIP_PROXY) no header is read: a trusted peer's client is
+the source address and port of the PROXY protocol header its connection began with (`proxied_client`, once per
+connection), on a listener with the `proxy_protocol` flag; elsewhere, or for a header without an address, the peer.
+
+Sans-I/O: `ClientAddress.resolve(peer, headers, proxied)` -> (client address, whether the peer is trusted);
+`ClientAddress.forwarded_port(peer, port, headers, proxied)` -> the client port (Kong's
+kong.client.get_forwarded_port).
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ class AddressSet:
 class ClientAddress:
     """The realip settings of one config load."""
 
-    __slots__ = ("trusted", "header", "forwarded_for", "recursive")
+    __slots__ = ("trusted", "header", "forwarded_for", "recursive", "proxy_protocol")
 
     def __init__(self, trusted_ips: Iterable[str], header: str, recursive: bool) -> None:
         self.trusted = AddressSet(parse_network(t) for t in trusted_ips)
@@ -102,21 +107,27 @@ class ClientAddress:
         # nginx's realip reads every X-Forwarded-For line only for the header spelled so (ngx_http_realip: strcmp)
         self.forwarded_for = header == "X-Forwarded-For"
         self.recursive = recursive
+        self.proxy_protocol = header == "proxy_protocol"  # (strcmp too: any other spelling is a header's name)
 
-    def resolve(self, peer: str, headers: Headers) -> tuple[str, bool]:
+    def resolve(self, peer: str, headers: Headers, proxied: tuple[str, int] | None = None) -> tuple[str, bool]:
         """(the client's address, whether the socket peer is trusted): nginx's $remote_addr, Kong's
-        kong.client.get_forwarded_ip()."""
+        kong.client.get_forwarded_ip(). `proxied`: the connection's PROXY protocol client (proxied_client)."""
         if peer not in self.trusted:
             return peer, False
+        if self.proxy_protocol:
+            return (proxied[0] if proxied is not None else peer), True
         found = self._forwarded(peer, headers)
         return (ntop(found[0]) if found is not None else peer), True
 
-    def forwarded_port(self, peer: str, port: int | None, headers: Headers) -> int | None:
+    def forwarded_port(self, peer: str, port: int | None, headers: Headers,
+                       proxied: tuple[str, int] | None = None) -> int | None:
         """The client's port as nginx's $remote_port says it after realip (Kong's kong.client.get_forwarded_port()):
         the socket peer's `port`, unless a trusted peer's header gave the address: then the port written with it, or
-        None for an address without one."""
+        None for an address without one; the PROXY protocol header's source port with proxy_protocol."""
         if peer not in self.trusted:
             return port
+        if self.proxy_protocol:
+            return proxied[1] if proxied is not None else port
         found = self._forwarded(peer, headers)
         return found[1] if found is not None else port
 
@@ -177,6 +188,14 @@ class ClientAddress:
             end = p - 1
             if not (self.recursive and p > 0):
                 return _OK, addr
+
+
+def proxied_client(source: str | None, port: int) -> tuple[str, int] | None:
+    """The client a PROXY protocol header names, as realip makes it $remote_addr and $remote_port: its source
+    address read by ngx_parse_addr_port (a text nginx does not take there leaves the peer's: None), written as
+    nginx writes addresses, with the header's source port (ngx_inet_set_port, whatever port the text had)."""
+    found = _parse_addr_port(source.encode()) if source else None
+    return (ntop(found[0]), port) if found is not None else None
 
 
 def _parse_addr_port(text: bytes) -> tuple[Address, int | None] | None:

@@ -47,6 +47,8 @@ from gateway.http.kong_errors import (
 from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import Shedder, SpareFd, shed
 from gateway.http.net import Conn
+from gateway.http.proxy_protocol import BrokenHeader, read_header
+from gateway.http.realip import proxied_client
 from gateway.http.timers import ConnTimer, Phase, Timers
 from gateway.http.tls import PlainHttpOnTlsPort, TlsError, plain_http_answer, server_handshake
 from gateway.http.tls_contexts import ServerTls
@@ -599,12 +601,13 @@ Handler = Callable[[Exchange], Awaitable[None]]
 
 
 async def serve_listener(listener: socket.socket, handler: Handler, settings: ServerSettings,
-                         tls: ServerTls | None = None,
+                         tls: ServerTls | None = None, proxy_protocol: bool = False,
                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Accept connections until cancelled; each runs `handle_connection` in this nursery (after a TLS handshake on
-    a listener with `tls`). At max_connections (all listeners of the worker together) a new connection takes the
-    place of the oldest reusable ones (ConnectionSet.reuse); with none, or out of descriptors, it is answered a
-    fast 503 and closed (gateway.http.limits), never left waiting in the queue."""
+    """Accept connections until cancelled; each runs `handle_connection` in this nursery (after its PROXY protocol
+    header on a listener with `proxy_protocol`, then a TLS handshake on one with `tls`). At max_connections (all
+    listeners of the worker together) a new connection takes the place of the oldest reusable ones
+    (ConnectionSet.reuse); with none, or out of descriptors, it is answered a fast 503 and closed
+    (gateway.http.limits), never left waiting in the queue."""
     connections = settings.connections
     max_connections = settings.max_connections
     spare = connections.spare_fd()
@@ -650,7 +653,7 @@ async def serve_listener(listener: socket.socket, handler: Handler, settings: Se
                 conn.listen_port = listen_port
                 conn.serial = next(_SERIALS)
                 connections.opened()
-                nursery.start_soon(_connection_task, conn, handler, settings, tls)
+                nursery.start_soon(_connection_task, conn, handler, settings, tls, proxy_protocol)
 
 
 def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool | None:
@@ -672,8 +675,11 @@ def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool | None:
     return True
 
 
-async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None) -> None:
+async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None,
+                           proxy_protocol: bool) -> None:
     try:
+        if proxy_protocol and not await _proxy_header(conn, settings):
+            return
         if tls is not None:
             tls_conn = None
             plain = False
@@ -689,6 +695,7 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
             elif tls_conn is None:
                 return
             else:
+                tls_conn.proxied = conn.proxied
                 conn = tls_conn
         if await handle_connection(conn, handler, settings):
             await _linger(conn, settings.connections)
@@ -700,6 +707,31 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
     finally:
         conn.close()
         settings.connections.closed(conn)
+
+
+async def _proxy_header(conn: Conn, settings: ServerSettings) -> bool:
+    """Read the PROXY protocol header a connection on a `proxy_protocol` listener starts with, within header_timeout
+    (nginx's client_header_timeout), and keep the client it names (conn.proxied); False when the connection is to
+    close unanswered, as nginx closes it: the header is broken, late or missing. Meanwhile the connection is
+    reusable, as nginx's waiting for it is (ngx_http_wait_request_handler, ngx_http_ssl_handshake)."""
+    reusable = settings.connections.reusable
+    reusable[conn] = None
+    try:
+        with trio.move_on_after(settings.header_timeout):
+            header = await read_header(conn)
+            conn.proxied = proxied_client(header.source, header.source_port)
+            return True
+        TIMEOUTS.labels("client_header").inc()
+        log.info("client %s sent no whole PROXY protocol header within header_timeout_s (%gs): connection closed",
+                 conn.peer, settings.header_timeout)
+    except BrokenHeader as e:
+        log.error("%s from %s on a proxy_protocol listener: connection closed (is the balancer in front sending "
+                  "the PROXY protocol, e.g. HAProxy's send-proxy-v2?)", e, conn.peer)
+    except (EOFError, OSError) as e:
+        log.info("client %s %s", conn.peer, e)
+    finally:
+        reusable.pop(conn, None)
+    return False
 
 
 def _plain_http_on_tls(head: bytes) -> Handler:

@@ -37,7 +37,8 @@ class Pipeline:
             req = ex.request
             runtime = self.runtime
             if runtime.client_address is not None:
-                ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers)
+                ex.client_ip, ex.peer_trusted = runtime.client_address.resolve(ex.client_ip, req.headers,
+                                                                               ex.conn.proxied)
             host = req.host  # as it arrived: policies run after routing
             router = runtime.router
             if router.needs_conn:  # a route's hosts name a port (the listener's), or a route has snis

@@ -306,7 +306,7 @@ def test_trust_forwarded_is_gone_with_a_message_saying_what_replaces_it():
                                    '"::1"), got "10.0.0.0/40"'),
     ("trusted_ips: ['unix:/run/lb.sock']", 'gateway.trusted_ips[0]: expected an IP address or a CIDR (e.g. '
                                            '"10.0.0.0/8", "::1"), got "unix:/run/lb.sock"'),
-    ("real_ip_header: proxy_protocol", "gateway.real_ip_header: proxy_protocol is not supported"),
+    ("real_ip_header: PROXY_PROTOCOL", "gateway.real_ip_header: write proxy_protocol in lower case"),
     ("real_ip_header: 'X Forwarded'", 'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
                                       'got "X Forwarded"'),
 ])

@@ -267,10 +267,11 @@ class Zipkin:
         await self.sender.send(spans.batch(batch), CONTENT_TYPE)
 
     def _client_port(self, ex: Exchange) -> int | None:
-        """kong.client.get_forwarded_port(): the socket's, or the port a trusted peer's real_ip_header gave."""
+        """kong.client.get_forwarded_port(): the socket's, or the port a trusted peer's real_ip_header (or PROXY
+        protocol header) gave."""
         port = ex.conn.peer[1] if ex.conn.peer else None
         if ex.peer_trusted and self.client is not None:
-            return self.client.forwarded_port(ex.peer_ip, port, ex.request.headers)
+            return self.client.forwarded_port(ex.peer_ip, port, ex.request.headers, ex.conn.proxied)
         return port
 
 
