@@ -13,19 +13,12 @@ from dataclasses import dataclass, field
 
 from gateway.config.schema import Healthchecks
 from gateway.health.machine import Event, Thresholds
+from gateway.lua_socket import socket_timeout
 
 TCP_FAILURE = "tcp_failure"
 TIMEOUT = "timeout"
 Outcome = int | str  # an HTTP status code, or TCP_FAILURE / TIMEOUT
 NGINX_DEFAULTS = {"interval_s": 30.0, "rise": 2, "fall": 5}  # nginx_upstream_check_module's `check` defaults
-LUA_SOCKET_TIMEOUT_S = 60.0  # ngx's lua_socket_connect/send/read_timeout default (Kong's template leaves it)
-
-
-def socket_timeout(seconds: float) -> float:
-    """The timeout a probe's socket gets for `seconds`, as lua-resty-healthcheck's `sock:settimeout(timeout * 1000)`:
-    whole milliseconds, and 0 of them (a timeout under 1 ms) means ngx's default, 60 s."""
-    ms = int(seconds * 1000)
-    return ms / 1000 if ms > 0 else LUA_SOCKET_TIMEOUT_S
 
 
 @dataclass(frozen=True)

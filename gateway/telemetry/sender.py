@@ -25,12 +25,12 @@ from gateway.http.codec import END, LENGTH, NEED_DATA, ProtocolError, Response
 from gateway.http.codec_llhttp import LlhttpClient
 from gateway.http.net import NameNotResolved, open_tcp_stream
 from gateway.http.tls_contexts import client_context
+from gateway.lua_socket import socket_timeout
 
 # a collector's answer is read (for its status) and discarded up to this much; past it, a 2xx answer is delivered
 # and its connection closed, any other is a SendError
 MAX_RESPONSE_BYTES = 1 << 20
 POOL_SIZE = 30  # idle connections a sender keeps: ngx_lua's lua_socket_pool_size, which Kong's senders' pools have
-LUA_SOCKET_TIMEOUT_S = 60.0  # ngx_lua's lua_socket_connect/send/read_timeout default (Kong's template sets none)
 C = TypeVar("C")
 
 
@@ -87,14 +87,6 @@ def _unparsable(error: ValueError) -> str:
     if "IPv6" in text:
         return "a [ or ] of the host is unbalanced (an IPv6 address is written http://[::1]:8080/)"
     return "it cannot be split into scheme, host and path"
-
-
-def socket_timeout(seconds: float) -> float:
-    """A phase's bound as a cosocket's settimeouts takes it (lua-nginx-module ngx_http_lua_socket_tcp.c
-    settimeouts: `if (connect_timeout > 0) ... else u->connect_timeout = u->conf->connect_timeout`): a timeout of
-    0 whole milliseconds (0, or under 1 ms, which ngx_lua truncates to 0) is ngx_lua's default, 60 s, not a deadline
-    already past."""
-    return seconds if seconds >= 0.001 else LUA_SOCKET_TIMEOUT_S
 
 
 def kept_alive(idle_since: float, keepalive: float) -> bool:
