@@ -24,6 +24,7 @@ import functools
 import re
 import types
 import typing
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 import msgspec
@@ -56,33 +57,64 @@ def unset_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
     takes that default; nested Structs too (routes under a service, healthchecks). A null stays where the field
     takes None, and where it has no default (msgspec refuses it); one on a field of the Struct's NULL_REFUSED is
     refused here. `value` itself, unchanged, when there is nothing to do."""
+    return _nulls(value, typ, path, errors, _entity_rules, maps=False)
+
+
+def kong_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
+    """A plugin's config (`value`, as `typ` decodes it) with each null as Kong's plugin code reads it (nil): kept
+    where the field takes None, the Struct's NULL_AS value where it names the field, refused (one message appended
+    to `errors`) on any other field with a default; nested records, and lists and maps of them, too. `value`
+    itself, unchanged, when there is nothing to do."""
+    return _nulls(value, typ, path, errors, _plugin_rules, maps=True)
+
+
+_UNSET: Any = object()  # a rule: the key is dropped, so the field takes its default
+
+
+class _Refused(typing.NamedTuple):
+    """A rule: a null there is refused, with this message (after the field's path)."""
+    message: str
+
+
+def _nulls(value: Any, typ: Any, path: str, errors: list[str],
+           rules_of: Callable[[type[msgspec.Struct]], dict[str, Any]], maps: bool) -> Any:
+    """`value` with each null field of a Struct (nested in Structs, lists, unions of one Struct, and with `maps`
+    dicts) rewritten by its rule: _UNSET drops the key, _Refused reports it (and drops it), anything else is the
+    value it becomes. `value` itself, unchanged, when there is nothing to do."""
     inner = _unwrap(typ)
-    if isinstance(value, list) and typing.get_origin(inner) is list:
-        if not any(isinstance(v, dict) for v in value):
+    origin = typing.get_origin(inner)
+    if isinstance(value, list) and origin is list:
+        if not any(isinstance(v, dict | list) for v in value):
             return value  # (paths, tags: no entity in them)
         (item_type,) = typing.get_args(inner) or (Any,)
-        changed = [unset_nulls(v, item_type, f"{path}[{i}]", errors) for i, v in enumerate(value)]
-        return changed if any(new is not old for new, old in zip(changed, value, strict=True)) else value
-    if typing.get_origin(inner) in (Union, types.UnionType):  # `str | SniEntity`: a mapping is the Struct
+        items = [_nulls(v, item_type, f"{path}[{i}]", errors, rules_of, maps) for i, v in enumerate(value)]
+        return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
+    if maps and isinstance(value, dict) and origin is dict:
+        value_type = (typing.get_args(inner) or (Any, Any))[1]
+        entries = {k: _nulls(v, value_type, join_path(path, key_part(k)), errors, rules_of, maps)
+                   for k, v in value.items()}
+        return entries if any(entries[k] is not v for k, v in value.items()) else value
+    if origin in (Union, types.UnionType):  # `str | SniEntity`: a mapping is the Struct
         structs = [t for t in map(_unwrap, typing.get_args(inner))
                    if isinstance(t, type) and issubclass(t, msgspec.Struct)]
         inner = structs[0] if len(structs) == 1 else inner
     if not (isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, msgspec.Struct)):
         return value
-    nullable = _nullable_fields(inner)
+    rules = rules_of(inner)
     hints = _field_types(inner)
     out: dict[Any, Any] | None = None
     for key, item in value.items():
         if item is None:
-            unset = nullable.get(key)
-            if unset is None:
+            rule = rules.get(key)
+            if rule is None:
                 continue  # unknown, takes None, or has no default: msgspec says what it is
-            if unset is _REFUSED:
-                errors.append(f"{join_path(path, key_part(key))}: required field missing (Kong refuses null here; "
-                              "remove the key for its default)")
-            new = _UNSET
+            if isinstance(rule, _Refused):
+                errors.append(f"{join_path(path, key_part(key))}: {rule.message}")
+                new = _UNSET
+            else:
+                new = rule if rule is _UNSET else copy.deepcopy(rule)
         elif isinstance(item, dict | list) and key in hints:
-            new = unset_nulls(item, hints[key], join_path(path, key_part(key)), errors)
+            new = _nulls(item, hints[key], join_path(path, key_part(key)), errors, rules_of, maps)
             if new is item:
                 continue
         else:
@@ -96,92 +128,49 @@ def unset_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
     return value if out is None else out
 
 
-_UNSET: Any = object()
-_REFUSED: Any = object()
+_REQUIRED = _Refused("required field missing (Kong refuses null here; remove the key for its default)")
 
 
 @functools.cache
-def _nullable_fields(cls: type[msgspec.Struct]) -> dict[str, Any]:
-    """The fields of `cls` where a null is not given to msgspec, by the name a document uses: _UNSET (the key is
-    dropped: the field has a default and does not take None) or _REFUSED (NULL_REFUSED: Kong's required)."""
+def _entity_rules(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """An entity's null rules by the name a document uses: _UNSET (the field has a default and does not take None)
+    or _REQUIRED (NULL_REFUSED: Kong's required)."""
     hints = typing.get_type_hints(cls, include_extras=True)
     refused: frozenset[str] = getattr(cls, "NULL_REFUSED", frozenset())
     out: dict[str, Any] = {}
     for f in msgspec.structs.fields(cls):
         if f.encode_name in refused:
-            out[f.encode_name] = _REFUSED
+            out[f.encode_name] = _REQUIRED
         elif (f.default is not msgspec.NODEFAULT or f.default_factory is not msgspec.NODEFAULT) \
                 and not _takes_none(hints[f.name]):
             out[f.encode_name] = _UNSET
     return out
 
 
-def kong_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
-    """A plugin's config (`value`, as `typ` decodes it) with each null as Kong's plugin code reads it (nil): kept
-    where the field takes None, the Struct's NULL_AS value where it names the field, refused (one message appended
-    to `errors`) on any other field with a default; nested records, and lists and maps of them, too. `value`
-    itself, unchanged, when there is nothing to do."""
-    inner = _unwrap(typ)
-    origin = typing.get_origin(inner)
-    if isinstance(value, list) and origin is list:
-        if not any(isinstance(v, dict | list) for v in value):
-            return value
-        (item_type,) = typing.get_args(inner) or (Any,)
-        items = [kong_nulls(v, item_type, f"{path}[{i}]", errors) for i, v in enumerate(value)]
-        return items if any(new is not old for new, old in zip(items, value, strict=True)) else value
-    if isinstance(value, dict) and origin is dict:
-        value_type = (typing.get_args(inner) or (Any, Any))[1]
-        entries = {k: kong_nulls(v, value_type, join_path(path, key_part(k)), errors) for k, v in value.items()}
-        return entries if any(entries[k] is not v for k, v in value.items()) else value
-    if not (isinstance(value, dict) and isinstance(inner, type) and issubclass(inner, msgspec.Struct)):
-        return value
-    rules = _null_rules(inner)
-    hints = _field_types(inner)
-    out: dict[Any, Any] | None = None
-    for key, item in value.items():
-        if item is None:
-            rule = rules.get(key)
-            if rule is None:
-                continue  # unknown, takes None, or has no default: msgspec says what it is
-            if isinstance(rule, _Refused):
-                errors.append(f"{join_path(path, key_part(key))}: null is refused here: Kong reads it as no value "
-                              f"(nil) or refuses it, never as the default{rule.shown}; give a value, or remove the key "
-                              "for the default")
-                continue
-            new = copy.deepcopy(rule)
-        elif isinstance(item, dict | list) and key in hints:
-            new = kong_nulls(item, hints[key], join_path(path, key_part(key)), errors)
-            if new is item:
-                continue
-        else:
-            continue
-        if out is None:
-            out = dict(value)
-        out[key] = new
-    return value if out is None else out
-
-
-class _Refused(typing.NamedTuple):
-    shown: str  # " <the default>" as a message shows it, or "" for a record or list of them
-
-
 @functools.cache
-def _null_rules(cls: type[msgspec.Struct]) -> dict[str, Any]:
-    """What a null becomes on each field of `cls` where it is not None, by the name a document uses: the value of
-    the Struct's NULL_AS (what Kong's code makes of nil there), or _Refused (a field with a default nil is not)."""
+def _plugin_rules(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """A plugin config's null rules by the name a document uses: the value of the Struct's NULL_AS (what Kong's
+    code makes of nil there), or _Refused (a field with a default nil is not)."""
     hints = typing.get_type_hints(cls, include_extras=True)
     null_as: dict[str, Any] = getattr(cls, "NULL_AS", {})
     out: dict[str, Any] = {}
     for f in msgspec.structs.fields(cls):
         if f.encode_name in null_as:
             out[f.encode_name] = null_as[f.encode_name]
-        elif f.default is not msgspec.NODEFAULT and not _takes_none(hints[f.name]):
-            out[f.encode_name] = _Refused(f" {_shown(f.default)}")
-        elif f.default_factory is not msgspec.NODEFAULT and not _takes_none(hints[f.name]):
+            continue
+        if _takes_none(hints[f.name]):
+            continue
+        if f.default is not msgspec.NODEFAULT:
+            shown = f" {_shown(f.default)}"
+        elif f.default_factory is not msgspec.NODEFAULT:
             default = f.default_factory()
             scalars = isinstance(default, list) and not any(isinstance(v, dict | list | msgspec.Struct)
                                                             for v in default)
-            out[f.encode_name] = _Refused(f" {_shown(default)}" if scalars else "")
+            shown = f" {_shown(default)}" if scalars else ""
+        else:
+            continue
+        out[f.encode_name] = _Refused(f"null is refused here: Kong reads it as no value (nil) or refuses it, never as "
+                                      f"the default{shown}; give a value, or remove the key for the default")
     return out
 
 
