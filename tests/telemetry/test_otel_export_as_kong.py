@@ -31,51 +31,12 @@ def _compile(plugin_config: dict) -> None:
 
 
 class _Collector:
-    """A collector on 127.0.0.1 answering every request with `answer`, keeping the raw requests."""
+    """A collector on 127.0.0.1 answering every request with `answer`, keeping the raw request heads; over TLS with
+    `context`."""
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, context: ssl.SSLContext | None = None) -> None:
         self.answer = answer
-        self.port = 0
-        self.requests: list[bytes] = []
-
-    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.port = listeners[0].socket.getsockname()[1]
-        task_status.started()
-        await trio.serve_listeners(self._one, listeners)
-
-    async def _one(self, stream: trio.SocketStream) -> None:
-        buffer = b""
-        try:
-            while b"\r\n\r\n" not in buffer:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                buffer += chunk
-            head, _, rest = buffer.partition(b"\r\n\r\n")
-            m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
-            length = int(m.group(1)) if m else 0
-            while len(rest) < length:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    return
-                rest += chunk
-            self.requests.append(head)
-            await stream.send_all(self.answer)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            await stream.aclose()
-
-
-class TlsCollector:
-    """A collector over TLS on 127.0.0.1, its certificate (for "localhost") issued by a CA of its own (`ca`), which
-    no trust store holds unless given it: it records each request head it got and answers 200."""
-
-    def __init__(self) -> None:
-        self.ca = trustme.CA()
-        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(self.context)
+        self.context = context
         self.port = 0
         self.requests: list[bytes] = []
 
@@ -86,21 +47,40 @@ class TlsCollector:
         await trio.serve_listeners(self._one, listeners)
 
     async def _one(self, raw: trio.SocketStream) -> None:
-        stream = trio.SSLStream(raw, self.context, server_side=True)
+        stream: trio.abc.Stream = raw if self.context is None else trio.SSLStream(raw, self.context, server_side=True)
+        buffer = b""
         try:
             with trio.move_on_after(5):
-                data = b""
-                while b"\r\n\r\n" not in data:
+                while b"\r\n\r\n" not in buffer:
                     chunk = await stream.receive_some(65536)
                     if not chunk:
                         return
-                    data += chunk
-                self.requests.append(data)
-                await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    buffer += chunk
+                head, _, rest = buffer.partition(b"\r\n\r\n")
+                m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.IGNORECASE)
+                length = int(m.group(1)) if m else 0
+                while len(rest) < length:
+                    chunk = await stream.receive_some(65536)
+                    if not chunk:
+                        return
+                    rest += chunk
+                self.requests.append(head)
+                await stream.send_all(self.answer)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
             pass
         finally:
             await trio.aclose_forcefully(stream)
+
+
+class TlsCollector(_Collector):
+    """A collector over TLS on 127.0.0.1, its certificate (for "localhost") issued by a CA of its own (`ca`), which
+    no trust store holds unless given it: it records each request head it got and answers 200."""
+
+    def __init__(self) -> None:
+        self.ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("localhost", "127.0.0.1").configure_cert(context)
+        super().__init__(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", context)
 
 
 @pytest.fixture
