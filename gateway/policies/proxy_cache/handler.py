@@ -58,6 +58,7 @@ from gateway.http.ids import new_request_id, x_request_id
 from gateway.http.kong_headers import PROXIED
 from gateway.http.server import Exchange
 from gateway.policies.header_list import set_header
+from gateway.policies.llm_request import raw_body
 from gateway.policies.proxy_cache import cache_key
 from gateway.policies.proxy_cache.entry import VERSION, Entry, decode, encode, sent_names, stored_number
 from gateway.policies.proxy_cache.rules import Rules, header_value, parse_directives
@@ -67,7 +68,6 @@ from gateway.stores.cache import ENTRY_LIMIT
 log = logging.getLogger("gateway.policies.proxy_cache")
 
 STATE_KEY = "proxy-cache"  # ex.state: the request's _Pending
-REQUEST_BODY_LIMIT = 8192  # a request body Kong keeps in the entry: nginx's client_body_buffer_size (8k)
 # Not served from a stored entry (Kong's hop_by_hop_headers, with content-length), nor the headers the plugin sets
 _NOT_SERVED = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                          b"trailers", b"transfer-encoding", b"upgrade", b"content-length", b"age", b"x-cache-status",
@@ -158,8 +158,7 @@ class ProxyCache:
             if self.cache_control and b"only-if-cached" in cc:
                 await ex.respond_error_page(504)  # kong.response.exit(504): no body, so nginx's error page
                 return True
-            body, whole = await ex.read_body(REQUEST_BODY_LIMIT)
-            pending.req_body = body if whole else None
+            pending.req_body = await raw_body(ex, 0)  # Kong's get_raw_body(): the body nginx kept in memory
             self._signal(ex, pending, key, b"Miss")
             return False
         entry = decode(raw)

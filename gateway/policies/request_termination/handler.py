@@ -26,15 +26,13 @@ from gateway.http.uri_args import add_arg, uri_args
 from gateway.policies import cjson
 from gateway.policies.consumers import JSON_UTF8
 from gateway.policies.header_list import escape_value, lookup, request_header
+from gateway.policies.llm_request import raw_body
 from gateway.policies.request_body import get_body
 from gateway.policies.request_termination.schema import RequestTerminationConfig
 from gateway.routing.normalize import normalize_path
 
 DEFAULT_RESPONSE = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
                     500: "An unexpected error occurred", 502: "Bad Gateway", 503: "Service unavailable"}
-# bytes of a request body an echo reads back: Kong's get_raw_body has none of a body past nginx's
-# client_body_buffer_size (Kong's default 8k), which nginx wrote to a file
-ECHO_BODY_LIMIT = 8 * 1024
 MAX_ARGS = 100  # ngx.req.get_uri_args' and get_headers' default count, which Kong's get_query and get_headers keep
 NGINX_CLOSES = frozenset({400, 413, 414, 495, 496, 497, 500, 501})  # nginx turns keep-alive off for these
 
@@ -128,7 +126,9 @@ class RequestTermination:
     async def _echo(self, ex: Exchange) -> dict[str, Any]:
         """The document of Kong's echo; a key whose value is nil in Kong is left out (cjson writes none)."""
         req = ex.request
-        raw, whole = await ex.read_body(ECHO_BODY_LIMIT)
+        # Kong's get_raw_body(): the body when nginx kept it in memory (gateway.policies.llm_request.in_memory: a
+        # Content-Length body up to 8k + 25% of a buffer past its preread, a chunked one's 8k raw), none from a file
+        raw = await raw_body(ex, 0)
         headers: dict[str, Any] = {}
         for name, value in req.headers[:MAX_ARGS]:
             add_arg(headers, _text(name), _text(value))
@@ -141,7 +141,7 @@ class RequestTermination:
             "query": query(req.target), "method": _text(req.method),
             "path": _text(normalize_path(req.target.partition(b"?")[0])),
             "uri_captures": _captures(ex.uri_captures())}
-        if whole:
+        if raw is not None:
             request["raw_body"] = _text(raw)
             parsed = get_body(request_header(req.headers, b"content-type"), raw)
             if parsed is not None:
