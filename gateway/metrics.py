@@ -2,9 +2,10 @@
 
 The root points PROMETHEUS_MULTIPROC_DIR at run/metrics before it starts any child, so every process's metrics land
 in files there and the status server's /metrics reads them all (gateway.status.collect). The counters and histograms
-of processes that have exited keep counting in the sums, so totals survive worker crashes and reloads: before a
-scrape the status server folds their files into one archive per type (`fold_dead_processes`), so the files do not
-pile up; gauges are of live processes only (it removes a dead process's live gauge files then). The state keeper's
+of processes that have exited keep counting in the sums, so totals survive worker crashes and reloads: as they exit,
+the root folds their files into one archive per type (`retire_dead_processes`; a scrape folds too), so the files
+follow the live processes whether or not anything scrapes; gauges are of live processes only (a dead process's live
+gauge files are removed then). The state keeper's
 target health and breaker states, whose label sets go with the config, are not in those files, which cannot forget
 one: the keeper publishes them whole (`StateGauge`). The files' pages are allocated when a file is made or grown
 (`AllocatedDict`): on a full disk a process leaves out of them what they have no room for and serves on, where
@@ -207,6 +208,10 @@ KONG_NGINX_TIMERS = Gauge("kong_nginx_timers", "Number of nginx timers", ["state
 
 REQUESTS = Counter("gateway_requests_total", "Requests answered by the gateway (routed or not), by route and status",
                    ["route", "code"])
+# nginx's stub status `requests` (ngx_stat_requests), which kong_nginx_requests_total and /status total_requests are:
+# counted as a request's first bytes come (ngx_http_create_request), so one in progress is in it already
+REQUESTS_STARTED = Counter("gateway_requests_started_total", "Client requests begun (their first bytes came), "
+                           "answered or not yet")
 TARGET_REQUESTS = Counter("gateway_upstream_requests_total", "Tries of upstream targets, by outcome: the response "
                           "status, or connect_failure / timeout / error", ["upstream", "target", "code"])
 TARGET_LATENCY = Histogram("gateway_upstream_latency_ms", "Time from sending a request to a target to its response "
@@ -214,7 +219,7 @@ TARGET_LATENCY = Histogram("gateway_upstream_latency_ms", "Time from sending a r
 TARGET_ACTIVE = Gauge("gateway_upstream_active_requests", "Requests in progress on a target (sum over workers, "
                       "sampled every second)", ["upstream", "target"], multiprocess_mode="livesum")
 CONNECTIONS = Gauge("gateway_connections", "Client connections by state: active, reading (a request head), "
-                    "writing (a request in progress), waiting (idle keep-alive)", ["state"],
+                    "writing (a request in progress), waiting (no byte yet, or idle keep-alive)", ["state"],
                     multiprocess_mode="livesum")
 ACCEPTED = Counter("gateway_connections_accepted_total", "Client connections accepted")
 BREAKER_TRANSITIONS = Counter("gateway_circuit_breaker_transitions_total", "Circuit breaker transitions per target",
@@ -568,8 +573,8 @@ RECORDER = Recorder()
 # live ones are removed, and the gateway has no others).
 ARCHIVED = frozenset({"counter", "histogram", "summary", "gauge_sum"})
 ARCHIVE = "archive"
-# Folding and reading the files exclude each other; both happen in the root only (the status server), so a lock of
-# its own suffices.
+# Folding and reading the files exclude each other; both happen in the root only (its status server, and its tidying
+# as processes exit: gateway.node.root), so a lock of its own suffices.
 FILES_LOCK = threading.Lock()
 
 
@@ -618,11 +623,11 @@ def sweep_dead_processes(path: str) -> list[int]:
         pid = int(pid_text)
         if pid == os.getpid() or _alive(pid):
             continue
-        if state:
-            with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(FileNotFoundError):  # (removed meanwhile by another sweep)
+            if state:
                 os.remove(os.path.join(path, name))
-        else:
-            multiprocess.mark_process_dead(pid, path)
+            else:
+                multiprocess.mark_process_dead(pid, path)
         if pid not in dead:
             dead.append(pid)
     return dead
@@ -633,27 +638,41 @@ def fold_dead_processes(path: str) -> list[int]:
     FILES_LOCK (it waits for a scrape reading the files: call it in a thread); returns their pids. Only the root
     may fold (the lock is its own)."""
     with FILES_LOCK:
+        return _fold_dead(path)
+
+
+def retire_dead_processes(path: str) -> list[int]:
+    """`sweep_dead_processes` and `fold_dead_processes` at once, holding FILES_LOCK (no scrape reads a file the
+    sweep removes: call it in a thread): what the root runs as processes exit, so run/metrics follows the live
+    processes whether or not anything scrapes. Returns the pids whose files were removed or folded."""
+    with FILES_LOCK:
+        swept = sweep_dead_processes(path)
+        return sorted({*swept, *_fold_dead(path)})
+
+
+def _fold_dead(path: str) -> list[int]:
+    """fold_dead_processes, FILES_LOCK held."""
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return []
+    files: defaultdict[int, list[str]] = defaultdict(list)
+    for name in names:
+        kind, _, pid = name[:-3].rpartition("_")
+        if name.endswith(".db") and kind in ARCHIVED and pid.isdigit():
+            files[int(pid)].append(name)
+    dead = [pid for pid in files if pid != os.getpid() and not _alive(pid)]
+    if dead:
         try:
-            names = os.listdir(path)
-        except OSError:
+            fold_files(path, [name for pid in dead for name in files[pid]])
+        except OSError as error:  # the files stay as they were, counted as before, folded at a later try
+            _log_no_room(os.path.join(path, f"*_{ARCHIVE}.db"), error, "the files of exited processes stay, "
+                         "counted as they are, until a later fold can take them")
             return []
-        files: defaultdict[int, list[str]] = defaultdict(list)
-        for name in names:
-            kind, _, pid = name[:-3].rpartition("_")
-            if name.endswith(".db") and kind in ARCHIVED and pid.isdigit():
-                files[int(pid)].append(name)
-        dead = [pid for pid in files if pid != os.getpid() and not _alive(pid)]
-        if dead:
-            try:
-                fold_files(path, [name for pid in dead for name in files[pid]])
-            except OSError as error:  # the files stay as they were, counted as before, folded at a later scrape
-                _log_no_room(os.path.join(path, f"*_{ARCHIVE}.db"), error, "the files of exited processes stay, "
-                             "counted as they are, until a scrape can fold them")
-                return []
-            except Exception:
-                log.exception("metrics: folding the files of exited processes failed")
-                return []
-        return dead
+        except Exception:
+            log.exception("metrics: folding the files of exited processes failed")
+            return []
+    return dead
 
 
 def fold_files(path: str, names: list[str]) -> None:

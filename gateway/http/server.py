@@ -151,6 +151,8 @@ class ConnectionSet:
     def __init__(self) -> None:
         self.active = 0
         self.accepted = 0  # ever (metrics: kong_nginx_connections_total{state="accepted"})
+        # requests begun, ever: counted at their first bytes, as nginx's ngx_stat_requests (kong_nginx_requests_total)
+        self.requests = 0
         self.draining = False
         # nginx's reusable connections (ngx_reusable_connection): accepted and silent so far, kept alive between
         # requests, or lingering after their answer; oldest first (insertion order). A connection is in it only while
@@ -791,16 +793,21 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                             if ev is NEED_DATA:
                                 head_at = clock()
                                 timer.set_until(head_at + settings.header_timeout, Phase.HEAD)
+                                connections.requests += 1  # (a head in pieces counts from its first bytes)
                         while ev is NEED_DATA:
                             data = await conn.recv()
                             if timer.phase == Phase.NEW:  # (a connection that never sends a byte is closed unanswered)
                                 timer.phase = Phase.HEAD
                                 del reusable[conn]
                                 head_at = clock()
+                                if data:  # nginx's request begins, counted, with its first bytes
+                                    connections.requests += 1  # (ngx_http_wait_request_handler)
                             codec.receive_data(data)
                             ev = codec.next_event()
                     except ProtocolError as e:
                         log.debug("bad request from %s: %s", conn.peer, e)
+                        if not head_at:  # (it came whole: not counted yet)
+                            connections.requests += 1
                         await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at, e.headers)
                         return e.status in _LINGER_REFUSED or conn.readable()
                     except (BrokenPipeError, ConnectionError):
@@ -815,6 +822,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         started, head_at = head_at, 0.0
                     else:  # (the head came whole, or was already read: now is when it came)
                         started = clock()
+                        connections.requests += 1
                     exchange = Exchange(ev, conn, codec, timer, settings, started)  # type: ignore[arg-type]
                     # nginx's keepalive_requests / keepalive_time (counted from the accept, the first request's too:
                     # ngx_http_update_location_config): this one is the last. (A deadline before old_at: now is too.)

@@ -49,7 +49,7 @@ from gateway.config.loader import check_kept_status_listen, read_config_text
 from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.backoff import Backoff
 from gateway.discovery.registration import run_registration
-from gateway.metrics import prepare_multiprocess_dir
+from gateway.metrics import prepare_multiprocess_dir, retire_dead_processes
 from gateway.node import logfile, tree
 from gateway.node.admin import serve_admin
 from gateway.node.files import CURRENT_CONFIG, PID_MODE, lock_run_dir, make_run_dir, snapshot_name, write_atomically
@@ -89,6 +89,9 @@ SUPERVISOR_ANSWER_S = 0.5
 # A satellite (health checker, discovery) that failed to start at a reload is tried again after 1 s, doubling to 30 s
 SATELLITE_RETRY_INITIAL_S = 1.0
 SATELLITE_RETRY_MAX_S = 30.0
+# The metric files of a process that exited on its own (a crashed worker, keeper or satellite) are folded within this;
+# a retired generation's as soon as it has stopped
+METRICS_TIDY_S = 5.0
 
 
 class StartupError(Exception):
@@ -130,6 +133,7 @@ class Node:
         self._last_listed: dict[str, list[ChildInfo[ChildRef]]] = {}  # supervisor id -> the children it last listed
         self._status_app: StatusApp | None = None  # the status server's, when status_listen is set
         self._satellite_retries: dict[str, trio.CancelScope] = {}  # satellite -> its restart after a failed one
+        self._exited = trio.Event()  # set when a retired generation has stopped: its metric files are to fold
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -237,6 +241,7 @@ class Node:
                 if self.fork_server is not None and self.fork_server.enabled:
                     nursery.start_soon(self.fork_server.run)
                 nursery.start_soon(self.keeper.run)
+                nursery.start_soon(self._tidy_metrics)
                 await nursery.start(self._signals)  # handled before the pid file names this process
                 try:
                     _write_pid(config.gateway.pid_file)
@@ -326,6 +331,19 @@ class Node:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+    async def _tidy_metrics(self) -> None:
+        """Fold the metric files of exited processes into the archives and remove their gauges (gateway.metrics.
+        retire_dead_processes, in a thread) once a retired generation has stopped, and every METRICS_TIDY_S for the
+        processes that exit otherwise: run/metrics follows the live processes whether or not anything scrapes."""
+        while True:
+            with trio.move_on_after(METRICS_TIDY_S):
+                await self._exited.wait()
+            self._exited = trio.Event()
+            try:
+                await trio.to_thread.run_sync(retire_dead_processes, self.metrics_dir)
+            except Exception:  # the files stay, counted as they are; the next round tries again
+                log.exception("metrics: tidying %s failed", self.metrics_dir)
 
     # ---- generations --------------------------------------------------------------------------------------------
 
@@ -555,6 +573,7 @@ class Node:
             generation.kill()
             await generation.stop()
         self._generations.pop(generation.number, None)
+        self._exited.set()
         _remove(os.path.join(self.run_dir, snapshot_name(generation.number)))
         if len(self._generations) == 1:  # the serving one alone: no worker was given a parked descriptor
             self.slots.free_parked()

@@ -5,7 +5,8 @@ configured; and the text it is written in (`encode_text`: Kong's exporter's spel
 Before each scrape (`prepare`, in the server's Trio thread): the root's own counts are flushed and the gauge files
 of processes that have exited are removed, so a dead worker's connections or a dead keeper's breaker states do not
 linger; then, reading the files (in a thread), their counters and histograms are folded into the archives
-(gateway.metrics.fold_dead_processes), where they keep counting in the sums.
+(gateway.metrics.fold_dead_processes), where they keep counting in the sums. (The root also does both as processes
+exit, scrape or not: gateway.node.root.)
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ PLUGIN_FAMILIES = frozenset({"kong_http_requests", "kong_kong_latency_ms", "kong
 # Kong's counters that prometheus_client holds as gauges to keep Kong's name, which has no _total
 # (gateway.metrics.KONG_BANDWIDTH): the text says counter, as Kong's does
 KONG_COUNTERS = frozenset({"kong_bandwidth_bytes"})
-# the families Kong's /status "server" numbers come from (server_statistics)
-SERVER_FAMILIES = ("gateway_requests", "gateway_connections_accepted", "gateway_connections")
+# the families Kong's /status "server" numbers come from (server_statistics); requests are nginx's, counted as they
+# begin (gateway_requests_total counts them as they end)
+SERVER_FAMILIES = ("gateway_requests_started", "gateway_connections_accepted", "gateway_connections")
 _TEXT_TYPES = {"info": "gauge", "stateset": "gauge", "gaugehistogram": "histogram", "unknown": "untyped"}
 _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")  # written as gauges of their own after the family, as
 # prometheus_client's text encoder does
@@ -94,7 +96,7 @@ class GatewayCollector:
         node = self.node_id
         connections = GaugeMetricFamily("kong_nginx_connections_total", "Number of connections by subsystem",
                                         labels=["node_id", "subsystem", "state"])
-        requests_total = values.get(("gateway_requests", "total"), 0.0)
+        requests_total = values.get(("gateway_requests_started", "total"), 0.0)
         accepted = values.get(("gateway_connections_accepted", "total"), 0.0)
         for state, value in (("accepted", accepted), ("handled", accepted), ("total", requests_total)):
             connections.add_metric([node, "http", state], value)
@@ -126,10 +128,10 @@ class GatewayCollector:
 
 
 def _sums(families: list[Metric]) -> dict[tuple[str, str], float]:
-    """The totals the node families need: requests and accepted connections, connections by state."""
+    """The totals the node families need: requests begun and accepted connections, connections by state."""
     out: dict[tuple[str, str], float] = {}
     for family in families:
-        if family.name in ("gateway_requests", "gateway_connections_accepted"):
+        if family.name in ("gateway_requests_started", "gateway_connections_accepted"):
             total = sum(s.value for s in family.samples if s.name.endswith("_total"))
             out[(family.name, "total")] = total
         elif family.name in ("gateway_connections", "kong_nginx_timers"):
@@ -141,13 +143,13 @@ def _sums(families: list[Metric]) -> dict[tuple[str, str], float]:
 
 def server_statistics(families: list[Metric]) -> dict[str, int]:
     """Kong's kong.nginx.get_statistics() summed over the processes' metric files (Kong's /status "server"): the
-    connections by state, accepted (= handled: the gateway drops none it accepted), and the requests answered."""
+    connections by state, accepted (= handled: the gateway drops none it accepted), and the requests begun."""
     values = _sums(families)
     accepted = int(values.get(("gateway_connections_accepted", "total"), 0.0))
     stats = {f"connections_{state}": int(values.get(("gateway_connections", state), 0.0))
              for state in CONNECTION_STATES}
     stats.update(connections_accepted=accepted, connections_handled=accepted,
-                 total_requests=int(values.get(("gateway_requests", "total"), 0.0)))
+                 total_requests=int(values.get(("gateway_requests_started", "total"), 0.0)))
     return stats
 
 

@@ -12,7 +12,15 @@ import trio
 from gateway.config import Config
 from gateway.http.server import ConnectionSet
 from gateway.http.timers import Phase
-from gateway.metrics import ACCEPTED, CONNECTIONS, KONG_NGINX_TIMERS, RECORDER, TARGET_ACTIVE, Recorder
+from gateway.metrics import (
+    ACCEPTED,
+    CONNECTIONS,
+    KONG_NGINX_TIMERS,
+    RECORDER,
+    REQUESTS_STARTED,
+    TARGET_ACTIVE,
+    Recorder,
+)
 from gateway.telemetry.batch import QUEUES
 from gateway.telemetry.lines import LINES, Lines
 from gateway.telemetry.phase import LogPhase
@@ -20,8 +28,10 @@ from gateway.telemetry.phase import LogPhase
 log = logging.getLogger("gateway.telemetry")
 
 DRAIN_S = 2.0  # at the end of a worker's drain, the log plugins' queues get this long to send what they hold
-_LAST_READING = Phase.HEAD  # NEW and HEAD: reading a request head
-_IDLE = Phase.IDLE
+# nginx's reading: a request head has begun (ngx_http_create_request); waiting: a connection that has sent nothing
+# yet or is kept alive between requests (reusable: ngx_http_init_connection, ngx_http_set_keepalive)
+_READING = Phase.HEAD
+_WAITING = (Phase.NEW, Phase.IDLE)
 
 
 def access_log_path(config: Config) -> str | None:
@@ -46,6 +56,7 @@ class WorkerTelemetry:
         path = access_log_path(config)
         self.log_phase = LogPhase(recorder, lines.writer_for(path) if path else None)
         self._accepted = 0
+        self._requests = 0
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Until cancelled; on the way out, what is counted and written so far is flushed."""
@@ -72,16 +83,16 @@ class WorkerTelemetry:
         await QUEUES.close()
 
     def sample(self) -> None:
-        """At each flush: connections by state, requests in progress per target and the worker's Trio tasks (never
-        on the request path). One pass over the connections, comparing small ints; those relaying a stream are not in
-        it (they write)."""
+        """At each flush: connections by state, the requests begun, requests in progress per target and the worker's
+        Trio tasks (never on the request path). One pass over the connections, comparing small ints; those relaying a
+        stream are not in it (they write)."""
         connections = self.connections
         reading = waiting = 0
         for timer in connections.timers.live:
             phase = timer.phase
-            if phase <= _LAST_READING:
+            if phase == _READING:
                 reading += 1
-            elif phase == _IDLE:
+            elif phase in _WAITING:
                 waiting += 1
         total = connections.active
         CONNECTIONS.labels("active").set(total)
@@ -91,6 +102,9 @@ class WorkerTelemetry:
         if connections.accepted > self._accepted:
             ACCEPTED.inc(connections.accepted - self._accepted)
             self._accepted = connections.accepted
+        if connections.requests > self._requests:
+            REQUESTS_STARTED.inc(connections.requests - self._requests)
+            self._requests = connections.requests
         active = {tuple(key.split("|", 1)): n for key, n in self.active.items()}
         for labels in list(TARGET_ACTIVE._metrics):  # targets no longer busy go back to 0
             if labels not in active:

@@ -100,6 +100,7 @@ def _registry() -> CollectorRegistry:
     requests = Counter("gateway_requests", "requests", ["route", "code"], registry=registry)
     requests.labels("r", "200").inc(90)
     requests.labels("r", "503").inc(10)
+    Counter("gateway_requests_started", "begun", registry=registry).inc(101)  # (one still in progress)
     return registry
 
 
@@ -134,7 +135,7 @@ async def test_status_is_kongs_json_for_curl_and_agents(served: tuple[Source, in
         assert sorted(doc) == ["configuration_hash", "memory", "server"]  # DB-less: no "database"
         assert doc["server"] == {"connections_active": 5, "connections_reading": 1, "connections_writing": 2,
                                  "connections_waiting": 2, "connections_accepted": 42, "connections_handled": 42,
-                                 "total_requests": 100}
+                                 "total_requests": 101}
         assert doc["configuration_hash"] == hashlib.md5(loaded[0].encode()).hexdigest()
         assert doc["memory"]["lua_shared_dicts"] == {}
         [worker] = doc["memory"]["workers_lua_vms"]

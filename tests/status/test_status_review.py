@@ -35,11 +35,12 @@ MANY_ROUTES = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
     from gateway.metrics import (KONG_BANDWIDTH, KONG_LATENCY, KONG_REQUEST_LATENCY, KONG_REQUESTS,
-                                 KONG_UPSTREAM_LATENCY, REQUESTS)
+                                 KONG_UPSTREAM_LATENCY, REQUESTS, REQUESTS_STARTED)
     for i in range(int(sys.argv[2])):
         s, r = f"s{i}", f"r{i}"
         KONG_REQUESTS.labels(s, r, "200", "service", "default", "").inc()
         REQUESTS.labels(r, "200").inc()
+        REQUESTS_STARTED.inc()
         for family in (KONG_LATENCY, KONG_UPSTREAM_LATENCY, KONG_REQUEST_LATENCY):
             family.labels(s, r, "default").observe(12.5)
         KONG_BANDWIDTH.labels(s, r, "ingress", "default", "").inc(264)
@@ -49,13 +50,14 @@ MANY_ROUTES = textwrap.dedent("""
 NODE_COUNTERS = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
-    from gateway.metrics import ACCEPTED, CONNECTIONS, KONG_NGINX_TIMERS, KONG_REQUESTS, REQUESTS
+    from gateway.metrics import ACCEPTED, CONNECTIONS, KONG_NGINX_TIMERS, KONG_REQUESTS, REQUESTS, REQUESTS_STARTED
     for state, n in (("active", 5), ("reading", 1), ("writing", 3), ("waiting", 1)):
         CONNECTIONS.labels(state).set(n)
     ACCEPTED.inc(40)
     REQUESTS.labels("a", "200").inc(90)
     REQUESTS.labels("b", "503").inc(10)
     REQUESTS.labels("-", "404").inc(2)
+    REQUESTS_STARTED.inc(102)
     KONG_REQUESTS.labels("s", "a", "200", "service", "default", "").inc(90)
     KONG_NGINX_TIMERS.labels("running").set(4)
 """)

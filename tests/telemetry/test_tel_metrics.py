@@ -50,9 +50,10 @@ def test_a_histogram_row_lands_in_prometheus_buckets():
 WRITER = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
-    from gateway.metrics import ACCEPTED, CONNECTIONS, RECORDER
+    from gateway.metrics import ACCEPTED, CONNECTIONS, RECORDER, REQUESTS_STARTED
     RECORDER.request("api", 200)
     RECORDER.request("api", 503)
+    REQUESTS_STARTED.inc(2)
     ACCEPTED.inc(3)
     CONNECTIONS.labels("active").set(2)
     RECORDER.flush()
