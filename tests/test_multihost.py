@@ -1,11 +1,15 @@
 """Several gateway hosts (issue 16), on loopback: two supervised gateways of 2 workers each, with their own run
-directories and ports, behind Debian's HAProxy in TCP mode, sharing one redis-server (rate-limiting policy redis),
-discovering their MCP servers in etcd and registering themselves there, with one MCP session key.
+directories and ports, behind Debian's HAProxy in TCP mode with send-proxy-v2 (README "Several hosts": the hosts'
+listeners flagged proxy_protocol, HAProxy in trusted_ips, real_ip_header proxy_protocol), sharing one redis-server
+(rate-limiting policy redis), discovering their MCP servers in etcd and registering themselves there, with one MCP
+session key.
 
 Measured: a limit L per minute under load from 4 clients on new connections (so HAProxy alternates the hosts), a
 demand of 3 L, admits 0.95 L .. 1.01 L; Redis killed under load fails no request and each host admits at most
 its share, and Redis restarted (empty) gets every host's claim back within a second; MCP SDK sessions whose every
-request opens a new connection (landing on either host) stay on the server that created them.
+request opens a new connection (landing on either host) stay on the server that created them; a client's own address
+reaches the upstream through HAProxy and either host. host-2's status listener has proxy_protocol too: its /metrics
+is read after a PROXY protocol header.
 Everything is started once for the module and stopped by pid.
 """
 
@@ -18,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -31,7 +36,7 @@ from pathlib import Path
 import h11
 import pytest
 import trio
-from backends import free_port, stop_process, wait_port
+from backends import Client, EchoBackend, free_port, stop_process, wait_port
 from etcd_server import EtcdProcess, find_etcd
 from loadgen import LOAD_ID, load_body, verdict
 from redis_server import RedisProcess, find_redis
@@ -46,12 +51,14 @@ EXACT_LIMIT = 300  # per minute
 OUTAGE_LIMIT = 200  # per minute
 
 
-def host_config(port: int, status_port: int, name: str, etcd: str, redis_port: int, backend: int) -> dict:
-    """One host's config: only `listen`, `status_listen` and the registration id differ between hosts."""
+def host_config(port: int, status_port: int, name: str, etcd: str, redis_port: int, backend: int, echo: int) -> dict:
+    """One host's config: only `listen`, `status_listen` and the registration id differ between hosts. HAProxy
+    (127.0.0.1) sends each connection's client in a PROXY protocol header."""
     redis = {"host": "127.0.0.1", "port": redis_port, "timeout": 300}
     return {
         "_format_version": "3.0",
-        "gateway": {"listen": f"127.0.0.1:{port}", "status_listen": f"127.0.0.1:{status_port}", "drain_timeout": 2,
+        "gateway": {"listen": f"127.0.0.1:{port} proxy_protocol", "trusted_ips": ["127.0.0.1"],
+                    "real_ip_header": "proxy_protocol", "status_listen": f"127.0.0.1:{status_port}", "drain_timeout": 2,
                     "mcp": {"session_keys": [SESSION_KEY]},
                     "registration": {"backend": "etcd", "address": etcd, "service": "mcp-gateway", "id": name,
                                      "ttl_s": 5}},
@@ -62,7 +69,9 @@ def host_config(port: int, status_port: int, name: str, etcd: str, redis_port: i
                       "routes": [{"name": "mcp", "paths": ["/mcp"], "strip_path": False, "mcp": True}]},
                      {"name": "plain", "url": "http://plain",
                       "routes": [{"name": "exact", "paths": ["/exact"], "strip_path": False},
-                                 {"name": "outage", "paths": ["/outage"], "strip_path": False}]}],
+                                 {"name": "outage", "paths": ["/outage"], "strip_path": False}]},
+                     {"name": "echo", "url": f"http://127.0.0.1:{echo}",
+                      "routes": [{"name": "echo", "paths": ["/echo"]}]}],
         "plugins": [
             {"name": "rate-limiting", "route": "exact",
              "config": {"minute": EXACT_LIMIT, "limit_by": "header", "header_name": "x-run", "policy": "redis",
@@ -79,8 +88,8 @@ class Host:
         self.dir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.doc = doc
-        self.port = int(doc["gateway"]["listen"].rsplit(":", 1)[1])
-        self.status_port = int(doc["gateway"]["status_listen"].rsplit(":", 1)[1])
+        self.port = int(doc["gateway"]["listen"].split()[0].rsplit(":", 1)[1])
+        self.status_port = int(doc["gateway"]["status_listen"].split()[0].rsplit(":", 1)[1])
         self.config = workdir / "gateway.yaml"
         self.config.write_text(json.dumps(doc, indent=1))
         self.root = 0
@@ -104,8 +113,15 @@ class Host:
                 os.kill(self.root, signal.SIGKILL)
 
     def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/metrics", timeout=5) as resp:
-            return resp.read().decode()
+        if not self.doc["gateway"]["status_listen"].endswith(" proxy_protocol"):
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.status_port}/metrics", timeout=5) as resp:
+                return resp.read().decode()
+        with socket.create_connection(("127.0.0.1", self.status_port), timeout=5) as sock:
+            sock.sendall(b"PROXY TCP4 127.0.0.2 127.0.0.1 40000 %d\r\nGET /metrics HTTP/1.0\r\n\r\n" % self.status_port)
+            answer = b"".join(iter(partial(sock.recv, 65536), b""))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), answer[:500]
+        return body.decode()
 
     def log(self) -> str:
         path = self.dir / "run" / "gateway.log"
@@ -136,7 +152,7 @@ def etcd_keys(endpoint: str, prefix: str) -> list[str]:
 
 
 def haproxy_config(port: int, hosts: list[Host]) -> str:
-    servers = "\n".join(f"  server h{i} 127.0.0.1:{h.port}" for i, h in enumerate(hosts, 1))
+    servers = "\n".join(f"  server h{i} 127.0.0.1:{h.port} send-proxy-v2" for i, h in enumerate(hosts, 1))
     return f"""global
   maxconn 4000
 defaults
@@ -161,6 +177,7 @@ class Deployment:
         self.redis: RedisProcess | None = None
         self.etcd: EtcdProcess | None = None
         self.port = 0
+        self.echo_port = free_port()  # a test's EchoBackend: what the upstream receives
         self.mcp_ports: dict[str, int] = {}
 
     def start(self) -> None:
@@ -192,7 +209,10 @@ class Deployment:
         for name, port in self.mcp_ports.items():
             etcd_put(self.etcd.endpoint, f"/gateway/upstreams/mcp/{name}", json.dumps({"target": f"127.0.0.1:{port}"}))
         for i in (1, 2):
-            doc = host_config(free_port(), free_port(), f"host-{i}", self.etcd.endpoint, self.redis.port, backend)
+            doc = host_config(free_port(), free_port(), f"host-{i}", self.etcd.endpoint, self.redis.port, backend,
+                              self.echo_port)
+            if i == 2:  # a status listener that reads a PROXY protocol header first (Kong's status_listen takes it)
+                doc["gateway"]["status_listen"] += " proxy_protocol"
             self.hosts.append(Host(self.dir / f"host-{i}", doc))
         starts = [threading.Thread(target=host.start) for host in self.hosts]  # in parallel: each takes seconds
         for thread in starts:
@@ -390,3 +410,23 @@ async def test_mcp_sessions_through_haproxy_stay_on_their_server_whichever_host_
         await trio.sleep(0.2)
         counts = served()
     assert all(counts), counts  # both hosts served the sessions' requests
+
+
+async def test_a_clients_own_address_reaches_the_upstream_through_haproxy_and_either_host(deployment, nursery):
+    """HAProxy's send-proxy-v2 before each host's proxy_protocol listener: a client connecting from 127.0.0.2 is the
+    upstream's X-Real-IP and X-Forwarded-For whichever host serves it, not HAProxy's 127.0.0.1 (nginx's realip with
+    real_ip_header proxy_protocol takes the PROXY header's source: src/http/modules/ngx_http_realip_module.c,
+    NGX_HTTP_REALIP_PROXY, at release-1.27.1)."""
+    echo = EchoBackend()
+    echo.port = deployment.echo_port
+    await nursery.start(echo.serve)
+    seen = []
+    with trio.fail_after(10):
+        for _ in range(2):  # roundrobin: two new connections, one on each host
+            stream = await trio.open_tcp_stream("127.0.0.1", deployment.port, local_address="127.0.0.2")
+            async with Client(stream, "multihost.test") as client:
+                reply = await client.request("GET", "/echo")
+            assert reply.status == 200, reply.body
+            seen.append(dict(reply.json()["headers"]))
+    assert sorted(h["x-forwarded-port"] for h in seen) == sorted(str(h.port) for h in deployment.hosts)  # both hosts
+    assert [(h["x-real-ip"], h["x-forwarded-for"]) for h in seen] == [("127.0.0.2", "127.0.0.2")] * 2

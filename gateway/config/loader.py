@@ -601,10 +601,10 @@ def check_kept_status_listen(gw: GatewaySettings) -> list[str]:
 
 
 def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: list[str], kept: bool = False) -> None:
-    """One plain-HTTP address with nginx's reuseport and backlog=N, on no address of the proxy's: nginx would share
-    one socket between Kong's proxy and status servers and choose the server by Host; the gateway's status server
-    has its own socket, and the kernel would hand it proxy clients. `kept`: status_listen is the running one, which a
-    reload keeps."""
+    """One plain-HTTP address with nginx's reuseport, backlog=N and proxy_protocol, on no address of the proxy's:
+    nginx would share one socket between Kong's proxy and status servers and choose the server by Host; the gateway's
+    status server has its own socket, and the kernel would hand it proxy clients. `kept`: status_listen is the
+    running one, which a reload keeps."""
     addr, flags = listen_flags(status_listen)
     if "," in status_listen:
         errors.append(f'gateway.status_listen: one address only (the status server takes one "host:port"), got '
@@ -619,7 +619,8 @@ def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: l
                           f"(e.g. backlog=511; the kernel caps it at net.core.somaxconn)")
         else:
             errors.append(f'gateway.status_listen: the listen option {show(flag)} is not supported (the status '
-                          f'server takes one "host:port", plain HTTP, with reuseport and backlog=N)')
+                          f'server takes one "host:port", plain HTTP, with reuseport, backlog=N and '
+                          f'proxy_protocol)')
     status: _Listener = ("gateway.status_listen", addr, *_bound_at(addr))
     for proxy in proxies:
         if (why := _overlap(proxy, status)) is not None:

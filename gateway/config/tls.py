@@ -82,14 +82,15 @@ _DIGITS = re.compile(r"[0-9]+")
 
 def status_options(flags: set[str]) -> tuple[int, bool, list[str]]:
     """(backlog, reuseport, the options refused) of status_listen's nginx listen options: `reuseport` and
-    `backlog=N` are taken (Kong's default line has both), any other is refused, as is a backlog nginx refuses."""
+    `backlog=N` are taken (Kong's default line has both), and `proxy_protocol` (a PROXY protocol header read first:
+    gateway.status.server), any other is refused, as is a backlog nginx refuses."""
     backlog, reuseport, refused = NGX_LISTEN_BACKLOG, False, []
     for flag in sorted(flags):
         if flag == "reuseport":
             reuseport = True
         elif flag.startswith("backlog=") and (value := _listen_backlog(flag[8:])) is not None:
             backlog = value
-        else:
+        elif flag != "proxy_protocol":
             refused.append(flag)
     return backlog, reuseport, refused
 

@@ -39,6 +39,7 @@ from gateway.config.discovery import (
     parse_duration,
 )
 from gateway.config.schema import GatewaySettings
+from gateway.config.tls import listen_flags
 from gateway.discovery.backoff import Backoff, LinkState
 from gateway.discovery.consul import ConsulClient, ConsulError
 from gateway.discovery.etcd import EtcdClient, EtcdError
@@ -128,7 +129,8 @@ class Registration:
 
 
 def _first_listen(gateway: GatewaySettings) -> str:
-    return gateway.listen if isinstance(gateway.listen, str) else gateway.listen[0]
+    """The address of the first listen entry, without its flags (`0.0.0.0:8000 proxy_protocol`)."""
+    return listen_flags(gateway.listen if isinstance(gateway.listen, str) else gateway.listen[0])[0]
 
 
 def resolve_registration(settings: RegistrationSettings, gateway: GatewaySettings) -> Registration:
@@ -142,7 +144,7 @@ def resolve_registration(settings: RegistrationSettings, gateway: GatewaySetting
         host = "" if settings.backend == "consul" else socket.gethostname()
     check_url = settings.check
     if check_url is None and gateway.status_listen:
-        shp = parse_host_port(gateway.status_listen)
+        shp = parse_host_port(listen_flags(gateway.status_listen)[0])  # without `reuseport`, `backlog=N`, ...
         if shp is not None:
             chost = shp[0] if shp[0] not in _WILDCARDS else (host or "127.0.0.1")
             shown = f"[{chost}]" if ":" in chost else chost

@@ -219,8 +219,10 @@ class Node:
                             config_text=lambda: current_config_text(self.run_dir),
                             headers=lambda: (self.config or config).gateway.headers)
             self._status_app = app
-            children.append(ChildSpec("status", partial(serve_status, app, host, port, backlog=backlog,
-                                                        reuseport=reuseport), shutdown=5000))
+            children.append(ChildSpec("status", partial(
+                serve_status, app, host, port, backlog=backlog, reuseport=reuseport,
+                proxy_protocol="proxy_protocol" in flags,
+                header_timeout=lambda: (self.config or config).gateway.header_timeout_s), shutdown=5000))
         children.append(first.child_spec())
         if gw.registration is not None:
             children.append(ChildSpec("registration", partial(run_registration, gw.registration, gw),

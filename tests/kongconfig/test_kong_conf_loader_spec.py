@@ -108,7 +108,7 @@ def test_status_listen_options_and_several_addresses_are_refused_by_name():
     refusal names the option, not "expected host:port"."""
     assert outcome({"status_listen": "127.0.0.1:8100 ssl"}) == [
         'gateway.status_listen: the listen option "ssl" is not supported (the status server takes one "host:port", '
-        "plain HTTP, with reuseport and backlog=N)"]
+        "plain HTTP, with reuseport, backlog=N and proxy_protocol)"]
     assert outcome({"status_listen": "127.0.0.1:8100, 127.0.0.1:8101"}) == [
         'gateway.status_listen: one address only (the status server takes one "host:port"), got "127.0.0.1:8100, '
         '127.0.0.1:8101"']
