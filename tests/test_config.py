@@ -475,3 +475,15 @@ def test_a_log_file_that_is_the_pid_file_is_refused_naming_both_settings():
     """The log appended to the pid file: `gateway stop` then read no pid in it, took it for stale and removed it."""
     assert errors("gateway: {pid_file: /tmp/gw/run/gw.pid, log_file: /tmp/gw/run/gw.pid}\n" + SERVICE) == [
         "gateway.log_file: /tmp/gw/run/gw.pid is also the path of gateway.pid_file; give each its own path"]
+
+
+def test_an_access_or_audit_log_that_is_the_pid_file_is_refused_naming_both_settings(tmp_path):
+    """The workers' access lines (or ai-mcp-proxy's audit lines) appended to the pid file would leave `gateway stop`
+    no pid to read; access_log: true is access.log in the run directory, so a pid_file named so collides with it."""
+    pid, log = tmp_path / "gw.pid", tmp_path / "access.log"
+    assert errors(f"gateway: {{pid_file: {pid}, access_log: {pid}}}\n" + SERVICE) == [
+        f"gateway.access_log: {pid} is also the path of gateway.pid_file; give each its own path"]
+    assert errors(f"gateway: {{pid_file: {log}, access_log: true}}\n" + SERVICE) == [
+        f"gateway.access_log: {log} is also the path of gateway.pid_file; give each its own path"]
+    assert errors(f"gateway: {{pid_file: {pid}, mcp: {{audit_log: {pid}}}}}\n" + SERVICE) == [
+        f"gateway.mcp.audit_log: {pid} is also the path of gateway.pid_file; give each its own path"]

@@ -567,7 +567,8 @@ def test_service_tls_fields_are_checked(fields, message):
 def test_unknown_listen_option_is_refused():
     with pytest.raises(ConfigError) as e:
         parse_config(json.dumps({"gateway": {"listen": "127.0.0.1:8443 ssl http2"}}), "c.yml")
-    assert e.value.messages == ['c.yml: gateway.listen: the listen option "http2" is not supported (only "ssl" is)']
+    assert e.value.messages == ['c.yml: gateway.listen: the listen option "http2" is not supported (only "ssl" and '
+                                '"proxy_protocol" are)']
 
 
 # --- active health checks over TLS ------------------------------------------------------------------------------------

@@ -709,9 +709,10 @@ def _check_admin(admin: str, errors: list[str]) -> None:
 
 
 def _check_run_files(gw: GatewaySettings, errors: list[str]) -> None:
-    """gateway.pid_file, log_file and the admin and bus sockets each a file of its own, none a file the gateway keeps
-    in its run directory (the pid file's): one written over another is lost (a pid file renamed over the run
-    directory's lock lets a second gateway in; a log file that is the pid file makes `gateway stop` find no pid)."""
+    """gateway.pid_file, log_file, access_log, mcp.audit_log and the admin and bus sockets each a file of its own,
+    none a file the gateway keeps in its run directory (the pid file's): one written over another is lost (a pid file
+    renamed over the run directory's lock lets a second gateway in; a log file that is the pid file makes `gateway
+    stop` find no pid)."""
     from gateway.bus.protocol import pub_endpoint  # (gateway.bus.protocol imports gateway.config)
 
     files: list[tuple[str, str, str]] = []  # (setting, what of it, absolute path)
@@ -721,12 +722,19 @@ def _check_run_files(gw: GatewaySettings, errors: list[str]) -> None:
             errors.append(f"gateway.{key}: expected the path of a file (e.g. {example}), got {show(value)}")
         else:
             files.append((f"gateway.{key}", "", os.path.abspath(value)))
+    run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
+    if gw.access_log is not False:  # (true: access.log in the run directory)
+        files.append(("gateway.access_log", "", os.path.join(run_dir, "access.log") if gw.access_log is True
+                      else os.path.abspath(gw.access_log)))
+    audit = gw.mcp.audit_log
+    if audit not in ("-", "stdout"):
+        files.append(("gateway.mcp.audit_log", "", os.path.abspath(audit) if audit else os.path.join(run_dir,
+                                                                                                     "mcp-audit.log")))
     sockets = [("gateway.admin", "", gw.admin), ("gateway.bus", "", gw.bus)]
     if gw.bus.startswith("ipc://") and len(gw.bus) > len("ipc://"):
         sockets.append(("gateway.bus", "its PUB socket ", pub_endpoint(gw.bus)))
     files += [(key, what, absolute_endpoint(endpoint)[len("ipc://"):]) for key, what, endpoint in sockets
               if endpoint.startswith("ipc://") and len(endpoint) > len("ipc://")]
-    run_dir = os.path.dirname(os.path.abspath(gw.pid_file))
     named: dict[str, str] = {}  # path -> the setting that names it first
     for key, what, path in files:
         directory, name = os.path.split(path)
