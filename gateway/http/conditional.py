@@ -14,6 +14,8 @@ from gateway.http.dates import parse_http_time
 _CONDITIONS = frozenset({b"if-unmodified-since", b"if-match", b"if-modified-since", b"if-none-match"})
 # What a 304 loses (the filter clears the Content-Type, the length, Accept-Ranges and Content-Encoding)
 NOT_MODIFIED_DROPS = frozenset({b"content-type", b"content-length", b"accept-ranges", b"content-encoding"})
+_BLANKS = b" \t"
+_SEPARATORS = b" \t,"
 
 
 def precondition(request: Headers, response: Headers) -> int:
@@ -35,7 +37,8 @@ def precondition(request: Headers, response: Headers) -> int:
             modified = parse_http_time(value)
     if (since := asked.get(b"if-unmodified-since")) is not None:
         unmodified_since = parse_http_time(since)
-        if modified is None or unmodified_since is None or unmodified_since < modified:
+        # no date is nginx's -1 (NGX_ERROR), which a Last-Modified before 1969-12-31 23:59:59 still passes
+        if modified is None or (-1 if unmodified_since is None else unmodified_since) < modified:
             return 412
     if (tags := asked.get(b"if-match")) is not None and not etag_matches(tags, etag, weak=False):
         return 412
@@ -50,18 +53,32 @@ def precondition(request: Headers, response: Headers) -> int:
 
 
 def etag_matches(tags: bytes, etag: bytes | None, weak: bool) -> bool:
-    """ngx_http_test_if_match: `*` matches any answer; otherwise one of the comma-separated `tags` must start with the
-    ETag and end there (spaces aside); `weak` (If-None-Match) ignores a `W/` on either side."""
+    """ngx_http_test_if_match: `*` matches any answer; otherwise the ETag must stand where a tag of `tags` starts and
+    be followed (blanks aside) by a comma or the end. The list is not split at its commas first, so an ETag holding
+    one (`"v1,2"`) matches itself. `weak` (If-None-Match) ignores a `W/` on either side."""
     if tags == b"*":
         return True
     if etag is None:
         return False
     if weak and len(etag) > 2 and etag[:2] == b"W/":
         etag = etag[2:]
-    for tag in tags.split(b","):
-        tag = tag.lstrip(b" \t")
-        if weak and len(tag) > 2 and tag[:2] == b"W/":
-            tag = tag[2:]
-        if tag.startswith(etag) and not tag[len(etag):].strip(b" \t"):
-            return True
+    size = len(etag)
+    start, end = 0, len(tags)
+    while start < end:
+        if weak and end - start > 2 and tags[start:start + 2] == b"W/":
+            start += 2
+        if size > end - start:
+            return False
+        if tags.startswith(etag, start):
+            start += size
+            while start < end and tags[start] in _BLANKS:
+                start += 1
+            if start == end or tags[start] == 0x2C:  # ,
+                return True
+        comma = tags.find(b",", start)  # the next tag starts after the next comma and the blanks and commas after it
+        if comma < 0:
+            return False
+        start = comma + 1
+        while start < end and tags[start] in _SEPARATORS:
+            start += 1
     return False

@@ -19,11 +19,13 @@ class _NotADate(Exception):
 
 
 def parse_http_time(value: bytes) -> int | None:
-    """Seconds since the epoch that `value` names, or None if nginx would not read it as a date."""
+    """Seconds since the epoch that `value` names, or None if nginx would not read it as a date. The second before
+    the epoch (-1) is none either: nginx's -1 is NGX_ERROR, and lua-resty-core's ngx.parse_http_time gives nil."""
     try:
-        return _parse(value)
+        seconds = _parse(value)
     except (_NotADate, IndexError):  # (IndexError: the text ended where nginx reads on)
         return None
+    return None if seconds == -1 else seconds
 
 
 def _number(value: bytes, at: int, width: int) -> int:

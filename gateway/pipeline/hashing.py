@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import uuid
 from typing import TYPE_CHECKING
-from urllib.parse import unquote_to_bytes
 
 from gateway.http.codec import Headers
 from gateway.http.cookies import cookie_value
 from gateway.http.server import Exchange
+from gateway.http.uri_args import uri_args
 from gateway.routing import Match
 from gateway.routing.normalize import nginx_uri
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # (gateway.runtime imports gateway.pipeline.phases, which imp
     from gateway.runtime import UpstreamGroup
 
 _HASHING = frozenset({"consistent-hashing", "ip-hash"})
-MAX_URI_ARGS = 100  # Kong's lua_max_uri_args: the query arguments looked at
 # The $http_ variables nginx defines itself (ngx_http_variables.c): they read the headers_in list that only a field
 # spelled with dashes joins (ngx_http_headers_in), so an X_Forwarded_For field is not $http_x_forwarded_for.
 _NGINX_OWN = frozenset({b"host", b"user-agent", b"referer", b"via", b"x-forwarded-for", b"cookie"})
@@ -152,23 +151,11 @@ def _safe(text: bytes) -> bytes:
 
 
 def _query_arg(query: bytes, name: bytes) -> bytes | None:
-    """Kong's get_query_arg: OpenResty's ngx.req.get_uri_args (the first MAX_URI_ARGS arguments; "+" is a space; an
-    argument without "=" is true), several values sorted and joined with ","."""
-    values: list[bytes] = []
-    for arg in query.split(b"&")[:MAX_URI_ARGS]:
-        if not arg:
-            continue
-        k, eq, v = arg.partition(b"=")
-        if _unescape(k) == name:
-            values.append(_unescape(v) if eq else b"true")
-    if not values:
-        return None
-    if len(values) > 1:
-        values.sort()
-    return b",".join(values)
-
-
-def _unescape(text: bytes) -> bytes:
-    if b"%" in text or b"+" in text:
-        return unquote_to_bytes(text.replace(b"+", b" "))
-    return text
+    """Kong's get_query_arg: the argument in ngx.req.get_uri_args(100) (uri_args: the first 100 named arguments),
+    true (a bare name) as "true", several values sorted and joined with ","."""
+    value = uri_args(query).get(name)
+    if isinstance(value, list):
+        return b",".join(sorted(v if isinstance(v, bytes) else b"true" for v in value))
+    if value is True:
+        return b"true"
+    return value if isinstance(value, bytes) else None

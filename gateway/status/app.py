@@ -13,13 +13,17 @@
                                text/html (a browser); /status.json the page's data
     GET /status/ready          Kong's readiness; POST /status/ready status=draining: 503 "draining" until a reload
     GET /upstreams/{u}/targets[/all|/{t}], /upstreams/{u}/health: Kong's read-only upstream routes (gateway.status.kong)
+    /robots.txt* -> 200        Kong's `User-agent: *` / `Disallow: /` (its status server's prefix location)
+
+Every 200 passes nginx's conditional checks (`not_modified`), as on Kong's status server, an nginx server block.
 
 /health answers 200 only when every check is healthy: degraded counts as not healthy (503), so a load balancer
 in front takes a degraded gateway out. Checks run concurrently, each bounded by `check_timeout`; a check that
 raises or times out is unhealthy with the reason in its details (erlmcp's try/catch around each check).
 The data comes from a `StatusSource`; the root supplies the live one, tests a fake.
-Every answer gets what Kong's admin_header_filter adds (Kong.status_header_filter is it: kong/init.lua), as far as
-kong.conf's `headers` turns them on: `Server: <token>` and `X-Kong-Admin-Latency` (ms from the request to its head).
+Every answer but /robots.txt's gets what Kong's admin_header_filter adds (Kong.status_header_filter is it:
+kong/init.lua), as far as kong.conf's `headers` turns them on: `Server: <token>` and `X-Kong-Admin-Latency` (ms from
+the request to its head).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ import msgspec
 import trio
 from prometheus_client import REGISTRY, CollectorRegistry
 
+from gateway.http.conditional import NOT_MODIFIED_DROPS, precondition
 from gateway.http.kong_headers import ADMIN_LATENCY, SERVER_TOKEN, enabled
 from gateway.status import kong
 
@@ -214,8 +219,11 @@ class StatusApp:
         path = KONG_SLASHED.get(scope["path"], scope["path"])
         handler = self.routes.get(path)
         method = scope["method"]
+        robots = path.startswith("/robots.txt")  # Kong's `location /robots.txt` (a prefix), without Lua
         upstream_route = kong.KongUpstreamRoutes.match(path) if handler is None else None
-        if upstream_route is not None or path.startswith("/upstreams/") or path == "/upstreams":
+        if robots:
+            status, headers, body = _robots(path)
+        elif upstream_route is not None or path.startswith("/upstreams/") or path == "/upstreams":
             status, headers, body = await self.kong_upstream(scope, upstream_route)
         elif path == "/status/ready" and method == "POST":
             status, headers, body = await self.kong_drain(scope, receive)
@@ -230,8 +238,11 @@ class StatusApp:
             headers.append((b"allow", b"GET, HEAD"))
         else:
             status, headers, body = await handler(scope)
-        headers.append((b"content-length", str(len(body)).encode()))
-        self._add_admin_headers(headers, started)
+        status, headers, body = not_modified(scope["headers"], status, headers, body)
+        if status != 304:
+            headers.append((b"content-length", str(len(body)).encode()))
+        if not robots:
+            self._add_admin_headers(headers, started)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
@@ -421,6 +432,40 @@ KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready", "/metr
 MAX_POST_BYTES = 64 * 1024  # a POST /status/ready body (status=draining) is a few bytes
 KONG_PATHS = ["/upstreams/{upstream}/health", "/upstreams/{upstream}/targets", "/upstreams/{upstream}/targets/all",
               "/upstreams/{upstream}/targets/{target}"]
+
+
+# The status server's `charset UTF-8` on nginx's own text/html and text/plain answers (kong/templates/nginx_kong.lua)
+_HTML = b"text/html; charset=UTF-8"
+# nginx's own 412 page (ngx_http_special_response.c's ngx_http_error_412_page, then the tail of `server_tokens off`,
+# naming the server as gateway.http.kong_errors.nginx_page does): Kong's status server has no error_page
+PRECONDITION_FAILED_PAGE = (b"<html>\r\n<head><title>412 Precondition Failed</title></head>\r\n<body>\r\n"
+                            b"<center><h1>412 Precondition Failed</h1></center>\r\n"
+                            b"<hr><center>mcp-gateway</center>\r\n</body>\r\n</html>\r\n")
+# Kong's status server block: `location /robots.txt { return 200 'User-agent: *\nDisallow: /'; }`
+ROBOTS_TXT = b"User-agent: *\nDisallow: /"
+# the types nginx knows without a `types` block (ngx_http_core_default_types); any other extension: default_type
+_DEFAULT_TYPES = {"html": _HTML, "gif": b"image/gif", "jpg": b"image/jpeg"}
+
+
+def not_modified(request: list[tuple[bytes, bytes]], status: int, headers: list[tuple[bytes, bytes]], body: bytes) \
+        -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """nginx's not_modified filter on the status server's answers, as on any 200 an nginx server block makes: a
+    failed If-Match or If-Unmodified-Since is nginx's own 412 page (its headers cleared, as
+    ngx_http_filter_finalize_request does), a matching If-None-Match a 304 without body; anything else as it is."""
+    if status != 200 or not (verdict := precondition(request, headers)):
+        return status, headers, body
+    if verdict == 412:
+        return 412, [(b"content-type", _HTML)], PRECONDITION_FAILED_PAGE
+    return 304, [hv for hv in headers if hv[0] not in NOT_MODIFIED_DROPS], b""
+
+
+def _robots(path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """nginx's `return 200 '...'` in Kong's /robots.txt location: its type from the path's extension
+    (ngx_http_set_exten, then ngx_http_set_content_type), text/plain (default_type) for `.txt`."""
+    last = path.rpartition("/")[2]
+    dot = last.rfind(".")
+    exten = last[dot + 1:].lower() if dot > 0 else ""
+    return 200, [(b"content-type", _DEFAULT_TYPES.get(exten, b"text/plain; charset=UTF-8"))], ROBOTS_TXT
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str:

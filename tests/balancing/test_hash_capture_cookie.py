@@ -291,6 +291,23 @@ def test_query_arg_key_as_openresty_reads_it():
     assert balancer_key(odd, ex, match_for(b"/?a%26b%3Dc%20d=1", "/")) == b"1"
 
 
+def test_query_arg_limit_counts_named_arguments_not_empty_pieces():
+    """Kong's get_query_arg (kong/runloop/balancer/init.lua:62-99) reads ngx.req.get_uri_args(100): lua-nginx-module
+    v0.10.28 src/ngx_http_lua_args.c ngx_http_lua_ffi_req_get_uri_args fills an entry only for a piece with a name
+    (`if (out[i].key.len)`, `if (dst - q)`) and stops at the 100th entry, so empty pieces ("&&") and "=x" do not use
+    up the 100: in `a=1&` x 99 + `&k=v`, k is the 100th named argument and the key is "v"."""
+    g = group(("query_arg", b"k"))
+    assert balancer_key(g, FakeExchange(), match_for(b"/?" + b"a=1&" * 99 + b"&k=v", "/")) == b"v"
+    assert balancer_key(g, FakeExchange(), match_for(b"/?" + b"a=1&" * 99 + b"=x&k=v", "/")) == b"v"
+    assert balancer_key(g, FakeExchange(), match_for(b"/?" + b"a=1&" * 100 + b"k=v", "/")) == b""  # the 101st
+
+
+def test_query_arg_after_many_empty_pieces_is_found():
+    """Same source: 100 leading "&" fill no entry, so `k=v` after them is the first argument and the key is "v"."""
+    g = group(("query_arg", b"k"))
+    assert balancer_key(g, FakeExchange(), match_for(b"/?" + b"&" * 100 + b"k=v", "/")) == b"v"
+
+
 def test_uri_capture_as_kong_spec_routes_it():
     m = match_for(b"/my-namespace/123?a=1&b=2", "~/(?<namespace>[^/]+)/(?<id>[0-9]+)/?")
     assert balancer_key(group(("query_arg", b"hashme"), ("uri_capture", b"namespace")), FakeExchange(), m) \

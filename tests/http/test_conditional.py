@@ -52,3 +52,34 @@ def test_an_answer_without_validators_fails_if_match_and_passes_if_modified_sinc
 def test_an_etag_must_end_where_the_listed_tag_ends():
     assert not etag_matches(b'"v10"', b'"v1', weak=False)
     assert etag_matches(b'"v1"  , "v2"', b'"v1"', weak=False)
+
+
+def test_an_etag_holding_a_comma_matches_itself():
+    """ngx_http_not_modified_filter_module.c:177-248 (release-1.27.1) ngx_http_test_if_match compares the ETag byte by
+    byte from each tag's start (`ngx_strncmp(start, etag.data, etag.len)`) without splitting the list first, so an
+    ETag with a comma inside its quotes (etagc allows it, RFC 9110 8.8.3) matches the same tag, alone or after
+    others: a 304 for If-None-Match, and If-Match passes."""
+    answer = [(b"content-type", b"text/plain"), (b"etag", b'"v1,2"')]
+    assert precondition([(b"if-none-match", b'"v1,2"')], answer) == 304
+    assert precondition([(b"if-none-match", b'"v0", "v1,2"')], answer) == 304
+    assert precondition([(b"if-match", b'"v1,2"')], answer) == 0
+
+
+def test_a_last_modified_of_the_second_before_the_epoch_is_no_last_modified():
+    """nginx's ngx_parse_http_time gives -1 for `Wed, 31 Dec 1969 23:59:59 GMT`, the value of NGX_ERROR, which
+    lua-nginx-module's ngx_http_set_last_modified_header stores as last_modified_time; the filter then takes the
+    answer as having none (ngx_http_test_if_modified: `last_modified_time == (time_t) -1` returns 1, modified;
+    ngx_http_test_if_unmodified returns 0, a 412)."""
+    date = b"Wed, 31 Dec 1969 23:59:59 GMT"
+    answer = [(b"last-modified", date)]
+    assert precondition([(b"if-modified-since", date)], answer) == 0
+    assert precondition([(b"if-unmodified-since", date)], answer) == 412
+
+
+def test_an_unreadable_if_unmodified_since_passes_a_last_modified_earlier_than_its_error_value():
+    """ngx_http_test_if_unmodified (ngx_http_not_modified_filter_module.c:110-131): `iums >= last_modified_time`
+    with iums nginx's -1 (NGX_ERROR) for an unreadable date, so an answer last modified before
+    1969-12-31 23:59:59 (a negative time) passes; one after it fails (412)."""
+    unreadable = [(b"if-unmodified-since", b"not a date")]
+    assert precondition(unreadable, [(b"last-modified", b"Wed, 31 Dec 1969 23:59:58 GMT")]) == 0
+    assert precondition(unreadable, ANSWER) == 412

@@ -62,3 +62,13 @@ def test_february_29_only_in_leap_years():
 ])
 def test_what_is_not_a_date(text):
     assert parse_http_time(text) is None
+
+
+@pytest.mark.parametrize("text", [b"Wed, 31 Dec 1969 23:59:59 GMT", b"Wed Dec 31 23:59:59 1969"])
+def test_the_second_before_the_epoch_is_not_a_date(text):
+    """nginx's ngx_parse_http_time returns -1 for it, the value of NGX_ERROR its callers test for
+    (src/core/ngx_parse_time.c; ngx_http_not_modified_filter_module.c `last_modified_time == (time_t) -1`), and
+    lua-resty-core v0.1.31 lib/resty/core/time.lua ngx.parse_http_time returns nil for it (`if res == FFI_ERROR then
+    return nil end`, FFI_ERROR being -1): no date to hmac-auth, proxy-cache's Expires or the conditional checks."""
+    assert parse_http_time(text) is None
+    assert parse_http_time(b"Wed, 31 Dec 1969 23:59:58 GMT") == -2  # the seconds around it are dates
