@@ -63,9 +63,12 @@ READ_TIMEOUT_MS = 300  # the hostile services' read_timeout: what every stalled 
 # many times the longest pause of the hostile backend within a response (0.01 s), as it serves from this very process
 LANES = 6  # cases run in this many lanes side by side; on the upstream side each lane has its own backend
 
-TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
-STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2}) ([\t\x20-\x7e\x80-\xff]*)")
+# What a response the gateway relays may hold, as nginx relays it (ngx_http_parse_header_line, _status_line): a name
+# of any bytes but a control byte, a space and `:` (X(Y), which nginx calls invalid), a value or reason of any but
+# NUL, CR and LF (tests/http/test_upstream_response_nginx.py); never a byte that would split the head
+TOKEN = re.compile(rb"[^\x00-\x20\x7f:]+")
+FIELD_VALUE = re.compile(rb"[^\x00\r\n]*")
+STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9]{2}) ([^\r\n]*)")
 
 
 # ===================================================================================================================
@@ -1432,9 +1435,10 @@ async def test_hostile_upstream_never_leaks_into_other_answers(upstream_setup, h
                          registry[case]) for backend in hostiles for case, why in backend.reused]
     unexplained = [f for f in findings if not explain(f)]
     assert not unexplained, report(unexplained, http_codec)
-    # the fuzz must reach every kind of outcome, or passing would mean little (404s: about 9% of cases)
+    # the fuzz must reach every kind of outcome, or passing would mean little (404s: about 9% of cases; the 502s about
+    # a fifth, fewer since heads nginx relays are relayed: a control byte in a value or reason, a name like X(Y))
     n = len(scripts)
-    assert stats["relayed"] > n // 4 and stats["own 502"] > n // 5 and stats["own 504"] >= 5, stats
+    assert stats["relayed"] > n // 4 and stats["own 502"] > n // 6 and stats["own 504"] >= 5, stats
     assert stats["relayed, cut"] >= 5 and stats["client-abort"] >= 5, stats
     assert stats["next on the same connection"] > n // 3, stats
 

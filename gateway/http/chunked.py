@@ -10,7 +10,9 @@ whitespace around ';' and '=' that llhttp refuses), and at the first byte that i
 the body bytes before it, as llhttp fails it (tests/http/test_codec_fuzz.py compares the two). In a response, spaces
 and tabs may follow a chunk size, as nginx reads them (ngx_http_parse_chunked: SP or HTAB there begins an extension)
 and the llhttp codec's response parser takes them (llhttp's lenient_spaces_after_chunk_size); a request's chunk size
-takes none.
+takes none. A response's trailer section is read as nginx reads it (sw_trailer, sw_trailer_header: each line skipped
+to its LF, a CR not followed by LF the one fault, an empty line its end), the response kept whole where llhttp would
+refuse a line of it (`skipped`: the llhttp codec then reads the section so too, and neither reuses the connection).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _EXTENSIONS = rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n"
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)" + _EXTENSIONS)
 _RESPONSE_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*" + _EXTENSIONS)  # (whitespace after the size)
-_TRAILER_LINE = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n")
+_TRAILER_LINE = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n")  # one llhttp takes
 _FRAMING = (b"content-length:", b"transfer-encoding:")  # llhttp refuses them in trailers (RFC 9110 6.5.1: may)
 MAX_CHUNK_SIZE = (1 << 63) - 1  # nginx's NGX_MAX_OFF_T_VALUE: a larger size is invalid (ngx_http_parse_chunked)
 
@@ -36,22 +38,38 @@ class ChunkedFraming:
     framing fault (and nothing more is read); `body_ok` is how many body bytes came before it. `spaces_after_size`:
     a response's framing, whose chunk sizes may be followed by spaces and tabs."""
 
-    __slots__ = ("error", "body_ok", "_state", "_left", "_line", "_max_line", "_status", "_chunk_line")
+    __slots__ = ("error", "body_ok", "skipped", "_state", "_left", "_line", "_max_line", "_status", "_chunk_line",
+                 "_response")
 
     def __init__(self, status: int, max_line: int, spaces_after_size: bool = False) -> None:
         self.error: ProtocolError | None = None
         self.body_ok = 0  # body bytes framed so far
+        self.skipped = False  # a response's trailer line llhttp refuses was skipped, as nginx skips it
         self._state = _SIZE
         self._left = 0  # bytes of the current chunk still to come
         self._line = bytearray()  # a chunk, chunk-end or trailer line, until its LF
         self._max_line = max_line
         self._status = status  # of a framing fault: 400 for a request, 502 for a response
         self._chunk_line = _RESPONSE_CHUNK_LINE if spaces_after_size else _CHUNK_LINE  # (a response's: see above)
+        self._response = spaces_after_size  # (its trailer section read as nginx reads it)
+
+    @classmethod
+    def trailer_section(cls, status: int, max_line: int) -> ChunkedFraming:
+        """A response's framing from the start of its trailer section on (the llhttp codec's, once llhttp refused a
+        line of it)."""
+        framing = cls(status, max_line, spaces_after_size=True)
+        framing._state = _TRAILERS
+        return framing
 
     @property
     def done(self) -> bool:
         """The body ended (its trailer section with it): the bytes after it are the next message's."""
         return self._state == _DONE
+
+    @property
+    def in_trailers(self) -> bool:
+        """All of the body's data came: its trailer section is being read, or ended."""
+        return self._state >= _TRAILERS
 
     def feed(self, data: bytes) -> None:
         i = 0
@@ -95,10 +113,24 @@ class ChunkedFraming:
                 self._state = _SIZE
         elif line == b"\r\n":
             self._state = _DONE
+        elif self._response:
+            self._skip_trailer(line)
         elif _TRAILER_LINE.fullmatch(line) is None:
             self._fail("invalid trailer field")
         elif line.lower().startswith(_FRAMING):
             self._fail("framing field in the trailer section")
+
+    def _skip_trailer(self, line: bytes) -> None:
+        """A line of a response's trailer section (but CRLF), as nginx reads it: skipped, a CR in it not followed by LF
+        its fault, LF alone the section's end."""
+        text = line[:-2] if line[-2:] == b"\r\n" else line[:-1]
+        if b"\r" in text:
+            self._fail("a CR not followed by LF in the trailer section")
+        elif not text:
+            self._state = _DONE
+            self.skipped = True  # (a bare LF ends it: llhttp refuses that)
+        elif _TRAILER_LINE.fullmatch(line) is None or line.lower().startswith(_FRAMING):
+            self.skipped = True
 
     def _fail(self, message: str) -> None:
         self.error = ProtocolError(message, self._status)

@@ -343,6 +343,51 @@ def nginx_version(version: bytes) -> bytes:
 _HIGH = re.compile(rb"[\x80-\xff]")
 _NOT_TOKEN = re.compile(rb"[^!#$%&'*+.^_`|~0-9A-Za-z-]")  # a byte no token (RFC 9110 5.6.2) holds
 _NOT_IN_NAME = re.compile(rb"[\x00-\x20\x7f]")  # what ends nginx's reading of a name: a 400
+# Control bytes nginx takes in a header value (ngx_http_parse_header_line's sw_value ends it at CR and LF and refuses
+# NUL only) and llhttp or h11 refuse
+_VALUE_CONTROL = re.compile(rb"[\x01-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# fields whose value frames the message: never mended, so that a parser's refusal of a control byte in one stands
+# (nginx refuses it too: no number, no `chunked`)
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding"})
+# Header lines of a mended head by their index among its header lines, as nginx reads them (name lower-cased, value
+# without the whitespace around it): what the parsers were given stand-ins for
+Fields = dict[int, tuple[bytes, bytes]]
+
+
+def mend_field(name: bytes, value: bytes) -> tuple[bytes, bytes] | None:
+    """A header line (`value` after its colon, without its line end) as llhttp and h11 take what nginx takes in it,
+    or None when they take it as it is: in a name nginx calls invalid and reads on (ngx_http_parse_header_line's
+    invalid_header: a byte no token holds, 0x80-0xFF among them) those bytes as `.`; in a value, but one that frames
+    the message, its control bytes as spaces. What nginx refuses (a space, a control byte or `:` in a name, NUL or a
+    bare CR in a value) is left for the parsers to refuse."""
+    stand_in = name
+    if _NOT_TOKEN.search(name) is not None and _NOT_IN_NAME.search(name) is None and name:
+        stand_in = _NOT_TOKEN.sub(b".", name)
+    mended = value
+    if _VALUE_CONTROL.search(value) is not None and name.lower() not in _FRAMING_NAMES:
+        mended = _VALUE_CONTROL.sub(b" ", value)
+    return None if stand_in is name and mended is value else (stand_in, mended)
+
+
+def restore_fields(headers: Headers, fields: Fields) -> None:
+    """Put the header lines a mended head had stand-ins for back in `headers` (as parsed from it), as nginx read
+    them."""
+    for n, field in fields.items():
+        if n < len(headers):
+            headers[n] = field
+
+
+def value_goes_on(head: bytes) -> bool:
+    """Does the last line of `head` (a request head from its request line on, not ended), itself not ended, hold a
+    control byte mend_field mends in a value? Then a parser refused the line as it came, and the head is mended once
+    the line has ended (the value is put back whole, as nginx read it)."""
+    start = head.rfind(b"\n") + 1
+    if not start or head.find(b"\n\r\n") >= 0:
+        return False
+    name, colon, value = head[start:].partition(b":")
+    return bool(colon) and _VALUE_CONTROL.search(value) is not None and name.lower() not in _FRAMING_NAMES
+
+
 NGINX_METHOD = re.compile(rb"[A-Z_-]+")  # ngx_http_parse_request_line's method characters
 # A target ngx_http_parse_request_line reads through: a path, or a schema, `://`, a host of its characters (or an IP
 # literal), a port and a path or query; any byte but a space or a control byte in those
@@ -384,15 +429,16 @@ def _single_spaced(line: bytes) -> bytes:
     return line
 
 
-def mend_request_head(data: bytes, max_line: int) -> bytes | None:
+def mend_request_head(data: bytes, max_line: int) -> tuple[bytes, Fields] | None:
     """`data` (a request head from its request line on, whole or not, and what follows it) as both parsers can take
-    what nginx takes in it, or None when nothing needed mending; for a head one of them refused. In its request line,
-    runs of spaces made single and spaces after the version dropped (_single_spaced), bytes 0x80-0xFF %-escaped
-    (nginx takes them in a target: a client that sends `/café` unescaped; the router decodes it as `/caf%C3%A9`) and
-    a version nginx takes written as the one it serves (`HTTP/1.2` as `HTTP/1.1`: see nginx_version; check_start's
-    505 is raised); in a header name nginx calls invalid and reads on (a byte outside tokens, 0x80-0xFF among them:
-    ngx_http_parse_header_line's invalid_header), those bytes replaced by `.`, which check_request_head drops as
-    nginx drops the line (ignore_invalid_headers). Line lengths are kept but for the request line's."""
+    what nginx takes in it, with the header lines given stand-ins (as nginx read them), or None when nothing needed
+    mending; for a head one of them refused. In its request line, runs of spaces made single and spaces after the
+    version dropped (_single_spaced), bytes 0x80-0xFF %-escaped (nginx takes them in a target: a client that sends
+    `/café` unescaped; the router decodes it as `/caf%C3%A9`) and a version nginx takes written as the one it serves
+    (`HTTP/1.2` as `HTTP/1.1`: see nginx_version; check_start's 505 is raised); its header lines that have ended as
+    mend_field writes them: a name nginx calls invalid with `.` for its odd bytes, which check_request_head drops as
+    nginx drops the line (ignore_invalid_headers), and a value's control bytes as spaces, the value put back by the
+    codec (Kong forwards it). Line lengths are kept but for the request line's."""
     end = data.find(b"\n")
     line = data if end < 0 else data[:end]
     check_start(line, max_line)
@@ -410,20 +456,27 @@ def mend_request_head(data: bytes, max_line: int) -> bytes | None:
     if not mended.isascii():
         mended = _HIGH.sub(lambda m: b"%%%02X" % m[0][0], mended)
     if end < 0:
-        return None if mended == core else mended + line[len(core):]
+        return None if mended == core else (mended + line[len(core):], {})
     stop = data.find(b"\n\r\n", end)
     fields = data[end + 1:] if stop < 0 else data[end + 1:stop + 1]
     lines = fields.split(b"\n")
+    read: Fields = {}
     changed = False
+    ended = len(lines) - 1  # (the last line has not ended, or is the blank line's b"": its name only is mended)
     for n, field in enumerate(lines):
         name, colon, value = field.partition(b":")
-        if _NOT_TOKEN.search(name) is not None and _NOT_IN_NAME.search(name) is None and name:
-            lines[n] = _NOT_TOKEN.sub(b".", name) + colon + value
+        stand_in = mend_field(name, value if n < ended else b"")
+        if stand_in is not None:
             changed = True
+            if n < ended:
+                lines[n] = stand_in[0] + colon + stand_in[1]
+                read[n] = (name.lower(), value.removesuffix(b"\r").strip(b" \t"))
+            else:
+                lines[n] = stand_in[0] + colon + value
     if mended == core and not changed:
         return None
     rest = data[end + 1 + len(fields):]
-    return mended + line[len(core):] + b"\n" + b"\n".join(lines) + rest
+    return mended + line[len(core):] + b"\n" + b"\n".join(lines) + rest, read
 
 
 def version_missing(method: bytes, target: bytes) -> ProtocolError:
@@ -503,9 +556,6 @@ def _name_kind(name: bytes) -> int:
 _NAME_KINDS: Derived[bytes, int] = Derived(_name_kind, 4096)
 
 
-_NOT_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-
-
 # The fields nginx (1.23+) takes once from an upstream (ngx_http_upstream_headers_in: those of
 # ngx_http_upstream_process_header_line, _process_last_modified, _process_expires, and Content-Type, one field of
 # headers_out): a later line of one is "upstream sent duplicate header line: ..., ignored"
@@ -526,13 +576,6 @@ def first_of_single(headers: Headers) -> Headers:
             seen.add(name)
         out.append(field)
     return out
-
-
-def check_reason(reason: bytes) -> None:
-    """A reason phrase is HTAB, SP, VCHAR and obs-text (RFC 9112 4): a control character in one is a broken
-    response, never relayed to a client."""
-    if _NOT_REASON.search(reason) is not None:
-        raise ProtocolError("control character in the upstream's reason phrase", 502)
 
 
 def length_in_range(digits: bytes) -> bool:

@@ -14,6 +14,9 @@ answer has a length.
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Callable
+from typing import Any
 
 import h11
 
@@ -27,6 +30,7 @@ from gateway.http.codec import (
     NEED_DATA,
     NGINX_METHOD,
     Event,
+    Fields,
     HeadBuffers,
     Headers,
     ProtocolError,
@@ -34,7 +38,6 @@ from gateway.http.codec import (
     Response,
     Transport,
     check_head_buffers,
-    check_reason,
     check_request_head,
     check_start,
     check_target,
@@ -45,6 +48,7 @@ from gateway.http.codec import (
     nginx_version,
     overflow_error,
     read_before,
+    restore_fields,
     version_missing,
 )
 from gateway.http.codec_llhttp import (
@@ -57,10 +61,43 @@ from gateway.http.codec_llhttp import (
 )
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
-_CONTROL = re.compile(rb"[\x00-\x08\x0e-\x1f\x7f]")  # no field-vchar (RFC 9110 5.5); llhttp refuses them, h11 not
 _TARGET_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 # a Transfer-Encoding line whose value a tab ends (then spaces at most): not `chunked` to nginx, nor to llhttp
 _CODING_TAB = re.compile(rb"(?im)^transfer-encoding:[^\r\n]*\t *\r$")
+
+
+# What no head the codec writes holds: in a name, a byte that ends one for nginx, `:` or nothing at all; in a value,
+# NUL or a line end (bytes that would split the head)
+_UNWRITABLE_NAME = re.compile(rb"[\x00-\x20\x7f:]|\A\Z")
+_UNWRITABLE_VALUE = re.compile(rb"[\x00\r\n]")
+# the fields h11 writes (h11/_abnf.py: field_name, field_value)
+_H11_NAME = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+_H11_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_STAND_IN = b"x-stand-in-" + secrets.token_hex(8).encode()  # a name no peer sends (_send_head)
+
+
+def _send_head(conn: h11.Connection, make: Callable[..., h11.Request | h11.Response | h11.InformationalResponse],
+               headers: Headers, **fields: Any) -> bytes:
+    """What h11 writes of the head `make` of `headers` and `fields`. A field h11 refuses that nginx reads and relays
+    (a name nginx calls invalid, `X-User@Domain`; a control byte in a value: what the parsers had stand-ins for) is
+    written as it is in the place of a stand-in h11 takes (h11 would check it again wherever it adds a field), so
+    long as no field would split the head (else h11's refusal stands)."""
+    if all(_H11_NAME.fullmatch(name) and _H11_VALUE.fullmatch(value) for name, value in headers) or any(
+            _UNWRITABLE_NAME.search(name) or _UNWRITABLE_VALUE.search(value) for name, value in headers):
+        return conn.send(make(headers=headers, **fields)) or b""
+    stand_ins: Headers = []
+    written = []
+    for n, (name, value) in enumerate(headers):
+        if _H11_NAME.fullmatch(name) and _H11_VALUE.fullmatch(value):
+            stand_ins.append((name, value))
+        else:
+            stand_in = b"%s-%d" % (_STAND_IN, n)
+            stand_ins.append((stand_in, b"v"))
+            written.append((b"\r\n%s: v\r\n" % stand_in, b"\r\n%s: %s\r\n" % (name, value)))
+    data = conn.send(make(headers=stand_ins, **fields)) or b""
+    for stand_in_line, line in written:
+        data = data.replace(stand_in_line, line, 1)
+    return data
 
 
 def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -> tuple[int, bytes, Headers] | None:
@@ -68,8 +105,8 @@ def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -
     A value loses the spaces and tabs before it and the `trailing` bytes after it (a response's: spaces only, as
     LlhttpClient.on_header keeps it).
 
-    Raises ProtocolError(status) for what llhttp rejects and h11 tolerates: bare LF line ends, obs-fold, control
-    characters in a field.
+    Raises ProtocolError(status) for what llhttp rejects and h11 tolerates: bare LF line ends, obs-fold. (A control
+    byte but NUL in a value, which h11 takes, is nginx's too: llhttp's refusal of it is mended.)
     """
     m = _BLANK_LINE.search(raw)
     if m is None:
@@ -78,9 +115,6 @@ def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -
     head = bytes(raw[: size - 4])
     if raw[size - 4 : size] != b"\r\n\r\n" or head.count(b"\n") != head.count(b"\r\n"):
         raise ProtocolError("line ends must be CRLF", status)
-    fields = head.find(b"\r\n")  # where the header lines begin (-1: there are none)
-    if fields >= 0 and _CONTROL.search(head, fields) is not None:
-        raise ProtocolError("control character in a header field", status)
     lines = head.split(b"\r\n")
     headers = []
     for line in lines[1:]:
@@ -197,7 +231,7 @@ class _H11Codec:
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check", "_request")
+    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check", "_request", "_read")
 
     def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         # nginx's large header buffers (check_head_lines); h11 waits for a head (or trailers) as long as they hold
@@ -208,6 +242,7 @@ class H11Server(_H11Codec):
         self._no_body = False
         self.open_ended = False
         self._request: Request | None = None  # the last head's: its chunked body's framing adds to its size
+        self._read: Fields = {}  # the header lines of the head mended last, as nginx read them (mend_request_head)
 
     def request_line_so_far(self) -> tuple[bytes, bytes]:
         probe = self._probe
@@ -236,6 +271,9 @@ class H11Server(_H11Codec):
             if head is None:
                 return None
             size, start, headers = head
+            if self._read:  # (split from a mended head: its fields as nginx read them)
+                restore_fields(headers, self._read)
+                self._read = {}
             self._after_head = bytes(probe[size:])
             version = start.rpartition(b" ")[2]
             if not version.startswith(b"HTTP/"):
@@ -282,7 +320,8 @@ class H11Server(_H11Codec):
                     refused.method, refused.target = _request_line_of(head)
                     raise refused from None
                 if mended is not None:
-                    self._skip_empty_lines(bytearray(mended))  # what nginx takes and h11 refuses: parsed again
+                    self._read = mended[1]
+                    self._skip_empty_lines(bytearray(mended[0]))  # what nginx takes and h11 refuses: parsed again
                     return self._next_event()
             if head is not None and all(_request_line_of(head)):  # (a broken request line is a 400 first, as
                 self._raw_request()  # in nginx) the shared rules decide the status of a complete head h11 rejected
@@ -381,8 +420,8 @@ class H11Server(_H11Codec):
             headers = [*headers, (b"connection", b"close")]
         self._no_body = self._method == b"HEAD" or status == 204 or status == 304
         self.open_ended = not self._no_body and all(name.lower() != b"content-length" for name, _ in headers)
-        response = h11.Response(status_code=status, headers=headers, reason=reason or REASONS.get(status, b""))
-        return self._conn.send(response) or b""
+        return _send_head(self._conn, h11.Response, headers, status_code=status,
+                          reason=reason or REASONS.get(status, b""))
 
     @property
     def closing(self) -> bool:
@@ -395,8 +434,9 @@ class H11Server(_H11Codec):
     def switch_protocols(self, headers: Headers, reason: bytes = b"", lines: bytes = b"") -> bytes:
         if lines:
             headers = [*headers, *(_split_line(line) for line in lines.split(b"\r\n")[:-1])]
-        response = h11.InformationalResponse(status_code=101, headers=headers, reason=reason or b"Switching Protocols")
-        return self._conn.send(response) or b""  # h11 switches: keep_alive is False from here on
+        # (h11 switches: keep_alive is False from here on)
+        return _send_head(self._conn, h11.InformationalResponse, headers, status_code=101,
+                          reason=reason or b"Switching Protocols")
 
     def take_upgraded(self) -> bytes:
         return bytes(self._conn.trailing_data[0])  # what h11 left unparsed after the request (it pauses there)
@@ -454,7 +494,7 @@ class H11Client(_H11Codec):
     """Client side of an upstream connection. A head h11 refuses is parsed again as mend_response_head writes it, when
     that mends it (as the llhttp codec does: LlhttpClient._reparse_mended)."""
 
-    __slots__ = ("_method", "_closed", "_upgrade", "transport", "_sent")
+    __slots__ = ("_method", "_closed", "_upgrade", "transport", "_sent", "_read", "_trailers_ended")
 
     def __init__(self, max_header_bytes: int = 65536) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
@@ -463,13 +503,16 @@ class H11Client(_H11Codec):
         self._closed = False
         self._upgrade = False  # an Upgrade header was sent: h11 accepts a 101 (never reset: not reused after it)
         self._sent: Headers = []  # the request's headers (_reparse_mended)
+        # what the stand-ins of the head mended last stand for (MendedResponse.heads), until it is split
+        self._read: tuple[bytes | None, Fields] | None = None
+        self._trailers_ended = False  # the response ended with a trailer section h11 refused (_next_event)
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
         self._sent = headers
         if framing is None and any(name == b"upgrade" for name, _ in headers):
             self._upgrade = True
-        return self._conn.send(h11.Request(method=method, target=target, headers=headers)) or b""
+        return _send_head(self._conn, h11.Request, headers, method=method, target=target)
 
     def _reparse_mended(self) -> bool:
         """The head h11 refused, parsed again as mend_response_head writes it, when that changes it: by a fresh h11
@@ -479,53 +522,59 @@ class H11Client(_H11Codec):
         if probe is None or self._conn.our_state is not h11.MUST_CLOSE:  # (DONE, until h11's refusal made it so)
             return False
         mended = mend_response_head(bytes(probe), interims=False)
-        if mended is None or mended[0] == probe:
+        if mended is None or mended.data == probe:
             return False
         conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max)
         sent = [hv for hv in self._sent if hv[0].lower() not in (b"content-length", b"transfer-encoding")]
         try:
-            conn.send(h11.Request(method=self._method, target=b"/", headers=sent))
+            _send_head(conn, h11.Request, sent, method=self._method, target=b"/")
         except h11.LocalProtocolError:  # pragma: no cover - the proxy's requests carry a Host
             return False
         conn.send(h11.EndOfMessage())
-        conn.receive_data(mended[0])
+        conn.receive_data(mended.data)
         if self._eof:
             conn.receive_data(b"")
         self._conn = conn
-        self._probe = bytearray(mended[0])
+        self._probe = bytearray(mended.data)
+        self._read = mended.heads[0]
         return True
 
     def take_upgraded(self) -> bytes:
         return bytes(self._conn.trailing_data[0])  # what h11 left unparsed after the 101 (it pauses there)
 
     @staticmethod
-    def _switched(ev: h11.InformationalResponse, headers: Headers) -> Response:
+    def _switched(ev: h11.InformationalResponse, headers: Headers, reason: bytes | None) -> Response:
         """The 101 h11 accepted (to a request with Upgrade), whatever its Upgrade and Connection say: nginx switches
         on the request alone (ngx_http_upstream_upgrade: "TODO: prevent upgrade if not requested or not possible")."""
-        return Response(101, bytes(ev.reason), headers, bytes(ev.http_version), False)
+        return Response(101, bytes(ev.reason) if reason is None else reason, headers, bytes(ev.http_version), False)
 
-    def _raw_response(self) -> Headers | None:
+    def _raw_response(self) -> tuple[Headers, bytes | None] | None:
+        """The headers of the head h11 parsed, split from its bytes and checked, and its reason when it had a
+        stand-in (else h11's is the one)."""
         probe = self._probe
         self._probe = None
+        read, self._read = self._read, None
         if probe is None:
             return None
         try:
             head = _split_head(probe, 502, b" ")
         except ProtocolError:  # bare LF line ends, which h11 takes: split as mended, as llhttp reads them
             mended = mend_response_head(bytes(probe), interims=False)
-            if mended is None or mended[0] == probe:
+            if mended is None or mended.data == probe:
                 raise
-            probe = bytearray(mended[0])
+            probe = bytearray(mended.data)
+            read = mended.heads[0]
             head = _split_head(probe, 502, b" ")
         if head is None:
             return None
-        size, start, headers = head
+        size, _, headers = head
         self._after_head = bytes(probe[size:])  # type: ignore[index]  # not None: head is
         if size > self._max:
             raise ProtocolError("upstream response head too large", 502)
-        check_reason(start.partition(b" ")[2].partition(b" ")[2])
+        if read is not None:
+            restore_fields(headers, read[1])
         _check_response_head(headers)
-        return headers
+        return headers, None if read is None else read[0]
 
     def _next_event(self) -> Event:
         conn = self._conn
@@ -540,6 +589,17 @@ class H11Client(_H11Codec):
                 if self._eof and self._probe is not None and not self._probe:
                     self._closed = True  # EOF before any byte of a response: as llhttp, CLOSED
                     return CLOSED
+                if (chunks := self._chunks) is not None and chunks.in_trailers and \
+                        self._body_given == chunks.body_ok:
+                    # h11 refused a line after all of the body's data (of a trailer section, once all of it came);
+                    # nginx skips such lines (its framing read them so): the response ends, the connection not reused
+                    if chunks.error is not None:
+                        raise chunks.error from None
+                    if chunks.done:
+                        if self._trailers_ended:
+                            return CLOSED if self._eof else NEED_DATA
+                        self._trailers_ended = True
+                        return END
                 if self._reparse_mended():
                     conn = self._conn
                     continue
@@ -548,8 +608,9 @@ class H11Client(_H11Codec):
             if type(ev) is h11.Data:
                 return self._body(bytes(ev.data))
             if type(ev) is h11.Response:
-                headers = self._raw_response()
-                assert headers is not None
+                raw = self._raw_response()
+                assert raw is not None
+                headers, reason = raw
                 names = dict(headers)
                 if len(names) != len(headers):  # a name repeats
                     headers = first_of_single(headers)
@@ -563,7 +624,7 @@ class H11Client(_H11Codec):
                 keep = version >= b"1.1" and _wants_keep_alive(version, headers)
                 if keep and self._method != b"HEAD" and status != 204 and status != 304:
                     keep = not _close_delimited(headers)
-                return Response(status, bytes(ev.reason), headers, version, keep)
+                return Response(status, bytes(ev.reason) if reason is None else reason, headers, version, keep)
             if type(ev) is h11.EndOfMessage:
                 if self._eof and self.transport is not None and self.transport.reset:  # ended by a reset: cut
                     raise ProtocolError("upstream connection broke mid-response", 502, cut=True)
@@ -572,9 +633,9 @@ class H11Client(_H11Codec):
                 self._closed = True
                 return CLOSED
             if type(ev) is h11.InformationalResponse:
-                headers = self._raw_response()
+                raw = self._raw_response()
                 if ev.status_code == 101:  # h11 raised already if the request had no Upgrade header
-                    return self._switched(ev, headers or [])
+                    return self._switched(ev, [] if raw is None else raw[0], None if raw is None else raw[1])
                 continue
             if ev is h11.NEED_DATA:
                 self._framing_fault()
@@ -582,6 +643,8 @@ class H11Client(_H11Codec):
 
     @property
     def keep_alive(self) -> bool:
-        # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for.
+        # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for, or a trailer line llhttp
+        # refuses, which the llhttp codec reads to the section's end but not as a parser would (ChunkedFraming).
         keep = _H11Codec.keep_alive.fget(self)  # type: ignore[attr-defined]  # mypy: a property has fget
-        return keep and not self._eof and not self._conn.trailing_data[0] and not self._upgrade
+        return keep and not self._eof and not self._conn.trailing_data[0] and not self._upgrade and (
+            self._chunks is None or not self._chunks.skipped)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from typing import NamedTuple
 
 import httptools
 
-from gateway.http.chunked import oversized
+from gateway.http.chunked import ChunkedFraming, oversized
 from gateway.http.codec import (
     CHUNKED,
     CLOSED,
@@ -25,6 +26,7 @@ from gateway.http.codec import (
     NGINX_METHOD,
     NO_BODY,
     Event,
+    Fields,
     HeadBuffers,
     Headers,
     ProtocolError,
@@ -32,7 +34,6 @@ from gateway.http.codec import (
     Response,
     Transport,
     check_head_buffers,
-    check_reason,
     check_request_head,
     check_start,
     check_target,
@@ -40,10 +41,13 @@ from gateway.http.codec import (
     first_of_single,
     head_buffers,
     head_line_lengths,
+    mend_field,
     mend_request_head,
     nginx_version,
     overflow_error,
     read_before,
+    restore_fields,
+    value_goes_on,
     version_missing,
 )
 from gateway.memo import Derived
@@ -132,33 +136,75 @@ _RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
 # IIS's status with a sub-status, `403.1` (nginx's ngx_http_parse_status_line, sw_space_after_status: status 403)
 _IIS_STATUS = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ +[0-9]{3})\.[^ \r\n]*")
 _INTERIM_STATUS = re.compile(rb"HTTP/[0-9]+\.[0-9]+ +1(?!01)[0-9]{2}(?![0-9])")  # a 1xx but a switch: a head follows
+# A reason phrase (what follows the status code and a space) and the bytes h11 refuses in one, which nginx takes
+# (ngx_http_parse_status_line's sw_status_text: any byte but CR and LF; llhttp too)
+_REASON = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ +[0-9]{3} )(.*)", re.S)
+_NOT_IN_REASON = re.compile(rb"[\x00\x0b\x0c]")
 
 
-def mend_response_head(data: bytes, interims: bool = True) -> tuple[bytes, int] | None:
+class MendedResponse(NamedTuple):
+    """What mend_response_head wrote: the bytes, where the last head mended ends in them, and for each head mended,
+    in order, what its stand-ins stand for: its reason (None: as parsed) and header lines as nginx read them."""
+
+    data: bytes
+    end: int
+    heads: list[tuple[bytes | None, Fields]]
+
+
+def _mended_status(line: bytes) -> tuple[bytes, bytes | None]:
+    """A status line (without its line end) as both parsers take it, and its reason when it holds a stand-in."""
+    if (iis := _IIS_STATUS.match(line)) is not None:
+        line = iis[1] + line[iis.end():]
+    reason = _REASON.match(line)
+    if reason is None or _NOT_IN_REASON.search(reason[2]) is None:
+        return line, None
+    return reason[1] + _NOT_IN_REASON.sub(b" ", reason[2]), reason[2]
+
+
+def _mended_field(line: bytes, n: int, read: Fields) -> bytes:
+    """A header line of a response head (without its LF) as both parsers take it: more CRs before its LF dropped
+    (ngx_http_parse_header_line's sw_almost_done takes them; a line of CRs alone is no blank line), and an invalid
+    name or a control byte in a value given stand-ins (mend_field), the field as nginx read it noted in `read`: nginx
+    relays it as it came (ngx_http_proxy_process_header keeps every line it reads, invalid_header or not)."""
+    core = line.rstrip(b"\r") or line.removesuffix(b"\r")
+    name, colon, value = core.partition(b":")
+    stand_in = mend_field(name, value) if colon else None
+    if stand_in is None:
+        return core
+    read[n] = (name.lower(), value.lstrip(b" \t").rstrip(b" "))  # (as LlhttpClient.on_header keeps a value)
+    return stand_in[0] + b":" + stand_in[1]
+
+
+def mend_response_head(data: bytes, interims: bool = True) -> MendedResponse | None:
     """`data` (an upstream's bytes from a status line on, after the empty lines llhttp skips) with its heads, the
     interim ones and the final one (the first head only, without `interims`), written as both parsers take what
     nginx takes in them, and where the last head mended ends in what is returned; None while that head has not
     ended. Only for a head a parser refused (a rare path):
-    lines ended by LF alone end in CRLF (ngx_http_parse_status_line and _header_line end a line at LF), IIS's
-    `403.1` status is 403 (sw_space_after_status: `case '.'`, the rest its text), and IIS's duplicate `HTTP/1.1 ...`
-    line among the header lines is dropped, as nginx ignores it (ngx_http_parse_header_line's sw_ignore_line, for an
-    upstream's head only). The bytes after the final head are left as they came."""
+    lines ended by LF alone end in CRLF (ngx_http_parse_status_line and _header_line end a line at LF), and header
+    lines ended by more CRs before it too; IIS's `403.1` status is 403 (sw_space_after_status: `case '.'`, the rest
+    its text); IIS's duplicate `HTTP/1.1 ...` line among the header lines is dropped, as nginx ignores it
+    (ngx_http_parse_header_line's sw_ignore_line, for an upstream's head only); and the bytes nginx takes and a parser
+    refuses in a reason phrase, a header name or value get stand-ins (_mended_status, _mended_field), for the codecs
+    to put back what they stand for. The bytes after the final head are left as they came."""
     out = [data[:len(data) - len(data.lstrip(b"\r\n"))]]
     pos = len(out[0])
+    heads: list[tuple[bytes | None, Fields]] = []
     while True:
         end = _RESPONSE_HEAD_END.search(data, pos)
         if end is None:
             return None
-        lines = data[pos:end.end()].split(b"\n")  # ..., the blank line, b""
-        status = lines[0].removesuffix(b"\r")
-        if (iis := _IIS_STATUS.match(status)) is not None:
-            status = iis[1] + status[iis.end():]
+        lines = data[pos:end.end()].split(b"\n")  # ..., the header lines, the blank line, b""
+        status, reason = _mended_status(lines[0].removesuffix(b"\r"))
         out.append(status + b"\r\n")
-        out += [line.removesuffix(b"\r") + b"\r\n" for line in lines[1:-1] if not line.startswith(b"HTTP/")]
+        read: Fields = {}
+        fields = [line for line in lines[1:-2] if not line.startswith(b"HTTP/")]
+        out += [_mended_field(line, n, read) + b"\r\n" for n, line in enumerate(fields)]
+        out.append(b"\r\n")
+        heads.append((reason, read))
         pos = end.end()
         if not interims or _INTERIM_STATUS.match(status) is None:
             head = b"".join(out)
-            return head + data[pos:], len(head)
+            return MendedResponse(head + data[pos:], len(head), heads)
 
 
 def _first_head(data: bytes, after_interim: bool) -> int | None:
@@ -186,14 +232,58 @@ class _HeadPending:
 _HEAD_PENDING = _HeadPending()
 
 
-def _response_parser(client: LlhttpClient) -> httptools.HttpResponseParser:
-    """A response parser for `client`, lenient where nginx is (and h11 too): any `HTTP/d.d` version (HTTP/1.2 and
-    HTTP/3.0 status lines are relayed; ngx_http_parse_status_line takes any major 1-9), and spaces or tabs after a
-    chunk size (ngx_http_parse_chunked: they begin an extension; gateway.http.chunked checks the h11 codec's alike).
-    Once per upstream connection."""
+def _response_parser(client: LlhttpClient | _Restoring) -> httptools.HttpResponseParser:
+    """A response parser for `client` (or its callbacks), lenient where nginx is (and h11 too): any `HTTP/d.d`
+    version (HTTP/1.2 and HTTP/3.0 status lines are relayed; ngx_http_parse_status_line takes any major 1-9), and
+    spaces or tabs after a chunk size (ngx_http_parse_chunked: they begin an extension; gateway.http.chunked checks
+    the h11 codec's alike). Once per upstream connection."""
     parser = httptools.HttpResponseParser(client)
     parser.set_dangerous_leniencies(lenient_version=True, lenient_spaces_after_chunk_size=True)
     return parser
+
+
+class _Restoring:
+    """The callbacks of a parser fed heads mend_response_head wrote: the client's, but that each head's reason and
+    header lines are put back as nginx read them (MendedResponse.heads) before the client's on_headers_complete reads
+    them. Only a connection that had a head mended pays for it."""
+
+    __slots__ = ("on_message_begin", "on_status", "on_header", "on_body", "on_message_complete", "_client", "_heads")
+
+    def __init__(self, client: LlhttpClient, heads: list[tuple[bytes | None, Fields]]) -> None:
+        self.on_message_begin = client.on_message_begin
+        self.on_status = client.on_status
+        self.on_header = client.on_header
+        self.on_body = client.on_body
+        self.on_message_complete = client.on_message_complete
+        self._client = client
+        self._heads = heads
+
+    def on_headers_complete(self) -> None:
+        client = self._client
+        if self._heads:
+            reason, fields = self._heads.pop(0)
+            if reason is not None:
+                client._reason = reason
+            restore_fields(client._headers, fields)  # type: ignore[arg-type]  # a list while a head is parsed
+        client.on_headers_complete()
+
+
+class _TrailersPending:
+    """Stands for the response parser once llhttp refused a line of a trailer section nginx skips, until that section
+    ends (LlhttpClient._skips_trailers): what comes is read as nginx reads it."""
+
+    __slots__ = ("_client", "_framing")
+
+    def __init__(self, client: LlhttpClient, framing: ChunkedFraming) -> None:
+        self._client = client
+        self._framing = framing
+
+    def feed_data(self, data: bytes) -> None:
+        self._client._read_trailers(self._framing, data)
+
+
+# a last-chunk line as llhttp reads one (zeros, spaces, an extension, CRLF), at a line start (_skips_trailers)
+_LAST_CHUNK = re.compile(rb"(?:^|(?<=\n))0+[ \t]*(?:;[^\r\n]*)?\r\n")
 
 
 # an ordinary head for the body of an upgrade request that llhttp skipped (LlhttpServer._read_skipped_body)
@@ -404,6 +494,8 @@ class _Parsing(_BodyFramer):
             return
         if self._in_head and self._reparse_mended(data):
             return
+        if not self._in_head and self._skips_trailers(data, error):
+            return
         self._bad_method = isinstance(error, httptools.HttpParserInvalidMethodError)
         cause = error.__context__  # what a callback raised
         if not isinstance(cause, ProtocolError):
@@ -421,6 +513,11 @@ class _Parsing(_BodyFramer):
     def _switched_anyway(self, data: bytes) -> bool:
         """llhttp stopped after a 101 it calls no upgrade (without Upgrade or Connection: upgrade), which answers
         ours: switched all the same (client side)."""
+        return False
+
+    def _skips_trailers(self, data: bytes, error: httptools.HttpParserError) -> bool:
+        """llhttp refused a line of a trailer section, in `data`, that nginx skips: the message ends with the section
+        all the same (client side)."""
         return False
 
     def _head_waits(self, data: bytes) -> None:
@@ -484,21 +581,30 @@ class _Parsing(_BodyFramer):
 
 
 class _SentMethod:
-    """The callbacks of a parser fed a head whose method llhttp does not know, written as one it knows
-    (_as_known_method): the server's own but for on_headers_complete (LlhttpServer._sent_headers_complete)."""
+    """The callbacks of a parser fed a head mend_request_head wrote, or whose method llhttp does not know, written as
+    one it knows (_as_known_method): the server's own but for on_headers_complete, which first puts that head's
+    header lines back as nginx read them (`fields`), then is the server's _sent_headers_complete."""
 
-    __slots__ = ("on_message_begin", "on_url", "on_header", "on_headers_complete", "on_body", "on_message_complete",
-                 "on_chunk_header", "on_chunk_complete")
+    __slots__ = ("on_message_begin", "on_url", "on_header", "on_body", "on_message_complete", "on_chunk_header",
+                 "on_chunk_complete", "_server", "_fields")
 
-    def __init__(self, server: LlhttpServer) -> None:
+    def __init__(self, server: LlhttpServer, fields: Fields) -> None:
         self.on_message_begin = server.on_message_begin
         self.on_url = server.on_url
         self.on_header = server.on_header
-        self.on_headers_complete = server._sent_headers_complete
         self.on_body = server.on_body
         self.on_message_complete = server.on_message_complete
         self.on_chunk_header = server.on_chunk_header
         self.on_chunk_complete = server.on_chunk_complete
+        self._server = server
+        self._fields = fields
+
+    def on_headers_complete(self) -> None:
+        server = self._server
+        if self._fields:
+            restore_fields(server._headers, self._fields)  # type: ignore[arg-type]  # a list while a head is parsed
+            self._fields = {}
+        server._sent_headers_complete()
 
 
 class LlhttpServer(_Parsing):
@@ -701,12 +807,15 @@ class LlhttpServer(_Parsing):
         if method_end < 0:
             return self._method_goes_on(head)
         method = head[:method_end]
+        if value_goes_on(head):  # (its value is put back whole: the head is mended once the line ended)
+            return self._waits_for_more(head)
         try:
-            mended = mend_request_head(head, self._max_line)
+            mending = mend_request_head(head, self._max_line)
         except ProtocolError as e:  # a version nginx does not speak: 505
             e.method = method
             self._fail(e)
             return True
+        mended, fields = (None, {}) if mending is None else mending
         # a method nginx takes and llhttp does not know: read as GET, the Request given the client's (_SentMethod)
         as_sent = method if NGINX_METHOD.fullmatch(method) is not None and not _LLHTTP_KNOWS[method] else b""
         if as_sent:
@@ -714,7 +823,7 @@ class LlhttpServer(_Parsing):
         elif mended is None:  # (nothing to mend: a head read as GET and refused again keeps the method as sent)
             return False
         self._as_sent = as_sent
-        self._parser = httptools.HttpRequestParser(_SentMethod(self) if as_sent else self)
+        self._parser = httptools.HttpRequestParser(_SentMethod(self, fields) if as_sent or fields else self)
         self._head_chunks = []
         self._before, self._prev = b"", mended
         self._feed(mended)
@@ -731,7 +840,12 @@ class LlhttpServer(_Parsing):
         the parser left refusing whatever comes (it is sticky), so that the next read mends the head with it."""
         if NGINX_METHOD.fullmatch(head) is None:
             return False
-        try:  # (nginx's 414 for a request line that fills its buffers)
+        return self._waits_for_more(head)
+
+    def _waits_for_more(self, head: bytes) -> bool:
+        """`head`, refused as it came, waits for more of it within nginx's buffers (a 414 or 494 past them), the
+        parser left refusing whatever comes (it is sticky), so that the next read mends the head with it."""
+        try:
             HeadBuffers(head, self._max_line, self._buffers).feed(head)
         except ProtocolError as e:
             self._fail(e)
@@ -1012,7 +1126,9 @@ class LlhttpClient(_Parsing):
     """Client side of an upstream connection.
 
     A head llhttp refuses is parsed again as mend_response_head writes it, when that mends it (bare LF line ends,
-    IIS's `403.1` and duplicate status line, all of which nginx takes): the rare head only, once it has ended."""
+    IIS's `403.1` and duplicate status line, a header name nginx calls invalid, a control byte in a value, all of
+    which nginx takes and relays): the rare head only, once it has ended. A trailer section llhttp refuses is read
+    as nginx reads it (_skips_trailers)."""
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
                  "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked", "_upgrade",
@@ -1096,8 +1212,6 @@ class LlhttpClient(_Parsing):
         reason = self._reason
         if self._head_too_large(len(reason) + 15, headers):
             raise ProtocolError("upstream response head too large", 502)
-        if reason and reason != b"OK":
-            check_reason(reason)
         if status < 200:
             # the switch asked for, whatever the 101's Upgrade and Connection say: queued once llhttp stops for it
             if status == 101 and self._upgrade:
@@ -1239,10 +1353,11 @@ class LlhttpClient(_Parsing):
                 self._head_chunks = [head]
                 self._head_fed = len(head)
             return True
-        data, end = mended
+        data, end, heads = mended
         if data == head and self._parser is not _HEAD_PENDING:  # nothing to mend: llhttp's error stands (after a
             return False  # wait, the head is parsed again for it)
-        self._parser = _response_parser(self)
+        stand_ins = any(reason is not None or fields for reason, fields in heads)
+        self._parser = _response_parser(_Restoring(self, heads) if stand_ins else self)
         self._head_chunks = []
         self._head_fed = 0
         self._feed(data)
@@ -1251,6 +1366,38 @@ class LlhttpClient(_Parsing):
             if len(data) != end:
                 self._keep = False
         return True
+
+    def _skips_trailers(self, data: bytes, error: httptools.HttpParserError) -> bool:
+        # nginx skips a trailer section's lines unread (ngx_http_parse_chunked's sw_trailer_header: a CR not followed
+        # by LF is its one fault there), where llhttp reads them as header lines. Once llhttp reads trailers the body
+        # is whole: the message ends with the section, read from here on as nginx reads it (gateway.http.chunked),
+        # and the connection is not reused (httptools tells no offset: the section's end is found as below, not as
+        # llhttp would). llhttp's refusal of a chunk (its messages name one) or of a CR without LF stands.
+        message = str(error)
+        if (self._dead or not self._in_message or isinstance(error.__context__, ProtocolError)
+                or "chunk" in message.lower() or "LF after" in message
+                or all(name != b"transfer-encoding" for name, _ in self._response_headers)):
+            return False
+        # The section begins in `data` past its last last-chunk line (a line of the section that looks like one is
+        # at or past the line refused, llhttp refusing it too), else before `data`, taken as beginning at a line.
+        start = 0
+        for line in _LAST_CHUNK.finditer(data):
+            start = line.end()
+        self._keep = False
+        self._read_trailers(ChunkedFraming.trailer_section(502, self._max_head), data[start:])
+        return True
+
+    def _read_trailers(self, framing: ChunkedFraming, data: bytes) -> None:
+        """More of a trailer section llhttp refused a line of, read by its framing: END once it ended."""
+        framing.feed(data)
+        if framing.error is not None:
+            self._fail(framing.error)
+        elif framing.done:
+            self._events.append(END)
+            self._in_message = False
+            self._dead = True  # (what follows, unasked for, is not read)
+        else:
+            self._parser = _TrailersPending(self, framing)  # type: ignore[assignment]  # (feeds this)
 
     def _fail(self, error: ProtocolError) -> None:
         if error.status != 502:  # a limit a callback enforced (431 on the server side)

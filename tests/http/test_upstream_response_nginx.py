@@ -8,9 +8,10 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import h11
 import pytest
 import trio
-from backends import ScriptedBackend, request, service
+from backends import ScriptedBackend, raw_exchange, request, service
 
 from gateway.http.codec import END, NEED_DATA, ProtocolError, Request, Response
 from gateway.http.codecs import codec_classes
@@ -219,6 +220,114 @@ def test_a_chunk_size_then_whitespace_then_an_extension_INHERENT(codec: str) -> 
     assert events == ([head, b"ok", END] if codec == "llhttp" else [head, b"o", ("error", 502)])
 
 
+# --- heads nginx reads and relays, which llhttp or h11 refuse: read again with stand-ins, put back as nginx read them
+
+
+def head_of(headers: list[tuple[bytes, bytes]], reason: bytes = b"OK") -> tuple[object, ...]:
+    return (200, reason, [*headers, (b"content-length", b"2")], b"1.1", True)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("value", [b"foo\x01bar", b"\x0bv\x0c", b"\x1b[1m", b"a\x7f"])
+def test_a_control_byte_in_an_upstream_header_value_is_relayed(codec: str, value: bytes) -> None:
+    """ngx_http_parse_header_line's sw_value ends a value at CR or LF and refuses NUL, nothing else
+    (src/http/ngx_http_parse.c:996-1025), and ngx_http_proxy_process_header keeps every line it reads
+    (src/http/modules/ngx_http_proxy_module.c:1881-1945): the value reaches the client as it came."""
+    raw = b"HTTP/1.1 200 OK\r\nX-A: " + value + b"\r\nContent-Length: 2\r\n\r\nok"
+    assert read_alike(codec, raw) == ([head_of([(b"x-a", value)]), b"ok", END], True)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("name", [b"X-User@Domain", b"X(Y)", b"X-Caf\xe9", b"X[1]{2}\"/"])
+def test_an_upstream_header_name_nginx_calls_invalid_is_relayed(codec: str, name: bytes) -> None:
+    """A byte of a name other than a letter, a digit, `-` and `_` (but a control byte, a space or `:`) only sets
+    r->invalid_header (src/http/ngx_http_parse.c:961-969 `r->invalid_header = 1; break;`), which
+    ngx_http_proxy_process_header never reads (src/http/modules/ngx_http_proxy_module.c:1881-1945): nginx relays
+    the line."""
+    raw = b"HTTP/1.1 200 OK\r\n" + name + b": v\r\nContent-Length: 2\r\n\r\nok"
+    assert read_alike(codec, raw) == ([head_of([(name.lower(), b"v")]), b"ok", END], True)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("ending", [b"\r\r\n", b" \r\r\r\n"])
+def test_an_upstream_header_line_ended_by_more_crs_before_its_lf_is_read(codec: str, ending: bytes) -> None:
+    """sw_almost_done takes more CRs before the LF (src/http/ngx_http_parse.c:1046-1054 `case LF: goto done;
+    case CR: break;`): `X-A: foo` CR CR LF is the field X-A: foo."""
+    raw = b"HTTP/1.1 200 OK\r\nX-A: foo" + ending + b"Content-Length: 2\r\n\r\nok"
+    assert read_alike(codec, raw) == ([head_of([(b"x-a", b"foo")]), b"ok", END], True)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("reason", [b"O\x01K", b"OK\x00", b"O\x0bK", b"\x7f"])
+def test_an_upstream_reason_phrase_with_a_control_byte_is_relayed(codec: str, reason: bytes) -> None:
+    """ngx_http_parse_status_line's sw_status_text takes any byte but CR and LF (src/http/ngx_http_parse.c:1795-1805),
+    and the client gets the upstream's status line (src/http/ngx_http_upstream.c:2945 `r->headers_out.status_line =
+    u->headers_in.status_line;`)."""
+    raw = b"HTTP/1.1 200 " + reason + b"\r\nContent-Length: 2\r\n\r\nok"
+    assert read_alike(codec, raw) == ([head_of([], reason), b"ok", END], True)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("head", [
+    b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\n", b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\n", b"HTTP/1.1 200 OK\r\nX A: v\r\n",
+    b"HTTP/1.1 200 OK\r\nX\x7fA: v\r\n", b"HTTP/1.1 200 OK\r\nX-A: v\r\n w\r\n", b"HTTP/1.1 200 OK\r\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\x01\r\n", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\x01\r\n"])
+def test_what_nginx_refuses_in_an_upstream_head_stays_502(codec: str, head: bytes) -> None:
+    """What nginx refuses is still refused: NUL or a CR without LF in a value (sw_value, sw_almost_done), a space or
+    DEL in a name (sw_name: `if (ch <= 0x20 || ch == 0x7f) return NGX_HTTP_PARSE_INVALID_HEADER;`), a folded line
+    (sw_start: a space is no name), a status line's second CR (ngx_http_parse_status_line's sw_almost_done), and a
+    length or coding with a control byte (no number; not `chunked`: ngx_http_upstream_process_content_length,
+    _transfer_encoding). No stand-in is ever given to a framing field."""
+    assert read_alike(codec, head + b"\r\nok") == ([("error", 502)], False)
+
+
+CHUNKED_OK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+CHUNKED_HEAD = (200, b"OK", [(b"transfer-encoding", b"chunked")], b"1.1", True)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("trailers", [b"X-T: a\x01b\r\n\r\n", b"Bad Name: x\r\n\r\n", b"X-T\x00: v\r\n\r\n",
+                                      b"NoColon\r\nX: y\r\n\r\n", b"X: a\nY: b\r\n\r\n", b"\n",
+                                      b"Content-Length: 5\r\n\r\n", b"X: a\r\n b\r\n\r\n"])
+def test_upstream_trailer_lines_nginx_skips_end_the_response_unpooled(codec: str, trailers: bytes) -> None:
+    """ngx_http_parse_chunked skips each trailer line to its LF and ends the body at an empty line (sw_trailer,
+    sw_trailer_header: src/http/ngx_http_parse.c:2311-2345): a line llhttp or h11 refuses loses nothing (trailers
+    are not relayed anyway). The connection is not reused: the llhttp codec reads the rest of such a section
+    without llhttp."""
+    assert read_alike(codec, CHUNKED_OK + trailers) == ([CHUNKED_HEAD, b"ok", END], False)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("trailers", [b"X: a\rb\r\n\r\n", b"X: a\r\r\n\r\n", b"X: \x01\r\n\r\r\n"])
+def test_a_cr_without_lf_in_an_upstream_trailer_section_is_still_502(codec: str, trailers: bytes) -> None:
+    """sw_trailer_header_almost_done and sw_trailer_almost_done take only LF after a CR (src/http/ngx_http_parse.c:
+    2323-2345 `goto invalid;`): "upstream sent invalid chunked response", after the body bytes before it."""
+    assert read_alike(codec, CHUNKED_OK + trailers) == ([CHUNKED_HEAD, b"ok", ("error", 502)], False)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_relayed_field_and_reason_are_written_to_the_client_as_they_came(codec: str) -> None:
+    """nginx's header filter copies the upstream's status line and each field's key and value as read
+    (src/http/ngx_http_header_filter_module.c): both server codecs write what the client codecs put back."""
+    server = codec_classes(codec)[0]()
+    server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert type(server.next_event()) is Request and server.next_event() is END
+    head = server.response_head(200, [(b"x-user@domain", b"v"), (b"x-a", b"foo\x01bar"), (b"content-length", b"2")],
+                                reason=b"O\x01K")
+    assert head.startswith(b"HTTP/1.1 200 O\x01K\r\nx-user@domain: v\r\nx-a: foo\x01bar\r\ncontent-length: 2\r\n")
+
+
+def test_the_h11_codec_never_writes_a_field_that_would_split_its_head() -> None:
+    """h11's refusal of a field stands when it holds NUL, CR or LF, or its name a space or `:`: what would end a
+    line or the head for the client (nginx's parsers never give such a field)."""
+    for field in [(b"x-a", b"a\r\nx-b: b"), (b"x-a", b"a\nb"), (b"x-a", b"a\x00"), (b"x a", b"v"), (b"x:a", b"v")]:
+        server = codec_classes("h11")[0]()
+        server.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert type(server.next_event()) is Request and server.next_event() is END
+        with pytest.raises(h11.LocalProtocolError):
+            server.response_head(200, [(b"x-user@domain", b"v"), field, (b"content-length", b"0")])
+
+
 # --- the whole path ---------------------------------------------------------------------------------------------------
 
 ODD_ANSWERS = {  # path: (the upstream's answer, the client's status and body)
@@ -248,6 +357,40 @@ async def test_odd_answers_reach_the_client_as_through_nginx(nursery, gateway):
         assert reply.status == status, (path, reply)
         if body is not None:
             assert reply.body == body, (path, reply)
+
+
+GET_CLOSE = b"GET %b HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+RELAYED_AS_NGINX = {  # path: (the upstream's answer, what the client gets: its status line, a header line, its body)
+    "/value": (b"HTTP/1.1 200 OK\r\nX-A: foo\x01bar\r\nContent-Length: 2\r\n\r\nok", b"200 OK",
+               b"x-a: foo\x01bar", b"ok"),
+    "/name": (b"HTTP/1.1 200 OK\r\nX-User@Domain: v\r\nContent-Length: 2\r\n\r\nok", b"200 OK",
+              b"x-user@domain: v", b"ok"),
+    "/crcr": (b"HTTP/1.1 200 OK\r\nX-A: foo\r\r\nContent-Length: 2\r\n\r\nok", b"200 OK", b"x-a: foo", b"ok"),
+    "/reason": (b"HTTP/1.1 200 O\x01K\r\nContent-Length: 2\r\n\r\nok", b"200 O\x01K", b"content-length: 2",
+                b"ok"),
+    "/trailer": (CHUNKED_OK + b"X-T: a\x01b\r\nBad Name: x\r\n\r\n", b"200 OK", b"transfer-encoding: chunked",
+                 b"2\r\nok\r\n0\r\n\r\n"),
+}
+
+
+async def test_answers_nginx_relays_reach_the_client_as_through_nginx(nursery, gateway):
+    """Each answer above through a gateway, whose upstream keeps its connection open: relayed as it came (the
+    reason, a control byte in a value, a name nginx calls invalid) or as nginx reads it (more CRs before a line's
+    LF; trailer lines skipped), where the gateway answered 502 (the reason, the value, the name, the CRs) or cut the
+    response (the trailers). Raw bytes are read: a strict client parser would refuse what nginx sends."""
+    services = []
+    for i, (path, (answer, *_)) in enumerate(RELAYED_AS_NGINX.items()):
+        backend = ScriptedBackend([answer], hold=TIMEOUT)
+        await nursery.start(backend.serve)
+        services.append(service(f"s{i}", f"http://127.0.0.1:{backend.port}", routes=[{"paths": [path]}]))
+    port = await gateway({"services": services})
+    for path, (_, status_line, line, body) in RELAYED_AS_NGINX.items():
+        with trio.fail_after(TIMEOUT / 2):
+            data, _ = await raw_exchange(port, GET_CLOSE % path.encode(), timeout=TIMEOUT / 2)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 " + status_line + b"\r\n"), (path, data)
+        assert b"\r\n" + line + b"\r\n" in head.lower() + b"\r\n", (path, data)
+        assert rest == body, (path, data)
 
 
 # --- X-Accel-Limit-Rate -----------------------------------------------------------------------------------------------
