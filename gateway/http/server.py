@@ -83,6 +83,7 @@ HEADERS_SET = "headers_set"  # ex.state: response headers a policy set in access
 REFUSED = "refused"  # ex.state: the connection loop refused the request before its head was read (nginx's page)
 HELD_FILE = "held_file"  # ex.state: the rest of a body read whole in access, in a file (Exchange.hold_body)
 BODY_SET = "body_set"  # ex.state: a plugin set the body (Exchange.replace_body: ngx.req.set_body_data, in memory)
+BODY_READER = "mcp"  # ex.state: a reader keeping body bytes it read (the MCP step's McpRequest: BodyReader)
 _TIMEOUT_KINDS = {Phase.NEW: "client_header", Phase.HEAD: "client_header", Phase.CLIENT_BODY: "client_body",
                   Phase.CLIENT_WRITE: "client_send", Phase.UPSTREAM_WRITE: "upstream_write",
                   Phase.UPSTREAM_READ: "upstream_read", Phase.UPSTREAM_BODY: "upstream_read",
@@ -241,6 +242,15 @@ class BodyFile(Protocol):
     def close(self) -> None: ...
 
 
+class BodyReader(Protocol):
+    """A reader that keeps the body bytes it read itself (gateway.mcp.step.McpRequest, under state[BODY_READER]): the
+    Exchange's own readers take them back first, so every reader sees the client's body from its start."""
+
+    def give_back(self, replaced: bool = False) -> bytes | None:
+        """The bytes it holds (None: none), the Exchange's from now on; `replaced`: a plugin set another body."""
+        ...
+
+
 class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
@@ -359,7 +369,10 @@ class Exchange:
         return self.conn.peer[0] if self.conn.peer else ""
 
     def take_buffered_body(self) -> tuple[bytes, bool]:
-        """Body bytes that arrived with the head, and whether that was all of it: lets the proxy send in one write."""
+        """Body bytes that arrived with the head (or that a reader read ahead), and whether that was all of it: lets
+        the proxy send in one write."""
+        if self.state is not None and BODY_READER in self.state:
+            self._take_back(self.state[BODY_READER])
         held, self._held = self._held or b"", None
         if self._request_done:
             state = self.state
@@ -378,6 +391,8 @@ class Exchange:
     async def read_body(self, limit: int) -> tuple[bytes, bool]:
         """Read the request body to its end, or until more than `limit` bytes: (the bytes, whether that is all of
         it). They are kept: the forwarder sends them (or what replace_body put instead) before the rest."""
+        if self.state is not None and BODY_READER in self.state:
+            self._take_back(self.state[BODY_READER])
         body, self._held = self._held or b"", None
         if len(body) <= limit and (chunk := await self.receive_body()) is not None:
             whole = bytearray(body)  # (one buffer, not an object per chunk: a body of tiny chunks weighs its bytes)
@@ -396,9 +411,28 @@ class Exchange:
         state = self.state
         if state is None:
             state = self.state = {}
-        elif HELD_FILE in state:
-            state.pop(HELD_FILE).close()
+        else:
+            if HELD_FILE in state:
+                state.pop(HELD_FILE).close()
+            if BODY_READER in state:
+                state[BODY_READER].give_back(True)  # (what it still held is replaced too)
         state[BODY_SET] = True
+
+    def _take_back(self, reader: BodyReader) -> None:
+        """The bytes `reader` read ahead (the MCP peek's, say), held again here for whoever reads next: Kong's plugins
+        all read the one body nginx read (kong.request.get_raw_body), and the forwarder sends what they leave."""
+        lent = reader.give_back()
+        if lent:
+            held = self._held
+            self._held = lent + held if held else lent
+
+    def release_body(self) -> None:
+        """The request is over, whoever answered it: close the body it still holds (a file: hold_body) and drop the
+        bytes, as nginx's request pool cleanup closes its temporary body file (ngx_file.c:187-209)."""
+        self._held = None
+        state = self.state
+        if state is not None and HELD_FILE in state:
+            state.pop(HELD_FILE).close()
 
     def hold_body(self, body: bytes, rest: BodyFile | None = None) -> None:
         """Keep a body a policy read to its end in access (request-size-limiting, as Kong's ngx.req.read_body): `body`,
@@ -679,27 +713,28 @@ def _shed_with_spare(listener: socket.socket, spare: SpareFd) -> bool | None:
 
 async def _connection_task(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None,
                            proxy_protocol: bool) -> None:
+    timers = settings.connections.timers
+    # nginx arms client_header_timeout once, at the accept (ngx_http_init_connection), and leaves it running through
+    # the PROXY header, the TLS handshake and the first request head (ngx_http_request.c:355, 429, 1581): one
+    # header_timeout for all of them. Meanwhile the connection is waiting (Phase.NEW), as nginx counts it.
+    born = timers.clock()
+    timer = ConnTimer(born + settings.header_timeout, Phase.NEW)
+    timers.add(timer)
     try:
-        if proxy_protocol and not await _proxy_header(conn, settings):
-            return
-        if tls is not None:
-            tls_conn = None
-            plain = False
-            with trio.move_on_after(tls.handshake_timeout):
-                try:
-                    tls_conn = await server_handshake(tls.context, conn)
-                except PlainHttpOnTlsPort:
-                    plain = True
-                except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
-                    log.debug("TLS handshake with %s failed: %s", conn.peer, e)
-            if plain:  # read as any plain connection: what the parser refuses gets its 400, a request nginx's 497
-                handler = _plain_http_on_tls(tls.context.plain_http_head)
-            elif tls_conn is None:
+        if proxy_protocol or tls is not None:
+            with timer.scope:
+                opened = await _open(conn, handler, settings, tls, proxy_protocol)
+            if timer.scope.cancel_called:
+                TIMEOUTS.labels("client_header").inc()
+                log.info("client %s did not %s within header_timeout_s (%gs) of its accept: connection closed",
+                         conn.peer, "send a whole PROXY protocol header" if proxy_protocol and conn.proxied is None
+                         else "finish its TLS handshake", settings.header_timeout)
                 return
-            else:
-                tls_conn.proxied = conn.proxied
-                conn = tls_conn
-        if await handle_connection(conn, handler, settings):
+            if opened is None:
+                return
+            conn, handler = opened
+            timer.scope = trio.CancelScope()
+        if await handle_connection(conn, handler, settings, timer, born):
             await _linger(conn, settings.connections)
     except OSError as e:  # the peer went away in a place that did not expect it: this connection ends, not the worker
         log.debug("connection from %s ended: %s", conn.peer, e)
@@ -707,25 +742,46 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
         log.exception("connection from %s failed; closing it (the worker goes on)", conn.peer)
         conn.abort()
     finally:
+        timers.discard(timer)  # (also when it ended before its first request)
         conn.close()
         settings.connections.closed(conn)
 
 
+async def _open(conn: Conn, handler: Handler, settings: ServerSettings, tls: ServerTls | None,
+                proxy_protocol: bool) -> tuple[Conn, Handler] | None:
+    """What comes before a connection's requests on a `proxy_protocol` or `tls` listener: its PROXY header, then the
+    TLS handshake; the connection and handler its requests go to, or None when it is to close unanswered. Bounded
+    by the caller's timer (header_timeout from the accept), a handshake by ssl_handshake_timeout_s too."""
+    if proxy_protocol and not await _proxy_header(conn, settings):
+        return None
+    if tls is None:
+        return conn, handler
+    tls_conn = None
+    with trio.move_on_after(tls.handshake_timeout):
+        try:
+            tls_conn = await server_handshake(tls.context, conn)
+        except PlainHttpOnTlsPort:  # read as any plain connection: what the parser refuses gets its 400, a request
+            return conn, _plain_http_on_tls(tls.context.plain_http_head)  # nginx's 497
+        except (TlsError, OSError) as e:  # bad input, or the client left (a reset mid-handshake)
+            log.debug("TLS handshake with %s failed: %s", conn.peer, e)
+    if tls_conn is None:
+        return None
+    tls_conn.proxied = conn.proxied
+    return tls_conn, handler
+
+
 async def _proxy_header(conn: Conn, settings: ServerSettings) -> bool:
-    """Read the PROXY protocol header a connection on a `proxy_protocol` listener starts with, within header_timeout
-    (nginx's client_header_timeout), and keep the client it names (conn.proxied); False when the connection is to
-    close unanswered, as nginx closes it: the header is broken, late or missing. Meanwhile the connection is
-    reusable, as nginx's waiting for it is (ngx_http_wait_request_handler, ngx_http_ssl_handshake)."""
+    """Read the PROXY protocol header a connection on a `proxy_protocol` listener starts with (within the caller's
+    header_timeout, from the accept: nginx's client_header_timeout) and keep the client it names (conn.proxied);
+    False when the connection is to close unanswered, as nginx closes it: the header is broken or missing.
+    Meanwhile the connection is reusable, as nginx's waiting for it is (ngx_http_wait_request_handler,
+    ngx_http_ssl_handshake)."""
     reusable = settings.connections.reusable
     reusable[conn] = None
     try:
-        with trio.move_on_after(settings.header_timeout):
-            header = await read_header(conn)
-            conn.proxied = proxied_client(header.source, header.source_port)
-            return True
-        TIMEOUTS.labels("client_header").inc()
-        log.info("client %s sent no whole PROXY protocol header within header_timeout_s (%gs): connection closed",
-                 conn.peer, settings.header_timeout)
+        header = await read_header(conn)
+        conn.proxied = proxied_client(header.source, header.source_port)
+        return True
     except BrokenHeader as e:
         log.error("%s from %s on a proxy_protocol listener: connection closed (is the balancer in front sending "
                   "the PROXY protocol, e.g. HAProxy's send-proxy-v2?)", e, conn.peer)
@@ -750,7 +806,8 @@ def _plain_http_on_tls(head: bytes) -> Handler:
     return answer
 
 
-async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings) -> bool:
+async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettings, timer: ConnTimer | None = None,
+                            born: float = 0.0) -> bool:
     """Serve requests on one client connection until it closes, breaks, or idles out; True when it ends on an
     answer that left input unread (the client may still be sending its body): the connection lingers (_linger).
 
@@ -759,18 +816,21 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
     sets while it waits for an upstream. A kept-alive connection waiting for its next request is closed soon after
     the worker starts draining; a new connection is always given its first request, since the client has already
     committed it to us. (One coroutine for the loop and its timer: every open connection holds its frame.)
+    `timer`, `born`: the timer running since the connection's accept at `born` (a PROXY header or TLS handshake came
+    first: the first head's header_timeout and keepalive_time count from then); none: from now.
     """
     codec = settings.codec_cls(settings.max_header_bytes, settings.max_line_bytes)
     connections = settings.connections
-    born = connections.timers.clock()
-    timer = ConnTimer(born + settings.header_timeout, Phase.NEW)
+    timers = connections.timers
+    if timer is None:
+        born = timers.clock()
+        timer = ConnTimer(born + settings.header_timeout, Phase.NEW)
+        timers.add(timer)
     old_at = born + settings.keepalive_time  # from then on, the next request is the last (nginx's keepalive_time)
     last_request = settings.keepalive_requests
     conn.send_timer = timer
     conn.send_timeout = settings.send_timeout
     timer.client = conn
-    timers = connections.timers
-    timers.add(timer)
     clock = timers.clock
     head_at = 0.0  # when the first bytes of a head that came in pieces (or of the connection's first) arrived
     reusable = connections.reusable  # (in it while waiting for a first byte, or for a next request: see reuse)
@@ -859,12 +919,17 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         return True  # (an answer before the body: the body is read only to keep the connection)
                     if not codec.keep_alive or exchange.close_after:  # nginx lingers when input is waiting (a
                         return conn.readable()  # pipelined request): a close would reset the answer's end with it
+                    if exchange.state is not None:  # (a body file a plugin's read left: the answer was its own)
+                        exchange.release_body()
+                    timer.exchange = None  # nothing of the request is kept while the connection waits for the next
+                    del exchange
                     codec.start_next_cycle()
                     timer.set(keepalive_timeout, idle)
 
             # The timer fired (the scope is the timer's alone): answer what can be answered, go on when it allows
             if not await _timed_out(conn, codec, timer, settings, head_at):
                 return False
+            _request_over(timer)
             timer.scope = trio.CancelScope()
             codec.start_next_cycle()
             timer.set(keepalive_timeout, idle)
@@ -874,8 +939,19 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
             conn.abort()
         raise
     finally:
+        _request_over(timer)
+        timer.client = None  # (a stale heap entry may keep the timer a while: not the connection)
         timers.discard(timer)
         reusable.pop(conn, None)  # (one whose timer fired while it waited)
+
+
+def _request_over(timer: ConnTimer) -> None:
+    """The connection's request is over, whoever answered it (or none did): what it holds of its body is released
+    (nginx's request pool cleanup closes a temporary body file: ngx_file.c:187-209) and the timer lets it go."""
+    exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
+    if exchange is not None:
+        timer.exchange = None
+        exchange.release_body()
 
 
 async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings,

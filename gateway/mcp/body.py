@@ -1,14 +1,16 @@
 """An MCP request's body as the policies that judge it read it, shared with the rest of the pipeline.
 
 The first reader of a body (the router's peek, rate limiting by MCP method or tool, ai-mcp-proxy) keeps what it read
-in the request's `McpRequest` (gateway.mcp.step), found on the exchange under `state["mcp"]`; later readers go on
-from there, and the forwarder sends those bytes first, so a body is read once and reaches the upstream unchanged.
-A whole body is decoded once (`messages`), however many policies look at its messages.
+in the request's `McpRequest` (gateway.mcp.step), found on the exchange under `state["mcp"]` (server.BODY_READER);
+later readers go on from there, and the forwarder sends those bytes first, so a body is read once and reaches the
+upstream unchanged. A plugin that reads the body through the Exchange (request-transformer, key-auth's key_in_body,
+hmac-auth's digest) takes those bytes back first (McpRequest.give_back), and what it leaves or sets is what the next
+reader and the forwarder get. A whole body is decoded once (`messages`), however many policies look at its messages.
 """
 
 from __future__ import annotations
 
-from gateway.http.server import Exchange
+from gateway.http.server import BODY_READER, Exchange
 from gateway.mcp import jsonrpc
 from gateway.mcp.confirm import read_all
 from gateway.mcp.step import McpRequest
@@ -17,14 +19,16 @@ from gateway.mcp.step import McpRequest
 def current(ex: Exchange) -> McpRequest | None:
     """The request's McpRequest, if something made one."""
     state = ex.state
-    return state.get("mcp") if state is not None else None
+    return state.get(BODY_READER) if state is not None else None
 
 
 def attach(ex: Exchange, mcp: McpRequest) -> McpRequest:
+    """Keep `mcp` on the exchange: the MCP readers after this one go on from it, and the Exchange's readers take
+    back the bytes it holds (Exchange.take_buffered_body, read_body)."""
     if ex.state is None:
-        ex.state = {"mcp": mcp}
+        ex.state = {BODY_READER: mcp}
     else:
-        ex.state["mcp"] = mcp
+        ex.state[BODY_READER] = mcp
     return mcp
 
 

@@ -7,17 +7,18 @@ check (Mcp-Method / Mcp-Name against the body, 400 with JSON-RPC error -32020). 
 every route has it unless `mcp: false` (gateway.mcp.affinity, applied by the forwarder).
 
 Bodies are read only when needed (routing on method/tool, or a request with Mcp-Method/Mcp-Name headers), and then
-at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first. When a route on
-method or tool could take a request, a body that cannot be attributed is refused rather than routed as something
-else: 400 (JSON-RPC -32700 or -32600) when it is not a JSON-RPC message. A POST routed there on its Mcp-Method
-header has the header check before routing (`peek_for_routing`), since the route it picks may be a plain one, which
-has no MCP step. A body longer than peek_bytes is then read whole (gateway.mcp.confirm, up to `whole_bytes`) before
-the call its first bytes name is routed on or confirms the headers, since the server runs the last of a repeated
-member: 400 when the whole body names another call, 413 (400 with -32020 for the header check) when it is too long
-to know. What the first bytes leave unnamed (a response has no method; a method or tool may follow large params) is
-taken from the whole body the same way: a response goes where a request without a method goes. On a route no
-method or tool decided, a body too long to read whole goes to the server with its headers unconfirmed: nothing in
-the gateway acts on them there, and the server checks them against what it runs (SEP-2243 requires it of servers).
+at most `gateway.mcp.peek_bytes`; the bytes read are handed to the forwarder, which sends them first (or given back
+to a plugin that reads the body: gateway.mcp.body). When a route on method or tool could take a request, a body that
+cannot be attributed is refused rather than routed as something else: 400 (JSON-RPC -32700 or -32600) when it is not
+a JSON-RPC message. A POST routed there on its Mcp-Method header has the header check before routing
+(`peek_for_routing`), since the route it picks may be a plain one, which has no MCP step. A body longer than
+peek_bytes is then read whole (gateway.mcp.confirm, up to `whole_bytes`) before the call its first bytes name is
+routed on or confirms the headers, since the server runs the last of a repeated member: 400 when the whole body
+names another call, 413 (400 with -32020 for the header check) when it is too long to know. What the first bytes
+leave unnamed (a response has no method; a method or tool may follow large params) is taken from the whole body the
+same way: a response goes where a request without a method goes. On a route no method or tool decided, a body too
+long to read whole goes to the server with its headers unconfirmed: nothing in the gateway acts on them there, and
+the server checks them against what it runs (SEP-2243 requires it of servers).
 """
 
 from __future__ import annotations
@@ -109,10 +110,21 @@ class McpRequest:
         self.edit: Any = None  # a gateway.mcp.governance.ResponseEdit for the answer, or None
 
     def take_body(self, ex: Exchange) -> tuple[bytes, bool]:
+        """The body bytes in hand for the forwarder: those read here, else the Exchange's (a plugin's, say)."""
         if self.body is None:
             return ex.take_buffered_body()
         body, self.body = self.body, b""
         return body, self.body_done
+
+    def give_back(self, replaced: bool = False) -> bytes | None:
+        """Hand the bytes read here back to the Exchange (gateway.http.server.BodyReader), when a plugin reads the
+        body (Kong's plugins read the client's whole body, whatever the router looked at): the next reader here
+        takes them from there again, with what a plugin set in their place (`replaced`: then the messages decoded
+        from the old body no longer hold)."""
+        body, self.body, self.body_done = self.body, None, False
+        if replaced:
+            self.decoded = self.lenient = None
+        return body
 
     def upstream_headers(self, headers: Headers) -> Headers:
         """Drop the client's Origin when the policy strips or rewrites it."""

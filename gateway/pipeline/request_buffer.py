@@ -67,7 +67,7 @@ class SpooledBody:
         self.file.close()
 
     def __del__(self) -> None:
-        self.file.close()  # (one held for a request that ended before it was sent: a later plugin answered)
+        self.file.close()  # (a safety net: Exchange.release_body closes one held for a request another plugin answered)
 
 
 class BodyInHand:

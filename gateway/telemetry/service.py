@@ -29,7 +29,8 @@ log = logging.getLogger("gateway.telemetry")
 
 DRAIN_S = 2.0  # at the end of a worker's drain, the log plugins' queues get this long to send what they hold
 # nginx's reading: a request head has begun (ngx_http_create_request); waiting: a connection that has sent nothing
-# yet or is kept alive between requests (reusable: ngx_http_init_connection, ngx_http_set_keepalive)
+# yet, its PROXY header too, or is kept alive between requests (reusable: ngx_http_init_connection,
+# ngx_http_set_keepalive). One in its TLS handshake, in none of nginx's three, is counted waiting: it has no request.
 _READING = Phase.HEAD
 _WAITING = (Phase.NEW, Phase.IDLE)
 

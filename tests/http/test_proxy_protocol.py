@@ -1,6 +1,7 @@
 """The PROXY protocol header of a `proxy_protocol` listener, without a gateway: the sans-I/O parser against nginx
 1.27.1's reader (src/core/ngx_proxy_protocol.c: ngx_proxy_protocol_read, _read_addr, _read_port, _v2_read), the
-reader that takes it off a socket without reading past it, the client address realip makes of it
+reader that takes it off a socket without reading past it, the time the connection loop gives it (on a loopback
+listener), the client address realip makes of it
 (src/http/modules/ngx_http_realip_module.c, NGX_HTTP_REALIP_PROXY), and the config that turns it on (Kong's
 kong/conf_loader/listeners.lua http flags; nginx's `real_ip_header proxy_protocol`)."""
 
@@ -14,9 +15,11 @@ import pytest
 import trio
 
 from gateway.config import ConfigError, parse_config
+from gateway.http.codecs import codec_classes
 from gateway.http.net import Conn
 from gateway.http.proxy_protocol import MAX_HEADER, SIGNATURE, V1_MAX, BrokenHeader, Header, parse, read_header
 from gateway.http.realip import ClientAddress, proxied_client
+from gateway.http.server import Exchange, ServerSettings, serve_listener
 from gateway.runtime import compile_config
 
 V1_TCP4 = b"PROXY TCP4 198.51.100.7 10.0.0.1 40000 8000\r\n"
@@ -236,6 +239,71 @@ async def test_the_reader_raises_broken_header_for_a_plain_request():
         theirs.send(REQUEST)
         with pytest.raises(BrokenHeader), trio.fail_after(5):
             await read_header(Conn(ours))
+
+
+# --- the time it may take: header_timeout_s and keepalive_time_s from the accept -------------------------------------
+
+
+async def _ok(ex: Exchange) -> None:
+    await ex.respond(200, b"ok", b"text/plain")
+
+
+async def _proxy_listener(nursery: trio.Nursery, **settings: float) -> int:
+    """The connection loop (serve_listener) on a loopback `proxy_protocol` listener with `settings`, answering 200 to
+    every request; its port."""
+    server = ServerSettings(codec_classes("llhttp")[0], **settings)  # type: ignore[arg-type]
+    nursery.start_soon(server.connections.timers.expire_forever)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    await nursery.start(serve_listener, listener, _ok, server, None, True)
+    return listener.getsockname()[1]
+
+
+async def _answer(stream: trio.SocketStream) -> bytes:
+    """The first bytes the loop sends (an answer's head comes in one write); b"": closed unanswered."""
+    try:
+        return await stream.receive_some(65536)
+    except trio.BrokenResourceError:
+        return b""
+
+
+async def test_the_proxy_header_and_the_request_head_share_one_header_timeout_from_the_accept(nursery):
+    """nginx arms client_header_timeout once, at the accept (release-1.27.1 src/http/ngx_http_request.c:355,
+    ngx_http_init_connection: `ngx_add_timer(rev, cscf->client_header_timeout)`), and re-arms it neither after the
+    PROXY header (ngx_http_wait_request_handler, :429 `if (!rev->timer_set)`, the header read at :468-487 with the
+    timer left running) nor while the request head comes (ngx_http_read_request_header, :1581): both must come
+    within one client_header_timeout of the accept. The gateway gave the header a header_timeout of its own, then
+    the request head a new one. Here the header comes at 0.4 s and the request at 0.85 s, header_timeout 0.6 s."""
+    port = await _proxy_listener(nursery, header_timeout=0.6)
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await trio.sleep(0.4)
+            await stream.send_all(V1_TCP4)
+            await trio.sleep(0.45)
+            try:
+                await stream.send_all(REQUEST)
+            except trio.BrokenResourceError:
+                pass
+            assert await _answer(stream) == b""
+
+
+async def test_keepalive_time_counts_from_the_accept_not_from_the_proxy_header(nursery):
+    """nginx's keepalive_time is counted from the connection's start_time, set at the accept
+    (src/event/ngx_event_accept.c:262 `c->start_time = ngx_current_msec`; src/http/ngx_http_core_module.c:1347-1350
+    `ngx_current_msec - r->connection->start_time > clcf->keepalive_time` ends keep-alive): a request after that
+    long since the accept, its PROXY header's wait included, is its connection's last."""
+    port = await _proxy_listener(nursery, header_timeout=5.0, keepalive_time=0.3)
+    with trio.fail_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await trio.sleep(0.4)
+            await stream.send_all(V1_TCP4 + REQUEST)
+            answer = await _answer(stream)
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b"\r\nconnection: close\r\n" in answer.lower()
 
 
 # --- the client address (realip) -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from e2e_helpers import node_factory, wait_for
 from gateway.config import parse_config
 from gateway.http.codecs import codec_classes
 from gateway.http.net import Conn
-from gateway.http.server import ConnectionSet, Exchange, ServerSettings, handle_connection
+from gateway.http.server import ConnectionSet, Exchange, ServerSettings, handle_connection, serve_listener
 from gateway.http.timers import ConnTimer, Phase
 from gateway.metrics import CONNECTIONS, REQUESTS_STARTED, read_families
 from gateway.node import root
@@ -176,6 +176,29 @@ async def test_a_connection_that_has_sent_nothing_yet_is_waiting_not_reading() -
     _telemetry(connections).sample()
     states = {state: CONNECTIONS.labels(state)._value.get() for state in ("active", "reading", "writing", "waiting")}
     assert states == {"active": 5, "reading": 1, "writing": 1, "waiting": 3}
+
+
+async def test_connections_waiting_for_their_proxy_header_are_waiting_not_writing(nursery: trio.Nursery) -> None:
+    """A connection waiting for its PROXY header is reusable in nginx from its accept (ngx_http_request.c:356,
+    ngx_http_init_connection: `ngx_reusable_connection(c, 1)`), counted waiting (src/core/ngx_connection.c:1366);
+    it has no request, so it is neither reading nor writing. The gateway's loop had no timer for it yet and the
+    sample counted it active - reading - waiting: writing, "a request in progress"."""
+    settings = ServerSettings(codec_classes("llhttp")[0])
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    await nursery.start(serve_listener, listener, lambda ex: ex.respond(200, b"ok"), settings, None, True)
+    clients = [await trio.open_tcp_stream("127.0.0.1", listener.getsockname()[1]) for _ in range(3)]
+    try:
+        await clients[0].send_all(b"PROXY TCP4 ")  # a header begun, not whole
+        await wait_for(lambda: settings.connections.active == 3, TIMEOUT, what="the three connections accepted")
+        _telemetry(settings.connections).sample()
+    finally:
+        for client in clients:
+            await trio.aclose_forcefully(client)
+    states = {state: CONNECTIONS.labels(state)._value.get() for state in ("active", "reading", "writing", "waiting")}
+    assert states == {"active": 3, "reading": 0, "writing": 0, "waiting": 3}
 
 
 async def test_the_requests_begun_are_published_at_each_sample() -> None:
