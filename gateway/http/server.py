@@ -405,8 +405,9 @@ class Exchange:
         return self._held, self._request_done and (state is None or HELD_FILE not in state)
 
     def replace_body(self, body: bytes) -> None:
-        """Send `body` upstream instead of what read_body returned (a whole body; the caller fixes the headers).
-        As ngx.req.set_body_data, the body is in memory from now on (BODY_SET), whatever its size."""
+        """Send `body` upstream instead of what read_body returned (a whole body; the caller fixes the headers, and
+        the forwarder frames it by its length whatever they say). As ngx.req.set_body_data, the body is in memory from
+        now on (BODY_SET), whatever its size."""
         self._held = body
         state = self.state
         if state is None:
@@ -493,6 +494,7 @@ class Exchange:
             if status == 200 and (verdict := precondition(self.request.headers, headers)):
                 # the gateway's own 200 (Kong's kong.response.exit): nginx's conditional checks, before any filter
                 if verdict == 412:
+                    self._clean_header()
                     await self.respond_error_page(412)
                     return
                 status, headers, body = 304, [hv for hv in headers if hv[0] not in NOT_MODIFIED_DROPS], b""
@@ -523,6 +525,16 @@ class Exchange:
         except BaseException:
             self._unsent(len(data))
             raise
+
+    def _clean_header(self) -> None:
+        """Forget the response headers policies set in access (HEADERS_SET, response_lines), for the 412 of a failed
+        precondition: nginx's not_modified filter answers it through ngx_http_filter_finalize_request, whose
+        ngx_http_clean_header empties headers_out before Kong's error page (only the header filters, run again on
+        that page, set headers on it); a 304 keeps them."""
+        self.response_lines = b""
+        state = self.state
+        if state is not None:
+            state.pop(HEADERS_SET, None)
 
     async def switch_protocols(self, headers: Headers, reason: bytes = b"") -> bytes | None:
         """Send a 101 head (an upstream's switch, proxied; `headers` with its Upgrade and Connection): from then on

@@ -44,7 +44,7 @@ from gateway.http.errors import (
 from gateway.http.kong_errors import NO_PEER
 from gateway.http.kong_headers import ASSIGNED_BY_KONG, note_via
 from gateway.http.pool import Answered, Pool, UpstreamConn, locate
-from gateway.http.server import Exchange
+from gateway.http.server import BODY_SET, Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.http.tls_contexts import ClientTls
 from gateway.mcp.affinity import SessionAffinity, caller_identity
@@ -53,7 +53,14 @@ from gateway.mcp.sse import EventSplitter, EventTooLarge, ends_event
 from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER, TIMEOUTS
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
-from gateway.pipeline.headers import HOP_BY_HOP, UPGRADE, asks_trailers, connection_options, upstream_request_headers
+from gateway.pipeline.headers import (
+    HOP_BY_HOP,
+    UPGRADE,
+    asks_trailers,
+    connection_options,
+    framed_by_length,
+    upstream_request_headers,
+)
 from gateway.pipeline.keepalive import StreamKeepAlives
 from gateway.pipeline.phases import read_whole_body
 from gateway.pipeline.request_buffer import MEMORY_LIMIT, BodyInHand, SpooledBody, held_whole, read_whole, with_length
@@ -141,13 +148,22 @@ class Forwarder:
             pinned_target = group.targets[pinned]  # (its position may change while the body is read: discovery)
             headers.append((b"mcp-session-id", upstream_sid))
         target_path = svc.upstream_target(match.path, match.query)
-        if not match.query and (req.target if ex.state is None else ex.request_uri())[-1:] == b"?":
-            target_path += b"?"  # Kong keeps the "?" of the client's empty query (`/x?` goes as `/x?`)
         if mcp is None:
             body, body_done = ex.take_buffered_body()
         else:  # MCP: body bytes the step may have read, its Origin policy
             body, body_done = mcp.take_body(ex)
             headers = mcp.upstream_headers(headers)
+        # Kong keeps the "?" of the client's empty query (`/x?` goes as `/x?`)
+        if ex.state is None:
+            if not match.query and req.target[-1:] == b"?":
+                target_path += b"?"
+        else:
+            if not match.query and ex.request_uri()[-1:] == b"?":
+                target_path += b"?"
+            if BODY_SET in ex.state:  # a plugin set the body: framed by what is sent, whatever the headers say
+                headers, body_done = framed_by_length(headers, len(body)), True  # (a body set is whole)
+                if framing is not None:  # (an upgrade's: the codec reads the headers)
+                    framing = LENGTH
         spooled: SpooledBody | None = None
         if not body_done and (spooled := held_whole(ex, body)) is not None:  # a policy read it whole in access
             if framing == CHUNKED:

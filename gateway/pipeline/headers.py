@@ -126,6 +126,16 @@ def upgrade_asked(request: Request) -> bool:
     return len(values) == 1 and values[0].strip().lower() == b"websocket"
 
 
+def framed_by_length(headers: Headers, size: int) -> Headers:
+    """Upstream `headers` for a body of `size` bytes a plugin set (Exchange.replace_body): one Content-Length, that
+    size, and no Transfer-Encoding, whatever the plugins left in the request's headers. As ngx.req.set_body_data
+    (lua-nginx-module ngx_http_lua_req_body.c: content_length_n = body.len, the header rewritten), but also against
+    a length a plugin set after the body: framing that disagrees with the bytes sent desynchronises the upstream."""
+    out = [hv for hv in headers if hv[0] != b"content-length" and hv[0] != b"transfer-encoding"]
+    out.append((b"content-length", b"%d" % size))
+    return out
+
+
 def upstream_request_headers(ex: Exchange, affinity: bool = False,
                              prefix: bytes = b"") -> tuple[Headers, bytes, bytes, bytes | None, int]:
     """(headers for upstream without Host, the client's Host value, the X-Request-Id (the client's when sane, else

@@ -1,8 +1,14 @@
-"""nginx's conditional checks on the gateway's own 200s (gateway.http.conditional, ngx_http_not_modified_filter)."""
+"""nginx's conditional checks on the gateway's own 200s (gateway.http.conditional, ngx_http_not_modified_filter):
+the verdicts sans-I/O; the heads of the 412 and the 304 through in-process gateways (the `gateway` fixture, one per
+codec), backends in the test's nursery, all on loopback."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import trio
+from backends import EchoBackend, request, service
 
 from gateway.http.conditional import etag_matches, precondition
 
@@ -83,3 +89,65 @@ def test_an_unreadable_if_unmodified_since_passes_a_last_modified_earlier_than_i
     unreadable = [(b"if-unmodified-since", b"not a date")]
     assert precondition(unreadable, [(b"last-modified", b"Wed, 31 Dec 1969 23:59:58 GMT")]) == 0
     assert precondition(unreadable, ANSWER) == 412
+
+
+# --- the head of the 412 and of the 304 -----------------------------------------------------------------------------
+# nginx's not_modified filter answers a failed precondition with ngx_http_filter_finalize_request(r, NULL, 412)
+# (src/http/modules/ngx_http_not_modified_filter_module.c:66-76 at release-1.27.1), which first calls
+# ngx_http_clean_header (src/http/ngx_http_special_response.c:534, 567-583): headers_out is emptied before Kong's
+# error_page 412 handler answers, so what plugins set in access is not on Kong's 412. A 304 is the 200's head
+# without the fields the filter clears (ngx_http_not_modified_header_filter: ngx_http_clear_content_length and
+# the rest), so it keeps them.
+
+TIMEOUT = 10
+FAILS = [("if-match", '"nope"'), ("accept", "application/json")]  # the answers have no ETag: If-Match fails
+NOT_MODIFIED = [("if-none-match", "*")]  # "*" matches any answer
+
+
+def _terminated_and_limited() -> dict[str, Any]:
+    """A route request-termination answers 200, rate-limiting setting its headers in access (Kong's
+    kong/pdk/private/rate_limiting.lua:93-104 apply_response_headers: ngx.header, from the plugin's access)."""
+    return {"paths": ["/"], "plugins": [
+        {"name": "request-termination", "config": {"status_code": 200, "message": "hello"}},
+        {"name": "rate-limiting", "config": {"minute": 1000, "policy": "local"}}]}
+
+
+async def test_a_412_has_none_of_the_headers_set_in_access(nursery, gateway):
+    """The rate-limiting headers the 200 carries are not on the 412 (ngx_http_clean_header); the 412 is Kong's
+    error page for it (error_page 412: "Precondition failed")."""
+    port = await gateway({"services": [service("svc", "http://127.0.0.1:1", [_terminated_and_limited()])]})
+    with trio.fail_after(TIMEOUT):
+        plain = await request(port, "GET", "/x")
+        failed = await request(port, "GET", "/x", headers=FAILS)
+    assert plain.status == 200 and plain.header("ratelimit-remaining") is not None  # the control
+    assert failed.status == 412 and failed.json()["message"] == "Precondition failed"
+    assert [name for name, _ in failed.headers if "ratelimit" in name] == []
+
+
+async def test_a_304_keeps_the_headers_set_in_access(nursery, gateway):
+    """ngx_http_not_modified_header_filter turns the 200 into a 304 in place (headers_out kept but the length, type,
+    Accept-Ranges and Content-Encoding): rate-limiting's headers stay."""
+    port = await gateway({"services": [service("svc", "http://127.0.0.1:1", [_terminated_and_limited()])]})
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "GET", "/x", headers=NOT_MODIFIED)
+    assert reply.status == 304 and reply.body == b""
+    assert reply.header("ratelimit-remaining") is not None and reply.header("x-ratelimit-limit-minute") == "1000"
+
+
+async def test_a_412_in_place_of_a_proxy_cache_hit_has_none_of_its_cache_headers(nursery, gateway):
+    """A proxy-cache hit is kong.response.exit(res.status, res.body, res.headers) after set_header of X-Cache-Key
+    in access (kong/plugins/proxy-cache/handler.lua:262, 343-348): a 200 of Lua's, so it passes the conditional
+    checks, and its 412 has neither X-Cache-Key nor X-Cache-Status (headers_out cleaned); its 304 keeps them."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    route = {"paths": ["/"], "plugins": [{"name": "proxy-cache", "config": {"strategy": "memory"}}]}
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [route])]})
+    with trio.fail_after(TIMEOUT):
+        first = await request(port, "GET", "/cached")
+        failed = await request(port, "GET", "/cached", headers=FAILS)
+        not_modified = await request(port, "GET", "/cached", headers=NOT_MODIFIED)
+    assert first.header("x-cache-status") == "Miss" and len(backend.requests) == 1  # the others are hits
+    assert failed.status == 412 and failed.json()["message"] == "Precondition failed"
+    assert [name for name, _ in failed.headers if name.startswith("x-cache")] == []
+    assert not_modified.status == 304 and not_modified.header("x-cache-status") == "Hit"
+    assert not_modified.header("x-cache-key") == first.header("x-cache-key")
