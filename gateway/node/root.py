@@ -222,7 +222,7 @@ class Node:
             children.append(ChildSpec("status", partial(
                 serve_status, app, host, port, backlog=backlog, reuseport=reuseport,
                 proxy_protocol="proxy_protocol" in flags,
-                header_timeout=lambda: (self.config or config).gateway.header_timeout_s), shutdown=5000))
+                settings=lambda: (self.config or config).gateway), shutdown=5000))
         children.append(first.child_spec())
         if gw.registration is not None:
             children.append(ChildSpec("registration", partial(run_registration, gw.registration, gw),

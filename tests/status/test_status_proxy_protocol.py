@@ -16,6 +16,7 @@ from backends import Client, read_to_end
 from prometheus_client import CollectorRegistry
 
 from gateway.config import parse_config
+from gateway.config.schema import GatewaySettings
 from gateway.http.proxy_protocol import SIGNATURE
 from gateway.status import BaseStatusSource, StatusApp, serve_status
 
@@ -34,10 +35,13 @@ def test_a_status_listen_with_proxy_protocol_is_accepted():
         assert config.gateway.status_listen == entry
 
 
+SETTINGS = GatewaySettings(header_timeout_s=HEADER_TIMEOUT_S)
+
+
 async def _serve(nursery: trio.Nursery) -> int:
     app = StatusApp(BaseStatusSource(), CollectorRegistry())
     _, port = await nursery.start(partial(serve_status, app, "127.0.0.1", 0, proxy_protocol=True,
-                                          header_timeout=lambda: HEADER_TIMEOUT_S))
+                                          settings=lambda: SETTINGS))
     return port
 
 
