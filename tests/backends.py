@@ -13,6 +13,8 @@ import random
 import socket
 import subprocess
 import time
+import tracemalloc
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -618,3 +620,30 @@ async def log_lines(path: Any, n: int, timeout: float = 10.0) -> list[dict]:
             if len(lines) >= n:
                 return [json.loads(line) for line in lines]
             await trio.sleep(0.02)
+
+
+async def held_while_the_last_chunk_waits(ex: Any, peer: socket.socket,
+                                          reader: Callable[[Any], Awaitable[object]], sent: bytes,
+                                          size: int) -> tuple[object, int]:
+    """(what `reader` read, the bytes traced as held once `size` body bytes came from `peer` and the last chunk has
+    not): `sent` (chunks of a body) is sent, the memory measured, then the last chunk."""
+    got: list[object] = []
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    got.append(await reader(ex))
+
+                nursery.start_soon(read)
+                await trio.to_thread.run_sync(peer.sendall, sent)
+                while ex.body_received < size:  # read all but the last chunk, which has not come
+                    await trio.sleep(0.01)
+                held = tracemalloc.get_traced_memory()[0] - before
+                peer.sendall(b"0\r\n\r\n")
+    finally:
+        tracemalloc.stop()
+    [result] = got
+    return result, held

@@ -18,13 +18,20 @@ import math
 import socket
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from backends import _Backend, free_port, pattern_bytes, service, stop_process, wait_port
+from backends import (
+    _Backend,
+    free_port,
+    held_while_the_last_chunk_waits,
+    pattern_bytes,
+    service,
+    stop_process,
+    wait_port,
+)
 
 from gateway.http.codec import Request, ServerCodec
 from gateway.http.codec_h11 import H11Server
@@ -53,26 +60,8 @@ async def test_a_buffered_body_still_arriving_holds_one_buffer_not_the_body(
     req = codec.next_event()
     assert type(req) is Request
     ex = Exchange(req, conn, codec, ConnTimer(math.inf, Phase.BUSY), ServerSettings(codec_cls))
-    got: list[Any] = []
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        with trio.fail_after(TIMEOUT):
-            async with trio.open_nursery() as nursery:
-
-                async def read() -> None:
-                    got.append(await read_whole(ex, b""))
-
-                nursery.start_soon(read)
-                await trio.to_thread.run_sync(peer.sendall, sent)
-                while ex.body_received < MiB:  # all of it read but the last chunk, which has not come
-                    await trio.sleep(0.01)
-                held = tracemalloc.get_traced_memory()[0] - before
-                peer.sendall(b"0\r\n\r\n")
-    finally:
-        tracemalloc.stop()
+    spooled, held = await held_while_the_last_chunk_waits(ex, peer, lambda ex: read_whole(ex, b""), sent, MiB)
     assert held < BUFFER + 2 * RECV_SIZE, f"1 MiB of a buffered body still arriving held {held} bytes"
-    [spooled] = got
     assert isinstance(spooled, SpooledBody) and spooled.size == MiB
     spooled.rewind()
     assert b"".join(iter(spooled.read, b"")) == body

@@ -38,7 +38,7 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
-from backends import EchoBackend, request, service
+from backends import EchoBackend, held_while_the_last_chunk_waits, request, service
 
 from gateway.http.codec import NEED_DATA, ClientCodec, Request, Response, ServerCodec
 from gateway.http.codec_h11 import H11Client, H11Server
@@ -135,27 +135,9 @@ async def test_a_body_of_2_byte_chunks_held_in_memory_weighs_about_its_size(
     (ngx_http_request_body.c:1338-1340)."""
     conn, peer = conn_pair
     size = 10_000  # (h11 parses an event per chunk, slowly under tracemalloc)
-    sent = b"2\r\nXY\r\n" * (size // 2)
     ex = _exchange(codec_cls, conn)
-    got: list[object] = []
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        with trio.fail_after(TIMEOUT):
-            async with trio.open_nursery() as nursery:
-
-                async def read() -> None:
-                    got.append(await reader(ex))
-
-                nursery.start_soon(read)
-                await trio.to_thread.run_sync(peer.sendall, sent)
-                while ex.body_received < size:  # read all but the last chunk, which has not come
-                    await trio.sleep(0.01)
-                held = tracemalloc.get_traced_memory()[0] - before
-                peer.sendall(LAST_CHUNK)
-    finally:
-        tracemalloc.stop()
-    assert got == [b"XY" * (size // 2)]
+    got, held = await held_while_the_last_chunk_waits(ex, peer, reader, b"2\r\nXY\r\n" * (size // 2), size)
+    assert got == b"XY" * (size // 2)
     assert held < 2 * size + RECV_SIZE, f"a {size}-byte body of 2-byte chunks held {held} bytes"
 
 
