@@ -15,12 +15,15 @@ TLS ClientHello, a request) is read as if the header had never been there.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import struct
 from typing import NamedTuple
 
 from gateway.http.net import Conn
 from gateway.http.realip import ntop
+
+log = logging.getLogger("gateway.proxy_protocol")
 
 V1_MAX = 107  # NGX_PROXY_PROTOCOL_V1_MAX_HEADER: the longest v1 line, its CRLF included
 MAX_HEADER = 4096  # NGX_PROXY_PROTOCOL_MAX_HEADER: the longest v2 header nginx reads (16 bytes and the rest)
@@ -168,3 +171,16 @@ async def read_header(conn: Conn) -> Header:
         taken += sock.recv(len(peeked) if header is None else header.length - len(taken))  # (peeked: all there)
         if header is not None and len(taken) == header.length:
             return header
+
+
+async def header_or_none(conn: Conn, where: str) -> Header | None:
+    """read_header, or None when the connection is to close unanswered, as nginx closes it: the header is broken
+    (logged as an error, naming `where`, the listener) or the peer left before it was whole (logged as info)."""
+    try:
+        return await read_header(conn)
+    except BrokenHeader as e:
+        log.error("%s: %s from %s: connection closed (is the balancer in front sending the PROXY protocol, e.g. "
+                  "HAProxy's send-proxy-v2?)", where, e, conn.peer)
+    except (EOFError, OSError) as e:
+        log.info("%s: client %s %s", where, conn.peer, e)
+    return None

@@ -47,7 +47,7 @@ from gateway.http.kong_errors import (
 from gateway.http.kong_headers import KongHeaders
 from gateway.http.limits import Shedder, SpareFd, shed
 from gateway.http.net import Conn
-from gateway.http.proxy_protocol import BrokenHeader, read_header
+from gateway.http.proxy_protocol import header_or_none
 from gateway.http.realip import proxied_client
 from gateway.http.timers import ConnTimer, Phase, Timers
 from gateway.http.tls import PlainHttpOnTlsPort, TlsError, plain_http_answer, server_handshake
@@ -791,14 +791,11 @@ async def _proxy_header(conn: Conn, settings: ServerSettings) -> bool:
     reusable = settings.connections.reusable
     reusable[conn] = None
     try:
-        header = await read_header(conn)
+        header = await header_or_none(conn, "a proxy_protocol listener")
+        if header is None:
+            return False
         conn.proxied = proxied_client(header.source, header.source_port)
         return True
-    except BrokenHeader as e:
-        log.error("%s from %s on a proxy_protocol listener: connection closed (is the balancer in front sending "
-                  "the PROXY protocol, e.g. HAProxy's send-proxy-v2?)", e, conn.peer)
-    except (EOFError, OSError) as e:
-        log.info("client %s %s", conn.peer, e)
     finally:
         reusable.pop(conn, None)
     return False

@@ -25,7 +25,7 @@ from gateway.config.schema import GatewaySettings
 from gateway.config.tls import NGX_LISTEN_BACKLOG
 from gateway.http.codec import HeadBuffers, ProtocolError
 from gateway.http.net import Conn, unbound_listener
-from gateway.http.proxy_protocol import BrokenHeader, read_header
+from gateway.http.proxy_protocol import header_or_none
 
 log = logging.getLogger("gateway.status")
 
@@ -294,15 +294,7 @@ async def _proxy_header(conn: Conn, timeout: float) -> bool:
     has no realip (kong/templates/nginx_kong.lua's `set_real_ip_from` is the proxy server's), and the status
     server uses no client address."""
     with trio.move_on_after(timeout):
-        try:
-            await read_header(conn)
-            return True
-        except BrokenHeader as e:
-            log.error("gateway.status_listen: %s from %s: connection closed (is the balancer in front sending the "
-                      "PROXY protocol, e.g. HAProxy's send-proxy-v2?)", e, conn.peer)
-        except (EOFError, OSError) as e:
-            log.info("gateway.status_listen: client %s %s", conn.peer, e)
-        return False
+        return await header_or_none(conn, "gateway.status_listen") is not None
     log.info("gateway.status_listen: client %s sent no whole PROXY protocol header within header_timeout_s (%gs): "
              "connection closed", conn.peer, timeout)
     return False
