@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import trio
-from backends import Client, EchoBackend, free_port, read_to_end, service, stop_process, wait_port
+from backends import Client, EchoBackend, free_port, raw_exchange, service, stop_process, wait_port
 from tls_helpers import Pki
 
 from gateway.http.proxy_protocol import SIGNATURE
@@ -81,16 +81,6 @@ async def _status(port: int, header: bytes, target: str) -> int:
         return (await client.request("GET", target)).status
 
 
-async def _unanswered(port: int, data: bytes) -> bytes:
-    """What the gateway answers `data` with before it closes (b"": nothing)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    try:
-        await stream.send_all(data)
-        return (await read_to_end(stream))[0]
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
 async def test_a_proxy_protocol_listener_takes_the_client_from_the_header(nursery, gateway, tmp_path):
     """On a proxy_protocol listener of a trusted balancer, the header's source is the client: X-Real-IP, and
     X-Forwarded-For when the request has none (Kong: `$remote_addr`), or the request's with the balancer appended
@@ -111,7 +101,7 @@ async def test_a_proxy_protocol_listener_takes_the_client_from_the_header(nurser
             assert (await _seen(client))["x-real-ip"] == "127.0.0.1"
         async with await _client(plain) as client:
             assert (await _seen(client))["x-real-ip"] == "127.0.0.1"
-        assert (await _unanswered(plain, v1(SOURCE) + REQUEST)).startswith(b"HTTP/1.1 400 ")
+        assert (await raw_exchange(plain, v1(SOURCE) + REQUEST))[0].startswith(b"HTTP/1.1 400 ")
 
 
 async def test_ip_restriction_and_rate_limiting_see_the_header_s_client(nursery, gateway, tmp_path):
@@ -154,10 +144,10 @@ async def test_a_broken_late_or_missing_header_closes_the_connection_unanswered(
     pp = free_port()
     await _start(nursery, gateway, tmp_path, [f"127.0.0.1:{pp} proxy_protocol"], header_timeout_s=HEADER_TIMEOUT_S)
     with trio.fail_after(TIMEOUT):
-        assert await _unanswered(pp, REQUEST) == b""
-        assert await _unanswered(pp, b"PROXY TCP4 1.2.3.4 5.6.7.8 x 80\r\n" + REQUEST) == b""
+        assert (await raw_exchange(pp, REQUEST))[0] == b""
+        assert (await raw_exchange(pp, b"PROXY TCP4 1.2.3.4 5.6.7.8 x 80\r\n" + REQUEST))[0] == b""
         began = trio.current_time()
-        assert await _unanswered(pp, v1(SOURCE)[:20]) == b""
+        assert (await raw_exchange(pp, v1(SOURCE)[:20]))[0] == b""
         assert trio.current_time() - began >= HEADER_TIMEOUT_S * 0.9
 
 

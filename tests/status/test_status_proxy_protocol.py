@@ -12,7 +12,7 @@ import struct
 from functools import partial
 
 import trio
-from backends import Client, read_to_end
+from backends import Client, raw_exchange
 from prometheus_client import CollectorRegistry
 
 from gateway.config import parse_config
@@ -45,16 +45,6 @@ async def _serve(nursery: trio.Nursery) -> int:
     return port
 
 
-async def _unanswered(port: int, data: bytes) -> bytes:
-    """What the status server answers `data` with before it closes (b"": nothing)."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    try:
-        await stream.send_all(data)
-        return (await read_to_end(stream))[0]
-    finally:
-        await trio.aclose_forcefully(stream)
-
-
 async def test_a_proxy_protocol_status_listener_reads_the_header_before_the_requests(nursery):
     """A v1 or v2 header, whole or cut anywhere, then requests on the kept-alive connection: each is answered."""
     port = await _serve(nursery)
@@ -73,8 +63,8 @@ async def test_a_proxy_protocol_status_listener_closes_a_connection_without_a_wh
     client_header_timeout (header_timeout_s) close the connection with nothing sent."""
     port = await _serve(nursery)
     with trio.fail_after(TIMEOUT):
-        assert await _unanswered(port, LIVE) == b""
-        assert await _unanswered(port, b"PROXY TCP4 1.2.3.4 5.6.7.8 x 80\r\n" + LIVE) == b""
+        assert (await raw_exchange(port, LIVE))[0] == b""
+        assert (await raw_exchange(port, b"PROXY TCP4 1.2.3.4 5.6.7.8 x 80\r\n" + LIVE))[0] == b""
         began = trio.current_time()
-        assert await _unanswered(port, V1[:20]) == b""
+        assert (await raw_exchange(port, V1[:20]))[0] == b""
         assert trio.current_time() - began >= HEADER_TIMEOUT_S * 0.9
