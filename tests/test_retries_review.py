@@ -4,6 +4,7 @@ client that hangs up while its request is connected or written upstream ends it 
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import trio
@@ -307,3 +308,86 @@ async def test_least_connections_keeps_the_count_of_a_request_in_flight_when_ano
             reply = await request(port, "GET", "/fourth")
             assert (reply.status, reply.body) == (200, b"B"), (reply.status, reply.body)
             held.cancel_scope.cancel()
+
+
+# --- write_timeout: between two writes, never over a whole body (nginx's proxy_send_timeout) --------------------------
+
+
+class SlowLink:
+    """An upstream behind a slow but steady link: small segments (MSS 536) and a small receive buffer (SO_RCVBUF
+    4096, inherited by the accepted connections), 4 KiB read every 10 ms. A body goes through at some 400 KB/s, the
+    sender's socket writable again every few tenths of a second (measured: at most ~0.35 s between two writes that
+    go through), so no wait for the upstream to take more lasts anywhere near a second. It answers 200 once it has
+    the whole body (Content-Length), and notes each body's size."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.connections = 0
+        self.bodies: list[int] = []
+
+    async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
+        await sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        self.port = sock.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            task_status.started(self.port)
+            with sock:
+                while True:
+                    conn, _ = await sock.accept()
+                    self.connections += 1
+                    nursery.start_soon(self._one, conn)
+
+    async def _one(self, conn) -> None:  # noqa: ANN001
+        with conn:
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    more = await conn.recv(4096)
+                    if not more:
+                        return
+                    data += more
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                while len(body) < length:
+                    await trio.sleep(0.01)
+                    more = await conn.recv(4096)
+                    if not more:
+                        return  # (the gateway gave up on the request)
+                    body += more
+                self.bodies.append(len(body))
+                await conn.send(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+            except OSError:
+                return
+
+
+async def test_write_timeout_runs_between_two_writes_of_a_body_a_plugin_set(nursery, gateway):
+    """nginx's proxy_send_timeout (Kong sets it from the service's write_timeout: kong/init.lua balancer,
+    `set_timeouts(connect_timeout, send_timeout, read_timeout)`) bounds each wait for the upstream to take more of
+    the request, not the whole request: ngx_http_upstream_send_request runs on every write event of the upstream
+    connection and, when the request is not all written yet, re-arms the timer (line 2113-2115: `if
+    (!c->write->ready || u->request_body_blocked) { ngx_add_timer(c->write, u->conf->send_timeout); }`); only a
+    write event that is itself the timer's ends the try (ngx_http_upstream_send_request_handler, line 2322: `if
+    (c->write->timedout) { ngx_http_upstream_next(r, u, NGX_HTTP_UPSTREAM_FT_TIMEOUT);`). nginx's documentation:
+    "The timeout is set only between two successive write operations, not for the transmission of the whole
+    request."
+
+    A PUT whose JSON body request-transformer rewrites (900 KB, in memory: ngx.req.set_body_data) goes to an
+    upstream that takes it steadily in ~2.5 s, never pausing a second between two writes; write_timeout is 1 s. nginx
+    delivers it (200). The gateway writes an in-memory body over 8 KiB (request_buffer.BodyInHand) in pieces of
+    8 KiB, the deadline re-armed for each: one write_timeout over the whole body cut the try at 1 s (a 504, and with
+    retries the PUT sent again and cut again). The same body from the client with no plugin (spooled,
+    sent in 8 KiB pieces, the deadline re-armed for each) reaches the same upstream whole: 200 in ~3 s."""
+    up = SlowLink()
+    await nursery.start(up.serve)
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{up.port}", write_timeout=1000, retries=0)],
+                          "plugins": [{"name": "request-transformer", "config": {"add": {"body": ["b:1"]}}}]})
+    body = json.dumps({"a": "x" * 900_000}).encode()
+    with trio.fail_after(TIMEOUT):
+        reply = await request(port, "PUT", "/x", body=body, headers=[("content-type", "application/json")])
+    assert (reply.status, reply.body) == (200, b"ok"), (reply.status, reply.body[:80])
+    assert up.connections == 1
+    assert len(up.bodies) == 1 and up.bodies[0] > 900_000

@@ -75,18 +75,21 @@ class BodyInHand:
     that a plugin read): sent as a SpooledBody is, after the head, as it is (nginx writes a body's buffers after the
     head's, never into one); `rewind` before each try."""
 
-    __slots__ = ("body", "_next")
+    __slots__ = ("body", "_at")
 
     def __init__(self, body: bytes) -> None:
         self.body = body
-        self._next = body
+        self._at = 0
 
     def rewind(self) -> None:
-        self._next = self.body
+        self._at = 0
 
     def read(self) -> bytes:
-        """The whole body, then b""."""
-        piece, self._next = self._next, b""
+        """The next CHUNK of the body, b"" at its end: each piece is a write of its own, so write_timeout runs
+        between two writes, as nginx's proxy_send_timeout, never over the whole body."""
+        at = self._at
+        piece = self.body[at:at + CHUNK]
+        self._at = at + len(piece)
         return piece
 
 
