@@ -36,7 +36,8 @@ class Request:
     """A request head. `keep_alive` is the client's wish (version and Connection header). `host` (the Host header,
     or the authority of an absolute-form target) and `expect_continue` are what check_request_head found on its way
     through the headers as they arrived: what routing reads, before any policy may rewrite the headers. `absolute`:
-    the request line's target when it was in absolute form (`target` is its origin form; nginx's $request keeps it).
+    the request line's target as sent when `target` is not it: one in absolute form (`target` is its origin form;
+    nginx's $request keeps it), or one whose query a fragment ends (`target` is as nginx reads it: check_request_head).
     `size`: the bytes the codec read of the request but its body's data, nginx's $request_length less that data: the
     head as the client sent it (request line to blank line; one llhttp read after another in the same read, as its
     parts would be sent: LlhttpServer), counted as it was parsed, before any policy changed it; and a chunked body's
@@ -57,6 +58,17 @@ class Request:
         self.expect_continue = expect_continue
         self.absolute = absolute
         self.size = size
+
+    @property
+    def request_uri(self) -> bytes:
+        """nginx's $request_uri: the target as sent, in origin form (a fragment kept, which `target` may have cut)."""
+        absolute = self.absolute
+        if absolute is None:
+            return self.target
+        if absolute[:1] == b"/":
+            return absolute
+        m = _ABSOLUTE.fullmatch(absolute)
+        return self.target if m is None else _origin_path(m.group(2))
 
     def __repr__(self) -> str:
         return f"Request({self.method!r}, {self.target!r}, {self.headers!r}, {self.http_version!r})"
@@ -587,15 +599,16 @@ def length_in_range(digits: bytes) -> bool:
 def check_request_head(method: bytes, target: bytes, headers: Headers,
                        http_version: bytes) -> tuple[bytes, bytes | None, bool]:
     """Reject what request smuggling and RFC 9112 forbid, identically for every codec; returns the target in origin
-    form, the host (Host, or the authority of an absolute-form target, which replaces the Host header, RFC 9112
-    3.2.2) and whether the client expects 100-continue. A refusal is nginx's first for the head and carries the
-    header lines nginx had read then (ProtocolError.headers): none for a request line (a CONNECT's `host:port`),
-    those up to a header line it refuses as it reads it, all of them for what it checks once the head ended."""
+    form (its query ended by a `#`, as nginx's $args: _fragment_cut), the host (Host, or the authority of an
+    absolute-form target, which replaces the Host header, RFC 9112 3.2.2) and whether the client expects
+    100-continue. A refusal is nginx's first for the head and carries the header lines nginx had read then
+    (ProtocolError.headers): none for a request line (a CONNECT's `host:port`), those up to a header line it refuses
+    as it reads it, all of them for what it checks once the head ended."""
     try:
         if http_version != b"1.1" and http_version != b"1.0":
             raise _line_error("unsupported HTTP version")  # (the codecs read it with nginx_version)
-        if _COMPLEX_URI(target) is not None:  # (only such a path has anything for nginx to decode or resolve)
-            _check_uri(target)
+        if _COMPLEX_URI(target) is not None:  # (only such a target has anything for nginx to decode, resolve or cut)
+            target = _complex_target(target)
         content_lengths = 0
         transfer_encoding = None
         host = None
@@ -672,22 +685,40 @@ def _line_error(message: str) -> ProtocolError:
     return error
 
 
-# A "%" or a "/." in a target: what makes nginx parse its path (ngx_http_parse_request_line's quoted_uri and
-# complex_uri) and possibly refuse it. One search of the target: the common one has neither.
-_COMPLEX_URI = re.compile(rb"%|/\.").search
+# A "%", a "/." or a "#" in a target: what makes nginx parse it (ngx_http_parse_request_line's quoted_uri and
+# complex_uri) and possibly refuse it, or end its query. One search of the target: the common one has none.
+_COMPLEX_URI = re.compile(rb"%|/\.|#").search
 
 
-def _check_uri(target: bytes) -> None:
+def _complex_target(target: bytes) -> bytes:
     """nginx's ngx_http_process_request_uri, once the request line is read and before any header line: a path
     ngx_http_parse_complex_uri refuses (gateway.routing.normalize.nginx_refusal) is a 400 "client sent invalid
-    request". A target nginx refused earlier, while parsing the line, is left to _target_error."""
+    request". A target nginx refused earlier, while parsing the line, is left to _target_error. Returns the target
+    with its query as nginx's $args (_fragment_cut)."""
+    path = target
     if target[:1] != b"/":
         if _target_error(target) is not None:
-            return
-        target = _ABSOLUTE.fullmatch(target).group(2)  # type: ignore[union-attr]  # (_target_error matched it)
-    message = nginx_refusal(target)
+            return target
+        path = _ABSOLUTE.fullmatch(target).group(2)  # type: ignore[union-attr]  # (_target_error matched it)
+    message = nginx_refusal(path)
     if message is not None:
         raise _line_error(message)
+    return _fragment_cut(target) if b"#" in path else target
+
+
+def _fragment_cut(target: bytes) -> bytes:
+    """A target holding a `#` as Kong reads it: its path up to the first `?` as sent (Kong's router and
+    kong.request.get_path read $request_uri so, a `#` in it included), then nginx's $args, which a `#` ends
+    (ngx_http_parse_complex_uri's `args:` loop; a `#` before any `?` ends the URI with no $args at all: `goto
+    done`). The `?` stays when Kong would send one upstream (kong/runloop/handler.lua after: $args not empty, or
+    $request_uri ending in `?`). `/a?x=1#f` is `/a?x=1`, `/a#f?x=1` is `/a#f`, `/a?#f` is `/a`."""
+    query = target.find(b"?")
+    if query < 0:
+        return target
+    fragment = target.find(b"#")
+    if query + 1 < fragment:  # (the `?` comes first and $args are not empty)
+        return target[:fragment]
+    return target[:query + 1] if target[-1:] == b"?" else target[:query]
 
 
 def _refused_at(message: str, headers: Headers, name: bytes, nth: int = 2) -> ProtocolError:
@@ -734,6 +765,11 @@ def _origin_form(target: bytes, host_header: bytes | None, headers: Headers) -> 
         headers.append((b"host", authority))
     else:
         headers[host] = (b"host", authority)
+    return _origin_path(path), authority
+
+
+def _origin_path(path: bytes) -> bytes:
+    """The origin form of an absolute target's path and query: "http://h?q" -> "/?q", "http://h" -> "/"."""
     if not path:
-        return b"/", authority
-    return (path if path[:1] == b"/" else b"/" + path), authority  # "http://h?q" -> "/?q"
+        return b"/"
+    return path if path[:1] == b"/" else b"/" + path

@@ -307,9 +307,9 @@ class Exchange:
     def rewrite_target(self, target: bytes) -> None:
         """Send the request upstream with `target`; the one the client sent stays the request_uri()."""
         if self.state is None:
-            self.state = {REQUEST_URI: self.request.target}
-        else:
-            self.state.setdefault(REQUEST_URI, self.request.target)
+            self.state = {REQUEST_URI: self.request.request_uri}
+        elif REQUEST_URI not in self.state:
+            self.state[REQUEST_URI] = self.request.request_uri
         self.request.target = target
 
     def set_response_header(self, name: bytes, value: bytes) -> None:
@@ -361,7 +361,9 @@ class Exchange:
     def request_uri(self) -> bytes:
         """The target as the client sent it (nginx's $request_uri), whatever policies rewrote since."""
         state = self.state
-        return state.get(REQUEST_URI, self.request.target) if state else self.request.target
+        if state and REQUEST_URI in state:
+            return state[REQUEST_URI]
+        return self.request.request_uri
 
     @property
     def peer_ip(self) -> str:

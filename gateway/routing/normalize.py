@@ -34,8 +34,11 @@ def _octet(m: re.Match[bytes]) -> bytes:
 
 
 def nginx_uri(path: bytes) -> bytes:
-    """nginx's $uri of a request path (ngx_http_parse_complex_uri, merge_slashes on): every %XX decoded once, the
-    octet then read as if sent raw (a decoded "/" separates segments), dot segments removed, slashes merged."""
+    """nginx's $uri of a request path (ngx_http_parse_complex_uri, merge_slashes on): cut at a "#" (`goto done`; a
+    "%23" is kept), every %XX decoded once, the octet then read as if sent raw (a decoded "/" separates segments), dot
+    segments removed, slashes merged."""
+    if b"#" in path:
+        path = path[:path.index(b"#")]
     if b"%" in path:
         path = _TRIPLET.sub(_octet, path)
     return _resolve_segments(path)

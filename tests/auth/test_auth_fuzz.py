@@ -62,7 +62,8 @@ class _Exchange(SimpleNamespace):
 
 
 def exchange(headers: list[tuple[bytes, bytes]], target: bytes = b"/", method: bytes = b"GET") -> Any:
-    return _Exchange(request=SimpleNamespace(headers=headers, target=target, method=method), consumer=None, state=None)
+    request = SimpleNamespace(headers=headers, target=target, method=method, request_uri=target)
+    return _Exchange(request=request, consumer=None, state=None)
 
 
 def answered(result: Any) -> bool:

@@ -22,6 +22,8 @@ real nginx 1.22 so configured, and read from src/http/ngx_http_parse.c and ngx_h
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import trio
 from backends import EchoBackend, parse_raw_response, raw_exchange, service
@@ -182,6 +184,40 @@ def test_a_major_version_above_1_is_505_before_the_head_ends(codec):
     assert first_event(codec, [b"GET / HTTP/2.0\r\nX@\x01: a\r\n\r\n"]) == ("error", 505)
 
 
+async def test_a_fragment_ends_the_query_upstream_and_for_the_plugins_that_read_it(nursery, gateway):
+    """What reads the query reads nginx's $args, which a `#` ends (ngx_http_parse_complex_uri's `args:` loop,
+    nginx release-1.27.1 src/http/ngx_http_parse.c:1595-1604): the upstream target (kong/runloop/handler.lua:
+    1420-1421 appends `?` and var.args), key-auth's key_in_query (kong.request.get_query(),
+    kong/plugins/key-auth/handler.lua:116), request-termination's echo (get_query, handler.lua:28) and redirect's
+    keep_incoming_path (get_raw_query, handler.lua:22)."""
+    echo = EchoBackend()
+    await nursery.start(echo.serve)
+    routes = [{"paths": ["/"]}, {"paths": ["/key"], "plugins": [{"name": "key-auth"}]},
+              {"paths": ["/echo"], "plugins": [{"name": "request-termination",
+                                                "config": {"status_code": 200, "echo": True}}]},
+              {"paths": ["/go"], "plugins": [{"name": "redirect", "config": {
+                  "location": "http://example.test/", "keep_incoming_path": True}}]}]
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{echo.port}", routes)],
+                          "consumers": [{"username": "bob", "keyauth_credentials": [{"key": "kong"}]}]})
+
+    async def get(target: bytes) -> tuple[int, dict[str, str], bytes]:
+        raw, _ = await raw_exchange(port, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                                    timeout=TIMEOUT)
+        return parse_raw_response(raw)
+
+    for sent, target in FRAGMENT_TARGETS:
+        status, _, body = await get(sent)
+        assert status == 200, (sent, body)
+        assert echo.requests[-1].target == target.decode(), sent
+    status, _, body = await get(b"/key?apikey=kong#top")
+    assert status == 200, body
+    assert echo.requests[-1].header("x-consumer-username") == "bob"
+    status, _, body = await get(b"/echo?x=1#frag")
+    assert status == 200 and json.loads(body)["request"]["query"] == {"x": "1"}, body
+    status, headers, _ = await get(b"/go?x=1#frag")
+    assert status == 301 and headers["location"] == "http://example.test/go?x=1", headers
+
+
 @pytest.mark.parametrize("line", [b"GET * HTTP/2.0", b"FOO * HTTP/2.0", b"PUT h.test/x HTTP/11", b"GET @/x HTTP/3.0",
                                   b"GET http://a_b/x HTTP/2.0"])
 def test_a_target_nginx_refuses_is_400_before_its_version_is_505(codec, line):
@@ -308,14 +344,39 @@ def test_an_absolute_targets_host_of_nginxs_characters_replaces_the_host_header(
     assert isinstance(ev, Request) and (ev.target, ev.host, ev.headers) == (b"/x", authority, [(b"host", authority)])
 
 
-@pytest.mark.parametrize(("target", "origin"), [(b"http://a.test/api#frag", b"/api#frag"),
-                                                (b"http://a.test?q=1#frag", b"/?q=1#frag")])
-def test_an_absolute_target_with_a_fragment_is_read_as_its_origin_form(codec, target, origin):
+@pytest.mark.parametrize(("target", "origin", "request_uri"), [
+    (b"http://a.test/api#frag", b"/api#frag", b"/api#frag"), (b"http://a.test?q=1#frag", b"/?q=1", b"/?q=1#frag")])
+def test_an_absolute_target_with_a_fragment_is_read_as_its_origin_form(codec, target, origin, request_uri):
     """nginx release-1.27.1 src/http/ngx_http_parse.c:382-391: once an absolute-form target's host ends, sw_host_end
     goes on in the origin form's states (sw_after_slash_in_uri, sw_uri), which take a `#` (:521-524); the request is
-    then the origin form's (whose path ngx_http_parse_complex_uri cuts at the `#`, as the router does)."""
+    then the origin form's, its $args ended by the `#` (ngx_http_parse_complex_uri's `args:` loop, :1595-1604) and
+    its $request_uri the origin form as sent (r->unparsed_uri runs to uri_end)."""
     ev = first_event(codec, [b"GET " + target + b" HTTP/1.1\r\nHost: c\r\n\r\n"])
     assert isinstance(ev, Request) and (ev.target, ev.host) == (origin, b"a.test")
+    assert (ev.request_uri, ev.absolute) == (request_uri, target)
+
+
+# (the target as sent, the target as nginx and Kong read it: Kong's path, $request_uri up to its first `?`, then `?`
+# and nginx's $args when Kong sends them upstream)
+FRAGMENT_TARGETS = [
+    (b"/a?x=1#frag", b"/a?x=1"),  # $args end at the `#`
+    (b"/a#f?x=1", b"/a#f"),  # a `#` before any `?`: no $args at all
+    (b"/a?#f", b"/a"),  # empty $args: Kong sends no `?` ...
+    (b"/a?#f?", b"/a?"),  # ... but for a $request_uri ending in `?`
+    (b"/a#?", b"/a#?"),
+    (b"/a#f", b"/a#f"),  # no `?`: Kong's path keeps the fragment
+]
+
+
+@pytest.mark.parametrize(("sent", "target"), FRAGMENT_TARGETS)
+def test_a_fragment_ends_the_query_as_it_ends_nginxs_args(codec, sent, target):
+    """nginx release-1.27.1 src/http/ngx_http_parse.c: a `#` sets complex_uri (:586-588, :620-624); in
+    ngx_http_parse_complex_uri a `?` goes to `args:` (:1336-1338), whose loop ends $args at the first `#`
+    (:1595-1604); a `#` before any `?` is `goto done` (:1339-1340) with args_start reset (:1266): no $args. Kong
+    routes on $request_uri up to its first `?` (kong/router/utils.lua:57-63) and sends `?` and $args when $args are
+    not empty or $request_uri ends in `?` (kong/runloop/handler.lua:1420-1421). $request_uri keeps the fragment."""
+    ev = first_event(codec, [b"GET " + sent + b" HTTP/1.1\r\nHost: c\r\n\r\n"])
+    assert isinstance(ev, Request) and (ev.target, ev.request_uri) == (target, sent)
 
 
 def test_a_fragment_right_after_an_absolute_targets_host_is_400(codec):

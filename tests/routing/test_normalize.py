@@ -94,6 +94,15 @@ def test_nginx_uri_decodes_every_escape_once_then_resolves_segments(path, uri):
     assert nginx_uri(path) == uri
 
 
+@pytest.mark.parametrize(("path", "uri"), [(b"/a#f", b"/a"), (b"/a/b#/../x", b"/a/b"), (b"/a/.#f", b"/a/"),
+                                            (b"/a%23b", b"/a#b")])
+def test_nginx_uri_ends_at_a_fragment(path, uri):
+    """nginx release-1.27.1 src/http/ngx_http_parse.c:1339-1340 (ngx_http_parse_complex_uri, sw_usual: a `#` is
+    `goto done`; sw_dot :1429-1431 drops the `.` first), while a `%23` decodes to a `#` kept in $uri (:1520-1524):
+    Kong's hash_on path (var.uri) of `/a#f?x=1`, which Kong routes on as `/a#f`, is `/a`."""
+    assert nginx_uri(path) == uri
+
+
 @pytest.mark.parametrize("target", [
     b"/..", b"/../etc/passwd", b"/a/../../x", b"//..", b"/./..", b"/a/b/../../..",
     b"/%2e%2e/x", b"/.%2E", b"/a%2F..%2F..%2Fx",  # decoded, then read as if sent raw

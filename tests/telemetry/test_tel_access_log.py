@@ -105,6 +105,24 @@ async def test_the_logged_uri_is_the_one_sent_and_the_querystring_the_one_forwar
     assert line["upstream_uri"] == "/x?a=1&b=2"  # strip_path
 
 
+async def test_the_logged_uri_keeps_the_fragment_the_query_sent_upstream_ends_at(nursery, gateway, tmp_path):
+    """nginx's $args end at a `#` (release-1.27.1 ngx_http_parse.c ngx_http_parse_complex_uri, args: loop), while
+    $request_uri is the target as sent: Kong's serializer logs request.uri and url from $request_uri, the querystring
+    from the args (kong.request.get_query), upstream_uri "?" .. $args (kong/runloop/handler.lua)."""
+    backend = EchoBackend()
+    await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [service("svc", f"http://127.0.0.1:{backend.port}", [
+        {"name": "api", "paths": ["/api"], "strip_path": False}])]}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/api/x?a=1#frag")).status == 200
+    (line,) = await log_lines(log, 1)
+    assert line["request"]["uri"] == "/api/x?a=1#frag"
+    assert line["request"]["url"].endswith(f":{port}/api/x?a=1#frag")
+    assert line["request"]["querystring"] == {"a": "1"}
+    assert line["upstream_uri"] == "/api/x?a=1"
+
+
 async def test_an_unnamed_service_is_logged_without_a_name_as_kong_logs_it(nursery, gateway, tmp_path):
     """The loader names an unnamed service after its path for its own use; Kong's serializer has no name for it."""
     backend = EchoBackend()
