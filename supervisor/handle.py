@@ -10,7 +10,7 @@ import trio
 
 from supervisor.actions import Action, Reply
 from supervisor.core import ChildCounts, ChildInfo, SupervisorCore
-from supervisor.errors import SupervisorNotRunning
+from supervisor.errors import RestartIntensityExceeded, SupervisorNotRunning
 from supervisor.reasons import NORMAL
 from supervisor.spec import ChildSpec
 
@@ -25,12 +25,14 @@ class Handle:
 
     def __init__(self, name: str, inbox: trio.MemorySendChannel[object], stopped: trio.Event,
                  running: Callable[[], Collection[ChildRef]] = tuple,
-                 kill: Callable[[], None] = lambda: None) -> None:
+                 kill: Callable[[], None] = lambda: None, ending: trio.Event | None = None) -> None:
         self.name = name
         self._inbox = inbox
         self._stopped = stopped
         self._running = running
         self._kill = kill
+        self._ending = ending if ending is not None else stopped  # set as it gives up, or once it has stopped
+        self.gave_up: RestartIntensityExceeded | None = None  # set by the runtime as it begins giving up
 
     async def start_child(self, spec_or_args: ChildSpec | Sequence[object]) -> ChildRef:
         """Add and start a child (simple_one_for_one: the template with extra args); its ref."""
@@ -61,6 +63,12 @@ class Handle:
     async def count_children(self) -> ChildCounts:
         """Counts of specs, running children, supervisors and workers."""
         return cast(ChildCounts, await self._call(lambda core: [Reply(core.count_children())]))
+
+    async def ending(self) -> RestartIntensityExceeded | None:
+        """Until the supervisor gives up (its restart intensity exceeded) or has stopped. Giving up, it answers as
+        it begins stopping its children, with the error `serve` raises once they have stopped; stopped, None."""
+        await self._ending.wait()
+        return self.gave_up
 
     async def stop(self) -> None:
         """Stop all children in reverse start order, then the supervisor, which exits normally."""

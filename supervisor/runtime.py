@@ -19,7 +19,7 @@ import trio
 
 from supervisor.actions import Action, Exit, Initialized, Reply, Report, ReportKind, RetryLater, Start, Terminate
 from supervisor.core import SupervisorCore
-from supervisor.errors import ChildExit, SupervisorNotRunning
+from supervisor.errors import ChildExit, RestartIntensityExceeded, SupervisorNotRunning
 from supervisor.handle import Call, Handle
 from supervisor.process import Process, ProcessRef
 from supervisor.reasons import KILLED, SHUTDOWN
@@ -70,8 +70,9 @@ class _Runtime:
                                     lambda pid: not (isinstance(pid, ChildRef) and pid.exited), spec.place)
         self._send, self._inbox = trio.open_memory_channel[object](math.inf)
         self._stopped = trio.Event()
+        self._ending = trio.Event()  # Handle.ending: set as the policy gives up, or once the loop has ended
         self._running: set[ChildRef] = set()  # refs started and not yet exited (Handle.running_children)
-        self._handle = Handle(spec.name, self._send, self._stopped, self._running.copy, self._kill)
+        self._handle = Handle(spec.name, self._send, self._stopped, self._running.copy, self._kill, self._ending)
         self._call: Call | None = None
         self._loop_scope = trio.CancelScope(shield=True)
 
@@ -87,6 +88,7 @@ class _Runtime:
                 nursery.cancel_scope.cancel()
         finally:
             self._stopped.set()
+            self._ending.set()
         return reason
 
     def _kill(self) -> None:
@@ -143,6 +145,9 @@ class _Runtime:
                     pending.extend(await self._terminate(batch))
                 case Report() as report:
                     self._log(report)
+                    if report.kind is ReportKind.MAX_INTENSITY:  # the policy's shutdown follows: it is giving up
+                        self._handle.gave_up = RestartIntensityExceeded(self._name, report.child_id, report.reason)
+                        self._ending.set()
                 case Reply(value):
                     if self._call is not None:
                         self._call.resolve(value)

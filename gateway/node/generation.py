@@ -7,6 +7,10 @@ the child itself). Stopped by the root (a stop, or a restart strategy), it waits
 supervisor child's `infinity` shutdown does. Retired, it lets go at once: the root supervisor's terminate_child
 returns, and the generation's shutdown is awaited by a task of the root's nursery (Node._retire), as nginx's master
 signals its old workers and goes on with its loop (ngx_process_cycle.c, ngx_master_process_cycle).
+Giving up (its restart intensity exceeded), the supervisor is handed over the same way as it begins stopping its
+workers: the link ends with its error at once, so the root restarts workers@G on the same listener slots while the
+survivors drain beside it, retiring (`on_give_up`), as nginx's master respawns a dead worker at once and never stops
+the others (release-1.27.1 src/os/unix/ngx_process_cycle.c:593-598, ngx_reap_children).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+from collections.abc import Callable
 
 import trio
 
@@ -44,14 +49,18 @@ class _Started:
 
 class Generation:
     """Generation `number`'s workers supervisor, run in the root's nursery (`nursery`, set once it is open);
-    `drain_timeout`: how long its retirement may take before what is left of it is killed."""
+    `drain_timeout`: how long its retirement may take before what is left of it is killed; `on_give_up`: given the
+    survivors of each give-up, a retiring Generation of their own (without it, their supervisor's shutdown alone
+    stops them)."""
 
     def __init__(self, number: int, spec: SupervisorSpec, drain_timeout: float) -> None:
         self.number = number
         self.spec = spec
         self.drain_timeout = drain_timeout
         self.nursery: trio.Nursery | None = None
+        self.on_give_up: Callable[[Generation], None] | None = None
         self.retiring = False
+        self.gave_up = False  # the survivors of a give-up: they left the root supervisor with their link
         self._run: _Run | None = None
 
     @property
@@ -88,7 +97,9 @@ class Generation:
         self._run = run
         task_status.started(run.handle)
         try:
-            await run.done.wait()
+            gave_up = await run.handle.ending()
+            if gave_up is None:
+                await run.done.wait()
         except trio.Cancelled:  # the root supervisor stops this child
             if not self.retiring:
                 with trio.CancelScope(shield=True):
@@ -96,8 +107,22 @@ class Generation:
             raise
         if self.retiring:
             await trio.sleep_forever()  # its shutdown began first: the root's terminate_child, on its way, ends this
+        if gave_up is not None:
+            self._hand_over(run)
+            raise gave_up
         if run.error is not None:
             raise run.error
+
+    def _hand_over(self, run: _Run) -> None:
+        """`run`'s supervisor gave up and is stopping its workers: they go on as a retiring Generation of their own,
+        passed to `on_give_up`, while the root restarts this one."""
+        survivors = Generation(self.number, self.spec, self.drain_timeout)
+        survivors.nursery = self.nursery
+        survivors.retiring = survivors.gave_up = True
+        survivors._run = run
+        self._run = None
+        if self.on_give_up is not None:
+            self.on_give_up(survivors)
 
     async def _supervise(self, run: _Run, *, task_status: trio.TaskStatus[None]) -> None:
         """The supervisor itself: a start failure is raised to `link` (nursery.start); how it ends later is kept

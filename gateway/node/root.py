@@ -12,6 +12,9 @@ nginx's master sends SIGQUIT to every worker); their supervisor's shutdown, one 
 collects them: one drain_timeout for them all, never one per worker. A retired generation leaves the root supervisor
 at once (gateway.node.generation) and a task of the root's nursery waits for its drain, so the root supervisor goes on
 restarting children and starting generations meanwhile, as nginx's master goes on with its loop.
+A generation's workers supervisor that gives up (worker_restart_intensity exceeded) is restarted by the root at once on
+the same listener slots, while the workers that survived drain as a reload's old generation does (Node._retire), as
+nginx's master respawns a dead worker and never stops the others: new connections are accepted meanwhile.
 A graceful stop also closes the root's listening sockets at once (the workers close theirs as they start to drain):
 new connections are refused, not queued for no one (as nginx's master and workers close theirs on SIGQUIT).
 SIGUSR1 (nginx's reopen): the root reopens gateway.log_file (its stderr, when daemonised) and relays the signal to
@@ -128,8 +131,9 @@ class Node:
         self._nursery: trio.Nursery | None = None
         self.fork_server: ForkServer | None = None
         # Every generation whose workers run: the serving one and those still draining (until their supervisor
-        # has stopped). Their workers are signalled from here, without asking any supervisor.
-        self._generations: dict[int, Generation] = {}
+        # has stopped: a reload's old ones, a give-up's survivors). Their workers are signalled from here, without
+        # asking any supervisor.
+        self._generations: list[Generation] = []
         self._last_listed: dict[str, list[ChildInfo[ChildRef]]] = {}  # supervisor id -> the children it last listed
         self._status_app: StatusApp | None = None  # the status server's, when status_listen is set
         self._satellite_retries: dict[str, trio.CancelScope] = {}  # satellite -> its restart after a failed one
@@ -233,7 +237,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 first.nursery = nursery
-                self._generations[1] = first
+                self._generations.append(first)
                 try:
                     self.root = await nursery.start(serve, tree.root_spec(config, children))
                 except StartError as e:
@@ -260,13 +264,13 @@ class Node:
                 else:
                     drain = self.config.gateway.drain_timeout if self.config else config.gateway.drain_timeout
                     log.info("stopping: workers drain for up to %gs; new connections are refused", drain)
-                    for generation in self._generations.values():
+                    for generation in self._generations:
                         if not generation.retiring:  # (those were told already)
                             generation.signal_workers(RETIRE_SIGNAL)
                     self.slots.stop_listening()
                     with trio.move_on_after(drain + 10):
                         await self.root.stop()
-                        for generation in list(self._generations.values()):  # retiring: their _retire stops them
+                        for generation in list(self._generations):  # retiring: their _retire stops them
                             await generation.wait_stopped()
                 nursery.cancel_scope.cancel()
         except* RestartIntensityExceeded as group:
@@ -322,7 +326,7 @@ class Node:
                 if ref.os_pid and ref.started_at is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(ref.os_pid, signal.SIGUSR1)
-        for generation in self._generations.values():
+        for generation in self._generations:
             generation.signal_workers(signal.SIGUSR1)
 
     def _kill_everything(self) -> None:
@@ -430,7 +434,7 @@ class Node:
 
     async def _workers_of(self, generation: int) -> list[ChildInfo[ChildRef]]:
         """The workers of `generation`, asked of its supervisor (none while the root restarts it)."""
-        known = self._generations.get(generation)
+        known = self._serving(generation)
         handle = known.handle if known is not None else None
         if handle is None:
             return []
@@ -438,6 +442,10 @@ class Node:
             return await handle.which_children()
         except SupervisorNotRunning:
             return []  # it has just given up: the root is restarting it
+
+    def _serving(self, number: int) -> Generation | None:
+        """Generation `number` in the root's tree (not its retiring survivors of a give-up), if it still is."""
+        return next((g for g in self._generations if g.number == number and not g.retiring), None)
 
     def _write_current(self, text: str) -> str:
         """The config the keeper reads (at start, on reload_config, and after a restart); 0600."""
@@ -458,8 +466,10 @@ class Node:
                    for i in range(count)]
         if environ is not None:
             workers = [_started_with(spec, environ) for spec in workers]
-        return Generation(generation, tree.workers_supervisor(generation, workers, config),
+        made = Generation(generation, tree.workers_supervisor(generation, workers, config),
                           drain_timeout=config.gateway.drain_timeout + tree.SHUTDOWN_MARGIN_MS / 1000)
+        made.on_give_up = self._retire_survivors
+        return made
 
     async def reload(self, config_path: str | None = None,
                      variables: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -517,7 +527,9 @@ class Node:
                 raise
             raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
                 from None
-        self._generations[new] = generation
+        retired = self._serving(old)
+        assert retired is not None  # (the serving generation is retired only by the next reload: this one)
+        self._generations.append(generation)
         self.generation = new
         self.config = config
         os.environ.update(variables)  # for later reloads and the children started from now on (satellites, keeper)
@@ -535,7 +547,7 @@ class Node:
         for key in restart_needed:
             log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
         log.info("reload: generation %d accepting; generation %d draining", new, old)
-        self._nursery.start_soon(self._retire, self._generations[old])  # type: ignore[union-attr]
+        self._nursery.start_soon(self._retire, retired)  # type: ignore[union-attr]
         return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
 
     async def _reload_logged(self) -> None:
@@ -550,23 +562,32 @@ class Node:
             except AdminCommandError:
                 pass  # logged by _reload_locked (a stop that cut it short too)
 
+    def _retire_survivors(self, survivors: Generation) -> None:
+        """Generation.on_give_up: the workers left by a workers supervisor that gave up retire while the root
+        restarts it, as a reload's old generation does."""
+        log.warning("workers@%d gave up; the root restarts it while its %d surviving worker(s) drain",
+                    survivors.number, len(survivors.workers()))
+        self._generations.append(survivors)
+        self._nursery.start_soon(self._retire, survivors)  # type: ignore[union-attr]
+
     async def _retire(self, generation: Generation) -> None:
-        """Tell every worker of `generation` to drain, together, and stop listening on the addresses the serving
-        config no longer has; take it out of the root supervisor at once (its link lets go); then wait here, not in
-        the root supervisor, for its supervisor to collect them as they finish, and kill what is left past the
-        drain's deadline."""
+        """Tell every worker of `generation` to drain, together; a reload's old generation also stops listening on
+        the addresses the serving config no longer has and is taken out of the root supervisor at once (its link
+        lets go; a give-up's survivors left it with theirs). Then wait here, not in the root supervisor, for its
+        supervisor to collect them as they finish, and kill what is left past the drain's deadline."""
         root = self.root
         assert root is not None and self.config is not None
         generation.retiring = True
         generation.signal_workers(RETIRE_SIGNAL)
-        self.slots.release(listen_addresses(self.config))
-        try:
-            await root.terminate_child(generation.id)  # (at once: a retiring link does not wait for the drain)
-            await root.delete_child(generation.id)
-        except SupervisorNotRunning:
-            pass  # the root is stopping (its shutdown stops the link just as fast)
-        self._last_listed.pop(generation.id, None)
-        self._last_listed["root"] = [i for i in self._last_listed.get("root", []) if i.id != generation.id]
+        if not generation.gave_up:
+            self.slots.release(listen_addresses(self.config))
+            try:
+                await root.terminate_child(generation.id)  # (at once: a retiring link does not wait for the drain)
+                await root.delete_child(generation.id)
+            except SupervisorNotRunning:
+                pass  # the root is stopping (its shutdown stops the link just as fast)
+            self._last_listed.pop(generation.id, None)
+            self._last_listed["root"] = [i for i in self._last_listed.get("root", []) if i.id != generation.id]
         with trio.move_on_after(generation.drain_timeout) as deadline:
             await generation.stop()
         if deadline.cancelled_caught:
@@ -574,12 +595,14 @@ class Node:
                         generation.number, generation.drain_timeout)
             generation.kill()
             await generation.stop()
-        self._generations.pop(generation.number, None)
+        self._generations.remove(generation)
         self._exited.set()
-        _remove(os.path.join(self.run_dir, snapshot_name(generation.number)))
+        if not generation.gave_up:  # (a give-up's generation goes on serving from it)
+            _remove(os.path.join(self.run_dir, snapshot_name(generation.number)))
         if len(self._generations) == 1:  # the serving one alone: no worker was given a parked descriptor
             self.slots.free_parked()
-        log.info("generation %d has stopped", generation.number)
+        log.info("generation %d has stopped%s", generation.number,
+                 " (the workers left when its supervisor gave up)" if generation.gave_up else "")
 
     # ---- admin --------------------------------------------------------------------------------------------------
 
@@ -598,8 +621,8 @@ class Node:
         if cmd == "workers":
             now = trio.current_time()
             return [_child_json(info, now) for info in await self._listed_workers()] + [
-                _draining_json(ref, now) for g in list(self._generations.values()) if g.retiring
-                for ref in g.workers()]  # (a reload's old workers, still draining)
+                _draining_json(ref, now) for g in list(self._generations) if g.retiring
+                for ref in g.workers()]  # (a reload's old workers, a give-up's survivors: still draining)
         if cmd in KEEPER_COMMANDS:
             try:
                 reply = await self.keeper.call(cmd, request.args)
@@ -662,10 +685,11 @@ class Node:
             "generation": self.generation,
             "listen": [f"{h}:{p}" for h, p in listen_addresses(self.config)],
             "tree": await self._tree_json("root", self.root, root, now),
-            # reloads' old generations, draining outside the root's tree (gateway.node.generation) until they exit
+            # reloads' old generations and give-ups' survivors, draining outside the root's tree
+            # (gateway.node.generation) until they exit
             "retiring": [{"id": g.id, "type": "supervisor", "state": "retiring",
                           "children": [_draining_json(ref, now) for ref in g.workers()]}
-                         for g in list(self._generations.values()) if g.retiring],
+                         for g in list(self._generations) if g.retiring],
         }
 
 
