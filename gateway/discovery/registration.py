@@ -19,6 +19,7 @@ keeps the registration alive, and deregisters when cancelled.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import socket
@@ -48,7 +49,7 @@ from gateway.discovery.types import parse_host_port
 
 log = logging.getLogger("gateway.discovery.registration")
 
-_WILDCARDS = {"0.0.0.0", "::", "", "*"}
+_LOOPBACK = {4: "127.0.0.1", 6: "::1"}
 DEREGISTER_TIMEOUT_S = 5.0
 
 
@@ -133,6 +134,52 @@ def _first_listen(gateway: GatewaySettings) -> str:
     return listen_flags(gateway.listen if isinstance(gateway.listen, str) else gateway.listen[0])[0]
 
 
+def _family(host: str) -> int | None:
+    """4 or 6 for an IP address, None for a name."""
+    try:
+        return ipaddress.ip_address(host).version
+    except ValueError:
+        return None
+
+
+def _wildcard_family(host: str) -> int | None:
+    """The family whose every address a listener on `host` takes (`0.0.0.0`, `*` and no host: IPv4; `::`: IPv6
+    only, as nginx's ipv6only=on and gateway.http.net bind it), None for one address or a name."""
+    if host in ("", "*"):
+        return 4
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return ip.version if ip.is_unspecified else None
+
+
+def _check_host(status_host: str, host: str) -> str:
+    """Where Consul's agent reaches the status server: its own address; for a wildcard, the registered host when it
+    can be reached there (a name, or an address of the wildcard's family), else the family's loopback address (a
+    `[::]` listener never answers 127.0.0.1)."""
+    family = _wildcard_family(status_host)
+    if family is None:
+        return status_host
+    return host if host and _family(host) in (family, None) else _LOOPBACK[family]
+
+
+def ipv6_only_warning(settings: RegistrationSettings, gateway: GatewaySettings, reg: Registration) -> str | None:
+    """What to tell the operator when the registration names no address of an IPv6-only first listener (`[::]:PORT`
+    without `advertise`): Consul then gives the service its agent's node address, etcd's value the host name, and
+    either may be an IPv4 address the listener never answers."""
+    if settings.advertise is not None:
+        return None
+    listen = _first_listen(gateway)
+    hp = parse_host_port(listen)
+    if hp is None or _wildcard_family(hp[0]) != 6:
+        return None
+    named = "its Consul agent's node address" if reg.backend == "consul" else f"the host name {reg.host!r}"
+    return (f"registration: the first gateway.listen address, {listen}, takes IPv6 connections only, and the "
+            f"registration names {named} for it: others reach the gateway only if that is (or resolves to) an IPv6 "
+            "address; set gateway.registration.advertise to the address they should use")
+
+
 def resolve_registration(settings: RegistrationSettings, gateway: GatewaySettings) -> Registration:
     """Fill in the defaults: advertise = first listen address, check = the status server's /status/ready (consul
     without one: a TTL check of check_interval + check_timeout), id, and the unset fields' defaults."""
@@ -140,13 +187,13 @@ def resolve_registration(settings: RegistrationSettings, gateway: GatewaySetting
     if hp is None:  # the loader validated gateway.listen; a bare port is the only other shape
         raise ValueError(f"cannot tell the address to register from {settings.advertise or gateway.listen!r}")
     host, port = hp
-    if host in _WILDCARDS:
+    if _wildcard_family(host) is not None:
         host = "" if settings.backend == "consul" else socket.gethostname()
     check_url = settings.check
     if check_url is None and gateway.status_listen:
         shp = parse_host_port(listen_flags(gateway.status_listen)[0])  # without `reuseport`, `backlog=N`, ...
         if shp is not None:
-            chost = shp[0] if shp[0] not in _WILDCARDS else (host or "127.0.0.1")
+            chost = _check_host(shp[0], host)
             shown = f"[{chost}]" if ":" in chost else chost
             # readiness (workers up, config loaded, not draining), not /health: that is degraded by one dead backend
             # target, which every gateway sees at once, and would take the whole fleet out of the registry
@@ -274,6 +321,9 @@ async def run_registration(settings: RegistrationSettings, gateway: GatewaySetti
                            task_status: trio.TaskStatus[LinkState] = trio.TASK_STATUS_IGNORED) -> None:
     """Register, keep registered, deregister on cancellation. started(link state) after the first attempt."""
     reg = resolve_registration(settings, gateway)
+    warning = ipv6_only_warning(settings, gateway, reg)
+    if warning:
+        log.warning("%s", warning)
     client: ConsulClient | EtcdClient = _consul(reg) if reg.backend == "consul" else _etcd(reg)
     link = LinkState(f"registration: {reg.service} id {reg.id} in {reg.backend}", log)
     link.extra.update({"backend": reg.backend, "id": reg.id, "service": reg.service, "registered": False})

@@ -17,6 +17,7 @@ import ssl
 
 import trio
 
+from gateway.balancing.continuum import kong_address
 from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
 from gateway.http.net import open_tcp_stream
@@ -79,9 +80,10 @@ async def _http(stream: trio.abc.Stream, policy: ActivePolicy, host_header: str)
 
 async def probe(host: str, port: int, policy: ActivePolicy, host_header: str | None = None) -> Event | None:
     """Probe once; the event it stands for (None: a status the policy ignores). As lua-resty-healthcheck: the Host
-    is the upstream's host_header, else the target's host, without a port; the TLS name is https_sni, else the
-    host_header, else the target's host."""
-    shown = f"[{host}]" if ":" in host else host
+    is the upstream's host_header, else the target's name as Kong's balancer has it (healthcheckers.lua:52
+    `target.name`: an IPv6 address in the targets DAO's form, `[0000:...:0001]`, balancer/targets.lua:96), without a
+    port; the TLS name is https_sni, else the host_header, else the target's host."""
+    shown = kong_address(host, host) if ":" in host else host
     try:
         try:
             with trio.fail_after(policy.timeout_s):

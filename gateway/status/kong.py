@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs
 
+from gateway.balancing.continuum import kong_address
 from gateway.discovery.service import target_address
 from gateway.discovery.types import key_address
 from gateway.health.threshold import upstream_healthy
@@ -223,15 +224,18 @@ def _split_address(address: str) -> tuple[str, int]:
 
 
 class KongTarget:
-    """One configured target as Kong's entity, and what its addresses are for the health routes."""
+    """One configured target as Kong's entity, and what its addresses are for the health routes (`key`: its
+    address as the keeper names it, `[::1]:9001`)."""
 
-    def __init__(self, entity: dict[str, Any], host: str, port: int) -> None:
+    def __init__(self, entity: dict[str, Any], host: str, port: int, key: str) -> None:
         self.entity = entity
         self.host = host
         self.port = port
+        self.key = key
 
     @property
     def name(self) -> str:
+        """The target as Kong's targets DAO spells it, what GET .../targets/{target} matches."""
         return str(self.entity["target"])
 
 
@@ -256,10 +260,12 @@ def upstream_entities(config: Any) -> list[tuple[Any, str, list[KongTarget]]]:
         up_id = ids[t.upstream]
         nested = getattr(t, "_path", "").startswith("upstreams[")
         target_id = t.id or kong_id("targets", f"targets:*:{up_id if nested else t.upstream}:{t.target}")
-        name = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        entity = {"id": target_id, "upstream": {"id": up_id}, "target": name, "weight": t.weight,
-                  "tags": list(t.tags) or None}
-        by_name[t.upstream].append(KongTarget(entity, host, port))
+        # Kong's format_target (dao/targets.lua:31-36, applied as it reads targets, :160-164): an IPv6 address
+        # bracketed and expanded (kong/tools/ip.lua normalize_ipv6), `[0000:...:0001]:9001`
+        entity = {"id": target_id, "upstream": {"id": up_id}, "target": f"{kong_address(host, host)}:{port}",
+                  "weight": t.weight, "tags": list(t.tags) or None}
+        key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        by_name[t.upstream].append(KongTarget(entity, host, port, key))
     return out
 
 
@@ -396,15 +402,18 @@ class KongUpstreamRoutes:
             -> dict[str, Any]:
         """balancers.lua getTargetStatus with healthcheckers.lua's address health: the target's addresses are the
         keeper's states named after it (a name's resolved addresses), or the target itself when it is an IP. A name
-        with none did not resolve (Kong: DNS_ERROR, no addresses)."""
-        own_key = f"{upstream}|{target.name}"
-        mine = [s for s in states if s.get("name") == target.name and s["key"].startswith(upstream + "|")]
+        with none did not resolve (Kong: DNS_ERROR, no addresses). Its host is Kong's target.name (an IPv6 address
+        bracketed and expanded, as the targets DAO formats it), its addresses' ip Kong's address.ip."""
+        own_key = f"{upstream}|{target.key}"
+        mine = [s for s in states if s.get("name") == target.key and s["key"].startswith(upstream + "|")]
         if not mine and _is_ip(target.host):
             mine = [s for s in states if s["key"] == own_key and "name" not in s]
         weight = int(target.entity["weight"])
         addresses: list[dict[str, Any]] = []
         for state in mine:
             ip, port = _split_address(key_address(state["key"].partition("|")[2]))
+            if ":" in ip:  # Kong's address.ip: a literal target's DAO form, a name's AAAA answer bracketed
+                ip = kong_address(target.host, ip)
             override = state.get("weight")  # the keeper's weight, None: the configured one
             address_weight = weight if override is None else int(override)
             health = target_health(checked, weight, state.get("healthy", True)).upper()
@@ -417,6 +426,7 @@ class KongUpstreamRoutes:
             dns = "AAAA" if ":" in target.host else "A"
         else:
             dns = "AAAA" if all(":" in a["ip"] for a in addresses) else "A"
-        return {"host": target.host, "port": target.port, "dns": dns, "nodeWeight": weight,
+        return {"host": kong_address(target.host, target.host), "port": target.port, "dns": dns,
+                "nodeWeight": weight,
                 "weight": {"total": total, "unavailable": unavailable, "available": total - unavailable},
                 "addresses": addresses}

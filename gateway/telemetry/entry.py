@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET, UnsetType
 
+from gateway.balancing.continuum import kong_address
 from gateway.config.kong_forms import loaded_at
 from gateway.http.codec import NGINX_HOSTS
 from gateway.http.kong_headers import PROXIED
@@ -392,8 +393,11 @@ def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[_Try]
     for attempt in tries:
         # the address it connected to (Kong's balancer_data.ip, kong/init.lua:1411): a named target's, the one its
         # look-up gave (pipeline.forward.Attempt.peer); else the target's own
-        peer = getattr(attempt, "peer", None) or attempt.target.key
+        target = attempt.target
+        peer = getattr(attempt, "peer", None) or target.key
         host, port = peer[0], peer[1]
+        if ":" in host:  # an IPv6 address, as Kong writes it
+            host = _KONG_IPS[host, target.target, attempt.group.direct]
         start = (attempt.started + wall) * 1000
         out.append(_Try(host, port, round(start), round(start * 1e6)))
     if len(out) > 1:
@@ -406,6 +410,19 @@ def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[_Try]
             out[-1].state = "failed"
             out[-1].code = status
     return out
+
+
+def _kong_ip(key: tuple[str, str, bool]) -> str:
+    """An IPv6 address as Kong's balancer_data.ip: a service's own host as the service gives it (kong/runloop/
+    balancer/init.lua:291-293; as the loader keeps it, without brackets), an upstream's literal target in the DAO's
+    form, bracketed and expanded (dao/targets.lua:31-36; its DNS client answers with the name it was asked,
+    kong/resty/dns/client.lua:1003), a name's address bracketed (client.lua:210-212)."""
+    address, target, direct = key
+    return address if direct and target == address else kong_address(target, address)
+
+
+# (address, target name, a service's own host) -> the try's ip in the log
+_KONG_IPS: Derived[tuple[str, str, bool], str] = Derived(_kong_ip, _MEMO_MAX)
 
 
 def _upstream_status(tries: list[Any], status: int) -> str:

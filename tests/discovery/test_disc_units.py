@@ -14,6 +14,7 @@ from gateway.discovery import Backoff, LinkState, TargetInfo, config_targets, re
 from gateway.discovery.consul import next_index, parse_health_entries
 from gateway.discovery.etcd import parse_target_value, prefix_range_end
 from gateway.discovery.http import Endpoint, TransportError
+from gateway.discovery.registration import ipv6_only_warning
 from gateway.discovery.types import normalise, parse_host_port
 
 
@@ -150,6 +151,44 @@ def test_registration_resolution_and_payloads() -> None:
                                      GatewaySettings(listen="10.0.0.1:80", status_listen=None))
     assert no_status.check_url is None and no_status.consul_payload()["Check"]["TTL"] == "15s", (
         "no status server to check: a TTL check of check_interval + check_timeout, passed by the gateway")
+
+
+@pytest.mark.parametrize(("listen", "advertise", "status_listen", "check"), [
+    ("[::]:8000", None, "[::]:8100", "http://[::1]:8100/status/ready"),
+    ("0.0.0.0:8000", None, "[::]:8100", "http://[::1]:8100/status/ready"),
+    ("0.0.0.0:8000", "10.0.0.1:8000", "[::]:8100", "http://[::1]:8100/status/ready"),
+    ("0.0.0.0:8000", "[2001:db8::1]:8000", "[::]:8100", "http://[2001:db8::1]:8100/status/ready"),
+    ("[::]:8000", "[2001:db8::1]:8000", "0.0.0.0:8100", "http://127.0.0.1:8100/status/ready"),
+    ("0.0.0.0:8000", "gw1.internal:8000", "[::]:8100", "http://gw1.internal:8100/status/ready"),
+])
+def test_the_consul_check_of_a_wildcard_status_listener_is_an_address_of_its_family(
+        listen: str, advertise: str | None, status_listen: str, check: str) -> None:
+    """nginx 1.27.1 src/http/ngx_http_core_module.c:4000 `lsopt.ipv6only = 1;`: a `[::]:PORT` listener takes IPv6
+    connections only, `0.0.0.0:PORT` IPv4 ones (the status server binds them so: gateway.http.net.unbound_listener).
+    The check of a wildcard status listener names the advertised address when it is one of the listener's family
+    (or a name), else that family's loopback: `status_listen: "[::]:8100"` was checked at 127.0.0.1, where nothing
+    answers, and Consul held the gateway critical for ever."""
+    gw = GatewaySettings(listen=listen, status_listen=status_listen)
+    reg = resolve_registration(RegistrationSettings(backend="consul", advertise=advertise), gw)
+    assert reg.check_url == check
+
+
+def test_an_ipv6_only_wildcard_listen_registers_the_agents_address_and_says_to_advertise() -> None:
+    """`listen: "[::]:8000"` registers Address "" as `0.0.0.0:8000` does (Consul's agent address stands for a
+    wildcard: the gateway has no one address to name), but a `[::]` listener takes IPv6 connections only (nginx
+    1.27.1 ngx_http_core_module.c:4000), so the start warns that the agent's address must be an IPv6 one and names
+    registration.advertise; an advertised address, or an IPv4 wildcard, has nothing to warn about."""
+    v6 = GatewaySettings(listen="[::]:8000", status_listen="[::]:8100")
+    settings = RegistrationSettings(backend="consul")
+    reg = resolve_registration(settings, v6)
+    assert reg.host == "" and reg.consul_payload()["Address"] == ""
+    warning = ipv6_only_warning(settings, v6, reg)
+    assert warning is not None and "[::]:8000" in warning and "IPv6" in warning
+    assert "gateway.registration.advertise" in warning
+    advertised = RegistrationSettings(backend="consul", advertise="[2001:db8::1]:8000")
+    assert ipv6_only_warning(advertised, v6, resolve_registration(advertised, v6)) is None
+    v4 = GatewaySettings(listen="0.0.0.0:8000", status_listen="0.0.0.0:8100")
+    assert ipv6_only_warning(settings, v4, resolve_registration(settings, v4)) is None
 
 
 def test_config_targets() -> None:

@@ -31,10 +31,11 @@ def _policy(headers: dict[str, list[str]]):  # noqa: ANN202
     return up.policy
 
 
-async def _probe_and_capture(nursery: trio.Nursery, headers: dict[str, list[str]]) -> tuple[Event | None, bytes]:
-    """Probe a server that records the request head and answers 200; (event, the request head it got)."""
+async def _probe_and_capture(nursery: trio.Nursery, headers: dict[str, list[str]],
+                             host: str = "127.0.0.1") -> tuple[Event | None, bytes]:
+    """Probe a server on `host` that records the request head and answers 200; (event, the request head it got)."""
     got = bytearray()
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    listeners = await trio.open_tcp_listeners(0, host=host)
     port = listeners[0].socket.getsockname()[1]
 
     async def handler(stream: trio.SocketStream) -> None:
@@ -53,7 +54,7 @@ async def _probe_and_capture(nursery: trio.Nursery, headers: dict[str, list[str]
     nursery.start_soon(trio.serve_listeners, handler, listeners)
     policy = _policy(headers)
     with trio.fail_after(2):
-        event = await probe("127.0.0.1", port, policy, None)
+        event = await probe(host, port, policy, None)
     return event, bytes(got)
 
 
@@ -83,3 +84,14 @@ async def test_a_configured_user_agent_is_the_probes_only_one(nursery: trio.Nurs
     assert event is Event.SUCCESS
     agents = [line for line in head.split(b"\r\n") if line.lower().startswith(b"user-agent:")]
     assert agents == [b"User-Agent: my-monitor/1.0"], agents
+
+
+async def test_the_host_of_an_ipv6_targets_probe_is_kongs_target_name(nursery: trio.Nursery) -> None:
+    """healthcheck.lua 3.1.0:1070 sends `Host: hostheader or hostname or ip`, hostname being the target's name
+    (kong/runloop/balancer/healthcheckers.lua:52 `local hostname = target.name`), split from the target as the
+    targets DAO formats it (kong/runloop/balancer/targets.lua:96; kong/db/dao/targets.lua:31-36): for `[::1]:PORT`,
+    `[0000:0000:0000:0000:0000:0000:0000:0001]`, the name the proxied requests' Host carries too. The gateway's
+    probes said `Host: [::1]`."""
+    event, head = await _probe_and_capture(nursery, {}, host="::1")
+    assert event is Event.SUCCESS
+    assert b"\r\nHost: [0000:0000:0000:0000:0000:0000:0000:0001]\r\n" in head

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from gateway.config.consumers import kong_consumer_id
 from gateway.node.root import load_validated
 from gateway.status import CheckResult, StatusApp, serve_status
-from gateway.status.kong import EMPTY_CONFIG_HASH, bytes_to_str, kong_id, prefers_html
+from gateway.status.kong import EMPTY_CONFIG_HASH, KongUpstreamRoutes, bytes_to_str, kong_id, prefers_html
 
 CONFIG = """\
 _format_version: "3.0"
@@ -310,6 +310,33 @@ async def test_health_when_the_keeper_does_not_answer(served: tuple[Source, int]
     balancer = (await request(port, "GET", "/upstreams/hc/health?balancer_health=1")).json()
     assert "data" not in balancer
 
+
+
+async def test_an_ipv6_target_is_spelt_as_kongs_targets_dao_formats_it(tmp_path: Any) -> None:
+    """Kong lists an upstream's targets through its targets DAO, whose select_by_upstream_raw sets
+    `target.target = format_target(target.target)` (kong/db/dao/targets.lua:160-164, :31-36; kong/tools/ip.lua
+    normalize_ipv6, format_host): `[0000:0000:0000:0000:0000:0000:0000:0001]:9001` for `[::1]:9001`. GET
+    .../targets/{target} compares that spelling (select_by_upstream_filter, :285-296), and the health route's host
+    and address ip are the balancer's target.name and address.ip (balancers.lua:505-527), the same form. The gateway
+    listed `[::1]:9001`."""
+    path = tmp_path / "kong.yaml"
+    path.write_text('_format_version: "3.0"\nupstreams:\n  - name: v6\n    targets:\n      - target: "[::1]:9001"\n')
+    _, config = load_validated(str(path))
+
+    async def overview() -> list[dict[str, Any]]:
+        return [{"key": "v6|[::1]:9001", "healthy": True, "weight": None, "drained": False}]
+
+    routes = KongUpstreamRoutes(lambda: config, overview, lambda: "node")
+    kong = "[0000:0000:0000:0000:0000:0000:0000:0001]"
+    status, listed = await routes.answer("v6", "targets", None, {})
+    assert status == 200 and _ids(listed) == [f"{kong}:9001"]
+    status, one = await routes.answer("v6", "target", f"{kong}:9001", {})
+    assert status == 200 and one == listed["data"][0]
+    assert (await routes.answer("v6", "target", "[::1]:9001", {}))[0] == 404  # Kong compares the DAO's spelling
+    _, health = await routes.answer("v6", "health", None, {})
+    data = health["data"][0]["data"]
+    assert data["host"] == kong and data["dns"] == "AAAA"
+    assert [(a["ip"], a["port"]) for a in data["addresses"]] == [(kong, 9001)]
 
 
 # --- /status/ready: Kong's methods and its drain switch (kong/status/ready.lua, api_helpers.attach_routes) ---------

@@ -3,12 +3,13 @@ in one pass, the JSON made once per Entry) against the serializer as it was: `Re
 the code before that change, and both must give the same JSON bytes (key order included) for every exchange the
 strategies make: headers (repeated names, odd bytes, credentials, more than 100 lines), query strings (repeated, bare,
 percent-encoded, over the argument limit), tries (none, failed, several), consumers and credentials, TLS, MCP,
-correlation-id, traces, routes with and without a service. Two behaviours were added to the reference since: the JSON
-writes "/" as "\\/" and DEL as "\\u007f", as lua-cjson does (`_cjson`), and the consumer has its created_at /
-updated_at."""
+correlation-id, traces, routes with and without a service. Three behaviours were added to the reference since: the
+JSON writes "/" as "\\/" and DEL as "\\u007f", as lua-cjson does (`_cjson`), the consumer has its created_at /
+updated_at, and a try's IPv6 ip is Kong's balancer_data.ip (`_kong_ip`)."""
 
 from __future__ import annotations
 
+import ipaddress
 from itertools import chain
 from types import SimpleNamespace
 from typing import Any
@@ -289,9 +290,20 @@ def _tries(tries: list[Any], wall: float, status: int, route: Any) -> list[dict[
     return out
 
 
+def _kong_ip(attempt: Any, host: str) -> str:
+    """Kong's balancer_data.ip of an IPv6 address: a service's own host as given, an upstream's literal target
+    bracketed and expanded (its targets DAO's form), a name's address bracketed."""
+    if ":" not in host:
+        return host
+    if attempt.target.target != host:
+        return f"[{host}]"
+    return host if attempt.group.direct else f"[{ipaddress.IPv6Address(host).exploded}]"
+
+
 def _try(attempt: Any, wall: float) -> dict[str, Any]:
     """Kong's balancer try: where and when."""
     host, port = attempt.target.key
+    host = _kong_ip(attempt, host)
     start = (attempt.started + wall) * 1000
     return {"ip": host, "port": port, "balancer_start": round(start), "balancer_start_ns": round(start * 1e6),
             "balancer_latency": 0, "balancer_latency_ns": 0}
@@ -401,9 +413,11 @@ def response_lines(draw: Any) -> bytes:
 
 
 _ATTEMPT = st.builds(
-    lambda ip, port, started, head, ended, code, uri: SimpleNamespace(
-        target=SimpleNamespace(key=(ip, port)), started=started, head_at=head, ended=ended, code=code, uri=uri),
-    st.sampled_from(["127.0.0.1", "::1", "10.0.0.7"]), st.integers(1, 65535), st.floats(9.0, 11.0),
+    lambda ip, named, direct, port, started, head, ended, code, uri: SimpleNamespace(
+        target=SimpleNamespace(key=(ip, port), target="up.example" if named else ip),
+        group=SimpleNamespace(direct=direct), started=started, head_at=head, ended=ended, code=code, uri=uri),
+    st.sampled_from(["127.0.0.1", "::1", "10.0.0.7", "2001:db8::7"]), st.booleans(), st.booleans(),
+    st.integers(1, 65535), st.floats(9.0, 11.0),
     st.one_of(st.just(0.0), st.floats(10.0, 11.0)), st.one_of(st.just(0.0), st.floats(10.0, 11.5)),
     st.sampled_from([0, 200, 204, 404, 502, 503, -1, -2]),
     st.one_of(st.sampled_from([b"/", b"/up?x=1", b"/\xff"]), _TEXT))

@@ -9,6 +9,7 @@ import trio
 from backends import BadBackend, EchoBackend, log_lines, parse_raw_response, raw_exchange, request, service
 
 TIMEOUT = 10
+KONG_V6_LOOPBACK = "[0000:0000:0000:0000:0000:0000:0000:0001]"  # kong/tools/ip.lua format_host(normalize_ip("::1"))
 
 
 async def test_access_log_has_one_kong_shaped_line_per_request(nursery, gateway, tmp_path):
@@ -67,6 +68,47 @@ async def test_a_failed_upstream_is_logged_with_its_tries(nursery, gateway, tmp_
     assert line["response"]["status"] == 502 and line["source"] == "kong"
     assert [t["state"] for t in line["tries"]] == ["failed", "failed"]  # retries: 1, one target tried again
     assert line["upstream_status"] == "502, 502"  # nginx's $upstream_status: each try's
+
+
+async def test_the_tries_ip_of_an_ipv6_literal_is_the_one_kongs_balancer_gives(nursery, gateway, tmp_path):
+    """Kong's tries[].ip is balancer_data.ip (kong/init.lua:1411). For an upstream's target `[::1]:PORT` it is the
+    address its DNS client returns for the target's name (kong/runloop/balancer/targets.lua:513, 565), that name
+    itself (kong/resty/dns/client.lua:1003 `address = qname`), and the name is the target as the targets DAO formats
+    it (kong/db/dao/targets.lua:31-36, :160-164; targets.lua:96): bracketed and expanded. For a service whose host is
+    the address, balancer_data.ip is the host as the service gives it (kong/runloop/balancer/init.lua:291-293)."""
+    backend = EchoBackend()
+    backend.host = "::1"
+    await nursery.start(backend.serve)
+    log = tmp_path / "access.log"
+    port = await gateway({
+        "services": [{"name": "u", "host": "up", "routes": [{"name": "ru", "paths": ["/u"]}]},
+                     {"name": "d", "host": "::1", "port": backend.port, "routes": [{"name": "rd", "paths": ["/d"]}]}],
+        "upstreams": [{"name": "up", "targets": [{"target": f"[::1]:{backend.port}"}]}]}, access_log=str(log))
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/u")).status == 200
+        assert (await request(port, "GET", "/d")).status == 200
+    upstream, direct = await log_lines(log, 2)
+    assert upstream["tries"][0]["ip"] == KONG_V6_LOOPBACK and upstream["tries"][0]["port"] == backend.port
+    assert direct["tries"][0]["ip"] == "::1" and direct["tries"][0]["port"] == backend.port
+
+
+async def test_the_tries_ip_of_a_names_ipv6_address_is_bracketed(nursery, gateway, tmp_path):
+    """Kong's DNS client brackets the IPv6 addresses it answers with: an AAAA record's (kong/resty/dns/client.lua:
+    210-212 `record.address = parseHostname(record.address)`, utils.lua:327-332), a hosts file's (parseHosts keeps
+    parseHostname's bracketed form); that address is the try's ip (kong/init.lua:1411)."""
+    backend = EchoBackend()
+    backend.host = "::1"
+    await nursery.start(backend.serve)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("::1 v6only.test\n")
+    log = tmp_path / "access.log"
+    port = await gateway({"services": [{"name": "d", "host": "v6only.test", "port": backend.port,
+                                        "routes": [{"name": "rd", "paths": ["/d"]}]}]},
+                         access_log=str(log), dns_hostsfile=str(hosts), dns_order=["LAST", "AAAA"])
+    with trio.fail_after(TIMEOUT):
+        assert (await request(port, "GET", "/d")).status == 200
+    (line,) = await log_lines(log, 1)
+    assert line["tries"][0]["ip"] == "[::1]" and line["tries"][0]["port"] == backend.port
 
 
 async def test_file_log_plugin_writes_the_routes_requests_only(nursery, gateway, tmp_path):
