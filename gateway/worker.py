@@ -35,11 +35,13 @@ from gateway.http.tls import quiet_bad_server_names
 from gateway.http.tls_contexts import ServerTls
 from gateway.keeper.state import Keeper
 from gateway.node import logfile
+from gateway.node.files import make_body_temp_dir
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
 from gateway.node.start_only import inherited
 from gateway.pipeline.forward import Forwarder
 from gateway.pipeline.handler import Pipeline
+from gateway.pipeline.request_buffer import use_temp_dir
 from gateway.runtime import compile_config
 from gateway.state.shared import SharedState
 from gateway.telemetry.service import WorkerTelemetry
@@ -83,6 +85,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     """
     gw = config.gateway
     quiet_bad_server_names()
+    use_temp_dir(make_body_temp_dir(os.path.dirname(os.path.abspath(gw.pid_file)), gw.client_body_temp_path))
     shared = SharedState(worker_id, workers)
     runtime = compile_config(config, shared=shared)
     shared.attach(runtime)

@@ -303,6 +303,7 @@ ALIASES: dict[str, str] = {
     "upstream_keepalive_idle_timeout": "upstream_idle_timeout_s",  # seconds; 0: kept however long idle
     "nginx_http_keepalive_requests": "keepalive_requests",  # nginx's keepalive_requests
     "nginx_http_charset": "charset",  # nginx's charset (Kong's UTF-8; off: none)
+    "nginx_http_client_body_temp_path": "client_body_temp_path",  # nginx's (relative: to the prefix, our run dir)
     "dns_valid_ttl": "dns_valid_ttl_s",  # seconds, in place of every record's TTL
     "dns_stale_ttl": "dns_stale_ttl_s",
     "dns_not_found_ttl": "dns_not_found_ttl_s",
@@ -339,6 +340,7 @@ _BOOLEANS = {"on": True, "true": True, "off": False, "false": False}
 NGINX_NONE: dict[str, Any] = {
     "nginx_http_charset": "off",  # ngx_http_charset_filter_module: charset off
     "nginx_http_keepalive_requests": 1000,  # ngx_http_core_module.c
+    "nginx_http_client_body_temp_path": "client_body_temp",  # auto/options' NGX_HTTP_CLIENT_TEMP_PATH
     "nginx_proxy_real_ip_header": "X-Real-IP",  # ngx_http_realip_module.c
     "nginx_proxy_real_ip_recursive": False,
     "nginx_http_ssl_protocols": "TLSv1.2 TLSv1.3",  # ngx_event_openssl.h's NGX_SSL_DEFAULT_PROTOCOLS
@@ -423,6 +425,7 @@ _NGINX_EQUIVALENTS = {
     "send_timeout": "`send_timeout_s` (seconds)",
     "large_client_header_buffers": "`max_header_bytes` and `max_header_line_bytes`",
     "client_max_body_size": "the request-size-limiting plugin",
+    "client_body_temp_path": "`client_body_temp_path` (kong.conf's nginx_http_client_body_temp_path)",
     "proxy_request_buffering": "a route's `request_buffering`",
     "proxy_buffering": "a route's `response_buffering` (responses are relayed as they arrive either way)",
     "ssl_protocols": "`ssl_protocols`, with `ssl_cipher_suite: custom`",

@@ -107,6 +107,10 @@ class GatewaySettings(Base):
     # true (access.log beside pid_file) or a file path alone (no nginx parameters), in a directory that exists.
     # Every worker appends to the same file; SIGUSR1 reopens it (log rotation).
     access_log: bool | str = False
+    # kong.conf's nginx_http_client_body_temp_path (nginx's client_body_temp_path, client_body_temp in Kong's prefix):
+    # where request bodies too large for memory are spooled, in unnamed files (gateway.pipeline.request_buffer);
+    # relative to the run directory (pid_file's), as nginx's to its prefix; each worker makes it 0700 if missing
+    client_body_temp_path: str = "client_body_temp"
     syslog_socket: str = "/dev/log"  # where the syslog plugin sends (a Unix datagram socket; syslog(3)'s is /dev/log)
     # The client address, as kong.conf's settings of the same names (nginx's realip module): a request from a peer
     # in trusted_ips (IPs or CIDRs) takes its client address from real_ip_header (the last address in it, or with
@@ -189,6 +193,11 @@ class GatewaySettings(Base):
                     read_template(path)
                 except ValueError as e:
                     raise ValueError(f"error_template_{name}: {e}") from None
+        if len(words := self.client_body_temp_path.split()) != 1:  # nginx's `path [level1 [level2 [level3]]]`
+            raise ValueError("client_body_temp_path (kong.conf's nginx_http_client_body_temp_path): expected a "
+                             "directory" + (f" alone, got '{inline(self.client_body_temp_path)}': nginx's levels (the "
+                                            "words after the path) are not taken, the gateway's body files having no "
+                                            "name to spread over subdirectories" if words else ", got nothing"))
         if not 0 < len(self.syslog_socket.encode()) <= MAX_UNIX_PATH:
             raise ValueError(f"syslog_socket: expected the path of a Unix socket, 1 to {MAX_UNIX_PATH} bytes, got "
                              f"{len(self.syslog_socket.encode())} bytes")

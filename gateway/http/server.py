@@ -242,6 +242,17 @@ class BodyFile(Protocol):
     def close(self) -> None: ...
 
 
+class RequestFailed(Exception):
+    """The gateway could not go on with a request for a reason of its own, not the client's nor a bug (its body could
+    not be written to a temporary file: a full disk), said in the log where it happened: the connection loop answers
+    `status` as nginx does, through Kong's error page, with no traceback, and lingers over what the client still
+    sends."""
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class BodyReader(Protocol):
     """A reader that keeps the body bytes it read itself (gateway.mcp.step.McpRequest, under state[BODY_READER]): the
     Exchange's own readers take them back first, so every reader sees the client's body from its start."""
@@ -915,6 +926,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         if exchange.response_started and not exchange.response_done:
                             conn.abort()
                         return False
+                    except RequestFailed as e:  # (logged where it failed)
+                        if exchange.response_started:
+                            conn.abort()
+                            return False
+                        content_type = page_type(exchange.request.headers, settings.error_type)
+                        await _answer_error(exchange, e.status, content_type)
+                        # then nginx lingers over a body still coming (ngx_http_finalize_connection's read->ready)
+                        return not exchange.request_done or conn.readable()
                     except Exception:
                         request = exchange.request
                         log.exception("request handler failed: %s %s", request.method, request.target)

@@ -2,7 +2,8 @@
 
 Config copies (run/config.current.yaml, run/config.genN.yaml) may hold literal secrets, so they are 0600; the log
 file is 0640; the run directory the gateway creates is 0750 (never world-writable: a file planted there would be
-read as config). Files are replaced atomically, through a new temporary file that is never a symlink.
+read as config), the directory of spooled request bodies 0700, as nginx makes its temporary paths. Files are
+replaced atomically, through a new temporary file that is never a symlink.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from gateway.node.paths import KEEPER_STATE
 log = logging.getLogger("gateway.node")
 
 DIR_MODE = 0o750
+BODY_TEMP_MODE = 0o700  # nginx's ngx_create_paths (nginx release-1.27.1 src/core/ngx_file.c:607)
 PRIVATE_MODE = 0o600
 LOG_MODE = 0o640
 PID_MODE = 0o644
@@ -39,9 +41,33 @@ def make_run_dir(path: str) -> str:
 LOCK_NAME = "gateway.lock"
 CURRENT_CONFIG = "config.current.yaml"  # the config the state keeper and satellites read
 METRICS_DIR = "metrics"  # emptied at each start (gateway.metrics.prepare_multiprocess_dir)
+CLIENT_BODY_TEMP = "client_body_temp"  # gateway.client_body_temp_path's default (nginx's, in Kong's prefix)
 RUN_DIR_FILES = {LOCK_NAME: "lock file", CURRENT_CONFIG: "copy of the current config", KEEPER_STATE: "state keeper's "
-                 "state file", METRICS_DIR: "metrics directory", "mcp-session.key": "default MCP session key file"}
+                 "state file", METRICS_DIR: "metrics directory", "mcp-session.key": "default MCP session key file",
+                 CLIENT_BODY_TEMP: "directory of spooled request bodies"}
 SNAPSHOT = re.compile(r"config\.gen[0-9]+\.yaml")  # a generation's config, which its workers read
+
+
+def make_body_temp_dir(run_dir: str, setting: str) -> str:
+    """The directory of spooled request bodies, gateway.client_body_temp_path (`setting`: relative to the run
+    directory, as nginx's client_body_temp_path to Kong's prefix), created 0700 if missing, as nginx creates it at
+    start (ngx_create_paths: the last component only; here also the run directory itself, for `gateway run`, which
+    no root made). Every worker makes sure of it as it starts, with its generation's setting. Raises OSError saying
+    what failed and what to do."""
+    run_dir = os.path.abspath(run_dir)
+    path = os.path.normpath(os.path.join(run_dir, setting))
+    try:
+        if os.path.dirname(path) == run_dir:
+            os.makedirs(run_dir, DIR_MODE, exist_ok=True)
+        os.mkdir(path, BODY_TEMP_MODE)
+    except FileExistsError:
+        if not os.path.isdir(path):
+            raise OSError(errno.ENOTDIR, f"gateway.client_body_temp_path: {path} is not a directory; remove it, or "
+                          "choose another path") from None
+    except OSError as e:
+        raise OSError(e.errno, f"gateway.client_body_temp_path: cannot create the directory {path} ({e.strerror}); "
+                      "create it, or choose another path") from None
+    return path
 
 
 def snapshot_name(generation: int) -> str:

@@ -330,6 +330,12 @@ class Forwarder:
         `address`: the one of a named target to connect to (an MCP session's), not the name's next. Otherwise a
         name is looked up for every try, as Kong's balancer does (toip: from the DNS cache, its records in turn),
         and a connection to the address found is taken from the pool, where Kong keys it by ip and port."""
+        # A body in its file, or one too large to copy onto the head, is sent after it, in pieces, from its start (a
+        # try after a failed one starts over): rewound before anything is counted or connected, should that fail
+        spooled: SpooledBody | BodyInHand | None = None
+        if type(body) is not bytes or len(body) > JOIN_LIMIT:
+            spooled = BodyInHand(body) if type(body) is bytes else body  # type: ignore[assignment]
+            spooled.rewind()  # type: ignore[union-attr]
         pool = self.pool
         now = attempt.started = self.clock()
         active = self.active
@@ -360,15 +366,11 @@ class Forwarder:
         uc.carrying = attempt  # (a circuit's sweep cuts the connections carrying its upstream's requests only)
         codec = uc.codec
         data = codec.request_head(method, path, headers, framing)
-        spooled: SpooledBody | BodyInHand | None = None
-        if type(body) is bytes and len(body) <= JOIN_LIMIT:  # the common small request: one write
+        if spooled is None:  # the common small request: one write
             if body:
-                data += codec.body(body)
+                data += codec.body(body)  # type: ignore[arg-type]  # (bytes, when not spooled)
             if body_done:
                 data += codec.end()
-        else:  # a body in its file, or one too large to copy onto the head: sent after it, in pieces
-            spooled = BodyInHand(body) if type(body) is bytes else body  # type: ignore[assignment]
-            spooled.rewind()  # type: ignore[union-attr]  # (a try after a failed one starts over)
         try:
             # Timeouts fire through the connection's coarse timer (gateway.http.timers): the connection loop
             # answers 504, and the cleanup below runs as the cancellation passes through.

@@ -7,7 +7,7 @@ import logging
 
 from gateway.http.codec import SERVER_NAME, ProtocolError, answered_status, nginx_host
 from gateway.http.kong_errors import NO_ROUTE, nginx_page
-from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange
+from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchange, RequestFailed
 from gateway.mcp.body import attach, current
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
@@ -88,8 +88,8 @@ class Pipeline:
                 elif await _run_scoped(ex, route):
                     _answered_in_access(ex, match.path)
                     return
-            except (ProtocolError, BrokenPipeError, ConnectionError):
-                raise
+            except (ProtocolError, RequestFailed, BrokenPipeError, ConnectionError):  # (RequestFailed: the body
+                raise  # could not be stored, nginx's own 500, not the plugin's failure)
             except Exception:
                 if ex.response_started:  # it failed mid-answer: the connection loop cuts the connection
                     raise

@@ -5,8 +5,9 @@ A body that came with its head (the common case: small JSON-RPC calls) is alread
 body still arriving is read to its end first, so a slow or stalled client holds no upstream connection, and a
 client that gives up mid-body never reaches the upstream; a chunked body is re-framed with its length, as nginx
 sends a buffered body. Up to MEMORY_LIMIT, nginx's client_body_buffer_size as Kong sets it (8k), it stays in memory;
-a larger one goes whole to an unnamed temporary file (nginx's client_body_temp_path), read back for each try and
-sent in pieces of CHUNK bytes, so what a body still arriving or waiting on its upstream holds is about one such
+a larger one goes whole to an unnamed temporary file in the worker's gateway.client_body_temp_path (nginx's
+client_body_temp_path: `client_body_temp` in the run directory, Kong's prefix), read back for each try and sent in
+pieces of CHUNK bytes, so what a body still arriving or waiting on its upstream holds is about one such
 buffer, however large it is (nginx release-1.27.1 ngx_http_request_body.c:175-195 and 1340-1343, one
 client_body_buffer_size buffer written to the file each time it fills; ngx_http_upstream.c:652-653, the body sent
 through one buffer of that size). With `request_buffering: false` the body streams to the upstream as it arrives
@@ -15,21 +16,35 @@ through one buffer of that size). With `request_buffering: false` the body strea
 request-size-limiting reads a body without Content-Length whole in access, as Kong's does (`read_within`): kept the
 same way (memory, then a temporary file) for the proxying, which sends it with its length whatever the route's
 `request_buffering` (`held_whole`), as nginx sends a body read before its proxy handler.
+
+A body that cannot be written to its file (a full disk) is nginx's 500, with one line in the log naming the
+directory and the error (RequestFailed), before any upstream is contacted: the file is flushed before the proxying
+starts, as nginx writes the body's end before ngx_http_upstream_init.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import IO
 
 from gateway.http.codec import Headers
-from gateway.http.server import Exchange
+from gateway.http.server import Exchange, RequestFailed
+
+log = logging.getLogger("gateway.pipeline")
 
 # bytes of a body kept in memory: nginx's client_body_buffer_size, Kong's nginx_http_client_body_buffer_size (8k,
 # kong/templates/kong_defaults.lua); a larger body is spooled whole to a temporary file
 MEMORY_LIMIT = 8192
 CHUNK = 8192  # what a spooled body is read back (and sent) in: one buffer of that size, as nginx sends it
+_temp_dir: str | None = None  # where bodies are spooled (use_temp_dir); None: the system's, for tests
+
+
+def use_temp_dir(path: str) -> None:
+    """Spool request bodies to unnamed files in `path` from now on: the worker's gateway.client_body_temp_path."""
+    global _temp_dir
+    _temp_dir = path
 
 
 class SpooledBody:
@@ -112,24 +127,63 @@ async def read_whole(ex: Exchange, first: bytes, limit: int | None = None) -> by
 
 
 async def _spool(ex: Exchange, body: bytes | bytearray, limit: int | None) -> SpooledBody | None:
-    """read_whole's rest, `body` first, into an unnamed temporary file."""
-    file = tempfile.TemporaryFile()  # noqa: SIM115 - owned by the SpooledBody, closed by the forwarder
+    """read_whole's rest, `body` first, into an unnamed temporary file, written to its end (flushed) before it is
+    returned; RequestFailed when the file cannot be made or written (only the file's errors: an OSError of the
+    client's connection is the connection's)."""
+    try:
+        file = tempfile.TemporaryFile(dir=_temp_dir)  # noqa: SIM115 - owned by the SpooledBody, closed by the forwarder
+    except OSError as e:
+        raise _unwritable(ex, e, "create") from None
     size = len(body)
     try:
-        file.write(body)
+        _write(ex, file, body)
         if isinstance(body, bytearray):
             body.clear()  # (read_whole's buffer: freed now, not when the rest has come)
         while (limit is None or ex.body_received <= limit) and (chunk := await ex.receive_body()) is not None:
-            file.write(chunk)
+            _write(ex, file, chunk)
             size += len(chunk)
             del chunk  # (not held while the next one is awaited)
+        if limit is not None and ex.body_received > limit:
+            _discard(file)
+            return None
+        try:
+            file.flush()  # (its last bytes, in the file object's buffer: written now, not at a try's rewind)
+        except OSError as e:
+            raise _unwritable(ex, e) from None
     except BaseException:
-        file.close()
+        _discard(file)
         raise
-    if limit is not None and ex.body_received > limit:
-        file.close()
-        return None
     return SpooledBody(file, size)
+
+
+def _write(ex: Exchange, file: IO[bytes], data: bytes | bytearray) -> None:
+    """file.write(data); a failure is the request's RequestFailed."""
+    try:
+        file.write(data)
+    except OSError as e:
+        raise _unwritable(ex, e) from None
+
+
+def _unwritable(ex: Exchange, e: OSError, doing: str = "write to") -> RequestFailed:
+    """A body's temporary file that could not be made or written, logged as nginx logs its [crit] `pwrite()
+    "<file>" failed (28: No space left on device)` (nginx release-1.27.1 src/os/unix/ngx_files.c:219-220), for
+    nginx's 500 (src/http/ngx_http_request_body.c:1340-1343)."""
+    where = _temp_dir or tempfile.gettempdir()
+    req = ex.request
+    log.error("could not %s a temporary file in %s, for the request body of %s %s from %s (%s: %s): 500; free space "
+              "there (or fix what the error says), or set gateway.client_body_temp_path to another directory", doing,
+              where, req.method.decode("latin-1"), req.target[:200].decode("latin-1"), ex.client_ip, e.errno,
+              e.strerror)
+    return RequestFailed(f"request body not stored in {where}: {e.strerror}")
+
+
+def _discard(file: IO[bytes]) -> None:
+    """Close a body's file whatever its buffer holds: after a failed write, close would write the rest again (and
+    fail again); the descriptor is closed all the same."""
+    try:
+        file.close()
+    except OSError:
+        pass
 
 
 async def read_within(ex: Exchange, limit: int) -> bool:
