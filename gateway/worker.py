@@ -150,7 +150,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                         log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
                                  gw.drain_timeout)
                         break
-                    await _drain(listeners, settings, gw.drain_timeout)
+                    await _drain(listeners, settings, pool, gw.drain_timeout)
                     serving.cancel_scope.cancel()
                 shared.release()
                 await telemetry.drain()
@@ -207,12 +207,14 @@ def _normal_host(host: str) -> str:
             return host
 
 
-async def _drain(listeners: list[socket.socket], settings: ServerSettings, timeout: float) -> None:
-    """Stop accepting, close idle kept-alive connections, wait for the busy ones (bounded by `timeout`)."""
+async def _drain(listeners: list[socket.socket], settings: ServerSettings, pool: Pool, timeout: float) -> None:
+    """Stop accepting, close idle kept-alive connections (clients' and pooled upstream ones: the pool keeps none from
+    now on), wait for the busy ones (bounded by `timeout`)."""
     for sock in listeners:
         trio.lowlevel.notify_closing(sock)
         sock.close()
     settings.connections.start_drain()
+    pool.stop_keeping()
     with trio.move_on_after(timeout):
         await settings.connections.wait_empty()
         return

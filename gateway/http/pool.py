@@ -11,7 +11,17 @@ response (another client's, perhaps). So, as nginx does:
   exception: about a microsecond);
 - idle connections that become readable (a stray byte, or the peer's FIN) are closed by `watch`, which the worker
   runs every WATCH_S: every connection is registered once, edge-triggered, in the pool's own epoll, so watching
-  costs no system call per request; those with activity since the last look are checked and closed if idle.
+  costs no system call per request; those with activity since the last look are checked and closed if idle. A busy
+  one with activity is marked `stirred` instead (the edge is not reported again), and `put` checks a stirred one
+  as `take` does: a FIN that came while a slow client was being written to is not kept in the pool, as nginx does
+  not cache a connection that is readable then (ngx_http_upstream_keepalive_module.c:325 and 403, release-1.27.1).
+- on a TLS connection, any byte counts (TlsConn.pending_input): part of a record, or records read with the response
+  and not yet decrypted, may be the start of a late answer; only whole records that carry no data (a session
+  ticket) do not.
+
+A worker that is draining (a reload's old generation, a graceful stop) closes its idle connections at once and
+keeps none from then on (`stop_keeping`), as nginx's ngx_close_idle_connections at quit and `ngx_exiting` in its
+keepalive module.
 
 An idle connection is closed when its idle timeout is due, as OpenResty's timer on each pooled connection closes it
 (ngx_http_lua_balancer_free_peer), not only refused by `take`: the same task wakes then (`sweep`). No timer per
@@ -97,7 +107,8 @@ class Answered(Exception):
 class UpstreamConn:
     """A connection to one target with its codec; `reused` tells a retry policy it may have gone stale."""
 
-    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "served", "carrying", "_pool")
+    __slots__ = ("conn", "codec", "key", "idle_since", "reused", "idle", "swept", "served", "carrying", "stirred",
+                 "_pool")
 
     def __init__(self, conn: Conn, codec: ClientCodec, key: tuple, pool: Pool | None = None) -> None:
         self.conn = conn
@@ -110,6 +121,7 @@ class UpstreamConn:
         self.swept = False  # closed by the gateway under a request (close_target): not the target's failure
         self.served = 0  # requests it carried to their end (upstream_keepalive_max_requests)
         self.carrying: object = None  # the user's record of the request it carries, or carried last: close_target
+        self.stirred = False  # the watch saw activity while it was busy: `put` looks before keeping it
         self._pool = pool
 
     def heard(self) -> None:
@@ -127,14 +139,14 @@ class UpstreamConn:
             raise Answered(ev)
 
     def has_input(self) -> bool:
-        """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout. On a TLS connection,
-        records that carry no data (a session ticket) do not count."""
+        """Are there bytes (or an EOF, or an error) to read? One poll(2) with no timeout (on a TLS connection one
+        non-blocking read, where whole records that carry no data, a session ticket, do not count)."""
         conn = self.conn
-        if not conn.readable():
-            return False
-        return conn.pending_input() if isinstance(conn, TlsConn) and conn.sock.fileno() >= 0 else True
+        return conn.pending_input() if conn.__class__ is TlsConn else conn.readable()
 
     def close(self) -> None:
+        """Close it, out of its pool's count of open connections (every close of a pooled connection comes here:
+        the connection timer's too, so that a slot is never held by a closed one)."""
         self.conn.heard = None  # (a bound method of this connection's: no cycle left behind)
         if not self.conn.closed:
             if self._pool is not None:
@@ -190,10 +202,11 @@ class Pool:
 
     def put(self, uc: UpstreamConn, now: float) -> None:
         """Return a connection whose exchange completed cleanly, closing the least recently used idle one if the
-        pool is full (ngx_http_lua_balancer_free_peer); closed instead if keep-alive is off or the connection
-        carried its last request."""
+        pool is full (ngx_http_lua_balancer_free_peer); closed instead if keep-alive is off (or the worker drains:
+        `stop_keeping`), the connection carried its last request, or the watch saw it stirred and it has input
+        (the upstream's FIN, a late byte)."""
         uc.served += 1
-        if not self._max_idle or uc.served == self._max_requests:
+        if not self._max_idle or uc.served == self._max_requests or (uc.stirred and self._stirred(uc)):
             uc.close()
             return
         lru = self._lru
@@ -210,17 +223,41 @@ class Pool:
         if self._first_idle is not None:
             self._first_idle.set()
 
+    @staticmethod
+    def _stirred(uc: UpstreamConn) -> bool:
+        """A connection the watch saw active while busy, being put back: has it input (what that activity was,
+        if not the response itself)?"""
+        uc.stirred = False
+        return uc.has_input()
+
+    def stop_keeping(self) -> int:
+        """The worker drains: close every idle connection now, and every one put back from now on; returns how many
+        were idle. nginx closes idle connections at once when told to quit (ngx_process_cycle.c:735-738,
+        ngx_close_idle_connections) and caches none while exiting (ngx_http_upstream_keepalive_module.c:350,
+        `if (ngx_terminate || ngx_exiting) goto invalid`; so does OpenResty's balancer pool, which Kong uses)."""
+        self._max_idle = 0
+        idle = list(self._lru)
+        for uc in idle:
+            self._unidle(uc)
+            uc.close()
+        return len(idle)
+
     def retire(self, uc: UpstreamConn) -> None:
         """Make the request `uc` carries its last: `put` closes it instead of keeping it."""
         uc.served = self._max_requests - 1  # (0, no limit: -1, which put's count makes 0)
 
     def watch(self) -> int:
         """Close idle connections that became readable since the last call (a stray byte, or the peer's FIN); returns
-        how many. Busy ones that received their responses show up too, and are left alone."""
+        how many. Busy ones show up too (their responses came): they are marked `stirred` for `put` to look at,
+        since this edge, a FIN behind the response perhaps, will not be reported again."""
         closed = 0
         for fd, _ in self._watch.poll(0):
             uc = self._open.get(fd)
-            if uc is not None and uc.idle and uc.has_input():
+            if uc is None:
+                continue
+            if not uc.idle:
+                uc.stirred = True
+            elif uc.has_input():
                 self._unidle(uc)
                 uc.close()
                 closed += 1

@@ -99,8 +99,9 @@ class ConnTimer:
         self.exchange: object = None  # the request being served, for the connection loop to answer
         self.queued = math.inf  # the deadline this timer waits in the heap under (inf: not queued)
         self.timers: Timers | None = None
-        # A try that may go to another target (nginx's proxy_next_upstream timeout): its upstream connection, which
-        # the timer closes instead of cancelling the whole client connection; the forwarder sees why and moves on.
+        # A try that may go to another target (nginx's proxy_next_upstream timeout): its upstream connection (the
+        # pool's UpstreamConn, whose close frees its slot in the pool), which the timer closes instead of cancelling
+        # the whole client connection; the forwarder sees why and moves on.
         self.upstream: Closable | None = None
         self.client: Client | None = None  # the client connection, looked at while it waits on its upstream
         # Not a timeout: the client closed while its request waited on the upstream (nginx's 499). Apart from

@@ -325,9 +325,29 @@ class TlsConn(Conn):
         await Conn.sendall(self, self._out.read())
 
     def pending_input(self) -> bool:
-        """For an idle pooled connection that the socket says is readable: True if application data (or the end of
-        the connection) waits, False if the records were only TLS housekeeping (a session ticket)."""
-        return self._poll_records() is not None
+        """For an idle pooled connection: is there anything to read? False only when nothing is, or when what came
+        is whole records that carry no data (a session ticket): those are consumed. Anything else is input, as any
+        byte is to nginx's idle check (ngx_http_upstream_keepalive_module.c:440, recv MSG_PEEK): plaintext or
+        records held from an earlier read, part of a record (its rest may be a late answer), the end, an error.
+        One non-blocking socket read at most."""
+        if self._pushback or self._in.pending or self._tls.pending():
+            return True
+        try:
+            raw = self.sock.recv(RECV_SIZE)
+        except BlockingIOError:
+            return False
+        except OSError:  # (a reset, or a closed socket)
+            return True
+        if not raw or not _whole_records(raw):
+            return True
+        self._in.write(raw)
+        try:
+            self._tls.read(RECV_SIZE)
+        except ssl.SSLWantReadError:
+            return False  # housekeeping only
+        except ssl.SSLError:  # close_notify, or a record that does not decrypt
+            return True
+        return True
 
     def abort(self) -> None:
         """Close with a TCP reset and no close_notify, which would tell the peer the data ended cleanly: nginx ends a
@@ -352,6 +372,16 @@ class TlsConn(Conn):
                 except OSError:
                     pass
             Conn.close(self)
+
+
+def _whole_records(data: bytes) -> bool:
+    """Does `data` end where a TLS record ends (each record a 5-byte header with its length, then that many bytes)?
+    Read from a record's start: OpenSSL takes a record's bytes off the BIO only as it reads that record, so an
+    idle connection's socket starts at one."""
+    pos, end = 0, len(data)
+    while pos + 5 <= end:
+        pos += 5 + int.from_bytes(data[pos + 3:pos + 5], "big")
+    return pos == end
 
 
 # Where a server context's sni_callback leaves the name the client sent, on the SSLObject (Python's ssl module

@@ -377,8 +377,8 @@ class Forwarder:
             timer = ex.timer
             detail = (target.name, svc.write_timeout)
             timer.set_until(now + svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
-            if replayable:  # a timeout ends this try, not the client's connection
-                timer.upstream = uc.conn
+            if replayable:  # a timeout ends this try, not the client's connection (closed as the pool's: uc)
+                timer.upstream = uc
             uc.conn.heard = uc.heard  # a write that has to wait hears an answer that comes first (nginx reads as it
             # writes: ngx_http_upstream_process_header is the read handler from the connect on)
             reading = (detail[0], svc.read_timeout)
@@ -931,14 +931,18 @@ def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None 
               sni: str | None = None, port: int = 0) -> tuple[Any, ...]:
     """The pool's key for connections to a target, over `tls` or not. Those to an `address` of a named target (at
     `port`, an SRV record's, or else the target's) carry the target as well: the circuit's sweep of the name closes
-    them (Pool.close_target). Those made with another TLS name (`sni`) carry it: Kong pools by ip, port and SNI."""
+    them (Pool.close_target). Those over TLS carry the server name they were opened (and verified) with: `sni`, the
+    request's, else the target's (its name for an address of a name, discovery's targets): Kong keys an https pool
+    by ip, port and that name (kong/init.lua:1393-1403), so two names at one address never share a TLS session."""
     if address is not None:
         key: tuple[Any, ...] = (address, port or target.port, tls, target.key)
+        if tls is None:
+            return key
     elif tls is None:
         return target.key
     else:
         key = (target.host, target.port, tls, None)
-    return key + (sni,) if sni is not None else key
+    return key + (sni or target.server_name,)
 
 
 def _sni(host: bytes) -> str:

@@ -1,16 +1,21 @@
-"""The upstream connection pool's sweep (circuit-breaker's sweep_force_shutdown): which connections are a target's."""
+"""The upstream connection pool (gateway.http.pool): which connections are a target's (circuit-breaker's
+sweep_force_shutdown), how its keys keep them apart, and which ones it keeps idle and for how long."""
 
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import trio
+from backends import request, service
 from dns_server import serve_names
 
+from gateway import worker
 from gateway.config.schema import GatewaySettings
 from gateway.dns.process import serving
 from gateway.http.codec_llhttp import LlhttpClient
-from gateway.http.pool import Pool
+from gateway.http.pool import Pool, UpstreamConn, _target_of
+from gateway.http.tls_contexts import ClientTls
 from gateway.pipeline.forward import _pool_key
 from gateway.runtime import TargetRuntime
 
@@ -170,3 +175,110 @@ async def test_an_idle_connection_is_closed_when_its_idle_timeout_is_due(nursery
             await trio.sleep(0.005)
     assert 0.3 <= trio.current_time() - pooled_at < 0.38
     assert not second.conn.closed and pool.idle_count() == 1
+
+
+async def _listener_closing_on(nursery: trio.Nursery, close: trio.Event) -> int:
+    """A server on 127.0.0.1 that holds each connection it accepts until `close` is set, then closes it; its port."""
+
+    async def hold_then_close(stream: trio.SocketStream) -> None:
+        await close.wait()
+        await stream.aclose()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, hold_then_close, 0, host="127.0.0.1"))
+    return listeners[0].socket.getsockname()[1]
+
+
+async def _readable(uc: UpstreamConn) -> None:
+    """Wait until the connection's socket has something to read (looked at with poll, no epoll event taken)."""
+    with trio.fail_after(5):
+        while not uc.conn.readable():
+            await trio.sleep(0.005)
+
+
+async def test_a_connection_the_upstream_closed_while_it_was_busy_is_not_put_back(nursery):
+    """nginx caches no connection whose read side is ready when it is freed (src/http/modules/
+    ngx_http_upstream_keepalive_module.c:403, release-1.27.1: `if (c->read->ready)
+    ngx_http_upstream_keepalive_close_handler(c->read)`, which finds the EOF with recv MSG_PEEK and closes it). The
+    pool's watch is edge-triggered: a FIN that came while the connection was busy (its answer being written to a
+    slow client) and that the watch took then is not reported again, so `put` must look."""
+    close = trio.Event()
+    port = await _listener_closing_on(nursery, close)
+    pool = Pool(LlhttpClient)
+    uc = await pool.connect(("127.0.0.1", port), 5)
+    close.set()
+    await _readable(uc)  # the upstream's FIN is in
+    assert pool.watch() == 0  # busy: left alone, and its edge taken
+    pool.put(uc, 0.0)
+    assert uc.conn.closed and pool.idle_count() == 0
+    assert not pool._open  # (out of the pool's count)
+
+
+async def test_a_connection_whose_only_activity_while_busy_was_its_response_is_put_back(nursery):
+    """The watch sees every busy connection whose response arrives; once that response is read, nothing is left
+    to read, and `put` keeps the connection as before (one look, then no more until the watch sees it again)."""
+    async def answer(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(partial(trio.serve_tcp, answer, 0, host="127.0.0.1"))
+    pool = Pool(LlhttpClient)
+    uc = await pool.connect(("127.0.0.1", listeners[0].socket.getsockname()[1]), 5)
+    await _readable(uc)
+    pool.watch()
+    assert uc.stirred
+    assert uc.conn.recv_ready()  # (the codec reads the response)
+    pool.put(uc, 0.0)
+    assert not uc.conn.closed and pool.idle_count() == 1 and not uc.stirred
+
+
+async def test_a_draining_pool_closes_its_idle_connections_and_keeps_none_put_back(nursery):
+    """A worker told to quit closes its idle connections at once (nginx release-1.27.1 src/os/unix/
+    ngx_process_cycle.c:735-738, ngx_close_idle_connections; src/core/ngx_connection.c:1441-1443) and caches none
+    freed afterwards (ngx_http_upstream_keepalive_module.c:350 `if (ngx_terminate || ngx_exiting) goto invalid`;
+    OpenResty's balancer pool, which Kong uses, the same): gateway/worker.py's drain calls `stop_keeping`."""
+    port = await _listener(nursery, "127.0.0.1")
+    pool = Pool(LlhttpClient)
+    key = ("127.0.0.1", port)
+    idle = [await pool.connect(key, 5) for _ in range(2)]
+    busy = await pool.connect(key, 5)
+    for uc in idle:
+        pool.put(uc, 0.0)
+    assert pool.stop_keeping() == 2
+    assert all(uc.conn.closed for uc in idle) and pool.idle_count() == 0
+    pool.put(busy, 0.0)  # its response ended during the drain
+    assert busy.conn.closed and pool.idle_count() == 0 and not pool._open
+
+
+def test_tls_connections_to_one_address_for_two_names_are_pooled_apart():
+    """Kong keys an https connection pool by ip, port and the Host it sends as SNI (kong/init.lua:1393-1403:
+    `balancer_data_ip|balancer_data_port|var.upstream_host|tls_verify|...`), so two targets whose names resolve to
+    one address never share a TLS session opened (and its certificate checked) for the other. Discovery makes each
+    name's address a target of its own (host the address, hostname the name): the name sent is in the key."""
+    tls = ClientTls(False)
+    a = TargetRuntime("127.0.0.2", 443, 100, hostname="a.test")
+    b = TargetRuntime("127.0.0.2", 443, 100, hostname="b.test")
+    assert _pool_key(a, tls) != _pool_key(b, tls)
+    assert _pool_key(a, tls) == _pool_key(TargetRuntime("127.0.0.2", 443, 100, hostname="a.test"), tls)
+    assert _target_of(_pool_key(a, tls)) == ("127.0.0.2", 443)  # (the address's connections, for close_target)
+    assert _pool_key(a, tls, sni="c.test") != _pool_key(b, tls, sni="d.test")  # preserve_host: the request's name
+    assert _pool_key(a, None) == _pool_key(b, None) == ("127.0.0.2", 443)  # plain HTTP: Kong keys ip and port only
+
+
+async def test_a_try_its_read_timeout_ended_is_no_longer_counted_open_by_the_pool(nursery, gateway, monkeypatch):
+    """nginx frees an upstream connection's slot whatever closes it (src/core/ngx_connection.c ngx_close_connection
+    -> ngx_free_connection, release-1.27.1). The pool counts its open connections (its descriptor budget, and
+    close_target's walk); the timer that ends a retryable try on read_timeout closes the pool's connection, so it
+    leaves that count then, not when another socket happens to get its descriptor number."""
+    pools: list[Pool] = []
+
+    class Recorded(Pool):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(worker, "Pool", Recorded)
+    silent = await _listener(nursery, "127.0.0.1")  # takes the request, never answers
+    port = await gateway({"services": [service("s", f"http://127.0.0.1:{silent}", retries=0, read_timeout=200)]})
+    with trio.fail_after(5):
+        assert (await request(port, "GET", "/")).status == 504
+    assert [uc for uc in pools[0]._open.values() if uc.conn.closed] == []

@@ -184,3 +184,36 @@ def test_session_tickets_on_an_idle_upstream_connection_are_not_input_and_a_resp
     finally:
         conn.sock.close()
         upstream.sock.close()
+
+
+def test_part_of_a_record_on_an_idle_upstream_connection_is_input(contexts):
+    """nginx closes an idle pooled connection on any byte (release-1.27.1 src/http/modules/
+    ngx_http_upstream_keepalive_module.c:440, `recv(c->fd, buf, 1, MSG_PEEK)`): the first bytes of a record, whose
+    rest may be a late answer that the next request would read as its response, are input, though OpenSSL has taken
+    them off the BIO and has no plaintext yet."""
+    conn, upstream, tickets = tls_pair(contexts, upstream=True)
+    try:
+        upstream.sock.sendall(tickets)
+        assert conn.pending_input() is False
+        upstream.tls.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE")
+        upstream.sock.sendall(upstream.out.read()[:3])
+        assert conn.pending_input() is True
+    finally:
+        conn.sock.close()
+        upstream.sock.close()
+
+
+def test_a_record_that_came_with_the_response_and_is_not_decrypted_yet_is_input(contexts):
+    """A record that came in the same read as the response's last one stays in the TLS buffer, the socket empty: it
+    is input all the same (the start of a late answer), where a poll of the socket sees nothing."""
+    conn, upstream, tickets = tls_pair(contexts, upstream=True)
+    try:
+        upstream.tls.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        upstream.tls.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nSTALE")
+        upstream.sock.sendall(tickets + upstream.out.read())
+        assert conn.recv_ready() == b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"  # one record's plaintext
+        assert unread(conn.sock) == 0 and not conn.readable()
+        assert conn.pending_input() is True
+    finally:
+        conn.sock.close()
+        upstream.sock.close()
