@@ -487,3 +487,43 @@ def test_an_access_or_audit_log_that_is_the_pid_file_is_refused_naming_both_sett
         f"gateway.access_log: {log} is also the path of gateway.pid_file; give each its own path"]
     assert errors(f"gateway: {{pid_file: {pid}, mcp: {{audit_log: {pid}}}}}\n" + SERVICE) == [
         f"gateway.mcp.audit_log: {pid} is also the path of gateway.pid_file; give each its own path"]
+
+
+def test_a_session_key_file_that_is_the_log_file_is_refused_naming_both_settings(tmp_path):
+    """Every process reads the whole text of gateway.mcp.session_key_file as its HMAC key (gateway/mcp/keys.py): the
+    log's text at the moment each reads it would be a key per worker and per generation, so sessions would 404 on
+    the next worker or after a reload. A file of the gateway's is a file of its own, as pid_file and log_file are."""
+    run = tmp_path / "run"
+    assert errors(f"gateway: {{pid_file: {run}/gateway.pid, log_file: {run}/gateway.log, "
+                  f"mcp: {{session_key_file: {run}/gateway.log}}}}\n" + SERVICE) == [
+        f"gateway.mcp.session_key_file: {run}/gateway.log is also the path of gateway.log_file; give each its own "
+        "path"]
+
+
+def test_the_default_session_key_file_named_explicitly_is_accepted(tmp_path):
+    """run/mcp-session.key is the run directory's default key file: naming it is naming the default, not another
+    file of the run directory's."""
+    validate(f"gateway: {{pid_file: {tmp_path}/gateway.pid, mcp: {{session_key_file: {tmp_path}/mcp-session.key}}}}\n"
+             + SERVICE)
+
+
+def test_an_existing_session_key_file_too_short_to_be_the_key_is_refused(tmp_path):
+    """A key file there whose key is unusable (10 characters; at least 16 are needed) gave every worker, at every
+    reload, a random key of its own with only a warning: no session outlived a worker change. nginx refuses a key
+    file it cannot use at `nginx -t` and start (release-1.27.1 src/event/ngx_event_openssl.c:4491-4494,
+    ssl_session_ticket_key: `"%V" must be 48 or 80 bytes`); so does check-config, compiling the config."""
+    key = tmp_path / "mcp-session.key"
+    key.write_text("0123456789\n")
+    assert errors(f"gateway: {{pid_file: {tmp_path}/gateway.pid}}\n" + SERVICE) == [
+        f"gateway.mcp.session_key_file: {key}: the key is 10 characters, fewer than 16; a session key file holds one "
+        "key of at least 16 ASCII characters (the gateway writes 64 hex digits when it creates one): write such a "
+        "key, or remove the file for the gateway to create one, or set gateway.mcp.session_keys"]
+
+
+def test_a_session_key_file_that_holds_a_key_or_is_not_there_yet_is_accepted(tmp_path):
+    """The first process that needs the key creates a missing file (gateway/mcp/keys.py); one that holds a key of
+    at least 16 characters is the key. Neither is created nor changed by check-config."""
+    validate(f"gateway: {{pid_file: {tmp_path}/gateway.pid}}\n" + SERVICE)
+    assert not (tmp_path / "mcp-session.key").exists()
+    (tmp_path / "mcp-session.key").write_text("0123456789abcdef\n")
+    validate(f"gateway: {{pid_file: {tmp_path}/gateway.pid}}\n" + SERVICE)

@@ -709,11 +709,12 @@ def _check_admin(admin: str, errors: list[str]) -> None:
 
 
 def _check_run_files(gw: GatewaySettings, errors: list[str]) -> None:
-    """gateway.pid_file, log_file, access_log, mcp.audit_log and the admin and bus sockets each a file of its own,
-    none a file the gateway keeps in its run directory (the pid file's): one written over another is lost (a pid file
-    renamed over the run directory's lock lets a second gateway in; a log file that is the pid file makes `gateway
-    stop` find no pid)."""
+    """gateway.pid_file, log_file, access_log, mcp.audit_log, mcp.session_key_file and the admin and bus sockets each
+    a file of its own, none a file the gateway keeps in its run directory (the pid file's): one written over another
+    is lost (a pid file renamed over the run directory's lock lets a second gateway in; a log file that is the pid
+    file makes `gateway stop` find no pid; a key file that is the log file is a key that changes as it grows)."""
     from gateway.bus.protocol import pub_endpoint  # (gateway.bus.protocol imports gateway.config)
+    from gateway.mcp.keys import default_key_file
 
     files: list[tuple[str, str, str]] = []  # (setting, what of it, absolute path)
     for key, example in (("pid_file", "run/gateway.pid"), ("log_file", "run/gateway.log")):
@@ -730,6 +731,9 @@ def _check_run_files(gw: GatewaySettings, errors: list[str]) -> None:
     if audit not in ("-", "stdout"):
         files.append(("gateway.mcp.audit_log", "", os.path.abspath(audit) if audit else os.path.join(run_dir,
                                                                                                      "mcp-audit.log")))
+    key_file = gw.mcp.session_key_file  # (read only without session_keys; its default is a run directory file)
+    if key_file and not gw.mcp.session_keys and os.path.abspath(key_file) != default_key_file(gw.pid_file):
+        files.append(("gateway.mcp.session_key_file", "", os.path.abspath(key_file)))
     sockets = [("gateway.admin", "", gw.admin), ("gateway.bus", "", gw.bus)]
     if gw.bus.startswith("ipc://") and len(gw.bus) > len("ipc://"):
         sockets.append(("gateway.bus", "its PUB socket ", pub_endpoint(gw.bus)))

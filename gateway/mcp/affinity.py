@@ -1,13 +1,14 @@
 """MCP session affinity of one route, on by default for every route (`mcp: false` turns it off).
 
 An upstream's `Mcp-Session-Id` never reaches the client: the forwarder seals it (sessions.py) into the gateway's id,
-which names the target that created the session. A request carrying a gateway id is opened here into the upstream's
-id and that target, so it reaches the server holding its session whichever worker (or gateway restart) takes it. A
-target named by a host name may have several addresses, which take turns connection by connection: its sessions are
-sealed with the address that created them (`name:port@address`), and go to that address. An id the gateway did not
-seal, or whose target is no longer in the route's upstream, opens to None: the client gets
-the spec's 404 and initialises a new session. Costs on other traffic: one name compare per header, both ways, in
-loops that walk the headers anyway (gateway.pipeline.headers and forward).
+which names the target that created the session and is bound to its Kong upstream. A request carrying a gateway id
+is opened here into the upstream's id and that target, so it reaches the server holding its session whichever worker
+(or gateway restart) takes it. A target named by a host name may have several addresses, which take turns connection
+by connection: its sessions are sealed with the address that created them (`name:port@address`), and go to that
+address. An id the gateway did not seal, sealed for another upstream (whose target may share the address: another
+server behind one ingress, told apart by host_header), or whose target is no longer in the route's upstream, opens
+to None: the client gets the spec's 404 and initialises a new session. Costs on other traffic: one name compare per
+header, both ways, in loops that walk the headers anyway (gateway.pipeline.headers and forward).
 
 A session created by an authenticated request is bound to its caller (caller_identity: the consumer, else the
 token's issuer and subject, else the credential): its id opens only for that caller, another one (or a request no
@@ -21,7 +22,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from gateway.mcp.sessions import SessionCodec, valid_header_value
+from gateway.mcp.sessions import NO_UPSTREAM, SessionCodec, valid_header_value
 
 if TYPE_CHECKING:
     from gateway.http.server import Exchange
@@ -32,11 +33,13 @@ log = logging.getLogger("gateway.mcp")
 class SessionAffinity:
     """Opens and seals session ids for the targets of one upstream group."""
 
-    __slots__ = ("_shared", "_group", "_index", "_index_of")
+    __slots__ = ("_shared", "_group", "_upstream", "_index", "_index_of")
 
     def __init__(self, shared: Any, group: Any) -> None:
         self._shared = shared  # gateway.mcp.step.McpShared: its `codec` holds the keys (read on first use)
         self._group = group  # an UpstreamGroup: .targets, each with .name (discovery may replace the list)
+        # what the ids are bound to: the upstream entity's name; a service's own host:port is named by its target
+        self._upstream = NO_UPSTREAM if group.direct else group.name.encode()
         self._index: dict[str, int] = {}
         self._index_of: object = None
 
@@ -54,13 +57,13 @@ class SessionAffinity:
 
     def open(self, session_id: bytes, identity: bytes | None) -> tuple[int, str | None, bytes] | None:
         """(target index, the address of a named target that created it (else None), upstream session id) of a
-        gateway session id for a caller of `identity` (caller_identity); None when the gateway did not seal it
-        (forged, altered, another gateway's, or from before the gateway), it is bound to another caller, or its
-        target left the upstream."""
+        gateway session id for a caller of `identity` (caller_identity); None when the gateway did not seal it for
+        this upstream (forged, altered, another gateway's or upstream's, or from before the gateway bound ids to
+        upstreams), it is bound to another caller, or its target left the upstream."""
         codec = self.codec
-        opened = codec.decode(session_id)
+        opened = codec.decode(session_id, self._upstream)
         if opened is None:
-            log.info("MCP session id refused (not issued by this gateway's keys, or altered)")
+            log.info("MCP session id refused (not issued by this gateway's keys for this route's upstream, or altered)")
             return None
         sealed, upstream_sid, subject = opened
         if subject is not None and (identity is None or not codec.same_subject(session_id, subject, identity)):
@@ -80,7 +83,8 @@ class SessionAffinity:
             log.warning("upstream %s sent an unusable Mcp-Session-Id (%d bytes): passed on unsealed", target.name,
                         len(upstream_sid))
             return upstream_sid
-        return self.codec.encode(f"{target.name}@{address}" if target.named else target.name, upstream_sid, identity)
+        return self.codec.encode(f"{target.name}@{address}" if target.named else target.name, upstream_sid, identity,
+                                 self._upstream)
 
 
 def caller_identity(ex: Exchange) -> bytes | None:

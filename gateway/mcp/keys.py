@@ -4,7 +4,9 @@ With no `gateway.mcp.session_keys`, the key lives in `session_key_file` (default
 file, i.e. run/). The first process that needs it (a worker, or `gateway run`) creates it with mode 0600, atomically
 (written to a temporary file, then hard-linked into place, so a racing worker reads either nothing or the whole
 key); every other worker, every later generation and the gateway after a restart read the same file. So session ids
-stay valid across workers and restarts without a shared store. Only when the file can be neither read nor created
+stay valid across workers and restarts without a shared store. A file that is there but cannot be the key (too
+short, not ASCII, unreadable) is refused when the config is compiled (check-config, start, reload: key_file_problem),
+as nginx refuses an unusable ssl_session_ticket_key. Only when the file can be neither read nor created at run time
 does a process fall back to a random key of its own, with a warning that its sessions will not outlive it.
 """
 
@@ -62,11 +64,29 @@ def load_or_create_key_file(path: str) -> bytes:
     return _read(path)
 
 
+def key_file_problem(path: str) -> str | None:
+    """Why the key file `path`, if it exists, cannot be the key (a message naming the file and what a key file is);
+    None when it can, or when it does not exist yet (the first process that needs it creates it)."""
+    try:
+        _read(path)
+    except FileNotFoundError:
+        return None
+    except UnicodeDecodeError:
+        why = "it holds bytes that are not ASCII"
+    except OSError as e:
+        why = f"cannot read it ({e.strerror})" if e.strerror else str(e)
+    else:
+        return None
+    return (f"{path}: {why}; a session key file holds one key of at least {MIN_SECRET_BYTES} ASCII characters (the "
+            "gateway writes 64 hex digits when it creates one): write such a key, or remove the file for the gateway "
+            "to create one, or set gateway.mcp.session_keys")
+
+
 def _read(path: str) -> bytes:
     with open(path, encoding="ascii") as f:
         text = f.read().strip()
     if len(text) < MIN_SECRET_BYTES:
-        raise OSError(f"{path}: the key is shorter than {MIN_SECRET_BYTES} characters")
+        raise OSError(f"the key is {len(text)} characters, fewer than {MIN_SECRET_BYTES}")
     return text.encode()
 
 

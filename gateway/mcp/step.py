@@ -34,7 +34,7 @@ from gateway.http.server import Exchange
 from gateway.mcp import jsonrpc
 from gateway.mcp.confirm import mismatch, read_all, read_to, unnamed, whole_call, whole_limit
 from gateway.mcp.hosts import HostPolicy, check_host_entry, default_allowed_hosts
-from gateway.mcp.keys import default_key_file, file_or_random_key, resolve_secret
+from gateway.mcp.keys import default_key_file, file_or_random_key, key_file_problem, resolve_secret
 from gateway.mcp.origin import PASS, REWRITE, OriginPolicy, check_entry
 from gateway.mcp.sessions import SessionCodec
 
@@ -69,6 +69,9 @@ class McpShared:
                 self._codec = SessionCodec(keys)
             except ValueError as e:
                 errors.append(f"gateway.mcp.session_keys: {e}")
+        elif not settings.session_keys and (why := key_file_problem(self.key_file)) is not None:
+            # (at run time it would give each process a random key of its own: file_or_random_key)
+            errors.append(f"gateway.mcp.session_key_file: {why}")
         origin = settings.origin
         for i, entry in enumerate(origin.allow):
             if (why := check_entry(entry)) is not None:

@@ -14,6 +14,12 @@ from mcp_helpers import INIT_BODY, JSON_HEADERS, TEST_KEY, FakeMcp, bounded, hea
 from gateway.mcp.sessions import SessionCodec
 
 CODEC = SessionCodec([(TEST_KEY[0], TEST_KEY[1].encode())])
+UPSTREAM = b"mcp-cluster"  # the upstream of mcp_config and plain_config: the gateway's ids are bound to it
+
+
+def seal(target: str, upstream_id: bytes) -> str:
+    """A gateway session id of target `target` of the upstream mcp-cluster, as the gateway seals it."""
+    return CODEC.encode(target, upstream_id, upstream=UPSTREAM).decode()
 NOT_FOUND = {"jsonrpc": "2.0", "id": None, "error": {"code": -32001, "message": "Session not found"}}
 
 
@@ -41,7 +47,7 @@ async def test_session_id_is_sealed_and_restored_and_pinned(gateway, nursery):
     port = await gateway(mcp_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
     async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
-        target, upstream_sid, _ = CODEC.decode(sid.encode())
+        target, upstream_sid, _ = CODEC.decode(sid.encode(), UPSTREAM)
         backend = {"a": a, "b": b, "c": c}[first]
         assert target == f"127.0.0.1:{backend.port}"
         assert upstream_sid == f"up-{first}-1".encode()
@@ -62,14 +68,16 @@ async def test_session_id_is_sealed_and_restored_and_pinned(gateway, nursery):
 async def test_unknown_tampered_and_foreign_ids_get_404(gateway, nursery):
     (a,) = await start_fakes(nursery, "a")
     port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY))
-    sealed = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
-    gone = CODEC.encode("127.0.0.1:1", b"up-x-1").decode()  # a target that is not (or no longer) in the upstream
-    other_key = SessionCodec([("k1", b"another-secret-0123456789")]).encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
+    sealed = seal(f"127.0.0.1:{a.port}", b"up-a-1")
+    gone = seal("127.0.0.1:1", b"up-x-1")  # a target that is not (or no longer) in the upstream
+    other_key = SessionCodec([("k1", b"another-secret-0123456789")]).encode(f"127.0.0.1:{a.port}", b"up-a-1",
+                                                                            upstream=UPSTREAM).decode()
+    unbound = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()  # of no upstream (as sealed before binding)
     flipped = sealed[:-1] + ("A" if sealed[-1] != "A" else "B")
     async with await Client.connect(port, host="localhost") as client:
         ok = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sealed)], rpc("ping"))
         assert ok.status == 200
-        for bad in (flipped, gone, other_key, "up-a-1", "k1.", "k9." + sealed[3:], sealed + "x" * 2000):
+        for bad in (flipped, gone, other_key, unbound, "up-a-1", "k1.", "k9." + sealed[3:], sealed + "x" * 2000):
             reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", bad)], rpc("ping"))
             assert reply.status == 404, bad
             assert reply.json() == NOT_FOUND
@@ -77,10 +85,49 @@ async def test_unknown_tampered_and_foreign_ids_get_404(gateway, nursery):
     assert len(a.requests) == 1
 
 
+@bounded(15)
+async def test_a_session_of_one_upstream_does_not_open_on_another_upstream_sharing_its_address(gateway, nursery):
+    """Two tenants' MCP servers behind one virtual-hosting address (an ingress on 127.0.0.1:P), each its own Kong
+    upstream told apart by `host_header` (Kong's kong/runloop/balancer/init.lua:396-397 `if upstream and
+    upstream.host_header ~= nil then balancer_data.hostname = upstream.host_header`, sent as Host by set_host_header,
+    :441-454), each its own service and route. A session tenant A's server created opens on A's route only: the spec
+    (2025-06-18 basic/transports "Session Management" 2-3) scopes a session id to the server that issued it, so on
+    B's route it gets the 404 of an unknown session and A's upstream session id never reaches B's server."""
+    (fake,) = await start_fakes(nursery, "ingress")
+    doc = {
+        "_format_version": "3.0",
+        "services": [
+            {"name": "tenant-a", "url": "http://tenant-a-up", "routes": [
+                {"name": "a", "paths": ["/a/mcp"], "strip_path": False}]},
+            {"name": "tenant-b", "url": "http://tenant-b-up", "routes": [
+                {"name": "b", "paths": ["/b/mcp"], "strip_path": False}]},
+        ],
+        "upstreams": [
+            {"name": "tenant-a-up", "host_header": "tenant-a.example",
+             "targets": [{"target": f"127.0.0.1:{fake.port}"}]},
+            {"name": "tenant-b-up", "host_header": "tenant-b.example",
+             "targets": [{"target": f"127.0.0.1:{fake.port}"}]},
+        ],
+    }
+    port = await gateway(doc, mcp=session_keys(TEST_KEY))
+    async with await Client.connect(port, host="localhost") as client:
+        init = await client.request("POST", "/a/mcp", JSON_HEADERS, json.dumps(INIT_BODY).encode())
+        assert init.status == 200
+        sid = init.header("mcp-session-id")
+        assert sid and fake.requests[-1].header("host").startswith("tenant-a.example")
+        seen = len(fake.requests)
+        reply = await client.request("POST", "/b/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list"))
+        assert reply.status == 404
+        assert reply.json() == NOT_FOUND
+        again = await client.request("POST", "/a/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list"))
+        assert again.status == 200  # on its own upstream's route it still opens
+    assert [r.header("mcp-session-id") for r in fake.requests[seen:]] == ["up-ingress-1"]
+
+
 @bounded(20)
 async def test_key_rotation_old_ids_still_open(gateway, nursery):
     (a,) = await start_fakes(nursery, "a")
-    old = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-7").decode()
+    old = seal(f"127.0.0.1:{a.port}", b"up-a-7")
     keys = session_keys(("k2", "the-new-secret-0123456789"), TEST_KEY)  # k2 signs, k1 still verifies
     port = await gateway(mcp_config([a.port]), mcp=keys)
     async with await Client.connect(port, host="localhost") as client:
@@ -100,7 +147,7 @@ async def test_pinned_target_down_is_404_and_never_retried_elsewhere(gateway, nu
     a, b = await start_fakes(nursery, "a", "b")
     dead = free_port()
     port = await gateway(mcp_config([dead, a.port, b.port]), mcp=session_keys(TEST_KEY))
-    sid = CODEC.encode(f"127.0.0.1:{dead}", b"up-dead-1").decode()
+    sid = seal(f"127.0.0.1:{dead}", b"up-dead-1")
     async with await Client.connect(port, host="localhost") as client:
         reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list"))
         assert reply.status == 404
@@ -358,7 +405,7 @@ async def test_a_route_without_mcp_keys_seals_and_pins_sessions(gateway, nursery
     port = await gateway(plain_config([a.port, b.port, c.port]), mcp=session_keys(TEST_KEY))
     async with await Client.connect(port, host="localhost") as client:
         sid, first = await initialize(client)
-        target, upstream_sid, _ = CODEC.decode(sid.encode())
+        target, upstream_sid, _ = CODEC.decode(sid.encode(), UPSTREAM)
         assert upstream_sid == f"up-{first}-1".encode()
         for i in range(6):
             reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)], rpc("tools/list", i))
@@ -371,7 +418,7 @@ async def test_a_route_without_mcp_keys_seals_and_pins_sessions(gateway, nursery
 async def test_a_route_without_mcp_keys_answers_404_to_an_id_the_gateway_did_not_seal(gateway, nursery):
     (a,) = await start_fakes(nursery, "a")
     port = await gateway(plain_config([a.port]), mcp=session_keys(TEST_KEY))
-    sealed = CODEC.encode(f"127.0.0.1:{a.port}", b"up-a-1").decode()
+    sealed = seal(f"127.0.0.1:{a.port}", b"up-a-1")
     async with await Client.connect(port, host="localhost") as client:
         for bad in ("up-a-1", sealed[:-1] + ("A" if sealed[-1] != "A" else "B")):
             reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", bad)], rpc("ping"))
@@ -410,7 +457,7 @@ async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(
         sessions = [await initialize(client) for _ in range(3)]
         assert sorted(name for _, name in sessions) == addresses  # new sessions take turns
         for sid, created_on in sessions:
-            target, _, _ = CODEC.decode(sid.encode())
+            target, _, _ = CODEC.decode(sid.encode(), UPSTREAM)
             assert target == f"mcp.test:{port}@{created_on}"
             for i in range(4):  # the name's next address would be another one each time
                 reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)],

@@ -1,7 +1,7 @@
 """MCP sessions bound to the caller that created them (gateway.mcp.affinity): who a request is (caller_identity),
 ids opened only for that caller (SessionAffinity.open), and two ai-mcp-oauth2 users behind the gateway, whose
 server never sees a token, each kept out of the other's session (MCP Security Best Practices, "Session
-Hijacking": session ids bound to user-specific information)."""
+Hijacking": session ids bound to user-specific information). Ids are bound to their upstream as well."""
 
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ def exchange(consumer: Any = None, claims: dict[str, Any] | None = None) -> Any:
     return SimpleNamespace(consumer=consumer, state=state)
 
 
-def affinity(codec: SessionCodec, *names: str) -> SessionAffinity:
+def affinity(codec: SessionCodec, *names: str, upstream: str = "up", direct: bool = False) -> SessionAffinity:
+    """The affinity of a route to upstream `upstream` of targets `names` (`direct`: a service's own host:port)."""
     targets = [SimpleNamespace(name=n, named=False) for n in names]
-    return SessionAffinity(SimpleNamespace(codec=codec), SimpleNamespace(targets=targets))
+    return SessionAffinity(SimpleNamespace(codec=codec), SimpleNamespace(targets=targets, name=upstream, direct=direct))
 
 
 # --- who a request is ---------------------------------------------------------------------------------------------
@@ -85,6 +86,29 @@ def test_a_bound_id_sealed_under_a_rotated_out_signer_still_opens_for_its_caller
     rotated = affinity(SessionCodec([("k2", b"second-secret-0123456789"), K1]), "t:1")
     assert rotated.open(sid, ALICE) == (0, None, b"u")
     assert rotated.open(sid, MALLORY) is None
+
+
+def test_an_id_opens_only_on_routes_to_the_upstream_that_sealed_it():
+    """Two upstreams with a target at one address (an ingress, each told apart by host_header) are two servers:
+    an id opens on every route to the upstream that sealed it and on no other (affinity.py's contract: an id opens
+    only to the target that created the session; the MCP spec's Session Management ties it to its server)."""
+    codec = SessionCodec([K1])
+    tenant_a = affinity(codec, "127.0.0.1:8000", upstream="tenant-a-up")
+    sid = tenant_a.seal(SimpleNamespace(name="127.0.0.1:8000", named=False), b"up-1", "127.0.0.1", None)
+    assert affinity(codec, "127.0.0.1:8000", upstream="tenant-a-up").open(sid, None) == (0, None, b"up-1")
+    assert affinity(codec, "127.0.0.1:8000", upstream="tenant-b-up").open(sid, None) is None
+    assert affinity(codec, "127.0.0.1:8000", upstream="s:127.0.0.1:8000", direct=True).open(sid, None) is None
+
+
+def test_an_id_of_a_services_own_host_opens_on_no_upstream_with_that_target():
+    """A service that names its host:port directly has no upstream entity: the target is its whole upstream, and
+    its ids open on any route to that host:port, but not on an upstream's route whose target has the address."""
+    codec = SessionCodec([K1])
+    direct = affinity(codec, "127.0.0.1:8000", upstream="s:127.0.0.1:8000", direct=True)
+    sid = direct.seal(SimpleNamespace(name="127.0.0.1:8000", named=False), b"up-1", "127.0.0.1", None)
+    assert affinity(codec, "127.0.0.1:8000", upstream="t:127.0.0.1:8000", direct=True).open(sid, None) == \
+        (0, None, b"up-1")
+    assert affinity(codec, "127.0.0.1:8000", upstream="tenant-a-up").open(sid, None) is None
 
 
 # --- end to end: two users of one ai-mcp-oauth2 route ---------------------------------------------------------

@@ -142,6 +142,39 @@ def test_an_id_sealed_before_subjects_still_opens_unbound():
     assert SessionCodec([K1]).encode("127.0.0.1:9001", b"up-a-1") == old  # unbound ids are sealed as before
 
 
+def test_an_id_opens_only_for_the_upstream_it_was_sealed_for():
+    """Two Kong upstreams may list a target at one address (an ingress, each told apart by its host_header: Kong's
+    kong/runloop/balancer/init.lua:396-397), each a server of its own; the MCP spec (2025-06-18 basic/transports,
+    Session Management) scopes a session id to the server that issued it. The upstream's name is in the mac."""
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"up-a-1", upstream=b"tenant-a-up")
+    assert codec.decode(sid, b"tenant-a-up") == ("127.0.0.1:9001", b"up-a-1", None)
+    assert codec.decode(sid, b"tenant-b-up") is None
+    assert codec.decode(sid) is None  # a service's own host:port (sessions.NO_UPSTREAM)
+    direct = codec.encode("127.0.0.1:9001", b"up-a-1")
+    assert codec.decode(direct, b"tenant-a-up") is None
+
+
+def test_a_verified_id_in_the_cache_opens_only_for_its_upstream():
+    """The cache of verified ids (OPENED_CACHE) keeps the upstream each was verified for: a hit for another
+    upstream is refused, as the mac would refuse it."""
+    codec = SessionCodec([K1])
+    sid = codec.encode("127.0.0.1:9001", b"up-a-1", ALICE, b"tenant-a-up")
+    opened = codec.decode(sid, b"tenant-a-up")  # now cached
+    assert opened is not None and opened[:2] == ("127.0.0.1:9001", b"up-a-1")
+    assert codec.decode(sid, b"tenant-b-up") is None
+    assert codec.decode(sid, b"tenant-a-up") == opened  # (the refusal does not evict it)
+
+
+def test_the_upstream_binding_keeps_ids_as_short_and_fails_ids_sealed_before_it():
+    """The upstream is in the mac, not the id: ids are no longer, and an upstream's id sealed before the binding
+    (this one, by the codec before it) gets the 404 of an unknown session; the client initialises a new one."""
+    codec = SessionCodec([K1])
+    old = b"k1.AQ4xMjcuMC4wLjE6OTAwMXVwLWEtMWW78mQWFEvQp6QrfafKafw"
+    assert len(codec.encode("127.0.0.1:9001", b"up-a-1", upstream=b"mcp-cluster")) == len(old)
+    assert codec.decode(old, b"mcp-cluster") is None
+
+
 def test_a_bound_id_rejects_every_single_byte_change():
     codec = SessionCodec([K1])
     sid = codec.encode("127.0.0.1:9001", b"abc", ALICE)
