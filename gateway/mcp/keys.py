@@ -69,7 +69,7 @@ def key_file_problem(path: str) -> str | None:
     None when it can, or when it does not exist yet (the first process that needs it creates it)."""
     try:
         _read(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # (not there: a directory that is not one is its setting's error)
         return None
     except UnicodeDecodeError:
         why = "it holds bytes that are not ASCII"
