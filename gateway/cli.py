@@ -18,6 +18,12 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a command that Ctrl-C ended
 
 
+class SettingError(OSError):
+    """What the system refused of a setting (a directory it cannot make, an address in use), its strerror one line
+    naming the setting and what to do: a child of the root that meets it as it starts says that line, with no
+    traceback (_cannot_start), as nginx says one [emerg] line."""
+
+
 @functools.cache  # built once: the zygote's forked children reuse it (building it costs milliseconds)
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="A Trio-based L7 gateway for clusters of MCP servers.")
@@ -163,6 +169,30 @@ CHILD_COMMANDS = frozenset({"keeper", "health", "discovery", "zygote", "worker"}
 
 def _child(args: argparse.Namespace) -> int:
     """The processes the root supervises (forked from the zygote, or executed when it is not running)."""
+    try:
+        return _run_child(args)
+    except SettingError as e:
+        return _cannot_start(args.command, e)
+
+
+def _cannot_start(command: str, e: SettingError) -> int:
+    """One line in the log, and the same line to the supervisor waiting for this child to be ready, which fails its
+    start with it (gateway.node.root shows it: `gateway start` and `reload` print it)."""
+    from supervisor import READY_FD_ENV, START_ERROR
+
+    reason = " ".join(str(e.strerror or e).split())
+    logging.getLogger(f"gateway.{command}").error("%s cannot start: %s", command, reason)
+    fd = os.environ.pop(READY_FD_ENV, None)  # (gone once it was ready: then it only exits)
+    if fd is not None:
+        try:
+            with os.fdopen(int(fd), "w") as pipe:
+                pipe.write(f"{START_ERROR} {reason}\n")
+        except OSError:
+            pass  # the supervisor stopped waiting: the log has it
+    return EXIT_FAILURE
+
+
+def _run_child(args: argparse.Namespace) -> int:
     if args.command == "keeper":
         from gateway.keeper.process import run_keeper
 

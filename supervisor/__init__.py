@@ -25,6 +25,7 @@ from supervisor.errors import SupervisorError as SupervisorError
 from supervisor.errors import SupervisorNotRunning as SupervisorNotRunning
 from supervisor.forkserver import ForkServer as ForkServer
 from supervisor.handle import Handle as Handle
+from supervisor.process import START_ERROR as START_ERROR
 from supervisor.process import Process as Process
 from supervisor.process import ProcessStartError as ProcessStartError
 from supervisor.process import Spawner as Spawner

@@ -61,8 +61,16 @@ def managed_pids() -> set[int]:
     return set(_managed)
 
 
+# A child that cannot start may say why on its readiness pipe, `error <why>` (one line), instead of `ready`
+START_ERROR = "error"
+
+
 class ProcessStartError(Exception):
-    """An OS-process child did not become ready."""
+    """An OS-process child did not become ready; `said`: why, in its own words, when it wrote `error <why>`."""
+
+    def __init__(self, message: str, said: str | None = None) -> None:
+        super().__init__(message)
+        self.said = said
 
 
 class ProcessRef(ChildRef):
@@ -136,6 +144,9 @@ class ProcessRef(ChildRef):
                 await process.wait()
         if line == "ready" or (line is not None and line.startswith("ready ")):
             return line[len("ready ") :]
+        if line is not None and line.startswith(START_ERROR + " "):
+            said = line[len(START_ERROR) + 1 :]
+            raise ProcessStartError(f"cannot start: {said}", said)
         if line is not None:
             raise ProcessStartError(f"bad readiness line {line!r}")
         if process.returncode is not None:

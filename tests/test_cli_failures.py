@@ -215,6 +215,64 @@ def test_a_listen_port_in_use_says_what_to_do(node):
             "it), or change gateway.listen") in out.stderr
 
 
+def test_check_config_refuses_a_client_body_temp_path_that_cannot_be_created_as_start_does(tmp_path, capsys):
+    """nginx -t creates the temporary paths as a start does: ngx_init_cycle calls ngx_create_paths whatever the mode
+    (nginx release-1.27.1 src/core/ngx_cycle.c:354), which fails on any mkdir error but EEXIST with one line
+    (src/core/ngx_file.c:607-613, `mkdir() "<path>" failed`); Kong's nginx_http_client_body_temp_path is that path.
+    check-config passed a directory whose parent is missing, and every worker then died at start making it. Now
+    check-config (which creates nothing) and start refuse it in the same line, naming the setting."""
+    missing = tmp_path / "no" / "such" / "bodies"
+    gw = gateway_node(tmp_path / "gw", client_body_temp_path=str(missing))
+    line = (f"{gw.config}: gateway.client_body_temp_path: cannot create the directory {missing} (No such file or "
+            "directory); create it, or choose another path")
+    assert main(["check-config", str(gw.config)]) == 2
+    assert capsys.readouterr().err.splitlines() == [line]
+    assert not (tmp_path / "no").exists()
+    config = control.load_validated(str(gw.config))[1]
+    assert control.startup_problem(str(gw.config), config.gateway) == (line, 1)
+
+
+def test_a_bus_address_in_use_names_gateway_bus_and_the_address_without_a_traceback(node):
+    """A start that cannot bind what the config names fails with one line naming it, as nginx's `bind() to <addr>
+    failed` (release-1.27.1 src/core/ngx_connection.c:607-616) and this gateway's own for gateway.listen. For a tcp
+    gateway.bus, which the state keeper binds, start said "workers failed to start: failed to start child 'keeper':
+    ProcessStartError('exited before ready: exit code 1')" and the log held the keeper's ZMQError traceback."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        rewrite(node, bus=f"tcp://127.0.0.1:{port}", status_listen=None)
+        out = start(node)
+    assert out.returncode == 1
+    assert out.stderr.startswith(
+        f"gateway: cannot start: {node.config}: gateway.bus: cannot bind tcp://127.0.0.1:{port}: address in use; stop "
+        "what listens there (`ss -ltnp` names it), or change gateway.bus (see "), out.stderr
+    assert "Traceback" not in node.log(), node.log()[-3000:]
+
+
+def test_a_reload_whose_workers_cannot_make_the_body_temp_path_says_their_line_without_a_traceback(running):
+    """A worker that cannot make gateway.client_body_temp_path (a reload's new one) said it in a Python traceback in
+    the log, and the reload said only "failed to start child 'worker-1': ProcessStartError('exited before ready:
+    exit code 1')". nginx's reload fails with one [emerg] line naming the directory (release-1.27.1
+    src/core/ngx_file.c:610-612). Now the worker's one line is the log's and the reload's, and the running
+    generation keeps serving."""
+    missing = running.dir / "no" / "such" / "bodies"
+    changed = running.dir / "bodies.yaml"
+    changed.write_text(json.dumps({**running.doc, "gateway": {**running.doc["gateway"],
+                                                              "client_body_temp_path": str(missing)}}))
+    logged = len(running.log())
+    out = running.cli("reload", "--config", str(changed))
+    why = (f"gateway.client_body_temp_path: cannot create the directory {missing} (No such file or directory); "
+           "create it, or choose another path")
+    assert out.returncode == 1
+    assert out.stderr.splitlines() == [
+        f"gateway: reload failed: the new workers failed to start ({changed}: {why}); still serving generation 1"]
+    log = running.log()[logged:]
+    assert "ERROR gateway.worker" in log and f"worker cannot start: {why}" in log, log
+    assert "Traceback" not in log, log
+    assert status_of(running)["generation"] == 1
+
+
 def test_ctrl_c_while_a_foreground_start_is_starting_exits_130_and_leaves_no_process(node):
     output = node.dir / "foreground.log"
     with output.open("wb") as sink:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config, parse_config
+from gateway.config.document import read_document
 from gateway.runtime import compile_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +190,54 @@ def test_yaml_syntax_error_names_the_line():
     assert "Traceback" not in message
 
 
+# --- unquoted scalars as Kong's YAML reader types them -------------------------------------------------------------
+# Kong loads a YAML file with lyaml (kong/db/declarative/init.lua:120, `pcall(lyaml.load, contents)`; lyaml 6.2.8,
+# kong-latest.rockspec:28), whose default implicit_scalar tries null, octal, decimal, float, bool, inf, nan,
+# hexadecimal, binary, sexagesimal and sexfloat in turn, else keeps the text (lyaml lib/lyaml/init.lua:65-78 and
+# lib/lyaml/implicit.lua). PyYAML's YAML 1.1 resolvers read several of these differently.
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("6e4", 60000.0),  # implicit.float: tonumber of any text with a `.`, `e` or `E` (PyYAML: text, no dot)
+    ("1.5E3", 1500.0),  # (PyYAML: text, its exponent unsigned)
+    ("1_000.5", 1000.5),  # (the underscores removed first)
+    ("08080", 8080),  # implicit.decimal: leading zeros (PyYAML: text, not octal and not decimal)
+    ("0755", 0o755),  # implicit.octal, tried first (as PyYAML)
+    ("0:30", 30),  # implicit.sexagesimal: base 60, any first digit (PyYAML: text, its first digit must be 1-9)
+    ("1:30.5", 90.5),  # implicit.sexfloat
+    ("=", "="),  # none of them: text (PyYAML: "could not determine a constructor for the tag ...:value")
+    ("0b1", "0b1"),  # implicit.binary wants two digits: text (PyYAML: 1)
+    ("2024-01-01", "2024-01-01"),  # no timestamps: text (PyYAML: a date)
+    ("'6e4'", "6e4"),  # quoted: text, as in both
+])
+def test_an_unquoted_scalar_is_typed_as_lyaml_types_it(text, value):
+    """lyaml lib/lyaml/implicit.lua at v6.2.8: float is `local r = tonumber((gsub(value, '_', ''))); if r and
+    find(value, '[%.eE]') then return r end`, decimal `^([+-]?)_*([0-9][0-9_]*)$`, sexagesimal
+    `^([+-]?)([0-9]+:[0-5]?[0-9][:0-9]*)$`. The gateway read `6e4`, `08080` and `0:30` as text and refused `=`."""
+    loaded = read_document(f"value: {text}\n", NAME)["value"]
+    assert (loaded, type(loaded)) == (value, type(value))
+
+
+def test_a_number_in_exponent_form_sets_an_integer_field_as_kong_reads_it():
+    """`connect_timeout: 6e4` is lyaml's 60000, an integer to Kong's schema (kong/db/schema/init.lua:978-981: an
+    integer is a number equal to its floor); the gateway refused it as text ('expected int ..., got "6e4"'). A number
+    with a fraction is still no integer."""
+    config = validate("services: [{name: s, url: 'http://127.0.0.1:9', connect_timeout: 6e4}]\n")
+    assert config.services[0].connect_timeout == 60000
+    assert errors("services: [{name: s, url: 'http://127.0.0.1:9', retries: 25e-1}]\n") == [
+        "services[0].retries: expected int >= 0 and <= 32767, got 2.5"]
+
+
+def test_an_octal_number_ending_in_an_underscore_is_refused_as_lyaml_fails_on_it():
+    """lyaml's octal and binary hand each character after `_*` to tonumber (`gsub(rest, '_*(.)', ...)`), so a
+    trailing `_` is tonumber('_'), nil, and the load fails with a Lua error; PyYAML read `07_` as 7."""
+    with pytest.raises(ConfigError) as info:
+        parse_config("_comment: 07_\n", NAME)
+    assert info.value.messages == [
+        f'{NAME}:1:11: YAML error: cannot read "07_" as number: Kong\'s YAML reader (lyaml) fails on a number ending '
+        "in _; remove the _, or quote the text"]
+
+
 # --- a file named *json is JSON --------------------------------------------------------------------------------------
 # Kong reads it with cjson, not with its YAML parser (kong/db/declarative/init.lua, unserialize).
 
@@ -333,6 +382,15 @@ def test_plugin_referencing_a_missing_service_is_an_error():
 def test_target_referencing_a_missing_upstream_is_an_error():
     assert errors("targets: [{target: '10.0.0.1:80', upstream: nope}]") == [
         "targets[0].upstream: no upstream with id or name 'nope'"]
+
+
+def test_a_top_level_target_without_an_upstream_is_refused_as_a_required_field():
+    """A target's upstream is required (kong/db/schema/entities/targets.lua:31, `required = true`): Kong says
+    "required field missing" (kong/db/schema/init.lua:100). The gateway said "no upstream with id or name None", as
+    if an upstream named None had been looked for."""
+    assert errors("upstreams: [{name: u}]\ntargets: [{target: '127.0.0.1:9'}]\n") == [
+        "targets[0].upstream: required field is missing; name the upstream it belongs to (its name or id), or list "
+        "the target under that upstream's targets"]
 
 
 def test_duplicate_service_names_are_an_error():

@@ -4,8 +4,12 @@ PyYAML's safe loader keeps the last of two equal keys (YAML 1.2 says keys are un
 the first, and the plugins in it would not run), recurses once per level of nesting (a deep file overflows the
 stack), reads `!!set` in hash order (messages change from run to run), reads `.inf`, `.nan` and `1e999` as
 numbers no setting can use, and raises a bare ValueError for a scalar its tag cannot read (`!!int x`). Each is
-refused with the line and column, or the field path, where it is. An unquoted date stays text, as in YAML 1.2 and
-Kong (PyYAML 1.1 would make `tags: [2024-01-01]` a date, and `2024-02-30` a crash).
+refused with the line and column, or the field path, where it is.
+
+An unquoted scalar is typed as Kong's YAML reader types it (lyaml 6.2.8's implicit scalars, not PyYAML's YAML 1.1):
+`6e4` and `1.5e3` are numbers, as any text Lua's tonumber reads with a `.`, `e` or `E`; `08080` is 8080, `0:30` is
+30, `=` is text, and an unquoted date stays text (PyYAML would read the first four as text, fail on `=`, and make
+`tags: [2024-01-01]` a date and `2024-02-30` a crash).
 
 A file whose name ends in `json` is read as JSON, as Kong reads it with cjson (kong/db/declarative/init.lua,
 unserialize): PyYAML would refuse tab indentation and split a surrogate-pair escape into two lone surrogates. The
@@ -27,7 +31,8 @@ from gateway.config.errors import ConfigError, key_part, show
 
 MAX_DEPTH = 64  # levels of nesting; a Kong config needs about 10
 _MERGE = "tag:yaml.org,2002:merge"
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+_NULL, _BOOL, _FLOAT, _STR = (f"tag:yaml.org,2002:{kind}" for kind in ("null", "bool", "float", "str"))
+_NUMBER = "tag:gateway.lyaml:number"  # an unquoted number as lyaml reads it (_lyaml_number)
 _ANNOTATIONS = ("_comment", "_ignore")  # Kong's free-form annotations: dropped unread, so not checked
 
 
@@ -40,7 +45,7 @@ class _Refused(yaml.MarkedYAMLError):
 
 class _StrictLoader(yaml.SafeLoader):
     """safe_load, refusing duplicate keys, nesting deeper than MAX_DEPTH, `!!set` and scalars their tag cannot read,
-    and leaving unquoted dates as text."""
+    and typing unquoted scalars as lyaml does."""
 
     _depth = 0
 
@@ -76,11 +81,85 @@ class _StrictLoader(yaml.SafeLoader):
     def refuse_set(self, node: yaml.Node) -> None:
         raise _Refused("a !!set has no order; write a list", node.start_mark)
 
+    def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+        """An unquoted scalar's type as lyaml's default implicit_scalar finds it (lib/lyaml/init.lua: null, octal,
+        decimal, float, bool, inf, nan, hexadecimal, binary, sexagesimal, sexfloat, else text); `<<` stays the merge
+        key, which lyaml merges too. Quoted and tagged scalars, and collections, as PyYAML."""
+        if kind is not yaml.ScalarNode or not implicit[0]:
+            return super().resolve(kind, value, implicit)  # type: ignore[no-any-return]
+        if value in _LYAML_NULLS:
+            return _NULL
+        if value in _LYAML_BOOLS:
+            return _BOOL
+        if value in _LYAML_INFS_NANS:
+            return _FLOAT
+        if value == "<<":
+            return _MERGE
+        try:
+            return _NUMBER if _lyaml_number(value) is not None else _STR
+        except ValueError:
+            return _NUMBER  # (its constructor refuses it, with its place)
+
+    def construct_lyaml_number(self, node: yaml.ScalarNode) -> int | float:
+        number = _lyaml_number(node.value)
+        assert number is not None  # (resolved as one)
+        return number
+
 
 _StrictLoader.add_constructor("tag:yaml.org,2002:set", _StrictLoader.refuse_set)
-_StrictLoader.yaml_implicit_resolvers = {  # every implicit type of the safe loader but the timestamp
-    first: [(tag, pattern) for tag, pattern in resolvers if tag != _TIMESTAMP]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_constructor(_NUMBER, _StrictLoader.construct_lyaml_number)
+
+# lyaml 6.2.8's implicit scalars (lib/lyaml/implicit.lua), matched as its Lua patterns are: on the whole text
+_LYAML_NULLS = frozenset({"", "~", "null", "Null", "NULL"})
+_LYAML_BOOLS = frozenset(spelling for word in ("true", "false", "yes", "no", "on", "off")
+                         for spelling in (word, word.capitalize(), word.upper()))
+_LYAML_INFS_NANS = frozenset({".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF",
+                              ".nan", ".NaN", ".NAN"})
+_OCTAL = re.compile(r"([+-]?)0_*([0-7][0-7_]*)")
+_DECIMAL = re.compile(r"([+-]?)_*([0-9][0-9_]*)")
+_HEXADECIMAL = re.compile(r"([+-]?)0x_*([0-9a-fA-F][0-9a-fA-F_]*)")
+_BINARY = re.compile(r"([+-]?)0b_*([01][01_]+)")
+_SEXAGESIMAL = re.compile(r"([+-]?)([0-9]+:[0-5]?[0-9][:0-9]*)(\.[0-9]+)?")  # (with the fraction: sexfloat)
+# What Lua's tonumber reads (LuaJIT src/lj_strscan.c, without the inf and nan words, which have no . e or E): a
+# decimal with a fraction or exponent, or a hexadecimal with a fraction or binary exponent
+_LUA_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_LUA_HEXADECIMAL = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?")
+_FLOAT_MARK = re.compile(r"[.eE]")
+
+
+def _lyaml_number(text: str) -> int | float | None:
+    """The number lyaml reads an unquoted scalar as, or None (not one of its numbers). ValueError where lyaml's
+    own parse fails (an octal or binary number ending in `_`: implicit.lua's `_*(.)` hands the `_` to tonumber)."""
+    if match := _OCTAL.fullmatch(text):
+        return _signed(match[1], _digits(match[2], 8))
+    if match := _DECIMAL.fullmatch(text):
+        return _signed(match[1], int(match[2].replace("_", "")))
+    if _FLOAT_MARK.search(text):  # implicit.float: tonumber of the text without its underscores
+        plain = text.replace("_", "")
+        if _LUA_DECIMAL.fullmatch(plain):
+            return float(plain)
+        if _LUA_HEXADECIMAL.fullmatch(plain):
+            return float.fromhex(plain)
+    if match := _HEXADECIMAL.fullmatch(text):
+        return _signed(match[1], int(match[2].replace("_", ""), 16))
+    if match := _BINARY.fullmatch(text):
+        return _signed(match[1], _digits(match[2], 2))
+    if match := _SEXAGESIMAL.fullmatch(text):
+        whole = 0
+        for digits in re.findall("[0-9]+", match[2]):
+            whole = whole * 60 + int(digits)
+        return _signed(match[1], whole + float(match[3]) if match[3] else whole)
+    return None
+
+
+def _digits(text: str, base: int) -> int:
+    if text.endswith("_"):
+        raise ValueError("Kong's YAML reader (lyaml) fails on a number ending in _; remove the _, or quote the text")
+    return int(text.replace("_", ""), base)
+
+
+def _signed(sign: str, number: int | float) -> int | float:
+    return -number if sign == "-" else number
 
 
 MAX_CONFIG_BYTES = 64 << 20  # a config of thousands of entities is a few MiB: a larger file is not one

@@ -451,6 +451,9 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
         upstream = getattr(target, "_upstream", None) or upstreams.get(target.upstream or "")
         if upstream is not None:
             target.upstream = upstream.name
+        elif target.upstream is None:  # Kong: required (kong/db/schema/entities/targets.lua:31)
+            errors.append(f"{where}.upstream: required field is missing; name the upstream it belongs to (its name "
+                          "or id), or list the target under that upstream's targets")
         elif ("upstreams", target.upstream) not in failed:
             errors.append(f"{where}.upstream: no upstream with id or name {target.upstream!r}")
         _check_tags(target.tags, where, errors)

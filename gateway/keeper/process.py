@@ -12,6 +12,7 @@ every known worker sent a heartbeat of its own, which finds the one that left.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ import zmq
 
 from gateway.bus import protocol as p
 from gateway.bus.zmq_trio import PumpedSocket
+from gateway.cli import SettingError
 from gateway.config import Config, load_config
 from gateway.dns import process as dns
 from gateway.dns.client import Resolver
@@ -64,12 +66,18 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
     old = os.umask(0o177)
     try:
         for sock, endpoint in ((router, bus), (pub, p.pub_endpoint(bus))):
-            if endpoint.startswith("ipc://"):
-                path = endpoint[len("ipc://"):]
-                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-                if os.path.exists(path):
-                    os.unlink(path)
-            sock.bind(endpoint)
+            try:
+                if endpoint.startswith("ipc://"):
+                    path = endpoint[len("ipc://"):]
+                    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                    if os.path.exists(path):
+                        os.unlink(path)
+                sock.bind(endpoint)
+            except (OSError, zmq.ZMQError) as e:
+                router.close()
+                pub.close()
+                ctx.term()
+                raise SettingError(e.errno or errno.EINVAL, _bind_failure(bus, endpoint, e)) from None
     finally:
         os.umask(old)
 
@@ -153,6 +161,16 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
         routed.close()
         pub.close(linger=0)
         ctx.term()
+
+
+def _bind_failure(bus: str, endpoint: str, e: OSError | zmq.ZMQError) -> str:
+    """Why the keeper cannot serve gateway.bus on `endpoint` (the bus's own, or its PUB socket's beside it), and what
+    to do, as the root says it of gateway.listen."""
+    what = endpoint if endpoint == bus else f"{endpoint} (its PUB socket, beside {bus})"
+    if e.errno == errno.EADDRINUSE:
+        return (f"gateway.bus: cannot bind {what}: address in use; stop what listens there (`ss -ltnp` names it), "
+                "or change gateway.bus")
+    return f"gateway.bus: cannot bind {what}: {e.strerror or e}; change gateway.bus"
 
 
 async def _heartbeats(keeper: Keeper, publish: Any) -> None:

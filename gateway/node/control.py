@@ -25,7 +25,7 @@ from gateway.config import Config, ConfigError, kong_conf, parse_host_port
 from gateway.config.schema import GatewaySettings
 from gateway.config.tls import listen_flags, status_options
 from gateway.http.net import bind_listener
-from gateway.node.files import file_problem, open_log
+from gateway.node.files import body_temp_problem, file_problem, open_log
 from gateway.node.locate import Location, NotRunning, alive, locate, socket_path_problems
 from gateway.node.locate import running_pid as _running_pid
 from gateway.node.paths import absolute_endpoint
@@ -139,9 +139,10 @@ def startup_problem(config_path: str, gw: GatewaySettings) -> tuple[str, int] | 
 
 
 def path_problems(config_path: str, gw: GatewaySettings) -> list[tuple[str, int]]:
-    """The files and sockets a start would make that it could not (nothing is made): one line each, naming the file,
-    the setting and what to do, with its exit status; `check-config` makes these checks too, as `nginx -t` opens the
-    pid and log files (src/core/ngx_cycle.c, ngx_init_cycle in test mode)."""
+    """The files, directories and sockets a start would make that it could not (nothing is made): one line each,
+    naming the file, the setting and what to do, with its exit status; `check-config` makes these checks too, as
+    `nginx -t` opens the pid and log files and creates the temporary paths (src/core/ngx_cycle.c, ngx_init_cycle in
+    test mode)."""
     problems = [(line, EXIT_CONFIG) for line in socket_path_problems(config_path, gw)]
     files = [("pid_file", gw.pid_file, False), ("log_file", gw.log_file, True),
              *((key, path[len("ipc://"):], False) for key in ("admin", "bus")
@@ -150,6 +151,9 @@ def path_problems(config_path: str, gw: GatewaySettings) -> list[tuple[str, int]
         problem = file_problem(path, appended)
         if problem is not None:
             problems.append((f"{config_path}: gateway.{key}: {problem} for gateway.{key}", EXIT_FAILURE))
+    problem = body_temp_problem(os.path.dirname(os.path.abspath(gw.pid_file)), gw.client_body_temp_path)
+    if problem is not None:  # (every worker would fail to make it)
+        problems.append((f"{config_path}: gateway.client_body_temp_path: {problem}", EXIT_FAILURE))
     return problems
 
 

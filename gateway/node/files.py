@@ -15,6 +15,7 @@ import os
 import re
 import stat
 
+from gateway.cli import SettingError
 from gateway.node.paths import KEEPER_STATE
 
 log = logging.getLogger("gateway.node")
@@ -52,8 +53,8 @@ def make_body_temp_dir(run_dir: str, setting: str) -> str:
     """The directory of spooled request bodies, gateway.client_body_temp_path (`setting`: relative to the run
     directory, as nginx's client_body_temp_path to Kong's prefix), created 0700 if missing, as nginx creates it at
     start (ngx_create_paths: the last component only; here also the run directory itself, for `gateway run`, which
-    no root made). Every worker makes sure of it as it starts, with its generation's setting. Raises OSError saying
-    what failed and what to do."""
+    no root made). Every worker makes sure of it as it starts, with its generation's setting. Raises SettingError
+    saying what failed and what to do (body_temp_problem foresees it)."""
     run_dir = os.path.abspath(run_dir)
     path = os.path.normpath(os.path.join(run_dir, setting))
     try:
@@ -62,12 +63,38 @@ def make_body_temp_dir(run_dir: str, setting: str) -> str:
         os.mkdir(path, BODY_TEMP_MODE)
     except FileExistsError:
         if not os.path.isdir(path):
-            raise OSError(errno.ENOTDIR, f"gateway.client_body_temp_path: {path} is not a directory; remove it, or "
-                          "choose another path") from None
+            raise SettingError(errno.ENOTDIR, f"gateway.client_body_temp_path: {_not_a_directory(path)}") from None
     except OSError as e:
-        raise OSError(e.errno, f"gateway.client_body_temp_path: cannot create the directory {path} ({e.strerror}); "
-                      "create it, or choose another path") from None
+        raise SettingError(e.errno, "gateway.client_body_temp_path: "
+                           f"{_cannot_create(path, e.strerror or str(e))}") from None
     return path
+
+
+def body_temp_problem(run_dir: str, setting: str) -> str | None:
+    """Why make_body_temp_dir could not make the directory gateway.client_body_temp_path names, and what to do, if
+    so. Nothing is created: `check-config` looks as a start does (nginx -t creates it: ngx_init_cycle runs
+    ngx_create_paths in test mode too, src/core/ngx_cycle.c:354 at release-1.27.1)."""
+    run_dir = os.path.abspath(run_dir)
+    path = os.path.normpath(os.path.join(run_dir, setting))
+    if os.path.lexists(path):
+        return None if os.path.isdir(path) else _not_a_directory(path)
+    parent = os.path.dirname(path)
+    if parent != run_dir:  # (the run directory is made with its parents, by the root or make_body_temp_dir)
+        try:
+            if not stat.S_ISDIR(os.stat(parent).st_mode):
+                return _cannot_create(path, os.strerror(errno.ENOTDIR))
+        except OSError as e:  # as mkdir(2) would fail: missing, or a file on the way
+            return _cannot_create(path, e.strerror or str(e))
+    problem = directory_problem(path)
+    return None if problem is None else f"{problem}; create it, or choose another path"
+
+
+def _not_a_directory(path: str) -> str:
+    return f"{path} is not a directory; remove it, or choose another path"
+
+
+def _cannot_create(path: str, why: str) -> str:
+    return f"cannot create the directory {path} ({why}); create it, or choose another path"
 
 
 def snapshot_name(generation: int) -> str:

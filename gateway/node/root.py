@@ -74,6 +74,7 @@ from supervisor import (
     ChildInfo,
     ChildSpec,
     Handle,
+    ProcessStartError,
     RestartIntensityExceeded,
     StartError,
     SupervisorNotRunning,
@@ -241,7 +242,9 @@ class Node:
                 try:
                     self.root = await nursery.start(serve, tree.root_spec(config, children))
                 except StartError as e:
-                    raise StartupError(f"workers failed to start: {e}") from None
+                    explained = _child_said(e)
+                    raise StartupError(f"workers failed to start: {e}" if explained is None
+                                       else f"{self.config_path}: {explained}") from None
                 self._last_listed["root"] = await self.root.which_children()  # (for a status while it is busy)
                 await nursery.start(serve_admin, admin, self.handle_admin)
                 if self.fork_server is not None and self.fork_server.enabled:
@@ -525,7 +528,9 @@ class Node:
             self.slots.undo(opened)  # no worker serves what it opened: connections would queue there for no one
             if not isinstance(e, Exception):
                 raise
-            raise AdminCommandError(f"the new workers failed to start ({e}); still serving generation {old}") \
+            explained = _child_said(e) if isinstance(e, StartError) else None
+            why = str(e) if explained is None else f"{path}: {explained}"
+            raise AdminCommandError(f"the new workers failed to start ({why}); still serving generation {old}") \
                 from None
         retired = self._serving(old)
         assert retired is not None  # (the serving generation is retired only by the next reload: this one)
@@ -728,6 +733,15 @@ def _started_with(spec: ChildSpec, environ: Mapping[str, str]) -> ChildSpec:
     join the root's only once the reload has succeeded)."""
     assert isinstance(spec.start, Process)
     return dataclasses.replace(spec, start=dataclasses.replace(spec.start, env=dict(environ)))
+
+
+def _child_said(e: StartError) -> str | None:
+    """The line a child that could not start gave its supervisor (gateway.cli's _cannot_start: naming the setting
+    and what to do), if it gave one (supervisor.ProcessStartError's `said`)."""
+    reason: object = e
+    while isinstance(reason, StartError):  # (a worker's start error within its generation's)
+        reason = reason.reason
+    return reason.said if isinstance(reason, ProcessStartError) else None
 
 
 def _listen_failure(e: OSError) -> str:

@@ -16,6 +16,7 @@ from supervisor import (
     ChildState,
     Handle,
     Process,
+    ProcessStartError,
     StartError,
     SupervisorSpec,
     SupFlags,
@@ -87,6 +88,21 @@ async def test_child_that_does_not_become_ready_fails_the_start(code: str, start
     async with trio.open_nursery() as nursery:
         with pytest.raises(StartError, match=message):
             await nursery.start(serve, spec)
+
+
+async def test_a_child_that_says_why_it_cannot_start_fails_the_start_with_its_words() -> None:
+    """`error <why>` on the readiness pipe: the start fails with that reason, kept as ProcessStartError.said for
+    whoever reports it (the gateway's root prints it as the one line it is)."""
+    code = ("print('error gateway.bus: cannot bind', "
+            "file=open(int(__import__('os').environ['SUPERVISOR_READY_FD']), 'w'))")
+    spec = SupervisorSpec(children=[ChildSpec("p", python(code, 5.0))])
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(StartError) as raised:
+            await nursery.start(serve, spec)
+    reason = raised.value.reason
+    assert isinstance(reason, ProcessStartError)
+    assert reason.said == "gateway.bus: cannot bind"
+    assert str(reason) == "cannot start: gateway.bus: cannot bind"
 
 
 async def test_exit_codes_map_to_normal_and_abnormal_exits(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
