@@ -16,11 +16,14 @@ from gateway.keeper.process import serve_keeper
 from gateway.keeper.state import Keeper
 from gateway.metrics import RECORDER
 from gateway.policies.proxy_cache.entry import Entry, encode
+from gateway.policies.response_ratelimiting.usage import counter_key
 from gateway.state import shared as shared_module
 from gateway.state.shared import CALL_TIMEOUT_S, SharedState
 from gateway.stores import Counters, HostCache
-from gateway.stores.cache import ENTRY_OVERHEAD
+from gateway.stores.cache import ENTRY_OVERHEAD, SIZES
 
+WALL = 1_700_000_000.0  # the Unix time the keeper is handed
+PLUGIN_ID = "7f3c8a52-1d2e-4f5a-9b6c-0d1e2f3a4b5c"
 CONFIG = """
 _format_version: '3.0'
 services: [{name: s, url: 'http://127.0.0.1:9'}]
@@ -30,6 +33,11 @@ routes: [{name: r, service: s, paths: ['/']}]
 
 def cost(key: str, value: bytes) -> int:
     return len(key) + len(value) + ENTRY_OVERHEAD
+
+
+def counter_cost(key: str) -> int:
+    """What a shared dict is charged for a counter: its key, its number (a double), the shm's node."""
+    return len(key) + 8 + ENTRY_OVERHEAD
 
 
 # ---- HostCache: an nginx shared dict --------------------------------------------------------------------------------
@@ -137,33 +145,64 @@ def test_adding_sweeps_expired_counters_every_sweep_every_adds(monkeypatch):
     assert len(counters) == 1
 
 
-def test_past_max_keys_the_least_recently_incremented_counter_is_dropped(monkeypatch):
+def test_a_full_dict_drops_the_least_recently_incremented_counter():
     """Kong's local policies count with `shm:incr` (kong/plugins/response-ratelimiting/policies/init.lua:140).
     lua-nginx-module's incr moves a live key to the head of the dict's LRU queue (src/ngx_http_lua_shdict.c:1797-1798)
     and a full dict drops the last of that queue, the least recently used (ngx_http_lua_shdict_expire:262, called
     with n == 0 from incr at :1863): an active client's long-period counter outlives a flood of new keys, though it
     was the first one in."""
-    monkeypatch.setattr(counters_module, "MAX_KEYS", 3)
-    counters = Counters()
+    counters = Counters(capacity=3 * counter_cost("active"))
     counters.add("active", 5, 3600.0, now=0.0)
     counters.add("idle-a", 1, 3600.0, now=1.0)
     counters.add("idle-b", 1, 3600.0, now=2.0)
     counters.add("active", 5, 3600.0, now=3.0)
-    counters.add("newcomer", 1, 3600.0, now=4.0)
-    assert [counters.get(k, 5.0) for k in ("active", "idle-a", "idle-b", "newcomer")] == [10, 0, 1, 1]
+    counters.add("newbie", 1, 3600.0, now=4.0)
+    assert [counters.get(k, 5.0) for k in ("active", "idle-a", "idle-b", "newbie")] == [10, 0, 1, 1]
 
 
-def test_reading_a_live_counter_makes_it_the_most_recently_used(monkeypatch):
+def test_reading_a_live_counter_makes_it_the_most_recently_used():
     """`shm:get` (policies/init.lua:154) goes through ngx_http_lua_shdict_lookup, which moves the live key it finds
     to the head of the LRU queue (src/ngx_http_lua_shdict.c:219-220), so a counter read on every request is not the
     one a full dict drops."""
-    monkeypatch.setattr(counters_module, "MAX_KEYS", 2)
-    counters = Counters()
+    counters = Counters(capacity=counter_cost("read") + counter_cost("other"))
     counters.add("read", 1, 60.0, now=0.0)
     counters.add("other", 1, 60.0, now=0.0)
     assert counters.get("read", 1.0) == 1
     counters.add("new", 1, 60.0, now=2.0)
     assert [counters.get(k, 3.0) for k in ("read", "other", "new")] == [1, 0, 1]
+
+
+def test_counters_are_bounded_by_bytes_so_a_long_key_drops_as_many_short_ones_as_it_needs():
+    """A shared dict is bounded by its size, not by a number of keys (`lua_shared_dict kong_rate_limiting_counters
+    12m`, kong/templates/nginx_kong.lua:19): each counter is charged its key, its number and the shm's node, as
+    HostCache charges an entry, and a new key evicts least recently used ones until it fits."""
+    counters = Counters(capacity=3 * counter_cost("a"))
+    for key in ("a", "b", "c"):
+        counters.add(key, 1, 60.0, now=0.0)
+    long_key = "x" * (2 * counter_cost("a") - counter_cost(""))  # as much as two one-letter counters
+    counters.add(long_key, 1, 60.0, now=1.0)
+    assert [counters.get(k, 2.0) for k in ("a", "b", "c", long_key)] == [0, 0, 1, 1]
+    assert counters.size == counter_cost("c") + counter_cost(long_key) == counters.capacity
+
+
+def test_swept_counters_give_their_bytes_back():
+    """Expired counters leave the dict (rule 4), and what they were charged with them: keys added after a sweep fit
+    beside the live ones without evicting any."""
+    counters = Counters(capacity=2 * counter_cost("k0"))
+    counters.add("k0", 1, 1.0, now=0.0)
+    counters.add("k1", 1, 100.0, now=0.0)
+    assert counters.sweep(5.0) == 1 and counters.size == counter_cost("k1")
+    counters.add("k2", 1, 100.0, now=5.0)
+    assert [counters.get(k, 6.0) for k in ("k1", "k2")] == [1, 1]
+
+
+def test_a_key_larger_than_the_whole_dict_is_counted_nowhere_and_evicts_nothing():
+    """A node that cannot fit in the shm even empty is not stored (the shm's "no memory", as HostCache refuses an
+    entry larger than itself): the counters already held stay."""
+    counters = Counters(capacity=2 * counter_cost("k"))
+    counters.add("k", 1, 60.0, now=0.0)
+    assert counters.add("x" * counters.capacity, 1, 60.0, now=0.0) == 1
+    assert len(counters) == 1 and counters.get("k", 1.0) == 1 and counters.size == counter_cost("k")
 
 
 # ---- the keeper's handling ------------------------------------------------------------------------------------------
@@ -202,6 +241,28 @@ def test_the_keeper_adds_counters_from_every_worker_and_reports_them():
     k.handle(b"w2", p.CountersAdd(items=[("a", 3, 60.0)]), 1.0, 0.0)
     replies, _ = k.handle(b"w1", p.CountersGet(id=4, keys=["a", "b", "c"]), 2.0, 0.0)
     assert replies == [p.CounterValues(id=4, values=[5, 1, 0])]
+
+
+def test_the_keepers_counters_hold_what_kongs_kong_rate_limiting_counters_holds():
+    """Kong's response-ratelimiting `local` policy counts in `ngx.shared.kong_rate_limiting_counters`
+    (kong/plugins/response-ratelimiting/policies/init.lua:9), declared `lua_shared_dict kong_rate_limiting_counters
+    12m` (kong/templates/nginx_kong.lua:19): a full dict evicts its least recently used keys, so the counters of every
+    client take at most 12 MiB. 120,000 clients with distinct IPv6 addresses (a /64 has 2^64; limit_by consumer and
+    credential fall back to the address) fit it by the accounting the gateway's HostCache gives the same dicts (key,
+    a number, ENTRY_OVERHEAD each), and the latest client's counter is among those kept."""
+    k = Keeper(parse_config("_format_version: '3.0'\n"), workers=1)
+    start_ms = int(WALL // 60 * 60 * 1000)
+    for block in range(0, 120_000, 1000):
+        items = [(counter_key(PLUGIN_ID, f"2001:db8:0:0:1:{(block + i) >> 16:x}:{(block + i) & 0xffff:x}:1",
+                              start_ms, "videos", "minute"), 1, 60.0) for i in range(1000)]
+        k.handle(b"w1", p.CountersAdd(items=items), 0.0, WALL)
+    charged = sum(counter_cost(key) for key in k.counters._values)
+    capacity = SIZES["kong_rate_limiting_counters"]
+    assert charged <= capacity, (f"{len(k.counters)} counters kept, {charged / (1 << 20):.1f} MiB by the shm's "
+                                 f"accounting, over kong_rate_limiting_counters' {capacity >> 20} MiB")
+    assert k.counters.size == charged
+    replies, _ = k.handle(b"w1", p.CountersGet(id=1, keys=[items[-1][0]]), 0.0, WALL)
+    assert replies == [p.CounterValues(id=1, values=[1])]
 
 
 def test_store_messages_survive_the_bus_encoding():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from auth_helpers import (
     call,
@@ -12,6 +14,10 @@ from auth_helpers import (
 )
 
 from gateway.config import ConfigError, parse_config
+from gateway.policies.acl.handler import Acl
+from gateway.policies.acl.schema import AclConfig
+from gateway.policies.ai_mcp_oauth2.handler import TokenIdentity
+from gateway.policies.consumers import Consumer
 from gateway.runtime import compile_config
 
 CONSUMERS = [
@@ -107,3 +113,46 @@ def test_acl_takes_exactly_one_list(acl, expected):
     with pytest.raises(ConfigError) as info:
         compile_config(config)
     assert expected in str(info.value)
+
+
+# ---- what acl remembers: Acl.access on an exchange, without a gateway -----------------------------------------------
+
+
+class _Exchange:
+    """What Acl.access reads and calls on an exchange: the consumer, and kong.response.error."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.answered: tuple[int, str | None] | None = None
+
+    async def respond_error(self, status: int, message: str | None = None, extra: Any = None) -> None:
+        self.answered = (status, message)
+
+
+async def test_groups_a_token_brings_are_decided_each_time_and_not_remembered():
+    """kong/plugins/acl/handler.lua:17 and :56 keep acl's decisions in a table with weak keys, keyed by the groups
+    table kong.cache (a bounded LRU) holds for a consumer (:116-122); groups that come with the request
+    (authenticated_groups) are decided every time, never cached (:76 and :90, `groups.group_in_groups`).
+    ai-mcp-oauth2's consumer_groups_claim gives each token its own groups: 20,000 tokens with distinct groups must
+    not leave 20,000 decisions (each holding the token's groups) in the worker."""
+    acl = Acl(AclConfig(deny=["banned"]))
+    for i in range(20_000):
+        ex = _Exchange(TokenIdentity(f"user-{i}", ("banned", f"team-{i}"), []))
+        assert await acl.access(ex)  # type: ignore[arg-type]
+        assert ex.answered == (403, "You cannot consume this service")
+    assert len(acl._decided) == 0, f"acl remembers {len(acl._decided)} token group sets"
+
+
+async def test_groups_a_token_adds_to_its_consumers_are_not_remembered_either():
+    """A token that names a consumer brings the consumer's groups and its own (ai-mcp-oauth2's consumer_claim with
+    consumer_groups_claim): those groups are the token's, not the table kong.cache holds for the consumer, so they
+    are decided each time too (kong/plugins/acl/handler.lua:76, :90); each is still decided right."""
+    consumer = Consumer("5d1c0a8e-4f3b-4a6e-9c2d-7b8e1f0a3c4d", "alice", None)
+    consumer.groups = ("staff",)
+    acl = Acl(AclConfig(allow=["admins"], hide_groups_header=True))
+    for i in range(5_000):
+        who = consumer.identity(f"token-{i}", None)
+        who.groups = (*consumer.groups, f"team-{i}", "admins" if i % 2 else "guests")
+        ex = _Exchange(who)
+        assert await acl.access(ex) == (i % 2 == 0)  # type: ignore[arg-type]
+    assert len(acl._decided) == 0

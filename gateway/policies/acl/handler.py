@@ -31,7 +31,10 @@ class Acl:
         self.groups = frozenset((config.deny if self.deny else config.allow) or ())
         self.hide = config.hide_groups_header
         self.always_authenticated = config.always_use_authenticated_groups
-        self._decided: dict[tuple[str, ...], bool] = {}  # a consumer's groups -> admitted (per config load)
+        # A configured consumer's groups -> admitted, as Kong caches by the groups table kong.cache holds for a
+        # consumer (kong/plugins/acl/handler.lua:116-122): bounded by the config. Groups a token brings (alone or
+        # added to its consumer's) are decided each time, as Kong decides authenticated_groups (:76, :90).
+        self._decided: dict[tuple[str, ...], bool] = {}
 
     async def access(self, ex: Exchange) -> bool:
         who = ex.consumer
@@ -50,8 +53,10 @@ class Acl:
             return True
         admitted = self._decided.get(groups)
         if admitted is None:
-            member = not self.groups.isdisjoint(groups)
-            admitted = self._decided[groups] = member != self.deny
+            admitted = (not self.groups.isdisjoint(groups)) != self.deny
+            consumer = who.consumer
+            if consumer is not None and groups is consumer.groups:  # only a configured consumer's own: see _decided
+                self._decided[groups] = admitted
         if not admitted:
             await FORBIDDEN.send(ex)
             return True
