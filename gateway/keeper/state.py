@@ -11,7 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import trio
@@ -35,7 +35,7 @@ from gateway.node.start_only import inherited
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
-from gateway.ratelimit.messages import LeaseRequest
+from gateway.ratelimit.messages import FallbackUsage, LeaseRequest
 from gateway.runtime import compile_config, id_of
 from gateway.stores import Counters, HostCache
 from gateway.stores.cache import FLUSHED_BY_RELOAD
@@ -49,6 +49,7 @@ PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP ou
 REDIS_PREFIX = "gateway:rl:"  # every key policy redis keeps in Redis starts with this
 LOGGED_NAMES = 5  # a discovery change's log line names this many targets added (and removed, changed) at most
 LOG_TEXT = 200  # ... in at most this many characters (README: registry text reaches the log as one line of 200)
+Addressed = TypeVar("Addressed", LeaseRequest, FallbackUsage)  # items naming the keeper they are for
 
 
 class Keeper:
@@ -211,7 +212,7 @@ class Keeper:
         if isinstance(msg, p.AskLeases):
             joined = self._seen(sender)
             grants = []
-            for r in msg.requests:
+            for r in self._for_this_one(sender, msg.requests):
                 grant = self.ledger.grant_request(r, now, wall)
                 if grant is None:  # policy redis: answered when the key's next block arrives
                     waiting = LeaseRequest(r.key, r.spec, r.worker, r.want, 0)
@@ -230,7 +231,7 @@ class Keeper:
         if isinstance(msg, p.GiveBack):
             for back in msg.returned:
                 self.ledger.return_unused(back)
-            for f in msg.fallback:
+            for f in self._for_this_one(sender, msg.fallback):
                 self.ledger.report_fallback(f, now)
             return [], []
         if isinstance(msg, p.PassiveOutcomes):
@@ -303,6 +304,18 @@ class Keeper:
                 return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
             return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
         return [], []
+
+    def _for_this_one(self, sender: bytes, items: list[Addressed]) -> list[Addressed]:
+        """The rate-limit items meant for this keeper incarnation (lease.py rule 5): a worker's restate replaces what
+        it sent to the keeper before this one, which ZeroMQ delivers here if that one died before reading it. Kept
+        all the same: a report under policy redis, whose use the restate does not state again (it was reported)."""
+        mine = [item for item in items if item.keeper in ("", self.incarnation) or
+                (isinstance(item, FallbackUsage) and item.spec.remote)]
+        if len(mine) < len(items):
+            log.info("state keeper: ignored %d rate-limit item(s) (%s) %s sent to the keeper before this one; its "
+                     "resynchronisation with this one replaces them", len(items) - len(mine), type(items[0]).__name__,
+                     self.peers.name(sender))
+        return mine
 
     def peer_gone(self, sender: bytes, now: float) -> list[tuple[bytes, p.Msg]]:
         """The bus found `sender` gone (its process exited: a worker replaced, or retired by a reload): forget it, and

@@ -35,8 +35,15 @@ Rules:
    report of local-share use (so nothing is counted twice). Each worker states only its own admissions, so the
    keeper's sum is what the gateway admitted. Under policy redis only the local-share use is stated: what the
    leases admitted is claimed in Redis already, and stays (ledger.py rule 7). The old keeper's tokens, unspent or
-   expired, are dropped: they were not admitted, and the new keeper never granted them. (A key forgotten after
-   IDLE_S is not stated: its windows count from 0 at the new keeper, as an evicted key's do, ledger.py rule 8.)
+   expired, are dropped: they were not admitted, and the new keeper never granted them; so is its word that a
+   limit is exhausted (Grant.retry), which counted those tokens. (A key forgotten after IDLE_S is not stated: its
+   windows count from 0 at the new keeper, as an evicted key's do, ledger.py rule 8.)
+   Requests and reports name the keeper incarnation they are for (`keeper`): what a worker sent to a keeper that
+   died before reading it goes to the next one (ZeroMQ keeps a DEALER's queue across a reconnect), which ignores it
+   (gateway/keeper/state.py), since the restate replaces it. Granted there, ahead of the restate, a request's tokens
+   were dropped by the restate yet stayed counted (a window's last 20 of 100 were never admitted); a report was
+   counted twice. (Tokens given back name no keeper: sent in that moment, they are credited by the next keeper
+   though it never granted them, at most one sweep's expired tokens, once.)
 6. At most MAX_LEASES keys are kept: a new key beyond them evicts one not asked for since it last came up in the
    eviction order (CLOCK, an approximate LRU: a take only stamps `touched`, which the hot path does anyway), its
    tokens given back at the next `sweep` as rule 2's idle key's are, and a grant still on its way for it when it
@@ -167,6 +174,7 @@ class LeaseTable:
 
     def __init__(self, worker: str, workers: int) -> None:
         self.worker = worker
+        self.keeper = ""  # the keeper incarnation this table's messages are for (rule 5); the worker sets it
         self._workers = max(1, workers)
         self._fallback = False
         self._leases: OrderedDict[str, Lease] = OrderedDict()  # in eviction order (rule 6)
@@ -259,7 +267,7 @@ class LeaseTable:
             unused, back = lease.unused, lease.unused_grant  # expired tokens go back first (ledger.py rule 9)
             lease.unused, lease.unused_grant = 0, None
             requests.append(LeaseRequest(lease.key, lease.spec, self.worker, want, lease.used, unused,
-                                         back.wall if back is not None else 0.0))
+                                         back.wall if back is not None else 0.0, self.keeper))
             lease.demand = lease.used = 0
             lease.demand_since = lease.sent_at = now
             if not lease.in_flight:
@@ -322,26 +330,29 @@ class LeaseTable:
             if wall >= lease.next_roll:
                 self._roll(lease, wall)
             usages.append(FallbackUsage(lease.key, self.worker, lease.spec, tuple(lease.unreported),
-                                        lease.unreported_total, wall))
+                                        lease.unreported_total, wall, self.keeper))
             lease.unreported = [0] * len(lease.unreported)
             lease.unreported_total = 0
         return usages
 
     def restate(self, wall: float) -> list[FallbackUsage]:
-        """For a new keeper incarnation: what each key admitted here in its windows still current (rule 5), the keys
-        least recently asked for first (the keeper's LRU keeps the latest when full); drops the old keeper's tokens."""
+        """For a new keeper incarnation (set `keeper` first): what each key admitted here in its windows still current
+        (rule 5), the keys least recently asked for first (the keeper's LRU keeps the latest when full); drops the old
+        keeper's tokens and denials."""
         usages = []
         self._flagged.clear()
         self._returned.clear()  # the old keeper's tokens (evicted keys'): the new keeper never granted them
         for lease in sorted(self._leases.values(), key=attrgetter("touched")):
             lease.tokens = lease.unused = lease.used = 0
             lease.unused_grant = None
+            lease.blocked_until = 0.0
             lease.flagged = False
             if wall >= lease.next_roll:
                 self._roll(lease, wall)
             windows = tuple(lease.unreported) if lease.spec.remote else tuple(lease.counts())
             if any(windows) or (lease.bucketed and lease.unreported_total):
-                usages.append(FallbackUsage(lease.key, self.worker, lease.spec, windows, lease.unreported_total, wall))
+                usages.append(FallbackUsage(lease.key, self.worker, lease.spec, windows, lease.unreported_total, wall,
+                                            self.keeper))
             lease.unreported = [0] * len(lease.unreported)
             lease.unreported_total = 0
         return usages

@@ -9,7 +9,8 @@ from gateway.ratelimit.spec import LimitSpec
 
 class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
     """Worker -> keeper: `want` more tokens of `key`; `used` counts tokens spent since the last request; `unused`
-    tokens of a grant made at `unused_wall` expired unspent here, given back first (as a ReturnedLease would)."""
+    tokens of a grant made at `unused_wall` expired unspent here, given back first (as a ReturnedLease would).
+    `keeper`, in FallbackUsage too: the keeper incarnation it is meant for, or "" for any keeper (lease.py rule 5)."""
 
     key: str
     spec: LimitSpec
@@ -18,6 +19,7 @@ class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
     used: int = 0
     unused: int = 0
     unused_wall: float = 0.0
+    keeper: str = ""
 
 
 class Grant(msgspec.Struct, frozen=True, array_like=True):
@@ -64,3 +66,4 @@ class FallbackUsage(msgspec.Struct, frozen=True, array_like=True):
     windows: tuple[int, ...]
     total: int
     wall: float
+    keeper: str = ""

@@ -212,6 +212,7 @@ class SharedState:
         elif isinstance(msg, p.Snapshot):
             if not self.incarnation:  # the answer to the Hello sent at start: the keeper is up, no need to wait for
                 self.incarnation = msg.incarnation  # its next heartbeat (up to HEARTBEAT_S) to know it
+                self.leases.keeper = msg.incarnation
                 self.keeper_up = True
                 self._last_heartbeat = now
                 self.leases.fallback(False, self.workers)
@@ -230,7 +231,7 @@ class SharedState:
         elif not self.keeper_up and self.incarnation:
             log.info("worker %s: state keeper %s is back; resynchronising", self.worker_id, incarnation)
         replaced = self.incarnation and incarnation != self.incarnation
-        self.incarnation = incarnation
+        self.incarnation = self.leases.keeper = incarnation  # what is sent from now on is for it (lease.py rule 5)
         self.keeper_up = True
         self.leases.fallback(False, self.workers)
         self._send(p.Hello(worker=self.worker_id, pid=os.getpid()))
