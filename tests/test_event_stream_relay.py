@@ -219,8 +219,8 @@ async def test_an_upstream_that_speaks_within_read_timeout_keeps_its_stream_open
 
 async def test_a_timed_out_event_stream_is_logged_naming_the_upstream_and_with_its_heads_status(
         nursery, gateway, tmp_path, caplog):
-    """nginx logs `upstream timed out ... while reading upstream` (ngx_http_upstream.c 3936) and its access log
-    keeps the status already sent ($status, $upstream_status: the head's 200), as for a cut plain body (see
+    """nginx logs `upstream timed out ... while reading upstream` at [error] (ngx_http_upstream.c 3936) and its
+    access log keeps the status already sent ($status, $upstream_status: the head's 200), as for a cut plain body (see
     tests/telemetry/test_tel_access_log.py): the gateway's log names the upstream and the setting."""
     backend = RawBackend([SSE_HEAD, chunk(b"data: one\n\n")])
     await nursery.start(backend.serve)
@@ -233,7 +233,8 @@ async def test_a_timed_out_event_stream_is_logged_naming_the_upstream_and_with_i
         with trio.fail_after(5):
             while not access.exists() or not access.read_text():
                 await trio.sleep(0.02)
-    logged = [r.getMessage() for r in caplog.records if "read_timeout" in r.getMessage()]
+    logged = [r.getMessage().partition(", client: ")[0] for r in caplog.records
+              if "read_timeout" in r.getMessage() and r.levelname == "ERROR"]
     assert logged == [f"upstream 127.0.0.1:{backend.port} sent nothing of its event stream within 0.3s "
                       "(read_timeout): the response is cut, as nginx's upstream timed out"]
     line = json.loads(access.read_text().splitlines()[0])

@@ -30,6 +30,7 @@ from gateway.http.codec import (
     answered_status,
 )
 from gateway.http.conditional import NOT_MODIFIED_DROPS, precondition
+from gateway.http.errlog import ErrorContext
 from gateway.http.ids import new_request_id, x_request_id
 from gateway.http.kong_errors import (
     KEEPALIVE_OFF,
@@ -55,6 +56,9 @@ from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import SHED, TIMEOUTS
 
 log = logging.getLogger("gateway.http")
+# A client gone or too slow is logged at DEBUG: nginx writes it at info (ngx_http_request.c:1097, ngx_http_upstream.c:
+# 1509-1518), below Kong's default log_level notice, which the gateway's default INFO plays. An upstream that failed is
+# logged at ERROR, as nginx's [error], with the request's context (gateway.http.errlog).
 CLIENT_GONE_LOG = "client %s closed the connection while its request waited on the upstream: 499"
 
 # accept() errors that mean "out of a resource", where backing off beats crashing (trio's list)
@@ -751,9 +755,9 @@ async def _connection_task(conn: Conn, handler: Handler, settings: ServerSetting
                 opened = await _open(conn, handler, settings, tls, proxy_protocol)
             if timer.scope.cancel_called:
                 TIMEOUTS.labels("client_header").inc()
-                log.info("client %s did not %s within header_timeout_s (%gs) of its accept: connection closed",
-                         conn.peer, "send a whole PROXY protocol header" if proxy_protocol and conn.proxied is None
-                         else "finish its TLS handshake", settings.header_timeout)
+                log.debug("client %s did not %s within header_timeout_s (%gs) of its accept: connection closed",
+                          conn.peer, "send a whole PROXY protocol header" if proxy_protocol and conn.proxied is None
+                          else "finish its TLS handshake", settings.header_timeout)
                 return
             if opened is None:
                 return
@@ -993,30 +997,31 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
     phase = timer.phase
     exchange: Exchange | None = timer.exchange  # type: ignore[assignment]
     if timer.gone:  # not a timeout: the sweeper saw the client leave (gateway.http.timers)
-        log.info(CLIENT_GONE_LOG, conn.peer)
+        log.debug(CLIENT_GONE_LOG, conn.peer)
         conn.abort()
         return False
     TIMEOUTS.labels(_TIMEOUT_KINDS.get(phase, "other")).inc()
     if phase == Phase.HEAD:
-        log.info("client %s did not send a whole request head within header_timeout_s (%gs): connection closed "
-                 "unanswered (logged 408)", conn.peer, settings.header_timeout)
+        log.debug("client %s did not send a whole request head within header_timeout_s (%gs): connection closed "
+                  "unanswered (logged 408)", conn.peer, settings.header_timeout)
         _log_unanswered(conn, codec, timer, settings, 408, *codec.request_line_so_far(), head_at)
     elif phase == Phase.CLIENT_WRITE:
-        log.info("client %s did not read its response within send_timeout_s (%gs): connection closed",
-                 conn.peer, conn.send_timeout)
+        log.debug("client %s did not read its response within send_timeout_s (%gs): connection closed",
+                  conn.peer, conn.send_timeout)
         conn.abort()
     elif phase == Phase.CLIENT_BODY and exchange is not None and not exchange.response_started:
         # nginx answers nothing: ngx_http_finalize_request (and the upstream module's, for a body read while it is
         # proxied) terminates a 408; the handler's log phase said 408 (gateway.telemetry.phase._closing_status)
-        log.info("client %s did not send the rest of its request body within client_body_timeout_s (%gs): "
-                 "connection closed unanswered (logged 408)", conn.peer, settings.body_timeout)
+        log.debug("client %s did not send the rest of its request body within client_body_timeout_s (%gs): "
+                  "connection closed unanswered (logged 408)", conn.peer, settings.body_timeout)
     elif phase in _UPSTREAM_VERBS and exchange and not exchange.response_started:
         target, seconds = timer.detail or ("?", 0.0)
         verb = _UPSTREAM_VERBS[phase]
         setting = "write_timeout" if phase == Phase.UPSTREAM_WRITE else "read_timeout"
         if not exchange.request_done:  # the rest of the body would be read as the next request
             exchange.close_after = True
-        log.info("upstream %s did not %s within %gs (%s): 504", target, verb, seconds, setting)
+        log.error("upstream %s did not %s within %gs (%s): 504%s", target, verb, seconds, setting,
+                  ErrorContext(exchange))
         try:
             with trio.move_on_after(1.0):
                 await exchange.respond_error_page(504)

@@ -32,6 +32,7 @@ from gateway.http.codec import (
     Response,
     length_in_range,
 )
+from gateway.http.errlog import ErrorContext
 from gateway.http.errors import (
     BadResponse,
     ConnectTimeout,
@@ -290,7 +291,8 @@ class Forwarder:
                 return
             if pinned_target is not None and error is not None and type(error) is not LocalError and (
                     not error.sent or await self._gone(error, svc, pinned_target, address)):
-                log.info("MCP session target %s unreachable (%s): session not found", pinned_target.name, error)
+                log.error("MCP session target %s unreachable (%s): session not found%s", pinned_target.name, error,
+                          ErrorContext(ex))
                 await session_not_found(ex)
             elif error is None:
                 log.info("no available target in upstream %r: 503", group.name)
@@ -298,13 +300,13 @@ class Forwarder:
                     drop_new_cookie(group, ex)
                 await ex.respond_error(503, NO_PEER)
             elif index is None:  # none left for a retry: Kong.balancer's ngx.exit(503), through Kong's error handler
-                log.info("%s; no target left to retry in upstream %r: 503", error, group.name)
+                log.error("%s; no target left to retry in upstream %r: 503%s", error, group.name, ErrorContext(ex))
                 last = ex.tries[-1]  # type: ignore[index]
                 if self.shared is not None and last.group.passive:  # Kong's log phase: the last try's target, by
                     self.shared.passive(last.key, 503)  # ngx.status ($upstream_status ends on the failed pick)
                 await ex.respond_error_page(503)
             else:
-                log.info("%s: %d", error, error.status)
+                log.error("%s: %d%s", error, error.status, ErrorContext(ex))
                 if isinstance(error, NameResolutionFailed) and not ex.tries:
                     # The first look-up is Kong's access phase (handler.lua balancer_execute): kong.response.error,
                     # the gateway's own answer, nothing proxied (no try, no cookie of hash_on cookie)
@@ -515,7 +517,7 @@ class Forwarder:
             try:
                 first, done = codec.take_body()  # what came with the head: one write when the answer is small
             except ProtocolError as e:  # (a bad chunk in that read) nothing went out: the upstream's 502
-                log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                log.error("upstream %s failed mid-response: %s%s", attempt.target.name, e, ErrorContext(ex))
                 failed = TCP_FAILURE
                 await ex.respond_error_page(502)
                 return
@@ -525,7 +527,7 @@ class Forwarder:
                     status, headers, first = await _edited_body(ex, uc, response.status, headers, first, done,
                                                                  edit, (attempt.target.name, svc.read_timeout))
                 except (ProtocolError, UpstreamError) as e:
-                    log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                    log.error("upstream %s failed mid-response: %s%s", attempt.target.name, e, ErrorContext(ex))
                     failed = TCP_FAILURE
                     await ex.respond_error(502, f"upstream {attempt.target.name} broke off its answer")
                     return
@@ -543,7 +545,7 @@ class Forwarder:
                     try:  # skips them)
                         first, done = await read_whole_body(ex, codec, uc.conn, first, svc.read_timeout)
                     except (ProtocolError, UpstreamError) as e:  # nothing went out: the gateway's 502
-                        log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                        log.error("upstream %s failed mid-response: %s%s", attempt.target.name, e, ErrorContext(ex))
                         failed = TCP_FAILURE
                         await ex.respond_error_page(502)
                         return
@@ -574,7 +576,7 @@ class Forwarder:
                         await _stream_body(ex, uc, svc.read_timeout)
                 except (ProtocolError, UpstreamError) as e:
                     # The head is out: all we can do is cut the client off so it sees an incomplete response.
-                    log.warning("upstream %s failed mid-response: %s", uc.conn.peer, e)
+                    log.error("upstream %s failed mid-response: %s%s", attempt.target.name, e, ErrorContext(ex))
                     failed = TCP_FAILURE
                     return
             ok = True
@@ -730,7 +732,7 @@ class Forwarder:
                         try:
                             events = splitter.feed(ev)  # type: ignore[arg-type]
                         except EventTooLarge as e:
-                            raise BadResponse(f"upstream {uc.conn.peer}: {e}") from None
+                            raise BadResponse(f"upstream {reading[0]}: {e}") from None
                         if events:
                             await ex.send_body(b"".join(edit.event(e) for e in events))  # type: ignore[union-attr]
                         continue
@@ -740,8 +742,8 @@ class Forwarder:
                     stream.at_boundary = ends_event(tail)
         finally:
             if timer.phase == Phase.UPSTREAM_BODY and timer.at <= self.clock() and not timer.gone:
-                log.warning("upstream %s sent nothing of its event stream within %gs (read_timeout): the response "
-                            "is cut, as nginx's upstream timed out", *reading)
+                log.error("upstream %s sent nothing of its event stream within %gs (read_timeout): the response is "
+                          "cut, as nginx's upstream timed out%s", *reading, ErrorContext(ex))
             if timers is not None:
                 timers.unpark(timer)
             watch.unwatch(stream)
