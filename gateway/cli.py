@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Sequence
 
 from gateway import __version__
 
@@ -16,6 +17,7 @@ from gateway import __version__
 # imports to interrupt outside main()'s handler
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports a command that Ctrl-C ended
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")  # --log-level's choices
 
 
 class SettingError(OSError):
@@ -28,7 +30,8 @@ class SettingError(OSError):
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gateway", description="A Trio-based L7 gateway for clusters of MCP servers.")
     p.add_argument("--version", action="version", version=f"gateway {__version__}")
-    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-level", default="INFO", choices=LOG_LEVELS,
+                   help="the least severe line written, by every process of the gateway (default INFO)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     c = sub.add_parser("check-config", help="validate a config file without starting anything")
     c.add_argument("file", nargs="?")
@@ -71,6 +74,31 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--index", type=int, default=0)
     w.add_argument("--workers", type=int, default=1)
     return p
+
+
+def command_word(args: Sequence[str]) -> str | None:
+    """The COMMAND of `gateway [--log-level L] COMMAND ...` (`args`: what follows `gateway`), past the global option
+    as parser() reads it (`--log-level L`, `--log-level=L`, or an abbreviation such as `--log L`); None if there
+    is none. How `stop` recognises a root started `gateway --log-level WARNING start`, and the zygote a child."""
+    i = 0
+    while i < len(args):
+        word = args[i]
+        option = word.partition("=")[0]
+        if len(option) > 2 and "--log-level".startswith(option):
+            i += 1 if "=" in word else 2
+        elif word.startswith("-"):
+            return None  # --version, --help, or no gateway command line at all
+        else:
+            return word
+    return None
+
+
+def command_line(command: str, *args: str) -> list[str]:
+    """`python -m gateway --log-level L COMMAND ARGS...`: a process of this gateway, started at the level this one
+    logs at (`--log-level`), as nginx writes every process's error log at one error_log level."""
+    level = logging.getLevelName(logging.getLogger().level)
+    option = ["--log-level", level] if level in LOG_LEVELS else []
+    return [sys.executable, "-m", "gateway", *option, command, *args]
 
 
 def _locating(admin: bool, config_help: str = "its config file") -> argparse.ArgumentParser:

@@ -7,11 +7,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import trio
 from backends import EchoBackend, free_port, request
+from e2e_helpers import GatewayNode, descendants_of
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -196,3 +198,29 @@ def test_help_lists_the_operators_commands_and_not_the_supervisors_own():
     assert "SUPPRESS" not in out.stdout
     assert not any(line.split()[:1] == [name] for line in out.stdout.splitlines()
                    for name in ("keeper", "health", "discovery", "zygote", "worker"))
+
+
+def test_every_process_of_a_gateway_started_with_a_log_level_logs_at_it(tmp_path):
+    """Kong's kong.conf `log_level` is nginx's one `error_log ... ${{LOG_LEVEL}}` for the master and every worker
+    (kong/templates/nginx.lua:7, nginx_kong.lua:121); the gateway's is `gateway --log-level L start` (check-config
+    points kong.conf's log_level there: gateway/config/kong_conf.py). The daemonised start ran its root as `gateway
+    start --foreground` without the option, and the root started its keeper and workers (forked from the zygote, or
+    executed) without it, a reload's workers too: at WARNING the log was still their INFO lines. `gateway stop` then
+    finds the root, whose command line is `gateway --log-level WARNING start --foreground`."""
+    doc = {"services": [{"name": "s", "url": f"http://127.0.0.1:{free_port()}", "routes": [{"paths": ["/"]}]}]}
+    gw = GatewayNode(tmp_path / "gw", doc, workers=1, status_listen=None)
+    try:
+        out = gw.cli("--log-level", "WARNING", "start", "--config", str(gw.config), timeout=40)
+        assert out.returncode == 0, out.stderr
+        gw.root = gw.root_pid()
+        assert gw.root is not None
+        gw.pids.add(gw.root)
+        out = gw.cli("reload", "--config", str(gw.config), timeout=40)
+        assert "generation 2 serving" in out.stdout, out.stderr
+        gw.pids.update(descendants_of(gw.root))
+        time.sleep(0.3)  # (the old worker's drain line, had it been written)
+        assert [line for line in gw.log().splitlines() if " INFO " in line] == []
+        out = gw.cli("stop", "--config", str(gw.config), "--timeout", "10", timeout=30)
+        assert (out.returncode, out.stdout.strip()) == (0, f"gateway stopped (pid {gw.root})"), out.stderr
+    finally:
+        gw.cleanup()

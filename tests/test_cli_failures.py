@@ -358,6 +358,48 @@ def test_stop_never_signals_an_unrelated_process_its_pid_file_names(tmp_path):
         bystander.wait(timeout=10)
 
 
+@pytest.mark.parametrize("options", [("--log-level", "WARNING"), ("--log-level=ERROR",), ("--log", "DEBUG")])
+def test_stop_signals_a_root_started_with_a_log_level(tmp_path, options):
+    """nginx release-1.27.1 src/core/ngx_cycle.c:1083-1131 (ngx_signal_process) and kong/cmd/utils/kill.lua (`kill
+    %s `cat %s``) signal the pid the pid file holds, however the server was started. `gateway stop` took a root for
+    a reused pid unless `start` came right after `gateway`: one started `gateway --log-level WARNING start
+    --foreground` (systemd's and a container's form, and the only way to set the level) was "not a gateway (the pid
+    was reused)", its pid file was removed, and it ran on. argparse takes `--log-level=L` and a prefix such as
+    `--log L` too."""
+    script = tmp_path / "gateway"
+    script.write_text(FAKE_ROOT)
+    fake = subprocess.Popen(["/bin/sh", str(script), *options, "start", "--foreground"], start_new_session=True)
+    try:
+        pid_file = tmp_path / "gateway.pid"
+        pid_file.write_text(f"{fake.pid}\n")
+        out = subprocess.run([sys.executable, "-m", "gateway", "stop", "--pid-file", str(pid_file), "--timeout", "5"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert (out.returncode, out.stdout.strip()) == (0, f"gateway stopped (pid {fake.pid})"), out.stderr
+    finally:
+        os.killpg(fake.pid, signal.SIGKILL)
+        fake.wait()
+
+
+def test_stop_never_takes_another_gateway_command_for_a_root(tmp_path):
+    """The pid-reuse check reads past the global options to the command: a `gateway --log-level WARNING status`
+    holding the pid the pid file names is no root, and is not signalled."""
+    script = tmp_path / "gateway"
+    script.write_text(FAKE_ROOT)
+    bystander = subprocess.Popen(["/bin/sh", str(script), "--log-level", "WARNING", "status"], start_new_session=True)
+    try:
+        pid_file = tmp_path / "gateway.pid"
+        pid_file.write_text(f"{bystander.pid}\n")
+        out = subprocess.run([sys.executable, "-m", "gateway", "stop", "--pid-file", str(pid_file)], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=30)
+        assert (out.returncode, out.stderr.strip()) == (1, (
+            f"gateway: not running ({pid_file} names pid {bystander.pid}, which is not a gateway (the pid was "
+            "reused); removed the stale pid file)"))
+        assert bystander.poll() is None
+    finally:
+        os.killpg(bystander.pid, signal.SIGKILL)
+        bystander.wait()
+
+
 @pytest.mark.parametrize("text", ["0", "00", "-1", "4194305", "99999999999999999999999"])
 def test_a_pid_file_naming_no_possible_pid_is_stale(tmp_path, text):
     """0 and -1 are "my process group" and "every process" to kill(2) (stop signalled its own caller's group); a

@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 
 from gateway.bus.admin_client import AdminUnavailable, admin_call
-from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK
+from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, command_line
 from gateway.config import Config, ConfigError, kong_conf, parse_host_port
 from gateway.config.schema import GatewaySettings
 from gateway.config.tls import listen_flags, status_options
@@ -181,8 +181,7 @@ def start_daemon(config_path: str, workers: int | None) -> int:
         return EXIT_FAILURE
     log_start = os.fstat(log_fd).st_size
     read_fd, write_fd = os.pipe()
-    argv = [sys.executable, "-m", "gateway", "start", "--foreground", "--config", os.path.abspath(config_path),
-            "--ready-fd", str(write_fd)]
+    argv = command_line("start", "--foreground", "--config", os.path.abspath(config_path), "--ready-fd", str(write_fd))
     if workers:
         argv += ["--workers", str(workers)]
     with os.fdopen(log_fd, "ab") as log:

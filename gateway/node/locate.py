@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import yaml
 
+from gateway.cli import command_word
 from gateway.config import ConfigError
 from gateway.config.loader import read_config_text
 from gateway.config.schema import MAX_UNIX_PATH, GatewaySettings
@@ -164,12 +165,12 @@ def alive(pid: int) -> bool:
 
 def is_gateway(pid: int) -> bool:
     """The process is a gateway's root: its command line runs `gateway start` or `gateway run` (the `gateway`
-    script, or `python -m gateway`), not merely a word "gateway" (`tail -f run/gateway.log` holding a reused pid);
-    True where /proc cannot tell."""
+    script, or `python -m gateway`), after any global option (`gateway --log-level WARNING start`), not merely a
+    word "gateway" (`tail -f run/gateway.log` holding a reused pid); True where /proc cannot tell."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            args = f.read().split(b"\0")
+            args = [os.fsdecode(arg) for arg in f.read().split(b"\0")]
     except OSError:
         return True
-    return any(arg in (b"start", b"run") and (args[i - 1] == b"gateway" or args[i - 1].endswith(b"/gateway"))
-               for i, arg in enumerate(args) if i)
+    return any(command_word(args[i + 1:]) in ("start", "run")
+               for i, arg in enumerate(args) if arg == "gateway" or arg.endswith("/gateway"))

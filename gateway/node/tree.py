@@ -12,6 +12,8 @@
           └─ worker-N
      └─ registration  Trio task in the root: the gateway's own entry in Consul or etcd (when configured)
 
+Each runs `python -m gateway --log-level L COMMAND ...`, L the root's own `--log-level` (gateway.cli.command_line).
+
 The root stops them in the reverse of this order (`place`), reloads or not. A reload's start_child adds workers@G+1,
 and the health and discovery processes restarted on its config, after `registration`: in OTP's reverse start order
 they would stop first, and the gateway would leave the registry only once its workers had drained.
@@ -19,9 +21,9 @@ they would stop first, and the gateway would leave the registry only once its wo
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Hashable
 
+from gateway.cli import command_line
 from gateway.config import Config
 from gateway.discovery.service import discovered_upstreams
 from gateway.node.zygote import needed_libraries
@@ -36,7 +38,7 @@ ZYGOTE_SHUTDOWN_MS = 2000  # it holds nothing to clean up
 def zygote_spec(fork_server: ForkServer, config: Config) -> ChildSpec:
     """`gateway zygote`: always started with exec; while it is down the others are too."""
     fd = fork_server.zygote_fd
-    argv = [sys.executable, "-m", "gateway", "zygote", "--control-fd", str(fd)]
+    argv = command_line("zygote", "--control-fd", str(fd))
     libraries = needed_libraries()  # the root has compiled the config: what it imported, the children will
     if libraries:
         argv += ["--preload", ",".join(libraries)]
@@ -47,22 +49,22 @@ def zygote_spec(fork_server: ForkServer, config: Config) -> ChildSpec:
 def worker_spec(snapshot_path: str, generation: int, index: int, workers: int, fds: list[int],
                 config: Config, spawner: ForkServer | None = None) -> ChildSpec:
     gw = config.gateway
-    argv = [sys.executable, "-m", "gateway", "worker", "--config", snapshot_path, "--fds", ",".join(map(str, fds)),
-            "--generation", str(generation), "--index", str(index), "--workers", str(workers)]
+    argv = command_line("worker", "--config", snapshot_path, "--fds", ",".join(map(str, fds)),
+                        "--generation", str(generation), "--index", str(index), "--workers", str(workers))
     start = Process(argv, start_timeout=gw.worker_start_timeout_s, pass_fds=fds, spawner=spawner)
     return ChildSpec(f"worker-{index + 1}", start, restart=Restart.PERMANENT,
                      shutdown=int(gw.drain_timeout * 1000) + SHUTDOWN_MARGIN_MS)
 
 
 def keeper_spec(snapshot_path: str, workers: int, config: Config, spawner: ForkServer | None = None) -> ChildSpec:
-    argv = [sys.executable, "-m", "gateway", "keeper", "--config", snapshot_path, "--workers", str(workers)]
+    argv = command_line("keeper", "--config", snapshot_path, "--workers", str(workers))
     return ChildSpec("keeper", Process(argv, start_timeout=config.gateway.worker_start_timeout_s, spawner=spawner),
                      restart=Restart.PERMANENT, shutdown=5000)
 
 
 def satellite_spec(kind: str, config_path: str, config: Config, spawner: ForkServer | None = None) -> ChildSpec:
     """`gateway health` or `gateway discovery`: one process for the whole gateway, reporting to the keeper."""
-    argv = [sys.executable, "-m", "gateway", kind, "--config", config_path]
+    argv = command_line(kind, "--config", config_path)
     return ChildSpec(kind, Process(argv, start_timeout=config.gateway.worker_start_timeout_s, spawner=spawner),
                      restart=Restart.PERMANENT, shutdown=5000)
 

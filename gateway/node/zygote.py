@@ -15,6 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from gateway.cli import command_word
 from gateway.metrics import release_metric_files
 from gateway.node import logfile
 from supervisor.zygote import Entry, serve, set_process_name
@@ -56,15 +57,17 @@ def preload(libraries: Sequence[str] = ()) -> None:
 
 
 def resolve(argv: Sequence[str]) -> Entry | None:
-    """`[sys.executable, "-m", "gateway", COMMAND, ...]` for a forkable command: run the CLI on it; else None."""
-    if len(argv) < 4 or list(argv[:3]) != [sys.executable, "-m", "gateway"] or argv[3] not in FORKABLE:
+    """`[sys.executable, "-m", "gateway", (--log-level L,) COMMAND, ...]` for a forkable command: run the CLI on it
+    (at that level); else None."""
+    command = command_word(argv[3:])
+    if list(argv[:3]) != [sys.executable, "-m", "gateway"] or command not in FORKABLE:
         return None
     args = list(argv[3:])
 
     def entry() -> int:
         from gateway.cli import main
 
-        set_process_name(f"gateway {args[0]}")
+        set_process_name(f"gateway {command}")
         return main(args)
 
     return entry
