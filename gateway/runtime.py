@@ -13,6 +13,7 @@ import inspect
 import ipaddress
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
@@ -25,7 +26,7 @@ from gateway.config.decode import kong_nulls, kong_shorthands, whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.kong_forms import url_host
 from gateway.config.loader import load_config
-from gateway.config.schema import Plugin, Route, Service, Upstream
+from gateway.config.schema import Plugin, Route, Service, Target, Upstream
 from gateway.discovery.service import target_address
 from gateway.discovery.types import target_key
 from gateway.http import kong_errors
@@ -294,7 +295,8 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     `shared` is the worker's view of the bus state (gateway.state.SharedState) for the policies that need it;
     None when only validating (check-config) or in the keeper."""
     errors: list[str] = []
-    groups = {up.name: _group(up, config, errors) for up in config.upstreams}
+    by_upstream = _targets_by_upstream(config)
+    groups = {up.name: _group(up, by_upstream.get(up.name, ()), errors) for up in config.upstreams}
     client_ssl = compile_client_ssl(config, errors)  # kong.conf's client certificate for every https upstream
     services = {svc.name: _service(svc, groups, errors, compile_client_tls(svc, config, errors, client_ssl))
                 for svc in config.services}
@@ -392,7 +394,17 @@ def _well_known(plugins: list[Built]) -> MetadataPaths | None:
     return served if served.by_path else None
 
 
-def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
+def _targets_by_upstream(config: Config) -> dict[str | None, list[Target]]:
+    """The config's targets by upstream name, in file order: one pass, so that compiling an upstream costs its own
+    targets, as Kong selects them by upstream (kong/runloop/balancer/targets.lua:83-86 select_by_upstream_raw)."""
+    by_upstream: dict[str | None, list[Target]] = {}
+    for t in config.targets:
+        by_upstream.setdefault(t.upstream, []).append(t)
+    return by_upstream
+
+
+def _group(up: Upstream, own: Sequence[Target], errors: list[str]) -> UpstreamGroup:
+    """The runtime of upstream `up`, whose targets are `own`."""
     where = path_of(up)
     try:
         algorithm = canonical_algorithm(up.algorithm)
@@ -400,13 +412,12 @@ def _group(up: Upstream, config: Config, errors: list[str]) -> UpstreamGroup:
         errors.append(f"{where}.algorithm: {e}")
         algorithm = "round-robin"
     targets = []
-    for t in config.targets:
-        if t.upstream == up.name:
-            address = target_address(t.target)
-            if address is None:  # (the loader refuses what Kong's normalize_ip does: none should get here)
-                errors.append(f"{path_of(t)}.target: {t.target!r} is no address or name Kong's balancer takes")
-                continue
-            targets.append(TargetRuntime(*address, t.weight, up.host_header))
+    for t in own:
+        address = target_address(t.target)
+        if address is None:  # (the loader refuses what Kong's normalize_ip does: none should get here)
+            errors.append(f"{path_of(t)}.target: {t.target!r} is no address or name Kong's balancer takes")
+            continue
+        targets.append(TargetRuntime(*address, t.weight, up.host_header))
     balancer = make_balancer(algorithm, [t.weight for t in targets], slots=up.slots,
                              addresses=balancer_addresses(targets))
     group = UpstreamGroup(up.name, targets, algorithm, balancer, _hash_key(up.hash_on, up, "on"),

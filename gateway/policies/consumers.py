@@ -3,14 +3,16 @@ on `Exchange.consumer`, and the flow every authentication policy shares (Kong's 
 
 Everything per consumer and per credential is built here once per config load: the upstream header lines
 (X-Consumer-ID, -Username, -Custom-ID, X-Credential-Identifier, X-Anonymous-Consumer), so a request pays one
-attribute assignment to be authenticated.
+attribute assignment to be authenticated, and each plugin's table of credentials (`Directory.index`), one for all
+its instances.
 """
 
 from __future__ import annotations
 
 import re
 from base64 import b64decode
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from gateway.config import Config, path_of
@@ -24,6 +26,7 @@ MAX_ARGS = 100  # the query arguments and header lines Kong's get_query and get_
 JSON_UTF8 = b"application/json; charset=utf-8"  # Kong's content type for its error bodies
 _B64 = re.compile(rb"[A-Za-z0-9+/]*")
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)  # kong/tools/uuid.lua
+T = TypeVar("T")
 
 
 class Consumer:
@@ -170,6 +173,16 @@ class Directory:
             owner = self.consumers.get(h.consumer or "")
             if owner is not None and h.secret is not None:
                 self.hmac[h.username] = (h.secret.value, owner.credential_identity(h.id, h.username))
+        self._indexes: dict[Callable[[Directory], Any], Any] = {}
+
+    def index(self, build: Callable[[Directory], T]) -> T:
+        """What `build` makes of these credentials (one plugin's lookup table), made on the first call and shared by
+        every later one: Kong's instances look credentials up in one cache (kong/plugins/key-auth/handler.lua:181-183
+        kong.cache:get), so N instances over M consumers hold one table, not N."""
+        if build not in self._indexes:
+            self._indexes[build] = build(self)
+        made: T = self._indexes[build]
+        return made
 
     def find(self, ref: str) -> Consumer | None:
         """A consumer as Kong's `anonymous` names it (kong/pdk/client.lua load_consumer with search_by_username): the

@@ -52,6 +52,12 @@ def decode_basic(header: bytes) -> tuple[bytes, bytes] | None:
     return split_basic(decoded) if decoded is not None else None
 
 
+def credential_index(directory: Directory) -> dict[bytes, tuple[PasswordHash, Identity]]:
+    """The config's basic-auth credentials by username, as every instance looks them up (one table per config load,
+    as Kong's one cache)."""
+    return {user.encode(): found for user, found in directory.basic.items()}
+
+
 class BasicAuth(AuthPolicy):
     name = "basic-auth"
     priority = 1100  # Kong's
@@ -60,7 +66,7 @@ class BasicAuth(AuthPolicy):
     def __init__(self, config: BasicAuthConfig, directory: Directory) -> None:
         super().__init__(directory.anonymous(config.anonymous), True)
         self.hide = config.hide_credentials
-        self.credentials = {user.encode(): found for user, found in directory.basic.items()}
+        self.credentials = directory.index(credential_index)
         self.unauthorized = Rejection(401, "Unauthorized", f'Basic realm="{config.realm}"')
         # an Authorization value whose password matched, and whose: the next request with it skips the decoding and
         # the hash (a value that did not match is never kept, so a wrong guess always costs the hash)

@@ -204,6 +204,12 @@ def body_digest(body: bytes) -> bytes:
     return b"SHA-256=" + b64encode(hashlib.sha256(body).digest())
 
 
+def credential_index(directory: Directory) -> dict[bytes, tuple[bytes, Identity]]:
+    """The config's hmac-auth credentials by username, (secret, identity), as every instance looks them up (one table
+    per config load, as Kong's one cache)."""
+    return {user.encode(): (secret.encode(), who) for user, (secret, who) in directory.hmac.items()}
+
+
 class HmacAuth(AuthPolicy):
     name = "hmac-auth"
     priority = 1030  # Kong's
@@ -217,7 +223,7 @@ class HmacAuth(AuthPolicy):
         self.reads_body = config.validate_request_body
         self.enforce = [name.encode() for name in config.enforce_headers]
         self.algorithms = {name.encode(): _DIGESTS[name] for name in config.algorithms}
-        self.credentials = {user.encode(): (secret.encode(), who) for user, (secret, who) in directory.hmac.items()}
+        self.credentials = directory.index(credential_index)
         # The key schedule, once per credential and algorithm asked for (not for all at config load: there may be
         # thousands of credentials)
         self.keyed: Memo[tuple[bytes, str], Keyed] = Memo(KEYED)

@@ -59,6 +59,18 @@ class _Key:
         self.key = key  # None: Kong's "Invalid key/secret"; FOREIGN_KEY: its "Invalid signature"
 
 
+def _keys(directory: Directory, secret_is_base64: bool = False) -> dict[str, _Key]:
+    """The config's jwt secrets by key, prepared, as every instance looks them up (one table per config load, as
+    Kong's one cache; two when instances differ in `secret_is_base64`)."""
+    return {key: _Key(cred.identity, cred.algorithm, prepare(cred, secret_is_base64))
+            for key, cred in directory.jwt.items()}
+
+
+def _base64_keys(directory: Directory) -> dict[str, _Key]:
+    """`_keys` for instances with `secret_is_base64`."""
+    return _keys(directory, True)
+
+
 class Jwt(AuthPolicy):
     name = "jwt"
     priority = 1450  # Kong's
@@ -74,8 +86,7 @@ class Jwt(AuthPolicy):
         self.claim = config.key_claim_name
         self.claims_to_verify = list(dict.fromkeys(config.claims_to_verify or ()))
         self.max_exp = config.maximum_expiration
-        self.keys = {key: _Key(cred.identity, cred.algorithm, prepare(cred, config.secret_is_base64))
-                     for key, cred in directory.jwt.items()}
+        self.keys = directory.index(_base64_keys if config.secret_is_base64 else _keys)
         self.cache: Memo[bytes, tuple[Identity, Any, Any]] = Memo(CACHE_ENTRIES)
         if config.realm is not None:
             self.www = f'Bearer realm="{config.realm}"'

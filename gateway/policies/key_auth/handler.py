@@ -67,6 +67,25 @@ class KeyName:
         self.hidden = tuple(dict.fromkeys((lowered.encode(), *self.headers)))  # clear_header(name), and the above
 
 
+Keys = dict[bytes, Identity]
+ExpiringKeys = dict[bytes, tuple[float, Identity]]
+
+
+def key_index(directory: Directory) -> tuple[Keys, ExpiringKeys]:
+    """The config's keys as every key-auth instance looks them up (one table per config load, as Kong's one cache):
+    those without a ttl, and those with one, looked up only on a miss: (Unix time they end at, identity)."""
+    expiry = directory.api_key_expiry
+    keys: Keys = {}
+    expiring: ExpiringKeys = {}
+    for key, who in directory.api_keys.items():
+        raw = key.encode("utf-8", "surrogateescape")
+        if key in expiry:
+            expiring[raw] = (expiry[key], who)
+        else:
+            keys[raw] = who
+    return keys, expiring
+
+
 class KeyAuth(AuthPolicy):
     name = "key-auth"
     priority = 1250  # Kong's
@@ -80,12 +99,7 @@ class KeyAuth(AuthPolicy):
         self.in_query = config.key_in_query
         self.searches_body = config.key_in_body
         self.hide = config.hide_credentials
-        expiry = directory.api_key_expiry
-        self.keys = {key.encode("utf-8", "surrogateescape"): who for key, who in directory.api_keys.items()
-                     if key not in expiry}
-        # keys with a ttl, looked up only when a key is not among the others: (Unix time they end at, identity)
-        self.expiring = {key.encode("utf-8", "surrogateescape"): (expiry[key], who)
-                         for key, who in directory.api_keys.items() if key in expiry}
+        self.keys, self.expiring = directory.index(key_index)
         realm = f'Key realm="{config.realm}"' if config.realm is not None else "Key"
         self.no_key = Rejection(401, "No API key found in request", realm)
         self.duplicate = Rejection(401, "Duplicate API key found", realm)
