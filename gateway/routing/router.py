@@ -10,9 +10,11 @@ kong/router/transform.lua get_priority; documented in the README):
 5. then the route defined first.
 Candidates are sorted in that order once, so the first that matches is the answer.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
-router does, recent answers are remembered (MATCH_CACHE of them, for targets and Hosts of bounded length), keyed
-by what they depend on: method, target, Host and SNI, when no route looks at headers, query arguments, the
-listener port or the MCP method and tool (a new config builds a new router, and a new memory).
+router does (kong/router/atc.lua:462-487), recent answers are remembered (MATCH_CACHE of them, for targets and Hosts
+of bounded length), keyed by what they depend on: method, target (its query arguments too), Host and SNI; and, only
+when some route looks at them, the request's lines of the header names routes use (Kong's key holds those headers'
+values, kong/router/fields.lua visit_for_cache_key; lines of other names are not in it), the listener port and the
+MCP (method, tool) (a new config builds a new router, and a new memory).
 
 A route's hosts are compared with the Host header as the client sent it, as Kong 3.x's router does (atc.lua `exec`
 reads the Host header, not nginx's lower-cased $host; transform.lua writes `http.host == "..."`, `=^` and `^=`): in the
@@ -51,6 +53,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import chain, compress, islice
+from operator import itemgetter
 from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import parse_qsl
 
@@ -65,10 +69,18 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 MATCH_CACHE = 4096  # answers remembered per router (Kong's MATCH_LRUCACHE_SIZE is 5,000)
 MAX_CACHED_TARGET = 512  # longer request targets are matched every time, not remembered
-MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes): the memory stays under 4 MiB
+MAX_CACHED_HOST = 300  # nor longer Host values (a DNS name is at most 253 bytes)
+# nor requests with more lines of the header names routes use, or longer ones (names and values), or a longer MCP
+# method and tool name: each answer's key holds them. With every key at its longest the memory holds 6.2 MiB, 7.2
+# with routes on headers (measured)
+MAX_CACHED_FIELDS = 4
+MAX_CACHED_FIELD_BYTES = 256
+MAX_CACHED_MCP = 256
 # Kong's lua_max_req_headers: its router reads the headers with ngx.req.get_headers(), which stops after that many
 # lines (kong/router/fields.lua); the same number as gateway.policies.header_list's, for the plugins
 MAX_REQ_HEADERS = 100
+_NAME = itemgetter(0)  # of a header line
+_FLAT = chain.from_iterable
 
 _REGEX, _PREFIX, _NO_PATH = 2, 1, 0
 
@@ -240,9 +252,13 @@ class Router(Generic[T]):
         self.needs_port = any(c.port_hosts for c in cands)  # the caller passes the listener port only then
         self.needs_sni = any(c.exact_snis is not None for c in cands)  # and the connection's SNI only then
         self.needs_conn = self.needs_port or self.needs_sni
-        # (method, target, Host, SNI) -> the answer (_NO_ROUTE for None), while nothing else can change it
-        self._answers: Memo[tuple[bytes, bytes, bytes | None, bytes | None], Match[T]] | None = (
-            None if any(c.headers or c.query or c.port_hosts or c.mcp for c in cands) else Memo(MATCH_CACHE))
+        # the request's key -> the answer (_NO_ROUTE for None): (method, target, Host, SNI), and with routes on
+        # headers, the listener port or the MCP call also (port, mcp, the lines of the header names routes use)
+        self._answers: Memo[tuple[object, ...], Match[T]] = Memo(MATCH_CACHE)
+        self._named = self._header_names.__contains__
+        if self._header_names or self.needs_port or any(c.mcp for c in cands):
+            # chosen once here, so that configs without such routes pay nothing for them on each request
+            self.match = self._match_keyed  # type: ignore[method-assign]
 
     def match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
               mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
@@ -250,13 +266,31 @@ class Router(Generic[T]):
         """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc).
         `port` is the listener's (with needs_port), `sni` the TLS server name in lower case (b"": none; None: not
         TLS; with needs_sni). The Match may be shared with other requests: read it, do not change it."""
-        answers = self._answers
-        if answers is None or len(target) > MAX_CACHED_TARGET or (host is not None and len(host) > MAX_CACHED_HOST):
-            return self._match(method, target, host, headers, mcp, port, sni)
         key = (method, target, host, sni)
+        answers = self._answers
         found = answers.get(key)
         if found is None:
-            found = answers.keep(key, self._match(method, target, host, headers, mcp, port, sni) or _NO_ROUTE)
+            found = self._match(method, target, host, headers, mcp, port, sni) or _NO_ROUTE
+            if len(target) <= MAX_CACHED_TARGET and (host is None or len(host) <= MAX_CACHED_HOST):
+                answers.keep(key, found)
+        return None if found is _NO_ROUTE else found
+
+    def _match_keyed(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
+                     mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
+                     sni: bytes | None = None) -> Match[T] | None:
+        """`match` when routes look at headers, the listener port or the MCP call: the key holds those too, the
+        headers as the lines of the names routes use among the first MAX_REQ_HEADERS, in order (all that _match
+        reads of them)."""
+        fields = tuple(compress(islice(headers, MAX_REQ_HEADERS), map(self._named, map(_NAME, headers))))
+        key = (method, target, host, sni, port, mcp, fields)
+        answers = self._answers
+        found = answers.get(key)
+        if found is None:
+            found = self._match(method, target, host, headers, mcp, port, sni) or _NO_ROUTE
+            if (len(target) <= MAX_CACHED_TARGET and (host is None or len(host) <= MAX_CACHED_HOST)
+                    and len(fields) <= MAX_CACHED_FIELDS and sum(map(len, _FLAT(fields))) <= MAX_CACHED_FIELD_BYTES
+                    and (mcp is None or len(mcp[0] or "") + len(mcp[1] or "") <= MAX_CACHED_MCP)):
+                answers.keep(key, found)
         return None if found is _NO_ROUTE else found
 
     def _match(self, method: bytes, target: bytes, host: bytes | None, headers: list[tuple[bytes, bytes]],
