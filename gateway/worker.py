@@ -21,6 +21,7 @@ import trio
 import zmq
 
 from gateway.config import Config, load_config, parse_host_port
+from gateway.config.kong_forms import use_load_time
 from gateway.config.tls import listen_flags
 from gateway.dns import process as dns
 from gateway.health.local import run_local_checks
@@ -50,6 +51,7 @@ log = logging.getLogger("gateway.worker")
 
 KEEPER_SYNC_TIMEOUT_S = 2.0  # a starting worker waits this long at most for the keeper's first snapshot
 RETIRE_SIGNAL = signal.SIGUSR2  # from the root: drain now, exit at SIGTERM (SIGQUIT is blocked: a terminal's)
+LOADED_AT_ENV = "GATEWAY_LOADED_AT"  # from the root: when it loaded the generation's config (Unix seconds)
 
 
 def listen_addresses(config: Config) -> list[tuple[str, int]]:
@@ -226,6 +228,9 @@ def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.
     from supervisor import notify_ready
 
     parent = parent_or_exit()
+    stamp = os.environ.get(LOADED_AT_ENV)
+    if stamp is not None:  # the generation's entities carry the root's load time, whenever this worker started
+        use_load_time(int(stamp))
     config = inherited(load_config(config_path))  # a reload's snapshot, with the bus and run directory of the start
     listeners = []
     for fd in fds:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,11 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 import trio
+import yaml
 import zmq
 from backends import free_port, stop_process, wait_port
-from e2e_helpers import Backend, GatewayNode, process_name, request
+from e2e_helpers import Backend, GatewayNode, process_name, request, wait_for
 from loadgen import run_load
 
+from gateway.config import parse_config
 from gateway.node.root import SUPERVISOR_ANSWER_S, Node
 from gateway.node.status_source import NodeStatus
 from gateway.status import CheckResult
@@ -711,6 +714,24 @@ async def test_health_checks_answer_from_the_last_listing_while_the_root_is_busy
     assert trio.current_time() - began == pytest.approx(SUPERVISOR_ANSWER_S)
 
 
+async def test_status_counts_the_uptime_of_a_child_the_busy_root_restarted_meanwhile_from_its_start(
+        tmp_path, autojump_clock):
+    """`status` waits (up to SUPERVISOR_ANSWER_S) for a root supervisor busy restarting a child with exec; the
+    child's uptime is counted from its start, which came while `status` waited: 0, never negative."""
+    keeper = SimpleNamespace(os_pid=4242, started_at=None, value=None)
+
+    class Restarting:  # the root supervisor answers once the keeper it is restarting is up
+        async def which_children(self):
+            await trio.sleep(SUPERVISOR_ANSWER_S * 0.8)
+            keeper.started_at = trio.current_time()
+            return [ChildInfo("keeper", keeper, ChildState.RUNNING, ChildType.WORKER, 1)]
+
+    node = Node(str(tmp_path / "gateway.yaml"), None)
+    node.root, node.config = Restarting(), parse_config("{}")  # type: ignore[assignment]
+    (entry,) = (await node.status())["tree"]["children"]
+    assert entry["pid"] == 4242 and entry["uptime_s"] == 0
+
+
 async def test_health_stays_200_with_discovery_while_a_reload_drains_the_old_generation(tmp_path):
     """While a reload's old generation drains, /health, its discovery check included, answers at once, with the
     discovery process the reload restarted (the retired generation drains beside the root supervisor, which never
@@ -753,3 +774,54 @@ async def test_health_stays_200_with_discovery_while_a_reload_drains_the_old_gen
             upstream.cancel()
             await trio.to_thread.run_sync(gw.cleanup)
             nursery.cancel_scope.cancel()
+
+
+async def test_a_json_config_runs_as_check_config_read_it_and_a_reload_from_yaml_switches_every_copy(tmp_path):
+    """Kong reads a declarative file whose name ends in json as JSON (kong/db/declarative/init.lua:109-112 `if
+    filename == nil or filename:match("json$") ... cjson_decode(contents)`), and so do the root and check-config
+    (document.read_document). Every process reads the run directory's copy in the file's format (config.current.json,
+    config.genN.json): a JSON document that is no YAML (a header name of 1,100 characters: over a YAML simple key's
+    1,024) starts, its keeper and health checker running. A reload from a YAML file makes the copies YAML; a keeper
+    killed after it, whose command line names the JSON copy, comes back on the YAML one. The status server's config
+    hash is the md5 of the file's text (init.lua:149 `md5(contents)`), read from the copy."""
+    upstream = {"name": "u", "targets": [{"target": "127.0.0.1:9"}],
+                "healthchecks": {"active": {"healthy": {"interval": 30}, "unhealthy": {"interval": 30}}}}
+    doc = {"upstreams": [upstream],
+           "services": [{"name": "s", "host": "u",
+                         "routes": [{"name": "r", "paths": ["/a"], "headers": {"x-" + "a" * 1100: ["v"]}}]}]}
+    node = GatewayNode(tmp_path / "gw", doc)
+    node.config = node.dir / "gateway.json"
+    node.config.write_text(json.dumps(node.doc))
+    run = node.dir / "run"
+    try:
+        await node.start(workers=1)
+        assert {"config.current.json", "config.gen1.json"} <= {p.name for p in run.iterdir()}
+        assert not (run / "config.current.yaml").exists() and not (run / "config.gen1.yaml").exists()
+        assert await node.child_pid("health") is not None
+        status = (await request(node.status_port, "GET", "/status")).json()
+        assert status["configuration_hash"] == hashlib.md5(node.config.read_bytes()).hexdigest()
+
+        upstream["targets"] = [{"target": "127.0.0.1:10"}]  # (node.doc holds these)
+        doc["services"][0]["routes"] = [{"name": "r", "paths": ["/a"]}]
+        yaml_file = node.dir / "gateway.yaml"
+        yaml_file.write_text(yaml.safe_dump(node.doc))
+        await node.admin("reload", config=str(yaml_file))
+        assert "did not confirm" not in node.log() and "could not read" not in node.log()
+        assert {"config.current.yaml", "config.gen2.yaml"} <= {p.name for p in run.iterdir()}
+        assert not (run / "config.current.json").exists()
+        assert list(await node.targets()) == ["u|127.0.0.1:10"]
+
+        keeper = await node.child_pid("keeper")
+        assert keeper is not None
+        os.kill(keeper, signal.SIGKILL)
+        await wait_for(lambda: _other_keeper(node, keeper), 10, what="a new keeper")
+        assert list(await node.targets()) == ["u|127.0.0.1:10"]
+    finally:
+        await trio.to_thread.run_sync(node.cleanup)
+
+
+async def _other_keeper(node: GatewayNode, old: int) -> bool:
+    """Whether a keeper other than `old` runs."""
+    doc = await node.status()
+    return any(c["id"] == "keeper" and c["pid"] not in (None, old) and c["state"] == "running"
+               for c in doc["tree"]["children"])

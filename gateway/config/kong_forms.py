@@ -57,11 +57,20 @@ _LOGGED = frozenset({"services", "routes", "consumers"})  # the entities whose t
 # when this process last prepared a document: DB-less Kong's updated_at of every entity, and the created_at of one
 # the file gives none (kong/db/schema/init.lua:1920-1939, process_auto_fields(input, "insert") at load)
 _loaded_at = int(time.time())
+_given_at: int | None = None  # the root's stamp of this worker's config generation (use_load_time)
 
 
 def loaded_at() -> int:
     """The Unix time (seconds, as ngx.time()) of the config this process loaded last."""
     return _loaded_at
+
+
+def use_load_time(stamp: int) -> None:
+    """Stamp the documents this process prepares with `stamp` (the time the root loaded the config) instead of
+    their own load time: Kong stamps once, in the master (kong/init.lua:737-738), and every worker of that config,
+    one re-forked after a crash too, reads the same entities until the next reload."""
+    global _given_at, _loaded_at
+    _given_at = _loaded_at = stamp
 
 
 _NOT_BUILT = "is not supported by the gateway"
@@ -129,7 +138,7 @@ def prepare(raw: dict[str, Any], sections: tuple[str, ...], errors: list[str]) -
     """The document with annotations dropped, references made plain and unsupported Kong keys refused (removed, so
     what remains is still checked). Messages are appended to `errors` with their field paths."""
     global _loaded_at
-    _loaded_at = int(time.time())
+    _loaded_at = int(time.time()) if _given_at is None else _given_at
     doc = _annotations(raw, "", errors)
     vault_items = doc.pop("vaults", None)
     if isinstance(vault_items, list):

@@ -14,13 +14,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import signal
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import outcome
 import trio
 import zmq
 
@@ -32,9 +35,9 @@ from gateway.dns import process as dns
 from gateway.dns.client import Resolver
 from gateway.keeper.redis_level import run_redis_level
 from gateway.keeper.saved import encode, read_saved
-from gateway.keeper.state import TICK_S, Keeper
+from gateway.keeper.state import TICK_S, Keeper, ReadConfig
 from gateway.metrics import RECORDER
-from gateway.node.files import write_atomically
+from gateway.node.files import current_config, write_atomically
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 
 log = logging.getLogger("gateway.keeper")
@@ -114,6 +117,9 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                           keeper.peers.name(sender))
 
     def dispatch(sender: bytes, msg: p.Msg) -> None:
+        if isinstance(msg, p.AdminOp) and msg.cmd == "reload_config":
+            reload_requests.send_nowait((sender, msg))  # (_reloads: read off the loop)
+            return
         replies, broadcasts = keeper.handle(sender, msg, trio.current_time(), time.time())
         for reply in replies:
             send_to(sender, reply)
@@ -122,6 +128,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
             if isinstance(b, p.BreakersChanged):  # maybe one opened: its timer runs from now
                 timer.wake()
 
+    reload_requests, reloads = trio.open_memory_channel[tuple[bytes, p.AdminOp]](math.inf)
     routed = PumpedSocket(router, on_message)
     checks = _Wakeup()
     closed = PumpedSocket(router.get_monitor_socket(zmq.EVENT_DISCONNECTED), lambda frames: checks.wake())
@@ -133,6 +140,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 nursery.start_soon(routed.run)
                 nursery.start_soon(closed.run)
                 nursery.start_soon(_heartbeats, keeper, publish)
+                nursery.start_soon(_reloads, keeper, reloads, send_to, publish)
                 nursery.start_soon(_peer_checks, keeper, send_to, checks)
                 nursery.start_soon(_ticks, keeper, send_to, publish, timer)
                 nursery.start_soon(_expiry, keeper)
@@ -178,6 +186,28 @@ async def _heartbeats(keeper: Keeper, publish: Any) -> None:
         keeper.seq += 1
         publish(p.Heartbeat(incarnation=keeper.incarnation, seq=keeper.seq))
         await trio.sleep(HEARTBEAT_S)
+
+
+async def _reloads(keeper: Keeper, requests: trio.MemoryReceiveChannel[tuple[bytes, p.AdminOp]],
+                   send_to: Callable[[bytes, p.Msg], None], publish: Any) -> None:
+    """The root's reload_config commands, in order: the config read and compiled in a thread (seconds for a large
+    file), applied on the loop, which goes on meanwhile: heartbeats, leases and breakers do not wait for a reload."""
+    async for sender, msg in requests:
+        read = await trio.to_thread.run_sync(outcome.capture, keeper.read_reload, msg.args, abandon_on_cancel=True)
+        try:
+            replies, broadcasts = keeper.answer(msg, partial(_apply, keeper, read))
+        except Exception:  # a bug (answer says what fails in a command): the keeper and its state outlive it
+            log.exception("state keeper: a reload_config could not be handled, and is dropped")
+            continue
+        for reply in replies:
+            send_to(sender, reply)
+        for b in broadcasts:
+            publish(b)
+
+
+def _apply(keeper: Keeper, read: outcome.Outcome[ReadConfig]) -> tuple[Any, list[p.Msg]]:
+    """A reload's config read in a thread, applied (or what failed in the thread, raised for Keeper.answer)."""
+    return keeper.apply_reload(read.unwrap())
 
 
 async def _peer_checks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], closed: _Wakeup) -> None:
@@ -306,11 +336,13 @@ def run_keeper(config_path: str, workers: int) -> int:
     from supervisor import notify_ready
 
     parent = parent_or_exit()
+    config_path = current_config(config_path)  # (in the format of the file the root runs from now)
     config = inherited(load_config(config_path))  # a restart after a reload keeps the bus of the start
     bus = absolute_endpoint(config.gateway.bus)
     keeper = Keeper(config, workers, config_path, host=f"{socket.gethostname()}:{bus}")
-    # The root gives the keeper its config in the run directory (run/config.current.yaml), which holds the state
-    # file too: gateway.pid_file, which names that directory, may have changed in a reload the root has not applied.
+    # The root gives the keeper its config in the run directory (run/config.current.yaml or .json), which holds the
+    # state file too: gateway.pid_file, which names that directory, may have changed in a reload the root has not
+    # applied.
     state_file = keeper_state_file(os.path.dirname(os.path.abspath(config_path)))
     trio.run(lambda: serve_keeper(keeper, bus, notify_ready, parent, state_file))
     return 0

@@ -11,6 +11,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import msgspec
@@ -20,7 +21,7 @@ from gateway.breaker.keeper import BreakerBoard
 from gateway.breaker.messages import BreakerUpdate
 from gateway.breaker.state import State
 from gateway.bus import protocol as p
-from gateway.config import Config, kong_conf, parse_config
+from gateway.config import Config, ConfigError, kong_conf, parse_config
 from gateway.config.loader import read_config_text
 from gateway.discovery.dns import target_names
 from gateway.discovery.http import excerpt
@@ -31,12 +32,13 @@ from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.keeper.intake import refusal
 from gateway.keeper.peers import Peers
 from gateway.keeper.saved import SavedBreaker, SavedState, SavedTarget
+from gateway.node.files import current_config
 from gateway.node.start_only import inherited
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
 from gateway.ratelimit.ledger import Ledger
 from gateway.ratelimit.messages import FallbackUsage, LeaseRequest
-from gateway.runtime import compile_config, id_of
+from gateway.runtime import Runtime, compile_config, id_of
 from gateway.stores import Counters, HostCache
 from gateway.stores.cache import FLUSHED_BY_RELOAD
 from gateway.telemetry.health_metrics import TargetHealthMetrics
@@ -50,6 +52,16 @@ REDIS_PREFIX = "gateway:rl:"  # every key policy redis keeps in Redis starts wit
 LOGGED_NAMES = 5  # a discovery change's log line names this many targets added (and removed, changed) at most
 LOG_TEXT = 200  # ... in at most this many characters (README: registry text reaches the log as one line of 200)
 Addressed = TypeVar("Addressed", LeaseRequest, FallbackUsage)  # items naming the keeper they are for
+
+
+@dataclass(frozen=True)
+class ReadConfig:
+    """A reload's config, read and compiled (Keeper.read_reload), to be applied (Keeper.apply_reload)."""
+
+    path: str  # the copy it was read from
+    config: Config
+    runtime: Runtime
+    variables: dict[str, str]  # the KONG_ variables it was read under
 
 
 class Keeper:
@@ -87,9 +99,10 @@ class Keeper:
         self.on_reload: Callable[[Config], None] | None = None  # the process's part (process.py: a new resolver)
         self.configure(config)
 
-    def configure(self, config: Config) -> None:
-        """(Re)build breakers and targets from a config; states of targets that stay are kept."""
-        runtime = compile_config(config)
+    def configure(self, config: Config, runtime: Runtime | None = None) -> None:
+        """(Re)build breakers and targets from a config (and its compiled `runtime`, compiled here when not given);
+        states of targets that stay are kept."""
+        runtime = runtime or compile_config(config)
         self.stores = runtime.stores
         self.cached = {id_of(plugin): msgspec.convert(plugin.config, ProxyCacheConfig).memory.dictionary_name
                        for plugin in config.plugins if plugin.name == "proxy-cache" and plugin.enabled}
@@ -119,10 +132,10 @@ class Keeper:
         self._uncheck()
         self.health_metrics = TargetHealthMetrics(config)
 
-    def reload(self, config: Config) -> None:
+    def reload(self, config: Config, runtime: Runtime | None = None) -> None:
         """A reload's config, applied as Kong's reload applies its own: the new dns_* keys (a new resolver, and new
         Redis clients for host names), the dictionaries Kong's reload purges emptied (stores/cache.py)."""
-        self.configure(config)
+        self.configure(config, runtime)
         self.dns_settings = config.gateway
         self.reloads += 1
         if self.on_reload is not None:
@@ -290,20 +303,27 @@ class Keeper:
                 self.counters.add(key, n, ttl, now)
             return [], []
         if isinstance(msg, p.AdminOp):
-            if msg.deadline and msg.cmd not in p.LATE_APPLIED and (late := time.monotonic() - msg.deadline) > 0:
-                log.warning("state keeper: refused the operator's `%s %s`, read %.1fs after its deadline: the root "
-                            "has reported it failed", msg.cmd, msg.args.get("action", "list"), late)
-                return [p.AdminResult(id=msg.id, ok=False, error=f"the state keeper read the command {late:.1f}s "
-                                      "after its deadline (it was stopped or busy); it was not carried out")], []
-            try:
-                result, broadcasts = self.admin(msg.cmd, msg.args, now, wall)
-            except (KeyError, ValueError) as e:  # (a KeyError's str() is its message's repr: take the message)
-                error = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
-                return [p.AdminResult(id=msg.id, ok=False, error=error)], []
-            except (TypeError, ArithmeticError) as e:  # e.g. a list as target: it must not kill the keeper
-                return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
-            return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
+            return self.answer(msg, lambda: self.admin(msg.cmd, msg.args, now, wall))
         return [], []
+
+    def answer(self, msg: p.AdminOp, run: Callable[[], tuple[Any, list[p.Msg]]]) -> tuple[list[p.Msg], list[p.Msg]]:
+        """The operator's command `msg`, carried out by `run` (unless it came past its deadline): its AdminResult,
+        and what to publish. A command that fails says why, and changes nothing."""
+        if msg.deadline and msg.cmd not in p.LATE_APPLIED and (late := time.monotonic() - msg.deadline) > 0:
+            log.warning("state keeper: refused the operator's `%s %s`, read %.1fs after its deadline: the root "
+                        "has reported it failed", msg.cmd, msg.args.get("action", "list"), late)
+            return [p.AdminResult(id=msg.id, ok=False, error=f"the state keeper read the command {late:.1f}s "
+                                  "after its deadline (it was stopped or busy); it was not carried out")], []
+        try:
+            result, broadcasts = run()
+        except (KeyError, ValueError) as e:  # (a KeyError's str() is its message's repr: take the message)
+            error = e.args[0] if len(e.args) == 1 and isinstance(e.args[0], str) else str(e)
+            return [p.AdminResult(id=msg.id, ok=False, error=error)], []
+        except ConfigError as e:  # (reload_config: a file this process cannot read as the root read it)
+            return [p.AdminResult(id=msg.id, ok=False, error="\n".join(e.messages))], []
+        except (TypeError, ArithmeticError) as e:  # e.g. a list as target: it must not kill the keeper
+            return [p.AdminResult(id=msg.id, ok=False, error=f"invalid arguments for {msg.cmd}: {e}")], []
+        return [p.AdminResult(id=msg.id, ok=True, result=result)], broadcasts
 
     def _for_this_one(self, sender: bytes, items: list[Addressed]) -> list[Addressed]:
         """The rate-limit items meant for this keeper incarnation (lease.py rule 5): a worker's restate replaces what
@@ -559,15 +579,27 @@ class Keeper:
                     "targets": {t.key: t.healthy for t in self.targets.values()},
                     "discovered": {u: len(t) for u, t in self.discovered.items()}}, []
         if cmd == "reload_config":
-            if self.config_path is None:
-                raise ValueError("this keeper was started without a config path")
-            # its arguments: the KONG_ variables the root checked the config under (`gateway reload`'s among them)
-            variables = kong_conf.carried({key: value for key, value in args.items() if isinstance(value, str)})
-            environ = {**os.environ, **variables}
-            self.reload(inherited(parse_config(read_config_text(self.config_path), self.config_path, environ)))
-            os.environ.update(variables)  # kept for later reloads, as the root keeps them
-            return {"incarnation": self.incarnation}, [self.snapshot()]
+            return self.apply_reload(self.read_reload(args))
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
+
+    def read_reload(self, args: dict[str, Any]) -> ReadConfig:
+        """reload_config's reading: the run directory's copy of the config, parsed as check-config parsed the file
+        (in its format: files.current_config) under the KONG_ variables the root checked it under (`args`, `gateway
+        reload`'s among them), and compiled. Seconds for a large file, and it changes nothing: the keeper process
+        runs it in a thread while it serves on (process.py), then applies it on its loop."""
+        if self.config_path is None:
+            raise ValueError("this keeper was started without a config path")
+        path = current_config(self.config_path)
+        variables = kong_conf.carried({key: value for key, value in args.items() if isinstance(value, str)})
+        config = inherited(parse_config(read_config_text(path), path, {**os.environ, **variables}))
+        return ReadConfig(path, config, compile_config(config, path), variables)
+
+    def apply_reload(self, read: ReadConfig) -> tuple[Any, list[p.Msg]]:
+        """reload_config's part on the keeper's loop: the config read_reload read, applied; the snapshot to publish."""
+        self.config_path = read.path
+        self.reload(read.config, read.runtime)
+        os.environ.update(read.variables)  # kept for later reloads, as the root keeps them
+        return {"incarnation": self.incarnation}, [self.snapshot()]
 
 
 def list_change(before: list[p.TargetInfo], after: list[p.TargetInfo]) -> str:

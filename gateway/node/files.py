@@ -1,9 +1,9 @@
 """The files the gateway writes, with modes that keep the operator's config and secrets private.
 
-Config copies (run/config.current.yaml, run/config.genN.yaml) may hold literal secrets, so they are 0600; the log
-file is 0640; the run directory the gateway creates is 0750 (never world-writable: a file planted there would be
-read as config), the directory of spooled request bodies 0700, as nginx makes its temporary paths. Files are
-replaced atomically, through a new temporary file that is never a symlink.
+Config copies (run/config.current.yaml, run/config.genN.yaml; .json for a JSON config) may hold literal secrets, so
+they are 0600; the log file is 0640; the run directory the gateway creates is 0750 (never world-writable: a file
+planted there would be read as config), the directory of spooled request bodies 0700, as nginx makes its temporary
+paths. Files are replaced atomically, through a new temporary file that is never a symlink.
 """
 
 from __future__ import annotations
@@ -40,13 +40,16 @@ def make_run_dir(path: str) -> str:
 
 # The run directory's own files (the pid file's directory): what each name is
 LOCK_NAME = "gateway.lock"
-CURRENT_CONFIG = "config.current.yaml"  # the config the state keeper and satellites read
+CONFIG_FORMATS = ("yaml", "json")  # a config copy keeps its file's format, named by it (config_format)
+# the config the state keeper and satellites read: one of these, the root removes the other
+CURRENT_CONFIGS = {fmt: f"config.current.{fmt}" for fmt in CONFIG_FORMATS}
 METRICS_DIR = "metrics"  # emptied at each start (gateway.metrics.prepare_multiprocess_dir)
 CLIENT_BODY_TEMP = "client_body_temp"  # gateway.client_body_temp_path's default (nginx's, in Kong's prefix)
-RUN_DIR_FILES = {LOCK_NAME: "lock file", CURRENT_CONFIG: "copy of the current config", KEEPER_STATE: "state keeper's "
-                 "state file", METRICS_DIR: "metrics directory", "mcp-session.key": "default MCP session key file",
+RUN_DIR_FILES = {LOCK_NAME: "lock file", **{name: "copy of the current config" for name in CURRENT_CONFIGS.values()},
+                 KEEPER_STATE: "state keeper's state file", METRICS_DIR: "metrics directory",
+                 "mcp-session.key": "default MCP session key file",
                  CLIENT_BODY_TEMP: "directory of spooled request bodies"}
-SNAPSHOT = re.compile(r"config\.gen[0-9]+\.yaml")  # a generation's config, which its workers read
+SNAPSHOT = re.compile(r"config\.gen[0-9]+\.(?:yaml|json)")  # a generation's config, which its workers read
 
 
 def make_body_temp_dir(run_dir: str, setting: str) -> str:
@@ -97,9 +100,39 @@ def _cannot_create(path: str, why: str) -> str:
     return f"cannot create the directory {path} ({why}); create it, or choose another path"
 
 
-def snapshot_name(generation: int) -> str:
-    """The file name of the config snapshot `generation`'s workers read, in the run directory."""
-    return f"config.gen{generation}.yaml"
+def config_format(source: str) -> str:
+    """The format of the config file `source` names, which its copies keep: json when the name ends in json, as
+    read_document (and Kong, kong/db/declarative/init.lua:109-112) reads it, else yaml. Its processes then read a copy
+    as check-config read the file: a JSON document need not be YAML (a key over 1,024 characters), and JSON reads
+    several times faster."""
+    return "json" if source.endswith("json") else "yaml"
+
+
+def current_config_name(source: str) -> str:
+    """The file name of the copy of the config file `source` that the keeper and satellites read, in the run
+    directory."""
+    return CURRENT_CONFIGS[config_format(source)]
+
+
+def current_config(path: str) -> str:
+    """The copy of the current config a process given `path` (a current config's name, at its start) reads: `path`,
+    or the other format's name once a reload ran a file of the other format (the root keeps one copy)."""
+    directory, name = os.path.split(path)
+    if name not in CURRENT_CONFIGS.values() or os.path.exists(path):
+        return path
+    others = (os.path.join(directory, other) for other in CURRENT_CONFIGS.values() if other != name)
+    return next((other for other in others if os.path.exists(other)), path)
+
+
+def snapshot_name(generation: int, source: str) -> str:
+    """The file name of the config snapshot `generation`'s workers read, in the run directory: a copy of the config
+    file `source`, in its format."""
+    return f"config.gen{generation}.{config_format(source)}"
+
+
+def snapshot_names(generation: int) -> list[str]:
+    """Every name `generation`'s snapshot may have (it has one): those to remove when the generation is gone."""
+    return [f"config.gen{generation}.{fmt}" for fmt in CONFIG_FORMATS]
 
 
 def run_dir_file(name: str) -> str | None:

@@ -48,6 +48,7 @@ from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.bus.protocol import pub_endpoint
 from gateway.cli import EXIT_FAILURE, EXIT_OK
 from gateway.config import Config, ConfigError, kong_conf, parse_config, parse_host_port
+from gateway.config.kong_forms import loaded_at
 from gateway.config.loader import check_kept_status_listen, read_config_text
 from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.backoff import Backoff
@@ -55,7 +56,16 @@ from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir, retire_dead_processes
 from gateway.node import logfile, tree
 from gateway.node.admin import serve_admin
-from gateway.node.files import CURRENT_CONFIG, PID_MODE, lock_run_dir, make_run_dir, snapshot_name, write_atomically
+from gateway.node.files import (
+    CURRENT_CONFIGS,
+    PID_MODE,
+    current_config_name,
+    lock_run_dir,
+    make_run_dir,
+    snapshot_name,
+    snapshot_names,
+    write_atomically,
+)
 from gateway.node.generation import Generation
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
@@ -65,11 +75,10 @@ from gateway.node.start_only import changed, hand_down, keep
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
 from gateway.status import StatusApp, serve_status
-from gateway.status.app import current_config_text
 from gateway.status.collect import gateway_registry
 from gateway.status.page import StatusPage
 from gateway.telemetry.supervision import install_restart_counter
-from gateway.worker import RETIRE_SIGNAL, listen_addresses
+from gateway.worker import LOADED_AT_ENV, RETIRE_SIGNAL, listen_addresses
 from supervisor import (
     ChildInfo,
     ChildSpec,
@@ -93,6 +102,9 @@ SUPERVISOR_ANSWER_S = 0.5
 # A satellite (health checker, discovery) that failed to start at a reload is tried again after 1 s, doubling to 30 s
 SATELLITE_RETRY_INITIAL_S = 1.0
 SATELLITE_RETRY_MAX_S = 30.0
+# A reload waits for the state keeper's answer this long, plus twice the time the root took to load the file (which
+# the keeper reads and compiles too)
+KEEPER_RELOAD_S = 2.0
 # The metric files of a process that exited on its own (a crashed worker, keeper or satellite) are folded within this;
 # a retired generation's as soon as it has stopped
 METRICS_TIDY_S = 5.0
@@ -111,6 +123,14 @@ def load_validated(path: str, environ: Mapping[str, str] | None = None) -> tuple
     return text, config
 
 
+def _load_stamped(path: str, environ: Mapping[str, str] | None = None) -> tuple[str, Config, int]:
+    """load_validated, and the Unix time that load gave the config's entities (their updated_at, and the created_at
+    the file leaves out): the generation's one stamp, which each of its workers is given (LOADED_AT_ENV), as Kong's
+    master stamps the entities once for every worker (kong/init.lua:737-738, kong/db/schema/init.lua:1920-1937)."""
+    text, config = load_validated(path, environ)
+    return text, config, loaded_at()
+
+
 class Node:
     """One running gateway: owns the listener slots, the root supervisor and the admin endpoint."""
 
@@ -125,6 +145,7 @@ class Node:
         self.started_at = time.time()
         self.run_dir = ""
         self.metrics_dir = ""
+        self._current = ""  # the copy of the config the keeper reads (_write_current)
         self._stop = trio.Event()
         self._forced = False
         self._reload_lock = trio.Lock()
@@ -148,7 +169,7 @@ class Node:
     async def run(self) -> int:
         """Run until stopped; the exit code says how it ended."""
         try:
-            text, config = load_validated(self.config_path)
+            text, config, loaded = _load_stamped(self.config_path)
         except ConfigError as e:
             raise StartupError("\n".join(e.messages)) from None
         self.config = config
@@ -187,7 +208,7 @@ class Node:
         logfile.adopt(gw.log_file)  # when our stderr is the log file, SIGUSR1 reopens it in every process
         self.fork_server = ForkServer()
         try:
-            return await self._serve(text, config, admin)
+            return await self._serve(text, config, loaded, admin)
         finally:
             self.fork_server.close()
             admin.close(linger=0)
@@ -196,12 +217,12 @@ class Node:
             self.slots.close()
             _remove(gw.pid_file)
             _remove(absolute_endpoint(gw.admin)[len("ipc://"):])
-            _remove(os.path.join(self.run_dir, snapshot_name(self.generation)))
-            _remove(os.path.join(self.run_dir, CURRENT_CONFIG))
+            for name in [*snapshot_names(self.generation), *CURRENT_CONFIGS.values()]:
+                _remove(os.path.join(self.run_dir, name))
 
-    async def _serve(self, text: str, config: Config, admin: zmq.Socket) -> int:
+    async def _serve(self, text: str, config: Config, loaded: int, admin: zmq.Socket) -> int:
         self.generation = 1
-        first = self._generation(1, text, config)
+        first = self._generation(1, text, config, loaded, source=self.config_path)
         current = self._write_current(text)
         spawner = self._spawner()
         children = [tree.keeper_spec(current, self.worker_count(config), config, spawner),
@@ -221,7 +242,7 @@ class Node:
             page = StatusPage(source, collector.families, prepare=collector.prepare)
             app = StatusApp(source, registry, version=__version__, started_at=self.started_at,
                             prepare=collector.prepare, page=page, config=lambda: self.config,
-                            config_text=lambda: current_config_text(self.run_dir),
+                            config_text=self._current_text,
                             headers=lambda: (self.config or config).gateway.headers)
             self._status_app = app
             children.append(ChildSpec("status", partial(
@@ -451,24 +472,42 @@ class Node:
         return next((g for g in self._generations if g.number == number and not g.retiring), None)
 
     def _write_current(self, text: str) -> str:
-        """The config the keeper reads (at start, on reload_config, and after a restart); 0600."""
-        path = os.path.join(self.run_dir, CURRENT_CONFIG)
+        """The config the keeper reads (at start, on reload_config, and after a restart), a copy of the file it runs
+        from in that file's format (files.config_format); 0600. A copy in the other format, of a file it ran from
+        before, goes: a process started on that name reads this one (files.current_config)."""
+        name = current_config_name(self.config_path)
+        path = os.path.join(self.run_dir, name)
         write_atomically(path, text)
+        self._current = path
+        for other in CURRENT_CONFIGS.values():
+            if other != name:
+                _remove(os.path.join(self.run_dir, other))
         return path
 
-    def _generation(self, generation: int, text: str, config: Config,
-                    environ: Mapping[str, str] | None = None) -> Generation:
-        """Write the config snapshot the generation's workers load; the generation, to be started by the root. Its
-        workers start with `environ` when given (the one its config was checked under), else with the root's."""
-        snapshot = os.path.join(self.run_dir, snapshot_name(generation))
+    def _current_text(self) -> str | None:
+        """The text of the config the root serves, as its copy in the run directory holds it (the status server's
+        config hash)."""
+        try:
+            with open(self._current, encoding="utf-8") as f:
+                return f.read()
+        except OSError:
+            return None
+
+    def _generation(self, generation: int, text: str, config: Config, loaded: int,
+                    environ: Mapping[str, str] | None = None, *, source: str) -> Generation:
+        """Write the config snapshot the generation's workers load (`text`, of the file `source`, in its format); the
+        generation, to be started by the root. Its workers start with `environ` when given (the one its config was
+        checked under), else with the root's, and with `loaded` (when the root loaded the config) as their entities'
+        timestamps, a restarted worker's too."""
+        snapshot = os.path.join(self.run_dir, snapshot_name(generation, source))
         write_atomically(snapshot, text)
         addresses = listen_addresses(config)
         count = self.worker_count(config)
         workers = [tree.worker_spec(snapshot, generation, i, count, self.slots.fds_for(addresses, i, count), config,
                                     self._spawner())
                    for i in range(count)]
-        if environ is not None:
-            workers = [_started_with(spec, environ) for spec in workers]
+        env = {**(os.environ if environ is None else environ), LOADED_AT_ENV: str(loaded)}
+        workers = [_started_with(spec, env) for spec in workers]
         made = Generation(generation, tree.workers_supervisor(generation, workers, config),
                           drain_timeout=config.gateway.drain_timeout + tree.SHUTDOWN_MARGIN_MS / 1000)
         made.on_give_up = self._retire_survivors
@@ -500,8 +539,9 @@ class Node:
         if self._stop.is_set():
             raise AdminCommandError("the gateway is stopping; start it again to run this config")
         environ = {**os.environ, **variables} if variables else None  # what the config is checked and run under
+        started = trio.current_time()
         try:  # (in a thread: a large file takes seconds to check, while status and signals are answered)
-            text, config = await trio.to_thread.run_sync(load_validated, path, environ)
+            text, config, loaded = await trio.to_thread.run_sync(_load_stamped, path, environ)
         except ConfigError as e:
             raise AdminCommandError("config rejected, still serving the previous one:\n" + "\n".join(e.messages)) \
                 from None
@@ -521,7 +561,7 @@ class Node:
         old = self.generation
         new = old + 1
         try:
-            generation = self._generation(new, text, config, environ)
+            generation = self._generation(new, text, config, loaded, environ, source=path)
             generation.nursery = self._nursery
             await self.root.start_child(generation.child_spec())  # type: ignore[union-attr]
         except BaseException as e:
@@ -542,8 +582,15 @@ class Node:
             log.info("reload: the gateway now runs from %s (was %s)", path, self.config_path)
             self.config_path = path
         current = self._write_current(text)
+        # The keeper reads and compiles the file as the root did (in a thread, its heartbeats going on): it answers
+        # in about the time the root took.
+        took = trio.current_time() - started
         try:  # under the environment the config was checked under (its KONG_ variables: the keeper reads it too)
-            await self.keeper.call("reload_config", kong_conf.carried(os.environ))
+            answer = await self.keeper.call("reload_config", kong_conf.carried(os.environ),
+                                            timeout=KEEPER_RELOAD_S + 2 * took)
+            if not answer.ok:
+                log.error("reload: the state keeper could not read the new config, and keeps the previous one: %s",
+                          answer.error)
         except KeeperUnavailable:
             log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
         await self._restart_satellites(current, config)
@@ -603,7 +650,8 @@ class Node:
         self._generations.remove(generation)
         self._exited.set()
         if not generation.gave_up:  # (a give-up's generation goes on serving from it)
-            _remove(os.path.join(self.run_dir, snapshot_name(generation.number)))
+            for name in snapshot_names(generation.number):
+                _remove(os.path.join(self.run_dir, name))
         if len(self._generations) == 1:  # the serving one alone: no worker was given a parked descriptor
             self.slots.free_parked()
         log.info("generation %d has stopped%s", generation.number,
@@ -624,9 +672,8 @@ class Node:
             self._stop.set()
             return {"stopping": True}
         if cmd == "workers":
-            now = trio.current_time()
-            return [_child_json(info, now) for info in await self._listed_workers()] + [
-                _draining_json(ref, now) for g in list(self._generations) if g.retiring
+            return [_child_json(info) for info in await self._listed_workers()] + [
+                _draining_json(ref) for g in list(self._generations) if g.retiring
                 for ref in g.workers()]  # (a reload's old workers, a give-up's survivors: still draining)
         if cmd in KEEPER_COMMANDS:
             try:
@@ -661,7 +708,7 @@ class Node:
                 out += (await self._listed(str(info.id), info.pid.value))[0]
         return out
 
-    async def _tree_json(self, key: str, handle: Handle, out: dict[str, Any], now: float) -> dict[str, Any]:
+    async def _tree_json(self, key: str, handle: Handle, out: dict[str, Any]) -> dict[str, Any]:
         """`out` (the supervisor's own entry) with its children, each supervisor's with theirs; "busy": true where
         a supervisor busy starting or stopping a child is shown with the children it last listed."""
         children, busy = await self._listed(key, handle)
@@ -669,17 +716,16 @@ class Node:
             out["busy"] = True
         out["children"] = []
         for info in children:
-            entry = _child_json(info, now)
+            entry = _child_json(info)
             ref = info.pid
             if ref is not None and isinstance(ref.value, Handle):
-                entry = await self._tree_json(str(info.id), ref.value, entry, now)
+                entry = await self._tree_json(str(info.id), ref.value, entry)
             out["children"].append(entry)
         return out
 
     async def status(self) -> dict[str, Any]:
         assert self.root is not None and self.config is not None
         gw = self.config.gateway
-        now = trio.current_time()
         root = {"id": "root", "type": "supervisor", "strategy": "one_for_one", "intensity": gw.restart_intensity,
                 "period_s": gw.restart_period_s}
         return {
@@ -689,29 +735,33 @@ class Node:
             "config": self.config_path,
             "generation": self.generation,
             "listen": [f"{h}:{p}" for h, p in listen_addresses(self.config)],
-            "tree": await self._tree_json("root", self.root, root, now),
+            "tree": await self._tree_json("root", self.root, root),
             # reloads' old generations and give-ups' survivors, draining outside the root's tree
             # (gateway.node.generation) until they exit
             "retiring": [{"id": g.id, "type": "supervisor", "state": "retiring",
-                          "children": [_draining_json(ref, now) for ref in g.workers()]}
+                          "children": [_draining_json(ref) for ref in g.workers()]}
                          for g in list(self._generations) if g.retiring],
         }
 
 
-def _draining_json(ref: ChildRef, now: float) -> dict[str, Any]:
-    """A retiring generation's worker, as its supervisor (busy stopping it) cannot list it: asked of no one."""
-    started = ref.started_at
-    return {"id": ref.id, "type": "worker", "state": "draining", "pid": ref.os_pid,
-            "uptime_s": round(now - started, 3) if started is not None else None}
-
-
-def _child_json(info: ChildInfo[ChildRef], now: float) -> dict[str, Any]:
-    ref = info.pid
+def _uptime(ref: ChildRef | None) -> float | None:
+    """Seconds since `ref`'s child started, read as its entry is made: a `status` or `workers` that waited for a
+    busy supervisor, which meanwhile restarted the child, counts from after that start, never a time before it."""
     started = ref.started_at if ref is not None else None
+    return round(trio.current_time() - started, 3) if started is not None else None
+
+
+def _draining_json(ref: ChildRef) -> dict[str, Any]:
+    """A retiring generation's worker, as its supervisor (busy stopping it) cannot list it: asked of no one."""
+    return {"id": ref.id, "type": "worker", "state": "draining", "pid": ref.os_pid, "uptime_s": _uptime(ref)}
+
+
+def _child_json(info: ChildInfo[ChildRef]) -> dict[str, Any]:
+    ref = info.pid
     return {"id": info.id, "type": str(getattr(info.type, "value", info.type)),
             "state": str(getattr(info.state, "value", info.state)),
             "pid": ref.os_pid if ref is not None else None,
-            "uptime_s": round(now - started, 3) if started is not None else None,
+            "uptime_s": _uptime(ref),
             "restarts": info.restart_count,
             **({"started_by": ref.started_by} if isinstance(ref, ProcessRef) else {})}
 

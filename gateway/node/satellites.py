@@ -12,6 +12,7 @@ import zmq
 
 from gateway.config import Config, load_config
 from gateway.dns import process as dns
+from gateway.node.files import current_config
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
 from gateway.node.start_only import inherited
@@ -44,7 +45,8 @@ def run_satellite(kind: str, config_path: str) -> int:
     else:
         from gateway.discovery.process import serve
     parent = parent_or_exit()
-    config = inherited(load_config(config_path))  # the bus of the start, whatever a reload wrote there
+    # (the copy in the format of the file the root runs from now); the bus of the start, whatever a reload wrote there
+    config = inherited(load_config(current_config(config_path)))
     service = partial(serve, config, absolute_endpoint(config.gateway.bus))
     trio.run(lambda: _serve_until_sigterm(config, service, notify_ready, parent))
     return 0

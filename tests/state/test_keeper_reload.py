@@ -25,15 +25,20 @@ from typing import Any
 
 import pytest
 import trio
+import zmq
 from e2e_helpers import Backend, GatewayNode
 from redis_server import RedisProcess, running_redis
 
 from gateway.bus import protocol as p
+from gateway.bus.keeper_link import KeeperLink
+from gateway.bus.zmq_trio import PumpedSocket
 from gateway.config import parse_config
 from gateway.dns import process as dns
+from gateway.keeper import state
 from gateway.keeper.process import serve_keeper
 from gateway.keeper.state import Keeper
 from gateway.policies.proxy_cache.schema import DICTIONARIES
+from gateway.state.shared import KEEPER_LOST_S
 from gateway.stores.cache import FLUSHED_BY_RELOAD
 
 CONFIG = """
@@ -92,6 +97,58 @@ async def test_a_reload_gives_the_keeper_process_a_resolver_of_the_reloaded_dns_
         keeper.handle(b"root", p.AdminOp(cmd="reload_config", id=1), trio.current_time(), time.time())
         assert (await dns.resolver().toip("rl-redis.test"))[0] == "127.0.0.1"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_reload_whose_file_takes_a_second_to_read_keeps_the_heartbeats_going(tmp_path: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch
+                                                                                    ) -> None:
+    """nginx's master reads a reload's configuration (ngx_init_cycle, nginx release-1.27.1
+    src/os/unix/ngx_process_cycle.c:211-235) while the workers serve on, what they share untouched. The keeper reads
+    its copy of the file (seconds for a large one: 5,000 routes, 10,000 consumers) in a thread: its heartbeats go on,
+    where every worker would otherwise take it for lost after KEEPER_LOST_S and fall back to local rate-limit shares.
+    Here the reading takes 1 s, more than KEEPER_LOST_S: no heartbeat is that late."""
+    slow_s = 1.0
+    path = tmp_path / "config.current.yaml"
+    path.write_text(CONFIG.format(hosts="/etc/hosts"))
+    keeper = Keeper(parse_config(path.read_text()), workers=1, config_path=str(path))
+    read = state.parse_config
+
+    def slow_parse(*args: Any) -> Any:
+        time.sleep(slow_s)
+        return read(*args)
+
+    monkeypatch.setattr(state, "parse_config", slow_parse)
+    bus = f"ipc://{tmp_path}/bus.sock"
+    beats: list[float] = []
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(p.pub_endpoint(bus))
+    heard = PumpedSocket(sub, lambda frames: beats.append(trio.current_time())
+                         if isinstance(p.decode(frames[-1]), p.Heartbeat) else None)
+    link = KeeperLink(ctx, bus)
+    try:
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+            nursery.start_soon(serve_keeper, keeper, bus, ready.set)
+            await ready.wait()
+            nursery.start_soon(heard.run)
+            nursery.start_soon(link.run)
+            while not beats:  # (subscribed)
+                await trio.sleep(0.01)
+            began = trio.current_time()
+            answer = await link.call("reload_config", {}, timeout=10)
+            ended = trio.current_time()
+            assert answer.ok, answer.error
+            assert keeper.reloads == 1 and ended - began >= slow_s
+            during = [began, *(beat for beat in beats if began < beat < ended), ended]
+            latest = max(after - before for before, after in zip(during, during[1:], strict=False))
+            assert latest < KEEPER_LOST_S, f"no heartbeat for {latest:.2f}s while the keeper read the file"
+            nursery.cancel_scope.cancel()
+    finally:
+        heard.close()
+        link.close()
+        ctx.term()
 
 
 # ---- end to end: the root's reload reaches the keeper ---------------------------------------------------------------
