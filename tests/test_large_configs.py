@@ -43,3 +43,26 @@ def test_compile_reads_the_targets_once_not_once_per_upstream() -> None:
     assert _CountingList.handed <= 10 * 600, (
         f"compiling handed out {_CountingList.handed} targets for 600: the list is scanned once per upstream")
     assert [(t.host, t.port) for t in runtime.groups["up299"].targets] == [("10.0.1.100", 80), ("10.0.1.100", 81)]
+
+
+def test_health_checks_and_discovery_read_the_targets_once_not_once_per_upstream() -> None:
+    """The same rule for the processes that list every upstream's targets at start and reload: the health checker
+    (each upstream with active checks, lua-resty-healthcheck given its targets by Kong's balancer) and the state
+    keeper and root asking which upstreams a source reports (named targets to resolve)."""
+    from gateway.discovery.service import discovered_upstreams
+    from gateway.health.checker import upstreams_from_config
+
+    checks = {"active": {"healthy": {"interval": 5}, "unhealthy": {"interval": 5}}}
+    doc = {"_format_version": "3.0",
+           "upstreams": [{"name": f"up{i}", "healthchecks": checks,
+                          "targets": [{"target": f"10.0.{i // 200}.{i % 200 + 1}:{80 + t}"} for t in range(2)]}
+                         for i in range(300)]}
+    config = parse_config(json.dumps(doc), "scale.json")
+    config.targets = _CountingList(config.targets)
+    _CountingList.handed = 0
+    assert discovered_upstreams(config) == []  # (addresses only: nothing to resolve)
+    checked = upstreams_from_config(config)
+    assert _CountingList.handed <= 10 * 600, (
+        f"{_CountingList.handed} targets handed out for 600: the list is scanned once per upstream")
+    assert len(checked) == 300
+    assert [(t.host, t.port) for t in checked[299].targets] == [("10.0.1.100", 80), ("10.0.1.100", 81)]

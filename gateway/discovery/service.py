@@ -60,11 +60,18 @@ def target_address(target: str) -> tuple[str, int] | None:
 
 def config_targets(config: Config, upstream: str) -> list[TargetInfo]:
     """The targets the config lists for an upstream (after the loader moved nested targets to config.targets)."""
-    out = []
+    return targets_by_upstream(config).get(upstream, [])
+
+
+def targets_by_upstream(config: Config) -> dict[str, list[TargetInfo]]:
+    """Every upstream's config targets (config_targets'), in one pass over config.targets: what asks for many
+    upstreams' takes them from here, as Kong selects each upstream's targets by its id, never scanning all of them
+    per upstream (1,000 upstreams of 12 targets each: 12,000 looked at, not 12 million)."""
+    grouped: dict[str, list[TargetInfo]] = {}
     for t in config.targets:
-        if t.upstream == upstream and (address := target_address(t.target)) is not None:
-            out.append(TargetInfo(address[0], address[1], t.weight))
-    return normalise(out)
+        if t.upstream is not None and (address := target_address(t.target)) is not None:
+            grouped.setdefault(t.upstream, []).append(TargetInfo(address[0], address[1], t.weight))
+    return {name: normalise(targets) for name, targets in grouped.items()}
 
 
 async def run_static(upstream: str, targets: list[TargetInfo], on_change: OnChange, *,
@@ -96,7 +103,8 @@ class DiscoveryStatus:
 
 def discovered_upstreams(config: Config) -> list[Upstream]:
     """The upstreams whose targets a source reports: a registry's, or their configured names resolved."""
-    return [up for up in config.upstreams if up.discovery is not None or has_names(config_targets(config, up.name))]
+    grouped = targets_by_upstream(config)
+    return [up for up in config.upstreams if up.discovery is not None or has_names(grouped.get(up.name, []))]
 
 
 async def run_source(upstream: Upstream, config: Config, on_change: OnChange, *, status: DiscoveryStatus,

@@ -24,7 +24,7 @@ import trio
 
 from gateway.config.schema import Config
 from gateway.config.tls import ref_id
-from gateway.discovery.service import config_targets
+from gateway.discovery.service import targets_by_upstream
 from gateway.discovery.types import TargetInfo
 from gateway.health.machine import Event
 from gateway.health.policy import ActivePolicy
@@ -52,6 +52,7 @@ def upstreams_from_config(config: Config) -> list[UpstreamChecks]:
     """Every upstream whose active checks are on (an interval > 0), with the config's targets as a start."""
     out = []
     global_pair = None
+    grouped: dict[str, list[TargetInfo]] | None = None  # (made once, for the first upstream with checks)
     for up in config.upstreams:
         policy = ActivePolicy.from_config(up.healthchecks)
         if not policy.enabled:
@@ -63,7 +64,8 @@ def upstreams_from_config(config: Config) -> list[UpstreamChecks]:
                 pair = global_pair
             if pair is not None:
                 policy = replace(policy, client_cert=pair)
-        out.append(UpstreamChecks(up.name, policy, config_targets(config, up.name), up.host_header))
+        grouped = grouped if grouped is not None else targets_by_upstream(config)
+        out.append(UpstreamChecks(up.name, policy, grouped.get(up.name, []), up.host_header))
     return out
 
 

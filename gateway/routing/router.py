@@ -241,7 +241,6 @@ class Router(Generic[T]):
         # Kong's priority order: the first candidate that matches is the answer.
         cands.sort(key=lambda c: c.priority, reverse=True)
         self._candidates = cands
-        self._needs_query = any(c.query for c in cands)
         # The headers routes name: their values go into Kong's ATC context as text, and one that is not UTF-8 makes
         # the match an error (a 404 whatever the routes, kong/router/fields.lua)
         self._header_fields = {field.under: field for c in cands for field, _ in c.headers}

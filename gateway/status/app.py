@@ -502,15 +502,6 @@ def _kong_method(method: str, allow: bytes = b"GET, HEAD, OPTIONS") -> tuple[int
     return _json(405, kong.METHOD_NOT_ALLOWED)
 
 
-def current_config_text(run_dir: str) -> str | None:
-    """The text of the config the root serves (it writes it to its run directory at start and on each reload)."""
-    try:
-        with open(os.path.join(run_dir, "config.current.yaml"), encoding="utf-8") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _node_id(config: Any) -> str:
     from gateway.telemetry.node_id import gateway_node_id
 
