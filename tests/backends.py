@@ -540,6 +540,28 @@ async def read_to_end(stream: trio.SocketStream) -> tuple[bytes, bool]:
         received += chunk
 
 
+class ConsumerExchange:
+    """What an access policy deciding on the consumer alone (acl) reads and calls on an exchange, without a gateway:
+    the consumer, and kong.response.error (what it answered, in `answered`)."""
+
+    def __init__(self, consumer: Any) -> None:
+        self.consumer = consumer
+        self.answered: tuple[int, str | None] | None = None
+
+    async def respond_error(self, status: int, message: str | None = None, extra: Any = None) -> None:
+        self.answered = (status, message)
+
+
+async def read_head(stream: trio.SocketStream) -> bytes:
+    """A response head read from `stream` (to its blank line, not included); closing before it is a test failure."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"closed before a response head: {data!r}"
+        data += chunk
+    return data.partition(b"\r\n\r\n")[0]
+
+
 def parse_raw_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
     """(status, headers, body bytes after the head) of a raw response; the body is not de-chunked."""
     head, _, body = data.partition(b"\r\n\r\n")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from backends import EchoBackend, EndlessSse, wait_until
+from backends import EchoBackend, EndlessSse, read_head, wait_until
 from e2e_helpers import GatewayNode, owners
 
 TIMEOUT = 15
@@ -40,12 +40,7 @@ async def node(nursery: trio.Nursery, tmp_path: Path, echo: EchoBackend):  # noq
 
 
 async def _head(stream: trio.SocketStream) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"closed before a response head: {data!r}"
-        data += chunk
-    return data.partition(b"\r\n\r\n")[0].lower()
+    return (await read_head(stream)).lower()
 
 
 async def test_an_answer_given_while_the_worker_drains_says_connection_close(node: GatewayNode,

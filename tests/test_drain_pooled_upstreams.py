@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from backends import EchoBackend, EndlessSse, wait_until
+from backends import EchoBackend, EndlessSse, read_head, wait_until
 from e2e_helpers import GatewayNode
 
 TIMEOUT = 20
@@ -32,16 +32,7 @@ async def _get(port: int) -> bytes:
     """GET /echo on a new connection: the response head."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(b"GET /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        return await _head(stream)
-
-
-async def _head(stream: trio.SocketStream) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = await stream.receive_some(65536)
-        assert chunk, f"closed before a response head: {data!r}"
-        data += chunk
-    return data.partition(b"\r\n\r\n")[0]
+        return await read_head(stream)
 
 
 async def test_a_draining_worker_closes_its_idle_upstream_connections_at_once_and_pools_none_after(
@@ -77,7 +68,7 @@ async def test_a_draining_worker_closes_its_idle_upstream_connections_at_once_an
                 await wait_until(lambda: echo.open == 1, "the idle upstream connection closed", timeout=2.5)
             open_once_retired = echo.open
             echo.release.set()
-            assert (await _head(held)).startswith(b"HTTP/1.1 200 ")
+            assert (await read_head(held)).startswith(b"HTTP/1.1 200 ")
             with trio.move_on_after(2.5):
                 await wait_until(lambda: echo.open == 0, "the finished request's upstream connection closed",
                                  timeout=2.5)

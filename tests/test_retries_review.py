@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import trio
 from backends import BadBackend, free_port, request, service, upstream, wait_until
@@ -89,6 +90,29 @@ async def test_the_try_before_a_retry_with_no_peer_is_reported_by_the_requests_5
 # --- a client that hangs up while its request is connected or written upstream ---------------------------------------
 
 
+async def _listening(rcvbuf: int = 0, mss: int = 0) -> trio.socket.SocketType:
+    """A socket listening on a loopback port; with `rcvbuf` and `mss`, the receive buffer and segment size its
+    connections inherit (a slow link)."""
+    sock = trio.socket.socket()
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if mss:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
+    await sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+async def _serve_each(sock: trio.socket.SocketType, handle: Any, task_status: Any) -> None:
+    """Each connection `sock` accepts handed to `handle` (a task of its own), once the port is told to the starter."""
+    async with trio.open_nursery() as nursery:
+        task_status.started(sock.getsockname()[1])
+        with sock:
+            while True:
+                conn, _ = await sock.accept()
+                nursery.start_soon(handle, conn)
+
+
 class SilentTls:
     """A TLS upstream that accepts connections and never answers the ClientHello (the connect, handshake included,
     runs into connect_timeout); it counts the connections and notes when the gateway closes each."""
@@ -100,20 +124,13 @@ class SilentTls:
         self.closed_at: list[float] = []
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
-        sock = trio.socket.socket()
-        await sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
+        sock = await _listening()
         self.port = sock.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            task_status.started(self.port)
-            with sock:
-                while True:
-                    conn, _ = await sock.accept()
-                    self.accepted += 1
-                    self.first_at = self.first_at or trio.current_time()
-                    nursery.start_soon(self._hold, conn)
+        await _serve_each(sock, self._hold, task_status)
 
     async def _hold(self, conn) -> None:  # noqa: ANN001
+        self.accepted += 1
+        self.first_at = self.first_at or trio.current_time()
         with conn:
             try:
                 while await conn.recv(65536):
@@ -188,9 +205,7 @@ class Deaf:
         self.accepted = 0
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
-        sock = trio.socket.socket()
-        await sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
+        sock = await _listening()
         self.port = sock.getsockname()[1]
         held = []
         task_status.started(self.port)
@@ -244,9 +259,7 @@ class Holder:
         self.paths: list[str] = []
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
-        sock = trio.socket.socket()
-        await sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
+        sock = await _listening()
         self.port = sock.getsockname()[1]
         async with trio.open_nursery() as nursery:
             task_status.started(self.port)
@@ -326,21 +339,12 @@ class SlowLink:
         self.bodies: list[int] = []
 
     async def serve(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
-        sock = trio.socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 536)
-        await sock.bind(("127.0.0.1", 0))
-        sock.listen(8)
+        sock = await _listening(rcvbuf=4096, mss=536)
         self.port = sock.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            task_status.started(self.port)
-            with sock:
-                while True:
-                    conn, _ = await sock.accept()
-                    self.connections += 1
-                    nursery.start_soon(self._one, conn)
+        await _serve_each(sock, self._one, task_status)
 
     async def _one(self, conn) -> None:  # noqa: ANN001
+        self.connections += 1
         with conn:
             data = b""
             try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from auth_helpers import (
     call,
@@ -12,6 +10,7 @@ from auth_helpers import (
     start,
     upstream,
 )
+from backends import ConsumerExchange
 
 from gateway.config import ConfigError, parse_config
 from gateway.policies.acl.handler import Acl
@@ -118,17 +117,6 @@ def test_acl_takes_exactly_one_list(acl, expected):
 # ---- what acl remembers: Acl.access on an exchange, without a gateway -----------------------------------------------
 
 
-class _Exchange:
-    """What Acl.access reads and calls on an exchange: the consumer, and kong.response.error."""
-
-    def __init__(self, consumer: Any) -> None:
-        self.consumer = consumer
-        self.answered: tuple[int, str | None] | None = None
-
-    async def respond_error(self, status: int, message: str | None = None, extra: Any = None) -> None:
-        self.answered = (status, message)
-
-
 async def test_groups_a_token_brings_are_decided_each_time_and_not_remembered():
     """kong/plugins/acl/handler.lua:17 and :56 keep acl's decisions in a table with weak keys, keyed by the groups
     table kong.cache (a bounded LRU) holds for a consumer (:116-122); groups that come with the request
@@ -137,7 +125,7 @@ async def test_groups_a_token_brings_are_decided_each_time_and_not_remembered():
     not leave 20,000 decisions (each holding the token's groups) in the worker."""
     acl = Acl(AclConfig(deny=["banned"]))
     for i in range(20_000):
-        ex = _Exchange(TokenIdentity(f"user-{i}", ("banned", f"team-{i}"), []))
+        ex = ConsumerExchange(TokenIdentity(f"user-{i}", ("banned", f"team-{i}"), []))
         assert await acl.access(ex)  # type: ignore[arg-type]
         assert ex.answered == (403, "You cannot consume this service")
     assert len(acl._decided) == 0, f"acl remembers {len(acl._decided)} token group sets"
@@ -153,6 +141,6 @@ async def test_groups_a_token_adds_to_its_consumers_are_not_remembered_either():
     for i in range(5_000):
         who = consumer.identity(f"token-{i}", None)
         who.groups = (*consumer.groups, f"team-{i}", "admins" if i % 2 else "guests")
-        ex = _Exchange(who)
+        ex = ConsumerExchange(who)
         assert await acl.access(ex) == (i % 2 == 0)  # type: ignore[arg-type]
     assert len(acl._decided) == 0

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 import pytest
 import trio
+from backends import ConsumerExchange
 from plugin_helpers import (
     call,
     http_codec,  # noqa: F401 - the fixture: one codec
@@ -61,21 +61,10 @@ async def test_acl_deny_sends_an_empty_groups_header_for_a_consumer_without_grou
     assert seen(await call(port, headers=headers))["headers"]["x-consumer-groups"] == [""]
 
 
-class _Exchange:
-    """What Acl.access reads and calls on an exchange: the consumer, and kong.response.error."""
-
-    def __init__(self, consumer: Any) -> None:
-        self.consumer = consumer
-        self.answered: tuple[int, str | None] | None = None
-
-    async def respond_error(self, status: int, message: str | None = None, extra: Any = None) -> None:
-        self.answered = (status, message)
-
-
 async def test_acl_refuses_a_credential_without_a_consumer_under_a_deny_list():
     """kong/plugins/acl/handler.lua: no consumer id and no authenticated groups, but a credential (ldap-auth's,
     which names no consumer) -> 403 "You cannot consume this service", whatever the list type."""
-    ex = _Exchange(CredentialIdentity("ldap-cache-key", b"einstein"))
+    ex = ConsumerExchange(CredentialIdentity("ldap-cache-key", b"einstein"))
     assert await Acl(AclConfig(deny=["admins"])).access(ex)  # type: ignore[arg-type]
     assert ex.answered == (403, "You cannot consume this service")
 
