@@ -74,14 +74,17 @@ KNOWN_VARIABLES = {b"host": b", ", b"user-agent": b", ", b"referer": b", ", b"vi
 
 
 def lookup(headers: Headers, name: bytes) -> bytes | list[bytes] | None:
-    """`kong.request.get_headers()[name]`: the first 100 header lines, the name as written (the table's keys are
-    lower-case names), else lower-cased with every "_" as "-" (lua-resty-core's metatable); a list for a header
-    sent more than once."""
+    """`kong.request.get_headers()[name]`: the first 100 header lines, the name as written (the table's keys are the
+    lower-case names as sent, "_" kept), else lua-resty-core's metatable: lower-cased, then that with every "_" as
+    "-" (so `X_Foo` finds `x_foo` lines before `x-foo` ones); a list for a header sent more than once."""
     first = headers if len(headers) <= MAX_REQ_HEADERS else headers[:MAX_REQ_HEADERS]
     values = [v for n, v in first if n == name]
     if not values:
-        key = name.lower().replace(b"_", b"-")
-        if key != name:
+        lowered = name.lower()
+        if lowered != name:
+            values = [v for n, v in first if n == lowered]
+        if not values and b"_" in lowered:
+            key = lowered.replace(b"_", b"-")
             values = [v for n, v in first if n == key]
     return None if not values else values[0] if len(values) == 1 else values
 

@@ -16,7 +16,8 @@ from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the l
 class HeaderName:
     """A name get_header is called with: the lines its $http_ variable joins (`key`: lower case, "_" as "-"; only
     lines spelled exactly so for nginx's own Host, User-Agent, Referer, Via, X-Forwarded-For and Cookie), their
-    separator, and the names get_headers()' table is read with (as given, then a miss normalized)."""
+    separator, and the names get_headers()' table is read with (as given, then lua-resty-core's metatable: lower
+    case, then that with "_" as "-")."""
 
     __slots__ = ("key", "exact", "sep", "table")
 
@@ -26,7 +27,8 @@ class HeaderName:
         self.key = key
         self.exact = known is not None
         self.sep = known if known is not None else b", "
-        self.table = (name,) if name == key else (name, key)
+        lowered = name.lower()
+        self.table = tuple(dict.fromkeys((name, lowered, key) if b"_" in name else (name, lowered)))
 
 
 class RequestHeaders:

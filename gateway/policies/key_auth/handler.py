@@ -13,8 +13,8 @@ With hide_credentials the name is taken out of the body and the body written aga
 kong.service.request.set_body writes it, whichever of the three places the key came from.
 
 Headers and query arguments are read as Kong's get_headers and get_query read them: the first 100 of each
-(lua_max_req_headers, lua_max_uri_args); a key name is looked up as configured, else lower-cased with "_" as "-"
-(ngx.req.get_headers' table: key name "api_key" finds a header `api_key` or `api-key`). hide_credentials removes the
+(lua_max_req_headers, lua_max_uri_args); a key name is looked up lower-cased, else that with "_" as "-"
+(ngx.req.get_headers' table: key name "Api_Key" finds a header `api_key`, else `api-key`). hide_credentials removes the
 name from the query as Kong's clear_query_arg does (the query parsed and written again by ada's URLSearchParams) and
 the header it names; unlike Kong it also removes the header the key was read from when that is spelled otherwise
 (Kong leaves `api-key` upstream for key name "api_key").
@@ -62,8 +62,9 @@ class KeyName:
         self.query = name.encode("utf-8", "surrogateescape")
         lowered = name.lower()
         normal = lowered.replace("_", "-").encode()
-        # ngx.req.get_headers' table: its keys are the (lower-case) names as sent; a miss looks again normalized
-        self.headers = (lowered.encode(), normal) if name == lowered and "_" in name else (normal,)
+        # ngx.req.get_headers' table: its keys are the (lower-case) names as sent, "_" kept; lua-resty-core's
+        # metatable looks a name up lower-cased, then (a miss) with "_" as "-"
+        self.headers = (lowered.encode(), normal) if "_" in name else (normal,)
         self.hidden = tuple(dict.fromkeys((lowered.encode(), *self.headers)))  # clear_header(name), and the above
 
 

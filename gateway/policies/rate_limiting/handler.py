@@ -81,8 +81,10 @@ class RateLimiting:
         # keeps such keys apart from every short identifier's
         self.digest_prefix = plugin_id + "#"
         self.limit_by = config.limit_by
-        # the name as $http_<name> and get_headers() match it: any case, "_" standing for "-"
-        self.header = (config.header_name or "").lower().replace("_", "-").encode()
+        # kong.request.get_header(header_name) gets the name as configured: $http_<name> matches any case, "_" and
+        # "-" alike, but a repeated header is looked up in get_headers() by it, where `x_id` finds `x_id` lines
+        # before `x-id` ones (lower-cased here once: that table lower-cases a name first)
+        self.header = (config.header_name or "").lower().encode()
         self.path = config.path or ""
         self.headers = None if config.hide_client_headers else RateLimitHeaders(
             self.spec, [getattr(config, w.period) for w in self.spec.windows])  # Kong reports 2.5 as 2.5

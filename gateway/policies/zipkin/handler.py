@@ -105,9 +105,12 @@ class Zipkin:
         self.new_formats = formats_for(self.params, None)  # what a request without a context gets: decided once
         self.ratio = config.sample_ratio
         self.trace_bytes = config.traceid_byte_count
-        # ngx.req.get_headers()'s lookup: case-insensitive, "_" as "-"
-        self.tags_header = config.tags_header.lower().replace("_", "-").encode()
-        self.scanned = TRACE_HEADERS | {self.tags_header}
+        # Kong reads `req_headers[conf.tags_header]` (get_headers()' table, whose keys are the lower-case names as
+        # sent): lua-resty-core's metatable looks the name up lower-cased, then (a miss) with "_" as "-"
+        self.tags_header = config.tags_header.lower().encode()
+        self.tags_dashed = self.tags_header.replace(b"_", b"-")  # (the same name when it has no "_")
+        self.tag_names = frozenset((self.tags_header, self.tags_dashed))
+        self.scanned = TRACE_HEADERS | self.tag_names
         self.settings = spans.Settings(config)
         self.node_id = node_id
         header = config.http_response_header_for_traceid
@@ -135,7 +138,7 @@ class Zipkin:
         found = None
         present = False  # a trace header is there: what injection writes may have to replace it
         if values is not None:
-            present = len(values) > 1 or self.tags_header not in values
+            present = not self.tag_names.issuperset(values)
             if present and self.params.extract:
                 found = extract(values, headers, self.params.extract)
         trace = self._start(req.method, found, values)
@@ -176,7 +179,13 @@ class Zipkin:
             size = self.trace_bytes
             trace_id = new_trace_id() if size == 16 else new_span_id()
         return Trace(trace_id, size, span_id if span_id is not None else new_span_id(), parent_id, sampled, method,
-                     values.get(self.tags_header) if values is not None else None)
+                     self._tag_values(values) if values is not None else None)
+
+    def _tag_values(self, values: propagation.Values) -> list[bytes] | None:
+        """The tags header's lines as Kong's `req_headers[conf.tags_header]` finds them: the lower-cased name's, else
+        those of the name with "_" as "-"."""
+        found = values.get(self.tags_header)
+        return found if found is not None else values.get(self.tags_dashed)
 
     def current(self, ex: Exchange) -> Trace:
         """The request's trace; started from its headers when the access step did not run."""
