@@ -103,11 +103,55 @@ def test_a_header_filter_exit_answers_its_status_without_a_body_and_ends_the_res
         429, [(b"content-type", b"application/json"), (b"x-answered", b"1"), (b"content-length", b"0")], b"", True)
 
 
-def test_a_header_filter_exit_skips_the_later_header_filters_and_the_body_filters():
-    phases = ResponsePhases.of([Tag("a"), Answer(), Tag("b"), Upper()])
-    status, headers, body, end = phases.filter(exchange(), 200, [], b"abc", True)
+class Seen:
+    """Records the status and headers its header filter is given."""
+
+    name = "seen"
+    priority = 1
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, list]] = []
+
+    def header_filter(self, ex, status, headers):  # noqa: ANN001,ANN201
+        self.seen.append((status, list(headers)))
+        headers.append((b"x-seen", b"1"))
+        return headers
+
+
+def test_the_header_filters_after_an_exit_run_on_its_status_and_headers():
+    """kong/pdk/response.lua:805-807: kong.response.exit in header_filter ends with ngx.exit(ngx.OK), which there
+    returns (lua-nginx-module ngx_http_lua_ffi_exit: NGX_DONE for a header filter; lua-resty-core exit.lua: `if rc ==
+    FFI_DONE then return end`), so kong/init.lua:457-480 goes on with the next plugins' header_filter, which see
+    the 429 (ngx.status) and the exit's Content-Length: 0, and may change its head."""
+    after = Seen()
+    phases = ResponsePhases.of([Tag("a"), Answer(), after])
+    status, headers, body, end = phases.filter(exchange(), 200, [(b"content-length", b"3")], b"abc", True)
+    assert after.seen == [(429, [(b"x-order", b"a"), (b"x-answered", b"1"), (b"content-length", b"0")])]
     assert (status, body, end) == (429, b"", True)
-    assert headers == [(b"x-order", b"a"), (b"x-answered", b"1"), (b"content-length", b"0")]
+    assert headers == [(b"x-order", b"a"), (b"x-answered", b"1"), (b"content-length", b"0"), (b"x-seen", b"1")]
+
+
+def test_a_header_filter_exit_skips_the_body_filters():
+    """Kong's exit without a body in header_filter (kong/plugins/response-ratelimiting/header_filter.lua:96
+    `kong.response.exit(429)`): the answer has no body to filter."""
+    phases = ResponsePhases.of([Answer(), Upper()])
+    assert phases.filter(exchange(), 200, [], b"abc", True)[2:] == (b"", True)
+
+
+def test_a_header_filter_after_an_exit_may_exit_in_turn():
+    """kong/pdk/response.lua send: in header_filter the head is not sent yet (no "headers have already been sent"
+    error), so a later plugin's kong.response.exit sets its own status over the first's."""
+
+    class Teapot:
+        name, priority = "teapot", 1
+
+        def header_filter(self, ex, status, headers):  # noqa: ANN001,ANN202
+            raise Exit(418, headers)
+
+    after = Seen()
+    status, headers, _, _ = ResponsePhases.of([Answer(), Teapot(), after]).filter(exchange(), 200, [], b"", True)
+    assert status == 418 and after.seen[0][0] == 418
+    assert headers == [(b"x-answered", b"1"), (b"content-length", b"0"), (b"x-seen", b"1")]
 
 
 def test_an_event_stream_is_never_buffered():

@@ -7,10 +7,11 @@
   the balancer's new hash_on cookie, so a filter can rename or remove them; Kong's other headers come after the
   filters (gateway.http.kong_headers). Like Kong, it runs for every plugin of the request's chain, also
   those after the one that answered. A header filter may answer in the response's place by raising Exit (Kong's
-  kong.response.exit(status) in header_filter: response-ratelimiting's 429). When the gateway answers in place of
-  a response whose head the filters saw (`filter_head`, then its body broke off or stalled while read whole: a 502
-  or 504 page), they run again on that answer, with the headers set in access: a filter that keeps per-response
-  state from header_filter to body_filter must not apply what it decided on the first to the second (proxy-cache).
+  kong.response.exit(status) in header_filter: response-ratelimiting's 429); the filters after it still run, on
+  that answer. When the gateway answers in place of a response whose head the filters saw (`filter_head`, then its
+  body broke off or stalled while read whole: a 502 or 504 page), they run again on that answer, with the headers
+  set in access: a filter that keeps per-response state from header_filter to body_filter must not apply what it
+  decided on the first to the second (proxy-cache).
 - body_filter sees a whole, non-streaming body: the gateway's own answers, and upstream bodies that a filter asks
   for (`wants_body`), read whole up to RESPONSE_BODY_LIMIT. text/event-stream is never buffered. Kong reads such a
   body whole whatever its size (kong/pdk/response.lua get_raw_body), so a body over the limit that a filter must
@@ -46,9 +47,11 @@ _HEAD_FILTERED = "head_filtered"  # ex.state: what filter_head made of the respo
 class Exit(Exception):  # noqa: N818 - named for Kong's kong.response.exit
     """Raised by a header filter to answer `status` without a body in place of the response: Kong's
     kong.response.exit(status) in header_filter (which Kong allows only without a body). The head keeps `headers`
-    (as filtered so far) with Content-Length: 0; the header filters after it do not run (ngx.exit(ngx.OK) leaves
-    nginx's header filter phase), nor do the body filters (there is no body). The upstream's body is not sent: the
-    forwarder closes the upstream connection rather than read it (Exchange.response_done is set)."""
+    (as filtered so far) with Content-Length: 0, and the header filters after it run on that status and head (in a
+    header filter ngx.exit(ngx.OK) returns: lua-nginx-module's ngx_http_lua_ffi_exit gives NGX_DONE, lua-resty-core's
+    exit.lua returns, and kong/init.lua goes on with the next plugin's header_filter); one of them may Exit in turn.
+    The body filters do not run (there is no body). The upstream's body is not sent: the forwarder closes the
+    upstream connection rather than read it (Exchange.response_done is set)."""
 
     def __init__(self, status: int, headers: Headers) -> None:
         super().__init__(status)
@@ -142,21 +145,34 @@ class ResponsePhases:
     def _header_filters(self, ex: Exchange, status: int, headers: Headers) -> tuple[int, Headers, bool]:
         """The header filters, headers a policy set in access (Exchange.set_response_header) going in first, as
         Kong's do, then Kong's header_filter.before: (status, headers, exited), a filter's Exit giving its status and
-        Content-Length: 0."""
+        Content-Length: 0 to the filters after it (_exited)."""
         state = ex.state
         if state and (headers_set := state.get(HEADERS_SET)):  # (kept for an answer in the response's place)
             names = {name for name, _ in headers_set}
             headers = [hv for hv in headers if hv[0] not in names] + headers_set
         if ex.tries or (state and PROXIED in state):  # Kong's ctx.KONG_PROXIED
             headers = _before(ex, status, headers)
+        filters = self.header_filters
         try:
-            for f in self.header_filters:
+            for f in filters:
                 headers = f.header_filter(ex, status, headers)
         except Exit as e:
-            headers = [hv for hv in e.headers if hv[0] != b"content-length" and hv[0] != b"transfer-encoding"]
-            headers.append((b"content-length", b"0"))
-            return e.status, headers, True
+            return self._exited(ex, e, filters.index(f) + 1)
         return status, headers, False
+
+    def _exited(self, ex: Exchange, first: Exit, i: int) -> tuple[int, Headers, bool]:
+        """The header filters from the i-th on, after a filter's Exit: each runs on the exit's status and headers
+        (Content-Length: 0), as Kong's loop goes on after kong.response.exit in header_filter (response-transformer's
+        rules and proxy-cache's Bypass apply to response-ratelimiting's 429)."""
+        filters = self.header_filters
+        status, headers = first.status, _exit_head(first.headers)
+        while i < len(filters):
+            try:
+                headers = filters[i].header_filter(ex, status, headers)
+            except Exit as again:  # (Kong lets a later filter exit too: the head is not sent yet)
+                status, headers = again.status, _exit_head(again.headers)
+            i += 1
+        return status, headers, True
 
     def buffers(self, ex: Exchange, status: int, headers: Headers) -> bool:
         """Whether an upstream response must be read whole before its head goes out (a body filter wants it)."""
@@ -186,6 +202,13 @@ class ResponsePhases:
         for f in self.event_filters:
             event = f.event_filter(ex, event)
         return event
+
+
+def _exit_head(headers: Headers) -> Headers:
+    """An Exit's headers framed as kong.response.exit without a body frames them: Content-Length: 0."""
+    headers = [hv for hv in headers if hv[0] != b"content-length" and hv[0] != b"transfer-encoding"]
+    headers.append((b"content-length", b"0"))
+    return headers
 
 
 def _before(ex: Exchange, status: int, headers: Headers) -> Headers:

@@ -37,7 +37,9 @@ class PolicyType(Protocol):
     """A policy's module-level description, registered in gateway.policies.REGISTRY."""
 
     name: str
-    priority: int  # Kong's PRIORITY: higher runs first; ties broken by name
+    # Kong's PRIORITY: higher runs first. Kong breaks a tie by name, Z before A (kong/db/dao/plugins.lua:361-368);
+    # the registered priorities are unique (tests/plugins/test_plugin_priorities.py), so none arises.
+    priority: int
     schema: type  # its config; a key the schema does not list is refused ("config.K is not supported")
     consumer_scoped: bool  # may be configured for a consumer (default True; False is Kong's no_consumer)
 

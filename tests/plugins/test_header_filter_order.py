@@ -2,13 +2,15 @@
 ngx.header in access, then kong/init.lua Kong.header_filter runs the collected plugins' header_filter): rate-limiting's,
 which response-transformer (priority 800, after rate-limiting's 910) can remove, rename or find present. So are those
 Kong's runloop sets on a proxied response in header_filter.before, which Kong.header_filter runs before the plugins':
-X-Kong-Upstream-Status and the balancer's new hash_on cookie."""
+X-Kong-Upstream-Status and the balancer's new hash_on cookie. And the header filters after one that answers in the
+response's place (response-ratelimiting's 429) still run, on that answer."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import msgspec
+import trio
 from backends import EchoBackend, service, upstream
 from plugin_helpers import call, headers_of, http_codec, plugin, start  # noqa: F401 - http_codec: the codec fixture
 
@@ -61,6 +63,26 @@ async def test_response_transformer_renames_the_retry_after_of_a_denial(nursery,
     assert denied.status == 429
     assert denied.header("retry-after") is None
     assert int(denied.header("x-retry-after") or "0") > 0
+
+
+async def test_the_header_filters_after_response_ratelimiting_run_on_its_429(nursery, gateway):
+    """kong/plugins/response-ratelimiting/header_filter.lua:94-97 answers `kong.response.exit(429)` in header_filter;
+    there kong/pdk/response.lua:805-807 ends with ngx.exit(ngx.OK), which returns (lua-nginx-module
+    ngx_http_lua_control.c ngx_http_lua_ffi_exit: NGX_DONE in a header filter; lua-resty-core exit.lua: `if rc ==
+    FFI_DONE then return end`), so kong/init.lua:457-480 runs the next plugins' header_filter on the 429:
+    response-transformer (800) adds its header, and proxy-cache (100, kong/plugins/proxy-cache/handler.lua:352-376)
+    finds the 429 uncacheable and sets X-Cache-Status: Bypass over its access's Miss."""
+    backend, port = await start(nursery, gateway, plugins=[
+        plugin("response-ratelimiting", limits={"video": {"minute": 1}}, policy="local"),
+        plugin("response-transformer", add={"headers": ["X-Added:1"]}),
+        plugin("proxy-cache", strategy="memory", response_code=[404])])
+    backend.extra_headers = [(b"x-kong-limit", b"video=1")]
+    assert (await call(port, "/")).status == 200
+    with trio.fail_after(5):
+        while (reply := await call(port, "/")).status != 429:  # (the usage is counted in the log phase)
+            await trio.sleep(0.02)
+    assert reply.header("x-added") == "1"
+    assert reply.header("x-cache-status") == "Bypass"
 
 
 class _Ex:
