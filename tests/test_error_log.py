@@ -118,6 +118,7 @@ async def test_each_upstream_failure_is_one_line_at_error(nursery, gateway, capl
     resolution failed: "...)` for a name without an address."""
     caplog.set_level(logging.DEBUG)
     backends = {"timeout": BadBackend("hang"), "closed": BadBackend("close"), "cut": BadBackend("truncate"),
+                "stall": BadBackend("stall"),
                 "invalid": ScriptedBackend([b"HTTP/1.1 200 OK\r\nBad Header: x\r\nContent-Length: 0\r\n\r\n"])}
     for backend in backends.values():
         await nursery.start(backend.serve)
@@ -148,6 +149,16 @@ async def test_each_upstream_failure_is_one_line_at_error(nursery, gateway, capl
     assert len(lines) == 1 and lines[0][0] == "ERROR", lines
     assert lines[0][1].startswith(f"upstream 127.0.0.1:{cut} failed mid-response: "), lines
     assert f'upstream: "http://127.0.0.1:{cut}/cut"' in lines[0][1], lines
+    caplog.clear()  # silent past read_timeout mid-body (ngx_http_upstream.c:4361 "upstream timed out" while reading
+    with trio.fail_after(TIMEOUT):  # upstream): the answer cut, one line
+        await raw_exchange(port, b"GET /stall HTTP/1.1\r\nHost: gateway.test\r\n\r\n")
+    await trio.sleep(0.05)
+    lines = [(r.levelname, r.getMessage()) for r in _lines(caplog)]
+    stall = backends["stall"].port
+    assert len(lines) == 1 and lines[0][0] == "ERROR", lines
+    assert lines[0][1].startswith(f"upstream 127.0.0.1:{stall} sent nothing of its response body within 0.2s "
+                                  "(read_timeout)"), lines
+    assert 'request: "GET /stall HTTP/1.1"' in lines[0][1], lines
 
 
 @pytest.mark.parametrize("http_codec", ["llhttp"])  # (the log, not the codec)

@@ -573,7 +573,7 @@ class Forwarder:
                         await self._relay_events(ex, uc, first, (attempt.target.name, svc.read_timeout),
                                                  _coded(headers), edit, splitter)
                     else:
-                        await _stream_body(ex, uc, svc.read_timeout)
+                        await _stream_body(ex, uc, attempt.target.name, svc.read_timeout)
                 except (ProtocolError, UpstreamError) as e:
                     # The head is out: all we can do is cut the client off so it sees an incomplete response.
                     log.error("upstream %s failed mid-response: %s%s", attempt.target.name, e, ErrorContext(ex))
@@ -834,22 +834,28 @@ class _PacedConn:
         timer.restore(saved, trio.current_time() - began)
 
 
-async def _stream_body(ex: Exchange, uc: UpstreamConn, read_timeout: float) -> None:
-    """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does. Each chunk
-    counts against the upstream connection's checkpoint budget (Conn.pace), as each read does."""
+async def _stream_body(ex: Exchange, uc: UpstreamConn, target: str, read_timeout: float) -> None:
+    """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does (its end cuts
+    the answer, logged as nginx's "upstream timed out"). Each chunk counts against the upstream connection's
+    checkpoint budget (Conn.pace), as each read does."""
     codec = uc.codec
     conn = uc.conn
     timer = ex.timer
-    while True:
-        timer.set(read_timeout, Phase.UPSTREAM_BODY)
-        codec.receive_data(await conn.recv())
-        while (ev := codec.next_event()) is not NEED_DATA:
-            if ev is END:
-                timer.clear()
-                await ex.end()
-                return
-            await conn.pace()
-            await ex.send_body(ev)  # type: ignore[arg-type]
+    try:
+        while True:
+            timer.set(read_timeout, Phase.UPSTREAM_BODY)
+            codec.receive_data(await conn.recv())
+            while (ev := codec.next_event()) is not NEED_DATA:
+                if ev is END:
+                    timer.clear()
+                    await ex.end()
+                    return
+                await conn.pace()
+                await ex.send_body(ev)  # type: ignore[arg-type]
+    finally:
+        if timer.phase == Phase.UPSTREAM_BODY and timer.at <= trio.current_time() and not timer.gone:
+            log.error("upstream %s sent nothing of its response body within %gs (read_timeout): the response is cut, "
+                      "as nginx's upstream timed out%s", target, read_timeout, ErrorContext(ex))
 
 
 MAX_EDITED_BODY = 16 << 20  # a JSON answer the gateway must edit is read whole, up to this size
