@@ -280,7 +280,7 @@ async def _edit_whole(ex: Exchange, uc: UpstreamConn) -> bytes:
 
 
 async def _stream(ex: Exchange, uc: UpstreamConn) -> bytes:
-    await _stream_body(ex, uc, TIMEOUT)
+    await _stream_body(ex, uc, "upstream.test", TIMEOUT)
     return b""
 
 
