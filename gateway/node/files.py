@@ -58,8 +58,7 @@ def make_body_temp_dir(run_dir: str, setting: str) -> str:
     start (ngx_create_paths: the last component only; here also the run directory itself, for `gateway run`, which
     no root made). Every worker makes sure of it as it starts, with its generation's setting. Raises SettingError
     saying what failed and what to do (body_temp_problem foresees it)."""
-    run_dir = os.path.abspath(run_dir)
-    path = os.path.normpath(os.path.join(run_dir, setting))
+    run_dir, path = _body_temp_path(run_dir, setting)
     try:
         if os.path.dirname(path) == run_dir:
             os.makedirs(run_dir, DIR_MODE, exist_ok=True)
@@ -77,8 +76,7 @@ def body_temp_problem(run_dir: str, setting: str) -> str | None:
     """Why make_body_temp_dir could not make the directory gateway.client_body_temp_path names, and what to do, if
     so. Nothing is created: `check-config` looks as a start does (nginx -t creates it: ngx_init_cycle runs
     ngx_create_paths in test mode too, src/core/ngx_cycle.c:354 at release-1.27.1)."""
-    run_dir = os.path.abspath(run_dir)
-    path = os.path.normpath(os.path.join(run_dir, setting))
+    run_dir, path = _body_temp_path(run_dir, setting)
     if os.path.lexists(path):
         return None if os.path.isdir(path) else _not_a_directory(path)
     parent = os.path.dirname(path)
@@ -90,6 +88,12 @@ def body_temp_problem(run_dir: str, setting: str) -> str | None:
             return _cannot_create(path, e.strerror or str(e))
     problem = directory_problem(path)
     return None if problem is None else f"{problem}; create it, or choose another path"
+
+
+def _body_temp_path(run_dir: str, setting: str) -> tuple[str, str]:
+    """(the run directory, the spool directory `setting` names in it), both absolute."""
+    run_dir = os.path.abspath(run_dir)
+    return run_dir, os.path.normpath(os.path.join(run_dir, setting))
 
 
 def _not_a_directory(path: str) -> str:
