@@ -243,6 +243,40 @@ def test_the_keeper_adds_counters_from_every_worker_and_reports_them():
     assert replies == [p.CounterValues(id=4, values=[5, 1, 0])]
 
 
+# Kong's shared dicts expire by the wall clock: ngx.shared.DICT:set and incr's init_ttl stamp `expires` with
+# ngx_timeofday() and a get compares with it again (lua-nginx-module ngx_http_lua_shdict.c:205-213, 1547-1550), so
+# the keeper's dictionaries follow the wall clock it is handed, not its monotonic one, when the two part (an NTP step)
+
+
+def test_a_cached_entry_is_gone_once_the_wall_clock_passes_its_ttl_whatever_the_monotonic_clock_says():
+    k = keeper()
+    k.handle(b"w1", p.CacheStore(dictionary="kong_db_cache", key="k", entry=b"e", ttl=60), 5000.0, WALL)
+    replies, _ = k.handle(b"w2", p.CacheFetch(id=1, dictionary="kong_db_cache", key="k"), 5001.0, WALL + 3601)
+    assert replies == [p.CacheEntry(id=1, entry=None)]
+
+
+def test_a_cached_entry_lives_until_the_wall_clock_passes_its_ttl_when_that_clock_steps_back():
+    k = keeper()
+    k.handle(b"w1", p.CacheStore(dictionary="kong_db_cache", key="k", entry=b"e", ttl=60), 5000.0, WALL)
+    replies, _ = k.handle(b"w2", p.CacheFetch(id=1, dictionary="kong_db_cache", key="k"), 5061.0, WALL - 3539)
+    assert replies == [p.CacheEntry(id=1, entry=b"e")]
+
+
+def test_a_counter_expires_by_the_wall_clock():
+    k = keeper()
+    k.handle(b"w1", p.CountersAdd(items=[("a", 2, 60.0)]), 5000.0, WALL)
+    replies, _ = k.handle(b"w1", p.CountersGet(id=1, keys=["a"]), 5001.0, WALL + 61)
+    assert replies == [p.CounterValues(id=1, values=[0])]
+
+
+def test_the_admin_channel_finds_a_cached_entry_by_the_wall_clock():
+    k = keeper()
+    k.handle(b"w1", p.CacheStore(dictionary="kong_db_cache", key="k", entry=b"e", ttl=60), 5000.0, WALL)
+    k.cached = {"pc": "kong_db_cache"}
+    with pytest.raises(KeyError, match="no cached entry"):
+        k.admin("proxy-cache", {"action": "get", "key": "k"}, 5001.0, WALL + 61)
+
+
 def test_the_keepers_counters_hold_what_kongs_kong_rate_limiting_counters_holds():
     """Kong's response-ratelimiting `local` policy counts in `ngx.shared.kong_rate_limiting_counters`
     (kong/plugins/response-ratelimiting/policies/init.lua:9), declared `lua_shared_dict kong_rate_limiting_counters

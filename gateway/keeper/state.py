@@ -280,12 +280,12 @@ class Keeper:
             return ([p.StoreBatch(items=list(answers))] if answers else []), []
         if isinstance(msg, p.CacheFetch):
             cache = self.caches.get(msg.dictionary)
-            return [p.CacheEntry(id=msg.id, entry=cache.get(msg.key, now) if cache is not None else None)], []
+            return [p.CacheEntry(id=msg.id, entry=cache.get(msg.key, wall) if cache is not None else None)], []
         if isinstance(msg, p.CacheStore):  # (of one of Kong's shared dicts: intake.py)
             cache = self.caches.get(msg.dictionary)
             if cache is None:
                 cache = self.caches[msg.dictionary] = HostCache.named(msg.dictionary)
-            if not cache.set(msg.key, msg.entry, msg.ttl, now):
+            if not cache.set(msg.key, msg.entry, msg.ttl, wall):
                 log.warning("proxy-cache: an entry of %d bytes is larger than the whole dictionary %s (%d bytes): "
                             "not stored", len(msg.entry), msg.dictionary, cache.capacity)
             return [], []
@@ -297,10 +297,10 @@ class Keeper:
                 cache.flush()
             return [], []
         if isinstance(msg, p.CountersGet):
-            return [p.CounterValues(id=msg.id, values=[self.counters.get(k, now) for k in msg.keys])], []
+            return [p.CounterValues(id=msg.id, values=[self.counters.get(k, wall) for k in msg.keys])], []
         if isinstance(msg, p.CountersAdd):
             for key, n, ttl in msg.items:
-                self.counters.add(key, n, ttl, now)
+                self.counters.add(key, n, ttl, wall)
             return [], []
         if isinstance(msg, p.AdminOp):
             return self.answer(msg, lambda: self.admin(msg.cmd, msg.args, now, wall))
@@ -573,7 +573,7 @@ class Keeper:
             return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
                 [p.TargetsChanged(targets=published)]
         if cmd == "proxy-cache":
-            return _proxy_cache_admin(self, action, args, now), []
+            return _proxy_cache_admin(self, action, args, wall), []
         if cmd == "health":
             return {"incarnation": self.incarnation, "workers_seen": len(self.peers),
                     "targets": {t.key: t.healthy for t in self.targets.values()},
@@ -618,7 +618,7 @@ def list_change(before: list[p.TargetInfo], after: list[p.TargetInfo]) -> str:
     return f" ({excerpt(text, LOG_TEXT)})" if text else ""
 
 
-def _proxy_cache_admin(keeper: Keeper, action: str, args: dict[str, Any], now: float) -> Any:
+def _proxy_cache_admin(keeper: Keeper, action: str, args: dict[str, Any], wall: float) -> Any:
     """Kong's Admin API /proxy-cache endpoints: get (GET /proxy-cache/{key}), purge (DELETE /proxy-cache/{key}) and
     flush (DELETE /proxy-cache), over every proxy-cache plugin or the one `plugin=` names (/proxy-cache/{plugin
     id}/caches/{key}); list: the plugins, their dictionaries and what those hold."""
@@ -635,7 +635,7 @@ def _proxy_cache_admin(keeper: Keeper, action: str, args: dict[str, Any], now: f
         return {"flushed": sum(c.flush() for _, _, c in caches if c is not None)}
     key = _need(args, "key")
     for pid, _, cache in caches:
-        raw = cache.get(key, now) if cache is not None else None
+        raw = cache.get(key, wall) if cache is not None else None
         if raw is None:
             continue
         if action == "get":
