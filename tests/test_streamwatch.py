@@ -50,14 +50,28 @@ def test_a_quiet_client_is_left_alone(conn_pair):
     assert len(watch) == 1
 
 
-def test_bytes_from_the_client_stop_the_watch_and_stay_unread(conn_pair):
-    conn, client = conn_pair
+class PeekCounting(Conn):
+    """A Conn that counts the watch's looks at its bytes."""
+
+    __slots__ = ("looks",)
+
+    def peer_closed(self) -> bool | None:
+        self.looks = getattr(self, "looks", 0) + 1
+        return super().peer_closed()
+
+
+def test_bytes_from_the_client_leave_it_watched_for_its_hang_up_only_and_stay_unread(conn_pair):
+    """A pipelined request is looked at once: then the client is watched for EPOLLRDHUP alone (its bytes do not
+    report it again and again), as nginx's epoll goes on watching it for the end (ngx_epoll_module.c:884-888)."""
+    sock, client = conn_pair[0].sock, conn_pair[1]
+    conn = PeekCounting(sock)
     watch, stream = StreamWatch(), Stream(None, 0.0, 15.0)
     watch.watch(conn, stream)
     client.sendall(b"GET /next HTTP/1.1\r\n\r\n")
     assert watch.check() == 0
+    assert watch.check() == 0
     assert not stream.gone
-    assert len(watch) == 0
+    assert len(watch) == 1 and conn.looks == 1
     assert conn.sock.recv(100) == b"GET /next HTTP/1.1\r\n\r\n"
 
 

@@ -26,6 +26,7 @@ _CLOSED_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIME
 
 
 _READABLE = select.POLLIN | select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR  # a FIN, both ends shut, a reset: not bytes
 # One poll object for the process, holding one descriptor at a time (Conn.readable): one per connection cost 300
 # bytes each, which 50,000 idle streams feel (issue 19). Registering is a dict store; only poll() is a system call.
 _PROBE = select.poll()
@@ -198,15 +199,31 @@ class Conn:
             self.unsent = len(view)
             raise
 
-    def peer_closed(self) -> bool | None:
-        """Once the socket polled readable, with no read under way: True if the peer closed (EOF or reset), False
-        if it sent bytes (left unread, for whoever reads next), None if there was nothing to read after all."""
+    def peer_closed(self, behind_bytes: bool = True) -> bool | None:
+        """Once the socket polled readable, with no read under way: True if the peer closed (EOF or reset, also
+        behind bytes it sent first when `behind_bytes`: `hung_up`), False if it sent bytes only (left unread, for
+        whoever reads next), None if there was nothing to read after all. Not `behind_bytes` while those bytes may
+        be the rest of the request's body, which nginx reads before it looks for the client's FIN."""
         try:
-            return self.sock.recv(1, socket.MSG_PEEK) == b""
+            peeked = self.sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             return None
         except OSError:
             return True
+        return not peeked or (behind_bytes and self.hung_up())
+
+    def hung_up(self) -> bool:
+        """Has the peer closed or reset its end, whatever bytes it sent before that (still unread)? A peek sees
+        those bytes, not the FIN behind them; nginx sees the FIN at once (ngx_epoll_module.c:884-888, EPOLLRDHUP
+        sets pending_eof whatever is unread). One poll(2) that neither waits nor reads."""
+        fd = self.sock.fileno()
+        if fd < 0:
+            return True
+        _PROBE.register(fd, _HUNG_UP)
+        try:
+            return bool(_PROBE.poll(0))
+        finally:
+            _PROBE.unregister(fd)
 
     def shutdown(self) -> None:
         """End both directions, leaving the descriptor open: whoever waits on it sees EOF (or EPIPE) and closes it."""

@@ -22,8 +22,10 @@ recv(MSG_PEEK) each). A client that closed or reset ends its request there, and 
 ngx_http_upstream_next tries no other server for a client gone): the upstream connection is closed (its server
 stops working for no one, a least-connections count is given back) and the log says 499. A client that only
 half-closed (its request sent whole, then a FIN) is gone too, as for nginx: its check_broken_connection takes the
-EOF (epoll's EPOLLRDHUP, or recv(MSG_PEEK) returning 0) for a client that closed. Relayed streams have a watch of
-their own (gateway.pipeline.streamwatch).
+EOF (epoll's EPOLLRDHUP, or recv(MSG_PEEK) returning 0) for a client that closed. So is one that sent bytes (a
+pipelined request) and then closed: the peek sees the bytes, not the FIN behind them, so a client whose peek finds
+bytes is also polled for its hang-up (Conn.hung_up), as nginx's epoll reports EPOLLRDHUP whatever is unread
+(ngx_epoll_module.c:884-888). Relayed streams have a watch of their own (gateway.pipeline.streamwatch).
 
 Each time it wakes, the sweeper also refreshes the responses' `Date` line (gateway.http.dates.NOW): a new second is
 formatted once, not per response, at most CLIENT_CHECK_S late.
@@ -60,7 +62,7 @@ class Closable(Protocol):
 
 
 class Client(Protocol):
-    def peer_closed(self) -> bool | None: ...
+    def peer_closed(self, behind_bytes: bool = True) -> bool | None: ...
 
 
 class Phase(enum.IntEnum):
@@ -80,6 +82,8 @@ class Phase(enum.IntEnum):
 # ngx_http_upstream_rd_check_broken_connection before the connect)
 _WAITING_ON_UPSTREAM = frozenset({Phase.UPSTREAM_CONNECT, Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ,
                                   Phase.UPSTREAM_BODY})
+# The request is sent whole: a client's unread bytes are its next request, not the rest of this one's body
+_REQUEST_SENT = frozenset({Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY})
 # Phases whose timeout bounds a wait on one peer (nginx arms such a timer only while it waits on that peer): a write
 # to the client meanwhile does not use up their time
 _BETWEEN_TWO_OPERATIONS = frozenset({Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY,
@@ -216,10 +220,12 @@ class Timers:
 
     def check_clients(self) -> int:
         """End the requests whose client closed while they wait on the upstream (see the module's docstring);
-        returns how many. A client that sent bytes instead (a pipelined request) is left alone, as nginx does."""
+        returns how many. A client that sent bytes instead (a pipelined request) is left alone, as nginx does,
+        unless it then closed (Conn.peer_closed: bytes, then a FIN or reset, are gone at once)."""
         gone = 0
         for timer in self.live:
-            if timer.phase in _WAITING_ON_UPSTREAM and timer.client is not None and timer.client.peer_closed():
+            if timer.phase in _WAITING_ON_UPSTREAM and timer.client is not None and \
+                    timer.client.peer_closed(timer.phase in _REQUEST_SENT):
                 timer.gone = True
                 timer.upstream = None
                 timer.scope.cancel()

@@ -306,11 +306,16 @@ class TlsConn(Conn):
             return b""
         return (self._pushback or peeked) if peeked else b""
 
-    def peer_closed(self) -> bool | None:
-        """Conn.peer_closed through TLS: a close_notify or EOF is the end; session housekeeping is not (None);
-        plaintext (a pipelined request) is kept for the next recv, and once some is, nothing more is read."""
+    def peer_closed(self, behind_bytes: bool = True) -> bool | None:
+        """Conn.peer_closed through TLS: a close_notify or EOF is the end, and so is a FIN behind plaintext or
+        housekeeping (`hung_up`: the socket's, as nginx looks at no record there); session housekeeping alone is not
+        (None); plaintext (a pipelined request) is kept for the next recv, and once some is, nothing more is read."""
         data = self._poll_records()
-        return None if data is None else not data
+        if data == b"":
+            return True
+        if behind_bytes and self.hung_up():
+            return True
+        return None if data is None else False
 
     def send_now(self, data: bytes) -> int:
         """Nothing goes out this way: ciphertext half-sent would have to be finished before any other record."""

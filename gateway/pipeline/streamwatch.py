@@ -8,9 +8,11 @@ this set, and is resumed by whoever has news: this set's task when the upstream 
 client closed (`gone`), the keep-alive wheel when a comment is owed (gateway.pipeline.keepalive). The set's own
 descriptor is the one thing Trio waits on, as nginx watches all its connections in one epoll.
 
-A client that sends bytes instead of closing (a pipelined request) stops being watched, and its bytes stay for the
-next read. The gateway never closes an upstream socket under a parked stream (the kernel would drop it from the set
-without a word): a circuit's sweep shuts it down instead (gateway.http.pool), which reads as the upstream's EOF.
+A client that sends bytes instead of closing (a pipelined request) is then watched for its hang-up alone (EPOLLRDHUP,
+not EPOLLIN), and its bytes stay for the next read: one that closes after them is gone at once, as nginx's epoll sees
+the FIN behind unread bytes (ngx_epoll_module.c:884-888, pending_eof; ngx_http_upstream.c:1400-1445, its 499). The
+gateway never closes an upstream socket under a parked stream (the kernel would drop it from the set without a
+word): a circuit's sweep shuts it down instead (gateway.http.pool), which reads as the upstream's EOF.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from gateway.http.net import Conn
 from gateway.pipeline.keepalive import Stream
 
 _CLIENT = select.EPOLLIN | select.EPOLLRDHUP
+_CLIENT_SPOKE = select.EPOLLRDHUP  # a client that sent bytes: its FIN or reset only (EPOLLHUP, EPOLLERR come anyway)
+_HUNG_UP = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _UPSTREAM = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _MAX_EVENTS = 1024  # per poll; the rest are reported by the next one, as the set stays readable
 
@@ -40,7 +44,8 @@ class StreamWatch:
         return len(self._clients)
 
     def watch(self, conn: Conn, stream: Stream) -> None:
-        """Watch client `conn` for the life of `stream` (until `unwatch`, or until it hangs up or sends something)."""
+        """Watch client `conn` for the life of `stream` (until `unwatch`, or until it hangs up; once it sent
+        something, for its hang-up only)."""
         fd = stream.fd = conn.sock.fileno()
         self._add(fd, _CLIENT)
         self._clients[fd] = (conn, stream)
@@ -94,25 +99,30 @@ class StreamWatch:
         """Resume the streams whose upstream spoke; judge every client the kernel reports (a hang-up resumes its
         stream too). Returns how many clients hung up."""
         gone = 0
-        for fd, _ in self._epoll.poll(0, _MAX_EVENTS):
+        for fd, events in self._epoll.poll(0, _MAX_EVENTS):
             stream = self._upstreams.get(fd)
             if stream is not None:
                 stream.wake()
                 continue
             entry = self._clients.get(fd)
-            if entry is None:
-                continue
-            conn, stream = entry
-            closed = conn.peer_closed()
-            if closed is None:
-                continue  # woken for nothing (TLS housekeeping): keep watching
-            del self._clients[fd]
-            self._remove(fd)
-            if closed:
+            if entry is not None and self._hung_up(fd, events, entry[0]):
+                del self._clients[fd]
+                self._remove(fd)
+                stream = entry[1]
                 stream.gone = True
                 stream.wake()
                 gone += 1
         return gone
+
+    def _hung_up(self, fd: int, events: int, conn: Conn) -> bool:
+        """Did the client the kernel reported hang up? A FIN or reset is the end whatever bytes came before it; bytes
+        alone (a pipelined request) are left unread, and the client is watched for its hang-up only from then on."""
+        if events & _HUNG_UP:
+            return True
+        closed = conn.peer_closed()
+        if closed is False:
+            self._epoll.modify(fd, _CLIENT_SPOKE)
+        return bool(closed)  # (None: woken for nothing, TLS housekeeping: keep watching)
 
     async def run_forever(self) -> None:
         try:

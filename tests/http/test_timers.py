@@ -226,7 +226,7 @@ class _Client:
         self.closed = closed
         self.peeks = 0
 
-    def peer_closed(self) -> bool | None:
+    def peer_closed(self, behind_bytes: bool = True) -> bool | None:
         self.peeks += 1
         return self.closed
 
