@@ -84,6 +84,7 @@ _WAITING_ON_UPSTREAM = frozenset({Phase.UPSTREAM_CONNECT, Phase.UPSTREAM_WRITE, 
                                   Phase.UPSTREAM_BODY})
 # The request is sent whole: a client's unread bytes are its next request, not the rest of this one's body
 _REQUEST_SENT = frozenset({Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY})
+PRUNE_SLACK = 1024  # stale heap entries tolerated beyond as many as the valid ones (Timers.tidy)
 # Phases whose timeout bounds a wait on one peer (nginx arms such a timer only while it waits on that peer): a write
 # to the client meanwhile does not use up their time
 _BETWEEN_TWO_OPERATIONS = frozenset({Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY,
@@ -169,6 +170,7 @@ class Timers:
         self._order = itertools.count()  # ties never compare timers
         self._wake: trio.Event | None = None  # the sleeping sweeper's alarm
         self._wake_at = math.inf  # when it wakes by itself (-inf: already woken)
+        self._prune_above = PRUNE_SLACK  # the heap's length past which its stale entries are dropped (`tidy`)
 
     def add(self, timer: ConnTimer) -> None:
         self.live.add(timer)
@@ -218,6 +220,16 @@ class Timers:
                 self.push(timer, timer.at)  # its deadline moved later meanwhile
         return fired
 
+    def tidy(self) -> None:
+        """Drop the heap's stale entries (a connection ended, a timer queued again earlier) once the heap has doubled
+        since the last time: nginx deletes a connection's timers as it closes it (ngx_close_connection), and a lazy
+        heap must not keep a closed connection's timer, and its scope, for a whole read_timeout (up to 24.8 days)."""
+        heap = self._heap
+        if len(heap) > self._prune_above:
+            heap[:] = [entry for entry in heap if entry[0] == entry[2].queued]
+            heapq.heapify(heap)
+            self._prune_above = 2 * len(heap) + PRUNE_SLACK
+
     def check_clients(self) -> int:
         """End the requests whose client closed while they wait on the upstream (see the module's docstring);
         returns how many. A client that sent bytes instead (a pipelined request) is left alone, as nginx does,
@@ -240,6 +252,7 @@ class Timers:
             now = trio.current_time()
             NOW.refresh()
             self.expire(now)
+            self.tidy()
             if now >= check_at:
                 self.check_clients()
                 check_at = now + CLIENT_CHECK_S

@@ -309,3 +309,53 @@ def test_the_sweeper_looks_at_waiting_clients_every_client_check_interval():
         assert timer.client.peeks == 4  # type: ignore[union-attr]
 
     run_autojump(main)
+
+
+def test_closed_connections_timers_far_in_the_future_leave_the_heap_once_it_has_doubled():
+    """nginx deletes a connection's timers as it closes it (ngx_close_connection): 5,000 connections closed with a
+    timer an hour away (a long read_timeout) must not stay in the heap, with their scopes, for that hour."""
+    async def main() -> None:
+        timers = Timers()
+        kept = ConnTimer(math.inf, Phase.BUSY)
+        timers.add(kept)
+        kept.set(30, Phase.UPSTREAM_READ)
+        for _ in range(5000):
+            timer = ConnTimer(math.inf, Phase.BUSY)
+            timers.add(timer)
+            timer.set(3600, Phase.UPSTREAM_READ)
+            timers.discard(timer)
+        timers.tidy()
+        assert len(timers._heap) == 1 and timers._heap[0][2] is kept
+        assert timers.expire(trio.current_time() + 30) == 1 and kept.scope.cancel_called
+
+    run(main)
+
+
+def test_a_heap_of_valid_deadlines_is_left_whole():
+    async def main() -> None:
+        timers = Timers()
+        for _ in range(3000):
+            timer = ConnTimer(math.inf, Phase.BUSY)
+            timers.add(timer)
+            timer.set(3600, Phase.UPSTREAM_READ)
+        timers.tidy()
+        assert len(timers._heap) == 3000
+
+    run(main)
+
+
+def test_the_sweeper_tidies_the_heap_as_it_wakes():
+    async def main() -> None:
+        timers = Timers()
+        for _ in range(2000):
+            timer = ConnTimer(math.inf, Phase.BUSY)
+            timers.add(timer)
+            timer.set(3600, Phase.UPSTREAM_READ)
+            timers.discard(timer)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(timers.expire_forever)
+            await trio.sleep(CLIENT_CHECK_S)
+            assert timers._heap == []
+            nursery.cancel_scope.cancel()
+
+    run_autojump(main)
