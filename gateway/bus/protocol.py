@@ -130,9 +130,11 @@ class CountersGet(Msg, tag="counters_get"):
 
 
 class CountersAdd(Msg, tag="counters_add"):
-    """(key, increment, seconds a key lives from its first increment) per counter, as ngx.shared.DICT:incr."""
+    """(key, increment, seconds a key lives from its first increment) per counter, as ngx.shared.DICT:incr.
+    `keeper`: the incarnation it is for ("": any); another drops it, as the worker's restate replaces it."""
 
     items: list[tuple[str, int, float]] = []
+    keeper: str = ""
 
 
 # ---- keeper -> worker (direct) -----------------------------------------------------------------------------------

@@ -299,6 +299,8 @@ class Keeper:
         if isinstance(msg, p.CountersGet):
             return [p.CounterValues(id=msg.id, values=[self.counters.get(k, wall) for k in msg.keys])], []
         if isinstance(msg, p.CountersAdd):
+            if msg.keeper not in ("", self.incarnation):  # sent before this keeper: the worker's restate replaces it
+                return [], []
             for key, n, ttl in msg.items:
                 self.counters.add(key, n, ttl, wall)
             return [], []

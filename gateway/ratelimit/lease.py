@@ -27,16 +27,23 @@ Rules:
    `reports` hands what it admitted so to the keeper once it is back (to a new keeper incarnation, `restate`: rule
    5). A keeper that is merely slow is waited for: what a worker admits on its own the keeper counts only
    afterwards, on top of what it already handed out.
-   With fault_tolerant off it answers UNAVAILABLE instead (Kong fails closed with a 500). Under policy redis the
-   share is limit // (n x hosts), hosts as the keeper last heard from Redis (Grant.hosts); a grant that says
-   Redis is away with fault_tolerant off (Grant.unavailable) is answered UNAVAILABLE too.
-5. A keeper restarted is a new incarnation with empty windows: `restate` tells it, per key, what this worker admitted
-   in each window still current (leased tokens spent and local-share use, `Lease.counts`), which replaces the
-   report of local-share use (so nothing is counted twice). Each worker states only its own admissions, so the
-   keeper's sum is what the gateway admitted. Under policy redis only the local-share use is stated: what the
-   leases admitted is claimed in Redis already, and stays (ledger.py rule 7). The old keeper's tokens, unspent or
-   expired, are dropped: they were not admitted, and the new keeper never granted them; so is its word that a
-   limit is exhausted (Grant.retry), which counted those tokens. (A key forgotten after IDLE_S is not stated: its
+   Under policy local it does so whatever fault_tolerant says: Kong's local counters are a shared dict, which no
+   process's crash makes fail to read (rate-limiting policies/init.lua:318-327), so Kong never answers 500 there.
+   So does a lost keeper under policy redis: Redis is not what failed, and Kong's workers reach their Redis
+   themselves. A live keeper silent on a redis key, with fault_tolerant off, is answered UNAVAILABLE: its Redis is
+   slow, and Kong fails closed with a 500 when its Redis cannot be read. There the share is limit // (n x hosts),
+   hosts as the keeper last heard from Redis (Grant.hosts); a grant that says Redis is away with fault_tolerant
+   off (Grant.unavailable) is answered UNAVAILABLE too.
+5. A keeper restarted is a new incarnation with empty windows and full buckets: `restate` tells it, per key, what
+   this worker admitted in each window still current (leased tokens spent and local-share use, `Lease.counts`),
+   and how far its admissions drew the key's bucket down (`Lease.drawn`: the bucket's capacity, refilled at
+   rate / n, less one per request admitted here, leased or not; stated in whole tokens, rounded up), which replaces
+   the report of local-share use (so nothing is counted twice). Each worker states only its own admissions, so the
+   keeper's sum is what the gateway admitted, and its bucket starts where the old one was (nginx keeps limit_req's
+   state in shared memory, which a worker's crash leaves). Under policy redis only the local-share use is stated:
+   what the leases admitted is claimed in Redis already, and stays (ledger.py rule 7). The old keeper's tokens,
+   unspent or expired, are dropped: they were not admitted, and the new keeper never granted them; so is its word
+   that a limit is exhausted (Grant.retry), which counted those tokens. (A key forgotten after IDLE_S is not stated: its
    windows count from 0 at the new keeper, as an evicted key's do, ledger.py rule 8.)
    Requests and reports name the keeper incarnation they are for (`keeper`): what a worker sent to a keeper that
    died before reading it goes to the next one (ZeroMQ keeps a DEALER's queue across a reconnect), which ignores it
@@ -77,6 +84,7 @@ IDLE_S = 60.0  # a key not asked for this long is forgotten, its tokens given ba
 # client making up identifiers grew a worker by as many leases as it sent requests in IDLE_S.
 MAX_LEASES = 65_536
 EVICT_SCAN = 64  # keys asked for since they last came up are passed over this many times at most, then one goes
+ROUNDING = 1e-9  # a refilled bucket level's float rounding, not a token to state (rule 5)
 
 
 class Status(IntEnum):
@@ -125,7 +133,7 @@ class Lease:
     __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
                  "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "aged", "used", "unused",
                  "unused_grant", "release_next", "admitted", "bases", "ends", "resets", "next_roll", "unreported",
-                 "unreported_total", "flagged", "local")
+                 "unreported_total", "flagged", "local", "drawn")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
         self.key = key
@@ -160,6 +168,7 @@ class Lease:
         self.unreported_total = 0
         self.flagged = False  # listed for the next `reports`
         self.local: Bucket | None = None  # the local bucket share
+        self.drawn: Bucket | None = None  # the bucket as this worker's admissions drew it down (rule 5)
 
     def counts(self) -> list[int]:
         """Requests admitted here in each local window (spent leased tokens and local-share admissions)."""
@@ -204,7 +213,9 @@ class LeaseTable:
         if now < lease.blocked_until:
             return self._denied(lease, wall, lease.blocked_until - now)
         if self._fallback or (final and lease.in_flight):  # the keeper is lost, or silent on this key all along
-            return self._local_share(lease, now, wall) if spec.fault_tolerant else UNAVAILABLE
+            if spec.remote and not spec.fault_tolerant and not self._fallback:
+                return UNAVAILABLE  # a live keeper silent on a redis key: its Redis is slow (Kong's 500)
+            return self._local_share(lease, now, wall)
         if not lease.due:
             lease.due = True
             self._due.append(lease)
@@ -335,10 +346,11 @@ class LeaseTable:
             lease.unreported_total = 0
         return usages
 
-    def restate(self, wall: float) -> list[FallbackUsage]:
+    def restate(self, wall: float, now: float | None = None) -> list[FallbackUsage]:
         """For a new keeper incarnation (set `keeper` first): what each key admitted here in its windows still current
-        (rule 5), the keys least recently asked for first (the keeper's LRU keeps the latest when full); drops the old
-        keeper's tokens and denials."""
+        and drew from its bucket (rule 5), the keys least recently asked for first (the keeper's LRU keeps the latest
+        when full); drops the old keeper's tokens and denials. `now` (monotonic) refills the buckets first; None:
+        as they were at their last request."""
         usages = []
         self._flagged.clear()
         self._returned.clear()  # the old keeper's tokens (evicted keys'): the new keeper never granted them
@@ -349,10 +361,12 @@ class LeaseTable:
             lease.flagged = False
             if wall >= lease.next_roll:
                 self._roll(lease, wall)
-            windows = tuple(lease.unreported) if lease.spec.remote else tuple(lease.counts())
-            if any(windows) or (lease.bucketed and lease.unreported_total):
-                usages.append(FallbackUsage(lease.key, self.worker, lease.spec, windows, lease.unreported_total, wall,
-                                            self.keeper))
+            if lease.spec.remote:
+                windows, total = tuple(lease.unreported), lease.unreported_total
+            else:
+                windows, total = tuple(lease.counts()), self._drawn_total(lease, now)
+            if any(windows) or (lease.bucketed and total):
+                usages.append(FallbackUsage(lease.key, self.worker, lease.spec, windows, total, wall, self.keeper))
             lease.unreported = [0] * len(lease.unreported)
             lease.unreported_total = 0
         return usages
@@ -396,6 +410,7 @@ class LeaseTable:
         if lease.bucketed:  # the local share counts what leases admitted, as the windows' counts do
             bucket = self._local_bucket(lease, now)
             bucket.level = max(0.0, bucket.level - 1)
+            self._draw(lease, now)
         if not lease.pace:
             return 0.0
         delay = max(0.0, lease.release_next - now)
@@ -433,6 +448,7 @@ class LeaseTable:
                 if spec.paced:
                     delay = (capacity - level) / rate
                 bucket.level -= 1
+                self._draw(lease, now)
         if not retry:
             lease.admitted += 1
             counts = lease.counts()
@@ -457,6 +473,28 @@ class LeaseTable:
             bucket = lease.local = Bucket(capacity, now)
         bucket.refill(now, spec.rate / workers, capacity)
         return bucket
+
+    def _draw(self, lease: Lease, now: float) -> None:
+        """One request admitted here takes a token from the key's bucket as this worker sees it (rule 5): the full
+        capacity, refilled at rate / n (n workers' admissions refill it together), never below empty."""
+        spec = lease.spec
+        drawn = lease.drawn
+        if drawn is None:
+            drawn = lease.drawn = Bucket(spec.capacity, now)
+        drawn.refill(now, spec.rate / self._workers, spec.capacity)
+        drawn.level = max(0.0, drawn.level - 1)
+
+    def _drawn_total(self, lease: Lease, now: float | None) -> int:
+        """A bucketed key's tokens this worker's admissions took from its bucket and the refill has not put back,
+        rounded up (a new keeper's bucket starts that much below full: rule 5); else its local-share use."""
+        drawn, spec = lease.drawn, lease.spec
+        if not lease.bucketed:
+            return lease.unreported_total
+        if drawn is None:
+            return 0
+        if now is not None:
+            drawn.refill(now, spec.rate / self._workers, spec.capacity)
+        return max(0, ceil(spec.capacity - drawn.level - ROUNDING))
 
     @staticmethod
     def _roll(lease: Lease, wall: float) -> None:

@@ -15,7 +15,8 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    and taken from the bucket, which may go into debt down to minus its capacity. To a new Ledger (a keeper
    restarted) each worker reports in the same way all it admitted in the windows still current, leased tokens of
    the old keeper spent included (lease.py rule 5), so the sum of the reports is what the gateway admitted and a
-   window is not handed out again; under policy redis only its local-share use, as Redis kept the rest (rule 7).
+   window is not handed out again, and as its bucket's `total` how far its admissions drew the bucket down, so a
+   bucket is not full again; under policy redis only its local-share use, as Redis kept the rest (rule 7).
 6. Resynchronisation: the first report in a window opens a RESYNC_S period in which the local share
    (limit // workers) of every worker not yet heard from in that window stays reserved, since its own report may
    still be on the way. A worker's reports precede its next lease request on its channel, so a request from a

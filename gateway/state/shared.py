@@ -37,6 +37,7 @@ from gateway.ratelimit.ledger import MAX_KEYS
 from gateway.ratelimit.messages import FallbackUsage
 from gateway.runtime import Runtime, TargetRuntime, UpstreamGroup
 from gateway.stores.cache import ENTRY_LIMIT as CACHE_ENTRY_LIMIT
+from gateway.stores.counters import WorkerCounters
 
 log = logging.getLogger("gateway.state")
 
@@ -49,6 +50,7 @@ SWEEP_S = 1.0  # expired leases are given back this often
 CALL_TIMEOUT_S = 0.25  # a host-wide store's answer later than this counts as none (the keeper is busy or gone)
 REPORT_BYTES = 1 << 20  # rate-limit reports go to the keeper in GiveBacks of about this size
 REPORT_ENTRY_BYTES = 256  # a report's size beside its key, at most (spec, worker, counts)
+COUNTER_ENTRY_BYTES = 32  # a counter's add beside its key, at most (increment, ttl)
 
 
 class SharedState:
@@ -58,6 +60,7 @@ class SharedState:
         self.worker_id = worker_id
         self.workers = workers
         self.leases = LeaseTable(worker_id, workers)
+        self.counts = WorkerCounters()  # what this worker added to the host's counters (stores/counters.py rules 5-7)
         self.breakers = BreakerView(self._wake_flush)
         self.keeper_up = False
         self.incarnation = ""
@@ -238,8 +241,12 @@ class SharedState:
         # A new incarnation counts every window from 0: it hears all this worker admitted in them, not only the
         # local-share use (gateway/ratelimit/lease.py rule 5); at most as many keys as it keeps.
         wall = time.time()
-        self._give_reports(self.leases.restate(wall)[-MAX_KEYS:] if replaced else self.leases.reports(wall))
-        if replaced:  # what was asked of the old keeper, ask of this one (after the reports, as always)
+        self._give_reports(self.leases.restate(wall, time.monotonic())[-MAX_KEYS:] if replaced
+                           else self.leases.reports(wall))
+        if replaced:
+            # all this worker added to the host's counters as well (stores/counters.py rule 5)
+            self._add_counters(self.counts.restate(wall))
+            # what was asked of the old keeper, ask of this one (after the reports, as always)
             self.leases.requests_lost()
             requests = self.leases.refills(time.monotonic())
             if requests:
@@ -258,6 +265,20 @@ class SharedState:
             batch.append(usage)
             size += cost
         self._send(p.GiveBack(fallback=batch))
+
+    def _add_counters(self, items: list[tuple[str, int, float]]) -> None:
+        """Send adds to the host's counters for the keeper now up, in CountersAdd of about REPORT_BYTES each."""
+        batch: list[tuple[str, int, float]] = []
+        size = 0
+        for item in items:
+            cost = len(item[0]) + COUNTER_ENTRY_BYTES
+            if batch and size + cost > REPORT_BYTES:
+                self._send(p.CountersAdd(items=batch, keeper=self.incarnation))
+                batch, size = [], 0
+            batch.append(item)
+            size += cost
+        if batch:
+            self._send(p.CountersAdd(items=batch, keeper=self.incarnation))
 
     def keeper_disconnected(self) -> None:
         """The connection to the keeper closed: it exited (the supervisor restarts it). No need to wait for the
@@ -375,6 +396,8 @@ class SharedState:
         reports = self.leases.reports(wall)
         if reports:  # (after an outage: every key's local use, in frames the bus takes)
             self._give_reports(reports)
+        if self.counts.pending:  # the adds to the host's counters made while the keeper was away
+            self._add_counters(self.counts.take_unsent(wall))
         requests = self.leases.refills(time.monotonic())
         if requests:
             self._ask(requests)
@@ -423,10 +446,22 @@ class SharedState:
         reply = await self._call(call_id, p.CountersGet(id=call_id, keys=keys))
         return reply.values if isinstance(reply, p.CounterValues) else None
 
+    async def counters_usage(self, keys: list[str], ends: list[float]) -> list[int]:
+        """Kong's shm:get of host-wide counters, which cannot fail: the keeper's values, or, the keeper away or silent
+        for CALL_TIMEOUT_S, this worker's view of them (stores/counters.py rule 6). `ends`: each key's end (wall)."""
+        values = await self.counters_get(keys)
+        if values is None:
+            return self.counts.known(keys, time.time())
+        self.counts.read(keys, values, ends, time.time())
+        return values
+
     def counters_add(self, items: list[tuple[str, int, float]]) -> None:
-        """(key, increment, seconds a key lives from its first increment) each; not acknowledged."""
-        if self.keeper_up and items:
-            self._post(p.CountersAdd(items=items))
+        """(key, increment, seconds a key lives from its first increment) each; not acknowledged. Remembered here,
+        for a keeper restarted empty, and kept for the keeper while it is away (stores/counters.py rules 5-7)."""
+        if items:
+            self.counts.add(items, time.time(), self.keeper_up)
+            if self.keeper_up:
+                self._post(p.CountersAdd(items=items, keeper=self.incarnation))
 
     async def _call(self, call_id: int, msg: p.Msg) -> p.Msg | None:
         if not self.keeper_up:
@@ -529,7 +564,7 @@ class SharedState:
 
     def _pending(self) -> bool:
         """Is anything waiting for a flush (outcomes, passive results, lease refills or reports)?"""
-        return bool(self.breakers.pending or self._passive or self.leases.pending)
+        return bool(self.breakers.pending or self._passive or self.leases.pending or self.counts.pending)
 
     async def _periodic(self) -> None:
         """Flush every FLUSH_S while there is traffic; a quiet worker backs off to IDLE_FLUSH_S, and then flushes

@@ -1,5 +1,5 @@
 """response-ratelimiting's handler with policy local against a stand-in for the state keeper's counters (no sockets):
-what access, header_filter and the log step ask of the keeper, and what happens when it does not answer."""
+what access, header_filter and the log step ask of the keeper, and what happens when counters cannot be read."""
 
 from __future__ import annotations
 
@@ -10,21 +10,22 @@ import msgspec
 import pytest
 
 from gateway.pipeline.phases import Exit
+from gateway.policies.response_ratelimiting.counters import UsageError
 from gateway.policies.response_ratelimiting.handler import ResponseRateLimiting
 from gateway.policies.response_ratelimiting.schema import ResponseRateLimitingConfig
 
 
 class Keeper:
-    """SharedState's counters API: every counter at `count` (None: the keeper did not answer); adds recorded."""
+    """SharedState's counters API: every counter at `count`; adds recorded."""
 
-    def __init__(self, count: int | None = 0) -> None:
+    def __init__(self, count: int = 0) -> None:
         self.count = count
         self.asked: list[list[str]] = []
         self.added: list[tuple[str, int, float]] = []
 
-    async def counters_get(self, keys: list[str]) -> list[int] | None:
+    async def counters_usage(self, keys: list[str], ends: list[float]) -> list[int]:
         self.asked.append(keys)
-        return None if self.count is None else [self.count] * len(keys)
+        return [self.count] * len(keys)
 
     def counters_add(self, items: list[tuple[str, int, float]]) -> None:
         self.added += items
@@ -44,15 +45,32 @@ def policy(keeper: Keeper, **config: Any) -> ResponseRateLimiting:
     return ResponseRateLimiting(cfg, "pid", keeper)
 
 
-async def test_a_keeper_that_does_not_answer_is_kongs_500_without_fault_tolerance():
+class Unreadable:
+    """Counters that cannot be read (policy redis, its Redis away; policy local's never fail to be read:
+    tests/test_keeper_restart_state.py)."""
+
+    async def usage(self, keys: list[str], ends: list[float]) -> list[float]:
+        raise UsageError("Redis is away")
+
+    def increment(self, items: list[tuple[str, int, float]]) -> None:
+        raise AssertionError("nothing is counted without usage")
+
+
+def unreadable(**config: Any) -> ResponseRateLimiting:
+    p = policy(Keeper(), **config)
+    p.counters = Unreadable()  # type: ignore[assignment]
+    return p
+
+
+async def test_counters_that_cannot_be_read_are_kongs_500_without_fault_tolerance():
     ex = Exchange()
-    assert await policy(Keeper(None), fault_tolerant=False).access(ex)
+    assert await unreadable(fault_tolerant=False).access(ex)
     assert ex.answered == (500, None)  # respond_error's text for 500: "An unexpected error occurred"
 
 
-async def test_a_keeper_that_does_not_answer_lets_the_request_through_unlimited_with_fault_tolerance():
+async def test_counters_that_cannot_be_read_let_the_request_through_unlimited_with_fault_tolerance():
     ex = Exchange()
-    p = policy(Keeper(None))
+    p = unreadable()
     assert not await p.access(ex)
     assert ex.answered is None and ex.request.headers == []
     headers = [(b"x-kong-limit", b"video=1")]

@@ -160,8 +160,9 @@ def test_a_keeper_silent_on_a_key_for_the_whole_wait_admits_on_the_local_share()
     assert (usage.windows, usage.total) == ((1,), 1)
 
 
-def test_a_silent_keeper_without_fault_tolerance_is_unavailable():
-    spec = LimitSpec(windows=(Window("second", 100),), fault_tolerant=False)
+def test_a_silent_keeper_without_fault_tolerance_is_unavailable_under_policy_redis():
+    """(Under policy local the local share admits: tests/test_keeper_restart_state.py.)"""
+    spec = LimitSpec(windows=(Window("second", 100),), fault_tolerant=False, store="plugin-1")
     table = LeaseTable("w1", 2)
     table.take("k", spec, 0.0, T0)
     table.refills(0.0)

@@ -239,7 +239,7 @@ class RateLimiting:
             if self.headers is not None and headers:
                 self._report(ex, self.headers.decided(decision))
             return False
-        if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and the keeper is away (Kong: 500)
+        if decision.status == Status.UNAVAILABLE:  # fault_tolerant is off and Redis is away or slow (Kong: 500)
             await ex.respond_error(500)  # Kong: "An unexpected error occurred"
             return True
         RECORDER.count(RATELIMIT_REJECTED, (self.plugin_id, self._exhausted(decision)))

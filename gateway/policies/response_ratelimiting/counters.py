@@ -2,7 +2,10 @@
 (after the response, not awaited).
 
 - local: the host's counters, held by the state keeper (Kong: the nginx shared dict all workers of the host share),
-  read with one call per request and added to without waiting (SharedState.counters_get / counters_add).
+  read with one call per request and added to without waiting (SharedState.counters_usage / counters_add). Kong's
+  shared dict cannot fail to be read (policies/init.lua:150-160), so neither can these: with the keeper away, each
+  worker answers from what it knows of them, and a keeper restarted hears what each worker added
+  (gateway/stores/counters.py rules 5-7).
 - redis: Redis, from the worker, as Kong's policy: the counts with one MGET (Kong: a GET per key), the increments
   with INCRBY and EXPIRE per key in a pipeline. Increments are queued and sent by a task of the worker (the policy's
   `background`); what queued up while one pipeline was out goes in the next, summed per key.
@@ -35,11 +38,11 @@ class LocalCounters:
     def __init__(self, shared: Any) -> None:
         self.shared = shared
 
-    async def usage(self, keys: list[str]) -> list[float]:
-        values = await self.shared.counters_get(keys) if self.shared is not None else None
-        if values is None:
-            raise UsageError("the state keeper did not answer")
-        return values
+    async def usage(self, keys: list[str], ends: list[float]) -> list[float]:
+        """The counters' values; `ends`: when each key's period ends (wall). Never fails (Kong's shm:get)."""
+        if self.shared is None:
+            raise UsageError("no state keeper: the configuration is only being checked")
+        return await self.shared.counters_usage(keys, ends)
 
     def increment(self, items: list[tuple[str, int, float]]) -> None:
         if self.shared is not None:
@@ -54,7 +57,8 @@ class RedisCounters:
         self._queue, self._pending = trio.open_memory_channel[list[tuple[str, int, float]]](PENDING_LIMIT)
         self._dropped = 0
 
-    async def usage(self, keys: list[str]) -> list[float]:
+    async def usage(self, keys: list[str], ends: list[float]) -> list[float]:
+        """The counters' values from Redis (`ends` is the local policy's); UsageError when Redis fails."""
         try:
             replies = await self.redis.run(lambda client: client.mget(keys))
         except StoreError as e:

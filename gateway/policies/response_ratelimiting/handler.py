@@ -2,8 +2,9 @@
 
 access: the counters of every (name, period) of the identifier (limit_by, as rate-limiting's) are read once; the
 upstream request gets X-RateLimit-Remaining-<name>; with block_on_first_violation a used-up name answers 429 "API
-rate limit exceeded for '<name>'". Counters that cannot be read: Kong's 500 unless fault_tolerant (then the request
-goes on unlimited, without the headers).
+rate limit exceeded for '<name>'". Counters that cannot be read (policy redis: Redis away; policy local's cannot
+fail, as Kong's shared dict): Kong's 500 unless fault_tolerant (then the request goes on unlimited, without the
+headers).
 header_filter: the upstream's `header_name` header (`name=n, ...`) is read and removed; the client gets
 X-RateLimit-Limit-<name>-<period> and X-RateLimit-Remaining-<name>-<period> unless hide_client_headers; a positive
 increment for a name already used up turns the response into a 429 without a body (phases.Exit).
@@ -79,7 +80,7 @@ class ResponseRateLimiting:
         windows = self.clock.windows(now)
         plan = self.plan
         try:
-            counts = await self.counters.usage(plan.usage_keys(self.scope, ident, windows))
+            counts = await self.counters.usage(plan.usage_keys(self.scope, ident, windows), plan.usage_ends(windows))
         except UsageError as e:
             self._failed(e)
             if not self.fault_tolerant:

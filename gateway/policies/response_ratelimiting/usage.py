@@ -101,6 +101,10 @@ class Plan:
         """The counter of every (name, period) configured, in `pairs` order."""
         return [counter_key(scope, identifier, windows[p.slot][0], name, p.period) for name, p in self.pairs]
 
+    def usage_ends(self, windows: Sequence[tuple[int, int]]) -> list[float]:
+        """When each counter of `usage_keys` ends (wall seconds): its period's end."""
+        return [windows[p.slot][1] for _, p in self.pairs]
+
     def remaining(self, counts: Sequence[float]) -> list[float]:
         """limit - count, for the counts of `usage_keys`."""
         return [p.limit - count for (_, p), count in zip(self.pairs, counts, strict=True)]
