@@ -43,7 +43,7 @@ from gateway.policies.base import Policy
 from gateway.policies.consumers import Directory
 from gateway.policies.jwt.keys import check_keys
 from gateway.routing import Router, RouteSpec
-from gateway.telemetry.entities import RouteFacts
+from gateway.telemetry.entities import RouteFacts, assign_ids, entity_id, is_anonymous
 from gateway.tls_runtime import compile_client_ssl, compile_client_tls, compile_server_tls
 
 log = logging.getLogger("gateway.runtime")
@@ -295,6 +295,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     `shared` is the worker's view of the bus state (gateway.state.SharedState) for the policies that need it;
     None when only validating (check-config) or in the keeper."""
     errors: list[str] = []
+    assign_ids(config)  # (before the plugins: an id of a plugin on an unnamed route or service holds its owner's)
     by_upstream = _targets_by_upstream(config)
     groups = {up.name: _group(up, by_upstream.get(up.name, ()), errors) for up in config.upstreams}
     client_ssl = compile_client_ssl(config, errors)  # kong.conf's client certificate for every https upstream
@@ -316,14 +317,14 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
     services_by_name = {svc.name: svc for svc in config.services}
     specs = []
     v1_routes: list[str] = []
-    for i, route in enumerate(config.routes):
+    for route in config.routes:
         svc = services.get(route.service or "")
         if svc is None and route.service is not None:
             continue  # an unknown service: reported by the loader
         if route.service is not None and not services_by_name[route.service].enabled:
             continue  # Kong: the routes of a disabled service are not put in the router (their requests get 404)
         svc = breakers.bypass.get(id(route), svc)  # (the circuit-breaker of its upstream does not run for it)
-        rname = route.name or f"routes[{i}]"
+        rname = route.name or entity_id(route, "routes")  # an unnamed route is known by its id, as in Kong's labels
         mcp_route = None
         if route.mcp or route.mcp_methods or route.mcp_tools:
             mcp_route = McpRoute(mcp, route.mcp_methods, route.mcp_tools)
@@ -343,7 +344,7 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                                mcp_methods=route.mcp_methods,
                                mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None))
         if route.path_handling == "v1":
-            v1_routes.append(rname)
+            v1_routes.append(route.name or path_of(route))
     if v1_routes:  # Kong's deprecation, in its words (kong/db/schema/entities/routes.lua)
         log.warning("%s: path_handling='v1' is deprecated and will not work under 'expressions' or "
                     "'traditional_compatible' router_flavor (Kong's default, and this gateway's router): the upstream "
@@ -579,13 +580,17 @@ _CHECK_MESSAGE = re.compile(r"^(?P<path>\S+): (?P<field>[A-Za-z_][A-Za-z0-9_]*(?
 
 
 def id_of(plugin: Plugin) -> str:
-    """A plugin's id: its own, or one made of its name and scope (stable across reloads and processes): an unnamed
-    route is named by its id or its place in the file, so that two unnamed routes' plugins keep apart counters."""
+    """A plugin's id: its own, or one made of its name and scope (the same in every process of a generation): an
+    unnamed route or service is named by its id (as compile_config noted it, gateway.telemetry.entities.assign_ids:
+    its own, else derived from its definition and place), so that two unnamed routes' plugins keep apart counters,
+    and a route a reload moves into a removed one's place does not take over its counters."""
     if plugin.id:
         return plugin.id
     owner = getattr(plugin, "_route", None)
-    route = plugin.route if owner is None or owner.name is not None else owner.id or path_of(owner)
-    return f"{plugin.name}:{plugin.service or ''}:{route or ''}:{plugin.consumer or ''}"
+    route = plugin.route if owner is None or owner.name is not None else entity_id(owner, "routes")
+    parent = getattr(plugin, "_service", None)  # nested under a service (an unnamed one's label may be its place)
+    service = entity_id(parent, "services") if parent is not None and is_anonymous(parent) else plugin.service
+    return f"{plugin.name}:{service or ''}:{route or ''}:{plugin.consumer or ''}"
 
 
 def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory,

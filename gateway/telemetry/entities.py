@@ -2,7 +2,8 @@
 
 Kong's serializer copies the route and service entities into every log line, and its prometheus plugin labels by
 service name (or host) and route name (or id). Entities without an id get the one Kong's declarative loader would
-give them (a UUIDv5 of the name), so log lines and labels agree across workers, reloads and with Kong. As DB-less
+give them (a UUIDv5 of the name), so log lines and labels agree across workers, reloads and with Kong; an unnamed one,
+whose id Kong makes random at each load, one derived from its definition and place (`derived_id`). As DB-less
 Kong's router loads them, they carry their workspace's id and the timestamps of the load (see `RouteFacts`).
 """
 
@@ -15,7 +16,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.config.kong_forms import loaded_at, url_host
-from gateway.config.schema import Route, Service
+from gateway.config.loader import path_of
+from gateway.config.schema import Config, Route, Service
 from gateway.config.tls import ref_id
 from gateway.metrics import RouteObservations
 
@@ -36,11 +38,69 @@ _ENTITY_FIELDS = {
 }
 
 
-def entity_id(kind: str, name: str | None, fallback: str) -> str:
-    """Kong's declarative id for a named entity (uuid5 of the name in the kind's namespace); ours otherwise."""
-    if name:
-        return str(uuid.uuid5(uuid.uuid5(_KONG_NAMESPACE, kind), name))
-    return str(uuid.uuid5(_OWN_NAMESPACE, f"{kind}:{fallback}"))
+def kong_id(kind: str, name: str) -> str:
+    """Kong's declarative id for a named entity without one: a UUIDv5 of the name in the kind's namespace
+    (declarative_config.lua generate_uuid on its endpoint_key)."""
+    return str(uuid.uuid5(uuid.uuid5(_KONG_NAMESPACE, kind), name))
+
+
+def derived_id(kind: str, place: str, definition: dict[str, Any]) -> str:
+    """The id of an entity with neither name nor id, which Kong makes random at each load (declarative_config.lua
+    generates none for it: process_auto_fields gives it a new UUID): a UUIDv5 of its place in the file and its
+    definition. An unchanged file keeps it (its counters and cached responses outlive a reload that changes nothing);
+    an entity that a reload moves into another's place gets a new one, never the other's (as Kong's fresh UUID)."""
+    canonical = msgspec.json.encode(definition, order="sorted").decode()
+    return str(uuid.uuid5(_OWN_NAMESPACE, f"{kind}:{place}:{canonical}"))
+
+
+def assign_ids(config: Config) -> None:
+    """Note on every service and route the id logs, labels, plugin ids and counter keys know it by (`entity_id`),
+    once per load (compile_config): the same in every worker of a generation and in the keeper, which read one file.
+    An unnamed service's definition takes in the routes nested under it, which only the whole config lists."""
+    nested: dict[int, list[dict[str, Any]]] = {}
+    for route in config.routes:
+        parent = getattr(route, "_service", None)
+        if parent is not None and is_anonymous(parent):
+            nested.setdefault(id(parent), []).append(_definition(route, "routes"))
+    for svc in config.services:
+        svc._entity_id = _own_id(svc, "services", routes=nested.get(id(svc), []))  # type: ignore[attr-defined]
+    by_name = {svc.name: svc for svc in config.services}
+    for route in config.routes:
+        service = getattr(route, "_service", None) or by_name.get(route.service or "")
+        route._entity_id = _own_id(  # type: ignore[attr-defined]
+            route, "routes", service=entity_id(service, "services") if service is not None else route.service)
+
+
+def entity_id(entity: Route | Service, kind: str) -> str:
+    """A route's or service's id as assign_ids noted it; of one never compiled (built by hand), its own, Kong's of
+    its name, or one derived from its own fields alone."""
+    found: str | None = getattr(entity, "_entity_id", None)
+    return found if found is not None else _own_id(entity, kind)
+
+
+def is_anonymous(entity: Route | Service) -> bool:
+    """Has the entity neither id nor name (an unnamed service's `name` is only the loader's label for it)?"""
+    return entity.id is None and (entity.name is None or getattr(entity, "_unnamed", False))
+
+
+def _own_id(entity: Route | Service, kind: str, **context: Any) -> str:
+    """Its id, else Kong's of its name, else derived from its fields and `context` (its service, its nested routes)
+    at its place in the file."""
+    if entity.id:
+        return entity.id
+    if not is_anonymous(entity):
+        return kong_id(kind, entity.name or "")
+    return derived_id(kind, path_of(entity), {**_definition(entity, kind), **context})
+
+
+def _definition(entity: Route | Service, kind: str) -> dict[str, Any]:
+    """The fields the file set on the entity, without the references the loader wrote into it (a nested route's
+    service, an unnamed service's label): its service, its nested routes are given apart (assign_ids). Plugins are
+    left out: their configs hold resolved secrets."""
+    fields: dict[str, Any] = msgspec.to_builtins(entity)
+    for name in ("service", "plugins") if kind == "routes" else ("name", "plugins", "routes"):
+        fields.pop(name, None)
+    return fields
 
 
 class RouteFacts:
@@ -53,8 +113,8 @@ class RouteFacts:
                  "obs")
 
     def __init__(self, route: Route, route_name: str, service: Service | None) -> None:
-        self.route_id = route.id or entity_id("routes", route.name, route_name)
-        self.service_id = (service.id or entity_id("services", service.name, service.name or "")) if service else ""
+        self.route_id = entity_id(route, "routes")
+        self.service_id = entity_id(service, "services") if service is not None else ""
         loaded = loaded_at()
         sdoc: dict[str, Any] | None = None
         if service is not None:
