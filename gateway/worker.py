@@ -103,7 +103,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                               KongHeaders.from_setting(gw.headers, gw.charset),
                               "x-kong-request-id" in enabled(gw.headers_upstream), gw.keepalive_requests,
                               gw.keepalive_time_s, gw.max_header_line_bytes, templates_of(gw))
-    pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.upstream_keepalive_max_requests)
+    pool = Pool(client_cls, gw.upstream_keepalive, gw.upstream_idle_timeout_s, gw.upstream_keepalive_max_requests,
+                proxy_buffer_size=gw.proxy_buffer_size)
     forwarder = Forwarder(pool, gw.sse_keepalive, shared)
     shared.on_sweep = forwarder.sweep
     telemetry = WorkerTelemetry(config, settings.connections, forwarder.active)

@@ -28,7 +28,8 @@ from typing import Any
 import msgspec
 
 from gateway.config.errors import show
-from gateway.config.schema import GatewaySettings
+from gateway.config.schema import MAX_PROXY_BUFFER_SIZE, GatewaySettings
+from gateway.http.codec import PROXY_BUFFER_SIZE
 from gateway.kong_array import kong_array
 
 _NOT = "is not supported by the gateway"
@@ -318,6 +319,9 @@ ALIASES: dict[str, str] = {
     # (kong_value); Kong's nginx_worker_processes is its older name (constants.lua's alias)
     "nginx_main_worker_processes": "workers",
     "nginx_worker_processes": "workers",
+    # nginx's proxy_buffer_size where it reaches every route: Kong's proxy server block, or the http block above it
+    "nginx_proxy_proxy_buffer_size": "proxy_buffer_size",
+    "nginx_http_proxy_buffer_size": "proxy_buffer_size",
 }
 
 # kong/conf_loader/constants.lua's CONF_PARSERS typ of the keys taken here (ours and aliases, as written), read as
@@ -347,6 +351,8 @@ NGINX_NONE: dict[str, Any] = {
     "nginx_http_ssl_session_tickets": True,  # ngx_http_ssl_module.c
     "nginx_main_worker_processes": 1,  # nginx.c's ngx_core_module_init_conf
     "nginx_worker_processes": 1,
+    "nginx_proxy_proxy_buffer_size": PROXY_BUFFER_SIZE,  # ngx_http_proxy_module.c: one page
+    "nginx_http_proxy_buffer_size": PROXY_BUFFER_SIZE,
 }
 _NONE_PASSES = re.compile(r"nginx_(?:stream_.+|.+_ssl_conf_command)")
 # our keys (and aliases) whose kong.conf value may be the word `off` (a list's entry too): YAML reads it unquoted as
@@ -361,6 +367,11 @@ _NONE_UNSET = frozenset(("dns_valid_ttl",))
 # nginx's worker_processes: `auto` is one worker per CPU, what `workers` unset is; a number is taken as it is
 _WORKER_PROCESSES = frozenset(("nginx_main_worker_processes", "nginx_worker_processes"))
 _DIGITS = re.compile(r"[0-9]+")  # ngx_atoi's
+# nginx's proxy_buffer_size, under our name and Kong's: a number, or nginx's size text (ngx_parse_size: bytes, or
+# KiB or MiB with k or m)
+_SIZES = frozenset(("proxy_buffer_size", "nginx_proxy_proxy_buffer_size", "nginx_http_proxy_buffer_size"))
+_SIZE = re.compile(r"([0-9]+)([kKmM]?)")
+_UNIT_SHIFT = {"": 0, "k": 10, "m": 20}
 
 # The values of refused keys that say what the gateway does anyway (each a set of words, Kong's lists being
 # comma-separated): they pass.
@@ -428,6 +439,8 @@ _NGINX_EQUIVALENTS = {
     "client_body_temp_path": "`client_body_temp_path` (kong.conf's nginx_http_client_body_temp_path)",
     "proxy_request_buffering": "a route's `request_buffering`",
     "proxy_buffering": "a route's `response_buffering` (responses are relayed as they arrive either way)",
+    # (Kong's location block is that of the routes that buffer both ways only: the setting is every route's)
+    "proxy_buffer_size": "`proxy_buffer_size`, every route's (kong.conf's nginx_proxy_proxy_buffer_size)",
     "ssl_protocols": "`ssl_protocols`, with `ssl_cipher_suite: custom`",
     "ssl_ciphers": "`ssl_ciphers`, with `ssl_cipher_suite: custom`",
     "ssl_session_tickets": "`ssl_session_tickets`",
@@ -539,6 +552,12 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
         if key in _WORKER_PROCESSES and isinstance(value, str):
             errors.append(f"gateway.{key}: expected auto or a number of worker processes, got {show(value)}")
             continue
+        if key in _SIZES and value is not None:
+            try:
+                value = proxy_buffer_size(value)
+            except ValueError as e:
+                errors.append(f"gateway.{key}: {e}")
+                continue
         target = ALIASES.get(key)
         if target is not None:
             if target in block:
@@ -555,6 +574,22 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
         elif (why := problem(key, value)) is not None:
             errors.append(f"gateway.{key}: {why}")
     return out, aliased
+
+
+def proxy_buffer_size(value: Any) -> int:
+    """nginx's proxy_buffer_size from a number or nginx's size text (`8k`), as nginx starts with it beside Kong's
+    proxy_buffers; ValueError saying what it takes."""
+    size = _SIZE.fullmatch(value) if isinstance(value, str) else None
+    number = int(size[1]) << _UNIT_SHIFT[size[2].lower()] if size else value
+    if isinstance(number, bool) or not isinstance(number, int):
+        raise ValueError(f"expected a size as nginx writes one: bytes, or with k or m (4096, 8k), got {show(value)}")
+    if number < 1:
+        raise ValueError(f"expected at least 1, got {show(value)}: no response head fits an empty buffer")
+    if number > MAX_PROXY_BUFFER_SIZE:
+        raise ValueError(f"expected at most 14k, got {show(value)}: nginx does not start with a larger one beside "
+                         "Kong's proxy_buffers (8 4k), whose proxy_busy_buffers_size, twice it, may be at most 7 of "
+                         "them")
+    return number
 
 
 def as_written(message: str, aliased: dict[str, str]) -> str:

@@ -20,6 +20,7 @@ from gateway.config.tls import CaCertificateEntity, CertificateEntity, CipherSui
 from gateway.config.typedefs import any_address, header_name_problem, kong_path_problem, sni_problem
 from gateway.config.units import Seconds, SecondsOrNever, TimeoutMs
 from gateway.dns.sources import parse_nameserver
+from gateway.http.codec import PROXY_BUFFER_SIZE
 from gateway.http.kong_errors import TEMPLATE_SETTINGS, read_template
 from gateway.http.kong_headers import CHARSET_OFF, KONG_CHARSET, RESPONSE_HEADERS, UPSTREAM_HEADERS, invalid_entries
 from gateway.kong_array import kong_array
@@ -41,6 +42,9 @@ class Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=
 
 
 NGINX_SSL_CIPHERS = "HIGH:!aNULL:!MD5"  # nginx's default ssl_ciphers
+# The largest proxy_buffer_size nginx starts with beside Kong's proxy_buffers (nginx's 8 4k): its default
+# proxy_busy_buffers_size, twice it, must be at most 7 of those buffers (ngx_http_proxy_module.c:3521-3565)
+MAX_PROXY_BUFFER_SIZE = 14336
 MAX_UNIX_PATH = 107  # bytes in a Unix socket's path (sun_path holds 108, with the terminating NUL)
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: a charset name, written in Content-Type
 
@@ -74,6 +78,10 @@ class GatewaySettings(Base):
     # a header line longer than one, gets 400 "Request header or cookie too large"; a longer request line 414
     max_header_bytes: Annotated[int, msgspec.Meta(ge=1024, le=1 << 20)] = 32768
     max_header_line_bytes: Annotated[int, msgspec.Meta(ge=256, le=1 << 20)] = 8192
+    # nginx's proxy_buffer_size (kong.conf's nginx_proxy_proxy_buffer_size or nginx_http_proxy_buffer_size, in nginx's
+    # size syntax: 8k; gateway.config.kong_conf reads it): an upstream's response head must end within it, else 502
+    # "upstream sent too big header" (gateway.http.codec.PROXY_BUFFER_SIZE)
+    proxy_buffer_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_PROXY_BUFFER_SIZE)] = PROXY_BUFFER_SIZE
     # per worker; beyond it new connections get a fast 503. Not set: derived from the descriptors the worker may open
     # (the soft RLIMIT_NOFILE, raised to the hard one at start): two per connection, some kept back
     max_connections: PosInt | None = None

@@ -30,6 +30,11 @@ MAX_LINE_BYTES = 8192
 # nginx's client_header_buffer_size (Kong's: 1k): the buffer a request head is read into first. A head that ends in
 # it is within every limit, so the codecs size only a longer one.
 FIRST_BUFFER_BYTES = 1024
+# nginx's proxy_buffer_size, which Kong's nginx_kong.lua leaves at its default, one page (ngx_http_proxy_module.c:
+# 3514-3516; 4096 on x86-64): an upstream's response head must end within it, its bytes as they came (status line
+# to blank line), else nginx's 502 with this error line (ngx_http_upstream.c:2476-2484), a try not retried
+PROXY_BUFFER_SIZE = 4096
+TOO_BIG_HEADER = "upstream sent too big header while reading response header from upstream"
 
 
 class Request:

@@ -29,6 +29,7 @@ from gateway.http.codec import (
     MAX_LINE_BYTES,
     NEED_DATA,
     NGINX_METHOD,
+    TOO_BIG_HEADER,
     Event,
     Fields,
     HeadBuffers,
@@ -44,6 +45,7 @@ from gateway.http.codec import (
     first_of_single,
     head_buffers,
     head_line_lengths,
+    length_in_range,
     mend_request_head,
     nginx_version,
     overflow_error,
@@ -56,6 +58,7 @@ from gateway.http.codec_llhttp import (
     UNKNOWN_CODING,
     _check_codings,
     _close_delimited,
+    _invalid_length,
     _wants_keep_alive,
     mend_response_head,
 )
@@ -482,8 +485,10 @@ def _check_response_head(headers: Headers) -> None:
         if name == b"content-length":
             lengths += 1
             digits = value.rstrip(b" \t")  # (llhttp takes OWS after the digits; a tab stays in the value)
-            if not digits.isdigit() or int(digits) >> 64:  # llhttp refuses what overflows 64 bits
+            if not digits.isdigit():
                 raise ProtocolError("invalid Content-Length in upstream response", 502)
+            if not length_in_range(digits):  # nginx's ngx_atoof refuses one past its off_t (as LlhttpClient)
+                raise _invalid_length(value)
         elif name == b"transfer-encoding":
             chunked = True
     if lengths > 1 or (lengths and chunked):
@@ -492,12 +497,15 @@ def _check_response_head(headers: Headers) -> None:
 
 class H11Client(_H11Codec):
     """Client side of an upstream connection. A head h11 refuses is parsed again as mend_response_head writes it, when
-    that mends it (as the llhttp codec does: LlhttpClient._reparse_mended)."""
+    that mends it (as the llhttp codec does: LlhttpClient._reparse_mended). A head is bounded as nginx's
+    proxy_buffer_size bounds it (`proxy_buffer_size`, which the pool gives; else `max_header_bytes`, which bounds a
+    trailer section and what h11 waits for), its bytes as they came."""
 
-    __slots__ = ("_method", "_closed", "_upgrade", "transport", "_sent", "_read", "_trailers_ended")
+    __slots__ = ("_method", "_closed", "_upgrade", "transport", "_sent", "_read", "_trailers_ended", "_head_buffer")
 
-    def __init__(self, max_header_bytes: int = 65536) -> None:
+    def __init__(self, max_header_bytes: int = 65536, proxy_buffer_size: int | None = None) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
+        self._head_buffer = proxy_buffer_size or max_header_bytes  # the most bytes a response head takes
         self._method = b"GET"
         self.transport: Transport | None = None
         self._closed = False
@@ -569,8 +577,8 @@ class H11Client(_H11Codec):
             return None
         size, _, headers = head
         self._after_head = bytes(probe[size:])  # type: ignore[index]  # not None: head is
-        if size > self._max:
-            raise ProtocolError("upstream response head too large", 502)
+        if size > self._head_buffer:
+            raise ProtocolError(TOO_BIG_HEADER, 502)
         if read is not None:
             restore_fields(headers, read[1])
         _check_response_head(headers)
@@ -600,6 +608,8 @@ class H11Client(_H11Codec):
                             return CLOSED if self._eof else NEED_DATA
                         self._trailers_ended = True
                         return END
+                if self._head_too_big():  # (h11 waits for up to max_header_bytes)
+                    raise ProtocolError(TOO_BIG_HEADER, 502) from None
                 if self._reparse_mended():
                     conn = self._conn
                     continue
@@ -638,8 +648,17 @@ class H11Client(_H11Codec):
                     return self._switched(ev, [] if raw is None else raw[0], None if raw is None else raw[1])
                 continue
             if ev is h11.NEED_DATA:
+                if self._head_too_big():
+                    raise ProtocolError(TOO_BIG_HEADER, 502)
                 self._framing_fault()
             return NEED_DATA
+
+    def _head_too_big(self) -> bool:
+        """The head being waited for has not ended in nginx's proxy_buffer_size, which it fills: nginx's "upstream
+        sent too big header" (ngx_http_upstream.c:2476-2484)."""
+        probe = self._probe
+        return probe is not None and len(probe) >= self._head_buffer and \
+            _BLANK_LINE.search(probe, 0, self._head_buffer) is None
 
     @property
     def keep_alive(self) -> bool:

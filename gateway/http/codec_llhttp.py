@@ -25,6 +25,7 @@ from gateway.http.codec import (
     NEED_DATA,
     NGINX_METHOD,
     NO_BODY,
+    TOO_BIG_HEADER,
     Event,
     Fields,
     HeadBuffers,
@@ -41,6 +42,7 @@ from gateway.http.codec import (
     first_of_single,
     head_buffers,
     head_line_lengths,
+    length_in_range,
     mend_field,
     mend_request_head,
     nginx_version,
@@ -114,6 +116,19 @@ def _check_codings(headers: Headers) -> None:
         raise ProtocolError(f"upstream sent unknown Transfer-Encoding: {codings[0]!r}", 502)
 
 
+def _invalid_length(value: bytes) -> ProtocolError:
+    """nginx's refusal of an upstream's Content-Length (ngx_http_upstream.c:4747-4753): a 502, before any byte."""
+    return ProtocolError(f'upstream sent invalid "Content-Length" header: "Content-Length: {value.decode("latin-1")}"',
+                         502)
+
+
+def _check_length(value: bytes) -> None:
+    """An upstream's Content-Length llhttp took (it refuses non-digits and what overflows 64 bits), within nginx's
+    ngx_atoof, which refuses one past its off_t, 2**63 - 1 (codec.length_in_range)."""
+    if not length_in_range(value.rstrip(b" \t")):
+        raise _invalid_length(value)
+
+
 def _declares_body(headers: Headers) -> bool:
     """Does a response head announce body bytes (chunked, or a length above 0; a tab may end it: on_header)?"""
     return any(name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0\t"))
@@ -133,6 +148,9 @@ def _body_framing(headers: Headers) -> bytes:
 
 # Where a response head ends, its lines ended by LF alone or CRLF (nginx's ngx_http_parse_header_line)
 _RESPONSE_HEAD_END = re.compile(rb"\n\r?\n")
+# Spaces after the version's one, before the status code: ngx_http_parse_status_line's sw_status skips them
+# (ngx_http_parse.c:1757-1760), where llhttp and h11 take one space
+_SPACED_STATUS = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ ) +(?=[0-9])")
 # IIS's status with a sub-status, `403.1` (nginx's ngx_http_parse_status_line, sw_space_after_status: status 403)
 _IIS_STATUS = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ +[0-9]{3})\.[^ \r\n]*")
 _INTERIM_STATUS = re.compile(rb"HTTP/[0-9]+\.[0-9]+ +1(?!01)[0-9]{2}(?![0-9])")  # a 1xx but a switch: a head follows
@@ -152,7 +170,10 @@ class MendedResponse(NamedTuple):
 
 
 def _mended_status(line: bytes) -> tuple[bytes, bytes | None]:
-    """A status line (without its line end) as both parsers take it, and its reason when it holds a stand-in."""
+    """A status line (without its line end) as both parsers take it, and its reason when it holds a stand-in: one
+    space before the status code (_SPACED_STATUS), IIS's sub-status dropped."""
+    if (spaced := _SPACED_STATUS.match(line)) is not None:
+        line = spaced[1] + line[spaced.end():]
     if (iis := _IIS_STATUS.match(line)) is not None:
         line = iis[1] + line[iis.end():]
     reason = _REASON.match(line)
@@ -181,8 +202,9 @@ def mend_response_head(data: bytes, interims: bool = True) -> MendedResponse | N
     nginx takes in them, and where the last head mended ends in what is returned; None while that head has not
     ended. Only for a head a parser refused (a rare path):
     lines ended by LF alone end in CRLF (ngx_http_parse_status_line and _header_line end a line at LF), and header
-    lines ended by more CRs before it too; IIS's `403.1` status is 403 (sw_space_after_status: `case '.'`, the rest
-    its text); IIS's duplicate `HTTP/1.1 ...` line among the header lines is dropped, as nginx ignores it
+    lines ended by more CRs before it too; the spaces before the status code are one (sw_status skips them); IIS's
+    `403.1` status is 403 (sw_space_after_status: `case '.'`, the rest its text); IIS's duplicate `HTTP/1.1 ...`
+    line among the header lines is dropped, as nginx ignores it
     (ngx_http_parse_header_line's sw_ignore_line, for an upstream's head only); and the bytes nginx takes and a parser
     refuses in a reason phrase, a header name or value get stand-ins (_mended_status, _mended_field), for the codecs
     to put back what they stand for. The bytes after the final head are left as they came."""
@@ -455,12 +477,6 @@ class _Parsing(_BodyFramer):
         self._trailers.room = self._max_head
         self._headers = self._trailers
         return headers  # type: ignore[return-value]  # a plain list while a head is parsed (on_message_begin)
-
-    def _head_too_large(self, start: int, headers: Headers) -> bool:
-        """The head is at most what was fed for it; only when that bound exceeds the limit do we size it."""
-        if not self._head_partial and self._head_fed + self._feeding <= self._max_head:
-            return False
-        return start + sum(len(n) + len(v) + 4 for n, v in headers) + 2 > self._max_head
 
     def _feed(self, data: bytes) -> None:
         self._feeding = len(data)
@@ -1125,21 +1141,26 @@ class LlhttpServer(_Parsing):
 class LlhttpClient(_Parsing):
     """Client side of an upstream connection.
 
-    A head llhttp refuses is parsed again as mend_response_head writes it, when that mends it (bare LF line ends,
-    IIS's `403.1` and duplicate status line, a header name nginx calls invalid, a control byte in a value, all of
-    which nginx takes and relays): the rare head only, once it has ended. A trailer section llhttp refuses is read
-    as nginx reads it (_skips_trailers)."""
+    A head is bounded as nginx's proxy_buffer_size bounds it (`proxy_buffer_size`, which the pool gives; else
+    `max_header_bytes`, which bounds a trailer section): its bytes as they came, status line to blank line; a whole
+    head after an interim one, on its parts (_check_head_size). A head llhttp refuses is parsed again as
+    mend_response_head writes it, when that mends it (bare LF line ends, IIS's `403.1` and duplicate status line,
+    spaces before the status code, a header name nginx calls invalid, a control byte in a value, all of which nginx
+    takes and relays): the rare head only, once it has ended. A trailer section llhttp refuses is read as nginx
+    reads it (_skips_trailers)."""
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
                  "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked", "_upgrade",
-                 "_switched", "transport")
+                 "_switched", "transport", "_head_buffer", "_chunk")
     _parser: httptools.HttpResponseParser
 
     _MALFORMED = "malformed upstream response"
     _BAD = 502
 
-    def __init__(self, max_header_bytes: int = 65536) -> None:
+    def __init__(self, max_header_bytes: int = 65536, proxy_buffer_size: int | None = None) -> None:
         super().__init__(_response_parser(self), max_header_bytes)
+        self._head_buffer = proxy_buffer_size or max_header_bytes  # the most bytes a response head takes
+        self._chunk = b""  # the read being fed (where a head ends in it: _check_head_size)
         self._reason = b""
         self._method = b"GET"
         self._keep = True  # the last response allows another exchange
@@ -1207,11 +1228,11 @@ class LlhttpClient(_Parsing):
             self._keep = False
             return
         headers = self._head_complete()
+        if self._head_fed + self._feeding > self._head_buffer:  # (a head is at most the bytes since it began)
+            self._check_head_size(headers)
         parser = self._parser
         status = parser.get_status_code()
         reason = self._reason
-        if self._head_too_large(len(reason) + 15, headers):
-            raise ProtocolError("upstream response head too large", 502)
         if status < 200:
             # the switch asked for, whatever the 101's Upgrade and Connection say: queued once llhttp stops for it
             if status == 101 and self._upgrade:
@@ -1228,6 +1249,8 @@ class LlhttpClient(_Parsing):
             return
         version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
         names = dict(headers)  # (one C call: no bytecode per header)
+        if len(names.get(b"content-length", b"")) > 18:  # (one llhttp took, which nginx's off_t may not hold)
+            _check_length(names[b"content-length"])
         if len(names) != len(headers):  # a name repeats
             headers = first_of_single(headers)
         if b"transfer-encoding" in names:
@@ -1249,6 +1272,21 @@ class LlhttpClient(_Parsing):
             self._response_headers = headers
             events.append(Response(status, reason, headers, version, keep))
         self._keep = keep and not self._request_close
+
+    def _check_head_size(self, headers: Headers) -> None:
+        """The head just parsed, which may not have ended in nginx's proxy_buffer_size: where it ends in its bytes
+        (past the empty lines llhttp skips), or after an interim head, its parts as they would be sent. One that did
+        not is nginx's "upstream sent too big header" (ngx_http_upstream.c:2476-2484), a 502 no try repeats."""
+        limit = self._head_buffer
+        if self._skip is None:
+            fits = len(self._reason) + 15 + sum(len(n) + len(v) + 4 for n, v in headers) + 2 <= limit
+        else:
+            data = b"".join(self._head_chunks) + self._chunk if self._head_fed else self._chunk
+            if data[:1] == b"\r" or data[:1] == b"\n":
+                data = data.lstrip(b"\r\n")
+            fits = data.find(b"\r\n\r\n", 0, limit) >= 0
+        if not fits:
+            raise self._overflow()
 
     def on_body(self, body: bytes) -> None:
         if self._dead:
@@ -1273,6 +1311,7 @@ class LlhttpClient(_Parsing):
             if self._dead or self._eof:
                 self._keep = False  # unsolicited bytes: the connection cannot be trusted with another request
             else:
+                self._chunk = data
                 self._feed(data)
                 if self._head_answered:
                     # A head ends with its blank line: the chunk ending otherwise means more came after the head
@@ -1346,7 +1385,7 @@ class LlhttpClient(_Parsing):
         head = chunks[start:]
         mended = mend_response_head(head)
         if mended is None:  # not ended yet: the rest is waited for (as h11 waits), then all of it mended
-            if len(head) > self._max_head:
+            if len(head) >= self._head_buffer:
                 self._fail(self._overflow())
             else:
                 self._parser = _HEAD_PENDING  # type: ignore[assignment]  # (it refuses what comes: back here)
@@ -1360,6 +1399,7 @@ class LlhttpClient(_Parsing):
         self._parser = _response_parser(_Restoring(self, heads) if stand_ins else self)
         self._head_chunks = []
         self._head_fed = 0
+        self._chunk = data
         self._feed(data)
         if self._head_answered:  # (receive_data's look, on the bytes as mended)
             self._head_answered = False
@@ -1398,6 +1438,21 @@ class LlhttpClient(_Parsing):
             self._dead = True  # (what follows, unasked for, is not read)
         else:
             self._parser = _TrailersPending(self, framing)  # type: ignore[assignment]  # (feeds this)
+
+    def _head_waits(self, data: bytes) -> None:
+        # nginx's buffer is full and the head goes on (the bytes since its read began bound the head's)
+        if self._head_fed >= self._head_buffer and self._head_so_far() >= self._head_buffer:
+            self._fail(self._overflow())
+
+    def _head_so_far(self) -> int:
+        """The bytes of the head being parsed that came so far, in the reads since the one it began in: past the
+        last head that ended in them (an interim one) and the empty lines llhttp skips."""
+        data = b"".join(self._head_chunks)
+        end = data.rfind(b"\r\n\r\n")
+        return len(data[end + 4 if end >= 0 else 0:].lstrip(b"\r\n"))
+
+    def _overflow(self) -> ProtocolError:
+        return ProtocolError(TOO_BIG_HEADER, 502)
 
     def _fail(self, error: ProtocolError) -> None:
         if error.status != 502:  # a limit a callback enforced (431 on the server side)

@@ -45,7 +45,7 @@ from collections.abc import Callable
 
 import trio
 
-from gateway.http.codec import NEED_DATA, ClientCodec, Event
+from gateway.http.codec import NEED_DATA, PROXY_BUFFER_SIZE, ClientCodec, Event
 from gateway.http.errors import ConnectError, ConnectTimeout, LocalError, NameResolutionFailed
 from gateway.http.limits import derived_max_connections
 from gateway.http.net import Conn, NameNotResolved, NoSocket, is_ip, open_connection, resolve
@@ -158,8 +158,9 @@ class Pool:
     """Idle upstream connections keyed by address and port (and what else keeps them apart: TLS settings, the name
     they are an address of, the SNI), most recently used first."""
 
-    def __init__(self, codec_cls: type[ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
-                 max_requests: int = 0, max_open: int | None = None) -> None:
+    def __init__(self, codec_cls: Callable[..., ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
+                 max_requests: int = 0, max_open: int | None = None,
+                 proxy_buffer_size: int = PROXY_BUFFER_SIZE) -> None:
         """`max_idle` idle connections kept in all, whatever their keys (nginx's `keepalive` and OpenResty's
         `balancer_keepalive`, which Kong's upstream_keepalive_pool_size sets: one cache per worker, looked up by
         address, port and SNI), the least recently used closed to make room for one put back; one idle past
@@ -167,8 +168,10 @@ class Pool:
         kept (0: no limit): kong.conf's upstream_keepalive_pool_size, _idle_timeout and _max_requests. With
         `max_open` connections open (idle and busy, of all keys; not given: `upstream_budget()` as the descriptor
         limit is when the pool is made), a new one first closes the least recently used idle one, so idle
-        connections never take the descriptor an accepted client's upstream connection needs."""
+        connections never take the descriptor an accepted client's upstream connection needs. Each connection's
+        codec bounds a response head by `proxy_buffer_size` (nginx's, kong.conf's nginx_proxy_proxy_buffer_size)."""
         self._codec_cls = codec_cls
+        self._proxy_buffer_size = proxy_buffer_size
         self._max_open = max_open or upstream_budget()
         self._connecting = 0  # connects under way: their descriptors are taken, not yet in _open
         self._no_socket_logged = -NO_SOCKET_LOG_S
@@ -403,7 +406,7 @@ class Pool:
                     except BaseException:
                         conn.close()
                         raise
-                uc = UpstreamConn(conn, self._codec_cls(), key, self)
+                uc = UpstreamConn(conn, self._codec_cls(proxy_buffer_size=self._proxy_buffer_size), key, self)
                 fd = conn.sock.fileno()
                 self._watch.register(fd, _WATCH)
                 self._open[fd] = uc
