@@ -401,6 +401,13 @@ ACCEPTED: dict[str, tuple[str, ...]] = {
     "nginx_http_lua_regex_match_limit": ("100000",),  # Kong's default: the limit the gateway's PCRE runs use
 }
 
+# Keys whose value passes when its words are any of these: nginx's proxy_ignore_headers naming headers the gateway
+# never acts on anyway (the ones nginx's cache reads, which Kong does not use, and X-Accel-Redirect, which the gateway
+# does not follow: Kong's users set `nginx_location_proxy_ignore_headers = X-Accel-Redirect` for that)
+_IGNORED_ANYWAY = frozenset(("x-accel-redirect", "x-accel-expires", "expires", "cache-control", "set-cookie", "vary"))
+ACCEPTED_ANY_OF: dict[str, frozenset[str]] = {
+    f"nginx_{block}_proxy_ignore_headers": _IGNORED_ANYWAY for block in ("http", "proxy", "location")}
+
 # Kong's keys that kong.conf.default does not list, by family.
 _PREFIXES: tuple[tuple[str, str], ...] = (
     ("pg_", _not("a Postgres setting", _DB)),
@@ -503,6 +510,11 @@ def problem(key: str, value: Any) -> str | None:
     words = _words(value)
     if words is not None and any(words == frozenset(a.lower().split()) for a in accepted):
         return None
+    if (any_of := ACCEPTED_ANY_OF.get(key)) is not None:
+        if words is not None and words <= any_of:
+            return None
+        why += (f"; it is accepted naming only headers the gateway does not act on anyway: "
+                f"{', '.join(sorted(h.title() for h in any_of))}")
     if accepted:
         why += f"; `{key}: {accepted[0]}` is accepted (it is what the gateway does)"
     return f"kong.conf's {key} {why}"

@@ -192,6 +192,26 @@ def test_any_other_value_of_those_keys_is_refused_saying_which_passes(key: str, 
     assert message.endswith(f"; `{key}: {ACCEPTED[key][0]}` is accepted (it is what the gateway does)")
 
 
+@pytest.mark.parametrize("key", ["nginx_location_proxy_ignore_headers", "nginx_proxy_proxy_ignore_headers",
+                                 "nginx_http_proxy_ignore_headers"])
+def test_proxy_ignore_headers_naming_headers_the_gateway_never_acts_on_passes(key: str):
+    """Kong's spec sets `nginx_location_proxy_ignore_headers = X-Accel-Redirect` (spec/01-unit/04-prefix_handler_spec
+    .lua:697): the gateway does not follow X-Accel-Redirect, nor cache by Expires, Cache-Control, Set-Cookie, Vary or
+    X-Accel-Expires (nginx's proxy_cache, which Kong does not use), so ignoring them is what it does."""
+    assert outcome({key: "X-Accel-Redirect"}) == []
+    assert outcome({key: "X-Accel-Redirect X-Accel-Expires Expires Cache-Control Set-Cookie Vary"}) == []
+
+
+def test_proxy_ignore_headers_naming_a_header_the_gateway_acts_on_is_refused():
+    """X-Accel-Limit-Rate paces an answer and X-Accel-Buffering lifts that, here as in nginx: ignoring them is not
+    built."""
+    [message] = outcome({"nginx_location_proxy_ignore_headers": "X-Accel-Redirect X-Accel-Limit-Rate"})
+    assert message.startswith("gateway.nginx_location_proxy_ignore_headers: kong.conf's "
+                              "nginx_location_proxy_ignore_headers (nginx's proxy_ignore_headers in Kong's location")
+    assert message.endswith("accepted naming only headers the gateway does not act on anyway: Cache-Control, "
+                            "Expires, Set-Cookie, Vary, X-Accel-Expires, X-Accel-Redirect")
+
+
 def test_a_refused_key_set_to_null_or_empty_configures_nothing():
     assert outcome({"pg_host": None, "nginx_http_client_body_buffer_size": "", "cluster_dp_labels": [],
                     "proxy_listen": None}) == []
