@@ -136,8 +136,9 @@ def _scan(body: bytes, complete: bool) -> RpcInfo:
             return NOT_JSON
     except ValueError:
         return NOT_JSON
-    params = _Params(found.get("name"), found.get("uri"), found.get("meta"))
-    return _info(found.get("method"), found.get("id"), params)
+    # (a lone surrogate escape, which msgspec refused and scanstring reads, spelt out: the name is logged and keyed)
+    params = _Params(_encodable(found.get("name")), _encodable(found.get("uri")), found.get("meta"))
+    return _info(_encodable(found.get("method")), found.get("id"), params)
 
 
 def _object(s: str, i: int, member, found: dict[str, Any]) -> int:  # noqa: ANN001 - member: a callback

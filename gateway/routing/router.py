@@ -481,8 +481,9 @@ def _captures(c: _Candidate[T], path: bytes, spans: list[int] | None,
 
 
 def _parse_query(query: bytes) -> dict[bytes, list[bytes]]:
+    """The query's arguments, %XX decoded to the bytes they stand for (latin-1 both ways: byte for byte)."""
     out: dict[bytes, list[bytes]] = {}
-    for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+    for k, v in parse_qsl(query.decode("latin-1"), keep_blank_values=True, encoding="latin-1"):
         out.setdefault(k.encode("latin-1"), []).append(v.encode("latin-1"))
     return out
 

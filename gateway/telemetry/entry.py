@@ -245,7 +245,7 @@ class Entry:
                 trace = state.get("opentelemetry") or state.get("zipkin")
             correlation_id = state.get("correlation-id")  # the correlation-id plugin's set_serialize_value
             if correlation_id:
-                doc.correlation_id = correlation_id.decode("latin-1")
+                doc.correlation_id = _text(correlation_id)
             original = state.get(ORIGINAL_REQUEST)  # ai-prompt-template's log_original_request
             if original is not None:
                 doc.ai = {"payload": {"original_request": original.decode("utf-8", "replace")}}
