@@ -581,10 +581,26 @@ class Node:
         if path != self.config_path:
             log.info("reload: the gateway now runs from %s (was %s)", path, self.config_path)
             self.config_path = path
-        current = self._write_current(text)
+        # The old generation stops accepting as soon as the new one accepts (nginx's master signals the old workers
+        # 100 ms after forking the new ones: ngx_process_cycle.c:234-243), not after the keeper's reload and the
+        # satellites' restart (0.1-0.8 s): meanwhile the kernel gave it new connections, served on the old config.
+        log.info("reload: generation %d accepting; generation %d draining", new, old)
+        self._nursery.start_soon(self._retire, retired)  # type: ignore[union-attr]
+        await self._reload_satellites(self._write_current(text), config, trio.current_time() - started)
+        if self._status_app is not None:
+            self._status_app.reloaded()
+        for key in restart_needed:
+            log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
+        return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
+
+    async def _reload_satellites(self, current: str, config: Config, took: float) -> None:
+        """A reload's last step, while its old generation retires: the state keeper reads `current` (the root's copy
+        of the config) again, then the health checker and discovery restart on it. The new workers already serve (as
+        they did before the old generation was retired first): they started on the keeper's state as it was, and
+        what they report of a target it does not know yet is ignored until it does (breaker outcomes, passive
+        checks)."""
         # The keeper reads and compiles the file as the root did (in a thread, its heartbeats going on): it answers
-        # in about the time the root took.
-        took = trio.current_time() - started
+        # in about the time the root took (`took`).
         try:  # under the environment the config was checked under (its KONG_ variables: the keeper reads it too)
             answer = await self.keeper.call("reload_config", kong_conf.carried(os.environ),
                                             timeout=KEEPER_RELOAD_S + 2 * took)
@@ -594,13 +610,6 @@ class Node:
         except KeeperUnavailable:
             log.warning("reload: the state keeper did not confirm; it reads the new config when it restarts")
         await self._restart_satellites(current, config)
-        if self._status_app is not None:
-            self._status_app.reloaded()
-        for key in restart_needed:
-            log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
-        log.info("reload: generation %d accepting; generation %d draining", new, old)
-        self._nursery.start_soon(self._retire, retired)  # type: ignore[union-attr]
-        return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
 
     async def _reload_logged(self) -> None:
         """SIGHUP's reload; a stop that lands meanwhile ends it quietly (nginx's master takes ngx_quit / ngx_terminate
