@@ -485,9 +485,11 @@ class Ledger:
 
     def _state(self, key: str, spec: LimitSpec, now: float, wall: float) -> _Key:
         """The key's state, created on first use; a changed spec keeps the windows' counts (a reload), unless it
-        moves the key to or from Redis (then it starts afresh)."""
+        moves the key to or from Redis (then it starts afresh). A redis key first asked for before its store was
+        known (a new generation's worker, ahead of the keeper's reload) moves to Redis once the store is there."""
         state = self._keys.get(key)
-        if state is not None and state.spec != spec and (state.remote is not None or spec.remote):
+        if state is not None and (state.spec != spec and (state.remote is not None or spec.remote) or
+                                  state.remote is None and spec.remote and spec.store in self.stores):
             self._drop(key, renew=True)
             state = None
         if state is None:

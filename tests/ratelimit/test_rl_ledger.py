@@ -408,3 +408,16 @@ def test_a_restarted_keeper_adds_up_what_every_worker_restates_and_grants_the_re
     ledger.report_fallback(FallbackUsage("k", "b", spec, (25,), 0, T0 + 10), 10.0)
     assert ledger.usage("k", 10.0, T0 + 10) == {"minute": 80.0}
     assert exhaust(ledger, spec, T0 + 10, "a") == 20
+
+
+def test_a_redis_key_asked_for_before_its_store_was_known_moves_to_redis_once_it_is():
+    """A reload's new workers serve before the keeper has read the new config: a key of a new `policy: redis` plugin
+    asked for then is counted here alone, and must go to its Redis once the keeper knows the store (it stayed local
+    for as long as its spec did not change)."""
+    ledger = Ledger()
+    spec = LimitSpec(windows=(Window("minute", 100),), store="plugin-1")
+    assert ledger.grant("k", spec, 5, 0.0, T0, "w") is not None
+    assert ledger.remote_keys("plugin-1") == []
+    ledger.add_store("plugin-1", "prefix")
+    ledger.grant("k", spec, 5, 1.0, T0 + 1, "w")
+    assert ledger.remote_keys("plugin-1") == ["k"]
