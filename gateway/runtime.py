@@ -593,11 +593,23 @@ def id_of(plugin: Plugin) -> str:
     return f"{plugin.name}:{service or ''}:{route or ''}:{plugin.consumer or ''}"
 
 
+def owner_ids(plugin: Plugin, routes: dict[str, Route], services: dict[str, Service]) -> tuple[str | None, str | None]:
+    """The ids of the route and service a plugin is configured on (None: it names none), by name or id in `routes`
+    and `services`: Kong's conf.route_id and conf.service_id, the plugin's own, not the request's
+    (kong/runloop/plugins_iterator.lua:164-165)."""
+    route = getattr(plugin, "_route", None) or routes.get(plugin.route or "")
+    service = getattr(plugin, "_service", None) or services.get(plugin.service or "")
+    return (entity_id(route, "routes") if route is not None else None,
+            entity_id(service, "services") if service is not None else None)
+
+
 def _plugins(config: Config, errors: list[str], shared: Any, consumers: Directory,
              mcp: McpShared) -> list[Built]:
     """(plugin, its validated config, its policy object or None) for every enabled plugin that runs on HTTP."""
     built: list[Built] = []
     scopes: dict[tuple[str, Any, Any, Any], str] = {}
+    routes = {ref: route for route in config.routes for ref in (route.name, route.id) if ref}  # (a plugin names
+    services = {ref: svc for svc in config.services for ref in (svc.name, svc.id) if ref}  # either)
     for plugin in config.plugins:
         where = path_of(plugin)
         module: Any = REGISTRY.get(plugin.name)
@@ -627,9 +639,11 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
         if not plugin.enabled or _HTTP_PROTOCOLS.isdisjoint(plugin.protocols):
             continue  # Kong skips it: disabled, or for stream protocols only
         plugin_id = id_of(plugin)
-        params = _parameters(module.build)  # what else the plugin needs: the consumers, MCP's
-        extra = {name: value for name, value in (("consumers", consumers), ("mcp", mcp), ("gateway", config.gateway))
-                 if name in params}
+        params = _parameters(module.build)  # what else the plugin needs: the consumers, MCP's, its owners' ids
+        extra: dict[str, Any] = {name: value for name, value in (("consumers", consumers), ("mcp", mcp),
+                                                                 ("gateway", config.gateway)) if name in params}
+        if "owner_ids" in params:
+            extra["owner_ids"] = owner_ids(plugin, routes, services)
         try:
             policy = module.build(cfg, plugin_id, shared, **extra)
         except ValueError as e:

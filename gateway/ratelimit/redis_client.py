@@ -61,24 +61,27 @@ class StoreError(Exception):
 
 
 class _NamedContext(ssl.SSLContext):
-    """An SSLContext that sends `server_name` as SNI (and checks the certificate against it) whatever host the
-    connection was made to: Kong's redis.server_name. anyio passes the host it connected to otherwise."""
+    """An SSLContext whose TLS name is Kong's redis.server_name, whatever host anyio connected to (it passes that
+    host otherwise): sent as SNI and, with ssl_verify, checked against the certificate; None: neither."""
 
     server_name: str | None = None
 
     def wrap_bio(self, incoming: Any, outgoing: Any, server_side: bool = False, server_hostname: Any = None,
                  session: Any = None) -> ssl.SSLObject:
-        return super().wrap_bio(incoming, outgoing, server_side, self.server_name or server_hostname, session)
+        return super().wrap_bio(incoming, outgoing, server_side, self.server_name, session)
 
 
 def tls_context(settings: RedisSettings) -> ssl.SSLContext | None:
     """The TLS context for `redis.ssl`: verified with ssl_verify, against kong.conf's lua_ssl_trusted_certificate
-    (gateway.http.tls_contexts; the system's CAs by default). Without a server_name the host's name is the TLS name,
-    not the address it resolved to."""
+    (gateway.http.tls_contexts; the system's CAs by default). As lua-resty-redis's sslhandshake(false, server_name,
+    ssl_verify): without a server_name no SNI is sent and only the chain is verified, not the host
+    (lua-nginx-module ngx_http_lua_socket_tcp.c checks the host, and sends SNI, only when a name is given)."""
     if not settings.ssl:
         return None
     context = client_context(settings.ssl_verify, _NamedContext)
-    context.server_name = settings.server_name or (None if is_ip(settings.host.strip("[]")) else settings.host)
+    context.server_name = settings.server_name or None
+    if context.server_name is None:
+        context.check_hostname = False  # (verify_mode stays CERT_REQUIRED with ssl_verify)
     return context
 
 

@@ -13,6 +13,7 @@ from gateway.pipeline.phases import Exit
 from gateway.policies.response_ratelimiting.counters import UsageError
 from gateway.policies.response_ratelimiting.handler import ResponseRateLimiting
 from gateway.policies.response_ratelimiting.schema import ResponseRateLimitingConfig
+from gateway.policies.response_ratelimiting.usage import EMPTY_UUID
 
 
 class Keeper:
@@ -82,7 +83,7 @@ async def test_access_reads_every_configured_counter_of_the_client_once():
     await policy(keeper, limits={"video": {"second": 2, "hour": 5}, "image": {"day": 1}}).access(Exchange())
     assert len(keeper.asked) == 1
     assert [k.rsplit(":", 2)[1:] for k in keeper.asked[0]] == [["video", "second"], ["video", "hour"], ["image", "day"]]
-    assert all(k.startswith("response-ratelimit:pid:10.0.0.1:") for k in keeper.asked[0])
+    assert all(k.startswith(f"response-ratelimit:{EMPTY_UUID}:{EMPTY_UUID}:10.0.0.1:") for k in keeper.asked[0])
 
 
 async def test_the_log_step_adds_the_increments_to_the_keepers_counters():

@@ -44,9 +44,11 @@ from gateway.http.tls_contexts import TrustStore, use_trust_store  # noqa: E402
 from gateway.policies.rate_limiting.schema import RateLimitingConfig  # noqa: E402
 from gateway.policies.response_ratelimiting.counters import RedisCounters  # noqa: E402
 from gateway.policies.response_ratelimiting.schema import ResponseRateLimitingConfig  # noqa: E402
+from gateway.policies.response_ratelimiting.usage import EMPTY_UUID  # noqa: E402
 from gateway.ratelimit import Ledger, LimitSpec, Window  # noqa: E402
 from gateway.ratelimit.redis_client import RedisSettings  # noqa: E402
 from gateway.runtime import compile_config  # noqa: E402
+from gateway.telemetry.entities import kong_id  # noqa: E402
 
 SNI = "test-redis.example.test"  # Kong's helpers.redis_ssl_sni
 USER_VALID, USER_INVALID, PASSWORD = "ratelimit-user", "some-user", "secret"
@@ -436,8 +438,8 @@ async def test_response_ratelimiting_with_a_redis_user_having_the_acls_it_needs_
 
 
 async def test_response_ratelimiting_counters_use_kongs_key_layout(nursery, gateway, fresh):
-    """policies/init.lua get_redis_key: response-ratelimit:<scope>:<identifier>:<period start in ms>:<name>:<period>
-    for all six periods (the scope is the plugin, not Kong's route and service ids: README, response-ratelimiting)."""
+    """policies/init.lua get_local_key: response-ratelimit:<route_id>:<service_id>:<identifier>:<period start in ms>:
+    <name>:<period> for all six periods (the plugin's own route; nested in it, it has no service: EMPTY_UUID)."""
     port = await serve(nursery, gateway, [rrl(connection(fresh, "no_ssl", 1))], limit_header=b"video=1")
     assert (await hit(port, 1)).status == 200
     await settled(fresh, {1: True})
@@ -446,7 +448,7 @@ async def test_response_ratelimiting_counters_use_kongs_key_layout(nursery, gate
     for key in keys:
         found = re.fullmatch(r"response-ratelimit:(.+):127\.0\.0\.1:(\d+):video:([a-z]+)", key)
         assert found is not None, key
-        assert found.group(1) == "response-ratelimiting::route-1:"  # the plugin's id (no id given: name and scope)
+        assert found.group(1) == f"{kong_id('routes', 'route-1')}:{EMPTY_UUID}"  # (route-1's declarative id)
         assert int(found.group(2)) % 1000 == 0 and fresh.call(1, "GET", key) == "1"
 
 

@@ -10,5 +10,7 @@ schema = ResponseRateLimitingConfig
 consumer_scoped = True
 
 
-def build(config: ResponseRateLimitingConfig, plugin_id: str, shared: object) -> ResponseRateLimiting:
-    return ResponseRateLimiting(config, plugin_id, shared)
+def build(config: ResponseRateLimitingConfig, plugin_id: str, shared: object,
+          owner_ids: tuple[str | None, str | None] = (None, None)) -> ResponseRateLimiting:
+    """The plugin; `owner_ids`: its own route's and service's ids (gateway.runtime.owner_ids), its counters' scope."""
+    return ResponseRateLimiting(config, plugin_id, shared, owner_ids)

@@ -6,9 +6,10 @@
   shared dict cannot fail to be read (policies/init.lua:150-160), so neither can these: with the keeper away, each
   worker answers from what it knows of them, and a keeper restarted hears what each worker added
   (gateway/stores/counters.py rules 5-7).
-- redis: Redis, from the worker, as Kong's policy: the counts with one MGET (Kong: a GET per key), the increments
-  with INCRBY and EXPIRE per key in a pipeline. Increments are queued and sent by a task of the worker (the policy's
-  `background`); what queued up while one pipeline was out goes in the next, summed per key.
+- redis: Redis, from the worker, as Kong's policy: the counts with a GET per key, as Kong's (an ACL user allowed
+  Kong's commands may not run MGET), pipelined in one round trip; the increments with INCRBY and EXPIRE per key in
+  a pipeline. Increments are queued and sent by a task of the worker (the policy's `background`); what queued up
+  while one pipeline was out goes in the next, summed per key.
 """
 
 from __future__ import annotations
@@ -59,8 +60,14 @@ class RedisCounters:
 
     async def usage(self, keys: list[str], ends: list[float]) -> list[float]:
         """The counters' values from Redis (`ends` is the local policy's); UsageError when Redis fails."""
+        async def gets(client: Any) -> tuple[Any, ...]:
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+            return pipe.results or ()
+
         try:
-            replies = await self.redis.run(lambda client: client.mget(keys))
+            replies = await self.redis.run(gets)
         except StoreError as e:
             raise UsageError(str(e)) from None
         return [_count(reply) for reply in replies]

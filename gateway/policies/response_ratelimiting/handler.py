@@ -25,7 +25,7 @@ from gateway.policies.rate_limiting.handler import identifier
 from gateway.policies.response_ratelimiting.counters import LocalCounters, RedisCounters, UsageError
 from gateway.policies.response_ratelimiting.periods import Clock, Window
 from gateway.policies.response_ratelimiting.schema import ResponseRateLimitingConfig
-from gateway.policies.response_ratelimiting.usage import Plan, parse_increments
+from gateway.policies.response_ratelimiting.usage import Plan, kong_scope, parse_increments
 from gateway.ratelimit.redis_client import RedisSettings
 
 log = logging.getLogger("gateway.policies.response_ratelimiting")
@@ -51,9 +51,12 @@ class ResponseRateLimiting:
     priority = 900  # Kong's
     entries = False  # a log step (gateway.telemetry.phase) taking the raw facts: the increments are added there
 
-    def __init__(self, config: ResponseRateLimitingConfig, plugin_id: str, shared: object) -> None:
+    def __init__(self, config: ResponseRateLimitingConfig, plugin_id: str, shared: object,
+                 owner_ids: tuple[str | None, str | None] = (None, None)) -> None:
+        """`owner_ids`: the ids of the route and service the plugin is configured on (None: none), which Kong's
+        counter keys hold (usage.kong_scope)."""
         self.plan = Plan(config.limits)
-        self.scope = plugin_id
+        self.scope = kong_scope(*owner_ids)
         self.state_key = "response-ratelimiting:" + plugin_id  # this instance's _Request in Exchange.state
         self.limit_by = config.limit_by
         # Kong reads and clears it through kong.service.response.get_header / kong.response.clear_header, whose

@@ -2,8 +2,9 @@
 increments header, and the headers and verdicts both make.
 
 - A counter counts one limit name, for one identifier (limit_by), in one period window (periods.windows). Its key is
-  Kong's `response-ratelimit:<scope>:<identifier>:<period start in ms>:<name>:<period>`, the scope being the plugin
-  (Kong's: its route and service ids).
+  Kong's `response-ratelimit:<route id>:<service id>:<identifier>:<period start in ms>:<name>:<period>`
+  (policies/init.lua:59-63): the ids of the route and service the plugin is configured on, not the request's, each
+  EMPTY_UUID when it names none (init.lua:42-56), so that a Kong node sharing the Redis counts the same counters.
 - Access reads the counter of every (name, period) configured: remaining = limit - count. The upstream request gets
   X-RateLimit-Remaining-<name>, the least remaining of the name's periods (negative once the upstream's increments
   went past the limit). With block_on_first_violation, a name with a period whose remaining is exactly 0 (Kong's
@@ -29,6 +30,7 @@ from typing import NamedTuple
 from gateway.policies.response_ratelimiting.schema import PERIODS, PeriodLimits
 from gateway.policies.standard_webhooks.handler import lua_number, lua_string
 
+EMPTY_UUID = "00000000-0000-0000-0000-000000000000"  # Kong's id in a key for a plugin's missing route or service
 MAX_INCREMENT = 2**53  # the largest count a double (Lua's number) holds exactly
 _LUA_SPACE = b" \t\n\v\f\r"  # kong.tools.string.strip's white space
 
@@ -60,7 +62,14 @@ def parse_increments(value: bytes | None, names: dict[bytes, str]) -> dict[str, 
     return increments
 
 
+def kong_scope(route_id: str | None, service_id: str | None) -> str:
+    """`<route id>:<service id>` of Kong's counter keys for a plugin configured on that route and service."""
+    return f"{route_id or EMPTY_UUID}:{service_id or EMPTY_UUID}"
+
+
 def counter_key(scope: str, identifier: str, start_ms: int, name: str, period: str) -> str:
+    """Kong's key (`scope`: kong_scope's). Kong's period_date is a whole number of ms, which its %s writes as these
+    digits (LuaJIT's %.14g: no exponent before the year 5138)."""
     return f"response-ratelimit:{scope}:{identifier}:{start_ms}:{name}:{period}"
 
 
