@@ -175,5 +175,7 @@ def test_a_stop_during_a_sighup_reload_ends_the_root_cleanly(gw):
     assert becomes_true(lambda: has_exited(root), 8), "the root did not exit"
     log = gw.log()
     assert "Traceback" not in log and "SupervisorNotRunning" not in log, log[log.find("Traceback") - 200:][:3000]
-    assert "reload cut short: the root supervisor has stopped (the gateway is stopping)" in log, log[-2000:]
+    # (the stop shut the root supervisor the reload then asked, or ended the reload's wait on the keeper first)
+    assert ("reload cut short: the root supervisor has stopped (the gateway is stopping)" in log
+            or "reload cut short: the gateway is stopping" in log), log[-2000:]
     assert "gateway stopped" in log, log[-2000:]

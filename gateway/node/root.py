@@ -534,6 +534,10 @@ class Node:
             log.info("reload cut short: the root supervisor has stopped%s",
                      " (the gateway is stopping)" if self._stop.is_set() else "")
             raise AdminCommandError("the gateway stopped during this reload") from None
+        except trio.Cancelled:  # the stop ended the root's tasks while this one waited (on the keeper, say)
+            if self._stop.is_set():
+                log.info("reload cut short: the gateway is stopping")
+            raise
 
     async def _reload(self, path: str, variables: dict[str, str]) -> dict[str, Any]:
         if self._stop.is_set():
