@@ -44,6 +44,7 @@ class Backend:
     status          status of every other answer (e.g. 500 for passive checks)
     delay           seconds every other answer waits (so requests are in flight when a test changes something)
     `/slow?s=S`     the answer waits S seconds (a slow in-flight request)
+    `/hold`         the answer waits until the test sets `gate` (a trio.Event)
     hits            requests other than /health; `in_flight` of them are being answered now
     peers           remote ports of the connections open now (the gateway side of each upstream connection)
     """
@@ -60,6 +61,7 @@ class Backend:
         self.peers: set[int] = set()
         self.arrived: list[float] = []  # trio time of each counted request
         self.hosts: set[str] = set()  # the Host headers of every request, /health included
+        self.gate = trio.Event()  # what `/hold` requests wait for
 
     @property
     def target(self) -> str:
@@ -112,6 +114,8 @@ class Backend:
                 try:
                     if url.path == "/slow":
                         await trio.sleep(float(parse_qs(url.query).get("s", ["1"])[0]))
+                    elif url.path == "/hold":
+                        await self.gate.wait()
                     elif self.delay:
                         await trio.sleep(self.delay)
                 finally:

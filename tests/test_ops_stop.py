@@ -131,22 +131,31 @@ def test_a_repeated_sigquit_or_a_second_gateway_stop_keeps_the_stop_graceful(gw,
     sends that SIGQUIT, and SIGTERM (`nginx_signals.stop`) only once its timeout has run out. `gateway stop` sends
     SIGQUIT: a second one (a deploy script and an operator), or a `kill -QUIT`, while the first drains, cuts nothing."""
     root = start_daemonised(gw)
+    backend.hold_s = 8.0  # (under drain_timeout) held until both repeated stops are in, then released
     thread, codes = request_in_flight(gw.port, backend)
     first = subprocess.Popen([sys.executable, "-m", "gateway", "stop"], cwd=gw.dir, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
+    stop = [sys.executable, "-m", "gateway", "stop"]
+    second_proc = None
     try:
         assert becomes_true(lambda: "graceful stop" in gw.log(), 5), gw.log()[-2000:]
         os.kill(root, signal.SIGQUIT)
-        second = gw.cli("stop", timeout=20)
+        second_proc = subprocess.Popen(stop, cwd=gw.dir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # the request is still held while the second SIGQUIT (kill) and the third (the second `gateway stop`) land
+        becomes_true(lambda: gw.log().count("SIGQUIT: the graceful stop goes on (SIGTERM forces it)") >= 2, 8)
+        backend.release()
+        out, err = second_proc.communicate(timeout=20)
+        second = subprocess.CompletedProcess(stop, second_proc.returncode, out, err)
         thread.join(timeout=8)
         assert codes == [200], f"a repeated graceful stop cut the in-flight request: {second.stdout}{second.stderr}"
         assert (second.returncode, second.stdout.strip()) == (0, f"gateway stopped (pid {root})"), second.stderr
         _, first_err = first.communicate(timeout=15)
         assert first.returncode == 0, first_err
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.communicate()
+        for proc in (first, second_proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     log = gw.log()
     assert "SIGQUIT: graceful stop" in log, log[-2000:]  # (`gateway stop`'s, as `kong quit`'s)
     assert log.count("SIGQUIT: the graceful stop goes on (SIGTERM forces it)") == 2, log[-2000:]

@@ -160,12 +160,24 @@ async def test_a_full_worker_sheds_while_the_other_worker_serves(tmp_path):
                             shed += 1
                     finally:
                         await conn.aclose()
-                await trio.sleep(1.5)  # the workers' metrics reach the status server
-                text = (await http_get(node.status_port, "/metrics")).decode()
+                text = await _metrics_once_counted(node.status_port, 'gateway_connections_shed_total{reason='
+                                                   '"max_connections"}', shed)  # the workers' flushes reach it
             assert f'gateway_connections_shed_total{{reason="max_connections"}} {float(shed)}' in text
         finally:
             node.cleanup()
             nursery.cancel_scope.cancel()
+
+
+async def _metrics_once_counted(status_port: int, sample: str, count: float, timeout: float = 10.0) -> str:
+    """/metrics as soon as `sample` has reached `count` (the workers flush their counts every second), or once
+    `timeout` has run out: the caller checks the value."""
+    deadline = trio.current_time() + timeout
+    while True:
+        text = (await http_get(status_port, "/metrics")).decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(sample + " ")]
+        if (values and values[0] >= count) or trio.current_time() > deadline:
+            return text
+        await trio.sleep(0.1)
 
 
 async def test_out_of_descriptors_a_worker_refuses_with_503_instead_of_spinning(tmp_path):

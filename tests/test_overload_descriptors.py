@@ -266,15 +266,21 @@ async def test_idle_upstream_connections_leave_descriptors_for_an_accepted_clien
 
             async def one(i: int) -> None:
                 try:
-                    statuses.append((await http_request(port, "GET", f"/{i}/slow?s=0.3", timeout=10)).status)
+                    statuses.append((await http_request(port, "GET", f"/{i}/hold", timeout=10)).status)
                 except (ConnectionError, trio.BrokenResourceError):
                     statuses.append(0)
 
             with trio.fail_after(30):
                 for i in range(rounds):  # one service after another, per_round clients at once
+                    answered = len(statuses)
                     async with trio.open_nursery() as clients:
                         for _ in range(per_round):
                             clients.start_soon(one, i)
+                        # every request of the round is held upstream at once (or answered: a failure), on
+                        # per_round upstream connections, then all are let go: they all go idle in the pool
+                        while backends[i].in_flight + len(statuses) - answered < per_round:
+                            await trio.sleep(0.01)
+                        backends[i].gate.set()
                     await trio.sleep(0.1)
         finally:
             stop_process(proc)

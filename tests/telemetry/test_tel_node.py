@@ -108,7 +108,10 @@ async def _scenario(workdir: Path) -> Scenario:
             reload = await node.acli("reload", "--config", str(node.config))
             assert reload.returncode == 0, reload.stderr
             await _mix(node, sc, 2)
-            await trio.sleep(FLUSH_WAIT_S)  # the counts of the worker about to be killed are on file by now
+            # the counts of the worker about to be killed are on file (/metrics reads the files) before the kill
+            await wait_for(lambda: _counted(node, sum(sc.sent.values())), 2 * FLUSH_WAIT_S + 5, interval=0.1,
+                           what="every request so far counted in /metrics")
+            await trio.sleep(0.3)  # (that flush, of every family, is over: it takes milliseconds)
             victim = (await node.worker_pids())[0]
             os.kill(victim, signal.SIGKILL)
             await wait_for(lambda: _restarted(node, victim), 15, what="worker restart")
@@ -143,6 +146,12 @@ async def _restarted(node: GatewayNode, victim: int) -> bool:
     """The killed worker's replacement is listed (both workers of the generation run, the victim is not one)."""
     pids = await node.worker_pids()
     return len(pids) == 2 and victim not in pids
+
+
+async def _counted(node: GatewayNode, requests: int) -> bool:
+    """Whether /metrics (the metric files: each worker flushes its counts every second) counts `requests` requests."""
+    text = await trio.to_thread.run_sync(_get, f"http://127.0.0.1:{node.status_port}/metrics")
+    return sum(s.value for s in _samples(text, "gateway_requests_total")) >= requests
 
 
 def _proxied(sc: Scenario) -> int:
