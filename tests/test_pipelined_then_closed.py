@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from tls_helpers import Pki
+from tls_helpers import gw_test_contexts
 
 from gateway.http.net import Conn
 from gateway.http.timers import ConnTimer, Phase, Timers
@@ -148,11 +148,7 @@ def test_the_stream_watch_sees_a_reset_after_pipelined_bytes():
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context for gw.test, client context trusting it)."""
-    pki = Pki()
-    cert, key = pki.files(Path(tmp_path_factory.mktemp("tls")), "gw", "gw.test")
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
-    return server, pki.client_context()
+    return gw_test_contexts(Path(tmp_path_factory.mktemp("tls")))
 
 
 class TlsClient:

@@ -46,6 +46,15 @@ class Pki:
         return ctx
 
 
+def gw_test_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(a server context for gw.test, a client context trusting it), the files in `directory`."""
+    pki = Pki()
+    cert, key = pki.files(directory, "gw", "gw.test")
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, pki.client_context()
+
+
 def self_signed(common_name: str, days_from: int, days_to: int, passphrase: bytes | None = None) -> tuple[str, str]:
     """A self-signed EC certificate valid from `days_from` to `days_to` days from now, and its key (encrypted
     with `passphrase` when given), as PEM text."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tls_helpers import Pki
+from tls_helpers import gw_test_contexts
 
 from gateway.http.net import RECV_SIZE
 from gateway.http.tls import TlsConn
@@ -78,11 +78,7 @@ def _pump(a: ssl.SSLObject, a_out: ssl.MemoryBIO, b_in: ssl.MemoryBIO) -> bool:
 @pytest.fixture(scope="module")
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context for gw.test, client context trusting it)."""
-    pki = Pki()
-    cert, key = pki.files(Path(tmp_path_factory.mktemp("tls")), "gw", "gw.test")
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert, key)
-    return server, pki.client_context()
+    return gw_test_contexts(Path(tmp_path_factory.mktemp("tls")))
 
 
 def tls_pair(contexts: tuple[ssl.SSLContext, ssl.SSLContext], upstream: bool = False) -> tuple[TlsConn, Peer, bytes]:
