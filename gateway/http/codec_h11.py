@@ -487,7 +487,8 @@ def _check_response_head(headers: Headers) -> None:
             digits = value.rstrip(b" \t")  # (llhttp takes OWS after the digits; a tab stays in the value)
             if not digits.isdigit():
                 raise ProtocolError("invalid Content-Length in upstream response", 502)
-            if not length_in_range(digits):  # nginx's ngx_atoof refuses one past its off_t (as LlhttpClient)
+            if not length_in_range(digits.lstrip(b"0") or b"0"):  # nginx's ngx_atoof: one past its off_t, leading
+                # zeros aside (as LlhttpClient)
                 raise _invalid_length(value)
         elif name == b"transfer-encoding":
             chunked = True

@@ -124,8 +124,8 @@ def _invalid_length(value: bytes) -> ProtocolError:
 
 def _check_length(value: bytes) -> None:
     """An upstream's Content-Length llhttp took (it refuses non-digits and what overflows 64 bits), within nginx's
-    ngx_atoof, which refuses one past its off_t, 2**63 - 1 (codec.length_in_range)."""
-    if not length_in_range(value.rstrip(b" \t")):
+    ngx_atoof, which refuses one past its off_t, 2**63 - 1, leading zeros being digits like any other."""
+    if not length_in_range(value.rstrip(b" \t").lstrip(b"0") or b"0"):
         raise _invalid_length(value)
 
 

@@ -246,6 +246,14 @@ def test_an_upstream_content_length_of_2_pow_63_minus_1_is_read(codec: str) -> N
     assert answered(codec, [raw]) == [(200, b"OK"), b"ok"]
 
 
+@pytest.mark.parametrize("codec", CODECS)
+def test_an_upstream_content_length_with_leading_zeros_is_read_as_nginx_reads_it(codec: str) -> None:
+    """ngx_atoof (src/core/ngx_string.c:1079-1103) takes leading zeros as digits like any other: a 20-digit
+    `00000000000000000005` is 5 (only a value past NGX_MAX_OFF_T_VALUE is refused)."""
+    raw = b"HTTP/1.1 200 OK\r\nContent-Length: 00000000000000000005\r\n\r\nhello"
+    assert answered(codec, [raw]) == [(200, b"OK"), b"hello", END]
+
+
 async def test_an_upstream_content_length_of_2_pow_63_reaches_no_client(nursery, gateway) -> None:
     """The 502 goes before any byte of the upstream's head: the client never sees the length."""
     backend = ScriptedBackend([b"HTTP/1.1 200 OK\r\nContent-Length: 9223372036854775808\r\n\r\nok"], hold=0.2)
