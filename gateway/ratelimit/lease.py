@@ -36,8 +36,10 @@ Rules:
    off (Grant.unavailable) is answered UNAVAILABLE too.
 5. A keeper restarted is a new incarnation with empty windows and full buckets: `restate` tells it, per key, what
    this worker admitted in each window still current (leased tokens spent and local-share use, `Lease.counts`),
-   and how far its admissions drew the key's bucket down (`Lease.drawn`: the bucket's capacity, refilled at
-   rate / n, less one per request admitted here, leased or not; stated in whole tokens, rounded up), which replaces
+   and how far its admissions drew the key's bucket down (`Lease.drawn`: the bucket's capacity, refilled at the
+   full rate, less one per request admitted here, leased or not; stated in whole tokens, rounded up: exact when one
+   worker carried the key, as one client's connection does, and never emptier than nginx's zone when several
+   did), which replaces
    the report of local-share use (so nothing is counted twice). Each worker states only its own admissions, so the
    keeper's sum is what the gateway admitted, and its bucket starts where the old one was (nginx keeps limit_req's
    state in shared memory, which a worker's crash leaves). Under policy redis only the local-share use is stated:
@@ -476,12 +478,13 @@ class LeaseTable:
 
     def _draw(self, lease: Lease, now: float) -> None:
         """One request admitted here takes a token from the key's bucket as this worker sees it (rule 5): the full
-        capacity, refilled at rate / n (n workers' admissions refill it together), never below empty."""
+        capacity, refilled at the full rate (a refill at rate / n would state a client pacing under the rate on one
+        worker as a shortfall nginx's zone never has), never below empty."""
         spec = lease.spec
         drawn = lease.drawn
         if drawn is None:
             drawn = lease.drawn = Bucket(spec.capacity, now)
-        drawn.refill(now, spec.rate / self._workers, spec.capacity)
+        drawn.refill(now, spec.rate, spec.capacity)
         drawn.level = max(0.0, drawn.level - 1)
 
     def _drawn_total(self, lease: Lease, now: float | None) -> int:
@@ -493,7 +496,7 @@ class LeaseTable:
         if drawn is None:
             return 0
         if now is not None:
-            drawn.refill(now, spec.rate / self._workers, spec.capacity)
+            drawn.refill(now, spec.rate, spec.capacity)
         return max(0, ceil(spec.capacity - drawn.level - ROUNDING))
 
     @staticmethod

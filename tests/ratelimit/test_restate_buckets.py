@@ -76,3 +76,25 @@ def test_local_share_use_is_stated_once_within_what_the_bucket_was_drawn():
     table.keeper = "next"
     [usage] = table.restate(T0 + 1.0, 1.0)
     assert usage.total == 3
+
+
+EVERY_SECOND = LimitSpec(algorithm="limit-req", rate=1.0, burst=2, nodelay=True)  # 3 tokens, one back a second
+
+
+def test_a_bucket_one_worker_drew_within_its_rate_is_full_after_a_keeper_restart():
+    """One client on one connection (one worker of two) pacing under the rate has nginx's excess at 0: its burst is
+    admitted whether a keeper restarted in between or not (a worker's view refilled at rate / 2 stated a shortfall
+    the zone never had)."""
+    def steady_then_burst(restart_keeper: bool) -> list[bool]:
+        tables, ledger = [LeaseTable("w1", 2), LeaseTable("w2", 2)], Ledger(workers=2)
+        t = 0.0
+        for _ in range(20):  # a request every 1.5 s (rate: 1/s), all on worker 1
+            assert admit(tables[0], ledger, t, EVERY_SECOND)
+            t += 1.5
+        t += 2.0
+        if restart_keeper:
+            ledger = restart(tables, t)
+        return [admit(tables[0], ledger, t + i * 0.001, EVERY_SECOND) for i in range(3)]
+
+    assert steady_then_burst(False) == [True, True, True]
+    assert steady_then_burst(True) == [True, True, True]
