@@ -32,6 +32,18 @@ _HUNG_UP = select.POLLRDHUP | select.POLLHUP | select.POLLERR  # a FIN, both end
 _PROBE = select.poll()
 
 
+def _probed(sock: socket.socket, events: int) -> bool:
+    """Does the kernel report any of `events` on `sock` now (a closed one: yes)? One poll(2) that does not wait."""
+    fd = sock.fileno()
+    if fd < 0:
+        return True
+    _PROBE.register(fd, events)
+    try:
+        return bool(_PROBE.poll(0))
+    finally:
+        _PROBE.unregister(fd)
+
+
 class Conn:
     """A connected non-blocking socket with awaitable recv/sendall; recv returns b"" at EOF or reset (`reset` tells
     them apart).
@@ -216,14 +228,7 @@ class Conn:
         """Has the peer closed or reset its end, whatever bytes it sent before that (still unread)? A peek sees
         those bytes, not the FIN behind them; nginx sees the FIN at once (ngx_epoll_module.c:884-888, EPOLLRDHUP
         sets pending_eof whatever is unread). One poll(2) that neither waits nor reads."""
-        fd = self.sock.fileno()
-        if fd < 0:
-            return True
-        _PROBE.register(fd, _HUNG_UP)
-        try:
-            return bool(_PROBE.poll(0))
-        finally:
-            _PROBE.unregister(fd)
+        return _probed(self.sock, _HUNG_UP)
 
     def shutdown(self) -> None:
         """End both directions, leaving the descriptor open: whoever waits on it sees EOF (or EPIPE) and closes it."""
@@ -235,14 +240,7 @@ class Conn:
     def readable(self) -> bool:
         """Has the kernel bytes (or an EOF, or an error) for us to read? One poll(2) that does not wait. A closed
         connection is readable: it is as unusable as one with a stray byte."""
-        fd = self.sock.fileno()
-        if fd < 0:
-            return True
-        _PROBE.register(fd, _READABLE)
-        try:
-            return bool(_PROBE.poll(0))
-        finally:
-            _PROBE.unregister(fd)
+        return _probed(self.sock, _READABLE)
 
     def close(self) -> None:
         """Close now; wakes any task waiting on this socket."""

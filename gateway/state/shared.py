@@ -18,8 +18,8 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import trio
 import zmq
@@ -40,6 +40,7 @@ from gateway.stores.cache import ENTRY_LIMIT as CACHE_ENTRY_LIMIT
 from gateway.stores.counters import WorkerCounters
 
 log = logging.getLogger("gateway.state")
+T = TypeVar("T")
 
 FLUSH_S = 0.02  # outcomes and lease requests leave at most this late (a request never waits on it: see wait_grant)
 IDLE_FLUSH_S = 0.1  # ... once the worker has been quiet a while (the first after a pause at most this late)
@@ -255,30 +256,14 @@ class SharedState:
     def _give_reports(self, usages: list[FallbackUsage]) -> None:
         """Send reports in GiveBacks of about REPORT_BYTES each: a worker may hold many keys, each of a client's
         making, and a frame beyond the bus's MAX_MESSAGE would be refused."""
-        batch: list[FallbackUsage] = []
-        size = 0
-        for usage in usages:
-            cost = len(usage.key) + REPORT_ENTRY_BYTES
-            if batch and size + cost > REPORT_BYTES:
-                self._send(p.GiveBack(fallback=batch))
-                batch, size = [], 0
-            batch.append(usage)
-            size += cost
-        self._send(p.GiveBack(fallback=batch))
+        for batch in _batches(usages, [len(usage.key) + REPORT_ENTRY_BYTES for usage in usages]):
+            self._send(p.GiveBack(fallback=batch))
 
     def _add_counters(self, items: list[tuple[str, int, float]]) -> None:
         """Send adds to the host's counters for the keeper now up, in CountersAdd of about REPORT_BYTES each."""
-        batch: list[tuple[str, int, float]] = []
-        size = 0
-        for item in items:
-            cost = len(item[0]) + COUNTER_ENTRY_BYTES
-            if batch and size + cost > REPORT_BYTES:
+        for batch in _batches(items, [len(item[0]) + COUNTER_ENTRY_BYTES for item in items]):
+            if batch:
                 self._send(p.CountersAdd(items=batch, keeper=self.incarnation))
-                batch, size = [], 0
-            batch.append(item)
-            size += cost
-        if batch:
-            self._send(p.CountersAdd(items=batch, keeper=self.incarnation))
 
     def keeper_disconnected(self) -> None:
         """The connection to the keeper closed: it exited (the supervisor restarts it). No need to wait for the
@@ -598,3 +583,17 @@ _OPEN = (State.OPEN, State.FORCED_OPEN)
 
 def _nothing() -> None:
     """No bus to pump (gateway run, or not connected yet)."""
+
+
+def _batches(items: list[T], costs: list[int]) -> Iterator[list[T]]:
+    """`items` in batches of about REPORT_BYTES by their `costs` (the last, maybe empty, always given): a frame beyond
+    the bus's MAX_MESSAGE would be refused."""
+    batch: list[T] = []
+    size = 0
+    for item, cost in zip(items, costs, strict=True):
+        if batch and size + cost > REPORT_BYTES:
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += cost
+    yield batch

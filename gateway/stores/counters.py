@@ -36,19 +36,59 @@ CAPACITY = SIZES["kong_rate_limiting_counters"]
 NUMBER = 8  # bytes of a counter's value: the shm stores a Lua number, a double
 
 
-class Counters:
-    __slots__ = ("capacity", "size", "_values", "_adds")
+class _Bounded:
+    """Keys charged as the shm charges them, least recently used first (rule 3), expired ones swept as keys are
+    taken (rule 4): each entry `_WIDTH` numbers, then when it ends."""
+
+    __slots__ = ("capacity", "size", "_values", "_ops")
+    _WIDTH = 1
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self.size = 0  # bytes charged for the keys held (rule 3)
-        # key -> [value, ends at], least recently used first (an OrderedDict: moving a key and dropping the first
-        # are O(1))
+        # (an OrderedDict: moving a key and dropping the first are O(1))
         self._values: OrderedDict[str, list[float]] = OrderedDict()
-        self._adds = 0
+        self._ops = 0
 
     def __len__(self) -> int:
         return len(self._values)
+
+    def _slot(self, key: str, now: float, ends: float) -> list[float] | None:
+        """The key's live entry, made the most recently used; a new one of zeros ending at `ends` when it has none (or
+        an expired one); None when the key alone is larger than the capacity (the shm's "no memory")."""
+        self._ops += 1
+        if self._ops % SWEEP_EVERY == 0:
+            self.sweep(now)
+        values = self._values
+        entry = values.get(key)
+        if entry is not None:
+            if entry[-1] > now:
+                values.move_to_end(key)
+                return entry
+            del values[key]  # a restarted key is the most recently used (its size stays charged)
+        else:
+            cost = _cost(key)
+            if cost > self.capacity:
+                return None
+            while self.size + cost > self.capacity:
+                self.size -= _cost(values.popitem(last=False)[0])
+            self.size += cost
+        entry = values[key] = [0.0] * self._WIDTH + [ends]
+        return entry
+
+    def sweep(self, now: float) -> int:
+        """Forget expired keys; how many."""
+        dead = [key for key, entry in self._values.items() if entry[-1] <= now]
+        for key in dead:
+            del self._values[key]
+            self.size -= _cost(key)
+        return len(dead)
+
+
+class Counters(_Bounded):
+    """The host's counters, held by the keeper: key -> [value, ends at] (rules 1-4)."""
+
+    __slots__ = ()
 
     def get(self, key: str, now: float) -> int:
         found = self._values.get(key)
@@ -59,34 +99,11 @@ class Counters:
 
     def add(self, key: str, n: int, ttl: float, now: float) -> int:
         """Add n to the key; its new value."""
-        self._adds += 1
-        if self._adds % SWEEP_EVERY == 0:
-            self.sweep(now)
-        values = self._values
-        found = values.get(key)
-        if found is None or found[1] <= now:
-            if found is not None:
-                del values[key]  # a restarted key is the most recently used (its size stays charged)
-            else:
-                cost = _cost(key)
-                if cost > self.capacity:
-                    return n  # kept nowhere: the shm's "no memory"
-                while self.size + cost > self.capacity:
-                    self.size -= _cost(values.popitem(last=False)[0])
-                self.size += cost
-            values[key] = [n, now + ttl if ttl > 0 else inf]
-            return n
-        values.move_to_end(key)
-        found[0] += n
-        return int(found[0])
-
-    def sweep(self, now: float) -> int:
-        """Forget expired keys; how many."""
-        dead = [key for key, (_, ends) in self._values.items() if ends <= now]
-        for key in dead:
-            del self._values[key]
-            self.size -= _cost(key)
-        return len(dead)
+        entry = self._slot(key, now, now + ttl if ttl > 0 else inf)
+        if entry is None:
+            return n  # kept nowhere: the shm's "no memory"
+        entry[0] += n
+        return int(entry[0])
 
 
 def _cost(key: str) -> int:
@@ -94,21 +111,16 @@ def _cost(key: str) -> int:
     return len(key) + NUMBER + ENTRY_OVERHEAD
 
 
-class WorkerCounters:
+class WorkerCounters(_Bounded):
     """A worker's memory of the host's counters (rules 5-7): key -> [mine, known, unsent, ends at], least recently
     used first, bounded as the keeper's Counters are (the same charge per key, the same capacity)."""
 
-    __slots__ = ("capacity", "size", "_entries", "_ops", "_unsent")
+    __slots__ = ("_unsent",)
+    _WIDTH = 3
 
     def __init__(self, capacity: int = CAPACITY) -> None:
-        self.capacity = capacity
-        self.size = 0
-        self._entries: OrderedDict[str, list[float]] = OrderedDict()
-        self._ops = 0
+        super().__init__(capacity)
         self._unsent = False
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
     @property
     def pending(self) -> bool:
@@ -118,7 +130,7 @@ class WorkerCounters:
     def add(self, items: list[tuple[str, int, float]], now: float, sent: bool) -> None:
         """(key, increment, ttl) each, added by this worker at `now`; `sent`: to the keeper (else kept for it)."""
         for key, n, ttl in items:
-            entry = self._entry(key, now, now + ttl if ttl > 0 else inf)
+            entry = self._slot(key, now, now + ttl if ttl > 0 else inf)
             if entry is None:
                 continue
             entry[0] += n
@@ -130,13 +142,13 @@ class WorkerCounters:
     def read(self, keys: list[str], values: list[int], ends: list[float], now: float) -> None:
         """The keeper's `values` of `keys`, read at `now`; `ends`: when each key's period ends (wall)."""
         for key, value, end in zip(keys, values, ends, strict=True):
-            entry = self._entry(key, now, end)
+            entry = self._slot(key, now, end)
             if entry is not None and value > entry[1]:  # (less: this worker's adds still on their way)
                 entry[1] = value
 
     def known(self, keys: list[str], now: float) -> list[int]:
         """The value of each key as far as this worker knows (rule 6)."""
-        entries = self._entries
+        entries = self._values
         values = []
         for key in keys:
             entry = entries.get(key)
@@ -148,7 +160,7 @@ class WorkerCounters:
         restarted empty (rule 5); nothing is left unsent after it."""
         self._unsent = False
         items = []
-        for key, entry in self._entries.items():
+        for key, entry in self._values.items():
             entry[2] = 0
             if entry[0] and entry[3] > now:
                 items.append((key, int(entry[0]), _ttl(entry[3], now)))
@@ -158,42 +170,12 @@ class WorkerCounters:
         """(key, increment, seconds left) of the adds kept while the keeper was away, for it now it is back."""
         self._unsent = False
         items = []
-        for key, entry in self._entries.items():
+        for key, entry in self._values.items():
             if entry[2]:
                 if entry[3] > now:
                     items.append((key, int(entry[2]), _ttl(entry[3], now)))
                 entry[2] = 0
         return items
-
-    def _entry(self, key: str, now: float, ends: float) -> list[float] | None:
-        """The key's live entry, made the most recently used; a new one ending at `ends` when it has none (or an
-        expired one); None when the key alone is larger than the capacity."""
-        self._ops += 1
-        if self._ops % SWEEP_EVERY == 0:
-            self._sweep(now)
-        entries = self._entries
-        entry = entries.get(key)
-        if entry is not None:
-            if entry[3] > now:
-                entries.move_to_end(key)
-                return entry
-            del entries[key]  # restarted: the most recently used (its size stays charged)
-        else:
-            cost = _cost(key)
-            if cost > self.capacity:
-                return None
-            while self.size + cost > self.capacity:
-                self.size -= _cost(entries.popitem(last=False)[0])
-            self.size += cost
-        entry = entries[key] = [0, 0, 0, ends]
-        return entry
-
-    def _sweep(self, now: float) -> None:
-        """Forget expired keys."""
-        dead = [key for key, entry in self._entries.items() if entry[3] <= now]
-        for key in dead:
-            del self._entries[key]
-            self.size -= _cost(key)
 
 
 def _ttl(ends: float, now: float) -> float:
