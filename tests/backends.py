@@ -7,14 +7,18 @@ retries and balancing from the upstream's side.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import random
 import socket
 import subprocess
+import tempfile
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -33,8 +37,21 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+def _own_share(ports: range) -> range:
+    """This test process's share of `ports`. Under pytest-xdist (`-n 2`) two test processes hand out ports side by
+    side, each knowing only the ones it issued: a port one issued and had not bound yet (a gateway still starting), or
+    keeps unbound on purpose (a dead target, a server to restart there), could be issued to the other too. So worker
+    gwI of N takes every Nth port from the Ith; one process alone (no PYTEST_XDIST_WORKER) takes them all."""
+    try:
+        index = int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw"))
+        count = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    except (KeyError, ValueError):
+        return ports
+    return ports[index::count] if 0 <= index < count else ports
+
+
 _EPHEMERAL_LOW = _ephemeral_low()
-_FREE_PORTS = range(10000, _EPHEMERAL_LOW) if _EPHEMERAL_LOW > 11000 else range(0)
+_FREE_PORTS = _own_share(range(10000, _EPHEMERAL_LOW) if _EPHEMERAL_LOW > 11000 else range(0))
 _issued: set[int] = set()
 
 
@@ -57,6 +74,15 @@ def free_port() -> int:
         _issued.add(port)
         return port
     raise RuntimeError("no free port found below the ephemeral range")
+
+
+@contextlib.contextmanager
+def apt_lock() -> Iterator[None]:
+    """Held while a test installs a missing Debian package (redis, etcd, slapd): two test processes (pytest-xdist)
+    must not run apt-get at once (the second fails on dpkg's lock); the one that waited finds the package there."""
+    with open(os.path.join(tempfile.gettempdir(), "gateway-tests-apt.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # (released when the file is closed)
+        yield
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

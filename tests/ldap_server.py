@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from backends import free_port, stop_process, wait_port
+from backends import apt_lock, free_port, stop_process, wait_port
 from tls_helpers import Pki
 
 from gateway.policies.ldap_auth.client import current_pools
@@ -40,22 +40,25 @@ def find_slapd() -> tuple[str | None, str]:
         return SLAPD, ""
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
         return None, "slapd is not installed and apt-get cannot install it here (not root, or no apt-get)"
-    policy = Path("/usr/sbin/policy-rc.d")
-    ours = not policy.exists()
-    if ours:
-        policy.write_text("#!/bin/sh\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        cmd = ["apt-get", "install", "-y", "-q", "slapd", "ldap-utils"]
-        if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-            proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600, text=True)
-            if proc.returncode != 0:
-                return None, f"apt-get install slapd failed: {proc.stderr.strip()[-300:]}"
-    finally:
+    with apt_lock():  # (the other test process may be installing it, its policy-rc.d in place: wait for it)
+        if os.access(SLAPD, os.X_OK) and os.access(SLAPADD, os.X_OK):
+            return SLAPD, ""
+        policy = Path("/usr/sbin/policy-rc.d")
+        ours = not policy.exists()
         if ours:
-            policy.unlink()
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+        try:
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            cmd = ["apt-get", "install", "-y", "-q", "slapd", "ldap-utils"]
+            if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
+                subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+                proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600, text=True)
+                if proc.returncode != 0:
+                    return None, f"apt-get install slapd failed: {proc.stderr.strip()[-300:]}"
+        finally:
+            if ours:
+                policy.unlink()
     if os.access(SLAPD, os.X_OK) and os.access(SLAPADD, os.X_OK):
         return SLAPD, ""
     return None, f"slapd installed but {SLAPD} or {SLAPADD} is missing"

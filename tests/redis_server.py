@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from backends import free_port, stop_process
+from backends import apt_lock, free_port, stop_process
 
 
 def find_redis() -> tuple[str | None, str]:
@@ -25,11 +25,13 @@ def find_redis() -> tuple[str | None, str]:
         return None, "redis-server is not installed and apt-get cannot install it here (not root, or no apt-get)"
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     cmd = ["apt-get", "install", "-y", "-q", "redis-server"]
-    if subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
-        proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600, text=True)
-        if proc.returncode != 0:
-            return None, f"apt-get install redis-server failed: {proc.stderr.strip()[-300:]}"
+    with apt_lock():  # (the other test process may be installing it: then it is there once we hold the lock)
+        if shutil.which("redis-server") is None and \
+                subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, timeout=600)
+            proc = subprocess.run(cmd, env=env, capture_output=True, timeout=600, text=True)
+            if proc.returncode != 0:
+                return None, f"apt-get install redis-server failed: {proc.stderr.strip()[-300:]}"
     path = shutil.which("redis-server")
     return path, "" if path else "redis-server installed but not on PATH"
 

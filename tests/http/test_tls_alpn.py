@@ -13,7 +13,7 @@ import ssl
 import pytest
 import trio
 from backends import EchoBackend, free_port, raw_exchange, service
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tls_helpers import Pki
 
@@ -148,6 +148,7 @@ def test_a_client_hello_in_more_than_four_records_is_not_waited_for():
                  st.tuples(st.integers(0, 300), st.binary(min_size=1, max_size=4)).map(
                      lambda cut: (lambda h: h[:cut[0]] + cut[1] + h[cut[0] + len(cut[1]):])(
                          real_client_hello(["h2", "http/1.1"])))))
+@settings(deadline=None)  # (as every property test here: a second test process may hold the CPU for a moment)
 def test_no_input_makes_the_reader_fail_or_ask_for_unbounded_bytes(data):
     """Any bytes (random, or a real ClientHello with some overwritten): a list, NO_ALPN, or a bounded number of bytes
     beyond what was given."""

@@ -335,9 +335,9 @@ def test_guard_checks_kongs_dotstar_patterns_in_linear_time():
     patterns = [".*(A|a)pples.*", ".*(P|p)ears.*", ".*(B|b)ananas.*", ".*(C|c)herries.*"]
     guard = AiPromptGuard(msgspec.convert({"deny_patterns": patterns}, AiPromptGuardConfig))
     prompt = b"x" * 32768
-    started = time.monotonic()
+    started = time.thread_time()  # CPU time: another test process (pytest-xdist) may hold the core meanwhile
     assert guard.allowed(prompt) and not guard.allowed(prompt + b" pears")
-    assert time.monotonic() - started < 0.05
+    assert time.thread_time() - started < 0.05
 
 
 async def test_guard_checks_a_completions_prompt(nursery, gateway):

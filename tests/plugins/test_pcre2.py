@@ -85,10 +85,10 @@ def test_a_leading_dotstar_is_linear():
     """PCRE anchors a pattern starting with `.*` (it can only match at the start or after a newline): Kong's
     documented `.*(A|a)pples.*` over 32 KiB takes microseconds where Python's re took seconds."""
     regex = Regex(".*(A|a)pples.*")
-    started = time.monotonic()
+    started = time.thread_time()  # CPU time: another test process (pytest-xdist) may hold the core meanwhile
     assert not regex.search(b"x" * 32768)
     assert regex.search(b"x" * 32768 + b" Apples")
-    assert time.monotonic() - started < 0.05
+    assert time.thread_time() - started < 0.05
 
 
 def test_compiled_code_and_match_data_are_freed_with_the_regex():

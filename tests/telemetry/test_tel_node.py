@@ -189,7 +189,11 @@ def _page(url: str, broken: str) -> tuple[str, str]:
             cell = page.locator(f'tr[data-target="{broken}"] td.state')
             cell.filter(has_text="DOWN").wait_for(timeout=20000)  # the page refreshes itself every 2 s
             page.get_by_text("per second over the last").wait_for(timeout=10000)  # a refresh later: rates too
-            page.screenshot(path=str(ARTIFACTS / "status-page.png"), full_page=True)
+            # written aside, then renamed into place: a second test process (pytest-xdist) may run this module's
+            # scenario at the same time, and the check of its size must never see the other's half-written file
+            shot = ARTIFACTS / f".status-page.{os.getpid()}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            os.replace(shot, ARTIFACTS / "status-page.png")
             return cell.inner_text(), page.locator("main").inner_text()
         finally:
             browser.close()
