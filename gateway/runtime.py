@@ -26,9 +26,11 @@ from gateway.config.decode import kong_nulls, kong_shorthands, whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.kong_forms import url_host
 from gateway.config.loader import load_config
-from gateway.config.schema import Plugin, Route, Service, Target, Upstream
+from gateway.config.schema import Healthchecks, Plugin, Route, Service, Target, Upstream
 from gateway.discovery.service import target_address
 from gateway.discovery.types import target_key
+from gateway.health.machine import Event
+from gateway.health.policy import TCP_FAILURE, TIMEOUT, Outcome, PassivePolicy
 from gateway.http import kong_errors
 from gateway.http.net import is_ip
 from gateway.http.realip import ClientAddress
@@ -104,8 +106,8 @@ class UpstreamGroup:
     """The targets of an upstream (or of a service that names a host directly) and its balancer."""
 
     __slots__ = ("name", "targets", "balancer", "algorithm", "hash_on", "hash_fallback", "keys", "unusable",
-                 "breakers", "sweep", "unbroken", "passive", "panic", "slots", "host_header", "discovered", "hashing",
-                 "cookie_path", "direct")
+                 "breakers", "sweep", "unbroken", "passive", "passive_failures", "panic", "slots", "host_header",
+                 "discovered", "hashing", "cookie_path", "direct")
 
     def __init__(self, name: str, targets: list[TargetRuntime], algorithm: str, balancer: Balancer,
                  hash_on: tuple[str, bytes], hash_fallback: tuple[str, bytes]) -> None:
@@ -125,6 +127,7 @@ class UpstreamGroup:
         # for their open circuits), kept current with `unusable` (gateway.state); read through _Unbroken.
         self.unbroken: frozenset[int] = frozenset()
         self.passive = False  # passive health checks can trip: report outcomes
+        self.passive_failures: frozenset[int] = frozenset()  # ... those that count towards unhealthy: sent at once
         self.panic = False  # all targets unhealthy: send to all of them rather than answer 503 (Envoy's panic)
         self.slots = 10000
         self.host_header: str | None = None  # the upstream's host_header, for targets discovery adds
@@ -427,12 +430,24 @@ def _group(up: Upstream, own: Sequence[Target], errors: list[str]) -> UpstreamGr
     unhealthy = passive.unhealthy  # (a passive success alone counts too: it clears the probes' failures, as in Kong)
     group.passive = bool(unhealthy.http_failures or unhealthy.tcp_failures or unhealthy.timeouts
                          or passive.healthy.successes)
+    group.passive_failures = _passive_failures(up.healthchecks)
     group.panic = up.panic_mode
     group.slots = up.slots
     group.host_header = up.host_header
     group.cookie_path = up.hash_on_cookie_path
     group.discovered = up.discovery is not None and up.discovery.type != "static"
     return group
+
+
+def _passive_failures(hc: Healthchecks) -> frozenset[int]:
+    """The passive results (statuses; -1 a TCP failure, -2 a timeout, as gateway.pipeline.forward codes them) that
+    count towards unhealthy by the keeper's own rule (PassivePolicy.classify, a counter above 0)."""
+    policy = PassivePolicy.from_config(hc)
+    outcomes: dict[int, Outcome] = {-1: TCP_FAILURE, -2: TIMEOUT, 504: 504}  # (504 is a timeout, listed or not)
+    outcomes.update((status, status) for status in hc.passive.unhealthy.http_statuses)
+    return frozenset(code for code, outcome in outcomes.items()
+                     if (event := policy.classify(outcome)) not in (None, Event.SUCCESS)
+                     and policy.thresholds.limit(event))
 
 
 def _hash_key(kind: str, up: Upstream, which: str) -> tuple[str, bytes]:

@@ -303,7 +303,8 @@ class Forwarder:
                 log.error("%s; no target left to retry in upstream %r: 503%s", error, group.name, ErrorContext(ex))
                 last = ex.tries[-1]  # type: ignore[index]
                 if self.shared is not None and last.group.passive:  # Kong's log phase: the last try's target, by
-                    self.shared.passive(last.key, 503)  # ngx.status ($upstream_status ends on the failed pick)
+                    # ngx.status ($upstream_status ends on the failed pick)
+                    self.shared.passive(last.key, 503, 503 in last.group.passive_failures)
                 await ex.respond_error_page(503)
             else:
                 log.error("%s: %d%s", error, error.status, ErrorContext(ex))
@@ -671,8 +672,8 @@ class Forwarder:
             if group.breakers:
                 shared.outcome(attempt.key, ok, attempt.probe)
             if group.passive:
-                shared.passive(attempt.key, (status or 502) if code == TCP_FAILURE and (attempt.last or status) else
-                               code)
+                reported = (status or 502) if code == TCP_FAILURE and (attempt.last or status) else code
+                shared.passive(attempt.key, reported, reported in group.passive_failures)
         elif attempt.probe:
             shared.probe_given_up(attempt.key)  # type: ignore[union-attr]  # (a probe implies shared state)
 

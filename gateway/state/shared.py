@@ -3,8 +3,9 @@
 The data plane reads only local structures: token leases (`leases`), the breaker view, and each upstream group's
 `unusable` set (drained, circuit-open or unhealthy targets; all of them when the upstream is below its healthchecks
 threshold), kept current by messages from the keeper. This task talks to the
-keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S; successes alone every
-SUCCESS_BATCHES flushes: they only add to the keeper's volume counts), and watches the keeper's heartbeat. When its
+keeper: it asks for leases ahead of need, sends outcomes in batches (a failure within FLUSH_S, a passive one that counts
+towards unhealthy on the next scheduler turn; successes alone every SUCCESS_BATCHES flushes: they only add to the
+keeper's volume counts), and watches the keeper's heartbeat. When its
 connection closes (the keeper exited) or no heartbeat came for KEEPER_LOST_S (it hangs), rate limits fall back to
 local shares (limit / workers) and breakers keep their last published states; when a keeper (possibly a new
 incarnation) is heard again, the worker resynchronises.
@@ -68,6 +69,7 @@ class SharedState:
         self.synced = trio.Event()  # set by the first snapshot from a keeper (targets discovered, health, drains)
         self._last_heartbeat = -1e9
         self._beat: trio.Event | None = None  # while a quiet worker's flush waits for the keeper's next heartbeat
+        self._soon: trio.CancelScope | None = None  # a busy worker's FLUSH_S sleep: cancelled, it flushes now
         self._flushes = 0
         self._gone = ("", 0.0)  # the incarnation whose connection closed, and until when its heartbeats are stale
         self._waiters: dict[str, trio.Event] = {}
@@ -159,11 +161,16 @@ class SharedState:
         rather than lapsing after probe_ttl_s while no other request may probe."""
         self._send(p.Outcomes(items=[given_up(key)]))
 
-    def passive(self, key: str, code: int) -> None:
-        """A result for passive health checks (status, or -1 TCP failure, -2 timeout), sent with the next batch."""
+    def passive(self, key: str, code: int, counts: bool) -> None:
+        """A result for passive health checks (status, or -1 TCP failure, -2 timeout), sent with the next batch; one
+        that `counts` towards unhealthy (in the group's passive_failures) with the next scheduler turn's flush: an
+        in-process keeper's verdict is in before the next request picks, as Kong's (kong/init.lua:1325-1337)."""
         upstream, _, target = key.partition("|")
         self._passive.append((upstream, target, code))
-        self._wake_flush()
+        if counts and self._soon is not None:
+            self._soon.cancel()  # the flusher's busy sleep; a burst within this turn still leaves as one message
+        else:
+            self._wake_flush()
 
     # ---- messages from the keeper -------------------------------------------------------------------------------
 
@@ -554,13 +561,16 @@ class SharedState:
     async def _periodic(self) -> None:
         """Flush every FLUSH_S while there is traffic; a quiet worker backs off to IDLE_FLUSH_S, and then flushes
         when the keeper's next heartbeat (every HEARTBEAT_S, 0.25 s) wakes it anyway, when that heartbeat is overdue,
-        or at once when traffic brings outcomes again: a host of idle workers is not woken 50 times a second each
-        for nothing, nor twice for one thing (issue 19), and the first failure after a quiet spell is not late."""
+        or at once when traffic brings outcomes again (a busy one too, for a passive failure that counts): a host of
+        idle workers is not woken 50 times a second each for nothing, nor twice for one thing (issue 19), and the
+        first failure after a quiet spell is not late."""
         next_sweep = trio.current_time() + SWEEP_S
         pause = FLUSH_S
         while True:
             if pause < IDLE_FLUSH_S or self._local is not None or not self.keeper_up:
-                await trio.sleep(pause)
+                with trio.move_on_after(pause) as self._soon:
+                    await trio.sleep_forever()
+                self._soon = None
             else:
                 self._beat = beat = trio.Event()
                 with trio.move_on_at(self._last_heartbeat + KEEPER_LOST_S + LOST_SLACK_S):
