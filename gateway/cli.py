@@ -177,6 +177,8 @@ def _main(argv: list[str] | None) -> int:
             return control.start_daemon(args.config, args.workers)
         if args.command == "stop":
             return control.stop(args.config, args.timeout, args.pid_file)
+        if args.command in ("reload", "status", "admin") and (refused := _without_admin(args)) is not None:
+            return refused
         if args.command == "reload":
             return control.reload(args.config, args.pid_file, args.admin)
         if args.command == "status":
@@ -190,6 +192,41 @@ def _main(argv: list[str] | None) -> int:
             print(message, file=sys.stderr)
         return EXIT_CONFIG
     return EXIT_FAILURE  # pragma: no cover - argparse rejects unknown commands
+
+
+def _without_admin(args: argparse.Namespace) -> int | None:
+    """EXIT_FAILURE, said at once, when the gateway the pid file names is a `gateway run` process, which has no admin
+    channel (the call would wait out its timeout); None otherwise. `--admin` alone names an endpoint, not a pid."""
+    from gateway.config import ConfigError
+    from gateway.node.locate import NotRunning, locate, running_pid
+
+    if args.admin is not None and args.pid_file is None:
+        return None
+    try:
+        pid_file = locate(args.config, args.pid_file, args.admin).pid_file
+    except ConfigError:
+        return None  # (the command says what is wrong with the file)
+    try:
+        pid = running_pid(pid_file, remove_stale=False)
+    except NotRunning:
+        return None  # (the command says so itself, and removes a stale pid file)
+    if _command_of(pid) != "run":
+        return None
+    print(f"gateway: pid {pid} (pid file {pid_file}) is a `gateway run` process, which has no admin channel: "
+          f"`{args.command}` cannot reach it; `gateway stop` stops it, a restart loads a new config, and `gateway "
+          "start` runs a gateway that answers status, reload and admin", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+def _command_of(pid: int) -> str | None:
+    """The gateway COMMAND process `pid` runs (`run`, `start`), from its command line; None if it cannot tell."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            words = [os.fsdecode(word) for word in f.read().split(b"\0")]
+    except OSError:
+        return None
+    return next((command_word(words[i + 1:]) for i, word in enumerate(words)
+                 if word == "gateway" or word.endswith("/gateway")), None)
 
 
 CHILD_COMMANDS = frozenset({"keeper", "health", "discovery", "zygote", "worker"})  # started by the root

@@ -1,7 +1,9 @@
 """One worker process: a Trio proxy on its own SO_REUSEPORT listener(s). `gateway run` runs one in the foreground.
 
 SIGTERM/SIGINT drain it: stop accepting, finish in-flight requests (and SSE streams) for up to drain_timeout, then
-exit. The supervisor starts several of these; each reports readiness once its listeners accept. Under the root,
+exit. Without a root (`gateway run`) it answers signals as the root does: SIGQUIT drains too, a second SIGTERM or
+SIGINT during the drain forces the stop, and SIGHUP is logged and ignored (there is no reload without the root).
+The supervisor starts several of these; each reports readiness once its listeners accept. Under the root,
 RETIRE_SIGNAL starts the same drain without the exit: the root sends it to every worker of a generation at once (as
 nginx's master sends SIGQUIT to all its workers), and the supervisor's SIGTERM, sent to one worker after another,
 then only collects them, each exiting as soon as its drain is over (never by itself, which would be a restart).
@@ -10,19 +12,26 @@ then only collects them, each exiting as soon as its drain is over (never by its
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import trio
+import yaml
 import zmq
 
-from gateway.config import Config, load_config, parse_host_port
+from gateway.cli import SettingError
+from gateway.config import Config, ConfigError, load_config, parse_host_port
 from gateway.config.kong_forms import use_load_time
+from gateway.config.schema import GatewaySettings
 from gateway.config.tls import listen_flags
+from gateway.discovery.local import run_local_discovery
+from gateway.discovery.registration import run_registration
 from gateway.dns import process as dns
 from gateway.health.local import run_local_checks
 from gateway.http.codecs import codec_classes, resolve_codec
@@ -36,7 +45,7 @@ from gateway.http.tls import quiet_bad_server_names
 from gateway.http.tls_contexts import ServerTls
 from gateway.keeper.state import Keeper
 from gateway.node import logfile
-from gateway.node.files import make_body_temp_dir
+from gateway.node.files import PID_MODE, file_problem, make_body_temp_dir, make_run_dir, write_atomically
 from gateway.node.orphan import parent_or_exit, stop_when_orphaned
 from gateway.node.paths import absolute_endpoint
 from gateway.node.start_only import inherited
@@ -52,6 +61,11 @@ log = logging.getLogger("gateway.worker")
 KEEPER_SYNC_TIMEOUT_S = 2.0  # a starting worker waits this long at most for the keeper's first snapshot
 RETIRE_SIGNAL = signal.SIGUSR2  # from the root: drain now, exit at SIGTERM (SIGQUIT is blocked: a terminal's)
 LOADED_AT_ENV = "GATEWAY_LOADED_AT"  # from the root: when it loaded the generation's config (Unix seconds)
+# `gateway run`'s signals: the root's graceful stops (SIGQUIT: `gateway stop`, `kong quit`) and SIGHUP, refused
+RUN_STOPS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+RUN_SIGNALS = (*RUN_STOPS, signal.SIGHUP)
+SIGHUP_REFUSED = ("SIGHUP: gateway run does not reload its config; restart it, or run the gateway with `gateway "
+                  "start`, which reloads")
 
 
 def listen_addresses(config: Config) -> list[tuple[str, int]]:
@@ -112,7 +126,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     settings.log_refused = pipeline.log_refused
     settings.refused_phases = runtime.global_phases
     ctx = zmq.Context() if bus is not None else None
-    stops = (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL) if parent is not None else (signal.SIGTERM, signal.SIGINT)
+    stops = (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL) if parent is not None else RUN_SIGNALS
+    registering = trio.CancelScope()  # `gateway run`'s self-registration: withdrawn as the drain starts
     try:
         with trio.open_signal_receiver(*stops) as signals, contextlib.ExitStack() as reopening:
             async with dns.serving(gw), trio.open_nursery() as nursery:
@@ -137,6 +152,7 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                 else:
                     await nursery.start(shared.run_local, Keeper(config, 1))
                     await nursery.start(run_local_checks, config, shared)  # (under the root: the health process)
+                    await nursery.start(run_local_discovery, config, shared)  # (the discovery process)
                 # The connections have a nursery of their own, so that those the drain_timeout cuts are over (their
                 # log phase run) while the log writers and queues still run to flush what they wrote.
                 async with trio.open_nursery() as serving:
@@ -149,11 +165,20 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
                              ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)), codec_name)
                     if ready is not None:
                         ready()
+                    if ctx is None and gw.registration is not None:  # (under the root: its registration task)
+                        nursery.start_soon(_registered, registering, gw)
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            log.warning("%s", SIGHUP_REFUSED)
+                            continue
                         log.info("worker %d: %s, draining (up to %gs)", os.getpid(), signal.Signals(signum).name,
                                  gw.drain_timeout)
                         break
-                    await _drain(listeners, settings, pool, gw.drain_timeout)
+                    registering.cancel()
+                    if parent is None:
+                        await _drain_or_force(listeners, settings, pool, gw.drain_timeout, signals)
+                    else:
+                        await _drain(listeners, settings, pool, gw.drain_timeout)
                     serving.cancel_scope.cancel()
                 shared.release()
                 await telemetry.drain()
@@ -167,6 +192,34 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
         settings.connections.close_spare()
         if ctx is not None:
             ctx.term()
+
+
+async def _registered(scope: trio.CancelScope, gw: GatewaySettings) -> None:
+    """`gateway run`'s gateway.registration, as the root runs it once its workers accept, until `scope` is cancelled
+    (deregistering then). No status server answers here, so the Consul check is the TTL one the gateway passes."""
+    with scope:
+        await run_registration(gw.registration, msgspec.structs.replace(gw, status_listen=None))  # type: ignore[arg-type]
+
+
+async def _drain_or_force(listeners: list[socket.socket], settings: ServerSettings, pool: Pool, timeout: float,
+                          signals: AsyncIterator[int]) -> None:
+    """`gateway run`'s drain, reading signals as the root does during a stop: a SIGTERM or SIGINT forces it (what is
+    left is closed at once), a SIGQUIT leaves it graceful (nginx: ngx_quit again), a SIGHUP is refused again."""
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.warning("%s", SIGHUP_REFUSED)
+                elif signum == signal.SIGQUIT:
+                    log.info("SIGQUIT: the graceful stop goes on (SIGTERM forces it)")
+                else:
+                    log.warning("second %s: forcing the stop", signal.Signals(signum).name)
+                    nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await _drain(listeners, settings, pool, timeout)
+        nursery.cancel_scope.cancel()
 
 
 async def _serve_until_drained(listeners: list[socket.socket], pipeline: Pipeline, settings: ServerSettings,
@@ -245,9 +298,74 @@ def run_supervised_worker(config_path: str, fds: list[int], worker_id: str = "1.
 
 
 def run_worker(config_path: str, ready: Callable[[], None] | None = None) -> int:
-    """Load the config, bind, serve; returns a process exit code."""
+    """`gateway run`: load the config, bind, serve, with the pid file written once accepting (so `gateway stop
+    --config F` finds it, as nginx writes its pid file in one-process mode too) and removed at exit; returns a
+    process exit code. Raises ConfigError, or SettingError naming the setting and what to do."""
     config = load_config(config_path)
     compile_config(config, config_path)  # report config errors before binding anything
+    refuse_run_only(config_path, config)
+    pid_file = config.gateway.pid_file
+    if (pid := _running(pid_file)) is not None:
+        raise SettingError(errno.EEXIST, f"{config_path}: gateway.pid_file: already running (pid {pid}, pid file "
+                           f"{pid_file}); `gateway stop` it first, or give this one its own gateway.pid_file")
+    if (problem := file_problem(pid_file, False)) is not None:
+        raise SettingError(errno.EACCES, f"{config_path}: gateway.pid_file: {problem} for gateway.pid_file")
     listeners = bind_all(config)
-    trio.run(lambda: serve_worker(config, listeners, ready=ready))
+
+    def accepting() -> None:
+        _write_pid(config_path, pid_file)
+        if ready is not None:
+            ready()
+
+    try:
+        trio.run(lambda: serve_worker(config, listeners, ready=accepting))
+    finally:
+        _remove_pid(pid_file)
     return 0
+
+
+def refuse_run_only(config_path: str, config: Config) -> None:
+    """ConfigError for what only the root serves, set explicitly (the file's gateway block, or its KONG_ variable):
+    gateway.status_listen. Its default is not served by `gateway run` (README: CLI)."""
+    if config.gateway.status_listen is None:
+        return
+    from gateway.config import kong_conf
+    from gateway.config.loader import read_config_text
+
+    doc = yaml.load(read_config_text(config_path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    block = doc.get("gateway") if isinstance(doc, dict) else None
+    if (isinstance(block, dict) and block.get("status_listen") is not None) \
+            or "status_listen" in kong_conf.from_environment(os.environ):
+        raise ConfigError([f"{config_path}: gateway.status_listen: `gateway run` serves no status server (one "
+                           "process, no supervisor); set it to null (or remove it) to run here, or run the gateway "
+                           "with `gateway start`, which serves it"])
+
+
+def _running(pid_file: str) -> int | None:
+    """The pid of a gateway running on `pid_file` (a stale file is removed), else None."""
+    from gateway.node.locate import NotRunning, running_pid
+
+    try:
+        return running_pid(pid_file)
+    except NotRunning:
+        return None
+
+
+def _write_pid(config_path: str, pid_file: str) -> None:
+    """Write this process's pid to `pid_file` (its directory made as the root makes it), once its signals are
+    handled; a failure file_problem did not foresee (a race) is logged, and the gateway serves on."""
+    try:
+        make_run_dir(os.path.dirname(os.path.abspath(pid_file)))
+        write_atomically(pid_file, f"{os.getpid()}\n", PID_MODE)
+    except OSError as e:
+        log.error("%s: gateway.pid_file: cannot write %s: %s; serving without it (`gateway stop` will not find this "
+                  "process: stop it with Ctrl-C or SIGTERM)", config_path, pid_file, e.strerror or e)
+
+
+def _remove_pid(pid_file: str) -> None:
+    """Remove `pid_file` if it still names this process (never another gateway's)."""
+    with contextlib.suppress(OSError):
+        with open(pid_file, encoding="ascii") as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(pid_file)

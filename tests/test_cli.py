@@ -145,6 +145,7 @@ async def test_run_serves_and_exits_0_on_sigterm(nursery, tmp_path):
 gateway:
   listen: "127.0.0.1:{port}"
   http_codec: llhttp
+  pid_file: "{tmp_path}/gateway.pid"
 services:
   - name: s
     url: http://127.0.0.1:{backend.port}
@@ -180,7 +181,7 @@ def test_run_on_a_port_already_in_use_fails_with_a_clear_message(tmp_path):
         holder.listen()
         port = holder.getsockname()[1]
         config = tmp_path / "gw.yml"
-        config.write_text(f'gateway: {{listen: "127.0.0.1:{port}"}}\n'
+        config.write_text(f'gateway: {{listen: "127.0.0.1:{port}", pid_file: "{tmp_path}/gateway.pid"}}\n'
                           "services: [{name: s, url: 'http://127.0.0.1:9', routes: [{paths: [/]}]}]\n")
         result = run_cli("run", "--config", str(config))
     assert result.returncode != 0

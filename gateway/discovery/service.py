@@ -128,10 +128,12 @@ async def run_source(upstream: Upstream, config: Config, on_change: OnChange, *,
 
 
 async def run_discovery(config: Config, on_change: OnChange, *, first_wait_s: float = FIRST_WAIT_S,
+                        upstreams: list[Upstream] | None = None,
                         task_status: trio.TaskStatus[DiscoveryStatus] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run every upstream's source until cancelled; started(status) once each source made its first attempt, or
-    after `first_wait_s`, whichever comes first: a registry that answers is in the first report, one that hangs
-    (a first request may take its whole `timeout_s`) delays the start by at most that, and reports when it answers.
+    """Run every upstream's source (or those of `upstreams`) until cancelled; started(status) once each source made
+    its first attempt, or after `first_wait_s`, whichever comes first: a registry that answers is in the first
+    report, one that hangs (a first request may take its whole `timeout_s`) delays the start by at most that, and
+    reports when it answers.
 
     Upstreams without a `discovery:` block whose targets are addresses are not reported: their config targets are
     already in the runtime.
@@ -139,7 +141,8 @@ async def run_discovery(config: Config, on_change: OnChange, *, first_wait_s: fl
     status = DiscoveryStatus()
     async with trio.open_nursery() as nursery:
         attempted: dict[str, trio.Event] = {}
-        for up in discovered_upstreams(config):  # first attempts in parallel: one slow registry delays no other
+        for up in discovered_upstreams(config) if upstreams is None else upstreams:  # (in parallel: one slow
+            # registry delays no other)
             attempted[up.name] = trio.Event()
             nursery.start_soon(_flag_started, partial(run_source, up, config, on_change, status=status),
                                attempted[up.name])
