@@ -14,6 +14,8 @@ Kong's latencies, in ms, from the Trio clock readings the pipeline and the forwa
 
 from __future__ import annotations
 
+import re
+import secrets
 from itertools import chain
 from typing import Any
 
@@ -188,7 +190,7 @@ class Entry:
             wall = self.wall = wall_offset()
         kong, proxy, request, receive = self.latencies()
         uri = ex.request_uri()
-        target = uri.decode("utf-8", "replace")  # Kong's uri and url: $request_uri, as the client sent it
+        target = _text(uri)  # Kong's uri and url: $request_uri, as the client sent it
         query = req.target.partition(b"?")[2]  # its querystring: the arguments as rewritten
         raw = req.headers
         host = None
@@ -203,7 +205,7 @@ class Entry:
         state = ex.state
         upstream_uri = upstream_status = ""
         if tries:
-            upstream_uri = tries[-1].uri.decode("utf-8", "replace")
+            upstream_uri = _text(tries[-1].uri)
             upstream_status = _upstream_status(tries, self.status)
         elif state and (path := state.get(ROUTER_PATH)):  # a plugin answered: the router's, and the serializer
             # adds the "?" of the client's empty query, or the arguments
@@ -248,7 +250,7 @@ class Entry:
                 doc.correlation_id = _text(correlation_id)
             original = state.get(ORIGINAL_REQUEST)  # ai-prompt-template's log_original_request
             if original is not None:
-                doc.ai = {"payload": {"original_request": original.decode("utf-8", "replace")}}
+                doc.ai = {"payload": {"original_request": _text(original)}}
         if trace is not None:
             trace_id = trace.serialized()
             if trace_id:
@@ -268,12 +270,48 @@ class Entry:
         """The serializer's table as JSON, no newline (what udp-log sends as a datagram), as lua-cjson writes it
         (file-log, syslog, http-log, tcp-log, udp-log and loggly encode with OpenResty's cjson, whose
         encode_escape_forward_slash is on): every "/" as "\\/" and DEL as "\\u007f" (its char2escape table's entry
-        127; both bytes are only ever in a string, so replacing them is exact). Made once, for all the loggers of
-        the request (everything it reads is final once the response is sent)."""
+        127; both bytes are only ever in a string, so replacing them is exact), and bytes that are not UTF-8 as
+        they came (_text). Made once, for all the loggers of the request (everything it reads is final once the
+        response is sent)."""
         encoded = self._json
         if encoded is None:
-            encoded = self._json = _encode(self.serialize()).replace(b"/", b"\\/").replace(b"\x7f", b"\\u007f")
+            doc = self.serialize()
+            try:
+                encoded = _encode(doc)
+            except UnicodeEncodeError:  # a string holds bytes that are not UTF-8 (surrogate-escaped by _text)
+                encoded = _raw_bytes_json(doc)
+            encoded = self._json = encoded.replace(b"/", b"\\/").replace(b"\x7f", b"\\u007f")
         return encoded
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MARK = secrets.token_hex(8)  # stands for a byte in _raw_bytes_json's text: random, so no client can send it
+_MARKED = re.compile(_MARK.encode() + rb"([0-9a-f]{2})")
+
+
+def _raw_bytes_json(doc: LogEntry) -> bytes:
+    """`doc` as _encode writes it, but each byte that is not UTF-8 (a str's surrogate escape) written as it is, as
+    lua-cjson copies bytes 0x80-0xFF (lua_cjson.c json_append_string: their char2escape entries are NULL), where
+    msgspec refuses such a str: each is written as _MARK and its hex digits, which are then replaced by the byte."""
+    encoded = _encode(_marked(msgspec.to_builtins(doc, builtin_types=(msgspec.Raw,))))
+    return _MARKED.sub(lambda m: bytes((int(m[1], 16),)), encoded)
+
+
+def _marked(value: Any) -> Any:
+    """`value` (builtins) with each surrogate escape in its strings, keys too, as _MARK and the byte's hex digits
+    (a surrogate that escapes no byte, which no _text makes, as U+FFFD)."""
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub(_escaped, value)
+    if isinstance(value, dict):
+        return {_marked(k): _marked(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_marked(v) for v in value]
+    return value
+
+
+def _escaped(surrogate: re.Match[str]) -> str:
+    code = ord(surrogate[0]) - 0xDC00
+    return f"{_MARK}{code:02x}" if 0x80 <= code <= 0xFF else "\ufffd"
 
 
 def _origin(key: tuple[bytes | None, bytes, bytes]) -> str:
@@ -291,9 +329,9 @@ _ORIGINS: Derived[tuple[bytes | None, bytes, bytes], str] = Derived(_origin, _ME
 
 
 def _text(raw: bytes) -> str:
-    """Bytes as lua-cjson writes them into the JSON line: as they are (UTF-8); bytes that are not UTF-8 cannot be
-    written so by a str, and become U+FFFD."""
-    return raw.decode("utf-8", "replace")
+    """Client bytes as lua-cjson writes them into the JSON line: as they are; bytes that are not UTF-8 are kept
+    surrogate-escaped, which Entry.json writes back as the bytes (two clients sending 0xFE and 0xFF differ)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _request_headers(ex: Exchange) -> Any:
@@ -479,9 +517,9 @@ def _mcp(ex: Exchange) -> dict[str, Any] | None:
     else:
         for name, value in ex.request.headers:
             if name == b"mcp-method":
-                method = value.decode("latin-1")
+                method = _text(value)
             elif name == b"mcp-name":
-                tool = value.decode("latin-1")
+                tool = _text(value)
         if method != "tools/call":
             tool = None
     if method is None:

@@ -25,7 +25,7 @@ from gateway.http.uri_args import MAX_URI_ARGS, add_arg, uri_args
 from gateway.metrics import wall_offset
 from gateway.pipeline.headers import set_consumer
 from gateway.policies.consumers import Consumer
-from gateway.telemetry.entry import ORIGINAL_REQUEST, Entry
+from gateway.telemetry.entry import ORIGINAL_REQUEST, Entry, _raw_bytes_json
 
 _REDACTED = frozenset({b"authorization", b"proxy-authorization"})
 MAX_HEADERS = 100
@@ -34,6 +34,15 @@ _CONSUMER_SET = frozenset({b"x-consumer-id", b"x-consumer-custom-id", b"x-consum
 _WORKSPACE_ID = "0dc6f45b-8f8d-40d2-a504-473544ee190b"
 _WORKSPACE = "default"
 _encode = msgspec.json.Encoder().encode
+
+
+def _json(doc: Any) -> bytes:
+    """msgspec's JSON; with bytes that are not UTF-8 (surrogate-escaped), written raw as lua-cjson copies them (the
+    entry's own writer: tests/telemetry/test_entry_non_utf8.py checks it against msgspec's)."""
+    try:
+        return _encode(doc)
+    except UnicodeEncodeError:
+        return _raw_bytes_json(doc)
 
 
 def _cjson(encoded: bytes) -> bytes:
@@ -194,10 +203,10 @@ class ReferenceEntry:
                 trace = state.get("opentelemetry") or state.get("zipkin")
             correlation_id = state.get("correlation-id")  # the correlation-id plugin's set_serialize_value
             if correlation_id:
-                doc["correlation_id"] = correlation_id.decode("utf-8", "replace")  # its bytes, as cjson writes them
+                doc["correlation_id"] = _text(correlation_id)  # its bytes, as cjson writes them
             original = state.get(ORIGINAL_REQUEST)  # ai-prompt-template's log_original_request
             if original is not None:
-                doc["ai"] = {"payload": {"original_request": original.decode("utf-8", "replace")}}
+                doc["ai"] = {"payload": {"original_request": _text(original)}}
         if trace is not None:
             trace_id = trace.serialized()
             if trace_id:
@@ -213,7 +222,7 @@ class ReferenceEntry:
 
     def json(self) -> bytes:
         """The serializer's table as JSON, no newline (what udp-log sends as a datagram)."""
-        return _cjson(_encode(self.serialize()))
+        return _cjson(_json(self.serialize()))
 
     def _response_headers(self) -> dict[str, Any]:
         ex = self.ex
@@ -228,9 +237,9 @@ class ReferenceEntry:
 
 
 def _text(raw: bytes) -> str:
-    """Bytes as lua-cjson writes them into the JSON line: as they are (UTF-8); bytes that are not UTF-8 cannot be
-    written so by a str, and become U+FFFD."""
-    return raw.decode("utf-8", "replace")
+    """Bytes as lua-cjson writes them into the JSON line: as they are (changed since the freeze, 2026-12-07: bytes
+    that are not UTF-8 are kept, surrogate-escaped, where they became U+FFFD)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _request_headers(ex: Exchange) -> Any:
@@ -344,9 +353,9 @@ def _mcp(ex: Exchange) -> dict[str, Any] | None:
     else:
         for name, value in ex.request.headers:
             if name == b"mcp-method":
-                method = value.decode("latin-1")
+                method = _text(value)
             elif name == b"mcp-name":
-                tool = value.decode("latin-1")
+                tool = _text(value)
         if method != "tools/call":
             tool = None
     if method is None:
@@ -542,8 +551,8 @@ def test_serialize_json_line_and_a_second_json_agree_with_the_reference(case: An
     entry.trace = trace
     reference = ReferenceEntry(ex, started, ended, status, wall=wall)
     reference.trace = trace
-    expected = _encode(reference.serialize())
-    assert _encode(entry.serialize()) == expected
+    expected = _json(reference.serialize())
+    assert _json(entry.serialize()) == expected
     assert entry.json_line() == _cjson(expected) + b"\n" and entry.json() == _cjson(expected)
 
 
