@@ -1,26 +1,25 @@
 """Kong's trace context propagation (kong/observability/tracing/propagation/: its extractors, injectors and
-get_plugin_params) as the zipkin and opentelemetry plugins apply it, for all of Kong's formats: w3c, b3 (with
-b3-single), jaeger, ot, datadog, aws, gcp and instana. Sans-I/O: request headers in, a `Context` out; a context in,
-header lines out.
+get_plugin_params) as the zipkin and opentelemetry plugins apply it, for all of Kong 3.9.3's formats: w3c, b3 (with
+b3-single), jaeger, ot, datadog, aws and gcp (instana is Kong master's, in no release). Sans-I/O: request headers in,
+a `Context` out; a context in, header lines out.
 
     ot         ot-tracer-traceid (16 or 32 hex), ot-tracer-spanid (16 hex), ot-tracer-sampled (1/0/true/false),
                ot-baggage-<key>
     datadog    x-datadog-trace-id, x-datadog-parent-id (decimal), x-datadog-sampling-priority (2/1 yes, 0/-1 no)
     aws        x-amzn-trace-id: Root=1-<8 hex>-<24 hex>;Parent=<16 hex>;Sampled=<1|0> (any order, other keys)
     gcp        x-cloud-trace-context: <32 hex>/<span id, decimal>[;o=<digit; 1 = sampled>]
-    instana    x-instana-t (trace id, hex), x-instana-s (span id, hex), x-instana-l (level: "1..." = sampled)
 
 These are Kong's rules:
 - b3 is found whenever one of its headers, or `tracestate`, is there, even without ids: `x-b3-sampled: 1` or
   `b3: 1` alone decides sampling, a trace id without a span id continues the trace, and the formats after b3 in
   `extract` are not tried then (so with the default order a traceparent next to a tracestate is not read).
 - ids keep their size where the injector allows it (Kong's trace_id_allowed_sizes, the first the default): b3,
-  b3-single, jaeger and instana 16 or 8 bytes (16), ot 8 or 16 (8: a trace the gateway started goes out 64-bit),
+  b3-single and jaeger 16 or 8 bytes (16), ot 8 or 16 (8: a trace the gateway started goes out 64-bit),
   datadog 8 (the low 64 bits, in decimal), w3c, aws and gcp 16. An id's size as it came is its bytes as Kong's
   from_hex / bn.to_binary make them: a datadog id below 2^56 is shorter than 8 bytes, so b3 carries it in 16.
   x-b3-flags (debug) is passed on as it came.
 - the formats that share no span with the caller (all but b3 and jaeger) give the caller's span as `span_id`; an
-  ot, datadog, aws or instana context without a trace id still counts (Kong: any field read is a context), so the
+  ot, datadog or aws context without a trace id still counts (Kong: any field read is a context), so the
   formats after it are not tried.
 - traceparent must be version 00 with exactly four fields; jaeger's ids may be shorter than 16 or 32 hex digits.
 - jaeger's baggage (`uberctx-*`) and ot's (`ot-baggage-*`) are read and written again (URI-unescaped, then
@@ -40,26 +39,24 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 from gateway.http.codec import Headers
 from gateway.telemetry.tracing import B3, B3_SINGLE, FORMATS, HEADERS, JAEGER, W3C, formats_out
 
-OT, DATADOG, AWS, GCP, INSTANA = "ot", "datadog", "aws", "gcp", "instana"
-KONG_FORMATS = FORMATS + (OT, DATADOG, AWS, GCP, INSTANA)  # Kong's utils.FORMATS: what inject and default_format take
+OT, DATADOG, AWS, GCP = "ot", "datadog", "aws", "gcp"
+KONG_FORMATS = FORMATS + (OT, DATADOG, AWS, GCP)  # Kong 3.9.3's utils.FORMATS: what inject and default_format take
 PRESERVE = "preserve"
 # Kong's extraction order for the deprecated header_type (all but ignore)
-LEGACY_EXTRACT = (B3, W3C, JAEGER, OT, DATADOG, AWS, GCP, INSTANA)
+LEGACY_EXTRACT = (B3, W3C, JAEGER, OT, DATADOG, AWS, GCP)
 _OT_HEADERS = (b"ot-tracer-traceid", b"ot-tracer-spanid", b"ot-tracer-sampled")
 _DATADOG_HEADERS = (b"x-datadog-trace-id", b"x-datadog-parent-id", b"x-datadog-sampling-priority")
-_INSTANA_HEADERS = (b"x-instana-t", b"x-instana-s", b"x-instana-l")
 # What a request is scanned for: every name the extractors read (baggage is looked for once jaeger or ot is found).
 TRACE_HEADERS = (frozenset(name for names in HEADERS.values() for name in names)
                  | {b"tracestate", b"x-amzn-trace-id", b"x-cloud-trace-context"}
-                 | frozenset(_OT_HEADERS + _DATADOG_HEADERS + _INSTANA_HEADERS))
+                 | frozenset(_OT_HEADERS + _DATADOG_HEADERS))
 MAX_SPAN = (1 << 64) - 1
 MAX_TRACE = (1 << 128) - 1
 # Kong's trace_id_allowed_sizes of each injector: the sizes an incoming trace id keeps, the first the default
 _SIZES: dict[str, tuple[int, ...]] = {W3C: (16,), B3: (16, 8), B3_SINGLE: (16, 8), JAEGER: (16, 8), OT: (8, 16),
-                                      DATADOG: (8,), AWS: (16,), GCP: (16,), INSTANA: (16, 8)}
+                                      DATADOG: (8,), AWS: (16,), GCP: (16,)}
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 _HEX_PAIR = re.compile(rb"[0-9a-fA-F]{2}")
-_HEX_PREFIX = re.compile(rb"[0-9a-fA-F]+")
 _DECIMAL = re.compile(rb"\s*([0-9]+)\s*")  # Lua's ^%s*(%d+)%s*$
 _EXACT_DIGITS = 39  # 10^38 < 2^128 < 10^39: a datadog id of up to 39 digits is converted whole
 _AWS_ROOT = re.compile(rb"1-([0-9a-fA-F]{8})-([0-9a-fA-F]{24})")
@@ -425,31 +422,7 @@ def _gcp(values: Values, headers: Headers) -> Context | None:
     return Context(GCP, int(m[1], 16), 16, int(m[2]) & MAX_SPAN, None, m[3] == b"1")
 
 
-def _instana(values: Values, headers: Headers) -> Context | None:
-    """Kong's instana extractor: the leading hex digits of x-instana-t and x-instana-s (both needed); a trace id
-    not 16 or 32 digits long is warned about and used all the same; sampled when x-instana-l starts with 1."""
-    trace = _single(values, b"x-instana-t")
-    if trace is None or trace is _MANY:
-        return None
-    m = _HEX_PREFIX.match(trace)
-    trace = m[0] if m is not None else None
-    if trace is None or len(trace) not in (16, 32):
-        log.warning("x-instana-t header invalid; ignoring.")
-    span = _single(values, b"x-instana-s")
-    if span is None or span is _MANY:
-        return None
-    m = _HEX_PREFIX.match(span)
-    span = m[0] if m is not None else None
-    if span is None:
-        log.warning("x-instana-s header invalid; ignoring.")
-    level = _single(values, b"x-instana-l")
-    return Context(INSTANA, None if trace is None else int(trace, 16) & MAX_TRACE,
-                   0 if trace is None else (len(trace) + 1) // 2, None if span is None else int(span, 16) & MAX_SPAN,
-                   None, level is not None and level[:1] == b"1")
-
-
-_EXTRACTORS = {W3C: _w3c, B3: _b3, JAEGER: _jaeger, OT: _ot, DATADOG: _datadog, AWS: _aws, GCP: _gcp,
-               INSTANA: _instana}
+_EXTRACTORS = {W3C: _w3c, B3: _b3, JAEGER: _jaeger, OT: _ot, DATADOG: _datadog, AWS: _aws, GCP: _gcp}
 
 
 def formats_for(params: Params, found: Context | None) -> tuple[str, ...]:
@@ -478,7 +451,7 @@ def inject(fmt: str, trace_id: int, trace_size: int, span_id: int, parent_id: in
            flags: bytes | None = None, baggage: list[tuple[bytes, bytes]] | None = None) -> Headers:
     """Kong's injector for `fmt`: the headers that carry (trace_id, span_id) upstream. The trace id goes out in
     `trace_size` bytes where the format allows it, else in the format's default size (injected_size); `sampled`
-    None leaves out b3-single's flag and ot's, datadog's and instana's sampling headers (aws and gcp say 0)."""
+    None leaves out b3-single's flag and ot's and datadog's sampling headers (aws and gcp say 0)."""
     width = injected_size(fmt, trace_size)
     if fmt == W3C:
         return [(b"traceparent", b"00-%032x-%016x-%s" % (trace_id & MAX_TRACE, span_id, b"01" if sampled else b"00"))]
@@ -512,11 +485,6 @@ def inject(fmt: str, trace_id: int, trace_size: int, span_id: int, parent_id: in
                                                                                b"1" if sampled else b"0"))]
     if fmt == GCP:
         return [(b"x-cloud-trace-context", b"%s/%d;o=%s" % (trace, span_id, b"1" if sampled else b"0"))]
-    if fmt == INSTANA:
-        out = [(b"x-instana-t", trace), (b"x-instana-s", b"%016x" % span_id)]
-        if sampled is not None:
-            out.append((b"x-instana-l", b"1" if sampled else b"0"))
-        return out
     raise ValueError(f"unknown trace header format {fmt!r}")
 
 

@@ -1,9 +1,10 @@
-"""Kong's ot, datadog, aws, gcp and instana trace context formats (kong/observability/tracing/propagation/
-extractors/ and injectors/ {ot,datadog,aws,gcp,instana}.lua, utils.lua, _base.lua) as
+"""Kong's ot, datadog, aws and gcp trace context formats (kong/observability/tracing/propagation/
+extractors/ and injectors/ {ot,datadog,aws,gcp}.lua, utils.lua, _base.lua) as
 spec/01-unit/26-observability/02-propagation_strategies_spec.lua tests them (each format's valid and invalid headers,
 with Kong's warnings, and its injection), 03-propagation_module_spec.lua (default_format, multiple injection, the
 first extractor found), and spec/03-plugins/34-zipkin/zipkin_spec.lua's and 37-opentelemetry's header_type cases:
-through the gateway, a request with only one of these formats' headers has its trace continued upstream."""
+through the gateway, a request with only one of these formats' headers has its trace continued upstream. The spec's
+instana cases are master's (in no release): Kong 3.9.3 reads no instana header and has no instana injector."""
 
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ from gateway.telemetry.propagation import (
     B3,
     DATADOG,
     GCP,
-    INSTANA,
     JAEGER,
     LEGACY_EXTRACT,
     OT,
@@ -140,12 +140,6 @@ VALID = [
     ("gcp sampled = false", [("x-cloud-trace-context", f"{TID16}/{SID1_DEC};o=0")],
      (GCP, TID16, 16, SID1, False, None)),
     ("gcp no flag", [("x-cloud-trace-context", f"{TID16}/{SID1_DEC}")], (GCP, TID16, 16, SID1, False, None)),
-    ("instana base case", [("x-instana-t", TID16), ("x-instana-s", SID1), ("x-instana-l", "1")],
-     (INSTANA, TID16, 16, SID1, True, None)),
-    ("instana sampled = false", [("x-instana-t", TID16), ("x-instana-s", SID1), ("x-instana-l", "0")],
-     (INSTANA, TID16, 16, SID1, False, None)),
-    ("instana 8B trace id", [("x-instana-t", TID8), ("x-instana-s", SID1), ("x-instana-l", "0")],
-     (INSTANA, _pad(TID8), 8, SID1, False, None)),
 ]
 
 
@@ -156,7 +150,7 @@ def test_valid_headers_are_extracted_as_kong_extracts_them(headers, context, cap
     assert _warnings(caplog) == []
 
 
-@pytest.mark.parametrize("fmt", [OT, DATADOG, AWS, GCP, INSTANA])
+@pytest.mark.parametrize("fmt", [OT, DATADOG, AWS, GCP])
 def test_no_incoming_headers_extract_nothing_and_warn_nothing(fmt, caplog):
     """"handles no incoming headers correctly"."""
     assert _extract([("traceparent", f"00-{TID16}-{SID1}-01")], (fmt,)) is None
@@ -221,18 +215,13 @@ ERRORS = [
      "invalid GCP header; ignoring."),
     ("gcp invalid sampling value (non digit)", [("x-cloud-trace-context", f"{TID16}/{SID1_DEC};o=v")],
      "invalid GCP header; ignoring."),
-    ("instana invalid trace ID (non hex)", [("x-instana-t", "abcdefghijklmnop"), ("x-instana-s", SID1)],
-     "x-instana-t header invalid; ignoring."),
-    ("instana invalid trace ID (too long)", [("x-instana-t", TOO_LONG)], "x-instana-t header invalid; ignoring."),
-    ("instana invalid trace ID (too short)", [("x-instana-t", "abc")], "x-instana-t header invalid; ignoring."),
-    ("instana empty header", [("x-instana-t", "")], "x-instana-t header invalid; ignoring."),
 ]
 
 
 @pytest.mark.parametrize(("headers", "warning"), [case[1:] for case in ERRORS], ids=[case[0] for case in ERRORS])
 def test_an_invalid_header_is_ignored_with_kongs_warning(headers, warning, caplog):
     """Each format's "fails" cases: the header is ignored, with Kong's warning (kong.log.warn's words)."""
-    _extract(headers, (OT, DATADOG, AWS, GCP, INSTANA))
+    _extract(headers, (OT, DATADOG, AWS, GCP))
     assert warning in _warnings(caplog)
 
 
@@ -266,17 +255,23 @@ def test_ot_drops_both_ids_when_either_is_invalid(caplog):
     assert _warnings(caplog) == ["ot-tracer-spanid header invalid; ignoring."]
 
 
-def test_an_instana_trace_id_of_another_length_is_warned_about_and_used():
-    """instana.lua warns about a trace id not 16 or 32 hex long but goes on with its leading hex digits."""
-    found = _extract([("x-instana-t", "abc-x"), ("x-instana-s", "12;q"), ("x-instana-l", "1,correlationType=web")],
-                     (INSTANA,))
-    assert _read(found) == (INSTANA, _pad("abc"), 2, _pad("12")[16:], True, None)
+# master's 02-propagation_strategies_spec instana cases, valid and invalid alike
+INSTANA_HEADERS = [
+    ("instana base case", [("x-instana-t", TID16), ("x-instana-s", SID1), ("x-instana-l", "1")]),
+    ("instana 8B trace id", [("x-instana-t", TID8), ("x-instana-s", SID1), ("x-instana-l", "0")]),
+    ("instana invalid trace ID (non hex)", [("x-instana-t", "abcdefghijklmnop"), ("x-instana-s", SID1)]),
+    ("instana invalid trace ID (too short)", [("x-instana-t", "abc")]),
+    ("instana odd length", [("x-instana-t", "abc-x"), ("x-instana-s", "12;q"),
+                            ("x-instana-l", "1,correlationType=web")]),
+]
 
 
-def test_instana_needs_both_the_trace_and_the_span_header():
-    """instana.lua returns nothing without x-instana-t or x-instana-s (x-instana-l alone is not a context)."""
-    assert _extract([("x-instana-s", SID1), ("x-instana-l", "1")], (INSTANA,)) is None
-    assert _extract([("x-instana-t", TID16), ("x-instana-l", "1")], (INSTANA,)) is None
+@pytest.mark.parametrize("headers", [case[1] for case in INSTANA_HEADERS], ids=[case[0] for case in INSTANA_HEADERS])
+def test_instana_headers_are_no_context_and_warn_nothing(headers, caplog):
+    """Kong 3.9.3 has no instana extractor (utils.lua:12-21 FORMATS, init.lua:40-50 the "preserve" order): the
+    headers are not read, valid or not, so they are passed on as they came."""
+    assert _extract(headers) is None
+    assert _warnings(caplog) == []
 
 
 def test_a_gcp_span_id_above_64_bits_keeps_its_low_64_bits():
@@ -285,12 +280,12 @@ def test_a_gcp_span_id_above_64_bits_keeps_its_low_64_bits():
     assert found is not None and found.span_id == 99999999999999999999 & ((1 << 64) - 1)
 
 
-@pytest.mark.parametrize("name", ["x-amzn-trace-id", "x-cloud-trace-context", "x-instana-t"])
+@pytest.mark.parametrize("name", ["x-amzn-trace-id", "x-cloud-trace-context"])
 def test_a_header_given_twice_is_passed_over_silently(name, caplog):
-    """aws.lua, gcp.lua, instana.lua: a header given twice is a table, not a string: nothing is read."""
-    values = {"x-amzn-trace-id": _aws(), "x-cloud-trace-context": f"{TID16}/{SID1_DEC};o=1", "x-instana-t": TID16}
-    headers = [(name, values[name]), (name, values[name]), ("x-instana-s", SID1)]
-    assert _extract(headers, (AWS, GCP, INSTANA)) is None
+    """aws.lua, gcp.lua: a header given twice is a table, not a string: nothing is read."""
+    values = {"x-amzn-trace-id": _aws(), "x-cloud-trace-context": f"{TID16}/{SID1_DEC};o=1"}
+    headers = [(name, values[name]), (name, values[name])]
+    assert _extract(headers, (AWS, GCP)) is None
     assert _warnings(caplog) == []
 
 
@@ -331,14 +326,6 @@ INJECTED = [
      [("x-cloud-trace-context", f"{TID16}/{SID1_DEC};o=0")], TID16),
     ("gcp default injection size is 16B", (GCP, TID8, 8, SID1, True, None),
      [("x-cloud-trace-context", f"{_pad(TID8)}/{SID1_DEC};o=1")], _pad(TID8)),
-    ("instana base case", (INSTANA, TID16, 16, SID1, True, None),
-     [("x-instana-t", TID16), ("x-instana-s", SID1), ("x-instana-l", "1")], TID16),
-    ("instana sampled = false", (INSTANA, TID16, 16, SID1, False, None),
-     [("x-instana-t", TID16), ("x-instana-s", SID1), ("x-instana-l", "0")], TID16),
-    ("instana 8B trace id", (INSTANA, TID8, 8, SID1, False, None),
-     [("x-instana-t", TID8), ("x-instana-s", SID1), ("x-instana-l", "0")], TID8),
-    ("instana big 16B trace ID", (INSTANA, BIG_TID16, 0, SID1, None, None),
-     [("x-instana-t", BIG_TID16), ("x-instana-s", SID1)], BIG_TID16),
 ]
 
 
@@ -362,13 +349,13 @@ def test_a_128_bit_trace_id_goes_out_in_datadog_as_its_low_64_bits():
         ("x-datadog-trace-id", TID8_DEC), ("x-datadog-parent-id", SID1_DEC), ("x-datadog-sampling-priority", "1")]
 
 
-def test_a_64_bit_trace_id_stays_64_bit_in_ot_and_instana_and_grows_to_128_in_aws_and_gcp():
-    """trace_id_allowed_sizes: ot {8, 16}, instana {16, 8} keep a 64-bit id; aws and gcp {16} pad it."""
+def test_a_64_bit_trace_id_stays_64_bit_in_ot_and_grows_to_128_in_aws_and_gcp():
+    """trace_id_allowed_sizes: ot {8, 16} keeps a 64-bit id; aws and gcp {16} pad it."""
     found = _extract([("ot-tracer-traceid", TID8), ("ot-tracer-spanid", SID1)], (OT,))
     assert found is not None
     carried = {fmt: formatted_trace_id(fmt, found.trace_id, found.trace_size)[1]
-               for fmt in (OT, INSTANA, AWS, GCP, B3, W3C)}
-    assert carried == {OT: TID8, INSTANA: TID8, AWS: _pad(TID8), GCP: _pad(TID8), B3: TID8, W3C: _pad(TID8)}
+               for fmt in (OT, AWS, GCP, B3, W3C)}
+    assert carried == {OT: TID8, AWS: _pad(TID8), GCP: _pad(TID8), B3: TID8, W3C: _pad(TID8)}
 
 
 def test_jaegers_baggage_goes_out_as_ots_and_ots_as_jaegers():
@@ -386,10 +373,10 @@ def test_jaegers_baggage_goes_out_as_ots_and_ots_as_jaegers():
 
 
 def test_header_type_preserve_extracts_in_kongs_order():
-    """get_plugin_params: b3, w3c, jaeger, ot, datadog, aws, gcp, instana."""
+    """get_plugin_params (init.lua:40-50, 3.9.3): b3, w3c, jaeger, ot, datadog, aws, gcp."""
     config = msgspec.convert({}, ZipkinConfig)
     params = plugin_params(config.propagation, config.header_type, config.default_header_type)
-    assert params.extract == (B3, W3C, JAEGER, OT, DATADOG, AWS, GCP, INSTANA)
+    assert params.extract == (B3, W3C, JAEGER, OT, DATADOG, AWS, GCP)
 
 
 ONLY = {
@@ -398,9 +385,8 @@ ONLY = {
               ("x-datadog-sampling-priority", "1")],
     AWS: [("x-amzn-trace-id", _aws())],
     GCP: [("x-cloud-trace-context", f"{TID16}/{SID1_DEC};o=1")],
-    INSTANA: [("x-instana-t", TID16), ("x-instana-s", SID1), ("x-instana-l", "1")],
 }
-CARRIED = {OT: TID16, DATADOG: _pad(TID8), AWS: TID16, GCP: TID16, INSTANA: TID16}
+CARRIED = {OT: TID16, DATADOG: _pad(TID8), AWS: TID16, GCP: TID16}
 
 
 @pytest.mark.parametrize("fmt", list(ONLY))
@@ -438,7 +424,7 @@ def test_default_format_is_what_preserve_writes_when_nothing_was_read(fmt):
 
 
 def test_an_unknown_format_is_refused_naming_kongs_formats():
-    message = "expected one of preserve, w3c, b3, b3-single, jaeger, ot, datadog, aws, gcp, instana, got 'xray'"
+    message = "expected one of preserve, w3c, b3, b3-single, jaeger, ot, datadog, aws, gcp, got 'xray'"
     with pytest.raises(msgspec.ValidationError, match=message):
         msgspec.convert({"propagation": {"inject": ["xray"]}}, ZipkinConfig)
 
@@ -449,8 +435,8 @@ def test_the_serialized_trace_id_is_datadogs_decimal():
     trace.formats, trace.inject_size = (DATADOG, OT, W3C), 0
     assert trace.serialized() == {DATADOG: TID8_DEC, OT: TID8, W3C: TID16}
     otel = OtelTrace(int(TID8, 16), 8, 0, False)
-    otel.formats = (DATADOG, INSTANA, AWS)
-    assert otel.serialized() == {DATADOG: TID8_DEC, INSTANA: TID8, AWS: _pad(TID8)}
+    otel.formats = (DATADOG, OT, AWS)
+    assert otel.serialized() == {DATADOG: TID8_DEC, OT: TID8, AWS: _pad(TID8)}
 
 
 # --- through the gateway --------------------------------------------------------------------------------------------

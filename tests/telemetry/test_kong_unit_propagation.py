@@ -2,7 +2,7 @@
 (each extractor's error cases: the header is ignored with Kong's warning) and 03-propagation_module_spec.lua (which
 configured extractor wins, what "preserve" writes next to other formats), on kong/observability/tracing/propagation/
 extractors/{w3c,b3,jaeger}.lua; and propagation/schema.lua's `clear` names. Kong's other formats (ot, datadog, aws,
-gcp, instana) are tested in test_kong_propagation_formats.py."""
+gcp) are tested in test_kong_propagation_formats.py (Kong 3.9.3 has no instana: test_propagation_3_9_3.py)."""
 
 from __future__ import annotations
 

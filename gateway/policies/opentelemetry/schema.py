@@ -15,6 +15,7 @@ from gateway.telemetry.sender import Endpoint
 _TEMPLATE = re.compile(r"\$\(.*\)", re.DOTALL)  # what Kong's param_value (opentelemetry/utils.lua) renders as Lua
 Format = str  # checked in __post_init__, so the message can say which formats exist
 TimeoutMs = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 2)]
+_EXTRACT_FORMATS = tuple(fmt for fmt in KONG_FORMATS if fmt != "b3-single")  # Kong's extractors: b3 reads both forms
 
 
 def refuse_empty(owner: msgspec.Struct, fields: tuple[str, ...]) -> None:
@@ -24,10 +25,10 @@ def refuse_empty(owner: msgspec.Struct, fields: tuple[str, ...]) -> None:
             raise ValueError(f"{field}: length must be at least 1")
 
 
-def _check_format(field: str, value: str, extra: tuple[str, ...] = ()) -> None:
-    if value in KONG_FORMATS or value in extra:
+def _check_format(field: str, value: str, extra: tuple[str, ...] = (), formats: tuple[str, ...] = KONG_FORMATS) -> None:
+    if value in formats or value in extra:
         return
-    raise ValueError(f"{field}: expected one of {', '.join(extra + KONG_FORMATS)}, got {value!r}")
+    raise ValueError(f"{field}: expected one of {', '.join(extra + formats)}, got {value!r}")
 
 
 class Propagation(msgspec.Struct, forbid_unknown_fields=True):
@@ -40,7 +41,7 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
         for i, fmt in enumerate(self.extract or ()):
             if fmt == "b3-single":
                 raise ValueError(f"extract[{i}]: b3 reads both b3 forms; b3-single is for inject")
-            _check_format(f"extract[{i}]", fmt)
+            _check_format(f"extract[{i}]", fmt, formats=_EXTRACT_FORMATS)
         for i, fmt in enumerate(self.inject or ()):
             _check_format(f"inject[{i}]", fmt, ("preserve",))
         for i, name in enumerate(self.clear or ()):  # typedefs' string, with kong.tools.http.validate_header_name
@@ -71,7 +72,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
     read_timeout: TimeoutMs = 5000
     http_response_header_for_traceid: str | None = None
     header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "gcp",
-                         "datadog", "instana"] = "preserve"
+                         "datadog"] = "preserve"
     sampling_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None  # unset: gateway.tracing_sampling_rate
     propagation: Propagation = msgspec.field(default_factory=lambda: Propagation(default_format="w3c"))
 

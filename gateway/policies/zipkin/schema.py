@@ -39,10 +39,10 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
     default_service_name: str | None = None  # remoteEndpoint.serviceName of spans without a named service
     include_credential: bool = True  # tag kong.credential
     traceid_byte_count: Literal[8, 16] = 16  # the size of the trace ids the plugin starts
-    header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "datadog", "gcp",
-                         "instana"] = "preserve"  # deprecated: propagation
-    default_header_type: Literal["b3", "b3-single", "w3c", "jaeger", "ot", "aws", "datadog", "gcp",
-                                 "instana"] = "b3"  # deprecated: propagation.default_format
+    header_type: Literal["preserve", "ignore", "b3", "b3-single", "w3c", "jaeger", "ot", "aws", "datadog",
+                         "gcp"] = "preserve"  # deprecated: propagation
+    default_header_type: Literal["b3", "b3-single", "w3c", "jaeger", "ot", "aws", "datadog",
+                                 "gcp"] = "b3"  # deprecated: propagation.default_format
     tags_header: str = "Zipkin-Tags"  # "name=value; name=value" tags a request brings for its span
     static_tags: list[StaticTag] | None = None
     http_span_name: Literal["method", "method_path"] = "method"
