@@ -41,11 +41,12 @@ DEFAULT_CHECK_TIMEOUT = "5s"
 DEFAULT_LEASE_TTL_S = 10
 DEFAULT_REFRESH_S = 30.0
 
-_ENDPOINT = re.compile(r"^(?:http://)?(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?$")
-_ADVERTISE = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|[^:\[\]/]+):(?P<port>\d{1,5})$")
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+# (whole-value patterns, applied with fullmatch: Python's `$` also matches before a final "\n")
+_ENDPOINT = re.compile(r"(?:http://)?(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})/?")
+_ADVERTISE = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|[^:\[\]/]+):(?P<port>\d{1,5})")
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_STATUS_CLASS = re.compile(r"^([1-5])xx$")
+_STATUS_CLASS = re.compile(r"([1-5])xx")
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -71,7 +72,7 @@ def _host_port_ok(m: re.Match[str] | None) -> bool:
 
 def valid_endpoint(text: str) -> bool:
     """'host:port', 'http://host:port' or 'http://[v6]:port' with a port in 1..65535."""
-    return _host_port_ok(_ENDPOINT.match(text.strip()))
+    return _host_port_ok(_ENDPOINT.fullmatch(text.strip()))
 
 
 def parse_duration(value: int | float | str, number_unit: float = 1.0) -> float:
@@ -84,7 +85,7 @@ def parse_duration(value: int | float | str, number_unit: float = 1.0) -> float:
     if isinstance(value, int | float):
         seconds = float(value) * number_unit
     else:
-        m = _DURATION.match(value)
+        m = _DURATION.fullmatch(value)
         if not m:
             raise ValueError(f'expected a duration like "10s", "500ms" or "5m", got {show(value)}')
         unit = m.group(2)
@@ -103,7 +104,7 @@ def consul_duration(seconds: float) -> str:
 def go_duration(text: str) -> str:
     """A duration parse_duration accepts, spelt as Go's time.ParseDuration wants it ("10" and "10 s" -> "10s";
     "1m" stays "1m"): Consul refuses a registration whose check durations it cannot parse."""
-    m = _DURATION.match(text)
+    m = _DURATION.fullmatch(text)
     if m is None or m.group(2) is None:
         return consul_duration(parse_duration(text))
     return f"{m.group(1)}{m.group(2)}"
@@ -245,7 +246,7 @@ class RegistrationSettings(_Base):
             raise ValueError("service: must not be empty")
         if self.id is not None and not self.id.strip():
             raise ValueError("id: must not be empty")
-        if self.advertise is not None and not _host_port_ok(_ADVERTISE.match(self.advertise)):
+        if self.advertise is not None and not _host_port_ok(_ADVERTISE.fullmatch(self.advertise)):
             raise ValueError(f'advertise: expected "host:port", got {show(self.advertise)}')
         if self.check and not self.check.startswith(("http://", "https://")):
             raise ValueError(f'check: expected an http:// or https:// URL, got {show(self.check)}')
@@ -344,7 +345,7 @@ class HealthcheckAliases(_Base):
                 out.append(item)
             elif isinstance(item, str) and item.isdigit() and 100 <= int(item) <= 999:
                 out.append(int(item))
-            elif isinstance(item, str) and (m := _STATUS_CLASS.match(item)):
+            elif isinstance(item, str) and (m := _STATUS_CLASS.fullmatch(item)):
                 base = int(m.group(1)) * 100
                 out.extend(range(base, base + 100))
             else:

@@ -27,7 +27,7 @@ import msgspec
 import msgspec.inspect as mi
 
 _MSGSPEC_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-CONTROL_FREE = r"^[^\x00-\x08\x0a-\x1f\x7f]*$"  # the pattern of gateway.config.consumers.HeaderText
+CONTROL_FREE = r"^[^\x00-\x08\x0a-\x1f\x7f]*\Z"  # the pattern of gateway.config.consumers.HeaderText
 _PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]|(\[\.\.\.\])")  # a field, an index, a value of a mapping
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _SHORT_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f", '"': '\\"', "\\": "\\\\"}
@@ -113,6 +113,11 @@ def describe_validation_error(err: msgspec.ValidationError, raw: Any, typ: Any, 
     if found and reason.startswith("Expected"):  # not a check's own message (e.g. raised by __post_init__)
         return f"{path}: expected {expected}, got {show(value)}"
     return f"{path}: {reason.replace('`', '')}"
+
+
+def _shown_pattern(pattern: str) -> str:
+    """A field's pattern as a message shows it: its end `\\Z` (no final line break either) as the familiar `$`."""
+    return pattern.removesuffix(r"\Z") + "$" if pattern.endswith(r"\Z") else pattern
 
 
 def show(value: Any) -> str:
@@ -233,7 +238,7 @@ def _describe_type(info: mi.Type | None) -> str | None:
         ]
         return " ".join([name, " and ".join(bounds)]) if bounds else name
     if isinstance(info, mi.StrType) and (info.pattern or info.min_length):
-        text = "text" if info.pattern in (None, CONTROL_FREE) else f"string matching {info.pattern}"
+        text = "text" if info.pattern in (None, CONTROL_FREE) else f"string matching {_shown_pattern(info.pattern)}"
         if info.pattern == CONTROL_FREE:
             text += " without control characters"
         return "non-empty " + text if info.min_length == 1 else text

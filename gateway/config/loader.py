@@ -95,15 +95,19 @@ _SECTIONS: dict[str, Any] = {
     "ca_certificates": CaCertificateEntity,
 }
 _SCALARS = {"_format_version", "_transform"}
-_METHOD = re.compile(r"^[A-Z]+$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP field name (RFC 9110 token)
+# (whole-value patterns, applied with fullmatch: Python's `$` also matches before a final "\n", Lua's does not)
+_METHOD = re.compile(r"[A-Z]+")  # typedefs.http_method, Lua's "^%u+$"
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP field name (RFC 9110 token)
 _REMOVED_GATEWAY_KEYS = {
     "trust_forwarded": "removed: list the addresses of the balancers in front of the gateway in gateway.trusted_ips "
                        "(IPs or CIDRs) and name the header they set in gateway.real_ip_header (e.g. X-Forwarded-For, "
                        "with real_ip_recursive: true), as Kong's kong.conf does; their X-Forwarded-* are then kept",
 }
-_HOST_PORT = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?$")
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?")  # fullmatch
 DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
+# What urlsplit silently drops from a url (a leading space or C0 control; a tab or line break anywhere) and
+# socket.url's parse, Kong's, keeps: in the scheme, host or path, Kong refuses the url
+_URL_DROPPED = re.compile(r"\A[\x00-\x20]|[\t\r\n]")
 _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 # Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -783,7 +787,7 @@ def _check_client_address(gw: GatewaySettings, errors: list[str]) -> None:
         # one with an underscore that nginx ignores (underscores_in_headers off), so it would never apply
         errors.append(f"gateway.real_ip_header: write proxy_protocol in lower case, as nginx's realip reads it, "
                       f"got {show(gw.real_ip_header)}")
-    elif not _TOKEN.match(gw.real_ip_header):
+    elif not _TOKEN.fullmatch(gw.real_ip_header):
         errors.append(f'gateway.real_ip_header: expected a header name (e.g. "X-Forwarded-For"), '
                       f'got {show(gw.real_ip_header)}')
 
@@ -849,8 +853,12 @@ def _check_service(svc: Service, errors: list[str]) -> None:
 def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
     """Kong's url shorthand (socket.url's parse): protocol, host, port and path from the url, each checked as when
     given alone, replacing those given besides it; the url's userinfo, ;params, ?query and #fragment are dropped,
-    as Kong drops them."""
+    as Kong drops them. The scheme is the protocol as written (services.lua's shorthand): "HTTP" is refused."""
     url: str = svc.url  # type: ignore[assignment]
+    if _URL_DROPPED.search(url.partition("#")[0].partition("?")[0]):
+        errors.append(f"{where}.url: {show(url)} holds a tab or line break, or starts with a space or control "
+                      "character: Kong reads the url as written and refuses it; remove them")
+        return
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -859,6 +867,9 @@ def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
         return
     if not parts.scheme or not parts.netloc:
         errors.append(f'{where}.url: expected an absolute URL (e.g. "http://example.com:8080/path"), got {show(url)}')
+        return
+    if (written := url[:len(parts.scheme)]) != parts.scheme:  # urlsplit lower-cases it; Kong takes it as written
+        errors.append(f'{where}.url: expected one of "http", "https", got {show(written)}')
         return
     if parts.scheme not in ("http", "https"):
         why = f"; {GRPC_WHY}" if parts.scheme in ("grpc", "grpcs") else ""
@@ -953,7 +964,7 @@ def _check_route(route: Route, services: dict[str, Service], errors: list[str],
         if (problem := hosts_problem(h)) is not None:
             errors.append(f"{where}.hosts[{i}]: {problem}")
     for i, m in enumerate(route.methods):
-        if not _METHOD.match(m):
+        if not _METHOD.fullmatch(m):
             errors.append(f'{where}.methods[{i}]: expected an upper-case HTTP method, got {show(m)}')
     if route.mcp is False and (route.mcp_methods or route.mcp_tools):
         field = "mcp_methods" if route.mcp_methods else "mcp_tools"
@@ -991,7 +1002,7 @@ def _check_upstream(up: Upstream, errors: list[str]) -> None:
         value = getattr(up, field)
         if value and (problem := header_name_problem(value)):
             errors.append(f"{where}.{field}: {problem}")
-    if up.hash_on_cookie and not _TOKEN.match(up.hash_on_cookie):
+    if up.hash_on_cookie and not _TOKEN.fullmatch(up.hash_on_cookie):
         errors.append(f"{where}.hash_on_cookie: contains one or more invalid characters. ASCII control characters "
                       "(0-31;127), space, tab and the characters ()<>@,;:\\\"/?={}[] are not allowed.")
     if problem := path_problem(up.hash_on_cookie_path):
@@ -1034,7 +1045,7 @@ def parse_host_port(text: str, default_port: int | None) -> tuple[str, int | Non
             return str(ipaddress.IPv6Address(text)), default_port  # Kong: a bare IPv6 target takes the default port
         except ValueError:
             return None
-    m = _HOST_PORT.match(text)
+    m = _HOST_PORT.fullmatch(text)
     if not m:
         return None
     host = m.group("v6") or m.group("host")

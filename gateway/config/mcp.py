@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}$")]
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,32}\Z")]
 
 
 class _Base(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, dict=True):

@@ -70,7 +70,7 @@ def kong_address(address: str) -> tuple[str, str, int | None] | str:
             return _BAD_PORT
         return "ipv4", ".".join(map(str, octets)), port
     name, port = address, None
-    digits = re.search(r":([0-9]+)$", address)
+    digits = re.search(r":([0-9]+)\Z", address)  # check_hostname's ":(%d+)$": Lua's `$` takes no final "\n"
     if digits:
         name, port = address[:digits.start()], int(digits.group(1))
         if port > 65535:

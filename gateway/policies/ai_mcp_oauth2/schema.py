@@ -11,7 +11,7 @@ import msgspec
 from gateway.config.errors import show
 from gateway.mcp.httpget import Url
 
-HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+$")]
+HeaderName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]+\Z")]
 ClaimPath = Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
 
 

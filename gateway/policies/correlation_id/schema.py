@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 import msgspec
 
 # Kong's header_name is any string; the gateway takes what HTTP allows in a header name (RFC 9110 token)
-HeaderToken = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+HeaderToken = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")]
 
 
 class CorrelationIdConfig(msgspec.Struct, forbid_unknown_fields=True):

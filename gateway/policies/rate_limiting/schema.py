@@ -209,7 +209,7 @@ def _host_kind(host: str) -> tuple[str | None, bool]:
         if ipv4 is None or any(int(octet) > 255 for octet in ipv4.groups()[:4]):
             return None, False
         return "ipv4", ipv4.group(5) is not None
-    port = re.search(r":\d+$", host)
+    port = re.search(r":\d+\Z", host)  # check_hostname's Lua ":(%d+)$": no final "\n" before its end
     name = host[:port.start()] if port else host
     segments = name.split(".")
     if not _HOST_NAME.fullmatch(name) or any(

@@ -15,8 +15,8 @@ import msgspec
 Text = Annotated[str, msgspec.Meta(min_length=1)]  # Kong's string: never empty
 # What a Set-Cookie can carry as it is (Kong would write any bytes into the header): a cookie name is an RFC 6265
 # token; a path or domain is visible ASCII without ";".
-CookieName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")]
-CookieAttribute = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x3a\x3c-\x7e]+$")]
+CookieName = Annotated[str, msgspec.Meta(pattern=r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")]
+CookieAttribute = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x3a\x3c-\x7e]+\Z")]
 Seconds = float  # Kong's `number`: any number, a fraction or negative included (Kong checks no range)
 SameSite = Literal["Strict", "Lax", "None", "Default"]
 SessionHeader = Literal["id", "audience", "subject", "timeout", "idling-timeout", "rolling-timeout",
