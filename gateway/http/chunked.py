@@ -4,14 +4,17 @@ h11 reads chunked framing leniently: a bare LF ends a trailer line or the traile
 follow the ';' of a chunk line (a bare CR among them), whitespace may follow a chunk size, a chunk size may pass
 2**64, trailers may be folded. A front end that reads the same bytes strictly would see a different message end,
 which is how requests are smuggled. (Sizes past 2**63 - 1 are refused, by the llhttp codec too: nginx's off_t
-limit, in ngx_http_parse_chunked.) So the h11 codec shows its chunked bodies to this check as well: each body
-byte h11 hands over must be one this check has seen framed as llhttp frames it (RFC 9112 7.1, without the optional
-whitespace around ';' and '=' that llhttp refuses), and at the first byte that is not, the message fails, after
-the body bytes before it, as llhttp fails it (tests/http/test_codec_fuzz.py compares the two). In a response, spaces
-and tabs may follow a chunk size, as nginx reads them (ngx_http_parse_chunked: SP or HTAB there begins an extension)
-and the llhttp codec's response parser takes them (llhttp's lenient_spaces_after_chunk_size); a request's chunk size
-takes none. A response's trailer section is read as nginx reads it (sw_trailer, sw_trailer_header: each line skipped
-to its LF, a CR not followed by LF the one fault, an empty line its end), the response kept whole where llhttp would
+limit, in ngx_http_parse_chunked.) So the h11 codec gives h11 a chunked body through this check: h11 gets what
+`feed` returns, each line once it ended and passed (RFC 9112 7.1), and at the first fault nothing more: the message
+fails after the body bytes before it, as llhttp fails it (tests/http/test_codec_fuzz.py compares the two). A chunk
+line h11 would refuse that this reads is given in its plain form, `%x` CRLF (both codecs drop extensions): a size
+of more than 20 digits (h11's bound; ngx_http_parse_chunked reads any number of leading zeros, as llhttp does), and
+a response's whitespace after its size. A request's chunk line takes no whitespace (RFC 9112 7.1.1's BWS around
+';' and '=', which nginx reads, llhttp refuses: 400 in both codecs). In a response, spaces and tabs may follow a
+chunk size, as nginx reads them (SP or HTAB there begins an extension) and the llhttp codec's response parser takes
+them (llhttp's lenient_spaces_after_chunk_size).
+A response's trailer section is read as nginx reads it (sw_trailer, sw_trailer_header: each line skipped to its
+LF, a CR not followed by LF the one fault, an empty line its end), the response kept whole where llhttp would
 refuse a line of it (`skipped`: the llhttp codec then reads the section so too, and neither reuses the connection).
 """
 
@@ -26,6 +29,7 @@ _QUOTED = rb'"(?:[\t !#-\[\]-~\x80-\xff]|\\[\t -~\x80-\xff])*"'
 _EXTENSIONS = rb"(?:;" + _TOKEN + rb"(?:=(?:" + _TOKEN + rb"|" + _QUOTED + rb"))?)*\r\n"
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)" + _EXTENSIONS)
 _RESPONSE_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]+)[ \t]*" + _EXTENSIONS)  # (whitespace after the size)
+_H11_DIGITS = 20  # the most digits h11 takes in a chunk size (h11/_abnf.py chunk_size)
 _TRAILER_LINE = re.compile(_TOKEN + rb":[^\x00-\x08\x0a-\x1f\x7f]*\r\n")  # one llhttp takes
 _FRAMING = (b"content-length:", b"transfer-encoding:")  # llhttp refuses them in trailers (RFC 9110 6.5.1: may)
 MAX_CHUNK_SIZE = (1 << 63) - 1  # nginx's NGX_MAX_OFF_T_VALUE: a larger size is invalid (ngx_http_parse_chunked)
@@ -71,10 +75,17 @@ class ChunkedFraming:
         """All of the body's data came: its trailer section is being read, or ended."""
         return self._state >= _TRAILERS
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Read the next bytes of the message; returns those a parser after this check may be given: `data` but the
+        line not ended yet (given once it ends and passes), with each chunk line a parser would refuse in its plain
+        form (see the module's docstring), and nothing from the first fault on."""
+        if self.error is not None:
+            return b""
+        given: list[bytes] = []
+        start = 0  # the first byte of `data` neither given nor held yet
         i = 0
         n = len(data)
-        while i < n and self.error is None and self._state != _DONE:
+        while i < n and self._state != _DONE:
             if self._state == _DATA:
                 take = min(self._left, n - i)
                 i += take
@@ -88,14 +99,30 @@ class ChunkedFraming:
                 self._line += data[i:]
                 if len(self._line) > self._max_line:
                     self._fail("chunk or trailer line too long")
-                return
+                given.append(data[start:i])
+                start = n
+                break
+            held = len(self._line)  # (its start came in an earlier feed: held back then)
             self._line += data[i : end + 1]
-            i = end + 1
             line = bytes(self._line)
             self._line.clear()
-            self._end_of_line(line)
+            plain = self._end_of_line(line)
+            if self.error is not None:
+                given.append(data[start:i])
+                start = n
+                break
+            if held or plain is not None:
+                given += (data[start:i], line if plain is None else plain)
+                start = end + 1
+            i = end + 1
+        if not start:
+            return data
+        given.append(data[start:])
+        return b"".join(given)
 
-    def _end_of_line(self, line: bytes) -> None:
+    def _end_of_line(self, line: bytes) -> bytes | None:
+        """Read a line that ended; returns its plain form when a parser after this check would refuse it as it
+        came."""
         state = self._state
         if state == _SIZE:
             m = self._chunk_line.fullmatch(line)
@@ -106,6 +133,8 @@ class ChunkedFraming:
             else:
                 self._left = int(m.group(1), 16)
                 self._state = _DATA if self._left else _TRAILERS
+                if len(m.group(1)) > _H11_DIGITS or b" " in line or b"\t" in line:  # (a response's: `5 ;a`)
+                    return b"%x\r\n" % self._left
         elif state == _DATA_END:
             if line != b"\r\n":
                 self._fail("chunk data not followed by CRLF")
@@ -119,6 +148,7 @@ class ChunkedFraming:
             self._fail("invalid trailer field")
         elif line.lower().startswith(_FRAMING):
             self._fail("framing field in the trailer section")
+        return None
 
     def _skip_trailer(self, line: bytes) -> None:
         """A line of a response's trailer section (but CRLF), as nginx reads it: skipped, a CR in it not followed by LF

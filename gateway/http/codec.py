@@ -375,14 +375,19 @@ def mend_field(name: bytes, value: bytes) -> tuple[bytes, bytes] | None:
     """A header line (`value` after its colon, without its line end) as llhttp and h11 take what nginx takes in it,
     or None when they take it as it is: in a name nginx calls invalid and reads on (ngx_http_parse_header_line's
     invalid_header: a byte no token holds, 0x80-0xFF among them) those bytes as `.`; in a value, but one that frames
-    the message, its control bytes as spaces. What nginx refuses (a space, a control byte or `:` in a name, NUL or a
-    bare CR in a value) is left for the parsers to refuse."""
+    the message, its control bytes as spaces; a Content-Length of more than 20 digits (h11's bound) for its leading
+    zeros as the number it is (ngx_atoof reads any number of them). What nginx refuses (a space, a control byte or
+    `:` in a name, NUL or a bare CR in a value) is left for the parsers to refuse."""
     stand_in = name
     if _NOT_TOKEN.search(name) is not None and _NOT_IN_NAME.search(name) is None and name:
         stand_in = _NOT_TOKEN.sub(b".", name)
     mended = value
     if _VALUE_CONTROL.search(value) is not None and name.lower() not in _FRAMING_NAMES:
         mended = _VALUE_CONTROL.sub(b" ", value)
+    elif len(value) > 20 and name.lower() == b"content-length":
+        digits = value.removesuffix(b"\r").strip(b" \t")  # (a request's line as split: its CR kept)
+        if len(digits) > 20 and digits.isdigit() and len(digits.lstrip(b"0")) <= 20:
+            mended = b" " + (digits.lstrip(b"0") or b"0") + value[len(value.rstrip(b"\r")):]
     return None if stand_in is name and mended is value else (stand_in, mended)
 
 
@@ -601,6 +606,21 @@ def length_in_range(digits: bytes) -> bool:
     return len(digits) <= 19 and int(digits) < 1 << 63
 
 
+_PLAIN_LENGTH = re.compile(rb"[1-9][0-9]{0,17}|0").fullmatch
+
+
+def _read_length(value: bytes, headers: Headers) -> None:
+    """A request's Content-Length not in its plain form, read as nginx's ngx_atoof reads it (ngx_http_request.c:
+    1980-1990; ngx_string.c:1079-1103): digits, leading zeros like any other, below 2**63, else a 400. One with leading
+    zeros goes upstream as the number it is (in `headers`, in place), as nginx sends it ($proxy_internal_body_length,
+    printed from the parsed length: ngx_http_proxy_module.c:825/853): `003` as `3`."""
+    digits = value.lstrip(b"0") or b"0"
+    if not value.isdigit() or not length_in_range(digits):
+        raise ProtocolError("invalid Content-Length")
+    if digits != value:
+        headers[headers.index((b"content-length", value))] = (b"content-length", digits)
+
+
 def check_request_head(method: bytes, target: bytes, headers: Headers,
                        http_version: bytes) -> tuple[bytes, bytes | None, bool]:
     """Reject what request smuggling and RFC 9112 forbid, identically for every codec; returns the target in origin
@@ -623,8 +643,8 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
             if _NAME_KINDS[name]:  # one dict lookup for the many headers that are none of these
                 if name == b"content-length":
                     content_lengths += 1
-                    if not value.isdigit() or (len(value) > 18 and not length_in_range(value)):
-                        raise ProtocolError("invalid Content-Length")
+                    if _PLAIN_LENGTH(value) is None:  # (one test for the usual: digits, no leading zero, < 2**60)
+                        _read_length(value, headers)
                 elif name == b"transfer-encoding":
                     if transfer_encoding is not None:
                         raise _refused_at("more than one Transfer-Encoding header", headers, name)

@@ -84,14 +84,20 @@ def _send_head(conn: h11.Connection, make: Callable[..., h11.Request | h11.Respo
     """What h11 writes of the head `make` of `headers` and `fields`. A field h11 refuses that nginx reads and relays
     (a name nginx calls invalid, `X-User@Domain`; a control byte in a value: what the parsers had stand-ins for) is
     written as it is in the place of a stand-in h11 takes (h11 would check it again wherever it adds a field), so
-    long as no field would split the head (else h11's refusal stands)."""
-    if all(_H11_NAME.fullmatch(name) and _H11_VALUE.fullmatch(value) for name, value in headers) or any(
+    long as no field would split the head (else h11's refusal stands); a Content-Length of more than 20 digits
+    (leading zeros: an upstream's, relayed as sent, as nginx relays it) in the place of the number it is."""
+    if all(_H11_NAME.fullmatch(name) and _H11_VALUE.fullmatch(value) and not _long_length(name, value)
+           for name, value in headers) or any(
             _UNWRITABLE_NAME.search(name) or _UNWRITABLE_VALUE.search(value) for name, value in headers):
         return conn.send(make(headers=headers, **fields)) or b""
     stand_ins: Headers = []
     written = []
     for n, (name, value) in enumerate(headers):
-        if _H11_NAME.fullmatch(name) and _H11_VALUE.fullmatch(value):
+        if _long_length(name, value):
+            number = value.lstrip(b"0") or b"0"
+            stand_ins.append((name, number))
+            written.append((b"\r\n%s: %s\r\n" % (name, number), b"\r\n%s: %s\r\n" % (name, value)))
+        elif _H11_NAME.fullmatch(name) and _H11_VALUE.fullmatch(value):
             stand_ins.append((name, value))
         else:
             stand_in = b"%s-%d" % (_STAND_IN, n)
@@ -101,6 +107,18 @@ def _send_head(conn: h11.Connection, make: Callable[..., h11.Request | h11.Respo
     for stand_in_line, line in written:
         data = data.replace(stand_in_line, line, 1)
     return data
+
+
+def _long_length(name: bytes, value: bytes) -> bool:
+    """Is this a Content-Length h11 refuses to write for its digits (more than 20) but for their leading zeros?"""
+    return len(value) > 20 and name.lower() == b"content-length" and value.isdigit() and len(value.lstrip(b"0")) <= 20
+
+
+def _unparsed_as(conn: h11.Connection, data: bytes) -> None:
+    """Make `data` all that `conn` holds unparsed (h11, which has no API for it, keeps it in its receive buffer)."""
+    buffer = conn._receive_buffer
+    buffer._extract(len(buffer))  # (which also resets where h11 searches it for a line end)
+    buffer += data
 
 
 def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -> tuple[int, bytes, Headers] | None:
@@ -169,8 +187,10 @@ class _H11Codec:
             if self._probe is not None:
                 self._probe += data
             elif self._chunks is not None:
-                self._chunks.feed(data)
                 self._chunked_fed += len(data)
+                data = self._chunks.feed(data)  # (what h11 may read of it)
+                if not data:
+                    return  # (b"" would tell h11 the peer closed)
         else:
             self._eof = True
         try:
@@ -182,7 +202,9 @@ class _H11Codec:
         """A chunked body follows the head just split: check its framing from its first byte on (`spaces_after_size`:
         a response's, as the llhttp codec's response parser reads it)."""
         self._chunks = ChunkedFraming(status, self._max, spaces_after_size)
-        self._chunks.feed(self._after_head)
+        given = self._chunks.feed(self._after_head)
+        if given is not self._after_head:  # (h11 holds those bytes unparsed: what it may read of them instead)
+            _unparsed_as(self._conn, given)
         self._chunked_fed = len(self._after_head)
 
     def _body(self, data: bytes) -> bytes:
@@ -414,6 +436,7 @@ class H11Server(_H11Codec):
         if lines:  # h11 frames only (name, value) pairs
             headers = [*headers, *(_split_line(line) for line in lines.split(b"\r\n")[:-1])]
         request = self._request
+        head = self._method == b"HEAD"  # (the client's)
         if request is not None and request.method == b"HEAD" != self._method:
             # a policy sent it upstream as HEAD: the head alone, then the close that shows its body cut
             # (Exchange.set_method); h11, which has no API for it, is told the request was a HEAD
@@ -423,8 +446,13 @@ class H11Server(_H11Codec):
             headers = [*headers, (b"connection", b"close")]
         self._no_body = self._method == b"HEAD" or status == 204 or status == 304
         self.open_ended = not self._no_body and all(name.lower() != b"content-length" for name, _ in headers)
-        return _send_head(self._conn, h11.Response, headers, status_code=status,
+        data = _send_head(self._conn, h11.Response, headers, status_code=status,
                           reason=reason or REASONS.get(status, b""))
+        if head and all(name.lower() != b"content-length" for name, _ in headers):
+            # h11 frames an answer to HEAD as a GET's (chunked, without a length); nginx's chunked filter skips HEAD
+            # (ngx_http_chunked_filter_module.c:65-70), so it has neither
+            data = data.replace(b"\r\nTransfer-Encoding: chunked\r\n", b"\r\n", 1)
+        return data
 
     @property
     def closing(self) -> bool:

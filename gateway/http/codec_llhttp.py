@@ -1088,8 +1088,9 @@ class LlhttpServer(_Parsing):
             keep = False  # the head alone, then the close that shows its body cut (Exchange.set_method)
         self._no_body = head or status == 204 or status == 304
         self._chunked = False
-        if status != 204 and status != 304 and not chunked and not length:
-            # No length: chunked for HTTP/1.1 (a HEAD response gets the header a GET would), else close-delimited.
+        if status != 204 and status != 304 and not chunked and not length and self._method != b"HEAD":
+            # No length: chunked for HTTP/1.1, else close-delimited; the answer to a client's HEAD has neither (nginx's
+            # chunked filter skips HEAD: ngx_http_chunked_filter_module.c:65-70), its connection kept
             if http11:
                 parts.append(b"transfer-encoding: chunked\r\n")
                 chunked = True

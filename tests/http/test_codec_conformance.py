@@ -1373,10 +1373,11 @@ def test_head_response_emits_no_body_even_if_body_called(codec: str) -> None:
     assert server.keep_alive
 
 
-def test_head_response_without_length_gets_the_framing_a_get_would(codec: str) -> None:
+def test_head_response_without_length_has_no_chunked_framing(codec: str) -> None:
+    """nginx's chunked filter skips HEAD (ngx_http_chunked_filter_module.c:65-70): no Transfer-Encoding either."""
     raw, keep = serve(codec, HEAD11, 200, [], [b"ignored"])
     events, _ = h11_read_response(raw, method=b"HEAD")
-    assert header(events[0][3], b"transfer-encoding") == [b"chunked"]
+    assert header(events[0][3], b"transfer-encoding") == []
     assert events[1:] == ["end"]
     assert b"ignored" not in raw and raw.endswith(b"\r\n\r\n")
     assert keep
