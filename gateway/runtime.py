@@ -462,9 +462,10 @@ def _service(svc: Service, groups: dict[str, UpstreamGroup], errors: list[str],
              tls: ClientTls | None = None) -> ServiceRuntime:
     if svc.url is not None:  # Kong's url shorthand: 443 for an https URL without a port (services.lua:97-102)
         parts = urlsplit(svc.url)
-        host, port, path = url_host(parts), parts.port or (443 if tls is not None else 80), parts.path or None
+        port = parts.port if parts.port is not None else 443 if tls is not None else 80  # (0 is a port: Kong's)
+        host, path = url_host(parts), parts.path or None
     else:  # services.lua:18,38: `port` defaults to 80 whatever the protocol
-        host, port, path = svc.host or "", svc.port or 80, svc.path
+        host, port, path = svc.host or "", 80 if svc.port is None else svc.port, svc.path
     group = groups.get(host)
     if group is None:  # a plain host:port: an implicit upstream of one target
         group = UpstreamGroup(f"{svc.name}:{host}:{port}", [TargetRuntime(host, port, 100)], "round-robin",

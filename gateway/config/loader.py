@@ -464,7 +464,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
         if problem := target_problem(target.target):
             errors.append(f"{where}.target: {problem}")
             continue
-        address = parse_host_port(target.target, DEFAULT_TARGET_PORT)
+        address = parse_host_port(target.target, DEFAULT_TARGET_PORT, lowest=0)
         if address is None:
             errors.append(f'{where}.target: expected "host", "host:port", "[IPv6]:port" or an IP address, '
                           f'got {show(target.target)}')
@@ -861,7 +861,7 @@ def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
         return
     try:
         parts = urlsplit(url)
-        port = parts.port
+        _ = parts.port  # (ValueError: a port that is no number or above 65535)
     except ValueError as e:
         errors.append(f'{where}.url: invalid URL {show(url)}: {e}')
         return
@@ -882,8 +882,6 @@ def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
         errors.append(f'{where}.url: no host in {show(url)}')
     elif problem := kong_host_problem(host):
         errors.append(f"{where}.url: invalid host in {show(url)}: {problem}")
-    if port == 0:
-        errors.append(f'{where}.url: port must be 1-65535 in {show(url)}')
     path, params, _ = parts.path.partition(";")
     if path and (problem := path_problem(path)):
         errors.append(f"{where}.url: invalid path in {show(url)}: {problem}")
@@ -1036,9 +1034,9 @@ def _check_upstream(up: Upstream, errors: list[str]) -> None:
         errors.append(f"{where}.hash_fallback: must differ from {where}.hash_on (both {up.hash_on})")
 
 
-def parse_host_port(text: str, default_port: int | None) -> tuple[str, int | None] | None:
+def parse_host_port(text: str, default_port: int | None, lowest: int = 1) -> tuple[str, int | None] | None:
     """'host:port', '[v6]:port' or a bare IPv6 address -> (host, port); None when malformed or the port is out of
-    range."""
+    range: `lowest` to 65535 (nginx's listen takes 1 up, ngx_inet.c "invalid port"; a target 0 up, typedefs.port)."""
     text = text.strip()
     if text.count(":") > 1 and not text.startswith("["):
         try:
@@ -1050,6 +1048,6 @@ def parse_host_port(text: str, default_port: int | None) -> tuple[str, int | Non
         return None
     host = m.group("v6") or m.group("host")
     port = int(m.group("port")) if m.group("port") else default_port
-    if port is not None and not 0 < port < 65536:
+    if port is not None and not lowest <= port < 65536:
         return None
     return host, port

@@ -28,7 +28,7 @@ from gateway.telemetry.tracing import instrumentation_names, tracing_problems
 
 NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
 PosInt = Annotated[int, msgspec.Meta(ge=1)]
-Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]  # typedefs.port: 0 too (a connection to it is refused)
 HttpStatus = Annotated[int, msgspec.Meta(ge=100, le=999)]
 # A DNS cache lifetime in seconds: Kong's dns_*_ttl are plain numbers (conf_loader/constants.lua), no timer holds them
 DnsTtl = Annotated[float, msgspec.Meta(ge=0)]

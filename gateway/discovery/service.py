@@ -48,10 +48,10 @@ def target_address(target: str) -> tuple[str, int] | None:
     when it names none (a bare IPv6 address too), an IPv4 address as kong/tools/ip.lua normalize_ipv4 writes it
     (`127.000.000.001` is 127.0.0.1) and an IPv6 one in a single spelling, so that the workers, the health process
     and discovery name a target alike. None for what the loader refuses."""
-    address = config_host_port(target, DEFAULT_TARGET_PORT)
+    address = config_host_port(target, DEFAULT_TARGET_PORT, lowest=0)
     if address is None:
         return None
-    host, port = address[0], address[1] or DEFAULT_TARGET_PORT
+    host, port = address[0], DEFAULT_TARGET_PORT if address[1] is None else address[1]  # (0 is a port: Kong's)
     kong = kong_address(host)
     if ":" in host:  # normalize_ipv6's reading (`:1:2:3:4:5:6:7` is 0:1:...), then one spelling of it
         return (str(ipaddress.IPv6Address(kong[1])), port) if isinstance(kong, tuple) else None

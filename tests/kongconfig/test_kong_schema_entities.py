@@ -136,9 +136,9 @@ def test_a_whole_number_float_is_an_integer_as_in_kong():
 
 
 @pytest.mark.parametrize(("value", "problem"), [
-    ("'80'", 'expected int >= 1 and <= 65535, got "80"'),
-    ("80.5", "expected int >= 1 and <= 65535, got 80.5"),
-    ("70000.0", "expected int >= 1 and <= 65535, got 70000"),
+    ("'80'", 'expected int >= 0 and <= 65535, got "80"'),
+    ("80.5", "expected int >= 0 and <= 65535, got 80.5"),
+    ("70000.0", "expected int >= 0 and <= 65535, got 70000"),
 ])
 def test_an_integer_field_still_refuses_a_string_a_fraction_and_an_out_of_range_float(value: str, problem: str):
     """Kong refuses "80" (a string is not a number) and 80.5; a whole float is then held to the field's range."""

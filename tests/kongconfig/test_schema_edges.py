@@ -3,17 +3,25 @@
 Python's `$` also matches just before a final "\\n" (re.match(r"^[A-Z]+$") takes "GET\\n"); Lua's `$` (Kong's
 patterns) does not, and Kong's token checks refuse any control character. So every whole-value check is a fullmatch
 (or ends in `\\Z`), and a value ending in a line break (a YAML block scalar `|`, a template) is refused where Kong
-refuses it. A service url's scheme is its protocol as written. Pure load/compile tests: no process, no socket."""
+refuses it. A service url's scheme is its protocol as written. Port 0 is a port (typedefs.port: 0 to 65535),
+its connection refused at request time. Load/compile tests, and two that connect to port 0."""
 
 from __future__ import annotations
 
 import textwrap
 
 import pytest
+import trio
+from backends import request, service
 
 from gateway.config import parse_config
 from gateway.config.errors import ConfigError
+from gateway.discovery.service import target_address
+from gateway.health.checker import upstreams_from_config
+from gateway.health.machine import Event
+from gateway.health.probe import probe
 from gateway.runtime import compile_config
+from gateway.telemetry.health_metrics import _configured_weights
 
 
 def _errors(text: str) -> list[str]:
@@ -229,3 +237,67 @@ def test_a_line_break_in_a_service_url_query_is_dropped_with_the_query():
           url: "http://a.test/p?x=1\\n"
         """), "k.yml")
     assert config.services[0].protocol == "http"
+
+
+# --- port 0 --------------------------------------------------------------------------------------------------------
+
+_PORT_0 = """
+    _format_version: "3.0"
+    services:
+    - {name: by-host, host: 127.0.0.1, port: 0}
+    - {name: by-url, url: "http://127.0.0.1:0/"}
+    - {name: balanced, host: up.test}
+    upstreams:
+    - name: up.test
+      healthchecks: {active: {type: tcp, healthy: {interval: 5}, unhealthy: {interval: 5}}}
+      targets: [{target: "127.0.0.1:0"}, {target: "a.test:0"}, {target: "[::1]:0"}]
+"""
+
+
+def test_a_service_port_0_is_taken_and_kept():
+    """kong/db/schema/typedefs.lua:311-315: typedefs.port is `between = { 0, 65535 }` (services.lua:38), and the url
+    shorthand keeps a url's port 0 (services.lua:95-102, `tonumber(parsed_url.port)`: 0 is true in Lua). The
+    gateway refused it, and without a port the runtime would have taken 80 for it."""
+    config = parse_config(textwrap.dedent(_PORT_0), "k.yml")
+    runtime = compile_config(config, "k.yml")
+    assert [(t.host, t.port) for name in ("by-host", "by-url") for t in runtime.services[name].group.targets] == [
+        ("127.0.0.1", 0), ("127.0.0.1", 0)]
+
+
+def test_a_target_port_0_is_taken_and_kept_by_the_balancer_health_checks_and_metrics():
+    """kong/tools/ip.lua:136-158, 224-236: normalize_ip takes port 0 (only > 65535 is "invalid port number"), and
+    kong/db/dao/targets.lua:31-37 format_target keeps it (`p.port or DEFAULT_PORT`: 0 is true in Lua). The gateway
+    refused it; its balancer, health checks and metrics must each name the target with port 0, not 8000."""
+    config = parse_config(textwrap.dedent(_PORT_0), "k.yml")
+    runtime = compile_config(config, "k.yml")
+    expected = [("127.0.0.1", 0), ("a.test", 0), ("::1", 0)]
+    assert [(t.host, t.port) for t in runtime.services["balanced"].group.targets] == expected
+    assert [target_address(t.target) for t in config.targets] == expected
+    assert sorted((t.host, t.port) for t in upstreams_from_config(config)[0].targets) == sorted(expected)
+    assert sorted(_configured_weights(config)) == ["up.test|127.0.0.1:0", "up.test|[::1]:0", "up.test|a.test:0"]
+
+
+def test_a_listen_port_0_is_still_refused():
+    """nginx 1.27.1 src/core/ngx_inet.c:852-856: a listen port below 1 is "invalid port"."""
+    assert _errors("""
+        _format_version: "3.0"
+        gateway: {listen: ["127.0.0.1:0"]}
+        """) == ['gateway.listen[0]: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got '
+                 '"127.0.0.1:0"']
+
+
+async def test_an_active_health_check_of_a_port_0_target_is_a_tcp_failure():
+    """lua-resty-healthcheck: a connect that fails is a TCP failure; connecting to port 0 is refused."""
+    config = parse_config(textwrap.dedent(_PORT_0), "k.yml")
+    checks = upstreams_from_config(config)[0]
+    with trio.fail_after(5):
+        assert await probe("127.0.0.1", 0, checks.policy) is Event.TCP_FAILURE
+
+
+async def test_a_request_to_a_port_0_service_gets_502_after_its_retries(gateway):
+    """The connection to port 0 is refused, as nginx's is: Kong tries `retries` more times, then answers 502
+    (kong/runloop/balancer; nginx's proxy_next_upstream error). The worker keeps serving."""
+    port = await gateway({"_format_version": "3.0", "services": [service("zero", "http://127.0.0.1:0", retries=2)]})
+    with trio.fail_after(10):
+        replies = [await request(port, "GET", "/x") for _ in range(2)]
+    assert [r.status for r in replies] == [502, 502]
