@@ -55,7 +55,7 @@ from gateway.mcp.step import McpRequest, session_not_found
 from gateway.metrics import MCP_SESSIONS, RECORDER, TIMEOUTS
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import (
-    HOP_BY_HOP,
+    HOP_BY_HOP_RESPONSE,
     UPGRADE,
     asks_trailers,
     connection_options,
@@ -84,8 +84,8 @@ _WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)  # _relay's re
 # (X-Accel-Limit-Rate, hidden, is acted on: _limit_rate)
 _HIDDEN_OUT = frozenset({b"x-pad", b"x-accel-expires", b"x-accel-redirect", b"x-accel-limit-rate",
                          b"x-accel-buffering", b"x-accel-charset"})
-_SPECIAL_OUT = HOP_BY_HOP | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b"mcp-session-id", b"content-length",
-                                                              b"content-type", b"via"}
+_SPECIAL_OUT = HOP_BY_HOP_RESPONSE | _HIDDEN_OUT | ASSIGNED_BY_KONG | {b"x-request-id", b"mcp-session-id",
+                                                                       b"content-length", b"content-type", b"via"}
 
 
 class Attempt:

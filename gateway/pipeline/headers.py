@@ -15,6 +15,9 @@ from gateway.memo import Memo
 # plugin's hide_credentials is what takes a credential away.
 HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade"})
+# ... of a response: Proxy-Connection and TE pass to the client, as nginx's upstream module ignores only Connection,
+# Keep-Alive and Transfer-Encoding (ngx_http_upstream_headers_in) and Kong's header_filter.before removes neither.
+HOP_BY_HOP_RESPONSE = HOP_BY_HOP - {b"proxy-connection", b"te"}
 # Kept from a peer in gateway.trusted_ips, replaced by the gateway's own otherwise (Kong's rule), so a client cannot
 # spoof them; X-Real-IP is always the client address.
 _FORWARDED = frozenset({b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-port", b"x-forwarded-path",
