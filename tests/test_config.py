@@ -407,7 +407,7 @@ def test_duplicate_upstream_and_route_names_are_errors():
 
 def test_bad_regex_path_is_an_error():
     [message] = errors("services: [{name: s, url: 'http://a:1', routes: [{paths: ['~/v(\\d+']}]}]")
-    assert message.startswith('services[0].routes[0].paths[0]: invalid regex "/v(\\\\d+":')
+    assert message.startswith("services[0].routes[0].paths[0]: invalid regex: '/v(\\d+' (PCRE returned: ")
 
 
 def test_path_without_slash_or_tilde_is_an_error():

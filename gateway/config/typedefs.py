@@ -12,7 +12,6 @@ import msgspec
 
 from gateway.config.errors import inline, show
 from gateway.config.patterns import regex_problem
-from gateway.http.net import is_ip
 from gateway.routing.normalize import normalize_path
 
 _KONG_PATH = re.compile(r"/[A-Za-z0-9._~/%:@!$&'()*+,;=-]*")  # typedefs.path's RFC 3986 characters
@@ -33,18 +32,6 @@ def kong_path_problem(path: str) -> str | None:
     bad = re.search(r"%(?![0-9A-Fa-f]{2}).{0,2}", path)
     if bad:
         return f"invalid url-encoded value: '{inline(bad.group(0))}'"
-    return None
-
-
-def sni_problem(name: str) -> str | None:
-    """Kong's typedefs.sni check (its messages), or None for a name it takes."""
-    host, colon, port = name.rpartition(":") if not name.endswith("]") else (name, "", "")
-    if is_ip(name.strip("[]")) or (colon and is_ip(host.strip("[]"))):
-        return "must not be an IP"
-    if colon and ":" not in host:
-        return "must not have a port"
-    if not re.fullmatch(r"[A-Za-z0-9*](?:[A-Za-z0-9.*-]*[A-Za-z0-9])?", name):
-        return f"invalid value: {inline(name)}"
     return None
 
 
@@ -103,6 +90,19 @@ def _kong_ipv6(address: str) -> tuple[str, str, int | None] | str:
     if not _KONG_IPV6.fullmatch(check):
         return f"invalid ipv6 address: {inline(address)}"
     return "ipv6", ":".join(group.rjust(4, "0") for group in check.lower().split(":")), port
+
+
+def sni_problem(name: str) -> str | None:
+    """Kong's typedefs.sni check (typedefs.lua validate_sni: normalize_ip, then its three messages in that order), or
+    None for a name it takes: a host name as check_hostname has it (`_` taken, a final dot too), no IP, no port."""
+    address = kong_address(name)
+    if isinstance(address, str) and address != _BAD_PORT:
+        return f"invalid value: {inline(name)}"
+    if isinstance(address, tuple) and address[0] != "name":
+        return "must not be an IP"
+    if address == _BAD_PORT or (isinstance(address, tuple) and address[2] is not None):
+        return "must not have a port"
+    return None
 
 
 _STAR_LISTEN = re.compile(r"\A\s*\*(?=:[0-9]+(?:\s|\Z))")
@@ -178,6 +178,8 @@ def router_path_problem(path: str) -> str | None:
     if "//" in path:
         return f"must not have empty segments, got {show(path)}"
     if path.startswith("~"):
+        if dry_run := pcre_dry_run_problem(path[1:]):  # Kong's schema check
+            return dry_run
         problem = regex_problem(path[1:])  # as the router compiles it
         return None if problem is None else f"invalid regex {show(path[1:])}: {problem}"
     if _KONG_PATH.fullmatch(path):  # (Kong checks the %XX triplets of such a path only)
@@ -193,6 +195,21 @@ def router_path_problem(path: str) -> str | None:
         except UnicodeDecodeError:
             return f"non-normalized path: its %XX triplets decode to octets that are not UTF-8, got {show(path)}"
     return None
+
+
+def pcre_dry_run_problem(regex: str) -> str | None:
+    """Kong's dry run of a `~` path's regex (typedefs.lua validate_path_with_regexes: `ngx.re.find("", path, "aj")`,
+    PCRE2 without UTF mode, so `\\u`, `\\x{263a}` and `(?u)` are refused), in its words, or None when it compiles."""
+    from gateway.policies import pcre2  # (at first use: gateway.policies' __init__ imports every plugin)
+    if pcre2.unavailable():
+        return None  # (regex_problem says so)
+    problem = pcre2.pattern_problem(regex, pcre2.ANCHORED)
+    if problem is None:
+        return None
+    reason, _, offset = problem.rpartition(" at offset ")
+    rest = pcre2.utf8(regex)[int(offset):].decode("utf-8", "replace")
+    where = f' at "{rest}"' if rest else ""  # (nginx's ngx_http_lua_regex_compile names the rest of the pattern)
+    return inline(f"invalid regex: '{regex}' (PCRE returned: pcre2_compile() failed: {reason} in \"{regex}\"{where})")
 
 
 def hosts_problem(host: str) -> str | None:
@@ -244,14 +261,7 @@ def wildcard_host_problem(host: str) -> str | None:
         if host.count("*") > 1:
             return "only one wildcard must be specified"
         host = host.replace("*", "wildcard")
-    address = kong_address(host)
-    if isinstance(address, str) and address != _BAD_PORT:
-        return f"invalid value: {inline(host)}"
-    if isinstance(address, tuple) and address[0] != "name":
-        return "must not be an IP"
-    if address == _BAD_PORT or (isinstance(address, tuple) and address[2] is not None):
-        return "must not have a port"
-    return None
+    return sni_problem(host)  # (validate_wildcard_host's remaining checks are validate_sni's)
 
 
 def header_name_problem(name: str) -> str | None:

@@ -218,7 +218,8 @@ def test_a_2x_regex_path_that_does_not_compile_is_refused_as_kong_refuses_it():
     assert errors("""
         _format_version: "2.1"
         services: [{name: s, url: "http://127.0.0.1:1", routes: [{paths: ["/regex.+(", /prefix]}]}]
-    """) == ['services[0].routes[0].paths[0]: invalid regex "/regex.+(": missing closing parenthesis at offset 9']
+    """) == ["services[0].routes[0].paths[0]: invalid regex: '/regex.+(' (PCRE returned: pcre2_compile() failed: "
+               'missing closing parenthesis in "/regex.+(")']
 
 
 def test_a_plugins_instance_name_is_unique_as_in_kong():
