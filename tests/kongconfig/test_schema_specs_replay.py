@@ -103,6 +103,20 @@ async def test_a_health_check_sni_with_a_final_dot_is_sent_as_written(nursery: t
     assert backend.snis == ["example.test."]
 
 
+async def test_a_health_check_sni_with_a_label_over_63_bytes_is_sent_as_written(nursery: trio.Nursery) -> None:
+    """Kong's host names allow a label of any length (kong/tools/ip.lua check_hostname) and lua-resty-healthcheck
+    sends it as it is; Python's idna codec refuses one over 63 bytes, which Trio's SSLStream skips for an ASCII name
+    (trio._socket.encode_hostname): the probe sends it, nothing raises out of the health checker."""
+    name = "a" * 64 + ".example.test"
+    backend = _SniEcho(Pki().issue("example.test"))
+    await nursery.start(backend.serve)
+    config = _load(_upstream_with_sni(name, https_verify_certificate=False))
+    policy = ActivePolicy.from_config(config.upstreams[0].healthchecks)
+    with trio.fail_after(5):
+        assert await probe("127.0.0.1", backend.port, policy) == Event.SUCCESS
+    assert backend.snis == [name]
+
+
 # --- routes.paths: typedefs.router_path's PCRE dry run ----------------------------------------------------------------
 
 
