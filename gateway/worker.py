@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Callable
 
 import msgspec
 import trio
-import yaml
 import zmq
 
 from gateway.cli import SettingError
@@ -330,9 +329,10 @@ def refuse_run_only(config_path: str, config: Config) -> None:
     if config.gateway.status_listen is None:
         return
     from gateway.config import kong_conf
+    from gateway.config.document import read_document
     from gateway.config.loader import read_config_text
 
-    doc = yaml.load(read_config_text(config_path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    doc = read_document(read_config_text(config_path), config_path)  # (as load_config read it: JSON as JSON)
     block = doc.get("gateway") if isinstance(doc, dict) else None
     if (isinstance(block, dict) and block.get("status_listen") is not None) \
             or "status_listen" in kong_conf.from_environment(os.environ):

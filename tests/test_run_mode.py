@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -13,22 +14,10 @@ from pathlib import Path
 import trio
 from backends import EchoBackend, free_port, request
 from consul_server import FakeConsul
+from test_cli import gateway_cmd, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
-async def _listening(port: int, proc: trio.Process, timeout: float = 10) -> None:
-    with trio.fail_after(timeout):
-        while True:
-            assert proc.returncode is None, "the gateway exited before listening"
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.02)
-                continue
-            await stream.aclose()
-            return
 
 
 @contextlib.asynccontextmanager
@@ -40,7 +29,7 @@ async def gateway_run(tmp_path: Path, text: str, port: int) -> AsyncIterator[tri
     proc = await trio.lowlevel.open_process([sys.executable, "-m", "gateway", "run", "--config", str(config)],
                                             cwd=tmp_path, env=ENV, stdout=log, stderr=log)
     try:
-        await _listening(port, proc)
+        await wait_listening(port, proc)
         with trio.fail_after(5):  # answered: its loop runs, its signal handlers are in (the kernel accepts sooner)
             await request(port, "GET", "/")
         yield proc
@@ -242,3 +231,38 @@ async def test_run_refuses_an_explicit_status_listen(nursery, tmp_path):
     assert out.returncode == 2
     assert "gateway.status_listen: `gateway run` serves no status server" in out.stderr.decode()
     assert "gateway start" in out.stderr.decode()
+
+
+async def test_run_reads_a_json_config_as_json_with_a_surrogate_pair_escape(nursery, tmp_path):
+    """A kong.json written by json.dumps (ensure_ascii: an emoji as the escape pair \\ud83d\\ude80) is read as JSON,
+    as Kong reads a file ending in json (kong/db/declarative/init.lua:109-112), by `gateway run`'s check of what it
+    does not serve too (libyaml refuses the pair: it was a traceback)."""
+    backend = EchoBackend("diff-backend")
+    await nursery.start(backend.serve)
+    port = free_port()
+    doc = {"_format_version": "3.0",
+           "gateway": {"listen": f"127.0.0.1:{port}", "pid_file": str(tmp_path / "gw.pid")},
+           "services": [{"name": "s", "url": f"http://127.0.0.1:{backend.port}", "tags": ["rocket-\U0001F680"],
+                         "routes": [{"name": "r", "paths": ["/"]}]}]}
+    config = tmp_path / "kong.json"
+    config.write_text(json.dumps(doc))
+    assert "\\ud83d" in config.read_text()
+    log = (tmp_path / "stderr.log").open("wb")
+    proc = await trio.lowlevel.open_process(gateway_cmd("run", "--config", str(config)), cwd=tmp_path, env=ENV,
+                                            stdout=log, stderr=log)
+    try:
+        await wait_listening(port, proc, timeout=4)
+        with trio.fail_after(3):
+            reply = await request(port, "GET", "/")
+        assert reply.status == 200
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(3):
+                await proc.wait()
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        log.close()
+        stderr = (tmp_path / "stderr.log").read_text()
+        assert "Traceback" not in stderr, stderr[-600:]

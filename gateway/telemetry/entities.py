@@ -154,7 +154,7 @@ def _entity(entity: Any, kind: str) -> dict[str, Any]:
     url = getattr(entity, "url", None)
     if url:  # Kong stores a service's url as its parts
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port if parts.port is not None else 443 if parts.scheme == "https" else 80  # (0 is Kong's too)
         out.update(protocol=parts.scheme, host=url_host(parts), port=port)  # (the host as written, as Kong's)
         if parts.path:
             out["path"] = parts.path

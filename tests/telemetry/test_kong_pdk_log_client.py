@@ -369,6 +369,15 @@ def test_the_logged_route_and_service_carry_their_tls_fields_in_kongs_shapes():
     assert "snis" not in msgspec.json.decode(RouteFacts(Route(name="r", paths=["/"]), "r", svc).route_json)  # (none)
 
 
+@pytest.mark.parametrize(("url", "port"), [("http://127.0.0.1:0/", 0), ("http://a.test/", 80), ("https://a.test", 443)])
+def test_the_logged_service_carries_its_urls_port_as_kong_stores_it(url: str, port: int):
+    """services.lua:84,98 `port = tonumber(parsed_url.port)`, `port or (https and 443 or 80)`: 0 is a port in Lua, so
+    a url's port 0 is logged as 0 (the request went to it), not the scheme's default."""
+    facts = RouteFacts(Route(name="r", paths=["/"]), "r", Service(name="s", url=url))
+    assert facts.service_json is not None
+    assert msgspec.json.decode(facts.service_json)["port"] == port
+
+
 # --- upstream_uri of a request a plugin answered ---------------------------------------------------------------------
 
 
