@@ -42,7 +42,8 @@ class Request:
     or the authority of an absolute-form target) and `expect_continue` are what check_request_head found on its way
     through the headers as they arrived: what routing reads, before any policy may rewrite the headers. `absolute`:
     the request line's target as sent when `target` is not it: one in absolute form (`target` is its origin form;
-    nginx's $request keeps it), or one whose query a fragment ends (`target` is as nginx reads it: check_request_head).
+    nginx's $request keeps it), one whose query a fragment ends (`target` is as nginx reads it: check_request_head),
+    or one with bytes 0x80-0xFF (`target` has them %-escaped, as routing reads them: keep_sent_target).
     `size`: the bytes the codec read of the request but its body's data, nginx's $request_length less that data: the
     head as the client sent it (request line to blank line; one llhttp read after another in the same read, as its
     parts would be sent: LlhttpServer), counted as it was parsed, before any policy changed it; and a chunked body's
@@ -501,6 +502,29 @@ def mend_request_head(data: bytes, max_line: int) -> tuple[bytes, Fields] | None
     return mended + line[len(core):] + b"\n" + b"\n".join(lines) + rest, read
 
 
+def sent_target(head: bytes) -> bytes | None:
+    """The target of `head`'s request line (so far, as mend_request_head read it) when it holds bytes 0x80-0xFF,
+    which mend_request_head %-escapes: what nginx's $request_uri keeps as sent (as_sent); else None."""
+    end = head.find(b"\n")
+    line = head if end < 0 else head[:end]
+    target = _single_spaced(line.removesuffix(b"\r")).partition(b" ")[2].partition(b" ")[0]
+    return None if target.isascii() else target
+
+
+def as_sent(sent: bytes, parsed: bytes) -> bytes:
+    """`parsed`, a target read from a head mend_request_head wrote, with the part `sent` (sent_target) stood for as
+    the client sent it: the access log's uri, the error log's request line and a trace's http.url show `/café`, as
+    Kong's $request_uri does, where the router reads `/caf%C3%A9`."""
+    escaped = _HIGH.sub(lambda m: b"%%%02X" % m[0][0], sent)
+    return sent + parsed[len(escaped):] if parsed.startswith(escaped) else parsed
+
+
+def keep_sent_target(request: Request, sent: bytes) -> None:
+    """Give `request`, parsed from a head whose target mend_request_head %-escaped, that target as sent (`absolute`:
+    what request_uri and the error log's request line read; `target` stays escaped for routing and upstream)."""
+    request.absolute = as_sent(sent, request.target if request.absolute is None else request.absolute)
+
+
 def version_missing(method: bytes, target: bytes) -> ProtocolError:
     """A request line that ended without an HTTP version (an HTTP/0.9 request: nothing else of its head follows),
     answered 400 at its line end, as nginx's ngx_http_parse_request_line ends it there: for a method other than GET,
@@ -523,11 +547,9 @@ def overflow_error(start_so_far: int, max_line: int) -> ProtocolError:
     return ProtocolError("request head too large", HEAD_TOO_LARGE)
 
 
-# RFC 3986 host [":" port]: reg-name (unreserved, pct-encoded, sub-delims), IPv4, or an IP literal in brackets.
-# Anything else (spaces, "/", "@", control bytes) cannot name a host and gets 400, as in nginx.
-# nginx's ngx_http_validate_host also refuses two dots in a row and a name that is empty once its port and one final dot
-# are gone (an empty Host, ".", ":80"): the two lookaheads
-_AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9\-._~!$&'()*+,;=%]*|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?")
+# What nginx's ngx_http_validate_host (ngx_http_request.c:2145-2220, release-1.27.1) refuses anywhere in a Host: two
+# dots in a row, the path separator `/` (`\\` only on Windows), a byte up to 0x20 (NUL, CR, LF, tab, space) or 0x7F
+_HOST_REFUSED = re.compile(rb"\.\.|[\x00-\x20\x7f/]").search
 # The authority of an absolute-form target: ngx_http_parse_request_line's sw_host takes letters, digits, `.` and `-`
 # only (anything else but `:`, `/`, `?` and a space after them is a 400), or an IP literal; then a port of digits.
 # ngx_http_validate_host then refuses it as a Host (the lookaheads).
@@ -536,15 +558,31 @@ _TARGET_AUTHORITY = re.compile(rb"(?!\.?(?::|\Z))(?!.*\.\.)(?:[A-Za-z0-9.-]*|\[[
 # does (ngx_http_parse_request_line's sw_host_end goes on in the origin form's states; a `#` right after the
 # authority is a 400 there)
 _ABSOLUTE = re.compile(rb"(?i:https?)://([^/?#]*)((?:[/?].*)?)", re.S)
-# a verdict per Host value: the few a host's clients send, each checked once
-_VALID_HOSTS: Derived[bytes, bool] = Derived(lambda host: _AUTHORITY.fullmatch(host) is not None, 4096)
 SERVER_NAME = b"kong"  # Kong's nginx server_name: $host of a request without a Host (HTTP/1.0)
 
 
+def _host_length(host: bytes) -> int:
+    """How much of a Host value is its name, as ngx_http_validate_host reads it: up to its first `:` (past the `]`
+    of one that starts with `[`), less one final dot (when no dot comes after it); any other byte (`"`, `@`, `|`,
+    `\\`, 0x80-0xFF: `café.example`) is a name's. 0: no name, a Host nginx refuses."""
+    if host[:1] == b"[":
+        end = host.find(b"]") + 1
+        length = end or len(host)  # (an unclosed literal is all name)
+    else:
+        end = host.find(b":")
+        length = len(host) if end < 0 else end
+    if length and host.rfind(b".") == length - 1:  # (nginx's dot_pos: the value's last dot, its port's included)
+        length -= 1
+    return length
+
+
+# a verdict per Host value: the few a host's clients send, each checked once
+# (nginx's 400 "client sent invalid host header")
+_VALID_HOSTS: Derived[bytes, bool] = Derived(lambda host: _HOST_REFUSED(host) is None and _host_length(host) > 0, 4096)
+
+
 def _nginx_host(host: bytes) -> bytes:
-    lowered = host.lower()
-    bare = lowered[:lowered.find(b"]") + 1] if lowered.startswith(b"[") else lowered.partition(b":")[0]
-    return bare[:-1] if bare[-1:] == b"." else bare
+    return host[:_host_length(host)].lower()
 
 
 # nginx's $host of a (valid) Host value: without its port and one final dot, in lower case (ngx_http_validate_host);

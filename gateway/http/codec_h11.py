@@ -38,6 +38,7 @@ from gateway.http.codec import (
     Request,
     Response,
     Transport,
+    as_sent,
     check_head_buffers,
     check_request_head,
     check_start,
@@ -45,12 +46,14 @@ from gateway.http.codec import (
     first_of_single,
     head_buffers,
     head_line_lengths,
+    keep_sent_target,
     length_in_range,
     mend_request_head,
     nginx_version,
     overflow_error,
     read_before,
     restore_fields,
+    sent_target,
     version_missing,
 )
 from gateway.http.codec_llhttp import (
@@ -170,6 +173,18 @@ class _H11Codec:
         except ProtocolError as e:
             self._error = e
             raise
+
+    def _with_sent_target(self, sent: bytes) -> Event:
+        """The next event, of a head parsed again with its target's bytes 0x80-0xFF %-escaped: its Request (or
+        refusal) carries the target as sent (keep_sent_target)."""
+        try:
+            event = self._next_event()
+        except ProtocolError as e:
+            e.target = as_sent(sent, e.target)
+            raise
+        if type(event) is Request:
+            keep_sent_target(event, sent)
+        return event
 
     def _next_event(self) -> Event:
         raise NotImplementedError
@@ -347,7 +362,10 @@ class H11Server(_H11Codec):
                 if mended is not None:
                     self._read = mended[1]
                     self._skip_empty_lines(bytearray(mended[0]))  # what nginx takes and h11 refuses: parsed again
-                    return self._next_event()
+                    sent = sent_target(bytes(head))
+                    if sent is None:
+                        return self._next_event()
+                    return self._with_sent_target(sent)
             if head is not None and all(_request_line_of(head)):  # (a broken request line is a 400 first, as
                 self._raw_request()  # in nginx) the shared rules decide the status of a complete head h11 rejected
             if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time

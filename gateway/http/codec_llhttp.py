@@ -34,6 +34,7 @@ from gateway.http.codec import (
     Request,
     Response,
     Transport,
+    as_sent,
     check_head_buffers,
     check_request_head,
     check_start,
@@ -42,6 +43,7 @@ from gateway.http.codec import (
     first_of_single,
     head_buffers,
     head_line_lengths,
+    keep_sent_target,
     length_in_range,
     mend_field,
     mend_request_head,
@@ -49,6 +51,7 @@ from gateway.http.codec import (
     overflow_error,
     read_before,
     restore_fields,
+    sent_target,
     value_goes_on,
     version_missing,
 )
@@ -599,12 +602,13 @@ class _Parsing(_BodyFramer):
 class _SentMethod:
     """The callbacks of a parser fed a head mend_request_head wrote, or whose method llhttp does not know, written as
     one it knows (_as_known_method): the server's own but for on_headers_complete, which first puts that head's
-    header lines back as nginx read them (`fields`), then is the server's _sent_headers_complete."""
+    header lines back as nginx read them (`fields`), then is the server's _sent_headers_complete, and gives its
+    Request (or refusal) the target as sent when `sent` (sent_target: its bytes 0x80-0xFF were %-escaped)."""
 
     __slots__ = ("on_message_begin", "on_url", "on_header", "on_body", "on_message_complete", "on_chunk_header",
-                 "on_chunk_complete", "_server", "_fields")
+                 "on_chunk_complete", "_server", "_fields", "_sent")
 
-    def __init__(self, server: LlhttpServer, fields: Fields) -> None:
+    def __init__(self, server: LlhttpServer, fields: Fields, sent: bytes | None = None) -> None:
         self.on_message_begin = server.on_message_begin
         self.on_url = server.on_url
         self.on_header = server.on_header
@@ -614,13 +618,24 @@ class _SentMethod:
         self.on_chunk_complete = server.on_chunk_complete
         self._server = server
         self._fields = fields
+        self._sent = sent
 
     def on_headers_complete(self) -> None:
         server = self._server
         if self._fields:
             restore_fields(server._headers, self._fields)  # type: ignore[arg-type]  # a list while a head is parsed
             self._fields = {}
-        server._sent_headers_complete()
+        sent = self._sent
+        if sent is None:
+            server._sent_headers_complete()
+            return
+        self._sent = None  # (the parser's later heads are read as they are)
+        try:
+            server._sent_headers_complete()
+        except ProtocolError as e:
+            e.target = as_sent(sent, e.target)
+            raise
+        keep_sent_target(server._request, sent)
 
 
 class LlhttpServer(_Parsing):
@@ -838,8 +853,10 @@ class LlhttpServer(_Parsing):
             mended = _as_known_method(head if mended is None else mended, method)
         elif mended is None:  # (nothing to mend: a head read as GET and refused again keeps the method as sent)
             return False
+        sent = None if mending is None else sent_target(head)
         self._as_sent = as_sent
-        self._parser = httptools.HttpRequestParser(_SentMethod(self, fields) if as_sent or fields else self)
+        self._parser = httptools.HttpRequestParser(_SentMethod(self, fields, sent) if as_sent or fields or sent
+                                                   else self)
         self._head_chunks = []
         self._before, self._prev = b"", mended
         self._feed(mended)

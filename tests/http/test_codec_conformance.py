@@ -566,7 +566,7 @@ def test_trace_is_405(codec: str) -> None:
     assert_rejected(codec, b"TRACE / HTTP/1.1\r\nHost: a\r\n\r\n", 405, every_offset=False)
 
 
-@pytest.mark.parametrize("host", [b"a b/c@d", b"a/b", b"user@h", b"h:8x", b"[::1", b"\xff",
+@pytest.mark.parametrize("host", [b"a b/c@d", b"a/b",
                                   # nginx's ngx_http_validate_host: two dots in a row, no name once the port and
                                   # one final dot are gone
                                   b"a..b", b"a.b..:80", b"", b".", b":80", b".:80"])
@@ -575,7 +575,9 @@ def test_host_that_is_not_a_valid_authority_is_400(codec: str, host: bytes) -> N
 
 
 @pytest.mark.parametrize("host", [b"example.com", b"EXAMPLE.com:8000", b"127.0.0.1:1", b"[2001:db8::1]:443", b"a_b.c-d",
-                                  b"a.b.", b".a", b"a.:80", b"a:"])
+                                  b"a.b.", b".a", b"a.:80", b"a:",
+                                  # which ngx_http_validate_host takes too: it checks no port, nor a literal
+                                  b"user@h", b"h:8x", b"[::1", b"\xff"])
 def test_valid_hosts_are_accepted(codec: str, host: bytes) -> None:
     raw = b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host
     assert parse_requests(codec, raw, every_offset=False) == [req(b"GET", b"/", [(b"host", host)]), END]

@@ -138,10 +138,14 @@ class ReferenceEntry:
         port = conn.listen_port.decode() or "-"
         # nginx's $host: the Host's name, lowercased, up to its first ":" (an IP literal's "]"), without one final
         # dot (changed since the freeze, 2026-12-05: ngx_http_validate_host); with none, Kong's `server_name kong`
-        # (lower-cased as bytes: ASCII letters only, as nginx's ngx_strlow; changed since the freeze, too)
-        bare = raw_host[:raw_host.find(b"]") + 1] if raw_host.startswith(b"[") else raw_host.partition(b":")[0]
+        # (lower-cased as bytes: ASCII letters only, as nginx's ngx_strlow; changed since the freeze, too); an
+        # unclosed `[` is all name, and the dot dropped is the value's last (nginx's dot_pos; 2026-12-07)
+        literal = raw_host.startswith(b"[") and b"]" in raw_host
+        bare = raw_host[:raw_host.find(b"]") + 1] if literal else \
+            raw_host if raw_host.startswith(b"[") else raw_host.partition(b":")[0]
         hostname = _text(bare.lower())
-        hostname = (hostname[:-1] if hostname.endswith(".") else hostname) if host else "kong"
+        last_dot = raw_host.rfind(b".") == len(bare) - 1
+        hostname = (hostname[:-1] if hostname.endswith(".") and last_dot else hostname) if host else "kong"
         doc: dict[str, Any] = {
             "request": {
                 "id": ex.request_id.decode("latin-1"),
