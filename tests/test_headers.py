@@ -48,6 +48,15 @@ def values(out: list[tuple[str, str]], name: str) -> list[str]:
     return [v for k, v in out if k == name]
 
 
+@pytest.mark.parametrize(("sent", "upstream"), [("003", "3"), ("0" * 22 + "3", "3"), ("0", "0"), ("00", "0"),
+                                                ("1024", "1024")])
+def test_a_content_length_goes_upstream_as_the_number_it_is(sent: str, upstream: str):
+    """nginx sends the parsed length (ngx_http_proxy_module.c:825/853 `Content-Length: $proxy_internal_body_length`,
+    printed with %O): a client's `003` goes as `3`, while plugins and logs read it as sent."""
+    out, _, _ = rewrite([("host", "gw"), ("content-length", sent)])
+    assert values(out, "content-length") == [upstream]
+
+
 def test_hop_by_hop_headers_are_removed():
     """The client's Connection, Keep-Alive, TE, Upgrade and Proxy-Connection go (Connection is Kong's keep-alive); its
     Trailer passes, as nginx's proxy passes it (Kong's spec leaves it: "a response header")."""

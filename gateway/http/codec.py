@@ -647,16 +647,13 @@ def length_in_range(digits: bytes) -> bool:
 _PLAIN_LENGTH = re.compile(rb"[1-9][0-9]{0,17}|0").fullmatch
 
 
-def _read_length(value: bytes, headers: Headers) -> None:
+def _read_length(value: bytes) -> None:
     """A request's Content-Length not in its plain form, read as nginx's ngx_atoof reads it (ngx_http_request.c:
-    1980-1990; ngx_string.c:1079-1103): digits, leading zeros like any other, below 2**63, else a 400. One with leading
-    zeros goes upstream as the number it is (in `headers`, in place), as nginx sends it ($proxy_internal_body_length,
-    printed from the parsed length: ngx_http_proxy_module.c:825/853): `003` as `3`."""
-    digits = value.lstrip(b"0") or b"0"
-    if not value.isdigit() or not length_in_range(digits):
+    1980-1990; ngx_string.c:1079-1103): digits, leading zeros like any other, below 2**63, else a 400. It stays as
+    sent for plugins and logs (Kong's get_header is $http_content_length); the upstream gets the number it is
+    (gateway.pipeline.headers: nginx's $proxy_internal_body_length)."""
+    if not value.isdigit() or not length_in_range(value.lstrip(b"0") or b"0"):
         raise ProtocolError("invalid Content-Length")
-    if digits != value:
-        headers[headers.index((b"content-length", value))] = (b"content-length", digits)
 
 
 def check_request_head(method: bytes, target: bytes, headers: Headers,
@@ -682,7 +679,7 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
                 if name == b"content-length":
                     content_lengths += 1
                     if _PLAIN_LENGTH(value) is None:  # (one test for the usual: digits, no leading zero, < 2**60)
-                        _read_length(value, headers)
+                        _read_length(value)
                 elif name == b"transfer-encoding":
                     if transfer_encoding is not None:
                         raise _refused_at("more than one Transfer-Encoding header", headers, name)

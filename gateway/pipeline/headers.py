@@ -196,6 +196,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                     continue
             elif name == b"content-length":
                 framing = LENGTH
+                if hv[1][0] == 48 and len(hv[1]) > 1:  # `003`: nginx sends the number ($proxy_internal_body_length)
+                    hv = (name, hv[1].lstrip(b"0") or b"0")
             elif name == b"x-kong-request-id":
                 if ex.settings.request_id_upstream:
                     continue  # replaced by ours (headers_upstream)
