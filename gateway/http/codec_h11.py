@@ -360,12 +360,7 @@ class H11Server(_H11Codec):
                     refused.method, refused.target = _request_line_of(head)
                     raise refused from None
                 if mended is not None:
-                    self._read = mended[1]
-                    self._skip_empty_lines(bytearray(mended[0]))  # what nginx takes and h11 refuses: parsed again
-                    sent = sent_target(bytes(head))
-                    if sent is None:
-                        return self._next_event()
-                    return self._with_sent_target(sent)
+                    return self._mended_event(bytes(head), *mended)
             if head is not None and all(_request_line_of(head)):  # (a broken request line is a 400 first, as
                 self._raw_request()  # in nginx) the shared rules decide the status of a complete head h11 rejected
             if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time
@@ -410,6 +405,19 @@ class H11Server(_H11Codec):
         if ev is h11.PAUSED:
             return NEED_DATA
         raise ProtocolError(f"unexpected event {ev!r}")  # pragma: no cover - h11 has no other server events
+
+    def _mended_event(self, head: bytes, mended: bytes, read: Fields) -> Event:
+        """The next event, of `head` (the bytes waited for, refused by h11) parsed again as mend_request_head wrote it
+        (`mended`, its header lines as nginx read them `read`): its Request sized as `head` came, as nginx's
+        $request_length counts it (ngx_http_request.c:1124,1454,1519), not as written (where a byte 0x80-0xFF of
+        the target is three and a Content-Length's leading zeros none). The bytes after the head are as they came."""
+        self._read = read
+        self._skip_empty_lines(bytearray(mended))  # what nginx takes and h11 refuses: parsed again
+        sent = sent_target(head)
+        event = self._next_event() if sent is None else self._with_sent_target(sent)
+        if type(event) is Request:
+            event.size += len(head) - len(mended)
+        return event
 
     def _check_start(self, probe: bytearray) -> None:
         """check_start on the request line as far as it came; a first byte no method begins with is refused at once,

@@ -859,7 +859,10 @@ class LlhttpServer(_Parsing):
                                                    else self)
         self._head_chunks = []
         self._before, self._prev = b"", mended
+        queued = len(self._events)
         self._feed(mended)
+        if len(head) != len(mended):
+            self._size_as_sent(queued, len(head) - len(mended))  # (what follows the head is as it came)
         chunks = self._head_chunks
         # The head goes on (the chunk fed is its start, not a later head's that was mended in turn): mended again from
         # its bytes as sent once more of them came (`HTTP/1.1` may go on as `HTTP/1.1000`).
@@ -867,6 +870,15 @@ class LlhttpServer(_Parsing):
             self._head_chunks = [head]
             self._head_fed = len(head)
         return True
+
+    def _size_as_sent(self, queued: int, unfed: int) -> None:
+        """The mended head's Request, if it ended in the mended bytes just fed (the first queued past `queued`), sized
+        as its head came (`unfed`: its bytes as sent less those fed), as nginx's $request_length counts it
+        (ngx_http_request.c:1124,1454,1519). A head that goes on is sized on its bytes as sent (_check_buffers)."""
+        for event in self._events[queued:]:
+            if type(event) is Request:
+                event.size += unfed
+                return
 
     def _method_goes_on(self, head: bytes) -> bool:
         """llhttp refused `head`, a request line not past its method yet: one nginx takes waits for the rest of it,
