@@ -452,3 +452,27 @@ async def test_a_filtered_tools_list_is_not_served_to_another_caller_from_a_shar
         shared = InMemoryResponseCacheStore()
         assert "delete" in await sdk_tool_names(url, "alice-key", shared)
         assert "delete" not in await sdk_tool_names(url, "bob-key", shared)
+
+
+@bounded(10)
+async def test_a_refused_call_of_a_session_the_gateway_cannot_open_gets_404_not_the_refusal(gateway, nursery):
+    """MCP 2025-11-25 basic/transports, Session Management: a request of a terminated (here: never sealed) session
+    MUST get 404, so the client starts a new one. ai-mcp-proxy answering alone (a refused call: its error; a refused
+    notification: 202) said the session was alive where the forwarder says 404 for the same id."""
+    server = ToolServer(TOOLS, "json")
+    await nursery.start(server.serve)
+    port = await gateway({
+        "services": [service("mcp", f"http://127.0.0.1:{server.port}", [
+            {"name": "mcp", "paths": ["/mcp"], "strip_path": False}])],
+        "consumers": CONSUMERS,
+        "plugins": [{"name": "key-auth", "config": {"key_names": ["apikey"]}},
+                    {"name": "ai-mcp-proxy", "config": PROXY}]}, mcp=session_keys(TEST_KEY))
+    forged = [*RPC_HEADERS, ("apikey", "bob-key"), ("mcp-session-id", "forged-session")]
+    note = {"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "delete"}}
+    call_ = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "delete"}}
+    async with await Client.connect(port, host="localhost") as client:
+        for message in (note, call_):
+            reply = await client.request("POST", "/mcp", forged, json.dumps(message).encode())
+            assert reply.status == 404, (message, reply.status, reply.body)
+            assert json.loads(reply.body)["error"]["code"] == -32001
+    assert server.bodies == []  # (nothing reached the server)

@@ -22,10 +22,11 @@ import logging
 from gateway.http.server import Exchange
 from gateway.mcp import body as mcp_body
 from gateway.mcp import jsonrpc
+from gateway.mcp.affinity import caller_identity
 from gateway.mcp.audit import ToolAudit, audit_log_for
 from gateway.mcp.bearer import challenge, claim_at
 from gateway.mcp.governance import ANY_ID, Denial, ResponseEdit, Verdict, error_response, judge
-from gateway.mcp.step import McpRequest
+from gateway.mcp.step import McpRequest, session_not_found
 from gateway.mcp.toolacl import SPACE_SEPARATED, Rule, ToolAcl, claim_path, claim_subjects
 from gateway.policies.ai_mcp_proxy.schema import AiMcpProxyConfig
 
@@ -121,6 +122,9 @@ class AiMcpProxy:
             if name == b"mcp-protocol-version" and (refused := jsonrpc.unsupported_version(value)) is not None:
                 await ex.respond(400, refused)
                 return
+        if not _session_known(ex):  # what the forwarder would answer: the client must not think the session alive
+            await session_not_found(ex)
+            return
         if not verdict.errors:
             await ex.send_head(202, [(b"content-length", b"0")], end=True)
             return
@@ -158,3 +162,16 @@ def _set_length(ex: Exchange, length: int) -> None:
     for i, (name, _) in enumerate(headers):
         if name == b"content-length":
             headers[i] = (name, b"%d" % length)
+
+
+def _session_known(ex: Exchange) -> bool:
+    """False when the request names an MCP session the route's affinity cannot open (forged, another caller's, its
+    target gone): the forwarder answers those 404, and so must an answer made here (MCP 2025-11-25 transports,
+    Session Management: a request of a terminated session gets 404, so the client starts a new one)."""
+    affinity = getattr(ex.route, "affinity", None)
+    if affinity is None:
+        return True
+    for name, value in ex.request.headers:
+        if name == b"mcp-session-id":
+            return affinity.open(value, caller_identity(ex)) is not None
+    return True
