@@ -15,6 +15,7 @@ upstream run at once; each is bounded by `timeout`.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -99,6 +100,7 @@ class _Upstream:
         self.spec = spec
         self.limiter = trio.CapacityLimiter(spec.policy.concurrency)
         self.targets: dict[str, _Target] = {}
+        self.origin = 0.0  # when the checker took it (Kong's checker:start): its probe schedules count from here
 
 
 class HealthChecker:
@@ -113,6 +115,7 @@ class HealthChecker:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for name, up in self.upstreams.items():
+                up.origin = trio.current_time()
                 self._apply_targets(name, up.spec.targets)
             task_status.started(self)
             await trio.sleep_forever()
@@ -187,7 +190,7 @@ class HealthChecker:
                 interval = policy.interval_for(t.healthy)
                 if interval <= 0:
                     await t.wake.wait()  # nothing to do in this state until someone else changes it
-                    next_at = trio.current_time()
+                    next_at = _next_tick(up.origin, trio.current_time(), _period(policy.interval_for(t.healthy)))
                     continue
                 wake = t.wake
                 with trio.move_on_at(next_at):
@@ -205,6 +208,13 @@ class HealthChecker:
                 if event is not None:  # (None: a status in neither list, which Kong does not count)
                     self.on_probe(up.spec.name, key, event)
                 next_at = started + _period(policy.interval_for(t.healthy))
+
+
+def _next_tick(origin: float, now: float, period: float) -> float:
+    """The next run, from `now` on, of a schedule of `period` started at `origin`: lua-resty-healthcheck probes the
+    targets of a state when that state's `last_run + interval` is due (healthcheck.lua:1781-1787, last_run set at
+    checker:start, :1404-1411), so a target entering a state waits for that state's next run, not a fresh probe."""
+    return origin + math.ceil((now - origin) / period) * period
 
 
 def _period(interval: float) -> float:
