@@ -195,9 +195,8 @@ class HealthChecker:
                 wake = t.wake
                 with trio.move_on_at(next_at):
                     await wake.wait()
-                    # state changed from outside: re-plan with the interval of the new state
-                    base = t.last_probe if t.last_probe is not None else trio.current_time()
-                    next_at = base + _period(policy.interval_for(t.healthy))
+                    # state changed from outside: the new state's next scheduled run (Kong: one schedule a state)
+                    next_at = _next_tick(up.origin, trio.current_time(), _period(policy.interval_for(t.healthy)))
                     continue
                 started = trio.current_time()
                 async with up.limiter:

@@ -100,6 +100,15 @@ def balancer_hostname(attempt: Attempt) -> str:
     return attempt.group.host_header or attempt.target.target
 
 
+def text_of(raw: bytes) -> str:
+    """A client's bytes (a target, a Host) as a span's text: UTF-8 as it came, as Kong's spans carry Lua's bytes
+    (lua-protobuf, cjson); bytes that are not UTF-8 one character each (latin-1), so the text stays valid UTF-8."""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 # kong.conf's tracing_instrumentations (kong.conf.default, kong/conf_loader/parse.lua, kong/observability/tracing/
 # instrumentation.lua). The gateway makes Kong's request span ("kong": on with any value but off), "kong.router" and
 # "kong.balancer"; `all` is those three. Kong's other instrumentations are refused by name, saying why.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from e2e_helpers import Backend, request
+from e2e_helpers import Backend, request, wait_for
 
 
 def doc(targets: list[dict], checks: dict, **up: object) -> dict:
@@ -60,3 +60,34 @@ async def test_a_target_passive_checks_take_out_waits_for_the_unhealthy_schedule
     assert two.health_hits == 0, "probed at once"
     assert await send(port, 6) == [200] * 6
     assert two.hits == 1, (one.hits, two.hits)
+
+
+@pytest.mark.parametrize("http_codec", ["h11"])
+async def test_a_target_leaving_a_probed_healthy_state_waits_for_the_unhealthy_schedules_next_run(
+        gateway, nursery) -> None:  # noqa: ANN001
+    """healthy.interval 1, unhealthy.interval 0.5, passive http_failures 1. lua-resty-healthcheck 3.1.0
+    (healthcheck.lua:1405-1411 start: unhealthy.last_run = now; :1781-1794 unhealthy targets probed when
+    unhealthy.last_run + interval <= now): unhealthy runs at start+0.5, +1.0, +1.5, +2.0... A target taken out by
+    passive checks ~0.6 s after its first healthy probe (start+1.0), i.e. at ~start+1.6, is first probed at
+    start+2.0 (~0.4 s later), not from its last healthy probe (start+1.5, already past: at once)."""
+    one, two = Backend("one"), Backend("two")
+    await nursery.start(one.serve)
+    await nursery.start(two.serve)
+    checks = {"active": {"http_path": "/health", "timeout": 1,
+                         "healthy": {"interval": 1, "successes": 1},
+                         "unhealthy": {"interval": 0.5, "http_failures": 1}},
+              "passive": {"unhealthy": {"http_failures": 1, "http_statuses": [500]}}}
+    port = await gateway(doc([{"target": one.target}, {"target": two.target}], checks))
+    await wait_for(lambda: two.health_hits >= 1, 3, 0.005, "first healthy probe")
+    first = trio.current_time()
+    await trio.sleep_until(first + 0.6)
+    two.status = 500
+    for _ in range(4):  # one of them reaches `two` and takes it out
+        await request(port, "GET", "/x")
+        if two.hits:
+            break
+    assert two.hits == 1
+    out = trio.current_time()
+    with trio.move_on_after(0.2):  # (Kong's next unhealthy run is ~0.35 s away)
+        await wait_for(lambda: two.health_hits > 1, 0.2, 0.002)
+    assert two.health_hits == 1, f"probed {trio.current_time() - out:.3f} s after passive checks took it out"

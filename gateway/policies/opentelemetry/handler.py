@@ -63,6 +63,7 @@ from gateway.telemetry.tracing import (
     new_span_id,
     new_trace_id,
     sample,
+    text_of,
 )
 
 log = logging.getLogger("gateway.telemetry")
@@ -329,7 +330,7 @@ def _connection_attributes(key: tuple[bytes, bytes | None, bytes, bytes, str, st
     http.method field, http.url's start (scheme://host, UTF-8) and the fields from http.host to net.peer.ip."""
     method, host_header, scheme_b, version_b, client_ip, peer_ip = key
     scheme = scheme_b.decode()
-    host = nginx_host(host_header).decode("latin-1") if host_header else SERVER_NAME  # nginx's $host
+    host = text_of(nginx_host(host_header)) if host_header else SERVER_NAME  # nginx's $host
     version = version_b.decode()
     fields = (otlp.key_value("http.host", host) + otlp.key_value("http.scheme", scheme)
               + otlp.key_value("http.flavor", version if "." in version else f"{version}.0")  # Kong's "%.1f"
@@ -371,7 +372,7 @@ def request_span(ex: Exchange, tid: bytes, span_id: int, parent_id: int, start: 
     uri = ex.request_uri()
     request_id = ex.request_id
     attributes = (method + otlp.string_key_value("http.url", url + (uri if uri.isascii() else
-                                                                    uri.decode("latin-1").encode()))
+                                                                    text_of(uri).encode()))
                   + fields + otlp.string_key_value("kong.request.id", request_id if request_id.isascii() else
                                                    request_id.decode("latin-1").encode()))
     if ex.response_started or status != CLIENT_CLOSED:  # set in Kong's header_filter, which a request whose

@@ -45,7 +45,7 @@ from gateway.telemetry.propagation import (
     scan,
 )
 from gateway.telemetry.sender import Endpoint, HttpSender
-from gateway.telemetry.tracing import SpanReport, balancer_hostname, new_span_id, new_trace_id
+from gateway.telemetry.tracing import SpanReport, balancer_hostname, new_span_id, new_trace_id, text_of
 
 log = logging.getLogger("gateway.telemetry")
 
@@ -328,7 +328,7 @@ def _names(rf: RouteFacts) -> tuple[str | None, _Named | None]:
 
 def _host(host: bytes | None) -> str:
     """nginx's $host: the request's host without its port, in lower case; the server name when it has none."""
-    return NGINX_HOSTS[host].decode("latin-1") if host else SERVER_NAME
+    return text_of(NGINX_HOSTS[host]) if host else SERVER_NAME
 
 
 def _protocol(version: bytes) -> str | None:
