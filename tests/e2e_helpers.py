@@ -130,6 +130,16 @@ class Backend:
             conn.start_next_cycle()
 
 
+async def started_backends(nursery: trio.Nursery, *names: str) -> list[Backend]:
+    """A Backend of each name, serving in `nursery`."""
+    out = []
+    for name in names:
+        backend = Backend(name)
+        await nursery.start(backend.serve)
+        out.append(backend)
+    return out
+
+
 def counts(backends: list[Backend]) -> dict[str, int]:
     return {b.name: b.hits for b in backends}
 

@@ -10,6 +10,7 @@ import collections
 import json
 import os
 import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from e2e_helpers import (
     delta,
     request,
     running_etcd,
+    started_backends,
     upstream_conn_workers,
     wait_for,
 )
@@ -38,15 +40,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists("/proc/net/tcp"), reason="nee
 
 @pytest.fixture
 async def backends(nursery: trio.Nursery):  # noqa: ANN201 - a factory
-    async def make(*names: str) -> list[Backend]:
-        out = []
-        for name in names:
-            b = Backend(name)
-            await nursery.start(b.serve)
-            out.append(b)
-        return out
-
-    return make
+    return partial(started_backends, nursery)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import trio
-from e2e_helpers import Backend, request, wait_for
+from e2e_helpers import request, started_backends, wait_for
 
 
 def doc(targets: list[dict], checks: dict, **up: object) -> dict:
@@ -13,15 +13,6 @@ def doc(targets: list[dict], checks: dict, **up: object) -> dict:
             "upstreams": [{"name": "u", "healthchecks": checks, "targets": targets, **up}],
             "services": [{"name": "s", "url": "http://u", "connect_timeout": 50,
                           "routes": [{"name": "r", "paths": ["/"]}]}]}
-
-
-async def backends(nursery: trio.Nursery, *names: str) -> list[Backend]:
-    out = []
-    for name in names:
-        b = Backend(name)
-        await nursery.start(b.serve)
-        out.append(b)
-    return out
 
 
 async def send(port: int, n: int) -> list[int]:
@@ -48,7 +39,7 @@ async def test_a_target_passive_checks_take_out_waits_for_the_unhealthy_schedule
     last_run = now): a target that passive checks take out 0.3 s after the start is first probed about 2 s after
     the start, so it gets no traffic for ~1.7 s (the gateway probed it at once: its /health answering 200, it was
     back within milliseconds, taking failing traffic again)."""
-    one, two = await backends(nursery, "one", "two")
+    one, two = await started_backends(nursery, "one", "two")
     checks = active(hi=0, ui=2)
     checks["passive"] = {"unhealthy": {"http_failures": 1, "http_statuses": [500]}}
     port = await gateway(doc([{"target": one.target}, {"target": two.target}], checks))
@@ -70,9 +61,7 @@ async def test_a_target_leaving_a_probed_healthy_state_waits_for_the_unhealthy_s
     unhealthy.last_run + interval <= now): unhealthy runs at start+0.5, +1.0, +1.5, +2.0... A target taken out by
     passive checks ~0.6 s after its first healthy probe (start+1.0), i.e. at ~start+1.6, is first probed at
     start+2.0 (~0.4 s later), not from its last healthy probe (start+1.5, already past: at once)."""
-    one, two = Backend("one"), Backend("two")
-    await nursery.start(one.serve)
-    await nursery.start(two.serve)
+    one, two = await started_backends(nursery, "one", "two")
     checks = {"active": {"http_path": "/health", "timeout": 1,
                          "healthy": {"interval": 1, "successes": 1},
                          "unhealthy": {"interval": 0.5, "http_failures": 1}},
