@@ -87,6 +87,14 @@ class SessionAffinity:
                                  self._upstream)
 
 
+def target_down(group: Any, index: int, shared: Any) -> bool:
+    """Whether a session's server, at `index` of `group`'s targets, is circuit-open or unhealthy: its sessions end
+    (404), so the client starts one elsewhere. A drained target, one of weight 0 or a healthy one of an upstream
+    below its healthchecks.threshold keeps its sessions: those stop new ones, as connection draining does. `shared`
+    is the worker's gateway.state.SharedState (None: every unusable target counts as down)."""
+    return index in group.unusable and (shared is None or shared.is_down(group.keys[index]))
+
+
 def caller_identity(ex: Exchange) -> bytes | None:
     """Who a request is, as its MCP sessions are bound to: kind and id of its consumer, else of the token's issuer
     and subject (ai-mcp-oauth2 without a consumer), else of its credential; None when no one authenticated it."""

@@ -48,7 +48,7 @@ from gateway.http.pool import Answered, Pool, UpstreamConn, locate
 from gateway.http.server import BODY_SET, Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
 from gateway.http.tls_contexts import ClientTls
-from gateway.mcp.affinity import SessionAffinity, caller_identity
+from gateway.mcp.affinity import SessionAffinity, caller_identity, target_down
 from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge, ends_event
 from gateway.mcp.step import McpRequest, session_not_found
@@ -202,12 +202,8 @@ class Forwarder:
                          pinned_target.name)
                 await session_not_found(ex)
                 return
-            if pinned is not None and pinned in group.unusable and (
-                    self.shared is None or self.shared.is_down(group.keys[pinned])):
-                # The session's server is circuit-open or unhealthy: the client had better start a new session
-                # elsewhere. A drained target, one of weight 0 or a healthy one of an upstream below its
-                # healthchecks.threshold keeps its sessions: those stop new ones, as connection draining does.
-                await session_not_found(ex)
+            if pinned is not None and target_down(group, pinned, self.shared):
+                await session_not_found(ex)  # the client had better start a new session elsewhere
                 return
             host_at = len(headers)  # the target's Host (and Origin) go last, replaced on a retry
             tries = svc.retries + 1 if pinned is None else 1  # a pinned session never moves

@@ -161,6 +161,30 @@ async def test_pinned_target_down_is_404_and_never_retried_elsewhere(gateway, nu
 
 
 @bounded(20)
+async def test_a_call_ai_mcp_proxy_refuses_for_a_session_whose_server_is_unhealthy_gets_404(gateway, nursery):
+    """A session pinned to an unhealthy (or circuit-open) target gets 404 from the forwarder, so the client starts a
+    new one (MCP 2025-11-25 transports, Session Management); ai-mcp-proxy answering a refused call alone said the
+    session was alive (its refusal, 200) once the target was down."""
+    (a,) = await start_fakes(nursery, "a")
+    dead = free_port()
+    doc = mcp_config([dead, a.port], upstream={"healthchecks": {"passive": {"unhealthy": {"tcp_failures": 1}}}})
+    doc["plugins"] = [{"name": "ai-mcp-proxy", "config": {
+        "mode": "passthrough-listener", "tools": [{"name": "delete", "acl": {"allow": ["alice"]}}]}}]
+    port = await gateway(doc, mcp=session_keys(TEST_KEY))
+    pinned = [*JSON_HEADERS, ("mcp-session-id", seal(f"127.0.0.1:{dead}", b"up-dead-1"))]
+    refused = rpc("tools/call", 5, name="delete", arguments={})
+    async with await Client.connect(port, host="localhost") as client:
+        reply = await client.request("POST", "/mcp", pinned, refused)
+        assert reply.status == 200 and reply.json()["error"]["code"] == -32602  # its target not known down yet
+        for n in range(3):  # round robin tries the dead target for one of these: a TCP failure marks it unhealthy
+            assert (await client.request("POST", "/mcp", JSON_HEADERS, rpc("ping", n))).status == 200
+        reply = await client.request("POST", "/mcp", pinned, refused)
+        assert reply.status == 404
+        assert reply.json() == NOT_FOUND
+    assert [json.loads(r.body)["method"] for r in a.requests] == ["ping"] * 3  # the refused calls reached no one
+
+
+@bounded(20)
 async def test_header_body_mismatch_is_400_with_32020(gateway, nursery):
     (a,) = await start_fakes(nursery, "a")
     port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY))

@@ -11,4 +11,4 @@ schema = AiMcpProxyConfig
 
 
 def build(config: AiMcpProxyConfig, plugin_id: str, shared: object, mcp: McpShared) -> AiMcpProxy:
-    return AiMcpProxy(config, plugin_id, mcp.audit_log)
+    return AiMcpProxy(config, plugin_id, mcp.audit_log, shared)

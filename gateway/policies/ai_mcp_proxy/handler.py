@@ -22,7 +22,7 @@ import logging
 from gateway.http.server import Exchange
 from gateway.mcp import body as mcp_body
 from gateway.mcp import jsonrpc
-from gateway.mcp.affinity import caller_identity
+from gateway.mcp.affinity import caller_identity, target_down
 from gateway.mcp.audit import ToolAudit, audit_log_for
 from gateway.mcp.bearer import challenge, claim_at
 from gateway.mcp.governance import ANY_ID, Denial, ResponseEdit, Verdict, error_response, judge
@@ -41,7 +41,7 @@ class AiMcpProxy:
     name = "ai-mcp-proxy"
     priority = 820  # Kong's
 
-    def __init__(self, config: AiMcpProxyConfig, plugin_id: str, audit_log: str = "-") -> None:
+    def __init__(self, config: AiMcpProxyConfig, plugin_id: str, audit_log: str = "-", shared: object = None) -> None:
         default = next((Rule(d.allow, d.deny) for d in config.default_acl), None)
         self.acl = ToolAcl({t.name: Rule(t.acl.allow, t.acl.deny) for t in config.tools if t.acl is not None},
                            default)
@@ -56,6 +56,7 @@ class AiMcpProxy:
         self.background = [self.audit.log.run] if self.audit is not None else []  # the audit writer's task
         self.too_large = error_response(None, jsonrpc.INVALID_REQUEST,
                                         f"request body larger than max_request_body_size ({self.limit} bytes)")
+        self.shared = shared  # the worker's gateway.state.SharedState: whether a session's server is down
 
     def subjects(self, ex: Exchange) -> frozenset[str]:
         """Who the caller is, as the ACLs name it."""
@@ -122,7 +123,7 @@ class AiMcpProxy:
             if name == b"mcp-protocol-version" and (refused := jsonrpc.unsupported_version(value)) is not None:
                 await ex.respond(400, refused)
                 return
-        if not _session_known(ex):  # what the forwarder would answer: the client must not think the session alive
+        if not _session_known(ex, self.shared):  # the forwarder's answer: the client must not think the session alive
             await session_not_found(ex)
             return
         if not verdict.errors:
@@ -164,14 +165,17 @@ def _set_length(ex: Exchange, length: int) -> None:
             headers[i] = (name, b"%d" % length)
 
 
-def _session_known(ex: Exchange) -> bool:
+def _session_known(ex: Exchange, shared: object) -> bool:
     """False when the request names an MCP session the route's affinity cannot open (forged, another caller's, its
-    target gone): the forwarder answers those 404, and so must an answer made here (MCP 2025-11-25 transports,
-    Session Management: a request of a terminated session gets 404, so the client starts a new one)."""
-    affinity = getattr(ex.route, "affinity", None)
+    target gone) or whose server is circuit-open or unhealthy: the forwarder answers those 404, and so must an answer
+    made here (MCP 2025-11-25 transports, Session Management: a request of a terminated session gets 404, so the
+    client starts a new one)."""
+    route = ex.route
+    affinity = getattr(route, "affinity", None)
     if affinity is None:
         return True
     for name, value in ex.request.headers:
         if name == b"mcp-session-id":
-            return affinity.open(value, caller_identity(ex)) is not None
+            opened = affinity.open(value, caller_identity(ex))
+            return opened is not None and not target_down(route.service.group, opened[0], shared)  # type: ignore[union-attr]
     return True
