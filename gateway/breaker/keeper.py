@@ -96,15 +96,23 @@ class BreakerBoard:
         return all(breaker.state is State.CLOSED for breaker in self._breakers.values())
 
     def adopt(self, old: BreakerBoard) -> None:
-        """Keep the breakers (and so the states) of targets whose thresholds did not change: a reload. A new probe
-        lifetime alone (the services' timeouts changed) is taken on by the breaker kept."""
+        """A reload: the targets that stay keep their breakers' states. A breaker whose thresholds did not change is
+        kept whole (a new probe lifetime alone, the services' timeouts changed, is taken on by it); one whose
+        thresholds changed starts its counts afresh under them, but an open or forced open circuit stays so, from
+        when it opened (a half-open one comes back open with its timeout over, as after a keeper restart): a
+        reload neither closes a failing target's circuit nor undoes an operator's."""
         for target, breaker in old._breakers.items():
             mine = self._breakers.get(target)
-            if mine is not None and replace(mine.config, probe_ttl_s=breaker.config.probe_ttl_s) == breaker.config:
+            if mine is None:
+                continue
+            if replace(mine.config, probe_ttl_s=breaker.config.probe_ttl_s) == breaker.config:
                 breaker.config = mine.config
                 self._breakers[target] = breaker
                 if target in old._last:
                     self._last[target] = old._last[target]
+            elif breaker.state is not State.CLOSED:
+                self.restore(target, State.FORCED_OPEN if breaker.state is State.FORCED_OPEN else State.OPEN,
+                             breaker.opened_at)
 
     def reset(self, target: str) -> BreakerUpdate:
         """Operator: close `target`'s breaker."""
