@@ -86,14 +86,28 @@ def ref_records(report: Any, ex: Any, wall: float) -> list[SpanRecord]:
     return out
 
 
+def client_text(raw: bytes) -> str:
+    """A client's Host or target in a span: its UTF-8 text as Kong's spans carry the bytes; bytes that are no UTF-8
+    one character each."""
+    return raw.decode("utf-8") if _is_utf8(raw) else raw.decode("latin-1")
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def ref_request_span(ex: Any, trace: Any, start: int, end: int, status: int) -> SpanRecord:
     req = ex.request
     scheme = ex.conn.scheme.decode()
-    host = nginx_host(req.host).decode("latin-1") if req.host else "kong"
+    host = client_text(nginx_host(req.host)) if req.host else "kong"
     version = req.http_version.decode()
     attributes: list[tuple[str, Any]] = [
         ("http.method", ex.request_line_method().decode("latin-1")),
-        ("http.url", f"{scheme}://{host}{ex.request_uri().decode('latin-1')}"),
+        ("http.url", f"{scheme}://{host}{client_text(ex.request_uri())}"),
         ("http.host", host), ("http.scheme", scheme),
         ("http.flavor", version if "." in version else f"{version}.0"),
         ("http.client_ip", ex.client_ip), ("net.peer.ip", ex.peer_ip),
