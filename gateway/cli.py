@@ -115,8 +115,21 @@ def _locating(admin: bool, config_help: str = "its config file") -> argparse.Arg
 
 
 def _admin_args(words: list[str]) -> dict[str, str]:
-    """KEY=VALUE words as a dict; a bare word is the action (`breakers open target=K`), not silently dropped."""
-    return {key: value for key, _, value in (w.partition("=") if "=" in w else ("action", "", w) for w in words)}
+    """KEY=VALUE words as a dict; a bare word is the action (`breakers open target=K`). ValueError for a key given
+    twice (a second action among them) or none: one of the two would be dropped, and a command done on the other."""
+    args: dict[str, str] = {}
+    for word in words:
+        key, _, value = word.partition("=") if "=" in word else ("action", "", word)
+        if not key:
+            raise ValueError(f"admin: {word!r} has no KEY before its '='; write KEY=VALUE")
+        if key in args and key == "action":
+            raise ValueError(f"admin: two actions, {args[key]!r} and {value!r} (a bare word is the action): a command "
+                             "does one; send one command for each")
+        if key in args:
+            raise ValueError(f"admin: {key}= is given twice ({args[key]!r} and {value!r}): a command takes each "
+                             "argument once; send one command for each value")
+        args[key] = value
+    return args
 
 
 def _positive(text: str) -> int:
@@ -162,6 +175,11 @@ def _main(argv: list[str] | None) -> int:
         if (args.file is None) == (args.config_file is None):
             cli.error("check-config takes one config file: gateway check-config FILE (or --config FILE)")
         return check_config(args.file or args.config_file)
+    if args.command == "admin":
+        try:
+            args.words = _admin_args(args.args)
+        except ValueError as e:
+            cli.error(str(e))  # (exit 2, as argparse's own usage errors)
     if args.command == "run":
         return run(args.config)
     from gateway.config import ConfigError
@@ -185,8 +203,7 @@ def _main(argv: list[str] | None) -> int:
             return control.admin(args.config, "status", as_json=args.json, pid_file=args.pid_file,
                                  endpoint=args.admin)
         if args.command == "admin":
-            return control.admin(args.config, args.cmd, _admin_args(args.args), pid_file=args.pid_file,
-                                 endpoint=args.admin)
+            return control.admin(args.config, args.cmd, args.words, pid_file=args.pid_file, endpoint=args.admin)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)

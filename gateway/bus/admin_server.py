@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +27,20 @@ class AdminCommandError(Exception):
     """Raised by a handler for a request it understood but cannot carry out; the message is the reply's error."""
 
 
+def not_a_socket(path: str) -> str | None:
+    """Why an ipc endpoint must not be bound at `path`: it names something other than a socket (a file, a directory,
+    a symlink), which ZeroMQ's bind would unlink; None if nothing or a socket is there. As nginx, which never removes
+    what a listen path names at start (bind() fails: src/core/ngx_connection.c, ngx_open_listening_sockets)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None  # (nothing there; a path that cannot be reached fails the bind itself)
+    return None if stat.S_ISSOCK(mode) else f"{path} exists and is not a socket; choose another path"
+
+
 def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
-    """Bind the ROUTER socket; raises ValueError with a readable reason for an endpoint we refuse."""
+    """Bind the ROUTER socket; raises ValueError with a readable reason for an endpoint we refuse (one in use, or a
+    path naming what is not a socket)."""
     if endpoint.startswith("tcp://"):
         raise ValueError(f"gateway.admin: {endpoint} is a tcp endpoint, which needs CURVE keys; use an ipc:// path")
     if not endpoint.startswith("ipc://"):
@@ -39,6 +52,8 @@ def bind_admin(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
     sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
     old = os.umask(0o177)
     try:
+        if (problem := not_a_socket(path)) is not None:
+            raise ValueError(problem)
         if os.path.exists(path):
             holder = listener_pid(path)
             if holder is not None:  # (binding would take the endpoint from a running gateway)

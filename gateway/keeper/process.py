@@ -28,6 +28,7 @@ import trio
 import zmq
 
 from gateway.bus import protocol as p
+from gateway.bus.admin_server import not_a_socket
 from gateway.bus.zmq_trio import PumpedSocket
 from gateway.cli import SettingError
 from gateway.config import Config, load_config
@@ -73,8 +74,10 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 if endpoint.startswith("ipc://"):
                     path = endpoint[len("ipc://"):]
                     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                    if (problem := not_a_socket(path)) is not None:  # (never unlink an operator's file)
+                        raise OSError(errno.EEXIST, problem)
                     if os.path.exists(path):
-                        os.unlink(path)
+                        os.unlink(path)  # a stale socket: the root refused to start over a live one
                 sock.bind(endpoint)
             except (OSError, zmq.ZMQError) as e:
                 router.close()
@@ -175,6 +178,8 @@ def _bind_failure(bus: str, endpoint: str, e: OSError | zmq.ZMQError) -> str:
     """Why the keeper cannot serve gateway.bus on `endpoint` (the bus's own, or its PUB socket's beside it), and what
     to do, as the root says it of gateway.listen."""
     what = endpoint if endpoint == bus else f"{endpoint} (its PUB socket, beside {bus})"
+    if e.errno == errno.EEXIST:  # (not_a_socket's reason says what to do)
+        return f"gateway.bus: cannot bind {what}: {e.strerror}"
     if e.errno == errno.EADDRINUSE:
         return (f"gateway.bus: cannot bind {what}: address in use; stop what listens there (`ss -ltnp` names it), "
                 "or change gateway.bus")

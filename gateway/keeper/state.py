@@ -21,6 +21,7 @@ from gateway.breaker.keeper import BreakerBoard
 from gateway.breaker.messages import BreakerUpdate
 from gateway.breaker.state import State
 from gateway.bus import protocol as p
+from gateway.bus.admin_protocol import argument_problem
 from gateway.config import Config, ConfigError, kong_conf, parse_config
 from gateway.config.loader import read_config_text
 from gateway.discovery.dns import target_names
@@ -526,7 +527,10 @@ class Keeper:
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
         """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight|healthy|
-        unhealthy], proxy-cache [list|get|purge|flush] [key=] [plugin=]."""
+        unhealthy], proxy-cache [list|get|purge|flush] [key=] [plugin=]; an argument the action does not take is
+        refused, never ignored (`proxy-cache flush plugn=ID` would flush every plugin's dictionary)."""
+        if (problem := argument_problem(cmd, args)) is not None:
+            raise ValueError(problem)
         action = args.get("action", "list")
         if cmd == "breakers":
             if action == "list":

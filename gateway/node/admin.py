@@ -1,6 +1,7 @@
 """The root's admin endpoint server: each request is answered in its own task, so a slow one (a reload waiting for its
 new workers) does not hold up `status` or `workers`; requests that change state still run one after another, in the
-order they came, in one task of their own.
+order they came, in one task of their own. A change its client's timeout (the request's timeout_ms, counted from its
+arrival) ran out on while it waited for its turn is refused, not carried out: that client has reported it unanswered.
 
 The ROUTER socket is read by one task and written from any (gateway.bus.zmq_trio.PumpedSocket: sends never block, a
 ROUTER drops a reply to a peer that has gone). A request that does not decode is answered at once, without a task;
@@ -16,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 import trio
 import zmq
 
@@ -46,6 +48,23 @@ def changes_state(request: AdminRequest) -> bool:
     return actions is not None and request.args.get("action", "list") not in actions
 
 
+def late(request: AdminRequest) -> str:
+    """The refusal of a change dequeued past its client's timeout; logged, as that client is gone ("no answer")."""
+    log.warning("admin: %s %s not carried out: it waited behind earlier changes past its client's timeout (%d ms)",
+                request.cmd, request.args, request.timeout_ms)
+    return (f"not carried out: it waited behind earlier changes past the client's timeout ({request.timeout_ms} ms); "
+            "nothing was changed")
+
+
+def time_left(request: AdminRequest, deadline: float | None) -> AdminRequest:
+    """`request` with timeout_ms what is left of its client's timeout now, for the handler's own deadlines (the
+    keeper's: gateway.node.root); as it is without one."""
+    if deadline is None:
+        return request
+    left = max(int((deadline - trio.current_time()) * 1000), 1)
+    return msgspec.structs.replace(request, timeout_ms=left)
+
+
 async def answer(handler: AdminHandler, request: AdminRequest) -> AdminReply:
     """The handler's result as a reply; its refusal (AdminCommandError) or failure as an error reply."""
     try:
@@ -61,8 +80,10 @@ async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Answer requests until cancelled (the tasks answering are cancelled with it). REQ clients (empty delimiter
     frame) and DEALER clients both work; a DEALER that sends several requests may get the replies in another order."""
-    # Changes go through one queue and one task, in the order they arrived (tasks started together run in any order)
-    send_change, receive_change = trio.open_memory_channel[tuple[list[bytes], AdminRequest]](MAX_IN_FLIGHT)
+    # Changes go through one queue and one task, in the order they arrived (tasks started together run in any order),
+    # each with its client's deadline (None: an old client, which gives none)
+    send_change, receive_change = trio.open_memory_channel[tuple[list[bytes], AdminRequest, float | None]](
+        MAX_IN_FLIGHT)
     in_flight = 0
 
     def reply(envelope: list[bytes], answer: AdminReply) -> None:
@@ -77,8 +98,13 @@ async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
         reply(envelope, answered)
 
     async def run_changes() -> None:
-        async for envelope, request in receive_change:
-            await respond(envelope, request)
+        nonlocal in_flight
+        async for envelope, request, deadline in receive_change:
+            if deadline is not None and trio.current_time() >= deadline:
+                in_flight -= 1
+                reply(envelope, AdminReply(ok=False, error=late(request)))
+                continue
+            await respond(envelope, time_left(request, deadline))
 
     async with trio.open_nursery() as nursery:
 
@@ -100,7 +126,8 @@ async def serve_admin(sock: zmq.Socket, handler: AdminHandler,
                 return
             in_flight += 1
             if changes_state(request):
-                send_change.send_nowait((envelope, request))  # (never full: it holds at most MAX_IN_FLIGHT)
+                deadline = None if request.timeout_ms is None else trio.current_time() + request.timeout_ms / 1000
+                send_change.send_nowait((envelope, request, deadline))  # (never full: at most MAX_IN_FLIGHT)
             else:
                 nursery.start_soon(respond, envelope, request)
 

@@ -20,6 +20,7 @@ from typing import Any
 import zmq
 
 from gateway.bus.admin_client import AdminUnavailable, admin_call
+from gateway.bus.admin_server import not_a_socket
 from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, command_line
 from gateway.config import Config, ConfigError, kong_conf, parse_host_port
 from gateway.config.schema import GatewaySettings
@@ -144,9 +145,11 @@ def path_problems(config_path: str, gw: GatewaySettings) -> list[tuple[str, int]
     `nginx -t` opens the pid and log files and creates the temporary paths (src/core/ngx_cycle.c, ngx_init_cycle in
     test mode)."""
     problems = [(line, EXIT_CONFIG) for line in socket_path_problems(config_path, gw)]
+    refused = dict(_not_sockets(gw))  # (a directory there: said once, as not a socket)
+    problems += [(f"{config_path}: gateway.{key}: {problem}", EXIT_FAILURE) for key, problem in refused.items()]
     files = [("pid_file", gw.pid_file, False), ("log_file", gw.log_file, True),
              *((key, path[len("ipc://"):], False) for key in ("admin", "bus")
-               if (path := absolute_endpoint(getattr(gw, key))).startswith("ipc://"))]
+               if (path := absolute_endpoint(getattr(gw, key))).startswith("ipc://") and key not in refused)]
     for key, path, appended in files:
         problem = file_problem(path, appended)
         if problem is not None:
@@ -155,6 +158,22 @@ def path_problems(config_path: str, gw: GatewaySettings) -> list[tuple[str, int]
     if problem is not None:  # (every worker would fail to make it)
         problems.append((f"{config_path}: gateway.client_body_temp_path: {problem}", EXIT_FAILURE))
     return problems
+
+
+def _not_sockets(gw: GatewaySettings) -> list[tuple[str, str]]:
+    """(setting, why) for each ipc path of gateway.admin and gateway.bus (and the bus's PUB twin) that names something
+    other than a socket, which a start's bind would destroy."""
+    from gateway.bus.protocol import pub_endpoint
+
+    found = []
+    for key in ("admin", "bus"):
+        endpoint = absolute_endpoint(getattr(gw, key))
+        if endpoint.startswith("ipc://"):
+            for bound in [endpoint, pub_endpoint(endpoint)] if key == "bus" else [endpoint]:
+                problem = not_a_socket(bound[len("ipc://"):])
+                if problem is not None:
+                    found.append((key, problem))
+    return found
 
 
 def start_daemon(config_path: str, workers: int | None) -> int:
@@ -310,6 +329,10 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
     where = _located(config_path, pid_file, endpoint)
     if cmd == "reload" and args and isinstance(args.get("config"), str) and args["config"]:
         args = {**args, "config": os.path.abspath(args["config"])}  # where the command runs, as `reload --config`
+    problem = not_utf8(cmd, args or {})
+    if problem is not None:
+        print(f"gateway: {problem}", file=sys.stderr)
+        return EXIT_FAILURE
     pid = None
     if endpoint is None or pid_file is not None:
         try:
@@ -355,6 +378,27 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
     else:
         print(json.dumps(reply.result, indent=2))
     return EXIT_OK
+
+
+def not_utf8(cmd: str, args: dict[str, Any]) -> str | None:
+    """The command word or KEY=VALUE argument that is not UTF-8 text (a file name's bytes as a shell passed them,
+    held as surrogate escapes), which the admin channel's JSON cannot carry, and what to do; None if all are."""
+    words = [("command", cmd), *(("argument", f"{k}={v}" if isinstance(v, str) else k) for k, v in args.items())]
+    for what, word in words:
+        try:
+            word.encode()
+        except UnicodeEncodeError:
+            todo = "rename the file" if word.startswith("config=") else "give it as UTF-8 text"
+            return f"the {what} {_shown(word)} is not UTF-8 text; the admin channel's JSON cannot carry it: {todo}"
+    return None
+
+
+def _shown(text: str) -> str:
+    """`text` with the bytes that are not UTF-8 written \\xNN, as the shell was given them."""
+    try:
+        return text.encode(errors="surrogateescape").decode(errors="backslashreplace")
+    except UnicodeEncodeError:  # (a surrogate no byte stands for: not from argv or the environment)
+        return text.encode(errors="backslashreplace").decode()
 
 
 def _socket_problem(path: str) -> str | None:

@@ -41,7 +41,7 @@ import trio
 import zmq
 
 from gateway import __version__
-from gateway.bus.admin_protocol import AdminRequest
+from gateway.bus.admin_protocol import AdminRequest, argument_problem
 from gateway.bus.admin_server import AdminCommandError, bind_admin
 from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
@@ -96,6 +96,7 @@ from supervisor.refs import ChildRef
 log = logging.getLogger("gateway.node")
 
 KEEPER_COMMANDS = frozenset({"breakers", "limits", "targets", "proxy-cache"})  # answered by the state keeper
+KEEPER_ANSWER_S = 2.0  # an operator's keeper command waits this long for its answer (less, if its client waits less)
 # `status` and `workers` wait this long for a supervisor busy starting or stopping a child (the root, while a reload
 # starts the new generation or a worker's start takes seconds), then show the children it last listed
 SUPERVISOR_ANSWER_S = 0.5
@@ -674,12 +675,17 @@ class Node:
 
     async def handle_admin(self, request: AdminRequest) -> Any:
         cmd = request.cmd
+        if (problem := argument_problem(cmd, request.args)) is not None:
+            raise AdminCommandError(problem)
         if cmd == "status":
             return await self.status()
         if cmd == "reload":
             path = request.args.get("config")
             if path is not None and not isinstance(path, str):
                 raise AdminCommandError("reload: config=PATH must be a string")
+            if path == "":
+                raise AdminCommandError("reload: config= is empty; give the config file's path, or leave config= out "
+                                        "to re-read the file the gateway runs from")
             return await self.reload(path, _reload_variables(request.args))
         if cmd == "stop":
             self._stop.set()
@@ -690,7 +696,7 @@ class Node:
                 for ref in g.workers()]  # (a reload's old workers, a give-up's survivors: still draining)
         if cmd in KEEPER_COMMANDS:
             try:
-                reply = await self.keeper.call(cmd, request.args)
+                reply = await self.keeper.call(cmd, request.args, _keeper_timeout(request))
             except KeeperUnavailable as e:
                 raise AdminCommandError(str(e)) from None
             if not reply.ok:
@@ -779,9 +785,17 @@ def _child_json(info: ChildInfo[ChildRef]) -> dict[str, Any]:
             **({"started_by": ref.started_by} if isinstance(ref, ProcessRef) else {})}
 
 
+def _keeper_timeout(request: AdminRequest) -> float:
+    """How long a keeper command waits for the keeper: KEEPER_ANSWER_S, or what is left of its client's timeout if
+    less, so that the command's deadline at the keeper (gateway.bus.keeper_link) comes before the client gives up."""
+    if request.timeout_ms is None:
+        return KEEPER_ANSWER_S
+    return min(KEEPER_ANSWER_S, request.timeout_ms / 1000)
+
+
 def _reload_variables(args: Mapping[str, object]) -> dict[str, str]:
     """An admin `reload`'s KONG_<KEY> arguments (`gateway reload` sends its own environment's) that set kong.conf's
-    keys; the others are ignored, as Kong's conf loader ignores them."""
+    keys; other KONG_ names are ignored, as Kong's conf loader ignores them (handle_admin refuses any other name)."""
     given: dict[str, str] = {}
     for key, value in args.items():
         if key.startswith(kong_conf.ENVIRONMENT_PREFIX):

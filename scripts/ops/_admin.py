@@ -1,8 +1,11 @@
 """What scripts/ops/* share: one request to the gateway's admin channel (a ZeroMQ ROUTER speaking JSON) with plain
 pyzmq, and their common options (--admin, --timeout). Not a command: the scripts beside it import it.
 
-    {"v": 1, "cmd": "targets", "args": {"action": "list"}}  ->  {"v": 1, "ok": true, "result": ...}
-                                                            or  {"v": 1, "ok": false, "error": "..."}
+    {"v": 1, "cmd": "targets", "args": {"action": "list"}, "timeout_ms": 5000}
+        ->  {"v": 1, "ok": true, "result": ...}  or  {"v": 1, "ok": false, "error": "..."}
+
+timeout_ms is how long the script waits (--timeout): a change still waiting its turn in the gateway past it is never
+carried out, so "no answer" means nothing was changed.
 """
 
 from __future__ import annotations
@@ -46,16 +49,32 @@ def parser(doc: str) -> argparse.ArgumentParser:
     return p
 
 
+def utf8(text: str) -> bool:
+    """Whether `text` is UTF-8 text (an argument of bytes that are not is held as surrogate escapes)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def call(options: argparse.Namespace, cmd: str, **args: object) -> object:
     """The command's result from the gateway at options.admin; exits 1 with a message when it does not answer within
     options.timeout or refuses the command."""
     prog, admin, timeout = os.path.basename(sys.argv[0]), options.admin, options.timeout
+    for value in args.values():
+        if isinstance(value, str) and not utf8(value):
+            shown = value.encode(errors="surrogateescape").decode(errors="backslashreplace")
+            sys.exit(f"{prog}: {shown} is not UTF-8 text; the admin channel's JSON cannot carry it: give it as UTF-8")
     with zmq.Context.instance().socket(zmq.REQ) as sock:
         sock.linger, sock.rcvtimeo = 0, int(timeout * 1000)
         try:
             sock.connect(admin)
-            sock.send_json({"v": 1, "cmd": cmd, "args": args})
+            sock.send_json({"v": 1, "cmd": cmd, "args": args, "timeout_ms": max(int(timeout * 1000), 1)})
             reply = sock.recv_json()
+            if isinstance(reply, dict) and not reply.get("ok") and "timeout_ms" in str(reply.get("error")):
+                sock.send_json({"v": 1, "cmd": cmd, "args": args})  # a gateway from before timeout_ms: as it knows it
+                reply = sock.recv_json()
         except zmq.Again:
             sys.exit(f"{prog}: no answer from {admin} within {timeout:g}s (is the gateway running?)")
         except zmq.ZMQError as e:
