@@ -57,16 +57,19 @@ class TargetRuntime:
     (gateway.discovery.types.target_key), so two names at one address are two targets, as in Kong."""
 
     __slots__ = ("host", "port", "key", "name", "host_header", "host_header_tls", "weight", "server_name", "obs",
-                 "named", "target")
+                 "named", "target", "configured")
 
-    def __init__(self, host: str, port: int, weight: int, host_header: str | None = None, hostname: str = "") -> None:
-        """`hostname`: the name `host` is an address of (gateway.discovery.dns)."""
+    def __init__(self, host: str, port: int, weight: int, host_header: str | None = None, hostname: str = "",
+                 configured: str = "") -> None:
+        """`hostname`: the name `host` is an address of; `configured`: the upstream's target (`name:port`) DNS made
+        it of (gateway.discovery.dns)."""
         self.obs: Any = None  # its tries' outcomes and latencies for metrics (made by the log phase when first used)
         self.host = host
         self.port = port
         self.key = (host, port)
         self.named = not is_ip(host)  # a host name: looked up for every try, its addresses in turn (forward.py)
         self.target = hostname or host  # what the upstream's target names: the name for an address of a name
+        self.configured = configured
         self.weight = weight
         self.name = target_key(host, port, hostname)
         # Kong's set_host_header: the upstream's host_header, else the target's host (its name, or its address as
@@ -90,9 +93,10 @@ def _kong_host(host: str) -> str:
 
 
 def balancer_addresses(targets: list[TargetRuntime]) -> list[tuple[str, str, int]]:
-    """The targets as Kong's balancer knows them, (target name, address, port): consistent-hashing places them on
-    Kong's continuum by these, so a key goes where Kong sends it."""
-    return [(t.target, t.host, t.port) for t in targets]
+    """The targets as Kong's balancer knows them, (its target: `name:port` for an address DNS made, else the bare
+    name, address, port): consistent-hashing places them on Kong's continuum by these, an SRV name's records as
+    one target's addresses, so a key goes where Kong sends it."""
+    return [(t.configured or t.target, t.host, t.port) for t in targets]
 
 
 def _without_port(authority: str) -> str:

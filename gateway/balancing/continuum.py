@@ -4,10 +4,11 @@ Every address gets `floor(weight / total weight * targets * 160)` points (at lea
 continuum of `slots` points (1,000 when `slots` is below that, Kong's minimum), each at `xxhash32("<ip>::<port> <n>")
 mod slots` (the hash signed, as luaxxhash returns it); a point already taken moves the address on to its next name.
 Targets are placed sorted by name and port, their addresses by "ip:port", so the continuum depends on the targets and
-weights only, never on their order. A key goes to the owner of its own point `xxhash32(key) mod slots`, or of the
-first taken point below it (wrapping round); a skipped (unhealthy, drained, already tried) owner passes the key on
-further down, as Kong's getPeer walks past an unavailable address. Built this way, a key goes to the target Kong's
-balancer sends it to.
+weights only, never on their order; `targets` above is the number of configured targets (Kong's #balancer.targets),
+an SRV name's records being one target's addresses. A key goes to the owner of its own point `xxhash32(key) mod
+slots`, or of the first taken point below it (wrapping round); a skipped (unhealthy, drained, already tried) owner
+passes the key on further down, as Kong's getPeer walks past an unavailable address. Built this way, a key goes to
+the target Kong's balancer sends it to.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def continuum_index(value: bytes, points: int) -> int:
     return (h - 0x100000000 if h & 0x80000000 else h) % points
 
 
+def target_of(target: str, port: int) -> tuple[str, int]:
+    """The (name, port) of the upstream target an address belongs to: `target` is Kong's `name:port` (`[v6]:port`),
+    or a bare name or address, whose port is then the address's `port`."""
+    host, colon, digits = target.rpartition(":")
+    if colon and digits.isdigit() and (host.count(":") == 0 or (host.startswith("[") and host.endswith("]"))):
+        return host[1:-1] if host.startswith("[") else host, int(digits)
+    return target, port
+
+
 def kong_address(target: str, address: str) -> str:
     """An address as Kong's balancer writes it: a literal IPv6 target in Kong's normal form (bracketed and expanded,
     as its targets DAO stores it), a resolved IPv6 address bracketed (its DNS client's), anything else as it is."""
@@ -95,9 +105,9 @@ def kong_address(target: str, address: str) -> str:
 class KongConsistentHashing(IgnoresLoad):
     """Kong's continuum over targets given as (target name, address, port) per index (see the module's text).
 
-    `target name` is what the upstream's target says (a host name, or the address itself); the addresses of one name
-    share its (name, port) as Kong's target. Without a key, picks fall back to round-robin (Kong always has one:
-    "" when hash_on finds nothing).
+    `target name` is what the upstream's target says: `name:port`, or a host name or the address itself (its port
+    then the address's); the addresses of one target share its (name, port) as Kong's target. Without a key, picks
+    fall back to round-robin (Kong always has one: "" when hash_on finds nothing).
     """
 
     retry_skips_tried = False  # Kong's getPeer: a retry starts again from handle.hashValue, the key's own point
@@ -111,10 +121,12 @@ class KongConsistentHashing(IgnoresLoad):
             raise ValueError(f"{len(addresses)} addresses for {len(self._weights)} weights")
         self._points = max(slots, MIN_POINTS)
         # Kong's placing order: targets by name then port, the addresses of a target by "ip:port"
-        named = [(target, kong_address(target, address), port) for target, address, port in addresses]
+        owners = [target_of(target, port) for target, _, port in addresses]
+        named = [(name, kong_address(name, address), port)
+                 for (name, _), (_, address, port) in zip(owners, addresses, strict=True)]
         targets: dict[tuple[str, int], list[int]] = {}
-        for index, (target, _, port) in enumerate(named):
-            targets.setdefault((kong_address(target, target), port), []).append(index)
+        for index, (name, port) in enumerate(owners):
+            targets.setdefault((kong_address(name, name), port), []).append(index)
         self._order = [index for key in sorted(targets)
                        for index in sorted(targets[key], key=lambda i: f"{named[i][1]}:{named[i][2]}")]
         self._prefixes = {index: f"{named[index][1]}::{named[index][2]} " for index in self._order}

@@ -13,6 +13,9 @@ the targets Kong's balancer makes of them (kong/runloop/balancer/targets.lua, ba
 - An answer of TTL 0 (the first one, or the second in a row: Kong's guard against a cache counting a TTL down):
   ONE target `name:port` of the name's weight, looked up for every try, asked again after TTL0_RETRY_S (Kong's
   ttl0Interval), as Kong's virtual SRV record (targets.lua update_dns_result).
+- Every address keeps the configured target it was made of (TargetInfo.target, `name:port`) and its record type
+  (TargetInfo.dns): Kong's balancer keeps a name as ONE entry of balancer.targets whose addresses are its records, and
+  consistent hashing (its points per address), the status API and the target health metric know it by that.
 - A name without records is a target by its name (with itself as hostname) and weight 0, as Kong's balancer has
   it (queryDns: a failed query is an empty record, so the target has no address and no weight): it takes no
   request, the upstream's other targets take them all, its health is Kong's dns_error, and an upstream none of
@@ -35,7 +38,7 @@ import trio
 
 from gateway.discovery.types import OnChange, TargetInfo, normalise, valid_host
 from gateway.dns import process as dns
-from gateway.dns.client import TYPE_LAST, TYPE_SRV, DnsError, Record, Resolver
+from gateway.dns.client import TYPE_A, TYPE_AAAA, TYPE_LAST, TYPE_SRV, DnsError, Record, Resolver
 from gateway.http.net import is_ip
 
 log = logging.getLogger("gateway.discovery")
@@ -45,6 +48,8 @@ RENEW_AFTER_S = 0.5  # Kong's renewal: this long after a name's records expire
 MIN_RENEW_S = 1.0  # Kong's renewal timer runs once a second
 SRV_0_WEIGHT = 1  # an SRV record of weight 0 takes as few requests as can be, not none (Kong's)
 TTL0_RETRY_S = 60.0  # Kong's ttl0Interval (balancers.lua TTL_0_RETRY): a TTL-0 name is asked again after this
+DNS_SOURCES = {TYPE_A: "A", TYPE_AAAA: "AAAA", TYPE_SRV: "SRV"}  # Kong's get_dns_name_from_record_type
+TTL0_SOURCE = "ttl=0, virtual SRV"  # Kong's get_dns_source for a name answered with TTL 0
 
 
 def has_names(targets: list[TargetInfo]) -> bool:
@@ -54,12 +59,12 @@ def has_names(targets: list[TargetInfo]) -> bool:
 
 def unresolved(info: TargetInfo) -> bool:
     """Is this the stand-in for a name that did not resolve (resolve_targets: by its name, weight 0)?"""
-    return info.weight == 0 and info.hostname == info.host
+    return info.weight == 0 and info.hostname == info.host and not info.dns
 
 
 def target_names(discovered: dict[str, list[TargetInfo]]) -> tuple[dict[str, str], set[str]]:
-    """Over the sources' target lists: ("<upstream>|<target key>" -> the `name:port` it is an address of, the keys
-    of names that did not resolve)."""
+    """Over the sources' target lists: ("<upstream>|<target key>" -> the configured `name:port` it is an address of,
+    the keys of names that did not resolve)."""
     named: dict[str, str] = {}
     missing: set[str] = set()
     for upstream, infos in discovered.items():
@@ -67,8 +72,13 @@ def target_names(discovered: dict[str, list[TargetInfo]]) -> tuple[dict[str, str
             if unresolved(info):
                 missing.add(f"{upstream}|{info.name}")
             elif info.hostname:
-                named[f"{upstream}|{info.name}"] = f"{info.hostname}:{info.port}"
+                named[f"{upstream}|{info.name}"] = info.target or f"{info.hostname}:{info.port}"
     return named, missing
+
+
+def made_by_dns(discovered: dict[str, list[TargetInfo]]) -> dict[str, TargetInfo]:
+    """"<upstream>|<target key>" -> the address DNS made of a configured target (its record type and weight)."""
+    return {f"{upstream}|{info.name}": info for upstream, infos in discovered.items() for info in infos if info.dns}
 
 
 async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False,
@@ -99,7 +109,8 @@ async def _look_up(target: TargetInfo, use_srv_name: bool, found: dict[str, tupl
     try:
         found[target.host] = await _targets_of(target, use_srv_name, ttl0)
     except DnsError as e:
-        log.debug("querying dns for %s failed: %s", target.host, e.message)
+        # Kong's queryDns words, at its level (WARN), at each requery: the target takes no traffic meanwhile
+        log.warning("querying dns for %s failed: %s", target.host, e.message)
 
 
 def lookup_bound_s(resolver: Resolver) -> float:
@@ -125,20 +136,24 @@ async def _resolve(name: str) -> tuple[list[Record], float]:
 
 
 async def _targets_of(target: TargetInfo, use_srv_name: bool, ttl0: dict[str, bool]) -> tuple[list[TargetInfo], float]:
+    """The targets a configured name's records make (each knowing the configured `name:port`), and when to ask
+    again."""
     name = target.host
     records, renew = await _resolve(name)
+    configured = f"{name}:{target.port}"
     zero = records[0].ttl == 0
     # Kong's update_dns_result: TTL 0 on the first answer, or on two in a row, is one virtual SRV entry of the
     # target's own weight (an SRV answer's weights too are set aside), its name resolved at each request
     if zero and ttl0.get(name, True):
         ttl0[name] = True
-        return [TargetInfo(name, target.port, target.weight, name)], TTL0_RETRY_S
+        return [TargetInfo(name, target.port, target.weight, name, configured, TTL0_SOURCE)], TTL0_RETRY_S
     ttl0[name] = zero
+    source = DNS_SOURCES.get(records[0].type, "unknown")
     if records[0].type != TYPE_SRV:
-        return [TargetInfo(r.address, target.port, target.weight, name) for r in records], renew
+        return [TargetInfo(r.address, target.port, target.weight, name, configured, source) for r in records], renew
     top = min(r.priority for r in records)
     made = [TargetInfo(r.target, r.port or target.port, r.weight or SRV_0_WEIGHT,
-                       r.target if use_srv_name and not is_ip(r.target) else name)
+                       r.target if use_srv_name and not is_ip(r.target) else name, configured, source)
             for r in records if r.priority == top and valid_host(r.target)]  # (a target no socket can reach: none)
     return made, renew if made else REQUERY_S
 

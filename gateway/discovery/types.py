@@ -39,12 +39,17 @@ def key_address(key: str) -> str:
 class TargetInfo(msgspec.Struct, frozen=True, order=True):
     """One target of an upstream: where it is and its balancing weight (0 = no traffic, as in Kong); `hostname`: the
     name it is an address of (gateway.discovery.dns), its Host and TLS name. `host` may itself be a name (an SRV
-    record's target, a name answered with TTL 0): it is then resolved at each connection, as Kong's toip."""
+    record's target, a name answered with TTL 0): it is then resolved at each connection, as Kong's toip.
+    For an address DNS made of a configured target: `target`, that target as Kong's balancer keeps it (`name:port`,
+    one entry of balancer.targets however many records it has), and `dns`, where the address came from (Kong's
+    get_dns_source: "A", "AAAA", "SRV", "ttl=0, virtual SRV"); both "" otherwise."""
 
     host: str
     port: int
     weight: int = 100
     hostname: str = ""
+    target: str = ""
+    dns: str = ""
 
     @property
     def name(self) -> str:

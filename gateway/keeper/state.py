@@ -24,7 +24,7 @@ from gateway.bus import protocol as p
 from gateway.bus.admin_protocol import argument_problem
 from gateway.config import Config, ConfigError, kong_conf, parse_config
 from gateway.config.loader import read_config_text
-from gateway.discovery.dns import target_names
+from gateway.discovery.dns import made_by_dns, target_names
 from gateway.discovery.http import excerpt
 from gateway.discovery.service import discovered_upstreams
 from gateway.health.board import HealthBoard
@@ -557,8 +557,11 @@ class Keeper:
         if cmd == "targets":
             if action == "list":
                 names = target_names(self.discovered)[0]
+                made = made_by_dns(self.discovered)  # (its record type and the weight DNS gave it: the status API's)
                 return [{"key": t.key, "drained": t.drained, "weight": t.weight, "healthy": t.healthy,
-                         **({"name": names[t.key]} if t.key in names else {})} for t in self.targets.values()], []
+                         **({"name": names[t.key]} if t.key in names else {}),
+                         **({"dns": made[t.key].dns, "dns_weight": made[t.key].weight} if t.key in made else {})}
+                        for t in self.targets.values()], []
             key = _target(args)
             if key not in self.targets:
                 raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")

@@ -306,7 +306,7 @@ class SharedState:
         prefix = upstream + "|"
         overrides = self._weights
         for group in groups:
-            targets = [TargetRuntime(t.host, t.port, t.weight, group.host_header, t.hostname) for t in infos]
+            targets = [TargetRuntime(t.host, t.port, t.weight, group.host_header, t.hostname, t.target) for t in infos]
             group.replace_targets(targets, [overrides.get(prefix + t.name, t.weight) for t in targets])
             for index, key in enumerate(group.keys):
                 self._groups.setdefault(key, []).append((group, index))

@@ -403,7 +403,8 @@ class KongUpstreamRoutes:
         """balancers.lua getTargetStatus with healthcheckers.lua's address health: the target's addresses are the
         keeper's states named after it (a name's resolved addresses), or the target itself when it is an IP. A name
         with none did not resolve (Kong: DNS_ERROR, no addresses). Its host is Kong's target.name (an IPv6 address
-        bracketed and expanded, as the targets DAO formats it), its addresses' ip Kong's address.ip."""
+        bracketed and expanded, as the targets DAO formats it), its addresses' ip Kong's address.ip, their weight
+        the one DNS gave them (addAddress: an SRV record's own) and `dns` their record type (get_dns_source)."""
         own_key = f"{upstream}|{target.key}"
         mine = [s for s in states if s.get("name") == target.key and s["key"].startswith(upstream + "|")]
         if not mine and _is_ip(target.host):
@@ -414,14 +415,17 @@ class KongUpstreamRoutes:
             ip, port = _split_address(key_address(state["key"].partition("|")[2]))
             if ":" in ip:  # Kong's address.ip: a literal target's DAO form, a name's AAAA answer bracketed
                 ip = kong_address(target.host, ip)
-            override = state.get("weight")  # the keeper's weight, None: the configured one
-            address_weight = weight if override is None else int(override)
+            override = state.get("weight")  # the keeper's weight, None: DNS's (an SRV record's), else the configured
+            address_weight = int(state.get("dns_weight", weight) if override is None else override)
             health = target_health(checked, weight, state.get("healthy", True)).upper()
             addresses.append({"ip": ip, "port": port, "weight": address_weight, "health": health})
         total = sum(a["weight"] for a in addresses)
         unavailable = sum(a["weight"] for a in addresses if a["health"] == "UNHEALTHY")
+        source = next((s["dns"] for s in mine if "dns" in s), None)  # (one query made them all)
         if not addresses:
             dns = "unknown"
+        elif source is not None:
+            dns = source
         elif _is_ip(target.host):
             dns = "AAAA" if ":" in target.host else "A"
         else:

@@ -64,7 +64,9 @@ class TargetHealthMetrics:
         seen = set()
         if self.enabled:
             named, unresolved = target_names(discovered or {})
-            weights = self.weights | {f"{upstream}|{info.name}": info.weight
+            # an address DNS made has its configured target's weight (Kong: `target.weight > 0`), not a record's
+            weights = self.weights | {f"{upstream}|{info.name}": self.weights.get(f"{upstream}|{info.target}",
+                                                                                   info.weight)
                                       for upstream, infos in (discovered or {}).items() for info in infos}
             for key, state in targets.items():
                 upstream, _, target = key.partition("|")

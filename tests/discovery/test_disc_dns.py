@@ -52,18 +52,33 @@ async def resolved(targets: list[TargetInfo], use_srv_name: bool = False) -> lis
     return (await resolve_targets(targets, use_srv_name))[0]
 
 
+def addr(ip: str, port: int, weight: int, name: str) -> TargetInfo:
+    """An address of the configured target `name:port`, from its A records."""
+    return TargetInfo(ip, port, weight, name, f"{name}:{port}", "A")
+
+
+def srv(host: str, port: int, weight: int, hostname: str) -> TargetInfo:
+    """An SRV record of the configured target svc.test:80."""
+    return TargetInfo(host, port, weight, hostname, "svc.test:80", "SRV")
+
+
+def virtual_srv(name: str, port: int, weight: int) -> TargetInfo:
+    """A name answered with TTL 0: Kong's virtual SRV entry of the configured target `name:port`."""
+    return TargetInfo(name, port, weight, name, f"{name}:{port}", dns.TTL0_SOURCE)
+
+
 async def test_a_name_becomes_one_target_per_address_with_its_weight_and_its_name_as_hostname(nursery):
     names = await serve_names(nursery, {"mcp.test": ["127.0.0.2", "127.0.0.3"]})
     async with resolving(names):
         got = await resolved([TargetInfo("mcp.test", 9000, 7), TargetInfo("127.0.0.9", 9000)])
-    assert got == [TargetInfo("127.0.0.2", 9000, 7, "mcp.test"), TargetInfo("127.0.0.3", 9000, 7, "mcp.test"),
+    assert got == [addr("127.0.0.2", 9000, 7, "mcp.test"), addr("127.0.0.3", 9000, 7, "mcp.test"),
                    TargetInfo("127.0.0.9", 9000)]
 
 
 async def test_ipv4_addresses_are_the_targets_when_a_name_has_both(nursery):
     names = await serve_names(nursery, {"mcp.test": ["::1", "127.0.0.2"]})
     async with resolving(names):
-        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [addr("127.0.0.2", 80, 100, "mcp.test")]
 
 
 async def test_srv_records_of_the_lowest_priority_are_targets_with_their_own_port_and_weight(nursery):
@@ -74,7 +89,7 @@ async def test_srv_records_of_the_lowest_priority_are_targets_with_their_own_por
     names.srv["svc.test"] = [(10, 30, 9001, "a.node"), (10, 0, 0, "b.node"), (20, 50, 9003, "c.node")]
     async with resolving(names):
         got = await resolved([TargetInfo("svc.test", 80, 100)])
-    assert got == [TargetInfo("a.node", 9001, 30, "svc.test"), TargetInfo("b.node", 80, 1, "svc.test")]
+    assert got == [srv("a.node", 9001, 30, "svc.test"), srv("b.node", 80, 1, "svc.test")]
 
 
 async def test_srv_record_whose_target_has_several_addresses_keeps_its_own_weight_share(nursery):
@@ -86,7 +101,7 @@ async def test_srv_record_whose_target_has_several_addresses_keeps_its_own_weigh
     names.srv["svc.test"] = [(10, 10, 9001, "a.node"), (10, 10, 9002, "b.node")]
     async with resolving(names):
         got = await resolved([TargetInfo("svc.test", 80, 100)])
-    assert got == [TargetInfo("a.node", 9001, 10, "svc.test"), TargetInfo("b.node", 9002, 10, "svc.test")]
+    assert got == [srv("a.node", 9001, 10, "svc.test"), srv("b.node", 9002, 10, "svc.test")]
 
 
 async def test_an_srv_record_whose_target_is_an_address_is_that_address(nursery):
@@ -96,7 +111,7 @@ async def test_an_srv_record_whose_target_is_an_address_is_that_address(nursery)
     names.srv["svc.test"] = [(10, 10, 9001, "127.0.0.2")]
     async with resolving(names):
         assert await resolved([TargetInfo("svc.test", 80)], use_srv_name=True) == [
-            TargetInfo("127.0.0.2", 9001, 10, "svc.test")]
+            srv("127.0.0.2", 9001, 10, "svc.test")]
 
 
 async def test_use_srv_name_makes_each_records_target_its_host_header(nursery):
@@ -104,7 +119,7 @@ async def test_use_srv_name_makes_each_records_target_its_host_header(nursery):
     names.srv["svc.test"] = [(10, 30, 9001, "a.node")]
     async with resolving(names):
         assert await resolved([TargetInfo("svc.test", 80)], use_srv_name=True) == [
-            TargetInfo("a.node", 9001, 30, "a.node")]
+            srv("a.node", 9001, 30, "a.node")]
 
 
 async def test_a_ttl_0_name_is_one_target_of_its_weight_resolved_at_each_connection(nursery):
@@ -115,7 +130,7 @@ async def test_a_ttl_0_name_is_one_target_of_its_weight_resolved_at_each_connect
     names = await serve_names(nursery, {"zero.test": ["127.0.0.2", "127.0.0.3"]}, ttl=0)
     async with resolving(names):
         got = await resolved([TargetInfo("zero.test", 80, 100), TargetInfo("127.0.0.9", 80, 100)])
-    assert got == [TargetInfo("127.0.0.9", 80, 100), TargetInfo("zero.test", 80, 100, "zero.test")]
+    assert got == [TargetInfo("127.0.0.9", 80, 100), virtual_srv("zero.test", 80, 100)]
 
 
 async def test_a_ttl_0_name_is_asked_again_after_kongs_ttl0_interval(nursery, autojump_clock):
@@ -136,8 +151,8 @@ async def test_a_first_ttl_0_after_a_ttl_is_taken_as_records_and_the_second_as_t
         first, _ = await resolve_targets([TargetInfo("zero.test", 80)], ttl0=ttl0)
         await trio.sleep(1)
         second, _ = await resolve_targets([TargetInfo("zero.test", 80)], ttl0=ttl0)
-    assert first == [TargetInfo("127.0.0.2", 80, 100, "zero.test")]
-    assert second == [TargetInfo("zero.test", 80, 100, "zero.test")]
+    assert first == [addr("127.0.0.2", 80, 100, "zero.test")]
+    assert second == [virtual_srv("zero.test", 80, 100)]
 
 
 async def test_two_target_names_resolving_to_one_address_are_two_targets(nursery):
@@ -171,7 +186,7 @@ async def test_a_name_that_no_longer_exists_loses_its_addresses_once_asked_again
     addresses."""
     names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]}, ttl=10)
     async with resolving(names):
-        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [addr("127.0.0.2", 80, 100, "mcp.test")]
         del names.names["mcp.test"]
         await trio.sleep(11)
         await resolved([TargetInfo("mcp.test", 80)])  # the stale answer, while the name is asked again
@@ -181,7 +196,7 @@ async def test_a_name_that_no_longer_exists_loses_its_addresses_once_asked_again
         await trio.sleep(31)  # Kong's dns_not_found_ttl
         await resolved([TargetInfo("mcp.test", 80)])  # the name error, stale, while the name is asked again
         await trio.sleep(1)
-        assert await resolved([TargetInfo("mcp.test", 80)]) == [TargetInfo("127.0.0.3", 80, 100, "mcp.test")]
+        assert await resolved([TargetInfo("mcp.test", 80)]) == [addr("127.0.0.3", 80, 100, "mcp.test")]
 
 
 async def test_a_name_that_never_resolved_stays_a_target_by_its_name_without_weight(nursery):
@@ -226,7 +241,7 @@ async def test_a_changed_address_is_applied_two_seconds_after_the_old_records_ex
         await trio.sleep(64)
         inner.cancel_scope.cancel()
     assert [(at - started, targets) for at, targets in reports] == [
-        (0, [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]), (61.5, [TargetInfo("127.0.0.3", 80, 100, "mcp.test")])]
+        (0, [addr("127.0.0.2", 80, 100, "mcp.test")]), (61.5, [addr("127.0.0.3", 80, 100, "mcp.test")])]
 
 
 async def test_run_dns_reports_the_first_list_and_then_only_changes(nursery, autojump_clock):
@@ -238,8 +253,8 @@ async def test_run_dns_reports_the_first_list_and_then_only_changes(nursery, aut
         names.names["mcp.test"] = ["127.0.0.2", "127.0.0.3"]
         await trio.sleep(12)  # the stale answer, then the new one
         inner.cancel_scope.cancel()
-    assert reports == [[TargetInfo("127.0.0.2", 80, 100, "mcp.test")],
-                       [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("127.0.0.3", 80, 100, "mcp.test")]]
+    assert reports == [[addr("127.0.0.2", 80, 100, "mcp.test")],
+                       [addr("127.0.0.2", 80, 100, "mcp.test"), addr("127.0.0.3", 80, 100, "mcp.test")]]
 
 
 def test_an_upstream_with_target_names_is_discovered_and_one_of_addresses_is_not():
@@ -377,7 +392,7 @@ async def test_a_nameserver_that_does_not_answer_holds_up_no_report_past_the_cli
         started = trio.current_time()
         got = await resolved([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)])
         assert trio.current_time() - started == client.timeout * client.attempts
-    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]
+    assert got == [addr("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]
 
 
 async def test_a_target_name_resolves_through_the_second_nameserver_when_the_first_is_down(nursery, autojump_clock):
@@ -392,7 +407,7 @@ async def test_a_target_name_resolves_through_the_second_nameserver_when_the_fir
         started = trio.current_time()
         got = await resolved([TargetInfo("mcp.test", 80, 100)])
         assert trio.current_time() - started == 2 * client.timeout
-    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test")]
+    assert got == [addr("127.0.0.2", 80, 100, "mcp.test")]
 
 
 async def test_a_look_up_the_client_does_not_end_is_cut_off_at_the_clients_own_bound(nursery, autojump_clock,
@@ -412,4 +427,4 @@ async def test_a_look_up_the_client_does_not_end_is_cut_off_at_the_clients_own_b
         started = trio.current_time()
         got = await resolved([TargetInfo("slow.test", 80), TargetInfo("mcp.test", 80)])
         assert trio.current_time() - started == dns.lookup_bound_s(client) == (2 * 5 + 1) * 3
-    assert got == [TargetInfo("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]
+    assert got == [addr("127.0.0.2", 80, 100, "mcp.test"), TargetInfo("slow.test", 80, 0, "slow.test")]
