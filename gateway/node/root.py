@@ -487,9 +487,9 @@ class Node:
 
     def _current_text(self) -> str | None:
         """The text of the config the root serves, as its copy in the run directory holds it (the status server's
-        config hash)."""
+        config hash: its line ends untranslated, so the hash is of the file's bytes, as Kong's)."""
         try:
-            with open(self._current, encoding="utf-8") as f:
+            with open(self._current, encoding="utf-8", newline="") as f:
                 return f.read()
         except OSError:
             return None

@@ -12,8 +12,13 @@
                                (gateway.status.page), when the app has one, to a request whose Accept prefers
                                text/html (a browser); /status.json the page's data
     GET /status/ready          Kong's readiness; POST /status/ready status=draining: 503 "draining" until a reload
+    GET /status/dns  -> 501    Kong's answer with its legacy DNS client (new_dns_client off, the only one here)
     GET /upstreams/{u}/targets[/all|/{t}], /upstreams/{u}/health: Kong's read-only upstream routes (gateway.status.kong)
     /robots.txt* -> 200        Kong's `User-agent: *` / `Disallow: /` (its status server's prefix location)
+
+Any other path is Kong's Status API's: 404 {"message": "Not found"}; a POST, PUT or PATCH whose body is not JSON, a
+form or multipart is 415 there before any route answers (Kong's before_filter). Kong's JSON answers carry
+`application/json; charset=utf-8`, as kong.response.exit writes them.
 
 Every 200 passes nginx's conditional checks (`not_modified`), as on Kong's status server, an nginx server block.
 
@@ -44,6 +49,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from gateway.http.conditional import NOT_MODIFIED_DROPS, precondition
 from gateway.http.kong_headers import ADMIN_LATENCY, SERVER_TOKEN, enabled
 from gateway.status import kong
+from gateway.status.collect import ConnectionCounts
 
 log = logging.getLogger("gateway.status")
 
@@ -177,13 +183,18 @@ class StatusApp:
         self.check_timeout = check_timeout
         self.routes: dict[str, Callable[[dict[str, Any]], Awaitable[tuple[int, list[tuple[bytes, bytes]], bytes]]]] = {
             "/health": self.health, "/ready": self.ready, "/live": self.live, "/metrics": self.metrics,
-            "/status/ready": self.kong_ready, "/status": self.kong_status}
+            "/status/ready": self.kong_ready, "/status": self.kong_status, "/status/dns": self.kong_dns}
         self.page = page  # gateway.status.page.StatusPage: /status (HTML, for browsers) and /status.json
         if page is not None:
             self.routes["/status.json"] = self.status_data
         # Kong's Status API reads: every process's metric families (the page's, else the registry's), the loaded
         # config and its text (none given: no config), the node id (of the config, unless given).
         self.families = families or getattr(page, "families", None) or (lambda: list(self.registry.collect()))
+        # the status server's own connections and requests (gateway.status.server counts them), which nginx counts
+        # with the others: in /status "server" and the registry's kong_nginx_* counters
+        self.counts = ConnectionCounts()
+        if (include := getattr(self.registry, "include", None)) is not None:
+            include(self.counts)
         # /status "server" (a thread): the registry's own reader of the few families it needs when it has one
         # (gateway.status.collect.GatewayRegistry), else derived from every family
         self.statistics = statistics or getattr(self.registry, "server_statistics", None) or self._statistics
@@ -223,16 +234,18 @@ class StatusApp:
         upstream_route = kong.KongUpstreamRoutes.match(path) if handler is None else None
         if robots:
             status, headers, body = _robots(path)
+        elif method in NEEDS_BODY and path not in GATEWAY_PATHS and _unsupported_body(scope):
+            status, headers, body = 415, [(b"content-type", b"application/json")], b""  # (the default_type)
         elif upstream_route is not None or path.startswith("/upstreams/") or path == "/upstreams":
             status, headers, body = await self.kong_upstream(scope, upstream_route)
         elif path == "/status/ready" and method == "POST":
             status, headers, body = await self.kong_drain(scope, receive)
         elif path == "/status/ready" and method not in ("GET", "HEAD"):
             status, headers, body = _kong_method(method, b"GET, HEAD, OPTIONS, POST")
-        elif path in ("/status", "/metrics") and method not in ("GET", "HEAD"):
+        elif path in KONG_GET_PATHS and method not in ("GET", "HEAD"):
             status, headers, body = _kong_method(method)
         elif handler is None:
-            status, headers, body = _json(404, {"error": "not found", "paths": sorted(self.routes) + KONG_PATHS})
+            status, headers, body = _json(404, kong.NOT_FOUND)
         elif method not in ("GET", "HEAD"):
             status, headers, body = _json(405, {"error": f"method {method} not allowed"})
             headers.append((b"allow", b"GET, HEAD"))
@@ -347,6 +360,11 @@ class StatusApp:
         self.draining = True
         return 204, [], b""
 
+    async def kong_dns(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Kong's GET /status/dns (kong/api/routes/dns.lua) with new_dns_client off, the only DNS client the
+        gateway has: 501."""
+        return _json(501, {"message": "not implemented with the legacy DNS client"})
+
     async def live(self, scope: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         return _json(200, {"alive": True, "node": self.node, "uptime": self.uptime, "timestamp": _timestamp()})
 
@@ -386,10 +404,11 @@ class StatusApp:
         return _vary(_json(200, {"memory": memory, "server": server, "configuration_hash": config_hash}))
 
     def _statistics(self) -> dict[str, int]:
-        """/status "server" from every family (a registry without a reader of its own)."""
+        """/status "server" from every family and the status server's own counts (a registry without a reader of
+        its own)."""
         from gateway.status.collect import server_statistics
 
-        return server_statistics(self.families())
+        return server_statistics(self.families(), self.counts)
 
     async def worker_pids(self) -> list[int]:
         """The pids of the workers serving, as the workers check reports them (none when it cannot)."""
@@ -426,12 +445,18 @@ class StatusApp:
         return _json(200, await self.page.data())
 
 
+JSON_TYPE = b"application/json; charset=utf-8"  # kong.response.exit's for a table body (kong/pdk/response.lua:81)
 METRICS_CONTENT_TYPE = b"text/plain; charset=UTF-8"  # Kong's exporter.lua collect(), whatever the Accept
 # Kong's default_route drops the slash
-KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready", "/metrics/": "/metrics"}
+KONG_SLASHED = {"/status/": "/status", "/status/ready/": "/status/ready", "/metrics/": "/metrics",
+                "/status/dns/": "/status/dns"}
+KONG_GET_PATHS = frozenset(("/status", "/metrics", "/status/dns"))  # Kong's routes with GET (and HEAD) alone
+GATEWAY_PATHS = frozenset(("/health", "/ready", "/live", "/status.json"))  # the gateway's own, not Kong's Lapis app's
 MAX_POST_BYTES = 64 * 1024  # a POST /status/ready body (status=draining) is a few bytes
-KONG_PATHS = ["/upstreams/{upstream}/health", "/upstreams/{upstream}/targets", "/upstreams/{upstream}/targets/all",
-              "/upstreams/{upstream}/targets/{target}"]
+# Kong's before_filter (kong/api/api_helpers.lua:241-270): the methods whose body it checks, the types it takes (its
+# case-sensitive prefixes)
+NEEDS_BODY = frozenset(("POST", "PUT", "PATCH"))
+BODY_TYPES = ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
 
 
 # The status server's `charset UTF-8` on nginx's own text/html and text/plain answers (kong/templates/nginx_kong.lua)
@@ -494,6 +519,21 @@ async def _read_body(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
+def _unsupported_body(scope: dict[str, Any]) -> bool:
+    """Whether Kong's before_filter refuses the request's body (415): a Content-Type none of BODY_TYPES begins, or
+    none with a body said to come (a Content-Length but "0"; chunked is none to lua-nginx-module's ngx.req.socket)."""
+    content_type = content_length = None
+    for name, value in scope.get("headers", []):
+        name = name.lower()
+        if name == b"content-type" and content_type is None:
+            content_type = value.decode("latin-1")
+        elif name == b"content-length" and content_length is None:
+            content_length = value
+    if content_type is None:
+        return content_length is not None and content_length != b"0"
+    return not content_type.startswith(BODY_TYPES)
+
+
 def _kong_method(method: str, allow: bytes = b"GET, HEAD, OPTIONS") -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     """Kong's answer to a method a Status API route does not have (OPTIONS lists those it has)."""
     if method == "OPTIONS":
@@ -510,4 +550,4 @@ def _node_id(config: Any) -> str:
 
 def _json(status: int, doc: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     body = json.dumps(doc, separators=(",", ":"), default=str).encode()
-    return status, [(b"content-type", b"application/json"), (b"cache-control", b"no-store")], body
+    return status, [(b"content-type", JSON_TYPE), (b"cache-control", b"no-store")], body

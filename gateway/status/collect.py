@@ -52,8 +52,30 @@ _OPENMETRICS_ONLY = ("_created", "_gsum", "_gcount")  # written as gauges of the
 # prometheus_client's text encoder does
 
 
+class ConnectionCounts:
+    """The status server's own connections and requests, as nginx's stub_status counts every server block's (its
+    status server's too): accepted and requests only grow; active, reading and writing are those now open (each
+    connection in one of reading, writing or neither: waiting). Changed in the Trio thread, read from any."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.requests = 0
+        self.active = 0
+        self.reading = 0
+        self.writing = 0
+
+    def values(self) -> dict[tuple[str, str], float]:
+        """The counts keyed as `_sums` keys the metric files' families, to add to theirs."""
+        return {("gateway_connections_accepted", "total"): self.accepted,
+                ("gateway_requests_started", "total"): self.requests,
+                ("gateway_connections", "active"): self.active, ("gateway_connections", "reading"): self.reading,
+                ("gateway_connections", "writing"): self.writing,
+                ("gateway_connections", "waiting"): max(0, self.active - self.reading - self.writing)}
+
+
 class GatewayCollector:
-    """A prometheus_client collector over a multiprocess directory."""
+    """A prometheus_client collector over a multiprocess directory; with `own` (the status server's ConnectionCounts),
+    Kong's node counters count the status server's connections and requests too, as nginx's do."""
 
     def __init__(self, path: str, node: str = "", version: str = "",
                  kong_enabled: Callable[[], bool] = lambda: False) -> None:
@@ -62,6 +84,7 @@ class GatewayCollector:
         self.version = version
         self.kong_enabled = kong_enabled
         self.worker_pids: list[int] = []  # the workers serving, as the last prepare was told
+        self.own: ConnectionCounts | None = None  # the status server's (GatewayRegistry.include)
         self._files = FilesCollector(None, path)
 
     def prepare(self, worker_pids: Sequence[int] | None = None) -> None:
@@ -83,7 +106,7 @@ class GatewayCollector:
         """Kong's /status "server" from SERVER_FAMILIES' files alone (a thread): its cost does not grow with the
         per-route histograms, as Kong's nginx counters cost the same whatever the number of routes. Exited processes'
         files are read as they are (the next scrape folds them)."""
-        return server_statistics(read_families(self.path, SERVER_FAMILIES))
+        return server_statistics(read_families(self.path, SERVER_FAMILIES), self.own)
 
     def collect(self) -> Iterator[Metric]:
         families = self.families()
@@ -92,7 +115,7 @@ class GatewayCollector:
         yield from self._kong_node(families)
 
     def _kong_node(self, families: list[Metric]) -> Iterator[Metric]:
-        values = _sums(families)
+        values = _sums(families, self.own)
         node = self.node_id
         connections = GaugeMetricFamily("kong_nginx_connections_total", "Number of connections by subsystem",
                                         labels=["node_id", "subsystem", "state"])
@@ -127,13 +150,14 @@ class GatewayCollector:
         yield GaugeMetricFamily("kong_datastore_reachable", "Datastore reachable from Kong, 0 is unreachable", 1)
 
 
-def _sums(families: list[Metric]) -> dict[tuple[str, str], float]:
-    """The totals the node families need: requests begun and accepted connections, connections by state."""
-    out: dict[tuple[str, str], float] = {}
+def _sums(families: list[Metric], own: ConnectionCounts | None = None) -> dict[tuple[str, str], float]:
+    """The totals the node families need: requests begun and accepted connections, connections by state (the status
+    server's `own` added)."""
+    out: dict[tuple[str, str], float] = {} if own is None else own.values()
     for family in families:
         if family.name in ("gateway_requests_started", "gateway_connections_accepted"):
             total = sum(s.value for s in family.samples if s.name.endswith("_total"))
-            out[(family.name, "total")] = total
+            out[(family.name, "total")] = out.get((family.name, "total"), 0.0) + total
         elif family.name in ("gateway_connections", "kong_nginx_timers"):
             for sample in family.samples:
                 key = (family.name, sample.labels.get("state", ""))
@@ -141,10 +165,11 @@ def _sums(families: list[Metric]) -> dict[tuple[str, str], float]:
     return out
 
 
-def server_statistics(families: list[Metric]) -> dict[str, int]:
-    """Kong's kong.nginx.get_statistics() summed over the processes' metric files (Kong's /status "server"): the
-    connections by state, accepted (= handled: the gateway drops none it accepted), and the requests begun."""
-    values = _sums(families)
+def server_statistics(families: list[Metric], own: ConnectionCounts | None = None) -> dict[str, int]:
+    """Kong's kong.nginx.get_statistics() summed over the processes' metric files and the status server's `own`
+    counts (Kong's /status "server"): the connections by state, accepted (= handled: the gateway drops none it
+    accepted), and the requests begun."""
+    values = _sums(families, own)
     accepted = int(values.get(("gateway_connections_accepted", "total"), 0.0))
     stats = {f"connections_{state}": int(values.get(("gateway_connections", state), 0.0))
              for state in CONNECTION_STATES}
@@ -241,6 +266,10 @@ class GatewayRegistry(CollectorRegistry):
     def server_statistics(self) -> dict[str, int]:
         """Kong's /status "server" numbers (GatewayCollector.server_statistics; a thread: it reads files)."""
         return self.collector.server_statistics()
+
+    def include(self, own: ConnectionCounts) -> None:
+        """Count the status server's connections and requests (`own`) in Kong's node counters, as nginx does."""
+        self.collector.own = own
 
 
 def gateway_registry(path: str, **kwargs: Any) -> tuple[GatewayRegistry, GatewayCollector]:

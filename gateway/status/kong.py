@@ -22,6 +22,8 @@ for a top-level one).
 
 from __future__ import annotations
 
+import email
+import email.policy
 import hashlib
 import ipaddress
 import json
@@ -55,8 +57,9 @@ def kong_id(entity: str, key: str) -> str:
 
 def ready_post(content_type: str, body: bytes, query: dict[str, str]) -> tuple[int, Any]:
     """Kong's POST /status/ready (kong/status/ready.lua) on its `self.params` (api_helpers.parse_params: the query's
-    arguments, a form body's over them, a JSON object body's over those): (204, None) for status=draining, which
-    the caller applies; a JSON body that does not parse is 400 "Cannot parse JSON body"; anything else 400."""
+    arguments, a form or multipart body's over them (lapis params_post), a JSON object body's over those): (204,
+    None) for status=draining, which the caller applies; a JSON body that does not parse is 400 "Cannot parse JSON
+    body"; anything else 400."""
     params: dict[str, Any] = dict(query)
     ctype = content_type.lower()
     if "application/json" in ctype:
@@ -69,9 +72,27 @@ def ready_post(content_type: str, body: bytes, query: dict[str, str]) -> tuple[i
     elif "application/x-www-form-urlencode" in ctype:  # (Kong's test, spelled so)
         form = parse_qs(body.decode("latin-1"), keep_blank_values=True)
         params.update({k: v[0] for k, v in form.items()})
+    elif "multipart/form-data" in ctype:
+        params.update(multipart_fields(content_type, body))
     if params.get("status") == "draining":
         return 204, None
     return 400, BAD_REQUEST
+
+
+def multipart_fields(content_type: str, body: bytes) -> dict[str, str]:
+    """A multipart/form-data body's named parts, each part's content as text (a file part's too: Kong's
+    normalize_nested_params takes its content); none when it does not parse (lapis: no params)."""
+    head = b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n"
+    message = email.message_from_bytes(head + body, policy=email.policy.HTTP)
+    if not message.is_multipart():
+        return {}
+    fields = {}
+    for part in message.iter_parts():  # type: ignore[attr-defined]  # (an EmailMessage under the HTTP policy)
+        name = part.get_param("name", header="content-disposition")
+        if isinstance(name, str):
+            content = part.get_payload(decode=True)
+            fields[name] = content.decode("utf-8", "replace") if isinstance(content, bytes) else ""
+    return fields
 
 
 def query_args(scope: dict[str, Any]) -> dict[str, str]:
@@ -186,8 +207,9 @@ _ENTITY_LISTS = ("services", "routes", "upstreams", "targets", "plugins", "consu
 
 
 def config_hash(text: str | None, config: Any) -> str:
-    """Kong's declarative hash of a config file: md5 of its text (declarative/init.lua parse_string), all zeros when
-    nothing is loaded or the config has no entities (import.lua load_into_cache)."""
+    """Kong's declarative hash of a config file: md5 of its contents (declarative/init.lua:97,149), `text` being the
+    file's UTF-8 as read (its line ends untranslated); all zeros when nothing is loaded or the config has no entities
+    (import.lua load_into_cache)."""
     if text is None or config is None or not has_entities(config):
         return EMPTY_CONFIG_HASH
     return hashlib.md5(text.encode(), usedforsecurity=False).hexdigest()

@@ -26,6 +26,7 @@ from gateway.config.tls import NGX_LISTEN_BACKLOG
 from gateway.http.codec import HeadBuffers, ProtocolError
 from gateway.http.net import Conn, unbound_listener
 from gateway.http.proxy_protocol import header_or_none
+from gateway.status.collect import ConnectionCounts
 
 log = logging.getLogger("gateway.status")
 
@@ -37,6 +38,8 @@ _CLIENT_GONE = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM))  # acc
 _DEFAULTS = GatewaySettings()  # nginx's (and Kong's) client settings, for a status server started without any
 # nginx's answer to a request line longer than a large header buffer (src/http/ngx_http_request.c:1228-1235)
 _URI_TOO_LONG = b"HTTP/1.1 414 Request-URI Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+# a status connection's state as ConnectionCounts counts it: its attribute, "" for waiting (counted as the rest)
+_WAITING, _READING, _WRITING = "", "reading", "writing"
 
 
 def hypercorn_config(backlog: int = NGX_LISTEN_BACKLOG, settings: GatewaySettings = _DEFAULTS) -> HypercornConfig:
@@ -89,8 +92,10 @@ async def serve_status(app: Any, host: str, port: int, *, backlog: int = NGX_LIS
     `settings`: the current `gateway:` settings (read at each accept, so a reload applies to new connections), whose
     client timeouts and limits a connection gets. Cancelled, it closes every connection at once: a send hypercorn
     shields from the cancel ends too. The app's lifespan is not run: StatusApp has nothing to start or stop.
+    Connections and requests are counted in the app's `counts` (StatusApp's), as nginx's stub_status counts them.
     """
     listener = _listen_socket(host, port, reuseport, backlog)
+    counts = getattr(app, "counts", None) or ConnectionCounts()
     wrapped = wrap_app(app, HypercornConfig.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     open_streams: set[_ClientStream] = set()
@@ -99,7 +104,8 @@ async def serve_status(app: Any, host: str, port: int, *, backlog: int = NGX_LIS
             bound = listener.getsockname()
             task_status.started((bound[0], bound[1]))
             try:
-                await _accept(listener, settings, backlog, proxy_protocol, wrapped, context, connections, open_streams)
+                await _accept(listener, settings, backlog, proxy_protocol, wrapped, context, connections,
+                              open_streams, counts)
             finally:  # cancelled (or failed): every connection ends now, its shielded sends too
                 for stream in list(open_streams):
                     stream.abort()
@@ -109,7 +115,7 @@ async def serve_status(app: Any, host: str, port: int, *, backlog: int = NGX_LIS
 
 async def _accept(listener: socket.socket, settings: Callable[[], GatewaySettings], backlog: int, proxy_protocol: bool,
                   app: AppWrapper, context: WorkerContext, connections: trio.Nursery,
-                  open_streams: set[_ClientStream]) -> None:
+                  open_streams: set[_ClientStream], counts: ConnectionCounts) -> None:
     """Accept status connections for ever, each served in `connections` with the settings current at its accept."""
     made: tuple[GatewaySettings, HypercornConfig] | None = None  # hypercorn's Config for the settings: one a reload
     while True:
@@ -129,13 +135,25 @@ async def _accept(listener: socket.socket, settings: Callable[[], GatewaySetting
         current = settings()
         if made is None or made[0] is not current:
             made = (current, hypercorn_config(backlog, current))
+        counts.accepted += 1  # (nginx's accepted and active, from the accept: ngx_event_accept.c)
+        counts.active += 1
         connections.start_soon(_serve_connection, sock, peer, app, made[1], context, current,
-                               proxy_protocol, open_streams)
+                               proxy_protocol, open_streams, counts)
 
 
 async def _serve_connection(sock: socket.socket, peer: Any, app: AppWrapper, cfg: HypercornConfig,
                             context: WorkerContext, settings: GatewaySettings, proxy_protocol: bool,
-                            open_streams: set[_ClientStream]) -> None:
+                            open_streams: set[_ClientStream], counts: ConnectionCounts) -> None:
+    """One status connection, counted active in `counts` until it ends."""
+    try:
+        await _speak(sock, peer, app, cfg, context, settings, proxy_protocol, open_streams, counts)
+    finally:
+        counts.active -= 1
+
+
+async def _speak(sock: socket.socket, peer: Any, app: AppWrapper, cfg: HypercornConfig, context: WorkerContext,
+                 settings: GatewaySettings, proxy_protocol: bool, open_streams: set[_ClientStream],
+                 counts: ConnectionCounts) -> None:
     """One status connection: its PROXY protocol header first with `proxy_protocol`, then HTTP."""
     if proxy_protocol:
         conn, whole = Conn(sock, peer), False
@@ -146,7 +164,7 @@ async def _serve_connection(sock: socket.socket, peer: Any, app: AppWrapper, cfg
                 conn.close()
         if not whole:
             return
-    stream = _ClientStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), settings, peer)
+    stream = _ClientStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)), settings, peer, counts)
     open_streams.add(stream)
     try:
         server = _StatusTCPServer(app, cfg, context, {}, stream)  # type: ignore[arg-type]  # a plain stream too
@@ -155,6 +173,7 @@ async def _serve_connection(sock: socket.socket, peer: Any, app: AppWrapper, cfg
     finally:
         open_streams.discard(stream)
         stream.abort()
+        stream.enter(_WAITING)
 
 
 class _StatusTCPServer(TCPServer):
@@ -170,6 +189,8 @@ class _StatusTCPServer(TCPServer):
             await self.idle_task.stop()
 
     async def protocol_send(self, event: Event) -> None:
+        if isinstance(event, Updated):  # (before any await: the next request may be parsed meanwhile)
+            self.stream.counted(busy=not event.idle)
         await super().protocol_send(event)
         if isinstance(event, Updated):
             self.stream.rearm()
@@ -180,10 +201,15 @@ class _ClientStream(trio.abc.HalfCloseableStream):
     sends nothing for send_timeout_s aborts the connection (src/http/ngx_http_request.c:2846, 2874-2879 at
     release-1.27.1), as a read does that waits past header_timeout_s for a head (whole within it from the accept
     or, kept alive, from its first byte), keepalive_timeout_s for a next request, or client_body_timeout_s for the
-    next bytes of a body. A request line longer than max_header_line_bytes is answered 414 and closed."""
+    next bytes of a body. A request line longer than max_header_line_bytes is answered 414 and closed. Its request
+    is counted in `counts` as nginx counts one: begun and reading from its first bytes, writing once its head is
+    whole (hypercorn has parsed it) until its answer is sent."""
 
-    def __init__(self, inner: trio.SocketStream, settings: GatewaySettings, peer: Any) -> None:
+    def __init__(self, inner: trio.SocketStream, settings: GatewaySettings, peer: Any,
+                 counts: ConnectionCounts | None = None) -> None:
         self.inner = inner
+        self.counts = counts or ConnectionCounts()
+        self._phase = _WAITING  # the connection's state in `counts`
         self.socket = inner.socket  # (TCPServer reads the addresses off it)
         self.settings = settings
         self.peer = peer
@@ -213,8 +239,10 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         with trio.CancelScope() as self._reading:
             self.rearm()
             data = await self.inner.receive_some(max_bytes)
-            if self._their_state() is h11.IDLE and data and not self._head_arriving(data):
-                await self._refuse_line()
+            if self._their_state() is h11.IDLE and data:
+                self._begin(_READING)
+                if not self._head_arriving(data):
+                    await self._refuse_line()
             return data
         log.info("gateway.status_listen: client %s sent nothing in time (%s): connection closed", self.peer,
                  "keepalive_timeout_s" if self._awaiting_byte else
@@ -226,6 +254,30 @@ class _ClientStream(trio.abc.HalfCloseableStream):
         the connection is idle, kept alive, once the answer is sent)."""
         if self._reading is not None:
             self._reading.deadline = trio.current_time() + self._wait(self._their_state())
+
+    def counted(self, busy: bool) -> None:
+        """hypercorn has a request's whole head (`busy`: writing until it is answered; begun now if no bytes of it
+        were read since the last, as a pipelined one's), or has answered it (waiting)."""
+        if busy:
+            self._begin(_WRITING)
+        else:
+            self.enter(_WAITING)
+
+    def _begin(self, phase: str) -> None:
+        """A request is under way, in `phase`: counted as begun when it was not yet (as nginx's, at its first bytes)."""
+        if self._phase == _WAITING:
+            self.counts.requests += 1
+        if self._phase != phase and self._phase != _WRITING:
+            self.enter(phase)
+
+    def enter(self, phase: str) -> None:
+        """Count the connection in `phase` (reading, writing, or waiting: neither) rather than the one it was in."""
+        counts = self.counts
+        if self._phase:
+            setattr(counts, self._phase, getattr(counts, self._phase) - 1)
+        if phase:
+            setattr(counts, phase, getattr(counts, phase) + 1)
+        self._phase = phase
 
     def _their_state(self) -> object:
         """The client's h11 state on this connection (None once it speaks HTTP/2, after an h2c upgrade)."""

@@ -171,7 +171,7 @@ async def test_metrics_answers_methods_and_a_trailing_slash_as_kongs_status_rout
     options = await request(port, "OPTIONS", "/metrics")
     assert options.status == 204 and options.header("allow") == "GET, HEAD, OPTIONS"
     for method in ("POST", "DELETE"):
-        reply = await request(port, method, "/metrics", body=b"x")
+        reply = await request(port, method, "/metrics", headers=[("Content-Type", "application/json")], body=b"{}")
         assert (reply.status, reply.json()) == (405, {"message": "Method not allowed"}), method
     slashed = await request(port, "GET", "/metrics/")
     assert slashed.status == 200 and slashed.header("content-type").startswith("text/plain")
