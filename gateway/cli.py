@@ -1,4 +1,5 @@
-"""The `gateway` command: start, stop, reload, status, admin, check-config, run (one worker, no supervisor)."""
+"""The `gateway` command: start, stop, reload, status, admin, check-config, run (one worker, no supervisor),
+curve-keys (key files for a tcp admin endpoint)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,10 @@ def parser() -> argparse.ArgumentParser:
                    help="KEY=VALUE arguments; a bare word is the action (breakers open target=K)")
     r = sub.add_parser("run", help="run one worker process in the foreground (no supervisor)")
     r.add_argument("--config", "-c", required=True)
+    ck = sub.add_parser("curve-keys", help="write a CURVE key pair, DIR/NAME.key and DIR/NAME.key_secret (0600), for "
+                                           "a tcp admin endpoint (gateway.admin_curve) or one of its clients")
+    ck.add_argument("dir", metavar="DIR")
+    ck.add_argument("name", metavar="NAME")
     # The supervisor's own children: added without help=, which is what lists a command in --help
     k = sub.add_parser("keeper")  # started by the supervisor
     k.add_argument("--config", required=True)
@@ -110,7 +115,16 @@ def _locating(admin: bool, config_help: str = "its config file") -> argparse.Arg
                        + (" and gateway.admin" if admin else "") + ", even if it is invalid elsewhere)")
     group.add_argument("--pid-file", help="its pid file (overrides the config's)")
     if admin:
-        group.add_argument("--admin", help="its admin endpoint, ipc://PATH (overrides the config's)")
+        group.add_argument("--admin", help="its admin endpoint, ipc://PATH or tcp://HOST:PORT (overrides the "
+                                           "config's)")
+        keys = parent.add_argument_group("a tcp admin endpoint's CURVE keys (gateway.admin_curve; `gateway "
+                                         "curve-keys` writes them)")
+        keys.add_argument("--curve-server-key", metavar="FILE", default=os.environ.get("GATEWAY_ADMIN_SERVER_KEY"),
+                          help="the gateway's public NAME.key (or its NAME.key_secret) (default: "
+                               "$GATEWAY_ADMIN_SERVER_KEY, else --config's admin_curve.secret_key_file if readable)")
+        keys.add_argument("--curve-client-key", metavar="FILE", default=os.environ.get("GATEWAY_ADMIN_CLIENT_KEY"),
+                          help="this client's NAME.key_secret, whose NAME.key is in the gateway's "
+                               "admin_curve.authorized_keys (default: $GATEWAY_ADMIN_CLIENT_KEY)")
     return parent
 
 
@@ -182,6 +196,8 @@ def _main(argv: list[str] | None) -> int:
             cli.error(str(e))  # (exit 2, as argparse's own usage errors)
     if args.command == "run":
         return run(args.config)
+    if args.command == "curve-keys":
+        return curve_keys(args.dir, args.name)
     from gateway.config import ConfigError
 
     try:
@@ -197,13 +213,15 @@ def _main(argv: list[str] | None) -> int:
             return control.stop(args.config, args.timeout, args.pid_file)
         if args.command in ("reload", "status", "admin") and (refused := _without_admin(args)) is not None:
             return refused
+        curve = control.CurveFiles(args.curve_server_key, args.curve_client_key) if "admin" in args else None
         if args.command == "reload":
-            return control.reload(args.config, args.pid_file, args.admin)
+            return control.reload(args.config, args.pid_file, args.admin, curve)
         if args.command == "status":
             return control.admin(args.config, "status", as_json=args.json, pid_file=args.pid_file,
-                                 endpoint=args.admin)
+                                 endpoint=args.admin, curve=curve)
         if args.command == "admin":
-            return control.admin(args.config, args.cmd, args.words, pid_file=args.pid_file, endpoint=args.admin)
+            return control.admin(args.config, args.cmd, args.words, pid_file=args.pid_file, endpoint=args.admin,
+                                 curve=curve)
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)
@@ -310,6 +328,26 @@ def check_config(path: str) -> int:
         return EXIT_CONFIG
     print(f"{path}: OK: {len(config.services)} services, {len(config.routes)} routes, "
           f"{len(config.upstreams)} upstreams, {len(config.targets)} targets, {len(config.plugins)} plugins")
+    return EXIT_OK
+
+
+def curve_keys(directory: str, name: str) -> int:
+    """Write DIR/NAME.key and DIR/NAME.key_secret (gateway.bus.curve.write_certificates); say where each goes."""
+    from gateway.bus.curve import write_certificates
+
+    try:
+        public_file, secret_file, public = write_certificates(directory, name)
+    except (OSError, ValueError) as e:
+        why = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename and e.strerror else e
+        print(f"gateway: curve-keys: {why}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"public key {public.decode()}\n"
+          f"wrote {public_file} (public: give it to the other side) and {secret_file} (secret, mode 0600: keep it "
+          "here)\n"
+          f"for the gateway: set gateway.admin_curve.secret_key_file to {secret_file}, and give clients {public_file} "
+          "as --curve-server-key\n"
+          f"for a client: copy {public_file} into the gateway's admin_curve.authorized_keys directory, and pass "
+          f"--curve-client-key {secret_file}")
     return EXIT_OK
 
 

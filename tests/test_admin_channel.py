@@ -4,7 +4,7 @@ Every request that arrives as a well-formed ZeroMQ message, whatever its content
 JSON of the wrong shape, unknown commands and actions, arguments of the wrong type, oversized), gets an error reply
 (ok false, with a message); nothing crashes: afterwards `gateway status` answers, requests are proxied, and no
 process of the tree was replaced. A message over the socket's 1 MiB cap is dropped by ZeroMQ (the peer is
-disconnected) without harm. A tcp:// admin endpoint is refused at start.
+disconnected) without harm. A tcp:// admin endpoint without CURVE keys (gateway.admin_curve) is refused at start.
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ async def test_a_change_is_handed_what_is_left_of_its_clients_timeout(server):
     await trio.sleep(0.3)
     release.set()
     assert [(await reply(sock))["result"] for _ in range(2)] == [1, 2]
-    assert 600 <= seen[1][2] <= 700, seen
+    assert 500 <= seen[1][2] <= 800, seen  # (1000 less the 300 ms it waited; the rest: scheduling on a busy host)
 
 
 async def test_a_keeper_command_waits_for_the_keeper_no_longer_than_its_client(node):

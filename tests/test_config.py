@@ -488,11 +488,12 @@ services:
 
 def test_a_tcp_admin_endpoint_is_refused_by_the_config_check():
     """kong/cmd/check.lua:6 runs conf_loader, the validation kong/cmd/start.lua:50 runs: what start refuses of a
-    setting, check refuses. A tcp:// admin endpoint would need CURVE keys, which cannot be configured (README, CLI);
-    `gateway start` refused it at bind time while check-config said OK."""
+    setting, check refuses. A tcp:// admin endpoint needs CURVE keys, gateway.admin_curve (README, CLI; the key files
+    themselves: tests/test_admin_curve.py); `gateway start` refused it at bind time while check-config said OK."""
     assert errors("gateway: {admin: 'tcp://127.0.0.1:1'}\n" + SERVICE) == [
-        'gateway.admin: "tcp://127.0.0.1:1" is a tcp endpoint, which needs CURVE keys (not configurable yet) to keep '
-        "other users off the admin channel; use an ipc:// path (e.g. ipc://run/admin.sock)"]
+        'gateway.admin: "tcp://127.0.0.1:1" is a tcp endpoint, which needs CURVE keys to keep others off the admin '
+        "channel: set gateway.admin_curve (secret_key_file, authorized_keys; `gateway curve-keys DIR NAME` writes key "
+        "files), or use an ipc:// path (e.g. ipc://run/admin.sock)"]
 
 
 @pytest.mark.parametrize(("key", "value", "example"), [("pid_file", "", "run/gateway.pid"),

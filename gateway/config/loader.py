@@ -423,7 +423,7 @@ def _check(config: Config, errors: list[str], failed: set[tuple[str, str]]) -> N
     _references) are resolved to the entity's name or label (or, for an unnamed route, to the route itself)."""
     _check_listen(config.gateway, errors)
     _check_bus(config.gateway.bus, errors)
-    _check_admin(config.gateway.admin, errors)
+    _check_admin(config.gateway, errors)
     _check_run_files(config.gateway, errors)
     _check_client_address(config.gateway, errors)
     _check_access_log(config.gateway.access_log, errors)
@@ -703,16 +703,38 @@ def _check_bus(bus: str, errors: list[str]) -> None:
     errors.append(f"gateway.bus: expected ipc://PATH or tcp://HOST:PORT (e.g. ipc://run/bus.sock), got {show(bus)}")
 
 
-def _check_admin(admin: str, errors: list[str]) -> None:
-    """gateway.admin as the root binds it, so that check-config refuses what start would: an ipc:// path only (a tcp
-    endpoint would need CURVE keys, which cannot be configured yet, to keep others off the admin channel)."""
+def _check_admin(gw: GatewaySettings, errors: list[str]) -> None:
+    """gateway.admin and admin_curve as the root binds them, so that check-config refuses what start would: an ipc://
+    path (a socket only the gateway's user may use), or tcp://HOST:PORT with admin_curve's CURVE keys (their files
+    are checked with the other files a start uses: gateway.node.control.path_problems)."""
+    admin, curve = gw.admin, gw.admin_curve
     if admin.startswith("ipc://") and len(admin) > len("ipc://"):
+        if curve is not None:
+            errors.append(f"gateway.admin_curve: CURVE keys are for a tcp:// admin endpoint, and gateway.admin is "
+                          f"{show(admin)} (a socket only the gateway's user may use): remove admin_curve, or make "
+                          "gateway.admin tcp://HOST:PORT")
         return
-    if admin.startswith("tcp://"):
-        errors.append(f"gateway.admin: {show(admin)} is a tcp endpoint, which needs CURVE keys (not configurable yet) "
-                      "to keep other users off the admin channel; use an ipc:// path (e.g. ipc://run/admin.sock)")
+    if not admin.startswith("tcp://"):
+        errors.append(f"gateway.admin: expected ipc://PATH (e.g. ipc://run/admin.sock), or tcp://HOST:PORT with "
+                      f"gateway.admin_curve, got {show(admin)}")
         return
-    errors.append(f"gateway.admin: expected ipc://PATH (e.g. ipc://run/admin.sock), got {show(admin)}")
+    host, colon, port = admin[len("tcp://"):].rpartition(":")
+    if not colon or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        errors.append(f"gateway.admin: expected tcp://HOST:PORT with a port from 1 to 65535, got {show(admin)}")
+    elif host == "*":
+        errors.append(f"gateway.admin: {show(admin)} can be bound but not connected to (the CLI's --config connects "
+                      f"to it): name an address (tcp://0.0.0.0:{port} for every IPv4 one)")
+    if curve is None:
+        errors.append(f"gateway.admin: {show(admin)} is a tcp endpoint, which needs CURVE keys to keep others off the "
+                      "admin channel: set gateway.admin_curve (secret_key_file, authorized_keys; `gateway curve-keys "
+                      "DIR NAME` writes key files), or use an ipc:// path (e.g. ipc://run/admin.sock)")
+        return
+    import zmq  # (only a config with CURVE keys asks)
+
+    if not zmq.has("curve"):
+        errors.append(f"gateway.admin_curve: this pyzmq's libzmq {zmq.zmq_version()} is built without CURVE "
+                      "(zmq.has('curve') is false): install pyzmq's wheel, whose libzmq has it, or use an ipc:// "
+                      "admin endpoint")
 
 
 def _check_run_files(gw: GatewaySettings, errors: list[str]) -> None:

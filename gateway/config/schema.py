@@ -52,11 +52,20 @@ _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: a char
 # --- gateway: block (what Kong keeps in kong.conf) ---------------------------------------------------------------
 
 
+class AdminCurve(Base):
+    """gateway.admin_curve: the CURVE keys of a tcp:// admin endpoint, in zmq.auth's certificate files
+    (gateway.bus.curve): the server's NAME.key_secret, and a directory of the clients' public NAME.key it lets in."""
+
+    secret_key_file: str
+    authorized_keys: str
+
+
 class GatewaySettings(Base):
     listen: str | list[str] = "127.0.0.1:8000"
     status_listen: str | None = "127.0.0.1:8100"
     workers: PosInt | None = None  # None: one per CPU
     admin: str = "ipc://run/admin.sock"
+    admin_curve: AdminCurve | None = None  # required by a tcp:// admin, refused beside an ipc:// one
     bus: str = "ipc://run/bus.sock"
     pid_file: str = "run/gateway.pid"
     http_codec: Literal["auto", "h11", "llhttp"] = "auto"

@@ -9,6 +9,9 @@ at most MAX_IN_FLIGHT requests are answered at a time, and one past that is refu
 without bound. The size cap (MAX_REQUEST_BYTES, and ZeroMQ's MAXMSGSIZE set by bind_admin) is unchanged; as
 MAXMSGSIZE bounds each frame, not a message, one whose envelope is longer than a ROUTER's (an identity, a REQ's
 empty delimiter) gets no answer at all, as ZeroMQ gives none to a frame over MAXMSGSIZE.
+
+A tcp endpoint is a CURVE server whose clients the root's ZAP handler lets in (open_admin; gateway.bus.curve): its
+key files (gateway.admin_curve) are start settings, as the endpoint is.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import trio
 import zmq
 
 from gateway.bus.admin_protocol import AdminProtocolError, AdminReply, AdminRequest, decode_request, encode_reply
-from gateway.bus.admin_server import AdminCommandError
+from gateway.bus.admin_server import AdminCommandError, bind_admin
+from gateway.bus.curve import KeyFileError, ZapHandler, read_key_pair
 from gateway.bus.zmq_trio import PumpedSocket
+from gateway.config.schema import AdminCurve, GatewaySettings
 
 log = logging.getLogger("gateway.admin")
 
@@ -37,6 +42,33 @@ READ_ONLY = {"status": None, "workers": None,  # (None: any action)
              "proxy-cache": frozenset({"list", "get"})}
 
 AdminHandler = Callable[[AdminRequest], Awaitable[Any]]
+
+
+def open_admin(ctx: zmq.Context, endpoint: str, curve: AdminCurve | None) -> tuple[zmq.Socket, ZapHandler | None]:
+    """The root's admin socket, bound (bind_admin); a tcp endpoint's with its ZAP handler, bound before it so that no
+    handshake goes unchecked. ValueError, naming the setting, for what cannot be bound."""
+    if curve is None or not endpoint.startswith("tcp://"):
+        return bind_admin(ctx, endpoint), None
+    try:
+        keys = read_key_pair(curve.secret_key_file)
+    except KeyFileError as e:
+        raise ValueError(f"gateway.admin_curve.secret_key_file: {e}") from None
+    zap = ZapHandler(ctx, curve.authorized_keys)
+    try:
+        return bind_admin(ctx, endpoint, keys), zap
+    except BaseException:
+        zap.close()
+        raise
+
+
+def curve_changes(running: GatewaySettings, loaded: GatewaySettings) -> list[str]:
+    """The admin_curve settings a reloaded config changes (after `gateway.`), which take effect at the next start as
+    gateway.admin does: the root's ZAP handler reads the authorized_keys directory it started with."""
+    before, after = running.admin_curve, loaded.admin_curve
+    if before is None or after is None:
+        return [] if before is after else ["admin_curve"]
+    return [f"admin_curve.{name}" for name in ("secret_key_file", "authorized_keys")
+            if getattr(before, name) != getattr(after, name)]
 
 
 def changes_state(request: AdminRequest) -> bool:

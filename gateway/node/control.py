@@ -15,12 +15,14 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
-from gateway.bus.admin_client import AdminUnavailable, admin_call
+from gateway.bus.admin_client import AdminRefused, AdminUnavailable, admin_call
 from gateway.bus.admin_server import not_a_socket
+from gateway.bus.curve import NEED_KEYS, ClientKeys, KeyFileError, client_keys, read_certificate, settings_problems
 from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, command_line
 from gateway.config import Config, ConfigError, kong_conf, parse_host_port
 from gateway.config.schema import GatewaySettings
@@ -157,6 +159,9 @@ def path_problems(config_path: str, gw: GatewaySettings) -> list[tuple[str, int]
     problem = body_temp_problem(os.path.dirname(os.path.abspath(gw.pid_file)), gw.client_body_temp_path)
     if problem is not None:  # (every worker would fail to make it)
         problems.append((f"{config_path}: gateway.client_body_temp_path: {problem}", EXIT_FAILURE))
+    if gw.admin_curve is not None and gw.admin.startswith("tcp://"):  # (the key files the root's CURVE server reads)
+        problems += [(f"{config_path}: gateway.{line}", EXIT_CONFIG)
+                     for line in settings_problems(gw.admin_curve.secret_key_file, gw.admin_curve.authorized_keys)]
     return problems
 
 
@@ -322,11 +327,60 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return not alive(pid)
 
 
+@dataclass(frozen=True)
+class CurveFiles:
+    """--curve-server-key and --curve-client-key (default: $GATEWAY_ADMIN_SERVER_KEY, $GATEWAY_ADMIN_CLIENT_KEY): the
+    key files a tcp admin endpoint's CURVE handshake takes (gateway.bus.curve.client_keys)."""
+
+    server: str | None = None
+    client: str | None = None
+
+
+def curve_keys(files: CurveFiles, config_path: str | None) -> ClientKeys:
+    """The keys to reach a tcp admin endpoint with; the server's, without --curve-server-key, from `config_path`'s
+    gateway.admin_curve.secret_key_file (its public half) when this user can read it. KeyFileError saying what is
+    missing or wrong."""
+    server = files.server or _config_server_key(config_path)
+    if not server or not files.client:
+        raise KeyFileError(f"{NEED_KEYS} (or $GATEWAY_ADMIN_SERVER_KEY and $GATEWAY_ADMIN_CLIENT_KEY): the "
+                           "gateway's public NAME.key, and this client's NAME.key_secret (`gateway curve-keys DIR "
+                           "NAME` writes a pair)")
+    return client_keys(server, files.client)
+
+
+def _config_server_key(config_path: str | None) -> str | None:
+    """gateway.admin_curve.secret_key_file as the file at `config_path` spells it, if it is a certificate this user
+    can read; None otherwise (read leniently, as locate reads the pid file and admin endpoint)."""
+    import yaml
+
+    from gateway.config.loader import read_config_text
+
+    if config_path is None:
+        return None
+    try:
+        doc = yaml.load(read_config_text(config_path), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        path = doc["gateway"]["admin_curve"]["secret_key_file"]
+        if not isinstance(path, str):
+            return None
+        read_certificate(path)
+    except (ConfigError, yaml.YAMLError, KeyFileError, LookupError, TypeError, ValueError):
+        return None
+    return path
+
+
 def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None, as_json: bool = True,
-          pid_file: str | None = None, endpoint: str | None = None) -> int:
+          pid_file: str | None = None, endpoint: str | None = None, curve: CurveFiles | None = None) -> int:
     """Send one admin command and print the reply; say so at once when no gateway runs. `endpoint` (--admin) without
-    `pid_file` names the gateway alone: it is asked there, whatever pid file the working directory has."""
+    `pid_file` names the gateway alone: it is asked there, whatever pid file the working directory has. A tcp
+    endpoint is asked with the `curve` key files (curve_keys)."""
     where = _located(config_path, pid_file, endpoint)
+    keys = None
+    if where.admin.startswith("tcp://"):
+        try:
+            keys = curve_keys(curve or CurveFiles(), config_path)
+        except KeyFileError as e:
+            print(f"gateway: {e}", file=sys.stderr)
+            return EXIT_FAILURE
     if cmd == "reload" and args and isinstance(args.get("config"), str) and args["config"]:
         args = {**args, "config": os.path.abspath(args["config"])}  # where the command runs, as `reload --config`
     problem = not_utf8(cmd, args or {})
@@ -351,7 +405,11 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
         return EXIT_FAILURE
     timeout = RELOAD_TIMEOUT_S if cmd == "reload" else ADMIN_TIMEOUT_S
     try:
-        reply = admin_call(where.admin, cmd, args, timeout=timeout)
+        reply = (admin_call(where.admin, cmd, args, timeout=timeout) if keys is None
+                 else admin_call(where.admin, cmd, args, timeout=timeout, curve=keys))
+    except AdminRefused as e:
+        print(f"gateway: {e}", file=sys.stderr)
+        return EXIT_FAILURE
     except AdminUnavailable as e:
         if pid is None:
             print(f"gateway: {e}; is a gateway running there? (`--pid-file` names it by its pid file)",
@@ -426,7 +484,8 @@ def _socket_problem(path: str) -> str | None:
     return None
 
 
-def reload(config_path: str | None, pid_file: str | None = None, endpoint: str | None = None) -> int:
+def reload(config_path: str | None, pid_file: str | None = None, endpoint: str | None = None,
+           curve: CurveFiles | None = None) -> int:
     """Reload the running gateway: with --config F, from F (which it then keeps: later reloads and SIGHUP re-read F,
     as `kong reload -c` does); without, from the file it was started with or last reloaded from. This command's
     KONG_<KEY> variables go with it: the gateway applies them over its own, as `kong reload` loads kong.conf in its
@@ -441,7 +500,7 @@ def reload(config_path: str | None, pid_file: str | None = None, endpoint: str |
             print(f"gateway: not reloaded: {config_path} does not check (a running gateway keeps serving the config "
                   f"it has); fix it, then reload again", file=sys.stderr)
             return EXIT_CONFIG
-    return admin(config_path, "reload", args, as_json=False, pid_file=pid_file, endpoint=endpoint)
+    return admin(config_path, "reload", args, as_json=False, pid_file=pid_file, endpoint=endpoint, curve=curve)
 
 
 def render_status(status: dict[str, Any]) -> str:

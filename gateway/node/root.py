@@ -42,7 +42,8 @@ import zmq
 
 from gateway import __version__
 from gateway.bus.admin_protocol import AdminRequest, argument_problem
-from gateway.bus.admin_server import AdminCommandError, bind_admin
+from gateway.bus.admin_server import AdminCommandError
+from gateway.bus.curve import ZapHandler
 from gateway.bus.ipc import in_use, listener_pid
 from gateway.bus.keeper_link import KeeperLink, KeeperUnavailable
 from gateway.bus.protocol import pub_endpoint
@@ -55,7 +56,7 @@ from gateway.discovery.backoff import Backoff
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir, retire_dead_processes
 from gateway.node import logfile, tree
-from gateway.node.admin import serve_admin
+from gateway.node.admin import curve_changes, open_admin, serve_admin
 from gateway.node.files import (
     CURRENT_CONFIGS,
     PID_MODE,
@@ -161,6 +162,7 @@ class Node:
         self._status_app: StatusApp | None = None  # the status server's, when status_listen is set
         self._satellite_retries: dict[str, trio.CancelScope] = {}  # satellite -> its restart after a failed one
         self._exited = trio.Event()  # set when a retired generation has stopped: its metric files are to fold
+        self._zap: ZapHandler | None = None  # a tcp admin endpoint's ZAP handler (gateway.bus.curve)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -191,7 +193,7 @@ class Node:
             raise StartupError(f"{self.config_path}: gateway.listen: {_listen_failure(e)}") from None
         ctx = zmq.Context()
         try:
-            admin = bind_admin(ctx, absolute_endpoint(gw.admin))
+            admin, self._zap = open_admin(ctx, absolute_endpoint(gw.admin), gw.admin_curve)
         except (ValueError, zmq.ZMQError) as e:
             self.slots.close()
             ctx.term()
@@ -200,6 +202,8 @@ class Node:
         for endpoint in (bus, pub_endpoint(bus)):  # (the keeper would take them from a running gateway's keeper)
             if endpoint.startswith("ipc://") and (holder := listener_pid(endpoint[len("ipc://"):])) is not None:
                 admin.close(linger=0)
+                if self._zap is not None:
+                    self._zap.close()
                 self.slots.close()
                 ctx.term()
                 raise StartupError(f"gateway.bus: {in_use(endpoint, _root_of(holder), 'gateway.bus')}")
@@ -213,11 +217,14 @@ class Node:
         finally:
             self.fork_server.close()
             admin.close(linger=0)
+            if self._zap is not None:
+                self._zap.close()
             self.keeper.close()
             ctx.term()
             self.slots.close()
             _remove(gw.pid_file)
-            _remove(absolute_endpoint(gw.admin)[len("ipc://"):])
+            if (endpoint := absolute_endpoint(gw.admin)).startswith("ipc://"):
+                _remove(endpoint[len("ipc://"):])
             for name in [*snapshot_names(self.generation), *CURRENT_CONFIGS.values()]:
                 _remove(os.path.join(self.run_dir, name))
 
@@ -268,6 +275,8 @@ class Node:
                     raise StartupError(f"workers failed to start: {e}" if explained is None
                                        else f"{self.config_path}: {explained}") from None
                 self._last_listed["root"] = await self.root.which_children()  # (for a status while it is busy)
+                if self._zap is not None:  # (the admin server's nursery owns it: handshakes wait for it meanwhile)
+                    nursery.start_soon(self._zap.run)
                 await nursery.start(serve_admin, admin, self.handle_admin)
                 if self.fork_server is not None and self.fork_server.enabled:
                     nursery.start_soon(self.fork_server.run)
@@ -552,8 +561,9 @@ class Node:
                 from None
         previous = self.config
         assert previous is not None
-        restart_needed = changed(previous.gateway, config.gateway)
+        restart_needed = changed(previous.gateway, config.gateway) + curve_changes(previous.gateway, config.gateway)
         keep(config, previous.gateway)
+        config.gateway.admin_curve = previous.gateway.admin_curve
         if clashes := check_kept_status_listen(config.gateway):  # the running status server's address in `listen`
             raise AdminCommandError("config rejected, still serving the previous one:\n"
                                     + "\n".join(f"{path}: {clash}" for clash in clashes))
