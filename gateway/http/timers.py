@@ -245,11 +245,19 @@ class Timers:
         return gone
 
     async def expire_forever(self) -> None:
+        """Expire against the time read as the sweeper wakes, after the tasks the next I/O poll wakes have run: as
+        nginx expires timers after it handled what epoll_wait reported, against the time read right after it
+        (ngx_epoll_process_events, ngx_process_events_and_timers), so bytes that came in time are read, not timed out.
+
+        A Trio loop turn polls epoll (timeout 0 while tasks are runnable), then runs the batch of runnable tasks in
+        an order it varies; a task rescheduled during a batch runs in the next. Bytes that reached a socket before
+        `now` is read (in batch k, whatever stalled the loop before it) are reported by the next poll, whose tasks
+        all run in batch k+1, so the expiry in batch k+2 finds their timers re-armed (if they re-arm as they read)."""
         heap = self._heap
         self.clock = run_clock()
-        check_at = trio.current_time() + CLIENT_CHECK_S
+        now = trio.current_time()
+        check_at = now + CLIENT_CHECK_S
         while True:
-            now = trio.current_time()
             NOW.refresh()
             self.expire(now)
             self.tidy()
@@ -261,7 +269,7 @@ class Timers:
             self._wake = alarm = trio.Event()
             with trio.move_on_at(at):
                 await alarm.wait()
-            # The tasks woken with this one run first, as nginx handles the events epoll reported before its expired
-            # timers: a request that reached its socket during a long pause (a GC) is read and its timer reset.
-            # Cancelled now, a task already woken would read it anyway and meet the cancel at its next checkpoint.
+            now = trio.current_time()
+            # Two turns (batch k+1, then k+2), shielded: a worker stopping cancels the sweeper at its wait
+            await trio.lowlevel.cancel_shielded_checkpoint()
             await trio.lowlevel.cancel_shielded_checkpoint()

@@ -710,7 +710,7 @@ class Forwarder:
                     raise BrokenPipeError("the client closed the event stream")
                 data = conn.recv_ready()
                 if data is None:
-                    await watch.wait_upstream(stream, conn)
+                    await watch.wait_upstream(stream, conn, timer, read_timeout)
                     if stream.owed and not stream.gone:  # a comment the wheel could not write at once
                         owed, stream.owed = stream.owed, b""
                         await ex.send_framed(owed)
@@ -833,15 +833,19 @@ class _PacedConn:
 
 async def _stream_body(ex: Exchange, uc: UpstreamConn, target: str, read_timeout: float) -> None:
     """Relay a response body chunk by chunk; read_timeout applies between two reads, as nginx's does (its end cuts
-    the answer, logged as nginx's "upstream timed out"). Each chunk counts against the upstream connection's
-    checkpoint budget (Conn.pace), as each read does."""
+    the answer, logged as nginx's "upstream timed out"), re-armed as a read returns, before what it read is relayed:
+    nginx's read handler arms it from the time of the epoll that reported the bytes, so bytes that came in time are
+    never cut while they are relayed. Each chunk counts against the upstream connection's checkpoint budget
+    (Conn.pace), as each read does."""
     codec = uc.codec
     conn = uc.conn
     timer = ex.timer
     try:
+        timer.set(read_timeout, Phase.UPSTREAM_BODY)
         while True:
+            data = await conn.recv()
             timer.set(read_timeout, Phase.UPSTREAM_BODY)
-            codec.receive_data(await conn.recv())
+            codec.receive_data(data)
             while (ev := codec.next_event()) is not NEED_DATA:
                 if ev is END:
                     timer.clear()

@@ -13,6 +13,10 @@ not EPOLLIN), and its bytes stay for the next read: one that closes after them i
 the FIN behind unread bytes (ngx_epoll_module.c:884-888, pending_eof; ngx_http_upstream.c:1400-1445, its 499). The
 gateway never closes an upstream socket under a parked stream (the kernel would drop it from the set without a
 word): a circuit's sweep shuts it down instead (gateway.http.pool), which reads as the upstream's EOF.
+
+An upstream that speaks re-arms its stream's read_timeout here, as it wakes the stream, as nginx's read handler
+re-arms it when epoll reports the bytes (ngx_http_upstream_process_non_buffered_request): the stream's own task
+runs a loop turn later, and the timer sweeper must not expire in between a deadline the upstream met.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import select
 import trio
 
 from gateway.http.net import Conn
+from gateway.http.timers import ConnTimer
 from gateway.pipeline.keepalive import Stream
 
 _CLIENT = select.EPOLLIN | select.EPOLLRDHUP
@@ -37,7 +42,8 @@ class StreamWatch:
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._clients: dict[int, tuple[Conn, Stream]] = {}
-        self._upstreams: dict[int, Stream] = {}
+        # upstream descriptor -> its stream, the stream's timer (None: no deadline) and read_timeout
+        self._upstreams: dict[int, tuple[Stream, ConnTimer | None, float]] = {}
 
     def __len__(self) -> int:
         """Clients watched."""
@@ -50,9 +56,12 @@ class StreamWatch:
         self._add(fd, _CLIENT)
         self._clients[fd] = (conn, stream)
 
-    async def wait_upstream(self, stream: Stream, upstream: Conn) -> None:
+    async def wait_upstream(self, stream: Stream, upstream: Conn, timer: ConnTimer | None = None,
+                            read_timeout: float = 0.0) -> None:
         """Park the stream's task until its upstream is readable, its client hangs up, or the wheel owes it a
-        comment (the caller looks at `gone` and `owed`). The only checkpoint of an idle stream."""
+        comment (the caller looks at `gone` and `owed`). The only checkpoint of an idle stream. `timer` (the same
+        for the stream's life), whose UPSTREAM_BODY deadline is `read_timeout` from the upstream's last bytes, is
+        re-armed when the upstream speaks (`check`)."""
         fd = upstream.sock.fileno()
         if stream.up_fd == fd:
             try:
@@ -62,7 +71,7 @@ class StreamWatch:
         else:
             self._add(fd, _UPSTREAM)
             stream.up_fd = fd
-            self._upstreams[fd] = stream
+            self._upstreams[fd] = (stream, timer, read_timeout)
         stream.task = trio.lowlevel.current_task()
 
         def abort(_: object) -> trio.lowlevel.Abort:
@@ -79,7 +88,8 @@ class StreamWatch:
             del self._clients[fd]
             self._remove(fd)
         fd = stream.up_fd
-        if self._upstreams.get(fd) is stream:
+        upstream = self._upstreams.get(fd)
+        if upstream is not None and upstream[0] is stream:
             del self._upstreams[fd]
             self._remove(fd)
 
@@ -96,12 +106,18 @@ class StreamWatch:
             pass
 
     def check(self) -> int:
-        """Resume the streams whose upstream spoke; judge every client the kernel reports (a hang-up resumes its
-        stream too). Returns how many clients hung up."""
+        """Resume the streams whose upstream spoke, their read_timeout re-armed from now; judge every client the
+        kernel reports (a hang-up resumes its stream too). Returns how many clients hung up."""
         gone = 0
+        now = None  # read once, for the first upstream that spoke (a stream parks in Trio only)
         for fd, events in self._epoll.poll(0, _MAX_EVENTS):
-            stream = self._upstreams.get(fd)
-            if stream is not None:
+            upstream = self._upstreams.get(fd)
+            if upstream is not None:
+                stream, timer, read_timeout = upstream
+                if timer is not None and stream.task is not None:  # parked: its deadline is its UPSTREAM_BODY's,
+                    if now is None:
+                        now = trio.current_time()
+                    timer.at = now + read_timeout  # later than it was (so later than it is queued under)
                 stream.wake()
                 continue
             entry = self._clients.get(fd)
