@@ -17,6 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -456,19 +459,20 @@ async def test_a_send_that_leaves_messages_waiting_wakes_the_receiving_task_for_
 # ---- the admin server: reads answered during a change, changes one after another ----------------------------------
 
 
-@pytest.fixture
-async def admin_server(tmp_path):
-    """serve_admin on a real ROUTER socket with a handler whose changes wait for `release`; a DEALER to talk to it.
-    Yields (dealer, release, started: the commands in the order the handler began them)."""
+@asynccontextmanager
+async def serving_admin(tmp_path: Path, note: Callable[[AdminRequest], object]) -> AsyncIterator[
+        tuple[TrioSocket, trio.Event]]:
+    """serve_admin on a real ROUTER socket with a handler that calls `note` with each request as it begins and whose
+    changes wait for `release` (a `fail` command raises); a DEALER to talk to it: (dealer, release)."""
     ctx = zmq.Context()
     router = bind_admin(ctx, f"ipc://{tmp_path}/admin.sock")
     client = ctx.socket(zmq.DEALER)
     client.setsockopt(zmq.LINGER, 0)
     client.connect(f"ipc://{tmp_path}/admin.sock")
-    release, started = trio.Event(), []
+    release = trio.Event()
 
     async def handler(request):
-        started.append(f"{request.cmd} {request.args.get('n')}")
+        note(request)
         if request.cmd == "fail":
             raise RuntimeError("boom")
         if changes_state(request):
@@ -478,12 +482,20 @@ async def admin_server(tmp_path):
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve_admin, router, handler)
-            yield TrioSocket(client), release, started
+            yield TrioSocket(client), release
             nursery.cancel_scope.cancel()
     finally:
         client.close()
         router.close()
         ctx.term()
+
+
+@pytest.fixture
+async def admin_server(tmp_path):
+    """serving_admin's (dealer, release), and the commands in the order the handler began them."""
+    started: list[str] = []
+    async with serving_admin(tmp_path, lambda r: started.append(f"{r.cmd} {r.args.get('n')}")) as (dealer, release):
+        yield dealer, release, started
 
 
 async def _send(sock: TrioSocket, cmd: str, **args: object) -> None:

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import trio
 import zmq
+from test_admin_channel import serving_admin
 from test_shared_state import ENV, ROOT, Backends, Gateway, config, free_port, key, route
 
 from gateway.bus import protocol as p
@@ -29,7 +30,6 @@ from gateway.cli import SettingError, main
 from gateway.config import parse_config
 from gateway.keeper.process import serve_keeper
 from gateway.keeper.state import Keeper
-from gateway.node.admin import changes_state, serve_admin
 from gateway.node.root import KEEPER_ANSWER_S, Node, load_validated
 
 OPS = ROOT / "scripts" / "ops"
@@ -233,28 +233,10 @@ def test_a_repeated_or_nameless_cli_argument_is_a_usage_error(capsys, words, err
 async def server(tmp_path):
     """serve_admin on a real ROUTER with a handler whose changes wait for `release`; a DEALER to it. Yields
     (dealer, release, seen: (cmd, n, timeout_ms) as the handler was given each)."""
-    ctx = zmq.Context()
-    router = bind_admin(ctx, f"ipc://{tmp_path}/admin.sock")
-    client = ctx.socket(zmq.DEALER)
-    client.setsockopt(zmq.LINGER, 0)
-    client.connect(f"ipc://{tmp_path}/admin.sock")
-    release, seen = trio.Event(), []
-
-    async def handler(request):
-        seen.append((request.cmd, request.args.get("n"), request.timeout_ms))
-        if changes_state(request):
-            await release.wait()
-        return request.args.get("n")
-
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve_admin, router, handler)
-            yield TrioSocket(client), release, seen
-            nursery.cancel_scope.cancel()
-    finally:
-        client.close()
-        router.close()
-        ctx.term()
+    seen: list[tuple[object, ...]] = []
+    async with serving_admin(tmp_path, lambda r: seen.append((r.cmd, r.args.get("n"), r.timeout_ms))) as (dealer,
+                                                                                                          release):
+        yield dealer, release, seen
 
 
 async def send(sock: TrioSocket, cmd: str, timeout_ms: int | None = None, **args: object) -> None:
