@@ -55,7 +55,7 @@ class BreakerBoard:
     def record(self, outcomes: Iterable[Outcome], now: float, granted_at: Callable[[str], float | None] = _unknown
                ) -> tuple[list[BreakerUpdate], list[str]]:
         """Count a worker's outcomes (unknown targets are ignored); `granted_at(target)`: when the permit a probe to
-        `target` spent was granted (None: unknown)."""
+        `target` spent was granted (NOT_HELD: the worker holds none, so the outcome is no probe; None: unknown)."""
         touched: dict[str, Breaker] = {}
         permits: list[str] = []
         for outcome in outcomes:

@@ -14,6 +14,7 @@ from gateway.breaker.messages import BreakerUpdate, Outcome, single
 from gateway.breaker.state import TRANSITIONS, Event, State
 
 SLOTS = 10  # the rolling window is kept as this many slots of window_s / SLOTS seconds
+NOT_HELD = float("-inf")  # (record_outcome's granted_at) a probe whose worker holds no permit in flight
 
 
 class Verdict(IntEnum):
@@ -95,8 +96,9 @@ class Breaker:
         return self.record_outcome(single(self.target, success, probe), now)
 
     def record_outcome(self, outcome: Outcome, now: float, granted_at: float | None = None) -> State:
-        """Count a worker's batch of results. Half-open counts only probes; open ignores all (late) results.
-        `granted_at`: when the permit a probe spent was granted, if known (else the oldest in flight is taken)."""
+        """Count a worker's batch of results. Half-open counts only probes whose permit is still in flight; open
+        ignores all (late) results. `granted_at`: when the permit a probe spent was granted (NOT_HELD: its worker
+        holds none), None when the caller does not track permits (the oldest in flight is taken)."""
         state, failures = self._state, outcome.failures
         if state is State.CLOSED:
             self._window.add(now, outcome.successes + failures, failures)
@@ -113,7 +115,8 @@ class Breaker:
             if not outcome.probe:
                 return state  # sent before the breaker opened: says nothing about recovery
             if granted_at is not None:
-                self.take_back(granted_at)
+                if not self.take_back(granted_at):
+                    return state  # its permit lapsed, or was of an earlier spell: taken back as lost, given again
             elif self._permits:
                 self._permits.pop(0)
             if not failures and not outcome.successes:  # a probe given up (its client left): no verdict
@@ -201,11 +204,11 @@ class Breaker:
         return new
 
     def _enter(self, state: State, now: float) -> None:
+        self._permits.clear()  # probes are permitted in one half-open spell only
         if state is State.CLOSED:
             self._window.clear()
             self._consecutive = 0
         else:
-            self._permits.clear()
             self._successes = 0
             if state is not State.HALF_OPEN:
                 self._opened_at = now

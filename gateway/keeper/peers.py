@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.breaker.machine import NOT_HELD
+
 Permit = tuple[str, float]  # (target, when the keeper's breaker granted it)
 
 
@@ -79,17 +81,17 @@ class Peers:
         """`sender` (a known worker) was sent a permit for `target`."""
         self._peers[sender].permits.append((target, granted_at))
 
-    def spent(self, sender: bytes, target: str) -> float | None:
+    def spent(self, sender: bytes, target: str) -> float:
         """A probe's outcome came from `sender`: when the permit it spent was granted (its oldest for `target`);
-        None if it holds none the keeper knows of."""
+        NOT_HELD if it holds none the keeper knows of (it lapsed, or the breaker left half-open since)."""
         peer = self._peers.get(sender)
         if peer is None:
-            return None
+            return NOT_HELD
         for index, (held, granted_at) in enumerate(peer.permits):
             if held == target:
                 del peer.permits[index]
                 return granted_at
-        return None
+        return NOT_HELD
 
     def keep_only(self, target: str, in_flight: Iterable[float]) -> None:
         """Drop the permits for `target` its breaker no longer counts (they lapsed, or it left half-open)."""

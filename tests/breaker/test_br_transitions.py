@@ -382,8 +382,9 @@ def _expected_by_outcome(model: Model, kind: str, now: float, spent: float) -> S
         return CL  # (whether it trips is checked against the window, whose slots are coarser than the model's)
     if before is not HO or not kind.startswith("probe_"):
         return before  # open and forced open hear nothing; half-open only its probes
-    if spent != -1.0:
-        model.permits.remove(spent)
+    if spent == -1.0:
+        return HO  # no permit out (lapsed, or none granted): no probe of this spell
+    model.permits.remove(spent)
     if kind == "probe_fail":
         return OP
     if kind == "probe_ok":
