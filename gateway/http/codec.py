@@ -676,7 +676,11 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
         unique: set[bytes] | None = None
         for name, value in headers:
             if _NAME_KINDS[name]:  # one dict lookup for the many headers that are none of these
-                if name == b"content-length":
+                if name == b"host":  # (the usual ones first)
+                    if host is not None:
+                        raise _refused_at("an HTTP/1.1 request needs exactly one Host header", headers, name)
+                    host = value
+                elif name == b"content-length":
                     content_lengths += 1
                     if _PLAIN_LENGTH(value) is None:  # (one test for the usual: digits, no leading zero, < 2**60)
                         _read_length(value)
@@ -684,10 +688,6 @@ def check_request_head(method: bytes, target: bytes, headers: Headers,
                     if transfer_encoding is not None:
                         raise _refused_at("more than one Transfer-Encoding header", headers, name)
                     transfer_encoding = value
-                elif name == b"host":
-                    if host is not None:
-                        raise _refused_at("an HTTP/1.1 request needs exactly one Host header", headers, name)
-                    host = value
                 elif name not in _UNIQUE:  # a name nginx calls invalid: its line is dropped, as by nginx
                     headers[:] = [field for field in headers if _NAME_KINDS[field[0]] is not _INVALID]
                     return check_request_head(method, target, headers, http_version)

@@ -1092,8 +1092,8 @@ class LlhttpServer(_Parsing):
         keep = self._persist and not close
         said_close = False
         length = chunked = False
-        parts = [b"HTTP/1.1 %d %b\r\n" % (status, reason or REASONS.get(status, b""))]
         if framing is None:
+            fields = []
             for name, value in headers:
                 if name == b"content-length":
                     length = True
@@ -1104,39 +1104,35 @@ class LlhttpServer(_Parsing):
                 elif name == b"connection" and _has_token(value, b"close"):
                     keep = False
                     said_close = True
-                parts.append(b"%b: %b\r\n" % (name, value))
+                fields.append(b"%b: %b\r\n" % (name, value))
+            block = b"".join(fields)
         else:  # the caller's word: no Connection or Transfer-Encoding field to look for
             length = framing == LENGTH
-            if headers:
-                parts.append(b"\r\n".join(map(b": ".join, headers)) + b"\r\n")
-        if lines:
-            parts.append(lines)
+            block = b"\r\n".join(map(b": ".join, headers)) + b"\r\n" if headers else b""
         head = self._method == b"HEAD"
         if not head and self._answering.method == b"HEAD":  # a policy sent it upstream as HEAD: no body comes
             head = True
             keep = False  # the head alone, then the close that shows its body cut (Exchange.set_method)
-        self._no_body = head or status == 204 or status == 304
-        self._chunked = False
-        if status != 204 and status != 304 and not chunked and not length and self._method != b"HEAD":
+        no_body = self._no_body = head or status == 204 or status == 304
+        added = b""  # the framing lines of our own, after the header lines given
+        if not length and not chunked and status != 204 and status != 304 and self._method != b"HEAD":
             # No length: chunked for HTTP/1.1, else close-delimited; the answer to a client's HEAD has neither (nginx's
             # chunked filter skips HEAD: ngx_http_chunked_filter_module.c:65-70), its connection kept
             if http11:
-                parts.append(b"transfer-encoding: chunked\r\n")
+                added = b"transfer-encoding: chunked\r\n"
                 chunked = True
             elif not head:
                 keep = False  # (nginx's chunked filter turns an HTTP/1.0 client's keep-alive off here)
-        if chunked and not self._no_body:
-            self._chunked = True
-        self.open_ended = not length and not self._no_body
+        self._chunked = chunked and not no_body
+        self.open_ended = not length and not no_body
         self._close = not keep
         self._response_done = False
         if not keep:
             if not said_close:
-                parts.append(b"connection: close\r\n")
+                added += b"connection: close\r\n"
         elif not http11:  # an HTTP/1.0 client that asked for keep-alive: told it holds (nginx's header filter)
-            parts.append(b"connection: keep-alive\r\n")
-        parts.append(b"\r\n")
-        return b"".join(parts)
+            added += b"connection: keep-alive\r\n"
+        return b"HTTP/1.1 %d %b\r\n%b%b%b\r\n" % (status, reason or REASONS.get(status, b""), block, lines, added)
 
     def informational(self, status: int) -> bytes:
         return b"HTTP/1.1 %d %b\r\n\r\n" % (status, REASONS.get(status, b""))

@@ -958,7 +958,7 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     timer.exchange = None  # nothing of the request is kept while the connection waits for the next
                     del exchange
                     codec.start_next_cycle()
-                    timer.set(keepalive_timeout, idle)
+                    timer.set_until(clock() + keepalive_timeout, idle)
 
             # The timer fired (the scope is the timer's alone): answer what can be answered, go on when it allows
             if not await _timed_out(conn, codec, timer, settings, head_at):

@@ -52,13 +52,14 @@ from gateway.mcp.affinity import SessionAffinity, caller_identity, target_down
 from gateway.mcp.governance import ResponseEdit, error_response
 from gateway.mcp.sse import EventSplitter, EventTooLarge, ends_event
 from gateway.mcp.step import McpRequest, session_not_found
+from gateway.memo import Derived
 from gateway.metrics import MCP_SESSIONS, RECORDER, TIMEOUTS
 from gateway.pipeline.hashing import balancer_key, drop_new_cookie
 from gateway.pipeline.headers import (
+    CONNECTION_OPTIONS,
     HOP_BY_HOP_RESPONSE,
     UPGRADE,
     asks_trailers,
-    connection_options,
     framed_by_length,
     upstream_request_headers,
 )
@@ -79,6 +80,9 @@ NOT_RESENT = frozenset({b"POST", b"LOCK", b"PATCH"})
 # a body in hand up to this goes in the request head's write; a larger one after it, never copied onto it
 JOIN_LIMIT = MEMORY_LIMIT
 _TRY_PHASES = (Phase.UPSTREAM_WRITE, Phase.UPSTREAM_READ)
+_NO_TARGETS: frozenset[int] = frozenset()
+# a response's Content-Type -> whether its body is an event stream, worked out once per value
+_EVENT_STREAM: Derived[bytes, bool] = Derived(lambda value: value[:17].lower() == b"text/event-stream", 256)
 _WAITING_ON_UPSTREAM = (Phase.UPSTREAM_READ, Phase.UPSTREAM_BODY)  # _relay's reads of a body, read_timeout apart
 # nginx's proxy_hide_header defaults but Date and Server, which Kong passes (nginx_kong.lua): never to the client
 # (X-Accel-Limit-Rate, hidden, is acted on: _limit_rate)
@@ -193,8 +197,7 @@ class Forwarder:
             # group.unusable (drained, circuit open or unhealthy, kept current by gateway.state), with the names
             # this request found without an address, and, for a balancer that skips them, the targets that failed
             # it (sets made only once there is one: the first try, the usual last, makes none)
-            nameless: frozenset[int] = frozenset()
-            failed: frozenset[int] = frozenset()
+            nameless = failed = _NO_TARGETS
             tried_in: list[TargetRuntime] = group.targets  # the list the positions in those two sets are of
             error: UpstreamError | None = None
             if pinned_target is not None and (pinned := _position(group, pinned, pinned_target)) is None:
@@ -214,13 +217,13 @@ class Forwarder:
                         skip = group.unusable
                         if nameless or failed:
                             if group.targets is not tried_in:  # discovery replaced the list: positions mean others
-                                nameless = failed = frozenset()
+                                nameless = failed = _NO_TARGETS
                             skip = skip | nameless | failed
                         index = group.balancer.pick(hash_key, skip)
                         if index is None:
                             if failed:  # every target failed this request: Kong's least-connections starts over,
                                 index = group.balancer.start_over(hash_key, group.unusable | nameless)  # its
-                                failed = frozenset()  # latency ends (but for a sole target)
+                                failed = _NO_TARGETS  # latency ends (but for a sole target)
                             if index is None:
                                 break  # Kong's balancer.execute: "failure to get a peer", 503
                     else:
@@ -257,7 +260,7 @@ class Forwarder:
                         error = e
                         break
                     if tried_in is not targets:  # discovery replaced the list since the last failure
-                        nameless = failed = frozenset()
+                        nameless = failed = _NO_TARGETS
                         tried_in = targets
                     if group.balancer.retry_skips_tried:  # Kong's least-connections and latency; its round-robin
                         failed = failed | {index}  # and consistent-hashing pick as for a first try (the wheel's
@@ -396,12 +399,11 @@ class Forwarder:
                     await uc.conn.sendall(codec.end())
                 # read_timeout bounds the whole head (interim 1xx ones too) from the request's end: nginx arms it
                 # once the request is sent (ngx_http_upstream_send_request), never again while the head comes in
-                # pieces (ngx_http_upstream_process_header's re-arm is `#if 0`)
-                timer.set(svc.read_timeout, Phase.UPSTREAM_READ, reading)
+                # pieces (ngx_http_upstream_process_header's re-arm is `#if 0`). No event is queued yet: what the
+                # upstream said while the request went out ended its writes once it was one (Answered)
+                timer.set_until(self.clock() + svc.read_timeout, Phase.UPSTREAM_READ, reading)
+                codec.receive_data(await uc.conn.recv_after_wait())
                 ev = codec.next_event()
-                if ev is NEED_DATA:
-                    codec.receive_data(await uc.conn.recv_after_wait())
-                    ev = codec.next_event()
             except Answered as answered:
                 ev = answered.event
                 _answered_early(ex, target)
@@ -1006,7 +1008,7 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                         RECORDER.count(MCP_SESSIONS, (new_session,))
             else:
                 if name == b"connection":
-                    if options := connection_options(hv[1]):
+                    if options := CONNECTION_OPTIONS[hv[1]]:
                         named = options if named is None else named | options
                 elif name == b"trailer":
                     if asks_trailers(ex.request.headers):
@@ -1029,4 +1031,4 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
         value = b", ".join([v for n, v in headers if n == b"upgrade"])
         if value.lower() == b"websocket":
             out.append((b"upgrade", value))
-    return out, framing, content_type is not None and content_type[:17].lower() == b"text/event-stream"
+    return out, framing, content_type is not None and _EVENT_STREAM[content_type]

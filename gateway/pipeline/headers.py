@@ -8,7 +8,7 @@ from gateway.http.codec import CHUNKED, LENGTH, NGINX_HOSTS, NO_BODY, SERVER_NAM
 from gateway.http.ids import new_request_id, valid_request_id
 from gateway.http.kong_headers import SERVER_TOKEN
 from gateway.http.server import Exchange
-from gateway.memo import Memo
+from gateway.memo import Derived, Memo
 
 # RFC 9110 7.6.1 connection-specific fields, and the legacy Proxy-Connection. Proxy-Authorization and
 # Proxy-Authenticate pass, as nginx and Kong pass them (a gateway is the origin to its clients): an authentication
@@ -42,9 +42,9 @@ _SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x
 # ... for a request with a consumer, whose consumer headers are the gateway's (set_consumer), as the plugins after
 # authentication left them: they pass (the underscore spellings are still dropped).
 _SPECIAL_IN_AUTHENTICATED = _SPECIAL_IN - CONSUMER_HEADERS
-# What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port, X-Real-IP and Via, built once per client
-# address, scheme and listener port (a few, in practice) instead of five tuples per request.
-_OWN_FORWARDED: Memo[tuple[str, bytes, bytes], Headers] = Memo(4096)
+# What an untrusted peer's requests all get: X-Forwarded-For/-Proto/-Port, X-Real-IP, Via and X-Forwarded-Host, built
+# once per client address, scheme, listener port and Host (a few, in practice) instead of six tuples per request.
+_OWN_FORWARDED: Memo[tuple[str, bytes, bytes, bytes], Headers] = Memo(4096)
 _NOTHING_SEEN: set[bytes] = set()  # the X-Forwarded-* names an untrusted peer sent that are kept: none (never added to)
 # upstream_request_headers' framing for a request that asks to switch protocols (a WebSocket handshake): no body,
 # sent with Kong's `Upgrade: websocket` and `Connection: keep-alive, Upgrade` (the forwarder's upgrade path; never
@@ -99,16 +99,19 @@ def asks_trailers(headers: Headers) -> bool:
 _NOT_OPTIONS = frozenset({b"close", b"keep-alive", b"", b"content-length", b"transfer-encoding", b"host"})
 
 
-_OPTIONS: Memo[bytes, frozenset[bytes]] = Memo(256)  # a Connection value -> the options it names
+def _options(value: bytes) -> frozenset[bytes]:
+    """The header names one Connection value lists as connection options (none for `keep-alive` or `close`)."""
+    return frozenset({t.strip().lower() for t in value.split(b",")} - _NOT_OPTIONS)
+
+
+# A Connection value -> the options it names, worked out once per value: an upstream sends the same one with every
+# response (`CONNECTION_OPTIONS[value]`: a hit costs no Python call).
+CONNECTION_OPTIONS: Derived[bytes, frozenset[bytes]] = Derived(_options, 256)
 
 
 def connection_options(value: bytes) -> frozenset[bytes]:
-    """The header names one Connection value lists as connection options (none for `keep-alive` or `close`),
-    worked out once per value: an upstream sends the same one with every response."""
-    options = _OPTIONS.get(value)
-    if options is None:
-        options = _OPTIONS.keep(value, frozenset({t.strip().lower() for t in value.split(b",")} - _NOT_OPTIONS))
-    return options
+    """CONNECTION_OPTIONS[value], for a caller that wants a function."""
+    return CONNECTION_OPTIONS[value]
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
@@ -181,23 +184,23 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
             if name == b"host":
                 host = hv[1]
                 continue
-            if name == b"x-forwarded-for":  # kept, the peer appended (Kong: a client's too, the last hop being ours)
+            if name == b"content-length":  # (the usual ones first)
+                framing = LENGTH
+                if hv[1][0] == 48 and len(hv[1]) > 1:  # `003`: nginx sends the number ($proxy_internal_body_length)
+                    hv = (name, hv[1].lstrip(b"0") or b"0")
+            elif name == b"x-forwarded-for":  # kept, the peer appended (Kong: a client's too, the last hop being ours)
                 if xff is None:  # (Kong's get_header reads the first line of a repeated one)
                     xff = hv[1]
                     connection |= 4
                 continue
-            if name == b"x-request-id":
+            elif name == b"x-request-id":
                 if not request_id and valid_request_id(hv[1]):
                     request_id = hv[1]
                 continue
-            if name == b"mcp-session-id":
+            elif name == b"mcp-session-id":
                 if affinity:
                     session_id = hv[1]
                     continue
-            elif name == b"content-length":
-                framing = LENGTH
-                if hv[1][0] == 48 and len(hv[1]) > 1:  # `003`: nginx sends the number ($proxy_internal_body_length)
-                    hv = (name, hv[1].lstrip(b"0") or b"0")
             elif name == b"x-kong-request-id":
                 if ex.settings.request_id_upstream:
                     continue  # replaced by ours (headers_upstream)
@@ -248,21 +251,22 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
         out.append((b"via", via + b", " + inbound if via is not None else inbound))
     else:
         conn = ex.conn
-        key = (ex.client_ip, conn.scheme, conn.listen_port)
+        key = (ex.client_ip, conn.scheme, conn.listen_port, host)
         own = _OWN_FORWARDED.get(key)
         if own is None:
             ip = key[0].encode()
             own = _OWN_FORWARDED.keep(key, [(b"x-forwarded-for", ip), (b"x-forwarded-proto", key[1]),
                                             (b"x-forwarded-port", key[2]), (b"x-real-ip", ip), _KEEP_ALIVE,
-                                            _INBOUND_VIA])
+                                            _INBOUND_VIA,
+                                            (b"x-forwarded-host", NGINX_HOSTS[host] if host else SERVER_NAME)])
         if connection & 4 or request.http_version != b"1.1":  # rare: a client (or a balancer not trusted) sent one
             out.append((b"x-forwarded-for", xff + b", " + ex.peer_ip.encode()) if xff is not None else own[0])
             out += own[1:5]
             inbound = inbound_via(request.http_version)
             out.append((b"via", via + b", " + inbound if via is not None else inbound))
+            out.append(own[6])  # X-Forwarded-Host
         else:
             out += own
-        out.append((b"x-forwarded-host", NGINX_HOSTS[host] if host else SERVER_NAME))
         out.append((b"x-forwarded-path", request.target.partition(b"?")[0]))
         if prefix and prefix != b"/":
             out.append((b"x-forwarded-prefix", prefix))
