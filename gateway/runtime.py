@@ -26,7 +26,7 @@ from gateway.config.decode import kong_nulls, kong_shorthands, whole_numbers
 from gateway.config.errors import describe_validation_error, in_file_order, key_part
 from gateway.config.kong_forms import url_host
 from gateway.config.loader import load_config
-from gateway.config.schema import Healthchecks, Plugin, Route, Service, Target, Upstream
+from gateway.config.schema import Healthchecks, NotGiven, Plugin, Route, Service, Target, Upstream
 from gateway.discovery.service import target_address
 from gateway.discovery.types import target_key
 from gateway.health.machine import Event
@@ -349,7 +349,9 @@ def compile_config(config: Config, name: str = "<config>", shared: Any = None) -
                                snis=route.snis or (), headers=route.headers, query=route.query,
                                regex_priority=route.regex_priority, strip_path=route.strip_path,
                                mcp_methods=route.mcp_methods,
-                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None))
+                               mcp_tools=route.mcp_tools, service_path=svc.path.decode() or None if svc else None,
+                               hosts_given=not isinstance(route.hosts, NotGiven),
+                               route_id=None if is_anonymous(route) else facts.route_id))
         if route.path_handling == "v1":
             v1_routes.append(route.name or path_of(route))
     if v1_routes:  # Kong's deprecation, in its words (kong/db/schema/entities/routes.lua)

@@ -368,6 +368,13 @@ class Plugin(Base):
     tags: list[str] = []
 
 
+class NotGiven(list[str]):
+    """The default of a list field whose absence Kong tells from an empty list (a route's hosts): empty, and not what
+    the file gave. Its one instance is every such default: never change it in place."""
+
+    __slots__ = ()
+
+
 class Route(Base):
     NULL_REFUSED: ClassVar[frozenset[str]] = frozenset({  # Kong's required fields that have a default (decode.py)
         "protocols", "https_redirect_status_code", "strip_path", "preserve_host", "request_buffering",
@@ -377,7 +384,9 @@ class Route(Base):
     created_at: int | None = None  # Kong's (whole seconds), as the file gives it; else the load time is logged
     paths: list[str] = []
     methods: list[str] = []
-    hosts: list[str] = []
+    # not given (or null) and given as [] differ in Kong's router: an empty list still sets get_priority's plain-host
+    # bit (kong/router/transform.lua:609); the shared NotGiven marks the first
+    hosts: list[str] = NotGiven()
     # the TLS server names an https request may have come with (a plain one is not asked); null: none, as in Kong
     snis: list[str] | None = None
     headers: dict[str, list[str]] = {}

@@ -4,10 +4,13 @@ regex).
 Precedence among routes that all match a request is Kong 3.x's (its default router, traditional_compatible:
 kong/router/transform.lua get_priority; documented in the README):
 1. the route that constrains more categories (hosts, methods, headers, query, snis, paths) wins;
-2. then one whose hosts are all plain (no wildcard);
+2. then one whose hosts are all plain (no wildcard), `hosts: []` given too (an empty list is a Lua table there);
 3. then the one with more headers;
 4. then by path: any regex above any prefix, regexes by `regex_priority`, prefixes by length;
-5. then the route defined first.
+5. then, as the ATC router walks matchers of equal priority (atc-router src/router.rs: a BTreeMap of (priority,
+   UUID), iterated in reverse), the greater route id, byte-wise: the route's own, Kong's of its name, or its piece's
+   when Kong splits it by path (see `_matcher_id`); routes of neither id nor name (Kong makes theirs random) after
+   those, in the order they are defined.
 Candidates are sorted in that order once, so the first that matches is the answer.
 Everything is compiled at config load; matching does no parsing beyond splitting off the query string. As Kong's
 router does (kong/router/atc.lua:462-487), recent answers are remembered (MATCH_CACHE of them, for targets and Hosts
@@ -52,6 +55,7 @@ NEEDS_MCP, and the caller looks (headers, or a bounded read of the body) and mat
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Sequence
 from itertools import chain, compress, islice
 from operator import itemgetter
@@ -83,6 +87,8 @@ _NAME = itemgetter(0)  # of a header line
 _FLAT = chain.from_iterable
 
 _REGEX, _PREFIX, _NO_PATH = 2, 1, 0
+# the namespace of the ids Kong gives the pieces of a route it splits by path (kong/router/transform.lua:674)
+_SPLIT_NAMESPACE = uuid.UUID("7f145bf9-0dce-4f91-98eb-debbce4b9f6b")
 
 
 class RouteSpec(Generic[T]):
@@ -92,11 +98,15 @@ class RouteSpec(Generic[T]):
                  hosts: Sequence[str] = (), snis: Sequence[str] = (), headers: dict[str, list[str]] | None = None,
                  query: dict[str, list[str]] | None = None, regex_priority: int = 0, strip_path: bool = True,
                  mcp_methods: Sequence[str] = (), mcp_tools: Sequence[str] = (),
-                 service_path: str | None = None) -> None:
+                 service_path: str | None = None, hosts_given: bool = False, route_id: str | None = None) -> None:
         self.payload = payload
         self.paths = list(paths)
         self.methods = frozenset(m.encode() for m in methods)
         self.hosts = list(hosts)  # as given: Kong compares them with the Host header in the case of both
+        # the config gave hosts, maybe as []: Kong's get_priority sets its plain-host bit for any list (a Lua table)
+        self.hosts_given = hosts_given or bool(hosts)
+        # Kong's id of the route (given, or its declarative one of the name), which breaks ties; None: Kong's is random
+        self.route_id = route_id
         # Kong: a final dot of a name is not used for routing
         self.snis = [s.lower() if s.endswith(".*") else s.lower().removesuffix(".") for s in snis]
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}
@@ -153,7 +163,7 @@ class _Candidate(Generic[T]):
     __slots__ = ("spec", "kind", "prefix", "regex", "rank", "exact_hosts", "wild_hosts", "port_hosts", "any_hosts",
                  "exact_snis", "wild_snis", "headers", "header_regex", "capturing", "query", "order", "mcp", "priority")
 
-    def __init__(self, spec: RouteSpec[T], path: str | None, order: int) -> None:
+    def __init__(self, spec: RouteSpec[T], path: str | None, order: int, matcher_id: bytes | None) -> None:
         self.spec = spec
         self.order = order
         self.prefix = b""
@@ -188,12 +198,33 @@ class _Candidate(Generic[T]):
         self.capturing = self.header_regex or (self.regex is not None and self.regex.groups > 0)
         self.query = list(spec.query.items())
         # Kong 3.x's route priority (kong/router/transform.lua get_priority), highest first: the categories; hosts
-        # that are all plain (no wildcard); the number of headers; a regex path above any prefix, by regex_priority;
-        # a longer prefix; then the route defined first.
-        plain_hosts = bool(spec.hosts) and not any("*" in h for h in spec.hosts)
+        # given and all plain (no wildcard); the number of headers; a regex path above any prefix, by regex_priority;
+        # a longer prefix; then the ATC router's tie-break, the greater matcher id; routes without one last, in the
+        # order they are defined
+        plain_hosts = spec.hosts_given and not any("*" in h for h in spec.hosts)
         self.priority = (categories, plain_hosts, min(len(spec.headers), 255), self.kind == _REGEX,
                          spec.regex_priority if self.kind == _REGEX else 0,
-                         len(path) if self.kind == _PREFIX else 0, -order)  # type: ignore[arg-type]
+                         len(path) if self.kind == _PREFIX else 0,  # type: ignore[arg-type]
+                         matcher_id is not None, matcher_id or b"", -order)
+
+
+def _matcher_id(spec: RouteSpec[T], path: str | None) -> bytes | None:
+    """The id Kong's ATC router files the route's matcher of `path` under (kong/router/atc.lua add_matcher), as bytes:
+    the route's own, or, when Kong splits the route by path, its piece's (transform.lua:704-755: a route of more than
+    one group of paths, all its regexes one group and the prefixes of each byte length another, numbered from 1 in
+    order of first appearance; piece n's id is uuid5 of "<route id>#<n>"). None for a route of random id."""
+    if spec.route_id is None:
+        return None
+    groups = list(dict.fromkeys(map(_path_group, spec.paths)))
+    if len(groups) < 2:
+        return uuid.UUID(spec.route_id).bytes
+    piece = groups.index(_path_group(path)) + 1  # type: ignore[arg-type]  # (a route of paths has no None path)
+    return uuid.uuid5(_SPLIT_NAMESPACE, f"{spec.route_id}#{piece}").bytes
+
+
+def _path_group(path: str) -> int:
+    """Kong's group_by_regex_or_length key (transform.lua:687): 0 for a regex, else the prefix's length in bytes."""
+    return 0 if path.startswith("~") else len(path.encode())
 
 
 def _is_wildcard(host: str) -> bool:
@@ -237,7 +268,7 @@ class Router(Generic[T]):
         for order, spec in enumerate(specs):
             paths: Sequence[str | None] = spec.paths or [None]
             for path in paths:
-                cands.append(_Candidate(spec, path, order))
+                cands.append(_Candidate(spec, path, order, _matcher_id(spec, path)))
         # Kong's priority order: the first candidate that matches is the answer.
         cands.sort(key=lambda c: c.priority, reverse=True)
         self._candidates = cands

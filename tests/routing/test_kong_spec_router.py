@@ -2,8 +2,8 @@
 kong/router/transform.lua builds an ATC expression and a priority per route, kong/router/atc.lua and fields.lua fill
 the request in): spec/01-unit/08-router_spec.lua (its `select()`, `exec()` and edge cases) and
 spec/02-integration/05-proxy/02-router_spec.lua. Cases whose answer in Kong comes from the tie-break between routes
-of equal priority (the ATC router's, by route UUID) are left out: the gateway breaks ties by definition order
-(README)."""
+of equal priority (the ATC router's, by route UUID) are left out: the specs' routes have random ids there; the
+gateway breaks ties as that router does (the greater id), which tests/routing/test_route_ties_as_kong.py checks."""
 
 from __future__ import annotations
 
