@@ -31,20 +31,33 @@ KONG_FAMILIES = textwrap.dedent("""
     KONG_BANDWIDTH.labels("s", "r", "ingress", "default", "").inc(264)
 """)
 
+# Route 0's series are written by the families; every other route's are route 0's entries with its names in place of
+# "s0" and "r0", appended in the same order: byte for byte the files a loop doing route 0's calls for every route
+# writes (compared at 1, 3, 137 and 5000 routes), in 2 s instead of 13-20 s (each new label set's value objects cost
+# prometheus_client ~70 µs apiece, some 265,000 of them).
 MANY_ROUTES = textwrap.dedent("""
     import os, sys
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = sys.argv[1]
     from gateway.metrics import (KONG_BANDWIDTH, KONG_LATENCY, KONG_REQUEST_LATENCY, KONG_REQUESTS,
                                  KONG_UPSTREAM_LATENCY, REQUESTS, REQUESTS_STARTED)
-    for i in range(int(sys.argv[2])):
-        s, r = f"s{i}", f"r{i}"
-        KONG_REQUESTS.labels(s, r, "200", "service", "default", "").inc()
-        REQUESTS.labels(r, "200").inc()
+    s, r = "s0", "r0"
+    KONG_REQUESTS.labels(s, r, "200", "service", "default", "").inc()
+    REQUESTS.labels(r, "200").inc()
+    REQUESTS_STARTED.inc()
+    for family in (KONG_LATENCY, KONG_UPSTREAM_LATENCY, KONG_REQUEST_LATENCY):
+        family.labels(s, r, "default").observe(12.5)
+    KONG_BANDWIDTH.labels(s, r, "ingress", "default", "").inc(264)
+    KONG_BANDWIDTH.labels(s, r, "egress", "default", "").inc(512)
+    files = {KONG_REQUESTS.labels(s, r, "200", "service", "default", "")._value._file,  # counter_<pid>.db
+             KONG_LATENCY.labels(s, r, "default")._sum._file,  # histogram_<pid>.db
+             KONG_BANDWIDTH.labels(s, r, "ingress", "default", "")._value._file}  # gauge_sum_<pid>.db
+    for file in files:
+        route_0 = [(k, v, t) for k, v, t, _ in file._read_all_values() if '"s0"' in k or '"r0"' in k]
+        for i in range(1, int(sys.argv[2])):
+            for key, value, timestamp in route_0:
+                file.write_value(key.replace('"s0"', f'"s{i}"').replace('"r0"', f'"r{i}"'), value, timestamp)
+    for _ in range(1, int(sys.argv[2])):
         REQUESTS_STARTED.inc()
-        for family in (KONG_LATENCY, KONG_UPSTREAM_LATENCY, KONG_REQUEST_LATENCY):
-            family.labels(s, r, "default").observe(12.5)
-        KONG_BANDWIDTH.labels(s, r, "ingress", "default", "").inc(264)
-        KONG_BANDWIDTH.labels(s, r, "egress", "default", "").inc(512)
 """)
 
 NODE_COUNTERS = textwrap.dedent("""
