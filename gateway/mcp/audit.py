@@ -10,20 +10,17 @@
 large, authentication, ...). A batch gives one line per tools/call in it. Only calls the gateway read from a body
 are logged: a request refused before anything read its body (a missing token) has no tool to log.
 
-Lines are put in the worker's queue at the end of the request and formatted and written by a task of their own,
-one write() per batch on a file opened with O_APPEND (line by line to a pipe or terminal, where a write is atomic
-only up to PIPE_BUF): lines from several workers never interleave. `-` or `stdout` writes to standard output. A
-file that cannot be written is logged once per reason and its lines are dropped, never waited for.
-
-This writer is the MCP layer's own until the access log's writer (the observability work) is merged; it keeps the
-same properties, so moving to it changes no line.
+Lines are queued at the end of the request on the access log's writer (gateway.telemetry.lines.LineWriter) and
+formatted and written by the worker's line task, one write() per batch on a file opened with O_APPEND and O_NONBLOCK
+(line by line to a pipe or terminal, where a write is atomic only up to PIPE_BUF): lines from several workers never
+interleave. `-` or `stdout` writes to standard output. A file that cannot be opened or written (a FIFO with no
+reader) is logged once per reason and its lines are counted as dropped, never waited for; SIGUSR1 reopens it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 from typing import Any
 
@@ -32,116 +29,43 @@ import trio
 
 from gateway.http.server import Exchange
 from gateway.mcp.body import leniently
+from gateway.telemetry.lines import LINES
 
 log = logging.getLogger("gateway.mcp")
 
-FILE_MODE = 0o640
+FILE_MODE = 0o640  # (its lines name consumers, clients and sessions)
 MAX_TOOL = 256  # longer tool names are cut in the line (a name is the client's to choose)
-PIPE_BUF = 4096
+STDOUT_NAMES = ("-", "stdout")
 _encode = msgspec.json.Encoder().encode
 
 
 class AuditLog:
-    """One audit destination in this process: pending records, and the task that writes them."""
+    """One audit destination: its records go to the process's line writer of that file (gateway.telemetry.lines, the
+    access log's), which formats and writes them in the worker's line task and reopens the file on SIGUSR1."""
+
+    __slots__ = ("path", "writer")
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self._pending: list[Record] = []
-        self._wake = trio.Event()
-        self._running = False
-        self._fd = -1
-        self._regular = True
-        self._failed: str | None = None
-        self.dropped = 0
+        self.writer = LINES.stdout_writer() if path in STDOUT_NAMES else LINES.writer_for(path, FILE_MODE)
+        self.path = self.writer.path
 
     def put(self, record: Record) -> None:
-        """Queue one record (formatted later, off the request path)."""
-        self._pending.append(record)
-        if len(self._pending) == 1:
-            self._wake.set()
-
-    async def run(self) -> None:
-        """Write what is pending as soon as the request tasks of the moment have run; in the worker's nursery."""
-        if self._running:
-            return  # one task per destination, however many plugins write to it
-        self._running = True
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake = trio.Event()
-                await trio.lowlevel.checkpoint()  # let the other requests finishing now add theirs: one write
-                self.flush()
-        finally:
-            self.flush()
-            self._close()
-            self._running = False
+        """Queue one record (formatted when its batch is written, off the request path)."""
+        self.writer.defer(format_line, record)
 
     def flush(self) -> int:
-        pending, self._pending = self._pending, []
-        if not pending:
-            return 0
-        lines = [format_line(record) for record in pending]
-        fd = self._open()
-        if fd < 0:
-            self.dropped += len(lines)
-            return 0
-        try:
-            if self._regular:
-                _write_all(fd, b"".join(lines))
-            else:
-                for line in lines:
-                    _write_all(fd, line)
-        except OSError as e:
-            self._report(f"cannot write: {e.strerror or e}")
-            self.dropped += len(lines)
-            self._close()
-            return 0
-        self._failed = None
-        return len(lines)
+        """Write what is pending now; returns the number of lines written."""
+        return self.writer.flush()
 
-    def _open(self) -> int:
-        if self._fd >= 0:
-            return self._fd
-        if self.path in ("-", "stdout"):
-            self._fd, self._regular = 1, False
-            return 1
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
-        except OSError as e:
-            self._report(f"cannot open: {e.strerror or e}")
-            return -1
-        self._fd = fd
-        self._regular = stat.S_ISREG(os.fstat(fd).st_mode)
-        return fd
-
-    def _close(self) -> None:
-        if self._fd > 2:
-            os.close(self._fd)
-        self._fd = -1
-
-    def _report(self, why: str) -> None:
-        if why != self._failed:
-            log.warning("MCP audit log %s: %s; its lines are dropped until it works", self.path, why)
-            self._failed = why
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-_LOGS: dict[str, AuditLog] = {}
+    async def run(self) -> None:
+        """ai-mcp-proxy's background task: nothing to run, the worker's line task (WorkerTelemetry) writes the
+        lines, and what is pending at a worker's exit."""
 
 
 def audit_log_for(path: str) -> AuditLog:
-    """The process's one AuditLog for `path` (relative paths from the working directory)."""
-    key = path if path in ("-", "stdout") else os.path.abspath(path)
-    found = _LOGS.get(key)
-    if found is None:
-        found = _LOGS[key] = AuditLog(key)
-    return found
+    """An AuditLog for `path` (a file, relative to the working directory, or `-` / `stdout`): all of a path share the
+    process's one writer."""
+    return AuditLog(path)
 
 
 # ---- records ------------------------------------------------------------------------------------------------------

@@ -69,6 +69,7 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
     from gateway.node.root import Node, StartupError
 
     pipe = [ready_fd] if ready_fd is not None else []  # to `gateway start`: one line, then closed
+    started: list[str] = []  # the gateway was up (every worker accepted): a later failure is no failure to start
 
     def tell(line: str) -> None:
         while pipe:
@@ -81,6 +82,7 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
                 os.close(fd)
 
     def ready(info: str) -> None:
+        started.append(info)
         tell(f"ready {info}")
 
     def failed(reason: str, code: int = EXIT_FAILURE) -> int:
@@ -105,7 +107,12 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
     except StartupError as e:
         return failed(str(e))
     except OSError as e:  # one startup_problem did not foresee (a race, or a file the root writes)
-        return failed(f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e))
+        why = f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e)
+        if started:
+            print(f"gateway: stopped after it had started, on an error: {why}; fix that and start it again",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        return failed(why)
     except BaseException as e:  # Ctrl-C before the gateway handles signals itself: trio.run may wrap it in a group
         if not isinstance(e, KeyboardInterrupt) and not (isinstance(e, BaseExceptionGroup)
                                                          and e.split(KeyboardInterrupt)[1] is None):

@@ -847,10 +847,16 @@ def _write_pid(path: str) -> None:
 
 
 def _remove(path: str) -> None:
+    """Remove a file of the run directory, if it is there; one that cannot be removed (a read-only filesystem, a
+    directory that lost its write permission) is logged and left, as nginx's ngx_delete_pidfile: nothing stops on it."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    except OSError as e:
+        if os.path.lexists(path):  # (a read-only filesystem refuses to unlink what is not there too)
+            log.error("cannot remove %s: %s; it is left behind (remove it once its directory is writable again)",
+                      path, e.strerror or e)
 
 
 def _root_of(pid: int) -> int:

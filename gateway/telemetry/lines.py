@@ -18,7 +18,8 @@ reported once per reason; its lines are counted as dropped (gateway_log_lines_dr
 for.
 
 The same writer serves gateway.access_log, the file-log plugin and any other line log (the MCP audit log):
-`writer_for(path)` returns the process's one writer for a path.
+`writer_for(path)` returns the process's one writer for a path, `stdout_writer()` that of standard output (descriptor
+1, written line by line and never closed).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ FILE_MODE = 0o644  # Kong's file-log: S_IRUSR | S_IWUSR | S_IRGRP | S_IROTH
 # O_NONBLOCK: opening a FIFO for writing waits for a reader without it (cleared once open)
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK
 MAX_BATCH_BYTES = 1 << 20  # a batch is written in pieces of at most this many bytes (each of whole lines)
+STDOUT = "-"  # the path of the writer of standard output (writer_for's paths are absolute: no file is named so)
 
 DROPPED = Counter("gateway_log_lines_dropped_total", "Log lines that could not be written (the file could not be "
                   "opened or written), by file", ["path"])
@@ -51,10 +53,11 @@ Formatter = Callable[[Any], bytes]
 class LineWriter:
     """One file's pending lines in this process. `put` and `defer` only append to a list."""
 
-    __slots__ = ("path", "_reopen", "_fd", "_regular", "_pending", "_owner", "_failed")
+    __slots__ = ("path", "_mode", "_reopen", "_fd", "_regular", "_pending", "_owner", "_failed")
 
-    def __init__(self, path: str, owner: Lines) -> None:
+    def __init__(self, path: str, owner: Lines, mode: int = FILE_MODE) -> None:
         self.path = path
+        self._mode = mode  # of the file, if opening it creates it
         self._reopen = False  # a pending line asked for the file to be opened anew (file-log's `reopen`)
         self._fd = -1
         self._regular = True
@@ -144,8 +147,11 @@ class LineWriter:
     def _open(self) -> int:
         if self._fd >= 0:
             return self._fd
+        if self.path == STDOUT:
+            self._fd, self._regular = 1, False
+            return 1
         try:
-            fd = os.open(self.path, _FLAGS, FILE_MODE)
+            fd = os.open(self.path, _FLAGS, self._mode)
         except OSError as e:
             self._report(f"cannot open: {e.strerror or errno.errorcode.get(e.errno or 0, e)}")
             return -1
@@ -163,12 +169,12 @@ class LineWriter:
             log.error("log file %s: %s; its lines are dropped until it works again", self.path, why)
 
     def close(self) -> None:
-        if self._fd >= 0:
+        if self._fd >= 0 and self.path != STDOUT:  # (standard output is the process's: only forgotten here)
             try:
                 os.close(self._fd)
             except OSError:
                 pass
-            self._fd = -1
+        self._fd = -1
 
 
 class Lines:
@@ -179,12 +185,20 @@ class Lines:
         self._dirty: list[LineWriter] = []
         self._wake: trio.Event | None = None  # set by `run`: without it, lines wait for flush()
 
-    def writer_for(self, path: str) -> LineWriter:
-        """The one writer of `path` in this process (relative paths are taken from the working directory)."""
+    def writer_for(self, path: str, mode: int = FILE_MODE) -> LineWriter:
+        """The one writer of `path` in this process (relative paths are taken from the working directory); `mode` is
+        that of the file if the writer creates it (the first caller's)."""
         path = os.path.abspath(path)
         writer = self.writers.get(path)
         if writer is None:
-            writer = self.writers[path] = LineWriter(path, self)
+            writer = self.writers[path] = LineWriter(path, self, mode)
+        return writer
+
+    def stdout_writer(self) -> LineWriter:
+        """The one writer of this process's standard output."""
+        writer = self.writers.get(STDOUT)
+        if writer is None:
+            writer = self.writers[STDOUT] = LineWriter(STDOUT, self)
         return writer
 
     def dirty(self, writer: LineWriter) -> None:
