@@ -28,7 +28,7 @@ from gateway.cli import SettingError
 from gateway.config import Config, ConfigError, load_config, parse_host_port
 from gateway.config.kong_forms import use_load_time
 from gateway.config.schema import GatewaySettings
-from gateway.config.tls import listen_flags
+from gateway.config.tls import ListenAddress, listen_flags, listen_options
 from gateway.discovery.local import run_local_discovery
 from gateway.discovery.registration import run_registration
 from gateway.dns import process as dns
@@ -67,10 +67,17 @@ SIGHUP_REFUSED = ("SIGHUP: gateway run does not reload its config; restart it, o
                   "start`, which reloads")
 
 
-def listen_addresses(config: Config) -> list[tuple[str, int]]:
-    """The (host, port) of every listen entry, in order (an entry may end with flags: "0.0.0.0:8443 ssl")."""
+def listen_addresses(config: Config) -> list[ListenAddress]:
+    """The (host, port) of every listen entry, in order, each with the socket options its flags give (an entry may
+    end with flags: "0.0.0.0:8443 ssl backlog=16384"), read once per start or reload."""
     listens = [config.gateway.listen] if isinstance(config.gateway.listen, str) else config.gateway.listen
-    return [parse_host_port(a.split()[0], None) for a in listens]  # type: ignore[misc]  # validated at load
+    return [_listen_address(entry) for entry in listens]
+
+
+def _listen_address(entry: str) -> ListenAddress:
+    addr, flags = listen_flags(entry)
+    host, port = parse_host_port(addr, None)  # type: ignore[misc]  # validated at load
+    return ListenAddress(host, port, listen_options(flags, ":" in host)[0])  # type: ignore[arg-type]
 
 
 def bind_all(config: Config) -> list[socket.socket]:
@@ -78,9 +85,10 @@ def bind_all(config: Config) -> list[socket.socket]:
     raises OSError naming the address (e.g. port already in use)."""
     socks = []
     try:
-        for host, port in listen_addresses(config):
+        for addr in listen_addresses(config):
+            host, port = addr
             try:
-                socks.append(bind_listener(host, port, reuse_port=False))
+                socks.append(bind_listener(host, port, reuse_port=False, options=addr.options))
             except OSError as e:
                 raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror}") from None
     except BaseException:

@@ -567,8 +567,10 @@ def test_service_tls_fields_are_checked(fields, message):
 def test_unknown_listen_option_is_refused():
     with pytest.raises(ConfigError) as e:
         parse_config(json.dumps({"gateway": {"listen": "127.0.0.1:8443 ssl http2"}}), "c.yml")
-    assert e.value.messages == ['c.yml: gateway.listen: the listen option "http2" is not supported (only "ssl" and '
-                                '"proxy_protocol" are)']
+    assert e.value.messages == ['c.yml: gateway.listen: the listen option "http2" is not supported: HTTP/2 is not '
+                                'built (this listener would serve HTTP/1.1 only); remove the word (Kong\'s default '
+                                'proxy_listen has it: write "0.0.0.0:8443 ssl reuseport backlog=16384" for its '
+                                '"0.0.0.0:8443 http2 ssl reuseport backlog=16384")']
 
 
 # --- active health checks over TLS ------------------------------------------------------------------------------------

@@ -122,8 +122,9 @@ KONG_CONF: dict[str, str] = {
     "cluster_use_proxy": _not("hybrid mode's connections through proxy_server", _HYBRID),
     # NGINX
     "proxy_listen": _ours("listen", '`listen: ["0.0.0.0:8000", "0.0.0.0:8443 ssl"]` (a list, or one "host:port"); '
-                                    "of the suffixes `ssl` and `proxy_protocol` are supported (http2, deferred, bind, "
-                                    "reuseport, backlog=, ipv6only= and so_keepalive= are not), and there is no off"),
+                                    "its suffixes `ssl`, `proxy_protocol`, `reuseport`, `backlog=N`, `deferred`, "
+                                    "`bind`, `ipv6only=` and `so_keepalive=` are taken, `http2` is not (HTTP/2 is not "
+                                    "built: remove the word), and there is no off"),
     "stream_listen": _not("the listeners of stream proxying", _STREAM),
     "admin_listen": _not("the Admin API's listeners", _ADMIN),
     "nginx_user": _not("the user and group of nginx's workers", f"{_NGINX}; its processes run as the user that "

@@ -49,12 +49,12 @@ from gateway.config.schema import (
     ssl_cert_values,
 )
 from gateway.config.tls import (
-    LISTEN_FLAGS,
     CaCertificateEntity,
     CertificateEntity,
     SniEntity,
     flatten_tls,
     listen_flags,
+    listen_options,
     ref_id,
     status_options,
 )
@@ -564,7 +564,9 @@ _Listener = tuple[str, str, str, int]  # (its field, its "host:port", its host, 
 def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Listener]:
     """Each entry's shape and flags; an address listed twice is refused as nginx refuses "a duplicate listen"
     (src/http/ngx_http.c:1467-1470), and one a wildcard entry of its port also covers because the gateway binds a
-    socket per entry (nginx folds them into the wildcard's one). The entries that can be bound are returned."""
+    socket per entry (nginx folds them into the wildcard's one), or whose IPv4 clients an IPv6 entry with
+    ipv6only=off takes too (nginx cannot bind both either). The entries that can be bound are returned (with an IPv4
+    one for each IPv6 entry that takes IPv4 clients too)."""
     listens = [listen] if isinstance(listen, str) else listen
     if not listens:  # kong/conf_loader/listeners.lua:97-99
         errors.append('gateway.listen: expected at least one "host:port" (e.g. ["0.0.0.0:8000", "0.0.0.0:8443 ssl"]), '
@@ -573,6 +575,7 @@ def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Lis
     for i, entry in enumerate(listens):
         where = "gateway.listen" if isinstance(listen, str) else f"gateway.listen[{i}]"
         addr, flags = listen_flags(entry)
+        options, refused = listen_options(flags, addr.startswith("["))
         if addr == "off":
             errors.append(f"{where}: kong.conf's off (no proxy listener) is not supported: the gateway proxies on "
                           'at least one "host:port"')
@@ -581,10 +584,17 @@ def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Lis
                           f'{show(entry)}{problem}')
         else:
             this: _Listener = (where, addr, *_bound_at(addr))
-            overlap = next(((other, why) for other in proxies if (why := _overlap(other, this)) is not None),
-                           None)
+            also = [] if options.ipv6only else _also_ipv4(this)
+            overlap = next(((other, why, mine) for other in proxies for mine in (this, *also)
+                            if (why := _overlap(other, mine)) is not None), None)
             if overlap is None:
-                proxies.append(this)
+                proxies += [this, *also]
+            elif _dual_stack(overlap[0]) or _dual_stack(overlap[2]):
+                dual = overlap[0] if _dual_stack(overlap[0]) else this
+                errors.append(f"{where}: {show(addr)} overlaps {overlap[0][0]} {show(overlap[0][1])}: "
+                              f"{show(dual[1])} with ipv6only=off takes the IPv4 clients of port {dual[3]} too, and "
+                              'nginx cannot bind both either ("Address already in use"); remove one, or drop '
+                              "ipv6only=off")
             elif overlap[1] == "":
                 errors.append(f"{where}: {show(addr)} is the address of {overlap[0][0]} {show(overlap[0][1])} again, "
                               'which nginx refuses ("a duplicate listen"); list each address once')
@@ -592,10 +602,47 @@ def _check_proxy_listen(listen: str | list[str], errors: list[str]) -> list[_Lis
                 errors.append(f"{where}: {show(addr)} overlaps {overlap[0][0]} {show(overlap[0][1])} ({overlap[1]}): "
                               "the gateway binds a socket per entry and cannot bind both (nginx folds them into one "
                               "socket); remove one, or give it another port")
-        for flag in sorted(flags - LISTEN_FLAGS):
-            errors.append(f'{where}: the listen option {show(flag)} is not supported (only "ssl" and '
-                          '"proxy_protocol" are)')
+        errors += [_listen_option_error(where, flag) for flag in refused]
     return proxies
+
+
+def _listen_option_error(where: str, flag: str, status: bool = False) -> str:
+    """The refusal of a listen option: nginx's message for a bad value of one taken (src/http/
+    ngx_http_core_module.c:4059, 4139, 4296), else that the gateway does not take it, naming those it does."""
+    if flag.startswith("backlog="):
+        return (f"{where}: invalid backlog {show(flag)}: give a number from 1 to 2147483647 (e.g. backlog=511; the "
+                "kernel caps it at net.core.somaxconn)")
+    if status:
+        return (f'{where}: the listen option {show(flag)} is not supported (the status server takes one "host:port", '
+                "plain HTTP, with reuseport, backlog=N and proxy_protocol)")
+    if flag.startswith("so_keepalive="):
+        return (f"{where}: invalid so_keepalive value {show(flag[13:])}: give on, off or [keepidle]:[keepintvl]:"
+                "[keepcnt] (both colons, as Kong's listeners.lua reads it; times as nginx's 30m or 75s, not all 0: "
+                "e.g. so_keepalive=30m::10)")
+    if flag.startswith("ipv6only="):
+        return f"{where}: invalid ipv6only flags {show(flag)}: give ipv6only=on or ipv6only=off"
+    if flag == "http2":
+        return (f'{where}: the listen option "http2" is not supported: HTTP/2 is not built (this listener would '
+                "serve HTTP/1.1 only); remove the word (Kong's default proxy_listen has it: write "
+                '"0.0.0.0:8443 ssl reuseport backlog=16384" for its "0.0.0.0:8443 http2 ssl reuseport '
+                'backlog=16384")')
+    return (f"{where}: the listen option {show(flag)} is not supported (ssl, proxy_protocol, reuseport, backlog=N, "
+            "deferred, bind, ipv6only=on|off and so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt] are)")
+
+
+def _also_ipv4(listener: _Listener) -> list[_Listener]:
+    """The IPv4 listener an IPv6 one with ipv6only=off is too: `::` every IPv4 address of its port, a v4-mapped
+    address (::ffff:a.b.c.d) its IPv4 one; none for another IPv6 address."""
+    where, addr, host, port = listener
+    if bound_ip(host) == "::":
+        return [(where, addr, "0.0.0.0", port)]
+    mapped = ipaddress.IPv6Address(bound_ip(host)).ipv4_mapped
+    return [] if mapped is None else [(where, addr, str(mapped), port)]
+
+
+def _dual_stack(listener: _Listener) -> bool:
+    """Is it the IPv4 side of an IPv6 entry with ipv6only=off (_also_ipv4)?"""
+    return listener[1].startswith("[") and ":" not in listener[2]
 
 
 def check_kept_status_listen(gw: GatewaySettings) -> list[str]:
@@ -620,14 +667,7 @@ def _check_status_listen(status_listen: str, proxies: list[_Listener], errors: l
     if (problem := _listen_problem(addr)) is not None:
         errors.append(f'gateway.status_listen: expected "host:port" (or off), got {show(status_listen)}{problem}')
         return
-    for flag in status_options(flags)[2]:
-        if flag.startswith("backlog="):  # nginx's message (src/http/ngx_http_core_module.c:4057-4060)
-            errors.append(f"gateway.status_listen: invalid backlog {show(flag)}: give a number from 1 to 2147483647 "
-                          f"(e.g. backlog=511; the kernel caps it at net.core.somaxconn)")
-        else:
-            errors.append(f'gateway.status_listen: the listen option {show(flag)} is not supported (the status '
-                          f'server takes one "host:port", plain HTTP, with reuseport, backlog=N and '
-                          f'proxy_protocol)')
+    errors += [_listen_option_error("gateway.status_listen", flag, status=True) for flag in status_options(flags)[2]]
     status: _Listener = ("gateway.status_listen", addr, *_bound_at(addr))
     for proxy in proxies:
         if (why := _overlap(proxy, status)) is not None:

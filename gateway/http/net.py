@@ -12,12 +12,16 @@ import errno
 import select
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import trio
 
 from gateway.dns import process as dns
 from gateway.dns.client import DnsError
 from gateway.http.timers import ConnTimer, Phase
+
+if TYPE_CHECKING:
+    from gateway.config.tls import ListenOptions
 
 RECV_SIZE = 65536
 CHECKPOINT_EVERY = 32  # immediate successes (and body events: Conn.pace) allowed between forced checkpoints
@@ -365,10 +369,10 @@ def is_ip(host: str) -> bool:
     return False
 
 
-def unbound_listener(host: str, reuse_port: bool) -> socket.socket:
+def unbound_listener(host: str, reuse_port: bool, ipv6only: bool = True) -> socket.socket:
     """A TCP socket for listening on `host` (SO_REUSEADDR, SO_REUSEPORT if asked). An IPv6 one is IPv6-only, as
     nginx's `listen [::]:8000` (ipv6only=on): IPv4 clients are an IPv4 address's, and `0.0.0.0:8000` and
-    `[::]:8000` are two listeners side by side."""
+    `[::]:8000` are two listeners side by side; with `ipv6only` false (nginx's ipv6only=off) it takes both."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -376,19 +380,24 @@ def unbound_listener(host: str, reuse_port: bool) -> socket.socket:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(ipv6only))
     except BaseException:
         sock.close()
         raise
     return sock
 
 
-def bind_listener(host: str, port: int, reuse_port: bool = True, backlog: int = 4096) -> socket.socket:
-    """A non-blocking listening socket; SO_REUSEPORT lets every worker process bind its own on the same port."""
-    sock = unbound_listener(host, reuse_port)
+def bind_listener(host: str, port: int, reuse_port: bool = True, options: ListenOptions | None = None) -> socket.socket:
+    """A non-blocking listening socket; SO_REUSEPORT lets every worker process bind its own on the same port.
+    `options`: its listen entry's (backlog, deferred, ipv6only, so_keepalive), by default the gateway's."""
+    if options is None:
+        from gateway.config.tls import PLAIN_LISTEN  # imported here: gateway.config imports this module
+        options = PLAIN_LISTEN
+    sock = unbound_listener(host, reuse_port, options.ipv6only)
     try:
         sock.bind((host, port))
-        sock.listen(backlog)
+        sock.listen(options.backlog)
+        options.apply(sock)
         sock.setblocking(False)
     except BaseException:
         sock.close()

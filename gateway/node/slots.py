@@ -14,7 +14,9 @@ SO_REUSEPORT, that nothing else listens there. A second gateway learns the first
 Claims and slots are kept by the address a socket binds (a name resolved as the bind resolves it, `[0::1]` as `::1`),
 not by how the config spells it: nginx's reload keeps a listening socket whose new address is the same sockaddr
 (release-1.27.1 src/core/ngx_cycle.c:527-534, ngx_cmp_sockaddr), so `localhost:P` reloaded as `127.0.0.1:P` goes on
-serving from the same socket.
+serving from the same socket. A listener is its bound address and its socket options (gateway.config.tls
+.ListenOptions: backlog, deferred, ipv6only, so_keepalive): a reload that changes an entry's options binds new
+sockets for it beside the old ones under the same claim, and releases the old ones as it would a dropped address.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Sequence
 
 from gateway.config.loader import bound_ip
+from gateway.config.tls import PLAIN_LISTEN, ListenOptions, options_of
 from gateway.http.net import bind_listener
 
 CLAIM_PREFIX = "mcp-gateway/listen/"
 WILDCARDS = ("0.0.0.0", "::")
 Address = tuple[str, int]  # (host, port)
+Slot = tuple[Address, ListenOptions]  # the bound address and the options of its sockets
 
 
 class AddressInUse(OSError):
@@ -52,8 +57,8 @@ class AddressInUse(OSError):
 class Opened:
     """What one `ensure` added (sockets, claims): closed again by `undo` when what needed them did not start."""
 
-    def __init__(self, sockets: list[tuple[Address, socket.socket]], claims: list[Address],
-                 bound: dict[Address, Address]) -> None:
+    def __init__(self, sockets: list[tuple[Slot, socket.socket]], claims: list[Address],
+                 bound: dict[Address, Slot]) -> None:
         self.sockets = sockets
         self.claims = claims
         self.bound = bound  # the slots' bound addresses of the listen addresses before this `ensure`
@@ -63,45 +68,46 @@ class ListenerSlots:
     """Per bound address, a growing list of bound sockets; worker i of n serves slots i, i+n, i+2n, ..."""
 
     def __init__(self) -> None:
-        self._sockets: dict[Address, list[socket.socket]] = {}  # by bound address, as are the claims
-        self._claims: dict[Address, socket.socket] = {}
-        self._bound: dict[Address, Address] = {}  # each listen address (as configured) -> the address it binds
+        self._sockets: dict[Slot, list[socket.socket]] = {}  # by bound address and options
+        self._claims: dict[Address, socket.socket] = {}  # by bound address
+        self._bound: dict[Address, Slot] = {}  # each listen address (as configured) -> the slot it binds
         self._parked: list[socket.socket] = []  # released sockets whose descriptor numbers stay taken (release)
 
-    def ensure(self, addresses: list[Address], count: int) -> Opened:
+    def ensure(self, addresses: Sequence[Address], count: int) -> Opened:
         """Claim and bind what is missing so every address has at least `count` slots; all-or-nothing on failure. A
         name is resolved again (as nginx's reload parses `listen` anew); an address whose bound one is held already
-        keeps its sockets, however it is spelled."""
-        bound = {addr: (bound_ip(addr[0]), addr[1]) for addr in addresses}
-        spelled: dict[Address, Address] = {}  # each bound address, as first listed (messages name it so)
-        for addr, at in bound.items():
-            spelled.setdefault(at, addr)
+        keeps its sockets, however it is spelled, unless its options changed (then it gets sockets of the new ones)."""
+        bound = {addr: _slot_of(addr) for addr in addresses}
+        spelled: dict[Slot, Address] = {}  # each slot, as first listed (messages name it so)
+        for addr, slot in bound.items():
+            spelled.setdefault(slot, addr)
         claimed: list[Address] = []
-        added: list[tuple[Address, socket.socket]] = []
+        added: list[tuple[Slot, socket.socket]] = []
         try:
-            for at, addr in spelled.items():
+            for slot, addr in spelled.items():
+                at, options = slot
                 if at not in self._claims:
-                    held = _overlapping_own(at, list(self._claims))
+                    held = _overlapping_own(slot, [*self._sockets, *((at, PLAIN_LISTEN) for at in self._claims)])
                     if held is not None:
                         raise AddressInUse(*addr, os.getpid(), held)
-                    self._claims[at] = _claim(at, addr)
+                    self._claims[at] = _claim(slot, addr)
                     claimed.append(at)
-                have = len(self._sockets.get(at, ()))
+                have = len(self._sockets.get(slot, ()))
                 for _ in range(count - have):
                     try:
-                        sock = bind_listener(*at)
+                        sock = bind_listener(*at, options=options)
                     except OSError as e:
                         raise OSError(e.errno, f"cannot listen on {_display(addr[0])}:{addr[1]}: {e.strerror}") \
                             from None
-                    added.append((at, sock))
+                    added.append((slot, sock))
         except BaseException:
             for _, sock in added:
                 sock.close()
             for at in claimed:
                 self._claims.pop(at).close()
             raise
-        for at, sock in added:
-            self._sockets.setdefault(at, []).append(sock)
+        for slot, sock in added:
+            self._sockets.setdefault(slot, []).append(sock)
         before = dict(self._bound)
         self._bound.update(bound)
         return Opened(added, claimed, before)
@@ -109,12 +115,12 @@ class ListenerSlots:
     def undo(self, opened: Opened) -> None:
         """Close what `ensure` opened for a generation that did not start (nginx closes the sockets a failed new
         cycle opened): a socket no worker serves would queue connections for no one."""
-        for at, sock in opened.sockets:
-            socks = self._sockets.get(at, [])
+        for slot, sock in opened.sockets:
+            socks = self._sockets.get(slot, [])
             if sock in socks:
                 socks.remove(sock)
                 if not socks:
-                    del self._sockets[at]
+                    del self._sockets[slot]
             sock.close()
         for at in opened.claims:
             claim = self._claims.pop(at, None)
@@ -122,20 +128,21 @@ class ListenerSlots:
                 claim.close()
         self._bound = opened.bound
 
-    def release(self, addresses: list[Address]) -> None:
+    def release(self, addresses: Sequence[Address]) -> None:
         """Stop listening on the addresses not in `addresses` (a reload dropped them; the old generation was told to
         drain, closing its copies): new connections there are refused at once, and the address may be bound by
         another program, as nginx closes the listening sockets a new cycle no longer has. The descriptor numbers
         stay taken (parked on /dev/null) until `free_parked`, as the old generation's workers were given them."""
         self._bound = {addr: self._bound_of(addr) for addr in addresses}
         kept = set(self._bound.values())
-        for at in list(self._sockets):
-            if at not in kept:
-                socks = self._sockets.pop(at)
+        for slot in list(self._sockets):
+            if slot not in kept:
+                socks = self._sockets.pop(slot)
                 _park(socks)
                 self._parked += socks
+        kept_at = {at for at, _ in kept}
         for at in list(self._claims):
-            if at not in kept:
+            if at not in kept_at:
                 self._claims.pop(at).close()
 
     def free_parked(self) -> None:
@@ -144,14 +151,14 @@ class ListenerSlots:
             sock.close()
         self._parked = []
 
-    def fds_for(self, addresses: list[Address], index: int, workers: int) -> list[int]:
+    def fds_for(self, addresses: Sequence[Address], index: int, workers: int) -> list[int]:
         """File descriptors worker `index` of `workers` inherits."""
         return [s.fileno() for addr in addresses for i, s in enumerate(self._sockets[self._bound_of(addr)])
                 if i % workers == index]
 
-    def _bound_of(self, addr: Address) -> Address:
-        """The address `addr`'s slots bind, as the last `ensure` resolved it (the same sockets for every call)."""
-        return self._bound.get(addr) or (bound_ip(addr[0]), addr[1])
+    def _bound_of(self, addr: Address) -> Slot:
+        """The slot of `addr`, as the last `ensure` resolved it (the same sockets for every call)."""
+        return self._bound.get(addr) or _slot_of(addr)
 
     def stop_listening(self) -> None:
         """A graceful stop: close this process's copy of every listening socket now, so that once the draining
@@ -173,6 +180,11 @@ class ListenerSlots:
         self.free_parked()
 
 
+def _slot_of(addr: Address) -> Slot:
+    """The bound address of a listen address (a name resolved now) and its options."""
+    return (bound_ip(addr[0]), addr[1]), options_of(addr)
+
+
 def _park(socks: list[socket.socket]) -> None:
     """Close the sockets under their descriptor numbers, which stay taken by /dev/null until the socket objects'
     close(): a worker started meanwhile with those numbers cannot inherit another file under them."""
@@ -185,10 +197,10 @@ def _park(socks: list[socket.socket]) -> None:
         os.close(null)
 
 
-def _claim(at: Address, addr: Address) -> socket.socket:
-    """Hold the claim of the bound address `at` (of the listen address `addr`, which messages name), after checking
-    nothing else listens there; AddressInUse otherwise."""
-    host, port = at
+def _claim(slot: Slot, addr: Address) -> socket.socket:
+    """Hold the claim of the bound address of `slot` (of the listen address `addr`, which messages name), after
+    checking nothing else listens there (on IPv4 too, for an IPv6 one with ipv6only=off); AddressInUse otherwise."""
+    (host, port), options = slot
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         claim.bind(_claim_name(host, port))
@@ -199,11 +211,11 @@ def _claim(at: Address, addr: Address) -> socket.socket:
             raise AddressInUse(*addr, claimant(host, port)) from None
         raise
     try:
-        probe = bind_listener(host, port, reuse_port=False)  # fails if anyone else listens, SO_REUSEPORT or not
+        probe = bind_listener(host, port, reuse_port=False, options=options)  # fails if anyone else listens there
     except OSError as e:
         claim.close()
         if e.errno == errno.EADDRINUSE:
-            raise AddressInUse(*addr, _overlapping_claimant(host, port)) from None
+            raise AddressInUse(*addr, _overlapping_claimant(host, port, options.ipv6only)) from None
         raise OSError(e.errno, f"cannot listen on {_display(addr[0])}:{port}: {e.strerror}") from None
     probe.close()
     return claim
@@ -222,25 +234,36 @@ def claimant(host: str, port: int) -> int | None:
     return pid or None
 
 
-def _overlapping_claimant(host: str, port: int) -> int | None:
+def _overlapping_claimant(host: str, port: int, ipv6only: bool = True) -> int | None:
     """A gateway on the wildcard address of the family holds every specific address of the port (and the other way
-    round, only the wildcard's claimant can be named); IPv6 listeners being IPv6-only, `::` holds no IPv4 one."""
-    for other in (host, WILDCARDS[":" in host]):
+    round, only the wildcard's claimant can be named); `::` holds IPv4 ones only with ipv6only=off, and an IPv6 one
+    of ours with ipv6only=off may have met any IPv4 one's."""
+    v6 = ":" in host
+    others = [host, WILDCARDS[v6]] + (["::"] if not v6 else [] if ipv6only else ["0.0.0.0"])
+    for other in others:
         pid = claimant(other, port)
         if pid:
             return pid
     return None
 
 
-def _overlapping_own(addr: Address, claims: list[Address]) -> Address | None:
-    """The address this gateway already holds that `addr` cannot be bound beside: the other one of a wildcard and a
-    specific address of one port and family (the kernel refuses the second bind; its claim is another name)."""
-    host, port = addr
-    v6 = ":" in host
-    for other in claims:
-        if other[1] == port and (":" in other[0]) == v6 and WILDCARDS[v6] in (host, other[0]):
-            return other
+def _overlapping_own(slot: Slot, held: list[Slot]) -> Address | None:
+    """The address this gateway already holds that `slot` cannot be bound beside: the other one of a wildcard and a
+    specific address of one port and family (the kernel refuses the second bind; its claim is another name), or an
+    IPv4 one and `::` with ipv6only=off, which takes IPv4 clients too."""
+    (host, port), options = slot
+    for (other, other_port), other_options in held:
+        if other_port == port and other != host and (_covers(host, options, other) or
+                                                     _covers(other, other_options, host)):
+            return other, other_port
     return None
+
+
+def _covers(wide: str, options: ListenOptions, host: str) -> bool:
+    """Does a listener on `wide` (with `options`) take connections for `host`: the wildcard of its family does, and
+    `::` with ipv6only=off takes IPv4 ones too."""
+    v6 = ":" in host
+    return wide == WILDCARDS[v6] or (wide == "::" and not options.ipv6only and not v6)
 
 
 def _claim_name(host: str, port: int) -> str:

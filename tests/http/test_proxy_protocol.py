@@ -368,8 +368,9 @@ def test_the_proxy_protocol_listen_flag_is_taken_with_or_without_ssl():
 
 
 def test_a_listen_flag_not_built_names_the_ones_that_are():
-    assert _errors({"listen": "127.0.0.1:8000 deferred"}) == [
-        'c.yml: gateway.listen: the listen option "deferred" is not supported (only "ssl" and "proxy_protocol" are)']
+    assert _errors({"listen": "127.0.0.1:8000 fastopen=3"}) == [
+        'c.yml: gateway.listen: the listen option "fastopen=3" is not supported (ssl, proxy_protocol, reuseport, '
+        'backlog=N, deferred, bind, ipv6only=on|off and so_keepalive=on|off|[keepidle]:[keepintvl]:[keepcnt] are)']
 
 
 def test_real_ip_header_proxy_protocol_in_another_case_is_refused():

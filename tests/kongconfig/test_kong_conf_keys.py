@@ -105,9 +105,9 @@ def test_each_key_of_the_table_is_refused_by_name(key: str):
 
 @pytest.mark.parametrize(("key", "message"), [
     ("proxy_listen", "gateway.proxy_listen: kong.conf's proxy_listen is `listen` here: `listen: [\"0.0.0.0:8000\", "
-                     "\"0.0.0.0:8443 ssl\"]` (a list, or one \"host:port\"); of the suffixes `ssl` and "
-                     "`proxy_protocol` are supported (http2, deferred, bind, reuseport, backlog=, ipv6only= and "
-                     "so_keepalive= are not), and there is no off"),
+                     "\"0.0.0.0:8443 ssl\"]` (a list, or one \"host:port\"); its suffixes `ssl`, `proxy_protocol`, "
+                     "`reuseport`, `backlog=N`, `deferred`, `bind`, `ipv6only=` and `so_keepalive=` are taken, "
+                     "`http2` is not (HTTP/2 is not built: remove the word), and there is no off"),
     ("nginx_main_worker_rlimit_nofile", "gateway.nginx_main_worker_rlimit_nofile: kong.conf's "
                                         "nginx_main_worker_rlimit_nofile is `worker_rlimit_nofile` here: "
                                         "`worker_rlimit_nofile: 16384` (nginx's worker_rlimit_nofile); leave it unset "
