@@ -57,10 +57,6 @@ class AuditLog:
         """Write what is pending now; returns the number of lines written."""
         return self.writer.flush()
 
-    async def run(self) -> None:
-        """ai-mcp-proxy's background task: nothing to run, the worker's line task (WorkerTelemetry) writes the
-        lines, and what is pending at a worker's exit."""
-
 
 def audit_log_for(path: str) -> AuditLog:
     """An AuditLog for `path` (a file, relative to the working directory, or `-` / `stdout`): all of a path share the

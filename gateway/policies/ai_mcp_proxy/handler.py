@@ -53,7 +53,6 @@ class AiMcpProxy:
         # Refusals by a rule on the token's scopes are the spec's insufficient_scope (403), so clients can step up.
         self.scoped = self.claim is not None and bool(self.claim) and self.claim[-1] in SPACE_SEPARATED
         self.audit = ToolAudit(audit_log_for(audit_log)) if config.logging.log_audits else None
-        self.background = [self.audit.log.run] if self.audit is not None else []  # the audit writer's task
         self.too_large = error_response(None, jsonrpc.INVALID_REQUEST,
                                         f"request body larger than max_request_body_size ({self.limit} bytes)")
         self.shared = shared  # the worker's gateway.state.SharedState: whether a session's server is down
