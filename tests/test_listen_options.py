@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -17,13 +18,13 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_helpers import node_factory, request
+from e2e_helpers import GatewayNode, blocking_get, descendants_of, node_factory, request, start_daemonised
 
 from gateway.config import ConfigError, parse_config
 from gateway.config.kong_conf import KONG_CONF
 from gateway.config.tls import DATA_BACKLOG, ListenAddress, listen_options
 from gateway.http.net import bind_listener
-from gateway.node.slots import ListenerSlots
+from gateway.node.slots import ListenerSlots, OptionKept
 from gateway.worker import bind_all, listen_addresses
 
 KONG_DEFAULT = "0.0.0.0:8000 reuseport backlog=16384, 0.0.0.0:8443 http2 ssl reuseport backlog=16384"
@@ -217,24 +218,94 @@ def test_gateway_runs_one_process_binding_takes_the_options():
             sock.close()
 
 
-def test_a_reload_changing_an_entrys_options_binds_it_new_sockets(slots: ListenerSlots):
-    """The options are part of what makes two listeners one: the reloaded entry `127.0.0.1:P deferred` kept the
-    running `127.0.0.1:P` socket, without TCP_DEFER_ACCEPT (nginx applies the change to its kept socket:
-    ngx_cycle.c:536-575; the root binds new slots beside the old ones, as for a changed address, and closes those
-    when the old generation is released)."""
+# --- a reload changing an entry's options: nginx's master keeps the socket of an address it already listens on and
+# sets the new options on it (release-1.27.1 src/core/ngx_cycle.c:527-574 marks `listen`, `add_deferred`,
+# `delete_deferred`; src/core/ngx_connection.c:753-952 ngx_configure_listening_sockets applies them) -----------------
+
+
+def _options_of(fd: int) -> dict[str, int]:
+    """What the listening socket `fd` has: TCP_DEFER_ACCEPT, SO_KEEPALIVE, TCP_KEEPIDLE/KEEPINTVL/KEEPCNT."""
+    with socket.socket(fileno=socket.dup(fd)) as sock:
+        return {"deferred": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT),
+                "keepalive": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                "keepidle": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                "keepintvl": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                "keepcnt": sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT)}
+
+
+def _kernel_keepalive() -> list[int]:
+    return [int(Path(f"/proc/sys/net/ipv4/{name}").read_text())
+            for name in ("tcp_keepalive_time", "tcp_keepalive_intvl", "tcp_keepalive_probes")]
+
+
+def test_a_reload_changing_backlog_deferred_and_so_keepalive_sets_them_on_the_kept_socket(slots: ListenerSlots):
+    """ngx_cycle.c:536-538 (`nls[n].listen = 1` for a new backlog) and 565-574 (add_deferred), then
+    ngx_connection.c:753-811 (SO_KEEPALIVE, TCP_KEEP*), 856-865 (listen() again) and 921-944 (TCP_DEFER_ACCEPT 1) on
+    the socket kept (`nls[n].fd = ls[i].fd`): the same socket (fd and inode), the new options read back. It got a new
+    socket beside the old one, which the old generation's end closed with its queued connections."""
     port = _free_port()
     before = _addresses(f"127.0.0.1:{port}")
     slots.ensure(before, 1)
-    [old] = slots.fds_for(before, 0, 1)
-    after = _addresses(f"127.0.0.1:{port} deferred")
+    [fd] = slots.fds_for(before, 0, 1)
+    inode = os.fstat(fd).st_ino
+    after = _addresses(f"127.0.0.1:{port} backlog=77 deferred so_keepalive=30m:75s:7")
     opened = slots.ensure(after, 1)
-    assert len(opened.sockets) == 1 and opened.claims == []  # the same claim: the same address
-    [new] = slots.fds_for(after, 0, 1)
-    assert new != old
-    with socket.socket(fileno=socket.dup(new)) as sock:
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 1
+    assert opened.sockets == [] and opened.claims == []
     slots.release(after)
-    assert slots.fds_for(after, 0, 1) == [new]
+    assert slots.fds_for(after, 0, 1) == [fd] and os.fstat(fd).st_ino == inode
+    assert _send_q(port) == 77
+    assert _options_of(fd) == {"deferred": 1, "keepalive": 1, "keepidle": 1800, "keepintvl": 75, "keepcnt": 7}
+
+
+def test_a_reload_dropping_the_options_gives_the_kept_socket_a_new_sockets_values(slots: ListenerSlots):
+    """ngx_cycle.c:567-568: deferred gone is `delete_deferred` (TCP_DEFER_ACCEPT 0, ngx_connection.c:921-944);
+    backlog=N gone is listen() with the default again. so_keepalive gone is SO_KEEPALIVE off and the kernel's
+    keepalive times, as a socket the gateway starts with (nginx sets nothing when so_keepalive is gone, leaving the
+    old one's on until a restart)."""
+    port = _free_port()
+    slots.ensure(_addresses(f"127.0.0.1:{port} backlog=77 deferred so_keepalive=30m:75s:7"), 1)
+    plain = _addresses(f"127.0.0.1:{port}")
+    assert slots.ensure(plain, 1).sockets == []
+    [fd] = slots.fds_for(plain, 0, 1)
+    assert _send_q(port) == min(DATA_BACKLOG, _somaxconn())
+    assert list(_options_of(fd).values()) == [0, 0, *_kernel_keepalive()]
+
+
+def test_a_connection_queued_during_a_reload_changing_options_is_answered_not_reset(slots: ListenerSlots):
+    """A reload stays hitless for an entry whose options change: a connection waiting in the accept queue when the
+    reload runs (and the old generation is released) is accepted from the kept socket afterwards. With a new socket
+    per options the old one was closed at the release, resetting it (Linux resets a closed listener's queue)."""
+    port = _free_port()
+    before = _addresses(f"127.0.0.1:{port}")
+    slots.ensure(before, 1)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as client:
+        client.sendall(b"ping")
+        after = _addresses(f"127.0.0.1:{port} backlog=100 so_keepalive=on")
+        slots.ensure(after, 1)
+        slots.release(after)
+        [fd] = slots.fds_for(after, 0, 1)
+        with socket.socket(fileno=socket.dup(fd)) as listener:
+            listener.settimeout(2)
+            accepted, _ = listener.accept()
+        with accepted:
+            assert accepted.recv(4) == b"ping"
+            accepted.sendall(b"pong")
+        assert client.recv(4) == b"pong"
+
+
+def test_a_reload_whose_workers_fail_to_start_gives_the_kept_socket_its_options_back(slots: ListenerSlots):
+    """nginx's failed cycle leaves the old cycle's sockets to the old workers (ngx_cycle.c:924-935 closes only what
+    the new cycle opened); the options `ensure` set on the kept socket for the generation that did not start are
+    undone, for the generation that goes on serving on it."""
+    port = _free_port()
+    before = _addresses(f"127.0.0.1:{port} so_keepalive=1m::")
+    slots.ensure(before, 1)
+    [fd] = slots.fds_for(before, 0, 1)
+    slots.undo(slots.ensure(_addresses(f"127.0.0.1:{port} backlog=77 deferred so_keepalive=::3"), 1))
+    assert slots.fds_for(before, 0, 1) == [fd]
+    assert _send_q(port) == min(DATA_BACKLOG, _somaxconn())
+    assert _options_of(fd) == {"deferred": 0, "keepalive": 1, "keepidle": 60, "keepintvl": _kernel_keepalive()[1],
+                               "keepcnt": _kernel_keepalive()[2]}
 
 
 def test_an_unchanged_reload_keeps_the_entrys_sockets(slots: ListenerSlots):
@@ -254,6 +325,32 @@ def _has_ipv6() -> bool:
 
 
 @pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 on this host")
+def test_a_reload_changing_ipv6only_is_refused_and_the_socket_kept(slots: ListenerSlots):
+    """A bound socket keeps its IPV6_V6ONLY (nginx sets it before bind(), ngx_connection.c:566-580, and its reload
+    keeps the old socket's silently, ngx_cycle.c:527-534), and a new socket cannot be bound beside it: the reload is
+    refused naming the entry, the running one untouched."""
+    port = _free_port()
+    before = _addresses(f"[::1]:{port}")
+    slots.ensure(before, 1)
+    [fd] = slots.fds_for(before, 0, 1)
+    with pytest.raises(OptionKept) as refused:
+        slots.ensure(_addresses([f"127.0.0.1:{port}", f"[::1]:{port} ipv6only=off backlog=9"]), 1)
+    assert refused.value.strerror == (
+        f"[::1]:{port} ipv6only=off: its listening socket is bound with ipv6only=on, which a reload cannot change; the "
+        "gateway goes on serving on its previous config: stop and start the gateway to change it, or keep "
+        "ipv6only=on")
+    assert slots.fds_for(before, 0, 1) == [fd] and _claims_of(port) == [f"[::1]:{port}"]
+
+
+def _claims_of(port: int) -> list[str]:
+    """The gateway's listen claims (abstract Unix sockets) of `port` this process holds."""
+    out = subprocess.run(["ss", "-Hxlp"], capture_output=True, text=True, timeout=10).stdout
+    return sorted(f[len("@mcp-gateway/listen/"):].replace("::1", "[::1]") for line in out.splitlines()
+                  for f in line.split() if f.startswith("@mcp-gateway/listen/") and f.endswith(f":{port}")
+                  and f"pid={os.getpid()}," in line)
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 on this host")
 async def test_ipv6only_off_takes_ipv4_clients_through_gateway_start(tmp_path: Path):
     """nginx's ipv6only=off (ngx_connection.c:568-575: IPV6_V6ONLY 0): `[::]:P` takes the IPv4 client of
     127.0.0.1:P too (it was refused: "the listen option ipv6only=off is not supported")."""
@@ -266,3 +363,69 @@ async def test_ipv6only_off_takes_ipv4_clients_through_gateway_start(tmp_path: P
             await gw.start(workers=1)
             reply = await request(port, "GET", "/")
     assert reply.status == 204
+
+
+# --- through `gateway start` and `gateway reload` (one gateway for these tests: each leaves it as it started) --------
+
+
+@pytest.fixture(scope="module")
+def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
+    """A one-worker gateway on 127.0.0.1:P and [::1]:P; it answers 204 itself."""
+    if not _has_ipv6():
+        pytest.skip("no IPv6 on this host")
+    doc = {"routes": [{"name": "r", "paths": ["/"]}],
+           "plugins": [{"name": "request-termination", "route": "r", "config": {"status_code": 204}}]}
+    gw = GatewayNode(tmp_path_factory.mktemp("options"), doc, workers=1, status_listen=None)
+    gw.doc["gateway"]["listen"] = [f"127.0.0.1:{gw.port}", f"[::1]:{gw.port}"]
+    gw.config.write_text(json.dumps(gw.doc, indent=1))
+    root = start_daemonised(gw)
+    try:
+        yield gw
+    finally:
+        gw.pids.update(descendants_of(root))
+        gw.cleanup()
+
+
+def _reload_with(gw: GatewayNode, listen: list[str]) -> subprocess.CompletedProcess[str]:
+    """`gateway reload` of gw's config file with this gateway.listen."""
+    gw.doc["gateway"]["listen"] = listen
+    gw.config.write_text(json.dumps(gw.doc, indent=1))
+    return gw.cli("reload", "--config", str(gw.config), timeout=40)
+
+
+def _listener_inode(port: int) -> str:
+    """The inode of the one socket listening on 127.0.0.1:`port` (ss -e)."""
+    out = subprocess.run(["ss", "-Hltne", f"src 127.0.0.1:{port}"], capture_output=True, text=True, timeout=10)
+    [inode] = [f for line in out.stdout.splitlines() for f in line.split() if f.startswith("ino:")]
+    return inode
+
+
+def test_gateway_reload_changing_an_entrys_backlog_keeps_its_listening_socket(dual: GatewayNode):
+    """nginx's master keeps the socket and listen()s it again with the new backlog (ngx_cycle.c:527-538,
+    ngx_connection.c:856-865): the one listening socket of 127.0.0.1:P is the same (its inode), with Send-Q 77."""
+    gw, started = dual, dual.doc["gateway"]["listen"]
+    inode = _listener_inode(gw.port)
+    try:
+        out = _reload_with(gw, [f"{started[0]} backlog=77 deferred", started[1]])
+        assert out.returncode == 0, out.stderr
+        assert _listener_inode(gw.port) == inode and _send_q(gw.port) == 77
+        assert blocking_get(gw.port) == 204
+    finally:
+        assert _reload_with(gw, started).returncode == 0
+
+
+def test_gateway_reload_changing_ipv6only_is_refused_saying_to_stop_and_start(dual: GatewayNode):
+    """A bound socket keeps IPV6_V6ONLY (nginx's reload keeps the old one's silently, ngx_cycle.c:527-534): `gateway
+    reload` says the config is refused, naming the entry and the way to change it, and the gateway serves on."""
+    gw, started = dual, dual.doc["gateway"]["listen"]
+    try:
+        out = _reload_with(gw, [started[0], f"{started[1]} ipv6only=off"])
+        assert out.returncode != 0
+        assert (f"config rejected, still serving the previous one:\n{gw.config}: gateway.listen: [::1]:{gw.port} "
+                "ipv6only=off: its listening socket is bound with ipv6only=on, which a reload cannot change; the "
+                "gateway goes on serving on its previous config: stop and start the gateway to change it, or keep "
+                "ipv6only=on") in out.stderr, out.stderr
+        assert blocking_get(gw.port) == 204
+    finally:
+        gw.doc["gateway"]["listen"] = started
+        gw.config.write_text(json.dumps(gw.doc, indent=1))

@@ -22,6 +22,7 @@ import logging
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -85,6 +86,9 @@ _INT_MAX = 2**31 - 1
 _DIGITS = re.compile(r"[0-9]+")
 # kong/conf_loader/listeners.lua's http flag `so_keepalive=%w*:%w*:%d*` (a value of another form is Kong's usage error)
 _KEEPALIVE_FORM = re.compile(r"([A-Za-z0-9]*):([A-Za-z0-9]*):([0-9]*)")
+# TCP_KEEPIDLE/KEEPINTVL/KEEPCNT of a socket that never set them: net.ipv4's sysctl and Linux's default of it
+_KERNEL_KEEPALIVE = {"TCP_KEEPIDLE": ("tcp_keepalive_time", 7200), "TCP_KEEPINTVL": ("tcp_keepalive_intvl", 75),
+                     "TCP_KEEPCNT": ("tcp_keepalive_probes", 9)}
 # ngx_parse_time's units in seconds (src/core/ngx_parse.c), each with its place: a unit after a smaller one is invalid
 _TIME_UNITS = {"y": (1, 365 * 86400), "M": (2, 30 * 86400), "w": (3, 7 * 86400), "d": (4, 86400), "h": (5, 3600),
                "m": (6, 60), "s": (7, 1)}
@@ -95,8 +99,8 @@ log = logging.getLogger("gateway.listen")
 @dataclass(frozen=True, slots=True)
 class ListenOptions:
     """nginx's socket options of one gateway.listen entry (ngx_listening_t's backlog, deferred_accept, ipv6only,
-    keepalive/keepidle/keepintvl/keepcnt), built at config load; two listeners of one address are the same socket
-    only when these are equal too (gateway.node.slots)."""
+    keepalive/keepidle/keepintvl/keepcnt), built at config load; a reload changing them on a kept socket changes
+    them in place (`apply` with `was`), but for ipv6only, which a bound socket keeps (gateway.node.slots)."""
 
     backlog: int = DATA_BACKLOG
     deferred: bool = False  # TCP_DEFER_ACCEPT
@@ -106,29 +110,58 @@ class ListenOptions:
     keepintvl: int = 0
     keepcnt: int = 0
 
-    def apply(self, sock: socket.socket) -> None:
+    def apply(self, sock: socket.socket, was: ListenOptions | None = None) -> None:
         """Set the options nginx sets on a bound listening socket (ngx_configure_listening_sockets,
         src/core/ngx_connection.c:753-952): a failure is logged and ignored, as nginx's "setsockopt(...) failed,
-        ignored". Linux copies SO_KEEPALIVE and the TCP_KEEP* values to each accepted connection."""
-        if self.keepalive:
+        ignored". Linux copies SO_KEEPALIVE and the TCP_KEEP* values to each accepted connection. `was`: the options
+        of a socket a reload keeps (else a new one's, listening with this backlog): what differs is set in place, as
+        nginx's reload does (ngx_cycle.c:536-574: listen() again, TCP_DEFER_ACCEPT set or 0), and what `was` set and
+        these do not goes back to a new socket's value (nginx leaves an old so_keepalive on)."""
+        before = PLAIN_LISTEN if was is None else was
+        if was is not None and self.backlog != was.backlog:
+            _listen(sock, self.backlog)
+        if self.keepalive != before.keepalive:
             _set(sock, socket.SOL_SOCKET, socket.SO_KEEPALIVE, "SO_KEEPALIVE", int(self.keepalive == 1))
-        for option, name, value in ((socket.TCP_KEEPIDLE, "TCP_KEEPIDLE", self.keepidle),
-                                    (socket.TCP_KEEPINTVL, "TCP_KEEPINTVL", self.keepintvl),
-                                    (socket.TCP_KEEPCNT, "TCP_KEEPCNT", self.keepcnt)):
-            if value:
-                _set(sock, socket.IPPROTO_TCP, option, name, value)
-        if self.deferred:  # nginx's 1 s: "there is no way to find out how long a connection was in queue"
-            _set(sock, socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT", 1)
+        for option, name, value, old in ((socket.TCP_KEEPIDLE, "TCP_KEEPIDLE", self.keepidle, before.keepidle),
+                                         (socket.TCP_KEEPINTVL, "TCP_KEEPINTVL", self.keepintvl, before.keepintvl),
+                                         (socket.TCP_KEEPCNT, "TCP_KEEPCNT", self.keepcnt, before.keepcnt)):
+            if value != old:  # (0: the kernel's, which setsockopt cannot ask for: its sysctl's value)
+                _set(sock, socket.IPPROTO_TCP, option, name, value or _kernel_keepalive(name))
+        if self.deferred != before.deferred:  # nginx's 1 s (ngx_connection.c:924-931)
+            _set(sock, socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT", int(self.deferred))
+
+
+def _kernel_keepalive(name: str) -> int:
+    """The value a socket that never set TCP_KEEPIDLE/KEEPINTVL/KEEPCNT uses: net.ipv4's sysctl (Linux's default if
+    it cannot be read)."""
+    sysctl, default = _KERNEL_KEEPALIVE[name]
+    try:
+        return int(Path(f"/proc/sys/net/ipv4/{sysctl}").read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def _listen(sock: socket.socket, backlog: int) -> None:
+    """listen() again with a new backlog, which Linux applies to a listening socket, its queue kept (nginx's reload:
+    ngx_connection.c:856-865, "listen() to %V, backlog %d failed, ignored")."""
+    try:
+        sock.listen(backlog)
+    except OSError as e:
+        log.warning("listen() to %s, backlog %d failed (%s), ignored, as nginx does: the listener keeps its backlog",
+                    _where(sock), backlog, e.strerror)
 
 
 def _set(sock: socket.socket, level: int, option: int, name: str, value: int) -> None:
     try:
         sock.setsockopt(level, option, value)
     except OSError as e:
-        host, port = sock.getsockname()[:2]
         log.warning("setsockopt(%s, %d) for %s failed (%s), ignored, as nginx does: the listener keeps the kernel's "
-                    "value; change the listen entry's option to one Linux takes", name, value,
-                    f"[{host}]:{port}" if ":" in host else f"{host}:{port}", e.strerror)
+                    "value; change the listen entry's option to one Linux takes", name, value, _where(sock), e.strerror)
+
+
+def _where(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 PLAIN_LISTEN = ListenOptions()

@@ -71,7 +71,7 @@ from gateway.node.generation import Generation
 from gateway.node.locate import is_gateway
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint, keeper_state_file
-from gateway.node.slots import AddressInUse, ListenerSlots
+from gateway.node.slots import AddressInUse, ListenerSlots, OptionKept
 from gateway.node.start_only import changed, hand_down, keep
 from gateway.node.status_source import NodeStatus
 from gateway.runtime import compile_config
@@ -832,8 +832,8 @@ def _child_said(e: StartError) -> str | None:
 
 
 def _listen_failure(e: OSError) -> str:
-    """Why a listen address could not be bound, and what to do (AddressInUse says both itself)."""
-    if isinstance(e, AddressInUse):
+    """Why a listen address could not be bound, and what to do (AddressInUse and OptionKept say both themselves)."""
+    if isinstance(e, (AddressInUse, OptionKept)):
         return str(e.strerror)
     if e.errno == errno.EADDRNOTAVAIL:
         return (f"{e.strerror} (no interface of this machine has that address: `ip addr` lists them); change "

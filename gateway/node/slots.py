@@ -14,9 +14,9 @@ SO_REUSEPORT, that nothing else listens there. A second gateway learns the first
 Claims and slots are kept by the address a socket binds (a name resolved as the bind resolves it, `[0::1]` as `::1`),
 not by how the config spells it: nginx's reload keeps a listening socket whose new address is the same sockaddr
 (release-1.27.1 src/core/ngx_cycle.c:527-534, ngx_cmp_sockaddr), so `localhost:P` reloaded as `127.0.0.1:P` goes on
-serving from the same socket. A listener is its bound address and its socket options (gateway.config.tls
-.ListenOptions: backlog, deferred, ipv6only, so_keepalive): a reload that changes an entry's options binds new
-sockets for it beside the old ones under the same claim, and releases the old ones as it would a dropped address.
+serving from the same socket. A reload that changes an entry's socket options (gateway.config.tls.ListenOptions)
+changes them on its kept sockets, as nginx does (ngx_cycle.c:536-574, ngx_configure_listening_sockets): their
+accept queues go on, so the reload stays hitless; ipv6only, which a bound socket keeps, is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from gateway.http.net import bind_listener
 CLAIM_PREFIX = "mcp-gateway/listen/"
 WILDCARDS = ("0.0.0.0", "::")
 Address = tuple[str, int]  # (host, port)
-Slot = tuple[Address, ListenOptions]  # the bound address and the options of its sockets
 
 
 class AddressInUse(OSError):
@@ -54,78 +53,111 @@ class AddressInUse(OSError):
         self.pid = pid
 
 
+class OptionKept(OSError):
+    """A reload changes ipv6only of an address this gateway listens on: a bound socket keeps its IPV6_V6ONLY (nginx
+    keeps the old socket's, silently), and a new one could not be bound beside it."""
+
+    def __init__(self, addr: Address, running: ListenOptions) -> None:
+        was, now = ("on", "off") if running.ipv6only else ("off", "on")
+        super().__init__(errno.EINVAL, f"{_display(addr[0])}:{addr[1]} ipv6only={now}: its listening socket is bound "
+                                       f"with ipv6only={was}, which a reload cannot change; the gateway goes on "
+                                       f"serving on its previous config: stop and start the gateway to change it, or "
+                                       f"keep ipv6only={was}")
+
+
 class Opened:
     """What one `ensure` added (sockets, claims): closed again by `undo` when what needed them did not start."""
 
-    def __init__(self, sockets: list[tuple[Slot, socket.socket]], claims: list[Address],
-                 bound: dict[Address, Slot]) -> None:
+    def __init__(self, sockets: list[tuple[Address, socket.socket]], claims: list[Address],
+                 bound: dict[Address, Address], options: dict[Address, ListenOptions]) -> None:
         self.sockets = sockets
         self.claims = claims
         self.bound = bound  # the slots' bound addresses of the listen addresses before this `ensure`
+        self.options = options  # the options before this `ensure` of the kept addresses whose options it changed
 
 
 class ListenerSlots:
     """Per bound address, a growing list of bound sockets; worker i of n serves slots i, i+n, i+2n, ..."""
 
     def __init__(self) -> None:
-        self._sockets: dict[Slot, list[socket.socket]] = {}  # by bound address and options
-        self._claims: dict[Address, socket.socket] = {}  # by bound address
-        self._bound: dict[Address, Slot] = {}  # each listen address (as configured) -> the slot it binds
+        self._sockets: dict[Address, list[socket.socket]] = {}  # by bound address, as are the claims and options
+        self._options: dict[Address, ListenOptions] = {}  # the options its sockets have
+        self._claims: dict[Address, socket.socket] = {}
+        self._bound: dict[Address, Address] = {}  # each listen address (as configured) -> the address it binds
         self._parked: list[socket.socket] = []  # released sockets whose descriptor numbers stay taken (release)
 
     def ensure(self, addresses: Sequence[Address], count: int) -> Opened:
         """Claim and bind what is missing so every address has at least `count` slots; all-or-nothing on failure. A
         name is resolved again (as nginx's reload parses `listen` anew); an address whose bound one is held already
-        keeps its sockets, however it is spelled, unless its options changed (then it gets sockets of the new ones)."""
-        bound = {addr: _slot_of(addr) for addr in addresses}
-        spelled: dict[Slot, Address] = {}  # each slot, as first listed (messages name it so)
-        for addr, slot in bound.items():
-            spelled.setdefault(slot, addr)
+        keeps its sockets, however it is spelled, its new options set on them in place (OptionKept for ipv6only)."""
+        bound = {addr: (bound_ip(addr[0]), addr[1]) for addr in addresses}
+        spelled: dict[Address, Address] = {}  # each bound address, as first listed (messages name it so)
+        for addr, at in bound.items():
+            spelled.setdefault(at, addr)
+        for at, addr in spelled.items():
+            if at in self._options and options_of(addr).ipv6only != self._options[at].ipv6only:
+                raise OptionKept(addr, self._options[at])
         claimed: list[Address] = []
-        added: list[tuple[Slot, socket.socket]] = []
+        added: list[tuple[Address, socket.socket]] = []
         try:
-            for slot, addr in spelled.items():
-                at, options = slot
+            for at, addr in spelled.items():
                 if at not in self._claims:
-                    held = _overlapping_own(slot, [*self._sockets, *((at, PLAIN_LISTEN) for at in self._claims)])
+                    held = _overlapping_own(at, options_of(addr), {other: self._options.get(other, PLAIN_LISTEN)
+                                                                   for other in self._claims})
                     if held is not None:
                         raise AddressInUse(*addr, os.getpid(), held)
-                    self._claims[at] = _claim(slot, addr)
+                    self._claims[at] = _claim(at, options_of(addr), addr)
                     claimed.append(at)
-                have = len(self._sockets.get(slot, ()))
-                for _ in range(count - have):
+                for _ in range(count - len(self._sockets.get(at, ()))):
                     try:
-                        sock = bind_listener(*at, options=options)
+                        sock = bind_listener(*at, options=options_of(addr))
                     except OSError as e:
                         raise OSError(e.errno, f"cannot listen on {_display(addr[0])}:{addr[1]}: {e.strerror}") \
                             from None
-                    added.append((slot, sock))
+                    added.append((at, sock))
         except BaseException:
             for _, sock in added:
                 sock.close()
             for at in claimed:
                 self._claims.pop(at).close()
             raise
-        for slot, sock in added:
-            self._sockets.setdefault(slot, []).append(sock)
+        changed: dict[Address, ListenOptions] = {}
+        for at, addr in spelled.items():
+            if at in self._options and self._options[at] != options_of(addr):
+                changed[at] = self._set_options(at, options_of(addr))
+            self._options.setdefault(at, options_of(addr))  # (a new address's, bound with them)
+        for at, sock in added:
+            self._sockets.setdefault(at, []).append(sock)
         before = dict(self._bound)
         self._bound.update(bound)
-        return Opened(added, claimed, before)
+        return Opened(added, claimed, before, changed)
+
+    def _set_options(self, at: Address, options: ListenOptions) -> ListenOptions:
+        """Give the sockets of `at` `options` in place (nginx's reload on the sockets it keeps); the ones they had."""
+        was = self._options[at]
+        for sock in self._sockets.get(at, ()):
+            options.apply(sock, was)
+        self._options[at] = options
+        return was
 
     def undo(self, opened: Opened) -> None:
         """Close what `ensure` opened for a generation that did not start (nginx closes the sockets a failed new
-        cycle opened): a socket no worker serves would queue connections for no one."""
-        for slot, sock in opened.sockets:
-            socks = self._sockets.get(slot, [])
+        cycle opened): a socket no worker serves would queue connections for no one; the kept sockets get their
+        options back, for the generation they serve."""
+        for at, sock in opened.sockets:
+            socks = self._sockets.get(at, [])
             if sock in socks:
                 socks.remove(sock)
                 if not socks:
-                    del self._sockets[slot]
+                    del self._sockets[at]
             sock.close()
         for at in opened.claims:
             claim = self._claims.pop(at, None)
             if claim is not None:
                 claim.close()
+            self._options.pop(at, None)
+        for at, was in opened.options.items():
+            self._set_options(at, was)
         self._bound = opened.bound
 
     def release(self, addresses: Sequence[Address]) -> None:
@@ -135,15 +167,15 @@ class ListenerSlots:
         stay taken (parked on /dev/null) until `free_parked`, as the old generation's workers were given them."""
         self._bound = {addr: self._bound_of(addr) for addr in addresses}
         kept = set(self._bound.values())
-        for slot in list(self._sockets):
-            if slot not in kept:
-                socks = self._sockets.pop(slot)
+        for at in list(self._sockets):
+            if at not in kept:
+                socks = self._sockets.pop(at)
                 _park(socks)
                 self._parked += socks
-        kept_at = {at for at, _ in kept}
         for at in list(self._claims):
-            if at not in kept_at:
+            if at not in kept:
                 self._claims.pop(at).close()
+                self._options.pop(at, None)
 
     def free_parked(self) -> None:
         """Close the parked descriptors: no generation that was given them runs any more."""
@@ -156,9 +188,9 @@ class ListenerSlots:
         return [s.fileno() for addr in addresses for i, s in enumerate(self._sockets[self._bound_of(addr)])
                 if i % workers == index]
 
-    def _bound_of(self, addr: Address) -> Slot:
-        """The slot of `addr`, as the last `ensure` resolved it (the same sockets for every call)."""
-        return self._bound.get(addr) or _slot_of(addr)
+    def _bound_of(self, addr: Address) -> Address:
+        """The address `addr`'s slots bind, as the last `ensure` resolved it (the same sockets for every call)."""
+        return self._bound.get(addr) or (bound_ip(addr[0]), addr[1])
 
     def stop_listening(self) -> None:
         """A graceful stop: close this process's copy of every listening socket now, so that once the draining
@@ -176,13 +208,9 @@ class ListenerSlots:
         for claim in self._claims.values():
             claim.close()
         self._claims = {}
+        self._options = {}
         self._bound = {}
         self.free_parked()
-
-
-def _slot_of(addr: Address) -> Slot:
-    """The bound address of a listen address (a name resolved now) and its options."""
-    return (bound_ip(addr[0]), addr[1]), options_of(addr)
 
 
 def _park(socks: list[socket.socket]) -> None:
@@ -197,10 +225,10 @@ def _park(socks: list[socket.socket]) -> None:
         os.close(null)
 
 
-def _claim(slot: Slot, addr: Address) -> socket.socket:
-    """Hold the claim of the bound address of `slot` (of the listen address `addr`, which messages name), after
-    checking nothing else listens there (on IPv4 too, for an IPv6 one with ipv6only=off); AddressInUse otherwise."""
-    (host, port), options = slot
+def _claim(at: Address, options: ListenOptions, addr: Address) -> socket.socket:
+    """Hold the claim of the bound address `at` (of the listen address `addr`, which messages name), after checking
+    nothing else listens there (on IPv4 too, for an IPv6 one with ipv6only=off); AddressInUse otherwise."""
+    host, port = at
     claim = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         claim.bind(_claim_name(host, port))
@@ -247,12 +275,12 @@ def _overlapping_claimant(host: str, port: int, ipv6only: bool = True) -> int | 
     return None
 
 
-def _overlapping_own(slot: Slot, held: list[Slot]) -> Address | None:
-    """The address this gateway already holds that `slot` cannot be bound beside: the other one of a wildcard and a
-    specific address of one port and family (the kernel refuses the second bind; its claim is another name), or an
-    IPv4 one and `::` with ipv6only=off, which takes IPv4 clients too."""
-    (host, port), options = slot
-    for (other, other_port), other_options in held:
+def _overlapping_own(at: Address, options: ListenOptions, held: dict[Address, ListenOptions]) -> Address | None:
+    """The address this gateway already holds that `at` (with `options`) cannot be bound beside: the other one of a
+    wildcard and a specific address of one port and family (the kernel refuses the second bind; its claim is another
+    name), or an IPv4 one and `::` with ipv6only=off, which takes IPv4 clients too."""
+    host, port = at
+    for (other, other_port), other_options in held.items():
         if other_port == port and other != host and (_covers(host, options, other) or
                                                      _covers(other, other_options, host)):
             return other, other_port
