@@ -448,17 +448,22 @@ def test_reload_under_load_fails_no_request(reloading):
 
     async def scenario():
         results = []
+        done = trio.Event()
 
-        async def load(keepalive: bool):
-            results.append(await run_load(node.port, concurrency=8, duration=3.5, keepalive=keepalive))
+        async def load(keepalive: bool):  # (duration: a hang guard; the load ends when `done` is set)
+            results.append(await run_load(node.port, concurrency=8, duration=60, keepalive=keepalive, stop=done))
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(load, True)
             nursery.start_soon(load, False)
-            for _ in range(2):  # the load goes on about 1.4 s after the second reload (at about 2.1 s)
+            for _ in range(2):
                 await trio.sleep(0.75)
                 out = await trio.to_thread.run_sync(lambda: node.cli("reload"))
                 assert out.returncode == 0, out.stderr
+            # the load goes on 1.4 s after the second reload returned, however long the reloads took on a busy
+            # host (a fixed 3.5 s load could end before the second reload: the old generation's drain unloaded)
+            await trio.sleep(1.4)
+            done.set()
         return results
 
     results = trio.run(scenario)

@@ -164,9 +164,9 @@ def test_hmac_auth_reads_hostile_headers_in_linear_time():
                b'hmac username="x' + b'", algorithm="x", headers="x' * 2000, b"hmac" + b" " * 60000 + b'x' + b'"' * 8,
                b'"' * 60000, b'", algorithm="' * 4000, b'hmac username="' * 4000 + b'", algorithm="x", headers="y"']
     for value in hostile:
-        started = time.perf_counter()
+        started = time.process_time()  # CPU time: a busy host's other work does not count
         assert parse_signature(value) is None
-        assert time.perf_counter() - started < 1.0, value[:60]  # (about a millisecond each; not a speed target)
+        assert time.process_time() - started < 1.0, value[:60]  # (about a millisecond each; not a speed target)
 
 
 KONG_BASIC_PARTS = re.compile(rb"([^:]+):(.*)")  # Kong's, which the gateway does not run (quadratic)
@@ -185,10 +185,10 @@ def test_basic_auth_splits_credentials_as_kongs_pattern_does(decoded):
     b"x" + b"\t" * 60000 + b"Bearer",
 ], ids=["spaces", "no-colon", "tabs"])
 def test_basic_and_jwt_read_hostile_headers_in_linear_time(value):
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a busy host's other work does not count
     decode_basic(value)
     assert answered(JWT.authenticate(exchange([(b"authorization", value)])))
-    assert time.perf_counter() - started < 1.0  # (a few milliseconds; not a speed target)
+    assert time.process_time() - started < 1.0  # (a few milliseconds; not a speed target)
 
 
 ADDRESS = ClientAddress(["10.0.0.0/8", "::1"], "X-Forwarded-For", True)

@@ -176,11 +176,11 @@ def _alias_bomb(levels: int) -> str:
 def test_a_refused_vaults_value_from_a_yaml_alias_is_shown_by_its_kind(entry, message):
     """gateway/config/document.py's promise: neither a deep document nor an alias bomb costs more than its text.
     The refused value is shown as every other field shows one (errors.show): a 600-byte file made a 33 MB message."""
-    start = time.monotonic()
+    start = time.process_time()  # CPU time: a busy host's other work does not count
     with pytest.raises(ConfigError) as e:
         parse_config(_alias_bomb(6) + "vaults:\n" + entry, "kong.yml")
     assert e.value.messages == [f"kong.yml: {message}"]
-    assert time.monotonic() - start < 5
+    assert time.process_time() - start < 5
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -395,13 +395,13 @@ def test_messages_are_reported_in_time_linear_in_the_references_a_large_config_r
         for i in range(600):
             hide("a-long-redis-password", "{vault://env/rl-redis-password}",
                  f"services[0].routes[{i}].plugins[0].config.redis.password")
-        started = time.monotonic()
+        started = time.process_time()  # CPU time: a busy host's other work does not count
         reported = [as_reported(f"services[0].routes[{i}].expression: not supported") for i in range(600)]
-        took = time.monotonic() - started
+        took = time.process_time() - started
     finally:
         new_load()
     assert reported[599] == "services[0].routes[599].expression: not supported"
-    assert took < 5, f"600 messages against 600 references took {took:.1f} s"
+    assert took < 5, f"600 messages against 600 references took {took:.1f} CPU s"
 
 
 @pytest.mark.parametrize("config", [False, 0, ""])

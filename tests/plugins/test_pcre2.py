@@ -72,10 +72,10 @@ def test_the_match_limit_stops_catastrophic_backtracking_with_an_error():
     (nginx_http_lua_regex_match_limit, 100000) makes PCRE stop with an error instead."""
     assert MATCH_LIMIT == 100000
     regex = Regex(r"^(\w+\s?)+$")
-    started = time.monotonic()
+    started = time.process_time()  # CPU time: a busy host's other work does not count
     with pytest.raises(PcreMatchError, match="match limit exceeded") as caught:
         regex.search(b"a" * 40 + b"!")
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5
     assert caught.value.code == -47 and caught.value.pattern == r"^(\w+\s?)+$"
     assert "100000" in str(caught.value)
     assert regex.search(b"a" * 40)  # and the same regex still matches what it should

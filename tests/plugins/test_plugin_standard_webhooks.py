@@ -157,9 +157,9 @@ async def test_a_timestamp_past_the_double_range_is_a_400_not_a_500(nursery, gat
 
 
 def test_a_long_timestamp_that_is_no_number_is_read_in_linear_time():
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a busy host's other work does not count
     assert lua_number(b"1" * 30000 + b"x") is None
-    assert time.perf_counter() - started < 2.0  # (quadratic: about 10 s)
+    assert time.process_time() - started < 2.0  # (quadratic: about 10 s)
 
 
 @pytest.mark.parametrize(("number", "text"), [(1700000000.0, b"1700000000"), (16.0, b"16"), (12.5, b"12.5"),

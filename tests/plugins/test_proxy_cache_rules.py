@@ -87,10 +87,10 @@ def test_binary_numbers_are_read_as_luajit_reads_them():
 
 def test_a_long_string_that_is_no_number_is_refused_in_linear_time():
     """A backtracking pattern would take many seconds for each of these (a header a client chooses)."""
-    started = time.perf_counter()
+    started = time.process_time()  # CPU time: a busy host's other work does not count
     for text in ("1" * 30000 + "x", "0x" + "f" * 30000 + "g", "1." + "1" * 30000 + "x", "1e" + "1" * 30000 + "x"):
         assert lua_number(text) is None
-    assert time.perf_counter() - started < 1
+    assert time.process_time() - started < 1
 
 
 def test_no_header_means_no_directives():

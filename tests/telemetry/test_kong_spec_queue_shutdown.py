@@ -22,8 +22,10 @@ FLUSH_HOST = "shutdown.flush.test"
 DNS_HOST = "shutdown.dns.test"
 UNRESOLVABLE = "this-does-not-exist.example.test"
 # a graceful stop: the queues' drain (at most DRAIN_S, retrying a collector that cannot be reached) and the processes'
-# exit (about a second); nowhere near the 1000 s the flush test's queue would coalesce for
-STOP_S = DRAIN_S + 4
+# exit (about a second, several on a busy host); nowhere near the 1000 s the flush test's queue would coalesce for, the
+# 10 s the DNS test's would, or the gateway's drain_timeout (DRAIN_TIMEOUT_S) that forces a stop that hangs
+STOP_S = DRAIN_S + 6
+DRAIN_TIMEOUT_S = 60
 TIMEOUT = 10
 
 
@@ -35,7 +37,8 @@ def shutdown_config(port: int, upstream: int, collector: int, names: Names) -> s
 
     return json.dumps({
         "_format_version": "3.0",
-        "gateway": {"listen": f"127.0.0.1:{port}", "status_listen": None, "drain_timeout": 10, **names.settings},
+        "gateway": {"listen": f"127.0.0.1:{port}", "status_listen": None, "drain_timeout": DRAIN_TIMEOUT_S,
+                    **names.settings},
         "services": [{"name": "mock", "url": f"http://127.0.0.1:{upstream}"}],
         "routes": [
             route("flush", FLUSH_HOST, f"http://127.0.0.1:{collector}",

@@ -353,14 +353,15 @@ async def test_a_non_2xx_answer_on_a_reused_connection_is_not_sent_again(collect
 async def test_no_answer_on_a_reused_connection_fails_after_one_read_timeout_without_sending_again(
         collector: Collector) -> None:
     collector.answers = [Answer(), SILENT, SILENT]
-    http = sender(collector, read_timeout=0.2)
+    http = sender(collector, read_timeout=0.5)
     await http.send(b"first", JSON)
     started = trio.current_time()
 
-    with pytest.raises(SendError, match=r"no answer within 0\.2s"):
+    with pytest.raises(SendError, match=r"no answer within 0\.5s"):
         await http.send(b"second", JSON)
 
-    assert trio.current_time() - started < 0.35
+    # one read timeout; a second (sent again) would be 1 s: the margin is a busy host's scheduling
+    assert trio.current_time() - started < 0.85
     assert len(collector.requests) == 2
 
 
