@@ -683,6 +683,23 @@ def admin_now(gw: GatewayNode, cmd: str, timeout: float = 20, **args: Any) -> An
     return admin_call(f"ipc://{gw.dir / 'run' / 'admin.sock'}", cmd, {k: str(v) for k, v in args.items()}, timeout)
 
 
+def answering_itself(directory: Path, listen: Callable[[int], str | list[str]], status: int,
+                     **gateway: Any) -> Iterator[GatewayNode]:
+    """A started one-worker gateway that answers `status` itself (request-termination), listening on `listen(P)`
+    for its port P; afterwards every process it started is stopped."""
+    doc = {"routes": [{"name": "r", "paths": ["/"]}],
+           "plugins": [{"name": "request-termination", "route": "r", "config": {"status_code": status}}]}
+    gw = GatewayNode(directory, doc, workers=1, **gateway)
+    gw.doc["gateway"]["listen"] = listen(gw.port)
+    gw.config.write_text(json.dumps(gw.doc, indent=1))
+    root = start_daemonised(gw)
+    try:
+        yield gw
+    finally:
+        gw.pids.update(descendants_of(root))
+        gw.cleanup()
+
+
 def gateway_in_front_of(backend: HoldingBackend, tmp_path: Path, **gateway: Any) -> Iterator[GatewayNode]:
     """A one-worker gateway (not started) with one route to `backend`; afterwards every process it started is
     stopped, then the backend."""

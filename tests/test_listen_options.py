@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 import trio
-from e2e_helpers import GatewayNode, blocking_get, descendants_of, node_factory, request, start_daemonised
+from e2e_helpers import (
+    GatewayNode,
+    answering_itself,
+    blocking_get,
+    node_factory,
+    request,
+)
 
 from gateway.config import ConfigError, parse_config
 from gateway.config.kong_conf import KONG_CONF
@@ -373,17 +379,8 @@ def dual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
     """A one-worker gateway on 127.0.0.1:P and [::1]:P; it answers 204 itself."""
     if not _has_ipv6():
         pytest.skip("no IPv6 on this host")
-    doc = {"routes": [{"name": "r", "paths": ["/"]}],
-           "plugins": [{"name": "request-termination", "route": "r", "config": {"status_code": 204}}]}
-    gw = GatewayNode(tmp_path_factory.mktemp("options"), doc, workers=1, status_listen=None)
-    gw.doc["gateway"]["listen"] = [f"127.0.0.1:{gw.port}", f"[::1]:{gw.port}"]
-    gw.config.write_text(json.dumps(gw.doc, indent=1))
-    root = start_daemonised(gw)
-    try:
-        yield gw
-    finally:
-        gw.pids.update(descendants_of(root))
-        gw.cleanup()
+    yield from answering_itself(tmp_path_factory.mktemp("options"), lambda p: [f"127.0.0.1:{p}", f"[::1]:{p}"], 204,
+                                status_listen=None)
 
 
 def _reload_with(gw: GatewayNode, listen: list[str]) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,7 @@ from e2e_helpers import (
     GatewayNode,
     HoldingBackend,
     admin_now,
+    answering_itself,
     becomes_true,
     blocking_get,
     descendants_of,
@@ -221,17 +222,7 @@ def test_a_reload_to_more_workers_that_fails_to_start_leaves_every_connection_se
 @pytest.fixture(scope="module")
 def on_localhost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
     """A one-worker gateway listening on `localhost:P`, its status server on 127.0.0.1:S; it answers 200 itself."""
-    doc = {"routes": [{"name": "echo", "paths": ["/"]}],
-           "plugins": [{"name": "request-termination", "route": "echo", "config": {"status_code": 200}}]}
-    gw = GatewayNode(tmp_path_factory.mktemp("respelled"), doc, workers=1)
-    gw.doc["gateway"]["listen"] = f"localhost:{gw.port}"
-    gw.config.write_text(json.dumps(gw.doc, indent=1))
-    root = start_daemonised(gw)
-    try:
-        yield gw
-    finally:
-        gw.pids.update(descendants_of(root))
-        gw.cleanup()
+    yield from answering_itself(tmp_path_factory.mktemp("respelled"), lambda p: f"localhost:{p}", 200)
 
 
 def _listener_inode(port: int) -> str:
