@@ -48,6 +48,30 @@ def _addresses(listen: Any) -> list[ListenAddress]:
     return listen_addresses(parse_config(json.dumps({"gateway": {"listen": listen, "status_listen": None}}), "c.yml"))
 
 
+@pytest.mark.parametrize("value", ["4294967296::", "::4294967296", "4294967295::", "::4294967295", ":4294967295:"])
+def test_a_so_keepalive_time_whose_c_int_is_0_or_minus_1_is_invalid(value: str):
+    """nginx stores each time in an int (ngx_http_core_module.h:98-100) and then tests the int: -1 is NGX_ERROR
+    (ngx_http_core_module.c:4237, 4253, 4264), all three 0 invalid (4269-4272): "invalid so_keepalive value"."""
+    assert _errors(f"127.0.0.1:8000 so_keepalive={value}") == [
+        f'c.yml: gateway.listen: invalid so_keepalive value "{value}": give on, off or '
+        "[keepidle]:[keepintvl]:[keepcnt] (both colons, as Kong's listeners.lua reads it; times as nginx's 30m or "
+        "75s, not all 0: e.g. so_keepalive=30m::10)"]
+
+
+def test_ipv6only_on_and_off_in_one_entry_is_dual_stack_as_kongs_listen_line_has_off_last():
+    """Kong's listeners.lua writes the flags in its list's order (ipv6only=on before ipv6only=off, :17-19;
+    parse_option_flags :51-70) and nginx keeps the last value (ngx_http_core_module.c:4129-4135)."""
+    [addr] = _addresses("[::]:8000 ipv6only=off ipv6only=on")
+    assert addr.options.ipv6only is False
+
+
+def test_so_keepalive_off_and_times_in_one_entry_keeps_the_times_as_kongs_listen_line_has_them_last():
+    """Kong's order: so_keepalive=on, so_keepalive=off, then the times (listeners.lua:19-20); nginx keeps the last
+    (ngx_http_core_module.c:4211-4275)."""
+    [addr] = _addresses("127.0.0.1:8000 so_keepalive=30m::10 so_keepalive=off")
+    assert (addr.options.keepalive, addr.options.keepidle, addr.options.keepcnt) == (1, 1800, 10)
+
+
 def _free_port() -> int:
     """A port free for IPv4 and IPv6 both."""
     with socket.socket(socket.AF_INET6) as v6, socket.socket() as v4:

@@ -190,7 +190,7 @@ def listen_options(flags: set[str], v6: bool) -> tuple[ListenOptions, list[str]]
     IPV6_V6ONLY on AF_INET6 sockets only); `http2`, unknown words and values nginx or Kong refuse are refused."""
     backlog, _, rest = status_options(flags, DATA_BACKLOG)  # reuseport: every data listener is SO_REUSEPORT
     deferred, ipv6only, keepalive, refused = False, True, (0, 0, 0, 0), []
-    for flag in rest:
+    for flag in sorted(rest, key=_kong_order):  # of two values of one option, the one Kong writes last wins
         if flag == "deferred":
             deferred = True
         elif flag in ("ipv6only=on", "ipv6only=off"):
@@ -200,6 +200,14 @@ def listen_options(flags: set[str], v6: bool) -> tuple[ListenOptions, list[str]]
         elif flag not in ("ssl", "bind"):
             refused.append(flag)
     return ListenOptions(backlog, deferred, ipv6only, *keepalive), refused
+
+
+def _kong_order(flag: str) -> int:
+    """Where Kong's listeners.lua writes `flag` in the nginx listen line (its subsystem_flags order: ipv6only=on,
+    ipv6only=off, so_keepalive=on, off, times), whose last value of an option nginx keeps."""
+    if flag.startswith("so_keepalive="):
+        return {"so_keepalive=on": 2, "so_keepalive=off": 3}.get(flag, 4)
+    return 1 if flag == "ipv6only=off" else 0
 
 
 def _so_keepalive(text: str) -> tuple[int, int, int, int] | None:
@@ -216,9 +224,12 @@ def _so_keepalive(text: str) -> tuple[int, int, int, int] | None:
     keepidle = _ngx_seconds(idle) if idle else 0
     keepintvl = _ngx_seconds(intvl) if intvl else 0
     keepcnt = _ngx_atoi(cnt) if cnt else 0
-    if keepidle is None or keepintvl is None or keepcnt is None or not (keepidle or keepintvl or keepcnt):
+    if keepidle is None or keepintvl is None or keepcnt is None:
         return None
-    return 1, _c_int(keepidle), _c_int(keepintvl), _c_int(keepcnt)
+    times = _c_int(keepidle), _c_int(keepintvl), _c_int(keepcnt)  # nginx tests the ints (NGX_ERROR, all 0)
+    if -1 in times or not any(times):
+        return None
+    return 1, *times
 
 
 def _ngx_atoi(text: str) -> int | None:
