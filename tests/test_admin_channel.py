@@ -391,7 +391,9 @@ def test_a_client_flooding_the_admin_endpoint_does_not_hold_up_another_clients_s
         for t in flooders:
             t.join(timeout=10)
         asker.close()
-    assert answered and took < 1.0, f"`status` took {took:.1f}s (answered: {answered}) while two clients flooded"
+    # (milliseconds; up to a few seconds on a busy host, where the flood's threads take their share too: a root held
+    # in its pump until the flood pauses answers after the flood's 6 s, past the poll's 4)
+    assert answered and took < 2.5, f"`status` took {took:.1f}s (answered: {answered}) while two clients flooded"
     still_serving(gw, before)
 
 

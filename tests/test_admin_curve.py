@@ -31,9 +31,14 @@ from gateway.bus.admin_client import AdminRefused, admin_call
 from gateway.bus.curve import ClientKeys, ZapHandler, client_keys, read_certificate, read_key_pair
 from gateway.config.schema import AdminCurve, GatewaySettings
 from gateway.node.admin import curve_changes
+from gateway.node.control import ADMIN_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ROOT / "scripts" / "ops"
+# The admin calls' timeout in the "at once" tests: a refusal that waited for an answer would take it; one said at
+# once is held to half of it (milliseconds, a few seconds on a busy host)
+CALL_TIMEOUT_S = 10.0
+AT_ONCE_S = CALL_TIMEOUT_S / 2
 
 
 def make_keys(directory: Path, name: str) -> tuple[Path, Path]:
@@ -110,8 +115,10 @@ def test_an_unknown_client_key_is_refused_at_once_and_nothing_is_applied(curve_g
                            str(curve_gw.dir / "clients" / "stranger.key_secret"))
     started = time.monotonic()
     with pytest.raises(AdminRefused) as refused:
-        admin_call(curve_gw.endpoint, "targets", {"action": "drain", "target": key}, timeout=5.0, curve=stranger)
-    assert time.monotonic() - started < 1.0
+        admin_call(curve_gw.endpoint, "targets", {"action": "drain", "target": key}, timeout=CALL_TIMEOUT_S,
+                   curve=stranger)
+    took = time.monotonic() - started
+    assert took < AT_ONCE_S, f"the refusal took {took:.1f}s"
     public = read_certificate(str(curve_gw.dir / "clients" / "stranger.key"))[0].decode()
     assert str(refused.value) == (f"the gateway at {curve_gw.endpoint} refused this client key (its public key "
                                   f"{public} is not in admin_curve.authorized_keys)")
@@ -141,8 +148,9 @@ def test_a_wrong_server_key_gets_its_message(curve_gw):
     wrong = client_keys(str(clients / "stranger.key"), str(clients / "ops.key_secret"))
     started = time.monotonic()
     with pytest.raises(AdminRefused):
-        admin_call(curve_gw.endpoint, "status", None, timeout=5.0, curve=wrong)
-    assert time.monotonic() - started < 1.0
+        admin_call(curve_gw.endpoint, "status", None, timeout=CALL_TIMEOUT_S, curve=wrong)
+    took = time.monotonic() - started
+    assert took < AT_ONCE_S, f"the failed handshake took {took:.1f}s"
     out = cli_as(curve_gw, "ops", "status", server="clients/stranger.key")
     public = wrong.server.decode()
     assert out.returncode == 1 and out.stderr == (
@@ -206,7 +214,9 @@ def test_a_tcp_endpoint_without_keys_is_refused_at_once(monkeypatch, capsys):
     try:
         started = time.monotonic()
         assert cli.main(["status", "--admin", f"tcp://127.0.0.1:{free_port()}"]) == 1
-        assert time.monotonic() - started < 1.0
+        took = time.monotonic() - started
+        # (milliseconds, a few seconds on a busy host; a CLI that tried the endpoint waits out ADMIN_TIMEOUT_S, 5 s)
+        assert took < ADMIN_TIMEOUT_S / 2, f"the refusal took {took:.1f}s"
     finally:
         cli.parser.cache_clear()
     assert capsys.readouterr().err.startswith(

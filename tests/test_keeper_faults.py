@@ -30,6 +30,7 @@ from gateway.config import parse_config
 from gateway.keeper.state import Keeper
 from gateway.node.paths import KEEPER_STATE
 from gateway.ratelimit import FallbackUsage, Grant, LeaseTable, LimitSpec, Status, Window
+from gateway.ratelimit.lease import WAIT_S
 from gateway.ratelimit.windows import window_bounds
 from gateway.state.shared import SharedState
 
@@ -66,7 +67,8 @@ async def test_a_worker_started_while_the_keeper_hangs_admits_on_its_local_share
             statuses = Counter(r.status for r in replies)
             slowest = max(r.ended - r.started for r in replies)
             assert statuses == Counter({200: 4}), f"{dict(statuses)}; slowest answer {slowest:.2f}s"
-            assert slowest < 0.5, f"a request waited {slowest:.2f}s for the hung keeper"
+            # (milliseconds; a busy host's scheduling aside: waiting for the hung keeper is its WAIT_S, 1 s)
+            assert slowest < 0.8 * WAIT_S, f"a request waited {slowest:.2f}s for the hung keeper"
         finally:
             if keeper:
                 os.kill(keeper, signal.SIGCONT)

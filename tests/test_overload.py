@@ -44,7 +44,10 @@ async def test_beyond_max_connections_a_new_connection_gets_a_fast_503(gateway, 
     assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1"
     assert parse_http_time(headers["date"].encode()) is not None
     assert "connection limit" in json.loads(body)["message"]
-    assert trio.current_time() - started < 1.0
+    took = trio.current_time() - started
+    # (milliseconds, a few seconds on a busy host; a connection left to wait for a free slot waits for ever, here
+    # until raw_exchange gives up at TIMEOUT)
+    assert took < TIMEOUT / 2, f"the 503 took {took:.1f}s"
     await held.pop().aclose()
     await trio.sleep(0.1)
     assert (await request(port, "GET", "/x")).status == 200  # room again

@@ -490,7 +490,9 @@ async def test_silent_nameserver_times_out_after_attempts_tries_taking_servers_i
         began = trio.current_time()
         with pytest.raises(DnsError) as caught:
             await r.resolve("quiet.test", TYPE_A)
-        assert 0.3 <= trio.current_time() - began < 1.0
+        took = trio.current_time() - began
+        # three tries of 0.1 s; the rest a busy host's scheduling (a try that waited DEFAULT_TIMEOUT_S would be 2 s)
+        assert 0.3 <= took < 1.8, took
         assert (len(silent.queries), len(also_silent.queries)) == (2, 1)
         assert caught.value.message == f"failed to receive reply from UDP server 127.0.0.1:{silent.port}: timeout"
         nursery.cancel_scope.cancel()
@@ -507,10 +509,11 @@ async def test_next_nameserver_answers_when_the_first_is_silent() -> None:
 async def test_refused_port_moves_on_to_the_next_nameserver() -> None:
     async with trio.open_nursery() as nursery:
         good = await start(nursery, records({("x.test", TYPE_A): [a("x.test", "10.0.0.9")]}))
-        r = Resolver(nameservers=[("127.0.0.1", free_port()), ("127.0.0.1", good.port)], hosts={}, timeout=1.0)
+        r = Resolver(nameservers=[("127.0.0.1", free_port()), ("127.0.0.1", good.port)], hosts={}, timeout=6.0)
         began = trio.current_time()
         assert await r.toip("x.test") == ("10.0.0.9", None)
-        assert trio.current_time() - began < 0.5
+        took = trio.current_time() - began
+        assert took < 3.0, took  # at once (milliseconds; seconds on a busy host), not after the refused try's 6 s
         nursery.cancel_scope.cancel()
 
 
@@ -655,15 +658,15 @@ async def test_stale_record_is_served_while_a_background_query_refreshes_it() ->
     address = ["10.0.0.1"]
     async with trio.open_nursery() as nursery:
         server = await start(nursery, lambda q: [reply(q.id, q.name, q.type, answers=[a(q.name, address[0], 10)])],
-                             delay=0.5)
-        async with open_resolver(nameservers=[("127.0.0.1", server.port)], hosts={}, clock=clock, timeout=1.0,
+                             delay=2.0)
+        async with open_resolver(nameservers=[("127.0.0.1", server.port)], hosts={}, clock=clock, timeout=4.0,
                                  stale_ttl=30) as r:
             assert await r.toip("s.test") == ("10.0.0.1", None)
             address[0] = "10.0.0.2"
             clock.now += 11
-            with trio.fail_after(0.3):  # the stale record, without waiting for the server's 0.5 s
+            with trio.fail_after(1.0):  # the stale record, without waiting for the server's 2 s
                 assert await r.toip("s.test") == ("10.0.0.1", None)
-            with trio.fail_after(2):
+            with trio.fail_after(6):
                 while await r.toip("s.test") != ("10.0.0.2", None):
                     await trio.sleep(0.02)
             assert len(server.queries) == 2

@@ -160,20 +160,21 @@ async def test_an_idle_connection_is_closed_when_its_idle_timeout_is_due(nursery
     """upstream_keepalive_idle_timeout: OpenResty arms a timer of that on each connection it pools and closes the
     connection when it fires (lua-nginx-module src/ngx_http_lua_balancer.c:671 `ngx_add_timer(c->read,
     bp->keepalive_timeout)`, :799 `if (c->close || c->read->timedout) { goto close; }`; Kong kong/init.lua:1442
-    `enable_keepalive(UPSTREAM_KEEPALIVE_IDLE_TIMEOUT, ...)`): on time, not at a later sweep, and before the one
-    pooled after it."""
+    `enable_keepalive(UPSTREAM_KEEPALIVE_IDLE_TIMEOUT, ...)`): on time, not at a later sweep (seconds late), and
+    before the one pooled after it. (The margins, 0.45 s, are a busy host's scheduling.)"""
     port = await _listener(nursery, "127.0.0.1")
-    pool = Pool(LlhttpClient, idle_timeout=0.3)
+    pool = Pool(LlhttpClient, idle_timeout=1.0)
     first, second = [await pool.connect(("127.0.0.1", port), 5) for _ in range(2)]
     nursery.start_soon(pool.watch_forever)
     pooled_at = trio.current_time()
     pool.put(first, pooled_at)
-    await trio.sleep(0.15)
+    await trio.sleep(0.5)
     pool.put(second, trio.current_time())
-    with trio.fail_after(5):
+    with trio.fail_after(10):
         while not first.conn.closed:
             await trio.sleep(0.005)
-    assert 0.3 <= trio.current_time() - pooled_at < 0.38
+    closed_after = trio.current_time() - pooled_at
+    assert 1.0 <= closed_after < 1.45, closed_after
     assert not second.conn.closed and pool.idle_count() == 1
 
 

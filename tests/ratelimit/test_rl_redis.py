@@ -141,7 +141,8 @@ async def test_a_dead_redis_is_a_store_error_and_a_restarted_one_is_used_again(n
     started = time.monotonic()
     with pytest.raises(StoreError, match="Redis at redis://127.0.0.1"):
         await store.take(window_call("a", 5), 1)
-    assert time.monotonic() - started < 1.0
+    took = time.monotonic() - started
+    assert took < 2.5, f"{took:.1f}s"  # at once (a refused connection), not after the store's 5 s timeout
     redis.start()
     assert (await store.take(window_call("a", 5), 1)).block == 5
 
@@ -149,12 +150,13 @@ async def test_a_dead_redis_is_a_store_error_and_a_restarted_one_is_used_again(n
 async def test_a_slow_redis_is_a_store_error_within_the_timeout_then_answers_again(nursery, redis):
     store = await open_store(nursery, redis.port, timeout_ms=300)
     await store.take(window_call("a", 1), 1)
-    redis.command("CLIENT", "PAUSE", "1000", "ALL")
+    redis.command("CLIENT", "PAUSE", "2000", "ALL")
     started = time.monotonic()
     with pytest.raises(StoreError, match="within 0.3s"):
         await store.take(window_call("a", 1), 1)
-    assert time.monotonic() - started < 0.6
-    await trio.sleep(max(0.0, started + 1.0 - time.monotonic()))  # until the pause is over
+    took = time.monotonic() - started
+    assert took < 1.2, f"{took:.1f}s"  # its 0.3 s and a busy host's scheduling; not until the 2 s pause ends
+    await trio.sleep(max(0.0, started + 2.0 - time.monotonic()))  # until the pause is over
     with trio.fail_after(2):
         assert (await store.take(window_call("a", 1), 1)).block == 1
 
@@ -320,9 +322,11 @@ async def test_a_redis_slower_than_half_a_second_but_within_its_timeout_is_waite
 async def test_a_request_waits_for_a_silent_redis_its_timeout_and_not_much_longer(nursery, gateway, redis):
     """The wait follows redis.timeout both ways: with 1 s and a Redis paused longer, the request gets its 500
     (fault_tolerant off) after that second, within the worker's margin (remote.WAIT_MARGIN_S)."""
-    reply, waited = await _request_while_paused(nursery, gateway, redis, timeout_ms=1000, pause_ms=2000)
+    reply, waited = await _request_while_paused(nursery, gateway, redis, timeout_ms=1000, pause_ms=3000)
     assert reply.status == 500
-    assert 0.9 <= waited < 1.0 + WAIT_MARGIN_S, waited
+    # (1 s and at most WAIT_MARGIN_S more, and 0.4 s of a busy host's scheduling: not twice the timeout, nor the 3 s
+    # pause)
+    assert 0.9 <= waited < 1.0 + WAIT_MARGIN_S + 0.4, waited
 
 
 # ---- hosts sharing a limit: Ledgers and LeaseTables, calls run on the real Redis -----------------------------------

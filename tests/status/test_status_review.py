@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -119,14 +120,16 @@ async def test_status_answers_at_once_however_many_services_have_metrics(nursery
     app = StatusApp(BaseStatusSource(), registry, check_timeout=0.3, prepare=collector.prepare,
                     families=collector.families)
     _, port = await nursery.start(serve_status, app, "127.0.0.1", 0)
-    started = trio.current_time()
+    started, cpu_started = trio.current_time(), time.process_time()
     reply = None
     with trio.move_on_after(15):
         reply = await request(port, "GET", "/status")
-    took = trio.current_time() - started
+    took, cpu = trio.current_time() - started, time.process_time() - cpu_started
     assert reply is not None, f"GET /status: no answer in {took:.1f} s"
     assert reply.status == 200 and reply.json()["server"]["total_requests"] == 5001  # (with this one)
-    assert took < 1.0, f"GET /status took {took:.1f} s"
+    # the CPU it took (the status server is in this process, its file reading in its threads): a busy host's other
+    # work does not count; merging every family took 4 s
+    assert cpu < 1.0, f"GET /status took {cpu:.1f} CPU s ({took:.1f} s)"
 
 
 def test_status_server_numbers_are_those_every_family_gives(metrics_dir: Path) -> None:

@@ -522,7 +522,8 @@ async def test_lines_sent_while_the_server_is_down_are_lost_and_the_next_request
         started = trio.current_time()
         for _ in range(3):
             assert (await request(port, "GET", KEY)).status == 200
-        assert trio.current_time() - started < 2
+        took = trio.current_time() - started
+        assert took < TIMEOUT / 2, f"{took:.1f}s"  # (milliseconds; seconds on a busy host)
     await wait_until(lambda: any("datagram(s) sent to it were lost" in r.getMessage() and r.levelno == logging.WARNING
                                  for r in caplog.records), "a refusal logged")
     await sent_out(collector.port)  # every line of the three requests was sent while the port was closed

@@ -155,7 +155,8 @@ async def test_a_daemon_that_restarts_gets_the_messages_after_it_is_back(nursery
         daemon.stop()
         started = trio.current_time()
         assert (await request(port, "GET", "/a/down")).status == 200
-        assert trio.current_time() - started < 2
+        took = trio.current_time() - started
+        assert took < TIMEOUT / 2, f"{took:.1f}s"  # (milliseconds; seconds on a busy host)
     await wait_until(lambda: any("could not send" in r.getMessage() for r in caplog.records), "a lost message logged")
     back = Daemon(daemon.path)
     await nursery.start(back.serve)

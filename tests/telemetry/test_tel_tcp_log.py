@@ -168,7 +168,9 @@ async def test_a_collector_that_is_down_slows_no_request_and_gets_the_lines_when
         started = trio.current_time()
         for i in range(5):
             assert (await request(port, "GET", f"/down/{i}")).status == 200
-        assert trio.current_time() - started < 2
+        took = trio.current_time() - started
+        # (milliseconds; seconds on a busy host; a request waiting for the queue's retries would wait for the collector)
+        assert took < TIMEOUT / 2, f"{took:.1f}s"
     await nursery.start(collector.serve)
     await wait_until(lambda: len(collector.lines) >= 5, "the 5 lines, once the collector is up")
     assert sorted(json.loads(line)["request"]["uri"] for line in collector.lines) == [f"/down/{i}" for i in range(5)]
