@@ -14,9 +14,10 @@ from urllib.parse import urlsplit
 
 from gateway.config import Config
 from gateway.config.kong_forms import url_host
+from gateway.config.listen import listen_flags
 from gateway.config.loader import path_of
 from gateway.config.schema import Service, Upstream, ssl_cert_values
-from gateway.config.tls import CaCertificateEntity, CertificateEntity, certificate_key, listen_flags, ref_id
+from gateway.config.tls import CaCertificateEntity, CertificateEntity, certificate_key, ref_id
 from gateway.http.tls_contexts import (
     ClientTls,
     ServerOptions,

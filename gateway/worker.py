@@ -27,8 +27,8 @@ import zmq
 from gateway.cli import SettingError
 from gateway.config import Config, ConfigError, load_config, parse_host_port
 from gateway.config.kong_forms import use_load_time
+from gateway.config.listen import ListenAddress, listen_flags, listen_options
 from gateway.config.schema import GatewaySettings
-from gateway.config.tls import ListenAddress, listen_flags, listen_options
 from gateway.discovery.local import run_local_discovery
 from gateway.discovery.registration import run_registration
 from gateway.dns import process as dns

@@ -16,8 +16,8 @@ from backends import free_port
 from prometheus_client import CollectorRegistry
 
 from gateway.config import ConfigError, parse_config
+from gateway.config.listen import listen_flags, status_options
 from gateway.config.loader import check_kept_status_listen
-from gateway.config.tls import listen_flags, status_options
 from gateway.node.slots import AddressInUse, ListenerSlots
 from gateway.status import BaseStatusSource, StatusApp, serve_status
 from supervisor.errors import StartError

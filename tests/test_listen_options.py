@@ -28,7 +28,7 @@ from e2e_helpers import (
 
 from gateway.config import ConfigError, parse_config
 from gateway.config.kong_conf import KONG_CONF
-from gateway.config.tls import DATA_BACKLOG, ListenAddress, listen_options
+from gateway.config.listen import DATA_BACKLOG, ListenAddress, listen_options
 from gateway.http.net import bind_listener
 from gateway.node.slots import ListenerSlots, OptionKept
 from gateway.worker import bind_all, listen_addresses

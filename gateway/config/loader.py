@@ -36,6 +36,7 @@ from gateway.config.decode import convert_all, salvage, unset_nulls
 from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, key_part, name_variable, new_load, show
 from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare, url_host
+from gateway.config.listen import listen_flags, listen_options, status_options
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
     Config,
@@ -53,10 +54,7 @@ from gateway.config.tls import (
     CertificateEntity,
     SniEntity,
     flatten_tls,
-    listen_flags,
-    listen_options,
     ref_id,
-    status_options,
 )
 from gateway.config.typedefs import (
     header_name_problem,

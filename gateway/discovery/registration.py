@@ -39,8 +39,8 @@ from gateway.config.discovery import (
     go_duration,
     parse_duration,
 )
+from gateway.config.listen import listen_flags
 from gateway.config.schema import GatewaySettings
-from gateway.config.tls import listen_flags
 from gateway.discovery.backoff import Backoff, LinkState
 from gateway.discovery.consul import ConsulClient, ConsulError
 from gateway.discovery.etcd import EtcdClient, EtcdError

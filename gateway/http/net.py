@@ -21,7 +21,7 @@ from gateway.dns.client import DnsError
 from gateway.http.timers import ConnTimer, Phase
 
 if TYPE_CHECKING:
-    from gateway.config.tls import ListenOptions
+    from gateway.config.listen import ListenOptions
 
 RECV_SIZE = 65536
 CHECKPOINT_EVERY = 32  # immediate successes (and body events: Conn.pace) allowed between forced checkpoints
@@ -391,7 +391,7 @@ def bind_listener(host: str, port: int, reuse_port: bool = True, options: Listen
     """A non-blocking listening socket; SO_REUSEPORT lets every worker process bind its own on the same port.
     `options`: its listen entry's (backlog, deferred, ipv6only, so_keepalive), by default the gateway's."""
     if options is None:
-        from gateway.config.tls import PLAIN_LISTEN  # imported here: gateway.config imports this module
+        from gateway.config.listen import PLAIN_LISTEN  # imported here: gateway.config imports this module
         options = PLAIN_LISTEN
     sock = unbound_listener(host, reuse_port, options.ipv6only)
     try:

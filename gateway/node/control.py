@@ -25,8 +25,8 @@ from gateway.bus.admin_server import not_a_socket
 from gateway.bus.curve import NEED_KEYS, ClientKeys, KeyFileError, client_keys, read_certificate, settings_problems
 from gateway.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, command_line
 from gateway.config import Config, ConfigError, kong_conf, parse_host_port
+from gateway.config.listen import listen_flags, status_options
 from gateway.config.schema import GatewaySettings
-from gateway.config.tls import listen_flags, status_options
 from gateway.http.net import bind_listener
 from gateway.node.files import body_temp_problem, file_problem, open_log
 from gateway.node.locate import Location, NotRunning, alive, locate, socket_path_problems

@@ -50,8 +50,8 @@ from gateway.bus.protocol import pub_endpoint
 from gateway.cli import EXIT_FAILURE, EXIT_OK
 from gateway.config import Config, ConfigError, kong_conf, parse_config, parse_host_port
 from gateway.config.kong_forms import loaded_at
+from gateway.config.listen import listen_flags, status_options
 from gateway.config.loader import check_kept_status_listen, read_config_text
-from gateway.config.tls import listen_flags, status_options
 from gateway.discovery.backoff import Backoff
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir, retire_dead_processes

@@ -14,7 +14,7 @@ SO_REUSEPORT, that nothing else listens there. A second gateway learns the first
 Claims and slots are kept by the address a socket binds (a name resolved as the bind resolves it, `[0::1]` as `::1`),
 not by how the config spells it: nginx's reload keeps a listening socket whose new address is the same sockaddr
 (release-1.27.1 src/core/ngx_cycle.c:527-534, ngx_cmp_sockaddr), so `localhost:P` reloaded as `127.0.0.1:P` goes on
-serving from the same socket. A reload that changes an entry's socket options (gateway.config.tls.ListenOptions)
+serving from the same socket. A reload that changes an entry's socket options (gateway.config.listen.ListenOptions)
 changes them on its kept sockets, as nginx does (ngx_cycle.c:536-574, ngx_configure_listening_sockets): their
 accept queues go on, so the reload stays hitless; ipv6only, which a bound socket keeps, is refused.
 """
@@ -27,8 +27,8 @@ import socket
 import struct
 from collections.abc import Sequence
 
+from gateway.config.listen import PLAIN_LISTEN, ListenOptions, options_of
 from gateway.config.loader import bound_ip
-from gateway.config.tls import PLAIN_LISTEN, ListenOptions, options_of
 from gateway.http.net import bind_listener
 
 CLAIM_PREFIX = "mcp-gateway/listen/"

@@ -21,8 +21,8 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 
+from gateway.config.listen import NGX_LISTEN_BACKLOG
 from gateway.config.schema import GatewaySettings
-from gateway.config.tls import NGX_LISTEN_BACKLOG
 from gateway.http.codec import HeadBuffers, ProtocolError
 from gateway.http.net import Conn, unbound_listener
 from gateway.http.proxy_protocol import header_or_none
