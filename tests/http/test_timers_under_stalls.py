@@ -111,6 +111,12 @@ class ThreadBackend:
             self._send(conn, "rest", b"1\r\nx\r\n" * 100 + b"0\r\n\r\n")
 
 
+def serving(backend: ThreadBackend, retries: int) -> dict[str, Any]:
+    """The gateway's config: one service to `backend` with READ_MS and WRITE_MS, `retries` tries again."""
+    return {"services": [service("s", f"http://127.0.0.1:{backend.port}", read_timeout=READ_MS,
+                                 write_timeout=WRITE_MS, retries=retries)]}
+
+
 def find_task(co_name: str) -> trio.lowlevel.Task:
     stack = [trio.lowlevel.current_root_task()]
     while stack:
@@ -225,8 +231,7 @@ async def test_an_answer_sent_within_read_timeout_gets_no_504_after_a_stall(nurs
     ngx_process_events_and_timers, ngx_event.c:248 before :261), not a 504."""
     backend = ThreadBackend()
     try:
-        port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}", read_timeout=READ_MS,
-                                                   write_timeout=WRITE_MS, retries=0)]})
+        port = await gateway(serving(backend, retries=0))
         for step in (0, 1):
             with stalls_at(step) as instrument:
                 head, _, _ = await stalled_round(instrument, partial(get, port, "/plain", instrument, backend))
@@ -244,8 +249,7 @@ async def test_a_retryable_try_answered_in_time_is_not_closed_after_a_stall(nurs
     read_timeout is relayed after a stall over its deadline, and no second try goes out."""
     backend = ThreadBackend()
     try:
-        port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}", read_timeout=READ_MS,
-                                                   write_timeout=WRITE_MS, retries=1)]})
+        port = await gateway(serving(backend, retries=1))
         for step in (0, 1):
             with stalls_at(step) as instrument:
                 head, _, tries = await stalled_round(instrument, partial(get, port, "/plain", instrument, backend))
@@ -355,8 +359,7 @@ async def test_an_event_sent_within_read_timeout_is_not_cut_after_a_stall(nurser
     so several rounds."""
     backend = ThreadBackend()
     try:
-        port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}", read_timeout=READ_MS,
-                                                   write_timeout=WRITE_MS, retries=0)]})
+        port = await gateway(serving(backend, retries=0))
         cut = []
         with stalls_at(0) as instrument:
             for round_ in range(3):
@@ -381,8 +384,7 @@ async def test_a_body_sent_within_read_timeout_is_not_cut_while_it_is_relayed_af
     from the time of the epoll that reported the bytes)."""
     backend = ThreadBackend()
     try:
-        port = await gateway({"services": [service("s", f"http://127.0.0.1:{backend.port}", read_timeout=READ_MS,
-                                                   write_timeout=WRITE_MS, retries=0)]})
+        port = await gateway(serving(backend, retries=0))
         with stalls_at(0) as instrument:
             head, body, _ = await stalled_round(instrument, partial(get, port, "/chunks", instrument, backend, "head"))
         assert head.startswith(b"HTTP/1.1 200"), head
