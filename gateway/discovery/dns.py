@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import NamedTuple
 
 import trio
 
@@ -84,33 +85,47 @@ def made_by_dns(discovered: dict[str, list[TargetInfo]]) -> dict[str, TargetInfo
 async def resolve_targets(targets: list[TargetInfo], use_srv_name: bool = False,
                           ttl0: dict[str, bool] | None = None) -> tuple[list[TargetInfo], float]:
     """(`targets` with each name replaced by the targets its records make, the seconds until a name is due to be
-    asked again). The names are looked up at once, each resolution for at most lookup_bound_s. `ttl0`: name ->
-    whether its last answer had TTL 0 (kept across calls by run_dns; a name not in it is asked for the first time)."""
+    asked again). The names are looked up at once, each once however many targets name it (two ports of one host
+    are two targets, as in Kong), each resolution for at most lookup_bound_s. `ttl0`: name -> whether its last
+    answer had TTL 0 (kept across calls by run_dns; a name not in it is asked for the first time)."""
     ttl0 = {} if ttl0 is None else ttl0
-    found: dict[str, tuple[list[TargetInfo], float]] = {}
+    found: dict[str, _Answer] = {}
     async with trio.open_nursery() as nursery:
-        for t in {t.host: t for t in targets if not is_ip(t.host)}.values():
-            nursery.start_soon(_look_up, t, use_srv_name, found, ttl0)
+        for name in dict.fromkeys(t.host for t in targets if not is_ip(t.host)):
+            nursery.start_soon(_look_up, name, found, ttl0)
     out: list[TargetInfo] = []
     renew = math.inf
     for t in targets:
         if is_ip(t.host):
             out.append(t)
             continue
-        made, due = found.get(t.host, ([], REQUERY_S))
+        answer = found.get(t.host)
+        made, due = ([], REQUERY_S) if answer is None else _targets_of(t, answer, use_srv_name)
         renew = min(renew, due)
         out += made or [TargetInfo(t.host, t.port, 0, t.host)]
     return normalise(out), max(renew, MIN_RENEW_S)
 
 
-async def _look_up(target: TargetInfo, use_srv_name: bool, found: dict[str, tuple[list[TargetInfo], float]],
-                   ttl0: dict[str, bool]) -> None:
-    """Put in `found` the targets a name's records make and when to ask again; nothing when it has no records."""
+class _Answer(NamedTuple):
+    """A name's records, the seconds until it is due to be asked again, and whether its answer makes Kong's virtual
+    SRV entry (TTL 0 on the first answer, or on two in a row: Kong's guard against a cache counting a TTL down)."""
+
+    records: list[Record]
+    renew: float
+    virtual: bool
+
+
+async def _look_up(name: str, found: dict[str, _Answer], ttl0: dict[str, bool]) -> None:
+    """Put a name's answer in `found`; nothing when it has no records."""
     try:
-        found[target.host] = await _targets_of(target, use_srv_name, ttl0)
+        records, renew = await _resolve(name)
     except DnsError as e:
         # Kong's queryDns words, at its level (WARN), at each requery: the target takes no traffic meanwhile
-        log.warning("querying dns for %s failed: %s", target.host, e.message)
+        log.warning("querying dns for %s failed: %s", name, e.message)
+        return
+    zero = records[0].ttl == 0
+    found[name] = _Answer(records, renew, zero and ttl0.get(name, True))
+    ttl0[name] = zero
 
 
 def lookup_bound_s(resolver: Resolver) -> float:
@@ -135,27 +150,25 @@ async def _resolve(name: str) -> tuple[list[Record], float]:
     raise DnsError(name, f"no answer from the resolver within {bound:g}s")
 
 
-async def _targets_of(target: TargetInfo, use_srv_name: bool, ttl0: dict[str, bool]) -> tuple[list[TargetInfo], float]:
-    """The targets a configured name's records make (each knowing the configured `name:port`), and when to ask
+def _targets_of(target: TargetInfo, answer: _Answer, use_srv_name: bool) -> tuple[list[TargetInfo], float]:
+    """The targets a configured `name:port`'s answer makes (each knowing that configured target), and when to ask
     again."""
     name = target.host
-    records, renew = await _resolve(name)
+    records = answer.records
     configured = f"{name}:{target.port}"
-    zero = records[0].ttl == 0
-    # Kong's update_dns_result: TTL 0 on the first answer, or on two in a row, is one virtual SRV entry of the
-    # target's own weight (an SRV answer's weights too are set aside), its name resolved at each request
-    if zero and ttl0.get(name, True):
-        ttl0[name] = True
+    # Kong's update_dns_result: a virtual SRV entry of the target's own weight (an SRV answer's weights too are set
+    # aside), its name resolved at each request
+    if answer.virtual:
         return [TargetInfo(name, target.port, target.weight, name, configured, TTL0_SOURCE)], TTL0_RETRY_S
-    ttl0[name] = zero
     source = DNS_SOURCES.get(records[0].type, "unknown")
     if records[0].type != TYPE_SRV:
-        return [TargetInfo(r.address, target.port, target.weight, name, configured, source) for r in records], renew
+        return [TargetInfo(r.address, target.port, target.weight, name, configured, source)
+                for r in records], answer.renew
     top = min(r.priority for r in records)
     made = [TargetInfo(r.target, r.port or target.port, r.weight or SRV_0_WEIGHT,
                        r.target if use_srv_name and not is_ip(r.target) else name, configured, source)
             for r in records if r.priority == top and valid_host(r.target)]  # (a target no socket can reach: none)
-    return made, renew if made else REQUERY_S
+    return made, answer.renew if made else REQUERY_S
 
 
 async def run_dns(upstream: str, targets: list[TargetInfo], on_change: OnChange, use_srv_name: bool = False, *,

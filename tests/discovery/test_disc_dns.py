@@ -165,6 +165,25 @@ async def test_two_target_names_resolving_to_one_address_are_two_targets(nursery
     assert sorted((t.name, t.weight) for t in got) == [("one.test/127.0.0.2:80", 100), ("two.test/127.0.0.2:80", 50)]
 
 
+async def test_two_ports_of_one_name_are_two_targets_each_with_its_own_weight(nursery):
+    """Kong targets.lua:83-101 (each target entry keeps its name and its own port) and :109-116 (its DNS renewal is
+    keyed by `name:port`): `mcp.test:9000` and `mcp.test:9001`, two servers on one host, are two addresses, each
+    with its weight; the name is asked once."""
+    names = await serve_names(nursery, {"mcp.test": ["127.0.0.2"]})
+    async with resolving(names):
+        got = await resolved([TargetInfo("mcp.test", 9000, 7), TargetInfo("mcp.test", 9001, 50)])
+    assert got == [addr("127.0.0.2", 9000, 7, "mcp.test"), addr("127.0.0.2", 9001, 50, "mcp.test")]
+
+
+async def test_two_ports_of_one_ttl_0_name_are_two_virtual_entries(nursery):
+    """Kong targets.lua:375-390: a TTL-0 answer makes each target of the name its own virtual SRV entry, of its
+    own port and weight."""
+    names = await serve_names(nursery, {"zero.test": ["127.0.0.2"]}, ttl=0)
+    async with resolving(names):
+        got = await resolved([TargetInfo("zero.test", 80, 10), TargetInfo("zero.test", 81, 20)])
+    assert got == [virtual_srv("zero.test", 80, 10), virtual_srv("zero.test", 81, 20)]
+
+
 async def test_a_name_whose_server_fails_keeps_its_addresses_for_kongs_stale_ttl(nursery, autojump_clock):
     """kong/resty/dns/client.lua: a stale record is answered while it is asked again, and a server failure does not
     replace it; past dns_stale_ttl it is gone, and the name is a target by its name without weight."""
