@@ -1,7 +1,7 @@
-"""An upstream target named by SRV records, in the running gateway (`gateway start`: the discovery process resolves
-it, the keeper hands the addresses to the worker), from a real DNS server (Debian's dnsmasq): each SRV record is a
-target with its own port and weight, and the name is the Host header (kong/runloop/balancer/targets.lua,
-balancers.lua addAddress)."""
+"""Upstream targets named by host names in the running gateway (`gateway start`: the discovery process resolves
+them, the keeper hands the addresses to the worker): SRV records from a real DNS server (Debian's dnsmasq), each a
+target with its own port and weight, the name the Host header (kong/runloop/balancer/targets.lua, balancers.lua
+addAddress); a name from /etc/hosts on two ports, two targets."""
 
 from __future__ import annotations
 
@@ -39,6 +39,26 @@ async def test_an_srv_named_target_spreads_by_the_records_weights_to_their_ports
         finally:
             node.cleanup()
 
+
+
+async def test_two_servers_on_localhost_on_two_ports_are_two_targets(nursery, tmp_path: Path):
+    """`localhost:A` and `localhost:B` (the name from /etc/hosts): each target entry keeps its own port, as Kong's
+    (kong/runloop/balancer/targets.lua:83-101), so round-robin alternates between the two servers."""
+    first, second = Backend("first"), Backend("second")
+    for backend in (first, second):
+        await nursery.start(backend.serve)
+    node = GatewayNode(tmp_path / "gw", {
+        "upstreams": [{"name": "up", "targets": [{"target": f"localhost:{first.port}"},
+                                                  {"target": f"localhost:{second.port}"}]}],
+        "services": [{"name": "s", "url": "http://up", "routes": [{"paths": ["/"]}]}]})
+    try:
+        await node.start(workers=1)
+        with trio.fail_after(30):
+            replies = [await request(node.port, "GET", "/x") for _ in range(8)]
+        assert [r.status for r in replies] == [200] * 8
+        assert counts([first, second]) == {"first": 4, "second": 4}
+    finally:
+        node.cleanup()
 
 async def _two_addresses(node: GatewayNode) -> bool:
     return len([key for key in await node.targets() if key.startswith("up|svc.test/node.test:")]) == 2
