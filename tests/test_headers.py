@@ -78,11 +78,33 @@ def test_proxy_authorization_passes_as_nginx_and_kong_pass_it():
 
 
 def test_headers_named_in_connection_are_removed():
-    out, _, _ = rewrite([("host", "gw"), ("connection", "close, X-Internal-Token"), ("connection", "x-debug"),
+    out, _, _ = rewrite([("host", "gw"), ("connection", "close, X-Internal-Token, x-debug"),
                          ("x-internal-token", "s3cret"), ("x-debug", "1"), ("x-keep", "yes")])
     assert values(out, "x-internal-token") == []
     assert values(out, "x-debug") == []
     assert values(out, "x-keep") == ["yes"]
+
+
+def test_only_the_first_connection_lines_options_are_removed_as_kong_reads_it():
+    """kong/runloop/handler.lua:1435-1452 reads `get_header("connection")`, the first line of a repeated header
+    (kong/tools/http.lua:563-564), and clears the options it names: one a later line names goes upstream."""
+    out, _, _ = rewrite([("host", "gw"), ("connection", "close, X-Internal-Token"), ("connection", "x-debug"),
+                         ("x-internal-token", "s3cret"), ("x-debug", "1")])
+    assert values(out, "x-internal-token") == []
+    assert values(out, "x-debug") == ["1"]
+    out, _, _ = rewrite([("host", "gw"), ("connection", "keep-alive"), ("connection", "x-debug"), ("x-debug", "1")])
+    assert values(out, "x-debug") == ["1"]
+
+
+def test_a_websocket_upgrade_is_read_from_the_first_upgrade_line_as_kong_reads_it():
+    """kong/runloop/handler.lua:1330-1333: the first Upgrade line (get_header) being `websocket` makes the request a
+    WebSocket handshake upstream, whatever a later line says; a first line of another protocol makes none."""
+    out, _, _ = rewrite([("host", "gw"), ("connection", "upgrade"), ("upgrade", "websocket"), ("upgrade", "h2c")])
+    assert values(out, "upgrade") == ["websocket"]
+    assert values(out, "connection") == ["keep-alive, Upgrade"]
+    out, _, _ = rewrite([("host", "gw"), ("connection", "upgrade"), ("upgrade", "h2c"), ("upgrade", "websocket")])
+    assert values(out, "upgrade") == []
+    assert values(out, "connection") == ["keep-alive"]
 
 
 def test_connection_tokens_ignore_close_and_keep_alive():

@@ -115,21 +115,25 @@ def connection_options(value: bytes) -> frozenset[bytes]:
 
 
 def connection_tokens(headers: Headers) -> frozenset[bytes] | None:
-    """The header names listed as connection options in Connection headers (to drop at the hop), or None."""
-    tokens = None
+    """The header names the first Connection line lists as connection options (to drop at the hop), or None: Kong
+    reads that line only (kong/runloop/handler.lua:1435, get_header taking value[1] of a repeated header:
+    kong/tools/http.lua:563-564), so an option a later line names goes upstream."""
     for name, value in headers:
-        if name == b"connection" and (options := connection_options(value)):
-            tokens = options if tokens is None else tokens | options
-    return tokens
+        if name == b"connection":
+            return CONNECTION_OPTIONS[value] or None
+    return None
 
 
 def upgrade_asked(request: Request) -> bool:
-    """Whether a request asks to switch to WebSocket, as Kong reads it (kong/runloop/handler.lua access.before: its one
-    Upgrade is `websocket` in any case, whatever its method, HTTP version, body or Connection; only a WebSocket upgrade
-    is passed on, and nginx tunnels a 101 to it). Otherwise it is an ordinary request, Upgrade dropped as hop-by-hop.
-    (A body goes first, framed by its Content-Length; upstream_request_headers never asks for a chunked one.)"""
-    values = [value for name, value in request.headers if name == b"upgrade"]
-    return len(values) == 1 and values[0].strip().lower() == b"websocket"
+    """Whether a request asks to switch to WebSocket, as Kong reads it (kong/runloop/handler.lua:1330-1333: its first
+    Upgrade line is `websocket` in any case, whatever its method, HTTP version, body or Connection; only a WebSocket
+    upgrade is passed on, and nginx tunnels a 101 to it). Otherwise it is an ordinary request, Upgrade dropped as
+    hop-by-hop. (A body goes first, framed by its Content-Length; upstream_request_headers never asks for a chunked
+    one.)"""
+    for name, value in request.headers:
+        if name == b"upgrade":
+            return value.strip().lower() == b"websocket"
+    return False
 
 
 def framed_by_length(headers: Headers, size: int) -> Headers:
