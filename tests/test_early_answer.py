@@ -21,11 +21,13 @@ from gateway.http.pool import Answered, Pool, UpstreamConn
 BODY = 32 << 20
 WRITE_TIMEOUT_MS = 1500
 ANSWER = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!"
+ANSWER_CLOSE = b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbig!"
 
 
 class EarlyAnswer(_Backend):
     """Reads a request head; to one for /upload answers 413 at once and reads nothing more (the connection stays
-    open, kept alive as far as the answer says); any other request is read whole and answered 200."""
+    open, kept alive as far as the answer says), to one for /refuse the same and closes; any other request is read
+    whole and answered 200."""
 
     def __init__(self) -> None:
         super().__init__("early")
@@ -54,6 +56,9 @@ class EarlyAnswer(_Backend):
             if b" /upload " in head:
                 await stream.send_all(ANSWER)
                 await trio.sleep(30)
+                return
+            if b" /refuse " in head:  # answered, then closed
+                await stream.send_all(ANSWER_CLOSE)
                 return
             await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
 
@@ -162,6 +167,37 @@ async def test_a_streamed_body_answered_early_ends_the_client_connection_after_t
     response = await _upload(stream)
     await trio.aclose_forcefully(stream)
     assert response.startswith(b"HTTP/1.1 413 ") and b"\r\nconnection: close\r\n" in response.lower(), response[:200]
+
+
+async def _slow_upload(port: int, path: bytes) -> bytes:
+    """The head of a 12-byte upload and its first 6 bytes, then nothing more: what the client gets meanwhile."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        await stream.send_all(b"POST %b HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\nabcdef" % path)
+        with trio.fail_after(10):  # (the client's body timeout, 60 s, would answer otherwise)
+            response, _ = await _read_response(stream)
+        return response
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_an_answer_while_a_slow_client_is_still_sending_its_body_is_relayed_at_once(nursery, gateway):
+    """request_buffering: false, a client between two pieces of its body: nginx reads the upstream whenever it is
+    readable (the read handler is ngx_http_upstream_process_header from the connect on), while ngx_http_upstream_
+    send_request waits for the client's body (NGX_AGAIN), so the upstream's early answer reaches the client at once,
+    not once the client sent the rest (a client that waits for an answer before it sends more)."""
+    backend, port = await _start(nursery, gateway, buffering=False)
+    response = await _slow_upload(port, b"/upload")
+    assert response.startswith(b"HTTP/1.1 413 ") and response.endswith(b"\r\n\r\nbig!"), response[:80]
+    assert b"\r\nconnection: close\r\n" in response.lower()  # the rest of the body is never read
+
+
+async def test_an_upstream_that_answers_and_closes_while_the_client_still_sends_is_relayed_not_502(nursery, gateway):
+    """The same with an upstream that closes after its answer: the answer is relayed, as by nginx, not the next
+    piece of the body written into a closed connection (a 502)."""
+    backend, port = await _start(nursery, gateway, buffering=False)
+    response = await _slow_upload(port, b"/refuse")
+    assert response.startswith(b"HTTP/1.1 413 ") and response.endswith(b"\r\n\r\nbig!"), response[:80]
 
 
 @pytest.mark.parametrize("codec", ["h11", "llhttp"])

@@ -104,6 +104,19 @@ class Conn:
                     return b""
                 raise
 
+    async def recv_or_hear(self, other: Conn, heard: Callable[[], None]) -> bytes:
+        """Like recv, while `other` (the upstream a request body streams to) is watched as well: when it speaks
+        first, `heard` is called, and may raise to end the read (an answer before the body is all in, which nginx
+        reads as it comes: ngx_http_upstream_process_header is the upstream's read handler from the connect on)."""
+        while (data := self.recv_ready()) is None:
+            try:
+                if await second_readable_first(self.sock, other.sock):
+                    heard()
+            except trio.ClosedResourceError:
+                self.reset = True
+                return b""  # closed under us
+        return data
+
     async def pace(self) -> None:
         """Count one body event parsed from this connection's reads against the checkpoint budget: a read of 1-byte
         chunks is thousands of them (nginx parses those in C), which must not hold the worker's other clients. The
@@ -287,6 +300,32 @@ async def readable_first(sock: socket.socket) -> bool:
     if closed:
         raise trio.ClosedResourceError
     return readable
+
+
+async def second_readable_first(first: socket.socket, second: socket.socket) -> bool:
+    """Wait until either socket has bytes (or an EOF) to read: True when `second` is readable first; raises
+    trio.ClosedResourceError when `first` is closed under us (`second` closed under us is waited out)."""
+    second_first = closed = False
+    async with trio.open_nursery() as nursery:
+
+        async def listen() -> None:
+            nonlocal second_first
+            try:
+                await trio.lowlevel.wait_readable(second)
+            except trio.ClosedResourceError:
+                return
+            second_first = True
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(listen)
+        try:
+            await trio.lowlevel.wait_readable(first)
+        except trio.ClosedResourceError:
+            closed = True
+        nursery.cancel_scope.cancel()
+    if closed:
+        raise trio.ClosedResourceError
+    return second_first
 
 
 class NameNotResolved(OSError):

@@ -266,6 +266,15 @@ class BodyReader(Protocol):
         ...
 
 
+class Answering(Protocol):
+    """An upstream connection a request body streams to (gateway.http.pool.UpstreamConn): `heard` reads what it
+    said, raising once that is an answer."""
+
+    conn: Conn
+
+    def heard(self) -> None: ...
+
+
 class Exchange:
     """One request/response on a client connection, as the handler sees it."""
 
@@ -462,8 +471,9 @@ class Exchange:
                 self.state = {}
             self.state[HELD_FILE] = rest
 
-    async def receive_body(self) -> bytes | None:
-        """The next chunk of the request body, or None at its end."""
+    async def receive_body(self, upstream: Answering | None = None) -> bytes | None:
+        """The next chunk of the request body, or None at its end. `upstream`: the connection the body streams to,
+        heard while the client is waited for (its answer may end the body: Answered)."""
         if self._held is not None:
             held, self._held = self._held, None
             if held:
@@ -483,7 +493,14 @@ class Exchange:
                 saved = timer.save()
                 began = trio.current_time()
                 timer.set(self.settings.body_timeout, Phase.CLIENT_BODY)
-                data = await self.conn.recv()
+                if upstream is None:
+                    data = await self.conn.recv()
+                else:
+                    try:
+                        data = await self.conn.recv_or_hear(upstream.conn, upstream.heard)
+                    except Exception:  # the upstream answered (or broke) first: the forwarder's deadline again
+                        timer.restore(saved, trio.current_time() - began)
+                        raise
                 timer.restore(saved, trio.current_time() - began)
                 codec.receive_data(data)
                 continue

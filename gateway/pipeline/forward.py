@@ -393,7 +393,7 @@ class Forwarder:
                     if body_done:
                         await uc.conn.sendall(codec.end())
                 if not body_done:  # (the rest, after what was in hand)
-                    while (chunk := await ex.receive_body()) is not None:
+                    while (chunk := await ex.receive_body(uc)) is not None:  # (uc heard meanwhile)
                         timer.set(svc.write_timeout, Phase.UPSTREAM_WRITE, detail)
                         await uc.conn.sendall(codec.body(chunk))
                     await uc.conn.sendall(codec.end())
