@@ -157,6 +157,9 @@ _SPACED_STATUS = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ ) +(?=[0-9])")
 # IIS's status with a sub-status, `403.1` (nginx's ngx_http_parse_status_line, sw_space_after_status: status 403)
 _IIS_STATUS = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ +[0-9]{3})\.[^ \r\n]*")
 _INTERIM_STATUS = re.compile(rb"HTTP/[0-9]+\.[0-9]+ +1(?!01)[0-9]{2}(?![0-9])")  # a 1xx but a switch: a head follows
+# A version nginx reads with more digits than llhttp and h11 take (one a side): ngx_http_parse_status_line's major of
+# up to 3 digits, not 0 first, and minor of up to 3 after its leading zeros (ngx_http_parse.c:1705-1745)
+_LONG_VERSION = re.compile(rb"HTTP/([1-9][0-9]{0,2})\.0*([0-9]{1,3}) ")
 # A reason phrase (what follows the status code and a space) and the bytes h11 refuses in one, which nginx takes
 # (ngx_http_parse_status_line's sw_status_text: any byte but CR and LF; llhttp too)
 _REASON = re.compile(rb"(HTTP/[0-9]+\.[0-9]+ +[0-9]{3} )(.*)", re.S)
@@ -174,7 +177,12 @@ class MendedResponse(NamedTuple):
 
 def _mended_status(line: bytes) -> tuple[bytes, bytes | None]:
     """A status line (without its line end) as both parsers take it, and its reason when it holds a stand-in: one
-    space before the status code (_SPACED_STATUS), IIS's sub-status dropped."""
+    space before the status code (_SPACED_STATUS), IIS's sub-status dropped, a version of more digits (_LONG_VERSION)
+    one digit a side, each at most 9: it compares with 1.1 as nginx's does, all nginx asks of it (it closes the
+    connection below 1.1 only, ngx_http_proxy_module.c:1870-1872), so `HTTP/1.10` is read as 1.9, `HTTP/10.1` as
+    9.1, `HTTP/1.01` as 1.1."""
+    if (version := _LONG_VERSION.match(line)) is not None:
+        line = b"HTTP/%d.%d " % (min(int(version[1]), 9), min(int(version[2]), 9)) + line[version.end():]
     if (spaced := _SPACED_STATUS.match(line)) is not None:
         line = spaced[1] + line[spaced.end():]
     if (iis := _IIS_STATUS.match(line)) is not None:
@@ -1177,7 +1185,7 @@ class LlhttpClient(_Parsing):
 
     __slots__ = ("_reason", "_method", "_keep", "_request_close", "_in_message", "_skip", "_response_headers",
                  "_request_sent", "_response_done", "_eof", "_head_answered", "_head_chunked", "_upgrade",
-                 "_switched", "transport", "_head_buffer", "_chunk")
+                 "_switched", "transport", "_head_buffer", "_chunk", "_renew")
     _parser: httptools.HttpResponseParser
 
     _MALFORMED = "malformed upstream response"
@@ -1206,6 +1214,8 @@ class LlhttpClient(_Parsing):
         # connection is not reused)
         self._switched: Response | None = None  # that 101, until llhttp stops for the switch (_upgraded)
         self.transport: Transport | None = None
+        # the parser is done with the connection, which is kept: a fresh one for the next exchange (start_next_cycle)
+        self._renew = False
 
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
@@ -1288,16 +1298,25 @@ class LlhttpClient(_Parsing):
             # httptools cannot tell llhttp to skip the body it expects: end the message here and retire the parser;
             # start_next_cycle gives the connection a fresh one.
             events.append(END)
-            self._dead = True
+            self._dead = self._renew = True
             self._in_message = False
             self._head_answered = True
             self._head_chunked = any(name == b"transfer-encoding" for name, _ in headers)
         else:
-            # (llhttp's False when close-delimited, too; it reads a 2.0 or 3.0 as 1.0: _later_version_keeps)
-            keep = _later_version_keeps(version, status, headers) if version != b"1.1" else parser.should_keep_alive()
+            # (llhttp's False when close-delimited, too; it reads a 2.0 or 3.0 as 1.0: _kept_later)
+            keep = self._kept_later(version, status, headers) if version != b"1.1" else parser.should_keep_alive()
             self._response_headers = headers
             events.append(Response(status, reason, headers, version, keep))
         self._keep = keep and not self._request_close
+
+    def _kept_later(self, version: bytes, status: int, headers: Headers) -> bool:
+        """_later_version_keeps for the answer being parsed (not to HEAD). llhttp ends its parser with a kept `x.0`
+        one, which it reads as 1.0 without keep-alive ("Data after `Connection: close`" for anything after): the
+        connection then gets a fresh parser for its next exchange (start_next_cycle)."""
+        keep = _later_version_keeps(version, status, headers)
+        if keep and not self._parser.should_keep_alive():
+            self._renew = True
+        return keep
 
     def _check_head_size(self, headers: Headers) -> None:
         """The head just parsed, which may not have ended in nginx's proxy_buffer_size: where it ends in its bytes
@@ -1516,7 +1535,7 @@ class LlhttpClient(_Parsing):
         self._response_done = False
         self._request_sent = False
         self._skip = False
-        if self._dead and self._keep:  # retired after a HEAD response, cleanly
+        if self._renew and self._keep:  # retired after a HEAD response, or ended by llhttp after a kept `x.0` one
             self._parser = _response_parser(self)
-            self._dead = False
+            self._dead = self._renew = False
             self._head_chunked = False

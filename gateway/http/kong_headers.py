@@ -71,6 +71,9 @@ KONG_CHARSET = "UTF-8"  # kong_defaults.lua's nginx_http_charset
 CHARSET_TYPES = frozenset((b"text/html", b"text/xml", b"text/plain", b"text/vnd.wap.wml", b"application/javascript",
                            b"application/rss+xml"))
 _REDIRECTS = (301, 302)  # ngx_http_set_charset: no charset on these (Netscape 4 took it for the next page's)
+# ex.state: the upstream's X-Accel-Charset names a charset nginx does not know, so its charset filter declines: no
+# charset added (gateway.pipeline.forward._override_charset, which applies one it knows)
+CHARSET_DECLINED = "charset_declined"
 _CHARSET_MEMO = 256  # distinct Content-Type values remembered (a multipart boundary makes each value new)
 
 
@@ -120,12 +123,16 @@ class KongHeaders:
     case, on every response), else the general one."""
 
     __slots__ = ("via", "server", "upstream_status", "request_id", "assigned", "_proxied", "_cached", "_own",
-                 "_plugins_server", "_filtered", "_clock", "add", "types", "_after_proxied", "_after_own")
+                 "_plugins_server", "_filtered", "_clock", "add", "types", "_after_proxied", "_after_own",
+                 "charsets")
 
     def __init__(self, on: set[str], charset: str = KONG_CHARSET) -> None:
         # a Content-Type value -> what nginx's charset filter makes of it, or None (most: left as they are)
         make = _no_charset if charset == CHARSET_OFF else partial(charset_type, b"; charset=" + charset.encode())
         self.types: Derived[bytes | None, bytes | None] = Derived(make, _CHARSET_MEMO)
+        # the charsets nginx knows (an upstream's X-Accel-Charset may name), lower case: the configured one and
+        # UTF-8, which Kong's admin server's `charset UTF-8;` names whatever the setting (nginx_kong.lua:413)
+        self.charsets = frozenset({b"utf-8"} | (set() if charset == CHARSET_OFF else {charset.encode().lower()}))
         # (an upstream's own lines of these are not relayed: gateway.pipeline.forward)
         self.assigned = frozenset(name for name in ASSIGNED_BY_KONG if name.decode() in on)
         self.via = "via" in on
@@ -288,9 +295,10 @@ class KongHeaders:
         return lines if b"date" in seen else lines + NOW.line
 
     def _charset(self, ex: Any, headers: list[tuple[bytes, bytes]]) -> None:
-        """The last Content-Type (the one nginx sends) with its charset, unless the response is a 301 or 302 (called
-        when `types` has a value for it)."""
-        if ex.status in _REDIRECTS:
+        """The last Content-Type (the one nginx sends) with its charset, unless the response is a 301 or 302 or an
+        upstream's X-Accel-Charset made nginx's charset filter decline (CHARSET_DECLINED; called when `types` has a
+        value for it)."""
+        if ex.status in _REDIRECTS or (ex.state and CHARSET_DECLINED in ex.state):
             return
         for i in range(len(headers) - 1, -1, -1):
             name, value = headers[i]

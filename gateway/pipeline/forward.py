@@ -43,7 +43,7 @@ from gateway.http.errors import (
     UpstreamTimeout,
 )
 from gateway.http.kong_errors import NO_PEER
-from gateway.http.kong_headers import ASSIGNED_BY_KONG, note_via
+from gateway.http.kong_headers import ASSIGNED_BY_KONG, CHARSET_DECLINED, note_via
 from gateway.http.pool import Answered, Pool, UpstreamConn, locate
 from gateway.http.server import BODY_SET, Exchange
 from gateway.http.timers import ConnTimer, Phase, run_clock
@@ -772,6 +772,61 @@ def _limit_rate(ex: Exchange, headers: Headers) -> None:
         ex.conn = _PacedConn(ex.conn, ex, rate)  # type: ignore[assignment]  # (a Conn but for its sendall)
 
 
+def _override_charset(ex: Exchange, headers: Headers, out: Headers, line: tuple[bytes, bytes]) -> None:
+    """An upstream's X-Accel-Charset as nginx's charset filter takes it with Kong's configuration (the answer's last
+    line, `line` once the walk reaches it: ngx_http_upstream_process_charset sets r->headers_out.override_charset
+    for each, and Kong sets no proxy_ignore_headers; an empty one overrides nothing). A charset nginx knows, UTF-8
+    or kong.conf's nginx_http_charset in any case (KongHeaders.charsets), is the answer's, as it is spelled, whatever
+    the charset setting and charset_types say (_overridden_type: the Content-Type rewritten in `headers` and `out`,
+    where the walk put it already); one it does not know is "unknown charset ... to override": the charset filter
+    declines, and the Content-Type goes as it is, without the configured charset (CHARSET_DECLINED, which
+    KongHeaders reads); ngx_http_charset_filter_module.c:329-343, 235-288."""
+    kong = ex.settings.kong_headers
+    override = line[1]
+    if kong is None or not override or [hv for hv in headers if hv[0] == b"x-accel-charset"][-1] is not line:
+        return
+    new = None
+    if override.lower() in kong.charsets:
+        ctype = next((value for name, value in headers if name == b"content-type"), None)
+        new = None if ctype is None else _overridden_type(ctype, override)
+    if new is None:
+        if ex.state is None:
+            ex.state = {}
+        ex.state[CHARSET_DECLINED] = True
+        return
+    for lines in (headers, out):
+        for i, (name, _) in enumerate(lines):
+            if name == b"content-type":
+                lines[i] = (name, new)
+                break
+
+
+def _overridden_type(ctype: bytes, override: bytes) -> bytes | None:
+    """The Content-Type nginx's charset and header filters make of an upstream's `ctype` for a known X-Accel-Charset
+    `override`, or None when they leave it. Its charset is read as ngx_http_upstream_copy_content_type reads it
+    (ngx_http_upstream.c:5362-5410: the first `charset=` parameter, to the value's end, a quote around it dropped).
+    None (or empty): the source charset is off (Kong sets no source_charset), and `; charset=<override>` goes after
+    a value without `charset=` (ngx_http_header_filter_module.c:487-493), whatever its type and other parameters.
+    One naming the same charset in any case: the value cut before that parameter, then `; charset=<override>`.
+    Another: left ("no charset_map"). (A 301's or 302's gets the same here; nginx's none: ngx_http_set_charset.)"""
+    pos = ctype.find(b";")
+    while pos >= 0:
+        start = pos + 1
+        while ctype[start:start + 1] == b" ":
+            start += 1
+        if ctype[start:start + 8].lower() == b"charset=":
+            charset = ctype[start + 8:]
+            if charset[:1] == b'"':
+                charset = charset[1:]
+            if charset[-1:] == b'"':
+                charset = charset[:-1]
+            if charset.lower() != override.lower():
+                return None
+            return ctype[:pos] + b"; charset=" + override
+        pos = ctype.find(b";", start + 1)  # (nginx's loop steps past the byte it stopped at)
+    return ctype + b"; charset=" + override
+
+
 class _PacedConn:
     """The client connection of an answer an upstream limited (X-Accel-Limit-Rate, _limit_rate): its body goes out
     as nginx's write filter lets it (ngx_http_write_filter_module.c, r->limit_rate): at most `rate` bytes a second
@@ -1018,6 +1073,8 @@ def _client_headers(headers: Headers, request_id: bytes, affinity: SessionAffini
                         out.append(hv)
                 elif name == b"x-accel-limit-rate":  # (rare: only an answer with it pays for it)
                     _limit_rate(ex, headers)
+                elif name == b"x-accel-charset":  # (rare too)
+                    _override_charset(ex, headers, out, hv)
                 elif name == b"via":  # kept; noted when plugins may change it before Kong's is built from it
                     if ex.phases is not None:
                         note_via(ex, hv[1])
