@@ -479,7 +479,7 @@ async def test_rate_limit_by_header_is_exact_per_header_value(limited):
     await assert_exact(gw, backend, "/hdr", headers=lambda i: (("x-tenant", tenants[i % 2]),), tenants=2)
     # each value had its own limit: the keeper holds one key per tenant
     keys = gw.admin("limits")["keys"]  # type: ignore[index]
-    assert {k.rsplit("|", 1)[1] for k in keys if "hdr" in k} >= set(tenants)
+    assert {k.rsplit("|", 1)[1] for k in keys} >= set(tenants)
 
 
 async def test_a_keeper_stalled_for_less_than_keeper_lost_s_does_not_let_the_limit_be_exceeded(limited):

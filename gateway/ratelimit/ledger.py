@@ -47,6 +47,13 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    owed. A key with a current window is never dropped (its tokens out stay counted). Each key is looked at when its
    first window ends (a heap of due times, so a call with nothing due costs nothing), and a key kept only by its
    bucket or by Redis EXPIRE_RECHECK_S later.
+11. A key is `<spec tag>/<counter>` (spec.py): specs of several plugin instances may count on one counter, as Kong's
+   instances of one route and service do (rate-limiting policies/init.lua:50-72: the plugin's route, service and the
+   identifier, never its limits). Each spec has a state of its own (its grants, bucket, workers, Redis block), and
+   under policy local they share the counter's windows: a grant compares what the windows count with the calling
+   spec's limits and charges only its periods (Kong increments only the periods the instance limits), and tokens
+   come back to the windows they were charged to. Under policy redis each spec's state claims in Redis as a claimant
+   of its own on the counter's windows (redis_script.py), whose claims Redis sums, as it sums hosts'.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from gateway.ratelimit.bucket import Bucket
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
 from gateway.ratelimit.redis_script import Call, Reply
 from gateway.ratelimit.remote import LEAD_S, LOW_WATER, RemoteKey, Store, window_rolled
-from gateway.ratelimit.spec import LimitSpec
+from gateway.ratelimit.spec import LimitSpec, tag_of
 from gateway.ratelimit.windows import PERIODS, usable_wall, window_bounds
 
 ACTIVE_S = 2.0  # a worker that asked for a key this recently shares in the sizing of its leases
@@ -115,10 +122,12 @@ class _Window:
 class _Key:
     __slots__ = ("key", "spec", "windows", "bucket", "outstanding", "seen", "remote", "lent_until", "check_at")
 
-    def __init__(self, key: str, spec: LimitSpec, now: float, remote: RemoteKey | None = None) -> None:
+    def __init__(self, key: str, spec: LimitSpec, now: float, remote: RemoteKey | None = None,
+                 windows: dict[str, _Window] | None = None) -> None:
         self.key = key
         self.spec = spec
-        self.windows: dict[str, _Window] = {}
+        # by period: policy local's are its counter's, shared with the other specs' keys of it (rule 11)
+        self.windows: dict[str, _Window] = {} if windows is None else windows
         self.remote = remote
         self.bucket = Bucket(spec.capacity, now) if spec.bucketed and remote is None else None
         self.outstanding: dict[str, int] = {}  # tokens leased per worker, not yet reported spent or given back
@@ -141,6 +150,7 @@ class Ledger:
         self._generation = 0  # remote key states started afresh: each gets a claimant of its own
         self.stores: dict[str, Store] = {}
         self._keys: OrderedDict[str, _Key] = OrderedDict()  # least recently asked for first (rule 8)
+        self._tags: dict[str, int] = {}  # spec tag (with its TAG_END) -> how many keys have it (rule 11)
         self._remote: dict[str, _Key] = {}  # the keys of policy redis
         self._due: list[str] = []  # remote keys whose next call is due
         self._checks: list[tuple[float, str]] = []  # heap of (wall, key): when `expire` looks at a key (rule 10)
@@ -178,7 +188,7 @@ class Ledger:
         if granted:
             _lent(state, worker, granted, expires)
         remaining = tuple(max(0, w.limit - win.used) for w, win in zip(spec.windows, windows, strict=True))
-        retry = max((_exhausted_retry(state, win, wall) for left, win in zip(remaining, windows, strict=True)
+        retry = max((self._exhausted_retry_of(state, win, wall) for left, win in zip(remaining, windows, strict=True)
                      if not left), default=0.0)
         delay = 0.0
         if bucket is not None:
@@ -234,7 +244,7 @@ class Ledger:
         if want > 0 and not granted:
             for win, left, host_room in zip(windows, remaining, rooms, strict=True):
                 if host_room < 1 and (down or not left):
-                    retry = max(retry, _exhausted_retry(state, win, wall))
+                    retry = max(retry, self._exhausted_retry_of(state, win, wall))
             if bucket_room < 1:
                 if down:
                     retry = max(retry, (1 - bucket_room) / (spec.rate / remote.hosts()))
@@ -372,7 +382,7 @@ class Ledger:
         remote, spec = state.remote, state.spec
         shortest = state.windows.get(spec.windows[0].period) if spec.windows else None
         lapsed = shortest is None or not shortest.start <= returned.wall < shortest.end
-        for win in state.windows.values():
+        for win in _own_windows(state):  # (the windows they were charged to: the key's spec's, rule 11)
             if win.start <= returned.wall < win.end:
                 win.used = max(0, win.used - returned.unused)
                 if remote is not None and lapsed:  # a longer window's tokens go back to Redis (the next claim)
@@ -404,7 +414,8 @@ class Ledger:
             bucket.level = max(-spec.capacity, bucket.level - usage.total)
 
     def usage(self, key: str, now: float, wall: float) -> dict[str, float]:
-        """Used count per current window, plus the bucket's tokens and outstanding leases; {} for an unknown key."""
+        """Used count per current window (its counter's: rule 11), plus the bucket's tokens and outstanding leases;
+        {} for an unknown key."""
         state = self._keys.get(key)
         if state is None:
             return {}
@@ -421,15 +432,28 @@ class Ledger:
         return list(self._keys)
 
     def reset(self, key: str) -> bool:
-        """Forget a key's usage (an operator's `limits reset`); True if it had any. (Under policy redis this
-        host's part only: the counts in Redis stay.)"""
-        return self._drop(key, renew=True)
+        """Forget a key's usage (an operator's `limits reset`), with every key counting on its counter (rule 11: the
+        windows they share); True if it had any. (Under policy redis this host's part only: the counts in Redis
+        stay.)"""
+        state = self._keys.get(key)
+        if state is None:
+            return False
+        for other in self._sharing(state):
+            self._drop(other.key, renew=True)
+        return True
 
     def _drop(self, key: str, renew: bool = False) -> bool:
         """Forget a key; `renew`: its state may start afresh in windows still current (a new claimant then)."""
         if self._remote.pop(key, None) is not None and renew:
             self._generation += 1
-        return self._keys.pop(key, None) is not None
+        if self._keys.pop(key, None) is None:
+            return False
+        tag = tag_of(key)
+        if tag and self._tags[tag] > 1:
+            self._tags[tag] -= 1
+        elif tag:
+            del self._tags[tag]
+        return True
 
     def expire(self, now: float, wall: float) -> int:
         """Drop the ended windows of the keys due to be looked at by `wall`, and those of them left with nothing to
@@ -444,8 +468,9 @@ class Ledger:
             if self._expire_key(state, now, wall):
                 dropped += 1
                 continue
-            due = min((win.end for win in state.windows.values()), default=inf)
-            if not state.windows or (state.bucket is not None and state.outstanding):
+            own = _own_windows(state)
+            due = min((win.end for win in own), default=inf)
+            if not own or (state.bucket is not None and state.outstanding):
                 due = min(due, wall + EXPIRE_RECHECK_S)  # (stale workers' bucket tokens are written off here)
             self._check(state, due)
         return dropped
@@ -462,12 +487,13 @@ class Ledger:
                 del state.seen[worker]
                 state.outstanding.pop(worker, None)
         spec, bucket, remote = state.spec, state.bucket, state.remote
-        if not state.windows and bucket is None:
+        counting = bool(_own_windows(state))  # (the counter's other windows are other specs' periods: rule 11)
+        if not counting and bucket is None:
             state.outstanding.clear()  # void with the windows they were charged to (only a bucket counts them on)
         if remote is not None and (remote.in_flight or remote.due or remote.back_bucket or remote.force_bucket or
                                    remote.spent or remote.pool):
             return False
-        if not state.windows and not state.outstanding and (
+        if not counting and not state.outstanding and (
                 bucket is None or bucket.refill(now, spec.rate, spec.capacity) >= spec.capacity):
             self._drop(state.key)
             return True
@@ -496,9 +522,8 @@ class Ledger:
             if len(self._keys) >= MAX_KEYS:  # rule 8
                 self._drop(next(iter(self._keys)), renew=True)
             store = self.stores.get(spec.store) if spec.remote else None
-            claimant = f"{self.claimant}.{self._generation}" if self._generation else self.claimant
-            remote = RemoteKey(key, spec, store, now, claimant) if store is not None else None
-            state = self._keys[key] = _Key(key, spec, now, remote)
+            remote = RemoteKey(key, spec, store, now, self._claimant(key)) if store is not None else None
+            state = self._keys[key] = _Key(key, spec, now, remote, self._counter_windows(key, spec))
             if remote is not None:
                 self._remote[key] = state
             if not spec.windows:  # a bucket alone: `_current` schedules no look at it (rule 10)
@@ -513,6 +538,41 @@ class Ledger:
                     state.bucket = None  # a reload to fixed-window: no bucket limits it (nor divides by its rate)
         return state
 
+    def _counter_windows(self, key: str, spec: LimitSpec) -> dict[str, _Window] | None:
+        """The windows a new key counts in (rule 11): under policy local its counter's, those of the other specs' keys
+        of it, if any; None: windows of its own (the first key of a counter; under policy redis, where Redis sums the
+        claims, always)."""
+        tag = tag_of(key)
+        if not tag:
+            return None
+        self._tags[tag] = self._tags.get(tag, 0) + 1
+        others = [] if spec.remote else self._sharing_keys(key, key[len(tag):])
+        return others[0].windows if others else None
+
+    def _sharing(self, state: _Key) -> list[_Key]:
+        """The key and the other specs' keys counting in its windows (rule 11)."""
+        tag = tag_of(state.key)
+        if not tag or state.spec.remote:
+            return [state]
+        others = self._sharing_keys(state.key, state.key[len(tag):])
+        return [state, *(other for other in others if other.windows is state.windows)]
+
+    def _sharing_keys(self, key: str, name: str) -> list[_Key]:
+        """The keys of counter `name` under the spec tags of the keys kept (but `key`), of policy local."""
+        found = []
+        for tag in self._tags:
+            other = self._keys.get(tag + name)
+            if other is not None and other.key != key and not other.spec.remote:
+                found.append(other)
+        return found
+
+    def _claimant(self, key: str) -> str:
+        """Whose claims a new key of policy redis makes (rule 7): this Ledger's, its generation's, and its spec's
+        (the counter's windows in Redis take a claim from each spec counting on them: rule 11)."""
+        claimant = f"{self.claimant}.{self._generation}" if self._generation else self.claimant
+        tag = tag_of(key)
+        return f"{claimant}/{tag[:-1]}" if tag else claimant
+
     def _current(self, state: _Key, period: str, wall: float) -> _Window:
         """The key's `period` window, replaced by the one holding `wall` when that is a later one."""
         win = state.windows.get(period)
@@ -521,9 +581,14 @@ class Ledger:
                 self._rolled(state, period, win, wall)
             win = state.windows[period] = _Window(*window_bounds(period, wall),
                                                   held=0.0 if state.remote is not None else inf)
-            if win.end < state.check_at:
-                self._check(state, win.end)
+        if win.end < state.check_at:  # (a window another spec's key began: rule 11)
+            self._check(state, win.end)
         return win
+
+    def _exhausted_retry_of(self, state: _Key, win: _Window, wall: float) -> float:
+        """_exhausted_retry of the window `win` of `state`, counting the tokens of every key it shares it with (rule
+        11: they come back to it too)."""
+        return _exhausted_retry(self._sharing(state), win, wall)
 
     @staticmethod
     def _rolled(state: _Key, period: str, old: _Window, wall: float) -> None:
@@ -597,21 +662,28 @@ def _counts_problem(usage: FallbackUsage, wall: float) -> str | None:
     return None
 
 
+def _own_windows(state: _Key) -> list[_Window]:
+    """The key's windows that its spec limits (its counter's others are other specs' periods: rule 11)."""
+    windows = state.windows
+    return [windows[w.period] for w in state.spec.windows if w.period in windows]
+
+
 def _lent(state: _Key, worker: str, granted: int, expires: float) -> None:
     """`granted` tokens, void from `expires` (wall), are out at `worker` until reported spent or given back."""
     state.outstanding[worker] = state.outstanding.get(worker, 0) + granted
     state.lent_until = max(state.lent_until, expires)
 
 
-def _exhausted_retry(state: _Key, win: _Window, wall: float) -> float:
-    """When to ask again for the exhausted window `win` (rule 9): its end, unless tokens charged to it may still
-    come back unspent; then when they expire (RECHECK_S at most), RETURN_POLL_S while workers give them back."""
+def _exhausted_retry(keys: list[_Key], win: _Window, wall: float) -> float:
+    """When to ask again for the exhausted window `win` of `keys` (rule 9): its end, unless tokens charged to it may
+    still come back unspent; then when they expire (RECHECK_S at most), RETURN_POLL_S while workers give them back."""
     end = win.end - wall
-    if state.lent_until <= win.start or not state.outstanding:  # nothing granted in it, or nothing still out
+    lent_until = max((k.lent_until for k in keys if k.outstanding and k.lent_until > win.start), default=0.0)
+    if not lent_until:  # nothing granted in it, or nothing still out
         return end
-    if wall < state.lent_until:
-        return min(end, max(RETURN_POLL_S, min(state.lent_until - wall, RECHECK_S)))
-    return min(end, RETURN_POLL_S if wall < state.lent_until + RETURN_S else RECHECK_S)
+    if wall < lent_until:
+        return min(end, max(RETURN_POLL_S, min(lent_until - wall, RECHECK_S)))
+    return min(end, RETURN_POLL_S if wall < lent_until + RETURN_S else RECHECK_S)
 
 
 def _settle(state: _Key, worker: str, count: int) -> None:

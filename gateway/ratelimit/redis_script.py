@@ -9,7 +9,8 @@ as the limit nears: block = min(want, max(1, room // (2 * hosts active on the ke
 level up, so the total over all hosts never exceeds the limit and little is stranded at the end of a window.
 
 A claimant is one incarnation of a host's state keeper, `<host>#<incarnation>` (`.<generation>` added for a key
-whose state there started afresh: a reset, a changed spec). A restarted keeper starts empty, so under the host's
+whose state there started afresh: a reset, a changed spec; `/<spec tag>` for each spec counting on the key's
+windows, ledger.py rule 11). A restarted keeper starts empty, so under the host's
 name alone its first claim (0 plus a block) would overwrite what its earlier incarnation admitted, and Redis would
 hand that part of the limit out again (Kong's INCRBY counts are never lowered by a restart). A dead incarnation's
 claim stays counted until the window's hash expires: its unspent tokens are lost to the window (under-admission,
@@ -18,7 +19,8 @@ fallback shares or the block sizing.
 
 Keys (all under the plugin's prefix): `hosts` (sorted set: every host that called, by Redis time), `<key>|hosts`
 (hosts active on this key), `<key>|bucket` (hash: level, stamp, per-claimant outstanding `o:<claimant>` and last
-call `t:<claimant>`), `<key>|<period>|<window start>` (a window's claims, expiring GRACE_S after the window).
+call `t:<claimant>`), `<key>|<period>|<window start>` (a window's claims, expiring GRACE_S after the window). The
+keeper names the windows and hosts by the key's counter, the bucket by the whole key (remote.py rule 6).
 The bucket counts tokens leased and not yet reported spent (outstanding) as taken, as the keeper's Ledger does
 (rule 4 of ledger.py): it refills only up to capacity - outstanding; a silent claimant's outstanding (a dead
 incarnation's too) is written off.
@@ -149,9 +151,11 @@ class Reply(msgspec.Struct, frozen=True):
 
 def build_call(prefix: str, key: str, host: str, want: int, windows: Sequence[WindowArgs], *, active_s: float,
                seen_s: float, stale_s: float, rate: float = 0.0, capacity: float = 0.0, spent: int = 0,
-               back: int = 0, force: int = 0, claimant: str = "") -> Call:
-    """The KEYS and ARGV of one call (capacity 0: no bucket); the claims are `claimant`'s (`host` when empty)."""
-    keys = [prefix + "hosts", f"{prefix}{key}|hosts", f"{prefix}{key}|bucket", *(prefix + w.key for w in windows)]
+               back: int = 0, force: int = 0, claimant: str = "", bucket: str = "") -> Call:
+    """The KEYS and ARGV of one call (capacity 0: no bucket); the claims are `claimant`'s (`host` when empty); the
+    bucket is `<bucket>|bucket` (`key`'s when empty)."""
+    keys = [prefix + "hosts", f"{prefix}{key}|hosts", f"{prefix}{bucket or key}|bucket",
+            *(prefix + w.key for w in windows)]
     args = [host, str(want), str(int(active_s * 1000)), str(int(seen_s * 1000)), repr(float(rate)),
             repr(float(capacity)), str(spent), str(back), str(force), str(int(stale_s * 1000)), claimant or host]
     for w in windows:

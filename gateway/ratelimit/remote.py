@@ -22,6 +22,9 @@ Rules (the keeper's Ledger applies them to keys whose spec has a `store`):
    fault_tolerant the keeper's grants say `unavailable` (Kong: 500).
 5. Bucket tokens taken from Redis are the host's `pool`, void after POOL_TTL_S; spent ones are reported (`spent`),
    unspent ones given back (`back`), so Redis knows what each host still holds (its outstanding).
+6. In Redis a key's windows (and the hosts active on them) are named by its counter (spec.py: the key past its spec's
+   tag), so the specs of every instance counting on it claim on the same windows, each as its own claimant
+   (ledger.py rule 11), as Kong's instances of one route and service INCR one key; its bucket by the whole key.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from math import ceil, inf
 from gateway.ratelimit.bucket import Bucket
 from gateway.ratelimit.lease import WAIT_S
 from gateway.ratelimit.redis_script import Call, Reply, WindowArgs, build_call
-from gateway.ratelimit.spec import LimitSpec
+from gateway.ratelimit.spec import LimitSpec, counter_of
 
 LOW_WATER = 0.5  # ask for the next block once what the host holds is below this share of the last one
 LEAD_S = 0.1  # a block covers this many seconds of the host's recent grants
@@ -64,12 +67,14 @@ class Store:
 class RemoteKey:
     """One key's remote state at this host: the last answer, the call in flight, what is owed to Redis."""
 
-    __slots__ = ("key", "store", "remaining", "level", "active", "in_flight", "sent_at", "sent", "due", "granted",
-                 "granted_since", "last_block", "waiting", "acked", "pool", "pool_expires", "spent", "back_bucket",
-                 "force_bucket", "fallback_bucket", "next_try", "fallback_granted", "bucket_sent", "claimant")
+    __slots__ = ("key", "name", "store", "remaining", "level", "active", "in_flight", "sent_at", "sent", "due",
+                 "granted", "granted_since", "last_block", "waiting", "acked", "pool", "pool_expires", "spent",
+                 "back_bucket", "force_bucket", "fallback_bucket", "next_try", "fallback_granted", "bucket_sent",
+                 "claimant")
 
     def __init__(self, key: str, spec: LimitSpec, store: Store, now: float, claimant: str = "") -> None:
         self.key = key
+        self.name = counter_of(key)  # what its windows are named by in Redis (rule 6)
         self.store = store
         self.claimant = claimant  # whose claims this key's calls make (redis_script.py); "": the host's name
         self.remaining: dict[str, tuple[float, int]] = {}  # period -> (window start, left across hosts) at last answer
@@ -157,14 +162,14 @@ class RemoteKey:
         args, self.sent = [], []
         for w, win in zip(spec.windows, windows, strict=True):
             claim = int(max(win.held, win.used))
-            args.append(WindowArgs(f"{self.key}|{w.period}|{int(win.start)}", w.limit, win.end, claim))
+            args.append(WindowArgs(f"{self.name}|{w.period}|{int(win.start)}", w.limit, win.end, claim))
             self.sent.append((w.period, win.start, claim, win.held))
         want = self.want(now)
         self.granted, self.granted_since = 0, now
-        call = build_call(self.store.prefix, self.key, host, want, args, active_s=ACTIVE_S, seen_s=SEEN_S,
+        call = build_call(self.store.prefix, self.name, host, want, args, active_s=ACTIVE_S, seen_s=SEEN_S,
                           stale_s=STALE_S, rate=spec.rate if spec.bucketed else 0.0,
                           capacity=spec.capacity if spec.bucketed else 0.0, spent=self.spent,
-                          back=self.back_bucket, force=self.force_bucket, claimant=self.claimant)
+                          back=self.back_bucket, force=self.force_bucket, claimant=self.claimant, bucket=self.key)
         self.bucket_sent = (self.spent, self.back_bucket, self.force_bucket)
         self.spent = self.back_bucket = self.force_bucket = 0
         self.in_flight, self.sent_at, self.due = True, now, False

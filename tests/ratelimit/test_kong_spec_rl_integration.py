@@ -361,8 +361,8 @@ async def test_policy_redis_counts_one_request_as_one(nursery, gateway, fresh):
 
 
 @pytest.mark.xfail(strict=True, reason="deliberate (README, Several hosts): policy redis keeps per-host claims "
-                   "under gateway:rl:<plugin>|<key>|<period>|<start> (and the hosts active on the key), not Kong's "
-                   "one counter ratelimit:<route>:<service>:<identifier>:<period_date>:<period>")
+                   "under gateway:rl:<route>:<service>|<identifier>|<period>|<start> (and the hosts active on the "
+                   "key), not Kong's one counter ratelimit:<route>:<service>:<identifier>:<period_date>:<period>")
 async def test_policy_redis_keeps_one_counter_per_window_under_kongs_key(nursery, gateway, fresh):
     """05-integration_spec "connection pool respects database setting": after one request of a minute limit,
     database 1 holds exactly one key (policies/init.lua get_redis_key: ratelimit:<route>:<service>:<id>:<date>:<p>)."""

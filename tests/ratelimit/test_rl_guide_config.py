@@ -77,4 +77,4 @@ async def test_the_guides_kong_yml_limits_exactly_through_redis_across_two_worke
     assert set(statuses) == {200, 429}, statuses
     assert statuses[200] == limit, statuses  # 600 a minute, as the file says, whichever worker answered
     assert sum(b.hits for b in backends) == limit
-    assert b"rate-limiting" in keys  # the count lives in Redis, where other gateway hosts would share it
+    assert b"gateway:rl:" in keys  # the count lives in Redis, where other gateway hosts would share it

@@ -24,6 +24,8 @@ import trio
 from backends import Client, EchoBackend, Reply, service
 
 from gateway.config import ConfigError, parse_config
+from gateway.policies.rate_limiting.handler import EMPTY_UUID
+from gateway.ratelimit.spec import counter_of
 from gateway.runtime import compile_config
 
 TIMEOUT = 10
@@ -158,15 +160,17 @@ async def test_service_mode_route_without_service_falls_back_to_the_client_ip(nu
 
 
 def compiled_key(doc: dict[str, Any], target: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> str:
-    """The counter key the first rate-limiting plugin on the route `target` matches makes for a request with
-    `headers` (lower-case names, as the codecs give them) from client A, from a fresh compile."""
+    """The counter (the key past its spec's tag) the first rate-limiting plugin on the route `target` matches makes
+    for a request with `headers` (lower-case names, as the codecs give them) from client A, from a fresh compile."""
     runtime = compile_config(parse_config(json.dumps(doc)))
     route = runtime.router.match(b"GET", target, None, []).payload
     (policy,) = [p for p in route.policies if p.name == "rate-limiting"]
-    return str(policy.key(SimpleNamespace(route=route, client_ip=A, request=SimpleNamespace(headers=list(headers)))))
+    return counter_of(policy.key(SimpleNamespace(route=route, client_ip=A,
+                                                 request=SimpleNamespace(headers=list(headers)))))
 
 
 PLUGIN = "0b6f3c52-8d2e-4f4a-a1c9-7e5d3b2a1f00"
+GLOBAL = f"{EMPTY_UUID}:{EMPTY_UUID}"  # the scope of a plugin on no route and no service
 SERVICES = {"services": [{"id": "6f7c0c8e-3a55-4b0e-9f6b-2f1c1a7d2e10", "url": "http://127.0.0.1:1",
                           "routes": [{"paths": ["/with-id"]}]},
                          {"url": "http://127.0.0.2:1", "routes": [{"paths": ["/unnamed"]}]}],
@@ -174,12 +178,12 @@ SERVICES = {"services": [{"id": "6f7c0c8e-3a55-4b0e-9f6b-2f1c1a7d2e10", "url": "
 
 
 def test_service_mode_identifier_is_the_services_configured_id():
-    assert compiled_key(SERVICES, b"/with-id") == PLUGIN + "|6f7c0c8e-3a55-4b0e-9f6b-2f1c1a7d2e10"
+    assert compiled_key(SERVICES, b"/with-id") == GLOBAL + "|6f7c0c8e-3a55-4b0e-9f6b-2f1c1a7d2e10"
 
 
 def test_service_mode_identifier_of_a_service_without_id_is_the_same_in_every_compile():
     first, again = compiled_key(SERVICES, b"/unnamed"), compiled_key(SERVICES, b"/unnamed")
-    assert first == again and first.startswith(PLUGIN + "|") and first != PLUGIN + "|" + A
+    assert first == again and first.startswith(GLOBAL + "|") and first != GLOBAL + "|" + A
 
 
 def by_header(name: str) -> dict[str, Any]:
@@ -194,14 +198,14 @@ def test_header_mode_identifier_of_cookie_is_every_cookie_line_joined_as_nginx_h
     nginx's ngx_http_variable_cookies (src/http/ngx_http_variables.c:185, :819-822 at release-1.27.1): every Cookie
     line joined by "; ". So "a=1" + "b=2" and "a=1" + "c=3" are two counters, not both "a=1"."""
     doc = by_header("Cookie")
-    assert compiled_key(doc, b"/", ((b"cookie", b"a=1"), (b"cookie", b"b=2"))) == PLUGIN + "|a=1; b=2"
-    assert compiled_key(doc, b"/", ((b"cookie", b"a=1"), (b"cookie", b"c=3"))) == PLUGIN + "|a=1; c=3"
+    assert compiled_key(doc, b"/", ((b"cookie", b"a=1"), (b"cookie", b"b=2"))) == GLOBAL + "|a=1; b=2"
+    assert compiled_key(doc, b"/", ((b"cookie", b"a=1"), (b"cookie", b"c=3"))) == GLOBAL + "|a=1; c=3"
 
 
 def test_header_mode_identifier_of_up_to_128_characters_is_the_header_value_as_it_is():
     """The identifier is the header's value (handler.lua get_identifier); up to 128 characters it is the key's own."""
     value = b"k" * 128
-    assert compiled_key(by_header("X-Client"), b"/", ((b"x-client", value),)) == PLUGIN + "|" + "k" * 128
+    assert compiled_key(by_header("X-Client"), b"/", ((b"x-client", value),)) == GLOBAL + "|" + "k" * 128
 
 
 def test_header_mode_a_longer_identifier_is_counted_under_its_digest_apart_from_every_short_one():
@@ -212,10 +216,10 @@ def test_header_mode_a_longer_identifier_is_counted_under_its_digest_apart_from_
     value = b"v" * 129
     digest = hashlib.sha256(value).hexdigest()
     doc = by_header("X-Client")
-    assert compiled_key(doc, b"/", ((b"x-client", value),)) == PLUGIN + "#" + digest
-    assert compiled_key(doc, b"/", ((b"x-client", b"v" * 8000),)) != PLUGIN + "#" + digest
+    assert compiled_key(doc, b"/", ((b"x-client", value),)) == GLOBAL + "#" + digest
+    assert compiled_key(doc, b"/", ((b"x-client", b"v" * 8000),)) != GLOBAL + "#" + digest
     for short in (digest, "#" + digest):  # the digest's own text is a short identifier, kept under "|"
-        assert compiled_key(doc, b"/", ((b"x-client", short.encode()),)) == PLUGIN + "|" + short
+        assert compiled_key(doc, b"/", ((b"x-client", short.encode()),)) == GLOBAL + "|" + short
 
 
 def test_path_must_be_a_kong_path():

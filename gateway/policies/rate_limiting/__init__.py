@@ -10,5 +10,7 @@ schema = RateLimitingConfig
 enforced = True
 
 
-def build(config: RateLimitingConfig, plugin_id: str, shared: object) -> RateLimiting:
-    return RateLimiting(config, plugin_id, shared)
+def build(config: RateLimitingConfig, plugin_id: str, shared: object,
+          owner_ids: tuple[str | None, str | None] = (None, None)) -> RateLimiting:
+    """The plugin; `owner_ids`: its own route's and service's ids (gateway.runtime.owner_ids), its counters' scope."""
+    return RateLimiting(config, plugin_id, shared, owner_ids)

@@ -1,7 +1,11 @@
 """Kong's rate-limiting, cluster-exact: tokens come from leases the worker holds (gateway.ratelimit), never from
 a round trip per request. Over the limit: 429 (error_code) with Retry-After (none with hide_client_headers, as
 Kong) and a JSON body; a JSON-RPC request limited by MCP method or tool gets a JSON-RPC error instead (with its id,
-code RATE_LIMITED, data.retry_after)."""
+code RATE_LIMITED, data.retry_after).
+
+Counters are Kong's: keyed by the route and service the plugin is configured on and the identifier, never by the
+plugin's id, consumer or limits (policies/init.lua:50-72, EMPTY_UUID for a missing route or service), so instances
+of one route and service (a global one and a consumer's) count on one counter, each with its own limits."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ from gateway.ratelimit.headers import RateLimitHeaders, header_pairs
 from gateway.ratelimit.lease import WAIT_S, Decision, LeaseTable, Status
 from gateway.ratelimit.redis_client import RedisSettings
 from gateway.ratelimit.remote import wait_s
-from gateway.ratelimit.spec import LimitSpec
+from gateway.ratelimit.spec import LimitSpec, spec_tag
 from gateway.routing.normalize import normalize_path
 
 
@@ -56,13 +60,23 @@ def identifier(ex: Exchange, limit_by: str) -> str:
 
 
 RATE_LIMITED = -32029  # the JSON-RPC error code of a call refused by a limit (429 in the server-error range)
+EMPTY_UUID = "00000000-0000-0000-0000-000000000000"  # Kong's id in a key for a plugin's missing route or service
+
+
+def kong_scope(route_id: str | None, service_id: str | None) -> str:
+    """`<route id>:<service id>` of Kong's counter keys for a plugin configured on that route and service
+    (policies/init.lua:50-72; response-ratelimiting's are scoped alike, gateway.policies.response_ratelimiting)."""
+    return f"{route_id or EMPTY_UUID}:{service_id or EMPTY_UUID}"
 
 
 class RateLimiting:
     name = "rate-limiting"
     priority = 910  # Kong's
 
-    def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object) -> None:
+    def __init__(self, config: RateLimitingConfig, plugin_id: str, shared: object,
+                 owner_ids: tuple[str | None, str | None] = (None, None)) -> None:
+        """`owner_ids`: the ids of the route and service the plugin is configured on (None: none), which Kong's
+        counter keys hold (get_service_and_route_ids); `plugin_id` names its metrics and its Redis."""
         self.spec = LimitSpec.from_plugin(config, plugin_id)
         self.store = SharedStore(plugin_id, config) if config.policy == "redis" else None
         # a request waits for a grant as long as the keeper waits for the plugin's Redis (remote.py rule 4)
@@ -75,11 +89,14 @@ class RateLimiting:
         self.windows = [w.period for w in self.spec.windows] + (["bucket"] if self.spec.bucketed else [])
         self.admitted = [(RATELIMIT_ADMITTED, (plugin_id, w)) for w in self.windows]
         self.plugin_id = plugin_id
-        self.prefix = plugin_id + "|"
+        # a key: the spec's tag (its own leases and keeper state, gateway.ratelimit.spec), then Kong's counter:
+        # `<route id>:<service id>|<identifier>`
+        scope = spec_tag(self.spec) + kong_scope(*owner_ids)
+        self.prefix = scope + "|"
         # an identifier past MAX_NAME characters is counted under its digest, so a client's long header value does not
-        # make a long key (in every worker's leases and the keeper's ledger); "#", not "|", after the plugin's id
-        # keeps such keys apart from every short identifier's
-        self.digest_prefix = plugin_id + "#"
+        # make a long key (in every worker's leases and the keeper's ledger); "#", not "|", after the scope keeps such
+        # keys apart from every short identifier's
+        self.digest_prefix = scope + "#"
         self.limit_by = config.limit_by
         # kong.request.get_header(header_name) gets the name as configured: $http_<name> matches any case, "_" and
         # "-" alike, but a repeated header is looked up in get_headers() by it, where `x_id` finds `x_id` lines
