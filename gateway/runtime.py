@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from gateway.balancing import Balancer, canonical_algorithm, make_balancer
+from gateway.balancing.base import hand_over
 from gateway.breaker.config import BreakerConfig, probe_ttl
 from gateway.config import Config, ConfigError, parse_host_port, path_of
 from gateway.config.decode import kong_nulls, kong_shorthands, whole_numbers
@@ -139,13 +140,26 @@ class UpstreamGroup:
         self.direct = False  # a service's own host (no upstream entity): Kong resolves it in access, not a balancer
 
     def replace_targets(self, targets: list[TargetRuntime], weights: list[int] | None = None) -> None:
-        """Discovery changed the target list: a new balancer over the new list (requests in flight keep theirs),
-        weighted by `weights` (the admin channel's overrides) or else the targets' own."""
+        """Discovery changed the target list: a new balancer over the new list, weighted by `weights` (the admin
+        channel's overrides) or else the targets' own, which takes over what the old one learnt of the targets that
+        stay (their requests in flight, EWMAs: balancing.base.hand_over), as Kong keeps an address across a DNS
+        update (targets.lua update_dns_result). The same list again (a keeper's Snapshot) changes nothing, as Kong
+        runs no afterHostUpdate for an answer that changed nothing."""
+        if _identities(targets) == _identities(self.targets):
+            return
+        now = {t.name: index for index, t in enumerate(targets)}
+        balancer = make_balancer(self.algorithm, [t.weight for t in targets] if weights is None else weights,
+                                 slots=self.slots, addresses=balancer_addresses(targets))
+        hand_over(self.balancer, balancer, [now.get(t.name, -1) for t in self.targets])
         self.targets = targets
         self.keys = [f"{self.name}|{t.name}" for t in targets]
-        self.balancer = make_balancer(self.algorithm, [t.weight for t in targets] if weights is None else weights,
-                                      slots=self.slots, addresses=balancer_addresses(targets))
+        self.balancer = balancer
         self.unusable = frozenset()
+
+
+def _identities(targets: list[TargetRuntime]) -> list[tuple[str, str, int]]:
+    """What makes a target list another one for its balancer: each target's key, configured target and weight."""
+    return [(t.name, t.configured, t.weight) for t in targets]
 
 
 class ServiceRuntime:

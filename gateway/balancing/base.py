@@ -7,7 +7,7 @@ from bisect import bisect_right
 from collections.abc import Container, Sequence
 from hashlib import blake2b
 from itertools import accumulate
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 # Rejection draws before a weighted draw falls back to an exact O(n) pass over the eligible targets.
 _REJECTION_TRIES = 8
@@ -58,6 +58,39 @@ class FollowsHealth(Protocol):
     def set_unavailable(self, unavailable: frozenset[int]) -> None:
         """`unavailable`: every target no request may go to for a reason of its own (unhealthy, drained), whole."""
         ...
+
+
+@runtime_checkable
+class Learns(Protocol):
+    """A balancer that learns of each target as requests go (least-connections' requests in flight, latency's EWMA):
+    one built over a new target list takes over what the one before it learnt (`hand_over`)."""
+
+    def take_over(self, old: Any, moved: Sequence[int]) -> None:
+        """Take over what `old` (a balancer of its own class) learnt of the targets that stay: `moved[i]` is old
+        target i's index here, -1 for one gone."""
+        ...
+
+
+def hand_over(old: Balancer, new: Balancer, moved: Sequence[int]) -> None:
+    """Discovery replaced `old` by `new` (`moved[i]`: old target i's index in `new`, -1 for one gone): `new` takes
+    over what `old` learnt of the targets that stay, and the requests still in flight on `old` report their start
+    and end to `new` from now on, as Kong keeps an address that stays across a DNS update (targets.lua
+    update_dns_result), with its connectionCount (least_connections.lua:22-44) and EWMA (latency.lua:71-101)."""
+    if type(old) is not type(new) or not isinstance(new, Learns):
+        return  # (round-robin and the hashes learn nothing: Kong rebuilds its wheel or continuum too)
+    new.take_over(old, moved)
+
+    def started(index: int) -> None:
+        if (now := moved[index]) >= 0:
+            new.started(now)
+
+    def finished(index: int, latency_s: float, ok: bool = True) -> None:
+        if (now := moved[index]) >= 0:
+            new.finished(now, latency_s, ok)
+
+    # Shadowing the class's methods on the old instance only: the current balancer's calls cost nothing more. A
+    # later hand-over of `new` shadows its methods too, so a request spanning two changes still finds the current.
+    vars(old).update(started=started, finished=finished)
 
 
 class IgnoresLoad:

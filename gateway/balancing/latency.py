@@ -12,6 +12,8 @@ lowest decayed EWMA of its response times divided by its weight.
   drained), forgets its EWMA (afterHostUpdate, which Kong runs on every health change: balancers.lua
   setAddressStatus). A circuit-open target keeps its EWMA: the requests the circuit-breaker does not run for may
   still go to it, through this balancer.
+- A new target list from discovery (a DNS change) keeps the EWMA of the targets that stay, and a request in flight
+  across it folds its time into theirs (take_over, base.hand_over): Kong keeps an address that stays.
 - Ties go to the lowest index (Kong's: the order of a Lua table). A retry skips the targets tried (`skip`); once
   every one has failed the request, it ends (`start_over` gives None: getPeer's "all endpoints have been retried",
   ERR_NO_PEERS_AVAILABLE), but for a sole target in service, which every retry gets (Kong's address_count 1: the
@@ -23,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Container, Sequence
 from math import exp
+from typing import Self
 
 from .base import check_weight, check_weights
 
@@ -46,6 +49,27 @@ class KongLatency:
         self._touched: dict[int, float] = {}
         self._unavailable: frozenset[int] = frozenset()
         self._join([index for index, weight in enumerate(self._weights) if weight])
+
+    def take_over(self, old: Self, moved: Sequence[int]) -> None:
+        """The targets that stay keep their EWMA and its time, and stay out of service if they were: Kong's
+        afterHostUpdate after a DNS update forgets only the addresses gone (latency.lua:71-101); the new ones start
+        at the slow-start average. `moved[i]`: old target i's index here, -1 for one gone."""
+        weights = self._weights
+        ewma: dict[int, float] = {}
+        touched: dict[int, float] = {}
+        unavailable: set[int] = set()
+        for before, now in enumerate(moved):
+            if now < 0:
+                continue
+            if before in old._unavailable:
+                unavailable.add(now)
+            elif before in old._ewma and weights[now]:
+                ewma[now], touched[now] = old._ewma[before], old._touched[before]
+        self._ewma = dict(sorted(ewma.items()))  # (a pick's ties go to the lowest index)
+        self._touched = touched
+        self._unavailable = frozenset(unavailable)
+        self._join([index for index, weight in enumerate(weights)
+                    if weight and index not in ewma and index not in unavailable])
 
     def _join(self, indexes: list[int]) -> None:
         """Kong's afterHostUpdate for targets entering service: the average EWMA of all in service, newcomers 0."""

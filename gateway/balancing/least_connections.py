@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from heapq import heappop, heappush
+from typing import Self
 
 from .base import check_weight, check_weights
 
@@ -30,9 +31,26 @@ class LeastConnections:
         self._keys = [(0.0, 0.0, index) for index in range(count)]
         self._heap: list[int] = []
         self._position = [-1] * count
+        self._fill()
+
+    def _fill(self) -> None:
+        """Put every target with a weight in the heap, keyed by its count and pass."""
+        self._heap = []
+        self._position = [-1] * len(self._weights)
         for index, weight in enumerate(self._weights):
             if weight:
                 self._insert(index)
+
+    def take_over(self, old: Self, moved: Sequence[int]) -> None:
+        """The targets that stay keep their requests in flight (Kong's connectionCount lives on the address object,
+        least_connections.lua:22-44, which a DNS update keeps: targets.lua update_dns_result) and their turns; a
+        new target starts at 0, as Kong's new address. `moved[i]`: old target i's index here, -1 for one gone."""
+        for before, now in enumerate(moved):
+            if now >= 0:
+                self._active[now] = old._active[before]
+                self._pass[now] = old._pass[before]
+        self._vtime = old._vtime
+        self._fill()
 
     def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
         """Least-loaded target not in `skip`; the key is ignored."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Container, Sequence
+from typing import Self
 
 from .base import WeightTable, check_weights
 
@@ -20,6 +21,13 @@ class RandomTwoChoices:
     def __init__(self, weights: Sequence[int], *, rng: random.Random | None = None) -> None:
         self._table = WeightTable(check_weights(weights), rng or random.Random())
         self._active = [0] * len(self._table.weights)
+
+    def take_over(self, old: Self, moved: Sequence[int]) -> None:
+        """The targets that stay keep their requests in flight; a new one starts at 0 (as least-connections').
+        `moved[i]`: old target i's index here, -1 for one gone."""
+        for before, now in enumerate(moved):
+            if now >= 0:
+                self._active[now] = old._active[before]
 
     def pick(self, hash_key: bytes | None = None, skip: Container[int] = ()) -> int | None:
         """Less loaded of two weighted random targets; the key is ignored."""

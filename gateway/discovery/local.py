@@ -1,7 +1,8 @@
-"""`gateway run`'s discovery: the upstreams whose targets come from etcd or Consul followed in the worker's own
-process, each list reported to the keeper's logic there (gateway.state.shared, run_local), as the discovery process
-reports it over the bus under `gateway start` (process.py). Target names of upstreams without a registry stay looked
-up for every try, as `gateway run` always did (README: Upstreams)."""
+"""`gateway run`'s discovery: the upstreams whose targets come from etcd or Consul, or whose configured targets name
+hosts (resolved by gateway.discovery.dns into a target per address, as Kong's balancer makes them), followed in the
+worker's own process, each list reported to the keeper's logic there (gateway.state.shared, run_local), as the
+discovery process reports it over the bus under `gateway start` (process.py): an upstream's target name is the same
+targets however the gateway runs (README: Upstreams)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,17 @@ import trio
 
 from gateway.bus import protocol as p
 from gateway.config import Config
-from gateway.discovery.service import DiscoveryStatus, first_wait, run_discovery
+from gateway.discovery.service import DiscoveryStatus, discovered_upstreams, first_wait, run_discovery
 from gateway.discovery.types import TargetInfo
 from gateway.state.shared import SharedState
 
 
 async def run_local_discovery(config: Config, shared: SharedState, *,
                               task_status: trio.TaskStatus[DiscoveryStatus | None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Follow every registry-backed upstream until cancelled; started(status) once each made its first attempt, or
-    after service.first_wait, as the discovery process is ready; started(None) at once when there is none."""
-    upstreams = [up for up in config.upstreams if up.discovery is not None and up.discovery.type != "static"]
+    """Follow every upstream the discovery process follows (a registry's, or one naming hosts) until cancelled;
+    started(status) once each made its first attempt, or after service.first_wait, as the discovery process is
+    ready; started(None) at once when there is none."""
+    upstreams = discovered_upstreams(config)
     if not upstreams:
         task_status.started(None)
         return

@@ -468,8 +468,9 @@ async def test_mcp_false_passes_session_ids_through_untouched(gateway, nursery):
 
 @bounded(20)
 async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(gateway, nursery):
-    """A target named by a host name whose addresses take turns (a headless service's pods): each session goes to
-    the address it was created on, and a new session goes to the next address."""
+    """A target named by a host name of several addresses (a headless service's pods), a target per address as Kong's
+    balancer makes them (`gateway run` too): each session goes to the address it was created on, and a new session
+    goes to the next address."""
     addresses = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
     names = await serve_names(nursery, {"mcp.test": addresses})
     port, _ = await serve_on_addresses(nursery, addresses, FakeMcp)
@@ -482,7 +483,7 @@ async def test_a_session_of_a_named_target_stays_on_the_address_that_created_it(
         assert sorted(name for _, name in sessions) == addresses  # new sessions take turns
         for sid, created_on in sessions:
             target, _, _ = CODEC.decode(sid.encode(), UPSTREAM)
-            assert target == f"mcp.test:{port}@{created_on}"
+            assert target == f"mcp.test/{created_on}:{port}"
             for i in range(4):  # the name's next address would be another one each time
                 reply = await client.request("POST", "/mcp", [*JSON_HEADERS, ("mcp-session-id", sid)],
                                              rpc("tools/list", i))
