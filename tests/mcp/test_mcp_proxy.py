@@ -500,8 +500,8 @@ LONG = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 48]) + ".test"
 async def test_initialize_on_a_target_with_a_long_dns_name_gets_the_servers_answer_and_a_session(gateway, nursery):
     """Spec 2025-06-18 basic/transports.mdx, Session Management 1: the server MAY assign a session id on the
     response containing the InitializeResult; a proxy must deliver that response. A DNS name may be 253 bytes
-    (RFC 1035), and a named target's session is sealed as `name:port@address`, past 255 bytes here (it was a
-    500 for an initialize the server accepted)."""
+    (RFC 1035), and a named target's session is sealed with its key `name/address:port`, past 255 bytes here (it
+    was a 500 for an initialize the server accepted)."""
     assert len(LONG) == 245
     names = await serve_names(nursery, {LONG: ["127.0.0.2"]})
     port, _ = await serve_on_addresses(nursery, ["127.0.0.2"], FakeMcp)
