@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import select
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import trio
@@ -279,53 +279,40 @@ class Conn:
 async def readable_first(sock: socket.socket) -> bool:
     """Wait until `sock` has bytes (or an EOF) to read or room to write: True when it is readable (a peer that
     speaks while it does not read); raises trio.ClosedResourceError when it is closed under us."""
+    return await _readable_first(trio.lowlevel.wait_writable, sock, sock)
+
+
+async def second_readable_first(first: socket.socket, second: socket.socket) -> bool:
+    """Wait until either socket has bytes (or an EOF) to read: True when `second` is readable first; raises
+    trio.ClosedResourceError when `first` is closed under us (`second` closed under us is waited out)."""
+    return await _readable_first(trio.lowlevel.wait_readable, first, second)
+
+
+async def _readable_first(wait: Callable[[socket.socket], Awaitable[None]], sock: socket.socket,
+                          other: socket.socket) -> bool:
+    """Wait until `wait(sock)` is over or `other` is readable: True when `other` was; raises
+    trio.ClosedResourceError when `sock` is closed under us (`other` closed under us is waited out)."""
     readable = closed = False
     async with trio.open_nursery() as nursery:
 
         async def listen() -> None:
             nonlocal readable
             try:
-                await trio.lowlevel.wait_readable(sock)
+                await trio.lowlevel.wait_readable(other)
             except trio.ClosedResourceError:
-                return  # (the write side says so)
+                return  # (the other wait says so)
             readable = True
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(listen)
         try:
-            await trio.lowlevel.wait_writable(sock)
+            await wait(sock)
         except trio.ClosedResourceError:
             closed = True
         nursery.cancel_scope.cancel()
     if closed:
         raise trio.ClosedResourceError
     return readable
-
-
-async def second_readable_first(first: socket.socket, second: socket.socket) -> bool:
-    """Wait until either socket has bytes (or an EOF) to read: True when `second` is readable first; raises
-    trio.ClosedResourceError when `first` is closed under us (`second` closed under us is waited out)."""
-    second_first = closed = False
-    async with trio.open_nursery() as nursery:
-
-        async def listen() -> None:
-            nonlocal second_first
-            try:
-                await trio.lowlevel.wait_readable(second)
-            except trio.ClosedResourceError:
-                return
-            second_first = True
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(listen)
-        try:
-            await trio.lowlevel.wait_readable(first)
-        except trio.ClosedResourceError:
-            closed = True
-        nursery.cancel_scope.cancel()
-    if closed:
-        raise trio.ClosedResourceError
-    return second_first
 
 
 class NameNotResolved(OSError):
