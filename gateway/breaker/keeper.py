@@ -25,9 +25,9 @@ class BreakerBoard:
     """All breakers of the gateway. Each call returns (updates to publish to every worker, permits to send).
 
     A permit is a target name: whoever receives it may send one probe. Permits freed by a probe's outcome go back
-    to the worker that reported it (it has traffic for the target); those of a breaker just half-open, or lapsed
-    after probe_ttl_s (BreakerConfig: as long as a probe can run), come out of `tick` for the keeper to spread over
-    the workers.
+    to the worker that reported it (it has traffic for the target; one it kept is not sent again: `settle`); those
+    of a breaker just half-open, or lapsed after probe_ttl_s (BreakerConfig: as long as a probe can run), come out
+    of `tick` for the keeper to spread over the workers.
     """
 
     def __init__(self, configs: Mapping[str, BreakerConfig],
@@ -65,6 +65,20 @@ class BreakerBoard:
                 permits += _probes(breaker, now)
                 touched[outcome.target] = breaker
         return self._counted(_drain(touched.values())), permits
+
+    def settle(self, permits: list[str], kept: list[str]) -> tuple[list[str], list[str]]:
+        """A worker's probe outcomes freed `permits` (all granted again to it: `record`), and it kept a permit for
+        each of `kept` (Outcome.kept): (the permits to send it, those it kept that no permit freed here while the
+        breaker stays half-open, to withdraw: its probe's permit was not in flight, lapsed or of an earlier spell).
+        A kept one freed here is in flight as granted now, and goes to it once, not twice."""
+        unsent = list(permits)
+        withdrawn = []
+        for target in kept:
+            if target in unsent:
+                unsent.remove(target)
+            elif (breaker := self._breakers.get(target)) is not None and breaker.state is State.HALF_OPEN:
+                withdrawn.append(target)
+        return unsent, withdrawn
 
     def tick(self, now: float) -> tuple[list[BreakerUpdate], list[str]]:
         """Open timeouts and lapsed permits, checked on the keeper's timer."""

@@ -19,7 +19,9 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
 
     lead: failures before the first success; run: longest run of failures; tail: failures after the last success
     (all equal to `failures` when there was no success). They let the keeper keep an exact count of consecutive
-    failures without one message per request. A probe's result is sent alone, at once, with probe=True.
+    failures without one message per request. A probe's result is sent alone, at once, with probe=True; kept: the
+    probe succeeded while the circuit was half-open and its worker kept the permit for its next request (the
+    keeper counts that permit in flight still, and sends no new one).
     """
 
     target: str
@@ -29,6 +31,7 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     run: int = 0
     tail: int = 0
     probe: bool = False
+    kept: bool = False
 
 
 def given_up(target: str) -> Outcome:

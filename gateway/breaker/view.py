@@ -72,10 +72,19 @@ class BreakerView:
             self.permits[target] = held - 1
         return True
 
+    def withdraw(self, target: str) -> None:
+        """The keeper did not count a permit this worker kept (`_probed`): it is not this worker's to spend."""
+        held = self.permits.get(target, 0)
+        if held > 1:
+            self.permits[target] = held - 1
+        elif held:
+            del self.permits[target]
+            self._resort(target)
+
     def record(self, target: str, ok: bool, probe: bool = False) -> Outcome | None:
         """Count a request's result: a probe's comes back at once to be sent; the others wait for the batch."""
         if probe:
-            return single(target, ok, probe=True)
+            return self._probed(target, ok)
         tally = self._tallies.get(target)
         if tally is None:
             tally = self._tallies[target] = _Tally()
@@ -86,6 +95,16 @@ class BreakerView:
         else:
             tally.add(ok)
         return None
+
+    def _probed(self, target: str, ok: bool) -> Outcome:
+        """A probe's result. One that succeeded while the circuit is half-open keeps its permit for this worker's
+        next request, the keeper told so (Outcome.kept): a client sending one request after another does not find
+        the target skipped while a new permit would cross the bus."""
+        if not ok or self._states.get(target) is not State.HALF_OPEN:
+            return single(target, ok, probe=True)
+        self.permits[target] = self.permits.get(target, 0) + 1
+        self._resort(target)
+        return Outcome(target, 1, probe=True, kept=True)
 
     @property
     def pending(self) -> bool:

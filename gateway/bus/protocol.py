@@ -145,9 +145,11 @@ class Grants(Msg, tag="grants"):
 
 
 class ProbePermit(Msg, tag="probe"):
-    """The bearer may send one half-open probe to `target`."""
+    """The bearer may send one half-open probe to `target`; withdrawn: one permit it kept (Outcome.kept) is not counted
+    in flight by the keeper, and is not its to spend."""
 
     target: str = ""
+    withdrawn: bool = False
 
 
 class CacheEntry(Msg, tag="cache_entry"):

@@ -50,7 +50,6 @@ SAVED_IN = (p.BreakersChanged, p.TargetsChanged, p.UpstreamTargets, p.Snapshot) 
 # After a connection closes, when the workers are looked for (seconds after it): ZeroMQ reports the close just before
 # its I/O thread lets go of the peer's id (microseconds later on an idle host), so a second look follows the first.
 PEER_CHECKS_S = (0.01, 0.2)
-EXPIRE_S = 1.0  # rate-limit windows that ended, and keys left with nothing to count, are dropped this often
 
 
 async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int | None = None,
@@ -146,7 +145,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 nursery.start_soon(_reloads, keeper, reloads, send_to, publish)
                 nursery.start_soon(_peer_checks, keeper, send_to, checks)
                 nursery.start_soon(_ticks, keeper, send_to, publish, timer)
-                nursery.start_soon(_expiry, keeper)
+                nursery.start_soon(keeper.expire_forever)
                 nursery.start_soon(run_redis_level, keeper, send_to)
                 RECORDER.samplers.append(keeper.sample_metrics)
                 nursery.start_soon(RECORDER.flush_forever)
@@ -325,13 +324,6 @@ async def _ticks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], publis
             send_to(worker, msg)
         for b in broadcasts:
             publish(b)
-
-
-async def _expiry(keeper: Keeper) -> None:
-    """Rate-limit keys go with their windows, as Kong's counters with their TTL (ledger.py rule 10)."""
-    while True:
-        await trio.sleep(EXPIRE_S)
-        keeper.ledger.expire(trio.current_time(), time.time())
 
 
 def run_keeper(config_path: str, workers: int) -> int:

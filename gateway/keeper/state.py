@@ -47,6 +47,7 @@ from gateway.telemetry.health_metrics import TargetHealthMetrics
 log = logging.getLogger("gateway.keeper")
 
 TICK_S = 0.01  # breaker timers (open -> half-open) are checked this often while a breaker is not closed
+EXPIRE_S = 1.0  # rate-limit windows that ended, and keys left with nothing to count, are dropped this often
 HEALTH_GRACE_S = 3.0  # the longest a new keeper publishes no health verdicts while it waits for the checker's
 PASSIVE_CODES = {-1: TCP_FAILURE, -2: TIMEOUT}  # how workers encode non-HTTP outcomes in PassiveOutcomes
 REDIS_PREFIX = "gateway:rl:"  # every key policy redis keeps in Redis starts with this
@@ -241,7 +242,9 @@ class Keeper:
             updates, permits = self.breakers.record(msg.items, now, lambda target: self.peers.spent(sender, target))
             for target in permits:  # freed by a probe's outcome: to the worker that has traffic for the target
                 self.peers.hold(sender, target, now)
-            return joined + [p.ProbePermit(target=t) for t in permits], self._breakers_changed(updates)
+            sent, withdrawn = self.breakers.settle(permits, [item.target for item in msg.items if item.kept])
+            return joined + [p.ProbePermit(target=t) for t in sent] + \
+                [p.ProbePermit(target=t, withdrawn=True) for t in withdrawn], self._breakers_changed(updates)
         if isinstance(msg, p.GiveBack):
             for back in msg.returned:
                 self.ledger.return_unused(back)
@@ -505,6 +508,13 @@ class Keeper:
                                       round(wall - (now - opened_at), 3))
                     for key, (state, opened_at) in (self._early_breakers | self.breakers.not_closed()).items()}
         return SavedState(targets=self._early_targets | targets, breakers=breakers)
+
+    async def expire_forever(self) -> None:
+        """Rate-limit keys go with their windows, as Kong's counters with their TTL (ledger.py rule 10): the keeper
+        process's task, and `gateway run`'s (SharedState.run_local)."""
+        while True:
+            await trio.sleep(EXPIRE_S)
+            self.ledger.expire(trio.current_time(), time.time())
 
     def ticking(self) -> bool:
         """Has `tick` work due within TICK_S: a breaker not closed, or the wait for the checker's first report?"""

@@ -151,9 +151,12 @@ class SharedState:
         return False
 
     def outcome(self, key: str, ok: bool, probe: bool) -> None:
-        """A request to a breaker-covered target ended: batch it, or send a probe's result at once."""
+        """A request to a breaker-covered target ended: batch it, or send a probe's result at once (a successful
+        one's permit kept for this worker's next request: BreakerView._probed)."""
         single = self.breakers.record(key, ok, probe)
         if single is not None:
+            if single.kept:
+                self._recompute(key)
             self._send(p.Outcomes(items=[single]))
 
     def probe_given_up(self, key: str) -> None:
@@ -214,7 +217,7 @@ class SharedState:
                             if group.sweep:
                                 self.on_sweep(group, index)
         elif isinstance(msg, p.ProbePermit):
-            self.breakers.permit(msg.target)
+            (self.breakers.withdraw if msg.withdrawn else self.breakers.permit)(msg.target)
             self._recompute(msg.target)
         elif isinstance(msg, p.TargetsChanged):
             self._recompute_groups(self._apply_targets(msg.targets))
@@ -533,6 +536,7 @@ class SharedState:
         self.on_message(p.Heartbeat(incarnation=keeper.incarnation))  # (its Hello makes this process the worker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._periodic)
+            nursery.start_soon(keeper.expire_forever)  # (the keeper process's own task)
             nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
             task_status.started()
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -454,34 +455,50 @@ def test_random_sequences_keep_the_readmes_invariants(config: BreakerConfig, ste
         _apply(breaker, model, kind, now, pick)
 
 
+# The board's steps: a probe that succeeded may keep its permit for its worker's next request (Outcome.kept).
+BOARD_STEPS = st.lists(st.tuples(st.sampled_from(KINDS + ["probe_ok_kept"] * 3), st.sampled_from(
+    [0.0, 0.0, 0.25, 1.0, 2.5, 5.0, 20.0]), st.integers(0, 3)), min_size=20, max_size=80)
+
+
 @PROPERTY
-@given(config=CONFIGS, steps=STEPS, workers=st.integers(1, 4))
+@given(config=CONFIGS, steps=BOARD_STEPS, workers=st.integers(1, 4))
 def test_the_board_never_has_more_probes_out_than_max_calls(config: BreakerConfig,
                                                             steps: list[tuple[str, float, int]], workers: int) -> None:
     """README: "the keeper grants exactly half_open_max_calls probe permits across all workers": the permits the
     board hands out (tick, record, take_back), less those it had back, never pass max_calls in one half-open
-    spell, and a half-open breaker with none out and none lapsing is never left without its permits."""
+    spell, and a half-open breaker with none out and none lapsing is never left without its permits. "A worker
+    whose probe succeeded keeps the permit for its next request ... (it counts the permit in flight still, and grants
+    none in its place; one it no longer counted is withdrawn)": every permit a worker holds, kept ones too, is one
+    the board counts in flight."""
     board = BreakerBoard({TARGET: config})
     held: list[tuple[int, float]] = []  # (worker, when granted) of each permit out
     now = 0.0
 
-    def hand_out(permits: list[str]) -> None:
+    def hand_out(permits: list[str], worker: int | None = None) -> None:
         for n, _ in enumerate(permits):
-            held.append((n % workers, now))
+            held.append((n % workers if worker is None else worker, now))
 
     for kind, dt, pick in steps:
         now += dt
         if kind in ("ok", "fail"):
             hand_out(board.record([single(TARGET, kind == "ok")], now)[1])
-        elif kind in ("probe_ok", "probe_fail", "probe_given_up", "take_back"):
+        elif kind in ("probe_ok", "probe_ok_kept", "probe_fail", "probe_given_up", "take_back"):
             if not held:
                 continue  # no probe out to report on
-            _worker, granted = held.pop(pick % len(held))
+            worker, granted = held.pop(pick % len(held))
             if kind == "take_back":  # its worker exited
                 hand_out(board.take_back(TARGET, granted, now))
+            elif kind == "probe_ok_kept":  # (its worker saw the breaker half-open, as it is while a permit is out)
+                held.append((worker, now))
+                permits = board.record([Outcome(TARGET, 1, probe=True, kept=True)], now,
+                                       lambda _target, g=granted: g)[1]
+                sent, withdrawn = board.settle(permits, [TARGET])
+                hand_out(sent, worker)  # (to the worker that reported)
+                for _ in withdrawn:
+                    held.remove((worker, now))
             else:
                 outcome = given_up(TARGET) if kind == "probe_given_up" else single(TARGET, kind == "probe_ok", True)
-                hand_out(board.record([outcome], now, lambda _target, g=granted: g)[1])
+                hand_out(board.record([outcome], now, lambda _target, g=granted: g)[1], worker)
         elif kind == "force_open":
             board.force_open(TARGET, now)
         elif kind == "reset":
@@ -494,5 +511,6 @@ def test_the_board_never_has_more_probes_out_than_max_calls(config: BreakerConfi
         held[:] = [(w, g) for w, g in held if now - g < config.probe_ttl_s]
         assert len(held) <= config.half_open_max_calls
         assert len(board.in_flight(TARGET)) <= config.half_open_max_calls
+        assert not Counter(g for _, g in held) - Counter(board.in_flight(TARGET)), "a permit held but not counted"
         if state is HO and kind == "tick":
             assert len(held) == config.half_open_max_calls, "half-open with permits left unhanded"
