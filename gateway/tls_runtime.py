@@ -60,7 +60,7 @@ def compile_server_tls(config: Config, errors: list[str]) -> ServerTls | None:
     for sni in config.snis:
         ctx = contexts.get(ref_id(sni.certificate) or "")
         if ctx is not None:
-            by_sni[sni.name.lower()] = ctx
+            by_sni[sni.name] = ctx
     if default is None and not by_sni:
         if len(errors) > before:
             return None  # the certificates given are broken: that was said

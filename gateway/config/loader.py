@@ -980,7 +980,7 @@ def _check_snis(config: Config, certificates: dict[str, Any], errors: list[str])
             errors.append(f"{where}.certificate: required (the id of a certificate)")
         elif cert not in certificates and getattr(sni, "_certificate", None) is None:
             errors.append(f"{where}.certificate: no certificate with id {cert!r}")
-        name = sni.name.lower()
+        name = sni.name  # Kong's snis.name is unique as a string: `A.test` is not `a.test`
         # typedefs.wildcard_host, as Kong's snis entity: `*foo.test` loads too, though Kong's certificate lookup
         # (and gateway.http.tls_contexts) selects only `*` as a whole first or last label, or `*` alone
         if name != "*" and (problem := wildcard_host_problem(name)):

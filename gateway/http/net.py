@@ -61,7 +61,7 @@ class Conn:
                  "requests", "heard", "unsent", "proxied")
 
     scheme = b"http"  # what X-Forwarded-Proto says of a client connection (TlsConn: https)
-    server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: lower case, b"" for none)
+    server_name: bytes | None = None  # the TLS server name a client sent (TlsConn: as sent, b"" for none)
 
     def __init__(self, sock: socket.socket, peer: tuple[str, int] | None = None) -> None:
         sock.setblocking(False)

@@ -490,7 +490,7 @@ async def server_handshake(ctx: ListenerContext, conn: Conn) -> TlsConn:
     await _drive(tconn, hello)
     name = getattr(tconn.tls, SEEN_SNI, None)
     if name:
-        tconn.server_name = name.lower().encode()
+        tconn.server_name = name.encode()  # as sent: Kong's router reads ngx.ssl.server_name(), any case
     return tconn
 
 

@@ -257,8 +257,9 @@ class ServerTls:
     """The certificates of the TLS listeners: one context per certificate, picked by the client's SNI as Kong's
     find_certificate picks (kong/runloop/certificate.lua): the exact name, then the name with its first label as `*`
     (`*.example.com`, looked up only for names of three labels or more, so `*.com` never matches), then with its
-    last label as `*` (`example.*`), then the sni `*`, else the default certificate. A client without SNI gets the
-    default certificate (or the `*` one without a default). With neither, the unrecognized_name alert."""
+    last label as `*` (`example.*`), then the sni `*`, else the default certificate. Names are compared as strings,
+    in the case sent, as Kong's cache keys (`A.test` is not the sni `a.test`). A client without SNI gets the default
+    certificate (or the `*` one without a default). With neither, the unrecognized_name alert."""
 
     def __init__(self, default: ListenerContext | None, by_sni: dict[str, ssl.SSLContext],
                  options: ServerOptions, handshake_timeout: float = 10.0) -> None:
@@ -276,7 +277,6 @@ class ServerTls:
         """The context for an SNI name (None: no match)."""
         if name is None:
             return self.default if self.default is not None else self.star
-        name = name.lower()
         ctx = self.exact.get(name)
         if ctx is not None:
             return ctx

@@ -1012,9 +1012,10 @@ def _pool_key(target: TargetRuntime, tls: ClientTls | None, address: str | None 
 
 
 def _sni(host: bytes) -> str:
-    """nginx's proxy_ssl_name of a Host header: the name without its port. An address stays one: Python's ssl, as
-    nginx, sends no SNI for it (RFC 6066) and checks the certificate against it, not against the service's host."""
-    name = host.decode("latin-1").lower()
+    """nginx's proxy_ssl_name of a Host header: the name without its port, in the case sent (ngx_http_upstream_ssl_name
+    lowercases nothing). An address stays one: Python's ssl, as nginx, sends no SNI for it (RFC 6066) and checks the
+    certificate against it, not against the service's host."""
+    name = host.decode("latin-1")
     return name[1:name.find("]")] if name.startswith("[") else name.partition(":")[0]
 
 

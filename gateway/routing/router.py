@@ -42,8 +42,8 @@ hashes, request-transformer's templates read, and request-termination's echo sho
 and by name, the path's, then each `~*` header value's over them; other matches cost nothing more.
 
 A route's `snis` constrain https requests only, as Kong's `(net.protocol != "https" || tls.sni == ...)`: a request
-over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts; no SNI matches
-none), and a plain HTTP request is not asked.
+over TLS matches when its connection's SNI is one of them (`*.domain` and `name.*` as for hosts, and case-sensitively
+as hosts: Kong compares ngx.ssl.server_name() as sent; no SNI matches none), and a plain HTTP request is not asked.
 
 MCP routes may also match the JSON-RPC method (`mcp_methods`) and the tool of a tools/call (`mcp_tools`), each one
 more category (a tool implies the method tools/call, so it counts for both). Those need the request's method and
@@ -107,8 +107,8 @@ class RouteSpec(Generic[T]):
         self.hosts_given = hosts_given or bool(hosts)
         # Kong's id of the route (given, or its declarative one of the name), which breaks ties; None: Kong's is random
         self.route_id = route_id
-        # Kong: a final dot of a name is not used for routing
-        self.snis = [s.lower() if s.endswith(".*") else s.lower().removesuffix(".") for s in snis]
+        # Kong: a final dot of a name is not used for routing; the case is kept, as for hosts
+        self.snis = [s if s.endswith(".*") else s.removesuffix(".") for s in snis]
         self.headers = {k.lower(): v for k, v in (headers or {}).items()}
         self.query = query or {}
         self.regex_priority = regex_priority
@@ -294,8 +294,8 @@ class Router(Generic[T]):
               mcp: tuple[str | None, str | None] | None = None, port: int | None = None,
               sni: bytes | None = None) -> Match[T] | None:
         """The best route for this request, or None (the caller answers 404), or NEEDS_MCP (see the module doc).
-        `port` is the listener's (with needs_port), `sni` the TLS server name in lower case (b"": none; None: not
-        TLS; with needs_sni). The Match may be shared with other requests: read it, do not change it."""
+        `port` is the listener's (with needs_port), `sni` the TLS server name as sent (b"": none; None: not TLS;
+        with needs_sni). The Match may be shared with other requests: read it, do not change it."""
         key = (method, target, host, sni)
         answers = self._answers
         found = answers.get(key)

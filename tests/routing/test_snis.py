@@ -20,7 +20,7 @@ HTTPS_ONLY = {"protocols": ["https"]}
 @pytest.mark.parametrize(("snis", "sni", "matches"), [
     (["api.test"], b"api.test", True),
     (["api.test"], b"web.test", False),
-    (["API.Test"], b"api.test", True),  # names are compared in lower case
+    (["API.Test"], b"api.test", False),  # names are compared as sent, case-sensitively, as Kong's tls.sni
     (["api.test."], b"api.test", True),  # Kong: a final dot is not used for routing
     (["*.api.test"], b"eu.api.test", True),
     (["*.api.test"], b"a.eu.api.test", True),  # Kong's postfix match: any depth
