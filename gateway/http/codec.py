@@ -35,6 +35,9 @@ FIRST_BUFFER_BYTES = 1024
 # to blank line), else nginx's 502 with this error line (ngx_http_upstream.c:2476-2484), a try not retried
 PROXY_BUFFER_SIZE = 4096
 TOO_BIG_HEADER = "upstream sent too big header while reading response header from upstream"
+# An upstream's status line of version 0.x: nginx reads no major 0 (ngx_http_parse_status_line) and would relay the
+# bytes as an HTTP/0.9 body, which the gateway does not (README: a 502 for a status line nginx cannot read)
+NO_VALID_STATUS = "upstream sent no valid HTTP/1.0 header"
 
 
 class Request:

@@ -29,6 +29,7 @@ from gateway.http.codec import (
     MAX_LINE_BYTES,
     NEED_DATA,
     NGINX_METHOD,
+    NO_VALID_STATUS,
     TOO_BIG_HEADER,
     Event,
     Fields,
@@ -686,6 +687,8 @@ class H11Client(_H11Codec):
                 if self._method != b"HEAD" and status != 204 and status != 304 and not _close_delimited(headers) \
                         and all(name != b"content-length" for name, _ in headers):  # chunked, then
                     self._check_chunks(502, spaces_after_size=True)
+                if version < b"1.0":
+                    raise ProtocolError(NO_VALID_STATUS, 502)
                 keep = version >= b"1.1" and _wants_keep_alive(version, headers)
                 if keep and self._method != b"HEAD" and status != 204 and status != 304:
                     keep = not _close_delimited(headers)

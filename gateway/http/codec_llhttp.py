@@ -25,6 +25,7 @@ from gateway.http.codec import (
     NEED_DATA,
     NGINX_METHOD,
     NO_BODY,
+    NO_VALID_STATUS,
     TOO_BIG_HEADER,
     Event,
     Fields,
@@ -1293,6 +1294,8 @@ class LlhttpClient(_Parsing):
             _check_codings(headers)
         events = self._events
         if self._method == b"HEAD":
+            if version < b"1.0":
+                raise ProtocolError(NO_VALID_STATUS, 502)
             keep = version >= b"1.1" and _wants_keep_alive(version, headers)
             events.append(Response(status, reason, headers, version, keep))
             # httptools cannot tell llhttp to skip the body it expects: end the message here and retire the parser;
@@ -1313,6 +1316,8 @@ class LlhttpClient(_Parsing):
         """_later_version_keeps for the answer being parsed (not to HEAD). llhttp ends its parser with a kept `x.0`
         one, which it reads as 1.0 without keep-alive ("Data after `Connection: close`" for anything after): the
         connection then gets a fresh parser for its next exchange (start_next_cycle)."""
+        if version < b"1.0":
+            raise ProtocolError(NO_VALID_STATUS, 502)
         keep = _later_version_keeps(version, status, headers)
         if keep and not self._parser.should_keep_alive():
             self._renew = True
