@@ -40,10 +40,14 @@ class AskLeases(Msg, tag="ask"):
 
 
 class GiveBack(Msg, tag="giveback"):
-    """Unused tokens of ended windows, and what a worker admitted on its own while the keeper was away."""
+    """Unused tokens of ended windows, and what a worker admitted on its own while the keeper was away; `recalled`:
+    its answer to a Recall of keeper incarnation `keeper`, one ReturnedLease per key recalled (of none too), which
+    that keeper alone credits (ledger.py rule 12)."""
 
     returned: list[ReturnedLease] = []
     fallback: list[FallbackUsage] = []
+    recalled: list[ReturnedLease] = []
+    keeper: str = ""
 
 
 class Outcomes(Msg, tag="outcomes"):
@@ -144,6 +148,14 @@ class Grants(Msg, tag="grants"):
     grants: list[Grant] = []
 
 
+class Recall(Msg, tag="recall"):
+    """Give back at once every unspent token of `keys` (ledger.py rule 12: another worker's request waits for them),
+    answered with a GiveBack's `recalled`; `keeper`: the incarnation recalling (a worker ignores an older one's)."""
+
+    keys: list[str] = []
+    keeper: str = ""
+
+
 class ProbePermit(Msg, tag="probe"):
     """The bearer may send one half-open probe to `target`; withdrawn: one permit it kept (Outcome.kept) is not counted
     in flight by the keeper, and is not its to spend."""
@@ -218,7 +230,7 @@ class UpstreamTargets(Msg, tag="upstream_targets"):
 
 
 AnyMsg = (Hello | AskLeases | GiveBack | Outcomes | PassiveOutcomes | HealthReport | ProbeOutcomes | Discovered |
-          AdminOp | CacheFetch | CacheStore | CachePurge | CountersGet | CountersAdd | Grants | ProbePermit |
+          AdminOp | CacheFetch | CacheStore | CachePurge | CountersGet | CountersAdd | Grants | Recall | ProbePermit |
           CacheEntry | CounterValues | StoreBatch | AdminResult | Heartbeat | Snapshot | BreakersChanged |
           TargetsChanged | UpstreamTargets)
 

@@ -125,10 +125,14 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
         replies, broadcasts = keeper.handle(sender, msg, trio.current_time(), time.time())
         for reply in replies:
             send_to(sender, reply)
+        for peer, direct in keeper.outbox():  # recalls, and the grants of requests held for one
+            send_to(peer, direct)
         for b in broadcasts:
             publish(b)
             if isinstance(b, p.BreakersChanged):  # maybe one opened: its timer runs from now
                 timer.wake()
+        if keeper.ledger.recalling:  # requests held for a recall are answered after RECALL_S at most (tick)
+            timer.wake()
 
     reload_requests, reloads = trio.open_memory_channel[tuple[bytes, p.AdminOp]](math.inf)
     routed = PumpedSocket(router, on_message)

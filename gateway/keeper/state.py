@@ -37,8 +37,8 @@ from gateway.node.files import current_config
 from gateway.node.start_only import inherited
 from gateway.node.tree import needs_health
 from gateway.policies.proxy_cache import ProxyCacheConfig, render_entry
-from gateway.ratelimit.ledger import Ledger
-from gateway.ratelimit.messages import FallbackUsage, LeaseRequest
+from gateway.ratelimit.ledger import Ledger, returned_problem
+from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest
 from gateway.runtime import Runtime, compile_config, id_of
 from gateway.stores import Counters, HostCache
 from gateway.stores.cache import FLUSHED_BY_RELOAD
@@ -77,6 +77,10 @@ class Keeper:
         self.ledger = Ledger(workers=workers, host=host or f"{socket.gethostname()}:{os.getpid()}")
         self.stores: dict[str, Any] = {}  # plugin id -> SharedStore (rate-limiting policy redis)
         self.pending: dict[str, list[tuple[bytes, LeaseRequest, float]]] = {}  # key -> requests waiting for a block
+        self.held: dict[str, list[tuple[bytes, LeaseRequest]]] = {}  # key -> requests held for a recall (ledger.py 12)
+        self.routes: dict[str, bytes] = {}  # worker name (its lease requests') -> its bus id: where Recalls go
+        self.ledger.reachable = self.routes
+        self._direct: list[tuple[bytes, p.Msg]] = []  # for workers other than the sender of a message (`outbox`)
         self.redis_wake = trio.Event()  # a key's call is due: the Redis level runs it now, not at its next tick
         self.breakers = BreakerBoard({})
         self.targets: dict[str, p.TargetState] = {}
@@ -228,12 +232,13 @@ class Keeper:
             joined = self._seen(sender)
             grants = []
             for r in self._for_this_one(sender, msg.requests):
+                self.routes[r.worker] = sender
                 grant = self.ledger.grant_request(r, now, wall)
                 if grant is None:  # policy redis: answered when the key's next block arrives
                     waiting = LeaseRequest(r.key, r.spec, r.worker, r.want, 0)
                     self.pending.setdefault(r.key, []).append((sender, waiting, now))
                     self.redis_wake.set()
-                else:
+                elif not self._held(sender, r, grant, now):
                     grants.append(grant)
             return joined + ([p.Grants(grants=grants)] if grants else []), []
         if isinstance(msg, p.Outcomes):
@@ -246,10 +251,16 @@ class Keeper:
             return joined + [p.ProbePermit(target=t) for t in sent] + \
                 [p.ProbePermit(target=t, withdrawn=True) for t in withdrawn], self._breakers_changed(updates)
         if isinstance(msg, p.GiveBack):
+            why = next((why for back in msg.recalled if (why := returned_problem(back)) is not None), None)
+            if why is not None:  # (intake.py checks the rest: a message is checked whole before any of it is applied)
+                log.warning("state keeper: dropped the GiveBack from %s: %s", self.peers.name(sender), why)
+                return [], []
             for back in msg.returned:
                 self.ledger.return_unused(back)
             for f in self._for_this_one(sender, msg.fallback):
                 self.ledger.report_fallback(f, now)
+            if msg.recalled:
+                self._recalled(sender, msg, now, wall)
             return [], []
         if isinstance(msg, p.PassiveOutcomes):
             for upstream, target, code in msg.items:
@@ -343,6 +354,51 @@ class Keeper:
                      self.peers.name(sender))
         return mine
 
+    def _held(self, sender: bytes, request: LeaseRequest, grant: Grant, now: float) -> bool:
+        """Hold `request`, refused for an exhausted window, while the tokens other workers hold of it are recalled
+        (ledger.py rule 12), True; False: nothing can come back, send `grant`."""
+        recalls = self.ledger.recall(request, grant, now)
+        if recalls is None:
+            return False
+        self.held.setdefault(request.key, []).append(
+            (sender, LeaseRequest(request.key, request.spec, request.worker, request.want, keeper=request.keeper)))
+        keys: dict[str, list[str]] = {}
+        for key, worker in recalls:
+            keys.setdefault(worker, []).append(key)
+        self._direct += [(self.routes[worker], p.Recall(keys=recalled, keeper=self.incarnation))
+                         for worker, recalled in keys.items()]
+        return True
+
+    def _recalled(self, sender: bytes, msg: p.GiveBack, now: float, wall: float) -> None:
+        """A worker's answer to a Recall: its tokens credited, and the requests held for it answered once it was the
+        last one waited for. An answer to a keeper before this one is dropped: the restate replaced its tokens."""
+        if msg.keeper != self.incarnation:
+            log.info("state keeper: ignored %d recalled lease(s) %s gave back to the keeper before this one",
+                     len(msg.recalled), self.peers.name(sender))
+            return
+        done = [key for back in msg.recalled for key in self.ledger.recalled(back)]
+        self._answer_held(done, now, wall)
+
+    def _answer_held(self, keys: list[str], now: float, wall: float) -> None:
+        """Grant again what was held for the recall of `keys` (never recalling again: ledger.py rule 12), into the
+        outbox; what now waits for Redis waits on in `pending`."""
+        by_sender: dict[bytes, list[Grant]] = {}
+        for key in keys:
+            for sender, request in self.held.pop(key, ()):
+                grant = self.ledger.grant_request(request, now, wall)
+                if grant is None:
+                    self.pending.setdefault(key, []).append((sender, request, now))
+                    self.redis_wake.set()
+                else:
+                    by_sender.setdefault(sender, []).append(grant)
+        self._direct += [(sender, p.Grants(grants=grants)) for sender, grants in by_sender.items()]
+
+    def outbox(self) -> list[tuple[bytes, p.Msg]]:
+        """Messages for other workers than the sender of the message handled last (Recalls, the grants of held
+        requests), which `handle` cannot reply: its caller sends them after each."""
+        direct, self._direct = self._direct, []
+        return direct
+
     def peer_gone(self, sender: bytes, now: float) -> list[tuple[bytes, p.Msg]]:
         """The bus found `sender` gone (its process exited: a worker replaced, or retired by a reload): forget it, and
         its requests waiting on Redis; the probe permits it held are taken back and placed with live workers."""
@@ -354,6 +410,10 @@ class Keeper:
             self.pending[key] = [w for w in self.pending[key] if w[0] != sender]
             if not self.pending[key]:
                 del self.pending[key]
+        for key in [k for k, waiting in self.held.items() if any(w[0] == sender for w in waiting)]:
+            self.held[key] = [w for w in self.held[key] if w[0] != sender]  # (its recall ends when it would have)
+        for worker in [worker for worker, route in self.routes.items() if route == sender]:
+            del self.routes[worker]  # (in place: the ledger's `reachable`)
         direct = [placed for target, granted_at in held for again in self.breakers.take_back(target, granted_at, now)
                   if (placed := self._place(again, now)) is not None]
         log.info("state keeper: %s is gone%s", name,
@@ -517,11 +577,13 @@ class Keeper:
             self.ledger.expire(trio.current_time(), time.time())
 
     def ticking(self) -> bool:
-        """Has `tick` work due within TICK_S: a breaker not closed, or the wait for the checker's first report?"""
-        return self.health_pending or not self.breakers.all_closed()
+        """Has `tick` work due within TICK_S: a breaker not closed, the wait for the checker's first report, or held
+        requests waiting for a recall (ledger.py rule 12)?"""
+        return self.health_pending or not self.breakers.all_closed() or self.ledger.recalling
 
     def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
-        """Breaker timers: open -> half-open, with probe permits spread over the workers; the health grace."""
+        """Breaker timers: open -> half-open, with probe permits spread over the workers; the health grace; the
+        requests held for a recall that waited RECALL_S (ledger.py rule 12), answered."""
         verdicts: list[p.Msg] = []
         if self.health_pending:
             if self._pending_since is None:
@@ -533,7 +595,9 @@ class Keeper:
         updates, permits = self.breakers.tick(now)
         changed = self._breakers_changed(updates)
         direct = [placed for target in permits if (placed := self._place(target, now)) is not None]
-        return direct, verdicts + changed
+        if self.ledger.recalling:
+            self._answer_held(self.ledger.recalls_overdue(now), now, time.time())
+        return direct + self.outbox(), verdicts + changed
 
     def admin(self, cmd: str, args: dict[str, Any], now: float, wall: float) -> tuple[Any, list[p.Msg]]:
         """breakers [list|reset|open] [target=], limits [show|reset] key=, targets [list|drain|enable|weight|healthy|

@@ -12,14 +12,17 @@ Rules:
    up), unless it has local-share use to report (rule 4) or a request in flight for less than IDLE_S.
 3. No token: if the keeper said a limit is exhausted (Grant.retry) the request is denied here until then, without
    asking (sooner than the window's end while tokens charged to it may come back unspent, ledger.py rule 9; this
-   worker's expired tokens go back with its next request). A denial reports a window that has ended since that
-   grant as this worker counts it (Kong: limit - usage of a period that did not stop the request).
+   worker's expired tokens go back with its next request). The keeper says so once the tokens other workers held of
+   it were recalled (ledger.py rule 12), the request waiting meanwhile as for any grant. A denial reports a window
+   that has ended since that grant as this worker counts it (Kong: limit - usage of a period that did not stop the
+   request).
    Otherwise the answer is WAIT: the caller waits for the grant (`apply`) and calls `take` again with
    `waited=True`, as often as it answers WAIT, until its wait is over (WAIT_S; under policy redis as long as the
    keeper waits for Redis, remote.wait_s, when that is longer); its last call has `final=True`,
    which never answers WAIT. WAIT again means the grant is still on its way, or the keeper had room but this
-   worker's other requests took the tokens (a race, not the limit: the next grant is asked for). After that race
-   a last call is denied, never admitted over the limit.
+   worker's other requests took the tokens (a race, not the limit: the next grant is asked for), or it said other
+   workers hold what is left (no retry: the next request is held while they are recalled, ledger.py rule 12). After
+   that a last call is denied, never admitted over the limit.
 4. The keeper lost (`fallback(True, n)`: no heartbeat for KEEPER_LOST_S, gateway/state/shared.py), or silent on
    this key through a whole wait (rule 3; longer than that): the worker admits on a local share, per window
    limit // n (at least 1) counting all it admitted in that window, and a bucket of capacity / n refilled at
@@ -58,6 +61,17 @@ Rules:
    tokens given back at the next `sweep` as rule 2's idle key's are, and a grant still on its way for it when it
    comes. An evicted key seen again starts afresh, as at the keeper (ledger.py rule 8); its local-share use not yet
    reported goes to the keeper all the same, unless the keeper is lost (then it is forgotten with the key).
+7. A recall (the keeper's, ledger.py rule 12: another worker's request waits on a window exhausted while this worker
+   holds tokens of it) gives back at once every unspent token of the key, expired or not, and tells what was spent
+   since last told (`recall`): all of them, not what this worker may need next, which it asks for when it needs it,
+   as for any key (rule 1). The bus task answers between two requests, so a token spent before is spent, and none
+   is both spent and given back. Tokens of the key evicted since the last sweep (rule 6) go back with the answer.
+   A key that gave tokens back is no longer denied here on the keeper's word that its limit was exhausted (rule 3),
+   and a request waiting for it asks again: they are the keeper's to grant again, to this worker too. A request
+   tells the keeper whether a request waits for it (LeaseRequest.waiting): one asked ahead of need is never held
+   for a recall, which would take tokens from a worker that needs them now for one that does not.
+   A recall of a keeper incarnation other than the one this table's messages are for is not answered: that keeper's
+   tokens were dropped (rule 5), and a new one waits for no answer of this worker to an older one.
 """
 
 from __future__ import annotations
@@ -67,6 +81,8 @@ from collections.abc import Sequence
 from enum import IntEnum
 from math import ceil, inf
 from operator import attrgetter
+
+from msgspec.structs import replace
 
 from gateway.ratelimit.bucket import Bucket
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
@@ -135,7 +151,7 @@ class Lease:
     __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
                  "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "aged", "used", "unused",
                  "unused_grant", "release_next", "admitted", "bases", "ends", "resets", "next_roll", "unreported",
-                 "unreported_total", "flagged", "local", "drawn")
+                 "unreported_total", "flagged", "local", "drawn", "waiting")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
         self.key = key
@@ -171,6 +187,7 @@ class Lease:
         self.flagged = False  # listed for the next `reports`
         self.local: Bucket | None = None  # the local bucket share
         self.drawn: Bucket | None = None  # the bucket as this worker's admissions drew it down (rule 5)
+        self.waiting = False  # a request waits for the next grant (LeaseRequest.waiting: rule 7)
 
     def counts(self) -> list[int]:
         """Requests admitted here in each local window (spent leased tokens and local-share admissions)."""
@@ -222,11 +239,16 @@ class LeaseTable:
             lease.due = True
             self._due.append(lease)
         if not waited or lease.in_flight:
+            lease.waiting = True
             return WAIT
         if grant is not None and grant.unavailable:  # policy redis: Redis is away and fault_tolerant is off
             return UNAVAILABLE
-        if not final and grant is not None and grant.granted and min(grant.remaining, default=1) > 0:
-            return WAIT  # the keeper had room, this worker's other requests took it: wait for the next grant
+        if not final and grant is not None and (not grant.retry or grant.granted and min(grant.remaining,
+                                                                                         default=1) > 0):
+            # The keeper had room and this worker's other requests (or a recall) took it, or other workers hold
+            # what is left (ledger.py rule 12): wait for the next grant
+            lease.waiting = True
+            return WAIT
         # The keeper answers but had nothing for us: the limit's tail is being handed out.
         return self._denied(lease, wall, 1.0)
 
@@ -248,7 +270,7 @@ class LeaseTable:
             if grant.granted:
                 self._returned.append(ReturnedLease(grant.key, self.worker, grant.granted, 0, grant.wall))
             return
-        lease.in_flight = False
+        lease.in_flight = lease.waiting = False
         if lease.tokens and (now >= lease.expires or grant.resets != lease.grant.resets):  # type: ignore[union-attr]
             self._void(lease)
         if grant.granted:
@@ -280,7 +302,7 @@ class LeaseTable:
             unused, back = lease.unused, lease.unused_grant  # expired tokens go back first (ledger.py rule 9)
             lease.unused, lease.unused_grant = 0, None
             requests.append(LeaseRequest(lease.key, lease.spec, self.worker, want, lease.used, unused,
-                                         back.wall if back is not None else 0.0, self.keeper))
+                                         back.wall if back is not None else 0.0, self.keeper, lease.waiting))
             lease.demand = lease.used = 0
             lease.demand_since = lease.sent_at = now
             if not lease.in_flight:
@@ -302,6 +324,31 @@ class LeaseTable:
             if idle:
                 del self._leases[key]
         return returned
+
+    def recall(self, keys: Sequence[str]) -> tuple[list[ReturnedLease], list[ReturnedLease]]:
+        """The keeper recalls `keys` (rule 7): the tokens of those of them evicted since the last sweep, as the sweep
+        would give them back, and one answer per key: its unspent tokens and those spent since last told (none
+        when it has no lease)."""
+        evicted: list[ReturnedLease] = []
+        if self._returned:
+            wanted = set(keys)
+            evicted = [r for r in self._returned if r.key in wanted]
+            self._returned = [r for r in self._returned if r.key not in wanted]
+        answers = []
+        for key in keys:
+            lease = self._leases.get(key)
+            if lease is None:
+                answers.append(ReturnedLease(key, self.worker, 0, 0, 0.0))
+                continue
+            given, grant = lease.tokens, lease.grant
+            self._void(lease)
+            back = lease.unused_grant
+            answers.append(ReturnedLease(key, self.worker, lease.unused, lease.used, back.wall if back else 0.0))
+            if given and grant is not None:
+                lease.blocked_until = 0.0
+                lease.grant = replace(grant, retry=0.0)
+            lease.unused, lease.unused_grant, lease.used = 0, None, 0
+        return evicted, answers
 
     def release(self) -> list[ReturnedLease]:
         """Give every token back and forget all leases (the worker is stopping)."""

@@ -40,7 +40,8 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    `outstanding` until it reports them spent (LeaseRequest.used) or gives them back, or is silent WORKER_STALE_S.
    So an exhausted window's `retry` is its end only when none of its tokens is outstanding; until then the worker
    asks again when they expire (RECHECK_S at most), and every RETURN_POLL_S while they are being given back, rather
-   than refusing until the window ends what Kong, whose count has not reached the limit, admits.
+   than refusing until the window ends what Kong, whose count has not reached the limit, admits. Tokens out at
+   other workers are recalled first (rule 12), so this is for those that did not come back.
 10. Kong's local policy keeps each counter with its period's TTL (policies/init.lua: `shm:incr(cache_key, value, 0,
    EXPIRATION[period])`), so `expire` (the keeper calls it every second) drops a key's ended windows, and the key
    once nothing is left to count: no window current, no bucket token out or missing, no call to Redis under way or
@@ -54,6 +55,23 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    spec's limits and charges only its periods (Kong increments only the periods the instance limits), and tokens
    come back to the windows they were charged to. Under policy redis each spec's state claims in Redis as a claimant
    of its own on the counter's windows (redis_script.py), whose claims Redis sums, as it sums hosts'.
+12. Recall: Kong refuses a request only once limit - usage <= 0, its usage counting admitted requests (rate-limiting
+   handler.lua:89-114). A request refused for a window exhausted while workers the keeper can reach (`reachable`)
+   hold tokens of it (of its key, or of a key counting on its counter: rule 11) is held, not answered, when a
+   request waits for it (LeaseRequest.waiting): `recall` names those workers, the keeper sends each a Recall, and
+   each gives back at once every unspent token of the key and tells what it spent since it last did (lease.py rule
+   7). `recalled` credits an answer, and writes the worker's outstanding tokens of the key down to those granted to
+   it after the recall (its answer accounts for every one before: the keeper's messages to a worker keep their
+   order). Once every worker recalled answered, or after RECALL_S, the held requests are granted again, without a
+   second recall: what came back is handed out as any room (rule 2), and a window still exhausted refuses them.
+   Tokens a worker spent before it read the recall stay charged, so the limit is never exceeded. While tokens that
+   can be recalled are out elsewhere, a grant or refusal that leaves a window exhausted says no `retry` (where rule
+   9 would): its worker asks again when a request needs a token, and that request is held. A worker that let a
+   recall go unanswered (busy, hung) is not recalled again until heard from (a lease request, a late answer), so no
+   request waits for it past its own wait (lease.py WAIT_S); meanwhile its tokens come back as rule 9 says. Under
+   policy redis the recall is this host's: what comes back is what this host holds from Redis (rule 7). A bucket
+   left empty alone recalls nothing: its tokens come back within LEASE_TTL_S, and a bucket under more demand than
+   its rate is empty most of the time, where a window is exhausted once.
 """
 
 from __future__ import annotations
@@ -61,9 +79,11 @@ from __future__ import annotations
 import heapq
 import secrets
 from collections import OrderedDict
+from collections.abc import Container
 from math import floor, inf
 
 from gateway.ratelimit.bucket import Bucket
+from gateway.ratelimit.lease import WAIT_S
 from gateway.ratelimit.messages import FallbackUsage, Grant, LeaseRequest, ReturnedLease
 from gateway.ratelimit.redis_script import Call, Reply
 from gateway.ratelimit.remote import LEAD_S, LOW_WATER, RemoteKey, Store, window_rolled
@@ -89,6 +109,7 @@ RECHECK_S = 1.0  # and at least this often while they are valid or not yet repor
 # keeper's clock than this is no report of this host's, and would move the key's windows ahead of time (rule 5).
 REPORT_AHEAD_S = 1.0
 EXPIRE_RECHECK_S = 1.0  # a key kept by its bucket or its calls to Redis (rule 10) is looked at again this often
+RECALL_S = WAIT_S / 2  # held requests wait this long at most for recalled workers (rule 12): half a request's wait
 SHOWN_KEY = 60  # characters of a key a problem's description quotes (keys are of a client's making)
 
 
@@ -117,6 +138,26 @@ class _Window:
             self.heard = set()
             self.resync_until = wall + RESYNC_S
         self.heard.add(worker)
+
+
+class _Recall:
+    """A recall under way for the requests of one key held by the keeper (rule 12)."""
+
+    __slots__ = ("awaited", "until")
+
+    def __init__(self, until: float) -> None:
+        self.awaited: set[tuple[str, str]] = set()  # the (key, worker) answers it waits for
+        self.until = until  # monotonic: when the held requests are answered without them
+
+
+class _Awaited:
+    """A worker recalled from a key (rule 12): the recalls waiting for its answer, and what it was granted since."""
+
+    __slots__ = ("recalls", "lent")
+
+    def __init__(self) -> None:
+        self.recalls: set[str] = set()  # keys whose held requests wait for it
+        self.lent = 0  # tokens of the key granted to the worker since the recall was sent
 
 
 class _Key:
@@ -154,6 +195,11 @@ class Ledger:
         self._remote: dict[str, _Key] = {}  # the keys of policy redis
         self._due: list[str] = []  # remote keys whose next call is due
         self._checks: list[tuple[float, str]] = []  # heap of (wall, key): when `expire` looks at a key (rule 10)
+        # The workers a Recall can be sent to (rule 12): the keeper's; none for a Ledger alone, which recalls nothing
+        self.reachable: Container[str] = frozenset()
+        self._silent: set[str] = set()  # workers that let a recall go unanswered, until heard from again (rule 12)
+        self._recalls: dict[str, _Recall] = {}  # key -> the recall its held requests wait for (rule 12)
+        self._awaited: dict[tuple[str, str], _Awaited] = {}  # (key, worker) recalled -> who waits for its answer
 
     def grant(self, key: str, spec: LimitSpec, want: int, now: float, wall: float, worker: str,
               used: int = 0) -> Grant | None:
@@ -164,6 +210,8 @@ class Ledger:
         """
         state = self._state(key, spec, now, wall)
         state.seen[worker] = now
+        if self._silent:
+            self._silent.discard(worker)
         remote = state.remote
         if used:
             if remote is not None:
@@ -186,10 +234,12 @@ class Ledger:
         if bucket is not None:
             expires = min(expires, wall + LEASE_TTL_S)
         if granted:
-            _lent(state, worker, granted, expires)
+            self._lend(state, worker, granted, expires)
         remaining = tuple(max(0, w.limit - win.used) for w, win in zip(spec.windows, windows, strict=True))
         retry = max((self._exhausted_retry_of(state, win, wall) for left, win in zip(remaining, windows, strict=True)
                      if not left), default=0.0)
+        if retry and self._held_elsewhere(state, worker):
+            retry = 0.0  # the worker asks again when it needs a token, and waits for a recall then (rule 12)
         delay = 0.0
         if bucket is not None:
             if granted:
@@ -198,7 +248,7 @@ class Ledger:
                 bucket.level -= granted
             if bucket.level < 1:
                 retry = max(retry, (1 - bucket.level) / spec.rate)
-        if not granted and not retry and want > 0:
+        if not granted and not retry and want > 0 and min(remaining, default=1) > 0:
             retry = RESYNC_RETRY_S  # held back only by the shares reserved while resynchronising
         return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry, delay)
 
@@ -239,12 +289,12 @@ class Ledger:
         if spec.bucketed:
             expires = min(expires, wall + LEASE_TTL_S)
         if granted:
-            _lent(state, worker, granted, expires)
-        retry = 0.0
+            self._lend(state, worker, granted, expires)
+        retry = exhausted = 0.0
         if want > 0 and not granted:
             for win, left, host_room in zip(windows, remaining, rooms, strict=True):
                 if host_room < 1 and (down or not left):
-                    retry = max(retry, self._exhausted_retry_of(state, win, wall))
+                    exhausted = retry = max(retry, self._exhausted_retry_of(state, win, wall))
             if bucket_room < 1:
                 if down:
                     retry = max(retry, (1 - bucket_room) / (spec.rate / remote.hosts()))
@@ -257,6 +307,8 @@ class Ledger:
                     remote.waiting += want
                     self._check_due(state, remote, windows, now, force=True)
                     return None
+            if exhausted and bucket_room >= 1 and self._held_elsewhere(state, worker):
+                retry = 0.0  # ask again when a token is needed, and wait for a recall then (rule 12)
         self._check_due(state, remote, windows, now)
         return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry,
                      hosts=remote.hosts())
@@ -281,6 +333,97 @@ class Ledger:
         if request.unused:
             self.return_unused(ReturnedLease(request.key, request.worker, request.unused, 0, request.unused_wall))
         return self.grant(request.key, request.spec, request.want, now, wall, request.worker, request.used)
+
+    # ---- recalls (rule 12): the keeper holds a refused request while the tokens out at other workers come back ----
+
+    def recall(self, request: LeaseRequest, grant: Grant, now: float) -> list[tuple[str, str]] | None:
+        """After `grant` answered `request`: None when it is to be sent (no refusal for an exhausted window, asked
+        ahead of need, or no other worker holds tokens that could come back); else the request is held (rule 12),
+        and these are the (key, worker) pairs to send a Recall now (none new: those recalled already are waited
+        for)."""
+        if not request.waiting or grant.granted or grant.unavailable or min(grant.remaining, default=1) > 0:
+            return None
+        state = self._keys.get(request.key)
+        if state is None:
+            return None
+        holders = [(other.key, worker) for other in self._sharing(state)
+                   for worker, count in other.outstanding.items()
+                   if count > 0 and worker != request.worker and self._recallable(worker)]
+        recall = self._recalls.get(request.key)
+        if recall is None:
+            if not holders:
+                return None
+            recall = self._recalls[request.key] = _Recall(now + RECALL_S)
+        fresh = []
+        for pair in holders:
+            if pair in recall.awaited:
+                continue
+            recall.awaited.add(pair)
+            awaited = self._awaited.get(pair)
+            if awaited is None:
+                awaited = self._awaited[pair] = _Awaited()
+                fresh.append(pair)
+            awaited.recalls.add(request.key)
+        return fresh
+
+    def recalled(self, returned: ReturnedLease) -> list[str]:
+        """A recalled worker's answer for one key (rule 12): its tokens credited, its outstanding tokens of the key
+        written down to those granted to it since; the keys whose held requests it was the last to be waited for."""
+        self.return_unused(returned)
+        self._silent.discard(returned.worker)
+        pair = (returned.key, returned.worker)
+        awaited = self._awaited.pop(pair, None)
+        if awaited is None:  # not recalled, or no longer waited for (RECALL_S)
+            return []
+        state = self._keys.get(returned.key)
+        if state is not None:
+            if awaited.lent:
+                state.outstanding[returned.worker] = awaited.lent
+            else:
+                state.outstanding.pop(returned.worker, None)
+        done = []
+        for key in awaited.recalls:
+            recall = self._recalls[key]
+            recall.awaited.discard(pair)
+            if not recall.awaited:
+                del self._recalls[key]
+                done.append(key)
+        return done
+
+    def recalls_overdue(self, now: float) -> list[str]:
+        """The keys whose recall waited RECALL_S (rule 12): their held requests are answered now, without the answers
+        still to come."""
+        late = [key for key, recall in self._recalls.items() if now >= recall.until]
+        for key in late:
+            for pair in self._recalls.pop(key).awaited:
+                self._silent.add(pair[1])
+                awaited = self._awaited[pair]
+                awaited.recalls.discard(key)
+                if not awaited.recalls:
+                    del self._awaited[pair]
+        return late
+
+    def _held_elsewhere(self, state: _Key, worker: str) -> bool:
+        """Do workers other than `worker` that can be recalled hold tokens of the key's windows (rule 12)?"""
+        return any(count > 0 and other != worker and self._recallable(other) for key in self._sharing(state)
+                   for other, count in key.outstanding.items())
+
+    def _recallable(self, worker: str) -> bool:
+        """Can a Recall reach `worker` and be answered: the keeper's and not silent (rule 12)?"""
+        return worker in self.reachable and worker not in self._silent
+
+    @property
+    def recalling(self) -> bool:
+        """Are held requests waiting for recalled workers (the keeper then looks for overdue recalls every tick)?"""
+        return bool(self._recalls)
+
+    def _lend(self, state: _Key, worker: str, granted: int, expires: float) -> None:
+        """`granted` tokens out at `worker` (`_lent`), noted when it is recalled from the key (rule 12)."""
+        _lent(state, worker, granted, expires)
+        if self._awaited:
+            awaited = self._awaited.get((state.key, worker))
+            if awaited is not None:
+                awaited.lent += granted
 
     # ---- the Redis level (rule 7): calls are built here, run by the keeper, and their outcomes applied here -----
 

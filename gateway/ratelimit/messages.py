@@ -10,7 +10,9 @@ from gateway.ratelimit.spec import LimitSpec
 class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
     """Worker -> keeper: `want` more tokens of `key`; `used` counts tokens spent since the last request; `unused`
     tokens of a grant made at `unused_wall` expired unspent here, given back first (as a ReturnedLease would).
-    `keeper`, in FallbackUsage too: the keeper incarnation it is meant for, or "" for any keeper (lease.py rule 5)."""
+    `keeper`, in FallbackUsage too: the keeper incarnation it is meant for, or "" for any keeper (lease.py rule 5).
+    `waiting`: a request waits for it (not one asked ahead of need): the keeper may hold it for a recall (ledger.py
+    rule 12)."""
 
     key: str
     spec: LimitSpec
@@ -20,6 +22,7 @@ class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
     unused: int = 0
     unused_wall: float = 0.0
     keeper: str = ""
+    waiting: bool = False
 
 
 class Grant(msgspec.Struct, frozen=True, array_like=True):
@@ -28,9 +31,10 @@ class Grant(msgspec.Struct, frozen=True, array_like=True):
     remaining/resets are per window of the spec (wall-clock ends); `wall` is the keeper's clock at the grant and
     names the windows the tokens belong to; the tokens are void from `expires` (wall) on. `retry` > 0 means a limit
     is exhausted: asking again sooner than `retry` seconds is pointless (the window's end, or sooner while tokens
-    charged to it may come back unspent: ledger.py rule 9). `delay` (limit-req without nodelay) is how
-    long after the grant the first token may be used; the next ones follow 1 / rate apart. `hosts` is how many
-    gateway hosts share the limit (policy redis), so a worker's local share is limit / (workers x hosts);
+    charged to it may come back unspent: ledger.py rule 9); 0 with a window exhausted: other workers hold what is
+    left, and the next request for it is held while they are recalled (ledger.py rule 12). `delay` (limit-req without
+    nodelay) is how long after the grant the first token may be used; the next ones follow 1 / rate apart. `hosts`
+    is how many gateway hosts share the limit (policy redis), so a worker's local share is limit / (workers x hosts);
     `unavailable`: the shared store is unreachable and fault_tolerant is off (Kong answers 500).
     """
 

@@ -197,6 +197,10 @@ class SharedState:
                 event = self._waiters.pop(grant.key, None)
                 if event is not None:
                     event.set()
+        elif isinstance(msg, p.Recall):
+            if msg.keeper == self.leases.keeper:  # (an older keeper's: the restate dropped its tokens, lease.py rule 7)
+                returned, recalled = self.leases.recall(msg.keys)
+                self._send(p.GiveBack(returned=returned, recalled=recalled, keeper=msg.keeper))
         elif isinstance(msg, p.StoreBatch):
             for answer in msg.items:
                 self.on_message(answer)
@@ -528,7 +532,7 @@ class SharedState:
 
         def send(msg: p.Msg) -> bool:
             replies, broadcasts = keeper.handle(b"local", msg, trio.current_time(), time.time())
-            self._from_local(*replies, *broadcasts)
+            self._from_local(*replies, *(direct for _, direct in keeper.outbox()), *broadcasts)
             return True
 
         self._send = send

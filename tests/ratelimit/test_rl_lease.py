@@ -104,10 +104,12 @@ def test_a_grant_for_newer_windows_voids_older_tokens():
 
 
 def test_after_waiting_a_key_the_keeper_has_no_room_for_is_denied():
+    """The keeper's grant says a retry: no other worker holds tokens it could recall (a retry of 0 would have the
+    request ask again: ledger.py rule 12)."""
     table = ready(granted=1, remaining=(0,))
     takes(table, 1)
     table.refills(0.01)
-    table.apply(grant(1, remaining=(0,)), 0.015, T0 + 0.015)
+    table.apply(grant(1, remaining=(0,), retry=0.001), 0.015, T0 + 0.015)
     table.take("k", SECOND, 0.016, T0 + 0.016)
     decision = table.take("k", SECOND, 0.02, T0 + 0.02, waited=True)
     assert (decision.status, decision.retry_after) == (Status.DENY, 1)
