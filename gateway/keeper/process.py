@@ -149,7 +149,7 @@ async def serve_keeper(keeper: Keeper, bus: str, ready: Any = None, parent: int 
                 nursery.start_soon(_reloads, keeper, reloads, send_to, publish)
                 nursery.start_soon(_peer_checks, keeper, send_to, checks)
                 nursery.start_soon(_ticks, keeper, send_to, publish, timer)
-                nursery.start_soon(keeper.expire_forever)
+                nursery.start_soon(keeper.drop_ended_limits)
                 nursery.start_soon(run_redis_level, keeper, send_to)
                 RECORDER.samplers.append(keeper.sample_metrics)
                 nursery.start_soon(RECORDER.flush_forever)

@@ -569,7 +569,7 @@ class Keeper:
                     for key, (state, opened_at) in (self._early_breakers | self.breakers.not_closed()).items()}
         return SavedState(targets=self._early_targets | targets, breakers=breakers)
 
-    async def expire_forever(self) -> None:
+    async def drop_ended_limits(self) -> None:
         """Rate-limit keys go with their windows, as Kong's counters with their TTL (ledger.py rule 10): the keeper
         process's task, and `gateway run`'s (SharedState.run_local)."""
         while True:

@@ -540,7 +540,7 @@ class SharedState:
         self.on_message(p.Heartbeat(incarnation=keeper.incarnation))  # (its Hello makes this process the worker)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._periodic)
-            nursery.start_soon(keeper.expire_forever)  # (the keeper process's own task)
+            nursery.start_soon(keeper.drop_ended_limits)  # (the keeper process's own task)
             nursery.start_soon(run_redis_level, keeper, lambda sender, msg: self.on_message(msg))
             task_status.started()
 
