@@ -15,64 +15,23 @@ so there the few cases that repeat those two headers are not compared. Each diff
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import trio
-from backends import free_port, service, stop_process, wait_port
+from backends import service, stop_process
 from conftest import CODECS
+from kong_nginx import KONG_HTTP, NGINX, NO_NGINX, Nginx, nginx_version
 
 # ---- nginx ---------------------------------------------------------------------------------------------------------
 
 
-def _find_nginx() -> str | None:
-    """nginx's binary: on PATH, else Debian's /usr/sbin/nginx (off a non-root user's PATH)."""
-    found = shutil.which("nginx")
-    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
-        found = "/usr/sbin/nginx"
-    return found
-
-
-NGINX = _find_nginx()
-NO_NGINX = ("nginx is not installed: these tests compare the gateway with a real nginx in Kong's proxy configuration; "
-            "install Debian's `nginx` package (`apt-get install nginx`, which scripts/setup does when run as root)")
-
-
-def _nginx_version(binary: str) -> tuple[int, ...]:
-    """`nginx -v`'s version (it writes `nginx version: nginx/1.22.1` to stderr)."""
-    out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10).stderr
-    found = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out)
-    return tuple(int(n) for n in found.groups()) if found else (0, 0, 0)
-
-
-NGINX_CONF = """
-worker_processes 1;
-events { worker_connections 1024; }
-http {
-    # kong/templates/nginx.lua, nginx_kong.lua (server_tokens, underscores_in_headers) and kong_defaults.lua
-    # (nginx_http_charset, nginx_http_client_max_body_size, nginx_http_client_body_buffer_size)
-    server_tokens off;
-    underscores_in_headers on;
-    charset UTF-8;
-    client_max_body_size 0;
-    client_body_buffer_size 8k;
-    keepalive_requests 10000;
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-
+NGINX_CONF = KONG_HTTP + """
     upstream kong_upstream {  # nginx_kong.lua:74, kong_defaults' upstream_keepalive_*
         server 127.0.0.1:{up};
         keepalive 512;
@@ -108,28 +67,6 @@ http {
     }
 }
 """
-
-
-class Nginx:
-    """nginx in the foreground as a child process, with NGINX_CONF, in a directory of its own."""
-
-    def __init__(self, binary: str, workdir: Path, upstream_port: int) -> None:
-        self.port = free_port()
-        for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi", "logs"):
-            (workdir / sub).mkdir()
-        conf = NGINX_CONF
-        for name, value in (("{dir}", str(workdir)), ("{up}", str(upstream_port)), ("{port}", str(self.port))):
-            conf = conf.replace(name, value)
-        (workdir / "nginx.conf").write_text(conf)
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g",
-             f"daemon off; master_process off; error_log {workdir}/error.log info; pid {workdir}/nginx.pid;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(self.port)
-        except TimeoutError:
-            stop_process(self.proc)
-            raise
 
 
 # ---- the upstream: raw TCP, records what each request brought -------------------------------------------------------
@@ -824,9 +761,9 @@ def nginx_side(upstream: Upstream, tmp_path_factory: pytest.TempPathFactory) -> 
     """The whole corpus through nginx, once for the module (the codecs are the gateway's): what each case got."""
     if NGINX is None:
         pytest.skip(NO_NGINX)
-    server = Nginx(NGINX, tmp_path_factory.mktemp("nginx"), upstream.port)
+    server = Nginx(NGINX, tmp_path_factory.mktemp("nginx"), NGINX_CONF, up=str(upstream.port))
     try:
-        yield {"results": trio.run(run_side, server.port, "nginx", upstream), "version": _nginx_version(NGINX)}
+        yield {"results": trio.run(run_side, server.port, "nginx", upstream), "version": nginx_version(NGINX)}
     finally:
         stop_process(server.proc)
 

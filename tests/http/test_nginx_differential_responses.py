@@ -27,19 +27,17 @@ run 32 at a time: a side takes 2-3 s."""
 from __future__ import annotations
 
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 import trio
-from backends import ScriptedBackend, free_port, service, stop_process, wait_port
+from backends import ScriptedBackend, service, stop_process
 from conftest import CODECS
-from test_nginx_differential_requests import NGINX, NO_NGINX
-from test_nginx_differential_requests import _nginx_version as nginx_version
+from kong_nginx import KONG_HTTP, NGINX, NO_NGINX, Nginx, answer_events, nginx_version
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, ProtocolError
+from gateway.http.codec import END, ProtocolError
 from gateway.http.codecs import codec_classes
 
 READ_TIMEOUT_S = 1  # the service's read_timeout and nginx's proxy_read_timeout: a stalled body ends after it
@@ -47,25 +45,7 @@ TRIES = 6  # Kong's default retries (5) and the first try
 
 # ---- nginx ---------------------------------------------------------------------------------------------------------
 
-NGINX_CONF = """
-worker_processes 1;
-events { worker_connections 1024; }
-http {
-    # kong/templates/nginx.lua, nginx_kong.lua (server_tokens, underscores_in_headers) and kong_defaults.lua
-    # (nginx_http_charset, nginx_http_client_max_body_size, nginx_http_client_body_buffer_size)
-    server_tokens off;
-    underscores_in_headers on;
-    charset UTF-8;
-    client_max_body_size 0;
-    client_body_buffer_size 8k;
-    keepalive_requests 10000;
-    access_log off;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-
+NGINX_CONF = KONG_HTTP + """
     upstream kong_upstream {  # nginx_kong.lua:74: retries + 1 tries, max_fails 0; kong_defaults.lua:75-77
 {servers}
         keepalive 512;
@@ -93,30 +73,6 @@ http {
     }
 }
 """
-
-
-class Nginx:
-    """nginx in the foreground as a child process, with NGINX_CONF, in a directory of its own."""
-
-    def __init__(self, binary: str, workdir: Path, upstream_port: int) -> None:
-        self.port = free_port()
-        for sub in ("body", "proxy", "fcgi", "uwsgi", "scgi", "logs"):
-            (workdir / sub).mkdir()
-        servers = "\n".join(f"        server 127.0.0.1:{upstream_port} max_fails=0;" for _ in range(TRIES))
-        conf = NGINX_CONF
-        for name, value in (("{dir}", str(workdir)), ("{up}", str(upstream_port)), ("{port}", str(self.port)),
-                            ("{servers}", servers), ("{read_timeout}", str(READ_TIMEOUT_S))):
-            conf = conf.replace(name, value)
-        (workdir / "nginx.conf").write_text(conf)
-        self.proc = subprocess.Popen(
-            [binary, "-p", str(workdir), "-c", str(workdir / "nginx.conf"), "-g",
-             f"daemon off; master_process off; error_log {workdir}/error.log info; pid {workdir}/nginx.pid;"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            wait_port(self.port)
-        except TimeoutError:
-            stop_process(self.proc)
-            raise
 
 
 # ---- the corpus ----------------------------------------------------------------------------------------------------
@@ -1037,7 +993,9 @@ async def _through_nginx(binary: str, workdir: Path) -> dict[str, Outcome]:
     upstream = Upstream()
     async with trio.open_nursery() as nursery:
         await nursery.start(upstream.serve)
-        server = Nginx(binary, workdir, upstream.port)
+        servers = "\n".join(f"        server 127.0.0.1:{upstream.port} max_fails=0;" for _ in range(TRIES))
+        server = Nginx(binary, workdir, NGINX_CONF, up=str(upstream.port), servers=servers,
+                       read_timeout=str(READ_TIMEOUT_S))
         try:
             results = await run_side(server.port, "nginx", upstream)
         finally:
@@ -1095,17 +1053,7 @@ def _answered(codec: str, answer: bytes, method: bytes = b"GET") -> tuple[list[A
     """The events of a client codec given `answer` in one read (up to its END, or the error it raised), and whether
     it keeps the connection for another request."""
     client = codec_classes(codec)[1]()
-    client.request_head(method, b"/", [(b"host", b"up")])
-    client.end()
-    client.receive_data(answer)
-    events: list[Any] = []
-    try:
-        while (ev := client.next_event()) is not NEED_DATA and ev is not CLOSED:
-            events.append(ev)
-            if ev is END:
-                break
-    except ProtocolError as e:
-        events.append(e)
+    events = answer_events(client, answer, method)
     return events, client.keep_alive
 
 

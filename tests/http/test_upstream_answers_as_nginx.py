@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 import trio
 from backends import ScriptedBackend, request, service
+from kong_nginx import answer_events
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, ProtocolError, Response
+from gateway.http.codec import END, ProtocolError, Response
 from gateway.http.codecs import codec_classes
 from gateway.http.kong_headers import KongHeaders
 from gateway.pipeline.forward import _client_headers
@@ -21,32 +22,17 @@ TIMEOUT = 10
 NEXT = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def _exchange(client: Any, answer: bytes, method: bytes = b"GET") -> list[Any]:
-    """The events of one exchange on `client` (a client codec), the answer's bytes in one read: up to its END, or
-    the error it raised."""
-    client.request_head(method, b"/", [(b"host", b"up")])
-    client.end()
-    client.receive_data(answer)
-    events: list[Any] = []
-    try:
-        while (ev := client.next_event()) is not NEED_DATA and ev is not CLOSED:
-            events.append(ev)
-            if ev is END:
-                break
-    except ProtocolError as e:
-        events.append(e)
-    return events
 
 
 def _two_exchanges(codec: str, first: bytes, method: bytes = b"GET") -> tuple[list[Any], bool, list[Any]]:
     """`first` answered on a fresh connection, whether the codec keeps it, and the events of a plain 1.1 answer to
     the next request on it (none when not kept)."""
     client = codec_classes(codec)[1]()
-    events = _exchange(client, first, method)
+    events = answer_events(client, first, method)
     if not client.keep_alive:
         return events, False, []
     client.start_next_cycle()
-    return events, True, _exchange(client, NEXT)
+    return events, True, answer_events(client, NEXT)
 
 
 # --- a later version's connection ---------------------------------------------------------------------------------
@@ -71,7 +57,7 @@ def test_a_later_x0_answer_with_bytes_after_it_is_not_kept(codec):
     """Bytes after the answer's body (nobody asked for them) keep the connection out of the pool, as after a 1.1
     answer."""
     client = codec_classes(codec)[1]()
-    events = _exchange(client, b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhelloJUNK")
+    events = answer_events(client, b"HTTP/2.0 200 OK\r\nContent-Length: 5\r\n\r\nhelloJUNK")
     assert events[1:] == [b"hello", END]
     assert not client.keep_alive
 
@@ -115,7 +101,7 @@ def test_a_version_nginx_cannot_read_is_a_502(codec, version):
     sent no valid HTTP/1.0 header", relayed as an HTTP/0.9 body (ngx_http_proxy_module.c:1834-1847), which the
     gateway does not speak: a 502."""
     client = codec_classes(codec)[1]()
-    events = _exchange(client, b"HTTP/" + version + b" 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    events = answer_events(client, b"HTTP/" + version + b" 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert isinstance(events[-1], ProtocolError) and events[-1].status == 502
     assert not client.keep_alive
 
