@@ -708,8 +708,20 @@ class H11Client(_H11Codec):
             if ev is h11.NEED_DATA:
                 if self._head_too_big():
                     raise ProtocolError(TOO_BIG_HEADER, 502)
+                if self._no_status_line():
+                    raise ProtocolError(NO_VALID_STATUS, 502)
                 self._framing_fault()
             return NEED_DATA
+
+    def _no_status_line(self) -> bool:
+        """The head being waited for cannot begin a status line (past the empty lines llhttp skips): nginx knows it
+        at the first byte (ngx_http_parse_status_line) and llhttp refuses it at once, where h11 would wait for a line
+        end and, at the upstream's close, take it for a head the close cut (a try to retry)."""
+        probe = self._probe
+        if not probe:
+            return False
+        start = bytes(probe[:32]).lstrip(b"\r\n")[:5]
+        return bool(start) and not b"HTTP/".startswith(start)
 
     def _head_too_big(self) -> bool:
         """The head being waited for has not ended in nginx's proxy_buffer_size, which it fills: nginx's "upstream

@@ -964,8 +964,6 @@ class Finding:
 
 FINDINGS = [
     Finding("test_a_content_length_with_a_tab_is_a_502", ("hdr cl-tab",), ("framing", "headers")),
-    Finding("test_h11_refuses_an_answer_that_cannot_begin_a_status_line_at_once", _named("body", "http09 http09-html"),
-            ("retried",), ("h11",)),
     Finding("test_llhttp_keeps_an_upstream_connection_after_proxy_connection_close", ("hdr proxy-conn",), ("kept",),
             ("llhttp",)),
     Finding("test_llhttp_keeps_an_upstream_connection_after_a_head_answered_204_or_304_chunked",
@@ -1078,13 +1076,12 @@ def test_a_content_length_with_a_tab_is_a_502(codec: str, value: bytes) -> None:
     assert isinstance(events[-1], ProtocolError) and events[-1].status == 502, events
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the h11 codec waits for the line end of an answer not HTTP")
 def test_h11_refuses_an_answer_that_cannot_begin_a_status_line_at_once() -> None:
     """nginx reads an answer's first byte as the start of `HTTP/` or not (ngx_http_parse.c:1650-1658) and relays
     one that cannot begin a status line as an HTTP/0.9 body, without another try (ngx_http_proxy_module.c:1823-
-    1847); the llhttp codec refuses it at its first bytes, a 502 at once (README: "A response head that breaks HTTP
-    is answered 502 at once, not retried"). The h11 codec waits for a line end, and at the upstream's close takes
-    `hello world` for a head the close cut, which the gateway tries again: six tries of a GET."""
+    1847); both codecs refuse it at its first bytes, a 502 at once (README: "A response head that breaks HTTP
+    is answered 502 at once, not retried"), where the h11 codec waited for a line end, and at the upstream's close
+    took `hello world` for a head the close cut, which the gateway tried again: six tries of a GET."""
     events, _ = _answered("h11", b"hello world")
     assert events and isinstance(events[-1], ProtocolError) and not events[-1].cut, events
 
