@@ -117,15 +117,17 @@ def serving(backend: ThreadBackend, retries: int) -> dict[str, Any]:
                                  write_timeout=WRITE_MS, retries=retries)]}
 
 
-def find_task(co_name: str) -> trio.lowlevel.Task:
+def find_task(qualname: str) -> trio.lowlevel.Task:
+    """The running task whose coroutine function is `qualname` (Class.method: not another class's method of the
+    same name)."""
     stack = [trio.lowlevel.current_root_task()]
     while stack:
         task = stack.pop()
-        if task.coro.cr_code.co_name == co_name:
+        if task.coro.cr_code.co_qualname == qualname:
             return task
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
-    raise LookupError(co_name)
+    raise LookupError(qualname)
 
 
 class StallBeforeSweeper(trio.abc.Instrument):
@@ -156,7 +158,7 @@ class StallBeforeSweeper(trio.abc.Instrument):
 @contextmanager
 def stalls_at(step: int) -> Iterator[StallBeforeSweeper]:
     """A StallBeforeSweeper of the running gateway's sweeper, installed for the block."""
-    instrument = StallBeforeSweeper(find_task("expire_forever"), step)
+    instrument = StallBeforeSweeper(find_task("Timers.expire_forever"), step)
     trio.lowlevel.add_instrument(instrument)
     try:
         yield instrument
