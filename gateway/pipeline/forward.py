@@ -427,16 +427,16 @@ class Forwarder:
             timer.clear()
             uc.close()
             attempt.last |= not replayable  # (sent: not tried again, so reported by its 502 as Kong's log phase)
-            if isinstance(e, UpstreamClosed):  # no head: nginx's "prematurely closed", a failed try (not a pooled
-                self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))  # one gone stale)
+            if isinstance(e, UpstreamClosed):  # no head: nginx's "prematurely closed", a failed try
+                self._finished(attempt, False, _closed(uc, replayable))
                 raise
             if isinstance(e, BrokenPipeError):
-                self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
+                self._finished(attempt, False, _closed(uc, replayable))
                 raise UpstreamClosed(f"upstream {target.name} closed the connection while the request was sent",
                                      sent=True, reused=uc.reused) from None
-            if e.cut and e.status >= 500 and not ex.response_started:  # nginx's "prematurely closed": an error
-                self._finished(attempt, False, _blame(uc, 0 if uc.reused else TCP_FAILURE))
-                raise UpstreamClosed(f"upstream {target.name}: {e}", sent=True) from None
+            if e.cut and e.status >= 500 and not ex.response_started:  # nginx's "prematurely closed": an error,
+                self._finished(attempt, False, _closed(uc, replayable))  # also after part of a head
+                raise UpstreamClosed(f"upstream {target.name}: {e}", sent=True, reused=uc.reused) from None
             self._finished(attempt, False, _blame(uc, 502 if e.status >= 500 else 0))
             if ex.response_started or e.status < 500:
                 raise  # the client's own request broke (e.g. its body): not the upstream's fault
@@ -978,6 +978,13 @@ def _blame(uc: UpstreamConn, code: int) -> int:
     """The outcome to report for a failed exchange: none when the gateway itself closed the connection (a circuit's
     sweep), which says nothing new about the target."""
     return 0 if uc.swept else code
+
+
+def _closed(uc: UpstreamConn, replayable: bool) -> int:
+    """The outcome of a try whose connection the upstream closed or reset before a whole response head: none for a
+    pooled one under a request that goes again at no cost (nginx's u->peer.cached, ngx_http_upstream.c:4366-4368),
+    else a TCP failure (a request not resent ends with it: its 502, ngx_http_upstream_next's u->state->status)."""
+    return 0 if uc.swept or (uc.reused and replayable) else TCP_FAILURE
 
 
 def _coded(headers: Headers) -> bool:
