@@ -9,6 +9,7 @@ from gateway.http.ids import new_request_id, valid_request_id
 from gateway.http.kong_headers import SERVER_TOKEN
 from gateway.http.server import Exchange
 from gateway.memo import Derived, Memo
+from gateway.routing.router import MAX_REQ_HEADERS  # lua_max_req_headers, the lines get_headers() reads
 
 # RFC 9110 7.6.1 connection-specific fields, and the legacy Proxy-Connection. Proxy-Authorization and
 # Proxy-Authenticate pass, as nginx and Kong pass them (a gateway is the origin to its clients): an authentication
@@ -37,8 +38,15 @@ _CONSUMER_NAMES = CONSUMER_HEADERS | _SPOOFED_CONSUMER  # what set_consumer take
 _DROP_IN = (HOP_BY_HOP - {b"trailer"}) | CONSUMER_HEADERS | _SPOOFED_CONSUMER | {b"host", b"expect", b"x-forwarded-for",
                                                                                b"x-request-id", b"x-real-ip",
                                                                                b"proxy", b"via"}
+# Kong reads the forwarding headers with get_header("x_forwarded_for", ctx), ngx.req.get_headers()["x_forwarded_for"]:
+# the table's keys are the lower-cased names as sent (underscores_in_headers on), lua-resty-core's metatable trying
+# `x-forwarded-for` only for a missing key, so a line spelled with underscores is the one read, before any dashed
+# one (kong/tools/http.lua:545-565). Such a line passes on as any header (proxy_set_header replaces the dashed name).
+# The underscore spelling -> the dashed name.
+_UNDERSCORED = {name.replace(b"-", b"_"): name for name in _FORWARDED | {b"x-forwarded-for"}}
 # One set lookup per header sorts out the rest; content-length is looked at (the body's framing), and passed on.
-_SPECIAL_IN = _DROP_IN | _FORWARDED | {b"mcp-session-id", b"content-length", b"x-kong-request-id"}
+_SPECIAL_IN = _DROP_IN | _FORWARDED | _UNDERSCORED.keys() | {b"mcp-session-id", b"content-length",
+                                                           b"x-kong-request-id"}
 # ... for a request with a consumer, whose consumer headers are the gateway's (set_consumer), as the plugins after
 # authentication left them: they pass (the underscore spellings are still dropped).
 _SPECIAL_IN_AUTHENTICATED = _SPECIAL_IN - CONSUMER_HEADERS
@@ -146,6 +154,20 @@ def framed_by_length(headers: Headers, size: int) -> Headers:
     return out
 
 
+def kong_forwarded_reads(headers: Headers) -> dict[bytes, bytes]:
+    """The values Kong's get_header("x_forwarded_*", ctx) finds, by dashed name: the first line spelled with
+    underscores, else the first dashed one, among the first MAX_REQ_HEADERS lines (ngx.req.get_headers(), capped at
+    lua_max_req_headers by kong/globalpatches.lua:131-156); a name Kong finds no line of is absent."""
+    dashed: dict[bytes, bytes] = {}
+    underscored: dict[bytes, bytes] = {}
+    for name, value in headers[:MAX_REQ_HEADERS]:
+        if name in _UNDERSCORED:
+            underscored.setdefault(_UNDERSCORED[name], value)
+        elif name in _FORWARDED or name == b"x-forwarded-for":
+            dashed.setdefault(name, value)
+    return dashed | underscored
+
+
 def upstream_request_headers(ex: Exchange, affinity: bool = False,
                              prefix: bytes = b"") -> tuple[Headers, bytes, bytes, bytes | None, int]:
     """(headers for upstream without Host, the client's Host value, the X-Request-Id (the client's when sane, else
@@ -154,7 +176,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     UPGRADE for a request that asks to switch protocols, with Kong's Upgrade and Connection headers added).
 
     Kong's X-Forwarded-*: from a trusted peer, its X-Forwarded-Proto/Host/Port/Path/Prefix are kept (the first of
-    each, as Kong reads them: one line upstream); otherwise they are the gateway's own (X-Forwarded-Host nginx's
+    each, as Kong reads them: one line upstream; Kong reads a line spelled with underscores first, and none after the
+    100th: kong_forwarded_reads); otherwise they are the gateway's own (X-Forwarded-Host nginx's
     $host: the Host without its port, in lower case; -Path the request's path; -Prefix `prefix`, the part a
     strip_path route matched, unless empty or "/"). An X-Forwarded-For the request has gets the peer appended, from
     any peer as Kong does (the last hop is the one to believe); without one it is the client address. X-Real-IP is
@@ -170,7 +193,8 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
     headers = request.headers
     trusted = ex.peer_trusted
     # 1: a Connection header (the headers it names are dropped too), 2: an Upgrade (after the loop), 4: an
-    # X-Forwarded-For or a Via (the client's first line of each kept, an empty one too, as Kong reads them)
+    # X-Forwarded-For or a Via (the client's first line of each kept, an empty one too, as Kong reads them), 8: a
+    # forwarding header spelled with underscores, 16: a trusted peer's X-Forwarded-Proto/Host/Port/Path/Prefix
     connection = 0
     framing = NO_BODY
     out: Headers = []
@@ -212,6 +236,7 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                 if not trusted or name in seen_forwarded:
                     continue
                 seen_forwarded.add(name)
+                connection |= 16
                 if not hv[1]:  # Kong keeps the empty value, and nginx's proxy_set_header sends no empty header
                     continue
             else:
@@ -226,9 +251,19 @@ def upstream_request_headers(ex: Exchange, affinity: bool = False,
                     te = True
                 elif name == b"upgrade":
                     connection |= 2
+                elif name in _UNDERSCORED:  # passed on; read after the loop
+                    connection |= 12
+                    out.append(hv)
                 continue  # hop-by-hop, consumer headers, expect, x-real-ip, proxy, via
         out.append(hv)
     if connection:
+        if connection & 8 or (connection & 20 and len(headers) > MAX_REQ_HEADERS):  # the lines Kong reads differ
+            reads = kong_forwarded_reads(headers)
+            xff = reads.pop(b"x-forwarded-for", None)
+            if trusted:  # the values Kong read replace the lines kept
+                out = [hv for hv in out if hv[0] not in _FORWARDED]
+                out += [(name, value) for name, value in reads.items() if value]
+                seen_forwarded = set(reads)
         if connection & 1 and (named := connection_tokens(headers)):  # (a trusted peer's X-Forwarded-* Kong read
             out = [hv for hv in out if hv[0] not in named or hv[0] in seen_forwarded]  # before it dropped these)
         if connection & 2 and framing != CHUNKED and upgrade_asked(request):  # (a chunked body: no upgrade)
