@@ -15,7 +15,9 @@ chunk size, as nginx reads them (SP or HTAB there begins an extension) and the l
 them (llhttp's lenient_spaces_after_chunk_size).
 A response's trailer section is read as nginx reads it (sw_trailer, sw_trailer_header: each line skipped to its
 LF, a CR not followed by LF the one fault, an empty line its end), the response kept whole where llhttp would
-refuse a line of it (`skipped`: the llhttp codec then reads the section so too, and neither reuses the connection).
+refuse a line of it (the llhttp codec then reads the section so too), and its connection kept, as nginx keeps it,
+when nothing came after the section (`after`) and it did not end at a bare LF (`lf_end`: where a parser that ends
+lines at CRLF alone would read on, the message end is in doubt).
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ class ChunkedFraming:
     framing fault (and nothing more is read); `body_ok` is how many body bytes came before it. `spaces_after_size`:
     a response's framing, whose chunk sizes may be followed by spaces and tabs."""
 
-    __slots__ = ("error", "body_ok", "skipped", "_state", "_left", "_line", "_max_line", "_status", "_chunk_line",
-                 "_response")
+    __slots__ = ("error", "body_ok", "lf_end", "after", "_state", "_left", "_line", "_max_line", "_status",
+                 "_chunk_line", "_response")
 
     def __init__(self, status: int, max_line: int, spaces_after_size: bool = False) -> None:
         self.error: ProtocolError | None = None
         self.body_ok = 0  # body bytes framed so far
-        self.skipped = False  # a response's trailer line llhttp refuses was skipped, as nginx skips it
+        self.lf_end = False  # a response's trailer section ended at a bare LF, as nginx ends it
+        self.after = 0  # bytes fed after the body's end (its trailer section's): the next message's, or junk
         self._state = _SIZE
         self._left = 0  # bytes of the current chunk still to come
         self._line = bytearray()  # a chunk, chunk-end or trailer line, until its LF
@@ -115,6 +118,8 @@ class ChunkedFraming:
                 given += (data[start:i], line if plain is None else plain)
                 start = end + 1
             i = end + 1
+        if self._state == _DONE:
+            self.after += n - i
         if not start:
             return data
         given.append(data[start:])
@@ -158,9 +163,7 @@ class ChunkedFraming:
             self._fail("a CR not followed by LF in the trailer section")
         elif not text:
             self._state = _DONE
-            self.skipped = True  # (a bare LF ends it: llhttp refuses that)
-        elif _TRAILER_LINE.fullmatch(line) is None or line.lower().startswith(_FRAMING):
-            self.skipped = True
+            self.lf_end = True  # (llhttp refuses that)
 
     def _fail(self, message: str) -> None:
         self.error = ProtocolError(message, self._status)

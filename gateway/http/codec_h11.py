@@ -61,6 +61,7 @@ from gateway.http.codec_llhttp import (
     REASONS,
     UNKNOWN_CODING,
     _check_codings,
+    _check_tabbed_length,
     _close_delimited,
     _invalid_length,
     _wants_keep_alive,
@@ -638,6 +639,8 @@ class H11Client(_H11Codec):
         if read is not None:
             restore_fields(headers, read[1])
         _check_response_head(headers)
+        if b"\t" in probe[:size]:  # (a Content-Length's tab, which h11 skips as whitespace, is nginx's 502)
+            _check_tabbed_length(bytes(probe[:size]))
         return headers, None if read is None else read[0]
 
     def _next_event(self) -> Event:
@@ -656,7 +659,7 @@ class H11Client(_H11Codec):
                 if (chunks := self._chunks) is not None and chunks.in_trailers and \
                         self._body_given == chunks.body_ok:
                     # h11 refused a line after all of the body's data (of a trailer section, once all of it came);
-                    # nginx skips such lines (its framing read them so): the response ends, the connection not reused
+                    # nginx skips such lines (its framing read them so): the response ends (keep_alive: _trailers_ended)
                     if chunks.error is not None:
                         raise chunks.error from None
                     if chunks.done:
@@ -732,8 +735,31 @@ class H11Client(_H11Codec):
 
     @property
     def keep_alive(self) -> bool:
-        # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for, or a trailer line llhttp
-        # refuses, which the llhttp codec reads to the section's end but not as a parser would (ChunkedFraming).
+        # Unlike h11, also False once the upstream closed, or sent bytes nobody asked for, or a trailer section ended
+        # at a bare LF (ChunkedFraming.lf_end: as nginx ends it, but where a strict parser reads on).
+        if self._trailers_ended:
+            return self._kept_past_trailers()
         keep = _H11Codec.keep_alive.fget(self)  # type: ignore[attr-defined]  # mypy: a property has fget
         return keep and not self._eof and not self._conn.trailing_data[0] and not self._upgrade and (
-            self._chunks is None or not self._chunks.skipped)
+            self._chunks is None or not self._chunks.lf_end)
+
+    def _kept_past_trailers(self) -> bool:
+        """After a trailer section h11 refused and nginx skips (h11's state is ERROR, the section read by its framing):
+        the connection is kept, as nginx keeps it, when nothing came after the section, which did not end at a bare
+        LF, our request was sent whole (h11 then moves our side from DONE to MUST_CLOSE) and neither message said
+        close (h11's keep_alive, which a `Connection: close` or an HTTP/1.0 answer turns off)."""
+        chunks = self._chunks
+        conn = self._conn
+        return chunks is not None and not chunks.after and not chunks.lf_end and conn.our_state is h11.MUST_CLOSE \
+            and conn._cstate.keep_alive and not self._eof and not self._upgrade
+
+    def start_next_cycle(self) -> None:
+        if not self._trailers_ended:
+            _H11Codec.start_next_cycle(self)
+            return
+        # h11 refused the trailer section (its state ERROR): a fresh h11 connection, as start_next_cycle leaves one
+        self._conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self._max)
+        self._trailers_ended = False
+        self._chunks = None
+        self._body_given = 0
+        self._after_head = b""

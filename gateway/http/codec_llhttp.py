@@ -133,6 +133,36 @@ def _check_length(value: bytes) -> None:
         raise _invalid_length(value)
 
 
+# A Content-Length line with a tab in its value: ngx_http_parse_header_line skips spaces alone before a value and ends
+# it at a space (ngx_http_parse.c:972-1012), so the tab is the value's, which ngx_atoof refuses; llhttp and h11 skip a
+# tab as whitespace. (Its value as nginx read it: its spaces around it dropped.)
+_TABBED_LENGTH = re.compile(rb"(?im)^content-length: *([^\r\n]*?\t[^\r\n]*?) *\r?$")
+
+
+def _final_head(data: bytes) -> bytes:
+    """The first head in `data` (an upstream's bytes from where a head began, or from within an interim one: the
+    rest of that first) that is not an interim one, past the empty lines llhttp skips, as far as it came; b"" when
+    `data` ends in an interim one."""
+    start = 0
+    while True:
+        start = len(data) - len(data[start:].lstrip(b"\r\n"))
+        end = data.find(b"\r\n\r\n", start)
+        final = data.startswith(b"HTTP/", start) and _INTERIM_STATUS.match(data, start) is None
+        if end < 0:
+            return data[start:] if final else b""
+        if final:
+            return data[start:end + 2]
+        start = end + 4
+
+
+def _check_tabbed_length(data: bytes) -> None:
+    """nginx's 502 for the final head in `data` (see _final_head) when a tab is in its Content-Length's value (in a
+    line not ended yet, too: whatever follows, the tab is the value's)."""
+    found = _TABBED_LENGTH.search(_final_head(data))
+    if found is not None:
+        raise _invalid_length(found[1])
+
+
 def _declares_body(headers: Headers) -> bool:
     """Does a response head announce body bytes (chunked, or a length above 0; a tab may end it: on_header)?"""
     return any(name == b"transfer-encoding" or (name == b"content-length" and value.strip(b"0\t"))
@@ -198,10 +228,12 @@ def _mended_field(line: bytes, n: int, read: Fields) -> bytes:
     """A header line of a response head (without its LF) as both parsers take it: more CRs before its LF dropped
     (ngx_http_parse_header_line's sw_almost_done takes them; a line of CRs alone is no blank line), and an invalid
     name or a control byte in a value given stand-ins (mend_field), the field as nginx read it noted in `read`: nginx
-    relays it as it came (ngx_http_proxy_process_header keeps every line it reads, invalid_header or not)."""
+    relays it as it came (ngx_http_proxy_process_header keeps every line it reads, invalid_header or not). A
+    Content-Length with a tab stays as it came: nginx refuses it (_TABBED_LENGTH), and so do both codecs."""
     core = line.rstrip(b"\r") or line.removesuffix(b"\r")
     name, colon, value = core.partition(b":")
-    stand_in = mend_field(name, value) if colon else None
+    stand_in = mend_field(name, value) if colon and not (b"\t" in value and name.lower() == b"content-length") \
+        else None
     if stand_in is None:
         return core
     read[n] = (name.lower(), value.lstrip(b" \t").rstrip(b" "))  # (as LlhttpClient.on_header keeps a value)
@@ -1286,8 +1318,10 @@ class LlhttpClient(_Parsing):
             return
         version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
         names = dict(headers)  # (one C call: no bytecode per header)
-        if len(names.get(b"content-length", b"")) > 18:  # (one llhttp took, which nginx's off_t may not hold)
-            _check_length(names[b"content-length"])
+        # a Content-Length llhttp took that nginx may not: more digits than its off_t may hold, or a tab around them
+        # (looked for when the read that ends the head holds a tab anywhere: _head_waits looks at those before it)
+        if len(names.get(b"content-length", b"")) > 18 or b"\t" in self._chunk:
+            self._check_content_length(names)
         if len(names) != len(headers):  # a name repeats
             headers = first_of_single(headers)
         if b"transfer-encoding" in names:
@@ -1304,13 +1338,38 @@ class LlhttpClient(_Parsing):
             self._dead = self._renew = True
             self._in_message = False
             self._head_answered = True
-            self._head_chunked = any(name == b"transfer-encoding" for name, _ in headers)
+            # (a 204 or 304 has no body whatever it says: llhttp ends it at its head, as nginx keeps its connection)
+            self._head_chunked = status != 204 and status != 304 and b"transfer-encoding" in names
         else:
             # (llhttp's False when close-delimited, too; it reads a 2.0 or 3.0 as 1.0: _kept_later)
-            keep = self._kept_later(version, status, headers) if version != b"1.1" else parser.should_keep_alive()
+            keep = self._kept_later(version, status, headers) if version != b"1.1" else \
+                parser.should_keep_alive() or self._kept_anyway(status, headers)
             self._response_headers = headers
             events.append(Response(status, reason, headers, version, keep))
         self._keep = keep and not self._request_close
+
+    def _check_content_length(self, names: dict[bytes, bytes]) -> None:
+        """The head just parsed, whose Content-Length may be one nginx refuses (ngx_http_upstream.c:4747-4754): past
+        its off_t (_check_length), or with a tab in its value, in the head's bytes (llhttp gives it without the
+        whitespace before it)."""
+        value = names.get(b"content-length")
+        if value is None:
+            return
+        if len(value) > 18:
+            _check_length(value)
+        _check_tabbed_length(b"".join(self._head_chunks) + self._chunk if self._head_fed else self._chunk)
+
+    def _kept_anyway(self, status: int, headers: Headers) -> bool:
+        """An HTTP/1.1 answer (not to HEAD) llhttp would not keep its connection after: kept all the same when only a
+        `Proxy-Connection: close` said so, which llhttp reads as Connection where nginx reads Connection alone
+        (ngx_http_upstream_process_connection) and relays it as any header. llhttp ends its parser after it: the
+        connection gets a fresh one for its next exchange (start_next_cycle)."""
+        if all(name != b"proxy-connection" for name, _ in headers):
+            return False
+        keep = _wants_keep_alive(b"1.1", headers) and (status == 204 or status == 304 or not _close_delimited(headers))
+        if keep:
+            self._renew = True
+        return keep
 
     def _kept_later(self, version: bytes, status: int, headers: Headers) -> bool:
         """_later_version_keeps for the answer being parsed (not to HEAD). llhttp ends its parser with a kept `x.0`
@@ -1461,24 +1520,31 @@ class LlhttpClient(_Parsing):
         # nginx skips a trailer section's lines unread (ngx_http_parse_chunked's sw_trailer_header: a CR not followed
         # by LF is its one fault there), where llhttp reads them as header lines. Once llhttp reads trailers the body
         # is whole: the message ends with the section, read from here on as nginx reads it (gateway.http.chunked),
-        # and the connection is not reused (httptools tells no offset: the section's end is found as below, not as
-        # llhttp would). llhttp's refusal of a chunk (its messages name one) or of a CR without LF stands.
+        # and the connection is kept as nginx keeps it, when nothing came after the section (httptools tells no
+        # offset: the section's start is found as below, at a line of it, which ends it where nginx does). llhttp's
+        # refusal of a chunk (its messages name one) or of a CR without LF stands.
         message = str(error)
         if (self._dead or not self._in_message or isinstance(error.__context__, ProtocolError)
                 or "chunk" in message.lower() or "LF after" in message
                 or all(name != b"transfer-encoding" for name, _ in self._response_headers)):
             return False
         # The section begins in `data` past its last last-chunk line (a line of the section that looks like one is
-        # at or past the line refused, llhttp refusing it too), else before `data`, taken as beginning at a line.
+        # at or past the line refused, llhttp refusing it too), else before `data`, which begins at a line of it or
+        # within one: a stand-in byte before it makes its framing read the first as the rest of a line either way. A
+        # line end there ends no empty line (that would have ended the message for llhttp), but for a bare LF at a
+        # line's start, which llhttp refuses as no field char: the section's end, as nginx reads it.
         start = 0
         for line in _LAST_CHUNK.finditer(data):
             start = line.end()
-        self._keep = False
-        self._read_trailers(ChunkedFraming.trailer_section(502, self._max_head), data[start:])
+        framing = ChunkedFraming.trailer_section(502, self._max_head)
+        if not start and not (data[:1] == b"\n" and "field char" in message):
+            framing.feed(b"-")
+        self._read_trailers(framing, data[start:])
         return True
 
     def _read_trailers(self, framing: ChunkedFraming, data: bytes) -> None:
-        """More of a trailer section llhttp refused a line of, read by its framing: END once it ended."""
+        """More of a trailer section llhttp refused a line of, read by its framing: END once it ended, the connection
+        kept (with a fresh parser for its next exchange) if nothing came after it and it did not end at a bare LF."""
         framing.feed(data)
         if framing.error is not None:
             self._fail(framing.error)
@@ -1486,6 +1552,10 @@ class LlhttpClient(_Parsing):
             self._events.append(END)
             self._in_message = False
             self._dead = True  # (what follows, unasked for, is not read)
+            if framing.after or framing.lf_end:  # (bytes nobody asked for; an end a strict parser reads past)
+                self._keep = False
+            else:
+                self._renew = True
         else:
             self._parser = _TrailersPending(self, framing)  # type: ignore[assignment]  # (feeds this)
 
@@ -1493,6 +1563,11 @@ class LlhttpClient(_Parsing):
         # nginx's buffer is full and the head goes on (the bytes since its read began bound the head's)
         if self._head_fed >= self._head_buffer and self._head_so_far() >= self._head_buffer:
             self._fail(self._overflow())
+        elif b"\t" in data:  # (in a read before the last of the head: on_headers_complete sees that one)
+            try:
+                _check_tabbed_length(b"".join(self._head_chunks))
+            except ProtocolError as e:
+                self._fail(e)
 
     def _head_so_far(self) -> int:
         """The bytes of the head being parsed that came so far, in the reads since the one it began in: past the

@@ -37,7 +37,7 @@ from backends import service, stop_process
 from conftest import CODECS
 from kong_nginx import KONG_HTTP, NGINX, NO_NGINX, Nginx, answer_events, nginx_version
 
-from gateway.http.codec import END, ProtocolError
+from gateway.http.codec import CLOSED, END, NEED_DATA, ProtocolError
 from gateway.http.codecs import codec_classes
 
 READ_TIMEOUT_S = 1  # the service's read_timeout and nginx's proxy_read_timeout: a stalled body ends after it
@@ -908,9 +908,10 @@ ALLOWED = [
     Allowed(
         "a Content-Length that is no number",
         "nginx 1.22 reads the body to the close; 1.27.1 answers 502 \"upstream sent invalid Content-Length header\" "
-        "(ngx_http_upstream.c:4747-4754), as the gateway",
+        "(ngx_http_upstream.c:4747-4754), as the gateway (a tab before or after the digits is the value's to nginx, "
+        "which skips spaces alone: ngx_http_parse.c:972-1012)",
         "nginx 1.27.1: ngx_http_upstream.c:4747-4754",
-        _named("hdr", "cl-list cl-plus cl-neg cl-alpha cl-huge cl-empty"),
+        _named("hdr", "cl-list cl-plus cl-neg cl-alpha cl-huge cl-empty cl-tab"),
         (("status", 200, 502),), below=(1, 23)),
     Allowed(
         "Content-Length and Transfer-Encoding",
@@ -972,15 +973,7 @@ class Finding:
         return codec in self.codecs and d.case in self.cases and d.aspect in self.aspects
 
 
-FINDINGS = [
-    Finding("test_a_content_length_with_a_tab_is_a_502", ("hdr cl-tab",), ("framing", "headers")),
-    Finding("test_llhttp_keeps_an_upstream_connection_after_proxy_connection_close", ("hdr proxy-conn",), ("kept",),
-            ("llhttp",)),
-    Finding("test_llhttp_keeps_an_upstream_connection_after_a_head_answered_204_or_304_chunked",
-            _named("body", "204-chunked-nobody 304-chunked", " HEAD"), ("kept",), ("llhttp",)),
-    Finding("test_a_framing_field_in_an_upstreams_trailer_section_keeps_its_connection", ("body chunk-trailer-cl",),
-            ("kept",)),
-]
+FINDINGS: list[Finding] = []
 
 
 def _table(title: str, rows: list[Difference]) -> str:
@@ -1062,6 +1055,20 @@ def _answered(codec: str, answer: bytes, method: bytes = b"GET") -> tuple[list[A
     return events, client.keep_alive
 
 
+def _events_after(client: Any) -> list[Any]:
+    """The events a client codec gives of the bytes it was given since answer_events: up to its END, or the error it
+    raised."""
+    events: list[Any] = []
+    try:
+        while (ev := client.next_event()) is not NEED_DATA and ev is not CLOSED:
+            events.append(ev)
+            if ev is END:
+                break
+    except ProtocolError as e:
+        events.append(e)
+    return events
+
+
 @pytest.mark.parametrize("codec", CODECS)
 def test_an_http_0_x_status_line_is_a_502_as_one_nginx_cannot_read(codec: str) -> None:
     """nginx 1.27.1 reads no major version 0 (ngx_http_parse.c:1701-1704: the first digit 1 to 9) and relays
@@ -1072,15 +1079,50 @@ def test_an_http_0_x_status_line_is_a_502_as_one_nginx_cannot_read(codec: str) -
     assert isinstance(events[-1], ProtocolError) and events[-1].status == 502, events
 
 
-@pytest.mark.xfail(strict=True, reason="finding: both codecs read a Content-Length with a tab as its number")
 @pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("value", [b"\t11", b"11\t"])
+@pytest.mark.parametrize("value", [b"\t11", b"11\t", b" \t11", b"11 \t", b"\t" + b"0" * 20 + b"11"])
 def test_a_content_length_with_a_tab_is_a_502(codec: str, value: bytes) -> None:
     """nginx's header parser skips spaces alone before a value and ends it at a space (ngx_http_parse.c:972-1012): a
     tab is the value's, so ngx_atoof fails on `\\t11` and `11\\t` and nginx 1.27.1 answers 502 "upstream sent
-    invalid Content-Length header" (ngx_http_upstream.c:4747-4754); both codecs read 11 and relay the answer."""
-    events, _ = _answered(codec, b"HTTP/1.1 200 OK\r\nContent-Length:" + value + b"\r\n\r\nhello world")
-    assert isinstance(events[-1], ProtocolError) and events[-1].status == 502, events
+    invalid Content-Length header" (ngx_http_upstream.c:4747-4754), its connection not kept; both codecs read 11
+    (llhttp and h11 skip a tab as whitespace) and relayed the answer before."""
+    events, kept = _answered(codec, b"HTTP/1.1 200 OK\r\nContent-Length:" + value + b"\r\n\r\nhello world")
+    assert isinstance(events[-1], ProtocolError) and events[-1].status == 502 and not kept, events
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("before", [b"", b"HTTP/1.1 100 Continue\r\n\r\n"])
+def test_a_content_length_with_a_tab_is_a_502_however_the_answer_is_cut(codec: str, before: bytes) -> None:
+    """The tab is found in the head's bytes (llhttp gives the value without the whitespace before it) wherever the
+    reads cut the head, after an interim answer too (ngx_http_upstream.c:4747-4754)."""
+    answer = before + b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length:\t11\r\n\r\nhello world"
+    for cut in range(1, len(answer)):
+        client = codec_classes(codec)[1]()
+        events = answer_events(client, answer[:cut])
+        client.receive_data(answer[cut:])
+        events += _events_after(client)
+        assert isinstance(events[-1], ProtocolError) and events[-1].status == 502, (cut, events)
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("value", [b"  11  ", b"011", b"0" * 30 + b"11"])
+def test_a_content_length_in_spaces_or_with_leading_zeros_is_read(codec: str, value: bytes) -> None:
+    """What ngx_atoof reads (ngx_string.c:1079-1103: digits, leading zeros like any other) after the spaces the
+    header parser drops around a value (ngx_http_parse.c:972-1012); a tab in a body or in another header is no
+    Content-Length's."""
+    events, kept = _answered(codec, b"HTTP/1.1 200 OK\r\nX-A:\ta\t\r\nContent-Length:" + value
+                             + b"\r\n\r\nhello\tworld")
+    assert events[1:] == [b"hello\tworld", END] and kept, events
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("value", [b"+11", b"0x10", b"-1", b"", b"1 1", b"11, 11", b"9223372036854775808"])
+def test_a_content_length_ngx_atoof_refuses_is_a_502(codec: str, value: bytes) -> None:
+    """ngx_atoof (ngx_string.c:1079-1103) takes digits alone, below 2**63: a sign, a hex prefix, nothing, a space or
+    comma between digits, a value past off_t are nginx 1.27.1's 502 "upstream sent invalid Content-Length header"
+    (ngx_http_upstream.c:4747-4754), the connection not kept, in both codecs."""
+    events, kept = _answered(codec, b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\nhello world")
+    assert isinstance(events[-1], ProtocolError) and events[-1].status == 502 and not kept, events
 
 
 def test_h11_refuses_an_answer_that_cannot_begin_a_status_line_at_once() -> None:
@@ -1093,36 +1135,90 @@ def test_h11_refuses_an_answer_that_cannot_begin_a_status_line_at_once() -> None
     assert events and isinstance(events[-1], ProtocolError) and not events[-1].cut, events
 
 
-@pytest.mark.xfail(strict=True, reason="finding: llhttp reads Proxy-Connection: close as Connection: close")
-def test_llhttp_keeps_an_upstream_connection_after_proxy_connection_close() -> None:
+@pytest.mark.parametrize("codec", CODECS)
+def test_an_upstream_connection_is_kept_after_proxy_connection_close(codec: str) -> None:
     """nginx reads an answer's Connection alone (ngx_http_upstream_process_connection, ngx_http_upstream.c:5167-
     5190) and relays Proxy-Connection as any header (README: "a response's `Proxy-Connection` ..., which nginx and
-    Kong pass to the client"), the connection kept; llhttp takes `Proxy-Connection: close` for `Connection: close`
-    and the llhttp codec drops the connection (the h11 codec keeps it)."""
-    events, kept = _answered("llhttp", b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\nContent-Length: 2\r\n\r\nok")
-    assert events[1:] == [b"ok", END] and kept
+    Kong pass to the client"), the connection kept; llhttp takes `Proxy-Connection: close` for `Connection: close`,
+    and the llhttp codec dropped the connection (the h11 codec kept it). The next answer is read on it."""
+    client = codec_classes(codec)[1]()
+    events = answer_events(client, b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\nContent-Length: 2\r\n\r\nok")
+    assert events[1:] == [b"ok", END] and events[0].keep_alive and client.keep_alive
+    client.start_next_cycle()
+    assert answer_events(client, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")[1:] == [b"abc", END]
+    assert client.keep_alive
 
 
-@pytest.mark.xfail(strict=True, reason="finding: the llhttp codec drops a HEAD's 204 or 304 that says chunked")
-@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
-def test_llhttp_keeps_an_upstream_connection_after_a_head_answered_204_or_304_chunked(status: bytes) -> None:
-    """An answer to HEAD, a 204 and a 304 have no body whatever their framing headers say, and nginx 1.27.1 keeps
-    their connection unless Connection: close (ngx_http_proxy_module.c:2006-2012, 2063-2069); the llhttp codec drops
-    it when such an answer to HEAD says `Transfer-Encoding: chunked` (the h11 codec keeps it, and the llhttp codec
-    the answer to a GET)."""
-    events, kept = _answered("llhttp", b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n\r\n", b"HEAD")
-    assert events[1:] == [END] and kept
-
-
-@pytest.mark.xfail(strict=True, reason="finding: a trailer line llhttp refuses keeps the connection out of the pool")
 @pytest.mark.parametrize("codec", CODECS)
-@pytest.mark.parametrize("trailer", [b"Content-Length: 5", b"X T: 1", b"X-T: a\x01b"])
+def test_an_answer_delimited_by_the_close_still_ends_its_connection_after_proxy_connection(codec: str) -> None:
+    """Proxy-Connection changes nothing else: an answer without a length is read to the upstream's close
+    (ngx_http_upstream.c: u->keepalive only with a length), the connection not kept."""
+    client = codec_classes(codec)[1]()
+    events = answer_events(client, b"HTTP/1.1 200 OK\r\nProxy-Connection: keep-alive\r\n\r\nok")
+    client.receive_data(b"")
+    events += _events_after(client)
+    assert events[1:] == [b"ok", END] and not client.keep_alive
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("status", [b"204 No Content", b"304 Not Modified"])
+def test_an_upstream_connection_is_kept_after_a_head_answered_204_or_304_chunked(codec: str, status: bytes) -> None:
+    """An answer to HEAD, a 204 and a 304 have no body whatever their framing headers say, and nginx 1.27.1 keeps
+    their connection unless Connection: close (ngx_http_proxy_module.c:2006-2012, 2063-2069); the llhttp codec
+    dropped it when such an answer to HEAD said `Transfer-Encoding: chunked` (llhttp ends it at its head, which the
+    codec took for the end of a chunked body after it). The next answer is read on it."""
+    client = codec_classes(codec)[1]()
+    events = answer_events(client, b"HTTP/1.1 " + status + b"\r\nTransfer-Encoding: chunked\r\n\r\n", b"HEAD")
+    assert events[1:] == [END] and client.keep_alive
+    client.start_next_cycle()
+    assert answer_events(client, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")[1:] == [b"abc", END]
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_a_chunked_body_after_a_head_answered_200_still_drops_its_connection(codec: str) -> None:
+    """A 200 to HEAD that says chunked has a body nobody asked for when a last chunk follows its head: the bytes
+    after an answer to HEAD keep the connection out of the pool (README: "After an answer to HEAD, any byte more
+    keeps the upstream connection out of the pool")."""
+    events, kept = _answered(codec, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", b"HEAD")
+    assert events[1:] == [END] and not kept
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("trailer", [b"Content-Length: 5", b"X T: 1", b"X-T: a\x01b", b"Bad", b"X: a\r\n b",
+                                     b"X: a\nY: b"])
 def test_a_framing_field_in_an_upstreams_trailer_section_keeps_its_connection(codec: str, trailer: bytes) -> None:
     """nginx skips an answer's trailer lines whatever they hold (ngx_http_parse_chunked's sw_trailer and
-    sw_trailer_header, ngx_http_parse.c:2311-2345) and keeps the connection; both codecs relay the body whole but
-    keep the connection out of the pool after a trailer line llhttp refuses (chunked.py's `skipped`), which the
-    README does not say ("an upstream's trailer lines are skipped as nginx skips them")."""
-    events, kept = _answered(codec, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n"
-                             + trailer + b"\r\n\r\n")
-    assert events[1:] == [b"hello world", END] and kept
+    sw_trailer_header, ngx_http_parse.c:2311-2345) and keeps the connection; both codecs relayed the body whole but
+    kept the connection out of the pool after a trailer line llhttp or h11 refuses. The next answer is read on it."""
+    client = codec_classes(codec)[1]()
+    events = answer_events(client, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n"
+                           + trailer + b"\r\n\r\n")
+    assert events[1:] == [b"hello world", END] and client.keep_alive
+    client.start_next_cycle()
+    assert answer_events(client, b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")[1:] == [b"abc", END]
+    assert client.keep_alive
 
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_such_a_trailer_section_split_over_reads_keeps_its_connection(codec: str) -> None:
+    """The same, wherever the reads cut the answer (the llhttp codec reads the rest of the section by its framing,
+    from a read that may begin within one of its lines)."""
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\nX T: 1\r\nY: 2\r\n\r\n"
+    for cut in range(1, len(answer)):
+        client = codec_classes(codec)[1]()
+        events = answer_events(client, answer[:cut])
+        client.receive_data(answer[cut:])
+        events += _events_after(client)
+        assert b"".join(e for e in events if type(e) is bytes) == b"hello world" and events[-1] is END, (cut, events)
+        assert client.keep_alive, cut
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("rest", [b"X T: 1\r\n\r\nJUNK", b"X T: 1\n\n", b"\n"])
+def test_a_trailer_section_with_bytes_after_it_or_a_bare_lf_end_drops_its_connection(codec: str, rest: bytes) -> None:
+    """Bytes after the section are nobody's answer (README: "no byte of a broken upstream answer ever reaching
+    another request"), and a section that ends at a bare LF, as nginx ends it (sw_trailer), ends where a parser
+    that ends lines at CRLF alone reads on: the connection is not kept."""
+    events, kept = _answered(codec, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n"
+                             + rest)
+    assert events[1:] == [b"hello world", END] and not kept
