@@ -146,6 +146,10 @@ class ServerCodec(Protocol):
     # (method, target) of a request head not yet whole, as far as it went (b"" for what is not known): what the 408
     # to a head too slow answers (none has a body to a HEAD) and logs, as a 400 to one cut by EOF does.
     def request_line_so_far(self) -> tuple[bytes, bytes]: ...
+    # After start_next_cycle and a next_event that gave NEED_DATA: are bytes of the next request's head already in
+    # hand (read with the request before it)? nginx then starts that request at once (ngx_http_set_keepalive).
+    @property
+    def head_begun(self) -> bool: ...
     # `lines`: header lines formatted by the gateway itself (b"Name: value\r\n" each, never a framing header),
     # sent after `headers` as they are: what policies add to every response costs no per-header work.
     # `framing` (LENGTH, or NO_BODY for "no length: the codec frames it"): what `headers` declare, when the caller

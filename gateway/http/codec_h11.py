@@ -290,6 +290,10 @@ class H11Server(_H11Codec):
         probe = self._probe
         return _request_line_of(probe) if probe is not None and self._error is None else (b"", b"")
 
+    @property
+    def head_begun(self) -> bool:
+        return bool(self._probe)  # (the head waited for, past the empty lines skipped before it)
+
     def _skip_empty_lines(self, probe: bytearray) -> None:
         # RFC 9112 2.2: a server SHOULD ignore empty lines before a request line; llhttp does, h11 rejects them.
         # At the start of a cycle a fresh h11 connection is equivalent to this one, so hand it the rest.
@@ -368,7 +372,7 @@ class H11Server(_H11Codec):
             if e.error_status_hint == 431:  # h11's max_incomplete_event_size: the head did not end in time
                 error = overflow_error(_line_so_far(head), self._max_line)
             else:
-                error = ProtocolError(str(e), e.error_status_hint)
+                error = ProtocolError(str(e), e.error_status_hint, cut=self._eof)  # (a head or body cut by EOF)
             if head is not None:
                 error.method, error.target = _request_line_of(head)
                 read_before(error, head)
@@ -558,7 +562,7 @@ class H11Client(_H11Codec):
     proxy_buffer_size bounds it (`proxy_buffer_size`, which the pool gives; else `max_header_bytes`, which bounds a
     trailer section and what h11 waits for), its bytes as they came."""
 
-    __slots__ = ("_method", "_closed", "_upgrade", "transport", "_sent", "_read", "_trailers_ended", "_head_buffer")
+    __slots__ = ("_method", "_closed", "transport", "_sent", "_read", "_trailers_ended", "_head_buffer")
 
     def __init__(self, max_header_bytes: int = 65536, proxy_buffer_size: int | None = None) -> None:
         super().__init__(h11.CLIENT, max_header_bytes)
@@ -566,7 +570,6 @@ class H11Client(_H11Codec):
         self._method = b"GET"
         self.transport: Transport | None = None
         self._closed = False
-        self._upgrade = False  # an Upgrade header was sent: h11 accepts a 101 (never reset: not reused after it)
         self._sent: Headers = []  # the request's headers (_reparse_mended)
         # what the stand-ins of the head mended last stand for (MendedResponse.heads), until it is split
         self._read: tuple[bytes | None, Fields] | None = None
@@ -575,8 +578,8 @@ class H11Client(_H11Codec):
     def request_head(self, method: bytes, target: bytes, headers: Headers, framing: int | None = None) -> bytes:
         self._method = method
         self._sent = headers
-        if framing is None and any(name == b"upgrade" for name, _ in headers):
-            self._upgrade = True
+        # (an Upgrade header makes h11 accept a 101 until a final answer but 101 ends that: a 426 leaves the connection
+        # as any answer leaves it)
         return _send_head(self._conn, h11.Request, headers, method=method, target=target)
 
     def _reparse_mended(self) -> bool:
@@ -740,7 +743,7 @@ class H11Client(_H11Codec):
         if self._trailers_ended:
             return self._kept_past_trailers()
         keep = _H11Codec.keep_alive.fget(self)  # type: ignore[attr-defined]  # mypy: a property has fget
-        return keep and not self._eof and not self._conn.trailing_data[0] and not self._upgrade and (
+        return keep and not self._eof and not self._conn.trailing_data[0] and (
             self._chunks is None or not self._chunks.lf_end)
 
     def _kept_past_trailers(self) -> bool:
@@ -751,7 +754,7 @@ class H11Client(_H11Codec):
         chunks = self._chunks
         conn = self._conn
         return chunks is not None and not chunks.after and not chunks.lf_end and conn.our_state is h11.MUST_CLOSE \
-            and conn._cstate.keep_alive and not self._eof and not self._upgrade
+            and conn._cstate.keep_alive and not self._eof
 
     def start_next_cycle(self) -> None:
         if not self._trailers_ended:

@@ -974,6 +974,10 @@ class LlhttpServer(_Parsing):
         whole = self._headers or any(b"\n" in chunk for chunk in self._head_chunks)
         return method, self._url if whole else b""
 
+    @property
+    def head_begun(self) -> bool:
+        return self._in_head  # (llhttp skips the empty lines before a request line: no message begins with them)
+
     # sans-I/O interface ----------------------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
@@ -991,7 +995,7 @@ class LlhttpServer(_Parsing):
             if self._chunk_at is not None:
                 self._size_chunk(data)
         elif self._started:
-            self._fail(ProtocolError("client closed the connection mid-request"))
+            self._fail(ProtocolError("client closed the connection mid-request", cut=True))
         else:  # between requests: the client is done
             self._events.append(CLOSED)
             self._dead = True
@@ -1243,8 +1247,8 @@ class LlhttpClient(_Parsing):
         # announces, and a chunk-size line it takes without a word must not go unnoticed (see receive_data).
         self._head_answered = False
         self._head_chunked = False  # that response said chunked: llhttp ending its "body" means bytes came after
-        self._upgrade = False  # the request asked to switch protocols: a 101 may answer it (never reset: such a
-        # connection is not reused)
+        # the request asked to switch protocols: a 101 may answer it, until its final answer (on_headers_complete)
+        self._upgrade = False
         self._switched: Response | None = None  # that 101, until llhttp stops for the switch (_upgraded)
         self.transport: Transport | None = None
         # the parser is done with the connection, which is kept: a fresh one for the next exchange (start_next_cycle)
@@ -1262,7 +1266,7 @@ class LlhttpClient(_Parsing):
                 _has_token(v, b"close") for n, v in headers if n == b"connection")
             if b"upgrade" in names and b"connection" in names and any(
                     _has_token(v, b"upgrade") for n, v in headers if n == b"connection"):
-                self._upgrade = self._request_close = True  # whatever the answer, the connection is not reused
+                self._upgrade = True  # (a 426, say, leaves the connection as any answer leaves it)
         else:
             self._request_close = False  # the caller's word: no Connection field
         self._chunked = framing == CHUNKED
@@ -1346,6 +1350,7 @@ class LlhttpClient(_Parsing):
                 parser.should_keep_alive() or self._kept_anyway(status, headers)
             self._response_headers = headers
             events.append(Response(status, reason, headers, version, keep))
+        self._upgrade = False  # a final answer but 101 declines a switch: a later 101 is unsolicited
         self._keep = keep and not self._request_close
 
     def _check_content_length(self, names: dict[bytes, bytes]) -> None:

@@ -887,12 +887,15 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     try:
                         ev = codec.next_event()
                         if ev is NEED_DATA and served:
-                            if connections.draining:
-                                timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
-                            reusable[conn] = None
-                            codec.receive_data(await conn.recv())
-                            del reusable[conn]
-                            ev = codec.next_event()
+                            # Idle until the next request, unless its head began in the last read: nginx starts
+                            # that request at once, under header_timeout (ngx_http_set_keepalive)
+                            if not codec.head_begun:
+                                if connections.draining:
+                                    timer.shorten(trio.current_time() + DRAIN_IDLE_GRACE_S)
+                                reusable[conn] = None
+                                codec.receive_data(await conn.recv())
+                                del reusable[conn]
+                                ev = codec.next_event()
                             if ev is NEED_DATA:
                                 head_at = clock()
                                 timer.set_until(head_at + settings.header_timeout, Phase.HEAD)
@@ -908,9 +911,13 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                             codec.receive_data(data)
                             ev = codec.next_event()
                     except ProtocolError as e:
-                        log.debug("bad request from %s: %s", conn.peer, e)
                         if not head_at:  # (it came whole: not counted yet)
                             connections.requests += 1
+                        if e.cut:  # nginx's "client prematurely closed connection": its 400 is the log's alone
+                            log.debug("client %s closed its connection mid-head: no answer (logged 400)", conn.peer)
+                            _log_unanswered(conn, codec, timer, settings, e.status, e.method, e.target, head_at)
+                            return False
+                        log.debug("bad request from %s: %s", conn.peer, e)
                         await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at, e.headers)
                         return e.status in _LINGER_REFUSED or conn.readable()
                     except (BrokenPipeError, ConnectionError):
@@ -936,6 +943,10 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                         await handler(exchange)
                     except ProtocolError as e:
                         if not exchange.response_started:
+                            if e.cut and e.status < 500:  # the client closed mid-body: nginx's 400 is the log's
+                                # alone, which the handler wrote
+                                log.debug("client %s closed its connection mid-body: no answer", conn.peer)
+                                return False
                             log.debug("bad request from %s: %s", conn.peer, e)
                             content_type = page_type(exchange.request.headers, settings.error_type)
                             await _answer_error(exchange, e.status, content_type, None)
@@ -1123,9 +1134,11 @@ async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: Se
 
 def _log_unanswered(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
                     method: bytes = b"", target: bytes = b"", head_at: float = 0.0) -> None:
-    """Log a request whose head did not come in time with `status` (408) and send nothing, as nginx: its
-    ngx_http_process_request_line/_headers close a timed-out head with ngx_http_close_request(r, 408), whose status
-    is the log's alone (ngx_http_free_request); Kong's error_page is never reached. The connection then closes."""
+    """Log a request whose head did not come in time (408) or was cut by the client's close (400) with `status` and
+    send nothing, as nginx: its ngx_http_process_request_line/_headers close a timed-out head with
+    ngx_http_close_request(r, 408), and a cut one sets c->error and finalizes 400, which then terminates it
+    (ngx_http_request.c:1594-1603, 2531-2541); the status is the log's alone (ngx_http_free_request), Kong's
+    error_page never reached. The connection then closes."""
     exchange = _refused(conn, codec, timer, settings, status, method, target, head_at)
     exchange.request_id = new_request_id()
     exchange.status = status
