@@ -166,6 +166,33 @@ async def test_a_tls_listener_reads_the_header_before_the_handshake(nursery, gat
     assert (seen["x-real-ip"], seen["x-forwarded-proto"]) == (SOURCE, "https")
 
 
+def v2_inet_of(size: int, source: str) -> bytes:
+    """A v2 header over TCP4 from `source` of `size` bytes, a NOOP TLV filling it."""
+    block = socket.inet_aton(source) + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 40000, 8000)
+    fill = size - 16 - len(block) - 3
+    return SIGNATURE + b"\x21\x11" + struct.pack("!H", size - 16) + block + b"\x04" + struct.pack("!H", fill) + (
+        bytes(fill))
+
+
+async def test_a_tls_listener_takes_a_header_larger_than_a_plain_listeners_first_read(nursery, gateway, tmp_path):
+    """ngx_http_ssl_handshake peeks NGX_PROXY_PROTOCOL_MAX_HEADER + 1 bytes (ngx_http_request.c:666, 694-729) where
+    a plain listener parses its 1k first read: a 2000-byte v2 header is taken before the handshake."""
+    pki = Pki()
+    cert, key = pki.files(tmp_path, "default", "pp.test")
+    pp, plain = free_port(), free_port()
+    listen = [f"127.0.0.1:{pp} ssl proxy_protocol", f"127.0.0.1:{plain} proxy_protocol"]
+    await _start(nursery, gateway, tmp_path, listen, ssl_cert=cert, ssl_cert_key=key)
+    with trio.fail_after(TIMEOUT):
+        raw = await trio.open_tcp_stream("127.0.0.1", pp)
+        await raw.send_all(v2_inet_of(2000, SOURCE))
+        tls = trio.SSLStream(raw, pki.client_context(), server_hostname="pp.test")
+        async with Client(tls, "pp.test") as client:  # type: ignore[arg-type]
+            seen = await _seen(client)
+        refused = (await raw_exchange(plain, v2_inet_of(2000, SOURCE) + REQUEST))[0]
+    assert seen["x-real-ip"] == SOURCE
+    assert refused == b""
+
+
 def _haproxy_config(port: int, gateway_port: int) -> str:
     return f"""global
   maxconn 100

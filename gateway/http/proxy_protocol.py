@@ -1,15 +1,18 @@
 """The PROXY protocol header a balancer in `mode tcp` (HAProxy's send-proxy / send-proxy-v2) puts before a client's
 bytes, read as nginx 1.27.1 reads it on a `listen ... proxy_protocol` (src/core/ngx_proxy_protocol.c).
 
-`parse(data)` is sans-I/O: the header at the start of `data`, None while more bytes could still complete it (every
-byte so far is then part of it), BrokenHeader when no continuation can (nginx logs "broken header" and closes). v1 is
-one text line, `PROXY TCP4|TCP6 <src> <dst> <sport> <dport>\r\n` or `PROXY UNKNOWN...\r\n`, at most 107 bytes; v2
-a 16-byte binary head (signature, version 2, command, family and transport, length) and that many bytes of
-addresses and TLVs, which are skipped. A header with no address to take (v1 UNKNOWN; v2 LOCAL, a transport other than
-STREAM, a family other than INET/INET6) is a header all the same: the connection goes on with its peer's address.
-nginx parses the header from its first read alone; here it may come in several reads (TCP may cut it anywhere),
-within the limits above. `read_header(conn)` reads one off a new connection without reading past it, so what follows (a
-TLS ClientHello, a request) is read as if the header had never been there.
+`parse(data, limit)` is sans-I/O: the header at the start of `data`, None while more bytes could still complete it
+(every byte so far is then part of it), BrokenHeader when no continuation can (nginx logs "broken header" and closes).
+v1 is one text line, `PROXY TCP4|TCP6 <src> <dst> <sport> <dport>\r\n` or `PROXY UNKNOWN...\r\n` (its addresses
+any run of hex digits, `:` and `.`); v2 a 16-byte binary head (signature, version 2, command, family and transport,
+length) and that many bytes of addresses and TLVs, which are skipped. A header with no address to take (v1 UNKNOWN;
+v2 LOCAL, a transport other than STREAM, a family other than INET/INET6) is a header all the same: the connection
+goes on with its peer's address. nginx parses the header from its first read alone, so that read's size is the
+limit of either version: `limit`, the client_header_buffer_size (1k) a plain listener reads into
+(ngx_http_wait_request_handler), or the 4097 bytes a TLS listener peeks before its handshake (ngx_http_ssl_handshake);
+here the header may come in several reads (TCP may cut it anywhere), within that limit. `read_header(conn)` reads one
+off a new connection without reading past it, so what follows (a TLS ClientHello, a request) is read as if the
+header had never been there.
 """
 
 from __future__ import annotations
@@ -20,13 +23,18 @@ import socket
 import struct
 from typing import NamedTuple
 
+from gateway.http.codec import FIRST_BUFFER_BYTES
 from gateway.http.net import Conn
 from gateway.http.realip import ntop
 
 log = logging.getLogger("gateway.proxy_protocol")
 
-V1_MAX = 107  # NGX_PROXY_PROTOCOL_V1_MAX_HEADER: the longest v1 line, its CRLF included
-MAX_HEADER = 4096  # NGX_PROXY_PROTOCOL_MAX_HEADER: the longest v2 header nginx reads (16 bytes and the rest)
+MAX_HEADER = 4096  # NGX_PROXY_PROTOCOL_MAX_HEADER
+# What nginx 1.27.1 parses the header from, all of it there or the connection closed (src/http/ngx_http_request.c):
+# a plain listener's first read into its client_header_buffer_size buffer (468-471), a TLS listener's peek into
+# `u_char buf[NGX_PROXY_PROTOCOL_MAX_HEADER + 1]` (666, 694-729).
+PLAIN_FIRST_READ = FIRST_BUFFER_BYTES
+TLS_FIRST_READ = MAX_HEADER + 1
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # v2's first 12 bytes
 _V2_HEAD = 16
 _V1_START = b"PROXY "
@@ -54,25 +62,26 @@ class BrokenHeader(ValueError):
     """Bytes that are no PROXY header: the connection is closed unanswered. The message is nginx's log line."""
 
 
-def parse(data: bytes | bytearray) -> Header | None:
-    """The PROXY header `data` starts with; None when it is a beginning of one (all of it header bytes: read more);
-    raises BrokenHeader when it is none and cannot become one."""
+def parse(data: bytes | bytearray, limit: int = PLAIN_FIRST_READ) -> Header | None:
+    """The PROXY header `data` starts with, whole within its first `limit` bytes (nginx's first read: PLAIN_FIRST_READ
+    or TLS_FIRST_READ); None when it is a beginning of one (all of it header bytes: read more); raises BrokenHeader
+    when it is none and cannot become one."""
     if (len(data) < len(SIGNATURE) and SIGNATURE.startswith(data)) or data[:len(SIGNATURE)] == SIGNATURE:
-        return _v2(data)
-    return _v1(data)
+        return _v2(data, limit)
+    return _v1(data, limit)
 
 
-def _v1(data: bytes | bytearray) -> Header | None:
+def _v1(data: bytes | bytearray, limit: int) -> Header | None:
     """ngx_proxy_protocol_read's text form, step for step; where nginx would find the end of its read, None."""
-    line = bytes(data[:V1_MAX])
+    line = bytes(data[:limit])
     header = _v1_line(line)
-    if header is None and len(line) == V1_MAX:
-        raise _broken(line, f"no CRLF within the {V1_MAX} bytes a v1 header may take")
+    if header is None and len(line) == limit:
+        raise _broken(line, f"no CRLF within {limit} bytes, nginx's first read")
     return header
 
 
 def _v1_line(line: bytes) -> Header | None:
-    """The header the first V1_MAX bytes hold, None if they hold a beginning of one."""
+    """The header the bytes of nginx's first read hold, None if they hold a beginning of one."""
     if not line.startswith(_V1_START):
         if _V1_START.startswith(line):
             return None
@@ -116,17 +125,17 @@ def _v1_line(line: bytes) -> Header | None:
     return Header(p + 1, fields[0].decode(), ports[0], fields[1].decode(), ports[1])
 
 
-def _v2(data: bytes | bytearray) -> Header | None:
+def _v2(data: bytes | bytearray, limit: int) -> Header | None:
     """ngx_proxy_protocol_v2_read: the addresses of a PROXY command over STREAM in INET or INET6; any other command,
-    transport or family is a header without an address."""
+    transport or family is a header without an address. Longer than `limit`, it is "header is too large"."""
     if len(data) < _V2_HEAD:
         return None
     version, command = data[12] >> 4, data[12] & 0x0F
     if version != 2:
         raise BrokenHeader(f"unknown PROXY protocol version: {version}")
     length = _V2_HEAD + int.from_bytes(data[14:16], "big")
-    if length > MAX_HEADER:
-        raise BrokenHeader(f"header is too large: a v2 header of {length} bytes (at most {MAX_HEADER})")
+    if length > limit:
+        raise BrokenHeader(f"header is too large: a v2 header of {length} bytes, over nginx's first read of {limit}")
     if len(data) < length:
         return None
     family, transport = data[13] >> 4, data[13] & 0x0F
@@ -151,15 +160,16 @@ def _broken(line: bytes, why: str = "") -> BrokenHeader:
     return BrokenHeader(f'broken header: "{shown}"' + (f" ({why})" if why else ""))
 
 
-async def read_header(conn: Conn) -> Header:
+async def read_header(conn: Conn, limit: int = PLAIN_FIRST_READ) -> Header:
     """Read the PROXY header off a new connection and nothing past it (peeked, then taken to its end): the TLS
-    handshake or the request that follows reads the rest. BrokenHeader for bytes that are none; EOFError when the
-    peer closes (or resets) before the header is whole. Bounded by the caller's deadline."""
+    handshake or the request that follows reads the rest. BrokenHeader for bytes that are none or a header longer
+    than `limit` (parse's); EOFError when the peer closes (or resets) before the header is whole. Bounded by the
+    caller's deadline."""
     sock = conn.sock
     taken = b""
     while True:
         try:
-            peeked = sock.recv(MAX_HEADER - len(taken), socket.MSG_PEEK)
+            peeked = sock.recv(limit - len(taken), socket.MSG_PEEK)
         except BlockingIOError:
             await conn.wait_readable()
             continue
@@ -167,17 +177,18 @@ async def read_header(conn: Conn) -> Header:
             raise EOFError(f"reset the connection before its PROXY protocol header was whole ({e})") from None
         if not peeked:
             raise EOFError("closed the connection before its PROXY protocol header was whole")
-        header = parse(taken + peeked)
+        header = parse(taken + peeked, limit)
         taken += sock.recv(len(peeked) if header is None else header.length - len(taken))  # (peeked: all there)
         if header is not None and len(taken) == header.length:
             return header
 
 
-async def header_or_none(conn: Conn, where: str) -> Header | None:
-    """read_header, or None when the connection is to close unanswered, as nginx closes it: the header is broken
-    (logged as an error, naming `where`, the listener) or the peer left before it was whole (logged as info)."""
+async def header_or_none(conn: Conn, where: str, tls: bool = False) -> Header | None:
+    """read_header within nginx's first read of a plain listener, or of a TLS one (`tls`), or None when the
+    connection is to close unanswered, as nginx closes it: the header is broken or too long (logged as an error,
+    naming `where`, the listener) or the peer left before it was whole (logged as info)."""
     try:
-        return await read_header(conn)
+        return await read_header(conn, TLS_FIRST_READ if tls else PLAIN_FIRST_READ)
     except BrokenHeader as e:
         log.error("%s: %s from %s: connection closed (is the balancer in front sending the PROXY protocol, e.g. "
                   "HAProxy's send-proxy-v2?)", where, e, conn.peer)

@@ -798,7 +798,7 @@ async def _open(conn: Conn, handler: Handler, settings: ServerSettings, tls: Ser
     """What comes before a connection's requests on a `proxy_protocol` or `tls` listener: its PROXY header, then the
     TLS handshake; the connection and handler its requests go to, or None when it is to close unanswered. Bounded
     by the caller's timer (header_timeout from the accept), a handshake by ssl_handshake_timeout_s too."""
-    if proxy_protocol and not await _proxy_header(conn, settings):
+    if proxy_protocol and not await _proxy_header(conn, settings, tls is not None):
         return None
     if tls is None:
         return conn, handler
@@ -816,16 +816,17 @@ async def _open(conn: Conn, handler: Handler, settings: ServerSettings, tls: Ser
     return tls_conn, handler
 
 
-async def _proxy_header(conn: Conn, settings: ServerSettings) -> bool:
+async def _proxy_header(conn: Conn, settings: ServerSettings, tls: bool) -> bool:
     """Read the PROXY protocol header a connection on a `proxy_protocol` listener starts with (within the caller's
-    header_timeout, from the accept: nginx's client_header_timeout) and keep the client it names (conn.proxied);
+    header_timeout, from the accept: nginx's client_header_timeout; within nginx's first read of a plain or a `tls`
+    listener) and keep the client it names (conn.proxied);
     False when the connection is to close unanswered, as nginx closes it: the header is broken or missing.
     Meanwhile the connection is reusable, as nginx's waiting for it is (ngx_http_wait_request_handler,
     ngx_http_ssl_handshake)."""
     reusable = settings.connections.reusable
     reusable[conn] = None
     try:
-        header = await header_or_none(conn, "a proxy_protocol listener")
+        header = await header_or_none(conn, "a proxy_protocol listener", tls)
         if header is None:
             return False
         conn.proxied = proxied_client(header.source, header.source_port)
