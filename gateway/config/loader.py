@@ -15,7 +15,6 @@ import socket
 import stat
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -35,7 +34,7 @@ from gateway.config.consumers import (
 from gateway.config.decode import convert_all, salvage, unset_nulls
 from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, key_part, name_variable, new_load, show
-from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare, url_host
+from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare
 from gateway.config.listen import listen_flags, listen_options, status_options
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
@@ -49,6 +48,7 @@ from gateway.config.schema import (
     Upstream,
     ssl_cert_values,
 )
+from gateway.config.service_url import read_service_url
 from gateway.config.tls import (
     CaCertificateEntity,
     CertificateEntity,
@@ -103,9 +103,10 @@ _REMOVED_GATEWAY_KEYS = {
 }
 _HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[^:\[\]]+))(?::(?P<port>\d{1,5}))?")  # fullmatch
 DEFAULT_TARGET_PORT = 8000  # Kong's default when a target names no port
-# What urlsplit silently drops from a url (a leading space or C0 control; a tab or line break anywhere) and
-# socket.url's parse, Kong's, keeps: in the scheme, host or path, Kong refuses the url
-_URL_DROPPED = re.compile(r"\A[\x00-\x20]|[\t\r\n]")
+# What urlsplit drops from a url (a leading space or C0 control; a tab or line break anywhere) and socket.url's
+# parse, Kong's, keeps: before the scheme, in the host or in the path, Kong refuses the url
+_URL_LEADING = tuple(chr(c) for c in range(0x21))
+_URL_BREAK = re.compile(r"[\t\r\n]")
 _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
 # Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
@@ -911,42 +912,53 @@ def _check_service(svc: Service, errors: list[str]) -> None:
 
 
 def _check_service_url(svc: Service, where: str, errors: list[str]) -> None:
-    """Kong's url shorthand (socket.url's parse): protocol, host, port and path from the url, each checked as when
-    given alone, replacing those given besides it; the url's userinfo, ;params, ?query and #fragment are dropped,
-    as Kong drops them. The scheme is the protocol as written (services.lua's shorthand): "HTTP" is refused."""
+    """Kong's url shorthand (socket.url's parse, read_service_url): protocol, host, port and path from the url, each
+    checked as when given alone, replacing those given besides it; the url's userinfo, ;params, ?query and #fragment
+    are dropped, as Kong drops them. The url is written back as read, for what reads it later with urlsplit."""
     url: str = svc.url  # type: ignore[assignment]
-    if _URL_DROPPED.search(url.partition("#")[0].partition("?")[0]):
+    kong = read_service_url(url)
+    if url.startswith(_URL_LEADING) or kong and _URL_BREAK.search((kong.host or "") + (kong.path or "")):
         errors.append(f"{where}.url: {show(url)} holds a tab or line break, or starts with a space or control "
                       "character: Kong reads the url as written and refuses it; remove them")
         return
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # (ValueError: a port that is no number or above 65535)
-    except ValueError as e:
-        errors.append(f'{where}.url: invalid URL {show(url)}: {e}')
-        return
-    if not parts.scheme or not parts.netloc:
+    if kong is None or not kong.absolute:
         errors.append(f'{where}.url: expected an absolute URL (e.g. "http://example.com:8080/path"), got {show(url)}')
         return
-    if (written := url[:len(parts.scheme)]) != parts.scheme:  # urlsplit lower-cases it; Kong takes it as written
-        errors.append(f'{where}.url: expected one of "http", "https", got {show(written)}')
+    if kong.protocol not in ("http", "https"):
+        errors.append(_service_url_protocol_problem(kong.protocol, where, url))
         return
-    if parts.scheme not in ("http", "https"):
-        why = f"; {GRPC_WHY}" if parts.scheme in ("grpc", "grpcs") else ""
-        errors.append(f'{where}.url: {parts.scheme}:// is not supported by the gateway (http:// and https:// '
-                      f'upstreams only{why}), got {show(url)}')
-        return
-    svc.protocol = parts.scheme  # type: ignore[assignment]  # http or https
+    svc.protocol = kong.protocol  # type: ignore[assignment]  # http or https
     svc.port = svc.path = None
-    if not (host := url_host(parts)):
+    failed = len(errors)
+    if kong.host is None:
         errors.append(f'{where}.url: no host in {show(url)}')
-    elif problem := kong_host_problem(host):
-        errors.append(f"{where}.url: invalid host in {show(url)}: {problem}")
-    path, params, _ = parts.path.partition(";")
-    if path and (problem := path_problem(path)):
+    elif problem := kong_host_problem(kong.host):
+        errors.append(f"{where}.url: invalid host in {show(url)}: {problem}{_url_host_hint(kong.host)}")
+    if problem := kong.port_problem():
+        errors.append(f"{where}.url: invalid port in {show(url)}: {problem}; give a port from 0 to 65535 after the "
+                      "host's colon, or no colon")
+    if kong.path and (problem := path_problem(kong.path)):
         errors.append(f"{where}.url: invalid path in {show(url)}: {problem}")
-    elif params:
-        svc.url = urlunsplit(parts._replace(path=path))
+    if len(errors) == failed:
+        svc.url = kong.url()
+
+
+def _service_url_protocol_problem(protocol: str, where: str, url: str) -> str:
+    """Why a url's scheme is refused: typedefs.protocol takes it as written (lower case), the gateway http(s)."""
+    if protocol != protocol.lower():
+        return f'{where}.url: expected one of "http", "https", got {show(protocol)}'
+    why = f"; {GRPC_WHY}" if protocol in ("grpc", "grpcs") else ""
+    return (f'{where}.url: {protocol}:// is not supported by the gateway (http:// and https:// upstreams only{why}), '
+            f'got {show(url)}')
+
+
+def _url_host_hint(host: str) -> str:
+    """What to write instead, where socket.url's parse reads a host other than urlsplit's (url.lua:143, 161)."""
+    if "@" in host:
+        return " (Kong's url ends the user info at its first @: write a @ within it as %40)"
+    if "?" in host:
+        return " (Kong's url reads the host up to the first /: write the / before the ?)"
+    return ""
 
 
 def _check_tags(tags: list[str], where: str, errors: list[str]) -> None:
@@ -957,9 +969,11 @@ def _check_tags(tags: list[str], where: str, errors: list[str]) -> None:
 
 def _check_service_tls(svc: Service, certificates: dict[str, Any], ca_certificates: set[str],
                        errors: list[str]) -> None:
-    """Kong's rules: the TLS fields need protocol https; what they name must exist."""
+    """Kong's rules: the TLS fields need protocol https (a url's as Kong's shorthand reads it: `//h:443` is https);
+    what they name must exist."""
     where = path_of(svc)
-    https = svc.protocol == "https" or (svc.url or "").lower().startswith("https://")
+    kong = read_service_url(svc.url) if svc.url is not None else None
+    https = (svc.protocol if kong is None else kong.protocol).lower() == "https"  # ("HTTPS": the url's own error)
     for field in ("tls_verify", "tls_verify_depth", "ca_certificates", "client_certificate"):
         if getattr(svc, field) is not None and not https:
             errors.append(f"{where}.{field}: only for protocol https (the service's protocol is http)")
