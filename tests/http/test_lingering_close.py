@@ -27,8 +27,8 @@ async def limited(nursery, gateway):  # noqa: ANN201
 
 
 async def test_a_413_before_the_body_reaches_a_client_still_uploading(limited):
-    received, reset = await upload(limited, b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % BODY,
-                                   BODY)
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % BODY
+    received, reset = await upload(limited, head, BODY)
     assert not reset
     status, headers, body = parse_raw_response(received)
     assert status == 413 and b"Request size limit exceeded" in body

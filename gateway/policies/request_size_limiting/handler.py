@@ -3,7 +3,8 @@ asked `Expect: 100-continue`) for a Content-Length over the limit; without one, 
 or until it passes the limit (Kong's get_raw_body, or its temporary file's size), so no later plugin runs for a body
 it refuses, whatever the route's request_buffering. The body read is kept for the proxying
 (gateway.pipeline.request_buffer.read_within). Like Kong's kong.request.get_headers(), only the first MAX_REQ_HEADERS
-(100) header lines are read."""
+(100) header lines are read. Its answers are kong.response.error's: the body not read is read and dropped after
+them (the connection loop's, as Kong's exit discards it: ngx_http_discard_request_body) and the connection kept."""
 
 from __future__ import annotations
 
@@ -42,11 +43,9 @@ class RequestSizeLimiting:
             # Kong exempts `headers["Transfer-Encoding"] == "chunked"`, compared as written (the codec trimmed the
             # value as nginx does): nginx reads "Chunked" as chunked too, but Kong answers it 411
             if self.require_content_length and coding != b"chunked":
-                exchange.close_after = not exchange.request_done
                 await exchange.respond_error(411, "A valid Content-Length header is required")
                 return True
             if await read_within(exchange, self.limit):  # Kong sizes a request without a body at 0 (get_raw_body's "")
                 return False
-        exchange.close_after = not exchange.request_done
         await exchange.respond_error(417 if expect else 413, SIZE_LIMITED)  # Kong's, 417 with Expect
         return True
