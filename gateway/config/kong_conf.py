@@ -301,7 +301,7 @@ KONG_CONF: dict[str, str] = {
 ALIASES: dict[str, str] = {
     "opentelemetry_tracing": "tracing_instrumentations",  # Kong's deprecated name of it (conf_loader's alias)
     "opentelemetry_tracing_sampling_rate": "tracing_sampling_rate",  # likewise
-    "upstream_keepalive_pool_size": "upstream_keepalive",  # idle connections kept in all; 0: none
+    "upstream_keepalive_pool_size": "upstream_keepalive",  # idle connections kept per pool; 0: none
     "upstream_keepalive_idle_timeout": "upstream_idle_timeout_s",  # seconds; 0: kept however long idle
     "nginx_http_keepalive_requests": "keepalive_requests",  # nginx's keepalive_requests
     "nginx_http_charset": "charset",  # nginx's charset (Kong's UTF-8; off: none)

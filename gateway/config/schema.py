@@ -97,7 +97,7 @@ class GatewaySettings(Base):
     # nginx's worker_rlimit_nofile: each worker's RLIMIT_NOFILE (soft and hard) at start; above the hard limit it
     # needs root (CAP_SYS_RESOURCE) and at most fs.nr_open. Not set: the soft limit is raised to the hard one
     worker_rlimit_nofile: Annotated[int, msgspec.Meta(ge=1024, le=1 << 30)] | None = None
-    upstream_keepalive: NonNegInt = 512  # idle pooled connections a worker keeps in all, LRU (Kong's pool size)
+    upstream_keepalive: NonNegInt = 512  # idle pooled connections a worker keeps per pool, LRU (Kong's pool size)
     # kong.conf's DNS client (gateway.dns): the nameservers ("ip[:port]"; none: /etc/resolv.conf's), the hosts file
     # read before them, the record types asked for in turn (LAST: the one that last answered the name), how long an
     # answer is kept (dns_valid_ttl: in place of every record's TTL), used stale while it is asked again, and how long

@@ -156,20 +156,22 @@ class UpstreamConn:
 
 class Pool:
     """Idle upstream connections keyed by address and port (and what else keeps them apart: TLS settings, the name
-    they are an address of, the SNI), most recently used first."""
+    they are an address of, the SNI), each key's bounded on its own, most recently used first; one LRU over all keys
+    for the idle timeout's sweep and for freeing a descriptor (nginx's ngx_drain_connections is the worker's)."""
 
     def __init__(self, codec_cls: Callable[..., ClientCodec], max_idle: int = 64, idle_timeout: float = 60.0,
                  max_requests: int = 0, max_open: int | None = None,
                  proxy_buffer_size: int = PROXY_BUFFER_SIZE) -> None:
-        """`max_idle` idle connections kept in all, whatever their keys (nginx's `keepalive` and OpenResty's
-        `balancer_keepalive`, which Kong's upstream_keepalive_pool_size sets: one cache per worker, looked up by
-        address, port and SNI), the least recently used closed to make room for one put back; one idle past
-        `idle_timeout` seconds is closed (0: never); one that carried `max_requests` requests is closed instead of
-        kept (0: no limit): kong.conf's upstream_keepalive_pool_size, _idle_timeout and _max_requests. With
-        `max_open` connections open (idle and busy, of all keys; not given: `upstream_budget()` as the descriptor
-        limit is when the pool is made), a new one first closes the least recently used idle one, so idle
-        connections never take the descriptor an accepted client's upstream connection needs. Each connection's
-        codec bounds a response head by `proxy_buffer_size` (nginx's, kong.conf's nginx_proxy_proxy_buffer_size)."""
+        """`max_idle` idle connections kept per key, the key's least recently used closed to make room for one put
+        back (Kong's upstream_keepalive_pool_size: kong/init.lua:1383-1397 names a pool per ip|port[|sni[|cert id]]
+        of that many slots each, ngx_lua-0.10.26_01-dyn_upstream_keepalive.patch's free_peer evicting that pool's
+        least recently used); one idle past `idle_timeout` seconds is closed (0: never); one that carried
+        `max_requests` requests is closed instead of kept (0: no limit): kong.conf's upstream_keepalive_pool_size,
+        _idle_timeout and _max_requests. With `max_open` connections open (idle and busy, of all keys; not given:
+        `upstream_budget()` as the descriptor limit is when the pool is made), a new one first closes the least
+        recently used idle one of any key, so idle connections never take the descriptor an accepted client's
+        upstream connection needs. Each connection's codec bounds a response head by `proxy_buffer_size` (nginx's,
+        kong.conf's nginx_proxy_proxy_buffer_size)."""
         self._codec_cls = codec_cls
         self._proxy_buffer_size = proxy_buffer_size
         self._max_open = max_open or upstream_budget()
@@ -204,27 +206,34 @@ class Pool:
         return None
 
     def put(self, uc: UpstreamConn, now: float) -> None:
-        """Return a connection whose exchange completed cleanly, closing the least recently used idle one if the
-        pool is full (ngx_http_lua_balancer_free_peer); closed instead if keep-alive is off (or the worker drains:
-        `stop_keeping`), the connection carried its last request, or the watch saw it stirred and it has input
-        (the upstream's FIN, a late byte)."""
+        """Return a connection whose exchange completed cleanly, closing its key's least recently used idle one if
+        that key has `max_idle` idle (ngx_http_lua_balancer_free_peer); closed instead if keep-alive is off (or the
+        worker drains: `stop_keeping`), the connection carried its last request, or the watch saw it stirred and it
+        has input (the upstream's FIN, a late byte)."""
         uc.served += 1
         if not self._max_idle or uc.served == self._max_requests or (uc.stirred and self._stirred(uc)):
             uc.close()
             return
-        lru = self._lru
-        if len(lru) >= self._max_idle:
-            self._drain_one()
         uc.codec.start_next_cycle()
         uc.idle_since = now
         uc.idle = True
-        lru[uc] = None
+        self._lru[uc] = None
         if (idle := self._idle.get(uc.key)) is None:
             self._idle[uc.key] = [uc]
         else:
+            if len(idle) >= self._max_idle:
+                self._evict_oldest(idle)
             idle.append(uc)
         if self._first_idle is not None:
             self._first_idle.set()
+
+    def _evict_oldest(self, idle: list[UpstreamConn]) -> None:
+        """Close the least recently used of one key's idle connections, which stays in the table (one is being put
+        back to it)."""
+        oldest = idle.pop(0)
+        oldest.idle = False
+        del self._lru[oldest]
+        oldest.close()
 
     @staticmethod
     def _stirred(uc: UpstreamConn) -> bool:

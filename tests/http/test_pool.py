@@ -139,9 +139,11 @@ async def test_a_full_pool_closes_its_least_recently_used_connection_to_keep_the
     assert pool.take(key, 3.0) is third
 
 
-async def test_the_pool_size_bounds_idle_connections_of_all_targets_together(nursery):
-    """OpenResty's balancer_keepalive (as nginx's keepalive) is one cache per worker, looked up by address, port
-    and SNI: connections to another target take the room of the least recently used, whatever its target."""
+async def test_the_pool_size_bounds_each_keys_idle_connections_not_all_targets_together(nursery):
+    """Kong 3.9.3 names a pool per ip|port (|sni[|client cert id] for https) of upstream_keepalive_pool_size slots
+    each (kong/init.lua:1383-1397, `pool = ip .. "|" .. port`, `pool_size = upstream_keepalive_pool_size`; its
+    ngx_lua-0.10.26_01-dyn_upstream_keepalive.patch: ngx_http_lua_balancer_create_keepalive_pool allocates
+    cpool_size items per pool name): a connection to another target takes none of a full key's room."""
     port = await _listener(nursery, "127.0.0.1")
     other = await _listener(nursery, "127.0.0.2")
     pool = Pool(LlhttpClient, max_idle=2)
@@ -150,10 +152,9 @@ async def test_the_pool_size_bounds_idle_connections_of_all_targets_together(nur
     pool.put(newer, 1.0)
     elsewhere = await pool.connect(("127.0.0.2", other), 5)
     pool.put(elsewhere, 2.0)
-    assert old.conn.closed and not newer.conn.closed
-    assert pool.idle_count() == 2
-    assert pool.idle_count(("127.0.0.2", other)) == 1
-    assert pool.take(("127.0.0.1", port), 3.0) is newer
+    assert not old.conn.closed and not newer.conn.closed and not elsewhere.conn.closed
+    assert pool.idle_count() == 3
+    assert pool.idle_count(("127.0.0.1", port)) == 2 and pool.idle_count(("127.0.0.2", other)) == 1
 
 
 async def test_an_idle_connection_is_closed_when_its_idle_timeout_is_due(nursery):
