@@ -82,6 +82,26 @@ def parse(url: str) -> UrlParts | None:
     return UrlParts(scheme, authority, host, port, path)
 
 
+def userinfo(parts: UrlParts) -> str | None:
+    """socket.url's userinfo (url.lua:161): the authority up to its first "@", as written; None without an "@"."""
+    return parts.authority.partition("@")[0] if parts.authority is not None and "@" in parts.authority else None
+
+
+def url_problem(url: str) -> str | None:
+    """Kong's typedefs.url check (kong/db/schema/typedefs.lua:205-221): socket.url's parse must give a host, then a
+    scheme. Kong's words and what to write, or None where Kong takes the url."""
+    parts = parse(url)
+    if parts is None:
+        return "could not parse url. invalid url"
+    if parts.host is None:
+        return ("missing host in url (Kong's url takes the host after the scheme's //, up to the first /, less a "
+                "user info ending in @ and a :port; write scheme://host/path, nothing before the scheme)")
+    if parts.scheme is None:
+        return ("missing scheme in url (Kong's url takes one only at the very start: a letter or digit, then "
+                "letters, digits, +, - and ., then a colon, as in http://)")
+    return None
+
+
 def lua_tonumber(text: str) -> float | None:
     """LuaJIT's tonumber of a string (lj_strscan.c): decimal, 0x hex or 0b binary, with a sign and spaces around;
     None for what it refuses (inf and nan are numbers to it, but no port: None serves the same)."""

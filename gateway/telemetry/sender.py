@@ -15,8 +15,9 @@ or open their own, and at most POOL_SIZE stay idle afterwards.
 from __future__ import annotations
 
 import base64
+import re
 import ssl
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -32,6 +33,11 @@ from gateway.lua_socket import socket_timeout
 MAX_RESPONSE_BYTES = 1 << 20
 POOL_SIZE = 30  # idle connections a sender keeps: ngx_lua's lua_socket_pool_size, which Kong's senders' pools have
 C = TypeVar("C")
+# lua-resty-http 0.17.2's parse_uri pattern (lib/resty/http.lua:258-262): PCRE without flags, so "." takes no line
+# feed and "\d" only ASCII digits; case-sensitive (HTTP:// is no scheme to it)
+_RESTY_URI = re.compile(r"(?:(https?):)?//([^\[\]:/?]+|\[.+\])(?::([0-9]+))?([^?]*)\??(.*)")
+_BAD_URI = ("lua-resty-http, which Kong sends with, refuses it (\"bad uri\"), so every send would fail: it takes "
+            "http:// or https:// in lower case, then a host name, or an IPv6 address in brackets")
 
 
 class SendError(Exception):
@@ -73,8 +79,68 @@ class Endpoint:
         default = 443 if parts.scheme == "https" else 80
         self.host_header = (shown if self.port == default else f"{shown}:{self.port}").encode()
 
+    @classmethod
+    def of(cls, url: str, uri: RestyUri, authorization: bytes | None = None) -> Endpoint:
+        """The collector lua-resty-http's request_uri reaches for `uri` (Kong's reading of `url`): its host as the
+        Host header (with the port unless the scheme's default, http.lua:717-733), without brackets to connect."""
+        endpoint = cls.__new__(cls)
+        endpoint.url, endpoint.scheme, endpoint.port, endpoint.target = url, uri.scheme, uri.port, uri.target
+        endpoint.host = uri.host[1:-1] if uri.host.startswith("[") else uri.host
+        endpoint.authorization = authorization
+        default = 443 if uri.scheme == "https" else 80
+        endpoint.host_header = (uri.host if uri.port == default else f"{uri.host}:{uri.port}").encode()
+        return endpoint
+
     def __str__(self) -> str:
-        return f"{self.scheme}://{self.host}:{self.port}{self.target.split('?', 1)[0]}"
+        path = self.target.split("?", 1)[0]
+        # (a path with an "@" may be a user info that lua-resty-http took for the path: not shown)
+        return f"{self.scheme}://{self.host}:{self.port}{'' if '@' in path else path}"
+
+
+class RestyUri(NamedTuple):
+    """What lua-resty-http's request_uri connects to and requests."""
+
+    scheme: str  # "http" or "https"
+    host: str  # as written: an IPv6 address keeps its brackets
+    port: int
+    target: str  # the path ("/" for none), then "?" and the query when it has one
+
+
+def resty_parse_uri(uri: str) -> RestyUri | None:
+    """lua-resty-http 0.17.2's parse_uri(uri, false) (http.lua:255-307), as request_uri calls it (:914), and the
+    request target _format_request makes of its path and query (:314-329); None for its "bad uri" (or a url without
+    a scheme, which needs a request's, :273-286)."""
+    m = _RESTY_URI.match(uri)
+    if m is None or m[1] is None:
+        return None
+    scheme, host, port, path, query = m.groups()
+    if query and not query.startswith("?"):
+        query = "?" + query
+    digits = (port.lstrip("0") or "0") if port else None
+    # (tonumber of the digits; past 6 of them, 65536 serves: past ngx_lua's ports as well)
+    number = (443 if scheme == "https" else 80) if digits is None else int(digits) if len(digits) <= 6 else 65536
+    return RestyUri(scheme, host, number, (path or "/") + query)
+
+
+def request_uri_endpoint(url: str) -> Endpoint:
+    """`url` as Kong's opentelemetry and zipkin senders reach it: lua-resty-http's request_uri reads it itself, not
+    socket.url (a user info is nothing to it: `http://u:p@h/x` is host u and path :p@h/x). ValueError where every
+    send would fail before it connects."""
+    if not url.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL, in lower case: lua-resty-http, which Kong sends with, "
+                         "takes no other (\"bad uri\"), so every send would fail")
+    uri = resty_parse_uri(url)
+    if uri is None:
+        raise ValueError(_BAD_URI)
+    check_port(uri.port)
+    return Endpoint.of(url, uri)
+
+
+def check_port(port: int) -> None:
+    """ngx_lua's connect takes a port from 0 to 65535 (ngx_http_lua_socket_tcp.c: "bad port number" otherwise)."""
+    if not 0 <= port <= 65535:
+        raise ValueError("invalid port: Kong's sender reads a number past 65535, which ngx_lua's connect refuses "
+                         "(\"bad port number\"), so every send would fail; give a port from 0 to 65535")
 
 
 def _unparsable(error: ValueError) -> str:

@@ -86,9 +86,9 @@ def test_a_message_about_a_referenced_field_shows_the_reference_not_the_secret(m
 
 @pytest.mark.parametrize(("plugin", "field", "url"), [
     ("http-log", "http_endpoint", f"https://logger:{SECRET}@logs.example.com:99999/in"),
-    ("opentelemetry", "traces_endpoint", f"https://otel:{SECRET}@otel.example.com:99999/v1/traces"),
-    ("http-log", "http_endpoint", f"https://logger:{SECRET}@[{SECRET}]/in"),
-    ("http-log", "http_endpoint", f"https://logger:Pa\uff03{SECRET}@logs.example.com/in"),
+    ("opentelemetry", "traces_endpoint", f"https://otel.example.com:99999/v1/traces?token={SECRET}"),
+    ("http-log", "http_endpoint", f"https://logger:{SECRET}@[::{SECRET}]/in"),
+    ("http-log", "http_endpoint", f"https://logger:Pa\uff03{SECRET}@logs.example.com:/in"),
 ])
 def test_a_message_about_a_referenced_endpoint_quotes_no_part_of_its_url(monkeypatch, tmp_path, plugin, field, url):
     """kong/db/schema/init.lua:995-997 (Kong checks the reference only). A collector URL's checks (its port, an IP

@@ -3,11 +3,9 @@ retried, never waited for by a request). A batch of one is the entry itself; a l
 
 from __future__ import annotations
 
-import base64
 from typing import Any
-from urllib.parse import urlsplit
 
-from gateway.policies.http_log.schema import HttpLogConfig
+from gateway.policies.http_log.schema import HttpLogConfig, http_log_endpoint
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues, public_url
 from gateway.telemetry.entry import Entry
 from gateway.telemetry.sender import Endpoint, HttpSender
@@ -46,11 +44,5 @@ class HttpLog:
 def kong_endpoint(url: str) -> Endpoint:
     """The collector as Kong's http-log reaches it (handler.lua, with socket.url's parse): it requests the path of
     `url` only, without its ;params and ?query ("/" when there is none), and sends the userinfo, as written (not
-    percent-decoded, no ":" added), as Basic credentials."""
-    endpoint = Endpoint(url)
-    parts = urlsplit(url)
-    endpoint.target = parts.path.split(";", 1)[0] or "/"
-    userinfo, at, _ = parts.netloc.rpartition("@")
-    if at:
-        endpoint.authorization = b"Basic " + base64.b64encode(userinfo.encode())
-    return endpoint
+    percent-decoded, no ":" added), as Basic credentials (see http_log_endpoint)."""
+    return http_log_endpoint(url)

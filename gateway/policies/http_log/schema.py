@@ -1,14 +1,17 @@
 """Kong's http-log plugin config (kong/plugins/http-log/schema.lua), with Kong's queue (typedefs.queue)."""
 
+import base64
 import logging
+import math
 from typing import Annotated, Literal
 
 import msgspec
 
 from gateway.config.errors import inline
+from gateway.config.service_url import lua_tonumber, parse, url_problem, userinfo
 from gateway.config.typedefs import header_name_problem
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
-from gateway.telemetry.sender import Endpoint
+from gateway.telemetry.sender import Endpoint, check_port, resty_parse_uri
 
 log = logging.getLogger("gateway.policies.http_log")
 
@@ -33,7 +36,7 @@ class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         try:
-            endpoint = Endpoint(self.http_endpoint)
+            endpoint = http_log_endpoint(self.http_endpoint)
         except ValueError as e:
             raise ValueError(f"http_endpoint: {e}") from None
         warn_retry_count("http-log", self.retry_count)
@@ -41,10 +44,39 @@ class HttpLogConfig(msgspec.Struct, forbid_unknown_fields=True):
             raise ValueError("custom_fields_by_lua: the gateway runs no Lua; remove it")
         for name, value in (self.headers or {}).items():
             check_header(name, value)
-            if name.lower() == "authorization" and endpoint.authorization is not None:
+            if name.lower() == "authorization" and endpoint.authorization is not None:  # schema.lua:63-74
                 raise ValueError("specifying both an 'Authorization' header and user info in 'http_endpoint' is not "
                                  "allowed")
         apply_legacy_queue(self.queue, self.queue_size, self.flush_timeout)
+
+
+def http_log_endpoint(url: str) -> Endpoint:
+    """The collector as Kong's http-log reaches it: typedefs.url's check, socket.url's parts with the scheme's port
+    and "/" for none (handler.lua:60-80), written again as scheme://host:%d/path (:110, 127) for lua-resty-http's
+    request_uri, which reads that (gateway.telemetry.sender.resty_parse_uri); the user info, as written, is Basic
+    credentials (:119). ValueError where Kong refuses the url, or loads it but fails every send before connecting."""
+    if problem := url_problem(url):
+        raise ValueError(problem)
+    parts = parse(url)
+    assert parts is not None and parts.scheme is not None and parts.host is not None  # (url_problem saw to it)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL, in lower case: Kong's http-log gives no other scheme "
+                         "a port (handler.lua:68-75) and lua-resty-http takes no other, so every send would fail")
+    port = (80 if parts.scheme == "http" else 443) if parts.port is None else lua_tonumber(parts.port)
+    if port is None or not math.isfinite(port) or abs(port) >= 2 ** 63:
+        raise ValueError("invalid port: Kong's http-log writes tonumber of it with %d (handler.lua:110, 127), which "
+                         "fails on every send when it is no number; give a port from 0 to 65535 after the host's "
+                         "colon, or no colon")
+    # %d: LuaJIT's (int64_t) cast, which truncates (lj_strfmt.c, lj_strfmt_putfnum_int)
+    uri = resty_parse_uri(f"{parts.scheme}://{parts.host}:{int(port)}{parts.path or '/'}")
+    if uri is None:
+        raise ValueError("lua-resty-http refuses the url Kong's http-log writes from it (\"bad uri\"; it writes "
+                         "scheme://host:port/path, an IPv6 address without brackets, handler.lua:127), so every send "
+                         "would fail; use a host name")
+    check_port(uri.port)
+    credentials = userinfo(parts)
+    authorization = None if credentials is None else b"Basic " + base64.b64encode(credentials.encode())
+    return Endpoint.of(url, uri, authorization)
 
 
 def check_header(name: str, value: str) -> None:

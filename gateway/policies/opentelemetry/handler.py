@@ -50,7 +50,7 @@ from gateway.telemetry.propagation import (
     plugin_params,
     scan,
 )
-from gateway.telemetry.sender import Endpoint, HttpSender
+from gateway.telemetry.sender import HttpSender, request_uri_endpoint
 from gateway.telemetry.tracing import (
     CLIENT,
     ERROR,
@@ -145,7 +145,7 @@ class OpenTelemetry:
         content_type = (config.headers or {}).get("Content-Type")
         self.content_type = content_type.encode() if content_type is not None else otlp.CONTENT_TYPE
         # Kong's utils.lua http_export_request: lua-resty-http's request_uri, which verifies an https collector
-        self.sender = HttpSender(Endpoint(config.traces_endpoint or ""), headers,
+        self.sender = HttpSender(request_uri_endpoint(config.traces_endpoint or ""), headers,
                                  connect_timeout=config.connect_timeout / 1000,
                                  send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
                                  verify=True, configured_host=True, only_200=True)

@@ -7,10 +7,11 @@ from typing import Annotated, Literal
 import msgspec
 
 from gateway.config.errors import inline
+from gateway.config.service_url import url_problem
 from gateway.config.typedefs import header_name_problem
 from gateway.telemetry.batch import QueueConfig, apply_legacy_queue
 from gateway.telemetry.propagation import KONG_FORMATS
-from gateway.telemetry.sender import Endpoint
+from gateway.telemetry.sender import request_uri_endpoint
 
 _TEMPLATE = re.compile(r"\$\(.*\)", re.DOTALL)  # what Kong's param_value (opentelemetry/utils.lua) renders as Lua
 Format = str  # checked in __post_init__, so the message can say which formats exist
@@ -54,6 +55,17 @@ class Propagation(msgspec.Struct, forbid_unknown_fields=True):
         _check_format("default_format", self.default_format)
 
 
+def check_collector_url(field: str, url: str) -> None:
+    """A collector's url as Kong takes it: typedefs.url's check (socket.url finds a host and a scheme), then
+    lua-resty-http's own reading, which its senders' request_uri sends with (ValueError naming `field`)."""
+    try:
+        if problem := url_problem(url):
+            raise ValueError(problem)
+        request_uri_endpoint(url)
+    except ValueError as e:
+        raise ValueError(f"{field}: {e}") from None
+
+
 # The plain string fields (no one_of), which Kong's schema refuses empty
 _TEXT_FIELDS = ("traces_endpoint", "endpoint", "logs_endpoint", "http_response_header_for_traceid")
 
@@ -89,10 +101,7 @@ class OpenTelemetryConfig(msgspec.Struct, forbid_unknown_fields=True):
         if self.traces_endpoint is None:
             raise ValueError("traces_endpoint: required (at least one of traces_endpoint and logs_endpoint, and the "
                              "gateway exports traces only)")
-        try:
-            Endpoint(self.traces_endpoint)
-        except ValueError as e:
-            raise ValueError(f"traces_endpoint: {e}") from None
+        check_collector_url("endpoint" if self.endpoint is not None else "traces_endpoint", self.traces_endpoint)
         for name, value in (self.headers or {}).items():
             if not name:
                 raise ValueError("headers: length must be at least 1")

@@ -103,7 +103,8 @@ class Redirect:
         self.status = config.status_code
         self.location = config.location.encode()
         self.keep = config.keep_incoming_path
-        self.origin, self.fragment, self.special = _origin(config.location)
+        # (only keep_incoming_path reads the location, which the schema then made sure urlsplit can)
+        self.origin, self.fragment, self.special = _origin(config.location) if self.keep else (b"", b"", False)
 
     async def access(self, ex: Exchange) -> bool:
         location = self.location

@@ -44,7 +44,7 @@ from gateway.telemetry.propagation import (
     inject,
     scan,
 )
-from gateway.telemetry.sender import Endpoint, HttpSender
+from gateway.telemetry.sender import HttpSender, request_uri_endpoint
 from gateway.telemetry.tracing import SpanReport, balancer_hostname, new_span_id, new_trace_id, text_of
 
 log = logging.getLogger("gateway.telemetry")
@@ -120,7 +120,8 @@ class Zipkin:
         self.queue: BatchQueue | None = None
         if config.http_endpoint is not None:  # null: Kong's reporter sends nothing, so nothing is built
             # Kong's reporter.lua: lua-resty-http's request_uri without ssl_verify, so an https collector is verified
-            self.sender = HttpSender(Endpoint(config.http_endpoint), connect_timeout=config.connect_timeout / 1000,
+            self.sender = HttpSender(request_uri_endpoint(config.http_endpoint),
+                                     connect_timeout=config.connect_timeout / 1000,
                                      send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
                                      verify=True)
             # Kong names the queue after the plugin instance; ours also after where it sends (its label without the

@@ -8,9 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from gateway.config.errors import inline
-from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs, refuse_empty
+from gateway.policies.opentelemetry.schema import Propagation, TimeoutMs, check_collector_url, refuse_empty
 from gateway.telemetry.batch import QueueConfig
-from gateway.telemetry.sender import Endpoint
 
 # Tags the plugin sets itself: a static tag may not take their names (Kong's PROTECTED_TAGS)
 PROTECTED_TAGS = ("error", "http.method", "http.path", "http.status_code", "kong.balancer.state", "kong.balancer.try",
@@ -57,10 +56,7 @@ class ZipkinConfig(msgspec.Struct, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         refuse_empty(self, _TEXT_FIELDS)
         if self.http_endpoint is not None:
-            try:
-                Endpoint(self.http_endpoint)
-            except ValueError as e:
-                raise ValueError(f"http_endpoint: {e}") from None
+            check_collector_url("http_endpoint", self.http_endpoint)
         seen: set[str] = set()
         for tag in self.static_tags or ():
             if tag.name in seen:
