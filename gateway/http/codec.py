@@ -132,6 +132,9 @@ class ProtocolError(Exception):
         # Kong's error handler picks the page's format from); None: none (a request line refused, say) ...
         self.headers: Headers | None = None
         self.fields = -1  # ... and of one too large (494): how many header lines came before the one refused
+        # ... and its bytes as sent from its request line on, as far as they came, and whether a check of the whole
+        # head refused it (None: the codec did not keep them): what nginx's $request_length counts of it
+        self.refused_head: tuple[bytes, bool] | None = None
 
 
 class ServerCodec(Protocol):
@@ -393,7 +396,7 @@ def mend_field(name: bytes, value: bytes) -> tuple[bytes, bytes] | None:
     if _VALUE_CONTROL.search(value) is not None and name.lower() not in _FRAMING_NAMES:
         mended = _VALUE_CONTROL.sub(b" ", value)
     elif len(value) > 20 and name.lower() == b"content-length":
-        digits = value.removesuffix(b"\r").strip(b" \t")  # (a request's line as split: its CR kept)
+        digits = value.removesuffix(b"\r").strip(b" ")  # (a request's line as split: its CR kept; a tab nginx keeps)
         if len(digits) > 20 and digits.isdigit() and len(digits.lstrip(b"0")) <= 20:
             mended = b" " + (digits.lstrip(b"0") or b"0") + value[len(value.rstrip(b"\r")):]
     return None if stand_in is name and mended is value else (stand_in, mended)

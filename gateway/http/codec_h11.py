@@ -59,19 +59,18 @@ from gateway.http.codec import (
 )
 from gateway.http.codec_llhttp import (
     REASONS,
-    UNKNOWN_CODING,
     _check_codings,
     _check_tabbed_length,
     _close_delimited,
     _invalid_length,
     _wants_keep_alive,
     mend_response_head,
+    note_head,
+    restore_framing_tabs,
 )
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _TARGET_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-# a Transfer-Encoding line whose value a tab ends (then spaces at most): not `chunked` to nginx, nor to llhttp
-_CODING_TAB = re.compile(rb"(?im)^transfer-encoding:[^\r\n]*\t *\r$")
 
 
 # What no head the codec writes holds: in a name, a byte that ends one for nginx, `:` or nothing at all; in a value,
@@ -339,12 +338,14 @@ class H11Server(_H11Codec):
                 except ProtocolError:
                     check_target(target)
                     raise
+            if probe.find(b"\t", 0, size) >= 0:  # (a tab _split_head dropped around a framing value: nginx keeps it)
+                restore_framing_tabs(bytes(probe[:size]), headers)
             checked = check_request_head(method, target, headers, version)
-            if _CODING_TAB.search(probe, 0, size) is not None:  # (one Transfer-Encoding, `chunked` once stripped)
-                raise ProtocolError(UNKNOWN_CODING, 501)  # as the llhttp codec answers it (LlhttpServer._parser_error)
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
             read_before(e, probe)
+            # (headers: bound once lines were read, as they are for every error but those of the request line)
+            note_head(e, probe, e.headers is not None and e.headers is headers)
             raise
         return size, checked, headers, version
 
@@ -376,6 +377,7 @@ class H11Server(_H11Codec):
             if head is not None:
                 error.method, error.target = _request_line_of(head)
                 read_before(error, head)
+                note_head(error, head)
             raise error from None
         if type(ev) is h11.Data:
             return self._body(bytes(ev.data))
@@ -511,14 +513,19 @@ class H11Server(_H11Codec):
 
 
 _METHOD = re.compile(rb"[A-Z_-]{1,20}")  # a method (nginx's characters) as far as _request_line_of looks
+# The methods ngx_http_parse_request_line knows by name: what a request line cut before the space after its method
+# has as one (as llhttp reads a whole token: `HEAD`; `GE` is none, nginx's r->method being set at the space)
+_WHOLE_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH", b"TRACE", b"CONNECT",
+                            b"COPY", b"MOVE", b"LOCK", b"UNLOCK", b"MKCOL", b"PROPFIND", b"PROPPATCH"})
 
 
 def _request_line_of(raw: bytearray) -> tuple[bytes, bytes]:
     """(method, target) of a head refused, as far as its request line says them (b"" when it does not): what the
-    answer (none has a body to a HEAD) and the log need."""
+    answer (none has a body to a HEAD) and the log need. A method not yet followed by its space is one only when it
+    is whole (_WHOLE_METHODS): a head cut at `GE` has none, as nginx's r->method (Kong's log: ngx.req.get_method())."""
     end = raw.find(b"\r\n")
-    method, _, rest = bytes(raw[:end] if end >= 0 else raw[:21]).partition(b" ")
-    if _METHOD.fullmatch(method) is None:
+    method, space, rest = bytes(raw[:end] if end >= 0 else raw[:21]).partition(b" ")
+    if not (space or method in _WHOLE_METHODS) or _METHOD.fullmatch(method) is None:
         return b"", b""
     target, _, version = rest.rpartition(b" ")
     return method, target if end >= 0 and version.startswith(b"HTTP/") else b""

@@ -59,7 +59,8 @@ from gateway.http.codec import (
 from gateway.memo import Derived
 
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-# a request's Transfer-Encoding of `chunked` and a tab (nginx's 501; both server codecs' words for it)
+# a request's Transfer-Encoding of `chunked` and a tab, which llhttp refuses after the head (nginx's 501; the head's
+# check, restore_framing_tabs, is the first to refuse it)
 UNKNOWN_CODING = "client sent unknown Transfer-Encoding: a tab after chunked"
 _CHUNK_END = b"0\r\n\r\n"
 _OWS = b" \t"
@@ -68,6 +69,16 @@ _STATUS_101 = re.compile(rb"HTTP/[0-9]\.[0-9] 101[ \r]")  # a status line of 101
 # is a few dozen events, not thousands of objects, and an event stands for bounded work (the readers count events
 # against their checkpoint budget: gateway.http.net.Conn.pace).
 _JOIN_MOST = 256
+
+
+# A ProtocolError refusing a request head: (its bytes as sent, whether a check of the whole head refused it), what the
+# access log sizes it by as nginx's $request_length (gateway.http.server.refused_length). (An attribute of its own:
+# ProtocolError has no field for it.)
+def note_head(error: ProtocolError, head: bytes | bytearray | None, whole: bool = False) -> None:
+    """Note on `error`, refusing a request head, the head's bytes as sent from its request line on, as far as they
+    came (None: the codec does not have them, nothing noted), and whether a check of the whole head refused it."""
+    if head is not None:
+        error.refused_head = (bytes(head), whole)
 
 
 def _has_token(value: bytes, token: bytes) -> bool:
@@ -161,6 +172,29 @@ def _check_tabbed_length(data: bytes) -> None:
     found = _TABBED_LENGTH.search(_final_head(data))
     if found is not None:
         raise _invalid_length(found[1])
+
+
+# A request's framing lines, each value as nginx reads it (_TABBED_LENGTH's rule: the spaces around it dropped, a tab
+# kept), and whether bytes hold one with a tab in its value at all
+_FRAMING_LINE = re.compile(rb"(?im)^(content-length|transfer-encoding): *([^\r\n]*?) *\r?$")
+_TABBED_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\t")
+
+
+def restore_framing_tabs(head: bytes, headers: Headers) -> None:
+    """Put back in `headers` (parsed from `head`, a request head from its request line on) a tab the parsers skipped
+    around a Content-Length or Transfer-Encoding value, each value as nginx read it: ngx_http_parse_header_line skips
+    spaces alone before a value and ends it at a space (ngx_http_parse.c:972-1013), so check_request_head refuses it
+    as nginx does (ngx_http_request.c:1980-2022): a length ngx_atoof refuses, 400; a coding but `chunked`, 501."""
+    end = _RESPONSE_HEAD_END.search(head)
+    sent: dict[bytes, list[bytes]] = {b"content-length": [], b"transfer-encoding": []}
+    for line in _FRAMING_LINE.finditer(head, 0, len(head) if end is None else end.end()):
+        sent[line[1].lower()].append(line[2])
+    for n, (name, _) in enumerate(headers):
+        values = sent.get(name)
+        if values:  # (the n-th line of a name is its n-th field)
+            value = values.pop(0)
+            if b"\t" in value:
+                headers[n] = (name, value)
 
 
 def _declares_body(headers: Headers) -> bool:
@@ -372,10 +406,13 @@ class _Completions:
 
 def _completed(data: bytes) -> int:
     """How many requests a fresh parser sees end in `data` (which begins between two), up to its first error or
-    a request it stops for (Upgrade with Connection: upgrade)."""
+    a request it stops for (Upgrade with Connection: upgrade); past a `Connection: close`, as the server's parser
+    reads on after one in a trailer section (LlhttpServer.on_chunk_complete)."""
     counter = _Completions()
+    parser = httptools.HttpRequestParser(counter)
+    parser.set_dangerous_leniencies(lenient_keep_alive=True)
     try:
-        httptools.HttpRequestParser(counter).feed_data(data)
+        parser.feed_data(data)
     except (httptools.HttpParserError, httptools.HttpParserUpgrade):
         pass
     return counter.ended
@@ -437,17 +474,21 @@ def _pipelined_head(data: bytes) -> int | None:
 
 class _Trailers:
     """Where httptools' `on_header` calls land once a head is complete. Trailer fields are dropped, as h11 drops
-    them, so they can never leak into the head's header list; but their size is bounded like a head's."""
+    them, so they can never leak into the head's header list; but their size is bounded like a head's. One named
+    Connection or Proxy-Connection is noted (`connection`): llhttp reads it as the head's (LlhttpServer)."""
 
-    __slots__ = ("room",)
+    __slots__ = ("room", "connection")
 
     def __init__(self) -> None:
         self.room = 0
+        self.connection = False
 
     def append(self, field: tuple[bytes, bytes]) -> None:
         self.room -= len(field[0]) + len(field[1]) + 4
         if self.room < 0:
             raise ProtocolError("trailer section too large", HEAD_TOO_LARGE)
+        if field[0] == b"connection" or field[0] == b"proxy-connection":
+            self.connection = True
 
 
 class _BodyFramer:
@@ -475,7 +516,7 @@ class _Parsing(_BodyFramer):
     """What both sides share: feeding httptools, the head-size limit, the event queue."""
 
     __slots__ = ("_parser", "_events", "_headers", "_trailers", "_max_head", "_head_fed", "_head_partial", "_feeding",
-                 "_at_start", "_in_head", "_dead", "_tunnel", "_bad_method", "_head_chunks")
+                 "_at_start", "_in_head", "_dead", "_tunnel", "_bad_method", "_head_chunks", "_pipelined")
 
     _MALFORMED = "malformed message"
     _BAD = 400  # the status of a parse error
@@ -493,6 +534,9 @@ class _Parsing(_BodyFramer):
         self._head_fed = 0  # bytes of earlier chunks that belong to the head being parsed (see on_message_begin)
         self._head_partial = False  # the head began mid-chunk, so _head_fed undercounts it
         self._head_chunks: list[bytes] = []  # the earlier chunks of a head that began with one (_head_fed > 0)
+        # which head since the last that began a chunk this one is, of those that began after another message in one
+        # (the server's: LlhttpServer._restore_framing_tabs finds its bytes past the requests before it)
+        self._pipelined = 0
         self._feeding = 0  # length of the chunk being fed
         self._at_start = True  # no message ended yet in the chunk being fed
         self._in_head = False
@@ -508,6 +552,7 @@ class _Parsing(_BodyFramer):
             self._head_fed = 0
             self._head_partial = False
         else:
+            self._pipelined = self._pipelined + 1 if self._head_partial else 1
             self._head_fed = -self._feeding
             self._head_partial = True
 
@@ -744,8 +789,11 @@ class LlhttpServer(_Parsing):
             # sent with its next request)
             size = 0 if self._head_partial or self._head_fed else \
                 self._prev.find(b"\r\n\r\n", 0, FIRST_BUFFER_BYTES) + 4
-            if size <= 4:
+            if size <= 4:  # (a head not in one read alone, or past the first buffer)
                 size = self._check_buffers(method, url, headers)
+                self._restore_framing_tabs(headers)
+            elif b"\t" in self._prev:  # (a tab around a framing value is the value's for nginx)
+                self._restore_framing_tabs(headers)
             if parser.get_http_version() == "1.1":
                 version = b"1.1"
                 keep = parser.should_keep_alive()  # llhttp's token match of Connection: close, free
@@ -758,14 +806,41 @@ class LlhttpServer(_Parsing):
                 keep = _wants_keep_alive(version, headers)
             target, host, expect = check_request_head(method, url, headers, version)
         except ProtocolError as e:
-            e.method = method
-            e.target = url
-            read_before(e, headers)
+            self._refused_whole(e, method, url, headers)
             raise
         request = Request(method, target, headers, version, keep, host, expect,
                           None if target is url else url, size)  # (an absolute-form url: a new origin form)
         self._events.append(request)
         self._request = request
+
+    def _restore_framing_tabs(self, headers: Headers) -> None:
+        """restore_framing_tabs for the head just parsed, when the reads it came in hold a Content-Length or
+        Transfer-Encoding line with a tab: on its own bytes (_head_as_sent), or, for a head that began after another
+        request in a read, on those past the requests before it since the last read that began between two (past
+        _REPARSE_WINDOW of them, the lines with a tab in all of its reads are taken for its own)."""
+        split = self._head_fed > 0 or self._head_partial and not self._head_fed  # (its earlier reads are kept)
+        reads = b"".join(self._head_chunks) + self._prev if split else self._prev
+        if b"\t" not in reads or _TABBED_FRAMING.search(reads) is None:
+            return
+        if not self._head_partial:
+            head = self._head_as_sent()
+        elif self._before is None:
+            tabbed = {line[1].lower(): line[2] for line in _FRAMING_LINE.finditer(reads) if b"\t" in line[2]}
+            headers[:] = [(name, tabbed.get(name, value)) for name, value in headers]
+            return
+        else:
+            whole = self._before + self._prev
+            head = whole[_end_of_requests(whole, self._pipelined):].lstrip(b"\r\n")
+        if head is not None:
+            restore_framing_tabs(head, headers)
+
+    def _refused_whole(self, error: ProtocolError, method: bytes, url: bytes, headers: Headers) -> None:
+        """What `error`, refusing the head just parsed (`headers` its header lines), says of it: its request line's
+        method and target, the header lines nginx had read (read_before), its bytes as sent (note_head)."""
+        error.method = method
+        error.target = url
+        read_before(error, headers)
+        note_head(error, self._head_as_sent(), error.headers is headers)
 
     def _sent_headers_complete(self) -> None:
         """on_headers_complete of a parser whose head's method stands for the client's (_SentMethod): that head's
@@ -818,13 +893,24 @@ class LlhttpServer(_Parsing):
             del events[-1]
             refused = ProtocolError(UNKNOWN_CODING, 501)
             refused.method, refused.target = request.method, request.target
+            note_head(refused, self._head_as_sent(), True)
             return refused
         return _Parsing._parser_error(self, error)
 
     def _fail(self, error: ProtocolError) -> None:
         if self._in_head:  # a head refused before it ended: the header lines llhttp gave so far (read_before)
             read_before(error, self._headers)  # type: ignore[arg-type]  # a list while a head is parsed
+            note_head(error, self._head_as_sent())
         _Parsing._fail(self, error)
+
+    def _head_as_sent(self) -> bytes | None:
+        """The bytes of the head being parsed (or just parsed), from its request line on, and what came after it in
+        the chunk fed: when it began a read (see the class's docstring), else None."""
+        if self._head_partial:
+            return None
+        chunks = self._head_chunks if self._head_fed else []
+        data = b"".join(chunks) if chunks and chunks[-1] is self._prev else b"".join(chunks) + self._prev
+        return data.lstrip(b"\r\n")  # (the empty lines llhttp skips before a request line)
 
     def _overflow(self) -> ProtocolError:
         url = self._url  # (the request line as sent, if it ended: `method target HTTP/1.1`)
@@ -960,7 +1046,15 @@ class LlhttpServer(_Parsing):
         else:
             self._chunk_at = None
             framing = len(b"%x" % sum(map(len, self._events[at:]))) + 4  # type: ignore[arg-type]  # (its data)
-        self._request.size += framing + self._max_head - self._trailers.room
+        trailers = self._trailers
+        self._request.size += framing + self._max_head - trailers.room
+        if trailers.connection:
+            # llhttp reads a trailer named Connection or Proxy-Connection as the head's, and `close` in it would end
+            # the connection's parsing at the message's end ("Data after `Connection: close`"); nginx skips trailer
+            # lines unread (ngx_http_parse.c:2311-2343): the connection goes on as the head said (next_event refuses
+            # what follows a last request itself).
+            trailers.connection = False
+            self._parser.set_dangerous_leniencies(lenient_keep_alive=True)
 
     def request_line_so_far(self) -> tuple[bytes, bytes]:
         if not self._in_head or self._dead:
@@ -1075,6 +1169,7 @@ class LlhttpServer(_Parsing):
         request = self._request
         self._parser = httptools.HttpRequestParser(self)
         self._parser.feed_data(head)
+        self._pipelined = 0  # (the head after the body is the first after `head`)
         del events[-1]  # that head's Request: the request is the upgrade's, already queued
         self._request = request
         self._before, self._prev = head, rest

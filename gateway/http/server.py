@@ -11,6 +11,7 @@ import errno
 import itertools
 import logging
 import math
+import re
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from gateway.http.codec import (
     HEAD_TOO_LARGE,
     MAX_LINE_BYTES,
     NEED_DATA,
+    NGINX_TARGET,
     Headers,
     ProtocolError,
     Request,
@@ -54,6 +56,7 @@ from gateway.http.timers import ConnTimer, Phase, Timers
 from gateway.http.tls import PlainHttpOnTlsPort, TlsError, plain_http_answer, server_handshake
 from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import SHED, TIMEOUTS
+from gateway.routing.normalize import nginx_refusal
 
 log = logging.getLogger("gateway.http")
 # A client gone or too slow is logged at DEBUG: nginx writes it at info (ngx_http_request.c:1097, ngx_http_upstream.c:
@@ -487,8 +490,10 @@ class Exchange:
             if ev is NEED_DATA:
                 if self._expect_continue:
                     self._expect_continue = False
-                    if not self.response_started:  # never a 1xx after the final response
-                        await self.conn.sendall(codec.informational(100))
+                    if not self.response_started:  # never a 1xx after the final response; counted in what the
+                        # response sent, as nginx's c->send of it adds to c->sent, its $bytes_sent
+                        # (ngx_http_request_body.c:964-966, os/unix/ngx_send.c:44)
+                        await self.send_framed(codec.informational(100))
                 timer = self.timer  # a client stalling mid-body times out as the client (408), not the upstream (504)
                 saved = timer.save()
                 began = trio.current_time()
@@ -514,6 +519,37 @@ class Exchange:
                 return chunk
             state.pop(HELD_FILE).close()
         return None
+
+    async def discard_body(self) -> bool:
+        """Read and drop the next part of the rest of the request body, after its answer: True while more may come.
+        Nothing of it is counted (body_received, the request's size): nginx's discarding reads leave $request_length
+        as it was (ngx_http_read_discarded_request_body, ngx_http_request_body.c:782-840; a body read counts, 120 and
+        397), so the log's request.size is the request's as it stood when the answer went."""
+        self.release_body()  # (what a policy held: dropped)
+        codec = self._codec
+        request = self.request
+        size = request.size  # (the codec counts a chunked body's framing into it as it parses it)
+        try:
+            ev = codec.next_event()
+        finally:
+            request.size = size
+        if ev is END:
+            self._request_done = True
+            return False
+        if ev is not NEED_DATA:
+            await self.conn.pace()
+            return True
+        timer = self.timer  # (as receive_body: a client stalling mid-body times out as the client)
+        saved = timer.save()
+        began = trio.current_time()
+        timer.set(self.settings.body_timeout, Phase.CLIENT_BODY)
+        data = await self.conn.recv()
+        timer.restore(saved, trio.current_time() - began)
+        try:
+            codec.receive_data(data)
+        finally:
+            request.size = size
+        return True
 
     @property
     def request_done(self) -> bool:
@@ -569,7 +605,8 @@ class Exchange:
         ngx_http_request_body.c:653, 938-976): the connection loop then reads and drops the body (_drain_request) and
         keeps the connection. b"" when the connection closes with the answer, or when no more body is to come (none,
         or all of it came with the head: RFC 9110 10.1.1 lets a server that has it omit the 100; what came is held
-        for the next read)."""
+        for the next read, not counted as read: it is discarded, as nginx's ngx_http_discard_request_body discards
+        the body that came with the head)."""
         self._expect_continue = False
         if close or self._request_done:
             return b""
@@ -579,7 +616,6 @@ class Exchange:
             self.close_after = True
             return b""
         if body:
-            self.body_received += len(body)
             held = self._held
             self._held = held + body if held else body
         return b"" if self._request_done else self._codec.informational(100)
@@ -938,12 +974,14 @@ async def handle_connection(conn: Conn, handler: Handler, settings: ServerSettin
                     except ProtocolError as e:
                         if not head_at:  # (it came whole: not counted yet)
                             connections.requests += 1
+                        target, size = _as_counted(e)
                         if e.cut:  # nginx's "client prematurely closed connection": its 400 is the log's alone
                             log.debug("client %s closed its connection mid-head: no answer (logged 400)", conn.peer)
-                            _log_unanswered(conn, codec, timer, settings, e.status, e.method, e.target, head_at)
+                            _log_unanswered(conn, codec, timer, settings, e.status, e.method, target, head_at, size)
                             return False
                         log.debug("bad request from %s: %s", conn.peer, e)
-                        await _refuse(conn, codec, timer, settings, e.status, e.method, e.target, head_at, e.headers)
+                        await _refuse(conn, codec, timer, settings, e.status, e.method, target, head_at, e.headers,
+                                      size)
                         return e.status in _LINGER_REFUSED or conn.readable()
                     except (BrokenPipeError, ConnectionError):
                         return False
@@ -1057,7 +1095,11 @@ async def _timed_out(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings:
     if phase == Phase.HEAD:
         log.debug("client %s did not send a whole request head within header_timeout_s (%gs): connection closed "
                   "unanswered (logged 408)", conn.peer, settings.header_timeout)
-        _log_unanswered(conn, codec, timer, settings, 408, *codec.request_line_so_far(), head_at)
+        line_method, line_target = codec.request_line_so_far()
+        # nginx's $request_length: the request line once it was whole (a target), as `method target HTTP/1.1`; the
+        # header lines that came after it are not known here
+        _log_unanswered(conn, codec, timer, settings, 408, line_method, line_target, head_at,
+                        len(line_method) + len(line_target) + 12 if line_target else 0)
     elif phase == Phase.CLIENT_WRITE:
         log.debug("client %s did not read its response within send_timeout_s (%gs): connection closed",
                   conn.peer, conn.send_timeout)
@@ -1123,10 +1165,10 @@ async def _drain_request(exchange: Exchange) -> bool:
         try:
             while True:
                 with trio.move_on_after(LINGER_TIMEOUT_S) as quiet:
-                    chunk = await exchange.receive_body()
+                    more = await exchange.discard_body()
                 if quiet.cancelled_caught:
                     return False
-                if chunk is None:
+                if not more:
                     return True
         except ProtocolError as e:
             log.debug("unread request body from %s broken after its answer: %s", exchange.conn.peer, e)
@@ -1135,22 +1177,24 @@ async def _drain_request(exchange: Exchange) -> bool:
 
 
 def _refused(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
-             method: bytes, target: bytes, head_at: float) -> Exchange:
+             method: bytes, target: bytes, head_at: float, size: int = 0) -> Exchange:
     """The request of a head that could not be read (or not in time), as nginx logs it: what its request line said
     (`method`, `target`: b"" when unknown; no target past a line too long, as nginx has none), with no headers,
-    started when its first bytes came (`head_at`; 0: now)."""
-    request = Request(method, b"" if status == 414 else target, [], b"1.1", False)
+    started when its first bytes came (`head_at`; 0: now), `size` the bytes nginx counted of it (0: estimated from
+    its request line, gateway.telemetry.entry.request_size)."""
+    request = Request(method, b"" if status == 414 else target, [], b"1.1", False, size=size)
     exchange = Exchange(request, conn, codec, timer, settings, head_at or trio.current_time())
     exchange.state = {REFUSED: True}
     return exchange
 
 
 async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
-                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0, read: Headers | None = None) -> None:
+                  method: bytes = b"", target: bytes = b"", head_at: float = 0.0, read: Headers | None = None,
+                  size: int = 0) -> None:
     """Answer a request whose head could not be read and log it, as nginx does with its 400, 414 and 494 (see
     `_refused`). The answer's format is Kong's error handler's choice from the header lines nginx had read (`read`:
     the error's)."""
-    exchange = _refused(conn, codec, timer, settings, status, method, target, head_at)
+    exchange = _refused(conn, codec, timer, settings, status, method, target, head_at, size)
     exchange.phases = settings.refused_phases
     await _answer_error(exchange, status, page_type(read, settings.error_type) if read else settings.error_type)
     if settings.log_refused is not None:
@@ -1158,18 +1202,90 @@ async def _refuse(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: Se
 
 
 def _log_unanswered(conn: Conn, codec: ServerCodec, timer: ConnTimer, settings: ServerSettings, status: int,
-                    method: bytes = b"", target: bytes = b"", head_at: float = 0.0) -> None:
+                    method: bytes = b"", target: bytes = b"", head_at: float = 0.0, size: int = 0) -> None:
     """Log a request whose head did not come in time (408) or was cut by the client's close (400) with `status` and
     send nothing, as nginx: its ngx_http_process_request_line/_headers close a timed-out head with
     ngx_http_close_request(r, 408), and a cut one sets c->error and finalizes 400, which then terminates it
     (ngx_http_request.c:1594-1603, 2531-2541); the status is the log's alone (ngx_http_free_request), Kong's
     error_page never reached. The connection then closes."""
-    exchange = _refused(conn, codec, timer, settings, status, method, target, head_at)
+    exchange = _refused(conn, codec, timer, settings, status, method, target, head_at, size)
     exchange.request_id = new_request_id()
     exchange.status = status
     exchange.response_started = exchange.response_done = True  # (over, with that status: what the log reads)
     if settings.log_refused is not None:
         settings.log_refused(exchange)
+
+
+# A request line as nginx's ngx_http_parse_request_line takes it: a method, a target, HTTP/1.x, runs of spaces between
+# (and after); group 1 the target
+_NGINX_LINE = re.compile(rb"[A-Z_-]+ +(" + NGINX_TARGET.pattern + rb") +HTTP/1\.[0-9]+ *\r?")
+# A header line nginx cannot parse (ngx_http_parse_header_line's NGX_HTTP_PARSE_INVALID_HEADER, not counted): a byte
+# up to 0x20 or 0x7F in its name, a `:` first, a NUL or a lone CR
+_INVALID_FIELD = re.compile(rb"[^:]*[\x00-\x20\x7f]|:|.*[\x00\r]", re.S)
+_IGNORED_NAME = re.compile(rb"[^a-z0-9_-]").search  # a name nginx ignores the line of (check_request_head drops it)
+# The headers nginx refuses a second line of as it reads it (ngx_http_headers_in: ngx_http_process_host, _unique_)
+_ONCE = frozenset({b"host", b"content-length", b"transfer-encoding", b"authorization", b"expect", b"if-match",
+                   b"if-none-match", b"if-modified-since", b"if-unmodified-since", b"content-range", b"if-range"})
+_SCHEME_AUTHORITY = re.compile(rb"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+
+
+def refused_length(error: ProtocolError) -> tuple[int, bytes | None] | None:
+    """nginx's $request_length of a request head it refused with `error`, and the target of its $request_uri then
+    (None: none), from the head's bytes the codec noted (codec_llhttp.note_head; None: it noted none). nginx counts
+    the request line once it parsed it (ngx_http_request.c:1124: nothing of a line it refused, 414 or 505 too), and
+    sets $request_uri once it parsed the URI as well (1276-1290: `/a%` is counted, without one); each header line as
+    it parsed it (1454: one a header handler refuses then, a second Host, is counted, 1487; one it cannot parse is
+    not); the blank line as the head ends (1519: what it checks once the head is whole, a Content-Length, counts it
+    all)."""
+    noted = error.refused_head
+    if noted is None:
+        return None
+    head, whole = noted
+    lines = head.split(b"\n")
+    line = _NGINX_LINE.fullmatch(lines[0]) if len(lines) > 1 and error.status not in (414, 505) else None
+    if line is None:
+        return 0, None
+    size = len(lines[0]) + 1
+    target = line[1]
+    if nginx_refusal(target if target[:1] == b"/" else _SCHEME_AUTHORITY.sub(b"", target, 1) or b"/") is not None:
+        return size, None
+    read = error.headers  # (refused at a header line: those read up to it, but the lines nginx ignores)
+    last = len(read) if read is not None and not whole else -1
+    return size + _header_lines_counted(lines[1:-1], last, error.status != HEAD_TOO_LARGE), target
+
+
+def _header_lines_counted(lines: list[bytes], last: int, dropped: bool) -> int:
+    """The bytes of the header lines (each as split at its LF) nginx counted: up to the `last`-th it read (-1: not
+    known), those it ignores (a name it calls invalid) not in that count when `dropped`, or up to its own first
+    refusal: a line it cannot parse (not counted), a second line of a header it takes once (counted); the blank
+    line too once it came."""
+    size = n = 0
+    seen: set[bytes] = set()
+    for raw in lines:
+        field = raw[:-1] if raw[-1:] == b"\r" else raw
+        if n == last or _INVALID_FIELD.match(field) is not None:
+            break
+        size += len(raw) + 1
+        if not field:  # the blank line: the head is whole
+            break
+        name = field.partition(b":")[0].lower()
+        if not (dropped and _IGNORED_NAME(name)):
+            n += 1
+        if last < 0 and name in _ONCE:
+            if name in seen:
+                break
+            seen.add(name)
+    return size
+
+
+def _as_counted(error: ProtocolError) -> tuple[bytes, int]:
+    """The target and the size the log gives a head refused with `error`: nginx's $request_uri and $request_length
+    (refused_length), or as the error says them (size 0: estimated) when the codec noted no bytes of it."""
+    counted = refused_length(error)
+    if counted is None:
+        return error.target, 0
+    size, target = counted
+    return (error.target or target) if target is not None else b"", size
 
 
 async def _answer_error(ex: Exchange, status: int, content_type: bytes, message: str | None = None) -> None:

@@ -41,13 +41,19 @@ _ENTITY = msgspec.json.Decoder(dict[str, Any])
 
 def request_size(ex: Exchange) -> int:
     """nginx's $request_length: the bytes read of the request, its head as the client sent it (whatever policies
-    changed since), the body's data as read, a chunked body's framing (Request.size). A head no codec read (one the
-    connection loop refused) counts as its request line and header lines would be sent ("name: value\\r\\n")."""
+    changed since), the body's data as read, a chunked body's framing (Request.size); not a body discarded after
+    the answer (Exchange.discard_body). A head the connection loop refused is what nginx had counted of it (the
+    connection loop's estimate of a head that timed out, gateway.http.server.refused_length); where the codec could
+    not tell, its request line and header lines as they would be sent ("name: value\\r\\n"), or nothing when it
+    had no whole request line (no target), which nginx never counts."""
     req = ex.request
     size = req.size
     if not size:
+        uri = ex.request_uri()
+        if not uri:
+            return 0
         headers = req.headers
-        size = (len(ex.request_line_method()) + len(ex.request_uri()) + len(req.http_version) + 11
+        size = (len(ex.request_line_method()) + len(uri) + len(req.http_version) + 11
                 + sum(map(len, chain.from_iterable(headers))) + 4 * len(headers))
     return size + ex.body_received
 
