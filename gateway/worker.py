@@ -135,6 +135,8 @@ async def serve_worker(config: Config, listeners: list[socket.socket], *,
     ctx = zmq.Context() if bus is not None else None
     stops = (signal.SIGTERM, signal.SIGINT, RETIRE_SIGNAL) if parent is not None else RUN_SIGNALS
     registering = trio.CancelScope()  # `gateway run`'s self-registration: withdrawn as the drain starts
+    if parent is not None:  # a retirement during a drain a SIGTERM began adds nothing to it: never SIGUSR2's default
+        signal.signal(RETIRE_SIGNAL, signal.SIG_IGN)  # action, when trio re-raises what is pending as `signals` closes
     try:
         with trio.open_signal_receiver(*stops) as signals, contextlib.ExitStack() as reopening:
             async with dns.serving(gw), trio.open_nursery() as nursery:

@@ -15,6 +15,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,37 @@ def test_sigusr2_to_the_root_is_ignored_and_says_so(gw):
     assert [p for p in descendants_of(root) if process_name(p) == "gateway worker"] == workers
     assert "draining" not in gw.log()
     assert gw.cli("status", timeout=20).returncode == 0
+
+
+@pytest.fixture
+def held_backend() -> HoldingBackend:
+    return HoldingBackend(1.0)
+
+
+@pytest.fixture
+def draining_gw(tmp_path: Path, held_backend: HoldingBackend) -> Iterator[GatewayNode]:
+    yield from gateway_in_front_of(held_backend, tmp_path, drain_timeout=5)
+
+
+def test_a_worker_retired_while_it_drains_for_a_sigterm_exits_as_shut_down_not_killed_by_sigusr2(draining_gw,
+                                                                                                   held_backend):
+    """A SIGTERM to every process of the unit (systemd's KillMode=control-group stop, `kill -TERM -PGID`) starts a
+    worker's drain before the root's graceful stop retires it (RETIRE_SIGNAL, SIGUSR2): that retirement adds nothing
+    to the drain and must not end the worker by SIGUSR2's default action when the drain is over (trio re-raises a
+    signal still pending as its receiver closes). nginx's workers only set flags on a signal (ngx_signal_handler),
+    so a second stop signal during a shutdown is absorbed. The supervisor logs a `shutdown`, no `shutdown_error`."""
+    gw = draining_gw
+    root = start_daemonised(gw)
+    (worker,) = [p for p in descendants_of(root) if process_name(p) == "gateway worker"]
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(blocking_get, gw.port, "/slow")
+        assert becomes_true(lambda: held_backend.held == 1, 5)
+        os.kill(worker, signal.SIGTERM)
+        assert becomes_true(lambda: f"worker {worker}: SIGTERM, draining" in gw.log(), 5), gw.log()[-2000:]
+        os.kill(root, signal.SIGTERM)
+        assert held.result(15) == 200
+    assert becomes_true(lambda: has_exited(root), 15), gw.log()[-2000:]
+    assert "killed by signal SIGUSR2" not in gw.log(), gw.log()[-2000:]
 
 
 def test_sighups_that_come_during_a_reload_make_one_more_reload(gw):
