@@ -60,7 +60,7 @@ from gateway.http.codec import (
 from gateway.http.codec_llhttp import (
     REASONS,
     _check_codings,
-    _check_tabbed_length,
+    _check_tabbed_framing,
     _close_delimited,
     _invalid_length,
     _wants_keep_alive,
@@ -649,8 +649,8 @@ class H11Client(_H11Codec):
         if read is not None:
             restore_fields(headers, read[1])
         _check_response_head(headers)
-        if b"\t" in probe[:size]:  # (a Content-Length's tab, which h11 skips as whitespace, is nginx's 502)
-            _check_tabbed_length(bytes(probe[:size]))
+        if b"\t" in probe[:size]:  # (a tab around a framing value, which h11 skips as whitespace, is nginx's 502)
+            _check_tabbed_framing(bytes(probe[:size]))
         return headers, None if read is None else read[0]
 
     def _next_event(self) -> Event:

@@ -128,7 +128,12 @@ def _check_codings(headers: Headers) -> None:
     if len(codings) > 1:
         raise ProtocolError("upstream sent duplicate header line: Transfer-Encoding", 502)
     if codings and codings[0].lower() != b"chunked":
-        raise ProtocolError(f"upstream sent unknown Transfer-Encoding: {codings[0]!r}", 502)
+        raise _unknown_coding(codings[0])
+
+
+def _unknown_coding(value: bytes) -> ProtocolError:
+    """nginx's refusal of an upstream's Transfer-Encoding but `chunked` (ngx_http_upstream.c:5220-5230): a 502."""
+    return ProtocolError(f"upstream sent unknown Transfer-Encoding: {value!r}", 502)
 
 
 def _invalid_length(value: bytes) -> ProtocolError:
@@ -144,10 +149,11 @@ def _check_length(value: bytes) -> None:
         raise _invalid_length(value)
 
 
-# A Content-Length line with a tab in its value: ngx_http_parse_header_line skips spaces alone before a value and ends
-# it at a space (ngx_http_parse.c:972-1012), so the tab is the value's, which ngx_atoof refuses; llhttp and h11 skip a
-# tab as whitespace. (Its value as nginx read it: its spaces around it dropped.)
-_TABBED_LENGTH = re.compile(rb"(?im)^content-length: *([^\r\n]*?\t[^\r\n]*?) *\r?$")
+# A Content-Length or Transfer-Encoding line with a tab in its value: ngx_http_parse_header_line skips spaces alone
+# before a value and ends it at a space (ngx_http_parse.c:972-1013), so the tab is the value's, which ngx_atoof refuses
+# and which is no `chunked`; llhttp and h11 skip a tab as whitespace. (Its value as nginx read it: its spaces around it
+# dropped.)
+_TABBED_VALUE = re.compile(rb"(?im)^(content-length|transfer-encoding): *([^\r\n]*?\t[^\r\n]*?) *\r?$")
 
 
 def _final_head(data: bytes) -> bytes:
@@ -166,15 +172,15 @@ def _final_head(data: bytes) -> bytes:
         start = end + 4
 
 
-def _check_tabbed_length(data: bytes) -> None:
-    """nginx's 502 for the final head in `data` (see _final_head) when a tab is in its Content-Length's value (in a
-    line not ended yet, too: whatever follows, the tab is the value's)."""
-    found = _TABBED_LENGTH.search(_final_head(data))
+def _check_tabbed_framing(data: bytes) -> None:
+    """nginx's 502 for the final head in `data` (see _final_head) when a tab is in its Content-Length's or
+    Transfer-Encoding's value (in a line not ended yet, too: whatever follows, the tab is the value's)."""
+    found = _TABBED_VALUE.search(_final_head(data))
     if found is not None:
-        raise _invalid_length(found[1])
+        raise _invalid_length(found[2]) if found[1].lower() == b"content-length" else _unknown_coding(found[2])
 
 
-# A request's framing lines, each value as nginx reads it (_TABBED_LENGTH's rule: the spaces around it dropped, a tab
+# A request's framing lines, each value as nginx reads it (_TABBED_VALUE's rule: the spaces around it dropped, a tab
 # kept), and whether bytes hold one with a tab in its value at all
 _FRAMING_LINE = re.compile(rb"(?im)^(content-length|transfer-encoding): *([^\r\n]*?) *\r?$")
 _TABBED_FRAMING = re.compile(rb"(?im)^(?:content-length|transfer-encoding):[^\r\n]*\t")
@@ -263,7 +269,7 @@ def _mended_field(line: bytes, n: int, read: Fields) -> bytes:
     (ngx_http_parse_header_line's sw_almost_done takes them; a line of CRs alone is no blank line), and an invalid
     name or a control byte in a value given stand-ins (mend_field), the field as nginx read it noted in `read`: nginx
     relays it as it came (ngx_http_proxy_process_header keeps every line it reads, invalid_header or not). A
-    Content-Length with a tab stays as it came: nginx refuses it (_TABBED_LENGTH), and so do both codecs."""
+    Content-Length with a tab stays as it came: nginx refuses it (_TABBED_VALUE), and so do both codecs."""
     core = line.rstrip(b"\r") or line.removesuffix(b"\r")
     name, colon, value = core.partition(b":")
     stand_in = mend_field(name, value) if colon and not (b"\t" in value and name.lower() == b"content-length") \
@@ -475,7 +481,8 @@ def _pipelined_head(data: bytes) -> int | None:
 class _Trailers:
     """Where httptools' `on_header` calls land once a head is complete. Trailer fields are dropped, as h11 drops
     them, so they can never leak into the head's header list; but their size is bounded like a head's. One named
-    Connection or Proxy-Connection is noted (`connection`): llhttp reads it as the head's (LlhttpServer)."""
+    Connection or Proxy-Connection is noted (`connection`): llhttp reads it as the head's (LlhttpServer,
+    _UpstreamTrailers)."""
 
     __slots__ = ("room", "connection")
 
@@ -489,6 +496,25 @@ class _Trailers:
             raise ProtocolError("trailer section too large", HEAD_TOO_LARGE)
         if field[0] == b"connection" or field[0] == b"proxy-connection":
             self.connection = True
+
+
+class _UpstreamTrailers(_Trailers):
+    """An upstream answer's trailer fields (LlhttpClient's): with one named Connection or Proxy-Connection, which
+    llhttp reads as the head's (`close` there ends its parser with the answer: "Data after `Connection: close`"), the
+    connection, kept or not as the head said (nginx skips trailer lines unread: ngx_http_parse.c:2311-2345), gets a
+    fresh parser for its next exchange (start_next_cycle)."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: LlhttpClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        _Trailers.append(self, field)
+        if self.connection:
+            self.connection = False
+            self._client._renew = True
 
 
 class _BodyFramer:
@@ -1325,6 +1351,7 @@ class LlhttpClient(_Parsing):
 
     def __init__(self, max_header_bytes: int = 65536, proxy_buffer_size: int | None = None) -> None:
         super().__init__(_response_parser(self), max_header_bytes)
+        self._trailers = _UpstreamTrailers(self)
         self._head_buffer = proxy_buffer_size or max_header_bytes  # the most bytes a response head takes
         self._chunk = b""  # the read being fed (where a head ends in it: _check_head_size)
         self._reason = b""
@@ -1417,10 +1444,11 @@ class LlhttpClient(_Parsing):
             return
         version = b"1.1" if parser.get_http_version() == "1.1" else parser.get_http_version().encode()
         names = dict(headers)  # (one C call: no bytecode per header)
-        # a Content-Length llhttp took that nginx may not: more digits than its off_t may hold, or a tab around them
-        # (looked for when the read that ends the head holds a tab anywhere: _head_waits looks at those before it)
+        # a Content-Length or Transfer-Encoding llhttp took that nginx may not: more digits than its off_t may hold,
+        # or a tab around a value (looked for when the read that ends the head holds a tab anywhere: _head_waits looks
+        # at those before it)
         if len(names.get(b"content-length", b"")) > 18 or b"\t" in self._chunk:
-            self._check_content_length(names)
+            self._check_framing(names)
         if len(names) != len(headers):  # a name repeats
             headers = first_of_single(headers)
         if b"transfer-encoding" in names:
@@ -1448,16 +1476,16 @@ class LlhttpClient(_Parsing):
         self._upgrade = False  # a final answer but 101 declines a switch: a later 101 is unsolicited
         self._keep = keep and not self._request_close
 
-    def _check_content_length(self, names: dict[bytes, bytes]) -> None:
-        """The head just parsed, whose Content-Length may be one nginx refuses (ngx_http_upstream.c:4747-4754): past
-        its off_t (_check_length), or with a tab in its value, in the head's bytes (llhttp gives it without the
-        whitespace before it)."""
+    def _check_framing(self, names: dict[bytes, bytes]) -> None:
+        """The head just parsed, whose Content-Length or Transfer-Encoding may be one nginx refuses
+        (ngx_http_upstream.c:4747-4754, 5220-5230): a length past its off_t (_check_length), or a tab in either's
+        value, in the head's bytes (llhttp gives it without the whitespace before it)."""
         value = names.get(b"content-length")
-        if value is None:
+        if value is None and b"transfer-encoding" not in names:
             return
-        if len(value) > 18:
+        if value is not None and len(value) > 18:
             _check_length(value)
-        _check_tabbed_length(b"".join(self._head_chunks) + self._chunk if self._head_fed else self._chunk)
+        _check_tabbed_framing(b"".join(self._head_chunks) + self._chunk if self._head_fed else self._chunk)
 
     def _kept_anyway(self, status: int, headers: Headers) -> bool:
         """An HTTP/1.1 answer (not to HEAD) llhttp would not keep its connection after: kept all the same when only a
@@ -1665,7 +1693,7 @@ class LlhttpClient(_Parsing):
             self._fail(self._overflow())
         elif b"\t" in data:  # (in a read before the last of the head: on_headers_complete sees that one)
             try:
-                _check_tabbed_length(b"".join(self._head_chunks))
+                _check_tabbed_framing(b"".join(self._head_chunks))
             except ProtocolError as e:
                 self._fail(e)
 
@@ -1715,7 +1743,8 @@ class LlhttpClient(_Parsing):
         self._response_done = False
         self._request_sent = False
         self._skip = False
-        if self._renew and self._keep:  # retired after a HEAD response, or ended by llhttp after a kept `x.0` one
+        # retired after a HEAD response, or ended by llhttp after a kept `x.0` one or a Connection trailer field
+        if self._renew and self._keep:
             self._parser = _response_parser(self)
             self._dead = self._renew = False
             self._head_chunked = False
