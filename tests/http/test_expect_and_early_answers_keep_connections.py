@@ -11,19 +11,17 @@ has to wait for the body"); the reading and dropping is the connection loop's (s
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest
 import trio
 from backends import EchoBackend, service
+from exchange_double import exchange_of
 
 from gateway.http import server
-from gateway.http.codec import Request, ServerCodec
+from gateway.http.codec import ServerCodec
 from gateway.http.codec_h11 import H11Server
 from gateway.http.codec_llhttp import LlhttpServer
-from gateway.http.server import Exchange, ServerSettings
-from gateway.http.timers import ConnTimer, Phase
 
 CODECS = pytest.mark.parametrize("codec_cls", [H11Server, LlhttpServer], ids=["h11", "llhttp"])
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -32,34 +30,6 @@ TIMEOUT = 5
 
 # ---- unit level: Exchange.send_head ---------------------------------------------------------------------------------
 
-class _Client:
-    """The client side of an Exchange's connection: records each write, gives `incoming` to the body's reads."""
-
-    peer = ("127.0.0.1", 40000)
-    unsent = 0
-
-    def __init__(self, incoming: list[bytes]) -> None:
-        self.writes: list[bytes] = []
-        self.incoming = incoming
-
-    async def sendall(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    async def recv(self) -> bytes:
-        return self.incoming.pop(0) if self.incoming else b""
-
-    async def pace(self) -> None:
-        pass
-
-
-def _exchange(codec_cls: type[ServerCodec], raw: bytes, incoming: list[bytes] | None = None) -> Exchange:
-    """An Exchange for the request `raw` (its head and what of its body came with it)."""
-    codec = codec_cls()
-    codec.receive_data(raw)
-    request = codec.next_event()
-    assert type(request) is Request
-    client: Any = _Client(incoming or [])
-    return Exchange(request, client, codec, ConnTimer(math.inf, Phase.BUSY), ServerSettings(codec_cls))
 
 
 def _post(*headers: bytes) -> bytes:
@@ -71,7 +41,7 @@ async def test_an_answer_before_a_body_still_to_come_goes_after_a_100_continue_i
         codec_cls: type[ServerCodec]) -> None:
     """The discard's ngx_http_test_expect (ngx_http_request_body.c:653, 938-976) sends `100 Continue` before the
     final head; the connection is kept (no `Connection: close`) and the body is read after the answer."""
-    ex = _exchange(codec_cls, _post(b"Content-Length: 3"), [b"abc"])
+    ex = exchange_of(codec_cls, _post(b"Content-Length: 3"), [b"abc"])
     await ex.respond(404, b"{}")
     writes = ex.conn.writes  # type: ignore[attr-defined]
     assert len(writes) == 1 and writes[0].startswith(CONTINUE + b"HTTP/1.1 404 "), writes
@@ -93,7 +63,7 @@ async def test_an_answer_to_an_expect_request_with_no_body_to_come_has_no_100_an
     """No body to wait for: no 100 (RFC 9110 10.1.1 lets a server that has the content omit it; nginx sends one
     there too, the README says so), and the request is over with its answer: nothing is left to read, the
     connection goes on; what came of the body is still there for a read."""
-    ex = _exchange(codec_cls, raw)
+    ex = exchange_of(codec_cls, raw)
     await ex.respond(401, b"{}")
     writes = ex.conn.writes  # type: ignore[attr-defined]
     assert len(writes) == 1 and writes[0].startswith(b"HTTP/1.1 401 "), writes
@@ -107,7 +77,7 @@ async def test_an_answer_to_an_expect_request_with_no_body_to_come_has_no_100_an
 async def test_an_answer_that_ends_the_connection_invites_no_body_with_a_100(codec_cls: type[ServerCodec]) -> None:
     """An answer the connection closes with (here the last of keepalive_requests) has no 100 before it: the body
     it would invite is only read by the lingering close."""
-    ex = _exchange(codec_cls, _post(b"Content-Length: 3"))
+    ex = exchange_of(codec_cls, _post(b"Content-Length: 3"))
     ex.close_after = True
     await ex.respond(404, b"{}")
     (write,) = ex.conn.writes  # type: ignore[attr-defined]
@@ -119,7 +89,7 @@ async def test_an_answer_to_an_expect_request_whose_body_came_broken_closes_with
         codec_cls: type[ServerCodec]) -> None:
     """A chunked body broken in what came with the head cannot be discarded (nginx: the discard filter's 400, the
     connection closed): the answer says close, and no 100 invites the rest."""
-    ex = _exchange(codec_cls, _post(b"Transfer-Encoding: chunked") + b"zz\r\n")
+    ex = exchange_of(codec_cls, _post(b"Transfer-Encoding: chunked") + b"zz\r\n")
     await ex.respond(404, b"{}")
     (write,) = ex.conn.writes  # type: ignore[attr-defined]
     assert write.startswith(b"HTTP/1.1 404 ") and b"connection: close" in write.lower()

@@ -23,9 +23,10 @@ from typing import Any
 import pytest
 import trio
 from backends import EchoBackend, log_lines, service
+from exchange_double import RecordingClient, exchange_of
 
 from gateway.http import server
-from gateway.http.codec import ProtocolError, Request, ServerCodec
+from gateway.http.codec import ProtocolError, ServerCodec
 from gateway.http.codec_h11 import H11Server
 from gateway.http.codec_llhttp import LlhttpServer
 from gateway.http.server import Exchange, ServerSettings
@@ -37,34 +38,6 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 TIMEOUT = 5
 
 
-class _Client:
-    """The client side of an Exchange's connection: records each write, gives `incoming` to the body's reads."""
-
-    peer = ("127.0.0.1", 40000)
-    unsent = 0
-
-    def __init__(self, incoming: list[bytes]) -> None:
-        self.writes: list[bytes] = []
-        self.incoming = incoming
-
-    async def sendall(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    async def recv(self) -> bytes:
-        return self.incoming.pop(0) if self.incoming else b""
-
-    async def pace(self) -> None:
-        pass
-
-
-def _exchange(codec_cls: type[ServerCodec], raw: bytes, incoming: list[bytes] | None = None) -> Exchange:
-    """An Exchange for the request `raw` (its head and what of its body came with it)."""
-    codec = codec_cls()
-    codec.receive_data(raw)
-    request = codec.next_event()
-    assert type(request) is Request
-    client: Any = _Client(incoming or [])
-    return Exchange(request, client, codec, ConnTimer(math.inf, Phase.BUSY), ServerSettings(codec_cls))
 
 
 def _written(ex: Exchange) -> int:
@@ -81,7 +54,7 @@ async def test_a_100_continue_sent_as_the_body_is_awaited_counts_in_response_siz
         codec_cls: type[ServerCodec]) -> None:
     """ngx_http_test_expect writes the 100 with c->send (ngx_http_request_body.c:964-966), which adds it to c->sent
     (ngx_send.c:44), $bytes_sent (ngx_http_variables.c:1784): Kong's response.size has its 25 bytes."""
-    ex = _exchange(codec_cls, EXPECT, [b"abc"])
+    ex = exchange_of(codec_cls, EXPECT, [b"abc"])
     assert await ex.receive_body() == b"abc"
     assert ex.conn.writes == [CONTINUE]  # type: ignore[attr-defined]
     assert ex.sent == len(CONTINUE)
@@ -92,7 +65,7 @@ async def test_a_100_continue_sent_as_the_body_is_awaited_counts_in_response_siz
 @CODECS
 async def test_a_100_continue_in_the_answers_own_write_counts_in_response_size(codec_cls: type[ServerCodec]) -> None:
     """The 100 an answer before the body goes with (the discard's ngx_http_test_expect) is counted alike."""
-    ex = _exchange(codec_cls, EXPECT, [b"abc"])
+    ex = exchange_of(codec_cls, EXPECT, [b"abc"])
     await ex.respond(404, b"{}")
     assert ex.conn.writes[0].startswith(CONTINUE)  # type: ignore[attr-defined]
     assert ex.sent == _written(ex)
@@ -234,7 +207,7 @@ def test_a_refused_head_of_no_whole_request_line_has_no_size() -> None:
     """What the connection loop logs of a head no codec could size (no bytes noted), without a request line: 0,
     never an estimate of a line nginx did not count."""
     settings = ServerSettings(LlhttpServer)
-    client: Any = _Client([])
+    client: Any = RecordingClient([])
     ex = server._refused(client, LlhttpServer(), ConnTimer(math.inf, Phase.BUSY), settings, 408, b"", b"", 1.0)
     assert request_size(ex) == 0
 
@@ -290,7 +263,7 @@ async def test_a_body_discarded_after_the_answer_is_not_in_request_size(codec_cl
     (ngx_http_request_body.c:782-840) reads it without touching request_length, so request.size is the head."""
     if codec_cls is LlhttpServer and head is CHUNKED and came == "with-the-head":
         pytest.skip("llhttp counts the framing of chunks that came in the head's read as it parses them (README)")
-    ex = _exchange(codec_cls, head + body, []) if came == "with-the-head" else _exchange(codec_cls, head, [body])
+    ex = exchange_of(codec_cls, head + body, []) if came == "with-the-head" else exchange_of(codec_cls, head, [body])
     await ex.respond(404, b"{}")
     assert await server._drain_request(ex)
     assert ex.request_done
@@ -302,7 +275,7 @@ async def test_a_body_that_came_with_an_expect_head_answered_first_is_not_in_req
         codec_cls: type[ServerCodec]) -> None:
     """An answer before the body of an Expect: 100-continue request takes what of the body came with the head (to
     hold it for the drain): discarded, not read, so not counted."""
-    ex = _exchange(codec_cls, EXPECT + b"ab", [b"c"])
+    ex = exchange_of(codec_cls, EXPECT + b"ab", [b"c"])
     await ex.respond(401, b"{}")
     assert await server._drain_request(ex)
     assert request_size(ex) == len(EXPECT)
@@ -312,7 +285,7 @@ async def test_a_body_that_came_with_an_expect_head_answered_first_is_not_in_req
 async def test_the_metrics_read_the_size_of_the_request_as_answered(codec_cls: type[ServerCodec]) -> None:
     """statsd's and datadog's request_size (the serializer's summary) and prometheus' ingress bandwidth (the
     request's size and the body bytes read) follow: the discarded body is in none of them."""
-    ex = _exchange(codec_cls, POST, [b"hel", b"lo"])
+    ex = exchange_of(codec_cls, POST, [b"hel", b"lo"])
     await ex.respond(404, b"{}")
     assert await server._drain_request(ex)
     entry = Entry(ex, 0.0, 0.0, 404)
@@ -323,7 +296,7 @@ async def test_the_metrics_read_the_size_of_the_request_as_answered(codec_cls: t
 @CODECS
 async def test_a_body_read_before_the_answer_stays_in_request_size(codec_cls: type[ServerCodec]) -> None:
     """A body read counts (ngx_http_request_body.c:120, 397), whatever came of it after."""
-    ex = _exchange(codec_cls, POST + b"he", [b"llo"])
+    ex = exchange_of(codec_cls, POST + b"he", [b"llo"])
     body, _ = ex.take_buffered_body()
     assert body == b"he"
     await ex.respond(413, b"{}")
