@@ -82,6 +82,19 @@ def parse(url: str) -> UrlParts | None:
     return UrlParts(scheme, authority, host, port, path)
 
 
+def fragment_and_query(url: str) -> tuple[str | None, str | None]:
+    """The fragment and the query socket.url's parse gives (url.lua:135-152), which `parse` leaves out: the fragment
+    from the first "#", the query from the first "?" after the authority; None: the url has none."""
+    url, hash_sign, fragment = url.partition("#")
+    if m := _SCHEME.match(url):
+        url = url[m.end():]
+    if url.startswith("//"):
+        _, slash, rest = url[2:].partition("/")
+        url = slash + rest
+    _, question_mark, query = url.partition("?")
+    return (fragment if hash_sign else None), (query if question_mark else None)
+
+
 def userinfo(parts: UrlParts) -> str | None:
     """socket.url's userinfo (url.lua:161): the authority up to its first "@", as written; None without an "@"."""
     return parts.authority.partition("@")[0] if parts.authority is not None and "@" in parts.authority else None

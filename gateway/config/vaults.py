@@ -24,11 +24,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import string
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import SplitResult, unquote, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import unquote, unquote_plus
 
 from gateway.config.errors import hide, inline, key_part, show
+from gateway.config.service_url import fragment_and_query, lua_tonumber
+from gateway.config.service_url import parse as parse_url
 from gateway.config.typedefs import tag_problem
 from gateway.kong_array import kong_array
 
@@ -55,6 +58,10 @@ _VAULT_FIELDS = {"id", "prefix", "name", "description", "config", "tags"}
 # Kong's typedefs.uuid (kong/db/schema/init.lua:159, 338-342): the dashed form only, hex digits of either case
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 _EXAMPLE_ID = "3f2a63d2-2b43-4a5b-9d1e-5c6b1f0e8a42"
+_LUA_SPACE = " \t\n\v\f\r"  # lj_char_isspace
+_LUA_INF_NAN = re.compile(r"[+-]?(?:inf(?:inity)?|nan)", re.IGNORECASE)  # lj_strscan.c's special values
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+_MAX_ARGS = 100  # ngx.decode_args' default (NGX_HTTP_LUA_MAX_ARGS)
 ENV_PREFIX_VARIABLE = "KONG_VAULT_ENV_PREFIX"  # kong.conf's vault_env_prefix, as Kong reads it from the environment
 
 
@@ -93,70 +100,126 @@ class Vaults:
 
     def resolve(self, reference: str) -> str:
         """The secret a reference names; VaultError says why there is none."""
-        url = _parse(reference)
-        name = url.netloc
+        parsed = parse_reference(reference)
+        prefix = self._base_prefix(parsed.name)
+        prefix = _prefix_option(parsed.options, prefix, reference)
+        variable = _variable((prefix or "") + parsed.resource, parsed.version)
+        value = self.environ.get(variable)
+        if value is None:
+            raise VaultError(f"{inline(reference)}: the environment variable {inline(variable)} is not set")
+        return value if parsed.key is None else _json_key(value, parsed.key, variable, reference)
+
+    def _base_prefix(self, name: str) -> str | None:
+        """The prefix of the vault a reference names (kong.pdk.vault's get_vault_name_and_base_config): the env
+        vault's own, or a `vaults` entry's."""
         if name in self.configured:
             prefix = self.configured[name]
             if prefix == BROKEN:
                 raise Unresolved
-        elif name == BUNDLED:
-            prefix = self.env_prefix()
-        elif not self.entities:
+            return prefix
+        if name == BUNDLED:
+            return self.env_prefix()
+        hint = _NAME_HINT if "?" in name else ""
+        if not self.entities:
             raise VaultError(f"no vault {show(name)}: a kong.conf setting can reference the env vault only "
-                             "({vault://env/...}), as Kong resolves kong.conf before it loads any `vaults` entity")
-        else:
-            raise VaultError(f"no vault {show(name)}: the gateway has Kong OSS's env vault ({{vault://env/...}}) and "
-                             "the `vaults` entries that configure it (by their prefix)")
-        resource, key = _resource_and_key(url.path, reference)
-        version = _version(url.fragment, reference)
-        for option, values in _query(url.query).items():
-            if option != "prefix":
-                raise VaultError(f"{inline(reference)}: unknown option {show(option)} (the env vault takes prefix)")
-            prefix = _env_prefix(values[-1], f"{inline(reference)}: prefix")
-        variable = _variable((prefix or "") + resource, version)
-        value = self.environ.get(variable)
-        if value is None:
-            raise VaultError(f"{inline(reference)}: the environment variable {inline(variable)} is not set")
-        return value if key is None else _json_key(value, key, variable, reference)
+                             "({vault://env/...}), as Kong resolves kong.conf before it loads any `vaults` entity"
+                             + hint)
+        raise VaultError(f"no vault {show(name)}: the gateway has Kong OSS's env vault ({{vault://env/...}}) and the "
+                         "`vaults` entries that configure it (by their prefix)" + hint)
 
 
-def _parse(reference: str) -> SplitResult:
+_NAME_HINT = " (Kong's vault name runs to the first /: write options after the secret, {vault://env/<secret>?prefix=P_})"
+_NO_SECRET = "no secret named (expected {vault://<vault>/<secret>})"
+
+
+class Reference(NamedTuple):
+    """What kong.pdk.vault's parse_reference (kong/pdk/vault.lua:122-183) takes from a reference."""
+
+    name: str  # socket.url's host: the vault's name or a `vaults` entry's prefix
+    resource: str
+    key: str | None  # the field of a JSON object the resource holds
+    version: float | None  # Lua's tonumber of the fragment; None: the current one
+    options: dict[str, str | bool | list[str | bool]]  # ngx.decode_args of the query
+
+
+def parse_reference(reference: str) -> Reference:
+    """kong.pdk.vault's parse_reference, step by step: socket.url's parse of the text between the braces (the
+    vault's name is its host, so it runs to the first `/`), then the path's segments as socket.url's parse_path
+    splits and unescapes them, unescaped once more by ngx.unescape_uri."""
+    url = reference[1:-1]
+    parts = parse_url(url)
+    if parts is None or parts.host is None:  # vault.lua:127-135
+        raise VaultError(f"{inline(reference)}: no vault named (expected {{vault://<vault>/<secret>}}: the name "
+                         "follows //, less a user info ending in @ and a :port)")
+    resource = (parts.path or "")[1:]  # :137-145 (the path starts with the / that ends the name)
+    if resource == "":
+        raise VaultError(f"{inline(reference)}: {_NO_SECRET}")
+    fragment, query = fragment_and_query(url)
+    version = None if fragment is None else _version(fragment, reference)
+    segments = [unquote(segment, errors="surrogateescape") for segment in resource.split("/") if segment]
+    if not segments:  # :156-159
+        raise VaultError(f"{inline(reference)}: {_NO_SECRET}")
+    key = None
+    if len(segments) > 1 and not resource.endswith("/"):  # :160-167: a directory (a trailing /) has no key
+        key = _ngx_unescape(segments.pop())
+    options = _decode_args(query) if query else {}  # :169-173
+    return Reference(parts.host, _ngx_unescape("/".join(segments)), key, version, options)
+
+
+def _ngx_unescape(text: str) -> str:
+    """ngx.unescape_uri (lua-nginx-module's ngx_http_lua_unescape_uri, a URI component): %xx a byte, + a space, a %
+    without two hex digits itself; bytes that are no UTF-8 as os.environ's keys hold them (surrogateescape)."""
+    text = unquote_plus(text, errors="surrogateescape")
     try:
-        url = urlsplit(reference[1:-1])
-    except ValueError as e:
-        raise VaultError(f"{inline(reference)}: not a vault URL ({e})") from None
-    if not url.netloc:
-        raise VaultError(f"{inline(reference)}: no vault named (expected {{vault://<vault>/<secret>}})")
-    return url
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # (a lone surrogate the file itself wrote: no byte string, so as it is)
+        return text
 
 
-def _resource_and_key(path: str, reference: str) -> tuple[str, str | None]:
-    """kong.pdk.vault's parse_reference: `/a` is resource a; `/a/b` resource a, key b; `/a/b/` the resource a/b."""
-    parts = [p for p in path[1:].split("/") if p]
-    if not parts:
-        raise VaultError(f"{inline(reference)}: no secret named (expected {{vault://<vault>/<secret>}})")
-    if len(parts) == 1 or path.endswith("/"):
-        return unquote("/".join(parts)), None
-    return unquote("/".join(parts[:-1])), unquote(parts[-1])
-
-
-def _version(fragment: str, reference: str) -> int | None:
-    """kong.pdk.vault's `tonumber(version, 10)`, of ASCII digits (`#²` is no number to Lua); None: the current one.
-    Only 2 means anything to the env vault, so a number of many digits is just not 2."""
-    if not fragment:
-        return None
-    if not (fragment.isascii() and fragment.isdigit()):
+def _version(fragment: str, reference: str) -> float | None:
+    """kong.pdk.vault's `tonumber(version, 10)` (vault.lua:147-153), LuaJIT's number syntax (decimal, 0x hex, 0b
+    binary, inf and nan, spaces around); an empty fragment is no number either. Only 2 means anything to the env
+    vault (kong/vaults/env: `version == 2`), so every other number is the current value."""
+    number = lua_tonumber(fragment)
+    if number is None and _LUA_INF_NAN.fullmatch(fragment.strip(_LUA_SPACE)) is None:
         raise VaultError(f"{inline(reference)}: the version (#{inline(fragment)}) must be a number")
-    digits = fragment.lstrip("0") or "0"
-    return int(digits) if len(digits) < 10 else None
+    return number
 
 
-def _query(query: str) -> dict[str, list[str]]:
-    options: dict[str, list[str]] = {}
-    for pair in query.split("&") if query else ():
-        name, _, value = pair.partition("=")
-        options.setdefault(unquote(name), []).append(unquote(value))
+def _decode_args(query: str) -> dict[str, str | bool | list[str | bool]]:
+    """ngx.decode_args (lua-nginx-module's ngx_http_lua_parse_args, at most 100 pairs): `&` ends a pair, its first
+    `=` ends the name, both unescaped; a name without `=` is true, an empty name is dropped, a repeated name a list."""
+    options: dict[str, str | bool | list[str | bool]] = {}
+    for pair in query.split("&")[:_MAX_ARGS]:
+        name, equals, value = pair.partition("=")
+        name = _ngx_unescape(name)
+        if not name:
+            continue
+        item: str | bool = _ngx_unescape(value) if equals else True
+        known = options.get(name)
+        if known is None:
+            options[name] = item
+        elif isinstance(known, list):
+            known.append(item)
+        else:
+            options[name] = [known, item]
     return options
+
+
+def _prefix_option(options: Mapping[str, str | bool | list[str | bool]], prefix: str | None,
+                   reference: str) -> str | None:
+    """The prefix a reference's options leave (kong.pdk.vault's get_vault_config_and_hash over the env vault's
+    schema): `prefix=P_` replaces the vault's, an empty `prefix=` is Kong's null, so none at all. Kong reads a
+    prefix its schema refuses (no value, a repeated one, a bad character) as none, which reads another variable:
+    it is refused here. Kong ignores every other option; the gateway refuses them, as likely a mistake."""
+    for option, value in options.items():
+        if option != "prefix":
+            raise VaultError(f"{inline(reference)}: unknown option {show(option)} (the env vault takes prefix)")
+        if isinstance(value, list):
+            raise VaultError(f"{inline(reference)}: prefix is given {len(value)} times (Kong then reads no prefix at "
+                             "all; give it once)")
+        prefix = None if value == "" else _env_prefix(value, f"{inline(reference)}: prefix")
+    return prefix
 
 
 def _env_prefix(value: Any, where: str) -> str:
@@ -166,9 +229,9 @@ def _env_prefix(value: Any, where: str) -> str:
     return value
 
 
-def _variable(resource: str, version: int | None) -> str:
+def _variable(resource: str, version: float | None) -> str:
     """kong/vaults/env's name: dashes as underscores, upper case (ASCII only, as Lua's string.upper)."""
-    name = resource.replace("-", "_").encode().upper().decode()
+    name = resource.replace("-", "_").translate(_ASCII_UPPER)
     return name + "_PREVIOUS" if version == 2 else name
 
 

@@ -34,9 +34,11 @@ from gateway.policies.header_list import escape_value, get_header
 from gateway.policies.pcre2 import ANCHORED, PcreMatchError, Regex
 
 log = logging.getLogger("gateway.policies")
-# LuaSocket's url.parse patterns: "^([%w][%w%+%-%.]*)%:", "^//([^/%?#]*)" and the port's ":([^:%]]*)$"
+# LuaSocket 3.0-rc1's url.parse patterns (src/url.lua:135-164, the version kong-3.9.3-0.rockspec:17 pins): the
+# fragment "#(.*)$" first, "^([%w][%w%+%-%.]*)%:", the authority "^//([^/]*)" (a "?" in it is its own) and the
+# port's ":([^:%]]*)$"
 _SCHEME = re.compile(r"([A-Za-z0-9][A-Za-z0-9+\-.]*):")
-_AUTHORITY_END = re.compile(r"[/?#]")
+_AUTHORITY_END = re.compile(r"[/#]")
 _PORT = re.compile(r":([^:\]]*)\Z")
 _CACHE_SIZE = 10000  # plans kept per distinct request Origin (Kong keeps an lrucache of 10e3 normalised origins)
 _ACAO, _ACAC, _VARY = b"access-control-allow-origin", b"access-control-allow-credentials", b"vary"
