@@ -4,6 +4,8 @@ consumer's chain once one is authenticated), the MCP step on MCP routes, forward
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from gateway.http.codec import SERVER_NAME, ProtocolError, answered_status, nginx_host
 from gateway.http.kong_errors import NO_ROUTE, nginx_page
@@ -11,12 +13,14 @@ from gateway.http.server import ROUTER_PATH, UPSTREAM_PATH, URI_CAPTURES, Exchan
 from gateway.mcp.body import attach, current
 from gateway.mcp.step import peek_for_routing, routing_key
 from gateway.pipeline.forward import Forwarder
+from gateway.pipeline.headers import kong_forwarded_reads
 from gateway.policies.base import Policy
 from gateway.routing import NEEDS_MCP, Router
 from gateway.runtime import RouteRuntime, Runtime
 from gateway.telemetry.phase import CLIENT_CLOSED, COLLECTED_LOGGERS, LogPhase
 
 log = logging.getLogger("gateway.pipeline")
+_NOT_FORWARDED: Mapping[bytes, bytes] = MappingProxyType({})  # what Kong reads off an untrusted peer's request
 AUDIT = "audit"  # ex.state: (the audit of the ai-mcp-proxy the request collected, the route's name)
 
 
@@ -63,11 +67,14 @@ class Pipeline:
                 await ex.respond_error(404, NO_ROUTE)
                 return
             route = match.payload
-            if route.https_redirect is not None and _scheme(ex) != b"https":
-                # answered by Kong's router step, before ctx.route is set and any plugin collected: the global ones'
-                ex.phases = runtime.global_phases
-                await _use_https(ex, route.https_redirect, host)
-                return
+            if route.https_redirect is not None:  # an https-only route
+                forwarded = kong_forwarded_reads(req.headers) if ex.peer_trusted else _NOT_FORWARDED
+                if _scheme(ex, forwarded) != b"https":
+                    # answered by Kong's router step, before ctx.route is set and any plugin collected: the
+                    # global ones'
+                    ex.phases = runtime.global_phases
+                    await _use_https(ex, route.https_redirect, host, forwarded)
+                    return
             ex.route = route
             if route.audit is not None:  # ai-mcp-proxy's audit log: a line per tools/call once the request is over
                 if ex.state is None:
@@ -193,33 +200,29 @@ async def _run_scoped(ex: Exchange, route: RouteRuntime) -> bool:
     return False
 
 
-def _scheme(ex: Exchange) -> bytes:
-    """The client's scheme: the connection's, or the X-Forwarded-Proto of a trusted balancer, as sent (Kong's rule:
-    `HTTPS` is not https)."""
-    if ex.peer_trusted:
-        for name, value in ex.request.headers:
-            if name == b"x-forwarded-proto":
-                return value
-    return ex.conn.scheme
+def _scheme(ex: Exchange, forwarded: Mapping[bytes, bytes]) -> bytes:
+    """The client's scheme: the connection's, or the X-Forwarded-Proto Kong reads off a trusted balancer's request
+    (`forwarded`: headers.kong_forwarded_reads), as sent (Kong's rule: `HTTPS` is not https; handler.lua:1236)."""
+    return forwarded.get(b"x-forwarded-proto", ex.conn.scheme)
 
 
-async def _use_https(ex: Exchange, status: int, host: bytes | None) -> None:
+async def _use_https(ex: Exchange, status: int, host: bytes | None, forwarded: Mapping[bytes, bytes]) -> None:
     """Kong's answer to plain HTTP on an https-only route: 426 with Upgrade, or a redirect to the https URL, whose
     body is nginx's own page for the status (Kong's kong.response.exit(status) has none: nginx makes the answer)."""
     if status == 426:
         await ex.respond_error(426, "Please use HTTPS protocol",
                                [(b"connection", b"Upgrade"), (b"upgrade", b"TLS/1.2, HTTP/1.1")])
         return
-    location = b"https://" + _forwarded_host(ex, host) + ex.request.target
+    location = b"https://" + _forwarded_host(forwarded, host) + ex.request.target
     await ex.respond(status, nginx_page(status), b"text/html", [(b"location", location)])
 
 
-def _forwarded_host(ex: Exchange, host: bytes | None) -> bytes:
-    """Kong's forwarded_host: a trusted balancer's X-Forwarded-Host, else nginx's $host (the Host without its port,
-    in lower case), so a redirect to https does not keep the plain listener's port; without a Host, $host is Kong's
-    server_name (ngx_http_variables.c:1230-1236, kong/templates/nginx_kong.lua `server_name kong`)."""
-    if ex.peer_trusted:
-        for name, value in ex.request.headers:
-            if name == b"x-forwarded-host":
-                return value
+def _forwarded_host(forwarded: Mapping[bytes, bytes], host: bytes | None) -> bytes:
+    """Kong's forwarded_host: the X-Forwarded-Host Kong reads off a trusted balancer's request (`forwarded`,
+    handler.lua:1237), else nginx's $host (the Host without its port, in lower case), so a redirect to https does not
+    keep the plain listener's port; without a Host, $host is Kong's server_name (ngx_http_variables.c:1230-1236,
+    kong/templates/nginx_kong.lua `server_name kong`)."""
+    value = forwarded.get(b"x-forwarded-host")
+    if value is not None:
+        return value
     return nginx_host(host) if host else SERVER_NAME
