@@ -840,25 +840,23 @@ class LlhttpServer(_Parsing):
         self._request = request
 
     def _restore_framing_tabs(self, headers: Headers) -> None:
-        """restore_framing_tabs for the head just parsed, when the reads it came in hold a Content-Length or
-        Transfer-Encoding line with a tab: on its own bytes (_head_as_sent), or, for a head that began after another
-        request in a read, on those past the requests before it since the last read that began between two (past
-        _REPARSE_WINDOW of them, the lines with a tab in all of its reads are taken for its own)."""
-        split = self._head_fed > 0 or self._head_partial and not self._head_fed  # (its earlier reads are kept)
-        reads = b"".join(self._head_chunks) + self._prev if split else self._prev
-        if b"\t" not in reads or _TABBED_FRAMING.search(reads) is None:
-            return
+        """restore_framing_tabs for the head just parsed, on its own bytes alone, as nginx parses a pipelined head
+        from the buffer's rest (ngx_http_set_keepalive): those it came in when it began a read (_head_as_sent), else
+        those past the requests before it since the last read that began between two. Past _REPARSE_WINDOW of them
+        (a long body before it) where it begins is not known: its headers stay as llhttp gave them, never read from
+        bytes that may be a body."""
         if not self._head_partial:
             head = self._head_as_sent()
         elif self._before is None:
-            tabbed = {line[1].lower(): line[2] for line in _FRAMING_LINE.finditer(reads) if b"\t" in line[2]}
-            headers[:] = [(name, tabbed.get(name, value)) for name, value in headers]
             return
-        else:
+        else:  # (its reads hold a tabbed framing line at all? before the dozen parses that find where it begins)
+            reads = self._prev if self._head_fed < 0 else b"".join(self._head_chunks) + self._prev
+            if b"\t" not in reads or _TABBED_FRAMING.search(reads) is None:
+                return
             whole = self._before + self._prev
             head = whole[_end_of_requests(whole, self._pipelined):].lstrip(b"\r\n")
-        if head is not None:
-            restore_framing_tabs(head, headers)
+        if head is not None and b"\t" in head:
+            restore_framing_tabs(head, headers)  # (which reads the head's lines alone, up to its blank line)
 
     def _refused_whole(self, error: ProtocolError, method: bytes, url: bytes, headers: Headers) -> None:
         """What `error`, refusing the head just parsed (`headers` its header lines), says of it: its request line's
@@ -1094,9 +1092,9 @@ class LlhttpServer(_Parsing):
         whole = self._headers or any(b"\n" in chunk for chunk in self._head_chunks)
         return method, self._url if whole else b""
 
-    @property
-    def head_begun(self) -> bool:
-        return self._in_head  # (llhttp skips the empty lines before a request line: no message begins with them)
+    # ServerCodec.head_begun: the `_in_head` slot under a second name, read with no call (handle_connection reads it
+    # between any two requests); llhttp skips the empty lines before a request line: no message begins with them
+    head_begun: bool = _Parsing.__dict__["_in_head"]
 
     # sans-I/O interface ----------------------------------------------------------------------------------------------
 
