@@ -85,6 +85,11 @@ def answer_events(client: Any, answer: bytes, method: bytes = b"GET") -> list[An
     client.request_head(method, b"/", [(b"host", b"up")])
     client.end()
     client.receive_data(answer)
+    return events_after(client)
+
+
+def events_after(client: Any) -> list[Any]:
+    """The events a client codec gives of the bytes it was given so far: up to its END, or the error it raised."""
     events: list[Any] = []
     try:
         while (ev := client.next_event()) is not NEED_DATA and ev is not CLOSED:

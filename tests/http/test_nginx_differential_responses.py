@@ -35,9 +35,9 @@ import pytest
 import trio
 from backends import service, stop_process
 from conftest import CODECS
-from kong_nginx import KONG_HTTP, NGINX, NO_NGINX, Nginx, answer_events, nginx_version
+from kong_nginx import KONG_HTTP, NGINX, NO_NGINX, Nginx, answer_events, events_after, nginx_version
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, ProtocolError
+from gateway.http.codec import END, ProtocolError
 from gateway.http.codecs import codec_classes
 
 READ_TIMEOUT_S = 1  # the service's read_timeout and nginx's proxy_read_timeout: a stalled body ends after it
@@ -1055,20 +1055,6 @@ def _answered(codec: str, answer: bytes, method: bytes = b"GET") -> tuple[list[A
     return events, client.keep_alive
 
 
-def _events_after(client: Any) -> list[Any]:
-    """The events a client codec gives of the bytes it was given since answer_events: up to its END, or the error it
-    raised."""
-    events: list[Any] = []
-    try:
-        while (ev := client.next_event()) is not NEED_DATA and ev is not CLOSED:
-            events.append(ev)
-            if ev is END:
-                break
-    except ProtocolError as e:
-        events.append(e)
-    return events
-
-
 @pytest.mark.parametrize("codec", CODECS)
 def test_an_http_0_x_status_line_is_a_502_as_one_nginx_cannot_read(codec: str) -> None:
     """nginx 1.27.1 reads no major version 0 (ngx_http_parse.c:1701-1704: the first digit 1 to 9) and relays
@@ -1100,7 +1086,7 @@ def test_a_content_length_with_a_tab_is_a_502_however_the_answer_is_cut(codec: s
         client = codec_classes(codec)[1]()
         events = answer_events(client, answer[:cut])
         client.receive_data(answer[cut:])
-        events += _events_after(client)
+        events += events_after(client)
         assert isinstance(events[-1], ProtocolError) and events[-1].status == 502, (cut, events)
 
 
@@ -1156,7 +1142,7 @@ def test_an_answer_delimited_by_the_close_still_ends_its_connection_after_proxy_
     client = codec_classes(codec)[1]()
     events = answer_events(client, b"HTTP/1.1 200 OK\r\nProxy-Connection: keep-alive\r\n\r\nok")
     client.receive_data(b"")
-    events += _events_after(client)
+    events += events_after(client)
     assert events[1:] == [b"ok", END] and not client.keep_alive
 
 
@@ -1208,7 +1194,7 @@ def test_such_a_trailer_section_split_over_reads_keeps_its_connection(codec: str
         client = codec_classes(codec)[1]()
         events = answer_events(client, answer[:cut])
         client.receive_data(answer[cut:])
-        events += _events_after(client)
+        events += events_after(client)
         assert b"".join(e for e in events if type(e) is bytes) == b"hello world" and events[-1] is END, (cut, events)
         assert client.keep_alive, cut
 

@@ -13,27 +13,13 @@ import pytest
 import trio
 from backends import Client, service
 from conftest import CODECS
-from kong_nginx import answer_events
+from kong_nginx import answer_events, events_after
 
-from gateway.http.codec import CLOSED, END, NEED_DATA, ProtocolError, Response
+from gateway.http.codec import END, ProtocolError, Response
 from gateway.http.codecs import codec_classes
 
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nb\r\nhello world\r\n0\r\n"
 NEXT = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"
-
-
-def _events_after(client: Any) -> list[Any]:
-    """The events a client codec gives of the bytes it was given since answer_events: up to its END, or the error it
-    raised."""
-    events: list[Any] = []
-    try:
-        while (ev := client.next_event()) is not NEED_DATA and ev is not CLOSED:
-            events.append(ev)
-            if ev is END:
-                break
-    except ProtocolError as e:
-        events.append(e)
-    return events
 
 
 def _body(events: list[Any]) -> bytes:
@@ -69,7 +55,7 @@ def test_a_connection_close_trailer_split_over_reads_keeps_its_connection(codec:
         client = codec_classes(codec)[1]()
         events = answer_events(client, answer[:cut])
         client.receive_data(answer[cut:])
-        events += _events_after(client)
+        events += events_after(client)
         assert _body(events) == b"hello world" and events[-1] is END and client.keep_alive, (cut, events)
         client.start_next_cycle()
         assert answer_events(client, NEXT)[1:] == [b"abc", END], cut
@@ -159,7 +145,7 @@ def test_a_tab_before_an_upstreams_chunked_is_a_502_however_the_answer_is_cut(co
         client = codec_classes(codec)[1]()
         events = answer_events(client, answer[:cut])
         client.receive_data(answer[cut:])
-        events += _events_after(client)
+        events += events_after(client)
         assert isinstance(events[-1], ProtocolError) and events[-1].status == 502, (cut, events)
 
 
