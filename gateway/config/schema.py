@@ -314,6 +314,25 @@ class Healthchecks(Base):
     threshold: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0
     check: HealthcheckAliases | None = None  # nginx/HAProxy terms: interval rise fall timeout (config/discovery.py)
 
+    def __post_init__(self) -> None:
+        # Kong's schema takes 0-255, but the checker it builds for an upstream that uses checks asserts each count
+        # is below 255 (lua-resty-healthcheck 3.1.0 healthcheck.lua:1602-1609: 8-bit counters), and without a
+        # checker Kong builds no balancer for it (healthcheckers.lua:226-236, 274)
+        active, passive = self.active, self.passive
+        if not (active.healthy.interval or active.unhealthy.interval or passive.unhealthy.tcp_failures
+                or passive.unhealthy.timeouts or passive.unhealthy.http_failures or self.check is not None):
+            return
+        for kind, check in (("active", active), ("passive", passive)):
+            for state, field in _HEALTH_COUNTS:
+                if getattr(getattr(check, state), field) == 255:
+                    raise ValueError(f"{kind}.{state}.{field}: must be at most 254 on an upstream that uses health "
+                                     "checks (Kong's checker keeps each count in 8 bits and refuses 255, leaving "
+                                     "the upstream without a balancer)")
+
+
+_HEALTH_COUNTS = (("healthy", "successes"), ("unhealthy", "tcp_failures"), ("unhealthy", "http_failures"),
+                  ("unhealthy", "timeouts"))
+
 
 # --- entities -------------------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from gateway.http.tls_contexts import client_context, load_chain
 
 # lua-resty-healthcheck's match on the line it reads, with ngx.re's "joi" flags (case-insensitive)
 STATUS_LINE = re.compile(rb"HTTP/\d+\.\d+\s+(\d+)", re.IGNORECASE)
-MAX_LINE = 65536  # a first line longer than this is no status line
+MAX_LINE = 65536  # of a longer first line, the part kept (the status is at its start)
 
 
 def _ssl_context(policy: ActivePolicy) -> ssl.SSLContext:
@@ -45,18 +45,22 @@ def request_bytes(policy: ActivePolicy, host_header: str) -> bytes:
 
 
 async def _first_line(stream: trio.abc.Stream, timeout: float) -> bytes | None:
-    """The answer's first line as ngx's `sock:receive()` gives it (up to "\\n", a "\\r" before it dropped); None
+    """The answer's first line as ngx's `sock:receive()` gives it: up to "\\n", every "\\r" in it dropped
+    (ngx_http_lua_read_line), its first MAX_LINE bytes kept and the rest read past (ngx's buffer has no cap); None
     when the peer closed before its end. `timeout` bounds each wait for more of it, not the whole line: the
     cosocket arms its read timer afresh each time it waits for more (lua-nginx-module v0.10.27
     ngx_http_lua_socket_tcp.c:2874-2875, `ngx_add_timer(rev, u->read_timeout)`)."""
-    buf = bytearray()
-    while (end := buf.find(b"\n")) < 0 and len(buf) <= MAX_LINE:
+    line = bytearray()
+    while True:
         with trio.fail_after(timeout):
             chunk = await stream.receive_some(4096)
         if not chunk:
             return None
-        buf += chunk
-    return bytes(buf[:end]).removesuffix(b"\r") if end >= 0 else bytes(buf)
+        end = chunk.find(b"\n")
+        if len(line) < MAX_LINE:
+            line += chunk.replace(b"\r", b"") if end < 0 else chunk[:end].replace(b"\r", b"")
+        if end >= 0:
+            return bytes(line[:MAX_LINE])
 
 
 def status_of(line: bytes) -> int:

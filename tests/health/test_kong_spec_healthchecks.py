@@ -153,6 +153,26 @@ async def test_a_connection_closed_before_the_end_of_the_status_line_is_a_tcp_fa
     assert await probe("127.0.0.1", port, http()) is Event.TCP_FAILURE
 
 
+async def test_every_cr_in_the_status_line_is_dropped_as_ngx_receive_drops_it(nursery: trio.Nursery) -> None:
+    """ngx_http_lua_read_line ignores each "\\r" of the line (lua-nginx-module ngx_http_lua_input_filters.c), so
+    `HTTP/1.1 2\\r00 OK` is status 200 for Kong's checker."""
+    port = await serve(nursery, answering(b"HTTP/1.1 2\r00 OK\r\nContent-Length: 0\r\n\r\n"))
+    assert await probe("127.0.0.1", port, http()) is Event.SUCCESS
+
+
+async def test_a_status_line_longer_than_64k_is_read_to_its_end(nursery: trio.Nursery) -> None:
+    """ngx's receive() has no cap on a line: a long one is still a status line once its "\\n" comes."""
+    port = await serve(nursery, answering(b"HTTP/1.1 200 " + b"x" * 70000 + b"\r\n\r\n"))
+    assert await probe("127.0.0.1", port, http()) is Event.SUCCESS
+
+
+async def test_a_status_line_cut_by_a_close_past_64k_is_a_tcp_failure(nursery: trio.Nursery) -> None:
+    """However long the line, a close before its "\\n" is sock:receive()'s nil, "closed": report_tcp_failure
+    (lua-resty-healthcheck 3.1.0 healthcheck.lua:1085-1092), never a status read from a piece of it."""
+    port = await serve(nursery, answering(b"HTTP/1.1 200 " + b"x" * 70000))
+    assert await probe("127.0.0.1", port, http()) is Event.TCP_FAILURE
+
+
 # ---- https: the handshake and its timeout --------------------------------------------------------------------------
 
 
@@ -261,6 +281,40 @@ def test_the_counts_are_one_byte_integers():
 
     assert "healthy.successes: expected int >= 0 and <= 255, got 256" in _config_error({"healthy": {"successes": 256}})
     assert msgspec.convert({"healthy": {"successes": 255}}, ActiveHealthcheck).healthy.successes == 255
+
+
+@pytest.mark.parametrize("count", [("active", "healthy", "successes"), ("active", "unhealthy", "timeouts"),
+                                   ("passive", "healthy", "successes"), ("passive", "unhealthy", "http_failures")])
+def test_a_count_of_255_is_refused_on_an_upstream_that_uses_checks(count: tuple[str, str, str]) -> None:
+    """lua-resty-healthcheck 3.1.0 `_M.new` asserts each count < 255 (healthcheck.lua:1602-1609: 8-bit counters);
+    Kong builds that checker, without pcall, for an upstream that uses checks (healthcheckers.lua:226-236, 274), so
+    such an upstream gets no balancer in Kong: refused at load, with Kong's reason."""
+    check, state, field = count
+    hc: dict = {"active": {"unhealthy": {"interval": 5}}, "passive": {}}
+    hc[check].setdefault(state, {})[field] = 255
+    error = str(_healthchecks_error(hc))
+    assert f"healthchecks: {check}.{state}.{field}: must be at most 254 on an upstream that uses health checks" in error
+
+
+def test_a_count_of_255_loads_on_an_upstream_without_checks() -> None:
+    """Kong's schema takes 255 and Kong builds no checker for an upstream without checks: nothing to refuse."""
+    import msgspec
+
+    hc = msgspec.convert({"active": {"healthy": {"successes": 255}}}, Healthchecks)
+    assert hc.active.healthy.successes == 255
+
+
+def _healthchecks_error(hc: dict) -> Exception:
+    from gateway.config import ConfigError, parse_config
+    from gateway.runtime import compile_config
+
+    doc = {"upstreams": [{"name": "up", "targets": [{"target": "127.0.0.1:9"}], "healthchecks": hc}],
+           "services": [{"name": "s", "url": "http://up"}]}
+    import json
+
+    with pytest.raises(ConfigError) as err:
+        compile_config(parse_config(json.dumps(doc), "k.yml"), "k.yml")
+    return err.value
 
 
 def test_a_zero_timeout_is_accepted_and_means_ngxs_default():
