@@ -37,6 +37,7 @@ _FRAMING = (b"content-length:", b"transfer-encoding:")  # llhttp refuses them in
 MAX_CHUNK_SIZE = (1 << 63) - 1  # nginx's NGX_MAX_OFF_T_VALUE: a larger size is invalid (ngx_http_parse_chunked)
 
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = range(5)
+_HEX = frozenset(b"0123456789ABCDEFabcdef")
 
 
 class ChunkedFraming:
@@ -102,6 +103,8 @@ class ChunkedFraming:
                 self._line += data[i:]
                 if len(self._line) > self._max_line:
                     self._fail("chunk or trailer line too long")
+                else:
+                    self._check_start_of_line()
                 given.append(data[start:i])
                 start = n
                 break
@@ -154,6 +157,15 @@ class ChunkedFraming:
         elif line.lower().startswith(_FRAMING):
             self._fail("framing field in the trailer section")
         return None
+
+    def _check_start_of_line(self) -> None:
+        """A line not ended yet whose first byte cannot begin it is refused at that byte, as ngx_http_parse_chunked
+        refuses it (sw_chunk_start: a hex digit; sw_after_data: CR or LF) and llhttp does, not once its LF comes."""
+        first = self._line[0]
+        if self._state == _SIZE and first not in _HEX:
+            self._fail("invalid chunk line")
+        elif self._state == _DATA_END and first != 13 and first != 10:
+            self._fail("chunk data not followed by CRLF")
 
     def _skip_trailer(self, line: bytes) -> None:
         """A line of a response's trailer section (but CRLF), as nginx reads it: skipped, a CR in it not followed by LF

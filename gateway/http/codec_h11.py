@@ -71,6 +71,8 @@ from gateway.http.codec_llhttp import (
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _TARGET_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+_LINE_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # refused anywhere in a request line (not tab, CR)
+_NAME_REFUSED = re.compile(rb"[\x00-\x20\x7f]")  # in a header name (ngx_http_parse_header_line: ch <= 0x20, DEL)
 
 
 # What no head the codec writes holds: in a name, a byte that ends one for nginx, `:` or nothing at all; in a value,
@@ -272,13 +274,16 @@ class _H11Codec:
 class H11Server(_H11Codec):
     """Server side of a client connection."""
 
-    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check", "_request", "_read")
+    __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check", "_request", "_read",
+                 "_checked_head", "_checked")
 
     def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         # nginx's large header buffers (check_head_lines); h11 waits for a head (or trailers) as long as they hold
         self._max_line, self._buffers, bound = head_buffers(max_header_bytes, min(max_line_bytes, max_header_bytes))
         super().__init__(h11.SERVER, bound)
         self._head_check: HeadBuffers | None = None  # nginx's buffers over a long head that has not ended
+        self._checked_head: bytearray | None = None  # the head being waited for, its lines read up to `_checked`
+        self._checked = 0  # (_check_so_far)
         self._method = b"GET"
         self._no_body = False
         self.open_ended = False
@@ -361,6 +366,8 @@ class H11Server(_H11Codec):
         except h11.RemoteProtocolError as e:
             head = self._probe
             if head is not None:
+                self._check_start(head)  # (nginx refuses those bytes as it reads them: before the head's end)
+                self._check_so_far(head)
                 try:
                     mended = mend_request_head(bytes(head), self._max_line)
                 except ProtocolError as refused:  # a version nginx does not speak: 505
@@ -407,6 +414,7 @@ class H11Server(_H11Codec):
             if (waiting := self._probe) is not None:
                 self._check_request_line(waiting)
                 self._check_start(waiting)
+                self._check_so_far(waiting)
                 if len(waiting) > FIRST_BUFFER_BYTES:
                     self._check_buffers(waiting)
             return NEED_DATA
@@ -439,6 +447,39 @@ class H11Server(_H11Codec):
         except ProtocolError as e:
             e.method, e.target = _request_line_of(probe)
             raise
+
+    def _check_so_far(self, probe: bytearray) -> None:
+        """Bytes nginx refuses as it reads them, refused before the head ends (h11 sees them once it is whole; the
+        llhttp codec at the byte), so that a client's close after them is no cut head: a control byte in the
+        request line (ngx_http_parse_request_line), in a header line a name with a byte up to 0x20 or DEL or none
+        before its colon, or a NUL in a value (ngx_http_parse_header_line). Lines are read once, as they end."""
+        start = self._checked if self._checked_head is probe else 0
+        if not start:
+            end = probe.find(b"\n")
+            if _LINE_CONTROL.search(probe, 0, end if end >= 0 else len(probe)) is not None:
+                self._refuse_so_far(probe, "client sent invalid request")
+            if end < 0:
+                return
+            start = end + 1
+        while True:
+            end = probe.find(b"\n", start)
+            line = probe[start:end if end >= 0 else len(probe)].removesuffix(b"\r")
+            if not line and end >= 0:
+                return  # the head's end (what follows is its body's, or the next request's)
+            name, colon, value = line.partition(b":")
+            if _NAME_REFUSED.search(name) is not None or (colon and not name) or b"\0" in value:
+                self._refuse_so_far(probe, "client sent invalid header line")
+            if end < 0:
+                break
+            start = end + 1
+        self._checked_head, self._checked = probe, start
+
+    @staticmethod
+    def _refuse_so_far(probe: bytearray, message: str) -> None:
+        error = ProtocolError(message, 400)
+        error.method, error.target = _request_line_of(probe)
+        read_before(error, probe)
+        raise error
 
     def _check_buffers(self, probe: bytearray) -> None:
         """A head longer than nginx's first buffer that has not ended: refused once nginx would refuse it."""

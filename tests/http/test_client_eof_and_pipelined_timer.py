@@ -93,6 +93,38 @@ def test_a_bad_head_before_the_clients_close_is_no_cut(http_codec: str) -> None:
     assert (error.status, error.cut) == (400, False)
 
 
+BROKEN_BEFORE_EOF = {  # bytes nginx refuses as it reads them, their line or head not ended when the client closes
+    "nul-in-header-name": b"GET /x HTTP/1.1\r\nHost: t\r\nX\x00Y: z",  # sw_name: ch <= 0x20
+    "space-in-header-name": b"GET /x HTTP/1.1\r\nHost: t\r\nX Y: z",
+    "header-line-starting-with-colon": b"GET /x HTTP/1.1\r\nHost: t\r\n:a",  # sw_start: ':'
+    "nul-in-header-value": b"GET /x HTTP/1.1\r\nHost: t\r\nX: a\x00b",  # sw_value: '\\0'
+    "control-in-target": b"GET /x\x01y HTTP/1.1\r\nHost: t",  # sw_check_uri: ch < 0x20
+    "control-in-unended-target": b"GET /x\x01y",
+    "bad-chunk-size": b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz",  # sw_chunk_start
+    "bad-chunk-end": b"POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n1\r\naX",  # sw_after_data
+}
+
+
+@pytest.mark.parametrize("partial", BROKEN_BEFORE_EOF.values(), ids=BROKEN_BEFORE_EOF.keys())
+def test_bytes_refused_before_the_clients_close_are_no_cut(http_codec: str, partial: bytes) -> None:
+    """nginx refuses these bytes as it parses them (ngx_http_parse_request_line, ngx_http_parse_header_line,
+    ngx_http_parse_chunked), with a 400 it answers before it reads the client's EOF: no cut, whatever the codec."""
+    error = _error_at_eof(http_codec, partial)
+    assert (error.status, error.cut) == (400, False)
+
+
+@pytest.mark.parametrize("partial", BROKEN_BEFORE_EOF.values(), ids=BROKEN_BEFORE_EOF.keys())
+def test_bytes_refused_before_their_line_ends_are_refused_at_once(http_codec: str, partial: bytes) -> None:
+    """...and before the line they are in ends (llhttp refuses them at the byte; the h11 codec checks a head and
+    a chunk line as they come, h11 itself only once they end)."""
+    server = codec_classes(http_codec)[0]()
+    server.receive_data(partial)
+    with pytest.raises(ProtocolError) as caught:
+        while server.next_event() is not NEED_DATA:
+            pass
+    assert caught.value.status == 400
+
+
 @pytest.mark.parametrize(("pipelined", "begun"), [(b"GET /b HTT", True), (b"G", True), (b"", False),
                                                   (b"\r\n", False)], ids=["part", "one-byte", "none", "crlf"])
 def test_the_codecs_tell_a_next_head_begun_in_the_last_read(http_codec: str, pipelined: bytes, begun: bool) -> None:
@@ -113,6 +145,13 @@ async def test_a_client_that_half_closes_mid_head_is_closed_without_an_answer(nu
     port = await _echo_gateway(nursery, gateway, header_timeout_s=2, access_log=str(log))
     received = await _half_close_and_read(port, PARTIALS["mid-headers"])
     assert (received, await _logged(log, 1)) == (b"", [400])
+
+
+async def test_a_client_that_half_closes_after_a_broken_header_line_gets_its_400(nursery, gateway):  # noqa: ANN001
+    """nginx answered the bad line as it read it, long before the client's close (ngx_http_request.c:1541-1548)."""
+    port = await _echo_gateway(nursery, gateway)
+    received = await _half_close_and_read(port, BROKEN_BEFORE_EOF["nul-in-header-name"], pause=0.3)
+    assert received.startswith(b"HTTP/1.1 400 "), received
 
 
 async def test_a_client_that_half_closes_mid_head_of_a_second_request_is_closed_without_an_answer(
