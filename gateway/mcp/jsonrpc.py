@@ -282,10 +282,14 @@ def decode_header_value(value: bytes) -> str | None:
         return None
 
 
-def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, version: bytes | None) -> str | None:
+def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, version: bytes | None,
+                    routed: bool = True) -> str | None:
     """Why the Mcp-Method / Mcp-Name / MCP-Protocol-Version headers disagree with the body, or None if they agree.
 
-    `method`/`name` are the header values (None: absent); a present header must be confirmed by the body.
+    `method`/`name` are the header values (None: absent); a present header must be confirmed by the body. An
+    Mcp-Name on a method that names nothing has nothing to disagree with: a server ignores it (the spec compares it
+    on name-bearing methods only; python-sdk's classify_inbound_request), and so does the gateway unless `routed`,
+    where a route on MCP method or tool could take the request and a name the body does not confirm is refused.
     """
     if info.batch:
         return "Mcp-Method header on a JSON-RPC batch (the 2026-07-28 revision has no batches)"
@@ -296,7 +300,8 @@ def header_mismatch(info: RpcInfo, method: bytes | None, name: bytes | None, ver
     if method is not None and method.decode("latin-1") != info.method:
         return f"Mcp-Method header does not match the body's method {info.method!r}"
     key = NAME_BEARING.get(info.method)
-    if name is not None or (key is not None and info.name is not None and method is not None):
+    if (name is not None and (key is not None or routed)) or (key is not None and info.name is not None
+                                                              and method is not None):
         if key is None:
             return f"Mcp-Name header on a request whose method {info.method!r} names nothing"
         if name is None:

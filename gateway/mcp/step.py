@@ -191,12 +191,12 @@ async def _check_headers(ex: Exchange, mcp: McpRequest, shared: McpShared, h_met
     check them against what it runs, gets the request unconfirmed (`checked` stays False)."""
     await read_peek(ex, mcp, shared.peek_bytes)
     info: jsonrpc.RpcInfo = mcp.info  # type: ignore[assignment]
-    why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
+    why = jsonrpc.header_mismatch(info, h_method, h_name, h_version, routed)
     missing = unnamed(info, names=True) if why is not None and info.valid else None
     if (why is None or missing is not None) and _cut(mcp, shared):
         if mcp.body_done or await read_all(ex, mcp, shared.whole_bytes):  # (a policy may hold it whole already)
             info = mcp.info = whole_call(mcp)
-            why = jsonrpc.header_mismatch(info, h_method, h_name, h_version)
+            why = jsonrpc.header_mismatch(info, h_method, h_name, h_version, routed)
         elif not routed:
             return True
         else:

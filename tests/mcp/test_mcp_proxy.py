@@ -216,6 +216,21 @@ async def test_header_body_mismatch_is_400_with_32020(gateway, nursery):
     assert len(a.requests) == 2  # only the two consistent requests reached the upstream
 
 
+@bounded(20)
+async def test_an_mcp_name_on_a_method_that_names_nothing_passes_as_the_server_takes_it(gateway, nursery):
+    """The spec compares Mcp-Name on tools/call, prompts/get and resources/read only (draft streamable-http "Server
+    Validation"; python-sdk's classify_inbound_request): a tools/list carrying one is the server's to answer, 200,
+    where no route on MCP method or tool could take it."""
+    (a,) = await start_fakes(nursery, "a")
+    port = await gateway(mcp_config([a.port]), mcp=session_keys(TEST_KEY))
+    headers = [*JSON_HEADERS, ("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list"),
+               ("mcp-name", "size")]
+    async with await Client.connect(port, host="localhost") as client:
+        reply = await client.request("POST", "/mcp", headers, rpc("tools/list", 3))
+    assert reply.status == 200, reply.body
+    assert [json.loads(r.body)["method"] for r in a.requests] == ["tools/list"]
+
+
 DEEP_ID_CALL = (b'{"jsonrpc":"2.0","id":' + b"[" * 30000 + b"]" * 30000 +
                 b',"method":"tools/call","params":{"name":"whoami","arguments":{}}}')  # 60 KB: within peek_bytes
 

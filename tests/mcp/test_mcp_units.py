@@ -360,7 +360,9 @@ def test_header_check():
     assert ok(info, None, b"whoami", None) is None  # Mcp-Name alone, agreeing
     listing = jsonrpc.peek(b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}', True)
     assert ok(listing, b"tools/list", None, None) is None
-    assert ok(listing, b"tools/list", b"x", None) is not None  # Mcp-Name on a method that names nothing
+    assert ok(listing, b"tools/list", b"x", None) is not None  # Mcp-Name on a method that names nothing, where a
+    # route on method or tool could take the request
+    assert ok(listing, b"tools/list", b"x", None, routed=False) is None  # elsewhere ignored, as by the server
     assert ok(jsonrpc.BATCH, b"tools/list", None, None) is not None
     assert ok(jsonrpc.NOT_JSON, b"tools/list", None, None) is not None
     assert jsonrpc.decode_header_value(b"=?base64?w6k=?=") == "é"
