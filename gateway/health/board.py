@@ -11,6 +11,10 @@ failures probes counted:
     board.probed("erlmcp-cluster", "10.0.1.10:8080", Event.SUCCESS)    # a probe: active thresholds
 
 Each call returns the target's new health when it flipped (it starts or stops getting traffic), else None.
+
+A reload keeps the machines of the targets that stay; those it drops (or whose upstream it leaves unchecked) are
+retired for CLEAR_HEALTH_STATUS_DELAY_S, as Kong's delayed_clear keeps them in its shm, and one a later reload brings
+back within that has its state and counters again.
 """
 
 from __future__ import annotations
@@ -19,12 +23,18 @@ from gateway.config.schema import Config
 from gateway.health.machine import Event, State, TargetHealth, Thresholds
 from gateway.health.policy import ActivePolicy, Outcome, PassivePolicy
 
+# How long a reload keeps the machine of a target it dropped: Kong's CLEAR_HEALTH_STATUS_DELAY (kong/constants.lua),
+# the delay of the delayed_clear it stops a rebuilt upstream's checker with (balancer/healthcheckers.lua:27-35).
+CLEAR_HEALTH_STATUS_DELAY_S = 300.0
+
 
 class HealthBoard:
     def __init__(self, active: dict[str, Thresholds], passive: dict[str, PassivePolicy]) -> None:
         self.active = active
         self.passive = passive
         self.targets: dict[tuple[str, str], TargetHealth] = {}
+        # The machines reloads dropped, with when each is forgotten (the keeper's clock): `adopt`, `purge`.
+        self.retired: dict[tuple[str, str], tuple[TargetHealth, float]] = {}
 
     @classmethod
     def from_config(cls, config: Config) -> HealthBoard:
@@ -72,11 +82,26 @@ class HealthBoard:
             self.targets.setdefault((upstream, target), TargetHealth()).force(healthy)
 
     def retain(self, upstream: str, targets: set[str]) -> None:
-        """Forget targets that left the upstream (discovery removed them)."""
+        """Forget targets that left the upstream (discovery removed them: Kong's remove_target clears at once)."""
         for key in [k for k in self.targets if k[0] == upstream and k[1] not in targets]:
             del self.targets[key]
 
-    def adopt(self, old: HealthBoard, staying: set[tuple[str, str]]) -> None:
-        """After a reload: the targets that stay, of upstreams still checked, keep their state and counters (one
-        that left and comes back later starts afresh, as its verdict does)."""
+    def adopt(self, old: HealthBoard, staying: set[tuple[str, str]], now: float = 0.0) -> list[tuple[str, str]]:
+        """After a reload: the targets that stay, of upstreams still checked, keep their state and counters; the
+        others' machines are retired until CLEAR_HEALTH_STATUS_DELAY_S from `now`, and a retired one back in
+        `staying`, of a checked upstream, is taken up again (the keys returned), as Kong's new checker of the same
+        name re-adds it from the shm (lua-resty-healthcheck 3.1.0 healthcheck.lua:456-469, 1665-1688)."""
         self.targets = {key: th for key, th in old.targets.items() if key in staying and self.tracks(key[0])}
+        self.retired = {key: kept for key, kept in old.retired.items() if kept[1] > now and key not in old.targets}
+        expiry = now + CLEAR_HEALTH_STATUS_DELAY_S
+        self.retired.update((key, (th, expiry)) for key, th in old.targets.items() if key not in self.targets)
+        back = [key for key in self.retired if key in staying and self.tracks(key[0])]
+        for key in back:
+            th = self.targets[key] = self.retired.pop(key)[0]
+            th.state = State.HEALTHY if th.healthy else State.UNHEALTHY  # (add_target: its verdict, counters kept)
+        return back
+
+    def purge(self, now: float) -> None:
+        """Forget the retired machines whose time is up (lua-resty-healthcheck's cleanup of purge_time targets)."""
+        if self.retired:
+            self.retired = {key: kept for key, kept in self.retired.items() if kept[1] > now}

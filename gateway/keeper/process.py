@@ -215,7 +215,7 @@ async def _reloads(keeper: Keeper, requests: trio.MemoryReceiveChannel[tuple[byt
 
 def _apply(keeper: Keeper, read: outcome.Outcome[ReadConfig]) -> tuple[Any, list[p.Msg]]:
     """A reload's config read in a thread, applied (or what failed in the thread, raised for Keeper.answer)."""
-    return keeper.apply_reload(read.unwrap())
+    return keeper.apply_reload(read.unwrap(), trio.current_time())
 
 
 async def _peer_checks(keeper: Keeper, send_to: Callable[[bytes, p.Msg], None], closed: _Wakeup) -> None:

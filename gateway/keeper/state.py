@@ -27,7 +27,7 @@ from gateway.config.loader import read_config_text
 from gateway.discovery.dns import made_by_dns, target_names
 from gateway.discovery.http import excerpt
 from gateway.discovery.service import discovered_upstreams
-from gateway.health.board import HealthBoard
+from gateway.health.board import CLEAR_HEALTH_STATUS_DELAY_S, HealthBoard
 from gateway.health.machine import Event
 from gateway.health.policy import TCP_FAILURE, TIMEOUT
 from gateway.keeper.intake import refusal
@@ -105,9 +105,10 @@ class Keeper:
         self.on_reload: Callable[[Config], None] | None = None  # the process's part (process.py: a new resolver)
         self.configure(config)
 
-    def configure(self, config: Config, runtime: Runtime | None = None) -> None:
+    def configure(self, config: Config, runtime: Runtime | None = None, now: float = 0.0) -> None:
         """(Re)build breakers and targets from a config (and its compiled `runtime`, compiled here when not given);
-        states of targets that stay are kept."""
+        states of targets that stay are kept, and those of targets that left are kept for a while (HealthBoard.adopt,
+        `now` the keeper's clock)."""
         runtime = runtime or compile_config(config)
         self.stores = runtime.stores
         self.cached = {id_of(plugin): msgspec.convert(plugin.config, ProxyCacheConfig).memory.dictionary_name
@@ -134,14 +135,15 @@ class Keeper:
         self.breakers.adopt(old)
         # One state machine per target for both checks; a reload keeps those of the targets that stay.
         old_health, self.health = self.health, HealthBoard.from_config(config)
-        self.health.adopt(old_health, {(u, t) for u, _, t in (key.partition("|") for key in self.targets)})
+        staying = {(u, t) for u, _, t in (key.partition("|") for key in self.targets)}
+        self._take_back(self.health.adopt(old_health, staying, now))
         self._uncheck()
         self.health_metrics = TargetHealthMetrics(config)
 
-    def reload(self, config: Config, runtime: Runtime | None = None) -> None:
+    def reload(self, config: Config, runtime: Runtime | None = None, now: float = 0.0) -> None:
         """A reload's config, applied as Kong's reload applies its own: the new dns_* keys (a new resolver, and new
         Redis clients for host names), the dictionaries Kong's reload purges emptied (stores/cache.py)."""
-        self.configure(config, runtime)
+        self.configure(config, runtime, now)
         self.dns_settings = config.gateway
         self.reloads += 1
         if self.on_reload is not None:
@@ -167,6 +169,18 @@ class Keeper:
         state.healthy = healthy
         log.warning("target %s is now %s (%s)", key, "healthy" if healthy else "unhealthy", source)
         self._flips.append(state)
+
+    def _take_back(self, back: list[tuple[str, str]]) -> None:
+        """The verdicts of targets a reload put back while their machines were retired (HealthBoard.adopt): Kong's
+        new checker re-adds each with its state in the shm and applies it to the balancer (balancer/healthcheckers.lua
+        populate_healthchecker), so one taken out is still out."""
+        for upstream, target in back:
+            key = f"{upstream}|{target}"
+            self.targets[key].healthy = healthy = self.health.healthy(upstream, target)
+            if not healthy:
+                log.warning("target %s is unhealthy again: a reload put it back within %.0fs of the one that "
+                            "removed it, and it keeps its verdict, as Kong's checker does", key,
+                            CLEAR_HEALTH_STATUS_DELAY_S)
 
     def _uncheck(self) -> None:
         """Targets of upstreams without health checks (any more: a reload) are healthy: Kong's rebuilt balancer adds
@@ -207,6 +221,24 @@ class Keeper:
         self.health.set_health(upstream, target, healthy)
         self.targets[key].healthy = healthy
         log.warning("target %s set %s by an operator", key, "healthy" if healthy else "unhealthy")
+
+    def _mark(self, key: str, healthy: bool) -> tuple[Any, list[p.Msg]]:
+        """`targets healthy|unhealthy target=KEY`, Kong's PUT /upstreams/{u}/targets/{t}/healthy (/unhealthy): a
+        target's key marks it; a configured `name:port` marks every current address of the name, as Kong's post_health
+        without an address (balancer/init.lua:412-429 set_all_target_statuses_for_hostname), in one change."""
+        if key in self.targets:
+            keys = [key]
+        else:
+            names = target_names(self.discovered)[0]
+            keys = [k for k, name in names.items() if f"{k.partition('|')[0]}|{name}" == key and k in self.targets]
+        if not keys:
+            raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port (an address of a target "
+                           f"name as upstream|name/ip:port, with that name:port, which marks all of them)")
+        for k in keys:
+            self._force_health(k, healthy)
+        states = [self.targets[k] for k in keys]  # (an operator's verdict goes out even while a new keeper waits)
+        shown = [_shown_target(state) for state in states]
+        return (shown[0] if keys == [key] else shown), [p.TargetsChanged(targets=states)]
 
     def _flushed_flips(self) -> list[p.Msg]:
         flips, self._flips = self._flips, []
@@ -583,7 +615,8 @@ class Keeper:
 
     def tick(self, now: float) -> tuple[list[tuple[bytes, p.Msg]], list[p.Msg]]:
         """Breaker timers: open -> half-open, with probe permits spread over the workers; the health grace; the
-        requests held for a recall that waited RECALL_S (ledger.py rule 12), answered."""
+        requests held for a recall that waited RECALL_S (ledger.py rule 12), answered; retired health machines whose
+        time is up, forgotten."""
         verdicts: list[p.Msg] = []
         if self.health_pending:
             if self._pending_since is None:
@@ -592,6 +625,7 @@ class Keeper:
                 log.warning("no report from the health checker %.0fs after start: publishing health verdicts "
                             "without it", HEALTH_GRACE_S)
                 verdicts = self._verdicts_known()
+        self.health.purge(now)
         updates, permits = self.breakers.tick(now)
         changed = self._breakers_changed(updates)
         direct = [placed for target in permits if (placed := self._place(target, now)) is not None]
@@ -637,24 +671,20 @@ class Keeper:
                          **({"dns": made[t.key].dns, "dns_weight": made[t.key].weight} if t.key in made else {})}
                         for t in self.targets.values()], []
             key = _target(args)
+            if action in ("healthy", "unhealthy"):
+                return self._mark(key, action == "healthy")
             if key not in self.targets:
                 raise KeyError(f"no target {key!r}; `targets` lists them as upstream|host:port")
             state = self.targets[key]
-            if action in ("healthy", "unhealthy"):
-                self._force_health(key, action == "healthy")
-                published = [state]  # (an operator's verdict goes out even while a new keeper waits for the checker)
+            if action == "drain":
+                state.drained = True
+            elif action == "enable":
+                state.drained = False
+            elif action == "weight":
+                state.weight = _weight(_need(args, "weight"))
             else:
-                if action == "drain":
-                    state.drained = True
-                elif action == "enable":
-                    state.drained = False
-                elif action == "weight":
-                    state.weight = _weight(_need(args, "weight"))
-                else:
-                    _bad(cmd, action)
-                published = self._published([state])
-            return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}, \
-                [p.TargetsChanged(targets=published)]
+                _bad(cmd, action)
+            return _shown_target(state), [p.TargetsChanged(targets=self._published([state]))]
         if cmd == "proxy-cache":
             return _proxy_cache_admin(self, action, args, wall), []
         if cmd == "health":
@@ -662,7 +692,7 @@ class Keeper:
                     "targets": {t.key: t.healthy for t in self.targets.values()},
                     "discovered": {u: len(t) for u, t in self.discovered.items()}}, []
         if cmd == "reload_config":
-            return self.apply_reload(self.read_reload(args))
+            return self.apply_reload(self.read_reload(args), now)
         raise ValueError(f"unknown command {cmd!r} for the state keeper")
 
     def read_reload(self, args: dict[str, Any]) -> ReadConfig:
@@ -677,10 +707,11 @@ class Keeper:
         config = inherited(parse_config(read_config_text(path), path, {**os.environ, **variables}))
         return ReadConfig(path, config, compile_config(config, path), variables)
 
-    def apply_reload(self, read: ReadConfig) -> tuple[Any, list[p.Msg]]:
-        """reload_config's part on the keeper's loop: the config read_reload read, applied; the snapshot to publish."""
+    def apply_reload(self, read: ReadConfig, now: float) -> tuple[Any, list[p.Msg]]:
+        """reload_config's part on the keeper's loop: the config read_reload read, applied at `now` (the keeper's
+        clock); the snapshot to publish."""
         self.config_path = read.path
-        self.reload(read.config, read.runtime)
+        self.reload(read.config, read.runtime, now)
         os.environ.update(read.variables)  # kept for later reloads, as the root keeps them
         return {"incarnation": self.incarnation}, [self.snapshot()]
 
@@ -743,6 +774,11 @@ def log_store_down(keeper: Keeper, name: str) -> None:
     else:
         log.warning("rate-limiting %s: Redis at %s is unreachable (%s); requests get 500 (fault_tolerant is off) "
                     "until it is back", name, where, store.why)
+
+
+def _shown_target(state: p.TargetState) -> dict[str, Any]:
+    """A target's state as an operator's `targets` command answers it."""
+    return {"key": state.key, "drained": state.drained, "weight": state.weight, "healthy": state.healthy}
 
 
 def _need(args: dict[str, Any], name: str) -> Any:
