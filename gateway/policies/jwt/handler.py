@@ -33,7 +33,7 @@ from gateway.policies.consumers import (
     header_value,
     query_values,
 )
-from gateway.policies.jwt.keys import FOREIGN_KEY, prepare
+from gateway.policies.jwt.keys import FOREIGN_KEY, KeyMaterialError, prepare
 from gateway.policies.jwt.schema import JwtConfig
 from gateway.policies.jwt.token import decode_token
 from gateway.policies.key_auth.handler import KeyName
@@ -62,8 +62,13 @@ class _Key:
 def _keys(directory: Directory, secret_is_base64: bool = False) -> dict[str, _Key]:
     """The config's jwt secrets by key, prepared, as every instance looks them up (one table per config load, as
     Kong's one cache; two when instances differ in `secret_is_base64`)."""
-    return {key: _Key(cred.identity, cred.algorithm, prepare(cred, secret_is_base64))
-            for key, cred in directory.jwt.items()}
+    keys = {}
+    for key, cred in directory.jwt.items():
+        try:
+            keys[key] = _Key(cred.identity, cred.algorithm, prepare(cred, secret_is_base64))
+        except KeyMaterialError:
+            continue  # (a config error check_keys reports, once, on the credential)
+    return keys
 
 
 def _base64_keys(directory: Directory) -> dict[str, _Key]:

@@ -78,6 +78,8 @@ def check_keys(directory: Directory) -> list[str]:
     but that can verify no token (Kong validates keys when the entity is written)."""
     errors = []
     for cred in directory.jwt.values():
+        if not cred.public_key and not cred.algorithm.startswith(("HS", "ES")):
+            continue  # (the consumer's check reports the key missing: gateway.config.consumers)
         try:
             key = prepare(cred, False)
         except KeyMaterialError as e:
