@@ -161,6 +161,14 @@ def _no_pass_phrase() -> bytes:
     raise ValueError("the key is encrypted, and the gateway takes no pass phrase")
 
 
+# OpenSSL's security checks of a certificate chain (SSL_CTX_use_certificate: ssl_security_cert), by reason code
+_TOO_WEAK = {
+    "CA_MD_TOO_WEAK": "a signature in its chain uses a digest too weak (SHA-1 or MD5)",
+    "EE_KEY_TOO_SMALL": "its key is too small (an RSA key under 2048 bits)",
+    "CA_KEY_TOO_SMALL": "the key of a certificate in its chain is too small (an RSA key under 2048 bits)",
+}
+
+
 def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str, key_what: str | None = None) -> None:
     """Load a PEM certificate chain and key given as text (through memfds, never on disk). `what` names the pair
     in messages, `key_what` the key's own setting where it has one."""
@@ -176,8 +184,15 @@ def load_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str, what: str, key_
         try:
             ctx.load_cert_chain(paths[0], paths[1], password=_no_pass_phrase)  # (never a prompt on the terminal)
         except ssl.SSLError as e:
-            reason = "the key does not match the certificate" if "KEY_VALUES_MISMATCH" in str(e) else \
-                f"the certificate or key cannot be loaded ({e.reason or e})"
+            if "KEY_VALUES_MISMATCH" in str(e):
+                reason = "the key does not match the certificate"
+            elif (weak := _TOO_WEAK.get(e.reason or "")) is not None:
+                reason = (f"the certificate is refused at OpenSSL's security level ({e.reason}): {weak}, so Kong's "
+                          "OpenSSL could not use it either; reissue it (signed with SHA-256, with an RSA key of at "
+                          "least 2048 bits or an ECDSA one), or, for a listener, set ssl_cipher_suite: old (security "
+                          "level 0, as Kong's template sets for it)")
+            else:
+                reason = f"the certificate or key cannot be loaded ({e.reason or e})"
             raise ValueError(f"{what}: {reason}") from None
     finally:
         for fd in fds:
