@@ -3,7 +3,8 @@ under its own name is refused by name, saying what it is in Kong and what to wri
 field", never accepted and ignored.
 
 - `ALIASES`: Kong's name of a setting of ours with the same meaning and the same value format; it is taken under
-  either name (both set: an error), and a problem with its value names the key as written.
+  either name, and a problem with its value names the key as written. Where both names are Kong's, both set is
+  what Kong settles (`REPLACED_BY`: the replacement kept); our name beside Kong's is an error.
 - `KONG_CONF`: every other key, with why it is refused: either ours under another name (`listen` for proxy_listen)
   or not built (no database, no Admin API, no hybrid mode, no nginx to inject directives into, no Lua ...).
 - `ACCEPTED`: the few of those whose value may be the one that says what the gateway does anyway (`database: off`,
@@ -14,13 +15,16 @@ field", never accepted and ignored.
 A refused key set to null (or empty) configures nothing and passes, as a refused entity field does.
 
 A `KONG_<KEY>` environment variable sets kong.conf's `<key>` over the file's value, as in Kong (parse.lua's
-overrides: the environment beats the file, which beats the default): for a key taken here, the variable's text is
-the value, read as kong.conf's text is; for a refused one, it is refused as the file key is. Variables that name no
-kong.conf key are ignored, as Kong ignores them (`KONG_DATADOG_AGENT_HOST` is the datadog plugin's own).
+overrides: the environment beats the file, which beats the default, name by name): for a key taken here, the
+variable's text is the value, read as kong.conf's text is (over the file's value under our own name of the setting
+too; of Kong's two names, the replacement wins whichever source gave each); for a refused one, it is refused as the
+file key is. Variables that name no kong.conf key are ignored, as Kong ignores them (`KONG_DATADOG_AGENT_HOST` is the
+datadog plugin's own).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -31,6 +35,8 @@ from gateway.config.errors import show
 from gateway.config.schema import MAX_PROXY_BUFFER_SIZE, GatewaySettings
 from gateway.http.codec import PROXY_BUFFER_SIZE
 from gateway.kong_array import kong_array
+
+log = logging.getLogger("gateway.config")
 
 _NOT = "is not supported by the gateway"
 
@@ -324,6 +330,21 @@ ALIASES: dict[str, str] = {
     "nginx_proxy_proxy_buffer_size": "proxy_buffer_size",
     "nginx_http_proxy_buffer_size": "proxy_buffer_size",
 }
+# Kong's two names of one setting here, each older or wider name with the one Kong's nginx obeys when both have a
+# value, from the file or a KONG_ variable (parse.lua's overrides merge them name by name first): init.lua:62-78
+# aliased_properties copies an alias to its replacement only when that is nil, :107-124 dynamic_properties fills a
+# directive only when it is not given, and nginx's proxy server block (nginx_kong.lua:135) overrides the http
+# block's directive (:42)
+REPLACED_BY: dict[str, str] = {
+    "opentelemetry_tracing": "tracing_instrumentations",  # constants.lua:529-537, alias
+    "opentelemetry_tracing_sampling_rate": "tracing_sampling_rate",  # :543-551, alias
+    "real_ip_header": "nginx_proxy_real_ip_header",  # :324-329, alias
+    "real_ip_recursive": "nginx_proxy_real_ip_recursive",  # :330-335, alias
+    "nginx_worker_processes": "nginx_main_worker_processes",  # :305-310, alias
+    "ssl_protocols": "nginx_http_ssl_protocols",  # :428-434, directives
+    "ssl_session_tickets": "nginx_http_ssl_session_tickets",  # :449-455, directives
+    "nginx_http_proxy_buffer_size": "nginx_proxy_proxy_buffer_size",  # the server block's over the http block's
+}
 
 # kong/conf_loader/constants.lua's CONF_PARSERS typ of the keys taken here (ours and aliases, as written), read as
 # parse.lua's parse_value reads kong.conf's text: a boolean from on/off/true/false, a number from its digits (any
@@ -548,10 +569,12 @@ def _number(n: float | str) -> str:
 
 def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
     """The `gateway:` mapping with kong.conf's keys settled: each refused one reported in `errors`, each passing one
-    dropped, each alias renamed to our field (both set: an error). Returns the mapping and {our field: the alias it
-    was given as}, for `as_written`."""
+    dropped, of Kong's two names of a setting the one Kong obeys kept (`kong_kept`), each alias renamed to our field
+    (beside our own name of it: an error). Returns the mapping and {our field: the alias it was given as}, for
+    `as_written`."""
     out: dict[str, Any] = {}
     aliased: dict[str, str] = {}
+    block = kong_kept(block)
     for key, value in block.items():
         if not isinstance(key, str):
             out[key] = value
@@ -573,12 +596,9 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
                 continue
         target = ALIASES.get(key)
         if target is not None:
-            if target in block:
+            if target in block:  # our own name (Kong's two names are settled by kong_kept)
                 errors.append(f"gateway.{key} and gateway.{target}: set one of them (kong.conf's {key} is "
                               f"{target} here, under either name)")
-            elif target in aliased:  # (nginx_worker_processes and nginx_main_worker_processes)
-                errors.append(f"gateway.{aliased[target]} and gateway.{key}: set one of them (both are {target} "
-                              "here)")
             else:
                 out[target] = value
                 aliased[target] = key
@@ -587,6 +607,31 @@ def settle(block: dict[str, Any], errors: list[str]) -> tuple[dict[str, Any], di
         elif (why := problem(key, value)) is not None:
             errors.append(f"gateway.{key}: {why}")
     return out, aliased
+
+
+def kong_kept(block: dict[str, Any]) -> dict[str, Any]:
+    """`block` with one of Kong's two names of a setting given under both (REPLACED_BY) dropped, as Kong's conf loader
+    settles them: the replacement wins when it has a value (not null), else the old name does."""
+    dropped: dict[str, str] = {}  # {the name dropped: the one kept}
+    for old, new in REPLACED_BY.items():
+        if old in block and new in block:
+            kept, loser = (new, old) if block[new] is not None else (old, new)
+            dropped[loser] = kept
+    _tell(dropped)
+    return {key: value for key, value in block.items() if key not in dropped} if dropped else block
+
+
+_told: dict[str, str] = {}  # kong_kept's outcome last logged
+
+
+def _tell(dropped: dict[str, str]) -> None:
+    """Log which of two names kong_kept took, once per process for each outcome (each process loads the file)."""
+    if dropped != _told:
+        _told.clear()
+        _told.update(dropped)
+        for loser, kept in dropped.items():
+            log.info("gateway.%s and gateway.%s are both given (in the file or by KONG_ variables): %s is taken, as "
+                     "Kong does, and %s is ignored", kept, loser, kept, loser)
 
 
 def proxy_buffer_size(value: Any) -> int:
@@ -677,19 +722,27 @@ def from_environment(environ: Mapping[str, str]) -> dict[str, str]:
 
 
 def overridden(block: dict[str, Any], environment: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, Any]:
-    """The `gateway:` mapping with each key of `environment` (from_environment) set to its variable's text, and the
-    file's value of the same setting under its other name (an alias, or the field it stands for) dropped: the
-    variable wins over the file whichever name either uses."""
+    """The `gateway:` mapping with each key of `environment` (from_environment) set to its variable's text, name by
+    name as parse.lua's overrides merges them, and the file's value of the same setting under our own name (`workers`,
+    no kong.conf key) dropped: the variable beats the file there too. Of Kong's two names of a setting, each may come
+    from either source: `settle` keeps the one Kong obeys (kong_kept)."""
     if not environment:
         return block
-    names: dict[str, set[str]] = {}  # a setting's names, by each of them (one set per setting)
-    for alias, target in ALIASES.items():
-        names[alias] = names.setdefault(target, {target})
-        names[alias].add(alias)
-    given = {name for key in environment for name in names.get(key, {key})}
-    out = {key: value for key, value in block.items() if key not in given}
+    ours = {name for key in environment for name in _NAMES.get(key, ()) if not is_kong_key(name)}
+    out = {key: value for key, value in block.items() if key not in ours}
     out.update({key: environ[variable] for key, variable in environment.items()})
     return out
+
+
+def _setting_names() -> dict[str, frozenset[str]]:
+    """Each name of a setting taken under several (ALIASES), with all of that setting's names."""
+    by_target: dict[str, set[str]] = {}
+    for alias, target in ALIASES.items():
+        by_target.setdefault(target, {target}).add(alias)
+    return {name: frozenset(names) for names in by_target.values() for name in names}
+
+
+_NAMES = _setting_names()
 
 
 def carried(environ: Mapping[str, str]) -> dict[str, str]:

@@ -180,6 +180,13 @@ def test_the_setting_comes_from_a_kong_variable_too() -> None:
     assert config.gateway.proxy_buffer_size == 8192
 
 
+def test_the_proxy_blocks_buffer_size_beats_the_http_blocks_as_in_kongs_template() -> None:
+    """nginx_kong.lua: nginx_proxy_* goes in Kong's server block (:135), nginx_http_* in its http block (:42): the
+    server block's proxy_buffer_size is the one its locations inherit."""
+    config = parse_config("gateway: {nginx_proxy_proxy_buffer_size: 8k, nginx_http_proxy_buffer_size: 4k}\n")
+    assert config.gateway.proxy_buffer_size == 8192
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("{nginx_proxy_proxy_buffer_size: 8x}",
      'gateway.nginx_proxy_proxy_buffer_size: expected a size as nginx writes one: bytes, or with k or m (4096, 8k), '
@@ -191,8 +198,8 @@ def test_the_setting_comes_from_a_kong_variable_too() -> None:
      'gateway.nginx_proxy_proxy_buffer_size: expected at most 14k, got "16k": nginx does not start with a larger one '
      "beside Kong's proxy_buffers (8 4k)"),
     ("{proxy_buffer_size: 0}", "gateway.proxy_buffer_size: expected at least 1, got 0"),
-    ("{nginx_proxy_proxy_buffer_size: 8k, nginx_http_proxy_buffer_size: 8k}",
-     "gateway.nginx_proxy_proxy_buffer_size and gateway.nginx_http_proxy_buffer_size: set one of them"),
+    ("{proxy_buffer_size: 8k, nginx_http_proxy_buffer_size: 8k}",
+     "gateway.nginx_http_proxy_buffer_size and gateway.proxy_buffer_size: set one of them"),
     ("{nginx_location_proxy_buffer_size: 8k}",
      "gateway.nginx_location_proxy_buffer_size: kong.conf's nginx_location_proxy_buffer_size (nginx's "
      "proxy_buffer_size in Kong's location block) is not supported by the gateway: nginx directives cannot be "

@@ -250,11 +250,12 @@ def test_none_passes_for_a_refused_directive_whose_absence_is_what_the_gateway_d
         "gateway.nginx_http_client_max_body_size"]  # nginx's default limit, 1m, is not built
 
 
-def test_an_alias_with_its_field_is_an_error_and_a_bad_value_names_the_key_as_written():
-    assert outcome({"tracing_sampling_rate": 0.5, "opentelemetry_tracing_sampling_rate": 1.0,
+def test_a_kong_name_with_the_gateways_own_is_an_error_and_a_bad_value_names_the_key_as_written():
+    """(Two of Kong's names of one setting load, the one Kong obeys winning: test_kong_conf_aliases_and_lists.)"""
+    assert outcome({"workers": 2, "nginx_worker_processes": 4,
                     "nginx_http_keepalive_requests": -1, "upstream_keepalive_pool_size": "many"}) == [
-        "gateway.opentelemetry_tracing_sampling_rate and gateway.tracing_sampling_rate: set one of them (kong.conf's "
-        "opentelemetry_tracing_sampling_rate is tracing_sampling_rate here, under either name)",
+        "gateway.nginx_worker_processes and gateway.workers: set one of them (kong.conf's nginx_worker_processes is "
+        "workers here, under either name)",
         "gateway.nginx_http_keepalive_requests: expected int >= 0, got -1",
         'gateway.upstream_keepalive_pool_size: expected int >= 0, got "many"',
     ]

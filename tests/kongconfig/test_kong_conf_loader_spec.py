@@ -86,7 +86,10 @@ def test_listen_takes_kong_conf_comma_separated_form():
     """proxy_listen is an `array`: "0.0.0.0:8000, 0.0.0.0:8443 ssl" is two listeners (the spec's "parses IPv6
     from proxy_listen": "[::]:8000, [::]:8443 ssl")."""
     assert settings({"listen": "127.0.0.1:8000, [::1]:8443"}).listen == ["127.0.0.1:8000", "[::1]:8443"]  # type: ignore[attr-defined]
-    assert outcome({"listen": "127.0.0.1:8000,  127.0.0.1:8001 ,"}) == []
+    assert outcome({"listen": "127.0.0.1:8000,  127.0.0.1:8001"}) == []
+    # a trailing comma is an empty last entry (Penlight's split), which listeners.lua refuses ("must be of form")
+    assert outcome({"listen": "127.0.0.1:8000,  127.0.0.1:8001 ,"}) == [
+        'gateway.listen[2]: expected "host:port" or "host:port ssl" (e.g. "127.0.0.1:8443 ssl"), got ""']
 
 
 @pytest.mark.parametrize("value", ["off", False, "off, 127.0.0.1:9000", " off "])
@@ -99,7 +102,9 @@ def test_status_listen_off_is_no_status_server(value: object):
 
 
 def test_status_listen_one_entry_in_kong_array_form():
-    assert settings({"status_listen": "127.0.0.1:9100,"}).status_listen == "127.0.0.1:9100"  # type: ignore[attr-defined]
+    assert settings({"status_listen": "127.0.0.1:9100"}).status_listen == "127.0.0.1:9100"  # type: ignore[attr-defined]
+    assert settings({"status_listen": ["127.0.0.1:9100"]}).status_listen == "127.0.0.1:9100"  # type: ignore[attr-defined]
+    assert outcome({"status_listen": "127.0.0.1:9100,"}) != []  # an empty second entry, refused as in Kong
     assert settings({"status_listen": "offshore.test:9100"}).status_listen == "offshore.test:9100"  # type: ignore[attr-defined]
 
 
@@ -202,12 +207,12 @@ def test_worker_processes_given_a_number_is_that_many_workers():
     assert settings({"nginx_main_worker_processes": "NONE"}, {}).workers == 1  # type: ignore[attr-defined]
 
 
-def test_worker_processes_under_two_names_in_one_file_is_an_error():
-    """One setting (`workers` here): both names in the file, or `workers` beside Kong's name, are a contradiction the
-    file must settle, as for every key taken under two names."""
-    assert problems({"nginx_main_worker_processes": "auto", "nginx_worker_processes": 2}, {}) == [
-        "gateway.nginx_main_worker_processes and gateway.nginx_worker_processes: set one of them (both are workers "
-        "here)"]
+def test_worker_processes_under_two_names_in_one_file():
+    """One setting (`workers` here): Kong's two names in the file load, the replacement winning (conf_loader's
+    dynamic_properties fill nginx_main_worker_processes only when unset); `workers` beside Kong's name is a
+    contradiction the file must settle."""
+    assert problems({"nginx_main_worker_processes": "auto", "nginx_worker_processes": 2}, {}) == []
+    assert settings({"nginx_main_worker_processes": "auto", "nginx_worker_processes": 2}, {}).workers is None  # type: ignore[attr-defined]
     assert problems({"workers": 3, "nginx_worker_processes": "auto"}, {}) == [
         "gateway.nginx_worker_processes and gateway.workers: set one of them (kong.conf's nginx_worker_processes is "
         "workers here, under either name)"]

@@ -254,11 +254,14 @@ def test_a_kong_variable_applies_without_a_gateway_section(monkeypatch):
     assert load({}).gateway.real_ip_recursive is True  # type: ignore[attr-defined]
 
 
-def test_a_kong_variable_beats_the_files_value_under_either_name(monkeypatch):
-    """parse.lua's overrides: the environment has higher priority than the file; here a setting taken under two
-    names (kong.conf's nginx_proxy_real_ip_header is real_ip_header) is one setting."""
+def test_a_kong_variable_beats_the_files_value_of_its_own_name_only(monkeypatch):
+    """parse.lua's overrides: the environment beats the file name by name; then, of a setting's two names, the
+    replacement wins (conf_loader aliased_properties: nginx_proxy_real_ip_header over real_ip_header), whichever
+    source gave each."""
     monkeypatch.setenv("KONG_REAL_IP_HEADER", "X-Forwarded-For")
     gw = load({"gateway": {"nginx_proxy_real_ip_header": "X-Real-IP"}}).gateway  # type: ignore[attr-defined]
+    assert gw.real_ip_header == "X-Real-IP"
+    gw = load({"gateway": {"real_ip_header": "X-Real-IP"}}).gateway  # type: ignore[attr-defined]
     assert gw.real_ip_header == "X-Forwarded-For"
 
 
