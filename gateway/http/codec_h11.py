@@ -479,6 +479,7 @@ class H11Server(_H11Codec):
         error = ProtocolError(message, 400)
         error.method, error.target = _request_line_of(probe)
         read_before(error, probe)
+        note_head(error, probe)  # (what the log counts of it: nginx's $request_length, $request_uri)
         raise error
 
     def _check_buffers(self, probe: bytearray) -> None:
