@@ -691,16 +691,18 @@ def _plugins(config: Config, errors: list[str], shared: Any, consumers: Director
 
 def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -> Any:
     """The plugin's config decoded with its schema, its shorthands and nulls read as Kong's plugin code reads them;
-    a key the gateway does not enforce is refused by name."""
+    a key the gateway does not enforce is refused by name (with why, where the schema's `not_built` knows it)."""
+    config, refused = _built_part(plugin.config, module.schema)
+    errors.extend(f"{where}.config.{message}" for message in refused)
     known = _config_keys(module.schema)
-    unknown = [k for k in plugin.config if k not in known]
+    unknown = [k for k in config if k not in known]
     for key in unknown:
         errors.append(f"{where}.config.{key_part(key)} is not supported by the gateway's {plugin.name} plugin (it "
                       f"takes: {', '.join(sorted(known))})")
-    if unknown:
+    if unknown or refused:
         return None
     found: list[str] = []  # Kong's shorthands, then its nulls, as its plugin code reads them (gateway.config.decode)
-    raw = kong_shorthands(plugin.config, module.schema, f"{where}.config", found)
+    raw = kong_shorthands(config, module.schema, f"{where}.config", found)
     raw = kong_nulls(raw, module.schema, f"{where}.config", found)
     if found:
         errors.extend(found)
@@ -722,6 +724,13 @@ def _plugin_config(plugin: Plugin, module: Any, where: str, errors: list[str]) -
     except ValueError as e:
         errors.append(f"{where}.config: {e}")
     return None
+
+
+def _built_part(config: dict[str, Any], schema: Any) -> tuple[dict[str, Any], list[str]]:
+    """A plugin's config without Kong's keys for what the gateway does not build, and why each of them that configures
+    something is refused (the schema's `not_built`; a schema without one: the config as it is)."""
+    trim = getattr(schema, "not_built", None)
+    return (config, []) if trim is None else trim(config)
 
 
 @functools.cache

@@ -68,6 +68,18 @@ def kong_nulls(value: Any, typ: Any, path: str, errors: list[str]) -> Any:
     return _nulls(value, typ, path, errors, _plugin_rules, maps=True)
 
 
+def not_built(config: dict[str, Any], why: dict[str, str],
+              inert: dict[str, tuple[Any, ...]] | None = None) -> tuple[dict[str, Any], list[str]]:
+    """`config` without its keys for what the gateway does not build (`why`: each key's reason), and "key is not
+    supported: why" for each that configures something: not a null (Kong stores every unset key as null, and exports
+    it so) nor a value of `inert` (Kong's default, which without the feature does nothing)."""
+    if not why.keys() & config.keys():
+        return config, []
+    refused = [f"{key} is not supported: {why[key]}" for key, value in config.items() if key in why
+               and value is not None and not any(_same(value, v) for v in (inert or {}).get(key, ()))]
+    return {k: v for k, v in config.items() if k not in why}, refused
+
+
 _UNSET: Any = object()  # a rule: the key is dropped, so the field takes its default
 
 

@@ -219,7 +219,8 @@ def proxy_errors(config: dict) -> str:
 @pytest.mark.parametrize(("config", "message"), [
     ({"mode": "conversion-listener"}, "config.mode: 'conversion-listener' is not supported"),
     ({"mode": "passthrough-listener", "max_request_body_size": 0}, "config.max_request_body_size: 0 (unlimited)"),
-    ({"mode": "passthrough-listener", "tools": [{"name": "a", "path": "/x"}]}, "tools[0].path: unknown field"),
+    ({"mode": "passthrough-listener", "tools": [{"name": "a", "path": "/x"}]},
+     "tools[0].path is not supported: used only by modes"),
     ({"mode": "passthrough-listener", "server": {"timeout": 5}}, "config.server is not supported"),
     ({"mode": "passthrough-listener", "tools": [{"name": "a"}, {"name": "a"}]}, "'a' is listed twice"),
     ({"mode": "passthrough-listener", "acl_attribute_type": "oauth_access_token"},
