@@ -72,6 +72,10 @@ Rules:
    for a recall, which would take tokens from a worker that needs them now for one that does not.
    A recall of a keeper incarnation other than the one this table's messages are for is not answered: that keeper's
    tokens were dropped (rule 5), and a new one waits for no answer of this worker to an older one.
+8. An exact grant (Grant.exact: another spec with other limits counts on the key's counter, ledger.py rule 13) is
+   one token for a request waiting for it, valid a moment only: the key is never due ahead of need, so each request
+   asks the keeper when it finds no token (rule 3), and its grant compares the counter's live count with its spec's
+   limits, as Kong compares each request.
 """
 
 from __future__ import annotations
@@ -277,7 +281,7 @@ class LeaseTable:
             if lease.pace and not lease.tokens:
                 lease.release_next = now + grant.delay
             lease.tokens += grant.granted
-            lease.low = grant.granted * LOW_WATER
+            lease.low = 0.0 if grant.exact else grant.granted * LOW_WATER  # exact: never due ahead of need (rule 8)
             lease.expires = now + (grant.expires - wall)
         lease.grant = grant
         lease.blocked_until = now + grant.retry if grant.retry else 0.0

@@ -72,6 +72,20 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    policy redis the recall is this host's: what comes back is what this host holds from Redis (rule 7). A bucket
    left empty alone recalls nothing: its tokens come back within LEASE_TTL_S, and a bucket under more demand than
    its rate is empty most of the time, where a window is exhausted once.
+13. Specs of one counter with other limits (rule 11, policy local): Kong compares each request with the counter's
+   live count and its instance's limits (handler.lua get_usage), where a token leased ahead of need is spent later
+   without the keeper, after another spec's grants may have taken the count past its spec's limit (a global {hour:
+   3} and a consumer's {hour: 100} counting one address). So a key (`peers`: another spec's key counts in its
+   windows) whose counter another spec's key limits with another limit in a period both limit, and that key was
+   asked for within ACTIVE_S, is exact: it grants one token to a request that waits for it (LeaseRequest.waiting)
+   and none to one asked ahead of need, void after EXACT_TTL_S (its request left), and the Grant says so
+   (Grant.exact): its worker asks per request, and the count is what was admitted, as Kong's. A key of peers that
+   grants ahead of need notes the workers it did (`ahead`; a key alone until a peer comes, those holding its tokens
+   then); a grant with a limit above such a key's in a period both limit is held while those tokens are recalled
+   (rule 12: the requesting worker's too), and so is a refusal for an exhausted window while another spec's key
+   holds tokens at the requesting worker ahead of need. A worker's answer clears it (unless granted ahead since).
+   Specs with the same limits in the periods both limit (a reload changing another setting) lease ahead as one
+   spec: neither's grants take the count past the other's limit.
 """
 
 from __future__ import annotations
@@ -110,6 +124,9 @@ RECHECK_S = 1.0  # and at least this often while they are valid or not yet repor
 REPORT_AHEAD_S = 1.0
 EXPIRE_RECHECK_S = 1.0  # a key kept by its bucket or its calls to Redis (rule 10) is looked at again this often
 RECALL_S = WAIT_S / 2  # held requests wait this long at most for recalled workers (rule 12): half a request's wait
+# Rule 13: an exact grant's token is for a request waiting now, which takes it within a scheduler turn of the grant's
+# arrival; one nobody took by then (its request left) goes back rather than admit a later request unchecked.
+EXACT_TTL_S = 0.25
 SHOWN_KEY = 60  # characters of a key a problem's description quotes (keys are of a client's making)
 
 
@@ -153,15 +170,17 @@ class _Recall:
 class _Awaited:
     """A worker recalled from a key (rule 12): the recalls waiting for its answer, and what it was granted since."""
 
-    __slots__ = ("recalls", "lent")
+    __slots__ = ("recalls", "lent", "ahead")
 
     def __init__(self) -> None:
         self.recalls: set[str] = set()  # keys whose held requests wait for it
         self.lent = 0  # tokens of the key granted to the worker since the recall was sent
+        self.ahead = False  # some of them ahead of need (rule 13)
 
 
 class _Key:
-    __slots__ = ("key", "spec", "windows", "bucket", "outstanding", "seen", "remote", "lent_until", "check_at")
+    __slots__ = ("key", "spec", "windows", "bucket", "outstanding", "seen", "remote", "lent_until", "check_at", "peers",
+                 "ahead")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, remote: RemoteKey | None = None,
                  windows: dict[str, _Window] | None = None) -> None:
@@ -175,6 +194,8 @@ class _Key:
         self.seen: dict[str, float] = {}  # worker -> last request (monotonic)
         self.lent_until = 0.0  # wall: when the tokens granted last expire (rule 9)
         self.check_at = inf  # wall: when `expire` looks at the key next (rule 10)
+        self.peers = False  # other specs' keys may count in its windows (rule 13)
+        self.ahead: set[str] | None = None  # with peers: the workers it granted tokens ahead of need (rule 13)
 
 
 class Ledger:
@@ -202,8 +223,9 @@ class Ledger:
         self._awaited: dict[tuple[str, str], _Awaited] = {}  # (key, worker) recalled -> who waits for its answer
 
     def grant(self, key: str, spec: LimitSpec, want: int, now: float, wall: float, worker: str,
-              used: int = 0) -> Grant | None:
-        """Up to `want` tokens of `key` for `worker` (0 when a limit is exhausted); `used` settles its bucket lease.
+              used: int = 0, waiting: bool = True) -> Grant | None:
+        """Up to `want` tokens of `key` for `worker` (0 when a limit is exhausted); `used` settles its bucket lease;
+        `waiting`: a request waits for them (an exact key grants to no other: rule 13).
 
         None: a key of policy redis needs the next block first (rule 7); ask again after `remote_applied` or
         `remote_failed` for it, with used=0.
@@ -228,13 +250,19 @@ class Ledger:
         granted = 0
         if want > 0 and room >= 1:
             granted = min(want, max(1, int(room) // (2 * self._active(state, now))))
+        exact = False
+        if state.peers:
+            exact, granted = self._peer_grant(state, granted, worker, waiting, now)
+        if granted:
             for win in windows:
                 win.used += granted
         expires = min((win.end for win in windows), default=inf)
         if bucket is not None:
             expires = min(expires, wall + LEASE_TTL_S)
+        if exact:
+            expires = min(expires, wall + EXACT_TTL_S)
         if granted:
-            self._lend(state, worker, granted, expires)
+            self._lend(state, worker, granted, expires, exact)
         remaining = tuple(max(0, w.limit - win.used) for w, win in zip(spec.windows, windows, strict=True))
         retry = max((self._exhausted_retry_of(state, win, wall) for left, win in zip(remaining, windows, strict=True)
                      if not left), default=0.0)
@@ -248,9 +276,10 @@ class Ledger:
                 bucket.level -= granted
             if bucket.level < 1:
                 retry = max(retry, (1 - bucket.level) / spec.rate)
-        if not granted and not retry and want > 0 and min(remaining, default=1) > 0:
+        if not granted and not retry and want > 0 and room < 1 and min(remaining, default=1) > 0:
             retry = RESYNC_RETRY_S  # held back only by the shares reserved while resynchronising
-        return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry, delay)
+        return Grant(key, granted, remaining, tuple(win.end for win in windows), wall, expires, retry, delay,
+                     exact=exact)
 
     def _grant_remote(self, state: _Key, remote: RemoteKey, windows: list[_Window], want: int, now: float,
                       wall: float, worker: str) -> Grant | None:
@@ -332,23 +361,27 @@ class Ledger:
         """`grant` for a worker's LeaseRequest, after crediting the expired tokens it gives back with it (rule 9)."""
         if request.unused:
             self.return_unused(ReturnedLease(request.key, request.worker, request.unused, 0, request.unused_wall))
-        return self.grant(request.key, request.spec, request.want, now, wall, request.worker, request.used)
+        return self.grant(request.key, request.spec, request.want, now, wall, request.worker, request.used,
+                          request.waiting)
 
     # ---- recalls (rule 12): the keeper holds a refused request while the tokens out at other workers come back ----
 
     def recall(self, request: LeaseRequest, grant: Grant, now: float) -> list[tuple[str, str]] | None:
-        """After `grant` answered `request`: None when it is to be sent (no refusal for an exhausted window, asked
-        ahead of need, or no other worker holds tokens that could come back); else the request is held (rule 12),
-        and these are the (key, worker) pairs to send a Recall now (none new: those recalled already are waited
-        for)."""
-        if not request.waiting or grant.granted or grant.unavailable or min(grant.remaining, default=1) > 0:
+        """After `grant` answered `request`: None when it is to be sent (no refusal for an exhausted window or for
+        other specs' tokens out ahead of need (rule 13), asked ahead of need, or no worker holds tokens that could
+        come back); else the request is held (rule 12), and these are the (key, worker) pairs to send a Recall now
+        (none new: those recalled already are waited for)."""
+        if not request.waiting or grant.granted or grant.unavailable:
             return None
         state = self._keys.get(request.key)
         if state is None:
             return None
-        holders = [(other.key, worker) for other in self._sharing(state)
-                   for worker, count in other.outstanding.items()
-                   if count > 0 and worker != request.worker and self._recallable(worker)]
+        if min(grant.remaining, default=1) > 0:  # not exhausted: held back for other specs' tokens, or not at all
+            if grant.retry or not state.peers:
+                return None
+            holders = self._endangered(state, self._peers(state) or [])
+        else:
+            holders = self._holders(state, request.worker)
         recall = self._recalls.get(request.key)
         if recall is None:
             if not holders:
@@ -381,6 +414,8 @@ class Ledger:
                 state.outstanding[returned.worker] = awaited.lent
             else:
                 state.outstanding.pop(returned.worker, None)
+            if state.ahead and not awaited.ahead:  # none of its tokens there is ahead of need now (rule 13)
+                state.ahead.discard(returned.worker)
         done = []
         for key in awaited.recalls:
             recall = self._recalls[key]
@@ -404,9 +439,21 @@ class Ledger:
         return late
 
     def _held_elsewhere(self, state: _Key, worker: str) -> bool:
-        """Do workers other than `worker` that can be recalled hold tokens of the key's windows (rule 12)?"""
-        return any(count > 0 and other != worker and self._recallable(other) for key in self._sharing(state)
-                   for other, count in key.outstanding.items())
+        """Can tokens of the key's windows be recalled for `worker`'s refusal (rule 12, `_holders`)?"""
+        return bool(self._holders(state, worker))
+
+    def _holders(self, state: _Key, worker: str) -> list[tuple[str, str]]:
+        """The (key, worker) pairs that hold tokens of the key's windows a Recall can bring back for `worker`'s
+        refusal (rule 12): those at other workers, and those other specs' keys limiting a period of its granted
+        `worker` ahead of need (rule 13)."""
+        pairs = []
+        periods = {w.period for w in state.spec.windows}
+        for key in self._sharing(state):
+            ahead = key.ahead if key is not state and any(w.period in periods for w in key.spec.windows) else None
+            for other, count in key.outstanding.items():
+                if count > 0 and (other != worker or ahead and other in ahead) and self._recallable(other):
+                    pairs.append((key.key, other))
+        return pairs
 
     def _recallable(self, worker: str) -> bool:
         """Can a Recall reach `worker` and be answered: the keeper's and not silent (rule 12)?"""
@@ -417,13 +464,65 @@ class Ledger:
         """Are held requests waiting for recalled workers (the keeper then looks for overdue recalls every tick)?"""
         return bool(self._recalls)
 
-    def _lend(self, state: _Key, worker: str, granted: int, expires: float) -> None:
-        """`granted` tokens out at `worker` (`_lent`), noted when it is recalled from the key (rule 12)."""
+    def _lend(self, state: _Key, worker: str, granted: int, expires: float, exact: bool = False) -> None:
+        """`granted` tokens out at `worker` (`_lent`), noted when it is recalled from the key (rule 12); `exact`:
+        for the request waiting for them (rule 13)."""
         _lent(state, worker, granted, expires)
         if self._awaited:
             awaited = self._awaited.get((state.key, worker))
             if awaited is not None:
                 awaited.lent += granted
+                awaited.ahead = awaited.ahead or not exact
+
+    # ---- specs of one counter with other limits (rule 13) ------------------------------------------------------------
+
+    def _peer_grant(self, state: _Key, granted: int, worker: str, waiting: bool, now: float) -> tuple[bool, int]:
+        """(exact, tokens to grant) for a key whose windows other specs' keys may count in, which would grant
+        `granted`: one to a waiting request while a peer with other limits is asked for, none while peers' tokens
+        out ahead of need would go over their limits (the request is held for them: `recall`)."""
+        peers = self._peers(state)
+        if peers is None:  # they went (rule 10): alone again
+            state.peers, state.ahead = False, None
+            return False, granted
+        exact = any(now - seen < ACTIVE_S for peer, _ in peers for seen in peer.seen.values())
+        if granted and self._endangered(state, peers):
+            granted = 0
+        elif exact:
+            granted = min(granted, int(waiting))
+        elif granted:
+            if state.ahead is None:
+                state.ahead = set()
+            state.ahead.add(worker)
+        return exact, granted
+
+    def _peers(self, state: _Key) -> list[tuple[_Key, bool]] | None:
+        """The other specs' keys counting in the key's windows with another limit in a period both limit, each with
+        whether the key's limit there is above theirs; None: no other key counts in them (rule 11)."""
+        sharing = self._sharing(state)
+        if len(sharing) == 1:
+            return None
+        mine = {w.period: w.limit for w in state.spec.windows}
+        found = []
+        for peer in sharing[1:]:
+            limits = [(mine[w.period], w.limit) for w in peer.spec.windows if w.period in mine]
+            if any(own != theirs for own, theirs in limits):
+                found.append((peer, any(own > theirs for own, theirs in limits)))
+        return found
+
+    def _endangered(self, state: _Key, peers: list[tuple[_Key, bool]]) -> list[tuple[str, str]]:
+        """The (key, worker) pairs a Recall can bring back before the key grants (rule 13): tokens of peers with a
+        lower limit that they granted ahead of need."""
+        pairs = []
+        for peer, above in peers:
+            ahead = peer.ahead
+            if not above or not ahead:
+                continue
+            for worker in list(ahead):
+                if peer.outstanding.get(worker, 0) <= 0:
+                    ahead.discard(worker)  # spent and told, or given back
+                elif self._recallable(worker):
+                    pairs.append((peer.key, worker))
+        return pairs
 
     # ---- the Redis level (rule 7): calls are built here, run by the keeper, and their outcomes applied here -----
 
@@ -666,7 +765,9 @@ class Ledger:
                 self._drop(next(iter(self._keys)), renew=True)
             store = self.stores.get(spec.store) if spec.remote else None
             remote = RemoteKey(key, spec, store, now, self._claimant(key)) if store is not None else None
-            state = self._keys[key] = _Key(key, spec, now, remote, self._counter_windows(key, spec))
+            windows = self._counter_windows(key, spec)
+            state = self._keys[key] = _Key(key, spec, now, remote, windows)
+            state.peers = windows is not None
             if remote is not None:
                 self._remote[key] = state
             if not spec.windows:  # a bucket alone: `_current` schedules no look at it (rule 10)
@@ -683,13 +784,17 @@ class Ledger:
 
     def _counter_windows(self, key: str, spec: LimitSpec) -> dict[str, _Window] | None:
         """The windows a new key counts in (rule 11): under policy local its counter's, those of the other specs' keys
-        of it, if any; None: windows of its own (the first key of a counter; under policy redis, where Redis sums the
-        claims, always)."""
+        of it, if any, which become its peers (rule 13); None: windows of its own (the first key of a counter; under
+        policy redis, where Redis sums the claims, always)."""
         tag = tag_of(key)
         if not tag:
             return None
         self._tags[tag] = self._tags.get(tag, 0) + 1
         others = [] if spec.remote else self._sharing_keys(key, key[len(tag):])
+        for other in others:
+            if not other.peers:  # alone until now: what it has out may have been granted ahead of need (rule 13)
+                other.peers = True
+                other.ahead = {worker for worker, count in other.outstanding.items() if count > 0}
         return others[0].windows if others else None
 
     def _sharing(self, state: _Key) -> list[_Key]:

@@ -35,7 +35,9 @@ class Grant(msgspec.Struct, frozen=True, array_like=True):
     left, and the next request for it is held while they are recalled (ledger.py rule 12). `delay` (limit-req without
     nodelay) is how long after the grant the first token may be used; the next ones follow 1 / rate apart. `hosts`
     is how many gateway hosts share the limit (policy redis), so a worker's local share is limit / (workers x hosts);
-    `unavailable`: the shared store is unreachable and fault_tolerant is off (Kong answers 500).
+    `unavailable`: the shared store is unreachable and fault_tolerant is off (Kong answers 500). `exact`: another
+    spec with other limits counts on the key's counter, so tokens come one per waiting request, none ahead of need
+    (ledger.py rule 13): ask for a request when it needs one.
     """
 
     key: str
@@ -48,6 +50,7 @@ class Grant(msgspec.Struct, frozen=True, array_like=True):
     delay: float = 0.0
     hosts: int = 1
     unavailable: bool = False
+    exact: bool = False
 
 
 class ReturnedLease(msgspec.Struct, frozen=True, array_like=True):
