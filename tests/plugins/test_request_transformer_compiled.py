@@ -112,7 +112,7 @@ def ref_render(value: str, env: RefEnv) -> str:
 def ref_set_header(headers: Headers, name: bytes, values: list[Any]) -> Headers:
     values = [escape_value(v if isinstance(v, bytes) else _bytes(str(v))) for v in values]
     out: Headers = []
-    placed = not values[0]  # set_header(name, "") removes every line of the name and adds none
+    placed = False  # "" is set too: the PDK's normalize_multi_header sets it as " ", which is read empty
     for hv in headers:
         if hv[0] == name:
             if not placed:
@@ -252,7 +252,7 @@ class Reference:
                 if isinstance(current, list) else [added]
         out = [hv for hv in headers if hv[0] not in cleared] if cleared else list(headers)
         for table_key, table_value in table.items():
-            if original.get(table_key) is table_value and isinstance(table_value, bytes) and table_value and \
+            if original.get(table_key) is table_value and isinstance(table_value, bytes) and \
                     table_key.lower() not in cleared and escape_value(table_value) is table_value:
                 continue
             out = ref_set_header(out, table_key.lower(),

@@ -3,7 +3,7 @@ lazy, kept tables (kong/plugins/request-transformer/access.lua `__meta_environme
 object (lua-cjson writes {[1] = v} as an array), an append.headers entry without a value (Kong's header filter fails
 on it), the rename message of an empty name (schema.lua validate_headers' tostring("")), header values with
 control bytes (taken by the schema, escaped by lua-nginx-module's ngx_http_lua_copy_escaped_header), the methods
-kong.service.request.set_method takes, a header value set empty (lua-nginx-module removes the header), an append to
+kong.service.request.set_method takes, a header value set empty (Kong's PDK sets "" as " ": sent empty), an append to
 one of nginx's built-in single response headers (it overwrites the line), and the header changes that would break
 the framing of a body the gateway frames itself (refused)."""
 
@@ -316,40 +316,43 @@ async def test_a_head_sent_upstream_as_get_is_answered_with_the_head_alone(nurse
     assert json.loads(second_body)["method"] == "GET"
 
 
-# --- a request header value set empty: ngx.req.set_header(name, "") removes the name's lines, adds none -----------
+# --- a request header value set empty: Kong's PDK sets "" as " ", a line the upstream reads empty -----------------
 
 
-def test_an_added_header_whose_template_renders_empty_is_not_sent():
+def test_an_added_header_whose_template_renders_empty_is_sent_empty():
     """access.lua (3.9.3) 203-207 puts the rendered "" in the table (pl.template renders `$(expr)` as
-    tostring(expr or '')), 231 set_headers -> ngx.req.set_header("x-user", ""): lua-nginx-module's
-    ngx_http_set_header_helper (src/ngx_http_lua_headers_in.c 260-261, `if (value->len == 0) return NGX_OK;`)
-    creates no header for it. An upstream that tests for X-User's presence sees none, as behind Kong."""
+    tostring(expr or '')), 231 set_headers, which sets ngx.req.set_header(k, normalize_multi_header(v))
+    (kong/pdk/service/request.lua 447): "" becomes " " (kong/pdk/private/checks.lua 13-18), so X-User goes upstream
+    with an empty value (t/01-pdk/06-service-request/09-set_header.t TEST 10 "can set to an empty string")."""
     ex = transformed(request_transformer(add={"headers": ["x-user:$(query_params.u)"]}), b"/x", [(b"x-a", b"1")])
-    assert ex.request.headers == [(b"x-a", b"1")]
+    assert ex.request.headers == [(b"x-a", b"1"), (b"x-user", b"")]
 
 
-def test_a_replaced_header_whose_template_renders_empty_is_removed():
-    """access.lua (3.9.3) 196-200 replaces x-user's value with the rendered "", then set_headers: ngx_http_set_header_
-    helper (src/ngx_http_lua_headers_in.c 216) removes every line of the name when the value is empty."""
+def test_a_replaced_header_whose_template_renders_empty_is_sent_empty():
+    """access.lua (3.9.3) 196-200 replaces x-user's value with the rendered "", then set_headers sets " "
+    (normalize_multi_header): the first line takes it in place, the others of the name go
+    (ngx_http_set_header_helper)."""
     ex = transformed(request_transformer(replace={"headers": ["x-user:$(query_params.u)"]}), b"/x",
                      [(b"x-user", b"alice"), (b"x-a", b"1"), (b"x-user", b"bob")])
-    assert ex.request.headers == [(b"x-a", b"1")]
+    assert ex.request.headers == [(b"x-user", b""), (b"x-a", b"1")]
 
 
-def test_an_appended_empty_value_is_a_line_only_beside_a_value_already_there():
-    """append_value gives {current, ""} or {""}: ngx.req.set_header sets the first value (overriding: "" removes) and
-    adds each other one as a new line (no_override: ngx_http_set_header_helper goes to new_header, empty or not)."""
+def test_an_appended_empty_value_is_a_line_of_its_own():
+    """append_value gives {current, ""} or {""}, each "" set as " " (normalize_multi_header's table branch,
+    kong/pdk/private/checks.lua 20-26): a line with an empty value, beside a value already there or alone."""
     rt = request_transformer(append={"headers": ["x-a:$(query_params.u)"]})
     assert transformed(rt, b"/x", [(b"x-a", b"1")]).request.headers == [(b"x-a", b"1"), (b"x-a", b"")]
-    assert transformed(rt, b"/x", [(b"x-b", b"1")]).request.headers == [(b"x-b", b"1")]
+    assert transformed(rt, b"/x", [(b"x-b", b"1")]).request.headers == [(b"x-b", b"1"), (b"x-a", b"")]
 
 
-def test_a_header_the_client_sent_empty_is_dropped_when_the_headers_are_set_again():
-    """transform_headers ends with set_headers(get_headers()'s table): each of its names is set again, and one the
-    client sent empty ("") loses its line; a name sent empty and again keeps the other value, at the end."""
+def test_a_header_the_client_sent_empty_is_kept_when_the_headers_are_set_again():
+    """transform_headers ends with set_headers(get_headers()'s table): each of its names is set again through
+    normalize_multi_header (kong/pdk/service/request.lua 447), "" as " ", so a header the client sent empty stays
+    (empty, where it stood); a name sent empty and again keeps both values, set again together."""
     ex = transformed(request_transformer(add={"headers": ["x-new:1"]}), b"/x",
                      [(b"x-empty", b""), (b"x-two", b""), (b"x-a", b"1"), (b"x-two", b"2")])
-    assert ex.request.headers == [(b"x-a", b"1"), (b"x-two", b"2"), (b"x-new", b"1")]
+    assert ex.request.headers == [(b"x-empty", b""), (b"x-two", b""), (b"x-a", b"1"), (b"x-two", b"2"),
+                                  (b"x-new", b"1")]
 
 
 def test_query_and_body_values_a_template_renders_empty_are_sent_empty():
@@ -399,12 +402,14 @@ def test_appending_to_a_multi_valued_built_in_header_adds_a_line():
         (b"cache-control", b"private"), (b"cache-control", b"no-store")]
 
 
-def test_a_header_renamed_from_an_empty_value_is_not_sent():
-    """rename is set_header(new, old's value): ngx.header[new] = "" clears (ngx_http_lua_headers_out.c
-    ngx_http_set_header_helper, `value->len == 0` -> hash 0), so the empty header is gone under either name."""
+def test_a_header_renamed_from_an_empty_value_is_sent_empty():
+    """rename is set_header(new, old's value) (header_transformer.lua 95-100): kong.response.set_header writes
+    ngx.header[new] = normalize_multi_header(value) (kong/pdk/response.lua 434), "" as " " (kong/pdk/private/
+    checks.lua 13-26), so the new name has a line the client reads empty; of {"", "2"}, both lines
+    (01-header_transformer_spec "header if the header exists and is empty": {h2 = " "})."""
     rt = response_transformer(rename={"headers": ["x-a:x-b"]})
-    assert rt.header_filter(None, 200, [(b"x-a", b""), (b"x-c", b"1")]) == [(b"x-c", b"1")]
-    assert rt.header_filter(None, 200, [(b"x-a", b""), (b"x-a", b"2")]) == [(b"x-b", b"2")]
+    assert rt.header_filter(None, 200, [(b"x-a", b""), (b"x-c", b"1")]) == [(b"x-c", b"1"), (b"x-b", b"")]
+    assert rt.header_filter(None, 200, [(b"x-a", b""), (b"x-a", b"2")]) == [(b"x-b", b""), (b"x-b", b"2")]
 
 
 def test_a_header_sent_twice_renamed_onto_a_single_header_keeps_its_last_value():

@@ -13,21 +13,21 @@ escaping); a form body as ngx.decode_args reads it (its first 100 pieces) and ng
 tested with Lua's truthiness (a JSON null counts, false does not); headers are changed on the table
 kong.request.get_headers() gives (its first 100 lines; a name as written, else lower-cased with "_" as "-"), cleared
 with clear_header and set again with set_headers (a header set in place of the first line of its name; values
-escaped as ngx.req.set_header escapes them: a CR or LF becomes %0D, %0A; a name set to "" loses every line and gets
-none, so a header a template renders empty is not sent, and one the client sent empty is dropped). As in Kong's
-template environment, the templates' `headers` and `query_params` are read from the request when a template (of any
-op, remove's too: Kong's iter() renders every entry's value) first reads them, and kept for the rest of the request:
-a replace.uri template reading them keeps them as the client sent them (before the method's form arguments join the
-query, before the header changes), and the query ops start from a copy of the query so kept. Bytes that are not
-UTF-8 (in a query, a header, a body) go through unchanged.
+escaped as ngx.req.set_header escapes them: a CR or LF becomes %0D, %0A; a value "" is set, as Kong's PDK sets it
+" ", which the upstream reads empty: a header a template renders empty is sent empty, one the client sent empty
+stays). As in Kong's template environment, the templates' `headers` and `query_params` are read from the request
+when a template (of any op, remove's too: Kong's iter() renders every entry's value) first reads them, and kept for
+the rest of the request: a replace.uri template reading them keeps them as the client sent them (before the method's
+form arguments join the query, before the header changes), and the query ops start from a copy of the query so kept.
+Bytes that are not UTF-8 (in a query, a header, a body) go through unchanged.
 
 What does not depend on the request is made once, when the config is loaded: the ops' names as the header table's
 keys (and the other keys get_headers()' metatable would try), the values without a template (as text and as header
 bytes), the templates split into their text and their lookups, a replace.uri without a template as the escaped path,
 and which of the request's parts a template reads (the query string is parsed only when an op or a template needs
 it, the route's captures read only when a template does). Per request, set_headers looks only at the names the ops
-may have set or cleared and those sent twice, when no name is upper-case and no value is empty or has a byte it
-escapes: it would set any other name's one line to what it holds.
+may have set or cleared and those sent twice, when no name is upper-case and no value has a byte it escapes: it
+would set any other name's one line to what it holds.
 """
 
 from __future__ import annotations
@@ -414,12 +414,11 @@ class RequestTransformer:
                     table[line_name] = [*current, line_value] if isinstance(current, list) else [current, line_value]
                     sent_twice[line_name] = None
         # set_headers writes again the lines of a name the ops did not touch when it was sent twice (its values are a
-        # list), when its lower-cased name is cleared, or when its value is escaped or empty; the first is known from
-        # the table, the second from the ops' names when no name is upper-case, the others when no value is empty or
-        # has a byte to escape: else every key is looked at
+        # list), when its lower-cased name is cleared, or when its value is escaped; the first is known from the
+        # table, the second from the ops' names when no name is upper-case, the last when no value has a byte to
+        # escape: else every key is looked at
         names = b"".join(table)
-        every_key = names.lower() != names or not all(map(_VALUE, first)) or \
-            _UNSAFE_VALUE_BYTE.search(b"".join(map(_VALUE, first))) is not None
+        every_key = names.lower() != names or _UNSAFE_VALUE_BYTE.search(b"".join(map(_VALUE, first))) is not None
         table.pop(b"host", None)
         original = dict(table)
 
@@ -470,7 +469,7 @@ class RequestTransformer:
             keys = filter(candidates.__contains__, table)
         for table_key in keys:
             table_value = table[table_key]
-            if original.get(table_key) is table_value and isinstance(table_value, bytes) and table_value and \
+            if original.get(table_key) is table_value and isinstance(table_value, bytes) and \
                     table_key.lower() not in cleared and escape_value(table_value) is table_value:
                 continue  # set_header of a line to what it holds changes nothing
             out = _set_header(out, table_key.lower(), table_value)
@@ -606,10 +605,11 @@ def _header_rename(old: bytes, new: bytes) -> tuple[bytes, bytes, bytes, bytes] 
 
 
 def _set_header(headers: Headers, name: bytes, value: bytes | list[Any]) -> Headers:
-    """ngx.req.set_header(name, value) on `headers` (a list of the caller's own: changed in place, and returned):
-    the first line of that name takes the (first) value in place and the others of the name go, or, the value being
-    empty, they all go and none is added (ngx_http_set_header_helper); the other values of a list are new lines at
-    the end (no line of the name: all are), empty ones too. Values escaped as lua-nginx-module escapes them."""
+    """kong.service.request.set_header(s) on `headers` (a list of the caller's own: changed in place, and returned):
+    the first line of that name takes the (first) value in place and the others of the name go
+    (ngx_http_set_header_helper); the other values of a list are new lines at the end (no line of the name: all are).
+    An empty value is set too: the PDK writes "" as " " (kong/pdk/private/checks.lua normalize_multi_header), which
+    the upstream reads as an empty value. Values escaped as lua-nginx-module escapes them."""
     if isinstance(value, list):
         values = [escape_value(v if isinstance(v, bytes) else _bytes(str(v))) for v in value]
         first, rest = values[0], values[1:]
@@ -617,10 +617,7 @@ def _set_header(headers: Headers, name: bytes, value: bytes | list[Any]) -> Head
         first, rest = escape_value(value), None
     names = list(map(_NAME, headers))
     count = names.count(name)
-    if not first:
-        if count:
-            headers[:] = compress(headers, map(name.__ne__, names))
-    elif not count:
+    if not count:
         headers.append((name, first))
     elif count == 1:
         headers[names.index(name)] = (name, first)

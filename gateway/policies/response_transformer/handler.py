@@ -2,11 +2,12 @@
 
 Headers, in Kong's order: remove, rename, replace (only present ones), add (only absent ones), append. As in Kong,
 rename, replace and add test the headers as they came from upstream (kong.response.get_headers() is taken before
-any change), and rename, replace and add set the header (its other values go; a value set empty, a renamed header's
-empty one, is no line: lua-nginx-module's ngx.header clears it). Append adds a line, but to one of nginx's built-in
-single headers (Content-Type, ETag, Location, ...: SINGLE_BUILTIN) whose headers_out slot holds a line it overwrites
-that line, as ngx.resp.add_header does; a relative Location from upstream holds no slot (nginx leaves it out so as
-not to rewrite it), so an append to it adds a second line as in Kong. The JSON body (a response whose
+any change), and rename, replace and add set the header (its other values go; a renamed header's empty value is
+set, as kong.response.set_header sets it " " (normalize_multi_header), which the client reads empty: a line with an
+empty value). Append adds a line, but to one of nginx's built-in single headers (Content-Type, ETag, Location, ...:
+SINGLE_BUILTIN) whose headers_out slot holds a line it overwrites that line, as ngx.resp.add_header does; a relative
+Location from upstream holds no slot (nginx leaves it out so as not to rewrite it), so an append to it adds a second
+line as in Kong. The JSON body (a response whose
 Content-Type is application/json or a +json type, never text/event-stream; read whole up to
 gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, append of top-level keys, values cast by
 json_types as Kong's json_value() does; a key renamed to its own name is removed, as Kong sets the new name and then
@@ -315,11 +316,10 @@ class ResponseTransformer:
                 if old is None:
                     fixed.append((name, value))
                 elif unique:
-                    if came[old]:
-                        fixed.append((name, came[old]))
+                    fixed.append((name, came[old]))
                 else:  # set_header of the values: a built-in single header keeps the last (set_builtin_header)
                     values = [v for n, v in headers if n == old]
-                    fixed += [(name, v) for v in (values[-1:] if name in SINGLE_BUILTIN else values) if v]
+                    fixed += [(name, v) for v in (values[-1:] if name in SINGLE_BUILTIN else values)]
         if gone := cleared.intersection(came):  # clear_header of each
             if unique:  # each goes where it stands
                 try:
