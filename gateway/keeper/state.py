@@ -393,7 +393,8 @@ class Keeper:
         if recalls is None:
             return False
         self.held.setdefault(request.key, []).append(
-            (sender, LeaseRequest(request.key, request.spec, request.worker, request.want, keeper=request.keeper)))
+            (sender, LeaseRequest(request.key, request.spec, request.worker, request.want, keeper=request.keeper,
+                                  waiting=True)))  # (only a waiting request is held; rule 13 grants it its token)
         keys: dict[str, list[str]] = {}
         for key, worker in recalls:
             keys.setdefault(worker, []).append(key)

@@ -233,3 +233,23 @@ async def test_a_global_and_a_consumers_instance_on_one_counter_admit_as_kong_th
     finally:
         gw.cleanup()
     assert got == [(200, "2"), (200, "1"), (200, "97"), (200, "96"), (429, "0")], got
+
+
+async def test_a_request_held_for_a_rule13_recall_is_answered_with_a_token():
+    """ledger.py rule 13: bob's request (limit 100) on w2 is held while the global instance's token w1 leased ahead
+    of need is recalled. Once w1 answers, the keeper grants the held request again (state.py _answer_held); it
+    waits (it was held because it waits), so its exact grant carries its token, at once, as Kong admits it (usage
+    1 < 100); not a grant of 0 after which its worker must ask a second time."""
+    if 3600 - time.time() % 3600 < 2:
+        await trio.sleep(2.1)
+    host = Host(2)
+    assert host.request("w1", key_of(GLOBAL), GLOBAL) is Status.ADMIT  # 1 admitted; 1 more leased ahead to w1
+    w1 = host.workers["w1"].leases._leases[key_of(GLOBAL)]
+    assert w1.tokens == 1
+    leases = host.workers["w2"].leases
+    assert leases.take(key_of(BOBS), BOBS, time.monotonic(), time.time()).status is Status.WAIT
+    host.ask("w2")  # held, w1 recalled, w1 answers, the held request granted again
+    assert ("w1", "Recall") in host.delivered and not host.keeper.held
+    grant = leases._leases[key_of(BOBS)].grant
+    assert grant is not None and grant.exact
+    assert grant.granted == 1, f"the held request's grant carried {grant.granted} tokens (remaining {grant.remaining})"
