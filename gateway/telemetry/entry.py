@@ -248,19 +248,22 @@ class Entry:
                     entity["consumer_id"] = owner
                 doc.authenticated_entity = entity
         trace = self.trace
+        trace_id = trace.serialized() if trace is not None else None
         if state:
-            if trace is None:  # the tracing plugin's Trace of this request
-                trace = state.get("opentelemetry") or state.get("zipkin")
+            if trace is None:  # the tracing plugins' Traces of this request: each adds the formats it injected to
+                # one table, zipkin's first (Kong's propagation.propagate into tracing_context, by plugin priority)
+                zipkin, otel = state.get("zipkin"), state.get("opentelemetry")
+                trace_id = zipkin.serialized() if zipkin is not None else None
+                if otel is not None and (more := otel.serialized()):
+                    trace_id = {**trace_id, **more} if trace_id else more
             correlation_id = state.get("correlation-id")  # the correlation-id plugin's set_serialize_value
             if correlation_id:
                 doc.correlation_id = _text(correlation_id)
             original = state.get(ORIGINAL_REQUEST)  # ai-prompt-template's log_original_request
             if original is not None:
                 doc.ai = {"payload": {"original_request": _text(original)}}
-        if trace is not None:
-            trace_id = trace.serialized()
-            if trace_id:
-                doc.trace_id = trace_id
+        if trace_id:
+            doc.trace_id = trace_id
         # _mcp reads the request's header lines: when the table holds all of them, no "mcp-method" key says none
         if ex.mcp is not None or headers is not raw or "mcp-method" in table:
             mcp = _mcp(ex)
