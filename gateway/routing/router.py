@@ -83,12 +83,27 @@ MAX_CACHED_MCP = 256
 # Kong's lua_max_req_headers: its router reads the headers with ngx.req.get_headers(), which stops after that many
 # lines (kong/router/fields.lua); the same number as gateway.policies.header_list's, for the plugins
 MAX_REQ_HEADERS = 100
+# ... and lua_max_resp_headers: what ngx.resp.get_headers() (kong.response.get_headers(), kong.service.response
+# .get_header()) reads of a response. It adds Connection, so a response of fewer lines is read whole
+# (`resp_get_headers`)
+MAX_RESP_HEADERS = 100
+_OUTSIDE_LIST = frozenset({b"content-type", b"content-length"})  # nginx's headers_out fields, not list entries
 _NAME = itemgetter(0)  # of a header line
 _FLAT = chain.from_iterable
 
 _REGEX, _PREFIX, _NO_PATH = 2, 1, 0
 # the namespace of the ids Kong gives the pieces of a route it splits by path (kong/router/transform.lua:674)
 _SPLIT_NAMESPACE = uuid.UUID("7f145bf9-0dce-4f91-98eb-debbce4b9f6b")
+
+
+def resp_get_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A response's lines as Kong's plugins read them (ngx.resp.get_headers() at MAX_RESP_HEADERS): Content-Type and
+    Content-Length always (nginx keeps them out of its header list and adds them first), then the other lines up to
+    the limit less those and Connection (lua-nginx-module ngx_http_lua_ngx_resp_get_headers: `count = max - extra`)."""
+    outside = [hv for hv in headers if hv[0] in _OUTSIDE_LIST]
+    room = MAX_RESP_HEADERS - 1 - len({name for name, _ in outside})
+    listed = [hv for hv in headers if hv[0] not in _OUTSIDE_LIST]
+    return headers if len(listed) <= room else outside + listed[:room]
 
 
 class RouteSpec(Generic[T]):
@@ -248,7 +263,32 @@ def split_host_port(host: str) -> tuple[str, int | None]:
     name, sep, port = host.partition(":")
     if sep and port.isascii() and port.isdigit():
         return name, int(port)
+    if sep and (number := lua_number(port.encode())) is not None:
+        return name, _port_of(number)
     return host, None
+
+
+# What LuaJIT's tonumber() reads as a number (lj_strscan): a sign, then decimal digits with a fraction and an
+# exponent, or 0x and hex digits with a fraction and a binary exponent
+_LUA_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_LUA_HEX = re.compile(rb"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
+
+
+def lua_number(text: bytes) -> float | None:
+    """The number Lua's tonumber() reads in `text` (a Host header's port that is not plain digits: `0x50`, `1e2`,
+    `+80`, `80.0`), or None."""
+    if _LUA_DECIMAL.fullmatch(text) is not None:
+        return float(text)
+    if _LUA_HEX.fullmatch(text) is not None:
+        sign, digits = (text[:1], text[1:]) if text[:1] in (b"+", b"-") else (b"", text)
+        value = float.fromhex(digits.decode() if b"p" in digits.lower() or b"." in digits else digits.decode() + "p0")
+        return -value if sign == b"-" else value
+    return None
+
+
+def _port_of(number: float) -> int | None:
+    """A port read by tonumber as atc-router takes it into net.dst.port (an integer: truncated); None if infinite."""
+    return int(number) if number == number and abs(number) != float("inf") else None
 
 
 def _value_matcher(value: str) -> CaptureRegex | bytes:
@@ -423,8 +463,11 @@ def _dst_port(host: bytes | None, listener: int | None) -> int | None:
     split_host_port splits it (so an IPv6 literal has none), else the port the request arrived on."""
     if host:
         _, sep, port = host.partition(b":")
-        if sep and port.isdigit():
-            return int(port)
+        if sep:
+            if port.isdigit():
+                return int(port)
+            if (number := lua_number(port)) is not None:
+                return _port_of(number)
     return listener
 
 
@@ -444,7 +487,7 @@ def _host_name(host: bytes) -> bytes:
     """Kong's http.host of a Host header (atc.lua `matching`, split_host_port): its case kept, the part before the
     first ':' when a number follows, else the whole value ("[::1]:8000" whole, as "example.test:")."""
     name, sep, port = host.partition(b":")
-    return name if sep and port.isdigit() else host
+    return name if sep and (port.isdigit() or lua_number(port) is not None) else host
 
 
 def _lower(value: bytes) -> bytes:
