@@ -5,7 +5,8 @@ upstream request gets X-RateLimit-Remaining-<name>; with block_on_first_violatio
 rate limit exceeded for '<name>'". Counters that cannot be read (policy redis: Redis away; policy local's cannot
 fail, as Kong's shared dict): Kong's 500 unless fault_tolerant (then the request goes on unlimited, without the
 headers).
-header_filter: the upstream's `header_name` header (`name=n, ...`) is read and removed; the client gets
+header_filter: the upstream's `header_name` header (`name=n, ...`) is read (among the lines Kong's
+kong.service.response.get_header reads: router.resp_get_headers) and removed; the client gets
 X-RateLimit-Limit-<name>-<period> and X-RateLimit-Remaining-<name>-<period> unless hide_client_headers; a positive
 increment for a name already used up turns the response into a 429 without a body (phases.Exit).
 log: the increments are added to the counters (all six periods of each name), unless the response became that 429.
@@ -27,6 +28,7 @@ from gateway.policies.response_ratelimiting.periods import Clock, Window
 from gateway.policies.response_ratelimiting.schema import ResponseRateLimitingConfig
 from gateway.policies.response_ratelimiting.usage import Plan, kong_scope, parse_increments
 from gateway.ratelimit.redis_client import RedisSettings
+from gateway.routing.router import MAX_RESP_HEADERS, resp_get_headers  # lua_max_resp_headers
 
 log = logging.getLogger("gateway.policies.response_ratelimiting")
 
@@ -111,7 +113,8 @@ class ResponseRateLimiting:
             return headers
         plan = self.plan
         if req.increments is None:  # (a gateway page in place of the response whose usage was read: kept, as Kong
-            req.increments = parse_increments(get_header(headers, self.header), plan.names)  # counts a cut body's)
+            read = headers if len(headers) < MAX_RESP_HEADERS else resp_get_headers(headers)  # counts a cut body's)
+            req.increments = parse_increments(get_header(read, self.header), plan.names)
         if not self.hide:
             for name, value in plan.client_headers(req.remaining, req.increments):
                 set_header(headers, name, value)

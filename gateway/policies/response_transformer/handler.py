@@ -1,13 +1,14 @@
 """Kong's response-transformer (kong/plugins/response-transformer/): header_filter and body_filter phases.
 
 Headers, in Kong's order: remove, rename, replace (only present ones), add (only absent ones), append. As in Kong,
-rename, replace and add test the headers as they came from upstream (kong.response.get_headers() is taken before
-any change), and rename, replace and add set the header (its other values go; a renamed header's empty value is
-set, as kong.response.set_header sets it " " (normalize_multi_header), which the client reads empty: a line with an
-empty value). Append adds a line, but to one of nginx's built-in single headers (Content-Type, ETag, Location, ...:
-SINGLE_BUILTIN) whose headers_out slot holds a line it overwrites that line, as ngx.resp.add_header does; a relative
-Location from upstream holds no slot (nginx leaves it out so as not to rewrite it), so an append to it adds a second
-line as in Kong. The JSON body (a response whose
+rename, replace and add test the headers as they came from upstream (kong.response.get_headers() is taken before any
+change; of a response of MAX_RESP_HEADERS lines or more, only the lines it reads: router.resp_get_headers; remove and
+set_header's clearing reach every line), and rename, replace and add set the header (its other values go; a renamed
+header's empty value is set, as kong.response.set_header sets it " " (normalize_multi_header), which the client reads
+empty: a line with an empty value). Append adds a line, but to one of nginx's built-in single headers (Content-Type,
+ETag, Location, ...: SINGLE_BUILTIN) whose headers_out slot holds a line it overwrites that line, as ngx.resp.add_header
+does; a relative Location from upstream holds no slot (nginx leaves it out so as not to rewrite it), so an append to it
+adds a second line as in Kong. The JSON body (a response whose
 Content-Type is application/json or a +json type, never text/event-stream; read whole up to
 gateway.pipeline.phases.RESPONSE_BODY_LIMIT): remove, rename, replace, add, append of top-level keys, values cast by
 json_types as Kong's json_value() does; a key renamed to its own name is removed, as Kong sets the new name and then
@@ -36,6 +37,7 @@ import logging
 import math
 import re
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, NamedTuple
 
 from gateway.http.codec import Headers
@@ -46,9 +48,11 @@ from gateway.policies.base import LuaError
 from gateway.policies.cjson import CJSON_PRECISION
 from gateway.policies.header_list import TRANSFER_ENCODING_NAMES, escape_name, escape_value
 from gateway.policies.response_transformer.schema import ResponseTransformerConfig, Values, split_pair
+from gateway.routing.router import MAX_RESP_HEADERS, resp_get_headers  # lua_max_resp_headers
 
 log = logging.getLogger("gateway.policies.response_transformer")
 _MISSING = object()
+_NAME = itemgetter(0)  # of a header line
 # what indexing a Lua string finds (its metatable's __index is the string library): the only names a string body "has"
 LUA_STRING_METHODS = frozenset({"byte", "char", "dump", "find", "format", "gmatch", "gsub", "len", "lower", "match",
                                 "rep", "reverse", "sub", "upper"})
@@ -304,8 +308,13 @@ class ResponseTransformer:
                                                      None if renames else [(name, value) for name, value, _ in added]))
 
     def _header_filter(self, ex: Exchange, status: int, headers: Headers) -> Headers:
-        came = dict(headers)  # Kong's kong.response.get_headers() copy: the names, each with its last value
-        present = self.tested.intersection(came)
+        came = dict(headers)  # the names as they came, each with its last value
+        read = headers
+        if len(headers) < MAX_RESP_HEADERS:
+            present = self.tested.intersection(came)
+        else:  # rename, replace and add test what kong.response.get_headers() reads of it; a slot is nginx's
+            read = resp_get_headers(headers)
+            present = self.tested.intersection(map(_NAME, read)) | self.single_appends.intersection(came)
         if self.appends_location and came.get(b"location", b"")[:1] == b"/":
             present = present | {_RELATIVE_LOCATION}
         cleared, added, fixed = self.plans.get(present) or self.plan(present)
@@ -318,7 +327,7 @@ class ResponseTransformer:
                 elif unique:
                     fixed.append((name, came[old]))
                 else:  # set_header of the values: a built-in single header keeps the last (set_builtin_header)
-                    values = [v for n, v in headers if n == old]
+                    values = [v for n, v in read if n == old]
                     fixed += [(name, v) for v in (values[-1:] if name in SINGLE_BUILTIN else values)]
         if gone := cleared.intersection(came):  # clear_header of each
             if unique:  # each goes where it stands
