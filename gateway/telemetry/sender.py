@@ -6,8 +6,10 @@ Each phase has its own bound, as Kong's senders do: connecting (connect_timeout)
 reading the response (read_timeout), 0 being the cosocket's default, 60 s (socket_timeout). A 2xx answer is success,
 as Kong's http-log counts any status below 300 as delivered (one whose body passes MAX_RESPONSE_BYTES too: the rest is
 not read, the connection is closed); anything else, a timeout or a broken connection raises SendError, which the batch
-queue retries. The connection is reused for the next batch when the exchange ended cleanly and it was idle less than
-`keepalive` seconds; otherwise a new one is opened. Each send has a connection to itself (Kong's senders make a client
+queue retries and logs after "handler could not process entries: ": its message is the plugin's Kong words
+(`Wording`) around ngx_lua's cosocket error ("timeout", "connection refused", "closed"...) or the answer's status.
+The connection is reused for the next batch when the exchange ended cleanly and it was idle less than `keepalive`
+seconds; otherwise a new one is opened. Each send has a connection to itself (Kong's senders make a client
 per send): concurrent sends (a queue's concurrency_limit -1, at most batch.MAX_CONCURRENT_SENDS) each take an idle one
 or open their own, and at most POOL_SIZE stay idle afterwards.
 """
@@ -15,6 +17,8 @@ or open their own, and at most POOL_SIZE stay idle afterwards.
 from __future__ import annotations
 
 import base64
+import errno
+import os
 import re
 import ssl
 from typing import Generic, NamedTuple, TypeVar
@@ -31,6 +35,13 @@ from gateway.lua_socket import socket_timeout
 # a collector's answer is read (for its status) and discarded up to this much; past it, a 2xx answer is delivered
 # and its connection closed, any other is a SendError
 MAX_RESPONSE_BYTES = 1 << 20
+# of a failed answer's body, the bytes its error line quotes: nginx cuts an error log line at NGX_MAX_ERROR_STR
+# (2048 bytes), so Kong's line never shows more
+BODY_SHOWN = 2048
+# control characters of a quoted body or reason, escaped: a collector's answer cannot break the error log's lines
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+# X509_V_ERR_HOSTNAME_MISMATCH, which ngx_lua does not report by code: it checks the name itself
+_HOSTNAME_MISMATCH = 62
 POOL_SIZE = 30  # idle connections a sender keeps: ngx_lua's lua_socket_pool_size, which Kong's senders' pools have
 C = TypeVar("C")
 # lua-resty-http 0.17.2's parse_uri pattern (lib/resty/http.lua:258-262): PCRE without flags, so "." takes no line
@@ -44,9 +55,38 @@ class SendError(Exception):
     """A batch could not be delivered; the message says where and why."""
 
 
-class _NothingBack(SendError):
+class CosocketError(SendError):
+    """No answer: `err` is ngx_lua's cosocket error for it ("timeout", "connection refused", "closed"...), maybe
+    followed by a detail of the gateway's in parentheses; the message is `where`: `err`."""
+
+    def __init__(self, where: str, err: str) -> None:
+        super().__init__(f"{where}: {err}")
+        self.err = err
+
+
+class HandshakeError(CosocketError):
+    """The TLS handshake failed, after the TCP connect (Kong's tcp-log words it apart)."""
+
+
+class _NothingBack(CosocketError):
     """The exchange failed before any byte of an answer came: on a kept-alive connection, the collector had closed it
     while idle, and the request is sent again on a new one (once; never after an answer began or a timeout)."""
+
+
+class Wording:
+    """The messages of an HttpSender's failures, which the queue logs after "handler could not process entries: ":
+    these name the endpoint; a plugin's subclass has its Kong plugin's words."""
+
+    def __init__(self, where: str = "") -> None:
+        self.where = where
+
+    def failed(self, err: str) -> str:
+        """No answer; `err` is the cosocket's error (CosocketError.err)."""
+        return f"{self.where}: {err}"
+
+    def answered(self, status: int, reason: str, body: str) -> str:
+        """An answer that is no success: its status, reason phrase and (the start of) its body, escaped."""
+        return f"{self.where}: the collector answered {status}"
 
 
 class Endpoint:
@@ -164,21 +204,67 @@ def kept_alive(idle_since: float, keepalive: float) -> bool:
 async def connect(host: str, port: int, *, tls: bool, server_hostname: str | None, verify: bool, timeout: float,
                   where: str) -> trio.abc.Stream:
     """A TCP stream to a collector, TLS when `tls` (SNI `server_hostname`, certificate and name checked only with
-    `verify`); SendError naming `where` when it cannot be had within `timeout` seconds."""
+    `verify`): the connect, then the handshake, each within `timeout` seconds, as a cosocket's connect timeout bounds
+    both. CosocketError (HandshakeError for the handshake) naming `where` when it cannot be had."""
     try:
         with trio.fail_after(timeout):
             stream: trio.abc.Stream = await open_tcp_stream(host, port)
-            if tls:  # verified against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)
-                secure = trio.SSLStream(stream, client_context(verify), server_hostname=server_hostname)
-                await secure.do_handshake()
-                stream = secure
-            return stream
     except trio.TooSlowError:
-        raise SendError(f"{where}: could not connect within {timeout:g}s") from None
+        raise CosocketError(where, f"timeout (no connection within {timeout:g}s)") from None
     except NameNotResolved as e:  # Kong's words, from its patched connect
-        raise SendError(f"{where}: DNS resolution failed: {e.reason}") from None
-    except (OSError, trio.BrokenResourceError, ssl.SSLError) as e:
-        raise SendError(f"{where}: could not connect: {e}") from None
+        raise CosocketError(where, f"DNS resolution failed: {e.reason}") from None
+    except OSError as e:
+        raise CosocketError(where, socket_error(e)) from None
+    if not tls:
+        return stream
+    # verified against kong.conf's lua_ssl_trusted_certificate (gateway.http.tls_contexts)
+    secure = trio.SSLStream(stream, client_context(verify), server_hostname=server_hostname)
+    try:
+        with trio.fail_after(timeout):
+            await secure.do_handshake()
+    except trio.TooSlowError:
+        await close_quietly(stream)
+        raise HandshakeError(where, f"timeout (no TLS handshake within {timeout:g}s)") from None
+    except (OSError, trio.BrokenResourceError) as e:
+        await close_quietly(stream)
+        raise HandshakeError(where, handshake_error(e)) from None
+    return secure
+
+
+def socket_error(error: BaseException) -> str:
+    """ngx_lua's text for a failed socket call: the errno's strerror in lower case ("for compatibility with
+    LuaSocket": "connection refused", "connection reset by peer"), "closed" for a connection already closed, and
+    "error" with what Python said when there is no errno."""
+    if isinstance(error, trio.ClosedResourceError):
+        return "closed"
+    cause = error.__cause__
+    if isinstance(cause, BaseExceptionGroup):  # trio.open_tcp_stream's "all attempts to connect ... failed"
+        cause = cause.exceptions[-1]
+    for e in (error, cause):
+        if isinstance(e, ssl.SSLError):
+            return f"error (TLS: {e.reason or e})"
+        if isinstance(e, OSError) and e.errno is not None and e.errno in errno.errorcode:
+            return os.strerror(e.errno).lower()
+    return f"error ({error})"
+
+
+def handshake_error(error: BaseException) -> str:
+    """ngx_lua's sslhandshake error (lua-resty-core prefixes OpenSSL's verify code): "20: unable to get local issuer
+    certificate", "certificate host mismatch", else "handshake failed", with what went wrong in parentheses."""
+    cause = error.__cause__ if isinstance(error, trio.BrokenResourceError) else error
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        if cause.verify_code == _HOSTNAME_MISMATCH:
+            return "certificate host mismatch"
+        return f"{cause.verify_code}: {cause.verify_message}"
+    detail = (cause.reason or cause) if isinstance(cause, ssl.SSLError) else socket_error(error)
+    return f"handshake failed ({detail})"
+
+
+def shown(data: bytes) -> str:
+    """A collector's answer (body or reason) as an error line quotes it: its first BODY_SHOWN bytes, control
+    characters escaped, "..." after when there was more."""
+    text = data[:BODY_SHOWN].decode("utf-8", "replace").translate(_ESCAPED)
+    return text + "..." if len(data) > BODY_SHOWN else text
 
 
 class IdlePool(Generic[C]):
@@ -229,6 +315,15 @@ async def close_quietly(stream: trio.abc.Stream) -> None:
             pass
 
 
+class _Answer(NamedTuple):
+    """A collector's answer: its status, reason phrase, and a failed one's body (up to BODY_SHOWN bytes and a
+    chunk)."""
+
+    status: int
+    reason: bytes
+    body: bytes
+
+
 class _Connection:
     """A kept-alive connection to a collector and its codec."""
 
@@ -245,14 +340,16 @@ class HttpSender:
     def __init__(self, endpoint: Endpoint, headers: list[tuple[bytes, bytes]] | None = None, *,
                  connect_timeout: float = 10.0, send_timeout: float = 10.0, read_timeout: float = 10.0,
                  keepalive: float = 60.0, verify: bool = False, configured_host: bool = False,
-                 only_200: bool = False) -> None:
+                 only_200: bool = False, wording: Wording | None = None) -> None:
         """Timeouts in seconds, taken as a cosocket takes them (socket_timeout). `verify`: check an https
         collector's certificate and name against the trust store. `configured_host`: a Host in `headers` is sent in
         place of the endpoint's (lua-resty-http's rule, which Kong's opentelemetry keeps; http-log drops it).
-        `only_200`: an answer but 200 is a failed send (Kong's opentelemetry export); else any 2xx is delivered."""
+        `only_200`: an answer but 200 is a failed send (Kong's opentelemetry export); else any 2xx is delivered.
+        `wording`: the SendError messages (the plugin's Kong words; by default, the endpoint's)."""
         self.endpoint = endpoint
         self.headers = headers or []
         self.only_200 = only_200
+        self.wording = wording or Wording(str(endpoint))
         host = next((v for n, v in self.headers if n.lower() == b"host"), None) if configured_host else None
         self.host_header = host if host is not None else endpoint.host_header
         self.connect_timeout = socket_timeout(connect_timeout)
@@ -271,45 +368,54 @@ class HttpSender:
         self._target = endpoint.target.encode()
 
     async def send(self, body: bytes, content_type: bytes, method: bytes = b"POST") -> int:
-        """Send one request; returns the 2xx status, or raises SendError."""
+        """Send one request; returns the 2xx status, or raises SendError (its message the wording's)."""
         headers = [(b"host", self.host_header), (b"content-type", content_type),
                    (b"content-length", b"%d" % len(body)), *self._tail]
         conn, expired = self._pool.take()
         for old in expired:
             await close_quietly(old.stream)
-        status = 0
-        for retry in (conn is not None, False):
-            if conn is None:
-                conn = _Connection(await self._connect())
-            try:
-                status = await self._exchange(conn, method, headers, body)
-                break
-            except _NothingBack:  # on a kept-alive connection: closed by the collector while idle, so sent again
-                await close_quietly(conn.stream)
-                conn = None
-                if not retry:
+        answer = _Answer(0, b"", b"")
+        try:
+            for retry in (conn is not None, False):
+                if conn is None:
+                    conn = _Connection(await self._connect())
+                try:
+                    answer = await self._exchange(conn, method, headers, body)
+                    break
+                except _NothingBack:  # on a kept-alive connection: closed by the collector while idle, so sent again
+                    await close_quietly(conn.stream)
+                    conn = None
+                    if not retry:
+                        raise
+                except BaseException:
+                    await close_quietly(conn.stream)
                     raise
-            except BaseException:
-                await close_quietly(conn.stream)
-                raise
-        if not 200 <= status < 300 or (self.only_200 and status != 200):  # (the connection is kept when the
-            # answer allowed it, as lua-resty-http does)
-            raise SendError(f"{self.endpoint}: the collector answered {status}")
+        except CosocketError as e:
+            raise SendError(self.wording.failed(e.err)) from None
+        status = answer.status
+        if not self._delivered(status):  # (the connection is kept when the answer allowed it, as lua-resty-http does)
+            raise SendError(self.wording.answered(status, shown(answer.reason), shown(answer.body)))
         return status
 
+    def _delivered(self, status: int) -> bool:
+        """Whether an answer with `status` delivered the batch: a 2xx (only 200 with only_200)."""
+        return status == 200 if self.only_200 else 200 <= status < 300
+
     async def _exchange(self, conn: _Connection, method: bytes, headers: list[tuple[bytes, bytes]],
-                        body: bytes) -> int:
-        """One request and its answer's status; the connection is kept for the next when the answer allows it."""
-        ep = self.endpoint
+                        body: bytes) -> _Answer:
+        """One request and its answer (a failed one's body kept for its message, up to BODY_SHOWN bytes); the
+        connection is kept for the next when the answer allows it. CosocketError when no whole answer came."""
+        ep = str(self.endpoint)
         stream, codec = conn.stream, conn.codec
         try:
             with trio.fail_after(self.send_timeout):
                 await stream.send_all(codec.request_head(method, self._target, headers, LENGTH) + body + codec.end())
         except trio.TooSlowError:
-            raise SendError(f"{ep}: the request was not accepted within {self.send_timeout:g}s") from None
+            raise CosocketError(ep, f"timeout (the request was not accepted within {self.send_timeout:g}s)") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:
-            raise _NothingBack(f"{ep}: sending failed: {e}") from None
-        status = 0
+            raise _NothingBack(ep, socket_error(e)) from None
+        status, reason, kept = 0, b"", b""
+        delivered = False
         size = 0
         try:
             with trio.fail_after(self.read_timeout):
@@ -318,22 +424,25 @@ class HttpSender:
                         chunk = await stream.receive_some(65536)
                         codec.receive_data(bytes(chunk))
                         size += len(chunk)
-                        if size > MAX_RESPONSE_BYTES:
-                            if 200 <= status < 300:  # delivered; the rest of the body is left unread
-                                await close_quietly(stream)
-                                return status
-                            raise SendError(f"{ep}: the answer is larger than {MAX_RESPONSE_BYTES} bytes")
+                        if size > MAX_RESPONSE_BYTES:  # the rest of the body is left unread
+                            if not status:
+                                raise CosocketError(ep, f"reading the answer failed: no head in its first "
+                                                        f"{MAX_RESPONSE_BYTES} bytes")
+                            await close_quietly(stream)
+                            return _Answer(status, reason, kept)
                     elif type(event) is Response:
-                        status = event.status
-                    elif type(event) is not bytes:  # CLOSED
-                        raise (SendError if size else _NothingBack)(
-                            f"{ep}: the collector closed the connection without an answer")
+                        status, reason, delivered = event.status, event.reason, self._delivered(event.status)
+                    elif type(event) is bytes:
+                        if not delivered and len(kept) <= BODY_SHOWN:
+                            kept += event
+                    else:  # CLOSED
+                        raise (CosocketError if size else _NothingBack)(ep, "closed (mid-answer)" if size else "closed")
         except trio.TooSlowError:
-            raise SendError(f"{ep}: no answer within {self.read_timeout:g}s") from None
+            raise CosocketError(ep, f"timeout (no answer within {self.read_timeout:g}s)") from None
         except ProtocolError as e:
-            raise SendError(f"{ep}: reading the answer failed: {e}") from None
+            raise CosocketError(ep, f"reading the answer failed: {e}") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as e:  # a reset, say
-            raise (SendError if size else _NothingBack)(f"{ep}: reading the answer failed: {e}") from None
+            raise (CosocketError if size else _NothingBack)(ep, socket_error(e)) from None
         if codec.keep_alive:
             codec.start_next_cycle()
             surplus = self._pool.give(conn)
@@ -341,7 +450,7 @@ class HttpSender:
                 await close_quietly(surplus.stream)
         else:
             await close_quietly(stream)
-        return status
+        return _Answer(status, reason, kept)
 
     async def _connect(self) -> trio.abc.Stream:
         ep = self.endpoint

@@ -6,7 +6,8 @@ As Kong's tcp-log: connect (and handshake) within `timeout`, write, keep the con
 is idle less than `keepalive` seconds (0: for as long as it lives). Nothing is read back, so a connection the
 collector closed while idle would swallow the next lines: before it is reused, its socket is polled for the
 collector's FIN (POLLRDHUP, which buffered bytes such as TLS 1.3 session tickets do not hide), and one the
-collector has shut is replaced.
+collector has shut is replaced. A failure's SendError has Kong's tcp-log's (and statsd's) words: "failed to connect
+to HOST:PORT: connection refused", "failed to perform TLS handshake to ...", "failed to send data to ...: timeout".
 """
 
 from __future__ import annotations
@@ -16,7 +17,15 @@ import ssl
 
 import trio
 
-from gateway.telemetry.sender import IdlePool, SendError, close_quietly, connect
+from gateway.telemetry.sender import (
+    CosocketError,
+    HandshakeError,
+    IdlePool,
+    SendError,
+    close_quietly,
+    connect,
+    socket_error,
+)
 
 _SHUT = select.POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL
 
@@ -26,6 +35,7 @@ class TcpSender:
 
     def __init__(self, host: str, port: int, *, tls: bool = False, sni: str | None = None, timeout: float = 10.0,
                  keepalive: float = 60.0) -> None:
+        self.named = f"{host}:{port}"  # as Kong's messages name the collector: the host as configured
         host = host[1:-1] if host.startswith("[") else host  # Kong's host takes "[ipv6]"; the socket, the address
         self.host, self.port, self.tls, self.sni = host, port, tls, sni
         self.timeout = timeout
@@ -37,23 +47,33 @@ class TcpSender:
         """Write `data` whole, or raise SendError (the connection is then dropped)."""
         stream = await self._take()
         if stream is None:
-            stream = await connect(self.host, self.port, tls=self.tls, server_hostname=self.sni, verify=False,
-                                   timeout=self.timeout, where=self.where)
+            stream = await self._connect()
         try:
             with trio.fail_after(self.timeout):
                 await stream.send_all(data)
         except trio.TooSlowError:
             await close_quietly(stream)
-            raise SendError(f"{self.where}: the collector took no data for {self.timeout:g}s") from None
+            raise SendError(f"failed to send data to {self.named}: timeout (the collector took no data for "
+                            f"{self.timeout:g}s)") from None
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError) as e:
             await close_quietly(stream)
-            raise SendError(f"{self.where}: sending failed: {e}") from None
+            raise SendError(f"failed to send data to {self.named}: {socket_error(e)}") from None
         except BaseException:  # cancelled mid-write: what the connection carried is unknown
             await close_quietly(stream)
             raise
         surplus = self._pool.give(stream)
         if surplus is not None:
             await close_quietly(surplus)
+
+    async def _connect(self) -> trio.abc.Stream:
+        """A new connection (and its TLS handshake); SendError in Kong's tcp-log's words when it cannot be had."""
+        try:
+            return await connect(self.host, self.port, tls=self.tls, server_hostname=self.sni, verify=False,
+                                 timeout=self.timeout, where=self.where)
+        except HandshakeError as e:
+            raise SendError(f"failed to perform TLS handshake to {self.named}: {e.err}") from None
+        except CosocketError as e:
+            raise SendError(f"failed to connect to {self.named}: {e.err}") from None
 
     async def _take(self) -> trio.abc.Stream | None:
         """An idle connection the collector has not shut, idle less than keepalive; None: open one."""

@@ -16,7 +16,8 @@ closed, and the next send makes a new one.
 
 statsd and datadog send a batch with `send_each`, as Kong's statsd logger: a socket that cannot be made (a name
 that does not resolve) fails the batch, which the queue retries; a datagram that fails on the socket is logged and
-lost.
+lost. A failure's message has the words of Kong's loggly, statsd and datadog: "failed to connect to HOST:PORT: ...",
+"failed to send data to HOST:PORT: ..." (udp-log's own say "could not" for "failed to").
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Iterable
 import trio
 
 from gateway.http.net import NameNotResolved, is_ip, resolve
-from gateway.telemetry.sender import SendError
+from gateway.telemetry.sender import SendError, socket_error
 
 MAX_DATAGRAM = 65507  # the largest UDP payload over IPv4
 REFUSED_LOG_EVERY_S = 10.0  # a sender logs that the collector refused earlier datagrams at most this often
@@ -43,6 +44,7 @@ class UdpSender:
     """Sends datagrams to host:port; concurrent sends each use a socket of their own."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 10.0) -> None:
+        self.named = f"{host}:{port}"  # as Kong's messages name the collector: the host as configured
         host = host[1:-1] if host.startswith("[") else host  # Kong's host takes "[ipv6]"; the socket, the address
         self.host, self.port = host, port
         self.timeout = timeout
@@ -73,7 +75,7 @@ class UdpSender:
                 try:
                     await self._send_on(sock, datagram)
                 except SendError as e:
-                    log.error("%s: failed to send data: %s", plugin, e)  # (the message says where)
+                    log.error("%s: %s", plugin, e)  # Kong's "[statsd] failed to send data to HOST:PORT: ..."
         except BaseException:
             sock.close()
             raise
@@ -111,13 +113,14 @@ class UdpSender:
                     self._log_refused()
                     await sock.send(datagram)
         except trio.TooSlowError:
-            raise SendError(f"{self.where}: could not send within {self.timeout:g}s") from None
+            raise SendError(f"failed to send data to {self.named}: timeout (not sent within "
+                            f"{self.timeout:g}s)") from None
         except OSError as e:
             if e.errno == errno.EMSGSIZE:  # (an IPv6 path, or a smaller limit than MAX_DATAGRAM assumes)
                 log.warning("%s: a log entry of %d bytes does not fit in a datagram: dropped", self.where,
                             len(datagram))
                 return
-            raise SendError(f"{self.where}: sending failed: {e.strerror or e}") from None
+            raise SendError(f"failed to send data to {self.named}: {socket_error(e)}") from None
 
     def _log_refused(self) -> None:
         """Say, at most every REFUSED_LOG_EVERY_S seconds, how many datagrams the collector's closed port refused."""
@@ -135,10 +138,11 @@ class UdpSender:
         try:
             with trio.fail_after(self.timeout):
                 return await resolve(self.host, self.port)
-        except NameNotResolved as e:
-            raise SendError(f"{self.where}: cannot resolve {self.host}: {e.reason}") from None
+        except NameNotResolved as e:  # Kong's patched setpeername's words
+            raise SendError(f"failed to connect to {self.named}: DNS resolution failed: {e.reason}") from None
         except trio.TooSlowError:
-            raise SendError(f"{self.where}: could not resolve {self.host} within {self.timeout:g}s") from None
+            raise SendError(f"failed to connect to {self.named}: timeout (no DNS answer for {self.host} within "
+                            f"{self.timeout:g}s)") from None
 
     async def _connect(self, peer: Address) -> trio.socket.SocketType:
         """A socket connected to `peer`; SendError when it cannot be made."""
@@ -150,7 +154,7 @@ class UdpSender:
                 sock.close()
                 raise
         except OSError as e:
-            raise SendError(f"{self.where}: cannot connect: {e.strerror or e}") from None
+            raise SendError(f"failed to connect to {self.named}: {socket_error(e)}") from None
         return sock
 
     def close(self) -> None:

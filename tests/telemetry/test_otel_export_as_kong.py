@@ -164,7 +164,7 @@ async def test_an_https_collector_whose_certificate_is_not_trusted_gets_no_spans
     collector = TlsCollector()
     await nursery.start(collector.serve)
     plugin = _plugin(collector.port, "https", "localhost", headers={"Authorization": "Bearer apm-token"})
-    with trio.fail_after(5), pytest.raises(SendError, match="could not connect"):
+    with trio.fail_after(5), pytest.raises(SendError, match=r"^failed to send request: \d+: "):
         await plugin.send([_a_span()])
     assert collector.requests == []
 

@@ -192,7 +192,7 @@ async def test_the_sender_follows_the_hosts_new_address_once_its_ttl_passed(nurs
 
 async def test_the_sender_says_why_it_could_not_send():
     sender = UdpSender("name.invalid", 9, timeout=5)
-    with pytest.raises(SendError, match=r"^udp://name\.invalid:9: cannot resolve name\.invalid: "):
+    with pytest.raises(SendError, match=r"^failed to connect to name\.invalid:9: DNS resolution failed: "):
         await sender.send(b"{}")
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from gateway.policies.http_log.schema import HttpLogConfig, http_log_endpoint
 from gateway.telemetry.batch import QUEUES, BatchQueue, Queues, public_url
 from gateway.telemetry.entry import Entry
-from gateway.telemetry.sender import Endpoint, HttpSender
+from gateway.telemetry.sender import Endpoint, HttpSender, Wording
 
 
 class HttpLog:
@@ -19,8 +19,10 @@ class HttpLog:
     def __init__(self, config: HttpLogConfig, queues: Queues = QUEUES) -> None:
         timeout = config.timeout / 1000
         headers = [(k.encode(), v.encode()) for k, v in (config.headers or {}).items()]
-        self.sender = HttpSender(kong_endpoint(config.http_endpoint), headers, connect_timeout=timeout,
-                                 send_timeout=timeout, read_timeout=timeout, keepalive=config.keepalive / 1000)
+        endpoint = kong_endpoint(config.http_endpoint)
+        self.sender = HttpSender(endpoint, headers, connect_timeout=timeout, send_timeout=timeout,
+                                 read_timeout=timeout, keepalive=config.keepalive / 1000,
+                                 wording=HttpLogWording(endpoint))
         self.method = config.method.encode()
         self.content_type = config.content_type.encode()
         self.single = config.queue.max_batch_size == 1
@@ -39,6 +41,19 @@ class HttpLog:
         """One batch of JSON entries (the queue formatted them): the entry alone, or a JSON array of them."""
         body = batch[0] if self.single and len(batch) == 1 else b"[" + b",".join(batch) + b"]"
         await self.sender.send(body, self.content_type, self.method)
+
+
+class HttpLogWording(Wording):
+    """Kong's http-log's messages of a failed send (handler.lua:137, 150): the host and port it connects to."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        super().__init__(f"{endpoint.host}:{endpoint.port}")
+
+    def failed(self, err: str) -> str:
+        return f"failed request to {self.where}: {err}"
+
+    def answered(self, status: int, reason: str, body: str) -> str:
+        return f"request to {self.where} returned status code {status} and body {body}"
 
 
 def kong_endpoint(url: str) -> Endpoint:

@@ -50,7 +50,7 @@ from gateway.telemetry.propagation import (
     plugin_params,
     scan,
 )
-from gateway.telemetry.sender import HttpSender, request_uri_endpoint
+from gateway.telemetry.sender import HttpSender, SendError, Wording, request_uri_endpoint
 from gateway.telemetry.tracing import (
     CLIENT,
     ERROR,
@@ -72,6 +72,16 @@ STATE_KEY = "opentelemetry"
 SERVER_NAME = "kong"  # Kong's nginx server_name: nginx's $host for a request without a Host
 CLIENT_CLOSED = 499  # nginx's: the client left before the response head went (Kong's header_filter never ran)
 _TIMEOUT = -2  # a try's code when it timed out (gateway.pipeline.forward)
+
+
+class OtelWording(Wording):
+    """Kong's opentelemetry's messages of a failed export (utils.lua:25-30); the queue's name says where."""
+
+    def failed(self, err: str) -> str:
+        return f"failed to send request: {err}"
+
+    def answered(self, status: int, reason: str, body: str) -> str:
+        return f"response error: {status}, body: {body}"
 
 
 class Trace:
@@ -148,7 +158,7 @@ class OpenTelemetry:
         self.sender = HttpSender(request_uri_endpoint(config.traces_endpoint or ""), headers,
                                  connect_timeout=config.connect_timeout / 1000,
                                  send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
-                                 verify=True, configured_host=True, only_200=True)
+                                 verify=True, configured_host=True, only_200=True, wording=OtelWording())
         attributes: dict[str, Any] = {"service.name": "kong", "service.version": __version__,
                                       "service.instance.id": node_id}  # Kong's: kong.node.get_id()
         attributes.update(config.resource_attributes or {})
@@ -264,8 +274,13 @@ class OpenTelemetry:
         return report.span(i)
 
     async def send(self, batch: list[Any]) -> None:
-        """One batch of encoded spans as an OTLP/HTTP export."""
-        await self.sender.send(otlp.export_request(batch, self.resource), self.content_type)
+        """One batch of encoded spans as an OTLP/HTTP export; a failed one is logged as an error, as Kong's
+        http_export_traces does (traces.lua:139), before its queue's warning."""
+        try:
+            await self.sender.send(otlp.export_request(batch, self.resource), self.content_type)
+        except SendError as e:
+            log.error("[otel] %s", e)
+            raise
 
 
 class OpenTelemetryWithHeader(OpenTelemetry):

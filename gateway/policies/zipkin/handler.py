@@ -44,7 +44,7 @@ from gateway.telemetry.propagation import (
     inject,
     scan,
 )
-from gateway.telemetry.sender import HttpSender, request_uri_endpoint
+from gateway.telemetry.sender import HttpSender, Wording, request_uri_endpoint
 from gateway.telemetry.tracing import SpanReport, balancer_hostname, new_span_id, new_trace_id, text_of
 
 log = logging.getLogger("gateway.telemetry")
@@ -53,6 +53,16 @@ STATE_KEY = "zipkin"
 CONTENT_TYPE = b"application/json"
 SERVER_NAME = "kong"  # Kong's nginx server_name: the host of a request that names none
 _TIMEOUT = -2  # a try's code when it timed out (gateway.pipeline.forward)
+
+
+class ZipkinWording(Wording):
+    """Kong's zipkin reporter's messages of a failed send (reporter.lua:42, 44); the queue's name says where."""
+
+    def failed(self, err: str) -> str:
+        return f"zipkin request failed: {err}"
+
+    def answered(self, status: int, reason: str, body: str) -> str:
+        return f"zipkin server responded unexpectedly: {status} {reason}"
 
 
 class _Named(msgspec.Struct):
@@ -123,7 +133,7 @@ class Zipkin:
             self.sender = HttpSender(request_uri_endpoint(config.http_endpoint),
                                      connect_timeout=config.connect_timeout / 1000,
                                      send_timeout=config.send_timeout / 1000, read_timeout=config.read_timeout / 1000,
-                                     verify=True)
+                                     verify=True, wording=ZipkinWording())
             # Kong names the queue after the plugin instance; ours also after where it sends (its label without the
             # endpoint's credentials and query)
             self.queue = queues.queue_for(f"zipkin:{plugin_id}:{config.http_endpoint}", config.queue, self.send,
