@@ -63,6 +63,7 @@ from gateway.dns.sources import (
     parse_resolv_conf,
     resolv_conf_nameservers,
 )
+from gateway.lua_socket import socket_error
 
 __all__ = ["TYPE_A", "TYPE_AAAA", "TYPE_CNAME", "TYPE_LAST", "TYPE_SRV", "DnsError", "Record", "Resolver",
            "open_resolver"]
@@ -107,6 +108,10 @@ class DnsError(Exception):
 
 class _QueryFailed(Exception):
     """No usable reply from any nameserver (Kong's individualQuery returning nil + err): not cached."""
+
+
+class _PeerClosed(Exception):
+    """The nameserver closed the TCP connection before the whole reply came: the cosocket's "closed"."""
 
 
 @dataclass(eq=False)
@@ -576,13 +581,13 @@ class Resolver:
         try:
             await peer.sock.send(query)
         except OSError as e:
-            raise _QueryFailed(f"failed to send request to {where}: {e.strerror or e}") from None
+            raise _QueryFailed(f"failed to send request to {where}: {socket_error(e)}") from None
         with trio.move_on_after(self.timeout):
             while True:
                 try:
                     data, source = await peer.sock.recvfrom(65535)
                 except OSError as e:
-                    raise _QueryFailed(f"failed to receive reply from {where}: {e.strerror or e}") from None
+                    raise _QueryFailed(f"failed to receive reply from {where}: {socket_error(e)}") from None
                 if source[:2] != peer.address:
                     continue
                 try:
@@ -595,22 +600,27 @@ class Resolver:
 
     async def _tcp_query(self, server: Nameserver, query: bytes, qid: int, name: str, qtype: int) -> Reply:
         """The query over TCP (a truncated UDP reply): the connect, the send and each read bounded by `timeout` on
-        its own, as lua-resty-dns's tcp socket (one settimeout for all three)."""
+        its own, as lua-resty-dns's tcp socket (one settimeout for all three); its errors in lua-resty-dns v0.23's
+        words (resolver.lua:802-839)."""
         ip, port = server
         where = f"TCP server {ip}:{port}"
         timeout = self.timeout
-        with _socket(ip, socket.SOCK_STREAM, where) as sock:
-            await _step(f"failed to connect to {where}", timeout, sock.connect((ip, port)))
+        connect = f"failed to connect to {where}"  # ngx_lua makes the socket in connect: its failure is connect's
+        with _socket(ip, socket.SOCK_STREAM, connect) as sock:
+            await _step(connect, timeout, sock.connect((ip, port)))
             await _step(f"failed to send query to {where}", timeout, sock.send(len(query).to_bytes(2, "big") + query))
-            reply_to = f"failed to receive reply from {where}"  # (each read bounded on its own: _recv_exactly)
-            size = int.from_bytes(await _step(reply_to, math.inf, _recv_exactly(sock, 2, timeout)), "big")
-            data = await _step(reply_to, math.inf, _recv_exactly(sock, size, timeout))
+            # each read bounded on its own (_recv_exactly)
+            head = await _step(f"failed to receive the reply length field from {where}", math.inf,
+                               _recv_exactly(sock, 2, timeout))
+            data = await _step(f"failed to receive the reply message body from {where}", math.inf,
+                               _recv_exactly(sock, int.from_bytes(head, "big"), timeout))
+        unparsed = f"failed to parse the reply from the {where}"
         try:
             reply = parse_response(data, qid, name, qtype)
         except DnsFormatError as e:
-            raise _QueryFailed(f"bad reply from {where}: {e}") from None
+            raise _QueryFailed(f"{unparsed}: {e}") from None
         if reply.truncated:
-            raise _QueryFailed(f"bad reply from {where}: truncated over TCP")
+            raise _QueryFailed(f"{unparsed}: truncated")
         return reply
 
 
@@ -626,15 +636,16 @@ class _UdpPeer:
     @classmethod
     async def open(cls, server: Nameserver) -> _UdpPeer:
         ip, port = server
-        where = f"UDP server {ip}:{port}"
-        sock = _socket(ip, socket.SOCK_DGRAM, where)
+        # ngx_lua makes and connects the socket in setpeername, which lua-resty-dns's new() calls (resolver.lua:160)
+        failed = "failed to create a resolver: failed to set peer name"
+        sock = _socket(ip, socket.SOCK_DGRAM, failed)
         try:
             await sock.connect((ip, port))
             address = sock.getpeername()[:2]
         except OSError as e:
             sock.close()
-            raise _QueryFailed(f"failed to send request to {where}: {e.strerror or e}") from None
-        return cls(sock, address, where)
+            raise _QueryFailed(f"{failed}: {socket_error(e)}") from None
+        return cls(sock, address, f"UDP server {ip}:{port}")
 
     def __enter__(self) -> _UdpPeer:
         return self
@@ -643,35 +654,38 @@ class _UdpPeer:
         self.sock.close()
 
 
-def _socket(ip: str, kind: socket.SocketKind, where: str) -> trio.socket.SocketType:
-    """A socket of `kind` for a nameserver at `ip`; _QueryFailed naming `where` when none can be made."""
+def _socket(ip: str, kind: socket.SocketKind, failed: str) -> trio.socket.SocketType:
+    """A socket of `kind` for a nameserver at `ip`; _QueryFailed saying `failed`, and why, when none can be made."""
     try:
         return trio.socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, kind)
     except OSError as e:
-        name = "TCP" if kind == socket.SOCK_STREAM else "UDP"
-        raise _QueryFailed(f"failed to create a {name} socket for {where}: {e.strerror or e}") from None
+        raise _QueryFailed(f"{failed}: {socket_error(e)}") from None
 
 
 async def _step(what: str, timeout: float, step: Awaitable[_T]) -> _T:
-    """`step`'s result within `timeout`; _QueryFailed saying `what` failed, and why, otherwise."""
+    """`step`'s result within `timeout`; _QueryFailed saying `what` failed, and why in the cosocket's word ("timeout",
+    "closed", the errno's text), otherwise."""
     try:
         with trio.fail_after(timeout):
             return await step
     except trio.TooSlowError:
         raise _QueryFailed(f"{what}: timeout") from None
+    except _PeerClosed:
+        raise _QueryFailed(f"{what}: closed") from None
     except OSError as e:
-        raise _QueryFailed(f"{what}: {e.strerror or e}") from None
+        raise _QueryFailed(f"{what}: {socket_error(e)}") from None
 
 
 async def _recv_exactly(sock: trio.socket.SocketType, size: int, timeout: float) -> bytes:
     """`size` bytes from a stream socket; trio.TooSlowError when `timeout` passes with no byte arriving (the wait
-    starts again with each piece, as nginx re-arms a read timer when data comes)."""
+    starts again with each piece, as nginx re-arms a read timer when data comes), _PeerClosed when the peer closes
+    first (the cosocket's receive(size) fails "closed" whatever part came)."""
     data = b""
     while len(data) < size:
         with trio.fail_after(timeout):
             chunk = await sock.recv(size - len(data))
         if not chunk:
-            raise OSError(f"connection closed after {len(data)} of {size} bytes")
+            raise _PeerClosed
         data += chunk
     return data
 

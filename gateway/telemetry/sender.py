@@ -17,8 +17,6 @@ or open their own, and at most POOL_SIZE stay idle afterwards.
 from __future__ import annotations
 
 import base64
-import errno
-import os
 import re
 import ssl
 from typing import Generic, NamedTuple, TypeVar
@@ -30,7 +28,7 @@ from gateway.http.codec import END, LENGTH, NEED_DATA, ProtocolError, Response
 from gateway.http.codec_llhttp import LlhttpClient
 from gateway.http.net import NameNotResolved, open_tcp_stream
 from gateway.http.tls_contexts import client_context
-from gateway.lua_socket import socket_timeout
+from gateway.lua_socket import socket_error, socket_timeout
 
 # a collector's answer is read (for its status) and discarded up to this much; past it, a 2xx answer is delivered
 # and its connection closed, any other is a SendError
@@ -229,23 +227,6 @@ async def connect(host: str, port: int, *, tls: bool, server_hostname: str | Non
         await close_quietly(stream)
         raise HandshakeError(where, handshake_error(e)) from None
     return secure
-
-
-def socket_error(error: BaseException) -> str:
-    """ngx_lua's text for a failed socket call: the errno's strerror in lower case ("for compatibility with
-    LuaSocket": "connection refused", "connection reset by peer"), "closed" for a connection already closed, and
-    "error" with what Python said when there is no errno."""
-    if isinstance(error, trio.ClosedResourceError):
-        return "closed"
-    cause = error.__cause__
-    if isinstance(cause, BaseExceptionGroup):  # trio.open_tcp_stream's "all attempts to connect ... failed"
-        cause = cause.exceptions[-1]
-    for e in (error, cause):
-        if isinstance(e, ssl.SSLError):
-            return f"error (TLS: {e.reason or e})"
-        if isinstance(e, OSError) and e.errno is not None and e.errno in errno.errorcode:
-            return os.strerror(e.errno).lower()
-    return f"error ({error})"
 
 
 def handshake_error(error: BaseException) -> str:
