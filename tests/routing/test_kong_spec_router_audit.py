@@ -1,5 +1,6 @@
-"""Kong 3.9.3's router specs, `it` by `it`, for the cases tests/routing/ does not port yet: spec/01-unit/08-router_spec.lua
-(the blocks that run for traditional_compatible, Kong 3.x's default) and spec/02-integration/05-proxy/02-router_spec.lua.
+"""Kong 3.9.3's router specs, `it` by `it`, for the cases tests/routing/ did not port:
+spec/01-unit/08-router_spec.lua (the blocks that run for traditional_compatible, Kong 3.x's default) and
+spec/02-integration/05-proxy/02-router_spec.lua.
 
 The unit cases go through the gateway's own config path (parse_config + compile_config, as tests/routing/
 test_path_handling.py does), each route given the spec's own id (e8fb37f1-...-6608a6bb81NN): ties between routes of
@@ -459,7 +460,7 @@ async def test_https_requests_are_routed_by_the_specs_snis(gateway, nursery):
         assert status == 503 and json.loads(body)["message"] == "no Service found with those values"
 
 
-# --- findings ----------------------------------------------------------------------------------------------------------
+# --- findings ---------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("host", "route"), [
