@@ -160,11 +160,13 @@ def test_gateway_reload_from_a_non_utf8_file_name_gets_one_line_naming_it(tmp_pa
 
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
-    """A root that has loaded its config and runs nothing, for its handle_admin."""
+    """A root that has loaded its config, is past its start and runs nothing, for its handle_admin."""
     path = config_file(tmp_path)
     made = Node(str(path), None)
     made.config = load_validated(str(path))[1]
     made.run_dir = str(tmp_path)  # (where a reload would write its snapshot, were it not refused)
+    made.root = object()  # type: ignore[assignment]  # (a started root's: else a command is answered "starting")
+    made._start_over.set()
     return made
 
 

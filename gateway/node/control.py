@@ -37,6 +37,7 @@ START_TIMEOUT_S = 60.0
 ADMIN_TIMEOUT_S = 5.0
 RELOAD_TIMEOUT_S = 120.0  # a reload waits for the new generation to accept (worker_start_timeout_s per worker)
 FORCED_STOP_WAIT_S = 10.0
+STARTING = "starting"  # how the root's answer to an admin command begins until it is ready (said as it is)
 
 
 def load_validated(path: str) -> tuple[str, Config]:
@@ -66,7 +67,7 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
     """Run the root in this process until it stops."""
     import trio
 
-    from gateway.node.root import Node, StartupError
+    from gateway.node.root import Node, StartInterrupted, StartupError
 
     pipe = [ready_fd] if ready_fd is not None else []  # to `gateway start`: one line, then closed
     started: list[str] = []  # the gateway was up (every worker accepted): a later failure is no failure to start
@@ -104,8 +105,8 @@ def start_foreground(config_path: str, workers: int | None, ready_fd: int | None
     node = Node(config_path, workers, ready)
     try:
         return trio.run(node.run)
-    except StartupError as e:
-        return failed(str(e))
+    except StartupError as e:  # (a stop before it was ready: interrupted, as by Ctrl-C)
+        return failed(str(e), EXIT_INTERRUPTED if isinstance(e, StartInterrupted) else EXIT_FAILURE)
     except OSError as e:  # one startup_problem did not foresee (a race, or a file the root writes)
         why = f"{e.filename}: {e.strerror}" if e.filename else str(e.strerror or e)
         if started:
@@ -428,7 +429,9 @@ def admin(config_path: str | None, cmd: str, args: dict[str, Any] | None = None,
         print(f"gateway: cannot reach the admin endpoint {where.admin}: {e}; it takes ipc://PATH", file=sys.stderr)
         return EXIT_FAILURE
     if not reply.ok:
-        print(f"gateway: {cmd} failed: {reply.error}", file=sys.stderr)
+        said = reply.error or ""
+        print(f"gateway: {said}" if said.startswith(f"{STARTING} (") else f"gateway: {cmd} failed: {said}",
+              file=sys.stderr)
         return EXIT_CONFIG if "config rejected" in (reply.error or "") else EXIT_FAILURE
     if as_json:
         print(json.dumps(reply.result, indent=2))

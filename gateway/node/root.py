@@ -29,11 +29,12 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import math
 import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -56,7 +57,8 @@ from gateway.discovery.backoff import Backoff
 from gateway.discovery.registration import run_registration
 from gateway.metrics import prepare_multiprocess_dir, retire_dead_processes
 from gateway.node import logfile, tree
-from gateway.node.admin import curve_changes, open_admin, serve_admin
+from gateway.node.admin import changes_state, curve_changes, open_admin, serve_admin
+from gateway.node.control import STARTING
 from gateway.node.files import (
     CURRENT_CONFIGS,
     PID_MODE,
@@ -68,7 +70,7 @@ from gateway.node.files import (
     write_atomically,
 )
 from gateway.node.generation import Generation
-from gateway.node.locate import is_gateway
+from gateway.node.locate import NotRunning, is_gateway, running_pid
 from gateway.node.orphan import ROOT_PID_ENV
 from gateway.node.paths import absolute_endpoint, keeper_state_file
 from gateway.node.slots import AddressInUse, ListenerSlots, OptionKept
@@ -104,6 +106,8 @@ SUPERVISOR_ANSWER_S = 0.5
 # A satellite (health checker, discovery) that failed to start at a reload is tried again after 1 s, doubling to 30 s
 SATELLITE_RETRY_INITIAL_S = 1.0
 SATELLITE_RETRY_MAX_S = 30.0
+# An admin read during the start waits for it until this long before its client gives up (then: "starting")
+STARTING_ANSWER_MARGIN_S = 0.25
 # A reload waits for the state keeper's answer this long, plus twice the time the root took to load the file (which
 # the keeper reads and compiles too)
 KEEPER_RELOAD_S = 2.0
@@ -112,8 +116,18 @@ KEEPER_RELOAD_S = 2.0
 METRICS_TIDY_S = 5.0
 
 
+# The root's signals (its module docstring), handled from before its pid file names it to its exit
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+INTERRUPTED = "interrupted before it was ready (every process it had started is stopped)"
+
+
 class StartupError(Exception):
     """The gateway could not start; the message says why (printed by `gateway start`)."""
+
+
+class StartInterrupted(StartupError):
+    """A stop (a signal, admin `stop`) came before the gateway was ready: its start ended (`gateway start` exits
+    130, as on Ctrl-C)."""
 
 
 def load_validated(path: str, environ: Mapping[str, str] | None = None) -> tuple[str, Config]:
@@ -163,6 +177,8 @@ class Node:
         self._satellite_retries: dict[str, trio.CancelScope] = {}  # satellite -> its restart after a failed one
         self._exited = trio.Event()  # set when a retired generation has stopped: its metric files are to fold
         self._zap: ZapHandler | None = None  # a tcp admin endpoint's ZAP handler (gateway.bus.curve)
+        self._start_over = trio.Event()  # every worker of the first generation accepts, or a stop came before
+        self.pid_file = ""  # the pid file that names this root: the start's, or the last reload's (nginx's reload)
 
     # ---- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -191,6 +207,24 @@ class Node:
             self.slots.ensure(listen_addresses(config), count)
         except OSError as e:
             raise StartupError(f"{self.config_path}: gateway.listen: {_listen_failure(e)}") from None
+        # As nginx (src/core/nginx.c:345, 363), its signals are handled, then the pid file names it, before any child
+        # starts: a `gateway stop` during the start finds it and ends the start
+        with trio.open_signal_receiver(*HANDLED_SIGNALS) as signals:
+            self.pid_file = gw.pid_file
+            try:
+                _write_pid(gw.pid_file)
+            except OSError as e:
+                self.slots.close()
+                raise StartupError(f"{self.config_path}: gateway.pid_file: cannot write {gw.pid_file}: "
+                                   f"{e.strerror or e}") from None
+            try:
+                return await self._open(text, config, loaded, signals)
+            finally:
+                _remove(self.pid_file)
+
+    async def _open(self, text: str, config: Config, loaded: int, signals: AsyncIterator[int]) -> int:
+        """run, once the pid file names this process: open the admin endpoint and serve until stopped."""
+        gw = config.gateway
         ctx = zmq.Context()
         try:
             admin, self._zap = open_admin(ctx, absolute_endpoint(gw.admin), gw.admin_curve)
@@ -213,7 +247,7 @@ class Node:
         logfile.adopt(gw.log_file)  # when our stderr is the log file, SIGUSR1 reopens it in every process
         self.fork_server = ForkServer()
         try:
-            return await self._serve(text, config, loaded, admin)
+            return await self._serve(text, config, loaded, admin, signals)
         finally:
             self.fork_server.close()
             admin.close(linger=0)
@@ -222,13 +256,13 @@ class Node:
             self.keeper.close()
             ctx.term()
             self.slots.close()
-            _remove(gw.pid_file)
             if (endpoint := absolute_endpoint(gw.admin)).startswith("ipc://"):
                 _remove(endpoint[len("ipc://"):])
             for name in [*snapshot_names(self.generation), *CURRENT_CONFIGS.values()]:
                 _remove(os.path.join(self.run_dir, name))
 
-    async def _serve(self, text: str, config: Config, loaded: int, admin: zmq.Socket) -> int:
+    async def _serve(self, text: str, config: Config, loaded: int, admin: zmq.Socket,
+                     signals: AsyncIterator[int]) -> int:
         self.generation = 1
         first = self._generation(1, text, config, loaded, source=self.config_path)
         current = self._write_current(text)
@@ -268,28 +302,20 @@ class Node:
                 self._nursery = nursery
                 first.nursery = nursery
                 self._generations.append(first)
-                try:
-                    self.root = await nursery.start(serve, tree.root_spec(config, children))
-                except StartError as e:
-                    explained = _child_said(e)
-                    raise StartupError(f"workers failed to start: {e}" if explained is None
-                                       else f"{self.config_path}: {explained}") from None
-                self._last_listed["root"] = await self.root.which_children()  # (for a status while it is busy)
+                await nursery.start(self._signals, signals)
                 if self._zap is not None:  # (the admin server's nursery owns it: handshakes wait for it meanwhile)
                     nursery.start_soon(self._zap.run)
-                await nursery.start(serve_admin, admin, self.handle_admin)
-                if self.fork_server is not None and self.fork_server.enabled:
-                    nursery.start_soon(self.fork_server.run)
-                nursery.start_soon(self.keeper.run)
-                nursery.start_soon(self._tidy_metrics)
-                await nursery.start(self._signals)  # handled before the pid file names this process
-                try:
-                    _write_pid(config.gateway.pid_file)
-                except OSError as e:
-                    raise StartupError(f"{self.config_path}: gateway.pid_file: cannot write {config.gateway.pid_file}"
-                                       f": {e.strerror or e}") from None
+                await nursery.start(serve_admin, admin, self.handle_admin)  # ("starting" until it is ready)
+                with trio.CancelScope() as starting:
+                    nursery.start_soon(self._end_start_on_stop, starting)
+                    async with self._reload_lock:  # a SIGHUP meanwhile reloads once it is ready, as nginx's master
+                        await self._start_tree(nursery, config, children)
+                if starting.cancelled_caught:
+                    raise StartInterrupted(INTERRUPTED)
+                assert self.root is not None  # (_start_tree started it)
                 log.info("gateway %s started: pid %d, %d workers on %s", __version__, os.getpid(),
                          self.worker_count(config), ", ".join(f"{h}:{p}" for h, p in listen_addresses(config)))
+                self._start_over.set()
                 if self.ready:
                     self.ready(f"pid {os.getpid()}, {self.worker_count(config)} workers")
                 await self._stop.wait()
@@ -318,36 +344,60 @@ class Node:
         log.info("gateway stopped" if exit_code == EXIT_OK else "gateway exited after a failure")
         return exit_code
 
+    async def _start_tree(self, nursery: trio.Nursery, config: Config, children: list[ChildSpec]) -> None:
+        """Start the root supervisor (its children in order: the workers last) and the root's own tasks."""
+        try:
+            self.root = await nursery.start(serve, tree.root_spec(config, children))
+        except StartError as e:
+            if self._stop.is_set():  # (a forced stop killed what was starting)
+                raise StartInterrupted(INTERRUPTED) from None
+            explained = _child_said(e)
+            raise StartupError(f"workers failed to start: {e}" if explained is None
+                               else f"{self.config_path}: {explained}") from None
+        self._last_listed["root"] = await self.root.which_children()  # (for a status while it is busy)
+        if self.fork_server is not None and self.fork_server.enabled:
+            nursery.start_soon(self.fork_server.run)
+        nursery.start_soon(self.keeper.run)
+        nursery.start_soon(self._tidy_metrics)
+
+    async def _end_start_on_stop(self, starting: trio.CancelScope) -> None:
+        """A stop (a signal, admin `stop`) before the gateway is ready cancels its start: what it started is stopped
+        and the start fails, "interrupted" (nginx's master looks at ngx_quit / ngx_terminate as it starts workers)."""
+        await self._stop.wait()
+        self._start_over.set()
+        starting.cancel()  # (nothing, once the start is over)
+
     def _prometheus_enabled(self) -> bool:
         """Is a prometheus plugin on? Kong's per-request families (kong_http_requests_total, latencies, bandwidth)
         are exported only then; its node families always (gateway.status.collect)."""
         config = self.config
         return config is not None and any(p.name == "prometheus" and p.enabled for p in config.plugins)
 
-    async def _signals(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Each signal as it comes, none awaiting anything: a busy supervisor never holds up the next signal."""
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
-                                       signal.SIGUSR1, signal.SIGUSR2) as signals:
-            task_status.started()
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    if not self._sighup_pending:  # (else the reload it asks for is waiting already)
-                        self._sighup_pending = True
-                        self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
-                elif signum == signal.SIGUSR1:
-                    self._reopen()
-                elif signum == signal.SIGUSR2:  # nginx's binary upgrade: its default action would kill the root
-                    log.warning("SIGUSR2: ignoring it (nginx's binary upgrade): this gateway does not replace its "
-                                "own code; restart it to run an upgraded version")
-                elif self._stop.is_set() and signum == signal.SIGQUIT:  # nginx: ngx_quit = 1 again, still graceful
-                    log.info("SIGQUIT: the graceful stop goes on (SIGTERM forces it)")
-                elif self._stop.is_set():
-                    log.warning("second %s: forcing the stop", signal.Signals(signum).name)
-                    self._forced = True
-                    self._kill_everything()  # the graceful stop in progress now ends at once
-                else:
-                    log.info("%s: graceful stop", signal.Signals(signum).name)
-                    self._stop.set()
+    async def _signals(self, signals: AsyncIterator[int],
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Each signal as it comes (HANDLED_SIGNALS, from run's receiver), none awaiting anything: a busy supervisor
+        never holds up the next signal."""
+        task_status.started()
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                if not self._sighup_pending:  # (else the reload it asks for is waiting already)
+                    self._sighup_pending = True
+                    self._nursery.start_soon(self._reload_logged)  # type: ignore[union-attr]
+            elif signum == signal.SIGUSR1:
+                self._reopen()
+            elif signum == signal.SIGUSR2:  # nginx's binary upgrade: its default action would kill the root
+                log.warning("SIGUSR2: ignoring it (nginx's binary upgrade): this gateway does not replace its "
+                            "own code; restart it to run an upgraded version")
+            elif self._stop.is_set() and signum == signal.SIGQUIT:  # nginx: ngx_quit = 1 again, still graceful
+                log.info("SIGQUIT: the graceful stop goes on (SIGTERM forces it)")
+            elif self._stop.is_set():
+                log.warning("second %s: forcing the stop", signal.Signals(signum).name)
+                self._forced = True
+                self._kill_everything()  # the graceful stop in progress now ends at once
+            else:
+                log.info("%s: graceful stop%s", signal.Signals(signum).name,
+                         "" if self._start_over.is_set() else " (before the gateway was ready: its start ends)")
+                self._stop.set()
 
     def _reopen(self) -> None:
         """nginx's reopen: gateway.log_file here, then SIGUSR1 to every other process (they reopen it, and the
@@ -561,16 +611,20 @@ class Node:
                 from None
         previous = self.config
         assert previous is not None
-        restart_needed = changed(previous.gateway, config.gateway) + curve_changes(previous.gateway, config.gateway)
+        wanted_pid_file = config.gateway.pid_file  # (before keep: the run directory stays the start's)
+        restart_needed = [key for key in changed(previous.gateway, config.gateway) if key != "pid_file"] \
+            + curve_changes(previous.gateway, config.gateway)
         keep(config, previous.gateway)
         config.gateway.admin_curve = previous.gateway.admin_curve
         if clashes := check_kept_status_listen(config.gateway):  # the running status server's address in `listen`
             raise AdminCommandError("config rejected, still serving the previous one:\n"
                                     + "\n".join(f"{path}: {clash}" for clash in clashes))
+        moved_pid_file = self._write_moved_pid_file(path, wanted_pid_file)
         addresses = listen_addresses(config)
         try:
             opened = self.slots.ensure(addresses, self.worker_count(config))
         except OSError as e:
+            _remove_moved(moved_pid_file)
             raise AdminCommandError(f"config rejected, still serving the previous one:\n{path}: gateway.listen: "
                                     f"{_listen_failure(e)}") from None
         old = self.generation
@@ -581,6 +635,7 @@ class Node:
             await self.root.start_child(generation.child_spec())  # type: ignore[union-attr]
         except BaseException as e:
             self.slots.undo(opened)  # no worker serves what it opened: connections would queue there for no one
+            _remove_moved(moved_pid_file)
             if not isinstance(e, Exception):
                 raise
             explained = _child_said(e) if isinstance(e, StartError) else None
@@ -596,6 +651,11 @@ class Node:
         if path != self.config_path:
             log.info("reload: the gateway now runs from %s (was %s)", path, self.config_path)
             self.config_path = path
+        if moved_pid_file is not None:
+            log.info("reload: pid file %s (was %s; the run directory stays %s until the next start)",
+                     moved_pid_file, self.pid_file, self.run_dir)
+            _remove(self.pid_file)
+            self.pid_file = moved_pid_file
         # The old generation stops accepting as soon as the new one accepts (nginx's master signals the old workers
         # 100 ms after forking the new ones: ngx_process_cycle.c:234-243), not after the keeper's reload and the
         # satellites' restart (0.1-0.8 s): meanwhile the kernel gave it new connections, served on the old config.
@@ -607,6 +667,28 @@ class Node:
         for key in restart_needed:
             log.warning("reload: gateway.%s changed; it takes effect at the next start", key)
         return {"generation": new, "retiring": old, "config": path, "restart_needed": restart_needed}
+
+    def _write_moved_pid_file(self, path: str, wanted: str) -> str | None:
+        """nginx's reload with a new `pid` writes it, and removes the old one once the reload succeeds (src/core/
+        ngx_cycle.c:335-345): `wanted` (the reloaded file's gateway.pid_file), written now, if it is not the pid file
+        that names this root; None if it is. A reload that cannot write it, or whose pid file names another running
+        gateway, is rejected (AdminCommandError)."""
+        if os.path.realpath(wanted) == os.path.realpath(self.pid_file):
+            return None
+        try:
+            other: int | None = running_pid(wanted, remove_stale=False)
+        except NotRunning:
+            other = None
+        rejected = f"config rejected, still serving the previous one:\n{path}: gateway.pid_file: "
+        if other is not None and other != os.getpid():
+            raise AdminCommandError(f"{rejected}{wanted} is the pid file of the running gateway pid {other}; give "
+                                    "this gateway a pid file of its own")
+        try:
+            _write_pid(wanted)
+        except OSError as e:
+            raise AdminCommandError(f"{rejected}cannot write {wanted}: {e.strerror or e}; make its directory one "
+                                    "this user can write to, or choose another path") from None
+        return wanted
 
     async def _reload_satellites(self, current: str, config: Config, took: float) -> None:
         """A reload's last step, while its old generation retires: the state keeper reads `current` (the root's copy
@@ -687,6 +769,8 @@ class Node:
         cmd = request.cmd
         if (problem := argument_problem(cmd, request.args)) is not None:
             raise AdminCommandError(problem)
+        if self.root is None and cmd != "stop":  # (the root supervisor starts every child before it is set)
+            await self._until_ready(request)
         if cmd == "status":
             return await self.status()
         if cmd == "reload":
@@ -714,6 +798,21 @@ class Node:
             return reply.result
         raise AdminCommandError(f"unknown command {cmd!r}; try: status, reload, stop, workers, "
                                 f"{', '.join(sorted(KEEPER_COMMANDS))}")
+
+    async def _until_ready(self, request: AdminRequest) -> None:
+        """A read during the start waits for it to end, as long as its client waits (without bound for one that
+        says no timeout), as which_children waits for a busy supervisor; a change waits for no start. Then
+        AdminCommandError if the gateway is not ready: still starting, or stopped before it was."""
+        if not changes_state(request):
+            wait = math.inf if request.timeout_ms is None else request.timeout_ms / 1000 - STARTING_ANSWER_MARGIN_S
+            with trio.move_on_after(max(wait, 0)):
+                await self._start_over.wait()
+        if self.root is not None and self._start_over.is_set():
+            return
+        if self._stop.is_set():
+            raise AdminCommandError("the gateway is stopping: a stop came before it was ready")
+        raise AdminCommandError(f"{STARTING} (pid {os.getpid()}, for {time.time() - self.started_at:.1f}s): not "
+                                "every worker accepts yet; ask again once it is ready (`stop` ends the start)")
 
     async def _listed(self, key: str, handle: Handle) -> tuple[list[ChildInfo[ChildRef]], bool]:
         """The supervisor's children; while it is busy starting or stopping a child (it answers between operations,
@@ -844,6 +943,12 @@ def _listen_failure(e: OSError) -> str:
 def _write_pid(path: str) -> None:
     make_run_dir(os.path.dirname(os.path.abspath(path)))
     write_atomically(path, f"{os.getpid()}\n", PID_MODE)
+
+
+def _remove_moved(pid_file: str | None) -> None:
+    """Remove the pid file a rejected reload wrote (Node._write_moved_pid_file), if it wrote one."""
+    if pid_file is not None:
+        _remove(pid_file)
 
 
 def _remove(path: str) -> None:
