@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 from backends import Client, EchoBackend, ScriptedBackend, free_port, request, service
+from test_kong_spec_upstream_headers import _one
 
 TIMEOUT = 10
 SPEC = "spec/02-integration/05-proxy/"
@@ -25,14 +26,6 @@ def _headers(reply: Any) -> dict[str, list[str]]:
     for name, value in reply.json()["headers"]:
         seen.setdefault(name, []).append(value)
     return seen
-
-
-def _one(seen: dict[str, list[str]], name: str) -> str | None:
-    values = seen.get(name)
-    if values is None:
-        return None
-    assert len(values) == 1, (name, values)
-    return values[0]
 
 
 async def _echo(nursery: trio.Nursery) -> EchoBackend:

@@ -12,29 +12,11 @@ from typing import Any
 
 import pytest
 import trio
-from dns_server import Answer, Query, ScriptedDns, Stream, a, aaaa, cname, records, reply, srv, start
+from dns_server import Answer, Query, Stream, a, aaaa, cname, records, reply, srv, start
+from test_dns_client import KONG_ORDER, NOT_FOUND_ERROR, FakeClock, resolver_for
 
 from gateway.dns.client import TYPE_A, TYPE_AAAA, TYPE_CNAME, TYPE_SRV, DnsError, Resolver, open_resolver
 from gateway.dns.sources import HostsEntry
-
-KONG_ORDER = ("LAST", "SRV", "A", "AAAA", "CNAME")  # the order Kong's client specs init with
-NOT_FOUND_ERROR = "dns server error: 3 name error"
-EMPTY_ERROR = "dns client error: 101 empty record received"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def resolver_for(*servers: ScriptedDns, **settings: Any) -> Resolver:
-    settings.setdefault("timeout", 0.5)
-    settings.setdefault("attempts", 2)
-    settings.setdefault("hosts", {})
-    return Resolver(nameservers=[("127.0.0.1", s.port) for s in servers], **settings)
 
 
 def nxdomain(q: Query) -> list[Answer]:
