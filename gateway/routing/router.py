@@ -271,12 +271,16 @@ def split_host_port(host: str) -> tuple[str, int | None]:
 # What LuaJIT's tonumber() reads as a number (lj_strscan): a sign, then decimal digits with a fraction and an
 # exponent, or 0x and hex digits with a fraction and a binary exponent
 _LUA_DECIMAL = re.compile(rb"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_LUA_SPECIAL = {b"inf": float("inf"), b"infinity": float("inf"), b"nan": float("nan")}  # lj_strscan.c:381-399, any case
 _LUA_HEX = re.compile(rb"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?\d+)?")
 
 
 def lua_number(text: bytes) -> float | None:
     """The number Lua's tonumber() reads in `text` (a Host header's port that is not plain digits: `0x50`, `1e2`,
-    `+80`, `80.0`), or None."""
+    `+80`, `80.0`, `inf`, `nan`), or None."""
+    special = _LUA_SPECIAL.get((text[1:] if text[:1] in (b"+", b"-") else text).lower())
+    if special is not None:
+        return -special if text[:1] == b"-" else special
     if _LUA_DECIMAL.fullmatch(text) is not None:
         return float(text)
     if _LUA_HEX.fullmatch(text) is not None:
