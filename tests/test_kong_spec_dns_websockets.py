@@ -410,6 +410,12 @@ async def _text_and_ping(stream: trio.abc.Stream) -> None:
     await stream.send_all(handshake(key, path=b"/up-ws"))
     buf = bytearray()
     assert (await read_head(stream, buf))[0].startswith(b"HTTP/1.1 101 ")
+    await assert_text_ping_and_close(stream, buf)
+
+
+async def assert_text_ping_and_close(stream: trio.abc.Stream, buf: bytearray) -> None:
+    """The spec's exchange over an open WebSocket: a text echoed, a ping answered with its pong, a close echoed and
+    the connection's end."""
     text = b'{"message":"hello websocket"}'
     await stream.send_all(frame(TEXT, text, mask=True))
     assert await read_frames(stream, buf, 1) == [(TEXT, text)]

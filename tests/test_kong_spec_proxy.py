@@ -400,15 +400,21 @@ async def test_an_https_upstream_gets_the_preserved_host_as_sni_and_is_pooled_pe
     $upstream_host`, which preserve_host makes the client's Host), on connections of their own (kong/init.lua's
     pool name `ip|port|upstream_host|tls_verify|depth|ca_certificates|client_certificate`); a second request to
     one.test reuses its pool ("reuse upstream keepalive pool")."""
-    backend = SniEcho(pki.issue("one.test", "two.test", "127.0.0.1"))
+    await assert_pooled_per_preserved_host(nursery, gateway, pki, "one.test", "two.test")
+
+
+async def assert_pooled_per_preserved_host(nursery: trio.Nursery, gateway: Any, pki: Any, one: str, two: str) -> None:
+    """Routes `one` and `two` (preserve_host) to one https target: two requests to each, one connection each, each
+    with its host as SNI."""
+    backend = SniEcho(pki.issue(one, two, "127.0.0.1"))
     await nursery.start(backend.serve)
-    routes = [{"hosts": ["one.test"], "preserve_host": True}, {"hosts": ["two.test"], "preserve_host": True}]
+    routes = [{"hosts": [one], "preserve_host": True}, {"hosts": [two], "preserve_host": True}]
     port = await gateway({"services": [service("s", f"https://127.0.0.1:{backend.port}", routes)]})
     with trio.fail_after(TIMEOUT):
         async with await Client.connect(port) as client:
-            for host in ("one.test", "two.test", "one.test", "two.test"):
+            for host in (one, two, one, two):
                 assert (await client.request("GET", "/echo_sni", host=host)).status == 200
-    assert backend.snis == ["one.test", "two.test"]
+    assert backend.snis == [one, two]
     assert backend.connections == 2
 
 

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import base64
 import os
-import struct
 from urllib.parse import urlencode
 
 import msgspec
 import pytest
 import trio
 from backends import BadBackend, Client, EchoBackend, log_lines, request, service
-from test_kong_spec_dns_websockets import PING, PONG, KongWsServer
-from test_kong_spec_proxy import SniEcho, SynDrop
-from test_websocket import CLOSE, TEXT, frame, handshake, read_eof, read_frames, read_head
+from test_kong_spec_dns_websockets import KongWsServer, assert_text_ping_and_close
+from test_kong_spec_proxy import SynDrop, assert_pooled_per_preserved_host
+from test_websocket import handshake, read_head
 from tls_helpers import Pki
 
 from gateway.policies.response_transformer.handler import ResponseTransformer
@@ -126,16 +125,7 @@ async def test_names_whose_pool_keys_collide_in_crc32_keep_pools_of_their_own(nu
     """25-upstream_keepalive_spec "pools with crc32 collision": plumless.xxx and buckeroo.xxx (preserve_host, one https
     target) have pool names of equal crc32 (nginx's keepalive hashes them), yet each gets its own SNI and its own
     connection, reused by its next request."""
-    backend = SniEcho(pki.issue("plumless.xxx", "buckeroo.xxx", "127.0.0.1"))
-    await nursery.start(backend.serve)
-    routes = [{"hosts": ["plumless.xxx"], "preserve_host": True}, {"hosts": ["buckeroo.xxx"], "preserve_host": True}]
-    port = await gateway({"services": [service("s", f"https://127.0.0.1:{backend.port}", routes)]})
-    with trio.fail_after(TIMEOUT):
-        async with await Client.connect(port) as client:
-            for host in ("plumless.xxx", "buckeroo.xxx", "plumless.xxx", "buckeroo.xxx"):
-                assert (await client.request("GET", "/echo_sni", host=host)).status == 200
-    assert backend.snis == ["plumless.xxx", "buckeroo.xxx"]
-    assert backend.connections == 2
+    await assert_pooled_per_preserved_host(nursery, gateway, pki, "plumless.xxx", "buckeroo.xxx")
 
 
 # --- 30-max-args_spec through request-termination's echo (kong.request.get_headers / get_query / get_body) -----------
@@ -190,16 +180,7 @@ async def test_a_websocket_through_a_global_json_body_transform_is_tunnelled(nur
             start, headers = await read_head(stream, buf)
             assert start.startswith(b"HTTP/1.1 101 ")
             assert headers.get(b"x-added") == b"yes"
-            text = b'{"message":"hello websocket"}'
-            await stream.send_all(frame(TEXT, text, mask=True))
-            assert await read_frames(stream, buf, 1) == [(TEXT, text)]
-            ping = b'{"message":"give me a pong"}'
-            await stream.send_all(frame(PING, ping, mask=True))
-            assert await read_frames(stream, buf, 1) == [(PONG, ping)]
-            close = struct.pack("!H", 1000)
-            await stream.send_all(frame(CLOSE, close, mask=True))
-            assert await read_frames(stream, buf, 1) == [(CLOSE, close)]
-            assert await read_eof(stream) == b""
+            await assert_text_ping_and_close(stream, buf)
 
 
 # --- 30-max-args_spec: what Kong's plugins see of more than 100 arguments (beyond the spec's own plugin) -------------
