@@ -291,9 +291,12 @@ def upstream_entities(config: Any) -> list[tuple[Any, str, list[KongTarget]]]:
     return out
 
 
-def _page(args: dict[str, str], rows: list[Any]) -> tuple[list[Any], str | None, Answer | None]:
+def _page(args: dict[str, str], rows: list[Any], full_means_more: bool = False) \
+        -> tuple[list[Any], str | None, Answer | None]:
     """Kong's targets paging (dao/targets.lua page_for_upstream): size (default 100, at most 1000) and a numeric
-    offset: the page, the next offset (None on the last page), and the 400 to answer instead."""
+    offset: the page, the next offset (None on the last page), and the 400 to answer instead. `full_means_more`:
+    a full page always has a next offset, as /targets/all's lmdb paging (lua-resty-lmdb 1.6.0 prefix.page: more
+    when the page is full), whose last offset then gives an empty page."""
     size = PAGE_SIZE
     if "size" in args:
         try:
@@ -308,7 +311,8 @@ def _page(args: dict[str, str], rows: list[Any]) -> tuple[list[Any], str | None,
                                     "message": f"'{args['offset']}' is not a valid offset"})
         offset = int(args["offset"])
     page = rows[offset:offset + size]
-    return page, str(offset + size) if len(rows) > offset + size else None, None
+    more = len(page) == size if full_means_more else len(rows) > offset + size
+    return page, str(offset + size) if more else None, None
 
 
 class KongUpstreamRoutes:
@@ -360,7 +364,7 @@ class KongUpstreamRoutes:
             return 404, NOT_FOUND
         if route == "health":
             return await self.health(ref, up, up_id, targets, args)
-        data, offset, error = _page(args, [t.entity for t in targets])
+        data, offset, error = _page(args, [t.entity for t in targets], full_means_more=route == "all")
         if error is not None:
             return error
         doc: dict[str, Any] = {"data": data}
