@@ -228,7 +228,8 @@ def flatten_consumers(config: Config) -> None:
         for attr in CREDENTIALS:
             nested = getattr(consumer, attr)
             for cred in nested:
-                # As Kong's flatten: a nested credential may name its consumer (by id or username), no other
+                # As Kong's flatten: a nested credential may name any consumer that exists (by id or username); it
+                # belongs to the one it is nested under all the same (declarative_config.lua populate_references)
                 named = cred.consumer
                 cred._nested = named if named is not None and named not in (consumer.id, consumer.username) else True
                 cred._consumer_ref = kong_id if named is None else named
@@ -284,9 +285,8 @@ def check_consumers(config: Config, errors: list[str]) -> None:
         for cred in getattr(config, attr):
             where = path_of(cred)
             nested = getattr(cred, "_nested", None)
-            if isinstance(nested, str):
-                errors.append(f"{where}.consumer: {show(nested)} is not the consumer it is nested under; name that "
-                              "one (its id or username) or remove the field")
+            if isinstance(nested, str) and nested not in by_username and nested not in by_id:
+                errors.append(f"{where}.consumer: no consumer with id or username {show(nested)}")
                 continue
             if cred.consumer is None:
                 if nested:

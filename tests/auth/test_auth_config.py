@@ -170,8 +170,7 @@ def test_consumer_plugins_are_scoped_to_the_consumers_id():
      "keyauth_credentials[0].consumer: no consumer with id or username 'ghost'"),
     ("acls: [{group: g}]", "acls[0].consumer: name the consumer (its id or username), or nest the credential under it"),
     ("consumers: [{username: a, acls: [{consumer: b, group: g}]}]",
-     'consumers[0].acls[0].consumer: "b" is not the consumer it is nested under; name that one (its id or '
-     'username) or remove the field'),
+     'consumers[0].acls[0].consumer: no consumer with id or username "b"'),
     ("consumers: [{username: a, acls: [{group: ''}]}]", "consumers[0].acls[0].group: must not be empty"),
     ("consumers: [{username: a, jwt_secrets: [{key: k, secret: s}, {key: k, secret: t}]}]",
      "consumers[0].jwt_secrets[1].key: 'k' is already used by consumers[0].jwt_secrets[0]"),
