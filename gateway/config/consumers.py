@@ -225,6 +225,7 @@ def flatten_consumers(config: Config) -> None:
                 consumer.id = kong_id = kong_consumer_id(consumer.username)
             elif consumer.custom_id is not None:
                 consumer.id = str(uuid.uuid5(_OWN_NAMESPACE, "consumers:custom_id:" + consumer.custom_id))
+            consumer._derived_id = True  # type: ignore[attr-defined]  # two equal ones: their usernames are said
         for attr in CREDENTIALS:
             nested = getattr(consumer, attr)
             for cred in nested:
@@ -242,6 +243,12 @@ def flatten_consumers(config: Config) -> None:
             plugin._parent = consumer  # type: ignore[attr-defined]  # as a nested credential's
             config.plugins.append(plugin)
         consumer.plugins = []
+
+
+def derived_id(entity: Any) -> bool:
+    """Whether a consumer's id is the one the gateway derived from its username or custom_id (none was written):
+    two equal derived ids are two equal usernames (or custom_ids), which is the error to say."""
+    return getattr(entity, "_derived_id", False)
 
 
 def check_consumers(config: Config, errors: list[str]) -> None:
@@ -269,7 +276,7 @@ def check_consumers(config: Config, errors: list[str]) -> None:
             if not _header_safe(value):
                 errors.append(f"{where}.{field}: control characters are not allowed (it is sent upstream in a header)")
             other = seen.get((field, value))
-            if other is not None:
+            if other is not None and field != "id":  # (ids: the loader's _check_ids, for every kind of entity)
                 errors.append(f"{where}.{field}: {value!r} is already used by {path_of(other)}")
             seen[(field, value)] = consumer
         by_id.setdefault(consumer.id, consumer)

@@ -28,6 +28,7 @@ from gateway.config.consumers import (
     KeyAuthCredential,
     check_consumers,
     decode_hook,
+    derived_id,
     flatten_consumers,
     stored_passwords,
 )
@@ -514,7 +515,7 @@ def _check_ids(config: Config, errors: list[str]) -> None:
             if not _UUID.fullmatch(obj.id):
                 errors.append(f'{path_of(obj)}.id: expected a UUID (e.g. "{_EXAMPLE_ID}"), got {show(obj.id)}')
                 continue
-            if obj.id in seen:
+            if obj.id in seen and not (derived_id(obj) and derived_id(seen[obj.id])):
                 errors.append(f"{path_of(obj)}.id: {obj.id!r} is already used by {path_of(seen[obj.id])}")
             seen.setdefault(obj.id, obj)
     named: dict[str, Any] = {}  # Kong's plugins.instance_name is unique too

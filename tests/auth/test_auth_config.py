@@ -198,6 +198,18 @@ def test_consumer_errors_name_the_field(text, expected):
     assert expected in errors(text)
 
 
+@pytest.mark.parametrize(("text", "expected"), [
+    ("consumers: [{username: a}, {username: a}]", ["consumers[1].username: 'a' is already used by consumers[0]"]),
+    ("consumers: [{custom_id: c}, {custom_id: c}]", ["consumers[1].custom_id: 'c' is already used by consumers[0]"]),
+    (f"consumers: [{{username: a}}, {{username: b, id: {kong_consumer_id('a')}}}]",
+     [f"consumers[1].id: '{kong_consumer_id('a')}' is already used by consumers[0]"]),
+], ids=["username", "custom_id", "given-id"])
+def test_a_repeated_consumer_is_said_once_naming_what_the_file_repeats(text, expected):
+    """Two consumers of one username share the id derived from it: the username is the error, said once (not the
+    id no one wrote); an id written equal to another's is said once."""
+    assert errors(text) == expected
+
+
 def test_an_rsa_key_that_is_not_a_key_is_an_error():
     """Kong's daos.lua validates RS*, PS* and EdDSA keys with OpenSSL ("invalid key")."""
     [message] = errors("consumers: [{username: a, jwt_secrets: [{key: k, algorithm: RS256, rsa_public_key: nope}]}]")
