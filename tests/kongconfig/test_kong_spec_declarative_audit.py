@@ -14,26 +14,15 @@ import pytest
 import trio
 from backends import EchoBackend, request, wait_until
 from e2e_helpers import GatewayNode
+from test_kong_forms import errors as _errors
+from test_kong_forms import load as _load
 
-from gateway.config import ConfigError, parse_config
+from gateway.config import parse_config
 from gateway.config.vaults import VaultError, Vaults, is_reference, parse_reference
 from gateway.http.net import bind_listener
-from gateway.runtime import compile_config
 from gateway.worker import serve_worker
 
 CID = "0fe87b4a-ce29-515a-88ec-8547e66550b9"
-
-
-def _load(text: str) -> Any:
-    config = parse_config(textwrap.dedent(text), "kong.yml")
-    compile_config(config, "kong.yml")
-    return config
-
-
-def _errors(text: str) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        _load(text)
-    return [m.removeprefix("kong.yml: ") for m in info.value.messages]
 
 
 async def _serve(nursery: trio.Nursery, text: str) -> int:
