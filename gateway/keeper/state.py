@@ -267,7 +267,7 @@ class Keeper:
                 self.routes[r.worker] = sender
                 grant = self.ledger.grant_request(r, now, wall)
                 if grant is None:  # policy redis: answered when the key's next block arrives
-                    waiting = LeaseRequest(r.key, r.spec, r.worker, r.want, 0)
+                    waiting = LeaseRequest(r.key, r.spec, r.worker, r.want, 0, waiting=r.waiting)
                     self.pending.setdefault(r.key, []).append((sender, waiting, now))
                     self.redis_wake.set()
                 elif not self._held(sender, r, grant, now):
@@ -394,7 +394,7 @@ class Keeper:
             return False
         self.held.setdefault(request.key, []).append(
             (sender, LeaseRequest(request.key, request.spec, request.worker, request.want, keeper=request.keeper,
-                                  waiting=True)))  # (only a waiting request is held; rule 13 grants it its token)
+                                  waiting=request.waiting)))  # (only waiting requests are held: rule 13's tokens)
         keys: dict[str, list[str]] = {}
         for key, worker in recalls:
             keys.setdefault(worker, []).append(key)

@@ -68,14 +68,18 @@ Rules:
    is both spent and given back. Tokens of the key evicted since the last sweep (rule 6) go back with the answer.
    A key that gave tokens back is no longer denied here on the keeper's word that its limit was exhausted (rule 3),
    and a request waiting for it asks again: they are the keeper's to grant again, to this worker too. A request
-   tells the keeper whether a request waits for it (LeaseRequest.waiting): one asked ahead of need is never held
-   for a recall, which would take tokens from a worker that needs them now for one that does not.
+   tells the keeper how many requests wait for it beyond the tokens here, which they take next (LeaseRequest.waiting:
+   `take` counts one from its first WAIT to its last answer): one asked ahead of need is never held for a recall,
+   which would take tokens from a worker that needs them now for one that does not. A request that left mid-wait
+   (its client gone) never takes again, where every waiting one takes again after each grant for its key: a `sweep`
+   that finds none in flight counts at most those told WAIT since the last sweep.
    A recall of a keeper incarnation other than the one this table's messages are for is not answered: that keeper's
    tokens were dropped (rule 5), and a new one waits for no answer of this worker to an older one.
 8. An exact grant (Grant.exact: another spec with other limits counts on the key's counter, ledger.py rule 13) is
-   one token for a request waiting for it, valid a moment only: the key is never due ahead of need, so each request
-   asks the keeper when it finds no token (rule 3), and its grant compares the counter's live count with its spec's
-   limits, as Kong compares each request.
+   a token for each request waiting for it (rule 7's count, within the limit), valid a moment only: the key is never
+   due ahead of need, so each request asks the keeper when it finds no token (rule 3), and its grant compares the
+   counter's live count with its spec's limits, as Kong compares each request. Counted, the requests waiting at
+   once get their tokens in one round trip, not one a round trip each (past WAIT_S, a 429 Kong never answers).
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ class Lease:
     __slots__ = ("key", "spec", "bucketed", "pace", "tokens", "low", "expires", "grant", "blocked_until", "due",
                  "in_flight", "asked_at", "sent_at", "demand", "demand_since", "touched", "aged", "used", "unused",
                  "unused_grant", "release_next", "admitted", "bases", "ends", "resets", "next_roll", "unreported",
-                 "unreported_total", "flagged", "local", "drawn", "waiting")
+                 "unreported_total", "flagged", "local", "drawn", "waiting", "waits")
 
     def __init__(self, key: str, spec: LimitSpec, now: float, wall: float) -> None:
         self.key = key
@@ -191,7 +195,8 @@ class Lease:
         self.flagged = False  # listed for the next `reports`
         self.local: Bucket | None = None  # the local bucket share
         self.drawn: Bucket | None = None  # the bucket as this worker's admissions drew it down (rule 5)
-        self.waiting = False  # a request waits for the next grant (LeaseRequest.waiting: rule 7)
+        self.waiting = 0  # requests waiting for a grant (LeaseRequest.waiting: rule 7)
+        self.waits = 0  # WAIT answers since the last sweep (at least every request still waiting: rule 7)
 
     def counts(self) -> list[int]:
         """Requests admitted here in each local window (spent leased tokens and local-share admissions)."""
@@ -225,6 +230,17 @@ class LeaseTable:
         lease = self._leases.get(key)
         if lease is None or (lease.spec is not spec and lease.spec != spec):
             lease = self._start(key, spec, now, wall)  # a changed spec starts afresh
+        decision = self._decide(lease, spec, now, wall, waited, final)
+        if decision is WAIT:  # the request waits, counted once (rule 7)
+            lease.waits += 1
+            if not waited or not lease.waiting:
+                lease.waiting += 1
+        elif waited and lease.waiting:
+            lease.waiting -= 1
+        return decision
+
+    def _decide(self, lease: Lease, spec: LimitSpec, now: float, wall: float, waited: bool, final: bool) -> Decision:
+        """`take`'s answer for the key's lease."""
         lease.demand += 1
         lease.touched = now
         if lease.tokens:
@@ -243,7 +259,6 @@ class LeaseTable:
             lease.due = True
             self._due.append(lease)
         if not waited or lease.in_flight:
-            lease.waiting = True
             return WAIT
         if grant is not None and grant.unavailable:  # policy redis: Redis is away and fault_tolerant is off
             return UNAVAILABLE
@@ -251,7 +266,6 @@ class LeaseTable:
                                                                                          default=1) > 0):
             # The keeper had room and this worker's other requests (or a recall) took it, or other workers hold
             # what is left (ledger.py rule 12): wait for the next grant
-            lease.waiting = True
             return WAIT
         # The keeper answers but had nothing for us: the limit's tail is being handed out.
         return self._denied(lease, wall, 1.0)
@@ -274,7 +288,7 @@ class LeaseTable:
             if grant.granted:
                 self._returned.append(ReturnedLease(grant.key, self.worker, grant.granted, 0, grant.wall))
             return
-        lease.in_flight = lease.waiting = False
+        lease.in_flight = False
         if lease.tokens and (now >= lease.expires or grant.resets != lease.grant.resets):  # type: ignore[union-attr]
             self._void(lease)
         if grant.granted:
@@ -305,8 +319,10 @@ class LeaseTable:
             want = min(MAX_WANT, max(1, ceil(lease.demand * LEAD_S / span)))
             unused, back = lease.unused, lease.unused_grant  # expired tokens go back first (ledger.py rule 9)
             lease.unused, lease.unused_grant = 0, None
+            held = lease.tokens if now < lease.expires else 0  # the waiting requests' next takes spend these
             requests.append(LeaseRequest(lease.key, lease.spec, self.worker, want, lease.used, unused,
-                                         back.wall if back is not None else 0.0, self.keeper, lease.waiting))
+                                         back.wall if back is not None else 0.0, self.keeper,
+                                         max(0, lease.waiting - held)))
             lease.demand = lease.used = 0
             lease.demand_since = lease.sent_at = now
             if not lease.in_flight:
@@ -316,9 +332,13 @@ class LeaseTable:
 
     def sweep(self, now: float) -> list[ReturnedLease]:
         """Give back expired tokens (and bucket tokens spent since last told); forget keys idle for IDLE_S, giving
-        their tokens back too (rule 2), and those of keys evicted since the last sweep (rule 6)."""
+        their tokens back too (rule 2), and those of keys evicted since the last sweep (rule 6); stop counting
+        requests that left mid-wait (rule 7)."""
         returned, self._returned = self._returned, []
         for key, lease in list(self._leases.items()):
+            if not lease.in_flight:
+                lease.waiting = min(lease.waiting, lease.waits)
+            lease.waits = 0
             idle = now - lease.touched >= IDLE_S and not lease.unreported_total and not (
                 lease.in_flight and now - lease.sent_at < IDLE_S)
             if lease.tokens and (idle or now >= lease.expires):

@@ -77,15 +77,20 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    without the keeper, after another spec's grants may have taken the count past its spec's limit (a global {hour:
    3} and a consumer's {hour: 100} counting one address). So a key (`peers`: another spec's key counts in its
    windows) whose counter another spec's key limits with another limit in a period both limit, and that key was
-   asked for within ACTIVE_S, is exact: it grants one token to a request that waits for it (LeaseRequest.waiting)
-   and none to one asked ahead of need, void after EXACT_TTL_S (its request left), and the Grant says so
-   (Grant.exact): its worker asks per request, and the count is what was admitted, as Kong's. A key of peers that
+   asked for within ACTIVE_S, is exact: it grants a token to each request that waits for it (LeaseRequest.waiting
+   counts them: all the room allows, rule 2's sizing aside, since none is stranded) and none to one asked ahead of
+   need, void after EXACT_TTL_S (its request left), and the Grant says so (Grant.exact): its worker asks when a
+   request needs a token, and the count is what was admitted, as Kong's. A key of peers that
    grants ahead of need notes the workers it did (`ahead`; a key alone until a peer comes, those holding its tokens
    then); a grant with a limit above such a key's in a period both limit is held while those tokens are recalled
    (rule 12: the requesting worker's too), and so is a refusal for an exhausted window while another spec's key
    holds tokens at the requesting worker ahead of need. A worker's answer clears it (unless granted ahead since).
    Specs with the same limits in the periods both limit (a reload changing another setting) lease ahead as one
-   spec: neither's grants take the count past the other's limit.
+   spec: neither's grants take the count past the other's limit. A key that only workers of an older configuration
+   generation than the asking worker's asked for (worker ids `<generation>.<index>`) is the spec a reload replaced
+   (a changed limit makes a new spec on the same counter), or one it removed: it is no peer for that worker's
+   requests, so a reload alone never makes a key ask per request nor hold its grants; only the old generation's
+   draining workers, which ask for it, still count it.
 """
 
 from __future__ import annotations
@@ -223,9 +228,9 @@ class Ledger:
         self._awaited: dict[tuple[str, str], _Awaited] = {}  # (key, worker) recalled -> who waits for its answer
 
     def grant(self, key: str, spec: LimitSpec, want: int, now: float, wall: float, worker: str,
-              used: int = 0, waiting: bool = True) -> Grant | None:
+              used: int = 0, waiting: int = 1) -> Grant | None:
         """Up to `want` tokens of `key` for `worker` (0 when a limit is exhausted); `used` settles its bucket lease;
-        `waiting`: a request waits for them (an exact key grants to no other: rule 13).
+        `waiting`: how many requests wait for them (an exact key grants them one each, and nothing else: rule 13).
 
         None: a key of policy redis needs the next block first (rule 7); ask again after `remote_applied` or
         `remote_failed` for it, with used=0.
@@ -252,7 +257,7 @@ class Ledger:
             granted = min(want, max(1, int(room) // (2 * self._active(state, now))))
         exact = False
         if state.peers:
-            exact, granted = self._peer_grant(state, granted, worker, waiting, now)
+            exact, granted = self._peer_grant(state, granted, worker, waiting, now, room)
         if granted:
             for win in windows:
                 win.used += granted
@@ -379,7 +384,7 @@ class Ledger:
         if min(grant.remaining, default=1) > 0:  # not exhausted: held back for other specs' tokens, or not at all
             if grant.retry or not state.peers:
                 return None
-            holders = self._endangered(state, self._peers(state) or [])
+            holders = self._endangered(state, self._peers(state, request.worker) or [])
         else:
             holders = self._holders(state, request.worker)
         recall = self._recalls.get(request.key)
@@ -476,11 +481,12 @@ class Ledger:
 
     # ---- specs of one counter with other limits (rule 13) ------------------------------------------------------------
 
-    def _peer_grant(self, state: _Key, granted: int, worker: str, waiting: bool, now: float) -> tuple[bool, int]:
+    def _peer_grant(self, state: _Key, granted: int, worker: str, waiting: int, now: float,
+                    room: float) -> tuple[bool, int]:
         """(exact, tokens to grant) for a key whose windows other specs' keys may count in, which would grant
-        `granted`: one to a waiting request while a peer with other limits is asked for, none while peers' tokens
-        out ahead of need would go over their limits (the request is held for them: `recall`)."""
-        peers = self._peers(state)
+        `granted` of `room`: one per waiting request while a peer with other limits is asked for, none while peers'
+        tokens out ahead of need would go over their limits (the request is held for them: `recall`)."""
+        peers = self._peers(state, worker)
         if peers is None:  # they went (rule 10): alone again
             state.peers, state.ahead = False, None
             return False, granted
@@ -488,22 +494,26 @@ class Ledger:
         if granted and self._endangered(state, peers):
             granted = 0
         elif exact:
-            granted = min(granted, int(waiting))
+            granted = int(min(room, waiting)) if granted else 0
         elif granted:
             if state.ahead is None:
                 state.ahead = set()
             state.ahead.add(worker)
         return exact, granted
 
-    def _peers(self, state: _Key) -> list[tuple[_Key, bool]] | None:
+    def _peers(self, state: _Key, worker: str) -> list[tuple[_Key, bool]] | None:
         """The other specs' keys counting in the key's windows with another limit in a period both limit, each with
-        whether the key's limit there is above theirs; None: no other key counts in them (rule 11)."""
+        whether the key's limit there is above theirs, but those a reload replaced for `worker` (rule 13); None: no
+        other key counts in them (rule 11)."""
         sharing = self._sharing(state)
         if len(sharing) == 1:
             return None
         mine = {w.period: w.limit for w in state.spec.windows}
+        generation = _generation(worker)
         found = []
         for peer in sharing[1:]:
+            if all(_generation(other) < generation for other in peer.seen):
+                continue  # asked for by older generations' workers only (or none): replaced by a reload
             limits = [(mine[w.period], w.limit) for w in peer.spec.windows if w.period in mine]
             if any(own != theirs for own, theirs in limits):
                 found.append((peer, any(own > theirs for own, theirs in limits)))
@@ -875,8 +885,9 @@ def spec_problem(spec: LimitSpec) -> str | None:
 def request_problem(request: LeaseRequest) -> str | None:
     """What makes a worker's LeaseRequest one the ledger cannot grant, or None."""
     why = spec_problem(request.spec)
-    if why is None and min(request.want, request.used, request.unused) < 0:
-        why = f"negative counts (want {request.want}, used {request.used}, unused {request.unused})"
+    if why is None and min(request.want, request.used, request.unused, request.waiting) < 0:
+        why = (f"negative counts (want {request.want}, used {request.used}, unused {request.unused}, waiting "
+               f"{request.waiting})")
     return None if why is None else f"lease request for key {request.key[:SHOWN_KEY]!r}: {why}"
 
 
@@ -914,6 +925,12 @@ def _own_windows(state: _Key) -> list[_Window]:
     """The key's windows that its spec limits (its counter's others are other specs' periods: rule 11)."""
     windows = state.windows
     return [windows[w.period] for w in state.spec.windows if w.period in windows]
+
+
+def _generation(worker: str) -> int:
+    """The configuration generation `worker` serves: its id's `<generation>.` (gateway/cli.py); 0 for another name."""
+    head, dot, _ = worker.partition(".")
+    return int(head) if dot and head.isdecimal() else 0
 
 
 def _lent(state: _Key, worker: str, granted: int, expires: float) -> None:

@@ -11,8 +11,8 @@ class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
     """Worker -> keeper: `want` more tokens of `key`; `used` counts tokens spent since the last request; `unused`
     tokens of a grant made at `unused_wall` expired unspent here, given back first (as a ReturnedLease would).
     `keeper`, in FallbackUsage too: the keeper incarnation it is meant for, or "" for any keeper (lease.py rule 5).
-    `waiting`: a request waits for it (not one asked ahead of need): the keeper may hold it for a recall (ledger.py
-    rule 12)."""
+    `waiting`: how many requests wait for it (0: asked ahead of need): the keeper may hold it for a recall (ledger.py
+    rule 12), and an exact key grants a token to each of them (rule 13)."""
 
     key: str
     spec: LimitSpec
@@ -22,7 +22,7 @@ class LeaseRequest(msgspec.Struct, frozen=True, array_like=True):
     unused: int = 0
     unused_wall: float = 0.0
     keeper: str = ""
-    waiting: bool = False
+    waiting: int = 0
 
 
 class Grant(msgspec.Struct, frozen=True, array_like=True):
