@@ -9,14 +9,41 @@ from __future__ import annotations
 import logging
 import re
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# kong/conf_loader/listeners.lua:17-23, the http subsystem's flags in its order (which is nginx's listen line's)
+_KONG_FLAGS = ("ssl", "http2", "proxy_protocol", "deferred", "bind", "reuseport", "backlog=[0-9]+", "ipv6only=on",
+               "ipv6only=off", "so_keepalive=on", "so_keepalive=off", "so_keepalive=[A-Za-z0-9]*:[A-Za-z0-9]*:[0-9]*")
+_FLAG_WORD = re.compile("|".join(_KONG_FLAGS))
+# listeners.lua:52: `%s(flag)%s`, Lua's %s being C's isspace
+_PADDED_FLAGS = tuple(re.compile(f"[ \t\n\v\f\r]({flag})[ \t\n\v\f\r]") for flag in _KONG_FLAGS)
+_HOST_PORT = re.compile(r".+:[0-9]+")  # listeners.lua:115's `(.+):([%d]+)$`
 
-def listen_flags(entry: str) -> tuple[str, set[str]]:
-    """("host:port", {"ssl", ...}) of a listen entry as kong.conf writes it: "0.0.0.0:8443 ssl"."""
-    parts = entry.split()
-    return (parts[0] if parts else ""), set(parts[1:])
+
+def listen_flags(entry: str) -> tuple[str, tuple[str, ...]]:
+    """(address, flags) of a listen entry ("0.0.0.0:8443 ssl", "backlog=77 127.0.0.1:8000"), as Kong's
+    listeners.lua:44-78 parse_option_flags reads it: each flag taken out wherever it stands, the first value of
+    backlog=N and so_keepalive=times, the flags in Kong's order (nginx's listen line), then the words no flag is,
+    which callers refuse by name. A flag written twice in a row is taken once and the other stays in the address,
+    as Kong's gsub leaves it (the pattern's spaces overlap), which makes the address one no socket can bind."""
+    value, flags = f" {entry} ", []
+    for pattern in _PADDED_FLAGS:
+        found = pattern.search(value)
+        value, count = pattern.subn(" ", value)
+        if count and found is not None:
+            flags.append(found.group(1))
+    words = value.split()
+    unknown = [i for i, word in enumerate(words) if not _FLAG_WORD.fullmatch(word)]
+    at = next((i for i in unknown if _HOST_PORT.fullmatch(words[i])), unknown[0] if unknown else -1)
+    address = " ".join(word for i, word in enumerate(words) if i == at or i not in unknown)
+    return address, (*flags, *(words[i] for i in unknown if i != at))
+
+
+def repeated_flags(address: str) -> list[str]:
+    """The flags listen_flags left in an entry's address: each written twice (or more) in a row in the entry."""
+    return [word for word in address.split() if _FLAG_WORD.fullmatch(word)]
 
 
 NGX_LISTEN_BACKLOG = 511  # nginx's listen without backlog=N on Linux (src/os/unix/ngx_linux_config.h)
@@ -123,14 +150,15 @@ def options_of(addr: tuple[str, int]) -> ListenOptions:
     return getattr(addr, "options", PLAIN_LISTEN)
 
 
-def listen_options(flags: set[str], v6: bool) -> tuple[ListenOptions, list[str]]:
-    """(the options, the flags refused) of a gateway.listen entry's flags, as Kong's listeners.lua passes them and
-    nginx's listen reads them (src/http/ngx_http_core_module.c:3958-4381): `ssl` and `proxy_protocol` are the
-    listener's, `reuseport` and `bind` what it does anyway, `ipv6only=` counts on an IPv6 address only (nginx sets
-    IPV6_V6ONLY on AF_INET6 sockets only); `http2`, unknown words and values nginx or Kong refuse are refused."""
+def listen_options(flags: Iterable[str], v6: bool) -> tuple[ListenOptions, list[str]]:
+    """(the options, the flags refused) of a gateway.listen entry's flags in listen_flags' order (nginx's listen
+    line: of two values of one option, the last wins), as nginx's listen reads them
+    (src/http/ngx_http_core_module.c:3958-4381): `ssl` and `proxy_protocol` are the listener's, `reuseport` and
+    `bind` what it does anyway, `ipv6only=` counts on an IPv6 address only (nginx sets IPV6_V6ONLY on AF_INET6
+    sockets only); `http2`, unknown words and values nginx or Kong refuse are refused."""
     backlog, _, rest = status_options(flags, DATA_BACKLOG)  # reuseport: every data listener is SO_REUSEPORT
     deferred, ipv6only, keepalive, refused = False, True, (0, 0, 0, 0), []
-    for flag in sorted(rest, key=_kong_order):  # of two values of one option, the one Kong writes last wins
+    for flag in rest:
         if flag == "deferred":
             deferred = True
         elif flag in ("ipv6only=on", "ipv6only=off"):
@@ -140,14 +168,6 @@ def listen_options(flags: set[str], v6: bool) -> tuple[ListenOptions, list[str]]
         elif flag not in ("ssl", "bind"):
             refused.append(flag)
     return ListenOptions(backlog, deferred, ipv6only, *keepalive), refused
-
-
-def _kong_order(flag: str) -> int:
-    """Where Kong's listeners.lua writes `flag` in the nginx listen line (its subsystem_flags order: ipv6only=on,
-    ipv6only=off, so_keepalive=on, off, times), whose last value of an option nginx keeps."""
-    if flag.startswith("so_keepalive="):
-        return {"so_keepalive=on": 2, "so_keepalive=off": 3}.get(flag, 4)
-    return 1 if flag == "ipv6only=off" else 0
 
 
 def _so_keepalive(text: str) -> tuple[int, int, int, int] | None:
@@ -205,13 +225,13 @@ def _c_int(value: int) -> int:
     return low - 2**32 if low > _INT_MAX else low
 
 
-def status_options(flags: set[str], backlog: int = NGX_LISTEN_BACKLOG) -> tuple[int, bool, list[str]]:
+def status_options(flags: Iterable[str], backlog: int = NGX_LISTEN_BACKLOG) -> tuple[int, bool, list[str]]:
     """(backlog, reuseport, the options refused) of status_listen's nginx listen options: `reuseport` and
     `backlog=N` are taken (Kong's default line has both), and `proxy_protocol` (a PROXY protocol header read first:
     gateway.status.server), any other is refused, as is a backlog nginx refuses. `backlog`: the one without
     backlog=N (nginx's)."""
     reuseport, refused = False, []
-    for flag in sorted(flags):
+    for flag in flags:  # (listen_flags gives one backlog=N: Kong's first)
         if flag == "reuseport":
             reuseport = True
         elif flag.startswith("backlog=") and (value := _listen_backlog(flag[8:])) is not None:

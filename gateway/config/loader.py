@@ -36,7 +36,7 @@ from gateway.config.decode import convert_all, salvage, unset_nulls
 from gateway.config.document import read_document, read_text
 from gateway.config.errors import ConfigError, in_file_order, key_part, name_variable, new_load, show
 from gateway.config.kong_forms import GRPC_WHY, NESTED, prepare
-from gateway.config.listen import listen_flags, listen_options, status_options
+from gateway.config.listen import listen_flags, listen_options, repeated_flags, status_options
 from gateway.config.patterns import regex_problem
 from gateway.config.schema import (
     Config,
@@ -540,7 +540,10 @@ def _check_listen(gw: GatewaySettings, errors: list[str]) -> None:
     """gateway.listen and status_listen as nginx would take Kong's proxy_listen and status_listen (and what the
     gateway's one socket per address can do), and the default certificate and protocols of the ` ssl` ones."""
     proxies = _check_proxy_listen(gw.listen, errors)
-    certs, keys = ssl_cert_values(gw.ssl_cert), ssl_cert_values(gw.ssl_cert_key)
+    listens = [gw.listen] if isinstance(gw.listen, str) else gw.listen
+    tls = any("ssl" in listen_flags(entry)[1] for entry in listens)
+    # kong/conf_loader/parse.lua:314-371 checks the pair only `if ssl_enabled`: without a TLS listener it serves nothing
+    certs, keys = (ssl_cert_values(gw.ssl_cert), ssl_cert_values(gw.ssl_cert_key)) if tls else ([], [])
     if certs and not keys:  # kong/conf_loader/parse.lua's messages
         errors.append("gateway.ssl_cert_key must be specified")
     elif keys and not certs:
@@ -827,6 +830,10 @@ def _listen_problem(addr: str) -> str | None:
     """None for a listen address a socket can bind ("host:port", "[v6]:port"; `*` was made 0.0.0.0 at decoding),
     else what to append to the message refusing it ("" when the shape is wrong), so that check-config refuses what
     start could not bind for its syntax."""
+    if repeated := repeated_flags(addr):
+        return (f" ({', '.join(map(show, repeated))} right after the same flag: Kong's listeners.lua takes one of "
+                "two flags in a row (its pattern's spaces overlap) and leaves the other in the address, which nginx "
+                "cannot read; write the flag once)")
     hp = parse_host_port(addr, None)
     if hp is None or hp[1] is None:
         return ""
