@@ -88,9 +88,10 @@ Rules (they make a cluster-wide limit exact without a round trip per request):
    Specs with the same limits in the periods both limit (a reload changing another setting) lease ahead as one
    spec: neither's grants take the count past the other's limit. A key that only workers of an older configuration
    generation than the asking worker's asked for (worker ids `<generation>.<index>`) is the spec a reload replaced
-   (a changed limit makes a new spec on the same counter), or one it removed: it is no peer for that worker's
-   requests, so a reload alone never makes a key ask per request nor hold its grants; only the old generation's
-   draining workers, which ask for it, still count it.
+   (a changed limit makes a new spec on the same counter), or one it removed: it makes no key exact for that
+   worker's requests, so a reload alone never makes a key ask per request; but its tokens out ahead of need at the
+   old workers, which still serve kept connections while they drain, are recalled before a grant past its lower
+   limit, as above; the old generation's workers, which ask for it, still count it a peer.
 """
 
 from __future__ import annotations
@@ -490,7 +491,7 @@ class Ledger:
         if peers is None:  # they went (rule 10): alone again
             state.peers, state.ahead = False, None
             return False, granted
-        exact = any(now - seen < ACTIVE_S for peer, _ in peers for seen in peer.seen.values())
+        exact = any(now - seen < ACTIVE_S for peer, _, replaced in peers if not replaced for seen in peer.seen.values())
         if granted and self._endangered(state, peers):
             granted = 0
         elif exact:
@@ -501,10 +502,11 @@ class Ledger:
             state.ahead.add(worker)
         return exact, granted
 
-    def _peers(self, state: _Key, worker: str) -> list[tuple[_Key, bool]] | None:
+    def _peers(self, state: _Key, worker: str) -> list[tuple[_Key, bool, bool]] | None:
         """The other specs' keys counting in the key's windows with another limit in a period both limit, each with
-        whether the key's limit there is above theirs, but those a reload replaced for `worker` (rule 13); None: no
-        other key counts in them (rule 11)."""
+        whether the key's limit there is above theirs and whether a reload replaced it for `worker` (rule 13: it
+        makes no key exact, but its tokens out ahead at old workers are still recalled); None: no other key counts
+        in them (rule 11)."""
         sharing = self._sharing(state)
         if len(sharing) == 1:
             return None
@@ -512,18 +514,17 @@ class Ledger:
         generation = _generation(worker)
         found = []
         for peer in sharing[1:]:
-            if all(_generation(other) < generation for other in peer.seen):
-                continue  # asked for by older generations' workers only (or none): replaced by a reload
+            replaced = all(_generation(other) < generation for other in peer.seen)  # (old workers', or none's)
             limits = [(mine[w.period], w.limit) for w in peer.spec.windows if w.period in mine]
             if any(own != theirs for own, theirs in limits):
-                found.append((peer, any(own > theirs for own, theirs in limits)))
+                found.append((peer, any(own > theirs for own, theirs in limits), replaced))
         return found
 
-    def _endangered(self, state: _Key, peers: list[tuple[_Key, bool]]) -> list[tuple[str, str]]:
+    def _endangered(self, state: _Key, peers: list[tuple[_Key, bool, bool]]) -> list[tuple[str, str]]:
         """The (key, worker) pairs a Recall can bring back before the key grants (rule 13): tokens of peers with a
         lower limit that they granted ahead of need."""
         pairs = []
-        for peer, above in peers:
+        for peer, above, _ in peers:
             ahead = peer.ahead
             if not above or not ahead:
                 continue

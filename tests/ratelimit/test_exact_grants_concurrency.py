@@ -16,11 +16,11 @@ import time
 from typing import Any
 
 import trio
-from e2e_helpers import Backend, GatewayNode
+from e2e_helpers import Backend, GatewayNode, HttpConn, Reply
 from test_rl_recall import Host
 from test_rl_shared_counter import BOBS, GLOBAL, admitted_one, ask, keeper_ledger, key_of
 
-from gateway.ratelimit import Grant, LeaseRequest, LeaseTable, LimitSpec, Status, Window
+from gateway.ratelimit import Grant, LeaseRequest, LeaseTable, LimitSpec, ReturnedLease, Status, Window
 from gateway.ratelimit.ledger import EXACT_TTL_S, request_problem
 
 T0 = 1_700_002_800.0  # an hour's start (UTC)
@@ -139,15 +139,19 @@ async def test_a_workers_fifty_waiting_requests_are_admitted_on_one_grant():
 
 def test_a_spec_a_reload_replaced_does_not_make_its_successor_exact():
     """Generation 1's worker leased the old spec's tokens ahead of need; generation 2 (the reload raised the limit:
-    a new spec on the same counter) leases ahead as the one instance it is, neither exact nor held for them."""
+    a new spec on the same counter) is no exact key: its first grant waits for those tokens (which the draining
+    worker could spend past the old limit) to come back, then it leases ahead as the one instance it is."""
     ledger = keeper_ledger()
     ledger.reachable = {"1.0", "2.0"}
     old = ledger.grant_request(LeaseRequest(key_of(OLD), OLD, "1.0", 5, waiting=1), 0.0, T0)
     assert old is not None and old.granted == 5
     request = LeaseRequest(key_of(NEW), NEW, "2.0", 5, waiting=1)
     grant = ledger.grant_request(request, 0.01, T0 + 0.01)
+    assert grant is not None and (grant.granted, grant.exact) == (0, False)
+    assert ledger.recall(request, grant, 0.01) == [(key_of(OLD), "1.0")]
+    ledger.recalled(ReturnedLease(key_of(OLD), "1.0", 5, 0, old.wall))
+    grant = ledger.grant_request(request, 0.02, T0 + 0.02)
     assert grant is not None and (grant.granted, grant.exact) == (5, False)
-    assert ledger.recall(request, grant, 0.01) is None
 
 
 def test_the_old_generations_draining_worker_is_granted_exactly_beside_the_new_spec():
@@ -157,6 +161,20 @@ def test_the_old_generations_draining_worker_is_granted_exactly_beside_the_new_s
     ledger.grant_request(LeaseRequest(key_of(NEW), NEW, "2.0", 1, waiting=1), 0.0, T0)
     grant = ledger.grant_request(LeaseRequest(key_of(OLD), OLD, "1.0", 5, waiting=1), 0.01, T0 + 0.01)
     assert grant is not None and (grant.granted, grant.exact) == (1, True)
+
+
+def test_an_old_generations_tokens_out_ahead_of_a_lower_limit_are_recalled_before_a_new_grant():
+    """A reload kept a global {hour: 10} and bob's {hour: 1000}: generation 1's worker holds the global key's tokens
+    leased ahead of need (bob's key unknown then). Its kept connections are still served while it drains, and Kong
+    compares each of their requests with the live count, so bob's first grant on generation 2 waits for those
+    tokens to be recalled, though the global key, asked for by generation 1 only, makes it no exact key."""
+    ledger = keeper_ledger()
+    ledger.reachable = {"1.0", "2.0"}
+    _, held = ask(ledger, GLOBAL, worker="1.0", want=5)
+    assert held.granted > 0
+    request, grant = ask(ledger, BOBS, worker="2.0", want=5)
+    assert (grant.granted, grant.exact) == (0, False)
+    assert ledger.recall(request, grant, 0.0) == [(key_of(GLOBAL), "1.0")]
 
 
 def test_instances_of_one_generation_are_exact_whichever_workers_ask():
@@ -272,3 +290,74 @@ async def test_a_reload_changing_the_one_instances_limit_refuses_no_concurrent_r
     finally:
         gw.cleanup()
     assert _tally(statuses) == {200: len(statuses)}
+
+
+class SourcedConn(HttpConn):
+    """A kept-alive client connection from a chosen source address (its own rate-limiting identifier)."""
+
+    @classmethod
+    async def open_from(cls, port: int, source: str) -> SourcedConn:
+        return cls(await trio.open_tcp_stream("127.0.0.1", port, local_address=source), port)
+
+
+async def _once(port: int, target: str, source: str = "127.0.0.1") -> Reply:
+    conn = await SourcedConn.open_from(port, source)
+    try:
+        return await conn.request("GET", target)
+    finally:
+        await conn.aclose()
+
+
+async def test_after_a_reload_the_old_generation_spends_no_token_past_the_lower_limit(nursery, tmp_path):
+    """A global rate-limiting {hour: 10} and bob's {hour: 1000}, limit_by ip: one counter (Kong's local key
+    ratelimit:<plugin route>:<plugin service>:<ip>:..., policies/init.lua:62-67; both unscoped). Anonymous requests on
+    generation 1 lease the global key's tokens ahead of need (bob's key unknown: alone). A reload keeps both
+    instances (the specs unchanged). Generation 2 admits 12 of bob's requests: the counter is 3 + 12 = 15. An
+    anonymous request then reaching generation 1 on a connection it kept (one more request in its drain) is compared
+    by Kong with the live count, 15 >= 10: 429 (handler.lua get_usage: remaining = limit - current_usage <= 0 stops
+    it). So bob's first grant waits for generation 1's tokens of the global key to be recalled (found by the 40th
+    session's review of its own generation rule)."""
+    if 3600 - time.time() % 3600 < 10:
+        await trio.sleep(10.1)
+    backend = Backend("b")
+    await nursery.start(backend.serve)
+
+    def doc(probe: bool) -> dict[str, Any]:
+        routes = [{"name": "r", "paths": ["/r"]}]
+        if probe:  # generation 1 only: generation 2 answers /probe 404
+            routes.append({"name": "p", "paths": ["/probe"]})
+        return {"services": [{"name": "s", "url": f"http://{backend.target}", "routes": routes}],
+                "consumers": [{"username": "anon"},
+                              {"username": "bob", "keyauth_credentials": [{"key": "kb"}],
+                               "plugins": [{"name": "rate-limiting",
+                                            "config": {"hour": 1000, "policy": "local", "limit_by": "ip"}}]}],
+                "plugins": [{"name": "key-auth", "config": {"anonymous": "anon"}},
+                            {"name": "rate-limiting", "config": {"hour": 10, "policy": "local", "limit_by": "ip"}}]}
+
+    gw = GatewayNode(tmp_path / "gw", doc(True), status_listen=None)
+    anon: list[HttpConn] = []
+    try:
+        await gw.start(workers=1)
+        with trio.fail_after(20):
+            for _ in range(3):  # three anonymous requests on generation 1, each on a connection it keeps alive
+                conn = await HttpConn.open(gw.port)
+                assert (await conn.request("GET", "/r")).status == 200
+                anon.append(conn)
+            written = json.loads(gw.config.read_text())
+            written["services"] = doc(False)["services"]
+            gw.config.write_text(json.dumps(written))
+            nursery.start_soon(gw.admin, "reload")
+            seen = []
+            while (st := (await _once(gw.port, "/probe", "127.0.0.2")).status) != 404:  # (another address)
+                seen.append(st)
+                assert len(seen) < 300, (seen[-5:], gw.log()[-3000:])
+                await trio.sleep(0.01)
+            await trio.sleep(0.05)
+            bob = await HttpConn.open(gw.port)
+            bobs = [(await bob.request("GET", "/r?apikey=kb")).status for _ in range(12)]
+            assert bobs == [200] * 12  # Kong: bob's limit is 1000
+            late = await anon[0].request("GET", "/r")  # generation 1, draining: one more request on a kept connection
+    finally:
+        gw.cleanup()
+    # Kong: 3 anonymous + 12 of bob's on the counter, the global instance's limit 10: refused
+    assert late.status == 429, (late.status, late.headers)
