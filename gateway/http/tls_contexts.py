@@ -272,13 +272,14 @@ class ServerTls:
     """The certificates of the TLS listeners: one context per certificate, picked by the client's SNI as Kong's
     find_certificate picks (kong/runloop/certificate.lua): the exact name, then the name with its first label as `*`
     (`*.example.com`, looked up only for names of three labels or more, so `*.com` never matches), then with its
-    last label as `*` (`example.*`), then the sni `*`, else the default certificate. Names are compared as strings,
+    last label as `*` (`example.*`), then the sni `*`, else the default certificate. A name sent holding a `*` is
+    looked up as it is only (produce_wild_snis derives no wildcard from it). Names are compared as strings,
     in the case sent, as Kong's cache keys (`A.test` is not the sni `a.test`). A client without SNI gets the default
     certificate (or the `*` one without a default). With neither, the unrecognized_name alert."""
 
     def __init__(self, default: ListenerContext | None, by_sni: dict[str, ssl.SSLContext],
                  options: ServerOptions, handshake_timeout: float = 10.0) -> None:
-        self.exact = {n: c for n, c in by_sni.items() if "*" not in n}
+        self.exact = dict(by_sni)  # (a wildcard sni is a key a name holding no `*` never equals)
         self.leading = [(n, c) for n, c in by_sni.items() if n.startswith("*.") and "." in n[2:]]
         self.trailing = [(n, c) for n, c in by_sni.items() if n.endswith(".*")]
         self.star = by_sni.get("*")  # Kong's DEFAULT_SNI
@@ -295,6 +296,8 @@ class ServerTls:
         ctx = self.exact.get(name)
         if ctx is not None:
             return ctx
+        if "*" in name:  # certificate.lua produce_wild_snis: no `*.x` / `x.*` lookup for a name already holding one
+            return self.star if self.star is not None else self.default
         for pattern, ctx in self.leading:
             if _name_matches(pattern, name):
                 return ctx

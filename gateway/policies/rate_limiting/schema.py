@@ -5,7 +5,6 @@ shorthands (still accepted by Kong 3.x); both forms fill `redis`. Kong's `cluste
 database, which this gateway does not have: it is refused with a pointer to `redis`.
 """
 
-import ipaddress
 import logging
 import re
 from typing import Annotated, Any, ClassVar, Literal
@@ -13,7 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import msgspec
 
 from gateway.config.errors import inline
-from gateway.config.typedefs import header_name_problem
+from gateway.config.typedefs import header_name_problem, kong_host_problem, sni_problem
 
 log = logging.getLogger("gateway.policies.rate_limiting")
 
@@ -28,9 +27,6 @@ Text = Annotated[str, msgspec.Meta(min_length=1)]
 # Kong's typedefs.path (validate_path): RFC 3986 unreserved and reserved characters, "%" only in %XX escapes
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9.\-_~/%:@!$&'()*+,;=]*")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
-# kong.tools.ip: an IPv4 address with an optional port, and a host name's characters
-_IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})(:\d+)?")
-_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 # the algorithms that read each of the gateway's bucket keys, and why the others do not
 BUCKET_KEYS = {"rate": ("token-bucket", "limit-req"), "burst": ("token-bucket", "limit-req"), "nodelay": ("limit-req",)}
 NEVER_READS = {"fixed-window": "(the default) counts calendar windows and has no bucket",
@@ -62,9 +58,9 @@ class RedisConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     def problem(self) -> str | None:
         """Kong's typedefs.host (host) and typedefs.sni (server_name) checks, with their messages."""
-        if self.host is not None and (problem := host_problem(self.host)):
+        if self.host is not None and (problem := kong_host_problem(self.host)):
             return f"host: {problem}"
-        if self.server_name is not None and (problem := host_problem(self.server_name, sni=True)):
+        if self.server_name is not None and (problem := sni_problem(self.server_name)):
             return f"server_name: {problem}"
         return None
 
@@ -180,42 +176,6 @@ def check_periods_order(config: RateLimitingConfig) -> None:
             if high is not None and high < low:
                 raise ValueError(f"The limit for {upper}({high:.1f}) cannot be lower than the limit for "
                                  f"{lower}({low:.1f})")
-
-
-def host_problem(host: str, sni: bool = False) -> str | None:
-    """Kong's typedefs.host check (sni: typedefs.sni's, which takes no IP) through kong.tools.ip.normalize_ip, with
-    its messages; None for a host it takes."""
-    kind, has_port = _host_kind(host)
-    if kind is None:
-        return f"invalid value: {inline(host)}"
-    if sni and kind != "name":
-        return "must not be an IP"
-    return "must not have a port" if has_port else None
-
-
-def _host_kind(host: str) -> tuple[str | None, bool]:
-    """kong.tools.ip.normalize_ip: ("ipv4" | "ipv6" | "name", whether a port follows), or (None, False) for a host
-    it refuses."""
-    if host.count(":") > 1:
-        bracketed = re.fullmatch(r"\[([^\]]*)\](:\d+)?", host)
-        address = bracketed.group(1) if bracketed else host
-        try:
-            ipaddress.IPv6Address(address)
-        except ValueError:
-            return None, False
-        return "ipv6", bool(bracketed and bracketed.group(2))
-    if re.fullmatch(r"[\d.]+", host.replace(":", "")):
-        ipv4 = _IPV4.fullmatch(host)
-        if ipv4 is None or any(int(octet) > 255 for octet in ipv4.groups()[:4]):
-            return None, False
-        return "ipv4", ipv4.group(5) is not None
-    port = re.search(r":\d+\Z", host)  # check_hostname's Lua ":(%d+)$": no final "\n" before its end
-    name = host[:port.start()] if port else host
-    segments = name.split(".")
-    if not _HOST_NAME.fullmatch(name) or any(
-            seg.endswith("-") or (not seg and i != len(segments) - 1) for i, seg in enumerate(segments)):
-        return None, False
-    return "name", port is not None
 
 
 def check_path(path: str) -> None:
