@@ -14,6 +14,7 @@ import math
 import re
 import socket
 from collections.abc import Awaitable, Callable
+from itertools import islice
 from typing import Any, Protocol
 
 import trio
@@ -57,6 +58,7 @@ from gateway.http.tls import PlainHttpOnTlsPort, TlsError, plain_http_answer, se
 from gateway.http.tls_contexts import ServerTls
 from gateway.metrics import SHED, TIMEOUTS
 from gateway.routing.normalize import nginx_refusal
+from gateway.routing.router import MAX_REQ_HEADERS
 
 log = logging.getLogger("gateway.http")
 # A client gone or too slow is logged at DEBUG: nginx writes it at info (ngx_http_request.c:1097, ngx_http_upstream.c:
@@ -110,8 +112,9 @@ def error_response(status: int, message: str | None, request_id: bytes, accept: 
 
 
 def _accept(headers: Headers) -> bytes | None:
-    """The Accept header as kong.response.error reads it: every line of it, joined with ","."""
-    values = [value for name, value in headers if name == b"accept"]
+    """The Accept header as kong.response.error reads it (ngx.req.get_headers(), response.lua:1149): every line of
+    it among the first lua_max_req_headers, joined with ","."""
+    values = [value for name, value in islice(headers, MAX_REQ_HEADERS) if name == b"accept"]
     return values[0] if len(values) == 1 else b",".join(values) if values else None
 
 

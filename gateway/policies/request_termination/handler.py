@@ -9,7 +9,8 @@ service as the log plugins write them). Without a body Kong calls ngx.exit(statu
 page for a status of its error_page list, nginx's own HTML page for another status it has one for, else no body.
 JSON is written as kong.response.exit's lua-cjson writes it (compact, "/" escaped, UTF-8 as is, numbers with 16
 significant digits, no key for a nil; a document it cannot encode, a NaN from the body, is Kong's 500), and a 204
-has no Content-Length, Content-Type or body (nginx's).
+has no Content-Length, Content-Type or body (nginx's). A `body` whose `content_type` starts with application/grpc
+also carries exit's `grpc-status` and `grpc-message` (kept on a 204).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ DEFAULT_RESPONSE = {401: "Unauthorized", 404: "Not found", 405: "Method not allo
                     500: "An unexpected error occurred", 502: "Bad Gateway", 503: "Service unavailable"}
 MAX_ARGS = 100  # ngx.req.get_uri_args' and get_headers' default count, which Kong's get_query and get_headers keep
 NGINX_CLOSES = frozenset({400, 413, 414, 495, 496, 497, 500, 501})  # nginx turns keep-alive off for these
+# kong/pdk/response.lua:75, 87-120: GRPC_STATUS_UNKNOWN, HTTP_TO_GRPC_STATUS, GRPC_MESSAGES
+HTTP_TO_GRPC_STATUS = {200: 0, 400: 3, 401: 16, 403: 7, 404: 5, 409: 6, 429: 8, 499: 1, 500: 13, 501: 12, 503: 14,
+                       504: 4}
+GRPC_MESSAGES = ("OK", "Canceled", "Unknown", "InvalidArgument", "DeadlineExceeded", "NotFound", "AlreadyExists",
+                 "PermissionDenied", "ResourceExhausted", "FailedPrecondition", "Aborted", "OutOfRange",
+                 "Unimplemented", "Internal", "Unavailable", "DataLoss", "Unauthenticated")
+GRPC_STATUS_UNKNOWN = 2
+CONTENT_TYPE_GRPC = "application/grpc"
 
 
 def _text(raw: bytes) -> str:
@@ -61,6 +70,27 @@ def _captures(captures: dict[int | str, bytes | None]) -> dict[str, Any]:
             "unnamed": [value(v) for k, v in sorted((k, v) for k, v in captures.items() if isinstance(k, int) and k)]}
 
 
+def grpc_status(status: int) -> int:
+    """The grpc-status kong.response.exit sends with a status (response.lua:696-710): its own code, else that of
+    500, 400 or 200 for another 5xx, 4xx or 2xx, else Unknown."""
+    if status in HTTP_TO_GRPC_STATUS:
+        return HTTP_TO_GRPC_STATUS[status]
+    for low in (500, 400, 200):
+        if low <= status <= low + 99:
+            return HTTP_TO_GRPC_STATUS[low]
+    return GRPC_STATUS_UNKNOWN
+
+
+def grpc_headers(status: int, content_type: str | None) -> list[tuple[bytes, bytes]]:
+    """What kong.response.exit(status, body, {Content-Type = content_type}) adds to a string body: with a Content-Type
+    starting with application/grpc, gRPC output (response.lua:684-711), grpc-status and grpc-message
+    (:757-776)."""
+    if content_type is None or not content_type.startswith(CONTENT_TYPE_GRPC):
+        return []
+    code = grpc_status(status)
+    return [(b"grpc-status", b"%d" % code), (b"grpc-message", GRPC_MESSAGES[code].encode())]
+
+
 def _host(host: bytes | None) -> str:
     """nginx's $host: the Host header lower-cased, without its port and one final dot."""
     return _text(NGINX_HOSTS[host]) if host else ""
@@ -81,9 +111,11 @@ class RequestTermination:
         self.error_page = self.close = False
         self.content_type: bytes | None = None
         self.body = b""
+        self.grpc: list[tuple[bytes, bytes]] = []
         if config.body is not None:
             self.body = config.body.encode()
             self.content_type = escape_value(config.content_type.encode()) if config.content_type else None
+            self.grpc = grpc_headers(self.status, config.content_type)
         elif self.message is not None:
             self.body = cjson.encode({"message": self.message})
             self.content_type = JSON_UTF8
@@ -108,12 +140,14 @@ class RequestTermination:
         if self.error_page:
             await ex.respond_error_page(self.status)
         else:
-            await self._send(ex, self.sent_status, self.content_type, self.body)
+            await self._send(ex, self.sent_status, self.content_type, self.body, self.grpc)
         return True
 
     @staticmethod
-    async def _send(ex: Exchange, status: int, content_type: bytes | None, body: bytes) -> None:
-        """kong.response.exit: the body with its Content-Length; nothing of it for a 204 (nginx drops them)."""
+    async def _send(ex: Exchange, status: int, content_type: bytes | None, body: bytes,
+                    grpc: list[tuple[bytes, bytes]] | None = None) -> None:
+        """kong.response.exit: the body with its Content-Length, then the `grpc` headers; nothing of the body for a
+        204 (nginx drops it, its Content-Length and Content-Type, not the grpc ones)."""
         headers = []
         if status == 204:
             body = b""
@@ -121,6 +155,8 @@ class RequestTermination:
             if content_type is not None:
                 headers.append((b"content-type", content_type))
             headers.append((b"content-length", b"%d" % len(body)))
+        if grpc:
+            headers += grpc
         await ex.send_head(status, headers, body, end=True)
 
     async def _echo(self, ex: Exchange) -> dict[str, Any]:
