@@ -71,8 +71,15 @@ from gateway.http.codec_llhttp import (
 
 _BLANK_LINE = re.compile(rb"\n\r?\n")  # where h11 ends a head
 _TARGET_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
-_LINE_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # refused anywhere in a request line (not tab, CR)
-_NAME_REFUSED = re.compile(rb"[\x00-\x20\x7f]")  # in a header name (ngx_http_parse_header_line: ch <= 0x20, DEL)
+# a byte refused anywhere in a request line (a control byte but tab, CR), or the LF that ends it
+_LINE_STOP = re.compile(rb"[\x00-\x08\n\x0b\x0c\x0e-\x1f\x7f]")
+_NOT_CRLF = re.compile(rb"[^\r\n]")  # a request line's first byte, past the empty lines before it (sw_start)
+_NOT_SPACE = re.compile(rb"[^ ]")
+_ABOVE_1_VERSION = re.compile(rb"HTTP/(?:[2-9]|1[0-9])")  # the version check_start refuses, at the start of a token
+# Where _HeadScan.header_fault stops in a header line: in its name, a byte refused there (ngx_http_parse_header_line:
+# ch <= 0x20, DEL; a CR but the one before the LF), its colon or its LF; in its value, a NUL or its LF
+_NAME_STOP = re.compile(rb"[\x00-\x20\x7f:]")
+_VALUE_STOP = re.compile(rb"[\x00\n]")
 
 
 # What no head the codec writes holds: in a name, a byte that ends one for nginx, `:` or nothing at all; in a value,
@@ -152,6 +159,122 @@ def _split_head(raw: bytearray | bytes, status: int, trailing: bytes = b" \t") -
             raise ProtocolError("whitespace before the colon of a header field", status)  # RFC 9112 5.1
         headers.append((name.lower(), value.lstrip(b" \t").rstrip(trailing)))
     return size, lines[0], headers
+
+
+class _HeadScan:
+    """How far H11Server's checks of a request head that has not ended read its bytes `head` (which only grow): each
+    check resumes where it stopped, with what it needs of the bytes before, so that a byte is read a bounded number
+    of times however the head is split into reads, as nginx's parser reads it (ngx_http_parse_request_line and
+    ngx_http_parse_header_line keep their state between reads), not once more at each read of a line not ended."""
+
+    __slots__ = ("head", "line_read", "start_read", "_line_end", "_lf_from", "_control", "_first", "_first_from",
+                 "_stage", "_token_from", "_pos", "_line_start", "_in_value", "_ended")
+
+    def __init__(self, head: bytearray) -> None:
+        self.head = head
+        self.line_read = False  # the request line's check at its LF is done (_check_request_line)
+        self.start_read = False  # check_start can no longer refuse the request line, or did (_check_start_as_read)
+        self._line_end = -1  # the request line's LF, once it came
+        self._lf_from = 0  # where the search for it goes on
+        self._control = -1  # the first byte before it that nginx refuses anywhere in a request line
+        self._first = -1  # the request line's first byte, once it came
+        self._first_from = 0
+        self._stage = 0  # the request line's method, spaces, target, spaces, version (version_at)
+        self._token_from = 0
+        self._pos = -1  # the header lines' bytes read (from the request line's LF on)
+        self._line_start = -1  # the header line not ended yet
+        self._in_value = False  # its colon came
+        self._ended = False  # the blank line came: the rest is not the head's
+
+    def line_end(self) -> int:
+        """Where the request line ends (its LF), -1 until it came; the bytes before it that nginx refuses anywhere in a
+        request line (_LINE_STOP) are noted on the way (control_in_line)."""
+        head = self.head
+        while self._line_end < 0:
+            m = _LINE_STOP.search(head, self._lf_from)
+            if m is None:
+                self._lf_from = len(head)
+                break
+            self._lf_from = m.end()
+            if head[m.start()] == 10:
+                self._line_end = m.start()
+            elif self._control < 0:
+                self._control = m.start()
+        return self._line_end
+
+    def first_byte(self) -> int:
+        """The request line's first byte, past the CRs and LFs before it; -1 until it came."""
+        if self._first < 0:
+            m = _NOT_CRLF.search(self.head, self._first_from)
+            self._first_from = len(self.head)
+            if m is not None:
+                self._first = self.head[m.start()]
+        return self._first
+
+    def version_at(self) -> int:
+        """Where the request line's version begins, past its method, its target and the runs of spaces after each
+        (where check_start's regex reads it: neither a method nor a target has a space); -1 until it came."""
+        head = self.head
+        end = self.line_end()
+        stop = end if end >= 0 else len(head)
+        pos, stage = self._token_from, self._stage
+        while stage < 4 and pos < stop:
+            if stage % 2 == 0:  # a method or a target, to the space after it
+                space = head.find(b" ", pos, stop)
+                pos = stop if space < 0 else space
+            else:
+                m = _NOT_SPACE.search(head, pos, stop)
+                pos = stop if m is None else m.start()
+            if pos < stop:
+                stage += 1
+        self._token_from, self._stage = pos, stage
+        return pos if stage == 4 else -1
+
+    def control_in_line(self) -> bool:
+        """Did a byte nginx refuses anywhere in a request line come in it (as far as it came)?"""
+        self.line_end()
+        return self._control >= 0
+
+    def header_fault(self) -> bool:
+        """Did a byte nginx refuses in a header line come in the bytes not read yet (the request line has ended): in
+        a name a byte up to 0x20 or DEL (a CR but one an LF follows: not known while it is the last byte, read again
+        at the next read), a colon with no name before it, a NUL in a value. Up to the blank line that ends the head."""
+        head = self.head
+        if self._pos < 0:
+            self._pos = self._line_start = self._line_end + 1
+        pos, start = self._pos, self._line_start
+        while not self._ended:
+            if self._in_value:
+                m = _VALUE_STOP.search(head, pos)
+                if m is None:
+                    pos = len(head)
+                    break
+                if head[m.start()] == 0:
+                    return True
+                pos = start = m.end()
+                self._in_value = False
+                continue
+            m = _NAME_STOP.search(head, pos)
+            if m is None:
+                pos = len(head)
+                break
+            at = m.start()
+            byte = head[at]
+            if byte == 13 and at + 1 == len(head):  # (the line's end may come next)
+                pos = at
+                break
+            if byte == 13 and head[at + 1] == 10:
+                byte, at = 10, at + 1
+            if byte == 10:  # a line without a colon ended (the blank line, when empty)
+                self._ended = at == start or (at == start + 1 and head[start] == 13)
+                pos = start = at + 1
+            elif byte == 58 and at > start:
+                self._in_value = True
+                pos = at + 1
+            else:
+                return True
+        self._pos, self._line_start = pos, start
+        return False
 
 
 class _H11Codec:
@@ -275,15 +398,14 @@ class H11Server(_H11Codec):
     """Server side of a client connection."""
 
     __slots__ = ("_method", "_no_body", "open_ended", "_max_line", "_buffers", "_head_check", "_request", "_read",
-                 "_checked_head", "_checked")
+                 "_scan")
 
     def __init__(self, max_header_bytes: int = 32768, max_line_bytes: int = MAX_LINE_BYTES) -> None:
         # nginx's large header buffers (check_head_lines); h11 waits for a head (or trailers) as long as they hold
         self._max_line, self._buffers, bound = head_buffers(max_header_bytes, min(max_line_bytes, max_header_bytes))
         super().__init__(h11.SERVER, bound)
         self._head_check: HeadBuffers | None = None  # nginx's buffers over a long head that has not ended
-        self._checked_head: bytearray | None = None  # the head being waited for, its lines read up to `_checked`
-        self._checked = 0  # (_check_so_far)
+        self._scan: _HeadScan | None = None  # how far the checks of the head being waited for read it
         self._method = b"GET"
         self._no_body = False
         self.open_ended = False
@@ -411,9 +533,9 @@ class H11Server(_H11Codec):
             return CLOSED
         if ev is h11.NEED_DATA:
             self._framing_fault()
-            if (waiting := self._probe) is not None:
+            if waiting := self._probe:  # (an empty one has nothing to refuse)
                 self._check_request_line(waiting)
-                self._check_start(waiting)
+                self._check_start_as_read(waiting)
                 self._check_so_far(waiting)
                 if len(waiting) > FIRST_BUFFER_BYTES:
                     self._check_buffers(waiting)
@@ -439,8 +561,8 @@ class H11Server(_H11Codec):
         """check_start on the request line as far as it came; a first byte no method begins with is refused at once,
         as nginx's sw_start (ngx_http_parse_request_line: A-Z, "_" or "-"), not once a line end comes (llhttp too)."""
         end = probe.find(b"\n")
-        line = probe.lstrip(b"\r\n")  # (the empty lines sw_start skips)
-        if line and not (65 <= line[0] <= 90 or line[0] == 45 or line[0] == 95):
+        first = _NOT_CRLF.search(probe)  # (past the empty lines sw_start skips)
+        if first is not None and not _may_begin_method(probe[first.start()]):
             raise ProtocolError("client sent invalid method", 400)
         try:
             check_start(probe if end < 0 else probe[:end], self._max_line)
@@ -448,31 +570,46 @@ class H11Server(_H11Codec):
             e.method, e.target = _request_line_of(probe)
             raise
 
+    def _check_start_as_read(self, probe: bytearray) -> None:
+        """_check_start on a head that has not ended, at each read, each byte read once: its first byte checked once
+        it came, and check_start called once the request line's version can tell (its first bytes say a version
+        above 1, or seven of them or the line's end say none), the line as far as it came then."""
+        scan = self._scan_of(probe)
+        if scan.start_read:
+            return
+        first = scan.first_byte()
+        if first < 0:
+            return
+        if not _may_begin_method(first):
+            raise ProtocolError("client sent invalid method", 400)
+        at = scan.version_at()
+        if at < 0:
+            return
+        end = scan.line_end()
+        version = probe[at:min(at + 7, end if end >= 0 else len(probe))]
+        if _ABOVE_1_VERSION.match(version) is not None:
+            scan.start_read = True
+            self._check_start(probe)  # (which refuses it, but when its method or target is not one nginx reads)
+        elif len(version) == 7 or end >= 0:
+            scan.start_read = True
+
     def _check_so_far(self, probe: bytearray) -> None:
         """Bytes nginx refuses as it reads them, refused before the head ends (h11 sees them once it is whole; the
         llhttp codec at the byte), so that a client's close after them is no cut head: a control byte in the
         request line (ngx_http_parse_request_line), in a header line a name with a byte up to 0x20 or DEL or none
-        before its colon, or a NUL in a value (ngx_http_parse_header_line). Lines are read once, as they end."""
-        start = self._checked if self._checked_head is probe else 0
-        if not start:
-            end = probe.find(b"\n")
-            if _LINE_CONTROL.search(probe, 0, end if end >= 0 else len(probe)) is not None:
-                self._refuse_so_far(probe, "client sent invalid request")
-            if end < 0:
-                return
-            start = end + 1
-        while True:
-            end = probe.find(b"\n", start)
-            line = probe[start:end if end >= 0 else len(probe)].removesuffix(b"\r")
-            if not line and end >= 0:
-                return  # the head's end (what follows is its body's, or the next request's)
-            name, colon, value = line.partition(b":")
-            if _NAME_REFUSED.search(name) is not None or (colon and not name) or b"\0" in value:
-                self._refuse_so_far(probe, "client sent invalid header line")
-            if end < 0:
-                break
-            start = end + 1
-        self._checked_head, self._checked = probe, start
+        before its colon, or a NUL in a value (ngx_http_parse_header_line). Each byte is read once (_HeadScan)."""
+        scan = self._scan_of(probe)
+        if scan.control_in_line():
+            self._refuse_so_far(probe, "client sent invalid request")
+        if scan.line_end() >= 0 and scan.header_fault():
+            self._refuse_so_far(probe, "client sent invalid header line")
+
+    def _scan_of(self, probe: bytearray) -> _HeadScan:
+        """How far the checks read `probe`, the head being waited for (from its start, for a head not read yet)."""
+        scan = self._scan
+        if scan is None or scan.head is not probe:
+            scan = self._scan = _HeadScan(probe)
+        return scan
 
     @staticmethod
     def _refuse_so_far(probe: bytearray, message: str) -> None:
@@ -494,13 +631,14 @@ class H11Server(_H11Codec):
             read_before(e, probe)
             raise
 
-    @staticmethod
-    def _check_request_line(probe: bytearray) -> None:
+    def _check_request_line(self, probe: bytearray) -> None:
         """A request line that ended without a version (HTTP/0.9's `method target`) is refused at its line end, as
-        by nginx and the llhttp codec; h11 would wait for the blank line that ends a head."""
-        end = probe.find(b"\n")
-        if end < 0:
+        by nginx and the llhttp codec; h11 would wait for the blank line that ends a head. Read once, at its end."""
+        scan = self._scan_of(probe)
+        end = scan.line_end()
+        if end < 0 or scan.line_read:
             return
+        scan.line_read = True
         line = bytes(probe[:end]).rstrip(b"\r")
         method, _, target = line.partition(b" ")
         target = target.strip(b" ")  # (nginx skips spaces around it)
@@ -571,6 +709,11 @@ def _request_line_of(raw: bytearray) -> tuple[bytes, bytes]:
         return b"", b""
     target, _, version = rest.rpartition(b" ")
     return method, target if end >= 0 and version.startswith(b"HTTP/") else b""
+
+
+def _may_begin_method(byte: int) -> bool:
+    """Can a request line begin with `byte` (ngx_http_parse_request_line's sw_start: A-Z, "_" or "-")?"""
+    return 65 <= byte <= 90 or byte == 45 or byte == 95
 
 
 def _line_so_far(raw: bytearray | None) -> int:
