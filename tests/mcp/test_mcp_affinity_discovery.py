@@ -64,6 +64,21 @@ async def _exchange(port: int, request: bytes) -> tuple[int, dict[str, str], byt
         return await _read_to_close(stream)
 
 
+async def _registered(gw: Any, port: int) -> bool:
+    """Does the gateway's keeper list the registry's target of `port`?"""
+    return f"mcp-cluster|127.0.0.1:{port}" in await gw.targets()
+
+
+async def _until_registered(gw: Any, *ports: int) -> None:
+    """Wait until the workers have the registry's targets of `ports`: discovery reports ready after FIRST_WAIT_S
+    without them when the registry answers slowly (a loaded host), and a request before them gets Kong's 503."""
+    async def all_there() -> bool:
+        return all([await _registered(gw, port) for port in ports])
+
+    await wait_for(all_there, 5, what="the keeper has the registry's targets")
+    await trio.sleep(0.5)  # and the worker has them too
+
+
 async def _session_call_across_a_change(etcd: EtcdProcess, nursery: trio.Nursery, tmp_path: Path,
                                         change: str) -> tuple[int, bytes, str, str]:
     """Open a session on `high` (the second of [mid, high] by address), send its next call but for the body's last
@@ -79,6 +94,11 @@ async def _session_call_across_a_change(etcd: EtcdProcess, nursery: trio.Nursery
     with node_factory(tmp_path) as make:
         gw = make(_config(etcd.endpoint), mcp=session_keys(TEST_KEY))
         await gw.start(workers=1)
+
+        async def has_target(port: int, present: bool) -> bool:
+            return await _registered(gw, port) is present
+
+        await _until_registered(gw, mid.port, high.port)
         session_id = None
         for _ in range(10):  # round robin: one of the first initializes lands on `high`
             status, headers, body = await _exchange(gw.port, _post(gw.port, json.dumps(INIT_BODY).encode()))
@@ -87,10 +107,6 @@ async def _session_call_across_a_change(etcd: EtcdProcess, nursery: trio.Nursery
                 session_id = headers["mcp-session-id"]
                 break
         assert session_id is not None
-
-        async def has_target(port: int, present: bool) -> bool:
-            return (f"mcp-cluster|127.0.0.1:{port}" in await gw.targets()) is present
-
         call = _post(gw.port, TOOLS_LIST, session_id)
         stream = await trio.open_tcp_stream("127.0.0.1", gw.port)
         async with stream:
@@ -133,6 +149,7 @@ async def test_a_session_on_the_only_target_is_still_served_once_its_weight_is_0
     with node_factory(tmp_path) as make:
         gw = make(_config(etcd.endpoint), mcp=session_keys(TEST_KEY))
         await gw.start(workers=1)
+        await _until_registered(gw, server.port)
         status, headers, body = await _exchange(gw.port, _post(gw.port, json.dumps(INIT_BODY).encode()))
         assert status == 200, body
         session_id = headers["mcp-session-id"]
